@@ -1,0 +1,37 @@
+"""The event bus: one interface, a Kafka implementation and an in-memory one."""
+
+from __future__ import annotations
+
+from switchyard.common.bus.base import (
+    BatchHandler,
+    BusUnavailableError,
+    EventBus,
+    Handler,
+    RetryPolicy,
+    Subscription,
+)
+from switchyard.common.bus.memory import InMemoryBus
+from switchyard.common.settings import ServiceSettings
+from switchyard.common.topics import Topics
+
+__all__ = [
+    "BatchHandler",
+    "BusUnavailableError",
+    "EventBus",
+    "Handler",
+    "InMemoryBus",
+    "RetryPolicy",
+    "Subscription",
+    "create_bus",
+]
+
+
+def create_bus(settings: ServiceSettings, client_id: str) -> EventBus:
+    """The bus the settings ask for. Kafka is imported only when used."""
+    topics = Topics(settings.topic_prefix)
+    if settings.bus == "kafka":
+        from switchyard.common.bus.kafka import KafkaBus
+
+        return KafkaBus(settings.kafka_bootstrap_servers, client_id=client_id,
+                        deadletter_topic=topics.deadletter)
+    return InMemoryBus()

@@ -1,0 +1,182 @@
+"""In-process event bus for embedded mode and unit tests.
+
+Same semantics as the Kafka bus where handlers can tell: consumer groups share work,
+listeners see everything published after they started, a failing handler is retried and
+then dead-lettered. Events are passed as the (immutable) objects themselves; nothing is
+durable, which is what embedded mode promises and no more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from switchyard.common.bus.base import (
+    BatchHandler,
+    EventBus,
+    Handler,
+    RetryPolicy,
+    Subscription,
+    call_with_retry,
+)
+from switchyard.common.events import EnvelopeFields, Event
+
+log = structlog.get_logger("switchyard.bus.memory")
+
+
+@dataclass
+class DeadLetter:
+    topic: str
+    event: EnvelopeFields
+    error: str
+
+
+@dataclass
+class _Group:
+    queue: asyncio.Queue[tuple[str, Event]] = field(default_factory=asyncio.Queue)
+    members: int = 0
+
+
+class _TaskSubscription(Subscription):
+    def __init__(self, tasks: list[asyncio.Task[None]], on_stop=None) -> None:
+        self._tasks = tasks
+        self._on_stop = on_stop
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._on_stop:
+            self._on_stop()
+
+
+class InMemoryBus(EventBus):
+    def __init__(self, partitions: dict[str, int] | None = None) -> None:
+        self._partitions = partitions or {}
+        self._groups: dict[str, _Group] = {}
+        self._topic_groups: dict[str, set[str]] = defaultdict(set)
+        self._listeners: dict[str, list[tuple[asyncio.Queue, frozenset[int] | None]]] = defaultdict(list)
+        self._subscriptions: list[Subscription] = []
+        self.dead_letters: list[DeadLetter] = []
+        self.published: dict[str, int] = defaultdict(int)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription.stop()
+        self._subscriptions.clear()
+
+    async def publish(
+        self, topic: str, event: EnvelopeFields, *, key: str | None = None, partition: int | None = None
+    ) -> None:
+        self.published[topic] += 1
+        for group in self._topic_groups.get(topic, ()):
+            self._groups[group].queue.put_nowait((topic, event))
+        for queue, wanted in self._listeners.get(topic, ()):
+            if wanted is None or partition is None or partition in wanted:
+                queue.put_nowait(event)
+
+    async def partition_count(self, topic: str) -> int:
+        return self._partitions.get(topic, 1)
+
+    def _join(self, topics: Sequence[str], group: str) -> _Group:
+        state = self._groups.setdefault(group, _Group())
+        state.members += 1
+        for topic in topics:
+            self._topic_groups[topic].add(group)
+        return state
+
+    def _dead_letter(self, topic: str, event: EnvelopeFields, error: BaseException) -> None:
+        log.error("event dead-lettered", topic=topic, event_id=event.id, event_type=event.type,
+                  request_id=event.request_id, error=repr(error))
+        self.dead_letters.append(DeadLetter(topic, event, repr(error)))
+
+    def _track(self, tasks: list[asyncio.Task[None]]) -> Subscription:
+        subscription = _TaskSubscription(tasks, on_stop=None)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    async def subscribe(
+        self,
+        topics: Sequence[str],
+        group: str,
+        handler: Handler,
+        *,
+        concurrency: int = 1,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> Subscription:
+        state = self._join(topics, group)
+
+        async def worker() -> None:
+            while True:
+                topic, event = await state.queue.get()
+                error = await call_with_retry(
+                    lambda: handler(event),
+                    retry,
+                    lambda attempt, exc: log.warning("handler failed, retrying", topic=topic,
+                                                     event_id=event.id, attempt=attempt, error=repr(exc)),
+                )
+                if error is not None:
+                    self._dead_letter(topic, event, error)
+
+        return self._track([asyncio.create_task(worker()) for _ in range(max(1, concurrency))])
+
+    async def subscribe_batch(
+        self,
+        topics: Sequence[str],
+        group: str,
+        handler: BatchHandler,
+        *,
+        max_batch: int = 500,
+        retry: RetryPolicy = RetryPolicy(max_attempts=None),
+    ) -> Subscription:
+        state = self._join(topics, group)
+
+        async def worker() -> None:
+            while True:
+                items = [await state.queue.get()]
+                while len(items) < max_batch and not state.queue.empty():
+                    items.append(state.queue.get_nowait())
+                events = [event for _, event in items]
+                error = await call_with_retry(
+                    lambda: handler(events),
+                    retry,
+                    lambda attempt, exc: log.warning("batch handler failed, retrying",
+                                                     size=len(events), attempt=attempt, error=repr(exc)),
+                )
+                if error is not None:
+                    for topic, event in items:
+                        self._dead_letter(topic, event, error)
+
+        return self._track([asyncio.create_task(worker())])
+
+    async def listen(
+        self, topic: str, handler: Handler, *, partitions: Sequence[int] | None = None
+    ) -> Subscription:
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        entry = (queue, frozenset(partitions) if partitions is not None else None)
+        self._listeners[topic].append(entry)
+
+        async def worker() -> None:
+            # One worker per listener keeps events in publication order (stream chunks).
+            while True:
+                event = await queue.get()
+                try:
+                    await handler(event)
+                except Exception as exc:  # noqa: BLE001 - a listener error must not stop the listener
+                    log.error("listener failed", topic=topic, event_id=event.id, error=repr(exc))
+
+        subscription = _TaskSubscription(
+            [asyncio.create_task(worker())], on_stop=lambda: self._listeners[topic].remove(entry)
+        )
+        self._subscriptions.append(subscription)
+        return subscription

@@ -1,0 +1,95 @@
+"""Database helpers for services that own tables (auth, history): async engines on
+psycopg 3 (PostgreSQL) or aiosqlite (embedded mode), and Alembic migrations run as their
+own step (`switchyard db upgrade`), never at application start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+
+def async_url(url: str) -> str:
+    """Normalise a database URL to the async driver SQLAlchemy should use."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    return url
+
+
+def sync_url(url: str) -> str:
+    """The same database through a synchronous driver (for Alembic)."""
+    parsed = make_url(async_url(url))
+    if parsed.drivername == "sqlite+aiosqlite":
+        return parsed.set(drivername="sqlite").render_as_string(hide_password=False)
+    return parsed.render_as_string(hide_password=False)
+
+
+def ensure_sqlite_dir(url: str) -> None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def create_engine(url: str, **options: Any) -> AsyncEngine:
+    url = async_url(url)
+    ensure_sqlite_dir(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_async_engine(url, **options)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # pragma: no cover - trivial
+            cursor = dbapi_connection.cursor()
+            # WAL lets the embedded services read while another writes.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+
+        return engine
+    options.setdefault("pool_size", 10)
+    options.setdefault("max_overflow", 10)
+    options.setdefault("pool_pre_ping", True)
+    return create_async_engine(url, **options)
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(script_location: str, url: str, version_table: str):
+    """An Alembic config for one service's migrations against `url`."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", script_location)
+    config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
+    config.attributes["version_table"] = version_table
+    return config
+
+
+def upgrade(script_location: str, url: str, version_table: str, revision: str = "head") -> None:
+    from alembic import command
+
+    ensure_sqlite_dir(sync_url(url))
+    command.upgrade(alembic_config(script_location, url, version_table), revision)
+
+
+def downgrade(script_location: str, url: str, version_table: str, revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(script_location, url, version_table), revision)
+
+
+def dialect_insert(table, dialect_name: str):
+    """The dialect's INSERT, which has `on_conflict_do_nothing` / `on_conflict_do_update`
+    on both PostgreSQL and SQLite."""
+    if dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)

@@ -1,0 +1,101 @@
+"""One error format for every Switchyard HTTP API: OpenAI's error object,
+`{"error": {"message", "type", "param", "code"}}`, so the official SDKs raise the
+right exception with a readable message. Validation failures are 400 (not FastAPI's 422),
+naming the offending field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+_TYPES_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class APIError(Exception):
+    """Raise anywhere in a request to answer with this status and error object."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or _TYPES_BY_STATUS.get(status, "api_error")
+        self.code = code
+        self.param = param
+        self.headers = headers
+
+
+def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+def error_response(exc: APIError) -> Response:
+    return Response(
+        error_body(exc.message, exc.type, exc.code, exc.param),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=exc.headers,
+    )
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(part) for part in loc if part not in ("body", "query", "path", "header")]
+    return ".".join(parts)
+
+
+def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """A readable one-line message and the first offending parameter."""
+    if not errors:
+        return "Invalid request.", None
+    first = errors[0]
+    param = _location(tuple(first.get("loc", ()))) or None
+    if first.get("type") == "json_invalid":
+        return "The request body is not valid JSON.", None
+    message = first.get("msg", "Invalid value")
+    text = f"Invalid value for '{param}': {message}" if param else f"Invalid request: {message}"
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return text, param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
+        message, param = validation_message(list(exc.errors()))
+        return error_response(APIError(400, message, param=param, code="invalid_request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
+        return error_response(APIError(exc.status_code, detail, headers=getattr(exc, "headers", None)))

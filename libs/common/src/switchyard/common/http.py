@@ -1,0 +1,65 @@
+"""HTTP plumbing every service shares: health routes, internal-call authentication and
+the uvicorn runner."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Response
+
+INTERNAL_TOKEN_HEADER = "x-switchyard-internal-token"
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+def health_router(checks: dict[str, ReadinessCheck] | None = None) -> APIRouter:
+    """`/livez` (the process answers) and `/readyz` (its dependencies answer)."""
+    router = APIRouter(tags=["operations"])
+    readiness = checks or {}
+
+    @router.get("/livez")
+    async def livez() -> dict[str, str]:
+        """Liveness: the process is up."""
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz(response: Response) -> dict[str, object]:
+        """Readiness: every dependency (bus, database) answers."""
+        results = {name: await check() for name, check in readiness.items()}
+        ready = all(results.values())
+        if not ready:
+            response.status_code = 503
+        return {"status": "ok" if ready else "unavailable", "checks": results}
+
+    return router
+
+
+def internal_token_dependency(expected: str) -> Callable[[str | None], Awaitable[None]]:
+    """A dependency refusing service-to-service calls without the shared internal token."""
+
+    async def require_internal_token(
+        token: str | None = Header(default=None, alias=INTERNAL_TOKEN_HEADER),
+    ) -> None:
+        if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
+            raise HTTPException(status_code=401, detail="internal token required")
+
+    return require_internal_token
+
+
+def serve(app: FastAPI | str, *, host: str, port: int, workers: int = 1, factory: bool = False) -> None:
+    """Run an app with uvicorn (uvloop and httptools when available)."""
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        workers=workers,
+        factory=factory,
+        loop="auto",
+        http="auto",
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+    )

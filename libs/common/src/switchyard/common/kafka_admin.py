@@ -1,0 +1,66 @@
+"""Topic administration: create every Switchyard topic with explicit partition counts
+(the broker never auto-creates them), list and delete them."""
+
+from __future__ import annotations
+
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from switchyard.common.topics import Topics
+
+log = structlog.get_logger("switchyard.topics")
+
+
+async def create_topics(
+    bootstrap_servers: str,
+    topics: Topics,
+    *,
+    replication_factor: int = 1,
+    partitions_override: int | None = None,
+) -> list[str]:
+    """Create missing topics; return the names created. Existing topics are left alone."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, partitions_override or spec.partitions, replication_factor)
+            for name, spec in topics.all()
+            if name not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another caller: fine
+        for topic in wanted:
+            log.info("topic created", topic=topic.name, partitions=topic.num_partitions,
+                     replication_factor=replication_factor)
+        return [topic.name for topic in wanted]
+    finally:
+        await admin.close()
+
+
+async def list_topics(bootstrap_servers: str, prefix: str) -> dict[str, int]:
+    """Topics under `prefix` and their partition counts."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        names = [name for name in await admin.list_topics() if name.startswith(prefix + ".")]
+        described = await admin.describe_topics(names) if names else []
+        return {item["topic"]: len(item["partitions"]) for item in described}
+    finally:
+        await admin.close()
+
+
+async def delete_topics(bootstrap_servers: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [name for name in names if name in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()

@@ -1,0 +1,78 @@
+"""How services plug into the `switchyard` command and embedded mode.
+
+Each service distribution declares an entry point in the group `switchyard.services`
+pointing at a `ServicePlugin`. The shared CLI discovers them, so `libs/common` never
+imports a service and services never import each other: `switchyard gateway` runs the
+gateway, `switchyard db upgrade` migrates every service that owns tables, and
+`switchyard dev` runs every installed service in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import typer
+    from fastapi import FastAPI
+
+    from switchyard.common.bus import EventBus
+    from switchyard.common.settings import ServiceSettings
+
+ENTRY_POINT_GROUP = "switchyard.services"
+
+
+@dataclass(frozen=True)
+class Migrations:
+    """Where a service's Alembic scripts live and which database they migrate."""
+
+    script_location: str
+    version_table: str
+    database_url: Callable[[], str]
+
+
+@dataclass(frozen=True)
+class ServicePlugin:
+    name: str
+    default_port: int
+    summary: str
+    settings: Callable[[], ServiceSettings]
+    # "module:function" building the service's FastAPI app; uvicorn imports it by this path
+    # when it runs several workers. Called with `bus=` in embedded mode (one shared
+    # in-memory bus); otherwise the app creates the bus its settings ask for.
+    factory: str
+    migrations: Migrations | None = None
+    # Extra CLI commands: Typer groups (added under their name) or plain functions.
+    commands: Callable[[], list[typer.Typer | Callable[..., Any]]] = field(default=lambda: [])
+    # Called by `switchyard dev` after migrations and before the apps start.
+    prepare_dev: Callable[[], DevContribution] | None = None
+    # Order in which embedded mode starts services (consumers before producers).
+    start_order: int = 50
+
+    def create_app(self, **kwargs: Any) -> FastAPI:
+        module_name, _, attribute = self.factory.partition(":")
+        return getattr(import_module(module_name), attribute)(**kwargs)
+
+
+@dataclass
+class DevContribution:
+    """What a service adds to embedded mode: lines to print, extra servers to run."""
+
+    messages: list[str] = field(default_factory=list)
+    # (name, ASGI app, port) of extra servers, e.g. the provider simulator.
+    extra_servers: list[tuple[str, Any, int]] = field(default_factory=list)
+
+
+def discover() -> list[ServicePlugin]:
+    plugins = [entry.load() for entry in entry_points(group=ENTRY_POINT_GROUP)]
+    return sorted(plugins, key=lambda plugin: (plugin.start_order, plugin.name))
+
+
+def by_name(name: str) -> ServicePlugin:
+    for plugin in discover():
+        if plugin.name == name:
+            return plugin
+    raise KeyError(name)

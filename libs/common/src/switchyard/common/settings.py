@@ -1,0 +1,84 @@
+"""Settings shared by every service, read from the environment and `.env` (pydantic-settings).
+
+Each service subclasses `ServiceSettings` in its own `config.py`. Secrets have development
+defaults so that `switchyard dev` works out of the box; outside development those defaults
+are refused at start-up, so a deployment can never run with a secret that is in the repo.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_INTERNAL_TOKEN = "dev-internal-token-change-me"
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+def _default_instance_id() -> str:
+    # Unique per process: gateway replicas use it to receive only their own replies.
+    return f"{socket.gethostname()}-{secrets.token_hex(4)}"
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service has. Environment variables use the `SWITCHYARD_` prefix."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHYARD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Secret fields listed here must not keep their development default outside development.
+    secret_defaults: ClassVar[dict[str, str]] = {"internal_token": DEV_INTERNAL_TOKEN}
+
+    environment: Environment = Field(
+        default=Environment.DEVELOPMENT,
+        description="development allows built-in default secrets; production refuses them.",
+    )
+    bus: Literal["memory", "kafka"] = Field(
+        default="memory", description="Event bus: in-process memory (embedded mode) or Kafka."
+    )
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("SWITCHYARD_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    topic_prefix: str = Field(
+        default="switchyard", description="Prefix of every topic name, so several deployments can share a cluster."
+    )
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    internal_token: str = Field(
+        default=DEV_INTERNAL_TOKEN,
+        description="Shared secret that service-to-service HTTP calls carry (x-switchyard-internal-token).",
+    )
+    instance_id: str = Field(default_factory=_default_instance_id)
+    host: str = "127.0.0.1"
+
+    @model_validator(mode="after")
+    def _enforce_non_default_secrets(self) -> ServiceSettings:
+        if self.environment == Environment.DEVELOPMENT:
+            return self
+        for field_name, default in self.secret_defaults.items():
+            if getattr(self, field_name, None) == default:
+                raise ValueError(
+                    f"{field_name} still has its development default; set SWITCHYARD_"
+                    f"{field_name.upper()} (environment is {self.environment.value})"
+                )
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """Settings safe to log: every field whose name suggests a secret is masked."""
+        masked = {}
+        for name, value in self.model_dump().items():
+            if any(word in name for word in ("token", "secret", "password", "key")) and value:
+                value = "***"
+            masked[name] = value
+        return masked

@@ -1,0 +1,96 @@
+"""Locating the real infrastructure that integration and e2e tests run against."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from switchyard.common.db import sync_url
+
+T = TypeVar("T")
+
+# With SWITCHYARD_REQUIRE_INFRA=1 (set by `make test` and CI) a missing broker or database
+# fails the run instead of skipping tests, so CI can never pass by testing nothing.
+REQUIRE_INFRA = os.environ.get("SWITCHYARD_REQUIRE_INFRA") == "1"
+
+
+def _missing(what: str) -> None:
+    message = f"{what} is not set; run `make infra-up` and export what `deploy/local/infra.sh env` prints"
+    if REQUIRE_INFRA:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def kafka_bootstrap_servers() -> str:
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not servers:
+        _missing("KAFKA_BOOTSTRAP_SERVERS")
+    return servers  # type: ignore[return-value]
+
+
+def database_url() -> str:
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        _missing("DATABASE_URL")
+    return url  # type: ignore[return-value]
+
+
+@contextmanager
+def temporary_database(server_url: str, prefix: str = "sytest") -> Iterator[str]:
+    """Create an empty PostgreSQL database on the server of `server_url`; drop it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin_url = make_url(sync_url(server_url))
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def unique_prefix(base: str = "sytest") -> str:
+    return f"{base}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_until(check: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.1,
+               message: str = "condition") -> T:
+    """Poll `check` until it returns something truthy, failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last_error = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}; last error: {last_error!r}")
+
+
+async def async_wait_until(check: Callable[[], Awaitable[T]], *, timeout: float = 30.0,
+                           interval: float = 0.1, message: str = "condition") -> T:
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = await check()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last_error = exc
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}; last error: {last_error!r}")
