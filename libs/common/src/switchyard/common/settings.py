@@ -29,38 +29,55 @@ def _default_instance_id() -> str:
     return f"{socket.gethostname()}-{secrets.token_hex(4)}"
 
 
+def env(*names: str) -> AliasChoices:
+    """Environment variable names a shared field is read from (first found wins)."""
+    return AliasChoices(*names)
+
+
 class ServiceSettings(BaseSettings):
-    """Settings every service has. Environment variables use the `SWITCHYARD_` prefix."""
+    """Settings every service has.
+
+    Shared fields read `SWITCHYARD_<FIELD>` (e.g. `SWITCHYARD_BUS`); each service's own
+    fields read `SWITCHYARD_<SERVICE>_<FIELD>` (e.g. `SWITCHYARD_GATEWAY_PORT`) because
+    each service's Settings sets its own `env_prefix`.
+    """
 
     model_config = SettingsConfigDict(
-        env_prefix="SWITCHYARD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="SWITCHYARD_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
     )
 
     # Secret fields listed here must not keep their development default outside development.
     secret_defaults: ClassVar[dict[str, str]] = {"internal_token": DEV_INTERNAL_TOKEN}
 
     environment: Environment = Field(
-        default=Environment.DEVELOPMENT,
+        validation_alias=env("SWITCHYARD_ENVIRONMENT"), default=Environment.DEVELOPMENT,
         description="development allows built-in default secrets; production refuses them.",
     )
     bus: Literal["memory", "kafka"] = Field(
-        default="memory", description="Event bus: in-process memory (embedded mode) or Kafka."
+        validation_alias=env("SWITCHYARD_BUS"), default="memory", description="Event bus: in-process memory (embedded mode) or Kafka."
     )
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
-        validation_alias=AliasChoices("SWITCHYARD_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+        validation_alias=env("SWITCHYARD_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
     )
     topic_prefix: str = Field(
-        default="switchyard", description="Prefix of every topic name, so several deployments can share a cluster."
+        validation_alias=env("SWITCHYARD_TOPIC_PREFIX"), default="switchyard", description="Prefix of every topic name, so several deployments can share a cluster."
     )
-    log_level: str = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    log_level: str = Field(default="INFO", validation_alias=env("SWITCHYARD_LOG_LEVEL"))
+    log_format: Literal["json", "console"] = Field(
+        default="json", validation_alias=env("SWITCHYARD_LOG_FORMAT")
+    )
     internal_token: str = Field(
-        default=DEV_INTERNAL_TOKEN,
+        validation_alias=env("SWITCHYARD_INTERNAL_TOKEN"), default=DEV_INTERNAL_TOKEN,
         description="Shared secret that service-to-service HTTP calls carry (x-switchyard-internal-token).",
     )
-    instance_id: str = Field(default_factory=_default_instance_id)
-    host: str = "127.0.0.1"
+    instance_id: str = Field(validation_alias=env("SWITCHYARD_INSTANCE_ID"), default_factory=_default_instance_id)
+    host: str = Field(default="127.0.0.1", validation_alias=env("SWITCHYARD_HOST"),
+                      description="Interface the HTTP server binds to.")
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> ServiceSettings:

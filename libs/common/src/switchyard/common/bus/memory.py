@@ -46,8 +46,12 @@ class _TaskSubscription(Subscription):
     def __init__(self, tasks: list[asyncio.Task[None]], on_stop=None) -> None:
         self._tasks = tasks
         self._on_stop = on_stop
+        self._stopped = False
 
     async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

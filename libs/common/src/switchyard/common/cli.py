@@ -1,0 +1,178 @@
+"""The `switchyard` command: the operator's front door.
+
+Commands common to every deployment live here (embedded mode, migrations, topics, event
+schema); each installed service adds `switchyard <service>` to run it, plus its own
+commands (e.g. `switchyard users create` from auth), through `switchyard.common.plugins`.
+"""
+
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from switchyard.common.plugins import ServicePlugin, discover
+
+app = typer.Typer(
+    name="switchyard",
+    help="Switchyard, the event-driven LLM gateway: run services, manage users, keys and topics.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(name="db", help="Database migrations (Alembic) of every service that owns tables.",
+                     no_args_is_help=True)
+topics_app = typer.Typer(name="topics", help="Kafka topics: create with explicit partition counts, list.",
+                         no_args_is_help=True)
+events_app = typer.Typer(name="events", help="The published event contract.", no_args_is_help=True)
+app.add_typer(db_app)
+app.add_typer(topics_app)
+app.add_typer(events_app)
+
+
+def _run_async(coroutine) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coroutine)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(coroutine)
+
+
+@app.command()
+def dev(
+    host: Annotated[str, typer.Option(help="Interface every embedded service binds to.")] = "127.0.0.1",
+) -> None:
+    """Run every service in one process (in-memory bus, SQLite, provider simulator)."""
+    from switchyard.common.dev import apply_dev_environment, run_embedded
+    from switchyard.common.logging import configure_logging
+
+    apply_dev_environment()
+    from switchyard.common.settings import ServiceSettings
+
+    settings = ServiceSettings()
+    configure_logging("dev", settings.log_level, settings.log_format)
+    _run_async(run_embedded(host))
+
+
+def _run_service_command(plugin: ServicePlugin):
+    def run_service(
+        host: Annotated[str | None, typer.Option(help="Interface to bind (default: settings).")] = None,
+        port: Annotated[int | None, typer.Option(help=f"Port (default: settings, or {plugin.default_port}).")] = None,
+        workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
+    ) -> None:
+        from switchyard.common.http import serve
+        from switchyard.common.logging import configure_logging
+
+        settings = plugin.settings()
+        configure_logging(plugin.name, settings.log_level, settings.log_format)
+        serve(plugin.factory, host=host or settings.host,
+              port=port or int(getattr(settings, "port", plugin.default_port)),
+              workers=workers, factory=True)
+
+    run_service.__doc__ = f"Run the {plugin.name} service. {plugin.summary}"
+    return run_service
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    service: Annotated[str | None, typer.Option(help="Only this service (default: all).")] = None,
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Apply migrations up to REVISION (default: the latest)."""
+    from switchyard.common.db import upgrade
+
+    for plugin in _migrating_plugins(service):
+        assert plugin.migrations is not None
+        upgrade(plugin.migrations.script_location, plugin.migrations.database_url(),
+                plugin.migrations.version_table, revision)
+        typer.echo(f"{plugin.name}: database at {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    service: Annotated[str, typer.Option(help="Service whose tables to downgrade.")],
+    revision: Annotated[str, typer.Option(help="Target revision, e.g. -1 or base.")],
+) -> None:
+    """Revert one service's migrations down to REVISION."""
+    from switchyard.common.db import downgrade
+
+    for plugin in _migrating_plugins(service):
+        assert plugin.migrations is not None
+        downgrade(plugin.migrations.script_location, plugin.migrations.database_url(),
+                  plugin.migrations.version_table, revision)
+        typer.echo(f"{plugin.name}: database at {revision}")
+
+
+def _migrating_plugins(only: str | None) -> list[ServicePlugin]:
+    plugins = [plugin for plugin in discover() if plugin.migrations is not None]
+    if only is not None:
+        plugins = [plugin for plugin in plugins if plugin.name == only]
+        if not plugins:
+            typer.echo(f"error: no installed service named {only!r} has migrations", err=True)
+            raise typer.Exit(1)
+    return plugins
+
+
+@topics_app.command("create")
+def topics_create(
+    partitions: Annotated[int | None, typer.Option(min=1, help="Override every topic's partition count.")] = None,
+    replication_factor: Annotated[int, typer.Option(min=1)] = 1,
+) -> None:
+    """Create every Switchyard topic that does not exist yet."""
+    from switchyard.common.kafka_admin import create_topics
+    from switchyard.common.settings import ServiceSettings
+    from switchyard.common.topics import Topics
+
+    settings = ServiceSettings()
+    created = asyncio.run(create_topics(settings.kafka_bootstrap_servers, Topics(settings.topic_prefix),
+                                        replication_factor=replication_factor,
+                                        partitions_override=partitions))
+    typer.echo(f"created {len(created)} topic(s): {', '.join(created) or 'none needed'}")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """List Switchyard topics and their partition counts."""
+    from switchyard.common.kafka_admin import list_topics
+    from switchyard.common.settings import ServiceSettings
+
+    settings = ServiceSettings()
+    for name, count in sorted(asyncio.run(list_topics(settings.kafka_bootstrap_servers,
+                                                      settings.topic_prefix)).items()):
+        typer.echo(f"{name}\t{count}")
+
+
+@events_app.command("schema")
+def events_schema(
+    output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print the JSON Schema of every event (schema version 1)."""
+    from switchyard.common.events import event_json_schema
+
+    text = json.dumps(event_json_schema(), indent=2, sort_keys=True) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text)
+
+
+def build() -> typer.Typer:
+    """Add every installed service's commands to the root app."""
+    for plugin in discover():
+        app.command(name=plugin.name, help=f"Run the {plugin.name} service. {plugin.summary}")(
+            _run_service_command(plugin)
+        )
+        for command in plugin.commands():
+            if isinstance(command, typer.Typer):
+                app.add_typer(command)
+            else:
+                app.command(name=command.__name__.replace("_", "-"))(command)
+    return app
+
+
+def main() -> None:
+    build()()

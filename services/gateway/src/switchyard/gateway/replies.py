@@ -1,0 +1,41 @@
+"""Replies waiting for their requests: the gateway replica that published a request
+listens to its own partition of the replies topic and hands each reply, or each stream
+chunk, to the HTTP request waiting for it."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+
+from switchyard.common.events import ChatChunk, ChatCompleted, ChatFailed, Event
+
+Reply = ChatChunk | ChatCompleted | ChatFailed
+
+
+def reply_partition(instance_id: str, partitions: int) -> int:
+    """The replies partition this replica reads; stable for its instance id."""
+    return zlib.crc32(instance_id.encode()) % max(1, partitions)
+
+
+class PendingReplies:
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Queue[Reply]] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def open(self, request_id: str) -> asyncio.Queue[Reply]:
+        queue: asyncio.Queue[Reply] = asyncio.Queue()
+        self._waiting[request_id] = queue
+        return queue
+
+    def close(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
+
+    async def deliver(self, event: Event) -> None:
+        """Bus listener: route a reply to its waiting request; ignore anything else
+        (replies for other replicas sharing the partition, or for requests given up on)."""
+        if isinstance(event, ChatChunk | ChatCompleted | ChatFailed):
+            queue = self._waiting.get(event.request_id)
+            if queue is not None:
+                queue.put_nowait(event)

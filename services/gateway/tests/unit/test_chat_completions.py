@@ -1,0 +1,192 @@
+"""The gateway's chat endpoint: authentication, validation, publication, replies, errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from switchyard.common.bus import BusUnavailableError
+from switchyard.common.events import ChatFailed, ChatFailedData, ErrorInfo, TerminalStatus
+
+from .conftest import API_KEY, chunk, completed_reply
+
+BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]}
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def assert_openai_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+async def test_api_key_request_is_published_and_answered(harness):
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "hi there"
+    [published] = harness.requests
+    assert published.tenant == "acme"
+    assert published.data.user_id == "user-1"
+    assert published.data.api_key_id == "key-1"
+    assert published.data.body["messages"] == BODY["messages"]
+    assert response.headers["x-request-id"] == published.request_id
+
+
+async def test_api_key_lookup_is_cached(harness):
+    for _ in range(3):
+        response = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+        assert response.status_code == 200
+    assert harness.auth.lookups == 1
+
+
+async def test_x_api_key_header_is_accepted(harness):
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers={"x-api-key": API_KEY})
+    assert response.status_code == 200
+
+
+async def test_jwt_is_verified_against_jwks(harness):
+    token = harness.auth.token()
+    response = await harness.client.post("/v1/chat/completions", json=BODY,
+                                         headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    assert harness.requests[0].data.user_id == "user-jwt"
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"Authorization": "Bearer sk-sy-unknown"},
+    {"Authorization": "Basic Zm9vOmJhcg=="},
+    {"Authorization": "Bearer not-a-token"},
+])
+async def test_missing_or_invalid_credentials_get_401(harness, headers):
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers=headers)
+    error = assert_openai_error(response, 401, "invalid_api_key")
+    assert "sk-sy-unknown" not in response.text
+    assert error["type"] == "authentication_error"
+    assert not harness.requests
+
+
+async def test_expired_and_unsigned_tokens_get_401(harness):
+    expired = harness.auth.token(exp=1, iat=0, nbf=0)
+    header, payload, _ = harness.auth.token().split(".")
+    unsigned = f"{header}.{payload}."
+    for token in (expired, unsigned, harness.auth.token(aud="someone-else"), harness.auth.token(exp=None)):
+        response = await harness.client.post("/v1/chat/completions", json=BODY,
+                                             headers={"Authorization": f"Bearer {token}"})
+        assert_openai_error(response, 401)
+    assert not harness.requests
+
+
+async def test_malformed_json_gets_400(harness):
+    response = await harness.client.post("/v1/chat/completions", content=b'{"model": "sim-small", ',
+                                         headers={**AUTH, "content-type": "application/json"})
+    error = assert_openai_error(response, 400)
+    assert "JSON" in error["message"]
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"model": "sim-small"}, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
+    ({"model": "sim-small", "messages": []}, "messages"),
+    ({"model": "sim-small", "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+    ({"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"},
+     "temperature"),
+    ({"model": 42, "messages": [{"role": "user", "content": "hi"}]}, "model"),
+])
+async def test_invalid_fields_get_400_naming_the_field(harness, body, param):
+    response = await harness.client.post("/v1/chat/completions", json=body, headers=AUTH)
+    error = assert_openai_error(response, 400)
+    assert error["param"] == param
+    assert not harness.requests
+
+
+async def test_unknown_model_gets_404_model_not_found(harness):
+    response = await harness.client.post("/v1/chat/completions", json={**BODY, "model": "no-such-model"},
+                                         headers=AUTH)
+    assert_openai_error(response, 404, "model_not_found")
+    assert not harness.requests
+
+
+async def test_body_over_the_limit_gets_413(harness):
+    big = {**BODY, "messages": [{"role": "user", "content": "x" * 20_000}]}
+    response = await harness.client.post("/v1/chat/completions", json=big, headers=AUTH)
+    assert_openai_error(response, 413, "request_too_large")
+    assert not harness.requests
+
+
+async def test_reply_that_never_comes_gets_504_at_the_deadline(harness):
+    async def silent(_request):
+        return []
+
+    harness.respond[0] = silent
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+    assert_openai_error(response, 504, "deadline_exceeded")
+    assert 1.5 <= loop.time() - started < 4
+
+
+async def test_failed_reply_keeps_its_status_and_message(harness):
+    async def rate_limited(request):
+        return [ChatFailed(source="test", tenant=request.tenant, request_id=request.request_id,
+                           data=ChatFailedData(status=TerminalStatus.FAILED,
+                                               error=ErrorInfo(status=429, type="rate_limit_error",
+                                                               code="rate_limited", message="slow down")))]
+
+    harness.respond[0] = rate_limited
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+    error = assert_openai_error(response, 429, "rate_limited")
+    assert error["message"] == "slow down"
+    assert response.headers["retry-after"]
+
+
+async def test_bus_unavailable_gets_503_quickly(harness):
+    async def refuse(*_args, **_kwargs):
+        raise BusUnavailableError("down")
+
+    harness.bus.publish = refuse  # type: ignore[method-assign]
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+    assert_openai_error(response, 503, "bus_unavailable")
+
+
+async def test_streaming_relays_chunks_in_order_then_done(harness):
+    async def streamer(request):
+        # Published out of order and with a duplicate: the client still sees 0, 1, 2 once.
+        return [chunk(request, 0, "Hel"), chunk(request, 1, "lo"), chunk(request, 1, "lo"),
+                chunk(request, 2, "!"), completed_reply(request, "Hello!")]
+
+    harness.respond[0] = streamer
+    async with harness.client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True},
+                                     headers=AUTH) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line async for line in response.aiter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    contents = [orjson.loads(line[6:])["choices"][0]["delta"]["content"] for line in lines[:-1]]
+    assert contents == ["Hel", "lo", "!"]
+
+
+async def test_too_many_requests_in_flight_get_429(harness):
+    harness.settings.max_in_flight = 0
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+    assert_openai_error(response, 429, "gateway_busy")
+    assert response.headers["retry-after"] == "1"
+
+
+async def test_models_lists_routable_models(harness):
+    response = await harness.client.get("/v1/models", headers=AUTH)
+    assert response.status_code == 200
+    ids = [model["id"] for model in response.json()["data"]]
+    assert "sim-small" in ids
+
+
+async def test_unknown_route_uses_the_error_format(harness):
+    response = await harness.client.get("/v1/nothing-here", headers=AUTH)
+    assert_openai_error(response, 404)
+
