@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -37,9 +40,24 @@ async def create_topics(
         for topic in wanted:
             log.info("topic created", topic=topic.name, partitions=topic.num_partitions,
                      replication_factor=replication_factor)
+        await _wait_for_leaders(admin, [name for name, _ in topics.all()])
         return [topic.name for topic in wanted]
     finally:
         await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30) -> None:
+    """Return once every partition of `names` has a leader, so the first publish succeeds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = await admin.describe_topics(names)
+        if all(item["error_code"] == 0 and item["partitions"]
+               and all(partition["leader"] >= 0 for partition in item["partitions"])
+               for item in described):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics have no leader after {timeout_s}s: {names}")
+        await asyncio.sleep(0.1)
 
 
 async def list_topics(bootstrap_servers: str, prefix: str) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -13,12 +14,29 @@ from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import health_router
 from switchyard.common.metrics import metrics_router
 from switchyard.gateway.api import chat, history, models
-from switchyard.gateway.bootstrap import build_gateway
+from switchyard.gateway.bootstrap import Gateway, build_gateway
 from switchyard.gateway.config import Settings
 from switchyard.gateway.limits import BodySizeLimit
 from switchyard.gateway.replies import reply_partition
 
 log = structlog.get_logger("switchyard.gateway")
+
+
+async def listen_for_replies(gateway: Gateway) -> None:
+    """Listen to this replica's partition of the replies topic, retrying until it works."""
+    attempt = 0
+    while gateway.replies_listener is None:
+        attempt += 1
+        try:
+            partitions = await gateway.bus.partition_count(gateway.topics.replies)
+            gateway.reply_partition = reply_partition(gateway.settings.instance_id, partitions)
+            gateway.replies_listener = await gateway.bus.listen(
+                gateway.topics.replies, gateway.pending.deliver, partitions=[gateway.reply_partition])
+        except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
+            delay = min(5.0, 0.25 * attempt)
+            log.warning("cannot listen for replies yet", error=repr(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+    log.info("gateway listening for replies", reply_partition=gateway.reply_partition)
 
 
 def create_app(settings: Settings | None = None, bus: EventBus | None = None) -> FastAPI:
@@ -31,26 +49,20 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if owns_bus:
             await the_bus.start()
-        try:
-            partitions = await the_bus.partition_count(gateway.topics.replies)
-        except Exception as exc:  # noqa: BLE001 - Kafka may be down; requests will get 503
-            log.warning("replies topic not readable yet", error=repr(exc))
-            partitions = 1
-        gateway.reply_partition = reply_partition(settings.instance_id, partitions)
-        listener = None
-        try:
-            listener = await the_bus.listen(gateway.topics.replies, gateway.pending.deliver,
-                                            partitions=[gateway.reply_partition])
-        except Exception as exc:  # noqa: BLE001
-            log.error("could not listen for replies", error=repr(exc))
+        # Kafka may not be reachable yet: keep trying in the background; until the
+        # replies listener runs, readiness fails and chat requests get 503.
+        connecting = asyncio.create_task(listen_for_replies(gateway))
+        await asyncio.wait({connecting}, timeout=3)
         with contextlib.suppress(Exception):
             await gateway.authenticator.jwks.refresh()
-        log.info("gateway ready", reply_partition=gateway.reply_partition, bus=settings.bus)
         try:
             yield
         finally:
-            if listener is not None:
-                await listener.stop()
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+            if gateway.replies_listener is not None:
+                await gateway.replies_listener.stop()
             await gateway.http.aclose()
             if owns_bus:
                 await the_bus.stop()
@@ -67,6 +79,6 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(history.router)
-    app.include_router(health_router({"bus": the_bus.healthy}))
+    app.include_router(health_router({"bus": the_bus.healthy, "replies": gateway.listening_for_replies}))
     app.include_router(metrics_router())
     return app

@@ -57,9 +57,12 @@ class JwksCache:
         self._fetched_at = float("-inf")
 
     async def refresh(self) -> None:
-        self._fetched_at = time.monotonic()
+        # After a failed fetch, allow the next attempt a second later rather than after the
+        # full interval, so a gateway started before auth does not refuse JWTs for long.
+        self._fetched_at = time.monotonic() - self._min_interval_s + 1.0
         response = await self._client.get(self._url, timeout=2.0)
         response.raise_for_status()
+        self._fetched_at = time.monotonic()
         keys = {}
         for jwk in response.json().get("keys", []):
             if jwk.get("kty") == "RSA" and "kid" in jwk:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from switchyard.common.bus import EventBus
+from switchyard.common.bus import EventBus, Subscription
 from switchyard.common.routing import RoutingTable, load_routing
 from switchyard.common.topics import Topics
 from switchyard.gateway.auth import Authenticator
@@ -25,7 +25,11 @@ class Gateway:
     http: httpx.AsyncClient
     pending: PendingReplies = field(default_factory=PendingReplies)
     reply_partition: int = 0
+    replies_listener: Subscription | None = None
     in_flight: int = 0
+
+    async def listening_for_replies(self) -> bool:
+        return self.replies_listener is not None
 
 
 def build_gateway(settings: Settings, bus: EventBus) -> Gateway:

@@ -183,10 +183,9 @@ class KafkaBus(EventBus):
         )
 
     async def partition_count(self, topic: str) -> int:
-        if not self._producer_ready.is_set():
-            await asyncio.wait_for(self._producer_ready.wait(), timeout=30)
-        assert self._producer is not None
-        partitions = await self._producer.partitions_for(topic)
+        if self._producer is None:
+            raise BusUnavailableError("Kafka is not reachable")
+        partitions = await asyncio.wait_for(self._producer.partitions_for(topic), timeout=10)
         return len(partitions)
 
     async def healthy(self) -> bool:

@@ -59,6 +59,10 @@ async def create_chat_completion(
     ):
         raise APIError(404, f"The model '{body.model}' does not exist or you do not have access to it.",
                        code="model_not_found", param="model")
+    if gateway.replies_listener is None:
+        REJECTED.labels("bus_unavailable").inc()
+        raise APIError(503, "The gateway is not connected to the event bus yet; retry shortly.",
+                       code="bus_unavailable", headers={"Retry-After": "2"})
     if gateway.in_flight >= gateway.settings.max_in_flight:
         REJECTED.labels("in_flight_limit").inc()
         raise APIError(429, "Too many requests in progress on this gateway; retry shortly.",

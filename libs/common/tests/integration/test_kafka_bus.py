@@ -1,0 +1,232 @@
+"""The Kafka bus on a real broker: round trips, redelivery after a crash, dead letters,
+listeners, and a broker that cannot be reached."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from switchyard.common.bus import BusUnavailableError, RetryPolicy
+from switchyard.common.bus.kafka import KafkaBus
+from switchyard.common.events import ChatRequestData, ChatRequested, encode_event
+from switchyard.common.testing.infra import async_wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def request(n: int, **data) -> ChatRequested:
+    return ChatRequested(source="test", tenant="acme", request_id=f"req-{n}", data=ChatRequestData(
+        model="sim-small", body={"n": n}, user_id="u", deadline=datetime.now(UTC) + timedelta(seconds=60),
+        **data))
+
+
+async def started_bus(servers, topics) -> KafkaBus:
+    bus = KafkaBus(servers, deadletter_topic=topics.deadletter)
+    await bus.start()
+    return bus
+
+
+async def read_all(servers: str, topic: str, expected: int, timeout: float = 20) -> list:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=servers, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    records = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for items in batch.values():
+                records.extend(items)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def test_publish_and_consume_round_trip(kafka_servers, kafka_topics):
+    bus = await started_bus(kafka_servers, kafka_topics)
+    received = []
+
+    async def handler(event):
+        received.append(event)
+
+    await bus.subscribe([kafka_topics.requests_interactive], "round-trip", handler, concurrency=4)
+    sent = [request(n) for n in range(10)]
+    for event in sent:
+        await bus.publish(kafka_topics.requests_interactive, event)
+    await async_wait_until(lambda: asyncio.sleep(0, len(received) == 10), timeout=30)
+    assert sorted(received, key=lambda e: e.request_id) == sorted(sent, key=lambda e: e.request_id)
+    await bus.stop()
+
+
+async def test_events_carry_type_and_request_id_headers(kafka_servers, kafka_topics):
+    bus = await started_bus(kafka_servers, kafka_topics)
+    await bus.publish(kafka_topics.usage, request(1))
+    [record] = await read_all(kafka_servers, kafka_topics.usage, 1)
+    headers = dict(record.headers)
+    assert headers["type"] == b"chat.requested"
+    assert headers["request_id"] == b"req-1"
+    assert headers["schema_version"] == b"1"
+    assert record.key == b"req-1"
+    await bus.stop()
+
+
+CRASHING_CONSUMER = textwrap.dedent("""
+    import asyncio, sys
+    from switchyard.common.bus.kafka import KafkaBus
+
+    async def main(servers, topic, group):
+        bus = KafkaBus(servers)
+        await bus.start()
+
+        async def handler(event):
+            print("HANDLING", event.request_id, flush=True)
+            await asyncio.sleep(3600)  # killed before it finishes, so before any commit
+
+        await bus.subscribe([topic], group, handler)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main(*sys.argv[1:]))
+""")
+
+
+async def test_consumer_killed_before_commit_gets_the_event_redelivered(kafka_servers, kafka_topics):
+    topic, group = kafka_topics.requests_interactive, "crash-test"
+    bus = await started_bus(kafka_servers, kafka_topics)
+    await bus.publish(topic, request(42))
+
+    process = subprocess.Popen([sys.executable, "-c", CRASHING_CONSUMER, kafka_servers, topic, group],
+                               stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        async def handling_line() -> str:
+            while True:  # skip the child's log lines
+                line = await asyncio.to_thread(process.stdout.readline)
+                if not line or line.startswith("HANDLING"):
+                    return line.strip()
+
+        assert await asyncio.wait_for(handling_line(), timeout=60) == "HANDLING req-42"
+    finally:
+        process.kill()  # SIGKILL: no shutdown hooks, no commit
+        process.wait()
+
+    redelivered = []
+
+    async def handler(event):
+        redelivered.append(event.request_id)
+
+    # The broker hands the partition over once the dead member's session times out.
+    await bus.subscribe([topic], group, handler)
+    await async_wait_until(lambda: asyncio.sleep(0, redelivered), timeout=60,
+                           message="redelivery after the crash")
+    assert redelivered == ["req-42"]
+    await bus.stop()
+
+
+async def test_committed_events_are_not_redelivered(kafka_servers, kafka_topics):
+    topic, group = kafka_topics.requests_interactive, "commit-test"
+    bus = await started_bus(kafka_servers, kafka_topics)
+    first, second = [], []
+
+    async def into(target):
+        async def handler(event):
+            target.append(event.request_id)
+        return handler
+
+    subscription = await bus.subscribe([topic], group, await into(first))
+    await bus.publish(topic, request(1))
+    await async_wait_until(lambda: asyncio.sleep(0, first), timeout=30)
+    await subscription.stop()  # graceful: commits what was handled
+
+    await bus.subscribe([topic], group, await into(second))
+    await bus.publish(topic, request(2))
+    await async_wait_until(lambda: asyncio.sleep(0, second), timeout=30)
+    await asyncio.sleep(1)
+    assert second == ["req-2"]
+    await bus.stop()
+
+
+async def test_malformed_and_unknown_version_events_are_dead_lettered_and_skipped(kafka_servers, kafka_topics):
+    topic = kafka_topics.requests_interactive
+    bus = await started_bus(kafka_servers, kafka_topics)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_servers)
+    await producer.start()
+    future_version = encode_event(request(2)).replace(b'"schema_version":1', b'"schema_version":99')
+    # All on one partition, so the good event is behind the bad ones.
+    await producer.send_and_wait(topic, b"{this is not json", key=b"k", partition=0)
+    await producer.send_and_wait(topic, future_version, key=b"k", partition=0)
+    await producer.send_and_wait(topic, encode_event(request(3)), key=b"k", partition=0)
+    await producer.stop()
+
+    handled = []
+
+    async def handler(event):
+        handled.append(event.request_id)
+
+    await bus.subscribe([topic], "dlq-test", handler)
+    await async_wait_until(lambda: asyncio.sleep(0, handled), timeout=30)
+    assert handled == ["req-3"]
+
+    dead = await read_all(kafka_servers, kafka_topics.deadletter, 2)
+    assert [record.value for record in dead] == [b"{this is not json", future_version]
+    headers = dict(dead[0].headers)
+    assert headers["deadletter.topic"] == topic.encode()
+    assert headers["deadletter.partition"] == b"0"
+    assert headers["deadletter.offset"] == b"0"
+    assert headers["deadletter.group"] == b"dlq-test"
+    assert b"undecodable" in headers["deadletter.reason"]
+    await bus.stop()
+
+
+async def test_handler_that_keeps_failing_is_dead_lettered(kafka_servers, kafka_topics):
+    bus = await started_bus(kafka_servers, kafka_topics)
+    attempts = []
+
+    async def broken(event):
+        attempts.append(event.request_id)
+        raise RuntimeError("provider exploded")
+
+    await bus.subscribe([kafka_topics.requests_interactive], "failing", broken,
+                        retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.01))
+    await bus.publish(kafka_topics.requests_interactive, request(7))
+    [dead] = await read_all(kafka_servers, kafka_topics.deadletter, 1, timeout=30)
+    assert attempts == ["req-7"] * 3
+    assert b"provider exploded" in dict(dead.headers)["deadletter.reason"]
+    await bus.stop()
+
+
+async def test_listener_sees_only_new_events_of_its_partition(kafka_servers, kafka_topics):
+    bus = await started_bus(kafka_servers, kafka_topics)
+    await bus.publish(kafka_topics.replies, request(0), partition=1)  # before the listener: not seen
+    seen = []
+
+    async def on_reply(event):
+        seen.append(event.request_id)
+
+    await bus.listen(kafka_topics.replies, on_reply, partitions=[1])
+    await bus.publish(kafka_topics.replies, request(1), partition=1)
+    await bus.publish(kafka_topics.replies, request(2), partition=2)  # another replica's partition
+    await bus.publish(kafka_topics.replies, request(3), partition=1)
+    await async_wait_until(lambda: asyncio.sleep(0, len(seen) >= 2), timeout=30)
+    await asyncio.sleep(0.5)
+    assert seen == ["req-1", "req-3"]
+    assert await bus.partition_count(kafka_topics.replies) == 3
+    await bus.stop()
+
+
+async def test_unreachable_broker_fails_publish_fast():
+    bus = KafkaBus("127.0.0.1:1", publish_timeout_s=1.5)
+    started = time.monotonic()
+    await bus.start()
+    with pytest.raises(BusUnavailableError):
+        await bus.publish("anything", request(1))
+    assert not await bus.healthy()
+    await bus.stop()
+    # start() waits at most a few seconds for a broker; publish refuses at once.
+    assert time.monotonic() - started < 8

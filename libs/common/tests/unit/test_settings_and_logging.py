@@ -1,0 +1,59 @@
+"""Settings refuse development secrets in production; logs are Logstash-shaped JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import structlog
+from pydantic import ValidationError
+
+from switchyard.common.errors import validation_message
+from switchyard.common.logging import bind_request_id, configure_logging
+from switchyard.common.settings import ServiceSettings
+
+
+def test_development_accepts_default_secrets():
+    assert ServiceSettings(environment="development").internal_token
+
+
+def test_production_refuses_default_internal_token():
+    with pytest.raises(ValidationError, match="SWITCHYARD_INTERNAL_TOKEN"):
+        ServiceSettings(environment="production")
+
+
+def test_production_accepts_a_real_secret():
+    settings = ServiceSettings(environment="production", internal_token="s3cr3t-from-a-vault")
+    assert settings.describe()["internal_token"] == "***"
+
+
+def test_settings_read_the_environment(monkeypatch):
+    monkeypatch.setenv("SWITCHYARD_BUS", "kafka")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker:9092")
+    settings = ServiceSettings()
+    assert settings.bus == "kafka"
+    assert settings.kafka_bootstrap_servers == "broker:9092"
+
+
+def test_log_lines_have_logstash_fields_and_no_secrets(capsys):
+    configure_logging("gateway", "INFO", "json")
+    bind_request_id("req-123")
+    structlog.get_logger("switchyard.test").info("hello", authorization="Bearer sk-sy-secret")
+    logging.getLogger("uvicorn.error").warning("from the standard library")
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    first, second = lines
+    assert {"@timestamp", "@version", "level", "message", "logger", "service", "request_id"} <= set(first)
+    assert first["message"] == "hello" and first["service"] == "gateway"
+    assert first["request_id"] == "req-123"
+    assert first["level"] == "info"
+    assert "sk-sy-secret" not in json.dumps(first)
+    assert second["logger"] == "uvicorn.error" and second["level"] == "warning"
+    structlog.contextvars.clear_contextvars()
+
+
+def test_validation_message_names_the_field():
+    message, param = validation_message([{"loc": ("body", "messages", 0, "role"), "msg": "bad role",
+                                          "type": "literal_error"}])
+    assert param == "messages.0.role"
+    assert "messages.0.role" in message
