@@ -102,7 +102,9 @@ class RoutingTable(_Strict):
             if isinstance(route, dict):
                 route = {"name": key, **route}
                 if route["name"] != key:
-                    raise ValueError(f"models.{key}.name is {route['name']!r}; it must equal its key")
+                    raise ValueError(
+                        f"models.{key}.name is {route['name']!r}; it must equal its key"
+                    )
             models[key] = route
         return {**raw, "models": models}
 
@@ -126,18 +128,29 @@ def load_routing(path: str | None, simulator_url: str) -> RoutingTable:
 
 def default_routing(simulator_url: str) -> RoutingTable:
     routes = [
-        ModelRoute(name=name, deployments=[
-            Deployment(name="simulator", provider="openai", model=name, base_url=simulator_url)
-        ])
+        ModelRoute(
+            name=name,
+            deployments=[
+                Deployment(name="simulator", provider="openai", model=name, base_url=simulator_url)
+            ],
+        )
         for name in SIMULATOR_MODELS
     ]
     if os.environ.get("OPENAI_API_KEY"):
         base_url = os.environ.get("OPENAI_BASE_URL") or None
         routes += [
-            ModelRoute(name=name, deployments=[
-                Deployment(name="openai", provider="openai", model=name, base_url=base_url,
-                           api_key_env="OPENAI_API_KEY")
-            ])
+            ModelRoute(
+                name=name,
+                deployments=[
+                    Deployment(
+                        name="openai",
+                        provider="openai",
+                        model=name,
+                        base_url=base_url,
+                        api_key_env="OPENAI_API_KEY",
+                    )
+                ],
+            )
             for name in OPENAI_DEFAULT_MODELS
         ]
     return RoutingTable(models={route.name: route for route in routes})

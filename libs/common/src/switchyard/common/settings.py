@@ -48,6 +48,8 @@ class ServiceSettings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         populate_by_name=True,
+        # A refused start-up prints the validation error; never with the secrets in it.
+        hide_input_in_errors=True,
     )
 
     # Secret fields listed here must not keep their development default outside development.

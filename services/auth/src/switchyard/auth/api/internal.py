@@ -1,0 +1,49 @@
+"""Endpoints only other Switchyard services call, behind the internal token."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+from switchyard.auth.api.deps import Service
+from switchyard.auth.metrics import API_KEY_LOOKUPS
+from switchyard.common.errors import APIError
+from switchyard.common.http import internal_token_dependency
+
+
+class ApiKeyLookup(BaseModel):
+    secret_hash: str = Field(
+        pattern=r"^[0-9a-fA-F]{64}$", description="sha256 hex digest of the presented API key."
+    )
+
+
+class ApiKeyIdentityOut(BaseModel):
+    key_id: str
+    user_id: str
+    tenant: str
+    role: str
+    scopes: list[str]
+    allowed_models: list[str] | None
+    expires_at: datetime | None
+
+
+def internal_router(internal_token: str) -> APIRouter:
+    router = APIRouter(
+        prefix="/internal/v1",
+        tags=["internal"],
+        dependencies=[Depends(internal_token_dependency(internal_token))],
+    )
+
+    @router.post("/api-keys/lookup", response_model=ApiKeyIdentityOut)
+    async def lookup_api_key(body: ApiKeyLookup, service: Service) -> ApiKeyIdentityOut:
+        """Resolve a key hash to its owner; 404 if unknown, revoked, expired or user disabled."""
+        identity = await service.lookup_api_key(body.secret_hash)
+        if identity is None:
+            API_KEY_LOOKUPS.labels("not_found").inc()
+            # One answer for every reason, so the gateway never learns more than "no".
+            raise APIError(404, "API key not found.", code="api_key_not_found")
+        API_KEY_LOOKUPS.labels("found").inc()
+        return ApiKeyIdentityOut(**identity.__dict__)
+
+    return router

@@ -1,0 +1,89 @@
+"""Settings of the auth service, read from `SWITCHYARD_*` environment variables and `.env`.
+
+Two classes: `DatabaseSettings` holds only what migrations and the user/key commands need
+(so a migration job never needs the signing key), and `Settings` is the full service
+configuration. Outside development the service refuses to start without a signing key
+file; in development a key is generated once and kept on disk so tokens survive restarts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from switchyard.common.settings import Environment, ServiceSettings, env
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.switchyard/auth.db"
+
+
+def _database_url_field() -> Any:
+    return Field(
+        default=DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices(
+            "SWITCHYARD_AUTH_DATABASE_URL", "DATABASE_URL", "database_url"
+        ),
+        description="Database holding users and API keys (PostgreSQL with psycopg, or SQLite).",
+    )
+
+
+class DatabaseSettings(BaseSettings):
+    """Just the database location: what `switchyard db upgrade` and the CLI need."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHYARD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str = _database_url_field()
+
+
+class Settings(ServiceSettings):
+    """Everything the auth service reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_AUTH_")
+
+    port: int = 8001
+    database_url: str = _database_url_field()
+    jwt_issuer: str = Field(
+        default="switchyard-auth", validation_alias=env("SWITCHYARD_JWT_ISSUER", "jwt_issuer"),
+        description="`iss` claim of every access token.",
+    )
+    jwt_audience: str = Field(
+        default="switchyard", validation_alias=env("SWITCHYARD_JWT_AUDIENCE", "jwt_audience"),
+        description="`aud` claim of every access token.",
+    )
+    access_token_ttl_s: int = Field(default=900, gt=0, description="Lifetime of an access token.")
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="PEM file of the RSA private key signing tokens; required outside development.",
+    )
+    dev_key_file: Path = Field(
+        default=Path(".switchyard/auth-signing-key.pem"),
+        description="Development only: where the generated signing key is kept between restarts.",
+    )
+    dev_api_key: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SWITCHYARD_DEV_API_KEY", "dev_api_key"),
+        description="Development only: the exact API key `switchyard dev` gives its dev user.",
+    )
+    dev_api_key_file: Path = Field(
+        default=Path(".switchyard/dev-api-key"),
+        description="Development only: where the generated dev API key is kept between restarts.",
+    )
+
+    @model_validator(mode="after")
+    def _require_signing_key_outside_development(self) -> Settings:
+        if self.environment == Environment.DEVELOPMENT:
+            return self
+        if self.signing_key_file is None:
+            raise ValueError(
+                "no signing key: set SWITCHYARD_AUTH_SIGNING_KEY_FILE to the PEM file of an RSA private "
+                f"key (environment is {self.environment.value}; only development generates one)"
+            )
+        if not self.signing_key_file.is_file():
+            raise ValueError(
+                f"signing key file {self.signing_key_file} does not exist or is not a file "
+                "(SWITCHYARD_AUTH_SIGNING_KEY_FILE)"
+            )
+        return self

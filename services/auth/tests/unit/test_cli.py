@@ -1,0 +1,125 @@
+"""`switchyard users|keys|tokens create` as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jwt
+import pytest
+import typer
+from switchyard.auth.cli import keys_app, tokens_app, users_app
+from switchyard.auth.config import Settings
+from switchyard.auth.keys import hash_api_key
+from switchyard.auth.service import AuthService
+from switchyard.auth.signing import load_signing_key
+from typer.testing import CliRunner
+
+
+@pytest.fixture
+def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    """Invoke the commands as the shared CLI mounts them, against the test database."""
+    monkeypatch.setenv("SWITCHYARD_AUTH_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("SWITCHYARD_AUTH_SIGNING_KEY_FILE", str(settings.signing_key_file))
+    monkeypatch.setenv("SWITCHYARD_ENVIRONMENT", "development")
+    app = typer.Typer()
+    for group in (users_app, keys_app, tokens_app):
+        app.add_typer(group)
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None):
+        return runner.invoke(app, list(args), input=input)
+
+    return invoke
+
+
+def test_create_user_with_a_prompted_password_that_then_signs_in(cli, run_with_service) -> None:
+    result = cli(
+        "users",
+        "create",
+        "--email",
+        "Ops@Example.com",
+        "--role",
+        "admin",
+        input="hunter22\nhunter22\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "ops@example.com" in result.stdout and "hunter22" not in result.stdout
+
+    async def sign_in(service: AuthService):
+        return await service.authenticate("ops@example.com", "hunter22")
+
+    user = run_with_service(sign_in)
+    assert (user.role, user.tenant) == ("admin", "default")
+
+
+def test_duplicate_email_and_unknown_user_fail_cleanly(cli) -> None:
+    assert (
+        cli(
+            "users", "create", "--email", "a@example.com", "--password-stdin", input="pw\n"
+        ).exit_code
+        == 0
+    )
+    duplicate = cli("users", "create", "--email", "A@example.com", "--no-password")
+    assert duplicate.exit_code == 1
+    assert "already exists" in duplicate.output and "Traceback" not in duplicate.output
+
+    unknown = cli("keys", "create", "--email", "ghost@example.com")
+    assert unknown.exit_code == 1
+    assert "No user with email ghost@example.com" in unknown.output
+
+    bad_role = cli("users", "create", "--email", "b@example.com", "--role", "root", "--no-password")
+    assert bad_role.exit_code == 1 and "Role must be one of" in bad_role.output
+
+
+def test_keys_create_json_prints_a_working_key_once(cli, run_with_service) -> None:
+    cli("users", "create", "--email", "dev@example.com", "--no-password")
+    result = cli(
+        "keys",
+        "create",
+        "--email",
+        "dev@example.com",
+        "--name",
+        "ci",
+        "--scopes",
+        "chat",
+        "--expires-in-days",
+        "3",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert set(printed) == {"key", "key_id"}
+
+    async def lookup(service: AuthService):
+        return await service.lookup_api_key(hash_api_key(printed["key"]))
+
+    identity = run_with_service(lookup)
+    assert identity is not None and identity.key_id == printed["key_id"]
+    assert identity.scopes == ["chat"] and identity.expires_at is not None
+
+    plain = cli("keys", "create", "--email", "dev@example.com")
+    assert plain.exit_code == 0 and plain.stdout.strip().startswith("sk-sy-")
+
+    bad_scope = cli("keys", "create", "--email", "dev@example.com", "--scopes", "everything")
+    assert bad_scope.exit_code == 1 and "Unknown scope(s): everything" in bad_scope.output
+
+
+def test_tokens_create_prints_a_token_signed_with_the_service_key(cli, settings: Settings) -> None:
+    cli("users", "create", "--email", "ops@example.com", "--tenant", "acme", "--no-password")
+    result = cli("tokens", "create", "--email", "ops@example.com")
+    assert result.exit_code == 0, result.output
+    public_key = load_signing_key(settings).private_key.public_key()
+    claims = jwt.decode(
+        result.stdout.strip(), public_key, algorithms=["RS256"], audience="switchyard"
+    )
+    assert claims["tenant"] == "acme"
+
+
+def test_commands_on_an_unmigrated_database_say_what_to_do(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SWITCHYARD_AUTH_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/empty.db")
+    result = cli("users", "create", "--email", "a@example.com", "--no-password")
+    assert result.exit_code == 1
+    assert "switchyard db upgrade" in result.output and "Traceback" not in result.output

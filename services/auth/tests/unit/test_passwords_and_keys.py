@@ -1,0 +1,40 @@
+"""Password hashing and the API key format."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from argon2 import profiles
+from switchyard.auth.keys import generate_api_key, hash_api_key, visible_prefix
+from switchyard.auth.passwords import PasswordHasher
+
+
+def test_passwords_are_stored_as_argon2id_and_verify_only_the_right_one() -> None:
+    hasher = PasswordHasher(profiles.CHEAPEST)
+    stored = hasher.hash("correct horse battery staple")
+    assert stored.startswith("$argon2id$")
+    assert "correct horse" not in stored
+    assert hasher.verify(stored, "correct horse battery staple")
+    assert not hasher.verify(stored, "Correct horse battery staple")
+    assert not hasher.verify(None, "anything"), "a user without a password can never sign in"
+    assert not hasher.verify("not-a-hash", "anything")
+    assert hasher.hash("same") != hasher.hash("same"), "every hash is salted"
+
+
+def test_weaker_hashes_are_flagged_for_rehash() -> None:
+    cheap = PasswordHasher(profiles.CHEAPEST).hash("pw")
+    assert PasswordHasher().needs_rehash(cheap)
+
+
+def test_api_keys_have_the_documented_format_and_are_unique() -> None:
+    keys = {generate_api_key() for _ in range(200)}
+    assert len(keys) == 200
+    for key in keys:
+        assert re.fullmatch(r"sk-sy-[A-Za-z0-9_-]{43}", key), key
+
+
+def test_api_keys_are_stored_as_sha256_with_a_short_visible_prefix() -> None:
+    key = generate_api_key()
+    assert hash_api_key(key) == hashlib.sha256(key.encode()).hexdigest()
+    assert visible_prefix(key) == key[:12] and visible_prefix(key).startswith("sk-sy-")

@@ -1,0 +1,112 @@
+"""The auth use cases on a migrated SQLite database: users, keys and key lookup."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+from switchyard.auth.keys import hash_api_key
+from switchyard.auth.service import (
+    AuthService,
+    DuplicateEmail,
+    InvalidCredentials,
+    InvalidInput,
+    UserNotFound,
+)
+
+
+async def test_emails_are_case_insensitive_and_unique(service: AuthService) -> None:
+    user = await service.create_user(email="  Alice@Example.COM ", tenant="acme", role="admin")
+    assert user.email == "alice@example.com"
+    assert user.created_at.tzinfo is not None
+    with pytest.raises(DuplicateEmail, match="alice@example.com"):
+        await service.create_user(email="ALICE@example.com")
+    assert (await service.user_by_email("ALICE@EXAMPLE.COM")).id == user.id
+
+
+async def test_bad_user_input_is_refused_with_a_reason(service: AuthService) -> None:
+    with pytest.raises(InvalidInput, match="valid email"):
+        await service.create_user(email="not-an-email")
+    with pytest.raises(InvalidInput, match="Role"):
+        await service.create_user(email="a@b.c", role="owner")
+    with pytest.raises(UserNotFound):
+        await service.user_by_email("nobody@example.com")
+
+
+async def test_password_check(service: AuthService) -> None:
+    await service.create_user(email="bob@example.com", password="s3cret!")
+    assert (await service.authenticate("BOB@example.com", "s3cret!")).email == "bob@example.com"
+    with pytest.raises(InvalidCredentials):
+        await service.authenticate("bob@example.com", "wrong")
+    with pytest.raises(InvalidCredentials) as unknown:
+        await service.authenticate("nobody@example.com", "s3cret!")
+    assert str(unknown.value) == "Incorrect email or password."
+
+
+async def test_a_created_key_resolves_to_its_owner(service: AuthService) -> None:
+    user = await service.create_user(email="carol@example.com", tenant="acme", role="member")
+    expires = datetime.now(UTC) + timedelta(days=30)
+    issued = await service.create_api_key(
+        user_id=user.id, name="ci", scopes=["chat"], allowed_models=["gpt-4o"], expires_at=expires
+    )
+    identity = await service.lookup_api_key(hash_api_key(issued.key))
+    assert identity is not None
+    assert (identity.key_id, identity.user_id, identity.tenant, identity.role) == (
+        issued.record.id,
+        user.id,
+        "acme",
+        "member",
+    )
+    assert identity.scopes == ["chat"] and identity.allowed_models == ["gpt-4o"]
+    assert identity.expires_at == expires
+    assert issued.record.prefix == issued.key[:12]
+    assert await service.lookup_api_key(hash_api_key(issued.key + "x")) is None
+
+
+async def test_the_raw_key_is_never_written_to_the_database(
+    service: AuthService, database_url: str
+) -> None:
+    user = await service.create_user(email="dave@example.com")
+    issued = await service.create_api_key(user_id=user.id)
+    database_file = Path(make_url(database_url).database)
+    stored = b"".join(
+        path.read_bytes() for path in database_file.parent.glob(database_file.name + "*")
+    )
+    assert hash_api_key(issued.key).encode() in stored
+    assert issued.key.encode() not in stored
+
+
+async def test_revoked_and_expired_keys_are_not_found(service: AuthService) -> None:
+    user = await service.create_user(email="erin@example.com")
+    revoked = await service.create_api_key(user_id=user.id, name="old")
+    await service.revoke_api_key(revoked.record.id)
+    assert await service.lookup_api_key(hash_api_key(revoked.key)) is None
+
+    expires = datetime.now(UTC) + timedelta(days=1)
+    expiring = await service.create_api_key(user_id=user.id, name="short", expires_at=expires)
+    key_hash = hash_api_key(expiring.key)
+    assert await service.lookup_api_key(key_hash, now=expires - timedelta(seconds=1)) is not None
+    assert await service.lookup_api_key(key_hash, now=expires) is None
+
+
+async def test_a_disabled_user_can_neither_sign_in_nor_use_keys(service: AuthService) -> None:
+    user = await service.create_user(email="frank@example.com", password="pw")
+    issued = await service.create_api_key(user_id=user.id)
+    await service.set_disabled(user.id, True)
+    with pytest.raises(InvalidCredentials):
+        await service.authenticate("frank@example.com", "pw")
+    assert await service.lookup_api_key(hash_api_key(issued.key)) is None
+    await service.set_disabled(user.id, False)
+    assert await service.lookup_api_key(hash_api_key(issued.key)) is not None
+
+
+async def test_key_scopes_default_and_are_validated(service: AuthService) -> None:
+    user = await service.create_user(email="gina@example.com")
+    issued = await service.create_api_key(user_id=user.id)
+    assert issued.record.scopes == ["chat", "history:read"]
+    with pytest.raises(InvalidInput, match="Unknown scope"):
+        await service.create_api_key(user_id=user.id, scopes=["chat", "root"])
+    with pytest.raises(InvalidInput, match="future"):
+        await service.create_api_key(user_id=user.id, expires_at=datetime.now(UTC))

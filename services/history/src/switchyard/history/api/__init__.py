@@ -1,0 +1,1 @@
+"""HTTP API of the history service (called by the gateway with the internal token)."""

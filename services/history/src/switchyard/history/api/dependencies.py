@@ -1,0 +1,41 @@
+"""Dependencies of the history routes: the caller's identity and the query service."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from switchyard.common.errors import APIError
+from switchyard.history.queries import Caller, HistoryQueries
+
+
+async def caller_identity(
+    tenant: Annotated[str | None, Header(alias="x-switchyard-tenant")] = None,
+    user_id: Annotated[str | None, Header(alias="x-switchyard-user-id")] = None,
+    role: Annotated[str | None, Header(alias="x-switchyard-role")] = None,
+) -> Caller:
+    """The identity the gateway verified; without it nobody's history can be scoped."""
+    missing = [
+        name
+        for name, value in (
+            ("x-switchyard-tenant", tenant),
+            ("x-switchyard-user-id", user_id),
+            ("x-switchyard-role", role),
+        )
+        if not value
+    ]
+    if missing:
+        raise APIError(
+            401,
+            f"caller identity required: missing header {', '.join(missing)}",
+            code="missing_identity",
+        )
+    return Caller(tenant=tenant, user_id=user_id, role=role)  # type: ignore[arg-type]
+
+
+def history_queries(request: Request) -> HistoryQueries:
+    return request.app.state.history.queries
+
+
+CallerDep = Annotated[Caller, Depends(caller_identity)]
+QueriesDep = Annotated[HistoryQueries, Depends(history_queries)]

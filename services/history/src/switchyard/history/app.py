@@ -1,0 +1,77 @@
+"""The history service application: consumes requests, replies and usage into the
+database and serves `/v1/history` to the gateway.
+
+`create_app(settings, bus)`: with `bus=None` the app creates, starts and stops the bus its
+settings ask for; in embedded mode it joins the shared in-memory bus it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from switchyard.common.bus import EventBus, create_bus
+from switchyard.common.errors import install_error_handlers
+from switchyard.common.http import health_router
+from switchyard.common.metrics import metrics_router
+from switchyard.common.topics import Topics
+from switchyard.history.api.routes import history_router
+from switchyard.history.bootstrap import build_components
+from switchyard.history.config import Settings
+
+log = structlog.get_logger("switchyard.history")
+
+
+def create_app(settings: Settings | None = None, bus: EventBus | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            components = build_components(settings)
+            stack.push_async_callback(components.close)
+            event_bus = bus
+            if event_bus is None:
+                event_bus = create_bus(settings, client_id=f"history-{settings.instance_id}")
+                await event_bus.start()
+                stack.push_async_callback(event_bus.stop)
+            app.state.history = components
+            app.state.bus = event_bus
+
+            topics = Topics(settings.topic_prefix)
+            # The default batch retry policy retries forever: while the database is down the
+            # batch is retried with backoff, and offsets are committed only after it commits.
+            subscription = await event_bus.subscribe_batch(
+                [topics.requests_interactive, topics.requests_batch, topics.replies, topics.usage],
+                group=settings.group,
+                handler=components.recorder.record,
+                max_batch=settings.max_batch,
+            )
+            stack.push_async_callback(subscription.stop)
+            log.info(
+                "history service started", group=settings.group, topic_prefix=settings.topic_prefix
+            )
+            yield
+
+    app = FastAPI(
+        title="Switchyard history",
+        summary="Every event of every request, and each caller's request history.",
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    async def database_ready() -> bool:
+        components = getattr(app.state, "history", None)
+        return components is not None and await components.database_ready()
+
+    async def bus_ready() -> bool:
+        event_bus = getattr(app.state, "bus", None)
+        return event_bus is not None and await event_bus.healthy()
+
+    app.include_router(health_router({"database": database_ready, "bus": bus_ready}))
+    app.include_router(metrics_router())
+    app.include_router(history_router(settings.internal_token))
+    return app

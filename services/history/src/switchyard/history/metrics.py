@@ -1,0 +1,28 @@
+"""Prometheus metrics of the history service (exposed on `/metrics`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS_PERSISTED = Counter(
+    "switchyard_history_events_persisted_total",
+    "Events newly written to the event store (redeliveries not counted).",
+    ["type"],
+)
+EVENTS_DUPLICATE = Counter(
+    "switchyard_history_events_duplicate_total",
+    "Events received again (redelivery or replay) and skipped because they were already stored.",
+)
+BATCHES = Counter(
+    "switchyard_history_batches_total",
+    "Batches of events committed to the database.",
+)
+PERSIST_FAILURES = Counter(
+    "switchyard_history_persist_failures_total",
+    "Batches whose transaction failed (e.g. database down); the bus retries them.",
+)
+PERSIST_SECONDS = Histogram(
+    "switchyard_history_persist_seconds",
+    "Time to write one batch of events and its projection updates, until commit.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)

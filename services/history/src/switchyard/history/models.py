@@ -1,0 +1,126 @@
+"""Tables of the history service (SQLAlchemy 2).
+
+- `history_events`: the event store. Every event except stream chunks, exactly once,
+  as the whole envelope; the source of truth that projections can be rebuilt from.
+- `history_requests`: the request projection, one row per request id, with its
+  terminal status, reply, usage and cost; what the history API reads.
+
+Timestamps are timezone-aware UTC on both PostgreSQL and SQLite; JSON columns are JSONB
+on PostgreSQL. The Alembic migrations in `migrations/` create the same schema.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, Index, Integer, MetaData, String, TypeDecorator
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# `none_as_null` stores Python None as SQL NULL (not JSON 'null'), so "IS NULL" means absent.
+JSONDocument = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware.
+
+    SQLite has no time zone type: values are written as UTC text (which also keeps them
+    comparable for keyset pagination) and marked UTC again when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: history stores timezone-aware UTC timestamps only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class RequestStatus(StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class HistoryEvent(Base):
+    __tablename__ = "history_events"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(64))
+    time: Mapped[datetime] = mapped_column(UTCDateTime())
+    schema_version: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class HistoryRequest(Base):
+    """One request and how it ended. A row may exist before its `chat.requested` event
+    arrives (a reply or usage record came first); such a row has no `request_body` yet."""
+
+    __tablename__ = "history_requests"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str | None] = mapped_column(String(128))
+    api_key_id: Mapped[str | None] = mapped_column(String(128))
+    model: Mapped[str | None] = mapped_column(String(256))
+    api: Mapped[str | None] = mapped_column(String(32))
+    priority: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=RequestStatus.PENDING.value)
+    request_body: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    provider: Mapped[str | None] = mapped_column(String(128))
+    deployment: Mapped[str | None] = mapped_column(String(256))
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        # A user's history, newest first (the history page); request_id breaks ties the
+        # same way the pagination cursor does.
+        Index(
+            "ix_history_requests_tenant_user_created",
+            "tenant",
+            "user_id",
+            created_at.desc(),
+            request_id.desc(),
+        ),
+        # A tenant's history for admins, newest first.
+        Index("ix_history_requests_tenant_created", "tenant", created_at.desc(), request_id.desc()),
+    )
+
+
+events_table = HistoryEvent.__table__
+requests_table = HistoryRequest.__table__

@@ -1,0 +1,133 @@
+"""The history store on a real PostgreSQL server: migrations both ways, and exactly-once
+recording under redelivery and concurrent consumers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy import func, inspect, select
+from switchyard.common.db import create_engine, downgrade, sync_url, upgrade
+from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
+from switchyard.history.handlers import EventRecorder
+from switchyard.history.models import events_table, requests_table
+from switchyard.history.queries import Caller, HistoryQueries
+
+pytestmark = pytest.mark.integration
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_sync_engine(sync_url(url))
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_migrations_create_and_drop_the_tables(postgres_url):
+    upgrade(MIGRATIONS_DIR, postgres_url, VERSION_TABLE)
+    engine = create_sync_engine(sync_url(postgres_url))
+    try:
+        inspector = inspect(engine)
+        assert {"history_events", "history_requests", VERSION_TABLE} <= set(
+            inspector.get_table_names()
+        )
+        payload_type = {c["name"]: c["type"] for c in inspector.get_columns("history_events")}[
+            "payload"
+        ]
+        assert payload_type.__class__.__name__ == "JSONB"
+        index_names = {index["name"] for index in inspector.get_indexes("history_requests")}
+        assert "ix_history_requests_tenant_user_created" in index_names
+    finally:
+        engine.dispose()
+
+    downgrade(MIGRATIONS_DIR, postgres_url, VERSION_TABLE, "base")
+
+    assert not {"history_events", "history_requests"} & _tables(postgres_url)
+
+
+@pytest.fixture
+async def engine(postgres_url):
+    upgrade(MIGRATIONS_DIR, postgres_url, VERSION_TABLE)
+    engine = create_engine(postgres_url)
+    yield engine
+    await engine.dispose()
+
+
+async def _snapshot(engine) -> tuple[dict, int]:
+    async with engine.connect() as connection:
+        rows = (await connection.execute(select(requests_table))).mappings().all()
+        count = (
+            await connection.execute(select(func.count()).select_from(events_table))
+        ).scalar_one()
+    return {row["request_id"]: dict(row) for row in rows}, count
+
+
+async def test_replaying_everything_twice_changes_nothing(engine, events):
+    recorder = EventRecorder(engine)
+    done, failed = events.requested(), events.requested(user_id="bob")
+    history = [
+        events.completed(done),
+        done,
+        events.usage(done),
+        failed,
+        events.failed(failed),
+        events.chunk(done),
+    ]
+    await recorder.record(history)
+    rows, count = await _snapshot(engine)
+
+    await recorder.record(history)
+    await recorder.record(list(reversed(history)) + history)
+
+    assert await _snapshot(engine) == (rows, count)
+    assert count == 5  # the stream chunk is not stored
+    assert rows[done.request_id]["status"] == "completed"
+    assert rows[done.request_id]["cost_usd"] == pytest.approx(0.0021)
+    assert rows[done.request_id]["request_body"] == done.data.body
+    assert rows[failed.request_id]["status"] == "failed"
+
+
+async def test_concurrent_consumers_agree_on_one_terminal_state(engine, events):
+    # Two history replicas consume different topics; request, reply and a late failure of
+    # the same requests reach the database at the same time.
+    requests = [events.requested(f"req-{index:03d}") for index in range(50)]
+    replies = [events.completed(request) for request in requests]
+    failures = [events.failed(request) for request in requests]
+    recorders = [EventRecorder(engine) for _ in range(3)]
+
+    await asyncio.gather(
+        recorders[0].record(requests), recorders[1].record(replies), recorders[2].record(failures)
+    )
+
+    rows, count = await _snapshot(engine)
+    assert count == 150
+    assert len(rows) == 50
+    assert all(row["request_body"] is not None for row in rows.values())
+    for row in rows.values():
+        # Whichever terminal event committed first wins, with its own details only.
+        assert row["status"] in {"completed", "failed"}
+        assert (row["response"] is not None) == (row["status"] == "completed")
+        assert (row["error"] is not None) == (row["status"] == "failed")
+
+
+async def test_pagination_on_postgres_neither_skips_nor_repeats(engine, events):
+    shared_instant = events.tick()
+    requests = [events.requested(f"req-{index:02d}") for index in range(7)]
+    requests += [events.requested(f"same-{index}", at=shared_instant) for index in range(4)]
+    await EventRecorder(engine).record(requests)
+    queries = HistoryQueries(engine)
+    caller = Caller(tenant="acme", user_id="alice", role="user")
+
+    seen, cursor = [], None
+    while True:
+        page = await queries.list_requests(caller, limit=3, cursor=cursor)
+        seen += [row["request_id"] for row in page.items]
+        if (cursor := page.next_cursor) is None:
+            break
+
+    expected = sorted(
+        requests, key=lambda request: (request.time, request.request_id), reverse=True
+    )
+    assert seen == [request.request_id for request in expected]

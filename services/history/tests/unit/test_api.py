@@ -1,0 +1,307 @@
+"""The history API as the gateway calls it, with events arriving over the in-memory bus."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from switchyard.common.bus import InMemoryBus
+from switchyard.common.db import upgrade
+from switchyard.common.testing.infra import async_wait_until
+from switchyard.common.topics import Topics
+from switchyard.history.app import create_app
+from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE, Settings
+
+TOKEN = "test-internal-token"
+
+
+@dataclass
+class RunningService:
+    bus: InMemoryBus
+    client: httpx.AsyncClient
+    topics: Topics
+
+    @staticmethod
+    def headers(tenant: str = "acme", user_id: str = "alice", role: str = "user") -> dict[str, str]:
+        return {
+            "x-switchyard-internal-token": TOKEN,
+            "x-switchyard-tenant": tenant,
+            "x-switchyard-user-id": user_id,
+            "x-switchyard-role": role,
+        }
+
+    async def publish(self, *events) -> None:
+        for event in events:
+            topic = {
+                "chat.requested": self.topics.requests_interactive,
+                "usage.recorded": self.topics.usage,
+            }.get(event.type, self.topics.replies)
+            await self.bus.publish(topic, event, key=event.request_id)
+
+    async def wait_for(self, request_id: str, status: str, **identity: str) -> dict:
+        async def current() -> dict | None:
+            response = await self.client.get(
+                f"/v1/history/{request_id}", headers=self.headers(**identity)
+            )
+            return (
+                response.json()
+                if response.status_code == 200 and response.json()["status"] == status
+                else None
+            )
+
+        return await async_wait_until(current, timeout=10, message=f"{request_id} to be {status}")
+
+
+@pytest.fixture
+async def service(database_url: str) -> AsyncIterator[RunningService]:
+    settings = Settings(database_url=database_url, internal_token=TOKEN, topic_prefix="t1")
+    bus = InMemoryBus()
+    app = create_app(settings, bus=bus)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://history") as client:
+            yield RunningService(bus=bus, client=client, topics=Topics("t1"))
+    await bus.stop()
+
+
+async def test_a_finished_request_is_served_with_reply_and_usage(service, events):
+    request = events.requested(prompt="Tell me a joke")
+    await service.publish(
+        request,
+        events.chunk(request),
+        events.completed(request, answer="Knock knock"),
+        events.usage(request, input_tokens=6, output_tokens=4),
+    )
+
+    item = await service.wait_for(request.request_id, "completed")
+    await async_wait_until(
+        lambda: _has_cost(service, request.request_id), timeout=10, message="usage to be recorded"
+    )
+    item = (
+        await service.client.get(f"/v1/history/{request.request_id}", headers=service.headers())
+    ).json()
+
+    assert item["id"] == request.request_id
+    assert item["object"] == "chat.history"
+    assert item["model"] == "sim-small"
+    assert item["request"]["messages"][0]["content"] == "Tell me a joke"
+    assert item["response"]["choices"][0]["message"]["content"] == "Knock knock"
+    assert item["error"] is None
+    assert item["usage"] == {"input_tokens": 6, "output_tokens": 4, "total_tokens": 10}
+    assert (item["provider"], item["deployment"], item["latency_ms"]) == (
+        "simulator",
+        "sim-small-1",
+        43.0,
+    )
+    assert (item["user_id"], item["api_key_id"]) == ("alice", "key-1")
+    assert item["created_at"].startswith("2025-03-01T12:00:01")
+    assert item["completed_at"] is not None
+
+
+async def _has_cost(service: RunningService, request_id: str) -> bool:
+    response = await service.client.get(f"/v1/history/{request_id}", headers=service.headers())
+    return response.json()["usage"]["total_tokens"] == 10
+
+
+async def test_a_failed_request_shows_its_error(service, events):
+    request = events.requested()
+    await service.publish(request, events.failed(request))
+
+    item = await service.wait_for(request.request_id, "failed")
+
+    assert item["error"]["message"] == "The provider did not answer."
+    assert item["response"] is None
+
+
+async def test_list_is_newest_first_and_pages_through_everything(service, events):
+    shared_instant = events.tick()
+    requests = [events.requested(f"req-{index:02d}") for index in range(20)]
+    # Five requests share one timestamp: the cursor must still neither skip nor repeat them.
+    requests += [events.requested(f"same-{index}", at=shared_instant) for index in range(5)]
+    await service.publish(*requests)
+    await service.wait_for("req-19", "pending")
+    await service.wait_for("same-4", "pending")
+
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"limit": 10} | ({"cursor": cursor} if cursor else {})
+        response = await service.client.get("/v1/history", params=params, headers=service.headers())
+        assert response.status_code == 200
+        body = response.json()
+        assert body["object"] == "list"
+        assert len(body["data"]) <= 10
+        seen += [item["id"] for item in body["data"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+
+    expected = sorted(
+        requests, key=lambda request: (request.time, request.request_id), reverse=True
+    )
+    assert seen == [request.request_id for request in expected]
+    assert pages == 3
+    assert seen[0] == "req-19"
+
+
+async def test_default_page_is_twenty(service, events):
+    await service.publish(*[events.requested(f"req-{index:02d}") for index in range(22)])
+    await service.wait_for("req-21", "pending")
+
+    body = (await service.client.get("/v1/history", headers=service.headers())).json()
+
+    assert len(body["data"]) == 20
+    assert body["next_cursor"] is not None
+
+
+async def test_other_tenants_and_other_users_see_nothing(service, events):
+    mine = events.requested(tenant="acme", user_id="alice")
+    colleagues = events.requested(tenant="acme", user_id="bob")
+    await service.publish(mine, colleagues, events.completed(mine))
+    await service.wait_for(mine.request_id, "completed")
+    await service.wait_for(colleagues.request_id, "pending", user_id="bob")
+
+    outsider = service.headers(tenant="globex", user_id="alice", role="admin")
+    response = await service.client.get(f"/v1/history/{mine.request_id}", headers=outsider)
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
+    assert (await service.client.get("/v1/history", headers=outsider)).json()["data"] == []
+
+    alice_list = (await service.client.get("/v1/history", headers=service.headers())).json()["data"]
+    assert [item["id"] for item in alice_list] == [mine.request_id]
+    alice_peeks = await service.client.get(
+        f"/v1/history/{colleagues.request_id}", headers=service.headers()
+    )
+    assert alice_peeks.status_code == 404
+
+    admin = service.headers(user_id="root", role="admin")
+    admin_list = (await service.client.get("/v1/history", headers=admin)).json()["data"]
+    assert {item["id"] for item in admin_list} == {mine.request_id, colleagues.request_id}
+
+
+async def test_unknown_request_is_404_in_the_common_error_format(service):
+    response = await service.client.get("/v1/history/does-not-exist", headers=service.headers())
+
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == "request_not_found"
+    assert "does-not-exist" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"cursor": base64.urlsafe_b64encode(b'["yesterday","x"]').decode()}, "cursor"),
+        ({"cursor": base64.urlsafe_b64encode(b'["2025-01-01T00:00:00","x"]').decode()}, "cursor"),
+        ({"limit": 0}, "limit"),
+        ({"limit": 1000}, "limit"),
+        ({"limit": "many"}, "limit"),
+    ],
+)
+async def test_bad_query_parameters_are_400_naming_the_parameter(service, params, param):
+    response = await service.client.get("/v1/history", params=params, headers=service.headers())
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert param in error["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/history", "/v1/history/some-id"])
+async def test_calls_without_the_internal_token_are_refused(service, path):
+    headers = service.headers()
+    del headers["x-switchyard-internal-token"]
+    missing = await service.client.get(path, headers=headers)
+    wrong = await service.client.get(
+        path, headers=headers | {"x-switchyard-internal-token": "guess"}
+    )
+
+    for response in (missing, wrong):
+        assert response.status_code == 401
+        assert response.json()["error"]["type"] == "authentication_error"
+
+
+async def test_calls_without_caller_identity_are_refused(service):
+    headers = service.headers()
+    del headers["x-switchyard-tenant"]
+
+    response = await service.client.get("/v1/history", headers=headers)
+
+    assert response.status_code == 401
+    assert "x-switchyard-tenant" in response.json()["error"]["message"]
+
+
+async def test_ready_when_database_and_bus_answer_and_metrics_count_events(service, events):
+    request = events.requested()
+    await service.publish(request)
+    await service.wait_for(request.request_id, "pending")
+
+    ready = await service.client.get("/readyz")
+    metrics = (await service.client.get("/metrics")).text
+
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": True, "bus": True}
+    assert 'switchyard_history_events_persisted_total{type="chat.requested"}' in metrics
+    assert "switchyard_history_persist_seconds_count" in metrics
+
+
+async def test_not_ready_while_the_database_is_unreachable(events):
+    settings = Settings(
+        database_url="postgresql+psycopg://nobody:secret@127.0.0.1:1/none", internal_token=TOKEN
+    )
+    app = create_app(settings, bus=InMemoryBus())
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://h"
+        ) as client:
+            response = await client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"] is False
+
+
+async def test_events_received_while_the_database_is_unusable_are_stored_once_it_recovers(
+    tmp_path, events
+):
+    # The tables do not exist yet, so every write fails until the migration has run.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'late.db'}"
+    bus = InMemoryBus()
+    app = create_app(Settings(database_url=url, internal_token=TOKEN, topic_prefix="t2"), bus=bus)
+    request = events.requested()
+    async with app.router.lifespan_context(app):
+        service = RunningService(
+            bus=bus,
+            client=httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://h"),
+            topics=Topics("t2"),
+        )
+        async with service.client:
+            failures_before = _persist_failures()
+            await service.publish(request, events.completed(request))
+            await async_wait_until(
+                lambda: _async(_persist_failures() > failures_before),
+                timeout=10,
+                message="the first write to fail",
+            )
+            upgrade(MIGRATIONS_DIR, url, VERSION_TABLE)
+            item = await service.wait_for(request.request_id, "completed")
+    await bus.stop()
+
+    assert item["response"]["choices"][0]["message"]["content"] == "Hi there!"
+    assert bus.dead_letters == []
+
+
+def _persist_failures() -> float:
+    return REGISTRY.get_sample_value("switchyard_history_persist_failures_total") or 0.0
+
+
+async def _async(value):
+    return value

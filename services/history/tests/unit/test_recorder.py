@@ -1,0 +1,164 @@
+"""The recorder: every event stored once, and one projection row per request that ends in
+exactly one terminal state, whatever order and however often events are delivered."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from sqlalchemy import select
+from switchyard.common.db import create_engine, upgrade
+from switchyard.common.events import TerminalStatus
+from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
+from switchyard.history.handlers import EventRecorder
+from switchyard.history.models import requests_table
+
+
+async def test_request_then_reply_gives_one_completed_row(recorder, tables, events):
+    request = events.requested(prompt="What is 2+2?")
+    reply = events.completed(request, answer="4")
+
+    await recorder.record([request])
+    pending = await tables.request(request.request_id)
+    await recorder.record([reply])
+
+    rows = await tables.requests()
+    assert list(rows) == [request.request_id]
+    row = rows[request.request_id]
+    assert pending["status"] == "pending"
+    assert row["status"] == "completed"
+    assert row["request_body"]["messages"][0]["content"] == "What is 2+2?"
+    assert row["response"]["choices"][0]["message"]["content"] == "4"
+    assert (row["tenant"], row["user_id"], row["model"]) == ("acme", "alice", "sim-small")
+    assert (row["input_tokens"], row["output_tokens"], row["latency_ms"]) == (5, 3, 42.5)
+    assert row["created_at"] == request.time
+    assert row["completed_at"] == reply.time
+    assert row["error"] is None
+
+
+async def test_usage_record_fills_tokens_and_cost(recorder, tables, events):
+    request = events.requested()
+    await recorder.record(
+        [
+            request,
+            events.completed(request, input_tokens=5, output_tokens=3),
+            events.usage(request, input_tokens=7, output_tokens=9, cost_usd=0.5),
+        ]
+    )
+
+    row = await tables.request(request.request_id)
+    assert (row["input_tokens"], row["output_tokens"], row["cost_usd"], row["latency_ms"]) == (
+        7,
+        9,
+        0.5,
+        43.0,
+    )
+    assert row["status"] == "completed"
+
+
+async def _row_after(tmp_path, name: str, batches: list[list]) -> dict:
+    url = f"sqlite+aiosqlite:///{tmp_path / name}.db"
+    upgrade(MIGRATIONS_DIR, url, VERSION_TABLE)
+    engine = create_engine(url)
+    try:
+        recorder = EventRecorder(engine)
+        for batch in batches:
+            await recorder.record(batch)
+        async with engine.connect() as connection:
+            rows = (await connection.execute(select(requests_table))).mappings().all()
+        assert len(rows) == 1, "every order must produce exactly one row"
+        return dict(rows[0])
+    finally:
+        await engine.dispose()
+
+
+async def test_reply_before_request_gives_the_same_row(tmp_path, events):
+    request = events.requested()
+    reply = events.completed(request)
+
+    in_order = await _row_after(tmp_path, "in-order", [[request], [reply]])
+    reply_first = await _row_after(tmp_path, "reply-first", [[reply], [request]])
+
+    assert reply_first == in_order
+    assert reply_first["status"] == "completed"
+    assert reply_first["created_at"] == request.time
+
+
+async def test_any_delivery_order_and_batching_gives_the_same_row(tmp_path, events):
+    request = events.requested()
+    all_events = [request, events.completed(request), events.usage(request)]
+    reference = await _row_after(tmp_path, "reference", [[event] for event in all_events])
+
+    for index, order in enumerate(itertools.permutations(all_events)):
+        one_by_one = await _row_after(tmp_path, f"single-{index}", [[event] for event in order])
+        one_batch = await _row_after(tmp_path, f"batch-{index}", [list(order)])
+        assert one_by_one == reference, [event.type for event in order]
+        assert one_batch == reference, [event.type for event in order]
+    assert reference["cost_usd"] == pytest.approx(0.0021)
+
+
+async def test_replaying_every_event_changes_nothing(recorder, tables, events):
+    first, second = events.requested(), events.requested(user_id="bob")
+    history = [first, events.completed(first), events.usage(first), second, events.failed(second)]
+    await recorder.record(history)
+    rows_before, events_before = await tables.requests(), sorted(await tables.event_ids())
+
+    # Redelivery of a whole batch, one by one, and twice within one batch.
+    await recorder.record(history)
+    for event in reversed(history):
+        await recorder.record([event])
+    await recorder.record(history + history)
+
+    assert await tables.requests() == rows_before
+    assert (
+        sorted(await tables.event_ids()) == events_before == sorted(event.id for event in history)
+    )
+
+
+async def test_failure_after_completion_keeps_the_completed_result(recorder, tables, events):
+    request = events.requested()
+    await recorder.record([request, events.completed(request, answer="done")])
+    await recorder.record([events.failed(request, status=TerminalStatus.EXPIRED)])
+
+    row = await tables.request(request.request_id)
+    assert row["status"] == "completed"
+    assert row["response"]["choices"][0]["message"]["content"] == "done"
+    assert row["error"] is None
+    assert row["latency_ms"] == 42.5  # the losing event's details are not mixed in
+    # The late event is still kept in the event store: nothing received is dropped.
+    assert await tables.event_count() == 3
+
+
+async def test_completion_after_failure_keeps_the_failure(recorder, tables, events):
+    request = events.requested()
+    failure = events.failed(request, status=TerminalStatus.CANCELLED)
+    await recorder.record([request, failure])
+    await recorder.record([events.completed(request)])
+
+    row = await tables.request(request.request_id)
+    assert row["status"] == "cancelled"
+    assert row["error"]["code"] == "provider_down"
+    assert row["response"] is None
+    assert row["completed_at"] == failure.time
+
+
+async def test_stream_chunks_are_not_stored(recorder, tables, events):
+    request = events.requested()
+    await recorder.record([request, events.chunk(request, 0), events.chunk(request, 1)])
+    await recorder.record([events.chunk(request, 2)])
+
+    assert await tables.event_ids() == [request.id]
+    assert (await tables.request(request.request_id))["status"] == "pending"
+
+
+async def test_a_reply_alone_creates_a_row_that_the_request_completes(recorder, tables, events):
+    request = events.requested(user_id="carol", model="sim-large")
+    await recorder.record([events.usage(request), events.completed(request)])
+    orphan = await tables.request(request.request_id)
+    await recorder.record([request])
+    row = await tables.request(request.request_id)
+
+    assert orphan["request_body"] is None and orphan["status"] == "completed"
+    assert row["request_body"] == request.data.body
+    assert (row["user_id"], row["model"], row["status"]) == ("carol", "sim-large", "completed")
+    assert row["deadline"] == request.data.deadline
