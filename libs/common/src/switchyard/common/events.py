@@ -70,6 +70,9 @@ class ErrorInfo(Contract):
     type: str = Field(examples=["upstream_error"])
     code: str | None = Field(default=None, examples=["model_not_found"])
     message: str
+    retry_after_s: float | None = Field(
+        default=None, ge=0, description="When the client may retry (from the provider's Retry-After)."
+    )
 
 
 class ChatRequestData(Contract):

@@ -156,7 +156,9 @@ def _failure_response(failed: ChatFailed, request_id: str, model: str, started: 
     error = failed.data.error
     REQUEST_SECONDS.labels(model, str(error.status)).observe(time.perf_counter() - started)
     headers = {"x-request-id": request_id}
-    if error.status in (429, 503):
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
+    elif error.status in (429, 503):
         headers["Retry-After"] = "1"
     return Response(error_body(error.message, error.type, error.code), status_code=error.status,
                     media_type="application/json", headers=headers)

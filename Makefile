@@ -1,0 +1,77 @@
+# Switchyard: the front door for developers and CI. `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.8
+# uv runs as a Python module so it is found wherever pip put it.
+UV ?= python3 -m uv
+PYTEST := $(UV) run --no-sync pytest
+
+# Real infrastructure the integration and e2e suites use; override to point elsewhere.
+export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
+export DATABASE_URL ?= postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard
+
+UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit)
+INTEGRATION_TESTS := $(wildcard libs/common/tests/integration services/*/tests/integration)
+
+.PHONY: help
+help: ## List every target
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: install
+install: ## Install uv (if missing) and every package of the workspace into .venv
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	@$(UV) sync --all-packages --quiet
+
+.PHONY: run
+run: install ## Run Switchyard embedded: all services in one process, no Kafka or Postgres needed
+	$(UV) run --no-sync switchyard dev
+
+.PHONY: infra-up
+infra-up: ## Install (first time) and start a real Kafka broker and PostgreSQL server
+	deploy/local/infra.sh up
+
+.PHONY: infra-down
+infra-down: ## Stop the local Kafka broker and PostgreSQL server
+	deploy/local/infra.sh down
+
+.PHONY: infra-status
+infra-status: ## Exit 0 if both Kafka and PostgreSQL answer
+	deploy/local/infra.sh status
+
+.PHONY: topics
+topics: install ## Create every topic on $KAFKA_BOOTSTRAP_SERVERS with explicit partition counts
+	$(UV) run --no-sync switchyard topics create
+
+.PHONY: migrate
+migrate: install ## Apply every service's database migrations to $DATABASE_URL
+	$(UV) run --no-sync switchyard db upgrade
+
+.PHONY: test
+test: install infra-up ## Run every test: unit, integration (real Kafka and Postgres) and e2e
+	$(MAKE) --no-print-directory test-unit test-integration test-e2e
+
+.PHONY: test-unit
+test-unit: install ## Unit tests of every package (fakes, no network)
+	$(PYTEST) -q $(UNIT_TESTS)
+
+.PHONY: test-integration
+test-integration: install ## Integration tests against the real Kafka broker and PostgreSQL server
+	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m integration $(INTEGRATION_TESTS)
+
+.PHONY: test-e2e
+test-e2e: install ## Whole-system tests: every service as its own process on Kafka and Postgres
+	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m e2e tests/e2e
+
+.PHONY: lint
+lint: install ## Static checks (ruff)
+	$(UV) run --no-sync ruff check libs services tests
+
+.PHONY: schema
+schema: install ## Regenerate the published event schema (docs/events/v1.schema.json)
+	$(UV) run --no-sync switchyard events schema --output docs/events/v1.schema.json
+
+.PHONY: clean
+clean: ## Remove embedded-mode state and caches (keeps the Kafka jar cache)
+	rm -rf .switchyard .pytest_cache .ruff_cache

@@ -1,0 +1,728 @@
+"""The provider simulator: a local, deterministic stand-in for OpenAI and Anthropic that
+speaks their wire protocols exactly as the official SDKs expect, so every part of
+Switchyard can be developed, tested and benchmarked without credentials or cost.
+
+Replies are `"Simulated reply to: " + <last user message>`; token counts are word counts.
+A control API under `/_sim/` injects faults (error statuses, Retry-After, hangs), changes
+latency at run time and reports how many upstream calls were made.
+
+Built on bare Starlette and orjson: the simulator must never be the bottleneck of a
+benchmark, so request bodies are read as plain dicts, never as pydantic models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import re
+import struct
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+REPLY_PREFIX = "Simulated reply to: "
+DEFAULT_EMBEDDING_DIMENSIONS = 8
+STREAM_PIECES = 4
+# Longer than any client timeout, so a "hang" is seen as a timeout, never as an answer.
+HANG_SECONDS = 3600.0
+SIMULATED_MODELS = ("sim-small", "sim-large")
+
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+_OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_denied",
+    404: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+
+
+class BadRequest(Exception):
+    """Input the real provider would refuse with 400."""
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class Fault:
+    status: int = 500
+    retry_after: float | None = None
+    hang: bool = False
+    model: str | None = None
+
+    def applies_to(self, model: str | None) -> bool:
+        return self.model is None or self.model == model
+
+
+@dataclass
+class SimulatorState:
+    latency_ms: float = 0.0
+    faults: deque[Fault] = field(default_factory=deque)
+    requests_by_route: Counter[str] = field(default_factory=Counter)
+    requests_by_model: Counter[str] = field(default_factory=Counter)
+    faults_served: int = 0
+    # Set to release every hanging request (faults cleared, reset, shutdown).
+    release_hangs: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, route: str, model: str | None) -> None:
+        self.requests_by_route[route] += 1
+        if model:
+            self.requests_by_model[model] += 1
+
+    def take_fault(self, model: str | None) -> Fault | None:
+        for fault in self.faults:
+            if fault.applies_to(model):
+                self.faults.remove(fault)
+                self.faults_served += 1
+                return fault
+        return None
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+        self.release_hangs.set()
+        self.release_hangs = asyncio.Event()
+
+    def reset(self) -> None:
+        self.clear_faults()
+        self.requests_by_route.clear()
+        self.requests_by_model.clear()
+        self.faults_served = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "routes": dict(self.requests_by_route),
+            "models": dict(self.requests_by_model),
+            "total": sum(self.requests_by_route.values()),
+            "faults_served": self.faults_served,
+            "faults_pending": len(self.faults),
+            "latency_ms": self.latency_ms,
+        }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def openai_error(
+    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    error_type = _OPENAI_ERROR_TYPES.get(
+        status, "server_error" if status >= 500 else "invalid_request_error"
+    )
+    return _json(
+        {"error": {"message": message, "type": error_type, "param": param, "code": None}},
+        status,
+        headers,
+    )
+
+
+def anthropic_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    error_type = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+    return _json(
+        {"type": "error", "error": {"type": error_type, "message": message}}, status, headers
+    )
+
+
+async def _read_object(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("The request body is not valid JSON.") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    return body
+
+
+def _require_model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string.")
+    return model
+
+
+def _require_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' is required and must be a non-empty array.")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest(f"'messages.{index}' must be an object with a 'role'.")
+    return messages
+
+
+def _check_sampling(body: dict[str, Any]) -> None:
+    """The parameter checks that clients most often trip over on the real API."""
+    temperature = body.get("temperature")
+    if temperature is not None and (
+        not isinstance(temperature, int | float)
+        or isinstance(temperature, bool)
+        or not 0 <= temperature <= 2
+    ):
+        raise BadRequest("'temperature' must be a number between 0 and 2.")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise BadRequest(f"'{name}' must be a positive integer.")
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string or a list of parts (both protocols)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return content_text(message.get("content"))
+    return ""
+
+
+def count_words(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+def prompt_words(messages: list[dict[str, Any]], system: Any = None) -> int:
+    texts = [content_text(message.get("content")) for message in messages]
+    texts.append(content_text(system))
+    return count_words(" ".join(texts))
+
+
+def split_pieces(text: str, pieces: int = STREAM_PIECES) -> list[str]:
+    """Split at word boundaries into at most `pieces` parts that concatenate back to `text`."""
+    words = re.findall(r"\S+\s*", text) or [text]
+    size = max(1, -(-len(words) // pieces))
+    return ["".join(words[i : i + size]) for i in range(0, len(words), size)]
+
+
+def wants_weather_tool(tools: Any, user_text: str) -> bool:
+    return (
+        isinstance(tools, list)
+        and bool(tools)
+        and re.search(r"\bweather\b", user_text, re.I) is not None
+    )
+
+
+def weather_location(user_text: str) -> str:
+    match = re.search(r"\b(?:in|for|at)\s+([^?.!,;]+)", user_text, re.I)
+    return match.group(1).strip() if match else "unknown"
+
+
+def _short_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:24]}"
+
+
+def sse_data(payload: Any) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def sse_event(name: str, payload: Any) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+# --------------------------------------------------------------------------- OpenAI
+
+
+@dataclass
+class OpenAIReply:
+    model: str
+    text: str | None
+    tool_call: dict[str, Any] | None
+    prompt_tokens: int
+    completion_tokens: int
+    id: str = field(default_factory=lambda: _short_id("chatcmpl-"))
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def finish_reason(self) -> str:
+        return "tool_calls" if self.tool_call else "stop"
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+    def completion(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.text, "refusal": None}
+        if self.tool_call:
+            message["tool_calls"] = [self.tool_call]
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": self.finish_reason,
+                }
+            ],
+            "usage": self.usage(),
+        }
+
+    def chunk(
+        self, delta: dict[str, Any], finish_reason: str | None = None, choices: bool = True
+    ) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ]
+            if choices
+            else [],
+        }
+
+    def content_deltas(self) -> list[dict[str, Any]]:
+        if self.tool_call:
+            function = self.tool_call["function"]
+            head = {
+                "index": 0,
+                "id": self.tool_call["id"],
+                "type": "function",
+                "function": {"name": function["name"], "arguments": ""},
+            }
+            return [{"tool_calls": [head]}] + [
+                {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+                for piece in split_pieces(function["arguments"])
+            ]
+        return [{"content": piece} for piece in split_pieces(self.text or "")]
+
+
+def build_openai_reply(body: dict[str, Any]) -> OpenAIReply:
+    model = _require_model(body)
+    messages = _require_messages(body)
+    _check_sampling(body)
+    user_text = last_user_text(messages)
+    prompt_tokens = prompt_words(messages)
+    if wants_weather_tool(body.get("tools"), user_text):
+        tool = body["tools"][0]
+        name = (tool.get("function") or {}).get("name") if isinstance(tool, dict) else None
+        if not isinstance(name, str):
+            raise BadRequest("'tools.0.function.name' is required.")
+        arguments = orjson.dumps({"location": weather_location(user_text)}).decode()
+        tool_call = {
+            "id": _short_id("call_"),
+            "type": "function",
+            "function": {"name": name, "arguments": arguments},
+        }
+        return OpenAIReply(model, None, tool_call, prompt_tokens, count_words(arguments))
+    text = REPLY_PREFIX + user_text
+    return OpenAIReply(model, text, None, prompt_tokens, count_words(text))
+
+
+async def stream_openai(
+    reply: OpenAIReply, include_usage: bool, latency_s: float
+) -> AsyncIterator[bytes]:
+    deltas = reply.content_deltas()
+    pause = latency_s / len(deltas) if latency_s else 0
+    yield sse_data(
+        reply.chunk({"role": "assistant", "content": "" if not reply.tool_call else None})
+    )
+    for delta in deltas:
+        if pause:
+            await asyncio.sleep(pause)
+        yield sse_data(reply.chunk(delta))
+    yield sse_data(reply.chunk({}, reply.finish_reason))
+    if include_usage:
+        yield sse_data({**reply.chunk({}, choices=False), "usage": reply.usage()})
+    yield b"data: [DONE]\n\n"
+
+
+# --------------------------------------------------------------------------- Anthropic
+
+
+@dataclass
+class AnthropicReply:
+    model: str
+    text: str | None
+    tool_use: dict[str, Any] | None
+    input_tokens: int
+    output_tokens: int
+    id: str = field(default_factory=lambda: _short_id("msg_"))
+
+    @property
+    def stop_reason(self) -> str:
+        return "tool_use" if self.tool_use else "end_turn"
+
+    def block(self) -> dict[str, Any]:
+        return self.tool_use or {"type": "text", "text": self.text or ""}
+
+    def message(
+        self, *, content: list[dict[str, Any]], stop_reason: str | None, output_tokens: int
+    ) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": output_tokens},
+        }
+
+    def complete(self) -> dict[str, Any]:
+        return self.message(
+            content=[self.block()], stop_reason=self.stop_reason, output_tokens=self.output_tokens
+        )
+
+    def stream_start_block(self) -> dict[str, Any]:
+        if self.tool_use:
+            return {**self.tool_use, "input": {}}
+        return {"type": "text", "text": ""}
+
+    def deltas(self) -> list[dict[str, Any]]:
+        if self.tool_use:
+            arguments = orjson.dumps(self.tool_use["input"]).decode()
+            return [
+                {"type": "input_json_delta", "partial_json": piece}
+                for piece in split_pieces(arguments)
+            ]
+        return [{"type": "text_delta", "text": piece} for piece in split_pieces(self.text or "")]
+
+
+def _validate_anthropic(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    model = _require_model(body)
+    messages = _require_messages(body)
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise BadRequest("max_tokens: Field required (a positive integer).")
+    return model, messages
+
+
+def build_anthropic_reply(body: dict[str, Any]) -> AnthropicReply:
+    model, messages = _validate_anthropic(body)
+    user_text = last_user_text(messages)
+    input_tokens = prompt_words(messages, body.get("system"))
+    if wants_weather_tool(body.get("tools"), user_text):
+        tool = body["tools"][0]
+        name = tool.get("name") if isinstance(tool, dict) else None
+        if not isinstance(name, str):
+            raise BadRequest("tools.0.name: Field required")
+        tool_input = {"location": weather_location(user_text)}
+        tool_use = {
+            "type": "tool_use",
+            "id": _short_id("toolu_"),
+            "name": name,
+            "input": tool_input,
+        }
+        return AnthropicReply(
+            model, None, tool_use, input_tokens, count_words(orjson.dumps(tool_input).decode())
+        )
+    text = REPLY_PREFIX + user_text
+    return AnthropicReply(model, text, None, input_tokens, count_words(text))
+
+
+async def stream_anthropic(reply: AnthropicReply, latency_s: float) -> AsyncIterator[bytes]:
+    deltas = reply.deltas()
+    pause = latency_s / len(deltas) if latency_s else 0
+    start = reply.message(content=[], stop_reason=None, output_tokens=1)
+    yield sse_event("message_start", {"type": "message_start", "message": start})
+    yield sse_event(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": reply.stream_start_block()},
+    )
+    yield sse_event("ping", {"type": "ping"})
+    for delta in deltas:
+        if pause:
+            await asyncio.sleep(pause)
+        yield sse_event(
+            "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+        )
+    yield sse_event("content_block_stop", {"type": "content_block_stop", "index": 0})
+    yield sse_event(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+            "usage": {"output_tokens": reply.output_tokens},
+        },
+    )
+    yield sse_event("message_stop", {"type": "message_stop"})
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def embedding_vector(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector derived from the text's hash."""
+    values: list[float] = []
+    counter = 0
+    while len(values) < dimensions:
+        digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
+        values += [byte / 127.5 - 1.0 for byte in digest]
+        counter += 1
+    values = values[:dimensions]
+    norm = sum(value * value for value in values) ** 0.5 or 1.0
+    return [round(value / norm, 6) for value in values]
+
+
+def _embedding_inputs(body: dict[str, Any]) -> list[str]:
+    raw = body.get("input")
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, list) and raw and all(isinstance(item, str) for item in raw):
+        return raw
+    if isinstance(raw, list) and raw and all(isinstance(item, int) for item in raw):
+        return [" ".join(map(str, raw))]  # one pre-tokenized input
+    raise BadRequest("'input' must be a string or a non-empty array of strings.")
+
+
+def _encode_embedding(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
+def build_embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    model = _require_model(body)
+    inputs = _embedding_inputs(body)
+    dimensions = body.get("dimensions", DEFAULT_EMBEDDING_DIMENSIONS)
+    if (
+        not isinstance(dimensions, int)
+        or isinstance(dimensions, bool)
+        or not 1 <= dimensions <= 4096
+    ):
+        raise BadRequest("'dimensions' must be an integer between 1 and 4096.")
+    encoding_format = body.get("encoding_format") or "float"
+    if encoding_format not in ("float", "base64"):
+        raise BadRequest("'encoding_format' must be 'float' or 'base64'.")
+    data = [
+        {
+            "object": "embedding",
+            "index": index,
+            "embedding": _encode_embedding(embedding_vector(text, dimensions), encoding_format),
+        }
+        for index, text in enumerate(inputs)
+    ]
+    tokens = sum(count_words(text) for text in inputs)
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+# --------------------------------------------------------------------------- app
+
+
+class Simulator:
+    """The routes, bound to one state (one simulator per app)."""
+
+    def __init__(self, latency_ms: float = 0) -> None:
+        self.state = SimulatorState(latency_ms=latency_ms)
+
+    @property
+    def latency_s(self) -> float:
+        return self.state.latency_ms / 1000
+
+    async def _fault_response(self, request: Request, model: str | None, error) -> Response | None:
+        """The response of the next injected fault matching `model`, if any."""
+        fault = self.state.take_fault(model)
+        if fault is None:
+            return None
+        if fault.hang:
+            await self._hang(request)
+            return error(503, "The simulated hang was released.")
+        headers = (
+            {"retry-after": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
+        )
+        return error(fault.status, f"Simulated fault: HTTP {fault.status}.", headers=headers)
+
+    async def _hang(self, request: Request) -> None:
+        release = self.state.release_hangs
+        deadline = time.monotonic() + HANG_SECONDS
+        # Wake up regularly to notice a client that gave up, so hung handlers don't pile up.
+        while time.monotonic() < deadline and not release.is_set():
+            try:
+                await asyncio.wait_for(release.wait(), timeout=0.25)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return
+
+    async def _pause(self) -> None:
+        if self.state.latency_ms > 0:
+            await asyncio.sleep(self.latency_s)
+
+    async def chat_completions(self, request: Request) -> Response:
+        try:
+            body = await _read_object(request)
+            model = body.get("model") if isinstance(body.get("model"), str) else None
+            self.state.record("/v1/chat/completions", model)
+            if (fault := await self._fault_response(request, model, openai_error)) is not None:
+                return fault
+            reply = build_openai_reply(body)
+        except BadRequest as exc:
+            return openai_error(400, str(exc))
+        if body.get("stream") is True:
+            options = body.get("stream_options") or {}
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            return StreamingResponse(
+                stream_openai(reply, include_usage, self.latency_s), media_type="text/event-stream"
+            )
+        await self._pause()
+        return _json(reply.completion())
+
+    async def messages(self, request: Request) -> Response:
+        try:
+            body = await _read_object(request)
+            model = body.get("model") if isinstance(body.get("model"), str) else None
+            self.state.record("/v1/messages", model)
+            if (fault := await self._fault_response(request, model, anthropic_error)) is not None:
+                return fault
+            reply = build_anthropic_reply(body)
+        except BadRequest as exc:
+            return anthropic_error(400, str(exc))
+        if body.get("stream") is True:
+            return StreamingResponse(
+                stream_anthropic(reply, self.latency_s), media_type="text/event-stream"
+            )
+        await self._pause()
+        return _json(reply.complete())
+
+    async def embeddings(self, request: Request) -> Response:
+        try:
+            body = await _read_object(request)
+            model = body.get("model") if isinstance(body.get("model"), str) else None
+            self.state.record("/v1/embeddings", model)
+            if (fault := await self._fault_response(request, model, openai_error)) is not None:
+                return fault
+            result = build_embeddings(body)
+        except BadRequest as exc:
+            return openai_error(400, str(exc))
+        await self._pause()
+        return _json(result)
+
+    async def models(self, request: Request) -> Response:
+        self.state.record("/v1/models", None)
+        return _json(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "switchyard-simulator",
+                    }
+                    for name in SIMULATED_MODELS
+                ],
+            }
+        )
+
+    # ---- control API
+
+    async def add_faults(self, request: Request) -> Response:
+        try:
+            body = await _read_object(request)
+            fault, count = _parse_fault(body)
+        except BadRequest as exc:
+            return openai_error(400, str(exc))
+        self.state.faults.extend(Fault(**vars(fault)) for _ in range(count))
+        return _json({"faults_pending": len(self.state.faults)}, 201)
+
+    async def clear_faults(self, request: Request) -> Response:
+        self.state.clear_faults()
+        return _json({"faults_pending": 0})
+
+    async def set_latency(self, request: Request) -> Response:
+        try:
+            body = await _read_object(request)
+        except BadRequest as exc:
+            return openai_error(400, str(exc))
+        latency = body.get("latency_ms")
+        if not isinstance(latency, int | float) or isinstance(latency, bool) or latency < 0:
+            return openai_error(400, "'latency_ms' must be a number >= 0.", "latency_ms")
+        self.state.latency_ms = float(latency)
+        return _json({"latency_ms": self.state.latency_ms})
+
+    async def stats(self, request: Request) -> Response:
+        return _json(self.state.stats())
+
+    async def reset(self, request: Request) -> Response:
+        self.state.reset()
+        return _json(self.state.stats())
+
+
+def _parse_fault(body: dict[str, Any]) -> tuple[Fault, int]:
+    status = body.get("status", 500)
+    count = body.get("count", 1)
+    retry_after = body.get("retry_after")
+    model = body.get("model")
+    if not isinstance(status, int) or not 400 <= status <= 599:
+        raise BadRequest("'status' must be an HTTP error status (400-599).")
+    if not isinstance(count, int) or count < 1:
+        raise BadRequest("'count' must be a positive integer.")
+    if retry_after is not None and (not isinstance(retry_after, int | float) or retry_after < 0):
+        raise BadRequest("'retry_after' must be a number of seconds >= 0, or null.")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("'model' must be a string or null.")
+    return Fault(
+        status=status, retry_after=retry_after, hang=bool(body.get("hang", False)), model=model
+    ), count
+
+
+def create_simulator_app(latency_ms: float = 0) -> Starlette:
+    simulator = Simulator(latency_ms)
+    routes = [
+        Route("/v1/chat/completions", simulator.chat_completions, methods=["POST"]),
+        Route("/v1/messages", simulator.messages, methods=["POST"]),
+        Route("/v1/embeddings", simulator.embeddings, methods=["POST"]),
+        Route("/v1/models", simulator.models, methods=["GET"]),
+        Route("/_sim/faults", simulator.add_faults, methods=["POST"]),
+        Route("/_sim/faults", simulator.clear_faults, methods=["DELETE"]),
+        Route("/_sim/latency", simulator.set_latency, methods=["PUT"]),
+        Route("/_sim/stats", simulator.stats, methods=["GET"]),
+        Route("/_sim/reset", simulator.reset, methods=["POST"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        simulator.state.clear_faults()  # releases hanging requests
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.simulator = simulator
+    return app

@@ -1,0 +1,142 @@
+"""The routing table: built-in default, YAML files, and the errors operators read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from switchyard.common.routing import RoutingError, load_routing
+from switchyard.inference.bootstrap import check_credentials
+
+SIM_URL = "http://127.0.0.1:8099/v1"
+
+
+@pytest.fixture(autouse=True)
+def _no_real_openai_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "routing.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_default_routing_serves_the_simulator_models_only_without_an_openai_key() -> None:
+    routing = load_routing(None, SIM_URL)
+
+    assert routing.model_names() == ["sim-large", "sim-small"]
+    deployment = routing.route("sim-small").deployments[0]
+    assert (deployment.provider, deployment.model, deployment.base_url) == (
+        "openai",
+        "sim-small",
+        SIM_URL,
+    )
+    assert deployment.api_key()  # a placeholder: the SDK refuses to start without one
+    assert routing.route("gpt-4o") is None
+
+
+def test_default_routing_adds_openai_models_when_a_key_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://proxy.example/v1")
+
+    routing = load_routing(None, SIM_URL)
+
+    assert routing.model_names() == [
+        "gpt-4.1-mini",
+        "gpt-4o",
+        "gpt-4o-mini",
+        "sim-large",
+        "sim-small",
+    ]
+    deployment = routing.route("gpt-4o-mini").deployments[0]
+    assert deployment.base_url == "https://proxy.example/v1"
+    assert deployment.api_key() == "sk-test"
+
+
+def test_yaml_file_keeps_deployment_order_and_names_routes_after_their_keys(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+models:
+  chat:
+    deployments:
+      - {name: primary, provider: openai, model: gpt-4o-mini, timeout_s: 5, max_concurrency: 10}
+      - {name: backup, provider: anthropic, model: claude-haiku, max_retries: 0}
+""",
+    )
+    routing = load_routing(path, SIM_URL)
+
+    route = routing.route("chat")
+    assert route.name == "chat"
+    assert [d.name for d in route.deployments] == ["primary", "backup"]
+    assert route.deployments[0].timeout_s == 5 and route.deployments[0].max_concurrency == 10
+    assert routing.model_names() == ["chat"]  # the file replaces the default entirely
+
+
+@pytest.mark.parametrize(
+    ("content", "expected_field"),
+    [
+        (
+            "models:\n  chat:\n    deployments:\n      - {name: a, provider: cohere, model: x}\n",
+            "models.chat.deployments.0.provider",
+        ),
+        ("models:\n  chat:\n    deployments: []\n", "models.chat.deployments"),
+        (
+            "models:\n  chat:\n    deployments:\n      - {name: a, provider: openai}\n",
+            "models.chat.deployments.0.model",
+        ),
+        (
+            "models:\n  chat:\n    deployments:\n"
+            "      - {name: a, provider: openai, model: x, timeout: 3}\n",
+            "models.chat.deployments.0.timeout",
+        ),
+    ],
+)
+def test_invalid_file_error_names_the_file_and_the_field(
+    tmp_path: Path, content: str, expected_field: str
+) -> None:
+    path = write(tmp_path, content)
+
+    with pytest.raises(RoutingError) as caught:
+        load_routing(path, SIM_URL)
+
+    assert path in str(caught.value)
+    assert expected_field in str(caught.value)
+
+
+def test_duplicate_deployment_names_are_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "models:\n  chat:\n    deployments:\n"
+        "      - {name: a, provider: openai, model: x}\n"
+        "      - {name: a, provider: openai, model: y}\n",
+    )
+    with pytest.raises(RoutingError, match="unique"):
+        load_routing(path, SIM_URL)
+
+
+def test_missing_or_unparsable_file_is_reported_with_its_path(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(RoutingError, match="nope.yaml: cannot be read"):
+        load_routing(missing, SIM_URL)
+    with pytest.raises(RoutingError, match="not valid YAML"):
+        load_routing(write(tmp_path, "models: [unclosed"), SIM_URL)
+    with pytest.raises(RoutingError, match="expected a mapping"):
+        load_routing(write(tmp_path, "- just a list"), SIM_URL)
+
+
+def test_unset_api_key_variable_is_a_start_up_error_naming_it(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "models:\n  chat:\n    deployments:\n"
+        "      - {name: a, provider: openai, model: x, api_key_env: MY_MISSING_KEY}\n",
+    )
+    routing = load_routing(path, SIM_URL)
+
+    with pytest.raises(RoutingError, match="MY_MISSING_KEY"):
+        check_credentials(routing)

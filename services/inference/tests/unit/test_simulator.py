@@ -1,0 +1,369 @@
+"""The provider simulator, driven by the official `openai` and `anthropic` SDKs over real
+HTTP: if these pass, an application pointed at the simulator cannot tell it from the real
+providers' wire protocols."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import time
+from collections.abc import AsyncIterator
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+    },
+}
+
+
+@pytest.fixture
+async def openai_client(simulator) -> AsyncIterator[openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(
+        base_url=simulator.openai_url, api_key="sim", max_retries=0, timeout=5
+    )
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def anthropic_client(simulator) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    client = anthropic.AsyncAnthropic(
+        base_url=simulator.root, api_key="sim", max_retries=0, timeout=5
+    )
+    yield client
+    await client.close()
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+# ------------------------------------------------------------------ OpenAI
+
+
+async def test_openai_completion_replies_deterministically_with_word_counts(openai_client) -> None:
+    completion = await openai_client.chat.completions.create(
+        model="sim-small",
+        messages=[{"role": "system", "content": "Be brief"}, *user("Hello there")],
+    )
+
+    assert completion.object == "chat.completion"
+    assert completion.model == "sim-small"
+    assert completion.choices[0].message.role == "assistant"
+    assert completion.choices[0].message.content == "Simulated reply to: Hello there"
+    assert completion.choices[0].finish_reason == "stop"
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (4, 5)
+    assert completion.usage.total_tokens == 9
+
+
+async def test_openai_content_parts_and_last_user_message_are_used(openai_client) -> None:
+    completion = await openai_client.chat.completions.create(
+        model="sim-large",
+        messages=[
+            *user("first question"),
+            {"role": "assistant", "content": "an answer"},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "second"}, {"type": "text", "text": "part"}],
+            },
+        ],
+    )
+    assert completion.choices[0].message.content == "Simulated reply to: second part"
+    assert completion.model == "sim-large"
+
+
+async def test_openai_stream_delivers_the_reply_in_several_chunks_then_usage(openai_client) -> None:
+    stream = await openai_client.chat.completions.create(
+        model="sim-small",
+        messages=user("stream me a few words please"),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+
+    with_choices = [c for c in chunks if c.choices]
+    assert with_choices[0].choices[0].delta.role == "assistant"
+    texts = [c.choices[0].delta.content for c in with_choices if c.choices[0].delta.content]
+    assert len(texts) >= 3
+    assert "".join(texts) == "Simulated reply to: stream me a few words please"
+    assert with_choices[-1].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 9
+    assert len({c.id for c in chunks}) == 1
+
+
+async def test_openai_stream_without_include_usage_has_no_usage_chunk(openai_client) -> None:
+    stream = await openai_client.chat.completions.create(
+        model="sim-small", messages=user("hi"), stream=True
+    )
+    chunks = [chunk async for chunk in stream]
+    assert all(chunk.usage is None and chunk.choices for chunk in chunks)
+
+
+async def test_openai_weather_question_with_tools_gets_a_tool_call(openai_client) -> None:
+    completion = await openai_client.chat.completions.create(
+        model="sim-small", messages=user("What's the weather in Paris?"), tools=[WEATHER_TOOL]
+    )
+
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"location": "Paris"}
+
+
+async def test_openai_streamed_tool_call_reassembles_to_valid_arguments(openai_client) -> None:
+    stream = await openai_client.chat.completions.create(
+        model="sim-small", messages=user("weather for Lyon"), tools=[WEATHER_TOOL], stream=True
+    )
+    name, arguments, finish = None, "", None
+    async for chunk in stream:
+        delta = chunk.choices[0].delta
+        for call in delta.tool_calls or []:
+            name = name or call.function.name
+            arguments += call.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert (name, json.loads(arguments), finish) == (
+        "get_weather",
+        {"location": "Lyon"},
+        "tool_calls",
+    )
+
+
+async def test_without_tools_weather_is_just_text(openai_client) -> None:
+    completion = await openai_client.chat.completions.create(
+        model="sim-small", messages=user("weather?")
+    )
+    assert completion.choices[0].message.content == "Simulated reply to: weather?"
+
+
+async def test_embeddings_are_deterministic_with_default_and_requested_dimensions(
+    openai_client,
+) -> None:
+    first = await openai_client.embeddings.create(model="sim-embed", input=["alpha", "beta"])
+    again = await openai_client.embeddings.create(model="sim-embed", input="alpha")
+    sized = await openai_client.embeddings.create(model="sim-embed", input="alpha", dimensions=3)
+
+    assert [len(item.embedding) for item in first.data] == [8, 8]
+    assert first.data[0].embedding == again.data[0].embedding
+    assert first.data[0].embedding != first.data[1].embedding
+    assert len(sized.data[0].embedding) == 3
+    assert first.usage.prompt_tokens == 2
+
+
+async def test_embeddings_base64_encoding_decodes_to_the_float_vector(openai_client) -> None:
+    floats = await openai_client.embeddings.create(model="e", input="alpha")
+    raw = await openai_client.embeddings.with_raw_response.create(
+        model="e", input="alpha", encoding_format="base64"
+    )
+    encoded = json.loads(raw.content)["data"][0]["embedding"]
+    decoded = struct.unpack("<8f", base64.b64decode(encoded))
+    assert decoded == pytest.approx(floats.data[0].embedding, abs=1e-6)
+
+
+async def test_models_lists_the_simulated_models(openai_client) -> None:
+    models = [model.id async for model in openai_client.models.list()]
+    assert models == ["sim-small", "sim-large"]
+
+
+async def test_openai_malformed_input_is_a_400_in_openai_shape(openai_client, simulator) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await openai_client.chat.completions.create(model="sim-small", messages=[])
+    assert "messages" in caught.value.message
+    assert caught.value.body["type"] == "invalid_request_error"
+
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{simulator.openai_url}/chat/completions", content=b"{not json")
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "The request body is not valid JSON."
+
+
+# ------------------------------------------------------------------ Anthropic
+
+
+async def test_anthropic_message_has_the_official_shape(anthropic_client) -> None:
+    message = await anthropic_client.messages.create(
+        model="sim-small", max_tokens=50, system="You are terse", messages=user("Hello Claude")
+    )
+
+    assert (
+        message.id.startswith("msg_") and message.type == "message" and message.role == "assistant"
+    )
+    assert message.model == "sim-small"
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "Simulated reply to: Hello Claude"
+    assert message.stop_reason == "end_turn"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (5, 5)
+
+
+async def test_anthropic_stream_helper_yields_text_and_final_message(anthropic_client) -> None:
+    async with anthropic_client.messages.stream(
+        model="sim-small", max_tokens=50, messages=user("tell me a short story now")
+    ) as stream:
+        pieces = [text async for text in stream.text_stream]
+        final = await stream.get_final_message()
+
+    assert len(pieces) >= 3
+    assert "".join(pieces) == "Simulated reply to: tell me a short story now"
+    assert final.content[0].text == "".join(pieces)
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == 9
+
+
+async def test_anthropic_raw_stream_events_come_in_protocol_order(anthropic_client) -> None:
+    stream = await anthropic_client.messages.create(
+        model="sim-small", max_tokens=50, messages=user("order please"), stream=True
+    )
+    types = [event.type async for event in stream]
+
+    deltas = types.count("content_block_delta")
+    assert deltas >= 2
+    assert types == [
+        "message_start",
+        "content_block_start",
+        *["content_block_delta"] * deltas,
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+
+
+async def test_anthropic_weather_question_with_tools_gets_tool_use(anthropic_client) -> None:
+    tool = {
+        "name": "get_weather",
+        "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}},
+    }
+    message = await anthropic_client.messages.create(
+        model="sim-small", max_tokens=50, tools=[tool], messages=user("weather in Oslo")
+    )
+    assert message.stop_reason == "tool_use"
+    assert (message.content[0].name, message.content[0].input) == (
+        "get_weather",
+        {"location": "Oslo"},
+    )
+
+    async with anthropic_client.messages.stream(
+        model="sim-small", max_tokens=50, tools=[tool], messages=user("weather in Oslo")
+    ) as stream:
+        final = await stream.get_final_message()
+    assert final.content[0].input == {"location": "Oslo"}
+
+
+async def test_anthropic_malformed_input_is_a_400_in_anthropic_shape(
+    anthropic_client, simulator
+) -> None:
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        await anthropic_client.messages.create(model="sim-small", max_tokens=10, messages=[])
+    assert caught.value.body["type"] == "error"
+    assert caught.value.body["error"]["type"] == "invalid_request_error"
+
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{simulator.root}/v1/messages", json={"model": "sim-small", "messages": user("hi")}
+        )  # no max_tokens
+    assert response.status_code == 400
+    assert "max_tokens" in response.json()["error"]["message"]
+
+
+# ------------------------------------------------------------------ control API
+
+
+async def test_faults_are_consumed_in_order_then_requests_succeed(openai_client, simulator) -> None:
+    simulator.fault(status=429, count=1, retry_after=7)
+    simulator.fault(status=500, count=1)
+
+    with pytest.raises(openai.RateLimitError) as rate_limited:
+        await openai_client.chat.completions.create(model="sim-small", messages=user("a"))
+    assert rate_limited.value.response.headers["retry-after"] == "7"
+    with pytest.raises(openai.InternalServerError):
+        await openai_client.chat.completions.create(model="sim-small", messages=user("b"))
+    ok = await openai_client.chat.completions.create(model="sim-small", messages=user("c"))
+
+    assert ok.choices[0].message.content == "Simulated reply to: c"
+    assert simulator.stats()["routes"]["/v1/chat/completions"] == 3
+
+
+async def test_fault_for_one_model_leaves_other_models_alone(openai_client, simulator) -> None:
+    simulator.fault(status=503, model="sim-large")
+
+    small = await openai_client.chat.completions.create(model="sim-small", messages=user("x"))
+    with pytest.raises(openai.APIStatusError) as caught:
+        await openai_client.chat.completions.create(model="sim-large", messages=user("x"))
+
+    assert small.choices[0].message.content == "Simulated reply to: x"
+    assert caught.value.status_code == 503
+    assert simulator.stats()["models"] == {"sim-small": 1, "sim-large": 1}
+
+
+async def test_anthropic_faults_use_anthropic_error_shape(anthropic_client, simulator) -> None:
+    simulator.fault(status=429)
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        await anthropic_client.messages.create(model="sim-small", max_tokens=5, messages=user("x"))
+    assert caught.value.body == {
+        "type": "error",
+        "error": {"type": "rate_limit_error", "message": "Simulated fault: HTTP 429."},
+    }
+
+
+async def test_hang_fault_makes_the_client_time_out(simulator) -> None:
+    simulator.fault(hang=True)
+    client = openai.AsyncOpenAI(
+        base_url=simulator.openai_url, api_key="sim", max_retries=0, timeout=0.3
+    )
+    started = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):
+        await client.chat.completions.create(model="sim-small", messages=user("x"))
+    await client.close()
+    assert 0.25 < time.monotonic() - started < 2
+
+
+async def test_clearing_faults_restores_normal_answers(openai_client, simulator) -> None:
+    simulator.fault(status=500, count=5)
+    simulator.control.delete("/_sim/faults").raise_for_status()
+    ok = await openai_client.chat.completions.create(model="sim-small", messages=user("x"))
+    assert ok.choices[0].finish_reason == "stop"
+    assert simulator.stats()["faults_pending"] == 0
+
+
+async def test_latency_applies_to_replies_and_is_spread_over_stream_chunks(
+    openai_client, simulator
+) -> None:
+    simulator.latency(200)
+    started = time.monotonic()
+    await openai_client.chat.completions.create(model="sim-small", messages=user("slow"))
+    assert time.monotonic() - started >= 0.2
+
+    stream = await openai_client.chat.completions.create(
+        model="sim-small", messages=user("one two three four five six"), stream=True
+    )
+    arrivals = [time.monotonic() async for _ in stream]
+    assert arrivals[-1] - arrivals[0] >= 0.15  # chunks trickle in rather than arriving at once
+
+    simulator.latency(0)
+    started = time.monotonic()
+    await openai_client.chat.completions.create(model="sim-small", messages=user("fast"))
+    assert time.monotonic() - started < 0.15
+
+
+def test_control_api_rejects_invalid_faults_and_latency(simulator) -> None:
+    assert simulator.control.post("/_sim/faults", json={"status": 200}).status_code == 400
+    assert (
+        simulator.control.post("/_sim/faults", json={"status": 500, "count": 0}).status_code == 400
+    )
+    assert simulator.control.put("/_sim/latency", json={"latency_ms": -1}).status_code == 400
+    assert simulator.stats()["faults_pending"] == 0
+
+
+def test_reset_clears_counts(simulator) -> None:
+    httpx.get(f"{simulator.openai_url}/models")
+    assert simulator.stats()["routes"] == {"/v1/models": 1}
+    simulator.control.post("/_sim/reset")
+    assert simulator.stats()["total"] == 0
