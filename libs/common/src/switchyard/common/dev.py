@@ -25,6 +25,8 @@ log = structlog.get_logger("switchyard.dev")
 DEV_ENVIRONMENT = {
     "SWITCHYARD_ENVIRONMENT": "development",
     "SWITCHYARD_BUS": "memory",
+    # A person reads these logs: readable lines unless JSON is asked for.
+    "SWITCHYARD_LOG_FORMAT": "console",
 }
 
 
