@@ -49,8 +49,8 @@ migrate: install ## Apply every service's database migrations to $DATABASE_URL
 	$(UV) run --no-sync switchyard db upgrade
 
 .PHONY: test
-test: install infra-up ## Run every test: unit, integration (real Kafka and Postgres) and e2e
-	$(MAKE) --no-print-directory test-unit test-integration test-e2e
+test: install infra-up ## Run every check: lint, unit, integration (real Kafka and Postgres) and e2e tests
+	$(MAKE) --no-print-directory lint test-unit test-integration test-e2e
 
 .PHONY: test-unit
 test-unit: install ## Unit tests of every package (fakes, no network)

@@ -71,23 +71,45 @@ class System:
         return f"http://127.0.0.1:{self.ports[service]}"
 
     def cli(self, *args: str, stdin: str | None = None) -> str:
-        result = subprocess.run([*SWITCHYARD, *args], env=self.env, cwd=self.workdir, input=stdin,
-                                capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, f"switchyard {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        result = subprocess.run(
+            [*SWITCHYARD, *args],
+            env=self.env,
+            cwd=self.workdir,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, (
+            f"switchyard {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
         return result.stdout
 
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None,
-              ready_path: str = "/readyz", port: int | None = None) -> Process:
+    def start(
+        self,
+        name: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/readyz",
+        port: int | None = None,
+    ) -> Process:
         log_path = self.workdir / f"{name}.log"
-        popen = subprocess.Popen([*SWITCHYARD, *args], env={**self.env, **(env or {})}, cwd=self.workdir,
-                                 stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+        popen = subprocess.Popen(
+            [*SWITCHYARD, *args],
+            env={**self.env, **(env or {})},
+            cwd=self.workdir,
+            stdout=log_path.open("w"),
+            stderr=subprocess.STDOUT,
+        )
         process = Process(name, popen, log_path)
         self.processes.append(process)
         port = port or self.ports[name]
 
         def ready() -> bool:
             if popen.poll() is not None:
-                raise AssertionError(f"{name} exited with {popen.returncode}:\n{process.log()[-4000:]}")
+                raise AssertionError(
+                    f"{name} exited with {popen.returncode}:\n{process.log()[-4000:]}"
+                )
             return httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200
 
         wait_until(ready, timeout=90, interval=0.2, message=f"{name} to be ready")
@@ -99,8 +121,13 @@ class System:
 
 def _signing_key(path: Path) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     path.chmod(0o600)
 
 
@@ -111,7 +138,9 @@ def system(tmp_path_factory) -> Iterator[System]:
     with temporary_database(database_url(), prefix="sye2e") as db_url:
         signing_key = workdir / "signing-key.pem"
         _signing_key(signing_key)
-        ports = {name: free_port() for name in ("gateway", "auth", "history", "inference", "simulator")}
+        ports = {
+            name: free_port() for name in ("gateway", "auth", "history", "inference", "simulator")
+        }
         env = {
             **os.environ,
             "SWITCHYARD_ENVIRONMENT": "test",
@@ -132,12 +161,26 @@ def system(tmp_path_factory) -> Iterator[System]:
             system.cli("topics", "create")
             system.cli("db", "upgrade")
             system.password = secrets.token_urlsafe(12)
-            system.cli("users", "create", "--email", system.email, "--tenant", "e2e", "--role", "member",
-                       "--password-stdin", stdin=system.password + "\n")
+            system.cli(
+                "users",
+                "create",
+                "--email",
+                system.email,
+                "--tenant",
+                "e2e",
+                "--role",
+                "member",
+                "--password-stdin",
+                stdin=system.password + "\n",
+            )
             import json
 
-            system.api_key = json.loads(system.cli("keys", "create", "--email", system.email, "--json"))["key"]
-            system.start("simulator", "simulator", "--port", str(ports["simulator"]), ready_path="/v1/models")
+            system.api_key = json.loads(
+                system.cli("keys", "create", "--email", system.email, "--json")
+            )["key"]
+            system.start(
+                "simulator", "simulator", "--port", str(ports["simulator"]), ready_path="/v1/models"
+            )
             system.start("auth", "auth", "--port", str(ports["auth"]))
             system.start("history", "history", "--port", str(ports["history"]))
             system.start("inference", "inference", "--port", str(ports["inference"]))

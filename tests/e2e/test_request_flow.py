@@ -18,25 +18,37 @@ pytestmark = pytest.mark.e2e
 
 
 def client(system, api_key: str | None = None) -> openai.OpenAI:
-    return openai.OpenAI(base_url=system.url("gateway") + "/v1", api_key=api_key or system.api_key,
-                         max_retries=0, timeout=30)
+    return openai.OpenAI(
+        base_url=system.url("gateway") + "/v1",
+        api_key=api_key or system.api_key,
+        max_retries=0,
+        timeout=30,
+    )
 
 
 def history_row(system, request_id: str):
     engine = create_engine(sync_url(system.database_url))
     try:
         with engine.connect() as connection:
-            return connection.execute(
-                text("SELECT status, model, tenant, response FROM history_requests WHERE request_id = :id"),
-                {"id": request_id},
-            ).mappings().first()
+            return (
+                connection.execute(
+                    text(
+                        "SELECT status, model, tenant, response FROM history_requests"
+                        " WHERE request_id = :id"
+                    ),
+                    {"id": request_id},
+                )
+                .mappings()
+                .first()
+            )
     finally:
         engine.dispose()
 
 
 def test_chat_completion_is_answered_and_recorded_in_postgres(system):
     raw = client(system).chat.completions.with_raw_response.create(
-        model="sim-small", messages=[{"role": "user", "content": "Hello Switchyard"}])
+        model="sim-small", messages=[{"role": "user", "content": "Hello Switchyard"}]
+    )
     completion = raw.parse()
     request_id = raw.headers["x-request-id"]
 
@@ -44,16 +56,23 @@ def test_chat_completion_is_answered_and_recorded_in_postgres(system):
     assert completion.model == "sim-small"
     assert completion.usage.total_tokens > 0
 
-    row = wait_until(lambda: (r := history_row(system, request_id)) and r["status"] == "completed" and r,
-                     timeout=30, message="the completed request in history_requests")
+    row = wait_until(
+        lambda: (r := history_row(system, request_id)) and r["status"] == "completed" and r,
+        timeout=30,
+        message="the completed request in history_requests",
+    )
     assert row["model"] == "sim-small"
     assert row["tenant"] == "e2e"
-    assert row["response"]["choices"][0]["message"]["content"] == "Simulated reply to: Hello Switchyard"
+    assert (
+        row["response"]["choices"][0]["message"]["content"]
+        == "Simulated reply to: Hello Switchyard"
+    )
 
 
 def test_history_api_lists_the_callers_requests(system):
     raw = client(system).chat.completions.with_raw_response.create(
-        model="sim-small", messages=[{"role": "user", "content": "remember me"}])
+        model="sim-small", messages=[{"role": "user", "content": "remember me"}]
+    )
     request_id = raw.headers["x-request-id"]
     headers = {"Authorization": f"Bearer {system.api_key}"}
 
@@ -63,49 +82,63 @@ def test_history_api_lists_the_callers_requests(system):
         return [item for item in response.json()["data"] if item["id"] == request_id]
 
     [item] = wait_until(listed, timeout=30, message="the request in GET /v1/history")
-    one = httpx.get(system.url("gateway") + f"/v1/history/{request_id}", headers=headers, timeout=10)
+    one = httpx.get(
+        system.url("gateway") + f"/v1/history/{request_id}", headers=headers, timeout=10
+    )
     assert one.status_code == 200
-    assert one.json()["response"]["choices"][0]["message"]["content"] == "Simulated reply to: remember me"
+    assert (
+        one.json()["response"]["choices"][0]["message"]["content"]
+        == "Simulated reply to: remember me"
+    )
     assert item["status"] in ("completed", "pending")
 
 
 def test_streaming_reply_arrives_as_server_sent_events(system):
     stream = client(system).chat.completions.create(
-        model="sim-small", messages=[{"role": "user", "content": "stream please"}], stream=True)
+        model="sim-small", messages=[{"role": "user", "content": "stream please"}], stream=True
+    )
     text_parts = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
     assert "".join(text_parts) == "Simulated reply to: stream please"
 
 
 def test_access_token_from_auth_is_accepted_by_the_gateway(system):
-    response = httpx.post(system.url("auth") + "/v1/auth/token", timeout=10,
-                          json={"grant_type": "password", "username": system.email,
-                                "password": system.password})
+    response = httpx.post(
+        system.url("auth") + "/v1/auth/token",
+        timeout=10,
+        json={"grant_type": "password", "username": system.email, "password": system.password},
+    )
     assert response.status_code == 200, response.text
     token = response.json()["access_token"]
     completion = client(system, api_key=token).chat.completions.create(
-        model="sim-small", messages=[{"role": "user", "content": "with a JWT"}])
+        model="sim-small", messages=[{"role": "user", "content": "with a JWT"}]
+    )
     assert completion.choices[0].message.content == "Simulated reply to: with a JWT"
 
 
 def test_invalid_api_key_gets_401(system):
     with pytest.raises(openai.AuthenticationError) as caught:
         client(system, api_key="sk-sy-" + "x" * 43).chat.completions.create(
-            model="sim-small", messages=[{"role": "user", "content": "hi"}])
+            model="sim-small", messages=[{"role": "user", "content": "hi"}]
+        )
     assert caught.value.status_code == 401
     assert "x" * 43 not in str(caught.value)
 
 
 def test_unknown_model_gets_404_model_not_found(system):
     with pytest.raises(openai.NotFoundError) as caught:
-        client(system).chat.completions.create(model="gpt-nonexistent",
-                                               messages=[{"role": "user", "content": "hi"}])
+        client(system).chat.completions.create(
+            model="gpt-nonexistent", messages=[{"role": "user", "content": "hi"}]
+        )
     assert caught.value.code == "model_not_found"
 
 
 def test_malformed_json_gets_400_in_openai_format(system):
-    response = httpx.post(system.url("gateway") + "/v1/chat/completions", content=b'{"model": ',
-                          headers={"Authorization": f"Bearer {system.api_key}",
-                                   "content-type": "application/json"}, timeout=10)
+    response = httpx.post(
+        system.url("gateway") + "/v1/chat/completions",
+        content=b'{"model": ',
+        headers={"Authorization": f"Bearer {system.api_key}", "content-type": "application/json"},
+        timeout=10,
+    )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
 
@@ -114,12 +147,22 @@ def test_gateway_answers_503_within_two_seconds_when_kafka_is_unreachable(system
     from .conftest import free_port
 
     port = free_port()
-    system.start("gateway-no-kafka", "gateway", "--port", str(port), port=port, ready_path="/livez",
-                 env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    system.start(
+        "gateway-no-kafka",
+        "gateway",
+        "--port",
+        str(port),
+        port=port,
+        ready_path="/livez",
+        env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+    )
     started = time.monotonic()
-    response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=10,
-                          headers={"Authorization": f"Bearer {system.api_key}"},
-                          json={"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]})
+    response = httpx.post(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        timeout=10,
+        headers={"Authorization": f"Bearer {system.api_key}"},
+        json={"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]},
+    )
     elapsed = time.monotonic() - started
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "bus_unavailable"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from argon2 import profiles
 from fastapi.testclient import TestClient
+
 from switchyard.auth.app import create_app
 from switchyard.auth.bootstrap import build_database_service, build_token_issuer
 from switchyard.auth.config import Settings

@@ -23,9 +23,18 @@ pytestmark = pytest.mark.integration
 
 
 def request(n: int, **data) -> ChatRequested:
-    return ChatRequested(source="test", tenant="acme", request_id=f"req-{n}", data=ChatRequestData(
-        model="sim-small", body={"n": n}, user_id="u", deadline=datetime.now(UTC) + timedelta(seconds=60),
-        **data))
+    return ChatRequested(
+        source="test",
+        tenant="acme",
+        request_id=f"req-{n}",
+        data=ChatRequestData(
+            model="sim-small",
+            body={"n": n},
+            user_id="u",
+            deadline=datetime.now(UTC) + timedelta(seconds=60),
+            **data,
+        ),
+    )
 
 
 async def started_bus(servers, topics) -> KafkaBus:
@@ -35,8 +44,9 @@ async def started_bus(servers, topics) -> KafkaBus:
 
 
 async def read_all(servers: str, topic: str, expected: int, timeout: float = 20) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=servers, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=servers, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     records = []
     try:
@@ -97,14 +107,21 @@ CRASHING_CONSUMER = textwrap.dedent("""
 """)
 
 
-async def test_consumer_killed_before_commit_gets_the_event_redelivered(kafka_servers, kafka_topics):
+async def test_consumer_killed_before_commit_gets_the_event_redelivered(
+    kafka_servers, kafka_topics
+):
     topic, group = kafka_topics.requests_interactive, "crash-test"
     bus = await started_bus(kafka_servers, kafka_topics)
     await bus.publish(topic, request(42))
 
-    process = subprocess.Popen([sys.executable, "-c", CRASHING_CONSUMER, kafka_servers, topic, group],
-                               stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    process = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_CONSUMER, kafka_servers, topic, group],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
     try:
+
         async def handling_line() -> str:
             while True:  # skip the child's log lines
                 line = await asyncio.to_thread(process.stdout.readline)
@@ -123,8 +140,9 @@ async def test_consumer_killed_before_commit_gets_the_event_redelivered(kafka_se
 
     # The broker hands the partition over once the dead member's session times out.
     await bus.subscribe([topic], group, handler)
-    await async_wait_until(lambda: asyncio.sleep(0, redelivered), timeout=60,
-                           message="redelivery after the crash")
+    await async_wait_until(
+        lambda: asyncio.sleep(0, redelivered), timeout=60, message="redelivery after the crash"
+    )
     assert redelivered == ["req-42"]
     await bus.stop()
 
@@ -137,6 +155,7 @@ async def test_committed_events_are_not_redelivered(kafka_servers, kafka_topics)
     async def into(target):
         async def handler(event):
             target.append(event.request_id)
+
         return handler
 
     subscription = await bus.subscribe([topic], group, await into(first))
@@ -152,7 +171,9 @@ async def test_committed_events_are_not_redelivered(kafka_servers, kafka_topics)
     await bus.stop()
 
 
-async def test_malformed_and_unknown_version_events_are_dead_lettered_and_skipped(kafka_servers, kafka_topics):
+async def test_malformed_and_unknown_version_events_are_dead_lettered_and_skipped(
+    kafka_servers, kafka_topics
+):
     topic = kafka_topics.requests_interactive
     bus = await started_bus(kafka_servers, kafka_topics)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_servers)
@@ -192,8 +213,12 @@ async def test_handler_that_keeps_failing_is_dead_lettered(kafka_servers, kafka_
         attempts.append(event.request_id)
         raise RuntimeError("provider exploded")
 
-    await bus.subscribe([kafka_topics.requests_interactive], "failing", broken,
-                        retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.01))
+    await bus.subscribe(
+        [kafka_topics.requests_interactive],
+        "failing",
+        broken,
+        retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.01),
+    )
     await bus.publish(kafka_topics.requests_interactive, request(7))
     [dead] = await read_all(kafka_servers, kafka_topics.deadletter, 1, timeout=30)
     assert attempts == ["req-7"] * 3
@@ -203,7 +228,9 @@ async def test_handler_that_keeps_failing_is_dead_lettered(kafka_servers, kafka_
 
 async def test_listener_sees_only_new_events_of_its_partition(kafka_servers, kafka_topics):
     bus = await started_bus(kafka_servers, kafka_topics)
-    await bus.publish(kafka_topics.replies, request(0), partition=1)  # before the listener: not seen
+    await bus.publish(
+        kafka_topics.replies, request(0), partition=1
+    )  # before the listener: not seen
     seen = []
 
     async def on_reply(event):

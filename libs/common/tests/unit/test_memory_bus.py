@@ -11,8 +11,14 @@ from switchyard.common.testing.infra import async_wait_until
 
 
 def request(n: int) -> ChatRequested:
-    return ChatRequested(source="test", tenant="t", request_id=f"r{n}", data=ChatRequestData(
-        model="m", body={}, user_id="u", deadline=datetime.now(UTC) + timedelta(seconds=5)))
+    return ChatRequested(
+        source="test",
+        tenant="t",
+        request_id=f"r{n}",
+        data=ChatRequestData(
+            model="m", body={}, user_id="u", deadline=datetime.now(UTC) + timedelta(seconds=5)
+        ),
+    )
 
 
 async def test_group_members_share_the_work_and_every_group_gets_everything():
@@ -23,6 +29,7 @@ async def test_group_members_share_the_work_and_every_group_gets_everything():
         async def handler(event):
             into.append(event.request_id)
             await asyncio.sleep(0)
+
         return handler
 
     await bus.subscribe(["topic"], "a", await collect(seen_a1))
@@ -30,7 +37,9 @@ async def test_group_members_share_the_work_and_every_group_gets_everything():
     await bus.subscribe(["topic"], "b", await collect(seen_b))
     for n in range(20):
         await bus.publish("topic", request(n))
-    await async_wait_until(lambda: asyncio.sleep(0, len(seen_a1) + len(seen_a2) == 20 and len(seen_b) == 20))
+    await async_wait_until(
+        lambda: asyncio.sleep(0, len(seen_a1) + len(seen_a2) == 20 and len(seen_b) == 20)
+    )
     assert sorted(seen_a1 + seen_a2) == sorted(f"r{n}" for n in range(20))
     assert seen_a1 and seen_a2
     await bus.stop()
@@ -64,7 +73,9 @@ async def test_failing_handler_is_retried_then_dead_lettered():
         attempts.append(event.request_id)
         raise RuntimeError("boom")
 
-    await bus.subscribe(["topic"], "g", broken, retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.001))
+    await bus.subscribe(
+        ["topic"], "g", broken, retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.001)
+    )
     await bus.publish("topic", request(1))
     await async_wait_until(lambda: asyncio.sleep(0, bus.dead_letters))
     assert attempts == ["r1", "r1", "r1"]

@@ -43,7 +43,9 @@ def test_log_lines_have_logstash_fields_and_no_secrets(capsys):
     logging.getLogger("uvicorn.error").warning("from the standard library")
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     first, second = lines
-    assert {"@timestamp", "@version", "level", "message", "logger", "service", "request_id"} <= set(first)
+    assert {"@timestamp", "@version", "level", "message", "logger", "service", "request_id"} <= set(
+        first
+    )
     assert first["message"] == "hello" and first["service"] == "gateway"
     assert first["request_id"] == "req-123"
     assert first["level"] == "info"
@@ -53,7 +55,8 @@ def test_log_lines_have_logstash_fields_and_no_secrets(capsys):
 
 
 def test_validation_message_names_the_field():
-    message, param = validation_message([{"loc": ("body", "messages", 0, "role"), "msg": "bad role",
-                                          "type": "literal_error"}])
+    message, param = validation_message(
+        [{"loc": ("body", "messages", 0, "role"), "msg": "bad role", "type": "literal_error"}]
+    )
     assert param == "messages.0.role"
     assert "messages.0.role" in message

@@ -9,6 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from argon2 import profiles
 from sqlalchemy import create_engine, inspect
+
 from switchyard.auth.bootstrap import build_database_service
 from switchyard.auth.keys import hash_api_key
 from switchyard.auth.models import Base

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jwt
 import pytest
 from fastapi.testclient import TestClient
+
 from switchyard.auth.app import create_app
 from switchyard.auth.config import Settings
 from switchyard.auth.keys import hash_api_key

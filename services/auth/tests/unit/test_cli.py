@@ -8,12 +8,13 @@ from pathlib import Path
 import jwt
 import pytest
 import typer
+from typer.testing import CliRunner
+
 from switchyard.auth.cli import keys_app, tokens_app, users_app
 from switchyard.auth.config import Settings
 from switchyard.auth.keys import hash_api_key
 from switchyard.auth.service import AuthService
 from switchyard.auth.signing import load_signing_key
-from typer.testing import CliRunner
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from switchyard.auth.dev import DEV_EMAIL, prepare_dev
 from switchyard.auth.keys import hash_api_key
 from switchyard.auth.service import AuthService

@@ -6,6 +6,7 @@ import hashlib
 import re
 
 from argon2 import profiles
+
 from switchyard.auth.keys import generate_api_key, hash_api_key, visible_prefix
 from switchyard.auth.passwords import PasswordHasher
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
+
 from switchyard.auth.keys import hash_api_key
 from switchyard.auth.service import (
     AuthService,

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
+
 from switchyard.auth.config import Settings
 from switchyard.auth.signing import (
     SigningKey,

@@ -38,7 +38,8 @@ class FakeAuth:
     """Plays the auth service: one valid API key, a JWKS with one RSA key."""
 
     private_key: rsa.RSAPrivateKey = field(
-        default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
     lookups: int = 0
 
     def jwks(self) -> dict:
@@ -48,9 +49,18 @@ class FakeAuth:
 
     def token(self, **overrides) -> str:
         now = int(time.time())
-        claims = {"iss": "switchyard-auth", "aud": "switchyard", "sub": "user-jwt", "tenant": "acme",
-                  "role": "member", "scopes": ["chat"], "iat": now, "nbf": now, "exp": now + 300,
-                  "jti": uuid.uuid4().hex}
+        claims = {
+            "iss": "switchyard-auth",
+            "aud": "switchyard",
+            "sub": "user-jwt",
+            "tenant": "acme",
+            "role": "member",
+            "scopes": ["chat"],
+            "iat": now,
+            "nbf": now,
+            "exp": now + 300,
+            "jti": uuid.uuid4().hex,
+        }
         claims.update(overrides)
         claims = {key: value for key, value in claims.items() if value is not None}
         return jwt.encode(claims, self.private_key, algorithm="RS256", headers={"kid": KID})
@@ -64,9 +74,18 @@ class FakeAuth:
             import json
 
             if json.loads(body)["secret_hash"] == hashlib.sha256(API_KEY.encode()).hexdigest():
-                return httpx.Response(200, json={"key_id": "key-1", "user_id": "user-1", "tenant": "acme",
-                                                 "role": "member", "scopes": [], "allowed_models": None,
-                                                 "expires_at": None})
+                return httpx.Response(
+                    200,
+                    json={
+                        "key_id": "key-1",
+                        "user_id": "user-1",
+                        "tenant": "acme",
+                        "role": "member",
+                        "scopes": [],
+                        "allowed_models": None,
+                        "expires_at": None,
+                    },
+                )
             return httpx.Response(404, json={"error": {"message": "no such key"}})
         return httpx.Response(404)
 
@@ -75,21 +94,44 @@ Responder = Callable[[ChatRequested], Awaitable[list]]
 
 
 def completed_reply(request: ChatRequested, text: str = "hi there") -> ChatCompleted:
-    response = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": request.data.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}}
-    return ChatCompleted(source="test", tenant=request.tenant, request_id=request.request_id,
-                         data=ChatCompletedData(response=response, provider="fake", deployment="fake",
-                                                usage=TokenUsage(input_tokens=2, output_tokens=2),
-                                                latency_ms=1))
+    response = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": request.data.model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4},
+    }
+    return ChatCompleted(
+        source="test",
+        tenant=request.tenant,
+        request_id=request.request_id,
+        data=ChatCompletedData(
+            response=response,
+            provider="fake",
+            deployment="fake",
+            usage=TokenUsage(input_tokens=2, output_tokens=2),
+            latency_ms=1,
+        ),
+    )
 
 
 def chunk(request: ChatRequested, sequence: int, content: str) -> ChatChunk:
-    data = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": request.data.model,
-            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
-    return ChatChunk(source="test", tenant=request.tenant, request_id=request.request_id,
-                     data=ChatChunkData(sequence=sequence, chunk=data))
+    data = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": request.data.model,
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    }
+    return ChatChunk(
+        source="test",
+        tenant=request.tenant,
+        request_id=request.request_id,
+        data=ChatChunkData(sequence=sequence, chunk=data),
+    )
 
 
 @dataclass

@@ -46,24 +46,30 @@ async def test_api_key_lookup_is_cached(harness):
 
 
 async def test_x_api_key_header_is_accepted(harness):
-    response = await harness.client.post("/v1/chat/completions", json=BODY, headers={"x-api-key": API_KEY})
+    response = await harness.client.post(
+        "/v1/chat/completions", json=BODY, headers={"x-api-key": API_KEY}
+    )
     assert response.status_code == 200
 
 
 async def test_jwt_is_verified_against_jwks(harness):
     token = harness.auth.token()
-    response = await harness.client.post("/v1/chat/completions", json=BODY,
-                                         headers={"Authorization": f"Bearer {token}"})
+    response = await harness.client.post(
+        "/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {token}"}
+    )
     assert response.status_code == 200, response.text
     assert harness.requests[0].data.user_id == "user-jwt"
 
 
-@pytest.mark.parametrize("headers", [
-    {},
-    {"Authorization": "Bearer sk-sy-unknown"},
-    {"Authorization": "Basic Zm9vOmJhcg=="},
-    {"Authorization": "Bearer not-a-token"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer sk-sy-unknown"},
+        {"Authorization": "Basic Zm9vOmJhcg=="},
+        {"Authorization": "Bearer not-a-token"},
+    ],
+)
 async def test_missing_or_invalid_credentials_get_401(harness, headers):
     response = await harness.client.post("/v1/chat/completions", json=BODY, headers=headers)
     error = assert_openai_error(response, 401, "invalid_api_key")
@@ -76,29 +82,50 @@ async def test_expired_and_unsigned_tokens_get_401(harness):
     expired = harness.auth.token(exp=1, iat=0, nbf=0)
     header, payload, _ = harness.auth.token().split(".")
     unsigned = f"{header}.{payload}."
-    for token in (expired, unsigned, harness.auth.token(aud="someone-else"), harness.auth.token(exp=None)):
-        response = await harness.client.post("/v1/chat/completions", json=BODY,
-                                             headers={"Authorization": f"Bearer {token}"})
+    for token in (
+        expired,
+        unsigned,
+        harness.auth.token(aud="someone-else"),
+        harness.auth.token(exp=None),
+    ):
+        response = await harness.client.post(
+            "/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {token}"}
+        )
         assert_openai_error(response, 401)
     assert not harness.requests
 
 
 async def test_malformed_json_gets_400(harness):
-    response = await harness.client.post("/v1/chat/completions", content=b'{"model": "sim-small", ',
-                                         headers={**AUTH, "content-type": "application/json"})
+    response = await harness.client.post(
+        "/v1/chat/completions",
+        content=b'{"model": "sim-small", ',
+        headers={**AUTH, "content-type": "application/json"},
+    )
     error = assert_openai_error(response, 400)
     assert "JSON" in error["message"]
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"model": "sim-small"}, "messages"),
-    ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
-    ({"model": "sim-small", "messages": []}, "messages"),
-    ({"model": "sim-small", "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
-    ({"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"},
-     "temperature"),
-    ({"model": 42, "messages": [{"role": "user", "content": "hi"}]}, "model"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "sim-small"}, "messages"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
+        ({"model": "sim-small", "messages": []}, "messages"),
+        (
+            {"model": "sim-small", "messages": [{"role": "wizard", "content": "hi"}]},
+            "messages.0.role",
+        ),
+        (
+            {
+                "model": "sim-small",
+                "messages": [{"role": "user", "content": "hi"}],
+                "temperature": "hot",
+            },
+            "temperature",
+        ),
+        ({"model": 42, "messages": [{"role": "user", "content": "hi"}]}, "model"),
+    ],
+)
 async def test_invalid_fields_get_400_naming_the_field(harness, body, param):
     response = await harness.client.post("/v1/chat/completions", json=body, headers=AUTH)
     error = assert_openai_error(response, 400)
@@ -107,8 +134,9 @@ async def test_invalid_fields_get_400_naming_the_field(harness, body, param):
 
 
 async def test_unknown_model_gets_404_model_not_found(harness):
-    response = await harness.client.post("/v1/chat/completions", json={**BODY, "model": "no-such-model"},
-                                         headers=AUTH)
+    response = await harness.client.post(
+        "/v1/chat/completions", json={**BODY, "model": "no-such-model"}, headers=AUTH
+    )
     assert_openai_error(response, 404, "model_not_found")
     assert not harness.requests
 
@@ -134,10 +162,22 @@ async def test_reply_that_never_comes_gets_504_at_the_deadline(harness):
 
 async def test_failed_reply_keeps_its_status_and_message(harness):
     async def rate_limited(request):
-        return [ChatFailed(source="test", tenant=request.tenant, request_id=request.request_id,
-                           data=ChatFailedData(status=TerminalStatus.FAILED,
-                                               error=ErrorInfo(status=429, type="rate_limit_error",
-                                                               code="rate_limited", message="slow down")))]
+        return [
+            ChatFailed(
+                source="test",
+                tenant=request.tenant,
+                request_id=request.request_id,
+                data=ChatFailedData(
+                    status=TerminalStatus.FAILED,
+                    error=ErrorInfo(
+                        status=429,
+                        type="rate_limit_error",
+                        code="rate_limited",
+                        message="slow down",
+                    ),
+                ),
+            )
+        ]
 
     harness.respond[0] = rate_limited
     response = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
@@ -158,12 +198,18 @@ async def test_bus_unavailable_gets_503_quickly(harness):
 async def test_streaming_relays_chunks_in_order_then_done(harness):
     async def streamer(request):
         # Published out of order and with a duplicate: the client still sees 0, 1, 2 once.
-        return [chunk(request, 0, "Hel"), chunk(request, 1, "lo"), chunk(request, 1, "lo"),
-                chunk(request, 2, "!"), completed_reply(request, "Hello!")]
+        return [
+            chunk(request, 0, "Hel"),
+            chunk(request, 1, "lo"),
+            chunk(request, 1, "lo"),
+            chunk(request, 2, "!"),
+            completed_reply(request, "Hello!"),
+        ]
 
     harness.respond[0] = streamer
-    async with harness.client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True},
-                                     headers=AUTH) as response:
+    async with harness.client.stream(
+        "POST", "/v1/chat/completions", json={**BODY, "stream": True}, headers=AUTH
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = [line async for line in response.aiter_lines() if line]
@@ -189,4 +235,3 @@ async def test_models_lists_routable_models(harness):
 async def test_unknown_route_uses_the_error_format(harness):
     response = await harness.client.get("/v1/nothing-here", headers=AUTH)
     assert_openai_error(response, 404)
-

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import func, inspect, select
+
 from switchyard.common.db import create_engine, downgrade, sync_url, upgrade
 from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
 from switchyard.history.handlers import EventRecorder

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+
 from switchyard.common.db import create_engine, upgrade
 from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
 from switchyard.history.handlers import EventRecorder

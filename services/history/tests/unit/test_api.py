@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+
 from switchyard.common.bus import InMemoryBus
 from switchyard.common.db import upgrade
 from switchyard.common.testing.infra import async_wait_until

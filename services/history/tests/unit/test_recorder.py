@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 from sqlalchemy import select
+
 from switchyard.common.db import create_engine, upgrade
 from switchyard.common.events import TerminalStatus
 from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE

@@ -5,7 +5,6 @@ schema); each installed service adds `switchyard <service>` to run it, plus its 
 commands (e.g. `switchyard users create` from auth), through `switchyard.common.plugins`.
 """
 
-
 import asyncio
 import json
 import sys
@@ -23,10 +22,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-db_app = typer.Typer(name="db", help="Database migrations (Alembic) of every service that owns tables.",
-                     no_args_is_help=True)
-topics_app = typer.Typer(name="topics", help="Kafka topics: create with explicit partition counts, list.",
-                         no_args_is_help=True)
+db_app = typer.Typer(
+    name="db",
+    help="Database migrations (Alembic) of every service that owns tables.",
+    no_args_is_help=True,
+)
+topics_app = typer.Typer(
+    name="topics",
+    help="Kafka topics: create with explicit partition counts, list.",
+    no_args_is_help=True,
+)
 events_app = typer.Typer(name="events", help="The published event contract.", no_args_is_help=True)
 app.add_typer(db_app)
 app.add_typer(topics_app)
@@ -44,7 +49,9 @@ def _run_async(coroutine) -> None:
 
 @app.command()
 def dev(
-    host: Annotated[str, typer.Option(help="Interface every embedded service binds to.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface every embedded service binds to.")
+    ] = "127.0.0.1",
 ) -> None:
     """Run every service in one process (in-memory bus, SQLite, provider simulator)."""
     from switchyard.common.dev import apply_dev_environment, run_embedded
@@ -60,8 +67,12 @@ def dev(
 
 def _run_service_command(plugin: ServicePlugin):
     def run_service(
-        host: Annotated[str | None, typer.Option(help="Interface to bind (default: settings).")] = None,
-        port: Annotated[int | None, typer.Option(help=f"Port (default: settings, or {plugin.default_port}).")] = None,
+        host: Annotated[
+            str | None, typer.Option(help="Interface to bind (default: settings).")
+        ] = None,
+        port: Annotated[
+            int | None, typer.Option(help=f"Port (default: settings, or {plugin.default_port}).")
+        ] = None,
         workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
     ) -> None:
         from switchyard.common.http import serve
@@ -69,9 +80,13 @@ def _run_service_command(plugin: ServicePlugin):
 
         settings = plugin.settings()
         configure_logging(plugin.name, settings.log_level, settings.log_format)
-        serve(plugin.factory, host=host or settings.host,
-              port=port or int(getattr(settings, "port", plugin.default_port)),
-              workers=workers, factory=True)
+        serve(
+            plugin.factory,
+            host=host or settings.host,
+            port=port or int(getattr(settings, "port", plugin.default_port)),
+            workers=workers,
+            factory=True,
+        )
 
     run_service.__doc__ = f"Run the {plugin.name} service. {plugin.summary}"
     return run_service
@@ -87,8 +102,12 @@ def db_upgrade(
 
     for plugin in _migrating_plugins(service):
         assert plugin.migrations is not None
-        upgrade(plugin.migrations.script_location, plugin.migrations.database_url(),
-                plugin.migrations.version_table, revision)
+        upgrade(
+            plugin.migrations.script_location,
+            plugin.migrations.database_url(),
+            plugin.migrations.version_table,
+            revision,
+        )
         typer.echo(f"{plugin.name}: database at {revision}")
 
 
@@ -102,8 +121,12 @@ def db_downgrade(
 
     for plugin in _migrating_plugins(service):
         assert plugin.migrations is not None
-        downgrade(plugin.migrations.script_location, plugin.migrations.database_url(),
-                  plugin.migrations.version_table, revision)
+        downgrade(
+            plugin.migrations.script_location,
+            plugin.migrations.database_url(),
+            plugin.migrations.version_table,
+            revision,
+        )
         typer.echo(f"{plugin.name}: database at {revision}")
 
 
@@ -119,7 +142,9 @@ def _migrating_plugins(only: str | None) -> list[ServicePlugin]:
 
 @topics_app.command("create")
 def topics_create(
-    partitions: Annotated[int | None, typer.Option(min=1, help="Override every topic's partition count.")] = None,
+    partitions: Annotated[
+        int | None, typer.Option(min=1, help="Override every topic's partition count.")
+    ] = None,
     replication_factor: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
     """Create every Switchyard topic that does not exist yet."""
@@ -128,9 +153,14 @@ def topics_create(
     from switchyard.common.topics import Topics
 
     settings = ServiceSettings()
-    created = asyncio.run(create_topics(settings.kafka_bootstrap_servers, Topics(settings.topic_prefix),
-                                        replication_factor=replication_factor,
-                                        partitions_override=partitions))
+    created = asyncio.run(
+        create_topics(
+            settings.kafka_bootstrap_servers,
+            Topics(settings.topic_prefix),
+            replication_factor=replication_factor,
+            partitions_override=partitions,
+        )
+    )
     typer.echo(f"created {len(created)} topic(s): {', '.join(created) or 'none needed'}")
 
 
@@ -141,14 +171,17 @@ def topics_list() -> None:
     from switchyard.common.settings import ServiceSettings
 
     settings = ServiceSettings()
-    for name, count in sorted(asyncio.run(list_topics(settings.kafka_bootstrap_servers,
-                                                      settings.topic_prefix)).items()):
+    for name, count in sorted(
+        asyncio.run(list_topics(settings.kafka_bootstrap_servers, settings.topic_prefix)).items()
+    ):
         typer.echo(f"{name}\t{count}")
 
 
 @events_app.command("schema")
 def events_schema(
-    output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write to this file instead of stdout.")
+    ] = None,
 ) -> None:
     """Print the JSON Schema of every event (schema version 1)."""
     from switchyard.common.events import event_json_schema

@@ -54,8 +54,11 @@ def apply_dev_environment() -> None:
 def migrate_all(plugins: list[ServicePlugin]) -> None:
     for plugin in plugins:
         if plugin.migrations is not None:
-            upgrade(plugin.migrations.script_location, plugin.migrations.database_url(),
-                    plugin.migrations.version_table)
+            upgrade(
+                plugin.migrations.script_location,
+                plugin.migrations.database_url(),
+                plugin.migrations.version_table,
+            )
 
 
 def _port_of(plugin: ServicePlugin) -> int:
@@ -73,10 +76,15 @@ async def run_embedded(host: str = "127.0.0.1") -> None:
     bus = InMemoryBus(partitions={topics.replies: 1})
     await bus.start()
 
-    services = [EmbeddedService(name, app, port)
-                for contribution in contributions for name, app, port in contribution.extra_servers]
-    services += [EmbeddedService(plugin.name, plugin.create_app(bus=bus), _port_of(plugin))
-                 for plugin in plugins]
+    services = [
+        EmbeddedService(name, app, port)
+        for contribution in contributions
+        for name, app, port in contribution.extra_servers
+    ]
+    services += [
+        EmbeddedService(plugin.name, plugin.create_app(bus=bus), _port_of(plugin))
+        for plugin in plugins
+    ]
 
     servers: list[_EmbeddedServer] = []
     tasks: list[asyncio.Task[None]] = []
@@ -89,8 +97,14 @@ async def run_embedded(host: str = "127.0.0.1") -> None:
     try:
         # Start in order (consumers before the gateway) and wait for each to listen.
         for service in services:
-            config = uvicorn.Config(service.app, host=host, port=service.port, log_config=None,
-                                    access_log=False, lifespan="on")
+            config = uvicorn.Config(
+                service.app,
+                host=host,
+                port=service.port,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+            )
             server = _EmbeddedServer(config)
             task = asyncio.create_task(server.serve(), name=f"serve-{service.name}")
             while not server.started:
@@ -105,8 +119,10 @@ async def run_embedded(host: str = "127.0.0.1") -> None:
         gateway_port = next((s.port for s in services if s.name == "gateway"), None)
         lines = ["", "Switchyard is running in embedded mode (one process, in-memory bus, SQLite)."]
         if gateway_port is not None:
-            lines += [f"  OpenAI base URL:  http://{host}:{gateway_port}/v1",
-                      f"  API docs:         http://{host}:{gateway_port}/docs"]
+            lines += [
+                f"  OpenAI base URL:  http://{host}:{gateway_port}/v1",
+                f"  API docs:         http://{host}:{gateway_port}/docs",
+            ]
         for contribution in contributions:
             lines += [f"  {message}" for message in contribution.messages]
         lines.append("Press Ctrl+C to stop.")

@@ -98,4 +98,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
-        return error_response(APIError(exc.status_code, detail, headers=getattr(exc, "headers", None)))
+        return error_response(
+            APIError(exc.status_code, detail, headers=getattr(exc, "headers", None))
+        )

@@ -71,7 +71,9 @@ class ErrorInfo(Contract):
     code: str | None = Field(default=None, examples=["model_not_found"])
     message: str
     retry_after_s: float | None = Field(
-        default=None, ge=0, description="When the client may retry (from the provider's Retry-After)."
+        default=None,
+        ge=0,
+        description="When the client may retry (from the provider's Retry-After).",
     )
 
 
@@ -129,7 +131,9 @@ class UsageData(Contract):
 
 
 class EnvelopeFields(Contract):
-    id: str = Field(default_factory=new_id, description="Unique event id; consumers deduplicate on it.")
+    id: str = Field(
+        default_factory=new_id, description="Unique event id; consumers deduplicate on it."
+    )
     source: str = Field(description="Service that published the event.", examples=["gateway"])
     time: AwareDatetime = Field(default_factory=utcnow, description="UTC, ISO 8601.")
     tenant: str

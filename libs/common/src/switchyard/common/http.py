@@ -47,7 +47,9 @@ def internal_token_dependency(expected: str) -> Callable[[str | None], Awaitable
     return require_internal_token
 
 
-def serve(app: FastAPI | str, *, host: str, port: int, workers: int = 1, factory: bool = False) -> None:
+def serve(
+    app: FastAPI | str, *, host: str, port: int, workers: int = 1, factory: bool = False
+) -> None:
     """Run an app with uvicorn (uvloop and httptools when available)."""
     import uvicorn
 

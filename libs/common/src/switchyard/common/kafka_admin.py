@@ -38,22 +38,31 @@ async def create_topics(
             except TopicAlreadyExistsError:
                 pass  # created concurrently by another caller: fine
         for topic in wanted:
-            log.info("topic created", topic=topic.name, partitions=topic.num_partitions,
-                     replication_factor=replication_factor)
+            log.info(
+                "topic created",
+                topic=topic.name,
+                partitions=topic.num_partitions,
+                replication_factor=replication_factor,
+            )
         await _wait_for_leaders(admin, [name for name, _ in topics.all()])
         return [topic.name for topic in wanted]
     finally:
         await admin.close()
 
 
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30) -> None:
+async def _wait_for_leaders(
+    admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30
+) -> None:
     """Return once every partition of `names` has a leader, so the first publish succeeds."""
     deadline = time.monotonic() + timeout_s
     while True:
         described = await admin.describe_topics(names)
-        if all(item["error_code"] == 0 and item["partitions"]
-               and all(partition["leader"] >= 0 for partition in item["partitions"])
-               for item in described):
+        if all(
+            item["error_code"] == 0
+            and item["partitions"]
+            and all(partition["leader"] >= 0 for partition in item["partitions"])
+            for item in described
+        ):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"topics have no leader after {timeout_s}s: {names}")

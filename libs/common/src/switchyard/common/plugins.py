@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     import typer
     from fastapi import FastAPI
 
-    from switchyard.common.bus import EventBus
     from switchyard.common.settings import ServiceSettings
 
 ENTRY_POINT_GROUP = "switchyard.services"

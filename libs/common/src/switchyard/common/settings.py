@@ -56,30 +56,41 @@ class ServiceSettings(BaseSettings):
     secret_defaults: ClassVar[dict[str, str]] = {"internal_token": DEV_INTERNAL_TOKEN}
 
     environment: Environment = Field(
-        validation_alias=env("SWITCHYARD_ENVIRONMENT"), default=Environment.DEVELOPMENT,
+        validation_alias=env("SWITCHYARD_ENVIRONMENT"),
+        default=Environment.DEVELOPMENT,
         description="development allows built-in default secrets; production refuses them.",
     )
     bus: Literal["memory", "kafka"] = Field(
-        validation_alias=env("SWITCHYARD_BUS"), default="memory", description="Event bus: in-process memory (embedded mode) or Kafka."
+        validation_alias=env("SWITCHYARD_BUS"),
+        default="memory",
+        description="Event bus: in-process memory (embedded mode) or Kafka.",
     )
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
         validation_alias=env("SWITCHYARD_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
     )
     topic_prefix: str = Field(
-        validation_alias=env("SWITCHYARD_TOPIC_PREFIX"), default="switchyard", description="Prefix of every topic name, so several deployments can share a cluster."
+        validation_alias=env("SWITCHYARD_TOPIC_PREFIX"),
+        default="switchyard",
+        description="Prefix of every topic name, so several deployments can share a cluster.",
     )
     log_level: str = Field(default="INFO", validation_alias=env("SWITCHYARD_LOG_LEVEL"))
     log_format: Literal["json", "console"] = Field(
         default="json", validation_alias=env("SWITCHYARD_LOG_FORMAT")
     )
     internal_token: str = Field(
-        validation_alias=env("SWITCHYARD_INTERNAL_TOKEN"), default=DEV_INTERNAL_TOKEN,
-        description="Shared secret that service-to-service HTTP calls carry (x-switchyard-internal-token).",
+        validation_alias=env("SWITCHYARD_INTERNAL_TOKEN"),
+        default=DEV_INTERNAL_TOKEN,
+        description="Secret carried by service-to-service calls (x-switchyard-internal-token).",
     )
-    instance_id: str = Field(validation_alias=env("SWITCHYARD_INSTANCE_ID"), default_factory=_default_instance_id)
-    host: str = Field(default="127.0.0.1", validation_alias=env("SWITCHYARD_HOST"),
-                      description="Interface the HTTP server binds to.")
+    instance_id: str = Field(
+        validation_alias=env("SWITCHYARD_INSTANCE_ID"), default_factory=_default_instance_id
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        validation_alias=env("SWITCHYARD_HOST"),
+        description="Interface the HTTP server binds to.",
+    )
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> ServiceSettings:

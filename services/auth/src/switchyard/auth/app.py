@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+
 from switchyard.auth import __version__
 from switchyard.auth.api import api_keys, jwks, tokens
 from switchyard.auth.api.internal import internal_router

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
 from switchyard.auth.config import Settings
 from switchyard.auth.passwords import PasswordHasher
 from switchyard.auth.service import AuthService

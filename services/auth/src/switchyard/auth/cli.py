@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
+
 from switchyard.auth import scopes as known_scopes
 from switchyard.auth.bootstrap import build_database_service, build_token_issuer
 from switchyard.auth.config import DatabaseSettings, Settings

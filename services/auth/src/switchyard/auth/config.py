@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from switchyard.common.settings import Environment, ServiceSettings, env
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.switchyard/auth.db"
@@ -46,11 +47,13 @@ class Settings(ServiceSettings):
     port: int = 8001
     database_url: str = _database_url_field()
     jwt_issuer: str = Field(
-        default="switchyard-auth", validation_alias=env("SWITCHYARD_JWT_ISSUER", "jwt_issuer"),
+        default="switchyard-auth",
+        validation_alias=env("SWITCHYARD_JWT_ISSUER", "jwt_issuer"),
         description="`iss` claim of every access token.",
     )
     jwt_audience: str = Field(
-        default="switchyard", validation_alias=env("SWITCHYARD_JWT_AUDIENCE", "jwt_audience"),
+        default="switchyard",
+        validation_alias=env("SWITCHYARD_JWT_AUDIENCE", "jwt_audience"),
         description="`aud` claim of every access token.",
     )
     access_token_ttl_s: int = Field(default=900, gt=0, description="Lifetime of an access token.")
@@ -78,7 +81,8 @@ class Settings(ServiceSettings):
             return self
         if self.signing_key_file is None:
             raise ValueError(
-                "no signing key: set SWITCHYARD_AUTH_SIGNING_KEY_FILE to the PEM file of an RSA private "
+                "no signing key: set SWITCHYARD_AUTH_SIGNING_KEY_FILE to the PEM file of an RSA "
+                "private "
                 f"key (environment is {self.environment.value}; only development generates one)"
             )
         if not self.signing_key_file.is_file():

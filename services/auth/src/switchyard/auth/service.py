@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
+
 from switchyard.auth import scopes as known_scopes
 from switchyard.auth.keys import generate_api_key, hash_api_key, visible_prefix
 from switchyard.auth.models import ROLES, ApiKey, User

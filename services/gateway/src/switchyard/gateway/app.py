@@ -31,7 +31,10 @@ async def listen_for_replies(gateway: Gateway) -> None:
             partitions = await gateway.bus.partition_count(gateway.topics.replies)
             gateway.reply_partition = reply_partition(gateway.settings.instance_id, partitions)
             gateway.replies_listener = await gateway.bus.listen(
-                gateway.topics.replies, gateway.pending.deliver, partitions=[gateway.reply_partition])
+                gateway.topics.replies,
+                gateway.pending.deliver,
+                partitions=[gateway.reply_partition],
+            )
         except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
             delay = min(5.0, 0.25 * attempt)
             log.warning("cannot listen for replies yet", error=repr(exc), retry_in_s=delay)
@@ -79,6 +82,8 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(history.router)
-    app.include_router(health_router({"bus": the_bus.healthy, "replies": gateway.listening_for_replies}))
+    app.include_router(
+        health_router({"bus": the_bus.healthy, "replies": gateway.listening_for_replies})
+    )
     app.include_router(metrics_router())
     return app

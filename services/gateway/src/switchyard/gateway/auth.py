@@ -139,8 +139,12 @@ class Authenticator:
         if not isinstance(tenant, str) or not isinstance(role, str):
             raise AuthenticationError
         scopes = claims.get("scopes") or []
-        return Principal(user_id=str(claims["sub"]), tenant=tenant, role=role,
-                         scopes=tuple(str(scope) for scope in scopes))
+        return Principal(
+            user_id=str(claims["sub"]),
+            tenant=tenant,
+            role=role,
+            scopes=tuple(str(scope) for scope in scopes),
+        )
 
     async def _api_key(self, key: str) -> Principal:
         secret_hash = hashlib.sha256(key.encode()).hexdigest()

@@ -55,9 +55,19 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = error_body(f"Request body exceeds the limit of {self.max_bytes} bytes.",
-                          "invalid_request_error", "request_too_large")
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        body = error_body(
+            f"Request body exceeds the limit of {self.max_bytes} bytes.",
+            "invalid_request_error",
+            "request_too_large",
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
+
 from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import health_router

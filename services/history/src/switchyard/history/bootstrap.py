@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
 from switchyard.common.db import create_engine
 from switchyard.history.config import Settings
 from switchyard.history.handlers import EventRecorder

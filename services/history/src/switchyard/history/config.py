@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
+
 from switchyard.common.settings import ServiceSettings
 
 # Shipped inside the package so `switchyard db upgrade` works from an installed wheel.

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
 from switchyard.common.db import dialect_insert
 from switchyard.common.events import ChatChunk, EnvelopeFields, Event
 from switchyard.history import metrics

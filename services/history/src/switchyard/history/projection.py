@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import and_, case, func
 from sqlalchemy.sql.dml import Insert
+
 from switchyard.common.db import dialect_insert
 from switchyard.common.events import (
     ChatCompleted,

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Select, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
+
 from switchyard.history.models import requests_table
 
 ADMIN_ROLE = "admin"

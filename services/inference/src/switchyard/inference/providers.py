@@ -66,8 +66,13 @@ class ProviderError(Exception):
         return self.status == 504
 
     def to_error_info(self) -> ErrorInfo:
-        return ErrorInfo(status=self.status, type=self.type, code=self.code, message=self.message,
-                         retry_after_s=self.retry_after)
+        return ErrorInfo(
+            status=self.status,
+            type=self.type,
+            code=self.code,
+            message=self.message,
+            retry_after_s=self.retry_after,
+        )
 
 
 class ChatProvider(Protocol):

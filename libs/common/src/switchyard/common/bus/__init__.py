@@ -32,6 +32,9 @@ def create_bus(settings: ServiceSettings, client_id: str) -> EventBus:
     if settings.bus == "kafka":
         from switchyard.common.bus.kafka import KafkaBus
 
-        return KafkaBus(settings.kafka_bootstrap_servers, client_id=client_id,
-                        deadletter_topic=topics.deadletter)
+        return KafkaBus(
+            settings.kafka_bootstrap_servers,
+            client_id=client_id,
+            deadletter_topic=topics.deadletter,
+        )
     return InMemoryBus()

@@ -67,7 +67,12 @@ class EventBus(abc.ABC):
 
     @abc.abstractmethod
     async def publish(
-        self, topic: str, event: EnvelopeFields, *, key: str | None = None, partition: int | None = None
+        self,
+        topic: str,
+        event: EnvelopeFields,
+        *,
+        key: str | None = None,
+        partition: int | None = None,
     ) -> None:
         """Publish and wait until the bus has durably accepted the event.
         Raises BusUnavailableError if it cannot within its timeout."""
@@ -114,7 +119,7 @@ async def call_with_retry(
     retry: RetryPolicy,
     on_retry: Callable[[int, BaseException], None],
 ) -> BaseException | None:
-    """Run `handle` until it succeeds or the policy gives up; return the last error if it gave up."""
+    """Run `handle` until it succeeds or the policy gives up (then return the last error)."""
     attempt = 0
     while True:
         attempt += 1

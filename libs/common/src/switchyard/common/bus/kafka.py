@@ -113,7 +113,9 @@ class KafkaBus(EventBus):
                 with contextlib.suppress(Exception):
                     await producer.stop()
                 delay = min(5.0, 0.2 * 2**attempt)
-                log.warning("kafka producer not connected, retrying", error=repr(exc), retry_in_s=delay)
+                log.warning(
+                    "kafka producer not connected, retrying", error=repr(exc), retry_in_s=delay
+                )
                 await asyncio.sleep(delay)
                 continue
             self._producer = producer
@@ -135,7 +137,12 @@ class KafkaBus(EventBus):
         self._connector = None
 
     async def publish(
-        self, topic: str, event: EnvelopeFields, *, key: str | None = None, partition: int | None = None
+        self,
+        topic: str,
+        event: EnvelopeFields,
+        *,
+        key: str | None = None,
+        partition: int | None = None,
     ) -> None:
         value = event.model_dump_json().encode()
         headers = [
@@ -144,11 +151,21 @@ class KafkaBus(EventBus):
             ("request_id", event.request_id.encode()),
             ("source", event.source.encode()),
         ]
-        await self._send(topic, value, key=(key or event.request_id).encode(), partition=partition,
-                         headers=headers)
+        await self._send(
+            topic,
+            value,
+            key=(key or event.request_id).encode(),
+            partition=partition,
+            headers=headers,
+        )
 
     async def _send(
-        self, topic: str, value: bytes, *, key: bytes | None, partition: int | None,
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None,
+        partition: int | None,
         headers: list[tuple[str, bytes]],
     ) -> None:
         producer = self._producer
@@ -160,14 +177,22 @@ class KafkaBus(EventBus):
                 timeout=self.publish_timeout_s,
             )
         except TimeoutError as exc:
-            raise BusUnavailableError(f"Kafka did not acknowledge within {self.publish_timeout_s}s") from exc
+            raise BusUnavailableError(
+                f"Kafka did not acknowledge within {self.publish_timeout_s}s"
+            ) from exc
         except Exception as exc:  # KafkaError and connection errors
             raise BusUnavailableError(f"Kafka refused the event: {exc!r}") from exc
 
     async def dead_letter(self, record: ConsumerRecord, group: str, reason: str) -> None:
         """Copy a record to the dead-letter topic with its coordinates; retried until it lands."""
-        log.error("event dead-lettered", topic=record.topic, partition=record.partition,
-                  offset=record.offset, group=group, reason=reason[:2000])
+        log.error(
+            "event dead-lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            group=group,
+            reason=reason[:2000],
+        )
         headers = list(record.headers or ()) + [
             ("deadletter.topic", record.topic.encode()),
             ("deadletter.partition", str(record.partition).encode()),
@@ -176,10 +201,17 @@ class KafkaBus(EventBus):
             ("deadletter.reason", reason[:2000].encode()),
         ]
         await call_with_retry(
-            lambda: self._send(self.deadletter_topic, record.value or b"", key=record.key,
-                               partition=None, headers=headers),
+            lambda: self._send(
+                self.deadletter_topic,
+                record.value or b"",
+                key=record.key,
+                partition=None,
+                headers=headers,
+            ),
             RetryPolicy(max_attempts=None, initial_backoff_s=0.2, max_backoff_s=5),
-            lambda attempt, exc: log.warning("dead-letter publish failed, retrying", error=repr(exc)),
+            lambda attempt, exc: log.warning(
+                "dead-letter publish failed, retrying", error=repr(exc)
+            ),
         )
 
     async def partition_count(self, topic: str) -> int:
@@ -257,8 +289,15 @@ class _GroupSubscription(Subscription, ConsumerRebalanceListener):
 
     revoke_grace_s = 10.0
 
-    def __init__(self, bus: KafkaBus, topics: list[str], group: str, handler: Handler,
-                 concurrency: int, retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        bus: KafkaBus,
+        topics: list[str],
+        group: str,
+        handler: Handler,
+        concurrency: int,
+        retry: RetryPolicy,
+    ) -> None:
         self.bus, self.topics, self.group, self.handler = bus, topics, group, handler
         self.concurrency = max(1, concurrency)
         self.retry = retry
@@ -285,7 +324,7 @@ class _GroupSubscription(Subscription, ConsumerRebalanceListener):
         while True:
             free = self.concurrency - self._in_flight()
             if free <= 0:
-                # Keep polling (so the group does not evict us) but fetch nothing until a slot frees.
+                # Keep polling (so the group keeps us) but fetch nothing until a slot frees.
                 consumer.pause(*consumer.assignment())
                 self.slot_freed.clear()
                 with contextlib.suppress(TimeoutError):
@@ -317,8 +356,14 @@ class _GroupSubscription(Subscription, ConsumerRebalanceListener):
                 lambda: self.handler(event),
                 self.retry,
                 lambda attempt, exc: log.warning(
-                    "handler failed, retrying", topic=record.topic, partition=record.partition,
-                    offset=record.offset, request_id=event.request_id, attempt=attempt, error=repr(exc)),
+                    "handler failed, retrying",
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    request_id=event.request_id,
+                    attempt=attempt,
+                    error=repr(exc),
+                ),
             )
             if error is not None:
                 await self.bus.dead_letter(record, self.group, f"handler failed: {error!r}")
@@ -341,7 +386,9 @@ class _GroupSubscription(Subscription, ConsumerRebalanceListener):
         try:
             await self.consumer.commit(offsets)
         except Exception as exc:  # noqa: BLE001 - a failed commit only means redelivery
-            log.warning("offset commit failed; events may be redelivered", group=self.group, error=repr(exc))
+            log.warning(
+                "offset commit failed; events may be redelivered", group=self.group, error=repr(exc)
+            )
             return
         for tp, meta in offsets.items():
             self.progress[tp].committed = meta.offset
@@ -380,15 +427,24 @@ class _GroupSubscription(Subscription, ConsumerRebalanceListener):
 class _BatchSubscription(Subscription):
     """A consumer-group member handing events to its handler a batch at a time."""
 
-    def __init__(self, bus: KafkaBus, topics: list[str], group: str, handler: BatchHandler,
-                 max_batch: int, retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        bus: KafkaBus,
+        topics: list[str],
+        group: str,
+        handler: BatchHandler,
+        max_batch: int,
+        retry: RetryPolicy,
+    ) -> None:
         self.bus, self.topics, self.group, self.handler = bus, topics, group, handler
         self.max_batch, self.retry = max_batch, retry
         self.consumer: AIOKafkaConsumer | None = None
         self.loop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.consumer = self.bus._consumer(*self.topics, group=self.group, auto_offset_reset="earliest")
+        self.consumer = self.bus._consumer(
+            *self.topics, group=self.group, auto_offset_reset="earliest"
+        )
         await self.consumer.start()
         self.loop_task = asyncio.create_task(self._run(), name=f"consume-batch-{self.group}")
 
@@ -412,17 +468,28 @@ class _BatchSubscription(Subscription):
                 error = await call_with_retry(
                     lambda: self.handler(events),
                     self.retry,
-                    lambda attempt, exc: log.warning("batch handler failed, retrying", group=self.group,
-                                                     size=len(events), attempt=attempt, error=repr(exc)),
+                    lambda attempt, exc: log.warning(
+                        "batch handler failed, retrying",
+                        group=self.group,
+                        size=len(events),
+                        attempt=attempt,
+                        error=repr(exc),
+                    ),
                 )
                 if error is not None:
                     for record in records:
                         await self.bus.dead_letter(record, self.group, f"handler failed: {error!r}")
-            offsets = {tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batches.items()}
+            offsets = {
+                tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batches.items()
+            }
             try:
                 await consumer.commit(offsets)
             except Exception as exc:  # noqa: BLE001 - a failed commit only means redelivery
-                log.warning("offset commit failed; batch may be redelivered", group=self.group, error=repr(exc))
+                log.warning(
+                    "offset commit failed; batch may be redelivered",
+                    group=self.group,
+                    error=repr(exc),
+                )
 
     async def stop(self) -> None:
         # Cancelling between batches or mid-handler is safe: uncommitted events are redelivered.
@@ -437,14 +504,18 @@ class _BatchSubscription(Subscription):
 class _Listener(Subscription):
     """Reads new events of some partitions of a topic, without a group and without commits."""
 
-    def __init__(self, bus: KafkaBus, topic: str, handler: Handler, partitions: Sequence[int] | None) -> None:
+    def __init__(
+        self, bus: KafkaBus, topic: str, handler: Handler, partitions: Sequence[int] | None
+    ) -> None:
         self.bus, self.topic, self.handler = bus, topic, handler
         self.partitions = list(partitions) if partitions is not None else None
         self.consumer: AIOKafkaConsumer | None = None
         self.loop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.consumer = self.bus._consumer(group=None, auto_offset_reset="latest", fetch_max_wait_ms=100)
+        self.consumer = self.bus._consumer(
+            group=None, auto_offset_reset="latest", fetch_max_wait_ms=100
+        )
         await self.consumer.start()
         partitions = self.partitions
         if partitions is None:
@@ -469,14 +540,23 @@ class _Listener(Subscription):
                         event = _decode(record)
                     except EventDecodeError as exc:
                         # The topic's group consumer dead-letters it; a listener only skips it.
-                        log.warning("listener skipped undecodable event", topic=record.topic,
-                                    partition=record.partition, offset=record.offset, error=str(exc)[:500])
+                        log.warning(
+                            "listener skipped undecodable event",
+                            topic=record.topic,
+                            partition=record.partition,
+                            offset=record.offset,
+                            error=str(exc)[:500],
+                        )
                         continue
                     try:
                         await self.handler(event)
                     except Exception as exc:  # noqa: BLE001 - one bad event must not stop the listener
-                        log.error("listener handler failed", topic=record.topic, offset=record.offset,
-                                  error=repr(exc))
+                        log.error(
+                            "listener handler failed",
+                            topic=record.topic,
+                            offset=record.offset,
+                            error=repr(exc),
+                        )
 
     async def stop(self) -> None:
         if self.loop_task is not None:

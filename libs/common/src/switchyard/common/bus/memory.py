@@ -66,7 +66,9 @@ class InMemoryBus(EventBus):
         self._partitions = partitions or {}
         self._groups: dict[str, _Group] = {}
         self._topic_groups: dict[str, set[str]] = defaultdict(set)
-        self._listeners: dict[str, list[tuple[asyncio.Queue, frozenset[int] | None]]] = defaultdict(list)
+        self._listeners: dict[str, list[tuple[asyncio.Queue, frozenset[int] | None]]] = defaultdict(
+            list
+        )
         self._subscriptions: list[Subscription] = []
         self.dead_letters: list[DeadLetter] = []
         self.published: dict[str, int] = defaultdict(int)
@@ -80,7 +82,12 @@ class InMemoryBus(EventBus):
         self._subscriptions.clear()
 
     async def publish(
-        self, topic: str, event: EnvelopeFields, *, key: str | None = None, partition: int | None = None
+        self,
+        topic: str,
+        event: EnvelopeFields,
+        *,
+        key: str | None = None,
+        partition: int | None = None,
     ) -> None:
         self.published[topic] += 1
         for group in self._topic_groups.get(topic, ()):
@@ -100,8 +107,14 @@ class InMemoryBus(EventBus):
         return state
 
     def _dead_letter(self, topic: str, event: EnvelopeFields, error: BaseException) -> None:
-        log.error("event dead-lettered", topic=topic, event_id=event.id, event_type=event.type,
-                  request_id=event.request_id, error=repr(error))
+        log.error(
+            "event dead-lettered",
+            topic=topic,
+            event_id=event.id,
+            event_type=event.type,
+            request_id=event.request_id,
+            error=repr(error),
+        )
         self.dead_letters.append(DeadLetter(topic, event, repr(error)))
 
     def _track(self, tasks: list[asyncio.Task[None]]) -> Subscription:
@@ -126,8 +139,13 @@ class InMemoryBus(EventBus):
                 error = await call_with_retry(
                     lambda: handler(event),
                     retry,
-                    lambda attempt, exc: log.warning("handler failed, retrying", topic=topic,
-                                                     event_id=event.id, attempt=attempt, error=repr(exc)),
+                    lambda attempt, exc: log.warning(
+                        "handler failed, retrying",
+                        topic=topic,
+                        event_id=event.id,
+                        attempt=attempt,
+                        error=repr(exc),
+                    ),
                 )
                 if error is not None:
                     self._dead_letter(topic, event, error)
@@ -154,8 +172,12 @@ class InMemoryBus(EventBus):
                 error = await call_with_retry(
                     lambda: handler(events),
                     retry,
-                    lambda attempt, exc: log.warning("batch handler failed, retrying",
-                                                     size=len(events), attempt=attempt, error=repr(exc)),
+                    lambda attempt, exc: log.warning(
+                        "batch handler failed, retrying",
+                        size=len(events),
+                        attempt=attempt,
+                        error=repr(exc),
+                    ),
                 )
                 if error is not None:
                     for topic, event in items:

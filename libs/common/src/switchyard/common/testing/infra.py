@@ -23,7 +23,9 @@ REQUIRE_INFRA = os.environ.get("SWITCHYARD_REQUIRE_INFRA") == "1"
 
 
 def _missing(what: str) -> None:
-    message = f"{what} is not set; run `make infra-up` and export what `deploy/local/infra.sh env` prints"
+    message = (
+        f"{what} is not set; run `make infra-up` and export what `deploy/local/infra.sh env` prints"
+    )
     if REQUIRE_INFRA:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
@@ -63,8 +65,13 @@ def unique_prefix(base: str = "sytest") -> str:
     return f"{base}-{uuid.uuid4().hex[:10]}"
 
 
-def wait_until(check: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.1,
-               message: str = "condition") -> T:
+def wait_until(
+    check: Callable[[], T],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> T:
     """Poll `check` until it returns something truthy, failing after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -76,11 +83,18 @@ def wait_until(check: Callable[[], T], *, timeout: float = 30.0, interval: float
         except Exception as exc:  # noqa: BLE001 - retried until the deadline
             last_error = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}; last error: {last_error!r}")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {message}; last error: {last_error!r}"
+    )
 
 
-async def async_wait_until(check: Callable[[], Awaitable[T]], *, timeout: float = 30.0,
-                           interval: float = 0.1, message: str = "condition") -> T:
+async def async_wait_until(
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> T:
     import asyncio
 
     deadline = time.monotonic() + timeout
@@ -93,4 +107,6 @@ async def async_wait_until(check: Callable[[], Awaitable[T]], *, timeout: float 
         except Exception as exc:  # noqa: BLE001 - retried until the deadline
             last_error = exc
         await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}; last error: {last_error!r}")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {message}; last error: {last_error!r}"
+    )

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
+
 from switchyard.auth import scopes as known_scopes
 from switchyard.auth.api.deps import AccessClaimsDep, CurrentUser, Service
 from switchyard.auth.metrics import API_KEYS_CREATED

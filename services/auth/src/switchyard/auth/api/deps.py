@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
 from switchyard.auth.bootstrap import AuthContext
 from switchyard.auth.models import User
 from switchyard.auth.service import AuthService

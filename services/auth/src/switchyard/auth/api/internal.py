@@ -6,6 +6,7 @@ from datetime import datetime
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
+
 from switchyard.auth.api.deps import Service
 from switchyard.auth.metrics import API_KEY_LOOKUPS
 from switchyard.common.errors import APIError

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
+
 from switchyard.auth.api.deps import Service
 
 router = APIRouter(tags=["keys"])

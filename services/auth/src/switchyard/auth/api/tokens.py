@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from switchyard.auth.api.deps import Service
 from switchyard.auth.metrics import TOKEN_REQUESTS
 from switchyard.auth.service import InvalidCredentials

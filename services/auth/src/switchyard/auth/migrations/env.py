@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
+
 from switchyard.auth.models import Base
 
 DEFAULT_VERSION_TABLE = "alembic_version_auth"

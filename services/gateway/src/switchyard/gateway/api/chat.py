@@ -44,8 +44,9 @@ REQUEST_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 IN_FLIGHT = Gauge("switchyard_gateway_requests_in_flight", "Chat requests waiting for their reply.")
-REJECTED = Counter("switchyard_gateway_requests_rejected_total", "Requests refused before publishing.",
-                   ["reason"])
+REJECTED = Counter(
+    "switchyard_gateway_requests_rejected_total", "Requests refused before publishing.", ["reason"]
+)
 
 
 @router.post("/chat/completions", summary="Create a chat completion (OpenAI-compatible)")
@@ -57,16 +58,28 @@ async def create_chat_completion(
     if gateway.routing.route(body.model) is None or (
         principal.allowed_models is not None and body.model not in principal.allowed_models
     ):
-        raise APIError(404, f"The model '{body.model}' does not exist or you do not have access to it.",
-                       code="model_not_found", param="model")
+        raise APIError(
+            404,
+            f"The model '{body.model}' does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+        )
     if gateway.replies_listener is None:
         REJECTED.labels("bus_unavailable").inc()
-        raise APIError(503, "The gateway is not connected to the event bus yet; retry shortly.",
-                       code="bus_unavailable", headers={"Retry-After": "2"})
+        raise APIError(
+            503,
+            "The gateway is not connected to the event bus yet; retry shortly.",
+            code="bus_unavailable",
+            headers={"Retry-After": "2"},
+        )
     if gateway.in_flight >= gateway.settings.max_in_flight:
         REJECTED.labels("in_flight_limit").inc()
-        raise APIError(429, "Too many requests in progress on this gateway; retry shortly.",
-                       code="gateway_busy", headers={"Retry-After": "1"})
+        raise APIError(
+            429,
+            "Too many requests in progress on this gateway; retry shortly.",
+            code="gateway_busy",
+            headers={"Retry-After": "1"},
+        )
 
     request_id = new_id()
     bind_request_id(request_id)
@@ -82,16 +95,22 @@ async def create_chat_completion(
             return _failure_response(first, request_id, body.model, started)
         if isinstance(first, ChatCompleted) and not body.stream:
             REQUEST_SECONDS.labels(body.model, "200").observe(time.perf_counter() - started)
-            return Response(orjson.dumps(first.data.response), media_type="application/json",
-                            headers={"x-request-id": request_id})
+            return Response(
+                orjson.dumps(first.data.response),
+                media_type="application/json",
+                headers={"x-request-id": request_id},
+            )
         if not body.stream:
             # A chunk for a non-streaming request: wait for the completion itself.
             final = await _final_reply(queue, started + deadline_s)
             if isinstance(final, ChatFailed):
                 return _failure_response(final, request_id, body.model, started)
             REQUEST_SECONDS.labels(body.model, "200").observe(time.perf_counter() - started)
-            return Response(orjson.dumps(final.data.response), media_type="application/json",
-                            headers={"x-request-id": request_id})
+            return Response(
+                orjson.dumps(final.data.response),
+                media_type="application/json",
+                headers={"x-request-id": request_id},
+            )
         REQUEST_SECONDS.labels(body.model, "200").observe(time.perf_counter() - started)
         handed_to_stream = True
         return StreamingResponse(
@@ -101,8 +120,9 @@ async def create_chat_completion(
         )
     except TimeoutError:
         REQUEST_SECONDS.labels(body.model, "504").observe(time.perf_counter() - started)
-        raise APIError(504, "The request did not complete before its deadline.",
-                       code="deadline_exceeded") from None
+        raise APIError(
+            504, "The request did not complete before its deadline.", code="deadline_exceeded"
+        ) from None
     finally:
         if not handed_to_stream:
             _finish(gateway, request_id)
@@ -114,8 +134,13 @@ def _finish(gateway: Gateway, request_id: str) -> None:
     IN_FLIGHT.dec()
 
 
-async def _publish(gateway: Gateway, principal: Principal, body: ChatCompletionRequest,
-                   request_id: str, deadline_s: float) -> None:
+async def _publish(
+    gateway: Gateway,
+    principal: Principal,
+    body: ChatCompletionRequest,
+    request_id: str,
+    deadline_s: float,
+) -> None:
     event = ChatRequested(
         source="gateway",
         tenant=principal.tenant,
@@ -128,8 +153,9 @@ async def _publish(gateway: Gateway, principal: Principal, body: ChatCompletionR
             user_id=principal.user_id,
             api_key_id=principal.api_key_id,
             deadline=utcnow() + timedelta(seconds=deadline_s),
-            reply_to=ReplyAddress(partition=gateway.reply_partition,
-                                  instance_id=gateway.settings.instance_id),
+            reply_to=ReplyAddress(
+                partition=gateway.reply_partition, instance_id=gateway.settings.instance_id
+            ),
         ),
     )
     try:
@@ -137,8 +163,12 @@ async def _publish(gateway: Gateway, principal: Principal, body: ChatCompletionR
     except BusUnavailableError as exc:
         REJECTED.labels("bus_unavailable").inc()
         log.error("could not publish request", error=str(exc))
-        raise APIError(503, "The request could not be accepted right now; retry shortly.",
-                       code="bus_unavailable", headers={"Retry-After": "2"}) from None
+        raise APIError(
+            503,
+            "The request could not be accepted right now; retry shortly.",
+            code="bus_unavailable",
+            headers={"Retry-After": "2"},
+        ) from None
 
 
 async def _next_reply(queue: asyncio.Queue[Reply], deadline: float) -> Reply:
@@ -160,12 +190,17 @@ def _failure_response(failed: ChatFailed, request_id: str, model: str, started: 
         headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
     elif error.status in (429, 503):
         headers["Retry-After"] = "1"
-    return Response(error_body(error.message, error.type, error.code), status_code=error.status,
-                    media_type="application/json", headers=headers)
+    return Response(
+        error_body(error.message, error.type, error.code),
+        status_code=error.status,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
-async def _stream(gateway: Gateway, request_id: str, queue: asyncio.Queue[Reply], first: Reply,
-                  deadline: float) -> AsyncIterator[bytes]:
+async def _stream(
+    gateway: Gateway, request_id: str, queue: asyncio.Queue[Reply], first: Reply, deadline: float
+) -> AsyncIterator[bytes]:
     """Relay chunks in sequence order as SSE, ending with `[DONE]`; duplicates (a
     redelivered request answered twice) are dropped."""
     next_sequence = 0
@@ -176,8 +211,15 @@ async def _stream(gateway: Gateway, request_id: str, queue: asyncio.Queue[Reply]
                 try:
                     reply = await _next_reply(queue, deadline)
                 except TimeoutError:
-                    yield b"data: " + error_body("The stream did not complete before its deadline.",
-                                                 "timeout_error", "deadline_exceeded") + b"\n\n"
+                    yield (
+                        b"data: "
+                        + error_body(
+                            "The stream did not complete before its deadline.",
+                            "timeout_error",
+                            "deadline_exceeded",
+                        )
+                        + b"\n\n"
+                    )
                     return
             if isinstance(reply, ChatChunk):
                 if reply.data.sequence == next_sequence:

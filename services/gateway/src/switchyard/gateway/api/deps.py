@@ -34,8 +34,12 @@ async def authenticate(
             headers={"WWW-Authenticate": "Bearer"},
         ) from None
     except AuthUnavailableError:
-        raise APIError(503, "Authentication is temporarily unavailable; retry shortly.",
-                       code="auth_unavailable", headers={"Retry-After": "1"}) from None
+        raise APIError(
+            503,
+            "Authentication is temporarily unavailable; retry shortly.",
+            code="auth_unavailable",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]

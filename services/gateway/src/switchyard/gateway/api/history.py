@@ -33,21 +33,31 @@ async def _forward(gateway: Gateway, principal: Principal, path: str, request: R
         )
     except httpx.HTTPError as exc:
         log.error("history service unreachable", error=repr(exc))
-        raise APIError(503, "History is temporarily unavailable; retry shortly.",
-                       code="history_unavailable", headers={"Retry-After": "2"}) from None
-    return Response(upstream.content, status_code=upstream.status_code,
-                    media_type=upstream.headers.get("content-type", "application/json"))
+        raise APIError(
+            503,
+            "History is temporarily unavailable; retry shortly.",
+            code="history_unavailable",
+            headers={"Retry-After": "2"},
+        ) from None
+    return Response(
+        upstream.content,
+        status_code=upstream.status_code,
+        media_type=upstream.headers.get("content-type", "application/json"),
+    )
 
 
 @router.get("", summary="List your requests, newest first")
-async def list_history(request: Request, principal: CurrentPrincipal, gateway: GatewayDep) -> Response:
+async def list_history(
+    request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
     """List the caller's requests with their replies (cursor pagination: `limit`, `cursor`)."""
     return await _forward(gateway, principal, "/v1/history", request)
 
 
 @router.get("/{request_id}", summary="One request with its reply")
-async def get_history_item(request_id: str, request: Request, principal: CurrentPrincipal,
-                           gateway: GatewayDep) -> Response:
+async def get_history_item(
+    request_id: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
     """One of the caller's requests, with its full reply and usage."""
     if not request_id.isalnum() or len(request_id) > 64:
         raise APIError(404, "No such request.", code="request_not_found")

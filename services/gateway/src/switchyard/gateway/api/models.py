@@ -17,6 +17,8 @@ async def list_models(principal: CurrentPrincipal, gateway: GatewayDep) -> dict[
         names = [name for name in names if name in principal.allowed_models]
     return {
         "object": "list",
-        "data": [{"id": name, "object": "model", "created": 0, "owned_by": "switchyard"}
-                 for name in sorted(names)],
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "switchyard"}
+            for name in sorted(names)
+        ],
     }

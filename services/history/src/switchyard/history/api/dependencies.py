@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+
 from switchyard.common.errors import APIError
 from switchyard.history.queries import Caller, HistoryQueries
 

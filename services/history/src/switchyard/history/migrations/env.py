@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
+
 from switchyard.history.config import VERSION_TABLE
 from switchyard.history.models import Base
 
