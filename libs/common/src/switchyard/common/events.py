@@ -81,6 +81,10 @@ class ChatRequestData(Contract):
     api: Literal["openai", "anthropic"] = Field(
         default="openai", description="The API the client called; the reply is shaped for it."
     )
+    operation: Literal["chat", "embeddings"] = Field(
+        default="chat",
+        description="chat: `body` is a Chat Completions request; embeddings: an Embeddings request.",
+    )
     model: str = Field(description="Public model name the client asked for.")
     body: dict[str, Any] = Field(
         description="OpenAI Chat Completions request body, validated by the gateway.",
@@ -115,6 +119,10 @@ class ChatFailedData(Contract):
 class ChatChunkData(Contract):
     sequence: int = Field(ge=0, description="Position of this chunk in the stream, from 0.")
     chunk: dict[str, Any] = Field(description="OpenAI chat.completion.chunk object.")
+
+
+class CancelRequestData(Contract):
+    reason: str = Field(default="client_disconnected", examples=["client_disconnected"])
 
 
 class UsageData(Contract):
@@ -166,8 +174,15 @@ class UsageRecorded(EnvelopeFields):
     data: UsageData
 
 
+class ChatCancelRequested(EnvelopeFields):
+    """The client went away: whichever inference replica holds the request stops it."""
+
+    type: Literal["chat.cancel_requested"] = "chat.cancel_requested"
+    data: CancelRequestData
+
+
 Event = Annotated[
-    ChatRequested | ChatCompleted | ChatFailed | ChatChunk | UsageRecorded,
+    ChatRequested | ChatCompleted | ChatFailed | ChatChunk | UsageRecorded | ChatCancelRequested,
     Field(discriminator="type"),
 ]
 EVENT_CLASSES: tuple[type[EnvelopeFields], ...] = (
@@ -176,6 +191,7 @@ EVENT_CLASSES: tuple[type[EnvelopeFields], ...] = (
     ChatFailed,
     ChatChunk,
     UsageRecorded,
+    ChatCancelRequested,
 )
 
 _event_adapter: TypeAdapter[Event] = TypeAdapter(Event)

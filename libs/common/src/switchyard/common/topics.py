@@ -33,6 +33,7 @@ class Topics:
         self.requests_batch = f"{prefix}.requests.batch"
         self.replies = f"{prefix}.replies"
         self.usage = f"{prefix}.usage"
+        self.control = f"{prefix}.control"
         self.deadletter = f"{prefix}.deadletter"
 
     def name(self, suffix: str) -> str:
