@@ -1,20 +1,17 @@
 """The whole system for e2e tests: the provider simulator, auth, history, inference and
 the gateway, each started as its own `switchyard <service>` process, on the real Kafka
 broker and a fresh PostgreSQL database, configured as in production (no development
-secrets). Logs of every process are printed when a test fails."""
+secrets). Logs of every process are attached to a failing test's report."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -24,102 +21,41 @@ from switchyard.common.testing.infra import (
     kafka_bootstrap_servers,
     temporary_database,
     unique_prefix,
-    wait_until,
 )
+from switchyard.common.testing.processes import Process, ProcessGroup, free_port
 
-SWITCHYARD = [sys.executable, "-m", "switchyard.common.cli"]
 pytestmark = pytest.mark.e2e
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-@dataclass
-class System:
-    env: dict[str, str]
-    workdir: Path
-    ports: dict[str, int]
-    database_url: str
+class System(ProcessGroup):
+    ports: dict[str, int] | None = None
+    database_url: str = ""
     api_key: str = ""
     password: str = ""
     email: str = "e2e@example.com"
-    processes: list[Process] = field(default_factory=list)
 
     def url(self, service: str) -> str:
+        assert self.ports is not None
         return f"http://127.0.0.1:{self.ports[service]}"
 
-    def cli(self, *args: str, stdin: str | None = None) -> str:
-        result = subprocess.run(
-            [*SWITCHYARD, *args],
-            env=self.env,
-            cwd=self.workdir,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 0, (
-            f"switchyard {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-        )
-        return result.stdout
-
-    def start(
+    def start_service(
         self,
         name: str,
-        *args: str,
+        command: str | None = None,
+        *,
+        port: int | None = None,
         env: dict[str, str] | None = None,
         ready_path: str = "/readyz",
-        port: int | None = None,
     ) -> Process:
-        log_path = self.workdir / f"{name}.log"
-        popen = subprocess.Popen(
-            [*SWITCHYARD, *args],
-            env={**self.env, **(env or {})},
-            cwd=self.workdir,
-            stdout=log_path.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        process = Process(name, popen, log_path)
-        self.processes.append(process)
+        assert self.ports is not None
         port = port or self.ports[name]
-
-        def ready() -> bool:
-            if popen.poll() is not None:
-                raise AssertionError(
-                    f"{name} exited with {popen.returncode}:\n{process.log()[-4000:]}"
-                )
-            return httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200
-
-        wait_until(ready, timeout=90, interval=0.2, message=f"{name} to be ready")
-        return process
-
-    def logs(self) -> str:
-        return "\n".join(f"===== {p.name} =====\n{p.log()[-6000:]}" for p in self.processes)
+        return self.start(
+            name, command or name, "--port", str(port), port=port, env=env, ready_path=ready_path
+        )
 
 
-def _signing_key(path: Path) -> None:
+def write_signing_key(path: Path) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path.write_bytes(
         key.private_bytes(
@@ -137,10 +73,9 @@ def system(tmp_path_factory) -> Iterator[System]:
     servers = kafka_bootstrap_servers()
     with temporary_database(database_url(), prefix="sye2e") as db_url:
         signing_key = workdir / "signing-key.pem"
-        _signing_key(signing_key)
-        ports = {
-            name: free_port() for name in ("gateway", "auth", "history", "inference", "simulator")
-        }
+        write_signing_key(signing_key)
+        names = ("gateway", "auth", "history", "inference", "simulator")
+        ports = {name: free_port() for name in names}
         env = {
             **os.environ,
             "SWITCHYARD_ENVIRONMENT": "test",
@@ -173,22 +108,14 @@ def system(tmp_path_factory) -> Iterator[System]:
                 "--password-stdin",
                 stdin=system.password + "\n",
             )
-            import json
-
-            system.api_key = json.loads(
-                system.cli("keys", "create", "--email", system.email, "--json")
-            )["key"]
-            system.start(
-                "simulator", "simulator", "--port", str(ports["simulator"]), ready_path="/v1/models"
-            )
-            system.start("auth", "auth", "--port", str(ports["auth"]))
-            system.start("history", "history", "--port", str(ports["history"]))
-            system.start("inference", "inference", "--port", str(ports["inference"]))
-            system.start("gateway", "gateway", "--port", str(ports["gateway"]))
+            created = system.cli("keys", "create", "--email", system.email, "--json")
+            system.api_key = json.loads(created)["key"]
+            system.start_service("simulator", ready_path="/v1/models")
+            for name in ("auth", "history", "inference", "gateway"):
+                system.start_service(name)
             yield system
         finally:
-            for process in reversed(system.processes):
-                process.stop()
+            system.stop_all()
 
 
 @pytest.hookimpl(hookwrapper=True)

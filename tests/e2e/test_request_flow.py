@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 
 from switchyard.common.db import sync_url
 from switchyard.common.testing.infra import wait_until
+from switchyard.common.testing.processes import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -144,14 +145,10 @@ def test_malformed_json_gets_400_in_openai_format(system):
 
 
 def test_gateway_answers_503_within_two_seconds_when_kafka_is_unreachable(system):
-    from .conftest import free_port
-
     port = free_port()
-    system.start(
+    system.start_service(
         "gateway-no-kafka",
         "gateway",
-        "--port",
-        str(port),
         port=port,
         ready_path="/livez",
         env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"},

@@ -83,7 +83,7 @@ class ChatRequestData(Contract):
     )
     operation: Literal["chat", "embeddings"] = Field(
         default="chat",
-        description="chat: `body` is a Chat Completions request; embeddings: an Embeddings request.",
+        description="chat: `body` is a Chat Completions request; embeddings: an Embeddings one.",
     )
     model: str = Field(description="Public model name the client asked for.")
     body: dict[str, Any] = Field(

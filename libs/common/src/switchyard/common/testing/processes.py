@@ -1,0 +1,118 @@
+"""Running Switchyard services as separate OS processes, as in production: used by the
+e2e suite and the benchmark. Each process logs to its own file; readiness is polled."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from switchyard.common.testing.infra import wait_until
+
+SWITCHYARD = [sys.executable, "-m", "switchyard.common.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident set size of a live process (VmHWM), in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    port: int | None = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def peak_rss_mb(self) -> float | None:
+        return peak_rss_mb(self.popen.pid)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+@dataclass
+class ProcessGroup:
+    """Services started with a shared environment, stopped together (last first)."""
+
+    env: dict[str, str]
+    workdir: Path
+    processes: list[Process] = field(default_factory=list)
+
+    def cli(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> str:
+        result = subprocess.run(
+            [*SWITCHYARD, *args],
+            env={**self.env, **(env or {})},
+            cwd=self.workdir,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise AssertionError(
+                f"switchyard {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+            )
+        return result.stdout
+
+    def start(
+        self,
+        name: str,
+        *args: str,
+        port: int,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/readyz",
+        timeout: float = 90,
+    ) -> Process:
+        log_path = self.workdir / f"{name}.log"
+        popen = subprocess.Popen(
+            [*SWITCHYARD, *args],
+            env={**self.env, **(env or {})},
+            cwd=self.workdir,
+            stdout=log_path.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        process = Process(name, popen, log_path, port)
+        self.processes.append(process)
+
+        def ready() -> bool:
+            if popen.poll() is not None:
+                raise AssertionError(
+                    f"{name} exited with {popen.returncode}:\n{process.log()[-4000:]}"
+                )
+            return httpx.get(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status_code == 200
+
+        wait_until(ready, timeout=timeout, interval=0.2, message=f"{name} to be ready")
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name} =====\n{p.log()[-6000:]}" for p in self.processes)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
