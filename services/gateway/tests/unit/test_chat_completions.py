@@ -235,3 +235,19 @@ async def test_models_lists_routable_models(harness):
 async def test_unknown_route_uses_the_error_format(harness):
     response = await harness.client.get("/v1/nothing-here", headers=AUTH)
     assert_openai_error(response, 404)
+
+
+async def test_openapi_documents_the_chat_request_body(harness):
+    schema = (await harness.client.get("/openapi.json")).json()
+    operation = schema["paths"]["/v1/chat/completions"]["post"]
+    ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref == "#/components/schemas/ChatCompletionRequest"
+    assert "messages" in schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    assert (await harness.client.get("/docs")).status_code == 200
+
+
+async def test_body_that_is_not_an_object_gets_400(harness):
+    response = await harness.client.post("/v1/chat/completions", content=b"[1, 2]",
+                                         headers={**AUTH, "content-type": "application/json"})
+    error = assert_openai_error(response, 400, "invalid_json")
+    assert "JSON object" in error["message"]

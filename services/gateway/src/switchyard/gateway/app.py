@@ -14,10 +14,12 @@ from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import health_router
 from switchyard.common.metrics import metrics_router
 from switchyard.gateway.api import chat, history, models
+from switchyard.gateway.api.body import install_openapi_models
 from switchyard.gateway.bootstrap import Gateway, build_gateway
 from switchyard.gateway.config import Settings
 from switchyard.gateway.limits import BodySizeLimit
 from switchyard.gateway.replies import reply_partition
+from switchyard.gateway.schemas import ChatCompletionRequest
 
 log = structlog.get_logger("switchyard.gateway")
 
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         lifespan=lifespan,
     )
     app.state.gateway = gateway
+    install_openapi_models(app, ChatCompletionRequest)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(chat.router)

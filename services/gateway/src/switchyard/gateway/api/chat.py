@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import orjson
 import structlog
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -28,6 +28,7 @@ from switchyard.common.events import (
     utcnow,
 )
 from switchyard.common.logging import bind_request_id
+from switchyard.gateway.api.body import openapi_body, validate_body
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
@@ -49,11 +50,17 @@ REJECTED = Counter(
 )
 
 
-@router.post("/chat/completions", summary="Create a chat completion (OpenAI-compatible)")
+@router.post(
+    "/chat/completions",
+    summary="Create a chat completion (OpenAI-compatible)",
+    openapi_extra=openapi_body(ChatCompletionRequest),
+    response_model=None,
+)
 async def create_chat_completion(
-    body: ChatCompletionRequest, principal: CurrentPrincipal, gateway: GatewayDep
+    request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
     """Create a chat completion; streams Server-Sent Events when `stream` is true."""
+    body, raw_body = validate_body(ChatCompletionRequest, await request.body())
     started = time.perf_counter()
     if gateway.routing.route(body.model) is None or (
         principal.allowed_models is not None and body.model not in principal.allowed_models
@@ -89,7 +96,7 @@ async def create_chat_completion(
     handed_to_stream = False
     try:
         deadline_s = gateway.settings.request_timeout_s
-        await _publish(gateway, principal, body, request_id, deadline_s)
+        await _publish(gateway, principal, body, raw_body, request_id, deadline_s)
         first = await _next_reply(queue, started + deadline_s)
         if isinstance(first, ChatFailed):
             return _failure_response(first, request_id, body.model, started)
@@ -138,6 +145,7 @@ async def _publish(
     gateway: Gateway,
     principal: Principal,
     body: ChatCompletionRequest,
+    raw_body: dict,
     request_id: str,
     deadline_s: float,
 ) -> None:
@@ -148,7 +156,7 @@ async def _publish(
         data=ChatRequestData(
             api="openai",
             model=body.model,
-            body=body.model_dump(exclude_unset=True),
+            body=raw_body,
             stream=body.stream,
             user_id=principal.user_id,
             api_key_id=principal.api_key_id,

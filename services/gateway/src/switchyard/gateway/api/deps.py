@@ -11,7 +11,7 @@ from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, P
 from switchyard.gateway.bootstrap import Gateway
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 

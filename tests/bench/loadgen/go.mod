@@ -1,0 +1,3 @@
+module switchyard/loadgen
+
+go 1.22
