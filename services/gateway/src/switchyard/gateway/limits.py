@@ -6,6 +6,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from switchyard.common.errors import error_body
+from switchyard.gateway.errors import anthropic_error_body, is_anthropic_path
 
 
 class _BodyTooLarge(Exception):
@@ -28,7 +29,7 @@ class BodySizeLimit:
                 except ValueError:
                     declared = 0
                 if declared > self.max_bytes:
-                    await self._refuse(send)
+                    await self._refuse(scope, send)
                     return
         received = 0
         response_started = False
@@ -52,14 +53,14 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not response_started:
-                await self._refuse(send)
+                await self._refuse(scope, send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = error_body(
-            f"Request body exceeds the limit of {self.max_bytes} bytes.",
-            "invalid_request_error",
-            "request_too_large",
-        )
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        message = f"Request body exceeds the limit of {self.max_bytes} bytes."
+        if is_anthropic_path(scope["path"]):
+            body = anthropic_error_body(413, message)
+        else:
+            body = error_body(message, "invalid_request_error", "request_too_large")
         await send(
             {
                 "type": "http.response.start",

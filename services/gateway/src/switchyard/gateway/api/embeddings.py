@@ -1,0 +1,47 @@
+"""`POST /v1/embeddings`: OpenAI's Embeddings API, through the bus like every model call."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from switchyard.gateway.api.body import openapi_body, validate_body
+from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
+from switchyard.gateway.dispatch import Dispatch, ReplyFailed
+from switchyard.gateway.schemas import EmbeddingsRequest
+
+router = APIRouter(prefix="/v1", tags=["embeddings"])
+
+
+@router.post(
+    "/embeddings",
+    summary="Create embeddings (OpenAI-compatible)",
+    openapi_extra=openapi_body(EmbeddingsRequest),
+    response_model=None,
+)
+async def create_embeddings(
+    request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
+    """Embed one input or a list of inputs."""
+    body, raw_body = validate_body(EmbeddingsRequest, await request.body())
+    dispatch = await Dispatch.start(
+        gateway,
+        request,
+        principal,
+        api="openai",
+        operation="embeddings",
+        model=body.model,
+        body=raw_body,
+        stream=False,
+    )
+    try:
+        completed = await dispatch.completion()
+        return Response(
+            orjson.dumps(completed.data.response),
+            media_type="application/json",
+            headers={"x-request-id": dispatch.request_id},
+        )
+    except ReplyFailed as failed:
+        raise failed.as_api_error() from None
+    finally:
+        dispatch.close()
