@@ -22,7 +22,9 @@ from collections.abc import Sequence
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from opentelemetry.trace import SpanKind
 
+from switchyard.common import tracing
 from switchyard.common.bus.base import (
     BatchHandler,
     BusUnavailableError,
@@ -151,13 +153,17 @@ class KafkaBus(EventBus):
             ("request_id", event.request_id.encode()),
             ("source", event.source.encode()),
         ]
-        await self._send(
-            topic,
-            value,
-            key=(key or event.request_id).encode(),
-            partition=partition,
-            headers=headers,
-        )
+        with tracing.span(
+            f"{topic} publish", kind=SpanKind.PRODUCER, attributes=_publish_attributes(topic, event)
+        ):
+            headers += tracing.current_trace_headers()
+            await self._send(
+                topic,
+                value,
+                key=(key or event.request_id).encode(),
+                partition=partition,
+                headers=headers,
+            )
 
     async def _send(
         self,
@@ -278,6 +284,43 @@ class KafkaBus(EventBus):
         return subscription
 
 
+def _publish_attributes(topic: str, event: EnvelopeFields) -> dict[str, str]:
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": topic,
+        "switchyard.event.type": event.type,
+        "switchyard.request_id": event.request_id,
+    }
+
+
+def _process_span(record: ConsumerRecord, group: str | None, event: Event):
+    return tracing.span(
+        f"{record.topic} process",
+        kind=SpanKind.CONSUMER,
+        parent=tracing.context_from_headers(record.headers),
+        attributes=tracing.consumer_span_attributes(
+            record.topic, record.partition, record.offset, group, event
+        ),
+    )
+
+
+def _batch_spans(records: list[ConsumerRecord], group: str, events: list[Event]) -> list:
+    if not tracing.tracing_enabled():
+        return []
+    return [
+        tracing.tracer().start_span(
+            f"{record.topic} process",
+            context=tracing.context_from_headers(record.headers),
+            kind=SpanKind.CONSUMER,
+            attributes=tracing.consumer_span_attributes(
+                record.topic, record.partition, record.offset, group, event
+            ),
+        )
+        for record, event in zip(records, events, strict=True)
+    ]
+
+
 def _decode(record: ConsumerRecord) -> Event:
     if record.value is None:
         raise EventDecodeError("record has no value")
@@ -352,19 +395,20 @@ class _GroupSubscription(Subscription, ConsumerRebalanceListener):
             except EventDecodeError as exc:
                 await self.bus.dead_letter(record, self.group, f"undecodable event: {exc}")
                 return
-            error = await call_with_retry(
-                lambda: self.handler(event),
-                self.retry,
-                lambda attempt, exc: log.warning(
-                    "handler failed, retrying",
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    request_id=event.request_id,
-                    attempt=attempt,
-                    error=repr(exc),
-                ),
-            )
+            with _process_span(record, self.group, event):
+                error = await call_with_retry(
+                    lambda: self.handler(event),
+                    self.retry,
+                    lambda attempt, exc: log.warning(
+                        "handler failed, retrying",
+                        topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        request_id=event.request_id,
+                        attempt=attempt,
+                        error=repr(exc),
+                    ),
+                )
             if error is not None:
                 await self.bus.dead_letter(record, self.group, f"handler failed: {error!r}")
         finally:
@@ -465,6 +509,9 @@ class _BatchSubscription(Subscription):
                     except EventDecodeError as exc:
                         await self.bus.dead_letter(record, self.group, f"undecodable event: {exc}")
             if events:
+                # One child span per event, covering the batch write, so every request's
+                # trace shows where it was persisted.
+                spans = _batch_spans(records, self.group, events)
                 error = await call_with_retry(
                     lambda: self.handler(events),
                     self.retry,
@@ -476,6 +523,8 @@ class _BatchSubscription(Subscription):
                         error=repr(exc),
                     ),
                 )
+                for event_span in spans:
+                    event_span.end()
                 if error is not None:
                     for record in records:
                         await self.bus.dead_letter(record, self.group, f"handler failed: {error!r}")
@@ -549,7 +598,8 @@ class _Listener(Subscription):
                         )
                         continue
                     try:
-                        await self.handler(event)
+                        with _process_span(record, None, event):
+                            await self.handler(event)
                     except Exception as exc:  # noqa: BLE001 - one bad event must not stop the listener
                         log.error(
                             "listener handler failed",

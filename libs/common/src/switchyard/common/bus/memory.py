@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
+from opentelemetry.trace import SpanKind
 
+from switchyard.common import tracing
 from switchyard.common.bus.base import (
     BatchHandler,
     EventBus,
@@ -38,7 +40,8 @@ class DeadLetter:
 
 @dataclass
 class _Group:
-    queue: asyncio.Queue[tuple[str, Event]] = field(default_factory=asyncio.Queue)
+    # (topic, event, trace context of the publisher)
+    queue: asyncio.Queue[tuple[str, Event, dict]] = field(default_factory=asyncio.Queue)
     members: int = 0
 
 
@@ -61,9 +64,21 @@ class _TaskSubscription(Subscription):
             self._on_stop()
 
 
+def _process_span(topic: str, group: str | None, event: Event, carrier: dict):
+    return tracing.span(
+        f"{topic} process",
+        kind=SpanKind.CONSUMER,
+        parent=tracing.context_from_carrier(carrier),
+        attributes=tracing.consumer_span_attributes(topic, None, None, group, event),
+    )
+
+
 class InMemoryBus(EventBus):
-    def __init__(self, partitions: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, partitions: dict[str, int] | None = None, batch_linger_s: float = 0.02
+    ) -> None:
         self._partitions = partitions or {}
+        self.batch_linger_s = batch_linger_s
         self._groups: dict[str, _Group] = {}
         self._topic_groups: dict[str, set[str]] = defaultdict(set)
         self._listeners: dict[str, list[tuple[asyncio.Queue, frozenset[int] | None]]] = defaultdict(
@@ -90,11 +105,12 @@ class InMemoryBus(EventBus):
         partition: int | None = None,
     ) -> None:
         self.published[topic] += 1
+        carrier = tracing.current_trace_carrier()
         for group in self._topic_groups.get(topic, ()):
-            self._groups[group].queue.put_nowait((topic, event))
+            self._groups[group].queue.put_nowait((topic, event, carrier))
         for queue, wanted in self._listeners.get(topic, ()):
             if wanted is None or partition is None or partition in wanted:
-                queue.put_nowait(event)
+                queue.put_nowait((event, carrier))
 
     async def partition_count(self, topic: str) -> int:
         return self._partitions.get(topic, 1)
@@ -135,18 +151,19 @@ class InMemoryBus(EventBus):
 
         async def worker() -> None:
             while True:
-                topic, event = await state.queue.get()
-                error = await call_with_retry(
-                    lambda: handler(event),
-                    retry,
-                    lambda attempt, exc: log.warning(
-                        "handler failed, retrying",
-                        topic=topic,
-                        event_id=event.id,
-                        attempt=attempt,
-                        error=repr(exc),
-                    ),
-                )
+                topic, event, carrier = await state.queue.get()
+                with _process_span(topic, group, event, carrier):
+                    error = await call_with_retry(
+                        lambda: handler(event),
+                        retry,
+                        lambda attempt, exc: log.warning(
+                            "handler failed, retrying",
+                            topic=topic,
+                            event_id=event.id,
+                            attempt=attempt,
+                            error=repr(exc),
+                        ),
+                    )
                 if error is not None:
                     self._dead_letter(topic, event, error)
 
@@ -166,9 +183,12 @@ class InMemoryBus(EventBus):
         async def worker() -> None:
             while True:
                 items = [await state.queue.get()]
+                # Let a batch gather for a moment: one transaction for many events is what
+                # keeps a store (history on SQLite) from costing a commit per event.
+                await asyncio.sleep(self.batch_linger_s)
                 while len(items) < max_batch and not state.queue.empty():
                     items.append(state.queue.get_nowait())
-                events = [event for _, event in items]
+                events = [event for _, event, _ in items]
                 error = await call_with_retry(
                     lambda: handler(events),
                     retry,
@@ -180,7 +200,7 @@ class InMemoryBus(EventBus):
                     ),
                 )
                 if error is not None:
-                    for topic, event in items:
+                    for topic, event, _ in items:
                         self._dead_letter(topic, event, error)
 
         return self._track([asyncio.create_task(worker())])
@@ -188,16 +208,17 @@ class InMemoryBus(EventBus):
     async def listen(
         self, topic: str, handler: Handler, *, partitions: Sequence[int] | None = None
     ) -> Subscription:
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[Event, dict]] = asyncio.Queue()
         entry = (queue, frozenset(partitions) if partitions is not None else None)
         self._listeners[topic].append(entry)
 
         async def worker() -> None:
             # One worker per listener keeps events in publication order (stream chunks).
             while True:
-                event = await queue.get()
+                event, carrier = await queue.get()
                 try:
-                    await handler(event)
+                    with _process_span(topic, None, event, carrier):
+                        await handler(event)
                 except Exception as exc:  # noqa: BLE001 - a listener error must not stop the listener
                     log.error("listener failed", topic=topic, event_id=event.id, error=repr(exc))
 

@@ -1,0 +1,89 @@
+"""A client that goes away mid-reply makes the gateway ask inference to stop (or, when
+configured, lets the request complete), on a real HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import httpx
+import pytest
+import uvicorn
+
+from switchyard.common.events import ChatCancelRequested
+from switchyard.common.testing.infra import async_wait_until
+from switchyard.common.testing.processes import free_port
+
+from .conftest import API_KEY, chunk
+
+BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]}
+
+
+@contextlib.asynccontextmanager
+async def serving(app):
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
+                                           log_config=None))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def cancellations(harness) -> list[ChatCancelRequested]:
+    seen: list[ChatCancelRequested] = []
+
+    async def on_control(event):
+        seen.append(event)
+
+    topic = harness.app.state.gateway.topics.control
+    await harness.bus.listen(topic, on_control)
+    return seen
+
+
+async def never_finishes(request):
+    return [chunk(request, 0, "first words")]  # then silence: the stream stays open
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_disconnect_publishes_a_cancellation(harness, stream):
+    seen = await cancellations(harness)
+    harness.respond[0] = never_finishes
+    async with serving(harness.app) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
+        if stream:
+            async with client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True},
+                                     headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        break  # first chunk seen; hang up
+        else:
+            request = client.post("/v1/chat/completions", json=BODY,
+                                  headers={"Authorization": f"Bearer {API_KEY}"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(request, timeout=0.5)
+        await async_wait_until(lambda: asyncio.sleep(0, seen), timeout=5,
+                               message="a cancellation on the control topic")
+    [cancel] = seen
+    assert cancel.request_id == harness.requests[0].request_id
+    assert cancel.tenant == "acme"
+    assert harness.app.state.gateway.in_flight == 0
+
+
+async def test_disconnect_can_be_configured_to_let_the_request_complete(harness):
+    harness.settings.on_client_disconnect = "complete"
+    seen = await cancellations(harness)
+    harness.respond[0] = never_finishes
+    async with serving(harness.app) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
+        async with client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True},
+                                 headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    break
+        await async_wait_until(lambda: asyncio.sleep(0, harness.app.state.gateway.in_flight == 0),
+                               timeout=5, message="the request to be released")
+    await asyncio.sleep(0.2)
+    assert seen == []
