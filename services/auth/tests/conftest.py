@@ -3,11 +3,16 @@ an `AuthService` with a cheap password hash, and a running app client."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 from argon2 import profiles
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from switchyard.auth.app import create_app
@@ -17,7 +22,10 @@ from switchyard.auth.passwords import PasswordHasher
 from switchyard.auth.plugin import MIGRATIONS_DIR
 from switchyard.auth.service import AuthService
 from switchyard.auth.signing import generate_private_key, private_key_pem
+from switchyard.common.bus import InMemoryBus
 from switchyard.common.db import upgrade
+from switchyard.common.events import Event
+from switchyard.common.topics import Topics
 
 INTERNAL_TOKEN = "test-internal-token"
 
@@ -91,3 +99,50 @@ def run_with_service(settings: Settings):
             await engine.dispose()
 
     return run_action
+
+
+@dataclass
+class AuthHarness:
+    """The auth app running in the test's event loop, publishing on an in-memory bus whose
+    auth events topic is recorded in `events`."""
+
+    client: httpx.AsyncClient
+    app: FastAPI
+    bus: InMemoryBus
+    settings: Settings
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def service(self) -> AuthService:
+        return self.app.state.auth.service
+
+    async def wait_for_event(self, event_type: str, timeout: float = 1.0) -> Event:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events:
+                if event.type == event_type:
+                    return event
+            await asyncio.sleep(0.005)
+        raise AssertionError(
+            f"no {event_type} event within {timeout}s; got {[e.type for e in self.events]}"
+        )
+
+
+@pytest.fixture
+async def auth_app(settings: Settings) -> AsyncIterator[AuthHarness]:
+    bus = InMemoryBus()
+    await bus.start()
+    app = create_app(settings, bus=bus)
+    harness_events: list[Event] = []
+
+    async def record(event: Event) -> None:
+        harness_events.append(event)
+
+    await bus.listen(Topics(settings.topic_prefix).auth_events, record)
+    async with app.router.lifespan_context(app):
+        # The cheap hasher keeps sign-ins fast; the app is otherwise as deployed.
+        app.state.auth.service._passwords = PasswordHasher(profiles.CHEAPEST)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://auth") as client:
+            yield AuthHarness(client, app, bus, settings, harness_events)
+    await bus.stop()

@@ -21,7 +21,15 @@ from switchyard.common.db import downgrade, sync_url, upgrade
 pytestmark = pytest.mark.integration
 
 VERSION_TABLE = "alembic_version_auth"
-AUTH_TABLES = {"auth_users", "auth_api_keys"}
+AUTH_TABLES = {
+    "auth_users",
+    "auth_api_keys",
+    "auth_token_families",
+    "auth_refresh_tokens",
+    "auth_revoked_tokens",
+    "auth_signing_keys",
+    "auth_outbox",
+}
 
 
 def table_names(url: str) -> set[str]:

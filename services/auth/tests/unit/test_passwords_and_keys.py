@@ -39,3 +39,16 @@ def test_api_keys_are_stored_as_sha256_with_a_short_visible_prefix() -> None:
     key = generate_api_key()
     assert hash_api_key(key) == hashlib.sha256(key.encode()).hexdigest()
     assert visible_prefix(key) == key[:12] and visible_prefix(key).startswith("sk-sy-")
+
+
+def test_scopes_are_the_shared_definition_the_gateway_enforces() -> None:
+    from switchyard.auth import scopes as auth_scopes
+    from switchyard.common import scopes as shared
+
+    assert auth_scopes.API_KEY_SCOPES is shared.API_KEY_SCOPES
+    assert auth_scopes.USER_TOKEN_SCOPES is shared.USER_TOKEN_SCOPES
+    assert (auth_scopes.CHAT, auth_scopes.HISTORY_READ, auth_scopes.KEYS_WRITE) == (
+        "chat",
+        "history:read",
+        "keys:write",
+    )

@@ -41,6 +41,16 @@ class FakeAuth:
         default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
     )
     lookups: int = 0
+    # What GET /internal/v1/revocations answers (the gateway's start-up snapshot).
+    revocations: dict = field(
+        default_factory=lambda: {
+            "generated_at": "2025-01-01T00:00:00Z",
+            "revoked_tokens": [],
+            "revoked_sessions": [],
+            "revoked_api_keys": [],
+            "disabled_users": [],
+        }
+    )
 
     def jwks(self) -> dict:
         jwk = RSAAlgorithm.to_jwk(self.private_key.public_key(), as_dict=True)
@@ -81,12 +91,14 @@ class FakeAuth:
                         "user_id": "user-1",
                         "tenant": "acme",
                         "role": "member",
-                        "scopes": [],
+                        "scopes": ["chat", "history:read"],
                         "allowed_models": None,
                         "expires_at": None,
                     },
                 )
             return httpx.Response(404, json={"error": {"message": "no such key"}})
+        if request.url.path == "/internal/v1/revocations":
+            return httpx.Response(200, json=self.revocations)
         return httpx.Response(404)
 
 
@@ -142,6 +154,7 @@ class Harness:
     requests: list[ChatRequested]
     settings: Settings
     respond: list[Responder]
+    app: object = None
 
 
 @pytest.fixture
@@ -178,5 +191,5 @@ async def harness(settings: Settings) -> AsyncIterator[Harness]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield Harness(client, bus, auth, requests, settings, respond)
+            yield Harness(client, bus, auth, requests, settings, respond, app)
     await bus.stop()

@@ -98,6 +98,12 @@ class ChatRequestData(Contract):
     reply_to: ReplyAddress | None = Field(
         default=None, description="Absent for work no gateway waits for (jobs)."
     )
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Jobs only: where history POSTs the job's result (HMAC-signed) once it "
+        "reaches a terminal state.",
+    )
 
 
 class ChatCompletedData(Contract):
@@ -136,6 +142,45 @@ class UsageData(Contract):
     cost_usd: float = Field(default=0, ge=0)
     latency_ms: float = Field(default=0, ge=0)
     time_to_first_token_ms: float | None = Field(default=None, ge=0)
+
+
+class ApiKeyRevokedData(Contract):
+    key_id: str = Field(description="Id of the revoked API key (never the key or its hash).")
+    user_id: str = Field(description="Owner of the key.")
+    reason: Literal["owner", "admin", "operator"] = Field(
+        default="owner", description="Who revoked it: the owner, a tenant admin, or the CLI."
+    )
+
+
+class UserStatusData(Contract):
+    user_id: str
+
+
+class TokenRevokedData(Contract):
+    jti: str = Field(description="`jti` claim of the revoked access token.")
+    user_id: str
+    expires_at: AwareDatetime = Field(
+        description="When the token expires anyway; consumers may forget the entry after it."
+    )
+
+
+class TokenFamilyRevokedData(Contract):
+    family_id: str = Field(
+        description="The refresh-token family (the `sid` claim of its access tokens)."
+    )
+    user_id: str
+    reason: Literal["logout", "reuse_detected", "user_disabled", "admin"]
+    expires_at: AwareDatetime = Field(
+        description="No access token of the family is valid after this instant."
+    )
+
+
+class SigningKeyRotatedData(Contract):
+    kid: str = Field(description="`kid` of the key that now signs access tokens.")
+    previous_kid: str | None = Field(default=None, description="The key that signed before.")
+    published_kids: list[str] = Field(
+        description="Every `kid` now in the JWKS (the new key and those still verifying)."
+    )
 
 
 class EnvelopeFields(Contract):
@@ -181,8 +226,70 @@ class ChatCancelRequested(EnvelopeFields):
     data: CancelRequestData
 
 
+class ApiKeyRevoked(EnvelopeFields):
+    """An API key stops working everywhere: gateways drop it from their caches."""
+
+    type: Literal["auth.api_key_revoked"] = "auth.api_key_revoked"
+    data: ApiKeyRevokedData
+
+
+class UserDisabled(EnvelopeFields):
+    """A user's tokens and API keys stop working until the user is enabled again."""
+
+    type: Literal["auth.user_disabled"] = "auth.user_disabled"
+    data: UserStatusData
+
+
+class UserEnabled(EnvelopeFields):
+    type: Literal["auth.user_enabled"] = "auth.user_enabled"
+    data: UserStatusData
+
+
+class TokenRevoked(EnvelopeFields):
+    """One access token (by `jti`) is refused from now on (the blocklist)."""
+
+    type: Literal["auth.token_revoked"] = "auth.token_revoked"
+    data: TokenRevokedData
+
+
+class TokenFamilyRevoked(EnvelopeFields):
+    """A sign-in session ends: its refresh tokens and every access token carrying its `sid`
+    are refused (logout, or a refresh token presented twice)."""
+
+    type: Literal["auth.token_family_revoked"] = "auth.token_family_revoked"
+    data: TokenFamilyRevokedData
+
+
+class SigningKeyRotated(EnvelopeFields):
+    """A new key signs access tokens: verifiers fetch the JWKS again now."""
+
+    type: Literal["auth.signing_key_rotated"] = "auth.signing_key_rotated"
+    data: SigningKeyRotatedData
+
+
+# Events on the auth topic, each a change every gateway replica must apply.
+AuthEvent = (
+    ApiKeyRevoked
+    | UserDisabled
+    | UserEnabled
+    | TokenRevoked
+    | TokenFamilyRevoked
+    | SigningKeyRotated
+)
+
 Event = Annotated[
-    ChatRequested | ChatCompleted | ChatFailed | ChatChunk | UsageRecorded | ChatCancelRequested,
+    ChatRequested
+    | ChatCompleted
+    | ChatFailed
+    | ChatChunk
+    | UsageRecorded
+    | ChatCancelRequested
+    | ApiKeyRevoked
+    | UserDisabled
+    | UserEnabled
+    | TokenRevoked
+    | TokenFamilyRevoked
+    | SigningKeyRotated,
     Field(discriminator="type"),
 ]
 EVENT_CLASSES: tuple[type[EnvelopeFields], ...] = (
@@ -192,6 +299,12 @@ EVENT_CLASSES: tuple[type[EnvelopeFields], ...] = (
     ChatChunk,
     UsageRecorded,
     ChatCancelRequested,
+    ApiKeyRevoked,
+    UserDisabled,
+    UserEnabled,
+    TokenRevoked,
+    TokenFamilyRevoked,
+    SigningKeyRotated,
 )
 
 _event_adapter: TypeAdapter[Event] = TypeAdapter(Event)

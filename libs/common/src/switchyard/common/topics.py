@@ -21,6 +21,12 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(
         "deadletter", 3, "Events no consumer could decode or handle, with their coordinates."
     ),
+    TopicSpec(
+        "auth.events",
+        1,
+        "Revocations from auth (keys, users, tokens, signing keys); one partition keeps them"
+        " in order, and every gateway replica reads all of it.",
+    ),
 )
 
 
@@ -35,6 +41,7 @@ class Topics:
         self.usage = f"{prefix}.usage"
         self.control = f"{prefix}.control"
         self.deadletter = f"{prefix}.deadletter"
+        self.auth_events = f"{prefix}.auth.events"
 
     def name(self, suffix: str) -> str:
         return f"{self.prefix}.{suffix}"

@@ -1,36 +1,88 @@
-"""The auth service's FastAPI app: JWKS, password-grant tokens, API key creation and the
-internal key lookup the gateway uses."""
+"""The auth service's FastAPI app: JWKS, sign-in/refresh/logout, API keys, the admin API,
+and the internal endpoints the gateway uses (key lookup, revocation state).
+
+`create_app(settings, bus)`: with `bus=None` the app creates, starts and stops the bus its
+settings ask for; in embedded mode it publishes on the shared in-memory bus it is given.
+Auth events go through the outbox relay (see `outbox.py`) to the auth events topic.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AsyncExitStack, asynccontextmanager
 
+import structlog
 from fastapi import FastAPI
 
 from switchyard.auth import __version__
-from switchyard.auth.api import api_keys, jwks, tokens
+from switchyard.auth.api import admin, api_keys, jwks, tokens
 from switchyard.auth.api.internal import internal_router
 from switchyard.auth.bootstrap import AuthContext, build_context
 from switchyard.auth.config import Settings
+from switchyard.auth.outbox import OutboxRelay
+from switchyard.auth.service import AuthService
+from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import health_router
 from switchyard.common.metrics import metrics_router
+from switchyard.common.topics import Topics
+
+log = structlog.get_logger("switchyard.auth")
 
 
-def create_app(settings: Settings | None = None, bus: Any = None) -> FastAPI:
-    """Build the app. `bus` is accepted for embedded mode; auth publishes no events yet."""
+async def _record_signing_key(service: AuthService) -> None:
+    """Announce a new signing key once the database answers (retried until it does)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            if await service.record_signing_key():
+                log.info("signing key rotation announced", kid=service.tokens.signing_key.kid)
+            return
+        except Exception as exc:  # noqa: BLE001 - database not reachable or migrated yet
+            delay = min(10.0, 0.5 * attempt)
+            log.warning("cannot record the signing key yet", error=repr(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+
+
+def create_app(settings: Settings | None = None, bus: EventBus | None = None) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        context = build_context(settings)
-        app.state.auth = context
-        try:
+        async with AsyncExitStack() as stack:
+            context = build_context(settings)
+            stack.push_async_callback(context.close)
+            event_bus = bus
+            if event_bus is None:
+                event_bus = create_bus(settings, client_id=f"auth-{settings.instance_id}")
+                await event_bus.start()
+                stack.push_async_callback(event_bus.stop)
+            relay = OutboxRelay(
+                context.service.sessions,
+                event_bus,
+                Topics(settings.topic_prefix).auth_events,
+                poll_interval_s=settings.outbox_poll_interval_s,
+                housekeeping=context.service.purge_expired,
+            )
+            context.service.on_events_written = relay.notify
+            await relay.start()
+            stack.push_async_callback(relay.stop)
+            app.state.auth = context
+            app.state.bus = event_bus
+            app.state.outbox = relay
+
+            recording = asyncio.create_task(_record_signing_key(context.service))
+
+            async def stop_recording() -> None:
+                recording.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recording
+
+            stack.push_async_callback(stop_recording)
             yield
-        finally:
-            await context.close()
 
     async def database_ready() -> bool:
         context: AuthContext | None = getattr(app.state, "auth", None)
@@ -39,7 +91,10 @@ def create_app(settings: Settings | None = None, bus: Any = None) -> FastAPI:
     app = FastAPI(
         title="Switchyard auth",
         version=__version__,
-        description="Users, API keys and signed access tokens.",
+        description=(
+            "Users, API keys, access and refresh tokens, and the admin API. Revocations are "
+            "published to the auth events topic, which every gateway replica applies."
+        ),
         lifespan=lifespan,
     )
     install_error_handlers(app)
@@ -48,5 +103,6 @@ def create_app(settings: Settings | None = None, bus: Any = None) -> FastAPI:
     app.include_router(jwks.router)
     app.include_router(tokens.router)
     app.include_router(api_keys.router)
+    app.include_router(admin.router)
     app.include_router(internal_router(settings.internal_token))
     return app

@@ -1,18 +1,21 @@
-"""Composition root: builds the database engine, signing key, hasher and `AuthService`
-from settings. The app lifespan, the CLI and embedded mode all wire through here; tests
-pass their own hasher (a cheap one) or settings."""
+"""Composition root: builds the database engine, signing keys, hasher, login limits and
+`AuthService` from settings. The app lifespan, the CLI and embedded mode all wire through
+here; tests pass their own hasher (a cheap one) or settings. The app adds the bus and the
+outbox relay (they need a running event loop)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.auth.config import Settings
 from switchyard.auth.passwords import PasswordHasher
+from switchyard.auth.ratelimit import LoginRateLimiter, SlidingWindowLimiter
 from switchyard.auth.service import AuthService
-from switchyard.auth.signing import load_signing_key
+from switchyard.auth.signing import load_signing_key, load_verification_keys
 from switchyard.auth.tokens import TokenIssuer
 from switchyard.common.db import create_engine, session_factory
 
@@ -24,6 +27,7 @@ class AuthContext:
     settings: Settings
     engine: AsyncEngine
     service: AuthService
+    login_limits: LoginRateLimiter
 
     async def database_ready(self) -> bool:
         try:
@@ -43,15 +47,27 @@ def build_token_issuer(settings: Settings) -> TokenIssuer:
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         ttl_s=settings.access_token_ttl_s,
+        retired_keys=load_verification_keys(settings),
     )
 
 
 def build_context(settings: Settings, passwords: PasswordHasher | None = None) -> AuthContext:
     engine = create_engine(settings.database_url)
     service = AuthService(
-        session_factory(engine), passwords or PasswordHasher(), build_token_issuer(settings)
+        session_factory(engine),
+        passwords or PasswordHasher(),
+        build_token_issuer(settings),
+        refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_s),
     )
-    return AuthContext(settings=settings, engine=engine, service=service)
+    login_limits = LoginRateLimiter(
+        account=SlidingWindowLimiter(
+            settings.login_max_failures_per_account, settings.login_account_window_s
+        ),
+        address=SlidingWindowLimiter(
+            settings.login_max_attempts_per_address, settings.login_address_window_s
+        ),
+    )
+    return AuthContext(settings=settings, engine=engine, service=service, login_limits=login_limits)
 
 
 def build_database_service(

@@ -1,6 +1,9 @@
 """`switchyard users|keys|tokens ...`: operator commands working directly on the auth
 database named by the settings (the same one the service uses).
 
+Revocations (`keys revoke`, `users disable`) write their event to the outbox table; the
+running auth service publishes it to every gateway within its poll interval (0.5 s).
+
 Errors an operator can fix (unknown user, duplicate email, tables not migrated) print one
 line to stderr and exit with status 1, without a traceback.
 """
@@ -11,6 +14,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -102,6 +106,58 @@ def create_user(
     typer.echo(f"Created user {user.email} (id {user.id}, tenant {user.tenant}, role {user.role}).")
 
 
+@users_app.command("list")
+def list_users(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's users.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List users (never their password hashes)."""
+
+    async def list_all(service: AuthService) -> Any:
+        return await service.list_users(tenant)
+
+    for user in run_with_service(list_all):
+        fields = {
+            "id": user.id,
+            "email": user.email,
+            "tenant": user.tenant,
+            "role": user.role,
+            "disabled": user.disabled,
+            "created_at": user.created_at.isoformat(),
+        }
+        if as_json:
+            typer.echo(json.dumps(fields))
+        else:
+            state = "disabled" if user.disabled else "active"
+            typer.echo(f"{user.id}  {user.email}  {user.tenant}  {user.role}  {state}")
+
+
+def _set_disabled(email: str, disabled: bool) -> None:
+    async def change(service: AuthService) -> Any:
+        user = await service.user_by_email(email)
+        return await service.set_disabled(user.id, disabled)
+
+    user = run_with_service(change)
+    state = "Disabled" if disabled else "Enabled"
+    typer.echo(f"{state} user {user.email} (id {user.id}).")
+
+
+@users_app.command("disable")
+def disable_user(
+    email: Annotated[str, typer.Option(help="Email of the user to disable.")],
+) -> None:
+    """Disable a user: sign-ins end; gateways refuse their tokens and keys within a second."""
+    _set_disabled(email, True)
+
+
+@users_app.command("enable")
+def enable_user(
+    email: Annotated[str, typer.Option(help="Email of the user to enable again.")],
+) -> None:
+    """Enable a disabled user again."""
+    _set_disabled(email, False)
+
+
 @keys_app.command("create")
 def create_key(
     email: Annotated[str, typer.Option(help="Email of the user who owns the key.")],
@@ -144,9 +200,66 @@ def create_key(
     )
 
 
+@keys_app.command("list")
+def list_keys(
+    email: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List API keys with their visible prefix and state (never the secrets)."""
+
+    async def list_all(service: AuthService) -> Any:
+        user_id = (await service.user_by_email(email)).id if email else None
+        return await service.list_api_keys(tenant=tenant, user_id=user_id)
+
+    now = datetime.now(UTC)
+    for key in run_with_service(list_all):
+        if key.revoked_at is not None:
+            state = "revoked"
+        elif key.expires_at is not None and key.expires_at <= now:
+            state = "expired"
+        else:
+            state = "active"
+        fields = {
+            "key_id": key.id,
+            "prefix": key.prefix,
+            "name": key.name,
+            "user_id": key.user_id,
+            "tenant": key.tenant,
+            "scopes": key.scopes,
+            "allowed_models": key.allowed_models,
+            "status": state,
+            "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        }
+        if as_json:
+            typer.echo(json.dumps(fields))
+        else:
+            typer.echo(f"{key.id}  {key.prefix}...  {key.name}  {key.tenant}  {state}")
+
+
+@keys_app.command("revoke")
+def revoke_key(
+    key_id: Annotated[str, typer.Argument(help="Id of the key (see `keys list`).")],
+) -> None:
+    """Revoke an API key; every gateway refuses it within a second."""
+
+    async def revoke(service: AuthService) -> Any:
+        return await service.revoke_api_key(key_id, reason="operator")
+
+    record = run_with_service(revoke)
+    typer.echo(f"Revoked API key {record.id} ({record.prefix}...).")
+
+
 @tokens_app.command("create")
 def create_token(
     email: Annotated[str, typer.Option(help="Email of the user the token is for.")],
+    scopes: Annotated[
+        str | None,
+        typer.Option(help=f"Comma-separated; default {','.join(known_scopes.USER_TOKEN_SCOPES)}."),
+    ] = None,
+    allowed_models: Annotated[
+        str | None, typer.Option(help="Comma-separated models the token may call; default any.")
+    ] = None,
 ) -> None:
     """Print an access token for a user, as the password grant would issue."""
 
@@ -154,7 +267,9 @@ def create_token(
         user = await service.user_by_email(email)
         if user.disabled:
             raise AuthError(f"User {user.email} is disabled.")
-        return service.issue_access_token(user)
+        return service.issue_access_token(
+            user, scopes=_split(scopes), allowed_models=_split(allowed_models)
+        )
 
     token = run_with_service(issue, signing=True)
     typer.echo(token.token)

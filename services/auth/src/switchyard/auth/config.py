@@ -9,10 +9,10 @@ file; in development a key is generated once and kept on disk so tokens survive 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from switchyard.common.settings import Environment, ServiceSettings, env
 
@@ -57,9 +57,42 @@ class Settings(ServiceSettings):
         description="`aud` claim of every access token.",
     )
     access_token_ttl_s: int = Field(default=900, gt=0, description="Lifetime of an access token.")
+    refresh_token_ttl_s: int = Field(
+        default=30 * 24 * 3600, gt=0, description="Lifetime of a refresh token (each rotation)."
+    )
     signing_key_file: Path | None = Field(
         default=None,
         description="PEM file of the RSA private key signing tokens; required outside development.",
+    )
+    verification_key_files: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated PEM files (public or private RSA keys) published in the JWKS and "
+            "accepted, but never used to sign: the previous key after a rotation until its "
+            "tokens have expired, or the next key before it starts signing."
+        ),
+    )
+    login_max_failures_per_account: int = Field(
+        default=5, gt=0, description="Failed sign-ins of one account before it is locked out."
+    )
+    login_account_window_s: float = Field(
+        default=300.0, gt=0, description="Window (and lock-out) of the per-account limit."
+    )
+    login_max_attempts_per_address: int = Field(
+        default=30, gt=0, description="Sign-in attempts from one client address per window."
+    )
+    login_address_window_s: float = Field(default=60.0, gt=0)
+    trust_forwarded_for: bool = Field(
+        default=False,
+        description=(
+            "Take the client address for login limits from the last X-Forwarded-For entry "
+            "(only behind a proxy that sets it)."
+        ),
+    )
+    outbox_poll_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often events written by other processes (the CLI) are looked for.",
     )
     dev_key_file: Path = Field(
         default=Path(".switchyard/auth-signing-key.pem"),
@@ -74,6 +107,13 @@ class Settings(ServiceSettings):
         default=Path(".switchyard/dev-api-key"),
         description="Development only: where the generated dev API key is kept between restarts.",
     )
+
+    @field_validator("verification_key_files", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [Path(part.strip()) for part in value.split(",") if part.strip()]
+        return value
 
     @model_validator(mode="after")
     def _require_signing_key_outside_development(self) -> Settings:
@@ -90,4 +130,10 @@ class Settings(ServiceSettings):
                 f"signing key file {self.signing_key_file} does not exist or is not a file "
                 "(SWITCHYARD_AUTH_SIGNING_KEY_FILE)"
             )
+        for path in self.verification_key_files:
+            if not path.is_file():
+                raise ValueError(
+                    f"verification key file {path} does not exist or is not a file "
+                    "(SWITCHYARD_AUTH_VERIFICATION_KEY_FILES)"
+                )
         return self

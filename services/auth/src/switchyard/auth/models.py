@@ -1,7 +1,12 @@
-"""SQLAlchemy 2 declarative models of the auth tables: users and their API keys.
+"""SQLAlchemy 2 declarative models of the auth tables.
 
-Later additions (refresh tokens, revoked token ids, signing-key history) become new tables
-next to these, each with its own migration; these two tables do not need to change for them.
+- `auth_users`, `auth_api_keys` (migration 0001): users of every tenant and their keys;
+- `auth_token_families`, `auth_refresh_tokens` (0002): one family per sign-in, holding
+  the chain of refresh tokens that rotation produces; reuse of a spent one revokes all;
+- `auth_revoked_tokens` (0002): the blocklist of access-token ids revoked before expiry;
+- `auth_signing_keys` (0002): every key that has signed, so a rotation is noticed once;
+- `auth_outbox` (0002): auth events written in the same transaction as the change they
+  announce, published to the bus afterwards (see `outbox.py`).
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     String,
     Text,
     TypeDecorator,
@@ -110,3 +117,93 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     user: Mapped[User] = relationship(back_populates="api_keys")
+
+
+class TokenFamily(Base):
+    """One sign-in: every refresh token rotation produces belongs to it, and every access
+    token issued from it carries its id as the `sid` claim."""
+
+    __tablename__ = "auth_token_families"
+    __table_args__ = (Index("ix_auth_token_families_user_id", "user_id"),)
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("auth_users.id", ondelete="CASCADE", name="fk_auth_token_families_user_id")
+    )
+    tenant: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # When its newest refresh token expires: after that the sign-in is over.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # logout | reuse_detected | user_disabled | admin
+    revoked_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+    user: Mapped[User] = relationship()
+
+
+class RefreshToken(Base):
+    __tablename__ = "auth_refresh_tokens"
+    __table_args__ = (
+        UniqueConstraint("token_hash", name="uq_auth_refresh_tokens_token_hash"),
+        Index("ix_auth_refresh_tokens_family_id", "family_id"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True, default=new_id)
+    family_id: Mapped[str] = mapped_column(
+        Text,
+        ForeignKey(
+            "auth_token_families.id",
+            ondelete="CASCADE",
+            name="fk_auth_refresh_tokens_family_id",
+        ),
+    )
+    # sha256 of the opaque token: the token itself is never stored.
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Set when the token is exchanged; presenting it again is reuse.
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    family: Mapped[TokenFamily] = relationship()
+
+
+class RevokedToken(Base):
+    """An access token refused before its expiry (logout, operator)."""
+
+    __tablename__ = "auth_revoked_tokens"
+    __table_args__ = (Index("ix_auth_revoked_tokens_expires_at", "expires_at"),)
+
+    jti: Mapped[str] = mapped_column(Text, primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text)
+    tenant: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    reason: Mapped[str] = mapped_column(String(32))
+
+
+class SigningKeyRecord(Base):
+    """A key that has signed access tokens; the latest `activated_at` is the current one."""
+
+    __tablename__ = "auth_signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(128), primary_key=True)
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    activated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class OutboxEvent(Base):
+    """An auth event waiting to be (or already) published to the auth events topic."""
+
+    __tablename__ = "auth_outbox"
+    __table_args__ = (Index("ix_auth_outbox_published_at_id", "published_at", "id"),)
+
+    # SQLite autoincrements only an INTEGER PRIMARY KEY.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_type: Mapped[str] = mapped_column(String(64))
+    # Partition key on the bus (the user id).
+    key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

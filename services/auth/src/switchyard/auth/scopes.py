@@ -1,15 +1,24 @@
-"""Scopes carried by access tokens and API keys.
-
-The gateway decides what each scope allows; auth only hands them out. Password-grant
-tokens carry every user scope; API keys get the gateway scopes unless narrowed.
-"""
+"""Scopes carried by access tokens and API keys; defined once in `switchyard.common.scopes`
+so the gateway enforces exactly what auth hands out."""
 
 from __future__ import annotations
 
-CHAT = "chat"  # chat completions, messages and jobs through the gateway
-HISTORY_READ = "history:read"  # the caller's own request history and usage
-KEYS_WRITE = "keys:write"  # create API keys for oneself
+from switchyard.common.scopes import (
+    ALL_SCOPES,
+    API_KEY_SCOPES,
+    CHAT,
+    DEFAULT_API_KEY_SCOPES,
+    HISTORY_READ,
+    KEYS_WRITE,
+    USER_TOKEN_SCOPES,
+)
 
-API_KEY_SCOPES: tuple[str, ...] = (CHAT, HISTORY_READ)
-DEFAULT_API_KEY_SCOPES: tuple[str, ...] = API_KEY_SCOPES
-USER_TOKEN_SCOPES: tuple[str, ...] = (CHAT, HISTORY_READ, KEYS_WRITE)
+__all__ = [
+    "ALL_SCOPES",
+    "API_KEY_SCOPES",
+    "CHAT",
+    "DEFAULT_API_KEY_SCOPES",
+    "HISTORY_READ",
+    "KEYS_WRITE",
+    "USER_TOKEN_SCOPES",
+]

@@ -1,28 +1,66 @@
-"""The auth use cases, independent of HTTP and the CLI: create users and API keys, check
-passwords, issue access tokens and resolve an API key hash to an identity.
+"""The auth use cases, independent of HTTP and the CLI: users and API keys, passwords,
+access and refresh tokens, revocation, and the revocation state gateways start from.
 
-Each public method is one transaction on a session from the given factory.
+Each public method is one transaction on a session from the given factory. A change other
+services must learn about (a revoked key, a disabled user, a revoked token or sign-in, a
+new signing key) writes its event to the outbox in the same transaction, so the event is
+published if and only if the change is committed (see `outbox.py`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from switchyard.auth import scopes as known_scopes
 from switchyard.auth.keys import generate_api_key, hash_api_key, visible_prefix
-from switchyard.auth.models import ROLES, ApiKey, User
+from switchyard.auth.models import (
+    ROLES,
+    ApiKey,
+    OutboxEvent,
+    RefreshToken,
+    RevokedToken,
+    SigningKeyRecord,
+    TokenFamily,
+    User,
+)
 from switchyard.auth.passwords import PasswordHasher
 from switchyard.auth.store import AuthStore
-from switchyard.auth.tokens import AccessToken, TokenIssuer
+from switchyard.auth.tokens import (
+    AccessClaims,
+    AccessToken,
+    TokenIssuer,
+    generate_refresh_token,
+    hash_refresh_token,
+)
+from switchyard.common.events import (
+    ApiKeyRevoked,
+    ApiKeyRevokedData,
+    AuthEvent,
+    SigningKeyRotated,
+    SigningKeyRotatedData,
+    TokenFamilyRevoked,
+    TokenFamilyRevokedData,
+    TokenRevoked,
+    TokenRevokedData,
+    UserDisabled,
+    UserEnabled,
+    UserStatusData,
+    new_id,
+)
+
+E = TypeVar("E", bound=AuthEvent)
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+EVENT_SOURCE = "auth"
+DEFAULT_REFRESH_TTL = timedelta(days=30)
 
 
 class AuthError(Exception):
@@ -43,10 +81,22 @@ class UserNotFound(AuthError):
     pass
 
 
+class ApiKeyNotFound(AuthError):
+    pass
+
+
 class InvalidCredentials(AuthError):
     def __init__(self) -> None:
         # One message for every cause, so callers cannot probe which emails exist.
         super().__init__("Incorrect email or password.")
+
+
+class InvalidGrant(AuthError):
+    """A refresh token that is unknown, expired, spent or revoked: one message for all."""
+
+    def __init__(self, reused: bool = False) -> None:
+        super().__init__("The refresh token is invalid, expired or revoked; sign in again.")
+        self.reused = reused
 
 
 @dataclass(frozen=True)
@@ -70,6 +120,27 @@ class ApiKeyIdentity:
     expires_at: datetime | None
 
 
+@dataclass(frozen=True)
+class TokenPair:
+    """What a sign-in or a refresh returns: an access token and the next refresh token."""
+
+    access: AccessToken
+    refresh_token: str
+    refresh_expires_in: int
+    session_id: str
+
+
+@dataclass(frozen=True)
+class RevocationSnapshot:
+    """Everything a gateway must refuse, as of `generated_at`."""
+
+    generated_at: datetime
+    revoked_tokens: list[tuple[str, datetime]]  # (jti, expires_at)
+    revoked_sessions: list[tuple[str, datetime]]  # (family id, expires_at)
+    revoked_api_keys: list[str]
+    disabled_users: list[str]
+
+
 def normalise_email(email: str) -> str:
     email = email.strip().lower()
     if not _EMAIL.match(email) or len(email) > 320:
@@ -91,23 +162,60 @@ def _validate_scopes(requested: Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(requested))
 
 
+def _validate_models(models: Sequence[str] | None) -> list[str] | None:
+    if models is None:
+        return None
+    cleaned = [model.strip() for model in models]
+    if any(not model or len(model) > 200 for model in cleaned):
+        raise InvalidInput("Model names must be 1-200 characters.", param="allowed_models")
+    return list(dict.fromkeys(cleaned))
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 class AuthService:
     def __init__(
         self,
         sessions: async_sessionmaker,
         passwords: PasswordHasher,
         tokens: TokenIssuer | None = None,
+        *,
+        refresh_ttl: timedelta = DEFAULT_REFRESH_TTL,
     ) -> None:
         self._sessions = sessions
         self._passwords = passwords
         # None where nothing signs tokens (user and key commands), so they need no signing key.
         self._tokens = tokens
+        self._refresh_ttl = refresh_ttl
+        # Called after a commit that wrote events, so the outbox relay publishes at once.
+        self.on_events_written: Callable[[], None] = lambda: None
 
     @property
     def tokens(self) -> TokenIssuer:
         if self._tokens is None:
             raise RuntimeError("this AuthService was built without a signing key")
         return self._tokens
+
+    @property
+    def sessions(self) -> async_sessionmaker:
+        return self._sessions
+
+    # -- events ---------------------------------------------------------------------
+
+    def _record(self, session: AsyncSession, event: AuthEvent, key: str | None) -> None:
+        session.add(OutboxEvent(event_type=event.type, key=key, payload=event.model_dump_json()))
+
+    async def _commit_with_events(self, session: AsyncSession) -> None:
+        await session.commit()
+        self.on_events_written()
+
+    def _access_ttl(self) -> timedelta:
+        # The CLI has no issuer; the default lifetime bounds its revocations instead.
+        return self._tokens.ttl if self._tokens is not None else timedelta(minutes=15)
+
+    # -- users ----------------------------------------------------------------------
 
     async def create_user(
         self,
@@ -146,13 +254,35 @@ class AuthService:
             raise UserNotFound(f"No user with email {email.strip().lower()}.")
         return user
 
-    async def set_disabled(self, user_id: str, disabled: bool) -> None:
+    async def list_users(self, tenant: str | None = None) -> list[User]:
         async with self._sessions() as session:
-            user = await AuthStore(session).user_by_id(user_id)
-            if user is None:
+            return list(await AuthStore(session).users(tenant))
+
+    async def set_disabled(
+        self, user_id: str, disabled: bool, *, tenant: str | None = None
+    ) -> User:
+        """Disable or enable a user (only within `tenant` when given). Disabling also ends
+        every sign-in of the user, so enabling them again does not revive old sessions."""
+        now = _utcnow()
+        async with self._sessions() as session:
+            store = AuthStore(session)
+            user = await store.user_by_id(user_id)
+            if user is None or (tenant is not None and user.tenant != tenant):
                 raise UserNotFound(f"No user with id {user_id}.")
+            if user.disabled == disabled:
+                return user
             user.disabled = disabled
-            await session.commit()
+            status = UserStatusData(user_id=user.id)
+            if disabled:
+                self._record(session, self._event(UserDisabled, user.tenant, status), user.id)
+                for family in await store.active_families(user.id, now):
+                    self._revoke_family(session, family, "user_disabled", now)
+            else:
+                self._record(session, self._event(UserEnabled, user.tenant, status), user.id)
+            await self._commit_with_events(session)
+            return user
+
+    # -- API keys -------------------------------------------------------------------
 
     async def create_api_key(
         self,
@@ -166,10 +296,11 @@ class AuthService:
     ) -> IssuedApiKey:
         """A new key for the user; `key` fixes the secret (the dev key), else it is random."""
         scope_list = _validate_scopes(scopes)
+        models = _validate_models(allowed_models)
         name = name.strip()
         if not name or len(name) > 200:
             raise InvalidInput("Key name must be 1-200 characters.", param="name")
-        if expires_at is not None and expires_at <= datetime.now(UTC):
+        if expires_at is not None and expires_at <= _utcnow():
             raise InvalidInput("Expiry must be in the future.", param="expires_at")
         secret = key or generate_api_key()
         async with self._sessions() as session:
@@ -186,56 +317,53 @@ class AuthService:
                 prefix=visible_prefix(secret),
                 secret_hash=hash_api_key(secret),
                 scopes=scope_list,
-                allowed_models=list(allowed_models) if allowed_models is not None else None,
+                allowed_models=models,
                 expires_at=expires_at,
             )
             await store.add_api_key(record)
             await session.commit()
             return IssuedApiKey(key=secret, record=record)
 
-    async def revoke_api_key(self, key_id: str) -> None:
+    async def list_api_keys(
+        self, *, tenant: str | None = None, user_id: str | None = None
+    ) -> list[ApiKey]:
         async with self._sessions() as session:
-            record = await session.get(ApiKey, key_id)
-            if record is not None and record.revoked_at is None:
-                record.revoked_at = datetime.now(UTC)
-                await session.commit()
+            return list(await AuthStore(session).api_keys(tenant=tenant, user_id=user_id))
 
-    async def authenticate(self, email: str, password: str) -> User:
-        """The user these credentials belong to, or `InvalidCredentials` for any failure."""
-        try:
-            email = normalise_email(email)
-        except InvalidInput:
-            email = ""
+    async def revoke_api_key(
+        self,
+        key_id: str,
+        *,
+        tenant: str | None = None,
+        user_id: str | None = None,
+        reason: str = "operator",
+    ) -> ApiKey:
+        """Revoke a key (only the tenant's, or only the user's own, when those are given).
+        Revoking a revoked key changes nothing; an unknown key is `ApiKeyNotFound`."""
         async with self._sessions() as session:
-            user = await AuthStore(session).user_by_email(email) if email else None
-            # Always run one hash check, so timing does not reveal whether the email exists.
-            valid = self._passwords.verify(user.password_hash if user else None, password)
-            if user is None or not valid or user.disabled:
-                raise InvalidCredentials()
-            if self._passwords.needs_rehash(user.password_hash or ""):
-                user.password_hash = self._passwords.hash(password)
-                await session.commit()
-            return user
-
-    def issue_access_token(self, user: User) -> AccessToken:
-        return self.tokens.issue(
-            user_id=user.id,
-            tenant=user.tenant,
-            role=user.role,
-            scopes=known_scopes.USER_TOKEN_SCOPES,
-        )
-
-    async def active_user(self, user_id: str) -> User | None:
-        """The user if they still exist and are enabled (tokens can outlive both)."""
-        async with self._sessions() as session:
-            user = await AuthStore(session).user_by_id(user_id)
-        return user if user is not None and not user.disabled else None
+            record = await AuthStore(session).api_key_by_id(key_id)
+            if (
+                record is None
+                or (tenant is not None and record.tenant != tenant)
+                or (user_id is not None and record.user_id != user_id)
+            ):
+                raise ApiKeyNotFound(f"No API key with id {key_id}.")
+            if record.revoked_at is None:
+                record.revoked_at = _utcnow()
+                event = self._event(
+                    ApiKeyRevoked,
+                    record.tenant,
+                    ApiKeyRevokedData(key_id=record.id, user_id=record.user_id, reason=reason),
+                )
+                self._record(session, event, record.user_id)
+                await self._commit_with_events(session)
+            return record
 
     async def lookup_api_key(
         self, secret_hash: str, now: datetime | None = None
     ) -> ApiKeyIdentity | None:
         """The identity behind a key hash; None if unknown, revoked, expired or user disabled."""
-        now = now or datetime.now(UTC)
+        now = now or _utcnow()
         async with self._sessions() as session:
             record = await AuthStore(session).api_key_by_hash(secret_hash.lower())
         if record is None or record.revoked_at is not None or record.user.disabled:
@@ -254,6 +382,206 @@ class AuthService:
             expires_at=record.expires_at,
         )
 
+    async def api_key_exists(self, key: str) -> bool:
+        async with self._sessions() as session:
+            return await AuthStore(session).api_key_by_hash(hash_api_key(key)) is not None
+
+    # -- passwords and tokens -------------------------------------------------------
+
+    async def authenticate(self, email: str, password: str) -> User:
+        """The user these credentials belong to, or `InvalidCredentials` for any failure."""
+        try:
+            email = normalise_email(email)
+        except InvalidInput:
+            email = ""
+        async with self._sessions() as session:
+            user = await AuthStore(session).user_by_email(email) if email else None
+            # Always run one hash check, so timing does not reveal whether the email exists.
+            valid = self._passwords.verify(user.password_hash if user else None, password)
+            if user is None or not valid or user.disabled:
+                raise InvalidCredentials()
+            if self._passwords.needs_rehash(user.password_hash or ""):
+                user.password_hash = self._passwords.hash(password)
+                await session.commit()
+            return user
+
+    def issue_access_token(
+        self,
+        user: User,
+        *,
+        scopes: Sequence[str] | None = None,
+        allowed_models: Sequence[str] | None = None,
+    ) -> AccessToken:
+        """An access token outside any sign-in (the `tokens create` command)."""
+        if scopes is not None:
+            unknown = sorted(set(scopes) - set(known_scopes.USER_TOKEN_SCOPES))
+            if unknown:
+                raise InvalidInput(f"Unknown scope(s): {', '.join(unknown)}.", param="scopes")
+        return self.tokens.issue(
+            user_id=user.id,
+            tenant=user.tenant,
+            role=user.role,
+            scopes=list(scopes) if scopes is not None else known_scopes.USER_TOKEN_SCOPES,
+            allowed_models=_validate_models(allowed_models),
+        )
+
+    async def sign_in(self, user: User) -> TokenPair:
+        """Start a sign-in: a new token family, its first refresh token and an access token."""
+        now = _utcnow()
+        refresh_token = generate_refresh_token()
+        async with self._sessions() as session:
+            family = TokenFamily(
+                user_id=user.id,
+                tenant=user.tenant,
+                created_at=now,
+                expires_at=now + self._refresh_ttl,
+            )
+            session.add(family)
+            await session.flush()
+            session.add(
+                RefreshToken(
+                    family_id=family.id,
+                    token_hash=hash_refresh_token(refresh_token),
+                    created_at=now,
+                    expires_at=family.expires_at,
+                )
+            )
+            await session.commit()
+        return self._pair(user, family.id, refresh_token)
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        """Exchange a refresh token for a new pair. The presented token is spent; presenting
+        a spent token again means it leaked, so the whole family is revoked."""
+        now = _utcnow()
+        async with self._sessions() as session:
+            store = AuthStore(session)
+            record = await store.refresh_token_by_hash(hash_refresh_token(refresh_token))
+            if record is None:
+                raise InvalidGrant()
+            family = record.family
+            if family.revoked_at is not None:
+                raise InvalidGrant()
+            if record.used_at is not None or not await store.mark_refresh_token_used(
+                record.id, now
+            ):
+                self._revoke_family(session, family, "reuse_detected", now)
+                await self._commit_with_events(session)
+                raise InvalidGrant(reused=True)
+            user = family.user
+            if record.expires_at <= now or user.disabled:
+                raise InvalidGrant()
+            next_token = generate_refresh_token()
+            family.expires_at = now + self._refresh_ttl
+            session.add(
+                RefreshToken(
+                    family_id=family.id,
+                    token_hash=hash_refresh_token(next_token),
+                    created_at=now,
+                    expires_at=family.expires_at,
+                )
+            )
+            await session.commit()
+        return self._pair(user, family.id, next_token)
+
+    def _pair(self, user: User, family_id: str, refresh_token: str) -> TokenPair:
+        access = self.tokens.issue(
+            user_id=user.id,
+            tenant=user.tenant,
+            role=user.role,
+            scopes=known_scopes.USER_TOKEN_SCOPES,
+            session_id=family_id,
+        )
+        return TokenPair(
+            access=access,
+            refresh_token=refresh_token,
+            refresh_expires_in=int(self._refresh_ttl.total_seconds()),
+            session_id=family_id,
+        )
+
+    async def logout(
+        self, *, refresh_token: str | None = None, claims: AccessClaims | None = None
+    ) -> None:
+        """End a sign-in: revoke the family of the refresh token and of the access token's
+        `sid`, and block the access token itself. Unknown tokens are ignored (RFC 7009)."""
+        now = _utcnow()
+        async with self._sessions() as session:
+            store = AuthStore(session)
+            families: dict[str, TokenFamily] = {}
+            if refresh_token:
+                record = await store.refresh_token_by_hash(hash_refresh_token(refresh_token))
+                if record is not None:
+                    families[record.family.id] = record.family
+            if claims is not None:
+                if claims.session_id:
+                    family = await store.family_by_id(claims.session_id)
+                    if family is not None and family.user_id == claims.user_id:
+                        families[family.id] = family
+                await self._block_access_token(session, store, claims, "logout", now)
+            for family in families.values():
+                if family.revoked_at is None:
+                    self._revoke_family(session, family, "logout", now)
+            await self._commit_with_events(session)
+
+    async def revoke_access_token(self, claims: AccessClaims, reason: str = "operator") -> None:
+        async with self._sessions() as session:
+            await self._block_access_token(session, AuthStore(session), claims, reason, _utcnow())
+            await self._commit_with_events(session)
+
+    async def _block_access_token(
+        self,
+        session: AsyncSession,
+        store: AuthStore,
+        claims: AccessClaims,
+        reason: str,
+        now: datetime,
+    ) -> None:
+        if claims.expires_at <= now or await store.revoked_token(claims.jti) is not None:
+            return
+        session.add(
+            RevokedToken(
+                jti=claims.jti,
+                user_id=claims.user_id,
+                tenant=claims.tenant,
+                expires_at=claims.expires_at,
+                revoked_at=now,
+                reason=reason,
+            )
+        )
+        data = TokenRevokedData(
+            jti=claims.jti, user_id=claims.user_id, expires_at=claims.expires_at
+        )
+        self._record(session, self._event(TokenRevoked, claims.tenant, data), claims.user_id)
+
+    def _revoke_family(
+        self, session: AsyncSession, family: TokenFamily, reason: str, now: datetime
+    ) -> None:
+        family.revoked_at = now
+        family.revoked_reason = reason
+        data = TokenFamilyRevokedData(
+            family_id=family.id,
+            user_id=family.user_id,
+            reason=reason,  # type: ignore[arg-type]
+            # Access tokens of the family were issued before now, so none outlives this.
+            expires_at=now + self._access_ttl(),
+        )
+        self._record(session, self._event(TokenFamilyRevoked, family.tenant, data), family.user_id)
+
+    async def is_access_token_revoked(self, claims: AccessClaims) -> bool:
+        async with self._sessions() as session:
+            store = AuthStore(session)
+            if await store.revoked_token(claims.jti) is not None:
+                return True
+            if claims.session_id:
+                family = await store.family_by_id(claims.session_id)
+                return family is not None and family.revoked_at is not None
+        return False
+
+    async def active_user(self, user_id: str) -> User | None:
+        """The user if they still exist and are enabled (tokens can outlive both)."""
+        async with self._sessions() as session:
+            user = await AuthStore(session).user_by_id(user_id)
+        return user if user is not None and not user.disabled else None
+
     async def ensure_user(self, *, email: str, tenant: str, role: str) -> User:
         """The user with this email, created without a password if absent."""
         try:
@@ -264,9 +592,68 @@ class AuthService:
             except DuplicateEmail:  # another process created it in between
                 return await self.user_by_email(email)
 
-    async def api_key_exists(self, key: str) -> bool:
+    # -- what gateways start from ---------------------------------------------------
+
+    async def revocations(self, now: datetime | None = None) -> RevocationSnapshot:
+        now = now or _utcnow()
+        access_ttl = self._access_ttl()
         async with self._sessions() as session:
-            return await AuthStore(session).api_key_by_hash(hash_api_key(key)) is not None
+            store = AuthStore(session)
+            tokens = await store.revoked_tokens(now)
+            families = await store.families_revoked_since(now - access_ttl)
+            keys = await store.revoked_api_key_ids(now)
+            disabled = await store.disabled_user_ids()
+        return RevocationSnapshot(
+            generated_at=now,
+            revoked_tokens=[(token.jti, token.expires_at) for token in tokens],
+            revoked_sessions=[
+                (family.id, family.revoked_at + access_ttl)
+                for family in families
+                if family.revoked_at is not None
+            ],
+            revoked_api_keys=keys,
+            disabled_users=disabled,
+        )
+
+    async def record_signing_key(self) -> bool:
+        """Note the active signing key; if it is not the one that signed last, announce the
+        rotation so verifiers fetch the JWKS at once. True if an event was written."""
+        key = self.tokens.signing_key
+        now = _utcnow()
+        async with self._sessions() as session:
+            store = AuthStore(session)
+            latest = await store.latest_signing_key()
+            if latest is not None and latest.kid == key.kid:
+                return False
+            record = await store.signing_key(key.kid)
+            if record is None:
+                session.add(
+                    SigningKeyRecord(kid=key.kid, public_jwk=key.public_jwk(), activated_at=now)
+                )
+            else:
+                record.activated_at = now
+            data = SigningKeyRotatedData(
+                kid=key.kid,
+                previous_kid=latest.kid if latest is not None else None,
+                published_kids=self.tokens.published_kids,
+            )
+            self._record(session, self._event(SigningKeyRotated, "*", data), None)
+            try:
+                await self._commit_with_events(session)
+            except IntegrityError:  # another replica recorded it at the same moment
+                return False
+        return True
+
+    async def purge_expired(self, now: datetime | None = None) -> int:
+        now = now or _utcnow()
+        async with self._sessions() as session:
+            removed = await AuthStore(session).purge(now, now - self._access_ttl())
+            await session.commit()
+        return removed
+
+    @staticmethod
+    def _event(event_class: type[E], tenant: str, data: Any) -> E:
+        return event_class(source=EVENT_SOURCE, tenant=tenant, request_id=new_id(), data=data)
 
 
 def expiry_in_days(days: int | None) -> datetime | None:

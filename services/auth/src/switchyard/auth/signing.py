@@ -4,6 +4,11 @@ its public JWK with an RFC 7638 thumbprint as `kid`.
 Outside development the key comes from `signing_key_file` (a mounted secret). In
 development a key is generated once into `dev_key_file` (mode 600) so tokens issued
 before a restart still verify after it.
+
+Rotation without downtime uses `verification_key_files`: keys published in the JWKS and
+accepted, but never used to sign. To rotate, (1) add the new key there and roll out, so
+every verifier can learn it; (2) make it the signing key and move the old one there; (3)
+once the old key's last tokens have expired (the access-token lifetime), drop it.
 """
 
 from __future__ import annotations
@@ -57,15 +62,49 @@ class SigningKey:
         return cls.from_private_key(key)
 
     def public_jwk(self) -> dict[str, Any]:
-        numbers = self.private_key.public_key().public_numbers()
-        return {
-            "kty": "RSA",
-            "use": "sig",
-            "alg": SIGNING_ALGORITHM,
-            "kid": self.kid,
-            "n": _b64url_uint(numbers.n),
-            "e": _b64url_uint(numbers.e),
-        }
+        return _public_jwk(self.private_key.public_key(), self.kid)
+
+    def verification_key(self) -> VerificationKey:
+        return VerificationKey(public_key=self.private_key.public_key(), kid=self.kid)
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    """A public key that verifies tokens (and is published in the JWKS) but never signs."""
+
+    public_key: rsa.RSAPublicKey
+    kid: str
+
+    @classmethod
+    def from_pem(cls, pem: bytes, source: str = "verification key") -> VerificationKey:
+        """From a PEM public key, or a private key whose public half is taken."""
+        try:
+            if b"PRIVATE KEY" in pem:
+                key: Any = serialization.load_pem_private_key(pem, password=None).public_key()
+            else:
+                key = serialization.load_pem_public_key(pem)
+        except (ValueError, TypeError) as exc:
+            raise SigningKeyError(f"{source} is not an unencrypted PEM RSA key: {exc}") from exc
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise SigningKeyError(f"{source} is not an RSA key (RS256 needs RSA)")
+        if key.key_size < 2048:
+            raise SigningKeyError(f"{source} has {key.key_size} bits; RS256 needs at least 2048")
+        return cls(public_key=key, kid=rsa_thumbprint(key))
+
+    def public_jwk(self) -> dict[str, Any]:
+        return _public_jwk(self.public_key, self.kid)
+
+
+def _public_jwk(public_key: rsa.RSAPublicKey, kid: str) -> dict[str, Any]:
+    numbers = public_key.public_numbers()
+    return {
+        "kty": "RSA",
+        "use": "sig",
+        "alg": SIGNING_ALGORITHM,
+        "kid": kid,
+        "n": _b64url_uint(numbers.n),
+        "e": _b64url_uint(numbers.e),
+    }
 
 
 def rsa_thumbprint(public_key: rsa.RSAPublicKey) -> str:
@@ -123,3 +162,18 @@ def load_signing_key(settings: Settings) -> SigningKey:
     except OSError as exc:
         raise SigningKeyError(f"cannot read signing key file {path}: {exc.strerror}") from exc
     return SigningKey.from_pem(pem, source=f"signing key file {path}")
+
+
+def load_verification_keys(settings: Settings) -> list[VerificationKey]:
+    """The keys of `verification_key_files`, in order, without duplicates."""
+    keys: dict[str, VerificationKey] = {}
+    for path in settings.verification_key_files:
+        try:
+            pem = path.read_bytes()
+        except OSError as exc:
+            raise SigningKeyError(
+                f"cannot read verification key file {path}: {exc.strerror}"
+            ) from exc
+        key = VerificationKey.from_pem(pem, source=f"verification key file {path}")
+        keys.setdefault(key.kid, key)
+    return list(keys.values())

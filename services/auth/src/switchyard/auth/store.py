@@ -6,16 +6,29 @@ rules (what counts as revoked, expired or disabled).
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
-from switchyard.auth.models import ApiKey, User
+from switchyard.auth.models import (
+    ApiKey,
+    OutboxEvent,
+    RefreshToken,
+    RevokedToken,
+    SigningKeyRecord,
+    TokenFamily,
+    User,
+)
 
 
 class AuthStore:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+
+    # -- users ----------------------------------------------------------------------
 
     async def add_user(self, user: User) -> User:
         self.session.add(user)
@@ -29,6 +42,18 @@ class AuthStore:
         result = await self.session.execute(select(User).where(User.email == email))
         return result.scalar_one_or_none()
 
+    async def users(self, tenant: str | None = None) -> Sequence[User]:
+        query = select(User).order_by(User.created_at, User.id)
+        if tenant is not None:
+            query = query.where(User.tenant == tenant)
+        return (await self.session.execute(query)).scalars().all()
+
+    async def disabled_user_ids(self) -> list[str]:
+        result = await self.session.execute(select(User.id).where(User.disabled.is_(True)))
+        return list(result.scalars())
+
+    # -- API keys -------------------------------------------------------------------
+
     async def add_api_key(self, api_key: ApiKey) -> ApiKey:
         self.session.add(api_key)
         await self.session.flush()
@@ -40,3 +65,137 @@ class AuthStore:
             select(ApiKey).options(joinedload(ApiKey.user)).where(ApiKey.secret_hash == secret_hash)
         )
         return result.scalar_one_or_none()
+
+    async def api_key_by_id(self, key_id: str) -> ApiKey | None:
+        return await self.session.get(ApiKey, key_id)
+
+    async def api_keys(
+        self, *, tenant: str | None = None, user_id: str | None = None
+    ) -> Sequence[ApiKey]:
+        query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+        if tenant is not None:
+            query = query.where(ApiKey.tenant == tenant)
+        if user_id is not None:
+            query = query.where(ApiKey.user_id == user_id)
+        return (await self.session.execute(query)).scalars().all()
+
+    async def revoked_api_key_ids(self, now: datetime) -> list[str]:
+        """Revoked keys that would otherwise still be valid (not yet expired)."""
+        result = await self.session.execute(
+            select(ApiKey.id).where(
+                ApiKey.revoked_at.is_not(None),
+                or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+            )
+        )
+        return list(result.scalars())
+
+    # -- refresh-token families -----------------------------------------------------
+
+    async def add(self, *rows: object) -> None:
+        self.session.add_all(rows)
+        await self.session.flush()
+
+    async def refresh_token_by_hash(self, token_hash: str) -> RefreshToken | None:
+        result = await self.session.execute(
+            select(RefreshToken)
+            .options(joinedload(RefreshToken.family).joinedload(TokenFamily.user))
+            .where(RefreshToken.token_hash == token_hash)
+        )
+        return result.scalar_one_or_none()
+
+    async def mark_refresh_token_used(self, token_id: str, now: datetime) -> bool:
+        """Spend the token; False if it was already spent (possibly a moment ago, by a
+        concurrent request): one atomic UPDATE, so exactly one caller wins on any database."""
+        result = await self.session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == token_id, RefreshToken.used_at.is_(None))
+            .values(used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+    async def family_by_id(self, family_id: str) -> TokenFamily | None:
+        return await self.session.get(TokenFamily, family_id)
+
+    async def active_families(self, user_id: str, now: datetime) -> Sequence[TokenFamily]:
+        result = await self.session.execute(
+            select(TokenFamily).where(
+                TokenFamily.user_id == user_id,
+                TokenFamily.revoked_at.is_(None),
+                TokenFamily.expires_at > now,
+            )
+        )
+        return result.scalars().all()
+
+    async def families_revoked_since(self, since: datetime) -> Sequence[TokenFamily]:
+        result = await self.session.execute(
+            select(TokenFamily).where(TokenFamily.revoked_at >= since)
+        )
+        return result.scalars().all()
+
+    # -- access-token blocklist -----------------------------------------------------
+
+    async def revoked_token(self, jti: str) -> RevokedToken | None:
+        return await self.session.get(RevokedToken, jti)
+
+    async def revoked_tokens(self, now: datetime) -> Sequence[RevokedToken]:
+        result = await self.session.execute(
+            select(RevokedToken).where(RevokedToken.expires_at > now)
+        )
+        return result.scalars().all()
+
+    # -- signing keys ---------------------------------------------------------------
+
+    async def latest_signing_key(self) -> SigningKeyRecord | None:
+        result = await self.session.execute(
+            select(SigningKeyRecord).order_by(SigningKeyRecord.activated_at.desc()).limit(1)
+        )
+        return result.scalar_one_or_none()
+
+    async def signing_key(self, kid: str) -> SigningKeyRecord | None:
+        return await self.session.get(SigningKeyRecord, kid)
+
+    # -- outbox ---------------------------------------------------------------------
+
+    async def pending_events(self, limit: int) -> Sequence[OutboxEvent]:
+        result = await self.session.execute(
+            select(OutboxEvent)
+            .where(OutboxEvent.published_at.is_(None))
+            .order_by(OutboxEvent.id)
+            .limit(limit)
+        )
+        return result.scalars().all()
+
+    # -- housekeeping ---------------------------------------------------------------
+
+    async def purge(self, now: datetime, revoked_families_before: datetime) -> int:
+        """Delete rows that can no longer matter: expired refresh tokens and blocklist
+        entries, finished sign-ins, and published events older than a day."""
+        finished = or_(
+            TokenFamily.expires_at <= now, TokenFamily.revoked_at < revoked_families_before
+        )
+        removed = 0
+        # Children first: SQLite does not enforce the cascade unless asked to.
+        for statement in (
+            delete(RefreshToken).where(
+                or_(
+                    RefreshToken.expires_at <= now,
+                    RefreshToken.family_id.in_(select(TokenFamily.id).where(finished)),
+                )
+            ),
+            delete(RevokedToken).where(RevokedToken.expires_at <= now),
+            delete(TokenFamily).where(finished),
+        ):
+            result = await self.session.execute(
+                statement.execution_options(synchronize_session=False)
+            )
+            removed += result.rowcount or 0
+        return removed
+
+    async def purge_published_events(self, before: datetime) -> int:
+        result = await self.session.execute(
+            delete(OutboxEvent)
+            .where(OutboxEvent.published_at.is_not(None), OutboxEvent.published_at < before)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount or 0

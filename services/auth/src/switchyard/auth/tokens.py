@@ -1,12 +1,19 @@
-"""RS256 access tokens (PyJWT) and the public JWK set that verifies them.
+"""RS256 access tokens (PyJWT), opaque refresh tokens, and the public JWK set.
 
-Claims: iss, aud, sub (user id), tenant, role, scopes, iat, nbf, exp, jti. The header
-carries `kid` so verifiers pick the right key from `/.well-known/jwks.json`; `jti` is what
-a later revocation list will refer to.
+Access-token claims: iss, aud, sub (user id), tenant, role, scopes, iat, nbf, exp, jti,
+plus `sid` (the refresh-token family a password-grant token belongs to, so a logout or a
+detected reuse revokes every access token of the sign-in) and optionally
+`allowed_models`. The header carries `kid` so verifiers pick the right key from
+`/.well-known/jwks.json`; `jti` is what the blocklist refers to.
+
+Refresh tokens are opaque random strings (256 bits), stored only as their sha256: they
+are only ever checked by auth itself, against the database, so they need no signature.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,9 +22,10 @@ from typing import Any
 
 import jwt
 
-from switchyard.auth.signing import SIGNING_ALGORITHM, SigningKey
+from switchyard.auth.signing import SIGNING_ALGORITHM, SigningKey, VerificationKey
 
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "nbf", "exp", "jti"]
+REFRESH_TOKEN_PREFIX = "sy-rt-"
 
 
 class InvalidToken(Exception):
@@ -29,6 +37,7 @@ class AccessToken:
     token: str
     expires_in: int
     jti: str
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,22 @@ class AccessClaims:
     scopes: list[str]
     jti: str
     expires_at: datetime
+    session_id: str | None = None
+    allowed_models: list[str] | None = None
+
+
+def generate_refresh_token() -> str:
+    return REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_refresh_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _string_list(value: Any) -> list[str] | None:
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    return None
 
 
 class TokenIssuer:
@@ -51,14 +76,32 @@ class TokenIssuer:
         issuer: str,
         audience: str,
         ttl_s: int,
-        retired_keys: Sequence[SigningKey] = (),
+        retired_keys: Sequence[SigningKey | VerificationKey] = (),
     ) -> None:
         self._signing_key = signing_key
-        # Keys still published (and accepted) after a rotation, until their tokens expire.
-        self._verification_keys = {key.kid: key for key in (signing_key, *retired_keys)}
+        # Keys still published (and accepted) besides the signing key: the previous one
+        # after a rotation until its tokens expire, or the next one before it signs.
+        published = [signing_key.verification_key()]
+        for key in retired_keys:
+            published.append(key.verification_key() if isinstance(key, SigningKey) else key)
+        self._verification_keys: dict[str, VerificationKey] = {}
+        for key in published:
+            self._verification_keys.setdefault(key.kid, key)
         self._issuer = issuer
         self._audience = audience
         self._ttl = timedelta(seconds=ttl_s)
+
+    @property
+    def ttl(self) -> timedelta:
+        return self._ttl
+
+    @property
+    def signing_key(self) -> SigningKey:
+        return self._signing_key
+
+    @property
+    def published_kids(self) -> list[str]:
+        return list(self._verification_keys)
 
     def issue(
         self,
@@ -67,11 +110,14 @@ class TokenIssuer:
         tenant: str,
         role: str,
         scopes: Sequence[str],
+        session_id: str | None = None,
+        allowed_models: Sequence[str] | None = None,
         now: datetime | None = None,
     ) -> AccessToken:
         issued_at = now or datetime.now(UTC)
+        expires_at = issued_at + self._ttl
         jti = uuid.uuid4().hex
-        claims = {
+        claims: dict[str, Any] = {
             "iss": self._issuer,
             "aud": self._audience,
             "sub": user_id,
@@ -80,26 +126,36 @@ class TokenIssuer:
             "scopes": list(scopes),
             "iat": issued_at,
             "nbf": issued_at,
-            "exp": issued_at + self._ttl,
+            "exp": expires_at,
             "jti": jti,
         }
+        if session_id is not None:
+            claims["sid"] = session_id
+        if allowed_models is not None:
+            claims["allowed_models"] = list(allowed_models)
         token = jwt.encode(
             claims,
             self._signing_key.private_key,
             algorithm=SIGNING_ALGORITHM,
             headers={"kid": self._signing_key.kid},
         )
-        return AccessToken(token=token, expires_in=int(self._ttl.total_seconds()), jti=jti)
+        return AccessToken(
+            token=token,
+            expires_in=int(self._ttl.total_seconds()),
+            jti=jti,
+            expires_at=expires_at.replace(microsecond=0),
+        )
 
     def verify(self, token: str) -> AccessClaims:
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
+            header = jwt.get_unverified_header(token)
+            kid = header.get("kid")
             key = self._verification_keys.get(kid) if isinstance(kid, str) else None
             if key is None:
                 raise InvalidToken("token was not signed by a known key")
             claims = jwt.decode(
                 token,
-                key.private_key.public_key(),
+                key.public_key,
                 algorithms=[SIGNING_ALGORITHM],
                 audience=self._audience,
                 issuer=self._issuer,
@@ -107,9 +163,15 @@ class TokenIssuer:
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from exc
-        scopes = claims.get("scopes")
-        if not isinstance(scopes, list) or not all(isinstance(scope, str) for scope in scopes):
+        scopes = _string_list(claims.get("scopes"))
+        if scopes is None:
             raise InvalidToken("token has no valid scopes claim")
+        allowed_models = claims.get("allowed_models")
+        if allowed_models is not None and _string_list(allowed_models) is None:
+            raise InvalidToken("token has an invalid allowed_models claim")
+        session_id = claims.get("sid")
+        if session_id is not None and not isinstance(session_id, str):
+            raise InvalidToken("token has an invalid sid claim")
         return AccessClaims(
             user_id=claims["sub"],
             tenant=str(claims.get("tenant", "")),
@@ -117,6 +179,8 @@ class TokenIssuer:
             scopes=scopes,
             jti=claims["jti"],
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+            session_id=session_id,
+            allowed_models=allowed_models,
         )
 
     def jwks(self) -> dict[str, Any]:

@@ -1,15 +1,32 @@
-"""Authenticating callers: JWTs verified locally against the auth service's JWKS, and
-API keys looked up (by hash, never the key itself) in the auth service, with a short cache.
+"""Authenticating callers without calling auth on every request.
 
-Every failure is the same AuthenticationError with a fixed message: nothing about the
-token or key is echoed back.
+- JWTs are verified locally: RS256 only (the algorithm in the header must be on the allow
+  list, so `none` and HMAC tokens signed with the public key are refused), the key chosen
+  by `kid` from the cached JWKS (a dictionary lookup of a well-formed id; a `kid` is never
+  a path, query or URL), and `iss`, `aud`, `exp`, `nbf`, `iat`, `sub`, `jti` required. A
+  verified token is remembered (bounded), so repeat requests skip the RSA check; expiry
+  and revocation are checked on every request.
+- API keys are hashed (sha256) and looked up in a local cache; a key never seen is looked
+  up at auth once (concurrent requests for it share that lookup, and the number of
+  lookups in flight is bounded), positive answers are kept `key_ttl_s` and negative ones
+  `negative_ttl_s`.
+- Revocations (token ids, sign-ins, API keys, disabled users) come from the auth events
+  topic into `RevocationState`, which is checked on every request and purges the caches.
+  Until that state is loaded from auth, JWTs get 503 (a revoked one could otherwise pass);
+  API keys are looked up fresh, so they need no history.
+
+Every refusal is the same AuthenticationError: nothing about the credential is echoed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -17,12 +34,20 @@ import jwt
 import structlog
 from jwt.algorithms import RSAAlgorithm
 
+from switchyard.common.events import ApiKeyRevoked, Event, UserDisabled, UserEnabled
 from switchyard.common.http import INTERNAL_TOKEN_HEADER
+from switchyard.gateway.revocations import RevocationState
 
 log = structlog.get_logger("switchyard.gateway.auth")
 
 ALLOWED_ALGORITHMS = ["RS256"]
+REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
 API_KEY_PREFIX = "sk-sy-"
+# Key ids auth issues are RFC 7638 thumbprints (43 base64url characters); anything outside
+# this alphabet is refused before any lookup, so a kid can never reach a file, query or URL.
+KID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+MAX_CREDENTIAL_LENGTH = 8192
+MAX_CACHED_KEYS = 100_000
 
 
 class AuthenticationError(Exception):
@@ -30,7 +55,7 @@ class AuthenticationError(Exception):
 
 
 class AuthUnavailableError(Exception):
-    """The auth service could not be asked (for a key not in the cache)."""
+    """The caller cannot be checked right now (auth unreachable, revocations not loaded)."""
 
 
 @dataclass(frozen=True)
@@ -43,11 +68,16 @@ class Principal:
     scopes: tuple[str, ...] = ()
     api_key_id: str | None = None
     allowed_models: tuple[str, ...] | None = None
+    # For JWTs: the token id, its sign-in (`sid`), and when it expires (epoch seconds).
+    token_id: str | None = None
+    session_id: str | None = None
+    expires_at: float | None = None
 
 
 class JwksCache:
     """Public keys by `kid`. Refreshed from auth when an unknown `kid` shows up, at most
-    once per `min_interval_s`, so a flood of forged kids cannot flood auth."""
+    once per `min_interval_s`, so a flood of forged kids cannot flood auth; and at once
+    when auth announces a signing key rotation."""
 
     def __init__(self, client: httpx.AsyncClient, auth_url: str, min_interval_s: float) -> None:
         self._client = client
@@ -55,6 +85,8 @@ class JwksCache:
         self._min_interval_s = min_interval_s
         self._keys: dict[str, Any] = {}
         self._fetched_at = float("-inf")
+        # Incremented whenever the set of keys changes, so verified tokens are re-checked.
+        self.version = 0
 
     async def refresh(self) -> None:
         # After a failed fetch, allow the next attempt a second later rather than after the
@@ -65,8 +97,16 @@ class JwksCache:
         self._fetched_at = time.monotonic()
         keys = {}
         for jwk in response.json().get("keys", []):
-            if jwk.get("kty") == "RSA" and "kid" in jwk:
-                keys[jwk["kid"]] = RSAAlgorithm.from_jwk(jwk)
+            if not isinstance(jwk, dict) or jwk.get("kty") != "RSA":
+                continue
+            kid = jwk.get("kid")
+            if not isinstance(kid, str) or not KID_PATTERN.match(kid):
+                continue
+            if jwk.get("use", "sig") != "sig" or jwk.get("alg", "RS256") not in ALLOWED_ALGORITHMS:
+                continue
+            keys[kid] = RSAAlgorithm.from_jwk(jwk)
+        if set(keys) != set(self._keys):
+            self.version += 1
         self._keys = keys
 
     async def key(self, kid: str) -> Any | None:
@@ -76,6 +116,18 @@ class JwksCache:
             except httpx.HTTPError as exc:
                 log.warning("could not refresh JWKS", error=repr(exc))
         return self._keys.get(kid)
+
+
+@dataclass(frozen=True)
+class _CachedKey:
+    deadline: float  # monotonic
+    principal: Principal | None
+
+
+def _string_list(value: Any) -> tuple[str, ...] | None:
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    return None
 
 
 class Authenticator:
@@ -90,20 +142,33 @@ class Authenticator:
         key_ttl_s: float,
         negative_ttl_s: float,
         jwks_min_interval_s: float,
+        leeway_s: float = 0.0,
+        token_cache_size: int = 10_000,
+        lookup_concurrency: int = 32,
+        revocations: RevocationState | None = None,
     ) -> None:
         self._client = client
-        self._lookup_url = auth_url.rstrip("/") + "/internal/v1/api-keys/lookup"
+        self._auth_url = auth_url.rstrip("/")
+        self._lookup_url = self._auth_url + "/internal/v1/api-keys/lookup"
         self._internal_token = internal_token
         self._issuer = issuer
         self._audience = audience
         self._key_ttl_s = key_ttl_s
         self._negative_ttl_s = negative_ttl_s
+        self._leeway_s = leeway_s
         self.jwks = JwksCache(client, auth_url, jwks_min_interval_s)
-        self._keys: dict[str, tuple[float, Principal | None]] = {}
+        self.revocations = revocations or RevocationState()
+        self.revocations.add_hook(self._on_auth_event)
+        self._keys: dict[str, _CachedKey] = {}
+        self._tokens: dict[str, Principal] = {}
+        self._tokens_version = self.jwks.version
+        self._token_cache_size = token_cache_size
+        self._lookups: dict[str, asyncio.Task[Principal | None]] = {}
+        self._lookup_slots = asyncio.Semaphore(lookup_concurrency)
 
     async def authenticate(self, authorization: str | None, x_api_key: str | None) -> Principal:
         credential = _bearer(authorization) or (x_api_key or "").strip()
-        if not credential:
+        if not credential or len(credential) > MAX_CREDENTIAL_LENGTH:
             raise AuthenticationError
         if credential.startswith(API_KEY_PREFIX):
             return await self._api_key(credential)
@@ -111,15 +176,43 @@ class Authenticator:
             return await self._jwt(credential)
         raise AuthenticationError
 
+    # -- JWTs -----------------------------------------------------------------------
+
     async def _jwt(self, token: str) -> Principal:
+        if self._tokens_version != self.jwks.version:
+            self._tokens.clear()  # the key set changed: verify every token again
+            self._tokens_version = self.jwks.version
+        principal = self._tokens.get(token)
+        if principal is None:
+            principal = await self._verify(token)
+            if self._token_cache_size > 0:
+                if len(self._tokens) >= self._token_cache_size:
+                    self._tokens.clear()
+                self._tokens[token] = principal
+        elif principal.expires_at is not None and principal.expires_at + self._leeway_s <= (
+            time.time()
+        ):
+            del self._tokens[token]
+            raise AuthenticationError
+        if not self.revocations.loaded:
+            raise AuthUnavailableError("revocation state not loaded yet")
+        if self.revocations.is_revoked(
+            user_id=principal.user_id, jti=principal.token_id, session_id=principal.session_id
+        ):
+            raise AuthenticationError
+        return principal
+
+    async def _verify(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
             raise AuthenticationError from exc
         kid = header.get("kid")
-        # Only a kid that is a key of our JWKS is ever used: it is a dictionary lookup,
-        # never a path, query or URL.
-        if not isinstance(kid, str) or header.get("alg") not in ALLOWED_ALGORITHMS:
+        if (
+            header.get("alg") not in ALLOWED_ALGORITHMS
+            or not isinstance(kid, str)
+            or not KID_PATTERN.match(kid)
+        ):
             raise AuthenticationError
         key = await self.jwks.key(kid)
         if key is None:
@@ -131,36 +224,78 @@ class Authenticator:
                 algorithms=ALLOWED_ALGORITHMS,
                 audience=self._audience,
                 issuer=self._issuer,
-                options={"require": ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]},
+                leeway=self._leeway_s,
+                options={"require": REQUIRED_CLAIMS},
             )
         except jwt.PyJWTError as exc:
             raise AuthenticationError from exc
-        tenant, role = claims.get("tenant"), claims.get("role")
-        if not isinstance(tenant, str) or not isinstance(role, str):
+        sub, jti, tenant, role = (claims.get(name) for name in ("sub", "jti", "tenant", "role"))
+        scopes = _string_list(claims.get("scopes", []))
+        allowed = claims.get("allowed_models")
+        allowed_models = _string_list(allowed) if allowed is not None else None
+        session_id = claims.get("sid")
+        if (
+            not all(isinstance(value, str) and value for value in (sub, jti, tenant, role))
+            or scopes is None
+            or (allowed is not None and allowed_models is None)
+            or (session_id is not None and not isinstance(session_id, str))
+        ):
             raise AuthenticationError
-        scopes = claims.get("scopes") or []
         return Principal(
-            user_id=str(claims["sub"]),
+            user_id=sub,
             tenant=tenant,
             role=role,
-            scopes=tuple(str(scope) for scope in scopes),
+            scopes=scopes,
+            allowed_models=allowed_models,
+            token_id=jti,
+            session_id=session_id,
+            expires_at=float(claims["exp"]),
         )
+
+    # -- API keys -------------------------------------------------------------------
 
     async def _api_key(self, key: str) -> Principal:
         secret_hash = hashlib.sha256(key.encode()).hexdigest()
-        now = time.monotonic()
         cached = self._keys.get(secret_hash)
-        if cached is not None and cached[0] > now:
-            if cached[1] is None:
-                raise AuthenticationError
-            return cached[1]
-        principal = await self._lookup(secret_hash)
-        ttl = self._key_ttl_s if principal is not None else self._negative_ttl_s
-        if len(self._keys) > 100_000:  # bound memory under a flood of random keys
-            self._keys.clear()
-        self._keys[secret_hash] = (now + ttl, principal)
+        if cached is not None and cached.deadline > time.monotonic():
+            principal = cached.principal
+        else:
+            principal = await self._lookup_once(secret_hash)
         if principal is None:
             raise AuthenticationError
+        if (
+            principal.expires_at is not None and principal.expires_at <= time.time()
+        ) or self.revocations.is_revoked(
+            user_id=principal.user_id, api_key_id=principal.api_key_id
+        ):
+            # Remembered as refused, so a client retrying a dead key does not reach auth.
+            self._keys[secret_hash] = _CachedKey(time.monotonic() + self._key_ttl_s, None)
+            raise AuthenticationError
+        return principal
+
+    async def _lookup_once(self, secret_hash: str) -> Principal | None:
+        """One lookup at auth per key, however many requests wait for it. The lookup runs
+        as its own task, so a client that disconnects does not cancel it for the others."""
+        task = self._lookups.get(secret_hash)
+        if task is None:
+            task = asyncio.create_task(self._lookup_and_cache(secret_hash))
+            self._lookups[secret_hash] = task
+
+            def done(finished: asyncio.Task[Principal | None]) -> None:
+                self._lookups.pop(secret_hash, None)
+                if not finished.cancelled():
+                    finished.exception()  # retrieved, so an unawaited failure logs nothing
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def _lookup_and_cache(self, secret_hash: str) -> Principal | None:
+        async with self._lookup_slots:
+            principal = await self._lookup(secret_hash)
+        ttl = self._key_ttl_s if principal is not None else self._negative_ttl_s
+        if len(self._keys) >= MAX_CACHED_KEYS:  # bound memory under a flood of random keys
+            self._keys.clear()
+        self._keys[secret_hash] = _CachedKey(time.monotonic() + ttl, principal)
         return principal
 
     async def _lookup(self, secret_hash: str) -> Principal | None:
@@ -179,6 +314,7 @@ class Authenticator:
             raise AuthUnavailableError(f"auth answered {response.status_code}")
         data = response.json()
         allowed = data.get("allowed_models")
+        expires_at = data.get("expires_at")
         return Principal(
             user_id=data["user_id"],
             tenant=data["tenant"],
@@ -186,7 +322,41 @@ class Authenticator:
             scopes=tuple(data.get("scopes") or ()),
             api_key_id=data["key_id"],
             allowed_models=tuple(allowed) if allowed is not None else None,
+            expires_at=datetime.fromisoformat(expires_at).timestamp() if expires_at else None,
         )
+
+    # -- revocation state -----------------------------------------------------------
+
+    async def fetch_revocations(self) -> dict[str, Any]:
+        """The current revocation state from auth (the gateway's start-up snapshot)."""
+        response = await self._client.get(
+            self._auth_url + "/internal/v1/revocations",
+            headers={INTERNAL_TOKEN_HEADER: self._internal_token},
+            timeout=5.0,
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def _on_auth_event(self, event: Event) -> None:
+        """Bring the caches in line with an auth event (the sets refuse stale entries
+        anyway; this keeps refused keys from being looked up again)."""
+        if isinstance(event, ApiKeyRevoked):
+            key_id = event.data.key_id
+            self._refuse_keys(lambda p: p is not None and p.api_key_id == key_id)
+        elif isinstance(event, UserDisabled):
+            user_id = event.data.user_id
+            self._refuse_keys(lambda p: p is not None and p.user_id == user_id)
+            for token in [t for t, p in self._tokens.items() if p.user_id == user_id]:
+                del self._tokens[token]
+        elif isinstance(event, UserEnabled):
+            # Refusals cached while the user was disabled are stale now: ask auth again.
+            for secret_hash in [h for h, entry in self._keys.items() if entry.principal is None]:
+                del self._keys[secret_hash]
+
+    def _refuse_keys(self, matches: Callable[[Principal | None], bool]) -> None:
+        deadline = time.monotonic() + self._key_ttl_s
+        for secret_hash in [h for h, entry in self._keys.items() if matches(entry.principal)]:
+            self._keys[secret_hash] = _CachedKey(deadline, None)
 
 
 def _bearer(authorization: str | None) -> str | None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+import json
+from typing import Annotated, Any, Literal
 
-from switchyard.common.settings import ServiceSettings, env
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from switchyard.common.settings import Environment, ServiceSettings, env
+
+# What `make run` (development) allows when no CORS origins are configured.
+DEVELOPMENT_CORS_ORIGINS = ["*"]
 
 
 class Settings(ServiceSettings):
@@ -35,6 +41,98 @@ class Settings(ServiceSettings):
     max_in_flight: int = Field(
         default=2048, gt=0, description="Requests in progress beyond this get 429, never a queue."
     )
-    api_key_cache_ttl_s: float = Field(default=30.0, ge=0)
+    job_timeout_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="Deadline of an async job (POST /v1/jobs): after it, the job expires.",
+    )
+    idempotency_wait_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long a retry with the Idempotency-Key of a request still running "
+        "waits for its result before 409 (default: the request timeout).",
+    )
+    idempotency_max_response_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        gt=0,
+        description="Responses larger than this are not kept for Idempotency-Key replays.",
+    )
+    on_client_disconnect: Literal["cancel", "complete"] = Field(
+        default="cancel",
+        description="When a client goes away: stop the upstream call, or let it finish "
+        "(usage is recorded either way).",
+    )
+    api_key_cache_ttl_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a looked-up API key is trusted without asking auth again "
+        "(revocations apply at once through the auth events; this bounds a missed one).",
+    )
     api_key_negative_cache_ttl_s: float = Field(default=5.0, ge=0)
+    api_key_lookup_concurrency: int = Field(
+        default=32, gt=0, description="API key lookups at auth in flight at once, at most."
+    )
     jwks_refresh_min_interval_s: float = Field(default=30.0, ge=0)
+    jwt_leeway_s: float = Field(
+        default=10.0, ge=0, le=300, description="Clock skew tolerated on exp, nbf and iat."
+    )
+    jwt_cache_size: int = Field(
+        default=10_000, ge=0, description="Verified access tokens remembered (skips RSA)."
+    )
+    cors_allow_origins: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Comma-separated origins browsers may call from ('*' for any). Unset: "
+        "any origin in development, none otherwise.",
+    )
+    cors_allow_origin_regex: str | None = Field(
+        default=None, description="Origins matching this regular expression are allowed too."
+    )
+    cors_allow_methods: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["GET", "POST", "DELETE", "OPTIONS"]
+    )
+    cors_allow_headers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"], description="Request headers browsers may send."
+    )
+    cors_expose_headers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["x-request-id", "retry-after"],
+        description="Response headers browser code may read.",
+    )
+    cors_allow_credentials: bool = Field(
+        default=False, description="Allow cookies and HTTP auth (never with '*' origins)."
+    )
+    cors_max_age_s: int = Field(default=600, ge=0, description="How long preflights are cached.")
+
+    @field_validator(
+        "cors_allow_origins",
+        "cors_allow_methods",
+        "cors_allow_headers",
+        "cors_expose_headers",
+        mode="before",
+    )
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        """Accept 'a,b' as well as a JSON list from the environment."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_cors(self) -> Settings:
+        if self.cors_allow_credentials and "*" in self.effective_cors_origins():
+            raise ValueError(
+                "SWITCHYARD_GATEWAY_CORS_ALLOW_CREDENTIALS needs explicit origins, not '*': "
+                "any website could otherwise call the API with the user's credentials"
+            )
+        return self
+
+    def effective_cors_origins(self) -> list[str]:
+        """The configured origins; unset means any in development and none otherwise
+        (deny by default: browsers then refuse cross-origin calls)."""
+        if self.cors_allow_origins is not None:
+            return self.cors_allow_origins
+        if self.environment == Environment.DEVELOPMENT:
+            return list(DEVELOPMENT_CORS_ORIGINS)
+        return []

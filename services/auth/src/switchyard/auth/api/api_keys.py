@@ -1,16 +1,20 @@
-"""`POST /v1/api-keys`: a signed-in user creates an API key for themselves."""
+"""A signed-in user's own API keys: create (the secret is in that response only), list,
+revoke. Revocation reaches every gateway through the auth events topic within a second."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 
 from switchyard.auth import scopes as known_scopes
 from switchyard.auth.api.deps import AccessClaimsDep, CurrentUser, Service
-from switchyard.auth.metrics import API_KEYS_CREATED
-from switchyard.auth.service import InvalidInput, expiry_in_days
+from switchyard.auth.metrics import API_KEYS_CREATED, REVOCATIONS
+from switchyard.auth.models import ApiKey
+from switchyard.auth.service import ApiKeyNotFound, InvalidInput, expiry_in_days
+from switchyard.auth.tokens import AccessClaims
 from switchyard.common.errors import APIError
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"])
@@ -40,17 +44,65 @@ class CreatedApiKey(BaseModel):
     created_at: datetime
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=CreatedApiKey)
-async def create_api_key(
-    body: CreateApiKey, user: CurrentUser, claims: AccessClaimsDep, service: Service
-) -> CreatedApiKey:
-    """Create an API key for the caller; the response holds the secret, once."""
+class ApiKeyOut(BaseModel):
+    """A key as lists show it: never the secret or its hash, only the visible prefix."""
+
+    key_id: str
+    name: str
+    prefix: str
+    user_id: str
+    tenant: str
+    scopes: list[str]
+    allowed_models: list[str] | None
+    status: Literal["active", "revoked", "expired"]
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: ApiKey, now: datetime | None = None) -> ApiKeyOut:
+        now = now or datetime.now(UTC)
+        if record.revoked_at is not None:
+            state: Literal["active", "revoked", "expired"] = "revoked"
+        elif record.expires_at is not None and record.expires_at <= now:
+            state = "expired"
+        else:
+            state = "active"
+        return cls(
+            key_id=record.id,
+            name=record.name,
+            prefix=record.prefix,
+            user_id=record.user_id,
+            tenant=record.tenant,
+            scopes=list(record.scopes),
+            allowed_models=record.allowed_models,
+            status=state,
+            expires_at=record.expires_at,
+            revoked_at=record.revoked_at,
+            created_at=record.created_at,
+        )
+
+
+class ApiKeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ApiKeyOut]
+
+
+def require_keys_scope(claims: AccessClaims) -> None:
     if known_scopes.KEYS_WRITE not in claims.scopes:
         raise APIError(
             403,
             f"The access token lacks the '{known_scopes.KEYS_WRITE}' scope.",
             code="insufficient_scope",
         )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=CreatedApiKey)
+async def create_api_key(
+    body: CreateApiKey, user: CurrentUser, claims: AccessClaimsDep, service: Service
+) -> CreatedApiKey:
+    """Create an API key for the caller; the response holds the secret, once."""
+    require_keys_scope(claims)
     try:
         issued = await service.create_api_key(
             user_id=user.id,
@@ -74,3 +126,29 @@ async def create_api_key(
         expires_at=record.expires_at,
         created_at=record.created_at,
     )
+
+
+@router.get("", response_model=ApiKeyList)
+async def list_api_keys(user: CurrentUser, service: Service) -> ApiKeyList:
+    """The caller's keys, oldest first, with their state (never their secrets)."""
+    keys = await service.list_api_keys(user_id=user.id)
+    return ApiKeyList(data=[ApiKeyOut.of(key) for key in keys])
+
+
+@router.delete(
+    "/{key_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={404: {"description": "No such key among the caller's keys."}},
+)
+async def revoke_api_key(
+    key_id: str, user: CurrentUser, claims: AccessClaimsDep, service: Service
+) -> Response:
+    """Revoke one of the caller's keys; every gateway refuses it within a second."""
+    require_keys_scope(claims)
+    try:
+        await service.revoke_api_key(key_id, user_id=user.id, reason="owner")
+    except ApiKeyNotFound:
+        raise APIError(404, "No such API key.", code="api_key_not_found") from None
+    REVOCATIONS.labels("api_key").inc()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -30,6 +30,9 @@ Service = Annotated[AuthService, Depends(get_service)]
 _bearer = HTTPBearer(auto_error=False, description="An access token from POST /v1/auth/token.")
 
 
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
 async def get_access_claims(
     service: Service,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -56,7 +59,8 @@ AccessClaimsDep = Annotated[AccessClaims, Depends(get_access_claims)]
 
 
 async def get_current_user(service: Service, claims: AccessClaimsDep) -> User:
-    # A token can outlive its user or the user's access; check the database every time.
+    # A token can outlive its user, the user's access or its sign-in (logout, reuse
+    # detected): auth checks the database every time, it is the source of truth.
     user = await service.active_user(claims.user_id)
     if user is None:
         raise APIError(
@@ -65,7 +69,39 @@ async def get_current_user(service: Service, claims: AccessClaimsDep) -> User:
             code="invalid_token",
             headers=_BEARER_CHALLENGE,
         )
+    if await service.is_access_token_revoked(claims):
+        raise APIError(
+            401,
+            "The access token has been revoked.",
+            code="invalid_token",
+            headers=_BEARER_CHALLENGE,
+        )
     return user
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_admin_user(user: CurrentUser) -> User:
+    """The caller, who must be an admin of their tenant (the role is read from the
+    database, so a demotion applies at once)."""
+    if user.role != "admin":
+        raise APIError(403, "This operation needs the admin role.", code="admin_required")
+    return user
+
+
+AdminUser = Annotated[User, Depends(get_admin_user)]
+
+
+def client_address(request: Request, context: Annotated[AuthContext, Depends(get_context)]) -> str:
+    """The caller's address for the login limits: the peer, or behind a trusted proxy the
+    last X-Forwarded-For entry (the one that proxy appended)."""
+    if context.settings.trust_forwarded_for:
+        forwarded = request.headers.get("x-forwarded-for", "")
+        entries = [entry.strip() for entry in forwarded.split(",") if entry.strip()]
+        if entries:
+            return entries[-1]
+    return request.client.host if request.client is not None else "unknown"
+
+
+ClientAddress = Annotated[str, Depends(client_address)]

@@ -19,6 +19,27 @@ class ApiKeyLookup(BaseModel):
     )
 
 
+class RevokedTokenOut(BaseModel):
+    jti: str
+    expires_at: datetime
+
+
+class RevokedSessionOut(BaseModel):
+    sid: str = Field(description="Token family id, the `sid` claim of its access tokens.")
+    expires_at: datetime = Field(description="No access token of it is valid after this.")
+
+
+class RevocationsOut(BaseModel):
+    """Everything a gateway must refuse right now; with the auth events that follow, its
+    complete revocation state."""
+
+    generated_at: datetime
+    revoked_tokens: list[RevokedTokenOut]
+    revoked_sessions: list[RevokedSessionOut]
+    revoked_api_keys: list[str]
+    disabled_users: list[str]
+
+
 class ApiKeyIdentityOut(BaseModel):
     key_id: str
     user_id: str
@@ -46,5 +67,24 @@ def internal_router(internal_token: str) -> APIRouter:
             raise APIError(404, "API key not found.", code="api_key_not_found")
         API_KEY_LOOKUPS.labels("found").inc()
         return ApiKeyIdentityOut(**identity.__dict__)
+
+    @router.get("/revocations", response_model=RevocationsOut)
+    async def revocations(service: Service) -> RevocationsOut:
+        """Current revocations: a gateway loads them at start-up, after it has started
+        listening to the auth events topic, so nothing falls between the two."""
+        snapshot = await service.revocations()
+        return RevocationsOut(
+            generated_at=snapshot.generated_at,
+            revoked_tokens=[
+                RevokedTokenOut(jti=jti, expires_at=expires_at)
+                for jti, expires_at in snapshot.revoked_tokens
+            ],
+            revoked_sessions=[
+                RevokedSessionOut(sid=sid, expires_at=expires_at)
+                for sid, expires_at in snapshot.revoked_sessions
+            ],
+            revoked_api_keys=snapshot.revoked_api_keys,
+            disabled_users=snapshot.disabled_users,
+        )
 
     return router

@@ -1,52 +1,97 @@
-"""`POST /v1/auth/token`: the OAuth2 password grant, as JSON or form encoding."""
+"""Sign-in, refresh and sign-out.
+
+- `POST /v1/auth/token`: the OAuth2 password grant (JSON or form encoding) returns an
+  access token and a refresh token; `grant_type=refresh_token` is accepted here too.
+- `POST /v1/auth/refresh`: rotates a refresh token. The presented token is spent; a spent
+  token presented again revokes the whole sign-in (reuse detection).
+- `POST /v1/auth/logout`: revokes the sign-in of a refresh token and/or access token.
+
+Sign-in attempts are limited per account and per client address (429 with Retry-After).
+No error ever contains a password or token.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from switchyard.auth.api.deps import Service
-from switchyard.auth.metrics import TOKEN_REQUESTS
-from switchyard.auth.service import InvalidCredentials
+from switchyard.auth.api.deps import BearerCredentials, ClientAddress, Service, get_context
+from switchyard.auth.bootstrap import AuthContext
+from switchyard.auth.metrics import LOGINS_THROTTLED, REFRESH_REQUESTS, REVOCATIONS, TOKEN_REQUESTS
+from switchyard.auth.service import AuthService, InvalidCredentials, InvalidGrant, TokenPair
+from switchyard.auth.tokens import InvalidToken
 from switchyard.common.errors import APIError
 
 router = APIRouter(prefix="/v1/auth", tags=["tokens"])
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+M = TypeVar("M", bound=BaseModel)
 
 
 class PasswordGrant(BaseModel):
     # OAuth2 clients also send client_id, scope and the like; they are ignored.
     model_config = ConfigDict(extra="ignore")
 
-    grant_type: Literal["password"] = Field(description="Always `password`.")
+    grant_type: Literal["password"] = Field(description="`password`.")
     username: str = Field(min_length=1, max_length=320, description="The user's email.")
     password: str = Field(min_length=1, max_length=1024)
+
+
+class RefreshGrant(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    grant_type: Literal["refresh_token"] = "refresh_token"
+    refresh_token: str = Field(min_length=1, max_length=512)
+
+
+class LogoutRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    refresh_token: str | None = Field(default=None, min_length=1, max_length=512)
 
 
 class TokenResponse(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"
-    expires_in: int = Field(description="Seconds until the token expires.")
+    expires_in: int = Field(description="Seconds until the access token expires.")
+    refresh_token: str = Field(description="Exchange at POST /v1/auth/refresh; single use.")
+    refresh_expires_in: int = Field(description="Seconds until the refresh token expires.")
 
 
 _GRANT_SCHEMA = PasswordGrant.model_json_schema()
+_REFRESH_SCHEMA = RefreshGrant.model_json_schema()
+_LOGOUT_SCHEMA = LogoutRequest.model_json_schema()
 
 
-async def _read_grant_fields(request: Request) -> Any:
+def _body_schema(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": required,
+            "content": {
+                "application/json": {"schema": schema},
+                "application/x-www-form-urlencoded": {"schema": schema},
+            },
+        }
+    }
+
+
+async def _read_fields(request: Request, *, required: bool = True) -> Any:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in _FORM_TYPES:
         form = await request.form()
         return {name: value for name, value in form.items() if isinstance(value, str)}
     body = await request.body()
     if not body:
+        if not required:
+            return {}
         raise APIError(
             400,
-            "The request body is empty; send the grant as JSON or form fields.",
+            "The request body is empty; send the fields as JSON or form fields.",
             code="invalid_request",
         )
     try:
@@ -55,46 +100,134 @@ async def _read_grant_fields(request: Request) -> Any:
         raise APIError(400, "The request body is not valid JSON.", code="invalid_request") from exc
 
 
-@router.post(
-    "/token",
-    response_model=TokenResponse,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": _GRANT_SCHEMA},
-                "application/x-www-form-urlencoded": {"schema": _GRANT_SCHEMA},
-            },
-        }
-    },
-)
-async def issue_token(request: Request, service: Service) -> TokenResponse:
-    """Exchange an email and password for a short-lived access token."""
-    fields = await _read_grant_fields(request)
-    if isinstance(fields, dict) and "grant_type" in fields and fields["grant_type"] != "password":
-        TOKEN_REQUESTS.labels("invalid_request").inc()
-        raise APIError(
-            400,
-            "Unsupported grant_type; this endpoint supports 'password'.",
-            param="grant_type",
-            code="unsupported_grant_type",
-        )
+def _validate(model: type[M], fields: Any) -> M:
     try:
-        grant = PasswordGrant.model_validate(fields)
+        return model.model_validate(fields)
     except ValidationError as exc:
-        TOKEN_REQUESTS.labels("invalid_request").inc()
-        # `input` is dropped so a password can never travel back in an error.
+        # `input` is dropped so a password or token can never travel back in an error.
         errors = [
             {**error, "loc": ("body", *error["loc"]), "input": None} for error in exc.errors()
         ]
         raise RequestValidationError(errors) from None
+
+
+def _token_response(pair: TokenPair) -> TokenResponse:
+    return TokenResponse(
+        access_token=pair.access.token,
+        expires_in=pair.access.expires_in,
+        refresh_token=pair.refresh_token,
+        refresh_expires_in=pair.refresh_expires_in,
+    )
+
+
+async def _refresh(service: AuthService, refresh_token: str) -> TokenResponse:
+    try:
+        pair = await service.refresh(refresh_token)
+    except InvalidGrant as exc:
+        REFRESH_REQUESTS.labels("reuse_detected" if exc.reused else "invalid").inc()
+        raise APIError(
+            401, str(exc), code="invalid_grant", param="refresh_token", headers=_BEARER_CHALLENGE
+        ) from None
+    REFRESH_REQUESTS.labels("rotated").inc()
+    return _token_response(pair)
+
+
+@router.post(
+    "/token",
+    response_model=TokenResponse,
+    openapi_extra=_body_schema(_GRANT_SCHEMA),
+    responses={429: {"description": "Too many sign-in attempts; see Retry-After."}},
+)
+async def issue_token(
+    request: Request,
+    service: Service,
+    address: ClientAddress,
+    context: Annotated[AuthContext, Depends(get_context)],
+) -> TokenResponse:
+    """Exchange an email and password for an access token and a refresh token."""
+    fields = await _read_fields(request)
+    grant_type = fields.get("grant_type") if isinstance(fields, dict) else None
+    if grant_type == "refresh_token":
+        return await _refresh(service, _validate(RefreshGrant, fields).refresh_token)
+    if grant_type is not None and grant_type != "password":
+        TOKEN_REQUESTS.labels("invalid_request").inc()
+        raise APIError(
+            400,
+            "Unsupported grant_type; this endpoint supports 'password' and 'refresh_token'.",
+            param="grant_type",
+            code="unsupported_grant_type",
+        )
+    try:
+        grant = _validate(PasswordGrant, fields)
+    except RequestValidationError:
+        TOKEN_REQUESTS.labels("invalid_request").inc()
+        raise
+    account = grant.username.strip().lower()
+    limits = context.login_limits
+    throttled = limits.check(account, address)
+    if throttled is not None:
+        LOGINS_THROTTLED.labels(throttled.limit).inc()
+        raise APIError(
+            429,
+            "Too many sign-in attempts; retry later.",
+            code="too_many_attempts",
+            headers={"Retry-After": str(throttled.retry_after_s)},
+        )
     try:
         user = await service.authenticate(grant.username, grant.password)
     except InvalidCredentials as exc:
+        limits.failed(account)
         TOKEN_REQUESTS.labels("invalid_credentials").inc()
         raise APIError(
-            401, str(exc), code="invalid_credentials", headers={"WWW-Authenticate": "Bearer"}
+            401, str(exc), code="invalid_credentials", headers=_BEARER_CHALLENGE
         ) from None
-    token = service.issue_access_token(user)
+    limits.succeeded(account)
+    pair = await service.sign_in(user)
     TOKEN_REQUESTS.labels("issued").inc()
-    return TokenResponse(access_token=token.token, expires_in=token.expires_in)
+    return _token_response(pair)
+
+
+@router.post("/refresh", response_model=TokenResponse, openapi_extra=_body_schema(_REFRESH_SCHEMA))
+async def refresh_token(request: Request, service: Service) -> TokenResponse:
+    """Exchange a refresh token for a new access token and a new refresh token. Each
+    refresh token works once; presenting a used one again signs the session out."""
+    fields = await _read_fields(request)
+    return await _refresh(service, _validate(RefreshGrant, fields).refresh_token)
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    openapi_extra=_body_schema(_LOGOUT_SCHEMA, required=False),
+)
+async def logout(
+    request: Request,
+    service: Service,
+    credentials: BearerCredentials,
+) -> Response:
+    """Sign out: the refresh token's session and the access token's session end, and the
+    access token is refused from now on, here and at every gateway."""
+    body = _validate(LogoutRequest, await _read_fields(request, required=False))
+    claims = None
+    if credentials is not None:
+        try:
+            claims = service.tokens.verify(credentials.credentials)
+        except InvalidToken:
+            raise APIError(
+                401,
+                "The access token is invalid or expired.",
+                code="invalid_token",
+                headers=_BEARER_CHALLENGE,
+            ) from None
+    if claims is None and body.refresh_token is None:
+        raise APIError(
+            400,
+            "Send the refresh token in the body, an access token as Authorization: Bearer, "
+            "or both.",
+            param="refresh_token",
+            code="invalid_request",
+        )
+    await service.logout(refresh_token=body.refresh_token, claims=claims)
+    REVOCATIONS.labels("logout").inc()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

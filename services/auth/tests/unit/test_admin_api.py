@@ -1,0 +1,183 @@
+"""The admin API: only admins, only their own tenant, and another tenant's things are 404
+(never 403), so their existence does not leak. Plus a user's own key management."""
+
+from __future__ import annotations
+
+import pytest
+
+from switchyard.common.events import ApiKeyRevoked, TokenFamilyRevoked, UserDisabled
+
+PASSWORD = "correct horse battery staple"
+
+
+async def token_for(harness, email: str) -> dict[str, str]:
+    response = await harness.client.post(
+        "/v1/auth/token", json={"grant_type": "password", "username": email, "password": PASSWORD}
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+@pytest.fixture
+async def people(auth_app):
+    service = auth_app.service
+    admin = await service.create_user(
+        email="admin@acme.test", tenant="acme", role="admin", password=PASSWORD
+    )
+    member = await service.create_user(email="member@acme.test", tenant="acme", password=PASSWORD)
+    stranger = await service.create_user(
+        email="admin@globex.test", tenant="globex", role="admin", password=PASSWORD
+    )
+    return {"admin": admin, "member": member, "stranger": stranger}
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+async def test_an_admin_creates_and_lists_users_of_their_tenant_only(auth_app, people) -> None:
+    headers = await token_for(auth_app, "admin@acme.test")
+    created = await auth_app.client.post(
+        "/v1/admin/users",
+        json={"email": "New@Acme.test", "role": "member", "password": "a long password"},
+        headers=headers,
+    )
+    assert created.status_code == 201, created.text
+    user = created.json()
+    assert user["email"] == "new@acme.test" and user["tenant"] == "acme"
+    assert user["has_password"] is True and "password" not in created.text.replace(
+        "has_password", ""
+    )
+    listed = await auth_app.client.get("/v1/admin/users", headers=headers)
+    emails = {entry["email"] for entry in listed.json()["data"]}
+    assert emails == {"admin@acme.test", "member@acme.test", "new@acme.test"}
+    duplicate = await auth_app.client.post(
+        "/v1/admin/users", json={"email": "new@acme.test"}, headers=headers
+    )
+    assert_error(duplicate, 409, "user_exists")
+
+
+async def test_members_get_403_on_every_admin_route(auth_app, people) -> None:
+    headers = await token_for(auth_app, "member@acme.test")
+    admin_id = people["admin"].id
+    for method, path in (
+        ("GET", "/v1/admin/users"),
+        ("POST", "/v1/admin/users"),
+        ("POST", f"/v1/admin/users/{admin_id}/disable"),
+        ("POST", f"/v1/admin/users/{admin_id}/enable"),
+        ("GET", "/v1/admin/api-keys"),
+        ("DELETE", "/v1/admin/api-keys/anything"),
+    ):
+        kwargs = {"json": {"email": "x@y.z"}} if path == "/v1/admin/users" else {}
+        response = await auth_app.client.request(method, path, headers=headers, **kwargs)
+        error = assert_error(response, 403, "admin_required")
+        assert error["type"] == "permission_error", (method, path)
+    anonymous = await auth_app.client.get("/v1/admin/users")
+    assert_error(anonymous, 401)
+
+
+async def test_another_tenants_users_and_keys_are_404(auth_app, people) -> None:
+    headers = await token_for(auth_app, "admin@acme.test")
+    stranger = people["stranger"]
+    foreign_key = await auth_app.service.create_api_key(user_id=stranger.id)
+    for response in (
+        await auth_app.client.post(f"/v1/admin/users/{stranger.id}/disable", headers=headers),
+        await auth_app.client.post("/v1/admin/users/no-such-user/disable", headers=headers),
+        await auth_app.client.delete(
+            f"/v1/admin/api-keys/{foreign_key.record.id}", headers=headers
+        ),
+        await auth_app.client.delete("/v1/admin/api-keys/no-such-key", headers=headers),
+    ):
+        assert_error(response, 404)
+    # The foreign key and user are untouched.
+    assert (await auth_app.service.active_user(stranger.id)) is not None
+    keys = await auth_app.service.list_api_keys(user_id=stranger.id)
+    assert keys[0].revoked_at is None
+    listed = await auth_app.client.get("/v1/admin/api-keys", headers=headers)
+    assert all(key["tenant"] == "acme" for key in listed.json()["data"])
+
+
+async def test_disabling_a_user_ends_their_sign_ins_and_tells_every_gateway(
+    auth_app, people
+) -> None:
+    member_headers = await token_for(auth_app, "member@acme.test")
+    headers = await token_for(auth_app, "admin@acme.test")
+    member = people["member"]
+    response = await auth_app.client.post(f"/v1/admin/users/{member.id}/disable", headers=headers)
+    assert response.status_code == 200 and response.json()["disabled"] is True
+    event = await auth_app.wait_for_event("auth.user_disabled")
+    assert isinstance(event, UserDisabled) and event.data.user_id == member.id
+    assert event.tenant == "acme"
+    family = await auth_app.wait_for_event("auth.token_family_revoked")
+    assert isinstance(family, TokenFamilyRevoked) and family.data.reason == "user_disabled"
+    assert (await auth_app.client.get("/v1/api-keys", headers=member_headers)).status_code == 401
+
+    enabled = await auth_app.client.post(f"/v1/admin/users/{member.id}/enable", headers=headers)
+    assert enabled.status_code == 200 and enabled.json()["disabled"] is False
+    await auth_app.wait_for_event("auth.user_enabled")
+    # Old sign-ins stay ended: the member signs in again.
+    assert (await auth_app.client.get("/v1/api-keys", headers=member_headers)).status_code == 401
+    fresh = await token_for(auth_app, "member@acme.test")
+    assert (await auth_app.client.get("/v1/api-keys", headers=fresh)).status_code == 200
+
+
+async def test_an_admin_cannot_disable_themselves(auth_app, people) -> None:
+    headers = await token_for(auth_app, "admin@acme.test")
+    response = await auth_app.client.post(
+        f"/v1/admin/users/{people['admin'].id}/disable", headers=headers
+    )
+    assert_error(response, 400)
+
+
+async def test_an_admin_lists_and_revokes_any_key_of_the_tenant(auth_app, people) -> None:
+    headers = await token_for(auth_app, "admin@acme.test")
+    issued = await auth_app.service.create_api_key(user_id=people["member"].id, name="ci")
+    listed = await auth_app.client.get(
+        "/v1/admin/api-keys", params={"user_id": people["member"].id}, headers=headers
+    )
+    (entry,) = listed.json()["data"]
+    assert entry["key_id"] == issued.record.id and entry["status"] == "active"
+    assert entry["prefix"] == issued.key[:12]
+    assert issued.key not in listed.text and "secret_hash" not in listed.text
+
+    revoked = await auth_app.client.delete(
+        f"/v1/admin/api-keys/{issued.record.id}", headers=headers
+    )
+    assert revoked.status_code == 204
+    event = await auth_app.wait_for_event("auth.api_key_revoked")
+    assert isinstance(event, ApiKeyRevoked)
+    assert (event.data.key_id, event.data.user_id, event.data.reason) == (
+        issued.record.id,
+        people["member"].id,
+        "admin",
+    )
+    assert issued.key not in event.model_dump_json()
+    listed = await auth_app.client.get("/v1/admin/api-keys", headers=headers)
+    assert listed.json()["data"][0]["status"] == "revoked"
+    # Revoking again is harmless and publishes nothing new.
+    again = await auth_app.client.delete(f"/v1/admin/api-keys/{issued.record.id}", headers=headers)
+    assert again.status_code == 204
+    assert [e.type for e in auth_app.events].count("auth.api_key_revoked") == 1
+
+
+async def test_users_list_and_revoke_their_own_keys_only(auth_app, people) -> None:
+    headers = await token_for(auth_app, "member@acme.test")
+    created = await auth_app.client.post("/v1/api-keys", json={"name": "laptop"}, headers=headers)
+    key_id = created.json()["key_id"]
+    other = await auth_app.service.create_api_key(user_id=people["admin"].id)
+
+    mine = await auth_app.client.get("/v1/api-keys", headers=headers)
+    assert [key["key_id"] for key in mine.json()["data"]] == [key_id]
+    assert created.json()["key"] not in mine.text
+
+    not_mine = await auth_app.client.delete(f"/v1/api-keys/{other.record.id}", headers=headers)
+    assert_error(not_mine, 404, "api_key_not_found")
+    response = await auth_app.client.delete(f"/v1/api-keys/{key_id}", headers=headers)
+    assert response.status_code == 204
+    event = await auth_app.wait_for_event("auth.api_key_revoked")
+    assert event.data.key_id == key_id and event.data.reason == "owner"

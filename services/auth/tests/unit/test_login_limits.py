@@ -1,0 +1,123 @@
+"""Sign-in attempts are limited per account and per client address (429 + Retry-After)."""
+
+from __future__ import annotations
+
+import pytest
+
+from switchyard.auth.ratelimit import LoginRateLimiter, SlidingWindowLimiter
+
+PASSWORD = "correct horse battery staple"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sliding_window_counts_recent_hits_and_says_when_to_retry() -> None:
+    clock = Clock()
+    limiter = SlidingWindowLimiter(3, 60, clock=clock)
+    for _ in range(3):
+        assert limiter.retry_after("k") is None
+        limiter.hit("k")
+        clock.now += 10
+    # Hits at 1000, 1010, 1020; now 1030: the first leaves the window at 1060.
+    assert limiter.retry_after("k") == pytest.approx(30)
+    assert limiter.retry_after("other") is None
+    clock.now = 1060.5
+    assert limiter.retry_after("k") is None
+    limiter.reset("k")
+    assert limiter.retry_after("k") is None
+
+
+def test_memory_is_bounded_by_forgetting_the_least_recent_keys() -> None:
+    limiter = SlidingWindowLimiter(1, 60, max_keys=2, clock=Clock())
+    for key in ("a", "b", "c"):
+        limiter.hit(key)
+    assert limiter.retry_after("a") is None  # forgotten
+    assert limiter.retry_after("c") is not None
+
+
+def test_address_limit_counts_every_attempt_and_account_limit_only_failures() -> None:
+    clock = Clock()
+    limits = LoginRateLimiter(
+        account=SlidingWindowLimiter(2, 300, clock=clock),
+        address=SlidingWindowLimiter(3, 60, clock=clock),
+    )
+    assert limits.check("alice", "10.0.0.1") is None
+    limits.succeeded("alice")
+    assert limits.check("alice", "10.0.0.1") is None
+    limits.failed("alice")
+    assert limits.check("alice", "10.0.0.2") is None
+    limits.failed("alice")
+    throttled = limits.check("alice", "10.0.0.3")
+    assert throttled is not None and throttled.limit == "account"
+    assert throttled.retry_after_s == 300
+    # 10.0.0.1 made two attempts; one more, then it is throttled for any account.
+    assert limits.check("bob", "10.0.0.1") is None
+    throttled = limits.check("carol", "10.0.0.1")
+    assert throttled is not None and throttled.limit == "address"
+
+
+async def attempt(harness, password: str, email: str = "alice@example.com", **kwargs):
+    return await harness.client.post(
+        "/v1/auth/token",
+        json={"grant_type": "password", "username": email, "password": password},
+        **kwargs,
+    )
+
+
+async def test_an_account_is_locked_after_repeated_failures(auth_app) -> None:
+    await auth_app.service.create_user(email="alice@example.com", password=PASSWORD)
+    limit = auth_app.settings.login_max_failures_per_account
+    for number in range(limit):
+        assert (await attempt(auth_app, f"guess-{number}")).status_code == 401
+    locked = await attempt(auth_app, PASSWORD)  # even the right password waits
+    assert locked.status_code == 429
+    error = locked.json()["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "too_many_attempts"
+    assert 1 <= int(locked.headers["retry-after"]) <= auth_app.settings.login_account_window_s
+    assert PASSWORD not in locked.text
+    # Another account from the same address is not affected by alice's lock.
+    await auth_app.service.create_user(email="bob@example.com", password=PASSWORD)
+    assert (await attempt(auth_app, PASSWORD, email="bob@example.com")).status_code == 200
+
+
+async def test_a_success_clears_the_failures_of_the_account(auth_app) -> None:
+    await auth_app.service.create_user(email="alice@example.com", password=PASSWORD)
+    limit = auth_app.settings.login_max_failures_per_account
+    for _ in range(limit - 1):
+        await attempt(auth_app, "wrong")
+    assert (await attempt(auth_app, PASSWORD)).status_code == 200
+    for _ in range(limit - 1):
+        assert (await attempt(auth_app, "wrong")).status_code == 401
+    assert (await attempt(auth_app, PASSWORD)).status_code == 200
+
+
+async def test_one_address_spraying_many_accounts_is_throttled(auth_app, settings) -> None:
+    limit = settings.login_max_attempts_per_address
+    for number in range(limit):
+        response = await attempt(auth_app, "guess", email=f"user{number}@example.com")
+        assert response.status_code == 401
+    throttled = await attempt(auth_app, "guess", email="someone@example.com")
+    assert throttled.status_code == 429 and "retry-after" in throttled.headers
+
+
+async def test_forwarded_for_is_used_only_when_trusted(settings) -> None:
+    from switchyard.auth.api.deps import client_address
+
+    class Request:
+        def __init__(self, forwarded: str) -> None:
+            self.headers = {"x-forwarded-for": forwarded}
+            self.client = type("Client", (), {"host": "10.1.1.1"})()
+
+    class Context:
+        def __init__(self, trust: bool) -> None:
+            self.settings = settings.model_copy(update={"trust_forwarded_for": trust})
+
+    request = Request("203.0.113.9, 198.51.100.7")
+    assert client_address(request, Context(False)) == "10.1.1.1"
+    assert client_address(request, Context(True)) == "198.51.100.7"

@@ -1,0 +1,247 @@
+"""Revocation state of one gateway replica, kept current by the auth events topic.
+
+Every replica listens to `<prefix>.auth.events` (a broadcast `listen`, no consumer group)
+and applies each event to in-memory sets within milliseconds of its publication: revoked
+token ids (`jti`), revoked sign-ins (`sid`), revoked API key ids and disabled users. The
+authenticator checks them on every request, so a revocation takes effect everywhere
+without the gateway calling auth per request.
+
+A listener only sees events published after it started, so at start-up the replica first
+starts listening, then loads the current state from auth (`GET /internal/v1/revocations`),
+retrying until auth answers. Events that arrive while the snapshot is being fetched are
+applied at once (refusing early never hurts) and replayed on top of the snapshot, so an
+event newer than the snapshot always wins and nothing falls between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Gauge
+
+from switchyard.common.bus import EventBus, Subscription
+from switchyard.common.events import (
+    ApiKeyRevoked,
+    Event,
+    SigningKeyRotated,
+    TokenFamilyRevoked,
+    TokenRevoked,
+    UserDisabled,
+    UserEnabled,
+)
+
+log = structlog.get_logger("switchyard.gateway.revocations")
+
+AUTH_EVENTS = (
+    ApiKeyRevoked,
+    UserDisabled,
+    UserEnabled,
+    TokenRevoked,
+    TokenFamilyRevoked,
+    SigningKeyRotated,
+)
+EVENTS_APPLIED = Counter(
+    "switchyard_gateway_auth_events_applied", "Auth events applied by this replica.", ["type"]
+)
+REVOCATION_LAG = Gauge(
+    "switchyard_gateway_auth_event_lag_seconds",
+    "Seconds between the last auth event's publication and its application here.",
+)
+STATE_LOADED = Gauge(
+    "switchyard_gateway_revocation_state_loaded",
+    "1 once this replica has loaded the revocation state from auth and listens for changes.",
+)
+
+Snapshot = dict[str, Any]
+Hook = Callable[[Event], None]
+
+
+def _epoch(value: Any) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return datetime.fromisoformat(str(value)).timestamp()
+
+
+class RevocationState:
+    """The sets the authenticator checks; mutated only by `apply` and `load_snapshot`."""
+
+    prune_interval_s = 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self.revoked_tokens: dict[str, float] = {}  # jti -> when the token expires anyway
+        self.revoked_sessions: dict[str, float] = {}  # sid -> when its tokens expire anyway
+        self.revoked_keys: set[str] = set()
+        self.disabled_users: set[str] = set()
+        self.loaded = False
+        # Events received before the snapshot, replayed on top of it.
+        self._pending: list[Event] | None = []
+        self._hooks: list[Hook] = []
+        self._pruned_at = clock()
+
+    def add_hook(self, hook: Hook) -> None:
+        """Call `hook(event)` after each applied event (e.g. to purge a cache)."""
+        self._hooks.append(hook)
+
+    def is_revoked(
+        self,
+        *,
+        user_id: str,
+        jti: str | None = None,
+        session_id: str | None = None,
+        api_key_id: str | None = None,
+    ) -> bool:
+        return (
+            user_id in self.disabled_users
+            or (jti is not None and jti in self.revoked_tokens)
+            or (session_id is not None and session_id in self.revoked_sessions)
+            or (api_key_id is not None and api_key_id in self.revoked_keys)
+        )
+
+    def apply(self, event: Event) -> None:
+        if not isinstance(event, AUTH_EVENTS):
+            return
+        self._apply(event)
+        if self._pending is not None:
+            self._pending.append(event)
+        EVENTS_APPLIED.labels(event.type).inc()
+        REVOCATION_LAG.set(max(0.0, self._clock() - event.time.timestamp()))
+        for hook in self._hooks:
+            hook(event)
+        if self._clock() - self._pruned_at >= self.prune_interval_s:
+            self.prune()
+
+    def _apply(self, event: Event) -> None:
+        if isinstance(event, ApiKeyRevoked):
+            self.revoked_keys.add(event.data.key_id)
+        elif isinstance(event, UserDisabled):
+            self.disabled_users.add(event.data.user_id)
+        elif isinstance(event, UserEnabled):
+            self.disabled_users.discard(event.data.user_id)
+        elif isinstance(event, TokenRevoked):
+            self.revoked_tokens[event.data.jti] = event.data.expires_at.timestamp()
+        elif isinstance(event, TokenFamilyRevoked):
+            self.revoked_sessions[event.data.family_id] = event.data.expires_at.timestamp()
+
+    def load_snapshot(self, snapshot: Snapshot) -> None:
+        """Install auth's current state, then replay the events received meanwhile."""
+        tokens = {item["jti"]: _epoch(item["expires_at"]) for item in snapshot["revoked_tokens"]}
+        sessions = {
+            item["sid"]: _epoch(item["expires_at"]) for item in snapshot["revoked_sessions"]
+        }
+        # Revocations only ever grow, so a union is right; disabled is a state, replaced.
+        self.revoked_tokens.update(tokens)
+        self.revoked_sessions.update(sessions)
+        self.revoked_keys.update(str(key) for key in snapshot["revoked_api_keys"])
+        self.disabled_users = {str(user) for user in snapshot["disabled_users"]}
+        for event in self._pending or ():
+            self._apply(event)
+        self._pending = None
+        self.loaded = True
+        STATE_LOADED.set(1)
+        self.prune()
+
+    def prune(self) -> None:
+        """Forget revoked tokens and sessions whose tokens have expired anyway."""
+        now = self._clock()
+        self._pruned_at = now
+        for entries in (self.revoked_tokens, self.revoked_sessions):
+            for key in [key for key, expires in entries.items() if expires <= now]:
+                del entries[key]
+
+
+class RevocationSync:
+    """Starts the auth events listener, then loads the snapshot; both retried until they
+    succeed. `ready()` is true once both have."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        topic: str,
+        state: RevocationState,
+        fetch_snapshot: Callable[[], Awaitable[Snapshot]],
+        *,
+        on_signing_key_rotated: Callable[[], Awaitable[object]] | None = None,
+        max_retry_delay_s: float = 5.0,
+    ) -> None:
+        self._bus = bus
+        self._topic = topic
+        self.state = state
+        self._fetch_snapshot = fetch_snapshot
+        self._on_rotation = on_signing_key_rotated
+        self._max_delay = max_retry_delay_s
+        self.listener: Subscription | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def handle(self, event: Event) -> None:
+        self.state.apply(event)
+        if isinstance(event, SigningKeyRotated) and self._on_rotation is not None:
+            # Fetched beside the listener, so later events are not held up by it.
+            task = asyncio.create_task(self._refresh_keys(event.data.kid))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _refresh_keys(self, kid: str) -> None:
+        assert self._on_rotation is not None
+        for attempt in range(1, 6):
+            try:
+                await self._on_rotation()
+                log.info("JWKS refreshed after a signing key rotation", kid=kid)
+                return
+            except Exception as exc:  # noqa: BLE001 - auth briefly unreachable: retried
+                log.warning("cannot refresh JWKS yet", error=repr(exc), attempt=attempt)
+                await asyncio.sleep(min(self._max_delay, 0.2 * 2**attempt))
+
+    async def run(self) -> None:
+        """Listen, then load the snapshot; returns once the state is complete."""
+        attempt = 0
+        while self.listener is None:
+            attempt += 1
+            try:
+                partitions = await self._bus.partition_count(self._topic)
+                self.listener = await self._bus.listen(
+                    self._topic, self.handle, partitions=list(range(partitions))
+                )
+            except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
+                delay = min(self._max_delay, 0.25 * attempt)
+                log.warning("cannot listen for auth events yet", error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+        attempt = 0
+        while not self.state.loaded:
+            attempt += 1
+            try:
+                snapshot = await self._fetch_snapshot()
+                self.state.load_snapshot(snapshot)
+            except Exception as exc:  # noqa: BLE001 - auth not reachable yet: retried
+                delay = min(self._max_delay, 0.25 * attempt)
+                log.warning(
+                    "cannot load the revocation state from auth yet",
+                    error=repr(exc),
+                    retry_in_s=delay,
+                )
+                await asyncio.sleep(delay)
+        log.info(
+            "revocation state loaded",
+            revoked_tokens=len(self.state.revoked_tokens),
+            revoked_sessions=len(self.state.revoked_sessions),
+            revoked_api_keys=len(self.state.revoked_keys),
+            disabled_users=len(self.state.disabled_users),
+        )
+
+    async def ready(self) -> bool:
+        return self.listener is not None and self.state.loaded
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = None

@@ -1,0 +1,114 @@
+"""CORS: configured origins, methods and headers; deny by default outside development."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from switchyard.gateway.config import Settings
+
+from .auth_double import gateway_with
+
+PRODUCTION = {"environment": "production", "internal_token": "a-real-secret"}
+PREFLIGHT = {
+    "Origin": "https://app.example.com",
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization, content-type",
+}
+
+
+async def test_preflight_from_an_allowed_origin_is_answered() -> None:
+    settings = Settings(
+        **PRODUCTION,
+        topic_prefix="unit-cors",
+        cors_allow_origins="https://app.example.com, https://admin.example.com",
+        cors_allow_headers="authorization,content-type,x-api-key",
+    )
+    async with gateway_with(settings=settings) as gw:
+        response = await gw.client.options("/v1/chat/completions", headers=PREFLIGHT)
+        assert response.status_code == 200, response.text
+        assert response.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert "POST" in response.headers["access-control-allow-methods"]
+        allowed_headers = response.headers["access-control-allow-headers"].lower()
+        assert "authorization" in allowed_headers and "content-type" in allowed_headers
+        assert response.headers["access-control-max-age"] == "600"
+        assert "access-control-allow-credentials" not in response.headers
+        # No credentials were needed for the preflight, and none were checked.
+        assert gw.auth.count("/internal/v1/api-keys/lookup") == 0
+
+        # The actual request, even refused, carries the CORS headers the browser needs.
+        refused = await gw.client.post(
+            "/v1/chat/completions", json={}, headers={"Origin": "https://app.example.com"}
+        )
+        assert refused.status_code == 401
+        assert refused.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert "x-request-id" in refused.headers["access-control-expose-headers"].lower()
+
+
+async def test_preflight_from_another_origin_is_refused() -> None:
+    settings = Settings(
+        **PRODUCTION, topic_prefix="unit-cors", cors_allow_origins=["https://app.example.com"]
+    )
+    async with gateway_with(settings=settings) as gw:
+        response = await gw.client.options(
+            "/v1/chat/completions", headers={**PREFLIGHT, "Origin": "https://evil.example"}
+        )
+        assert response.status_code == 400
+        assert "access-control-allow-origin" not in response.headers
+        disallowed_header = await gw.client.options(
+            "/v1/chat/completions",
+            headers={**PREFLIGHT, "Access-Control-Request-Method": "PUT"},
+        )
+        assert disallowed_header.status_code == 400
+
+
+async def test_outside_development_nothing_is_allowed_by_default() -> None:
+    settings = Settings(**PRODUCTION, topic_prefix="unit-cors")
+    assert settings.effective_cors_origins() == []
+    async with gateway_with(settings=settings) as gw:
+        response = await gw.client.options("/v1/chat/completions", headers=PREFLIGHT)
+        assert "access-control-allow-origin" not in response.headers
+        token = gw.auth.token()
+        simple = await gw.client.get(
+            "/v1/models",
+            headers={"Origin": "https://app.example.com", "Authorization": f"Bearer {token}"},
+        )
+        assert simple.status_code == 200
+        assert "access-control-allow-origin" not in simple.headers
+
+
+async def test_development_allows_any_origin_by_default() -> None:
+    settings = Settings(environment="development", topic_prefix="unit-cors")
+    async with gateway_with(settings=settings) as gw:
+        response = await gw.client.options(
+            "/v1/chat/completions", headers={**PREFLIGHT, "Origin": "http://localhost:5173"}
+        )
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "*"
+
+
+async def test_origins_may_be_given_as_a_regular_expression() -> None:
+    settings = Settings(
+        **PRODUCTION,
+        topic_prefix="unit-cors",
+        cors_allow_origin_regex=r"https://[a-z0-9-]+\.example\.com",
+    )
+    async with gateway_with(settings=settings) as gw:
+        ok = await gw.client.options("/v1/models", headers=PREFLIGHT)
+        assert ok.headers["access-control-allow-origin"] == "https://app.example.com"
+        bad = await gw.client.options(
+            "/v1/models", headers={**PREFLIGHT, "Origin": "https://example.com.evil.net"}
+        )
+        assert "access-control-allow-origin" not in bad.headers
+
+
+def test_settings_parse_lists_and_refuse_credentials_with_any_origin(monkeypatch) -> None:
+    monkeypatch.setenv("SWITCHYARD_GATEWAY_CORS_ALLOW_ORIGINS", '["https://a.example"]')
+    monkeypatch.setenv("SWITCHYARD_GATEWAY_CORS_ALLOW_METHODS", "GET, POST")
+    settings = Settings(**PRODUCTION)
+    assert settings.cors_allow_origins == ["https://a.example"]
+    assert settings.cors_allow_methods == ["GET", "POST"]
+    monkeypatch.setenv("SWITCHYARD_GATEWAY_CORS_ALLOW_ORIGINS", "*")
+    monkeypatch.setenv("SWITCHYARD_GATEWAY_CORS_ALLOW_CREDENTIALS", "true")
+    with pytest.raises(ValidationError, match="explicit origins"):
+        Settings(**PRODUCTION)

@@ -1,0 +1,278 @@
+"""Event-driven revocation at the gateway: auth events applied within a second, the
+start-up snapshot (loaded after the listener starts, events in between replayed), JWTs
+held back until the state is loaded, and signing key rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from switchyard.common.events import (
+    ApiKeyRevoked,
+    ApiKeyRevokedData,
+    ChatCompleted,
+    SigningKeyRotated,
+    SigningKeyRotatedData,
+    TokenFamilyRevoked,
+    TokenFamilyRevokedData,
+    TokenRevoked,
+    TokenRevokedData,
+    UserDisabled,
+    UserEnabled,
+    UserStatusData,
+    new_id,
+)
+from switchyard.gateway.config import Settings
+from switchyard.gateway.revocations import RevocationState
+
+from .auth_double import AuthDouble, gateway_with, new_rsa_key
+
+BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]}
+SOON = datetime.now(UTC) + timedelta(minutes=15)
+
+
+def event(cls, data, tenant: str = "acme"):
+    return cls(source="auth", tenant=tenant, request_id=new_id(), data=data)
+
+
+def bearer(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
+async def status_of(gw, credential: str) -> int:
+    response = await gw.client.post("/v1/chat/completions", json=BODY, headers=bearer(credential))
+    return response.status_code
+
+
+async def refused_within(gw, credential: str, seconds: float = 1.0) -> float:
+    """Seconds until the gateway answers 401 for `credential` (fails after `seconds`)."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        if await status_of(gw, credential) == 401:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"still accepted {seconds}s after the event")
+
+
+async def test_a_revoked_jti_is_refused_within_a_second() -> None:
+    async with gateway_with() as gw:
+        token, other = gw.auth.token(jti="jti-1"), gw.auth.token(jti="jti-2")
+        assert await status_of(gw, token) == 200
+        await gw.publish_auth_event(
+            event(TokenRevoked, TokenRevokedData(jti="jti-1", user_id="user-jwt", expires_at=SOON))
+        )
+        assert await refused_within(gw, token) < 1.0
+        assert await status_of(gw, other) == 200, "only that token is revoked"
+
+
+async def test_a_revoked_sign_in_refuses_all_its_access_tokens() -> None:
+    async with gateway_with() as gw:
+        first, second = gw.auth.token(sid="family-a"), gw.auth.token(sid="family-a")
+        unrelated = gw.auth.token(sid="family-b")
+        assert await status_of(gw, first) == 200
+        data = TokenFamilyRevokedData(
+            family_id="family-a", user_id="user-jwt", reason="reuse_detected", expires_at=SOON
+        )
+        await gw.publish_auth_event(event(TokenFamilyRevoked, data))
+        await refused_within(gw, first)
+        assert await status_of(gw, second) == 401
+        assert await status_of(gw, unrelated) == 200
+
+
+async def test_a_revoked_api_key_is_refused_within_a_second_without_asking_auth() -> None:
+    async with gateway_with() as gw:
+        record = gw.auth.add_api_key(key_id="key-9", user_id="user-9")
+        assert await status_of(gw, record.key) == 200  # now cached for 30 s
+        lookups = gw.auth.count("/internal/v1/api-keys/lookup")
+        data = ApiKeyRevokedData(key_id="key-9", user_id="user-9", reason="admin")
+        await gw.publish_auth_event(event(ApiKeyRevoked, data))
+        assert await refused_within(gw, record.key) < 1.0
+        # The event alone did it; and the key is not looked up again on every request.
+        assert gw.auth.count("/internal/v1/api-keys/lookup") == lookups
+        assert await status_of(gw, record.key) == 401
+        assert gw.auth.count("/internal/v1/api-keys/lookup") == lookups
+
+
+async def test_a_disabled_user_is_refused_within_a_second_and_back_when_enabled() -> None:
+    async with gateway_with() as gw:
+        record = gw.auth.add_api_key(user_id="user-jwt")
+        token = gw.auth.token(sub="user-jwt")
+        assert await status_of(gw, token) == 200 and await status_of(gw, record.key) == 200
+        await gw.publish_auth_event(event(UserDisabled, UserStatusData(user_id="user-jwt")))
+        assert await refused_within(gw, token) < 1.0
+        assert await refused_within(gw, record.key) < 1.0
+        await gw.publish_auth_event(event(UserEnabled, UserStatusData(user_id="user-jwt")))
+        await asyncio.sleep(0.05)
+        assert await status_of(gw, token) == 200
+        assert await status_of(gw, record.key) == 200
+
+
+async def test_an_expired_api_key_is_refused_even_from_the_cache() -> None:
+    async with gateway_with() as gw:
+        expires = datetime.now(UTC) + timedelta(seconds=1)
+        record = gw.auth.add_api_key(expires_at=expires.isoformat())
+        assert await status_of(gw, record.key) == 200
+        await asyncio.sleep(1.1)
+        assert await status_of(gw, record.key) == 401
+        gone = gw.auth.add_api_key(expires_at=(datetime.now(UTC) - timedelta(1)).isoformat())
+        assert await status_of(gw, gone.key) == 401
+
+
+async def test_concurrent_requests_with_a_new_key_share_one_lookup() -> None:
+    async with gateway_with() as gw:
+        record = gw.auth.add_api_key()
+        authenticator = gw.gateway.authenticator
+        results = await asyncio.gather(
+            *(authenticator.authenticate(f"Bearer {record.key}", None) for _ in range(20))
+        )
+        assert {principal.api_key_id for principal in results} == {record.key_id}
+        assert gw.auth.count("/internal/v1/api-keys/lookup") == 1
+
+
+async def test_the_start_up_snapshot_is_applied() -> None:
+    auth = AuthDouble()
+    revoked_key = auth.add_api_key(key_id="key-old")
+    disabled_key = auth.add_api_key(user_id="user-off")
+    auth.snapshot.update(
+        revoked_tokens=[{"jti": "jti-x", "expires_at": SOON.isoformat()}],
+        revoked_sessions=[{"sid": "family-x", "expires_at": SOON.isoformat()}],
+        revoked_api_keys=["key-old"],
+        disabled_users=["user-off"],
+    )
+    async with gateway_with(auth) as gw:
+        ready = await gw.client.get("/readyz")
+        assert ready.json()["checks"]["revocations"] is True
+        assert await status_of(gw, auth.token(jti="jti-x")) == 401
+        assert await status_of(gw, auth.token(sid="family-x")) == 401
+        assert await status_of(gw, auth.token(sub="user-off")) == 401
+        assert await status_of(gw, revoked_key.key) == 401
+        assert await status_of(gw, disabled_key.key) == 401
+        assert await status_of(gw, auth.token()) == 200
+
+
+async def test_until_the_state_is_loaded_jwts_get_503_and_readiness_fails() -> None:
+    auth = AuthDouble(snapshot_failures=1_000_000)
+    settings = Settings(topic_prefix="unit-wait", request_timeout_s=2.0)
+    async with gateway_with(auth, settings) as gw:
+        ready = await gw.client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["revocations"] is False
+        response = await gw.client.post(
+            "/v1/chat/completions", json=BODY, headers=bearer(auth.token())
+        )
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "auth_unavailable"
+        assert response.headers["retry-after"] == "1"
+        # A forged token is still a plain 401: verification comes first.
+        forged = await gw.client.post(
+            "/v1/chat/completions", json=BODY, headers=bearer(auth.token()[:-4] + "AAAA")
+        )
+        assert forged.status_code == 401
+        # API keys are looked up fresh, so they need no history and keep working.
+        record = auth.add_api_key()
+        assert await status_of(gw, record.key) == 200
+
+        auth.snapshot_failures = 0  # auth answers now: the sync retries and completes
+        deadline = time.monotonic() + 5
+        while (await gw.client.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, "state never loaded"
+            await asyncio.sleep(0.05)
+        assert await status_of(gw, auth.token()) == 200
+
+
+def test_events_received_while_the_snapshot_loads_win_over_it() -> None:
+    state = RevocationState()
+    # Listening has started; these arrive before the snapshot request returns.
+    state.apply(event(UserDisabled, UserStatusData(user_id="u1")))
+    state.apply(event(UserEnabled, UserStatusData(user_id="u1")))
+    state.apply(event(UserDisabled, UserStatusData(user_id="u2")))
+    assert state.is_revoked(user_id="u2") and not state.loaded
+    # The snapshot was read before the enable of u3 and the disable of u2 committed.
+    state.load_snapshot(
+        {
+            "revoked_tokens": [{"jti": "j1", "expires_at": SOON.isoformat()}],
+            "revoked_sessions": [],
+            "revoked_api_keys": ["k1"],
+            "disabled_users": ["u1", "u3"],
+        }
+    )
+    assert state.loaded
+    assert not state.is_revoked(user_id="u1"), "the later enable event wins"
+    assert state.is_revoked(user_id="u2"), "an event newer than the snapshot is kept"
+    assert state.is_revoked(user_id="u3")
+    assert state.is_revoked(user_id="x", jti="j1") and state.is_revoked(
+        user_id="x", api_key_id="k1"
+    )
+    state.apply(event(UserEnabled, UserStatusData(user_id="u3")))
+    assert not state.is_revoked(user_id="u3")
+
+
+def test_entries_are_forgotten_once_their_tokens_have_expired() -> None:
+    now = [1_000_000.0]
+    state = RevocationState(clock=lambda: now[0])
+    state.load_snapshot(
+        {
+            "revoked_tokens": [],
+            "revoked_sessions": [],
+            "revoked_api_keys": [],
+            "disabled_users": [],
+        }
+    )
+    expires = datetime.fromtimestamp(now[0] + 900, UTC)
+    state.apply(event(TokenRevoked, TokenRevokedData(jti="j", user_id="u", expires_at=expires)))
+    data = TokenFamilyRevokedData(family_id="f", user_id="u", reason="logout", expires_at=expires)
+    state.apply(event(TokenFamilyRevoked, data))
+    assert state.is_revoked(user_id="u", jti="j") and state.is_revoked(user_id="u", session_id="f")
+    now[0] += 901
+    state.prune()
+    assert state.revoked_tokens == {} and state.revoked_sessions == {}
+
+
+def test_other_events_are_ignored() -> None:
+    state = RevocationState()
+    state.apply(ChatCompleted.model_construct(type="chat.completed"))
+    assert not state.revoked_keys and not state.disabled_users
+
+
+async def test_a_signing_key_rotation_is_picked_up_at_once() -> None:
+    auth = AuthDouble()
+    auth.keys["kid-2"] = new_rsa_key()
+    # Unknown kids refresh the JWKS at most every 5 minutes here.
+    settings = Settings(topic_prefix="unit-rotate", jwks_refresh_min_interval_s=300)
+    async with gateway_with(auth, settings) as gw:
+        new_token = auth.token(kid="kid-2")
+        assert await status_of(gw, new_token) == 401  # kid-2 is not published yet
+        auth.published.append("kid-2")
+        assert await status_of(gw, new_token) == 401  # still cached: no refresh per request
+        data = SigningKeyRotatedData(
+            kid="kid-2", previous_kid="kid-1", published_kids=["kid-1", "kid-2"]
+        )
+        await gw.publish_auth_event(event(SigningKeyRotated, data, tenant="*"))
+        started = time.perf_counter()
+        while await status_of(gw, new_token) != 200:
+            assert time.perf_counter() - started < 1.0, "rotation not applied within a second"
+            await asyncio.sleep(0.01)
+        # The old key keeps verifying until its tokens expire.
+        assert await status_of(gw, auth.token(kid="kid-1")) == 200
+
+
+async def test_a_key_removed_from_the_jwks_stops_verifying_cached_tokens() -> None:
+    auth = AuthDouble()
+    auth.keys["kid-2"] = new_rsa_key()
+    auth.published.append("kid-2")
+    async with gateway_with(auth) as gw:
+        old_token = auth.token(kid="kid-1")
+        assert await status_of(gw, old_token) == 200  # verified and cached
+        auth.published.remove("kid-1")  # e.g. a compromised key withdrawn
+        await gw.gateway.authenticator.jwks.refresh()
+        assert await status_of(gw, old_token) == 401
+
+
+@pytest.mark.parametrize("path", ["/readyz"])
+async def test_readiness_reports_revocation_state(path: str) -> None:
+    async with gateway_with() as gw:
+        response = await gw.client.get(path)
+        assert response.status_code == 200
+        assert response.json()["checks"]["revocations"] is True
