@@ -64,6 +64,10 @@ test-integration: install ## Integration tests against the real Kafka broker and
 test-e2e: install ## Whole-system tests: every service as its own process on Kafka and Postgres
 	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m e2e tests/e2e
 
+.PHONY: bench
+bench: install infra-up ## Benchmark (needs Go): direct vs embedded vs Kafka mode; prints a table
+	$(UV) run --no-sync python tests/bench/run.py
+
 .PHONY: lint
 lint: install ## Static checks (ruff)
 	$(UV) run --no-sync ruff check libs services tests

@@ -16,6 +16,7 @@ from switchyard.common.events import (
     ChatRequestData,
     ChatRequested,
     ErrorInfo,
+    Priority,
     TerminalStatus,
     TokenUsage,
     UsageData,
@@ -43,6 +44,10 @@ class EventFactory:
         model: str = "sim-small",
         prompt: str = "Hello",
         at: datetime | None = None,
+        api_key_id: str | None = "key-1",
+        priority: Priority = Priority.INTERACTIVE,
+        webhook_url: str | None = None,
+        timeout_s: float = 60,
     ) -> ChatRequested:
         time = at or self.tick()
         return ChatRequested(
@@ -54,8 +59,10 @@ class EventFactory:
                 model=model,
                 body={"model": model, "messages": [{"role": "user", "content": prompt}]},
                 user_id=user_id,
-                api_key_id="key-1",
-                deadline=time + timedelta(seconds=60),
+                api_key_id=api_key_id,
+                priority=priority,
+                deadline=time + timedelta(seconds=timeout_s),
+                webhook_url=webhook_url,
             ),
         )
 

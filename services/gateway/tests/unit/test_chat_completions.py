@@ -247,7 +247,10 @@ async def test_openapi_documents_the_chat_request_body(harness):
 
 
 async def test_body_that_is_not_an_object_gets_400(harness):
-    response = await harness.client.post("/v1/chat/completions", content=b"[1, 2]",
-                                         headers={**AUTH, "content-type": "application/json"})
+    response = await harness.client.post(
+        "/v1/chat/completions",
+        content=b"[1, 2]",
+        headers={**AUTH, "content-type": "application/json"},
+    )
     error = assert_openai_error(response, 400, "invalid_json")
     assert "JSON object" in error["message"]

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from switchyard.common.db import create_engine, upgrade
-from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
+from switchyard.common.bus import InMemoryBus
+from switchyard.common.db import upgrade
+from switchyard.common.testing.infra import async_wait_until
+from switchyard.common.topics import Topics
+from switchyard.history.app import create_app
+from switchyard.history.bootstrap import history_engine
+from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE, Settings
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.models import events_table, requests_table
 from switchyard.history.queries import HistoryQueries
@@ -24,7 +33,7 @@ def database_url(tmp_path) -> str:
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
+    engine = history_engine(database_url)
     yield engine
     await engine.dispose()
 
@@ -67,3 +76,85 @@ class Tables:
 @pytest.fixture
 def tables(engine: AsyncEngine) -> Tables:
     return Tables(engine)
+
+
+TOKEN = "test-internal-token"
+
+
+@dataclass
+class RunningService:
+    bus: InMemoryBus
+    client: httpx.AsyncClient
+    topics: Topics
+    app: Any = None
+
+    @property
+    def components(self):
+        return self.app.state.history
+
+    @staticmethod
+    def headers(tenant: str = "acme", user_id: str = "alice", role: str = "user") -> dict[str, str]:
+        return {
+            "x-switchyard-internal-token": TOKEN,
+            "x-switchyard-tenant": tenant,
+            "x-switchyard-user-id": user_id,
+            "x-switchyard-role": role,
+        }
+
+    async def publish(self, *events) -> None:
+        for event in events:
+            topic = {
+                "chat.requested": self.topics.requests_batch
+                if event.type == "chat.requested" and event.data.priority == "batch"
+                else self.topics.requests_interactive,
+                "usage.recorded": self.topics.usage,
+            }.get(event.type, self.topics.replies)
+            await self.bus.publish(topic, event, key=event.request_id)
+
+    async def wait_for(self, request_id: str, status: str, **identity: str) -> dict:
+        async def current() -> dict | None:
+            response = await self.client.get(
+                f"/v1/history/{request_id}", headers=self.headers(**identity)
+            )
+            return (
+                response.json()
+                if response.status_code == 200 and response.json()["status"] == status
+                else None
+            )
+
+        return await async_wait_until(current, timeout=10, message=f"{request_id} to be {status}")
+
+
+@pytest.fixture
+def token() -> str:
+    return TOKEN
+
+
+@pytest.fixture
+def service_settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, internal_token=TOKEN, topic_prefix="t1")
+
+
+@contextlib.asynccontextmanager
+async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
+    """The history app on its own in-memory bus, with a client calling it in-process."""
+    bus = InMemoryBus()
+    app = create_app(settings, bus=bus)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://history") as client:
+            yield RunningService(
+                bus=bus, client=client, topics=Topics(settings.topic_prefix), app=app
+            )
+    await bus.stop()
+
+
+@pytest.fixture
+def start_service():
+    return running_service
+
+
+@pytest.fixture
+async def service(service_settings: Settings) -> AsyncIterator[RunningService]:
+    async with running_service(service_settings) as running:
+        yield running

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -13,61 +11,10 @@ from prometheus_client import REGISTRY
 from switchyard.common.bus import InMemoryBus
 from switchyard.common.db import upgrade
 from switchyard.common.testing.infra import async_wait_until
-from switchyard.common.topics import Topics
 from switchyard.history.app import create_app
 from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE, Settings
 
 TOKEN = "test-internal-token"
-
-
-@dataclass
-class RunningService:
-    bus: InMemoryBus
-    client: httpx.AsyncClient
-    topics: Topics
-
-    @staticmethod
-    def headers(tenant: str = "acme", user_id: str = "alice", role: str = "user") -> dict[str, str]:
-        return {
-            "x-switchyard-internal-token": TOKEN,
-            "x-switchyard-tenant": tenant,
-            "x-switchyard-user-id": user_id,
-            "x-switchyard-role": role,
-        }
-
-    async def publish(self, *events) -> None:
-        for event in events:
-            topic = {
-                "chat.requested": self.topics.requests_interactive,
-                "usage.recorded": self.topics.usage,
-            }.get(event.type, self.topics.replies)
-            await self.bus.publish(topic, event, key=event.request_id)
-
-    async def wait_for(self, request_id: str, status: str, **identity: str) -> dict:
-        async def current() -> dict | None:
-            response = await self.client.get(
-                f"/v1/history/{request_id}", headers=self.headers(**identity)
-            )
-            return (
-                response.json()
-                if response.status_code == 200 and response.json()["status"] == status
-                else None
-            )
-
-        return await async_wait_until(current, timeout=10, message=f"{request_id} to be {status}")
-
-
-@pytest.fixture
-async def service(database_url: str) -> AsyncIterator[RunningService]:
-    settings = Settings(database_url=database_url, internal_token=TOKEN, topic_prefix="t1")
-    bus = InMemoryBus()
-    app = create_app(settings, bus=bus)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://history") as client:
-            yield RunningService(bus=bus, client=client, topics=Topics("t1"))
-    await bus.stop()
-
 
 async def test_a_finished_request_is_served_with_reply_and_usage(service, events):
     request = events.requested(prompt="Tell me a joke")
@@ -103,7 +50,7 @@ async def test_a_finished_request_is_served_with_reply_and_usage(service, events
     assert item["completed_at"] is not None
 
 
-async def _has_cost(service: RunningService, request_id: str) -> bool:
+async def _has_cost(service, request_id: str) -> bool:
     response = await service.client.get(f"/v1/history/{request_id}", headers=service.headers())
     return response.json()["usage"]["total_tokens"] == 10
 
@@ -271,33 +218,26 @@ async def test_not_ready_while_the_database_is_unreachable(events):
 
 
 async def test_events_received_while_the_database_is_unusable_are_stored_once_it_recovers(
-    tmp_path, events
+    tmp_path, events, start_service
 ):
     # The tables do not exist yet, so every write fails until the migration has run.
     url = f"sqlite+aiosqlite:///{tmp_path / 'late.db'}"
-    bus = InMemoryBus()
-    app = create_app(Settings(database_url=url, internal_token=TOKEN, topic_prefix="t2"), bus=bus)
     request = events.requested()
-    async with app.router.lifespan_context(app):
-        service = RunningService(
-            bus=bus,
-            client=httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://h"),
-            topics=Topics("t2"),
+    settings = Settings(database_url=url, internal_token=TOKEN, topic_prefix="t2")
+    async with start_service(settings) as service:
+        failures_before = _persist_failures()
+        await service.publish(request, events.completed(request))
+        await async_wait_until(
+            lambda: _async(_persist_failures() > failures_before),
+            timeout=10,
+            message="the first write to fail",
         )
-        async with service.client:
-            failures_before = _persist_failures()
-            await service.publish(request, events.completed(request))
-            await async_wait_until(
-                lambda: _async(_persist_failures() > failures_before),
-                timeout=10,
-                message="the first write to fail",
-            )
-            upgrade(MIGRATIONS_DIR, url, VERSION_TABLE)
-            item = await service.wait_for(request.request_id, "completed")
-    await bus.stop()
+        upgrade(MIGRATIONS_DIR, url, VERSION_TABLE)
+        item = await service.wait_for(request.request_id, "completed")
+        dead_letters = service.bus.dead_letters
 
     assert item["response"]["choices"][0]["message"]["content"] == "Hi there!"
-    assert bus.dead_letters == []
+    assert dead_letters == []
 
 
 def _persist_failures() -> float:

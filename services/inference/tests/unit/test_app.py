@@ -3,6 +3,10 @@ subscribing to the request topics, health and metrics over HTTP."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import pytest
 from switchyard.common.bus import InMemoryBus
 from switchyard.common.events import (
     ChatCompleted,
+    ChatFailed,
     ChatRequestData,
     ChatRequested,
     ReplyAddress,
@@ -21,8 +26,9 @@ from switchyard.common.plugins import by_name
 from switchyard.common.routing import RoutingError
 from switchyard.common.testing.infra import async_wait_until
 from switchyard.common.topics import Topics
-from switchyard.inference.app import create_app
+from switchyard.inference.app import ControlListener, create_app
 from switchyard.inference.config import Settings
+from switchyard.inference.testing import cancel_request
 
 
 def settings_for(simulator, tmp_path: Path, **overrides) -> Settings:
@@ -32,16 +38,17 @@ def settings_for(simulator, tmp_path: Path, **overrides) -> Settings:
         "      - {name: sim, provider: openai, model: sim-small,"
         f" base_url: '{simulator.openai_url}'}}\n"
     )
-    return Settings(
-        topic_prefix="apptest", routing_file=str(routing), consumer_concurrency=4, **overrides
-    )
+    options = {"interactive_concurrency": 4, "routing_reload_interval_s": 0, **overrides}
+    return Settings(topic_prefix="apptest", routing_file=str(routing), **options)
 
 
-def request_for(model: str, priority: str = "interactive") -> ChatRequested:
+def request_for(
+    model: str, priority: str = "interactive", request_id: str | None = None
+) -> ChatRequested:
     return ChatRequested(
         source="gateway",
         tenant="acme",
-        request_id=f"req-{priority}",
+        request_id=request_id or f"req-{priority}",
         data=ChatRequestData(
             model=model,
             body={"model": model, "messages": [{"role": "user", "content": "ping"}]},
@@ -137,3 +144,206 @@ def test_dev_skips_the_simulator_when_routing_does_not_use_it(
     monkeypatch.setenv("SWITCHYARD_ROUTING_FILE", str(routing))
 
     assert by_name("inference").prepare_dev().extra_servers == []
+
+
+def test_old_consumer_concurrency_setting_still_sets_the_interactive_lane(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SWITCHYARD_INFERENCE_CONSUMER_CONCURRENCY", "7")
+    assert Settings().interactive_concurrency == 7
+    monkeypatch.setenv("SWITCHYARD_INFERENCE_INTERACTIVE_CONCURRENCY", "9")
+    assert Settings().interactive_concurrency == 9
+
+
+async def test_cancellations_on_the_control_topic_reach_the_running_request(
+    simulator, tmp_path: Path
+) -> None:
+    topics = Topics("apptest")
+    bus = InMemoryBus()
+    replies: list = []
+
+    async def collect(event) -> None:
+        replies.append(event)
+
+    await bus.listen(topics.replies, collect)
+    simulator.fault(hang=True)
+    app = create_app(settings_for(simulator, tmp_path), bus=bus)
+    async with app.router.lifespan_context(app):
+        await bus.publish(topics.requests_interactive, request_for("sim-small", request_id="r1"))
+        await async_wait_until(
+            lambda: _called(simulator), timeout=5, interval=0.01, message="upstream call"
+        )
+        await bus.publish(topics.control, cancel_request("r1"))
+        await async_wait_until(
+            lambda: _done(replies, 1), timeout=3, interval=0.01, message="cancelled reply"
+        )
+
+    (reply,) = replies
+    assert isinstance(reply, ChatFailed) and reply.data.status == "cancelled"
+
+
+async def _called(simulator) -> bool:
+    return simulator.calls() >= 1
+
+
+async def test_routing_file_changes_apply_without_restart_on_sighup_and_by_polling(
+    simulator, tmp_path: Path
+) -> None:
+    settings = settings_for(simulator, tmp_path)
+    routing = Path(settings.routing_file)
+    topics = Topics("apptest")
+    bus = InMemoryBus()
+    replies: list = []
+
+    async def collect(event) -> None:
+        replies.append(event)
+
+    await bus.listen(topics.replies, collect)
+    app = create_app(settings, bus=bus)
+    async with app.router.lifespan_context(app):
+        runtime = app.state.runtime
+        assert runtime.routing.model_names() == ["sim-small"]
+        rewrite(
+            routing,
+            "  renamed:\n    deployments:\n"
+            "      - {name: sim, provider: openai, model: sim-large,"
+            f" base_url: '{simulator.openai_url}'}}\n",
+            append=True,
+        )
+        os.kill(os.getpid(), signal.SIGHUP)
+        await async_wait_until(
+            lambda: _has_model(runtime, "renamed"), timeout=3, interval=0.01, message="reload"
+        )
+        await bus.publish(topics.requests_interactive, request_for("renamed", request_id="r2"))
+        await async_wait_until(lambda: _done(replies, 1), timeout=5, interval=0.01, message="reply")
+    assert isinstance(replies[0], ChatCompleted)
+    assert simulator.calls("sim-large") == 1
+
+    # Polling notices a change too (no signal), and a broken file keeps the last table.
+    app = create_app(
+        settings.model_copy(update={"routing_reload_interval_s": 0.05}), bus=InMemoryBus()
+    )
+    async with app.router.lifespan_context(app):
+        runtime = app.state.runtime
+        rewrite(routing, "models: [broken", bump_s=1)
+        await asyncio.sleep(0.2)
+        assert "renamed" in runtime.routing.model_names()
+        rewrite(
+            routing,
+            "models:\n  only:\n    deployments:\n"
+            "      - {name: sim, provider: openai, model: x,"
+            f" base_url: '{simulator.openai_url}'}}\n",
+            bump_s=2,
+        )
+        await async_wait_until(
+            lambda: _has_model(runtime, "only"), timeout=3, interval=0.02, message="poll"
+        )
+        assert runtime.routing.model_names() == ["only"]
+
+
+def rewrite(path: Path, text: str, bump_s: int = 0, append: bool = False) -> None:
+    """Write the file and move its mtime forward (coarse file-system clocks)."""
+    path.write_text((path.read_text() if append else "") + text)
+    if bump_s:
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + bump_s * 10**9))
+
+
+async def _has_model(runtime, name: str) -> bool:
+    return name in runtime.routing.model_names()
+
+
+async def test_batch_backlog_does_not_delay_interactive_requests(simulator, tmp_path: Path) -> None:
+    """Interactive latency with 300 batch requests queued is what it is without them."""
+    simulator.latency(30)
+    topics = Topics("apptest")
+    bus = InMemoryBus()
+    arrived: dict[str, float] = {}
+    batch_done: list[str] = []
+
+    async def collect(event) -> None:
+        if isinstance(event, ChatCompleted | ChatFailed):
+            arrived[event.request_id] = time.perf_counter()
+            if event.request_id.startswith("batch-"):
+                batch_done.append(event.request_id)
+
+    await bus.listen(topics.replies, collect)
+    settings = settings_for(simulator, tmp_path, interactive_concurrency=16, batch_concurrency=4)
+    app = create_app(settings, bus=bus)
+
+    async def client(name: str, rounds: int) -> list[float]:
+        latencies = []
+        for n in range(rounds):
+            request_id = f"{name}-{n}"
+            started = time.perf_counter()
+            await bus.publish(
+                topics.requests_interactive, request_for("sim-small", request_id=request_id)
+            )
+            await async_wait_until(
+                lambda request_id=request_id: _arrived(arrived, request_id),
+                timeout=10,
+                interval=0.002,
+                message="interactive reply",
+            )
+            latencies.append(arrived[request_id] - started)
+        return latencies
+
+    async def interactive_latencies(label: str) -> list[float]:
+        results = await asyncio.gather(*(client(f"{label}{c}", 6) for c in range(6)))
+        return sorted(latency for latencies in results for latency in latencies)
+
+    async with app.router.lifespan_context(app):
+        await interactive_latencies("warm")
+        baseline = await interactive_latencies("alone")
+        for n in range(300):
+            await bus.publish(
+                topics.requests_batch, request_for("sim-small", "batch", request_id=f"batch-{n}")
+            )
+        under_backlog = await interactive_latencies("busy")
+        backlog_left = 300 - len(batch_done)
+        await async_wait_until(
+            lambda: _done(batch_done, 300), timeout=30, interval=0.05, message="batch drained"
+        )
+
+    def p50(values: list[float]) -> float:
+        return values[len(values) // 2]
+
+    assert backlog_left > 100  # the batch backlog really was there while we measured
+    # 30 ms upstream: interactive stays within a few ms of its latency alone.
+    assert p50(under_backlog) < p50(baseline) + 0.015, (p50(baseline), p50(under_backlog))
+    assert max(under_backlog) < 0.2, max(under_backlog)
+    assert len(set(batch_done)) == 300  # and batch work was not lost, only held back
+
+
+async def _arrived(arrived: dict[str, float], request_id: str) -> bool:
+    return request_id in arrived
+
+
+async def test_control_listener_keeps_trying_until_the_topic_can_be_read() -> None:
+    class LateTopicBus(InMemoryBus):
+        failures = 2
+
+        async def listen(self, topic, handler, *, partitions=None):
+            if self.failures:
+                self.failures -= 1
+                raise AssertionError("No partitions are currently assigned")
+            return await super().listen(topic, handler, partitions=partitions)
+
+    bus = LateTopicBus()
+    seen: list = []
+
+    async def handler(event) -> None:
+        seen.append(event)
+
+    listener = ControlListener(bus, "t.control", handler, retry_every_s=0.01)
+    await listener.start()  # does not wait: requests are served meanwhile
+    await async_wait_until(
+        lambda: _listening(listener), timeout=2, interval=0.01, message="listening"
+    )
+    await bus.publish("t.control", cancel_request("r"))
+    await async_wait_until(lambda: _done(seen, 1), timeout=2, interval=0.01, message="event")
+    await listener.stop()
+    await bus.stop()
+
+
+async def _listening(listener) -> bool:
+    return listener.subscription is not None

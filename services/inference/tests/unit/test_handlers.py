@@ -4,39 +4,46 @@ client waiting on its reply partition, and a billing consumer on the usage topic
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import openai
 import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
 
-from switchyard.common.bus import InMemoryBus
 from switchyard.common.events import (
     ChatChunk,
     ChatCompleted,
     ChatFailed,
-    ChatRequestData,
-    ChatRequested,
-    ReplyAddress,
     UsageRecorded,
-    utcnow,
 )
 from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
-from switchyard.common.testing.infra import async_wait_until
 from switchyard.common.topics import Topics
 from switchyard.inference.handlers import ChatRequestHandler
-from switchyard.inference.providers import ProviderPool, default_provider_factory
+from switchyard.inference.providers import (
+    AnthropicProvider,
+    OpenAIProvider,
+    ProviderPool,
+    default_provider_factory,
+)
+from switchyard.inference.reliability import Backoff
+from switchyard.inference.testing import Harness, chat_request
 
 TOPICS = Topics("test")
-REPLY_PARTITION = 3
 
 
 def deployment(simulator, name: str, upstream: str, **options: Any) -> Deployment:
     options = {"max_retries": 0, "timeout_s": 5, **options}
     return Deployment(
         name=name, provider="openai", model=upstream, base_url=simulator.openai_url, **options
+    )
+
+
+def anthropic_deployment(simulator, name: str, upstream: str, **options: Any) -> Deployment:
+    options = {"max_retries": 0, "timeout_s": 5, **options}
+    return Deployment(
+        name=name, provider="anthropic", model=upstream, base_url=simulator.root, **options
     )
 
 
@@ -61,97 +68,24 @@ def routing_for(simulator) -> RoutingTable:
         ),
         ModelRoute(
             name="claude",
-            deployments=[Deployment(name="anthropic", provider="anthropic", model="claude-x")],
+            deployments=[anthropic_deployment(simulator, "anthropic", "upstream-claude")],
         ),
     ]
     return RoutingTable(models={route.name: route for route in routes})
 
 
-@dataclass
-class Harness:
-    handler: ChatRequestHandler
-    replies: list = field(default_factory=list)
-    other_partition: list = field(default_factory=list)
-    usage: list = field(default_factory=list)
-
-    async def reply(self, request_id: str) -> Any:
-        async def found() -> Any:
-            return next(
-                (
-                    e
-                    for e in self.replies
-                    if e.request_id == request_id and isinstance(e, ChatCompleted | ChatFailed)
-                ),
-                None,
-            )
-
-        return await async_wait_until(found, timeout=5, interval=0.01, message="terminal reply")
-
-    async def usage_of(self, request_id: str) -> UsageRecorded:
-        async def found() -> Any:
-            return next((e for e in self.usage if e.request_id == request_id), None)
-
-        return await async_wait_until(found, timeout=5, interval=0.01, message="usage event")
-
-    async def handle(self, request: ChatRequested) -> Any:
-        await self.handler(request)
-        return await self.reply(request.request_id)
-
-
 @pytest.fixture
 async def harness(simulator) -> AsyncIterator[Harness]:
-    bus = InMemoryBus(partitions={TOPICS.replies: 12})
     providers = ProviderPool()
-    result = Harness(
-        ChatRequestHandler(
-            publish=bus.publish, topics=TOPICS, routing=routing_for(simulator), providers=providers
-        )
+    result = await Harness.start(
+        TOPICS,
+        routing=routing_for(simulator),
+        providers=providers,
+        backoff=Backoff(0.01, 0.05),
     )
-    await bus.listen(TOPICS.replies, _append(result.replies), partitions=[REPLY_PARTITION])
-    await bus.listen(TOPICS.replies, _append(result.other_partition), partitions=[0])
-    await bus.listen(TOPICS.usage, _append(result.usage))
     yield result
-    await bus.stop()
+    await result.stop()
     await providers.aclose()
-
-
-def _append(events: list):
-    async def append(event) -> None:
-        events.append(event)
-
-    return append
-
-
-def chat_request(
-    model: str = "sim-small",
-    text: str = "Hello there",
-    *,
-    deadline_s: float = 30,
-    body: dict[str, Any] | None = None,
-    stream: bool = False,
-    reply_to: bool = True,
-) -> ChatRequested:
-    body = (
-        body
-        if body is not None
-        else {"model": model, "messages": [{"role": "user", "content": text}]}
-    )
-    return ChatRequested(
-        source="gateway",
-        tenant="acme",
-        request_id=f"req-{id(body)}-{model}",
-        data=ChatRequestData(
-            model=model,
-            body=body,
-            stream=stream,
-            user_id="user-1",
-            api_key_id="key-1",
-            deadline=utcnow() + timedelta(seconds=deadline_s),
-            reply_to=ReplyAddress(partition=REPLY_PARTITION, instance_id="gw-1")
-            if reply_to
-            else None,
-        ),
-    )
 
 
 async def test_completed_reply_reaches_the_reply_partition_with_the_public_model_name(
@@ -259,7 +193,7 @@ async def test_upstream_400_is_passed_through_with_the_upstream_message(harness)
     assert "messages.0" in reply.data.error.message
 
 
-async def test_rate_limit_is_retried_by_the_sdk_when_the_deployment_allows(
+async def test_rate_limit_is_retried_on_the_same_deployment_when_it_allows(
     harness, simulator
 ) -> None:
     simulator.fault(status=429, retry_after=0.01)
@@ -315,25 +249,145 @@ async def test_hanging_upstream_past_the_request_deadline_expires(harness, simul
     assert (reply.data.status, reply.data.error.status) == ("expired", 504)
 
 
-async def test_streaming_request_gets_one_valid_chunk_before_the_completion(harness) -> None:
+async def test_streaming_reply_arrives_as_ordered_chunks_then_the_assembled_completion(
+    harness,
+) -> None:
+    request = chat_request(text="stream it please", stream=True, include_usage=True)
+
+    completed = await harness.handle(request)
+
+    events = harness.events_of(request.request_id)
+    chunks = [event for event in events if isinstance(event, ChatChunk)]
+    assert events[-1] is completed and isinstance(completed, ChatCompleted)
+    assert [chunk.data.sequence for chunk in chunks] == list(range(len(chunks)))
+    assert len(chunks) == 6  # role, 3 content pieces, finish, usage
+    state = ChatCompletionStreamState()
+    for chunk in chunks:
+        parsed = openai.types.chat.ChatCompletionChunk.model_validate(chunk.data.chunk)
+        assert parsed.model == "sim-small"
+        state.handle_chunk(parsed)
+    streamed = state.get_final_completion()
+    assert streamed.choices[0].message.content == "Simulated reply to: stream it please"
+    assert streamed.usage.completion_tokens == 6
+    assert chunks[-1].data.chunk["choices"] == []  # the usage chunk asked for
+    assert len({chunk.id for chunk in chunks}) == len(chunks)
+    # The completion event carries the whole reply, for history.
+    response = openai.types.chat.ChatCompletion.model_validate(completed.data.response)
+    assert response.choices[0].message.content == "Simulated reply to: stream it please"
+    assert response.model == "sim-small" and response.choices[0].finish_reason == "stop"
+    assert (completed.data.usage.input_tokens, completed.data.usage.output_tokens) == (3, 6)
+    usage = await harness.usage_of(request.request_id)
+    assert usage.data.time_to_first_token_ms is not None
+    assert 0 < usage.data.time_to_first_token_ms <= usage.data.latency_ms
+
+
+async def test_streaming_without_include_usage_sends_no_usage_chunk_but_records_usage(
+    harness,
+) -> None:
+    request = chat_request(text="no usage chunk", stream=True)
+
+    completed = await harness.handle(request)
+
+    chunks = harness.chunks_of(request.request_id)
+    assert all(chunk.data.chunk["choices"] for chunk in chunks)
+    assert all("usage" not in chunk.data.chunk for chunk in chunks)
+    assert chunks[-1].data.chunk["choices"][0]["finish_reason"] == "stop"
+    assert completed.data.usage.output_tokens == 6  # asked upstream anyway, for billing
+    assert (await harness.usage_of(request.request_id)).data.usage.output_tokens == 6
+
+
+async def test_streamed_tool_calls_are_relayed_and_assembled(harness) -> None:
+    body = {
+        "model": "sim-small",
+        "messages": [{"role": "user", "content": "What is the weather in Oslo?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+    }
+    request = chat_request(body=body, stream=True)
+
+    completed = await harness.handle(request)
+
+    state = ChatCompletionStreamState()
+    for chunk in harness.chunks_of(request.request_id):
+        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(chunk.data.chunk))
+    for choice in (
+        state.get_final_completion().choices[0],
+        openai.types.chat.ChatCompletion.model_validate(completed.data.response).choices[0],
+    ):
+        assert choice.finish_reason == "tool_calls"
+        call = choice.message.tool_calls[0]
+        assert call.function.name == "get_weather"
+        assert json.loads(call.function.arguments) == {"location": "Oslo"}
+
+
+async def test_anthropic_deployment_streams_openai_chunks(harness, simulator) -> None:
+    request = chat_request(model="claude", text="hi claude", stream=True, include_usage=True)
+
+    completed = await harness.handle(request)
+
+    chunks = harness.chunks_of(request.request_id)
+    state = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(chunk.data.chunk))
+    streamed = state.get_final_completion()
+    assert streamed.model == "claude"
+    assert streamed.choices[0].message.content == "Simulated reply to: hi claude"
+    assert streamed.usage.prompt_tokens == 2 and streamed.usage.completion_tokens == 5
+    assert (completed.data.provider, completed.data.deployment) == ("anthropic", "anthropic")
+    assert simulator.stats()["routes"] == {"/v1/messages": 1}
+
+
+async def test_anthropic_deployment_answers_in_openai_format(harness, simulator) -> None:
+    body = {
+        "model": "claude",
+        "messages": [
+            {"role": "system", "content": "Be helpful."},
+            {"role": "user", "content": "What is the weather in Rome?"},
+        ],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+    }
+
+    reply = await harness.handle(chat_request(model="claude", body=body))
+
+    assert isinstance(reply, ChatCompleted)
+    completion = openai.types.chat.ChatCompletion.model_validate(reply.data.response)
+    assert completion.model == "claude"
+    assert completion.choices[0].finish_reason == "tool_calls"
+    arguments = completion.choices[0].message.tool_calls[0].function.arguments
+    assert json.loads(arguments) == {"location": "Rome"}
+    assert reply.data.usage.input_tokens == completion.usage.prompt_tokens > 0
+
+
+async def test_embeddings_are_answered_with_the_embeddings_object_and_usage(
+    harness, simulator
+) -> None:
     request = chat_request(
-        stream=True,
-        body={
-            "model": "sim-small",
-            "messages": [{"role": "user", "content": "stream it"}],
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        },
+        operation="embeddings", body={"model": "sim-small", "input": ["one two", "three"]}
     )
 
-    await harness.handle(request)
+    reply = await harness.handle(request)
 
-    chunk, completed = harness.replies
-    assert isinstance(chunk, ChatChunk) and isinstance(completed, ChatCompleted)
-    assert chunk.data.sequence == 0
-    parsed = openai.types.chat.ChatCompletionChunk.model_validate(chunk.data.chunk)
-    assert parsed.choices[0].delta.content == "Simulated reply to: stream it"
-    assert parsed.model == "sim-small" and parsed.choices[0].finish_reason == "stop"
+    assert isinstance(reply, ChatCompleted)
+    response = openai.types.CreateEmbeddingResponse.model_validate(reply.data.response)
+    assert response.model == "sim-small"
+    assert [len(item.embedding) for item in response.data] == [8, 8]  # floats, not base64
+    assert (reply.data.usage.input_tokens, reply.data.usage.output_tokens) == (3, 0)
+    assert (await harness.usage_of(request.request_id)).data.usage.input_tokens == 3
+    assert simulator.stats()["routes"] == {"/v1/embeddings": 1}
+
+
+async def test_embeddings_on_an_anthropic_only_model_are_refused_clearly(harness) -> None:
+    reply = await harness.handle(chat_request(model="claude", operation="embeddings"))
+    assert isinstance(reply, ChatFailed)
+    assert (reply.data.error.status, reply.data.error.code) == (400, "unsupported_operation")
+
+
+async def test_a_request_anthropic_cannot_express_is_refused_before_calling_it(
+    harness, simulator
+) -> None:
+    body = {"model": "claude", "messages": [{"role": "user", "content": "x"}], "n": 3}
+    reply = await harness.handle(chat_request(model="claude", body=body))
+    assert (reply.data.error.status, reply.data.error.code) == (400, "unsupported_parameter")
+    assert simulator.calls() == 0
 
 
 async def test_reply_without_reply_address_is_still_published(simulator) -> None:
@@ -416,9 +470,21 @@ async def test_events_other_than_requests_are_ignored(harness) -> None:
     assert harness.replies == [] and harness.usage == []
 
 
-async def test_unsupported_provider_fails_clearly(harness) -> None:
-    reply = await harness.handle(chat_request(model="claude"))
-    assert (reply.data.error.status, reply.data.error.code) == (501, "provider_not_supported")
+async def test_upstream_failure_in_the_middle_of_a_stream_ends_it_without_fallback(
+    harness, simulator
+) -> None:
+    simulator.fault(status=500, stream_error_after=3, model="upstream-primary")
+    request = chat_request(model="with-fallback", stream=True)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatFailed)
+    assert (reply.data.error.status, reply.data.error.code) == (502, "upstream_stream_error")
+    chunks = harness.chunks_of(request.request_id)
+    assert [chunk.data.sequence for chunk in chunks] == [0, 1, 2]  # what arrived was relayed
+    assert simulator.calls("upstream-secondary") == 0  # a started stream cannot move
+    usage = await harness.usage_of(request.request_id)
+    assert usage.data.status == "failed" and usage.data.usage.output_tokens == 2
 
 
 async def test_redelivered_request_produces_events_with_the_same_ids(harness) -> None:
@@ -430,6 +496,17 @@ async def test_redelivered_request_produces_events_with_the_same_ids(harness) ->
     assert len({event.id for event in harness.replies}) == 1  # consumers deduplicate the second
 
 
-def test_default_factory_builds_openai_clients_for_openai_deployments(simulator) -> None:
-    provider = default_provider_factory(deployment(simulator, "sim", "x"))
-    assert provider.client.base_url.host == "127.0.0.1"
+def test_default_factory_builds_clients_without_sdk_retries(simulator) -> None:
+    openai_provider = default_provider_factory(deployment(simulator, "sim", "x", max_retries=5))
+    anthropic_provider = default_provider_factory(
+        anthropic_deployment(simulator, "a", "y").model_copy(
+            update={"base_url": simulator.openai_url}
+        )
+    )
+    assert isinstance(openai_provider, OpenAIProvider)
+    assert openai_provider.client.base_url.host == "127.0.0.1"
+    assert openai_provider.client.max_retries == 0  # backoff is the handler's
+    assert isinstance(anthropic_provider, AnthropicProvider)
+    assert anthropic_provider.client.max_retries == 0
+    # The Anthropic SDK adds /v1 itself: a base URL ending in /v1 is taken as the root.
+    assert str(anthropic_provider.client.base_url).rstrip("/") == simulator.root

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import random
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from switchyard.common.routing import RoutingError, load_routing
+from switchyard.common.routing import RoutingError, RoutingSource, load_routing
 from switchyard.inference.bootstrap import check_credentials
 
 SIM_URL = "http://127.0.0.1:8099/v1"
@@ -27,13 +31,16 @@ def write(tmp_path: Path, text: str) -> str:
 def test_default_routing_serves_the_simulator_models_only_without_an_openai_key() -> None:
     routing = load_routing(None, SIM_URL)
 
-    assert routing.model_names() == ["sim-large", "sim-small"]
+    assert routing.model_names() == ["sim-claude", "sim-large", "sim-small"]
     deployment = routing.route("sim-small").deployments[0]
     assert (deployment.provider, deployment.model, deployment.base_url) == (
         "openai",
         "sim-small",
         SIM_URL,
     )
+    claude = routing.route("sim-claude").deployments[0]
+    # The simulator's Anthropic protocol, at its root (the SDK adds /v1/messages).
+    assert (claude.provider, claude.base_url) == ("anthropic", "http://127.0.0.1:8099")
     assert deployment.api_key()  # a placeholder: the SDK refuses to start without one
     assert routing.route("gpt-4o") is None
 
@@ -50,6 +57,7 @@ def test_default_routing_adds_openai_models_when_a_key_is_set(
         "gpt-4.1-mini",
         "gpt-4o",
         "gpt-4o-mini",
+        "sim-claude",
         "sim-large",
         "sim-small",
     ]
@@ -140,3 +148,93 @@ def test_unset_api_key_variable_is_a_start_up_error_naming_it(tmp_path: Path) ->
 
     with pytest.raises(RoutingError, match="MY_MISSING_KEY"):
         check_credentials(routing)
+
+
+def route_of(tmp_path: Path, deployments: str):
+    path = write(tmp_path, f"models:\n  chat:\n    deployments:\n{deployments}")
+    return load_routing(path, SIM_URL).route("chat")
+
+
+def test_without_priorities_the_list_is_an_ordered_fallback_chain(tmp_path: Path) -> None:
+    route = route_of(
+        tmp_path,
+        "      - {name: a, provider: openai, model: x, weight: 1}\n"
+        "      - {name: b, provider: openai, model: x, weight: 100}\n",
+    )
+    orders = {tuple(d.name for d in route.attempt_order(random.Random(seed))) for seed in range(50)}
+    assert orders == {("a", "b")}  # weights only matter within a priority group
+
+
+def test_equal_priority_shares_first_attempts_by_weight(tmp_path: Path) -> None:
+    route = route_of(
+        tmp_path,
+        "      - {name: a, provider: openai, model: x, priority: 0, weight: 3}\n"
+        "      - {name: b, provider: openai, model: x, priority: 0, weight: 1}\n"
+        "      - {name: standby, provider: openai, model: x, priority: 0, weight: 0}\n"
+        "      - {name: last, provider: openai, model: x, priority: 1}\n",
+    )
+    rng = random.Random(7)
+    orders = [[d.name for d in route.attempt_order(rng)] for _ in range(4000)]
+
+    firsts = Counter(order[0] for order in orders)
+    assert 0.70 < firsts["a"] / 4000 < 0.80  # 3 : 1
+    assert firsts["standby"] == 0
+    assert all(order[2:] == ["standby", "last"] for order in orders)  # then standby, then next
+
+
+def test_priority_must_be_set_on_all_deployments_or_none(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "models:\n  chat:\n    deployments:\n"
+        "      - {name: a, provider: openai, model: x, priority: 0}\n"
+        "      - {name: b, provider: openai, model: x}\n",
+    )
+    with pytest.raises(RoutingError, match="priority"):
+        load_routing(path, SIM_URL)
+
+
+def test_routing_source_reloads_a_changed_file_and_keeps_the_old_table_on_errors(
+    tmp_path: Path,
+) -> None:
+    path = Path(
+        write(
+            tmp_path,
+            "models:\n  one:\n    deployments:\n      - {name: a, provider: openai, model: x}\n",
+        )
+    )
+    source = RoutingSource(str(path), SIM_URL)
+    changes: list = []
+    source.on_change(changes.append)
+    assert not source.reload_if_changed()  # nothing changed
+
+    path.write_text(
+        "models:\n  two:\n    deployments:\n      - {name: a, provider: openai, model: x}\n"
+    )
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    assert source.reload_if_changed()
+    assert source.table.model_names() == ["two"] and source.version == 2
+    assert [table.model_names() for table in changes] == [["two"]]
+
+    path.write_text("models: [broken")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000))
+    assert not source.reload_if_changed()
+    assert source.table.model_names() == ["two"]  # still serving
+    assert not source.changed()  # the bad file is reported once, not at every poll
+
+
+def test_routing_source_validation_refuses_a_table(tmp_path: Path) -> None:
+    path = Path(
+        write(
+            tmp_path,
+            "models:\n  one:\n    deployments:\n      - {name: a, provider: openai, model: x}\n",
+        )
+    )
+    source = RoutingSource(str(path), SIM_URL, validate=check_credentials)
+    path.write_text(
+        "models:\n  two:\n    deployments:\n"
+        "      - {name: a, provider: openai, model: x, api_key_env: NOPE_KEY}\n"
+    )
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+
+    assert not source.reload()
+    assert source.table.model_names() == ["one"]

@@ -15,6 +15,8 @@ import httpx
 import openai
 import pytest
 
+from switchyard.common.testing.infra import async_wait_until
+
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -367,3 +369,57 @@ def test_reset_clears_counts(simulator) -> None:
     assert simulator.stats()["routes"] == {"/v1/models": 1}
     simulator.control.post("/_sim/reset")
     assert simulator.stats()["total"] == 0
+
+
+async def test_mid_stream_fault_fails_an_openai_stream_after_some_chunks(
+    openai_client, simulator
+) -> None:
+    simulator.fault(stream_error_after=2)
+    stream = await openai_client.chat.completions.create(
+        model="sim-small", messages=user("a b c d e f"), stream=True
+    )
+    received = []
+    with pytest.raises(openai.APIError, match="mid-stream"):
+        async for chunk in stream:
+            received.append(chunk)
+    assert len(received) == 2
+    # A non-streaming request taking the same kind of fault gets its status instead.
+    simulator.fault(status=503, stream_error_after=2)
+    with pytest.raises(openai.InternalServerError):
+        await openai_client.chat.completions.create(model="sim-small", messages=user("x"))
+
+
+async def test_mid_stream_fault_sends_an_anthropic_error_event(anthropic_client, simulator) -> None:
+    simulator.fault(stream_error_after=4)
+    stream = await anthropic_client.messages.create(
+        model="sim-claude", max_tokens=10, messages=user("a b c d e f"), stream=True
+    )
+    types = []
+    with pytest.raises(anthropic.APIStatusError, match="mid-stream"):
+        async for event in stream:
+            types.append(event.type)
+    assert types == ["message_start", "content_block_start", "content_block_delta"]  # + a ping
+
+
+async def test_abandoned_streams_are_counted(simulator) -> None:
+    simulator.latency(2000)
+    async with (
+        httpx.AsyncClient(base_url=simulator.openai_url, timeout=5) as client,
+        client.stream(
+            "POST",
+            "/chat/completions",
+            json={"model": "sim-small", "messages": user("a b c d"), "stream": True},
+        ) as response,
+    ):
+        async for _ in response.aiter_lines():
+            break  # the first event, then hang up
+
+    async def aborted() -> bool:
+        return simulator.stats()["streams_aborted"] == 1
+
+    await async_wait_until(aborted, timeout=3, interval=0.05, message="abandoned stream")
+
+
+def test_invalid_mid_stream_fault_is_refused(simulator) -> None:
+    response = simulator.control.post("/_sim/faults", json={"stream_error_after": -1})
+    assert response.status_code == 400

@@ -15,16 +15,41 @@ models:
         base_url: http://127.0.0.1:8099/v1
   gpt-4o-mini:
     deployments:
-      - {name: openai, provider: openai, model: gpt-4o-mini, api_key_env: OPENAI_API_KEY}
+      # Same priority: traffic is shared 3:1 between the two; either falls back on the other.
+      - {name: azure, provider: openai, model: gpt-4o-mini, base_url: ..., priority: 0, weight: 3}
+      - {name: openai, provider: openai, model: gpt-4o-mini, api_key_env: OPENAI_API_KEY,
+         priority: 0, weight: 1}
+      # Tried only when both above failed (or their circuits are open).
+      - {name: claude, provider: anthropic, model: claude-haiku-4-5, api_key_env: ANTHROPIC_API_KEY,
+         priority: 1}
 ```
+
+Order of attempts for one request (`ModelRoute.attempt_order`):
+- deployments are grouped by `priority` (lower first); without `priority` (on none of a
+  model's deployments: it is all or none), each deployment is its own group in list
+  order, so a plain list is an ordered fallback chain;
+- within a group, the order is a weighted random draw: a deployment with weight 3 is
+  tried first three times as often as one with weight 1; weight 0 means "never first
+  while another of its group has weight", i.e. a standby inside the group;
+- the inference service then puts a group's deployments that are at their
+  `max_concurrency` after those with free capacity, and skips deployments whose circuit
+  breaker is open.
+
+`RoutingSource` keeps the table current: it reloads the file when it changes (polling its
+modification time, and on demand, e.g. on SIGHUP), keeping the previous table when the new
+file is invalid.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # The SDKs refuse to start without an API key; deployments that need none (the simulator,
@@ -33,6 +58,10 @@ PLACEHOLDER_API_KEY = "sim"
 
 OPENAI_DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini")
 SIMULATOR_MODELS = ("sim-small", "sim-large")
+# Served by the simulator's Anthropic protocol through the Anthropic provider.
+SIMULATOR_ANTHROPIC_MODELS = ("sim-claude",)
+
+log = structlog.get_logger("switchyard.routing")
 
 
 class RoutingError(ValueError):
@@ -53,10 +82,28 @@ class Deployment(_Strict):
     api_key_env: str | None = Field(
         default=None, description="Name of the environment variable holding the API key."
     )
-    timeout_s: float = Field(default=60, gt=0)
-    max_retries: int = Field(default=2, ge=0)
-    weight: int = Field(default=1, ge=0)
-    max_concurrency: int | None = Field(default=None, ge=1)
+    timeout_s: float = Field(
+        default=60, gt=0, description="Per upstream call: connect, and each read of the reply."
+    )
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        description="Retries on this deployment (429, 5xx, timeouts) before "
+        "falling back to the next one; with exponential backoff and full jitter.",
+    )
+    priority: int | None = Field(
+        default=None,
+        ge=0,
+        description="Fallback group: lower is tried first. Unset: the position in the list.",
+    )
+    weight: int = Field(
+        default=1,
+        ge=0,
+        description="Share of first attempts within its priority group (0: standby).",
+    )
+    max_concurrency: int | None = Field(
+        default=None, ge=1, description="Calls in flight to this deployment at most."
+    )
 
     def api_key(self) -> str:
         """The key to send upstream. Raises RoutingError if the named variable is unset, so
@@ -85,7 +132,43 @@ class ModelRoute(_Strict):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"deployment names must be unique within a model: {duplicates}")
+        with_priority = [deployment.priority is not None for deployment in deployments]
+        if any(with_priority) and not all(with_priority):
+            raise ValueError("set 'priority' on every deployment of a model, or on none")
         return deployments
+
+    def priority_groups(self) -> list[list[Deployment]]:
+        """Deployments grouped by priority, lowest first, each group in list order."""
+        groups: dict[int, list[Deployment]] = {}
+        for position, deployment in enumerate(self.deployments):
+            key = deployment.priority if deployment.priority is not None else position
+            groups.setdefault(key, []).append(deployment)
+        return [groups[key] for key in sorted(groups)]
+
+    def attempt_order(self, rng: random.Random | None = None) -> list[Deployment]:
+        """The order in which one request tries the deployments (see the module doc)."""
+        if len(self.deployments) == 1:
+            return list(self.deployments)
+        rng = rng or _random
+        order: list[Deployment] = []
+        for group in self.priority_groups():
+            order += weighted_shuffle(group, rng)
+        return order
+
+
+_random = random.Random()
+
+
+def weighted_shuffle(deployments: list[Deployment], rng: random.Random) -> list[Deployment]:
+    """A random order in which each next deployment is drawn with probability proportional
+    to its weight among those left; weight-0 deployments follow in list order."""
+    if len(deployments) == 1:
+        return list(deployments)
+    weighted = [d for d in deployments if d.weight > 0]
+    standby = [d for d in deployments if d.weight == 0]
+    # Efraimidis-Spirakis: sort by u^(1/w) descending, one draw per item.
+    keyed = sorted(weighted, key=lambda d: rng.random() ** (1.0 / d.weight), reverse=True)
+    return keyed + standby
 
 
 class RoutingTable(_Strict):
@@ -126,6 +209,11 @@ def load_routing(path: str | None, simulator_url: str) -> RoutingTable:
     return default_routing(simulator_url)
 
 
+def simulator_root(simulator_url: str) -> str:
+    """The simulator's root URL (the Anthropic SDK adds `/v1/messages` itself)."""
+    return simulator_url.rstrip("/").removesuffix("/v1")
+
+
 def default_routing(simulator_url: str) -> RoutingTable:
     routes = [
         ModelRoute(
@@ -135,6 +223,20 @@ def default_routing(simulator_url: str) -> RoutingTable:
             ],
         )
         for name in SIMULATOR_MODELS
+    ]
+    routes += [
+        ModelRoute(
+            name=name,
+            deployments=[
+                Deployment(
+                    name="simulator",
+                    provider="anthropic",
+                    model=name,
+                    base_url=simulator_root(simulator_url),
+                )
+            ],
+        )
+        for name in SIMULATOR_ANTHROPIC_MODELS
     ]
     if os.environ.get("OPENAI_API_KEY"):
         base_url = os.environ.get("OPENAI_BASE_URL") or None
@@ -179,3 +281,81 @@ def _describe(exc: ValidationError) -> str:
         field = ".".join(str(part) for part in error["loc"]) or "(top level)"
         problems.append(f"{field}: {error['msg']}")
     return "; ".join(problems)
+
+
+class RoutingSource:
+    """The current routing table, reloaded from its file when the file changes.
+
+    Readers take `source.table` for each request (one attribute read); a reload swaps it
+    atomically. An invalid new file is logged and the previous table kept, so a typo
+    never takes the service down. `validate` can refuse a table (e.g. a missing API key
+    variable) the same way. `on_change(table)` callbacks run after each swap."""
+
+    def __init__(
+        self,
+        path: str | None,
+        simulator_url: str,
+        *,
+        validate: Callable[[RoutingTable], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.simulator_url = simulator_url
+        self._validate = validate
+        self.table = load_routing(path, simulator_url)
+        if validate is not None:
+            validate(self.table)
+        self._signature = self._file_signature()
+        self.version = 1
+        self._listeners: list[Callable[[RoutingTable], None]] = []
+
+    def on_change(self, listener: Callable[[RoutingTable], None]) -> None:
+        self._listeners.append(listener)
+
+    def _file_signature(self) -> tuple[int, int, int] | None:
+        if not self.path:
+            return None
+        try:
+            stat = os.stat(self.path)  # follows symlinks: Kubernetes ConfigMap updates
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_ino, stat.st_size)
+
+    def changed(self) -> bool:
+        return self.path is not None and self._file_signature() != self._signature
+
+    def reload(self) -> bool:
+        """Load the file now; True if the table was replaced. Errors are logged, not raised."""
+        if not self.path:
+            return False
+        signature = self._file_signature()
+        try:
+            table = load_routing(self.path, self.simulator_url)
+            if self._validate is not None:
+                self._validate(table)
+        except RoutingError as exc:
+            self._signature = signature  # report a bad file once, not at every poll
+            log.error("routing file not reloaded; keeping the previous table", error=str(exc))
+            return False
+        self._signature = signature
+        if table == self.table:
+            return False
+        self.table = table
+        self.version += 1
+        log.info("routing table reloaded", path=self.path, models=table.model_names())
+        for listener in self._listeners:
+            listener(table)
+        return True
+
+    def reload_if_changed(self) -> bool:
+        return self.changed() and self.reload()
+
+    async def watch(self, interval_s: float) -> None:
+        """Poll the file every `interval_s` seconds until cancelled."""
+        if not self.path or interval_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self.reload_if_changed()
+            except Exception:  # noqa: BLE001 - a listener bug must not stop the watcher
+                log.exception("routing reload failed")

@@ -10,16 +10,22 @@ import structlog
 from fastapi import FastAPI
 
 from switchyard.common.bus import EventBus, create_bus
-from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import health_router
 from switchyard.common.metrics import metrics_router
-from switchyard.gateway.api import chat, history, models
+from switchyard.gateway.api import chat, embeddings, history, jobs, messages, models, usage
 from switchyard.gateway.api.body import install_openapi_models
 from switchyard.gateway.bootstrap import Gateway, build_gateway
 from switchyard.gateway.config import Settings
+from switchyard.gateway.cors import install_cors
+from switchyard.gateway.errors import install_api_error_handlers
+from switchyard.gateway.idempotency import IdempotencyMiddleware
 from switchyard.gateway.limits import BodySizeLimit
 from switchyard.gateway.replies import reply_partition
-from switchyard.gateway.schemas import ChatCompletionRequest
+from switchyard.gateway.schemas import (
+    AnthropicMessagesRequest,
+    ChatCompletionRequest,
+    EmbeddingsRequest,
+)
 
 log = structlog.get_logger("switchyard.gateway")
 
@@ -57,15 +63,22 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         # Kafka may not be reachable yet: keep trying in the background; until the
         # replies listener runs, readiness fails and chat requests get 503.
         connecting = asyncio.create_task(listen_for_replies(gateway))
-        await asyncio.wait({connecting}, timeout=3)
+        # Listen to the auth events, then load the revocation state from auth (retried);
+        # until it is loaded, readiness fails and JWTs get 503.
+        syncing = asyncio.create_task(gateway.revocations.run())
+        await asyncio.wait({connecting, syncing}, timeout=3)
         with contextlib.suppress(Exception):
             await gateway.authenticator.jwks.refresh()
         try:
             yield
         finally:
             connecting.cancel()
+            syncing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await connecting
+            with contextlib.suppress(asyncio.CancelledError):
+                await syncing
+            await gateway.revocations.stop()
             if gateway.replies_listener is not None:
                 await gateway.replies_listener.stop()
             await gateway.http.aclose()
@@ -79,14 +92,27 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         lifespan=lifespan,
     )
     app.state.gateway = gateway
-    install_openapi_models(app, ChatCompletionRequest)
-    install_error_handlers(app)
+    install_openapi_models(app, ChatCompletionRequest, AnthropicMessagesRequest, EmbeddingsRequest)
+    install_api_error_handlers(app)
+    # Inside the body limit: Idempotency-Key claims and replays (idempotency.py).
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_cors(app, settings)  # last added, so outermost: refusals carry CORS headers too
     app.include_router(chat.router)
+    app.include_router(messages.router)
+    app.include_router(embeddings.router)
     app.include_router(models.router)
     app.include_router(history.router)
+    app.include_router(usage.router)
+    app.include_router(jobs.router)
     app.include_router(
-        health_router({"bus": the_bus.healthy, "replies": gateway.listening_for_replies})
+        health_router(
+            {
+                "bus": the_bus.healthy,
+                "replies": gateway.listening_for_replies,
+                "revocations": gateway.revocations_loaded,
+            }
+        )
     )
     app.include_router(metrics_router())
     return app

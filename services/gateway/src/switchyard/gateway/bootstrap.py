@@ -13,6 +13,7 @@ from switchyard.common.topics import Topics
 from switchyard.gateway.auth import Authenticator
 from switchyard.gateway.config import Settings
 from switchyard.gateway.replies import PendingReplies
+from switchyard.gateway.revocations import RevocationState, RevocationSync
 
 
 @dataclass
@@ -27,9 +28,16 @@ class Gateway:
     reply_partition: int = 0
     replies_listener: Subscription | None = None
     in_flight: int = 0
+    # Fire-and-forget tasks (e.g. cancellations) kept referenced until they finish.
+    background: set = field(default_factory=set)
+    # Keeps the authenticator's revocation state current from the auth events topic.
+    revocations: RevocationSync | None = None
 
     async def listening_for_replies(self) -> bool:
         return self.replies_listener is not None
+
+    async def revocations_loaded(self) -> bool:
+        return self.revocations is not None and await self.revocations.ready()
 
 
 def build_gateway(settings: Settings, bus: EventBus) -> Gateway:
@@ -44,12 +52,25 @@ def build_gateway(settings: Settings, bus: EventBus) -> Gateway:
         key_ttl_s=settings.api_key_cache_ttl_s,
         negative_ttl_s=settings.api_key_negative_cache_ttl_s,
         jwks_min_interval_s=settings.jwks_refresh_min_interval_s,
+        leeway_s=settings.jwt_leeway_s,
+        token_cache_size=settings.jwt_cache_size,
+        lookup_concurrency=settings.api_key_lookup_concurrency,
+        revocations=RevocationState(),
+    )
+    topics = Topics(settings.topic_prefix)
+    revocations = RevocationSync(
+        bus,
+        topics.auth_events,
+        authenticator.revocations,
+        authenticator.fetch_revocations,
+        on_signing_key_rotated=authenticator.jwks.refresh,
     )
     return Gateway(
         settings=settings,
         bus=bus,
-        topics=Topics(settings.topic_prefix),
+        topics=topics,
         authenticator=authenticator,
         routing=load_routing(settings.routing_file, settings.simulator_url),
         http=http,
+        revocations=revocations,
     )

@@ -60,6 +60,10 @@ CANCELLED = Counter(
 )
 
 
+class ClientDisconnected(Exception):
+    """The client went away while waiting; nobody will read the response."""
+
+
 class ReplyFailed(Exception):
     """The request reached a terminal state other than completed."""
 
@@ -185,8 +189,8 @@ class Dispatch:
     # -- waiting -------------------------------------------------------------------------
 
     async def _next(self) -> Reply:
-        """The next reply event; TimeoutError at the deadline; CancelledError if the client
-        disconnected (after asking inference to stop)."""
+        """The next reply event; TimeoutError at the deadline; ClientDisconnected if the
+        client went away (after asking inference to stop, unless configured otherwise)."""
         assert self._queue is not None
         remaining = self.deadline - time.perf_counter()
         if remaining <= 0:
@@ -204,7 +208,7 @@ class Dispatch:
         getter.cancel()
         if watcher in done:
             self.client_disconnected()
-            raise asyncio.CancelledError("client disconnected")
+            raise ClientDisconnected
         raise TimeoutError
 
     async def _client_gone(self) -> None:

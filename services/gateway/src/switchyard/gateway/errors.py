@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from switchyard.common.errors import APIError, error_response, validation_message
+from switchyard.gateway.dispatch import ClientDisconnected
 
 ANTHROPIC_PATHS = ("/v1/messages",)
 
@@ -60,6 +61,11 @@ def install_api_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
         return respond(request, exc)
+
+    @app.exception_handler(ClientDisconnected)
+    async def _client_gone(_: Request, __: ClientDisconnected) -> Response:
+        # Nobody reads this; 499 is the conventional "client closed request" in access logs.
+        return Response(status_code=499)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:

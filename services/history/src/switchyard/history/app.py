@@ -1,5 +1,7 @@
-"""The history service application: consumes requests, replies and usage into the
-database and serves `/v1/history` to the gateway.
+"""The history service application: consumes requests, replies, usage and auth events
+into the database; serves `/v1/history`, `/v1/usage`, `/v1/jobs` and the Idempotency-Key
+store to the gateway; and runs the expiry sweeper, the retention purge and the job
+webhook deliveries in the background.
 
 `create_app(settings, bus)`: with `bus=None` the app creates, starts and stops the bus its
 settings ask for; in embedded mode it joins the shared in-memory bus it is given.
@@ -7,6 +9,8 @@ settings ask for; in embedded mode it joins the shared in-memory bus it is given
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -18,7 +22,10 @@ from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import health_router
 from switchyard.common.metrics import metrics_router
 from switchyard.common.topics import Topics
+from switchyard.history.api.internal import idempotency_router
+from switchyard.history.api.jobs import jobs_router
 from switchyard.history.api.routes import history_router
+from switchyard.history.api.usage import usage_router
 from switchyard.history.bootstrap import build_components
 from switchyard.history.config import Settings
 
@@ -45,12 +52,23 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             # The default batch retry policy retries forever: while the database is down the
             # batch is retried with backoff, and offsets are committed only after it commits.
             subscription = await event_bus.subscribe_batch(
-                [topics.requests_interactive, topics.requests_batch, topics.replies, topics.usage],
+                [
+                    topics.requests_interactive,
+                    topics.requests_batch,
+                    topics.replies,
+                    topics.usage,
+                    topics.auth_events,
+                ],
                 group=settings.group,
                 handler=components.recorder.record,
                 max_batch=settings.max_batch,
             )
             stack.push_async_callback(subscription.stop)
+            for name, work in (
+                ("sweeper", components.sweeper.run(settings.sweep_interval_s)),
+                ("webhooks", components.webhooks.run(settings.webhook_poll_interval_s)),
+            ):
+                stack.push_async_callback(_cancel, asyncio.create_task(work, name=name))
             log.info(
                 "history service started", group=settings.group, topic_prefix=settings.topic_prefix
             )
@@ -75,4 +93,15 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(health_router({"database": database_ready, "bus": bus_ready}))
     app.include_router(metrics_router())
     app.include_router(history_router(settings.internal_token))
+    app.include_router(usage_router(settings.internal_token))
+    app.include_router(jobs_router(settings.internal_token))
+    app.include_router(
+        idempotency_router(settings.internal_token, settings.idempotency_max_body_bytes)
+    )
     return app
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

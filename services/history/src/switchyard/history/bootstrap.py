@@ -1,10 +1,13 @@
-"""Composition root of the history service: wires the database into the recorder and
-the queries. Tests build the same components against a temporary database."""
+"""Composition root of the history service: wires the database into the recorder, the
+queries, the stores and the background workers. Tests build the same components against
+a temporary database."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
+import orjson
 import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -12,7 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from switchyard.common.db import create_engine
 from switchyard.history.config import Settings
 from switchyard.history.handlers import EventRecorder
+from switchyard.history.idempotency import IdempotencyStore
 from switchyard.history.queries import HistoryQueries
+from switchyard.history.sweeper import Sweeper
+from switchyard.history.tenants import TenantSettingsStore
+from switchyard.history.webhooks import WebhookDispatcher, WebhookPolicy
 
 log = structlog.get_logger("switchyard.history")
 
@@ -22,6 +29,10 @@ class HistoryComponents:
     engine: AsyncEngine
     recorder: EventRecorder
     queries: HistoryQueries
+    tenants: TenantSettingsStore
+    idempotency: IdempotencyStore
+    webhooks: WebhookDispatcher
+    sweeper: Sweeper
 
     async def database_ready(self) -> bool:
         try:
@@ -36,8 +47,45 @@ class HistoryComponents:
         await self.engine.dispose()
 
 
+def _json_dumps(value) -> str:
+    return orjson.dumps(value).decode()
+
+
+def history_engine(database_url: str) -> AsyncEngine:
+    """The history database, with JSON documents (de)serialised by orjson."""
+    return create_engine(database_url, json_serializer=_json_dumps, json_deserializer=orjson.loads)
+
+
 def build_components(settings: Settings) -> HistoryComponents:
-    engine = create_engine(settings.database_url)
+    engine = history_engine(settings.database_url)
+    recorder = EventRecorder(engine)
+    recorder.max_batch = settings.max_batch
+    tenants = TenantSettingsStore(engine)
+    idempotency = IdempotencyStore(engine)
     return HistoryComponents(
-        engine=engine, recorder=EventRecorder(engine), queries=HistoryQueries(engine)
+        engine=engine,
+        recorder=recorder,
+        queries=HistoryQueries(engine),
+        tenants=tenants,
+        idempotency=idempotency,
+        webhooks=WebhookDispatcher(
+            engine,
+            tenants,
+            WebhookPolicy(
+                max_attempts=settings.webhook_max_attempts,
+                initial_backoff_s=settings.webhook_initial_backoff_s,
+                max_backoff_s=settings.webhook_max_backoff_s,
+                timeout_s=settings.webhook_timeout_s,
+                allow_private_networks=settings.webhooks_may_reach_private_networks,
+            ),
+        ),
+        sweeper=Sweeper(
+            engine,
+            recorder,
+            tenants,
+            idempotency,
+            grace=timedelta(seconds=settings.expiry_grace_s),
+            retention_days=settings.retention_days,
+            purge_interval_s=settings.purge_interval_s,
+        ),
     )

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from switchyard.common.settings import ServiceSettings
+from switchyard.common.settings import Environment, ServiceSettings
 
 # Shipped inside the package so `switchyard db upgrade` works from an installed wheel.
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
@@ -30,8 +30,67 @@ class Settings(ServiceSettings):
         default="history", description="Consumer group on the request, reply and usage topics."
     )
     max_batch: int = Field(
-        default=500,
+        default=1000,
         ge=1,
         le=10_000,
         description="Most events written to the database in one transaction.",
     )
+    expiry_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="A request still pending this long after its deadline is marked expired.",
+    )
+    sweep_interval_s: float = Field(
+        default=5.0, gt=0, description="How often expired requests are looked for."
+    )
+    retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests older than this are purged (tenants may set their own); "
+        "unset: kept forever.",
+    )
+    purge_interval_s: float = Field(
+        default=3600.0, gt=0, description="How often the retention purge runs."
+    )
+    webhook_poll_interval_s: float = Field(
+        default=0.5, gt=0, description="How often due job webhooks are looked for."
+    )
+    webhook_max_attempts: int = Field(
+        default=10, ge=1, description="Delivery attempts of a job webhook before giving up."
+    )
+    webhook_initial_backoff_s: float = Field(
+        default=1.0, gt=0, description="Wait before the second attempt; doubles each time."
+    )
+    webhook_max_backoff_s: float = Field(default=600.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Per delivery attempt.")
+    webhook_allow_private_networks: bool | None = Field(
+        default=None,
+        description="Allow webhook URLs resolving to loopback or private addresses. "
+        "Unset: allowed in development and test, refused in production.",
+    )
+    idempotency_max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        gt=0,
+        description="Largest response stored to replay for an Idempotency-Key.",
+    )
+
+    @property
+    def webhooks_may_reach_private_networks(self) -> bool:
+        if self.webhook_allow_private_networks is not None:
+            return self.webhook_allow_private_networks
+        return self.environment != Environment.PRODUCTION
+
+
+class DatabaseSettings(BaseSettings):
+    """Only what the CLI and migrations need: the history database (and the default
+    retention), without the service's secrets."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHYARD_HISTORY_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///.switchyard/history.db",
+        validation_alias=AliasChoices("SWITCHYARD_HISTORY_DATABASE_URL", "DATABASE_URL"),
+    )
+    retention_days: int | None = Field(default=None, ge=1)

@@ -3,7 +3,12 @@
 - `history_events`: the event store. Every event except stream chunks, exactly once,
   as the whole envelope; the source of truth that projections can be rebuilt from.
 - `history_requests`: the request projection, one row per request id, with its
-  terminal status, reply, usage and cost; what the history API reads.
+  terminal status, reply, usage and cost; what the history, usage and jobs APIs read.
+  Jobs are the requests of the batch lane (`priority = 'batch'`).
+- `history_webhooks`: one row per job that asked for a webhook: its delivery state.
+- `history_tenant_settings`: per-tenant privacy (metadata only), retention and the
+  webhook signing secret.
+- `history_idempotency_keys`: Idempotency-Key claims and the responses they replay.
 
 Timestamps are timezone-aware UTC on both PostgreSQL and SQLite; JSON columns are JSONB
 on PostgreSQL. The Alembic migrations in `migrations/` create the same schema.
@@ -15,7 +20,20 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Index, Integer, MetaData, String, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -117,10 +135,140 @@ class HistoryRequest(Base):
             created_at.desc(),
             request_id.desc(),
         ),
-        # A tenant's history for admins, newest first.
-        Index("ix_history_requests_tenant_created", "tenant", created_at.desc(), request_id.desc()),
+        # A tenant's history for admins, newest first; covering what usage reports read.
+        Index(
+            "ix_history_requests_tenant_created",
+            "tenant",
+            created_at.desc(),
+            request_id.desc(),
+            postgresql_include=[
+                "status",
+                "model",
+                "user_id",
+                "api_key_id",
+                "input_tokens",
+                "output_tokens",
+                "cost_usd",
+            ],
+        ),
+        # Filters of the history API (migration 0002).
+        Index(
+            "ix_history_requests_tenant_status_created",
+            "tenant",
+            "status",
+            created_at.desc(),
+            request_id.desc(),
+        ),
+        Index(
+            "ix_history_requests_tenant_model_created",
+            "tenant",
+            "model",
+            created_at.desc(),
+            request_id.desc(),
+        ),
+        Index(
+            "ix_history_requests_tenant_api_key_created",
+            "tenant",
+            "api_key_id",
+            created_at.desc(),
+            request_id.desc(),
+        ),
+        # Jobs (the batch lane), per user and per tenant.
+        Index(
+            "ix_history_requests_jobs",
+            "tenant",
+            "user_id",
+            created_at.desc(),
+            request_id.desc(),
+            postgresql_where=text("priority = 'batch'"),
+            sqlite_where=text("priority = 'batch'"),
+        ),
+        # The expiry sweeper: requests still pending, by deadline.
+        Index(
+            "ix_history_requests_pending_deadline",
+            "deadline",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
     )
+
+
+class WebhookStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class HistoryWebhook(Base):
+    """A job's webhook: POSTed once the job reaches a terminal state, retried with backoff."""
+
+    __tablename__ = "history_webhooks"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    url: Mapped[str] = mapped_column(String(2048))
+    status: Mapped[str] = mapped_column(String(16), default=WebhookStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index(
+            "ix_history_webhooks_due",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
+
+class TenantSettings(Base):
+    """Per-tenant settings; a tenant without a row stores everything, forever."""
+
+    __tablename__ = "history_tenant_settings"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # False: metadata only, no prompt or completion text in the history tables.
+    store_content: Mapped[bool] = mapped_column(Boolean, default=True)
+    retention_days: Mapped[int | None] = mapped_column(Integer)
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class IdempotencyState(StrEnum):
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+
+
+class IdempotencyKey(Base):
+    """An Idempotency-Key of one tenant: who claimed it for which body, and the response
+    to replay once the first request finished."""
+
+    __tablename__ = "history_idempotency_keys"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str] = mapped_column(String(128))
+    endpoint: Mapped[str] = mapped_column(String(128))
+    claim_token: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    content_type: Mapped[str | None] = mapped_column(String(128))
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    locked_until: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 events_table = HistoryEvent.__table__
 requests_table = HistoryRequest.__table__
+webhooks_table = HistoryWebhook.__table__
+tenant_settings_table = TenantSettings.__table__
+idempotency_table = IdempotencyKey.__table__

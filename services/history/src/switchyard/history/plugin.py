@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from switchyard.common.plugins import Migrations, ServicePlugin
-from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE, Settings
+from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE, DatabaseSettings, Settings
+
+
+def _commands() -> list:
+    from switchyard.history.cli import retention_app, tenant_settings_app, usage_app
+
+    return [usage_app, retention_app, tenant_settings_app]
+
 
 service = ServicePlugin(
     name="history",
@@ -14,8 +21,9 @@ service = ServicePlugin(
     migrations=Migrations(
         script_location=MIGRATIONS_DIR,
         version_table=VERSION_TABLE,
-        database_url=lambda: Settings().database_url,
+        database_url=lambda: DatabaseSettings().database_url,
     ),
+    commands=_commands,
     # Consumers start before producers in embedded mode, so no early event is missed.
     start_order=15,
 )

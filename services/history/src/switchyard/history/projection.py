@@ -33,14 +33,16 @@ from switchyard.common.events import (
     UsageRecorded,
 )
 from switchyard.history.models import RequestStatus, requests_table
+from switchyard.history.privacy import redact_request_body, redact_response
 
 PENDING = RequestStatus.PENDING.value
 
 _EMPTY_CONTRIBUTION: dict[str, Any] = {column.name: None for column in requests_table.columns}
 
 
-def contribution(event: EnvelopeFields) -> dict[str, Any] | None:
-    """The row `event` contributes to its request, or None if it does not touch the projection."""
+def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, Any] | None:
+    """The row `event` contributes to its request, or None if it does not touch the projection.
+    With `redact`, the request body and the reply keep their metadata only (privacy.py)."""
     row = dict(_EMPTY_CONTRIBUTION)
     row.update(
         request_id=event.request_id,
@@ -58,14 +60,14 @@ def contribution(event: EnvelopeFields) -> dict[str, Any] | None:
             model=data.model,
             api=data.api,
             priority=data.priority.value,
-            request_body=data.body,
+            request_body=redact_request_body(data.body) if redact else data.body,
             deadline=data.deadline,
         )
     elif isinstance(event, ChatCompleted):
         data = event.data
         row.update(
             status=RequestStatus.COMPLETED.value,
-            response=data.response,
+            response=redact_response(data.response) if redact else data.response,
             provider=data.provider,
             deployment=data.deployment,
             input_tokens=data.usage.input_tokens,
@@ -101,29 +103,18 @@ def contribution(event: EnvelopeFields) -> dict[str, Any] | None:
     return row
 
 
-def upsert_statement(dialect_name: str) -> Insert:
-    """INSERT ... ON CONFLICT (request_id) DO UPDATE merging one contribution per row."""
-    insert = dialect_insert(requests_table, dialect_name)
-    existing = requests_table.c
-    new = insert.excluded
-
-    request_arrives = and_(existing.request_body.is_(None), new.request_body.is_not(None))
-    terminal_arrives = and_(existing.status == PENDING, new.status != PENDING)
-    # Every usage record carries a cost (0 when free); a reply never does.
-    usage_arrives = and_(existing.cost_usd.is_(None), new.cost_usd.is_not(None))
-
-    def prefer_new_when(condition, name: str):
-        # Take the arriving value when it is the authoritative source, else keep what is there.
-        return case(
-            (condition, func.coalesce(new[name], existing[name])),
-            else_=func.coalesce(existing[name], new[name]),
-        )
-
-    def replace_when(condition, name: str):
-        return case((condition, new[name]), else_=existing[name])
-
-    updates: dict[str, Any] = {
-        name: prefer_new_when(request_arrives, name)
+# The merge rules, as data, so that the SQL statement and the in-memory merge of one
+# batch's contributions (`merge`) cannot disagree. Each column is either
+#   ("prefer_new", condition): the arriving value when `condition` holds (it is the
+#       authoritative source), else the stored one; either falls back on the other;
+#   ("replace", condition): the arriving value when `condition` holds, else the stored one;
+#   ("status", None): the first terminal status wins.
+# Conditions: a request body arrives; a terminal status arrives on a pending row; a usage
+# record (which always carries a cost, 0 when free; a reply never does) arrives.
+REQUEST_ARRIVES, TERMINAL_ARRIVES, USAGE_ARRIVES = "request", "terminal", "usage"
+MERGE_RULES: dict[str, tuple[str, str | None]] = {
+    **{
+        name: ("prefer_new", REQUEST_ARRIVES)
         for name in (
             "tenant",
             "user_id",
@@ -134,15 +125,66 @@ def upsert_statement(dialect_name: str) -> Insert:
             "request_body",
             "deadline",
         )
-    }
-    updates["created_at"] = replace_when(request_arrives, "created_at")
+    },
+    "created_at": ("replace", REQUEST_ARRIVES),
     # The first terminal status wins; everything describing the outcome comes with it.
-    updates["status"] = case((existing.status == PENDING, new.status), else_=existing.status)
-    for name in ("response", "error", "completed_at"):
-        updates[name] = replace_when(terminal_arrives, name)
-    for name in ("provider", "deployment"):
-        updates[name] = prefer_new_when(terminal_arrives, name)
-    for name in ("input_tokens", "output_tokens", "cost_usd", "latency_ms"):
-        updates[name] = prefer_new_when(usage_arrives, name)
+    "status": ("status", None),
+    "response": ("replace", TERMINAL_ARRIVES),
+    "error": ("replace", TERMINAL_ARRIVES),
+    "completed_at": ("replace", TERMINAL_ARRIVES),
+    "provider": ("prefer_new", TERMINAL_ARRIVES),
+    "deployment": ("prefer_new", TERMINAL_ARRIVES),
+    **{
+        name: ("prefer_new", USAGE_ARRIVES)
+        for name in ("input_tokens", "output_tokens", "cost_usd", "latency_ms")
+    },
+}
 
+
+def merge(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """What the upsert makes of row `existing` when contribution `new` arrives (the same
+    rules, in Python). Used to fold the contributions one batch holds for a request into
+    one, so the database writes each request's row once per batch."""
+    holds = {
+        REQUEST_ARRIVES: existing["request_body"] is None and new["request_body"] is not None,
+        TERMINAL_ARRIVES: existing["status"] == PENDING and new["status"] != PENDING,
+        USAGE_ARRIVES: existing["cost_usd"] is None and new["cost_usd"] is not None,
+    }
+    merged = {"request_id": existing["request_id"]}
+    for name, (kind, condition) in MERGE_RULES.items():
+        old_value, new_value = existing[name], new[name]
+        if kind == "status":
+            merged[name] = new_value if old_value == PENDING else old_value
+        elif kind == "replace":
+            merged[name] = new_value if holds[condition] else old_value  # type: ignore[index]
+        elif holds[condition]:  # type: ignore[index]
+            merged[name] = new_value if new_value is not None else old_value
+        else:
+            merged[name] = old_value if old_value is not None else new_value
+    return merged
+
+
+def upsert_statement(dialect_name: str, insert: Insert | None = None) -> Insert:
+    """INSERT ... ON CONFLICT (request_id) DO UPDATE merging one contribution per row.
+    `insert` may be given (e.g. an INSERT ... SELECT FROM json_to_recordset(...))."""
+    if insert is None:
+        insert = dialect_insert(requests_table, dialect_name)
+    existing = requests_table.c
+    new = insert.excluded
+    conditions = {
+        REQUEST_ARRIVES: and_(existing.request_body.is_(None), new.request_body.is_not(None)),
+        TERMINAL_ARRIVES: and_(existing.status == PENDING, new.status != PENDING),
+        USAGE_ARRIVES: and_(existing.cost_usd.is_(None), new.cost_usd.is_not(None)),
+    }
+    updates: dict[str, Any] = {}
+    for name, (kind, condition) in MERGE_RULES.items():
+        if kind == "status":
+            updates[name] = case((existing.status == PENDING, new.status), else_=existing.status)
+        elif kind == "replace":
+            updates[name] = case((conditions[condition], new[name]), else_=existing[name])
+        else:
+            updates[name] = case(
+                (conditions[condition], func.coalesce(new[name], existing[name])),
+                else_=func.coalesce(existing[name], new[name]),
+            )
     return insert.on_conflict_do_update(index_elements=[existing.request_id], set_=updates)

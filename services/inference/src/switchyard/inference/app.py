@@ -1,20 +1,24 @@
 """The inference service's HTTP app: health and metrics only. Its real work is the
-lifespan's subscription to the request topics, handled by `ChatRequestHandler`."""
+lifespan's subscriptions to the two request lanes, handled by `ChatRequestHandler`, and
+its listener on the control topic (cancellations)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
 
-from switchyard.common.bus import EventBus, RetryPolicy, create_bus
+from switchyard.common.bus import EventBus, Handler, RetryPolicy, Subscription, create_bus
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import health_router
 from switchyard.common.metrics import metrics_router
 from switchyard.common.topics import Topics
-from switchyard.inference.bootstrap import build_runtime
+from switchyard.inference.bootstrap import InferenceRuntime, build_runtime
 from switchyard.inference.config import Settings
 
 log = structlog.get_logger("switchyard.inference")
@@ -35,20 +39,49 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         if owns_bus:
             await active_bus.start()
         topics = Topics(settings.topic_prefix)
-        subscription = await active_bus.subscribe(
-            [topics.requests_interactive, topics.requests_batch],
-            group=settings.group,
-            handler=runtime.handler,
-            concurrency=settings.consumer_concurrency,
-            retry=HANDLER_RETRY,
-        )
+        # Two lanes, two consumer groups: a batch backlog never sits in front of an
+        # interactive request, and the lane gate holds batch back under interactive load.
+        subscriptions = [
+            await active_bus.subscribe(
+                [topics.requests_interactive],
+                group=settings.group,
+                handler=runtime.handler,
+                concurrency=settings.interactive_concurrency,
+                retry=HANDLER_RETRY,
+            ),
+            await active_bus.subscribe(
+                [topics.requests_batch],
+                group=settings.batch_group,
+                handler=runtime.handler,
+                concurrency=settings.batch_concurrency,
+                retry=HANDLER_RETRY,
+            ),
+        ]
+        control = ControlListener(active_bus, topics.control, runtime.handler.cancel)
+        await control.start()
+        watcher = asyncio.create_task(runtime.watch(settings.routing_reload_interval_s))
+        reload_on_sighup = _install_sighup(runtime)
         app.state.bus = active_bus
+        app.state.runtime = runtime
         app.state.routing = runtime.routing
-        log.info("inference started", models=runtime.routing.model_names(), group=settings.group)
+        log.info(
+            "inference started",
+            models=runtime.routing.model_names(),
+            group=settings.group,
+            interactive_concurrency=settings.interactive_concurrency,
+            batch_concurrency=settings.batch_concurrency,
+        )
         try:
             yield
         finally:
-            await subscription.stop()
+            if reload_on_sighup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await control.stop()
+            for subscription in subscriptions:
+                await subscription.stop()
             await runtime.aclose()
             if owns_bus:
                 await active_bus.stop()
@@ -70,3 +103,59 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(health_router({"bus": bus_ready}))
     app.include_router(metrics_router())
     return app
+
+
+class ControlListener:
+    """Listens to the control topic (cancellations), in the background and best effort: if
+    the topic cannot be read (e.g. not created yet), requests are still served and
+    listening is retried until it works. The topic's existence is checked first, so a
+    missing topic never leaves a half-started consumer behind."""
+
+    def __init__(
+        self, bus: EventBus, topic: str, handler: Handler, retry_every_s: float = 10.0
+    ) -> None:
+        self.bus, self.topic, self.handler = bus, topic, handler
+        self.retry_every_s = retry_every_s
+        self.subscription: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="control-listener")
+
+    async def _run(self) -> None:
+        warned = False
+        while True:
+            try:
+                await asyncio.wait_for(self.bus.partition_count(self.topic), timeout=15)
+                self.subscription = await self.bus.listen(self.topic, self.handler)
+            except Exception as exc:  # noqa: BLE001 - serving requests matters more
+                if not warned:
+                    log.warning(
+                        "not listening for cancellations yet; retrying",
+                        topic=self.topic,
+                        error=repr(exc),
+                        retry_every_s=self.retry_every_s,
+                    )
+                    warned = True
+                await asyncio.sleep(self.retry_every_s)
+                continue
+            if warned:
+                log.info("listening for cancellations", topic=self.topic)
+            return
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.subscription is not None:
+            await self.subscription.stop()
+
+
+def _install_sighup(runtime: InferenceRuntime) -> bool:
+    """SIGHUP reloads the routing and price files (only the main thread may do this)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, runtime.reload)
+    except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+        return False
+    return True

@@ -3,20 +3,69 @@ adapters it is given (a publish function, a provider factory). Tests wire fakes 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from dataclasses import dataclass
 
-from switchyard.common.routing import RoutingError, RoutingTable, load_routing
+import structlog
+
+from switchyard.common.routing import RoutingError, RoutingSource, RoutingTable
 from switchyard.common.topics import Topics
+from switchyard.inference import metrics
 from switchyard.inference.config import Settings
 from switchyard.inference.handlers import ChatRequestHandler, Publish
+from switchyard.inference.lanes import LaneGate
+from switchyard.inference.pricing import PriceError, PriceSource
 from switchyard.inference.providers import ProviderFactory, ProviderPool, default_provider_factory
+from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
+
+log = structlog.get_logger("switchyard.inference")
 
 
 @dataclass
 class InferenceRuntime:
-    routing: RoutingTable
+    routing_source: RoutingSource
+    prices: PriceSource
     providers: ProviderPool
+    lanes: LaneGate
     handler: ChatRequestHandler
+
+    @property
+    def routing(self) -> RoutingTable:
+        return self.routing_source.table
+
+    def reload(self, *, only_if_changed: bool = False) -> None:
+        """Reload the routing and price files (SIGHUP, or polling with `only_if_changed`).
+        An invalid file is logged and the previous table kept."""
+        if not only_if_changed or self.routing_source.changed():
+            replaced = self.routing_source.reload()
+            metrics.CONFIG_RELOADS.labels("routing", "replaced" if replaced else "kept").inc()
+        try:
+            if self.prices.reload_if_changed():
+                metrics.CONFIG_RELOADS.labels("prices", "replaced").inc()
+                log.info("price table reloaded", path=self.prices.path)
+        except PriceError as exc:
+            metrics.CONFIG_RELOADS.labels("prices", "kept").inc()
+            log.error("price file not reloaded; keeping the previous table", error=str(exc))
+
+    async def watch(self, interval_s: float) -> None:
+        """Poll the configuration files every `interval_s` seconds until cancelled."""
+        if interval_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self.reload(only_if_changed=True)
+            except Exception:  # noqa: BLE001 - the watcher must survive a bad reload
+                log.exception("configuration reload failed")
+
+    def _retire_stale_providers(self, table: RoutingTable) -> None:
+        keep = {
+            (name, deployment)
+            for name, route in table.models.items()
+            for deployment in route.deployments
+        }
+        self.providers.retire(keep)
 
     async def aclose(self) -> None:
         await self.providers.aclose()
@@ -40,12 +89,36 @@ def build_runtime(
     publish: Publish,
     *,
     routing: RoutingTable | None = None,
-    provider_factory: ProviderFactory = default_provider_factory,
+    provider_factory: ProviderFactory | None = None,
 ) -> InferenceRuntime:
-    routing = routing or load_routing(settings.routing_file, settings.simulator_url)
-    check_credentials(routing)
-    providers = ProviderPool(provider_factory)
-    handler = ChatRequestHandler(
-        publish=publish, topics=Topics(settings.topic_prefix), routing=routing, providers=providers
+    if routing is not None:
+        check_credentials(routing)
+        source = RoutingSource(None, settings.simulator_url)
+        source.table = routing
+    else:
+        source = RoutingSource(
+            settings.routing_file, settings.simulator_url, validate=check_credentials
+        )
+    prices = PriceSource(settings.prices_file)
+    factory = provider_factory or functools.partial(
+        default_provider_factory, anthropic_max_tokens=settings.anthropic_default_max_tokens
     )
-    return InferenceRuntime(routing, providers, handler)
+    providers = ProviderPool(factory)
+    lanes = LaneGate(
+        settings.interactive_concurrency, settings.batch_concurrency, settings.batch_yield_ratio
+    )
+    handler = ChatRequestHandler(
+        publish=publish,
+        topics=Topics(settings.topic_prefix),
+        routing=source,
+        providers=providers,
+        deployments=DeploymentStates(
+            BreakerPolicy(settings.breaker_failure_threshold, settings.breaker_cooldown_s)
+        ),
+        prices=prices,
+        lanes=lanes,
+        backoff=Backoff(settings.retry_initial_backoff_s, settings.retry_max_backoff_s),
+    )
+    runtime = InferenceRuntime(source, prices, providers, lanes, handler)
+    source.on_change(runtime._retire_stale_providers)
+    return runtime

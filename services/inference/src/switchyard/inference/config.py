@@ -19,14 +19,63 @@ class Settings(ServiceSettings):
         description="YAML routing table; without one, the built-in default (simulator, and "
         "OpenAI's models when OPENAI_API_KEY is set).",
     )
+    routing_reload_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often the routing file is checked for changes (0: only on SIGHUP).",
+    )
+    prices_file: str | None = Field(
+        default=None,
+        validation_alias=env("SWITCHYARD_PRICES_FILE", "prices_file"),
+        description="YAML price table (USD per 1M input/output tokens) for the cost in usage "
+        "events; without one every cost is 0. Reloaded with the routing file.",
+    )
     simulator_url: str = Field(
         default="http://127.0.0.1:8099/v1",
         validation_alias=env("SWITCHYARD_SIMULATOR_URL", "simulator_url"),
         description="Base URL of the provider simulator used by the default routing table.",
     )
-    consumer_concurrency: int = Field(
-        default=64, ge=1, description="Requests handled at once by one replica (each waits on I/O)."
+    interactive_concurrency: int = Field(
+        default=64,
+        ge=1,
+        validation_alias=env(
+            "SWITCHYARD_INFERENCE_INTERACTIVE_CONCURRENCY",
+            "SWITCHYARD_INFERENCE_CONSUMER_CONCURRENCY",
+            "interactive_concurrency",
+            "consumer_concurrency",
+        ),
+        description="Interactive requests handled at once by one replica (each waits on I/O).",
+    )
+    batch_concurrency: int = Field(
+        default=8, ge=1, description="Batch-lane requests handled at once by one replica."
+    )
+    batch_yield_ratio: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="A batch request starts only while fewer than this fraction of "
+        "interactive_concurrency interactive requests are in progress.",
     )
     group: str = Field(
-        default="inference", description="Kafka consumer group of the request topics."
+        default="inference", description="Kafka consumer group of the interactive lane."
+    )
+    batch_group: str = Field(
+        default="inference-batch", description="Kafka consumer group of the batch lane."
+    )
+    retry_initial_backoff_s: float = Field(
+        default=0.25, gt=0, description="First retry waits up to this long (full jitter)."
+    )
+    retry_max_backoff_s: float = Field(
+        default=8.0, gt=0, description="Ceiling of the exponential backoff between retries."
+    )
+    breaker_failure_threshold: int = Field(
+        default=5, ge=1, description="Consecutive failures that open a deployment's circuit."
+    )
+    breaker_cooldown_s: float = Field(
+        default=30.0, gt=0, description="Time an open circuit waits before a half-open probe."
+    )
+    anthropic_default_max_tokens: int = Field(
+        default=4096,
+        ge=1,
+        description="max_tokens sent to Anthropic deployments when the request has none.",
     )

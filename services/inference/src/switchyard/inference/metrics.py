@@ -4,7 +4,7 @@ no connections or state beyond their counts."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 PROVIDER_CALL_SECONDS = Histogram(
     "switchyard_inference_provider_call_seconds",
@@ -26,4 +26,45 @@ REQUESTS = Counter(
     "switchyard_inference_requests_total",
     "Chat requests handled, by terminal status.",
     ["model", "status"],
+)
+TIME_TO_FIRST_TOKEN_SECONDS = Histogram(
+    "switchyard_inference_time_to_first_token_seconds",
+    "Streaming requests: from receiving the request to publishing its first content chunk.",
+    ["model", "deployment"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RETRIES = Counter(
+    "switchyard_inference_retries_total",
+    "Upstream calls retried on the same deployment after a backoff.",
+    ["model", "deployment", "code"],
+)
+FALLBACKS = Counter(
+    "switchyard_inference_fallbacks_total",
+    "Requests moved on from a deployment to the next one.",
+    ["model", "deployment", "reason"],
+)
+CIRCUIT_STATE = Gauge(
+    "switchyard_inference_circuit_state",
+    "Circuit breaker of each deployment: 0 closed, 1 open, 2 half-open.",
+    ["model", "deployment"],
+)
+LANE_IN_FLIGHT = Gauge(
+    "switchyard_inference_lane_in_flight",
+    "Requests in progress on this replica, by priority lane.",
+    ["lane"],
+)
+CANCELLATIONS = Counter(
+    "switchyard_inference_cancellations_total",
+    "Requests stopped because their client went away.",
+    ["model"],
+)
+COST_USD = Counter(
+    "switchyard_inference_cost_usd_total",
+    "Cost of served requests from the price table, in US dollars.",
+    ["model", "deployment"],
+)
+CONFIG_RELOADS = Counter(
+    "switchyard_inference_config_reloads_total",
+    "Reloads of the routing and price files, by file and result.",
+    ["file", "result"],
 )

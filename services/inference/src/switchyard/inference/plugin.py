@@ -33,17 +33,19 @@ simulator_command = simulator
 
 def prepare_dev() -> DevContribution:
     """Embedded mode runs the simulator whenever the routing table points at it."""
-    from switchyard.common.routing import load_routing
+    from switchyard.common.routing import load_routing, simulator_root
     from switchyard.inference.simulator import create_simulator_app
 
     settings = Settings()
     routing = load_routing(settings.routing_file, settings.simulator_url)
     simulator_url = settings.simulator_url.rstrip("/")
+    root = simulator_root(simulator_url)
+    # OpenAI deployments use the simulator's /v1 URL, Anthropic ones its root.
     users = [
         name
         for name in routing.model_names()
         if any(
-            (deployment.base_url or "").rstrip("/") == simulator_url
+            simulator_root(deployment.base_url or "") == root
             for deployment in routing.models[name].deployments
         )
     ]

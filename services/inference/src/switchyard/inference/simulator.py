@@ -3,8 +3,9 @@ speaks their wire protocols exactly as the official SDKs expect, so every part o
 Switchyard can be developed, tested and benchmarked without credentials or cost.
 
 Replies are `"Simulated reply to: " + <last user message>`; token counts are word counts.
-A control API under `/_sim/` injects faults (error statuses, Retry-After, hangs), changes
-latency at run time and reports how many upstream calls were made.
+A control API under `/_sim/` injects faults (error statuses, Retry-After, hangs, failures
+in the middle of a stream), changes latency at run time and reports how many upstream
+calls were made and how many streams their client abandoned.
 
 Built on bare Starlette and orjson: the simulator must never be the bottleneck of a
 benchmark, so request bodies are read as plain dicts, never as pydantic models.
@@ -69,6 +70,10 @@ class Fault:
     retry_after: float | None = None
     hang: bool = False
     model: str | None = None
+    # Streaming requests: answer 200, send this many chunks (events), then an error event
+    # in the stream, as providers do when they fail mid-generation. Other requests get
+    # `status`.
+    stream_error_after: int | None = None
 
     def applies_to(self, model: str | None) -> bool:
         return self.model is None or self.model == model
@@ -81,6 +86,8 @@ class SimulatorState:
     requests_by_route: Counter[str] = field(default_factory=Counter)
     requests_by_model: Counter[str] = field(default_factory=Counter)
     faults_served: int = 0
+    # Streams the client stopped reading before their end (e.g. a cancelled request).
+    streams_aborted: int = 0
     # Set to release every hanging request (faults cleared, reset, shutdown).
     release_hangs: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -107,6 +114,7 @@ class SimulatorState:
         self.requests_by_route.clear()
         self.requests_by_model.clear()
         self.faults_served = 0
+        self.streams_aborted = 0
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -115,6 +123,7 @@ class SimulatorState:
             "total": sum(self.requests_by_route.values()),
             "faults_served": self.faults_served,
             "faults_pending": len(self.faults),
+            "streams_aborted": self.streams_aborted,
             "latency_ms": self.latency_ms,
         }
 
@@ -351,22 +360,59 @@ def build_openai_reply(body: dict[str, Any]) -> OpenAIReply:
     return OpenAIReply(model, text, None, prompt_tokens, count_words(text))
 
 
-async def stream_openai(
-    reply: OpenAIReply, include_usage: bool, latency_s: float
-) -> AsyncIterator[bytes]:
-    deltas = reply.content_deltas()
-    pause = latency_s / len(deltas) if latency_s else 0
-    yield sse_data(
-        reply.chunk({"role": "assistant", "content": "" if not reply.tool_call else None})
-    )
-    for delta in deltas:
-        if pause:
-            await asyncio.sleep(pause)
-        yield sse_data(reply.chunk(delta))
-    yield sse_data(reply.chunk({}, reply.finish_reason))
+def openai_stream_events(reply: OpenAIReply, include_usage: bool) -> list[bytes]:
+    """The SSE events of a streamed reply, without the final `[DONE]`."""
+    events = [
+        sse_data(reply.chunk({"role": "assistant", "content": "" if not reply.tool_call else None}))
+    ]
+    events += [sse_data(reply.chunk(delta)) for delta in reply.content_deltas()]
+    events.append(sse_data(reply.chunk({}, reply.finish_reason)))
     if include_usage:
-        yield sse_data({**reply.chunk({}, choices=False), "usage": reply.usage()})
-    yield b"data: [DONE]\n\n"
+        events.append(sse_data({**reply.chunk({}, choices=False), "usage": reply.usage()}))
+    return events
+
+
+async def stream_openai(
+    reply: OpenAIReply,
+    include_usage: bool,
+    latency_s: float,
+    state: SimulatorState | None = None,
+    error_after: int | None = None,
+) -> AsyncIterator[bytes]:
+    events = openai_stream_events(reply, include_usage)
+    error = sse_data(
+        {"error": {"message": "Simulated failure mid-stream.", "type": "server_error"}}
+    )
+    paced = range(1, 1 + len(reply.content_deltas()))
+    async for event in _paced(events, paced, latency_s, state, error_after, error):
+        yield event
+    if error_after is None:
+        yield b"data: [DONE]\n\n"
+
+
+async def _paced(
+    events: list[bytes],
+    paced: range,
+    latency_s: float,
+    state: SimulatorState | None,
+    error_after: int | None,
+    error: bytes,
+) -> AsyncIterator[bytes]:
+    """The events, the latency spread over the content events (positions `paced`); or
+    the first `error_after` of them and then `error`. Counts streams the client abandoned."""
+    pause = latency_s / max(1, len(paced)) if latency_s else 0
+    try:
+        for position, event in enumerate(events):
+            if error_after is not None and position >= error_after:
+                yield error
+                return
+            if pause and position in paced:
+                await asyncio.sleep(pause)
+            yield event
+    except (asyncio.CancelledError, GeneratorExit):
+        if state is not None:
+            state.streams_aborted += 1
+        raise
 
 
 # --------------------------------------------------------------------------- Anthropic
@@ -454,32 +500,59 @@ def build_anthropic_reply(body: dict[str, Any]) -> AnthropicReply:
     return AnthropicReply(model, text, None, input_tokens, count_words(text))
 
 
-async def stream_anthropic(reply: AnthropicReply, latency_s: float) -> AsyncIterator[bytes]:
-    deltas = reply.deltas()
-    pause = latency_s / len(deltas) if latency_s else 0
+def anthropic_stream_events(reply: AnthropicReply) -> list[bytes]:
     start = reply.message(content=[], stop_reason=None, output_tokens=1)
-    yield sse_event("message_start", {"type": "message_start", "message": start})
-    yield sse_event(
-        "content_block_start",
-        {"type": "content_block_start", "index": 0, "content_block": reply.stream_start_block()},
-    )
-    yield sse_event("ping", {"type": "ping"})
-    for delta in deltas:
-        if pause:
-            await asyncio.sleep(pause)
-        yield sse_event(
+    events = [
+        sse_event("message_start", {"type": "message_start", "message": start}),
+        sse_event(
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": reply.stream_start_block(),
+            },
+        ),
+        sse_event("ping", {"type": "ping"}),
+    ]
+    events += [
+        sse_event(
             "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
         )
-    yield sse_event("content_block_stop", {"type": "content_block_stop", "index": 0})
-    yield sse_event(
-        "message_delta",
+        for delta in reply.deltas()
+    ]
+    events += [
+        sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        sse_event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": reply.output_tokens},
+            },
+        ),
+        sse_event("message_stop", {"type": "message_stop"}),
+    ]
+    return events
+
+
+async def stream_anthropic(
+    reply: AnthropicReply,
+    latency_s: float,
+    state: SimulatorState | None = None,
+    error_after: int | None = None,
+) -> AsyncIterator[bytes]:
+    error = sse_event(
+        "error",
         {
-            "type": "message_delta",
-            "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
-            "usage": {"output_tokens": reply.output_tokens},
+            "type": "error",
+            "error": {"type": "overloaded_error", "message": "Simulated failure mid-stream."},
         },
     )
-    yield sse_event("message_stop", {"type": "message_stop"})
+    paced = range(3, 3 + len(reply.deltas()))  # after message_start, block start, ping
+    async for event in _paced(
+        anthropic_stream_events(reply), paced, latency_s, state, error_after, error
+    ):
+        yield event
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -558,11 +631,16 @@ class Simulator:
     def latency_s(self) -> float:
         return self.state.latency_ms / 1000
 
-    async def _fault_response(self, request: Request, model: str | None, error) -> Response | None:
-        """The response of the next injected fault matching `model`, if any."""
+    async def _fault_response(
+        self, request: Request, model: str | None, error, streaming: bool = False
+    ) -> Response | int | None:
+        """The response of the next injected fault matching `model`, if any; for a
+        mid-stream fault on a streaming request, the number of events to send first."""
         fault = self.state.take_fault(model)
         if fault is None:
             return None
+        if fault.stream_error_after is not None and streaming:
+            return fault.stream_error_after
         if fault.hang:
             await self._hang(request)
             return error(503, "The simulated hang was released.")
@@ -591,16 +669,19 @@ class Simulator:
             body = await _read_object(request)
             model = body.get("model") if isinstance(body.get("model"), str) else None
             self.state.record("/v1/chat/completions", model)
-            if (fault := await self._fault_response(request, model, openai_error)) is not None:
+            streaming = body.get("stream") is True
+            fault = await self._fault_response(request, model, openai_error, streaming)
+            if isinstance(fault, Response):
                 return fault
             reply = build_openai_reply(body)
         except BadRequest as exc:
             return openai_error(400, str(exc))
-        if body.get("stream") is True:
+        if streaming:
             options = body.get("stream_options") or {}
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
             return StreamingResponse(
-                stream_openai(reply, include_usage, self.latency_s), media_type="text/event-stream"
+                stream_openai(reply, include_usage, self.latency_s, self.state, fault),
+                media_type="text/event-stream",
             )
         await self._pause()
         return _json(reply.completion())
@@ -610,14 +691,17 @@ class Simulator:
             body = await _read_object(request)
             model = body.get("model") if isinstance(body.get("model"), str) else None
             self.state.record("/v1/messages", model)
-            if (fault := await self._fault_response(request, model, anthropic_error)) is not None:
+            streaming = body.get("stream") is True
+            fault = await self._fault_response(request, model, anthropic_error, streaming)
+            if isinstance(fault, Response):
                 return fault
             reply = build_anthropic_reply(body)
         except BadRequest as exc:
             return anthropic_error(400, str(exc))
-        if body.get("stream") is True:
+        if streaming:
             return StreamingResponse(
-                stream_anthropic(reply, self.latency_s), media_type="text/event-stream"
+                stream_anthropic(reply, self.latency_s, self.state, fault),
+                media_type="text/event-stream",
             )
         await self._pause()
         return _json(reply.complete())
@@ -627,7 +711,8 @@ class Simulator:
             body = await _read_object(request)
             model = body.get("model") if isinstance(body.get("model"), str) else None
             self.state.record("/v1/embeddings", model)
-            if (fault := await self._fault_response(request, model, openai_error)) is not None:
+            fault = await self._fault_response(request, model, openai_error)
+            if isinstance(fault, Response):
                 return fault
             result = build_embeddings(body)
         except BadRequest as exc:
@@ -691,6 +776,13 @@ def _parse_fault(body: dict[str, Any]) -> tuple[Fault, int]:
     count = body.get("count", 1)
     retry_after = body.get("retry_after")
     model = body.get("model")
+    stream_error_after = body.get("stream_error_after")
+    if stream_error_after is not None and (
+        not isinstance(stream_error_after, int)
+        or isinstance(stream_error_after, bool)
+        or stream_error_after < 0
+    ):
+        raise BadRequest("'stream_error_after' must be an integer >= 0, or null.")
     if not isinstance(status, int) or not 400 <= status <= 599:
         raise BadRequest("'status' must be an HTTP error status (400-599).")
     if not isinstance(count, int) or count < 1:
@@ -700,7 +792,11 @@ def _parse_fault(body: dict[str, Any]) -> tuple[Fault, int]:
     if model is not None and not isinstance(model, str):
         raise BadRequest("'model' must be a string or null.")
     return Fault(
-        status=status, retry_after=retry_after, hang=bool(body.get("hang", False)), model=model
+        status=status,
+        retry_after=retry_after,
+        hang=bool(body.get("hang", False)),
+        model=model,
+        stream_error_after=stream_error_after,
     ), count
 
 

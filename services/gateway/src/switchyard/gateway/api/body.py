@@ -56,8 +56,9 @@ def install_openapi_models(app: FastAPI, *models: type[BaseModel]) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for model in models:
                 model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -1,7 +1,14 @@
-"""`GET /v1/history`: the caller's own requests and replies, served by the history
-service; the gateway authenticates and passes the verified identity along."""
+"""`/v1/history`: the caller's own requests and replies (the whole tenant's for admins),
+served by the history service; the gateway authenticates and passes the verified
+identity along. Also the tenant's history settings (admins): metadata-only storage,
+retention and the job webhook signing secret.
+
+`forward` is shared with `/v1/usage` and `/v1/jobs`, which history serves too."""
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import httpx
 import structlog
@@ -16,19 +23,51 @@ from switchyard.gateway.bootstrap import Gateway
 log = structlog.get_logger("switchyard.gateway.history")
 router = APIRouter(prefix="/v1/history", tags=["history"])
 
+# Ids this API hands out are 32 hex digits; anything unlike an id is simply not found.
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Request headers history may see besides the identity (content negotiation).
+_PASSED_HEADERS = ("accept",)
 
-async def _forward(gateway: Gateway, principal: Principal, path: str, request: Request) -> Response:
-    headers = {
+
+def looks_like_id(value: str) -> bool:
+    return _ID.fullmatch(value) is not None
+
+
+def identity_headers(gateway: Gateway, principal: Principal) -> dict[str, str]:
+    return {
         INTERNAL_TOKEN_HEADER: gateway.settings.internal_token,
         "x-switchyard-tenant": principal.tenant,
         "x-switchyard-user-id": principal.user_id,
         "x-switchyard-role": principal.role,
     }
+
+
+async def forward(
+    gateway: Gateway,
+    principal: Principal,
+    path: str,
+    request: Request | None = None,
+    *,
+    method: str = "GET",
+    json: Any = None,
+    content: bytes | None = None,
+) -> Response:
+    """Call history as `principal` and relay its answer (status, body, content type)."""
+    headers = identity_headers(gateway, principal)
+    if request is not None:
+        headers.update(
+            {name: request.headers[name] for name in _PASSED_HEADERS if name in request.headers}
+        )
+    if content is not None:
+        headers["content-type"] = "application/json"
     try:
-        upstream = await gateway.http.get(
+        upstream = await gateway.http.request(
+            method,
             gateway.settings.history_url.rstrip("/") + path,
-            params=request.query_params,
+            params=request.query_params if request is not None else None,
             headers=headers,
+            json=json,
+            content=content,
             timeout=10.0,
         )
     except httpx.HTTPError as exc:
@@ -39,10 +78,16 @@ async def _forward(gateway: Gateway, principal: Principal, path: str, request: R
             code="history_unavailable",
             headers={"Retry-After": "2"},
         ) from None
+    relayed = {
+        name: upstream.headers[name]
+        for name in ("content-disposition",)
+        if name in upstream.headers
+    }
     return Response(
         upstream.content,
         status_code=upstream.status_code,
         media_type=upstream.headers.get("content-type", "application/json"),
+        headers=relayed,
     )
 
 
@@ -50,15 +95,46 @@ async def _forward(gateway: Gateway, principal: Principal, path: str, request: R
 async def list_history(
     request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
-    """List the caller's requests with their replies (cursor pagination: `limit`, `cursor`)."""
-    return await _forward(gateway, principal, "/v1/history", request)
+    """The caller's requests with their replies, newest first (admins: the whole tenant).
+
+    Query parameters: `limit` (1-100, default 20), `cursor` (the previous page's
+    `next_cursor`), `since` and `until` (ISO 8601, e.g. `2025-03-01T00:00:00Z`, a date, or
+    relative like `7d`), `model`, `status` (comma-separated: pending, completed, failed,
+    cancelled, expired), `api_key_id`, and for admins `user_id`."""
+    return await forward(gateway, principal, "/v1/history", request)
+
+
+@router.get("/settings", summary="Your tenant's history settings (admins)")
+async def get_settings(
+    request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
+    """Metadata-only storage, retention and the secret job webhooks are signed with."""
+    return await forward(gateway, principal, "/v1/history/settings", request)
+
+
+@router.put("/settings", summary="Change your tenant's history settings (admins)")
+async def put_settings(
+    request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
+    """Body: `store_content` (false: metadata only, no prompt or completion text),
+    `retention_days`, `clear_retention`, `rotate_webhook_secret`."""
+    return await forward(
+        gateway,
+        principal,
+        "/v1/history/settings",
+        None,
+        method="PUT",
+        content=await request.body(),
+    )
 
 
 @router.get("/{request_id}", summary="One request with its reply")
 async def get_history_item(
     request_id: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
-    """One of the caller's requests, with its full reply and usage."""
-    if not request_id.isalnum() or len(request_id) > 64:
-        raise APIError(404, "No such request.", code="request_not_found")
-    return await _forward(gateway, principal, f"/v1/history/{request_id}", request)
+    """One of the caller's requests, with its full reply, usage, latency and deployment."""
+    if not looks_like_id(request_id):
+        raise APIError(
+            404, f"No request found with id '{request_id[:64]}'.", code="request_not_found"
+        )
+    return await forward(gateway, principal, f"/v1/history/{request_id}", request)

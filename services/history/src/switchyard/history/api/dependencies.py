@@ -1,4 +1,4 @@
-"""Dependencies of the history routes: the caller's identity and the query service."""
+"""Dependencies of the history routes: the caller's identity and the components."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from switchyard.common.errors import APIError
+from switchyard.history.bootstrap import HistoryComponents
+from switchyard.history.idempotency import IdempotencyStore
 from switchyard.history.queries import Caller, HistoryQueries
+from switchyard.history.tenants import TenantSettingsStore
 
 
 async def caller_identity(
@@ -34,9 +37,24 @@ async def caller_identity(
     return Caller(tenant=tenant, user_id=user_id, role=role)  # type: ignore[arg-type]
 
 
+def components(request: Request) -> HistoryComponents:
+    return request.app.state.history
+
+
 def history_queries(request: Request) -> HistoryQueries:
     return request.app.state.history.queries
 
 
+def tenant_settings(request: Request) -> TenantSettingsStore:
+    return request.app.state.history.tenants
+
+
+def idempotency_store(request: Request) -> IdempotencyStore:
+    return request.app.state.history.idempotency
+
+
 CallerDep = Annotated[Caller, Depends(caller_identity)]
 QueriesDep = Annotated[HistoryQueries, Depends(history_queries)]
+TenantsDep = Annotated[TenantSettingsStore, Depends(tenant_settings)]
+IdempotencyDep = Annotated[IdempotencyStore, Depends(idempotency_store)]
+ComponentsDep = Annotated[HistoryComponents, Depends(components)]

@@ -1,16 +1,45 @@
-"""`/v1/history`: the caller's request history, newest first, and one request by id."""
+"""`/v1/history`: the caller's request history, newest first, with filters; one request
+by id; and the tenant's history settings (admins)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
 
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
-from switchyard.history.api.dependencies import CallerDep, QueriesDep
+from switchyard.history.api.dependencies import CallerDep, QueriesDep, TenantsDep
+from switchyard.history.api.params import page_limit, parse_statuses, parse_time_range
 from switchyard.history.api.schemas import HistoryItem, HistoryList, history_item
-from switchyard.history.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursorError
+from switchyard.history.queries import (
+    DEFAULT_PAGE_SIZE,
+    STATUSES,
+    Caller,
+    HistoryFilters,
+    InvalidCursorError,
+)
+
+
+class TenantSettingsBody(BaseModel):
+    store_content: bool | None = Field(
+        default=None, description="false: keep metadata only (no prompt or completion text)."
+    )
+    retention_days: int | None = Field(
+        default=None, ge=1, le=36_500, description="Purge requests older than this many days."
+    )
+    clear_retention: bool = Field(default=False, description="Back to the service-wide retention.")
+    rotate_webhook_secret: bool = Field(
+        default=False, description="Replace the secret job webhooks are signed with."
+    )
+
+
+def _require_admin(caller: Caller) -> None:
+    if not caller.sees_whole_tenant:
+        raise APIError(
+            403, "Only an admin of the tenant can read or change its settings.", code="admin_only"
+        )
 
 
 def history_router(internal_token: str) -> APIRouter:
@@ -24,16 +53,39 @@ def history_router(internal_token: str) -> APIRouter:
     async def list_history(
         caller: CallerDep,
         queries: QueriesDep,
-        limit: Annotated[
-            int, Query(ge=1, le=MAX_PAGE_SIZE, description="Page size.")
-        ] = DEFAULT_PAGE_SIZE,
+        limit: Annotated[int, Depends(page_limit)] = DEFAULT_PAGE_SIZE,
         cursor: Annotated[
             str | None, Query(description="`next_cursor` of the previous page.")
         ] = None,
+        since: Annotated[
+            str | None,
+            Query(description="Only requests created at or after this ISO 8601 time (or 7d)."),
+        ] = None,
+        until: Annotated[
+            str | None, Query(description="Only requests created before this ISO 8601 time.")
+        ] = None,
+        model: Annotated[str | None, Query(max_length=256)] = None,
+        status: Annotated[
+            str | None,
+            Query(description=f"Comma-separated statuses: {', '.join(STATUSES)}."),
+        ] = None,
+        api_key_id: Annotated[str | None, Query(max_length=128)] = None,
+        user_id: Annotated[
+            str | None, Query(max_length=128, description="Admins: one user's requests.")
+        ] = None,
     ) -> HistoryList:
         """The caller's requests (the whole tenant's for admins), newest first."""
+        time_from, time_to = parse_time_range(since, until)
+        filters = HistoryFilters(
+            since=time_from,
+            until=time_to,
+            model=model,
+            statuses=tuple(parse_statuses(status, STATUSES)),
+            api_key_id=api_key_id,
+            user_id=user_id,
+        )
         try:
-            page = await queries.list_requests(caller, limit=limit, cursor=cursor)
+            page = await queries.list_requests(caller, limit=limit, cursor=cursor, filters=filters)
         except InvalidCursorError as exc:
             raise APIError(
                 400, f"Invalid value for 'cursor': {exc}", param="cursor", code="invalid_cursor"
@@ -42,11 +94,37 @@ def history_router(internal_token: str) -> APIRouter:
             data=[history_item(row) for row in page.items], next_cursor=page.next_cursor
         )
 
+    @router.get("/settings", summary="The tenant's history settings (admins)")
+    async def get_settings(caller: CallerDep, tenants: TenantsDep) -> dict:
+        """Privacy (metadata only), retention and the job webhook signing secret."""
+        _require_admin(caller)
+        settings = await tenants.get(caller.tenant)
+        if settings.webhook_secret is None:
+            await tenants.webhook_secret(caller.tenant)
+            settings = await tenants.get(caller.tenant)
+        return {"object": "history.settings", **settings.public(include_secret=True)}
+
+    @router.put("/settings", summary="Change the tenant's history settings (admins)")
+    async def put_settings(
+        body: TenantSettingsBody, caller: CallerDep, tenants: TenantsDep
+    ) -> dict:
+        _require_admin(caller)
+        changes: dict = {
+            "store_content": body.store_content,
+            "rotate_webhook_secret": body.rotate_webhook_secret,
+        }
+        if body.clear_retention:
+            changes["retention_days"] = None
+        elif body.retention_days is not None:
+            changes["retention_days"] = body.retention_days
+        settings = await tenants.update(caller.tenant, **changes)
+        return {"object": "history.settings", **settings.public(include_secret=True)}
+
     @router.get("/{request_id}", response_model=HistoryItem)
     async def get_history_item(
         request_id: str, caller: CallerDep, queries: QueriesDep
     ) -> HistoryItem:
-        """One request with its reply, error and usage."""
+        """One request with its reply, error, usage, latency and deployment."""
         row = await queries.get_request(caller, request_id)
         if row is None:
             raise APIError(

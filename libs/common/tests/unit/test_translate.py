@@ -1,0 +1,846 @@
+"""OpenAI <-> Anthropic translation: requests, responses and streams, checked against the
+official SDKs' own types and stream accumulators (what a client of either SDK sees)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from switchyard.common.translate import (
+    AnthropicToOpenAIStream,
+    CompletionAccumulator,
+    OpenAIToAnthropicStream,
+    TranslationError,
+    anthropic_request_to_openai,
+    anthropic_response_to_openai,
+    anthropic_sse,
+    openai_request_to_anthropic,
+    openai_response_to_anthropic,
+)
+
+openai = pytest.importorskip("openai")
+anthropic = pytest.importorskip("anthropic")
+
+from anthropic.lib.streaming._messages import accumulate_event  # noqa: E402
+from openai.lib.streaming.chat import ChatCompletionStreamState  # noqa: E402
+from pydantic import TypeAdapter  # noqa: E402
+
+WEATHER_SCHEMA = {
+    "type": "object",
+    "properties": {"location": {"type": "string"}},
+    "required": ["location"],
+}
+STREAM_EVENT = TypeAdapter(anthropic.types.RawMessageStreamEvent)
+
+
+# =========================================================================== requests
+
+
+def test_anthropic_request_maps_system_sampling_stop_and_user() -> None:
+    body = {
+        "model": "claude-x",
+        "max_tokens": 300,
+        "system": [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Be kind."}],
+        "messages": [{"role": "user", "content": "Hi"}],
+        "stop_sequences": ["END"],
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "top_k": 40,  # no OpenAI equivalent: dropped
+        "metadata": {"user_id": "u-42"},
+        "stream": True,
+    }
+
+    result = anthropic_request_to_openai(body)
+
+    assert result == {
+        "model": "claude-x",
+        "messages": [
+            {"role": "system", "content": "Be brief.\n\nBe kind."},
+            {"role": "user", "content": "Hi"},
+        ],
+        "max_tokens": 300,
+        "stop": ["END"],
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "user": "u-42",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def test_anthropic_string_system_and_images() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "system": "You are terse.",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"},
+                    },
+                    {"type": "image", "source": {"type": "url", "url": "https://x/cat.jpg"}},
+                ],
+            }
+        ],
+    }
+
+    messages = anthropic_request_to_openai(body)["messages"]
+
+    assert messages == [
+        {"role": "system", "content": "You are terse."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
+                {"type": "image_url", "image_url": {"url": "https://x/cat.jpg"}},
+            ],
+        },
+    ]
+
+
+def test_anthropic_tool_use_and_results_become_tool_calls_and_tool_messages() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 100,
+        "tools": [
+            {"name": "get_weather", "description": "Weather now", "input_schema": WEATHER_SCHEMA}
+        ],
+        "tool_choice": {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "hmm", "signature": "s"},
+                    {"type": "text", "text": "Let me check."},
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": "get_weather",
+                        "input": {"location": "Paris"},
+                    },
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18C"},
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_2",
+                        "content": [{"type": "text", "text": "boom"}],
+                        "is_error": True,
+                    },
+                    {"type": "text", "text": "And tomorrow?"},
+                ],
+            },
+        ],
+    }
+
+    result = anthropic_request_to_openai(body)
+
+    assert result["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": WEATHER_SCHEMA,
+                "description": "Weather now",
+            },
+        }
+    ]
+    assert result["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert result["parallel_tool_calls"] is False
+    assert result["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": "Let me check.",
+            "tool_calls": [
+                {
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"location":"Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
+        {"role": "tool", "tool_call_id": "toolu_2", "content": "Error: boom"},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
+    # The result is a valid request for the OpenAI SDK's types.
+    TypeAdapter(list[openai.types.chat.ChatCompletionMessageParam]).validate_python(
+        result["messages"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("anthropic_choice", "openai_choice"),
+    [
+        ({"type": "auto"}, "auto"),
+        ({"type": "any"}, "required"),
+        ({"type": "none"}, "none"),
+        ({"type": "tool", "name": "f"}, {"type": "function", "function": {"name": "f"}}),
+    ],
+)
+def test_tool_choice_maps_both_ways(anthropic_choice, openai_choice) -> None:
+    tools_a = [{"name": "f", "input_schema": {"type": "object"}}]
+    tools_o = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    messages = [{"role": "user", "content": "x"}]
+
+    to_openai = anthropic_request_to_openai(
+        {
+            "model": "m",
+            "max_tokens": 5,
+            "messages": messages,
+            "tools": tools_a,
+            "tool_choice": anthropic_choice,
+        }
+    )
+    to_anthropic = openai_request_to_anthropic(
+        {"model": "m", "messages": messages, "tools": tools_o, "tool_choice": openai_choice}
+    )
+
+    assert to_openai["tool_choice"] == openai_choice
+    assert to_anthropic["tool_choice"] == anthropic_choice
+
+
+def test_server_tools_and_unknown_blocks_are_refused_with_the_field() -> None:
+    with pytest.raises(TranslationError) as caught:
+        anthropic_request_to_openai(
+            {
+                "model": "m",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+            }
+        )
+    assert caught.value.param == "tools.0"
+    with pytest.raises(TranslationError) as caught:
+        anthropic_request_to_openai(
+            {
+                "model": "m",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": [{"type": "container_upload"}]}],
+            }
+        )
+    assert caught.value.param == "messages.0.content.0"
+
+
+def test_openai_request_hoists_system_merges_turns_and_defaults_max_tokens() -> None:
+    body = {
+        "model": "gpt-x",
+        "messages": [
+            {"role": "system", "content": "Rule one."},
+            {"role": "developer", "content": [{"type": "text", "text": "Rule two."}]},
+            {"role": "user", "content": "Hello"},
+            {"role": "user", "content": [{"type": "text", "text": "Are you there?"}]},
+            {"role": "assistant", "content": ""},  # empty turns are dropped
+            {"role": "assistant", "content": "Yes."},
+            {"role": "user", "content": "Good."},
+        ],
+        "stop": "END",
+        "temperature": 1.6,  # OpenAI allows up to 2; Anthropic up to 1
+        "top_p": 0.5,
+        "user": "u-9",
+        "seed": 7,  # no equivalent: dropped
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+    result = openai_request_to_anthropic(body)
+
+    assert result == {
+        "model": "gpt-x",
+        "system": "Rule one.\n\nRule two.",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Hello"},
+                    {"type": "text", "text": "Are you there?"},
+                ],
+            },
+            {"role": "assistant", "content": "Yes."},
+            {"role": "user", "content": "Good."},
+        ],
+        "max_tokens": 4096,
+        "stop_sequences": ["END"],
+        "temperature": 1.0,
+        "top_p": 0.5,
+        "metadata": {"user_id": "u-9"},
+        "stream": True,
+    }
+
+
+def test_openai_max_completion_tokens_wins_over_max_tokens() -> None:
+    messages = [{"role": "user", "content": "x"}]
+    assert (
+        openai_request_to_anthropic(
+            {"model": "m", "messages": messages, "max_tokens": 5, "max_completion_tokens": 9}
+        )["max_tokens"]
+        == 9
+    )
+    assert (
+        openai_request_to_anthropic({"model": "m", "messages": messages, "max_tokens": 5})[
+            "max_tokens"
+        ]
+        == 5
+    )
+    assert (
+        openai_request_to_anthropic({"model": "m", "messages": messages}, default_max_tokens=77)[
+            "max_tokens"
+        ]
+        == 77
+    )
+
+
+def test_openai_tool_calls_and_results_become_tool_use_and_tool_result_blocks() -> None:
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "Weather in Paris and Rome?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"location":"Paris"}'},
+                    },
+                    {
+                        "id": "call_2",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"location":"Rome"}'},
+                    },
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+            {
+                "role": "tool",
+                "tool_call_id": "call_2",
+                "content": [{"type": "text", "text": "21C"}],
+            },
+            {"role": "user", "content": "Thanks, which is warmer?"},
+        ],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "description": "Weather now",
+                    "parameters": WEATHER_SCHEMA,
+                    "strict": True,
+                },
+            }
+        ],
+        "parallel_tool_calls": False,
+    }
+
+    result = openai_request_to_anthropic(body)
+
+    assert result["tools"] == [
+        {
+            "name": "get_weather",
+            "input_schema": WEATHER_SCHEMA,
+            "description": "Weather now",
+            "strict": True,
+        }
+    ]
+    assert result["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+    assert result["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": [
+                {
+                    "type": "tool_use",
+                    "id": "call_1",
+                    "name": "get_weather",
+                    "input": {"location": "Paris"},
+                },
+                {
+                    "type": "tool_use",
+                    "id": "call_2",
+                    "name": "get_weather",
+                    "input": {"location": "Rome"},
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "content": "18C"},
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "call_2",
+                    "content": [{"type": "text", "text": "21C"}],
+                },
+                {"type": "text", "text": "Thanks, which is warmer?"},
+            ],
+        },
+    ]
+    # A valid request for the Anthropic SDK's types.
+    TypeAdapter(list[anthropic.types.MessageParam]).validate_python(result["messages"])
+    TypeAdapter(list[anthropic.types.ToolParam]).validate_python(result["tools"])
+
+
+def test_openai_images_become_base64_or_url_sources() -> None:
+    body = {
+        "model": "m",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Compare"},
+                    {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/"}},
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": "https://x/dog.png", "detail": "low"},
+                    },
+                ],
+            }
+        ],
+    }
+
+    blocks = openai_request_to_anthropic(body)["messages"][0]["content"]
+
+    assert blocks[1:] == [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/"}},
+        {"type": "image", "source": {"type": "url", "url": "https://x/dog.png"}},
+    ]
+
+
+def test_openai_json_schema_response_format_becomes_output_config() -> None:
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "x"}],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "w", "schema": WEATHER_SCHEMA},
+        },
+    }
+    assert openai_request_to_anthropic(body)["output_config"] == {
+        "format": {"type": "json_schema", "schema": WEATHER_SCHEMA}
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+        (
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}
+                ],
+            },
+            "messages.0.content.0",
+        ),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "custom", "custom": {"name": "c"}}],
+            },
+            "tools.0",
+        ),
+        ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": "m", "messages": "nope"}, "messages"),
+    ],
+)
+def test_untranslatable_openai_requests_are_refused_with_the_field(body, param) -> None:
+    with pytest.raises(TranslationError) as caught:
+        openai_request_to_anthropic(body)
+    assert caught.value.param == param
+
+
+def test_requests_survive_a_round_trip_through_the_other_api() -> None:
+    original = {
+        "model": "m",
+        "max_tokens": 50,
+        "system": "Sys.",
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "t1", "name": "w", "input": {"location": "Oslo"}}
+                ],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "3C"}],
+            },
+        ],
+        "tools": [{"name": "w", "input_schema": WEATHER_SCHEMA}],
+        "stop_sequences": ["X"],
+        "temperature": 0.2,
+    }
+
+    back = openai_request_to_anthropic(anthropic_request_to_openai(original))
+
+    assert back == {**original, "tools": [{"name": "w", "input_schema": WEATHER_SCHEMA}]}
+
+
+# =========================================================================== responses
+
+
+def anthropic_message(**overrides: Any) -> dict[str, Any]:
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-x",
+        "content": [{"type": "text", "text": "Hello!"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 3},
+    }
+    return {**message, **overrides}
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "finish_reason"),
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("max_tokens", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+    ],
+)
+def test_anthropic_response_becomes_a_valid_chat_completion(stop_reason, finish_reason) -> None:
+    message = anthropic_message(
+        content=[
+            {"type": "thinking", "thinking": "...", "signature": "s"},
+            {"type": "text", "text": "Checking. "},
+            {"type": "tool_use", "id": "toolu_9", "name": "w", "input": {"location": "Oslo"}},
+        ],
+        stop_reason=stop_reason,
+        usage={"input_tokens": 10, "output_tokens": 3, "cache_read_input_tokens": 5},
+    )
+    anthropic.types.Message.model_validate(message)  # the input is a real Anthropic message
+
+    completion = anthropic_response_to_openai(message, "public-claude")
+
+    parsed = openai.types.chat.ChatCompletion.model_validate(completion)
+    assert parsed.model == "public-claude"
+    assert parsed.choices[0].finish_reason == finish_reason
+    assert parsed.choices[0].message.content == "Checking. "
+    call = parsed.choices[0].message.tool_calls[0]
+    assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
+        "toolu_9",
+        "w",
+        {"location": "Oslo"},
+    )
+    assert (parsed.usage.prompt_tokens, parsed.usage.completion_tokens) == (15, 3)
+    assert parsed.usage.total_tokens == 18
+    assert parsed.usage.prompt_tokens_details.cached_tokens == 5
+
+
+def test_anthropic_tool_only_response_has_null_content() -> None:
+    message = anthropic_message(
+        content=[{"type": "tool_use", "id": "t", "name": "w", "input": {}}], stop_reason="tool_use"
+    )
+    completion = anthropic_response_to_openai(message, "m")
+    assert completion["choices"][0]["message"]["content"] is None
+    assert completion["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == "{}"
+
+
+@pytest.mark.parametrize(
+    ("finish_reason", "stop_reason"),
+    [("stop", "end_turn"), ("length", "max_tokens"), ("tool_calls", "tool_use")],
+)
+def test_openai_completion_becomes_a_valid_anthropic_message(finish_reason, stop_reason) -> None:
+    completion = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-x",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": "Sure.",
+                    "refusal": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "w", "arguments": '{"location": "Rome"}'},
+                        }
+                    ],
+                },
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 12,
+            "completion_tokens": 4,
+            "total_tokens": 16,
+            "prompt_tokens_details": {"cached_tokens": 2},
+        },
+    }
+    openai.types.chat.ChatCompletion.model_validate(completion)
+
+    message = openai_response_to_anthropic(completion, "public-gpt")
+
+    parsed = anthropic.types.Message.model_validate(message)
+    assert (parsed.model, parsed.stop_reason, parsed.role) == (
+        "public-gpt",
+        stop_reason,
+        "assistant",
+    )
+    assert parsed.content[0].type == "text" and parsed.content[0].text == "Sure."
+    assert parsed.content[1].type == "tool_use"
+    assert (parsed.content[1].id, parsed.content[1].input) == ("call_1", {"location": "Rome"})
+    assert (parsed.usage.input_tokens, parsed.usage.output_tokens) == (10, 4)
+    assert parsed.usage.cache_read_input_tokens == 2
+
+
+def test_openai_refusal_becomes_a_refusal_message() -> None:
+    completion = {
+        "id": "c",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "refusal": "I can't."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+    message = openai_response_to_anthropic(completion, "m")
+    assert message["stop_reason"] == "refusal"
+    assert message["content"] == [{"type": "text", "text": "I can't."}]
+
+
+# =========================================================================== streams
+
+
+def openai_chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra) -> dict:
+    chunk = {
+        "id": "chatcmpl-s",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-x",
+        "choices": []
+        if delta is None
+        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    return {**chunk, **extra}
+
+
+OPENAI_TOOL_STREAM = [
+    openai_chunk({"role": "assistant", "content": ""}),
+    openai_chunk({"content": "Let me "}),
+    openai_chunk({"content": "check."}),
+    openai_chunk(
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "call_a",
+                    "type": "function",
+                    "function": {"name": "w", "arguments": ""},
+                }
+            ]
+        }
+    ),
+    openai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"locat'}}]}),
+    openai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'ion":"Oslo"}'}}]}),
+    openai_chunk(
+        {
+            "tool_calls": [
+                {
+                    "index": 1,
+                    "id": "call_b",
+                    "type": "function",
+                    "function": {"name": "w", "arguments": '{"location":"Rome"}'},
+                }
+            ]
+        }
+    ),
+    openai_chunk({}, "tool_calls"),
+    openai_chunk(None, usage={"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}),
+]
+
+
+def test_openai_stream_becomes_the_anthropic_event_sequence() -> None:
+    converter = OpenAIToAnthropicStream("public-model")
+    events = [event for chunk in OPENAI_TOOL_STREAM for event in converter.feed(chunk)]
+    events += converter.finish()
+
+    assert [event["type"] for event in events] == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    # What the Anthropic SDK makes of this stream:
+    snapshot, buffers = None, {}
+    for event in events:
+        STREAM_EVENT.validate_python(event)
+        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=buffers)
+    assert snapshot.model == "public-model"
+    assert snapshot.stop_reason == "tool_use"
+    assert snapshot.content[0].text == "Let me check."
+    assert [(block.id, block.input) for block in snapshot.content[1:]] == [
+        ("call_a", {"location": "Oslo"}),
+        ("call_b", {"location": "Rome"}),
+    ]
+    assert (snapshot.usage.input_tokens, snapshot.usage.output_tokens) == (11, 7)
+
+
+def test_finish_usage_overrides_and_sse_framing() -> None:
+    converter = OpenAIToAnthropicStream("m", message_id="msg_fixed")
+    events = converter.feed(openai_chunk({"content": "Hi"}, "length"))
+    events += converter.finish(input_tokens=5, output_tokens=1)
+
+    assert events[0]["message"]["id"] == "msg_fixed"
+    assert events[-2] == {
+        "type": "message_delta",
+        "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+        "usage": {"input_tokens": 5, "output_tokens": 1},
+    }
+    assert anthropic_sse(events[-1]) == b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    assert converter.finish() == [] and converter.feed(openai_chunk({"content": "x"})) == []
+
+
+def test_empty_openai_stream_still_gives_a_complete_anthropic_stream() -> None:
+    events = OpenAIToAnthropicStream("m").finish()
+    assert [event["type"] for event in events] == ["message_start", "message_delta", "message_stop"]
+
+
+ANTHROPIC_TOOL_STREAM = [
+    {
+        "type": "message_start",
+        "message": {
+            **anthropic_message(content=[], stop_reason=None),
+            "usage": {"input_tokens": 20, "output_tokens": 1},
+        },
+    },
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    {"type": "ping"},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "On it"}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "."}},
+    {"type": "content_block_stop", "index": 0},
+    {
+        "type": "content_block_start",
+        "index": 1,
+        "content_block": {"type": "tool_use", "id": "toolu_x", "name": "w", "input": {}},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 1,
+        "delta": {"type": "input_json_delta", "partial_json": '{"location":'},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 1,
+        "delta": {"type": "input_json_delta", "partial_json": ' "Oslo"}'},
+    },
+    {"type": "content_block_stop", "index": 1},
+    {
+        "type": "message_delta",
+        "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+        "usage": {"output_tokens": 9},
+    },
+    {"type": "message_stop"},
+]
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_anthropic_stream_becomes_openai_chunks(include_usage: bool) -> None:
+    for event in ANTHROPIC_TOOL_STREAM:
+        if event["type"] != "ping":  # pings are not in the SDK's event union
+            STREAM_EVENT.validate_python(event)  # the input is a real Anthropic stream
+    converter = AnthropicToOpenAIStream("public-claude", include_usage=include_usage)
+
+    chunks = [chunk for event in ANTHROPIC_TOOL_STREAM for chunk in converter.feed(event)]
+
+    state = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(chunk))
+    completion = state.get_final_completion()
+    choice = completion.choices[0]
+    assert completion.model == "public-claude" and completion.id == "msg_1"
+    assert choice.message.content == "On it."
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
+        "toolu_x",
+        "w",
+        {"location": "Oslo"},
+    )
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    if include_usage:
+        assert chunks[-1]["choices"] == []
+        assert completion.usage.prompt_tokens == 20 and completion.usage.completion_tokens == 9
+    else:
+        assert completion.usage is None
+    assert (converter.input_tokens, converter.output_tokens) == (20, 9)
+
+
+def test_accumulator_assembles_every_choice_and_tool_call() -> None:
+    accumulator = CompletionAccumulator()
+    for chunk in OPENAI_TOOL_STREAM:
+        accumulator.add(chunk)
+    second_choice = openai_chunk({"content": "other"}, "stop")
+    second_choice["choices"][0]["index"] = 1
+    accumulator.add(second_choice)
+
+    completion = accumulator.completion()
+
+    parsed = openai.types.chat.ChatCompletion.model_validate(completion)
+    first, second = parsed.choices
+    assert first.message.content == "Let me check." and first.finish_reason == "tool_calls"
+    assert [call.function.arguments for call in first.message.tool_calls] == [
+        '{"location":"Oslo"}',
+        '{"location":"Rome"}',
+    ]
+    assert second.message.content == "other"
+    assert parsed.usage.total_tokens == 18
+    assert accumulator.deltas == 6
+
+
+def test_stream_translations_compose_back_to_the_original_reply() -> None:
+    """OpenAI chunks -> Anthropic events -> OpenAI chunks keeps text, calls and stop."""
+    to_anthropic = OpenAIToAnthropicStream("m")
+    events = [e for chunk in OPENAI_TOOL_STREAM for e in to_anthropic.feed(chunk)]
+    events += to_anthropic.finish()
+    back = AnthropicToOpenAIStream("m", include_usage=True)
+    accumulator = CompletionAccumulator()
+    for event in events:
+        for chunk in back.feed(event):
+            accumulator.add(chunk)
+
+    completion = accumulator.completion()
+    message = completion["choices"][0]["message"]
+    assert message["content"] == "Let me check."
+    assert [call["function"]["arguments"] for call in message["tool_calls"]] == [
+        '{"location":"Oslo"}',
+        '{"location":"Rome"}',
+    ]
+    assert completion["choices"][0]["finish_reason"] == "tool_calls"
+    assert completion["usage"]["prompt_tokens"] == 11

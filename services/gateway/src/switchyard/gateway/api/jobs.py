@@ -1,0 +1,209 @@
+"""`/v1/jobs`: asynchronous chat completions in the batch lane.
+
+`POST /v1/jobs` takes a Chat Completions body (plus an optional `webhook_url`), publishes
+it as a `chat.requested` with priority `batch` on the batch topic — no gateway waits for
+it, so it has no reply address — and answers 202 at once with the job id. Inference
+serves the batch lane only with capacity interactive traffic leaves free. History records
+the job like any request; `GET /v1/jobs/{id}` shows its status (queued, completed,
+failed, cancelled, expired) and, once done, its result; `GET /v1/jobs` lists them;
+`POST /v1/jobs/{id}/cancel` cancels one that has not finished: history records the
+cancellation (the job's terminal state) and the gateway tells inference to skip it.
+
+A job that asked for a webhook is POSTed to it when it finishes, signed with the
+tenant's secret (see the history service's `webhooks` module for the format).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import structlog
+from fastapi import APIRouter, Request, Response
+
+from switchyard.common.bus import BusUnavailableError
+from switchyard.common.errors import APIError
+from switchyard.common.events import (
+    CancelRequestData,
+    ChatCancelRequested,
+    ChatRequestData,
+    ChatRequested,
+    Priority,
+    new_id,
+    utcnow,
+)
+from switchyard.gateway.api.body import openapi_body, parse_json_object, validate_body
+from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
+from switchyard.gateway.api.history import forward, looks_like_id
+from switchyard.gateway.bootstrap import Gateway
+from switchyard.gateway.schemas import ChatCompletionRequest
+
+log = structlog.get_logger("switchyard.gateway.jobs")
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+MAX_WEBHOOK_URL = 2048
+
+
+def _webhook_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    problem = None
+    if not isinstance(value, str) or not value:
+        problem = "must be a URL string"
+    elif len(value) > MAX_WEBHOOK_URL:
+        problem = f"must be at most {MAX_WEBHOOK_URL} characters"
+    else:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problem = "must be an absolute http:// or https:// URL"
+        elif parts.username or parts.password:
+            problem = "must not contain credentials"
+    if problem:
+        raise APIError(
+            400,
+            f"Invalid value for 'webhook_url': {problem}.",
+            param="webhook_url",
+            code="invalid_webhook_url",
+        )
+    return value
+
+
+def _not_found(job_id: str) -> APIError:
+    return APIError(404, f"No job found with id '{job_id[:64]}'.", code="job_not_found")
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Create an asynchronous chat completion job",
+    openapi_extra=openapi_body(ChatCompletionRequest),
+    response_model=None,
+)
+async def create_job(
+    request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
+    """A Chat Completions body, plus an optional `webhook_url` POSTed when the job ends.
+    Answers 202 with the job (`status: queued`); poll `GET /v1/jobs/{id}` for the result."""
+    raw = await request.body()
+    data = parse_json_object(raw)
+    webhook_url = _webhook_url(data.pop("webhook_url", None))
+    body, body_dict = validate_body(ChatCompletionRequest, orjson.dumps(data))
+    if body.stream:
+        raise APIError(
+            400,
+            "Jobs cannot stream: their result is fetched with GET /v1/jobs/{id} or sent to the "
+            "webhook. Remove 'stream' or set it to false.",
+            param="stream",
+            code="invalid_request",
+        )
+    if gateway.routing.route(body.model) is None or (
+        principal.allowed_models is not None and body.model not in principal.allowed_models
+    ):
+        raise APIError(
+            404,
+            f"The model '{body.model}' does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+        )
+    job_id = new_id()
+    created = utcnow()
+    event = ChatRequested(
+        source="gateway",
+        tenant=principal.tenant,
+        request_id=job_id,
+        time=created,
+        data=ChatRequestData(
+            api="openai",
+            operation="chat",
+            model=body.model,
+            body=body_dict,
+            stream=False,
+            user_id=principal.user_id,
+            api_key_id=principal.api_key_id,
+            priority=Priority.BATCH,
+            deadline=created + timedelta(seconds=gateway.settings.job_timeout_s),
+            reply_to=None,
+            webhook_url=webhook_url,
+        ),
+    )
+    try:
+        await gateway.bus.publish(gateway.topics.requests_batch, event, key=job_id)
+    except BusUnavailableError as exc:
+        log.error("could not publish job", error=str(exc))
+        raise APIError(
+            503,
+            "The job could not be accepted right now; retry shortly.",
+            code="bus_unavailable",
+            headers={"Retry-After": "2"},
+        ) from None
+    job = {
+        "id": job_id,
+        "object": "job",
+        "status": "queued",
+        "model": body.model,
+        "created_at": created.isoformat().replace("+00:00", "Z"),
+        "completed_at": None,
+        "result": None,
+        "error": None,
+        "webhook": {"url": webhook_url, "status": "pending"} if webhook_url else None,
+    }
+    return Response(
+        orjson.dumps(job),
+        status_code=202,
+        media_type="application/json",
+        headers={"x-request-id": job_id, "Location": f"/v1/jobs/{job_id}"},
+    )
+
+
+@router.get("", summary="List your jobs, newest first")
+async def list_jobs(request: Request, principal: CurrentPrincipal, gateway: GatewayDep) -> Response:
+    """Query parameters: `limit` (1-100), `cursor`, `status` (comma-separated: queued,
+    completed, failed, cancelled, expired). Admins see their whole tenant's jobs."""
+    return await forward(gateway, principal, "/v1/jobs", request)
+
+
+@router.get("/{job_id}", summary="One job, with its result once it is done")
+async def get_job(
+    job_id: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
+    """A job just created may take a moment to appear (history records it from the bus)."""
+    if not looks_like_id(job_id):
+        raise _not_found(job_id)
+    return await forward(gateway, principal, f"/v1/jobs/{job_id}", request)
+
+
+@router.post("/{job_id}/cancel", summary="Cancel a job that has not finished")
+async def cancel_job(
+    job_id: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
+    """The job ends as `cancelled` (answered with the job); a finished job gets 409."""
+    if not looks_like_id(job_id):
+        raise _not_found(job_id)
+    response = await forward(gateway, principal, f"/v1/jobs/{job_id}/cancel", None, method="POST")
+    if response.status_code == 200:
+        # History recorded the cancellation; inference skips the job or stops it.
+        _publish_in_background(gateway, _cancel_event(principal.tenant, job_id))
+    return response
+
+
+def _cancel_event(tenant: str, job_id: str) -> ChatCancelRequested:
+    return ChatCancelRequested(
+        source="gateway",
+        tenant=tenant,
+        request_id=job_id,
+        data=CancelRequestData(reason="job_cancelled"),
+    )
+
+
+def _publish_in_background(gateway: Gateway, event: ChatCancelRequested) -> None:
+    async def publish() -> None:
+        with contextlib.suppress(BusUnavailableError):
+            await gateway.bus.publish(gateway.topics.control, event, key=event.request_id)
+
+    task = asyncio.ensure_future(publish())
+    gateway.background.add(task)
+    task.add_done_callback(gateway.background.discard)

@@ -1,0 +1,24 @@
+"""`GET /v1/usage`: the caller's usage (the whole tenant's for admins) from the history
+service, as JSON or CSV (`Accept: text/csv` or `format=csv`)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
+from switchyard.gateway.api.history import forward
+
+router = APIRouter(prefix="/v1/usage", tags=["usage"])
+
+
+@router.get(
+    "",
+    summary="Requests, errors, tokens and cost over time",
+    responses={200: {"content": {"application/json": {}, "text/csv": {}}}},
+)
+async def get_usage(request: Request, principal: CurrentPrincipal, gateway: GatewayDep) -> Response:
+    """Query parameters: `since` (default 30 days ago) and `until` (default now), ISO 8601
+    or relative (`7d`); `group_by`, comma-separated: `day` or `hour`, and any of `model`,
+    `user`, `api_key` (default `day`; without day or hour, totals over the range);
+    filters `model`, `api_key_id`, and for admins `user_id`; `format=csv` for CSV."""
+    return await forward(gateway, principal, "/v1/usage", request)

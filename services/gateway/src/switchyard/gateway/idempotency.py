@@ -1,0 +1,410 @@
+"""`Idempotency-Key` on `POST /v1/chat/completions`, `POST /v1/messages` and `POST /v1/jobs`.
+
+A client that may retry a POST sends `Idempotency-Key: <up to 255 printable characters>`.
+Within 24 hours, for the same tenant:
+
+- the same key with the same body returns the original response, byte for byte (status,
+  body, `x-request-id`; streams are replayed whole), marked `Idempotent-Replayed: true`,
+  and nothing runs again;
+- if the original is still running, the retry waits for its result (at most
+  `SWITCHYARD_GATEWAY_IDEMPOTENCY_WAIT_S`, default the request timeout), or, with
+  `Idempotency-Wait: false`, gets 409 `idempotency_key_in_use` at once;
+- the same key with a different body (or on another endpoint, or from another user of
+  the tenant) gets 422 `idempotency_key_reused`.
+
+Responses that ran nothing — invalid bodies, unknown models, a full gateway, the bus
+being down, a client that went away — are not kept: the key is released and a retry runs.
+Without the header nothing changes, and the check costs one scan of the request headers.
+
+Claims live in the history service's database (`/internal/v1/idempotency/...`,
+INSERT ... ON CONFLICT), so they hold across every gateway replica. The replica that
+claims a key stores the exact bytes it sent; a replica dying before that leaves a claim
+whose lease (the request timeout plus a margin) then lets a retry run it again.
+
+This is a pure ASGI middleware (it must see the response bytes); it authenticates the
+caller itself (cached, as the routes do) because keys are scoped to the tenant. If it
+cannot (bad credentials), it steps aside and the route answers as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+from prometheus_client import Counter
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from switchyard.common.errors import APIError, error_response
+from switchyard.common.http import INTERNAL_TOKEN_HEADER
+from switchyard.gateway.api.deps import required_scope
+from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, Principal
+from switchyard.gateway.errors import anthropic_error_response, is_anthropic_path
+
+log = structlog.get_logger("switchyard.gateway.idempotency")
+
+IDEMPOTENT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/jobs"})
+KEY_HEADER = b"idempotency-key"
+WAIT_HEADER = "idempotency-wait"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+# Beyond the request's own deadline, how long a claim stays with the replica running it.
+LEASE_MARGIN_S = 30.0
+# Responses without x-request-id ran nothing (refused before publishing): not kept.
+_NOT_KEPT_STATUSES = frozenset({499})
+
+OUTCOMES = Counter(
+    "switchyard_gateway_idempotency_total",
+    "Requests with an Idempotency-Key, by outcome (claimed, replayed, waited, conflict, "
+    "mismatch, unavailable).",
+    ["outcome"],
+)
+
+
+class IdempotencyUnavailable(Exception):
+    """The claim store (history) did not answer."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: str
+    claim_token: str | None = None
+    request_id: str | None = None
+    status_code: int | None = None
+    content_type: str | None = None
+    body: bytes | None = None
+    reason: str | None = None
+
+
+class IdempotencyClient:
+    """The history service's claim store, as `principal`."""
+
+    def __init__(self, http: httpx.AsyncClient, history_url: str, internal_token: str) -> None:
+        self._http = http
+        self._base = history_url.rstrip("/") + "/internal/v1/idempotency"
+        self._token = internal_token
+
+    def _headers(self, principal: Principal) -> dict[str, str]:
+        return {
+            INTERNAL_TOKEN_HEADER: self._token,
+            "x-switchyard-tenant": principal.tenant,
+            "x-switchyard-user-id": principal.user_id,
+            "x-switchyard-role": principal.role,
+        }
+
+    async def _post(self, principal: Principal, action: str, body: dict[str, Any]) -> dict:
+        try:
+            response = await self._http.post(
+                f"{self._base}/{action}",
+                content=orjson.dumps(body),
+                headers={**self._headers(principal), "content-type": "application/json"},
+                timeout=5.0,
+            )
+        except httpx.HTTPError as exc:
+            raise IdempotencyUnavailable(repr(exc)) from None
+        if response.status_code != 200:
+            raise IdempotencyUnavailable(f"history answered {response.status_code}")
+        return response.json()
+
+    async def claim(
+        self, principal: Principal, key: str, endpoint: str, fingerprint: str, lease_s: float
+    ) -> Claim:
+        data = await self._post(
+            principal,
+            "claim",
+            {"key": key, "endpoint": endpoint, "fingerprint": fingerprint, "lease_s": lease_s},
+        )
+        body = data.get("body_b64")
+        return Claim(
+            outcome=data["outcome"],
+            claim_token=data.get("claim_token"),
+            request_id=data.get("request_id"),
+            status_code=data.get("status_code"),
+            content_type=data.get("content_type"),
+            body=base64.b64decode(body) if body is not None else None,
+            reason=data.get("reason"),
+        )
+
+    async def complete(
+        self,
+        principal: Principal,
+        key: str,
+        claim_token: str,
+        *,
+        request_id: str | None,
+        status_code: int,
+        content_type: str,
+        body: bytes,
+    ) -> None:
+        await self._post(
+            principal,
+            "complete",
+            {
+                "key": key,
+                "claim_token": claim_token,
+                "request_id": request_id,
+                "status_code": status_code,
+                "content_type": content_type,
+                "body_b64": base64.b64encode(body).decode(),
+            },
+        )
+
+    async def release(self, principal: Principal, key: str, claim_token: str) -> None:
+        await self._post(principal, "release", {"key": key, "claim_token": claim_token})
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    """What 'the same request' means: method, path and the JSON body with keys sorted (so
+    a client re-serialising its body in another key order still matches)."""
+    try:
+        canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONDecodeError:
+        canonical = body
+    digest = hashlib.sha256()
+    for part in (method.encode(), b"\n", path.encode(), b"\n", canonical):
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _error(path: str, exc: APIError):
+    return anthropic_error_response(exc) if is_anthropic_path(path) else error_response(exc)
+
+
+class IdempotencyMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] not in IDEMPOTENT_PATHS
+        ):
+            await self.app(scope, receive, send)
+            return
+        raw_key = next((value for name, value in scope["headers"] if name == KEY_HEADER), None)
+        if raw_key is None:
+            await self.app(scope, receive, send)
+            return
+        await self._handle(scope, receive, send, raw_key)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, raw_key: bytes) -> None:
+        path = scope["path"]
+        key = raw_key.decode("latin-1").strip()
+        if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable() or not key.isascii():
+            response = _error(
+                path,
+                APIError(
+                    400,
+                    f"Invalid Idempotency-Key: use 1 to {MAX_KEY_LENGTH} printable ASCII "
+                    "characters (e.g. a UUID).",
+                    param="Idempotency-Key",
+                    code="invalid_idempotency_key",
+                ),
+            )
+            await response(scope, receive, send)
+            return
+
+        body = await _read_body(receive)
+        replay_receive = _replaying(body, receive)
+        gateway = scope["app"].state.gateway
+        headers = Headers(scope=scope)
+        try:
+            principal = await gateway.authenticator.authenticate(
+                headers.get("authorization"), headers.get("x-api-key")
+            )
+        except (AuthenticationError, AuthUnavailableError):
+            principal = None
+        scope_needed = required_scope(path)
+        if principal is None or (scope_needed is not None and scope_needed not in principal.scopes):
+            await self.app(scope, replay_receive, send)  # the route refuses it properly
+            return
+
+        client = IdempotencyClient(
+            gateway.http, gateway.settings.history_url, gateway.settings.internal_token
+        )
+        settings = gateway.settings
+        print_ = fingerprint("POST", path, body)
+        wait = headers.get(WAIT_HEADER, "true").strip().lower() not in ("false", "0", "no")
+        wait_s = settings.idempotency_wait_s or settings.request_timeout_s
+        lease_s = settings.request_timeout_s + LEASE_MARGIN_S
+        give_up_at = time.monotonic() + wait_s
+        delay = 0.02
+        waited = False
+        while True:
+            try:
+                claim = await client.claim(principal, key, path, print_, lease_s)
+            except IdempotencyUnavailable as exc:
+                log.error("idempotency store unavailable", error=str(exc))
+                OUTCOMES.labels("unavailable").inc()
+                response = _error(
+                    path,
+                    APIError(
+                        503,
+                        "Idempotency-Key cannot be honoured right now (its store is "
+                        "unavailable); retry shortly.",
+                        code="idempotency_unavailable",
+                        headers={"Retry-After": "2"},
+                    ),
+                )
+                await response(scope, receive, send)
+                return
+            if claim.outcome == "claimed":
+                OUTCOMES.labels("claimed").inc()
+                await self._run(scope, replay_receive, send, client, principal, key, claim)
+                return
+            if claim.outcome == "completed":
+                OUTCOMES.labels("waited" if waited else "replayed").inc()
+                await _replay(claim, send)
+                return
+            if claim.outcome == "mismatch":
+                OUTCOMES.labels("mismatch").inc()
+                response = _error(
+                    path,
+                    APIError(
+                        422,
+                        claim.reason or "This Idempotency-Key was used for another request.",
+                        param="Idempotency-Key",
+                        code="idempotency_key_reused",
+                    ),
+                )
+                await response(scope, receive, send)
+                return
+            # In progress elsewhere: wait for its result, or tell the client.
+            if not wait or time.monotonic() + delay > give_up_at:
+                OUTCOMES.labels("conflict").inc()
+                response = _error(
+                    path,
+                    APIError(
+                        409,
+                        "A request with this Idempotency-Key is still in progress; retry "
+                        "later (or without 'Idempotency-Wait: false' to wait for it).",
+                        param="Idempotency-Key",
+                        code="idempotency_key_in_use",
+                        headers={"Retry-After": "1"},
+                    ),
+                )
+                await response(scope, receive, send)
+                return
+            waited = True
+            await asyncio.sleep(delay)
+            delay = min(0.5, delay * 1.5)
+
+    async def _run(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        client: IdempotencyClient,
+        principal: Principal,
+        key: str,
+        claim: Claim,
+    ) -> None:
+        """Run the request, keeping a copy of the response to store with the claim."""
+        assert claim.claim_token is not None
+        max_bytes = scope["app"].state.gateway.settings.idempotency_max_response_bytes
+        status = 0
+        content_type = "application/json"
+        request_id: str | None = None
+        chunks: list[bytes] = []
+        size = 0
+        settled = False
+
+        async def settle(complete: bool) -> None:
+            nonlocal settled
+            if settled:
+                return
+            settled = True
+            try:
+                if complete:
+                    await client.complete(
+                        principal,
+                        key,
+                        claim.claim_token,  # type: ignore[arg-type]
+                        request_id=request_id,
+                        status_code=status,
+                        content_type=content_type,
+                        body=b"".join(chunks),
+                    )
+                else:
+                    await client.release(principal, key, claim.claim_token)  # type: ignore[arg-type]
+            except IdempotencyUnavailable as exc:
+                # The claim's lease runs out and a later retry runs the request again.
+                log.error("could not settle an idempotency claim", error=str(exc))
+
+        def keep() -> bool:
+            return request_id is not None and status not in _NOT_KEPT_STATUSES and size <= max_bytes
+
+        async def capturing_send(message: Message) -> None:
+            nonlocal status, content_type, request_id, size
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name == b"content-type":
+                        content_type = value.decode("latin-1")
+                    elif name == b"x-request-id":
+                        request_id = value.decode("latin-1")
+            elif message["type"] == "http.response.body":
+                piece = message.get("body", b"")
+                size += len(piece)
+                if size <= max_bytes:
+                    chunks.append(piece)
+                if not message.get("more_body", False):
+                    # Stored before the client has the end of it, so an immediate retry
+                    # finds the result rather than a claim still in progress.
+                    await settle(keep())
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capturing_send)
+        finally:
+            if not settled:
+                # The response never finished (the client went away, or an error): the
+                # request is given up on, and a retry may run it.
+                await asyncio.shield(settle(False))
+
+
+async def _read_body(receive: Receive) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            parts.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(parts)
+        elif message["type"] == "http.disconnect":
+            return b"".join(parts)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _replay(claim: Claim, send: Send) -> None:
+    headers = [
+        (b"content-type", (claim.content_type or "application/json").encode("latin-1")),
+        (b"content-length", str(len(claim.body or b"")).encode()),
+        (REPLAYED_HEADER.lower().encode(), b"true"),
+    ]
+    if claim.request_id:
+        headers.append((b"x-request-id", claim.request_id.encode("latin-1")))
+    await send(
+        {"type": "http.response.start", "status": claim.status_code or 200, "headers": headers}
+    )
+    await send({"type": "http.response.body", "body": claim.body or b"", "more_body": False})

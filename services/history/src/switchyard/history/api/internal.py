@@ -1,0 +1,94 @@
+"""`/internal/v1/idempotency`: Idempotency-Key claims for the gateway replicas (internal
+token and the caller's identity required; keys are scoped to the caller's tenant)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from switchyard.common.errors import APIError
+from switchyard.common.http import internal_token_dependency
+from switchyard.history.api.dependencies import CallerDep, IdempotencyDep
+from switchyard.history.idempotency import ClaimRequest
+
+KEY = Field(min_length=1, max_length=255)
+
+
+class ClaimBody(BaseModel):
+    key: Annotated[str, KEY]
+    endpoint: str = Field(min_length=1, max_length=128)
+    fingerprint: str = Field(min_length=16, max_length=64)
+    lease_s: float = Field(gt=0, le=86_400)
+
+
+class CompleteBody(BaseModel):
+    key: Annotated[str, KEY]
+    claim_token: str = Field(min_length=1, max_length=64)
+    request_id: str | None = Field(default=None, max_length=64)
+    status_code: int = Field(ge=100, le=599)
+    content_type: str = Field(max_length=128)
+    body_b64: str
+
+
+class ReleaseBody(BaseModel):
+    key: Annotated[str, KEY]
+    claim_token: str = Field(min_length=1, max_length=64)
+
+
+def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
+    router = APIRouter(
+        prefix="/internal/v1/idempotency",
+        tags=["internal"],
+        dependencies=[Depends(internal_token_dependency(internal_token))],
+    )
+
+    @router.post("/claim")
+    async def claim(body: ClaimBody, caller: CallerDep, store: IdempotencyDep) -> dict:
+        result = await store.claim(
+            ClaimRequest(
+                tenant=caller.tenant,
+                key=body.key,
+                user_id=caller.user_id,
+                endpoint=body.endpoint,
+                fingerprint=body.fingerprint,
+                lease_s=body.lease_s,
+            )
+        )
+        return {
+            "outcome": result.outcome,
+            "claim_token": result.claim_token,
+            "request_id": result.request_id,
+            "status_code": result.status_code,
+            "content_type": result.content_type,
+            "body_b64": base64.b64encode(result.body).decode() if result.body is not None else None,
+            "reason": result.reason,
+        }
+
+    @router.post("/complete")
+    async def complete(body: CompleteBody, caller: CallerDep, store: IdempotencyDep) -> dict:
+        try:
+            content = base64.b64decode(body.body_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise APIError(400, "body_b64 is not base64", param="body_b64") from None
+        if len(content) > max_body_bytes:
+            raise APIError(413, f"responses over {max_body_bytes} bytes are not stored")
+        stored = await store.complete(
+            caller.tenant,
+            body.key,
+            body.claim_token,
+            request_id=body.request_id,
+            status_code=body.status_code,
+            content_type=body.content_type,
+            body=content,
+        )
+        return {"stored": stored}
+
+    @router.post("/release")
+    async def release(body: ReleaseBody, caller: CallerDep, store: IdempotencyDep) -> dict:
+        return {"released": await store.release(caller.tenant, body.key, body.claim_token)}
+
+    return router

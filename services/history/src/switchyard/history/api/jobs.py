@@ -1,0 +1,96 @@
+"""`/v1/jobs`: the caller's jobs (the batch lane's requests), one job, and cancelling one
+that has not finished."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Response
+
+from switchyard.common.errors import APIError
+from switchyard.common.http import internal_token_dependency
+from switchyard.history.api.dependencies import CallerDep, ComponentsDep, QueriesDep
+from switchyard.history.api.params import page_limit, parse_statuses
+from switchyard.history.jobs import (
+    JOB_STATUSES,
+    cancellation_event,
+    job_object,
+    request_statuses,
+)
+from switchyard.history.models import RequestStatus
+from switchyard.history.queries import DEFAULT_PAGE_SIZE, InvalidCursorError
+
+
+def _json(data: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
+
+
+def _not_found(job_id: str) -> APIError:
+    return APIError(404, f"No job found with id '{job_id}'.", param="job_id", code="job_not_found")
+
+
+def jobs_router(internal_token: str) -> APIRouter:
+    router = APIRouter(
+        prefix="/v1/jobs",
+        tags=["jobs"],
+        dependencies=[Depends(internal_token_dependency(internal_token))],
+    )
+
+    @router.get("", summary="List jobs, newest first")
+    async def list_jobs(
+        caller: CallerDep,
+        queries: QueriesDep,
+        limit: Annotated[int, Depends(page_limit)] = DEFAULT_PAGE_SIZE,
+        cursor: Annotated[str | None, Query()] = None,
+        status: Annotated[
+            str | None, Query(description=f"Comma-separated: {', '.join(JOB_STATUSES)}.")
+        ] = None,
+    ) -> Response:
+        statuses = request_statuses(parse_statuses(status, JOB_STATUSES))
+        try:
+            page = await queries.list_jobs(caller, limit=limit, cursor=cursor, statuses=statuses)
+        except InvalidCursorError as exc:
+            raise APIError(
+                400, f"Invalid value for 'cursor': {exc}", param="cursor", code="invalid_cursor"
+            ) from exc
+        return _json(
+            {
+                "object": "list",
+                "data": [job_object(row) for row in page.items],
+                "next_cursor": page.next_cursor,
+            }
+        )
+
+    @router.get("/{job_id}", summary="One job, with its result once done")
+    async def get_job(job_id: str, caller: CallerDep, queries: QueriesDep) -> Response:
+        row = await queries.get_job(caller, job_id)
+        if row is None:
+            raise _not_found(job_id)
+        return _json(job_object(row))
+
+    @router.post("/{job_id}/cancel", summary="Cancel a job that has not finished")
+    async def cancel_job(job_id: str, caller: CallerDep, components: ComponentsDep) -> Response:
+        """Records the cancellation (the job's terminal state becomes `cancelled`); the
+        gateway then tells inference to skip or stop it. A finished job gets 409."""
+        queries = components.queries
+        row = await queries.get_job(caller, job_id)
+        if row is None:
+            raise _not_found(job_id)
+        if row["status"] == RequestStatus.PENDING.value:
+            await components.recorder.record(
+                [cancellation_event(row["tenant"], job_id, caller.user_id)]
+            )
+            row = await queries.get_job(caller, job_id)
+            assert row is not None
+        if row["status"] != RequestStatus.CANCELLED.value:
+            raise APIError(
+                409,
+                f"Job '{job_id}' already finished with status '{row['status']}'; "
+                "only a queued job can be cancelled.",
+                param="job_id",
+                code="job_not_cancellable",
+            )
+        return _json(job_object(row))
+
+    return router

@@ -1,0 +1,71 @@
+"""Query parameters shared by the history, usage and jobs routes, validated into 400s
+that name the parameter."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Query
+
+from switchyard.common.errors import APIError
+from switchyard.history.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from switchyard.history.timeparse import TimeFormatError, parse_instant
+
+
+def page_limit(
+    limit: Annotated[str | None, Query(description=f"Page size, 1 to {MAX_PAGE_SIZE}.")] = None,
+) -> int:
+    if limit is None:
+        return DEFAULT_PAGE_SIZE
+    try:
+        value = int(limit)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= MAX_PAGE_SIZE:
+        raise APIError(
+            400,
+            f"Invalid value for 'limit': must be an integer from 1 to {MAX_PAGE_SIZE}.",
+            param="limit",
+            code="invalid_limit",
+        )
+    return value
+
+
+def parse_time(value: str | None, param: str) -> datetime | None:
+    if value is None or value == "":
+        return None
+    try:
+        return parse_instant(value)
+    except TimeFormatError as exc:
+        raise APIError(
+            400, f"Invalid value for '{param}': {exc}.", param=param, code="invalid_time"
+        ) from None
+
+
+def parse_time_range(since: str | None, until: str | None) -> tuple[datetime | None, ...]:
+    time_from, time_to = parse_time(since, "since"), parse_time(until, "until")
+    if time_from is not None and time_to is not None and time_from >= time_to:
+        raise APIError(
+            400,
+            "Invalid value for 'until': it must be after 'since'.",
+            param="until",
+            code="invalid_time_range",
+        )
+    return time_from, time_to
+
+
+def parse_statuses(value: str | None, allowed: tuple[str, ...], param: str = "status") -> list[str]:
+    if value is None or value == "":
+        return []
+    statuses = [part.strip() for part in value.split(",") if part.strip()]
+    unknown = [status for status in statuses if status not in allowed]
+    if unknown or not statuses:
+        raise APIError(
+            400,
+            f"Invalid value for '{param}': '{', '.join(unknown) or value}' is not one of "
+            f"{', '.join(allowed)}.",
+            param=param,
+            code="invalid_status",
+        )
+    return statuses

@@ -1,0 +1,235 @@
+"""`switchyard usage|retention|tenant-settings ...`: operator commands working directly on
+the history database named by the settings (`SWITCHYARD_HISTORY_DATABASE_URL` or
+`DATABASE_URL`), the same one the service uses.
+
+    switchyard usage report --since 2025-03-01 --group-by model --format csv
+    switchyard usage report --since 7d --group-by day,tenant --tenant acme
+    switchyard retention purge --older-than 30d [--tenant acme] [--dry-run]
+    switchyard tenant-settings show --tenant acme
+    switchyard tenant-settings set --tenant acme --metadata-only --retention-days 30
+
+Errors an operator can fix (bad dates, unreachable database, tables not migrated) print
+one line to stderr and exit with status 1, without a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import typer
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from switchyard.history.bootstrap import history_engine
+from switchyard.history.config import DatabaseSettings
+from switchyard.history.queries import HistoryQueries, UsageQuery
+from switchyard.history.sweeper import purge, purge_by_retention
+from switchyard.history.tenants import UNSET, TenantSettingsStore
+from switchyard.history.timeparse import TimeFormatError, parse_duration, parse_instant
+from switchyard.history.usage import (
+    UsageParameterError,
+    parse_group_by,
+    report_csv,
+    report_json,
+    time_range,
+)
+
+T = TypeVar("T")
+
+usage_app = typer.Typer(name="usage", help="Usage reports from the history.", no_args_is_help=True)
+retention_app = typer.Typer(
+    name="retention", help="Delete old history (retention).", no_args_is_help=True
+)
+tenant_settings_app = typer.Typer(
+    name="tenant-settings",
+    help="Per-tenant history settings: metadata only, retention, webhook secret.",
+    no_args_is_help=True,
+)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)
+
+
+def _run(action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    database_url = DatabaseSettings().database_url
+
+    async def run() -> T:
+        engine = history_engine(database_url)
+        try:
+            return await action(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except (OperationalError, ProgrammingError) as exc:
+        reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+        raise _fail(
+            f"database error ({reason}); is it reachable, and has `switchyard db upgrade` run?"
+        ) from None
+
+
+def _instant(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_instant(value)
+    except TimeFormatError as exc:
+        raise _fail(f"{option}: {exc}") from None
+
+
+@usage_app.command("report")
+def usage_report(
+    since: Annotated[
+        str | None, typer.Option(help="Start, ISO 8601 (2025-03-01) or relative (7d). Default 30d.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="End (exclusive). Default: now.")] = None,
+    group_by: Annotated[
+        str,
+        typer.Option(
+            "--group-by",
+            help="Comma-separated: day or hour, and any of model, user, api_key, tenant. "
+            "Without day or hour: totals over the whole range.",
+        ),
+    ] = "day",
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant (default: all).")] = None,
+    user: Annotated[str | None, typer.Option(help="Only this user id.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+) -> None:
+    """Requests, errors, tokens and cost, grouped as asked (aggregated in SQL)."""
+    if output_format not in ("table", "csv", "json"):
+        raise _fail("--format must be table, csv or json")
+    try:
+        bucket, dimensions = parse_group_by(group_by, allow_tenant=True)
+        since_at, until_at = time_range(
+            _instant(since, "--since"), _instant(until, "--until"), bucket
+        )
+    except UsageParameterError as exc:
+        raise _fail(str(exc).replace("'group_by'", "--group-by")) from None
+    query = UsageQuery(
+        since=since_at,
+        until=until_at,
+        bucket=bucket,  # type: ignore[arg-type]
+        dimensions=dimensions,
+        tenant=tenant,
+        user_id=user,
+        model=model,
+    )
+    rows = _run(lambda engine: HistoryQueries(engine).usage(query))
+    if output_format == "csv":
+        sys.stdout.write(report_csv(rows, query))
+    elif output_format == "json":
+        typer.echo(json.dumps(report_json(rows, query), indent=2))
+    else:
+        _print_table(report_json(rows, query))
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    data = report["data"] + [{**report["totals"], **_total_label(report)}]
+    if not report["data"]:
+        typer.echo(f"no requests between {report['since']} and {report['until']}")
+        return
+    columns = list(report["data"][0])
+    widths = {c: max(len(c), *(len(_fmt(row.get(c))) for row in data)) for c in columns}
+    line = "  ".join(c.ljust(widths[c]) for c in columns)
+    typer.echo(line)
+    typer.echo("  ".join("-" * widths[c] for c in columns))
+    for row in data:
+        typer.echo("  ".join(_fmt(row.get(c)).ljust(widths[c]) for c in columns))
+
+
+def _total_label(report: dict[str, Any]) -> dict[str, str]:
+    first = [c for c in report["data"][0] if c not in report["totals"]] if report["data"] else []
+    return {first[0]: "TOTAL"} if first else {}
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
+
+
+@retention_app.command("purge")
+def retention_purge(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            help="Delete requests (and their events) created longer ago than this, e.g. 30d. "
+            "Without it: every tenant's own retention, else SWITCHYARD_HISTORY_RETENTION_DAYS."
+        ),
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Count what would be deleted.")] = False,
+) -> None:
+    """Delete history older than its retention period."""
+    if older_than is None and tenant is not None:
+        raise _fail("--tenant needs --older-than")
+    if older_than is not None:
+        try:
+            cutoff = datetime.now(UTC) - parse_duration(older_than)
+        except TimeFormatError as exc:
+            raise _fail(f"--older-than: {exc}") from None
+        result = _run(lambda engine: purge(engine, cutoff, tenant=tenant, dry_run=dry_run))
+    else:
+        settings = DatabaseSettings()
+        result = _run(
+            lambda engine: purge_by_retention(
+                engine, TenantSettingsStore(engine), settings.retention_days, dry_run=dry_run
+            )
+        )
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{verb} {result.requests} request(s) and {result.events} event(s)")
+
+
+@tenant_settings_app.command("show")
+def tenant_settings_show(
+    tenant: Annotated[str, typer.Option(help="Tenant name.")],
+) -> None:
+    """Print a tenant's settings (with its webhook signing secret) as JSON."""
+    settings = _run(lambda engine: TenantSettingsStore(engine).get(tenant))
+    typer.echo(json.dumps(settings.public(include_secret=True), default=str, indent=2))
+
+
+@tenant_settings_app.command("set")
+def tenant_settings_set(
+    tenant: Annotated[str, typer.Option(help="Tenant name.")],
+    metadata_only: Annotated[
+        bool | None,
+        typer.Option(
+            "--metadata-only/--store-content",
+            help="Keep no prompt or completion text (metadata only), or keep everything.",
+        ),
+    ] = None,
+    retention_days: Annotated[
+        int | None, typer.Option(min=1, help="Purge this tenant's requests after N days.")
+    ] = None,
+    default_retention: Annotated[
+        bool, typer.Option(help="Use the service-wide retention again.")
+    ] = False,
+    rotate_webhook_secret: Annotated[bool, typer.Option(help="New webhook secret.")] = False,
+) -> None:
+    """Change a tenant's settings; the others keep their values."""
+    retention: Any = UNSET
+    if default_retention:
+        retention = None
+    elif retention_days is not None:
+        retention = retention_days
+    settings = _run(
+        lambda engine: TenantSettingsStore(engine).update(
+            tenant,
+            store_content=None if metadata_only is None else not metadata_only,
+            retention_days=retention,
+            rotate_webhook_secret=rotate_webhook_secret,
+        )
+    )
+    typer.echo(json.dumps(settings.public(include_secret=True), default=str, indent=2))

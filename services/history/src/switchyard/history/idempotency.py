@@ -1,0 +1,198 @@
+"""Idempotency-Key claims, shared by every gateway replica (`history_idempotency_keys`).
+
+A gateway receiving a POST with an `Idempotency-Key` asks `claim` first, in one
+transaction:
+
+- no row for (tenant, key), or only one older than the key's lifetime (24 h): the row is
+  created (INSERT ... ON CONFLICT DO NOTHING decides between racing replicas) and the
+  caller runs the request — outcome `claimed`, with a claim token;
+- a row for another body, endpoint or user: `mismatch` (the gateway answers 422);
+- a finished row: `completed`, with the stored response to replay byte for byte;
+- a row still in progress: `in_progress` (the gateway waits, or answers 409); unless its
+  lease ran out — the replica running it died without finishing — then the caller takes
+  it over (`claimed`).
+
+The replica that claimed a key stores the response with `complete` (or gives the key back
+with `release` when nothing ran, e.g. the request was invalid or refused before it was
+published). Both need the claim token, so a replica whose lease was taken over cannot
+overwrite the new owner's result.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from switchyard.common.db import dialect_insert
+from switchyard.history.models import IdempotencyState, idempotency_table
+
+KEY_LIFETIME = timedelta(hours=24)
+
+Outcome = Literal["claimed", "in_progress", "completed", "mismatch"]
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    tenant: str
+    key: str
+    user_id: str
+    endpoint: str
+    fingerprint: str
+    lease_s: float
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    outcome: Outcome
+    claim_token: str | None = None
+    request_id: str | None = None
+    status_code: int | None = None
+    content_type: str | None = None
+    body: bytes | None = None
+    reason: str | None = None
+
+
+class IdempotencyStore:
+    def __init__(self, engine: AsyncEngine, lifetime: timedelta = KEY_LIFETIME) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        self._lifetime = lifetime
+
+    async def claim(self, claim: ClaimRequest) -> ClaimResult:
+        now = datetime.now(UTC)
+        token = secrets.token_hex(16)
+        values = {
+            "tenant": claim.tenant,
+            "key": claim.key,
+            "fingerprint": claim.fingerprint,
+            "user_id": claim.user_id,
+            "endpoint": claim.endpoint,
+            "claim_token": token,
+            "state": IdempotencyState.IN_PROGRESS.value,
+            "request_id": None,
+            "status_code": None,
+            "content_type": None,
+            "response_body": None,
+            "created_at": now,
+            "locked_until": now + timedelta(seconds=claim.lease_s),
+            "completed_at": None,
+            "expires_at": now + self._lifetime,
+        }
+        keys = idempotency_table.c
+        this_key = (keys.tenant == claim.tenant, keys.key == claim.key)
+        async with self._engine.begin() as connection:
+            inserted = (
+                await connection.execute(
+                    dialect_insert(idempotency_table, self._dialect)
+                    .values(values)
+                    .on_conflict_do_nothing(index_elements=["tenant", "key"])
+                    .returning(keys.key)
+                )
+            ).first()
+            if inserted is not None:
+                return ClaimResult("claimed", claim_token=token)
+            query = select(idempotency_table).where(*this_key)
+            if self._dialect == "postgresql":
+                query = query.with_for_update()
+            row = (await connection.execute(query)).mappings().first()
+            if row is None:  # deleted between the two statements: the next try claims it
+                return ClaimResult("in_progress")
+            if row["expires_at"] <= now:
+                await connection.execute(update(idempotency_table).where(*this_key).values(values))
+                return ClaimResult("claimed", claim_token=token)
+            if (row["fingerprint"], row["endpoint"], row["user_id"]) != (
+                claim.fingerprint,
+                claim.endpoint,
+                claim.user_id,
+            ):
+                return ClaimResult("mismatch", reason=_mismatch_reason(row, claim))
+            if row["state"] == IdempotencyState.COMPLETED.value:
+                return ClaimResult(
+                    "completed",
+                    request_id=row["request_id"],
+                    status_code=row["status_code"],
+                    content_type=row["content_type"],
+                    body=row["response_body"],
+                )
+            if row["locked_until"] <= now:
+                # The replica running the first attempt went away without an answer.
+                await connection.execute(
+                    update(idempotency_table)
+                    .where(*this_key)
+                    .values(claim_token=token, locked_until=values["locked_until"])
+                )
+                return ClaimResult("claimed", claim_token=token)
+            return ClaimResult("in_progress", request_id=row["request_id"])
+
+    async def complete(
+        self,
+        tenant: str,
+        key: str,
+        claim_token: str,
+        *,
+        request_id: str | None,
+        status_code: int,
+        content_type: str,
+        body: bytes,
+    ) -> bool:
+        keys = idempotency_table.c
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                update(idempotency_table)
+                .where(
+                    keys.tenant == tenant,
+                    keys.key == key,
+                    keys.claim_token == claim_token,
+                    keys.state == IdempotencyState.IN_PROGRESS.value,
+                )
+                .values(
+                    state=IdempotencyState.COMPLETED.value,
+                    request_id=request_id,
+                    status_code=status_code,
+                    content_type=content_type,
+                    response_body=body,
+                    completed_at=datetime.now(UTC),
+                )
+            )
+        return result.rowcount == 1
+
+    async def release(self, tenant: str, key: str, claim_token: str) -> bool:
+        keys = idempotency_table.c
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                delete(idempotency_table).where(
+                    keys.tenant == tenant,
+                    keys.key == key,
+                    keys.claim_token == claim_token,
+                    keys.state == IdempotencyState.IN_PROGRESS.value,
+                )
+            )
+        return result.rowcount == 1
+
+    async def purge_expired(self, now: datetime | None = None) -> int:
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                delete(idempotency_table).where(
+                    idempotency_table.c.expires_at <= (now or datetime.now(UTC))
+                )
+            )
+        return result.rowcount or 0
+
+
+def _mismatch_reason(row, claim: ClaimRequest) -> str:
+    if row["endpoint"] != claim.endpoint:
+        return (
+            f"This Idempotency-Key was already used for {row['endpoint']}; "
+            "use a new key for a different request."
+        )
+    if row["user_id"] != claim.user_id:
+        return "This Idempotency-Key was already used by another caller of your organisation."
+    return (
+        "This Idempotency-Key was already used with a different request body; "
+        "a retry must send exactly the same body, or use a new key."
+    )

@@ -1,0 +1,110 @@
+"""Jobs: requests of the batch lane (`priority = 'batch'`, no gateway waiting), as the
+jobs API shows them, and the transitions history itself records — a cancellation asked
+for through the API, and the expiry of a request nobody answered.
+
+History records such a transition as an event of its own (`chat.failed` from source
+`history`) through the same exactly-once recorder as everything else, with an id derived
+from the request id, so two replicas (or a retry) record it once, and the projection's
+rule "the first terminal status wins" decides any race with inference's own reply.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from switchyard.common.events import ChatFailed, ChatFailedData, ErrorInfo, TerminalStatus
+from switchyard.history.models import RequestStatus
+from switchyard.history.timeparse import isoformat_z
+
+# Namespace of the ids of events history derives from a request id.
+_HISTORY_EVENTS = uuid.UUID("1b1f3c5e-5d0e-4a8e-9a43-6c1e2b9b1f00")
+
+JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired")
+
+
+def derived_event_id(kind: str, request_id: str) -> str:
+    return uuid.uuid5(_HISTORY_EVENTS, f"{kind}:{request_id}").hex
+
+
+def job_status(request_status: str) -> str:
+    return "queued" if request_status == RequestStatus.PENDING.value else request_status
+
+
+def request_statuses(job_statuses: list[str]) -> list[str]:
+    return [
+        RequestStatus.PENDING.value if status == "queued" else status for status in job_statuses
+    ]
+
+
+def cancellation_event(tenant: str, request_id: str, user_id: str) -> ChatFailed:
+    return ChatFailed(
+        id=derived_event_id("cancelled", request_id),
+        source="history",
+        tenant=tenant,
+        request_id=request_id,
+        data=ChatFailedData(
+            status=TerminalStatus.CANCELLED,
+            error=ErrorInfo(
+                status=408,
+                type="request_cancelled",
+                code="job_cancelled",
+                message=f"The job was cancelled by {user_id} before it finished.",
+            ),
+        ),
+    )
+
+
+def expiry_event(tenant: str, request_id: str) -> ChatFailed:
+    return ChatFailed(
+        id=derived_event_id("expired", request_id),
+        source="history",
+        tenant=tenant,
+        request_id=request_id,
+        data=ChatFailedData(
+            status=TerminalStatus.EXPIRED,
+            error=ErrorInfo(
+                status=504,
+                type="timeout_error",
+                code="deadline_exceeded",
+                message="No reply was recorded before the request's deadline (plus grace "
+                "period); history marked it expired.",
+            ),
+        ),
+    )
+
+
+def job_object(row: dict[str, Any]) -> dict[str, Any]:
+    """The jobs API's view of a request row (with its webhook columns, if any)."""
+    input_tokens = row.get("input_tokens") or 0
+    output_tokens = row.get("output_tokens") or 0
+    status = job_status(row["status"])
+    webhook = None
+    if row.get("webhook_url"):
+        delivered_at = row.get("webhook_delivered_at")
+        webhook = {
+            "url": row["webhook_url"],
+            "status": row.get("webhook_status"),
+            "attempts": row.get("webhook_attempts") or 0,
+            "delivered_at": isoformat_z(delivered_at) if delivered_at else None,
+            "last_error": row.get("webhook_last_error"),
+        }
+    completed_at = row.get("completed_at")
+    return {
+        "id": row["request_id"],
+        "object": "job",
+        "status": status,
+        "model": row.get("model"),
+        "created_at": isoformat_z(row["created_at"]),
+        "completed_at": isoformat_z(completed_at) if completed_at else None,
+        "result": row.get("response") if status == "completed" else None,
+        "error": row.get("error") if status not in ("queued", "completed") else None,
+        "usage": {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        },
+        "cost_usd": row.get("cost_usd"),
+        "deployment": row.get("deployment"),
+        "webhook": webhook,
+    }

@@ -1,0 +1,168 @@
+"""Jobs, webhooks, tenant settings (privacy, retention), Idempotency-Key claims, and the
+indexes the history filters, the usage report, the expiry sweeper and the purge need.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2025-02-01
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+TIMESTAMP = sa.DateTime(timezone=True)
+USAGE_COLUMNS = [
+    "status",
+    "model",
+    "user_id",
+    "api_key_id",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+]
+
+
+def _is_postgres() -> bool:
+    return op.get_bind().dialect.name == "postgresql"
+
+
+def upgrade() -> None:
+    op.create_table(
+        "history_webhooks",
+        sa.Column("request_id", sa.String(64), nullable=False),
+        sa.Column("tenant", sa.String(128), nullable=False),
+        sa.Column("url", sa.String(2048), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", TIMESTAMP, nullable=False),
+        sa.Column("last_attempt_at", TIMESTAMP, nullable=True),
+        sa.Column("last_status_code", sa.Integer(), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("delivered_at", TIMESTAMP, nullable=True),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.PrimaryKeyConstraint("request_id", name="pk_history_webhooks"),
+    )
+    op.create_index(
+        "ix_history_webhooks_due",
+        "history_webhooks",
+        ["next_attempt_at"],
+        postgresql_where=sa.text("status = 'pending'"),
+        sqlite_where=sa.text("status = 'pending'"),
+    )
+
+    op.create_table(
+        "history_tenant_settings",
+        sa.Column("tenant", sa.String(128), nullable=False),
+        sa.Column("store_content", sa.Boolean(), nullable=False, server_default=sa.true()),
+        sa.Column("retention_days", sa.Integer(), nullable=True),
+        sa.Column("webhook_secret", sa.String(128), nullable=True),
+        sa.Column("updated_at", TIMESTAMP, nullable=False),
+        sa.PrimaryKeyConstraint("tenant", name="pk_history_tenant_settings"),
+    )
+
+    op.create_table(
+        "history_idempotency_keys",
+        sa.Column("tenant", sa.String(128), nullable=False),
+        sa.Column("key", sa.String(255), nullable=False),
+        sa.Column("fingerprint", sa.String(64), nullable=False),
+        sa.Column("user_id", sa.String(128), nullable=False),
+        sa.Column("endpoint", sa.String(128), nullable=False),
+        sa.Column("claim_token", sa.String(64), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("request_id", sa.String(64), nullable=True),
+        sa.Column("status_code", sa.Integer(), nullable=True),
+        sa.Column("content_type", sa.String(128), nullable=True),
+        sa.Column("response_body", sa.LargeBinary(), nullable=True),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.Column("locked_until", TIMESTAMP, nullable=False),
+        sa.Column("completed_at", TIMESTAMP, nullable=True),
+        sa.Column("expires_at", TIMESTAMP, nullable=False),
+        sa.PrimaryKeyConstraint("tenant", "key", name="pk_history_idempotency_keys"),
+    )
+    op.create_index(
+        "ix_history_idempotency_keys_expires_at", "history_idempotency_keys", ["expires_at"]
+    )
+
+    # A tenant's requests newest first, now covering what the usage report reads, so a
+    # report over a tenant's month is an index-only scan (status changes already make
+    # projection updates non-HOT, so the extra columns cost little on writes).
+    op.drop_index("ix_history_requests_tenant_created", table_name="history_requests")
+    op.create_index(
+        "ix_history_requests_tenant_created",
+        "history_requests",
+        ["tenant", sa.text("created_at DESC"), sa.text("request_id DESC")],
+        postgresql_include=USAGE_COLUMNS,
+    )
+    # History filters: each keeps "newest first" an index scan for its filter.
+    for name, column in (
+        ("ix_history_requests_tenant_status_created", "status"),
+        ("ix_history_requests_tenant_model_created", "model"),
+        ("ix_history_requests_tenant_api_key_created", "api_key_id"),
+    ):
+        op.create_index(
+            name,
+            "history_requests",
+            ["tenant", column, sa.text("created_at DESC"), sa.text("request_id DESC")],
+        )
+    op.create_index(
+        "ix_history_requests_jobs",
+        "history_requests",
+        ["tenant", "user_id", sa.text("created_at DESC"), sa.text("request_id DESC")],
+        postgresql_where=sa.text("priority = 'batch'"),
+        sqlite_where=sa.text("priority = 'batch'"),
+    )
+    op.create_index(
+        "ix_history_requests_pending_deadline",
+        "history_requests",
+        ["deadline"],
+        postgresql_where=sa.text("status = 'pending'"),
+        sqlite_where=sa.text("status = 'pending'"),
+    )
+    if _is_postgres():
+        # Rows arrive in time order, so block-range indexes make the retention purge's
+        # range scans cheap for almost no write cost.
+        op.create_index(
+            "ix_history_requests_created_brin",
+            "history_requests",
+            ["created_at"],
+            postgresql_using="brin",
+        )
+        op.create_index(
+            "ix_history_events_time_brin", "history_events", ["time"], postgresql_using="brin"
+        )
+        # Leave room on each page so most projection updates stay heap-only (HOT).
+        op.execute("ALTER TABLE history_requests SET (fillfactor = 85)")
+
+
+def downgrade() -> None:
+    if _is_postgres():
+        op.execute("ALTER TABLE history_requests RESET (fillfactor)")
+        op.drop_index("ix_history_events_time_brin", table_name="history_events")
+        op.drop_index("ix_history_requests_created_brin", table_name="history_requests")
+    op.drop_index("ix_history_requests_pending_deadline", table_name="history_requests")
+    op.drop_index("ix_history_requests_tenant_created", table_name="history_requests")
+    op.create_index(
+        "ix_history_requests_tenant_created",
+        "history_requests",
+        ["tenant", sa.text("created_at DESC"), sa.text("request_id DESC")],
+    )
+    op.drop_index("ix_history_requests_jobs", table_name="history_requests")
+    for name in (
+        "ix_history_requests_tenant_api_key_created",
+        "ix_history_requests_tenant_model_created",
+        "ix_history_requests_tenant_status_created",
+    ):
+        op.drop_index(name, table_name="history_requests")
+    op.drop_index("ix_history_idempotency_keys_expires_at", table_name="history_idempotency_keys")
+    op.drop_table("history_idempotency_keys")
+    op.drop_table("history_tenant_settings")
+    op.drop_index("ix_history_webhooks_due", table_name="history_webhooks")
+    op.drop_table("history_webhooks")

@@ -1,0 +1,242 @@
+"""Background upkeep of the history store: expiring requests nobody answered, purging
+what is older than its retention, and forgetting expired Idempotency-Keys.
+
+Expiry: a request still `pending` after its deadline plus a grace period
+(`SWITCHYARD_HISTORY_EXPIRY_GRACE_S`) will get no reply any more (inference publishes an
+`expired` reply itself when it sees the deadline pass, so this only happens when no
+inference replica handled the request at all). History records its own `chat.failed`
+with status `expired` through the recorder — stored once, whatever the number of
+replicas — and publishes nothing. While the consumer is catching up on a backlog (full
+batches) the sweeper waits, so replies still in the topic are not pre-empted.
+
+Retention: requests (with their events and webhooks) created before the cutoff are
+deleted in batches of a few thousand rows, per tenant for tenants with their own
+`retention_days`, and for every other tenant with the service-wide
+`SWITCHYARD_HISTORY_RETENTION_DAYS` (unset: kept forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from prometheus_client import Counter
+from sqlalchemy import delete, exists, func, not_, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from switchyard.history.handlers import EventRecorder
+from switchyard.history.idempotency import IdempotencyStore
+from switchyard.history.jobs import expiry_event
+from switchyard.history.models import (
+    RequestStatus,
+    events_table,
+    requests_table,
+    webhooks_table,
+)
+from switchyard.history.tenants import TenantSettingsStore
+
+log = structlog.get_logger("switchyard.history.sweeper")
+
+EXPIRED = Counter(
+    "switchyard_history_requests_expired_total",
+    "Requests history marked expired because no terminal event came before deadline + grace.",
+)
+PURGED = Counter(
+    "switchyard_history_purged_total", "Rows deleted by the retention purge.", ["table"]
+)
+
+
+@dataclass
+class PurgeResult:
+    requests: int = 0
+    events: int = 0
+    webhooks: int = 0
+
+    def __iadd__(self, other: PurgeResult) -> PurgeResult:
+        self.requests += other.requests
+        self.events += other.events
+        self.webhooks += other.webhooks
+        return self
+
+
+async def expire_overdue(
+    engine: AsyncEngine,
+    recorder: EventRecorder,
+    grace: timedelta,
+    *,
+    now: datetime | None = None,
+    batch: int = 500,
+    max_rounds: int = 20,
+) -> int:
+    """Mark requests pending past deadline + grace as expired; returns how many."""
+    cutoff = (now or datetime.now(UTC)) - grace
+    r = requests_table.c
+    query = (
+        select(r.request_id, r.tenant)
+        .where(
+            r.status == RequestStatus.PENDING.value,
+            r.deadline < cutoff,
+            r.request_body.is_not(None),
+        )
+        .order_by(r.deadline)
+        .limit(batch)
+    )
+    total = 0
+    for _ in range(max_rounds):
+        async with engine.connect() as connection:
+            overdue = (await connection.execute(query)).all()
+        if not overdue:
+            break
+        await recorder.record([expiry_event(tenant, request_id) for request_id, tenant in overdue])
+        total += len(overdue)
+        EXPIRED.inc(len(overdue))
+        log.info("requests expired", count=len(overdue))
+        if len(overdue) < batch:
+            break
+    return total
+
+
+async def purge(
+    engine: AsyncEngine,
+    cutoff: datetime,
+    *,
+    tenant: str | None = None,
+    exclude_tenants: frozenset[str] = frozenset(),
+    batch: int = 5000,
+    dry_run: bool = False,
+) -> PurgeResult:
+    """Delete requests created before `cutoff` (their events and webhooks too), and events
+    older than it that belong to no request (e.g. auth events)."""
+    r, e, w = requests_table.c, events_table.c, webhooks_table.c
+
+    def scoped(query, tenant_column):
+        if tenant is not None:
+            query = query.where(tenant_column == tenant)
+        if exclude_tenants:
+            query = query.where(tenant_column.not_in(sorted(exclude_tenants)))
+        return query
+
+    old_requests = scoped(select(r.request_id).where(r.created_at < cutoff), r.tenant)
+    loose_events = scoped(
+        select(e.event_id).where(
+            e.time < cutoff,
+            not_(exists().where(r.request_id == e.request_id)),
+        ),
+        e.tenant,
+    )
+    result = PurgeResult()
+    if dry_run:
+        async with engine.connect() as connection:
+            result.requests = (
+                await connection.execute(select(func.count()).select_from(old_requests.subquery()))
+            ).scalar_one()
+            result.events = (
+                await connection.execute(
+                    select(func.count()).where(e.request_id.in_(old_requests.scalar_subquery()))
+                )
+            ).scalar_one() + (
+                await connection.execute(select(func.count()).select_from(loose_events.subquery()))
+            ).scalar_one()
+        return result
+    while True:
+        async with engine.begin() as connection:
+            ids = list((await connection.execute(old_requests.limit(batch))).scalars())
+            if not ids:
+                break
+            result.events += (
+                await connection.execute(delete(events_table).where(e.request_id.in_(ids)))
+            ).rowcount or 0
+            result.webhooks += (
+                await connection.execute(delete(webhooks_table).where(w.request_id.in_(ids)))
+            ).rowcount or 0
+            result.requests += (
+                await connection.execute(delete(requests_table).where(r.request_id.in_(ids)))
+            ).rowcount or 0
+    while True:
+        async with engine.begin() as connection:
+            ids = list((await connection.execute(loose_events.limit(batch))).scalars())
+            if not ids:
+                break
+            result.events += (
+                await connection.execute(delete(events_table).where(e.event_id.in_(ids)))
+            ).rowcount or 0
+    PURGED.labels("history_requests").inc(result.requests)
+    PURGED.labels("history_events").inc(result.events)
+    return result
+
+
+async def purge_by_retention(
+    engine: AsyncEngine,
+    tenants: TenantSettingsStore,
+    default_days: int | None,
+    *,
+    now: datetime | None = None,
+    dry_run: bool = False,
+) -> PurgeResult:
+    """Apply every tenant's retention (its own, else the default)."""
+    now = now or datetime.now(UTC)
+    result = PurgeResult()
+    own = {s.tenant: s.retention_days for s in await tenants.all() if s.retention_days}
+    for tenant, days in own.items():
+        result += await purge(engine, now - timedelta(days=days), tenant=tenant, dry_run=dry_run)
+    if default_days:
+        result += await purge(
+            engine,
+            now - timedelta(days=default_days),
+            exclude_tenants=frozenset(own),
+            dry_run=dry_run,
+        )
+    return result
+
+
+class Sweeper:
+    """The periodic loop of the history service (one per replica; every step is safe to
+    run concurrently on several)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        recorder: EventRecorder,
+        tenants: TenantSettingsStore,
+        idempotency: IdempotencyStore,
+        *,
+        grace: timedelta,
+        retention_days: int | None,
+        purge_interval_s: float,
+    ) -> None:
+        self.engine = engine
+        self.recorder = recorder
+        self.tenants = tenants
+        self.idempotency = idempotency
+        self.grace = grace
+        self.retention_days = retention_days
+        self.purge_interval_s = purge_interval_s
+        self._last_purge = float("-inf")
+
+    async def sweep_once(self) -> None:
+        if not self.recorder.catching_up:
+            await expire_overdue(self.engine, self.recorder, self.grace)
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_purge >= self.purge_interval_s:
+            self._last_purge = loop.time()
+            purged = await purge_by_retention(self.engine, self.tenants, self.retention_days)
+            keys = await self.idempotency.purge_expired()
+            if purged.requests or purged.events or keys:
+                log.info(
+                    "retention purge",
+                    requests=purged.requests,
+                    events=purged.events,
+                    idempotency_keys=keys,
+                )
+
+    async def run(self, interval_s: float) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. the database is down: next round
+                log.warning("history sweep failed", error=repr(exc))
+            await asyncio.sleep(interval_s)

@@ -1,0 +1,129 @@
+"""Usage reports: requests, errors, tokens and cost grouped by a time bucket (day or
+hour) and any of model, user and API key (and tenant, for operators), as JSON or CSV.
+Served by `GET /v1/usage` and printed by `switchyard usage report`; aggregated in SQL
+(`HistoryQueries.usage`), so a report over a million requests costs one indexed query."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from switchyard.history.queries import DIMENSIONS, TIME_BUCKETS, UsageQuery, UsageRow
+from switchyard.history.timeparse import isoformat_z
+
+DEFAULT_RANGE = timedelta(days=30)
+# Hourly buckets over years would be millions of rows; a quarter is plenty.
+MAX_HOURLY_RANGE = timedelta(days=93)
+METRICS = (
+    "requests",
+    "completed",
+    "errors",
+    "cancelled",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost_usd",
+)
+
+
+class UsageParameterError(ValueError):
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def parse_group_by(
+    value: str | Sequence[str] | None, *, allow_tenant: bool = False
+) -> tuple[str | None, tuple[str, ...]]:
+    """(time bucket or None, dimensions) from e.g. 'day,model'. Default: by day."""
+    if value is None or value == "" or value == []:
+        return "day", ()
+    parts = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
+    names = [part.strip() for part in parts if part.strip()]
+    allowed = list(TIME_BUCKETS) + [d for d in DIMENSIONS if allow_tenant or d != "tenant"]
+    unknown = [name for name in names if name not in allowed]
+    if unknown:
+        raise UsageParameterError(
+            "group_by",
+            f"Invalid value for 'group_by': '{unknown[0]}' is not one of {', '.join(allowed)}.",
+        )
+    if len(set(names)) != len(names):
+        raise UsageParameterError("group_by", "Invalid value for 'group_by': a name is repeated.")
+    buckets = [name for name in names if name in TIME_BUCKETS]
+    if len(buckets) > 1:
+        raise UsageParameterError(
+            "group_by", "Invalid value for 'group_by': choose either day or hour, not both."
+        )
+    return (buckets[0] if buckets else None), tuple(n for n in names if n not in TIME_BUCKETS)
+
+
+def time_range(
+    since: datetime | None, until: datetime | None, bucket: str | None
+) -> tuple[datetime, datetime]:
+    until = until or datetime.now(UTC)
+    since = since or until - DEFAULT_RANGE
+    if since >= until:
+        raise UsageParameterError("until", "Invalid value for 'until': it must be after 'since'.")
+    if bucket == "hour" and until - since > MAX_HOURLY_RANGE:
+        raise UsageParameterError(
+            "since",
+            f"Invalid value for 'since': hourly reports cover at most {MAX_HOURLY_RANGE.days} "
+            "days; group by day for longer ranges.",
+        )
+    return since, until
+
+
+def row_dict(row: UsageRow, query: UsageQuery) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if query.bucket is not None:
+        data["bucket"] = isoformat_z(row.bucket) if row.bucket else None
+    data.update(row.groups)
+    data.update(
+        requests=row.requests,
+        completed=row.completed,
+        errors=row.errors,
+        cancelled=row.cancelled,
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+        total_tokens=row.input_tokens + row.output_tokens,
+        cost_usd=round(row.cost_usd, 8),
+    )
+    return data
+
+
+def report_json(rows: list[UsageRow], query: UsageQuery) -> dict[str, Any]:
+    totals = {metric: 0 for metric in METRICS}
+    data = [row_dict(row, query) for row in rows]
+    for item in data:
+        for metric in METRICS:
+            totals[metric] += item[metric]
+    totals["cost_usd"] = round(totals["cost_usd"], 8)
+    return {
+        "object": "usage.report",
+        "since": isoformat_z(query.since),
+        "until": isoformat_z(query.until),
+        "group_by": ([query.bucket] if query.bucket else []) + list(query.dimensions),
+        "data": data,
+        "totals": totals,
+    }
+
+
+def _cell(value: Any) -> Any:
+    # Spreadsheets run cells starting with these as formulas (CSV injection).
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
+
+
+def report_csv(rows: list[UsageRow], query: UsageQuery) -> str:
+    columns = (["bucket"] if query.bucket else []) + list(query.dimensions) + list(METRICS)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        item = row_dict(row, query)
+        writer.writerow([_cell(item[column]) for column in columns])
+    return buffer.getvalue()

@@ -1,0 +1,313 @@
+"""Job webhooks: once a job that asked for one reaches a terminal state, history POSTs the
+job (status, result or error, usage) to its `webhook_url`, signed with the tenant's
+secret, and retries with exponential backoff until the receiver answers 2xx or the
+attempts run out.
+
+What a receiver gets:
+
+    POST <webhook_url>
+    Content-Type: application/json
+    Switchyard-Webhook-Id: whd_<job id>         (the same for every retry: deduplicate on it)
+    Switchyard-Event: job.completed             (or job.failed, job.cancelled, job.expired)
+    Switchyard-Timestamp: 1735689600            (Unix seconds when this attempt was signed)
+    Switchyard-Signature: v1=<hex>              (HMAC-SHA256 of "<timestamp>.<raw body>")
+
+    {"id": "whd_...", "type": "job.completed", "created_at": "...Z", "data": {<job>}}
+
+To verify: recompute the HMAC over the timestamp, a dot and the raw body bytes with the
+tenant's secret (`GET /v1/history/settings` as a tenant admin, or
+`switchyard tenant-settings show`), compare in constant time, and refuse timestamps more
+than five minutes from your clock (replayed requests) and ids already processed.
+`verify_signature` below does exactly that.
+
+Deliveries are claimed with a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so several
+history replicas share the work and a replica dying mid-delivery only delays it: the
+delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import random
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import structlog
+from prometheus_client import Counter
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from switchyard.history.jobs import job_object
+from switchyard.history.models import (
+    RequestStatus,
+    WebhookStatus,
+    requests_table,
+    webhooks_table,
+)
+from switchyard.history.tenants import TenantSettingsStore
+from switchyard.history.timeparse import isoformat_z
+
+log = structlog.get_logger("switchyard.history.webhooks")
+
+SIGNATURE_HEADER = "Switchyard-Signature"
+TIMESTAMP_HEADER = "Switchyard-Timestamp"
+ID_HEADER = "Switchyard-Webhook-Id"
+EVENT_HEADER = "Switchyard-Event"
+DEFAULT_TOLERANCE_S = 300
+
+DELIVERIES = Counter(
+    "switchyard_history_webhook_attempts_total",
+    "Webhook delivery attempts, by outcome (delivered, retry, failed).",
+    ["outcome"],
+)
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1=" + digest.hexdigest()
+
+
+class SignatureError(ValueError):
+    pass
+
+
+def verify_signature(
+    secret: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    tolerance_s: float = DEFAULT_TOLERANCE_S,
+    now: float | None = None,
+) -> None:
+    """Raise SignatureError unless `body` and `headers` are a fresh webhook signed with
+    `secret`. (Receivers must also refuse a `Switchyard-Webhook-Id` they already handled.)"""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    try:
+        timestamp = int(lowered[TIMESTAMP_HEADER.lower()])
+        signature = lowered[SIGNATURE_HEADER.lower()]
+    except (KeyError, ValueError):
+        raise SignatureError("missing or malformed signature headers") from None
+    if abs((now if now is not None else time.time()) - timestamp) > tolerance_s:
+        raise SignatureError("timestamp outside the tolerance: possibly a replay")
+    if not hmac.compare_digest(sign(secret, timestamp, body), signature):
+        raise SignatureError("signature does not match")
+
+
+class WebhookURLError(ValueError):
+    pass
+
+
+def check_url_syntax(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookURLError("webhook_url must be an absolute http:// or https:// URL")
+    if parts.username or parts.password:
+        raise WebhookURLError("webhook_url must not carry credentials")
+
+
+async def check_destination(url: str, allow_private: bool) -> None:
+    """Refuse URLs resolving to loopback, private, link-local or reserved addresses (no
+    requests into the operator's own network) unless private networks are allowed."""
+    check_url_syntax(url)
+    if allow_private:
+        return
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise WebhookURLError(f"cannot resolve {parts.hostname}: {exc}") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise WebhookURLError(f"{parts.hostname} resolves to a non-public address")
+
+
+@dataclass(frozen=True)
+class WebhookPolicy:
+    max_attempts: int = 10
+    initial_backoff_s: float = 1.0
+    max_backoff_s: float = 600.0
+    timeout_s: float = 10.0
+    lease_s: float = 60.0
+    allow_private_networks: bool = False
+
+    def backoff(self, attempts: int) -> float:
+        ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2 ** max(0, attempts - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+class WebhookDispatcher:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        tenants: TenantSettingsStore,
+        policy: WebhookPolicy,
+        *,
+        http: httpx.AsyncClient | None = None,
+        batch: int = 20,
+    ) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        self._tenants = tenants
+        self._policy = policy
+        self._http = http
+        self._batch = batch
+
+    async def run(self, interval_s: float) -> None:
+        """Deliver due webhooks until cancelled."""
+        owns_client = self._http is None
+        if owns_client:
+            self._http = httpx.AsyncClient(follow_redirects=False)
+        try:
+            while True:
+                try:
+                    delivered = await self.deliver_due()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - e.g. the database is down: retried
+                    log.warning("webhook delivery round failed", error=repr(exc))
+                    delivered = 0
+                if delivered == 0:
+                    await asyncio.sleep(interval_s)
+        finally:
+            if owns_client and self._http is not None:
+                await self._http.aclose()
+
+    async def deliver_due(self) -> int:
+        """Claim the webhooks that are due and attempt each once; returns how many."""
+        claimed = await self._claim()
+        if claimed:
+            await asyncio.gather(*(self._attempt(row) for row in claimed))
+        return len(claimed)
+
+    async def _claim(self) -> list[dict[str, Any]]:
+        now = datetime.now(UTC)
+        w, r = webhooks_table.c, requests_table.c
+        due = (
+            select(w.request_id)
+            .join_from(webhooks_table, requests_table, r.request_id == w.request_id)
+            .where(
+                w.status == WebhookStatus.PENDING.value,
+                w.next_attempt_at <= now,
+                r.status != RequestStatus.PENDING.value,
+            )
+            .order_by(w.next_attempt_at)
+            .limit(self._batch)
+        )
+        if self._dialect == "postgresql":
+            due = due.with_for_update(of=webhooks_table, skip_locked=True)
+        async with self._engine.begin() as connection:
+            ids = list((await connection.execute(due)).scalars())
+            if not ids:
+                return []
+            # Leased: another replica (or this one after a crash) retries after the lease.
+            await connection.execute(
+                update(webhooks_table)
+                .where(w.request_id.in_(ids))
+                .values(
+                    attempts=w.attempts + 1,
+                    last_attempt_at=now,
+                    next_attempt_at=now + timedelta(seconds=self._policy.lease_s),
+                )
+            )
+            rows = (
+                await connection.execute(
+                    select(
+                        requests_table,
+                        w.url.label("webhook_url"),
+                        w.status.label("webhook_status"),
+                        w.attempts.label("webhook_attempts"),
+                        w.delivered_at.label("webhook_delivered_at"),
+                        w.last_error.label("webhook_last_error"),
+                    )
+                    .join_from(requests_table, webhooks_table, r.request_id == w.request_id)
+                    .where(w.request_id.in_(ids))
+                )
+            ).mappings()
+            return [dict(row) for row in rows]
+
+    async def _attempt(self, row: dict[str, Any]) -> None:
+        job = job_object(row)
+        event_type = f"job.{job['status']}"
+        delivery_id = f"whd_{row['request_id']}"
+        body = orjson.dumps(
+            {
+                "id": delivery_id,
+                "type": event_type,
+                "created_at": isoformat_z(datetime.now(UTC)),
+                "data": {**job, "webhook": None},
+            }
+        )
+        status_code: int | None = None
+        error: str | None = None
+        try:
+            await check_destination(row["webhook_url"], self._policy.allow_private_networks)
+            secret = await self._tenants.webhook_secret(row["tenant"])
+            timestamp = int(time.time())
+            assert self._http is not None
+            response = await self._http.post(
+                row["webhook_url"],
+                content=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "User-Agent": "Switchyard-Webhooks/1",
+                    ID_HEADER: delivery_id,
+                    EVENT_HEADER: event_type,
+                    TIMESTAMP_HEADER: str(timestamp),
+                    SIGNATURE_HEADER: sign(secret, timestamp, body),
+                },
+                timeout=self._policy.timeout_s,
+            )
+            status_code = response.status_code
+            if not 200 <= status_code < 300:
+                error = f"receiver answered {status_code}"
+        except WebhookURLError as exc:
+            error = f"refused destination: {exc}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        await self._settle(row, status_code, error)
+
+    async def _settle(self, row: dict[str, Any], status_code: int | None, error: str | None):
+        now = datetime.now(UTC)
+        attempts = row["webhook_attempts"]
+        w = webhooks_table.c
+        values: dict[str, Any] = {"last_status_code": status_code, "last_error": error}
+        if error is None:
+            outcome = "delivered"
+            values.update(status=WebhookStatus.DELIVERED.value, delivered_at=now)
+        elif attempts >= self._policy.max_attempts:
+            outcome = "failed"
+            values.update(status=WebhookStatus.FAILED.value)
+        else:
+            outcome = "retry"
+            values.update(next_attempt_at=now + timedelta(seconds=self._policy.backoff(attempts)))
+        DELIVERIES.labels(outcome).inc()
+        log.info(
+            "webhook attempt",
+            request_id=row["request_id"],
+            outcome=outcome,
+            attempts=attempts,
+            status_code=status_code,
+            error=error,
+        )
+        try:
+            async with self._engine.begin() as connection:
+                await connection.execute(
+                    update(webhooks_table)
+                    .where(w.request_id == row["request_id"], w.status == "pending")
+                    .values(values)
+                )
+        except Exception as exc:  # noqa: BLE001 - the lease runs out and it is tried again
+            log.warning("could not record a webhook attempt", error=repr(exc))
