@@ -43,8 +43,9 @@ SCRIPT = textwrap.dedent("""
 
 def test_handler_runs_in_the_publishers_trace():
     env = {**os.environ, "OTEL_TRACES_EXPORTER": "console"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=60
+    )
     assert "SAME" in result.stdout, result.stdout + result.stderr
     # The console exporter printed the consumer span, a child in the same trace.
     assert '"name": "t process"' in result.stdout
@@ -52,8 +53,11 @@ def test_handler_runs_in_the_publishers_trace():
 
 
 def test_tracing_is_off_without_otel_settings(monkeypatch):
-    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT",
-                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    for name in (
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert tracing.configure_tracing("test") is False
     assert tracing.current_trace_headers() == []

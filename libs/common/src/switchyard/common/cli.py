@@ -59,9 +59,11 @@ def dev(
 
     apply_dev_environment()
     from switchyard.common.settings import ServiceSettings
+    from switchyard.common.tracing import configure_tracing
 
     settings = ServiceSettings()
     configure_logging("dev", settings.log_level, settings.log_format)
+    configure_tracing("dev")
     _run_async(run_embedded(host))
 
 
@@ -75,13 +77,17 @@ def _run_service_command(plugin: ServicePlugin):
         ] = None,
         workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
     ) -> None:
-        from switchyard.common.http import serve
+        import os
+
+        from switchyard.common.http import SERVICE_ENV, serve
         from switchyard.common.logging import configure_logging
 
         settings = plugin.settings()
+        # The supervising process logs too (uvicorn's start-up lines), in the same format.
         configure_logging(plugin.name, settings.log_level, settings.log_format)
+        os.environ[SERVICE_ENV] = plugin.name
         serve(
-            plugin.factory,
+            "switchyard.common.http:service_app",
             host=host or settings.host,
             port=port or int(getattr(settings, "port", plugin.default_port)),
             workers=workers,

@@ -47,6 +47,26 @@ def internal_token_dependency(expected: str) -> Callable[[str | None], Awaitable
     return require_internal_token
 
 
+SERVICE_ENV = "SWITCHYARD_SERVICE"
+
+
+def service_app() -> FastAPI:
+    """uvicorn factory used by `switchyard <service>`: runs in every worker process
+    (uvicorn starts fresh interpreters for `--workers N`), so each one configures its own
+    logging and tracing before building the app of the service named in SWITCHYARD_SERVICE."""
+    import os
+
+    from switchyard.common.logging import configure_logging
+    from switchyard.common.plugins import by_name
+    from switchyard.common.tracing import configure_tracing
+
+    plugin = by_name(os.environ[SERVICE_ENV])
+    settings = plugin.settings()
+    configure_logging(plugin.name, settings.log_level, settings.log_format)
+    configure_tracing(plugin.name)
+    return plugin.create_app()
+
+
 def serve(
     app: FastAPI | str, *, host: str, port: int, workers: int = 1, factory: bool = False
 ) -> None:

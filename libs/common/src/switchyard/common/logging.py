@@ -14,6 +14,9 @@ import sys
 from typing import Any
 
 import structlog
+from opentelemetry import trace
+
+from switchyard.common.tracing import tracing_enabled
 
 _SECRET_KEYS = ("authorization", "api_key", "password", "token", "secret")
 
@@ -36,12 +39,23 @@ def _redact_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, An
     return event_dict
 
 
+def _trace_ids(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """`trace_id` and `span_id` of the current span, so logs and traces join up."""
+    if tracing_enabled():
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            event_dict["trace_id"] = format(context.trace_id, "032x")
+            event_dict["span_id"] = format(context.span_id, "016x")
+    return event_dict
+
+
 def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="@timestamp"),
+        _trace_ids,
         _redact_secrets,
     ]
     if fmt == "json":

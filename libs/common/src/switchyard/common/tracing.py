@@ -30,6 +30,8 @@ def tracing_enabled() -> bool:
 def configure_tracing(service: str) -> bool:
     """Install the SDK tracer provider if the environment asks for traces."""
     global _enabled
+    if _enabled:
+        return True
     exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"
