@@ -257,3 +257,18 @@ async def test_unreachable_broker_fails_publish_fast():
     await bus.stop()
     # start() waits at most a few seconds for a broker; publish refuses at once.
     assert time.monotonic() - started < 8
+
+
+async def test_listener_without_partitions_reads_every_partition(kafka_servers, kafka_topics):
+    bus = await started_bus(kafka_servers, kafka_topics)
+    seen = []
+
+    async def on_event(event):
+        seen.append(event.request_id)
+
+    await bus.listen(kafka_topics.control, on_event)
+    for partition in range(3):
+        await bus.publish(kafka_topics.control, request(partition), partition=partition)
+    await async_wait_until(lambda: asyncio.sleep(0, len(seen) == 3), timeout=30)
+    assert sorted(seen) == ["req-0", "req-1", "req-2"]
+    await bus.stop()

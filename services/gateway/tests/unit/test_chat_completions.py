@@ -254,3 +254,19 @@ async def test_body_that_is_not_an_object_gets_400(harness):
     )
     error = assert_openai_error(response, 400, "invalid_json")
     assert "JSON object" in error["message"]
+
+
+async def test_a_restarted_upstream_stream_is_never_spliced_into_the_first(harness):
+    async def restarted(request):
+        first, second = chunk(request, 0, "Hel"), chunk(request, 1, "lo")
+        rerun = chunk(request, 2, "Different answer")
+        rerun.data.chunk["id"] = "chatcmpl-rerun"
+        return [first, second, rerun, completed_reply(request, "Hello")]
+
+    harness.respond[0] = restarted
+    async with harness.client.stream(
+        "POST", "/v1/chat/completions", json={**BODY, "stream": True}, headers=AUTH
+    ) as response:
+        lines = [line async for line in response.aiter_lines() if line]
+    assert "Different answer" not in "".join(lines)
+    assert orjson.loads(lines[-1][6:])["error"]["code"] == "stream_interrupted"

@@ -22,10 +22,11 @@ BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]
 @contextlib.asynccontextmanager
 async def serving(app):
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
-                                           log_config=None))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None)
+    )
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
         await asyncio.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{port}"
@@ -55,18 +56,24 @@ async def test_disconnect_publishes_a_cancellation(harness, stream):
     harness.respond[0] = never_finishes
     async with serving(harness.app) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
         if stream:
-            async with client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True},
-                                     headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+            async with client.stream(
+                "POST",
+                "/v1/chat/completions",
+                json={**BODY, "stream": True},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            ) as response:
                 async for line in response.aiter_lines():
                     if line.startswith("data:"):
                         break  # first chunk seen; hang up
         else:
-            request = client.post("/v1/chat/completions", json=BODY,
-                                  headers={"Authorization": f"Bearer {API_KEY}"})
+            request = client.post(
+                "/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {API_KEY}"}
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(request, timeout=0.5)
-        await async_wait_until(lambda: asyncio.sleep(0, seen), timeout=5,
-                               message="a cancellation on the control topic")
+        await async_wait_until(
+            lambda: asyncio.sleep(0, seen), timeout=5, message="a cancellation on the control topic"
+        )
     [cancel] = seen
     assert cancel.request_id == harness.requests[0].request_id
     assert cancel.tenant == "acme"
@@ -78,12 +85,19 @@ async def test_disconnect_can_be_configured_to_let_the_request_complete(harness)
     seen = await cancellations(harness)
     harness.respond[0] = never_finishes
     async with serving(harness.app) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
-        async with client.stream("POST", "/v1/chat/completions", json={**BODY, "stream": True},
-                                 headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+        async with client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={**BODY, "stream": True},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as response:
             async for line in response.aiter_lines():
                 if line.startswith("data:"):
                     break
-        await async_wait_until(lambda: asyncio.sleep(0, harness.app.state.gateway.in_flight == 0),
-                               timeout=5, message="the request to be released")
+        await async_wait_until(
+            lambda: asyncio.sleep(0, harness.app.state.gateway.in_flight == 0),
+            timeout=5,
+            message="the request to be released",
+        )
     await asyncio.sleep(0.2)
     assert seen == []

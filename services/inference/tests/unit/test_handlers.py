@@ -21,6 +21,7 @@ from switchyard.common.events import (
 from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.inference.handlers import ChatRequestHandler
+from switchyard.inference.pricing import Price, PriceTable
 from switchyard.inference.providers import (
     AnthropicProvider,
     OpenAIProvider,
@@ -250,8 +251,9 @@ async def test_hanging_upstream_past_the_request_deadline_expires(harness, simul
 
 
 async def test_streaming_reply_arrives_as_ordered_chunks_then_the_assembled_completion(
-    harness,
+    harness, simulator
 ) -> None:
+    simulator.latency(60)  # paced like a model: every chunk is published on its own
     request = chat_request(text="stream it please", stream=True, include_usage=True)
 
     completed = await harness.handle(request)
@@ -473,6 +475,7 @@ async def test_events_other_than_requests_are_ignored(harness) -> None:
 async def test_upstream_failure_in_the_middle_of_a_stream_ends_it_without_fallback(
     harness, simulator
 ) -> None:
+    simulator.latency(60)
     simulator.fault(status=500, stream_error_after=3, model="upstream-primary")
     request = chat_request(model="with-fallback", stream=True)
 
@@ -510,3 +513,55 @@ def test_default_factory_builds_clients_without_sdk_retries(simulator) -> None:
     assert anthropic_provider.client.max_retries == 0
     # The Anthropic SDK adds /v1 itself: a base URL ending in /v1 is taken as the root.
     assert str(anthropic_provider.client.base_url).rstrip("/") == simulator.root
+
+
+async def test_chunks_queued_behind_a_slow_bus_are_merged_not_delayed_one_by_one(
+    simulator,
+) -> None:
+    published: list = []
+
+    async def slow_publish(topic, event, *, key=None, partition=None) -> None:
+        await asyncio.sleep(0.05)  # a bus much slower than the (instant) upstream
+        published.append(event)
+
+    providers = ProviderPool()
+    handler = ChatRequestHandler(
+        publish=slow_publish, topics=TOPICS, routing=routing_for(simulator), providers=providers
+    )
+    request = chat_request(text="one two three four five six seven eight", stream=True)
+    await handler(request)
+    await providers.aclose()
+
+    chunks = [event for event in published if isinstance(event, ChatChunk)]
+    assert isinstance(published[-2], ChatCompleted)
+    assert [chunk.data.sequence for chunk in chunks] == list(range(len(chunks)))
+    assert len(chunks) < 7  # fewer than the upstream's chunks...
+    state = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(chunk.data.chunk))
+    text = state.get_final_completion().choices[0].message.content
+    assert text == "Simulated reply to: one two three four five six seven eight"  # ...same text
+    assert chunks[-1].data.chunk["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_usage_events_carry_the_cost_from_the_price_table(simulator) -> None:
+    prices = PriceTable(
+        models={"upstream-small": Price(input_per_1m=2.0, output_per_1m=10.0)},
+        deployments={"primary": Price(input_per_1m=1000.0)},
+    )
+    providers = ProviderPool()
+    harness = await Harness.start(
+        TOPICS, routing=routing_for(simulator), providers=providers, prices=prices
+    )
+    request = chat_request(text="count these four words")  # 4 in, 7 out
+    await harness.handle(request)
+    usage = await harness.usage_of(request.request_id)
+    failed = chat_request(model="no-such-model")
+    await harness.handle(failed)
+    failed_usage = await harness.usage_of(failed.request_id)
+    await harness.stop()
+    await providers.aclose()
+
+    assert usage.data.cost_usd == pytest.approx((4 * 2.0 + 7 * 10.0) / 1e6)
+    assert usage.data.deployment == "sim"
+    assert failed_usage.data.cost_usd == 0

@@ -13,6 +13,7 @@ import pytest
 
 from switchyard.common.events import Priority
 from switchyard.common.routing import Deployment
+from switchyard.inference.handlers import merge_chunks
 from switchyard.inference.lanes import LaneGate
 from switchyard.inference.pricing import PriceError, PriceSource, load_prices
 from switchyard.inference.reliability import (
@@ -240,3 +241,36 @@ def test_price_source_reloads_when_the_file_changes(tmp_path: Path) -> None:
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
     assert source.reload_if_changed()
     assert source.table.cost("m", None, 1_000_000, 1_000_000) == 5
+
+
+def _chunk(delta: dict, finish: str | None = None, **extra) -> dict:
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        **extra,
+    }
+
+
+def test_only_plain_text_chunks_of_one_choice_are_merged() -> None:
+    role = _chunk({"role": "assistant", "content": ""})
+    hello, world = _chunk({"content": "Hello "}), _chunk({"content": "world"})
+
+    merged = merge_chunks(merge_chunks(role, hello), world)
+
+    assert merged["choices"][0]["delta"] == {"role": "assistant", "content": "Hello world"}
+    assert merged["id"] == "c" and role["choices"][0]["delta"]["content"] == ""  # no mutation
+    tool = _chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{"}}]})
+    other_choice = _chunk({"content": "x"})
+    other_choice["choices"][0]["index"] = 1
+    for second in (
+        _chunk({}, "stop"),
+        tool,
+        other_choice,
+        _chunk({"content": "x"}, usage={"prompt_tokens": 1}),
+        {**_chunk({"content": "x"}), "choices": []},
+    ):
+        assert merge_chunks(hello, second) is None
+    assert merge_chunks(_chunk({"content": "x"}, "stop"), hello) is None

@@ -215,8 +215,9 @@ async def test_anthropic_sdk_tool_use_and_tool_result_through_an_openai_deployme
     assert second.content[0].text == "Simulated reply to: thanks"
 
 
-async def test_anthropic_sdk_streams_from_an_openai_deployment(clients) -> None:
+async def test_anthropic_sdk_streams_from_an_openai_deployment(clients, simulator) -> None:
     client, _ = clients
+    simulator.latency(40)  # paced, so the pieces stay pieces
 
     async with client.messages.stream(
         model="gpt-sim",
@@ -300,8 +301,9 @@ async def test_openai_sdk_tool_calls_and_results_through_an_anthropic_deployment
     assert second.choices[0].message.content == "Simulated reply to: and tomorrow"
 
 
-async def test_openai_sdk_streams_from_an_anthropic_deployment(clients) -> None:
+async def test_openai_sdk_streams_from_an_anthropic_deployment(clients, simulator) -> None:
     _, client = clients
+    simulator.latency(40)
 
     async with client.chat.completions.stream(
         model="claude-sim",

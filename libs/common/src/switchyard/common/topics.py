@@ -18,6 +18,7 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("requests.batch", 6, "Chat requests from the jobs API (lower priority lane)."),
     TopicSpec("replies", 12, "Replies and stream chunks, partitioned by waiting gateway replica."),
     TopicSpec("usage", 6, "One usage record per finished request."),
+    TopicSpec("control", 3, "Cancellations; every inference replica reads all of it."),
     TopicSpec(
         "deadletter", 3, "Events no consumer could decode or handle, with their coordinates."
     ),

@@ -252,6 +252,7 @@ class Dispatch:
         answered twice); ends with the ChatCompleted or ChatFailed. A TimeoutError is
         turned into a ChatFailed so the stream can end with an error event."""
         next_sequence = 0
+        first_stream_id = None
         reply: Reply | None = first
         self.observe(200)
         while True:
@@ -262,6 +263,14 @@ class Dispatch:
                     yield deadline_failure(self)
                     return
             if isinstance(reply, ChatChunk):
+                stream_id = reply.data.chunk.get("id")
+                if first_stream_id is None:
+                    first_stream_id = stream_id
+                elif stream_id != first_stream_id and reply.data.sequence >= next_sequence:
+                    # A second answer to the same request (its first inference replica died
+                    # mid-stream and another re-ran it): never splice two answers together.
+                    yield interrupted_failure(self)
+                    return
                 if reply.data.sequence == next_sequence:
                     next_sequence += 1
                     yield reply
@@ -322,6 +331,25 @@ def deadline_failure(dispatch: Dispatch) -> ChatFailed:
                 type="timeout_error",
                 code="deadline_exceeded",
                 message="The request did not complete before its deadline.",
+            ),
+        ),
+    )
+
+
+def interrupted_failure(dispatch: Dispatch) -> ChatFailed:
+    from switchyard.common.events import ChatFailedData, ErrorInfo, TerminalStatus
+
+    return ChatFailed(
+        source="gateway",
+        tenant=dispatch.tenant,
+        request_id=dispatch.request_id,
+        data=ChatFailedData(
+            status=TerminalStatus.FAILED,
+            error=ErrorInfo(
+                status=502,
+                type="upstream_error",
+                code="stream_interrupted",
+                message="The stream was interrupted and restarted upstream; retry the request.",
             ),
         ),
     )

@@ -126,8 +126,11 @@ class ControlListener:
         warned = False
         while True:
             try:
-                await asyncio.wait_for(self.bus.partition_count(self.topic), timeout=15)
-                self.subscription = await self.bus.listen(self.topic, self.handler)
+                count = await asyncio.wait_for(self.bus.partition_count(self.topic), timeout=15)
+                # Every partition, named: a cancellation may be keyed to any of them.
+                self.subscription = await self.bus.listen(
+                    self.topic, self.handler, partitions=list(range(count))
+                )
             except Exception as exc:  # noqa: BLE001 - serving requests matters more
                 if not warned:
                     log.warning(

@@ -194,10 +194,39 @@ def _has_content(chunk: dict[str, Any]) -> bool:
 # --------------------------------------------------------------------------- streaming
 
 
+def merge_chunks(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any] | None:
+    """One chunk saying what two consecutive text-only chunks say, or None if they are not
+    both plain text deltas of the same choice (tool calls, finish reasons, usage and
+    logprobs are never merged)."""
+    choices_a, choices_b = first.get("choices"), second.get("choices")
+    if not choices_a or not choices_b or len(choices_a) != 1 or len(choices_b) != 1:
+        return None
+    if first.get("usage") or second.get("usage"):
+        return None
+    a, b = choices_a[0], choices_b[0]
+    if a.get("index") != b.get("index") or a.get("finish_reason") or b.get("finish_reason"):
+        return None
+    if a.get("logprobs") or b.get("logprobs"):
+        return None
+    delta_a, delta_b = a.get("delta") or {}, b.get("delta") or {}
+    text_a, text_b = delta_a.get("content"), delta_b.get("content")
+    if not isinstance(text_a, str) or not isinstance(text_b, str):
+        return None
+    if delta_b.keys() - {"content"} or delta_a.keys() - {"content", "role"}:
+        return None
+    return {**first, "choices": [{**a, "delta": {**delta_a, "content": text_a + text_b}}]}
+
+
 class ChunkPublisher:
-    """Publishes a stream's chunks in order, without making the stream wait for each
+    """Publishes a stream's chunks in order without making the stream wait for each
     publish: chunks queue up while one is on its way, and a single pump task publishes
-    them one after the other (one partition, sequential sends: order is kept)."""
+    them one after the other (one partition, sequential sends: order is kept).
+
+    When the bus is slower than the upstream (e.g. an instant upstream and Kafka's
+    acknowledgement per event), text chunks waiting in the queue are merged into one
+    before they are published, so a stream never falls behind by more than one publish;
+    with a paced upstream (a real model) every chunk goes out on its own. Sequence
+    numbers are given at publication, so they stay consecutive."""
 
     def __init__(
         self,
@@ -206,28 +235,34 @@ class ChunkPublisher:
     ) -> None:
         self._publish = publish
         self._event = event
-        self._queue: deque[ChatChunk] = deque()
+        self._queue: deque[dict[str, Any]] = deque()
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
-        self.sent = 0
+        self.sent = 0  # chunks accepted (they will all reach the client)
+        self.published = 0  # chunk events published (after merging)
 
     def send(self, chunk: dict[str, Any]) -> None:
         if self._error is not None:
             raise PublishFailed("could not publish a stream chunk") from self._error
-        self._queue.append(self._event(self.sent, chunk))
+        self._queue.append(chunk)
         self.sent += 1
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._pump())
 
     async def _pump(self) -> None:
-        while self._queue:
+        queue = self._queue
+        while queue:
+            chunk = queue.popleft()
+            while queue and (merged := merge_chunks(chunk, queue[0])) is not None:
+                chunk = merged
+                queue.popleft()
             try:
-                await self._publish(self._queue[0])
+                await self._publish(self._event(self.published, chunk))
             except Exception as exc:  # noqa: BLE001 - reported by send() and flush()
                 self._error = exc
-                self._queue.clear()
+                queue.clear()
                 return
-            self._queue.popleft()
+            self.published += 1
 
     async def flush(self) -> None:
         """Wait until every chunk sent so far is published."""

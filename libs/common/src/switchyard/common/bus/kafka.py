@@ -568,8 +568,8 @@ class _Listener(Subscription):
         await self.consumer.start()
         partitions = self.partitions
         if partitions is None:
-            await self.consumer.topics()  # loads metadata
-            partitions = sorted(self.consumer.partitions_for_topic(self.topic) or ())
+            # Every partition of the topic, from the producer's (already loaded) metadata.
+            partitions = list(range(await self.bus.partition_count(self.topic)))
         tps = [TopicPartition(self.topic, p) for p in partitions]
         self.consumer.assign(tps)
         await self.consumer.seek_to_end(*tps)

@@ -1,0 +1,112 @@
+"""A stand-in for the history service in gateway unit tests: the Idempotency-Key store
+with the same semantics as history's (in memory), and a recorder of forwarded calls."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+from dataclasses import dataclass, field
+
+import httpx
+
+HISTORY_PORT = 8002
+
+
+@dataclass
+class FakeHistory:
+    keys: dict[tuple[str, str], dict] = field(default_factory=dict)
+    calls: list[httpx.Request] = field(default_factory=list)
+    claims: int = 0
+    down: bool = False
+    # What GET/POST on the public paths answer: path -> (status, body, content type)
+    answers: dict[str, tuple[int, bytes, str]] = field(default_factory=dict)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("history is down", request=request)
+        self.calls.append(request)
+        path = request.url.path
+        tenant = request.headers.get("x-switchyard-tenant")
+        user = request.headers.get("x-switchyard-user-id")
+        if path.startswith("/internal/v1/idempotency/"):
+            await asyncio.sleep(0)  # let concurrent requests interleave
+            body = json.loads(request.content)
+            return httpx.Response(200, json=self._idempotency(path, tenant, user, body))
+        status, content, content_type = self.answers.get(
+            path, (200, b'{"object": "list", "data": []}', "application/json")
+        )
+        return httpx.Response(status, content=content, headers={"content-type": content_type})
+
+    def _idempotency(self, path: str, tenant: str, user: str, body: dict) -> dict:
+        slot = (tenant, body["key"])
+        row = self.keys.get(slot)
+        if path.endswith("/claim"):
+            self.claims += 1
+            if row is None:
+                token = secrets.token_hex(8)
+                self.keys[slot] = {
+                    "fingerprint": body["fingerprint"],
+                    "endpoint": body["endpoint"],
+                    "user": user,
+                    "token": token,
+                    "state": "in_progress",
+                }
+                return {"outcome": "claimed", "claim_token": token}
+            if (row["fingerprint"], row["endpoint"], row["user"]) != (
+                body["fingerprint"],
+                body["endpoint"],
+                user,
+            ):
+                return {
+                    "outcome": "mismatch",
+                    "reason": "This Idempotency-Key was already used"
+                    " with a different request body.",
+                }
+            if row["state"] == "completed":
+                return {
+                    "outcome": "completed",
+                    "request_id": row["request_id"],
+                    "status_code": row["status_code"],
+                    "content_type": row["content_type"],
+                    "body_b64": row["body_b64"],
+                }
+            return {"outcome": "in_progress"}
+        if path.endswith("/complete"):
+            if row is None or row["token"] != body["claim_token"]:
+                return {"stored": False}
+            row.update(
+                state="completed",
+                request_id=body["request_id"],
+                status_code=body["status_code"],
+                content_type=body["content_type"],
+                body_b64=body["body_b64"],
+            )
+            return {"stored": True}
+        if row is not None and row["token"] == body["claim_token"] and row["state"] != "completed":
+            del self.keys[slot]
+            return {"released": True}
+        return {"released": False}
+
+    def stored_body(self, tenant: str, key: str) -> bytes:
+        return base64.b64decode(self.keys[(tenant, key)]["body_b64"])
+
+
+async def install(harness) -> FakeHistory:
+    """Route the gateway's calls to port 8002 (history) to a FakeHistory; the rest (auth)
+    still goes to the harness's fake auth."""
+    history = FakeHistory()
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.port == HISTORY_PORT:
+            return await history.handle(request)
+        return harness.auth.handle(request)
+
+    gateway = harness.app.state.gateway
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    previous, gateway.http = gateway.http, client
+    await previous.aclose()
+    gateway.authenticator._client = client
+    gateway.authenticator.jwks._client = client
+    return history

@@ -1,0 +1,240 @@
+"""Idempotency-Key on the gateway's POST endpoints: retries never run twice and get the
+original bytes; concurrent duplicates wait for the one execution; a reused key with
+another body is refused. History's claim store is faked (history_fakes.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from switchyard.common.events import ChatFailed, ChatFailedData, ErrorInfo, TerminalStatus
+
+from .conftest import API_KEY, chunk, completed_reply
+from .history_fakes import install
+
+BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]}
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def keyed(key: str, **extra: str) -> dict[str, str]:
+    return AUTH | {"Idempotency-Key": key} | extra
+
+
+@pytest.fixture
+async def history(harness):
+    return await install(harness)
+
+
+def slow_replies(harness, delay_s: float, text: str = "hi there") -> None:
+    async def respond(request):
+        await asyncio.sleep(delay_s)
+        return [completed_reply(request, text)]
+
+    harness.respond[0] = respond
+
+
+async def test_ten_sequential_retries_run_once_and_return_identical_bytes(harness, history):
+    responses = [
+        await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("retry-1"))
+        for _ in range(10)
+    ]
+
+    assert len(harness.requests) == 1
+    assert {response.status_code for response in responses} == {200}
+    assert len({response.content for response in responses}) == 1
+    assert responses[0].content == history.stored_body("acme", "retry-1")
+    assert "idempotent-replayed" not in responses[0].headers
+    assert all(r.headers["idempotent-replayed"] == "true" for r in responses[1:])
+    assert {r.headers["x-request-id"] for r in responses} == {harness.requests[0].request_id}
+
+
+async def test_twenty_concurrent_requests_with_one_key_execute_once(harness, history):
+    slow_replies(harness, 0.3)
+
+    responses = await asyncio.gather(
+        *(
+            harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("burst"))
+            for _ in range(20)
+        )
+    )
+
+    assert len(harness.requests) == 1
+    assert [response.status_code for response in responses] == [200] * 20
+    assert len({response.content for response in responses}) == 1
+    assert sum("idempotent-replayed" in r.headers for r in responses) == 19
+
+
+async def test_same_key_with_another_body_is_422(harness, history):
+    first = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("k"))
+    other = await harness.client.post(
+        "/v1/chat/completions",
+        json={**BODY, "temperature": 0.5},
+        headers=keyed("k"),
+    )
+    reordered = await harness.client.post(
+        "/v1/chat/completions",
+        content=orjson.dumps({"messages": BODY["messages"], "model": "sim-small"}),
+        headers=keyed("k") | {"content-type": "application/json"},
+    )
+
+    assert first.status_code == 200
+    assert other.status_code == 422
+    error = other.json()["error"]
+    assert error["code"] == "idempotency_key_reused"
+    assert "different request body" in error["message"]
+    assert reordered.status_code == 200  # the same JSON, keys in another order: a replay
+    assert reordered.content == first.content
+    assert len(harness.requests) == 1
+
+
+async def test_a_retry_may_ask_not_to_wait_and_gets_409(harness, history):
+    slow_replies(harness, 0.4)
+    first = asyncio.ensure_future(
+        harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("busy"))
+    )
+    await asyncio.sleep(0.1)
+    impatient = await harness.client.post(
+        "/v1/chat/completions", json=BODY, headers=keyed("busy", **{"Idempotency-Wait": "false"})
+    )
+
+    assert impatient.status_code == 409
+    assert impatient.json()["error"]["code"] == "idempotency_key_in_use"
+    assert impatient.headers["retry-after"] == "1"
+    assert (await first).status_code == 200
+    assert len(harness.requests) == 1
+
+
+async def test_requests_that_ran_nothing_release_the_key(harness, history):
+    invalid = await harness.client.post(
+        "/v1/chat/completions", json={"model": "sim-small"}, headers=keyed("fix-me")
+    )
+    unknown_model = await harness.client.post(
+        "/v1/chat/completions", json={**BODY, "model": "nope"}, headers=keyed("fix-me-too")
+    )
+    assert (invalid.status_code, unknown_model.status_code) == (400, 404)
+    assert history.keys == {}
+
+    fixed = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("fix-me"))
+    assert fixed.status_code == 200
+    assert len(harness.requests) == 1
+
+
+async def test_a_failed_request_is_replayed_as_it_failed(harness, history):
+    async def rate_limited(request):
+        return [
+            ChatFailed(
+                source="test",
+                tenant=request.tenant,
+                request_id=request.request_id,
+                data=ChatFailedData(
+                    status=TerminalStatus.FAILED,
+                    error=ErrorInfo(status=429, type="rate_limit_error", message="slow down"),
+                ),
+            )
+        ]
+
+    harness.respond[0] = rate_limited
+    first = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("f"))
+    again = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("f"))
+
+    assert first.status_code == again.status_code == 429
+    assert first.content == again.content
+    assert len(harness.requests) == 1
+
+
+async def test_streams_are_replayed_whole(harness, history):
+    async def stream(request):
+        return [chunk(request, 0, "Hel"), chunk(request, 1, "lo"), completed_reply(request)]
+
+    harness.respond[0] = stream
+    body = {**BODY, "stream": True}
+    first = await harness.client.post("/v1/chat/completions", json=body, headers=keyed("s"))
+    again = await harness.client.post("/v1/chat/completions", json=body, headers=keyed("s"))
+
+    assert first.headers["content-type"].startswith("text/event-stream")
+    assert again.headers["content-type"].startswith("text/event-stream")
+    assert again.content == first.content
+    assert first.content.endswith(b"data: [DONE]\n\n")
+    assert len(harness.requests) == 1
+
+
+async def test_messages_endpoint_is_idempotent_with_anthropic_errors(harness, history):
+    body = {
+        "model": "sim-small",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    headers = {"x-api-key": API_KEY, "Idempotency-Key": "m1"}
+    first = await harness.client.post("/v1/messages", json=body, headers=headers)
+    again = await harness.client.post("/v1/messages", json=body, headers=headers)
+    other = await harness.client.post(
+        "/v1/messages", json={**body, "max_tokens": 5}, headers=headers
+    )
+
+    assert first.status_code == 200, first.text
+    assert again.content == first.content
+    assert len(harness.requests) == 1
+    assert other.status_code == 422
+    assert other.json()["type"] == "error"  # Anthropic's error shape on /v1/messages
+    assert other.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_keys_are_scoped_per_tenant(harness, history):
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("shared"))
+    token = harness.auth.token(tenant="globex", scopes=["chat"])
+    other_tenant = await harness.client.post(
+        "/v1/chat/completions",
+        json=BODY,
+        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "shared"},
+    )
+
+    assert other_tenant.status_code == 200
+    assert "idempotent-replayed" not in other_tenant.headers
+    assert len(harness.requests) == 2
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "bad\tkey", "ключ"])
+async def test_invalid_keys_are_400(harness, history, key):
+    response = await harness.client.post(
+        "/v1/chat/completions",
+        json=BODY,
+        headers=AUTH | {"Idempotency-Key": key.encode()},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_idempotency_key"
+    assert not harness.requests
+
+
+async def test_store_unavailable_is_503_and_requests_without_a_key_are_unaffected(harness, history):
+    history.down = True
+    keyed_response = await harness.client.post(
+        "/v1/chat/completions", json=BODY, headers=keyed("k")
+    )
+    plain = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+
+    assert keyed_response.status_code == 503
+    assert keyed_response.json()["error"]["code"] == "idempotency_unavailable"
+    assert plain.status_code == 200
+    assert len(harness.requests) == 1
+
+
+async def test_bad_credentials_with_a_key_get_the_usual_401(harness, history):
+    response = await harness.client.post(
+        "/v1/chat/completions",
+        json=BODY,
+        headers={"Authorization": "Bearer sk-sy-nope", "Idempotency-Key": "k"},
+    )
+    assert response.status_code == 401
+    assert history.claims == 0
+
+
+async def test_jobs_are_idempotent_too(harness, history):
+    created = [
+        await harness.client.post("/v1/jobs", json=BODY, headers=keyed("job-1")) for _ in range(3)
+    ]
+
+    assert [response.status_code for response in created] == [202] * 3
+    assert len({response.content for response in created}) == 1
+    assert len({response.json()["id"] for response in created}) == 1

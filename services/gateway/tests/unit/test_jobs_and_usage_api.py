@@ -1,0 +1,206 @@
+"""`/v1/jobs` (published to the batch lane, served by history), `/v1/usage` and the history
+settings through the gateway: authentication, validation and what history is sent."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from switchyard.common.bus import BusUnavailableError
+from switchyard.common.events import ChatCancelRequested, ChatRequested
+from switchyard.common.testing.infra import async_wait_until
+
+from .conftest import API_KEY
+from .history_fakes import install
+
+BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "Summarise this"}]}
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture
+async def history(harness):
+    return await install(harness)
+
+
+@pytest.fixture
+async def lanes(harness):
+    """What reaches the batch topic and the control topic."""
+    seen: dict[str, list] = {"batch": [], "control": []}
+    topics = harness.app.state.gateway.topics
+
+    async def on_batch(event):
+        seen["batch"].append(event)
+
+    async def on_control(event):
+        seen["control"].append(event)
+
+    await harness.bus.subscribe([topics.requests_batch], "test-batch", on_batch)
+    await harness.bus.subscribe([topics.control], "test-control", on_control)
+    return seen
+
+
+async def test_a_job_is_accepted_and_published_to_the_batch_lane(harness, history, lanes):
+    response = await harness.client.post(
+        "/v1/jobs", json={**BODY, "webhook_url": "https://hooks.example.com/sy"}, headers=AUTH
+    )
+
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert (job["object"], job["status"], job["model"]) == ("job", "queued", "sim-small")
+    assert job["webhook"] == {"url": "https://hooks.example.com/sy", "status": "pending"}
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    [event] = await async_wait_until(
+        lambda: _async(lanes["batch"]), timeout=5, message="the job on the batch topic"
+    )
+    assert isinstance(event, ChatRequested)
+    assert event.request_id == job["id"]
+    assert event.data.priority == "batch"
+    assert event.data.reply_to is None
+    assert event.data.webhook_url == "https://hooks.example.com/sy"
+    assert "webhook_url" not in event.data.body  # not sent to the provider
+    assert event.data.body["messages"] == BODY["messages"]
+    assert (event.data.deadline - event.time).total_seconds() == pytest.approx(86_400)
+    assert not harness.requests  # nothing on the interactive lane
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({**BODY, "stream": True}, 400, "stream"),
+        ({**BODY, "webhook_url": "ftp://example.com"}, 400, "webhook_url"),
+        ({**BODY, "webhook_url": "https://user:pw@example.com/"}, 400, "webhook_url"),
+        ({**BODY, "webhook_url": 42}, 400, "webhook_url"),
+        ({"model": "sim-small"}, 400, "messages"),
+        ({**BODY, "model": "no-such-model"}, 404, "model"),
+    ],
+)
+async def test_bad_jobs_are_refused(harness, history, lanes, body, status, param):
+    response = await harness.client.post("/v1/jobs", json=body, headers=AUTH)
+
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+    await asyncio.sleep(0.05)
+    assert lanes["batch"] == []
+
+
+async def test_jobs_need_credentials_and_the_bus(harness, history, monkeypatch):
+    assert (await harness.client.post("/v1/jobs", json=BODY)).status_code == 401
+
+    async def down(*args, **kwargs):
+        raise BusUnavailableError("down")
+
+    monkeypatch.setattr(harness.bus, "publish", down)
+    response = await harness.client.post("/v1/jobs", json=BODY, headers=AUTH)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "2"
+
+
+async def test_job_reads_go_to_history_as_the_caller(harness, history):
+    history.answers["/v1/jobs/abc123"] = (
+        200,
+        b'{"id": "abc123", "object": "job"}',
+        "application/json",
+    )
+
+    one = await harness.client.get("/v1/jobs/abc123", headers=AUTH)
+    listed = await harness.client.get(
+        "/v1/jobs", params={"status": "queued", "limit": 5}, headers=AUTH
+    )
+
+    assert one.json() == {"id": "abc123", "object": "job"}
+    assert listed.status_code == 200
+    first, second = history.calls[-2:]
+    assert first.url.path == "/v1/jobs/abc123"
+    assert (first.headers["x-switchyard-tenant"], first.headers["x-switchyard-user-id"]) == (
+        "acme",
+        "user-1",
+    )
+    assert first.headers["x-switchyard-role"] == "member"
+    assert dict(second.url.params) == {"status": "queued", "limit": "5"}
+
+
+@pytest.mark.parametrize("job_id", ["..%2Fadmin", "x" * 65, "a;b"])
+async def test_malformed_job_ids_are_404_without_asking_history(harness, history, job_id):
+    for method, path in (("GET", f"/v1/jobs/{job_id}"), ("POST", f"/v1/jobs/{job_id}/cancel")):
+        response = await harness.client.request(method, path, headers=AUTH)
+        assert response.status_code == 404, (method, path, response.text)
+    assert history.calls == []
+
+
+async def test_cancel_is_recorded_by_history_then_sent_to_inference(harness, history, lanes):
+    history.answers["/v1/jobs/j1/cancel"] = (
+        200,
+        b'{"id": "j1", "status": "cancelled"}',
+        "application/json",
+    )
+    history.answers["/v1/jobs/j2/cancel"] = (
+        409,
+        b'{"error": {"message": "done"}}',
+        "application/json",
+    )
+
+    cancelled = await harness.client.post("/v1/jobs/j1/cancel", headers=AUTH)
+    finished = await harness.client.post("/v1/jobs/j2/cancel", headers=AUTH)
+
+    assert cancelled.json()["status"] == "cancelled"
+    assert finished.status_code == 409
+    [event] = await async_wait_until(
+        lambda: _async(lanes["control"]), timeout=5, message="the cancellation"
+    )
+    assert isinstance(event, ChatCancelRequested)
+    assert (event.request_id, event.tenant, event.data.reason) == ("j1", "acme", "job_cancelled")
+    await asyncio.sleep(0.05)
+    assert len(lanes["control"]) == 1
+
+
+async def test_usage_as_csv_passes_through(harness, history):
+    history.answers["/v1/usage"] = (
+        200,
+        b"bucket,requests\n2025-03-01T00:00:00Z,3\n",
+        "text/csv; charset=utf-8",
+    )
+
+    response = await harness.client.get(
+        "/v1/usage", params={"group_by": "day"}, headers=AUTH | {"Accept": "text/csv"}
+    )
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
+    assert response.text.startswith("bucket,requests")
+    call = history.calls[-1]
+    assert call.headers["accept"] == "text/csv"
+    assert dict(call.url.params) == {"group_by": "day"}
+
+
+async def test_history_settings_and_filters_are_forwarded(harness, history):
+    await harness.client.put("/v1/history/settings", json={"store_content": False}, headers=AUTH)
+    await harness.client.get(
+        "/v1/history", params={"since": "7d", "status": "failed"}, headers=AUTH
+    )
+
+    put, listed = history.calls[-2:]
+    assert (put.method, put.url.path, put.content) == (
+        "PUT",
+        "/v1/history/settings",
+        b'{"store_content":false}',
+    )
+    assert dict(listed.url.params) == {"since": "7d", "status": "failed"}
+
+
+async def test_history_down_is_503(harness, history):
+    history.down = True
+    for path in ("/v1/usage", "/v1/jobs", "/v1/history"):
+        response = await harness.client.get(path, headers=AUTH)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "history_unavailable"
+
+
+async def test_usage_needs_the_history_scope(harness, history):
+    token = harness.auth.token(scopes=["chat"])
+    response = await harness.client.get("/v1/usage", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 403
+
+
+async def _async(value):
+    return value
