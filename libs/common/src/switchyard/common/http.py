@@ -85,3 +85,51 @@ def serve(
         access_log=False,
         proxy_headers=False,
     )
+
+
+class TracingMiddleware:
+    """A SERVER span per HTTP request, continuing the caller's W3C trace context; a
+    pass-through while tracing is off."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        from switchyard.common import tracing
+
+        if scope["type"] != "http" or not tracing.tracing_enabled():
+            await self.app(scope, receive, send)
+            return
+        from opentelemetry.trace import SpanKind
+
+        carrier = {
+            key.decode("latin-1"): value.decode("latin-1")
+            for key, value in scope["headers"]
+            if key in (b"traceparent", b"tracestate")
+        }
+        status = {"code": 500}
+
+        async def send_with_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        with tracing.span(
+            f"{scope['method']} {scope['path']}",
+            kind=SpanKind.SERVER,
+            parent=tracing.context_from_carrier(carrier),
+            attributes={"http.request.method": scope["method"], "url.path": scope["path"]},
+        ) as span:
+            try:
+                await self.app(scope, receive, send_with_status)
+            finally:
+                if span is not None:
+                    span.set_attribute("http.response.status_code", status["code"])
+
+
+async def inject_trace_headers(request) -> None:
+    """httpx request hook: carry the current trace to the service being called."""
+    from switchyard.common.tracing import current_trace_carrier
+
+    for key, value in current_trace_carrier().items():
+        request.headers[key] = value

@@ -25,7 +25,7 @@ from switchyard.auth.outbox import OutboxRelay
 from switchyard.auth.service import AuthService
 from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.errors import install_error_handlers
-from switchyard.common.http import health_router
+from switchyard.common.http import TracingMiddleware, health_router
 from switchyard.common.metrics import metrics_router
 from switchyard.common.topics import Topics
 
@@ -105,4 +105,6 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(api_keys.router)
     app.include_router(admin.router)
     app.include_router(internal_router(settings.internal_token))
+    # Outermost, so the server span covers everything else the request goes through.
+    app.add_middleware(TracingMiddleware)
     return app

@@ -10,7 +10,7 @@ import structlog
 from fastapi import FastAPI
 
 from switchyard.common.bus import EventBus, create_bus
-from switchyard.common.http import health_router
+from switchyard.common.http import TracingMiddleware, health_router
 from switchyard.common.metrics import metrics_router
 from switchyard.gateway.api import chat, embeddings, history, jobs, messages, models, usage
 from switchyard.gateway.api.body import install_openapi_models
@@ -115,4 +115,6 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         )
     )
     app.include_router(metrics_router())
+    # Outermost, so the server span covers everything else the request goes through.
+    app.add_middleware(TracingMiddleware)
     return app

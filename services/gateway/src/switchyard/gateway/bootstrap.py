@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from switchyard.common.bus import EventBus, Subscription
+from switchyard.common.http import inject_trace_headers
 from switchyard.common.routing import RoutingTable, load_routing
 from switchyard.common.topics import Topics
 from switchyard.gateway.auth import Authenticator
@@ -42,7 +43,10 @@ class Gateway:
 
 def build_gateway(settings: Settings, bus: EventBus) -> Gateway:
     # One pooled client for every call to auth and history, closed with the app.
-    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+    http = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        event_hooks={"request": [inject_trace_headers]},
+    )
     authenticator = Authenticator(
         http,
         auth_url=settings.auth_url,

@@ -36,7 +36,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import structlog
+from opentelemetry.trace import SpanKind
 
+from switchyard.common import tracing
 from switchyard.common.events import (
     ChatCancelRequested,
     ChatChunk,
@@ -625,12 +627,28 @@ class ChatRequestHandler:
         timeout_s = min(deployment.timeout_s, max(0.001, seconds_until(data.deadline)))
         run.deployment = deployment
         run.upstream_called = True
-        if data.operation == "embeddings":
-            response = await provider.embeddings(data.body, timeout_s=timeout_s)
-        elif data.stream:
-            response = await self._stream(run, deployment, provider, timeout_s)
-        else:
-            response = await provider.chat(data.body, timeout_s=timeout_s)
+        with tracing.span(
+            f"{data.operation} {deployment.model}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "gen_ai.system": deployment.provider,
+                "gen_ai.operation.name": data.operation,
+                "gen_ai.request.model": deployment.model,
+                "switchyard.model": data.model,
+                "switchyard.deployment": deployment.name,
+            },
+        ) as span:
+            if data.operation == "embeddings":
+                response = await provider.embeddings(data.body, timeout_s=timeout_s)
+            elif data.stream:
+                response = await self._stream(run, deployment, provider, timeout_s)
+            else:
+                response = await provider.chat(data.body, timeout_s=timeout_s)
+            if span is not None:
+                usage = usage_of(response)
+                span.set_attribute("gen_ai.response.model", str(response.get("model", "")))
+                span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
         response["model"] = data.model  # clients see the public name, not the upstream's
         return response
 
