@@ -62,6 +62,7 @@ test-integration: install ## Integration tests against the real Kafka broker and
 
 .PHONY: test-e2e
 test-e2e: install ## Whole-system tests: every service as its own process on Kafka and Postgres
+	deploy/local/promtool.sh >/dev/null
 	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m e2e tests/e2e
 
 .PHONY: bench

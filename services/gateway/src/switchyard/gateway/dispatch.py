@@ -53,6 +53,12 @@ IN_FLIGHT = Gauge(
 REJECTED = Counter(
     "switchyard_gateway_requests_rejected_total", "Requests refused before publishing.", ["reason"]
 )
+ADDED_SECONDS = Histogram(
+    "switchyard_gateway_added_latency_seconds",
+    "Time a completed request spent in Switchyard itself: total minus the provider call.",
+    ["api", "model"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
 CANCELLED = Counter(
     "switchyard_gateway_client_disconnects_total",
     "Clients that went away before their reply.",
@@ -245,6 +251,8 @@ class Dispatch:
         assert isinstance(reply, ChatCompleted)
         self.finished = True
         self.observe(200)
+        added = time.perf_counter() - self.started - reply.data.latency_ms / 1000
+        ADDED_SECONDS.labels(self.api, self.model).observe(max(0.0, added))
         return reply
 
     async def chunks(self, first: Reply) -> AsyncIterator[ChatChunk | ChatCompleted | ChatFailed]:

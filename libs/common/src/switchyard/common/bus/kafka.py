@@ -25,6 +25,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry.trace import SpanKind
 
 from switchyard.common import tracing
+from switchyard.common.bus import metrics
 from switchyard.common.bus.base import (
     BatchHandler,
     BusUnavailableError,
@@ -182,15 +183,21 @@ class KafkaBus(EventBus):
                 producer.send_and_wait(topic, value, key=key, partition=partition, headers=headers),
                 timeout=self.publish_timeout_s,
             )
+            metrics.EVENTS_PUBLISHED.labels(topic).inc()
         except TimeoutError as exc:
+            metrics.PUBLISH_FAILURES.labels(topic).inc()
             raise BusUnavailableError(
                 f"Kafka did not acknowledge within {self.publish_timeout_s}s"
             ) from exc
         except Exception as exc:  # KafkaError and connection errors
+            metrics.PUBLISH_FAILURES.labels(topic).inc()
             raise BusUnavailableError(f"Kafka refused the event: {exc!r}") from exc
 
     async def dead_letter(self, record: ConsumerRecord, group: str, reason: str) -> None:
         """Copy a record to the dead-letter topic with its coordinates; retried until it lands."""
+        metrics.EVENTS_DEADLETTERED.labels(
+            record.topic, group, "undecodable" if reason.startswith("undecodable") else "handler"
+        ).inc()
         log.error(
             "event dead-lettered",
             topic=record.topic,
@@ -321,6 +328,16 @@ def _batch_spans(records: list[ConsumerRecord], group: str, events: list[Event])
     ]
 
 
+def _record_lag(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, next_offset: int, group: str
+) -> None:
+    highwater = consumer.highwater(tp)
+    if highwater is not None:
+        metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition), group).set(
+            max(0, highwater - next_offset)
+        )
+
+
 def _decode(record: ConsumerRecord) -> Event:
     if record.value is None:
         raise EventDecodeError("record has no value")
@@ -386,6 +403,7 @@ class _GroupSubscription(Subscription, ConsumerRebalanceListener):
                     task = asyncio.create_task(self._handle(tp, record))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+                _record_lag(consumer, tp, records[-1].offset + 1, self.group)
             await self._commit()
 
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
@@ -409,6 +427,8 @@ class _GroupSubscription(Subscription, ConsumerRebalanceListener):
                         error=repr(exc),
                     ),
                 )
+            outcome = "deadlettered" if error is not None else "ok"
+            metrics.EVENTS_HANDLED.labels(record.topic, self.group, outcome).inc()
             if error is not None:
                 await self.bus.dead_letter(record, self.group, f"handler failed: {error!r}")
         finally:
@@ -525,12 +545,17 @@ class _BatchSubscription(Subscription):
                 )
                 for event_span in spans:
                     event_span.end()
+                outcome = "deadlettered" if error is not None else "ok"
+                for record in records:
+                    metrics.EVENTS_HANDLED.labels(record.topic, self.group, outcome).inc()
                 if error is not None:
                     for record in records:
                         await self.bus.dead_letter(record, self.group, f"handler failed: {error!r}")
             offsets = {
                 tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batches.items()
             }
+            for tp, meta in offsets.items():
+                _record_lag(consumer, tp, meta.offset, self.group)
             try:
                 await consumer.commit(offsets)
             except Exception as exc:  # noqa: BLE001 - a failed commit only means redelivery
