@@ -49,8 +49,8 @@ migrate: install ## Apply every service's database migrations to $DATABASE_URL
 	$(UV) run --no-sync switchyard db upgrade
 
 .PHONY: test
-test: install infra-up ## Run every check: lint, unit, integration (real Kafka and Postgres) and e2e tests
-	$(MAKE) --no-print-directory lint test-unit test-integration test-e2e
+test: install infra-up ## Run every check: lint, deploy manifests, unit, integration (real Kafka and Postgres), e2e
+	$(MAKE) --no-print-directory lint deploy-check test-unit test-integration test-e2e
 
 .PHONY: test-unit
 test-unit: install ## Unit tests of every package (fakes, no network)
@@ -72,6 +72,10 @@ bench: install infra-up ## Benchmark (needs Go): direct vs embedded vs Kafka mod
 .PHONY: lint
 lint: install ## Static checks (ruff)
 	$(UV) run --no-sync ruff check libs services tests
+
+.PHONY: deploy-check
+deploy-check: ## Validate docker-compose, Dockerfiles and every Kubernetes overlay offline
+	deploy/check.sh
 
 .PHONY: schema
 schema: install ## Regenerate the published event schema (docs/events/v1.schema.json)
