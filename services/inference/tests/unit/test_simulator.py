@@ -423,3 +423,13 @@ async def test_abandoned_streams_are_counted(simulator) -> None:
 def test_invalid_mid_stream_fault_is_refused(simulator) -> None:
     response = simulator.control.post("/_sim/faults", json={"stream_error_after": -1})
     assert response.status_code == 400
+
+
+def test_simulator_exposes_prometheus_metrics():
+    from starlette.testclient import TestClient
+
+    from switchyard.inference.simulator import create_simulator_app
+
+    response = TestClient(create_simulator_app()).get("/metrics")
+    assert response.status_code == 200
+    assert "process_cpu_seconds_total" in response.text or "python_gc_objects" in response.text

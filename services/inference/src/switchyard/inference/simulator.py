@@ -800,6 +800,13 @@ def _parse_fault(body: dict[str, Any]) -> tuple[Fault, int]:
     ), count
 
 
+async def _metrics(_: Request) -> Response:
+    """Prometheus exposition of the simulator process (so a scrape config can include it)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_simulator_app(latency_ms: float = 0) -> Starlette:
     simulator = Simulator(latency_ms)
     routes = [
@@ -812,6 +819,7 @@ def create_simulator_app(latency_ms: float = 0) -> Starlette:
         Route("/_sim/latency", simulator.set_latency, methods=["PUT"]),
         Route("/_sim/stats", simulator.stats, methods=["GET"]),
         Route("/_sim/reset", simulator.reset, methods=["POST"]),
+        Route("/metrics", _metrics, methods=["GET"]),
     ]
 
     @contextlib.asynccontextmanager
