@@ -251,7 +251,7 @@ def bench_kafka(report, loadgen, workdir, simulator_url, args) -> None:
     )
     routing = workdir / "routing.yaml"
     with temporary_database(database, prefix="sybench") as db_url:
-        ports = {name: free_port() for name in ("gateway", "auth", "history", "inference")}
+        ports = {name: free_port() for name in ("auth", "history", "inference", "gateway")}
         group = ProcessGroup(
             env={
                 **os.environ,
@@ -294,6 +294,9 @@ def bench_kafka(report, loadgen, workdir, simulator_url, args) -> None:
             report.rss[setup] = {
                 name: process.peak_rss_mb() or 0 for name, process in processes.items()
             }
+        except Exception:
+            print(group.logs()[-8000:], file=sys.stderr)
+            raise
         finally:
             group.stop_all()
 
