@@ -238,3 +238,12 @@ async def test_jobs_are_idempotent_too(harness, history):
     assert [response.status_code for response in created] == [202] * 3
     assert len({response.content for response in created}) == 1
     assert len({response.json()["id"] for response in created}) == 1
+
+
+async def test_an_oversized_body_with_a_key_is_still_413(harness, history):
+    body = {**BODY, "messages": [{"role": "user", "content": "x" * 20_000}]}
+    response = await harness.client.post("/v1/chat/completions", json=body, headers=keyed("big"))
+
+    assert response.status_code == 413
+    assert history.claims == 0
+    assert not harness.requests

@@ -1,5 +1,6 @@
-"""The history store on a real PostgreSQL server: migrations both ways, and exactly-once
-recording under redelivery and concurrent consumers."""
+"""The history store on a real PostgreSQL server: migrations both ways, exactly-once
+recording under redelivery, any batching and concurrent consumers, the queries' SQL
+(time buckets, filters), the Idempotency-Key store and webhook claims under concurrency."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import func, inspect, select
 
-from switchyard.common.db import create_engine, downgrade, sync_url, upgrade
+from switchyard.common.db import downgrade, sync_url, upgrade
+from switchyard.history.bootstrap import history_engine
 from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.models import events_table, requests_table
@@ -37,12 +39,26 @@ def test_migrations_create_and_drop_the_tables(postgres_url):
         payload_type = {c["name"]: c["type"] for c in inspector.get_columns("history_events")}[
             "payload"
         ]
-        assert payload_type.__class__.__name__ == "JSONB"
+        assert payload_type.__class__.__name__ == "JSON"  # kept as received (0002)
         index_names = {index["name"] for index in inspector.get_indexes("history_requests")}
-        assert "ix_history_requests_tenant_user_created" in index_names
+        assert {
+            "ix_history_requests_tenant_user_created",
+            "ix_history_requests_tenant_created",
+            "ix_history_requests_tenant_status_created",
+            "ix_history_requests_pending_deadline",
+            "ix_history_requests_created_brin",
+        } <= index_names
+        assert {
+            "history_webhooks",
+            "history_tenant_settings",
+            "history_idempotency_keys",
+        } <= set(inspector.get_table_names())
     finally:
         engine.dispose()
 
+    downgrade(MIGRATIONS_DIR, postgres_url, VERSION_TABLE, "0001")
+    assert "history_webhooks" not in _tables(postgres_url)
+    upgrade(MIGRATIONS_DIR, postgres_url, VERSION_TABLE)
     downgrade(MIGRATIONS_DIR, postgres_url, VERSION_TABLE, "base")
 
     assert not {"history_events", "history_requests"} & _tables(postgres_url)
@@ -51,7 +67,7 @@ def test_migrations_create_and_drop_the_tables(postgres_url):
 @pytest.fixture
 async def engine(postgres_url):
     upgrade(MIGRATIONS_DIR, postgres_url, VERSION_TABLE)
-    engine = create_engine(postgres_url)
+    engine = history_engine(postgres_url)
     yield engine
     await engine.dispose()
 

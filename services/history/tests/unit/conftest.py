@@ -132,7 +132,11 @@ def token() -> str:
 
 @pytest.fixture
 def service_settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, internal_token=TOKEN, topic_prefix="t1")
+    # The sweeper runs once at start-up; tests that want it again call it themselves
+    # (their requests' deadlines are long past).
+    return Settings(
+        database_url=database_url, internal_token=TOKEN, topic_prefix="t1", sweep_interval_s=3600
+    )
 
 
 @contextlib.asynccontextmanager

@@ -16,6 +16,7 @@ from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE, Settings
 
 TOKEN = "test-internal-token"
 
+
 async def test_a_finished_request_is_served_with_reply_and_usage(service, events):
     request = events.requested(prompt="Tell me a joke")
     await service.publish(

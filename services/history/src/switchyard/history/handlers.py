@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import structlog
 from sqlalchemy import Text, bindparam, cast, column, func, select
-from sqlalchemy.dialects.postgresql import JSON as JSON_TEXT
+from sqlalchemy.dialects.postgresql import JSON as PG_JSON
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -42,8 +42,13 @@ from switchyard.history.models import (
 )
 from switchyard.history.privacy import redact_payload
 from switchyard.history.projection import contribution, merge, upsert_statement
+from switchyard.history.rollup import mark_dirty
 
 log = structlog.get_logger("switchyard.history")
+
+# After start-up, how long the consumer counts as catching up until its first batch (it
+# may be joining its group, with a backlog of replies waiting).
+STARTUP_GRACE_S = 30.0
 
 
 class EventRecorder:
@@ -60,10 +65,16 @@ class EventRecorder:
         self.last_batch_at: float = 0.0
         self.last_batch_full: bool = False
         self.max_batch: int | None = None
+        self._started_at = time.monotonic()
 
     @property
     def catching_up(self) -> bool:
-        return self.last_batch_full and time.monotonic() - self.last_batch_at < 10.0
+        """True while the consumer is (or may be) working through a backlog: it receives
+        full batches, or it has just started and received nothing yet."""
+        now = time.monotonic()
+        if self.last_batch_at == 0.0:
+            return now - self._started_at < STARTUP_GRACE_S
+        return self.last_batch_full and now - self.last_batch_at < 10.0
 
     async def record(self, events: list[Event]) -> None:
         """Persist a batch exactly once; safe to call again with the same events."""
@@ -100,7 +111,7 @@ class EventRecorder:
             [_event_row(event, recorded_at, event.tenant in metadata_only) for event in ordered],
         )
         new_events = [event for event in events if event.id in inserted]
-        await self._project(connection, new_events, metadata_only)
+        touched = await self._project(connection, new_events, metadata_only)
         webhooks = [
             _webhook_row(event, recorded_at)
             for event in new_events
@@ -111,11 +122,15 @@ class EventRecorder:
                 index_elements=[webhooks_table.c.request_id]
             )
             await connection.execute(insert, webhooks)
+        # Last, so the usage rollup's marks are locked only until the commit that follows.
+        await mark_dirty(connection, self._dialect, touched)
         return new_events
 
     async def _project(
         self, connection: AsyncConnection, events: list[EnvelopeFields], metadata_only: set[str]
-    ) -> None:
+    ) -> list[tuple[str, datetime]]:
+        """Merge the events into their requests' rows; returns the rows' (tenant, created_at)
+        as written (a row's creation time is the request's, whichever event came first)."""
         merged: dict[str, dict[str, Any]] = {}
         for event in events:
             row = contribution(event, redact=event.tenant in metadata_only)
@@ -125,9 +140,10 @@ class EventRecorder:
             # order with the upsert's own rules, the row is written once, not three times.
             previous = merged.get(event.request_id)
             merged[event.request_id] = row if previous is None else merge(previous, row)
-        if merged:
-            rows = sorted(merged.values(), key=lambda row: row["request_id"])
-            await self._writer.upsert_requests(connection, rows)
+        if not merged:
+            return []
+        rows = sorted(merged.values(), key=lambda row: row["request_id"])
+        return await self._writer.upsert_requests(connection, rows)
 
 
 async def _metadata_only_tenants(connection: AsyncConnection, tenants: set[str]) -> set[str]:
@@ -182,6 +198,10 @@ def _webhook_row(event: ChatRequested, now: datetime) -> dict[str, Any]:
     }
 
 
+# What the projection upsert returns of each row it wrote: for the usage rollup's marks.
+_WRITTEN = (requests_table.c.tenant, requests_table.c.created_at)
+
+
 class _Writer:
     async def insert_events(
         self, connection: AsyncConnection, rows: list[dict[str, Any]]
@@ -191,8 +211,9 @@ class _Writer:
 
     async def upsert_requests(
         self, connection: AsyncConnection, rows: list[dict[str, Any]]
-    ) -> None:
-        """Merge contributions (at most one per request) into the projection."""
+    ) -> list[tuple[str, datetime]]:
+        """Merge contributions (at most one per request) into the projection; return each
+        written row's (tenant, created_at)."""
         raise NotImplementedError
 
 
@@ -208,33 +229,33 @@ class _ExecutemanyWriter(_Writer):
             .on_conflict_do_nothing(index_elements=[events.event_id])
             .returning(events.event_id)
         )
-        self._upsert_requests = upsert_statement(dialect)
+        self._upsert_requests = upsert_statement(dialect).returning(*_WRITTEN)
 
     async def insert_events(self, connection, rows):
         result = await connection.execute(self._insert_events, rows)
         return set(result.scalars().all())
 
     async def upsert_requests(self, connection, rows):
-        await connection.execute(self._upsert_requests, rows)
+        return [tuple(row) for row in await connection.execute(self._upsert_requests, rows)]
 
 
 class _PostgresWriter(_Writer):
     """PostgreSQL: a whole batch is one parameter, a JSON array of rows serialised by orjson
     in one pass (event payloads embedded as the JSON they already are), turned back into
-    rows by the server (`INSERT ... SELECT FROM json_to_recordset(...)`). One round trip per
+    rows by the server (`INSERT ... SELECT FROM json(b)_to_recordset(...)`). One round trip per
     statement, nothing escaped or parsed per row on the client."""
 
     def __init__(self) -> None:
         self._insert_events = (
             pg_insert(events_table)
-            .from_select(*_recordset_select(events_table))
+            .from_select(*_recordset_select(events_table, PG_JSON))
             .on_conflict_do_nothing(index_elements=[events_table.c.event_id])
             .returning(events_table.c.event_id)
         )
         self._upsert_requests = upsert_statement(
             "postgresql",
-            pg_insert(requests_table).from_select(*_recordset_select(requests_table)),
-        )
+            pg_insert(requests_table).from_select(*_recordset_select(requests_table, JSONB)),
+        ).returning(*_WRITTEN)
 
     async def insert_events(self, connection, rows):
         for row in rows:
@@ -243,17 +264,24 @@ class _PostgresWriter(_Writer):
         return set(result.scalars().all())
 
     async def upsert_requests(self, connection, rows):
-        await connection.execute(self._upsert_requests, {"rows": _json_rows(rows)})
+        result = await connection.execute(self._upsert_requests, {"rows": _json_rows(rows)})
+        return [tuple(row) for row in result]
 
 
-def _recordset_select(table) -> tuple[list[str], Any]:
-    """Column names and `SELECT ... FROM json_to_recordset(CAST(:rows AS JSON)) AS src(...)`
-    with every column of `table` at its own type (JSON documents as jsonb)."""
+def _recordset_select(table, json_type: type) -> tuple[list[str], Any]:
+    """Column names and `SELECT ... FROM json(b)_to_recordset(CAST(:rows AS ...)) AS src(...)`
+    with every column of `table` at its own type, JSON documents as `json_type` (what they
+    are in that table on PostgreSQL).
+
+    A table with jsonb columns (the projection) takes the document as jsonb: it is parsed
+    once and each value taken out as jsonb as it is. The event store, whose payloads are
+    json, takes it as json, cheaper still: only validated, never re-encoded."""
     columns = [
-        column(c.name, JSONB() if isinstance(c.type, JSON) else c.type) for c in table.columns
+        column(c.name, json_type() if isinstance(c.type, JSON) else c.type) for c in table.columns
     ]
+    to_recordset = func.jsonb_to_recordset if json_type is JSONB else func.json_to_recordset
     source = (
-        func.json_to_recordset(cast(bindparam("rows", type_=Text()), JSON_TEXT))
+        to_recordset(cast(bindparam("rows", type_=Text()), json_type()))
         .table_valued(*columns)
         .render_derived(name="src", with_types=True)
     )

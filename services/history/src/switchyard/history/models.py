@@ -9,9 +9,13 @@
 - `history_tenant_settings`: per-tenant privacy (metadata only), retention and the
   webhook signing secret.
 - `history_idempotency_keys`: Idempotency-Key claims and the responses they replay.
+- `history_usage_hourly`, `history_usage_hourly_models`, `history_usage_dirty`: the usage
+  rollup per tenant and hour (by user, API key and model; and by model only), and the hours
+  waiting to be recomputed (rollup.py).
 
-Timestamps are timezone-aware UTC on both PostgreSQL and SQLite; JSON columns are JSONB
-on PostgreSQL. The Alembic migrations in `migrations/` create the same schema.
+Timestamps are timezone-aware UTC on both PostgreSQL and SQLite; the projection's JSON
+columns are JSONB on PostgreSQL, event payloads plain JSON (kept as received). The Alembic
+migrations in `migrations/` create the same schema.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -94,7 +99,9 @@ class HistoryEvent(Base):
     source: Mapped[str] = mapped_column(String(64))
     time: Mapped[datetime] = mapped_column(UTCDateTime())
     schema_version: Mapped[int] = mapped_column(Integer)
-    payload: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    # json, not jsonb: each event is kept as the JSON text it arrived as (no re-encoding on
+    # the write path); queries go through the indexed columns above (migration 0002).
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON(none_as_null=True))
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -135,22 +142,8 @@ class HistoryRequest(Base):
             created_at.desc(),
             request_id.desc(),
         ),
-        # A tenant's history for admins, newest first; covering what usage reports read.
-        Index(
-            "ix_history_requests_tenant_created",
-            "tenant",
-            created_at.desc(),
-            request_id.desc(),
-            postgresql_include=[
-                "status",
-                "model",
-                "user_id",
-                "api_key_id",
-                "input_tokens",
-                "output_tokens",
-                "cost_usd",
-            ],
-        ),
+        # A tenant's history for admins, newest first.
+        Index("ix_history_requests_tenant_created", "tenant", created_at.desc(), request_id.desc()),
         # Filters of the history API (migration 0002).
         Index(
             "ix_history_requests_tenant_status_created",
@@ -267,8 +260,67 @@ class IdempotencyKey(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+class UsageHourly(Base):
+    """Requests of one tenant, hour, user, API key and model (NULL stored as '')."""
+
+    __tablename__ = "history_usage_hourly"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    completed: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    cancelled: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (
+        Index("ix_history_usage_hourly_hour", "hour"),
+        Index("ix_history_usage_hourly_user", "tenant", "user_id", "hour"),
+        Index("ix_history_usage_hourly_api_key", "tenant", "api_key_id", "hour"),
+    )
+
+
+class UsageHourlyModels(Base):
+    """Requests of one tenant, hour and model: the grain tenant-wide reports read."""
+
+    __tablename__ = "history_usage_hourly_models"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    completed: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    cancelled: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cost_usd: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_history_usage_hourly_models_hour", "hour"),)
+
+
+class UsageDirty(Base):
+    """A (tenant, hour) whose rollup rows must be recomputed from the requests."""
+
+    __tablename__ = "history_usage_dirty"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    marked_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_history_usage_dirty_hour", "hour"),)
+
+
 events_table = HistoryEvent.__table__
 requests_table = HistoryRequest.__table__
 webhooks_table = HistoryWebhook.__table__
 tenant_settings_table = TenantSettings.__table__
 idempotency_table = IdempotencyKey.__table__
+usage_hourly_table = UsageHourly.__table__
+usage_hourly_models_table = UsageHourlyModels.__table__
+usage_dirty_table = UsageDirty.__table__

@@ -21,10 +21,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Select, case, func, select, tuple_
+from sqlalchemy import Select, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from switchyard.history.models import RequestStatus, requests_table, webhooks_table
+from switchyard.history import rollup
+from switchyard.history.models import (
+    RequestStatus,
+    requests_table,
+    usage_dirty_table,
+    webhooks_table,
+)
 
 ADMIN_ROLE = "admin"
 DEFAULT_PAGE_SIZE = 20
@@ -212,64 +218,122 @@ class HistoryQueries:
     # -- usage ---------------------------------------------------------------------------
 
     async def usage(self, report: UsageQuery) -> list[UsageRow]:
-        """Requests, errors, tokens and cost per bucket and group, aggregated in SQL over
-        the range [since, until) of creation times; ordered by bucket, then groups."""
-        r = requests_table.c
-        group_columns = [r[DIMENSIONS[name]].label(name) for name in report.dimensions]
-        selected = list(group_columns)
-        bucket = None
-        if report.bucket is not None:
-            bucket = self._bucket_expression(report.bucket).label("bucket")
-            selected.insert(0, bucket)
-        is_status = lambda *names: case((r.status.in_(names), 1), else_=0)  # noqa: E731
-        query = select(
-            *selected,
-            func.count().label("requests"),
-            func.sum(is_status(RequestStatus.COMPLETED.value)).label("completed"),
-            func.sum(is_status(RequestStatus.FAILED.value, RequestStatus.EXPIRED.value)).label(
-                "errors"
-            ),
-            func.sum(is_status(RequestStatus.CANCELLED.value)).label("cancelled"),
-            func.coalesce(func.sum(r.input_tokens), 0).label("input_tokens"),
-            func.coalesce(func.sum(r.output_tokens), 0).label("output_tokens"),
-            func.coalesce(func.sum(r.cost_usd), 0.0).label("cost_usd"),
-        ).where(r.created_at >= report.since, r.created_at < report.until)
+        """Requests, errors, tokens and cost per bucket and group over the range
+        [since, until) of creation times, ordered by bucket, then groups.
+
+        Whole hours come from the rollup (rollup.py) unless they are dirty; dirty hours
+        and the partial hours at both ends are aggregated from the requests; both read in
+        one snapshot, so no change is counted twice or missed."""
+        d = usage_dirty_table.c
+        async with self._engine.connect() as connection:
+            if self._dialect == "postgresql":
+                connection = await connection.execution_options(isolation_level="REPEATABLE READ")
+            async with connection.begin():
+                dirty = (
+                    select(d.hour)
+                    .distinct()
+                    .where(
+                        d.hour >= rollup.ceil_hour(report.since),
+                        d.hour < rollup.hour_of(report.until),
+                    )
+                )
+                if report.tenant is not None:
+                    dirty = dirty.where(d.tenant == report.tenant)
+                dirty_hours = list((await connection.execute(dirty)).scalars())
+                first, end, ranges = rollup.live_ranges(report.since, report.until, dirty_hours)
+                rows = []
+                if first < end:
+                    rows += (await connection.execute(self._rollup_usage(report, first, end))).all()
+                if ranges:
+                    rows += (await connection.execute(self._live_usage(report, ranges))).all()
+        return _merged_usage(rows, report)
+
+    def _usage_filters(self, columns, report: UsageQuery) -> list:
+        conditions = []
         if report.tenant is not None:
-            query = query.where(r.tenant == report.tenant)
-        for column_name, value in (
+            conditions.append(columns.tenant == report.tenant)
+        for name, value in (
             ("user_id", report.user_id),
             ("model", report.model),
             ("api_key_id", report.api_key_id),
         ):
             if value is not None:
-                query = query.where(r[column_name] == value)
-        keys = ([bucket] if bucket is not None else []) + group_columns
-        if keys:
-            query = query.group_by(*keys).order_by(*keys)
-        async with self._engine.connect() as connection:
-            rows = (await connection.execute(query)).mappings().all()
-        return [
-            UsageRow(
-                bucket=_as_bucket(row["bucket"]) if bucket is not None else None,
-                groups={name: row[name] for name in report.dimensions},
-                requests=int(row["requests"] or 0),
-                completed=int(row["completed"] or 0),
-                errors=int(row["errors"] or 0),
-                cancelled=int(row["cancelled"] or 0),
-                input_tokens=int(row["input_tokens"] or 0),
-                output_tokens=int(row["output_tokens"] or 0),
-                cost_usd=float(row["cost_usd"] or 0.0),
-            )
-            for row in rows
-            if row["requests"]
-        ]
+                conditions.append(columns[name] == value)
+        return conditions
 
-    def _bucket_expression(self, bucket: str):
-        created_at = requests_table.c.created_at
+    def _dimension(self, columns, name: str, *, rollup_table: bool):
+        column = columns[DIMENSIONS[name]]
+        if rollup_table and DIMENSIONS[name] in rollup.ROLLUP_DIMENSIONS:
+            return func.nullif(column, "").label(name)
+        return column.label(name)
+
+    def _rollup_usage(self, report: UsageQuery, first: datetime, end: datetime) -> Select:
+        filtered = [
+            name
+            for name, value in (
+                ("user_id", report.user_id),
+                ("model", report.model),
+                ("api_key_id", report.api_key_id),
+            )
+            if value is not None
+        ]
+        table = rollup.grain_for([DIMENSIONS[name] for name in report.dimensions], filtered)
+        h = table.c
+        keys = [self._dimension(h, name, rollup_table=True) for name in report.dimensions]
+        if report.bucket is not None:
+            keys.insert(0, self._bucket_expression(report.bucket, h.hour).label("bucket"))
+        query = select(*keys, *rollup.rollup_sums(table)).where(
+            h.hour >= first,
+            h.hour < end,
+            rollup.not_dirty(table, report.tenant),
+            *self._usage_filters(h, report),
+        )
+        return query.group_by(*keys) if keys else query
+
+    def _live_usage(self, report: UsageQuery, ranges) -> Select:
+        r = requests_table.c
+        keys = [self._dimension(r, name, rollup_table=False) for name in report.dimensions]
+        if report.bucket is not None:
+            keys.insert(0, self._bucket_expression(report.bucket, r.created_at).label("bucket"))
+        query = select(*keys, *rollup.request_aggregates()).where(
+            r.request_body.is_not(None),
+            rollup.in_ranges(r.created_at, ranges),
+            *self._usage_filters(r, report),
+        )
+        return query.group_by(*keys) if keys else query
+
+    def _bucket_expression(self, bucket: str, column):
         if self._dialect == "postgresql":
-            return func.date_trunc(bucket, func.timezone("UTC", created_at))
+            return func.date_trunc(bucket, func.timezone("UTC", column))
         # SQLite stores 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC: the bucket is a prefix of it.
-        return func.substr(created_at, 1, 10 if bucket == "day" else 13)
+        return func.substr(column, 1, 10 if bucket == "day" else 13)
+
+
+def _merged_usage(rows, report: UsageQuery) -> list[UsageRow]:
+    """Rows of the rollup and of the live part added up per bucket and group."""
+    totals: dict[tuple, UsageRow] = {}
+    for row in rows:
+        values = row._mapping
+        if not values["requests"]:
+            continue
+        bucket = _as_bucket(values["bucket"]) if report.bucket is not None else None
+        groups = {name: values[name] for name in report.dimensions}
+        key = (bucket, *groups.values())
+        total = totals.get(key)
+        if total is None:
+            total = totals[key] = UsageRow(bucket=bucket, groups=groups)
+        total.requests += int(values["requests"])
+        total.completed += int(values["completed"] or 0)
+        total.errors += int(values["errors"] or 0)
+        total.cancelled += int(values["cancelled"] or 0)
+        total.input_tokens += int(values["input_tokens"] or 0)
+        total.output_tokens += int(values["output_tokens"] or 0)
+        total.cost_usd += float(values["cost_usd"] or 0.0)
+
+    def order(key: tuple) -> tuple:
+        return tuple((value is None, value if value is not None else "") for value in key)
+
+    return [totals[key] for key in sorted(totals, key=order)]
 
 
 def _filtered(query: Select, filters: HistoryFilters) -> Select:

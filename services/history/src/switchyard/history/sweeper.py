@@ -1,5 +1,6 @@
-"""Background upkeep of the history store: expiring requests nobody answered, purging
-what is older than its retention, and forgetting expired Idempotency-Keys.
+"""Background upkeep of the history store: expiring requests nobody answered, bringing
+the usage rollup up to date, purging what is older than its retention, and forgetting
+expired Idempotency-Keys.
 
 Expiry: a request still `pending` after its deadline plus a grace period
 (`SWITCHYARD_HISTORY_EXPIRY_GRACE_S`) will get no reply any more (inference publishes an
@@ -26,6 +27,7 @@ from prometheus_client import Counter
 from sqlalchemy import delete, exists, func, not_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.history import rollup
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import IdempotencyStore
 from switchyard.history.jobs import expiry_event
@@ -162,6 +164,14 @@ async def purge(
             result.events += (
                 await connection.execute(delete(events_table).where(e.event_id.in_(ids)))
             ).rowcount or 0
+    async with engine.begin() as connection:
+        await rollup.forget_before(
+            connection,
+            engine.dialect.name,
+            cutoff,
+            tenant=tenant,
+            exclude_tenants=sorted(exclude_tenants),
+        )
     PURGED.labels("history_requests").inc(result.requests)
     PURGED.labels("history_events").inc(result.events)
     return result
@@ -205,6 +215,7 @@ class Sweeper:
         grace: timedelta,
         retention_days: int | None,
         purge_interval_s: float,
+        rollup_settle: timedelta = timedelta(seconds=10),
     ) -> None:
         self.engine = engine
         self.recorder = recorder
@@ -213,11 +224,15 @@ class Sweeper:
         self.grace = grace
         self.retention_days = retention_days
         self.purge_interval_s = purge_interval_s
+        self.rollup_settle = rollup_settle
         self._last_purge = float("-inf")
 
     async def sweep_once(self) -> None:
         if not self.recorder.catching_up:
             await expire_overdue(self.engine, self.recorder, self.grace)
+        # Hours of the usage rollup that have been quiet for a while are recomputed (a
+        # report reads the others from the requests meanwhile).
+        await rollup.refresh(self.engine, settle=self.rollup_settle)
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_purge >= self.purge_interval_s:
             self._last_purge = loop.time()

@@ -171,16 +171,21 @@ class WebhookDispatcher:
         if owns_client:
             self._http = httpx.AsyncClient(follow_redirects=False)
         try:
+            failures = 0
             while True:
                 try:
                     delivered = await self.deliver_due()
+                    failures = 0
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - e.g. the database is down: retried
-                    log.warning("webhook delivery round failed", error=repr(exc))
+                    failures += 1
+                    if failures == 1 or failures % 10 == 0:
+                        log.warning("webhook delivery round failed", error=repr(exc))
                     delivered = 0
                 if delivered == 0:
-                    await asyncio.sleep(interval_s)
+                    # Back off while the database is away; poll at the interval otherwise.
+                    await asyncio.sleep(min(10.0, interval_s * 2 ** min(failures, 5)))
         finally:
             if owns_client and self._http is not None:
                 await self._http.aclose()

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -19,15 +20,6 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 TIMESTAMP = sa.DateTime(timezone=True)
-USAGE_COLUMNS = [
-    "status",
-    "model",
-    "user_id",
-    "api_key_id",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-]
 
 
 def _is_postgres() -> bool:
@@ -91,16 +83,79 @@ def upgrade() -> None:
         "ix_history_idempotency_keys_expires_at", "history_idempotency_keys", ["expires_at"]
     )
 
-    # A tenant's requests newest first, now covering what the usage report reads, so a
-    # report over a tenant's month is an index-only scan (status changes already make
-    # projection updates non-HOT, so the extra columns cost little on writes).
-    op.drop_index("ix_history_requests_tenant_created", table_name="history_requests")
-    op.create_index(
-        "ix_history_requests_tenant_created",
-        "history_requests",
-        ["tenant", sa.text("created_at DESC"), sa.text("request_id DESC")],
-        postgresql_include=USAGE_COLUMNS,
+    op.create_table(
+        "history_usage_hourly",
+        sa.Column("tenant", sa.String(128), nullable=False),
+        sa.Column("hour", TIMESTAMP, nullable=False),
+        sa.Column("user_id", sa.String(128), nullable=False),
+        sa.Column("api_key_id", sa.String(128), nullable=False),
+        sa.Column("model", sa.String(256), nullable=False),
+        *[
+            sa.Column(name, sa.BigInteger(), nullable=False)
+            for name in (
+                "requests",
+                "completed",
+                "errors",
+                "cancelled",
+                "input_tokens",
+                "output_tokens",
+            )
+        ],
+        sa.Column("cost_usd", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "tenant", "hour", "user_id", "api_key_id", "model", name="pk_history_usage_hourly"
+        ),
     )
+    op.create_index("ix_history_usage_hourly_hour", "history_usage_hourly", ["hour"])
+    op.create_index(
+        "ix_history_usage_hourly_user", "history_usage_hourly", ["tenant", "user_id", "hour"]
+    )
+    op.create_index(
+        "ix_history_usage_hourly_api_key", "history_usage_hourly", ["tenant", "api_key_id", "hour"]
+    )
+    op.create_table(
+        "history_usage_hourly_models",
+        sa.Column("tenant", sa.String(128), nullable=False),
+        sa.Column("hour", TIMESTAMP, nullable=False),
+        sa.Column("model", sa.String(256), nullable=False),
+        *[
+            sa.Column(name, sa.BigInteger(), nullable=False)
+            for name in (
+                "requests",
+                "completed",
+                "errors",
+                "cancelled",
+                "input_tokens",
+                "output_tokens",
+            )
+        ],
+        sa.Column("cost_usd", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("tenant", "hour", "model", name="pk_history_usage_hourly_models"),
+    )
+    op.create_index("ix_history_usage_hourly_models_hour", "history_usage_hourly_models", ["hour"])
+    op.create_table(
+        "history_usage_dirty",
+        sa.Column("tenant", sa.String(128), nullable=False),
+        sa.Column("hour", TIMESTAMP, nullable=False),
+        sa.Column("marked_at", TIMESTAMP, nullable=False),
+        sa.PrimaryKeyConstraint("tenant", "hour", name="pk_history_usage_dirty"),
+    )
+    op.create_index("ix_history_usage_dirty_hour", "history_usage_dirty", ["hour"])
+    # Requests recorded before this migration: every hour of theirs is computed once by
+    # the service (reports read those hours from the requests until then).
+    if _is_postgres():
+        op.execute(
+            "INSERT INTO history_usage_dirty (tenant, hour, marked_at) "
+            "SELECT DISTINCT tenant, date_trunc('hour', created_at AT TIME ZONE 'UTC') "
+            "AT TIME ZONE 'UTC', now() - interval '1 hour' FROM history_requests"
+        )
+    else:
+        op.execute(
+            "INSERT INTO history_usage_dirty (tenant, hour, marked_at) "
+            "SELECT DISTINCT tenant, substr(created_at, 1, 13) || ':00:00.000000', "
+            "'2000-01-01 00:00:00.000000' FROM history_requests"
+        )
+
     # History filters: each keeps "newest first" an index scan for its filter.
     for name, column in (
         ("ix_history_requests_tenant_status_created", "status"),
@@ -138,22 +193,32 @@ def upgrade() -> None:
         op.create_index(
             "ix_history_events_time_brin", "history_events", ["time"], postgresql_using="brin"
         )
+        # Event payloads are archived as the JSON text they arrived as: json, unlike jsonb,
+        # costs no re-encoding on the write path (the history consumer's hottest statement).
+        op.alter_column(
+            "history_events",
+            "payload",
+            type_=sa.JSON(),
+            postgresql_using="payload::json",
+            existing_nullable=False,
+        )
         # Leave room on each page so most projection updates stay heap-only (HOT).
         op.execute("ALTER TABLE history_requests SET (fillfactor = 85)")
 
 
 def downgrade() -> None:
     if _is_postgres():
+        op.alter_column(
+            "history_events",
+            "payload",
+            type_=postgresql.JSONB(),
+            postgresql_using="payload::jsonb",
+            existing_nullable=False,
+        )
         op.execute("ALTER TABLE history_requests RESET (fillfactor)")
         op.drop_index("ix_history_events_time_brin", table_name="history_events")
         op.drop_index("ix_history_requests_created_brin", table_name="history_requests")
     op.drop_index("ix_history_requests_pending_deadline", table_name="history_requests")
-    op.drop_index("ix_history_requests_tenant_created", table_name="history_requests")
-    op.create_index(
-        "ix_history_requests_tenant_created",
-        "history_requests",
-        ["tenant", sa.text("created_at DESC"), sa.text("request_id DESC")],
-    )
     op.drop_index("ix_history_requests_jobs", table_name="history_requests")
     for name in (
         "ix_history_requests_tenant_api_key_created",
@@ -161,6 +226,14 @@ def downgrade() -> None:
         "ix_history_requests_tenant_status_created",
     ):
         op.drop_index(name, table_name="history_requests")
+    op.drop_index("ix_history_usage_dirty_hour", table_name="history_usage_dirty")
+    op.drop_table("history_usage_dirty")
+    op.drop_index("ix_history_usage_hourly_models_hour", table_name="history_usage_hourly_models")
+    op.drop_table("history_usage_hourly_models")
+    op.drop_index("ix_history_usage_hourly_api_key", table_name="history_usage_hourly")
+    op.drop_index("ix_history_usage_hourly_user", table_name="history_usage_hourly")
+    op.drop_index("ix_history_usage_hourly_hour", table_name="history_usage_hourly")
+    op.drop_table("history_usage_hourly")
     op.drop_index("ix_history_idempotency_keys_expires_at", table_name="history_idempotency_keys")
     op.drop_table("history_idempotency_keys")
     op.drop_table("history_tenant_settings")

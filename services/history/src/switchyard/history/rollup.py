@@ -1,0 +1,246 @@
+"""The usage rollup: requests aggregated per tenant and hour, at two grains — by user,
+API key and model (`history_usage_hourly`), and by model only
+(`history_usage_hourly_models`, what tenant-wide reports read: a few rows per hour however
+many users and keys there are) — so a report over a month of a busy tenant reads
+thousands of rollup rows instead of a million requests.
+
+Exact, not approximate, whatever the order events arrive in:
+
+- the recorder marks the (tenant, hour) of every request row it writes as dirty
+  (`history_usage_dirty`), in the same transaction, with the row's actual creation time;
+- the sweeper recomputes dirty hours from `history_requests` once they have been quiet
+  for a moment, and clears the mark in the same transaction (the mark's row lock orders
+  it against recorders writing that hour: a change the recomputation could not see
+  leaves a fresh mark behind);
+- a report reads, in one snapshot, the rollup for whole hours that are not dirty, and the
+  requests themselves for dirty hours and for the partial hours at the ends of its range.
+
+Only requests whose `chat.requested` has been recorded count (as in the history API): a
+reply that overtook its request is counted when the request arrives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, delete, exists, func, literal, not_, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from switchyard.common.db import dialect_insert
+from switchyard.history.models import (
+    RequestStatus,
+    UTCDateTime,
+    requests_table,
+    usage_dirty_table,
+    usage_hourly_models_table,
+    usage_hourly_table,
+)
+
+HOUR = timedelta(hours=1)
+METRIC_COLUMNS = (
+    "requests",
+    "completed",
+    "errors",
+    "cancelled",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+)
+# Dimensions as rollup columns; NULL is stored as '' (part of the primary key).
+ROLLUP_DIMENSIONS = ("user_id", "api_key_id", "model")
+
+
+def hour_of(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def ceil_hour(value: datetime) -> datetime:
+    floor = hour_of(value)
+    return floor if floor == value else floor + HOUR
+
+
+async def mark_dirty(
+    connection: AsyncConnection, dialect: str, touched: Iterable[tuple[str, datetime]]
+) -> None:
+    """Mark the (tenant, hour) of written request rows for recomputation. Called last in
+    the recorder's transaction, in key order, so the marks' row locks are held briefly
+    and always taken in the same order."""
+    now = datetime.now(UTC)
+    rows = [
+        {"tenant": tenant, "hour": hour, "marked_at": now}
+        for tenant, hour in sorted({(tenant, hour_of(at)) for tenant, at in touched})
+    ]
+    if not rows:
+        return
+    insert = dialect_insert(usage_dirty_table, dialect)
+    await connection.execute(
+        insert.on_conflict_do_update(
+            index_elements=["tenant", "hour"], set_={"marked_at": insert.excluded.marked_at}
+        ),
+        rows,
+    )
+
+
+def _aggregates(status, input_tokens, output_tokens, cost_usd) -> list:
+    def counting(*statuses: str):
+        return func.sum(case((status.in_(statuses), 1), else_=0))
+
+    return [
+        func.count().label("requests"),
+        counting(RequestStatus.COMPLETED.value).label("completed"),
+        counting(RequestStatus.FAILED.value, RequestStatus.EXPIRED.value).label("errors"),
+        counting(RequestStatus.CANCELLED.value).label("cancelled"),
+        func.coalesce(func.sum(input_tokens), 0).label("input_tokens"),
+        func.coalesce(func.sum(output_tokens), 0).label("output_tokens"),
+        func.coalesce(func.sum(cost_usd), 0.0).label("cost_usd"),
+    ]
+
+
+def request_aggregates() -> list:
+    r = requests_table.c
+    return _aggregates(r.status, r.input_tokens, r.output_tokens, r.cost_usd)
+
+
+def rollup_sums(table) -> list:
+    return [func.coalesce(func.sum(table.c[name]), 0).label(name) for name in METRIC_COLUMNS]
+
+
+# Each grain: its table and the request columns it groups by (NULL stored as '').
+GRAINS = (
+    (usage_hourly_table, ROLLUP_DIMENSIONS),
+    (usage_hourly_models_table, ("model",)),
+)
+
+
+def grain_for(dimensions: Sequence[str], filtered: Sequence[str]):
+    """The coarsest rollup table that has every column a report groups or filters by."""
+    needed = set(dimensions) | set(filtered)
+    for table, columns in reversed(GRAINS):
+        if needed <= set(columns) | {"tenant"}:
+            return table
+    return usage_hourly_table
+
+
+async def refresh(
+    engine: AsyncEngine,
+    *,
+    settle: timedelta = timedelta(seconds=2),
+    max_hours: int = 500,
+    now: datetime | None = None,
+) -> int:
+    """Recompute dirty hours that have been quiet for `settle`; returns how many."""
+    dialect = engine.dialect.name
+    d, r = usage_dirty_table.c, requests_table.c
+    cutoff = (now or datetime.now(UTC)) - settle
+    due = select(d.tenant, d.hour, d.marked_at).where(d.marked_at <= cutoff).order_by(d.hour)
+    done = 0
+    while done < max_hours:
+        query = due.limit(min(50, max_hours - done))
+        if dialect == "postgresql":
+            # Replicas share the work; a mark a recorder is renewing right now waits a round.
+            query = query.with_for_update(skip_locked=True)
+        async with engine.begin() as connection:
+            marks = (await connection.execute(query)).all()
+            for tenant, hour, marked_at in marks:
+                for table, columns in GRAINS:
+                    await connection.execute(
+                        delete(table).where(table.c.tenant == tenant, table.c.hour == hour)
+                    )
+                    dimensions = [func.coalesce(r[name], "").label(name) for name in columns]
+                    aggregated = (
+                        select(
+                            literal(tenant).label("tenant"),
+                            literal(hour, UTCDateTime()).label("hour"),
+                            *dimensions,
+                            *request_aggregates(),
+                        )
+                        .where(
+                            r.tenant == tenant,
+                            r.created_at >= hour,
+                            r.created_at < hour + HOUR,
+                            r.request_body.is_not(None),
+                        )
+                        .group_by(*[r[name] for name in columns])
+                    )
+                    await connection.execute(
+                        table.insert().from_select(
+                            ["tenant", "hour", *columns, *METRIC_COLUMNS], aggregated
+                        )
+                    )
+                await connection.execute(
+                    delete(usage_dirty_table).where(
+                        d.tenant == tenant, d.hour == hour, d.marked_at <= marked_at
+                    )
+                )
+        done += len(marks)
+        if not marks:
+            break
+    return done
+
+
+async def forget_before(
+    connection: AsyncConnection,
+    dialect: str,
+    cutoff: datetime,
+    *,
+    tenant: str | None,
+    exclude_tenants: Sequence[str] = (),
+) -> None:
+    """After a retention purge: drop rollup hours wholly before `cutoff` and recompute the
+    hour it falls in."""
+    marks: set[str] = set()
+    for table, _ in GRAINS:
+        scope = []
+        if tenant is not None:
+            scope.append(table.c.tenant == tenant)
+        if exclude_tenants:
+            scope.append(table.c.tenant.not_in(list(exclude_tenants)))
+        await connection.execute(delete(table).where(table.c.hour < hour_of(cutoff), *scope))
+        marks.update(
+            (
+                await connection.execute(
+                    select(table.c.tenant).distinct().where(table.c.hour == hour_of(cutoff), *scope)
+                )
+            ).scalars()
+        )
+    await mark_dirty(connection, dialect, [(name, cutoff) for name in marks])
+
+
+def live_ranges(
+    since: datetime, until: datetime, dirty_hours: Sequence[datetime]
+) -> tuple[datetime, datetime, list[tuple[datetime, datetime]]]:
+    """Whole hours [first, end) the rollup may answer, and the ranges to read from the
+    requests instead: the partial hours at both ends and every dirty hour (merged)."""
+    first, end = ceil_hour(since), hour_of(until)
+    if first >= end:
+        return first, first, [(since, until)]
+    ranges: list[tuple[datetime, datetime]] = []
+    if since < first:
+        ranges.append((since, first))
+    for hour in sorted(dirty_hours):
+        if ranges and ranges[-1][1] == hour:
+            ranges[-1] = (ranges[-1][0], hour + HOUR)
+        else:
+            ranges.append((hour, hour + HOUR))
+    if end < until:
+        if ranges and ranges[-1][1] == end:
+            ranges[-1] = (ranges[-1][0], until)
+        else:
+            ranges.append((end, until))
+    return first, end, ranges
+
+
+def in_ranges(column, ranges: Sequence[tuple[datetime, datetime]]) -> Any:
+    return or_(*[and_(column >= start, column < stop) for start, stop in ranges])
+
+
+def not_dirty(table, tenant: str | None) -> Any:
+    """Rollup rows whose hour is not dirty (for the tenant, or for any tenant when the
+    report spans every tenant, matching how the live part is read)."""
+    d = usage_dirty_table.c
+    condition = d.hour == table.c.hour
+    if tenant is not None:
+        condition = and_(condition, d.tenant == table.c.tenant)
+    return not_(exists().where(condition))

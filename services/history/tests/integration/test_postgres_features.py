@@ -1,0 +1,242 @@
+"""History features on a real PostgreSQL server: the batch writer (json_to_recordset)
+against any batching, text PostgreSQL cannot hold, metadata-only storage, usage buckets
+(date_trunc), the Idempotency-Key store and webhook claims with concurrent callers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select, text
+
+from switchyard.common.db import upgrade
+from switchyard.common.events import Priority
+from switchyard.history.bootstrap import history_engine
+from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
+from switchyard.history.handlers import EventRecorder
+from switchyard.history.idempotency import ClaimRequest, IdempotencyStore
+from switchyard.history.models import events_table, requests_table
+from switchyard.history.queries import Caller, HistoryFilters, HistoryQueries, UsageQuery
+from switchyard.history.tenants import TenantSettingsStore
+from switchyard.history.webhooks import WebhookDispatcher, WebhookPolicy
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def engine(postgres_url):
+    upgrade(MIGRATIONS_DIR, postgres_url, VERSION_TABLE)
+    engine = history_engine(postgres_url)
+    yield engine
+    await engine.dispose()
+
+
+async def _rows(engine) -> dict:
+    async with engine.connect() as connection:
+        rows = (await connection.execute(select(requests_table))).mappings().all()
+    return {row["request_id"]: dict(row) for row in rows}
+
+
+async def _reset(engine) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(text("TRUNCATE history_requests, history_events"))
+
+
+async def test_any_batching_gives_the_rows_of_one_event_at_a_time(engine, events):
+    generator = random.Random(7)
+    stream = []
+    for index in range(30):
+        request = events.requested(user_id=f"u{index % 4}")
+        stream += [request, events.completed(request), events.usage(request)]
+        if index % 3 == 0:
+            stream.append(events.failed(request))
+    generator.shuffle(stream)
+    stream += generator.sample(stream, 15)
+    recorder = EventRecorder(engine)
+
+    for event in stream:
+        await recorder.record([event])
+    one_by_one = await _rows(engine)
+    await _reset(engine)
+    position = 0
+    while position < len(stream):
+        size = generator.randint(1, 40)
+        await recorder.record(stream[position : position + size])
+        position += size
+    batched = await _rows(engine)
+
+    assert batched == one_by_one
+    assert len(batched) == 30
+
+
+async def test_nul_characters_and_unicode_survive(engine, events):
+    recorder = EventRecorder(engine)
+    request = events.requested(prompt='zero\x00byte, emoji \U0001f680, quote " and \\ backslash')
+    await recorder.record([request, events.completed(request, answer="ok\x00")])
+
+    row = (await _rows(engine))[request.request_id]
+    content = row["request_body"]["messages"][0]["content"]
+    assert content == 'zero\ufffdbyte, emoji \U0001f680, quote " and \\ backslash'
+    assert row["response"]["choices"][0]["message"]["content"] == "ok\ufffd"
+
+
+async def test_metadata_only_on_postgres(engine, events):
+    await TenantSettingsStore(engine).update("quiet", store_content=False)
+    recorder = EventRecorder(engine)
+    request = events.requested(tenant="quiet", prompt="top secret")
+    await recorder.record([request, events.completed(request, answer="classified")])
+
+    async with engine.connect() as connection:
+        dump = str((await connection.execute(select(events_table.c.payload))).all())
+        dump += str((await connection.execute(select(requests_table))).all())
+    assert "top secret" not in dump and "classified" not in dump
+    assert (await _rows(engine))[request.request_id]["status"] == "completed"
+
+
+async def test_usage_buckets_and_filters_on_postgres(engine, events):
+    recorder = EventRecorder(engine)
+    batch = []
+    for hour in (1, 2, 26):
+        at = datetime(2025, 3, 1, tzinfo=UTC) + timedelta(hours=hour, minutes=30)
+        request = events.requested(at=at, model="m-day" if hour < 24 else "m-next")
+        batch += [request, events.completed(request), events.usage(request, cost_usd=0.25)]
+    await recorder.record(batch)
+    queries = HistoryQueries(engine)
+    since, until = datetime(2025, 3, 1, tzinfo=UTC), datetime(2025, 3, 3, tzinfo=UTC)
+
+    by_day = await queries.usage(UsageQuery(since=since, until=until, tenant="acme"))
+    by_hour = await queries.usage(
+        UsageQuery(since=since, until=until, tenant="acme", bucket="hour", dimensions=("model",))
+    )
+    filtered = await queries.list_requests(
+        Caller("acme", "alice", "user"),
+        filters=HistoryFilters(since=since + timedelta(hours=2), model="m-day"),
+    )
+
+    assert [(row.bucket.day, row.requests, row.cost_usd) for row in by_day] == [
+        (1, 2, 0.5),
+        (2, 1, 0.25),
+    ]
+    assert [(row.bucket.hour, row.groups["model"]) for row in by_hour] == [
+        (1, "m-day"),
+        (2, "m-day"),
+        (2, "m-next"),
+    ]
+    assert len(filtered.items) == 1
+
+
+async def test_idempotency_claims_race_to_one_winner_on_postgres(engine):
+    stores = [IdempotencyStore(engine) for _ in range(4)]
+    claim = ClaimRequest(
+        tenant="acme",
+        key="same",
+        user_id="alice",
+        endpoint="/v1/chat/completions",
+        fingerprint="a" * 64,
+        lease_s=60,
+    )
+    results = await asyncio.gather(*(stores[i % 4].claim(claim) for i in range(20)))
+    assert sorted(result.outcome for result in results) == ["claimed"] + ["in_progress"] * 19
+
+
+async def test_two_dispatchers_claim_each_webhook_once(engine, events):
+    recorder = EventRecorder(engine)
+    batch = []
+    for _ in range(10):
+        job = events.requested(priority=Priority.BATCH, webhook_url="http://127.0.0.1:9/x")
+        batch += [job, events.completed(job)]
+    await recorder.record(batch)
+    tenants = TenantSettingsStore(engine)
+    policy = WebhookPolicy(max_attempts=5, lease_s=60)
+    claimed = await asyncio.gather(
+        WebhookDispatcher(engine, tenants, policy, batch=10)._claim(),
+        WebhookDispatcher(engine, tenants, policy, batch=10)._claim(),
+    )
+    ids = [row["request_id"] for rows in claimed for row in rows]
+    assert len(ids) == len(set(ids)) == 10
+    async with engine.connect() as connection:
+        attempts = (
+            await connection.execute(text("SELECT sum(attempts) FROM history_webhooks"))
+        ).scalar_one()
+    assert attempts == 10
+
+
+async def test_a_thousand_requests_cost_few_statements(engine, events):
+    recorder = EventRecorder(engine)
+    batch = []
+    for _ in range(1000):
+        request = events.requested()
+        batch += [request, events.completed(request), events.usage(request)]
+    statements = []
+
+    from sqlalchemy import event as sa_event
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement.split()[0])
+
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        await recorder.record(batch)
+    finally:
+        sa_event.remove(engine.sync_engine, "before_cursor_execute", count)
+
+    # Tenant settings, the event store, the projection, the usage rollup's dirty hours
+    # (plus BEGIN/COMMIT by the driver).
+    assert statements == ["SELECT", "INSERT", "INSERT", "INSERT"]
+    async with engine.connect() as connection:
+        assert (
+            await connection.execute(select(func.count()).select_from(events_table))
+        ).scalar_one() == 3000
+
+
+async def test_usage_rollup_matches_the_requests_while_both_are_written(engine, events):
+    """Recorders and rollup refreshes running at the same time: reports before and after
+    every hour is recomputed are the same."""
+    from switchyard.history import rollup
+
+    recorder = EventRecorder(engine)
+    queries = HistoryQueries(engine)
+    generator = random.Random(3)
+    start = datetime(2025, 3, 1, tzinfo=UTC)
+
+    def some_requests(count: int) -> list:
+        batch = []
+        for _ in range(count):
+            at = start + timedelta(minutes=generator.randint(0, 5 * 60))
+            request = events.requested(
+                at=at, user_id=generator.choice(["a", "b"]), model=generator.choice(["x", "y"])
+            )
+            batch += [request, events.completed(request), events.usage(request)]
+        generator.shuffle(batch)
+        return batch
+
+    async def refresh_repeatedly() -> None:
+        for _ in range(20):
+            await rollup.refresh(engine, settle=timedelta(0))
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(
+        refresh_repeatedly(),
+        *(recorder.record(some_requests(40)) for _ in range(5)),
+    )
+    ranges = [
+        (start, start + timedelta(days=1)),
+        (start + timedelta(minutes=17), start + timedelta(hours=3, minutes=41)),
+    ]
+    reports = [
+        UsageQuery(since=since, until=until, tenant="acme", bucket=bucket, dimensions=dims)
+        for since, until in ranges
+        for bucket, dims in (("hour", ()), ("day", ("model", "user")), (None, ("model",)))
+    ]
+    before = [await queries.usage(report) for report in reports]
+    await rollup.refresh(engine, settle=timedelta(0))
+    async with engine.connect() as connection:
+        assert (
+            await connection.execute(text("SELECT count(*) FROM history_usage_dirty"))
+        ).scalar_one() == 0
+    after = [await queries.usage(report) for report in reports]
+
+    assert after == before
+    assert sum(row.requests for row in before[0]) == 200

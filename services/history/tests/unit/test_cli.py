@@ -1,0 +1,126 @@
+"""`switchyard usage report`, `switchyard retention purge` and `switchyard tenant-settings`
+against the database the settings name."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from switchyard.history.cli import retention_app, tenant_settings_app, usage_app
+
+
+@pytest.fixture
+def cli(database_url, monkeypatch):
+    monkeypatch.setenv("SWITCHYARD_HISTORY_DATABASE_URL", database_url)
+    runner = CliRunner()
+
+    def run(app, *args: str):
+        # As `switchyard` mounts them: each group under its name.
+        root = typer.Typer()
+        root.add_typer(app)
+        return runner.invoke(root, [app.info.name, *args], catch_exceptions=False)
+
+    return run
+
+
+@pytest.fixture
+async def history(recorder, events):
+    now = datetime.now(UTC)
+    batch = []
+    for index, (tenant, model, age_days) in enumerate(
+        [
+            ("acme", "sim-small", 1),
+            ("acme", "sim-large", 1),
+            ("globex", "sim-small", 2),
+            ("acme", "sim-small", 40),
+        ]
+    ):
+        request = events.requested(
+            tenant=tenant, model=model, at=now - timedelta(days=age_days, minutes=index)
+        )
+        batch += [request, events.completed(request), events.usage(request, cost_usd=1.0)]
+    await recorder.record(batch)
+
+
+def test_usage_report_as_csv_grouped_by_model(cli, history):
+    result = cli(usage_app, "report", "--since", "7d", "--group-by", "model", "--format", "csv")
+
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert [(row["model"], row["requests"], row["cost_usd"]) for row in rows] == [
+        ("sim-large", "1", "1.0"),
+        ("sim-small", "2", "2.0"),
+    ]
+
+
+def test_usage_report_as_json_per_tenant_and_as_a_table(cli, history):
+    report = json.loads(
+        cli(usage_app, "report", "--since", "7d", "--group-by", "tenant", "--format", "json").output
+    )
+    table = cli(usage_app, "report", "--since", "60d", "--group-by", "day", "--tenant", "acme")
+
+    assert {row["tenant"]: row["requests"] for row in report["data"]} == {"acme": 2, "globex": 1}
+    assert "TOTAL" in table.output and "requests" in table.output
+    assert table.output.splitlines()[-1].split()[1] == "3"
+
+
+def test_bad_options_exit_1_with_one_line(cli):
+    for args in (
+        ("report", "--since", "last tuesday"),
+        ("report", "--group-by", "week"),
+        ("report", "--format", "xml"),
+    ):
+        result = cli(usage_app, *args)
+        assert result.exit_code == 1
+        assert result.output.startswith("error:")
+        assert "Traceback" not in result.output
+
+
+def test_purge_older_than_and_dry_run(cli, history, tables):
+    dry = cli(retention_app, "purge", "--older-than", "30d", "--dry-run")
+    assert dry.exit_code == 0 and "would delete 1 request(s)" in dry.output
+    done = cli(retention_app, "purge", "--older-than", "30d")
+    assert "deleted 1 request(s) and 3 event(s)" in done.output
+    bad = cli(retention_app, "purge", "--older-than", "a while")
+    assert bad.exit_code == 1
+
+
+def test_tenant_settings_set_and_show(cli, database_url):
+    result = cli(
+        tenant_settings_app, "set", "--tenant", "acme", "--metadata-only", "--retention-days", "30"
+    )
+    shown = json.loads(cli(tenant_settings_app, "show", "--tenant", "acme").output)
+
+    assert result.exit_code == 0, result.output
+    assert (shown["store_content"], shown["retention_days"]) == (False, 30)
+    assert shown["webhook_secret"].startswith("whsec_")
+    rotated = json.loads(
+        cli(
+            tenant_settings_app,
+            "set",
+            "--tenant",
+            "acme",
+            "--store-content",
+            "--default-retention",
+            "--rotate-webhook-secret",
+        ).output
+    )
+    assert (rotated["store_content"], rotated["retention_days"]) == (True, None)
+    assert rotated["webhook_secret"] != shown["webhook_secret"]
+
+
+def test_unreachable_database_is_one_line(monkeypatch):
+    monkeypatch.setenv(
+        "SWITCHYARD_HISTORY_DATABASE_URL", "postgresql+psycopg://nobody:x@127.0.0.1:1/none"
+    )
+    root = typer.Typer()
+    root.add_typer(usage_app)
+    result = CliRunner().invoke(root, ["usage", "report"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: database error")

@@ -1,0 +1,224 @@
+"""The background upkeep (expiry of unanswered requests, retention purge) and the
+Idempotency-Key store."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from switchyard.history.handlers import EventRecorder
+from switchyard.history.idempotency import ClaimRequest, IdempotencyStore
+from switchyard.history.sweeper import expire_overdue, purge, purge_by_retention
+from switchyard.history.tenants import TenantSettingsStore
+
+GRACE = timedelta(seconds=30)
+
+
+async def test_a_request_past_deadline_and_grace_is_expired_once(recorder, tables, events, engine):
+    overdue = events.requested(timeout_s=60)
+    answered = events.requested(timeout_s=60)
+    recent = events.requested(timeout_s=3600)
+    await recorder.record([overdue, answered, events.completed(answered), recent])
+    now = overdue.data.deadline + GRACE + timedelta(seconds=1)
+
+    first = await expire_overdue(engine, recorder, GRACE, now=now)
+    # Two replicas sweeping at once, or a later sweep: nothing more happens.
+    again = await asyncio.gather(
+        expire_overdue(engine, recorder, GRACE, now=now),
+        expire_overdue(engine, EventRecorder(engine), GRACE, now=now),
+    )
+
+    assert first == 1 and again == [0, 0]
+    row = await tables.request(overdue.request_id)
+    assert row["status"] == "expired"
+    assert row["error"]["code"] == "deadline_exceeded"
+    assert (await tables.request(answered.request_id))["status"] == "completed"
+    assert (await tables.request(recent.request_id))["status"] == "pending"
+    assert await tables.event_count() == 5  # the expiry is recorded as an event, once
+
+
+async def test_not_expired_before_the_grace_period_ends(recorder, tables, events, engine):
+    request = events.requested(timeout_s=60)
+    await recorder.record([request])
+
+    expired = await expire_overdue(
+        engine, recorder, GRACE, now=request.data.deadline + GRACE - timedelta(seconds=1)
+    )
+
+    assert expired == 0
+    assert (await tables.request(request.request_id))["status"] == "pending"
+
+
+async def test_a_late_reply_after_expiry_keeps_the_expiry(recorder, tables, events, engine):
+    request = events.requested(timeout_s=60)
+    await recorder.record([request])
+    await expire_overdue(engine, recorder, GRACE, now=request.data.deadline + GRACE * 2)
+    before = await tables.request(request.request_id)
+
+    await recorder.record([events.completed(request)])
+
+    after = await tables.request(request.request_id)
+    assert (after["status"], after["response"]) == ("expired", None)
+    assert (after["error"], after["completed_at"]) == (before["error"], before["completed_at"])
+    assert after["output_tokens"] == 3  # the tokens it did use are still accounted
+
+
+async def test_the_sweeper_waits_while_the_consumer_catches_up(service, recorder, events):
+    sweeper = service.components.sweeper
+    sweeper.grace = timedelta(0)
+    request = events.requested(timeout_s=0.001)
+    await recorder.record([request])
+    sweeper.recorder.max_batch = 1
+    await sweeper.recorder.record([events.chunk(request)])  # a full batch just arrived
+    await sweeper.sweep_once()
+    status = await _status(service, request.request_id)
+    sweeper.recorder.last_batch_full = False
+    await sweeper.sweep_once()
+
+    assert status == "pending"
+    assert await _status(service, request.request_id) == "expired"
+
+
+async def _status(service, request_id: str) -> str:
+    response = await service.client.get(f"/v1/history/{request_id}", headers=service.headers())
+    return response.json()["status"]
+
+
+async def test_purge_deletes_old_requests_with_their_events(recorder, tables, events, engine):
+    old = events.requested(at=datetime(2024, 1, 1, tzinfo=UTC))
+    new = events.requested(at=datetime(2025, 6, 1, tzinfo=UTC))
+    await recorder.record([old, events.completed(old), new, events.completed(new)])
+    cutoff = datetime(2025, 1, 1, tzinfo=UTC)
+
+    counted = await purge(engine, cutoff, dry_run=True)
+    deleted = await purge(engine, cutoff, batch=1)
+
+    assert (counted.requests, counted.events) == (1, 2)
+    assert (deleted.requests, deleted.events) == (1, 2)
+    assert list(await tables.requests()) == [new.request_id]
+    assert await tables.event_count() == 2
+
+
+async def test_retention_per_tenant_and_by_default(recorder, tables, events, engine):
+    now = datetime(2025, 6, 1, tzinfo=UTC)
+    rows = {
+        (tenant, age): events.requested(tenant=tenant, at=now - timedelta(days=age))
+        for tenant in ("short", "default", "long")
+        for age in (3, 20, 100)
+    }
+    await recorder.record(list(rows.values()))
+    tenants = TenantSettingsStore(engine)
+    await tenants.update("short", retention_days=7)
+    await tenants.update("long", retention_days=365)
+
+    await purge_by_retention(engine, tenants, default_days=30, now=now)
+
+    kept = {
+        (row["tenant"], (now - row["created_at"]).days)
+        for row in (await tables.requests()).values()
+    }
+    assert kept == {
+        ("short", 3),
+        ("default", 3),
+        ("default", 20),
+        ("long", 3),
+        ("long", 20),
+        ("long", 100),
+    }
+
+
+def claim(key: str = "k1", fingerprint: str = "f" * 64, **overrides) -> ClaimRequest:
+    values = dict(
+        tenant="acme",
+        key=key,
+        user_id="alice",
+        endpoint="/v1/chat/completions",
+        fingerprint=fingerprint,
+        lease_s=60,
+    )
+    values.update(overrides)
+    return ClaimRequest(**values)
+
+
+async def test_idempotency_claim_complete_and_replay(engine):
+    store = IdempotencyStore(engine)
+    first = await store.claim(claim())
+    waiting = await store.claim(claim())
+    stored = await store.complete(
+        "acme",
+        "k1",
+        first.claim_token,
+        request_id="req-1",
+        status_code=200,
+        content_type="application/json",
+        body=b'{"a": 1}',
+    )
+    replay = await store.claim(claim())
+
+    assert first.outcome == "claimed" and first.claim_token
+    assert waiting.outcome == "in_progress"
+    assert stored
+    assert (replay.outcome, replay.body, replay.status_code, replay.request_id) == (
+        "completed",
+        b'{"a": 1}',
+        200,
+        "req-1",
+    )
+
+
+async def test_idempotency_mismatches_and_scoping(engine):
+    store = IdempotencyStore(engine)
+    await store.claim(claim())
+
+    other_body = await store.claim(claim(fingerprint="0" * 64))
+    other_endpoint = await store.claim(claim(endpoint="/v1/jobs"))
+    other_user = await store.claim(claim(user_id="bob"))
+    other_tenant = await store.claim(claim(tenant="globex"))
+
+    assert other_body.outcome == "mismatch" and "different request body" in other_body.reason
+    assert other_endpoint.outcome == "mismatch" and "/v1/chat/completions" in other_endpoint.reason
+    assert other_user.outcome == "mismatch"
+    assert other_tenant.outcome == "claimed"  # keys are per tenant
+
+
+async def test_idempotency_concurrent_claims_have_one_winner(engine):
+    store = IdempotencyStore(engine)
+    results = await asyncio.gather(*(store.claim(claim()) for _ in range(20)))
+    assert sorted(result.outcome for result in results) == ["claimed"] + ["in_progress"] * 19
+
+
+async def test_idempotency_release_lease_and_expiry(engine):
+    store = IdempotencyStore(engine)
+    first = await store.claim(claim(lease_s=0.05))
+    assert not await store.release("acme", "k1", "not-the-token")
+    assert await store.release("acme", "k1", first.claim_token)
+    second = await store.claim(claim(lease_s=0.05))
+    assert second.outcome == "claimed"
+
+    await asyncio.sleep(0.1)  # the owner died: its lease ran out
+    takeover = await store.claim(claim())
+    late = await store.complete(
+        "acme",
+        "k1",
+        second.claim_token,
+        request_id=None,
+        status_code=200,
+        content_type="application/json",
+        body=b"{}",
+    )
+    assert takeover.outcome == "claimed" and takeover.claim_token != second.claim_token
+    assert not late  # the old owner cannot overwrite the new owner's result
+
+    expired_store = IdempotencyStore(engine, lifetime=timedelta(0))
+    await expired_store.claim(claim("k2"))
+    assert (await expired_store.claim(claim("k2", fingerprint="1" * 64))).outcome == "claimed"
+    assert await store.purge_expired(datetime.now(UTC) + timedelta(days=2)) == 2
+
+
+@pytest.mark.parametrize("status", [None])
+async def test_expiry_skips_rows_without_their_request(recorder, tables, events, engine, status):
+    request = events.requested(timeout_s=1)
+    await recorder.record([events.usage(request)])  # the request itself is still on its way
+    assert await expire_overdue(engine, recorder, GRACE, now=datetime(2030, 1, 1, tzinfo=UTC)) == 0
