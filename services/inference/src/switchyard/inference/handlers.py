@@ -793,9 +793,11 @@ class ChatRequestHandler:
 
 
 def observe_call(model: str, deployment: Deployment, outcome: str, started: float) -> None:
-    metrics.PROVIDER_CALL_SECONDS.labels(model, deployment.name, outcome).observe(
-        time.perf_counter() - started
-    )
+    elapsed = time.perf_counter() - started
+    metrics.PROVIDER_CALL_SECONDS.labels(model, deployment.name, outcome).observe(elapsed)
+    metrics.GEN_AI_OPERATION_DURATION.labels(
+        deployment.provider, "chat", deployment.model, "" if outcome == "ok" else outcome
+    ).observe(elapsed)
 
 
 def record_metrics(model: str, outcome: Outcome, cost: float) -> None:
@@ -806,5 +808,11 @@ def record_metrics(model: str, outcome: Outcome, cost: float) -> None:
     if deployment and outcome.usage.total_tokens:
         metrics.TOKENS.labels(model, deployment, "input").inc(outcome.usage.input_tokens)
         metrics.TOKENS.labels(model, deployment, "output").inc(outcome.usage.output_tokens)
+        provider = outcome.provider or ""
+        for token_type, count in (
+            ("input", outcome.usage.input_tokens),
+            ("output", outcome.usage.output_tokens),
+        ):
+            metrics.GEN_AI_TOKEN_USAGE.labels(provider, "chat", model, token_type).observe(count)
     if deployment and cost:
         metrics.COST_USD.labels(model, deployment).inc(cost)

@@ -68,3 +68,33 @@ CONFIG_RELOADS = Counter(
     "Reloads of the routing and price files, by file and result.",
     ["file", "result"],
 )
+
+# The OpenTelemetry GenAI semantic-convention metrics, in Prometheus naming
+# (gen_ai.client.operation.duration and gen_ai.client.token.usage).
+GEN_AI_OPERATION_DURATION = Histogram(
+    "gen_ai_client_operation_duration_seconds",
+    "GenAI operation duration (OpenTelemetry semantic conventions).",
+    ["gen_ai_system", "gen_ai_operation_name", "gen_ai_request_model", "error_type"],
+    buckets=(
+        0.01,
+        0.02,
+        0.04,
+        0.08,
+        0.16,
+        0.32,
+        0.64,
+        1.28,
+        2.56,
+        5.12,
+        10.24,
+        20.48,
+        40.96,
+        81.92,
+    ),
+)
+GEN_AI_TOKEN_USAGE = Histogram(
+    "gen_ai_client_token_usage",
+    "Tokens used per GenAI operation (OpenTelemetry semantic conventions).",
+    ["gen_ai_system", "gen_ai_operation_name", "gen_ai_request_model", "gen_ai_token_type"],
+    buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304),
+)

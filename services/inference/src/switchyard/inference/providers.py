@@ -436,8 +436,9 @@ class OpenAIProvider:
     async def embeddings(self, body: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
         payload = {**body, "model": self.deployment.model}
         payload.setdefault("encoding_format", "float")
-        response = _parse_object(await self._post("/embeddings", payload, timeout_s), self.name,
-                                 "data")
+        response = _parse_object(
+            await self._post("/embeddings", payload, timeout_s), self.name, "data"
+        )
         if not isinstance(response["data"], list):
             raise invalid_reply(self.name)
         return response
