@@ -157,6 +157,7 @@ async def test_reply_that_never_comes_gets_504_at_the_deadline(harness):
     started = loop.time()
     response = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
     assert_openai_error(response, 504, "deadline_exceeded")
+    assert response.headers["x-request-id"] == harness.requests[0].request_id
     assert 1.5 <= loop.time() - started < 4
 
 

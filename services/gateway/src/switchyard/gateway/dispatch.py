@@ -89,9 +89,13 @@ class ReplyFailed(Exception):
         )
 
 
-def deadline_exceeded() -> APIError:
+def deadline_exceeded(request_id: str) -> APIError:
+    # The request id lets a retry with the same Idempotency-Key find this outcome.
     return APIError(
-        504, "The request did not complete before its deadline.", code="deadline_exceeded"
+        504,
+        "The request did not complete before its deadline.",
+        code="deadline_exceeded",
+        headers={"x-request-id": request_id},
     )
 
 
@@ -230,7 +234,7 @@ class Dispatch:
             reply = await self._next()
         except TimeoutError:
             self.observe(504)
-            raise deadline_exceeded() from None
+            raise deadline_exceeded(self.request_id) from None
         if isinstance(reply, ChatFailed):
             self.observe(reply.data.error.status)
             raise ReplyFailed(reply)
@@ -244,7 +248,7 @@ class Dispatch:
                 reply = await self._next()
         except TimeoutError:
             self.observe(504)
-            raise deadline_exceeded() from None
+            raise deadline_exceeded(self.request_id) from None
         if isinstance(reply, ChatFailed):
             self.observe(reply.data.error.status)
             raise ReplyFailed(reply)
