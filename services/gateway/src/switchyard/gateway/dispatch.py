@@ -28,9 +28,12 @@ from switchyard.common.events import (
     ChatChunk,
     ChatCompleted,
     ChatFailed,
+    ChatFailedData,
     ChatRequestData,
     ChatRequested,
+    ErrorInfo,
     ReplyAddress,
+    TerminalStatus,
     new_id,
     utcnow,
 )
@@ -329,39 +332,37 @@ class Dispatch:
         IN_FLIGHT.dec()
 
 
-def deadline_failure(dispatch: Dispatch) -> ChatFailed:
-    from switchyard.common.events import ChatFailedData, ErrorInfo, TerminalStatus
-
+def _stream_failure(dispatch: Dispatch, status: TerminalStatus, error: ErrorInfo) -> ChatFailed:
+    """A failure the gateway itself ends a stream with (the client sees an error event)."""
     return ChatFailed(
         source="gateway",
         tenant=dispatch.tenant,
         request_id=dispatch.request_id,
-        data=ChatFailedData(
-            status=TerminalStatus.EXPIRED,
-            error=ErrorInfo(
-                status=504,
-                type="timeout_error",
-                code="deadline_exceeded",
-                message="The request did not complete before its deadline.",
-            ),
+        data=ChatFailedData(status=status, error=error),
+    )
+
+
+def deadline_failure(dispatch: Dispatch) -> ChatFailed:
+    return _stream_failure(
+        dispatch,
+        TerminalStatus.EXPIRED,
+        ErrorInfo(
+            status=504,
+            type="timeout_error",
+            code="deadline_exceeded",
+            message="The request did not complete before its deadline.",
         ),
     )
 
 
 def interrupted_failure(dispatch: Dispatch) -> ChatFailed:
-    from switchyard.common.events import ChatFailedData, ErrorInfo, TerminalStatus
-
-    return ChatFailed(
-        source="gateway",
-        tenant=dispatch.tenant,
-        request_id=dispatch.request_id,
-        data=ChatFailedData(
-            status=TerminalStatus.FAILED,
-            error=ErrorInfo(
-                status=502,
-                type="upstream_error",
-                code="stream_interrupted",
-                message="The stream was interrupted and restarted upstream; retry the request.",
-            ),
+    return _stream_failure(
+        dispatch,
+        TerminalStatus.FAILED,
+        ErrorInfo(
+            status=502,
+            type="upstream_error",
+            code="stream_interrupted",
+            message="The stream was interrupted and restarted upstream; retry the request.",
         ),
     )
