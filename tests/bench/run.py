@@ -34,6 +34,7 @@ from switchyard.common.testing.infra import temporary_database, unique_prefix
 from switchyard.common.testing.processes import ProcessGroup, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parent))  # bench_history's lag helper
 RESULTS = ROOT / "bench-results"
 DEV_KEY = "sk-sy-bench" + "0" * 38
 CHAT_BODY = {
@@ -122,6 +123,7 @@ def measure(
     simulator_url: str,
     args: argparse.Namespace,
     api_key: str | None,
+    after_cell=None,
 ) -> None:
     body = workdir / "chat.json"
     body.write_text(json.dumps(CHAT_BODY))
@@ -154,6 +156,8 @@ def measure(
                 f"  errors {out['errors']}",
                 flush=True,
             )
+            if after_cell is not None:
+                after_cell(upstream_ms, concurrency)
         out = load(
             loadgen,
             url,
@@ -281,6 +285,27 @@ def bench_kafka(report, loadgen, workdir, simulator_url, args) -> None:
                 for name, port in ports.items()
             }
             setup = "Kafka + Postgres (4 processes)"
+
+            def sample_lag(upstream_ms: int, concurrency: int) -> None:
+                # History's backlog right after the load stops, and how long it takes to drain.
+                import asyncio
+
+                from bench_history import history_lag
+
+                prefix = group.env["SWITCHYARD_TOPIC_PREFIX"]
+                lag = asyncio.run(history_lag(servers, prefix))
+                started = time.monotonic()
+                remaining = lag
+                while remaining > 0 and time.monotonic() - started < 30:
+                    time.sleep(0.2)
+                    remaining = asyncio.run(history_lag(servers, prefix))
+                report.notes.append(
+                    f"history consumer lag after Kafka cell (upstream {upstream_ms} ms, "
+                    f"c={concurrency}): {lag} events, drained in "
+                    f"{time.monotonic() - started:.1f} s"
+                    + ("" if remaining == 0 else f" ({remaining} left)")
+                )
+
             measure(
                 report,
                 setup,
@@ -290,6 +315,7 @@ def bench_kafka(report, loadgen, workdir, simulator_url, args) -> None:
                 simulator_url,
                 args,
                 key,
+                after_cell=sample_lag,
             )
             report.rss[setup] = {
                 name: process.peak_rss_mb() or 0 for name, process in processes.items()
