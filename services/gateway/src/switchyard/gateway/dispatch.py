@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -19,6 +19,7 @@ from typing import Any, Literal
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
 
 from switchyard.common.bus import BusUnavailableError
 from switchyard.common.errors import APIError
@@ -294,6 +295,51 @@ class Dispatch:
                 yield reply
                 return
             reply = None
+
+    # -- answering -----------------------------------------------------------------------
+
+    async def answer(
+        self,
+        *,
+        stream: bool,
+        json_body: Callable[[ChatCompleted], bytes],
+        sse: Callable[[ChatChunk | ChatCompleted | ChatFailed], Iterable[bytes]] | None = None,
+    ) -> Response:
+        """The HTTP answer in the called API's shape: the completion as JSON (`json_body`),
+        or the stream as Server-Sent Events (`sse` encodes each reply). The dispatch is
+        closed once the answer is complete, or when the client goes away."""
+        streaming = False
+        try:
+            first = await self.first()
+            if not stream:
+                completed = await self.completion(first)
+                return Response(
+                    json_body(completed),
+                    media_type="application/json",
+                    headers={"x-request-id": self.request_id},
+                )
+            assert sse is not None
+            streaming = True
+            return StreamingResponse(
+                self._relay(first, sse),
+                media_type="text/event-stream",
+                headers={"x-request-id": self.request_id, "cache-control": "no-cache"},
+            )
+        except ReplyFailed as failed:
+            raise failed.as_api_error() from None
+        finally:
+            if not streaming:
+                self.close()
+
+    async def _relay(self, first: Reply, sse) -> AsyncIterator[bytes]:
+        try:
+            async for reply in self.chunks(first):
+                for piece in sse(reply):
+                    yield piece
+        finally:
+            if not self.finished:
+                self.client_disconnected()
+            self.close()
 
     # -- ending --------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 
 from switchyard.gateway.api.body import openapi_body, validate_body
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
-from switchyard.gateway.dispatch import Dispatch, ReplyFailed
+from switchyard.gateway.dispatch import Dispatch
 from switchyard.gateway.schemas import EmbeddingsRequest
 
 router = APIRouter(prefix="/v1", tags=["embeddings"])
@@ -34,14 +34,6 @@ async def create_embeddings(
         body=raw_body,
         stream=False,
     )
-    try:
-        completed = await dispatch.completion()
-        return Response(
-            orjson.dumps(completed.data.response),
-            media_type="application/json",
-            headers={"x-request-id": dispatch.request_id},
-        )
-    except ReplyFailed as failed:
-        raise failed.as_api_error() from None
-    finally:
-        dispatch.close()
+    return await dispatch.answer(
+        stream=False, json_body=lambda completed: orjson.dumps(completed.data.response)
+    )

@@ -6,14 +6,11 @@ including the streaming event sequence (`message_start` ... `message_stop`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 
 from switchyard.common.errors import APIError
-from switchyard.common.events import ChatChunk, ChatCompleted
+from switchyard.common.events import ChatChunk, ChatCompleted, ChatFailed
 from switchyard.common.translate import (
     OpenAIToAnthropicStream,
     TranslationError,
@@ -23,7 +20,7 @@ from switchyard.common.translate import (
 )
 from switchyard.gateway.api.body import openapi_body, validate_body
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
-from switchyard.gateway.dispatch import Dispatch, ReplyFailed
+from switchyard.gateway.dispatch import Dispatch
 from switchyard.gateway.errors import anthropic_error_body
 from switchyard.gateway.schemas import AnthropicMessagesRequest
 
@@ -57,51 +54,33 @@ async def create_message(
         body=openai_body,
         stream=body.stream,
     )
-    streaming = False
-    try:
-        first = await dispatch.first()
-        if not body.stream:
-            completed = await dispatch.completion(first)
-            message = openai_response_to_anthropic(completed.data.response, body.model)
-            return Response(
-                orjson.dumps(message),
-                media_type="application/json",
-                headers={"x-request-id": dispatch.request_id},
-            )
-        streaming = True
-        return StreamingResponse(
-            _anthropic_sse(dispatch, first, body.model),
-            media_type="text/event-stream",
-            headers={"x-request-id": dispatch.request_id, "cache-control": "no-cache"},
-        )
-    except ReplyFailed as failed:
-        raise failed.as_api_error() from None
-    finally:
-        if not streaming:
-            dispatch.close()
+    return await dispatch.answer(
+        stream=body.stream,
+        json_body=lambda completed: orjson.dumps(
+            openai_response_to_anthropic(completed.data.response, body.model)
+        ),
+        sse=_anthropic_sse(body.model),
+    )
 
 
-async def _anthropic_sse(dispatch: Dispatch, first, model: str) -> AsyncIterator[bytes]:
+def _anthropic_sse(model: str):
+    """An encoder turning OpenAI-shaped replies into Anthropic's event sequence."""
     converter = OpenAIToAnthropicStream(model)
-    try:
-        async for reply in dispatch.chunks(first):
-            if isinstance(reply, ChatChunk):
-                for event in converter.feed(reply.data.chunk):
-                    yield anthropic_sse(event)
-            elif isinstance(reply, ChatCompleted):
-                usage = reply.data.usage
+
+    def encode(reply: ChatChunk | ChatCompleted | ChatFailed) -> list[bytes]:
+        if isinstance(reply, ChatChunk):
+            return [anthropic_sse(event) for event in converter.feed(reply.data.chunk)]
+        if isinstance(reply, ChatCompleted):
+            usage = reply.data.usage
+            return [
+                anthropic_sse(event)
                 for event in converter.finish(
                     input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
-                ):
-                    yield anthropic_sse(event)
-            else:
-                error = reply.data.error
-                yield (
-                    b"event: error\ndata: "
-                    + anthropic_error_body(error.status, error.message)
-                    + b"\n\n"
                 )
-    finally:
-        if not dispatch.finished:
-            dispatch.client_disconnected()
-        dispatch.close()
+            ]
+        error = reply.data.error
+        return [
+            b"event: error\ndata: " + anthropic_error_body(error.status, error.message) + b"\n\n"
+        ]
+
+    return encode
