@@ -24,6 +24,7 @@ from switchyard.common.metrics import metrics_router
 from switchyard.common.topics import Topics
 from switchyard.history.api.internal import idempotency_router
 from switchyard.history.api.jobs import jobs_router
+from switchyard.history.api.performance import performance_router
 from switchyard.history.api.routes import history_router
 from switchyard.history.api.usage import usage_router
 from switchyard.history.bootstrap import build_components
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(metrics_router())
     app.include_router(history_router(settings.internal_token))
     app.include_router(usage_router(settings.internal_token))
+    app.include_router(performance_router(settings.internal_token))
     app.include_router(jobs_router(settings.internal_token))
     app.include_router(
         idempotency_router(settings.internal_token, settings.idempotency_max_body_bytes)
