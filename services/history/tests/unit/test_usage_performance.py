@@ -62,6 +62,23 @@ async def test_a_member_sees_their_own_latency_and_error_rate_by_hour(service, t
     assert row["error_rate"] == pytest.approx(2 / 12, abs=1e-6)
     assert row["latency_ms_p50"] == pytest.approx(55.0)
     assert row["latency_ms_p95"] == pytest.approx(95.5)
+    assert row["total_tokens"] == 10 * 8  # the fixture's completions: 5 in, 3 out
+
+
+async def test_minute_buckets_over_at_most_two_days(service, timed):
+    report = await _report(service, group_by="minute,model")
+    assert report["data"][0]["bucket"] == "2025-03-01T12:00:00Z"
+    assert len(report["data"]) == 12 and report["data"][0]["model"] == "sim-small"
+    response = await service.client.get(
+        "/v1/usage/performance",
+        params={
+            "since": "2025-03-01T00:00:00Z",
+            "until": "2025-03-04T00:00:00Z",
+            "group_by": "minute",
+        },
+        headers=service.headers(),
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "since"
 
 
 async def test_an_admin_sees_the_tenant_by_deployment_and_never_another_tenant(service, timed):
@@ -69,7 +86,7 @@ async def test_an_admin_sees_the_tenant_by_deployment_and_never_another_tenant(s
     by_deployment = {row["deployment"]: row for row in report["data"]}
     assert set(by_deployment) == {"sim-small-1", "sim-small-2"}
     assert by_deployment["sim-small-2"]["latency_ms_p95"] == pytest.approx(5000.0)
-    assert report["totals"] == {"requests": 13, "errors": 2}
+    assert (report["totals"]["requests"], report["totals"]["errors"]) == (13, 2)
 
 
 @pytest.mark.parametrize(

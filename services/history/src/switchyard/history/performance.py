@@ -1,6 +1,7 @@
-"""Latency and error rates: requests, errors and the median and 95th percentile latency,
-per time bucket (day or hour) and any of model and deployment. What the console's
-overview charts and its models page read (`GET /v1/usage/performance`).
+"""Latency and error rates: requests, errors, tokens, cost and the median and 95th
+percentile latency, per time bucket (day, hour or minute) and any of model and
+deployment. What the console's overview charts and its models page read
+(`GET /v1/usage/performance`).
 
 Percentiles cannot be added up the way the usage rollup adds counts, so this reads the
 requests themselves (through the tenant/created_at index) over a bounded range: on
@@ -25,6 +26,10 @@ from switchyard.history.timeparse import isoformat_z
 
 DEFAULT_RANGE = timedelta(days=1)
 MAX_RANGE = timedelta(days=93)
+# Minute buckets over a long range would be a huge answer; two days is plenty.
+MAX_MINUTE_RANGE = timedelta(days=2)
+BUCKETS = ("day", "hour", "minute")
+_SQLITE_PREFIX = {"day": 10, "hour": 13, "minute": 16}
 PERFORMANCE_DIMENSIONS = {"model": "model", "deployment": "deployment"}
 PERCENTILES = (0.5, 0.95)
 _ERRORS = (RequestStatus.FAILED.value, RequestStatus.EXPIRED.value)
@@ -37,7 +42,7 @@ class PerformanceQuery:
     tenant: str
     since: datetime
     until: datetime
-    bucket: Literal["day", "hour"] | None = None
+    bucket: Literal["day", "hour", "minute"] | None = None
     dimensions: tuple[str, ...] = ()
     user_id: str | None = None
     model: str | None = None
@@ -50,6 +55,9 @@ class PerformanceRow:
     groups: dict[str, str | None] = field(default_factory=dict)
     requests: int = 0
     errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
     latency_ms_p50: float | None = None
     latency_ms_p95: float | None = None
 
@@ -62,6 +70,10 @@ class PerformanceRow:
             requests=self.requests,
             errors=self.errors,
             error_rate=round(self.errors / self.requests, 6) if self.requests else 0.0,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            total_tokens=self.input_tokens + self.output_tokens,
+            cost_usd=round(self.cost_usd, 8),
             latency_ms_p50=_rounded(self.latency_ms_p50),
             latency_ms_p95=_rounded(self.latency_ms_p95),
         )
@@ -94,7 +106,7 @@ class PerformanceQueries:
         if self._dialect == "postgresql":
             return func.date_trunc(bucket, func.timezone("UTC", column))
         # SQLite keeps UTC text 'YYYY-MM-DD HH:MM:SS...': the bucket is a prefix of it.
-        return func.substr(column, 1, 10 if bucket == "day" else 13)
+        return func.substr(column, 1, _SQLITE_PREFIX[bucket])
 
     def _keys(self, query: PerformanceQuery) -> list:
         r = requests_table.c
@@ -143,6 +155,9 @@ class PerformanceQueries:
             *keys,
             func.count().label("requests"),
             func.sum(case((r.status.in_(_ERRORS), 1), else_=0)).label("errors"),
+            func.coalesce(func.sum(r.input_tokens), 0).label("input_tokens"),
+            func.coalesce(func.sum(r.output_tokens), 0).label("output_tokens"),
+            func.coalesce(func.sum(r.cost_usd), 0.0).label("cost_usd"),
             *(
                 within_group(func.percentile_cont(fraction), completed_latency).label(f"p{i}")
                 for i, fraction in enumerate(PERCENTILES)
@@ -158,6 +173,9 @@ class PerformanceQueries:
                 groups={name: row[name] for name in query.dimensions},
                 requests=int(row["requests"]),
                 errors=int(row["errors"] or 0),
+                input_tokens=int(row["input_tokens"]),
+                output_tokens=int(row["output_tokens"]),
+                cost_usd=float(row["cost_usd"]),
                 latency_ms_p50=row["p0"],
                 latency_ms_p95=row["p1"],
             )
@@ -168,7 +186,9 @@ class PerformanceQueries:
     async def _in_python(self, query: PerformanceQuery) -> list[PerformanceRow]:
         r = requests_table.c
         keys = self._keys(query)
-        statement = select(*keys, r.status, r.latency_ms).where(*self._conditions(query))
+        statement = select(
+            *keys, r.status, r.latency_ms, r.input_tokens, r.output_tokens, r.cost_usd
+        ).where(*self._conditions(query))
         groups: dict[tuple, tuple[PerformanceRow, list[float]]] = {}
         async with self._engine.connect() as connection:
             result = await connection.stream(statement)
@@ -182,6 +202,9 @@ class PerformanceQueries:
                 aggregate.requests += 1
                 if row["status"] in _ERRORS:
                     aggregate.errors += 1
+                aggregate.input_tokens += row["input_tokens"] or 0
+                aggregate.output_tokens += row["output_tokens"] or 0
+                aggregate.cost_usd += row["cost_usd"] or 0.0
                 if row["status"] == RequestStatus.COMPLETED.value and row["latency_ms"] is not None:
                     latencies.append(float(row["latency_ms"]))
         rows = []
@@ -198,13 +221,22 @@ def report_json(rows: list[PerformanceRow], query: PerformanceQuery) -> dict[str
     for row in rows:
         totals["requests"] += row.requests
         totals["errors"] += row.errors
+        totals["input_tokens"] += row.input_tokens
+        totals["output_tokens"] += row.output_tokens
+        totals["cost_usd"] += row.cost_usd
     return {
         "object": "usage.performance",
         "since": isoformat_z(query.since),
         "until": isoformat_z(query.until),
         "group_by": ([query.bucket] if query.bucket else []) + list(query.dimensions),
         "data": [row.as_dict(query) for row in rows],
-        "totals": {"requests": totals["requests"], "errors": totals["errors"]},
+        "totals": {
+            "requests": totals["requests"],
+            "errors": totals["errors"],
+            "input_tokens": totals["input_tokens"],
+            "output_tokens": totals["output_tokens"],
+            "cost_usd": round(totals["cost_usd"], 8),
+        },
     }
 
 
@@ -212,6 +244,5 @@ def _as_bucket(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     text = str(value)
-    if len(text) == 10:
-        text += " 00"
-    return datetime.fromisoformat(text + ":00:00").replace(tzinfo=UTC)
+    padding = {10: " 00:00:00", 13: ":00:00", 16: ":00"}.get(len(text), "")
+    return datetime.fromisoformat(text + padding).replace(tzinfo=UTC)

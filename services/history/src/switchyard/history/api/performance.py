@@ -1,5 +1,5 @@
-"""`/v1/usage/performance`: requests, errors and p50/p95 latency over time, by model or
-deployment, for the caller (the whole tenant for admins). See performance.py."""
+"""`/v1/usage/performance`: requests, errors, tokens, cost and p50/p95 latency over time,
+by model or deployment, for the caller (the whole tenant for admins). See performance.py."""
 
 from __future__ import annotations
 
@@ -14,28 +14,29 @@ from switchyard.common.http import internal_token_dependency
 from switchyard.history.api.dependencies import CallerDep
 from switchyard.history.api.params import parse_time
 from switchyard.history.performance import (
+    BUCKETS,
     DEFAULT_RANGE,
+    MAX_MINUTE_RANGE,
     MAX_RANGE,
     PERFORMANCE_DIMENSIONS,
     PerformanceQueries,
     PerformanceQuery,
     report_json,
 )
-from switchyard.history.queries import TIME_BUCKETS
 
 
 def _group_by(value: str | None) -> tuple[str | None, tuple[str, ...]]:
     names = [part.strip() for part in (value or "").split(",") if part.strip()]
-    allowed = [*TIME_BUCKETS, *PERFORMANCE_DIMENSIONS]
+    allowed = [*BUCKETS, *PERFORMANCE_DIMENSIONS]
     problem = None
     unknown = [name for name in names if name not in allowed]
-    buckets = [name for name in names if name in TIME_BUCKETS]
+    buckets = [name for name in names if name in BUCKETS]
     if unknown:
         problem = f"'{unknown[0][:64]}' is not one of {', '.join(allowed)}"
     elif len(set(names)) != len(names):
         problem = "a name is repeated"
     elif len(buckets) > 1:
-        problem = "choose either day or hour, not both"
+        problem = "choose one of day, hour and minute"
     if problem:
         raise APIError(
             400,
@@ -43,7 +44,7 @@ def _group_by(value: str | None) -> tuple[str | None, tuple[str, ...]]:
             param="group_by",
             code="invalid_request",
         )
-    return (buckets[0] if buckets else None), tuple(n for n in names if n not in TIME_BUCKETS)
+    return (buckets[0] if buckets else None), tuple(n for n in names if n not in BUCKETS)
 
 
 def performance_router(internal_token: str) -> APIRouter:
@@ -63,7 +64,9 @@ def performance_router(internal_token: str) -> APIRouter:
         until: Annotated[str | None, Query(description="ISO 8601 end (exclusive); now.")] = None,
         group_by: Annotated[
             str | None,
-            Query(description="Comma-separated: day or hour, and any of model, deployment."),
+            Query(
+                description="Comma-separated: day, hour or minute, and any of model, deployment."
+            ),
         ] = None,
         model: Annotated[str | None, Query(max_length=256)] = None,
         api_key_id: Annotated[str | None, Query(max_length=128)] = None,
@@ -71,8 +74,8 @@ def performance_router(internal_token: str) -> APIRouter:
             str | None, Query(max_length=128, description="Admins: one user's requests.")
         ] = None,
     ) -> Response:
-        """Latency of completed requests (median and 95th percentile, ms) and the share of
-        failed or expired ones, over at most 93 days."""
+        """Latency of completed requests (median and 95th percentile, ms), the share of
+        failed or expired ones, tokens and cost, over at most 93 days (2 by minute)."""
         bucket, dimensions = _group_by(group_by)
         until_at = parse_time(until, "until") or datetime.now(UTC)
         since_at = parse_time(since, "since") or until_at - DEFAULT_RANGE
@@ -83,10 +86,12 @@ def performance_router(internal_token: str) -> APIRouter:
                 param="until",
                 code="invalid_request",
             )
-        if until_at - since_at > MAX_RANGE:
+        longest = MAX_MINUTE_RANGE if bucket == "minute" else MAX_RANGE
+        if until_at - since_at > longest:
             raise APIError(
                 400,
-                f"Invalid value for 'since': at most {MAX_RANGE.days} days.",
+                f"Invalid value for 'since': at most {longest.days} days"
+                + (" by minute." if bucket == "minute" else "."),
                 param="since",
                 code="invalid_request",
             )
