@@ -107,6 +107,16 @@ class Settings(ServiceSettings):
         default=Path(".switchyard/dev-api-key"),
         description="Development only: where the generated dev API key is kept between restarts.",
     )
+    dev_password: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SWITCHYARD_DEV_PASSWORD", "dev_password"),
+        description="Development only: the password `switchyard dev` gives its dev user "
+        "(the console's sign-in); generated and kept in `dev_password_file` when unset.",
+    )
+    dev_password_file: Path = Field(
+        default=Path(".switchyard/dev-password"),
+        description="Development only: where the generated dev password is kept between restarts.",
+    )
 
     @field_validator("verification_key_files", mode="before")
     @classmethod

@@ -582,6 +582,20 @@ class AuthService:
             user = await AuthStore(session).user_by_id(user_id)
         return user if user is not None and not user.disabled else None
 
+    async def ensure_password(self, email: str, password: str) -> None:
+        """Make `password` the user's password unless it already is (development set-up:
+        the dev user's password follows SWITCHYARD_DEV_PASSWORD). Raises UserNotFound."""
+        if not password:
+            raise InvalidInput("Password must not be empty.", param="password")
+        async with self._sessions() as session:
+            user = await AuthStore(session).user_by_email(normalise_email(email))
+            if user is None:
+                raise UserNotFound(f"No user with email {email.strip().lower()}.")
+            if user.password_hash and self._passwords.verify(user.password_hash, password):
+                return
+            user.password_hash = self._passwords.hash(password)
+            await session.commit()
+
     async def ensure_user(self, *, email: str, tenant: str, role: str) -> User:
         """The user with this email, created without a password if absent."""
         try:

@@ -207,3 +207,8 @@ def _publish_in_background(gateway: Gateway, event: ChatCancelRequested) -> None
     task = asyncio.ensure_future(publish())
     gateway.background.add(task)
     task.add_done_callback(gateway.background.discard)
+
+
+def request_cancellation(gateway: Gateway, tenant: str, job_id: str) -> None:
+    """Tell inference to skip or stop a job whose cancellation history has recorded."""
+    _publish_in_background(gateway, _cancel_event(tenant, job_id))
