@@ -68,7 +68,7 @@ test-e2e: install ## Whole-system tests: every service as its own process on Kaf
 .PHONY: test-browser
 test-browser: install ## The web console in Chromium (Debian's, installed if missing) via Playwright; screenshots in build/
 	deploy/local/chromium.sh >/dev/null
-	SWITCHYARD_REQUIRE_BROWSER=1 $(PYTEST) -q -m browser tests/browser
+	SWITCHYARD_REQUIRE_BROWSER=1 $(PYTEST) -q -m browser tests/browser services/gateway/tests/browser
 
 .PHONY: console-assets
 console-assets: ## Refresh the console's vendored htmx, Chart.js and Pico CSS from the npm registry
