@@ -50,11 +50,17 @@ def _seed(double: ConsoleDouble) -> list[str]:
             {
                 "id": payload,
                 "name": payload,
-                "max_budget_usd": 5,
-                "spend_usd": 1,
-                "budget_period": payload,
+                "limits": {
+                    "max_budget_usd": 5.0,
+                    "budget_period": "1d",
+                    "budget_anchor_at": "2025-01-01T00:00:00Z",
+                    "rpm_limit": None,
+                    "tpm_limit": None,
+                    "max_parallel_requests": None,
+                },
             }
         )
+        double.team_spend[payload] = 1.0
         ids.append(
             double.add_item(
                 alice,
@@ -145,8 +151,9 @@ async def test_payloads_in_every_field_render_as_text_and_never_run(chromium: st
                     lambda m: problems.append("console: " + m.text) if m.type == "error" else None,
                 )
                 await page.goto(base + "/ui/login")
-                await page.get_by_label("Email").fill("alice@acme.test")
-                await page.get_by_label("Password").fill("alice-password")
+                # An admin, who sees every team, key and request of the tenant.
+                await page.get_by_label("Email").fill("root@acme.test")
+                await page.get_by_label("Password").fill("root-password")
                 await page.get_by_role("button", name="Sign in").click()
                 await page.wait_for_url(base + "/ui/")
                 pages = [("/ui/keys", PAYLOADS), ("/ui/teams", PAYLOADS)]

@@ -42,7 +42,9 @@ class ConsoleDouble(AuthDouble):
     keys_by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
     refresh_tokens: dict[str, Account] = field(default_factory=dict)
     items: dict[str, dict[str, Any]] = field(default_factory=dict)  # request id -> item
-    teams: list[dict[str, Any]] | None = None  # None: no teams API (404)
+    # Teams in the governance API's shape; None: this auth has no teams API (404).
+    teams: list[dict[str, Any]] | None = None
+    team_spend: dict[str, float] = field(default_factory=dict)  # usage by team
     usage_csv: bytes = b"model,requests\nsim-small,3\n"
     metrics: str = ""
     recorded: list[httpx.Request] = field(default_factory=list)
@@ -168,7 +170,7 @@ class ConsoleDouble(AuthDouble):
             return self._tokens(account)
         if path == "/v1/auth/logout":
             return httpx.Response(204)
-        if path.startswith(("/v1/api-keys", "/v1/admin/", "/v1/teams")):
+        if path.startswith(("/v1/api-keys", "/v1/admin/", "/v1/me")):
             return self._auth_api(request, path, method)
         if path.startswith(("/v1/history", "/v1/usage", "/v1/jobs")):
             return self._history(request, path, method)
@@ -194,12 +196,26 @@ class ConsoleDouble(AuthDouble):
         caller = self._caller(request)
         if caller is None:
             return self._error(401, "The access token is invalid or expired.", "invalid_token")
-        if path == "/v1/teams":
-            if self.teams is None:
-                return self._error(404, "Not Found")
-            return self._json(200, {"object": "list", "data": self.teams})
+        if path in ("/v1/me", "/v1/admin/teams") and self.teams is None:
+            return self._error(404, "Not Found")
+        if path == "/v1/me":
+            team = self.teams[0]["id"] if self.teams else None
+            levels = {"team": {"id": team, "limits": self.teams[0]["limits"]}} if team else {}
+            return self._json(
+                200,
+                {
+                    "id": caller.user_id,
+                    "email": caller.email,
+                    "tenant": caller.tenant,
+                    "role": caller.role,
+                    "team_id": team,
+                    "levels": levels,
+                },
+            )
         if path.startswith("/v1/admin/") and caller.role != "admin":
             return self._error(403, "This operation needs the admin role.", "admin_required")
+        if path == "/v1/admin/teams":
+            return self._json(200, {"object": "list", "data": self.teams})
         if path == "/v1/admin/users":
             users = [
                 {"id": a.user_id, "email": a.email, "tenant": a.tenant, "role": a.role}
@@ -219,8 +235,19 @@ class ConsoleDouble(AuthDouble):
             body = json.loads(request.read())
             if len(body.get("name", "")) > 200:
                 return self._error(400, "name is too long", "invalid_request")
+            if (body.get("rpm_limit") or 0) < 0:
+                return self._error(400, "'rpm_limit' must be >= 0.", "invalid_request")
             record = self.add_key(caller, body["name"])
             record["allowed_models"] = body.get("allowed_models")
+            limit_names = (
+                "max_budget_usd",
+                "budget_period",
+                "rpm_limit",
+                "tpm_limit",
+                "max_parallel_requests",
+            )
+            if self.teams is not None:
+                record["limits"] = {name: body.get(name) for name in limit_names}
             return self._json(201, {**record, "key": "sk-sy-SECRET" + uuid.uuid4().hex})
         if method == "DELETE":
             key = self.keys_by_id.get(path.rsplit("/", 1)[1])
@@ -263,7 +290,14 @@ class ConsoleDouble(AuthDouble):
                 )
             group = request.url.params.get("group_by", "day")
             if group == "team":
-                return self._error(400, "Invalid value for 'group_by': 'team' is not one of day.")
+                if not self.team_spend:
+                    return self._error(
+                        400, "Invalid value for 'group_by': 'team' is not one of day."
+                    )
+                rows = [
+                    {"team": t, "cost_usd": c, "requests": 1} for t, c in self.team_spend.items()
+                ]
+                return self._json(200, {"object": "usage.report", "data": rows, "totals": {}})
             return self._json(
                 200,
                 {

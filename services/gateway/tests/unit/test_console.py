@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -205,7 +206,7 @@ async def test_xss_payloads_from_users_and_models_render_as_text():
     items = []
     for payload in XSS:
         double.add_key(alice, payload)
-        double.teams.append({"id": "t", "name": payload, "max_budget_usd": 1, "spend_usd": 2})
+        double.teams.append(team(payload, payload, 1.0, "1d"))
         items.append(
             double.add_item(
                 alice,
@@ -392,28 +393,80 @@ async def test_signing_out_ends_the_sign_in_at_auth_and_drops_the_cookie():
         assert (await gw.client.get("/ui/requests")).status_code == 303
 
 
-async def test_teams_page_says_when_teams_are_not_available_and_shows_budgets_when_they_are():
+def team(team_id: str, name: str, budget: float | None, period: str | None) -> dict:
+    return {
+        "id": team_id,
+        "tenant": "acme",
+        "name": name,
+        "allowed_models": None,
+        "limits": {
+            "max_budget_usd": budget,
+            "budget_period": period,
+            "budget_anchor_at": "2025-01-01T00:00:00Z",
+            "rpm_limit": 60,
+            "tpm_limit": None,
+            "max_parallel_requests": None,
+        },
+        "created_at": "2025-01-01T00:00:00Z",
+    }
+
+
+async def test_teams_page_says_when_teams_are_not_available_and_key_limits_are_hidden():
     async with console() as gw:
-        await sign_in(gw)
+        await sign_in(gw, "root@acme.test")
         page = await gw.client.get("/ui/teams")
         assert page.status_code == 200 and "Not available on this server yet" in page.text
+        keys = await gw.client.get("/ui/keys")
+        assert 'name="rpm_limit"' not in keys.text
+        assert "not available on this server yet" in keys.text
+
+
+async def test_teams_show_spend_against_budget_and_the_next_reset():
     double = ConsoleDouble(
-        teams=[
-            {
-                "id": "team-1",
-                "name": "search",
-                "max_budget_usd": 10.0,
-                "spend_usd": 2.5,
-                "budget_period": "30d",
-                "budget_reset_at": "2025-04-01T00:00:00Z",
-            }
-        ]
+        teams=[team("team-1", "search", 10.0, "30d"), team("team-2", "ads", None, None)],
+        team_spend={"team-1": 2.5},
     )
     async with console(double) as gw:
-        await sign_in(gw)
+        await sign_in(gw, "root@acme.test")
         page = await gw.client.get("/ui/teams")
         assert '<progress value="2.5" max="10.0"' in page.text
-        assert "$2.50 of $10.00" in page.text and "2025-04-01 00:00" in page.text
+        assert "$2.50 of $10.00" in page.text and "RPM 60" in page.text
+        assert "no budget" in page.text  # the team without one
+        since = double.calls_to("/v1/usage")[-1].url.params["since"]
+        # Periods of 30 days from the anchor: the current one started on a multiple.
+        from datetime import UTC, datetime
+
+        start = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        assert (start - datetime(2025, 1, 1, tzinfo=UTC)).days % 30 == 0
+        assert (datetime.now(UTC) - start).days < 30
+
+
+async def test_key_limits_are_sent_when_filled_in_and_bad_ones_are_shown():
+    double = ConsoleDouble(teams=[team("team-1", "search", 10.0, "30d")])
+    async with console(double) as gw:
+        await sign_in(gw)
+        page = await gw.client.get("/ui/keys")
+        assert 'name="rpm_limit"' in page.text
+        token = csrf_of(page.text)
+        created = await gw.client.post(
+            "/ui/keys",
+            data={
+                "csrftoken": token,
+                "name": "limited",
+                "rpm_limit": "30",
+                "max_budget_usd": "1.5",
+                "budget_period": "7d",
+            },
+        )
+        assert created.status_code == 201
+        sent = json.loads(double.calls_to("/v1/api-keys", "POST")[-1].read())
+        assert sent["rpm_limit"] == 30 and sent["max_budget_usd"] == 1.5
+        assert sent["budget_period"] == "7d" and "tpm_limit" not in sent
+        assert "RPM 30" in created.text
+        refused = await gw.client.post(
+            "/ui/keys", data={"csrftoken": token, "name": "bad", "rpm_limit": "-5"}
+        )
+        assert refused.status_code == 400 and "rpm_limit" in refused.text
 
 
 async def test_usage_by_team_without_teams_says_so():

@@ -512,8 +512,10 @@ async def _keys_page(
 ) -> Response:
     backend = backend_of(request)
     path = "/v1/admin/api-keys" if viewer.is_admin else "/v1/api-keys"
-    keys, labels = await asyncio.gather(
-        backend.auth(viewer.access_token, "GET", path), _labels(request, viewer)
+    keys, labels, me = await asyncio.gather(
+        backend.auth(viewer.access_token, "GET", path),
+        _labels(request, viewer),
+        _governance(request, viewer),
     )
     rows = sorted(keys["data"], key=lambda key: key["created_at"], reverse=True)
     return render(
@@ -525,6 +527,8 @@ async def _keys_page(
         keys=rows,
         labels=labels,
         models=backend.gateway.routing.model_names(),
+        limits_available=me is not None,
+        periods=views.BUDGET_PERIODS,
         **context,
     )
 
@@ -543,8 +547,15 @@ async def create_key(
     expires_in_days: Annotated[str, Form(max_length=10)] = "",
     allowed_models: Annotated[list[str] | None, Form()] = None,
     scopes: Annotated[list[str] | None, Form()] = None,
+    max_budget_usd: Annotated[str, Form(max_length=32)] = "",
+    budget_period: Annotated[str, Form(max_length=8)] = "",
+    rpm_limit: Annotated[str, Form(max_length=32)] = "",
+    tpm_limit: Annotated[str, Form(max_length=32)] = "",
+    max_parallel_requests: Annotated[str, Form(max_length=32)] = "",
 ) -> Response:
-    """Create a key for the signed-in user; the secret is shown on this answer only."""
+    """Create a key for the signed-in user; the secret is shown on this answer only.
+    Limits are sent only when filled in (auth checks them against the team's and the
+    user's, and refuses what does not fit, naming the field)."""
     body: dict[str, Any] = {"name": name.strip() or "default"}
     problem = None
     if expires_in_days.strip():
@@ -552,6 +563,19 @@ async def create_key(
             body["expires_in_days"] = int(expires_in_days)
         except ValueError:
             problem = "Expires in (days) must be a whole number."
+    for field, raw, label in (
+        ("max_budget_usd", max_budget_usd, "Budget (USD)"),
+        ("rpm_limit", rpm_limit, "Requests per minute"),
+        ("tpm_limit", tpm_limit, "Tokens per minute"),
+        ("max_parallel_requests", max_parallel_requests, "Parallel requests"),
+    ):
+        if raw.strip():
+            try:
+                body[field] = float(raw) if field == "max_budget_usd" else int(raw)
+            except ValueError:
+                problem = f"{label} must be a number."
+    if budget_period in views.BUDGET_PERIODS:
+        body["budget_period"] = budget_period
     if allowed_models:
         body["allowed_models"] = [model for model in allowed_models if model][:200]
     if scopes:
@@ -587,25 +611,81 @@ async def revoke_key(key_id: str, request: Request, viewer: CurrentViewer) -> Re
 
 # -- teams and budgets -------------------------------------------------------------------
 
+NOT_AVAILABLE = (404, 405, 501)
+
+
+async def _governance(request: Request, viewer: Viewer) -> dict[str, Any] | None:
+    """The caller and the limits of every level above them (auth's `GET /v1/me`), or
+    None when this server has no teams, budgets and limits."""
+    try:
+        return await backend_of(request).auth(viewer.access_token, "GET", "/v1/me")
+    except BackendError as exc:
+        if exc.status in NOT_AVAILABLE:
+            return None
+        raise
+
+
+async def _team_spend(
+    request: Request, viewer: Viewer, starts: set[datetime]
+) -> tuple[dict[tuple[datetime, str], float], str | None]:
+    """{(period start, team id): USD spent since then} from history's usage grouped by
+    team, one report per distinct period start; (empty, reason) when history cannot
+    group by team."""
+    backend = backend_of(request)
+    spend: dict[tuple[datetime, str], float] = {}
+    for start in sorted(starts):
+        try:
+            report = await backend.history(
+                viewer.principal,
+                "/v1/usage",
+                {"group_by": "team", "since": views.iso(start)},
+            )
+        except BackendError as exc:
+            if exc.status == 400:
+                return {}, exc.message
+            raise
+        for row in report.get("data", []):
+            if row.get("team"):
+                spend[(start, row["team"])] = float(row.get("cost_usd") or 0)
+    return spend, None
+
 
 @router.get("/teams")
 async def teams(request: Request, viewer: CurrentViewer) -> Response:
-    """Teams with spend against budget and when budgets reset (needs the admin API for
-    teams; without it the page says so)."""
+    """Teams with spend against budget and when budgets reset; members see the limits
+    that apply to them. Without teams on this server, the page says so."""
     backend = backend_of(request)
-    available, data, error = True, [], None
-    try:
-        answer = await backend.auth(viewer.access_token, "GET", "/v1/teams")
-        data = answer.get("data", []) if isinstance(answer, dict) else []
-    except BackendError as exc:
-        if exc.status in (404, 405, 501):
-            available = False
-        elif exc.status < 500:
-            error = exc.message
-        else:
-            raise
+    me = await _governance(request, viewer)
+    if me is None:
+        return render(request, "teams.html", viewer, section="teams", available=False)
+    rows: list[dict[str, Any]] = []
+    if viewer.is_admin:
+        answer = await backend.auth(viewer.access_token, "GET", "/v1/admin/teams")
+        rows = [
+            {"id": team["id"], "name": team["name"], "limits": team.get("limits") or {}}
+            for team in answer.get("data", [])
+        ]
+    elif me.get("team_id") and isinstance(me.get("levels"), dict):
+        level = me["levels"].get("team") or {}
+        rows = [{"id": me["team_id"], "name": me["team_id"], "limits": level.get("limits") or {}}]
+    now = datetime.now(UTC)
+    for row in rows:
+        row["period"] = views.budget_period(row["limits"], now)
+    starts = {row["period"][0] for row in rows if row["period"] is not None}
+    spend, spend_unavailable = await _team_spend(request, viewer, starts) if starts else ({}, None)
+    for row in rows:
+        if row["period"] is not None:
+            row["spend_usd"] = spend.get((row["period"][0], row["id"]), 0.0)
+    levels = me.get("levels") if isinstance(me.get("levels"), dict) else {}
     return render(
-        request, "teams.html", viewer, section="teams", available=available, teams=data, error=error
+        request,
+        "teams.html",
+        viewer,
+        section="teams",
+        available=True,
+        teams=rows,
+        levels=levels,
+        spend_unavailable=spend_unavailable,
     )
 
 

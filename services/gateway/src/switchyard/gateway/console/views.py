@@ -48,6 +48,8 @@ USAGE_GROUPS = {
     "api_key": "API key",
     "team": "Team",
 }
+# Budget periods as the governance API names them, in days.
+BUDGET_PERIODS = {"1d": 1, "7d": 7, "30d": 30}
 REQUEST_STATUSES = ("pending", "completed", "failed", "cancelled", "expired")
 JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired")
 
@@ -163,3 +165,16 @@ def json_text(value: Any) -> str:
     import json
 
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def budget_period(limits: dict[str, Any], now: datetime) -> tuple[datetime, datetime] | None:
+    """(start, reset) of the budget period containing `now`: periods start at the
+    budget's anchor plus whole periods. None without a budget, a period or an anchor."""
+    days = BUDGET_PERIODS.get(limits.get("budget_period") or "")
+    anchor = parse_iso(limits.get("budget_anchor_at"))
+    if not limits.get("max_budget_usd") or days is None or anchor is None:
+        return None
+    length = timedelta(days=days)
+    elapsed = max(0, int((now - anchor) / length))
+    start = anchor + elapsed * length
+    return start, start + length
