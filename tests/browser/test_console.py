@@ -154,6 +154,12 @@ def browse(embedded, screenshots, request_ids, foreign_request, started) -> None
                         "document.documentElement.scrollWidth - window.innerWidth"
                     )
                     assert overflow <= 1, (path, width, overflow)
+                # Navigating inside the console swaps pages in place (htmx) and still
+                # draws the charts.
+                page.get_by_role("link", name="Overview").click()
+                expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+                expect(page.locator("canvas[data-drawn]")).to_have_count(5)
+                watch.check(page, "overview after in-page navigation")
                 # The request log shows the model named like an attack, as text.
                 page.goto(embedded.url + "/ui/requests")
                 expect(page.locator("#request-log")).to_contain_text(XSS_MODEL)

@@ -1,5 +1,5 @@
-// Progressive enhancement of the console: charts from the JSON blocks the server
-// rendered, and copy-to-clipboard buttons. The pages work without it (tables carry
+// Progressive enhancement of the console: charts from the JSON the server rendered into
+// each canvas's data-chart attribute, and copy-to-clipboard buttons. The pages work without it (tables carry
 // every number); no inline script anywhere, so the CSP allows only this file.
 (function () {
   "use strict";
@@ -16,9 +16,7 @@
     if (typeof window.Chart === "undefined") { return; }
     root.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
       if (canvas.dataset.drawn) { return; }
-      var source = document.getElementById(canvas.dataset.chart);
-      if (!source) { return; }
-      var spec = JSON.parse(source.textContent);
+      var spec = JSON.parse(canvas.dataset.chart);
       var format = UNITS[spec.unit] || UNITS.count;
       canvas.dataset.drawn = "1";
       new window.Chart(canvas, {
