@@ -629,3 +629,20 @@ async def test_the_request_log_pages_with_history_cursors_and_keeps_the_filters(
         second = await gw.client.get(link)
         assert second.status_code == 200 and "Newest" in second.text
         assert double.calls_to("/v1/history")[-1].url.params["cursor"] == "CURSOR-1"
+
+
+async def test_quiet_periods_have_zero_requests_but_no_latency_in_the_overview_charts():
+    async with console() as gw:
+        await sign_in(gw)
+        page = await gw.client.get("/ui/?range=day")
+        assert page.status_code == 200
+
+        def spec(chart_id: str) -> dict:
+            match = re.search(rf'<canvas id="{chart_id}" data-chart="([^"]+)"', page.text)
+            assert match, chart_id
+            return json.loads(html.unescape(match.group(1)))
+
+        requests, latency = spec("chart-requests"), spec("chart-latency")
+        assert len(requests["labels"]) in (24, 25)  # every hour of the day, quiet or not
+        assert set(requests["series"][0]["data"]) == {0}
+        assert {value for series in latency["series"] for value in series["data"]} == {None}

@@ -269,9 +269,12 @@ async def overview(request: Request, viewer: CurrentViewer) -> Response:
     buckets = views.fill_buckets(over_time["data"], since, until, span.bucket)
     labels_x = [views.bucket_label(key, span.bucket) for key, _ in buckets]
 
-    def series(metric: str, scale: float = 1.0) -> list[Any]:
+    def series(metric: str, scale: float = 1.0, *, rate: bool = False) -> list[Any]:
+        """Values per bucket; a bucket without requests counts 0, but has no latency or
+        error rate at all (a gap in the line, not a fall to zero)."""
+        empty = None if rate else 0
         return [
-            (row[metric] * scale if row[metric] is not None else None) if row else 0
+            (row[metric] * scale if row[metric] is not None else None) if row else empty
             for _, row in buckets
         ]
 
@@ -287,12 +290,15 @@ async def overview(request: Request, viewer: CurrentViewer) -> Response:
         ),
         "spend": views.chart("line", labels_x, {"Spend (USD)": series("cost_usd")}, "usd"),
         "errors": views.chart(
-            "line", labels_x, {"Error rate": series("error_rate", 100)}, "percent"
+            "line", labels_x, {"Error rate": series("error_rate", 100, rate=True)}, "percent"
         ),
         "latency": views.chart(
             "line",
             labels_x,
-            {"p50": series("latency_ms_p50"), "p95": series("latency_ms_p95")},
+            {
+                "p50": series("latency_ms_p50", rate=True),
+                "p95": series("latency_ms_p95", rate=True),
+            },
             "ms",
         ),
     }

@@ -32,8 +32,8 @@
               backgroundColor: spec.kind === "bar" ? color : color + "33",
               fill: spec.kind === "line" && spec.series.length === 1,
               tension: 0.25,
-              pointRadius: spec.labels.length > 40 ? 0 : 2,
-              spanGaps: true
+              pointRadius: spec.labels.length > 40 ? 1 : 2,
+              spanGaps: false
             };
           })
         },
