@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import TracingMiddleware, health_router
+from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
 from switchyard.common.topics import Topics
 from switchyard.history.api.internal import idempotency_router
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(
         idempotency_router(settings.internal_token, settings.idempotency_max_body_bytes)
     )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(TracingMiddleware)
     return app
