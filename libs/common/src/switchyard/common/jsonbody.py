@@ -70,7 +70,13 @@ def check_json_depth(value: Any, max_depth: int = MAX_JSON_DEPTH) -> Any:
 def loads(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Parse a JSON body (orjson) and apply the depth bound. Raises orjson.JSONDecodeError
     (a `json.JSONDecodeError`) for invalid JSON and JsonTooDeep for over-deep JSON."""
-    return check_json_depth(orjson.loads(raw), max_depth)
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):  # orjson's own bound (1024)
+            raise JsonTooDeep(max_depth) from None
+        raise
+    return check_json_depth(value, max_depth)
 
 
 class JsonBodyTooDeep(HTTPException):
