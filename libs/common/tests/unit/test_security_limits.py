@@ -235,3 +235,17 @@ async def test_resolution_is_bounded_in_time():
 
     with pytest.raises(UnresolvableDestination):
         await TargetPolicy(resolver=hanging, resolve_timeout_s=0.05).check_url("http://x.example")
+
+
+async def test_metrics_can_be_put_behind_a_token():
+    from switchyard.common.metrics import metrics_router
+
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(metrics_router(token="scrape-secret"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        anonymous = await c.get("/metrics")
+        wrong = await c.get("/metrics", headers={"Authorization": "Bearer nope"})
+        scraper = await c.get("/metrics", headers={"Authorization": "Bearer scrape-secret"})
+    assert anonymous.status_code == wrong.status_code == 401
+    assert scraper.status_code == 200 and "python_info" in scraper.text

@@ -101,6 +101,12 @@ class ServiceSettings(BaseSettings):
         "are not public, e.g. 127.0.0.0/8 for local tests. Empty: public addresses only, in "
         "every environment.",
     )
+    metrics_token: str | None = Field(
+        default=None,
+        validation_alias=env("SWITCHYARD_METRICS_TOKEN"),
+        description="If set, /metrics answers only requests with 'Authorization: Bearer "
+        "<token>'; unset, /metrics is open (keep it off the public network).",
+    )
     host: str = Field(
         default="127.0.0.1",
         validation_alias=env("SWITCHYARD_HOST"),

@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     )
     install_error_handlers(app)
     app.include_router(health_router({"database": database_ready}))
-    app.include_router(metrics_router())
+    app.include_router(metrics_router(token=settings.metrics_token))
     app.include_router(jwks.router)
     app.include_router(tokens.router)
     app.include_router(api_keys.router)

@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         return event_bus is not None and await event_bus.healthy()
 
     app.include_router(health_router({"database": database_ready, "bus": bus_ready}))
-    app.include_router(metrics_router())
+    app.include_router(metrics_router(token=settings.metrics_token))
     app.include_router(history_router(settings.internal_token))
     app.include_router(usage_router(settings.internal_token))
     app.include_router(jobs_router(settings.internal_token))

@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
 
     install_error_handlers(app)
     app.include_router(health_router({"bus": bus_ready}))
-    app.include_router(metrics_router())
+    app.include_router(metrics_router(token=settings.metrics_token))
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(TracingMiddleware)
