@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from switchyard.common.testing.processes import free_port
 
-DEFAULT_EXAMPLES = 8
+DEFAULT_EXAMPLES = 5
 
 
 @dataclass
@@ -127,6 +128,7 @@ def server_errors(
                 skip=skip,
                 failures=failures,
             )
+            started = time.monotonic()
             try:
                 settings(
                     max_examples=examples,
@@ -137,6 +139,8 @@ def server_errors(
                 )(call)()
             except Unsatisfiable:
                 pass  # nothing to generate in this mode (e.g. no invalid form exists)
+            if os.environ.get("SWITCHYARD_FUZZ_TIMING"):
+                print(f"{operation.label} [{mode.value}]: {time.monotonic() - started:.2f}s")
     session.close()
     return failures
 
