@@ -3,6 +3,7 @@ admin with every scope, never answers 5xx."""
 
 from __future__ import annotations
 
+import pytest
 from argon2 import profiles
 
 from switchyard.auth.app import create_app
@@ -13,6 +14,8 @@ from switchyard.common.scopes import ADMIN_TOKEN_SCOPES
 from switchyard.common.testing.fuzz import serve_in_thread, server_errors
 
 
+# Bounded by examples (about 45 s alone on 2 cores); the timeout only covers a busy machine.
+@pytest.mark.timeout(300)
 def test_no_auth_route_answers_5xx_to_generated_requests(settings):
     apps: list = []
     async def build(state: dict) -> object:

@@ -5,6 +5,7 @@ bad input gets a 4xx in the API's format. The gateway runs on a real server on
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from switchyard.common.bus import InMemoryBus
 from switchyard.common.events import ChatRequested, Event
@@ -56,6 +57,8 @@ async def build_gateway(state: dict) -> object:
     return app
 
 
+# Bounded by examples (about 45 s alone on 2 cores); the timeout only covers a busy machine.
+@pytest.mark.timeout(300)
 def test_no_gateway_route_answers_5xx_to_generated_requests():
     with serve_in_thread(build_gateway) as server:
         failures = server_errors(

@@ -3,6 +3,8 @@ generated requests (schemathesis), never answers 5xx."""
 
 from __future__ import annotations
 
+import pytest
+
 from switchyard.common.bus import InMemoryBus
 from switchyard.common.testing.fuzz import serve_in_thread, server_errors
 from switchyard.history.app import create_app
@@ -11,6 +13,8 @@ from switchyard.history.config import Settings
 TOKEN = "fuzz-internal-token"
 
 
+# Bounded by examples (about 45 s alone on 2 cores); the timeout only covers a busy machine.
+@pytest.mark.timeout(300)
 def test_no_history_route_answers_5xx_to_generated_requests(database_url):
     async def build(state: dict) -> object:
         bus = InMemoryBus()
