@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             }
         )
     )
-    app.include_router(metrics_router())
+    app.include_router(metrics_router(token=settings.metrics_token))
     if settings.console_enabled:
         install_console(app, gateway)
     # Outermost, so the server span covers everything else the request goes through.

@@ -205,8 +205,10 @@ class ConsoleBackend:
         return states, sum(text is not None for text in pages)
 
     async def _metrics(self, url: str) -> str | None:
+        token = self._gateway.settings.metrics_token
+        headers = {"authorization": f"Bearer {token}"} if token else None
         try:
-            response = await self._gateway.http.get(url, timeout=2.0)
+            response = await self._gateway.http.get(url, timeout=2.0, headers=headers)
         except httpx.HTTPError:
             return None
         return response.text if response.status_code == 200 else None
