@@ -57,6 +57,8 @@ class Embedded:
 @pytest.fixture(scope="session")
 def screenshots() -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for old in SCREENSHOTS.glob("*.png"):  # only this run's pictures remain
+        old.unlink()
     return SCREENSHOTS
 
 
