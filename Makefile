@@ -7,9 +7,12 @@ UV_VERSION := 0.13.8
 UV ?= python3 -m uv
 PYTEST := $(UV) run --no-sync pytest
 
-# Real infrastructure the integration and e2e suites use; override to point elsewhere.
-export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
-export DATABASE_URL ?= postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard
+# Real infrastructure, for the targets that use it (tests, benchmarks, topics, migrations);
+# export either variable to point elsewhere. `make run` never sees these defaults, and
+# embedded mode ignores DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS even when exported.
+INFRA_TARGETS := test test-integration test-e2e bench bench-gateway topics migrate
+$(INFRA_TARGETS): export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
+$(INFRA_TARGETS): export DATABASE_URL ?= postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard
 
 UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit)
 INTEGRATION_TESTS := $(wildcard libs/common/tests/integration services/*/tests/integration)
@@ -20,12 +23,12 @@ help: ## List every target
 		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: install
-install: ## Install uv (if missing) and every package of the workspace into .venv
+install: ## Install uv (if missing) and every package of the workspace into .venv (bytecode compiled once, so start-up is quick)
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	@$(UV) sync --all-packages --quiet
+	@$(UV) sync --all-packages --quiet --compile-bytecode
 
 .PHONY: run
-run: install ## Run Switchyard embedded: all services in one process, no Kafka or Postgres needed
+run: install ## Run Switchyard embedded: all services in one process, in-memory bus, SQLite (never Kafka or Postgres)
 	$(UV) run --no-sync switchyard dev
 
 .PHONY: infra-up

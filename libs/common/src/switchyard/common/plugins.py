@@ -63,6 +63,8 @@ class DevContribution:
     messages: list[str] = field(default_factory=list)
     # (name, ASGI app, port) of extra servers, e.g. the provider simulator.
     extra_servers: list[tuple[str, Any, int]] = field(default_factory=list)
+    # Extra server name -> the setting that moves it to another port (named on a conflict).
+    port_settings: dict[str, str] = field(default_factory=dict)
 
 
 def discover() -> list[ServicePlugin]:
