@@ -23,7 +23,7 @@ help: ## List every target
 		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: install
-install: ## Install uv (if missing) and every package of the workspace into .venv (bytecode compiled once, so start-up is quick)
+install: ## Install uv (if missing) and every package of the workspace into .venv (bytecode compiled)
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	@$(UV) sync --all-packages --quiet --compile-bytecode
 
@@ -44,11 +44,11 @@ infra-status: ## Exit 0 if both Kafka and PostgreSQL answer
 	deploy/local/infra.sh status
 
 .PHONY: topics
-topics: install ## Create every topic on $KAFKA_BOOTSTRAP_SERVERS with explicit partition counts
+topics: install ## Create every topic on $KAFKA_BOOTSTRAP_SERVERS (default: the local broker) with explicit partition counts
 	$(UV) run --no-sync switchyard topics create
 
 .PHONY: migrate
-migrate: install ## Apply every service's database migrations to $DATABASE_URL
+migrate: install ## Apply every service's database migrations to $DATABASE_URL (default: the local PostgreSQL)
 	$(UV) run --no-sync switchyard db upgrade
 
 .PHONY: test
@@ -64,7 +64,7 @@ test-integration: install ## Integration tests against the real Kafka broker and
 	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m integration $(INTEGRATION_TESTS)
 
 .PHONY: test-e2e
-test-e2e: install ## Whole-system tests: every service as its own process on Kafka and Postgres
+test-e2e: install ## Whole-system tests: every service as its own process on Kafka and Postgres; make run as a new user runs it
 	deploy/local/promtool.sh >/dev/null
 	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m e2e tests/e2e
 

@@ -38,6 +38,44 @@ app.add_typer(topics_app)
 app.add_typer(events_app)
 
 
+def version_text() -> str:
+    """`switchyard <version>` and the version of every installed service distribution."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    lines = []
+    try:
+        lines.append(f"switchyard {version('switchyard-common')}")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        lines.append("switchyard (not installed)")
+    for plugin in discover():
+        try:
+            lines.append(f"  {plugin.name} {version(f'switchyard-{plugin.name}')}")
+        except PackageNotFoundError:
+            lines.append(f"  {plugin.name}")
+    return "\n".join(lines)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version of switchyard and of each installed service, and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Switchyard, the event-driven LLM gateway: run services, manage users, keys and topics."""
+
+
 @app.command()
 def dev(
     host: Annotated[
