@@ -29,7 +29,7 @@ install: ## Install uv (if missing) and every package of the workspace into .ven
 
 .PHONY: run
 run: install ## Run Switchyard embedded: all services in one process, in-memory bus, SQLite (never Kafka or Postgres)
-	$(UV) run --no-sync switchyard dev
+	@$(UV) run --no-sync switchyard dev
 
 .PHONY: infra-up
 infra-up: ## Install (first time) and start a real Kafka broker and PostgreSQL server
