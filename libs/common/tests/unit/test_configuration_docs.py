@@ -32,8 +32,10 @@ def variables(settings: type[BaseSettings]) -> dict[str, str]:
 
 def test_every_setting_of_every_service_is_documented():
     text = DOCS.read_text()
-    classes = [ServiceSettings, HttpLimits] + [type(plugin.settings()) for plugin in discover()]
-    assert len(classes) > 2
+    # Each service's Settings subclasses ServiceSettings: its shared fields are read under
+    # the service's own names (SWITCHYARD_AUTH_MAX_BODY_BYTES), checked there.
+    classes = [HttpLimits] + [type(plugin.settings()) for plugin in discover()]
+    assert len(classes) > 1 and all(issubclass(c, ServiceSettings) for c in classes[1:])
     missing = sorted(
         {
             variable

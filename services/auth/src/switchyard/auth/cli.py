@@ -26,6 +26,7 @@ from switchyard.auth.bootstrap import build_database_service, build_token_issuer
 from switchyard.auth.config import DatabaseSettings, Settings
 from switchyard.auth.service import AuthError, AuthService, expiry_in_days
 from switchyard.auth.signing import SigningKeyError
+from switchyard.common.text import terminal_safe as safe
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ tokens_app = typer.Typer(name="tokens", help="Issue access tokens.", no_args_is_
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {safe(message)}", err=True)
     return typer.Exit(code=1)
 
 
@@ -103,7 +104,10 @@ def create_user(
         return await service.create_user(email=email, tenant=tenant, role=role, password=password)
 
     user = run_with_service(create)
-    typer.echo(f"Created user {user.email} (id {user.id}, tenant {user.tenant}, role {user.role}).")
+    typer.echo(
+        f"Created user {safe(user.email)} (id {user.id}, tenant {safe(user.tenant)}, "
+        f"role {user.role})."
+    )
 
 
 @users_app.command("list")
@@ -129,7 +133,9 @@ def list_users(
             typer.echo(json.dumps(fields))
         else:
             state = "disabled" if user.disabled else "active"
-            typer.echo(f"{user.id}  {user.email}  {user.tenant}  {user.role}  {state}")
+            typer.echo(
+                f"{user.id}  {safe(user.email)}  {safe(user.tenant)}  {user.role}  {state}"
+            )
 
 
 def _set_disabled(email: str, disabled: bool) -> None:
@@ -139,7 +145,7 @@ def _set_disabled(email: str, disabled: bool) -> None:
 
     user = run_with_service(change)
     state = "Disabled" if disabled else "Enabled"
-    typer.echo(f"{state} user {user.email} (id {user.id}).")
+    typer.echo(f"{state} user {safe(user.email)} (id {user.id}).")
 
 
 @users_app.command("disable")
@@ -164,7 +170,10 @@ def create_key(
     name: Annotated[str, typer.Option(help="A label to recognise the key by.")] = "default",
     scopes: Annotated[
         str | None,
-        typer.Option(help=f"Comma-separated; default {','.join(known_scopes.API_KEY_SCOPES)}."),
+        typer.Option(
+            help=f"Comma-separated, of {','.join(known_scopes.API_KEY_SCOPES)} within what the "
+            f"user's role grants; default {','.join(known_scopes.DEFAULT_API_KEY_SCOPES)}."
+        ),
     ] = None,
     allowed_models: Annotated[
         str | None, typer.Option(help="Comma-separated models the key may call; default any.")
@@ -194,7 +203,7 @@ def create_key(
         return
     typer.echo(issued.key)
     typer.echo(
-        f"API key {issued.record.id} for {email.strip().lower()} "
+        f"API key {issued.record.id} for {safe(email.strip().lower())} "
         f"(scopes {','.join(issued.record.scopes)}). Store it now: it is not shown again.",
         err=True,
     )
@@ -234,7 +243,9 @@ def list_keys(
         if as_json:
             typer.echo(json.dumps(fields))
         else:
-            typer.echo(f"{key.id}  {key.prefix}...  {key.name}  {key.tenant}  {state}")
+            typer.echo(
+                f"{key.id}  {safe(key.prefix)}...  {safe(key.name)}  {safe(key.tenant)}  {state}"
+            )
 
 
 @keys_app.command("revoke")
@@ -247,7 +258,7 @@ def revoke_key(
         return await service.revoke_api_key(key_id, reason="operator")
 
     record = run_with_service(revoke)
-    typer.echo(f"Revoked API key {record.id} ({record.prefix}...).")
+    typer.echo(f"Revoked API key {record.id} ({safe(record.prefix)}...).")
 
 
 @tokens_app.command("create")
@@ -255,7 +266,7 @@ def create_token(
     email: Annotated[str, typer.Option(help="Email of the user the token is for.")],
     scopes: Annotated[
         str | None,
-        typer.Option(help=f"Comma-separated; default {','.join(known_scopes.USER_TOKEN_SCOPES)}."),
+        typer.Option(help="Comma-separated; default: all the scopes of the user's role."),
     ] = None,
     allowed_models: Annotated[
         str | None, typer.Option(help="Comma-separated models the token may call; default any.")

@@ -45,6 +45,12 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_AUTH_")
 
     port: int = 8001
+    max_body_bytes: int = Field(
+        default=64 * 1024,
+        gt=0,
+        description="Request bodies larger than this get 413 before they are read (sign-in, "
+        "keys and admin bodies are small).",
+    )
     database_url: str = _database_url_field()
     jwt_issuer: str = Field(
         default="switchyard-auth",

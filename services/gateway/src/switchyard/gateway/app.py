@@ -119,7 +119,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             }
         )
     )
-    app.include_router(metrics_router())
+    app.include_router(metrics_router(token=settings.metrics_token))
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(TracingMiddleware)
     app.add_middleware(ClientDisconnectGuard)

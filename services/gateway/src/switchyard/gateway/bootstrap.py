@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 import httpx
 
 from switchyard.common.bus import EventBus, Subscription
+from switchyard.common.egress import TargetPolicy, parse_networks
 from switchyard.common.http import inject_trace_headers
 from switchyard.common.routing import RoutingTable, load_routing
 from switchyard.common.topics import Topics
 from switchyard.gateway.auth import Authenticator
 from switchyard.gateway.config import Settings
+from switchyard.gateway.recent_jobs import RecentJobs
 from switchyard.gateway.replies import PendingReplies
 from switchyard.gateway.revocations import RevocationState, RevocationSync
 
@@ -33,6 +35,10 @@ class Gateway:
     background: set = field(default_factory=set)
     # Keeps the authenticator's revocation state current from the auth events topic.
     revocations: RevocationSync | None = None
+    # Where job webhooks may point (checked at POST /v1/jobs; history checks again).
+    webhook_policy: TargetPolicy = field(default_factory=TargetPolicy)
+    # Jobs accepted here lately, so cancelling one at once works (see recent_jobs.py).
+    recent_jobs: RecentJobs = field(default_factory=RecentJobs)
 
     async def listening_for_replies(self) -> bool:
         return self.replies_listener is not None
@@ -77,4 +83,7 @@ def build_gateway(settings: Settings, bus: EventBus) -> Gateway:
         routing=load_routing(settings.routing_file, settings.simulator_url),
         http=http,
         revocations=revocations,
+        webhook_policy=TargetPolicy(
+            parse_networks(settings.webhook_allowed_networks), resolve_timeout_s=2.0
+        ),
     )

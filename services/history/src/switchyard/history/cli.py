@@ -26,6 +26,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.plugins import lookup_principal_names
+from switchyard.common.text import terminal_safe
 from switchyard.history.bootstrap import history_engine
 from switchyard.history.config import DatabaseSettings
 from switchyard.history.queries import HistoryQueries, UsageQuery
@@ -55,7 +56,7 @@ tenant_settings_app = typer.Typer(
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {terminal_safe(message)}", err=True)
     return typer.Exit(code=1)
 
 
@@ -152,19 +153,12 @@ def _names(rows: list, query: UsageQuery) -> dict[str, dict[str, str]] | None:
 
 def _readable(report: dict[str, Any]) -> dict[str, Any]:
     """The table shows who, not ids: email and key name replace the ids (falling back to
-    the id when unknown), with control characters made visible."""
+    the id when unknown); every cell is printed terminal-safe (see `_fmt`)."""
     for item in report["data"]:
         for dimension, name_column in NAME_COLUMNS.items():
             if name_column in item:
-                item[dimension] = _printable(item.pop(name_column) or item[dimension])
+                item[dimension] = item.pop(name_column) or item[dimension]
     return report
-
-
-def _printable(value: Any) -> Any:
-    # Names come from users: never let them move the cursor or recolour the terminal.
-    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
-        return value.encode("unicode_escape").decode("ascii")
-    return value
 
 
 def _print_table(report: dict[str, Any]) -> None:
@@ -191,7 +185,7 @@ def _fmt(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.6f}"
-    return str(value)
+    return terminal_safe(value)
 
 
 @retention_app.command("purge")

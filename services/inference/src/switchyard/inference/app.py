@@ -17,6 +17,7 @@ from switchyard.common.bus import EventBus, Handler, RetryPolicy, Subscription, 
 from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
+from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
 from switchyard.common.topics import Topics
 from switchyard.inference.bootstrap import InferenceRuntime, build_runtime
@@ -105,8 +106,9 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
 
     install_error_handlers(app)
     app.include_router(health_router({"bus": bus_ready}))
-    app.include_router(metrics_router())
+    app.include_router(metrics_router(token=settings.metrics_token))
     # Outermost, so the server span covers everything else the request goes through.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(TracingMiddleware)
     app.add_middleware(ClientDisconnectGuard)
     install_docs(app, "Switchyard inference", ApiDocs())

@@ -13,21 +13,31 @@ from switchyard.auth import scopes as known_scopes
 from switchyard.auth.api.deps import AccessClaimsDep, CurrentUser, Service
 from switchyard.auth.metrics import API_KEYS_CREATED, REVOCATIONS
 from switchyard.auth.models import ApiKey
-from switchyard.auth.service import ApiKeyNotFound, InvalidInput, expiry_in_days
+from switchyard.auth.service import (
+    ApiKeyNotFound,
+    ExceedsCredential,
+    InvalidInput,
+    expiry_in_days,
+)
 from switchyard.auth.tokens import AccessClaims
 from switchyard.common.errors import APIError
+from switchyard.common.jsonbody import BoundedJsonRoute
 
-router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"])
+router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"], route_class=BoundedJsonRoute)
 
 
 class CreateApiKey(BaseModel):
     name: str = Field(default="default", min_length=1, max_length=200)
     scopes: list[str] | None = Field(
         default=None,
-        description=f"Subset of {list(known_scopes.API_KEY_SCOPES)}; all of them when omitted.",
+        description=f"Subset of {list(known_scopes.API_KEY_SCOPES)} within the access "
+        f"token's own scopes; when omitted, {list(known_scopes.DEFAULT_API_KEY_SCOPES)} "
+        "(those the token holds).",
     )
     allowed_models: list[str] | None = Field(
-        default=None, description="Models this key may call; any model when omitted."
+        default=None,
+        description="Models this key may call, within the access token's own models; when "
+        "omitted, the token's models (any model for an unrestricted token).",
     )
     expires_in_days: int | None = Field(default=None, gt=0, le=3650)
 
@@ -101,7 +111,8 @@ def require_keys_scope(claims: AccessClaims) -> None:
 async def create_api_key(
     body: CreateApiKey, user: CurrentUser, claims: AccessClaimsDep, service: Service
 ) -> CreatedApiKey:
-    """Create an API key for the caller; the response holds the secret, once."""
+    """Create an API key for the caller; the response holds the secret, once. The key
+    never holds more scopes or models than the access token creating it (403 otherwise)."""
     require_keys_scope(claims)
     try:
         issued = await service.create_api_key(
@@ -110,9 +121,13 @@ async def create_api_key(
             scopes=body.scopes,
             allowed_models=body.allowed_models,
             expires_at=expiry_in_days(body.expires_in_days),
+            creator_scopes=claims.scopes,
+            creator_models=claims.allowed_models,
         )
     except InvalidInput as exc:
         raise APIError(400, str(exc), param=exc.param, code="invalid_request") from None
+    except ExceedsCredential as exc:
+        raise APIError(403, str(exc), param=exc.param, code="insufficient_scope") from None
     API_KEYS_CREATED.inc()
     record = issued.record
     return CreatedApiKey(
