@@ -7,9 +7,12 @@ UV_VERSION := 0.13.8
 UV ?= python3 -m uv
 PYTEST := $(UV) run --no-sync pytest
 
-# Real infrastructure the integration and e2e suites use; override to point elsewhere.
-export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
-export DATABASE_URL ?= postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard
+# Real infrastructure, for the targets that use it (tests, benchmarks, topics, migrations);
+# export either variable to point elsewhere. `make run` never sees these defaults, and
+# embedded mode ignores DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS even when exported.
+INFRA_TARGETS := test test-integration test-e2e bench bench-gateway topics migrate
+$(INFRA_TARGETS): export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
+$(INFRA_TARGETS): export DATABASE_URL ?= postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard
 
 UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit)
 INTEGRATION_TESTS := $(wildcard libs/common/tests/integration services/*/tests/integration)
@@ -20,13 +23,13 @@ help: ## List every target
 		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: install
-install: ## Install uv (if missing) and every package of the workspace into .venv
+install: ## Install uv (if missing) and every package of the workspace into .venv (bytecode compiled)
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	@$(UV) sync --all-packages --quiet
+	@$(UV) sync --all-packages --quiet --compile-bytecode
 
 .PHONY: run
-run: install ## Run Switchyard embedded: all services in one process, no Kafka or Postgres needed
-	$(UV) run --no-sync switchyard dev
+run: install ## Run Switchyard embedded: all services in one process, in-memory bus, SQLite (never Kafka or Postgres)
+	@$(UV) run --no-sync switchyard dev
 
 .PHONY: infra-up
 infra-up: ## Install (first time) and start a real Kafka broker and PostgreSQL server
@@ -41,11 +44,11 @@ infra-status: ## Exit 0 if both Kafka and PostgreSQL answer
 	deploy/local/infra.sh status
 
 .PHONY: topics
-topics: install ## Create every topic on $KAFKA_BOOTSTRAP_SERVERS with explicit partition counts
+topics: install ## Create every topic on $KAFKA_BOOTSTRAP_SERVERS (default: the local broker) with explicit partition counts
 	$(UV) run --no-sync switchyard topics create
 
 .PHONY: migrate
-migrate: install ## Apply every service's database migrations to $DATABASE_URL
+migrate: install ## Apply every service's database migrations to $DATABASE_URL (default: the local PostgreSQL)
 	$(UV) run --no-sync switchyard db upgrade
 
 .PHONY: test
@@ -61,7 +64,7 @@ test-integration: install ## Integration tests against the real Kafka broker and
 	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m integration $(INTEGRATION_TESTS)
 
 .PHONY: test-e2e
-test-e2e: install ## Whole-system tests: every service as its own process on Kafka and Postgres
+test-e2e: install ## Whole-system tests: every service as its own process on Kafka and Postgres; make run as a new user runs it
 	deploy/local/promtool.sh >/dev/null
 	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m e2e tests/e2e
 

@@ -247,3 +247,16 @@ def _persist_failures() -> float:
 
 async def _async(value):
     return value
+
+
+async def test_a_request_read_right_after_its_answer_is_already_completed(service, events):
+    # Embedded mode: the reply reaches the client and the history consumer at the same
+    # moment; a read that follows at once must not see the request still pending.
+    for _ in range(5):
+        request = events.requested()
+        await service.publish(request, events.completed(request))
+        response = await service.client.get(
+            f"/v1/history/{request.request_id}", headers=service.headers()
+        )
+        assert response.status_code == 200
+        assert response.json()["status"] == "completed"

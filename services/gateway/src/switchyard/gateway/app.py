@@ -10,7 +10,8 @@ import structlog
 from fastapi import FastAPI
 
 from switchyard.common.bus import EventBus, create_bus
-from switchyard.common.http import TracingMiddleware, health_router
+from switchyard.common.docs import install_docs
+from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
 from switchyard.common.metrics import metrics_router
 from switchyard.gateway.api import chat, embeddings, history, jobs, messages, models, usage
 from switchyard.gateway.api.body import install_openapi_models
@@ -21,6 +22,7 @@ from switchyard.gateway.cors import install_cors
 from switchyard.gateway.errors import install_api_error_handlers
 from switchyard.gateway.idempotency import IdempotencyMiddleware
 from switchyard.gateway.limits import BodySizeLimit
+from switchyard.gateway.openapi import GATEWAY_DOCS
 from switchyard.gateway.replies import reply_partition
 from switchyard.gateway.schemas import (
     AnthropicMessagesRequest,
@@ -91,6 +93,9 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         version="0.1.0",
         description="OpenAI-compatible API of the Switchyard LLM gateway.",
         lifespan=lifespan,
+        # Served by install_docs from the installed Swagger UI package, not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.gateway = gateway
     install_openapi_models(app, ChatCompletionRequest, AnthropicMessagesRequest, EmbeddingsRequest)
@@ -120,4 +125,6 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         install_console(app, gateway)
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(TracingMiddleware)
+    app.add_middleware(ClientDisconnectGuard)
+    install_docs(app, "Switchyard gateway", GATEWAY_DOCS)
     return app

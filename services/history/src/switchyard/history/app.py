@@ -18,8 +18,9 @@ import structlog
 from fastapi import FastAPI
 
 from switchyard.common.bus import EventBus, create_bus
+from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
-from switchyard.common.http import TracingMiddleware, health_router
+from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
 from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
 from switchyard.common.topics import Topics
@@ -32,6 +33,22 @@ from switchyard.history.bootstrap import build_components
 from switchyard.history.config import Settings
 
 log = structlog.get_logger("switchyard.history")
+
+# How long a read waits for events already delivered in this process to be written (the
+# in-memory bus of embedded mode; on Kafka there is nothing to wait for here). Bounded, so
+# a stalled database delays reads by at most this much.
+READ_AFTER_WRITE_WAIT_S = 1.0
+
+# Errors beyond those derived from each route (400 for input, 401 for the internal token
+# and the caller's identity, 404 for an id in the path), for the OpenAPI document.
+HISTORY_DOCS = ApiDocs(
+    errors={
+        "GET /v1/history/settings": (403,),
+        "PUT /v1/history/settings": (403,),
+        "POST /v1/jobs/{job_id}/cancel": (409,),
+        "POST /internal/v1/idempotency/complete": (413,),
+    }
+)
 
 
 def create_app(settings: Settings | None = None, bus: EventBus | None = None) -> FastAPI:
@@ -66,6 +83,9 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
                 max_batch=settings.max_batch,
             )
             stack.push_async_callback(subscription.stop)
+            app.state.read_barrier = lambda: event_bus.caught_up(
+                settings.group, READ_AFTER_WRITE_WAIT_S
+            )
             for name, work in (
                 ("sweeper", components.sweeper.run(settings.sweep_interval_s)),
                 ("webhooks", components.webhooks.run(settings.webhook_poll_interval_s)),
@@ -81,6 +101,9 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         summary="Every event of every request, and each caller's request history.",
         version="1.0.0",
         lifespan=lifespan,
+        # Served by install_docs from the installed Swagger UI package, not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
 
@@ -104,6 +127,8 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(TracingMiddleware)
+    app.add_middleware(ClientDisconnectGuard)
+    install_docs(app, "Switchyard history", HISTORY_DOCS)
     return app
 
 

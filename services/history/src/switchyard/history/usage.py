@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -76,11 +76,22 @@ def time_range(
     return since, until
 
 
-def row_dict(row: UsageRow, query: UsageQuery) -> dict[str, Any]:
+# Readable label columns added after an id column when names are given (see `row_dict`).
+NAME_COLUMNS = {"user": "user_email", "api_key": "api_key_name"}
+
+
+def row_dict(
+    row: UsageRow, query: UsageQuery, names: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, Any]:
+    """One report row. With `names` ({"user": {id: email}, "api_key": {id: name}}), the
+    user and API key ids are followed by `user_email` / `api_key_name`."""
     data: dict[str, Any] = {}
     if query.bucket is not None:
         data["bucket"] = isoformat_z(row.bucket) if row.bucket else None
-    data.update(row.groups)
+    for dimension, value in row.groups.items():
+        data[dimension] = value
+        if names is not None and dimension in NAME_COLUMNS:
+            data[NAME_COLUMNS[dimension]] = names.get(dimension, {}).get(value)
     data.update(
         requests=row.requests,
         completed=row.completed,
@@ -94,9 +105,11 @@ def row_dict(row: UsageRow, query: UsageQuery) -> dict[str, Any]:
     return data
 
 
-def report_json(rows: list[UsageRow], query: UsageQuery) -> dict[str, Any]:
+def report_json(
+    rows: list[UsageRow], query: UsageQuery, names: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, Any]:
     totals = {metric: 0 for metric in METRICS}
-    data = [row_dict(row, query) for row in rows]
+    data = [row_dict(row, query, names) for row in rows]
     for item in data:
         for metric in METRICS:
             totals[metric] += item[metric]
@@ -118,12 +131,20 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def report_csv(rows: list[UsageRow], query: UsageQuery) -> str:
-    columns = (["bucket"] if query.bucket else []) + list(query.dimensions) + list(METRICS)
+def report_csv(
+    rows: list[UsageRow], query: UsageQuery, names: Mapping[str, Mapping[str, str]] | None = None
+) -> str:
+    """CSV of the report; ids stay in their columns, `names` adds the readable ones."""
+    dimensions: list[str] = []
+    for dimension in query.dimensions:
+        dimensions.append(dimension)
+        if names is not None and dimension in NAME_COLUMNS:
+            dimensions.append(NAME_COLUMNS[dimension])
+    columns = (["bucket"] if query.bucket else []) + dimensions + list(METRICS)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        item = row_dict(row, query)
+        item = row_dict(row, query, names)
         writer.writerow([_cell(item[column]) for column in columns])
     return buffer.getvalue()

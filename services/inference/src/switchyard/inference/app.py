@@ -14,8 +14,9 @@ import structlog
 from fastapi import FastAPI
 
 from switchyard.common.bus import EventBus, Handler, RetryPolicy, Subscription, create_bus
+from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
-from switchyard.common.http import TracingMiddleware, health_router
+from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
 from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
 from switchyard.common.topics import Topics
@@ -93,6 +94,9 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         version="0.1.0",
         lifespan=lifespan,
         summary="Consumes chat requests and calls LLM providers; HTTP for health and metrics.",
+        # Served by install_docs from the installed Swagger UI package, not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.bus = None
 
@@ -106,6 +110,8 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(TracingMiddleware)
+    app.add_middleware(ClientDisconnectGuard)
+    install_docs(app, "Switchyard inference", ApiDocs())
     return app
 
 

@@ -807,7 +807,61 @@ async def _metrics(_: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+# What each simulator route is for, in its OpenAPI document.
+_SUMMARIES = {
+    "/v1/chat/completions": "OpenAI Chat Completions (JSON or SSE streaming)",
+    "/v1/messages": "Anthropic Messages (JSON or SSE streaming)",
+    "/v1/embeddings": "OpenAI Embeddings",
+    "/v1/models": "The simulated models",
+    "/_sim/faults": "Inject faults (POST) or clear them (DELETE)",
+    "/_sim/latency": "Change the base latency of every reply",
+    "/_sim/stats": "Calls served, by route and model; faults served",
+    "/_sim/reset": "Clear faults and counters",
+    "/livez": "Liveness: the process is up",
+    "/readyz": "Readiness: the simulator answers",
+}
+
+
+async def _livez(_: Request) -> Response:
+    return _json({"status": "ok"})
+
+
+async def _readyz(_: Request) -> Response:
+    # Nothing to depend on: ready as soon as it listens.
+    return _json({"status": "ok", "checks": {}})
+
+
+def simulator_openapi(routes: list[Route]) -> dict[str, Any]:
+    """A minimal OpenAPI 3.1 document of the simulator's routes (bodies are the providers')."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if route.path in ("/metrics",) or not route.methods:
+            continue
+        for method in sorted(route.methods - {"HEAD"}):
+            tag = "control" if route.path.startswith("/_sim") else "provider"
+            if route.path in ("/livez", "/readyz"):
+                tag = "operations"
+            paths.setdefault(route.path, {})[method.lower()] = {
+                "summary": _SUMMARIES.get(route.path, route.path),
+                "tags": [tag],
+                "responses": {"200": {"description": "Success"}},
+            }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Switchyard provider simulator",
+            "version": "1.0.0",
+            "description": "Speaks the OpenAI and Anthropic wire protocols; "
+            "`/_sim/*` injects faults and latency.",
+        },
+        "paths": paths,
+    }
+
+
 def create_simulator_app(latency_ms: float = 0) -> Starlette:
+    from switchyard.common.docs import install_docs
+    from switchyard.common.http import ClientDisconnectGuard
+
     simulator = Simulator(latency_ms)
     routes = [
         Route("/v1/chat/completions", simulator.chat_completions, methods=["POST"]),
@@ -820,7 +874,15 @@ def create_simulator_app(latency_ms: float = 0) -> Starlette:
         Route("/_sim/stats", simulator.stats, methods=["GET"]),
         Route("/_sim/reset", simulator.reset, methods=["POST"]),
         Route("/metrics", _metrics, methods=["GET"]),
+        Route("/livez", _livez, methods=["GET"]),
+        Route("/readyz", _readyz, methods=["GET"]),
     ]
+    spec = simulator_openapi(routes)
+
+    async def openapi(_: Request) -> Response:
+        return _json(spec)
+
+    routes.append(Route("/openapi.json", openapi, methods=["GET"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -829,4 +891,7 @@ def create_simulator_app(latency_ms: float = 0) -> Starlette:
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.simulator = simulator
+    install_docs(app, "Switchyard provider simulator")
+    # A client hanging up mid-request is one INFO line, not a traceback.
+    app.add_middleware(ClientDisconnectGuard)
     return app

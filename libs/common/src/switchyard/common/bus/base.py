@@ -113,6 +113,12 @@ class EventBus(abc.ABC):
     async def healthy(self) -> bool:
         return True
 
+    async def caught_up(self, group: str, timeout: float) -> bool:
+        """Wait at most `timeout` seconds until consumer group `group` of this process has
+        handled every event published before the call; True if it has. A bus whose
+        publishers live in other processes (Kafka) cannot tell and answers True at once."""
+        return True
+
 
 async def call_with_retry(
     handle: Callable[[], Awaitable[None]],

@@ -43,6 +43,15 @@ class _Group:
     # (topic, event, trace context of the publisher)
     queue: asyncio.Queue[tuple[str, Event, dict]] = field(default_factory=asyncio.Queue)
     members: int = 0
+    # Events put in the queue, and handled (or dead-lettered) since: see `caught_up`.
+    enqueued: int = 0
+    handled: int = 0
+    progress: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def mark_handled(self, count: int) -> None:
+        async with self.progress:
+            self.handled += count
+            self.progress.notify_all()
 
 
 class _TaskSubscription(Subscription):
@@ -107,13 +116,30 @@ class InMemoryBus(EventBus):
         self.published[topic] += 1
         carrier = tracing.current_trace_carrier()
         for group in self._topic_groups.get(topic, ()):
-            self._groups[group].queue.put_nowait((topic, event, carrier))
+            state = self._groups[group]
+            state.enqueued += 1
+            state.queue.put_nowait((topic, event, carrier))
         for queue, wanted in self._listeners.get(topic, ()):
             if wanted is None or partition is None or partition in wanted:
                 queue.put_nowait((event, carrier))
 
     async def partition_count(self, topic: str) -> int:
         return self._partitions.get(topic, 1)
+
+    async def caught_up(self, group: str, timeout: float) -> bool:
+        state = self._groups.get(group)
+        if state is None:
+            return True
+        target = state.enqueued
+        if state.handled >= target:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                async with state.progress:
+                    await state.progress.wait_for(lambda: state.handled >= target)
+        except TimeoutError:
+            return False
+        return True
 
     def _join(self, topics: Sequence[str], group: str) -> _Group:
         state = self._groups.setdefault(group, _Group())
@@ -166,6 +192,7 @@ class InMemoryBus(EventBus):
                     )
                 if error is not None:
                     self._dead_letter(topic, event, error)
+                await state.mark_handled(1)
 
         return self._track([asyncio.create_task(worker()) for _ in range(max(1, concurrency))])
 
@@ -202,6 +229,7 @@ class InMemoryBus(EventBus):
                 if error is not None:
                     for topic, event, _ in items:
                         self._dead_letter(topic, event, error)
+                await state.mark_handled(len(items))
 
         return self._track([asyncio.create_task(worker())])
 
