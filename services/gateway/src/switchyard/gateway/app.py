@@ -121,10 +121,11 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         )
     )
     app.include_router(metrics_router(token=settings.metrics_token))
+    install_docs(app, "Switchyard gateway", GATEWAY_DOCS)
+    # Mounted after every API and docs route, so its own handling never touches them.
     if settings.console_enabled:
         install_console(app, gateway)
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(TracingMiddleware)
     app.add_middleware(ClientDisconnectGuard)
-    install_docs(app, "Switchyard gateway", GATEWAY_DOCS)
     return app
