@@ -106,3 +106,13 @@ def test_logging_never_waits_for_a_blocked_output_stream():
         flush_logs()
         configure_logging("test", "INFO", "json")
     assert "client disconnected" in stream.getvalue()
+
+
+def test_counts_named_after_credentials_are_logged_as_numbers(log_output):
+    stream = log_output("json")
+    structlog.get_logger("switchyard.test").info(
+        "revocation state loaded", revoked_tokens=3, revoked_api_keys=0, password_reset=False
+    )
+    flush_logs()
+    line = stream.getvalue()
+    assert '"revoked_tokens": 3' in line and '"revoked_api_keys": 0' in line

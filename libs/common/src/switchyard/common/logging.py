@@ -86,7 +86,10 @@ def _logstash_fields(_: Any, method_name: str, event_dict: dict[str, Any]) -> di
 
 def _redact_secrets(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     # Defence in depth: a credential passed as a log field by mistake never reaches the log.
-    for key in list(event_dict):
+    # Numbers and booleans (e.g. a count of revoked tokens) cannot be credentials.
+    for key, value in list(event_dict.items()):
+        if isinstance(value, bool | int | float) or value is None:
+            continue
         if any(secret in key.lower() for secret in _SECRET_KEYS) and key != "api_key_id":
             event_dict[key] = REDACTED
     return event_dict
