@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from switchyard.common.bus import BusUnavailableError
+from switchyard.common.bus import BusUnavailableError, EventTooLargeError
 
 from .conftest import API_KEY
 
@@ -137,3 +137,18 @@ async def test_an_invalid_idempotency_key_is_refused_with_a_request_id(harness):
     assert response.status_code == 400
     assert error_of(response, "anthropic")["param"] == "Idempotency-Key"
     assert response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(("path", "body", "vendor"), APIS, ids=["chat", "messages", "embeddings"])
+async def test_a_request_too_large_for_the_bus_is_413_not_an_outage(harness, path, body, vendor):
+    async def refuse(*_args, **_kwargs):
+        raise EventTooLargeError("larger than the topic accepts")
+
+    harness.bus.publish = refuse  # type: ignore[method-assign]
+    response = await harness.client.post(path, json=body, headers=AUTH)
+
+    assert response.status_code == 413
+    error = error_of(response, vendor)
+    assert error["code"] == "request_too_large"
+    assert "retry-after" not in response.headers
+    assert harness.app.state.gateway.in_flight == 0

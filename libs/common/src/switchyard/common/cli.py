@@ -165,6 +165,7 @@ def topics_create(
             Topics(settings.topic_prefix),
             replication_factor=replication_factor,
             partitions_override=partitions,
+            max_message_bytes=settings.kafka_max_message_bytes,
         )
     )
     typer.echo(f"created {len(created)} topic(s): {', '.join(created) or 'none needed'}")

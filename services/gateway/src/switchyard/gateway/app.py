@@ -54,6 +54,13 @@ async def listen_for_replies(gateway: Gateway) -> None:
 
 def create_app(settings: Settings | None = None, bus: EventBus | None = None) -> FastAPI:
     settings = settings or Settings()
+    largest = max(path_limits(settings).values())
+    if settings.bus == "kafka" and largest > settings.kafka_max_message_bytes:
+        log.warning(
+            "request bodies may be larger than the event bus carries: such requests get 413",
+            largest_body_bytes=largest,
+            kafka_max_message_bytes=settings.kafka_max_message_bytes,
+        )
     owns_bus = bus is None
     the_bus = bus or create_bus(settings, client_id=f"gateway-{settings.instance_id}")
     gateway = build_gateway(settings, the_bus)

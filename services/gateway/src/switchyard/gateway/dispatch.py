@@ -32,7 +32,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from switchyard.common.bus import BusUnavailableError
+from switchyard.common.bus import BusUnavailableError, EventTooLargeError
 from switchyard.common.errors import APIError
 from switchyard.common.events import (
     FORWARDED_HEADERS,
@@ -134,6 +134,15 @@ def sse_event(event: StreamEvent) -> bytes:
     return b"event: " + name.encode() + b"\n" + data
 
 
+def too_large_for_bus() -> APIError:
+    return APIError(
+        413,
+        "The request is larger than this deployment's event bus carries; shorten it, or "
+        "raise SWITCHYARD_KAFKA_MAX_MESSAGE_BYTES and the topics' max.message.bytes.",
+        code="request_too_large",
+    )
+
+
 def deadline_exceeded(request_id: str) -> APIError:
     # The request id lets a retry with the same Idempotency-Key find this outcome.
     return APIError(
@@ -233,6 +242,11 @@ class Dispatch:
             await gateway.bus.publish(
                 gateway.topics.requests_interactive, event, key=dispatch.request_id
             )
+        except EventTooLargeError as exc:
+            dispatch.close()
+            REJECTED.labels("too_large_for_bus").inc()
+            log.error("request too large for the event bus", error=str(exc))
+            raise too_large_for_bus() from None
         except BusUnavailableError as exc:
             dispatch.close()
             REJECTED.labels("bus_unavailable").inc()

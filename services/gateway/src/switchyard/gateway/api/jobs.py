@@ -30,7 +30,7 @@ import orjson
 import structlog
 from fastapi import APIRouter, Request, Response
 
-from switchyard.common.bus import BusUnavailableError
+from switchyard.common.bus import BusUnavailableError, EventTooLargeError
 from switchyard.common.errors import APIError
 from switchyard.common.events import (
     CancelRequestData,
@@ -46,7 +46,7 @@ from switchyard.gateway.api.body import READERS, ClientRequest, openapi_body, pa
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.api.history import forward, looks_like_id
 from switchyard.gateway.bootstrap import Gateway
-from switchyard.gateway.dispatch import forwarded_headers
+from switchyard.gateway.dispatch import forwarded_headers, too_large_for_bus
 from switchyard.gateway.limits import API_PATHS, too_large_message
 from switchyard.gateway.request_id import request_id_of
 from switchyard.gateway.schemas import JobRequest
@@ -172,6 +172,9 @@ async def create_job(
     )
     try:
         await gateway.bus.publish(gateway.topics.requests_batch, event, key=job_id)
+    except EventTooLargeError as exc:
+        log.error("job too large for the event bus", error=str(exc))
+        raise too_large_for_bus() from None
     except BusUnavailableError as exc:
         log.error("could not publish job", error=str(exc))
         raise APIError(
