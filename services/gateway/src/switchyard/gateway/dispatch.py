@@ -316,6 +316,9 @@ class Dispatch:
             self.observe(reply.data.error.status)
             raise ReplyFailed(reply)
         assert isinstance(reply, ChatCompleted)
+        if reply.data.api is not self.api:
+            # Relayed anyway (the client may cope); inference must answer in the client's API.
+            log.error("reply in another API", expected=self.api.value, got=reply.data.api.value)
         self.finished = True
         self.observe(200)
         added = time.perf_counter() - self.started - reply.data.latency_ms / 1000
@@ -356,6 +359,8 @@ class Dispatch:
                         yield b"".join([sse_event(event) for event in record.data.events])
             else:
                 self.finished = True
+                if next_sequence == 0 and not early and isinstance(reply, ChatCompleted):
+                    log.warning("stream completed without any stream event", api=self.api.value)
                 if early:
                     # Records before these never arrived; what did is relayed in order.
                     log.warning("stream records missing", missing_from=next_sequence)
