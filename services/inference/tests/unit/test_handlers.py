@@ -22,12 +22,8 @@ from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.inference.handlers import ChatRequestHandler
 from switchyard.inference.pricing import Price, PriceTable
-from switchyard.inference.providers import (
-    AnthropicProvider,
-    OpenAIProvider,
-    ProviderPool,
-    default_provider_factory,
-)
+from switchyard.inference.providers import ProviderPool
+from switchyard.inference.upstream import AnthropicUpstream, OpenAIUpstream, create_upstream
 from switchyard.inference.reliability import Backoff
 from switchyard.inference.testing import Harness, chat_request
 
@@ -158,40 +154,43 @@ async def test_request_past_its_deadline_expires_without_calling_upstream(
 
 
 @pytest.mark.parametrize(
-    ("injected", "status", "code"),
+    ("injected", "status", "error_type"),
     [
-        (429, 429, "upstream_rate_limited"),
-        (500, 502, "upstream_error"),
-        (503, 502, "upstream_error"),
-        (401, 502, "upstream_auth_failed"),  # our key was refused: not the caller's fault
+        (429, 429, "rate_limit_exceeded"),
+        (500, 500, "server_error"),
+        (503, 503, "server_error"),
+        (401, 502, "upstream_error"),  # our key was refused: not the caller's fault
     ],
 )
-async def test_upstream_errors_become_failed_replies_with_the_client_status(
-    harness, simulator, injected: int, status: int, code: str
+async def test_upstream_errors_keep_their_status_and_type_for_an_openai_client(
+    harness, simulator, injected: int, status: int, error_type: str
 ) -> None:
     simulator.fault(status=injected, retry_after=12 if injected == 429 else None)
 
     reply = await harness.handle(chat_request())
 
     assert isinstance(reply, ChatFailed)
-    assert (reply.data.status, reply.data.error.status, reply.data.error.code) == (
+    assert (reply.data.status, reply.data.error.status, reply.data.error.type) == (
         "failed",
         status,
-        code,
+        error_type,
     )
     assert reply.data.deployment == "sim"
     if injected == 429:
-        assert "Retry after 12 seconds" in reply.data.error.message
+        assert reply.data.error.retry_after_s == 12
     assert simulator.calls() == 1  # max_retries=0: exactly one upstream call
 
 
-async def test_upstream_400_is_passed_through_with_the_upstream_message(harness) -> None:
+async def test_upstream_400_is_passed_through_with_the_upstream_message_and_param(
+    harness,
+) -> None:
     request = chat_request(body={"model": "sim-small", "messages": [{"content": "no role"}]})
 
     reply = await harness.handle(request)
 
     assert (reply.data.error.status, reply.data.error.type) == (400, "invalid_request_error")
     assert "messages.0" in reply.data.error.message
+    assert reply.data.error.param == "messages.0"
 
 
 async def test_rate_limit_is_retried_on_the_same_deployment_when_it_allows(
