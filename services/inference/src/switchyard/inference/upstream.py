@@ -290,7 +290,7 @@ class SDKUpstream:
         else is a bug and stays itself."""
         if isinstance(exc, ProviderError):
             return exc
-        if isinstance(exc, self._sdk_errors | httpx2.HTTPError):
+        if isinstance(exc, (*self._sdk_errors, httpx2.HTTPError)):
             return map_sdk_error(exc, self.deployment, self.protocol)  # type: ignore[arg-type]
         if isinstance(exc, SSEError):
             return invalid_reply(self.name)
