@@ -23,9 +23,9 @@ from switchyard.common.topics import Topics
 from switchyard.inference.handlers import ChatRequestHandler
 from switchyard.inference.pricing import Price, PriceTable
 from switchyard.inference.providers import ProviderPool
-from switchyard.inference.upstream import AnthropicUpstream, OpenAIUpstream, create_upstream
 from switchyard.inference.reliability import Backoff
 from switchyard.inference.testing import Harness, chat_request
+from switchyard.inference.upstream import AnthropicUpstream, OpenAIUpstream, create_upstream
 
 TOPICS = Topics("test")
 

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 
 from switchyard.inference.translate import (
-    MessageEventsToChatChunks,
-    CompletionAccumulator,
     ChatChunksToMessageEvents,
+    CompletionAccumulator,
+    MessageEventsToChatChunks,
     TranslationError,
-    messages_request_to_chat,
-    message_to_chat_completion,
-    chat_request_to_messages,
     chat_completion_to_message,
+    chat_request_to_messages,
+    message_to_chat_completion,
+    messages_request_to_chat,
 )
 
 openai = pytest.importorskip("openai")
