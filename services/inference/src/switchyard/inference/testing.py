@@ -274,6 +274,11 @@ class RecordingUpstream:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.replies: list[Scripted] = []
+        self.root = ""  # set by whoever serves it
+
+    @property
+    def last(self) -> Recorded:
+        return self.requests[-1]
 
     def script(self, *replies: Scripted) -> None:
         self.replies = list(replies)
@@ -295,6 +300,8 @@ class RecordingUpstream:
             self.requests.append(
                 Recorded(request.method, request.url.path, dict(request.headers), body, raw)
             )
+            if not self.replies:
+                return Response(b'{"error": "nothing scripted"}', status_code=500)
             reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
             if reply.events is None:
                 return Response(
