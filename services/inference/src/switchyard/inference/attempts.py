@@ -311,7 +311,12 @@ class Attempts:
             run.end_call(usage)
             state.breaker.success()
             observe_call(data.api, model, deployment, "ok", started)
-            outcome = Outcome(TerminalStatus.COMPLETED, response=response, upstream_api=call.api)
+            outcome = Outcome(
+                TerminalStatus.COMPLETED,
+                response=response,
+                upstream_api=call.api,
+                reply_usage=usage,
+            )
             return self._with_usage(run, outcome, deployment)
 
     def _failed(self, run: RequestRun, error: ProviderError, deployment: Deployment) -> Outcome:

@@ -41,7 +41,10 @@ class Outcome:
     error: ProviderError | None = None
     deployment: Deployment | None = None
     upstream_api: ClientAPI | None = None
+    # Tokens of every upstream call the request made (what usage.recorded bills)...
     usage: TokenUsage = NO_USAGE
+    # ...and of the call whose reply the client gets (what chat.completed reports).
+    reply_usage: TokenUsage | None = None
     upstream_calls: int = 0
     latency_ms: float = 0.0
 
@@ -132,7 +135,7 @@ class OutcomeEvents:
                     provider=outcome.deployment.provider,
                     deployment=outcome.deployment.name,
                     upstream_api=outcome.upstream_api,
-                    usage=outcome.usage,
+                    usage=outcome.reply_usage or outcome.usage,
                     latency_ms=outcome.latency_ms,
                 ),
             )
