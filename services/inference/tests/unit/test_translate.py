@@ -11,12 +11,15 @@ import pytest
 from switchyard.inference.translate import (
     ChatChunksToMessageEvents,
     CompletionAccumulator,
+    MessageAccumulator,
     MessageEventsToChatChunks,
     TranslationError,
     chat_completion_to_message,
     chat_request_to_messages,
+    chat_usage_from_messages,
     message_to_chat_completion,
     messages_request_to_chat,
+    messages_usage_from_chat,
 )
 
 openai = pytest.importorskip("openai")
@@ -874,3 +877,203 @@ def test_stream_translations_compose_back_to_the_original_reply() -> None:
     ]
     assert completion["choices"][0]["finish_reason"] == "tool_calls"
     assert completion["usage"]["prompt_tokens"] == 11
+
+
+# =========================================================================== v2 mappings
+
+
+def test_system_messages_mid_conversation_keep_their_place_both_ways() -> None:
+    anthropic_body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "system", "content": [{"type": "text", "text": "Plan mode."}]},
+            {"role": "user", "content": "c"},
+        ],
+    }
+    to_openai = messages_request_to_chat(anthropic_body)["messages"]
+    assert to_openai[2] == {"role": "system", "content": "Plan mode."}
+
+    back = chat_request_to_messages(to_openai and {"model": "m", "messages": to_openai})
+    assert back["messages"][2] == {"role": "system", "content": "Plan mode."}
+    assert "system" not in back  # not hoisted: it was not at the start
+
+
+@pytest.mark.parametrize(
+    ("thinking", "effort"),
+    [
+        ({"type": "enabled", "budget_tokens": 1024}, "low"),
+        ({"type": "enabled", "budget_tokens": 8000}, "medium"),
+        ({"type": "enabled", "budget_tokens": 32000}, "high"),
+        ({"type": "adaptive"}, "medium"),
+        ({"type": "disabled"}, None),
+    ],
+)
+def test_thinking_becomes_reasoning_effort(thinking, effort) -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [], "thinking": thinking}
+    assert messages_request_to_chat(body).get("reasoning_effort") == effort
+
+
+def test_reasoning_effort_becomes_a_thinking_budget_within_max_tokens() -> None:
+    result = chat_request_to_messages(
+        {"model": "m", "messages": [], "reasoning_effort": "high", "max_tokens": 100}
+    )
+    assert result["thinking"] == {"type": "enabled", "budget_tokens": 16384}
+    assert result["max_tokens"] > 16384  # Anthropic requires max_tokens above the budget
+
+
+def test_output_config_format_and_effort_become_response_format_and_reasoning_effort() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [],
+        "output_config": {
+            "format": {"type": "json_schema", "schema": WEATHER_SCHEMA},
+            "effort": "max",
+        },
+    }
+    result = messages_request_to_chat(body)
+    assert result["response_format"]["json_schema"]["schema"] == WEATHER_SCHEMA
+    assert result["reasoning_effort"] == "xhigh"
+    with pytest.raises(TranslationError) as caught:
+        messages_request_to_chat({**body, "output_config": {"task_budget": 3}})
+    assert caught.value.param == "output_config.task_budget"
+
+
+def test_tool_result_images_follow_the_tool_message_in_a_user_message() -> None:
+    image = {"type": "image", "source": {"type": "url", "url": "https://x/shot.png"}}
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": [{"type": "text", "text": "screenshot:"}, image],
+                    },
+                    {"type": "text", "text": "What do you see?"},
+                ],
+            }
+        ],
+    }
+    assert messages_request_to_chat(body)["messages"] == [
+        {"role": "tool", "tool_call_id": "t1", "content": "screenshot:"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "https://x/shot.png"}},
+                {"type": "text", "text": "What do you see?"},
+            ],
+        },
+    ]
+
+
+def test_documents_map_to_files_and_text() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "document",
+                        "title": "a.pdf",
+                        "source": {
+                            "type": "base64",
+                            "media_type": "application/pdf",
+                            "data": "JVB",
+                        },
+                    },
+                    {"type": "document", "source": {"type": "text", "data": "Plain."}},
+                ],
+            }
+        ],
+    }
+    assert messages_request_to_chat(body)["messages"][0]["content"] == [
+        {
+            "type": "file",
+            "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVB"},
+        },
+        {"type": "text", "text": "Plain."},
+    ]
+
+
+def test_cache_usage_maps_both_ways_and_is_never_counted_twice() -> None:
+    anthropic_usage = {
+        "input_tokens": 10,
+        "cache_creation_input_tokens": 50,
+        "cache_read_input_tokens": 100,
+        "output_tokens": 7,
+        "output_tokens_details": {"thinking_tokens": 3},
+    }
+    openai_usage = chat_usage_from_messages(anthropic_usage)
+    assert openai_usage == {
+        "prompt_tokens": 160,
+        "completion_tokens": 7,
+        "total_tokens": 167,
+        "prompt_tokens_details": {"cached_tokens": 100},
+        "completion_tokens_details": {"reasoning_tokens": 3},
+    }
+    back = messages_usage_from_chat(openai_usage)
+    # OpenAI has no cache writes: they come back as plain input, the total is kept.
+    assert back["input_tokens"] + back["cache_read_input_tokens"] == 160
+    assert (back["cache_read_input_tokens"], back["output_tokens"]) == (100, 7)
+
+
+def test_a_stop_sequence_reported_by_an_openai_compatible_server_is_kept() -> None:
+    completion = {
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "a"},
+                "finish_reason": "stop",
+                "stop_reason": "END",
+            }
+        ]
+    }
+    message = chat_completion_to_message(completion, "m")
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "END")
+
+
+def test_message_accumulator_assembles_thinking_tools_stop_and_usage() -> None:
+    events = [
+        {
+            "type": "message_start",
+            "message": {
+                **anthropic_message(content=[], stop_reason=None),
+                "usage": {"input_tokens": 5, "output_tokens": 1},
+            },
+        },
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": "Hm"},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "signature_delta", "signature": "S1"},
+        },
+        {"type": "content_block_stop", "index": 0},
+        *ANTHROPIC_TOOL_STREAM[5:],
+    ]
+    events[5] = {**events[5], "index": 1}
+    accumulator = MessageAccumulator()
+    for event in events:
+        accumulator.add(event)
+    message = accumulator.response()
+    parsed = anthropic.types.Message.model_validate(message)
+    assert parsed.content[0].thinking == "Hm" and parsed.content[0].signature == "S1"
+    assert parsed.content[1].input == {"location": "Oslo"}
+    assert parsed.stop_reason == "tool_use" and parsed.usage.output_tokens == 9
