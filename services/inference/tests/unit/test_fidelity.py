@@ -859,3 +859,27 @@ async def test_the_handler_keeps_no_reply_waiting_on_an_upstream_that_never_ends
     request = chat_request(model="gpt", stream=True)
     reply = await asyncio.wait_for(harness.handle(request), 5)
     assert isinstance(reply, ChatCompleted)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"top_k": 5},
+        {"context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}},
+        {"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
+        {"metadata": {"user_id": "u-1"}},
+        {"service_tier": "auto", "container": None, "a_future_parameter": {"x": [1]}},
+    ],
+)
+async def test_anthropic_only_parameters_reach_an_anthropic_upstream_unchanged(
+    harness, recorder, extra
+) -> None:
+    recorder.script(Scripted(json={"type": "message", "content": [], "usage": {}}))
+    request = chat_request(model="claude", api=MESSAGES)
+    body = {**request.data.body, **extra}
+    request = request.model_copy(update={"data": request.data.model_copy(update={"body": body})})
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted)
+    assert without_model(recorder.last.body) == without_model(body)
