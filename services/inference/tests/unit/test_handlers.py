@@ -492,9 +492,25 @@ async def test_upstream_failure_in_the_middle_of_a_stream_ends_it_without_fallba
     assert usage.data.status == "failed" and usage.data.usage.output_tokens == 2
 
 
-async def test_redelivered_request_produces_events_with_the_same_ids(harness) -> None:
+async def test_a_request_delivered_again_after_its_outcome_was_published_is_not_run_again(
+    harness, simulator
+) -> None:
     request = chat_request()
     await harness.handler(request)
+    await harness.handler(request)  # e.g. its partition came back after a rebalance
+    await harness.usage_of(request.request_id)
+    await asyncio.sleep(0.05)
+    assert simulator.calls() == 1
+    assert len(harness.replies) == 2  # published again...
+    assert len({event.id for event in harness.replies}) == 1  # ...with the same id
+
+
+async def test_a_redelivered_request_another_replica_ran_produces_events_with_the_same_ids(
+    harness, simulator
+) -> None:
+    request = chat_request()
+    await harness.handler(request)
+    harness.handler.published = type(harness.handler.published)()  # another replica's memory
     await harness.handler(request)
     await harness.usage_of(request.request_id)
     await asyncio.sleep(0.05)

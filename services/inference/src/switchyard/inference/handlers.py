@@ -119,6 +119,26 @@ class RunningRequests:
         return cancelled_at is not None and time.monotonic() - cancelled_at < self._ttl_s
 
 
+class PublishedOutcomes:
+    """The terminal and usage events this replica published lately, by request event id:
+    a request delivered again after its outcome was published (a rebalance that hands
+    its partition back, a commit that failed) gets the same events published again, with
+    the same ids, instead of a second upstream call. Bounded: the oldest are forgotten."""
+
+    def __init__(self, remember: int = 2_000) -> None:
+        self._events: OrderedDict[str, tuple[EnvelopeFields, EnvelopeFields]] = OrderedDict()
+        self._remember = remember
+
+    def get(self, event_id: str) -> tuple[EnvelopeFields, EnvelopeFields] | None:
+        return self._events.get(event_id)
+
+    def add(self, event_id: str, reply: EnvelopeFields, usage: EnvelopeFields) -> None:
+        self._events[event_id] = (reply, usage)
+        self._events.move_to_end(event_id)
+        while len(self._events) > self._remember:
+            self._events.popitem(last=False)
+
+
 class ChatRequestHandler:
     """The consumer-group handler of the request topics (both lanes): owns the deadline,
     the lane slot and cancellation of each request, and publishing its outcome."""
@@ -158,6 +178,7 @@ class ChatRequestHandler:
             publisher_of=self._chunk_publisher,
         )
         self.running = RunningRequests()
+        self.published = PublishedOutcomes()
 
     @property
     def routing(self) -> RoutingTable:
@@ -172,6 +193,12 @@ class ChatRequestHandler:
         if not isinstance(event, ChatRequested):
             return  # other event types on these topics are not ours to answer
         with structlog.contextvars.bound_contextvars(request_id=event.request_id):
+            done = self.published.get(event.id)
+            if done is not None:
+                log.info("request delivered again after its outcome was published; republishing")
+                await self._publish_reply(event, done[0])
+                await self._publish(self._topics.usage, done[1], key=event.request_id)
+                return
             run = RequestRun(event)
             outcome = await self._outcome(run)
             outcome.latency_ms = (time.perf_counter() - run.started) * 1000
@@ -257,12 +284,11 @@ class ChatRequestHandler:
         request = run.request
         cost = self._events.cost(request, outcome)
         self._events.record_metrics(request, outcome, cost)
-        await self._publish_reply(request, self._events.terminal(request, outcome))
-        await self._publish(
-            self._topics.usage,
-            self._events.usage(request, outcome, cost, run.ttft_ms),
-            key=request.request_id,
-        )
+        reply = self._events.terminal(request, outcome)
+        usage = self._events.usage(request, outcome, cost, run.ttft_ms)
+        await self._publish_reply(request, reply)
+        await self._publish(self._topics.usage, usage, key=request.request_id)
+        self.published.add(request.id, reply, usage)
 
     async def _publish_reply(self, request: ChatRequested, event: EnvelopeFields) -> None:
         reply_to = request.data.reply_to
