@@ -41,6 +41,11 @@ from switchyard.inference.upstream import SSE, invalid_reply
 from switchyard.inference.usage import anthropic_usage, openai_usage
 
 ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+def _event(name: str | None, data: dict[str, Any]) -> StreamEvent:
+    # Built from JSON just parsed or shaped here: nothing to validate, once per event.
+    return StreamEvent.model_construct(event=name, data=data)
 OPENAI_HEADERS = ("openai-beta",)
 
 
@@ -173,7 +178,7 @@ class _ChatPassThroughStream:
             if usage is not None and not data.get("choices"):
                 return []  # the usage chunk the client did not ask for
             data.pop("usage", None)
-        return [StreamEvent(event=sse.event, data=data)]
+        return [_event(sse.event, data)]
 
     def finish(self) -> list[StreamEvent]:
         return []
@@ -214,7 +219,7 @@ class _MessagesPassThroughStream:
         self._usage.track(data)
         if data.get("type") == "message_start" and isinstance(data.get("message"), dict):
             data["message"] = {**data["message"], "model": self.model}
-        return [StreamEvent(event=sse.event or data.get("type"), data=data)]
+        return [_event(sse.event or data.get("type"), data)]
 
     def finish(self) -> list[StreamEvent]:
         return []
@@ -232,7 +237,7 @@ class _ChatFromMessagesStream:
 
     def feed(self, sse: SSE) -> list[StreamEvent]:
         self._usage.track(sse.data)
-        return [StreamEvent(data=chunk) for chunk in self._converter.feed(sse.data)]
+        return [_event(None, chunk) for chunk in self._converter.feed(sse.data)]
 
     def finish(self) -> list[StreamEvent]:
         return []
@@ -252,10 +257,10 @@ class _MessagesFromChatStream:
         usage = sse.data.get("usage")
         if isinstance(usage, dict):
             self._usage = openai_usage(usage)
-        return [StreamEvent(event=e["type"], data=e) for e in self._converter.feed(sse.data)]
+        return [_event(e["type"], e) for e in self._converter.feed(sse.data)]
 
     def finish(self) -> list[StreamEvent]:
-        return [StreamEvent(event=e["type"], data=e) for e in self._converter.finish()]
+        return [_event(e["type"], e) for e in self._converter.finish()]
 
     def usage(self) -> TokenUsage:
         return self._usage
