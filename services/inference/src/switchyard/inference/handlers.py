@@ -33,6 +33,7 @@ import structlog
 from switchyard.common.events import (
     ChatCancelRequested,
     ChatRequested,
+    ClientAPI,
     EnvelopeFields,
     Event,
 )
@@ -123,9 +124,10 @@ class PublishedOutcomes:
     """The terminal and usage events this replica published lately, by request event id:
     a request delivered again after its outcome was published (a rebalance that hands
     its partition back, a commit that failed) gets the same events published again, with
-    the same ids, instead of a second upstream call. Bounded: the oldest are forgotten."""
+    the same ids, instead of a second upstream call. Bounded: the oldest are forgotten,
+    and embeddings (large, and cheap to compute again) are not kept."""
 
-    def __init__(self, remember: int = 2_000) -> None:
+    def __init__(self, remember: int = 256) -> None:
         self._events: OrderedDict[str, tuple[EnvelopeFields, EnvelopeFields]] = OrderedDict()
         self._remember = remember
 
@@ -288,7 +290,8 @@ class ChatRequestHandler:
         usage = self._events.usage(request, outcome, cost, run.ttft_ms)
         await self._publish_reply(request, reply)
         await self._publish(self._topics.usage, usage, key=request.request_id)
-        self.published.add(request.id, reply, usage)
+        if request.data.api is not ClientAPI.OPENAI_EMBEDDINGS:
+            self.published.add(request.id, reply, usage)
 
     async def _publish_reply(self, request: ChatRequested, event: EnvelopeFields) -> None:
         reply_to = request.data.reply_to
