@@ -96,8 +96,9 @@ deploy-check: ## Validate docker-compose, Dockerfiles and every Kubernetes overl
 	deploy/check.sh
 
 .PHONY: schema
-schema: install ## Regenerate the published event schema (docs/events/v1.schema.json)
-	$(UV) run --no-sync switchyard events schema --output docs/events/v1.schema.json
+schema: install ## Regenerate the published event contract (docs/events/: JSON Schema and AsyncAPI)
+	$(UV) run --no-sync switchyard events schema --output docs/events/v2.schema.json
+	$(UV) run --no-sync switchyard events asyncapi --output docs/events/asyncapi.json
 
 .PHONY: clean
 clean: ## Remove embedded-mode state and caches (keeps the Kafka jar cache)

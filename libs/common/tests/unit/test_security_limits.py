@@ -24,7 +24,13 @@ from switchyard.common.egress import (
     parse_networks,
 )
 from switchyard.common.errors import install_error_handlers
-from switchyard.common.events import ChatRequestData, ChatRequested, decode_event, encode_event
+from switchyard.common.events import (
+    ChatRequestData,
+    ChatRequested,
+    ClientAPI,
+    decode_event,
+    encode_event,
+)
 from switchyard.common.jsonbody import (
     MAX_JSON_DEPTH,
     BoundedJsonRoute,
@@ -60,6 +66,7 @@ def test_a_body_at_the_bound_survives_every_serialiser_downstream():
         tenant="t",
         request_id="r",
         data=ChatRequestData(
+            api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
             model="m",
             body=body,
             user_id="u",
@@ -77,7 +84,13 @@ def test_a_body_at_the_bound_survives_every_serialiser_downstream():
     orjson.dumps(deeper)
     ChatRequestData.model_validate_json(
         orjson.dumps(
-            {"model": "m", "body": deeper, "user_id": "u", "deadline": "2030-01-01T00:00:00Z"}
+            {
+                "api": "openai.chat_completions",
+                "model": "m",
+                "body": deeper,
+                "user_id": "u",
+                "deadline": "2030-01-01T00:00:00Z",
+            }
         )
     )
 

@@ -291,7 +291,7 @@ async def test_a_token_of_a_user_auth_no_longer_knows_is_refused(harness):
 
 async def test_request_bodies_over_the_limit_are_413_even_without_content_length(harness):
     async def chunks():
-        for _ in range(20):
+        for _ in range(60):  # over the harness's 50 kB limit of chat completions
             yield b"x" * 1000
             await asyncio.sleep(0)
 

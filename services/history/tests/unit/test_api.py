@@ -40,7 +40,15 @@ async def test_a_finished_request_is_served_with_reply_and_usage(service, events
     assert item["request"]["messages"][0]["content"] == "Tell me a joke"
     assert item["response"]["choices"][0]["message"]["content"] == "Knock knock"
     assert item["error"] is None
-    assert item["usage"] == {"input_tokens": 6, "output_tokens": 4, "total_tokens": 10}
+    assert item["usage"] == {
+        "input_tokens": 6,
+        "output_tokens": 4,
+        "total_tokens": 10,
+        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": 0,
+        "reasoning_tokens": 0,
+    }
+    assert item["api"] == "openai.chat_completions"
     assert (item["provider"], item["deployment"], item["latency_ms"]) == (
         "simulator",
         "sim-small-1",

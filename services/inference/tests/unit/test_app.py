@@ -50,6 +50,7 @@ def request_for(
         tenant="acme",
         request_id=request_id or f"req-{priority}",
         data=ChatRequestData(
+            api="openai.chat_completions",
             model=model,
             body={"model": model, "messages": [{"role": "user", "content": "ping"}]},
             user_id="u",

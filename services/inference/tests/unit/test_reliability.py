@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from switchyard.common.events import Priority
+from switchyard.common.events import Priority, TokenUsage
 from switchyard.common.routing import Deployment
-from switchyard.inference.handlers import merge_chunks
 from switchyard.inference.lanes import LaneGate
 from switchyard.inference.pricing import PriceError, PriceSource, load_prices
 from switchyard.inference.reliability import (
@@ -215,11 +214,42 @@ def test_prices_by_deployment_then_upstream_model_then_public_model(tmp_path: Pa
     def deployment(name: str, upstream: str) -> Deployment:
         return Deployment(name=name, provider="openai", model=upstream)
 
-    assert table.cost("public", deployment("special", "upstream-x"), 1_000_000, 500_000) == 20
-    assert table.cost("public", deployment("other", "upstream-x"), 1_000_000, 500_000) == 2
-    assert table.cost("public", deployment("other", "unknown"), 2_000_000, 9) == 1
-    assert table.cost("unpriced", deployment("other", "unknown"), 1_000, 1_000) == 0
-    assert load_prices(None).cost("public", None, 10**9, 10**9) == 0
+    assert (
+        table.cost(
+            "public",
+            deployment("special", "upstream-x"),
+            TokenUsage(input_tokens=1_000_000, output_tokens=500_000),
+        )
+        == 20
+    )
+    assert (
+        table.cost(
+            "public",
+            deployment("other", "upstream-x"),
+            TokenUsage(input_tokens=1_000_000, output_tokens=500_000),
+        )
+        == 2
+    )
+    assert (
+        table.cost(
+            "public",
+            deployment("other", "unknown"),
+            TokenUsage(input_tokens=2_000_000, output_tokens=9),
+        )
+        == 1
+    )
+    assert (
+        table.cost(
+            "unpriced",
+            deployment("other", "unknown"),
+            TokenUsage(input_tokens=1_000, output_tokens=1_000),
+        )
+        == 0
+    )
+    assert (
+        load_prices(None).cost("public", None, TokenUsage(input_tokens=10**9, output_tokens=10**9))
+        == 0
+    )
 
 
 def test_bad_price_files_name_the_file_and_field(tmp_path: Path) -> None:
@@ -240,37 +270,28 @@ def test_price_source_reloads_when_the_file_changes(tmp_path: Path) -> None:
     path.write_text("models:\n  m: {input_per_1m: 2, output_per_1m: 3}\n")
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
     assert source.reload_if_changed()
-    assert source.table.cost("m", None, 1_000_000, 1_000_000) == 5
+    assert (
+        source.table.cost("m", None, TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000))
+        == 5
+    )
 
 
-def _chunk(delta: dict, finish: str | None = None, **extra) -> dict:
-    return {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        **extra,
-    }
+def test_cache_reads_and_writes_are_priced_at_their_own_rates(tmp_path: Path) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(
+        "models:\n"
+        "  claude: {input_per_1m: 3, output_per_1m: 15, cache_read_per_1m: 0.3,"
+        " cache_write_per_1m: 3.75}\n"
+        "  gpt: {input_per_1m: 2, output_per_1m: 8}\n"
+    )
+    table = load_prices(str(path))
+    usage = TokenUsage(
+        input_tokens=1_000_000 + 2_000_000 + 4_000_000,  # uncached + read + written
+        output_tokens=1_000_000,
+        cache_read_input_tokens=2_000_000,
+        cache_creation_input_tokens=4_000_000,
+    )
 
-
-def test_only_plain_text_chunks_of_one_choice_are_merged() -> None:
-    role = _chunk({"role": "assistant", "content": ""})
-    hello, world = _chunk({"content": "Hello "}), _chunk({"content": "world"})
-
-    merged = merge_chunks(merge_chunks(role, hello), world)
-
-    assert merged["choices"][0]["delta"] == {"role": "assistant", "content": "Hello world"}
-    assert merged["id"] == "c" and role["choices"][0]["delta"]["content"] == ""  # no mutation
-    tool = _chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{"}}]})
-    other_choice = _chunk({"content": "x"})
-    other_choice["choices"][0]["index"] = 1
-    for second in (
-        _chunk({}, "stop"),
-        tool,
-        other_choice,
-        _chunk({"content": "x"}, usage={"prompt_tokens": 1}),
-        {**_chunk({"content": "x"}), "choices": []},
-    ):
-        assert merge_chunks(hello, second) is None
-    assert merge_chunks(_chunk({"content": "x"}, "stop"), hello) is None
+    assert table.cost("claude", None, usage) == pytest.approx(3 + 2 * 0.3 + 4 * 3.75 + 15)
+    # Without cache prices, cached tokens cost the input price (never counted twice).
+    assert table.cost("gpt", None, usage) == pytest.approx(7 * 2 + 8)

@@ -199,6 +199,7 @@ def topics_create(
             Topics(settings.topic_prefix),
             replication_factor=replication_factor,
             partitions_override=partitions,
+            max_message_bytes=settings.kafka_max_message_bytes,
         )
     )
     typer.echo(f"created {len(created)} topic(s): {', '.join(created) or 'none needed'}")
@@ -223,10 +224,26 @@ def events_schema(
         Path | None, typer.Option(help="Write to this file instead of stdout.")
     ] = None,
 ) -> None:
-    """Print the JSON Schema of every event (schema version 1)."""
+    """Print the JSON Schema of every event (the current schema version)."""
     from switchyard.common.events import event_json_schema
 
-    text = json.dumps(event_json_schema(), indent=2, sort_keys=True) + "\n"
+    _write_json(event_json_schema(), output)
+
+
+@events_app.command("asyncapi")
+def events_asyncapi(
+    output: Annotated[
+        Path | None, typer.Option(help="Write to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Print the AsyncAPI 3.0 document of every topic and event."""
+    from switchyard.common.asyncapi import asyncapi_document
+
+    _write_json(asyncapi_document(), output)
+
+
+def _write_json(document: dict, output: Path | None) -> None:
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if output is None:
         sys.stdout.write(text)
     else:

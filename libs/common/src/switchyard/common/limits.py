@@ -11,7 +11,7 @@ body read into its own 400), as long as no response has started.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,28 +30,36 @@ class _BodyTooLarge(Exception):
 
 
 class BodySizeLimit:
-    """Refuse request bodies over `max_bytes` with 413; `render` shapes the error body
-    (default: the common OpenAI-style error object, code `request_too_large`)."""
+    """Refuse request bodies over `max_bytes` with 413 (`path_limits` gives some paths a
+    limit of their own, in bytes); `render` shapes the error body (default: the common
+    OpenAI-style error object, code `request_too_large`)."""
 
     def __init__(
-        self, app: ASGIApp, max_bytes: int, render: ErrorRenderer | None = None
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        render: ErrorRenderer | None = None,
+        *,
+        path_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = dict(path_limits or {})
         self.render = render or _openai_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.path_limits.get(scope["path"], self.max_bytes)
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > self.max_bytes:
-                    await self._refuse(scope, send)
+                if declared > max_bytes:
+                    await self._refuse(scope, send, max_bytes)
                     return
         received = 0
         exceeded = False
@@ -64,7 +72,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     exceeded = True
                     raise _BodyTooLarge
             return message
@@ -82,10 +90,10 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, guarded_send)
         except _BodyTooLarge:
             if not response_started:
-                await self._refuse(scope, send)
+                await self._refuse(scope, send, max_bytes)
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        message = f"Request body exceeds the limit of {self.max_bytes} bytes."
+    async def _refuse(self, scope: Scope, send: Send, max_bytes: int) -> None:
+        message = too_large_message(max_bytes)
         body = self.render(scope["path"], 413, message)
         await send(
             {
@@ -99,3 +107,8 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def too_large_message(limit: int) -> str:
+    """The message of a 413 for a body over `limit` bytes."""
+    return f"Request body exceeds the limit of {limit} bytes."

@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from switchyard.common.egress import networks_setting
 
 DEV_INTERNAL_TOKEN = "dev-internal-token-change-me"
+# Largest event on Kafka: above the largest request body a model API takes (32 MiB for
+# Anthropic's Messages, 50 MiB for OpenAI's), plus the envelope.
+DEFAULT_KAFKA_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class Environment(StrEnum):
@@ -70,6 +73,13 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
         validation_alias=env("SWITCHYARD_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    kafka_max_message_bytes: int = Field(
+        default=DEFAULT_KAFKA_MAX_MESSAGE_BYTES,
+        gt=0,
+        validation_alias=env("SWITCHYARD_KAFKA_MAX_MESSAGE_BYTES"),
+        description="Largest event published or fetched, and the `max.message.bytes` of the "
+        "topics `switchyard topics create` makes. The broker must accept it too.",
     )
     topic_prefix: str = Field(
         validation_alias=env("SWITCHYARD_TOPIC_PREFIX"),

@@ -1,4 +1,4 @@
-"""Builds the gateway's FastAPI app: the public OpenAI-compatible API."""
+"""Builds the gateway's FastAPI app: the public OpenAI- and Anthropic-compatible API."""
 
 from __future__ import annotations
 
@@ -21,13 +21,15 @@ from switchyard.gateway.console.mount import install_console
 from switchyard.gateway.cors import install_cors
 from switchyard.gateway.errors import install_api_error_handlers
 from switchyard.gateway.idempotency import IdempotencyMiddleware
-from switchyard.gateway.limits import BodySizeLimit
+from switchyard.gateway.limits import BodySizeLimit, path_limits
 from switchyard.gateway.openapi import GATEWAY_DOCS
 from switchyard.gateway.replies import reply_partition
+from switchyard.gateway.request_id import RequestIdMiddleware
 from switchyard.gateway.schemas import (
     AnthropicMessagesRequest,
     ChatCompletionRequest,
     EmbeddingsRequest,
+    JobRequest,
 )
 
 log = structlog.get_logger("switchyard.gateway")
@@ -55,6 +57,13 @@ async def listen_for_replies(gateway: Gateway) -> None:
 
 def create_app(settings: Settings | None = None, bus: EventBus | None = None) -> FastAPI:
     settings = settings or Settings()
+    largest = max(path_limits(settings).values())
+    if settings.bus == "kafka" and largest > settings.kafka_max_message_bytes:
+        log.warning(
+            "request bodies may be larger than the event bus carries: such requests get 413",
+            largest_body_bytes=largest,
+            kafka_max_message_bytes=settings.kafka_max_message_bytes,
+        )
     owns_bus = bus is None
     the_bus = bus or create_bus(settings, client_id=f"gateway-{settings.instance_id}")
     gateway = build_gateway(settings, the_bus)
@@ -91,19 +100,23 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app = FastAPI(
         title="Switchyard gateway",
         version="0.1.0",
-        description="OpenAI-compatible API of the Switchyard LLM gateway.",
+        description="OpenAI- and Anthropic-compatible API of the Switchyard LLM gateway.",
         lifespan=lifespan,
         # Served by install_docs from the installed Swagger UI package, not a CDN.
         docs_url=None,
         redoc_url=None,
     )
     app.state.gateway = gateway
-    install_openapi_models(app, ChatCompletionRequest, AnthropicMessagesRequest, EmbeddingsRequest)
+    install_openapi_models(
+        app, ChatCompletionRequest, AnthropicMessagesRequest, EmbeddingsRequest, JobRequest
+    )
     install_api_error_handlers(app)
     # Inside the body limit: Idempotency-Key claims and replays (idempotency.py).
     app.add_middleware(IdempotencyMiddleware)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    install_cors(app, settings)  # last added, so outermost: refusals carry CORS headers too
+    app.add_middleware(BodySizeLimit, settings=settings)
+    install_cors(app, settings)  # outside the refusals, so they carry CORS headers too
+    # Outside everything that answers, so every response carries x-request-id.
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(chat.router)
     app.include_router(messages.router)
     app.include_router(embeddings.router)

@@ -10,7 +10,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from switchyard.common.events import ClientAPI
 from switchyard.common.settings import Environment, ServiceSettings, env
+
+MIB = 1024 * 1024
 
 # What `make run` (development) allows when no CORS origins are configured.
 DEVELOPMENT_CORS_ORIGINS = ["*"]
@@ -38,7 +41,23 @@ class Settings(ServiceSettings):
         default=120.0, gt=0, description="Deadline of a request; the client gets 504 after it."
     )
     max_body_bytes: int = Field(
-        default=1024 * 1024, gt=0, description="Larger request bodies get 413."
+        default=1024 * 1024,
+        gt=0,
+        description="Largest request body of the routes without a limit of their own "
+        "(history settings, job cancellation...); larger ones get 413.",
+    )
+    # Model requests follow the limits of the API they speak (a client that works against
+    # the provider must work here). Anthropic documents 32 MB for the Messages API; OpenAI
+    # documents 50 MB per request (images and vision guide) and no other limit, so its
+    # Embeddings API gets the same. The event bus must carry them (see `kafka_max_message_bytes`).
+    chat_completions_max_body_bytes: int = Field(
+        default=50 * MIB, gt=0, description="Largest body of POST /v1/chat/completions."
+    )
+    messages_max_body_bytes: int = Field(
+        default=32 * MIB, gt=0, description="Largest body of POST /v1/messages."
+    )
+    embeddings_max_body_bytes: int = Field(
+        default=50 * MIB, gt=0, description="Largest body of POST /v1/embeddings."
     )
     max_in_flight: int = Field(
         default=2048, gt=0, description="Requests in progress beyond this get 429, never a queue."
@@ -168,3 +187,11 @@ class Settings(ServiceSettings):
         if self.environment == Environment.DEVELOPMENT:
             return list(DEVELOPMENT_CORS_ORIGINS)
         return []
+
+    def max_body_bytes_for(self, api: ClientAPI) -> int:
+        """The largest request body accepted for `api`, in bytes."""
+        if api is ClientAPI.ANTHROPIC_MESSAGES:
+            return self.messages_max_body_bytes
+        if api is ClientAPI.OPENAI_EMBEDDINGS:
+            return self.embeddings_max_body_bytes
+        return self.chat_completions_max_body_bytes

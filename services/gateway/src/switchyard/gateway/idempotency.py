@@ -52,11 +52,11 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from switchyard.common import jsonbody
-from switchyard.common.errors import APIError, error_response
+from switchyard.common.errors import APIError
 from switchyard.common.http import INTERNAL_TOKEN_HEADER
 from switchyard.gateway.api.deps import required_scope
 from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, Principal
-from switchyard.gateway.errors import anthropic_error_response, is_anthropic_path
+from switchyard.gateway.errors import respond
 
 log = structlog.get_logger("switchyard.gateway.idempotency")
 
@@ -184,7 +184,7 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
 
 
 def _error(path: str, exc: APIError):
-    return anthropic_error_response(exc) if is_anthropic_path(path) else error_response(exc)
+    return respond(path, exc)
 
 
 class IdempotencyMiddleware:

@@ -1,21 +1,47 @@
-"""The gateway's request body limit: the shared `BodySizeLimit`, answering in the format
-of the API that was called (Anthropic's error shape on `/v1/messages`)."""
+"""The gateway's request body limits: the shared `BodySizeLimit`, with the limit of each
+model API's route following the provider's own API (`Settings.max_body_bytes_for`), and
+answering in the format of the API that was called (Anthropic's error shape on
+`/v1/messages`).
+
+`/v1/jobs`, which carries any of the model APIs, has the largest of their limits (the
+job's own API's limit is checked once the body says which it is); every other route has
+`max_body_bytes`.
+"""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp
 
-from switchyard.common.errors import error_body
+from switchyard.common.events import ClientAPI
 from switchyard.common.limits import BodySizeLimit as _SharedBodySizeLimit
-from switchyard.gateway.errors import anthropic_error_body, is_anthropic_path
+from switchyard.common.limits import too_large_message
+from switchyard.gateway.config import Settings
+from switchyard.gateway.errors import error_body, error_type, vendor_of_path
+
+API_PATHS: dict[str, ClientAPI] = {
+    "/v1/chat/completions": ClientAPI.OPENAI_CHAT_COMPLETIONS,
+    "/v1/messages": ClientAPI.ANTHROPIC_MESSAGES,
+    "/v1/embeddings": ClientAPI.OPENAI_EMBEDDINGS,
+}
+JOBS_PATH = "/v1/jobs"
+
+__all__ = ["API_PATHS", "JOBS_PATH", "BodySizeLimit", "path_limits", "too_large_message"]
+
+
+def path_limits(settings: Settings) -> dict[str, int]:
+    """The body limit of each path that has its own, in bytes."""
+    limits = {path: settings.max_body_bytes_for(api) for path, api in API_PATHS.items()}
+    limits[JOBS_PATH] = max(limits.values())
+    return limits
 
 
 def _render(path: str, status: int, message: str) -> bytes:
-    if is_anthropic_path(path):
-        return anthropic_error_body(status, message)
-    return error_body(message, "invalid_request_error", "request_too_large")
+    vendor = vendor_of_path(path)
+    return error_body(
+        vendor, type=error_type(vendor, status), message=message, code="request_too_large"
+    )
 
 
 class BodySizeLimit(_SharedBodySizeLimit):
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        super().__init__(app, max_bytes, _render)
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        super().__init__(app, settings.max_body_bytes, _render, path_limits=path_limits(settings))

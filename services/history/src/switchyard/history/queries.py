@@ -119,6 +119,9 @@ class UsageRow:
     cancelled: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    reasoning_tokens: int = 0
     cost_usd: float = 0.0
 
 
@@ -327,8 +330,8 @@ def _merged_usage(rows, report: UsageQuery) -> list[UsageRow]:
         total.completed += int(values["completed"] or 0)
         total.errors += int(values["errors"] or 0)
         total.cancelled += int(values["cancelled"] or 0)
-        total.input_tokens += int(values["input_tokens"] or 0)
-        total.output_tokens += int(values["output_tokens"] or 0)
+        for name in rollup.TOKEN_SUMS:
+            setattr(total, name, getattr(total, name) + int(values[name] or 0))
         total.cost_usd += float(values["cost_usd"] or 0.0)
 
     def order(key: tuple) -> tuple:

@@ -1,5 +1,8 @@
 """Usage reports: requests, errors, tokens and cost grouped by a time bucket (day or
 hour) and any of model, user and API key (and tenant, for operators), as JSON or CSV.
+Tokens are input and output tokens, with the parts of the input read from and written to
+the provider's prompt cache and the part of the output spent on reasoning (these three
+columns come last in CSV, so readers of the earlier columns are unaffected).
 Served by `GET /v1/usage` and printed by `switchyard usage report`; aggregated in SQL
 (`HistoryQueries.usage`), so a report over a million requests costs one indexed query."""
 
@@ -26,6 +29,9 @@ METRICS = (
     "output_tokens",
     "total_tokens",
     "cost_usd",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "reasoning_tokens",
 )
 
 
@@ -101,6 +107,9 @@ def row_dict(
         output_tokens=row.output_tokens,
         total_tokens=row.input_tokens + row.output_tokens,
         cost_usd=round(row.cost_usd, 8),
+        cache_read_input_tokens=row.cache_read_input_tokens,
+        cache_creation_input_tokens=row.cache_creation_input_tokens,
+        reasoning_tokens=row.reasoning_tokens,
     )
     return data
 

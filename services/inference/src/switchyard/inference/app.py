@@ -25,8 +25,9 @@ from switchyard.inference.config import Settings
 
 log = structlog.get_logger("switchyard.inference")
 
-# The handler answers every request itself (even on its own bugs), so it only fails when
-# the bus cannot take the reply; retrying until it can is the only way not to lose it.
+# The handler answers every request itself (even on its own bugs) and retries its own
+# publishes until the bus takes them, so it does not fail; should it ever, retrying the
+# request until it succeeds is the only way not to lose it.
 HANDLER_RETRY = RetryPolicy(max_attempts=None, max_backoff_s=5.0)
 
 

@@ -5,11 +5,19 @@ one million tokens, by deployment name or by model name:
 
 ```yaml
 deployments:            # most specific: a deployment's name in the routing table
-  azure-east: {input_per_1m: 0.15, output_per_1m: 0.60}
+  azure-east: {input_per_1m: 0.15, output_per_1m: 0.60, cache_read_per_1m: 0.075}
 models:                 # the upstream model name, or the public model name
-  gpt-4o-mini: {input_per_1m: 0.15, output_per_1m: 0.60}
-  claude-haiku-4-5: {input_per_1m: 1.00, output_per_1m: 5.00}
+  gpt-4o-mini: {input_per_1m: 0.15, output_per_1m: 0.60, cache_read_per_1m: 0.075}
+  claude-haiku-4-5:
+    input_per_1m: 1.00
+    output_per_1m: 5.00
+    cache_read_per_1m: 0.10      # prompt-cache hits
+    cache_write_per_1m: 1.25     # prompt-cache writes (Anthropic's 5-minute cache)
 ```
+
+Input tokens read from the prompt cache are priced at `cache_read_per_1m`, those written
+to it at `cache_write_per_1m`, the rest at `input_per_1m`; a cache price left out is the
+input price. Reasoning tokens are output tokens and priced as such.
 
 For a request served by deployment `d` (upstream model `u`) of public model `m`, the
 first entry found among `deployments[d]`, `models[u]`, `models[m]` prices it. Without a
@@ -24,6 +32,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from switchyard.common.events import TokenUsage
 from switchyard.common.routing import Deployment
 
 
@@ -36,9 +45,23 @@ class Price(BaseModel):
 
     input_per_1m: float = Field(default=0, ge=0, description="USD per 1M input tokens.")
     output_per_1m: float = Field(default=0, ge=0, description="USD per 1M output tokens.")
+    cache_read_per_1m: float | None = Field(
+        default=None, ge=0, description="USD per 1M input tokens read from the prompt cache."
+    )
+    cache_write_per_1m: float | None = Field(
+        default=None, ge=0, description="USD per 1M input tokens written to the prompt cache."
+    )
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6
+    def cost(self, usage: TokenUsage) -> float:
+        """USD for `usage` (cache reads and writes at their own prices)."""
+        read = self.input_per_1m if self.cache_read_per_1m is None else self.cache_read_per_1m
+        write = self.input_per_1m if self.cache_write_per_1m is None else self.cache_write_per_1m
+        return (
+            usage.uncached_input_tokens * self.input_per_1m
+            + usage.cache_read_input_tokens * read
+            + usage.cache_creation_input_tokens * write
+            + usage.output_tokens * self.output_per_1m
+        ) / 1e6
 
 
 class PriceTable(BaseModel):
@@ -54,11 +77,10 @@ class PriceTable(BaseModel):
                 return found
         return self.models.get(model)
 
-    def cost(
-        self, model: str, deployment: Deployment | None, input_tokens: int, output_tokens: int
-    ) -> float:
+    def cost(self, model: str, deployment: Deployment | None, usage: TokenUsage) -> float:
+        """USD for `usage` of public `model` served by `deployment` (0 without a price)."""
         price = self.price(model, deployment)
-        return price.cost(input_tokens, output_tokens) if price is not None else 0.0
+        return price.cost(usage) if price is not None else 0.0
 
 
 def load_prices(path: str | None) -> PriceTable:

@@ -6,6 +6,7 @@ from switchyard.common.bus.base import (
     BatchHandler,
     BusUnavailableError,
     EventBus,
+    EventTooLargeError,
     Handler,
     RetryPolicy,
     Subscription,
@@ -18,6 +19,7 @@ __all__ = [
     "BatchHandler",
     "BusUnavailableError",
     "EventBus",
+    "EventTooLargeError",
     "Handler",
     "InMemoryBus",
     "RetryPolicy",
@@ -36,5 +38,6 @@ def create_bus(settings: ServiceSettings, client_id: str) -> EventBus:
             settings.kafka_bootstrap_servers,
             client_id=client_id,
             deadletter_topic=topics.deadletter,
+            max_message_bytes=settings.kafka_max_message_bytes,
         )
     return InMemoryBus()

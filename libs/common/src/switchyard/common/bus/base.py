@@ -28,6 +28,11 @@ class BusUnavailableError(RuntimeError):
     """The bus did not accept an event in time (e.g. Kafka is unreachable)."""
 
 
+class EventTooLargeError(BusUnavailableError):
+    """The event is larger than the bus carries (Kafka's `max.message.bytes` of the topic,
+    or the producer's limit, `SWITCHYARD_KAFKA_MAX_MESSAGE_BYTES`): retrying cannot help."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How a failing handler is retried before its event is dead-lettered.

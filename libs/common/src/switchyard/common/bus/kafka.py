@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry.trace import SpanKind
 
@@ -30,14 +31,22 @@ from switchyard.common.bus.base import (
     BatchHandler,
     BusUnavailableError,
     EventBus,
+    EventTooLargeError,
     Handler,
     RetryPolicy,
     Subscription,
     call_with_retry,
 )
 from switchyard.common.events import EnvelopeFields, Event, EventDecodeError, decode_event
+from switchyard.common.settings import DEFAULT_KAFKA_MAX_MESSAGE_BYTES
 
 log = structlog.get_logger("switchyard.bus.kafka")
+# The Kafka clients' default bound of one fetch response (records larger than it are
+# still returned, one at a time).
+FETCH_MAX_BYTES = 52_428_800
+# A large record takes time to send and store (about 0.1 s per MiB on a busy 2-core
+# machine): its publish timeout grows by a second per MiB, so only large records wait longer.
+PUBLISH_BYTES_PER_S = 1024 * 1024
 
 
 class _PartitionProgress:
@@ -78,8 +87,12 @@ class KafkaBus(EventBus):
         client_id: str = "switchyard",
         deadletter_topic: str = "switchyard.deadletter",
         publish_timeout_s: float = 1.5,
+        max_message_bytes: int = DEFAULT_KAFKA_MAX_MESSAGE_BYTES,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        # Model requests carry whole conversations (the Messages API takes 32 MB bodies):
+        # the producer sends, and consumers fetch, records up to this size.
+        self.max_message_bytes = max_message_bytes
         self.client_id = client_id
         self.deadletter_topic = deadletter_topic
         self.publish_timeout_s = publish_timeout_s
@@ -109,6 +122,7 @@ class KafkaBus(EventBus):
                 acks="all",
                 linger_ms=0,
                 request_timeout_ms=10_000,
+                max_request_size=self.max_message_bytes,
             )
             try:
                 await producer.start()
@@ -178,16 +192,20 @@ class KafkaBus(EventBus):
         producer = self._producer
         if producer is None:
             raise BusUnavailableError("Kafka is not reachable")
+        timeout_s = self.publish_timeout_s + len(value) / PUBLISH_BYTES_PER_S
         try:
             await asyncio.wait_for(
                 producer.send_and_wait(topic, value, key=key, partition=partition, headers=headers),
-                timeout=self.publish_timeout_s,
+                timeout=timeout_s,
             )
             metrics.EVENTS_PUBLISHED.labels(topic).inc()
         except TimeoutError as exc:
             metrics.PUBLISH_FAILURES.labels(topic).inc()
-            raise BusUnavailableError(
-                f"Kafka did not acknowledge within {self.publish_timeout_s}s"
+            raise BusUnavailableError(f"Kafka did not acknowledge within {timeout_s:.1f}s") from exc
+        except MessageSizeTooLargeError as exc:
+            metrics.PUBLISH_FAILURES.labels(topic).inc()
+            raise EventTooLargeError(
+                f"the event ({len(value)} bytes) is larger than {topic} accepts: {exc!r}"
             ) from exc
         except Exception as exc:  # KafkaError and connection errors
             metrics.PUBLISH_FAILURES.labels(topic).inc()
@@ -251,6 +269,8 @@ class KafkaBus(EventBus):
             client_id=self.client_id,
             group_id=group,
             enable_auto_commit=False,
+            max_partition_fetch_bytes=self.max_message_bytes,
+            fetch_max_bytes=max(FETCH_MAX_BYTES, self.max_message_bytes),
             **options,
         )
 

@@ -1,11 +1,16 @@
-"""`/v1/jobs`: asynchronous chat completions in the batch lane.
+"""`/v1/jobs`: asynchronous model requests in the batch lane.
 
-`POST /v1/jobs` takes a Chat Completions body (plus an optional `webhook_url`), publishes
-it as a `chat.requested` with priority `batch` on the batch topic — no gateway waits for
-it, so it has no reply address — and answers 202 at once with the job id. Inference
-serves the batch lane only with capacity interactive traffic leaves free. History records
-the job like any request; `GET /v1/jobs/{id}` shows its status (queued, completed,
-failed, cancelled, expired) and, once done, its result; `GET /v1/jobs` lists them;
+`POST /v1/jobs` takes one request of any model API, as OpenAI's Batch API writes its
+request lines: `{"url": "/v1/messages", "body": {...}}` (`url` is `/v1/chat/completions`,
+`/v1/messages` or `/v1/embeddings`), plus an optional `webhook_url`. A plain Chat
+Completions body (with an optional top-level `webhook_url`) is accepted as well. The body
+is checked as its own route checks it and published as it came, with its API and the
+forwarded headers (`anthropic-version`...), as a `chat.requested` with priority `batch`
+on the batch topic — no gateway waits for it, so it has no reply address — and the
+answer is 202 at once with the job id. Inference serves the batch lane only with
+capacity interactive traffic leaves free. History records the job like any request;
+`GET /v1/jobs/{id}` shows its status (queued, completed, failed, cancelled, expired,
+refused) and, once done, its result in the job's API; `GET /v1/jobs` lists them;
 `POST /v1/jobs/{id}/cancel` cancels one that has not finished: history records the
 cancellation (the job's terminal state) and the gateway tells inference to skip it.
 
@@ -32,7 +37,7 @@ import orjson
 import structlog
 from fastapi import APIRouter, Request, Response
 
-from switchyard.common.bus import BusUnavailableError
+from switchyard.common.bus import BusUnavailableError, EventTooLargeError
 from switchyard.common.egress import (
     InvalidTargetURL,
     RefusedDestination,
@@ -45,16 +50,20 @@ from switchyard.common.events import (
     ChatCancelRequested,
     ChatRequestData,
     ChatRequested,
+    ClientAPI,
     Priority,
     new_id,
     utcnow,
 )
-from switchyard.gateway.api.body import openapi_body, parse_json_object, validate_body
+from switchyard.gateway.api.body import READERS, ClientRequest, openapi_body, parse_json_object
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.api.history import forward, looks_like_id
 from switchyard.gateway.bootstrap import Gateway
+from switchyard.gateway.dispatch import forwarded_headers, too_large_for_bus
+from switchyard.gateway.limits import API_PATHS, too_large_message
 from switchyard.gateway.recent_jobs import AcceptedJob
-from switchyard.gateway.schemas import ChatCompletionRequest
+from switchyard.gateway.request_id import request_id_of
+from switchyard.gateway.schemas import JobRequest
 
 log = structlog.get_logger("switchyard.gateway.jobs")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -90,23 +99,55 @@ def _not_found(job_id: str) -> APIError:
     return APIError(404, f"No job found with id '{job_id[:64]}'.", code="job_not_found")
 
 
+def read_job(data: dict[str, Any]) -> ClientRequest:
+    """The job's request, from either form of the jobs body (`webhook_url` already taken
+    out). Raises APIError 400 naming the field at fault."""
+    if "url" not in data:
+        return READERS[ClientAPI.OPENAI_CHAT_COMPLETIONS](data)
+    api = API_PATHS.get(data["url"]) if isinstance(data["url"], str) else None
+    if api is None:
+        raise APIError(
+            400,
+            f"Invalid value for 'url': must be one of {', '.join(API_PATHS)}.",
+            param="url",
+            code="invalid_value",
+        )
+    body = data.get("body")
+    if not isinstance(body, dict):
+        raise APIError(
+            400,
+            "Invalid 'body': expected the request body of the API in 'url', as an object.",
+            param="body",
+            code="invalid_type" if body is not None else "missing_required_parameter",
+        )
+    try:
+        return READERS[api](body)
+    except APIError as exc:
+        exc.param = f"body.{exc.param}" if exc.param else "body"
+        raise
+
+
 @router.post(
     "",
     status_code=202,
-    summary="Create an asynchronous chat completion job",
-    openapi_extra=openapi_body(ChatCompletionRequest),
+    summary="Create an asynchronous job (any model API)",
+    openapi_extra=openapi_body(JobRequest),
     response_model=None,
 )
 async def create_job(
     request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
-    """A Chat Completions body, plus an optional `webhook_url` POSTed when the job ends.
-    Answers 202 with the job (`status: queued`); poll `GET /v1/jobs/{id}` for the result."""
+    """One request of any model API (`url` and `body`), plus an optional `webhook_url`
+    POSTed when the job ends. Answers 202 with the job (`status: queued`); poll
+    `GET /v1/jobs/{id}` for the result."""
     raw = await request.body()
     data = parse_json_object(raw)
     webhook_url = await _webhook_url(data.pop("webhook_url", None), gateway.webhook_policy)
-    body, body_dict = validate_body(ChatCompletionRequest, orjson.dumps(data))
-    if body.stream:
+    client = read_job(data)
+    limit = gateway.settings.max_body_bytes_for(client.api)
+    if len(raw) > limit:
+        raise APIError(413, too_large_message(limit), code="request_too_large")
+    if client.stream:
         raise APIError(
             400,
             "Jobs cannot stream: their result is fetched with GET /v1/jobs/{id} or sent to the "
@@ -114,16 +155,16 @@ async def create_job(
             param="stream",
             code="invalid_request",
         )
-    if gateway.routing.route(body.model) is None or (
-        principal.allowed_models is not None and body.model not in principal.allowed_models
+    if gateway.routing.route(client.model) is None or (
+        principal.allowed_models is not None and client.model not in principal.allowed_models
     ):
         raise APIError(
             404,
-            f"The model '{body.model}' does not exist or you do not have access to it.",
+            f"The model '{client.model}' does not exist or you do not have access to it.",
             code="model_not_found",
             param="model",
         )
-    job_id = new_id()
+    job_id = request_id_of(request.scope) or new_id()
     created = utcnow()
     event = ChatRequested(
         source="gateway",
@@ -131,10 +172,10 @@ async def create_job(
         request_id=job_id,
         time=created,
         data=ChatRequestData(
-            api="openai",
-            operation="chat",
-            model=body.model,
-            body=body_dict,
+            api=client.api,
+            model=client.model,
+            body=client.body,
+            headers=forwarded_headers(request),
             stream=False,
             user_id=principal.user_id,
             api_key_id=principal.api_key_id,
@@ -146,6 +187,9 @@ async def create_job(
     )
     try:
         await gateway.bus.publish(gateway.topics.requests_batch, event, key=job_id)
+    except EventTooLargeError as exc:
+        log.error("job too large for the event bus", error=str(exc))
+        raise too_large_for_bus() from None
     except BusUnavailableError as exc:
         log.error("could not publish job", error=str(exc))
         raise APIError(
@@ -160,7 +204,7 @@ async def create_job(
             job_id=job_id,
             tenant=principal.tenant,
             user_id=principal.user_id,
-            model=body.model,
+            model=client.model,
             created_at=created_at,
             webhook_url=webhook_url,
             accepted_at=time.monotonic(),
@@ -170,7 +214,8 @@ async def create_job(
         "id": job_id,
         "object": "job",
         "status": "queued",
-        "model": body.model,
+        "api": client.api.value,
+        "model": client.model,
         "created_at": created_at,
         "completed_at": None,
         "result": None,
@@ -188,7 +233,7 @@ async def create_job(
 @router.get("", summary="List your jobs, newest first")
 async def list_jobs(request: Request, principal: CurrentPrincipal, gateway: GatewayDep) -> Response:
     """Query parameters: `limit` (1-100), `cursor`, `status` (comma-separated: queued,
-    completed, failed, cancelled, expired). Admins see their whole tenant's jobs."""
+    completed, failed, cancelled, expired, refused). Admins see their whole tenant's jobs."""
     return await forward(gateway, principal, "/v1/jobs", request)
 
 
@@ -219,9 +264,7 @@ async def cancel_job(
     ):
         # Accepted here moments ago, not yet recorded by history: history records the
         # cancellation now, and the job's request, when it arrives, finds it cancelled.
-        response = await forward(
-            gateway, principal, path + "?accepted=true", None, method="POST"
-        )
+        response = await forward(gateway, principal, path + "?accepted=true", None, method="POST")
         if response.status_code == 200:
             response = _with_accepted_job(response, accepted)
     if response.status_code == 200:

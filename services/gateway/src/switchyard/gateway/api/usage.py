@@ -20,5 +20,7 @@ async def get_usage(request: Request, principal: CurrentPrincipal, gateway: Gate
     """Query parameters: `since` (default 30 days ago) and `until` (default now), ISO 8601
     or relative (`7d`); `group_by`, comma-separated: `day` or `hour`, and any of `model`,
     `user`, `api_key` (default `day`; without day or hour, totals over the range);
-    filters `model`, `api_key_id`, and for admins `user_id`; `format=csv` for CSV."""
+    filters `model`, `api_key_id`, and for admins `user_id`; `format=csv` for CSV. Rows
+    count requests, completed, errors (failed, expired, refused), cancelled, input and
+    output tokens, cost, and the cache-read, cache-creation and reasoning tokens."""
     return await forward(gateway, principal, "/v1/usage", request)
