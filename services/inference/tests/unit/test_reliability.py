@@ -11,11 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from switchyard.common.events import Priority
+from switchyard.common.events import Priority, TokenUsage
 from switchyard.common.routing import Deployment
 from switchyard.inference.handlers import merge_chunks
 from switchyard.inference.lanes import LaneGate
-from switchyard.inference.pricing import PriceError, PriceSource, load_prices
+from switchyard.inference.pricing import (
+    Price,
+    PriceError,
+    PriceSource,
+    PriceTable,
+    load_prices,
+    request_cost,
+)
 from switchyard.inference.reliability import (
     Backoff,
     BreakerPolicy,
@@ -212,14 +219,30 @@ def test_prices_by_deployment_then_upstream_model_then_public_model(tmp_path: Pa
     )
     table = load_prices(str(path))
 
-    def deployment(name: str, upstream: str) -> Deployment:
-        return Deployment(name=name, provider="openai", model=upstream)
+    def cost(model: str, name: str, upstream: str, input_tokens: int, output_tokens: int):
+        usage = TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens)
+        return request_cost(
+            table, model, Deployment(name=name, provider="openai", model=upstream), usage
+        )
 
-    assert table.cost("public", deployment("special", "upstream-x"), 1_000_000, 500_000) == 20
-    assert table.cost("public", deployment("other", "upstream-x"), 1_000_000, 500_000) == 2
-    assert table.cost("public", deployment("other", "unknown"), 2_000_000, 9) == 1
-    assert table.cost("unpriced", deployment("other", "unknown"), 1_000, 1_000) == 0
-    assert load_prices(None).cost("public", None, 10**9, 10**9) == 0
+    assert cost("public", "special", "upstream-x", 1_000_000, 500_000) == 20
+    assert cost("public", "other", "upstream-x", 1_000_000, 500_000) == 2
+    assert cost("public", "other", "unknown", 2_000_000, 9) == 1
+    assert cost("unpriced", "other", "unknown", 1_000, 1_000) == 0
+    assert load_prices(None).cost("unpriced", 10**9, 10**9) == 0
+
+
+def test_default_prices_cover_the_simulator_and_public_models() -> None:
+    table = load_prices(None)
+    # The simulator's models are priced, so budgets work in embedded mode.
+    assert table.cost("sim-small", 1_000_000, 1_000_000) == 2.0
+    # Public models come from the genai-prices snapshot: gpt-4o-mini is $0.15 / $0.60.
+    usage = TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000)
+    openai = Deployment(name="openai", provider="openai", model="gpt-4o-mini")
+    assert request_cost(table, "gpt-4o-mini", openai, usage) == pytest.approx(0.75)
+    # A file entry overrides the default.
+    overridden = PriceTable(models={"gpt-4o-mini": Price(input_per_1m=1.0)})
+    assert request_cost(overridden, "gpt-4o-mini", openai, usage) == pytest.approx(1.0)
 
 
 def test_bad_price_files_name_the_file_and_field(tmp_path: Path) -> None:
@@ -240,7 +263,7 @@ def test_price_source_reloads_when_the_file_changes(tmp_path: Path) -> None:
     path.write_text("models:\n  m: {input_per_1m: 2, output_per_1m: 3}\n")
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
     assert source.reload_if_changed()
-    assert source.table.cost("m", None, 1_000_000, 1_000_000) == 5
+    assert source.table.cost("m", 1_000_000, 1_000_000) == 5
 
 
 def _chunk(delta: dict, finish: str | None = None, **extra) -> dict:

@@ -62,7 +62,7 @@ from switchyard.common.topics import Topics
 from switchyard.common.translate import CompletionAccumulator
 from switchyard.inference import metrics
 from switchyard.inference.lanes import LaneGate
-from switchyard.inference.pricing import PriceTable
+from switchyard.inference.pricing import PriceTable, request_cost
 from switchyard.inference.providers import (
     ChatProvider,
     ProviderError,
@@ -768,9 +768,7 @@ class ChatRequestHandler:
         usage = outcome.usage
         if not usage.total_tokens:
             return 0.0
-        return self._prices.table.cost(
-            request.data.model, outcome.deployment, usage.input_tokens, usage.output_tokens
-        )
+        return request_cost(self._prices.table, request.data.model, outcome.deployment, usage)
 
     def _usage_event(self, run: RequestRun, outcome: Outcome, cost: float) -> UsageRecorded:
         request = run.request
