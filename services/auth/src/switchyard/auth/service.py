@@ -54,6 +54,7 @@ from switchyard.common.events import (
     UserStatusData,
     new_id,
 )
+from switchyard.common.governance import LIMIT_FIELDS, Limits
 
 E = TypeVar("E", bound=AuthEvent)
 
@@ -118,6 +119,7 @@ class ApiKeyIdentity:
     scopes: list[str]
     allowed_models: list[str] | None
     expires_at: datetime | None
+    team_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -293,8 +295,12 @@ class AuthService:
         allowed_models: Sequence[str] | None = None,
         expires_at: datetime | None = None,
         key: str | None = None,
+        team_id: str | None | bool = False,
+        limits: Limits | None = None,
     ) -> IssuedApiKey:
-        """A new key for the user; `key` fixes the secret (the dev key), else it is random."""
+        """A new key for the user; `key` fixes the secret (the dev key), else it is random.
+        `team_id` False puts the key in its user's team; `limits` must have been checked
+        against the levels above (`Governance.create_api_key` does)."""
         scope_list = _validate_scopes(scopes)
         models = _validate_models(allowed_models)
         name = name.strip()
@@ -319,7 +325,13 @@ class AuthService:
                 scopes=scope_list,
                 allowed_models=models,
                 expires_at=expires_at,
+                team_id=user.team_id if team_id is False else team_id,
             )
+            if limits is not None:
+                for field_name in LIMIT_FIELDS:
+                    setattr(record, field_name, getattr(limits, field_name))
+                if limits.max_budget_usd is not None:
+                    record.budget_anchor_at = _utcnow()
             await store.add_api_key(record)
             await session.commit()
             return IssuedApiKey(key=secret, record=record)
@@ -380,6 +392,7 @@ class AuthService:
             if record.allowed_models is not None
             else None,
             expires_at=record.expires_at,
+            team_id=record.team_id,
         )
 
     async def api_key_exists(self, key: str) -> bool:
