@@ -41,6 +41,8 @@ from switchyard.common.events import (
 from switchyard.common.logging import bind_request_id
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
+from switchyard.gateway.governance.admission import Refused, Ticket
+from switchyard.gateway.governance.refusals import record_refusal
 from switchyard.gateway.replies import Reply
 
 log = structlog.get_logger("switchyard.gateway.dispatch")
@@ -116,6 +118,7 @@ class Dispatch:
     started: float = field(default_factory=time.perf_counter)
     deadline: float = 0.0
     finished: bool = False
+    ticket: Ticket | None = None
     _queue: asyncio.Queue[Reply] | None = None
     _closed: bool = False
 
@@ -159,8 +162,24 @@ class Dispatch:
                 headers={"Retry-After": "1"},
             )
 
-        dispatch = cls(gateway, request, api, model, principal.tenant)
+        request_id = new_id()
+        ticket = None
+        if gateway.admission is not None:
+            try:
+                ticket = await gateway.admission.admit(
+                    principal, model, body, embeddings=operation == "embeddings"
+                )
+            except Refused as refused:
+                REJECTED.labels(refused.reason).inc()
+                refused.headers = {**(refused.headers or {}), **refused.rate_headers(api)}
+                await record_refusal(gateway, principal, request_id, model, refused)
+                raise
+
+        dispatch = cls(gateway, request, api, model, principal.tenant, request_id=request_id)
+        dispatch.ticket = ticket
         timeout_s = gateway.settings.request_timeout_s
+        if ticket is not None:
+            ticket.attach(request_id, timeout_s)
         dispatch.deadline = dispatch.started + timeout_s
         bind_request_id(dispatch.request_id)
         dispatch._queue = gateway.pending.open(dispatch.request_id)
@@ -190,6 +209,8 @@ class Dispatch:
             )
         except BusUnavailableError as exc:
             dispatch.close()
+            if ticket is not None:
+                ticket.cancel()
             REJECTED.labels("bus_unavailable").inc()
             log.error("could not publish request", error=str(exc))
             raise APIError(
@@ -309,6 +330,7 @@ class Dispatch:
         or the stream as Server-Sent Events (`sse` encodes each reply). The dispatch is
         closed once the answer is complete, or when the client goes away."""
         streaming = False
+        limits = self.rate_limit_headers()
         try:
             first = await self.first()
             if not stream:
@@ -316,20 +338,33 @@ class Dispatch:
                 return Response(
                     json_body(completed),
                     media_type="application/json",
-                    headers={"x-request-id": self.request_id},
+                    headers={"x-request-id": self.request_id, **limits},
                 )
             assert sse is not None
             streaming = True
             return StreamingResponse(
                 self._relay(first, sse),
                 media_type="text/event-stream",
-                headers={"x-request-id": self.request_id, "cache-control": "no-cache"},
+                headers={"x-request-id": self.request_id, "cache-control": "no-cache", **limits},
             )
         except ReplyFailed as failed:
-            raise failed.as_api_error() from None
+            error = failed.as_api_error()
+            error.headers = {**(error.headers or {}), **limits}
+            raise error from None
+        except APIError as error:
+            error.headers = {**(error.headers or {}), **limits}
+            raise
         finally:
             if not streaming:
                 self.close()
+
+    def rate_limit_headers(self) -> dict[str, str]:
+        """OpenAI's `x-ratelimit-*` headers, or Anthropic's `anthropic-ratelimit-*`."""
+        if self.ticket is None:
+            return {}
+        if self.api == "anthropic":
+            return self.ticket.anthropic_headers()
+        return self.ticket.openai_headers()
 
     async def _relay(self, first: Reply, sse) -> AsyncIterator[bytes]:
         try:

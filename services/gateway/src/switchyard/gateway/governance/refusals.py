@@ -1,0 +1,92 @@
+"""Refused requests are recorded like any other: the gateway publishes their terminal
+state itself, since nothing ran. A `chat.failed` with status `refused` (replies topic) and
+a `usage.recorded` with status `refused` and zero usage (usage topic) reach history, which
+shows the request, its status and the reason (the error's code and message name the level
+and the limit).
+
+The `refused` status belongs to version 2 of the event contract; on a contract without
+it, refusals are answered but not recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from switchyard.common.bus import BusUnavailableError
+from switchyard.common.events import (
+    ChatFailed,
+    ChatFailedData,
+    ErrorInfo,
+    TerminalStatus,
+    TokenUsage,
+    UsageData,
+    UsageRecorded,
+)
+from switchyard.gateway.governance.admission import Refused
+
+log = structlog.get_logger("switchyard.gateway.governance")
+
+REFUSED_STATUS = getattr(TerminalStatus, "REFUSED", None)
+
+
+def refusal_events(
+    principal: Any, request_id: str, model: str, refused: Refused, team_id: str | None = None
+) -> list[tuple[str, Any]]:
+    """(topic suffix, event) pairs recording one refusal; empty without the status."""
+    if REFUSED_STATUS is None:
+        return []
+    error = ErrorInfo(
+        status=refused.status,
+        type=refused.type,
+        code=refused.code,
+        message=refused.message,
+        retry_after_s=float(refused.headers["Retry-After"])
+        if refused.headers and "Retry-After" in refused.headers
+        else None,
+    )
+    failed = ChatFailed(
+        source="gateway",
+        tenant=principal.tenant,
+        request_id=request_id,
+        data=ChatFailedData(status=REFUSED_STATUS, error=error),
+    )
+    usage_fields: dict[str, Any] = {
+        "model": model,
+        "user_id": principal.user_id,
+        "api_key_id": principal.api_key_id,
+        "status": REFUSED_STATUS,
+        "usage": TokenUsage(),
+    }
+    if team_id is not None and "team_id" in UsageData.model_fields:
+        usage_fields["team_id"] = team_id
+    usage = UsageRecorded(
+        source="gateway",
+        tenant=principal.tenant,
+        request_id=request_id,
+        data=UsageData(**usage_fields),
+    )
+    return [("replies", failed), ("usage", usage)]
+
+
+async def record_refusal(
+    gateway: Any, principal: Any, request_id: str, model: str, refused: Refused
+) -> None:
+    """Publish the refusal's events in the background (the client is answered at once)."""
+    events = refusal_events(principal, request_id, model, refused)
+    if not events:
+        return
+    topics = {"replies": gateway.topics.replies, "usage": gateway.topics.usage}
+
+    async def publish() -> None:
+        for suffix, event in events:
+            try:
+                await gateway.bus.publish(topics[suffix], event, key=request_id)
+            except BusUnavailableError as exc:
+                log.error("refusal not recorded", request_id=request_id, error=str(exc))
+
+    task = asyncio.ensure_future(publish())
+    gateway.background.add(task)
+    task.add_done_callback(gateway.background.discard)
