@@ -423,7 +423,10 @@ class Admission:
         if seen is None:
             return None
         until, grant = seen
-        if time.monotonic() >= until:
+        window_over = (
+            need.period_start is not None and need.period_start != grant.window_start
+        ) or (grant.window_end is not None and now >= grant.window_end)
+        if time.monotonic() >= until or window_over:
             del self._exhausted[need.counter]
             return None
         return self._refusal(need, now, grant)
