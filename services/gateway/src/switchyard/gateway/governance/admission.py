@@ -44,6 +44,7 @@ from switchyard.common.governance import LEVEL_NAMES, BudgetClock, FailureMode, 
 from switchyard.common.pricing import PriceTable
 from switchyard.gateway.governance.estimate import Estimate, estimate
 from switchyard.gateway.governance.ledger import (
+    WHOLE_KINDS,
     WINDOW_S,
     Grant,
     GrantRequest,
@@ -83,7 +84,7 @@ LEASE_SHARE = 0.1
 LEASE_REQUESTS = 100
 # A counter found exhausted is not asked again for this long (refusals stay cheap).
 EXHAUSTED_S = 0.05
-REFILL_ROUNDS = 4
+MAX_ROUNDS = 1000
 
 
 class Refused(APIError):
@@ -310,7 +311,10 @@ class Admission:
         if not policy.limited:
             return Ticket(team_id=policy.team_id)
         needs = self._needs(policy, model, body, embeddings)
-        for _ in range(REFILL_ROUNDS):
+        # Each round either admits, refuses (a refill found the counter exhausted), or
+        # waits for a refill that granted something, which other waiting requests may
+        # have taken first; so rounds end, but a busy replica may need several.
+        for _ in range(MAX_ROUNDS):
             now = self._clock()
             missing = [need for need in needs if not need.uncounted and not self._covers(need, now)]
             if not missing:
@@ -320,11 +324,7 @@ class Admission:
                 if refused is not None:
                     raise refused
             await self._refill(missing)
-        now = self._clock()
-        missing = [need for need in needs if not need.uncounted and not self._covers(need, now)]
-        if not missing:
-            return self._take(needs, policy, now)
-        raise self._refusal(missing[0], now, None)
+        raise self._refusal(missing[0], self._clock(), None)
 
     def _needs(
         self, policy: Policy, model: str, body: dict[str, Any], embeddings: bool
@@ -478,6 +478,8 @@ class Admission:
             have = allowance.unused if allowance is not None else 0.0
             want_min = max(need.amount - max(0.0, have), 0.0) or need.amount
             target = max(want_min, min(need.limit * LEASE_SHARE, need.amount * LEASE_REQUESTS))
+            if need.kind in WHOLE_KINDS:
+                want_min, target = math.ceil(want_min), math.ceil(target)
             requests.append(
                 GrantRequest(
                     scope=need.counter[0],

@@ -97,12 +97,19 @@ class CounterState:
     spent: float
 
 
-def grant_amount(limit: float, committed: float, want_min: float, want_max: float) -> float:
+# Counted in whole units (requests, tokens); spend is in dollars, to a millionth.
+WHOLE_KINDS = ("requests", "tokens", "parallel")
+
+
+def grant_amount(
+    limit: float, committed: float, want_min: float, want_max: float, kind: str = "spend"
+) -> float:
     """How much of a counter with `limit` and `committed` a grant hands out."""
     available = limit - committed
     if want_min > available + 1e-9 or available <= 0:
         return 0.0
-    share = max(want_min, math.floor(available * FAIR_SHARE * 1e6) / 1e6)
+    unit = 1.0 if kind in WHOLE_KINDS else 1e-6
+    share = max(want_min, math.floor(available * FAIR_SHARE / unit) * unit)
     return max(0.0, min(want_max, share, available))
 
 
@@ -190,7 +197,7 @@ class MemoryLedger(Ledger):
         for request in requests:
             counter = self._current(request, now)
             amount = grant_amount(
-                request.limit, counter.committed, request.want_min, request.want_max
+                request.limit, counter.committed, request.want_min, request.want_max, request.kind
             )
             counter.committed += amount
             if amount > 0:

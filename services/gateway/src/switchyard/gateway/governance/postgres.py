@@ -284,8 +284,14 @@ BEGIN
         IF v_available <= 0 OR v_min > v_available + 1e-9 THEN
             v_grant := 0;
         ELSE
-            v_grant := greatest(0, least(
-                v_max, greatest(v_min, floor(v_available * 0.25 * 1e6) / 1e6), v_available));
+            -- Whole units of requests, tokens and slots; dollars to a millionth.
+            IF v_kind IN ('requests', 'tokens', 'parallel') THEN
+                v_grant := greatest(0, least(
+                    v_max, greatest(v_min, floor(v_available * 0.25)), v_available));
+            ELSE
+                v_grant := greatest(0, least(
+                    v_max, greatest(v_min, floor(v_available * 0.25 * 1e6) / 1e6), v_available));
+            END IF;
         END IF;
         UPDATE governance_counters
         SET window_start = c_start, window_end = c_end, limit_value = v_limit,
