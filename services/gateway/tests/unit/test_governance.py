@@ -309,3 +309,55 @@ async def test_an_exhausted_budget_is_insufficient_quota_naming_the_level(harnes
     assert error["code"] == "insufficient_quota" and error["type"] == "insufficient_quota"
     assert "key key-1" in error["message"] and "does not reset" in error["message"]
     assert harness.requests == []
+
+
+async def test_the_admin_api_is_reachable_through_the_gateway(harness):
+    gateway = harness.app.state.gateway
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/v1/admin/teams/t1" and request.method == "PATCH":
+            return httpx.Response(400, json={"error": {"message": "bad", "param": "rpm_limit"}})
+        return httpx.Response(201, json={"id": "t1", "name": "ml"})
+
+    gateway.http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    created = await harness.client.post(
+        "/v1/admin/teams",
+        json={"name": "ml", "rpm_limit": 5},
+        headers={"Authorization": "Bearer admin-token", "x-forwarded-for": "203.0.113.9"},
+    )
+    assert created.status_code == 201 and created.json()["id"] == "t1"
+    forwarded = seen[-1]
+    assert forwarded.method == "POST" and forwarded.url.path == "/v1/admin/teams"
+    assert forwarded.headers["authorization"] == "Bearer admin-token"
+    assert forwarded.headers["x-forwarded-for"].startswith("203.0.113.9, ")
+    assert b'"rpm_limit":5' in forwarded.content.replace(b" ", b"")
+
+    refused = await harness.client.patch("/v1/admin/teams/t1", json={"rpm_limit": -1})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "rpm_limit"
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("auth is down")
+
+    gateway.http = httpx.AsyncClient(transport=httpx.MockTransport(down))
+    unavailable = await harness.client.post(
+        "/v1/auth/token", json={"grant_type": "password", "username": "a", "password": "b"}
+    )
+    assert unavailable.status_code == 503
+    assert unavailable.json()["error"]["code"] == "auth_unavailable"
+    paths = (await harness.client.get("/openapi.json")).json()["paths"]
+    assert {"/v1/admin/teams", "/v1/auth/token", "/v1/api-keys/{key_id}", "/v1/spend"} <= set(paths)
+
+
+async def test_spend_shows_each_budget_above_the_caller(harness):
+    limited_auth(harness, max_budget_usd=5.0, budget_period="30d")
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    assert (
+        await harness.client.post("/v1/chat/completions", json=CHAT, headers=headers)
+    ).is_success
+    spend = await harness.client.get("/v1/spend", headers=headers)
+    assert spend.status_code == 200, spend.text
+    [budget] = spend.json()["data"]
+    assert budget["level"] == "api_key" and budget["max_budget_usd"] == 5.0
+    assert budget["resets_at"] is not None

@@ -12,7 +12,16 @@ from fastapi import FastAPI
 from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.http import TracingMiddleware, health_router
 from switchyard.common.metrics import metrics_router
-from switchyard.gateway.api import chat, embeddings, history, jobs, messages, models, usage
+from switchyard.gateway.api import (
+    admin,
+    chat,
+    embeddings,
+    history,
+    jobs,
+    messages,
+    models,
+    usage,
+)
 from switchyard.gateway.api.body import install_openapi_models
 from switchyard.gateway.bootstrap import Gateway, build_gateway
 from switchyard.gateway.config import Settings
@@ -139,6 +148,8 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(history.router)
     app.include_router(usage.router)
     app.include_router(jobs.router)
+    app.include_router(admin.router)
+    admin.install_auth_routes(app)
     app.include_router(
         health_router(
             {
