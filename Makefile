@@ -66,10 +66,11 @@ test-e2e: install ## Whole-system tests: every service as its own process on Kaf
 	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m e2e tests/e2e
 
 .PHONY: bench
-bench: install infra-up ## Every benchmark: gateway throughput and latency (needs Go), auth, history
+bench: install infra-up ## Every benchmark: gateway throughput and latency (needs Go), auth, history, budgets and rate limits
 	$(UV) run --no-sync python tests/bench/run.py
 	$(UV) run --no-sync python tests/bench/bench_auth.py
 	$(UV) run --no-sync python tests/bench/bench_history.py
+	$(UV) run --no-sync python tests/bench/bench_governance.py
 
 .PHONY: bench-gateway
 bench-gateway: install infra-up ## Throughput and latency: simulator direct vs embedded vs Kafka mode

@@ -172,7 +172,7 @@ class RateSnapshot:
     reset_at: float | None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Need:
     level: LevelLimits
     kind: Kind
@@ -183,10 +183,10 @@ class _Need:
     period_end: float | None = None
     failure_mode: FailureMode = FailureMode.CLOSED
     uncounted: bool = False  # store down and the tenant fails open
+    counter: tuple[str, str] = ("", "")
 
-    @property
-    def counter(self) -> tuple[str, str]:
-        return (scope_key(self.level.level, self.level.scope_id), self.kind)
+    def __post_init__(self) -> None:
+        self.counter = (scope_key(self.level.level, self.level.scope_id), self.kind)
 
 
 @dataclass
@@ -288,6 +288,7 @@ class Admission:
         self._exhausted: dict[tuple[str, str], tuple[float, Grant]] = {}
         self._refills: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._pending: dict[str, Ticket] = {}
+        self._periods: dict[tuple[str | None, float | None], tuple[float, float | None]] = {}
         self._settlements: list[LeaseChange] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -363,22 +364,35 @@ class Admission:
                 )
             if limits.max_budget_usd is not None:
                 cost = cost or estimate(model, body, self.prices, embeddings=embeddings)
-                anchor = datetime.fromtimestamp(level.budget_anchor or 0.0, UTC)
-                period = self.budget_clock.period(
-                    limits.budget_period, anchor, datetime.fromtimestamp(now, UTC)
-                )
+                period_start, period_end = self._period(level, now)
                 needs.append(
                     _Need(
                         level,
                         "spend",
                         limits.max_budget_usd,
                         cost.cost_usd,
-                        period_start=period.start.timestamp(),
-                        period_end=period.end.timestamp() if period.end else None,
+                        period_start=period_start,
+                        period_end=period_end,
                         failure_mode=policy.budget_failure_mode,
                     )
                 )
         return needs
+
+    def _period(self, level: LevelLimits, now: float) -> tuple[float, float | None]:
+        """The current budget period of a level (epoch seconds), cached until it ends."""
+        key = (level.limits.budget_period, level.budget_anchor)
+        cached = self._periods.get(key)
+        if cached is not None and (cached[1] is None or now < cached[1]) and now >= cached[0]:
+            return cached
+        anchor = datetime.fromtimestamp(level.budget_anchor or 0.0, UTC)
+        period = self.budget_clock.period(
+            level.limits.budget_period, anchor, datetime.fromtimestamp(now, UTC)
+        )
+        found = (period.start.timestamp(), period.end.timestamp() if period.end else None)
+        if len(self._periods) > 10_000:
+            self._periods.clear()
+        self._periods[key] = found
+        return found
 
     def _valid(self, allowance: _Allowance, need: _Need, now: float) -> bool:
         if need.period_start is not None:
