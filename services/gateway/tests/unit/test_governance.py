@@ -361,3 +361,14 @@ async def test_spend_shows_each_budget_above_the_caller(harness):
     [budget] = spend.json()["data"]
     assert budget["level"] == "api_key" and budget["max_budget_usd"] == 5.0
     assert budget["resets_at"] is not None
+
+
+async def test_jobs_count_against_the_same_limits(harness):
+    limited_auth(harness, rpm_limit=1)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    queued = await harness.client.post("/v1/jobs", json=CHAT, headers=headers)
+    assert queued.status_code == 202, queued.text
+    assert queued.headers["x-ratelimit-remaining-requests"] == "0"
+    refused = await harness.client.post("/v1/jobs", json=CHAT, headers=headers)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"

@@ -42,7 +42,7 @@ from switchyard.common.logging import bind_request_id
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
 from switchyard.gateway.governance.admission import Refused, Ticket
-from switchyard.gateway.governance.refusals import record_refusal
+from switchyard.gateway.governance.refusals import admit_or_refuse
 from switchyard.gateway.replies import Reply
 
 log = structlog.get_logger("switchyard.gateway.dispatch")
@@ -163,23 +163,24 @@ class Dispatch:
             )
 
         request_id = new_id()
-        ticket = None
-        if gateway.admission is not None:
-            try:
-                ticket = await gateway.admission.admit(
-                    principal, model, body, embeddings=operation == "embeddings"
-                )
-            except Refused as refused:
-                REJECTED.labels(refused.reason).inc()
-                refused.headers = {**(refused.headers or {}), **refused.rate_headers(api)}
-                await record_refusal(gateway, principal, request_id, model, refused)
-                raise
+        try:
+            ticket = await admit_or_refuse(
+                gateway,
+                principal,
+                request_id,
+                model,
+                body,
+                api=api,
+                embeddings=operation == "embeddings",
+            )
+        except Refused as refused:
+            REJECTED.labels(refused.reason).inc()
+            raise
 
         dispatch = cls(gateway, request, api, model, principal.tenant, request_id=request_id)
         dispatch.ticket = ticket
         timeout_s = gateway.settings.request_timeout_s
-        if ticket is not None:
-            ticket.attach(request_id, timeout_s)
+        ticket.attach(request_id, timeout_s)
         dispatch.deadline = dispatch.started + timeout_s
         bind_request_id(dispatch.request_id)
         dispatch._queue = gateway.pending.open(dispatch.request_id)
@@ -209,8 +210,7 @@ class Dispatch:
             )
         except BusUnavailableError as exc:
             dispatch.close()
-            if ticket is not None:
-                ticket.cancel()
+            ticket.cancel()
             REJECTED.labels("bus_unavailable").inc()
             log.error("could not publish request", error=str(exc))
             raise APIError(

@@ -40,6 +40,7 @@ from switchyard.gateway.api.body import openapi_body, parse_json_object, validat
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.api.history import forward, looks_like_id
 from switchyard.gateway.bootstrap import Gateway
+from switchyard.gateway.governance.refusals import admit_or_refuse
 from switchyard.gateway.schemas import ChatCompletionRequest
 
 log = structlog.get_logger("switchyard.gateway.jobs")
@@ -110,6 +111,9 @@ async def create_job(
             param="model",
         )
     job_id = new_id()
+    # Jobs count against the same budgets and rate limits as interactive requests.
+    ticket = await admit_or_refuse(gateway, principal, job_id, body.model, body_dict)
+    ticket.attach(job_id, gateway.settings.job_timeout_s)
     created = utcnow()
     event = ChatRequested(
         source="gateway",
@@ -133,6 +137,7 @@ async def create_job(
     try:
         await gateway.bus.publish(gateway.topics.requests_batch, event, key=job_id)
     except BusUnavailableError as exc:
+        ticket.cancel()
         log.error("could not publish job", error=str(exc))
         raise APIError(
             503,
@@ -155,7 +160,11 @@ async def create_job(
         orjson.dumps(job),
         status_code=202,
         media_type="application/json",
-        headers={"x-request-id": job_id, "Location": f"/v1/jobs/{job_id}"},
+        headers={
+            "x-request-id": job_id,
+            "Location": f"/v1/jobs/{job_id}",
+            **ticket.openai_headers(),
+        },
     )
 
 

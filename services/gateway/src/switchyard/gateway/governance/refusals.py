@@ -25,7 +25,7 @@ from switchyard.common.events import (
     UsageData,
     UsageRecorded,
 )
-from switchyard.gateway.governance.admission import Refused
+from switchyard.gateway.governance.admission import Refused, Ticket
 
 log = structlog.get_logger("switchyard.gateway.governance")
 
@@ -90,3 +90,25 @@ async def record_refusal(
     task = asyncio.ensure_future(publish())
     gateway.background.add(task)
     task.add_done_callback(gateway.background.discard)
+
+
+async def admit_or_refuse(
+    gateway: Any,
+    principal: Any,
+    request_id: str,
+    model: str,
+    body: dict[str, Any],
+    *,
+    api: str = "openai",
+    embeddings: bool = False,
+) -> Ticket:
+    """The request's ticket; a refusal is recorded, carries the rate-limit headers of
+    `api`, and is raised (429)."""
+    if gateway.admission is None:
+        return Ticket()
+    try:
+        return await gateway.admission.admit(principal, model, body, embeddings=embeddings)
+    except Refused as refused:
+        refused.headers = {**(refused.headers or {}), **refused.rate_headers(api)}
+        await record_refusal(gateway, principal, request_id, model, refused)
+        raise
