@@ -360,11 +360,7 @@ class Dispatch:
 
     def rate_limit_headers(self) -> dict[str, str]:
         """OpenAI's `x-ratelimit-*` headers, or Anthropic's `anthropic-ratelimit-*`."""
-        if self.ticket is None:
-            return {}
-        if self.api == "anthropic":
-            return self.ticket.anthropic_headers()
-        return self.ticket.openai_headers()
+        return self.ticket.headers_for(self.api) if self.ticket is not None else {}
 
     async def _relay(self, first: Reply, sse) -> AsyncIterator[bytes]:
         try:

@@ -130,13 +130,12 @@ class Refused(APIError):
             all_headers["Retry-After"] = str(retry_after)
         super().__init__(429, message, type=error_type, code=code, headers=all_headers)
 
-    def rate_headers(self, api: str) -> dict[str, str]:
+    def rate_headers(self, api: Any) -> dict[str, str]:
         """The rate-limit headers of this refusal (remaining 0) in the API's own names."""
         if self.kind not in ("requests", "tokens"):
             return {}
         snapshot = RateSnapshot(limit=self.limit, remaining=0, reset_at=self.reset_at)
-        ticket = Ticket(**{self.kind: snapshot})  # type: ignore[arg-type]
-        return ticket.anthropic_headers() if api == "anthropic" else ticket.openai_headers()
+        return Ticket(**{self.kind: snapshot}).headers_for(api)  # type: ignore[arg-type]
 
     @property
     def reason(self) -> str:
@@ -245,6 +244,12 @@ class Ticket:
             if snapshot.reset_at is not None:
                 headers[f"x-ratelimit-reset-{kind}"] = format_duration(snapshot.reset_at - now)
         return headers
+
+    def headers_for(self, api: Any) -> dict[str, str]:
+        """The headers for a client of `api`: `"anthropic"`/`"openai"`, or a contract
+        value with a `vendor` (e.g. `anthropic.messages`)."""
+        vendor = str(getattr(api, "vendor", api)).split(".", 1)[0]
+        return self.anthropic_headers() if vendor == "anthropic" else self.openai_headers()
 
     def anthropic_headers(self) -> dict[str, str]:
         """`anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` (RFC 3339)."""
