@@ -12,6 +12,7 @@ import pytest
 from switchyard.common.db import downgrade, upgrade
 from switchyard.common.governance import FailureMode, Limits
 from switchyard.common.pricing import Price, PriceTable
+from switchyard.gateway.cli import spend_rows
 from switchyard.gateway.governance.admission import Admission, Refused
 from switchyard.gateway.governance.ledger import GrantRequest, LeaseChange
 from switchyard.gateway.governance.policy import LevelLimits, Policy, PolicySource
@@ -116,6 +117,10 @@ async def test_a_budget_on_postgres_holds_under_concurrency_and_settles(ledger_u
         [counter] = await ledgers[0].counters(["api_key:k1"])
         assert counter.spent == pytest.approx(reserved)
         assert counter.committed == pytest.approx(reserved)
+        # What `switchyard spend --group-by key` prints.
+        [row] = await spend_rows(ledger_url, "api_key")
+        assert row["id"] == "k1" and row["max_budget_usd"] == 0.5
+        assert row["spent_usd"] == pytest.approx(reserved) and row["resets_at"] is not None
     finally:
         for ledger in ledgers:
             await ledger.close()
