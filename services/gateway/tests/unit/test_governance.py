@@ -19,6 +19,7 @@ from switchyard.gateway.governance.ledger import MemoryLedger
 from switchyard.gateway.governance.policy import LevelLimits, Policy, PolicySource
 
 from .conftest import API_KEY
+from .history_fakes import install as install_history
 
 PRICES = PriceTable(models={"m": Price(input_per_1m=1_000.0, output_per_1m=1_000.0)})
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
@@ -256,6 +257,7 @@ def limited_auth(harness, **limits) -> None:
             )
         return original(request)
 
+    harness.auth.handle = handle  # what other fakes (history's) fall back on
     gateway.http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
     gateway.authenticator._client = gateway.http
 
@@ -372,3 +374,14 @@ async def test_jobs_count_against_the_same_limits(harness):
     refused = await harness.client.post("/v1/jobs", json=CHAT, headers=headers)
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_usage_reports_carry_spend_against_each_budget(harness):
+    limited_auth(harness, max_budget_usd=5.0, budget_period="30d")
+    await install_history(harness)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    report = await harness.client.get("/v1/usage", headers=headers)
+    assert report.status_code == 200, report.text
+    [budget] = report.json()["budgets"]
+    assert budget["level"] == "api_key" and budget["max_budget_usd"] == 5.0
+    assert report.json()["object"] == "list"  # history's report itself is untouched

@@ -137,13 +137,22 @@ def _iso(epoch: float) -> str:
 async def spend(principal: CurrentPrincipal, gateway: GatewayDep) -> SpendOut:
     """The caller's spend in the current period of each budget that applies to them (their
     key's, their own, their team's, their tenant's), fleet-wide."""
+    try:
+        return await budget_spend(gateway, principal)
+    except LookupError:
+        raise APIError(503, "Spend cannot be read right now.", code="limits_unavailable") from None
+
+
+async def budget_spend(gateway: Any, principal: Any) -> SpendOut:
+    """Spend against each budget above `principal`; LookupError if auth or the ledger
+    cannot answer."""
     admission = gateway.admission
     if admission is None:
         return SpendOut(team_id=None, data=[])
     try:
         policy = await admission.policies.get(principal.user_id, principal.api_key_id)
-    except Exception:  # noqa: BLE001 - auth down
-        raise APIError(503, "Limits cannot be read right now.", code="limits_unavailable") from None
+    except Exception as exc:  # noqa: BLE001 - auth down
+        raise LookupError("policy") from exc
     clock = BudgetClock(day_s=gateway.settings.budget_day_s)
     now = datetime.now(UTC)
     budgeted = [level for level in policy.levels if level.limits.max_budget_usd is not None]
@@ -152,8 +161,8 @@ async def spend(principal: CurrentPrincipal, gateway: GatewayDep) -> SpendOut:
         counters = {
             c.scope: c for c in await admission.ledger.counters(scopes) if c.kind == "spend"
         }
-    except Exception:  # noqa: BLE001 - the ledger is down
-        raise APIError(503, "Spend cannot be read right now.", code="limits_unavailable") from None
+    except Exception as exc:  # noqa: BLE001 - the ledger is down
+        raise LookupError("ledger") from exc
     data: list[dict[str, Any]] = []
     for level, scope in zip(budgeted, scopes, strict=True):
         anchor = datetime.fromtimestamp(level.budget_anchor or 0.0, UTC)
