@@ -160,7 +160,9 @@ def test_a_team_budget_overspends_by_at_most_one_requests_cost_under_100_concurr
     [budget] = [b for b in spend_of(fleet, key["key"]) if b["level"] == "team"]
     assert budget["spent_usd"] == pytest.approx(sum(costs), rel=1e-6)
     assert budget["spent_usd"] <= 0.5 + max_cost
-    assert budget["spent_usd"] > 0.5 - 2 * max_cost  # and the budget was really used
+    # ...and the budget was really used: each replica may be left holding less than one
+    # request's worth when the burst ends.
+    assert budget["spent_usd"] > 0.5 - 3 * max_cost
 
 
 def test_a_budget_resets_at_its_period_boundary(fleet):

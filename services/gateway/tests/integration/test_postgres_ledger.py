@@ -100,6 +100,9 @@ async def test_a_budget_on_postgres_holds_under_concurrency_and_settles(ledger_u
         admitted = [o for o in outcomes if not isinstance(o, Refused)]
         reserved = sum(ticket.reservations[0].amount for ticket in admitted)
         assert 0 < reserved <= 0.5 + 1e-9
+        # No replica sat on budget the others needed: each of the three may be left with
+        # less than one request's worth, nothing more.
+        assert reserved > 0.5 - 3 * max(t.reservations[0].amount for t in admitted)
         assert any(isinstance(o, Refused) and o.code == "insufficient_quota" for o in outcomes)
 
         # Settle every request at its full reservation: the ledger records the spend.
@@ -129,13 +132,28 @@ async def test_a_budget_on_postgres_holds_under_concurrency_and_settles(ledger_u
 async def test_windows_restart_and_silent_replicas_are_reaped(ledger_url: str) -> None:
     ledger = PostgresLedger.connect(ledger_url, timeout_s=5.0)
     try:
-        ask = GrantRequest("user:u", "requests", 10, 1, 10, window_s=0.2)
-        [first] = await ledger.grant("gw-a", [ask])
-        assert first.amount == 2.0  # a quarter of what is left, at least what is needed
+
+        def ask(want_max: float, demand: float = 0.0, window_s: float = 30.0) -> GrantRequest:
+            return GrantRequest(
+                "user:u", "requests", 100, 1, want_max, window_s=window_s, demand=demand
+            )
+
+        [plenty] = await ledger.grant("gw-a", [ask(10)])
+        assert plenty.amount == 10.0  # plenty left: the whole lease asked for
+        [quarter] = await ledger.grant("gw-a", [ask(20)])
+        assert quarter.amount == 20.0  # 90 left: at most a quarter (22)
+        [tight] = await ledger.grant("gw-b", [ask(30, demand=3)])
+        assert tight.amount == 3.0  # 70 left, under four leases: only what is waiting
+        assert tight.committed == 33.0
+
+        short = GrantRequest("user:w", "requests", 10, 1, 2, window_s=0.2)
+        [first] = await ledger.grant("gw-a", [short])
         await ledger.heartbeat("gw-a")
         await asyncio.sleep(0.25)
-        [second] = await ledger.grant("gw-b", [ask])
-        assert second.window_start > first.window_start and second.committed == 2.0
+        [second] = await ledger.grant("gw-b", [short])
+        # The window ended: the new one starts from nothing.
+        assert second.window_start > first.window_start
+        assert second.committed == second.amount
 
         parallel = GrantRequest("team:t", "parallel", 4, 1, 4)
         [held] = await ledger.grant("gw-a", [parallel])

@@ -135,6 +135,9 @@ async def test_a_budget_is_never_overspent_and_settlement_frees_the_unused_reser
     admitted, refused = await admit_all(admissions, 100)
     most = max(ticket.reservations[0].amount for ticket in admitted)
     assert len(admitted) * most <= 0.5 + 1e-9
+    # ...and no replica sat on budget the others needed: each of the three may be left
+    # with less than one request's worth, nothing more.
+    assert len(admitted) * most > 0.5 - 3 * most
     assert refused and refused[0].code == "insufficient_quota"
     assert refused[0].type == "insufficient_quota"
     assert "team team-1" in refused[0].message and "resets at" in refused[0].message

@@ -292,10 +292,13 @@ class Admission:
         self._allowances: dict[tuple[str, str], _Allowance] = {}
         self._exhausted: dict[tuple[str, str], tuple[float, Grant]] = {}
         self._refills: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # What the requests waiting for each counter need in all (asked for when short).
+        self._demand: dict[tuple[str, str], float] = {}
         self._pending: dict[str, Ticket] = {}
         self._periods: dict[tuple[str | None, float | None], tuple[float, float | None]] = {}
         self._settlements: list[LeaseChange] = []
         self._wake = asyncio.Event()
+        self._background: set[asyncio.Future[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
     # -- admitting -------------------------------------------------------------------
@@ -329,7 +332,17 @@ class Admission:
                 refused = self._exhausted_refusal(need, now)
                 if refused is not None:
                     raise refused
-            await self._refill(missing)
+            for need in missing:
+                self._demand[need.counter] = self._demand.get(need.counter, 0.0) + need.amount
+            try:
+                await self._refill(missing)
+            finally:
+                for need in missing:
+                    left = self._demand.get(need.counter, 0.0) - need.amount
+                    if left > 1e-12:
+                        self._demand[need.counter] = left
+                    else:
+                        self._demand.pop(need.counter, None)
         raise self._refusal(missing[0], self._clock(), None)
 
     def _needs(
@@ -497,8 +510,13 @@ class Admission:
             have = allowance.unused if allowance is not None else 0.0
             want_min = max(need.amount - max(0.0, have), 0.0) or need.amount
             target = max(want_min, min(need.limit * LEASE_SHARE, need.amount * LEASE_REQUESTS))
+            demand = max(want_min, self._demand.get(need.counter, 0.0) - max(0.0, have))
             if need.kind in WHOLE_KINDS:
-                want_min, target = math.ceil(want_min), math.ceil(target)
+                want_min, target, demand = (
+                    math.ceil(want_min),
+                    math.ceil(target),
+                    math.ceil(demand),
+                )
             requests.append(
                 GrantRequest(
                     scope=need.counter[0],
@@ -506,6 +524,7 @@ class Admission:
                     limit=need.limit,
                     want_min=want_min,
                     want_max=target,
+                    demand=demand,
                     window_s=need.window_s,
                     period_start=need.period_start,
                     period_end=need.period_end,
@@ -534,6 +553,21 @@ class Admission:
             allowance.touched = touched
             if grant.amount <= 0:
                 self._exhausted[need.counter] = (touched + EXHAUSTED_S, grant)
+                if allowance.unused > 0:
+                    # Less than a request needs: give it back for replicas that can use it.
+                    self._give_back(need.counter, allowance)
+
+    def _give_back(self, counter: tuple[str, str], allowance: _Allowance) -> None:
+        change = LeaseChange(counter[0], counter[1], allowance.window_start, allowance.unused)  # type: ignore[arg-type]
+        allowance.unused = 0.0
+
+        async def release() -> None:
+            with contextlib.suppress(LedgerUnavailable):
+                await self.ledger.release(self.replica, [change])
+
+        task = asyncio.ensure_future(release())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _store_down(self, asks: list[_Need], error: Exception) -> None:
         closed = [need for need in asks if need.failure_mode == FailureMode.CLOSED]

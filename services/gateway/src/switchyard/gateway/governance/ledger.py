@@ -11,9 +11,11 @@ invariants, for the counter's current window:
 
     committed = spent + sum(held of every replica)      committed <= limit (at grant)
 
-- `grant(want_min, want_max)`: hand a replica up to `want_max` more (at least `want_min`,
-  else nothing), never more than a quarter of what is left unless `want_min` needs it,
-  so one replica cannot starve the others; `committed += g`, `held += g`.
+- `grant(want_min, want_max, demand)`: hand a replica up to `want_max` more (at least
+  `want_min`, else nothing), never more than a quarter of what is left unless `want_min`
+  needs it, so one replica cannot starve the others; once less than four such leases are
+  left, only what its waiting requests need (`demand`), so no replica holds capacity it
+  will not use while others refuse; `committed += g`, `held += g`.
 - `release(amount)`: a replica returns allowance it does not need (idle, limit changed,
   shutdown); `committed -= a`, `held -= a`.
 - `settle(used)`: a request's real usage is known; the replica's lease shrinks by what
@@ -61,6 +63,9 @@ class GrantRequest:
     want_min: float
     want_max: float
     window_s: float | None = None
+    # What the requests waiting at this replica need in all: when little is left, a grant
+    # gives no more than this, so nothing is stranded at a replica that will not use it.
+    demand: float = 0.0
     period_start: float | None = None
     period_end: float | None = None
 
@@ -102,15 +107,24 @@ WHOLE_KINDS = ("requests", "tokens", "parallel")
 
 
 def grant_amount(
-    limit: float, committed: float, want_min: float, want_max: float, kind: str = "spend"
+    limit: float,
+    committed: float,
+    want_min: float,
+    want_max: float,
+    kind: str = "spend",
+    demand: float = 0.0,
 ) -> float:
-    """How much of a counter with `limit` and `committed` a grant hands out."""
+    """How much of a counter with `limit` and `committed` a grant hands out: with plenty
+    left (four leases' worth), up to `want_max` but at most a quarter of what is left;
+    when it runs short, only what the waiting requests need (`demand`)."""
     available = limit - committed
     if want_min > available + 1e-9 or available <= 0:
         return 0.0
     unit = 1.0 if kind in WHOLE_KINDS else 1e-6
-    share = max(want_min, math.floor(available * FAIR_SHARE / unit) * unit)
-    return max(0.0, min(want_max, share, available))
+    if available >= want_max / FAIR_SHARE:
+        share = max(want_min, math.floor(available * FAIR_SHARE / unit) * unit)
+        return max(0.0, min(want_max, share, available))
+    return max(0.0, min(available, max(want_min, demand)))
 
 
 class Ledger(abc.ABC):
@@ -197,7 +211,12 @@ class MemoryLedger(Ledger):
         for request in requests:
             counter = self._current(request, now)
             amount = grant_amount(
-                request.limit, counter.committed, request.want_min, request.want_max, request.kind
+                request.limit,
+                counter.committed,
+                request.want_min,
+                request.want_max,
+                request.kind,
+                request.demand,
             )
             counter.committed += amount
             if amount > 0:

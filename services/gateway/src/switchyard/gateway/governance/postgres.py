@@ -161,6 +161,7 @@ class PostgresLedger(Ledger):
                     "limit": requests[i].limit,
                     "want_min": requests[i].want_min,
                     "want_max": requests[i].want_max,
+                    "demand": requests[i].demand,
                     "window_s": requests[i].window_s,
                     "period_start": requests[i].period_start,
                     "period_end": requests[i].period_end,
@@ -234,6 +235,7 @@ DECLARE
     v_limit float8;
     v_min float8;
     v_max float8;
+    v_demand float8;
     v_window_s float8;
     v_period_start float8;
     v_period_end float8;
@@ -252,6 +254,7 @@ BEGIN
         v_limit := (item->>'limit')::float8;
         v_min := (item->>'want_min')::float8;
         v_max := (item->>'want_max')::float8;
+        v_demand := coalesce((item->>'demand')::float8, 0);
         v_window_s := (item->>'window_s')::float8;
         v_period_start := (item->>'period_start')::float8;
         v_period_end := (item->>'period_end')::float8;
@@ -283,6 +286,9 @@ BEGIN
         v_available := v_limit - c_committed;
         IF v_available <= 0 OR v_min > v_available + 1e-9 THEN
             v_grant := 0;
+        ELSIF v_available < v_max / 0.25 THEN
+            -- Running short: only what the replica's waiting requests need.
+            v_grant := least(v_available, greatest(v_min, v_demand));
         ELSE
             -- Whole units of requests, tokens and slots; dollars to a millionth.
             IF v_kind IN ('requests', 'tokens', 'parallel') THEN
