@@ -49,8 +49,8 @@ migrate: install ## Apply every service's database migrations to $DATABASE_URL
 	$(UV) run --no-sync switchyard db upgrade
 
 .PHONY: test
-test: install infra-up ## Run every check: lint, deploy manifests, unit, integration (real Kafka and Postgres), e2e
-	$(MAKE) --no-print-directory lint deploy-check test-unit test-integration test-e2e
+test: install infra-up ## Run every check: lint, deploy manifests, unit, integration (real Kafka and Postgres), e2e, browser
+	$(MAKE) --no-print-directory lint deploy-check test-unit test-integration test-e2e test-browser
 
 .PHONY: test-unit
 test-unit: install ## Unit tests of every package (fakes, no network)
@@ -64,6 +64,15 @@ test-integration: install ## Integration tests against the real Kafka broker and
 test-e2e: install ## Whole-system tests: every service as its own process on Kafka and Postgres
 	deploy/local/promtool.sh >/dev/null
 	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m e2e tests/e2e
+
+.PHONY: test-browser
+test-browser: install ## The web console in Chromium (Debian's, installed if missing) via Playwright; screenshots in build/
+	deploy/local/chromium.sh >/dev/null
+	SWITCHYARD_REQUIRE_BROWSER=1 $(PYTEST) -q -m browser tests/browser services/gateway/tests/browser
+
+.PHONY: console-assets
+console-assets: ## Refresh the console's vendored htmx, Chart.js and Pico CSS from the npm registry
+	services/gateway/scripts/vendor-console-assets.sh
 
 .PHONY: bench
 bench: install infra-up ## Every benchmark: gateway throughput and latency (needs Go), auth, history, budgets and rate limits
@@ -90,4 +99,4 @@ schema: install ## Regenerate the published event schema (docs/events/v1.schema.
 
 .PHONY: clean
 clean: ## Remove embedded-mode state and caches (keeps the Kafka jar cache)
-	rm -rf .switchyard .pytest_cache .ruff_cache
+	rm -rf .switchyard .pytest_cache .ruff_cache build

@@ -97,6 +97,8 @@ def system(tmp_path_factory) -> Iterator[System]:
             "SWITCHYARD_HISTORY_URL": f"http://127.0.0.1:{ports['history']}",
             "SWITCHYARD_SIMULATOR_URL": f"http://127.0.0.1:{ports['simulator']}/v1",
             "SWITCHYARD_LOG_LEVEL": "INFO",
+            # The webhook receivers of these tests listen on this machine.
+            "SWITCHYARD_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
         }
         system = System(env=env, workdir=workdir, ports=ports, database_url=db_url)
         try:

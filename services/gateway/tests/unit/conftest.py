@@ -41,6 +41,8 @@ class FakeAuth:
         default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
     )
     lookups: int = 0
+    # Users auth no longer knows (GET /internal/v1/users/{id} answers 404).
+    missing_users: set = field(default_factory=set)
     # What GET /internal/v1/revocations answers (the gateway's start-up snapshot).
     revocations: dict = field(
         default_factory=lambda: {
@@ -99,6 +101,11 @@ class FakeAuth:
             return httpx.Response(404, json={"error": {"message": "no such key"}})
         if request.url.path == "/internal/v1/revocations":
             return httpx.Response(200, json=self.revocations)
+        if request.url.path.startswith("/internal/v1/users/"):
+            user_id = request.url.path.rsplit("/", 1)[1]
+            if user_id in self.missing_users:
+                return httpx.Response(404, json={"error": {"message": "No such user."}})
+            return httpx.Response(200, json={"user_id": user_id, "tenant": "acme", "active": True})
         return httpx.Response(404)
 
 

@@ -174,7 +174,8 @@ async def test_usage_as_csv_passes_through(harness, history):
 
 
 async def test_history_settings_and_filters_are_forwarded(harness, history):
-    await harness.client.put("/v1/history/settings", json={"store_content": False}, headers=AUTH)
+    writer = {"Authorization": f"Bearer {harness.auth.token(scopes=['history:write'])}"}
+    await harness.client.put("/v1/history/settings", json={"store_content": False}, headers=writer)
     await harness.client.get(
         "/v1/history", params={"since": "7d", "status": "failed"}, headers=AUTH
     )

@@ -122,6 +122,7 @@ async def run_embedded(host: str = "127.0.0.1") -> None:
             lines += [
                 f"  OpenAI base URL:  http://{host}:{gateway_port}/v1",
                 f"  API docs:         http://{host}:{gateway_port}/docs",
+                f"  Console:          http://{host}:{gateway_port}/ui/",
             ]
         for contribution in contributions:
             lines += [f"  {message}" for message in contribution.messages]

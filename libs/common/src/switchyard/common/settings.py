@@ -10,10 +10,12 @@ from __future__ import annotations
 import secrets
 import socket
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from switchyard.common.egress import networks_setting
 
 DEV_INTERNAL_TOKEN = "dev-internal-token-change-me"
 
@@ -86,11 +88,35 @@ class ServiceSettings(BaseSettings):
     instance_id: str = Field(
         validation_alias=env("SWITCHYARD_INSTANCE_ID"), default_factory=_default_instance_id
     )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Request bodies larger than this get 413 before they are read "
+        "(SWITCHYARD_<SERVICE>_MAX_BODY_BYTES).",
+    )
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=env("SWITCHYARD_WEBHOOK_ALLOWED_NETWORKS"),
+        description="Comma-separated networks (CIDR) job webhooks may reach although they "
+        "are not public, e.g. 127.0.0.0/8 for local tests. Empty: public addresses only, in "
+        "every environment.",
+    )
+    metrics_token: str | None = Field(
+        default=None,
+        validation_alias=env("SWITCHYARD_METRICS_TOKEN"),
+        description="If set, /metrics answers only requests with 'Authorization: Bearer "
+        "<token>'; unset, /metrics is open (keep it off the public network).",
+    )
     host: str = Field(
         default="127.0.0.1",
         validation_alias=env("SWITCHYARD_HOST"),
         description="Interface the HTTP server binds to.",
     )
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: Any) -> Any:
+        return networks_setting(value)
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> ServiceSettings:

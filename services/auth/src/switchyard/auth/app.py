@@ -26,6 +26,7 @@ from switchyard.auth.service import AuthService
 from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import TracingMiddleware, health_router
+from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
 from switchyard.common.topics import Topics
 
@@ -99,13 +100,14 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     )
     install_error_handlers(app)
     app.include_router(health_router({"database": database_ready}))
-    app.include_router(metrics_router())
+    app.include_router(metrics_router(token=settings.metrics_token))
     app.include_router(jwks.router)
     app.include_router(tokens.router)
     app.include_router(api_keys.router)
     app.include_router(admin.router)
     app.include_router(limits.router)
     app.include_router(internal_router(settings.internal_token))
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(TracingMiddleware)
     return app

@@ -27,6 +27,7 @@ from switchyard.auth.config import DatabaseSettings, Settings
 from switchyard.auth.governance import Governance, TeamNotFound, limits_of
 from switchyard.auth.service import AuthError, AuthService, expiry_in_days
 from switchyard.auth.signing import SigningKeyError
+from switchyard.common.text import terminal_safe as safe
 
 T = TypeVar("T")
 
@@ -102,7 +103,7 @@ async def _team_id(governance: Governance, tenant: str, team: str) -> str:
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {safe(message)}", err=True)
     return typer.Exit(code=1)
 
 
@@ -170,7 +171,10 @@ def create_user(
         return await service.create_user(email=email, tenant=tenant, role=role, password=password)
 
     user = run_with_service(create)
-    typer.echo(f"Created user {user.email} (id {user.id}, tenant {user.tenant}, role {user.role}).")
+    typer.echo(
+        f"Created user {safe(user.email)} (id {user.id}, tenant {safe(user.tenant)}, "
+        f"role {user.role})."
+    )
 
 
 @users_app.command("list")
@@ -196,7 +200,9 @@ def list_users(
             typer.echo(json.dumps(fields))
         else:
             state = "disabled" if user.disabled else "active"
-            typer.echo(f"{user.id}  {user.email}  {user.tenant}  {user.role}  {state}")
+            typer.echo(
+                f"{user.id}  {safe(user.email)}  {safe(user.tenant)}  {user.role}  {state}"
+            )
 
 
 def _set_disabled(email: str, disabled: bool) -> None:
@@ -206,7 +212,7 @@ def _set_disabled(email: str, disabled: bool) -> None:
 
     user = run_with_service(change)
     state = "Disabled" if disabled else "Enabled"
-    typer.echo(f"{state} user {user.email} (id {user.id}).")
+    typer.echo(f"{state} user {safe(user.email)} (id {user.id}).")
 
 
 @users_app.command("disable")
@@ -231,7 +237,10 @@ def create_key(
     name: Annotated[str, typer.Option(help="A label to recognise the key by.")] = "default",
     scopes: Annotated[
         str | None,
-        typer.Option(help=f"Comma-separated; default {','.join(known_scopes.API_KEY_SCOPES)}."),
+        typer.Option(
+            help=f"Comma-separated, of {','.join(known_scopes.API_KEY_SCOPES)} within what the "
+            f"user's role grants; default {','.join(known_scopes.DEFAULT_API_KEY_SCOPES)}."
+        ),
     ] = None,
     allowed_models: Annotated[
         str | None, typer.Option(help="Comma-separated models the key may call; default any.")
@@ -275,7 +284,7 @@ def create_key(
         return
     typer.echo(issued.key)
     typer.echo(
-        f"API key {issued.record.id} for {email.strip().lower()} "
+        f"API key {issued.record.id} for {safe(email.strip().lower())} "
         f"(scopes {','.join(issued.record.scopes)}). Store it now: it is not shown again.",
         err=True,
     )
@@ -315,7 +324,9 @@ def list_keys(
         if as_json:
             typer.echo(json.dumps(fields))
         else:
-            typer.echo(f"{key.id}  {key.prefix}...  {key.name}  {key.tenant}  {state}")
+            typer.echo(
+                f"{key.id}  {safe(key.prefix)}...  {safe(key.name)}  {safe(key.tenant)}  {state}"
+            )
 
 
 @keys_app.command("revoke")
@@ -328,7 +339,7 @@ def revoke_key(
         return await service.revoke_api_key(key_id, reason="operator")
 
     record = run_with_service(revoke)
-    typer.echo(f"Revoked API key {record.id} ({record.prefix}...).")
+    typer.echo(f"Revoked API key {record.id} ({safe(record.prefix)}...).")
 
 
 @keys_app.command("update")
@@ -358,7 +369,7 @@ def create_token(
     email: Annotated[str, typer.Option(help="Email of the user the token is for.")],
     scopes: Annotated[
         str | None,
-        typer.Option(help=f"Comma-separated; default {','.join(known_scopes.USER_TOKEN_SCOPES)}."),
+        typer.Option(help="Comma-separated; default: all the scopes of the user's role."),
     ] = None,
     allowed_models: Annotated[
         str | None, typer.Option(help="Comma-separated models the token may call; default any.")

@@ -25,6 +25,7 @@ from switchyard.gateway.api import (
 from switchyard.gateway.api.body import install_openapi_models
 from switchyard.gateway.bootstrap import Gateway, build_gateway
 from switchyard.gateway.config import Settings
+from switchyard.gateway.console.mount import install_console
 from switchyard.gateway.cors import install_cors
 from switchyard.gateway.errors import install_api_error_handlers
 from switchyard.gateway.governance.estimate import warm_up
@@ -159,7 +160,9 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             }
         )
     )
-    app.include_router(metrics_router())
+    app.include_router(metrics_router(token=settings.metrics_token))
+    if settings.console_enabled:
+        install_console(app, gateway)
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(TracingMiddleware)
     return app

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from switchyard.common.bus import EventBus, Subscription
+from switchyard.common.egress import TargetPolicy, parse_networks
 from switchyard.common.governance import BudgetClock
 from switchyard.common.http import inject_trace_headers
 from switchyard.common.pricing import PriceSource
@@ -18,6 +19,7 @@ from switchyard.gateway.config import Settings
 from switchyard.gateway.governance.admission import Admission
 from switchyard.gateway.governance.ledger import Ledger, MemoryLedger
 from switchyard.gateway.governance.policy import PolicySource
+from switchyard.gateway.recent_jobs import RecentJobs
 from switchyard.gateway.replies import PendingReplies
 from switchyard.gateway.revocations import RevocationState, RevocationSync
 
@@ -41,6 +43,10 @@ class Gateway:
     # Budgets and rate limits (governance/admission.py).
     admission: Admission | None = None
     governance_listeners: list[Subscription] = field(default_factory=list)
+    # Where job webhooks may point (checked at POST /v1/jobs; history checks again).
+    webhook_policy: TargetPolicy = field(default_factory=TargetPolicy)
+    # Jobs accepted here lately, so cancelling one at once works (see recent_jobs.py).
+    recent_jobs: RecentJobs = field(default_factory=RecentJobs)
 
     async def listening_for_replies(self) -> bool:
         return self.replies_listener is not None
@@ -85,6 +91,9 @@ def build_gateway(settings: Settings, bus: EventBus) -> Gateway:
         routing=load_routing(settings.routing_file, settings.simulator_url),
         http=http,
         revocations=revocations,
+        webhook_policy=TargetPolicy(
+            parse_networks(settings.webhook_allowed_networks), resolve_timeout_s=2.0
+        ),
     )
     gateway.admission = Admission(
         ledger=build_ledger(settings),

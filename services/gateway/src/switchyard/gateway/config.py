@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from typing import Annotated, Any, Literal
 
@@ -166,12 +168,32 @@ class Settings(ServiceSettings):
         validation_alias=env("SWITCHYARD_BUDGET_DAY_S", "budget_day_s"),
         description="Length of a day for budget periods (tests shorten it).",
     )
+    console_enabled: bool = Field(
+        default=True, description="Serve the web console at /ui on the gateway's port."
+    )
+    console_secret_key: str | None = Field(
+        default=None,
+        description="Signs the console's session and CSRF cookies; the same on every replica. "
+        "Unset: derived from the internal token (itself required outside development).",
+    )
+    console_session_ttl_s: int = Field(
+        default=12 * 3600,
+        gt=0,
+        le=30 * 24 * 3600,
+        description="A console sign-in ends after this long, however active.",
+    )
+    console_inference_metrics_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8003/metrics"],
+        description="Comma-separated /metrics URLs of inference replicas, read by the "
+        "console for circuit-breaker states (unreachable ones show as unknown).",
+    )
 
     @field_validator(
         "cors_allow_origins",
         "cors_allow_methods",
         "cors_allow_headers",
         "cors_expose_headers",
+        "console_inference_metrics_urls",
         mode="before",
     )
     @classmethod
@@ -192,6 +214,16 @@ class Settings(ServiceSettings):
                 "any website could otherwise call the API with the user's credentials"
             )
         return self
+
+    def console_signing_key(self) -> bytes:
+        """The key of the console's cookies: the configured one, or one derived from the
+        internal token (HMAC-SHA256 with a fixed label), so replicas agree without a new
+        secret to distribute."""
+        if self.console_secret_key:
+            return self.console_secret_key.encode()
+        return hmac.new(
+            self.internal_token.encode(), b"switchyard.gateway.console", hashlib.sha256
+        ).digest()
 
     def effective_cors_origins(self) -> list[str]:
         """The configured origins; unset means any in development and none otherwise

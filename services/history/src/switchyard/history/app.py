@@ -20,10 +20,12 @@ from fastapi import FastAPI
 from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import TracingMiddleware, health_router
+from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
 from switchyard.common.topics import Topics
 from switchyard.history.api.internal import idempotency_router
 from switchyard.history.api.jobs import jobs_router
+from switchyard.history.api.performance import performance_router
 from switchyard.history.api.routes import history_router
 from switchyard.history.api.usage import usage_router
 from switchyard.history.bootstrap import build_components
@@ -91,13 +93,15 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         return event_bus is not None and await event_bus.healthy()
 
     app.include_router(health_router({"database": database_ready, "bus": bus_ready}))
-    app.include_router(metrics_router())
+    app.include_router(metrics_router(token=settings.metrics_token))
     app.include_router(history_router(settings.internal_token))
     app.include_router(usage_router(settings.internal_token))
+    app.include_router(performance_router(settings.internal_token))
     app.include_router(jobs_router(settings.internal_token))
     app.include_router(
         idempotency_router(settings.internal_token, settings.idempotency_max_body_bytes)
     )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(TracingMiddleware)
     return app

@@ -13,6 +13,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.db import create_engine
+from switchyard.common.egress import TargetPolicy, parse_networks
 from switchyard.history.config import Settings
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import IdempotencyStore
@@ -96,7 +97,7 @@ def build_components(settings: Settings) -> HistoryComponents:
                 initial_backoff_s=settings.webhook_initial_backoff_s,
                 max_backoff_s=settings.webhook_max_backoff_s,
                 timeout_s=settings.webhook_timeout_s,
-                allow_private_networks=settings.webhooks_may_reach_private_networks,
+                targets=TargetPolicy(parse_networks(settings.webhook_allowed_networks)),
             ),
         ),
         sweeper=Sweeper(

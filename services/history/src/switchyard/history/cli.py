@@ -25,6 +25,7 @@ import typer
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.common.text import terminal_safe
 from switchyard.history.bootstrap import history_engine
 from switchyard.history.config import DatabaseSettings
 from switchyard.history.queries import HistoryQueries, UsageQuery
@@ -53,7 +54,7 @@ tenant_settings_app = typer.Typer(
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {terminal_safe(message)}", err=True)
     return typer.Exit(code=1)
 
 
@@ -156,7 +157,7 @@ def _fmt(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.6f}"
-    return str(value)
+    return terminal_safe(value)
 
 
 @retention_app.command("purge")

@@ -75,7 +75,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at_text, request_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
         created_at = datetime.fromisoformat(created_at_text)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a forged cursor of deeply nested JSON.
         raise InvalidCursorError("cursor is not one returned by this API") from exc
     if created_at.tzinfo is None or not isinstance(request_id, str):
         raise InvalidCursorError("cursor is not one returned by this API")

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from switchyard.common.bus import EventBus, Handler, RetryPolicy, Subscription, create_bus
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import TracingMiddleware, health_router
+from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
 from switchyard.common.topics import Topics
 from switchyard.inference.bootstrap import InferenceRuntime, build_runtime
@@ -101,8 +102,9 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
 
     install_error_handlers(app)
     app.include_router(health_router({"bus": bus_ready}))
-    app.include_router(metrics_router())
+    app.include_router(metrics_router(token=settings.metrics_token))
     # Outermost, so the server span covers everything else the request goes through.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(TracingMiddleware)
     return app
 

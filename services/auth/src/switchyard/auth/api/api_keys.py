@@ -15,11 +15,18 @@ from switchyard.auth.api.limit_fields import LimitsIn, LimitsOut
 from switchyard.auth.governance import TeamNotFound
 from switchyard.auth.metrics import API_KEYS_CREATED, REVOCATIONS
 from switchyard.auth.models import ApiKey
-from switchyard.auth.service import ApiKeyNotFound, InvalidInput, IssuedApiKey, expiry_in_days
+from switchyard.auth.service import (
+    ApiKeyNotFound,
+    ExceedsCredential,
+    InvalidInput,
+    IssuedApiKey,
+    expiry_in_days,
+)
 from switchyard.auth.tokens import AccessClaims
 from switchyard.common.errors import APIError
+from switchyard.common.jsonbody import BoundedJsonRoute
 
-router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"])
+router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"], route_class=BoundedJsonRoute)
 
 
 class CreateApiKey(LimitsIn):
@@ -32,10 +39,14 @@ class CreateApiKey(LimitsIn):
     name: str = Field(default="default", min_length=1, max_length=200)
     scopes: list[str] | None = Field(
         default=None,
-        description=f"Subset of {list(known_scopes.API_KEY_SCOPES)}; all of them when omitted.",
+        description=f"Subset of {list(known_scopes.API_KEY_SCOPES)} within the access "
+        f"token's own scopes; when omitted, {list(known_scopes.DEFAULT_API_KEY_SCOPES)} "
+        "(those the token holds).",
     )
     allowed_models: list[str] | None = Field(
-        default=None, description="Models this key may call; any model when omitted."
+        default=None,
+        description="Models this key may call, within the access token's own models; when "
+        "omitted, the token's models (any model for an unrestricted token).",
     )
     expires_in_days: int | None = Field(default=None, gt=0, le=3650)
 
@@ -133,7 +144,8 @@ async def create_api_key(
     body: CreateApiKey, user: CurrentUser, claims: AccessClaimsDep, governance: GovernanceDep
 ) -> CreatedApiKey:
     """Create an API key for the caller, with limits within their team's and their own;
-    the response holds the secret, once."""
+    the response holds the secret, once. The key never holds more scopes or models than
+    the access token creating it (403 otherwise)."""
     require_keys_scope(claims)
     try:
         issued = await governance.create_api_key(
@@ -144,11 +156,15 @@ async def create_api_key(
             scopes=body.scopes,
             allowed_models=body.allowed_models,
             expires_at=expiry_in_days(body.expires_in_days),
+            creator_scopes=claims.scopes,
+            creator_models=claims.allowed_models,
         )
     except TeamNotFound:
         raise APIError(404, "No such team.", param="team_id", code="team_not_found") from None
     except InvalidInput as exc:
         raise APIError(400, str(exc), param=exc.param, code="invalid_request") from None
+    except ExceedsCredential as exc:
+        raise APIError(403, str(exc), param=exc.param, code="insufficient_scope") from None
     API_KEYS_CREATED.inc()
     return created_key(issued)
 

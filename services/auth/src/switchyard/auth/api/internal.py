@@ -13,6 +13,7 @@ from switchyard.auth.service import AuthError
 from switchyard.common.errors import APIError
 from switchyard.common.governance import Limits
 from switchyard.common.http import internal_token_dependency
+from switchyard.common.jsonbody import BoundedJsonRoute
 
 
 class ApiKeyLookup(BaseModel):
@@ -40,6 +41,12 @@ class RevocationsOut(BaseModel):
     revoked_sessions: list[RevokedSessionOut]
     revoked_api_keys: list[str]
     disabled_users: list[str]
+
+
+class UserStatusOut(BaseModel):
+    user_id: str
+    tenant: str
+    active: bool = Field(description="False while the user is disabled.")
 
 
 class ApiKeyIdentityOut(BaseModel):
@@ -75,6 +82,7 @@ def internal_router(internal_token: str) -> APIRouter:
     router = APIRouter(
         prefix="/internal/v1",
         tags=["internal"],
+        route_class=BoundedJsonRoute,
         dependencies=[Depends(internal_token_dependency(internal_token))],
     )
 
@@ -88,6 +96,16 @@ def internal_router(internal_token: str) -> APIRouter:
             raise APIError(404, "API key not found.", code="api_key_not_found")
         API_KEY_LOOKUPS.labels("found").inc()
         return ApiKeyIdentityOut(**identity.__dict__)
+
+    @router.get("/users/{user_id}", response_model=UserStatusOut)
+    async def user_status(user_id: str, service: Service) -> UserStatusOut:
+        """Whether a user exists and is enabled: a gateway asks once per user it has not
+        seen lately (tokens of deleted users are refused; disabled ones also arrive as
+        events). 404 if there is no such user."""
+        user = await service.user_by_id(user_id)
+        if user is None:
+            raise APIError(404, "No such user.", code="user_not_found")
+        return UserStatusOut(user_id=user.id, tenant=user.tenant, active=not user.disabled)
 
     @router.get("/policy", response_model=PolicyOut)
     async def policy(

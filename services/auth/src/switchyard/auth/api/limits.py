@@ -40,8 +40,9 @@ from switchyard.auth.service import (
     expiry_in_days,
 )
 from switchyard.common.errors import APIError
+from switchyard.common.jsonbody import BoundedJsonRoute
 
-router = APIRouter(tags=["teams and limits"])
+router = APIRouter(tags=["teams and limits"], route_class=BoundedJsonRoute)
 
 
 class CreateTeam(LimitsIn):

@@ -1,6 +1,7 @@
 """Reading request bodies on the hot path: one orjson parse and one pydantic validation,
 and the parsed dict (unknown fields included) is what travels on, never re-serialised
-from the model. Errors are 400s in the API's error format naming the offending field.
+from the model. Errors are 400s in the API's error format naming the offending field; a
+body nesting deeper than `switchyard.common.jsonbody.MAX_JSON_DEPTH` is one of them.
 
 Routes that read bodies this way document them with `openapi_body`, so Swagger UI still
 shows the request schema."""
@@ -15,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ValidationError
 
 from switchyard.common.errors import APIError, validation_message
+from switchyard.common.jsonbody import JsonTooDeep, check_json_depth
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -26,7 +28,10 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
-    return data
+    try:
+        return check_json_depth(data)
+    except JsonTooDeep as exc:
+        raise APIError(400, str(exc), code="json_too_deep") from None
 
 
 def validate_body(model: type[ModelT], raw: bytes) -> tuple[ModelT, dict[str, Any]]:

@@ -10,22 +10,35 @@ failed, cancelled, expired) and, once done, its result; `GET /v1/jobs` lists the
 cancellation (the job's terminal state) and the gateway tells inference to skip it.
 
 A job that asked for a webhook is POSTed to it when it finishes, signed with the
-tenant's secret (see the history service's `webhooks` module for the format).
+tenant's secret (see the history service's `webhooks` module for the format). The URL is
+checked here (400 `invalid_webhook_url`): a well-formed http(s) URL whose host is not,
+and does not resolve to, a loopback, private, link-local, multicast or reserved address
+(`switchyard.common.egress`); history checks the address again when it connects.
+
+A job is cancellable as soon as it is accepted: the replica that accepted it remembers it
+for a few minutes, so a cancellation that reaches history before the job itself is
+recorded there as the job's terminal state (see `RecentJobs`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 import structlog
 from fastapi import APIRouter, Request, Response
 
 from switchyard.common.bus import BusUnavailableError
+from switchyard.common.egress import (
+    InvalidTargetURL,
+    RefusedDestination,
+    TargetPolicy,
+    UnresolvableDestination,
+)
 from switchyard.common.errors import APIError
 from switchyard.common.events import (
     CancelRequestData,
@@ -41,36 +54,37 @@ from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.api.history import forward, looks_like_id
 from switchyard.gateway.bootstrap import Gateway
 from switchyard.gateway.governance.refusals import admit_or_refuse
+from switchyard.gateway.recent_jobs import AcceptedJob
 from switchyard.gateway.schemas import ChatCompletionRequest
 
 log = structlog.get_logger("switchyard.gateway.jobs")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-MAX_WEBHOOK_URL = 2048
 
-
-def _webhook_url(value: Any) -> str | None:
+async def _webhook_url(value: Any, policy: TargetPolicy) -> str | None:
+    """`value` if it is an acceptable webhook URL (None if absent); APIError 400 if not. A
+    host that does not resolve now is accepted: history checks it again when delivering."""
     if value is None:
         return None
-    problem = None
-    if not isinstance(value, str) or not value:
-        problem = "must be a URL string"
-    elif len(value) > MAX_WEBHOOK_URL:
-        problem = f"must be at most {MAX_WEBHOOK_URL} characters"
-    else:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            problem = "must be an absolute http:// or https:// URL"
-        elif parts.username or parts.password:
-            problem = "must not contain credentials"
-    if problem:
-        raise APIError(
-            400,
-            f"Invalid value for 'webhook_url': {problem}.",
-            param="webhook_url",
-            code="invalid_webhook_url",
+    try:
+        await policy.check_url(value)
+    except InvalidTargetURL as exc:
+        problem = str(exc)
+    except RefusedDestination:
+        problem = (
+            "must point to a public address (loopback, private, link-local, multicast and "
+            "reserved addresses are refused)"
         )
-    return value
+    except UnresolvableDestination:
+        return value
+    else:
+        return value
+    raise APIError(
+        400,
+        f"Invalid value for 'webhook_url': {problem}.",
+        param="webhook_url",
+        code="invalid_webhook_url",
+    )
 
 
 def _not_found(job_id: str) -> APIError:
@@ -91,7 +105,7 @@ async def create_job(
     Answers 202 with the job (`status: queued`); poll `GET /v1/jobs/{id}` for the result."""
     raw = await request.body()
     data = parse_json_object(raw)
-    webhook_url = _webhook_url(data.pop("webhook_url", None))
+    webhook_url = await _webhook_url(data.pop("webhook_url", None), gateway.webhook_policy)
     body, body_dict = validate_body(ChatCompletionRequest, orjson.dumps(data))
     if body.stream:
         raise APIError(
@@ -145,12 +159,24 @@ async def create_job(
             code="bus_unavailable",
             headers={"Retry-After": "2"},
         ) from None
+    created_at = created.isoformat().replace("+00:00", "Z")
+    gateway.recent_jobs.add(
+        AcceptedJob(
+            job_id=job_id,
+            tenant=principal.tenant,
+            user_id=principal.user_id,
+            model=body.model,
+            created_at=created_at,
+            webhook_url=webhook_url,
+            accepted_at=time.monotonic(),
+        )
+    )
     job = {
         "id": job_id,
         "object": "job",
         "status": "queued",
         "model": body.model,
-        "created_at": created.isoformat().replace("+00:00", "Z"),
+        "created_at": created_at,
         "completed_at": None,
         "result": None,
         "error": None,
@@ -192,11 +218,35 @@ async def cancel_job(
     """The job ends as `cancelled` (answered with the job); a finished job gets 409."""
     if not looks_like_id(job_id):
         raise _not_found(job_id)
-    response = await forward(gateway, principal, f"/v1/jobs/{job_id}/cancel", None, method="POST")
+    path = f"/v1/jobs/{job_id}/cancel"
+    response = await forward(gateway, principal, path, None, method="POST")
+    accepted = gateway.recent_jobs.get(job_id, principal.tenant)
+    if (
+        response.status_code == 404
+        and accepted is not None
+        and (accepted.user_id == principal.user_id or principal.role == "admin")
+    ):
+        # Accepted here moments ago, not yet recorded by history: history records the
+        # cancellation now, and the job's request, when it arrives, finds it cancelled.
+        response = await forward(
+            gateway, principal, path + "?accepted=true", None, method="POST"
+        )
+        if response.status_code == 200:
+            response = _with_accepted_job(response, accepted)
     if response.status_code == 200:
         # History recorded the cancellation; inference skips the job or stops it.
         _publish_in_background(gateway, _cancel_event(principal.tenant, job_id))
     return response
+
+
+def _with_accepted_job(response: Response, accepted: AcceptedJob) -> Response:
+    """History's answer for a job it has not seen yet, completed with what this replica
+    knows of the job (model, creation time, webhook)."""
+    job = orjson.loads(response.body)
+    job.update(model=accepted.model, created_at=accepted.created_at)
+    if accepted.webhook_url:
+        job["webhook"] = {"url": accepted.webhook_url, "status": "pending"}
+    return Response(orjson.dumps(job), status_code=200, media_type="application/json")
 
 
 def _cancel_event(tenant: str, job_id: str) -> ChatCancelRequested:
@@ -216,3 +266,8 @@ def _publish_in_background(gateway: Gateway, event: ChatCancelRequested) -> None
     task = asyncio.ensure_future(publish())
     gateway.background.add(task)
     task.add_done_callback(gateway.background.discard)
+
+
+def request_cancellation(gateway: Gateway, tenant: str, job_id: str) -> None:
+    """Tell inference to skip or stop a job whose cancellation history has recorded."""
+    _publish_in_background(gateway, _cancel_event(tenant, job_id))
