@@ -145,7 +145,7 @@ async def test_a_budget_is_never_overspent_and_settlement_frees_the_unused_reser
     # The requests ran and cost a third of their reservation: room for more opens up.
     for n, ticket in enumerate(admitted):
         ticket.attach(f"r{n}")
-        admissions[n % 3].on_usage(usage_event(f"r{n}", ticket.reservations[0].amount / 3))
+        ticket.admission.on_usage(usage_event(f"r{n}", ticket.reservations[0].amount / 3))
     for admission in admissions:
         await admission.flush()
         await admission.release_idle(everything=True)

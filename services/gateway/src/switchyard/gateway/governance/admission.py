@@ -610,9 +610,12 @@ class Admission:
         }
         for reservation in ticket.reservations:
             spent = used[reservation.kind]
-            allowance = self._allowances.get((reservation.scope, reservation.kind))
+            counter = (reservation.scope, reservation.kind)
+            allowance = self._allowances.get(counter)
             if allowance is not None and allowance.window_start == reservation.window_start:
                 allowance.unused += reservation.amount - spent
+                # Capacity came back: the counter may no longer be exhausted.
+                self._exhausted.pop(counter, None)
             if spent > 0:
                 self._settlements.append(
                     LeaseChange(
