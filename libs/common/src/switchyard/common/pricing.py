@@ -24,6 +24,7 @@ knows costs 0.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -89,12 +90,31 @@ SIMULATOR_PRICES: dict[str, Price] = {
 
 _PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic"}
 
+# The library's price data takes about a second to load: it loads in a thread as soon as
+# this module is imported, so no request (and no event loop) waits for it.
+_library_loaded = threading.Event()
+
+
+def _load_library() -> None:
+    try:
+        from genai_prices import data_snapshot
+
+        data_snapshot.get_snapshot()
+    except Exception:  # noqa: BLE001 - without the library, public models are unpriced
+        pass
+    finally:
+        _library_loaded.set()
+
+
+threading.Thread(target=_load_library, name="genai-prices-loader", daemon=True).start()
+
 
 @lru_cache(maxsize=4096)
 def library_price(model: str, provider: str | None = None) -> Price | None:
     """The price of a public model from the `genai-prices` snapshot (None if unknown),
     as linear rates measured at 1,000 tokens of each kind (the first tier of tiered
     prices). Cached: one lookup costs about half a millisecond."""
+    _library_loaded.wait(timeout=30)
     try:
         from genai_prices import Usage, calc_price
     except ImportError:  # pragma: no cover - declared dependency
