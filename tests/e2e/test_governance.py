@@ -158,7 +158,13 @@ def test_a_team_budget_overspends_by_at_most_one_requests_cost_under_100_concurr
 
     wait_until(settled, timeout=30, interval=0.5, message="every reservation to be settled")
     [budget] = [b for b in spend_of(fleet, key["key"]) if b["level"] == "team"]
-    assert budget["spent_usd"] == pytest.approx(sum(costs), rel=1e-6)
+    # What the completed requests cost, plus whatever ran for a client that got an error
+    # instead (a 504 under load: the request still ran and was charged).
+    others = len(responses) - len(completed) - len(refused)
+    statuses = sorted(r.status_code for r in responses)
+    assert sum(costs) - 1e-6 <= budget["spent_usd"] <= sum(costs) + others * max_cost + 1e-6, (
+        statuses
+    )
     assert budget["spent_usd"] <= 0.5 + max_cost
     # ...and the budget was really used: each replica may be left holding less than one
     # request's worth when the burst ends.
