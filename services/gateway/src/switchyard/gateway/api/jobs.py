@@ -228,9 +228,7 @@ async def cancel_job(
     ):
         # Accepted here moments ago, not yet recorded by history: history records the
         # cancellation now, and the job's request, when it arrives, finds it cancelled.
-        response = await forward(
-            gateway, principal, path + "?accepted=true", None, method="POST"
-        )
+        response = await forward(gateway, principal, path + "?accepted=true", None, method="POST")
         if response.status_code == 200:
             response = _with_accepted_job(response, accepted)
     if response.status_code == 200:

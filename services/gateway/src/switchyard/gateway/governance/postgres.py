@@ -126,26 +126,38 @@ def _items(changes: Sequence[LeaseChange]) -> str:
 
 
 class PostgresLedger(Ledger):
-    """The ledger in the `governance_*` tables; every call bounded by `timeout_s`."""
+    """The ledger in the `governance_*` tables.
 
-    def __init__(self, engine: AsyncEngine, *, timeout_s: float = 0.5) -> None:
+    Grants (on a request's path) are bounded by `timeout_s`: slower counts as the store
+    being down. Settlements, releases and housekeeping run in the background and get
+    `background_timeout_s`: a settlement abandoned by a timeout may still commit, and the
+    retry would then count it twice, so those are given all the time they need."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, timeout_s: float = 0.5, background_timeout_s: float = 60.0
+    ) -> None:
         self._engine = engine
         self._timeout_s = timeout_s
+        self._background_timeout_s = background_timeout_s
 
     @classmethod
     def connect(cls, database_url: str, *, timeout_s: float = 0.5) -> PostgresLedger:
         return cls(create_engine(database_url), timeout_s=timeout_s)
 
-    async def _run(self, statement: Any, params: dict[str, Any]) -> Any:
+    async def _run(
+        self, statement: Any, params: dict[str, Any], *, timeout_s: float | None = None
+    ) -> Any:
+        timeout_s = timeout_s if timeout_s is not None else self._background_timeout_s
+
         async def run() -> Any:
             async with self._engine.begin() as connection:
                 result = await connection.execute(statement, params)
                 return result.fetchall() if result.returns_rows else None
 
         try:
-            return await asyncio.wait_for(run(), timeout=self._timeout_s)
+            return await asyncio.wait_for(run(), timeout=timeout_s)
         except TimeoutError as exc:
-            raise LedgerUnavailable(f"limit store did not answer in {self._timeout_s}s") from exc
+            raise LedgerUnavailable(f"limit store did not answer in {timeout_s}s") from exc
         except LedgerUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - any database failure means "unavailable"
@@ -169,7 +181,9 @@ class PostgresLedger(Ledger):
                 for i in order
             ]
         ).decode()
-        rows = await self._run(_GRANT, {"replica": replica, "items": items})
+        rows = await self._run(
+            _GRANT, {"replica": replica, "items": items}, timeout_s=self._timeout_s
+        )
         answers = rows[0][0]
         if isinstance(answers, str):
             answers = orjson.loads(answers)
