@@ -10,7 +10,7 @@ PYTEST := $(UV) run --no-sync pytest
 # Real infrastructure, for the targets that use it (tests, benchmarks, topics, migrations);
 # export either variable to point elsewhere. `make run` never sees these defaults, and
 # embedded mode ignores DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS even when exported.
-INFRA_TARGETS := test test-integration test-e2e bench bench-gateway topics migrate
+INFRA_TARGETS := test test-integration test-e2e bench bench-gateway bench-peers topics migrate
 $(INFRA_TARGETS): export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 $(INFRA_TARGETS): export DATABASE_URL ?= postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard
 
@@ -87,6 +87,16 @@ bench: install infra-up ## Every benchmark: gateway throughput and latency (need
 .PHONY: bench-gateway
 bench-gateway: install infra-up ## Throughput and latency: simulator direct vs embedded vs Kafka mode
 	$(UV) run --no-sync python tests/bench/run.py
+
+.PHONY: bench-peers
+bench-peers: install infra-up ## Side by side with LiteLLM (wrk, nginx upstream; direct, LiteLLM, embedded, Kafka) and the burst-stall check: one table
+	tests/bench/peers/setup.sh
+	$(UV) run --no-sync python tests/bench/peers/run.py
+
+.PHONY: bench-burst
+bench-burst: install ## Burst-stall check only: embedded mode, 10 s at c=64, then p99 of 100 requests at c=1 vs steady, /livez throughout
+	tests/bench/peers/setup.sh
+	$(UV) run --no-sync python tests/bench/peers/run.py --modes burst
 
 .PHONY: lint
 lint: install ## Static checks (ruff)

@@ -127,8 +127,10 @@ func main() {
 				latency, ttft, err := one()
 				mu.Lock()
 				if !measuring && time.Since(start) >= *warmup {
+					// The window opens when the warm-up ends, not when a slow request
+					// happens to finish after it (which would shrink the window to nothing).
 					measuring = true
-					measureStart = time.Now()
+					measureStart = start.Add(*warmup)
 				}
 				if measuring {
 					requests++

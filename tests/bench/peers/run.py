@@ -1,0 +1,645 @@
+"""`make bench-peers`: Switchyard side by side with LiteLLM's proxy, in one run.
+
+Every set-up answers the same requests from the same fixed-reply upstream (nginx with the
+echo module: instant, after 50 ms, or a short SSE stream), loaded by the same wrk script,
+on the same machine, in the same run, so that the ratios mean something even on a noisy
+machine:
+
+- ``direct``: wrk against the nginx upstream itself (the floor);
+- ``litellm``: LiteLLM's proxy (pinned by setup.sh), one worker;
+- ``embedded``: ``switchyard dev``, one process, in-memory bus, SQLite history;
+- ``kafka``: auth, history, inference and gateway as four processes on the Kafka broker
+  and PostgreSQL server named by KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (a temporary
+  database and a unique topic prefix, so runs never collide);
+- ``burst``: the burst-stall check on a fresh embedded process (see ``burst.py``).
+
+Cells: an instant upstream at concurrency 1, 16 and 64; the 50 ms upstream at 64; and
+streaming time to first token (first SSE ``data:`` line) at concurrency 1, measured with
+tests/bench/loadgen because wrk cannot see inside a response (skipped without Go).
+
+Prints ONE Markdown table (requests/s, p50 and p99 per cell, latency added over direct,
+requests/s as a multiple of LiteLLM's) and writes it to bench-results/peers.md.
+Everything listens on 127.0.0.1 only, every run is bounded in time, and every process this
+script starts is stopped when it ends (also on Ctrl-C or an error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from switchyard.common.testing.infra import temporary_database, unique_prefix, wait_until
+from switchyard.common.testing.processes import ProcessGroup, free_port, peak_rss_mb
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[2]
+sys.path.insert(0, str(HERE))
+from burst import BurstResult, burst_stall  # noqa: E402 - after the path tweak
+
+RESULTS = ROOT / "bench-results"
+CACHE = Path(
+    os.environ.get("SWITCHYARD_BENCH_CACHE", Path.home() / ".cache/switchyard/bench-peers")
+)
+LITELLM = CACHE / "litellm-venv" / "bin" / "litellm"
+LITELLM_KEY = "sk-bench-master"
+DEV_KEY = "sk-sy-bench" + "0" * 38
+MODES = ["direct", "litellm", "embedded", "kafka", "burst"]
+SETUP_NAMES = {
+    "direct": "upstream direct (nginx)",
+    "litellm": "LiteLLM 1.100.5, 1 worker",
+    "embedded": "Switchyard embedded (1 process)",
+    "kafka": "Switchyard on Kafka + PostgreSQL (4 processes)",
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    label: str
+    model: str
+    concurrency: int
+    stream: bool = False
+
+
+CELLS = [
+    Cell("c=1", "bench-model", 1),
+    Cell("c=16", "bench-model", 16),
+    Cell("c=64", "bench-model", 64),
+    Cell("c=64, 50 ms upstream", "bench-model-50ms", 64),
+    Cell("stream c=1: time to first token", "bench-model-sse", 1, stream=True),
+]
+
+
+@dataclass
+class Result:
+    setup: str
+    cell: Cell
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+@dataclass
+class Report:
+    results: list[Result] = field(default_factory=list)
+    rss_mib: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    burst: BurstResult | None = None
+
+
+@dataclass
+class Upstream:
+    instant: int
+    slow: int
+    sse: int
+
+    def base_url(self, model: str) -> str:
+        port = {"bench-model": self.instant, "bench-model-50ms": self.slow}.get(model, self.sse)
+        return f"http://127.0.0.1:{port}/v1"
+
+
+# -- processes this script owns --------------------------------------------------------
+
+
+class Owned:
+    """Processes started in their own session, stopped (whole session) in reverse order."""
+
+    def __init__(self) -> None:
+        self.popens: list[subprocess.Popen] = []
+
+    def start(self, command: list[str], log: Path, env: dict[str, str], cwd: Path):
+        popen = subprocess.Popen(
+            command,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        self.popens.append(popen)
+        return popen
+
+    @staticmethod
+    def stop(popen: subprocess.Popen, timeout: float = 15) -> None:
+        if popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGTERM)
+            try:
+                popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(popen.pid, signal.SIGKILL)
+                popen.wait()
+
+    def stop_all(self) -> None:
+        for popen in reversed(self.popens):
+            self.stop(popen)
+        self.popens.clear()
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Peak RSS of a process plus the current children it forked (uvicorn workers)."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(child) for child in children]
+    return sum(peak_rss_mb(p) or 0 for p in pids)
+
+
+def wait_http(url: str, timeout: float = 90) -> None:
+    def answers() -> bool:
+        try:
+            return httpx.get(url, timeout=2).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    wait_until(answers, timeout=timeout, interval=0.25, message=f"{url} to answer")
+
+
+def start_upstream(owned: Owned, state: Path) -> Upstream:
+    upstream = Upstream(free_port(), free_port(), free_port())
+    for sub in ("body", "proxy", "fcgi", "uwsgi", "scgi"):
+        (state / sub).mkdir(parents=True, exist_ok=True)
+    conf = (
+        (HERE / "upstream.nginx.conf")
+        .read_text()
+        .replace("@STATE@", str(state))
+        .replace("@PORT_INSTANT@", str(upstream.instant))
+        .replace("@PORT_SLOW@", str(upstream.slow))
+        .replace("@PORT_SSE@", str(upstream.sse))
+    )
+    conf_path = state / "nginx.conf"
+    conf_path.write_text(conf)
+    owned.start(
+        ["nginx", "-p", str(state), "-e", str(state / "nginx-error.log"), "-c", str(conf_path)],
+        state / "nginx.log",
+        dict(os.environ),
+        state,
+    )
+    wait_http(f"http://127.0.0.1:{upstream.instant}/v1/models", timeout=20)
+    return upstream
+
+
+def routing_yaml(upstream: Upstream) -> str:
+    lines = ["models:"]
+    for model in ("bench-model", "bench-model-50ms", "bench-model-sse"):
+        lines += [
+            f"  {model}:",
+            "    deployments:",
+            f"      - {{name: nginx-{model}, provider: openai, model: bench-model, "
+            f'base_url: "{upstream.base_url(model)}"}}',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# -- load -----------------------------------------------------------------------------
+
+
+def wrk(url: str, token: str, model: str, concurrency: int, seconds: float) -> dict[str, float]:
+    """One wrk run (one thread, keep-alive connections); the RESULT line as numbers."""
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{seconds:g}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(HERE / "chat.lua"),
+            url,
+        ],
+        env={**os.environ, "TOKEN": token, "MODEL": model},
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
+    return {k: float(v) for k, v in (pair.split("=") for pair in line.split()[1:])}
+
+
+def build_loadgen(workdir: Path) -> Path | None:
+    if shutil.which("go") is None:
+        return None
+    binary = workdir / "loadgen"
+    subprocess.run(
+        ["go", "build", "-o", str(binary), "."],
+        cwd=HERE.parent / "loadgen",
+        check=True,
+        env={**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
+        timeout=300,
+    )
+    return binary
+
+
+def stream_ttft(
+    loadgen: Path, url: str, token: str, model: str, seconds: float, workdir: Path
+) -> dict[str, float]:
+    body = workdir / f"stream-{model}.json"
+    body.write_text(
+        json.dumps(
+            {
+                "model": model,
+                "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
+                "max_tokens": 16,
+                "stream": True,
+            }
+        )
+    )
+    out = subprocess.run(
+        [
+            str(loadgen),
+            "-url",
+            url,
+            "-body",
+            str(body),
+            "-c",
+            "1",
+            "-d",
+            f"{seconds:g}s",
+            "-warmup",
+            "1s",
+            "-stream",
+            "-H",
+            f"Authorization: Bearer {token}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def prime(url: str, token: str) -> None:
+    """One request per model, waited for: the first call of a gateway imports and connects
+    lazily (LiteLLM's takes several seconds), which must not land in a measured cell."""
+    for cell in CELLS:
+        body = {
+            "model": cell.model,
+            "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
+            "max_tokens": 16,
+            "stream": cell.stream,
+        }
+        response = httpx.post(
+            url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=120
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"{url} {cell.model}: {response.status_code} {response.text[:500]}")
+
+
+def measure(
+    report: Report,
+    mode: str,
+    base: str,
+    token: str,
+    args: argparse.Namespace,
+    loadgen: Path | None,
+    workdir: Path,
+) -> None:
+    """Every cell against one set-up; `base` is its URL up to (not including) /v1."""
+    setup = SETUP_NAMES[mode]
+    url = f"{base}/v1/chat/completions"
+    # Warm-up, not measured: connection pools, caches, first-call imports.
+    prime(url, token)
+    wrk(url, token, "bench-model", 16, args.warmup)
+    for cell in CELLS:
+        if cell.stream:
+            if loadgen is None:
+                report.notes.append("streaming cells skipped: tests/bench/loadgen needs Go")
+                continue
+            out = stream_ttft(loadgen, url, token, cell.model, args.seconds, workdir)
+            result = Result(
+                setup, cell, out["rps"], out["ttft_p50_ms"], out["ttft_p99_ms"], out["errors"]
+            )
+        else:
+            out = wrk(url, token, cell.model, cell.concurrency, args.seconds)
+            result = Result(setup, cell, out["rps"], out["p50_ms"], out["p99_ms"], out["errors"])
+        report.results.append(result)
+        print(
+            f"  {mode:<9} {cell.label:<32} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms"
+            f"  p99 {result.p99_ms:7.2f} ms  errors {result.errors:.0f}",
+            flush=True,
+        )
+
+
+# -- set-ups --------------------------------------------------------------------------
+
+
+def run_direct(report, upstream: Upstream, args, loadgen, workdir) -> None:
+    # nginx ignores the path and the model: one base URL per cell's upstream.
+    setup = SETUP_NAMES["direct"]
+    wrk(upstream.base_url("bench-model") + "/chat/completions", "x", "bench-model", 16, 1)
+    for cell in CELLS:
+        url = upstream.base_url(cell.model) + "/chat/completions"
+        if cell.stream:
+            if loadgen is None:
+                continue
+            out = stream_ttft(loadgen, url, "x", cell.model, args.seconds, workdir)
+            result = Result(
+                setup, cell, out["rps"], out["ttft_p50_ms"], out["ttft_p99_ms"], out["errors"]
+            )
+        else:
+            out = wrk(url, "x", cell.model, cell.concurrency, args.seconds)
+            result = Result(setup, cell, out["rps"], out["p50_ms"], out["p99_ms"], out["errors"])
+        report.results.append(result)
+        print(
+            f"  direct    {cell.label:<32} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms"
+            f"  p99 {result.p99_ms:7.2f} ms",
+            flush=True,
+        )
+
+
+def run_litellm(report, owned: Owned, upstream: Upstream, args, loadgen, workdir) -> None:
+    if not LITELLM.exists():
+        sys.exit(f"LiteLLM is not installed at {LITELLM}: run tests/bench/peers/setup.sh")
+    config = workdir / "litellm.yaml"
+    entries = []
+    for model in ("bench-model", "bench-model-50ms", "bench-model-sse"):
+        entries.append(
+            f"  - model_name: {model}\n    litellm_params:\n      model: openai/bench-model\n"
+            f"      api_base: {upstream.base_url(model)}\n      api_key: sk-upstream\n"
+        )
+    config.write_text(
+        "model_list:\n"
+        + "".join(entries)
+        + f"general_settings:\n  master_key: {LITELLM_KEY}\n"
+        + "litellm_settings:\n  drop_params: true\n"
+    )
+    port = free_port()
+    # Never hand LiteLLM our database (it would migrate it) nor any provider credentials;
+    # the cost map ships with the package (no network at start-up).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+    }
+    env |= {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+    popen = owned.start(
+        [
+            str(LITELLM),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
+        workdir / "litellm.log",
+        env,
+        workdir,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=120)
+        measure(report, "litellm", f"http://127.0.0.1:{port}", LITELLM_KEY, args, loadgen, workdir)
+        report.rss_mib[SETUP_NAMES["litellm"]] = tree_rss_mib(popen.pid)
+    finally:
+        Owned.stop(popen)
+
+
+def embedded_group(workdir: Path, routing: Path, name: str, quiet: bool = True) -> ProcessGroup:
+    env = {
+        **os.environ,
+        "SWITCHYARD_DEV_API_KEY": DEV_KEY,
+        "SWITCHYARD_ROUTING_FILE": str(routing),
+        "SWITCHYARD_GATEWAY_PORT": str(free_port()),
+        "SWITCHYARD_AUTH_PORT": str(free_port()),
+        "SWITCHYARD_HISTORY_PORT": str(free_port()),
+        "SWITCHYARD_INFERENCE_PORT": str(free_port()),
+    }
+    # Embedded mode never uses Kafka or PostgreSQL, even when they are exported.
+    for variable in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "SWITCHYARD_BUS"):
+        env.pop(variable, None)
+    if quiet:
+        env["SWITCHYARD_LOG_LEVEL"] = "WARNING"
+    env["SWITCHYARD_AUTH_URL"] = f"http://127.0.0.1:{env['SWITCHYARD_AUTH_PORT']}"
+    env["SWITCHYARD_HISTORY_URL"] = f"http://127.0.0.1:{env['SWITCHYARD_HISTORY_PORT']}"
+    group = ProcessGroup(env=env, workdir=workdir / name)
+    group.workdir.mkdir()
+    return group
+
+
+def run_embedded(report, routing: Path, args, loadgen, workdir) -> None:
+    group = embedded_group(workdir, routing, "embedded")
+    port = int(group.env["SWITCHYARD_GATEWAY_PORT"])
+    try:
+        process = group.start("embedded", "dev", port=port)
+        measure(report, "embedded", f"http://127.0.0.1:{port}", DEV_KEY, args, loadgen, workdir)
+        report.rss_mib[SETUP_NAMES["embedded"]] = process.peak_rss_mb() or 0
+    finally:
+        group.stop_all()
+
+
+def run_burst(report, routing: Path, args, workdir) -> None:
+    # As users run it: default log level and format.
+    group = embedded_group(workdir, routing, "burst", quiet=False)
+    port = int(group.env["SWITCHYARD_GATEWAY_PORT"])
+    try:
+        process = group.start("burst", "dev", port=port)
+        report.burst = burst_stall(
+            f"http://127.0.0.1:{port}",
+            DEV_KEY,
+            lambda seconds, concurrency: wrk(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                DEV_KEY,
+                "bench-model",
+                concurrency,
+                seconds,
+            ),
+            burst_seconds=args.burst_seconds,
+            stop=lambda: _timed_stop(process.popen),
+        )
+    finally:
+        group.stop_all()
+
+
+def _timed_stop(popen: subprocess.Popen) -> float | None:
+    """SIGTERM and wait up to 30 s; seconds it took to exit, or None if it had to be killed."""
+    started = time.monotonic()
+    popen.terminate()
+    try:
+        popen.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait()
+        return None
+    return time.monotonic() - started
+
+
+def run_kafka(report, routing: Path, args, loadgen, workdir) -> None:
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    database = os.environ.get(
+        "DATABASE_URL", "postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard"
+    )
+    with temporary_database(database, prefix="sypeers") as db_url:
+        ports = {name: free_port() for name in ("auth", "history", "inference", "gateway")}
+        group = ProcessGroup(
+            env={
+                **os.environ,
+                "SWITCHYARD_ENVIRONMENT": "development",
+                "SWITCHYARD_BUS": "kafka",
+                "KAFKA_BOOTSTRAP_SERVERS": servers,
+                "SWITCHYARD_TOPIC_PREFIX": unique_prefix("sypeers"),
+                "SWITCHYARD_INTERNAL_TOKEN": secrets.token_urlsafe(24),
+                "DATABASE_URL": db_url,
+                "SWITCHYARD_ROUTING_FILE": str(routing),
+                "SWITCHYARD_AUTH_URL": f"http://127.0.0.1:{ports['auth']}",
+                "SWITCHYARD_HISTORY_URL": f"http://127.0.0.1:{ports['history']}",
+                "SWITCHYARD_LOG_LEVEL": "WARNING",
+            },
+            workdir=workdir / "kafka",
+        )
+        group.workdir.mkdir()
+        try:
+            group.cli("topics", "create")
+            group.cli("db", "upgrade")
+            group.cli("users", "create", "--email", "bench@example.com", "--no-password")
+            key = json.loads(group.cli("keys", "create", "--email", "bench@example.com", "--json"))[
+                "key"
+            ]
+            processes = [
+                group.start(name, name, "--port", str(port), port=port)
+                for name, port in ports.items()
+            ]
+            # Let every consumer group settle before measuring.
+            time.sleep(args.settle)
+            base = f"http://127.0.0.1:{ports['gateway']}"
+            measure(report, "kafka", base, key, args, loadgen, workdir)
+            report.rss_mib[SETUP_NAMES["kafka"]] = sum(p.peak_rss_mb() or 0 for p in processes)
+            if args.pids_file:
+                Path(args.pids_file).write_text(
+                    json.dumps({p.name: p.popen.pid for p in processes})
+                )
+        except Exception:
+            print(group.logs()[-8000:], file=sys.stderr)
+            raise
+        finally:
+            group.stop_all()
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    load = os.getloadavg()
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"load average before the run {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
+    )
+
+
+def render(report: Report, args: argparse.Namespace, header: str) -> str:
+    by = {(r.setup, r.cell.label): r for r in report.results}
+    lines = [
+        f"Machine: {header}; {args.seconds:g} s per cell after a {args.warmup:g} s warm-up; "
+        "wrk -t1 (streaming: tests/bench/loadgen, p50/p99 are of time to first token).",
+        "",
+        "| cell | set-up | req/s | p50 ms | p99 ms | added p50 ms | req/s ÷ LiteLLM | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for cell in CELLS:
+        direct = by.get((SETUP_NAMES["direct"], cell.label))
+        peer = by.get((SETUP_NAMES["litellm"], cell.label))
+        for mode in ("direct", "litellm", "embedded", "kafka"):
+            r = by.get((SETUP_NAMES[mode], cell.label))
+            if r is None:
+                continue
+            added = "" if mode == "direct" or direct is None else f"{r.p50_ms - direct.p50_ms:+.2f}"
+            ratio = "" if peer is None or peer.rps == 0 else f"{r.rps / peer.rps:.2f}×"
+            lines.append(
+                f"| {cell.label} | {r.setup} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
+                f"| {added} | {ratio} | {r.errors:.0f} |"
+            )
+    if report.rss_mib:
+        lines.append("")
+        lines.append(
+            "Peak RSS after the run: "
+            + "; ".join(f"{name} {mib:.0f} MiB" for name, mib in report.rss_mib.items())
+            + "."
+        )
+    if report.burst is not None:
+        lines += ["", report.burst.render()]
+    lines += [f"- {note}" for note in dict.fromkeys(report.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per set-up")
+    parser.add_argument("--settle", type=float, default=3.0, help="Kafka mode: s before load")
+    parser.add_argument("--burst-seconds", type=float, default=10.0)
+    parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
+    parser.add_argument("--keep", help="keep logs and configs in this directory")
+    parser.add_argument("--pids-file", help="Kafka mode: write the service PIDs here (profiling)")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing: run tests/bench/peers/setup.sh")
+
+    header = machine()
+    report = Report()
+    owned = Owned()
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        with tempfile.TemporaryDirectory(prefix="switchyard-peers-") as tmp:
+            workdir = Path(args.keep or tmp)
+            workdir.mkdir(parents=True, exist_ok=True)
+            loadgen = build_loadgen(workdir) if set(args.modes) - {"burst"} else None
+            upstream = start_upstream(owned, workdir / "nginx")
+            routing = workdir / "routing.yaml"
+            routing.write_text(routing_yaml(upstream))
+            os.environ["SWITCHYARD_ROUTING_FILE"] = str(routing)
+            for mode in args.modes:
+                print(f"{mode}:", flush=True)
+                if mode == "direct":
+                    run_direct(report, upstream, args, loadgen, workdir)
+                elif mode == "litellm":
+                    run_litellm(report, owned, upstream, args, loadgen, workdir)
+                elif mode == "embedded":
+                    run_embedded(report, routing, args, loadgen, workdir)
+                elif mode == "kafka":
+                    run_kafka(report, routing, args, loadgen, workdir)
+                elif mode == "burst":
+                    run_burst(report, routing, args, workdir)
+    finally:
+        owned.stop_all()
+        signal.signal(signal.SIGTERM, previous)
+    table = render(report, args, header)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "peers.md").write_text(table)
+    print()
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
