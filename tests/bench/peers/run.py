@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,7 @@ CACHE = Path(
 LITELLM = CACHE / "litellm-venv" / "bin" / "litellm"
 LITELLM_KEY = "sk-bench-master"
 DEV_KEY = "sk-sy-bench" + "0" * 38
+PROFILE_EXTENSIONS = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}
 MODES = ["direct", "litellm", "embedded", "kafka", "burst"]
 SETUP_NAMES = {
     "direct": "upstream direct (nginx)",
@@ -312,14 +314,21 @@ def measure(
     args: argparse.Namespace,
     loadgen: Path | None,
     workdir: Path,
+    pids: dict[str, int] | None = None,
 ) -> None:
-    """Every cell against one set-up; `base` is its URL up to (not including) /v1."""
-    setup = SETUP_NAMES[mode]
+    """Every cell against one set-up; `base` is its URL up to (not including) /v1; `pids`
+    are the set-up's processes, profiled (--profile) while the cells run."""
     url = f"{base}/v1/chat/completions"
     # Warm-up, not measured: connection pools, caches, first-call imports.
     prime(url, token)
     wrk(url, token, "bench-model", 16, args.warmup)
-    for cell in CELLS:
+    with profiling(args, mode, pids or {}):
+        measure_cells(report, mode, url, token, args, loadgen, workdir)
+
+
+def measure_cells(report, mode, url, token, args, loadgen, workdir) -> None:
+    setup = SETUP_NAMES[mode]
+    for cell in selected_cells(args):
         if cell.stream:
             if loadgen is None:
                 report.notes.append("streaming cells skipped: tests/bench/loadgen needs Go")
@@ -339,6 +348,56 @@ def measure(
         )
 
 
+@contextlib.contextmanager
+def profiling(args: argparse.Namespace, mode: str, pids: dict[str, int]):
+    """With --profile DIR: py-spy records every process of the set-up while its cells run
+    (flame graphs DIR/<mode>-<process>.svg); py-spy is a development tool, not a dependency:
+    PY_SPY names its binary, else it is looked up on PATH."""
+    if not args.profile:
+        yield
+        return
+    py_spy = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    if py_spy is None:
+        sys.exit("--profile needs py-spy (pip install py-spy into any venv; PY_SPY=<its path>)")
+    out = Path(args.profile)
+    out.mkdir(parents=True, exist_ok=True)
+    recorders = [
+        subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "200",
+                "--nonblocking",
+                "--full-filenames",
+                "--format",
+                args.profile_format,
+                "--output",
+                str(out / f"{mode}-{name}.{PROFILE_EXTENSIONS[args.profile_format]}"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(out / f"{mode}-{name}.py-spy.log").open("w"),
+        )
+        for name, pid in pids.items()
+    ]
+    try:
+        yield
+    finally:
+        for recorder in recorders:
+            recorder.send_signal(signal.SIGINT)
+        for recorder in recorders:
+            try:
+                recorder.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                recorder.kill()
+
+
+def selected_cells(args: argparse.Namespace) -> list[Cell]:
+    return [cell for cell in CELLS if not args.cells or cell.label in args.cells]
+
+
 # -- set-ups --------------------------------------------------------------------------
 
 
@@ -346,7 +405,7 @@ def run_direct(report, upstream: Upstream, args, loadgen, workdir) -> None:
     # nginx ignores the path and the model: one base URL per cell's upstream.
     setup = SETUP_NAMES["direct"]
     wrk(upstream.base_url("bench-model") + "/chat/completions", "x", "bench-model", 16, 1)
-    for cell in CELLS:
+    for cell in selected_cells(args):
         url = upstream.base_url(cell.model) + "/chat/completions"
         if cell.stream:
             if loadgen is None:
@@ -442,7 +501,9 @@ def run_embedded(report, routing: Path, args, loadgen, workdir) -> None:
     port = int(group.env["SWITCHYARD_GATEWAY_PORT"])
     try:
         process = group.start("embedded", "dev", port=port)
-        measure(report, "embedded", f"http://127.0.0.1:{port}", DEV_KEY, args, loadgen, workdir)
+        base = f"http://127.0.0.1:{port}"
+        pids = {"embedded": process.popen.pid}
+        measure(report, "embedded", base, DEV_KEY, args, loadgen, workdir, pids)
         report.rss_mib[SETUP_NAMES["embedded"]] = process.peak_rss_mb() or 0
     finally:
         group.stop_all()
@@ -515,19 +576,26 @@ def run_kafka(report, routing: Path, args, loadgen, workdir) -> None:
             key = json.loads(group.cli("keys", "create", "--email", "bench@example.com", "--json"))[
                 "key"
             ]
-            processes = [
-                group.start(name, name, "--port", str(port), port=port)
-                for name, port in ports.items()
-            ]
+            # auth, history and inference start side by side; the gateway (which asks
+            # auth for its keys at start-up) after them.
+            with ThreadPoolExecutor(3) as pool:
+                services = [
+                    pool.submit(
+                        group.start, name, name, "--port", str(ports[name]), port=ports[name]
+                    )
+                    for name in ("auth", "history", "inference")
+                ]
+                processes = [future.result() for future in services]
+            gateway_port = ports["gateway"]
+            processes.append(
+                group.start("gateway", "gateway", "--port", str(gateway_port), port=gateway_port)
+            )
             # Let every consumer group settle before measuring.
             time.sleep(args.settle)
             base = f"http://127.0.0.1:{ports['gateway']}"
-            measure(report, "kafka", base, key, args, loadgen, workdir)
+            pids = {p.name: p.popen.pid for p in processes}
+            measure(report, "kafka", base, key, args, loadgen, workdir, pids)
             report.rss_mib[SETUP_NAMES["kafka"]] = sum(p.peak_rss_mb() or 0 for p in processes)
-            if args.pids_file:
-                Path(args.pids_file).write_text(
-                    json.dumps({p.name: p.popen.pid for p in processes})
-                )
         except Exception:
             print(group.logs()[-8000:], file=sys.stderr)
             raise
@@ -599,8 +667,14 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0, help="Kafka mode: s before load")
     parser.add_argument("--burst-seconds", type=float, default=10.0)
     parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
+    parser.add_argument(
+        "--cells", nargs="+", choices=[c.label for c in CELLS], help="only these cells"
+    )
     parser.add_argument("--keep", help="keep logs and configs in this directory")
-    parser.add_argument("--pids-file", help="Kafka mode: write the service PIDs here (profiling)")
+    parser.add_argument("--profile", help="py-spy flame graphs of each process, into this dir")
+    parser.add_argument(
+        "--profile-format", default="flamegraph", choices=["flamegraph", "raw", "speedscope"]
+    )
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
