@@ -640,7 +640,11 @@ def render(report: Report, args: argparse.Namespace, header: str) -> str:
             if r is None:
                 continue
             added = "" if mode == "direct" or direct is None else f"{r.p50_ms - direct.p50_ms:+.2f}"
-            ratio = "" if peer is None or peer.rps == 0 else f"{r.rps / peer.rps:.2f}×"
+            ratio = (
+                ""
+                if mode == "direct" or peer is None or peer.rps == 0
+                else f"{r.rps / peer.rps:.2f}×"
+            )
             lines.append(
                 f"| {cell.label} | {r.setup} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
                 f"| {added} | {ratio} | {r.errors:.0f} |"
