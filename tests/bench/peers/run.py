@@ -43,7 +43,11 @@ from pathlib import Path
 
 import httpx
 
-from switchyard.common.testing.infra import temporary_database, unique_prefix, wait_until
+from switchyard.common.testing.infra import (
+    temporary_database,
+    unique_prefix,
+    wait_until,
+)
 from switchyard.common.testing.processes import ProcessGroup, free_port, peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
@@ -187,7 +191,15 @@ def start_upstream(owned: Owned, state: Path) -> Upstream:
     conf_path = state / "nginx.conf"
     conf_path.write_text(conf)
     owned.start(
-        ["nginx", "-p", str(state), "-e", str(state / "nginx-error.log"), "-c", str(conf_path)],
+        [
+            "nginx",
+            "-p",
+            str(state),
+            "-e",
+            str(state / "nginx-error.log"),
+            "-c",
+            str(conf_path),
+        ],
         state / "nginx.log",
         dict(os.environ),
         state,
@@ -323,24 +335,48 @@ def measure(
     prime(url, token)
     wrk(url, token, "bench-model", 16, args.warmup)
     with profiling(args, mode, pids or {}):
-        measure_cells(report, mode, url, token, args, loadgen, workdir)
+        measure_cells(report, mode, url, token, args, loadgen, workdir, pids)
 
 
-def measure_cells(report, mode, url, token, args, loadgen, workdir) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/<pid>/stat), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_cells(report, mode, url, token, args, loadgen, workdir, pids=None) -> None:
     setup = SETUP_NAMES[mode]
     for cell in selected_cells(args):
+        cpu_before = {name: cpu_seconds(pid) for name, pid in (pids or {}).items()}
         if cell.stream:
             if loadgen is None:
                 report.notes.append("streaming cells skipped: tests/bench/loadgen needs Go")
                 continue
             out = stream_ttft(loadgen, url, token, cell.model, args.seconds, workdir)
             result = Result(
-                setup, cell, out["rps"], out["ttft_p50_ms"], out["ttft_p99_ms"], out["errors"]
+                setup,
+                cell,
+                out["rps"],
+                out["ttft_p50_ms"],
+                out["ttft_p99_ms"],
+                out["errors"],
             )
         else:
             out = wrk(url, token, cell.model, cell.concurrency, args.seconds)
             result = Result(setup, cell, out["rps"], out["p50_ms"], out["p99_ms"], out["errors"])
         report.results.append(result)
+        served = result.rps * args.seconds
+        if cpu_before and served and not cell.stream:
+            report.notes.append(
+                f"{setup}, {cell.label}: CPU per request "
+                + ", ".join(
+                    f"{name} {1000 * (cpu_seconds(pid) - cpu_before[name]) / served:.2f} ms"
+                    for name, pid in (pids or {}).items()
+                )
+            )
         print(
             f"  {mode:<9} {cell.label:<32} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms"
             f"  p99 {result.p99_ms:7.2f} ms  errors {result.errors:.0f}",
@@ -404,7 +440,13 @@ def selected_cells(args: argparse.Namespace) -> list[Cell]:
 def run_direct(report, upstream: Upstream, args, loadgen, workdir) -> None:
     # nginx ignores the path and the model: one base URL per cell's upstream.
     setup = SETUP_NAMES["direct"]
-    wrk(upstream.base_url("bench-model") + "/chat/completions", "x", "bench-model", 16, 1)
+    wrk(
+        upstream.base_url("bench-model") + "/chat/completions",
+        "x",
+        "bench-model",
+        16,
+        1,
+    )
     for cell in selected_cells(args):
         url = upstream.base_url(cell.model) + "/chat/completions"
         if cell.stream:
@@ -412,7 +454,12 @@ def run_direct(report, upstream: Upstream, args, loadgen, workdir) -> None:
                 continue
             out = stream_ttft(loadgen, url, "x", cell.model, args.seconds, workdir)
             result = Result(
-                setup, cell, out["rps"], out["ttft_p50_ms"], out["ttft_p99_ms"], out["errors"]
+                setup,
+                cell,
+                out["rps"],
+                out["ttft_p50_ms"],
+                out["ttft_p99_ms"],
+                out["errors"],
             )
         else:
             out = wrk(url, "x", cell.model, cell.concurrency, args.seconds)
@@ -468,7 +515,16 @@ def run_litellm(report, owned: Owned, upstream: Upstream, args, loadgen, workdir
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=120)
-        measure(report, "litellm", f"http://127.0.0.1:{port}", LITELLM_KEY, args, loadgen, workdir)
+        measure(
+            report,
+            "litellm",
+            f"http://127.0.0.1:{port}",
+            LITELLM_KEY,
+            args,
+            loadgen,
+            workdir,
+            {"litellm": popen.pid},
+        )
         report.rss_mib[SETUP_NAMES["litellm"]] = tree_rss_mib(popen.pid)
     finally:
         Owned.stop(popen)
@@ -548,7 +604,8 @@ def _timed_stop(popen: subprocess.Popen) -> float | None:
 def run_kafka(report, routing: Path, args, loadgen, workdir) -> None:
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     database = os.environ.get(
-        "DATABASE_URL", "postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard"
+        "DATABASE_URL",
+        "postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard",
     )
     with temporary_database(database, prefix="sypeers") as db_url:
         ports = {name: free_port() for name in ("auth", "history", "inference", "gateway")}
@@ -581,7 +638,12 @@ def run_kafka(report, routing: Path, args, loadgen, workdir) -> None:
             with ThreadPoolExecutor(3) as pool:
                 services = [
                     pool.submit(
-                        group.start, name, name, "--port", str(ports[name]), port=ports[name]
+                        group.start,
+                        name,
+                        name,
+                        "--port",
+                        str(ports[name]),
+                        port=ports[name],
                     )
                     for name in ("auth", "history", "inference")
                 ]
@@ -677,7 +739,9 @@ def main() -> None:
     parser.add_argument("--keep", help="keep logs and configs in this directory")
     parser.add_argument("--profile", help="py-spy flame graphs of each process, into this dir")
     parser.add_argument(
-        "--profile-format", default="flamegraph", choices=["flamegraph", "raw", "speedscope"]
+        "--profile-format",
+        default="flamegraph",
+        choices=["flamegraph", "raw", "speedscope"],
     )
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
@@ -690,7 +754,7 @@ def main() -> None:
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         with tempfile.TemporaryDirectory(prefix="switchyard-peers-") as tmp:
-            workdir = Path(args.keep or tmp)
+            workdir = Path(args.keep or tmp).resolve()
             workdir.mkdir(parents=True, exist_ok=True)
             loadgen = build_loadgen(workdir) if set(args.modes) - {"burst"} else None
             upstream = start_upstream(owned, workdir / "nginx")
