@@ -95,10 +95,18 @@ def analyse(directory: Path) -> str:
         if all(k in t for k in ("server", "req_pub", "req_proc", "upstream", "reply_pub"))
         and "reply_proc" in t
     ]
+    # Only requests that were alone in the gateway (the c=1 cell, not the warm-up at c=16).
+    complete.sort(key=lambda t: t["server"][0])
+    complete = [
+        t
+        for i, t in enumerate(complete)
+        if (i == 0 or complete[i - 1]["server"][1] <= t["server"][0])
+        and (i + 1 == len(complete) or t["server"][1] <= complete[i + 1]["server"][0])
+    ]
     if not complete:
         return "no complete traces found (was OTEL_TRACES_EXPORTER=console set?)"
     lines = [
-        f"{len(complete)} requests traced; medians in ms.",
+        f"{len(complete)} requests traced, each alone in the gateway; medians in ms.",
         "",
         "| stretch | p50 ms |",
         "|---|---:|",
