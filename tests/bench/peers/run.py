@@ -331,6 +331,18 @@ def measure(
     """Every cell against one set-up; `base` is its URL up to (not including) /v1; `pids`
     are the set-up's processes, profiled (--profile) while the cells run."""
     url = f"{base}/v1/chat/completions"
+    if pids and args.idle_seconds:
+        # CPU the set-up burns with no traffic at all (pollers, sweeps, outboxes).
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        time.sleep(args.idle_seconds)
+        report.notes.append(
+            f"{SETUP_NAMES[mode]}, idle: CPU "
+            + ", ".join(
+                f"{name} {100 * (cpu_seconds(pid) - before[name]) / args.idle_seconds:.1f}%"
+                for name, pid in pids.items()
+            )
+            + " of a core"
+        )
     # Warm-up, not measured: connection pools, caches, first-call imports.
     prime(url, token)
     wrk(url, token, "bench-model", 16, args.warmup)
@@ -735,6 +747,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     parser.add_argument(
         "--cells", nargs="+", choices=[c.label for c in CELLS], help="only these cells"
+    )
+    parser.add_argument(
+        "--idle-seconds", type=float, default=0, help="measure idle CPU this long first"
     )
     parser.add_argument("--keep", help="keep logs and configs in this directory")
     parser.add_argument("--profile", help="py-spy flame graphs of each process, into this dir")
