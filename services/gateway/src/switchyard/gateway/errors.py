@@ -3,7 +3,8 @@
 OpenAI's APIs answer `{"error": {"message", "type", "param", "code"}}`; Anthropic's
 `/v1/messages` answers `{"type": "error", "error": {"type", "message"}}` (the format the
 `anthropic` SDK reads; `code` and `param` are added when there is one). The format is
-chosen by path, so authentication, validation and size-limit failures are shaped right
+chosen by path (and on `/v1/models`, which both SDKs call, by the `anthropic-version`
+header), so authentication, validation and size-limit failures are shaped right
 too, and the same renderer writes the error events that end a stream.
 
 Two sources of errors:
@@ -57,6 +58,20 @@ RETRYABLE_STATUSES = frozenset({429, 503, 529})
 def vendor_of_path(path: str) -> Vendor:
     """Whose error format the route at `path` answers in."""
     return "anthropic" if path.startswith(ANTHROPIC_PATHS) else "openai"
+
+
+# Routes both SDKs call: the answer, errors included, is in Anthropic's format when the
+# request carries `anthropic-version` (the `anthropic` SDK always sends it).
+SHARED_PATHS = ("/v1/models",)
+
+
+def vendor_of_request(request: Request) -> Vendor:
+    """Whose error format the answer to `request` is in: by path, and on the routes both
+    SDKs call, by the `anthropic-version` header."""
+    path = request.url.path
+    if path.startswith(SHARED_PATHS) and "anthropic-version" in request.headers:
+        return "anthropic"
+    return vendor_of_path(path)
 
 
 def vendor_of_api(api: ClientAPI) -> Vendor:
@@ -163,16 +178,20 @@ def respond(path: str, exc: APIError) -> Response:
     return api_error_response(vendor_of_path(path), exc)
 
 
+def respond_to(request: Request, exc: APIError) -> Response:
+    return api_error_response(vendor_of_request(request), exc)
+
+
 def install_api_error_handlers(app: FastAPI) -> None:
     """Replace the common handlers with ones that pick the format by path."""
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
-        return respond(request.url.path, exc)
+        return respond_to(request, exc)
 
     @app.exception_handler(ReplyFailed)
     async def _reply_failed(request: Request, exc: ReplyFailed) -> Response:
-        return exc.response(vendor_of_path(request.url.path))
+        return exc.response(vendor_of_request(request))
 
     @app.exception_handler(ClientDisconnected)
     async def _client_gone(_: Request, __: ClientDisconnected) -> Response:
@@ -182,14 +201,11 @@ def install_api_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         message, param = validation_message(list(exc.errors()))
-        return respond(
-            request.url.path, APIError(400, message, param=param, code="invalid_request")
-        )
+        return respond_to(request, APIError(400, message, param=param, code="invalid_request"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
-        return respond(
-            request.url.path,
-            APIError(exc.status_code, detail, headers=getattr(exc, "headers", None)),
+        return respond_to(
+            request, APIError(exc.status_code, detail, headers=getattr(exc, "headers", None))
         )
