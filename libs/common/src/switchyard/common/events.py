@@ -193,7 +193,8 @@ class ChatCompletedData(Contract):
     upstream_api: ClientAPI | None = Field(
         default=None,
         description="The API the deployment was called with; equal to `api` when the "
-        "request was passed through, another when it was translated.",
+        "request was passed through, another when it was translated; none when no "
+        "deployment was called (a token count Switchyard estimated itself).",
     )
     usage: TokenUsage
     latency_ms: float = Field(ge=0, description="Time spent calling the upstream, in ms.")

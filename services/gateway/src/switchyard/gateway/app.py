@@ -26,6 +26,7 @@ from switchyard.gateway.openapi import GATEWAY_DOCS
 from switchyard.gateway.replies import reply_partition
 from switchyard.gateway.request_id import RequestIdMiddleware
 from switchyard.gateway.schemas import (
+    AnthropicCountTokensRequest,
     AnthropicMessagesRequest,
     ChatCompletionRequest,
     EmbeddingsRequest,
@@ -108,7 +109,12 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     )
     app.state.gateway = gateway
     install_openapi_models(
-        app, ChatCompletionRequest, AnthropicMessagesRequest, EmbeddingsRequest, JobRequest
+        app,
+        ChatCompletionRequest,
+        AnthropicMessagesRequest,
+        AnthropicCountTokensRequest,
+        EmbeddingsRequest,
+        JobRequest,
     )
     install_api_error_handlers(app)
     # Inside the body limit: Idempotency-Key claims and replays (idempotency.py).

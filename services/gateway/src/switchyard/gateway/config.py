@@ -190,7 +190,7 @@ class Settings(ServiceSettings):
 
     def max_body_bytes_for(self, api: ClientAPI) -> int:
         """The largest request body accepted for `api`, in bytes."""
-        if api is ClientAPI.ANTHROPIC_MESSAGES:
+        if api in (ClientAPI.ANTHROPIC_MESSAGES, ClientAPI.ANTHROPIC_COUNT_TOKENS):
             return self.messages_max_body_bytes
         if api is ClientAPI.OPENAI_EMBEDDINGS:
             return self.embeddings_max_body_bytes

@@ -90,6 +90,8 @@ CANCELLED = Counter(
     ["action"],
 )
 
+# On a count_tokens answer: `exact` (the deployment counted) or `estimate` (a tokenizer did).
+TOKEN_COUNT_HEADER = "x-switchyard-token-count"
 # Ends an OpenAI Chat Completions stream (the only API here that marks its end this way).
 DONE = b"data: [DONE]\n\n"
 # U+0085, U+2028 and U+2029 are legal raw in JSON, and orjson writes them raw, but many
@@ -384,10 +386,15 @@ class Dispatch:
             first = await self.first()
             if not self.stream:
                 completed = await self.completion(first)
+                headers = {"x-request-id": self.request_id}
+                if self.api is ClientAPI.ANTHROPIC_COUNT_TOKENS:
+                    # No upstream API: inference estimated the count itself.
+                    exact = completed.data.upstream_api is not None
+                    headers[TOKEN_COUNT_HEADER] = "exact" if exact else "estimate"
                 return Response(
                     orjson.dumps(completed.data.response),
                     media_type="application/json",
-                    headers={"x-request-id": self.request_id},
+                    headers=headers,
                 )
             streaming = True
             return StreamingResponse(

@@ -99,6 +99,27 @@ class AnthropicMessagesRequest(BaseModel):
     )
 
 
+class AnthropicCountTokensRequest(BaseModel):
+    """Anthropic count_tokens request: a Messages request without `max_tokens`. Fields not
+    listed here pass through unchanged."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {"model": "sim-claude", "messages": [{"role": "user", "content": "Hello"}]}
+            ]
+        },
+    )
+
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[AnthropicMessage] = Field(min_length=1)
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+
+
 class EmbeddingsRequest(BaseModel):
     """OpenAI Embeddings request. Fields not listed here pass through unchanged."""
 

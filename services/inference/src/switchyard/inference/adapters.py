@@ -18,13 +18,14 @@ others; nothing else in the service knows the shapes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from switchyard.common.events import ClientAPI, StreamEvent, TokenUsage
 from switchyard.common.routing import Deployment
 from switchyard.inference.errors import ProviderError, invalid_request
+from switchyard.inference.tokens import estimate_input_tokens
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
     ChatChunksToMessageEvents,
@@ -51,12 +52,17 @@ OPENAI_HEADERS = ("openai-beta",)
 
 @dataclass(frozen=True)
 class UpstreamCall:
-    """What to send upstream: the API it is in, the path, the JSON body, the headers."""
+    """What to send upstream: the API it is in, the path, the JSON body, the headers.
+
+    `local`, when set, answers the request without calling the deployment: a blocking
+    function (run in a worker thread) returning the client's reply, e.g. a token count
+    estimated here for a deployment that cannot count tokens."""
 
     api: ClientAPI
     path: str
     body: dict[str, Any]
     headers: dict[str, str]
+    local: Callable[[], dict[str, Any]] | None = None
 
 
 class StreamTranslation(Protocol):
@@ -426,6 +432,51 @@ class EmbeddingsPassThrough:
         return False
 
 
+class CountTokensPassThrough:
+    """Anthropic's count_tokens to an Anthropic-protocol deployment (its own count; the
+    upstream client maps the path for Vertex AI and Bedrock). Nothing is billed."""
+
+    api = ClientAPI.ANTHROPIC_COUNT_TOKENS
+
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        return UpstreamCall(
+            ClientAPI.ANTHROPIC_COUNT_TOKENS,
+            "/v1/messages/count_tokens",
+            {**body, "model": deployment.model},
+            _forwarded(headers, ANTHROPIC_HEADERS),
+        )
+
+    def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
+        _require(native, "input_tokens", int, model)
+        return native, TokenUsage()
+
+    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
+        raise invalid_request("Token counts are not streamed.", param="stream")
+
+    def accumulator(self) -> Accumulator:
+        return MessageAccumulator()
+
+    def is_preamble(self, event: StreamEvent) -> bool:
+        return False
+
+
+class CountTokensEstimate(CountTokensPassThrough):
+    """Anthropic's count_tokens for an OpenAI-protocol deployment, which has no such
+    endpoint: estimated here with a tokenizer (`switchyard.inference.tokens`), without
+    calling the deployment. The reply's `upstream_api` is then None, which the gateway
+    tells the client (`x-switchyard-token-count: estimate`)."""
+
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        def estimate() -> dict[str, Any]:
+            return {"input_tokens": estimate_input_tokens(body)}
+
+        return UpstreamCall(ClientAPI.ANTHROPIC_COUNT_TOKENS, "", {}, {}, local=estimate)
+
+
 def unsupported_api(api: ClientAPI, deployment: Deployment) -> ProviderError:
     """Another deployment of the model may offer it: retryable, not unhealthy."""
     return ProviderError(
@@ -448,7 +499,7 @@ class Adapters:
     def adapter_for(self, api: ClientAPI, deployment: Deployment) -> Adapter:
         """The adapter serving `api` on `deployment`; raises ProviderError when the
         deployment's protocol cannot serve that API at all."""
-        protocol = deployment.provider
+        protocol = deployment.protocol
         if api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
             if protocol == "anthropic":
                 return ChatViaMessages(self.anthropic_max_tokens)
@@ -459,4 +510,8 @@ class Adapters:
             return MessagesViaChat()
         if api is ClientAPI.OPENAI_EMBEDDINGS and protocol == "openai":
             return EmbeddingsPassThrough()
+        if api is ClientAPI.ANTHROPIC_COUNT_TOKENS:
+            if protocol == "anthropic":
+                return CountTokensPassThrough()
+            return CountTokensEstimate()
         raise unsupported_api(api, deployment)

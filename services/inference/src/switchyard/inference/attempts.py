@@ -39,7 +39,7 @@ from switchyard.common.events import (
     new_id,
     utcnow,
 )
-from switchyard.common.routing import Deployment, RoutingTable
+from switchyard.common.routing import Deployment, RoutingError, RoutingTable
 from switchyard.inference import metrics
 from switchyard.inference.adapters import (
     Accumulator,
@@ -50,6 +50,7 @@ from switchyard.inference.adapters import (
 )
 from switchyard.inference.errors import ProviderError
 from switchyard.inference.outcomes import Outcome, expired, failed, observe_call, operation_name
+from switchyard.inference.platforms import missing_credential
 from switchyard.inference.providers import ProviderPool
 from switchyard.inference.publishing import ChunkPublisher
 from switchyard.inference.reliability import (
@@ -262,7 +263,17 @@ class Attempts:
             state.breaker.release()
             return self._failed(run, prepared, deployment)
         adapter, call = prepared
-        upstream = self._providers.get(model, deployment)
+        if call.local is not None:
+            # Answered here (a token count estimate): the deployment is not called.
+            state.breaker.release()
+            response = await asyncio.to_thread(call.local)
+            outcome = Outcome(TerminalStatus.COMPLETED, response=response, reply_usage=TokenUsage())
+            return self._with_usage(run, outcome, deployment)
+        try:
+            upstream = self._providers.get(model, deployment)
+        except RoutingError as exc:  # a credential it names cannot be read
+            state.breaker.release()
+            return self._failed(run, missing_credential(deployment, exc), deployment)
         attempt = 0
         while True:
             attempt += 1

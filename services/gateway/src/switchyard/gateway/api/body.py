@@ -5,7 +5,8 @@ it (never validated into a model, never re-serialised, never translated).
 What the gateway checks, per API, is what it reads or what the API cannot do without:
 a JSON object, `model` (a string, to route), `stream` (a boolean, to answer), and the
 presence and type of the top-level fields the API requires (`messages` as a non-empty
-array; `max_tokens` as an integer on Anthropic's Messages; `input` on Embeddings).
+array; `max_tokens` as an integer on Anthropic's Messages, but not on its count_tokens;
+`input` on Embeddings).
 Everything else (content blocks, roles, a `system` message inside `messages`, unknown
 or brand-new parameters) is left to inference and the provider to judge, so a client
 gets what the provider itself would answer. A refusal is a 400 in the called API's
@@ -151,6 +152,14 @@ def read_messages(body: dict[str, Any]) -> ClientRequest:
     return ClientRequest(ClientAPI.ANTHROPIC_MESSAGES, body, model, _stream(body))
 
 
+def read_count_tokens(body: dict[str, Any]) -> ClientRequest:
+    """An Anthropic count_tokens request body (a Messages body without `max_tokens`;
+    never streamed)."""
+    model = _model(body)
+    _messages(body)
+    return ClientRequest(ClientAPI.ANTHROPIC_COUNT_TOKENS, body, model, False)
+
+
 def read_embeddings(body: dict[str, Any]) -> ClientRequest:
     """An OpenAI Embeddings request body (never streamed)."""
     model = _model(body)
@@ -166,6 +175,7 @@ READERS = {
     ClientAPI.OPENAI_CHAT_COMPLETIONS: read_chat_completions,
     ClientAPI.ANTHROPIC_MESSAGES: read_messages,
     ClientAPI.OPENAI_EMBEDDINGS: read_embeddings,
+    ClientAPI.ANTHROPIC_COUNT_TOKENS: read_count_tokens,
 }
 
 
