@@ -990,6 +990,23 @@ class Simulator:
         await self._pause()
         return _json(reply.complete())
 
+    async def count_tokens(self, request: Request) -> Response:
+        """Anthropic's count_tokens: the input tokens a Messages call with this body would
+        report (one simulated token a word), without `max_tokens`."""
+        try:
+            body = await _read_object(request)
+            model = body.get("model") if isinstance(body.get("model"), str) else None
+            self.state.record("/v1/messages/count_tokens", model)
+            fault = await self._fault_response(request, model, anthropic_error)
+            if isinstance(fault, Response):
+                return fault
+            _validate_anthropic({**body, "max_tokens": 1})
+            counted = prompt_words(body["messages"], body.get("system"))
+        except BadRequest as exc:
+            return anthropic_error(400, str(exc))
+        await self._pause()
+        return _json({"input_tokens": counted})
+
     async def embeddings(self, request: Request) -> Response:
         try:
             body = await _read_object(request)
@@ -1099,6 +1116,7 @@ async def _metrics(_: Request) -> Response:
 _SUMMARIES = {
     "/v1/chat/completions": "OpenAI Chat Completions (JSON or SSE streaming)",
     "/v1/messages": "Anthropic Messages (JSON or SSE streaming)",
+    "/v1/messages/count_tokens": "Anthropic token counting",
     "/v1/embeddings": "OpenAI Embeddings",
     "/v1/models": "The simulated models",
     "/_sim/faults": "Inject faults (POST) or clear them (DELETE)",
@@ -1154,6 +1172,7 @@ def create_simulator_app(latency_ms: float = 0) -> Starlette:
     routes = [
         Route("/v1/chat/completions", simulator.chat_completions, methods=["POST"]),
         Route("/v1/messages", simulator.messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", simulator.count_tokens, methods=["POST"]),
         Route("/v1/embeddings", simulator.embeddings, methods=["POST"]),
         Route("/v1/models", simulator.models, methods=["GET"]),
         Route("/_sim/faults", simulator.add_faults, methods=["POST"]),
