@@ -61,6 +61,8 @@ from switchyard.gateway.errors import (
     sse_error_event,
     vendor_of_api,
 )
+from switchyard.gateway.governance.admission import Refused, Ticket
+from switchyard.gateway.governance.refusals import admit_or_refuse
 from switchyard.gateway.replies import Reply
 from switchyard.gateway.request_id import request_id_of
 
@@ -169,6 +171,7 @@ class Dispatch:
     started: float = field(default_factory=time.perf_counter)
     deadline: float = 0.0
     finished: bool = False
+    ticket: Ticket | None = None
     _queue: asyncio.Queue[Reply] | None = None
     _closed: bool = False
 
@@ -208,6 +211,21 @@ class Dispatch:
                 headers={"Retry-After": "1"},
             )
 
+        request_id = request_id_of(request.scope) or new_id()
+        try:
+            ticket = await admit_or_refuse(
+                gateway,
+                principal,
+                request_id,
+                model,
+                client.body,
+                api=client.api,
+                embeddings=client.api is ClientAPI.OPENAI_EMBEDDINGS,
+            )
+        except Refused as refused:
+            REJECTED.labels(refused.reason).inc()
+            raise
+
         dispatch = cls(
             gateway,
             request,
@@ -215,9 +233,11 @@ class Dispatch:
             model,
             principal.tenant,
             client.stream,
-            request_id=request_id_of(request.scope) or new_id(),
+            request_id=request_id,
         )
+        dispatch.ticket = ticket
         timeout_s = gateway.settings.request_timeout_s
+        ticket.attach(request_id, timeout_s)
         dispatch.deadline = dispatch.started + timeout_s
         dispatch._queue = gateway.pending.open(dispatch.request_id)
         gateway.in_flight += 1
@@ -234,6 +254,7 @@ class Dispatch:
                 stream=client.stream,
                 user_id=principal.user_id,
                 api_key_id=principal.api_key_id,
+                team_id=ticket.team_id,
                 deadline=utcnow() + timedelta(seconds=timeout_s),
                 reply_to=ReplyAddress(
                     partition=gateway.reply_partition, instance_id=gateway.settings.instance_id
@@ -251,6 +272,7 @@ class Dispatch:
             raise too_large_for_bus() from None
         except BusUnavailableError as exc:
             dispatch.close()
+            ticket.cancel()
             REJECTED.labels("bus_unavailable").inc()
             log.error("could not publish request", error=str(exc))
             raise APIError(
@@ -382,11 +404,12 @@ class Dispatch:
         Events. The dispatch is closed once the answer is complete, or when the client
         goes away. Raises ReplyFailed when the request failed before any of the answer."""
         streaming = False
+        limits = self.rate_limit_headers()
         try:
             first = await self.first()
             if not self.stream:
                 completed = await self.completion(first)
-                headers = {"x-request-id": self.request_id}
+                headers = {"x-request-id": self.request_id, **limits}
                 if self.api is ClientAPI.ANTHROPIC_COUNT_TOKENS:
                     # No upstream API: inference estimated the count itself.
                     exact = completed.data.upstream_api is not None
@@ -400,11 +423,21 @@ class Dispatch:
             return StreamingResponse(
                 self._relay(first),
                 media_type="text/event-stream",
-                headers={"x-request-id": self.request_id, "cache-control": "no-cache"},
+                headers={"x-request-id": self.request_id, "cache-control": "no-cache", **limits},
             )
+        except ReplyFailed as failed:
+            failed.headers.update(limits)
+            raise
+        except APIError as error:
+            error.headers = {**(error.headers or {}), **limits}
+            raise
         finally:
             if not streaming:
                 self.close()
+
+    def rate_limit_headers(self) -> dict[str, str]:
+        """OpenAI's `x-ratelimit-*` headers, or Anthropic's `anthropic-ratelimit-*`."""
+        return self.ticket.headers_for(self.api) if self.ticket is not None else {}
 
     async def _relay(self, first: Reply) -> AsyncIterator[bytes]:
         try:
