@@ -57,7 +57,7 @@ test: install infra-up ## Run every check: lint, deploy manifests, unit, integra
 
 .PHONY: test-unit
 test-unit: install ## Unit tests of every package (fakes, no network)
-	$(PYTEST) -q $(UNIT_TESTS)
+	env -u DATABASE_URL -u KAFKA_BOOTSTRAP_SERVERS $(PYTEST) -q $(UNIT_TESTS)
 
 .PHONY: test-integration
 test-integration: install ## Integration tests against the real Kafka broker and PostgreSQL server

@@ -351,6 +351,11 @@ async def test_the_admin_api_is_reachable_through_the_gateway(harness):
     )
     assert unavailable.status_code == 503
     assert unavailable.json()["error"]["code"] == "auth_unavailable"
+    # A path id with control or non-ASCII characters reaches auth still percent-encoded.
+    gateway.http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    odd = await harness.client.patch("/v1/admin/teams/%C3%9F%F1%82%BC%9CL%05", json={})
+    assert odd.status_code == 201
+    assert seen[-1].url.raw_path == b"/v1/admin/teams/%C3%9F%F1%82%BC%9CL%05"
     paths = (await harness.client.get("/openapi.json")).json()["paths"]
     assert {"/v1/admin/teams", "/v1/auth/token", "/v1/api-keys/{key_id}", "/v1/spend"} <= set(paths)
 

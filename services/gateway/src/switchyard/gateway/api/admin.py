@@ -65,10 +65,17 @@ async def forward_to_auth(request: Request) -> Response:
     if client is not None:
         previous = request.headers.get("x-forwarded-for")
         headers["x-forwarded-for"] = f"{previous}, {client}" if previous else client
+    # The path as it reached us, still percent-encoded: decoding it (request.url.path)
+    # would hand control characters or non-ASCII text to the URL parser.
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    try:
+        url = httpx.URL(gateway.settings.auth_url.rstrip("/") + raw_path.decode("latin-1"))
+    except httpx.InvalidURL:
+        raise APIError(400, "The request path is not a valid URL path.", code="invalid_path")
     try:
         answer = await gateway.http.request(
             request.method,
-            gateway.settings.auth_url.rstrip("/") + request.url.path,
+            url,
             params=request.query_params,
             content=await request.body(),
             headers=headers,
