@@ -53,12 +53,14 @@ def credentials(monkeypatch) -> None:
     monkeypatch.setenv("T_AWS_SECRET", AWS_SECRET)
     monkeypatch.setenv("T_AWS_SESSION", AWS_SESSION)
     monkeypatch.setenv("T_GOOGLE_TOKEN", GOOGLE_TOKEN)
-    # The standard AWS chain must not find anything else on this machine.
+    # The standard AWS chain and Google's default credentials must find nothing else here.
     for name in (
         "AWS_PROFILE",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
         "AWS_BEARER_TOKEN_BEDROCK",
+        "GOOGLE_APPLICATION_CREDENTIALS",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -231,8 +233,10 @@ async def test_azure_stream_is_relayed_with_usage(recorder, serve):
     reply = await harness.handle(request)
     assert isinstance(reply, ChatCompleted), reply
     sent = recorder.last
-    assert sent.body["stream"] is True and sent.body["stream_options"] == {"include_usage": True}
+    assert sent.path == "/openai/deployments/gpt4o-prod/chat/completions"
     assert sent.query == "api-version=2024-10-21"
+    assert sent.headers["api-key"] == AZURE_KEY
+    assert sent.body["stream"] is True and sent.body["stream_options"] == {"include_usage": True}
     texts = [
         choice["delta"].get("content")
         for event in harness.stream_of(request.request_id)
@@ -428,6 +432,61 @@ async def test_bedrock_api_key_is_sent_as_bearer_without_a_signature(recorder, s
     assert "x-amz-date" not in recorder.last.headers
 
 
+def bedrock_without_named_credentials(recorder, **options: Any) -> Deployment:
+    return Deployment(
+        name="bedrock",
+        provider="bedrock",
+        model=BEDROCK_MODEL,
+        region="us-west-2",
+        base_url=recorder.root,
+        max_retries=0,
+        **options,
+    )
+
+
+async def test_bedrock_without_named_credentials_signs_with_the_standard_aws_chain(
+    recorder, serve, monkeypatch
+):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIACHAINEXAMPLE0001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "chain-secret-key-example")
+    recorder.script(Scripted(json=message("Signed from the chain")))
+    harness = await serve(bedrock_without_named_credentials(recorder))
+    reply = await harness.handle(chat_request("m", api=MESSAGES))
+    assert isinstance(reply, ChatCompleted), reply
+    check_sigv4(
+        recorder.last,
+        access_key="AKIACHAINEXAMPLE0001",
+        secret_key="chain-secret-key-example",
+        region="us-west-2",
+    )
+    assert "x-amz-security-token" not in recorder.last.headers
+
+
+async def test_bedrock_aws_profile_signs_with_that_profiles_keys(
+    recorder, serve, monkeypatch, tmp_path
+):
+    shared = tmp_path / "credentials"
+    shared.write_text(
+        "[default]\naws_access_key_id = AKIADEFAULTEXAMPLE01\n"
+        "aws_secret_access_key = default-secret\n\n"
+        "[switchyard]\naws_access_key_id = AKIAPROFILEEXAMPLE01\n"
+        "aws_secret_access_key = profile-secret\naws_session_token = profile-session\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(shared))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    recorder.script(Scripted(json=message("Signed with a profile")))
+    harness = await serve(bedrock_without_named_credentials(recorder, aws_profile="switchyard"))
+    reply = await harness.handle(chat_request("m", api=MESSAGES))
+    assert isinstance(reply, ChatCompleted), reply
+    check_sigv4(
+        recorder.last,
+        access_key="AKIAPROFILEEXAMPLE01",
+        secret_key="profile-secret",
+        region="us-west-2",
+        session_token="profile-session",
+    )
+
+
 # --------------------------------------------------------------------------- Vertex AI
 
 
@@ -456,7 +515,8 @@ async def test_vertex_stream_uses_stream_raw_predict(recorder, serve):
     reply = await harness.handle(request)
     assert isinstance(reply, ChatCompleted), reply
     assert recorder.last.path.endswith("/models/claude-sonnet-4-5@20250929:streamRawPredict")
-    assert recorder.last.body["stream"] is True
+    assert recorder.last.headers["authorization"] == f"Bearer {GOOGLE_TOKEN}"
+    assert recorder.last.body["stream"] is True and "model" not in recorder.last.body
     assert harness.stream_of(request.request_id)[2].data["delta"]["text"] == "Vertex stream"
 
 
@@ -473,19 +533,15 @@ async def test_vertex_counts_tokens_with_its_count_tokens_endpoint(recorder, ser
     assert recorder.last.body["model"] == "claude-sonnet-4-5@20250929"
 
 
-async def test_vertex_service_account_file_gets_its_token_from_the_token_uri(
-    recorder, serve, tmp_path
-):
-    """The key file's `token_uri` points at the local server: google-auth signs a JWT
-    assertion with the key and exchanges it there; Google is never reached."""
+def service_account_file(path, token_uri: str) -> rsa.RSAPrivateKey:
+    """Write a service-account key file whose `token_uri` is `token_uri`; returns its key."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
-    key_file = tmp_path / "sa.json"
-    key_file.write_text(
+    path.write_text(
         json.dumps(
             {
                 "type": "service_account",
@@ -494,20 +550,28 @@ async def test_vertex_service_account_file_gets_its_token_from_the_token_uri(
                 "private_key": pem,
                 "client_email": "switchyard@acme-prod.iam.gserviceaccount.com",
                 "client_id": "1",
-                "token_uri": f"{recorder.root}/token",
+                "token_uri": token_uri,
             }
         )
     )
+    return key
+
+
+def script_token_then_message(recorder, token: str, text: str) -> None:
     recorder.script(
-        Scripted(
-            json={
-                "access_token": "ya29.from-service-account",
-                "expires_in": 3600,
-                "token_type": "Bearer",
-            }
-        ),
-        Scripted(json=message("With a service account")),
+        Scripted(json={"access_token": token, "expires_in": 3600, "token_type": "Bearer"}),
+        Scripted(json=message(text)),
     )
+
+
+async def test_vertex_service_account_file_gets_its_token_from_the_token_uri(
+    recorder, serve, tmp_path
+):
+    """The key file's `token_uri` points at the local server: google-auth signs a JWT
+    assertion with the key and exchanges it there; Google is never reached."""
+    key_file = tmp_path / "sa.json"
+    key = service_account_file(key_file, f"{recorder.root}/token")
+    script_token_then_message(recorder, "ya29.from-service-account", "With a service account")
     harness = await serve(vertex(recorder, credentials_file=str(key_file)))
     reply = await harness.handle(chat_request("m", api=MESSAGES))
     assert isinstance(reply, ChatCompleted), reply
@@ -520,6 +584,34 @@ async def test_vertex_service_account_file_gets_its_token_from_the_token_uri(
     assert assertion["iss"] == "switchyard@acme-prod.iam.gserviceaccount.com"
     assert "cloud-platform" in assertion["scope"]
     assert predict.headers["authorization"] == "Bearer ya29.from-service-account"
+
+
+async def test_vertex_without_named_credentials_uses_application_default_credentials(
+    recorder, serve, tmp_path, monkeypatch
+):
+    """Application Default Credentials as google-auth finds them, here through
+    GOOGLE_APPLICATION_CREDENTIALS (the first place it looks)."""
+    key_file = tmp_path / "adc.json"
+    service_account_file(key_file, f"{recorder.root}/token")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    script_token_then_message(recorder, "ya29.from-adc", "With ADC")
+    deployment = Deployment(
+        name="vertex",
+        provider="vertex",
+        model="claude-sonnet-4-5@20250929",
+        project_id="acme-prod",
+        region="us-east5",
+        base_url=f"{recorder.root}/v1",
+        max_retries=0,
+    )
+    harness = await serve(deployment)
+    reply = await harness.handle(chat_request("m", api=MESSAGES))
+    assert isinstance(reply, ChatCompleted), reply
+    assert reply.data.response["content"][0]["text"] == "With ADC"
+    token_request, predict = recorder.requests
+    assert token_request.path == "/token"
+    assert predict.path.endswith("/models/claude-sonnet-4-5@20250929:rawPredict")
+    assert predict.headers["authorization"] == "Bearer ya29.from-adc"
 
 
 # --------------------------------------------------------------------------- Gemini
@@ -585,6 +677,10 @@ async def test_gemini_stream_quirks_are_mended_for_openai_clients(recorder, serv
     request = chat_request("m", stream=True, include_usage=True)
     reply = await harness.handle(request)
     assert isinstance(reply, ChatCompleted), reply
+    sent = recorder.last
+    assert sent.path == "/v1beta/openai/chat/completions"
+    assert sent.headers["authorization"] == f"Bearer {GEMINI_KEY}"
+    assert sent.body["stream"] is True and sent.body["model"] == "gemini-2.5-flash"
     events = harness.stream_of(request.request_id)
     calls = [
         call for e in events for c in e.data["choices"] for call in c["delta"].get("tool_calls", [])

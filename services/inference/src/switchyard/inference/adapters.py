@@ -47,6 +47,8 @@ ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
 def _event(name: str | None, data: dict[str, Any]) -> StreamEvent:
     # Built from JSON just parsed or shaped here: nothing to validate, once per event.
     return StreamEvent.model_construct(event=name, data=data)
+
+
 OPENAI_HEADERS = ("openai-beta",)
 
 

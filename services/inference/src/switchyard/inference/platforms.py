@@ -161,9 +161,6 @@ class GeminiUpstream(OpenAIUpstream):
     reaches the client as Gemini wrote it.
     """
 
-    def __init__(self, deployment: Deployment, client: Any) -> None:
-        super().__init__(deployment, client)
-
     @classmethod
     def create(cls, deployment: Deployment) -> GeminiUpstream:
         client = openai.AsyncOpenAI(

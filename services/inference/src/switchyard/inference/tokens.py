@@ -51,12 +51,15 @@ def encoding() -> Any:
     if _encoding is None:
         with _lock:
             if _encoding is None:
-                import bpe_openai
-
                 with warnings.catch_warnings():
-                    # Its loader uses importlib.resources.open_binary (deprecated, works).
+                    # Its loader uses importlib.resources.open_binary (deprecated, works),
+                    # on import (cl100k_base's metadata) and on the first encode.
                     warnings.simplefilter("ignore", DeprecationWarning)
-                    _encoding = bpe_openai.get_encoding(ENCODING)
+                    import bpe_openai
+
+                    loaded = bpe_openai.get_encoding(ENCODING)
+                    loaded.encode_ordinary("warm up")
+                _encoding = loaded
     return _encoding
 
 

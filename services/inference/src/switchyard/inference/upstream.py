@@ -337,7 +337,7 @@ class SDKUpstream:
                 parsed = parse_object(data, self.name)
                 if event == "error" or ("error" in parsed and not parsed.get("choices")):
                     raise stream_error(self.deployment, self.protocol, parsed.get("error"))
-                yield self._event(SSE(event, parsed))
+                yield SSE(event, parsed)
         except Exception as exc:
             failure = self._failure(exc)
             if failure is exc:
@@ -351,10 +351,6 @@ class SDKUpstream:
         """The events of a streamed answer (objects with `event` and `data`): parsed as
         Server-Sent Events here; Bedrock frames them otherwise."""
         return EventSource(response).aiter_sse()
-
-    def _event(self, sse: SSE) -> SSE:
-        """One upstream event, as the adapters expect it (kinds with quirks fix them)."""
-        return sse
 
     async def aclose(self) -> None:
         await self.client.close()
