@@ -14,6 +14,7 @@ counted too, which makes the estimate a little high: safe for a reservation.
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +38,13 @@ def encoding() -> Any:
     if _encoding is None:
         with _encoding_lock:
             if _encoding is None:
-                import bpe_openai
+                with warnings.catch_warnings():
+                    # Its loader uses importlib.resources.open_binary (deprecated, works).
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    import bpe_openai
 
-                _encoding = bpe_openai.get_encoding(ENCODING)
+                    _encoding = bpe_openai.get_encoding(ENCODING)
+                    _encoding.encode_ordinary("warm up")
     return _encoding
 
 
