@@ -107,10 +107,15 @@ def chat(system: str | None = None, max_tokens: int = 16) -> dict:
 
 def test_rpm_limit_of_60_admits_exactly_60_of_200_simultaneous_requests(fleet):
     key = new_key(fleet, rpm_limit=60)
+    started = time.monotonic()
     responses = asyncio.run(fire(fleet, key["key"], 200, chat()))
+    elapsed = time.monotonic() - started
     statuses = [response.status_code for response in responses]
-    assert statuses.count(200) == 60, sorted(set(statuses))
-    assert statuses.count(429) == 140
+    # A window opens with the key's first request and lasts 60 s: a burst that outlasts
+    # it (only on a starved machine) may use the next window's 60 too, never more.
+    windows = 1 + int(elapsed // 60)
+    assert 60 <= statuses.count(200) <= 60 * windows, (elapsed, sorted(set(statuses)))
+    assert statuses.count(429) == 200 - statuses.count(200)
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert key["key_id"] in refused.json()["error"]["message"]
@@ -175,10 +180,17 @@ def test_a_team_budget_overspends_by_at_most_one_requests_cost_under_100_concurr
 def test_a_budget_resets_at_its_period_boundary(fleet):
     # Room for one long request per "day" (six seconds here).
     key = new_key(fleet, max_budget_usd=0.015, budget_period="1d")
-    first = asyncio.run(fire(fleet, key["key"], 1, chat(LONG_PROMPT)))[0]
-    assert first.status_code == 200, first.text
-    second = asyncio.run(fire(fleet, key["key"], 1, chat(LONG_PROMPT)))[0]
-    assert second.status_code == 429
+    # One long request uses the period's budget and the next is refused. On a starved
+    # machine a request may outlast the six-second "day" (the next one then opens a new
+    # period and is admitted), so go on until a refusal, a few requests at most.
+    answers = []
+    for _ in range(4):
+        answers.append(asyncio.run(fire(fleet, key["key"], 1, chat(LONG_PROMPT)))[0])
+        if answers[-1].status_code != 200:
+            break
+    assert answers[0].status_code == 200, answers[0].text
+    second = answers[-1]
+    assert second.status_code == 429, [a.status_code for a in answers]
     assert second.json()["error"]["code"] == "insufficient_quota"
     resets_at = int(second.headers["retry-after"])
     assert 1 <= resets_at <= DAY_S
