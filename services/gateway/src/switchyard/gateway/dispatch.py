@@ -53,6 +53,7 @@ from switchyard.common.events import (
 from switchyard.gateway.api.body import ClientRequest
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
+from switchyard.gateway.cache import CacheTicket
 from switchyard.gateway.errors import (
     ClientDisconnected,
     ReplyFailed,
@@ -167,6 +168,8 @@ class Dispatch:
     started: float = field(default_factory=time.perf_counter)
     deadline: float = 0.0
     finished: bool = False
+    # The response cache's part (cache.py): None unless the request opted in.
+    cache: CacheTicket | None = None
     _queue: asyncio.Queue[Reply] | None = None
     _closed: bool = False
 
@@ -215,6 +218,12 @@ class Dispatch:
             client.stream,
             request_id=request_id_of(request.scope) or new_id(),
         )
+        headers = forwarded_headers(request)
+        # The response cache: a hit is answered by `answer` without crossing the bus.
+        dispatch.cache = await gateway.cache.ticket(request, principal, client, headers)
+        if dispatch.cache is not None and dispatch.cache.hit is not None:
+            dispatch._closed = True  # nothing was opened
+            return dispatch
         timeout_s = gateway.settings.request_timeout_s
         dispatch.deadline = dispatch.started + timeout_s
         dispatch._queue = gateway.pending.open(dispatch.request_id)
@@ -228,7 +237,7 @@ class Dispatch:
                 api=client.api,
                 model=model,
                 body=client.body,
-                headers=forwarded_headers(request),
+                headers=headers,
                 stream=client.stream,
                 user_id=principal.user_id,
                 api_key_id=principal.api_key_id,
@@ -323,6 +332,8 @@ class Dispatch:
         self.observe(200)
         added = time.perf_counter() - self.started - reply.data.latency_ms / 1000
         ADDED_SECONDS.labels(self.api.value, self.model).observe(max(0.0, added))
+        if self.cache is not None:
+            self.gateway.cache.completed(self, reply)
         return reply
 
     async def sse(self, first: Reply) -> AsyncIterator[bytes]:
@@ -356,6 +367,8 @@ class Dispatch:
                     while next_sequence in early:
                         record = early.pop(next_sequence)
                         next_sequence += 1
+                        if self.cache is not None:
+                            self.cache.collect(record.data.events)
                         yield b"".join([sse_event(event) for event in record.data.events])
             else:
                 self.finished = True
@@ -368,8 +381,11 @@ class Dispatch:
                         yield b"".join([sse_event(event) for event in early[sequence].data.events])
                 if isinstance(reply, ChatFailed):
                     yield sse_error_event(self.vendor, reply.data.error)
-                elif self.api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
-                    yield DONE
+                else:
+                    if self.api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
+                        yield DONE
+                    if self.cache is not None and not early and isinstance(reply, ChatCompleted):
+                        self.gateway.cache.completed(self, reply)
                 return
             reply = None
 
@@ -379,6 +395,9 @@ class Dispatch:
         """The HTTP answer: the reply's `response` as JSON, or the stream as Server-Sent
         Events. The dispatch is closed once the answer is complete, or when the client
         goes away. Raises ReplyFailed when the request failed before any of the answer."""
+        if self.cache is not None and self.cache.hit is not None:
+            return self.gateway.cache.answer(self)
+        cache_headers = self.cache.response_headers() if self.cache is not None else {}
         streaming = False
         try:
             first = await self.first()
@@ -387,13 +406,17 @@ class Dispatch:
                 return Response(
                     orjson.dumps(completed.data.response),
                     media_type="application/json",
-                    headers={"x-request-id": self.request_id},
+                    headers={"x-request-id": self.request_id, **cache_headers},
                 )
             streaming = True
             return StreamingResponse(
                 self._relay(first),
                 media_type="text/event-stream",
-                headers={"x-request-id": self.request_id, "cache-control": "no-cache"},
+                headers={
+                    "x-request-id": self.request_id,
+                    "cache-control": "no-cache",
+                    **cache_headers,
+                },
             )
         finally:
             if not streaming:
