@@ -13,7 +13,16 @@ from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.docs import install_docs
 from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
 from switchyard.common.metrics import metrics_router
-from switchyard.gateway.api import chat, embeddings, history, jobs, messages, models, usage
+from switchyard.gateway.api import (
+    chat,
+    embeddings,
+    history,
+    jobs,
+    messages,
+    models,
+    replays,
+    usage,
+)
 from switchyard.gateway.api.body import install_openapi_models
 from switchyard.gateway.bootstrap import Gateway, build_gateway
 from switchyard.gateway.config import Settings
@@ -124,6 +133,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(history.router)
     app.include_router(usage.router)
     app.include_router(jobs.router)
+    app.include_router(replays.router)
     app.include_router(
         health_router(
             {
