@@ -9,7 +9,14 @@ import asyncio
 
 import pytest
 
-from switchyard.common.events import ChatCompleted, ChatRequested, ClientAPI, UsageRecorded
+from switchyard.common.events import (
+    ChatCompleted,
+    ChatRequested,
+    ClientAPI,
+    TokenUsage,
+    UsageData,
+    UsageRecorded,
+)
 from switchyard.common.topics import Topics
 from switchyard.gateway.cache import cache_key, is_deterministic, normalised_body
 
@@ -299,3 +306,59 @@ def _answer(text: str):
         return [completed_reply(request, text)]
 
     return respond
+
+
+# -- budgets and rate limits -------------------------------------------------------------
+
+
+async def test_a_hit_counts_against_requests_per_minute_but_costs_nothing_against_budgets(
+    harness,
+):
+    from .test_governance import limited_auth
+
+    limited_auth(
+        harness, rpm_limit=3, max_parallel_requests=1, max_budget_usd=5.0, budget_period="30d"
+    )
+    history = await install(harness)
+    gateway = harness.app.state.gateway
+    miss = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert miss.status_code == 200, miss.text
+    assert miss.headers["x-switchyard-cache"] == "miss"
+    await async_wait_until(lambda: history.cache, timeout=5)
+    # Inference's usage event of the miss settles it (0.25 USD) and frees its slot.
+    await harness.bus.publish(
+        Topics(harness.settings.topic_prefix).usage,
+        UsageRecorded(
+            source="inference",
+            tenant="acme",
+            request_id=miss.headers["x-request-id"],
+            data=UsageData(
+                model="sim-small",
+                user_id="user-1",
+                api_key_id="key-1",
+                status="completed",
+                usage=TokenUsage(input_tokens=2, output_tokens=2),
+                cost_usd=0.25,
+            ),
+        ),
+        key=miss.headers["x-request-id"],
+    )
+    await async_wait_until(lambda: not gateway.admission._pending, timeout=5)
+
+    first_hit = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    # One request in progress at most: a hit holds no slot once answered.
+    second_hit = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    over = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+
+    assert [first_hit.status_code, second_hit.status_code] == [200, 200], second_hit.text
+    assert first_hit.headers["x-switchyard-cache"] == second_hit.headers["x-switchyard-cache"]
+    assert first_hit.headers["x-switchyard-cache"] == "hit"
+    assert first_hit.headers["x-ratelimit-remaining-requests"] == "1"
+    assert second_hit.headers["x-ratelimit-remaining-requests"] == "0"
+    assert over.status_code == 429  # hits are requests: the fourth is over 3 a minute
+    assert over.json()["error"]["code"] == "rate_limit_exceeded"
+    assert len(harness.requests) == 1
+    await gateway.admission.flush()
+    spend = await harness.client.get("/v1/spend", headers=AUTH)
+    [budget] = spend.json()["data"]
+    assert budget["spent_usd"] == 0.25  # the miss only: hits spend nothing

@@ -456,7 +456,11 @@ class ResponseCache:
         ticket = dispatch.cache
         assert ticket is not None and ticket.hit is not None
         hit = ticket.hit
-        headers = {"x-request-id": dispatch.request_id, **ticket.response_headers()}
+        headers = {
+            "x-request-id": dispatch.request_id,
+            **dispatch.rate_limit_headers(),
+            **ticket.response_headers(),
+        }
         dispatch.finished = True
         dispatch.observe(200)
         self._background(self._record_hit(dispatch, ticket, time.perf_counter()))
@@ -481,6 +485,7 @@ class ResponseCache:
             self._front.pop(ticket.key, None)
             fresh = await self.lookup(principal, ticket.key)
             saved = fresh.source_cost_usd if fresh is not None else None
+        team_id = dispatch.ticket.team_id if dispatch.ticket is not None else None
         now = utcnow()
         envelope = {
             "source": "gateway",
@@ -503,6 +508,7 @@ class ResponseCache:
                         stream=client.stream,
                         user_id=principal.user_id,
                         api_key_id=principal.api_key_id,
+                        team_id=team_id,
                         deadline=now,
                         reply_to=None,
                     ),

@@ -62,6 +62,8 @@ from switchyard.gateway.errors import (
     sse_error_event,
     vendor_of_api,
 )
+from switchyard.gateway.governance.admission import Refused, Ticket
+from switchyard.gateway.governance.refusals import admit_or_refuse
 from switchyard.gateway.replies import Reply
 from switchyard.gateway.request_id import request_id_of
 
@@ -168,6 +170,7 @@ class Dispatch:
     started: float = field(default_factory=time.perf_counter)
     deadline: float = 0.0
     finished: bool = False
+    ticket: Ticket | None = None
     # The response cache's part (cache.py): None unless the request opted in.
     cache: CacheTicket | None = None
     _queue: asyncio.Queue[Reply] | None = None
@@ -209,6 +212,21 @@ class Dispatch:
                 headers={"Retry-After": "1"},
             )
 
+        request_id = request_id_of(request.scope) or new_id()
+        try:
+            ticket = await admit_or_refuse(
+                gateway,
+                principal,
+                request_id,
+                model,
+                client.body,
+                api=client.api,
+                embeddings=client.api is ClientAPI.OPENAI_EMBEDDINGS,
+            )
+        except Refused as refused:
+            REJECTED.labels(refused.reason).inc()
+            raise
+
         dispatch = cls(
             gateway,
             request,
@@ -216,15 +234,25 @@ class Dispatch:
             model,
             principal.tenant,
             client.stream,
-            request_id=request_id_of(request.scope) or new_id(),
+            request_id=request_id,
         )
+        dispatch.ticket = ticket
         headers = forwarded_headers(request)
-        # The response cache: a hit is answered by `answer` without crossing the bus.
-        dispatch.cache = await gateway.cache.ticket(request, principal, client, headers)
+        # The response cache, after admission: a hit counts as a request against rate
+        # limits (requests per minute) but uses no tokens and costs nothing upstream, so
+        # its token, spend and parallel reservations go back at once. A hit is answered by
+        # `answer` without crossing the bus.
+        try:
+            dispatch.cache = await gateway.cache.ticket(request, principal, client, headers)
+        except BaseException:
+            ticket.cancel()
+            raise
         if dispatch.cache is not None and dispatch.cache.hit is not None:
+            ticket.settle(tokens=0, cost_usd=0.0)
             dispatch._closed = True  # nothing was opened
             return dispatch
         timeout_s = gateway.settings.request_timeout_s
+        ticket.attach(request_id, timeout_s)
         dispatch.deadline = dispatch.started + timeout_s
         dispatch._queue = gateway.pending.open(dispatch.request_id)
         gateway.in_flight += 1
@@ -241,6 +269,7 @@ class Dispatch:
                 stream=client.stream,
                 user_id=principal.user_id,
                 api_key_id=principal.api_key_id,
+                team_id=ticket.team_id,
                 deadline=utcnow() + timedelta(seconds=timeout_s),
                 reply_to=ReplyAddress(
                     partition=gateway.reply_partition, instance_id=gateway.settings.instance_id
@@ -253,11 +282,13 @@ class Dispatch:
             )
         except EventTooLargeError as exc:
             dispatch.close()
+            ticket.cancel()  # never published: its reservations go back
             REJECTED.labels("too_large_for_bus").inc()
             log.error("request too large for the event bus", error=str(exc))
             raise too_large_for_bus() from None
         except BusUnavailableError as exc:
             dispatch.close()
+            ticket.cancel()
             REJECTED.labels("bus_unavailable").inc()
             log.error("could not publish request", error=str(exc))
             raise APIError(
@@ -399,6 +430,7 @@ class Dispatch:
             return self.gateway.cache.answer(self)
         cache_headers = self.cache.response_headers() if self.cache is not None else {}
         streaming = False
+        limits = self.rate_limit_headers()
         try:
             first = await self.first()
             if not self.stream:
@@ -406,7 +438,7 @@ class Dispatch:
                 return Response(
                     orjson.dumps(completed.data.response),
                     media_type="application/json",
-                    headers={"x-request-id": self.request_id, **cache_headers},
+                    headers={"x-request-id": self.request_id, **limits, **cache_headers},
                 )
             streaming = True
             return StreamingResponse(
@@ -415,12 +447,23 @@ class Dispatch:
                 headers={
                     "x-request-id": self.request_id,
                     "cache-control": "no-cache",
+                    **limits,
                     **cache_headers,
                 },
             )
+        except ReplyFailed as failed:
+            failed.headers.update(limits)
+            raise
+        except APIError as error:
+            error.headers = {**(error.headers or {}), **limits}
+            raise
         finally:
             if not streaming:
                 self.close()
+
+    def rate_limit_headers(self) -> dict[str, str]:
+        """OpenAI's `x-ratelimit-*` headers, or Anthropic's `anthropic-ratelimit-*`."""
+        return self.ticket.headers_for(self.api) if self.ticket is not None else {}
 
     async def _relay(self, first: Reply) -> AsyncIterator[bytes]:
         try:

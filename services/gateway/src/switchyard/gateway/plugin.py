@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from switchyard.common.plugins import ServicePlugin
-from switchyard.gateway.config import Settings
+from pathlib import Path
+
+from switchyard.common.plugins import Migrations, ServicePlugin
+from switchyard.gateway.config import DatabaseSettings, Settings
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def _database_url() -> str:
+    return DatabaseSettings().database_url
 
 
 def _commands() -> list:
-    from switchyard.gateway.cli import replay_app
+    from switchyard.gateway.cli import spend
+    from switchyard.gateway.replay_cli import replay_app
 
-    return [replay_app]
+    return [spend, replay_app]
 
 
 service = ServicePlugin(
@@ -18,6 +27,11 @@ service = ServicePlugin(
     summary="The public OpenAI-compatible API.",
     settings=Settings,
     factory="switchyard.gateway.app:create_app",
-    start_order=90,
+    migrations=Migrations(
+        script_location=str(MIGRATIONS_DIR),
+        version_table="alembic_version_gateway",
+        database_url=_database_url,
+    ),
     commands=_commands,
+    start_order=90,
 )
