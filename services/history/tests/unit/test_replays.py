@@ -24,6 +24,7 @@ from switchyard.common.events import (
 )
 from switchyard.common.testing.infra import async_wait_until
 from switchyard.history.models import replay_items_table, replays_table
+from switchyard.history.replay_admission import AdmissionUnavailable, Admitted, Held
 from switchyard.history.replays import (
     ReplayError,
     ReplayRunner,
@@ -341,7 +342,8 @@ async def test_a_dead_runners_items_in_doubt_are_sent_once(service, events, infe
         engine, service.bus.publish, service.topics, runner_id="heir", recover_after_s=0
     )
     # The service's own runner is out, so the heir settles and completes it itself.
-    for _ in range(50):
+    deadline = asyncio.get_running_loop().time() + 30  # generous on a loaded machine
+    while asyncio.get_running_loop().time() < deadline:
         await runner.tick()
         await runner.settle()
         report = (
@@ -389,3 +391,75 @@ def test_output_text_and_similarity():
     assert similarity("abc", "abc") == 1.0
     assert similarity("abcd", "abce") == pytest.approx(0.75)
     assert similarity("", "xyz") == 0.0
+
+
+class ScriptedAdmission:
+    """The gateway's admission, faked: answers from `script` in order, then `then`."""
+
+    def __init__(self, script: list, then) -> None:
+        self.script = list(script)
+        self.then = then
+        self.asked: list[str] = []
+
+    async def admit(self, event: ChatRequested, timeout_s: float):
+        self.asked.append(event.request_id)
+        return self.script.pop(0) if self.script else self.then
+
+
+async def test_replayed_requests_wait_for_rate_limits_and_stop_at_a_used_up_budget(
+    service, events, inference
+):
+    await record_traffic(service, events, ["a", "b", "c"])
+    admitted = Admitted(team_id="team-9")
+    budget = Held("Budget of $1 for the key k1 is used up.", budget=True, retry_after_s=1)
+    admission = ScriptedAdmission(
+        [Held("Rate limit of 1 requests per minute.", budget=False, retry_after_s=0.5)]
+        + [admitted, admitted, budget],
+        then=admitted,
+    )
+    service.app.state.replay_runner._admission = admission
+    created = await replay(service, rate="100/s")
+
+    async def stopped():
+        report = (
+            await service.client.get(f"/v1/replays/{created['id']}", headers=service.headers())
+        ).json()
+        return report if report["status"] == "stopped" else None
+
+    report = await async_wait_until(stopped, timeout=20, message="the budget to stop it")
+    assert len(inference.requests) == 2  # the rate limit delayed the first, sent later
+    assert {request.data.team_id for request in inference.requests} == {"team-9"}
+    [held] = [pair for pair in report["data"] if pair["state"] == "pending"]
+    assert held["reason"] == budget.message and held["replay"] is None
+
+    # The budget reset: resuming sends the rest, none twice.
+    resumed = await service.client.post(
+        f"/v1/replays/{created['id']}/resume", headers=service.headers()
+    )
+    assert resumed.json()["status"] == "running"
+    done = await finished(service, created["id"])
+    ids = [request.request_id for request in inference.requests]
+    assert len(ids) == len(set(ids)) == 3
+    assert done["counts"]["settled"] == 3
+    assert all(pair["reason"] is None for pair in done["data"])
+
+
+async def test_replay_items_are_kept_when_limits_cannot_be_checked(service, events, inference):
+    await record_traffic(service, events, ["a"])
+
+    class Down:
+        async def admit(self, event, timeout_s):
+            raise AdmissionUnavailable("gateway unreachable")
+
+    service.app.state.replay_runner._admission = Down()
+    created = await replay(service, rate="100/s")
+    await asyncio.sleep(1.5)
+    report = (
+        await service.client.get(f"/v1/replays/{created['id']}", headers=service.headers())
+    ).json()
+    assert inference.requests == []
+    assert report["status"] == "running" and report["counts"]["pending"] == 1
+
+    service.app.state.replay_runner._admission = ScriptedAdmission([], then=Admitted(None))
+    done = await finished(service, created["id"])
+    assert done["counts"]["settled"] == 1 and len(inference.requests) == 1

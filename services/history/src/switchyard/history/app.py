@@ -34,6 +34,7 @@ from switchyard.history.api.routes import history_router
 from switchyard.history.api.usage import usage_router
 from switchyard.history.bootstrap import build_components
 from switchyard.history.config import Settings
+from switchyard.history.replay_admission import GatewayAdmission
 from switchyard.history.replays import ReplayRunner
 
 log = structlog.get_logger("switchyard.history")
@@ -92,12 +93,17 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             app.state.read_barrier = lambda: event_bus.caught_up(
                 settings.group, READ_AFTER_WRITE_WAIT_S
             )
+            admission = None
+            if settings.gateway_url:
+                admission = GatewayAdmission(settings.gateway_url, settings.internal_token)
+                stack.push_async_callback(admission.close)
             runner = ReplayRunner(
                 components.engine,
                 event_bus.publish,
                 topics,
                 runner_id=settings.instance_id,
                 request_timeout_s=settings.replay_request_timeout_s,
+                admission=admission,
             )
             app.state.replay_runner = runner
             for name, work in (

@@ -87,6 +87,12 @@ class Settings(ServiceSettings):
     replay_poll_interval_s: float = Field(
         default=0.5, gt=0, description="How often running replays are looked for."
     )
+    gateway_url: str = Field(
+        default="http://127.0.0.1:8000",
+        validation_alias=AliasChoices("SWITCHYARD_HISTORY_GATEWAY_URL", "SWITCHYARD_GATEWAY_URL"),
+        description="A gateway, which admits each replayed request against the budgets and "
+        "rate limits of whoever it is billed to; empty: replays are sent without admission.",
+    )
 
     @model_validator(mode="after")
     def _body_limit_holds_idempotency_responses(self) -> Settings:

@@ -13,8 +13,11 @@ it only with capacity interactive traffic leaves free), with the original's body
 provider headers, `model` replaced by the target, `stream` removed (nobody reads a batch
 stream), `replay_of` naming the original, no reply address, no webhook, and attributed to
 whoever created the replay (or, with `bill_to: original`, to the original's user, key and
-team). It goes to inference like any job and never through a gateway, so no
-Idempotency-Key is claimed and no webhook fires for it.
+team). Before it is published, a gateway admits it against the budgets and rate limits of
+that user and key (`replay_admission.py`): a rate limit pauses the replay until it allows
+more, a used-up budget stops it (resumed by its id), the item waiting with the limit's
+message as its reason. It goes to inference like any job, never through a gateway's
+request path, so no Idempotency-Key is claimed and no webhook fires for it.
 
 Never twice: an item goes `pending` -> `sending` (committed) -> published -> `sent`, and a
 runner only takes an item whose state it changed itself, so two runners never send the
@@ -75,6 +78,11 @@ from switchyard.history.models import (
 )
 from switchyard.history.privacy import REDACTED_MARKER
 from switchyard.history.queries import Caller
+from switchyard.history.replay_admission import (
+    AdmissionUnavailable,
+    Admitted,
+    GatewayAdmission,
+)
 
 log = structlog.get_logger("switchyard.history.replays")
 
@@ -595,8 +603,12 @@ class ReplayRunner:
         slice_s: float = 5.0,
         recover_after_s: float = 60.0,
         probe_timeout_s: float = 10.0,
+        admission: GatewayAdmission | None = None,
     ) -> None:
         self._engine = engine
+        self._admission = admission
+        # A replay held by a rate limit is not driven again before this (monotonic s).
+        self._not_before: dict[str, float] = {}
         self._publish = publish
         self._topics = topics
         self.runner_id = runner_id
@@ -683,6 +695,8 @@ class ReplayRunner:
     async def drive(self, replay) -> int:
         """Send the replay's items for one slice of time at its rate; returns how many."""
         replay_id = replay["replay_id"]
+        if self._not_before.get(replay_id, 0.0) > time.monotonic():
+            return 0
         await self._recover(replay)
         limiter = self._limiters.get(replay_id)
         if limiter is None:
@@ -709,11 +723,51 @@ class ReplayRunner:
                 continue
             if not await self._move(item, ReplayItemState.PENDING, ReplayItemState.SENDING):
                 continue  # another runner took it
+            if self._admission is not None:
+                event = await self._admit(replay, item, event)
+                if event is None:
+                    break
             # Any failure from here leaves the item in doubt, resolved by `_recover`.
             await self._publish(self._topics.requests_batch, event, key=event.request_id)
             await self._move(item, ReplayItemState.SENDING, ReplayItemState.SENT)
             sent += 1
         return sent
+
+    async def _admit(self, replay, item, event: ChatRequested) -> ChatRequested | None:
+        """The event with the team admission found, or None when a limit holds it back
+        (the item goes back to `pending` with the reason): a rate limit pauses this
+        replay until it allows more; a used-up budget stops it (resumed by its id).
+        Raises AdmissionUnavailable (the item back to `pending`) when limits cannot be
+        checked."""
+        assert self._admission is not None
+        try:
+            decision = await self._admission.admit(event, self.request_timeout_s)
+        except AdmissionUnavailable:
+            await self._move(item, ReplayItemState.SENDING, ReplayItemState.PENDING)
+            raise
+        if isinstance(decision, Admitted):
+            data = event.data.model_copy(update={"team_id": decision.team_id})
+            return event.model_copy(update={"data": data})
+        await self._move(
+            item, ReplayItemState.SENDING, ReplayItemState.PENDING, reason=decision.message
+        )
+        replay_id = replay["replay_id"]
+        if decision.budget:
+            log.info("replay stopped by a budget", replay_id=replay_id, reason=decision.message)
+            p = replays_table.c
+            async with self._engine.begin() as connection:
+                await connection.execute(
+                    update(replays_table)
+                    .where(
+                        p.replay_id == replay_id,
+                        p.status == ReplayStatus.RUNNING.value,
+                        p.runner == self.runner_id,
+                    )
+                    .values(status=ReplayStatus.STOPPED.value, updated_at=_now())
+                )
+        else:
+            self._not_before[replay_id] = time.monotonic() + decision.retry_after_s
+        return None
 
     async def _move(
         self, item, source: ReplayItemState, target: ReplayItemState, reason: str | None = None
@@ -722,6 +776,7 @@ class ReplayRunner:
         values: dict[str, Any] = {"state": target.value}
         if target is ReplayItemState.SENDING:
             values["attempted_at"] = _now()
+            values["reason"] = None  # a limit that held it back before no longer does
         if reason is not None:
             values["reason"] = reason
         async with self._engine.begin() as connection:
