@@ -83,6 +83,7 @@ def main() -> None:
                     "SWITCHYARD_ROUTING_FILE": str(routing),
                     "SWITCHYARD_AUTH_URL": f"http://127.0.0.1:{ports['auth']}",
                     "SWITCHYARD_HISTORY_URL": f"http://127.0.0.1:{ports['history']}",
+                    "SWITCHYARD_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",
                     "SWITCHYARD_LOG_LEVEL": "WARNING",
                 },
                 workdir=workdir,

@@ -15,7 +15,8 @@ import pytest
 
 from switchyard.common.testing.processes import free_port
 
-pytestmark = pytest.mark.e2e
+# Services start slowly on a loaded machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
