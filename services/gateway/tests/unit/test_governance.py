@@ -13,6 +13,7 @@ import pytest
 
 from switchyard.common.events import TokenUsage, UsageData, UsageRecorded
 from switchyard.common.governance import BudgetClock, FailureMode, Limits
+from switchyard.common.http import INTERNAL_TOKEN_HEADER
 from switchyard.common.pricing import Price, PriceTable
 from switchyard.gateway.governance.admission import Admission, Refused
 from switchyard.gateway.governance.ledger import MemoryLedger
@@ -393,3 +394,40 @@ async def test_usage_reports_carry_spend_against_each_budget(harness):
     [budget] = report.json()["budgets"]
     assert budget["level"] == "api_key" and budget["max_budget_usd"] == 5.0
     assert report.json()["object"] == "list"  # history's report itself is untouched
+
+
+async def test_requests_sent_by_other_services_are_admitted_against_the_same_limits(harness):
+    """History's replay runner asks the gateway before it sends a replayed request."""
+    limited_auth(harness, rpm_limit=1)
+    payload = {
+        "request_id": "a" * 32,
+        "tenant": "acme",
+        "user_id": "user-1",
+        "api_key_id": "key-1",
+        "api": "openai.chat_completions",
+        "model": "sim-small",
+        "body": CHAT,
+    }
+    internal = {INTERNAL_TOKEN_HEADER: harness.settings.internal_token}
+    anonymous = await harness.client.post("/internal/v1/admissions", json=payload)
+    assert anonymous.status_code == 401
+    bad = await harness.client.post(
+        "/internal/v1/admissions", json={**payload, "api": "nope"}, headers=internal
+    )
+    assert bad.status_code == 400
+    admitted = await harness.client.post("/internal/v1/admissions", json=payload, headers=internal)
+    assert admitted.status_code == 200, admitted.text
+    assert admitted.json() == {"team_id": None}
+    # The same key's next request, from a client or a replay, is over the limit.
+    refused = await harness.client.post(
+        "/internal/v1/admissions", json={**payload, "request_id": "b" * 32}, headers=internal
+    )
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(refused.headers["retry-after"]) >= 1
+    client = await harness.client.post(
+        "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert client.status_code == 429
+    paths = (await harness.client.get("/openapi.json")).json()["paths"]
+    assert "/internal/v1/admissions" not in paths

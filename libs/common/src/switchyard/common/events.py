@@ -262,6 +262,12 @@ class UsageData(Contract):
     cache_hit: bool = Field(
         default=False, description="Answered from Switchyard's response cache (no upstream)."
     )
+    saved_cost_usd: float = Field(
+        default=0,
+        ge=0,
+        description="For a cache hit: what the reused answer cost when it was made (USD), "
+        "i.e. what the hit saved. 0 otherwise.",
+    )
     replay_of: str | None = Field(default=None, description="Original request, for a replay.")
 
 

@@ -30,16 +30,20 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(
         "requests.batch",
         6,
-        "Model requests from the jobs API and replays (lower priority lane).",
-        ("chat.requested",),
-        ("gateway",),
+        "Model requests from the jobs API and replays (lower priority lane). History's "
+        "replay runner publishes the replayed requests, and `chat.cancel_requested` probes "
+        "(reason `replay_probe`) that inference ignores.",
+        ("chat.requested", "chat.cancel_requested"),
+        ("gateway", "history"),
     ),
     TopicSpec(
         "replies",
         12,
         "Replies and stream chunks, partitioned by the gateway replica waiting for them; "
-        "also the terminal state of requests nobody waits for (jobs).",
-        ("chat.chunk", "chat.completed", "chat.failed"),
+        "also the terminal state of requests nobody waits for (jobs), and the request and "
+        "reply of a request the gateway answered from its response cache (never on the "
+        "request topics, which are inference's work).",
+        ("chat.chunk", "chat.completed", "chat.failed", "chat.requested"),
         ("inference", "gateway"),
     ),
     TopicSpec(

@@ -21,8 +21,10 @@ from switchyard.gateway.api import (
     jobs,
     messages,
     models,
+    replays,
     usage,
 )
+from switchyard.gateway.api.admissions import admissions_router
 from switchyard.gateway.api.body import install_openapi_models
 from switchyard.gateway.bootstrap import Gateway, build_gateway
 from switchyard.gateway.config import Settings
@@ -173,6 +175,8 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(history.router)
     app.include_router(usage.router)
     app.include_router(jobs.router)
+    app.include_router(replays.router)
+    app.include_router(admissions_router(settings.internal_token))
     app.include_router(admin.router)
     admin.install_auth_routes(app)
     app.include_router(

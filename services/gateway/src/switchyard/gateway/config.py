@@ -209,6 +209,36 @@ class Settings(ServiceSettings):
         "console for circuit-breaker states (unreachable ones show as unknown).",
     )
 
+    cache_default_ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long a cached answer is reused when neither the request nor the "
+        "tenant says.",
+    )
+    cache_max_ttl_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        le=7 * 86_400,
+        description="Longest time to live a request or tenant may ask for a cached answer.",
+    )
+    cache_local_ttl_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long a replica serves a cached answer from memory before asking "
+        "the shared store again (a purge reaches every replica within this).",
+    )
+    cache_local_max_bytes: int = Field(
+        default=64 * MIB, ge=0, description="Memory for cached answers per gateway process."
+    )
+    cache_settings_ttl_s: float = Field(
+        default=10.0, gt=0, description="How long a tenant's cache settings are trusted."
+    )
+    cache_lookup_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="A lookup in the shared store taking longer is answered as a miss.",
+    )
+
     @field_validator(
         "cors_allow_origins",
         "cors_allow_methods",

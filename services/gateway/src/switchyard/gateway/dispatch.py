@@ -53,6 +53,7 @@ from switchyard.common.events import (
 from switchyard.gateway.api.body import ClientRequest
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
+from switchyard.gateway.cache import CacheTicket
 from switchyard.gateway.errors import (
     ClientDisconnected,
     ReplyFailed,
@@ -172,6 +173,8 @@ class Dispatch:
     deadline: float = 0.0
     finished: bool = False
     ticket: Ticket | None = None
+    # The response cache's part (cache.py): None unless the request opted in.
+    cache: CacheTicket | None = None
     _queue: asyncio.Queue[Reply] | None = None
     _closed: bool = False
 
@@ -236,6 +239,20 @@ class Dispatch:
             request_id=request_id,
         )
         dispatch.ticket = ticket
+        headers = forwarded_headers(request)
+        # The response cache, after admission: a hit counts as a request against rate
+        # limits (requests per minute) but uses no tokens and costs nothing upstream, so
+        # its token, spend and parallel reservations go back at once. A hit is answered by
+        # `answer` without crossing the bus.
+        try:
+            dispatch.cache = await gateway.cache.ticket(request, principal, client, headers)
+        except BaseException:
+            ticket.cancel()
+            raise
+        if dispatch.cache is not None and dispatch.cache.hit is not None:
+            ticket.settle(tokens=0, cost_usd=0.0)
+            dispatch._closed = True  # nothing was opened
+            return dispatch
         timeout_s = gateway.settings.request_timeout_s
         ticket.attach(request_id, timeout_s)
         dispatch.deadline = dispatch.started + timeout_s
@@ -250,7 +267,7 @@ class Dispatch:
                 api=client.api,
                 model=model,
                 body=client.body,
-                headers=forwarded_headers(request),
+                headers=headers,
                 stream=client.stream,
                 user_id=principal.user_id,
                 api_key_id=principal.api_key_id,
@@ -267,6 +284,7 @@ class Dispatch:
             )
         except EventTooLargeError as exc:
             dispatch.close()
+            ticket.cancel()  # never published: its reservations go back
             REJECTED.labels("too_large_for_bus").inc()
             log.error("request too large for the event bus", error=str(exc))
             raise too_large_for_bus() from None
@@ -347,6 +365,8 @@ class Dispatch:
         self.observe(200)
         added = time.perf_counter() - self.started - reply.data.latency_ms / 1000
         ADDED_SECONDS.labels(self.api.value, self.model).observe(max(0.0, added))
+        if self.cache is not None:
+            self.gateway.cache.completed(self, reply)
         return reply
 
     async def sse(self, first: Reply) -> AsyncIterator[bytes]:
@@ -380,6 +400,8 @@ class Dispatch:
                     while next_sequence in early:
                         record = early.pop(next_sequence)
                         next_sequence += 1
+                        if self.cache is not None:
+                            self.cache.collect(record.data.events)
                         yield b"".join([sse_event(event) for event in record.data.events])
             else:
                 self.finished = True
@@ -392,8 +414,11 @@ class Dispatch:
                         yield b"".join([sse_event(event) for event in early[sequence].data.events])
                 if isinstance(reply, ChatFailed):
                     yield sse_error_event(self.vendor, reply.data.error)
-                elif self.api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
-                    yield DONE
+                else:
+                    if self.api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
+                        yield DONE
+                    if self.cache is not None and not early and isinstance(reply, ChatCompleted):
+                        self.gateway.cache.completed(self, reply)
                 return
             reply = None
 
@@ -403,13 +428,16 @@ class Dispatch:
         """The HTTP answer: the reply's `response` as JSON, or the stream as Server-Sent
         Events. The dispatch is closed once the answer is complete, or when the client
         goes away. Raises ReplyFailed when the request failed before any of the answer."""
+        if self.cache is not None and self.cache.hit is not None:
+            return self.gateway.cache.answer(self)
+        cache_headers = self.cache.response_headers() if self.cache is not None else {}
         streaming = False
         limits = self.rate_limit_headers()
         try:
             first = await self.first()
             if not self.stream:
                 completed = await self.completion(first)
-                headers = {"x-request-id": self.request_id, **limits}
+                headers = {"x-request-id": self.request_id, **limits, **cache_headers}
                 if self.api is ClientAPI.ANTHROPIC_COUNT_TOKENS:
                     # No upstream API: inference estimated the count itself.
                     exact = completed.data.upstream_api is not None
@@ -423,7 +451,12 @@ class Dispatch:
             return StreamingResponse(
                 self._relay(first),
                 media_type="text/event-stream",
-                headers={"x-request-id": self.request_id, "cache-control": "no-cache", **limits},
+                headers={
+                    "x-request-id": self.request_id,
+                    "cache-control": "no-cache",
+                    **limits,
+                    **cache_headers,
+                },
             )
         except ReplyFailed as failed:
             failed.headers.update(limits)

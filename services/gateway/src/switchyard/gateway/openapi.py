@@ -111,6 +111,13 @@ ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "PUT /v1/history/settings": (400, 403),
     "GET /v1/usage": (),
     "GET /v1/spend": (),
+    # Replays: bad selection or rate (400), an unknown target model (404); stopping or
+    # resuming a completed replay (409).
+    "POST /v1/replays": (400, 403, 404),
+    "GET /v1/replays": (),
+    "GET /v1/replays/{replay_id}": (404,),
+    "POST /v1/replays/{replay_id}/stop": (404, 409),
+    "POST /v1/replays/{replay_id}/resume": (404, 409),
     # Forwarded to auth, which answers for them: its refusals (bad input, scope, unknown
     # ids, conflicts, sign-in limits) come back unchanged.
     **{f"{method} {path}": (400, 401, 403, 404, 409, 429) for method, path, _, _ in AUTH_ROUTES},

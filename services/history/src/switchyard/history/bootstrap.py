@@ -14,10 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.db import create_engine
 from switchyard.common.egress import TargetPolicy, parse_networks
+from switchyard.history.cache import CacheStore
 from switchyard.history.config import Settings
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import IdempotencyStore
 from switchyard.history.queries import HistoryQueries
+from switchyard.history.replays import ReplayStore
 from switchyard.history.sweeper import Sweeper
 from switchyard.history.tenants import TenantSettingsStore
 from switchyard.history.webhooks import WebhookDispatcher, WebhookPolicy
@@ -34,6 +36,8 @@ class HistoryComponents:
     idempotency: IdempotencyStore
     webhooks: WebhookDispatcher
     sweeper: Sweeper
+    cache: CacheStore
+    replays: ReplayStore
 
     async def database_ready(self) -> bool:
         try:
@@ -63,7 +67,10 @@ def build_components(settings: Settings) -> HistoryComponents:
     recorder.max_batch = settings.max_batch
     tenants = TenantSettingsStore(engine)
     idempotency = IdempotencyStore(engine)
+    cache = CacheStore(engine)
     return HistoryComponents(
+        cache=cache,
+        replays=ReplayStore(engine, max_requests=settings.replay_max_requests),
         engine=engine,
         recorder=recorder,
         queries=HistoryQueries(engine),
@@ -88,5 +95,6 @@ def build_components(settings: Settings) -> HistoryComponents:
             grace=timedelta(seconds=settings.expiry_grace_s),
             retention_days=settings.retention_days,
             purge_interval_s=settings.purge_interval_s,
+            cache=cache,
         ),
     )

@@ -7,6 +7,8 @@ the history database named by the settings (`SWITCHYARD_HISTORY_DATABASE_URL` or
     switchyard retention purge --older-than 30d [--tenant acme] [--dry-run]
     switchyard tenant-settings show --tenant acme
     switchyard tenant-settings set --tenant acme --metadata-only --retention-days 30
+    switchyard tenant-settings set --tenant acme --cache --cache-ttl 3600
+    switchyard cache purge [--tenant acme] [--model m] [--expired]
 
 Errors an operator can fix (bad dates, unreachable database, tables not migrated) print
 one line to stderr and exit with status 1, without a traceback.
@@ -47,6 +49,9 @@ T = TypeVar("T")
 usage_app = typer.Typer(name="usage", help="Usage reports from the history.", no_args_is_help=True)
 retention_app = typer.Typer(
     name="retention", help="Delete old history (retention).", no_args_is_help=True
+)
+cache_app = typer.Typer(
+    name="cache", help="The gateways' response cache (shared store).", no_args_is_help=True
 )
 tenant_settings_app = typer.Typer(
     name="tenant-settings",
@@ -246,6 +251,16 @@ def tenant_settings_set(
         bool, typer.Option(help="Use the service-wide retention again.")
     ] = False,
     rotate_webhook_secret: Annotated[bool, typer.Option(help="New webhook secret.")] = False,
+    cache: Annotated[
+        bool | None,
+        typer.Option(
+            "--cache/--no-cache",
+            help="Answer repeated deterministic requests from the response cache.",
+        ),
+    ] = None,
+    cache_ttl: Annotated[
+        int | None, typer.Option(min=1, help="How long cached answers are reused (seconds).")
+    ] = None,
 ) -> None:
     """Change a tenant's settings; the others keep their values."""
     retention: Any = UNSET
@@ -259,6 +274,24 @@ def tenant_settings_set(
             store_content=None if metadata_only is None else not metadata_only,
             retention_days=retention,
             rotate_webhook_secret=rotate_webhook_secret,
+            cache_enabled=cache,
+            cache_ttl_s=UNSET if cache_ttl is None else cache_ttl,
         )
     )
     typer.echo(json.dumps(settings.public(include_secret=True), default=str, indent=2))
+
+
+@cache_app.command("purge")
+def cache_purge(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's answers.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only answers of this model.")] = None,
+    expired: Annotated[bool, typer.Option("--expired", help="Only expired answers.")] = False,
+) -> None:
+    """Delete cached answers (every gateway stops serving them within
+    SWITCHYARD_GATEWAY_CACHE_LOCAL_TTL_S)."""
+    from switchyard.history.cache import CacheStore
+
+    count = _run(
+        lambda engine: CacheStore(engine).purge(tenant=tenant, model=model, expired_only=expired)
+    )
+    typer.echo(f"deleted {count} cached answer(s)")

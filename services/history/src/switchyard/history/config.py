@@ -75,6 +75,25 @@ class Settings(ServiceSettings):
         description="Largest response stored to replay for an Idempotency-Key.",
     )
 
+    replay_max_requests: int = Field(
+        default=10_000,
+        ge=1,
+        le=100_000,
+        description="Most requests one replay may select without a limit or sample.",
+    )
+    replay_request_timeout_s: float = Field(
+        default=3600.0, gt=0, description="Deadline of each replayed request (batch lane)."
+    )
+    replay_poll_interval_s: float = Field(
+        default=0.5, gt=0, description="How often running replays are looked for."
+    )
+    gateway_url: str = Field(
+        default="http://127.0.0.1:8000",
+        validation_alias=AliasChoices("SWITCHYARD_HISTORY_GATEWAY_URL", "SWITCHYARD_GATEWAY_URL"),
+        description="A gateway, which admits each replayed request against the budgets and "
+        "rate limits of whoever it is billed to; empty: replays are sent without admission.",
+    )
+
     @model_validator(mode="after")
     def _body_limit_holds_idempotency_responses(self) -> Settings:
         needed = (self.idempotency_max_body_bytes + 2) // 3 * 4 + 4096

@@ -16,6 +16,9 @@
 - `history_usage_hourly`, `history_usage_hourly_models`, `history_usage_dirty`: the usage
   rollup per tenant and hour (by user, API key and model; and by model only), and the hours
   waiting to be recomputed (rollup.py).
+- `history_cache_entries`: the gateways' exact-match response cache, per tenant (cache.py).
+- `history_replays`, `history_replay_items`: replays of recorded traffic against another
+  model, and each selected request's progress (replays.py).
 
 Timestamps are timezone-aware UTC on both PostgreSQL and SQLite; the projection's JSON
 columns are JSONB on PostgreSQL, event payloads plain JSON (kept as received). The Alembic
@@ -147,6 +150,12 @@ class HistoryRequest(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deadline: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Answered from the gateways' response cache (no upstream call), and what the answer
+    # it reused had cost (migration 0004).
+    cache_hit: Mapped[bool | None] = mapped_column(Boolean)
+    saved_cost_usd: Mapped[float | None] = mapped_column(Float)
+    # For a replayed request: the recorded request it replays.
+    replay_of: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         # A user's history, newest first (the history page); request_id breaks ties the
@@ -246,6 +255,10 @@ class TenantSettings(Base):
     retention_days: Mapped[int | None] = mapped_column(Integer)
     webhook_secret: Mapped[str | None] = mapped_column(String(128))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The response cache for every request of the tenant (NULL: off, requests may still
+    # opt in with a header), and how long its entries live (NULL: the service default).
+    cache_enabled: Mapped[bool | None] = mapped_column(Boolean)
+    cache_ttl_s: Mapped[int | None] = mapped_column(Integer)
 
 
 class IdempotencyState(StrEnum):
@@ -296,6 +309,8 @@ class UsageHourly(Base):
     cache_creation_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd: Mapped[float] = mapped_column(Float)
+    cache_hits: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_saved_usd: Mapped[float] = mapped_column(Float, server_default="0")
 
     __table_args__ = (
         Index("ix_history_usage_hourly_hour", "hour"),
@@ -322,6 +337,8 @@ class UsageHourlyModels(Base):
     cache_creation_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd: Mapped[float] = mapped_column(Float)
+    cache_hits: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_saved_usd: Mapped[float] = mapped_column(Float, server_default="0")
 
     __table_args__ = (Index("ix_history_usage_hourly_models_hour", "hour"),)
 
@@ -338,6 +355,87 @@ class UsageDirty(Base):
     __table_args__ = (Index("ix_history_usage_dirty_hour", "hour"),)
 
 
+class CacheEntry(Base):
+    """One answer of the response cache: the reply (and, for a streamed request, its
+    stream events) to the request whose normalised body hashes to `key`, for one tenant."""
+
+    __tablename__ = "history_cache_entries"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    api: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(256))
+    response: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    stream_events: Mapped[list[Any] | None] = mapped_column(JSONDocument)
+    source_request_id: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class ReplayStatus(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    COMPLETED = "completed"
+
+
+class Replay(Base):
+    """A replay of recorded requests against another model (replays.py)."""
+
+    __tablename__ = "history_replays"
+
+    replay_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(String(128))
+    api_key_id: Mapped[str | None] = mapped_column(String(128))
+    to_model: Mapped[str] = mapped_column(String(256))
+    selection: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    rate_count: Mapped[int] = mapped_column(Integer)
+    rate_period_s: Mapped[float] = mapped_column(Float)
+    bill_to: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    total: Mapped[int] = mapped_column(Integer)
+    runner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_history_replays_tenant_created", "tenant", created_at.desc()),
+        Index("ix_history_replays_status", "status"),
+    )
+
+
+class ReplayItemState(StrEnum):
+    PENDING = "pending"
+    # Being published: a runner that died here left it in doubt (replays.py resolves it).
+    SENDING = "sending"
+    SENT = "sent"
+    # Its replay reached a terminal state and the pair was compared.
+    SETTLED = "settled"
+    NOT_REPLAYABLE = "not_replayable"
+
+
+class ReplayItem(Base):
+    """One selected request of a replay and its replayed counterpart."""
+
+    __tablename__ = "history_replay_items"
+
+    replay_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    original_request_id: Mapped[str] = mapped_column(String(64))
+    replay_request_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    exact_match: Mapped[bool | None] = mapped_column(Boolean)
+    similarity: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_history_replay_items_state", "replay_id", "state", "position"),)
+
+
 events_table = HistoryEvent.__table__
 requests_table = HistoryRequest.__table__
 webhooks_table = HistoryWebhook.__table__
@@ -346,3 +444,6 @@ idempotency_table = IdempotencyKey.__table__
 usage_hourly_table = UsageHourly.__table__
 usage_hourly_models_table = UsageHourlyModels.__table__
 usage_dirty_table = UsageDirty.__table__
+cache_entries_table = CacheEntry.__table__
+replays_table = Replay.__table__
+replay_items_table = ReplayItem.__table__

@@ -11,7 +11,9 @@ independent of the order contributions are applied in:
 - the status leaves 'pending' once, to the first terminal status applied; the reply,
   error and completion time travel with that status and are never overwritten;
 - tokens (input, output, cache read and written, reasoning), cost and latency come from
-  `usage.recorded` when it is there, otherwise from the reply.
+  `usage.recorded` when it is there, otherwise from the reply; so do `cache_hit` and
+  `saved_cost_usd` (a request answered from the response cache), while `replay_of` (a
+  replayed request) comes with the request.
 
 Events are version 2 (`decode_event` upgrades version 1 ones): `api` is a `ClientAPI`
 value, the body and the reply are in that API's shapes.
@@ -75,6 +77,7 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
             priority=data.priority.value,
             request_body=redact_request_body(data.body) if redact else data.body,
             deadline=data.deadline,
+            replay_of=data.replay_of,
         )
     elif isinstance(event, ChatCompleted):
         data = event.data
@@ -109,6 +112,8 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
             **_tokens(data.usage),
             cost_usd=data.cost_usd,
             latency_ms=data.latency_ms,
+            cache_hit=data.cache_hit,
+            saved_cost_usd=data.saved_cost_usd,
         )
     else:
         return None
@@ -141,6 +146,7 @@ MERGE_RULES: dict[str, tuple[str, str | None]] = {
             "priority",
             "request_body",
             "deadline",
+            "replay_of",
         )
     },
     "created_at": ("replace", REQUEST_ARRIVES),
@@ -152,7 +158,10 @@ MERGE_RULES: dict[str, tuple[str, str | None]] = {
     "provider": ("prefer_new", TERMINAL_ARRIVES),
     "deployment": ("prefer_new", TERMINAL_ARRIVES),
     "upstream_api": ("prefer_new", TERMINAL_ARRIVES),
-    **{name: ("prefer_new", USAGE_ARRIVES) for name in (*TOKEN_COLUMNS, "cost_usd", "latency_ms")},
+    **{
+        name: ("prefer_new", USAGE_ARRIVES)
+        for name in (*TOKEN_COLUMNS, "cost_usd", "latency_ms", "cache_hit", "saved_cost_usd")
+    },
 }
 
 

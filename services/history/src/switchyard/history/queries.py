@@ -123,6 +123,8 @@ class UsageRow:
     cache_creation_input_tokens: int = 0
     reasoning_tokens: int = 0
     cost_usd: float = 0.0
+    cache_hits: int = 0
+    cache_saved_usd: float = 0.0
 
 
 class HistoryQueries:
@@ -333,6 +335,8 @@ def _merged_usage(rows, report: UsageQuery) -> list[UsageRow]:
         for name in rollup.TOKEN_SUMS:
             setattr(total, name, getattr(total, name) + int(values[name] or 0))
         total.cost_usd += float(values["cost_usd"] or 0.0)
+        total.cache_hits += int(values["cache_hits"] or 0)
+        total.cache_saved_usd += float(values["cache_saved_usd"] or 0.0)
 
     def order(key: tuple) -> tuple:
         return tuple((value is None, value if value is not None else "") for value in key)

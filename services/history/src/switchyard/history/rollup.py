@@ -50,9 +50,17 @@ METRIC_COLUMNS = (
     "cache_creation_input_tokens",
     "reasoning_tokens",
     "cost_usd",
+    "cache_hits",
+    "cache_saved_usd",
 )
 # Token columns summed as they are (NULL, on requests recorded before they existed, as 0).
-TOKEN_SUMS = METRIC_COLUMNS[4:-1]
+TOKEN_SUMS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "reasoning_tokens",
+)
 # Dimensions as rollup columns; NULL is stored as '' (part of the primary key).
 ROLLUP_DIMENSIONS = ("user_id", "api_key_id", "model")
 
@@ -105,6 +113,9 @@ def request_aggregates() -> list:
         counting(RequestStatus.CANCELLED.value).label("cancelled"),
         *[func.coalesce(func.sum(r[name]), 0).label(name) for name in TOKEN_SUMS],
         func.coalesce(func.sum(r.cost_usd), 0.0).label("cost_usd"),
+        # Answered from the response cache, and what those answers had cost to make.
+        func.sum(case((r.cache_hit.is_(True), 1), else_=0)).label("cache_hits"),
+        func.coalesce(func.sum(r.saved_cost_usd), 0.0).label("cache_saved_usd"),
     ]
 
 

@@ -1,6 +1,6 @@
 """Background upkeep of the history store: expiring requests nobody answered, bringing
 the usage rollup up to date, purging what is older than its retention, and forgetting
-expired Idempotency-Keys.
+expired Idempotency-Keys and response cache entries.
 
 Expiry: a request still `pending` after its deadline plus a grace period
 (`SWITCHYARD_HISTORY_EXPIRY_GRACE_S`) will get no reply any more (inference publishes an
@@ -28,6 +28,7 @@ from sqlalchemy import delete, exists, func, not_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.history import rollup
+from switchyard.history.cache import CacheStore
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import IdempotencyStore
 from switchyard.history.jobs import expiry_event
@@ -216,7 +217,9 @@ class Sweeper:
         retention_days: int | None,
         purge_interval_s: float,
         rollup_settle: timedelta = timedelta(seconds=10),
+        cache: CacheStore | None = None,
     ) -> None:
+        self.cache = cache
         self.engine = engine
         self.recorder = recorder
         self.tenants = tenants
@@ -238,12 +241,14 @@ class Sweeper:
             self._last_purge = loop.time()
             purged = await purge_by_retention(self.engine, self.tenants, self.retention_days)
             keys = await self.idempotency.purge_expired()
-            if purged.requests or purged.events or keys:
+            answers = await self.cache.purge(expired_only=True) if self.cache else 0
+            if purged.requests or purged.events or keys or answers:
                 log.info(
                     "retention purge",
                     requests=purged.requests,
                     events=purged.events,
                     idempotency_keys=keys,
+                    cache_entries=answers,
                 )
 
     async def run(self, interval_s: float) -> None:

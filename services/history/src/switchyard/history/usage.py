@@ -2,7 +2,9 @@
 hour) and any of model, user and API key (and tenant, for operators), as JSON or CSV.
 Tokens are input and output tokens, with the parts of the input read from and written to
 the provider's prompt cache and the part of the output spent on reasoning (these three
-columns come last in CSV, so readers of the earlier columns are unaffected).
+columns come last in CSV, so readers of the earlier columns are unaffected), and then
+the requests answered from the response cache (`cache_hits`) with what those answers had
+cost when they were made (`cache_saved_usd`, the saving).
 Served by `GET /v1/usage` and printed by `switchyard usage report`; aggregated in SQL
 (`HistoryQueries.usage`), so a report over a million requests costs one indexed query."""
 
@@ -32,6 +34,8 @@ METRICS = (
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
     "reasoning_tokens",
+    "cache_hits",
+    "cache_saved_usd",
 )
 
 
@@ -110,6 +114,8 @@ def row_dict(
         cache_read_input_tokens=row.cache_read_input_tokens,
         cache_creation_input_tokens=row.cache_creation_input_tokens,
         reasoning_tokens=row.reasoning_tokens,
+        cache_hits=row.cache_hits,
+        cache_saved_usd=round(row.cache_saved_usd, 8),
     )
     return data
 
@@ -123,6 +129,7 @@ def report_json(
         for metric in METRICS:
             totals[metric] += item[metric]
     totals["cost_usd"] = round(totals["cost_usd"], 8)
+    totals["cache_saved_usd"] = round(totals["cache_saved_usd"], 8)
     return {
         "object": "usage.report",
         "since": isoformat_z(query.since),

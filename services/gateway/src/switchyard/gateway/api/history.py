@@ -136,7 +136,8 @@ async def put_settings(
 ) -> Response:
     """Body: `store_content` (false: metadata only, no prompt or completion text),
     `retention_days`, `clear_retention`, `rotate_webhook_secret` (needs the `admin`
-    scope). Needs the `history:write` scope."""
+    scope), `cache_enabled` and `cache_ttl_s` (the response cache for every request of
+    the tenant). Needs the `history:write` scope."""
     changes = parse_json_object(await request.body())
     if changes.get("rotate_webhook_secret") and scopes.ADMIN not in principal.scopes:
         raise insufficient_scope(scopes.ADMIN)

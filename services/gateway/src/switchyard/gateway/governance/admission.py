@@ -232,6 +232,13 @@ class Ticket:
         if self.admission is not None and not self.settled:
             self.admission._undo(self)
 
+    def settle(self, *, tokens: float, cost_usd: float) -> None:
+        """The request ended here without a usage event to wait for (a response cache
+        hit): settle its reservations with `tokens` used and `cost_usd` spent (USD); the
+        request itself stays counted against requests-per-minute limits."""
+        if self.admission is not None and not self.settled:
+            self.admission._settle(self, {"tokens": tokens, "spend": cost_usd, "parallel": 0.0})
+
     def openai_headers(self) -> dict[str, str]:
         """`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (OpenAI's)."""
         headers: dict[str, str] = {}
@@ -601,13 +608,19 @@ class Admission:
         ticket = self._pending.pop(event.request_id, None)
         if ticket is None or ticket.settled:
             return
-        ticket.settled = True
         usage = event.data.usage
         used = {
             "tokens": float(usage.input_tokens + usage.output_tokens),
             "spend": float(event.data.cost_usd),
             "parallel": 0.0,
         }
+        self._settle(ticket, used)
+
+    def _settle(self, ticket: Ticket, used: dict[str, float]) -> None:
+        """Settle `ticket` with what it used, by kind (`tokens`, `spend`, `parallel`)."""
+        ticket.settled = True
+        if ticket.request_id is not None:
+            self._pending.pop(ticket.request_id, None)
         for reservation in ticket.reservations:
             spent = used[reservation.kind]
             counter = (reservation.scope, reservation.kind)

@@ -34,6 +34,14 @@ class TenantSettingsBody(BaseModel):
     rotate_webhook_secret: bool = Field(
         default=False, description="Replace the secret job webhooks are signed with."
     )
+    cache_enabled: bool | None = Field(
+        default=None,
+        description="Answer repeated deterministic requests of the tenant from the response "
+        "cache (requests may still opt out with `X-Switchyard-Cache: off`).",
+    )
+    cache_ttl_s: int | None = Field(
+        default=None, ge=1, le=7 * 86_400, description="How long cached answers are reused."
+    )
 
 
 def _require_admin(caller: Caller) -> None:
@@ -114,7 +122,10 @@ def history_router(internal_token: str) -> APIRouter:
         changes: dict = {
             "store_content": body.store_content,
             "rotate_webhook_secret": body.rotate_webhook_secret,
+            "cache_enabled": body.cache_enabled,
         }
+        if body.cache_ttl_s is not None:
+            changes["cache_ttl_s"] = body.cache_ttl_s
         if body.clear_retention:
             changes["retention_days"] = None
         elif body.retention_days is not None:

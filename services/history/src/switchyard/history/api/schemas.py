@@ -73,6 +73,12 @@ class HistoryItem(BaseModel):
     deployment: str | None
     api_key_id: str | None
     user_id: str | None
+    cache_hit: bool = Field(
+        default=False, description="Answered from the response cache (no upstream call)."
+    )
+    replay_of: str | None = Field(
+        default=None, description="For a replayed request: the recorded request it replays."
+    )
 
 
 class HistoryList(BaseModel):
@@ -102,4 +108,6 @@ def history_item(row: dict[str, Any]) -> HistoryItem:
         deployment=row["deployment"],
         api_key_id=row["api_key_id"],
         user_id=row["user_id"],
+        cache_hit=bool(row.get("cache_hit")),
+        replay_of=row.get("replay_of"),
     )
