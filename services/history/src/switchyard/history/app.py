@@ -1,7 +1,7 @@
 """The history service application: consumes requests, replies, usage and auth events
-into the database; serves `/v1/history`, `/v1/usage`, `/v1/jobs` and the Idempotency-Key
-store to the gateway; and runs the expiry sweeper, the retention purge and the job
-webhook deliveries in the background.
+into the database; serves `/v1/history`, `/v1/usage`, `/v1/jobs`, the Responses API state
+(`/v1/responses`) and the Idempotency-Key store to the gateway; and runs the expiry
+sweeper, the retention purge and the job webhook deliveries in the background.
 
 `create_app(settings, bus)`: with `bus=None` the app creates, starts and stops the bus its
 settings ask for; in embedded mode it joins the shared in-memory bus it is given.
@@ -27,6 +27,7 @@ from switchyard.common.topics import Topics
 from switchyard.history.api.internal import idempotency_router
 from switchyard.history.api.jobs import jobs_router
 from switchyard.history.api.performance import performance_router
+from switchyard.history.api.responses import responses_router
 from switchyard.history.api.routes import history_router
 from switchyard.history.api.usage import usage_router
 from switchyard.history.bootstrap import build_components
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(usage_router(settings.internal_token))
     app.include_router(performance_router(settings.internal_token))
     app.include_router(jobs_router(settings.internal_token))
+    app.include_router(responses_router(settings.internal_token))
     app.include_router(
         idempotency_router(settings.internal_token, settings.idempotency_max_body_bytes)
     )
