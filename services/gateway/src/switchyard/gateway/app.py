@@ -13,7 +13,16 @@ from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.docs import install_docs
 from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
 from switchyard.common.metrics import metrics_router
-from switchyard.gateway.api import chat, embeddings, history, jobs, messages, models, usage
+from switchyard.gateway.api import (
+    chat,
+    embeddings,
+    history,
+    jobs,
+    messages,
+    models,
+    responses,
+    usage,
+)
 from switchyard.gateway.api.body import install_openapi_models
 from switchyard.gateway.bootstrap import Gateway, build_gateway
 from switchyard.gateway.config import Settings
@@ -30,6 +39,7 @@ from switchyard.gateway.schemas import (
     ChatCompletionRequest,
     EmbeddingsRequest,
     JobRequest,
+    ResponsesRequest,
 )
 
 log = structlog.get_logger("switchyard.gateway")
@@ -108,7 +118,12 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     )
     app.state.gateway = gateway
     install_openapi_models(
-        app, ChatCompletionRequest, AnthropicMessagesRequest, EmbeddingsRequest, JobRequest
+        app,
+        ChatCompletionRequest,
+        AnthropicMessagesRequest,
+        EmbeddingsRequest,
+        ResponsesRequest,
+        JobRequest,
     )
     install_api_error_handlers(app)
     # Inside the body limit: Idempotency-Key claims and replays (idempotency.py).
@@ -120,6 +135,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(chat.router)
     app.include_router(messages.router)
     app.include_router(embeddings.router)
+    app.include_router(responses.router)
     app.include_router(models.router)
     app.include_router(history.router)
     app.include_router(usage.router)
