@@ -57,7 +57,7 @@ test: install infra-up ## Run every check: lint, deploy manifests, unit, integra
 
 .PHONY: test-unit
 test-unit: install ## Unit tests of every package (fakes, no network)
-	$(PYTEST) -q $(UNIT_TESTS)
+	env -u DATABASE_URL -u KAFKA_BOOTSTRAP_SERVERS $(PYTEST) -q $(UNIT_TESTS)
 
 .PHONY: test-integration
 test-integration: install ## Integration tests against the real Kafka broker and PostgreSQL server
@@ -78,10 +78,11 @@ console-assets: ## Refresh the console's vendored htmx, Chart.js and Pico CSS fr
 	services/gateway/scripts/vendor-console-assets.sh
 
 .PHONY: bench
-bench: install infra-up ## Every benchmark: gateway throughput and latency (needs Go), auth, history
+bench: install infra-up ## Every benchmark: gateway throughput and latency (needs Go), auth, history, budgets and rate limits
 	$(UV) run --no-sync python tests/bench/run.py
 	$(UV) run --no-sync python tests/bench/bench_auth.py
 	$(UV) run --no-sync python tests/bench/bench_history.py
+	$(UV) run --no-sync python tests/bench/bench_governance.py
 
 .PHONY: bench-gateway
 bench-gateway: install infra-up ## Throughput and latency: simulator direct vs embedded vs Kafka mode

@@ -50,8 +50,16 @@ class System(ProcessGroup):
     ) -> Process:
         assert self.ports is not None
         port = port or self.ports[name]
+        # Generous: on two shared cores under load, importing a service can take a minute.
         return self.start(
-            name, command or name, "--port", str(port), port=port, env=env, ready_path=ready_path
+            name,
+            command or name,
+            "--port",
+            str(port),
+            port=port,
+            env=env,
+            ready_path=ready_path,
+            timeout=240,
         )
 
 

@@ -275,6 +275,14 @@ class Harness:
     app: object = None
 
 
+@pytest.fixture(autouse=True)
+def _no_infrastructure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests never reach a real database or broker, even when the shell points at
+    them (the limit ledger would otherwise choose PostgreSQL from DATABASE_URL)."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+
+
 @pytest.fixture
 def settings() -> Settings:
     return Settings(

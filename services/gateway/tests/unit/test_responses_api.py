@@ -25,7 +25,14 @@ import pytest
 
 from switchyard.common.bus import InMemoryBus
 from switchyard.common.db import upgrade
-from switchyard.common.events import ChatRequested, ClientAPI, Event, Priority
+from switchyard.common.events import (
+    ChatRequested,
+    ClientAPI,
+    Event,
+    Priority,
+    TerminalStatus,
+    UsageRecorded,
+)
 from switchyard.common.responses import parse_response_id, response_id
 from switchyard.common.routing import default_routing
 from switchyard.common.testing.infra import async_wait_until
@@ -529,3 +536,106 @@ async def test_a_stream_failing_midway_ends_with_response_failed(system, simulat
     assert last["response"]["status"] == "failed"
     assert last["response"]["error"]["code"] == "server_error"
     assert [event["sequence_number"] for event in events] == list(range(len(events)))
+
+
+# --------------------------------------------------------------------------- governance
+
+
+def limit_key(system: System, **limits: Any) -> None:
+    """Make auth answer these limits for the test key (history stays reachable)."""
+    gateway = system.gateway_app.state.gateway
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/internal/v1/policy":
+            return httpx.Response(
+                200,
+                json={
+                    "tenant": "acme",
+                    "team_id": None,
+                    "levels": {
+                        "api_key": {"id": "key-1", "limits": limits, "budget_anchor_at": None},
+                        "user": {"id": "user-1", "limits": {}, "budget_anchor_at": None},
+                        "tenant": {"id": "acme", "limits": {}, "budget_anchor_at": None},
+                    },
+                    "rate_limit_failure_mode": "open",
+                    "budget_failure_mode": "closed",
+                },
+            )
+        return system.auth.handle(request)
+
+    gateway.http = httpx.AsyncClient(
+        mounts={
+            "http://history": httpx.ASGITransport(app=system.history_app),
+            "all://": httpx.MockTransport(handle),
+        }
+    )
+    gateway.authenticator._client = gateway.http
+
+
+async def test_responses_count_against_rate_limits_and_are_refused_in_openai_shape(system):
+    limit_key(system, rpm_limit=2)
+    usage: list[UsageRecorded] = []
+
+    async def observe(event: Event) -> None:
+        if isinstance(event, UsageRecorded):
+            usage.append(event)
+
+    await system.gateway_app.state.gateway.bus.subscribe(
+        [Topics(PREFIX).usage], "usage-observer", observe
+    )
+    first = await system.client.responses.with_raw_response.create(model="sim-small", input="one")
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    queued = await post(system, {"model": "sim-large", "input": "two", "background": True})
+    assert queued.status_code == 200, queued.text
+    assert queued.headers["x-ratelimit-remaining-requests"] == "0"
+
+    refused = await post(system, {"model": "sim-small", "input": "three"})
+    assert refused.status_code == 429
+    error = error_of(refused)
+    assert error["code"] == "rate_limit_exceeded" and "key key-1" in error["message"]
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert int(refused.headers["retry-after"]) >= 1
+    with pytest.raises(openai.RateLimitError):
+        await system.client.responses.create(model="sim-large", input="four", background=True)
+    # Refused before publishing: only the two admitted requests reached the bus.
+    assert len(system.published) <= 2
+
+    # The refusal is recorded like any request's outcome: usage with the status `refused`.
+    request_id = refused.headers["x-request-id"]
+
+    async def recorded() -> UsageRecorded | None:
+        return next((e for e in usage if e.request_id == request_id), None)
+
+    record = await async_wait_until(recorded, timeout=5, message="the refusal's usage")
+    assert record.data.status is TerminalStatus.REFUSED
+    assert record.data.api is ClientAPI.OPENAI_RESPONSES
+
+
+async def test_an_exhausted_budget_refuses_responses_as_insufficient_quota(system):
+    limit_key(system, max_budget_usd=0.0)
+    with pytest.raises(openai.RateLimitError) as refused:
+        await system.client.responses.create(model="sim-small", input="hello")
+    assert refused.value.body["code"] == "insufficient_quota"
+    with pytest.raises(openai.RateLimitError):
+        await system.client.responses.create(model="sim-small", input="hi", background=True)
+    assert system.published == []
+
+
+def test_a_continued_conversation_reserves_tokens_for_its_previous_items():
+    from switchyard.gateway.api.body import ClientRequest
+    from switchyard.gateway.governance.estimate import prompt_tokens
+
+    body = {"model": "sim-small", "input": "And then?"}
+    earlier = [
+        {"role": "user", "content": "Tell me a long story. " * 50},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Once upon a time " * 50}],
+        },
+    ]
+    alone = ClientRequest(ClientAPI.OPENAI_RESPONSES, body, "sim-small", False)
+    continued = ClientRequest(ClientAPI.OPENAI_RESPONSES, body, "sim-small", False, earlier)
+    assert prompt_tokens(continued.admission_body) > prompt_tokens(alone.admission_body) + 300
+    assert continued.body == body  # what is published stays as the client sent it

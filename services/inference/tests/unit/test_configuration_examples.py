@@ -8,7 +8,7 @@ from pathlib import Path
 
 from switchyard.common.events import TokenUsage
 from switchyard.common.routing import load_routing
-from switchyard.inference.pricing import load_prices
+from switchyard.inference.pricing import load_prices, request_cost
 
 DOCS = Path(__file__).resolve().parents[4] / "docs" / "configuration.md"
 
@@ -40,9 +40,9 @@ def test_documented_routing_and_prices_examples_load(tmp_path, monkeypatch):
     prices = load_prices(prices_file)
     # 1M input and 1M output tokens of azure-east: its own entry wins over the model's.
     million_each = TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000)
-    assert prices.cost("gpt-4o-mini", azure, million_each) == 0.75
+    assert request_cost(prices, "gpt-4o-mini", azure, million_each) == 0.75
     # Half of the input read from the prompt cache, at the cache-read price.
     cached = TokenUsage(
         input_tokens=1_000_000, output_tokens=1_000_000, cache_read_input_tokens=500_000
     )
-    assert prices.cost("gpt-4o-mini", azure, cached) == 0.7125
+    assert request_cost(prices, "gpt-4o-mini", azure, cached) == 0.7125

@@ -14,7 +14,14 @@ import pytest
 from switchyard.common.events import Priority, TokenUsage
 from switchyard.common.routing import Deployment
 from switchyard.inference.lanes import LaneGate
-from switchyard.inference.pricing import PriceError, PriceSource, load_prices
+from switchyard.inference.pricing import (
+    Price,
+    PriceError,
+    PriceSource,
+    PriceTable,
+    load_prices,
+    request_cost,
+)
 from switchyard.inference.reliability import (
     Backoff,
     BreakerPolicy,
@@ -215,7 +222,8 @@ def test_prices_by_deployment_then_upstream_model_then_public_model(tmp_path: Pa
         return Deployment(name=name, provider="openai", model=upstream)
 
     assert (
-        table.cost(
+        request_cost(
+            table,
             "public",
             deployment("special", "upstream-x"),
             TokenUsage(input_tokens=1_000_000, output_tokens=500_000),
@@ -223,7 +231,8 @@ def test_prices_by_deployment_then_upstream_model_then_public_model(tmp_path: Pa
         == 20
     )
     assert (
-        table.cost(
+        request_cost(
+            table,
             "public",
             deployment("other", "upstream-x"),
             TokenUsage(input_tokens=1_000_000, output_tokens=500_000),
@@ -231,7 +240,8 @@ def test_prices_by_deployment_then_upstream_model_then_public_model(tmp_path: Pa
         == 2
     )
     assert (
-        table.cost(
+        request_cost(
+            table,
             "public",
             deployment("other", "unknown"),
             TokenUsage(input_tokens=2_000_000, output_tokens=9),
@@ -239,7 +249,8 @@ def test_prices_by_deployment_then_upstream_model_then_public_model(tmp_path: Pa
         == 1
     )
     assert (
-        table.cost(
+        request_cost(
+            table,
             "unpriced",
             deployment("other", "unknown"),
             TokenUsage(input_tokens=1_000, output_tokens=1_000),
@@ -247,7 +258,9 @@ def test_prices_by_deployment_then_upstream_model_then_public_model(tmp_path: Pa
         == 0
     )
     assert (
-        load_prices(None).cost("public", None, TokenUsage(input_tokens=10**9, output_tokens=10**9))
+        request_cost(
+            load_prices(None), "public", None, TokenUsage(input_tokens=10**9, output_tokens=10**9)
+        )
         == 0
     )
 
@@ -271,7 +284,9 @@ def test_price_source_reloads_when_the_file_changes(tmp_path: Path) -> None:
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
     assert source.reload_if_changed()
     assert (
-        source.table.cost("m", None, TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000))
+        request_cost(
+            source.table, "m", None, TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000)
+        )
         == 5
     )
 
@@ -292,6 +307,19 @@ def test_cache_reads_and_writes_are_priced_at_their_own_rates(tmp_path: Path) ->
         cache_creation_input_tokens=4_000_000,
     )
 
-    assert table.cost("claude", None, usage) == pytest.approx(3 + 2 * 0.3 + 4 * 3.75 + 15)
+    assert request_cost(table, "claude", None, usage) == pytest.approx(3 + 2 * 0.3 + 4 * 3.75 + 15)
     # Without cache prices, cached tokens cost the input price (never counted twice).
-    assert table.cost("gpt", None, usage) == pytest.approx(7 * 2 + 8)
+    assert request_cost(table, "gpt", None, usage) == pytest.approx(7 * 2 + 8)
+
+
+def test_default_prices_cover_the_simulator_and_public_models() -> None:
+    table = load_prices(None)
+    million_each = TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000)
+    # The simulator's models are priced, so budgets work in embedded mode.
+    assert request_cost(table, "sim-small", None, million_each) == 2.0
+    # Public models come from the genai-prices snapshot: gpt-4o-mini is $0.15 / $0.60.
+    openai = Deployment(name="openai", provider="openai", model="gpt-4o-mini")
+    assert request_cost(table, "gpt-4o-mini", openai, million_each) == pytest.approx(0.75)
+    # A file entry overrides the default.
+    overridden = PriceTable(models={"gpt-4o-mini": Price(input_per_1m=1.0)})
+    assert request_cost(overridden, "gpt-4o-mini", openai, million_each) == pytest.approx(1.0)

@@ -4,6 +4,7 @@ weighted routing, each against faults injected into the real simulator over HTTP
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -294,12 +295,15 @@ async def test_weights_share_traffic_within_a_priority_group(simulator, make_har
             (
                 "m",
                 [
-                    sim(simulator, "heavy", "up-heavy", priority=0, weight=3),
-                    sim(simulator, "light", "up-light", priority=0, weight=1),
-                    sim(simulator, "reserve", "up-reserve", priority=1),
+                    # Generous timeouts: only the weights may decide where a request goes,
+                    # never a slow machine making a deployment time out.
+                    sim(simulator, "heavy", "up-heavy", priority=0, weight=3, timeout_s=60),
+                    sim(simulator, "light", "up-light", priority=0, weight=1, timeout_s=60),
+                    sim(simulator, "reserve", "up-reserve", priority=1, timeout_s=60),
                 ],
             )
-        )
+        ),
+        rng=random.Random(20261130),  # the same draws every run
     )
     requests = [chat_request(model="m") for _ in range(200)]
     await asyncio.gather(*(harness.handler(request) for request in requests))

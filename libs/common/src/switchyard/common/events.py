@@ -313,6 +313,13 @@ class SigningKeyRotatedData(Contract):
     )
 
 
+class LimitsChangedData(Contract):
+    scope: Literal["tenant", "team", "user", "api_key"] = Field(
+        description="Which level's budget, rate limits or membership changed."
+    )
+    scope_id: str = Field(description="Id of the tenant, team, user or API key.")
+
+
 class EnvelopeFields(Contract):
     id: str = Field(
         default_factory=new_id, description="Unique event id; consumers deduplicate on it."
@@ -397,6 +404,14 @@ class SigningKeyRotated(EnvelopeFields):
     data: SigningKeyRotatedData
 
 
+class LimitsChanged(EnvelopeFields):
+    """A budget, rate limit or team membership changed: gateways drop what they cached
+    about that level and apply the new limits to the next request."""
+
+    type: Literal["auth.limits_changed"] = "auth.limits_changed"
+    data: LimitsChangedData
+
+
 # Events on the auth topic, each a change every gateway replica must apply.
 AuthEvent = (
     ApiKeyRevoked
@@ -405,6 +420,7 @@ AuthEvent = (
     | TokenRevoked
     | TokenFamilyRevoked
     | SigningKeyRotated
+    | LimitsChanged
 )
 
 Event = Annotated[
@@ -419,7 +435,8 @@ Event = Annotated[
     | UserEnabled
     | TokenRevoked
     | TokenFamilyRevoked
-    | SigningKeyRotated,
+    | SigningKeyRotated
+    | LimitsChanged,
     Field(discriminator="type"),
 ]
 EVENT_CLASSES: tuple[type[EnvelopeFields], ...] = (
@@ -435,6 +452,7 @@ EVENT_CLASSES: tuple[type[EnvelopeFields], ...] = (
     TokenRevoked,
     TokenFamilyRevoked,
     SigningKeyRotated,
+    LimitsChanged,
 )
 
 _event_adapter: TypeAdapter[Event] = TypeAdapter(Event)

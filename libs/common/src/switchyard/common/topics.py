@@ -68,7 +68,8 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(
         "auth.events",
         1,
-        "Revocations from auth (keys, users, tokens, signing keys); one partition keeps them"
+        "Revocations and limit changes from auth (keys, users, tokens, signing keys, budgets"
+        " and rate limits); one partition keeps them"
         " in order, and every gateway replica reads all of it.",
         (
             "auth.api_key_revoked",
@@ -77,6 +78,7 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
             "auth.token_revoked",
             "auth.token_family_revoked",
             "auth.signing_key_rotated",
+            "auth.limits_changed",
         ),
         ("auth",),
         key="user id",

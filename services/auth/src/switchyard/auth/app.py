@@ -17,7 +17,7 @@ import structlog
 from fastapi import FastAPI
 
 from switchyard.auth import __version__
-from switchyard.auth.api import admin, api_keys, jwks, tokens
+from switchyard.auth.api import admin, api_keys, jwks, limits, tokens
 from switchyard.auth.api.internal import internal_router
 from switchyard.auth.bootstrap import AuthContext, build_context
 from switchyard.auth.config import Settings
@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(tokens.router)
     app.include_router(api_keys.router)
     app.include_router(admin.router)
+    app.include_router(limits.router)
     app.include_router(internal_router(settings.internal_token))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost, so the server span covers everything else the request goes through.

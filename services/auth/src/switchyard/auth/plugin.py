@@ -23,9 +23,9 @@ def _database_url() -> str:
 
 
 def _commands() -> list:
-    from switchyard.auth.cli import keys_app, tokens_app, users_app
+    from switchyard.auth.cli import keys_app, teams_app, tenants_app, tokens_app, users_app
 
-    return [users_app, keys_app, tokens_app]
+    return [users_app, keys_app, tokens_app, teams_app, tenants_app]
 
 
 async def _principal_names(user_ids: set[str], api_key_ids: set[str]) -> PrincipalNames:

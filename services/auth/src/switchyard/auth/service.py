@@ -54,6 +54,7 @@ from switchyard.common.events import (
     UserStatusData,
     new_id,
 )
+from switchyard.common.governance import LIMIT_FIELDS, Limits
 
 E = TypeVar("E", bound=AuthEvent)
 
@@ -126,6 +127,7 @@ class ApiKeyIdentity:
     scopes: list[str]
     allowed_models: list[str] | None
     expires_at: datetime | None
+    team_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -342,6 +344,8 @@ class AuthService:
         key: str | None = None,
         creator_scopes: Sequence[str] | None = None,
         creator_models: Sequence[str] | None = None,
+        team_id: str | None | bool = False,
+        limits: Limits | None = None,
     ) -> IssuedApiKey:
         """A new key for the user; `key` fixes the secret (the dev key), else it is random.
 
@@ -349,7 +353,9 @@ class AuthService:
         user's role grants and, when given, `creator_scopes` (the creating token's); its
         models within `creator_models` when given (a key created without a model list by
         a credential limited to some models gets that list). Anything beyond raises
-        ExceedsCredential; unknown scopes and bad names raise InvalidInput."""
+        ExceedsCredential; unknown scopes and bad names raise InvalidInput. `team_id`
+        False puts the key in its user's team; `limits` must have been checked against
+        the levels above (`Governance.create_api_key` does)."""
         name = name.strip()
         if not name or len(name) > 200 or not printable(name):
             raise InvalidInput("Key name must be 1-200 printable characters.", param="name")
@@ -380,7 +386,13 @@ class AuthService:
                 scopes=scope_list,
                 allowed_models=models,
                 expires_at=expires_at,
+                team_id=user.team_id if team_id is False else team_id,
             )
+            if limits is not None:
+                for field_name in LIMIT_FIELDS:
+                    setattr(record, field_name, getattr(limits, field_name))
+                if limits.max_budget_usd is not None:
+                    record.budget_anchor_at = _utcnow()
             await store.add_api_key(record)
             await session.commit()
             return IssuedApiKey(key=secret, record=record)
@@ -443,6 +455,7 @@ class AuthService:
             if record.allowed_models is not None
             else None,
             expires_at=record.expires_at,
+            team_id=record.team_id,
         )
 
     async def api_key_exists(self, key: str) -> bool:

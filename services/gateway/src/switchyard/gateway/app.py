@@ -14,6 +14,7 @@ from switchyard.common.docs import install_docs
 from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
 from switchyard.common.metrics import metrics_router
 from switchyard.gateway.api import (
+    admin,
     chat,
     embeddings,
     history,
@@ -29,6 +30,7 @@ from switchyard.gateway.config import Settings
 from switchyard.gateway.console.mount import install_console
 from switchyard.gateway.cors import install_cors
 from switchyard.gateway.errors import install_api_error_handlers
+from switchyard.gateway.governance.estimate import warm_up
 from switchyard.gateway.idempotency import IdempotencyMiddleware
 from switchyard.gateway.limits import BodySizeLimit, path_limits
 from switchyard.gateway.openapi import GATEWAY_DOCS
@@ -65,6 +67,25 @@ async def listen_for_replies(gateway: Gateway) -> None:
     log.info("gateway listening for replies", reply_partition=gateway.reply_partition)
 
 
+async def listen_for_governance(gateway: Gateway) -> None:
+    """Listen to the usage topic (settlements) and the auth events (limit changes), every
+    partition of both, retrying until it works."""
+    assert gateway.admission is not None
+    attempt = 0
+    topics = [gateway.topics.usage, gateway.topics.auth_events]
+    while len(gateway.governance_listeners) < len(topics):
+        attempt += 1
+        try:
+            topic = topics[len(gateway.governance_listeners)]
+            gateway.governance_listeners.append(
+                await gateway.bus.listen(topic, gateway.admission.on_event)
+            )
+        except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
+            delay = min(5.0, 0.25 * attempt)
+            log.warning("cannot listen for usage yet", error=repr(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+
+
 def create_app(settings: Settings | None = None, bus: EventBus | None = None) -> FastAPI:
     settings = settings or Settings()
     largest = max(path_limits(settings).values())
@@ -88,7 +109,12 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         # Listen to the auth events, then load the revocation state from auth (retried);
         # until it is loaded, readiness fails and JWTs get 503.
         syncing = asyncio.create_task(gateway.revocations.run())
-        await asyncio.wait({connecting, syncing}, timeout=3)
+        governing = asyncio.create_task(listen_for_governance(gateway))
+        assert gateway.admission is not None
+        await gateway.admission.start()
+        # The tokenizer's vocabulary loads in a thread, not on the first request.
+        warming = asyncio.get_running_loop().run_in_executor(None, warm_up)
+        await asyncio.wait({connecting, syncing, governing}, timeout=3)
         with contextlib.suppress(Exception):
             await gateway.authenticator.jwks.refresh()
         try:
@@ -96,6 +122,15 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         finally:
             connecting.cancel()
             syncing.cancel()
+            governing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await governing
+            with contextlib.suppress(Exception):
+                await warming
+            for listener in gateway.governance_listeners:
+                await listener.stop()
+            await gateway.admission.stop()
+            await gateway.admission.ledger.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await connecting
             with contextlib.suppress(asyncio.CancelledError):
@@ -140,6 +175,8 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(history.router)
     app.include_router(usage.router)
     app.include_router(jobs.router)
+    app.include_router(admin.router)
+    admin.install_auth_routes(app)
     app.include_router(
         health_router(
             {

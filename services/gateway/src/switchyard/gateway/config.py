@@ -7,8 +7,8 @@ import hmac
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from switchyard.common.events import ClientAPI
 from switchyard.common.settings import Environment, ServiceSettings, env
@@ -17,6 +17,28 @@ MIB = 1024 * 1024
 
 # What `make run` (development) allows when no CORS origins are configured.
 DEVELOPMENT_CORS_ORIGINS = ["*"]
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.switchyard/gateway.db"
+
+
+def database_url_field() -> Any:
+    return Field(
+        default=DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices(
+            "SWITCHYARD_GATEWAY_DATABASE_URL", "DATABASE_URL", "database_url"
+        ),
+        description="Database of the fleet's limit ledger (PostgreSQL in a real deployment).",
+    )
+
+
+class DatabaseSettings(BaseSettings):
+    """Just the ledger's database: what `switchyard db upgrade` and `switchyard spend` need
+    (no internal token or other secrets)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHYARD_GATEWAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str = database_url_field()
 
 
 class Settings(ServiceSettings):
@@ -129,6 +151,51 @@ class Settings(ServiceSettings):
         default=False, description="Allow cookies and HTTP auth (never with '*' origins)."
     )
     cors_max_age_s: int = Field(default=600, ge=0, description="How long preflights are cached.")
+    database_url: str = database_url_field()
+    governance_store: Literal["auto", "postgres", "memory"] = Field(
+        default="auto",
+        description="Where budgets and rate limits are counted: PostgreSQL (exact for the "
+        "whole fleet) or this process's memory (one process only). auto: PostgreSQL when "
+        "the database URL is PostgreSQL.",
+    )
+    governance_store_timeout_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="A limit store call slower than this counts as the store being down "
+        "(then each tenant's failure mode decides: refuse or admit).",
+    )
+    governance_lease_idle_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Unused allowance a replica has not touched for this long goes back "
+        "to the fleet.",
+    )
+    governance_heartbeat_s: float = Field(
+        default=2.0, gt=0, description="How often a replica tells the ledger it is alive."
+    )
+    governance_reap_after_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="A replica silent this long loses its leases to the others.",
+    )
+    policy_cache_ttl_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long the limits of a caller are trusted without asking auth "
+        "(changes apply at once through the auth events; this bounds a missed one).",
+    )
+    prices_file: str | None = Field(
+        default=None,
+        validation_alias=env("SWITCHYARD_PRICES_FILE", "prices_file"),
+        description="YAML price table (see switchyard.common.pricing); the gateway reserves "
+        "budgets with it, inference charges with it.",
+    )
+    budget_day_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        validation_alias=env("SWITCHYARD_BUDGET_DAY_S", "budget_day_s"),
+        description="Length of a day for budget periods (tests shorten it).",
+    )
     console_enabled: bool = Field(
         default=True, description="Serve the web console at /ui on the gateway's port."
     )

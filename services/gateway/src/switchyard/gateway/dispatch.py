@@ -66,6 +66,8 @@ from switchyard.gateway.errors import (
     sse_error_event,
     vendor_of_api,
 )
+from switchyard.gateway.governance.admission import Refused, Ticket
+from switchyard.gateway.governance.refusals import admit_or_refuse
 from switchyard.gateway.replies import Reply
 from switchyard.gateway.request_id import request_id_of
 
@@ -175,6 +177,7 @@ class Dispatch:
     # The body as published and when (a Responses stream's failure event echoes them).
     body: dict[str, Any] = field(default_factory=dict)
     accepted_at: datetime | None = None
+    ticket: Ticket | None = None
     _queue: asyncio.Queue[Reply] | None = None
     _closed: bool = False
     # Responses streams: the `sequence_number` the next event would carry.
@@ -216,6 +219,21 @@ class Dispatch:
                 headers={"Retry-After": "1"},
             )
 
+        request_id = request_id_of(request.scope) or new_id()
+        try:
+            ticket = await admit_or_refuse(
+                gateway,
+                principal,
+                request_id,
+                model,
+                client.admission_body,
+                api=client.api,
+                embeddings=client.api is ClientAPI.OPENAI_EMBEDDINGS,
+            )
+        except Refused as refused:
+            REJECTED.labels(refused.reason).inc()
+            raise
+
         dispatch = cls(
             gateway,
             request,
@@ -223,10 +241,12 @@ class Dispatch:
             model,
             principal.tenant,
             client.stream,
-            request_id=request_id_of(request.scope) or new_id(),
+            request_id=request_id,
             body=client.body,
         )
+        dispatch.ticket = ticket
         timeout_s = gateway.settings.request_timeout_s
+        ticket.attach(request_id, timeout_s)
         dispatch.deadline = dispatch.started + timeout_s
         dispatch._queue = gateway.pending.open(dispatch.request_id)
         gateway.in_flight += 1
@@ -244,6 +264,7 @@ class Dispatch:
                 stream=client.stream,
                 user_id=principal.user_id,
                 api_key_id=principal.api_key_id,
+                team_id=ticket.team_id,
                 deadline=utcnow() + timedelta(seconds=timeout_s),
                 reply_to=ReplyAddress(
                     partition=gateway.reply_partition, instance_id=gateway.settings.instance_id
@@ -257,11 +278,13 @@ class Dispatch:
             )
         except EventTooLargeError as exc:
             dispatch.close()
+            ticket.cancel()  # never published: nothing will settle it
             REJECTED.labels("too_large_for_bus").inc()
             log.error("request too large for the event bus", error=str(exc))
             raise too_large_for_bus() from None
         except BusUnavailableError as exc:
             dispatch.close()
+            ticket.cancel()
             REJECTED.labels("bus_unavailable").inc()
             log.error("could not publish request", error=str(exc))
             raise APIError(
@@ -393,6 +416,7 @@ class Dispatch:
         Events. The dispatch is closed once the answer is complete, or when the client
         goes away. Raises ReplyFailed when the request failed before any of the answer."""
         streaming = False
+        limits = self.rate_limit_headers()
         try:
             first = await self.first()
             if not self.stream:
@@ -400,17 +424,27 @@ class Dispatch:
                 return Response(
                     orjson.dumps(completed.data.response),
                     media_type="application/json",
-                    headers={"x-request-id": self.request_id},
+                    headers={"x-request-id": self.request_id, **limits},
                 )
             streaming = True
             return StreamingResponse(
                 self._relay(first),
                 media_type="text/event-stream",
-                headers={"x-request-id": self.request_id, "cache-control": "no-cache"},
+                headers={"x-request-id": self.request_id, "cache-control": "no-cache", **limits},
             )
+        except ReplyFailed as failed:
+            failed.headers.update(limits)
+            raise
+        except APIError as error:
+            error.headers = {**(error.headers or {}), **limits}
+            raise
         finally:
             if not streaming:
                 self.close()
+
+    def rate_limit_headers(self) -> dict[str, str]:
+        """OpenAI's `x-ratelimit-*` headers, or Anthropic's `anthropic-ratelimit-*`."""
+        return self.ticket.headers_for(self.api) if self.ticket is not None else {}
 
     async def _relay(self, first: Reply) -> AsyncIterator[bytes]:
         try:

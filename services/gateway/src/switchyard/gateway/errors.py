@@ -120,11 +120,13 @@ class ReplyFailed(Exception):
     def __init__(self, failed: ChatFailed) -> None:
         super().__init__(failed.data.error.message)
         self.failed = failed
+        # Set by the request path (e.g. the rate-limit headers of the caller's limits).
+        self.headers: dict[str, str] = {}
 
     def response(self, vendor: Vendor) -> Response:
         error = self.failed.data.error
         # The request id lets a retry with the same Idempotency-Key find this outcome.
-        headers = {"x-request-id": self.failed.request_id}
+        headers = {**self.headers, "x-request-id": self.failed.request_id}
         wait = retry_after(error.status, error.retry_after_s)
         if wait is not None:
             headers["Retry-After"] = wait

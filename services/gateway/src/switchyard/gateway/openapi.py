@@ -7,6 +7,7 @@ relays their query strings, so FastAPI cannot see them). Applied once, app-wide,
 from __future__ import annotations
 
 from switchyard.common.docs import API_KEY_HEADER, BEARER, ApiDocs, QueryParameter
+from switchyard.gateway.api.admin import AUTH_ROUTES
 from switchyard.gateway.api.deps import required_scope
 from switchyard.gateway.errors import ANTHROPIC_PATHS
 from switchyard.gateway.idempotency import IDEMPOTENT_PATHS
@@ -14,8 +15,8 @@ from switchyard.gateway.idempotency import IDEMPOTENT_PATHS
 # Page sizes and statuses history accepts (history's `queries` and `jobs` modules).
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
-REQUEST_STATUSES = ("pending", "completed", "failed", "cancelled", "expired")
-JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired")
+REQUEST_STATUSES = ("pending", "completed", "failed", "cancelled", "expired", "refused")
+JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired", "refused")
 TIME_HELP = (
     "ISO 8601 instant (2025-03-01T00:00:00Z), a date (2025-03-01) or relative to now (7d, 12h)."
 )
@@ -125,6 +126,10 @@ ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "GET /v1/history/settings": (403,),
     "PUT /v1/history/settings": (400, 403),
     "GET /v1/usage": (),
+    "GET /v1/spend": (),
+    # Forwarded to auth, which answers for them: its refusals (bad input, scope, unknown
+    # ids, conflicts, sign-in limits) come back unchanged.
+    **{f"{method} {path}": (400, 401, 403, 404, 409, 429) for method, path, _, _ in AUTH_ROUTES},
 }
 
 

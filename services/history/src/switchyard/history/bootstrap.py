@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import orjson
 import structlog
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.db import create_engine
@@ -54,27 +54,7 @@ def _json_dumps(value) -> str:
 
 def history_engine(database_url: str) -> AsyncEngine:
     """The history database, with JSON documents (de)serialised by orjson."""
-    engine = create_engine(
-        database_url, json_serializer=_json_dumps, json_deserializer=orjson.loads
-    )
-    if engine.dialect.name == "sqlite":
-        _immediate_transactions(engine)
-    return engine
-
-
-def _immediate_transactions(engine: AsyncEngine) -> None:
-    """SQLite (embedded mode): every transaction takes the write lock when it begins
-    (BEGIN IMMEDIATE). Otherwise a transaction that reads, then writes, fails at once with
-    "database is locked" when another connection wrote in between (WAL cannot upgrade a
-    stale snapshot, whatever the busy timeout); this way it waits its turn instead."""
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _no_implicit_transactions(dbapi_connection, _record) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin_immediate(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    return create_engine(database_url, json_serializer=_json_dumps, json_deserializer=orjson.loads)
 
 
 def build_components(settings: Settings) -> HistoryComponents:

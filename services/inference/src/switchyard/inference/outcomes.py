@@ -26,7 +26,7 @@ from switchyard.common.events import (
 from switchyard.common.routing import Deployment
 from switchyard.inference import metrics
 from switchyard.inference.errors import ProviderError
-from switchyard.inference.pricing import PriceTable
+from switchyard.inference.pricing import PriceTable, request_cost
 
 SOURCE = "inference"
 NO_USAGE = TokenUsage()
@@ -159,7 +159,9 @@ class OutcomeEvents:
         """USD of the tokens of every upstream call the request made."""
         if not outcome.usage.total_tokens:
             return 0.0
-        return self._prices.table.cost(request.data.model, outcome.deployment, outcome.usage)
+        return request_cost(
+            self._prices.table, request.data.model, outcome.deployment, outcome.usage
+        )
 
     def usage(
         self, request: ChatRequested, outcome: Outcome, cost: float, ttft_ms: float | None

@@ -50,6 +50,18 @@ class ClientRequest:
     stream: bool
     previous_items: list[dict[str, Any]] | None = None
 
+    @property
+    def admission_body(self) -> dict[str, Any]:
+        """The body whose size budgets and rate limits reserve for: the body as sent, with
+        the items of the conversation a Responses request continues ahead of its `input`
+        (they reach the model too, so they count as prompt tokens)."""
+        if not self.previous_items:
+            return self.body
+        current = self.body.get("input")
+        if isinstance(current, str):
+            current = [{"role": "user", "content": current}]
+        return {**self.body, "input": [*self.previous_items, *(current or [])]}
+
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """The JSON object in `raw`; APIError 400 if it is not valid JSON or not an object."""

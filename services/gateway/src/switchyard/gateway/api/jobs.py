@@ -60,6 +60,7 @@ from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.api.history import forward, looks_like_id
 from switchyard.gateway.bootstrap import Gateway
 from switchyard.gateway.dispatch import forwarded_headers, too_large_for_bus
+from switchyard.gateway.governance.refusals import admit_or_refuse
 from switchyard.gateway.limits import API_PATHS, too_large_message
 from switchyard.gateway.recent_jobs import AcceptedJob
 from switchyard.gateway.request_id import request_id_of
@@ -165,6 +166,17 @@ async def create_job(
             param="model",
         )
     job_id = request_id_of(request.scope) or new_id()
+    # Jobs count against the same budgets and rate limits as interactive requests.
+    ticket = await admit_or_refuse(
+        gateway,
+        principal,
+        job_id,
+        client.model,
+        client.body,
+        api=client.api,
+        embeddings=client.api is ClientAPI.OPENAI_EMBEDDINGS,
+    )
+    ticket.attach(job_id, gateway.settings.job_timeout_s)
     created = utcnow()
     event = ChatRequested(
         source="gateway",
@@ -179,6 +191,7 @@ async def create_job(
             stream=False,
             user_id=principal.user_id,
             api_key_id=principal.api_key_id,
+            team_id=ticket.team_id,
             priority=Priority.BATCH,
             deadline=created + timedelta(seconds=gateway.settings.job_timeout_s),
             reply_to=None,
@@ -188,9 +201,11 @@ async def create_job(
     try:
         await gateway.bus.publish(gateway.topics.requests_batch, event, key=job_id)
     except EventTooLargeError as exc:
+        ticket.cancel()  # never published: nothing will settle it
         log.error("job too large for the event bus", error=str(exc))
         raise too_large_for_bus() from None
     except BusUnavailableError as exc:
+        ticket.cancel()
         log.error("could not publish job", error=str(exc))
         raise APIError(
             503,
@@ -226,7 +241,11 @@ async def create_job(
         orjson.dumps(job),
         status_code=202,
         media_type="application/json",
-        headers={"x-request-id": job_id, "Location": f"/v1/jobs/{job_id}"},
+        headers={
+            "x-request-id": job_id,
+            "Location": f"/v1/jobs/{job_id}",
+            **ticket.openai_headers(),
+        },
     )
 
 

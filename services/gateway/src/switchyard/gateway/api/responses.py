@@ -60,6 +60,7 @@ from switchyard.gateway.api.jobs import request_cancellation
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
 from switchyard.gateway.dispatch import Dispatch, forwarded_headers, too_large_for_bus
+from switchyard.gateway.governance.refusals import admit_or_refuse
 from switchyard.gateway.recent_jobs import AcceptedJob
 from switchyard.gateway.request_id import request_id_of
 from switchyard.gateway.schemas import ResponsesRequest
@@ -198,8 +199,18 @@ async def _start_background(
     gateway: Gateway, request: Request, principal: Principal, client: ClientRequest
 ) -> Response:
     """Publish a background response to the batch lane (no gateway waits for it) and
-    answer with the `queued` response."""
+    answer with the `queued` response. Admitted against the same budgets and rate limits
+    as any request first (Refused: 429 in OpenAI's error shape, recorded as refused)."""
     request_id = request_id_of(request.scope) or new_id()
+    ticket = await admit_or_refuse(
+        gateway,
+        principal,
+        request_id,
+        client.model,
+        client.admission_body,
+        api=client.api,
+    )
+    ticket.attach(request_id, gateway.settings.job_timeout_s)
     created = utcnow()
     event = ChatRequested(
         source="gateway",
@@ -215,6 +226,7 @@ async def _start_background(
             stream=False,
             user_id=principal.user_id,
             api_key_id=principal.api_key_id,
+            team_id=ticket.team_id,
             priority=Priority.BATCH,
             deadline=created + timedelta(seconds=gateway.settings.job_timeout_s),
             reply_to=None,
@@ -223,9 +235,11 @@ async def _start_background(
     try:
         await gateway.bus.publish(gateway.topics.requests_batch, event, key=request_id)
     except EventTooLargeError as exc:
+        ticket.cancel()
         log.error("background response too large for the event bus", error=str(exc))
         raise too_large_for_bus() from None
     except BusUnavailableError as exc:
+        ticket.cancel()
         log.error("could not publish background response", error=str(exc))
         raise APIError(
             503,
@@ -252,7 +266,9 @@ async def _start_background(
         status="queued",
     )
     return Response(
-        orjson.dumps(queued), media_type="application/json", headers={"x-request-id": request_id}
+        orjson.dumps(queued),
+        media_type="application/json",
+        headers={"x-request-id": request_id, **ticket.openai_headers()},
     )
 
 
