@@ -11,6 +11,7 @@ protocol each request used."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import openai
@@ -175,3 +176,25 @@ def test_responses_not_stored_are_404_saying_why(system):
         client.responses.create(model="sim-large", input="and?", previous_response_id=unstored.id)
     assert not_stored.value.body["code"] == "response_not_stored"
     assert "store: false" in not_stored.value.message
+
+
+def test_responses_are_admitted_against_the_keys_rate_limit(system):
+    created = system.cli("keys", "create", "--email", system.email, "--rpm-limit", "2", "--json")
+    client = openai.OpenAI(
+        base_url=system.url("gateway") + "/v1",
+        api_key=json.loads(created)["key"],
+        max_retries=0,
+        timeout=60,
+    )
+    first = client.responses.with_raw_response.create(model="sim-small", input=words())
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    queued = client.responses.create(model="sim-large", input=words(), background=True)
+    assert queued.status == "queued"
+
+    for background in (False, True):
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.responses.create(model="sim-small", input=words(), background=background)
+        assert refused.value.body["code"] == "rate_limit_exceeded"
+        assert refused.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+        assert int(refused.value.response.headers["retry-after"]) >= 1
