@@ -161,6 +161,16 @@ class ChatRequestData(Contract):
         description="Client request headers the provider needs to read the body "
         "(`anthropic-version`, `anthropic-beta`, `openai-beta`); never credentials.",
     )
+    previous_items: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Responses API only (`openai.responses`), when the body names a "
+        "`previous_response_id`: the items of that conversation, oldest first (the previous "
+        "response's input items, then its output items), as history held them when the "
+        "gateway accepted the request. Switchyard serves `previous_response_id` itself: "
+        "inference sends these before the body's `input`, and history stores them as part "
+        "of this response's input items. Carried here, not fetched later, so the request "
+        "can be replayed as it ran.",
+    )
     stream: bool = False
     user_id: str = Field(description="Authenticated subject (user id).")
     api_key_id: str | None = Field(default=None, description="API key used, if any.")

@@ -79,6 +79,8 @@ PLACEHOLDER_API_KEY = "sim"
 
 OPENAI_DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini")
 SIMULATOR_MODELS = ("sim-small", "sim-large")
+# Simulator models whose deployment passes Responses requests through.
+SIMULATOR_RESPONSES_MODELS = ("sim-small",)
 # Served by the simulator's Anthropic protocol through the Anthropic provider.
 SIMULATOR_ANTHROPIC_MODELS = ("sim-claude",)
 
@@ -207,6 +209,12 @@ class Deployment(_Strict):
     )
     max_concurrency: int | None = Field(
         default=None, ge=1, description="Calls in flight to this deployment at most."
+    )
+    responses_api: bool = Field(
+        default=False,
+        description="OpenAI-protocol deployments: the server offers OpenAI's Responses API "
+        "(`POST {base_url}/responses`), so Responses requests are passed through; without it "
+        "they are translated to Chat Completions (vLLM, Ollama and most compatible servers).",
     )
 
     @model_validator(mode="after")
@@ -418,11 +426,19 @@ def simulator_root(simulator_url: str) -> str:
 
 
 def default_routing(simulator_url: str) -> RoutingTable:
+    # The simulator serves the Responses API too; `sim-large` stands for a server that
+    # offers Chat Completions only (Responses requests to it are translated).
     routes = [
         ModelRoute(
             name=name,
             deployments=[
-                Deployment(name="simulator", provider="openai", model=name, base_url=simulator_url)
+                Deployment(
+                    name="simulator",
+                    provider="openai",
+                    model=name,
+                    base_url=simulator_url,
+                    responses_api=name in SIMULATOR_RESPONSES_MODELS,
+                )
             ],
         )
         for name in SIMULATOR_MODELS
@@ -453,6 +469,7 @@ def default_routing(simulator_url: str) -> RoutingTable:
                         model=name,
                         base_url=base_url,
                         api_key_env="OPENAI_API_KEY",
+                        responses_api=True,
                     )
                 ],
             )

@@ -22,6 +22,7 @@ from switchyard.gateway.api import (
     messages,
     models,
     replays,
+    responses,
     usage,
 )
 from switchyard.gateway.api.admissions import admissions_router
@@ -43,6 +44,7 @@ from switchyard.gateway.schemas import (
     ChatCompletionRequest,
     EmbeddingsRequest,
     JobRequest,
+    ResponsesRequest,
 )
 
 log = structlog.get_logger("switchyard.gateway")
@@ -159,6 +161,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         AnthropicMessagesRequest,
         AnthropicCountTokensRequest,
         EmbeddingsRequest,
+        ResponsesRequest,
         JobRequest,
     )
     install_api_error_handlers(app)
@@ -171,6 +174,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(chat.router)
     app.include_router(messages.router)
     app.include_router(embeddings.router)
+    app.include_router(responses.router)
     app.include_router(models.router)
     app.include_router(history.router)
     app.include_router(usage.router)

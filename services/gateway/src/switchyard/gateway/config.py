@@ -89,6 +89,13 @@ class Settings(ServiceSettings):
         gt=0,
         description="Deadline of an async job (POST /v1/jobs): after it, the job expires.",
     )
+    responses_state_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long a Responses request naming a `previous_response_id` (and "
+        "GET /v1/responses/{id}) waits for history to record a response just answered "
+        "(its events may still be on the bus) before answering 404 or 409.",
+    )
     idempotency_wait_s: float | None = Field(
         default=None,
         gt=0,

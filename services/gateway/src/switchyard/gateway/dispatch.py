@@ -11,10 +11,13 @@ The gateway never translates: the reply (`chat.completed`) and the stream events
   when it has a name, then `data: <json>`), records in `sequence` order, duplicates
   dropped, and the stream never splices two executions of the request (`run`). The
   stream ends as the API ends it: `data: [DONE]` for Chat Completions, nothing more for
-  Anthropic (whose `message_stop` is an event of the stream); a failure ends it with an
-  error event in the API's format.
+  Anthropic (whose `message_stop` is an event of the stream) and the Responses API
+  (whose `response.completed` is); a failure ends it with an error event in the API's
+  format (for the Responses API, `response.failed` with the response's id and the next
+  `sequence_number`).
 
-`/v1/chat/completions`, `/v1/messages` and `/v1/embeddings` all run through `Dispatch`.
+`/v1/chat/completions`, `/v1/messages`, `/v1/embeddings` and `/v1/responses` all run
+through `Dispatch`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import orjson
 import structlog
@@ -50,6 +54,7 @@ from switchyard.common.events import (
     new_id,
     utcnow,
 )
+from switchyard.common.responses import error_object, response_id, response_object
 from switchyard.gateway.api.body import ClientRequest
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
@@ -172,11 +177,16 @@ class Dispatch:
     started: float = field(default_factory=time.perf_counter)
     deadline: float = 0.0
     finished: bool = False
+    # The body as published and when (a Responses stream's failure event echoes them).
+    body: dict[str, Any] = field(default_factory=dict)
+    accepted_at: datetime | None = None
     ticket: Ticket | None = None
     # The response cache's part (cache.py): None unless the request opted in.
     cache: CacheTicket | None = None
     _queue: asyncio.Queue[Reply] | None = None
     _closed: bool = False
+    # Responses streams: the `sequence_number` the next event would carry.
+    _next_sequence_number: int = 0
 
     @property
     def vendor(self) -> Vendor:
@@ -221,7 +231,7 @@ class Dispatch:
                 principal,
                 request_id,
                 model,
-                client.body,
+                client.admission_body,
                 api=client.api,
                 embeddings=client.api is ClientAPI.OPENAI_EMBEDDINGS,
             )
@@ -237,6 +247,7 @@ class Dispatch:
             principal.tenant,
             client.stream,
             request_id=request_id,
+            body=client.body,
         )
         dispatch.ticket = ticket
         headers = forwarded_headers(request)
@@ -267,6 +278,7 @@ class Dispatch:
                 api=client.api,
                 model=model,
                 body=client.body,
+                previous_items=client.previous_items,
                 headers=headers,
                 stream=client.stream,
                 user_id=principal.user_id,
@@ -278,6 +290,7 @@ class Dispatch:
                 ),
             ),
         )
+        dispatch.accepted_at = event.time
         try:
             await gateway.bus.publish(
                 gateway.topics.requests_interactive, event, key=dispatch.request_id
@@ -385,7 +398,7 @@ class Dispatch:
                 try:
                     reply = await self._next()
                 except TimeoutError:
-                    yield sse_error_event(self.vendor, self._deadline_error())
+                    yield self._stream_failure(self._deadline_error())
                     return
             if isinstance(reply, ChatChunk):
                 data = reply.data
@@ -394,7 +407,7 @@ class Dispatch:
                 if data.sequence >= next_sequence:
                     if data.run != run:
                         log.warning("stream of another run refused", first=run, other=data.run)
-                        yield sse_error_event(self.vendor, self._interrupted_error())
+                        yield self._stream_failure(self._interrupted_error())
                         return
                     early[data.sequence] = reply
                     while next_sequence in early:
@@ -402,7 +415,7 @@ class Dispatch:
                         next_sequence += 1
                         if self.cache is not None:
                             self.cache.collect(record.data.events)
-                        yield b"".join([sse_event(event) for event in record.data.events])
+                        yield self._relayed(record.data.events)
             else:
                 self.finished = True
                 if next_sequence == 0 and not early and isinstance(reply, ChatCompleted):
@@ -411,9 +424,9 @@ class Dispatch:
                     # Records before these never arrived; what did is relayed in order.
                     log.warning("stream records missing", missing_from=next_sequence)
                     for sequence in sorted(early):
-                        yield b"".join([sse_event(event) for event in early[sequence].data.events])
+                        yield self._relayed(early[sequence].data.events)
                 if isinstance(reply, ChatFailed):
-                    yield sse_error_event(self.vendor, reply.data.error)
+                    yield self._stream_failure(reply.data.error)
                 else:
                     if self.api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
                         yield DONE
@@ -518,6 +531,40 @@ class Dispatch:
         IN_FLIGHT.dec()
 
     # -- failures the gateway itself ends a stream with ----------------------------------
+
+    def _relayed(self, events: list[StreamEvent]) -> bytes:
+        if self.api is ClientAPI.OPENAI_RESPONSES:
+            for event in events:
+                number = event.data.get("sequence_number")
+                if isinstance(number, int):
+                    self._next_sequence_number = number + 1
+        return b"".join([sse_event(event) for event in events])
+
+    def _stream_failure(self, error: ErrorInfo) -> bytes:
+        """The event ending a stream that failed after it began, in the API's format: a
+        Responses stream ends with `response.failed` (the response's id, the next
+        `sequence_number`, `error` with its code and message), the others with their
+        API's error event."""
+        if self.api is not ClientAPI.OPENAI_RESPONSES:
+            return sse_error_event(self.vendor, error)
+        accepted_at = self.accepted_at or utcnow()
+        response = response_object(
+            self.body,
+            id=response_id(self.request_id, accepted_at),
+            created_at=accepted_at,
+            model=self.model,
+            status="failed",
+            error=error_object(error.status, error.message, error.code),
+        )
+        event = StreamEvent(
+            event="response.failed",
+            data={
+                "type": "response.failed",
+                "sequence_number": self._next_sequence_number,
+                "response": response,
+            },
+        )
+        return sse_event(event)
 
     def _deadline_error(self) -> ErrorInfo:
         return ErrorInfo(

@@ -28,6 +28,8 @@ JOBS_PATH = "/v1/jobs"
 OTHER_API_PATHS: dict[str, ClientAPI] = {
     "/v1/messages/count_tokens": ClientAPI.ANTHROPIC_COUNT_TOKENS,
 }
+# The Responses API takes OpenAI's limit, like Chat Completions (not a job API here).
+RESPONSES_PATH = "/v1/responses"
 
 __all__ = ["API_PATHS", "JOBS_PATH", "BodySizeLimit", "path_limits", "too_large_message"]
 
@@ -37,6 +39,7 @@ def path_limits(settings: Settings) -> dict[str, int]:
     limits = {path: settings.max_body_bytes_for(api) for path, api in API_PATHS.items()}
     limits[JOBS_PATH] = max(limits.values())
     limits.update({path: settings.max_body_bytes_for(api) for path, api in OTHER_API_PATHS.items()})
+    limits[RESPONSES_PATH] = settings.max_body_bytes_for(ClientAPI.OPENAI_RESPONSES)
     return limits
 
 

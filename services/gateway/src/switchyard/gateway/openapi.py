@@ -90,6 +90,16 @@ QUERY_PARAMETERS = {
         ),
     ),
     "GET /v1/jobs": (_LIMIT, _CURSOR, _statuses(JOB_STATUSES)),
+    "GET /v1/responses/{response_id}/input_items": (
+        _LIMIT,
+        QueryParameter(
+            "order",
+            {"type": "string", "enum": ["asc", "desc"], "default": "desc"},
+            "Oldest (asc) or newest (desc) first.",
+        ),
+        QueryParameter("after", {"type": "string"}, "An item id: the items after it."),
+        QueryParameter("before", {"type": "string"}, "An item id: the items before it."),
+    ),
 }
 
 # Errors beyond those derived from the route (400 for input, 401 for credentials, 404 for
@@ -100,6 +110,12 @@ ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "POST /v1/chat/completions": _GENERATE,
     "POST /v1/messages": _GENERATE,
     "POST /v1/embeddings": _GENERATE,
+    # 404 also for a previous_response_id not stored; 409 while it is in progress.
+    "POST /v1/responses": (*_GENERATE, 409),
+    "GET /v1/responses/{response_id}": (),
+    "GET /v1/responses/{response_id}/input_items": (),
+    "DELETE /v1/responses/{response_id}": (409,),
+    "POST /v1/responses/{response_id}/cancel": (409,),
     "POST /v1/jobs": (404,),
     "POST /v1/jobs/{job_id}/cancel": (409,),
     "GET /v1/jobs/{job_id}": (),

@@ -135,6 +135,48 @@ class EmbeddingsRequest(BaseModel):
     user: str | None = Field(default=None, max_length=256)
 
 
+class ResponsesRequest(BaseModel):
+    """OpenAI Responses request. Fields not listed here pass through unchanged to
+    deployments offering the Responses API; translated deployments refuse, naming it, what
+    they cannot serve."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {"model": "sim-small", "input": "Hello", "instructions": "Answer briefly."}
+            ]
+        },
+    )
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Text, or input items: messages (`role`, `content`), `function_call` and "
+        "`function_call_output` items, reasoning items...",
+    )
+    instructions: str | None = None
+    previous_response_id: str | None = Field(
+        default=None, description="Continue this stored response's conversation (any model)."
+    )
+    store: bool = Field(default=True, description="Keep the response for retrieval and chaining.")
+    background: bool = Field(
+        default=False, description="Answer at once with the queued response; run it later."
+    )
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = Field(
+        default=None, examples=[{"format": {"type": "json_schema", "name": "x", "schema": {}}}]
+    )
+    reasoning: dict[str, Any] | None = Field(default=None, examples=[{"effort": "low"}])
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    metadata: dict[str, str] | None = None
+
+
 class JobRequest(BaseModel):
     """An asynchronous job: one request of any model API, as in the request lines of
     OpenAI's Batch API (`url` names the API, `body` is its request body). A plain Chat

@@ -1,8 +1,8 @@
 """The history service application: consumes requests, replies, usage and auth events
 into the database; serves `/v1/history`, `/v1/usage`, `/v1/jobs`, `/v1/replays`, the
-Idempotency-Key store and the response cache store to the gateway; and runs the expiry
-sweeper, the retention purge, the job webhook deliveries and the replay runner in the
-background.
+Responses API state (`/v1/responses`), the Idempotency-Key store and the response cache
+store to the gateway; and runs the expiry sweeper, the retention purge, the job webhook
+deliveries and the replay runner in the background.
 
 `create_app(settings, bus)`: with `bus=None` the app creates, starts and stops the bus its
 settings ask for; in embedded mode it joins the shared in-memory bus it is given.
@@ -30,6 +30,7 @@ from switchyard.history.api.internal import idempotency_router
 from switchyard.history.api.jobs import jobs_router
 from switchyard.history.api.performance import performance_router
 from switchyard.history.api.replays import replays_router
+from switchyard.history.api.responses import responses_router
 from switchyard.history.api.routes import history_router
 from switchyard.history.api.usage import usage_router
 from switchyard.history.bootstrap import build_components
@@ -144,6 +145,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(jobs_router(settings.internal_token))
     app.include_router(replays_router(settings.internal_token))
     app.include_router(cache_router(settings.internal_token))
+    app.include_router(responses_router(settings.internal_token))
     app.include_router(
         idempotency_router(settings.internal_token, settings.idempotency_max_body_bytes)
     )

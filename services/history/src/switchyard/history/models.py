@@ -8,7 +8,11 @@
   stored body and reply are shaped in (a `ClientAPI` value); `client_api` the API the
   client called. They differ only on rows recorded from version 1 events of Anthropic
   clients, whose bodies and replies travelled translated to Chat Completions
-  (migration 0003).
+  (migration 0003). Requests of OpenAI's Responses API also keep their conversation
+  state: `input_items` (the items the response was generated from, those of the
+  conversation it continued included) next to the output items in `response`, so
+  `previous_response_id` works on every model; `response_deleted_at` marks a response
+  deleted through the API (its content is removed, the row and its usage stay).
 - `history_webhooks`: one row per job that asked for a webhook: its delivery state.
 - `history_tenant_settings`: per-tenant privacy (metadata only), retention and the
   webhook signing secret.
@@ -135,6 +139,10 @@ class HistoryRequest(Base):
     status: Mapped[str] = mapped_column(String(16), default=RequestStatus.PENDING.value)
     request_body: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
     response: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    # Responses API only: every input item of the response, the previous conversation's
+    # first (NULL when not stored: `store: false`, metadata only, or deleted).
+    input_items: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONDocument)
+    response_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
     provider: Mapped[str | None] = mapped_column(String(128))
     deployment: Mapped[str | None] = mapped_column(String(256))

@@ -6,8 +6,9 @@ becomes a *contribution*: a full row where the columns the event does not know a
 One upsert statement merges a contribution into the row, and its rules make the result
 independent of the order contributions are applied in:
 
-- request fields (tenant, user, model, API, body, deadline, created_at) come from
-  `chat.requested`; a row a reply created first gets them when the request arrives;
+- request fields (tenant, user, model, API, body, a Responses request's input items,
+  deadline, created_at) come from `chat.requested`; a row a reply created first gets
+  them when the request arrives;
 - the status leaves 'pending' once, to the first terminal status applied; the reply,
   error and completion time travel with that status and are never overwritten;
 - tokens (input, output, cache read and written, reasoning), cost and latency come from
@@ -33,11 +34,14 @@ from switchyard.common.db import dialect_insert
 from switchyard.common.events import (
     ChatCompleted,
     ChatFailed,
+    ChatRequestData,
     ChatRequested,
+    ClientAPI,
     EnvelopeFields,
     TokenUsage,
     UsageRecorded,
 )
+from switchyard.common.responses import input_items
 from switchyard.history.models import RequestStatus, requests_table
 from switchyard.history.privacy import redact_request_body, redact_response
 
@@ -76,6 +80,7 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
             client_api=data.api.value,
             priority=data.priority.value,
             request_body=redact_request_body(data.body) if redact else data.body,
+            input_items=None if redact else responses_input_items(data, event.request_id),
             deadline=data.deadline,
             replay_of=data.replay_of,
         )
@@ -120,6 +125,16 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
     return row
 
 
+def responses_input_items(data: ChatRequestData, request_id: str) -> list[dict[str, Any]] | None:
+    """The input items a Responses request's response is generated from, as stored: the
+    previous conversation's, then the request's own `input` (ids given, see
+    `switchyard.common.responses.input_items`). None for other APIs and for a response
+    the client asked not to store (`store: false`)."""
+    if data.api is not ClientAPI.OPENAI_RESPONSES or data.body.get("store") is False:
+        return None
+    return [*(data.previous_items or []), *input_items(data.body.get("input"), request_id)]
+
+
 def _tokens(usage: TokenUsage) -> dict[str, int]:
     return {name: getattr(usage, name) for name in TOKEN_COLUMNS}
 
@@ -145,8 +160,11 @@ MERGE_RULES: dict[str, tuple[str, str | None]] = {
             "client_api",
             "priority",
             "request_body",
+            "input_items",
             "deadline",
             "replay_of",
+            # Set only by a deletion through the Responses API, never by an event: kept.
+            "response_deleted_at",
         )
     },
     "created_at": ("replace", REQUEST_ARRIVES),

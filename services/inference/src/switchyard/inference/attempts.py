@@ -243,7 +243,7 @@ class Attempts:
     ) -> tuple[Adapter, UpstreamCall] | ProviderError:
         data = run.request.data
         try:
-            adapter = self._adapters.adapter_for(data.api, deployment)
+            adapter = self._adapters.adapter_for(data.api, deployment, run.request)
             call = adapter.request(data.body, data.headers, deployment, data.stream)
         except ProviderError as error:
             if error.status == 400 and error.code == "unsupported_parameter":
