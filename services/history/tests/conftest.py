@@ -53,6 +53,7 @@ class EventFactory:
         prompt: str = "Hello",
         at: datetime | None = None,
         api_key_id: str | None = "key-1",
+        team_id: str | None = None,
         priority: Priority = Priority.INTERACTIVE,
         webhook_url: str | None = None,
         timeout_s: float = 60,
@@ -73,6 +74,7 @@ class EventFactory:
                 body=body,
                 user_id=user_id,
                 api_key_id=api_key_id,
+                team_id=team_id,
                 priority=priority,
                 deadline=time + timedelta(seconds=timeout_s),
                 webhook_url=webhook_url,
@@ -175,6 +177,7 @@ class EventFactory:
                 deployment="sim-small-1",
                 user_id=request.data.user_id,
                 api_key_id=request.data.api_key_id,
+                team_id=request.data.team_id,
                 status=TerminalStatus.COMPLETED,
                 usage=TokenUsage(
                     input_tokens=input_tokens, output_tokens=output_tokens, **token_details
@@ -183,6 +186,57 @@ class EventFactory:
                 latency_ms=43.0,
             ),
         )
+
+    def refusal(
+        self,
+        request_id: str | None = None,
+        *,
+        tenant: str = "acme",
+        user_id: str = "alice",
+        api_key_id: str | None = "key-1",
+        team_id: str | None = "team-1",
+        model: str = "sim-small",
+        api: ClientAPI = ClientAPI.OPENAI_CHAT_COMPLETIONS,
+    ) -> tuple[ChatFailed, UsageRecorded]:
+        """What a gateway publishes for a request it refused at admission (no
+        `chat.requested`: nothing ran): a `chat.failed` and a `usage.recorded`, both of
+        status `refused`, as `switchyard.gateway.governance.refusals` builds them."""
+        request_id = request_id or new_id()
+        time = self.tick()
+        failed = ChatFailed(
+            source="gateway",
+            tenant=tenant,
+            request_id=request_id,
+            time=time,
+            data=ChatFailedData(
+                status=TerminalStatus.REFUSED,
+                error=ErrorInfo(
+                    status=429,
+                    type="insufficient_quota",
+                    code="insufficient_quota",
+                    message=f"Budget of $0.01 for the team {team_id} is used up; it resets "
+                    "at 2025-03-02T00:00:00Z.",
+                    retry_after_s=3600,
+                ),
+            ),
+        )
+        usage = UsageRecorded(
+            source="gateway",
+            tenant=tenant,
+            request_id=request_id,
+            time=time,
+            data=UsageData(
+                api=api,
+                model=model,
+                user_id=user_id,
+                api_key_id=api_key_id,
+                team_id=team_id,
+                status=TerminalStatus.REFUSED,
+                usage=TokenUsage(),
+                upstream_calls=0,
+            ),
+        )
+        return failed, usage
 
     def chunk(self, request: ChatRequested, sequence: int = 0) -> ChatChunk:
         return ChatChunk(

@@ -71,7 +71,9 @@ async def forward_to_auth(request: Request) -> Response:
     try:
         url = httpx.URL(gateway.settings.auth_url.rstrip("/") + raw_path.decode("latin-1"))
     except httpx.InvalidURL:
-        raise APIError(400, "The request path is not a valid URL path.", code="invalid_path")
+        raise APIError(
+            400, "The request path is not a valid URL path.", code="invalid_path"
+        ) from None
     try:
         answer = await gateway.http.request(
             request.method,
