@@ -1,5 +1,6 @@
 """Fixtures shared by the history unit and integration suites: building events, and the
-check that migration 0003 carries version 1 rows over (run on SQLite and PostgreSQL)."""
+checks that migration 0003 carries version 1 rows over and that migration 0004 gives
+requests their teams (run on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -532,3 +533,85 @@ def v1_migration_check():
     """`check_v1_rows_migrate(url, events)`, for the unit (SQLite) and integration
     (PostgreSQL) suites."""
     return check_v1_rows_migrate
+
+
+# --------------------------------------------------------------------------- migration 0004
+
+
+def _columns(url: str, table: str) -> set[str]:
+    from sqlalchemy import inspect
+
+    engine = create_sync_engine(sync_url(url))
+    try:
+        return {column["name"] for column in inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
+async def check_teams_migrate(url: str, events: EventFactory) -> None:
+    """Migration 0004 down and up again on a database holding requests of teams (one of
+    them refused at admission, recorded from its refusal alone): the downgrade drops the
+    team everywhere, the upgrade gives every request its team back from the stored events,
+    and usage by team is the same before and after the rollup recomputes the hours."""
+    from switchyard.history import rollup
+    from switchyard.history.bootstrap import history_engine
+    from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
+    from switchyard.history.handlers import EventRecorder
+    from switchyard.history.queries import Caller, HistoryFilters, HistoryQueries, UsageQuery
+
+    upgrade(MIGRATIONS_DIR, url, VERSION_TABLE)
+    events.clock = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    batch, teams = [], {}
+    for user, team in (("alice", "research"), ("bob", "research"), ("carol", None)):
+        request = events.requested(user_id=user, team_id=team)
+        batch += [request, events.completed(request), events.usage(request, cost_usd=0.5)]
+        teams[request.request_id] = team
+    refused = events.refusal(user_id="alice", team_id="research")
+    batch += refused
+    teams[refused[0].request_id] = "research"
+    engine = history_engine(url)
+    try:
+        await EventRecorder(engine).record(batch)
+        assert await rollup.refresh(engine, settle=timedelta(0)) > 0
+    finally:
+        await engine.dispose()
+
+    downgrade(MIGRATIONS_DIR, url, VERSION_TABLE, "0003")
+    assert "team_id" not in _columns(url, "history_requests")
+    assert "team_id" not in _columns(url, "history_usage_hourly")
+    upgrade(MIGRATIONS_DIR, url, VERSION_TABLE)
+
+    engine = history_engine(url)
+    try:
+        queries = HistoryQueries(engine)
+        admin = Caller(tenant="acme", user_id="root", role="admin")
+        page = await queries.list_requests(admin, limit=20)
+        assert {row["request_id"]: row["team_id"] for row in page.items} == teams
+        research = await queries.list_requests(
+            admin, limit=20, filters=HistoryFilters(team_id="research")
+        )
+        assert len(research.items) == 3
+        report = UsageQuery(
+            since=datetime(2025, 3, 1, tzinfo=UTC),
+            until=datetime(2025, 3, 2, tzinfo=UTC),
+            bucket=None,
+            dimensions=("team",),
+            tenant="acme",
+        )
+        from_requests = await queries.usage(report)
+        assert await rollup.refresh(engine, settle=timedelta(0)) > 0
+        from_rollup = await queries.usage(report)
+        assert from_rollup == from_requests
+        assert {row.groups["team"]: (row.requests, row.errors) for row in from_rollup} == {
+            "research": (3, 1),
+            None: (1, 0),
+        }
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def teams_migration_check():
+    """`check_teams_migrate(url, events)`, for the unit (SQLite) and integration
+    (PostgreSQL) suites."""
+    return check_teams_migrate

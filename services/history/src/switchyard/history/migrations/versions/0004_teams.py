@@ -3,9 +3,10 @@
 a dimension of both usage rollup grains (part of their primary keys; '' for none).
 
 Requests recorded before this migration get their team from the `chat.requested` event
-the event store kept (events published before teams existed have none), and the rollup
-hours of every request that got one are marked for recomputation (reports read those
-hours from the requests until the service has recomputed them).
+the event store kept, or, for a request refused at admission (which has none), from its
+`usage.recorded` (events published before teams existed have no team); the rollup hours of
+every request that got one are marked for recomputation (reports read those hours from
+the requests until the service has recomputed them).
 
 Revision ID: 0004
 Revises: 0003
@@ -62,11 +63,12 @@ def upgrade() -> None:
     # The team of requests already recorded, from their stored `chat.requested`.
     if _is_postgres():
         team = "(e.payload -> 'data' ->> 'team_id')"
-        op.execute(
-            f"UPDATE history_requests AS r SET team_id = {team} FROM history_events AS e "
-            "WHERE e.request_id = r.request_id AND e.type = 'chat.requested' "
-            f"AND {team} IS NOT NULL"
-        )
+        for event_type in ("chat.requested", "usage.recorded"):
+            op.execute(
+                f"UPDATE history_requests AS r SET team_id = {team} FROM history_events AS e "
+                f"WHERE e.request_id = r.request_id AND e.type = '{event_type}' "
+                f"AND r.team_id IS NULL AND {team} IS NOT NULL"
+            )
         op.execute(
             "INSERT INTO history_usage_dirty (tenant, hour, marked_at) "
             "SELECT DISTINCT tenant, date_trunc('hour', created_at AT TIME ZONE 'UTC') "
@@ -76,13 +78,15 @@ def upgrade() -> None:
         )
     else:
         team = "json_extract(e.payload, '$.data.team_id')"
-        op.execute(
-            f"UPDATE history_requests SET team_id = (SELECT {team} FROM history_events AS e "
-            "WHERE e.request_id = history_requests.request_id "
-            f"AND e.type = 'chat.requested' AND {team} IS NOT NULL LIMIT 1) "
-            "WHERE team_id IS NULL AND request_id IN (SELECT request_id FROM history_events "
-            "WHERE type = 'chat.requested')"
-        )
+        for event_type in ("chat.requested", "usage.recorded"):
+            op.execute(
+                "UPDATE history_requests SET team_id = (SELECT "
+                f"{team} FROM history_events AS e "
+                "WHERE e.request_id = history_requests.request_id "
+                f"AND e.type = '{event_type}' AND {team} IS NOT NULL LIMIT 1) "
+                "WHERE team_id IS NULL AND request_id IN (SELECT request_id FROM "
+                f"history_events WHERE type = '{event_type}')"
+            )
         op.execute(
             "INSERT INTO history_usage_dirty (tenant, hour, marked_at) "
             "SELECT DISTINCT tenant, substr(created_at, 1, 13) || ':00:00.000000', "
