@@ -1,7 +1,8 @@
 """Budgets and rate limits on the real system: three gateway replicas (separate processes)
 on Kafka and PostgreSQL share one limit ledger, so limits hold for the fleet, not per
 replica; admins manage teams, keys and limits through the gateway; a changed limit
-applies within a second on every replica; a budget resets at its period boundary.
+applies within a second on every replica; a budget resets at its period boundary; a
+refused request is in history with its status, reason and team.
 
 The three replicas run with `SWITCHYARD_BUDGET_DAY_S=6`: a `1d` budget lasts six seconds,
 a `30d` one three minutes."""
@@ -207,6 +208,51 @@ def test_a_budget_resets_at_its_period_boundary(fleet):
         admitted_again, timeout=DAY_S + 10, interval=0.5, message=f"the next period ({seen})"
     )
     assert time.monotonic() - started <= resets_at + 5, seen
+
+
+def test_a_request_refused_by_its_team_budget_is_in_history_as_refused_with_its_team(fleet):
+    team = admin_call(
+        fleet,
+        "POST",
+        "/v1/admin/teams",
+        {"name": f"spent-{uuid.uuid4().hex[:6]}", "max_budget_usd": 0, "budget_period": "30d"},
+    )
+    assert team.status_code == 201, team.text
+    team_id = team.json()["id"]
+    key = new_key(fleet, team_id=team_id)
+    [refused] = asyncio.run(fire(fleet, key["key"], 1, chat()))
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+
+    def history(identity: dict) -> list[dict]:
+        response = httpx.get(
+            f"{fleet['urls'][2]}/v1/history",
+            params={"status": "refused", "team_id": team_id},
+            headers=identity,
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["data"]
+
+    wait_until(lambda: history(fleet["admin"]), timeout=30, interval=0.5, message="the refusal")
+    [item] = history(fleet["admin"])
+    assert (item["status"], item["team_id"], item["api_key_id"]) == (
+        "refused",
+        team_id,
+        key["key_id"],
+    )
+    assert item["error"]["code"] == "insufficient_quota"
+    assert f"team {team_id}" in item["error"]["message"]
+    # The member sees it too, and the team's usage counts it as an error.
+    assert [i["id"] for i in history({"Authorization": f"Bearer {key['key']}"})] == [item["id"]]
+    usage = httpx.get(
+        f"{fleet['urls'][0]}/v1/usage",
+        params={"group_by": "team", "team_id": team_id},
+        headers=fleet["admin"],
+        timeout=10,
+    )
+    assert usage.status_code == 200, usage.text
+    [row] = usage.json()["data"]
+    assert (row["team"], row["requests"], row["errors"]) == (team_id, 1, 1)
 
 
 def test_a_limit_changed_by_an_admin_applies_within_a_second_on_every_replica(fleet):

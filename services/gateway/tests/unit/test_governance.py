@@ -238,8 +238,9 @@ async def test_a_silent_replica_loses_its_leases_to_the_others() -> None:
     assert counter.committed == 0
 
 
-def limited_auth(harness, **limits) -> None:
-    """Make the fake auth answer the policy of the test key with these key limits."""
+def limited_auth(harness, team: tuple[str, dict] | None = None, **limits) -> None:
+    """Make the fake auth answer the policy of the test key with these key limits (and
+    `team`: (team id, its limits), the key's user being a member)."""
     gateway = harness.app.state.gateway
     original = harness.auth.handle
 
@@ -249,10 +250,15 @@ def limited_auth(harness, **limits) -> None:
                 200,
                 json={
                     "tenant": "acme",
-                    "team_id": None,
+                    "team_id": team[0] if team else None,
                     "levels": {
                         "api_key": {"id": "key-1", "limits": limits, "budget_anchor_at": None},
                         "user": {"id": "user-1", "limits": {}, "budget_anchor_at": None},
+                        **(
+                            {"team": {"id": team[0], "limits": team[1], "budget_anchor_at": None}}
+                            if team
+                            else {}
+                        ),
                         "tenant": {"id": "acme", "limits": {}, "budget_anchor_at": None},
                     },
                     "rate_limit_failure_mode": "open",
@@ -315,6 +321,33 @@ async def test_an_exhausted_budget_is_insufficient_quota_naming_the_level(harnes
     assert error["code"] == "insufficient_quota" and error["type"] == "insufficient_quota"
     assert "key key-1" in error["message"] and "does not reset" in error["message"]
     assert harness.requests == []
+
+
+async def test_a_refusal_is_recorded_with_the_callers_team_and_reason(harness):
+    gateway = harness.app.state.gateway
+    recorded: list = []
+    both = asyncio.Event()
+
+    async def record(event) -> None:
+        recorded.append(event)
+        if len(recorded) == 2:
+            both.set()
+
+    await harness.bus.subscribe([gateway.topics.replies, gateway.topics.usage], "history", record)
+    limited_auth(harness, team=("team-9", {"max_budget_usd": 0.0}))
+    response = await harness.client.post(
+        "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert response.status_code == 429, response.text
+
+    await asyncio.wait_for(both.wait(), timeout=5)
+    failed = next(event for event in recorded if event.type == "chat.failed")
+    usage = next(event for event in recorded if event.type == "usage.recorded")
+    assert failed.data.status == usage.data.status == "refused"
+    assert failed.data.error.code == "insufficient_quota"
+    assert "team team-9" in failed.data.error.message
+    assert usage.data.team_id == "team-9"
+    assert (usage.data.api_key_id, usage.data.model) == ("key-1", "sim-small")
 
 
 async def test_the_admin_api_is_reachable_through_the_gateway(harness):

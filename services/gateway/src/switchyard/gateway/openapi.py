@@ -40,6 +40,11 @@ _API_KEY_ID = QueryParameter(
 _USER_ID = QueryParameter(
     "user_id", {"type": "string", "maxLength": 128}, "Admins: only this user's."
 )
+_TEAM_ID = QueryParameter(
+    "team_id",
+    {"type": "string", "maxLength": 128},
+    "Only requests made as a member of this team.",
+)
 
 
 def _statuses(values: tuple[str, ...]) -> QueryParameter:
@@ -60,6 +65,7 @@ QUERY_PARAMETERS = {
         _MODEL,
         _statuses(REQUEST_STATUSES),
         _API_KEY_ID,
+        _TEAM_ID,
         _USER_ID,
     ),
     "GET /v1/usage": (
@@ -73,15 +79,20 @@ QUERY_PARAMETERS = {
             "group_by",
             {
                 "type": "array",
-                "items": {"type": "string", "enum": ["day", "hour", "model", "user", "api_key"]},
+                "items": {
+                    "type": "string",
+                    "enum": ["day", "hour", "model", "user", "api_key", "team"],
+                },
                 "default": ["day"],
             },
-            "Comma-separated: a time bucket (day or hour) and any of model, user, api_key. "
+            "Comma-separated: a time bucket (day or hour) and any of model, user, api_key, "
+            "team. "
             "Without day or hour: totals over the range.",
             comma_separated=True,
         ),
         _MODEL,
         _API_KEY_ID,
+        _TEAM_ID,
         _USER_ID,
         QueryParameter(
             "format",

@@ -103,12 +103,13 @@ def usage_report(
         str,
         typer.Option(
             "--group-by",
-            help="Comma-separated: day or hour, and any of model, user, api_key, tenant. "
+            help="Comma-separated: day or hour, and any of model, user, api_key, team, tenant. "
             "Without day or hour: totals over the whole range.",
         ),
     ] = "day",
     tenant: Annotated[str | None, typer.Option(help="Only this tenant (default: all).")] = None,
     user: Annotated[str | None, typer.Option(help="Only this user id.")] = None,
+    team: Annotated[str | None, typer.Option(help="Only this team id.")] = None,
     model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
 ) -> None:
@@ -130,6 +131,7 @@ def usage_report(
         tenant=tenant,
         user_id=user,
         model=model,
+        team_id=team,
     )
     rows = _run(lambda engine: HistoryQueries(engine).usage(query))
     names = _names(rows, query)
@@ -142,23 +144,27 @@ def usage_report(
 
 
 def _names(rows: list, query: UsageQuery) -> dict[str, dict[str, str]] | None:
-    """Emails and key names of the users and API keys in the report, from the installed
-    auth service; None (ids only, with a warning) when they cannot be looked up."""
+    """Emails, key names and team names of the users, API keys and teams in the report,
+    from the installed auth service; None (ids only, with a warning) when they cannot be
+    looked up."""
     wanted = {d: {row.groups[d] for row in rows if row.groups.get(d)} for d in NAME_COLUMNS}
     if not any(d in query.dimensions for d in NAME_COLUMNS):
         return None
     try:
-        found = asyncio.run(lookup_principal_names(wanted["user"], wanted["api_key"]))
+        found = asyncio.run(
+            lookup_principal_names(wanted["user"], wanted["api_key"], wanted["team"])
+        )
     except Exception as exc:  # noqa: BLE001 - the report is still useful with ids
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        typer.echo(f"warning: showing ids: user and key names unavailable ({reason})", err=True)
+        typer.echo(f"warning: showing ids: names unavailable ({reason})", err=True)
         return None
-    return {"user": found.emails, "api_key": found.key_names}
+    return {"user": found.emails, "api_key": found.key_names, "team": found.team_names}
 
 
 def _readable(report: dict[str, Any]) -> dict[str, Any]:
-    """The table shows who, not ids: email and key name replace the ids (falling back to
-    the id when unknown); every cell is printed terminal-safe (see `_fmt`)."""
+    """The table shows who, not ids: email, key name and team name replace the ids
+    (falling back to the id when unknown); every cell is printed terminal-safe (see
+    `_fmt`)."""
     for item in report["data"]:
         for dimension, name_column in NAME_COLUMNS.items():
             if name_column in item:

@@ -18,11 +18,14 @@
   webhook signing secret.
 - `history_idempotency_keys`: Idempotency-Key claims and the responses they replay.
 - `history_usage_hourly`, `history_usage_hourly_models`, `history_usage_dirty`: the usage
-  rollup per tenant and hour (by user, API key and model; and by model only), and the hours
-  waiting to be recomputed (rollup.py).
+  rollup per tenant and hour (by user, API key, team and model; and by team and model
+  only), and the hours waiting to be recomputed (rollup.py).
 - `history_cache_entries`: the gateways' exact-match response cache, per tenant (cache.py).
 - `history_replays`, `history_replay_items`: replays of recorded traffic against another
   model, and each selected request's progress (replays.py).
+
+A request is shown and counted (`shown`) once its `chat.requested` is stored, or, for a
+request refused at admission (which never had one: nothing ran), once its refusal is.
 
 Timestamps are timezone-aware UTC on both PostgreSQL and SQLite; the projection's JSON
 columns are JSONB on PostgreSQL, event payloads plain JSON (kept as received). The Alembic
@@ -39,6 +42,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
     Float,
     Index,
@@ -48,6 +52,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    or_,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -128,6 +133,8 @@ class HistoryRequest(Base):
     tenant: Mapped[str] = mapped_column(String(128))
     user_id: Mapped[str | None] = mapped_column(String(128))
     api_key_id: Mapped[str | None] = mapped_column(String(128))
+    # The caller's team when the request was made (auth's team id), if any.
+    team_id: Mapped[str | None] = mapped_column(String(128))
     model: Mapped[str | None] = mapped_column(String(256))
     # The API `request_body` and `response` are shaped in, and the one the client called.
     api: Mapped[str | None] = mapped_column(String(32))
@@ -196,6 +203,14 @@ class HistoryRequest(Base):
             "ix_history_requests_tenant_api_key_created",
             "tenant",
             "api_key_id",
+            created_at.desc(),
+            request_id.desc(),
+        ),
+        # The team filter (migration 0004).
+        Index(
+            "ix_history_requests_tenant_team_created",
+            "tenant",
+            "team_id",
             created_at.desc(),
             request_id.desc(),
         ),
@@ -298,7 +313,7 @@ class IdempotencyKey(Base):
 
 
 class UsageHourly(Base):
-    """Requests of one tenant, hour, user, API key and model (NULL stored as '')."""
+    """Requests of one tenant, hour, user, API key, team and model (NULL stored as '')."""
 
     __tablename__ = "history_usage_hourly"
 
@@ -306,6 +321,8 @@ class UsageHourly(Base):
     hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     api_key_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # A user can move to another team, so the team is a dimension of its own.
+    team_id: Mapped[str] = mapped_column(String(128), primary_key=True, server_default="")
     model: Mapped[str] = mapped_column(String(256), primary_key=True)
     requests: Mapped[int] = mapped_column(BigInteger)
     completed: Mapped[int] = mapped_column(BigInteger)
@@ -324,16 +341,19 @@ class UsageHourly(Base):
         Index("ix_history_usage_hourly_hour", "hour"),
         Index("ix_history_usage_hourly_user", "tenant", "user_id", "hour"),
         Index("ix_history_usage_hourly_api_key", "tenant", "api_key_id", "hour"),
+        Index("ix_history_usage_hourly_team", "tenant", "team_id", "hour"),
     )
 
 
 class UsageHourlyModels(Base):
-    """Requests of one tenant, hour and model: the grain tenant-wide reports read."""
+    """Requests of one tenant, hour, team and model: the grain tenant-wide reports read
+    (a few rows per hour however many users and keys there are)."""
 
     __tablename__ = "history_usage_hourly_models"
 
     tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
     hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(128), primary_key=True, server_default="")
     model: Mapped[str] = mapped_column(String(256), primary_key=True)
     requests: Mapped[int] = mapped_column(BigInteger)
     completed: Mapped[int] = mapped_column(BigInteger)
@@ -455,3 +475,13 @@ usage_dirty_table = UsageDirty.__table__
 cache_entries_table = CacheEntry.__table__
 replays_table = Replay.__table__
 replay_items_table = ReplayItem.__table__
+
+
+def shown(columns: Any = None) -> ColumnElement[bool]:
+    """SQL true for the request rows history shows and counts: those whose
+    `chat.requested` is stored (a reply that overtook its request waits for it), and
+    requests refused at admission, which never have one (their refusal, a `chat.failed`
+    and a `usage.recorded` of status `refused`, is their whole record). `columns`: the
+    columns of `history_requests` or of an alias of it."""
+    r = columns if columns is not None else requests_table.c
+    return or_(r.request_body.is_not(None), r.status == RequestStatus.REFUSED.value)

@@ -6,9 +6,12 @@ becomes a *contribution*: a full row where the columns the event does not know a
 One upsert statement merges a contribution into the row, and its rules make the result
 independent of the order contributions are applied in:
 
-- request fields (tenant, user, model, API, body, a Responses request's input items,
-  deadline, created_at) come from `chat.requested`; a row a reply created first gets
-  them when the request arrives;
+- request fields (tenant, user, key, team, model, API, body, a Responses request's input
+  items, deadline, created_at) come from `chat.requested`; a row a reply created first
+  gets them when the request arrives; until then the usage record's (user, key, team,
+  model, API) stand in. A request refused at admission never has a `chat.requested`: the
+  gateway's `chat.failed` (status `refused`, the reason in its error) and `usage.recorded`
+  (who, which model and API, zero usage) are its whole record;
 - the status leaves 'pending' once, to the first terminal status applied; the reply,
   error and completion time travel with that status and are never overwritten;
 - tokens (input, output, cache read and written, reasoning), cost and latency come from
@@ -75,6 +78,7 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
         row.update(
             user_id=data.user_id,
             api_key_id=data.api_key_id,
+            team_id=data.team_id,
             model=data.model,
             api=data.api.value,
             client_api=data.api.value,
@@ -111,7 +115,10 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
         row.update(
             user_id=data.user_id,
             api_key_id=data.api_key_id,
+            team_id=data.team_id,
             model=data.model,
+            api=data.api.value if data.api else None,
+            client_api=data.api.value if data.api else None,
             provider=data.provider,
             deployment=data.deployment,
             **_tokens(data.usage),
@@ -155,6 +162,7 @@ MERGE_RULES: dict[str, tuple[str, str | None]] = {
             "tenant",
             "user_id",
             "api_key_id",
+            "team_id",
             "model",
             "api",
             "client_api",

@@ -1,5 +1,6 @@
 """Usage reports: requests, errors, tokens and cost grouped by a time bucket (day or
-hour) and any of model, user and API key (and tenant, for operators), as JSON or CSV.
+hour) and any of model, user, API key and team (and tenant, for operators), as JSON or
+CSV. Errors are failed, expired and refused requests.
 Tokens are input and output tokens, with the parts of the input read from and written to
 the provider's prompt cache and the part of the output spent on reasoning (these three
 columns come last in CSV, so readers of the earlier columns are unaffected), and then
@@ -87,14 +88,15 @@ def time_range(
 
 
 # Readable label columns added after an id column when names are given (see `row_dict`).
-NAME_COLUMNS = {"user": "user_email", "api_key": "api_key_name"}
+NAME_COLUMNS = {"user": "user_email", "api_key": "api_key_name", "team": "team_name"}
 
 
 def row_dict(
     row: UsageRow, query: UsageQuery, names: Mapping[str, Mapping[str, str]] | None = None
 ) -> dict[str, Any]:
-    """One report row. With `names` ({"user": {id: email}, "api_key": {id: name}}), the
-    user and API key ids are followed by `user_email` / `api_key_name`."""
+    """One report row. With `names` ({"user": {id: email}, "api_key": {id: name},
+    "team": {id: name}}), the user, API key and team ids are followed by `user_email`,
+    `api_key_name` and `team_name`."""
     data: dict[str, Any] = {}
     if query.bucket is not None:
         data["bucket"] = isoformat_z(row.bucket) if row.bucket else None

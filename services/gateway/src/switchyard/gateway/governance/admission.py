@@ -103,6 +103,8 @@ class Refused(APIError):
         headers: dict[str, str] | None = None,
     ) -> None:
         self.level, self.scope_id, self.kind = level, scope_id, kind
+        # The caller's team, for the refusal's record (set by `Admission.admit`).
+        self.team_id: str | None = None
         self.limit, self.reset_at = limit, reset_at
         who = f"{LEVEL_NAMES.get(level, level)} {scope_id}"
         retry_after = max(1, math.ceil(reset_at - now)) if reset_at is not None else 1
@@ -326,6 +328,15 @@ class Admission:
             ) from None
         if not policy.limited:
             return Ticket(team_id=policy.team_id)
+        try:
+            return await self._admit_limited(policy, model, body, embeddings)
+        except Refused as refused:
+            refused.team_id = policy.team_id  # recorded with the refusal
+            raise
+
+    async def _admit_limited(
+        self, policy: Policy, model: str, body: dict[str, Any], embeddings: bool
+    ) -> Ticket:
         needs = self._needs(policy, model, body, embeddings)
         # Each round either admits, refuses (a refill found the counter exhausted), or
         # waits for a refill that granted something, which other waiting requests may

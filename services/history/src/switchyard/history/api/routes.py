@@ -83,6 +83,10 @@ def history_router(internal_token: str) -> APIRouter:
         user_id: Annotated[
             str | None, Query(max_length=128, description="Admins: one user's requests.")
         ] = None,
+        team_id: Annotated[
+            str | None,
+            Query(max_length=128, description="Only requests made as a member of this team."),
+        ] = None,
     ) -> HistoryList:
         """The caller's requests (the whole tenant's for admins), newest first."""
         time_from, time_to = parse_time_range(since, until)
@@ -93,6 +97,7 @@ def history_router(internal_token: str) -> APIRouter:
             statuses=tuple(parse_statuses(status, STATUSES)),
             api_key_id=api_key_id,
             user_id=user_id,
+            team_id=team_id,
         )
         try:
             page = await queries.list_requests(caller, limit=limit, cursor=cursor, filters=filters)
