@@ -2,7 +2,9 @@
 
 Same semantics as the Kafka bus where handlers can tell: consumer groups share work,
 listeners see everything published after they started, a failing handler is retried and
-then dead-lettered. Events are passed as the (immutable) objects themselves; nothing is
+then dead-lettered (only failures while its dependencies work count, and a failing batch
+is split to isolate the event that fails alone), and `consumer_lag` counts what a group
+has not finished. Events are passed as the (immutable) objects themselves; nothing is
 durable, which is what embedded mode promises and no more.
 """
 
@@ -22,9 +24,11 @@ from switchyard.common.bus.base import (
     BatchHandler,
     EventBus,
     Handler,
+    HealthCheck,
     RetryPolicy,
     Subscription,
     call_with_retry,
+    handle_batch_isolating,
 )
 from switchyard.common.events import EnvelopeFields, Event
 
@@ -43,6 +47,8 @@ class _Group:
     # (topic, event, trace context of the publisher)
     queue: asyncio.Queue[tuple[str, Event, dict]] = field(default_factory=asyncio.Queue)
     members: int = 0
+    # Events taken from the queue whose handling has not finished.
+    in_progress: int = 0
 
 
 class _TaskSubscription(Subscription):
@@ -50,6 +56,9 @@ class _TaskSubscription(Subscription):
         self._tasks = tasks
         self._on_stop = on_stop
         self._stopped = False
+
+    def healthy(self) -> bool:
+        return not self._stopped and not any(task.done() for task in self._tasks)
 
     async def stop(self) -> None:
         if self._stopped:
@@ -115,6 +124,13 @@ class InMemoryBus(EventBus):
     async def partition_count(self, topic: str) -> int:
         return self._partitions.get(topic, 1)
 
+    async def consumer_lag(self, group: str, topics: Sequence[str]) -> int:
+        state = self._groups.get(group)
+        return 0 if state is None else state.queue.qsize() + state.in_progress
+
+    async def healthy(self) -> bool:
+        return all(subscription.healthy() for subscription in self._subscriptions)
+
     def _join(self, topics: Sequence[str], group: str) -> _Group:
         state = self._groups.setdefault(group, _Group())
         state.members += 1
@@ -146,26 +162,32 @@ class InMemoryBus(EventBus):
         *,
         concurrency: int = 1,
         retry: RetryPolicy = RetryPolicy(),
+        healthy: HealthCheck | None = None,
     ) -> Subscription:
         state = self._join(topics, group)
 
         async def worker() -> None:
             while True:
                 topic, event, carrier = await state.queue.get()
-                with _process_span(topic, group, event, carrier):
-                    error = await call_with_retry(
-                        lambda: handler(event),
-                        retry,
-                        lambda attempt, exc: log.warning(
-                            "handler failed, retrying",
-                            topic=topic,
-                            event_id=event.id,
-                            attempt=attempt,
-                            error=repr(exc),
-                        ),
-                    )
-                if error is not None:
-                    self._dead_letter(topic, event, error)
+                state.in_progress += 1
+                try:
+                    with _process_span(topic, group, event, carrier):
+                        error = await call_with_retry(
+                            lambda: handler(event),
+                            retry,
+                            lambda attempt, exc: log.warning(
+                                "handler failed, retrying",
+                                topic=topic,
+                                event_id=event.id,
+                                attempt=attempt,
+                                error=repr(exc),
+                            ),
+                            healthy,
+                        )
+                    if error is not None:
+                        self._dead_letter(topic, event, error)
+                finally:
+                    state.in_progress -= 1
 
         return self._track([asyncio.create_task(worker()) for _ in range(max(1, concurrency))])
 
@@ -176,32 +198,40 @@ class InMemoryBus(EventBus):
         handler: BatchHandler,
         *,
         max_batch: int = 500,
-        retry: RetryPolicy = RetryPolicy(max_attempts=None),
+        retry: RetryPolicy = RetryPolicy(),
+        healthy: HealthCheck | None = None,
     ) -> Subscription:
         state = self._join(topics, group)
+
+        async def dead_letter(item: tuple[str, Event, dict], error: BaseException) -> None:
+            self._dead_letter(item[0], item[1], error)
 
         async def worker() -> None:
             while True:
                 items = [await state.queue.get()]
-                # Let a batch gather for a moment: one transaction for many events is what
-                # keeps a store (history on SQLite) from costing a commit per event.
-                await asyncio.sleep(self.batch_linger_s)
-                while len(items) < max_batch and not state.queue.empty():
-                    items.append(state.queue.get_nowait())
-                events = [event for _, event, _ in items]
-                error = await call_with_retry(
-                    lambda: handler(events),
-                    retry,
-                    lambda attempt, exc: log.warning(
-                        "batch handler failed, retrying",
-                        size=len(events),
-                        attempt=attempt,
-                        error=repr(exc),
-                    ),
-                )
-                if error is not None:
-                    for topic, event, _ in items:
-                        self._dead_letter(topic, event, error)
+                state.in_progress += 1
+                try:
+                    # Let a batch gather for a moment: one transaction for many events is
+                    # what keeps a store (history on SQLite) from costing a commit per event.
+                    await asyncio.sleep(self.batch_linger_s)
+                    while len(items) < max_batch and not state.queue.empty():
+                        items.append(state.queue.get_nowait())
+                        state.in_progress += 1
+                    await handle_batch_isolating(
+                        items,
+                        lambda chunk: handler([event for _, event, _ in chunk]),
+                        retry,
+                        healthy=healthy,
+                        dead_letter=dead_letter,
+                        on_retry=lambda tries, size, exc: log.warning(
+                            "batch handler failed, retrying",
+                            size=size,
+                            attempt=tries,
+                            error=repr(exc),
+                        ),
+                    )
+                finally:
+                    state.in_progress -= len(items)
 
         return self._track([asyncio.create_task(worker())])
 
