@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
+from switchyard.common.log_throttle import RepeatFilter
 from switchyard.common.tracing import tracing_enabled
 
 _SECRET_KEYS = ("authorization", "api_key", "password", "token", "secret")
@@ -81,6 +82,7 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> N
     )
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(formatter)
+    handler.addFilter(RepeatFilter(handler))  # repeated warnings and errors: once, with a count
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
