@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import structlog
 from fastapi import FastAPI
 
-from switchyard.common.bus import EventBus, create_bus
+from switchyard.common.bus import EventBus, RetryPolicy, create_bus
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import TracingMiddleware, health_router
 from switchyard.common.metrics import metrics_router
@@ -49,21 +49,28 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             app.state.bus = event_bus
 
             topics = Topics(settings.topic_prefix)
-            # The default batch retry policy retries forever: while the database is down the
-            # batch is retried with backoff, and offsets are committed only after it commits.
+            consumed = [
+                topics.requests_interactive,
+                topics.requests_batch,
+                topics.replies,
+                topics.usage,
+                topics.auth_events,
+            ]
+            # While the database does not take writes, a failing batch is retried with
+            # backoff for as long as that lasts, and offsets are committed only after it
+            # commits. While it does, a failing batch is split to find the event that
+            # fails alone; that one is dead-lettered after a few attempts (poison).
             subscription = await event_bus.subscribe_batch(
-                [
-                    topics.requests_interactive,
-                    topics.requests_batch,
-                    topics.replies,
-                    topics.usage,
-                    topics.auth_events,
-                ],
+                consumed,
                 group=settings.group,
                 handler=components.recorder.record,
                 max_batch=settings.max_batch,
+                retry=RetryPolicy(max_attempts=settings.poison_attempts),
+                healthy=components.database_writable,
             )
             stack.push_async_callback(subscription.stop)
+            # The sweeper expires only what this group has certainly not been answered.
+            components.sweeper.backlog = lambda: event_bus.consumer_lag(settings.group, consumed)
             for name, work in (
                 ("sweeper", components.sweeper.run(settings.sweep_interval_s)),
                 ("webhooks", components.webhooks.run(settings.webhook_poll_interval_s)),

@@ -43,6 +43,19 @@ class HistoryComponents:
             return False
         return True
 
+    async def database_writable(self) -> bool:
+        """The database answers and accepts writes (a standby or a read-only server does
+        not): while it is false, a failing batch is an outage, never a bad event."""
+        try:
+            async with self.engine.connect() as connection:
+                if self.engine.dialect.name == "postgresql":
+                    setting = text("SELECT current_setting('transaction_read_only')")
+                    return (await connection.execute(setting)).scalar_one() == "off"
+                await connection.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - any failure means "not writable"
+            return False
+        return True
+
     async def close(self) -> None:
         await self.engine.dispose()
 
@@ -79,7 +92,6 @@ def _immediate_transactions(engine: AsyncEngine) -> None:
 def build_components(settings: Settings) -> HistoryComponents:
     engine = history_engine(settings.database_url)
     recorder = EventRecorder(engine)
-    recorder.max_batch = settings.max_batch
     tenants = TenantSettingsStore(engine)
     idempotency = IdempotencyStore(engine)
     return HistoryComponents(

@@ -7,8 +7,12 @@ Expiry: a request still `pending` after its deadline plus a grace period
 `expired` reply itself when it sees the deadline pass, so this only happens when no
 inference replica handled the request at all). History records its own `chat.failed`
 with status `expired` through the recorder — stored once, whatever the number of
-replicas — and publishes nothing. While the consumer is catching up on a backlog (full
-batches) the sweeper waits, so replies still in the topic are not pre-empted.
+replicas — and publishes nothing. That expiry is provisional: a reply that still arrives
+replaces it (projection.py). And the sweeper only expires what it knows to be unanswered:
+it runs only when the history consumer group has recorded every event published so far
+(its lag, read from the bus, is 0), and only for requests whose deadline plus grace
+passed before that was checked. While the consumer lags, or the bus cannot tell (Kafka
+unreachable), nothing is expired.
 
 Retention: requests (with their events and webhooks) created before the cutoff are
 deleted in batches of a few thousand rows, per tenant for tenants with their own
@@ -19,6 +23,7 @@ deleted in batches of a few thousand rows, per tenant for tenants with their own
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -30,9 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from switchyard.history import rollup
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import IdempotencyStore
-from switchyard.history.jobs import expiry_event
 from switchyard.history.models import (
-    RequestStatus,
     events_table,
     requests_table,
     webhooks_table,
@@ -72,30 +75,18 @@ async def expire_overdue(
     batch: int = 500,
     max_rounds: int = 20,
 ) -> int:
-    """Mark requests pending past deadline + grace as expired; returns how many."""
+    """Mark requests pending past deadline + grace as expired; returns how many.
+    `now`: the instant up to which every reply is known to be recorded."""
     cutoff = (now or datetime.now(UTC)) - grace
-    r = requests_table.c
-    query = (
-        select(r.request_id, r.tenant)
-        .where(
-            r.status == RequestStatus.PENDING.value,
-            r.deadline < cutoff,
-            r.request_body.is_not(None),
-        )
-        .order_by(r.deadline)
-        .limit(batch)
-    )
     total = 0
     for _ in range(max_rounds):
-        async with engine.connect() as connection:
-            overdue = (await connection.execute(query)).all()
-        if not overdue:
+        expired = await recorder.expire_overdue(cutoff, limit=batch)
+        if not expired:
             break
-        await recorder.record([expiry_event(tenant, request_id) for request_id, tenant in overdue])
-        total += len(overdue)
-        EXPIRED.inc(len(overdue))
-        log.info("requests expired", count=len(overdue))
-        if len(overdue) < batch:
+        total += expired
+        EXPIRED.inc(expired)
+        log.info("requests expired", count=expired)
+        if expired < batch:
             break
     return total
 
@@ -201,9 +192,16 @@ async def purge_by_retention(
     return result
 
 
+Backlog = Callable[[], Awaitable[int]]
+
+
 class Sweeper:
     """The periodic loop of the history service (one per replica; every step is safe to
-    run concurrently on several)."""
+    run concurrently on several).
+
+    `backlog()`: events published but not yet recorded by the history consumer group (all
+    its members); it raises when that cannot be known. None: there is no consumer to wait
+    for (every event is recorded as soon as it is published)."""
 
     def __init__(
         self,
@@ -216,6 +214,7 @@ class Sweeper:
         retention_days: int | None,
         purge_interval_s: float,
         rollup_settle: timedelta = timedelta(seconds=10),
+        backlog: Backlog | None = None,
     ) -> None:
         self.engine = engine
         self.recorder = recorder
@@ -225,11 +224,31 @@ class Sweeper:
         self.retention_days = retention_days
         self.purge_interval_s = purge_interval_s
         self.rollup_settle = rollup_settle
+        self.backlog = backlog
         self._last_purge = float("-inf")
 
+    async def recorded_up_to(self) -> datetime | None:
+        """An instant before which every published event is recorded: now, if the consumer
+        group has no backlog; None if it lags or its lag cannot be read."""
+        checked_at = datetime.now(UTC)  # before reading the lag: what is published by now
+        if self.backlog is None:
+            return checked_at
+        try:
+            lag = await self.backlog()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - unknown lag: expire nothing
+            log.warning("expiry paused: the history consumer's lag is unknown", error=repr(exc))
+            return None
+        if lag > 0:
+            log.info("expiry paused while the history consumer catches up", lag=lag)
+            return None
+        return checked_at
+
     async def sweep_once(self) -> None:
-        if not self.recorder.catching_up:
-            await expire_overdue(self.engine, self.recorder, self.grace)
+        recorded = await self.recorded_up_to()
+        if recorded is not None:
+            await expire_overdue(self.engine, self.recorder, self.grace, now=recorded)
         # Hours of the usage rollup that have been quiet for a while are recomputed (a
         # report reads the others from the requests meanwhile).
         await rollup.refresh(self.engine, settle=self.rollup_settle)

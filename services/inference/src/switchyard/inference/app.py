@@ -23,9 +23,11 @@ from switchyard.inference.config import Settings
 
 log = structlog.get_logger("switchyard.inference")
 
-# The handler answers every request itself (even on its own bugs), so it only fails when
-# the bus cannot take the reply; retrying until it can is the only way not to lose it.
-HANDLER_RETRY = RetryPolicy(max_attempts=None, max_backoff_s=5.0)
+# The handler answers every request itself (even on its own bugs), so it normally fails
+# only when the bus cannot take the reply: such failures never count, they are retried
+# until the bus is back. A request it fails on while the bus works would otherwise hold
+# its partition forever; after 5 such attempts it goes to the dead-letter topic.
+HANDLER_RETRY = RetryPolicy(max_attempts=5, max_backoff_s=5.0)
 
 
 def create_app(settings: Settings | None = None, bus: EventBus | None = None) -> FastAPI:
