@@ -96,6 +96,34 @@ def _sender_alive(producer: AIOKafkaProducer) -> bool:
     return task is None or not task.done()
 
 
+def _fail_queued(producer: AIOKafkaProducer, error: KafkaError) -> None:
+    """Fail every event `producer` still holds, so none is delivered later: its publishers
+    were told the bus did not take them.
+
+    aiokafka (0.14) has no public call for this; its own sender does the same when it dies
+    (`MessageAccumulator.fail_all`). Two details of its bookkeeping are kept straight here:
+    a batch queued again for a retry must be in the in-flight set its completion callback
+    removes it from, and each batch's drain waiter, failed too, is marked as seen (nobody
+    waits on it) so that asyncio does not report it."""
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is None:
+        return
+    try:
+        queued = [batch for batches in accumulator._batches.values() for batch in batches]
+        in_flight = accumulator._pending_batches
+        for batch in queued:
+            if batch.retry_count:
+                in_flight.add(batch)
+        batches = [*queued, *in_flight]
+        accumulator.fail_all(error)
+        for batch in batches:
+            for future in (batch.future, batch._drain_waiter):
+                if future.done() and not future.cancelled():
+                    future.exception()
+    except Exception as exc:  # noqa: BLE001 - its internals changed: closing still fails them
+        log.warning("could not fail the replaced producer's queued events", error=repr(exc))
+
+
 class _PartitionProgress:
     """Offsets started on one partition, in order, and which of them are done."""
 
@@ -231,13 +259,7 @@ class KafkaBus(EventBus):
 
     async def _discard(self, producer: AIOKafkaProducer) -> None:
         """Close a producer that is being replaced, failing whatever it still holds."""
-        # Its queued events must never be delivered later: their publishers were told the
-        # bus did not take them. aiokafka has no public call for this; failing the
-        # accumulator's batches is what its own sender does when it dies.
-        accumulator = getattr(producer, "_message_accumulator", None)
-        if accumulator is not None:
-            with contextlib.suppress(Exception):
-                accumulator.fail_all(KafkaError("producer replaced"))
+        _fail_queued(producer, KafkaError("producer replaced"))
         await self._close_producer(producer)
 
     async def _close_producer(self, producer: AIOKafkaProducer) -> None:
