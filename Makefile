@@ -49,8 +49,8 @@ migrate: install ## Apply every service's database migrations to $DATABASE_URL
 	$(UV) run --no-sync switchyard db upgrade
 
 .PHONY: test
-test: install infra-up ## Run every check: lint, deploy manifests, unit, integration (real Kafka and Postgres), e2e
-	$(MAKE) --no-print-directory lint deploy-check test-unit test-integration test-e2e
+test: install infra-up ## Run every check: lint, deploy manifests, unit, integration (real Kafka and Postgres), e2e, faults
+	$(MAKE) --no-print-directory lint deploy-check test-unit test-integration test-e2e test-faults
 
 .PHONY: test-unit
 test-unit: install ## Unit tests of every package (fakes, no network)
@@ -64,6 +64,10 @@ test-integration: install ## Integration tests against the real Kafka broker and
 test-e2e: install ## Whole-system tests: every service as its own process on Kafka and Postgres
 	deploy/local/promtool.sh >/dev/null
 	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m e2e tests/e2e
+
+.PHONY: test-faults
+test-faults: install ## Faults under load (broker restart, killed history, expiry race, SIGTERM) on a broker of its own
+	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m faults tests/faults
 
 .PHONY: bench
 bench: install infra-up ## Every benchmark: gateway throughput and latency (needs Go), auth, history

@@ -358,6 +358,7 @@ async def test_consumer_lag_counts_what_the_whole_group_has_not_handled(
     for n in range(5):
         await bus.publish(topics[n % 2], request(n))
     before = await bus.consumer_lag("lag-test", topics)
+    caught_up_before = await bus.caught_up("lag-test", topics, wait_s=0.5)
     handled = []
 
     async def handler(events):
@@ -365,17 +366,19 @@ async def test_consumer_lag_counts_what_the_whole_group_has_not_handled(
 
     await bus.subscribe_batch(topics, "lag-test", handler)
     await async_wait_until(lambda: asyncio.sleep(0, len(handled) == 5), timeout=30)
+    marker = await bus.end_offsets(topics)
+    await bus.publish(topics[0], request(6))  # after the marker: not waited for
 
-    async def caught_up() -> bool:
-        return await bus.consumer_lag("lag-test", topics) == 0
-
-    await async_wait_until(caught_up, timeout=10, message="the commit")
-    assert before == 5
+    assert before == 5 and not caught_up_before
+    assert await bus.caught_up("lag-test", topics, wait_s=10)
+    assert await bus.consumer_lag("lag-test", topics, until=marker) == 0
     await bus.stop()
 
     unreachable = KafkaBus("127.0.0.1:1")
     with pytest.raises(BusUnavailableError):
         await unreachable.consumer_lag("lag-test", topics)
+    with pytest.raises(BusUnavailableError):
+        await unreachable.caught_up("lag-test", topics)
     await unreachable.stop()
 
 

@@ -107,32 +107,32 @@ async def test_the_sweeper_expires_nothing_while_the_consumer_lags_or_is_unreach
     sweeper.grace = timedelta(0)
     request = events.requested(timeout_s=0.001)
     await recorder.record([request])
-    lag: dict[str, object] = {"value": 3}
+    progress: dict[str, object] = {"caught_up": False}
 
-    async def backlog() -> int:
-        if isinstance(lag["value"], Exception):
-            raise lag["value"]
-        return lag["value"]
+    async def caught_up() -> bool:
+        if isinstance(progress["caught_up"], Exception):
+            raise progress["caught_up"]
+        return bool(progress["caught_up"])
 
-    sweeper.backlog = backlog
+    sweeper.caught_up = caught_up
     await sweeper.sweep_once()  # replies not recorded yet: the request may have its answer
     while_lagging = await _status(service, request.request_id)
-    lag["value"] = BusUnavailableError("Kafka is not reachable")
+    progress["caught_up"] = BusUnavailableError("Kafka is not reachable")
     await sweeper.sweep_once()  # a consumer that cannot reach the broker is not caught up
     while_disconnected = await _status(service, request.request_id)
-    lag["value"] = 0
+    progress["caught_up"] = True
     await sweeper.sweep_once()
 
     assert (while_lagging, while_disconnected) == ("pending", "pending")
     assert await _status(service, request.request_id) == "expired"
 
 
-async def test_the_sweeper_reads_the_lag_of_the_history_group_on_the_bus(service, recorder, events):
+async def test_the_sweeper_waits_for_the_history_group_on_the_bus(service, events):
     sweeper = service.components.sweeper
     sweeper.grace = timedelta(0)
     request = events.requested(timeout_s=0.001)
-    await recorder.record([request])
-    assert await sweeper.backlog() == 0  # wired to the bus by the app
+    await service.publish(request)  # through the bus: recorded by the consumer
+    await service.wait_for(request.request_id, "pending")
     await sweeper.sweep_once()
     assert await _status(service, request.request_id) == "expired"
 

@@ -69,8 +69,8 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
                 healthy=components.database_writable,
             )
             stack.push_async_callback(subscription.stop)
-            # The sweeper expires only what this group has certainly not been answered.
-            components.sweeper.backlog = lambda: event_bus.consumer_lag(settings.group, consumed)
+            # The sweeper expires only requests whose answer this group would have recorded.
+            components.sweeper.caught_up = lambda: event_bus.caught_up(settings.group, consumed)
             for name, work in (
                 ("sweeper", components.sweeper.run(settings.sweep_interval_s)),
                 ("webhooks", components.webhooks.run(settings.webhook_poll_interval_s)),

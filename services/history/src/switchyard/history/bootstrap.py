@@ -9,13 +9,14 @@ from datetime import timedelta
 
 import orjson
 import structlog
-from sqlalchemy import event, text
+from sqlalchemy import event, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.db import create_engine
 from switchyard.history.config import Settings
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import IdempotencyStore
+from switchyard.history.models import Base
 from switchyard.history.queries import HistoryQueries
 from switchyard.history.sweeper import Sweeper
 from switchyard.history.tenants import TenantSettingsStore
@@ -44,14 +45,16 @@ class HistoryComponents:
         return True
 
     async def database_writable(self) -> bool:
-        """The database answers and accepts writes (a standby or a read-only server does
-        not): while it is false, a failing batch is an outage, never a bad event."""
+        """The database answers, has history's tables (migrated) and accepts writes (a
+        standby or a read-only server does not): while it is false, a failing batch is an
+        outage, never a bad event."""
         try:
             async with self.engine.connect() as connection:
+                for table in Base.metadata.sorted_tables:  # every table a batch may write
+                    await connection.execute(select(literal(1)).select_from(table).limit(0))
                 if self.engine.dialect.name == "postgresql":
                     setting = text("SELECT current_setting('transaction_read_only')")
                     return (await connection.execute(setting)).scalar_one() == "off"
-                await connection.execute(text("SELECT 1"))
         except Exception:  # noqa: BLE001 - any failure means "not writable"
             return False
         return True

@@ -192,16 +192,16 @@ async def purge_by_retention(
     return result
 
 
-Backlog = Callable[[], Awaitable[int]]
+CaughtUp = Callable[[], Awaitable[bool]]
 
 
 class Sweeper:
     """The periodic loop of the history service (one per replica; every step is safe to
     run concurrently on several).
 
-    `backlog()`: events published but not yet recorded by the history consumer group (all
-    its members); it raises when that cannot be known. None: there is no consumer to wait
-    for (every event is recorded as soon as it is published)."""
+    `caught_up()`: True once the history consumer group (all its members) has recorded
+    every event published before the call, False if it lags; it raises when that cannot
+    be known. None: there is no consumer to wait for."""
 
     def __init__(
         self,
@@ -214,7 +214,7 @@ class Sweeper:
         retention_days: int | None,
         purge_interval_s: float,
         rollup_settle: timedelta = timedelta(seconds=10),
-        backlog: Backlog | None = None,
+        caught_up: CaughtUp | None = None,
     ) -> None:
         self.engine = engine
         self.recorder = recorder
@@ -224,24 +224,25 @@ class Sweeper:
         self.retention_days = retention_days
         self.purge_interval_s = purge_interval_s
         self.rollup_settle = rollup_settle
-        self.backlog = backlog
+        self.caught_up = caught_up
         self._last_purge = float("-inf")
 
     async def recorded_up_to(self) -> datetime | None:
-        """An instant before which every published event is recorded: now, if the consumer
-        group has no backlog; None if it lags or its lag cannot be read."""
-        checked_at = datetime.now(UTC)  # before reading the lag: what is published by now
-        if self.backlog is None:
+        """An instant before which every published event is recorded: now, once the
+        consumer group has recorded what was published by now; None if it lags or its
+        progress cannot be read."""
+        checked_at = datetime.now(UTC)  # before asking: what is published by now
+        if self.caught_up is None:
             return checked_at
         try:
-            lag = await self.backlog()
+            caught_up = await self.caught_up()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - unknown lag: expire nothing
+        except Exception as exc:  # noqa: BLE001 - unknown progress: expire nothing
             log.warning("expiry paused: the history consumer's lag is unknown", error=repr(exc))
             return None
-        if lag > 0:
-            log.info("expiry paused while the history consumer catches up", lag=lag)
+        if not caught_up:
+            log.info("expiry paused while the history consumer catches up")
             return None
         return checked_at
 
@@ -267,10 +268,11 @@ class Sweeper:
 
     async def run(self, interval_s: float) -> None:
         while True:
+            # First wait: right after start-up the consumer has not caught up anyway.
+            await asyncio.sleep(interval_s)
             try:
                 await self.sweep_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. the database is down: next round
                 log.warning("history sweep failed", error=repr(exc))
-            await asyncio.sleep(interval_s)

@@ -9,6 +9,7 @@ from switchyard.common.bus.base import (
     EventRejectedError,
     Handler,
     HealthCheck,
+    Offsets,
     RetryPolicy,
     Subscription,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "EventRejectedError",
     "Handler",
     "HealthCheck",
+    "Offsets",
     "InMemoryBus",
     "RetryPolicy",
     "Subscription",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -34,6 +35,8 @@ Handler = Callable[[Event], Awaitable[None]]
 BatchHandler = Callable[[list[Event]], Awaitable[None]]
 # A consumer's view of its dependencies (database, the bus itself): True when they work.
 HealthCheck = Callable[[], Awaitable[bool]]
+# (topic, partition) -> offset.
+Offsets = dict[tuple[str, int], int]
 
 log = structlog.get_logger("switchyard.bus")
 
@@ -151,10 +154,33 @@ class EventBus(abc.ABC):
     async def partition_count(self, topic: str) -> int: ...
 
     @abc.abstractmethod
-    async def consumer_lag(self, group: str, topics: Sequence[str]) -> int:
-        """Events of `topics` published so far that group `group` has not finished handling
-        (the sum over every partition, whichever member owns it). Raises
+    async def end_offsets(self, topics: Sequence[str]) -> Offsets:
+        """For every partition of `topics`, the offset the next event published to it will
+        get: every event published before this call is below it. Raises
         BusUnavailableError when the bus cannot tell (e.g. Kafka is unreachable)."""
+
+    @abc.abstractmethod
+    async def consumer_lag(
+        self, group: str, topics: Sequence[str], *, until: Offsets | None = None
+    ) -> int:
+        """Events of `topics` that group `group` has not finished handling (whichever member
+        owns their partition): of those published so far, or with `until` (from
+        `end_offsets`) of those below it. Raises BusUnavailableError when unknown."""
+
+    async def caught_up(
+        self, group: str, topics: Sequence[str], *, wait_s: float = 2.0, poll_s: float = 0.2
+    ) -> bool:
+        """True once group `group` has handled every event of `topics` published before
+        this call, waiting up to `wait_s` for it (events published meanwhile do not count);
+        False if it has not by then. Raises BusUnavailableError when the bus cannot tell."""
+        marker = await self.end_offsets(topics)
+        deadline = time.monotonic() + wait_s
+        while True:
+            if await self.consumer_lag(group, topics, until=marker) == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(poll_s)
 
     async def healthy(self) -> bool:
         """True while this process can publish and every subscription is receiving."""

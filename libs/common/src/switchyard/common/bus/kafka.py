@@ -17,9 +17,10 @@ itself, but some states it never leaves. An idempotent producer whose sequence n
 have a gap (a batch failed or was given up on during the outage) gets
 `OutOfOrderSequenceNumber` for every later batch of that partition; `UnknownProducerId`,
 `InvalidProducerEpoch` and a dead sender task leave it just as unusable. The bus therefore
-replaces its producer after any such error, and after a publish timeout during which the
-producer acknowledged nothing at all; a replaced producer's queued events are failed, never
-sent later (their callers were told the bus did not take them). A consumer whose loop fails
+replaces its producer after any such error, and after any publish timeout: a timed-out
+event stays queued in aiokafka and would be sent whenever the broker takes it again, after
+its publisher was told it was not taken (a request answered 503 would still run). A
+replaced producer's queued events are failed, never sent later. A consumer whose loop fails
 is closed and replaced, resuming from the committed offsets (groups) or from the next
 unread offset (listeners). `healthy()` is false while a producer or consumer is missing or
 the broker does not answer, and every close is bounded in time, so shutdown always ends.
@@ -62,6 +63,7 @@ from switchyard.common.bus.base import (
     EventRejectedError,
     Handler,
     HealthCheck,
+    Offsets,
     RetryPolicy,
     Subscription,
     call_with_retry,
@@ -89,6 +91,14 @@ _REJECTED_EVENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _cancelled() -> bool:
+    """Whether the running task is being cancelled. aiokafka's close methods also let a
+    CancelledError of their own internal tasks escape; that one is a failure to close, not
+    a cancellation of the caller."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _sender_alive(producer: AIOKafkaProducer) -> bool:
     """False once the producer's background sender has died (it then fails every send)."""
     sender = getattr(producer, "_sender", None)
@@ -97,14 +107,10 @@ def _sender_alive(producer: AIOKafkaProducer) -> bool:
 
 
 def _fail_queued(producer: AIOKafkaProducer, error: KafkaError) -> None:
-    """Fail every event `producer` still holds, so none is delivered later: its publishers
-    were told the bus did not take them.
-
-    aiokafka (0.14) has no public call for this; its own sender does the same when it dies
-    (`MessageAccumulator.fail_all`). Two details of its bookkeeping are kept straight here:
-    a batch queued again for a retry must be in the in-flight set its completion callback
-    removes it from, and each batch's drain waiter, failed too, is marked as seen (nobody
-    waits on it) so that asyncio does not report it."""
+    """Fail every event a producer whose sender has stopped still holds (what aiokafka does
+    itself when its sender dies), keeping two details of its bookkeeping straight: a batch
+    queued again for a retry must be in the in-flight set its completion callback removes
+    it from, and the failed drain waiters nobody waits on are marked as seen."""
     accumulator = getattr(producer, "_message_accumulator", None)
     if accumulator is None:
         return
@@ -120,7 +126,7 @@ def _fail_queued(producer: AIOKafkaProducer, error: KafkaError) -> None:
             for future in (batch.future, batch._drain_waiter):
                 if future.done() and not future.cancelled():
                     future.exception()
-    except Exception as exc:  # noqa: BLE001 - its internals changed: closing still fails them
+    except Exception as exc:  # noqa: BLE001 - internals changed: its publishers time out instead
         log.warning("could not fail the replaced producer's queued events", error=repr(exc))
 
 
@@ -181,8 +187,6 @@ class KafkaBus(EventBus):
         self._replace_reason = ""
         self._supervisor: asyncio.Task[None] | None = None
         self._discarding: set[asyncio.Task[None]] = set()
-        # When the current producer last had an event acknowledged (event loop time).
-        self._last_ack = 0.0
         self._subscriptions: list[Subscription] = []
         self._offsets_lock = asyncio.Lock()
         self._offsets_admin: AIOKafkaAdminClient | None = None
@@ -232,7 +236,6 @@ class KafkaBus(EventBus):
                 continue
             attempt = 0
             self._replace_producer.clear()
-            self._last_ack = asyncio.get_running_loop().time()
             self._producer = producer
             self._producer_ready.set()
             log.info("kafka producer connected", bootstrap_servers=self.bootstrap_servers)
@@ -258,16 +261,32 @@ class KafkaBus(EventBus):
         task.add_done_callback(self._discarding.discard)
 
     async def _discard(self, producer: AIOKafkaProducer) -> None:
-        """Close a producer that is being replaced, failing whatever it still holds."""
-        _fail_queued(producer, KafkaError("producer replaced"))
-        await self._close_producer(producer)
+        """Close a producer that is being replaced, dropping whatever it still holds: its
+        queued events must never be delivered later, since their publishers were told (or
+        will be) that the bus did not take them.
+
+        aiokafka (0.14) has no public call for this. Its sender task is what sends (and
+        re-sends after a reconnection): it is stopped first (a produce request already on
+        the wire may still land; its outcome was unknown anyway), then the events still
+        queued are failed, so their publishers learn it at once, and the connections are
+        closed."""
+        sender = getattr(producer, "_sender", None)
+        task = getattr(sender, "sender_task", None)
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=self.close_timeout_s)
+        if task is None or task.done():
+            _fail_queued(producer, KafkaError("the producer was replaced"))
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.client.close(), timeout=self.close_timeout_s)
+        producer._closed = True  # closed by hand: no "unclosed producer" warning at exit
 
     async def _close_producer(self, producer: AIOKafkaProducer) -> None:
         try:
             await asyncio.wait_for(producer.stop(), timeout=self.close_timeout_s)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - TimeoutError included: force it closed
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - force it closed
+            if isinstance(exc, asyncio.CancelledError) and _cancelled():
+                raise
             log.warning("kafka producer did not close in time", error=repr(exc))
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.client.close(), timeout=1.0)
@@ -339,8 +358,6 @@ class KafkaBus(EventBus):
         if producer is None:
             metrics.PUBLISH_FAILURES.labels(topic).inc()
             raise BusUnavailableError("Kafka is not reachable")
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         try:
             await asyncio.wait_for(
                 producer.send_and_wait(topic, value, key=key, partition=partition, headers=headers),
@@ -348,12 +365,11 @@ class KafkaBus(EventBus):
             )
         except TimeoutError as exc:
             metrics.PUBLISH_FAILURES.labels(topic).inc()
-            if self._last_ack <= started:
-                # Not one event acknowledged for the whole timeout: the broker is gone or
-                # the producer is stuck. A new producer starts clean once it is back.
-                self._mark_broken(
-                    producer, f"nothing acknowledged within {self.publish_timeout_s}s"
-                )
+            # The event is still queued in the producer and would be sent whenever the
+            # partition takes it again, after its publisher was told it was not taken (a
+            # request answered 503 would run later). Only dropping the producer, with
+            # everything it holds, prevents that; a new one starts clean.
+            self._mark_broken(producer, f"not acknowledged within {self.publish_timeout_s}s")
             raise BusUnavailableError(
                 f"Kafka did not acknowledge within {self.publish_timeout_s}s"
             ) from exc
@@ -365,7 +381,6 @@ class KafkaBus(EventBus):
             if isinstance(exc, FATAL_PRODUCER_ERRORS) or not _sender_alive(producer):
                 self._mark_broken(producer, repr(exc))
             raise BusUnavailableError(f"Kafka refused the event: {exc!r}") from exc
-        self._last_ack = loop.time()
         metrics.EVENTS_PUBLISHED.labels(topic).inc()
 
     async def dead_letter(self, record: ConsumerRecord, group: str, reason: str) -> None:
@@ -409,62 +424,97 @@ class KafkaBus(EventBus):
         return len(partitions)
 
     async def healthy(self) -> bool:
+        problem = await self.health_problem()
+        if problem is not None:
+            log.warning("event bus not ready", error=problem)
+        return problem is None
+
+    async def health_problem(self) -> str | None:
+        """Why this process cannot publish or consume right now, or None."""
         producer = self._producer
         if producer is None or not _sender_alive(producer):
-            return False
-        if not all(subscription.healthy() for subscription in self._subscriptions):
-            return False
+            return "no producer connected"
+        for subscription in self._subscriptions:
+            if isinstance(subscription, _SupervisedConsumer):
+                problem = subscription.health_problem()
+                if problem is not None:
+                    return problem
         try:
             await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=2)
         except Exception:  # noqa: BLE001 - any failure means not ready
-            return False
-        return True
+            return "the broker does not answer a metadata request"
+        return None
 
     # -- consumer lag -----------------------------------------------------------------
 
-    async def consumer_lag(self, group: str, topics: Sequence[str]) -> int:
-        try:
-            async with self._offsets_lock:
-                return await asyncio.wait_for(self._group_lag(group, topics), timeout=5)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - whatever it was, the lag is unknown
-            await self._close_offset_clients()
-            raise BusUnavailableError(f"cannot read the lag of group {group}: {exc!r}") from exc
+    async def end_offsets(self, topics: Sequence[str]) -> Offsets:
+        async with self._offsets_lock:
+            consumer, partitions = await self._offset_reader(topics)
+            ends = await self._offsets_call(consumer.end_offsets(partitions))
+        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
 
-    async def _group_lag(self, group: str, topics: Sequence[str]) -> int:
+    async def consumer_lag(
+        self, group: str, topics: Sequence[str], *, until: Offsets | None = None
+    ) -> int:
+        ends = until if until is not None else await self.end_offsets(topics)
+        async with self._offsets_lock:
+            consumer, partitions = await self._offset_reader(topics)
+            committed = await self._offsets_call(self._committed(group, partitions))
+            unstarted = [
+                tp for tp in partitions if committed.get(tp) is None or committed[tp].offset < 0
+            ]
+            beginnings = (
+                await self._offsets_call(consumer.beginning_offsets(unstarted)) if unstarted else {}
+            )
+        lag = 0
+        for tp in partitions:
+            position = beginnings[tp] if tp in beginnings else committed[tp].offset
+            lag += max(0, ends.get((tp.topic, tp.partition), 0) - position)
+        return lag
+
+    async def _offset_reader(
+        self, topics: Sequence[str]
+    ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+        """A consumer (no group) to read offsets with, and every partition of `topics`."""
+        producer = self._producer
+        if producer is None:
+            raise BusUnavailableError("Kafka is not reachable")
+        if self._offsets_consumer is None:
+            consumer = self._consumer(group=None)
+            await self._offsets_call(self._start_consumer(consumer))
+            self._offsets_consumer = consumer
+        partitions = []
+        for topic in topics:
+            ids = await self._offsets_call(producer.partitions_for(topic))
+            partitions += [TopicPartition(topic, partition) for partition in sorted(ids)]
+        return self._offsets_consumer, partitions
+
+    async def _committed(
+        self, group: str, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
         if self._offsets_admin is None:
             admin = AIOKafkaAdminClient(
                 bootstrap_servers=self.bootstrap_servers, client_id=f"{self.client_id}-offsets"
             )
-            await admin.start()
+            try:
+                await admin.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await admin.close()
+                raise
             self._offsets_admin = admin
-        if self._offsets_consumer is None:
-            consumer = self._consumer(group=None)
-            await consumer.start()
-            self._offsets_consumer = consumer
-        consumer = self._offsets_consumer
-        producer = self._producer
-        if producer is None:
-            raise BusUnavailableError("Kafka is not reachable")
-        partitions = []
-        for topic in topics:
-            ids = await producer.partitions_for(topic)
-            partitions += [TopicPartition(topic, partition) for partition in sorted(ids)]
-        # End offsets first: whatever was published before this call is below them.
-        ends = await consumer.end_offsets(partitions)
-        committed = await self._offsets_admin.list_consumer_group_offsets(
-            group, partitions=partitions
-        )
-        unstarted = [
-            tp for tp in partitions if committed.get(tp) is None or committed[tp].offset < 0
-        ]
-        beginnings = await consumer.beginning_offsets(unstarted) if unstarted else {}
-        lag = 0
-        for tp in partitions:
-            position = beginnings[tp] if tp in beginnings else committed[tp].offset
-            lag += max(0, ends[tp] - position)
-        return lag
+        return await self._offsets_admin.list_consumer_group_offsets(group, partitions=partitions)
+
+    async def _offsets_call(self, awaitable):
+        """Await a call reading offsets within 5 s; any failure means the answer is unknown
+        (and the clients used are replaced next time)."""
+        try:
+            return await asyncio.wait_for(awaitable, timeout=5)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the offsets are unknown
+            await self._close_offset_clients()
+            raise BusUnavailableError(f"cannot read offsets: {exc!r}") from exc
 
     async def _close_offset_clients(self) -> None:
         admin, consumer = self._offsets_admin, self._offsets_consumer
@@ -492,9 +542,9 @@ class KafkaBus(EventBus):
         group is best effort: the broker drops a silent member after its session timeout)."""
         try:
             await asyncio.wait_for(consumer.stop(), timeout=self.close_timeout_s)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - TimeoutError included: force it closed
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - force it closed
+            if isinstance(exc, asyncio.CancelledError) and _cancelled():
+                raise
             log.warning("kafka consumer did not close in time", error=repr(exc))
             for part in (getattr(consumer, "_fetcher", None), getattr(consumer, "_client", None)):
                 if part is not None:
@@ -663,9 +713,9 @@ class _SupervisedConsumer(Subscription):
             try:
                 await self._run(consumer)
                 raise RuntimeError("the consumer loop ended")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - replaced below, whatever the failure
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - replaced below
+                if isinstance(exc, asyncio.CancelledError) and _cancelled():
+                    raise
                 log.error(
                     "kafka consumer failed; replacing it", consumer=self.name, error=repr(exc)
                 )
@@ -690,13 +740,16 @@ class _SupervisedConsumer(Subscription):
             log.info("kafka consumer replaced", consumer=self.name)
 
     def healthy(self) -> bool:
-        return (
-            not self._stopped
-            and self.loop_task is not None
-            and not self.loop_task.done()
-            and self.consumer is not None
-            and time.monotonic() - self.polled_at < self.stall_s
-        )
+        return self.health_problem() is None
+
+    def health_problem(self) -> str | None:
+        if self._stopped or self.loop_task is None or self.loop_task.done():
+            return f"consumer {self.name} is not running"
+        if self.consumer is None:
+            return f"consumer {self.name} is being replaced"
+        if time.monotonic() - self.polled_at >= self.stall_s:
+            return f"consumer {self.name} has not polled for over {self.stall_s:.0f} s"
+        return None
 
     async def stop(self) -> None:
         if self._stopped:

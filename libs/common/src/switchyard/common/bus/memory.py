@@ -4,15 +4,16 @@ Same semantics as the Kafka bus where handlers can tell: consumer groups share w
 listeners see everything published after they started, a failing handler is retried and
 then dead-lettered (only failures while its dependencies work count, and a failing batch
 is split to isolate the event that fails alone), and `consumer_lag` counts what a group
-has not finished. Events are passed as the (immutable) objects themselves; nothing is
-durable, which is what embedded mode promises and no more.
+has not finished (an event is "committed" once its handler is done with it). Events are
+passed as the (immutable) objects themselves; nothing is durable, which is what embedded
+mode promises and no more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from switchyard.common.bus.base import (
     EventBus,
     Handler,
     HealthCheck,
+    Offsets,
     RetryPolicy,
     Subscription,
     call_with_retry,
@@ -47,8 +49,10 @@ class _Group:
     # (topic, event, trace context of the publisher)
     queue: asyncio.Queue[tuple[str, Event, dict]] = field(default_factory=asyncio.Queue)
     members: int = 0
-    # Events taken from the queue whose handling has not finished.
-    in_progress: int = 0
+    # Per topic: events published before the group joined, and events it finished handling
+    # since (its "committed offset" is their sum).
+    joined_at: Counter[str] = field(default_factory=Counter)
+    handled: Counter[str] = field(default_factory=Counter)
 
 
 class _TaskSubscription(Subscription):
@@ -124,15 +128,29 @@ class InMemoryBus(EventBus):
     async def partition_count(self, topic: str) -> int:
         return self._partitions.get(topic, 1)
 
-    async def consumer_lag(self, group: str, topics: Sequence[str]) -> int:
+    async def end_offsets(self, topics: Sequence[str]) -> Offsets:
+        return {(topic, 0): self.published[topic] for topic in topics}
+
+    async def consumer_lag(
+        self, group: str, topics: Sequence[str], *, until: Offsets | None = None
+    ) -> int:
+        ends = until if until is not None else await self.end_offsets(topics)
         state = self._groups.get(group)
-        return 0 if state is None else state.queue.qsize() + state.in_progress
+        lag = 0
+        for topic in topics:
+            position = 0 if state is None else state.joined_at[topic] + state.handled[topic]
+            lag += max(0, ends.get((topic, 0), 0) - position)
+        return lag
 
     async def healthy(self) -> bool:
         return all(subscription.healthy() for subscription in self._subscriptions)
 
     def _join(self, topics: Sequence[str], group: str) -> _Group:
-        state = self._groups.setdefault(group, _Group())
+        state = self._groups.get(group)
+        if state is None:
+            state = self._groups[group] = _Group()
+            for topic in topics:
+                state.joined_at[topic] = self.published[topic]
         state.members += 1
         for topic in topics:
             self._topic_groups[topic].add(group)
@@ -169,7 +187,6 @@ class InMemoryBus(EventBus):
         async def worker() -> None:
             while True:
                 topic, event, carrier = await state.queue.get()
-                state.in_progress += 1
                 try:
                     with _process_span(topic, group, event, carrier):
                         error = await call_with_retry(
@@ -187,7 +204,7 @@ class InMemoryBus(EventBus):
                     if error is not None:
                         self._dead_letter(topic, event, error)
                 finally:
-                    state.in_progress -= 1
+                    state.handled[topic] += 1
 
         return self._track([asyncio.create_task(worker()) for _ in range(max(1, concurrency))])
 
@@ -209,14 +226,12 @@ class InMemoryBus(EventBus):
         async def worker() -> None:
             while True:
                 items = [await state.queue.get()]
-                state.in_progress += 1
                 try:
                     # Let a batch gather for a moment: one transaction for many events is
                     # what keeps a store (history on SQLite) from costing a commit per event.
                     await asyncio.sleep(self.batch_linger_s)
                     while len(items) < max_batch and not state.queue.empty():
                         items.append(state.queue.get_nowait())
-                        state.in_progress += 1
                     await handle_batch_isolating(
                         items,
                         lambda chunk: handler([event for _, event, _ in chunk]),
@@ -231,7 +246,8 @@ class InMemoryBus(EventBus):
                         ),
                     )
                 finally:
-                    state.in_progress -= len(items)
+                    for topic, _, _ in items:
+                        state.handled[topic] += 1
 
         return self._track([asyncio.create_task(worker())])
 
