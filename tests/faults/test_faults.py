@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import uvloop
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import create_engine, text
@@ -458,56 +459,67 @@ async def broker_serving(deployment: Any, timeout_s: float = 240) -> float:
 
 
 async def measure_recovery(deployment: Any, since: float, limit_s: float) -> dict:
-    """Seconds from `since` until every process is ready, the gateway answers a new
-    request and history has recorded it; None for what did not happen within `limit_s`."""
+    """Seconds from `since` until each process is ready, the gateway answers a new request
+    and history has recorded it; None for what did not happen within `limit_s`. Readiness
+    and requests are polled side by side (a slow answer delays nothing else)."""
     ready_at: dict[str, float] = {}
     not_ready: dict[str, object] = {}
-    answered_at = recorded_at = None
-    request_id = None
+    answered: dict[str, float] = {}
+    recorded: dict[str, float] = {}
     headers = {"Authorization": f"Bearer {deployment.api_key}"}
-    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S + 5) as client:
-        while time.monotonic() - since < limit_s:
-            for name in SERVICES:
-                if name not in ready_at:
-                    try:
-                        response = await client.get(f"{deployment.url(name)}/readyz", timeout=3)
-                        if response.status_code == 200:
-                            ready_at[name] = time.monotonic()
-                        else:
-                            not_ready[name] = response.json().get("checks")
-                    except httpx.HTTPError as exc:
-                        not_ready[name] = repr(exc)
-            if answered_at is None:
-                try:
-                    response = await client.post(
-                        f"{deployment.url('gateway')}/v1/chat/completions",
-                        headers=headers,
-                        json={
-                            "model": "sim-small",
-                            "messages": [{"role": "user", "content": f"probe {uuid.uuid4().hex}"}],
-                        },
-                    )
-                    if response.status_code == 200:
-                        answered_at = time.monotonic()
-                        request_id = response.headers["x-request-id"]
-                except httpx.HTTPError:
-                    pass
-            if request_id and recorded_at is None:
-                row = (await asyncio.to_thread(read_history, deployment)).rows.get(request_id)
-                if row and row["status"] == "completed":
-                    recorded_at = time.monotonic()
-            if len(ready_at) == len(SERVICES) and recorded_at is not None:
-                break
+    deadline = since + limit_s
+
+    async def readiness(client: httpx.AsyncClient, name: str) -> None:
+        while name not in ready_at and time.monotonic() < deadline:
+            try:
+                response = await client.get(f"{deployment.url(name)}/readyz", timeout=2)
+                if response.status_code == 200:
+                    ready_at[name] = time.monotonic()
+                    return
+                not_ready[name] = response.json().get("checks")
+            except httpx.HTTPError as exc:
+                not_ready[name] = repr(exc)
             await asyncio.sleep(0.5)
+
+    async def ask(client: httpx.AsyncClient) -> None:
+        body = {"model": "sim-small", "messages": [{"role": "user", "content": "probe"}]}
+        try:
+            response = await client.post(
+                f"{deployment.url('gateway')}/v1/chat/completions", headers=headers, json=body
+            )
+        except httpx.HTTPError:
+            return
+        if response.status_code == 200 and "at" not in answered:
+            answered["at"] = time.monotonic()
+            request_id = response.headers["x-request-id"]
+            while time.monotonic() < deadline:
+                history = await asyncio.to_thread(read_history, deployment)
+                if history.rows.get(request_id, {}).get("status") == "completed":
+                    recorded["at"] = time.monotonic()
+                    return
+                await asyncio.sleep(0.5)
+
+    async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S + 5) as client:
+        pollers = [asyncio.create_task(readiness(client, name)) for name in SERVICES]
+        askers = []
+        while time.monotonic() < deadline and not (
+            len(ready_at) == len(SERVICES) and "at" in recorded
+        ):
+            if "at" not in answered:
+                askers.append(asyncio.create_task(ask(client)))
+            await asyncio.sleep(1)
+        for task in [*pollers, *askers]:
+            task.cancel()
+        await asyncio.gather(*pollers, *askers, return_exceptions=True)
 
     def after(at: float | None) -> float | None:
         return None if at is None else round(at - since, 1)
 
     return {
         "ready": {name: after(ready_at.get(name)) for name in SERVICES},
-        "answers": after(answered_at),
-        "recorded": after(recorded_at),
-        "last_not_ready": not_ready,
+        "answers": after(answered.get("at")),
+        "recorded": after(recorded.get("at")),
+        "last_not_ready": {n: v for n, v in not_ready.items() if n not in ready_at},
     }
 
 
@@ -556,7 +568,7 @@ def test_a_broker_restart_under_load(deployment: Any, fault_results: list[dict])
             "problems": problems,
         }
 
-    outcomes, details = asyncio.run(under_load(deployment, "broker", restart))
+    outcomes, details = uvloop.run(under_load(deployment, "broker", restart))
     assert_no_problems(judge(deployment, fault_results, "broker stopped 10 s", outcomes, details))
 
 
@@ -572,7 +584,7 @@ def test_history_killed_under_load(deployment: Any, fault_results: list[dict]):
         await asyncio.to_thread(deployment.restart, "history")
         return {"recovery": f"{time.monotonic() - started:.1f} s (restart to ready)"}
 
-    outcomes, details = asyncio.run(under_load(deployment, "history-kill", kill))
+    outcomes, details = uvloop.run(under_load(deployment, "history-kill", kill))
     assert_no_problems(judge(deployment, fault_results, "history killed", outcomes, details))
 
 
@@ -590,7 +602,7 @@ def test_the_sweeper_racing_replies_that_reached_their_clients(
         history.popen.send_signal(signal.SIGCONT)
         return {}
 
-    outcomes, details = asyncio.run(under_load(deployment, "sweeper", freeze))
+    outcomes, details = uvloop.run(under_load(deployment, "sweeper", freeze))
     assert_no_problems(judge(deployment, fault_results, "sweeper vs replies", outcomes, details))
 
 
@@ -625,7 +637,7 @@ def test_every_process_stops_on_sigterm_while_the_broker_is_down(
         await load
         return dict(zip(SERVICES, times, strict=True))
 
-    times = asyncio.run(run())
+    times = uvloop.run(run())
     fault_results.append(
         {"fault": "SIGTERM, broker down", "recovery": f"stopped in {times}", "problems": []}
     )

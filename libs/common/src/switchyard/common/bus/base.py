@@ -187,11 +187,7 @@ class EventBus(abc.ABC):
         return True
 
 
-async def _counts_against_event(error: BaseException, healthy: HealthCheck | None) -> bool:
-    """Whether a handler failure is the event's fault: not an outage of the bus, and the
-    dependencies said to be working."""
-    if is_outage(error):
-        return False
+async def _working(healthy: HealthCheck | None) -> bool:
     if healthy is None:
         return True
     try:
@@ -200,6 +196,34 @@ async def _counts_against_event(error: BaseException, healthy: HealthCheck | Non
         raise
     except Exception:  # noqa: BLE001 - a check that fails says "not healthy"
         return False
+
+
+async def _counts_against_event(error: BaseException, healthy: HealthCheck | None) -> bool:
+    """Whether a handler failure is the event's fault: not an outage of the bus, and the
+    dependencies said to be working."""
+    return not is_outage(error) and await _working(healthy)
+
+
+# How often a paused consumer looks whether its dependencies are back.
+OUTAGE_POLL_S = 0.25
+
+
+async def _pause(retry: RetryPolicy, tries: int, healthy: HealthCheck | None, outage: bool) -> None:
+    """Wait before the next try. After a failure the event is to blame for, back off. After
+    an outage, wait only until the dependencies work again (looking every OUTAGE_POLL_S),
+    so that nothing is retried in vain while they are down and everything resumes as soon
+    as they are back; the backoff still grows if they fail again right away."""
+    if not outage or healthy is None:
+        await asyncio.sleep(retry.backoff(tries))
+        return
+    await asyncio.sleep(min(retry.backoff(tries), retry.initial_backoff_s))
+    waited = 0.0
+    while not await _working(healthy):
+        await asyncio.sleep(OUTAGE_POLL_S)
+        waited += OUTAGE_POLL_S
+    if waited == 0.0:
+        # Working already (a failure that passed): the usual backoff.
+        await asyncio.sleep(max(0.0, retry.backoff(tries) - retry.initial_backoff_s))
 
 
 async def call_with_retry(
@@ -222,12 +246,13 @@ async def call_with_retry(
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
-            if await _counts_against_event(exc, healthy):
+            blamed = await _counts_against_event(exc, healthy)
+            if blamed:
                 counted += 1
                 if retry.gives_up_after(counted):
                     return exc
             on_retry(tries, exc)
-            await asyncio.sleep(retry.backoff(tries))
+            await _pause(retry, tries, healthy, outage=not blamed)
 
 
 T = TypeVar("T")
@@ -272,7 +297,7 @@ async def handle_batch_isolating(
             chunk.tries += 1
             if not await _counts_against_event(exc, healthy):
                 on_retry(chunk.tries, len(chunk.items), exc)
-                await asyncio.sleep(retry.backoff(chunk.tries))
+                await _pause(retry, chunk.tries, healthy, outage=True)
                 continue
             if len(chunk.items) > 1 and retry.max_attempts is not None:
                 stack.pop()

@@ -99,6 +99,16 @@ def _cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+async def _close_quietly(awaitable, timeout: float) -> None:
+    """Await a close within `timeout`, ignoring how it fails (aiokafka may raise its
+    internal tasks' CancelledError), unless the running task itself is being cancelled."""
+    try:
+        await asyncio.wait_for(awaitable, timeout=timeout)
+    except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - a best-effort close
+        if isinstance(exc, asyncio.CancelledError) and _cancelled():
+            raise
+
+
 def _sender_alive(producer: AIOKafkaProducer) -> bool:
     """False once the producer's background sender has died (it then fails every send)."""
     sender = getattr(producer, "_sender", None)
@@ -277,8 +287,7 @@ class KafkaBus(EventBus):
             await asyncio.wait([task], timeout=self.close_timeout_s)
         if task is None or task.done():
             _fail_queued(producer, KafkaError("the producer was replaced"))
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.client.close(), timeout=self.close_timeout_s)
+        await _close_quietly(producer.client.close(), timeout=self.close_timeout_s)
         producer._closed = True  # closed by hand: no "unclosed producer" warning at exit
 
     async def _close_producer(self, producer: AIOKafkaProducer) -> None:
@@ -288,8 +297,7 @@ class KafkaBus(EventBus):
             if isinstance(exc, asyncio.CancelledError) and _cancelled():
                 raise
             log.warning("kafka producer did not close in time", error=repr(exc))
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.client.close(), timeout=1.0)
+            await _close_quietly(producer.client.close(), timeout=1.0)
 
     async def stop(self) -> None:
         for subscription in reversed(self._subscriptions):
@@ -499,8 +507,7 @@ class KafkaBus(EventBus):
             try:
                 await admin.start()
             except BaseException:
-                with contextlib.suppress(Exception):
-                    await admin.close()
+                await _close_quietly(admin.close(), timeout=self.close_timeout_s)
                 raise
             self._offsets_admin = admin
         return await self._offsets_admin.list_consumer_group_offsets(group, partitions=partitions)
@@ -510,9 +517,9 @@ class KafkaBus(EventBus):
         (and the clients used are replaced next time)."""
         try:
             return await asyncio.wait_for(awaitable, timeout=5)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - whatever it was, the offsets are unknown
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - unknown offsets
+            if isinstance(exc, asyncio.CancelledError) and _cancelled():
+                raise
             await self._close_offset_clients()
             raise BusUnavailableError(f"cannot read offsets: {exc!r}") from exc
 
@@ -520,8 +527,7 @@ class KafkaBus(EventBus):
         admin, consumer = self._offsets_admin, self._offsets_consumer
         self._offsets_admin = self._offsets_consumer = None
         if admin is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(admin.close(), timeout=self.close_timeout_s)
+            await _close_quietly(admin.close(), timeout=self.close_timeout_s)
         if consumer is not None:
             await self._close_consumer(consumer)
 
@@ -548,8 +554,7 @@ class KafkaBus(EventBus):
             log.warning("kafka consumer did not close in time", error=repr(exc))
             for part in (getattr(consumer, "_fetcher", None), getattr(consumer, "_client", None)):
                 if part is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(part.close(), timeout=1.0)
+                    await _close_quietly(part.close(), timeout=1.0)
 
     async def _start_consumer(self, consumer: AIOKafkaConsumer) -> None:
         try:
