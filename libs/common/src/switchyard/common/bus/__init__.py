@@ -10,6 +10,7 @@ from switchyard.common.bus.base import (
     Handler,
     HealthCheck,
     Offsets,
+    PublishOutcomeUnknownError,
     RetryPolicy,
     Subscription,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "Handler",
     "HealthCheck",
     "Offsets",
+    "PublishOutcomeUnknownError",
     "InMemoryBus",
     "RetryPolicy",
     "Subscription",

@@ -45,6 +45,11 @@ class BusUnavailableError(RuntimeError):
     """The bus did not accept an event in time (e.g. Kafka is unreachable)."""
 
 
+class PublishOutcomeUnknownError(BusUnavailableError):
+    """The broker received the event but did not answer in time: it may still be written
+    (as with any Kafka client whose request times out)."""
+
+
 class EventRejectedError(BusUnavailableError):
     """The bus refuses this event itself (it cannot be serialised, or the broker will never
     take it, e.g. too large): unlike an outage, retrying the same event cannot help."""

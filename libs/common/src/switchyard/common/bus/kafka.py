@@ -34,10 +34,12 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Sequence
+from typing import NoReturn
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import ConnectionGroup
 from aiokafka.errors import (
     IllegalStateError,
     InvalidProducerEpoch,
@@ -64,6 +66,7 @@ from switchyard.common.bus.base import (
     Handler,
     HealthCheck,
     Offsets,
+    PublishOutcomeUnknownError,
     RetryPolicy,
     Subscription,
     call_with_retry,
@@ -109,6 +112,30 @@ async def _close_quietly(awaitable, timeout: float) -> None:
             raise
 
 
+def _on_the_wire(producer: AIOKafkaProducer, delivery: asyncio.Future) -> bool:
+    """Whether the batch holding `delivery` has been sent to its partition's leader over a
+    live connection and awaits the answer (rather than waiting in the producer's queue, or
+    between two attempts to reach a broker that is gone). aiokafka (0.14) internals: its
+    in-flight batches and its connections."""
+    try:
+        accumulator = producer._message_accumulator
+        batch = next(
+            (
+                batch
+                for batch in accumulator._pending_batches
+                if any(future is delivery for future, _ in batch._msg_futures)
+            ),
+            None,
+        )
+        if batch is None:
+            return False
+        leader = producer.client.cluster.leader_for_partition(batch.tp)
+        connection = producer.client._conns.get((leader, ConnectionGroup.DEFAULT))
+        return connection is not None and connection.connected()
+    except Exception:  # noqa: BLE001 - internals changed: treat it as not sent
+        return False
+
+
 def _sender_alive(producer: AIOKafkaProducer) -> bool:
     """False once the producer's background sender has died (it then fails every send)."""
     sender = getattr(producer, "_sender", None)
@@ -133,7 +160,9 @@ def _fail_queued(producer: AIOKafkaProducer, error: KafkaError) -> None:
         batches = [*queued, *in_flight]
         accumulator.fail_all(error)
         for batch in batches:
-            for future in (batch.future, batch._drain_waiter):
+            # Marked as seen: publishers that gave up on them no longer wait.
+            futures = [batch.future, batch._drain_waiter, *(f for f, _ in batch._msg_futures)]
+            for future in futures:
                 if future.done() and not future.cancelled():
                     future.exception()
     except Exception as exc:  # noqa: BLE001 - internals changed: its publishers time out instead
@@ -171,7 +200,9 @@ class _PartitionProgress:
 
 
 class KafkaBus(EventBus):
-    """`publish_timeout_s`: the longest a publish waits for the broker's acknowledgement.
+    """`publish_timeout_s`: the longest a publish waits for the broker's acknowledgement,
+    unless the broker already has the event: then `in_flight_timeout_s` more for its answer
+    (a slow broker is not an absent one; after that the outcome is unknown).
     `close_timeout_s`: the longest one client (producer or consumer) may take to close.
     `reconnect_max_s`: the longest wait between two attempts to connect a producer."""
 
@@ -184,6 +215,7 @@ class KafkaBus(EventBus):
         publish_timeout_s: float = 1.5,
         close_timeout_s: float = 5.0,
         reconnect_max_s: float = 1.0,
+        in_flight_timeout_s: float = 5.0,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
@@ -191,6 +223,7 @@ class KafkaBus(EventBus):
         self.publish_timeout_s = publish_timeout_s
         self.close_timeout_s = close_timeout_s
         self.reconnect_max_s = reconnect_max_s
+        self.in_flight_timeout_s = in_flight_timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._producer_ready = asyncio.Event()
         self._replace_producer = asyncio.Event()
@@ -366,12 +399,38 @@ class KafkaBus(EventBus):
         if producer is None:
             metrics.PUBLISH_FAILURES.labels(topic).inc()
             raise BusUnavailableError("Kafka is not reachable")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout_s
+        delivery: asyncio.Future | None = None
         try:
-            await asyncio.wait_for(
-                producer.send_and_wait(topic, value, key=key, partition=partition, headers=headers),
+            delivery = await asyncio.wait_for(
+                producer.send(topic, value, key=key, partition=partition, headers=headers),
                 timeout=self.publish_timeout_s,
             )
+            # Shielded: on a timeout the delivery is looked at, not given up on.
+            await asyncio.wait_for(
+                asyncio.shield(delivery), timeout=max(0.001, deadline - loop.time())
+            )
         except TimeoutError as exc:
+            if delivery is not None and _on_the_wire(producer, delivery):
+                # The broker has the event and has not answered yet (it is slow, not
+                # gone): answering "not taken" now could be wrong. Wait for its answer.
+                try:
+                    await asyncio.wait_for(
+                        asyncio.shield(delivery), timeout=self.in_flight_timeout_s
+                    )
+                except TimeoutError:
+                    metrics.PUBLISH_FAILURES.labels(topic).inc()
+                    self._mark_broken(producer, "the broker did not answer a produce request")
+                    raise PublishOutcomeUnknownError(
+                        f"Kafka did not answer within "
+                        f"{self.publish_timeout_s + self.in_flight_timeout_s}s; the event may "
+                        "still be written"
+                    ) from exc
+                except Exception as late:  # noqa: BLE001 - classified like any failure below
+                    self._failed(producer, topic, late)
+                metrics.EVENTS_PUBLISHED.labels(topic).inc()
+                return
             metrics.PUBLISH_FAILURES.labels(topic).inc()
             # The event is still queued in the producer and would be sent whenever the
             # partition takes it again, after its publisher was told it was not taken (a
@@ -381,15 +440,18 @@ class KafkaBus(EventBus):
             raise BusUnavailableError(
                 f"Kafka did not acknowledge within {self.publish_timeout_s}s"
             ) from exc
-        except _REJECTED_EVENT_ERRORS as exc:
-            metrics.PUBLISH_FAILURES.labels(topic).inc()
-            raise EventRejectedError(f"Kafka refused the event: {exc!r}") from exc
         except Exception as exc:  # KafkaError and connection errors
-            metrics.PUBLISH_FAILURES.labels(topic).inc()
-            if isinstance(exc, FATAL_PRODUCER_ERRORS) or not _sender_alive(producer):
-                self._mark_broken(producer, repr(exc))
-            raise BusUnavailableError(f"Kafka refused the event: {exc!r}") from exc
+            self._failed(producer, topic, exc)
         metrics.EVENTS_PUBLISHED.labels(topic).inc()
+
+    def _failed(self, producer: AIOKafkaProducer, topic: str, exc: BaseException) -> NoReturn:
+        """A publish that failed with `exc` (not a timeout): raise what it means."""
+        metrics.PUBLISH_FAILURES.labels(topic).inc()
+        if isinstance(exc, _REJECTED_EVENT_ERRORS):
+            raise EventRejectedError(f"Kafka refused the event: {exc!r}") from exc
+        if isinstance(exc, FATAL_PRODUCER_ERRORS) or not _sender_alive(producer):
+            self._mark_broken(producer, repr(exc))
+        raise BusUnavailableError(f"Kafka refused the event: {exc!r}") from exc
 
     async def dead_letter(self, record: ConsumerRecord, group: str, reason: str) -> None:
         """Copy a record to the dead-letter topic with its coordinates; retried until it lands."""
