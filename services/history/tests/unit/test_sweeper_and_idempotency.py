@@ -278,3 +278,15 @@ async def test_expiry_skips_rows_without_their_request(recorder, tables, events,
     request = events.requested(timeout_s=1)
     await recorder.record([events.usage(request)])  # the request itself is still on its way
     assert await expire_overdue(engine, recorder, GRACE, now=datetime(2030, 1, 1, tzinfo=UTC)) == 0
+
+
+async def test_an_expiry_and_the_reply_in_one_batch_leave_only_the_reply(recorder, tables, events):
+    request = events.requested(timeout_s=60)
+    await recorder.record([request])
+    reply = events.completed(request)
+
+    await recorder.record([expiry_event(request.tenant, request.request_id), reply])
+
+    row = await tables.request(request.request_id)
+    assert (row["status"], row["outcome_provisional"], row["error"]) == ("completed", False, None)
+    assert sorted(await tables.event_ids()) == sorted([request.id, reply.id])

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.http import TracingMiddleware, health_router
 from switchyard.common.metrics import metrics_router
+from switchyard.common.tasks import cancel_and_wait
 from switchyard.gateway.api import chat, embeddings, history, jobs, messages, models, usage
 from switchyard.gateway.api.body import install_openapi_models
 from switchyard.gateway.bootstrap import Gateway, build_gateway
@@ -72,12 +73,9 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         try:
             yield
         finally:
-            connecting.cancel()
-            syncing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await connecting
-            with contextlib.suppress(asyncio.CancelledError):
-                await syncing
+            # Bounded, even if a cancellation is swallowed on the way (tasks.py).
+            await cancel_and_wait(connecting)
+            await cancel_and_wait(syncing)
             await gateway.revocations.stop()
             if gateway.replies_listener is not None:
                 await gateway.replies_listener.stop()

@@ -10,7 +10,6 @@ settings ask for; in embedded mode it joins the shared in-memory bus it is given
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -21,6 +20,7 @@ from switchyard.common.bus import EventBus, RetryPolicy, create_bus
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import TracingMiddleware, health_router
 from switchyard.common.metrics import metrics_router
+from switchyard.common.tasks import cancel_and_wait
 from switchyard.common.topics import Topics
 from switchyard.history.api.internal import idempotency_router
 from switchyard.history.api.jobs import jobs_router
@@ -111,6 +111,4 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
 
 
 async def _cancel(task: asyncio.Task) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)

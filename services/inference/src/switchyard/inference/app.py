@@ -17,6 +17,7 @@ from switchyard.common.bus import EventBus, Handler, RetryPolicy, Subscription, 
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import TracingMiddleware, health_router
 from switchyard.common.metrics import metrics_router
+from switchyard.common.tasks import cancel_and_wait
 from switchyard.common.topics import Topics
 from switchyard.inference.bootstrap import InferenceRuntime, build_runtime
 from switchyard.inference.config import Settings
@@ -152,9 +153,7 @@ class ControlListener:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self.subscription is not None:
             await self.subscription.stop()
 

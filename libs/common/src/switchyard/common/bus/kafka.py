@@ -73,6 +73,7 @@ from switchyard.common.bus.base import (
     handle_batch_isolating,
 )
 from switchyard.common.events import EnvelopeFields, Event, EventDecodeError, decode_event
+from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.bus.kafka")
 
@@ -292,6 +293,11 @@ class KafkaBus(EventBus):
 
     def _mark_broken(self, producer: AIOKafkaProducer, reason: str) -> None:
         """Stop using `producer` at once (publishes fail fast) and have it replaced."""
+        # Its sender stops now, before it sends anything more: the event whose publish just
+        # failed may still be queued, and must not go out while the producer is replaced.
+        task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+        if task is not None and not task.done():
+            task.cancel()
         if producer is self._producer and not self._replace_producer.is_set():
             self._producer = None
             self._producer_ready.clear()
@@ -315,9 +321,8 @@ class KafkaBus(EventBus):
         closed."""
         sender = getattr(producer, "_sender", None)
         task = getattr(sender, "sender_task", None)
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task], timeout=self.close_timeout_s)
+        if task is not None:
+            await cancel_and_wait(task, self.close_timeout_s)
         if task is None or task.done():
             _fail_queued(producer, KafkaError("the producer was replaced"))
         await _close_quietly(producer.client.close(), timeout=self.close_timeout_s)
@@ -337,9 +342,7 @@ class KafkaBus(EventBus):
             await subscription.stop()
         self._subscriptions.clear()
         if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            await cancel_and_wait(self._supervisor, self.close_timeout_s)
         producer = self._producer
         self._producer = None
         self._producer_ready.clear()
@@ -774,7 +777,7 @@ class _SupervisedConsumer(Subscription):
         self.loop_task = asyncio.create_task(self._supervise(), name=self.name)
 
     async def _supervise(self) -> None:
-        while True:
+        while not self._stopped:
             consumer = self.consumer
             assert consumer is not None
             try:
@@ -790,7 +793,7 @@ class _SupervisedConsumer(Subscription):
             await self._after_failure()
             await self.bus._close_consumer(consumer)
             attempt = 0
-            while self.consumer is None:
+            while self.consumer is None and not self._stopped:
                 attempt += 1
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** min(attempt, 5)))
                 try:
@@ -823,8 +826,7 @@ class _SupervisedConsumer(Subscription):
             return
         self._stopped = True
         if self.loop_task is not None:
-            self.loop_task.cancel()
-            await asyncio.wait([self.loop_task], timeout=self.bus.close_timeout_s)
+            await cancel_and_wait(self.loop_task, self.bus.close_timeout_s)
         await self._before_close()
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
@@ -959,10 +961,10 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):
 
     async def _cancel_handlers(self) -> None:
         pending = [task for tasks in self.tasks.values() for task in tasks]
-        for task in pending:
-            task.cancel()
         if pending:
-            await asyncio.wait(pending, timeout=self.bus.close_timeout_s)
+            await asyncio.gather(
+                *(cancel_and_wait(task, self.bus.close_timeout_s) for task in pending)
+            )
         self.tasks.clear()
         self.progress.clear()
 

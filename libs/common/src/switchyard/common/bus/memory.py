@@ -12,7 +12,6 @@ mode promises and no more.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from switchyard.common.bus.base import (
     handle_batch_isolating,
 )
 from switchyard.common.events import EnvelopeFields, Event
+from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.bus.memory")
 
@@ -69,10 +69,7 @@ class _TaskSubscription(Subscription):
             return
         self._stopped = True
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._on_stop:
             self._on_stop()
 
