@@ -7,9 +7,12 @@ UV_VERSION := 0.13.8
 UV ?= python3 -m uv
 PYTEST := $(UV) run --no-sync pytest
 
-# Real infrastructure the integration and e2e suites use; override to point elsewhere.
-export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
-export DATABASE_URL ?= postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard
+# Real infrastructure, for the targets that use it (tests, benchmarks, topics, migrations);
+# export either variable to point elsewhere. `make run` never sees these defaults, and
+# embedded mode ignores DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS even when exported.
+INFRA_TARGETS := test test-integration test-e2e bench bench-gateway topics migrate
+$(INFRA_TARGETS): export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
+$(INFRA_TARGETS): export DATABASE_URL ?= postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard
 
 UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit)
 INTEGRATION_TESTS := $(wildcard libs/common/tests/integration services/*/tests/integration)
@@ -20,13 +23,13 @@ help: ## List every target
 		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 .PHONY: install
-install: ## Install uv (if missing) and every package of the workspace into .venv
+install: ## Install uv (if missing) and every package of the workspace into .venv (bytecode compiled)
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	@$(UV) sync --all-packages --quiet
+	@$(UV) sync --all-packages --quiet --compile-bytecode
 
 .PHONY: run
-run: install ## Run Switchyard embedded: all services in one process, no Kafka or Postgres needed
-	$(UV) run --no-sync switchyard dev
+run: install ## Run Switchyard embedded: all services in one process, in-memory bus, SQLite (never Kafka or Postgres)
+	@$(UV) run --no-sync switchyard dev
 
 .PHONY: infra-up
 infra-up: ## Install (first time) and start a real Kafka broker and PostgreSQL server
@@ -41,27 +44,27 @@ infra-status: ## Exit 0 if both Kafka and PostgreSQL answer
 	deploy/local/infra.sh status
 
 .PHONY: topics
-topics: install ## Create every topic on $KAFKA_BOOTSTRAP_SERVERS with explicit partition counts
+topics: install ## Create every topic on $KAFKA_BOOTSTRAP_SERVERS (default: the local broker) with explicit partition counts
 	$(UV) run --no-sync switchyard topics create
 
 .PHONY: migrate
-migrate: install ## Apply every service's database migrations to $DATABASE_URL
+migrate: install ## Apply every service's database migrations to $DATABASE_URL (default: the local PostgreSQL)
 	$(UV) run --no-sync switchyard db upgrade
 
 .PHONY: test
-test: install infra-up ## Run every check: lint, deploy manifests, unit, integration (real Kafka and Postgres), e2e, faults
-	$(MAKE) --no-print-directory lint deploy-check test-unit test-integration test-e2e test-faults
+test: install infra-up ## Run every check: lint, deploy manifests, unit, integration (real Kafka and Postgres), e2e, browser, faults
+	$(MAKE) --no-print-directory lint deploy-check test-unit test-integration test-e2e test-browser test-faults
 
 .PHONY: test-unit
 test-unit: install ## Unit tests of every package (fakes, no network)
-	$(PYTEST) -q $(UNIT_TESTS)
+	env -u DATABASE_URL -u KAFKA_BOOTSTRAP_SERVERS $(PYTEST) -q $(UNIT_TESTS)
 
 .PHONY: test-integration
 test-integration: install ## Integration tests against the real Kafka broker and PostgreSQL server
 	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m integration $(INTEGRATION_TESTS)
 
 .PHONY: test-e2e
-test-e2e: install ## Whole-system tests: every service as its own process on Kafka and Postgres
+test-e2e: install ## Whole-system tests: every service as its own process on Kafka and Postgres; make run as a new user runs it
 	deploy/local/promtool.sh >/dev/null
 	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m e2e tests/e2e
 
@@ -69,11 +72,21 @@ test-e2e: install ## Whole-system tests: every service as its own process on Kaf
 test-faults: install ## Faults under load (broker restart, killed history, expiry race, SIGTERM) on a broker of its own
 	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m faults tests/faults
 
+.PHONY: test-browser
+test-browser: install ## The web console in Chromium (Debian's, installed if missing) via Playwright; screenshots in build/
+	deploy/local/chromium.sh >/dev/null
+	SWITCHYARD_REQUIRE_BROWSER=1 $(PYTEST) -q -m browser tests/browser services/gateway/tests/browser
+
+.PHONY: console-assets
+console-assets: ## Refresh the console's vendored htmx, Chart.js and Pico CSS from the npm registry
+	services/gateway/scripts/vendor-console-assets.sh
+
 .PHONY: bench
-bench: install infra-up ## Every benchmark: gateway throughput and latency (needs Go), auth, history
+bench: install infra-up ## Every benchmark: gateway throughput and latency (needs Go), auth, history, budgets and rate limits
 	$(UV) run --no-sync python tests/bench/run.py
 	$(UV) run --no-sync python tests/bench/bench_auth.py
 	$(UV) run --no-sync python tests/bench/bench_history.py
+	$(UV) run --no-sync python tests/bench/bench_governance.py
 
 .PHONY: bench-gateway
 bench-gateway: install infra-up ## Throughput and latency: simulator direct vs embedded vs Kafka mode
@@ -88,9 +101,10 @@ deploy-check: ## Validate docker-compose, Dockerfiles and every Kubernetes overl
 	deploy/check.sh
 
 .PHONY: schema
-schema: install ## Regenerate the published event schema (docs/events/v1.schema.json)
-	$(UV) run --no-sync switchyard events schema --output docs/events/v1.schema.json
+schema: install ## Regenerate the published event contract (docs/events/: JSON Schema and AsyncAPI)
+	$(UV) run --no-sync switchyard events schema --output docs/events/v2.schema.json
+	$(UV) run --no-sync switchyard events asyncapi --output docs/events/asyncapi.json
 
 .PHONY: clean
 clean: ## Remove embedded-mode state and caches (keeps the Kafka jar cache)
-	rm -rf .switchyard .pytest_cache .ruff_cache
+	rm -rf .switchyard .pytest_cache .ruff_cache build

@@ -41,6 +41,7 @@ from switchyard.common.events import (
     ChatCompletedData,
     ChatRequestData,
     ChatRequested,
+    ClientAPI,
     TerminalStatus,
     TokenUsage,
     UsageData,
@@ -67,6 +68,7 @@ def request_events(index: int, at: datetime) -> list:
         request_id=request_id,
         time=at,
         data=ChatRequestData(
+            api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
             model="sim-small",
             body={"model": "sim-small", "messages": [{"role": "user", "content": PROMPT}]},
             user_id=f"user-{index % 1000}",
@@ -80,6 +82,7 @@ def request_events(index: int, at: datetime) -> list:
         request_id=request_id,
         time=at + timedelta(milliseconds=300),
         data=ChatCompletedData(
+            api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
             response={
                 "id": f"chatcmpl-{request_id}",
                 "object": "chat.completion",

@@ -50,8 +50,16 @@ class System(ProcessGroup):
     ) -> Process:
         assert self.ports is not None
         port = port or self.ports[name]
+        # Generous: on two shared cores under load, importing a service can take a minute.
         return self.start(
-            name, command or name, "--port", str(port), port=port, env=env, ready_path=ready_path
+            name,
+            command or name,
+            "--port",
+            str(port),
+            port=port,
+            env=env,
+            ready_path=ready_path,
+            timeout=240,
         )
 
 
@@ -89,6 +97,8 @@ def system(tmp_path_factory) -> Iterator[System]:
             "SWITCHYARD_HISTORY_URL": f"http://127.0.0.1:{ports['history']}",
             "SWITCHYARD_SIMULATOR_URL": f"http://127.0.0.1:{ports['simulator']}/v1",
             "SWITCHYARD_LOG_LEVEL": "INFO",
+            # The webhook receivers of these tests listen on this machine.
+            "SWITCHYARD_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
         }
         system = System(env=env, workdir=workdir, ports=ports, database_url=db_url)
         try:

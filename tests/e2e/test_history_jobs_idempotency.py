@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from switchyard.common.events import ChatRequestData, ChatRequested
+from switchyard.common.events import ChatRequestData, ChatRequested, ClientAPI
 from switchyard.common.testing.infra import wait_until
 from switchyard.history.bootstrap import history_engine
 from switchyard.history.handlers import EventRecorder
@@ -149,6 +149,7 @@ def test_a_job_runs_in_the_batch_lane_and_its_webhook_is_signed(system):
         receiver.close()
 
     assert job["result"]["choices"][0]["message"]["content"] == f"Simulated reply to: {text}"
+    assert job["api"] == "openai.chat_completions"
     assert job["usage"]["total_tokens"] > 0
     assert job_id in [item["id"] for item in listed]
     headers, body = receiver.deliveries[0]
@@ -195,6 +196,30 @@ def other_tenant_key(system) -> str:
     return json.loads(system.cli("keys", "create", "--email", email, "--json"))["key"]
 
 
+def test_a_messages_job_is_answered_in_anthropics_api(system):
+    text = f"job {uuid.uuid4().hex}"
+    body = {
+        "model": "sim-claude",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": text}],
+    }
+    with gateway(system) as client:
+        created = client.post("/v1/jobs", json={"url": "/v1/messages", "body": body})
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+
+        def finished():
+            response = client.get(f"/v1/jobs/{job_id}")
+            done = response.status_code == 200 and response.json()["status"] == "completed"
+            return done and response.json()
+
+        job = wait_until(finished, timeout=30, message="the job to complete")
+
+    assert job["api"] == "anthropic.messages"
+    assert job["result"]["type"] == "message"
+    assert job["result"]["content"][0]["text"] == f"Simulated reply to: {text}"
+
+
 def test_history_filters_and_usage_as_json_and_csv(system):
     with gateway(system) as client:
         raw = client.post("/v1/chat/completions", json=chat_body(f"usage {uuid.uuid4().hex}"))
@@ -214,11 +239,14 @@ def test_history_filters_and_usage_as_json_and_csv(system):
         bad = client.get("/v1/history", params={"since": "tomorrow-ish"})
 
     assert item["deployment"] and item["latency_ms"] is not None and item["usage"]["total_tokens"]
+    assert (item["api"], item["client_api"]) == ("openai.chat_completions",) * 2
+    assert {"cache_read_input_tokens", "reasoning_tokens"} <= set(item["usage"])
     sim_small = [row for row in usage["data"] if row["model"] == "sim-small"]
     assert sim_small and sum(row["requests"] for row in sim_small) >= 1
     assert as_csv.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(as_csv.text)))
     assert int(rows[-1]["requests"]) >= 1
+    assert int(rows[-1]["cache_creation_input_tokens"]) >= 0
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "since"
     report = system.cli(
         "usage", "report", "--since", "1d", "--group-by", "model", "--format", "csv"
@@ -235,6 +263,7 @@ def test_a_thousand_ids_of_another_tenant_read_nothing(system, other_tenant_key)
             tenant="e2e",
             request_id=uuid.uuid4().hex,
             data=ChatRequestData(
+                api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
                 model="sim-small",
                 body=chat_body("private"),
                 user_id="someone",

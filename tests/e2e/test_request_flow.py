@@ -142,6 +142,7 @@ def test_malformed_json_gets_400_in_openai_format(system):
     )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
+    assert response.headers["x-request-id"]
 
 
 def test_gateway_answers_503_within_two_seconds_when_kafka_is_unreachable(system):

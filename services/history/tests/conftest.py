@@ -1,11 +1,16 @@
-"""Fixtures shared by the history unit and integration suites: building events."""
+"""Fixtures shared by the history unit and integration suites: building events, and the
+check that migration 0003 carries version 1 rows over (run on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
+from sqlalchemy import MetaData, null, text
+from sqlalchemy import create_engine as create_sync_engine
 
+from switchyard.common.db import downgrade, sync_url, upgrade
 from switchyard.common.events import (
     ChatChunk,
     ChatChunkData,
@@ -15,12 +20,15 @@ from switchyard.common.events import (
     ChatFailedData,
     ChatRequestData,
     ChatRequested,
+    ClientAPI,
     ErrorInfo,
     Priority,
+    StreamEvent,
     TerminalStatus,
     TokenUsage,
     UsageData,
     UsageRecorded,
+    decode_event,
     new_id,
 )
 
@@ -48,16 +56,21 @@ class EventFactory:
         priority: Priority = Priority.INTERACTIVE,
         webhook_url: str | None = None,
         timeout_s: float = 60,
+        api: ClientAPI = ClientAPI.OPENAI_CHAT_COMPLETIONS,
     ) -> ChatRequested:
         time = at or self.tick()
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+        if api == ClientAPI.ANTHROPIC_MESSAGES:
+            body["max_tokens"] = 256
         return ChatRequested(
             source="gateway",
             tenant=tenant,
             request_id=request_id or new_id(),
             time=time,
             data=ChatRequestData(
+                api=api,
                 model=model,
-                body={"model": model, "messages": [{"role": "user", "content": prompt}]},
+                body=body,
                 user_id=user_id,
                 api_key_id=api_key_id,
                 priority=priority,
@@ -73,28 +86,48 @@ class EventFactory:
         answer: str = "Hi there!",
         input_tokens: int = 5,
         output_tokens: int = 3,
+        upstream_api: ClientAPI | None = None,
+        **token_details: int,
     ) -> ChatCompleted:
+        api = request.data.api
+        if api == ClientAPI.ANTHROPIC_MESSAGES:
+            response = {
+                "id": f"msg_{request.request_id}",
+                "type": "message",
+                "role": "assistant",
+                "model": request.data.model,
+                "content": [{"type": "text", "text": answer}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+            }
+        else:
+            response = {
+                "id": f"chatcmpl-{request.request_id}",
+                "object": "chat.completion",
+                "model": request.data.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": answer},
+                    }
+                ],
+            }
         return ChatCompleted(
             source="inference",
             tenant=request.tenant,
             request_id=request.request_id,
             time=self.tick(),
             data=ChatCompletedData(
-                response={
-                    "id": f"chatcmpl-{request.request_id}",
-                    "object": "chat.completion",
-                    "model": request.data.model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": answer},
-                        }
-                    ],
-                },
+                api=api,
+                response=response,
                 provider="simulator",
                 deployment="sim-small-1",
-                usage=TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens),
+                upstream_api=upstream_api or api,
+                usage=TokenUsage(
+                    input_tokens=input_tokens, output_tokens=output_tokens, **token_details
+                ),
                 latency_ms=42.5,
             ),
         )
@@ -128,6 +161,7 @@ class EventFactory:
         input_tokens: int = 5,
         output_tokens: int = 3,
         cost_usd: float = 0.0021,
+        **token_details: int,
     ) -> UsageRecorded:
         return UsageRecorded(
             source="inference",
@@ -135,13 +169,16 @@ class EventFactory:
             request_id=request.request_id,
             time=self.tick(),
             data=UsageData(
+                api=request.data.api,
                 model=request.data.model,
                 provider="simulator",
                 deployment="sim-small-1",
                 user_id=request.data.user_id,
                 api_key_id=request.data.api_key_id,
                 status=TerminalStatus.COMPLETED,
-                usage=TokenUsage(input_tokens=input_tokens, output_tokens=output_tokens),
+                usage=TokenUsage(
+                    input_tokens=input_tokens, output_tokens=output_tokens, **token_details
+                ),
                 cost_usd=cost_usd,
                 latency_ms=43.0,
             ),
@@ -154,7 +191,9 @@ class EventFactory:
             request_id=request.request_id,
             time=self.tick(0.01),
             data=ChatChunkData(
-                sequence=sequence, chunk={"object": "chat.completion.chunk", "choices": []}
+                sequence=sequence,
+                run="run-1",
+                events=[StreamEvent(data={"object": "chat.completion.chunk", "choices": []})],
             ),
         )
 
@@ -162,3 +201,280 @@ class EventFactory:
 @pytest.fixture
 def events() -> EventFactory:
     return EventFactory()
+
+
+# --------------------------------------------------------------------------- migration 0003
+
+# A v1 `chat.requested` event as the gateway published it before contract version 2 (an
+# Anthropic client's request, translated to Chat Completions by the gateway of the time).
+V1_ANTHROPIC_EVENT = {
+    "id": "e-v1-anthropic",
+    "type": "chat.requested",
+    "source": "gateway",
+    "time": "2025-02-01T12:00:00Z",
+    "tenant": "acme",
+    "request_id": "v1-anthropic",
+    "schema_version": 1,
+    "data": {
+        "api": "anthropic",
+        "operation": "chat",
+        "model": "sim-small",
+        "body": {
+            "model": "sim-small",
+            "max_tokens": 64,
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hello"},
+            ],
+        },
+        "stream": False,
+        "user_id": "alice",
+        "api_key_id": "key-1",
+        "priority": "interactive",
+        "deadline": "2025-02-01T12:02:00Z",
+        "reply_to": None,
+    },
+}
+
+
+def _v1_rows() -> list[dict]:
+    """history_requests rows as version 1 recorded them (the columns of migration 0002)."""
+    at = datetime(2025, 2, 1, 12, 0, tzinfo=UTC)
+    chat_reply = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "sim-small",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}}],
+    }
+
+    def row(request_id: str, api: str | None, body: dict | None, response: dict | None, minute):
+        return {
+            "request_id": request_id,
+            "tenant": "acme",
+            "user_id": "alice",
+            "api_key_id": "key-1",
+            "model": "sim-small",
+            "api": api,
+            "priority": "interactive",
+            "status": "completed" if response is not None else "pending",
+            # SQL NULL, not JSON null, as the service stores an absent document.
+            "request_body": body if body is not None else null(),
+            "response": response if response is not None else null(),
+            "error": null(),
+            "provider": "simulator",
+            "deployment": "simulator",
+            "input_tokens": 5 if response is not None else None,
+            "output_tokens": 2 if response is not None else None,
+            "cost_usd": 0.001 if response is not None else None,
+            "latency_ms": 12.0,
+            "created_at": at + timedelta(minutes=minute),
+            "completed_at": at + timedelta(minutes=minute, seconds=1),
+            "deadline": at + timedelta(minutes=minute + 2),
+        }
+
+    chat_body = {"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]}
+    return [
+        row("v1-openai", "openai", chat_body, chat_reply, 0),
+        row("v1-anthropic", "anthropic", V1_ANTHROPIC_EVENT["data"]["body"], chat_reply, 1),
+        row(
+            "v1-embeddings",
+            "openai",
+            {"model": "sim-small", "input": ["a", "b"]},
+            {"object": "list", "data": [], "model": "sim-small"},
+            2,
+        ),
+        # Metadata-only tenants kept neither `messages` nor `input`; the reply says.
+        row(
+            "v1-embeddings-redacted",
+            "openai",
+            {"model": "sim-small", "redacted": True},
+            {"object": "list", "data_count": 2, "redacted": True},
+            3,
+        ),
+        row(
+            "v1-chat-redacted",
+            "openai",
+            {"model": "sim-small", "message_count": 1, "message_roles": ["user"], "redacted": True},
+            {"object": "chat.completion", "redacted": True},
+            4,
+        ),
+        # A reply that overtook its request: no request fields yet.
+        row("v1-orphan", None, None, chat_reply, 5),
+    ]
+
+
+EXPECTED_V1_APIS = {
+    # request id: (api the stored body and reply are in, api the client called)
+    "v1-openai": ("openai.chat_completions", "openai.chat_completions"),
+    "v1-anthropic": ("openai.chat_completions", "anthropic.messages"),
+    "v1-embeddings": ("openai.embeddings", "openai.embeddings"),
+    "v1-embeddings-redacted": ("openai.embeddings", "openai.embeddings"),
+    "v1-chat-redacted": ("openai.chat_completions", "openai.chat_completions"),
+    "v1-orphan": (None, None),
+}
+
+
+def _apis(url: str) -> dict[str, tuple]:
+    engine = create_sync_engine(sync_url(url))
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT request_id, api, client_api FROM history_requests")
+            ).all()
+    finally:
+        engine.dispose()
+    return {request_id: (api, client_api) for request_id, api, client_api in rows}
+
+
+async def check_v1_rows_migrate(url: str, events: EventFactory) -> None:
+    """Migrate a database holding version 1 rows to head and back: the rows read as
+    version 2 (like `decode_event` reads version 1 events), history serves them next to
+    version 2 rows, and a downgrade restores what version 1 stored."""
+    from switchyard.history.api.schemas import history_item
+    from switchyard.history.bootstrap import history_engine
+    from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
+    from switchyard.history.handlers import EventRecorder
+    from switchyard.history.queries import Caller, HistoryQueries
+
+    upgrade(MIGRATIONS_DIR, url, VERSION_TABLE, "0002")
+    engine = create_sync_engine(sync_url(url))
+    try:
+        metadata = MetaData()
+        metadata.reflect(
+            engine, only=["history_requests", "history_events", "history_usage_hourly"]
+        )
+        with engine.begin() as connection:
+            connection.execute(metadata.tables["history_requests"].insert(), _v1_rows())
+            connection.execute(
+                metadata.tables["history_events"].insert(),
+                [
+                    {
+                        "event_id": V1_ANTHROPIC_EVENT["id"],
+                        "type": "chat.requested",
+                        "request_id": "v1-anthropic",
+                        "tenant": "acme",
+                        "source": "gateway",
+                        "time": datetime(2025, 2, 1, 12, 1, tzinfo=UTC),
+                        "schema_version": 1,
+                        "payload": V1_ANTHROPIC_EVENT,
+                        "recorded_at": datetime(2025, 2, 1, 12, 1, tzinfo=UTC),
+                    }
+                ],
+            )
+            connection.execute(
+                metadata.tables["history_usage_hourly"].insert(),
+                [
+                    {
+                        "tenant": "acme",
+                        "hour": datetime(2025, 2, 1, 12, tzinfo=UTC),
+                        "user_id": "alice",
+                        "api_key_id": "key-1",
+                        "model": "sim-small",
+                        "requests": 5,
+                        "completed": 5,
+                        "errors": 0,
+                        "cancelled": 0,
+                        "input_tokens": 25,
+                        "output_tokens": 10,
+                        "cost_usd": 0.005,
+                    }
+                ],
+            )
+    finally:
+        engine.dispose()
+
+    upgrade(MIGRATIONS_DIR, url, VERSION_TABLE)
+    assert _apis(url) == EXPECTED_V1_APIS
+
+    async_engine = history_engine(url)
+    try:
+        async with async_engine.connect() as connection:
+            payload = (
+                await connection.execute(
+                    text("SELECT payload FROM history_events WHERE event_id = 'e-v1-anthropic'")
+                )
+            ).scalar_one()
+            hourly = (
+                await connection.execute(
+                    text(
+                        "SELECT cache_read_input_tokens, cache_creation_input_tokens, "
+                        "reasoning_tokens, input_tokens FROM history_usage_hourly"
+                    )
+                )
+            ).one()
+        assert tuple(hourly) == (0, 0, 0, 25)
+        # The event store still reads: a version 1 payload decodes as version 2.
+        stored = payload if isinstance(payload, dict) else orjson.loads(payload)
+        decoded = decode_event(orjson.dumps(stored))
+        assert decoded.data.api == ClientAPI.OPENAI_CHAT_COMPLETIONS
+
+        # Version 2 rows are recorded next to the migrated ones, and both are served.
+        native = events.requested(api=ClientAPI.ANTHROPIC_MESSAGES, user_id="alice")
+        await EventRecorder(async_engine).record(
+            [
+                native,
+                events.completed(
+                    native,
+                    upstream_api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
+                    cache_read_input_tokens=3,
+                    reasoning_tokens=1,
+                ),
+            ]
+        )
+        queries = HistoryQueries(async_engine)
+        caller = Caller(tenant="acme", user_id="alice", role="user")
+        page = await queries.list_requests(caller, limit=20)
+        items = {row["request_id"]: history_item(row) for row in page.items}
+        old = items["v1-anthropic"]
+        assert (old.api, old.client_api, old.upstream_api) == (
+            "openai.chat_completions",
+            "anthropic.messages",
+            None,
+        )
+        assert old.request == V1_ANTHROPIC_EVENT["data"]["body"]
+        assert old.usage.model_dump() == {
+            "input_tokens": 5,
+            "output_tokens": 2,
+            "total_tokens": 7,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "reasoning_tokens": 0,
+        }
+        new = items[native.request_id]
+        assert (new.api, new.client_api, new.upstream_api) == (
+            "anthropic.messages",
+            "anthropic.messages",
+            "openai.chat_completions",
+        )
+        assert new.response["type"] == "message"
+        assert (new.usage.cache_read_input_tokens, new.usage.reasoning_tokens) == (3, 1)
+        assert "v1-orphan" not in items  # never shown before its request arrives
+    finally:
+        await async_engine.dispose()
+
+    downgrade(MIGRATIONS_DIR, url, VERSION_TABLE, "0002")
+    restored = _apis_v1(url)
+    assert restored["v1-openai"] == "openai"
+    assert restored["v1-anthropic"] == "anthropic"
+    assert restored["v1-embeddings"] == "openai"
+    assert restored[native.request_id] == "anthropic"
+    assert restored["v1-orphan"] is None
+    upgrade(MIGRATIONS_DIR, url, VERSION_TABLE)
+    assert {key: _apis(url)[key] for key in EXPECTED_V1_APIS} == EXPECTED_V1_APIS
+
+
+def _apis_v1(url: str) -> dict[str, str | None]:
+    engine = create_sync_engine(sync_url(url))
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT request_id, api FROM history_requests")).all()
+    finally:
+        engine.dispose()
+    return dict(rows)
+
+
+@pytest.fixture
+def v1_migration_check():
+    """`check_v1_rows_migrate(url, events)`, for the unit (SQLite) and integration
+    (PostgreSQL) suites."""
+    return check_v1_rows_migrate

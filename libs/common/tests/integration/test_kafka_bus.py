@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from switchyard.common.bus import BusUnavailableError, RetryPolicy
 from switchyard.common.bus.kafka import KafkaBus
-from switchyard.common.events import ChatRequestData, ChatRequested, encode_event
+from switchyard.common.events import ChatRequestData, ChatRequested, ClientAPI, encode_event
 from switchyard.common.testing.infra import async_wait_until
 
 pytestmark = pytest.mark.integration
@@ -29,6 +29,7 @@ def request(n: int, **data) -> ChatRequested:
         tenant="acme",
         request_id=f"req-{n}",
         data=ChatRequestData(
+            api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
             model="sim-small",
             body={"n": n},
             user_id="u",
@@ -84,7 +85,7 @@ async def test_events_carry_type_and_request_id_headers(kafka_servers, kafka_top
     headers = dict(record.headers)
     assert headers["type"] == b"chat.requested"
     assert headers["request_id"] == b"req-1"
-    assert headers["schema_version"] == b"1"
+    assert headers["schema_version"] == b"2"
     assert record.key == b"req-1"
     await bus.stop()
 
@@ -179,7 +180,7 @@ async def test_malformed_and_unknown_version_events_are_dead_lettered_and_skippe
     bus = await started_bus(kafka_servers, kafka_topics)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_servers)
     await producer.start()
-    future_version = encode_event(request(2)).replace(b'"schema_version":1', b'"schema_version":99')
+    future_version = encode_event(request(2)).replace(b'"schema_version":2', b'"schema_version":99')
     # All on one partition, so the good event is behind the bad ones.
     await producer.send_and_wait(topic, b"{this is not json", key=b"k", partition=0)
     await producer.send_and_wait(topic, future_version, key=b"k", partition=0)

@@ -8,21 +8,30 @@ from pathlib import Path
 
 import pytest
 
+from switchyard.common.asyncapi import asyncapi_document
 from switchyard.common.events import (
+    EVENT_CLASSES,
+    ChatChunk,
+    ChatCompleted,
     ChatRequestData,
     ChatRequested,
+    ClientAPI,
     EventDecodeError,
     ReplyAddress,
     decode_event,
     encode_event,
     event_json_schema,
 )
+from switchyard.common.topics import TOPIC_SPECS
 
-SCHEMA_FILE = Path(__file__).parents[4] / "docs" / "events" / "v1.schema.json"
+DOCS = Path(__file__).parents[4] / "docs" / "events"
+SCHEMA_FILE = DOCS / "v2.schema.json"
+ASYNCAPI_FILE = DOCS / "asyncapi.json"
 
 
 def a_request(**overrides) -> ChatRequested:
     data = ChatRequestData(
+        api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
         model="sim-small",
         body={"model": "sim-small", "messages": []},
         user_id="u1",
@@ -52,14 +61,15 @@ def test_wire_format_is_json_with_the_envelope():
         "data",
     } <= set(wire)
     assert wire["type"] == "chat.requested"
-    assert wire["schema_version"] == 1
+    assert wire["schema_version"] == 2
     assert wire["time"].endswith("Z") or wire["time"].endswith("+00:00")
 
 
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda wire: wire.update(schema_version=2),
+        lambda wire: wire.update(schema_version=3),
+        lambda wire: wire.update(schema_version=0),
         lambda wire: wire.update(type="chat.unknown"),
         lambda wire: wire.pop("tenant"),
         lambda wire: wire["data"].update(deadline="not a date"),
@@ -79,8 +89,85 @@ def test_malformed_json_is_refused():
 
 
 def test_published_schema_is_up_to_date():
-    """docs/events/v1.schema.json is generated from the models (`switchyard events schema`)."""
+    """docs/events/v2.schema.json is generated from the models (`make schema`)."""
     committed = json.loads(SCHEMA_FILE.read_text())
-    assert committed == json.loads(json.dumps(event_json_schema())), (
-        "regenerate with: switchyard events schema --output docs/events/v1.schema.json"
-    )
+    assert committed == json.loads(json.dumps(event_json_schema())), "regenerate: make schema"
+
+
+def test_published_asyncapi_document_is_up_to_date():
+    """docs/events/asyncapi.json is generated from the models and topics (`make schema`)."""
+    committed = json.loads(ASYNCAPI_FILE.read_text())
+    assert committed == json.loads(json.dumps(asyncapi_document())), "regenerate: make schema"
+
+
+def test_asyncapi_lists_every_topic_and_every_event_on_a_topic():
+    document = asyncapi_document()
+    addresses = {channel["address"] for channel in document["channels"].values()}
+    assert addresses == {"{prefix}." + spec.suffix for spec in TOPIC_SPECS}
+    carried = {
+        message["$ref"].rsplit("/", 1)[-1]
+        for channel in document["channels"].values()
+        for message in channel["messages"].values()
+    }
+    assert carried == {cls.__name__ for cls in EVENT_CLASSES}
+    for operation in document["operations"].values():
+        channel_id = operation["channel"]["$ref"].rsplit("/", 1)[-1]
+        for message in operation["messages"]:
+            assert message["$ref"].startswith(f"#/channels/{channel_id}/messages/")
+
+
+V1_REQUEST = {
+    "id": "e1",
+    "type": "chat.requested",
+    "source": "gateway",
+    "time": "2026-01-01T00:00:00Z",
+    "tenant": "acme",
+    "request_id": "r1",
+    "schema_version": 1,
+    "data": {
+        "api": "anthropic",
+        "operation": "chat",
+        "model": "sim-small",
+        "body": {"model": "sim-small", "messages": [{"role": "user", "content": "Hi"}]},
+        "stream": False,
+        "user_id": "u1",
+        "deadline": "2026-01-01T00:01:00Z",
+    },
+}
+
+
+def test_version_1_request_is_read_as_version_2_in_openai_chat_shape():
+    """A v1 request (still in a topic during an upgrade) carried an OpenAI-shaped body,
+    even when the client had called the Anthropic API."""
+    event = decode_event(json.dumps(V1_REQUEST))
+    assert isinstance(event, ChatRequested)
+    assert event.schema_version == 2
+    assert event.data.api is ClientAPI.OPENAI_CHAT_COMPLETIONS
+    assert event.data.body == V1_REQUEST["data"]["body"]
+
+
+def test_version_1_chunk_and_embeddings_reply_are_upgraded():
+    chunk = {
+        **V1_REQUEST,
+        "type": "chat.chunk",
+        "data": {"sequence": 4, "chunk": {"id": "c", "choices": []}},
+    }
+    event = decode_event(json.dumps(chunk))
+    assert isinstance(event, ChatChunk)
+    assert event.data.sequence == 4
+    assert [e.data for e in event.data.events] == [{"id": "c", "choices": []}]
+    completed = {
+        **V1_REQUEST,
+        "type": "chat.completed",
+        "data": {
+            "response": {"object": "list", "data": []},
+            "provider": "openai",
+            "deployment": "d",
+            "usage": {"input_tokens": 3, "output_tokens": 0},
+            "latency_ms": 1.0,
+        },
+    }
+    event = decode_event(json.dumps(completed))
+    assert isinstance(event, ChatCompleted)
+    assert event.data.api is ClientAPI.OPENAI_EMBEDDINGS
+    assert event.data.usage.input_tokens == 3

@@ -9,7 +9,7 @@ import logging
 import structlog
 
 from switchyard.common.log_throttle import RepeatFilter
-from switchyard.common.logging import configure_logging
+from switchyard.common.logging import configure_logging, flush_logs
 
 
 class Clock:
@@ -77,8 +77,9 @@ def test_the_count_is_written_when_the_flood_stops_and_other_lines_pass():
     ]
 
 
-def test_structured_retry_warnings_differing_only_in_details_are_counted(capsys):
-    configure_logging("inference", "INFO", "json")
+def test_structured_retry_warnings_differing_only_in_details_are_counted():
+    out = io.StringIO()
+    configure_logging("inference", "INFO", "json", stream=out)
     log = structlog.get_logger("switchyard.bus.kafka")
     for offset in range(50):
         log.warning(
@@ -89,7 +90,8 @@ def test_structured_retry_warnings_differing_only_in_details_are_counted(capsys)
         )
     log.warning("handler failed, retrying", offset=1, error="ValueError('another cause')")
 
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    flush_logs()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [(line["message"], line["error"]) for line in lines] == [
         ("handler failed, retrying", "BusUnavailableError('Kafka is not reachable')"),
         ("handler failed, retrying", "ValueError('another cause')"),

@@ -22,7 +22,11 @@ def request(n: int) -> ChatRequested:
         tenant="t",
         request_id=f"r{n}",
         data=ChatRequestData(
-            model="m", body={}, user_id="u", deadline=datetime.now(UTC) + timedelta(seconds=5)
+            api="openai.chat_completions",
+            model="m",
+            body={},
+            user_id="u",
+            deadline=datetime.now(UTC) + timedelta(seconds=5),
         ),
     )
 

@@ -10,7 +10,7 @@ import structlog
 from pydantic import ValidationError
 
 from switchyard.common.errors import validation_message
-from switchyard.common.logging import bind_request_id, configure_logging
+from switchyard.common.logging import bind_request_id, configure_logging, flush_logs
 from switchyard.common.settings import ServiceSettings
 
 
@@ -41,6 +41,7 @@ def test_log_lines_have_logstash_fields_and_no_secrets(capsys):
     bind_request_id("req-123")
     structlog.get_logger("switchyard.test").info("hello", authorization="Bearer sk-sy-secret")
     logging.getLogger("uvicorn.error").warning("from the standard library")
+    flush_logs()
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     first, second = lines
     assert {"@timestamp", "@version", "level", "message", "logger", "service", "request_id"} <= set(

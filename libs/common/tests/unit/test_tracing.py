@@ -28,7 +28,8 @@ SCRIPT = textwrap.dedent("""
 
         await bus.subscribe(["t"], "g", handler)
         event = ChatRequested(source="s", tenant="t", request_id="r", data=ChatRequestData(
-            model="m", body={}, user_id="u", deadline=datetime.now(UTC) + timedelta(seconds=5)))
+            api="openai.chat_completions", model="m", body={}, user_id="u",
+            deadline=datetime.now(UTC) + timedelta(seconds=5)))
         with tracing.tracer().start_as_current_span("client request") as span:
             sent = span.get_span_context().trace_id
             await bus.publish("t", event)

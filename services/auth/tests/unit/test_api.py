@@ -218,6 +218,7 @@ def test_internal_lookup_resolves_a_key_and_hides_revoked_ones(
         "scopes": ["chat", "history:read"],
         "allowed_models": ["m1"],
         "expires_at": None,
+        "team_id": None,
     }
     revoked = client.post(
         "/internal/v1/api-keys/lookup",

@@ -124,3 +124,24 @@ def test_commands_on_an_unmigrated_database_say_what_to_do(
     result = cli("users", "create", "--email", "a@example.com", "--no-password")
     assert result.exit_code == 1
     assert "switchyard db upgrade" in result.output and "Traceback" not in result.output
+
+
+def test_other_services_reports_get_emails_and_key_names_by_id(
+    settings: Settings, run_with_service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from switchyard.auth.plugin import service as auth_plugin
+
+    async def create(service: AuthService):
+        user = await service.create_user(email="ana@example.com")
+        created = await service.create_api_key(user_id=user.id, name="ci pipeline")
+        return user.id, created
+
+    user_id, created = run_with_service(create)
+    key_id = created.record.id
+    monkeypatch.setenv("SWITCHYARD_AUTH_DATABASE_URL", settings.database_url)
+    assert auth_plugin.principal_names is not None
+    names = asyncio.run(auth_plugin.principal_names({user_id, "gone"}, {key_id}))
+    assert names.emails == {user_id: "ana@example.com"}
+    assert names.key_names == {key_id: "ci pipeline"}

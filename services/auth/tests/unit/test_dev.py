@@ -19,6 +19,7 @@ def dev_env(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("SWITCHYARD_ENVIRONMENT", "development")
     monkeypatch.setenv("SWITCHYARD_AUTH_DATABASE_URL", database_url)
     monkeypatch.delenv("SWITCHYARD_DEV_API_KEY", raising=False)
+    monkeypatch.delenv("SWITCHYARD_DEV_PASSWORD", raising=False)
     return tmp_path
 
 
@@ -63,3 +64,44 @@ def test_dev_api_key_from_the_environment_is_the_dev_key(
 async def test_prepare_dev_also_works_when_called_inside_an_event_loop(dev_env: Path) -> None:
     # Embedded mode may call it from async start-up code.
     assert printed_key(prepare_dev().messages).startswith("sk-sy-")
+
+
+def printed_password(messages: list[str]) -> str:
+    (line,) = [message for message in messages if message.startswith("Console sign-in: ")]
+    email, _, password = line.removeprefix("Console sign-in: ").partition(" / ")
+    assert email == DEV_EMAIL
+    return password
+
+
+def test_the_dev_user_signs_in_with_a_generated_password_kept_across_restarts(
+    dev_env: Path, run_with_service
+) -> None:
+    first = printed_password(prepare_dev().messages)
+    assert len(first) >= 12
+    assert printed_password(prepare_dev().messages) == first
+    password_file = dev_env / ".switchyard" / "dev-password"
+    assert password_file.read_text().strip() == first
+    assert stat.S_IMODE(os.stat(password_file).st_mode) == 0o600
+
+    async def sign_in(service: AuthService):
+        return await service.authenticate(DEV_EMAIL, first)
+
+    assert run_with_service(sign_in).email == DEV_EMAIL
+
+
+def test_the_dev_password_follows_the_environment(
+    dev_env: Path, monkeypatch: pytest.MonkeyPatch, run_with_service
+) -> None:
+    from switchyard.auth.service import InvalidCredentials
+
+    prepare_dev()
+    monkeypatch.setenv("SWITCHYARD_DEV_PASSWORD", "chosen-dev-password")
+    assert printed_password(prepare_dev().messages) == "chosen-dev-password"
+
+    async def sign_in(service: AuthService, password: str):
+        return await service.authenticate(DEV_EMAIL, password)
+
+    assert run_with_service(lambda s: sign_in(s, "chosen-dev-password")).email == DEV_EMAIL
+    generated = (dev_env / ".switchyard" / "dev-password").read_text().strip()
+    with pytest.raises(InvalidCredentials):
+        run_with_service(lambda s: sign_in(s, generated))

@@ -67,6 +67,8 @@ class AuthDouble:
     # GET /v1/history/{id}: request id -> owning tenant.
     history_items: dict[str, str] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    # Users auth no longer knows (GET /internal/v1/users/{id} answers 404).
+    missing_users: set[str] = field(default_factory=set)
 
     def count(self, path: str) -> int:
         return sum(1 for call in self.calls if call == path)
@@ -133,6 +135,11 @@ class AuthDouble:
                     "expires_at": record.expires_at,
                 },
             )
+        if path.startswith("/internal/v1/users/"):
+            user_id = path.rsplit("/", 1)[1]
+            if user_id in self.missing_users:
+                return httpx.Response(404, json={"error": {"message": "No such user."}})
+            return httpx.Response(200, json={"user_id": user_id, "tenant": "acme", "active": True})
         if path == "/internal/v1/revocations":
             if self.snapshot_failures > 0:
                 self.snapshot_failures -= 1

@@ -21,8 +21,14 @@ from switchyard.common.events import (
     ChatChunkData,
     ChatCompleted,
     ChatCompletedData,
+    ChatFailed,
+    ChatFailedData,
     ChatRequested,
+    ClientAPI,
+    ErrorInfo,
     Event,
+    StreamEvent,
+    TerminalStatus,
     TokenUsage,
 )
 from switchyard.common.topics import Topics
@@ -41,6 +47,8 @@ class FakeAuth:
         default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
     )
     lookups: int = 0
+    # Users auth no longer knows (GET /internal/v1/users/{id} answers 404).
+    missing_users: set = field(default_factory=set)
     # What GET /internal/v1/revocations answers (the gateway's start-up snapshot).
     revocations: dict = field(
         default_factory=lambda: {
@@ -99,51 +107,161 @@ class FakeAuth:
             return httpx.Response(404, json={"error": {"message": "no such key"}})
         if request.url.path == "/internal/v1/revocations":
             return httpx.Response(200, json=self.revocations)
+        if request.url.path.startswith("/internal/v1/users/"):
+            user_id = request.url.path.rsplit("/", 1)[1]
+            if user_id in self.missing_users:
+                return httpx.Response(404, json={"error": {"message": "No such user."}})
+            return httpx.Response(200, json={"user_id": user_id, "tenant": "acme", "active": True})
         return httpx.Response(404)
 
 
 Responder = Callable[[ChatRequested], Awaitable[list]]
+RUN = "run-1"
 
 
-def completed_reply(request: ChatRequested, text: str = "hi there") -> ChatCompleted:
-    response = {
+def openai_completion(model: str, text: str) -> dict:
+    return {
         "id": "chatcmpl-1",
         "object": "chat.completion",
         "created": 1,
-        "model": request.data.model,
+        "model": model,
         "choices": [
             {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
         ],
         "usage": {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4},
     }
+
+
+def anthropic_message(model: str, text: str) -> dict:
+    return {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 2, "output_tokens": 2},
+    }
+
+
+def completed_reply(
+    request: ChatRequested, text: str = "hi there", response: dict | None = None
+) -> ChatCompleted:
+    """The completion inference would publish, in the API the client called."""
+    if response is None:
+        if request.data.api == ClientAPI.ANTHROPIC_MESSAGES:
+            response = anthropic_message(request.data.model, text)
+        else:
+            response = openai_completion(request.data.model, text)
     return ChatCompleted(
         source="test",
         tenant=request.tenant,
         request_id=request.request_id,
         data=ChatCompletedData(
+            api=request.data.api,
             response=response,
             provider="fake",
             deployment="fake",
+            upstream_api=request.data.api,
             usage=TokenUsage(input_tokens=2, output_tokens=2),
             latency_ms=1,
         ),
     )
 
 
-def chunk(request: ChatRequested, sequence: int, content: str) -> ChatChunk:
-    data = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": request.data.model,
-        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
-    }
+def failed_reply(
+    request: ChatRequested,
+    status: int,
+    type: str,
+    message: str = "failed upstream",
+    **details,
+) -> ChatFailed:
+    return ChatFailed(
+        source="test",
+        tenant=request.tenant,
+        request_id=request.request_id,
+        data=ChatFailedData(
+            status=TerminalStatus.FAILED,
+            error=ErrorInfo(status=status, type=type, message=message, **details),
+        ),
+    )
+
+
+def record(
+    request: ChatRequested, sequence: int, events: list[StreamEvent], run: str = RUN
+) -> ChatChunk:
+    """One `chat.chunk` record holding `events`."""
     return ChatChunk(
         source="test",
         tenant=request.tenant,
         request_id=request.request_id,
-        data=ChatChunkData(sequence=sequence, chunk=data),
+        data=ChatChunkData(sequence=sequence, run=run, events=events),
     )
+
+
+def openai_chunk_event(model: str, content: str) -> StreamEvent:
+    return StreamEvent(
+        data={
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+        }
+    )
+
+
+def text_delta_event(content: str) -> StreamEvent:
+    return StreamEvent(
+        event="content_block_delta",
+        data={
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": content},
+        },
+    )
+
+
+def chunk(request: ChatRequested, sequence: int, content: str, run: str = RUN) -> ChatChunk:
+    """A record of one text delta in the API the client called."""
+    if request.data.api == ClientAPI.ANTHROPIC_MESSAGES:
+        return record(request, sequence, [text_delta_event(content)], run)
+    return record(request, sequence, [openai_chunk_event(request.data.model, content)], run)
+
+
+def anthropic_stream(
+    request: ChatRequested, pieces: list[str], usage: dict | None = None, run: str = RUN
+) -> list[ChatChunk]:
+    """Records of a whole Anthropic event stream (`message_start` ... `message_stop`),
+    one record per event, as inference publishes a stream it relays."""
+    start = anthropic_message(request.data.model, "")
+    start["content"] = []
+    start["stop_reason"] = None
+    start["usage"] = usage or {"input_tokens": 2, "output_tokens": 1}
+    events = [
+        StreamEvent(event="message_start", data={"type": "message_start", "message": start}),
+        StreamEvent(
+            event="content_block_start",
+            data={
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        *[text_delta_event(piece) for piece in pieces],
+        StreamEvent(event="content_block_stop", data={"type": "content_block_stop", "index": 0}),
+        StreamEvent(
+            event="message_delta",
+            data={
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": len(pieces)},
+            },
+        ),
+        StreamEvent(event="message_stop", data={"type": "message_stop"}),
+    ]
+    return [record(request, index, [event], run) for index, event in enumerate(events)]
 
 
 @dataclass
@@ -157,9 +275,24 @@ class Harness:
     app: object = None
 
 
+@pytest.fixture(autouse=True)
+def _no_infrastructure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests never reach a real database or broker, even when the shell points at
+    them (the limit ledger would otherwise choose PostgreSQL from DATABASE_URL)."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+
+
 @pytest.fixture
 def settings() -> Settings:
-    return Settings(request_timeout_s=2.0, max_body_bytes=10_000, topic_prefix="unit")
+    return Settings(
+        request_timeout_s=2.0,
+        max_body_bytes=10_000,
+        chat_completions_max_body_bytes=50_000,
+        messages_max_body_bytes=200_000,
+        embeddings_max_body_bytes=20_000,
+        topic_prefix="unit",
+    )
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ class FakeHistory:
     down: bool = False
     # What GET/POST on the public paths answer: path -> (status, body, content type)
     answers: dict[str, tuple[int, bytes, str]] = field(default_factory=dict)
+    # Tenants storing metadata only: their completed claims keep no response body.
+    metadata_only: set[str] = field(default_factory=set)
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         if self.down:
@@ -35,7 +37,8 @@ class FakeHistory:
             body = json.loads(request.content)
             return httpx.Response(200, json=self._idempotency(path, tenant, user, body))
         status, content, content_type = self.answers.get(
-            path, (200, b'{"object": "list", "data": []}', "application/json")
+            str(request.url.raw_path.decode()),
+            self.answers.get(path, (200, b'{"object": "list", "data": []}', "application/json")),
         )
         return httpx.Response(status, content=content, headers={"content-type": content_type})
 
@@ -81,7 +84,7 @@ class FakeHistory:
                 request_id=body["request_id"],
                 status_code=body["status_code"],
                 content_type=body["content_type"],
-                body_b64=body["body_b64"],
+                body_b64=None if tenant in self.metadata_only else body["body_b64"],
             )
             return {"stored": True}
         if row is not None and row["token"] == body["claim_token"] and row["state"] != "completed":

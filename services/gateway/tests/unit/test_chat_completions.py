@@ -8,9 +8,8 @@ import orjson
 import pytest
 
 from switchyard.common.bus import BusUnavailableError
-from switchyard.common.events import ChatFailed, ChatFailedData, ErrorInfo, TerminalStatus
 
-from .conftest import API_KEY, chunk, completed_reply
+from .conftest import API_KEY, chunk, completed_reply, failed_reply
 
 BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -106,31 +105,49 @@ async def test_malformed_json_gets_400(harness):
 
 
 @pytest.mark.parametrize(
-    ("body", "param"),
+    ("body", "param", "code"),
     [
-        ({"model": "sim-small"}, "messages"),
-        ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
-        ({"model": "sim-small", "messages": []}, "messages"),
-        (
-            {"model": "sim-small", "messages": [{"role": "wizard", "content": "hi"}]},
-            "messages.0.role",
-        ),
-        (
-            {
-                "model": "sim-small",
-                "messages": [{"role": "user", "content": "hi"}],
-                "temperature": "hot",
-            },
-            "temperature",
-        ),
-        ({"model": 42, "messages": [{"role": "user", "content": "hi"}]}, "model"),
+        ({"model": "sim-small"}, "messages", "missing_required_parameter"),
+        ({"messages": [{"role": "user", "content": "hi"}]}, "model", "missing_required_parameter"),
+        ({"model": "sim-small", "messages": []}, "messages", "empty_array"),
+        ({"model": "sim-small", "messages": "hi"}, "messages", "invalid_type"),
+        ({"model": 42, "messages": [{"role": "user", "content": "hi"}]}, "model", "invalid_type"),
+        ({"model": "", "messages": [{"role": "user", "content": "hi"}]}, "model", "invalid_value"),
+        ({**BODY, "stream": "yes"}, "stream", "invalid_type"),
     ],
 )
-async def test_invalid_fields_get_400_naming_the_field(harness, body, param):
+async def test_fields_the_gateway_reads_get_400_naming_the_field(harness, body, param, code):
     response = await harness.client.post("/v1/chat/completions", json=body, headers=AUTH)
-    error = assert_openai_error(response, 400)
+    error = assert_openai_error(response, 400, code)
     assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
     assert not harness.requests
+
+
+async def test_fields_the_gateway_does_not_read_reach_inference_unchanged(harness):
+    # Roles, content parts, out-of-range values and parameters newer than this gateway
+    # are for the provider to judge: the body is published exactly as it was sent.
+    body = {
+        "model": "sim-small",
+        "messages": [
+            {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+            {"role": "wizard", "content": "hi", "x-custom": {"nested": [1, 2.5, None]}},
+        ],
+        "temperature": "hot",
+        "stream_options": {"include_usage": False, "include_obfuscation": True},
+        "reasoning_effort": "minimal",
+        "a_parameter_from_the_future": {"enabled": True},
+    }
+    raw = orjson.dumps(body)
+    response = await harness.client.post(
+        "/v1/chat/completions", content=raw, headers={**AUTH, "content-type": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    [published] = harness.requests
+    assert published.data.body == body
+    assert orjson.dumps(published.data.body) == raw
+    assert published.data.api == "openai.chat_completions"
+    assert published.data.stream is False
 
 
 async def test_unknown_model_gets_404_model_not_found(harness):
@@ -142,7 +159,7 @@ async def test_unknown_model_gets_404_model_not_found(harness):
 
 
 async def test_body_over_the_limit_gets_413(harness):
-    big = {**BODY, "messages": [{"role": "user", "content": "x" * 20_000}]}
+    big = {**BODY, "messages": [{"role": "user", "content": "x" * 60_000}]}
     response = await harness.client.post("/v1/chat/completions", json=big, headers=AUTH)
     assert_openai_error(response, 413, "request_too_large")
     assert not harness.requests
@@ -161,30 +178,31 @@ async def test_reply_that_never_comes_gets_504_at_the_deadline(harness):
     assert 1.5 <= loop.time() - started < 4
 
 
-async def test_failed_reply_keeps_its_status_and_message(harness):
+async def test_failed_reply_keeps_its_status_type_code_and_param(harness):
     async def rate_limited(request):
         return [
-            ChatFailed(
-                source="test",
-                tenant=request.tenant,
-                request_id=request.request_id,
-                data=ChatFailedData(
-                    status=TerminalStatus.FAILED,
-                    error=ErrorInfo(
-                        status=429,
-                        type="rate_limit_error",
-                        code="rate_limited",
-                        message="slow down",
-                    ),
-                ),
+            failed_reply(
+                request,
+                429,
+                "rate_limit_exceeded",
+                "slow down",
+                code="rate_limited",
+                param="model",
+                retry_after_s=7,
             )
         ]
 
     harness.respond[0] = rate_limited
     response = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
     error = assert_openai_error(response, 429, "rate_limited")
-    assert error["message"] == "slow down"
-    assert response.headers["retry-after"]
+    assert error == {
+        "message": "slow down",
+        "type": "rate_limit_exceeded",
+        "param": "model",
+        "code": "rate_limited",
+    }
+    assert response.headers["retry-after"] == "7"
+    assert response.headers["x-request-id"] == harness.requests[0].request_id
 
 
 async def test_bus_unavailable_gets_503_quickly(harness):
@@ -260,8 +278,7 @@ async def test_body_that_is_not_an_object_gets_400(harness):
 async def test_a_restarted_upstream_stream_is_never_spliced_into_the_first(harness):
     async def restarted(request):
         first, second = chunk(request, 0, "Hel"), chunk(request, 1, "lo")
-        rerun = chunk(request, 2, "Different answer")
-        rerun.data.chunk["id"] = "chatcmpl-rerun"
+        rerun = chunk(request, 2, "Different answer", run="run-2")
         return [first, second, rerun, completed_reply(request, "Hello")]
 
     harness.respond[0] = restarted

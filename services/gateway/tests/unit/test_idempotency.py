@@ -241,7 +241,7 @@ async def test_jobs_are_idempotent_too(harness, history):
 
 
 async def test_an_oversized_body_with_a_key_is_still_413(harness, history):
-    body = {**BODY, "messages": [{"role": "user", "content": "x" * 20_000}]}
+    body = {**BODY, "messages": [{"role": "user", "content": "x" * 60_000}]}
     response = await harness.client.post("/v1/chat/completions", json=body, headers=keyed("big"))
 
     assert response.status_code == 413

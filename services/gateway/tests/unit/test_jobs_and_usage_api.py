@@ -84,6 +84,77 @@ async def test_bad_jobs_are_refused(harness, history, lanes, body, status, param
     assert lanes["batch"] == []
 
 
+async def test_a_job_carries_any_apis_body_unchanged_with_its_api(harness, history, lanes):
+    message = {
+        "model": "sim-claude",
+        "max_tokens": 256,
+        "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "Summarise this"}],
+        "a_new_parameter": [1, 2],
+    }
+    response = await harness.client.post(
+        "/v1/jobs",
+        json={"url": "/v1/messages", "body": message, "webhook_url": "https://hooks.example.com/"},
+        headers={**AUTH, "anthropic-version": "2023-06-01", "anthropic-beta": "b1"},
+    )
+
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert (job["api"], job["model"]) == ("anthropic.messages", "sim-claude")
+    [event] = await async_wait_until(
+        lambda: _async(lanes["batch"]), timeout=5, message="the job on the batch topic"
+    )
+    assert event.data.api == "anthropic.messages"
+    assert event.data.body == message
+    assert event.data.headers == {"anthropic-version": "2023-06-01", "anthropic-beta": "b1"}
+    assert event.data.webhook_url == "https://hooks.example.com/"
+    assert response.headers["x-request-id"] == job["id"] == event.request_id
+
+
+async def test_a_plain_chat_completions_job_is_an_openai_chat_completions_request(
+    harness, history, lanes
+):
+    response = await harness.client.post("/v1/jobs", json=BODY, headers=AUTH)
+    assert response.status_code == 202
+    [event] = await async_wait_until(
+        lambda: _async(lanes["batch"]), timeout=5, message="the job on the batch topic"
+    )
+    assert event.data.api == "openai.chat_completions"
+    assert event.data.body == BODY
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"url": "/v1/completions", "body": BODY}, 400, "url"),
+        ({"url": 7, "body": BODY}, 400, "url"),
+        ({"url": "/v1/messages"}, 400, "body"),
+        ({"url": "/v1/messages", "body": "text"}, 400, "body"),
+        ({"url": "/v1/messages", "body": BODY}, 400, "body.max_tokens"),
+        ({"url": "/v1/embeddings", "body": {"model": "sim-small"}}, 400, "body.input"),
+        ({"url": "/v1/chat/completions", "body": {**BODY, "stream": True}}, 400, "stream"),
+        ({"url": "/v1/chat/completions", "body": {**BODY, "model": "nope"}}, 404, "model"),
+    ],
+)
+async def test_bad_jobs_of_any_api_are_refused(harness, history, lanes, body, status, param):
+    response = await harness.client.post("/v1/jobs", json=body, headers=AUTH)
+
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+    await asyncio.sleep(0.05)
+    assert lanes["batch"] == []
+
+
+async def test_a_job_gets_the_body_limit_of_its_own_api(harness, history, lanes):
+    # Under the Messages limit of this test's settings, over the Embeddings one.
+    big = {"model": "sim-small", "input": "x" * 30_000}
+    response = await harness.client.post(
+        "/v1/jobs", json={"url": "/v1/embeddings", "body": big}, headers=AUTH
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
 async def test_jobs_need_credentials_and_the_bus(harness, history, monkeypatch):
     assert (await harness.client.post("/v1/jobs", json=BODY)).status_code == 401
 
@@ -174,7 +245,8 @@ async def test_usage_as_csv_passes_through(harness, history):
 
 
 async def test_history_settings_and_filters_are_forwarded(harness, history):
-    await harness.client.put("/v1/history/settings", json={"store_content": False}, headers=AUTH)
+    writer = {"Authorization": f"Bearer {harness.auth.token(scopes=['history:write'])}"}
+    await harness.client.put("/v1/history/settings", json={"store_content": False}, headers=writer)
     await harness.client.get(
         "/v1/history", params={"since": "7d", "status": "failed"}, headers=AUTH
     )

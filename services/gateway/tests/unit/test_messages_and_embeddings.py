@@ -1,34 +1,41 @@
-"""`/v1/messages` (Anthropic shape, through the official `anthropic` SDK) and
-`/v1/embeddings`, over the same bus path as chat completions."""
+"""`/v1/messages` (Anthropic's API, through the official `anthropic` SDK) and
+`/v1/embeddings`, over the same bus path as chat completions: the body is published in
+the client's own API, and the reply relayed as inference sent it."""
 
 from __future__ import annotations
 
 import anthropic
 import httpx2
 import openai
+import orjson
 import pytest
 
 from switchyard.common.events import (
     ChatCompleted,
     ChatCompletedData,
-    ChatFailed,
-    ChatFailedData,
-    ErrorInfo,
-    TerminalStatus,
+    ClientAPI,
     TokenUsage,
 )
 
-from .conftest import API_KEY, chunk, completed_reply
+from .conftest import API_KEY, anthropic_stream, chunk, completed_reply, failed_reply
+
+MESSAGE = {"model": "sim-small", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def anthropic_client(harness) -> anthropic.AsyncAnthropic:
+def anthropic_client(harness, sent: list | None = None) -> anthropic.AsyncAnthropic:
+    """The SDK against the gateway app; the HTTP requests it sends are appended to `sent`."""
+
+    async def record(request) -> None:
+        if sent is not None:
+            sent.append(request)
+
     # The anthropic SDK brings its own HTTP client package (httpx2): same ASGI transport.
     transport = httpx2.ASGITransport(app=harness.app)
     return anthropic.AsyncAnthropic(
         api_key=API_KEY,
         base_url="http://gateway",
         max_retries=0,
-        http_client=httpx2.AsyncClient(transport=transport),
+        http_client=httpx2.AsyncClient(transport=transport, event_hooks={"request": [record]}),
     )
 
 
@@ -38,8 +45,9 @@ def openai_client(harness) -> openai.AsyncOpenAI:
     )
 
 
-async def test_messages_round_trip_through_the_anthropic_sdk(harness):
-    message = await anthropic_client(harness).messages.create(
+async def test_messages_are_published_in_anthropics_api_unchanged(harness):
+    sent: list = []
+    message = await anthropic_client(harness, sent).messages.create(
         model="sim-small",
         max_tokens=64,
         system="Be brief.",
@@ -49,19 +57,21 @@ async def test_messages_round_trip_through_the_anthropic_sdk(harness):
     assert message.stop_reason == "end_turn"
     assert message.usage.input_tokens == 2 and message.usage.output_tokens == 2
     [published] = harness.requests
-    assert published.data.api == "anthropic"
-    # Inside the pipeline every request is OpenAI-shaped; the system prompt is a message.
-    assert published.data.body["messages"][0] == {"role": "system", "content": "Be brief."}
-    assert published.data.body["max_tokens"] == 64
+    assert published.data.api == ClientAPI.ANTHROPIC_MESSAGES
+    # Not translated: the system prompt stays a top-level field, as the client sent it.
+    assert published.data.body == {
+        "model": "sim-small",
+        "max_tokens": 64,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Hello"}],
+    }
+    assert published.data.headers == {"anthropic-version": sent[0].headers["anthropic-version"]}
+    assert "x-api-key" not in published.data.headers
 
 
-async def test_messages_stream_as_anthropic_events(harness):
+async def test_messages_stream_relays_anthropics_events(harness):
     async def streamer(request):
-        return [
-            chunk(request, 0, "Hel"),
-            chunk(request, 1, "lo"),
-            completed_reply(request, "Hello"),
-        ]
+        return [*anthropic_stream(request, ["Hel", "lo"]), completed_reply(request, "Hello")]
 
     harness.respond[0] = streamer
     async with anthropic_client(harness).messages.stream(
@@ -71,17 +81,21 @@ async def test_messages_stream_as_anthropic_events(harness):
         final = await stream.get_final_message()
     assert text == "Hello"
     assert final.content[0].text == "Hello"
+    assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens == 2
+    assert harness.requests[0].data.stream is True
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "exception", "status"),
+    ("kwargs", "exception", "status", "error_type"),
     [
-        ({"api_key": "sk-sy-wrong"}, anthropic.AuthenticationError, 401),
-        ({"model": "no-such-model"}, anthropic.NotFoundError, 404),
+        ({"api_key": "sk-sy-wrong"}, anthropic.AuthenticationError, 401, "authentication_error"),
+        ({"model": "no-such-model"}, anthropic.NotFoundError, 404, "not_found_error"),
     ],
 )
-async def test_messages_errors_use_anthropics_format(harness, kwargs, exception, status):
+async def test_messages_errors_use_anthropics_format(
+    harness, kwargs, exception, status, error_type
+):
     client = anthropic_client(harness)
     if "api_key" in kwargs:
         client = client.with_options(api_key=kwargs["api_key"])
@@ -94,70 +108,132 @@ async def test_messages_errors_use_anthropics_format(harness, kwargs, exception,
     assert caught.value.status_code == status
     body = caught.value.body
     assert body["type"] == "error" and body["error"]["message"]
+    assert body["error"]["type"] == error_type
 
 
-async def test_messages_without_max_tokens_gets_400_in_anthropic_format(harness):
-    response = await harness.client.post(
-        "/v1/messages",
-        headers={"x-api-key": API_KEY},
-        json={"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]},
-    )
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]}, "max_tokens"),
+        ({**MESSAGE, "max_tokens": "8"}, "max_tokens"),
+        ({**MESSAGE, "max_tokens": True}, "max_tokens"),
+        ({"model": "sim-small", "max_tokens": 8}, "messages"),
+        ({**MESSAGE, "messages": {"role": "user"}}, "messages"),
+        ({**MESSAGE, "model": None}, "model"),
+        ({**MESSAGE, "stream": "true"}, "stream"),
+    ],
+)
+async def test_messages_fields_the_gateway_reads_get_400_in_anthropic_format(harness, body, param):
+    response = await harness.client.post("/v1/messages", headers={"x-api-key": API_KEY}, json=body)
     assert response.status_code == 400
-    body = response.json()
-    assert body["type"] == "error"
-    assert body["error"]["type"] == "invalid_request_error"
-    assert "max_tokens" in body["error"]["message"]
+    payload = response.json()
+    assert payload["type"] == "error"
+    assert payload["error"]["type"] == "invalid_request_error"
+    assert payload["error"]["param"] == param
+    assert param in payload["error"]["message"]
+    assert response.headers["x-request-id"]
+    assert not harness.requests
+
+
+async def test_messages_pass_what_only_the_provider_judges(harness):
+    # A system message inside `messages`, document blocks, an unknown content block type
+    # and parameters this gateway has never heard of: all for inference and the provider.
+    body = {
+        **MESSAGE,
+        "messages": [
+            {"role": "system", "content": "Mid-conversation instructions."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "document", "source": {"type": "url", "url": "https://x.test/a.pdf"}},
+                    {"type": "a_future_block", "payload": {"k": [1, 2]}},
+                ],
+            },
+        ],
+        "top_k": 5,
+        "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]},
+        "output_config": {"effort": "low"},
+    }
+    response = await harness.client.post("/v1/messages", headers={"x-api-key": API_KEY}, json=body)
+    assert response.status_code == 200, response.text
+    assert harness.requests[0].data.body == body
 
 
 async def test_messages_body_over_the_limit_gets_anthropic_413(harness):
     response = await harness.client.post(
         "/v1/messages",
         headers={"x-api-key": API_KEY},
-        json={
-            "model": "sim-small",
-            "max_tokens": 8,
-            "messages": [{"role": "user", "content": "x" * 20_000}],
-        },
+        json={**MESSAGE, "messages": [{"role": "user", "content": "x" * 250_000}]},
     )
     assert response.status_code == 413
+    assert response.json()["type"] == "error"
     assert response.json()["error"]["type"] == "request_too_large"
+    assert response.headers["x-request-id"]
 
 
-async def test_failed_reply_on_messages_keeps_status_in_anthropic_format(harness):
+async def test_each_api_has_its_own_body_limit(harness):
+    # 100 kB: over the Chat Completions limit of this test's settings, under Messages'.
+    content = "x" * 100_000
+    chat = await harness.client.post(
+        "/v1/chat/completions",
+        headers={"x-api-key": API_KEY},
+        json={"model": "sim-small", "messages": [{"role": "user", "content": content}]},
+    )
+    messages = await harness.client.post(
+        "/v1/messages",
+        headers={"x-api-key": API_KEY},
+        json={**MESSAGE, "messages": [{"role": "user", "content": content}]},
+    )
+    assert chat.status_code == 413
+    assert chat.json()["error"]["code"] == "request_too_large"
+    assert messages.status_code == 200
+    assert len(harness.requests) == 1
+
+
+async def test_an_upstream_overloaded_error_reaches_the_anthropic_client_as_it_was(harness):
     async def overloaded(request):
+        return [failed_reply(request, 529, "overloaded_error", "Overloaded", retry_after_s=3)]
+
+    harness.respond[0] = overloaded
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        await anthropic_client(harness).messages.create(**MESSAGE)
+    assert caught.value.status_code == 529
+    assert caught.value.body == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"},
+    }
+    assert caught.value.response.headers["retry-after"] == "3"
+    assert caught.value.response.headers["x-request-id"] == harness.requests[0].request_id
+
+
+async def test_failed_reply_on_messages_keeps_type_and_param(harness):
+    async def refused(request):
         return [
-            ChatFailed(
-                source="test",
-                tenant=request.tenant,
-                request_id=request.request_id,
-                data=ChatFailedData(
-                    status=TerminalStatus.FAILED,
-                    error=ErrorInfo(
-                        status=429, type="rate_limit_error", message="slow down", retry_after_s=7
-                    ),
-                ),
+            failed_reply(
+                request,
+                400,
+                "invalid_request_error",
+                "logprobs is not supported by this model",
+                param="logprobs",
             )
         ]
 
-    harness.respond[0] = overloaded
+    harness.respond[0] = refused
     response = await harness.client.post(
-        "/v1/messages",
-        headers={"x-api-key": API_KEY},
-        json={
-            "model": "sim-small",
-            "max_tokens": 8,
-            "messages": [{"role": "user", "content": "hi"}],
-        },
+        "/v1/messages", headers={"x-api-key": API_KEY}, json=MESSAGE
     )
-    assert response.status_code == 429
-    assert response.headers["retry-after"] == "7"
+    assert response.status_code == 400
     assert response.json() == {
         "type": "error",
-        "error": {"type": "rate_limit_error", "message": "slow down"},
+        "error": {
+            "type": "invalid_request_error",
+            "message": "logprobs is not supported by this model",
+            "param": "logprobs",
+        },
     }
 
 
-async def test_embeddings_go_through_the_bus(harness):
+async def test_embeddings_go_through_the_bus_in_their_own_api(harness):
     async def embedder(request):
         response = {
             "object": "list",
@@ -171,6 +247,7 @@ async def test_embeddings_go_through_the_bus(harness):
                 tenant=request.tenant,
                 request_id=request.request_id,
                 data=ChatCompletedData(
+                    api=ClientAPI.OPENAI_EMBEDDINGS,
                     response=response,
                     provider="fake",
                     deployment="fake",
@@ -184,18 +261,26 @@ async def test_embeddings_go_through_the_bus(harness):
     result = await openai_client(harness).embeddings.create(model="sim-small", input="hello")
     assert result.data[0].embedding == [0.1, 0.2]
     [published] = harness.requests
-    assert published.data.operation == "embeddings"
+    assert published.data.api == ClientAPI.OPENAI_EMBEDDINGS
     assert published.data.body["input"] == "hello"
+    assert published.data.stream is False
 
 
-async def test_embeddings_reject_bad_input(harness):
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"model": "sim-small", "input": {"not": "valid"}}, "invalid_type"),
+        ({"model": "sim-small", "input": 42}, "invalid_type"),
+        ({"model": "sim-small"}, "missing_required_parameter"),
+    ],
+)
+async def test_embeddings_reject_input_of_the_wrong_type(harness, body, code):
     response = await harness.client.post(
-        "/v1/embeddings",
-        headers={"Authorization": f"Bearer {API_KEY}"},
-        json={"model": "sim-small", "input": {"not": "valid"}},
+        "/v1/embeddings", headers={"Authorization": f"Bearer {API_KEY}"}, json=body
     )
     assert response.status_code == 400
-    assert response.json()["error"]["param"].startswith("input")
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("input", code)
 
 
 async def test_openai_sdk_streaming_through_the_gateway(harness):
@@ -207,3 +292,22 @@ async def test_openai_sdk_streaming_through_the_gateway(harness):
         model="sim-small", messages=[{"role": "user", "content": "x"}], stream=True
     )
     assert "".join([c.choices[0].delta.content async for c in stream]) == "ab"
+
+
+async def test_openai_sdk_request_reaches_inference_as_sent(harness):
+    sent: list[bytes] = []
+
+    async def record(request):
+        sent.append(request.content)
+
+    harness.client.event_hooks["request"].append(record)
+    await openai_client(harness).chat.completions.create(
+        model="sim-small",
+        messages=[{"role": "user", "content": "x"}],
+        stream_options=None,
+        logprobs=True,
+        extra_body={"vendor_extension": {"a": 1}},
+    )
+    [published] = harness.requests
+    assert published.data.body == orjson.loads(sent[0])
+    assert published.data.body["vendor_extension"] == {"a": 1}

@@ -19,24 +19,29 @@ def bearer(credential: str) -> dict[str, str]:
 
 def test_route_scopes_come_from_the_shared_definition() -> None:
     assert (scopes.CHAT, scopes.HISTORY_READ) == ("chat", "history:read")
-    assert {scope for _, scope in ROUTE_SCOPES} <= set(scopes.API_KEY_SCOPES)
+    assert {scope for _, scope, _ in ROUTE_SCOPES} <= set(scopes.API_KEY_SCOPES)
 
 
 @pytest.mark.parametrize(
-    ("path", "scope"),
+    ("method", "path", "scope"),
     [
-        ("/v1/chat/completions", "chat"),
-        ("/v1/messages", "chat"),
-        ("/v1/embeddings", "chat"),
-        ("/v1/jobs/{job_id}", "chat"),
-        ("/v1/history", "history:read"),
-        ("/v1/history/{request_id}", "history:read"),
-        ("/v1/usage", "history:read"),
-        ("/v1/models", None),
+        ("POST", "/v1/chat/completions", "chat"),
+        ("POST", "/v1/messages", "chat"),
+        ("POST", "/v1/embeddings", "chat"),
+        ("GET", "/v1/jobs/{job_id}", "chat"),
+        ("POST", "/v1/jobs/{job_id}/cancel", "chat"),
+        ("GET", "/v1/history", "history:read"),
+        ("GET", "/v1/history/{request_id}", "history:read"),
+        ("GET", "/v1/history/settings", "history:read"),
+        ("PUT", "/v1/history/settings", "history:write"),
+        ("DELETE", "/v1/history/{request_id}", "history:write"),
+        ("GET", "/v1/usage", "history:read"),
+        ("POST", "/v1/usage", "history:write"),
+        ("GET", "/v1/models", None),
     ],
 )
-def test_each_route_needs_its_scope(path: str, scope: str | None) -> None:
-    assert required_scope(path) == scope
+def test_each_route_needs_its_scope(method: str, path: str, scope: str | None) -> None:
+    assert required_scope(path, method) == scope
 
 
 async def test_a_token_without_the_chat_scope_gets_403() -> None:

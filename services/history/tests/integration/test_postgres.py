@@ -1,4 +1,6 @@
-"""The history store on a real PostgreSQL server: migrations both ways, exactly-once
+"""The history store on a real PostgreSQL server: migrations both ways (version 1 rows
+carried over to event contract version 2, and the schema they build equal to the
+models'), exactly-once
 recording under redelivery, any batching and concurrent consumers, the queries' SQL
 (time buckets, filters), the Idempotency-Key store and webhook claims under concurrency."""
 
@@ -62,6 +64,37 @@ def test_migrations_create_and_drop_the_tables(postgres_url):
     downgrade(MIGRATIONS_DIR, postgres_url, VERSION_TABLE, "base")
 
     assert not {"history_events", "history_requests"} & _tables(postgres_url)
+
+
+async def test_version_1_rows_migrate_to_contract_version_2_and_back(
+    postgres_url, events, v1_migration_check
+):
+    await v1_migration_check(postgres_url, events)
+
+
+def test_the_migrations_build_exactly_the_schema_of_the_models(postgres_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from switchyard.history.models import Base
+
+    upgrade(MIGRATIONS_DIR, postgres_url, VERSION_TABLE)
+    engine = create_sync_engine(sync_url(postgres_url))
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "version_table": VERSION_TABLE}
+            )
+            differences = compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+    # Indexes only the migrations create (BRIN, for the purge) are not in the models.
+    differences = [
+        difference
+        for difference in differences
+        if not (difference[0] == "remove_index" and difference[1].name.endswith("_brin"))
+    ]
+    assert differences == []
 
 
 @pytest.fixture

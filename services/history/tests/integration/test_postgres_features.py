@@ -240,3 +240,37 @@ async def test_usage_rollup_matches_the_requests_while_both_are_written(engine, 
 
     assert after == before
     assert sum(row.requests for row in before[0]) == 200
+
+
+async def test_latency_percentiles_on_postgres_match_the_python_computation(engine, events):
+    from switchyard.history.performance import PerformanceQueries, PerformanceQuery, percentile
+
+    await _reset(engine)
+    start = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    latencies = [3.0, 9.0, 27.0, 81.0, 243.0, 729.0]
+    batch = []
+    for index, latency in enumerate(latencies):
+        request = events.requested(at=start + timedelta(minutes=index))
+        completed = events.completed(request)
+        completed = completed.model_copy(
+            update={"data": completed.data.model_copy(update={"latency_ms": latency})}
+        )
+        batch += [request, completed]
+    failed = events.requested(at=start + timedelta(minutes=30))
+    batch += [failed, events.failed(failed)]
+    await EventRecorder(engine).record(batch)
+    rows = await PerformanceQueries(engine).performance(
+        PerformanceQuery(
+            tenant="acme",
+            since=start - timedelta(hours=1),
+            until=start + timedelta(hours=2),
+            bucket="hour",
+            dimensions=("model",),
+        )
+    )
+    assert len(rows) == 1
+    row = rows[0]
+    assert row.bucket == start and row.groups == {"model": "sim-small"}
+    assert (row.requests, row.errors) == (7, 1)
+    assert row.latency_ms_p50 == pytest.approx(percentile(latencies, 0.5))
+    assert row.latency_ms_p95 == pytest.approx(percentile(latencies, 0.95))

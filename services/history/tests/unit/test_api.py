@@ -40,7 +40,15 @@ async def test_a_finished_request_is_served_with_reply_and_usage(service, events
     assert item["request"]["messages"][0]["content"] == "Tell me a joke"
     assert item["response"]["choices"][0]["message"]["content"] == "Knock knock"
     assert item["error"] is None
-    assert item["usage"] == {"input_tokens": 6, "output_tokens": 4, "total_tokens": 10}
+    assert item["usage"] == {
+        "input_tokens": 6,
+        "output_tokens": 4,
+        "total_tokens": 10,
+        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": 0,
+        "reasoning_tokens": 0,
+    }
+    assert item["api"] == "openai.chat_completions"
     assert (item["provider"], item["deployment"], item["latency_ms"]) == (
         "simulator",
         "sim-small-1",
@@ -247,3 +255,16 @@ def _persist_failures() -> float:
 
 async def _async(value):
     return value
+
+
+async def test_a_request_read_right_after_its_answer_is_already_completed(service, events):
+    # Embedded mode: the reply reaches the client and the history consumer at the same
+    # moment; a read that follows at once must not see the request still pending.
+    for _ in range(5):
+        request = events.requested()
+        await service.publish(request, events.completed(request))
+        response = await service.client.get(
+            f"/v1/history/{request.request_id}", headers=service.headers()
+        )
+        assert response.status_code == 200
+        assert response.json()["status"] == "completed"

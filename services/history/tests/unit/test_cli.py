@@ -124,3 +124,41 @@ def test_unreachable_database_is_one_line(monkeypatch):
     result = CliRunner().invoke(root, ["usage", "report"])
     assert result.exit_code == 1
     assert result.output.startswith("error: database error")
+
+
+def test_usage_report_shows_emails_and_key_names_and_keeps_ids_in_csv(cli, history, monkeypatch):
+    from switchyard.common.plugins import PrincipalNames
+    from switchyard.history import cli as history_cli
+
+    async def names(user_ids, key_ids):
+        assert user_ids == {"alice"} and key_ids == {"key-1"}
+        return PrincipalNames(
+            emails={"alice": "alice@example.com"}, key_names={"key-1": "ci\x1b[31m"}
+        )
+
+    monkeypatch.setattr(history_cli, "lookup_principal_names", names)
+    table = cli(usage_app, "report", "--since", "7d", "--group-by", "user,api_key")
+    assert table.exit_code == 0, table.output
+    assert "alice@example.com" in table.output and "ci\\x1b[31m" in table.output
+    assert "\x1b" not in table.output  # a name cannot drive the terminal
+    assert "alice  " not in table.output.replace("alice@example.com", "")
+
+    result = cli(
+        usage_app, "report", "--since", "7d", "--group-by", "user,api_key", "--format", "csv"
+    )
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert rows[0]["user"] == "alice" and rows[0]["user_email"] == "alice@example.com"
+    assert rows[0]["api_key"] == "key-1" and rows[0]["api_key_name"] == "ci\x1b[31m"
+
+
+def test_usage_report_falls_back_to_ids_when_names_cannot_be_looked_up(cli, history, monkeypatch):
+    from switchyard.history import cli as history_cli
+
+    async def unreachable(user_ids, key_ids):
+        raise ConnectionError("auth database unreachable")
+
+    monkeypatch.setattr(history_cli, "lookup_principal_names", unreachable)
+    result = cli(usage_app, "report", "--since", "7d", "--group-by", "user")
+    assert result.exit_code == 0
+    assert "alice" in result.stdout
+    assert "names unavailable (auth database unreachable)" in result.stderr

@@ -35,7 +35,15 @@ async def recorded(service, recorder, events):
         if outcome == "completed":
             batch += [
                 events.completed(request),
-                events.usage(request, input_tokens=10, output_tokens=5, cost_usd=0.5),
+                events.usage(
+                    request,
+                    input_tokens=10,
+                    output_tokens=5,
+                    cost_usd=0.5,
+                    cache_read_input_tokens=4,
+                    cache_creation_input_tokens=2,
+                    reasoning_tokens=1,
+                ),
             ]
         elif outcome == "failed":
             batch += [events.failed(request)]
@@ -116,7 +124,19 @@ async def test_one_request_carries_reply_usage_latency_and_deployment(service, r
     item = (await service.client.get(f"/v1/history/{request_id}", headers=service.headers())).json()
 
     assert item["response"]["choices"][0]["message"]["content"] == "Hi there!"
-    assert item["usage"] == {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+    assert item["usage"] == {
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "total_tokens": 15,
+        "cache_read_input_tokens": 4,
+        "cache_creation_input_tokens": 2,
+        "reasoning_tokens": 1,
+    }
+    assert (item["api"], item["client_api"], item["upstream_api"]) == (
+        "openai.chat_completions",
+        "openai.chat_completions",
+        "openai.chat_completions",
+    )
     assert item["latency_ms"] == 43.0
     assert (item["provider"], item["deployment"]) == ("simulator", "sim-small-1")
 
@@ -170,6 +190,9 @@ async def test_usage_by_day_for_a_user_and_for_the_tenant(service, recorded):
         "output_tokens": 10,
         "total_tokens": 30,
         "cost_usd": 1.0,
+        "cache_read_input_tokens": 8,
+        "cache_creation_input_tokens": 4,
+        "reasoning_tokens": 2,
     }
     assert tenant["totals"]["requests"] == 5  # bob's too, never globex's
     assert tenant["totals"]["cost_usd"] == 1.5
@@ -228,7 +251,11 @@ async def test_usage_by_hour_and_as_csv(service, recorded):
         "output_tokens",
         "total_tokens",
         "cost_usd",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "reasoning_tokens",
     ]
+    assert (rows[1]["cache_read_input_tokens"], rows[1]["reasoning_tokens"]) == ("4", "1")
 
 
 async def test_usage_csv_cells_cannot_become_spreadsheet_formulas(service, recorder, events):

@@ -75,6 +75,7 @@ def service_settings(database_url: str) -> Settings:
         webhook_max_backoff_s=0.2,
         webhook_max_attempts=4,
         sweep_interval_s=3600,
+        webhook_allowed_networks=["127.0.0.0/8"],
     )
 
 

@@ -1,6 +1,7 @@
 """The usage rollup gives exactly what aggregating the requests gives: before and after
 the sweeper recomputes hours, with hours dirtied again by late replies, over ranges that
-cut hours in half, for every grouping and filter."""
+cut hours in half, for every grouping and filter; cache and reasoning tokens and refused
+requests included."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from switchyard.common.events import TerminalStatus
 from switchyard.history import rollup
 from switchyard.history.models import usage_dirty_table, usage_hourly_table
 from switchyard.history.queries import UsageQuery
@@ -21,7 +23,7 @@ START = datetime(2025, 3, 1, tzinfo=UTC)
 
 def _expected(rows: dict, query: UsageQuery) -> list[tuple]:
     names = {"model": "model", "user": "user_id", "api_key": "api_key_id", "tenant": "tenant"}
-    totals: dict[tuple, list] = defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0.0])
+    totals: dict[tuple, list] = defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0])
     for row in rows.values():
         if row["request_body"] is None or not query.since <= row["created_at"] < query.until:
             continue
@@ -40,13 +42,13 @@ def _expected(rows: dict, query: UsageQuery) -> list[tuple]:
         total = totals[key]
         total[0] += 1
         total[1] += row["status"] == "completed"
-        total[2] += row["status"] in ("failed", "expired")
+        total[2] += row["status"] in ("failed", "expired", "refused")
         total[3] += row["status"] == "cancelled"
-        total[4] += row["input_tokens"] or 0
-        total[5] += row["output_tokens"] or 0
-        total[6] += row["cost_usd"] or 0.0
+        for index, name in enumerate(rollup.TOKEN_SUMS, start=4):
+            total[index] += row[name] or 0
+        total[9] += row["cost_usd"] or 0.0
     return sorted(
-        [key + (t[0], t[1], t[2], t[3], t[4], t[5], round(t[6], 6)) for key, t in totals.items()],
+        [key + (*t[:9], round(t[9], 6)) for key, t in totals.items()],
         key=_order,
     )
 
@@ -67,6 +69,9 @@ def _actual(rows, query: UsageQuery) -> list[tuple]:
                 row.cancelled,
                 row.input_tokens,
                 row.output_tokens,
+                row.cache_read_input_tokens,
+                row.cache_creation_input_tokens,
+                row.reasoning_tokens,
                 round(row.cost_usd, 6),
             )
             for row in rows
@@ -90,9 +95,21 @@ async def _history(recorder, events, generator, count: int, *, replies: bool = T
         outcome = generator.random()
         contributions = [request]
         if replies and outcome < 0.6:
-            contributions += [events.completed(request), events.usage(request)]
-        elif replies and outcome < 0.8:
+            cached = generator.randint(0, 40)
+            contributions += [
+                events.completed(request),
+                events.usage(
+                    request,
+                    input_tokens=50 + cached,
+                    cache_read_input_tokens=cached,
+                    cache_creation_input_tokens=generator.randint(0, 9),
+                    reasoning_tokens=generator.randint(0, 3),
+                ),
+            ]
+        elif replies and outcome < 0.75:
             contributions += [events.failed(request)]
+        elif replies and outcome < 0.8:
+            contributions += [events.failed(request, status=TerminalStatus.REFUSED)]
         if generator.random() < 0.2:
             contributions.reverse()  # the reply overtook the request
         batch += contributions

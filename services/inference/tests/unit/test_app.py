@@ -50,6 +50,7 @@ def request_for(
         tenant="acme",
         request_id=request_id or f"req-{priority}",
         data=ChatRequestData(
+            api="openai.chat_completions",
             model=model,
             body={"model": model, "messages": [{"role": "user", "content": "ping"}]},
             user_id="u",
@@ -308,9 +309,12 @@ async def test_batch_backlog_does_not_delay_interactive_requests(simulator, tmp_
         return values[len(values) // 2]
 
     assert backlog_left > 100  # the batch backlog really was there while we measured
-    # 30 ms upstream: interactive stays within a few ms of its latency alone.
-    assert p50(under_backlog) < p50(baseline) + 0.015, (p50(baseline), p50(under_backlog))
-    assert max(under_backlog) < 0.2, max(under_backlog)
+    # 30 ms upstream: a backlog of 300 batch requests (75 rounds of its 4 slots, over 2 s)
+    # would hold interactive requests for seconds if they queued behind it; they don't.
+    # The bounds are loose on purpose (a loaded machine slows both runs): the figures
+    # themselves are the benchmark's business, not this test's.
+    assert p50(under_backlog) < 2 * p50(baseline) + 0.05, (p50(baseline), p50(under_backlog))
+    assert max(under_backlog) < 1.0, max(under_backlog)
     assert len(set(batch_done)) == 300  # and batch work was not lost, only held back
 
 

@@ -160,8 +160,9 @@ async def test_a_batch_request_whose_deadline_passes_in_the_lane_expires(
 def _content_chunk(harness: Harness, request_id: str):
     async def found() -> bool:
         return any(
-            chunk.data.chunk["choices"] and chunk.data.chunk["choices"][0]["delta"].get("content")
-            for chunk in harness.chunks_of(request_id)
+            (event.data.get("choices") or [{}])[0].get("delta", {}).get("content")
+            or event.data.get("type") == "content_block_delta"
+            for event in harness.stream_of(request_id)
         )
 
     return found

@@ -22,14 +22,10 @@ from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.inference.handlers import ChatRequestHandler
 from switchyard.inference.pricing import Price, PriceTable
-from switchyard.inference.providers import (
-    AnthropicProvider,
-    OpenAIProvider,
-    ProviderPool,
-    default_provider_factory,
-)
+from switchyard.inference.providers import ProviderPool
 from switchyard.inference.reliability import Backoff
 from switchyard.inference.testing import Harness, chat_request
+from switchyard.inference.upstream import AnthropicUpstream, OpenAIUpstream, create_upstream
 
 TOPICS = Topics("test")
 
@@ -158,40 +154,43 @@ async def test_request_past_its_deadline_expires_without_calling_upstream(
 
 
 @pytest.mark.parametrize(
-    ("injected", "status", "code"),
+    ("injected", "status", "error_type"),
     [
-        (429, 429, "upstream_rate_limited"),
-        (500, 502, "upstream_error"),
-        (503, 502, "upstream_error"),
-        (401, 502, "upstream_auth_failed"),  # our key was refused: not the caller's fault
+        (429, 429, "rate_limit_exceeded"),
+        (500, 500, "server_error"),
+        (503, 503, "server_error"),
+        (401, 502, "upstream_error"),  # our key was refused: not the caller's fault
     ],
 )
-async def test_upstream_errors_become_failed_replies_with_the_client_status(
-    harness, simulator, injected: int, status: int, code: str
+async def test_upstream_errors_keep_their_status_and_type_for_an_openai_client(
+    harness, simulator, injected: int, status: int, error_type: str
 ) -> None:
     simulator.fault(status=injected, retry_after=12 if injected == 429 else None)
 
     reply = await harness.handle(chat_request())
 
     assert isinstance(reply, ChatFailed)
-    assert (reply.data.status, reply.data.error.status, reply.data.error.code) == (
+    assert (reply.data.status, reply.data.error.status, reply.data.error.type) == (
         "failed",
         status,
-        code,
+        error_type,
     )
     assert reply.data.deployment == "sim"
     if injected == 429:
-        assert "Retry after 12 seconds" in reply.data.error.message
+        assert reply.data.error.retry_after_s == 12
     assert simulator.calls() == 1  # max_retries=0: exactly one upstream call
 
 
-async def test_upstream_400_is_passed_through_with_the_upstream_message(harness) -> None:
+async def test_upstream_400_is_passed_through_with_the_upstream_message_and_param(
+    harness,
+) -> None:
     request = chat_request(body={"model": "sim-small", "messages": [{"content": "no role"}]})
 
     reply = await harness.handle(request)
 
     assert (reply.data.error.status, reply.data.error.type) == (400, "invalid_request_error")
     assert "messages.0" in reply.data.error.message
+    assert reply.data.error.param == "messages.0"
 
 
 async def test_rate_limit_is_retried_on_the_same_deployment_when_it_allows(
@@ -262,16 +261,19 @@ async def test_streaming_reply_arrives_as_ordered_chunks_then_the_assembled_comp
     chunks = [event for event in events if isinstance(event, ChatChunk)]
     assert events[-1] is completed and isinstance(completed, ChatCompleted)
     assert [chunk.data.sequence for chunk in chunks] == list(range(len(chunks)))
-    assert len(chunks) == 6  # role, 3 content pieces, finish, usage
+    assert len({chunk.data.run for chunk in chunks}) == 1
+    stream = harness.stream_of(request.request_id)
+    assert len(stream) == 6  # role, 3 content pieces, finish, usage
+    assert all(event.event is None for event in stream)  # data-only, like OpenAI's
     state = ChatCompletionStreamState()
-    for chunk in chunks:
-        parsed = openai.types.chat.ChatCompletionChunk.model_validate(chunk.data.chunk)
+    for event in stream:
+        parsed = openai.types.chat.ChatCompletionChunk.model_validate(event.data)
         assert parsed.model == "sim-small"
         state.handle_chunk(parsed)
     streamed = state.get_final_completion()
     assert streamed.choices[0].message.content == "Simulated reply to: stream it please"
     assert streamed.usage.completion_tokens == 6
-    assert chunks[-1].data.chunk["choices"] == []  # the usage chunk asked for
+    assert stream[-1].data["choices"] == []  # the usage chunk asked for
     assert len({chunk.id for chunk in chunks}) == len(chunks)
     # The completion event carries the whole reply, for history.
     response = openai.types.chat.ChatCompletion.model_validate(completed.data.response)
@@ -290,10 +292,10 @@ async def test_streaming_without_include_usage_sends_no_usage_chunk_but_records_
 
     completed = await harness.handle(request)
 
-    chunks = harness.chunks_of(request.request_id)
-    assert all(chunk.data.chunk["choices"] for chunk in chunks)
-    assert all("usage" not in chunk.data.chunk for chunk in chunks)
-    assert chunks[-1].data.chunk["choices"][0]["finish_reason"] == "stop"
+    stream = harness.stream_of(request.request_id)
+    assert all(event.data["choices"] for event in stream)
+    assert all("usage" not in event.data for event in stream)
+    assert stream[-1].data["choices"][0]["finish_reason"] == "stop"
     assert completed.data.usage.output_tokens == 6  # asked upstream anyway, for billing
     assert (await harness.usage_of(request.request_id)).data.usage.output_tokens == 6
 
@@ -309,8 +311,8 @@ async def test_streamed_tool_calls_are_relayed_and_assembled(harness) -> None:
     completed = await harness.handle(request)
 
     state = ChatCompletionStreamState()
-    for chunk in harness.chunks_of(request.request_id):
-        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(chunk.data.chunk))
+    for event in harness.stream_of(request.request_id):
+        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(event.data))
     for choice in (
         state.get_final_completion().choices[0],
         openai.types.chat.ChatCompletion.model_validate(completed.data.response).choices[0],
@@ -326,10 +328,9 @@ async def test_anthropic_deployment_streams_openai_chunks(harness, simulator) ->
 
     completed = await harness.handle(request)
 
-    chunks = harness.chunks_of(request.request_id)
     state = ChatCompletionStreamState()
-    for chunk in chunks:
-        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(chunk.data.chunk))
+    for event in harness.stream_of(request.request_id):
+        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(event.data))
     streamed = state.get_final_completion()
     assert streamed.model == "claude"
     assert streamed.choices[0].message.content == "Simulated reply to: hi claude"
@@ -363,7 +364,7 @@ async def test_embeddings_are_answered_with_the_embeddings_object_and_usage(
     harness, simulator
 ) -> None:
     request = chat_request(
-        operation="embeddings", body={"model": "sim-small", "input": ["one two", "three"]}
+        api="openai.embeddings", body={"model": "sim-small", "input": ["one two", "three"]}
     )
 
     reply = await harness.handle(request)
@@ -378,7 +379,7 @@ async def test_embeddings_are_answered_with_the_embeddings_object_and_usage(
 
 
 async def test_embeddings_on_an_anthropic_only_model_are_refused_clearly(harness) -> None:
-    reply = await harness.handle(chat_request(model="claude", operation="embeddings"))
+    reply = await harness.handle(chat_request(model="claude", api="openai.embeddings"))
     assert isinstance(reply, ChatFailed)
     assert (reply.data.error.status, reply.data.error.code) == (400, "unsupported_operation")
 
@@ -482,17 +483,34 @@ async def test_upstream_failure_in_the_middle_of_a_stream_ends_it_without_fallba
     reply = await harness.handle(request)
 
     assert isinstance(reply, ChatFailed)
-    assert (reply.data.error.status, reply.data.error.code) == (502, "upstream_stream_error")
-    chunks = harness.chunks_of(request.request_id)
-    assert [chunk.data.sequence for chunk in chunks] == [0, 1, 2]  # what arrived was relayed
+    assert (reply.data.error.status, reply.data.error.type) == (500, "server_error")
+    assert reply.data.error.code == "upstream_stream_error"
+    stream = harness.stream_of(request.request_id)
+    assert len(stream) == 3  # what arrived was relayed
     assert simulator.calls("upstream-secondary") == 0  # a started stream cannot move
     usage = await harness.usage_of(request.request_id)
     assert usage.data.status == "failed" and usage.data.usage.output_tokens == 2
 
 
-async def test_redelivered_request_produces_events_with_the_same_ids(harness) -> None:
+async def test_a_request_delivered_again_after_its_outcome_was_published_is_not_run_again(
+    harness, simulator
+) -> None:
     request = chat_request()
     await harness.handler(request)
+    await harness.handler(request)  # e.g. its partition came back after a rebalance
+    await harness.usage_of(request.request_id)
+    await asyncio.sleep(0.05)
+    assert simulator.calls() == 1
+    assert len(harness.replies) == 2  # published again...
+    assert len({event.id for event in harness.replies}) == 1  # ...with the same id
+
+
+async def test_a_redelivered_request_another_replica_ran_produces_events_with_the_same_ids(
+    harness, simulator
+) -> None:
+    request = chat_request()
+    await harness.handler(request)
+    harness.handler.published = type(harness.handler.published)()  # another replica's memory
     await harness.handler(request)
     await harness.usage_of(request.request_id)
     await asyncio.sleep(0.05)
@@ -500,22 +518,22 @@ async def test_redelivered_request_produces_events_with_the_same_ids(harness) ->
 
 
 def test_default_factory_builds_clients_without_sdk_retries(simulator) -> None:
-    openai_provider = default_provider_factory(deployment(simulator, "sim", "x", max_retries=5))
-    anthropic_provider = default_provider_factory(
+    openai_provider = create_upstream(deployment(simulator, "sim", "x", max_retries=5))
+    anthropic_provider = create_upstream(
         anthropic_deployment(simulator, "a", "y").model_copy(
             update={"base_url": simulator.openai_url}
         )
     )
-    assert isinstance(openai_provider, OpenAIProvider)
+    assert isinstance(openai_provider, OpenAIUpstream)
     assert openai_provider.client.base_url.host == "127.0.0.1"
     assert openai_provider.client.max_retries == 0  # backoff is the handler's
-    assert isinstance(anthropic_provider, AnthropicProvider)
+    assert isinstance(anthropic_provider, AnthropicUpstream)
     assert anthropic_provider.client.max_retries == 0
     # The Anthropic SDK adds /v1 itself: a base URL ending in /v1 is taken as the root.
     assert str(anthropic_provider.client.base_url).rstrip("/") == simulator.root
 
 
-async def test_chunks_queued_behind_a_slow_bus_are_merged_not_delayed_one_by_one(
+async def test_events_queued_behind_a_slow_bus_are_batched_not_delayed_one_by_one(
     simulator,
 ) -> None:
     published: list = []
@@ -535,13 +553,14 @@ async def test_chunks_queued_behind_a_slow_bus_are_merged_not_delayed_one_by_one
     chunks = [event for event in published if isinstance(event, ChatChunk)]
     assert isinstance(published[-2], ChatCompleted)
     assert [chunk.data.sequence for chunk in chunks] == list(range(len(chunks)))
-    assert len(chunks) < 7  # fewer than the upstream's chunks...
+    events = [event for chunk in chunks for event in chunk.data.events]
+    assert len(chunks) < len(events)  # fewer records than the upstream's events...
     state = ChatCompletionStreamState()
-    for chunk in chunks:
-        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(chunk.data.chunk))
+    for event in events:  # ...and every event, unchanged
+        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(event.data))
     text = state.get_final_completion().choices[0].message.content
-    assert text == "Simulated reply to: one two three four five six seven eight"  # ...same text
-    assert chunks[-1].data.chunk["choices"][0]["finish_reason"] == "stop"
+    assert text == "Simulated reply to: one two three four five six seven eight"
+    assert events[-1].data["choices"][0]["finish_reason"] == "stop"
 
 
 async def test_usage_events_carry_the_cost_from_the_price_table(simulator) -> None:

@@ -11,11 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from switchyard.common.events import Priority
+from switchyard.common.events import Priority, TokenUsage
 from switchyard.common.routing import Deployment
-from switchyard.inference.handlers import merge_chunks
 from switchyard.inference.lanes import LaneGate
-from switchyard.inference.pricing import PriceError, PriceSource, load_prices
+from switchyard.inference.pricing import (
+    Price,
+    PriceError,
+    PriceSource,
+    PriceTable,
+    load_prices,
+    request_cost,
+)
 from switchyard.inference.reliability import (
     Backoff,
     BreakerPolicy,
@@ -215,11 +221,48 @@ def test_prices_by_deployment_then_upstream_model_then_public_model(tmp_path: Pa
     def deployment(name: str, upstream: str) -> Deployment:
         return Deployment(name=name, provider="openai", model=upstream)
 
-    assert table.cost("public", deployment("special", "upstream-x"), 1_000_000, 500_000) == 20
-    assert table.cost("public", deployment("other", "upstream-x"), 1_000_000, 500_000) == 2
-    assert table.cost("public", deployment("other", "unknown"), 2_000_000, 9) == 1
-    assert table.cost("unpriced", deployment("other", "unknown"), 1_000, 1_000) == 0
-    assert load_prices(None).cost("public", None, 10**9, 10**9) == 0
+    assert (
+        request_cost(
+            table,
+            "public",
+            deployment("special", "upstream-x"),
+            TokenUsage(input_tokens=1_000_000, output_tokens=500_000),
+        )
+        == 20
+    )
+    assert (
+        request_cost(
+            table,
+            "public",
+            deployment("other", "upstream-x"),
+            TokenUsage(input_tokens=1_000_000, output_tokens=500_000),
+        )
+        == 2
+    )
+    assert (
+        request_cost(
+            table,
+            "public",
+            deployment("other", "unknown"),
+            TokenUsage(input_tokens=2_000_000, output_tokens=9),
+        )
+        == 1
+    )
+    assert (
+        request_cost(
+            table,
+            "unpriced",
+            deployment("other", "unknown"),
+            TokenUsage(input_tokens=1_000, output_tokens=1_000),
+        )
+        == 0
+    )
+    assert (
+        request_cost(
+            load_prices(None), "public", None, TokenUsage(input_tokens=10**9, output_tokens=10**9)
+        )
+        == 0
+    )
 
 
 def test_bad_price_files_name_the_file_and_field(tmp_path: Path) -> None:
@@ -240,37 +283,43 @@ def test_price_source_reloads_when_the_file_changes(tmp_path: Path) -> None:
     path.write_text("models:\n  m: {input_per_1m: 2, output_per_1m: 3}\n")
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
     assert source.reload_if_changed()
-    assert source.table.cost("m", None, 1_000_000, 1_000_000) == 5
+    assert (
+        request_cost(
+            source.table, "m", None, TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000)
+        )
+        == 5
+    )
 
 
-def _chunk(delta: dict, finish: str | None = None, **extra) -> dict:
-    return {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        **extra,
-    }
+def test_cache_reads_and_writes_are_priced_at_their_own_rates(tmp_path: Path) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(
+        "models:\n"
+        "  claude: {input_per_1m: 3, output_per_1m: 15, cache_read_per_1m: 0.3,"
+        " cache_write_per_1m: 3.75}\n"
+        "  gpt: {input_per_1m: 2, output_per_1m: 8}\n"
+    )
+    table = load_prices(str(path))
+    usage = TokenUsage(
+        input_tokens=1_000_000 + 2_000_000 + 4_000_000,  # uncached + read + written
+        output_tokens=1_000_000,
+        cache_read_input_tokens=2_000_000,
+        cache_creation_input_tokens=4_000_000,
+    )
+
+    assert request_cost(table, "claude", None, usage) == pytest.approx(3 + 2 * 0.3 + 4 * 3.75 + 15)
+    # Without cache prices, cached tokens cost the input price (never counted twice).
+    assert request_cost(table, "gpt", None, usage) == pytest.approx(7 * 2 + 8)
 
 
-def test_only_plain_text_chunks_of_one_choice_are_merged() -> None:
-    role = _chunk({"role": "assistant", "content": ""})
-    hello, world = _chunk({"content": "Hello "}), _chunk({"content": "world"})
-
-    merged = merge_chunks(merge_chunks(role, hello), world)
-
-    assert merged["choices"][0]["delta"] == {"role": "assistant", "content": "Hello world"}
-    assert merged["id"] == "c" and role["choices"][0]["delta"]["content"] == ""  # no mutation
-    tool = _chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{"}}]})
-    other_choice = _chunk({"content": "x"})
-    other_choice["choices"][0]["index"] = 1
-    for second in (
-        _chunk({}, "stop"),
-        tool,
-        other_choice,
-        _chunk({"content": "x"}, usage={"prompt_tokens": 1}),
-        {**_chunk({"content": "x"}), "choices": []},
-    ):
-        assert merge_chunks(hello, second) is None
-    assert merge_chunks(_chunk({"content": "x"}, "stop"), hello) is None
+def test_default_prices_cover_the_simulator_and_public_models() -> None:
+    table = load_prices(None)
+    million_each = TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000)
+    # The simulator's models are priced, so budgets work in embedded mode.
+    assert request_cost(table, "sim-small", None, million_each) == 2.0
+    # Public models come from the genai-prices snapshot: gpt-4o-mini is $0.15 / $0.60.
+    openai = Deployment(name="openai", provider="openai", model="gpt-4o-mini")
+    assert request_cost(table, "gpt-4o-mini", openai, million_each) == pytest.approx(0.75)
+    # A file entry overrides the default.
+    overridden = PriceTable(models={"gpt-4o-mini": Price(input_per_1m=1.0)})
+    assert request_cost(overridden, "gpt-4o-mini", openai, million_each) == pytest.approx(1.0)

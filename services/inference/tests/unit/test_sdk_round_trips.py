@@ -1,11 +1,12 @@
-"""Real SDK round trips through the translation layer, both directions.
+"""Real SDK round trips, pass-through and translated, both directions.
 
-A minimal front end stands in for the gateway (`/v1/messages` and `/v1/chat/completions`
-over the handler on the in-memory bus, shaped with `switchyard.common.translate` exactly
-as the gateway does), and the official `anthropic` and `openai` SDKs call it:
-- the Anthropic SDK reaching an OpenAI-protocol deployment (Anthropic -> OpenAI -> back);
-- the OpenAI SDK reaching an Anthropic-protocol deployment (OpenAI -> Anthropic -> back);
-each with and without streaming, text and tool calls. The simulator is the upstream."""
+A minimal front end stands in for the gateway and does exactly what the gateway does
+with event contract v2 (`relay`): it publishes the client's body unchanged with the
+client's API and forwarded headers, answers a JSON request with `chat.completed`'s
+`response`, relays every stream event as one SSE event (`event:` line when named), ends
+an OpenAI stream with `data: [DONE]`, and turns a `chat.failed` into the error in the
+client's format (an HTTP error before any event, an SSE error event after). The official
+`anthropic` and `openai` SDKs call it; the simulator is the upstream."""
 
 from __future__ import annotations
 
@@ -23,15 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from switchyard.common.events import ChatChunk, ChatFailed
+from switchyard.common.events import FORWARDED_HEADERS, ChatFailed, ClientAPI, ErrorInfo
 from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
 from switchyard.common.topics import Topics
-from switchyard.common.translate import (
-    OpenAIToAnthropicStream,
-    anthropic_request_to_openai,
-    anthropic_sse,
-    openai_response_to_anthropic,
-)
 from switchyard.inference.providers import ProviderPool
 from switchyard.inference.testing import Harness, chat_request
 
@@ -51,53 +46,55 @@ WEATHER_TOOL_OPENAI = {
 }
 
 
+def error_body(api: ClientAPI, error: ErrorInfo) -> dict[str, Any]:
+    if api.vendor == "anthropic":
+        return {"type": "error", "error": {"type": error.type, "message": error.message}}
+    return {
+        "error": {
+            "message": error.message,
+            "type": error.type,
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+
+
 def front_end(harness: Harness) -> Starlette:
     """What the gateway does with a request and its events, minus auth and Kafka."""
 
-    async def run(api: str, body: dict[str, Any]) -> tuple[list[ChatChunk], Any]:
-        request = chat_request(
-            model=body["model"], body=body, stream=bool(body.get("stream")), api=api
+    async def relay(api: ClientAPI, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        headers = {k: v for k, v in request.headers.items() if k in FORWARDED_HEADERS}
+        stream = bool(body.get("stream"))
+        event = chat_request(
+            model=body["model"], body=body, stream=stream, api=api, headers=headers
         )
-        await harness.handler(request)
-        reply = await harness.reply(request.request_id)
-        return harness.chunks_of(request.request_id), reply
+        await harness.handler(event)
+        reply = await harness.reply(event.request_id)
+        events = harness.stream_of(event.request_id)
+        if isinstance(reply, ChatFailed) and not events:
+            error = reply.data.error
+            retry = {"retry-after": f"{error.retry_after_s:g}"} if error.retry_after_s else None
+            return JSONResponse(error_body(api, error), error.status, headers=retry)
+        if not stream:
+            return JSONResponse(reply.data.response)
+        frames = []
+        for item in events:
+            head = f"event: {item.event}\n".encode() if item.event else b""
+            frames.append(head + b"data: " + orjson.dumps(item.data) + b"\n\n")
+        if isinstance(reply, ChatFailed):
+            payload = orjson.dumps(error_body(api, reply.data.error))
+            head = b"event: error\n" if api.vendor == "anthropic" else b""
+            frames.append(head + b"data: " + payload + b"\n\n")
+        elif api.vendor == "openai":
+            frames.append(b"data: [DONE]\n\n")
+        return Response(b"".join(frames), media_type="text/event-stream")
 
     async def messages(request: Request) -> Response:
-        anthropic_body = orjson.loads(await request.body())
-        body = anthropic_request_to_openai(anthropic_body)
-        chunks, reply = await run("anthropic", body)
-        if isinstance(reply, ChatFailed):
-            return JSONResponse(
-                {
-                    "type": "error",
-                    "error": {"type": "api_error", "message": reply.data.error.message},
-                },
-                status_code=reply.data.error.status,
-            )
-        if not body.get("stream"):
-            return JSONResponse(openai_response_to_anthropic(reply.data.response, body["model"]))
-        converter = OpenAIToAnthropicStream(body["model"])
-        events = [event for chunk in chunks for event in converter.feed(chunk.data.chunk)]
-        events += converter.finish(
-            input_tokens=reply.data.usage.input_tokens,
-            output_tokens=reply.data.usage.output_tokens,
-        )
-        return Response(
-            b"".join(anthropic_sse(event) for event in events), media_type="text/event-stream"
-        )
+        return await relay(ClientAPI.ANTHROPIC_MESSAGES, request)
 
     async def chat_completions(request: Request) -> Response:
-        body = orjson.loads(await request.body())
-        chunks, reply = await run("openai", body)
-        if isinstance(reply, ChatFailed):
-            return JSONResponse(
-                {"error": {"message": reply.data.error.message, "type": reply.data.error.type}},
-                status_code=reply.data.error.status,
-            )
-        if not body.get("stream"):
-            return JSONResponse(reply.data.response)
-        lines = [b"data: " + orjson.dumps(chunk.data.chunk) + b"\n\n" for chunk in chunks]
-        return Response(b"".join(lines) + b"data: [DONE]\n\n", media_type="text/event-stream")
+        return await relay(ClientAPI.OPENAI_CHAT_COMPLETIONS, request)
 
     return Starlette(
         routes=[
@@ -338,3 +335,134 @@ async def test_openai_sdk_streams_tool_calls_from_an_anthropic_deployment(client
 
     assert names == ["get_weather"] and finish == "tool_calls"
     assert json.loads("".join(arguments)) == {"location": "Seville"}
+
+
+# ------------------------------------------------ pass-through, as the provider answers
+
+
+async def test_anthropic_sdk_streams_thinking_with_its_signature_and_sends_it_back(
+    clients,
+) -> None:
+    client, _ = clients
+    question = {"role": "user", "content": "Think about Oslo"}
+
+    async with client.messages.stream(
+        model="claude-sim",
+        max_tokens=2048,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[question],
+    ) as stream:
+        first = await stream.get_final_message()
+
+    thinking = first.content[0]
+    assert (thinking.type, thinking.thinking) == ("thinking", "Considering: Think about Oslo")
+    assert thinking.signature.startswith("sig_")
+    # The thinking block goes back in the history; the upstream checks its signature.
+    second = await client.messages.create(
+        model="claude-sim",
+        max_tokens=2048,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[
+            question,
+            {"role": "assistant", "content": [block.to_dict() for block in first.content]},
+            {"role": "user", "content": "And now?"},
+        ],
+    )
+    assert [block.type for block in second.content] == ["thinking", "text"]
+    assert second.content[0].signature.startswith("sig_")
+
+
+async def test_anthropic_sdk_message_start_carries_the_upstream_token_counts(clients) -> None:
+    client, _ = clients
+    system = [
+        {"type": "text", "text": "A long cached preamble", "cache_control": {"type": "ephemeral"}}
+    ]
+
+    for expected_write, expected_read in ((4, 0), (0, 4)):  # the second request hits the cache
+        stream = await client.messages.create(
+            model="claude-sim",
+            max_tokens=100,
+            system=system,
+            messages=[{"role": "user", "content": "count me"}],
+            stream=True,
+        )
+        events = [event async for event in stream]
+        start = events[0]
+        assert start.type == "message_start"
+        usage = start.message.usage
+        assert (usage.input_tokens, usage.cache_creation_input_tokens) == (2, expected_write)
+        assert usage.cache_read_input_tokens == expected_read
+
+
+async def test_anthropic_sdk_stop_sequence_is_reported_with_the_matched_sequence(clients) -> None:
+    client, _ = clients
+    for model in ("claude-sim", "gpt-sim"):
+        message = await client.messages.create(
+            model=model,
+            max_tokens=100,
+            stop_sequences=["STOP"],
+            messages=[{"role": "user", "content": "say one STOP two"}],
+        )
+        assert message.content[0].text == "Simulated reply to: say one "
+        if model == "claude-sim":  # passed through; OpenAI does not say which one matched
+            assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "STOP")
+
+
+async def test_overloaded_anthropic_upstream_reaches_the_anthropic_sdk_as_529(
+    clients, simulator
+) -> None:
+    client, _ = clients
+    simulator.fault(status=529, count=3, model="upstream-claude", retry_after=0)
+
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        await client.messages.create(
+            model="claude-sim", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+
+    assert caught.value.status_code == 529
+    assert caught.value.body["error"]["type"] == "overloaded_error"
+
+
+async def test_an_error_inside_an_anthropic_stream_keeps_its_type(clients, simulator) -> None:
+    client, _ = clients
+    simulator.latency(40)
+    simulator.fault(stream_error_after=5, model="upstream-claude", error_type="overloaded_error")
+
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        async with client.messages.stream(
+            model="claude-sim", max_tokens=10, messages=[{"role": "user", "content": "a b c d"}]
+        ) as stream:
+            async for _ in stream:
+                pass
+
+    assert "overloaded_error" in str(caught.value.body)
+
+
+async def test_system_message_inside_messages_reaches_an_anthropic_deployment(
+    clients, simulator
+) -> None:
+    client, _ = clients
+    message = await client.messages.create(
+        model="claude-sim",
+        max_tokens=10,
+        messages=[
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "system", "content": "Now be brief."},
+            {"role": "user", "content": "second"},
+        ],
+    )
+    assert message.content[0].text == "Simulated reply to: second"
+
+
+async def test_openai_sdk_reads_cache_and_reasoning_tokens_from_an_anthropic_deployment(
+    clients,
+) -> None:
+    _, client = clients
+    completion = await client.chat.completions.create(
+        model="claude-sim",
+        reasoning_effort="low",
+        messages=[{"role": "user", "content": "think"}],
+    )
+    assert completion.usage.completion_tokens_details.reasoning_tokens == 2
+    assert completion.usage.prompt_tokens_details.cached_tokens == 0

@@ -433,3 +433,55 @@ def test_simulator_exposes_prometheus_metrics():
     response = TestClient(create_simulator_app()).get("/metrics")
     assert response.status_code == 200
     assert "process_cpu_seconds_total" in response.text or "python_gc_objects" in response.text
+
+
+async def test_openai_prompt_cache_reports_cached_tokens_from_the_second_request(
+    openai_client,
+) -> None:
+    messages = [
+        {"role": "system", "content": "a long shared prefix of words"},
+        {"role": "user", "content": "question"},
+    ]
+    first = await openai_client.chat.completions.create(model="sim-small", messages=messages)
+    second = await openai_client.chat.completions.create(model="sim-small", messages=messages)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert second.usage.prompt_tokens_details.cached_tokens == 6
+    assert second.usage.prompt_tokens == first.usage.prompt_tokens  # part of it, not on top
+
+
+async def test_images_in_tool_results_are_seen_by_the_anthropic_protocol(anthropic_client) -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iV"}}
+    message = await anthropic_client.messages.create(
+        model="sim-claude",
+        max_tokens=10,
+        messages=[
+            {"role": "user", "content": "look"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t1", "name": "shot", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": [image]},
+                    {"type": "text", "text": "what is it"},
+                ],
+            },
+        ],
+    )
+    assert message.content[0].text == "Simulated reply to: what is it (with 1 image)"
+
+
+async def test_thinking_blocks_sent_back_without_their_signature_are_refused(
+    anthropic_client,
+) -> None:
+    with pytest.raises(anthropic.BadRequestError, match="signature"):
+        await anthropic_client.messages.create(
+            model="sim-claude",
+            max_tokens=10,
+            messages=[
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": [{"type": "thinking", "thinking": "x"}]},
+                {"role": "user", "content": "b"},
+            ],
+        )

@@ -38,13 +38,42 @@ app.add_typer(topics_app)
 app.add_typer(events_app)
 
 
-def _run_async(coroutine) -> None:
-    try:
-        import uvloop
+def version_text() -> str:
+    """`switchyard <version>` and the version of every installed service distribution."""
+    from importlib.metadata import PackageNotFoundError, version
 
-        uvloop.run(coroutine)
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(coroutine)
+    lines = []
+    try:
+        lines.append(f"switchyard {version('switchyard-common')}")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        lines.append("switchyard (not installed)")
+    for plugin in discover():
+        try:
+            lines.append(f"  {plugin.name} {version(f'switchyard-{plugin.name}')}")
+        except PackageNotFoundError:
+            lines.append(f"  {plugin.name}")
+    return "\n".join(lines)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version of switchyard and of each installed service, and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Switchyard, the event-driven LLM gateway: run services, manage users, keys and topics."""
 
 
 @app.command()
@@ -52,19 +81,20 @@ def dev(
     host: Annotated[
         str, typer.Option(help="Interface every embedded service binds to.")
     ] = "127.0.0.1",
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="SWITCHYARD_DEV_DATABASE_URL",
+            show_envvar=True,
+            help="Keep the embedded services' tables in this database instead of SQLite under "
+            ".switchyard/. DATABASE_URL is never used by embedded mode.",
+        ),
+    ] = None,
 ) -> None:
     """Run every service in one process (in-memory bus, SQLite, provider simulator)."""
-    from switchyard.common.dev import apply_dev_environment, run_embedded
-    from switchyard.common.logging import configure_logging
+    from switchyard.common.dev import run
 
-    apply_dev_environment()
-    from switchyard.common.settings import ServiceSettings
-    from switchyard.common.tracing import configure_tracing
-
-    settings = ServiceSettings()
-    configure_logging("dev", settings.log_level, settings.log_format)
-    configure_tracing("dev")
-    _run_async(run_embedded(host))
+    run(host, database_url)
 
 
 def _run_service_command(plugin: ServicePlugin):
@@ -84,7 +114,9 @@ def _run_service_command(plugin: ServicePlugin):
 
         settings = plugin.settings()
         # The supervising process logs too (uvicorn's start-up lines), in the same format.
-        configure_logging(plugin.name, settings.log_level, settings.log_format)
+        configure_logging(
+            plugin.name, settings.log_level, settings.log_format, secrets=[settings.internal_token]
+        )
         os.environ[SERVICE_ENV] = plugin.name
         serve(
             "switchyard.common.http:service_app",
@@ -92,6 +124,8 @@ def _run_service_command(plugin: ServicePlugin):
             port=port or int(getattr(settings, "port", plugin.default_port)),
             workers=workers,
             factory=True,
+            name=plugin.name,
+            port_setting=f"SWITCHYARD_{plugin.name.upper()}_PORT (or pass --port)",
         )
 
     run_service.__doc__ = f"Run the {plugin.name} service. {plugin.summary}"
@@ -165,6 +199,7 @@ def topics_create(
             Topics(settings.topic_prefix),
             replication_factor=replication_factor,
             partitions_override=partitions,
+            max_message_bytes=settings.kafka_max_message_bytes,
         )
     )
     typer.echo(f"created {len(created)} topic(s): {', '.join(created) or 'none needed'}")
@@ -189,10 +224,26 @@ def events_schema(
         Path | None, typer.Option(help="Write to this file instead of stdout.")
     ] = None,
 ) -> None:
-    """Print the JSON Schema of every event (schema version 1)."""
+    """Print the JSON Schema of every event (the current schema version)."""
     from switchyard.common.events import event_json_schema
 
-    text = json.dumps(event_json_schema(), indent=2, sort_keys=True) + "\n"
+    _write_json(event_json_schema(), output)
+
+
+@events_app.command("asyncapi")
+def events_asyncapi(
+    output: Annotated[
+        Path | None, typer.Option(help="Write to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """Print the AsyncAPI 3.0 document of every topic and event."""
+    from switchyard.common.asyncapi import asyncapi_document
+
+    _write_json(asyncapi_document(), output)
+
+
+def _write_json(document: dict, output: Path | None) -> None:
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if output is None:
         sys.stdout.write(text)
     else:

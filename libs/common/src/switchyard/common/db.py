@@ -47,8 +47,18 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
             cursor = dbapi_connection.cursor()
             # WAL lets the embedded services read while another writes.
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA busy_timeout=15000")
             cursor.close()
+            # Transactions are begun below, not by the driver on the first write.
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin_immediate(connection) -> None:  # pragma: no cover - trivial
+            # A deferred transaction that reads, then writes after another connection
+            # committed, fails at once with "database is locked" (its snapshot is stale;
+            # the busy timeout cannot help). Taking the write lock at BEGIN makes every
+            # transaction wait its turn instead, within the busy timeout.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     options.setdefault("pool_size", 10)

@@ -1,6 +1,15 @@
 """Embedded mode: every installed service in one process, on the in-memory bus, with
 SQLite databases under `.switchyard/` and the provider simulator unless real providers
-are configured. The same apps as in production, only the adapters differ."""
+are configured. The same apps as in production, only the adapters differ.
+
+Embedded mode never reaches for outside infrastructure on its own: `DATABASE_URL`,
+`KAFKA_BOOTSTRAP_SERVERS` and `SWITCHYARD_BUS` in the environment (or `.env`) are for the
+separate services and are ignored here. Only `--database-url` (or
+`SWITCHYARD_DEV_DATABASE_URL`) puts the embedded services' tables in another database.
+
+Start-up is quiet: every port is bound before anything starts, so a port already in use is
+one line naming the setting that moves it; below WARNING nothing is logged unless
+`SWITCHYARD_LOG_LEVEL` asks for it; what a person needs is the banner."""
 
 from __future__ import annotations
 
@@ -8,6 +17,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +27,8 @@ import uvicorn
 
 from switchyard.common.bus import InMemoryBus
 from switchyard.common.db import upgrade
+from switchyard.common.http import server_config
+from switchyard.common.httpserver import PortInUseError, bind
 from switchyard.common.plugins import DevContribution, ServicePlugin, discover
 from switchyard.common.topics import Topics
 
@@ -24,10 +37,15 @@ log = structlog.get_logger("switchyard.dev")
 # Embedded mode is for one machine: development defaults unless the caller set otherwise.
 DEV_ENVIRONMENT = {
     "SWITCHYARD_ENVIRONMENT": "development",
-    "SWITCHYARD_BUS": "memory",
     # A person reads these logs: readable lines unless JSON is asked for.
     "SWITCHYARD_LOG_FORMAT": "console",
 }
+# The one explicit way to give the embedded services another database than SQLite.
+DEV_DATABASE_URL_ENV = "SWITCHYARD_DEV_DATABASE_URL"
+# Where embedded mode keeps its state (databases, keys), relative to the working directory.
+STATE_DIR = ".switchyard"
+# Logged below this only when SWITCHYARD_LOG_LEVEL asks: start-up chatter hides the banner.
+DEV_LOG_LEVEL = "WARNING"
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -44,11 +62,37 @@ class EmbeddedService:
     name: str
     app: Any
     port: int
+    # The setting (or option) that moves this service to another port.
+    port_setting: str
 
 
-def apply_dev_environment() -> None:
+def database_variable(plugin_name: str) -> str:
+    """The variable naming a service's own database, e.g. SWITCHYARD_HISTORY_DATABASE_URL."""
+    return f"SWITCHYARD_{plugin_name.upper()}_DATABASE_URL"
+
+
+def port_setting(plugin_name: str) -> str:
+    return f"SWITCHYARD_{plugin_name.upper()}_PORT"
+
+
+def apply_dev_environment(
+    plugins: list[ServicePlugin] | None = None, database_url: str | None = None
+) -> str | None:
+    """Point every embedded service at the in-memory bus and its SQLite database (or at
+    `database_url` / SWITCHYARD_DEV_DATABASE_URL when given), whatever DATABASE_URL,
+    KAFKA_BOOTSTRAP_SERVERS, SWITCHYARD_BUS or `.env` say. Returns the database URL asked
+    for explicitly, or None for SQLite."""
     for key, value in DEV_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    # Environment variables win over `.env`, so these also override a `.env` file.
+    os.environ["SWITCHYARD_BUS"] = "memory"
+    explicit = database_url or os.environ.get(DEV_DATABASE_URL_ENV) or None
+    for plugin in plugins if plugins is not None else discover():
+        if plugin.migrations is not None:
+            os.environ[database_variable(plugin.name)] = (
+                explicit or f"sqlite+aiosqlite:///{STATE_DIR}/{plugin.name}.db"
+            )
+    return explicit
 
 
 def migrate_all(plugins: list[ServicePlugin]) -> None:
@@ -65,8 +109,70 @@ def _port_of(plugin: ServicePlugin) -> int:
     return int(getattr(plugin.settings(), "port", plugin.default_port))
 
 
-async def run_embedded(host: str = "127.0.0.1") -> None:
+def bind_all(host: str, services: list[EmbeddedService]) -> list[socket.socket]:
+    sockets: list[socket.socket] = []
+    try:
+        for service in services:
+            sockets.append(bind(host, service.port, service.name, service.port_setting))
+    except PortInUseError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _planned_ports(plugins: list[ServicePlugin]) -> list[EmbeddedService]:
+    """Each service's port, known before anything starts (the apps come later)."""
+    return [
+        EmbeddedService(plugin.name, None, _port_of(plugin), port_setting(plugin.name))
+        for plugin in plugins
+    ]
+
+
+def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
+    """`switchyard dev`: prepare the environment and run every service until Ctrl+C.
+    Exits with status 1 and one line on stderr when a port cannot be bound."""
+    from switchyard.common.logging import configure_logging
+    from switchyard.common.settings import ServiceSettings
+    from switchyard.common.tracing import configure_tracing
+
     plugins = discover()
+    apply_dev_environment(plugins, database_url)
+    # Services find each other at the ports they really use (SWITCHYARD_AUTH_PORT moves
+    # auth, and the gateway follows), never at a URL meant for separate services.
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    for service in _planned_ports(plugins):
+        os.environ[f"SWITCHYARD_{service.name.upper()}_URL"] = f"http://{local}:{service.port}"
+    settings = ServiceSettings()
+    asked = "log_level" in settings.model_fields_set
+    configure_logging(
+        "dev",
+        settings.log_level if asked else DEV_LOG_LEVEL,
+        settings.log_format,
+        secrets=[settings.internal_token, os.environ.get("SWITCHYARD_DEV_API_KEY")],
+    )
+    configure_tracing("dev")
+    try:
+        # The plugins' own ports first: the commonest conflict shows before any work.
+        for sock in bind_all(host, _planned_ports(plugins)):
+            sock.close()
+        _run_loop(run_embedded(host, plugins))
+    except PortInUseError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
+def _run_loop(coroutine) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(coroutine)
+        return
+    uvloop.run(coroutine)
+
+
+async def run_embedded(host: str = "127.0.0.1", plugins: list[ServicePlugin] | None = None) -> None:
+    plugins = plugins if plugins is not None else discover()
     migrate_all(plugins)
     contributions: list[DevContribution] = [
         plugin.prepare_dev() for plugin in plugins if plugin.prepare_dev is not None
@@ -77,14 +183,17 @@ async def run_embedded(host: str = "127.0.0.1") -> None:
     await bus.start()
 
     services = [
-        EmbeddedService(name, app, port)
+        EmbeddedService(name, app, port, contribution.port_settings.get(name, "its port setting"))
         for contribution in contributions
         for name, app, port in contribution.extra_servers
     ]
     services += [
-        EmbeddedService(plugin.name, plugin.create_app(bus=bus), _port_of(plugin))
+        EmbeddedService(
+            plugin.name, plugin.create_app(bus=bus), _port_of(plugin), port_setting(plugin.name)
+        )
         for plugin in plugins
     ]
+    sockets = bind_all(host, services)
 
     servers: list[_EmbeddedServer] = []
     tasks: list[asyncio.Task[None]] = []
@@ -96,17 +205,9 @@ async def run_embedded(host: str = "127.0.0.1") -> None:
 
     try:
         # Start in order (consumers before the gateway) and wait for each to listen.
-        for service in services:
-            config = uvicorn.Config(
-                service.app,
-                host=host,
-                port=service.port,
-                log_config=None,
-                access_log=False,
-                lifespan="on",
-            )
-            server = _EmbeddedServer(config)
-            task = asyncio.create_task(server.serve(), name=f"serve-{service.name}")
+        for service, sock in zip(services, sockets, strict=True):
+            server = _EmbeddedServer(server_config(service.app, host=host, port=service.port))
+            task = asyncio.create_task(server.serve(sockets=[sock]), name=f"serve-{service.name}")
             while not server.started:
                 if task.done():
                     task.result()  # raises the start-up error
@@ -116,17 +217,7 @@ async def run_embedded(host: str = "127.0.0.1") -> None:
             tasks.append(task)
             log.info("service listening", name=service.name, url=f"http://{host}:{service.port}")
 
-        gateway_port = next((s.port for s in services if s.name == "gateway"), None)
-        lines = ["", "Switchyard is running in embedded mode (one process, in-memory bus, SQLite)."]
-        if gateway_port is not None:
-            lines += [
-                f"  OpenAI base URL:  http://{host}:{gateway_port}/v1",
-                f"  API docs:         http://{host}:{gateway_port}/docs",
-            ]
-        for contribution in contributions:
-            lines += [f"  {message}" for message in contribution.messages]
-        lines.append("Press Ctrl+C to stop.")
-        print("\n".join(lines), flush=True)
+        print(banner(host, services, contributions), flush=True)
 
         done_or_stop = asyncio.create_task(stopping.wait())
         await asyncio.wait([done_or_stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -137,4 +228,25 @@ async def run_embedded(host: str = "127.0.0.1") -> None:
         for task in tasks:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
+        for sock in sockets:
+            sock.close()
         await bus.stop()
+
+
+def banner(host: str, services: list[EmbeddedService], contributions: list[DevContribution]) -> str:
+    """What a person starting embedded mode reads: where to point a client, the key."""
+    gateway_port = next((s.port for s in services if s.name == "gateway"), None)
+    lines = ["", "Switchyard is running in embedded mode (one process, in-memory bus, SQLite)."]
+    if gateway_port is not None:
+        lines += [
+            f"  OpenAI base URL:  http://{host}:{gateway_port}/v1",
+            f"  Anthropic URL:    http://{host}:{gateway_port}",
+            f"  API docs:         http://{host}:{gateway_port}/docs",
+            f"  Console:          http://{host}:{gateway_port}/ui/",
+        ]
+    ports = ", ".join(f"{s.name} {s.port}" for s in services)
+    lines.append(f"  Ports:            {ports}")
+    for contribution in contributions:
+        lines += [f"  {message}" for message in contribution.messages]
+    lines.append("Press Ctrl+C to stop.")
+    return "\n".join(lines)

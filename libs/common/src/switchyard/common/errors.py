@@ -99,5 +99,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
         return error_response(
-            APIError(exc.status_code, detail, headers=getattr(exc, "headers", None))
+            APIError(
+                exc.status_code,
+                detail,
+                code=getattr(exc, "code", None),
+                headers=getattr(exc, "headers", None),
+            )
         )

@@ -1,10 +1,17 @@
-"""Event contracts, version 1: the one source of truth for every event on the bus.
+"""Event contracts, version 2: the one source of truth for every event on the bus.
 
 Every event is an envelope (id, type, source, time, tenant, request id, schema version)
 around a typed `data` payload. Events travel as JSON; `decode_event` validates raw bytes
 into the right class in a single pass, and refuses unknown types or schema versions so a
-consumer can dead-letter them instead of guessing. `docs/events/` holds the JSON Schema
-generated from these models (`switchyard events schema`).
+consumer can dead-letter them instead of guessing. Version 1 events (still in a topic
+during an upgrade) are read too: `decode_event` upgrades them to version 2 (`_upcast_v1`).
+`docs/events/` holds the JSON Schema and the AsyncAPI document generated from these
+models (`switchyard events schema`, `switchyard events asyncapi`).
+
+Version 2 is protocol-native: a request carries the API the client called (`api`) and
+the client's own request body, unchanged; replies and stream events travel in that same
+API. Only the inference service translates, and only when the deployment serving the
+request speaks another protocol (see docs/protocols.md).
 """
 
 from __future__ import annotations
@@ -14,9 +21,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 
 
 def utcnow() -> datetime:
@@ -43,6 +52,38 @@ class TerminalStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    # Refused before any upstream call (a budget or rate limit): nothing was run.
+    REFUSED = "refused"
+
+
+class ClientAPI(StrEnum):
+    """The API a client called, named `<vendor>.<api>`. The request body, the reply and the
+    stream events of a request are all in this API's own shapes."""
+
+    OPENAI_CHAT_COMPLETIONS = "openai.chat_completions"
+    OPENAI_EMBEDDINGS = "openai.embeddings"
+    OPENAI_RESPONSES = "openai.responses"
+    ANTHROPIC_MESSAGES = "anthropic.messages"
+    ANTHROPIC_COUNT_TOKENS = "anthropic.count_tokens"
+
+    @property
+    def vendor(self) -> str:
+        """`openai` or `anthropic`: whose error format and headers the client expects."""
+        return self.value.split(".", 1)[0]
+
+    @property
+    def streams(self) -> bool:
+        """Whether the API can answer with a stream of Server-Sent Events."""
+        return self in (
+            ClientAPI.OPENAI_CHAT_COMPLETIONS,
+            ClientAPI.OPENAI_RESPONSES,
+            ClientAPI.ANTHROPIC_MESSAGES,
+        )
+
+
+# Request headers a provider may need to interpret the body, forwarded with it (lower
+# case). Never credentials: `authorization`, `x-api-key` and cookies are never carried.
+FORWARDED_HEADERS = frozenset({"anthropic-version", "anthropic-beta", "openai-beta"})
 
 
 class ReplyAddress(Contract):
@@ -55,20 +96,47 @@ class ReplyAddress(Contract):
 
 
 class TokenUsage(Contract):
-    input_tokens: int = Field(default=0, ge=0)
-    output_tokens: int = Field(default=0, ge=0)
+    """Tokens of one request, in the units the provider bills.
+
+    `input_tokens` counts every input token, including those read from or written to the
+    provider's prompt cache; `cache_read_input_tokens` and `cache_creation_input_tokens`
+    say how many of them were (OpenAI's `prompt_tokens` already counts them this way;
+    Anthropic reports the three separately, and they are added up). `reasoning_tokens`
+    are the part of `output_tokens` spent on reasoning, where the provider reports it.
+    """
+
+    input_tokens: int = Field(default=0, ge=0, description="All input tokens, cached included.")
+    output_tokens: int = Field(default=0, ge=0, description="All output tokens.")
+    cache_read_input_tokens: int = Field(
+        default=0, ge=0, description="Input tokens read from the prompt cache."
+    )
+    cache_creation_input_tokens: int = Field(
+        default=0, ge=0, description="Input tokens written to the prompt cache."
+    )
+    reasoning_tokens: int = Field(
+        default=0, ge=0, description="Output tokens spent on reasoning (a part of output)."
+    )
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
+    @property
+    def uncached_input_tokens(self) -> int:
+        """Input tokens billed at the plain input price."""
+        return max(
+            0, self.input_tokens - self.cache_read_input_tokens - self.cache_creation_input_tokens
+        )
+
 
 class ErrorInfo(Contract):
-    """An error in a form every API front end can translate into its own error object."""
+    """An error in the vocabulary of the client's API (OpenAI's or Anthropic's error
+    `type`), with the HTTP status the client should get."""
 
     status: int = Field(ge=400, le=599, description="HTTP status the client should get.")
-    type: str = Field(examples=["upstream_error"])
+    type: str = Field(examples=["invalid_request_error", "overloaded_error"])
     code: str | None = Field(default=None, examples=["model_not_found"])
+    param: str | None = Field(default=None, description="The request field at fault, if any.")
     message: str
     retry_after_s: float | None = Field(
         default=None,
@@ -78,21 +146,25 @@ class ErrorInfo(Contract):
 
 
 class ChatRequestData(Contract):
-    api: Literal["openai", "anthropic"] = Field(
-        default="openai", description="The API the client called; the reply is shaped for it."
-    )
-    operation: Literal["chat", "embeddings"] = Field(
-        default="chat",
-        description="chat: `body` is a Chat Completions request; embeddings: an Embeddings one.",
-    )
+    """A request to a model, as the client sent it."""
+
+    api: ClientAPI = Field(description="The API the client called; the reply is shaped for it.")
     model: str = Field(description="Public model name the client asked for.")
     body: dict[str, Any] = Field(
-        description="OpenAI Chat Completions request body, validated by the gateway.",
+        description="The client's request body in its API's own shape, as received (unknown "
+        "fields included). Inference replaces only `model` with the deployment's model, "
+        "and translates the body when the deployment speaks another API.",
         examples=[{"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]}],
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Client request headers the provider needs to read the body "
+        "(`anthropic-version`, `anthropic-beta`, `openai-beta`); never credentials.",
     )
     stream: bool = False
     user_id: str = Field(description="Authenticated subject (user id).")
     api_key_id: str | None = Field(default=None, description="API key used, if any.")
+    team_id: str | None = Field(default=None, description="Team of the caller, if any.")
     priority: Priority = Priority.INTERACTIVE
     deadline: AwareDatetime = Field(description="After this instant nobody waits for the reply.")
     reply_to: ReplyAddress | None = Field(
@@ -104,27 +176,63 @@ class ChatRequestData(Contract):
         description="Jobs only: where history POSTs the job's result (HMAC-signed) once it "
         "reaches a terminal state.",
     )
+    replay_of: str | None = Field(
+        default=None,
+        description="Set on a replayed request: the request id of the recorded original.",
+    )
 
 
 class ChatCompletedData(Contract):
-    response: dict[str, Any] = Field(description="OpenAI chat.completion object.")
+    api: ClientAPI = Field(description="The API `response` is shaped for (the client's).")
+    response: dict[str, Any] = Field(
+        description="The reply body in the client's API: a `chat.completion`, an Anthropic "
+        "`message`, an embeddings `list`, a Responses `response`..."
+    )
     provider: str
     deployment: str
+    upstream_api: ClientAPI | None = Field(
+        default=None,
+        description="The API the deployment was called with; equal to `api` when the "
+        "request was passed through, another when it was translated.",
+    )
     usage: TokenUsage
-    latency_ms: float = Field(ge=0)
+    latency_ms: float = Field(ge=0, description="Time spent calling the upstream, in ms.")
 
 
 class ChatFailedData(Contract):
-    status: Literal[TerminalStatus.FAILED, TerminalStatus.CANCELLED, TerminalStatus.EXPIRED]
+    status: Literal[
+        TerminalStatus.FAILED,
+        TerminalStatus.CANCELLED,
+        TerminalStatus.EXPIRED,
+        TerminalStatus.REFUSED,
+    ]
     error: ErrorInfo
     provider: str | None = None
     deployment: str | None = None
     latency_ms: float = Field(default=0, ge=0)
 
 
+class StreamEvent(Contract):
+    """One Server-Sent Event of a streamed reply, in the client's API: `event` is the SSE
+    event name where the API uses named events (Anthropic's `message_start`..., the
+    Responses API's `response.output_text.delta`...), None for data-only streams (Chat
+    Completions' chunks). `data` is the event's JSON payload."""
+
+    event: str | None = None
+    data: dict[str, Any]
+
+
 class ChatChunkData(Contract):
-    sequence: int = Field(ge=0, description="Position of this chunk in the stream, from 0.")
-    chunk: dict[str, Any] = Field(description="OpenAI chat.completion.chunk object.")
+    sequence: int = Field(ge=0, description="Position of this record in the stream, from 0.")
+    run: str = Field(
+        description="Which execution of the request produced the stream. A request re-run "
+        "after a crash streams under another `run`; the gateway never splices two runs."
+    )
+    events: list[StreamEvent] = Field(
+        min_length=1,
+        description="Consecutive stream events, relayed to the client in this order. "
+        "Several are batched in one record when the bus is slower than the upstream.",
+    )
 
 
 class CancelRequestData(Contract):
@@ -132,16 +240,28 @@ class CancelRequestData(Contract):
 
 
 class UsageData(Contract):
-    model: str
+    """What one request cost, published once when it reaches its terminal state."""
+
+    api: ClientAPI | None = Field(default=None, description="The API the client called.")
+    model: str = Field(description="Public model name.")
     provider: str | None = None
     deployment: str | None = None
     user_id: str
     api_key_id: str | None = None
+    team_id: str | None = None
     status: TerminalStatus
-    usage: TokenUsage
+    usage: TokenUsage = Field(
+        description="Tokens of every upstream call the request made (a call whose reply "
+        "could not be delivered was still billed, and counts)."
+    )
     cost_usd: float = Field(default=0, ge=0)
     latency_ms: float = Field(default=0, ge=0)
     time_to_first_token_ms: float | None = Field(default=None, ge=0)
+    upstream_calls: int = Field(default=1, ge=0, description="Upstream calls made.")
+    cache_hit: bool = Field(
+        default=False, description="Answered from Switchyard's response cache (no upstream)."
+    )
+    replay_of: str | None = Field(default=None, description="Original request, for a replay.")
 
 
 class ApiKeyRevokedData(Contract):
@@ -183,6 +303,13 @@ class SigningKeyRotatedData(Contract):
     )
 
 
+class LimitsChangedData(Contract):
+    scope: Literal["tenant", "team", "user", "api_key"] = Field(
+        description="Which level's budget, rate limits or membership changed."
+    )
+    scope_id: str = Field(description="Id of the tenant, team, user or API key.")
+
+
 class EnvelopeFields(Contract):
     id: str = Field(
         default_factory=new_id, description="Unique event id; consumers deduplicate on it."
@@ -191,7 +318,7 @@ class EnvelopeFields(Contract):
     time: AwareDatetime = Field(default_factory=utcnow, description="UTC, ISO 8601.")
     tenant: str
     request_id: str
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
 
 
 class ChatRequested(EnvelopeFields):
@@ -267,6 +394,14 @@ class SigningKeyRotated(EnvelopeFields):
     data: SigningKeyRotatedData
 
 
+class LimitsChanged(EnvelopeFields):
+    """A budget, rate limit or team membership changed: gateways drop what they cached
+    about that level and apply the new limits to the next request."""
+
+    type: Literal["auth.limits_changed"] = "auth.limits_changed"
+    data: LimitsChangedData
+
+
 # Events on the auth topic, each a change every gateway replica must apply.
 AuthEvent = (
     ApiKeyRevoked
@@ -275,6 +410,7 @@ AuthEvent = (
     | TokenRevoked
     | TokenFamilyRevoked
     | SigningKeyRotated
+    | LimitsChanged
 )
 
 Event = Annotated[
@@ -289,7 +425,8 @@ Event = Annotated[
     | UserEnabled
     | TokenRevoked
     | TokenFamilyRevoked
-    | SigningKeyRotated,
+    | SigningKeyRotated
+    | LimitsChanged,
     Field(discriminator="type"),
 ]
 EVENT_CLASSES: tuple[type[EnvelopeFields], ...] = (
@@ -305,6 +442,7 @@ EVENT_CLASSES: tuple[type[EnvelopeFields], ...] = (
     TokenRevoked,
     TokenFamilyRevoked,
     SigningKeyRotated,
+    LimitsChanged,
 )
 
 _event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
@@ -315,10 +453,57 @@ class EventDecodeError(ValueError):
 
 
 def decode_event(raw: bytes | str) -> Event:
+    """The event in `raw` (JSON). Raises EventDecodeError for anything that is not a valid
+    event of a known type and a supported schema version; version 1 events are upgraded."""
     try:
         return _event_adapter.validate_json(raw)
     except ValueError as exc:
-        raise EventDecodeError(str(exc)) from exc
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise EventDecodeError(str(exc)) from exc
+        if not isinstance(document, dict) or document.get("schema_version") != 1:
+            raise EventDecodeError(str(exc)) from exc
+        try:
+            return _event_adapter.validate_python(_upcast_v1(document))
+        except ValueError as upcast_exc:
+            raise EventDecodeError(str(upcast_exc)) from upcast_exc
+
+
+_V1_API = {
+    ("openai", "chat"): ClientAPI.OPENAI_CHAT_COMPLETIONS,
+    ("openai", "embeddings"): ClientAPI.OPENAI_EMBEDDINGS,
+    # Version 1 carried Anthropic requests already translated to Chat Completions.
+    ("anthropic", "chat"): ClientAPI.OPENAI_CHAT_COMPLETIONS,
+}
+
+
+def _upcast_v1(document: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 event as version 2. Version 1 bodies, replies and chunks were always in
+    OpenAI's shapes (Chat Completions or Embeddings), whatever API the client called."""
+    document = {**document, "schema_version": 2}
+    data = document.get("data")
+    if not isinstance(data, dict):
+        return document
+    data = dict(data)
+    kind = document.get("type")
+    if kind == "chat.requested":
+        api = _V1_API.get((data.pop("api", "openai"), data.pop("operation", "chat")))
+        data["api"] = api.value if api else None
+    elif kind == "chat.completed":
+        api = ClientAPI.OPENAI_CHAT_COMPLETIONS
+        response = data.get("response")
+        if isinstance(response, dict) and response.get("object") == "list":
+            api = ClientAPI.OPENAI_EMBEDDINGS
+        data["api"] = api.value
+    elif kind == "chat.chunk":
+        data = {
+            "sequence": data.get("sequence"),
+            "run": "v1",
+            "events": [{"event": None, "data": data.get("chunk")}],
+        }
+    document["data"] = data
+    return document
 
 
 def encode_event(event: EnvelopeFields) -> bytes:

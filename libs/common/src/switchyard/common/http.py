@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import uvicorn
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Response
+
+from switchyard.common.httpserver import PROTOCOL_PATH
 
 INTERNAL_TOKEN_HEADER = "x-switchyard-internal-token"
 
@@ -62,29 +66,86 @@ def service_app() -> FastAPI:
 
     plugin = by_name(os.environ[SERVICE_ENV])
     settings = plugin.settings()
-    configure_logging(plugin.name, settings.log_level, settings.log_format)
+    configure_logging(
+        plugin.name, settings.log_level, settings.log_format, secrets=[settings.internal_token]
+    )
     configure_tracing(plugin.name)
     return plugin.create_app()
 
 
-def serve(
-    app: FastAPI | str, *, host: str, port: int, workers: int = 1, factory: bool = False
-) -> None:
-    """Run an app with uvicorn (uvloop and httptools when available)."""
-    import uvicorn
+# uvicorn settings of every Switchyard server: uvloop, the guarded httptools protocol (head
+# limits and read timeouts, see `httpserver`), logs through our own handlers only.
+SERVER_OPTIONS: dict[str, Any] = {
+    "loop": "auto",
+    "http": PROTOCOL_PATH,
+    "log_config": None,
+    "access_log": False,
+    "proxy_headers": False,
+}
 
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        workers=workers,
-        factory=factory,
-        loop="auto",
-        http="auto",
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-    )
+
+def server_config(app: Any, *, host: str, port: int) -> uvicorn.Config:
+    """The uvicorn Config of one in-process server (embedded mode, tests)."""
+    return uvicorn.Config(app, host=host, port=port, lifespan="on", **SERVER_OPTIONS)
+
+
+def serve(
+    app: FastAPI | str,
+    *,
+    host: str,
+    port: int,
+    workers: int = 1,
+    factory: bool = False,
+    name: str = "server",
+    port_setting: str = "--port",
+) -> None:
+    """Run an app with uvicorn until it is stopped. A port that cannot be bound is one
+    line on stderr naming `port_setting`, and exit status 1."""
+    import sys
+
+    from switchyard.common.httpserver import PortInUseError, bind
+
+    try:
+        bind(host, port, name, port_setting).close()
+    except PortInUseError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    uvicorn.run(app, host=host, port=port, workers=workers, factory=factory, **SERVER_OPTIONS)
+
+
+def _only_disconnects(exc: BaseException) -> bool:
+    from starlette.requests import ClientDisconnect
+
+    if isinstance(exc, ClientDisconnect):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_disconnects(inner) for inner in exc.exceptions)
+    return False
+
+
+class ClientDisconnectGuard:
+    """A client that goes away before its request is read or answered is normal (a load
+    generator closing connections, a user pressing Ctrl+C): one INFO line, never an
+    "Exception in ASGI application" traceback. Added outermost, so it also sees what the
+    other middlewares raise while they read the body."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        except BaseException as exc:
+            if not _only_disconnects(exc):
+                raise
+            import structlog
+
+            structlog.get_logger("switchyard.http").info(
+                "client disconnected", method=scope.get("method"), path=scope.get("path")
+            )
 
 
 class TracingMiddleware:

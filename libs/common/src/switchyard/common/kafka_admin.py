@@ -10,6 +10,7 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from switchyard.common.settings import DEFAULT_KAFKA_MAX_MESSAGE_BYTES
 from switchyard.common.topics import Topics
 
 log = structlog.get_logger("switchyard.topics")
@@ -21,14 +22,23 @@ async def create_topics(
     *,
     replication_factor: int = 1,
     partitions_override: int | None = None,
+    max_message_bytes: int = DEFAULT_KAFKA_MAX_MESSAGE_BYTES,
 ) -> list[str]:
-    """Create missing topics; return the names created. Existing topics are left alone."""
+    """Create missing topics; return the names created. Existing topics are left alone.
+    `max_message_bytes` sets each new topic's `max.message.bytes` (Kafka's default is
+    about 1 MB, less than a model request may be)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        configs = {"max.message.bytes": str(max_message_bytes)}
         wanted = [
-            NewTopic(name, partitions_override or spec.partitions, replication_factor)
+            NewTopic(
+                name,
+                partitions_override or spec.partitions,
+                replication_factor,
+                topic_configs=configs,
+            )
             for name, spec in topics.all()
             if name not in existing
         ]

@@ -9,7 +9,7 @@ gateway, `switchyard db upgrade` migrates every service that owns tables, and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -34,6 +34,14 @@ class Migrations:
 
 
 @dataclass(frozen=True)
+class PrincipalNames:
+    """Readable names of users (email) and API keys (name), by id; ids not found are absent."""
+
+    emails: dict[str, str] = field(default_factory=dict)
+    key_names: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ServicePlugin:
     name: str
     default_port: int
@@ -50,6 +58,9 @@ class ServicePlugin:
     prepare_dev: Callable[[], DevContribution] | None = None
     # Order in which embedded mode starts services (consumers before producers).
     start_order: int = 50
+    # (user ids, API key ids) -> their emails and names, from the service that owns them
+    # (auth), so reports of other services show people instead of ids.
+    principal_names: Callable[[set[str], set[str]], Awaitable[PrincipalNames]] | None = None
 
     def create_app(self, **kwargs: Any) -> FastAPI:
         module_name, _, attribute = self.factory.partition(":")
@@ -63,11 +74,24 @@ class DevContribution:
     messages: list[str] = field(default_factory=list)
     # (name, ASGI app, port) of extra servers, e.g. the provider simulator.
     extra_servers: list[tuple[str, Any, int]] = field(default_factory=list)
+    # Extra server name -> the setting that moves it to another port (named on a conflict).
+    port_settings: dict[str, str] = field(default_factory=dict)
 
 
 def discover() -> list[ServicePlugin]:
     plugins = [entry.load() for entry in entry_points(group=ENTRY_POINT_GROUP)]
     return sorted(plugins, key=lambda plugin: (plugin.start_order, plugin.name))
+
+
+async def lookup_principal_names(
+    user_ids: Iterable[str], api_key_ids: Iterable[str]
+) -> PrincipalNames:
+    """Emails and key names from the installed service that knows them (empty if none is
+    installed). Raises what that service's lookup raises (e.g. its database is down)."""
+    for plugin in discover():
+        if plugin.principal_names is not None:
+            return await plugin.principal_names(set(user_ids), set(api_key_ids))
+    return PrincipalNames()
 
 
 def by_name(name: str) -> ServicePlugin:

@@ -1,23 +1,36 @@
 """Scopes carried by access tokens and API keys: one definition shared by auth (which
 hands them out) and the gateway (which decides what each one allows).
 
-- `chat`: chat completions, messages, embeddings and jobs through the gateway;
-- `history:read`: the caller's own request history and usage;
+- `chat`: chat completions, messages, embeddings and jobs through the gateway (creating
+  and cancelling jobs included);
+- `history:read`: the caller's own request history, usage and jobs;
+- `history:write`: change the tenant's history settings (content storage, retention);
+- `admin`: the tenant's secrets — read or rotate the job webhook signing secret;
 - `keys:write`: create and revoke one's own API keys at the auth service.
 
-Password-grant tokens carry every user scope; API keys get the gateway scopes unless
-narrowed when they are created.
+A scope is necessary, not sufficient: tenant settings also need the admin role, which the
+history service checks. Password-grant tokens carry the scopes of the user's role
+(`token_scopes`); API keys get `chat` and `history:read` unless narrowed or, within the
+creating credential's own scopes, widened when they are created.
 """
 
 from __future__ import annotations
 
 CHAT = "chat"
 HISTORY_READ = "history:read"
+HISTORY_WRITE = "history:write"
+ADMIN = "admin"
 KEYS_WRITE = "keys:write"
 
 # What an API key may be given (it never manages keys itself).
-API_KEY_SCOPES: tuple[str, ...] = (CHAT, HISTORY_READ)
-DEFAULT_API_KEY_SCOPES: tuple[str, ...] = API_KEY_SCOPES
-# What a signed-in user's access token carries.
+API_KEY_SCOPES: tuple[str, ...] = (CHAT, HISTORY_READ, HISTORY_WRITE, ADMIN)
+DEFAULT_API_KEY_SCOPES: tuple[str, ...] = (CHAT, HISTORY_READ)
+# What a signed-in member's access token carries; an admin's carries ADMIN_TOKEN_SCOPES.
 USER_TOKEN_SCOPES: tuple[str, ...] = (CHAT, HISTORY_READ, KEYS_WRITE)
-ALL_SCOPES: tuple[str, ...] = USER_TOKEN_SCOPES
+ADMIN_TOKEN_SCOPES: tuple[str, ...] = (*USER_TOKEN_SCOPES, HISTORY_WRITE, ADMIN)
+ALL_SCOPES: tuple[str, ...] = ADMIN_TOKEN_SCOPES
+
+
+def token_scopes(role: str) -> tuple[str, ...]:
+    """The scopes a signed-in user of `role` gets in their access tokens."""
+    return ADMIN_TOKEN_SCOPES if role == "admin" else USER_TOKEN_SCOPES

@@ -10,12 +10,17 @@ from __future__ import annotations
 import secrets
 import socket
 from enum import StrEnum
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from switchyard.common.egress import networks_setting
 
 DEV_INTERNAL_TOKEN = "dev-internal-token-change-me"
+# Largest event on Kafka: above the largest request body a model API takes (32 MiB for
+# Anthropic's Messages, 50 MiB for OpenAI's), plus the envelope.
+DEFAULT_KAFKA_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class Environment(StrEnum):
@@ -69,6 +74,13 @@ class ServiceSettings(BaseSettings):
         default="127.0.0.1:9092",
         validation_alias=env("SWITCHYARD_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
     )
+    kafka_max_message_bytes: int = Field(
+        default=DEFAULT_KAFKA_MAX_MESSAGE_BYTES,
+        gt=0,
+        validation_alias=env("SWITCHYARD_KAFKA_MAX_MESSAGE_BYTES"),
+        description="Largest event published or fetched, and the `max.message.bytes` of the "
+        "topics `switchyard topics create` makes. The broker must accept it too.",
+    )
     topic_prefix: str = Field(
         validation_alias=env("SWITCHYARD_TOPIC_PREFIX"),
         default="switchyard",
@@ -86,11 +98,35 @@ class ServiceSettings(BaseSettings):
     instance_id: str = Field(
         validation_alias=env("SWITCHYARD_INSTANCE_ID"), default_factory=_default_instance_id
     )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="Request bodies larger than this get 413 before they are read "
+        "(SWITCHYARD_<SERVICE>_MAX_BODY_BYTES).",
+    )
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=env("SWITCHYARD_WEBHOOK_ALLOWED_NETWORKS"),
+        description="Comma-separated networks (CIDR) job webhooks may reach although they "
+        "are not public, e.g. 127.0.0.0/8 for local tests. Empty: public addresses only, in "
+        "every environment.",
+    )
+    metrics_token: str | None = Field(
+        default=None,
+        validation_alias=env("SWITCHYARD_METRICS_TOKEN"),
+        description="If set, /metrics answers only requests with 'Authorization: Bearer "
+        "<token>'; unset, /metrics is open (keep it off the public network).",
+    )
     host: str = Field(
         default="127.0.0.1",
         validation_alias=env("SWITCHYARD_HOST"),
         description="Interface the HTTP server binds to.",
     )
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: Any) -> Any:
+        return networks_setting(value)
 
     @model_validator(mode="after")
     def _enforce_non_default_secrets(self) -> ServiceSettings:

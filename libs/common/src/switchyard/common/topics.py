@@ -11,25 +11,80 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class TopicSpec:
+    """One topic: its name after the prefix, its partition count, what it is for, which
+    event types travel on it, which services publish them and how records are keyed."""
+
     suffix: str
     partitions: int
     description: str
+    event_types: tuple[str, ...] = ()
+    producers: tuple[str, ...] = ()
+    key: str = "request_id"
 
 
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
-    TopicSpec("requests.interactive", 12, "Chat requests from interactive clients."),
-    TopicSpec("requests.batch", 6, "Chat requests from the jobs API (lower priority lane)."),
-    TopicSpec("replies", 12, "Replies and stream chunks, partitioned by waiting gateway replica."),
-    TopicSpec("usage", 6, "One usage record per finished request."),
-    TopicSpec("control", 3, "Cancellations; every inference replica reads all of it."),
     TopicSpec(
-        "deadletter", 3, "Events no consumer could decode or handle, with their coordinates."
+        "requests.interactive",
+        12,
+        "Model requests from interactive clients.",
+        ("chat.requested",),
+        ("gateway",),
+    ),
+    TopicSpec(
+        "requests.batch",
+        6,
+        "Model requests from the jobs API and replays (lower priority lane).",
+        ("chat.requested",),
+        ("gateway",),
+    ),
+    TopicSpec(
+        "replies",
+        12,
+        "Replies and stream chunks, partitioned by the gateway replica waiting for them; "
+        "also the terminal state of requests nobody waits for (jobs).",
+        ("chat.chunk", "chat.completed", "chat.failed"),
+        ("inference", "gateway"),
+    ),
+    TopicSpec(
+        "usage",
+        6,
+        "One usage record per request that reached its terminal state.",
+        ("usage.recorded",),
+        ("inference", "gateway"),
+    ),
+    TopicSpec(
+        "control",
+        3,
+        "Cancellations; every inference replica reads all of it.",
+        ("chat.cancel_requested",),
+        ("gateway",),
+    ),
+    TopicSpec(
+        "deadletter",
+        3,
+        "Events no consumer could decode or handle, as they were, with their coordinates in "
+        "the headers `deadletter.topic`, `.partition`, `.offset`, `.group`, `.reason`.",
+        (),
+        ("gateway", "inference", "history", "auth"),
+        key="the original record's key",
     ),
     TopicSpec(
         "auth.events",
         1,
-        "Revocations from auth (keys, users, tokens, signing keys); one partition keeps them"
+        "Revocations and limit changes from auth (keys, users, tokens, signing keys, budgets"
+        " and rate limits); one partition keeps them"
         " in order, and every gateway replica reads all of it.",
+        (
+            "auth.api_key_revoked",
+            "auth.user_disabled",
+            "auth.user_enabled",
+            "auth.token_revoked",
+            "auth.token_family_revoked",
+            "auth.signing_key_rotated",
+            "auth.limits_changed",
+        ),
+        ("auth",),
+        key="user id",
     ),
 )
 

@@ -17,19 +17,42 @@ import structlog
 from fastapi import FastAPI
 
 from switchyard.auth import __version__
-from switchyard.auth.api import admin, api_keys, jwks, tokens
+from switchyard.auth.api import admin, api_keys, jwks, limits, tokens
 from switchyard.auth.api.internal import internal_router
 from switchyard.auth.bootstrap import AuthContext, build_context
 from switchyard.auth.config import Settings
 from switchyard.auth.outbox import OutboxRelay
 from switchyard.auth.service import AuthService
 from switchyard.common.bus import EventBus, create_bus
+from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
-from switchyard.common.http import TracingMiddleware, health_router
+from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
+from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
 from switchyard.common.topics import Topics
 
 log = structlog.get_logger("switchyard.auth")
+
+# Errors beyond those derived from each route (400 for input, 401 for credentials, 404 for
+# an id in the path), for the OpenAPI document (see switchyard.common.docs).
+_ADMIN = (403,)
+AUTH_DOCS = ApiDocs(
+    errors={
+        "POST /v1/auth/token": (401, 429),
+        "POST /v1/auth/refresh": (401,),
+        "POST /v1/auth/logout": (401,),
+        "GET /v1/api-keys": (403,),
+        "POST /v1/api-keys": (403,),
+        "DELETE /v1/api-keys/{key_id}": (403,),
+        "GET /v1/admin/users": _ADMIN,
+        "POST /v1/admin/users": (*_ADMIN, 409),
+        "POST /v1/admin/users/{user_id}/disable": _ADMIN,
+        "POST /v1/admin/users/{user_id}/enable": _ADMIN,
+        "GET /v1/admin/api-keys": _ADMIN,
+        "DELETE /v1/admin/api-keys/{key_id}": _ADMIN,
+        "POST /internal/v1/api-keys/lookup": (404,),
+    }
+)
 
 
 async def _record_signing_key(service: AuthService) -> None:
@@ -96,15 +119,22 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             "published to the auth events topic, which every gateway replica applies."
         ),
         lifespan=lifespan,
+        # Served by install_docs from the installed Swagger UI package, not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.include_router(health_router({"database": database_ready}))
-    app.include_router(metrics_router())
+    app.include_router(metrics_router(token=settings.metrics_token))
     app.include_router(jwks.router)
     app.include_router(tokens.router)
     app.include_router(api_keys.router)
     app.include_router(admin.router)
+    app.include_router(limits.router)
     app.include_router(internal_router(settings.internal_token))
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(TracingMiddleware)
+    app.add_middleware(ClientDisconnectGuard)
+    install_docs(app, "Switchyard auth", AUTH_DOCS)
     return app

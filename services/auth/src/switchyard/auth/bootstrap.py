@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.auth.config import Settings
+from switchyard.auth.governance import Governance
 from switchyard.auth.passwords import PasswordHasher
 from switchyard.auth.ratelimit import LoginRateLimiter, SlidingWindowLimiter
 from switchyard.auth.service import AuthService
@@ -28,6 +29,7 @@ class AuthContext:
     engine: AsyncEngine
     service: AuthService
     login_limits: LoginRateLimiter
+    governance: Governance
 
     async def database_ready(self) -> bool:
         try:
@@ -67,7 +69,13 @@ def build_context(settings: Settings, passwords: PasswordHasher | None = None) -
             settings.login_max_attempts_per_address, settings.login_address_window_s
         ),
     )
-    return AuthContext(settings=settings, engine=engine, service=service, login_limits=login_limits)
+    return AuthContext(
+        settings=settings,
+        engine=engine,
+        service=service,
+        login_limits=login_limits,
+        governance=Governance(service),
+    )
 
 
 def build_database_service(

@@ -24,18 +24,86 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from switchyard.auth import scopes as known_scopes
 from switchyard.auth.bootstrap import build_database_service, build_token_issuer
 from switchyard.auth.config import DatabaseSettings, Settings
+from switchyard.auth.governance import Governance, TeamNotFound, limits_of
 from switchyard.auth.service import AuthError, AuthService, expiry_in_days
 from switchyard.auth.signing import SigningKeyError
+from switchyard.common.text import terminal_safe as safe
 
 T = TypeVar("T")
 
 users_app = typer.Typer(name="users", help="Manage auth users.", no_args_is_help=True)
 keys_app = typer.Typer(name="keys", help="Manage API keys.", no_args_is_help=True)
 tokens_app = typer.Typer(name="tokens", help="Issue access tokens.", no_args_is_help=True)
+teams_app = typer.Typer(name="teams", help="Manage teams and their limits.", no_args_is_help=True)
+tenants_app = typer.Typer(
+    name="tenants", help="Tenants' own limits and failure modes.", no_args_is_help=True
+)
+
+RpmOption = Annotated[int | None, typer.Option("--rpm-limit", help="Requests per minute.")]
+TpmOption = Annotated[int | None, typer.Option("--tpm-limit", help="Tokens per minute.")]
+BudgetOption = Annotated[
+    float | None, typer.Option("--max-budget-usd", help="US dollars per budget period.")
+]
+PeriodOption = Annotated[
+    str | None, typer.Option("--budget-period", help="1d, 7d, 30d or none (never resets).")
+]
+ParallelOption = Annotated[
+    int | None, typer.Option("--max-parallel", help="Requests in progress at once.")
+]
+ClearOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--clear",
+        help="Remove a limit: rpm_limit, tpm_limit, max_budget_usd, max_parallel_requests "
+        "(repeatable).",
+    ),
+]
+_CLEARABLE = ("rpm_limit", "tpm_limit", "max_budget_usd", "max_parallel_requests", "budget_period")
+
+
+def _limit_options(
+    rpm_limit: int | None,
+    tpm_limit: int | None,
+    max_budget_usd: float | None,
+    budget_period: str | None,
+    max_parallel: int | None,
+    clear: list[str] | None = None,
+) -> dict[str, Any]:
+    """The limits given on the command line as a patch (absent options change nothing)."""
+    patch: dict[str, Any] = {}
+    for name, value in (
+        ("rpm_limit", rpm_limit),
+        ("tpm_limit", tpm_limit),
+        ("max_budget_usd", max_budget_usd),
+        ("budget_period", budget_period),
+        ("max_parallel_requests", max_parallel),
+    ):
+        if value is not None:
+            patch[name] = value
+    for name in clear or ():
+        if name not in _CLEARABLE:
+            raise _fail(f"--clear takes one of {', '.join(_CLEARABLE)}, not {name!r}")
+        patch[name] = None
+        if name == "max_budget_usd":
+            patch["budget_period"] = None
+    return patch
+
+
+def _describe(row: Any) -> str:
+    limits = limits_of(row).model_dump(exclude_none=True)
+    return ", ".join(f"{name}={value}" for name, value in limits.items()) or "no limits"
+
+
+async def _team_id(governance: Governance, tenant: str, team: str) -> str:
+    """A team given by id or by name."""
+    try:
+        return (await governance.team(team, tenant)).id
+    except TeamNotFound:
+        return (await governance.team_by_name(tenant, team)).id
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {safe(message)}", err=True)
     return typer.Exit(code=1)
 
 
@@ -103,7 +171,10 @@ def create_user(
         return await service.create_user(email=email, tenant=tenant, role=role, password=password)
 
     user = run_with_service(create)
-    typer.echo(f"Created user {user.email} (id {user.id}, tenant {user.tenant}, role {user.role}).")
+    typer.echo(
+        f"Created user {safe(user.email)} (id {user.id}, tenant {safe(user.tenant)}, "
+        f"role {user.role})."
+    )
 
 
 @users_app.command("list")
@@ -129,7 +200,7 @@ def list_users(
             typer.echo(json.dumps(fields))
         else:
             state = "disabled" if user.disabled else "active"
-            typer.echo(f"{user.id}  {user.email}  {user.tenant}  {user.role}  {state}")
+            typer.echo(f"{user.id}  {safe(user.email)}  {safe(user.tenant)}  {user.role}  {state}")
 
 
 def _set_disabled(email: str, disabled: bool) -> None:
@@ -139,7 +210,7 @@ def _set_disabled(email: str, disabled: bool) -> None:
 
     user = run_with_service(change)
     state = "Disabled" if disabled else "Enabled"
-    typer.echo(f"{state} user {user.email} (id {user.id}).")
+    typer.echo(f"{state} user {safe(user.email)} (id {user.id}).")
 
 
 @users_app.command("disable")
@@ -164,7 +235,10 @@ def create_key(
     name: Annotated[str, typer.Option(help="A label to recognise the key by.")] = "default",
     scopes: Annotated[
         str | None,
-        typer.Option(help=f"Comma-separated; default {','.join(known_scopes.API_KEY_SCOPES)}."),
+        typer.Option(
+            help=f"Comma-separated, of {','.join(known_scopes.API_KEY_SCOPES)} within what the "
+            f"user's role grants; default {','.join(known_scopes.DEFAULT_API_KEY_SCOPES)}."
+        ),
     ] = None,
     allowed_models: Annotated[
         str | None, typer.Option(help="Comma-separated models the key may call; default any.")
@@ -172,16 +246,30 @@ def create_key(
     expires_in_days: Annotated[
         int | None, typer.Option(help="Days until the key expires; default never.")
     ] = None,
+    team: Annotated[
+        str | None,
+        typer.Option(help="Team id or name (the user's team; default: the user's team)."),
+    ] = None,
+    rpm_limit: RpmOption = None,
+    tpm_limit: TpmOption = None,
+    max_budget_usd: BudgetOption = None,
+    budget_period: PeriodOption = None,
+    max_parallel: ParallelOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", help='Print {"key", "key_id"} as JSON.')
     ] = False,
 ) -> None:
     """Create an API key for a user and print it (it is shown only once)."""
+    limits = _limit_options(rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel)
 
     async def create(service: AuthService) -> Any:
         user = await service.user_by_email(email)
-        return await service.create_api_key(
+        governance = Governance(service)
+        team_id = await _team_id(governance, user.tenant, team) if team else False
+        return await governance.create_api_key(
             user_id=user.id,
+            limits=limits,
+            team_id=team_id,
             name=name,
             scopes=_split(scopes),
             allowed_models=_split(allowed_models),
@@ -194,7 +282,7 @@ def create_key(
         return
     typer.echo(issued.key)
     typer.echo(
-        f"API key {issued.record.id} for {email.strip().lower()} "
+        f"API key {issued.record.id} for {safe(email.strip().lower())} "
         f"(scopes {','.join(issued.record.scopes)}). Store it now: it is not shown again.",
         err=True,
     )
@@ -234,7 +322,9 @@ def list_keys(
         if as_json:
             typer.echo(json.dumps(fields))
         else:
-            typer.echo(f"{key.id}  {key.prefix}...  {key.name}  {key.tenant}  {state}")
+            typer.echo(
+                f"{key.id}  {safe(key.prefix)}...  {safe(key.name)}  {safe(key.tenant)}  {state}"
+            )
 
 
 @keys_app.command("revoke")
@@ -247,7 +337,29 @@ def revoke_key(
         return await service.revoke_api_key(key_id, reason="operator")
 
     record = run_with_service(revoke)
-    typer.echo(f"Revoked API key {record.id} ({record.prefix}...).")
+    typer.echo(f"Revoked API key {record.id} ({safe(record.prefix)}...).")
+
+
+@keys_app.command("update")
+def update_key(
+    key_id: Annotated[str, typer.Argument(help="Id of the key (see `keys list`).")],
+    rpm_limit: RpmOption = None,
+    tpm_limit: TpmOption = None,
+    max_budget_usd: BudgetOption = None,
+    budget_period: PeriodOption = None,
+    max_parallel: ParallelOption = None,
+    clear: ClearOption = None,
+) -> None:
+    """Change a key's budget and rate limits; every gateway applies them within a second."""
+    limits = _limit_options(
+        rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel, clear
+    )
+
+    async def update(service: AuthService) -> Any:
+        return await Governance(service).update_api_key(key_id, limits=limits)
+
+    record = run_with_service(update)
+    typer.echo(f"Updated API key {record.id}: {_describe(record)}.")
 
 
 @tokens_app.command("create")
@@ -255,7 +367,7 @@ def create_token(
     email: Annotated[str, typer.Option(help="Email of the user the token is for.")],
     scopes: Annotated[
         str | None,
-        typer.Option(help=f"Comma-separated; default {','.join(known_scopes.USER_TOKEN_SCOPES)}."),
+        typer.Option(help="Comma-separated; default: all the scopes of the user's role."),
     ] = None,
     allowed_models: Annotated[
         str | None, typer.Option(help="Comma-separated models the token may call; default any.")
@@ -273,3 +385,193 @@ def create_token(
 
     token = run_with_service(issue, signing=True)
     typer.echo(token.token)
+
+
+@users_app.command("update")
+def update_user(
+    email: Annotated[str, typer.Option(help="Email of the user.")],
+    team: Annotated[
+        str | None, typer.Option(help="Team id or name to move the user (and their keys) into.")
+    ] = None,
+    no_team: Annotated[
+        bool, typer.Option("--no-team", help="Take the user out of their team.")
+    ] = False,
+    rpm_limit: RpmOption = None,
+    tpm_limit: TpmOption = None,
+    max_budget_usd: BudgetOption = None,
+    budget_period: PeriodOption = None,
+    max_parallel: ParallelOption = None,
+    clear: ClearOption = None,
+) -> None:
+    """Change a user's team and limits."""
+    if team and no_team:
+        raise _fail("use either --team or --no-team")
+    limits = _limit_options(
+        rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel, clear
+    )
+
+    async def update(service: AuthService) -> Any:
+        user = await service.user_by_email(email)
+        governance = Governance(service)
+        team_id: str | None | bool = False
+        if team:
+            team_id = await _team_id(governance, user.tenant, team)
+        elif no_team:
+            team_id = None
+        return await governance.update_user(user.id, team_id=team_id, limits=limits)
+
+    user = run_with_service(update)
+    typer.echo(f"Updated user {user.email} (team {user.team_id or 'none'}): {_describe(user)}.")
+
+
+def _team_fields(team: Any) -> dict[str, Any]:
+    return {
+        "id": team.id,
+        "tenant": team.tenant,
+        "name": team.name,
+        **limits_of(team).model_dump(),
+        "allowed_models": team.allowed_models,
+        "created_at": team.created_at.isoformat(),
+    }
+
+
+@teams_app.command("create")
+def create_team(
+    name: Annotated[str, typer.Option(help="The team's name (unique in its tenant).")],
+    tenant: Annotated[str, typer.Option(help="Tenant of the team.")] = "default",
+    allowed_models: Annotated[
+        str | None, typer.Option(help="Comma-separated models the team may call; default any.")
+    ] = None,
+    rpm_limit: RpmOption = None,
+    tpm_limit: TpmOption = None,
+    max_budget_usd: BudgetOption = None,
+    budget_period: PeriodOption = None,
+    max_parallel: ParallelOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the team as JSON.")] = False,
+) -> None:
+    """Create a team with its budget and rate limits."""
+    limits = _limit_options(rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel)
+
+    async def create(service: AuthService) -> Any:
+        return await Governance(service).create_team(
+            tenant=tenant, name=name, limits=limits, allowed_models=_split(allowed_models)
+        )
+
+    team = run_with_service(create)
+    if as_json:
+        typer.echo(json.dumps(_team_fields(team)))
+    else:
+        typer.echo(
+            f"Created team {team.name} (id {team.id}, tenant {team.tenant}): {_describe(team)}."
+        )
+
+
+@teams_app.command("list")
+def list_teams(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's teams.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List teams and their limits."""
+
+    async def list_all(service: AuthService) -> Any:
+        return await Governance(service).list_teams(tenant)
+
+    for team in run_with_service(list_all):
+        if as_json:
+            typer.echo(json.dumps(_team_fields(team)))
+        else:
+            typer.echo(f"{team.id}  {team.tenant}  {team.name}  {_describe(team)}")
+
+
+@teams_app.command("update")
+def update_team(
+    team_id: Annotated[str, typer.Argument(help="Id of the team (see `teams list`).")],
+    name: Annotated[str | None, typer.Option(help="A new name.")] = None,
+    rpm_limit: RpmOption = None,
+    tpm_limit: TpmOption = None,
+    max_budget_usd: BudgetOption = None,
+    budget_period: PeriodOption = None,
+    max_parallel: ParallelOption = None,
+    clear: ClearOption = None,
+) -> None:
+    """Rename a team or change its limits; every gateway applies them within a second."""
+    limits = _limit_options(
+        rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel, clear
+    )
+
+    async def update(service: AuthService) -> Any:
+        return await Governance(service).update_team(team_id, name=name, limits=limits)
+
+    team = run_with_service(update)
+    typer.echo(f"Updated team {team.name} (id {team.id}): {_describe(team)}.")
+
+
+@teams_app.command("delete")
+def delete_team(
+    team_id: Annotated[str, typer.Argument(help="Id of the team (see `teams list`).")],
+) -> None:
+    """Delete a team; its members and keys stay, without a team."""
+
+    async def delete(service: AuthService) -> Any:
+        await Governance(service).delete_team(team_id)
+
+    run_with_service(delete)
+    typer.echo(f"Deleted team {team_id}.")
+
+
+@tenants_app.command("update")
+def update_tenant(
+    tenant: Annotated[str, typer.Option(help="The tenant.")],
+    rpm_limit: RpmOption = None,
+    tpm_limit: TpmOption = None,
+    max_budget_usd: BudgetOption = None,
+    budget_period: PeriodOption = None,
+    max_parallel: ParallelOption = None,
+    clear: ClearOption = None,
+    rate_limits_when_store_down: Annotated[
+        str | None,
+        typer.Option(help="open (admit, default) or closed (refuse) when the store is down."),
+    ] = None,
+    budgets_when_store_down: Annotated[
+        str | None,
+        typer.Option(help="closed (refuse, default) or open (admit) when the store is down."),
+    ] = None,
+) -> None:
+    """Set a tenant's own limits, and what gateways do when their limit store is down."""
+    limits = _limit_options(
+        rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel, clear
+    )
+
+    async def update(service: AuthService) -> Any:
+        return await Governance(service).update_tenant(
+            tenant,
+            limits,
+            rate_limit_failure_mode=rate_limits_when_store_down,
+            budget_failure_mode=budgets_when_store_down,
+        )
+
+    row = run_with_service(update)
+    typer.echo(
+        f"Updated tenant {row.tenant}: {_describe(row)}; when the limit store is down, "
+        f"rate limits fail {row.rate_limit_failure_mode}, budgets fail {row.budget_failure_mode}."
+    )
+
+
+@tenants_app.command("show")
+def show_tenant(tenant: Annotated[str, typer.Option(help="The tenant.")]) -> None:
+    """Print a tenant's limits and failure modes as JSON."""
+
+    async def show(service: AuthService) -> Any:
+        return await Governance(service).tenant(tenant)
+
+    row = run_with_service(show)
+    typer.echo(
+        json.dumps(
+            {
+                "tenant": row.tenant,
+                **limits_of(row).model_dump(),
+                "rate_limit_failure_mode": row.rate_limit_failure_mode,
+                "budget_failure_mode": row.budget_failure_mode,
+            }
+        )
+    )

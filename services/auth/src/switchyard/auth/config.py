@@ -45,6 +45,12 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_AUTH_")
 
     port: int = 8001
+    max_body_bytes: int = Field(
+        default=64 * 1024,
+        gt=0,
+        description="Request bodies larger than this get 413 before they are read (sign-in, "
+        "keys and admin bodies are small).",
+    )
     database_url: str = _database_url_field()
     jwt_issuer: str = Field(
         default="switchyard-auth",
@@ -106,6 +112,16 @@ class Settings(ServiceSettings):
     dev_api_key_file: Path = Field(
         default=Path(".switchyard/dev-api-key"),
         description="Development only: where the generated dev API key is kept between restarts.",
+    )
+    dev_password: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("SWITCHYARD_DEV_PASSWORD", "dev_password"),
+        description="Development only: the password `switchyard dev` gives its dev user "
+        "(the console's sign-in); generated and kept in `dev_password_file` when unset.",
+    )
+    dev_password_file: Path = Field(
+        default=Path(".switchyard/dev-password"),
+        description="Development only: where the generated dev password is kept between restarts.",
     )
 
     @field_validator("verification_key_files", mode="before")

@@ -23,7 +23,7 @@ REFRESH_REQUESTS = Counter(
 LOGINS_THROTTLED = Counter(
     "switchyard_auth_logins_throttled",
     "Sign-in attempts refused with 429 by the login rate limits.",
-    ["limit"],  # account | address
+    ["limit"],  # account | address | hashing (the password hashing pool is full)
 )
 REVOCATIONS = Counter(
     "switchyard_auth_revocations",

@@ -7,6 +7,9 @@
 - `auth_signing_keys` (0002): every key that has signed, so a rotation is noticed once;
 - `auth_outbox` (0002): auth events written in the same transaction as the change they
   announce, published to the bus afterwards (see `outbox.py`).
+- `auth_teams`, `auth_tenants` (0003): teams of a tenant, and each tenant's own limits and
+  what gateways do when their limit store is unreachable. Teams, users and keys carry
+  limits too (`LimitColumns`): a budget per period and rate limits; NULL is "no limit".
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -71,7 +75,56 @@ class Base(DeclarativeBase):
     pass
 
 
-class User(Base):
+class LimitColumns:
+    """Budget and rate limits of one level (see `switchyard.common.governance.Limits`)."""
+
+    max_budget_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # 1d | 7d | 30d; NULL with a budget: the budget never resets.
+    budget_period: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    # Periods start at this instant plus whole periods (set when the budget is first set
+    # or its period changes).
+    budget_anchor_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    rpm_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    tpm_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    max_parallel_requests: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Tenant(LimitColumns, Base):
+    """A tenant's own limits; a tenant without a row has none."""
+
+    __tablename__ = "auth_tenants"
+    __table_args__ = (
+        CheckConstraint(
+            "rate_limit_failure_mode IN ('open', 'closed') "
+            "AND budget_failure_mode IN ('open', 'closed')",
+            name="ck_auth_tenants_failure_modes",
+        ),
+    )
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # What gateways do when the limit store cannot answer: refuse ('closed') or admit
+    # without counting ('open').
+    rate_limit_failure_mode: Mapped[str] = mapped_column(String(8), default="open")
+    budget_failure_mode: Mapped[str] = mapped_column(String(8), default="closed")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Team(LimitColumns, Base):
+    __tablename__ = "auth_teams"
+    __table_args__ = (
+        UniqueConstraint("tenant", "name", name="uq_auth_teams_tenant_name"),
+        Index("ix_auth_teams_tenant", "tenant"),
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True, default=new_id)
+    tenant: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(200))
+    # None: every model the tenant may use.
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class User(LimitColumns, Base):
     __tablename__ = "auth_users"
     __table_args__ = (
         UniqueConstraint("email", name="uq_auth_users_email"),
@@ -88,11 +141,17 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The team the user belongs to, if any (a user is in at most one team).
+    team_id: Mapped[str | None] = mapped_column(
+        Text,
+        ForeignKey("auth_teams.id", ondelete="SET NULL", name="fk_auth_users_team_id"),
+        nullable=True,
+    )
 
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="user")
 
 
-class ApiKey(Base):
+class ApiKey(LimitColumns, Base):
     __tablename__ = "auth_api_keys"
     __table_args__ = (
         UniqueConstraint("secret_hash", name="uq_auth_api_keys_secret_hash"),
@@ -115,6 +174,12 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The team whose limits the key's requests count against (its user's team), if any.
+    team_id: Mapped[str | None] = mapped_column(
+        Text,
+        ForeignKey("auth_teams.id", ondelete="SET NULL", name="fk_auth_api_keys_team_id"),
+        nullable=True,
+    )
 
     user: Mapped[User] = relationship(back_populates="api_keys")
 

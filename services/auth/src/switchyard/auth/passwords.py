@@ -1,20 +1,53 @@
-"""Password hashing with Argon2id (argon2-cffi). Only hashes are ever stored."""
+"""Password hashing with Argon2id (argon2-cffi). Only hashes are ever stored.
+
+A hash takes about 100 ms of CPU by design, so it never runs on the event loop: the
+`*_async` methods run it on a small thread pool (argon2-cffi releases the GIL while it
+hashes, so the threads hash in parallel while the loop keeps serving). The pool's queue
+is bounded: when `max_pending` hashes are already waiting or running, the next caller
+gets `HashingBusy` at once (answered 429), so a burst of sign-ins sheds load instead of
+delaying everything the service serves.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from argon2 import Parameters, profiles
 from argon2 import PasswordHasher as _Argon2Hasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+T = TypeVar("T")
+
+
+class HashingBusy(Exception):
+    """Too many password hashes are waiting; the caller should retry shortly."""
+
 
 class PasswordHasher:
-    """Hashes and checks passwords; `verify` never raises for a wrong password."""
+    """Hashes and checks passwords; `verify` never raises for a wrong password.
 
-    def __init__(self, parameters: Parameters = profiles.RFC_9106_LOW_MEMORY) -> None:
+    `workers` threads hash at once (default: the CPU count, at most 4) and at most
+    `max_pending` hashes wait or run before `HashingBusy`."""
+
+    def __init__(
+        self,
+        parameters: Parameters = profiles.RFC_9106_LOW_MEMORY,
+        *,
+        workers: int | None = None,
+        max_pending: int = 64,
+    ) -> None:
         self._argon2 = _Argon2Hasher.from_parameters(parameters)
         # Checked when the user does not exist, so a wrong email costs as much time as a
         # wrong password and response times do not reveal which emails are registered.
         self._decoy_hash = self._argon2.hash("decoy password that matches nothing")
+        self._workers = workers or min(4, os.cpu_count() or 1)
+        self._max_pending = max_pending
+        self._pending = 0
+        self._pool: ThreadPoolExecutor | None = None
 
     def hash(self, password: str) -> str:
         return self._argon2.hash(password)
@@ -29,3 +62,32 @@ class PasswordHasher:
 
     def needs_rehash(self, password_hash: str) -> bool:
         return self._argon2.check_needs_rehash(password_hash)
+
+    @property
+    def pending(self) -> int:
+        """Hashes waiting or running on the pool right now."""
+        return self._pending
+
+    async def _off_loop(self, function: Callable[..., T], *args: object) -> T:
+        if self._pending >= self._max_pending:
+            raise HashingBusy
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="argon2")
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+        finally:
+            self._pending -= 1
+
+    async def hash_async(self, password: str) -> str:
+        """`hash` on the hashing pool; raises HashingBusy when the pool is full."""
+        return await self._off_loop(self.hash, password)
+
+    async def verify_async(self, password_hash: str | None, password: str) -> bool:
+        """`verify` on the hashing pool; raises HashingBusy when the pool is full."""
+        return await self._off_loop(self.verify, password_hash, password)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from switchyard.common.plugins import DevContribution, Migrations, ServicePlugin
+from switchyard.common.plugins import DevContribution, Migrations, PrincipalNames, ServicePlugin
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -23,9 +23,46 @@ def _database_url() -> str:
 
 
 def _commands() -> list:
-    from switchyard.auth.cli import keys_app, tokens_app, users_app
+    from switchyard.auth.cli import keys_app, teams_app, tenants_app, tokens_app, users_app
 
-    return [users_app, keys_app, tokens_app]
+    return [users_app, keys_app, tokens_app, teams_app, tenants_app]
+
+
+async def _principal_names(user_ids: set[str], api_key_ids: set[str]) -> PrincipalNames:
+    """Emails and API key names by id, read from the auth database."""
+    from sqlalchemy import select
+
+    from switchyard.auth.models import ApiKey, User
+    from switchyard.common.db import create_engine
+
+    engine = create_engine(_database_url())
+    try:
+        async with engine.connect() as connection:
+            emails = (
+                dict(
+                    (
+                        await connection.execute(
+                            select(User.id, User.email).where(User.id.in_(user_ids))
+                        )
+                    ).all()
+                )
+                if user_ids
+                else {}
+            )
+            names = (
+                dict(
+                    (
+                        await connection.execute(
+                            select(ApiKey.id, ApiKey.name).where(ApiKey.id.in_(api_key_ids))
+                        )
+                    ).all()
+                )
+                if api_key_ids
+                else {}
+            )
+    finally:
+        await engine.dispose()
+    return PrincipalNames(emails=emails, key_names=names)
 
 
 def _prepare_dev() -> DevContribution:
@@ -48,4 +85,5 @@ service = ServicePlugin(
     commands=_commands,
     prepare_dev=_prepare_dev,
     start_order=20,
+    principal_names=_principal_names,
 )

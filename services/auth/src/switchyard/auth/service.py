@@ -54,6 +54,7 @@ from switchyard.common.events import (
     UserStatusData,
     new_id,
 )
+from switchyard.common.governance import LIMIT_FIELDS, Limits
 
 E = TypeVar("E", bound=AuthEvent)
 
@@ -83,6 +84,14 @@ class UserNotFound(AuthError):
 
 class ApiKeyNotFound(AuthError):
     pass
+
+
+class ExceedsCredential(AuthError):
+    """A key or token asked for more than the credential (or user) creating it holds."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class InvalidCredentials(AuthError):
@@ -118,6 +127,7 @@ class ApiKeyIdentity:
     scopes: list[str]
     allowed_models: list[str] | None
     expires_at: datetime | None
+    team_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,21 +151,36 @@ class RevocationSnapshot:
     disabled_users: list[str]
 
 
+def printable(text: str) -> bool:
+    """No control or format characters (NUL, ESC, CR/LF, tabs, bidi overrides, ...): what
+    names and emails must be, so no terminal or log that prints them can be steered."""
+    return text.isprintable()
+
+
 def normalise_email(email: str) -> str:
     email = email.strip().lower()
+    if not printable(email):
+        raise InvalidInput("The email address must not contain control characters.", param="email")
     if not _EMAIL.match(email) or len(email) > 320:
         raise InvalidInput(f"'{email}' is not a valid email address.", param="email")
     return email
 
 
-def _validate_scopes(requested: Sequence[str] | None) -> list[str]:
+def _bounded_scopes(
+    requested: Sequence[str] | None, allowed: Sequence[str], default: Sequence[str]
+) -> list[str]:
+    """The scopes of a new key or token: `requested` (or the defaults still within
+    `allowed`), refused if any is unknown or beyond `allowed`."""
     if requested is None:
-        return list(known_scopes.DEFAULT_API_KEY_SCOPES)
-    unknown = sorted(set(requested) - set(known_scopes.API_KEY_SCOPES))
+        return [scope for scope in default if scope in allowed]
+    unknown = sorted(set(requested) - set(known_scopes.ALL_SCOPES))
     if unknown:
-        raise InvalidInput(
-            f"Unknown scope(s): {', '.join(unknown)}. "
-            f"API keys may have: {', '.join(known_scopes.API_KEY_SCOPES)}.",
+        raise InvalidInput(f"Unknown scope(s): {', '.join(unknown)}.", param="scopes")
+    beyond = [scope for scope in dict.fromkeys(requested) if scope not in allowed]
+    if beyond:
+        raise ExceedsCredential(
+            f"Scope(s) {', '.join(beyond)} exceed what the creating credential or user holds "
+            f"({', '.join(allowed) or 'none'}).",
             param="scopes",
         )
     # Keep the caller's order but drop repeats.
@@ -166,9 +191,30 @@ def _validate_models(models: Sequence[str] | None) -> list[str] | None:
     if models is None:
         return None
     cleaned = [model.strip() for model in models]
-    if any(not model or len(model) > 200 for model in cleaned):
-        raise InvalidInput("Model names must be 1-200 characters.", param="allowed_models")
+    if any(not model or len(model) > 200 or not printable(model) for model in cleaned):
+        raise InvalidInput(
+            "Model names must be 1-200 printable characters.", param="allowed_models"
+        )
     return list(dict.fromkeys(cleaned))
+
+
+def _bounded_models(
+    requested: Sequence[str] | None, limit: Sequence[str] | None
+) -> list[str] | None:
+    """The models of a new key or token: `requested` within `limit` (None: any model).
+    Omitted under a limited credential, the key gets the credential's models."""
+    models = _validate_models(requested)
+    if limit is None:
+        return models
+    if models is None:
+        return list(limit)
+    beyond = [model for model in models if model not in limit]
+    if beyond:
+        raise ExceedsCredential(
+            f"Model(s) {', '.join(beyond)} exceed the models the creating credential may use.",
+            param="allowed_models",
+        )
+    return models
 
 
 def _utcnow() -> datetime:
@@ -234,7 +280,7 @@ class AuthService:
             )
         if password is not None and not password:
             raise InvalidInput("Password must not be empty.", param="password")
-        password_hash = self._passwords.hash(password) if password is not None else None
+        password_hash = await self._passwords.hash_async(password) if password is not None else None
         async with self._sessions() as session:
             store = AuthStore(session)
             if await store.user_by_email(email) is not None:
@@ -293,13 +339,23 @@ class AuthService:
         allowed_models: Sequence[str] | None = None,
         expires_at: datetime | None = None,
         key: str | None = None,
+        creator_scopes: Sequence[str] | None = None,
+        creator_models: Sequence[str] | None = None,
+        team_id: str | None | bool = False,
+        limits: Limits | None = None,
     ) -> IssuedApiKey:
-        """A new key for the user; `key` fixes the secret (the dev key), else it is random."""
-        scope_list = _validate_scopes(scopes)
-        models = _validate_models(allowed_models)
+        """A new key for the user; `key` fixes the secret (the dev key), else it is random.
+
+        The key never holds more than its creator: its scopes stay within the scopes the
+        user's role grants and, when given, `creator_scopes` (the creating token's); its
+        models within `creator_models` when given (a key created without a model list by
+        a credential limited to some models gets that list). Anything beyond raises
+        ExceedsCredential; unknown scopes and bad names raise InvalidInput. `team_id`
+        False puts the key in its user's team; `limits` must have been checked against
+        the levels above (`Governance.create_api_key` does)."""
         name = name.strip()
-        if not name or len(name) > 200:
-            raise InvalidInput("Key name must be 1-200 characters.", param="name")
+        if not name or len(name) > 200 or not printable(name):
+            raise InvalidInput("Key name must be 1-200 printable characters.", param="name")
         if expires_at is not None and expires_at <= _utcnow():
             raise InvalidInput("Expiry must be in the future.", param="expires_at")
         secret = key or generate_api_key()
@@ -310,6 +366,14 @@ class AuthService:
                 raise UserNotFound(f"No user with id {user_id}.")
             if user.disabled:
                 raise InvalidInput(f"User {user.email} is disabled.", param="user")
+            allowed = [
+                scope
+                for scope in known_scopes.token_scopes(user.role)
+                if scope in known_scopes.API_KEY_SCOPES
+                and (creator_scopes is None or scope in creator_scopes)
+            ]
+            scope_list = _bounded_scopes(scopes, allowed, known_scopes.DEFAULT_API_KEY_SCOPES)
+            models = _bounded_models(allowed_models, creator_models)
             record = ApiKey(
                 user_id=user.id,
                 tenant=user.tenant,
@@ -319,7 +383,13 @@ class AuthService:
                 scopes=scope_list,
                 allowed_models=models,
                 expires_at=expires_at,
+                team_id=user.team_id if team_id is False else team_id,
             )
+            if limits is not None:
+                for field_name in LIMIT_FIELDS:
+                    setattr(record, field_name, getattr(limits, field_name))
+                if limits.max_budget_usd is not None:
+                    record.budget_anchor_at = _utcnow()
             await store.add_api_key(record)
             await session.commit()
             return IssuedApiKey(key=secret, record=record)
@@ -370,16 +440,19 @@ class AuthService:
             return None
         if record.expires_at is not None and record.expires_at <= now:
             return None
+        # A key never outlives a demotion: it keeps only what the user's role still grants.
+        granted = known_scopes.token_scopes(record.user.role)
         return ApiKeyIdentity(
             key_id=record.id,
             user_id=record.user_id,
             tenant=record.tenant,
             role=record.user.role,
-            scopes=list(record.scopes),
+            scopes=[scope for scope in record.scopes if scope in granted],
             allowed_models=list(record.allowed_models)
             if record.allowed_models is not None
             else None,
             expires_at=record.expires_at,
+            team_id=record.team_id,
         )
 
     async def api_key_exists(self, key: str) -> bool:
@@ -396,14 +469,19 @@ class AuthService:
             email = ""
         async with self._sessions() as session:
             user = await AuthStore(session).user_by_email(email) if email else None
-            # Always run one hash check, so timing does not reveal whether the email exists.
-            valid = self._passwords.verify(user.password_hash if user else None, password)
-            if user is None or not valid or user.disabled:
-                raise InvalidCredentials()
-            if self._passwords.needs_rehash(user.password_hash or ""):
-                user.password_hash = self._passwords.hash(password)
-                await session.commit()
-            return user
+        # Always one hash check, so timing does not reveal whether the email exists; off the
+        # event loop, and with no database connection held while it runs.
+        valid = await self._passwords.verify_async(user.password_hash if user else None, password)
+        if user is None or not valid or user.disabled:
+            raise InvalidCredentials()
+        if self._passwords.needs_rehash(user.password_hash or ""):
+            new_hash = await self._passwords.hash_async(password)
+            async with self._sessions() as session:
+                stored = await AuthStore(session).user_by_id(user.id)
+                if stored is not None:
+                    stored.password_hash = new_hash
+                    await session.commit()
+        return user
 
     def issue_access_token(
         self,
@@ -412,16 +490,14 @@ class AuthService:
         scopes: Sequence[str] | None = None,
         allowed_models: Sequence[str] | None = None,
     ) -> AccessToken:
-        """An access token outside any sign-in (the `tokens create` command)."""
-        if scopes is not None:
-            unknown = sorted(set(scopes) - set(known_scopes.USER_TOKEN_SCOPES))
-            if unknown:
-                raise InvalidInput(f"Unknown scope(s): {', '.join(unknown)}.", param="scopes")
+        """An access token outside any sign-in (the `tokens create` command), never with
+        scopes beyond what the user's role grants (ExceedsCredential)."""
+        granted = known_scopes.token_scopes(user.role)
         return self.tokens.issue(
             user_id=user.id,
             tenant=user.tenant,
             role=user.role,
-            scopes=list(scopes) if scopes is not None else known_scopes.USER_TOKEN_SCOPES,
+            scopes=_bounded_scopes(scopes, granted, granted),
             allowed_models=_validate_models(allowed_models),
         )
 
@@ -488,7 +564,7 @@ class AuthService:
             user_id=user.id,
             tenant=user.tenant,
             role=user.role,
-            scopes=known_scopes.USER_TOKEN_SCOPES,
+            scopes=known_scopes.token_scopes(user.role),
             session_id=family_id,
         )
         return TokenPair(
@@ -576,11 +652,29 @@ class AuthService:
                 return family is not None and family.revoked_at is not None
         return False
 
+    async def user_by_id(self, user_id: str) -> User | None:
+        async with self._sessions() as session:
+            return await AuthStore(session).user_by_id(user_id)
+
     async def active_user(self, user_id: str) -> User | None:
         """The user if they still exist and are enabled (tokens can outlive both)."""
         async with self._sessions() as session:
             user = await AuthStore(session).user_by_id(user_id)
         return user if user is not None and not user.disabled else None
+
+    async def ensure_password(self, email: str, password: str) -> None:
+        """Make `password` the user's password unless it already is (development set-up:
+        the dev user's password follows SWITCHYARD_DEV_PASSWORD). Raises UserNotFound."""
+        if not password:
+            raise InvalidInput("Password must not be empty.", param="password")
+        async with self._sessions() as session:
+            user = await AuthStore(session).user_by_email(normalise_email(email))
+            if user is None:
+                raise UserNotFound(f"No user with email {email.strip().lower()}.")
+            if user.password_hash and self._passwords.verify(user.password_hash, password):
+                return
+            user.password_hash = self._passwords.hash(password)
+            await session.commit()
 
     async def ensure_user(self, *, email: str, tenant: str, role: str) -> User:
         """The user with this email, created without a password if absent."""

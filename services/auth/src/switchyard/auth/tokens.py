@@ -25,6 +25,9 @@ import jwt
 from switchyard.auth.signing import SIGNING_ALGORITHM, SigningKey, VerificationKey
 
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "nbf", "exp", "jti"]
+TIME_CLAIMS = ("exp", "iat", "nbf")
+# Latest instant a time claim may name (9999-12-31T23:59:59Z): later ones are not times.
+MAX_TIMESTAMP = 253_402_300_799
 REFRESH_TOKEN_PREFIX = "sy-rt-"
 
 
@@ -163,6 +166,15 @@ class TokenIssuer:
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from exc
+        for name in TIME_CLAIMS:
+            # RFC 7519 NumericDate: a JSON number. PyJWT also accepts numeric strings.
+            value = claims[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidToken(f"token has a non-numeric {name} claim")
+            if not 0 <= value <= MAX_TIMESTAMP:
+                raise InvalidToken(f"token has an out-of-range {name} claim")
+        if not isinstance(claims["sub"], str) or not isinstance(claims["jti"], str):
+            raise InvalidToken("token has an invalid sub or jti claim")
         scopes = _string_list(claims.get("scopes"))
         if scopes is None:
             raise InvalidToken("token has no valid scopes claim")

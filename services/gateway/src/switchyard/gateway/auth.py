@@ -10,6 +10,11 @@
   up at auth once (concurrent requests for it share that lookup, and the number of
   lookups in flight is bounded), positive answers are kept `key_ttl_s` and negative ones
   `negative_ttl_s`.
+- A token's claims are all required: one without `scopes` (or with a non-numeric time
+  claim) is refused, never taken as "no scopes". Its user must still exist: the first
+  request of a user not seen lately asks auth (`/internal/v1/users/{id}`, one call per
+  user per `key_ttl_s`, shared by concurrent requests), so tokens outliving their user
+  (a deleted user, a database restored without them) are refused.
 - Revocations (token ids, sign-ins, API keys, disabled users) come from the auth events
   topic into `RevocationState`, which is checked on every request and purges the caches.
   Until that state is loaded from auth, JWTs get 503 (a revoked one could otherwise pass);
@@ -28,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import jwt
@@ -48,6 +54,8 @@ API_KEY_PREFIX = "sk-sy-"
 KID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 MAX_CREDENTIAL_LENGTH = 8192
 MAX_CACHED_KEYS = 100_000
+# Latest instant a time claim may name (9999-12-31T23:59:59Z).
+MAX_TIMESTAMP = 253_402_300_799
 
 
 class AuthenticationError(Exception):
@@ -72,6 +80,10 @@ class Principal:
     token_id: str | None = None
     session_id: str | None = None
     expires_at: float | None = None
+
+    def may_use(self, model: str) -> bool:
+        """Whether this caller's credential allows `model` (not whether it exists)."""
+        return self.allowed_models is None or model in self.allowed_models
 
 
 class JwksCache:
@@ -165,6 +177,9 @@ class Authenticator:
         self._token_cache_size = token_cache_size
         self._lookups: dict[str, asyncio.Task[Principal | None]] = {}
         self._lookup_slots = asyncio.Semaphore(lookup_concurrency)
+        # user id -> (monotonic deadline, exists and enabled)
+        self._users: dict[str, tuple[float, bool]] = {}
+        self._user_lookups: dict[str, asyncio.Task[bool]] = {}
 
     async def authenticate(self, authorization: str | None, x_api_key: str | None) -> Principal:
         credential = _bearer(authorization) or (x_api_key or "").strip()
@@ -200,7 +215,49 @@ class Authenticator:
             user_id=principal.user_id, jti=principal.token_id, session_id=principal.session_id
         ):
             raise AuthenticationError
+        if not await self._user_active(principal.user_id):
+            raise AuthenticationError
         return principal
+
+    async def _user_active(self, user_id: str) -> bool:
+        """Whether the user exists and is enabled, as auth last said (cached)."""
+        cached = self._users.get(user_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        task = self._user_lookups.get(user_id)
+        if task is None:
+            task = asyncio.create_task(self._lookup_user(user_id))
+            self._user_lookups[user_id] = task
+
+            def done(finished: asyncio.Task[bool]) -> None:
+                self._user_lookups.pop(user_id, None)
+                if not finished.cancelled():
+                    finished.exception()
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def _lookup_user(self, user_id: str) -> bool:
+        async with self._lookup_slots:
+            try:
+                response = await self._client.get(
+                    f"{self._auth_url}/internal/v1/users/{quote(user_id, safe='')}",
+                    headers={INTERNAL_TOKEN_HEADER: self._internal_token},
+                    timeout=2.0,
+                )
+            except httpx.HTTPError as exc:
+                raise AuthUnavailableError(repr(exc)) from exc
+        if response.status_code == 404:
+            active = False
+        elif response.status_code == 200:
+            active = response.json().get("active") is True
+        else:
+            raise AuthUnavailableError(f"auth answered {response.status_code}")
+        ttl = self._key_ttl_s if active else self._negative_ttl_s
+        if len(self._users) >= MAX_CACHED_KEYS:
+            self._users.clear()
+        self._users[user_id] = (time.monotonic() + ttl, active)
+        return active
 
     async def _verify(self, token: str) -> Principal:
         try:
@@ -230,7 +287,8 @@ class Authenticator:
         except jwt.PyJWTError as exc:
             raise AuthenticationError from exc
         sub, jti, tenant, role = (claims.get(name) for name in ("sub", "jti", "tenant", "role"))
-        scopes = _string_list(claims.get("scopes", []))
+        # A missing claim is no access, never a default.
+        scopes = _string_list(claims.get("scopes"))
         allowed = claims.get("allowed_models")
         allowed_models = _string_list(allowed) if allowed is not None else None
         session_id = claims.get("sid")
@@ -239,6 +297,12 @@ class Authenticator:
             or scopes is None
             or (allowed is not None and allowed_models is None)
             or (session_id is not None and not isinstance(session_id, str))
+            or any(
+                isinstance(claims[name], bool)
+                or not isinstance(claims[name], int | float)
+                or not 0 <= claims[name] <= MAX_TIMESTAMP
+                for name in ("exp", "iat", "nbf")
+            )
         ):
             raise AuthenticationError
         return Principal(
@@ -345,10 +409,12 @@ class Authenticator:
             self._refuse_keys(lambda p: p is not None and p.api_key_id == key_id)
         elif isinstance(event, UserDisabled):
             user_id = event.data.user_id
+            self._users.pop(user_id, None)
             self._refuse_keys(lambda p: p is not None and p.user_id == user_id)
             for token in [t for t, p in self._tokens.items() if p.user_id == user_id]:
                 del self._tokens[token]
         elif isinstance(event, UserEnabled):
+            self._users.pop(event.data.user_id, None)
             # Refusals cached while the user was disabled are stale now: ask auth again.
             for secret_hash in [h for h, entry in self._keys.items() if entry.principal is None]:
                 del self._keys[secret_hash]

@@ -8,11 +8,18 @@ from dataclasses import dataclass, field
 import httpx
 
 from switchyard.common.bus import EventBus, Subscription
+from switchyard.common.egress import TargetPolicy, parse_networks
+from switchyard.common.governance import BudgetClock
 from switchyard.common.http import inject_trace_headers
+from switchyard.common.pricing import PriceSource
 from switchyard.common.routing import RoutingTable, load_routing
 from switchyard.common.topics import Topics
 from switchyard.gateway.auth import Authenticator
 from switchyard.gateway.config import Settings
+from switchyard.gateway.governance.admission import Admission
+from switchyard.gateway.governance.ledger import Ledger, MemoryLedger
+from switchyard.gateway.governance.policy import PolicySource
+from switchyard.gateway.recent_jobs import RecentJobs
 from switchyard.gateway.replies import PendingReplies
 from switchyard.gateway.revocations import RevocationState, RevocationSync
 
@@ -33,6 +40,13 @@ class Gateway:
     background: set = field(default_factory=set)
     # Keeps the authenticator's revocation state current from the auth events topic.
     revocations: RevocationSync | None = None
+    # Budgets and rate limits (governance/admission.py).
+    admission: Admission | None = None
+    governance_listeners: list[Subscription] = field(default_factory=list)
+    # Where job webhooks may point (checked at POST /v1/jobs; history checks again).
+    webhook_policy: TargetPolicy = field(default_factory=TargetPolicy)
+    # Jobs accepted here lately, so cancelling one at once works (see recent_jobs.py).
+    recent_jobs: RecentJobs = field(default_factory=RecentJobs)
 
     async def listening_for_replies(self) -> bool:
         return self.replies_listener is not None
@@ -69,7 +83,7 @@ def build_gateway(settings: Settings, bus: EventBus) -> Gateway:
         authenticator.fetch_revocations,
         on_signing_key_rotated=authenticator.jwks.refresh,
     )
-    return Gateway(
+    gateway = Gateway(
         settings=settings,
         bus=bus,
         topics=topics,
@@ -77,4 +91,38 @@ def build_gateway(settings: Settings, bus: EventBus) -> Gateway:
         routing=load_routing(settings.routing_file, settings.simulator_url),
         http=http,
         revocations=revocations,
+        webhook_policy=TargetPolicy(
+            parse_networks(settings.webhook_allowed_networks), resolve_timeout_s=2.0
+        ),
     )
+    gateway.admission = Admission(
+        ledger=build_ledger(settings),
+        # Through the gateway, so tests that replace its client replace this one too.
+        policies=PolicySource(
+            lambda: gateway.http,
+            auth_url=settings.auth_url,
+            internal_token=settings.internal_token,
+            ttl_s=settings.policy_cache_ttl_s,
+        ),
+        prices=PriceSource(settings.prices_file).table,
+        replica=settings.instance_id,
+        budget_clock=BudgetClock(day_s=settings.budget_day_s),
+        lease_idle_s=settings.governance_lease_idle_s,
+        heartbeat_s=settings.governance_heartbeat_s,
+        reap_after_s=settings.governance_reap_after_s,
+    )
+    return gateway
+
+
+def build_ledger(settings: Settings) -> Ledger:
+    """PostgreSQL (the fleet's ledger) or this process's memory, as configured."""
+    store = settings.governance_store
+    if store == "auto":
+        store = "postgres" if settings.database_url.startswith("postgresql") else "memory"
+    if store == "postgres":
+        from switchyard.gateway.governance.postgres import PostgresLedger
+
+        return PostgresLedger.connect(
+            settings.database_url, timeout_s=settings.governance_store_timeout_s
+        )
+    return MemoryLedger()

@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from switchyard.common.events import ClientAPI
 from switchyard.common.settings import Environment, ServiceSettings, env
+
+MIB = 1024 * 1024
 
 # What `make run` (development) allows when no CORS origins are configured.
 DEVELOPMENT_CORS_ORIGINS = ["*"]
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.switchyard/gateway.db"
+
+
+def database_url_field() -> Any:
+    return Field(
+        default=DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices(
+            "SWITCHYARD_GATEWAY_DATABASE_URL", "DATABASE_URL", "database_url"
+        ),
+        description="Database of the fleet's limit ledger (PostgreSQL in a real deployment).",
+    )
+
+
+class DatabaseSettings(BaseSettings):
+    """Just the ledger's database: what `switchyard db upgrade` and `switchyard spend` need
+    (no internal token or other secrets)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHYARD_GATEWAY_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: str = database_url_field()
 
 
 class Settings(ServiceSettings):
@@ -36,7 +63,23 @@ class Settings(ServiceSettings):
         default=120.0, gt=0, description="Deadline of a request; the client gets 504 after it."
     )
     max_body_bytes: int = Field(
-        default=1024 * 1024, gt=0, description="Larger request bodies get 413."
+        default=1024 * 1024,
+        gt=0,
+        description="Largest request body of the routes without a limit of their own "
+        "(history settings, job cancellation...); larger ones get 413.",
+    )
+    # Model requests follow the limits of the API they speak (a client that works against
+    # the provider must work here). Anthropic documents 32 MB for the Messages API; OpenAI
+    # documents 50 MB per request (images and vision guide) and no other limit, so its
+    # Embeddings API gets the same. The event bus must carry them (see `kafka_max_message_bytes`).
+    chat_completions_max_body_bytes: int = Field(
+        default=50 * MIB, gt=0, description="Largest body of POST /v1/chat/completions."
+    )
+    messages_max_body_bytes: int = Field(
+        default=32 * MIB, gt=0, description="Largest body of POST /v1/messages."
+    )
+    embeddings_max_body_bytes: int = Field(
+        default=50 * MIB, gt=0, description="Largest body of POST /v1/embeddings."
     )
     max_in_flight: int = Field(
         default=2048, gt=0, description="Requests in progress beyond this get 429, never a queue."
@@ -101,12 +144,77 @@ class Settings(ServiceSettings):
         default=False, description="Allow cookies and HTTP auth (never with '*' origins)."
     )
     cors_max_age_s: int = Field(default=600, ge=0, description="How long preflights are cached.")
+    database_url: str = database_url_field()
+    governance_store: Literal["auto", "postgres", "memory"] = Field(
+        default="auto",
+        description="Where budgets and rate limits are counted: PostgreSQL (exact for the "
+        "whole fleet) or this process's memory (one process only). auto: PostgreSQL when "
+        "the database URL is PostgreSQL.",
+    )
+    governance_store_timeout_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="A limit store call slower than this counts as the store being down "
+        "(then each tenant's failure mode decides: refuse or admit).",
+    )
+    governance_lease_idle_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Unused allowance a replica has not touched for this long goes back "
+        "to the fleet.",
+    )
+    governance_heartbeat_s: float = Field(
+        default=2.0, gt=0, description="How often a replica tells the ledger it is alive."
+    )
+    governance_reap_after_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="A replica silent this long loses its leases to the others.",
+    )
+    policy_cache_ttl_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long the limits of a caller are trusted without asking auth "
+        "(changes apply at once through the auth events; this bounds a missed one).",
+    )
+    prices_file: str | None = Field(
+        default=None,
+        validation_alias=env("SWITCHYARD_PRICES_FILE", "prices_file"),
+        description="YAML price table (see switchyard.common.pricing); the gateway reserves "
+        "budgets with it, inference charges with it.",
+    )
+    budget_day_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        validation_alias=env("SWITCHYARD_BUDGET_DAY_S", "budget_day_s"),
+        description="Length of a day for budget periods (tests shorten it).",
+    )
+    console_enabled: bool = Field(
+        default=True, description="Serve the web console at /ui on the gateway's port."
+    )
+    console_secret_key: str | None = Field(
+        default=None,
+        description="Signs the console's session and CSRF cookies; the same on every replica. "
+        "Unset: derived from the internal token (itself required outside development).",
+    )
+    console_session_ttl_s: int = Field(
+        default=12 * 3600,
+        gt=0,
+        le=30 * 24 * 3600,
+        description="A console sign-in ends after this long, however active.",
+    )
+    console_inference_metrics_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8003/metrics"],
+        description="Comma-separated /metrics URLs of inference replicas, read by the "
+        "console for circuit-breaker states (unreachable ones show as unknown).",
+    )
 
     @field_validator(
         "cors_allow_origins",
         "cors_allow_methods",
         "cors_allow_headers",
         "cors_expose_headers",
+        "console_inference_metrics_urls",
         mode="before",
     )
     @classmethod
@@ -128,6 +236,16 @@ class Settings(ServiceSettings):
             )
         return self
 
+    def console_signing_key(self) -> bytes:
+        """The key of the console's cookies: the configured one, or one derived from the
+        internal token (HMAC-SHA256 with a fixed label), so replicas agree without a new
+        secret to distribute."""
+        if self.console_secret_key:
+            return self.console_secret_key.encode()
+        return hmac.new(
+            self.internal_token.encode(), b"switchyard.gateway.console", hashlib.sha256
+        ).digest()
+
     def effective_cors_origins(self) -> list[str]:
         """The configured origins; unset means any in development and none otherwise
         (deny by default: browsers then refuse cross-origin calls)."""
@@ -136,3 +254,11 @@ class Settings(ServiceSettings):
         if self.environment == Environment.DEVELOPMENT:
             return list(DEVELOPMENT_CORS_ORIGINS)
         return []
+
+    def max_body_bytes_for(self, api: ClientAPI) -> int:
+        """The largest request body accepted for `api`, in bytes."""
+        if api is ClientAPI.ANTHROPIC_MESSAGES:
+            return self.messages_max_body_bytes
+        if api is ClientAPI.OPENAI_EMBEDDINGS:
+            return self.embeddings_max_body_bytes
+        return self.chat_completions_max_body_bytes

@@ -1,9 +1,20 @@
 """The request path every model API shares: admit the request (model, capacity, bus),
-publish it, wait for its reply on this replica's replies partition, relay stream chunks
-in order, and tell inference to stop when the client goes away.
+publish it as the client sent it, wait for its reply on this replica's replies partition,
+relay it, and tell inference to stop when the client goes away.
 
-Routes only translate between their API's shape and this: `/v1/chat/completions`,
-`/v1/messages` and `/v1/embeddings` all run through `Dispatch`.
+The gateway never translates: the reply (`chat.completed`) and the stream events
+(`chat.chunk`) arrive in the client's own API, and are relayed as they are:
+
+- a JSON request is answered with the reply's `response`;
+- a streamed request waits for its first reply event; a `chat.failed` then is an HTTP
+  error. Otherwise each stream event is sent as one Server-Sent Event (`event: <name>`
+  when it has a name, then `data: <json>`), records in `sequence` order, duplicates
+  dropped, and the stream never splices two executions of the request (`run`). The
+  stream ends as the API ends it: `data: [DONE]` for Chat Completions, nothing more for
+  Anthropic (whose `message_stop` is an event of the stream); a failure ends it with an
+  error event in the API's format.
+
+`/v1/chat/completions`, `/v1/messages` and `/v1/embeddings` all run through `Dispatch`.
 """
 
 from __future__ import annotations
@@ -11,37 +22,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
 
+import orjson
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from switchyard.common.bus import BusUnavailableError
+from switchyard.common.bus import BusUnavailableError, EventTooLargeError
 from switchyard.common.errors import APIError
 from switchyard.common.events import (
+    FORWARDED_HEADERS,
     CancelRequestData,
     ChatCancelRequested,
     ChatChunk,
     ChatCompleted,
     ChatFailed,
-    ChatFailedData,
     ChatRequestData,
     ChatRequested,
+    ClientAPI,
     ErrorInfo,
     ReplyAddress,
-    TerminalStatus,
+    StreamEvent,
     new_id,
     utcnow,
 )
-from switchyard.common.logging import bind_request_id
+from switchyard.gateway.api.body import ClientRequest
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
+from switchyard.gateway.errors import (
+    ClientDisconnected,
+    ReplyFailed,
+    Vendor,
+    error_type,
+    sse_error_event,
+    vendor_of_api,
+)
+from switchyard.gateway.governance.admission import Refused, Ticket
+from switchyard.gateway.governance.refusals import admit_or_refuse
 from switchyard.gateway.replies import Reply
+from switchyard.gateway.request_id import request_id_of
 
 log = structlog.get_logger("switchyard.gateway.dispatch")
 
@@ -69,28 +92,57 @@ CANCELLED = Counter(
     ["action"],
 )
 
+# Ends an OpenAI Chat Completions stream (the only API here that marks its end this way).
+DONE = b"data: [DONE]\n\n"
+# U+0085, U+2028 and U+2029 are legal raw in JSON, and orjson writes them raw, but many
+# line readers (Python's str.splitlines, httpx's iter_lines) break lines at them: sent
+# escaped, the same JSON value reaches every client in one line.
+_LINE_SEPARATORS = (
+    ("\u2028".encode(), b"\\u2028"),
+    ("\u2029".encode(), b"\\u2029"),
+    ("\u0085".encode(), b"\\u0085"),
+)
 
-class ClientDisconnected(Exception):
-    """The client went away while waiting; nobody will read the response."""
+
+def forwarded_headers(request: Request) -> dict[str, str]:
+    """The client's headers a provider needs to read the body (`FORWARDED_HEADERS`, lower
+    case; a header sent several times is joined with commas). Never credentials."""
+    headers = request.headers
+    forwarded: dict[str, str] = {}
+    for name in FORWARDED_HEADERS:
+        if name in headers:
+            forwarded[name] = ",".join(headers.getlist(name))
+    return forwarded
 
 
-class ReplyFailed(Exception):
-    """The request reached a terminal state other than completed."""
+def json_line(data: dict) -> bytes:
+    """`data` as JSON on one line, whatever line separators its strings hold."""
+    encoded = orjson.dumps(data)
+    if b"\xe2\x80" in encoded or b"\xc2\x85" in encoded:
+        for raw, escaped in _LINE_SEPARATORS:
+            encoded = encoded.replace(raw, escaped)
+    return encoded
 
-    def __init__(self, failed: ChatFailed) -> None:
-        super().__init__(failed.data.error.message)
-        self.failed = failed
 
-    def as_api_error(self) -> APIError:
-        error = self.failed.data.error
-        headers = {"x-request-id": self.failed.request_id}
-        if error.retry_after_s is not None:
-            headers["Retry-After"] = str(max(1, round(error.retry_after_s)))
-        elif error.status in (429, 503):
-            headers["Retry-After"] = "1"
-        return APIError(
-            error.status, error.message, type=error.type, code=error.code, headers=headers
-        )
+def sse_event(event: StreamEvent) -> bytes:
+    """One stream event as a Server-Sent Event: `event: <name>` when it has one, then
+    `data: <json>` and the blank line that ends it."""
+    data = b"data: " + json_line(event.data) + b"\n\n"
+    name = event.event
+    if name is None:
+        return data
+    if "\n" in name or "\r" in name:  # would end the field early and forge another
+        name = name.replace("\r", " ").replace("\n", " ")
+    return b"event: " + name.encode() + b"\n" + data
+
+
+def too_large_for_bus() -> APIError:
+    return APIError(
+        413,
+        "The request is larger than this deployment's event bus carries; shorten it, or "
+        "raise SWITCHYARD_KAFKA_MAX_MESSAGE_BYTES and the topics' max.message.bytes.",
+        code="request_too_large",
+    )
 
 
 def deadline_exceeded(request_id: str) -> APIError:
@@ -109,30 +161,28 @@ class Dispatch:
 
     gateway: Gateway
     request: Request
-    api: Literal["openai", "anthropic"]
+    api: ClientAPI
     model: str
     tenant: str
+    stream: bool
     request_id: str = field(default_factory=new_id)
     started: float = field(default_factory=time.perf_counter)
     deadline: float = 0.0
     finished: bool = False
+    ticket: Ticket | None = None
     _queue: asyncio.Queue[Reply] | None = None
     _closed: bool = False
 
+    @property
+    def vendor(self) -> Vendor:
+        return vendor_of_api(self.api)
+
     @classmethod
     async def start(
-        cls,
-        gateway: Gateway,
-        request: Request,
-        principal: Principal,
-        *,
-        api: Literal["openai", "anthropic"],
-        operation: Literal["chat", "embeddings"],
-        model: str,
-        body: dict[str, Any],
-        stream: bool,
+        cls, gateway: Gateway, request: Request, principal: Principal, client: ClientRequest
     ) -> Dispatch:
         """Admit and publish the request; raise APIError if it cannot be accepted."""
+        model = client.model
         if gateway.routing.route(model) is None or (
             principal.allowed_models is not None and model not in principal.allowed_models
         ):
@@ -159,10 +209,34 @@ class Dispatch:
                 headers={"Retry-After": "1"},
             )
 
-        dispatch = cls(gateway, request, api, model, principal.tenant)
+        request_id = request_id_of(request.scope) or new_id()
+        try:
+            ticket = await admit_or_refuse(
+                gateway,
+                principal,
+                request_id,
+                model,
+                client.body,
+                api=client.api,
+                embeddings=client.api is ClientAPI.OPENAI_EMBEDDINGS,
+            )
+        except Refused as refused:
+            REJECTED.labels(refused.reason).inc()
+            raise
+
+        dispatch = cls(
+            gateway,
+            request,
+            client.api,
+            model,
+            principal.tenant,
+            client.stream,
+            request_id=request_id,
+        )
+        dispatch.ticket = ticket
         timeout_s = gateway.settings.request_timeout_s
+        ticket.attach(request_id, timeout_s)
         dispatch.deadline = dispatch.started + timeout_s
-        bind_request_id(dispatch.request_id)
         dispatch._queue = gateway.pending.open(dispatch.request_id)
         gateway.in_flight += 1
         IN_FLIGHT.inc()
@@ -171,13 +245,14 @@ class Dispatch:
             tenant=principal.tenant,
             request_id=dispatch.request_id,
             data=ChatRequestData(
-                api=api,
-                operation=operation,
+                api=client.api,
                 model=model,
-                body=body,
-                stream=stream,
+                body=client.body,
+                headers=forwarded_headers(request),
+                stream=client.stream,
                 user_id=principal.user_id,
                 api_key_id=principal.api_key_id,
+                team_id=ticket.team_id,
                 deadline=utcnow() + timedelta(seconds=timeout_s),
                 reply_to=ReplyAddress(
                     partition=gateway.reply_partition, instance_id=gateway.settings.instance_id
@@ -188,8 +263,14 @@ class Dispatch:
             await gateway.bus.publish(
                 gateway.topics.requests_interactive, event, key=dispatch.request_id
             )
+        except EventTooLargeError as exc:
+            dispatch.close()
+            REJECTED.labels("too_large_for_bus").inc()
+            log.error("request too large for the event bus", error=str(exc))
+            raise too_large_for_bus() from None
         except BusUnavailableError as exc:
             dispatch.close()
+            ticket.cancel()
             REJECTED.labels("bus_unavailable").inc()
             log.error("could not publish request", error=str(exc))
             raise APIError(
@@ -257,18 +338,24 @@ class Dispatch:
             self.observe(reply.data.error.status)
             raise ReplyFailed(reply)
         assert isinstance(reply, ChatCompleted)
+        if reply.data.api is not self.api:
+            # Relayed anyway (the client may cope); inference must answer in the client's API.
+            log.error("reply in another API", expected=self.api.value, got=reply.data.api.value)
         self.finished = True
         self.observe(200)
         added = time.perf_counter() - self.started - reply.data.latency_ms / 1000
-        ADDED_SECONDS.labels(self.api, self.model).observe(max(0.0, added))
+        ADDED_SECONDS.labels(self.api.value, self.model).observe(max(0.0, added))
         return reply
 
-    async def chunks(self, first: Reply) -> AsyncIterator[ChatChunk | ChatCompleted | ChatFailed]:
-        """Stream events in sequence order, duplicates dropped (a redelivered request
-        answered twice); ends with the ChatCompleted or ChatFailed. A TimeoutError is
-        turned into a ChatFailed so the stream can end with an error event."""
+    async def sse(self, first: Reply) -> AsyncIterator[bytes]:
+        """The stream as Server-Sent Events, one piece per record: stream events in
+        `sequence` order (records that arrive early wait for the ones before them),
+        duplicates dropped (a redelivered request answered twice), ending as the API ends
+        a stream. A record of another `run` at a position not relayed yet ends the stream
+        with an error instead: two executions are never spliced into one answer."""
         next_sequence = 0
-        first_stream_id = None
+        run: str | None = None
+        early: dict[int, ChatChunk] = {}
         reply: Reply | None = first
         self.observe(200)
         while True:
@@ -276,66 +363,79 @@ class Dispatch:
                 try:
                     reply = await self._next()
                 except TimeoutError:
-                    yield deadline_failure(self)
+                    yield sse_error_event(self.vendor, self._deadline_error())
                     return
             if isinstance(reply, ChatChunk):
-                stream_id = reply.data.chunk.get("id")
-                if first_stream_id is None:
-                    first_stream_id = stream_id
-                elif stream_id != first_stream_id and reply.data.sequence >= next_sequence:
-                    # A second answer to the same request (its first inference replica died
-                    # mid-stream and another re-ran it): never splice two answers together.
-                    yield interrupted_failure(self)
-                    return
-                if reply.data.sequence == next_sequence:
-                    next_sequence += 1
-                    yield reply
+                data = reply.data
+                if run is None:
+                    run = data.run
+                if data.sequence >= next_sequence:
+                    if data.run != run:
+                        log.warning("stream of another run refused", first=run, other=data.run)
+                        yield sse_error_event(self.vendor, self._interrupted_error())
+                        return
+                    early[data.sequence] = reply
+                    while next_sequence in early:
+                        record = early.pop(next_sequence)
+                        next_sequence += 1
+                        yield b"".join([sse_event(event) for event in record.data.events])
             else:
                 self.finished = True
-                yield reply
+                if next_sequence == 0 and not early and isinstance(reply, ChatCompleted):
+                    log.warning("stream completed without any stream event", api=self.api.value)
+                if early:
+                    # Records before these never arrived; what did is relayed in order.
+                    log.warning("stream records missing", missing_from=next_sequence)
+                    for sequence in sorted(early):
+                        yield b"".join([sse_event(event) for event in early[sequence].data.events])
+                if isinstance(reply, ChatFailed):
+                    yield sse_error_event(self.vendor, reply.data.error)
+                elif self.api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
+                    yield DONE
                 return
             reply = None
 
     # -- answering -----------------------------------------------------------------------
 
-    async def answer(
-        self,
-        *,
-        stream: bool,
-        json_body: Callable[[ChatCompleted], bytes],
-        sse: Callable[[ChatChunk | ChatCompleted | ChatFailed], Iterable[bytes]] | None = None,
-    ) -> Response:
-        """The HTTP answer in the called API's shape: the completion as JSON (`json_body`),
-        or the stream as Server-Sent Events (`sse` encodes each reply). The dispatch is
-        closed once the answer is complete, or when the client goes away."""
+    async def answer(self) -> Response:
+        """The HTTP answer: the reply's `response` as JSON, or the stream as Server-Sent
+        Events. The dispatch is closed once the answer is complete, or when the client
+        goes away. Raises ReplyFailed when the request failed before any of the answer."""
         streaming = False
+        limits = self.rate_limit_headers()
         try:
             first = await self.first()
-            if not stream:
+            if not self.stream:
                 completed = await self.completion(first)
                 return Response(
-                    json_body(completed),
+                    orjson.dumps(completed.data.response),
                     media_type="application/json",
-                    headers={"x-request-id": self.request_id},
+                    headers={"x-request-id": self.request_id, **limits},
                 )
-            assert sse is not None
             streaming = True
             return StreamingResponse(
-                self._relay(first, sse),
+                self._relay(first),
                 media_type="text/event-stream",
-                headers={"x-request-id": self.request_id, "cache-control": "no-cache"},
+                headers={"x-request-id": self.request_id, "cache-control": "no-cache", **limits},
             )
         except ReplyFailed as failed:
-            raise failed.as_api_error() from None
+            failed.headers.update(limits)
+            raise
+        except APIError as error:
+            error.headers = {**(error.headers or {}), **limits}
+            raise
         finally:
             if not streaming:
                 self.close()
 
-    async def _relay(self, first: Reply, sse) -> AsyncIterator[bytes]:
+    def rate_limit_headers(self) -> dict[str, str]:
+        """OpenAI's `x-ratelimit-*` headers, or Anthropic's `anthropic-ratelimit-*`."""
+        return self.ticket.headers_for(self.api) if self.ticket is not None else {}
+
+    async def _relay(self, first: Reply) -> AsyncIterator[bytes]:
         try:
-            async for reply in self.chunks(first):
-                for piece in sse(reply):
-                    yield piece
+            async for piece in self.sse(first):
+                yield piece
         finally:
             if not self.finished:
                 self.client_disconnected()
@@ -344,7 +444,7 @@ class Dispatch:
     # -- ending --------------------------------------------------------------------------
 
     def observe(self, status: int) -> None:
-        REQUEST_SECONDS.labels(self.api, self.model, str(status)).observe(
+        REQUEST_SECONDS.labels(self.api.value, self.model, str(status)).observe(
             time.perf_counter() - self.started
         )
 
@@ -377,38 +477,20 @@ class Dispatch:
         self.gateway.in_flight -= 1
         IN_FLIGHT.dec()
 
+    # -- failures the gateway itself ends a stream with ----------------------------------
 
-def _stream_failure(dispatch: Dispatch, status: TerminalStatus, error: ErrorInfo) -> ChatFailed:
-    """A failure the gateway itself ends a stream with (the client sees an error event)."""
-    return ChatFailed(
-        source="gateway",
-        tenant=dispatch.tenant,
-        request_id=dispatch.request_id,
-        data=ChatFailedData(status=status, error=error),
-    )
-
-
-def deadline_failure(dispatch: Dispatch) -> ChatFailed:
-    return _stream_failure(
-        dispatch,
-        TerminalStatus.EXPIRED,
-        ErrorInfo(
+    def _deadline_error(self) -> ErrorInfo:
+        return ErrorInfo(
             status=504,
-            type="timeout_error",
+            type=error_type(self.vendor, 504),
             code="deadline_exceeded",
             message="The request did not complete before its deadline.",
-        ),
-    )
+        )
 
-
-def interrupted_failure(dispatch: Dispatch) -> ChatFailed:
-    return _stream_failure(
-        dispatch,
-        TerminalStatus.FAILED,
-        ErrorInfo(
+    def _interrupted_error(self) -> ErrorInfo:
+        return ErrorInfo(
             status=502,
-            type="upstream_error",
+            type=error_type(self.vendor, 502),
             code="stream_interrupted",
             message="The stream was interrupted and restarted upstream; retry the request.",
-        ),
-    )
+        )

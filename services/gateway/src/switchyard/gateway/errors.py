@@ -1,9 +1,23 @@
-"""Errors in the shape of the API that was called: OpenAI's error object everywhere,
-except on Anthropic's `/v1/messages`, where clients (the `anthropic` SDK) expect
-`{"type": "error", "error": {"type", "message"}}`. Chosen by path, so authentication,
-validation and size-limit failures are shaped right too."""
+"""Errors in the format of the API that was called, whoever raised them.
+
+OpenAI's APIs answer `{"error": {"message", "type", "param", "code"}}`; Anthropic's
+`/v1/messages` answers `{"type": "error", "error": {"type", "message"}}` (the format the
+`anthropic` SDK reads; `code` and `param` are added when there is one). The format is
+chosen by path, so authentication, validation and size-limit failures are shaped right
+too, and the same renderer writes the error events that end a stream.
+
+Two sources of errors:
+- the gateway's own (`APIError`: bad input, credentials, unknown model, a full gateway,
+  the bus down): the error `type` is derived from the status in the called API's
+  vocabulary;
+- a request that ended in `chat.failed` (`ReplyFailed`): its `ErrorInfo` is already in the
+  client API's vocabulary (an upstream 529 `overloaded_error` stays exactly that), and
+  status, type, code, param and Retry-After are relayed as they are.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import orjson
 from fastapi import FastAPI, Request
@@ -11,14 +25,18 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from switchyard.common.errors import APIError, error_response, validation_message
-from switchyard.gateway.dispatch import ClientDisconnected
+from switchyard.common.errors import APIError, validation_message
+from switchyard.common.events import ChatFailed, ClientAPI, ErrorInfo
+
+Vendor = Literal["openai", "anthropic"]
 
 ANTHROPIC_PATHS = ("/v1/messages",)
 
+# Anthropic's error types by HTTP status (its API reference, "Errors").
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
     408: "timeout_error",
@@ -26,33 +44,125 @@ _ANTHROPIC_TYPES = {
     413: "request_too_large",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
     503: "overloaded_error",
     504: "timeout_error",
+    529: "overloaded_error",
 }
+# Statuses a client may retry after a moment, which always carry Retry-After.
+RETRYABLE_STATUSES = frozenset({429, 503, 529})
 
 
-def is_anthropic_path(path: str) -> bool:
-    return path.startswith(ANTHROPIC_PATHS)
+def vendor_of_path(path: str) -> Vendor:
+    """Whose error format the route at `path` answers in."""
+    return "anthropic" if path.startswith(ANTHROPIC_PATHS) else "openai"
 
 
-def anthropic_error_body(status: int, message: str) -> bytes:
-    error_type = _ANTHROPIC_TYPES.get(status, "api_error")
-    return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})
+def vendor_of_api(api: ClientAPI) -> Vendor:
+    return "anthropic" if api.vendor == "anthropic" else "openai"
 
 
-def anthropic_error_response(exc: APIError) -> Response:
+def error_type(vendor: Vendor, status: int) -> str:
+    """The error `type` the API of `vendor` uses for an HTTP status."""
+    if vendor == "anthropic":
+        return _ANTHROPIC_TYPES.get(status, "api_error")
+    return APIError(status, "").type
+
+
+def error_body(
+    vendor: Vendor,
+    *,
+    type: str,
+    message: str,
+    code: str | None = None,
+    param: str | None = None,
+) -> bytes:
+    """The JSON error object of `vendor`'s API."""
+    if vendor == "anthropic":
+        error: dict[str, str] = {"type": type, "message": message}
+        if code is not None:
+            error["code"] = code
+        if param is not None:
+            error["param"] = param
+        return orjson.dumps({"type": "error", "error": error})
+    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
+
+
+def retry_after(status: int, retry_after_s: float | None) -> str | None:
+    """The Retry-After header value (whole seconds, at least 1) for an error, if any."""
+    if retry_after_s is not None:
+        return str(max(1, round(retry_after_s)))
+    if status in RETRYABLE_STATUSES:
+        return "1"
+    return None
+
+
+def sse_error_event(vendor: Vendor, error: ErrorInfo) -> bytes:
+    """The Server-Sent Event ending a stream with `error`: OpenAI streams a data-only
+    `{"error": ...}`; Anthropic an `error` event with its error object."""
+    body = error_body(
+        vendor, type=error.type, message=error.message, code=error.code, param=error.param
+    )
+    if vendor == "anthropic":
+        return b"event: error\ndata: " + body + b"\n\n"
+    return b"data: " + body + b"\n\n"
+
+
+class ClientDisconnected(Exception):
+    """The client went away while waiting; nobody will read the response."""
+
+
+class ReplyFailed(Exception):
+    """The request reached a terminal state other than completed: answered with its
+    `ErrorInfo` as it is, in the client API's format."""
+
+    def __init__(self, failed: ChatFailed) -> None:
+        super().__init__(failed.data.error.message)
+        self.failed = failed
+        # Set by the request path (e.g. the rate-limit headers of the caller's limits).
+        self.headers: dict[str, str] = {}
+
+    def response(self, vendor: Vendor) -> Response:
+        error = self.failed.data.error
+        # The request id lets a retry with the same Idempotency-Key find this outcome.
+        headers = {**self.headers, "x-request-id": self.failed.request_id}
+        wait = retry_after(error.status, error.retry_after_s)
+        if wait is not None:
+            headers["Retry-After"] = wait
+        return Response(
+            error_body(
+                vendor, type=error.type, message=error.message, code=error.code, param=error.param
+            ),
+            status_code=error.status,
+            media_type="application/json",
+            headers=headers,
+        )
+
+
+def api_error_response(vendor: Vendor, exc: APIError) -> Response:
+    """The answer to an error the gateway raised itself, in `vendor`'s format."""
+    headers = dict(exc.headers or {})
+    if "Retry-After" not in headers:
+        wait = retry_after(exc.status, None)
+        if wait is not None:
+            headers["Retry-After"] = wait
     return Response(
-        anthropic_error_body(exc.status, exc.message),
+        error_body(
+            vendor,
+            type=exc.type if vendor == "openai" else error_type(vendor, exc.status),
+            message=exc.message,
+            code=exc.code,
+            param=exc.param,
+        ),
         status_code=exc.status,
         media_type="application/json",
-        headers=exc.headers,
+        headers=headers,
     )
 
 
-def respond(request: Request, exc: APIError) -> Response:
-    if is_anthropic_path(request.url.path):
-        return anthropic_error_response(exc)
-    return error_response(exc)
+def respond(path: str, exc: APIError) -> Response:
+    return api_error_response(vendor_of_path(path), exc)
 
 
 def install_api_error_handlers(app: FastAPI) -> None:
@@ -60,7 +170,11 @@ def install_api_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
-        return respond(request, exc)
+        return respond(request.url.path, exc)
+
+    @app.exception_handler(ReplyFailed)
+    async def _reply_failed(request: Request, exc: ReplyFailed) -> Response:
+        return exc.response(vendor_of_path(request.url.path))
 
     @app.exception_handler(ClientDisconnected)
     async def _client_gone(_: Request, __: ClientDisconnected) -> Response:
@@ -70,11 +184,14 @@ def install_api_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         message, param = validation_message(list(exc.errors()))
-        return respond(request, APIError(400, message, param=param, code="invalid_request"))
+        return respond(
+            request.url.path, APIError(400, message, param=param, code="invalid_request")
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
         return respond(
-            request, APIError(exc.status_code, detail, headers=getattr(exc, "headers", None))
+            request.url.path,
+            APIError(exc.status_code, detail, headers=getattr(exc, "headers", None)),
         )

@@ -16,6 +16,15 @@ Responses that ran nothing — invalid bodies, unknown models, a full gateway, t
 being down, a client that went away — are not kept: the key is released and a retry runs.
 Without the header nothing changes, and the check costs one scan of the request headers.
 
+The caller is checked before anything is claimed or replayed — credentials, the route's
+scope, that the body is a JSON object within the nesting bound, and that the credential
+may use the body's `model` — so a stored answer is never handed to a caller who could not
+have asked for it; such requests go on to the route, which refuses them as usual.
+
+For a tenant storing metadata only, history keeps no response content: a retry gets 409
+`idempotency_response_not_stored` with the original `x-request-id` (it still never runs
+twice).
+
 Claims live in the history service's database (`/internal/v1/idempotency/...`,
 INSERT ... ON CONFLICT), so they hold across every gateway replica. The replica that
 claims a key stores the exact bytes it sent; a replica dying before that leaves a claim
@@ -42,11 +51,12 @@ from prometheus_client import Counter
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from switchyard.common.errors import APIError, error_response
+from switchyard.common import jsonbody
+from switchyard.common.errors import APIError
 from switchyard.common.http import INTERNAL_TOKEN_HEADER
 from switchyard.gateway.api.deps import required_scope
 from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, Principal
-from switchyard.gateway.errors import anthropic_error_response, is_anthropic_path
+from switchyard.gateway.errors import respond
 
 log = structlog.get_logger("switchyard.gateway.idempotency")
 
@@ -63,7 +73,7 @@ _NOT_KEPT_STATUSES = frozenset({499})
 OUTCOMES = Counter(
     "switchyard_gateway_idempotency_total",
     "Requests with an Idempotency-Key, by outcome (claimed, replayed, waited, conflict, "
-    "mismatch, unavailable).",
+    "mismatch, not_stored, unavailable).",
     ["outcome"],
 )
 
@@ -164,8 +174,8 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     """What 'the same request' means: method, path and the JSON body with keys sorted (so
     a client re-serialising its body in another key order still matches)."""
     try:
-        canonical = orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONDecodeError:
+        canonical = orjson.dumps(jsonbody.loads(body), option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError, jsonbody.JsonTooDeep):
         canonical = body
     digest = hashlib.sha256()
     for part in (method.encode(), b"\n", path.encode(), b"\n", canonical):
@@ -174,7 +184,7 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
 
 
 def _error(path: str, exc: APIError):
-    return anthropic_error_response(exc) if is_anthropic_path(path) else error_response(exc)
+    return respond(path, exc)
 
 
 class IdempotencyMiddleware:
@@ -222,8 +232,7 @@ class IdempotencyMiddleware:
             )
         except (AuthenticationError, AuthUnavailableError):
             principal = None
-        scope_needed = required_scope(path)
-        if principal is None or (scope_needed is not None and scope_needed not in principal.scopes):
+        if principal is None or not _may_run(gateway, principal, path, body):
             await self.app(scope, replay_receive, send)  # the route refuses it properly
             return
 
@@ -259,6 +268,23 @@ class IdempotencyMiddleware:
             if claim.outcome == "claimed":
                 OUTCOMES.labels("claimed").inc()
                 await self._run(scope, replay_receive, send, client, principal, key, claim)
+                return
+            if claim.outcome == "completed" and claim.body is None:
+                # The tenant keeps metadata only: the request ran, its answer was not kept.
+                OUTCOMES.labels("not_stored").inc()
+                response = _error(
+                    path,
+                    APIError(
+                        409,
+                        "This Idempotency-Key's request already ran; its response is not kept "
+                        "because your organisation stores metadata only (see x-request-id). "
+                        "Use a new key to run it again.",
+                        param="Idempotency-Key",
+                        code="idempotency_response_not_stored",
+                        headers={"x-request-id": claim.request_id} if claim.request_id else None,
+                    ),
+                )
+                await response(scope, receive, send)
                 return
             if claim.outcome == "completed":
                 OUTCOMES.labels("waited" if waited else "replayed").inc()
@@ -369,6 +395,25 @@ class IdempotencyMiddleware:
                 # The response never finished (the client went away, or an error): the
                 # request is given up on, and a retry may run it.
                 await asyncio.shield(settle(False))
+
+
+def _may_run(gateway: Any, principal: Principal, path: str, body: bytes) -> bool:
+    """Whether the route would accept this caller with this body as far as access goes:
+    the route's scope, a JSON object within the nesting bound, and a model the credential
+    may use. Otherwise nothing is claimed or replayed (the route gives the refusal)."""
+    needed = required_scope(path, "POST")
+    if needed is not None and needed not in principal.scopes:
+        return False
+    try:
+        data = jsonbody.loads(body)
+    except (orjson.JSONDecodeError, jsonbody.JsonTooDeep):
+        return False
+    model = data.get("model") if isinstance(data, dict) else None
+    return (
+        isinstance(model, str)
+        and gateway.routing.route(model) is not None
+        and principal.may_use(model)
+    )
 
 
 async def _read_body(receive: Receive) -> bytes:

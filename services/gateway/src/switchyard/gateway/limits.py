@@ -1,74 +1,47 @@
-"""ASGI middleware refusing request bodies over the configured size with 413, before
-any of the body is parsed, whether or not the client sent Content-Length."""
+"""The gateway's request body limits: the shared `BodySizeLimit`, with the limit of each
+model API's route following the provider's own API (`Settings.max_body_bytes_for`), and
+answering in the format of the API that was called (Anthropic's error shape on
+`/v1/messages`).
+
+`/v1/jobs`, which carries any of the model APIs, has the largest of their limits (the
+job's own API's limit is checked once the body says which it is); every other route has
+`max_body_bytes`.
+"""
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
-from switchyard.common.errors import error_body
-from switchyard.gateway.errors import anthropic_error_body, is_anthropic_path
+from switchyard.common.events import ClientAPI
+from switchyard.common.limits import BodySizeLimit as _SharedBodySizeLimit
+from switchyard.common.limits import too_large_message
+from switchyard.gateway.config import Settings
+from switchyard.gateway.errors import error_body, error_type, vendor_of_path
+
+API_PATHS: dict[str, ClientAPI] = {
+    "/v1/chat/completions": ClientAPI.OPENAI_CHAT_COMPLETIONS,
+    "/v1/messages": ClientAPI.ANTHROPIC_MESSAGES,
+    "/v1/embeddings": ClientAPI.OPENAI_EMBEDDINGS,
+}
+JOBS_PATH = "/v1/jobs"
+
+__all__ = ["API_PATHS", "JOBS_PATH", "BodySizeLimit", "path_limits", "too_large_message"]
 
 
-class _BodyTooLarge(Exception):
-    pass
+def path_limits(settings: Settings) -> dict[str, int]:
+    """The body limit of each path that has its own, in bytes."""
+    limits = {path: settings.max_body_bytes_for(api) for path, api in API_PATHS.items()}
+    limits[JOBS_PATH] = max(limits.values())
+    return limits
 
 
-class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
+def _render(path: str, status: int, message: str) -> bytes:
+    vendor = vendor_of_path(path)
+    return error_body(
+        vendor, type=error_type(vendor, status), message=message, code="request_too_large"
+    )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.max_bytes:
-                    await self._refuse(scope, send)
-                    return
-        received = 0
-        response_started = False
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not response_started:
-                await self._refuse(scope, send)
-
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        message = f"Request body exceeds the limit of {self.max_bytes} bytes."
-        if is_anthropic_path(scope["path"]):
-            body = anthropic_error_body(413, message)
-        else:
-            body = error_body(message, "invalid_request_error", "request_too_large")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+class BodySizeLimit(_SharedBodySizeLimit):
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        super().__init__(app, settings.max_body_bytes, _render, path_limits=path_limits(settings))

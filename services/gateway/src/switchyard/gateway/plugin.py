@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
-from switchyard.common.plugins import ServicePlugin
-from switchyard.gateway.config import Settings
+from pathlib import Path
+
+from switchyard.common.plugins import Migrations, ServicePlugin
+from switchyard.gateway.config import DatabaseSettings, Settings
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def _database_url() -> str:
+    return DatabaseSettings().database_url
+
+
+def _commands() -> list:
+    from switchyard.gateway.cli import spend
+
+    return [spend]
+
 
 service = ServicePlugin(
     name="gateway",
@@ -11,5 +26,11 @@ service = ServicePlugin(
     summary="The public OpenAI-compatible API.",
     settings=Settings,
     factory="switchyard.gateway.app:create_app",
+    migrations=Migrations(
+        script_location=str(MIGRATIONS_DIR),
+        version_table="alembic_version_gateway",
+        database_url=_database_url,
+    ),
+    commands=_commands,
     start_order=90,
 )

@@ -1,7 +1,9 @@
-"""Request models of the OpenAI-compatible API, for validation and the OpenAPI document.
+"""Request models of the model APIs, for the OpenAPI document (Swagger UI) only.
 
-Known fields are checked (types, ranges, required); unknown fields are kept and passed to
-the provider unchanged, so new OpenAI parameters work without a gateway release.
+The gateway does not validate bodies against them: it reads only what it needs
+(`api/body.py`) and publishes the body as the client sent it, so unknown and new
+parameters, content blocks and roles reach inference and the provider unchanged, and the
+provider judges them. These models describe the common fields of each API.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """OpenAI Chat Completions request."""
+    """OpenAI Chat Completions request. Fields not listed here pass through unchanged."""
 
     model_config = ConfigDict(
         extra="allow",
@@ -57,12 +59,15 @@ class ChatCompletionRequest(BaseModel):
 class AnthropicMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["user", "assistant"]
-    content: str | list[dict[str, Any]]
+    role: str = Field(examples=["user", "assistant"])
+    content: str | list[dict[str, Any]] = Field(
+        description="Text, or content blocks (text, image, document, tool_use, tool_result, "
+        "thinking...), with `cache_control` where the client puts it."
+    )
 
 
 class AnthropicMessagesRequest(BaseModel):
-    """Anthropic Messages request."""
+    """Anthropic Messages request. Fields not listed here pass through unchanged."""
 
     model_config = ConfigDict(
         extra="allow",
@@ -89,10 +94,13 @@ class AnthropicMessagesRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = Field(
+        default=None, examples=[{"type": "enabled", "budget_tokens": 2048}]
+    )
 
 
 class EmbeddingsRequest(BaseModel):
-    """OpenAI Embeddings request."""
+    """OpenAI Embeddings request. Fields not listed here pass through unchanged."""
 
     model_config = ConfigDict(
         extra="allow",
@@ -104,3 +112,35 @@ class EmbeddingsRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = Field(default=None, max_length=256)
+
+
+class JobRequest(BaseModel):
+    """An asynchronous job: one request of any model API, as in the request lines of
+    OpenAI's Batch API (`url` names the API, `body` is its request body). A plain Chat
+    Completions body (with an optional `webhook_url`) is accepted too."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "/v1/messages",
+                    "body": {
+                        "model": "sim-claude",
+                        "max_tokens": 256,
+                        "messages": [{"role": "user", "content": "Summarise this"}],
+                    },
+                    "webhook_url": "https://hooks.example.com/switchyard",
+                }
+            ]
+        }
+    )
+
+    url: Literal["/v1/chat/completions", "/v1/messages", "/v1/embeddings"] = Field(
+        description="The API of `body`."
+    )
+    body: dict[str, Any] = Field(description="The request body, as that API takes it.")
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="Where the job's result is POSTed (HMAC-signed) once it ends.",
+    )

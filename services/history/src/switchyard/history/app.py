@@ -17,19 +17,38 @@ import structlog
 from fastapi import FastAPI
 
 from switchyard.common.bus import EventBus, RetryPolicy, create_bus
+from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
-from switchyard.common.http import TracingMiddleware, health_router
+from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
+from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
 from switchyard.common.tasks import cancel_and_wait
 from switchyard.common.topics import Topics
 from switchyard.history.api.internal import idempotency_router
 from switchyard.history.api.jobs import jobs_router
+from switchyard.history.api.performance import performance_router
 from switchyard.history.api.routes import history_router
 from switchyard.history.api.usage import usage_router
 from switchyard.history.bootstrap import build_components
 from switchyard.history.config import Settings
 
 log = structlog.get_logger("switchyard.history")
+
+# How long a read waits for events already delivered in this process to be written (the
+# in-memory bus of embedded mode; on Kafka there is nothing to wait for here). Bounded, so
+# a stalled database delays reads by at most this much.
+READ_AFTER_WRITE_WAIT_S = 1.0
+
+# Errors beyond those derived from each route (400 for input, 401 for the internal token
+# and the caller's identity, 404 for an id in the path), for the OpenAPI document.
+HISTORY_DOCS = ApiDocs(
+    errors={
+        "GET /v1/history/settings": (403,),
+        "PUT /v1/history/settings": (403,),
+        "POST /v1/jobs/{job_id}/cancel": (409,),
+        "POST /internal/v1/idempotency/complete": (413,),
+    }
+)
 
 
 def create_app(settings: Settings | None = None, bus: EventBus | None = None) -> FastAPI:
@@ -71,6 +90,9 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             stack.push_async_callback(subscription.stop)
             # The sweeper expires only requests whose answer this group would have recorded.
             components.sweeper.caught_up = lambda: event_bus.caught_up(settings.group, consumed)
+            app.state.read_barrier = lambda: event_bus.settled(
+                settings.group, READ_AFTER_WRITE_WAIT_S
+            )
             for name, work in (
                 ("sweeper", components.sweeper.run(settings.sweep_interval_s)),
                 ("webhooks", components.webhooks.run(settings.webhook_poll_interval_s)),
@@ -86,6 +108,9 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         summary="Every event of every request, and each caller's request history.",
         version="1.0.0",
         lifespan=lifespan,
+        # Served by install_docs from the installed Swagger UI package, not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
 
@@ -98,15 +123,19 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         return event_bus is not None and await event_bus.healthy()
 
     app.include_router(health_router({"database": database_ready, "bus": bus_ready}))
-    app.include_router(metrics_router())
+    app.include_router(metrics_router(token=settings.metrics_token))
     app.include_router(history_router(settings.internal_token))
     app.include_router(usage_router(settings.internal_token))
+    app.include_router(performance_router(settings.internal_token))
     app.include_router(jobs_router(settings.internal_token))
     app.include_router(
         idempotency_router(settings.internal_token, settings.idempotency_max_body_bytes)
     )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(TracingMiddleware)
+    app.add_middleware(ClientDisconnectGuard)
+    install_docs(app, "Switchyard history", HISTORY_DOCS)
     return app
 
 

@@ -9,10 +9,11 @@ from datetime import timedelta
 
 import orjson
 import structlog
-from sqlalchemy import event, literal, select, text
+from sqlalchemy import literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.db import create_engine
+from switchyard.common.egress import TargetPolicy, parse_networks
 from switchyard.history.config import Settings
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import IdempotencyStore
@@ -69,27 +70,7 @@ def _json_dumps(value) -> str:
 
 def history_engine(database_url: str) -> AsyncEngine:
     """The history database, with JSON documents (de)serialised by orjson."""
-    engine = create_engine(
-        database_url, json_serializer=_json_dumps, json_deserializer=orjson.loads
-    )
-    if engine.dialect.name == "sqlite":
-        _immediate_transactions(engine)
-    return engine
-
-
-def _immediate_transactions(engine: AsyncEngine) -> None:
-    """SQLite (embedded mode): every transaction takes the write lock when it begins
-    (BEGIN IMMEDIATE). Otherwise a transaction that reads, then writes, fails at once with
-    "database is locked" when another connection wrote in between (WAL cannot upgrade a
-    stale snapshot, whatever the busy timeout); this way it waits its turn instead."""
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _no_implicit_transactions(dbapi_connection, _record) -> None:
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin_immediate(connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    return create_engine(database_url, json_serializer=_json_dumps, json_deserializer=orjson.loads)
 
 
 def build_components(settings: Settings) -> HistoryComponents:
@@ -111,7 +92,7 @@ def build_components(settings: Settings) -> HistoryComponents:
                 initial_backoff_s=settings.webhook_initial_backoff_s,
                 max_backoff_s=settings.webhook_max_backoff_s,
                 timeout_s=settings.webhook_timeout_s,
-                allow_private_networks=settings.webhooks_may_reach_private_networks,
+                targets=TargetPolicy(parse_networks(settings.webhook_allowed_networks)),
             ),
         ),
         sweeper=Sweeper(

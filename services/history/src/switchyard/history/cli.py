@@ -25,6 +25,8 @@ import typer
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.common.plugins import lookup_principal_names
+from switchyard.common.text import terminal_safe
 from switchyard.history.bootstrap import history_engine
 from switchyard.history.config import DatabaseSettings
 from switchyard.history.queries import HistoryQueries, UsageQuery
@@ -32,6 +34,7 @@ from switchyard.history.sweeper import purge, purge_by_retention
 from switchyard.history.tenants import UNSET, TenantSettingsStore
 from switchyard.history.timeparse import TimeFormatError, parse_duration, parse_instant
 from switchyard.history.usage import (
+    NAME_COLUMNS,
     UsageParameterError,
     parse_group_by,
     report_csv,
@@ -53,7 +56,7 @@ tenant_settings_app = typer.Typer(
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {terminal_safe(message)}", err=True)
     return typer.Exit(code=1)
 
 
@@ -124,12 +127,38 @@ def usage_report(
         model=model,
     )
     rows = _run(lambda engine: HistoryQueries(engine).usage(query))
+    names = _names(rows, query)
     if output_format == "csv":
-        sys.stdout.write(report_csv(rows, query))
+        sys.stdout.write(report_csv(rows, query, names))
     elif output_format == "json":
-        typer.echo(json.dumps(report_json(rows, query), indent=2))
+        typer.echo(json.dumps(report_json(rows, query, names), indent=2))
     else:
-        _print_table(report_json(rows, query))
+        _print_table(_readable(report_json(rows, query, names)))
+
+
+def _names(rows: list, query: UsageQuery) -> dict[str, dict[str, str]] | None:
+    """Emails and key names of the users and API keys in the report, from the installed
+    auth service; None (ids only, with a warning) when they cannot be looked up."""
+    wanted = {d: {row.groups[d] for row in rows if row.groups.get(d)} for d in NAME_COLUMNS}
+    if not any(d in query.dimensions for d in NAME_COLUMNS):
+        return None
+    try:
+        found = asyncio.run(lookup_principal_names(wanted["user"], wanted["api_key"]))
+    except Exception as exc:  # noqa: BLE001 - the report is still useful with ids
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        typer.echo(f"warning: showing ids: user and key names unavailable ({reason})", err=True)
+        return None
+    return {"user": found.emails, "api_key": found.key_names}
+
+
+def _readable(report: dict[str, Any]) -> dict[str, Any]:
+    """The table shows who, not ids: email and key name replace the ids (falling back to
+    the id when unknown); every cell is printed terminal-safe (see `_fmt`)."""
+    for item in report["data"]:
+        for dimension, name_column in NAME_COLUMNS.items():
+            if name_column in item:
+                item[dimension] = item.pop(name_column) or item[dimension]
+    return report
 
 
 def _print_table(report: dict[str, Any]) -> None:
@@ -156,7 +185,7 @@ def _fmt(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.6f}"
-    return str(value)
+    return terminal_safe(value)
 
 
 @retention_app.command("purge")

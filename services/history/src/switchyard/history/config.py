@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from switchyard.common.settings import Environment, ServiceSettings
+from switchyard.common.settings import ServiceSettings
 from switchyard.common.topics import Topics
 
 # Shipped inside the package so `switchyard db upgrade` works from an installed wheel.
@@ -22,6 +22,12 @@ class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_HISTORY_")
 
     port: int = 8002
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        gt=0,
+        description="Request bodies larger than this get 413 before they are read; must hold "
+        "a stored Idempotency-Key response (base64, so 4/3 of idempotency_max_body_bytes).",
+    )
     database_url: str = Field(
         default="sqlite+aiosqlite:///.switchyard/history.db",
         validation_alias=AliasChoices("SWITCHYARD_HISTORY_DATABASE_URL", "DATABASE_URL"),
@@ -72,11 +78,6 @@ class Settings(ServiceSettings):
     )
     webhook_max_backoff_s: float = Field(default=600.0, gt=0)
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="Per delivery attempt.")
-    webhook_allow_private_networks: bool | None = Field(
-        default=None,
-        description="Allow webhook URLs resolving to loopback or private addresses. "
-        "Unset: allowed in development and test, refused in production.",
-    )
     idempotency_max_body_bytes: int = Field(
         default=4 * 1024 * 1024,
         gt=0,
@@ -89,11 +90,16 @@ class Settings(ServiceSettings):
             self.group = Topics(self.topic_prefix).group("history")
         return self
 
-    @property
-    def webhooks_may_reach_private_networks(self) -> bool:
-        if self.webhook_allow_private_networks is not None:
-            return self.webhook_allow_private_networks
-        return self.environment != Environment.PRODUCTION
+    @model_validator(mode="after")
+    def _body_limit_holds_idempotency_responses(self) -> Settings:
+        needed = (self.idempotency_max_body_bytes + 2) // 3 * 4 + 4096
+        if self.max_body_bytes < needed:
+            raise ValueError(
+                f"SWITCHYARD_HISTORY_MAX_BODY_BYTES ({self.max_body_bytes}) must be at least "
+                f"{needed} to accept Idempotency-Key responses of "
+                f"SWITCHYARD_HISTORY_IDEMPOTENCY_MAX_BODY_BYTES ({self.idempotency_max_body_bytes})"
+            )
+        return self
 
 
 class DatabaseSettings(BaseSettings):

@@ -138,8 +138,9 @@ class IdempotencyStore:
         request_id: str | None,
         status_code: int,
         content_type: str,
-        body: bytes,
+        body: bytes | None,
     ) -> bool:
+        """Store the finished response of a claim (`body` None: its content is not kept)."""
         keys = idempotency_table.c
         async with self._engine.begin() as connection:
             result = await connection.execute(

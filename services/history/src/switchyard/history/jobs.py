@@ -16,13 +16,14 @@ import uuid
 from typing import Any
 
 from switchyard.common.events import ChatFailed, ChatFailedData, ErrorInfo, TerminalStatus
+from switchyard.history.api.schemas import history_usage
 from switchyard.history.models import RequestStatus
 from switchyard.history.timeparse import isoformat_z
 
 # Namespace of the ids of events history derives from a request id.
 _HISTORY_EVENTS = uuid.UUID("1b1f3c5e-5d0e-4a8e-9a43-6c1e2b9b1f00")
 
-JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired")
+JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired", "refused")
 
 
 def derived_event_id(kind: str, request_id: str) -> str:
@@ -95,8 +96,6 @@ def expiry_event(tenant: str, request_id: str) -> ChatFailed:
 
 def job_object(row: dict[str, Any]) -> dict[str, Any]:
     """The jobs API's view of a request row (with its webhook columns, if any)."""
-    input_tokens = row.get("input_tokens") or 0
-    output_tokens = row.get("output_tokens") or 0
     status = job_status(row["status"])
     webhook = None
     if row.get("webhook_url"):
@@ -113,16 +112,13 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
         "id": row["request_id"],
         "object": "job",
         "status": status,
+        "api": row.get("api"),
         "model": row.get("model"),
         "created_at": isoformat_z(row["created_at"]),
         "completed_at": isoformat_z(completed_at) if completed_at else None,
         "result": row.get("response") if status == "completed" else None,
         "error": row.get("error") if status not in ("queued", "completed") else None,
-        "usage": {
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "total_tokens": input_tokens + output_tokens,
-        },
+        "usage": history_usage(row).model_dump(),
         "cost_usd": row.get("cost_usd"),
         "deployment": row.get("deployment"),
         "webhook": webhook,

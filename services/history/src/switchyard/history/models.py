@@ -4,7 +4,11 @@
   as the whole envelope; the source of truth that projections can be rebuilt from.
 - `history_requests`: the request projection, one row per request id, with its
   terminal status, reply, usage and cost; what the history, usage and jobs APIs read.
-  Jobs are the requests of the batch lane (`priority = 'batch'`).
+  Jobs are the requests of the batch lane (`priority = 'batch'`). `api` is the API the
+  stored body and reply are shaped in (a `ClientAPI` value); `client_api` the API the
+  client called. They differ only on rows recorded from version 1 events of Anthropic
+  clients, whose bodies and replies travelled translated to Chat Completions
+  (migration 0003).
 - `history_webhooks`: one row per job that asked for a webhook: its delivery state.
 - `history_tenant_settings`: per-tenant privacy (metadata only), retention and the
   webhook signing secret.
@@ -75,6 +79,8 @@ class RequestStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    # Refused before any upstream call (a budget or rate limit).
+    REFUSED = "refused"
 
 
 class Base(DeclarativeBase):
@@ -116,7 +122,12 @@ class HistoryRequest(Base):
     user_id: Mapped[str | None] = mapped_column(String(128))
     api_key_id: Mapped[str | None] = mapped_column(String(128))
     model: Mapped[str | None] = mapped_column(String(256))
+    # The API `request_body` and `response` are shaped in, and the one the client called.
     api: Mapped[str | None] = mapped_column(String(32))
+    client_api: Mapped[str | None] = mapped_column(String(32))
+    # The API the deployment was called with: `api` when passed through, another when
+    # inference translated the request.
+    upstream_api: Mapped[str | None] = mapped_column(String(32))
     priority: Mapped[str | None] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default=RequestStatus.PENDING.value)
     # True when the terminal status is history's own expiry (no reply was recorded in time):
@@ -129,6 +140,11 @@ class HistoryRequest(Base):
     deployment: Mapped[str | None] = mapped_column(String(256))
     input_tokens: Mapped[int | None] = mapped_column(Integer)
     output_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Parts of input_tokens read from / written to the prompt cache, and of output_tokens
+    # spent on reasoning (NULL on rows recorded before they were reported: none known).
+    cache_read_input_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_creation_input_tokens: Mapped[int | None] = mapped_column(Integer)
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
     cost_usd: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -279,6 +295,9 @@ class UsageHourly(Base):
     cancelled: Mapped[int] = mapped_column(BigInteger)
     input_tokens: Mapped[int] = mapped_column(BigInteger)
     output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_creation_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (
@@ -302,6 +321,9 @@ class UsageHourlyModels(Base):
     cancelled: Mapped[int] = mapped_column(BigInteger)
     input_tokens: Mapped[int] = mapped_column(BigInteger)
     output_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_read_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_creation_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (Index("ix_history_usage_hourly_models_hour", "hour"),)

@@ -3,8 +3,10 @@ asked history not to keep prompt or completion text (`history_tenant_settings`).
 
 What is kept describes the request without its content: the model and scalar parameters
 (temperature, max_tokens, stream, ...), how many messages there were and of which roles;
-of a reply, its id, model, finish reasons and token usage. Everything else — message
-contents, tool definitions and calls, system prompts, embeddings input — is dropped.
+of a reply, its id, model, finish or stop reasons and token usage (Chat Completions'
+`choices`, Anthropic's `stop_reason`, the number of embeddings). Everything else —
+message contents, tool definitions and calls, system prompts, thinking, metadata,
+embeddings input, the stop sequence that matched — is dropped.
 """
 
 from __future__ import annotations
@@ -44,7 +46,17 @@ def redact_response(response: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     kept: dict[str, Any] = {
         name: response[name]
-        for name in ("id", "object", "created", "model", "usage", "system_fingerprint")
+        for name in (
+            "id",
+            "object",
+            "type",
+            "role",
+            "created",
+            "model",
+            "usage",
+            "system_fingerprint",
+            "stop_reason",
+        )
         if name in response
     }
     choices = response.get("choices")
@@ -71,6 +83,4 @@ def redact_payload(payload: dict[str, Any]) -> dict[str, Any]:
         data["body"] = redact_request_body(data["body"])
     if "response" in data:
         data["response"] = redact_response(data["response"])
-    if "chunk" in data:
-        data["chunk"] = redact_response(data["chunk"])
     return {**payload, "data": data}

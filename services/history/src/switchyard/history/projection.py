@@ -6,15 +6,18 @@ becomes a *contribution*: a full row where the columns the event does not know a
 One upsert statement merges a contribution into the row, and its rules make the result
 independent of the order contributions are applied in:
 
-- request fields (tenant, user, model, body, deadline, created_at) come from
+- request fields (tenant, user, model, API, body, deadline, created_at) come from
   `chat.requested`; a row a reply created first gets them when the request arrives;
 - the status leaves 'pending' once, to the first terminal status applied; the reply,
   error and completion time travel with that status and are never overwritten. One
   exception: history's own expiry (the sweeper's, `outcome_provisional`) only stands until
   a real outcome from inference arrives, which replaces it: what inference answered is
   what the client got, and an expiry must never win over it;
-- tokens, cost and latency come from `usage.recorded` when it is there, otherwise from
-  the reply.
+- tokens (input, output, cache read and written, reasoning), cost and latency come from
+  `usage.recorded` when it is there, otherwise from the reply.
+
+Events are version 2 (`decode_event` upgrades version 1 ones): `api` is a `ClientAPI`
+value, the body and the reply are in that API's shapes.
 
 Because the rules live in the SQL statement, concurrent consumers writing the same row
 are serialised by the database's row lock and each sees the other's result.
@@ -33,6 +36,7 @@ from switchyard.common.events import (
     ChatFailed,
     ChatRequested,
     EnvelopeFields,
+    TokenUsage,
     UsageRecorded,
 )
 from switchyard.history.jobs import is_history_expiry
@@ -40,6 +44,14 @@ from switchyard.history.models import RequestStatus, requests_table
 from switchyard.history.privacy import redact_request_body, redact_response
 
 PENDING = RequestStatus.PENDING.value
+# TokenUsage fields, each stored in the column of the same name.
+TOKEN_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "reasoning_tokens",
+)
 
 _EMPTY_CONTRIBUTION: dict[str, Any] = {column.name: None for column in requests_table.columns}
 
@@ -62,7 +74,8 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
             user_id=data.user_id,
             api_key_id=data.api_key_id,
             model=data.model,
-            api=data.api,
+            api=data.api.value,
+            client_api=data.api.value,
             priority=data.priority.value,
             request_body=redact_request_body(data.body) if redact else data.body,
             deadline=data.deadline,
@@ -74,8 +87,8 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
             response=redact_response(data.response) if redact else data.response,
             provider=data.provider,
             deployment=data.deployment,
-            input_tokens=data.usage.input_tokens,
-            output_tokens=data.usage.output_tokens,
+            upstream_api=data.upstream_api.value if data.upstream_api else None,
+            **_tokens(data.usage),
             latency_ms=data.latency_ms,
             completed_at=event.time,
             outcome_provisional=False,
@@ -99,14 +112,17 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
             model=data.model,
             provider=data.provider,
             deployment=data.deployment,
-            input_tokens=data.usage.input_tokens,
-            output_tokens=data.usage.output_tokens,
+            **_tokens(data.usage),
             cost_usd=data.cost_usd,
             latency_ms=data.latency_ms,
         )
     else:
         return None
     return row
+
+
+def _tokens(usage: TokenUsage) -> dict[str, int]:
+    return {name: getattr(usage, name) for name in TOKEN_COLUMNS}
 
 
 # The merge rules, as data, so that the SQL statement and the in-memory merge of one
@@ -127,6 +143,7 @@ MERGE_RULES: dict[str, tuple[str, str | None]] = {
             "api_key_id",
             "model",
             "api",
+            "client_api",
             "priority",
             "request_body",
             "deadline",
@@ -142,10 +159,8 @@ MERGE_RULES: dict[str, tuple[str, str | None]] = {
     "completed_at": ("replace", TERMINAL_ARRIVES),
     "provider": ("prefer_new", TERMINAL_ARRIVES),
     "deployment": ("prefer_new", TERMINAL_ARRIVES),
-    **{
-        name: ("prefer_new", USAGE_ARRIVES)
-        for name in ("input_tokens", "output_tokens", "cost_usd", "latency_ms")
-    },
+    "upstream_api": ("prefer_new", TERMINAL_ARRIVES),
+    **{name: ("prefer_new", USAGE_ARRIVES) for name in (*TOKEN_COLUMNS, "cost_usd", "latency_ms")},
 }
 
 

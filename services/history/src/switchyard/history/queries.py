@@ -75,7 +75,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at_text, request_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
         created_at = datetime.fromisoformat(created_at_text)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a forged cursor of deeply nested JSON.
         raise InvalidCursorError("cursor is not one returned by this API") from exc
     if created_at.tzinfo is None or not isinstance(request_id, str):
         raise InvalidCursorError("cursor is not one returned by this API")
@@ -118,6 +119,9 @@ class UsageRow:
     cancelled: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    reasoning_tokens: int = 0
     cost_usd: float = 0.0
 
 
@@ -326,8 +330,8 @@ def _merged_usage(rows, report: UsageQuery) -> list[UsageRow]:
         total.completed += int(values["completed"] or 0)
         total.errors += int(values["errors"] or 0)
         total.cancelled += int(values["cancelled"] or 0)
-        total.input_tokens += int(values["input_tokens"] or 0)
-        total.output_tokens += int(values["output_tokens"] or 0)
+        for name in rollup.TOKEN_SUMS:
+            setattr(total, name, getattr(total, name) + int(values[name] or 0))
         total.cost_usd += float(values["cost_usd"] or 0.0)
 
     def order(key: tuple) -> tuple:

@@ -46,8 +46,13 @@ METRIC_COLUMNS = (
     "cancelled",
     "input_tokens",
     "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "reasoning_tokens",
     "cost_usd",
 )
+# Token columns summed as they are (NULL, on requests recorded before they existed, as 0).
+TOKEN_SUMS = METRIC_COLUMNS[4:-1]
 # Dimensions as rollup columns; NULL is stored as '' (part of the primary key).
 ROLLUP_DIMENSIONS = ("user_id", "api_key_id", "model")
 
@@ -83,24 +88,24 @@ async def mark_dirty(
     )
 
 
-def _aggregates(status, input_tokens, output_tokens, cost_usd) -> list:
+def request_aggregates() -> list:
+    """Requests, outcomes, tokens and cost of the request rows a query selects. Errors
+    are failed, expired and refused requests (a refusal is an error the client sees)."""
+    r = requests_table.c
+
     def counting(*statuses: str):
-        return func.sum(case((status.in_(statuses), 1), else_=0))
+        return func.sum(case((r.status.in_(statuses), 1), else_=0))
 
     return [
         func.count().label("requests"),
         counting(RequestStatus.COMPLETED.value).label("completed"),
-        counting(RequestStatus.FAILED.value, RequestStatus.EXPIRED.value).label("errors"),
+        counting(
+            RequestStatus.FAILED.value, RequestStatus.EXPIRED.value, RequestStatus.REFUSED.value
+        ).label("errors"),
         counting(RequestStatus.CANCELLED.value).label("cancelled"),
-        func.coalesce(func.sum(input_tokens), 0).label("input_tokens"),
-        func.coalesce(func.sum(output_tokens), 0).label("output_tokens"),
-        func.coalesce(func.sum(cost_usd), 0.0).label("cost_usd"),
+        *[func.coalesce(func.sum(r[name]), 0).label(name) for name in TOKEN_SUMS],
+        func.coalesce(func.sum(r.cost_usd), 0.0).label("cost_usd"),
     ]
-
-
-def request_aggregates() -> list:
-    r = requests_table.c
-    return _aggregates(r.status, r.input_tokens, r.output_tokens, r.cost_usd)
 
 
 def rollup_sums(table) -> list:

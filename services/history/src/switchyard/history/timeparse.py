@@ -5,7 +5,9 @@
   to now, `30d`, `12h`, `90m`, `2w` (that long ago).
 - A duration is `<number><unit>` with unit s, m, h, d or w (`30d`).
 
-Everything is returned timezone-aware in UTC.
+Everything is returned timezone-aware in UTC, between 1970-01-01 and 9000-01-01: instants
+outside that range (which the date arithmetic of reports could overflow on) are refused
+like malformed ones.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from datetime import UTC, date, datetime, timedelta
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+_OUT_OF_RANGE = "is out of range (times must fall between 1970 and 9000)"
 
 
 class TimeFormatError(ValueError):
@@ -27,7 +32,10 @@ def parse_duration(text: str) -> timedelta:
         raise TimeFormatError(
             f"'{text}' is not a duration; use a number and a unit s, m, h, d or w (e.g. 30d)"
         )
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    except OverflowError:
+        raise TimeFormatError(f"'{text}' {_OUT_OF_RANGE}") from None
 
 
 def parse_instant(text: str, *, now: datetime | None = None) -> datetime:
@@ -35,20 +43,31 @@ def parse_instant(text: str, *, now: datetime | None = None) -> datetime:
     if not value:
         raise TimeFormatError("an empty string is not a time")
     if _DURATION.match(value):
-        return (now or datetime.now(UTC)) - parse_duration(value)
+        try:
+            return _within_range((now or datetime.now(UTC)) - parse_duration(value), text)
+        except OverflowError:
+            raise TimeFormatError(f"'{text}' {_OUT_OF_RANGE}") from None
     try:
         if len(value) == 10:
             day = date.fromisoformat(value)
-            return datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return _within_range(datetime(day.year, day.month, day.day, tzinfo=UTC), text)
         parsed = datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError:
         raise TimeFormatError(
             f"'{text}' is not an ISO 8601 time (e.g. 2025-03-01T12:00:00Z or 2025-03-01)"
             " nor a relative one (e.g. 7d)"
         ) from None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        instant = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:
+        raise TimeFormatError(f"'{text}' {_OUT_OF_RANGE}") from None
+    return _within_range(instant, text)
+
+
+def _within_range(instant: datetime, text: str) -> datetime:
+    if not EARLIEST <= instant <= LATEST:
+        raise TimeFormatError(f"'{text}' {_OUT_OF_RANGE}")
+    return instant
 
 
 def isoformat_z(value: datetime) -> str:

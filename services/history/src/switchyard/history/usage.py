@@ -1,5 +1,8 @@
 """Usage reports: requests, errors, tokens and cost grouped by a time bucket (day or
 hour) and any of model, user and API key (and tenant, for operators), as JSON or CSV.
+Tokens are input and output tokens, with the parts of the input read from and written to
+the provider's prompt cache and the part of the output spent on reasoning (these three
+columns come last in CSV, so readers of the earlier columns are unaffected).
 Served by `GET /v1/usage` and printed by `switchyard usage report`; aggregated in SQL
 (`HistoryQueries.usage`), so a report over a million requests costs one indexed query."""
 
@@ -7,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +29,9 @@ METRICS = (
     "output_tokens",
     "total_tokens",
     "cost_usd",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "reasoning_tokens",
 )
 
 
@@ -76,11 +82,22 @@ def time_range(
     return since, until
 
 
-def row_dict(row: UsageRow, query: UsageQuery) -> dict[str, Any]:
+# Readable label columns added after an id column when names are given (see `row_dict`).
+NAME_COLUMNS = {"user": "user_email", "api_key": "api_key_name"}
+
+
+def row_dict(
+    row: UsageRow, query: UsageQuery, names: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, Any]:
+    """One report row. With `names` ({"user": {id: email}, "api_key": {id: name}}), the
+    user and API key ids are followed by `user_email` / `api_key_name`."""
     data: dict[str, Any] = {}
     if query.bucket is not None:
         data["bucket"] = isoformat_z(row.bucket) if row.bucket else None
-    data.update(row.groups)
+    for dimension, value in row.groups.items():
+        data[dimension] = value
+        if names is not None and dimension in NAME_COLUMNS:
+            data[NAME_COLUMNS[dimension]] = names.get(dimension, {}).get(value)
     data.update(
         requests=row.requests,
         completed=row.completed,
@@ -90,13 +107,18 @@ def row_dict(row: UsageRow, query: UsageQuery) -> dict[str, Any]:
         output_tokens=row.output_tokens,
         total_tokens=row.input_tokens + row.output_tokens,
         cost_usd=round(row.cost_usd, 8),
+        cache_read_input_tokens=row.cache_read_input_tokens,
+        cache_creation_input_tokens=row.cache_creation_input_tokens,
+        reasoning_tokens=row.reasoning_tokens,
     )
     return data
 
 
-def report_json(rows: list[UsageRow], query: UsageQuery) -> dict[str, Any]:
+def report_json(
+    rows: list[UsageRow], query: UsageQuery, names: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, Any]:
     totals = {metric: 0 for metric in METRICS}
-    data = [row_dict(row, query) for row in rows]
+    data = [row_dict(row, query, names) for row in rows]
     for item in data:
         for metric in METRICS:
             totals[metric] += item[metric]
@@ -118,12 +140,20 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-def report_csv(rows: list[UsageRow], query: UsageQuery) -> str:
-    columns = (["bucket"] if query.bucket else []) + list(query.dimensions) + list(METRICS)
+def report_csv(
+    rows: list[UsageRow], query: UsageQuery, names: Mapping[str, Mapping[str, str]] | None = None
+) -> str:
+    """CSV of the report; ids stay in their columns, `names` adds the readable ones."""
+    dimensions: list[str] = []
+    for dimension in query.dimensions:
+        dimensions.append(dimension)
+        if names is not None and dimension in NAME_COLUMNS:
+            dimensions.append(NAME_COLUMNS[dimension])
+    columns = (["bucket"] if query.bucket else []) + dimensions + list(METRICS)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        item = row_dict(row, query)
+        item = row_dict(row, query, names)
         writer.writerow([_cell(item[column]) for column in columns])
     return buffer.getvalue()

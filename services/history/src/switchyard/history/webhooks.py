@@ -20,6 +20,12 @@ tenant's secret (`GET /v1/history/settings` as a tenant admin, or
 than five minutes from your clock (replayed requests) and ids already processed.
 `verify_signature` below does exactly that.
 
+Targets are checked by `switchyard.common.egress`: only public addresses (plus the
+networks in `SWITCHYARD_WEBHOOK_ALLOWED_NETWORKS`), resolved once per connection and
+connected to as checked; redirects are not followed. A malformed or refused URL fails the
+delivery at once; what the job's owner sees of a failure is its kind (`receiver answered
+500`, `timed out`, `could not connect`), never what the receiver sent.
+
 Deliveries are claimed with a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so several
 history replicas share the work and a replica dying mid-delivery only delays it: the
 delivery is at least once.
@@ -30,15 +36,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import random
-import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -47,6 +50,14 @@ from prometheus_client import Counter
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.common.egress import (
+    GuardedTransport,
+    InvalidTargetURL,
+    RefusedDestination,
+    TargetPolicy,
+    UnresolvableDestination,
+    check_target_url,
+)
 from switchyard.history.jobs import job_object
 from switchyard.history.models import (
     RequestStatus,
@@ -103,37 +114,6 @@ def verify_signature(
         raise SignatureError("signature does not match")
 
 
-class WebhookURLError(ValueError):
-    pass
-
-
-def check_url_syntax(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise WebhookURLError("webhook_url must be an absolute http:// or https:// URL")
-    if parts.username or parts.password:
-        raise WebhookURLError("webhook_url must not carry credentials")
-
-
-async def check_destination(url: str, allow_private: bool) -> None:
-    """Refuse URLs resolving to loopback, private, link-local or reserved addresses (no
-    requests into the operator's own network) unless private networks are allowed."""
-    check_url_syntax(url)
-    if allow_private:
-        return
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise WebhookURLError(f"cannot resolve {parts.hostname}: {exc}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise WebhookURLError(f"{parts.hostname} resolves to a non-public address")
-
-
 @dataclass(frozen=True)
 class WebhookPolicy:
     max_attempts: int = 10
@@ -141,11 +121,27 @@ class WebhookPolicy:
     max_backoff_s: float = 600.0
     timeout_s: float = 10.0
     lease_s: float = 60.0
-    allow_private_networks: bool = False
+    # Deliveries in flight at once on this replica, and at most this many per tenant, so
+    # one tenant's slow or failing receivers never hold up another tenant's webhooks.
+    max_concurrency: int = 32
+    max_per_tenant: int = 4
+    targets: TargetPolicy = field(default_factory=TargetPolicy)
 
     def backoff(self, attempts: int) -> float:
         ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2 ** max(0, attempts - 1))
         return random.uniform(ceiling / 2, ceiling)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What a job's owner is told about a failed attempt: the kind of failure only, never
+    what the receiver (or something that is not one) said."""
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return "could not connect"
+    if isinstance(exc, UnresolvableDestination):
+        return "could not resolve the host"
+    return "the connection failed"
 
 
 class WebhookDispatcher:
@@ -164,17 +160,29 @@ class WebhookDispatcher:
         self._policy = policy
         self._http = http
         self._batch = batch
+        self._in_flight: dict[str, int] = {}  # tenant -> deliveries in flight
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            # Connects only to addresses the policy allows, resolved once per connection;
+            # redirects are never followed (a 3xx is a failed attempt).
+            self._http = httpx.AsyncClient(
+                transport=GuardedTransport(self._policy.targets),
+                follow_redirects=False,
+                trust_env=False,
+            )
+        return self._http
 
     async def run(self, interval_s: float) -> None:
-        """Deliver due webhooks until cancelled."""
+        """Deliver due webhooks until cancelled. Each delivery runs on its own (bounded
+        overall by the attempt timeout), so a slow receiver holds one slot, not the loop."""
         owns_client = self._http is None
-        if owns_client:
-            self._http = httpx.AsyncClient(follow_redirects=False)
+        failures = 0
         try:
-            failures = 0
             while True:
                 try:
-                    delivered = await self.deliver_due()
+                    started = await self._start_due()
                     failures = 0
                 except asyncio.CancelledError:
                     raise
@@ -182,13 +190,43 @@ class WebhookDispatcher:
                     failures += 1
                     if failures == 1 or failures % 10 == 0:
                         log.warning("webhook delivery round failed", error=repr(exc))
-                    delivered = 0
-                if delivered == 0:
+                    started = 0
+                if started == 0:
                     # Back off while the database is away; poll at the interval otherwise.
                     await asyncio.sleep(min(10.0, interval_s * 2 ** min(failures, 5)))
+                else:
+                    await asyncio.sleep(0)
         finally:
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
             if owns_client and self._http is not None:
                 await self._http.aclose()
+                self._http = None
+
+    async def _start_due(self) -> int:
+        free = self._policy.max_concurrency - len(self._tasks)
+        if free <= 0:
+            return 0
+        claimed = await self._claim(min(free, self._batch))
+        for row in claimed:
+            tenant = row["tenant"]
+            self._in_flight[tenant] = self._in_flight.get(tenant, 0) + 1
+            task = asyncio.create_task(self._attempt(row))
+            self._tasks.add(task)
+            task.add_done_callback(lambda done, tenant=tenant: self._finished(done, tenant))
+        return len(claimed)
+
+    def _finished(self, task: asyncio.Task[None], tenant: str) -> None:
+        self._tasks.discard(task)
+        left = self._in_flight.get(tenant, 1) - 1
+        if left > 0:
+            self._in_flight[tenant] = left
+        else:
+            self._in_flight.pop(tenant, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("webhook attempt crashed", error=repr(task.exception()))
 
     async def deliver_due(self) -> int:
         """Claim the webhooks that are due and attempt each once; returns how many."""
@@ -197,11 +235,14 @@ class WebhookDispatcher:
             await asyncio.gather(*(self._attempt(row) for row in claimed))
         return len(claimed)
 
-    async def _claim(self) -> list[dict[str, Any]]:
+    async def _claim(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Lease up to `limit` due webhooks, at most `max_per_tenant` in flight per tenant
+        (counting the ones already running here)."""
+        limit = limit or self._batch
         now = datetime.now(UTC)
         w, r = webhooks_table.c, requests_table.c
-        due = (
-            select(w.request_id)
+        candidates = (
+            select(w.request_id, w.tenant)
             .join_from(webhooks_table, requests_table, r.request_id == w.request_id)
             .where(
                 w.status == WebhookStatus.PENDING.value,
@@ -209,10 +250,27 @@ class WebhookDispatcher:
                 r.status != RequestStatus.PENDING.value,
             )
             .order_by(w.next_attempt_at)
-            .limit(self._batch)
+            .limit(limit * 4)
+        )
+        async with self._engine.connect() as connection:
+            found = (await connection.execute(candidates)).all()
+        counts = dict(self._in_flight)
+        chosen: list[str] = []
+        for request_id, tenant in found:
+            if counts.get(tenant, 0) < self._policy.max_per_tenant:
+                counts[tenant] = counts.get(tenant, 0) + 1
+                chosen.append(request_id)
+                if len(chosen) == limit:
+                    break
+        if not chosen:
+            return []
+        due = select(w.request_id).where(
+            w.request_id.in_(chosen),
+            w.status == WebhookStatus.PENDING.value,
+            w.next_attempt_at <= now,
         )
         if self._dialect == "postgresql":
-            due = due.with_for_update(of=webhooks_table, skip_locked=True)
+            due = due.with_for_update(skip_locked=True)
         async with self._engine.begin() as connection:
             ids = list((await connection.execute(due)).scalars())
             if not ids:
@@ -244,47 +302,64 @@ class WebhookDispatcher:
             return [dict(row) for row in rows]
 
     async def _attempt(self, row: dict[str, Any]) -> None:
-        job = job_object(row)
-        event_type = f"job.{job['status']}"
-        delivery_id = f"whd_{row['request_id']}"
-        body = orjson.dumps(
-            {
-                "id": delivery_id,
-                "type": event_type,
-                "created_at": isoformat_z(datetime.now(UTC)),
-                "data": {**job, "webhook": None},
-            }
-        )
         status_code: int | None = None
         error: str | None = None
+        final = False
         try:
-            await check_destination(row["webhook_url"], self._policy.allow_private_networks)
+            job = job_object(row)
+            event_type = f"job.{job['status']}"
+            delivery_id = f"whd_{row['request_id']}"
+            body = orjson.dumps(
+                {
+                    "id": delivery_id,
+                    "type": event_type,
+                    "created_at": isoformat_z(datetime.now(UTC)),
+                    "data": {**job, "webhook": None},
+                }
+            )
+            check_target_url(row["webhook_url"])
             secret = await self._tenants.webhook_secret(row["tenant"])
             timestamp = int(time.time())
-            assert self._http is not None
-            response = await self._http.post(
-                row["webhook_url"],
-                content=body,
-                headers={
-                    "Content-Type": "application/json",
-                    "User-Agent": "Switchyard-Webhooks/1",
-                    ID_HEADER: delivery_id,
-                    EVENT_HEADER: event_type,
-                    TIMESTAMP_HEADER: str(timestamp),
-                    SIGNATURE_HEADER: sign(secret, timestamp, body),
-                },
-                timeout=self._policy.timeout_s,
-            )
+            # The whole attempt is bounded, not only each read: a receiver trickling its
+            # answer cannot hold the delivery slot past the timeout.
+            async with asyncio.timeout(self._policy.timeout_s):
+                response = await self._client().post(
+                    row["webhook_url"],
+                    content=body,
+                    headers={
+                        "Content-Type": "application/json",
+                        "User-Agent": "Switchyard-Webhooks/1",
+                        ID_HEADER: delivery_id,
+                        EVENT_HEADER: event_type,
+                        TIMESTAMP_HEADER: str(timestamp),
+                        SIGNATURE_HEADER: sign(secret, timestamp, body),
+                    },
+                    timeout=self._policy.timeout_s,
+                )
             status_code = response.status_code
             if not 200 <= status_code < 300:
                 error = f"receiver answered {status_code}"
-        except WebhookURLError as exc:
-            error = f"refused destination: {exc}"
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
-        await self._settle(row, status_code, error)
+        except InvalidTargetURL as exc:
+            error, final = f"invalid webhook_url: it {exc}", True
+        except RefusedDestination:
+            error = "refused destination: not a public address"
+            final = True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure is one failed attempt
+            if not isinstance(exc, httpx.HTTPError | TimeoutError | UnresolvableDestination):
+                log.warning("webhook attempt failed unexpectedly", error=repr(exc))
+            error = describe_failure(exc)
+        await self._settle(row, status_code, error, final=final)
 
-    async def _settle(self, row: dict[str, Any], status_code: int | None, error: str | None):
+    async def _settle(
+        self,
+        row: dict[str, Any],
+        status_code: int | None,
+        error: str | None,
+        *,
+        final: bool = False,
+    ) -> None:
         now = datetime.now(UTC)
         attempts = row["webhook_attempts"]
         w = webhooks_table.c
@@ -292,7 +367,7 @@ class WebhookDispatcher:
         if error is None:
             outcome = "delivered"
             values.update(status=WebhookStatus.DELIVERED.value, delivered_at=now)
-        elif attempts >= self._policy.max_attempts:
+        elif final or attempts >= self._policy.max_attempts:
             outcome = "failed"
             values.update(status=WebhookStatus.FAILED.value)
         else:

@@ -14,8 +14,10 @@ import structlog
 from fastapi import FastAPI
 
 from switchyard.common.bus import EventBus, Handler, RetryPolicy, Subscription, create_bus
+from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
-from switchyard.common.http import TracingMiddleware, health_router
+from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
+from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
 from switchyard.common.tasks import cancel_and_wait
 from switchyard.common.topics import Topics
@@ -24,10 +26,12 @@ from switchyard.inference.config import Settings
 
 log = structlog.get_logger("switchyard.inference")
 
-# The handler answers every request itself (even on its own bugs), so it normally fails
-# only when the bus cannot take the reply: such failures never count, they are retried
-# until the bus is back. A request it fails on while the bus works would otherwise hold
-# its partition forever; after 5 such attempts it goes to the dead-letter topic.
+# The handler answers every request itself (even on its own bugs) and retries its own
+# publishes until the bus takes them (the upstream is never called again for that), so it
+# normally does not fail. Should it fail while the bus works (a request it cannot handle,
+# an event the bus refuses), that request would otherwise hold its partition forever: after
+# 5 such attempts it goes to the dead-letter topic. Failures while the bus is down never
+# count; they are retried until it is back.
 HANDLER_RETRY = RetryPolicy(max_attempts=5, max_backoff_s=5.0)
 
 
@@ -95,6 +99,9 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         version="0.1.0",
         lifespan=lifespan,
         summary="Consumes chat requests and calls LLM providers; HTTP for health and metrics.",
+        # Served by install_docs from the installed Swagger UI package, not a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.bus = None
 
@@ -104,9 +111,12 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
 
     install_error_handlers(app)
     app.include_router(health_router({"bus": bus_ready}))
-    app.include_router(metrics_router())
+    app.include_router(metrics_router(token=settings.metrics_token))
     # Outermost, so the server span covers everything else the request goes through.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(TracingMiddleware)
+    app.add_middleware(ClientDisconnectGuard)
+    install_docs(app, "Switchyard inference", ApiDocs())
     return app
 
 

@@ -4,7 +4,6 @@ adapters it is given (a publish function, a provider factory). Tests wire fakes 
 from __future__ import annotations
 
 import asyncio
-import functools
 from dataclasses import dataclass
 
 import structlog
@@ -12,12 +11,14 @@ import structlog
 from switchyard.common.routing import RoutingError, RoutingSource, RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.inference import metrics
+from switchyard.inference.adapters import Adapters
 from switchyard.inference.config import Settings
 from switchyard.inference.handlers import ChatRequestHandler, Publish
 from switchyard.inference.lanes import LaneGate
 from switchyard.inference.pricing import PriceError, PriceSource
-from switchyard.inference.providers import ProviderFactory, ProviderPool, default_provider_factory
+from switchyard.inference.providers import ProviderFactory, ProviderPool
 from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
+from switchyard.inference.upstream import create_upstream
 
 log = structlog.get_logger("switchyard.inference")
 
@@ -100,10 +101,7 @@ def build_runtime(
             settings.routing_file, settings.simulator_url, validate=check_credentials
         )
     prices = PriceSource(settings.prices_file)
-    factory = provider_factory or functools.partial(
-        default_provider_factory, anthropic_max_tokens=settings.anthropic_default_max_tokens
-    )
-    providers = ProviderPool(factory)
+    providers = ProviderPool(provider_factory or create_upstream)
     lanes = LaneGate(
         settings.interactive_concurrency, settings.batch_concurrency, settings.batch_yield_ratio
     )
@@ -118,6 +116,7 @@ def build_runtime(
         prices=prices,
         lanes=lanes,
         backoff=Backoff(settings.retry_initial_backoff_s, settings.retry_max_backoff_s),
+        adapters=Adapters(settings.anthropic_default_max_tokens),
     )
     runtime = InferenceRuntime(source, prices, providers, lanes, handler)
     source.on_change(runtime._retire_stale_providers)

@@ -25,7 +25,13 @@ def simulator(
     from switchyard.common.http import serve
     from switchyard.inference.simulator import create_simulator_app
 
-    serve(create_simulator_app(latency_ms), host=host, port=port)  # type: ignore[arg-type]
+    serve(
+        create_simulator_app(latency_ms),  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        name="simulator",
+        port_setting="--port",
+    )
 
 
 simulator_command = simulator
@@ -54,6 +60,7 @@ def prepare_dev() -> DevContribution:
     port = urlparse(simulator_url).port or SIMULATOR_PORT
     return DevContribution(
         extra_servers=[("simulator", create_simulator_app(), port)],
+        port_settings={"simulator": "SWITCHYARD_SIMULATOR_URL (e.g. http://127.0.0.1:8199/v1)"},
         messages=[f"inference: provider simulator at {simulator_url} serves {', '.join(users)}"],
     )
 

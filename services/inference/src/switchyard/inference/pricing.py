@@ -1,109 +1,34 @@
-"""The price table: what a request cost, in US dollars, for the usage events.
+"""What a request cost, in US dollars, for the usage events. The price table, its file
+format (setting `prices_file`, env `SWITCHYARD_PRICES_FILE`) and its defaults (the
+simulator's models, and public models from the `genai-prices` library) live in
+`switchyard.common.pricing`, so the gateway reserves budgets with exactly the prices
+inference charges.
 
-A YAML file (setting `prices_file`, env `SWITCHYARD_PRICES_FILE`) gives prices in USD per
-one million tokens, by deployment name or by model name:
-
-```yaml
-deployments:            # most specific: a deployment's name in the routing table
-  azure-east: {input_per_1m: 0.15, output_per_1m: 0.60}
-models:                 # the upstream model name, or the public model name
-  gpt-4o-mini: {input_per_1m: 0.15, output_per_1m: 0.60}
-  claude-haiku-4-5: {input_per_1m: 1.00, output_per_1m: 5.00}
-```
-
-For a request served by deployment `d` (upstream model `u`) of public model `m`, the
-first entry found among `deployments[d]`, `models[u]`, `models[m]` prices it. Without a
-file, or without a matching entry, the cost is 0. Failed requests cost what their usage
-(often zero tokens) costs.
+For a request served by deployment `d` (upstream model `u`, provider `p`) of public
+model `m`, the first entry found among the file's `deployments[d]`, `models[u]`,
+`models[m]`, then the defaults for `u` and `m`, prices it; a model nobody prices costs 0.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
+from switchyard.common.events import TokenUsage
+from switchyard.common.pricing import Price, PriceError, PriceSource, PriceTable, load_prices
 from switchyard.common.routing import Deployment
 
-
-class PriceError(ValueError):
-    """The price file is unreadable or invalid; the message names the file and field."""
+__all__ = ["Price", "PriceError", "PriceSource", "PriceTable", "load_prices", "request_cost"]
 
 
-class Price(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    input_per_1m: float = Field(default=0, ge=0, description="USD per 1M input tokens.")
-    output_per_1m: float = Field(default=0, ge=0, description="USD per 1M output tokens.")
-
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        return (input_tokens * self.input_per_1m + output_tokens * self.output_per_1m) / 1e6
-
-
-class PriceTable(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    deployments: dict[str, Price] = Field(default_factory=dict)
-    models: dict[str, Price] = Field(default_factory=dict)
-
-    def price(self, model: str, deployment: Deployment | None) -> Price | None:
-        if deployment is not None:
-            found = self.deployments.get(deployment.name) or self.models.get(deployment.model)
-            if found is not None:
-                return found
-        return self.models.get(model)
-
-    def cost(
-        self, model: str, deployment: Deployment | None, input_tokens: int, output_tokens: int
-    ) -> float:
-        price = self.price(model, deployment)
-        return price.cost(input_tokens, output_tokens) if price is not None else 0.0
-
-
-def load_prices(path: str | None) -> PriceTable:
-    if not path:
-        return PriceTable()
-    import yaml
-
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PriceError(f"price file {path}: cannot be read ({exc.strerror or exc})") from exc
-    except yaml.YAMLError as exc:
-        raise PriceError(f"price file {path}: not valid YAML ({exc})") from exc
-    try:
-        return PriceTable.model_validate(raw or {})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise PriceError(f"price file {path}: {problems}") from exc
-
-
-class PriceSource:
-    """The current price table, reloaded when its file changes (like the routing file)."""
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self.table = load_prices(path)
-        self._signature = self._file_signature()
-
-    def _file_signature(self) -> tuple[int, int, int] | None:
-        if not self.path:
-            return None
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return None
-        return (stat.st_mtime_ns, stat.st_ino, stat.st_size)
-
-    def reload_if_changed(self) -> bool:
-        """Reload when the file changed; raises PriceError (the old table stays) if invalid."""
-        signature = self._file_signature()
-        if not self.path or signature == self._signature:
-            return False
-        self._signature = signature
-        self.table = load_prices(self.path)
-        return True
+def request_cost(
+    table: PriceTable, model: str, deployment: Deployment | None, usage: TokenUsage
+) -> float:
+    """USD for `usage` of public model `model` served by `deployment`."""
+    return table.cost(
+        model,
+        usage.input_tokens,
+        usage.output_tokens,
+        cache_read_input_tokens=usage.cache_read_input_tokens,
+        cache_creation_input_tokens=usage.cache_creation_input_tokens,
+        deployment=deployment.name if deployment is not None else None,
+        upstream_model=deployment.model if deployment is not None else None,
+        provider=deployment.provider if deployment is not None else None,
+    )

@@ -2,10 +2,24 @@
 speaks their wire protocols exactly as the official SDKs expect, so every part of
 Switchyard can be developed, tested and benchmarked without credentials or cost.
 
-Replies are `"Simulated reply to: " + <last user message>`; token counts are word counts.
+Replies are `"Simulated reply to: " + <last user message>` (plus `" (with N images)"` when
+that turn holds images, tool results included); token counts are word counts. What the
+real APIs do that Switchyard must carry faithfully is simulated too:
+- stop sequences: a reply containing one stops before it (Anthropic reports
+  `stop_reason: "stop_sequence"` and the `stop_sequence`; OpenAI `finish_reason: "stop"`);
+- prompt caching: Anthropic caches the prompt up to its last `cache_control` marker (the
+  first request writes it, `cache_creation_input_tokens`; later ones read it,
+  `cache_read_input_tokens`); OpenAI caches every prompt but its last message
+  (`prompt_tokens_details.cached_tokens` from the second request on);
+- extended thinking: with Anthropic's `thinking` enabled, the reply opens with a
+  thinking block carrying a `signature` (streamed as `thinking_delta` and
+  `signature_delta`), and a thinking block sent back without its signature is refused as
+  the real API does; OpenAI's `reasoning_effort` adds reasoning tokens to the usage;
+- system messages inside `messages`, system as blocks, documents (base64, text, URL
+  sources) and images inside tool results are accepted.
 A control API under `/_sim/` injects faults (error statuses, Retry-After, hangs, failures
-in the middle of a stream), changes latency at run time and reports how many upstream
-calls were made and how many streams their client abandoned.
+in the middle of a stream with a chosen error type), changes latency at run time and
+reports how many upstream calls were made and how many streams their client abandoned.
 
 Built on bare Starlette and orjson: the simulator must never be the bottleneck of a
 benchmark, so request bodies are read as plain dicts, never as pydantic models.
@@ -58,7 +72,11 @@ _OPENAI_ERROR_TYPES = {
 
 
 class BadRequest(Exception):
-    """Input the real provider would refuse with 400."""
+    """Input the real provider would refuse with 400 (`param`: the field at fault)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 # --------------------------------------------------------------------------- state
@@ -74,6 +92,8 @@ class Fault:
     # in the stream, as providers do when they fail mid-generation. Other requests get
     # `status`.
     stream_error_after: int | None = None
+    # The error `type` of that event (default: overloaded_error, server_error for OpenAI).
+    error_type: str | None = None
 
     def applies_to(self, model: str | None) -> bool:
         return self.model is None or self.model == model
@@ -90,6 +110,8 @@ class SimulatorState:
     streams_aborted: int = 0
     # Set to release every hanging request (faults cleared, reset, shutdown).
     release_hangs: asyncio.Event = field(default_factory=asyncio.Event)
+    # Prompt prefixes seen (their hash): the simulated prompt cache.
+    prompt_cache: set[str] = field(default_factory=set)
 
     def record(self, route: str, model: str | None) -> None:
         self.requests_by_route[route] += 1
@@ -111,6 +133,7 @@ class SimulatorState:
 
     def reset(self) -> None:
         self.clear_faults()
+        self.prompt_cache.clear()
         self.requests_by_route.clear()
         self.requests_by_model.clear()
         self.faults_served = 0
@@ -177,10 +200,12 @@ def _require_model(body: dict[str, Any]) -> str:
 def _require_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' is required and must be a non-empty array.")
+        raise BadRequest("'messages' is required and must be a non-empty array.", "messages")
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest(f"'messages.{index}' must be an object with a 'role'.")
+            raise BadRequest(
+                f"'messages.{index}' must be an object with a 'role'.", f"messages.{index}"
+            )
     return messages
 
 
@@ -202,22 +227,90 @@ def _check_sampling(body: dict[str, Any]) -> None:
 
 
 def content_text(content: Any) -> str:
-    """The text of a message's content: a string or a list of parts (both protocols)."""
+    """The text of a message's content: a string or a list of parts (both protocols),
+    documents with a text source and tool results included."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(
-            part.get("text", "")
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
+        texts = []
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            if isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif part.get("type") == "tool_result":
+                texts.append(content_text(part.get("content")))
+            elif part.get("type") == "document":
+                source = part.get("source") or {}
+                if source.get("type") == "text" and isinstance(source.get("data"), str):
+                    texts.append(source["data"])
+        return " ".join(text for text in texts if text)
     return ""
+
+
+def count_images(content: Any) -> int:
+    """Images in a message's content, those inside tool results included."""
+    if not isinstance(content, list):
+        return 0
+    count = 0
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") in ("image", "image_url"):
+            count += 1
+        elif part.get("type") == "tool_result":
+            count += count_images(part.get("content"))
+    return count
+
+
+def last_turn_images(messages: list[dict[str, Any]]) -> int:
+    """Images the client sent since the assistant last spoke."""
+    count = 0
+    for message in reversed(messages):
+        if message.get("role") == "assistant":
+            break
+        count += count_images(message.get("content"))
+    return count
+
+
+def reply_text(messages: list[dict[str, Any]]) -> str:
+    text = REPLY_PREFIX + last_user_text(messages)
+    images = last_turn_images(messages)
+    if images:
+        text += f" (with {images} image{'s' if images > 1 else ''})"
+    return text
+
+
+def apply_stop(text: str, stops: Any) -> tuple[str, str | None]:
+    """The text up to the first stop sequence it contains, and that sequence."""
+    if isinstance(stops, str):
+        stops = [stops]
+    if not isinstance(stops, list):
+        return text, None
+    found: tuple[int, str] | None = None
+    for stop in stops:
+        if isinstance(stop, str) and stop:
+            at = text.find(stop)
+            if at >= 0 and (found is None or at < found[0]):
+                found = (at, stop)
+    if found is None:
+        return text, None
+    return text[: found[0]], found[1]
+
+
+def _prefix_key(*parts: Any) -> str:
+    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def last_user_text(messages: list[dict[str, Any]]) -> str:
     for message in reversed(messages):
         if message.get("role") == "user":
-            return content_text(message.get("content"))
+            content = message.get("content")
+            if isinstance(content, list):
+                # The user's own words, not the tool results they carry back.
+                own = [p for p in content if isinstance(p, dict) and p.get("type") != "tool_result"]
+                return content_text(own) or content_text(content)
+            return content_text(content)
     return ""
 
 
@@ -273,6 +366,8 @@ class OpenAIReply:
     tool_call: dict[str, Any] | None
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
     id: str = field(default_factory=lambda: _short_id("chatcmpl-"))
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -280,11 +375,13 @@ class OpenAIReply:
     def finish_reason(self) -> str:
         return "tool_calls" if self.tool_call else "stop"
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         }
 
     def completion(self) -> dict[str, Any]:
@@ -338,12 +435,19 @@ class OpenAIReply:
         return [{"content": piece} for piece in split_pieces(self.text or "")]
 
 
-def build_openai_reply(body: dict[str, Any]) -> OpenAIReply:
+def build_openai_reply(body: dict[str, Any], cache: set[str] | None = None) -> OpenAIReply:
     model = _require_model(body)
     messages = _require_messages(body)
     _check_sampling(body)
     user_text = last_user_text(messages)
     prompt_tokens = prompt_words(messages)
+    cached = 0
+    if cache is not None and len(messages) > 1:
+        key = _prefix_key("openai", model, messages[:-1])
+        if key in cache:
+            cached = min(prompt_tokens, prompt_words(messages[:-1]))
+        cache.add(key)
+    reasoning = 8 if body.get("reasoning_effort") not in (None, "none") else 0
     if wants_weather_tool(body.get("tools"), user_text):
         tool = body["tools"][0]
         name = (tool.get("function") or {}).get("name") if isinstance(tool, dict) else None
@@ -355,9 +459,19 @@ def build_openai_reply(body: dict[str, Any]) -> OpenAIReply:
             "type": "function",
             "function": {"name": name, "arguments": arguments},
         }
-        return OpenAIReply(model, None, tool_call, prompt_tokens, count_words(arguments))
-    text = REPLY_PREFIX + user_text
-    return OpenAIReply(model, text, None, prompt_tokens, count_words(text))
+        return OpenAIReply(
+            model,
+            None,
+            tool_call,
+            prompt_tokens,
+            count_words(arguments) + reasoning,
+            cached,
+            reasoning,
+        )
+    text, _ = apply_stop(reply_text(messages), body.get("stop"))
+    return OpenAIReply(
+        model, text, None, prompt_tokens, count_words(text) + reasoning, cached, reasoning
+    )
 
 
 def openai_stream_events(reply: OpenAIReply, include_usage: bool) -> list[bytes]:
@@ -378,12 +492,20 @@ async def stream_openai(
     latency_s: float,
     state: SimulatorState | None = None,
     error_after: int | None = None,
+    error_type: str | None = None,
 ) -> AsyncIterator[bytes]:
     events = openai_stream_events(reply, include_usage)
     error = sse_data(
-        {"error": {"message": "Simulated failure mid-stream.", "type": "server_error"}}
+        {
+            "error": {
+                "message": "Simulated failure mid-stream.",
+                "type": error_type or "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
     )
-    paced = range(1, 1 + len(reply.content_deltas()))
+    paced = set(range(1, 1 + len(reply.content_deltas())))
     async for event in _paced(events, paced, latency_s, state, error_after, error):
         yield event
     if error_after is None:
@@ -392,7 +514,7 @@ async def stream_openai(
 
 async def _paced(
     events: list[bytes],
-    paced: range,
+    paced: set[int],
     latency_s: float,
     state: SimulatorState | None,
     error_after: int | None,
@@ -425,14 +547,45 @@ class AnthropicReply:
     tool_use: dict[str, Any] | None
     input_tokens: int
     output_tokens: int
+    thinking: str | None = None
+    stop_sequence: str | None = None
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
     id: str = field(default_factory=lambda: _short_id("msg_"))
 
     @property
     def stop_reason(self) -> str:
-        return "tool_use" if self.tool_use else "end_turn"
+        if self.tool_use:
+            return "tool_use"
+        return "stop_sequence" if self.stop_sequence is not None else "end_turn"
 
-    def block(self) -> dict[str, Any]:
-        return self.tool_use or {"type": "text", "text": self.text or ""}
+    @property
+    def signature(self) -> str:
+        return "sig_" + hashlib.sha256((self.thinking or "").encode()).hexdigest()[:32]
+
+    @property
+    def thinking_tokens(self) -> int:
+        return count_words(self.thinking) if self.thinking else 0
+
+    def blocks(self) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = []
+        if self.thinking is not None:
+            blocks.append(
+                {"type": "thinking", "thinking": self.thinking, "signature": self.signature}
+            )
+        blocks.append(self.tool_use or {"type": "text", "text": self.text or ""})
+        return blocks
+
+    def usage(self, output_tokens: int) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "input_tokens": self.input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "output_tokens": output_tokens,
+        }
+        if self.thinking is not None:
+            usage["output_tokens_details"] = {"thinking_tokens": self.thinking_tokens}
+        return usage
 
     def message(
         self, *, content: list[dict[str, Any]], stop_reason: str | None, output_tokens: int
@@ -444,28 +597,53 @@ class AnthropicReply:
             "model": self.model,
             "content": content,
             "stop_reason": stop_reason,
-            "stop_sequence": None,
-            "usage": {"input_tokens": self.input_tokens, "output_tokens": output_tokens},
+            "stop_sequence": self.stop_sequence if stop_reason else None,
+            "usage": self.usage(output_tokens),
         }
 
     def complete(self) -> dict[str, Any]:
         return self.message(
-            content=[self.block()], stop_reason=self.stop_reason, output_tokens=self.output_tokens
+            content=self.blocks(), stop_reason=self.stop_reason, output_tokens=self.output_tokens
         )
 
-    def stream_start_block(self) -> dict[str, Any]:
-        if self.tool_use:
-            return {**self.tool_use, "input": {}}
-        return {"type": "text", "text": ""}
-
-    def deltas(self) -> list[dict[str, Any]]:
+    def stream_blocks(self) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """(content_block_start block, deltas) of each block, in order."""
+        result: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        if self.thinking is not None:
+            deltas = [
+                {"type": "thinking_delta", "thinking": piece}
+                for piece in split_pieces(self.thinking)
+            ]
+            deltas.append({"type": "signature_delta", "signature": self.signature})
+            result.append(({"type": "thinking", "thinking": "", "signature": ""}, deltas))
         if self.tool_use:
             arguments = orjson.dumps(self.tool_use["input"]).decode()
-            return [
-                {"type": "input_json_delta", "partial_json": piece}
-                for piece in split_pieces(arguments)
-            ]
-        return [{"type": "text_delta", "text": piece} for piece in split_pieces(self.text or "")]
+            result.append(
+                (
+                    {**self.tool_use, "input": {}},
+                    [
+                        {"type": "input_json_delta", "partial_json": piece}
+                        for piece in split_pieces(arguments)
+                    ],
+                )
+            )
+        else:
+            result.append(
+                (
+                    {"type": "text", "text": ""},
+                    [
+                        {"type": "text_delta", "text": piece}
+                        for piece in split_pieces(self.text or "")
+                    ],
+                )
+            )
+        return result
+
+    def deltas(self) -> list[dict[str, Any]]:
+        return [delta for _, deltas in self.stream_blocks() for delta in deltas]
+
+
+_DOCUMENT_SOURCES = ("base64", "text", "url", "content", "file")
 
 
 def _validate_anthropic(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
@@ -474,13 +652,96 @@ def _validate_anthropic(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise BadRequest("max_tokens: Field required (a positive integer).")
+    for index, message in enumerate(messages):
+        if message["role"] not in ("user", "assistant", "system"):
+            raise BadRequest(f"messages.{index}.role: Input should be 'user' or 'assistant'")
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for position, block in enumerate(content):
+            where = f"messages.{index}.content.{position}"
+            if not isinstance(block, dict):
+                raise BadRequest(f"{where}: Input should be an object")
+            kind = block.get("type")
+            if kind == "thinking" and not block.get("signature"):
+                raise BadRequest(f"{where}.signature: Field required")
+            if kind == "document":
+                source = block.get("source") or {}
+                if source.get("type") not in _DOCUMENT_SOURCES:
+                    raise BadRequest(f"{where}.source: unknown document source")
     return model, messages
 
 
-def build_anthropic_reply(body: dict[str, Any]) -> AnthropicReply:
+def _cache_segments(body: dict[str, Any]) -> list[tuple[Any, bool]]:
+    """The prompt in cache order (tools, system, messages) as (segment, cache point?)."""
+    segments: list[tuple[Any, bool]] = []
+    for tool in body.get("tools") or ():
+        if isinstance(tool, dict):
+            segments.append((tool, tool.get("cache_control") is not None))
+    system = body.get("system")
+    if isinstance(system, list):
+        segments += [
+            (b, isinstance(b, dict) and b.get("cache_control") is not None) for b in system
+        ]
+    elif system:
+        segments.append((system, False))
+    for message in body.get("messages") or ():
+        content = message.get("content")
+        if isinstance(content, list):
+            segments += [
+                (b, isinstance(b, dict) and b.get("cache_control") is not None) for b in content
+            ]
+        else:
+            segments.append((content, False))
+    if body.get("cache_control") is not None and segments:  # automatic: the whole prompt
+        segments[-1] = (segments[-1][0], True)
+    return segments
+
+
+def _segment_words(segment: Any) -> int:
+    if isinstance(segment, dict) and segment.get("type") not in (None, "custom"):
+        text = content_text([segment])
+    elif isinstance(segment, dict):
+        text = f"{segment.get('name', '')} {segment.get('description', '')}".strip()
+    else:
+        text = content_text(segment)
+    return len(text.split())
+
+
+def _anthropic_cache(body: dict[str, Any], model: str, cache: set[str] | None) -> tuple[int, int]:
+    """(tokens written to, tokens read from) the simulated prompt cache."""
+    if cache is None:
+        return 0, 0
+    segments = _cache_segments(body)
+    last = max((i for i, (_, marked) in enumerate(segments) if marked), default=None)
+    if last is None:
+        return 0, 0
+    prefix = [segment for segment, _ in segments[: last + 1]]
+    words = sum(_segment_words(segment) for segment in prefix)
+    key = _prefix_key("anthropic", model, prefix)
+    if key in cache:
+        return 0, words
+    cache.add(key)
+    return words, 0
+
+
+def build_anthropic_reply(body: dict[str, Any], cache: set[str] | None = None) -> AnthropicReply:
     model, messages = _validate_anthropic(body)
     user_text = last_user_text(messages)
-    input_tokens = prompt_words(messages, body.get("system"))
+    total = prompt_words(messages, body.get("system"))
+    written, read = _anthropic_cache(body, model, cache)
+    cached = min(total, written + read)
+    written, read = min(written, cached), min(read, cached - min(written, cached))
+    thinking_config = body.get("thinking")
+    thinking = None
+    if isinstance(thinking_config, dict) and thinking_config.get("type") in ("enabled", "adaptive"):
+        thinking = f"Considering: {user_text}"
+    thinking_words = count_words(thinking) if thinking else 0
+    usage = {
+        "input_tokens": total - written - read,
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": read,
+    }
     if wants_weather_tool(body.get("tools"), user_text):
         tool = body["tools"][0]
         name = tool.get("name") if isinstance(tool, dict) else None
@@ -493,41 +754,48 @@ def build_anthropic_reply(body: dict[str, Any]) -> AnthropicReply:
             "name": name,
             "input": tool_input,
         }
+        output = count_words(orjson.dumps(tool_input).decode()) + thinking_words
         return AnthropicReply(
-            model, None, tool_use, input_tokens, count_words(orjson.dumps(tool_input).decode())
+            model, None, tool_use, usage["input_tokens"], output, thinking, None, written, read
         )
-    text = REPLY_PREFIX + user_text
-    return AnthropicReply(model, text, None, input_tokens, count_words(text))
+    text, stop = apply_stop(reply_text(messages), body.get("stop_sequences"))
+    output = count_words(text) + thinking_words
+    return AnthropicReply(
+        model, text, None, usage["input_tokens"], output, thinking, stop, written, read
+    )
 
 
 def anthropic_stream_events(reply: AnthropicReply) -> list[bytes]:
+    """Every event of a streamed reply, in protocol order (a `ping` after the first block
+    opens)."""
     start = reply.message(content=[], stop_reason=None, output_tokens=1)
-    events = [
-        sse_event("message_start", {"type": "message_start", "message": start}),
-        sse_event(
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": reply.stream_start_block(),
-            },
-        ),
-        sse_event("ping", {"type": "ping"}),
-    ]
-    events += [
-        sse_event(
-            "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+    events = [sse_event("message_start", {"type": "message_start", "message": start})]
+    for index, (block, deltas) in enumerate(reply.stream_blocks()):
+        events.append(
+            sse_event(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": block},
+            )
         )
-        for delta in reply.deltas()
-    ]
+        if index == 0:
+            events.append(sse_event("ping", {"type": "ping"}))
+        events += [
+            sse_event(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+            )
+            for delta in deltas
+        ]
+        events.append(
+            sse_event("content_block_stop", {"type": "content_block_stop", "index": index})
+        )
     events += [
-        sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
         sse_event(
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": None},
-                "usage": {"output_tokens": reply.output_tokens},
+                "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
+                "usage": reply.usage(reply.output_tokens),
             },
         ),
         sse_event("message_stop", {"type": "message_stop"}),
@@ -540,18 +808,21 @@ async def stream_anthropic(
     latency_s: float,
     state: SimulatorState | None = None,
     error_after: int | None = None,
+    error_type: str | None = None,
 ) -> AsyncIterator[bytes]:
     error = sse_event(
         "error",
         {
             "type": "error",
-            "error": {"type": "overloaded_error", "message": "Simulated failure mid-stream."},
+            "error": {
+                "type": error_type or "overloaded_error",
+                "message": "Simulated failure mid-stream.",
+            },
         },
     )
-    paced = range(3, 3 + len(reply.deltas()))  # after message_start, block start, ping
-    async for event in _paced(
-        anthropic_stream_events(reply), paced, latency_s, state, error_after, error
-    ):
+    events = anthropic_stream_events(reply)
+    paced = {i for i, e in enumerate(events) if e.startswith(b"event: content_block_delta")}
+    async for event in _paced(events, paced, latency_s, state, error_after, error):
         yield event
 
 
@@ -633,14 +904,14 @@ class Simulator:
 
     async def _fault_response(
         self, request: Request, model: str | None, error, streaming: bool = False
-    ) -> Response | int | None:
+    ) -> Response | Fault | None:
         """The response of the next injected fault matching `model`, if any; for a
-        mid-stream fault on a streaming request, the number of events to send first."""
+        mid-stream fault on a streaming request, the fault itself."""
         fault = self.state.take_fault(model)
         if fault is None:
             return None
         if fault.stream_error_after is not None and streaming:
-            return fault.stream_error_after
+            return fault
         if fault.hang:
             await self._hang(request)
             return error(503, "The simulated hang was released.")
@@ -673,14 +944,21 @@ class Simulator:
             fault = await self._fault_response(request, model, openai_error, streaming)
             if isinstance(fault, Response):
                 return fault
-            reply = build_openai_reply(body)
+            reply = build_openai_reply(body, self.state.prompt_cache)
         except BadRequest as exc:
-            return openai_error(400, str(exc))
+            return openai_error(400, str(exc), exc.param)
         if streaming:
             options = body.get("stream_options") or {}
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
             return StreamingResponse(
-                stream_openai(reply, include_usage, self.latency_s, self.state, fault),
+                stream_openai(
+                    reply,
+                    include_usage,
+                    self.latency_s,
+                    self.state,
+                    fault.stream_error_after if fault else None,
+                    fault.error_type if fault else None,
+                ),
                 media_type="text/event-stream",
             )
         await self._pause()
@@ -695,12 +973,18 @@ class Simulator:
             fault = await self._fault_response(request, model, anthropic_error, streaming)
             if isinstance(fault, Response):
                 return fault
-            reply = build_anthropic_reply(body)
+            reply = build_anthropic_reply(body, self.state.prompt_cache)
         except BadRequest as exc:
             return anthropic_error(400, str(exc))
         if streaming:
             return StreamingResponse(
-                stream_anthropic(reply, self.latency_s, self.state, fault),
+                stream_anthropic(
+                    reply,
+                    self.latency_s,
+                    self.state,
+                    fault.stream_error_after if fault else None,
+                    fault.error_type if fault else None,
+                ),
                 media_type="text/event-stream",
             )
         await self._pause()
@@ -716,7 +1000,7 @@ class Simulator:
                 return fault
             result = build_embeddings(body)
         except BadRequest as exc:
-            return openai_error(400, str(exc))
+            return openai_error(400, str(exc), exc.param)
         await self._pause()
         return _json(result)
 
@@ -791,12 +1075,16 @@ def _parse_fault(body: dict[str, Any]) -> tuple[Fault, int]:
         raise BadRequest("'retry_after' must be a number of seconds >= 0, or null.")
     if model is not None and not isinstance(model, str):
         raise BadRequest("'model' must be a string or null.")
+    error_type = body.get("error_type")
+    if error_type is not None and not isinstance(error_type, str):
+        raise BadRequest("'error_type' must be a string or null.")
     return Fault(
         status=status,
         retry_after=retry_after,
         hang=bool(body.get("hang", False)),
         model=model,
         stream_error_after=stream_error_after,
+        error_type=error_type,
     ), count
 
 
@@ -807,7 +1095,61 @@ async def _metrics(_: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+# What each simulator route is for, in its OpenAPI document.
+_SUMMARIES = {
+    "/v1/chat/completions": "OpenAI Chat Completions (JSON or SSE streaming)",
+    "/v1/messages": "Anthropic Messages (JSON or SSE streaming)",
+    "/v1/embeddings": "OpenAI Embeddings",
+    "/v1/models": "The simulated models",
+    "/_sim/faults": "Inject faults (POST) or clear them (DELETE)",
+    "/_sim/latency": "Change the base latency of every reply",
+    "/_sim/stats": "Calls served, by route and model; faults served",
+    "/_sim/reset": "Clear faults and counters",
+    "/livez": "Liveness: the process is up",
+    "/readyz": "Readiness: the simulator answers",
+}
+
+
+async def _livez(_: Request) -> Response:
+    return _json({"status": "ok"})
+
+
+async def _readyz(_: Request) -> Response:
+    # Nothing to depend on: ready as soon as it listens.
+    return _json({"status": "ok", "checks": {}})
+
+
+def simulator_openapi(routes: list[Route]) -> dict[str, Any]:
+    """A minimal OpenAPI 3.1 document of the simulator's routes (bodies are the providers')."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if route.path in ("/metrics",) or not route.methods:
+            continue
+        for method in sorted(route.methods - {"HEAD"}):
+            tag = "control" if route.path.startswith("/_sim") else "provider"
+            if route.path in ("/livez", "/readyz"):
+                tag = "operations"
+            paths.setdefault(route.path, {})[method.lower()] = {
+                "summary": _SUMMARIES.get(route.path, route.path),
+                "tags": [tag],
+                "responses": {"200": {"description": "Success"}},
+            }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Switchyard provider simulator",
+            "version": "1.0.0",
+            "description": "Speaks the OpenAI and Anthropic wire protocols; "
+            "`/_sim/*` injects faults and latency.",
+        },
+        "paths": paths,
+    }
+
+
 def create_simulator_app(latency_ms: float = 0) -> Starlette:
+    from switchyard.common.docs import install_docs
+    from switchyard.common.http import ClientDisconnectGuard
+
     simulator = Simulator(latency_ms)
     routes = [
         Route("/v1/chat/completions", simulator.chat_completions, methods=["POST"]),
@@ -820,7 +1162,15 @@ def create_simulator_app(latency_ms: float = 0) -> Starlette:
         Route("/_sim/stats", simulator.stats, methods=["GET"]),
         Route("/_sim/reset", simulator.reset, methods=["POST"]),
         Route("/metrics", _metrics, methods=["GET"]),
+        Route("/livez", _livez, methods=["GET"]),
+        Route("/readyz", _readyz, methods=["GET"]),
     ]
+    spec = simulator_openapi(routes)
+
+    async def openapi(_: Request) -> Response:
+        return _json(spec)
+
+    routes.append(Route("/openapi.json", openapi, methods=["GET"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -829,4 +1179,7 @@ def create_simulator_app(latency_ms: float = 0) -> Starlette:
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.simulator = simulator
+    install_docs(app, "Switchyard provider simulator")
+    # A client hanging up mid-request is one INFO line, not a traceback.
+    app.add_middleware(ClientDisconnectGuard)
     return app

@@ -1,7 +1,8 @@
 """Test support for the inference service (and for suites that need a provider): the
 provider simulator served on a free 127.0.0.1 port in a background thread, a handle on
-its control API, and a harness that runs `ChatRequestHandler` on the in-memory bus and
-collects what a gateway and a billing consumer would see."""
+its control API, a recording upstream (a small server that records exactly what reached
+it and answers scripted replies), and a harness that runs `ChatRequestHandler` on the
+in-memory bus and collects what a gateway and a billing consumer would see."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from switchyard.common.events import (
     ChatFailed,
     ChatRequestData,
     ChatRequested,
+    ClientAPI,
     ReplyAddress,
+    StreamEvent,
     UsageRecorded,
     new_id,
     utcnow,
@@ -67,23 +70,29 @@ class SimulatorHandle:
 @contextmanager
 def serve_simulator() -> Iterator[str]:
     """Run the simulator over real HTTP until the block ends; yields its root URL."""
-    import uvicorn
-
     from switchyard.inference.simulator import create_simulator_app
+
+    with serve_app(create_simulator_app()) as root:
+        yield root
+
+
+@contextmanager
+def serve_app(app: Any) -> Iterator[str]:
+    """Serve an ASGI app on a free 127.0.0.1 port in a background thread until the block
+    ends; yields its root URL."""
+    import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        create_simulator_app(), log_level="warning", lifespan="on", timeout_graceful_shutdown=1
-    )
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
         if time.monotonic() > deadline:
-            raise RuntimeError("the simulator did not start")
+            raise RuntimeError("the server did not start")
         time.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -102,13 +111,21 @@ def chat_request(
     include_usage: bool | None = None,
     reply_to: bool = True,
     priority: str = "interactive",
-    operation: str = "chat",
-    api: str = "openai",
+    api: ClientAPI | str = ClientAPI.OPENAI_CHAT_COMPLETIONS,
+    headers: dict[str, str] | None = None,
 ) -> ChatRequested:
-    """A `chat.requested` event as the gateway publishes it."""
+    """A `chat.requested` event as the gateway publishes it: the client's body unchanged
+    (the public model name in it), in the client's `api`."""
+    api = ClientAPI(api)
     if body is None:
-        if operation == "embeddings":
+        if api is ClientAPI.OPENAI_EMBEDDINGS:
             body = {"model": model, "input": text}
+        elif api is ClientAPI.ANTHROPIC_MESSAGES:
+            body = {
+                "model": model,
+                "max_tokens": 256,
+                "messages": [{"role": "user", "content": text}],
+            }
         else:
             body = {"model": model, "messages": [{"role": "user", "content": text}]}
     if stream:
@@ -121,9 +138,9 @@ def chat_request(
         request_id=f"req-{new_id()[:12]}",
         data=ChatRequestData(
             api=api,
-            operation=operation,
             model=model,
             body=body,
+            headers=headers or {},
             stream=stream,
             user_id="user-1",
             api_key_id="key-1",
@@ -171,6 +188,11 @@ class Harness:
     def chunks_of(self, request_id: str) -> list[ChatChunk]:
         return [e for e in self.events_of(request_id) if isinstance(e, ChatChunk)]
 
+    def stream_of(self, request_id: str) -> list[StreamEvent]:
+        """The client stream events of a request, in the order the gateway relays them."""
+        chunks = sorted(self.chunks_of(request_id), key=lambda chunk: chunk.data.sequence)
+        return [event for chunk in chunks for event in chunk.data.events]
+
     async def reply(self, request_id: str, timeout: float = 10) -> ChatCompleted | ChatFailed:
         async def found() -> Any:
             return next(
@@ -215,3 +237,91 @@ async def settle() -> None:
     """Let the in-memory bus deliver what was published."""
     for _ in range(3):
         await asyncio.sleep(0)
+
+
+# --------------------------------------------------------------------------- recording
+
+
+@dataclass
+class Recorded:
+    """One request as it reached the recording upstream."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any  # the JSON body parsed (None if it was not JSON)
+    raw: bytes
+
+
+@dataclass
+class Scripted:
+    """A reply the recording upstream gives: JSON (`json`) or SSE (`events`: a list of
+    (event name or None, data) pairs, data being a JSON-able value or a raw string), with
+    `status` and `headers`."""
+
+    json: Any = None
+    events: list[tuple[str | None, Any]] | None = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class RecordingUpstream:
+    """A provider stand-in that records exactly what reached it (path, headers, body) and
+    answers the scripted replies in order (the last one is repeated). Serve it with
+    `serve_app(recorder.app())`; point an OpenAI deployment at `<root>/v1`, an Anthropic
+    one at `<root>`."""
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self.replies: list[Scripted] = []
+        self.root = ""  # set by whoever serves it
+
+    @property
+    def last(self) -> Recorded:
+        return self.requests[-1]
+
+    def script(self, *replies: Scripted) -> None:
+        self.replies = list(replies)
+        self.requests.clear()
+
+    def app(self) -> Any:
+        import orjson
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import Response, StreamingResponse
+        from starlette.routing import Route
+
+        async def record(request: Request) -> Response:
+            raw = await request.body()
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                body = None
+            self.requests.append(
+                Recorded(request.method, request.url.path, dict(request.headers), body, raw)
+            )
+            if not self.replies:
+                return Response(b'{"error": "nothing scripted"}', status_code=500)
+            reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+            if reply.events is None:
+                return Response(
+                    orjson.dumps(reply.json),
+                    status_code=reply.status,
+                    media_type="application/json",
+                    headers=reply.headers,
+                )
+
+            async def stream() -> Any:
+                for name, data in reply.events or ():
+                    payload = data if isinstance(data, str) else orjson.dumps(data).decode()
+                    head = f"event: {name}\n" if name else ""
+                    yield f"{head}data: {payload}\n\n".encode()
+
+            return StreamingResponse(
+                stream(),
+                status_code=reply.status,
+                media_type="text/event-stream",
+                headers=reply.headers,
+            )
+
+        return Starlette(routes=[Route("/{path:path}", record, methods=["POST", "GET"])])

@@ -7,6 +7,7 @@ from switchyard.common.bus.base import (
     BusUnavailableError,
     EventBus,
     EventRejectedError,
+    EventTooLargeError,
     Handler,
     HealthCheck,
     Offsets,
@@ -23,6 +24,7 @@ __all__ = [
     "BusUnavailableError",
     "EventBus",
     "EventRejectedError",
+    "EventTooLargeError",
     "Handler",
     "HealthCheck",
     "Offsets",
@@ -44,5 +46,6 @@ def create_bus(settings: ServiceSettings, client_id: str) -> EventBus:
             settings.kafka_bootstrap_servers,
             client_id=client_id,
             deadletter_topic=topics.deadletter,
+            max_message_bytes=settings.kafka_max_message_bytes,
         )
     return InMemoryBus()

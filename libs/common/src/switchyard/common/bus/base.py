@@ -68,6 +68,11 @@ def is_outage(error: BaseException) -> bool:
     return False
 
 
+class EventTooLargeError(EventRejectedError):
+    """The event is larger than the bus carries (Kafka's `max.message.bytes` of the topic,
+    or the producer's limit, `SWITCHYARD_KAFKA_MAX_MESSAGE_BYTES`): retrying cannot help."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How a failing handler is retried before its event is dead-lettered.
@@ -189,6 +194,13 @@ class EventBus(abc.ABC):
 
     async def healthy(self) -> bool:
         """True while this process can publish and every subscription is receiving."""
+        return True
+
+    async def settled(self, group: str, timeout: float) -> bool:
+        """Wait at most `timeout` seconds until consumer group `group` of this process has
+        handled every event published before the call; True if it has. A bus whose
+        publishers live in other processes (Kafka) cannot tell and answers True at once
+        (`caught_up` asks the broker, at the cost of a round trip)."""
         return True
 
 

@@ -63,6 +63,7 @@ from switchyard.common.bus.base import (
     BusUnavailableError,
     EventBus,
     EventRejectedError,
+    EventTooLargeError,
     Handler,
     HealthCheck,
     Offsets,
@@ -73,9 +74,16 @@ from switchyard.common.bus.base import (
     handle_batch_isolating,
 )
 from switchyard.common.events import EnvelopeFields, Event, EventDecodeError, decode_event
+from switchyard.common.settings import DEFAULT_KAFKA_MAX_MESSAGE_BYTES
 from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.bus.kafka")
+# The Kafka clients' default bound of one fetch response (records larger than it are
+# still returned, one at a time).
+FETCH_MAX_BYTES = 52_428_800
+# A large record takes time to send and store (about 0.1 s per MiB on a busy 2-core
+# machine): its publish timeout grows by a second per MiB, so only large records wait longer.
+PUBLISH_BYTES_PER_S = 1024 * 1024
 
 # After these an aiokafka producer (0.14) never sends again: it must be replaced.
 FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
@@ -217,8 +225,12 @@ class KafkaBus(EventBus):
         close_timeout_s: float = 5.0,
         reconnect_max_s: float = 1.0,
         in_flight_timeout_s: float = 5.0,
+        max_message_bytes: int = DEFAULT_KAFKA_MAX_MESSAGE_BYTES,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        # Model requests carry whole conversations (the Messages API takes 32 MB bodies):
+        # the producer sends, and consumers fetch, records up to this size.
+        self.max_message_bytes = max_message_bytes
         self.client_id = client_id
         self.deadletter_topic = deadletter_topic
         self.publish_timeout_s = publish_timeout_s
@@ -256,6 +268,7 @@ class KafkaBus(EventBus):
             acks="all",
             linger_ms=0,
             request_timeout_ms=10_000,
+            max_request_size=self.max_message_bytes,
         )
 
     async def _supervise_producer(self) -> None:
@@ -402,13 +415,15 @@ class KafkaBus(EventBus):
         if producer is None:
             metrics.PUBLISH_FAILURES.labels(topic).inc()
             raise BusUnavailableError("Kafka is not reachable")
+        # A large record takes longer to send and store: only large records wait longer.
+        timeout_s = self.publish_timeout_s + len(value) / PUBLISH_BYTES_PER_S
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.publish_timeout_s
+        deadline = loop.time() + timeout_s
         delivery: asyncio.Future | None = None
         try:
             delivery = await asyncio.wait_for(
                 producer.send(topic, value, key=key, partition=partition, headers=headers),
-                timeout=self.publish_timeout_s,
+                timeout=timeout_s,
             )
             # Shielded: on a timeout the delivery is looked at, not given up on.
             await asyncio.wait_for(
@@ -427,11 +442,11 @@ class KafkaBus(EventBus):
                     self._mark_broken(producer, "the broker did not answer a produce request")
                     raise PublishOutcomeUnknownError(
                         f"Kafka did not answer within "
-                        f"{self.publish_timeout_s + self.in_flight_timeout_s}s; the event may "
+                        f"{timeout_s + self.in_flight_timeout_s:.1f}s; the event may "
                         "still be written"
                     ) from exc
                 except Exception as late:  # noqa: BLE001 - classified like any failure below
-                    self._failed(producer, topic, late)
+                    self._failed(producer, topic, late, len(value))
                 metrics.EVENTS_PUBLISHED.labels(topic).inc()
                 return
             metrics.PUBLISH_FAILURES.labels(topic).inc()
@@ -439,19 +454,22 @@ class KafkaBus(EventBus):
             # partition takes it again, after its publisher was told it was not taken (a
             # request answered 503 would run later). Only dropping the producer, with
             # everything it holds, prevents that; a new one starts clean.
-            self._mark_broken(producer, f"not acknowledged within {self.publish_timeout_s}s")
-            raise BusUnavailableError(
-                f"Kafka did not acknowledge within {self.publish_timeout_s}s"
-            ) from exc
+            self._mark_broken(producer, f"not acknowledged within {timeout_s:.1f}s")
+            raise BusUnavailableError(f"Kafka did not acknowledge within {timeout_s:.1f}s") from exc
         except Exception as exc:  # KafkaError and connection errors
-            self._failed(producer, topic, exc)
+            self._failed(producer, topic, exc, len(value))
         metrics.EVENTS_PUBLISHED.labels(topic).inc()
 
-    def _failed(self, producer: AIOKafkaProducer, topic: str, exc: BaseException) -> NoReturn:
-        """A publish that failed with `exc` (not a timeout): raise what it means."""
+    def _failed(
+        self, producer: AIOKafkaProducer, topic: str, exc: BaseException, size: int
+    ) -> NoReturn:
+        """A publish of `size` bytes that failed with `exc` (not a timeout): raise what it
+        means (EventTooLargeError, EventRejectedError or BusUnavailableError)."""
         metrics.PUBLISH_FAILURES.labels(topic).inc()
         if isinstance(exc, _REJECTED_EVENT_ERRORS):
-            raise EventRejectedError(f"Kafka refused the event: {exc!r}") from exc
+            raise EventTooLargeError(
+                f"the event ({size} bytes) is larger than {topic} accepts: {exc!r}"
+            ) from exc
         if isinstance(exc, FATAL_PRODUCER_ERRORS) or not _sender_alive(producer):
             self._mark_broken(producer, repr(exc))
         raise BusUnavailableError(f"Kafka refused the event: {exc!r}") from exc
@@ -605,6 +623,8 @@ class KafkaBus(EventBus):
             client_id=self.client_id,
             group_id=group,
             enable_auto_commit=False,
+            max_partition_fetch_bytes=self.max_message_bytes,
+            fetch_max_bytes=max(FETCH_MAX_BYTES, self.max_message_bytes),
             **options,
         )
 

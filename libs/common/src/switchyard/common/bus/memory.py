@@ -53,6 +53,19 @@ class _Group:
     # since (its "committed offset" is their sum).
     joined_at: Counter[str] = field(default_factory=Counter)
     handled: Counter[str] = field(default_factory=Counter)
+    # Events put in the queue since the group joined: see `settled`.
+    enqueued: int = 0
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def mark_handled(self, topics: Sequence[str]) -> None:
+        for topic in topics:
+            self.handled[topic] += 1
+        # Wakes every waiter of `settled`; each looks again whether its target is reached.
+        self.progress.set()
+        self.progress = asyncio.Event()
+
+    def handled_total(self) -> int:
+        return sum(self.handled.values())
 
 
 class _TaskSubscription(Subscription):
@@ -117,7 +130,9 @@ class InMemoryBus(EventBus):
         self.published[topic] += 1
         carrier = tracing.current_trace_carrier()
         for group in self._topic_groups.get(topic, ()):
-            self._groups[group].queue.put_nowait((topic, event, carrier))
+            state = self._groups[group]
+            state.enqueued += 1
+            state.queue.put_nowait((topic, event, carrier))
         for queue, wanted in self._listeners.get(topic, ()):
             if wanted is None or partition is None or partition in wanted:
                 queue.put_nowait((event, carrier))
@@ -141,6 +156,19 @@ class InMemoryBus(EventBus):
 
     async def healthy(self) -> bool:
         return all(subscription.healthy() for subscription in self._subscriptions)
+
+    async def settled(self, group: str, timeout: float) -> bool:
+        state = self._groups.get(group)
+        if state is None:
+            return True
+        target = state.enqueued
+        try:
+            async with asyncio.timeout(timeout):
+                while state.handled_total() < target:
+                    await state.progress.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def _join(self, topics: Sequence[str], group: str) -> _Group:
         state = self._groups.get(group)
@@ -201,7 +229,7 @@ class InMemoryBus(EventBus):
                     if error is not None:
                         self._dead_letter(topic, event, error)
                 finally:
-                    state.handled[topic] += 1
+                    state.mark_handled([topic])
 
         return self._track([asyncio.create_task(worker()) for _ in range(max(1, concurrency))])
 
@@ -243,8 +271,7 @@ class InMemoryBus(EventBus):
                         ),
                     )
                 finally:
-                    for topic, _, _ in items:
-                        state.handled[topic] += 1
+                    state.mark_handled([topic for topic, _, _ in items])
 
         return self._track([asyncio.create_task(worker())])
 

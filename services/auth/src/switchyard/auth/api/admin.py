@@ -13,8 +13,10 @@ from pydantic import BaseModel, Field
 
 from switchyard.auth.api.api_keys import ApiKeyList, ApiKeyOut
 from switchyard.auth.api.deps import AdminUser, Service
+from switchyard.auth.api.tokens import busy_hashing
 from switchyard.auth.metrics import REVOCATIONS
 from switchyard.auth.models import User
+from switchyard.auth.passwords import HashingBusy
 from switchyard.auth.service import (
     ApiKeyNotFound,
     DuplicateEmail,
@@ -22,8 +24,9 @@ from switchyard.auth.service import (
     UserNotFound,
 )
 from switchyard.common.errors import APIError
+from switchyard.common.jsonbody import BoundedJsonRoute
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=BoundedJsonRoute)
 
 _USER_NOT_FOUND = {404: {"description": "No such user in the caller's tenant."}}
 
@@ -89,6 +92,8 @@ async def create_user(body: CreateUser, admin: AdminUser, service: Service) -> U
         raise APIError(400, str(exc), param=exc.param, code="invalid_request") from None
     except DuplicateEmail as exc:
         raise APIError(409, str(exc), param="email", code="user_exists") from None
+    except HashingBusy:
+        raise busy_hashing() from None
     return UserOut.of(user)
 
 

@@ -10,24 +10,43 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 
 from switchyard.auth import scopes as known_scopes
-from switchyard.auth.api.deps import AccessClaimsDep, CurrentUser, Service
+from switchyard.auth.api.deps import AccessClaimsDep, CurrentUser, GovernanceDep, Service
+from switchyard.auth.api.limit_fields import LimitsIn, LimitsOut
+from switchyard.auth.governance import TeamNotFound
 from switchyard.auth.metrics import API_KEYS_CREATED, REVOCATIONS
 from switchyard.auth.models import ApiKey
-from switchyard.auth.service import ApiKeyNotFound, InvalidInput, expiry_in_days
+from switchyard.auth.service import (
+    ApiKeyNotFound,
+    ExceedsCredential,
+    InvalidInput,
+    IssuedApiKey,
+    expiry_in_days,
+)
 from switchyard.auth.tokens import AccessClaims
 from switchyard.common.errors import APIError
+from switchyard.common.jsonbody import BoundedJsonRoute
 
-router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"])
+router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"], route_class=BoundedJsonRoute)
 
 
-class CreateApiKey(BaseModel):
+class CreateApiKey(LimitsIn):
+    """A new key; its limits must be within its user's, team's and tenant's."""
+
+    team_id: str | None = Field(
+        default=None,
+        description="The key's team: its user's team when omitted, none when null.",
+    )
     name: str = Field(default="default", min_length=1, max_length=200)
     scopes: list[str] | None = Field(
         default=None,
-        description=f"Subset of {list(known_scopes.API_KEY_SCOPES)}; all of them when omitted.",
+        description=f"Subset of {list(known_scopes.API_KEY_SCOPES)} within the access "
+        f"token's own scopes; when omitted, {list(known_scopes.DEFAULT_API_KEY_SCOPES)} "
+        "(those the token holds).",
     )
     allowed_models: list[str] | None = Field(
-        default=None, description="Models this key may call; any model when omitted."
+        default=None,
+        description="Models this key may call, within the access token's own models; when "
+        "omitted, the token's models (any model for an unrestricted token).",
     )
     expires_in_days: int | None = Field(default=None, gt=0, le=3650)
 
@@ -42,6 +61,8 @@ class CreatedApiKey(BaseModel):
     allowed_models: list[str] | None
     expires_at: datetime | None
     created_at: datetime
+    team_id: str | None = None
+    limits: LimitsOut | None = None
 
 
 class ApiKeyOut(BaseModel):
@@ -58,6 +79,8 @@ class ApiKeyOut(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     created_at: datetime
+    team_id: str | None = None
+    limits: LimitsOut | None = None
 
     @classmethod
     def of(cls, record: ApiKey, now: datetime | None = None) -> ApiKeyOut:
@@ -80,6 +103,8 @@ class ApiKeyOut(BaseModel):
             expires_at=record.expires_at,
             revoked_at=record.revoked_at,
             created_at=record.created_at,
+            team_id=record.team_id,
+            limits=LimitsOut.of(record),
         )
 
 
@@ -97,23 +122,7 @@ def require_keys_scope(claims: AccessClaims) -> None:
         )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=CreatedApiKey)
-async def create_api_key(
-    body: CreateApiKey, user: CurrentUser, claims: AccessClaimsDep, service: Service
-) -> CreatedApiKey:
-    """Create an API key for the caller; the response holds the secret, once."""
-    require_keys_scope(claims)
-    try:
-        issued = await service.create_api_key(
-            user_id=user.id,
-            name=body.name,
-            scopes=body.scopes,
-            allowed_models=body.allowed_models,
-            expires_at=expiry_in_days(body.expires_in_days),
-        )
-    except InvalidInput as exc:
-        raise APIError(400, str(exc), param=exc.param, code="invalid_request") from None
-    API_KEYS_CREATED.inc()
+def created_key(issued: IssuedApiKey) -> CreatedApiKey:
     record = issued.record
     return CreatedApiKey(
         key=issued.key,
@@ -125,7 +134,39 @@ async def create_api_key(
         allowed_models=record.allowed_models,
         expires_at=record.expires_at,
         created_at=record.created_at,
+        team_id=record.team_id,
+        limits=LimitsOut.of(record),
     )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=CreatedApiKey)
+async def create_api_key(
+    body: CreateApiKey, user: CurrentUser, claims: AccessClaimsDep, governance: GovernanceDep
+) -> CreatedApiKey:
+    """Create an API key for the caller, with limits within their team's and their own;
+    the response holds the secret, once. The key never holds more scopes or models than
+    the access token creating it (403 otherwise)."""
+    require_keys_scope(claims)
+    try:
+        issued = await governance.create_api_key(
+            user_id=user.id,
+            limits=body.patch(),
+            team_id=body.team_id if "team_id" in body.model_fields_set else False,
+            name=body.name,
+            scopes=body.scopes,
+            allowed_models=body.allowed_models,
+            expires_at=expiry_in_days(body.expires_in_days),
+            creator_scopes=claims.scopes,
+            creator_models=claims.allowed_models,
+        )
+    except TeamNotFound:
+        raise APIError(404, "No such team.", param="team_id", code="team_not_found") from None
+    except InvalidInput as exc:
+        raise APIError(400, str(exc), param=exc.param, code="invalid_request") from None
+    except ExceedsCredential as exc:
+        raise APIError(403, str(exc), param=exc.param, code="insufficient_scope") from None
+    API_KEYS_CREATED.inc()
+    return created_key(issued)
 
 
 @router.get("", response_model=ApiKeyList)

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from switchyard.auth.bootstrap import AuthContext
+from switchyard.auth.governance import Governance
 from switchyard.auth.models import User
 from switchyard.auth.service import AuthService
 from switchyard.auth.tokens import AccessClaims, InvalidToken
@@ -25,6 +26,13 @@ def get_service(context: Annotated[AuthContext, Depends(get_context)]) -> AuthSe
 
 
 Service = Annotated[AuthService, Depends(get_service)]
+
+
+def get_governance(context: Annotated[AuthContext, Depends(get_context)]) -> Governance:
+    return context.governance
+
+
+GovernanceDep = Annotated[Governance, Depends(get_governance)]
 
 # auto_error=False: a missing header is answered below in the common error format.
 _bearer = HTTPBearer(auto_error=False, description="An access token from POST /v1/auth/token.")

@@ -7,10 +7,13 @@ from datetime import datetime
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from switchyard.auth.api.deps import Service
+from switchyard.auth.api.deps import GovernanceDep, Service
 from switchyard.auth.metrics import API_KEY_LOOKUPS
+from switchyard.auth.service import AuthError
 from switchyard.common.errors import APIError
+from switchyard.common.governance import Limits
 from switchyard.common.http import internal_token_dependency
+from switchyard.common.jsonbody import BoundedJsonRoute
 
 
 class ApiKeyLookup(BaseModel):
@@ -40,6 +43,12 @@ class RevocationsOut(BaseModel):
     disabled_users: list[str]
 
 
+class UserStatusOut(BaseModel):
+    user_id: str
+    tenant: str
+    active: bool = Field(description="False while the user is disabled.")
+
+
 class ApiKeyIdentityOut(BaseModel):
     key_id: str
     user_id: str
@@ -48,12 +57,32 @@ class ApiKeyIdentityOut(BaseModel):
     scopes: list[str]
     allowed_models: list[str] | None
     expires_at: datetime | None
+    team_id: str | None = None
+
+
+class LevelPolicyOut(BaseModel):
+    id: str
+    limits: Limits
+    budget_anchor_at: datetime | None
+
+
+class PolicyOut(BaseModel):
+    """The limits of every level above one caller: what a gateway enforces."""
+
+    tenant: str
+    team_id: str | None
+    levels: dict[str, LevelPolicyOut] = Field(
+        description="By level: api_key (if the caller used one), user, team (if any), tenant."
+    )
+    rate_limit_failure_mode: str
+    budget_failure_mode: str
 
 
 def internal_router(internal_token: str) -> APIRouter:
     router = APIRouter(
         prefix="/internal/v1",
         tags=["internal"],
+        route_class=BoundedJsonRoute,
         dependencies=[Depends(internal_token_dependency(internal_token))],
     )
 
@@ -67,6 +96,40 @@ def internal_router(internal_token: str) -> APIRouter:
             raise APIError(404, "API key not found.", code="api_key_not_found")
         API_KEY_LOOKUPS.labels("found").inc()
         return ApiKeyIdentityOut(**identity.__dict__)
+
+    @router.get("/users/{user_id}", response_model=UserStatusOut)
+    async def user_status(user_id: str, service: Service) -> UserStatusOut:
+        """Whether a user exists and is enabled: a gateway asks once per user it has not
+        seen lately (tokens of deleted users are refused; disabled ones also arrive as
+        events). 404 if there is no such user."""
+        user = await service.user_by_id(user_id)
+        if user is None:
+            raise APIError(404, "No such user.", code="user_not_found")
+        return UserStatusOut(user_id=user.id, tenant=user.tenant, active=not user.disabled)
+
+    @router.get("/policy", response_model=PolicyOut)
+    async def policy(
+        governance: GovernanceDep, user_id: str, key_id: str | None = None
+    ) -> PolicyOut:
+        """The limits of a user (through one of their keys) at every level; 404 if unknown."""
+        try:
+            found = await governance.policy(user_id, key_id)
+        except AuthError:
+            raise APIError(404, "No such user or API key.", code="not_found") from None
+        return PolicyOut(
+            tenant=found.tenant,
+            team_id=found.team_id,
+            levels={
+                name: LevelPolicyOut(
+                    id=level.scope_id,
+                    limits=level.limits,
+                    budget_anchor_at=level.budget_anchor_at,
+                )
+                for name, level in found.levels.items()
+            },
+            rate_limit_failure_mode=found.rate_limit_failure_mode,
+            budget_failure_mode=found.budget_failure_mode,
+        )
 
     @router.get("/revocations", response_model=RevocationsOut)
     async def revocations(service: Service) -> RevocationsOut:

@@ -22,8 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from switchyard.auth.api.deps import BearerCredentials, ClientAddress, Service, get_context
 from switchyard.auth.bootstrap import AuthContext
 from switchyard.auth.metrics import LOGINS_THROTTLED, REFRESH_REQUESTS, REVOCATIONS, TOKEN_REQUESTS
+from switchyard.auth.passwords import HashingBusy
 from switchyard.auth.service import AuthService, InvalidCredentials, InvalidGrant, TokenPair
 from switchyard.auth.tokens import InvalidToken
+from switchyard.common import jsonbody
 from switchyard.common.errors import APIError
 
 router = APIRouter(prefix="/v1/auth", tags=["tokens"])
@@ -95,9 +97,11 @@ async def _read_fields(request: Request, *, required: bool = True) -> Any:
             code="invalid_request",
         )
     try:
-        return orjson.loads(body)
+        return jsonbody.loads(body)
     except orjson.JSONDecodeError as exc:
         raise APIError(400, "The request body is not valid JSON.", code="invalid_request") from exc
+    except jsonbody.JsonTooDeep as exc:
+        raise APIError(400, str(exc), code="json_too_deep") from None
 
 
 def _validate(model: type[M], fields: Any) -> M:
@@ -109,6 +113,15 @@ def _validate(model: type[M], fields: Any) -> M:
             {**error, "loc": ("body", *error["loc"]), "input": None} for error in exc.errors()
         ]
         raise RequestValidationError(errors) from None
+
+
+def busy_hashing() -> APIError:
+    return APIError(
+        429,
+        "Too many sign-ins are being checked right now; retry shortly.",
+        code="too_many_attempts",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _token_response(pair: TokenPair) -> TokenResponse:
@@ -181,6 +194,9 @@ async def issue_token(
         raise APIError(
             401, str(exc), code="invalid_credentials", headers=_BEARER_CHALLENGE
         ) from None
+    except HashingBusy:
+        LOGINS_THROTTLED.labels("hashing").inc()
+        raise busy_hashing() from None
     limits.succeeded(account)
     pair = await service.sign_in(user)
     TOKEN_REQUESTS.labels("issued").inc()

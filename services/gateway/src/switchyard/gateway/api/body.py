@@ -1,42 +1,178 @@
-"""Reading request bodies on the hot path: one orjson parse and one pydantic validation,
-and the parsed dict (unknown fields included) is what travels on, never re-serialised
-from the model. Errors are 400s in the API's error format naming the offending field.
+"""Reading model request bodies on the hot path: one orjson parse, then a look at only the
+fields the gateway itself needs, and the parsed dict travels on exactly as the client sent
+it (never validated into a model, never re-serialised, never translated).
 
-Routes that read bodies this way document them with `openapi_body`, so Swagger UI still
-shows the request schema."""
+What the gateway checks, per API, is what it reads or what the API cannot do without:
+a JSON object, `model` (a string, to route), `stream` (a boolean, to answer), and the
+presence and type of the top-level fields the API requires (`messages` as a non-empty
+array; `max_tokens` as an integer on Anthropic's Messages; `input` on Embeddings).
+Everything else (content blocks, roles, a `system` message inside `messages`, unknown
+or brand-new parameters) is left to inference and the provider to judge, so a client
+gets what the provider itself would answer. A refusal is a 400 in the called API's
+error format naming the field, with OpenAI's error codes (`missing_required_parameter`,
+`invalid_type`, `empty_array`); a body nesting deeper than
+`switchyard.common.jsonbody.MAX_JSON_DEPTH` is refused too (`json_too_deep`).
+
+The pydantic models in `schemas.py` only document the request bodies in Swagger
+(`openapi_body`, `install_openapi_models`).
+"""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from switchyard.common.errors import APIError, validation_message
+from switchyard.common.errors import APIError
+from switchyard.common.events import ClientAPI
+from switchyard.common.jsonbody import JsonTooDeep, check_json_depth
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
+# Longest model name accepted (history stores it in a column of this size).
+MAX_MODEL_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """A model request as the client sent it, with what the gateway reads from it."""
+
+    api: ClientAPI
+    body: dict[str, Any]
+    model: str
+    stream: bool
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """The JSON object in `raw`; APIError 400 if it is not valid JSON or not an object."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
-    return data
-
-
-def validate_body(model: type[ModelT], raw: bytes) -> tuple[ModelT, dict[str, Any]]:
-    """The validated model and the parsed body it came from."""
-    data = parse_json_object(raw)
     try:
-        return model.model_validate(data), data
-    except ValidationError as exc:
-        message, param = validation_message(list(exc.errors(include_url=False)))
-        raise APIError(400, message, param=param, code="invalid_request") from None
+        return check_json_depth(data)
+    except JsonTooDeep as exc:
+        raise APIError(400, str(exc), code="json_too_deep") from None
+
+
+def _missing(param: str) -> APIError:
+    return APIError(
+        400,
+        f"Missing required parameter: '{param}'.",
+        param=param,
+        code="missing_required_parameter",
+    )
+
+
+def _invalid_type(param: str, expected: str, value: Any) -> APIError:
+    return APIError(
+        400,
+        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise _missing("model")
+    if not isinstance(model, str):
+        raise _invalid_type("model", "a string", model)
+    if not 0 < len(model) <= MAX_MODEL_LENGTH:
+        raise APIError(
+            400,
+            f"Invalid 'model': must be 1 to {MAX_MODEL_LENGTH} characters long.",
+            param="model",
+            code="invalid_value",
+        )
+    return model
+
+
+def _stream(body: dict[str, Any]) -> bool:
+    stream = body.get("stream")
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise _invalid_type("stream", "a boolean", stream)
+    return stream
+
+
+def _messages(body: dict[str, Any]) -> None:
+    messages = body.get("messages")
+    if messages is None:
+        raise _missing("messages")
+    if not isinstance(messages, list):
+        raise _invalid_type("messages", "an array", messages)
+    if not messages:
+        raise APIError(
+            400,
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but "
+            "got an empty array instead.",
+            param="messages",
+            code="empty_array",
+        )
+
+
+def read_chat_completions(body: dict[str, Any]) -> ClientRequest:
+    """An OpenAI Chat Completions request body."""
+    model = _model(body)
+    _messages(body)
+    return ClientRequest(ClientAPI.OPENAI_CHAT_COMPLETIONS, body, model, _stream(body))
+
+
+def read_messages(body: dict[str, Any]) -> ClientRequest:
+    """An Anthropic Messages request body."""
+    model = _model(body)
+    _messages(body)
+    max_tokens = body.get("max_tokens")
+    if max_tokens is None:
+        raise _missing("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        raise _invalid_type("max_tokens", "an integer", max_tokens)
+    return ClientRequest(ClientAPI.ANTHROPIC_MESSAGES, body, model, _stream(body))
+
+
+def read_embeddings(body: dict[str, Any]) -> ClientRequest:
+    """An OpenAI Embeddings request body (never streamed)."""
+    model = _model(body)
+    value = body.get("input")
+    if value is None:
+        raise _missing("input")
+    if not isinstance(value, str | list):
+        raise _invalid_type("input", "a string or an array", value)
+    return ClientRequest(ClientAPI.OPENAI_EMBEDDINGS, body, model, False)
+
+
+READERS = {
+    ClientAPI.OPENAI_CHAT_COMPLETIONS: read_chat_completions,
+    ClientAPI.ANTHROPIC_MESSAGES: read_messages,
+    ClientAPI.OPENAI_EMBEDDINGS: read_embeddings,
+}
+
+
+def read_request(api: ClientAPI, raw: bytes) -> ClientRequest:
+    """The request in `raw` (the HTTP body) for `api`; APIError 400 naming the field at
+    fault if the gateway cannot route or answer it."""
+    return READERS[api](parse_json_object(raw))
 
 
 def openapi_body(model: type[BaseModel]) -> dict[str, Any]:

@@ -1,14 +1,13 @@
-"""`POST /v1/chat/completions`: OpenAI's Chat Completions, answered as JSON or, when
-`stream` is true, as Server-Sent Events identical in form to OpenAI's."""
+"""`POST /v1/chat/completions`: OpenAI's Chat Completions, for clients using the `openai`
+SDK. The body is published as it came; the reply (JSON, or Server-Sent Events when
+`stream` is true) is relayed as inference sent it, already in this API's shape."""
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request, Response
 
-from switchyard.common.errors import error_body
-from switchyard.common.events import ChatChunk, ChatCompleted, ChatFailed
-from switchyard.gateway.api.body import openapi_body, validate_body
+from switchyard.common.events import ClientAPI
+from switchyard.gateway.api.body import openapi_body, read_request
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.dispatch import Dispatch
 from switchyard.gateway.schemas import ChatCompletionRequest
@@ -26,28 +25,6 @@ async def create_chat_completion(
     request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
     """Create a chat completion; streams Server-Sent Events when `stream` is true."""
-    body, raw_body = validate_body(ChatCompletionRequest, await request.body())
-    dispatch = await Dispatch.start(
-        gateway,
-        request,
-        principal,
-        api="openai",
-        operation="chat",
-        model=body.model,
-        body=raw_body,
-        stream=body.stream,
-    )
-    return await dispatch.answer(
-        stream=body.stream,
-        json_body=lambda completed: orjson.dumps(completed.data.response),
-        sse=_openai_sse,
-    )
-
-
-def _openai_sse(reply: ChatChunk | ChatCompleted | ChatFailed) -> list[bytes]:
-    if isinstance(reply, ChatChunk):
-        return [b"data: " + orjson.dumps(reply.data.chunk) + b"\n\n"]
-    if isinstance(reply, ChatCompleted):
-        return [b"data: [DONE]\n\n"]
-    error = reply.data.error
-    return [b"data: " + error_body(error.message, error.type, error.code) + b"\n\n"]
+    client = read_request(ClientAPI.OPENAI_CHAT_COMPLETIONS, await request.body())
+    dispatch = await Dispatch.start(gateway, request, principal, client)
+    return await dispatch.answer()

@@ -1,10 +1,13 @@
 """Typed dependencies shared by the gateway's routes: the gateway, and the authenticated
 caller with the scope the route needs.
 
-Which scope a route needs is decided here, in one table, by the route's path: generating
-anything (chat, messages, embeddings, jobs) needs `chat`; reading history and usage needs
-`history:read`; listing models needs only valid credentials. A valid credential without
-the scope gets 403; missing or invalid credentials get 401; neither echoes the credential.
+Which scope a route needs is decided here, in one table, by the route's path and method:
+generating anything (chat, messages, embeddings, jobs) needs `chat`; reading history and
+usage needs `history:read`, changing anything under them `history:write`; listing models
+needs only valid credentials. Secrets need `admin` besides (the history settings route
+checks that itself: the webhook signing secret is shown, and rotated, only with it). A
+valid credential without the scope gets 403; missing or invalid credentials get 401;
+neither echoes the credential.
 """
 
 from __future__ import annotations
@@ -19,17 +22,24 @@ from switchyard.common.errors import APIError
 from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, Principal
 from switchyard.gateway.bootstrap import Gateway
 
-# (path prefix, scope): the first match decides. Paths not listed need no scope.
-ROUTE_SCOPES: tuple[tuple[str, str], ...] = (
-    ("/v1/chat/", scopes.CHAT),
-    ("/v1/completions", scopes.CHAT),
-    ("/v1/messages", scopes.CHAT),
-    ("/v1/embeddings", scopes.CHAT),
-    ("/v1/jobs", scopes.CHAT),
-    ("/v1/batches", scopes.CHAT),
-    ("/v1/responses", scopes.CHAT),
-    ("/v1/history", scopes.HISTORY_READ),
-    ("/v1/usage", scopes.HISTORY_READ),
+ANY_METHOD: frozenset[str] = frozenset()
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+# (path prefix, scope, methods — empty for any): the first match decides. Paths not
+# listed need no scope.
+ROUTE_SCOPES: tuple[tuple[str, str, frozenset[str]], ...] = (
+    ("/v1/chat/", scopes.CHAT, ANY_METHOD),
+    ("/v1/completions", scopes.CHAT, ANY_METHOD),
+    ("/v1/messages", scopes.CHAT, ANY_METHOD),
+    ("/v1/embeddings", scopes.CHAT, ANY_METHOD),
+    ("/v1/jobs", scopes.CHAT, ANY_METHOD),
+    ("/v1/batches", scopes.CHAT, ANY_METHOD),
+    ("/v1/responses", scopes.CHAT, ANY_METHOD),
+    ("/v1/history", scopes.HISTORY_READ, READS),
+    ("/v1/history", scopes.HISTORY_WRITE, ANY_METHOD),
+    ("/v1/usage", scopes.HISTORY_READ, READS),
+    ("/v1/usage", scopes.HISTORY_WRITE, ANY_METHOD),
 )
 
 
@@ -40,9 +50,11 @@ def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def required_scope(path: str) -> str | None:
-    for prefix, scope in ROUTE_SCOPES:
-        if path.startswith(prefix):
+def required_scope(path: str, method: str = "GET") -> str | None:
+    """The scope a `method` request to `path` needs (None: valid credentials suffice)."""
+    method = method.upper()
+    for prefix, scope, methods in ROUTE_SCOPES:
+        if path.startswith(prefix) and (not methods or method in methods):
             return scope
     return None
 
@@ -85,7 +97,7 @@ async def authenticate(
 ) -> Principal:
     """The caller, who must hold the scope the matched route needs (see ROUTE_SCOPES)."""
     route = request.scope.get("route")
-    scope = required_scope(getattr(route, "path", None) or request.url.path)
+    scope = required_scope(getattr(route, "path", None) or request.url.path, request.method)
     if scope is not None and scope not in principal.scopes:
         raise insufficient_scope(scope)
     return principal

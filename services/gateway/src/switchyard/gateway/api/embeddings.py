@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request, Response
 
-from switchyard.gateway.api.body import openapi_body, validate_body
+from switchyard.common.events import ClientAPI
+from switchyard.gateway.api.body import openapi_body, read_request
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.dispatch import Dispatch
 from switchyard.gateway.schemas import EmbeddingsRequest
@@ -23,17 +23,6 @@ async def create_embeddings(
     request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
     """Embed one input or a list of inputs."""
-    body, raw_body = validate_body(EmbeddingsRequest, await request.body())
-    dispatch = await Dispatch.start(
-        gateway,
-        request,
-        principal,
-        api="openai",
-        operation="embeddings",
-        model=body.model,
-        body=raw_body,
-        stream=False,
-    )
-    return await dispatch.answer(
-        stream=False, json_body=lambda completed: orjson.dumps(completed.data.response)
-    )
+    client = read_request(ClientAPI.OPENAI_EMBEDDINGS, await request.body())
+    dispatch = await Dispatch.start(gateway, request, principal, client)
+    return await dispatch.answer()

@@ -11,12 +11,15 @@ import re
 from typing import Any
 
 import httpx
+import orjson
 import structlog
 from fastapi import APIRouter, Request, Response
 
+from switchyard.common import scopes
 from switchyard.common.errors import APIError
 from switchyard.common.http import INTERNAL_TOKEN_HEADER
-from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
+from switchyard.gateway.api.body import parse_json_object
+from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, insufficient_scope
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
 
@@ -100,16 +103,31 @@ async def list_history(
     Query parameters: `limit` (1-100, default 20), `cursor` (the previous page's
     `next_cursor`), `since` and `until` (ISO 8601, e.g. `2025-03-01T00:00:00Z`, a date, or
     relative like `7d`), `model`, `status` (comma-separated: pending, completed, failed,
-    cancelled, expired), `api_key_id`, and for admins `user_id`."""
+    cancelled, expired, refused), `api_key_id`, and for admins `user_id`. Each request is
+    shown in the API the client called (`api`), with its usage: input, output, cache-read,
+    cache-creation and reasoning tokens."""
     return await forward(gateway, principal, "/v1/history", request)
+
+
+def _without_secret(response: Response, principal: Principal) -> Response:
+    """The settings as history answered them, less the webhook signing secret unless the
+    credential holds the `admin` scope."""
+    if response.status_code != 200 or scopes.ADMIN in principal.scopes:
+        return response
+    settings = orjson.loads(response.body)
+    settings.pop("webhook_secret", None)
+    return Response(orjson.dumps(settings), media_type="application/json")
 
 
 @router.get("/settings", summary="Your tenant's history settings (admins)")
 async def get_settings(
     request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
-    """Metadata-only storage, retention and the secret job webhooks are signed with."""
-    return await forward(gateway, principal, "/v1/history/settings", request)
+    """Metadata-only storage, retention and (with the `admin` scope) the secret job
+    webhooks are signed with."""
+    return _without_secret(
+        await forward(gateway, principal, "/v1/history/settings", request), principal
+    )
 
 
 @router.put("/settings", summary="Change your tenant's history settings (admins)")
@@ -117,15 +135,20 @@ async def put_settings(
     request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
     """Body: `store_content` (false: metadata only, no prompt or completion text),
-    `retention_days`, `clear_retention`, `rotate_webhook_secret`."""
-    return await forward(
+    `retention_days`, `clear_retention`, `rotate_webhook_secret` (needs the `admin`
+    scope). Needs the `history:write` scope."""
+    changes = parse_json_object(await request.body())
+    if changes.get("rotate_webhook_secret") and scopes.ADMIN not in principal.scopes:
+        raise insufficient_scope(scopes.ADMIN)
+    response = await forward(
         gateway,
         principal,
         "/v1/history/settings",
         None,
         method="PUT",
-        content=await request.body(),
+        content=orjson.dumps(changes),
     )
+    return _without_secret(response, principal)
 
 
 @router.get("/{request_id}", summary="One request with its reply")

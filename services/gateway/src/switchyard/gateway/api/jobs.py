@@ -1,98 +1,154 @@
-"""`/v1/jobs`: asynchronous chat completions in the batch lane.
+"""`/v1/jobs`: asynchronous model requests in the batch lane.
 
-`POST /v1/jobs` takes a Chat Completions body (plus an optional `webhook_url`), publishes
-it as a `chat.requested` with priority `batch` on the batch topic — no gateway waits for
-it, so it has no reply address — and answers 202 at once with the job id. Inference
-serves the batch lane only with capacity interactive traffic leaves free. History records
-the job like any request; `GET /v1/jobs/{id}` shows its status (queued, completed,
-failed, cancelled, expired) and, once done, its result; `GET /v1/jobs` lists them;
+`POST /v1/jobs` takes one request of any model API, as OpenAI's Batch API writes its
+request lines: `{"url": "/v1/messages", "body": {...}}` (`url` is `/v1/chat/completions`,
+`/v1/messages` or `/v1/embeddings`), plus an optional `webhook_url`. A plain Chat
+Completions body (with an optional top-level `webhook_url`) is accepted as well. The body
+is checked as its own route checks it and published as it came, with its API and the
+forwarded headers (`anthropic-version`...), as a `chat.requested` with priority `batch`
+on the batch topic — no gateway waits for it, so it has no reply address — and the
+answer is 202 at once with the job id. Inference serves the batch lane only with
+capacity interactive traffic leaves free. History records the job like any request;
+`GET /v1/jobs/{id}` shows its status (queued, completed, failed, cancelled, expired,
+refused) and, once done, its result in the job's API; `GET /v1/jobs` lists them;
 `POST /v1/jobs/{id}/cancel` cancels one that has not finished: history records the
 cancellation (the job's terminal state) and the gateway tells inference to skip it.
 
 A job that asked for a webhook is POSTed to it when it finishes, signed with the
-tenant's secret (see the history service's `webhooks` module for the format).
+tenant's secret (see the history service's `webhooks` module for the format). The URL is
+checked here (400 `invalid_webhook_url`): a well-formed http(s) URL whose host is not,
+and does not resolve to, a loopback, private, link-local, multicast or reserved address
+(`switchyard.common.egress`); history checks the address again when it connects.
+
+A job is cancellable as soon as it is accepted: the replica that accepted it remembers it
+for a few minutes, so a cancellation that reaches history before the job itself is
+recorded there as the job's terminal state (see `RecentJobs`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 import structlog
 from fastapi import APIRouter, Request, Response
 
-from switchyard.common.bus import BusUnavailableError
+from switchyard.common.bus import BusUnavailableError, EventTooLargeError
+from switchyard.common.egress import (
+    InvalidTargetURL,
+    RefusedDestination,
+    TargetPolicy,
+    UnresolvableDestination,
+)
 from switchyard.common.errors import APIError
 from switchyard.common.events import (
     CancelRequestData,
     ChatCancelRequested,
     ChatRequestData,
     ChatRequested,
+    ClientAPI,
     Priority,
     new_id,
     utcnow,
 )
-from switchyard.gateway.api.body import openapi_body, parse_json_object, validate_body
+from switchyard.gateway.api.body import READERS, ClientRequest, openapi_body, parse_json_object
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.api.history import forward, looks_like_id
 from switchyard.gateway.bootstrap import Gateway
-from switchyard.gateway.schemas import ChatCompletionRequest
+from switchyard.gateway.dispatch import forwarded_headers, too_large_for_bus
+from switchyard.gateway.governance.refusals import admit_or_refuse
+from switchyard.gateway.limits import API_PATHS, too_large_message
+from switchyard.gateway.recent_jobs import AcceptedJob
+from switchyard.gateway.request_id import request_id_of
+from switchyard.gateway.schemas import JobRequest
 
 log = structlog.get_logger("switchyard.gateway.jobs")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-MAX_WEBHOOK_URL = 2048
 
-
-def _webhook_url(value: Any) -> str | None:
+async def _webhook_url(value: Any, policy: TargetPolicy) -> str | None:
+    """`value` if it is an acceptable webhook URL (None if absent); APIError 400 if not. A
+    host that does not resolve now is accepted: history checks it again when delivering."""
     if value is None:
         return None
-    problem = None
-    if not isinstance(value, str) or not value:
-        problem = "must be a URL string"
-    elif len(value) > MAX_WEBHOOK_URL:
-        problem = f"must be at most {MAX_WEBHOOK_URL} characters"
-    else:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            problem = "must be an absolute http:// or https:// URL"
-        elif parts.username or parts.password:
-            problem = "must not contain credentials"
-    if problem:
-        raise APIError(
-            400,
-            f"Invalid value for 'webhook_url': {problem}.",
-            param="webhook_url",
-            code="invalid_webhook_url",
+    try:
+        await policy.check_url(value)
+    except InvalidTargetURL as exc:
+        problem = str(exc)
+    except RefusedDestination:
+        problem = (
+            "must point to a public address (loopback, private, link-local, multicast and "
+            "reserved addresses are refused)"
         )
-    return value
+    except UnresolvableDestination:
+        return value
+    else:
+        return value
+    raise APIError(
+        400,
+        f"Invalid value for 'webhook_url': {problem}.",
+        param="webhook_url",
+        code="invalid_webhook_url",
+    )
 
 
 def _not_found(job_id: str) -> APIError:
     return APIError(404, f"No job found with id '{job_id[:64]}'.", code="job_not_found")
 
 
+def read_job(data: dict[str, Any]) -> ClientRequest:
+    """The job's request, from either form of the jobs body (`webhook_url` already taken
+    out). Raises APIError 400 naming the field at fault."""
+    if "url" not in data:
+        return READERS[ClientAPI.OPENAI_CHAT_COMPLETIONS](data)
+    api = API_PATHS.get(data["url"]) if isinstance(data["url"], str) else None
+    if api is None:
+        raise APIError(
+            400,
+            f"Invalid value for 'url': must be one of {', '.join(API_PATHS)}.",
+            param="url",
+            code="invalid_value",
+        )
+    body = data.get("body")
+    if not isinstance(body, dict):
+        raise APIError(
+            400,
+            "Invalid 'body': expected the request body of the API in 'url', as an object.",
+            param="body",
+            code="invalid_type" if body is not None else "missing_required_parameter",
+        )
+    try:
+        return READERS[api](body)
+    except APIError as exc:
+        exc.param = f"body.{exc.param}" if exc.param else "body"
+        raise
+
+
 @router.post(
     "",
     status_code=202,
-    summary="Create an asynchronous chat completion job",
-    openapi_extra=openapi_body(ChatCompletionRequest),
+    summary="Create an asynchronous job (any model API)",
+    openapi_extra=openapi_body(JobRequest),
     response_model=None,
 )
 async def create_job(
     request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
-    """A Chat Completions body, plus an optional `webhook_url` POSTed when the job ends.
-    Answers 202 with the job (`status: queued`); poll `GET /v1/jobs/{id}` for the result."""
+    """One request of any model API (`url` and `body`), plus an optional `webhook_url`
+    POSTed when the job ends. Answers 202 with the job (`status: queued`); poll
+    `GET /v1/jobs/{id}` for the result."""
     raw = await request.body()
     data = parse_json_object(raw)
-    webhook_url = _webhook_url(data.pop("webhook_url", None))
-    body, body_dict = validate_body(ChatCompletionRequest, orjson.dumps(data))
-    if body.stream:
+    webhook_url = await _webhook_url(data.pop("webhook_url", None), gateway.webhook_policy)
+    client = read_job(data)
+    limit = gateway.settings.max_body_bytes_for(client.api)
+    if len(raw) > limit:
+        raise APIError(413, too_large_message(limit), code="request_too_large")
+    if client.stream:
         raise APIError(
             400,
             "Jobs cannot stream: their result is fetched with GET /v1/jobs/{id} or sent to the "
@@ -100,16 +156,27 @@ async def create_job(
             param="stream",
             code="invalid_request",
         )
-    if gateway.routing.route(body.model) is None or (
-        principal.allowed_models is not None and body.model not in principal.allowed_models
+    if gateway.routing.route(client.model) is None or (
+        principal.allowed_models is not None and client.model not in principal.allowed_models
     ):
         raise APIError(
             404,
-            f"The model '{body.model}' does not exist or you do not have access to it.",
+            f"The model '{client.model}' does not exist or you do not have access to it.",
             code="model_not_found",
             param="model",
         )
-    job_id = new_id()
+    job_id = request_id_of(request.scope) or new_id()
+    # Jobs count against the same budgets and rate limits as interactive requests.
+    ticket = await admit_or_refuse(
+        gateway,
+        principal,
+        job_id,
+        client.model,
+        client.body,
+        api=client.api,
+        embeddings=client.api is ClientAPI.OPENAI_EMBEDDINGS,
+    )
+    ticket.attach(job_id, gateway.settings.job_timeout_s)
     created = utcnow()
     event = ChatRequested(
         source="gateway",
@@ -117,13 +184,14 @@ async def create_job(
         request_id=job_id,
         time=created,
         data=ChatRequestData(
-            api="openai",
-            operation="chat",
-            model=body.model,
-            body=body_dict,
+            api=client.api,
+            model=client.model,
+            body=client.body,
+            headers=forwarded_headers(request),
             stream=False,
             user_id=principal.user_id,
             api_key_id=principal.api_key_id,
+            team_id=ticket.team_id,
             priority=Priority.BATCH,
             deadline=created + timedelta(seconds=gateway.settings.job_timeout_s),
             reply_to=None,
@@ -132,7 +200,11 @@ async def create_job(
     )
     try:
         await gateway.bus.publish(gateway.topics.requests_batch, event, key=job_id)
+    except EventTooLargeError as exc:
+        log.error("job too large for the event bus", error=str(exc))
+        raise too_large_for_bus() from None
     except BusUnavailableError as exc:
+        ticket.cancel()
         log.error("could not publish job", error=str(exc))
         raise APIError(
             503,
@@ -140,12 +212,25 @@ async def create_job(
             code="bus_unavailable",
             headers={"Retry-After": "2"},
         ) from None
+    created_at = created.isoformat().replace("+00:00", "Z")
+    gateway.recent_jobs.add(
+        AcceptedJob(
+            job_id=job_id,
+            tenant=principal.tenant,
+            user_id=principal.user_id,
+            model=client.model,
+            created_at=created_at,
+            webhook_url=webhook_url,
+            accepted_at=time.monotonic(),
+        )
+    )
     job = {
         "id": job_id,
         "object": "job",
         "status": "queued",
-        "model": body.model,
-        "created_at": created.isoformat().replace("+00:00", "Z"),
+        "api": client.api.value,
+        "model": client.model,
+        "created_at": created_at,
         "completed_at": None,
         "result": None,
         "error": None,
@@ -155,14 +240,18 @@ async def create_job(
         orjson.dumps(job),
         status_code=202,
         media_type="application/json",
-        headers={"x-request-id": job_id, "Location": f"/v1/jobs/{job_id}"},
+        headers={
+            "x-request-id": job_id,
+            "Location": f"/v1/jobs/{job_id}",
+            **ticket.openai_headers(),
+        },
     )
 
 
 @router.get("", summary="List your jobs, newest first")
 async def list_jobs(request: Request, principal: CurrentPrincipal, gateway: GatewayDep) -> Response:
     """Query parameters: `limit` (1-100), `cursor`, `status` (comma-separated: queued,
-    completed, failed, cancelled, expired). Admins see their whole tenant's jobs."""
+    completed, failed, cancelled, expired, refused). Admins see their whole tenant's jobs."""
     return await forward(gateway, principal, "/v1/jobs", request)
 
 
@@ -183,11 +272,33 @@ async def cancel_job(
     """The job ends as `cancelled` (answered with the job); a finished job gets 409."""
     if not looks_like_id(job_id):
         raise _not_found(job_id)
-    response = await forward(gateway, principal, f"/v1/jobs/{job_id}/cancel", None, method="POST")
+    path = f"/v1/jobs/{job_id}/cancel"
+    response = await forward(gateway, principal, path, None, method="POST")
+    accepted = gateway.recent_jobs.get(job_id, principal.tenant)
+    if (
+        response.status_code == 404
+        and accepted is not None
+        and (accepted.user_id == principal.user_id or principal.role == "admin")
+    ):
+        # Accepted here moments ago, not yet recorded by history: history records the
+        # cancellation now, and the job's request, when it arrives, finds it cancelled.
+        response = await forward(gateway, principal, path + "?accepted=true", None, method="POST")
+        if response.status_code == 200:
+            response = _with_accepted_job(response, accepted)
     if response.status_code == 200:
         # History recorded the cancellation; inference skips the job or stops it.
         _publish_in_background(gateway, _cancel_event(principal.tenant, job_id))
     return response
+
+
+def _with_accepted_job(response: Response, accepted: AcceptedJob) -> Response:
+    """History's answer for a job it has not seen yet, completed with what this replica
+    knows of the job (model, creation time, webhook)."""
+    job = orjson.loads(response.body)
+    job.update(model=accepted.model, created_at=accepted.created_at)
+    if accepted.webhook_url:
+        job["webhook"] = {"url": accepted.webhook_url, "status": "pending"}
+    return Response(orjson.dumps(job), status_code=200, media_type="application/json")
 
 
 def _cancel_event(tenant: str, job_id: str) -> ChatCancelRequested:
@@ -207,3 +318,8 @@ def _publish_in_background(gateway: Gateway, event: ChatCancelRequested) -> None
     task = asyncio.ensure_future(publish())
     gateway.background.add(task)
     task.add_done_callback(gateway.background.discard)
+
+
+def request_cancellation(gateway: Gateway, tenant: str, job_id: str) -> None:
+    """Tell inference to skip or stop a job whose cancellation history has recorded."""
+    _publish_in_background(gateway, _cancel_event(tenant, job_id))

@@ -41,7 +41,12 @@ def components(request: Request) -> HistoryComponents:
     return request.app.state.history
 
 
-def history_queries(request: Request) -> HistoryQueries:
+async def history_queries(request: Request) -> HistoryQueries:
+    """The queries, once this process's recorder has written what was published before the
+    request (embedded mode: a reply just delivered is already `completed` when read)."""
+    barrier = getattr(request.app.state, "read_barrier", None)
+    if barrier is not None:
+        await barrier()
     return request.app.state.history.queries
 
 

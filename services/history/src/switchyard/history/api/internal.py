@@ -1,5 +1,9 @@
 """`/internal/v1/idempotency`: Idempotency-Key claims for the gateway replicas (internal
-token and the caller's identity required; keys are scoped to the caller's tenant)."""
+token and the caller's identity required; keys are scoped to the caller's tenant).
+
+Privacy settings apply here too: for a tenant storing metadata only, a completed claim
+keeps its status, content type and request id but no response body (a replay then gets
+`body_b64: null`, and the gateway says the response was not kept)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from pydantic import BaseModel, Field
 
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
-from switchyard.history.api.dependencies import CallerDep, IdempotencyDep
+from switchyard.common.jsonbody import BoundedJsonRoute
+from switchyard.history.api.dependencies import CallerDep, IdempotencyDep, TenantsDep
 from switchyard.history.idempotency import ClaimRequest
 
 KEY = Field(min_length=1, max_length=255)
@@ -43,6 +48,7 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
     router = APIRouter(
         prefix="/internal/v1/idempotency",
         tags=["internal"],
+        route_class=BoundedJsonRoute,
         dependencies=[Depends(internal_token_dependency(internal_token))],
     )
 
@@ -69,13 +75,17 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
         }
 
     @router.post("/complete")
-    async def complete(body: CompleteBody, caller: CallerDep, store: IdempotencyDep) -> dict:
+    async def complete(
+        body: CompleteBody, caller: CallerDep, store: IdempotencyDep, tenants: TenantsDep
+    ) -> dict:
         try:
             content = base64.b64decode(body.body_b64, validate=True)
         except (binascii.Error, ValueError):
             raise APIError(400, "body_b64 is not base64", param="body_b64") from None
         if len(content) > max_body_bytes:
             raise APIError(413, f"responses over {max_body_bytes} bytes are not stored")
+        if not (await tenants.get(caller.tenant)).store_content:
+            content = None
         stored = await store.complete(
             caller.tenant,
             body.key,

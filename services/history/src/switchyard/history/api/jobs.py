@@ -20,6 +20,7 @@ from switchyard.history.jobs import (
 )
 from switchyard.history.models import RequestStatus
 from switchyard.history.queries import DEFAULT_PAGE_SIZE, InvalidCursorError
+from switchyard.history.timeparse import isoformat_z
 
 
 def _json(data: Any, status_code: int = 200) -> Response:
@@ -28,6 +29,25 @@ def _json(data: Any, status_code: int = 200) -> Response:
 
 def _not_found(job_id: str) -> APIError:
     return APIError(404, f"No job found with id '{job_id}'.", param="job_id", code="job_not_found")
+
+
+def _cancelled_before_recorded(job_id: str, event: Any) -> dict[str, Any]:
+    """The job view of a job cancelled before its request was recorded."""
+    now = isoformat_z(event.time)
+    return {
+        "id": job_id,
+        "object": "job",
+        "status": "cancelled",
+        "model": None,
+        "created_at": now,
+        "completed_at": now,
+        "result": None,
+        "error": event.data.error.model_dump(mode="json"),
+        "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+        "cost_usd": None,
+        "deployment": None,
+        "webhook": None,
+    }
 
 
 def jobs_router(internal_token: str) -> APIRouter:
@@ -70,11 +90,30 @@ def jobs_router(internal_token: str) -> APIRouter:
         return _json(job_object(row))
 
     @router.post("/{job_id}/cancel", summary="Cancel a job that has not finished")
-    async def cancel_job(job_id: str, caller: CallerDep, components: ComponentsDep) -> Response:
+    async def cancel_job(
+        job_id: str,
+        caller: CallerDep,
+        components: ComponentsDep,
+        accepted: Annotated[
+            bool,
+            Query(
+                description="The gateway vouches that it accepted this job for the caller "
+                "moments ago: if it is not recorded yet, its cancellation is recorded first."
+            ),
+        ] = False,
+    ) -> Response:
         """Records the cancellation (the job's terminal state becomes `cancelled`); the
         gateway then tells inference to skip or stop it. A finished job gets 409."""
         queries = components.queries
         row = await queries.get_job(caller, job_id)
+        if row is None and accepted:
+            # Its request is still on its way: the projection keeps the first terminal
+            # status, so the request, when it arrives, finds the job cancelled.
+            event = cancellation_event(caller.tenant, job_id, caller.user_id)
+            await components.recorder.record([event])
+            row = await queries.get_job(caller, job_id)
+            if row is None:
+                return _json(_cancelled_before_recorded(job_id, event))
         if row is None:
             raise _not_found(job_id)
         if row["status"] == RequestStatus.PENDING.value:

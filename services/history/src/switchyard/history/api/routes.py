@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
+from switchyard.common.jsonbody import BoundedJsonRoute
 from switchyard.history.api.dependencies import CallerDep, QueriesDep, TenantsDep
 from switchyard.history.api.params import page_limit, parse_statuses, parse_time_range
 from switchyard.history.api.schemas import HistoryItem, HistoryList, history_item
@@ -46,6 +47,7 @@ def history_router(internal_token: str) -> APIRouter:
     router = APIRouter(
         prefix="/v1/history",
         tags=["history"],
+        route_class=BoundedJsonRoute,
         dependencies=[Depends(internal_token_dependency(internal_token))],
     )
 

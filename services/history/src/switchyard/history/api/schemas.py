@@ -9,9 +9,32 @@ from pydantic import BaseModel, Field
 
 
 class HistoryUsage(BaseModel):
-    input_tokens: int = 0
+    input_tokens: int = Field(default=0, description="All input tokens, cached included.")
     output_tokens: int = 0
     total_tokens: int = 0
+    cache_read_input_tokens: int = Field(
+        default=0, description="Input tokens read from the provider's prompt cache."
+    )
+    cache_creation_input_tokens: int = Field(
+        default=0, description="Input tokens written to the provider's prompt cache."
+    )
+    reasoning_tokens: int = Field(
+        default=0, description="Output tokens spent on reasoning (a part of output_tokens)."
+    )
+
+
+def history_usage(row: dict[str, Any]) -> HistoryUsage:
+    """The usage of a projection row (a token count not recorded counts as 0)."""
+    input_tokens = row.get("input_tokens") or 0
+    output_tokens = row.get("output_tokens") or 0
+    return HistoryUsage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=input_tokens + output_tokens,
+        cache_read_input_tokens=row.get("cache_read_input_tokens") or 0,
+        cache_creation_input_tokens=row.get("cache_creation_input_tokens") or 0,
+        reasoning_tokens=row.get("reasoning_tokens") or 0,
+    )
 
 
 class HistoryItem(BaseModel):
@@ -20,12 +43,26 @@ class HistoryItem(BaseModel):
     created_at: datetime
     completed_at: datetime | None = None
     model: str | None
-    status: Literal["pending", "completed", "failed", "cancelled", "expired"]
+    status: Literal["pending", "completed", "failed", "cancelled", "expired", "refused"]
+    api: str | None = Field(
+        description="The API `request` and `response` are shaped in (`openai.chat_completions`, "
+        "`anthropic.messages`, `openai.embeddings`...)."
+    )
+    client_api: str | None = Field(
+        description="The API the client called. Equal to `api`, except for requests of "
+        "Anthropic clients recorded before event contract version 2, whose request and "
+        "response were recorded translated to Chat Completions."
+    )
+    upstream_api: str | None = Field(
+        description="The API the model's deployment was called with: `api` when the request "
+        "was passed through, another when it was translated."
+    )
     request: dict[str, Any] | None = Field(
-        description="The chat request body as the gateway accepted it."
+        description="The request body as the client sent it, in `api`'s shape."
     )
     response: dict[str, Any] | None = Field(
-        description="The chat.completion object, once completed."
+        description="The reply body once completed, in `api`'s shape (a `chat.completion`, "
+        "an Anthropic `message`, an embeddings `list`)."
     )
     error: dict[str, Any] | None = Field(
         description="Why the request failed, was cancelled or expired."
@@ -47,22 +84,19 @@ class HistoryList(BaseModel):
 
 
 def history_item(row: dict[str, Any]) -> HistoryItem:
-    input_tokens = row["input_tokens"] or 0
-    output_tokens = row["output_tokens"] or 0
     return HistoryItem(
         id=row["request_id"],
         created_at=row["created_at"],
         completed_at=row["completed_at"],
         model=row["model"],
         status=row["status"],
+        api=row["api"],
+        client_api=row["client_api"] or row["api"],
+        upstream_api=row["upstream_api"],
         request=row["request_body"],
         response=row["response"],
         error=row["error"],
-        usage=HistoryUsage(
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            total_tokens=input_tokens + output_tokens,
-        ),
+        usage=history_usage(row),
         latency_ms=row["latency_ms"],
         provider=row["provider"],
         deployment=row["deployment"],

@@ -1,24 +1,19 @@
-"""Translation between OpenAI's Chat Completions and Anthropic's Messages shapes.
+"""Translation between OpenAI's Chat Completions and Anthropic's Messages: requests,
+replies and streams, used only when a client's API and the deployment's protocol differ
+(a request is translated at most once each way; docs/protocols.md has the mapping table).
 
 Pure functions and small stateful stream converters over plain dicts (what `orjson`
-gives), never SDK models: they run on every request that crosses APIs, so they must not
-parse or validate anything twice. Used in two places:
+gives), never SDK models: they run on every request that crosses APIs.
 
-- the inference service, to call Anthropic deployments with an OpenAI-format request
-  (`openai_request_to_anthropic`, `anthropic_response_to_openai`,
-  `AnthropicToOpenAIStream`);
-- the gateway's `/v1/messages`, to accept Anthropic-format requests, send them through
-  the pipeline in OpenAI format, and answer in Anthropic's shape
-  (`anthropic_request_to_openai`, `openai_response_to_anthropic`,
-  `OpenAIToAnthropicStream`, `anthropic_sse`).
+The rule: what the target API can express is mapped; what it cannot is refused with
+`TranslationError` naming the parameter (the client gets 400), never dropped silently.
+The few things that are not sent are listed in docs/protocols.md with the reason they
+change nothing the client can observe (e.g. `cache_control` markers towards OpenAI, which
+caches prompt prefixes by itself; thinking blocks of earlier turns, which Anthropic itself
+ignores).
 
-`CompletionAccumulator` assembles a streamed reply (OpenAI chunks) into the complete
-`chat.completion` object, e.g. for history.
-
-What has no equivalent on the other side is dropped rather than refused when it only
-tunes generation (OpenAI's `seed`, `logit_bias`, penalties; Anthropic's `top_k`,
-`thinking`), and refused with `TranslationError` when dropping it would silently change
-the answer (`n > 1`, audio input, server-side tools, custom tools).
+Also here: `CompletionAccumulator` and `MessageAccumulator`, which assemble a stream in
+either API into the complete reply it streams (the `response` of `chat.completed`).
 """
 
 from __future__ import annotations
@@ -29,21 +24,6 @@ import uuid
 from typing import Any
 
 import orjson
-
-__all__ = [
-    "DEFAULT_ANTHROPIC_MAX_TOKENS",
-    "AnthropicToOpenAIStream",
-    "CompletionAccumulator",
-    "OpenAIToAnthropicStream",
-    "TranslationError",
-    "anthropic_request_to_openai",
-    "anthropic_response_to_openai",
-    "anthropic_sse",
-    "anthropic_stop_reason",
-    "openai_finish_reason",
-    "openai_request_to_anthropic",
-    "openai_response_to_anthropic",
-]
 
 # Anthropic requires max_tokens; OpenAI requests often leave it out.
 DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
@@ -64,10 +44,15 @@ _STOP_REASON_BY_FINISH = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
+# Anthropic thinking budgets and OpenAI reasoning efforts, each way (budget is the
+# lower bound of the effort's band).
+_EFFORT_BUDGETS = (("low", 1024), ("medium", 4096), ("high", 16384))
+_EFFORT_BY_OUTPUT_EFFORT = {"low": "low", "medium": "medium", "high": "high", "max": "xhigh"}
 
 
 class TranslationError(ValueError):
-    """A request that cannot be expressed in the other API; the client should get 400."""
+    """A request that cannot be expressed in the other API: the client gets 400 naming
+    `param` (dotted path into the request body)."""
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -128,17 +113,97 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:24]}"
 
 
+def _refuse_unknown(body: dict[str, Any], known: frozenset[str], target: str) -> None:
+    for name in body:
+        if name not in known:
+            raise TranslationError(
+                f"'{name}' cannot be sent to this model: its deployment speaks {target}, "
+                "which has no equivalent.",
+                name,
+            )
+
+
+# =========================================================================== usage
+
+
+def chat_usage_from_messages(usage: Any) -> dict[str, Any]:
+    """OpenAI usage from Anthropic usage: `prompt_tokens` counts every input token
+    (Anthropic reports uncached, cache-read and cache-write input separately)."""
+    usage = usage if isinstance(usage, dict) else {}
+    cache_read = usage.get("cache_read_input_tokens") or 0
+    cache_write = usage.get("cache_creation_input_tokens") or 0
+    prompt = (usage.get("input_tokens") or 0) + cache_read + cache_write
+    completion = usage.get("output_tokens") or 0
+    result: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cache_read},
+    }
+    details = usage.get("output_tokens_details")
+    thinking = details.get("thinking_tokens") if isinstance(details, dict) else None
+    if isinstance(thinking, int):
+        result["completion_tokens_details"] = {"reasoning_tokens": thinking}
+    return result
+
+
+def messages_usage_from_chat(usage: Any) -> dict[str, Any]:
+    """Anthropic usage from OpenAI usage (cached prompt tokens are cache reads; OpenAI
+    reports no cache writes)."""
+    usage = usage if isinstance(usage, dict) else {}
+    details = usage.get("prompt_tokens_details")
+    cached = (details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    prompt = usage.get("prompt_tokens") or 0
+    result: dict[str, Any] = {
+        "input_tokens": max(0, prompt - cached),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": cached,
+        "output_tokens": usage.get("completion_tokens") or 0,
+    }
+    output_details = usage.get("completion_tokens_details")
+    reasoning = output_details.get("reasoning_tokens") if isinstance(output_details, dict) else None
+    if isinstance(reasoning, int) and reasoning:
+        result["output_tokens_details"] = {"thinking_tokens": reasoning}
+    return result
+
+
 # =========================================================================== requests
+# ---------------------------------------------------------------- Anthropic -> OpenAI
+
+_MESSAGES_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "max_tokens",
+        "stop_sequences",
+        "temperature",
+        "top_p",
+        "stream",
+        "metadata",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "output_config",
+        # Prompt-cache markers: OpenAI caches prompt prefixes by itself.
+        "cache_control",
+    }
+)
 
 
-def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
-    """An Anthropic Messages request as an OpenAI Chat Completions request."""
+def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic Messages request as an OpenAI Chat Completions request.
+
+    Raises TranslationError (naming the parameter) for what Chat Completions cannot
+    express: `top_k`, `context_management`, server tools, URL documents... (the table is
+    in docs/protocols.md)."""
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
+    _refuse_unknown(body, _MESSAGES_FIELDS, "OpenAI's Chat Completions")
     messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system is not None:
-        text = _system_text(system)
+        text = _system_text(system, "system")
         if text:
             messages.append({"role": "system", "content": text})
     raw_messages = body.get("messages")
@@ -149,7 +214,7 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
 
     result: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     if body.get("max_tokens") is not None:
-        result["max_tokens"] = body["max_tokens"]
+        result["max_completion_tokens"] = body["max_tokens"]
     if body.get("stop_sequences"):
         result["stop"] = list(body["stop_sequences"])
     for name in ("temperature", "top_p"):
@@ -160,8 +225,16 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
         # The Anthropic stream ends with usage; ask for it.
         result["stream_options"] = {"include_usage": True}
     metadata = body.get("metadata")
-    if isinstance(metadata, dict) and metadata.get("user_id"):
-        result["user"] = metadata["user_id"]
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise TranslationError("'metadata' must be an object.", "metadata")
+        for key in metadata:
+            if key != "user_id":
+                raise TranslationError(
+                    f"'metadata.{key}' cannot be sent to this model.", f"metadata.{key}"
+                )
+        if metadata.get("user_id"):
+            result["user"] = metadata["user_id"]
     tools = body.get("tools")
     if tools:
         result["tools"] = [_anthropic_tool_to_openai(tool, i) for i, tool in enumerate(tools)]
@@ -172,20 +245,76 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
             result["tool_choice"] = choice
         if tool_choice.get("disable_parallel_tool_use") and tools:
             result["parallel_tool_calls"] = False
+    effort = _reasoning_effort_of_thinking(body.get("thinking"))
+    output_config = body.get("output_config")
+    if output_config is not None:
+        effort = _apply_output_config(output_config, result) or effort
+    if effort is not None:
+        result["reasoning_effort"] = effort
     return result
 
 
-def _system_text(system: Any) -> str:
+def _reasoning_effort_of_thinking(thinking: Any) -> str | None:
+    if thinking is None:
+        return None
+    if not isinstance(thinking, dict):
+        raise TranslationError("'thinking' must be an object.", "thinking")
+    kind = thinking.get("type")
+    if kind == "disabled":
+        return None
+    if kind == "adaptive":
+        return "medium"
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int):
+            raise TranslationError(
+                "'thinking.budget_tokens' must be an integer.", "thinking.budget_tokens"
+            )
+        effort = "low"
+        for name, lower in _EFFORT_BUDGETS:
+            if budget >= lower:
+                effort = name
+        return effort
+    raise TranslationError(f"Unknown thinking type {kind!r}.", "thinking.type")
+
+
+def _apply_output_config(config: Any, result: dict[str, Any]) -> str | None:
+    if not isinstance(config, dict):
+        raise TranslationError("'output_config' must be an object.", "output_config")
+    effort: str | None = None
+    for key, value in config.items():
+        if key == "format" and value is not None:
+            if not isinstance(value, dict) or value.get("type") != "json_schema":
+                raise TranslationError(
+                    "Only json_schema output formats can be sent to this model.",
+                    "output_config.format",
+                )
+            result["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": value.get("schema"), "strict": True},
+            }
+        elif key == "effort" and value is not None:
+            if value not in _EFFORT_BY_OUTPUT_EFFORT:
+                raise TranslationError(f"Unknown effort {value!r}.", "output_config.effort")
+            effort = _EFFORT_BY_OUTPUT_EFFORT[value]
+        elif value is not None:
+            raise TranslationError(
+                f"'output_config.{key}' cannot be sent to this model.", f"output_config.{key}"
+            )
+    return effort
+
+
+def _system_text(system: Any, where: str) -> str:
     if isinstance(system, str):
         return system
     if isinstance(system, list):
         texts = []
         for index, block in enumerate(system):
             if not isinstance(block, dict) or block.get("type") != "text":
-                raise TranslationError("System blocks must be text blocks.", f"system.{index}")
+                raise TranslationError("System blocks must be text blocks.", f"{where}.{index}")
             texts.append(block.get("text") or "")
         return "\n\n".join(text for text in texts if text)
-    raise TranslationError("'system' must be a string or an array of text blocks.", "system")
+    raise TranslationError("'system' must be a string or an array of text blocks.", where)
 
 
 def _anthropic_image_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
@@ -198,14 +327,16 @@ def _anthropic_image_to_openai(block: dict[str, Any], where: str) -> dict[str, A
         url = source.get("url", "")
     else:
         raise TranslationError(
-            f"Image source type {source.get('type')!r} cannot be sent to this model.", where
+            f"Image source type {source.get('type')!r} cannot be sent to this model.",
+            f"{where}.source.type",
         )
     return {"type": "image_url", "image_url": {"url": url}}
 
 
 def _anthropic_document_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
     source = block.get("source")
-    if isinstance(source, dict) and source.get("type") == "base64":
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "base64":
         media_type = source.get("media_type", "application/pdf")
         return {
             "type": "file",
@@ -214,32 +345,48 @@ def _anthropic_document_to_openai(block: dict[str, Any], where: str) -> dict[str
                 "file_data": f"data:{media_type};base64,{source.get('data', '')}",
             },
         }
-    if isinstance(source, dict) and source.get("type") == "text":
+    if kind == "text":
         return {"type": "text", "text": source.get("data", "")}
-    raise TranslationError("This document source cannot be sent to this model.", where)
+    if kind == "content":
+        return {"type": "text", "text": _text_of(source.get("content"))}
+    raise TranslationError(
+        f"Document source type {kind!r} cannot be sent to this model (Chat Completions "
+        "takes inline files only).",
+        f"{where}.source.type",
+    )
 
 
-def _tool_result_content(content: Any, where: str) -> str | list[dict[str, Any]]:
+def _tool_result_parts(
+    content: Any, where: str
+) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
+    """(tool message content, image parts for the user message that follows): Chat
+    Completions tool messages take text only, so images a tool returned are sent right
+    after the tool messages, in a user message."""
     if content is None:
-        return ""
+        return "", []
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts: list[dict[str, Any]] = []
-        for index, block in enumerate(content):
-            if isinstance(block, dict) and block.get("type") == "text":
-                parts.append({"type": "text", "text": block.get("text", "")})
-            elif isinstance(block, dict) and block.get("type") == "image":
-                # Tool messages take text only in OpenAI: describe rather than drop silently.
-                parts.append({"type": "text", "text": "[image]"})
-            else:
-                raise TranslationError(
-                    "Tool results may contain text and images only.", f"{where}.content.{index}"
-                )
-        if all(part["type"] == "text" for part in parts):
-            return "".join(part["text"] for part in parts)
-        return parts
-    raise TranslationError("Tool result content must be a string or blocks.", where)
+        return content, []
+    if not isinstance(content, list):
+        raise TranslationError("Tool result content must be a string or blocks.", where)
+    texts: list[dict[str, Any]] = []
+    images: list[dict[str, Any]] = []
+    for index, block in enumerate(content):
+        kind = block.get("type") if isinstance(block, dict) else None
+        block_where = f"{where}.{index}"
+        if kind == "text":
+            texts.append({"type": "text", "text": block.get("text", "")})
+        elif kind == "image":
+            images.append(_anthropic_image_to_openai(block, block_where))
+        elif kind == "document":
+            part = _anthropic_document_to_openai(block, block_where)
+            (texts if part["type"] == "text" else images).append(part)
+        else:
+            raise TranslationError(
+                f"Tool result blocks of type {kind!r} cannot be sent to this model.", block_where
+            )
+    if len(texts) <= 1:
+        return (texts[0]["text"] if texts else ""), images
+    return texts, images
 
 
 def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any]]:
@@ -248,8 +395,12 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
         raise TranslationError("Each message must be an object.", where)
     role = message.get("role")
     content = message.get("content")
+    if role == "system":
+        return [{"role": "system", "content": _system_text(content, f"{where}.content")}]
     if role not in ("user", "assistant"):
-        raise TranslationError("Message roles must be 'user' or 'assistant'.", f"{where}.role")
+        raise TranslationError(
+            "Message roles must be 'user', 'assistant' or 'system'.", f"{where}.role"
+        )
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
@@ -274,7 +425,9 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
                     }
                 )
             elif kind in ("thinking", "redacted_thinking"):
-                continue  # OpenAI has no way to send reasoning back
+                # Signed reasoning only the model that wrote it can verify; Anthropic
+                # itself ignores it in earlier turns. Chat Completions cannot carry it.
+                continue
             else:
                 raise TranslationError(
                     f"Assistant content blocks of type {kind!r} cannot be sent to this model.",
@@ -289,6 +442,7 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
 
     # user: tool results become tool messages (first, right after the assistant's calls)
     tool_messages: list[dict[str, Any]] = []
+    tool_images: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for position, block in enumerate(content):
         kind = block.get("type") if isinstance(block, dict) else None
@@ -300,7 +454,9 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
         elif kind == "document":
             parts.append(_anthropic_document_to_openai(block, block_where))
         elif kind == "tool_result":
-            result_content = _tool_result_content(block.get("content"), block_where)
+            result_content, images = _tool_result_parts(
+                block.get("content"), f"{block_where}.content"
+            )
             if block.get("is_error") and isinstance(result_content, str):
                 result_content = f"Error: {result_content}" if result_content else "Error"
             tool_messages.append(
@@ -310,12 +466,14 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
                     "content": result_content,
                 }
             )
+            tool_images += images
         else:
             raise TranslationError(
                 f"User content blocks of type {kind!r} cannot be sent to this model.",
                 block_where,
             )
     messages = tool_messages
+    parts = tool_images + parts
     if parts:
         if len(parts) == 1 and parts[0]["type"] == "text":
             messages.append({"role": "user", "content": parts[0]["text"]})
@@ -356,25 +514,74 @@ def _anthropic_tool_choice_to_openai(choice: dict[str, Any]) -> Any:
     raise TranslationError(f"Unknown tool_choice type {kind!r}.", "tool_choice")
 
 
-def openai_request_to_anthropic(
+# ---------------------------------------------------------------- OpenAI -> Anthropic
+
+_CHAT_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "temperature",
+        "top_p",
+        "stream",
+        "stream_options",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "user",
+        "safety_identifier",
+        "reasoning_effort",
+        "n",
+        "store",
+        "metadata",
+        "logprobs",
+        "presence_penalty",
+        "frequency_penalty",
+        "service_tier",
+        "prompt_cache_key",
+    }
+)
+# Values that ask for nothing: accepted and not sent.
+_CHAT_NO_OPS: dict[str, tuple[Any, ...]] = {
+    "n": (1,),
+    "logprobs": (False,),
+    "presence_penalty": (0, 0.0),
+    "frequency_penalty": (0, 0.0),
+    "store": (False,),
+    "service_tier": ("auto", "default"),
+}
+_BUDGET_BY_EFFORT = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
+
+
+def chat_request_to_messages(
     body: dict[str, Any], *, default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS
 ) -> dict[str, Any]:
     """An OpenAI Chat Completions request as an Anthropic Messages request.
 
-    System and developer messages, wherever they are, become the top-level `system`
-    (joined by blank lines); consecutive messages of the same role are merged, as
-    Anthropic requires alternating turns; tool messages become `tool_result` blocks.
-    `temperature` is clamped to Anthropic's 0..1 range."""
+    Leading system and developer messages become the top-level `system` blocks; later
+    ones stay system messages where they are. Consecutive messages of the same role are
+    merged, as Anthropic requires alternating turns; tool messages become `tool_result`
+    blocks. Raises TranslationError naming the parameter Messages cannot express
+    (`logprobs`, `n` > 1, `seed`, `temperature` above 1...)."""
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise TranslationError("'n' greater than 1 is not supported by this model.", "n")
+    _refuse_unknown(body, _CHAT_FIELDS, "Anthropic's Messages API")
+    for name, no_ops in _CHAT_NO_OPS.items():
+        value = body.get(name)
+        if value is not None and value not in no_ops:
+            raise TranslationError(
+                f"'{name}' = {value!r} cannot be sent to this model: its deployment speaks "
+                "Anthropic's Messages API, which has no equivalent.",
+                name,
+            )
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list):
         raise TranslationError("'messages' must be an array.", "messages")
 
-    system_parts: list[str] = []
+    system_blocks: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     for index, message in enumerate(raw_messages):
         where = f"messages.{index}"
@@ -382,9 +589,11 @@ def openai_request_to_anthropic(
             raise TranslationError("Each message must be an object.", where)
         role = message.get("role")
         if role in ("system", "developer"):
-            text = _text_of(message.get("content"))
-            if text:
-                system_parts.append(text)
+            blocks = _openai_text_blocks(message.get("content"), f"{where}.content")
+            if not turns:
+                system_blocks += blocks
+            elif blocks:
+                turns.append({"role": "system", "content": blocks})
             continue
         if role == "user":
             blocks = _openai_user_blocks(message.get("content"), where)
@@ -408,8 +617,9 @@ def openai_request_to_anthropic(
         # Tool results must open a user turn; a plain string is the compact form.
         if turn["role"] == "user":
             turn["content"].sort(key=lambda block: block.get("type") != "tool_result")
-        if len(turn["content"]) == 1 and turn["content"][0].get("type") == "text":
-            turn["content"] = turn["content"][0]["text"]
+        content = turn["content"]
+        if len(content) == 1 and content[0].get("type") == "text" and len(content[0]) == 2:
+            turn["content"] = content[0]["text"]
 
     max_tokens = body.get("max_completion_tokens")
     if max_tokens is None:
@@ -419,20 +629,31 @@ def openai_request_to_anthropic(
         "messages": turns,
         "max_tokens": max_tokens if max_tokens is not None else default_max_tokens,
     }
-    if system_parts:
-        result["system"] = "\n\n".join(system_parts)
+    if system_blocks:
+        if len(system_blocks) == 1 and len(system_blocks[0]) == 2:
+            result["system"] = system_blocks[0]["text"]
+        else:
+            result["system"] = system_blocks
     stop = body.get("stop")
     if isinstance(stop, str):
         result["stop_sequences"] = [stop]
     elif isinstance(stop, list) and stop:
         result["stop_sequences"] = list(stop)
     temperature = body.get("temperature")
-    if isinstance(temperature, int | float) and not isinstance(temperature, bool):
-        result["temperature"] = min(max(float(temperature), 0.0), 1.0)
+    if temperature is not None:
+        if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+            if temperature > 1:
+                raise TranslationError(
+                    "'temperature' above 1 cannot be sent to this model (Anthropic's range "
+                    "is 0 to 1).",
+                    "temperature",
+                )
+        result["temperature"] = temperature
     if body.get("top_p") is not None:
         result["top_p"] = body["top_p"]
-    if body.get("user"):
-        result["metadata"] = {"user_id": body["user"]}
+    user = body.get("user") or body.get("safety_identifier")
+    if user:
+        result["metadata"] = {"user_id": user}
     if body.get("stream"):
         result["stream"] = True
 
@@ -448,10 +669,24 @@ def openai_request_to_anthropic(
             result["tool_choice"] = choice
 
     response_format = body.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        if isinstance(schema, dict):
+    if isinstance(response_format, dict):
+        kind = response_format.get("type")
+        if kind == "json_schema":
+            schema = (response_format.get("json_schema") or {}).get("schema")
             result["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        elif kind == "json_object":
+            any_object = {"type": "json_schema", "schema": {"type": "object"}}
+            result["output_config"] = {"format": any_object}
+        elif kind != "text":
+            raise TranslationError(f"response_format {kind!r} is not supported.", "response_format")
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort != "none":
+        budget = _BUDGET_BY_EFFORT.get(effort)
+        if budget is None:
+            raise TranslationError(f"Unknown reasoning_effort {effort!r}.", "reasoning_effort")
+        result["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if result["max_tokens"] <= budget:
+            result["max_tokens"] = budget + result["max_tokens"]
     return result
 
 
@@ -464,6 +699,29 @@ def _parse_data_url(url: str) -> tuple[str, str] | None:
     if encoding != "base64":
         data = base64.b64encode(data.encode()).decode()
     return media_type or "application/octet-stream", data
+
+
+def _text_block(part: dict[str, Any]) -> dict[str, Any]:
+    block = {"type": "text", "text": part.get("text", "")}
+    if part.get("cache_control") is not None:  # some OpenAI clients mark cache points
+        block["cache_control"] = part["cache_control"]
+    return block
+
+
+def _openai_text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
+    if content is None or content == "":
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise TranslationError("Message content must be a string or an array.", where)
+    blocks = []
+    for position, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text":
+            raise TranslationError("System content must be text.", f"{where}.{position}")
+        if part.get("text"):
+            blocks.append(_text_block(part))
+    return blocks
 
 
 def _openai_user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
@@ -479,7 +737,7 @@ def _openai_user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
             if part.get("text"):
-                blocks.append({"type": "text", "text": part["text"]})
+                blocks.append(_text_block(part))
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
@@ -496,14 +754,16 @@ def _openai_user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
             data_url = _parse_data_url(file.get("file_data") or "")
             if data_url is None:
                 raise TranslationError(
-                    "Only inline files (file_data) can be sent to this model.", part_where
+                    "Only inline files (file_data) can be sent to this model.",
+                    f"{part_where}.file",
                 )
-            blocks.append(
-                {
-                    "type": "document",
-                    "source": {"type": "base64", "media_type": data_url[0], "data": data_url[1]},
-                }
-            )
+            document: dict[str, Any] = {
+                "type": "document",
+                "source": {"type": "base64", "media_type": data_url[0], "data": data_url[1]},
+            }
+            if file.get("filename"):
+                document["title"] = file["filename"]
+            blocks.append(document)
         else:
             raise TranslationError(
                 f"Content parts of type {kind!r} cannot be sent to this model.", part_where
@@ -547,11 +807,7 @@ def _openai_tool_result_block(message: dict[str, Any], where: str) -> dict[str, 
     if isinstance(content, str):
         result["content"] = content
     elif isinstance(content, list):
-        result["content"] = [
-            {"type": "text", "text": _text_of([part])}
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        ]
+        result["content"] = _openai_text_blocks(content, f"{where}.content")
     elif content is not None:
         raise TranslationError("Tool message content must be text.", f"{where}.content")
     return result
@@ -586,43 +842,13 @@ def _openai_tool_choice_to_anthropic(choice: Any) -> dict[str, Any] | None:
     raise TranslationError("This tool_choice cannot be used with this model.", "tool_choice")
 
 
-# =========================================================================== responses
+# =========================================================================== replies
 
 
-def _openai_usage(usage: Any) -> dict[str, Any]:
-    """OpenAI usage from Anthropic usage (prompt tokens include cache reads and writes)."""
-    usage = usage if isinstance(usage, dict) else {}
-    cache_read = usage.get("cache_read_input_tokens") or 0
-    cache_write = usage.get("cache_creation_input_tokens") or 0
-    prompt = (usage.get("input_tokens") or 0) + cache_read + cache_write
-    completion = usage.get("output_tokens") or 0
-    result: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-    if cache_read:
-        result["prompt_tokens_details"] = {"cached_tokens": cache_read}
-    return result
-
-
-def _anthropic_usage(usage: Any) -> dict[str, Any]:
-    """Anthropic usage from OpenAI usage (cached prompt tokens as cache reads)."""
-    usage = usage if isinstance(usage, dict) else {}
-    details = usage.get("prompt_tokens_details")
-    cached = (details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-    prompt = usage.get("prompt_tokens") or 0
-    result: dict[str, Any] = {
-        "input_tokens": max(0, prompt - cached),
-        "output_tokens": usage.get("completion_tokens") or 0,
-    }
-    if cached:
-        result["cache_read_input_tokens"] = cached
-    return result
-
-
-def anthropic_response_to_openai(message: dict[str, Any], model: str) -> dict[str, Any]:
-    """An Anthropic `message` as an OpenAI `chat.completion` for the public `model`."""
+def message_to_chat_completion(message: dict[str, Any], model: str) -> dict[str, Any]:
+    """An Anthropic `message` as an OpenAI `chat.completion` for the public `model`.
+    Thinking blocks are not part of a Chat Completions reply (OpenAI returns no
+    reasoning text there either); their tokens are in `completion_tokens_details`."""
     texts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
     for block in message.get("content") or []:
@@ -661,11 +887,18 @@ def anthropic_response_to_openai(message: dict[str, Any], model: str) -> dict[st
                 "finish_reason": openai_finish_reason(message.get("stop_reason")) or "stop",
             }
         ],
-        "usage": _openai_usage(message.get("usage")),
+        "usage": chat_usage_from_messages(message.get("usage")),
     }
 
 
-def openai_response_to_anthropic(completion: dict[str, Any], model: str) -> dict[str, Any]:
+def _matched_stop_sequence(choice: dict[str, Any]) -> str | None:
+    """The stop sequence an OpenAI-compatible server says it stopped on (vLLM reports it
+    as the choice's `stop_reason`; OpenAI itself does not say)."""
+    value = choice.get("stop_reason")
+    return value if isinstance(value, str) and value else None
+
+
+def chat_completion_to_message(completion: dict[str, Any], model: str) -> dict[str, Any]:
     """An OpenAI `chat.completion` (its first choice) as an Anthropic `message`."""
     choices = completion.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
@@ -688,6 +921,9 @@ def openai_response_to_anthropic(completion: dict[str, Any], model: str) -> dict
             }
         )
     stop_reason = anthropic_stop_reason(choice.get("finish_reason")) or "end_turn"
+    stop_sequence = _matched_stop_sequence(choice)
+    if stop_sequence is not None and stop_reason == "end_turn":
+        stop_reason = "stop_sequence"
     if not text and isinstance(refusal, str) and refusal:
         stop_reason = "refusal"
     return {
@@ -697,35 +933,30 @@ def openai_response_to_anthropic(completion: dict[str, Any], model: str) -> dict
         "model": model,
         "content": content,
         "stop_reason": stop_reason,
-        "stop_sequence": None,
-        "usage": _anthropic_usage(completion.get("usage")),
+        "stop_sequence": stop_sequence,
+        "usage": messages_usage_from_chat(completion.get("usage")),
     }
 
 
-# =========================================================================== streaming
+# =========================================================================== streams
 
 
-def anthropic_sse(event: dict[str, Any]) -> bytes:
-    """One Anthropic stream event as a Server-Sent Event (`event:` line and `data:` line)."""
-    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
-
-
-class OpenAIToAnthropicStream:
-    """Turns OpenAI `chat.completion.chunk` dicts into Anthropic stream events.
+class ChatChunksToMessageEvents:
+    """Turns OpenAI `chat.completion.chunk` dicts into Anthropic stream events (dicts
+    with their `type`; the SSE event name is that type).
 
     `feed(chunk)` returns the events the chunk produces (the first call also returns
     `message_start`); `finish()` closes the stream with `message_delta` (stop reason and
-    usage) and `message_stop`. Usage comes from the final usage chunk
-    (`stream_options.include_usage`) or from `finish(input_tokens=, output_tokens=)`,
-    which wins. Only the first choice is translated (Anthropic has no `n`)."""
+    the upstream's token counts, input included: a Chat Completions stream reports usage
+    only at its end, so `message_start` cannot carry them) and `message_stop`. Only the
+    first choice is translated (Anthropic has no `n`)."""
 
-    def __init__(self, model: str, *, message_id: str | None = None, input_tokens: int = 0) -> None:
+    def __init__(self, model: str) -> None:
         self.model = model
-        self.message_id = message_id
-        self.input_tokens = input_tokens
-        self.output_tokens = 0
-        self.cache_read_tokens = 0
+        self.message_id: str | None = None
+        self.usage: dict[str, Any] = {}
         self.stop_reason: str | None = None
+        self.stop_sequence: str | None = None
         self._started = False
         self._finished = False
         self._next_index = 0
@@ -734,9 +965,8 @@ class OpenAIToAnthropicStream:
 
     def _start(self, chunk: dict[str, Any] | None) -> list[dict[str, Any]]:
         self._started = True
-        if self.message_id is None:
-            chunk_id = chunk.get("id") if chunk else None
-            self.message_id = chunk_id if isinstance(chunk_id, str) else _new_id("msg_")
+        chunk_id = chunk.get("id") if chunk else None
+        self.message_id = chunk_id if isinstance(chunk_id, str) else _new_id("msg_")
         return [
             {
                 "type": "message_start",
@@ -748,7 +978,7 @@ class OpenAIToAnthropicStream:
                     "content": [],
                     "stop_reason": None,
                     "stop_sequence": None,
-                    "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
+                    "usage": {"input_tokens": 0, "output_tokens": 0},
                 },
             }
         ]
@@ -774,10 +1004,7 @@ class OpenAIToAnthropicStream:
         events = [] if self._started else self._start(chunk)
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            anthropic_usage = _anthropic_usage(usage)
-            self.input_tokens = anthropic_usage["input_tokens"]
-            self.output_tokens = anthropic_usage["output_tokens"]
-            self.cache_read_tokens = anthropic_usage.get("cache_read_input_tokens", 0)
+            self.usage = messages_usage_from_chat(usage)
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
@@ -800,6 +1027,9 @@ class OpenAIToAnthropicStream:
             finish = choice.get("finish_reason")
             if finish:
                 self.stop_reason = anthropic_stop_reason(finish)
+                self.stop_sequence = _matched_stop_sequence(choice)
+                if self.stop_sequence is not None and self.stop_reason == "end_turn":
+                    self.stop_reason = "stop_sequence"
                 events += self._close_block()
         return events
 
@@ -831,28 +1061,20 @@ class OpenAIToAnthropicStream:
             )
         return events
 
-    def finish(
-        self, *, input_tokens: int | None = None, output_tokens: int | None = None
-    ) -> list[dict[str, Any]]:
+    def finish(self) -> list[dict[str, Any]]:
         if self._finished:
             return []
         events = [] if self._started else self._start(None)
         events += self._close_block()
         self._finished = True
-        if input_tokens is not None:
-            self.input_tokens = input_tokens
-        if output_tokens is not None:
-            self.output_tokens = output_tokens
-        usage: dict[str, Any] = {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-        }
-        if self.cache_read_tokens:
-            usage["cache_read_input_tokens"] = self.cache_read_tokens
+        usage = self.usage or {"input_tokens": 0, "output_tokens": 0}
         events.append(
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": self.stop_reason or "end_turn", "stop_sequence": None},
+                "delta": {
+                    "stop_reason": self.stop_reason or "end_turn",
+                    "stop_sequence": self.stop_sequence,
+                },
                 "usage": usage,
             }
         )
@@ -860,14 +1082,15 @@ class OpenAIToAnthropicStream:
         return events
 
 
-class AnthropicToOpenAIStream:
+class MessageEventsToChatChunks:
     """Turns Anthropic stream events (dicts) into OpenAI `chat.completion.chunk` dicts.
 
     The first chunk carries the assistant role; text deltas become `content`, tool-use
-    blocks become `tool_calls` (id and name first, then argument pieces); `message_delta`
-    gives the chunk with `finish_reason`; with `include_usage`, `message_stop` gives the
-    final usage chunk with empty `choices`. `error` events raise nothing here: the caller
-    handles them. Token counts so far are in `input_tokens` / `output_tokens`."""
+    blocks become `tool_calls` (id and name first, then argument pieces); thinking blocks
+    are not part of a Chat Completions stream; `message_delta` gives the chunk with
+    `finish_reason`; with `include_usage`, `message_stop` gives the final usage chunk with
+    empty `choices` (cache reads in `prompt_tokens_details`). `error` events are the
+    caller's to handle."""
 
     def __init__(self, model: str, *, include_usage: bool = False) -> None:
         self.model = model
@@ -878,14 +1101,6 @@ class AnthropicToOpenAIStream:
         self.finish_reason: str | None = None
         self._tool_index_by_block: dict[int, int] = {}
         self._started = False
-
-    @property
-    def input_tokens(self) -> int:
-        return _openai_usage(self.usage)["prompt_tokens"]
-
-    @property
-    def output_tokens(self) -> int:
-        return self.usage.get("output_tokens") or 0
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         return {
@@ -979,10 +1194,13 @@ class AnthropicToOpenAIStream:
                     "created": self.created,
                     "model": self.model,
                     "choices": [],
-                    "usage": _openai_usage(self.usage),
+                    "usage": chat_usage_from_messages(self.usage),
                 }
             ]
         return []  # ping, content_block_stop, thinking and citation deltas, unknown types
+
+
+# =========================================================================== accumulators
 
 
 class CompletionAccumulator:
@@ -1048,7 +1266,8 @@ class CompletionAccumulator:
             state["arguments"].append(function["arguments"])
             self.deltas += 1
 
-    def completion(self) -> dict[str, Any]:
+    def response(self) -> dict[str, Any]:
+        """The `chat.completion` streamed so far."""
         choices = []
         for index in sorted(self._choices):
             state = self._choices[index]
@@ -1091,3 +1310,66 @@ class CompletionAccumulator:
         if self.usage is not None:
             result["usage"] = self.usage
         return result
+
+
+class MessageAccumulator:
+    """Assembles Anthropic stream events into the `message` they stream: text, thinking
+    (with its signature), tool use (input parsed from its JSON pieces), citations, stop
+    reason and sequence, usage (`message_delta` counts are cumulative and overwrite)."""
+
+    def __init__(self) -> None:
+        self.message: dict[str, Any] | None = None
+        self.deltas = 0
+        self._blocks: dict[int, dict[str, Any]] = {}
+        self._json: dict[int, list[str]] = {}
+
+    def add(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message")
+            self.message = dict(message) if isinstance(message, dict) else {}
+            self.message["usage"] = dict(self.message.get("usage") or {})
+        elif kind == "content_block_start":
+            block = event.get("content_block")
+            if isinstance(block, dict):
+                self._blocks[event.get("index", len(self._blocks))] = dict(block)
+        elif kind == "content_block_delta":
+            self._add_delta(event.get("index", 0), event.get("delta") or {})
+        elif kind == "content_block_stop":
+            index = event.get("index", 0)
+            pieces = self._json.pop(index, None)
+            block = self._blocks.get(index)
+            if pieces is not None and block is not None:
+                try:
+                    block["input"] = orjson.loads("".join(pieces)) if pieces else {}
+                except orjson.JSONDecodeError:
+                    block["input"] = {}
+        elif kind == "message_delta" and self.message is not None:
+            delta = event.get("delta") or {}
+            for name, value in delta.items():
+                self.message[name] = value
+            for name, value in (event.get("usage") or {}).items():
+                if value is not None:
+                    self.message["usage"][name] = value
+
+    def _add_delta(self, index: int, delta: dict[str, Any]) -> None:
+        block = self._blocks.setdefault(index, {"type": "text", "text": ""})
+        kind = delta.get("type")
+        self.deltas += 1
+        if kind == "text_delta":
+            block["text"] = block.get("text", "") + delta.get("text", "")
+        elif kind == "input_json_delta":
+            self._json.setdefault(index, []).append(delta.get("partial_json", ""))
+        elif kind == "thinking_delta":
+            block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
+        elif kind == "signature_delta":
+            block["signature"] = block.get("signature", "") + delta.get("signature", "")
+        elif kind == "citations_delta":
+            block.setdefault("citations", []).append(delta.get("citation"))
+
+    def response(self) -> dict[str, Any]:
+        """The `message` streamed so far."""
+        message = dict(self.message or {"type": "message", "role": "assistant"})
+        message["content"] = [self._blocks[index] for index in sorted(self._blocks)]
+        message.setdefault("id", _new_id("msg_"))
+        return message

@@ -8,16 +8,18 @@ from typing import Any
 
 import pytest
 
-from switchyard.common.translate import (
-    AnthropicToOpenAIStream,
+from switchyard.inference.translate import (
+    ChatChunksToMessageEvents,
     CompletionAccumulator,
-    OpenAIToAnthropicStream,
+    MessageAccumulator,
+    MessageEventsToChatChunks,
     TranslationError,
-    anthropic_request_to_openai,
-    anthropic_response_to_openai,
-    anthropic_sse,
-    openai_request_to_anthropic,
-    openai_response_to_anthropic,
+    chat_completion_to_message,
+    chat_request_to_messages,
+    chat_usage_from_messages,
+    message_to_chat_completion,
+    messages_request_to_chat,
+    messages_usage_from_chat,
 )
 
 openai = pytest.importorskip("openai")
@@ -47,12 +49,11 @@ def test_anthropic_request_maps_system_sampling_stop_and_user() -> None:
         "stop_sequences": ["END"],
         "temperature": 0.3,
         "top_p": 0.9,
-        "top_k": 40,  # no OpenAI equivalent: dropped
         "metadata": {"user_id": "u-42"},
         "stream": True,
     }
 
-    result = anthropic_request_to_openai(body)
+    result = messages_request_to_chat(body)
 
     assert result == {
         "model": "claude-x",
@@ -60,7 +61,7 @@ def test_anthropic_request_maps_system_sampling_stop_and_user() -> None:
             {"role": "system", "content": "Be brief.\n\nBe kind."},
             {"role": "user", "content": "Hi"},
         ],
-        "max_tokens": 300,
+        "max_completion_tokens": 300,
         "stop": ["END"],
         "temperature": 0.3,
         "top_p": 0.9,
@@ -90,7 +91,7 @@ def test_anthropic_string_system_and_images() -> None:
         ],
     }
 
-    messages = anthropic_request_to_openai(body)["messages"]
+    messages = messages_request_to_chat(body)["messages"]
 
     assert messages == [
         {"role": "system", "content": "You are terse."},
@@ -144,7 +145,7 @@ def test_anthropic_tool_use_and_results_become_tool_calls_and_tool_messages() ->
         ],
     }
 
-    result = anthropic_request_to_openai(body)
+    result = messages_request_to_chat(body)
 
     assert result["tools"] == [
         {
@@ -194,7 +195,7 @@ def test_tool_choice_maps_both_ways(anthropic_choice, openai_choice) -> None:
     tools_o = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     messages = [{"role": "user", "content": "x"}]
 
-    to_openai = anthropic_request_to_openai(
+    to_openai = messages_request_to_chat(
         {
             "model": "m",
             "max_tokens": 5,
@@ -203,7 +204,7 @@ def test_tool_choice_maps_both_ways(anthropic_choice, openai_choice) -> None:
             "tool_choice": anthropic_choice,
         }
     )
-    to_anthropic = openai_request_to_anthropic(
+    to_anthropic = chat_request_to_messages(
         {"model": "m", "messages": messages, "tools": tools_o, "tool_choice": openai_choice}
     )
 
@@ -213,7 +214,7 @@ def test_tool_choice_maps_both_ways(anthropic_choice, openai_choice) -> None:
 
 def test_server_tools_and_unknown_blocks_are_refused_with_the_field() -> None:
     with pytest.raises(TranslationError) as caught:
-        anthropic_request_to_openai(
+        messages_request_to_chat(
             {
                 "model": "m",
                 "max_tokens": 5,
@@ -223,7 +224,7 @@ def test_server_tools_and_unknown_blocks_are_refused_with_the_field() -> None:
         )
     assert caught.value.param == "tools.0"
     with pytest.raises(TranslationError) as caught:
-        anthropic_request_to_openai(
+        messages_request_to_chat(
             {
                 "model": "m",
                 "max_tokens": 5,
@@ -246,19 +247,18 @@ def test_openai_request_hoists_system_merges_turns_and_defaults_max_tokens() -> 
             {"role": "user", "content": "Good."},
         ],
         "stop": "END",
-        "temperature": 1.6,  # OpenAI allows up to 2; Anthropic up to 1
+        "temperature": 0.7,
         "top_p": 0.5,
         "user": "u-9",
-        "seed": 7,  # no equivalent: dropped
         "stream": True,
         "stream_options": {"include_usage": True},
     }
 
-    result = openai_request_to_anthropic(body)
+    result = chat_request_to_messages(body)
 
     assert result == {
         "model": "gpt-x",
-        "system": "Rule one.\n\nRule two.",
+        "system": [{"type": "text", "text": "Rule one."}, {"type": "text", "text": "Rule two."}],
         "messages": [
             {
                 "role": "user",
@@ -272,7 +272,7 @@ def test_openai_request_hoists_system_merges_turns_and_defaults_max_tokens() -> 
         ],
         "max_tokens": 4096,
         "stop_sequences": ["END"],
-        "temperature": 1.0,
+        "temperature": 0.7,
         "top_p": 0.5,
         "metadata": {"user_id": "u-9"},
         "stream": True,
@@ -282,19 +282,19 @@ def test_openai_request_hoists_system_merges_turns_and_defaults_max_tokens() -> 
 def test_openai_max_completion_tokens_wins_over_max_tokens() -> None:
     messages = [{"role": "user", "content": "x"}]
     assert (
-        openai_request_to_anthropic(
+        chat_request_to_messages(
             {"model": "m", "messages": messages, "max_tokens": 5, "max_completion_tokens": 9}
         )["max_tokens"]
         == 9
     )
     assert (
-        openai_request_to_anthropic({"model": "m", "messages": messages, "max_tokens": 5})[
+        chat_request_to_messages({"model": "m", "messages": messages, "max_tokens": 5})[
             "max_tokens"
         ]
         == 5
     )
     assert (
-        openai_request_to_anthropic({"model": "m", "messages": messages}, default_max_tokens=77)[
+        chat_request_to_messages({"model": "m", "messages": messages}, default_max_tokens=77)[
             "max_tokens"
         ]
         == 77
@@ -344,7 +344,7 @@ def test_openai_tool_calls_and_results_become_tool_use_and_tool_result_blocks() 
         "parallel_tool_calls": False,
     }
 
-    result = openai_request_to_anthropic(body)
+    result = chat_request_to_messages(body)
 
     assert result["tools"] == [
         {
@@ -409,7 +409,7 @@ def test_openai_images_become_base64_or_url_sources() -> None:
         ],
     }
 
-    blocks = openai_request_to_anthropic(body)["messages"][0]["content"]
+    blocks = chat_request_to_messages(body)["messages"][0]["content"]
 
     assert blocks[1:] == [
         {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/"}},
@@ -426,7 +426,7 @@ def test_openai_json_schema_response_format_becomes_output_config() -> None:
             "json_schema": {"name": "w", "schema": WEATHER_SCHEMA},
         },
     }
-    assert openai_request_to_anthropic(body)["output_config"] == {
+    assert chat_request_to_messages(body)["output_config"] == {
         "format": {"type": "json_schema", "schema": WEATHER_SCHEMA}
     }
 
@@ -435,6 +435,27 @@ def test_openai_json_schema_response_format_becomes_output_config() -> None:
     ("body", "param"),
     [
         ({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": True},
+            "logprobs",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+            "top_logprobs",
+        ),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "seed": 7}, "seed"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 2}},
+            "logit_bias",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 1.6},
+            "temperature",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5},
+            "presence_penalty",
+        ),
         (
             {
                 "model": "m",
@@ -458,7 +479,7 @@ def test_openai_json_schema_response_format_becomes_output_config() -> None:
 )
 def test_untranslatable_openai_requests_are_refused_with_the_field(body, param) -> None:
     with pytest.raises(TranslationError) as caught:
-        openai_request_to_anthropic(body)
+        chat_request_to_messages(body)
     assert caught.value.param == param
 
 
@@ -485,7 +506,7 @@ def test_requests_survive_a_round_trip_through_the_other_api() -> None:
         "temperature": 0.2,
     }
 
-    back = openai_request_to_anthropic(anthropic_request_to_openai(original))
+    back = chat_request_to_messages(messages_request_to_chat(original))
 
     assert back == {**original, "tools": [{"name": "w", "input_schema": WEATHER_SCHEMA}]}
 
@@ -529,7 +550,7 @@ def test_anthropic_response_becomes_a_valid_chat_completion(stop_reason, finish_
     )
     anthropic.types.Message.model_validate(message)  # the input is a real Anthropic message
 
-    completion = anthropic_response_to_openai(message, "public-claude")
+    completion = message_to_chat_completion(message, "public-claude")
 
     parsed = openai.types.chat.ChatCompletion.model_validate(completion)
     assert parsed.model == "public-claude"
@@ -550,7 +571,7 @@ def test_anthropic_tool_only_response_has_null_content() -> None:
     message = anthropic_message(
         content=[{"type": "tool_use", "id": "t", "name": "w", "input": {}}], stop_reason="tool_use"
     )
-    completion = anthropic_response_to_openai(message, "m")
+    completion = message_to_chat_completion(message, "m")
     assert completion["choices"][0]["message"]["content"] is None
     assert completion["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == "{}"
 
@@ -593,7 +614,7 @@ def test_openai_completion_becomes_a_valid_anthropic_message(finish_reason, stop
     }
     openai.types.chat.ChatCompletion.model_validate(completion)
 
-    message = openai_response_to_anthropic(completion, "public-gpt")
+    message = chat_completion_to_message(completion, "public-gpt")
 
     parsed = anthropic.types.Message.model_validate(message)
     assert (parsed.model, parsed.stop_reason, parsed.role) == (
@@ -620,7 +641,7 @@ def test_openai_refusal_becomes_a_refusal_message() -> None:
         ],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
-    message = openai_response_to_anthropic(completion, "m")
+    message = chat_completion_to_message(completion, "m")
     assert message["stop_reason"] == "refusal"
     assert message["content"] == [{"type": "text", "text": "I can't."}]
 
@@ -677,7 +698,7 @@ OPENAI_TOOL_STREAM = [
 
 
 def test_openai_stream_becomes_the_anthropic_event_sequence() -> None:
-    converter = OpenAIToAnthropicStream("public-model")
+    converter = ChatChunksToMessageEvents("public-model")
     events = [event for chunk in OPENAI_TOOL_STREAM for event in converter.feed(chunk)]
     events += converter.finish()
 
@@ -712,23 +733,36 @@ def test_openai_stream_becomes_the_anthropic_event_sequence() -> None:
     assert (snapshot.usage.input_tokens, snapshot.usage.output_tokens) == (11, 7)
 
 
-def test_finish_usage_overrides_and_sse_framing() -> None:
-    converter = OpenAIToAnthropicStream("m", message_id="msg_fixed")
+def test_upstream_usage_including_input_and_cache_reads_reaches_message_delta() -> None:
+    converter = ChatChunksToMessageEvents("m")
     events = converter.feed(openai_chunk({"content": "Hi"}, "length"))
-    events += converter.finish(input_tokens=5, output_tokens=1)
+    events += converter.feed(
+        openai_chunk(
+            None,
+            usage={
+                "prompt_tokens": 50,
+                "completion_tokens": 1,
+                "prompt_tokens_details": {"cached_tokens": 40},
+            },
+        )
+    )
+    events += converter.finish()
 
-    assert events[0]["message"]["id"] == "msg_fixed"
     assert events[-2] == {
         "type": "message_delta",
         "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
-        "usage": {"input_tokens": 5, "output_tokens": 1},
+        "usage": {
+            "input_tokens": 10,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 40,
+            "output_tokens": 1,
+        },
     }
-    assert anthropic_sse(events[-1]) == b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
     assert converter.finish() == [] and converter.feed(openai_chunk({"content": "x"})) == []
 
 
 def test_empty_openai_stream_still_gives_a_complete_anthropic_stream() -> None:
-    events = OpenAIToAnthropicStream("m").finish()
+    events = ChatChunksToMessageEvents("m").finish()
     assert [event["type"] for event in events] == ["message_start", "message_delta", "message_stop"]
 
 
@@ -775,7 +809,7 @@ def test_anthropic_stream_becomes_openai_chunks(include_usage: bool) -> None:
     for event in ANTHROPIC_TOOL_STREAM:
         if event["type"] != "ping":  # pings are not in the SDK's event union
             STREAM_EVENT.validate_python(event)  # the input is a real Anthropic stream
-    converter = AnthropicToOpenAIStream("public-claude", include_usage=include_usage)
+    converter = MessageEventsToChatChunks("public-claude", include_usage=include_usage)
 
     chunks = [chunk for event in ANTHROPIC_TOOL_STREAM for chunk in converter.feed(event)]
 
@@ -799,7 +833,6 @@ def test_anthropic_stream_becomes_openai_chunks(include_usage: bool) -> None:
         assert completion.usage.prompt_tokens == 20 and completion.usage.completion_tokens == 9
     else:
         assert completion.usage is None
-    assert (converter.input_tokens, converter.output_tokens) == (20, 9)
 
 
 def test_accumulator_assembles_every_choice_and_tool_call() -> None:
@@ -810,7 +843,7 @@ def test_accumulator_assembles_every_choice_and_tool_call() -> None:
     second_choice["choices"][0]["index"] = 1
     accumulator.add(second_choice)
 
-    completion = accumulator.completion()
+    completion = accumulator.response()
 
     parsed = openai.types.chat.ChatCompletion.model_validate(completion)
     first, second = parsed.choices
@@ -826,16 +859,16 @@ def test_accumulator_assembles_every_choice_and_tool_call() -> None:
 
 def test_stream_translations_compose_back_to_the_original_reply() -> None:
     """OpenAI chunks -> Anthropic events -> OpenAI chunks keeps text, calls and stop."""
-    to_anthropic = OpenAIToAnthropicStream("m")
+    to_anthropic = ChatChunksToMessageEvents("m")
     events = [e for chunk in OPENAI_TOOL_STREAM for e in to_anthropic.feed(chunk)]
     events += to_anthropic.finish()
-    back = AnthropicToOpenAIStream("m", include_usage=True)
+    back = MessageEventsToChatChunks("m", include_usage=True)
     accumulator = CompletionAccumulator()
     for event in events:
         for chunk in back.feed(event):
             accumulator.add(chunk)
 
-    completion = accumulator.completion()
+    completion = accumulator.response()
     message = completion["choices"][0]["message"]
     assert message["content"] == "Let me check."
     assert [call["function"]["arguments"] for call in message["tool_calls"]] == [
@@ -844,3 +877,203 @@ def test_stream_translations_compose_back_to_the_original_reply() -> None:
     ]
     assert completion["choices"][0]["finish_reason"] == "tool_calls"
     assert completion["usage"]["prompt_tokens"] == 11
+
+
+# =========================================================================== v2 mappings
+
+
+def test_system_messages_mid_conversation_keep_their_place_both_ways() -> None:
+    anthropic_body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "system", "content": [{"type": "text", "text": "Plan mode."}]},
+            {"role": "user", "content": "c"},
+        ],
+    }
+    to_openai = messages_request_to_chat(anthropic_body)["messages"]
+    assert to_openai[2] == {"role": "system", "content": "Plan mode."}
+
+    back = chat_request_to_messages(to_openai and {"model": "m", "messages": to_openai})
+    assert back["messages"][2] == {"role": "system", "content": "Plan mode."}
+    assert "system" not in back  # not hoisted: it was not at the start
+
+
+@pytest.mark.parametrize(
+    ("thinking", "effort"),
+    [
+        ({"type": "enabled", "budget_tokens": 1024}, "low"),
+        ({"type": "enabled", "budget_tokens": 8000}, "medium"),
+        ({"type": "enabled", "budget_tokens": 32000}, "high"),
+        ({"type": "adaptive"}, "medium"),
+        ({"type": "disabled"}, None),
+    ],
+)
+def test_thinking_becomes_reasoning_effort(thinking, effort) -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [], "thinking": thinking}
+    assert messages_request_to_chat(body).get("reasoning_effort") == effort
+
+
+def test_reasoning_effort_becomes_a_thinking_budget_within_max_tokens() -> None:
+    result = chat_request_to_messages(
+        {"model": "m", "messages": [], "reasoning_effort": "high", "max_tokens": 100}
+    )
+    assert result["thinking"] == {"type": "enabled", "budget_tokens": 16384}
+    assert result["max_tokens"] > 16384  # Anthropic requires max_tokens above the budget
+
+
+def test_output_config_format_and_effort_become_response_format_and_reasoning_effort() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [],
+        "output_config": {
+            "format": {"type": "json_schema", "schema": WEATHER_SCHEMA},
+            "effort": "max",
+        },
+    }
+    result = messages_request_to_chat(body)
+    assert result["response_format"]["json_schema"]["schema"] == WEATHER_SCHEMA
+    assert result["reasoning_effort"] == "xhigh"
+    with pytest.raises(TranslationError) as caught:
+        messages_request_to_chat({**body, "output_config": {"task_budget": 3}})
+    assert caught.value.param == "output_config.task_budget"
+
+
+def test_tool_result_images_follow_the_tool_message_in_a_user_message() -> None:
+    image = {"type": "image", "source": {"type": "url", "url": "https://x/shot.png"}}
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "content": [{"type": "text", "text": "screenshot:"}, image],
+                    },
+                    {"type": "text", "text": "What do you see?"},
+                ],
+            }
+        ],
+    }
+    assert messages_request_to_chat(body)["messages"] == [
+        {"role": "tool", "tool_call_id": "t1", "content": "screenshot:"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "https://x/shot.png"}},
+                {"type": "text", "text": "What do you see?"},
+            ],
+        },
+    ]
+
+
+def test_documents_map_to_files_and_text() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "document",
+                        "title": "a.pdf",
+                        "source": {
+                            "type": "base64",
+                            "media_type": "application/pdf",
+                            "data": "JVB",
+                        },
+                    },
+                    {"type": "document", "source": {"type": "text", "data": "Plain."}},
+                ],
+            }
+        ],
+    }
+    assert messages_request_to_chat(body)["messages"][0]["content"] == [
+        {
+            "type": "file",
+            "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVB"},
+        },
+        {"type": "text", "text": "Plain."},
+    ]
+
+
+def test_cache_usage_maps_both_ways_and_is_never_counted_twice() -> None:
+    anthropic_usage = {
+        "input_tokens": 10,
+        "cache_creation_input_tokens": 50,
+        "cache_read_input_tokens": 100,
+        "output_tokens": 7,
+        "output_tokens_details": {"thinking_tokens": 3},
+    }
+    openai_usage = chat_usage_from_messages(anthropic_usage)
+    assert openai_usage == {
+        "prompt_tokens": 160,
+        "completion_tokens": 7,
+        "total_tokens": 167,
+        "prompt_tokens_details": {"cached_tokens": 100},
+        "completion_tokens_details": {"reasoning_tokens": 3},
+    }
+    back = messages_usage_from_chat(openai_usage)
+    # OpenAI has no cache writes: they come back as plain input, the total is kept.
+    assert back["input_tokens"] + back["cache_read_input_tokens"] == 160
+    assert (back["cache_read_input_tokens"], back["output_tokens"]) == (100, 7)
+
+
+def test_a_stop_sequence_reported_by_an_openai_compatible_server_is_kept() -> None:
+    completion = {
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "a"},
+                "finish_reason": "stop",
+                "stop_reason": "END",
+            }
+        ]
+    }
+    message = chat_completion_to_message(completion, "m")
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "END")
+
+
+def test_message_accumulator_assembles_thinking_tools_stop_and_usage() -> None:
+    events = [
+        {
+            "type": "message_start",
+            "message": {
+                **anthropic_message(content=[], stop_reason=None),
+                "usage": {"input_tokens": 5, "output_tokens": 1},
+            },
+        },
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": "Hm"},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "signature_delta", "signature": "S1"},
+        },
+        {"type": "content_block_stop", "index": 0},
+        *ANTHROPIC_TOOL_STREAM[5:],
+    ]
+    events[5] = {**events[5], "index": 1}
+    accumulator = MessageAccumulator()
+    for event in events:
+        accumulator.add(event)
+    message = accumulator.response()
+    parsed = anthropic.types.Message.model_validate(message)
+    assert parsed.content[0].thinking == "Hm" and parsed.content[0].signature == "S1"
+    assert parsed.content[1].input == {"location": "Oslo"}
+    assert parsed.stop_reason == "tool_use" and parsed.usage.output_tokens == 9

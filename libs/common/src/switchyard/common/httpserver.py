@@ -1,0 +1,258 @@
+"""The HTTP/1.1 server protocol every Switchyard service runs: uvicorn's httptools protocol
+with the limits uvicorn leaves out.
+
+- Request heads (request line and headers) larger than `max_header_bytes`, or with more
+  than `max_headers` fields, are refused with 431 before the parser buffers them.
+- A client gets `header_timeout_s` from connecting (or from the first byte of a following
+  request on a kept-alive connection) to finish sending the head, and `body_timeout_s`
+  from the end of the head to finish sending the body. Past either, it gets 408 (when no
+  response has started) and the connection is closed, so slow or stalled clients cannot
+  hold connections, memory and handlers forever.
+
+Refusals are written by the protocol itself, in OpenAI's error format (Anthropic's on
+`/v1/messages`), without calling the app. Limits come from `SWITCHYARD_HTTP_*` (see
+`HttpLimits`); uvicorn loads the protocol by its import path, so every worker process of
+`--workers N` reads them too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import socket
+
+import httptools
+import orjson
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+PROTOCOL_PATH = "switchyard.common.httpserver:GuardedHttpToolsProtocol"
+_HEAD_END = b"\r\n\r\n"
+
+
+class HttpLimits(BaseSettings):
+    """Request head limits and read timeouts of every HTTP server (`SWITCHYARD_HTTP_*`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHYARD_HTTP_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    max_header_bytes: int = Field(
+        default=32 * 1024, gt=0, description="Request line plus headers, in bytes; more: 431."
+    )
+    max_headers: int = Field(default=100, gt=0, description="Header fields; more: 431.")
+    header_timeout_s: float = Field(
+        default=15.0, gt=0, description="Seconds to send the request head; then 408."
+    )
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="Seconds to send the body once the head is in; then 408."
+    )
+
+
+@functools.cache
+def configured_limits() -> HttpLimits:
+    return HttpLimits()
+
+
+def refusal(status: int, message: str, code: str, path: bytes) -> bytes:
+    """A complete HTTP/1.1 response (closing the connection) with a JSON error body in the
+    format of the API at `path`."""
+    if path.startswith(b"/v1/messages"):
+        error_type = "request_too_large" if status == 431 else "timeout_error"
+        body = orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})
+    else:
+        body = orjson.dumps(
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error" if status == 431 else "timeout_error",
+                    "param": None,
+                    "code": code,
+                }
+            }
+        )
+    return b"".join(
+        [
+            STATUS_LINE[status],
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+    )
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus head size/count limits and read timeouts."""
+
+    limits: HttpLimits | None = None  # None: `configured_limits()`; tests set their own
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = self.limits or configured_limits()
+        self._head_done = False
+        self._head_bytes = 0
+        self._header_count = 0
+        self._too_many_headers = False
+        self._head_start = b""
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+
+    # ---- connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._head_done:
+            if self._head_timer is None:
+                self._arm_head_timer()  # the first byte of a following request
+            if self._head_bytes == 0:
+                self._head_start = data[:512]  # the request line names the API's format
+            end = data.find(_HEAD_END)
+            # Only the head's bytes count; a body arriving in the same read does not.
+            self._head_bytes += len(data) if end < 0 else end + len(_HEAD_END)
+            if self._head_bytes > self._limits.max_header_bytes:
+                self._refuse(
+                    431,
+                    f"Request headers exceed {self._limits.max_header_bytes} bytes.",
+                    "request_header_fields_too_large",
+                )
+                return
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            if self._too_many_headers:
+                self._refuse(
+                    431,
+                    f"Requests may carry at most {self._limits.max_headers} header fields.",
+                    "request_header_fields_too_large",
+                )
+                return
+            self.logger.info("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+
+    # ---- parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_count = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self._limits.max_headers:
+            self._too_many_headers = True
+            raise ValueError("too many header fields")  # stops the parser (see data_received)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._head_done = True
+        self._cancel_head_timer()
+        self._body_timer = self.loop.call_later(self._limits.body_timeout_s, self._body_timeout)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._cancel_body_timer()
+        self._head_done = False
+        self._head_bytes = 0
+        self._head_start = b""
+        super().on_message_complete()
+
+    # ---- timeouts and refusals
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self._limits.header_timeout_s, self._head_timeout)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel_head_timer()
+        self._cancel_body_timer()
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._head_bytes == 0:
+            # An idle connection (nothing sent, or kept alive between requests): just close.
+            self.transport.close()
+            return
+        self._refuse(
+            408,
+            f"The request headers did not arrive within {self._limits.header_timeout_s:g} s.",
+            "request_timeout",
+        )
+
+    def _body_timeout(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started:
+            self.transport.close()  # the app sees a disconnect
+            return
+        self._refuse(
+            408,
+            f"The request body did not arrive within {self._limits.body_timeout_s:g} s.",
+            "request_timeout",
+        )
+
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        self._cancel_timers()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The app (if it runs) now sees a disconnect and sends nothing more.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        target = b"".join(self._head_start.split(b" ", 2)[1:2]) or getattr(self, "url", b"")
+        path = target.split(b"?", 1)[0]
+        self.transport.write(refusal(status, message, code, path))
+        self.transport.close()
+
+
+class PortInUseError(Exception):
+    """A server's port cannot be bound; the message names the setting that changes it."""
+
+
+def bind(host: str, port: int, name: str, setting: str) -> socket.socket:
+    """A socket bound to host:port as uvicorn binds it (SO_REUSEADDR), not yet listening.
+    Raises PortInUseError with one readable line when the port is taken or refused."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(
+                f"port {port} ({name}) is already in use on {host}: stop what uses it, "
+                f"or set {setting} to a free port"
+            ) from None
+        raise PortInUseError(
+            f"cannot listen on {host}:{port} ({name}): {exc.strerror or exc}; "
+            f"set {setting} to another port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock

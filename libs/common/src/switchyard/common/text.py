@@ -1,0 +1,14 @@
+"""Text from users (emails, key names, model names) made safe to print on a terminal."""
+
+from __future__ import annotations
+
+
+def terminal_safe(text: object) -> str:
+    """`text` as a string with every control or format character (NUL, ESC, CR/LF, bidi
+    overrides, ...) shown as its Python escape (`\\x1b`, `\\n`, `\\u202e`) instead of being
+    sent to the terminal, which would otherwise obey it. Printable text, accents and all,
+    is unchanged."""
+    value = str(text)
+    if value.isprintable():
+        return value
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in value)

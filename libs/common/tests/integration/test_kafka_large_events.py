@@ -1,0 +1,84 @@
+"""Model requests as large as the model APIs take (Anthropic's Messages accept 32 MB) go
+through the Kafka bus on a real broker, to a consumer group and to a listener; an event
+larger than the bus carries is refused at once as too large, not as an outage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from switchyard.common.bus import EventTooLargeError
+from switchyard.common.bus.kafka import KafkaBus
+from switchyard.common.events import ChatRequestData, ChatRequested, ClientAPI
+from switchyard.common.testing.infra import async_wait_until
+
+pytestmark = pytest.mark.integration
+
+MIB = 1024 * 1024
+
+
+def large_request(request_id: str, size: int) -> ChatRequested:
+    return ChatRequested(
+        source="test",
+        tenant="acme",
+        request_id=request_id,
+        data=ChatRequestData(
+            api=ClientAPI.ANTHROPIC_MESSAGES,
+            model="sim-claude",
+            body={
+                "model": "sim-claude",
+                "max_tokens": 16,
+                "messages": [{"role": "user", "content": "x" * size}],
+            },
+            user_id="u",
+            deadline=datetime.now(UTC) + timedelta(seconds=60),
+        ),
+    )
+
+
+async def test_a_32_mib_request_reaches_a_consumer_group_and_a_listener(
+    kafka_servers, kafka_topics
+):
+    bus = KafkaBus(kafka_servers, deadletter_topic=kafka_topics.deadletter)
+    await bus.start()
+    grouped: list = []
+    heard: list = []
+
+    async def on_group(event):
+        grouped.append(event)
+
+    async def on_listen(event):
+        heard.append(event)
+
+    try:
+        await bus.subscribe([kafka_topics.requests_interactive], "large", on_group)
+        await bus.listen(kafka_topics.requests_interactive, on_listen)
+        await asyncio.sleep(1)  # the listener starts at the end of the topic
+        request = large_request("large-1", 32 * MIB)
+        started = time.monotonic()
+        await bus.publish(kafka_topics.requests_interactive, request)
+        await async_wait_until(
+            lambda: asyncio.sleep(0, len(grouped) == 1 and len(heard) == 1),
+            timeout=60,
+            message="the large request at the group consumer and the listener",
+        )
+    finally:
+        await bus.stop()
+    assert time.monotonic() - started < 60
+    for received in (grouped[0], heard[0]):
+        assert received.data.body == request.data.body
+
+
+async def test_an_event_over_the_limit_is_refused_as_too_large(kafka_servers, kafka_topics):
+    bus = KafkaBus(kafka_servers, deadletter_topic=kafka_topics.deadletter, max_message_bytes=MIB)
+    await bus.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(EventTooLargeError):
+            await bus.publish(kafka_topics.requests_interactive, large_request("big", 2 * MIB))
+        assert time.monotonic() - started < 1
+    finally:
+        await bus.stop()

@@ -1,0 +1,69 @@
+"""Limits validation and budget periods shared by auth and the gateway."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from switchyard.common.governance import (
+    BudgetClock,
+    LimitError,
+    Limits,
+    check_limit_values,
+    check_within,
+)
+
+
+@pytest.mark.parametrize(
+    ("values", "param"),
+    [
+        ({"rpm_limit": -1}, "rpm_limit"),
+        ({"tpm_limit": 10**12}, "tpm_limit"),
+        ({"max_budget_usd": float("inf")}, "max_budget_usd"),
+        ({"max_budget_usd": -0.01}, "max_budget_usd"),
+        ({"max_parallel_requests": 2.5}, "max_parallel_requests"),
+        ({"max_budget_usd": 5, "budget_period": "2w"}, "budget_period"),
+        ({"budget_period": "1d"}, "budget_period"),
+        ({"rpm_limit": True}, "rpm_limit"),
+    ],
+)
+def test_bad_limits_are_refused_naming_the_field(values: dict, param: str) -> None:
+    with pytest.raises(LimitError) as caught:
+        check_limit_values(values)
+    assert caught.value.param == param
+    assert param in str(caught.value)
+
+
+def test_good_limits_are_normalised() -> None:
+    limits = check_limit_values(
+        {"rpm_limit": 60.0, "max_budget_usd": 5, "budget_period": "none", "tpm_limit": None}
+    )
+    assert limits == Limits(rpm_limit=60, max_budget_usd=5.0)
+    assert Limits().empty and not limits.empty
+
+
+def test_a_child_limit_above_its_parent_names_the_field() -> None:
+    team = Limits(rpm_limit=50, max_budget_usd=10, budget_period="30d")
+    with pytest.raises(LimitError) as caught:
+        check_within(Limits(rpm_limit=100), team, "api_key", "team")
+    assert caught.value.param == "rpm_limit"
+    assert "team" in str(caught.value)
+    # Budgets of different periods are not comparable; equal periods are.
+    check_within(Limits(max_budget_usd=20, budget_period="1d"), team, "api_key", "team")
+    with pytest.raises(LimitError):
+        check_within(Limits(max_budget_usd=20, budget_period="30d"), team, "api_key", "team")
+
+
+def test_budget_periods_are_anchored_and_scalable() -> None:
+    anchor = datetime(2025, 1, 1, 12, tzinfo=UTC)
+    clock = BudgetClock()
+    period = clock.period("7d", anchor, anchor + timedelta(days=8))
+    assert period.start == anchor + timedelta(days=7)
+    assert period.end == anchor + timedelta(days=14)
+    assert clock.period(None, anchor, anchor + timedelta(days=400)).end is None
+    # Tests shorten the day: a "1d" budget then lasts two seconds.
+    fast = BudgetClock(day_s=2)
+    assert fast.period("1d", anchor, anchor + timedelta(seconds=5)).start == anchor + timedelta(
+        seconds=4
+    )

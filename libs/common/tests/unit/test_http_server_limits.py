@@ -1,0 +1,148 @@
+"""The HTTP server every service runs refuses oversized request heads with 431 and drops
+clients too slow to send their head or body (408), while ordinary requests, kept-alive
+connections and large bodies sent promptly are served as before."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from switchyard.common.http import SERVER_OPTIONS
+from switchyard.common.httpserver import GuardedHttpToolsProtocol, HttpLimits
+
+
+class SmallLimits(GuardedHttpToolsProtocol):
+    limits = HttpLimits(
+        max_header_bytes=2048, max_headers=20, header_timeout_s=0.5, body_timeout_s=0.5
+    )
+
+
+async def echo(request: Request) -> JSONResponse:
+    body = await request.body()
+    return JSONResponse({"received": len(body)})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+async def server():
+    app = Starlette(routes=[Route("/echo", echo, methods=["GET", "POST"])])
+    port = free_port()
+    options = {**SERVER_OPTIONS, "http": SmallLimits}
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", **options)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(1000):
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    yield port
+    server.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def exchange(port: int, *parts: bytes, pause_s: float = 0.0, timeout: float = 5.0) -> bytes:
+    """Send `parts` (pausing between them), then read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for part in parts:
+            writer.write(part)
+            await writer.drain()
+            if pause_s:
+                await asyncio.sleep(pause_s)
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
+def status_and_body(response: bytes) -> tuple[int, dict]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body) if body else {}
+
+
+async def test_a_head_over_the_size_limit_gets_431_in_the_api_error_format(server):
+    request = b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4096 + b"\r\n\r\n"
+    status, body = status_and_body(await exchange(server, request))
+    assert status == 431
+    assert body["error"]["code"] == "request_header_fields_too_large"
+
+
+async def test_a_huge_header_is_refused_before_it_is_all_received(server):
+    # The server answers after the limit, without waiting for (or buffering) the rest.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8192)
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert status_and_body(response)[0] == 431
+
+
+async def test_too_many_header_fields_get_431(server):
+    headers = b"".join(b"X-H%d: v\r\n" % i for i in range(30))
+    status, body = status_and_body(
+        await exchange(server, b"GET /echo HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    )
+    assert status == 431
+    assert "header fields" in body["error"]["message"]
+
+
+async def test_anthropic_paths_get_431_in_anthropic_format(server):
+    request = b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4096 + b"\r\n\r\n"
+    status, body = status_and_body(await exchange(server, request))
+    assert status == 431 and body["type"] == "error"
+
+
+async def test_a_client_too_slow_to_send_its_head_gets_408_and_is_disconnected(server):
+    status, body = status_and_body(
+        await exchange(server, b"GET /echo HTTP/1.1\r\n", b"Host: x\r\n", pause_s=0.4)
+    )
+    assert status == 408
+    assert body["error"]["code"] == "request_timeout"
+
+
+async def test_a_connection_that_sends_nothing_is_closed(server):
+    assert await exchange(server) == b""  # closed by the server after the head timeout
+
+
+async def test_a_client_too_slow_to_send_its_body_gets_408(server):
+    head = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    status, body = status_and_body(await exchange(server, head + b"x" * 10))
+    assert status == 408
+    assert "body" in body["error"]["message"]
+
+
+async def test_prompt_requests_kept_alive_and_large_bodies_are_served(server):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    body = b"x" * (1024 * 1024)
+    for _ in range(2):  # the same kept-alive connection, head limit counted per request
+        writer.write(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )
+        payload = await reader.readexactly(length)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert json.loads(payload) == {"received": len(body)}
+        await asyncio.sleep(0.3)  # idle, but within the keep-alive time
+    writer.close()

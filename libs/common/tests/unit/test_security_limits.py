@@ -1,0 +1,264 @@
+"""The shared limits: the JSON nesting bound against what the serialisers downstream
+accept, the body size limit, and the webhook target policy with its guarded transport."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from switchyard.common.egress import (
+    GuardedTransport,
+    InvalidTargetURL,
+    RefusedDestination,
+    TargetPolicy,
+    UnresolvableDestination,
+    check_target_url,
+    parse_networks,
+)
+from switchyard.common.errors import install_error_handlers
+from switchyard.common.events import (
+    ChatRequestData,
+    ChatRequested,
+    ClientAPI,
+    decode_event,
+    encode_event,
+)
+from switchyard.common.jsonbody import (
+    MAX_JSON_DEPTH,
+    BoundedJsonRoute,
+    JsonTooDeep,
+    json_depth_exceeds,
+    loads,
+)
+from switchyard.common.limits import BodySizeLimit
+
+
+def nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_the_depth_bound_counts_levels_of_the_whole_document():
+    assert not json_depth_exceeds({"a": nested(MAX_JSON_DEPTH - 1)})
+    assert json_depth_exceeds({"a": nested(MAX_JSON_DEPTH)})
+    assert not json_depth_exceeds("scalar") and not json_depth_exceeds({})
+    with pytest.raises(JsonTooDeep):
+        loads(b"[" * 100_000 + b"]" * 100_000)  # iterative: no RecursionError either
+
+
+def test_a_body_at_the_bound_survives_every_serialiser_downstream():
+    # The deepest body the gateway accepts travels inside an event: Kafka (pydantic's JSON
+    # parser), history (orjson), PostgreSQL via psycopg (json) must all take it.
+    body = {"model": "m", "messages": [], "metadata": {"k": nested(MAX_JSON_DEPTH - 2)}}
+    assert not json_depth_exceeds(body) and json_depth_exceeds(body, MAX_JSON_DEPTH - 1)
+    event = ChatRequested(
+        source="test",
+        tenant="t",
+        request_id="r",
+        data=ChatRequestData(
+            api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
+            model="m",
+            body=body,
+            user_id="u",
+            deadline=datetime.now(UTC) + timedelta(seconds=5),
+        ),
+    )
+    decoded = decode_event(encode_event(event))
+    assert decoded.data.body == body
+    assert orjson.loads(orjson.dumps(event.model_dump(mode="json")))["data"]["body"] == body
+    import json
+
+    assert json.loads(json.dumps(body)) == body
+    # ...with room to spare: four times the bound still fits the tightest of them.
+    deeper = {"body": nested(MAX_JSON_DEPTH * 3)}
+    orjson.dumps(deeper)
+    ChatRequestData.model_validate_json(
+        orjson.dumps(
+            {
+                "api": "openai.chat_completions",
+                "model": "m",
+                "body": deeper,
+                "user_id": "u",
+                "deadline": "2030-01-01T00:00:00Z",
+            }
+        )
+    )
+
+
+class Item(BaseModel):
+    name: str
+
+
+def small_app(limit: int) -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+    from fastapi import APIRouter
+
+    router = APIRouter(route_class=BoundedJsonRoute)
+
+    @router.post("/items")
+    async def create(item: Item) -> dict:
+        return {"name": item.name}
+
+    app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=limit)
+    return app
+
+
+async def test_bodies_over_the_limit_are_413_even_when_streamed_into_a_model_route():
+    app = small_app(1000)
+
+    async def chunks():
+        for _ in range(10):
+            yield b"x" * 500
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        declared = await c.post("/items", content=b"x" * 1001)
+        streamed = await c.post("/items", content=chunks())
+        deep = await c.post(
+            "/items",
+            content=b'{"name": ' + b"[" * 100 + b"]" * 100 + b"}",
+            headers={"content-type": "application/json"},
+        )
+        fine = await c.post("/items", json={"name": "ok"})
+
+    assert declared.status_code == streamed.status_code == 413
+    assert streamed.json()["error"]["code"] == "request_too_large"
+    assert deep.status_code == 400 and deep.json()["error"]["code"] == "json_too_deep"
+    assert fine.json() == {"name": "ok"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://host:1:2/",
+        "http://[x/",
+        "http://a.example/\r\n",
+        "http://a.example/\x1b",
+        "http://a b.example/",
+        "ftp://a.example/",
+        "//a.example/",
+        "http://u:p@a.example/",
+        "http://a.example:0/",
+        "http://a.example:65536/",
+        "http://" + "a" * 3000 + ".example/",
+        42,
+    ],
+)
+def test_malformed_target_urls_are_refused(url):
+    with pytest.raises(InvalidTargetURL):
+        check_target_url(url)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1", "127.1", "2130706433", "0x7f000001", "[::1]", "[::ffff:127.0.0.1]",
+        "10.0.0.1", "172.16.0.1", "192.168.0.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+        "224.0.0.1", "255.255.255.255", "[fe80::1]", "[fc00::1]", "240.0.0.1",
+    ],
+)  # fmt: skip
+async def test_non_public_addresses_are_refused(host):
+    with pytest.raises(RefusedDestination):
+        await TargetPolicy().check_url(f"http://{host}/hook")
+
+
+async def test_names_are_judged_by_every_address_they_resolve_to():
+    answers = {"ok.example": ["93.184.216.34"], "mixed.example": ["93.184.216.34", "10.0.0.1"]}
+
+    async def resolver(host: str, port: int) -> list[str]:
+        if host not in answers:
+            raise OSError("no such host")
+        return answers[host]
+
+    policy = TargetPolicy(resolver=resolver)
+    await policy.check_url("https://ok.example/x")
+    with pytest.raises(RefusedDestination):
+        await policy.check_url("https://mixed.example/x")
+    with pytest.raises(UnresolvableDestination):
+        await policy.check_url("https://gone.example/x")
+    allowed = TargetPolicy(parse_networks("10.0.0.0/8"), resolver=resolver)
+    await allowed.check_url("https://mixed.example/x")
+
+
+class Server:
+    def __init__(self) -> None:
+        self.hits = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                server.hits += 1
+                self.send_response(302)
+                self.send_header("Location", "http://127.0.0.1:1/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.http.server_address[1]
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+async def test_the_transport_dials_the_address_it_checked_not_a_second_lookup():
+    server = Server()
+    lookups: list[str] = []
+
+    async def rebinding(host: str, port: int) -> list[str]:
+        # First answer allowed; any later lookup would point elsewhere (DNS rebinding).
+        lookups.append(host)
+        return ["127.0.0.1"] if len(lookups) == 1 else ["10.9.9.9"]
+
+    allowed = TargetPolicy(parse_networks("127.0.0.0/8"), resolver=rebinding)
+    try:
+        async with httpx.AsyncClient(transport=GuardedTransport(allowed)) as client:
+            response = await client.post(f"http://hooks.test:{server.port}/x", content=b"{}")
+        refused = TargetPolicy(resolver=rebinding)
+        async with httpx.AsyncClient(transport=GuardedTransport(refused)) as client:
+            with pytest.raises(RefusedDestination):
+                await client.post(f"http://hooks.test:{server.port}/x", content=b"{}")
+    finally:
+        server.close()
+
+    assert response.status_code == 302  # the redirect is not followed
+    assert server.hits == 1  # the refused client never connected
+    assert lookups == ["hooks.test", "hooks.test"]
+
+
+async def test_resolution_is_bounded_in_time():
+    async def hanging(host: str, port: int) -> list[str]:
+        await asyncio.sleep(10)
+        return []
+
+    with pytest.raises(UnresolvableDestination):
+        await TargetPolicy(resolver=hanging, resolve_timeout_s=0.05).check_url("http://x.example")
+
+
+async def test_metrics_can_be_put_behind_a_token():
+    from switchyard.common.metrics import metrics_router
+
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(metrics_router(token="scrape-secret"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        anonymous = await c.get("/metrics")
+        wrong = await c.get("/metrics", headers={"Authorization": "Bearer nope"})
+        scraper = await c.get("/metrics", headers={"Authorization": "Bearer scrape-secret"})
+    assert anonymous.status_code == wrong.status_code == 401
+    assert scraper.status_code == 200 and "python_info" in scraper.text

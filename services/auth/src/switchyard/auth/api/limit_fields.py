@@ -1,0 +1,51 @@
+"""Request and response fields of budgets and rate limits, shared by the key and admin
+routers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from switchyard.auth.governance import limits_of
+from switchyard.auth.models import LimitColumns
+from switchyard.common.governance import LIMIT_FIELDS
+
+# Loose types on purpose: the range checks of `check_limit_values` answer with a 400 that
+# names the field and says what is wrong (negative, absurd, unknown period).
+Number = float | None
+
+
+class LimitsIn(BaseModel):
+    """Limits to set; a field sent as null removes that limit, an absent one keeps it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_budget_usd: Number = Field(default=None, description="USD per budget period.")
+    budget_period: str | None = Field(default=None, description="1d, 7d, 30d or none.")
+    rpm_limit: Number = Field(default=None, description="Requests per minute.")
+    tpm_limit: Number = Field(default=None, description="Tokens per minute.")
+    max_parallel_requests: Number = Field(default=None, description="Requests at once.")
+
+    def patch(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in LIMIT_FIELDS if name in self.model_fields_set}
+
+
+class LimitsOut(BaseModel):
+    max_budget_usd: float | None
+    budget_period: str | None
+    budget_anchor_at: datetime | None = Field(
+        description="Budget periods start at this instant plus whole periods."
+    )
+    rpm_limit: int | None
+    tpm_limit: int | None
+    max_parallel_requests: int | None
+
+    @classmethod
+    def of(cls, row: LimitColumns | None) -> LimitsOut:
+        limits = limits_of(row)
+        return cls(
+            **limits.model_dump(),
+            budget_anchor_at=getattr(row, "budget_anchor_at", None) if row is not None else None,
+        )

@@ -1,0 +1,471 @@
+"""Teams and limits: the use cases behind the team, budget and rate-limit parts of the
+admin API, the self-service key API and the CLI, and the policy gateways enforce.
+
+Tenant → teams → users → API keys. A user belongs to at most one team; a key belongs to
+its user and (by default) to the user's team. Every level may carry `Limits`; a limit of
+a key may not exceed the same limit of its user, team or tenant, nor a team's or a user's
+the tenant's (a 400 naming the field). Each change writes `auth.limits_changed` to the
+outbox in its transaction, so every gateway applies it within a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from switchyard.auth.models import ApiKey, LimitColumns, Team, Tenant, User
+from switchyard.auth.service import (
+    ApiKeyNotFound,
+    AuthError,
+    AuthService,
+    InvalidInput,
+    IssuedApiKey,
+    UserNotFound,
+    _validate_models,
+)
+from switchyard.common.events import LimitsChanged, LimitsChangedData
+from switchyard.common.governance import (
+    LIMIT_FIELDS,
+    FailureMode,
+    LimitError,
+    Limits,
+    check_limit_values,
+    check_within,
+)
+
+
+class TeamNotFound(AuthError):
+    pass
+
+
+class DuplicateTeam(AuthError):
+    pass
+
+
+def limits_of(row: LimitColumns | None) -> Limits:
+    if row is None:
+        return Limits()
+    return Limits(**{name: getattr(row, name) for name in LIMIT_FIELDS})
+
+
+def _merged(row: LimitColumns | None, patch: dict[str, Any] | None) -> Limits:
+    """The row's limits with `patch` applied (a key present with None clears that limit);
+    InvalidInput naming the field if the result is invalid."""
+    values = {name: getattr(row, name, None) if row is not None else None for name in LIMIT_FIELDS}
+    for name, value in (patch or {}).items():
+        if name not in LIMIT_FIELDS:
+            raise InvalidInput(f"Unknown limit '{name}'.", param=name)
+        values[name] = value
+    try:
+        return check_limit_values(values)
+    except LimitError as exc:
+        raise InvalidInput(str(exc), param=exc.param) from None
+
+
+def _store(row: LimitColumns, limits: Limits, now: datetime) -> None:
+    budget_changed = (row.max_budget_usd is None) != (limits.max_budget_usd is None) or (
+        row.budget_period != limits.budget_period
+    )
+    for name in LIMIT_FIELDS:
+        setattr(row, name, getattr(limits, name))
+    if limits.max_budget_usd is None:
+        row.budget_anchor_at = None
+    elif budget_changed or row.budget_anchor_at is None:
+        # A new budget, or a new period, starts now; a changed amount keeps its period.
+        row.budget_anchor_at = now
+
+
+def _within(child: Limits, parent: Limits, child_level: str, parent_level: str) -> None:
+    try:
+        check_within(child, parent, child_level, parent_level)
+    except LimitError as exc:
+        raise InvalidInput(str(exc), param=exc.param) from None
+
+
+@dataclass(frozen=True)
+class LevelPolicy:
+    """One level's id, limits and budget anchor, as gateways receive them."""
+
+    scope_id: str
+    limits: Limits
+    budget_anchor_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Everything a gateway checks for one caller (a user, optionally through a key)."""
+
+    tenant: str
+    team_id: str | None
+    levels: dict[str, LevelPolicy]  # "api_key", "user", "team", "tenant"
+    rate_limit_failure_mode: str
+    budget_failure_mode: str
+
+
+def _level(scope_id: str, row: LimitColumns | None) -> LevelPolicy:
+    return LevelPolicy(
+        scope_id=scope_id,
+        limits=limits_of(row),
+        budget_anchor_at=row.budget_anchor_at if row is not None else None,
+    )
+
+
+class Governance:
+    """Teams and limits over the auth database; shares the outbox with `AuthService`."""
+
+    def __init__(self, auth: AuthService) -> None:
+        self._auth = auth
+        self._sessions = auth.sessions
+
+    def _changed(self, session: AsyncSession, tenant: str, scope: str, scope_id: str) -> None:
+        event = LimitsChanged(
+            source="auth",
+            tenant=tenant,
+            request_id=scope_id,
+            data=LimitsChangedData(scope=scope, scope_id=scope_id),  # type: ignore[arg-type]
+        )
+        self._auth._record(session, event, scope_id)
+
+    # -- tenants --------------------------------------------------------------------
+
+    async def tenant(self, tenant: str) -> Tenant:
+        async with self._sessions() as session:
+            row = await session.get(Tenant, tenant)
+        return row if row is not None else Tenant(tenant=tenant, **_default_modes())
+
+    async def update_tenant(
+        self,
+        tenant: str,
+        limits: dict[str, Any] | None = None,
+        *,
+        rate_limit_failure_mode: str | None = None,
+        budget_failure_mode: str | None = None,
+    ) -> Tenant:
+        """Set a tenant's limits (a patch) and failure modes."""
+        for name, mode in (
+            ("rate_limit_failure_mode", rate_limit_failure_mode),
+            ("budget_failure_mode", budget_failure_mode),
+        ):
+            if mode is not None and mode not in (FailureMode.OPEN, FailureMode.CLOSED):
+                raise InvalidInput(f"'{name}' must be 'open' or 'closed'.", param=name)
+        now = datetime.now(UTC)
+        async with self._sessions() as session:
+            row = await session.get(Tenant, tenant)
+            if row is None:
+                row = Tenant(tenant=tenant, **_default_modes())
+                session.add(row)
+            merged = _merged(row, limits)
+            for team in await self._teams(session, tenant):
+                _within(limits_of(team), merged, "team", "tenant")
+            _store(row, merged, now)
+            if rate_limit_failure_mode is not None:
+                row.rate_limit_failure_mode = rate_limit_failure_mode
+            if budget_failure_mode is not None:
+                row.budget_failure_mode = budget_failure_mode
+            row.updated_at = now
+            self._changed(session, tenant, "tenant", tenant)
+            await self._auth._commit_with_events(session)
+            return row
+
+    # -- teams ----------------------------------------------------------------------
+
+    async def _teams(self, session: AsyncSession, tenant: str) -> Sequence[Team]:
+        result = await session.execute(
+            select(Team).where(Team.tenant == tenant).order_by(Team.created_at, Team.id)
+        )
+        return result.scalars().all()
+
+    async def list_teams(self, tenant: str | None = None) -> list[Team]:
+        async with self._sessions() as session:
+            query = select(Team).order_by(Team.created_at, Team.id)
+            if tenant is not None:
+                query = query.where(Team.tenant == tenant)
+            return list((await session.execute(query)).scalars().all())
+
+    async def _team(self, session: AsyncSession, team_id: str, tenant: str | None) -> Team:
+        team = await session.get(Team, team_id)
+        if team is None or (tenant is not None and team.tenant != tenant):
+            raise TeamNotFound(f"No team with id {team_id}.")
+        return team
+
+    async def team(self, team_id: str, tenant: str | None = None) -> Team:
+        async with self._sessions() as session:
+            return await self._team(session, team_id, tenant)
+
+    async def team_by_name(self, tenant: str, name: str) -> Team:
+        async with self._sessions() as session:
+            result = await session.execute(
+                select(Team).where(Team.tenant == tenant, Team.name == name)
+            )
+            team = result.scalar_one_or_none()
+        if team is None:
+            raise TeamNotFound(f"No team named {name!r} in tenant {tenant}.")
+        return team
+
+    async def create_team(
+        self,
+        *,
+        tenant: str,
+        name: str,
+        limits: dict[str, Any] | None = None,
+        allowed_models: Sequence[str] | None = None,
+    ) -> Team:
+        name = _team_name(name)
+        models = _validate_models(allowed_models)
+        now = datetime.now(UTC)
+        async with self._sessions() as session:
+            merged = _merged(None, limits)
+            _within(merged, limits_of(await session.get(Tenant, tenant)), "team", "tenant")
+            team = Team(tenant=tenant, name=name, allowed_models=models, created_at=now)
+            _store(team, merged, now)
+            session.add(team)
+            try:
+                await session.flush()
+            except IntegrityError:
+                raise DuplicateTeam(f"Tenant {tenant} already has a team named {name!r}.") from None
+            self._changed(session, tenant, "team", team.id)
+            await self._auth._commit_with_events(session)
+            return team
+
+    async def update_team(
+        self,
+        team_id: str,
+        *,
+        tenant: str | None = None,
+        name: str | None = None,
+        limits: dict[str, Any] | None = None,
+        allowed_models: Sequence[str] | None | bool = False,
+    ) -> Team:
+        """Rename a team, patch its limits and (unless `allowed_models` is False) replace
+        its allowed models. Members' and keys' limits above the new ones are refused."""
+        now = datetime.now(UTC)
+        async with self._sessions() as session:
+            team = await self._team(session, team_id, tenant)
+            merged = _merged(team, limits)
+            _within(merged, limits_of(await session.get(Tenant, team.tenant)), "team", "tenant")
+            for user in await _members(session, team.id):
+                _within(limits_of(user), merged, "user", "team")
+            for key in await _team_keys(session, team.id):
+                _within(limits_of(key), merged, "api_key", "team")
+            _store(team, merged, now)
+            if name is not None:
+                team.name = _team_name(name)
+            if allowed_models is not False:
+                team.allowed_models = _validate_models(allowed_models)  # type: ignore[arg-type]
+            try:
+                await session.flush()
+            except IntegrityError:
+                raise DuplicateTeam(f"Tenant already has a team named {name!r}.") from None
+            self._changed(session, team.tenant, "team", team.id)
+            await self._auth._commit_with_events(session)
+            return team
+
+    async def delete_team(self, team_id: str, *, tenant: str | None = None) -> None:
+        """Delete a team; its members and keys stay, without a team."""
+        async with self._sessions() as session:
+            team = await self._team(session, team_id, tenant)
+            for model in (User, ApiKey):
+                await session.execute(
+                    update(model)
+                    .where(model.team_id == team.id)
+                    .values(team_id=None)
+                    .execution_options(synchronize_session=False)
+                )
+            await session.delete(team)
+            self._changed(session, team.tenant, "team", team.id)
+            await self._auth._commit_with_events(session)
+
+    # -- users ----------------------------------------------------------------------
+
+    async def user(self, user_id: str, tenant: str | None = None) -> User:
+        async with self._sessions() as session:
+            user = await session.get(User, user_id)
+        if user is None or (tenant is not None and user.tenant != tenant):
+            raise UserNotFound(f"No user with id {user_id}.")
+        return user
+
+    async def update_user(
+        self,
+        user_id: str,
+        *,
+        tenant: str | None = None,
+        team_id: str | None | bool = False,
+        limits: dict[str, Any] | None = None,
+    ) -> User:
+        """Move a user into a team (`team_id`; None: out of any; False: unchanged) and patch
+        their limits. Their keys follow them into the new team."""
+        now = datetime.now(UTC)
+        async with self._sessions() as session:
+            user = await session.get(User, user_id)
+            if user is None or (tenant is not None and user.tenant != tenant):
+                raise UserNotFound(f"No user with id {user_id}.")
+            if team_id is not False:
+                if team_id is not None:
+                    await self._team(session, team_id, user.tenant)  # type: ignore[arg-type]
+                user.team_id = team_id  # type: ignore[assignment]
+                await session.execute(
+                    update(ApiKey)
+                    .where(ApiKey.user_id == user.id)
+                    .values(team_id=team_id)
+                    .execution_options(synchronize_session=False)
+                )
+            merged = _merged(user, limits)
+            await self._check_user(session, user, merged)
+            _store(user, merged, now)
+            self._changed(session, user.tenant, "user", user.id)
+            await self._auth._commit_with_events(session)
+            return user
+
+    async def _check_user(self, session: AsyncSession, user: User, limits: Limits) -> None:
+        _within(limits, limits_of(await session.get(Tenant, user.tenant)), "user", "tenant")
+        if user.team_id is not None:
+            _within(limits, limits_of(await session.get(Team, user.team_id)), "user", "team")
+        for key in (
+            await session.execute(select(ApiKey).where(ApiKey.user_id == user.id))
+        ).scalars():
+            if key.revoked_at is None:
+                _within(limits_of(key), limits, "api_key", "user")
+
+    # -- API keys -------------------------------------------------------------------
+
+    async def check_key_limits(
+        self, user_id: str, limits: dict[str, Any] | None, team_id: str | None | bool = False
+    ) -> tuple[Limits, str | None]:
+        """The validated limits and team of a new key of `user_id`: within its user's,
+        team's and tenant's. `team_id` False: the user's team."""
+        async with self._sessions() as session:
+            user = await session.get(User, user_id)
+            if user is None:
+                raise UserNotFound(f"No user with id {user_id}.")
+            team = await self._key_team(session, user, team_id)
+            merged = _merged(None, limits)
+            await self._check_key(session, user, team, merged)
+            return merged, team
+
+    async def _key_team(
+        self, session: AsyncSession, user: User, team_id: str | None | bool
+    ) -> str | None:
+        if team_id is False:
+            return user.team_id
+        if team_id is not None and team_id != user.team_id:
+            await self._team(session, team_id, user.tenant)  # type: ignore[arg-type]
+            raise InvalidInput(
+                "A key can only belong to its user's team; add the user to the team first.",
+                param="team_id",
+            )
+        return team_id  # type: ignore[return-value]
+
+    async def _check_key(
+        self, session: AsyncSession, user: User, team_id: str | None, limits: Limits
+    ) -> None:
+        _within(limits, limits_of(user), "api_key", "user")
+        if team_id is not None:
+            _within(limits, limits_of(await session.get(Team, team_id)), "api_key", "team")
+        _within(limits, limits_of(await session.get(Tenant, user.tenant)), "api_key", "tenant")
+
+    async def create_api_key(
+        self,
+        *,
+        user_id: str,
+        limits: dict[str, Any] | None = None,
+        team_id: str | None | bool = False,
+        **options: Any,
+    ) -> IssuedApiKey:
+        """A new key (see `AuthService.create_api_key` for `options`) whose limits are
+        within its user's, team's and tenant's."""
+        merged, team = await self.check_key_limits(user_id, limits, team_id)
+        return await self._auth.create_api_key(
+            user_id=user_id, team_id=team, limits=merged, **options
+        )
+
+    async def update_api_key(
+        self,
+        key_id: str,
+        *,
+        tenant: str | None = None,
+        user_id: str | None = None,
+        limits: dict[str, Any] | None = None,
+        team_id: str | None | bool = False,
+    ) -> ApiKey:
+        """Patch a key's limits (and team); only the tenant's, or the user's own key."""
+        now = datetime.now(UTC)
+        async with self._sessions() as session:
+            key = await session.get(ApiKey, key_id)
+            if (
+                key is None
+                or (tenant is not None and key.tenant != tenant)
+                or (user_id is not None and key.user_id != user_id)
+            ):
+                raise ApiKeyNotFound(f"No API key with id {key_id}.")
+            user = await session.get(User, key.user_id)
+            assert user is not None
+            team = key.team_id if team_id is False else await self._key_team(session, user, team_id)
+            merged = _merged(key, limits)
+            await self._check_key(session, user, team, merged)
+            key.team_id = team
+            _store(key, merged, now)
+            self._changed(session, key.tenant, "api_key", key.id)
+            await self._auth._commit_with_events(session)
+            return key
+
+    # -- what gateways enforce ------------------------------------------------------
+
+    async def policy(self, user_id: str, key_id: str | None = None) -> Policy:
+        """The limits of every level above a caller; UserNotFound/ApiKeyNotFound."""
+        async with self._sessions() as session:
+            user = await session.get(User, user_id)
+            if user is None:
+                raise UserNotFound(f"No user with id {user_id}.")
+            key = None
+            team_id = user.team_id
+            if key_id is not None:
+                key = await session.get(ApiKey, key_id)
+                if key is None or key.user_id != user.id:
+                    raise ApiKeyNotFound(f"No API key with id {key_id}.")
+                team_id = key.team_id
+            team = await session.get(Team, team_id) if team_id is not None else None
+            tenant = await session.get(Tenant, user.tenant)
+        levels = {"user": _level(user.id, user), "tenant": _level(user.tenant, tenant)}
+        if key is not None:
+            levels["api_key"] = _level(key.id, key)
+        if team is not None:
+            levels["team"] = _level(team.id, team)
+        modes = tenant if tenant is not None else Tenant(**_default_modes())
+        return Policy(
+            tenant=user.tenant,
+            team_id=team.id if team is not None else None,
+            levels=levels,
+            rate_limit_failure_mode=modes.rate_limit_failure_mode,
+            budget_failure_mode=modes.budget_failure_mode,
+        )
+
+
+def _default_modes() -> dict[str, str]:
+    return {
+        "rate_limit_failure_mode": FailureMode.OPEN.value,
+        "budget_failure_mode": FailureMode.CLOSED.value,
+    }
+
+
+def _team_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise InvalidInput("Team name must be 1-200 characters.", param="name")
+    return name
+
+
+async def _members(session: AsyncSession, team_id: str) -> Sequence[User]:
+    return (await session.execute(select(User).where(User.team_id == team_id))).scalars().all()
+
+
+async def _team_keys(session: AsyncSession, team_id: str) -> Sequence[ApiKey]:
+    result = await session.execute(
+        select(ApiKey).where(ApiKey.team_id == team_id, ApiKey.revoked_at.is_(None))
+    )
+    return result.scalars().all()

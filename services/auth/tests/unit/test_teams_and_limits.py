@@ -1,0 +1,258 @@
+"""Teams, budgets and rate limits: the admin API, self-service keys, the policy gateways
+read, the events that tell them about changes, and the operator commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from switchyard.auth.cli import keys_app, teams_app, tenants_app, users_app
+from switchyard.auth.config import Settings
+from switchyard.common.events import LimitsChanged
+
+from .test_admin_api import PASSWORD, assert_error, token_for
+
+INTERNAL = {"x-switchyard-internal-token": "test-internal-token"}
+
+
+@pytest.fixture
+async def acme(auth_app):
+    service = auth_app.service
+    admin = await service.create_user(
+        email="admin@acme.test", tenant="acme", role="admin", password=PASSWORD
+    )
+    member = await service.create_user(email="member@acme.test", tenant="acme", password=PASSWORD)
+    other = await service.create_user(
+        email="admin@globex.test", tenant="globex", role="admin", password=PASSWORD
+    )
+    return {
+        "admin": admin,
+        "member": member,
+        "other": other,
+        "admin_headers": await token_for(auth_app, "admin@acme.test"),
+        "member_headers": await token_for(auth_app, "member@acme.test"),
+        "other_headers": await token_for(auth_app, "admin@globex.test"),
+    }
+
+
+async def make_team(auth_app, acme, **body) -> dict:
+    response = await auth_app.client.post(
+        "/v1/admin/teams", json={"name": "research", **body}, headers=acme["admin_headers"]
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def test_an_admin_creates_a_team_with_limits_and_gateways_hear_of_changes(
+    auth_app, acme
+) -> None:
+    team = await make_team(auth_app, acme, rpm_limit=100, max_budget_usd=50, budget_period="30d")
+    assert team["limits"]["rpm_limit"] == 100
+    assert team["limits"]["budget_period"] == "30d"
+    assert team["limits"]["budget_anchor_at"] is not None
+    auth_app.events.clear()
+
+    patched = await auth_app.client.patch(
+        f"/v1/admin/teams/{team['id']}", json={"rpm_limit": 10}, headers=acme["admin_headers"]
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["limits"]["rpm_limit"] == 10
+    # The budget is untouched by a patch that does not name it.
+    assert patched.json()["limits"]["max_budget_usd"] == 50
+    event = await auth_app.wait_for_event("auth.limits_changed")
+    assert isinstance(event, LimitsChanged)
+    assert (event.data.scope, event.data.scope_id) == ("team", team["id"])
+
+    listed = await auth_app.client.get("/v1/admin/teams", headers=acme["admin_headers"])
+    assert [entry["name"] for entry in listed.json()["data"]] == ["research"]
+    duplicate = await auth_app.client.post(
+        "/v1/admin/teams", json={"name": "research"}, headers=acme["admin_headers"]
+    )
+    assert_error(duplicate, 409, "team_exists")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"rpm_limit": -5}, "rpm_limit"),
+        ({"tpm_limit": 10**15}, "tpm_limit"),
+        ({"max_budget_usd": 10, "budget_period": "fortnight"}, "budget_period"),
+        ({"budget_period": "1d"}, "budget_period"),
+        ({"max_parallel_requests": 1.5}, "max_parallel_requests"),
+        ({"rpm": 5}, "rpm"),
+        ({"rpm_limit": "many"}, "rpm_limit"),
+    ],
+)
+async def test_bad_limits_are_400_naming_the_field(auth_app, acme, body, param) -> None:
+    response = await auth_app.client.post(
+        "/v1/admin/teams", json={"name": "t", **body}, headers=acme["admin_headers"]
+    )
+    error = assert_error(response, 400)
+    assert error["param"] is not None and error["param"].endswith(param), error
+
+
+async def test_a_key_limit_above_its_teams_is_refused_naming_the_field(auth_app, acme) -> None:
+    team = await make_team(auth_app, acme, rpm_limit=50, max_parallel_requests=4)
+    moved = await auth_app.client.patch(
+        f"/v1/admin/users/{acme['member'].id}",
+        json={"team_id": team["id"]},
+        headers=acme["admin_headers"],
+    )
+    assert moved.status_code == 200, moved.text
+    member = acme["member_headers"]
+
+    too_high = await auth_app.client.post(
+        "/v1/api-keys", json={"name": "k", "rpm_limit": 100}, headers=member
+    )
+    error = assert_error(too_high, 400, "invalid_request")
+    assert error["param"] == "rpm_limit" and "team" in error["message"]
+
+    created = await auth_app.client.post(
+        "/v1/api-keys", json={"name": "k", "rpm_limit": 20, "max_budget_usd": 3}, headers=member
+    )
+    assert created.status_code == 201, created.text
+    key = created.json()
+    assert key["team_id"] == team["id"] and key["limits"]["rpm_limit"] == 20
+
+    raise_it = await auth_app.client.patch(
+        f"/v1/api-keys/{key['key_id']}", json={"max_parallel_requests": 5}, headers=member
+    )
+    assert assert_error(raise_it, 400)["param"] == "max_parallel_requests"
+    # Lowering the team below an existing key's limit is refused too, naming the field.
+    lowered = await auth_app.client.patch(
+        f"/v1/admin/teams/{team['id']}", json={"rpm_limit": 10}, headers=acme["admin_headers"]
+    )
+    assert assert_error(lowered, 400)["param"] == "rpm_limit"
+
+
+async def test_admins_act_on_their_own_tenant_only_and_members_not_at_all(auth_app, acme) -> None:
+    team = await make_team(auth_app, acme)
+    for method, path, body in (
+        ("GET", f"/v1/admin/teams/{team['id']}", None),
+        ("PATCH", f"/v1/admin/teams/{team['id']}", {"rpm_limit": 1}),
+        ("DELETE", f"/v1/admin/teams/{team['id']}", None),
+        ("PATCH", f"/v1/admin/users/{acme['member'].id}", {"rpm_limit": 1}),
+        ("POST", "/v1/admin/api-keys", {"user_id": acme["member"].id}),
+    ):
+        response = await auth_app.client.request(
+            method, path, json=body, headers=acme["other_headers"]
+        )
+        assert response.status_code == 404, (method, path, response.text)
+        response = await auth_app.client.request(
+            method, path, json=body, headers=acme["member_headers"]
+        )
+        assert response.status_code == 403, (method, path, response.text)
+
+
+async def test_the_policy_gives_every_level_above_a_key(auth_app, acme) -> None:
+    team = await make_team(auth_app, acme, max_budget_usd=5, budget_period="1d")
+    await auth_app.client.patch(
+        f"/v1/admin/users/{acme['member'].id}",
+        json={"team_id": team["id"], "rpm_limit": 30},
+        headers=acme["admin_headers"],
+    )
+    created = await auth_app.client.post(
+        "/v1/admin/api-keys",
+        json={"user_id": acme["member"].id, "tpm_limit": 1000},
+        headers=acme["admin_headers"],
+    )
+    assert created.status_code == 201, created.text
+    key_id = created.json()["key_id"]
+
+    policy = await auth_app.client.get(
+        "/internal/v1/policy",
+        params={"user_id": acme["member"].id, "key_id": key_id},
+        headers=INTERNAL,
+    )
+    assert policy.status_code == 200, policy.text
+    body = policy.json()
+    assert body["team_id"] == team["id"]
+    assert body["levels"]["api_key"]["limits"]["tpm_limit"] == 1000
+    assert body["levels"]["user"]["limits"]["rpm_limit"] == 30
+    assert body["levels"]["team"]["limits"]["max_budget_usd"] == 5
+    assert body["levels"]["tenant"]["id"] == "acme"
+    assert (body["rate_limit_failure_mode"], body["budget_failure_mode"]) == ("open", "closed")
+    unknown = await auth_app.client.get(
+        "/internal/v1/policy", params={"user_id": "nobody"}, headers=INTERNAL
+    )
+    assert unknown.status_code == 404
+
+    me = await auth_app.client.get("/v1/me", headers=acme["member_headers"])
+    assert me.status_code == 200 and me.json()["levels"]["team"]["id"] == team["id"]
+
+
+@pytest.fixture
+def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SWITCHYARD_AUTH_DATABASE_URL", settings.database_url)
+    app = typer.Typer()
+    for group in (users_app, keys_app, teams_app, tenants_app):
+        app.add_typer(group)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, list(args))
+
+
+def test_operators_manage_teams_keys_and_tenants_from_the_cli(cli) -> None:
+    assert cli("users", "create", "--email", "ops@acme.test", "--tenant", "acme", "--no-password")
+    created = cli(
+        "teams", "create", "--tenant", "acme", "--name", "ml", "--rpm-limit", "60", "--json"
+    )
+    assert created.exit_code == 0, created.output
+    team = json.loads(created.stdout)
+    assert team["rpm_limit"] == 60
+
+    moved = cli("users", "update", "--email", "ops@acme.test", "--team", "ml")
+    assert moved.exit_code == 0, moved.output
+    key = cli(
+        "keys",
+        "create",
+        "--email",
+        "ops@acme.test",
+        "--team",
+        "ml",
+        "--rpm-limit",
+        "30",
+        "--max-budget-usd",
+        "5",
+        "--budget-period",
+        "30d",
+        "--max-parallel",
+        "2",
+        "--json",
+    )
+    assert key.exit_code == 0, key.output
+    key_id = json.loads(key.stdout)["key_id"]
+
+    too_high = cli("keys", "update", key_id, "--rpm-limit", "61")
+    assert too_high.exit_code == 1 and "rpm_limit" in too_high.output
+    bad_period = cli("keys", "update", key_id, "--max-budget-usd", "1", "--budget-period", "2d")
+    assert bad_period.exit_code == 1 and "budget_period" in bad_period.output
+    negative = cli("teams", "update", team["id"], "--tpm-limit", "-1")
+    assert negative.exit_code == 1 and "tpm_limit" in negative.output
+
+    updated = cli("keys", "update", key_id, "--rpm-limit", "10", "--clear", "max_budget_usd")
+    assert updated.exit_code == 0, updated.output
+    assert "rpm_limit=10" in updated.stdout and "max_budget_usd" not in updated.stdout
+
+    tenant = cli(
+        "tenants",
+        "update",
+        "--tenant",
+        "acme",
+        "--max-budget-usd",
+        "100",
+        "--rate-limits-when-store-down",
+        "closed",
+    )
+    assert tenant.exit_code == 0, tenant.output
+    shown = json.loads(cli("tenants", "show", "--tenant", "acme").stdout)
+    assert shown["max_budget_usd"] == 100 and shown["rate_limit_failure_mode"] == "closed"
+    wrong_mode = cli("tenants", "update", "--tenant", "acme", "--budgets-when-store-down", "ajar")
+    assert wrong_mode.exit_code == 1
+
+    listed = cli("teams", "list", "--json")
+    assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["ml"]
+    assert cli("teams", "delete", team["id"]).exit_code == 0
+    assert cli("teams", "list").stdout.strip() == ""

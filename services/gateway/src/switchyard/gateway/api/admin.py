@@ -1,0 +1,195 @@
+"""The account, key and admin API of auth, reachable through the gateway, so users never
+need the auth port (which stays internal): sign-in, refresh and logout; a user's own keys
+and limits; teams, users, keys, budgets and limits for tenant admins. Each route forwards
+the request as it came (body, query, `Authorization`) to auth and its answer back; auth
+authenticates and authorises (admins act on their own tenant only, members on their own
+keys only). The caller's address is passed on in `X-Forwarded-For` for auth's sign-in
+limits (set `SWITCHYARD_AUTH_TRUST_FORWARDED_FOR=true` on auth behind the gateway).
+
+`GET /v1/spend` is the gateway's own: the caller's spend against every budget above them
+in the current period, from the fleet's limit ledger.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, FastAPI, Request, Response
+from pydantic import BaseModel
+
+from switchyard.common.errors import APIError
+from switchyard.common.governance import BudgetClock, scope_key
+from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
+
+# (method, path, summary, tag): every auth route the gateway exposes.
+AUTH_ROUTES: tuple[tuple[str, str, str, str], ...] = (
+    ("POST", "/v1/auth/token", "Sign in: an access token and a refresh token", "account"),
+    ("POST", "/v1/auth/refresh", "Exchange a refresh token for new tokens", "account"),
+    ("POST", "/v1/auth/logout", "Sign out and revoke the tokens", "account"),
+    ("GET", "/v1/me", "The caller, their team and every limit above them", "account"),
+    ("GET", "/v1/api-keys", "The caller's API keys", "api-keys"),
+    ("POST", "/v1/api-keys", "Create an API key, with limits within the team's", "api-keys"),
+    ("PATCH", "/v1/api-keys/{key_id}", "Change the limits of one of the caller's keys", "api-keys"),
+    ("DELETE", "/v1/api-keys/{key_id}", "Revoke one of the caller's keys", "api-keys"),
+    ("GET", "/v1/admin/users", "Users of the tenant", "admin"),
+    ("POST", "/v1/admin/users", "Create a user in the tenant", "admin"),
+    ("PATCH", "/v1/admin/users/{user_id}", "A user's team and limits", "admin"),
+    ("POST", "/v1/admin/users/{user_id}/disable", "Disable a user", "admin"),
+    ("POST", "/v1/admin/users/{user_id}/enable", "Enable a user", "admin"),
+    ("GET", "/v1/admin/api-keys", "Every key of the tenant", "admin"),
+    ("POST", "/v1/admin/api-keys", "Create a key for a user, with team and limits", "admin"),
+    ("PATCH", "/v1/admin/api-keys/{key_id}", "A key's limits", "admin"),
+    ("DELETE", "/v1/admin/api-keys/{key_id}", "Revoke any key of the tenant", "admin"),
+    ("GET", "/v1/admin/teams", "Teams of the tenant", "admin"),
+    ("POST", "/v1/admin/teams", "Create a team with its budget and rate limits", "admin"),
+    ("GET", "/v1/admin/teams/{team_id}", "One team", "admin"),
+    ("PATCH", "/v1/admin/teams/{team_id}", "Rename a team or change its limits", "admin"),
+    ("DELETE", "/v1/admin/teams/{team_id}", "Delete a team", "admin"),
+    ("GET", "/v1/admin/tenant", "The tenant's own limits and failure modes", "admin"),
+)
+_FORWARDED_REQUEST_HEADERS = ("authorization", "content-type", "accept", "user-agent")
+_FORWARDED_RESPONSE_HEADERS = ("content-type", "retry-after", "www-authenticate")
+
+
+async def forward_to_auth(request: Request) -> Response:
+    """Send the request to auth as it came, and its answer back."""
+    gateway = request.app.state.gateway
+    headers = {
+        name: value
+        for name, value in request.headers.items()
+        if name.lower() in _FORWARDED_REQUEST_HEADERS
+    }
+    client = request.client.host if request.client is not None else None
+    if client is not None:
+        previous = request.headers.get("x-forwarded-for")
+        headers["x-forwarded-for"] = f"{previous}, {client}" if previous else client
+    # The path as it reached us, still percent-encoded: decoding it (request.url.path)
+    # would hand control characters or non-ASCII text to the URL parser.
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    try:
+        url = httpx.URL(gateway.settings.auth_url.rstrip("/") + raw_path.decode("latin-1"))
+    except httpx.InvalidURL:
+        raise APIError(
+            400, "The request path is not a valid URL path.", code="invalid_path"
+        ) from None
+    try:
+        answer = await gateway.http.request(
+            request.method,
+            url,
+            params=request.query_params,
+            content=await request.body(),
+            headers=headers,
+            timeout=10.0,
+        )
+    except httpx.HTTPError:
+        raise APIError(
+            503,
+            "The account service is unavailable; retry shortly.",
+            code="auth_unavailable",
+            headers={"Retry-After": "1"},
+        ) from None
+    return Response(
+        answer.content,
+        status_code=answer.status_code,
+        headers={
+            name: value
+            for name, value in answer.headers.items()
+            if name.lower() in _FORWARDED_RESPONSE_HEADERS
+        },
+    )
+
+
+def install_auth_routes(app: FastAPI) -> None:
+    """Add every route of `AUTH_ROUTES` to the app, documented in its OpenAPI."""
+    router = APIRouter()
+    for method, path, summary, tag in AUTH_ROUTES:
+        router.add_api_route(
+            path,
+            forward_to_auth,
+            methods=[method],
+            summary=summary,
+            tags=[tag],
+            response_class=Response,
+            description=f"Forwarded to the auth service's `{method} {path}`; its answer "
+            "comes back unchanged (errors in OpenAI's error format).",
+        )
+    app.include_router(router)
+
+
+class BudgetSpend(BaseModel):
+    level: str
+    id: str
+    max_budget_usd: float
+    budget_period: str | None
+    spent_usd: float
+    reserved_usd: float
+    period_start: str
+    resets_at: str | None
+
+
+class SpendOut(BaseModel):
+    object: str = "spend"
+    team_id: str | None
+    data: list[BudgetSpend]
+
+
+router = APIRouter(prefix="/v1", tags=["account"])
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+@router.get("/spend", response_model=SpendOut, summary="Spend against every budget above you")
+async def spend(principal: CurrentPrincipal, gateway: GatewayDep) -> SpendOut:
+    """The caller's spend in the current period of each budget that applies to them (their
+    key's, their own, their team's, their tenant's), fleet-wide."""
+    try:
+        return await budget_spend(gateway, principal)
+    except LookupError:
+        raise APIError(503, "Spend cannot be read right now.", code="limits_unavailable") from None
+
+
+async def budget_spend(gateway: Any, principal: Any) -> SpendOut:
+    """Spend against each budget above `principal`; LookupError if auth or the ledger
+    cannot answer."""
+    admission = gateway.admission
+    if admission is None:
+        return SpendOut(team_id=None, data=[])
+    try:
+        policy = await admission.policies.get(principal.user_id, principal.api_key_id)
+    except Exception as exc:  # noqa: BLE001 - auth down
+        raise LookupError("policy") from exc
+    clock = BudgetClock(day_s=gateway.settings.budget_day_s)
+    now = datetime.now(UTC)
+    budgeted = [level for level in policy.levels if level.limits.max_budget_usd is not None]
+    scopes = [scope_key(level.level, level.scope_id) for level in budgeted]
+    try:
+        counters = {
+            c.scope: c for c in await admission.ledger.counters(scopes) if c.kind == "spend"
+        }
+    except Exception as exc:  # noqa: BLE001 - the ledger is down
+        raise LookupError("ledger") from exc
+    data: list[dict[str, Any]] = []
+    for level, scope in zip(budgeted, scopes, strict=True):
+        anchor = datetime.fromtimestamp(level.budget_anchor or 0.0, UTC)
+        period = clock.period(level.limits.budget_period, anchor, now)
+        counter = counters.get(scope)
+        current = counter is not None and counter.window_start >= period.start.timestamp()
+        data.append(
+            {
+                "level": level.level,
+                "id": level.scope_id,
+                "max_budget_usd": level.limits.max_budget_usd,
+                "budget_period": level.limits.budget_period,
+                "spent_usd": round(counter.spent, 8) if current else 0.0,
+                "reserved_usd": round(max(0.0, counter.committed - counter.spent), 8)
+                if current
+                else 0.0,
+                "period_start": _iso(period.start.timestamp()),
+                "resets_at": _iso(period.end.timestamp()) if period.end else None,
+            }
+        )
+    return SpendOut(team_id=policy.team_id, data=[BudgetSpend(**item) for item in data])

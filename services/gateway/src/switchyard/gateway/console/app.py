@@ -1,0 +1,196 @@
+"""Builds the console's ASGI app, which the gateway mounts at `/ui`.
+
+Layers, outermost first: security headers (a Content-Security-Policy without inline
+scripts, no framing, no sniffing, no caching of pages) and the renewed session cookie;
+CSRF protection (asgi-csrf: a signed double-submit token, checked on every request that
+is not GET/HEAD/OPTIONS, cookies or not); then the pages and static files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from asgi_csrf import Errors, asgi_csrf
+from fastapi import FastAPI, Request
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from switchyard.common.settings import Environment
+from switchyard.gateway.bootstrap import Gateway
+from switchyard.gateway.console import views
+from switchyard.gateway.console.backend import BackendError, ConsoleBackend
+from switchyard.gateway.console.routes import (
+    ConsoleState,
+    NotSignedIn,
+    base_path,
+    render,
+    router,
+)
+from switchyard.gateway.console.session import SessionCookies
+
+HERE = Path(__file__).parent
+CSRF_COOKIE = "switchyard_csrf"
+
+# Scripts and styles from the console's own static files only: no inline script, no
+# eval, nothing from another origin. Pico's icons are data: images.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+
+
+class _EveryPath:
+    """asgi-csrf skips requests without cookies unless their path is "always protected";
+    the console protects every path (a sign-in form forged cross-site included)."""
+
+    def __contains__(self, path: object) -> bool:
+        return True
+
+
+class ConsoleHeaders:
+    """Adds the security headers to every console response, `Cache-Control: no-store` to
+    pages, and the session cookie when a page renewed the user's tokens."""
+
+    def __init__(self, app: ASGIApp, cookies: SessionCookies) -> None:
+        self.app = app
+        self.cookies = cookies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                headers += [header for header in SECURITY_HEADERS if header[0] not in names]
+                static = "/static/" in scope.get("path", "")
+                if not static and b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store"))
+                renewed = scope["state"].get("renewed_session")
+                if renewed is not None:
+                    carrier = Response()
+                    self.cookies.set(carrier, renewed)
+                    headers += [h for h in carrier.raw_headers if h[0] == b"set-cookie"]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def _csrf_refused(scope: Scope, send: Send, reason: Errors) -> None:
+    body = (
+        b"<!doctype html><title>Request refused</title><h1>Request refused</h1>"
+        b"<p>This form was not sent from this console page (its CSRF token is missing or "
+        b"wrong). Reload the page and try again.</p>"
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 403,
+            "headers": [
+                (b"content-type", b"text/html; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _templates() -> Jinja2Templates:
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    environment = templates.env
+    # Autoescaping on for every template, whatever its file extension.
+    environment.autoescape = True
+    environment.filters.update(
+        time=views.format_time,
+        number=views.format_number,
+        usd=views.format_usd,
+        ms=views.format_ms,
+        percent=views.format_percent,
+        json_text=views.json_text,
+    )
+    environment.globals["query_string"] = views.query_string
+    return templates
+
+
+def create_console(gateway: Gateway) -> ASGIApp:
+    """The console app for `gateway` (its settings, authenticator, routing and clients)."""
+    settings = gateway.settings
+    secure = settings.environment != Environment.DEVELOPMENT
+    key = settings.console_signing_key()
+    cookies = SessionCookies(key, ttl_s=settings.console_session_ttl_s, secure=secure)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.console = ConsoleState(
+        backend=ConsoleBackend(gateway), cookies=cookies, templates=_templates(), refreshes={}
+    )
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.exception_handler(NotSignedIn)
+    async def _sign_in_first(request: Request, _: NotSignedIn) -> Response:
+        target = (
+            base_path(request)
+            + "/login"
+            + views.query_string({"next": request.url.path if request.method == "GET" else None})
+        )
+        if request.headers.get("hx-request"):
+            return Response(status_code=204, headers={"hx-redirect": target})
+        return RedirectResponse(target, status_code=303)
+
+    @app.exception_handler(BackendError)
+    async def _backend_failed(request: Request, exc: BackendError) -> Response:
+        return render(
+            request,
+            "message.html",
+            None,
+            503 if exc.status >= 500 else exc.status,
+            title="Something went wrong" if exc.status < 500 else "Temporarily unavailable",
+            message=exc.message,
+            back="/",
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return render(request, "not_found.html", None, 404, what="page")
+        return HTMLResponse(
+            f"<!doctype html><title>{exc.status_code}</title><p>Request failed.</p>",
+            status_code=exc.status_code,
+        )
+
+    protected: Any = asgi_csrf(
+        app,
+        cookie_name=CSRF_COOKIE,
+        signing_secret=key.hex(),
+        signing_namespace="switchyard.console.csrf",
+        always_protect=_EveryPath(),
+        cookie_path="/ui",
+        cookie_secure=secure,
+        cookie_samesite="Lax",
+        send_csrf_failed=_csrf_refused,
+    )
+    return ConsoleHeaders(protected, cookies)

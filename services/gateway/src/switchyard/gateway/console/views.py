@@ -1,0 +1,180 @@
+"""Small pure helpers the console's pages share: time ranges, number and time formats,
+chart specifications, and the validation of query parameters (bad values fall back to
+defaults: a page never answers 422 for a hand-edited URL)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+
+@dataclass(frozen=True)
+class Range:
+    """A named time range ending now, and the bucket its charts use."""
+
+    key: str
+    label: str
+    span: timedelta
+    bucket: str
+
+    def since(self, now: datetime | None = None) -> datetime:
+        return (now or datetime.now(UTC)) - self.span
+
+
+OVERVIEW_RANGES = {
+    "hour": Range("hour", "Last hour", timedelta(hours=1), "minute"),
+    "day": Range("day", "Last day", timedelta(days=1), "hour"),
+    "30d": Range("30d", "Last 30 days", timedelta(days=30), "day"),
+}
+USAGE_RANGES = {
+    "24h": Range("24h", "Last 24 hours", timedelta(days=1), "hour"),
+    "7d": Range("7d", "Last 7 days", timedelta(days=7), "day"),
+    "30d": Range("30d", "Last 30 days", timedelta(days=30), "day"),
+    "90d": Range("90d", "Last 90 days", timedelta(days=90), "day"),
+}
+LOG_RANGES = {
+    "1h": Range("1h", "Last hour", timedelta(hours=1), "minute"),
+    "24h": Range("24h", "Last 24 hours", timedelta(days=1), "hour"),
+    "7d": Range("7d", "Last 7 days", timedelta(days=7), "day"),
+    "30d": Range("30d", "Last 30 days", timedelta(days=30), "day"),
+}
+USAGE_GROUPS = {
+    "day": "Day",
+    "hour": "Hour",
+    "model": "Model",
+    "user": "User",
+    "api_key": "API key",
+    "team": "Team",
+}
+# Budget periods as the governance API names them, in days.
+BUDGET_PERIODS = {"1d": 1, "7d": 7, "30d": 30}
+REQUEST_STATUSES = ("pending", "completed", "failed", "cancelled", "expired")
+JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired")
+
+
+def choice(value: str | None, allowed: Any, default: str) -> str:
+    return value if value in allowed else default
+
+
+def iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_iso(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def format_time(value: Any, *, seconds: bool = True) -> str:
+    parsed = parse_iso(value) if not isinstance(value, datetime) else value
+    if parsed is None:
+        return "—"
+    return parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+def bucket_label(value: Any, bucket: str) -> str:
+    parsed = parse_iso(value)
+    if parsed is None:
+        return str(value)
+    if bucket == "day":
+        return parsed.strftime("%b %d")
+    if bucket == "hour":
+        return parsed.strftime("%d %H:00")
+    return parsed.strftime("%H:%M")
+
+
+def format_number(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.1f}"
+    return f"{int(value):,}"
+
+
+def format_usd(value: Any) -> str:
+    if value is None:
+        return "—"
+    amount = float(value)
+    return f"${amount:,.4f}" if 0 < abs(amount) < 1 else f"${amount:,.2f}"
+
+
+def format_ms(value: Any) -> str:
+    if value is None:
+        return "—"
+    amount = float(value)
+    return f"{amount / 1000:,.2f} s" if amount >= 10_000 else f"{amount:,.0f} ms"
+
+
+def format_percent(value: Any) -> str:
+    if value is None:
+        return "—"
+    return f"{float(value) * 100:.1f}%"
+
+
+def query_string(params: dict[str, Any]) -> str:
+    """'?a=1&b=2' of the non-empty parameters, or ''."""
+    clean = {key: value for key, value in params.items() if value not in (None, "")}
+    return "?" + urlencode(clean) if clean else ""
+
+
+def chart(kind: str, labels: list[str], series: dict[str, list[Any]], unit: str) -> dict:
+    """What console.js draws with Chart.js: kind (line or bar), labels, named series and
+    the unit of the values (count, usd, ms, percent)."""
+    return {
+        "kind": kind,
+        "labels": labels,
+        "series": [{"label": name, "data": data} for name, data in series.items()],
+        "unit": unit,
+    }
+
+
+def fill_buckets(
+    rows: list[dict[str, Any]], since: datetime, until: datetime, bucket: str
+) -> list[tuple[str, dict[str, Any] | None]]:
+    """Every bucket of [since, until) in order, with its row (None when it had no
+    requests), so charts show quiet periods as zero rather than skipping them."""
+    step = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}[
+        bucket
+    ]
+    start = since.astimezone(UTC)
+    if bucket == "day":
+        start = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    elif bucket == "hour":
+        start = start.replace(minute=0, second=0, microsecond=0)
+    else:
+        start = start.replace(second=0, microsecond=0)
+    by_bucket = {row.get("bucket"): row for row in rows}
+    filled = []
+    current = start
+    while current < until and len(filled) < 2000:
+        key = iso(current)
+        filled.append((key, by_bucket.get(key)))
+        current += step
+    return filled
+
+
+def json_text(value: Any) -> str:
+    """Indented JSON as plain text (escaped by the template like any other text)."""
+    import json
+
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def budget_period(limits: dict[str, Any], now: datetime) -> tuple[datetime, datetime] | None:
+    """(start, reset) of the budget period containing `now`: periods start at the
+    budget's anchor plus whole periods. None without a budget, a period or an anchor."""
+    days = BUDGET_PERIODS.get(limits.get("budget_period") or "")
+    anchor = parse_iso(limits.get("budget_anchor_at"))
+    if not limits.get("max_budget_usd") or days is None or anchor is None:
+        return None
+    length = timedelta(days=days)
+    elapsed = max(0, int((now - anchor) / length))
+    start = anchor + elapsed * length
+    return start, start + length

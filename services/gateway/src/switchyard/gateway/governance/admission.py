@@ -1,0 +1,738 @@
+"""Admission: may this request run, under every budget and rate limit above its caller?
+
+The narrow interface the request path uses:
+
+    ticket = await admission.admit(principal, model, body)   # raises Refused
+    ticket.attach(request_id)                                 # before publishing
+    ...                                                       # usage event settles it
+    ticket.cancel()                                           # if it was never published
+
+How it stays exact for the fleet and fast for one request (docs/governance.md):
+- the fleet's counters live in the `Ledger` (PostgreSQL); this replica draws *leases*
+  (allowance) from them and admits locally, so an admitted request costs no round trip
+  while its replica holds allowance; a lease is refilled (one round trip, shared by every
+  request waiting for it) when it runs out, and given back when it idles;
+- each request reserves at every level that has a limit: 1 request, its estimated tokens
+  (prompt + output cap), its most possible cost, 1 parallel slot; the usage event of the
+  request (`<prefix>.usage`, which every replica listens to) settles the reservation with
+  what it really used, and the difference goes back to this replica's allowance;
+- the sum of all leases never exceeds a limit, so N replicas never admit more than the
+  limit; what one replica holds unused is returned after `lease_idle_s`.
+
+When the ledger does not answer within its timeout, each tenant's failure mode decides:
+rate limits fail open by default (admitted without counting), budgets fail closed
+(refused with 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Histogram
+
+from switchyard.common.errors import APIError
+from switchyard.common.events import Event, LimitsChanged, UsageRecorded
+from switchyard.common.governance import LEVEL_NAMES, BudgetClock, FailureMode, scope_key
+from switchyard.common.pricing import PriceTable
+from switchyard.gateway.governance.estimate import Estimate, estimate
+from switchyard.gateway.governance.ledger import (
+    WHOLE_KINDS,
+    WINDOW_S,
+    Grant,
+    GrantRequest,
+    Kind,
+    LeaseChange,
+    Ledger,
+    LedgerUnavailable,
+)
+from switchyard.gateway.governance.policy import (
+    LevelLimits,
+    Policy,
+    PolicySource,
+    PolicyUnavailable,
+)
+
+log = structlog.get_logger("switchyard.gateway.governance")
+
+REFUSED = Counter(
+    "switchyard_gateway_governance_refused_total",
+    "Requests refused by a budget or rate limit.",
+    ["level", "kind"],
+)
+GRANTS = Histogram(
+    "switchyard_gateway_governance_grant_seconds",
+    "Round trips to the limit store for more allowance.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+STORE_FAILURES = Counter(
+    "switchyard_gateway_governance_store_failures_total",
+    "Limit store calls that failed or timed out, by what the failure mode did.",
+    ["outcome"],
+)
+
+# How much a refill asks for beyond what the request needs: a tenth of the limit, at
+# most a hundred requests' worth (the ledger caps it at a quarter of what is left).
+LEASE_SHARE = 0.1
+LEASE_REQUESTS = 100
+# A counter found exhausted is not asked again for this long (refusals stay cheap).
+EXHAUSTED_S = 0.05
+MAX_ROUNDS = 1000
+
+
+class Refused(APIError):
+    """A request over a budget or rate limit: 429 naming the level, the limit and when it
+    resets (`rate_limit_exceeded` for rate limits, `insufficient_quota` for budgets)."""
+
+    def __init__(
+        self,
+        *,
+        level: str,
+        scope_id: str,
+        kind: Kind,
+        limit: float,
+        reset_at: float | None,
+        now: float,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.level, self.scope_id, self.kind = level, scope_id, kind
+        self.limit, self.reset_at = limit, reset_at
+        who = f"{LEVEL_NAMES.get(level, level)} {scope_id}"
+        retry_after = max(1, math.ceil(reset_at - now)) if reset_at is not None else 1
+        all_headers = dict(headers or {})
+        if kind == "spend":
+            when = (
+                f"it resets at {_iso(reset_at)}"
+                if reset_at is not None
+                else "it does not reset (a lifetime budget)"
+            )
+            message = f"Budget of ${limit:g} for the {who} is used up; {when}."
+            error_type, code = "insufficient_quota", "insufficient_quota"
+            if reset_at is not None:
+                all_headers["Retry-After"] = str(retry_after)
+        else:
+            what = {
+                "requests": f"{limit:g} requests per minute",
+                "tokens": f"{limit:g} tokens per minute",
+                "parallel": f"{limit:g} requests in progress at once",
+            }[kind]
+            when = f"retry after {_iso(reset_at)}" if reset_at is not None else "retry shortly"
+            message = f"Rate limit of {what} reached for the {who}; {when}."
+            error_type = "tokens" if kind == "tokens" else "requests"
+            code = "rate_limit_exceeded"
+            all_headers["Retry-After"] = str(retry_after)
+        super().__init__(429, message, type=error_type, code=code, headers=all_headers)
+
+    def rate_headers(self, api: Any) -> dict[str, str]:
+        """The rate-limit headers of this refusal (remaining 0) in the API's own names."""
+        if self.kind not in ("requests", "tokens"):
+            return {}
+        snapshot = RateSnapshot(limit=self.limit, remaining=0, reset_at=self.reset_at)
+        return Ticket(**{self.kind: snapshot}).headers_for(api)  # type: ignore[arg-type]
+
+    @property
+    def reason(self) -> str:
+        """Why, in a word or two, for history: e.g. `budget:team` or `rpm:api_key`."""
+        word = {"spend": "budget", "requests": "rpm", "tokens": "tpm", "parallel": "parallel"}
+        return f"{word[self.kind]}:{self.level}"
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI's reset format: `1s`, `6m0s`, `250ms`."""
+    seconds = max(0.0, seconds)
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s" if seconds < 10 else f"{round(seconds)}s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{rest}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes}m{rest}s"
+
+
+@dataclass(frozen=True)
+class RateSnapshot:
+    """The tightest limit of one kind after admission, for the rate-limit headers."""
+
+    limit: float
+    remaining: float
+    reset_at: float | None
+
+
+@dataclass(slots=True)
+class _Need:
+    level: LevelLimits
+    kind: Kind
+    limit: float
+    amount: float
+    window_s: float | None = None
+    period_start: float | None = None
+    period_end: float | None = None
+    failure_mode: FailureMode = FailureMode.CLOSED
+    uncounted: bool = False  # store down and the tenant fails open
+    counter: tuple[str, str] = ("", "")
+
+    def __post_init__(self) -> None:
+        self.counter = (scope_key(self.level.level, self.level.scope_id), self.kind)
+
+
+@dataclass
+class _Allowance:
+    window_start: float
+    window_end: float | None
+    unused: float
+    limit: float
+    committed: float
+    touched: float
+
+
+@dataclass(frozen=True)
+class Reservation:
+    scope: str
+    kind: Kind
+    window_start: float
+    amount: float
+
+
+@dataclass
+class Ticket:
+    """An admitted request's reservations, its team and its rate-limit headers."""
+
+    admission: Admission | None = None
+    team_id: str | None = None
+    reservations: list[Reservation] = field(default_factory=list)
+    requests: RateSnapshot | None = None
+    tokens: RateSnapshot | None = None
+    request_id: str | None = None
+    expires_at: float = 0.0
+    settled: bool = False
+
+    def attach(self, request_id: str, deadline_s: float = 120.0) -> None:
+        """Register the request so its usage event settles the reservations; call before
+        publishing it."""
+        self.request_id = request_id
+        if self.admission is not None and self.reservations:
+            self.expires_at = time.monotonic() + deadline_s + 60.0
+            self.admission._pending[request_id] = self
+
+    def cancel(self) -> None:
+        """The request was never published: give everything back."""
+        if self.admission is not None and not self.settled:
+            self.admission._undo(self)
+
+    def openai_headers(self) -> dict[str, str]:
+        """`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (OpenAI's)."""
+        headers: dict[str, str] = {}
+        now = time.time()
+        for kind, snapshot in (("requests", self.requests), ("tokens", self.tokens)):
+            if snapshot is None:
+                continue
+            headers[f"x-ratelimit-limit-{kind}"] = str(int(snapshot.limit))
+            headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, int(snapshot.remaining)))
+            if snapshot.reset_at is not None:
+                headers[f"x-ratelimit-reset-{kind}"] = format_duration(snapshot.reset_at - now)
+        return headers
+
+    def headers_for(self, api: Any) -> dict[str, str]:
+        """The headers for a client of `api`: `"anthropic"`/`"openai"`, or a contract
+        value with a `vendor` (e.g. `anthropic.messages`)."""
+        vendor = str(getattr(api, "vendor", api)).split(".", 1)[0]
+        return self.anthropic_headers() if vendor == "anthropic" else self.openai_headers()
+
+    def anthropic_headers(self) -> dict[str, str]:
+        """`anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` (RFC 3339)."""
+        headers: dict[str, str] = {}
+        for kind, snapshot in (("requests", self.requests), ("tokens", self.tokens)):
+            if snapshot is None:
+                continue
+            headers[f"anthropic-ratelimit-{kind}-limit"] = str(int(snapshot.limit))
+            headers[f"anthropic-ratelimit-{kind}-remaining"] = str(max(0, int(snapshot.remaining)))
+            if snapshot.reset_at is not None:
+                headers[f"anthropic-ratelimit-{kind}-reset"] = _iso(snapshot.reset_at)
+        return headers
+
+
+class Admission:
+    """Budgets and rate limits of one gateway replica (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        policies: PolicySource,
+        prices: PriceTable,
+        replica: str,
+        budget_clock: BudgetClock | None = None,
+        lease_idle_s: float = 2.0,
+        heartbeat_s: float = 2.0,
+        reap_after_s: float = 15.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ledger = ledger
+        self.policies = policies
+        self.prices = prices
+        self.replica = replica
+        self.budget_clock = budget_clock or BudgetClock()
+        self.lease_idle_s = lease_idle_s
+        self.heartbeat_s = heartbeat_s
+        self.reap_after_s = reap_after_s
+        self._clock = clock
+        self._allowances: dict[tuple[str, str], _Allowance] = {}
+        self._exhausted: dict[tuple[str, str], tuple[float, Grant]] = {}
+        self._refills: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # What the requests waiting for each counter need in all (asked for when short).
+        self._demand: dict[tuple[str, str], float] = {}
+        self._pending: dict[str, Ticket] = {}
+        self._periods: dict[tuple[str | None, float | None], tuple[float, float | None]] = {}
+        self._settlements: list[LeaseChange] = []
+        self._wake = asyncio.Event()
+        self._background: set[asyncio.Future[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- admitting -------------------------------------------------------------------
+
+    async def admit(
+        self, principal: Any, model: str, body: dict[str, Any], *, embeddings: bool = False
+    ) -> Ticket:
+        """A ticket for the request, or Refused (429) naming the level over its limit;
+        APIError 503 when limits cannot be checked and the tenant fails closed."""
+        try:
+            policy = await self.policies.get(principal.user_id, principal.api_key_id)
+        except PolicyUnavailable:
+            raise APIError(
+                503,
+                "Limits cannot be checked right now; retry shortly.",
+                code="limits_unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
+        if not policy.limited:
+            return Ticket(team_id=policy.team_id)
+        needs = self._needs(policy, model, body, embeddings)
+        # Each round either admits, refuses (a refill found the counter exhausted), or
+        # waits for a refill that granted something, which other waiting requests may
+        # have taken first; so rounds end, but a busy replica may need several.
+        for _ in range(MAX_ROUNDS):
+            now = self._clock()
+            missing = [need for need in needs if not need.uncounted and not self._covers(need, now)]
+            if not missing:
+                return self._take(needs, policy, now)
+            for need in missing:
+                refused = self._exhausted_refusal(need, now)
+                if refused is not None:
+                    raise refused
+            for need in missing:
+                self._demand[need.counter] = self._demand.get(need.counter, 0.0) + need.amount
+            try:
+                await self._refill(missing)
+            finally:
+                for need in missing:
+                    left = self._demand.get(need.counter, 0.0) - need.amount
+                    if left > 1e-12:
+                        self._demand[need.counter] = left
+                    else:
+                        self._demand.pop(need.counter, None)
+        raise self._refusal(missing[0], self._clock(), None)
+
+    def _needs(
+        self, policy: Policy, model: str, body: dict[str, Any], embeddings: bool
+    ) -> list[_Need]:
+        cost: Estimate | None = None
+        now = self._clock()
+        needs = []
+        for level in policy.levels:
+            limits = level.limits
+            rate_mode = policy.rate_limit_failure_mode
+            if limits.rpm_limit is not None:
+                needs.append(
+                    _Need(level, "requests", limits.rpm_limit, 1, WINDOW_S, failure_mode=rate_mode)
+                )
+            if limits.tpm_limit is not None:
+                cost = cost or estimate(model, body, self.prices, embeddings=embeddings)
+                needs.append(
+                    _Need(
+                        level,
+                        "tokens",
+                        limits.tpm_limit,
+                        cost.tokens,
+                        WINDOW_S,
+                        failure_mode=rate_mode,
+                    )
+                )
+            if limits.max_parallel_requests is not None:
+                needs.append(
+                    _Need(
+                        level,
+                        "parallel",
+                        limits.max_parallel_requests,
+                        1,
+                        failure_mode=rate_mode,
+                    )
+                )
+            if limits.max_budget_usd is not None:
+                cost = cost or estimate(model, body, self.prices, embeddings=embeddings)
+                period_start, period_end = self._period(level, now)
+                needs.append(
+                    _Need(
+                        level,
+                        "spend",
+                        limits.max_budget_usd,
+                        cost.cost_usd,
+                        period_start=period_start,
+                        period_end=period_end,
+                        failure_mode=policy.budget_failure_mode,
+                    )
+                )
+        return needs
+
+    def _period(self, level: LevelLimits, now: float) -> tuple[float, float | None]:
+        """The current budget period of a level (epoch seconds), cached until it ends."""
+        key = (level.limits.budget_period, level.budget_anchor)
+        cached = self._periods.get(key)
+        if cached is not None and (cached[1] is None or now < cached[1]) and now >= cached[0]:
+            return cached
+        anchor = datetime.fromtimestamp(level.budget_anchor or 0.0, UTC)
+        period = self.budget_clock.period(
+            level.limits.budget_period, anchor, datetime.fromtimestamp(now, UTC)
+        )
+        found = (period.start.timestamp(), period.end.timestamp() if period.end else None)
+        if len(self._periods) > 10_000:
+            self._periods.clear()
+        self._periods[key] = found
+        return found
+
+    def _valid(self, allowance: _Allowance, need: _Need, now: float) -> bool:
+        if need.period_start is not None:
+            return allowance.window_start == need.period_start
+        return allowance.window_end is None or now < allowance.window_end
+
+    def _covers(self, need: _Need, now: float) -> bool:
+        allowance = self._allowances.get(need.counter)
+        return (
+            allowance is not None
+            and self._valid(allowance, need, now)
+            and allowance.unused + 1e-12 >= need.amount
+        )
+
+    def _take(self, needs: list[_Need], policy: Policy, now: float) -> Ticket:
+        """Deduct every need from its allowance (no await: atomic within this replica)."""
+        ticket = Ticket(admission=self, team_id=policy.team_id)
+        touched = time.monotonic()
+        for need in needs:
+            if need.uncounted:
+                continue
+            allowance = self._allowances[need.counter]
+            allowance.unused -= need.amount
+            allowance.touched = touched
+            if need.kind != "requests":
+                ticket.reservations.append(
+                    Reservation(need.counter[0], need.kind, allowance.window_start, need.amount)
+                )
+            if need.kind in ("requests", "tokens"):
+                snapshot = RateSnapshot(
+                    limit=need.limit,
+                    remaining=max(0.0, need.limit - allowance.committed) + allowance.unused,
+                    reset_at=allowance.window_end,
+                )
+                current = getattr(ticket, need.kind)
+                if current is None or snapshot.remaining < current.remaining:
+                    setattr(ticket, need.kind, snapshot)
+        return ticket
+
+    def _exhausted_refusal(self, need: _Need, now: float) -> Refused | None:
+        seen = self._exhausted.get(need.counter)
+        if seen is None:
+            return None
+        until, grant = seen
+        window_over = (
+            need.period_start is not None and need.period_start != grant.window_start
+        ) or (grant.window_end is not None and now >= grant.window_end)
+        if time.monotonic() >= until or window_over:
+            del self._exhausted[need.counter]
+            return None
+        return self._refusal(need, now, grant)
+
+    def _refusal(self, need: _Need, now: float, grant: Grant | None) -> Refused:
+        REFUSED.labels(need.level.level, need.kind).inc()
+        reset_at = None
+        if need.kind in ("requests", "tokens"):
+            reset_at = grant.window_end if grant is not None else now + WINDOW_S
+        elif need.kind == "spend":
+            reset_at = need.period_end
+        return Refused(
+            level=need.level.level,
+            scope_id=need.level.scope_id,
+            kind=need.kind,
+            limit=need.limit,
+            reset_at=reset_at,
+            now=now,
+        )
+
+    async def _refill(self, missing: list[_Need]) -> None:
+        """Ask the ledger for more of every missing counter (one round trip; requests
+        that need a counter already being refilled wait for that refill)."""
+        waits = []
+        asks: list[_Need] = []
+        for need in missing:
+            running = self._refills.get(need.counter)
+            if running is not None:
+                waits.append(running)
+            elif need.counter not in {ask.counter for ask in asks}:
+                asks.append(need)
+        if asks:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            for need in asks:
+                self._refills[need.counter] = future
+            try:
+                await self._grant(asks)
+            finally:
+                for need in asks:
+                    self._refills.pop(need.counter, None)
+                future.set_result(None)
+        for running in waits:
+            await asyncio.shield(running)
+
+    async def _grant(self, asks: list[_Need]) -> None:
+        requests = []
+        for need in asks:
+            allowance = self._allowances.get(need.counter)
+            have = allowance.unused if allowance is not None else 0.0
+            want_min = max(need.amount - max(0.0, have), 0.0) or need.amount
+            target = max(want_min, min(need.limit * LEASE_SHARE, need.amount * LEASE_REQUESTS))
+            demand = max(want_min, self._demand.get(need.counter, 0.0) - max(0.0, have))
+            if need.kind in WHOLE_KINDS:
+                want_min, target, demand = (
+                    math.ceil(want_min),
+                    math.ceil(target),
+                    math.ceil(demand),
+                )
+            requests.append(
+                GrantRequest(
+                    scope=need.counter[0],
+                    kind=need.kind,
+                    limit=need.limit,
+                    want_min=want_min,
+                    want_max=target,
+                    demand=demand,
+                    window_s=need.window_s,
+                    period_start=need.period_start,
+                    period_end=need.period_end,
+                )
+            )
+        started = time.perf_counter()
+        try:
+            grants = await self.ledger.grant(self.replica, requests)
+        except LedgerUnavailable as exc:
+            self._store_down(asks, exc)
+            return
+        finally:
+            GRANTS.observe(time.perf_counter() - started)
+        touched = time.monotonic()
+        for need, grant in zip(asks, grants, strict=True):
+            allowance = self._allowances.get(need.counter)
+            if allowance is None or allowance.window_start != grant.window_start:
+                allowance = _Allowance(
+                    grant.window_start, grant.window_end, 0.0, need.limit, 0.0, touched
+                )
+                self._allowances[need.counter] = allowance
+            allowance.unused += grant.amount
+            allowance.window_end = grant.window_end
+            allowance.limit = need.limit
+            allowance.committed = grant.committed
+            allowance.touched = touched
+            if grant.amount <= 0:
+                self._exhausted[need.counter] = (touched + EXHAUSTED_S, grant)
+                if allowance.unused > 0:
+                    # Less than a request needs: give it back for replicas that can use it.
+                    self._give_back(need.counter, allowance)
+
+    def _give_back(self, counter: tuple[str, str], allowance: _Allowance) -> None:
+        change = LeaseChange(counter[0], counter[1], allowance.window_start, allowance.unused)  # type: ignore[arg-type]
+        allowance.unused = 0.0
+
+        async def release() -> None:
+            with contextlib.suppress(LedgerUnavailable):
+                await self.ledger.release(self.replica, [change])
+
+        task = asyncio.ensure_future(release())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _store_down(self, asks: list[_Need], error: Exception) -> None:
+        closed = [need for need in asks if need.failure_mode == FailureMode.CLOSED]
+        log.warning("limit store unavailable", error=repr(error), failing_closed=bool(closed))
+        if closed:
+            STORE_FAILURES.labels("refused").inc()
+            raise APIError(
+                503,
+                "Budgets and rate limits cannot be checked right now; retry shortly.",
+                code="limits_unavailable",
+                headers={"Retry-After": "1"},
+            )
+        STORE_FAILURES.labels("admitted_uncounted").inc()
+        for need in asks:
+            need.uncounted = True
+
+    def _undo(self, ticket: Ticket) -> None:
+        ticket.settled = True
+        if ticket.request_id is not None:
+            self._pending.pop(ticket.request_id, None)
+        for reservation in ticket.reservations:
+            allowance = self._allowances.get((reservation.scope, reservation.kind))
+            if allowance is not None and allowance.window_start == reservation.window_start:
+                allowance.unused += reservation.amount
+
+    # -- settling --------------------------------------------------------------------
+
+    def on_usage(self, event: UsageRecorded) -> None:
+        """Settle the reservations of one of this replica's requests with its real usage:
+        tokens and cost to the ledger, the unused rest back to this replica's allowance."""
+        ticket = self._pending.pop(event.request_id, None)
+        if ticket is None or ticket.settled:
+            return
+        ticket.settled = True
+        usage = event.data.usage
+        used = {
+            "tokens": float(usage.input_tokens + usage.output_tokens),
+            "spend": float(event.data.cost_usd),
+            "parallel": 0.0,
+        }
+        for reservation in ticket.reservations:
+            spent = used[reservation.kind]
+            counter = (reservation.scope, reservation.kind)
+            allowance = self._allowances.get(counter)
+            if allowance is not None and allowance.window_start == reservation.window_start:
+                allowance.unused += reservation.amount - spent
+                # Capacity came back: the counter may no longer be exhausted.
+                self._exhausted.pop(counter, None)
+            if spent > 0:
+                self._settlements.append(
+                    LeaseChange(
+                        reservation.scope, reservation.kind, reservation.window_start, spent
+                    )
+                )
+        if len(self._settlements) >= 500:
+            self._wake.set()
+
+    async def on_event(self, event: Event) -> None:
+        """Bus listener of the usage topic and the auth events topic."""
+        if isinstance(event, UsageRecorded):
+            self.on_usage(event)
+        elif isinstance(event, LimitsChanged):
+            await self.limits_changed(event.data.scope, event.data.scope_id)
+
+    async def limits_changed(self, level: str, scope_id: str) -> None:
+        """A level's limits changed: forget its policy, give back what this replica
+        holds of it, so the new limit governs the next request on every replica."""
+        self.policies.invalidate(level, scope_id)
+        prefix = scope_key(level, scope_id)
+        returned = []
+        for counter, allowance in list(self._allowances.items()):
+            if counter[0] != prefix:
+                continue
+            self._exhausted.pop(counter, None)
+            if allowance.unused > 0:
+                returned.append(
+                    LeaseChange(counter[0], counter[1], allowance.window_start, allowance.unused)  # type: ignore[arg-type]
+                )
+            del self._allowances[counter]
+        for counter in [c for c in self._exhausted if c[0] == prefix]:
+            del self._exhausted[counter]
+        if returned:
+            with contextlib.suppress(LedgerUnavailable):
+                await self.ledger.release(self.replica, returned)
+
+    # -- housekeeping ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="governance")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(LedgerUnavailable):
+            await self.flush()
+            await self.release_idle(everything=True)
+
+    async def flush(self) -> None:
+        """Write pending settlements to the ledger (kept for the next try if it fails)."""
+        if not self._settlements:
+            return
+        batch, self._settlements = self._settlements, []
+        try:
+            await self.ledger.settle(self.replica, batch)
+        except LedgerUnavailable:
+            self._settlements = batch + self._settlements
+            raise
+
+    async def release_idle(self, *, everything: bool = False) -> None:
+        """Give back allowance this replica has not used for `lease_idle_s`, and forget
+        allowance of windows that have ended."""
+        now = self._clock()
+        idle_before = time.monotonic() - self.lease_idle_s
+        returned = []
+        for counter, allowance in list(self._allowances.items()):
+            if allowance.window_end is not None and allowance.window_end <= now:
+                del self._allowances[counter]
+                continue
+            if allowance.unused > 0 and (everything or allowance.touched < idle_before):
+                returned.append(
+                    LeaseChange(counter[0], counter[1], allowance.window_start, allowance.unused)  # type: ignore[arg-type]
+                )
+                allowance.unused = 0.0
+        if returned:
+            await self.ledger.release(self.replica, returned)
+        # Tickets whose usage never came (their request expired): free parallel slots.
+        monotonic = time.monotonic()
+        for request_id, ticket in list(self._pending.items()):
+            if ticket.expires_at and ticket.expires_at < monotonic:
+                del self._pending[request_id]
+                ticket.settled = True
+                for reservation in ticket.reservations:
+                    allowance = self._allowances.get((reservation.scope, reservation.kind))
+                    if (
+                        reservation.kind == "parallel"
+                        and allowance is not None
+                        and allowance.window_start == reservation.window_start
+                    ):
+                        allowance.unused += reservation.amount
+
+    async def _run(self) -> None:
+        last_heartbeat = last_reap = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=0.1)
+            self._wake.clear()
+            try:
+                await self.flush()
+                await self.release_idle()
+                now = time.monotonic()
+                if now - last_heartbeat >= self.heartbeat_s:
+                    last_heartbeat = now
+                    await self.ledger.heartbeat(self.replica)
+                if now - last_reap >= self.heartbeat_s * 5:
+                    last_reap = now
+                    reaped = await self.ledger.reap(self.reap_after_s)
+                    if reaped:
+                        log.info("leases of silent replicas returned", replicas=reaped)
+            except LedgerUnavailable as exc:
+                log.warning("limit store unavailable for housekeeping", error=repr(exc))
+                await asyncio.sleep(0.5)
+            except Exception as exc:  # noqa: BLE001 - never let housekeeping die
+                log.error("governance housekeeping failed", error=repr(exc))
+                await asyncio.sleep(0.5)

@@ -1,0 +1,110 @@
+"""What a request may use at most, before it runs: its prompt tokens (counted with the
+`o200k_base` BPE of OpenAI's current models, from the `bpe-openai` package, which ships
+its vocabulary so no network is needed), its output cap (`max_tokens`,
+`max_completion_tokens` or `max_output_tokens`, else the model's default from the price
+table), and the price of both. Reservations use these; the usage event settles them.
+
+The counter reads every text of the request wherever the API puts it (Chat Completions'
+`messages`, Anthropic's `system` and `messages`, the Responses API's `instructions` and
+`input`, embeddings' `input`, tool definitions) so it is right for both APIs and for the
+native bodies of the version 2 contract. Roles, ids and other short identifiers are
+counted too, which makes the estimate a little high: safe for a reservation.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from switchyard.common.pricing import PriceTable
+
+ENCODING = "o200k_base"
+# Per message: the tokens chat formats add around each message (OpenAI's cookbook: 3-4).
+MESSAGE_OVERHEAD = 4
+# An image part: a low-detail image costs 85 tokens at OpenAI; larger ones are settled.
+IMAGE_TOKENS = 85
+TEXT_FIELDS = ("messages", "system", "input", "instructions", "prompt", "tools", "functions")
+OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+_encoding: Any = None
+_encoding_lock = threading.Lock()
+
+
+def encoding() -> Any:
+    """The tokenizer, loaded once (about 0.3 s; `warm_up` does it at start-up)."""
+    global _encoding
+    if _encoding is None:
+        with _encoding_lock:
+            if _encoding is None:
+                import bpe_openai
+
+                _encoding = bpe_openai.get_encoding(ENCODING)
+    return _encoding
+
+
+def warm_up() -> None:
+    encoding().encode_ordinary("warm up")
+
+
+def _texts(value: Any, out: list[str]) -> int:
+    """Collect the strings in `value`; return how many image parts were seen."""
+    images = 0
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            images += _texts(item, out)
+    elif isinstance(value, dict):
+        kind = value.get("type")
+        if kind in ("image_url", "image", "input_image"):
+            return 1
+        for key, item in value.items():
+            if key in ("type", "cache_control", "id", "tool_call_id", "tool_use_id"):
+                continue
+            images += _texts(item, out)
+    return images
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """Input tokens of a request body (any of the supported APIs)."""
+    texts: list[str] = []
+    images = 0
+    for name in TEXT_FIELDS:
+        value = body.get(name)
+        if value is not None:
+            images += _texts(value, texts)
+    messages = body.get("messages")
+    overhead = MESSAGE_OVERHEAD * len(messages) if isinstance(messages, list) else 0
+    if not texts:
+        return overhead + images * IMAGE_TOKENS
+    # One text at a time: the batch call starts a thread pool per call, far slower here.
+    encode = encoding().encode_ordinary
+    counted = sum(len(encode(text)) for text in texts)
+    return counted + overhead + images * IMAGE_TOKENS
+
+
+def output_cap(body: dict[str, Any], default: int) -> int:
+    """The most output tokens the request allows: its own cap, else `default`."""
+    for name in OUTPUT_FIELDS:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return default
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The most a request can use: tokens (input + output) and US dollars."""
+
+    tokens: int
+    cost_usd: float
+
+
+def estimate(model: str, body: dict[str, Any], prices: PriceTable, *, embeddings: bool) -> Estimate:
+    """The reservation for one request to `model`."""
+    prompt = prompt_tokens(body)
+    output = 0 if embeddings else output_cap(body, prices.max_output_tokens(model))
+    price = prices.price(model)
+    cost = price.cost(prompt, output) if price is not None else 0.0
+    return Estimate(tokens=prompt + output, cost_usd=cost)

@@ -1,0 +1,156 @@
+"""The limits that apply to a caller, from auth (`GET /internal/v1/policy`), cached.
+
+One fetch per caller (user, or user and API key) however many requests wait for it; kept
+`ttl_s`, and dropped at once when auth announces a change of any level it includes
+(`auth.limits_changed`, `auth.user_disabled`...), so a changed limit applies to the next
+request on every replica. A caller auth does not know (404) has no limits; auth not
+answering is `PolicyUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from switchyard.common.governance import LEVELS, FailureMode, Limits
+from switchyard.common.http import INTERNAL_TOKEN_HEADER
+
+
+class PolicyUnavailable(Exception):
+    """Auth did not answer; the caller's limits are unknown."""
+
+
+@dataclass(frozen=True)
+class LevelLimits:
+    level: str  # api_key | user | team | tenant
+    scope_id: str
+    limits: Limits
+    budget_anchor: float | None  # epoch seconds
+
+
+@dataclass(frozen=True)
+class Policy:
+    tenant: str
+    team_id: str | None
+    # Only the levels that carry at least one limit, narrowest first.
+    levels: tuple[LevelLimits, ...] = ()
+    rate_limit_failure_mode: FailureMode = FailureMode.OPEN
+    budget_failure_mode: FailureMode = FailureMode.CLOSED
+    # Every level id, limited or not (what a change event is matched against).
+    scope_ids: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.levels)
+
+
+def parse_policy(data: dict[str, Any]) -> Policy:
+    levels = []
+    ids = set()
+    raw_levels = data.get("levels") or {}
+    for level in LEVELS:
+        raw = raw_levels.get(level)
+        if not raw:
+            continue
+        ids.add((level, raw["id"]))
+        limits = Limits(**(raw.get("limits") or {}))
+        if limits.empty:
+            continue
+        anchor = raw.get("budget_anchor_at")
+        levels.append(
+            LevelLimits(
+                level=level,
+                scope_id=raw["id"],
+                limits=limits,
+                budget_anchor=datetime.fromisoformat(anchor).timestamp() if anchor else None,
+            )
+        )
+    return Policy(
+        tenant=data["tenant"],
+        team_id=data.get("team_id"),
+        levels=tuple(levels),
+        rate_limit_failure_mode=FailureMode(data.get("rate_limit_failure_mode", "open")),
+        budget_failure_mode=FailureMode(data.get("budget_failure_mode", "closed")),
+        scope_ids=frozenset(ids),
+    )
+
+
+NO_LIMITS = Policy(tenant="", team_id=None)
+
+
+class PolicySource:
+    def __init__(
+        self,
+        client: Callable[[], httpx.AsyncClient],
+        *,
+        auth_url: str,
+        internal_token: str,
+        ttl_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._url = auth_url.rstrip("/") + "/internal/v1/policy"
+        self._internal_token = internal_token
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._cache: dict[tuple[str, str | None], tuple[float, Policy]] = {}
+        self._fetches: dict[tuple[str, str | None], asyncio.Task[Policy]] = {}
+        # Bumped by every invalidation, so a fetch that started before it is not cached.
+        self._generation = 0
+
+    async def get(self, user_id: str, api_key_id: str | None) -> Policy:
+        key = (user_id, api_key_id)
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > self._clock():
+            return cached[1]
+        task = self._fetches.get(key)
+        if task is None:
+            task = asyncio.create_task(self._fetch(key))
+            self._fetches[key] = task
+            task.add_done_callback(lambda _: self._fetches.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _fetch(self, key: tuple[str, str | None]) -> Policy:
+        generation = self._generation
+        params = {"user_id": key[0]}
+        if key[1] is not None:
+            params["key_id"] = key[1]
+        try:
+            response = await self._client().get(
+                self._url,
+                params=params,
+                headers={INTERNAL_TOKEN_HEADER: self._internal_token},
+                timeout=2.0,
+            )
+        except httpx.HTTPError as exc:
+            raise PolicyUnavailable(repr(exc)) from exc
+        if response.status_code == 404:
+            policy = NO_LIMITS
+        elif response.status_code != 200:
+            raise PolicyUnavailable(f"auth answered {response.status_code}")
+        else:
+            policy = parse_policy(response.json())
+        if generation == self._generation:
+            self._cache[key] = (self._clock() + self._ttl_s, policy)
+        return policy
+
+    def invalidate(self, level: str | None = None, scope_id: str | None = None) -> None:
+        """Forget every cached policy including `level` `scope_id` (all without them)."""
+        self._generation += 1
+        if level is None:
+            self._cache.clear()
+            return
+        for key, (_, policy) in list(self._cache.items()):
+            if (
+                (level, scope_id) in policy.scope_ids
+                or (level == "tenant" and policy.tenant == scope_id)
+                or (level == "user" and key[0] == scope_id)
+                or (level == "api_key" and key[1] == scope_id)
+            ):
+                del self._cache[key]

@@ -1,0 +1,335 @@
+"""The limit ledger on PostgreSQL: the fleet's counters, shared by every gateway replica.
+
+One grant is one round trip: the PL/pgSQL function `governance_grant` (migration 0001 of
+the gateway) locks each counter row (`SELECT ... FOR UPDATE`), starts a new window if the
+old one ended, grants, and records the replica's lease, all in one transaction. Items are
+sent in (scope, kind) order so concurrent grants lock rows in the same order and never
+deadlock. Release, settle, heartbeat and reap are single statements.
+
+Times are epoch seconds (double precision), so windows compare exactly between Python
+and SQL; the database's clock (`clock_timestamp()`) decides when a window ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from switchyard.common.db import create_engine
+from switchyard.gateway.governance.ledger import (
+    CounterState,
+    Grant,
+    GrantRequest,
+    LeaseChange,
+    Ledger,
+    LedgerUnavailable,
+)
+
+_GRANT = text("SELECT governance_grant(:replica, CAST(:items AS jsonb))")
+_RELEASE = text(
+    """
+    WITH items AS (
+        SELECT i->>'scope' AS scope, i->>'kind' AS kind,
+               (i->>'window_start')::float8 AS window_start, (i->>'amount')::float8 AS amount
+        FROM jsonb_array_elements(CAST(:items AS jsonb)) AS i
+    ), counters AS (
+        UPDATE governance_counters c
+        SET committed = greatest(0, c.committed - items.amount), updated_at = now()
+        FROM items
+        WHERE c.scope = items.scope AND c.kind = items.kind
+          AND c.window_start = items.window_start
+        RETURNING c.scope
+    )
+    UPDATE governance_leases l
+    SET held = greatest(0, l.held - items.amount)
+    FROM items
+    WHERE l.replica = :replica AND l.scope = items.scope AND l.kind = items.kind
+      AND l.window_start = items.window_start
+    """
+)
+_SETTLE = text(
+    """
+    WITH items AS (
+        SELECT i->>'scope' AS scope, i->>'kind' AS kind,
+               (i->>'window_start')::float8 AS window_start, sum((i->>'amount')::float8) AS amount
+        FROM jsonb_array_elements(CAST(:items AS jsonb)) AS i
+        GROUP BY 1, 2, 3
+    ), counters AS (
+        UPDATE governance_counters c
+        SET spent = c.spent + items.amount, updated_at = now()
+        FROM items
+        WHERE c.scope = items.scope AND c.kind = items.kind
+          AND c.window_start = items.window_start
+        RETURNING c.scope
+    )
+    UPDATE governance_leases l
+    SET held = greatest(0, l.held - items.amount)
+    FROM items
+    WHERE l.replica = :replica AND l.scope = items.scope AND l.kind = items.kind
+      AND l.window_start = items.window_start
+    """
+)
+_HEARTBEAT = text(
+    """
+    INSERT INTO governance_replicas (replica, heartbeat_at) VALUES (:replica, now())
+    ON CONFLICT (replica) DO UPDATE SET heartbeat_at = now()
+    """
+)
+_REAP = text(
+    """
+    WITH dead AS (
+        DELETE FROM governance_replicas
+        WHERE heartbeat_at < now() - make_interval(secs => :stale_after_s)
+        RETURNING replica
+    ), gone AS (
+        DELETE FROM governance_leases l USING dead WHERE l.replica = dead.replica
+        RETURNING l.scope, l.kind, l.window_start, l.held
+    ), totals AS (
+        SELECT scope, kind, window_start, sum(held) AS held FROM gone GROUP BY 1, 2, 3
+    ), counters AS (
+        UPDATE governance_counters c SET committed = greatest(0, c.committed - totals.held)
+        FROM totals
+        WHERE c.scope = totals.scope AND c.kind = totals.kind
+          AND c.window_start = totals.window_start
+        RETURNING c.scope
+    )
+    SELECT count(*) FROM dead
+    """
+)
+_COUNTERS = text(
+    "SELECT scope, kind, window_start, window_end, limit_value, committed, spent "
+    "FROM governance_counters ORDER BY scope, kind"
+)
+_SCOPED_COUNTERS = text(
+    "SELECT scope, kind, window_start, window_end, limit_value, committed, spent "
+    "FROM governance_counters WHERE scope = ANY(:scopes) ORDER BY scope, kind"
+)
+
+
+def _items(changes: Sequence[LeaseChange]) -> str:
+    return orjson.dumps(
+        [
+            {
+                "scope": change.scope,
+                "kind": change.kind,
+                "window_start": change.window_start,
+                "amount": change.amount,
+            }
+            for change in changes
+        ]
+    ).decode()
+
+
+class PostgresLedger(Ledger):
+    """The ledger in the `governance_*` tables.
+
+    Grants (on a request's path) are bounded by `timeout_s`: slower counts as the store
+    being down. Settlements, releases and housekeeping run in the background and get
+    `background_timeout_s`: a settlement abandoned by a timeout may still commit, and the
+    retry would then count it twice, so those are given all the time they need."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, timeout_s: float = 0.5, background_timeout_s: float = 60.0
+    ) -> None:
+        self._engine = engine
+        self._timeout_s = timeout_s
+        self._background_timeout_s = background_timeout_s
+
+    @classmethod
+    def connect(cls, database_url: str, *, timeout_s: float = 0.5) -> PostgresLedger:
+        return cls(create_engine(database_url), timeout_s=timeout_s)
+
+    async def _run(
+        self, statement: Any, params: dict[str, Any], *, timeout_s: float | None = None
+    ) -> Any:
+        timeout_s = timeout_s if timeout_s is not None else self._background_timeout_s
+
+        async def run() -> Any:
+            async with self._engine.begin() as connection:
+                result = await connection.execute(statement, params)
+                return result.fetchall() if result.returns_rows else None
+
+        try:
+            return await asyncio.wait_for(run(), timeout=timeout_s)
+        except TimeoutError as exc:
+            raise LedgerUnavailable(f"limit store did not answer in {timeout_s}s") from exc
+        except LedgerUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any database failure means "unavailable"
+            raise LedgerUnavailable(repr(exc)) from exc
+
+    async def grant(self, replica: str, requests: Sequence[GrantRequest]) -> list[Grant]:
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].scope, requests[i].kind))
+        items = orjson.dumps(
+            [
+                {
+                    "scope": requests[i].scope,
+                    "kind": requests[i].kind,
+                    "limit": requests[i].limit,
+                    "want_min": requests[i].want_min,
+                    "want_max": requests[i].want_max,
+                    "demand": requests[i].demand,
+                    "window_s": requests[i].window_s,
+                    "period_start": requests[i].period_start,
+                    "period_end": requests[i].period_end,
+                }
+                for i in order
+            ]
+        ).decode()
+        rows = await self._run(
+            _GRANT, {"replica": replica, "items": items}, timeout_s=self._timeout_s
+        )
+        answers = rows[0][0]
+        if isinstance(answers, str):
+            answers = orjson.loads(answers)
+        grants: list[Grant | None] = [None] * len(requests)
+        for position, answer in zip(order, answers, strict=True):
+            grants[position] = Grant(
+                amount=float(answer["amount"]),
+                window_start=float(answer["window_start"]),
+                window_end=float(answer["window_end"])
+                if answer["window_end"] is not None
+                else None,
+                committed=float(answer["committed"]),
+                spent=float(answer["spent"]),
+            )
+        return grants  # type: ignore[return-value]
+
+    async def release(self, replica: str, changes: Sequence[LeaseChange]) -> None:
+        if changes:
+            await self._run(_RELEASE, {"replica": replica, "items": _items(changes)})
+
+    async def settle(self, replica: str, changes: Sequence[LeaseChange]) -> None:
+        if changes:
+            await self._run(_SETTLE, {"replica": replica, "items": _items(changes)})
+
+    async def heartbeat(self, replica: str) -> None:
+        await self._run(_HEARTBEAT, {"replica": replica})
+
+    async def reap(self, stale_after_s: float) -> int:
+        rows = await self._run(_REAP, {"stale_after_s": stale_after_s})
+        return int(rows[0][0]) if rows else 0
+
+    async def counters(self, scopes: Sequence[str] | None = None) -> list[CounterState]:
+        if scopes is None:
+            rows = await self._run(_COUNTERS, {})
+        else:
+            rows = await self._run(_SCOPED_COUNTERS, {"scopes": list(scopes)})
+        return [
+            CounterState(
+                scope=row[0],
+                kind=row[1],
+                window_start=row[2],
+                window_end=row[3],
+                limit=row[4],
+                committed=row[5],
+                spent=row[6],
+            )
+            for row in rows
+        ]
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+
+GRANT_FUNCTION = """
+CREATE OR REPLACE FUNCTION governance_grant(p_replica text, p_items jsonb)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    item jsonb;
+    answers jsonb := '[]'::jsonb;
+    v_now float8 := extract(epoch FROM clock_timestamp());
+    v_scope text;
+    v_kind text;
+    v_limit float8;
+    v_min float8;
+    v_max float8;
+    v_demand float8;
+    v_window_s float8;
+    v_period_start float8;
+    v_period_end float8;
+    v_start float8;
+    v_end float8;
+    c_start float8;
+    c_end float8;
+    c_committed float8;
+    c_spent float8;
+    v_available float8;
+    v_grant float8;
+BEGIN
+    FOR item IN SELECT value FROM jsonb_array_elements(p_items) LOOP
+        v_scope := item->>'scope';
+        v_kind := item->>'kind';
+        v_limit := (item->>'limit')::float8;
+        v_min := (item->>'want_min')::float8;
+        v_max := (item->>'want_max')::float8;
+        v_demand := coalesce((item->>'demand')::float8, 0);
+        v_window_s := (item->>'window_s')::float8;
+        v_period_start := (item->>'period_start')::float8;
+        v_period_end := (item->>'period_end')::float8;
+        IF v_window_s IS NOT NULL THEN
+            v_start := v_now;
+            v_end := v_now + v_window_s;
+        ELSIF v_period_start IS NOT NULL THEN
+            v_start := v_period_start;
+            v_end := v_period_end;
+        ELSE
+            v_start := 0;
+            v_end := NULL;
+        END IF;
+        INSERT INTO governance_counters
+            (scope, kind, window_start, window_end, limit_value, committed, spent, updated_at)
+        VALUES (v_scope, v_kind, v_start, v_end, v_limit, 0, 0, now())
+        ON CONFLICT (scope, kind) DO NOTHING;
+        SELECT window_start, window_end, committed, spent
+        INTO c_start, c_end, c_committed, c_spent
+        FROM governance_counters WHERE scope = v_scope AND kind = v_kind FOR UPDATE;
+        -- A window that has ended, or a budget period that has passed, starts again.
+        IF (v_window_s IS NOT NULL AND c_end IS NOT NULL AND c_end <= v_now)
+           OR (v_period_start IS NOT NULL AND c_start < v_period_start) THEN
+            c_start := v_start;
+            c_end := v_end;
+            c_committed := 0;
+            c_spent := 0;
+        END IF;
+        v_available := v_limit - c_committed;
+        IF v_available <= 0 OR v_min > v_available + 1e-9 THEN
+            v_grant := 0;
+        ELSIF v_available < v_max / 0.25 THEN
+            -- Running short: only what the replica's waiting requests need.
+            v_grant := least(v_available, greatest(v_min, v_demand));
+        ELSE
+            -- Whole units of requests, tokens and slots; dollars to a millionth.
+            IF v_kind IN ('requests', 'tokens', 'parallel') THEN
+                v_grant := greatest(0, least(
+                    v_max, greatest(v_min, floor(v_available * 0.25)), v_available));
+            ELSE
+                v_grant := greatest(0, least(
+                    v_max, greatest(v_min, floor(v_available * 0.25 * 1e6) / 1e6), v_available));
+            END IF;
+        END IF;
+        UPDATE governance_counters
+        SET window_start = c_start, window_end = c_end, limit_value = v_limit,
+            committed = c_committed + v_grant, spent = c_spent, updated_at = now()
+        WHERE scope = v_scope AND kind = v_kind;
+        IF v_grant > 0 THEN
+            INSERT INTO governance_leases AS l (replica, scope, kind, window_start, held)
+            VALUES (p_replica, v_scope, v_kind, c_start, v_grant)
+            ON CONFLICT (replica, scope, kind) DO UPDATE SET
+                held = CASE WHEN l.window_start = EXCLUDED.window_start
+                            THEN l.held + EXCLUDED.held ELSE EXCLUDED.held END,
+                window_start = EXCLUDED.window_start;
+        END IF;
+        answers := answers || jsonb_build_array(jsonb_build_object(
+            'amount', v_grant, 'window_start', c_start, 'window_end', c_end,
+            'committed', c_committed + v_grant, 'spent', c_spent));
+    END LOOP;
+    RETURN answers;
+END
+$$;
+"""

@@ -1,0 +1,45 @@
+"""Jobs this gateway replica accepted recently, remembered until history has surely
+recorded them: a client cancelling a job right after creating it must not get 404 just
+because the job's `chat.requested` is still on its way to history."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AcceptedJob:
+    job_id: str
+    tenant: str
+    user_id: str
+    model: str
+    created_at: str  # ISO 8601, as the job was answered
+    webhook_url: str | None
+    accepted_at: float  # monotonic seconds
+
+
+class RecentJobs:
+    """At most `max_jobs` jobs, each for `ttl_s` seconds (oldest forgotten first)."""
+
+    def __init__(self, ttl_s: float = 300.0, max_jobs: int = 10_000) -> None:
+        self._ttl_s = ttl_s
+        self._max_jobs = max_jobs
+        self._jobs: OrderedDict[str, AcceptedJob] = OrderedDict()
+
+    def add(self, job: AcceptedJob) -> None:
+        self._jobs[job.job_id] = job
+        self._jobs.move_to_end(job.job_id)
+        while len(self._jobs) > self._max_jobs:
+            self._jobs.popitem(last=False)
+
+    def get(self, job_id: str, tenant: str) -> AcceptedJob | None:
+        """The job if it was accepted here for `tenant` less than `ttl_s` ago."""
+        job = self._jobs.get(job_id)
+        if job is None or job.tenant != tenant:
+            return None
+        if time.monotonic() - job.accepted_at > self._ttl_s:
+            del self._jobs[job_id]
+            return None
+        return job

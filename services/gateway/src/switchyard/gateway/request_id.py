@@ -1,0 +1,47 @@
+"""Every response carries `x-request-id`, whoever answers it: a model reply, an error
+the gateway answers itself (400, 401, 404, 413, 429, 503...), a CORS preflight.
+
+The id is made here, once per request, before anything else runs: a model request is
+published under it (its events, its history row and its Idempotency-Key claim all carry
+it), and it is bound to the request's log lines. A response that already names its
+request id (an Idempotency-Key replay of an earlier request) keeps it. Clients cannot
+choose the id: it keys events and history rows, so it must be unique.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from switchyard.common.events import new_id
+from switchyard.common.logging import bind_request_id
+
+HEADER = b"x-request-id"
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The id this middleware gave the request in `scope`, if it went through it."""
+    state = scope.get("state")
+    return state.get("request_id") if state is not None else None
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        bind_request_id(request_id)
+        encoded = request_id.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.setdefault("headers", [])
+                if not any(name.lower() == HEADER for name, _ in headers):
+                    message["headers"] = [*headers, (HEADER, encoded)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

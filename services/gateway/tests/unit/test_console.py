@@ -1,0 +1,648 @@
+"""The web console at /ui, in-process with auth and history played by `ConsoleDouble`:
+sign-in and the session cookie, CSRF, what each role sees, escaping of everything users
+and models write, and that the API never passes through any of it."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from switchyard.gateway.config import Settings
+from switchyard.gateway.console.session import COOKIE_NAME, Session, SessionCookies
+
+from .auth_double import gateway_with
+from .console_double import ConsoleDouble
+
+XSS = [
+    "<script>window.__xss=1</script>",
+    '<img src=x onerror="window.__xss=2">',
+    '"><svg onload=alert(3)>',
+    "javascript:alert(4)//</textarea></pre>",
+]
+
+
+@contextlib.asynccontextmanager
+async def console(double: ConsoleDouble | None = None, **settings) -> AsyncIterator:
+    double = double or ConsoleDouble()
+    settings = Settings(request_timeout_s=2.0, topic_prefix="unit-console", **settings)
+    async with gateway_with(double, settings) as gw:
+        yield gw
+
+
+def csrf_of(page: str) -> str:
+    match = re.search(r'name="csrftoken" value="([^"]+)"', page)
+    assert match, "the page has no CSRF field"
+    return match.group(1)
+
+
+async def sign_in(gw, email: str = "alice@acme.test", password: str | None = None):
+    account = gw.auth.account(email)
+    page = await gw.client.get("/ui/login")
+    response = await gw.client.post(
+        "/ui/login",
+        data={
+            "email": email,
+            "password": password or account.password,
+            "csrftoken": csrf_of(page.text),
+            "next": "/ui/requests",
+        },
+    )
+    return response
+
+
+async def test_the_sign_in_page_has_labelled_email_and_password_fields():
+    async with console() as gw:
+        page = await gw.client.get("/ui/login")
+        assert page.status_code == 200
+        assert re.search(r'<label for="email">Email</label>', page.text)
+        assert re.search(r'<label for="password">Password</label>', page.text)
+        assert 'type="password"' in page.text
+
+
+async def test_signing_in_sets_an_httponly_lax_signed_session_cookie_and_goes_on():
+    async with console() as gw:
+        response = await sign_in(gw)
+        assert response.status_code == 303
+        assert response.headers["location"] == "/ui/requests"
+        cookie = next(
+            value
+            for value in response.headers.get_list("set-cookie")
+            if value.startswith(COOKIE_NAME + "=")
+        )
+        flags = cookie.lower()
+        assert "httponly" in flags and "samesite=lax" in flags and "path=/ui" in flags
+        assert "secure" not in flags  # development: plain http on localhost
+        page = await gw.client.get("/ui/requests")
+        assert page.status_code == 200 and "alice@acme.test" in page.text
+
+
+def test_outside_development_the_session_cookie_is_secure():
+    from starlette.responses import Response
+
+    response = Response()
+    SessionCookies(b"k" * 32, ttl_s=60, secure=True).set(
+        response, Session("a", "r", "e@x.test", time.time())
+    )
+    assert "secure" in response.headers["set-cookie"].lower()
+
+
+async def test_a_wrong_password_is_refused_with_a_message_and_no_cookie():
+    async with console() as gw:
+        response = await sign_in(gw, password="wrong-password")
+        assert response.status_code == 401
+        assert "Incorrect email or password." in response.text
+        assert not any(
+            value.startswith(COOKIE_NAME) for value in response.headers.get_list("set-cookie")
+        )
+
+
+@pytest.mark.parametrize(
+    "path", ["/ui/", "/ui/usage", "/ui/requests", "/ui/keys", "/ui/teams", "/ui/jobs", "/ui/models"]
+)
+async def test_every_page_needs_a_sign_in(path):
+    async with console() as gw:
+        response = await gw.client.get(path)
+        assert response.status_code == 303
+        assert response.headers["location"].startswith("/ui/login?next=")
+
+
+async def test_a_tampered_expired_or_foreign_cookie_is_no_session():
+    async with console() as gw:
+        await sign_in(gw)
+        value = gw.client.cookies.get(COOKIE_NAME, path="/ui")
+        for forged in (
+            value[:-2] + ("AA" if not value.endswith("AA") else "BB"),
+            SessionCookies(b"another key", ttl_s=60, secure=False).encode(
+                Session("a", "r", "x", time.time())
+            ),
+            SessionCookies(gw.settings.console_signing_key(), ttl_s=60, secure=False).encode(
+                Session("a", "r", "x", time.time() - 3600)  # signed in long ago
+            ),
+        ):
+            gw.client.cookies.clear()
+            gw.client.cookies.set(COOKIE_NAME, forged, path="/ui")
+            response = await gw.client.get("/ui/requests")
+            assert response.status_code == 303, forged
+
+
+async def test_forms_without_the_csrf_token_are_refused():
+    async with console() as gw:
+        gw.auth.add_key(gw.auth.account("alice@acme.test"), "victim key")
+        # Sign-in itself (a forged cross-site sign-in), with no cookies at all.
+        response = await gw.client.post(
+            "/ui/login", data={"email": "alice@acme.test", "password": "alice-password"}
+        )
+        assert response.status_code == 403
+        await sign_in(gw)
+        key_id = next(iter(gw.auth.keys_by_id))
+        for path, data in (
+            ("/ui/keys", {"name": "forged"}),
+            (f"/ui/keys/{key_id}/revoke", {}),
+            ("/ui/jobs/abc/cancel", {}),
+            ("/ui/logout", {}),
+        ):
+            for token in (None, "not-the-token"):
+                body = dict(data, **({"csrftoken": token} if token else {}))
+                response = await gw.client.post(path, data=body)
+                assert response.status_code == 403, (path, token)
+                assert "Request refused" in response.text
+        assert not gw.auth.calls_to("/v1/api-keys", "POST")
+        assert not [call for call in gw.auth.recorded if call.method == "DELETE"]
+        assert gw.auth.keys_by_id[key_id]["status"] == "active"
+        # htmx sends the token as a header instead of a field.
+        page = await gw.client.get("/ui/keys")
+        response = await gw.client.post(
+            f"/ui/keys/{key_id}/revoke", headers={"x-csrftoken": csrf_of(page.text)}
+        )
+        assert response.status_code == 303
+        assert gw.auth.keys_by_id[key_id]["status"] == "revoked"
+
+
+async def test_another_tenants_request_id_is_not_found():
+    async with console() as gw:
+        eve = gw.auth.account("eve@evil.test")
+        secret = gw.auth.add_item(eve, request={"messages": [{"role": "user", "content": "evil"}]})
+        mine = gw.auth.add_item(gw.auth.account("alice@acme.test"))
+        await sign_in(gw, "root@acme.test")  # an admin, of another tenant
+        response = await gw.client.get(f"/ui/requests/{secret['id']}")
+        assert response.status_code == 404
+        assert "evil" not in response.text
+        # History was asked as the verified identity, whatever the URL said.
+        call = gw.auth.calls_to(f"/v1/history/{secret['id']}")[-1]
+        assert call.headers["x-switchyard-tenant"] == "acme"
+        assert call.headers["x-switchyard-user-id"] == "user-root"
+        assert (await gw.client.get(f"/ui/requests/{mine['id']}")).status_code == 200
+        assert (await gw.client.get("/ui/requests/..%2F..%2Fetc")).status_code == 404
+
+
+async def test_members_see_their_own_requests_and_keys_admins_their_tenant():
+    async with console() as gw:
+        alice, root = gw.auth.account("alice@acme.test"), gw.auth.account("root@acme.test")
+        gw.auth.add_key(alice, "alice key")
+        gw.auth.add_key(root, "root key")
+        gw.auth.add_item(alice, model="alice-model")
+        gw.auth.add_item(root, model="root-model")
+        await sign_in(gw)
+        keys, log = await gw.client.get("/ui/keys"), await gw.client.get("/ui/requests")
+        assert "alice key" in keys.text and "root key" not in keys.text
+        assert "alice-model" in log.text and "root-model" not in log.text
+        assert gw.auth.calls_to("/v1/history")[-1].headers["x-switchyard-role"] == "member"
+        await gw.client.post("/ui/logout", data={"csrftoken": csrf_of(log.text)})
+        await sign_in(gw, "root@acme.test")
+        keys, log = await gw.client.get("/ui/keys"), await gw.client.get("/ui/requests")
+        assert "alice key" in keys.text and "root key" in keys.text
+        assert "alice-model" in log.text and "root-model" in log.text
+
+
+async def test_xss_payloads_from_users_and_models_render_as_text():
+    double = ConsoleDouble(teams=[])
+    alice = double.account("alice@acme.test")
+    items = []
+    for payload in XSS:
+        double.add_key(alice, payload)
+        double.teams.append(team(payload, payload, 1.0, "1d"))
+        items.append(
+            double.add_item(
+                alice,
+                model=payload,
+                status="failed",
+                request={
+                    "model": payload,
+                    "system": payload,
+                    "messages": [
+                        {"role": "user", "content": payload},
+                        {
+                            "role": "assistant",
+                            "content": None,
+                            "tool_calls": [
+                                {
+                                    "id": "call_1",
+                                    "type": "function",
+                                    "function": {"name": payload, "arguments": payload},
+                                }
+                            ],
+                        },
+                        {"role": "tool", "tool_call_id": payload, "content": payload},
+                    ],
+                },
+                response={
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [
+                        {"type": "text", "text": payload},
+                        {"type": "tool_use", "id": "t1", "name": payload, "input": {"q": payload}},
+                    ],
+                },
+                error={"type": payload, "code": payload, "message": payload, "status": 500},
+            )
+        )
+    async with console(double) as gw:
+        await sign_in(gw)
+        pages = [
+            await gw.client.get(path)
+            for path in ("/ui/keys", "/ui/requests", "/ui/teams")
+            + tuple(f"/ui/requests/{item['id']}" for item in items)
+        ]
+        for page in pages:
+            assert page.status_code == 200, page.request.url
+            for payload in XSS:
+                assert payload not in page.text, (page.request.url, payload)
+            for marker in ("<script>window", "<img src=x", "<svg onload", "</textarea>"):
+                assert marker not in page.text, (page.request.url, marker)
+        detail = pages[3].text
+        assert html.escape(XSS[0], quote=False) in detail or html.escape(XSS[0]) in detail
+        assert "&lt;script&gt;" in pages[1].text  # the model name in the log, as text
+
+
+async def test_pages_carry_a_csp_without_inline_scripts_and_no_inline_script_or_style():
+    double = ConsoleDouble()
+    double.add_item(double.account("alice@acme.test"))
+    async with console(double) as gw:
+        await sign_in(gw)
+        for path in ("/ui/login", "/ui/", "/ui/usage", "/ui/requests", "/ui/keys", "/ui/models"):
+            page = await gw.client.get(path)
+            csp = page.headers["content-security-policy"]
+            assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+            assert "unsafe-eval" not in csp and "frame-ancestors 'none'" in csp
+            assert page.headers["cache-control"] == "no-store"
+            # Every script is a file of this origin.
+            for tag in re.findall(r"<script\b[^>]*>", page.text):
+                assert re.search(r'src="/ui/static/[^"]+\.js"', tag), (path, tag)
+            assert " style=" not in page.text and "<style" not in page.text
+            assert re.search(r"\son[a-z]+=", page.text) is None, path
+
+
+async def test_the_api_passes_through_none_of_the_console():
+    double = ConsoleDouble()
+    record = double.add_api_key(user_id="user-alice", tenant="acme")
+    async with console(double) as gw:
+        response = await gw.client.get(
+            "/v1/models", headers={"authorization": f"Bearer {record.key}"}
+        )
+        assert response.status_code == 200
+        assert "content-security-policy" not in response.headers
+        assert "set-cookie" not in response.headers
+        # A POST to the API with cookies and no CSRF token is not the console's business.
+        gw.client.cookies.set("switchyard_csrf", "x", path="/")
+        response = await gw.client.post(
+            "/v1/chat/completions",
+            headers={"authorization": f"Bearer {record.key}"},
+            json={"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert response.status_code == 200
+        routes = [getattr(route, "path", None) for route in gw.app.routes]
+        assert routes[-1] == "/ui"  # mounted after every API route
+
+
+async def test_a_new_key_shows_its_secret_once_and_can_be_revoked():
+    async with console() as gw:
+        await sign_in(gw)
+        page = await gw.client.get("/ui/keys")
+        created = await gw.client.post(
+            "/ui/keys",
+            data={
+                "csrftoken": csrf_of(page.text),
+                "name": "ci pipeline",
+                "allowed_models": ["sim-small"],
+                "scopes": ["chat"],
+            },
+        )
+        assert created.status_code == 201
+        secret = re.search(r'<code id="new-secret">([^<]+)</code>', created.text).group(1)
+        assert secret.startswith("sk-sy-SECRET")
+        body = gw.auth.calls_to("/v1/api-keys", "POST")[-1].read()
+        assert b'"allowed_models":["sim-small"]' in body.replace(b" ", b"")
+        listing = await gw.client.get("/ui/keys")
+        assert "ci pipeline" in listing.text and secret not in listing.text
+        key_id = next(k for k, v in gw.auth.keys_by_id.items() if v["name"] == "ci pipeline")
+        revoked = await gw.client.post(
+            f"/ui/keys/{key_id}/revoke", data={"csrftoken": csrf_of(listing.text)}
+        )
+        assert revoked.status_code == 303
+        assert gw.auth.keys_by_id[key_id]["status"] == "revoked"
+        missing = await gw.client.post(
+            "/ui/keys/key-unknown/revoke", data={"csrftoken": csrf_of(listing.text)}
+        )
+        assert missing.status_code == 404
+
+
+async def test_bad_key_input_is_shown_on_the_form_not_a_500():
+    async with console() as gw:
+        await sign_in(gw)
+        token = csrf_of((await gw.client.get("/ui/keys")).text)
+        for data, message in (
+            ({"name": "x", "expires_in_days": "soon"}, "whole number"),
+            ({"name": "n" * 300}, "name is too long"),
+        ):
+            response = await gw.client.post("/ui/keys", data={"csrftoken": token, **data})
+            assert response.status_code == 400 and message in response.text
+
+
+async def test_the_csv_download_is_what_the_usage_api_answers():
+    double = ConsoleDouble(usage_csv=b"bucket,model,requests\n2025-03-01T00:00:00Z,sim,7\n")
+    async with console(double) as gw:
+        await sign_in(gw)
+        response = await gw.client.get("/ui/usage.csv?group_by=model&range=7d")
+        assert response.status_code == 200
+        assert response.content == double.usage_csv
+        assert response.headers["content-type"].startswith("text/csv")
+        assert "attachment" in response.headers["content-disposition"]
+        call = double.calls_to("/v1/usage")[-1]
+        assert call.url.params["format"] == "csv" and call.url.params["group_by"] == "model"
+        assert call.url.params["since"] == "168h"
+
+
+async def test_an_expired_access_token_is_refreshed_once_and_the_cookie_renewed():
+    async with console() as gw:
+        await sign_in(gw)
+        gw.auth.access_ttl_s = 300
+        value = gw.client.cookies.get(COOKIE_NAME, path="/ui")
+        cookies = SessionCookies(gw.settings.console_signing_key(), ttl_s=3600, secure=False)
+        session = cookies.decode(value)
+        expired = gw.auth.access_token(
+            gw.auth.account("alice@acme.test"), exp=int(time.time()) - 60
+        )
+        gw.client.cookies.set(
+            COOKIE_NAME,
+            cookies.encode(Session(expired, session.refresh_token, session.email, time.time())),
+            path="/ui",
+        )
+        response = await gw.client.get("/ui/keys")
+        assert response.status_code == 200
+        assert len(gw.auth.calls_to("/v1/auth/refresh")) == 1
+        assert any(v.startswith(COOKIE_NAME) for v in response.headers.get_list("set-cookie"))
+        # The renewed cookie works without another refresh.
+        assert (await gw.client.get("/ui/keys")).status_code == 200
+        assert len(gw.auth.calls_to("/v1/auth/refresh")) == 1
+
+
+async def test_signing_out_ends_the_sign_in_at_auth_and_drops_the_cookie():
+    async with console() as gw:
+        await sign_in(gw)
+        page = await gw.client.get("/ui/requests")
+        response = await gw.client.post("/ui/logout", data={"csrftoken": csrf_of(page.text)})
+        assert response.status_code == 303 and response.headers["location"] == "/ui/login"
+        logout = gw.auth.calls_to("/v1/auth/logout")[-1]
+        assert logout.headers["authorization"].startswith("Bearer ")
+        assert (await gw.client.get("/ui/requests")).status_code == 303
+
+
+def team(team_id: str, name: str, budget: float | None, period: str | None) -> dict:
+    return {
+        "id": team_id,
+        "tenant": "acme",
+        "name": name,
+        "allowed_models": None,
+        "limits": {
+            "max_budget_usd": budget,
+            "budget_period": period,
+            "budget_anchor_at": "2025-01-01T00:00:00Z",
+            "rpm_limit": 60,
+            "tpm_limit": None,
+            "max_parallel_requests": None,
+        },
+        "created_at": "2025-01-01T00:00:00Z",
+    }
+
+
+async def test_teams_page_says_when_teams_are_not_available_and_key_limits_are_hidden():
+    async with console() as gw:
+        await sign_in(gw, "root@acme.test")
+        page = await gw.client.get("/ui/teams")
+        assert page.status_code == 200 and "Not available on this server yet" in page.text
+        keys = await gw.client.get("/ui/keys")
+        assert 'name="rpm_limit"' not in keys.text
+        assert "not available on this server yet" in keys.text
+
+
+async def test_teams_show_spend_against_budget_and_the_next_reset():
+    double = ConsoleDouble(
+        teams=[team("team-1", "search", 10.0, "30d"), team("team-2", "ads", None, None)],
+        team_spend={"team-1": 2.5},
+    )
+    async with console(double) as gw:
+        await sign_in(gw, "root@acme.test")
+        page = await gw.client.get("/ui/teams")
+        assert '<progress value="2.5" max="10.0"' in page.text
+        assert "$2.50 of $10.00" in page.text and "RPM 60" in page.text
+        assert "no budget" in page.text  # the team without one
+        since = double.calls_to("/v1/usage")[-1].url.params["since"]
+        # Periods of 30 days from the anchor: the current one started on a multiple.
+        from datetime import UTC, datetime
+
+        start = datetime.fromisoformat(since.replace("Z", "+00:00"))
+        assert (start - datetime(2025, 1, 1, tzinfo=UTC)).days % 30 == 0
+        assert (datetime.now(UTC) - start).days < 30
+
+
+async def test_key_limits_are_sent_when_filled_in_and_bad_ones_are_shown():
+    double = ConsoleDouble(teams=[team("team-1", "search", 10.0, "30d")])
+    async with console(double) as gw:
+        await sign_in(gw)
+        page = await gw.client.get("/ui/keys")
+        assert 'name="rpm_limit"' in page.text
+        token = csrf_of(page.text)
+        created = await gw.client.post(
+            "/ui/keys",
+            data={
+                "csrftoken": token,
+                "name": "limited",
+                "rpm_limit": "30",
+                "max_budget_usd": "1.5",
+                "budget_period": "7d",
+            },
+        )
+        assert created.status_code == 201
+        sent = json.loads(double.calls_to("/v1/api-keys", "POST")[-1].read())
+        assert sent["rpm_limit"] == 30 and sent["max_budget_usd"] == 1.5
+        assert sent["budget_period"] == "7d" and "tpm_limit" not in sent
+        assert "RPM 30" in created.text
+        refused = await gw.client.post(
+            "/ui/keys", data={"csrftoken": token, "name": "bad", "rpm_limit": "-5"}
+        )
+        assert refused.status_code == 400 and "rpm_limit" in refused.text
+
+
+async def test_usage_by_team_without_teams_says_so():
+    async with console() as gw:
+        await sign_in(gw)
+        page = await gw.client.get("/ui/usage?group_by=team")
+        assert page.status_code == 200 and "Not available" in page.text
+
+
+async def test_a_metadata_only_request_shows_no_content_only_that_it_was_not_kept():
+    double = ConsoleDouble()
+    item = double.add_item(
+        double.account("alice@acme.test"),
+        request={
+            "model": "sim-small",
+            "message_count": 2,
+            "message_roles": ["system", "user"],
+            "temperature": 0.2,
+            "redacted": True,
+        },
+        response={
+            "object": "chat.completion",
+            "choices": [{"index": 0, "finish_reason": "stop"}],
+            "redacted": True,
+        },
+    )
+    async with console(double) as gw:
+        await sign_in(gw)
+        page = await gw.client.get(f"/ui/requests/{item['id']}")
+        assert "Metadata only." in page.text and "2 message(s) (system, user)" in page.text
+        assert 'id="request-conversation"' not in page.text
+        assert "temperature" in page.text
+
+
+async def test_the_detail_view_renders_tool_calls_usage_latency_and_deployment():
+    double = ConsoleDouble()
+    item = double.add_item(
+        double.account("alice@acme.test"),
+        request={
+            "model": "sim-small",
+            "tools": [{"type": "function", "function": {"name": "get_weather"}}],
+            "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        },
+        response={
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "tool_calls",
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "call_9",
+                                "type": "function",
+                                "function": {
+                                    "name": "get_weather",
+                                    "arguments": '{"city":"Paris"}',
+                                },
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+        latency_ms=1234.0,
+        deployment="eu-primary",
+        usage={"input_tokens": 11, "output_tokens": 7, "total_tokens": 18},
+    )
+    async with console(double) as gw:
+        await sign_in(gw)
+        page = (await gw.client.get(f"/ui/requests/{item['id']}")).text
+        assert "Weather in Paris?" in page
+        assert "Tool call <code>get_weather</code>" in page
+        assert (
+            "&#34;city&#34;: &#34;Paris&#34;" in page
+            or "&quot;city&quot;: &quot;Paris&quot;" in page
+        )
+        assert "1,234 ms" in page and "eu-primary" in page
+        assert "11 in · 7 out · 18 total" in page and "tool_calls" in page
+
+
+async def test_models_page_shows_routing_and_circuit_breaker_states():
+    double = ConsoleDouble(
+        metrics="# TYPE switchyard_inference_circuit_state gauge\n"
+        'switchyard_inference_circuit_state{model="sim-small",deployment="simulator"} 1.0\n'
+    )
+    async with console(
+        double, console_inference_metrics_urls=["http://127.0.0.1:8003/metrics"]
+    ) as gw:
+        await sign_in(gw)
+        page = (await gw.client.get("/ui/models")).text
+        assert '<span class="circuit circuit-open">open</span>' in page
+        assert '<span class="circuit circuit-closed">closed</span>' in page  # other models
+        assert "<code>sim-large</code>" in page
+
+
+async def test_cancelling_a_job_records_it_at_history_and_tells_inference():
+    double = ConsoleDouble()
+    async with console(double) as gw:
+        await sign_in(gw)
+        seen = []
+
+        async def control(event):
+            seen.append(event)
+
+        await gw.bus.subscribe([gw.topics.control], "test", control)
+        page = await gw.client.get("/ui/jobs")
+        answer = {"id": "job1", "object": "job", "status": "cancelled"}
+        original = double._history
+
+        def history(request, path, method):
+            if path == "/v1/jobs/job1/cancel":
+                import httpx
+
+                return httpx.Response(200, json=answer)
+            return original(request, path, method)
+
+        double._history = history
+        response = await gw.client.post(
+            "/ui/jobs/job1/cancel", data={"csrftoken": csrf_of(page.text)}
+        )
+        assert response.status_code == 303
+        from switchyard.common.testing.infra import async_wait_until
+
+        async def cancelled():
+            return seen or None
+
+        await async_wait_until(cancelled, timeout=5, message="cancel event")
+        assert seen[0].request_id == "job1" and seen[0].tenant == "acme"
+
+
+async def test_the_request_log_pages_with_history_cursors_and_keeps_the_filters():
+    double = ConsoleDouble()
+    double.add_item(double.account("alice@acme.test"))
+    original = double._history
+
+    def history(request, path, method):
+        response = original(request, path, method)
+        if path == "/v1/history" and "cursor" not in request.url.params:
+            body = response.json()
+            body["next_cursor"] = "CURSOR-1"
+            return httpx.Response(200, json=body)
+        return response
+
+    double._history = history
+    async with console(double) as gw:
+        await sign_in(gw)
+        page = await gw.client.get("/ui/requests?status=failed&model=sim-small&range=24h")
+        assert page.status_code == 200
+        call = double.calls_to("/v1/history")[-1]
+        assert call.url.params["status"] == "failed" and call.url.params["model"] == "sim-small"
+        assert "since" in call.url.params and call.url.params["limit"] == "25"
+        older = re.search(r'href="(/ui/requests\?[^"]*cursor=CURSOR-1[^"]*)"', page.text)
+        assert older, "no link to the next page"
+        link = html.unescape(older.group(1))
+        assert "status=failed" in link and "model=sim-small" in link
+        second = await gw.client.get(link)
+        assert second.status_code == 200 and "Newest" in second.text
+        assert double.calls_to("/v1/history")[-1].url.params["cursor"] == "CURSOR-1"
+
+
+async def test_quiet_periods_have_zero_requests_but_no_latency_in_the_overview_charts():
+    async with console() as gw:
+        await sign_in(gw)
+        page = await gw.client.get("/ui/?range=day")
+        assert page.status_code == 200
+
+        def spec(chart_id: str) -> dict:
+            match = re.search(rf'<canvas id="{chart_id}" data-chart="([^"]+)"', page.text)
+            assert match, chart_id
+            return json.loads(html.unescape(match.group(1)))
+
+        requests, latency = spec("chart-requests"), spec("chart-latency")
+        assert len(requests["labels"]) in (24, 25)  # every hour of the day, quiet or not
+        assert set(requests["series"][0]["data"]) == {0}
+        assert {value for series in latency["series"] for value in series["data"]} == {None}

@@ -1,0 +1,154 @@
+"""Errors the gateway answers itself, on every model API: in the called API's own error
+format, with `x-request-id` on every one of them (and on every other response), and
+`Retry-After` where the client may retry."""
+
+from __future__ import annotations
+
+import pytest
+
+from switchyard.common.bus import BusUnavailableError, EventTooLargeError
+
+from .conftest import API_KEY
+
+CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]}
+MESSAGE = {**CHAT, "max_tokens": 8}
+EMBED = {"model": "sim-small", "input": "hi"}
+APIS = [
+    ("/v1/chat/completions", CHAT, "openai"),
+    ("/v1/messages", MESSAGE, "anthropic"),
+    ("/v1/embeddings", EMBED, "openai"),
+]
+AUTH = {"x-api-key": API_KEY}
+
+
+def error_of(response, vendor: str) -> dict:
+    """The error object, checked to be in `vendor`'s format."""
+    body = response.json()
+    if vendor == "anthropic":
+        assert body["type"] == "error"
+        assert {"type", "message"} <= set(body["error"])
+    else:
+        assert set(body) == {"error"}
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def bus_down(harness) -> None:
+    async def refuse(*_args, **_kwargs):
+        raise BusUnavailableError("down")
+
+    harness.bus.publish = refuse  # type: ignore[method-assign]
+
+
+CASES = {
+    "malformed": (400, {"openai": "invalid_request_error", "anthropic": "invalid_request_error"}),
+    "credentials": (401, {"openai": "authentication_error", "anthropic": "authentication_error"}),
+    "model": (404, {"openai": "not_found_error", "anthropic": "not_found_error"}),
+    "too_large": (413, {"openai": "invalid_request_error", "anthropic": "request_too_large"}),
+    "busy": (429, {"openai": "rate_limit_error", "anthropic": "rate_limit_error"}),
+    "bus_down": (503, {"openai": "service_unavailable", "anthropic": "overloaded_error"}),
+}
+
+
+async def send(harness, case: str, path: str, body: dict):
+    headers = dict(AUTH)
+    if case == "malformed":
+        return await harness.client.post(
+            path, content=b'{"model": ', headers={**headers, "content-type": "application/json"}
+        )
+    if case == "credentials":
+        headers = {"x-api-key": "sk-sy-" + "0" * 43}
+    elif case == "model":
+        body = {**body, "model": "no-such-model"}
+    elif case == "too_large":
+        body = {**body, "padding": "x" * 300_000}
+    elif case == "busy":
+        harness.settings.max_in_flight = 0
+    elif case == "bus_down":
+        bus_down(harness)
+    return await harness.client.post(path, json=body, headers=headers)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(("path", "body", "vendor"), APIS, ids=["chat", "messages", "embeddings"])
+async def test_gateway_errors_are_in_the_apis_format_with_a_request_id(
+    harness, case, path, body, vendor
+):
+    status, types = CASES[case]
+
+    response = await send(harness, case, path, body)
+
+    assert response.status_code == status, response.text
+    error = error_of(response, vendor)
+    assert error["type"] == types[vendor]
+    assert len(response.headers["x-request-id"]) == 32
+    if status in (429, 503):
+        assert int(response.headers["retry-after"]) >= 1
+    assert not harness.requests
+
+
+async def test_every_error_has_its_own_request_id(harness):
+    ids = {
+        (await harness.client.post("/v1/chat/completions", json={}, headers=AUTH)).headers[
+            "x-request-id"
+        ]
+        for _ in range(5)
+    }
+    assert len(ids) == 5
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("GET", "/v1/models", AUTH),
+        ("GET", "/v1/nothing-here", AUTH),
+        ("GET", "/livez", {}),
+        ("GET", "/openapi.json", {}),
+        (
+            "OPTIONS",
+            "/v1/messages",
+            {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+        ),
+    ],
+)
+async def test_every_other_response_carries_a_request_id(harness, method, path, headers):
+    response = await harness.client.request(method, path, headers=headers)
+    assert response.headers["x-request-id"]
+
+
+async def test_model_not_found_names_the_parameter_in_both_formats(harness):
+    chat = await harness.client.post(
+        "/v1/chat/completions", json={**CHAT, "model": "nope"}, headers=AUTH
+    )
+    messages = await harness.client.post(
+        "/v1/messages", json={**MESSAGE, "model": "nope"}, headers=AUTH
+    )
+    assert error_of(chat, "openai")["param"] == "model"
+    assert error_of(chat, "openai")["code"] == "model_not_found"
+    assert error_of(messages, "anthropic")["param"] == "model"
+    assert error_of(messages, "anthropic")["code"] == "model_not_found"
+
+
+async def test_an_invalid_idempotency_key_is_refused_with_a_request_id(harness):
+    response = await harness.client.post(
+        "/v1/messages", json=MESSAGE, headers={**AUTH, "Idempotency-Key": "x" * 300}
+    )
+    assert response.status_code == 400
+    assert error_of(response, "anthropic")["param"] == "Idempotency-Key"
+    assert response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(("path", "body", "vendor"), APIS, ids=["chat", "messages", "embeddings"])
+async def test_a_request_too_large_for_the_bus_is_413_not_an_outage(harness, path, body, vendor):
+    async def refuse(*_args, **_kwargs):
+        raise EventTooLargeError("larger than the topic accepts")
+
+    harness.bus.publish = refuse  # type: ignore[method-assign]
+    response = await harness.client.post(path, json=body, headers=AUTH)
+
+    assert response.status_code == 413
+    error = error_of(response, vendor)
+    assert error["code"] == "request_too_large"
+    assert "retry-after" not in response.headers
+    assert harness.app.state.gateway.in_flight == 0

@@ -1,0 +1,395 @@
+"""Budgets and rate limits at admission: exact across several replicas sharing a ledger,
+settled from usage events, refused in each API's shape with the rate-limit headers, and
+what happens when the ledger is down. The ledger here is the in-memory one; the
+PostgreSQL one runs the same checks in the integration suite."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from switchyard.common.events import TokenUsage, UsageData, UsageRecorded
+from switchyard.common.governance import BudgetClock, FailureMode, Limits
+from switchyard.common.pricing import Price, PriceTable
+from switchyard.gateway.governance.admission import Admission, Refused
+from switchyard.gateway.governance.ledger import MemoryLedger
+from switchyard.gateway.governance.policy import LevelLimits, Policy, PolicySource
+
+from .conftest import API_KEY
+from .history_fakes import install as install_history
+
+PRICES = PriceTable(models={"m": Price(input_per_1m=1_000.0, output_per_1m=1_000.0)})
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+
+
+@dataclass(frozen=True)
+class Caller:
+    user_id: str = "u1"
+    api_key_id: str | None = "k1"
+    tenant: str = "acme"
+
+
+class FixedPolicies(PolicySource):
+    """Auth's answer, fixed by the test (and changeable, like an admin would)."""
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__(lambda: None, auth_url="http://auth", internal_token="t")  # type: ignore[arg-type]
+        self.policy = policy
+
+    async def get(self, user_id: str, api_key_id: str | None) -> Policy:
+        return self.policy
+
+
+def policy(
+    level: str = "api_key",
+    scope_id: str = "k1",
+    anchor: float | None = None,
+    budget_mode: FailureMode = FailureMode.CLOSED,
+    rate_mode: FailureMode = FailureMode.OPEN,
+    **limits,
+) -> Policy:
+    return Policy(
+        tenant="acme",
+        team_id="team-1" if level == "team" else None,
+        levels=(LevelLimits(level, scope_id, Limits(**limits), anchor),),
+        rate_limit_failure_mode=rate_mode,
+        budget_failure_mode=budget_mode,
+        scope_ids=frozenset({(level, scope_id)}),
+    )
+
+
+def replicas(ledger: MemoryLedger, the_policy: Policy, count: int = 3, **options) -> list:
+    policies = FixedPolicies(the_policy)
+    return [
+        Admission(ledger=ledger, policies=policies, prices=PRICES, replica=f"gw-{n}", **options)
+        for n in range(count)
+    ]
+
+
+async def admit_all(admissions: list[Admission], total: int, body=BODY) -> tuple[list, list]:
+    async def one(n: int):
+        try:
+            return await admissions[n % len(admissions)].admit(Caller(), "m", body)
+        except Refused as refused:
+            return refused
+
+    outcomes = await asyncio.gather(*(one(n) for n in range(total)))
+    admitted = [o for o in outcomes if not isinstance(o, Refused)]
+    refused = [o for o in outcomes if isinstance(o, Refused)]
+    return admitted, refused
+
+
+def usage_event(request_id: str, cost: float, tokens: int = 5) -> UsageRecorded:
+    return UsageRecorded(
+        source="inference",
+        tenant="acme",
+        request_id=request_id,
+        data=UsageData(
+            model="m",
+            user_id="u1",
+            api_key_id="k1",
+            status="completed",
+            usage=TokenUsage(input_tokens=tokens, output_tokens=0),
+            cost_usd=cost,
+        ),
+    )
+
+
+async def test_three_replicas_admit_exactly_the_rpm_limit_of_simultaneous_requests() -> None:
+    ledger = MemoryLedger()
+    admitted, refused = await admit_all(replicas(ledger, policy(rpm_limit=60)), 200)
+    assert len(admitted) == 60
+    assert len(refused) == 140
+    error = refused[0]
+    assert (error.status, error.code, error.type) == (429, "rate_limit_exceeded", "requests")
+    assert "key k1" in error.message and "60 requests per minute" in error.message
+    assert 1 <= int(error.headers["Retry-After"]) <= 60
+    assert error.rate_headers("openai")["x-ratelimit-remaining-requests"] == "0"
+    assert "anthropic-ratelimit-requests-reset" in error.rate_headers("anthropic")
+
+
+async def test_admitted_requests_carry_the_remaining_requests_and_tokens() -> None:
+    ledger = MemoryLedger()
+    [admission] = replicas(ledger, policy(rpm_limit=10, tpm_limit=1000), count=1)
+    first = await admission.admit(Caller(), "m", BODY)
+    second = await admission.admit(Caller(), "m", BODY)
+    headers = second.openai_headers()
+    assert headers["x-ratelimit-limit-requests"] == "10"
+    assert headers["x-ratelimit-remaining-requests"] == "8"
+    assert headers["x-ratelimit-limit-tokens"] == "1000"
+    # Each request reserves its prompt (a few tokens) plus max_tokens (10).
+    assert 1000 - 2 * 30 <= int(headers["x-ratelimit-remaining-tokens"]) <= 1000 - 2 * 10
+    assert headers["x-ratelimit-reset-requests"].endswith("s")
+    assert int(first.anthropic_headers()["anthropic-ratelimit-requests-remaining"]) == 9
+
+
+async def test_a_budget_is_never_overspent_and_settlement_frees_the_unused_reservation() -> None:
+    ledger = MemoryLedger()
+    admissions = replicas(
+        ledger, policy("team", "team-1", anchor=0.0, max_budget_usd=0.5, budget_period="1d")
+    )
+    # Each request may cost up to (prompt + 10 output tokens) x $1000 per 1M = ~$0.015.
+    admitted, refused = await admit_all(admissions, 100)
+    most = max(ticket.reservations[0].amount for ticket in admitted)
+    assert len(admitted) * most <= 0.5 + 1e-9
+    # ...and no replica sat on budget the others needed: each of the three may be left
+    # with less than one request's worth, nothing more.
+    assert len(admitted) * most > 0.5 - 3 * most
+    assert refused and refused[0].code == "insufficient_quota"
+    assert refused[0].type == "insufficient_quota"
+    assert "team team-1" in refused[0].message and "resets at" in refused[0].message
+
+    # The requests ran and cost a third of their reservation: room for more opens up.
+    for n, ticket in enumerate(admitted):
+        ticket.attach(f"r{n}")
+        ticket.admission.on_usage(usage_event(f"r{n}", ticket.reservations[0].amount / 3))
+    for admission in admissions:
+        await admission.flush()
+        await admission.release_idle(everything=True)
+    more, _ = await admit_all(admissions, 100)
+    assert more
+    spent = sum(c.spent for c in await ledger.counters() if c.kind == "spend")
+    outstanding = sum(t.reservations[0].amount for t in more)
+    assert spent + outstanding <= 0.5 + 1e-9
+
+
+async def test_a_budget_resets_at_its_period_boundary() -> None:
+    now = [1_000.0]
+    ledger = MemoryLedger(clock=lambda: now[0])
+    [admission] = replicas(
+        ledger,
+        policy(anchor=0.0, max_budget_usd=0.02, budget_period="1d"),
+        count=1,
+        budget_clock=BudgetClock(day_s=100.0),
+        clock=lambda: now[0],
+    )
+    await admission.admit(Caller(), "m", BODY)
+    with pytest.raises(Refused) as refused:
+        await admission.admit(Caller(), "m", BODY)
+    assert refused.value.reset_at == 1_100.0
+    now[0] = 1_100.5  # the next "day" began
+    assert await admission.admit(Caller(), "m", BODY)
+
+
+async def test_parallel_requests_free_their_slot_when_their_usage_arrives() -> None:
+    ledger = MemoryLedger()
+    admissions = replicas(ledger, policy(max_parallel_requests=2), count=2)
+    one = await admissions[0].admit(Caller(), "m", BODY)
+    await admissions[1].admit(Caller(), "m", BODY)
+    with pytest.raises(Refused) as refused:
+        await admissions[0].admit(Caller(), "m", BODY)
+    assert "2 requests in progress" in refused.value.message
+    one.attach("first")
+    admissions[0].on_usage(usage_event("first", 0.0))
+    assert await admissions[0].admit(Caller(), "m", BODY)
+
+
+async def test_a_changed_limit_applies_to_the_next_request_on_every_replica() -> None:
+    ledger = MemoryLedger()
+    admissions = replicas(ledger, policy(rpm_limit=1000), count=3)
+    for admission in admissions:
+        await admission.admit(Caller(), "m", BODY)
+    admissions[0].policies.policy = policy(rpm_limit=3)  # type: ignore[attr-defined]
+    for admission in admissions:
+        await admission.limits_changed("api_key", "k1")
+    # Three were admitted in this window already: the new limit of 3 refuses the fourth.
+    for admission in admissions:
+        with pytest.raises(Refused):
+            await admission.admit(Caller(), "m", BODY)
+
+
+async def test_when_the_ledger_is_down_budgets_fail_closed_and_rate_limits_open() -> None:
+    ledger = MemoryLedger()
+    ledger.fail = True
+    [budgeted] = replicas(ledger, policy(anchor=0.0, max_budget_usd=1.0), count=1)
+    with pytest.raises(Exception) as caught:
+        await budgeted.admit(Caller(), "m", BODY)
+    assert getattr(caught.value, "status", None) == 503
+    assert caught.value.code == "limits_unavailable"  # type: ignore[attr-defined]
+
+    [rate_limited] = replicas(ledger, policy(rpm_limit=1), count=1)
+    assert await rate_limited.admit(Caller(), "m", BODY)
+    assert await rate_limited.admit(Caller(), "m", BODY)  # uncounted while the store is down
+
+    [strict] = replicas(ledger, policy(rpm_limit=1, rate_mode=FailureMode.CLOSED), count=1)
+    with pytest.raises(Exception) as caught:
+        await strict.admit(Caller(), "m", BODY)
+    assert getattr(caught.value, "status", None) == 503
+
+
+async def test_a_silent_replica_loses_its_leases_to_the_others() -> None:
+    now = [0.0]
+    ledger = MemoryLedger(clock=lambda: now[0])
+    admissions = replicas(ledger, policy(max_parallel_requests=10), count=2)
+    await ledger.heartbeat("gw-0")
+    await ledger.heartbeat("gw-1")
+    await admissions[0].admit(Caller(), "m", BODY)  # gw-0 leases part of the 10
+    held = ledger.held("gw-0", "api_key:k1", "parallel")
+    assert held >= 1
+    now[0] = 30.0
+    await ledger.heartbeat("gw-1")
+    assert await ledger.reap(15.0) == 1
+    assert ledger.held("gw-0", "api_key:k1", "parallel") == 0
+    [counter] = await ledger.counters()
+    assert counter.committed == 0
+
+
+def limited_auth(harness, **limits) -> None:
+    """Make the fake auth answer the policy of the test key with these key limits."""
+    gateway = harness.app.state.gateway
+    original = harness.auth.handle
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/internal/v1/policy":
+            return httpx.Response(
+                200,
+                json={
+                    "tenant": "acme",
+                    "team_id": None,
+                    "levels": {
+                        "api_key": {"id": "key-1", "limits": limits, "budget_anchor_at": None},
+                        "user": {"id": "user-1", "limits": {}, "budget_anchor_at": None},
+                        "tenant": {"id": "acme", "limits": {}, "budget_anchor_at": None},
+                    },
+                    "rate_limit_failure_mode": "open",
+                    "budget_failure_mode": "closed",
+                },
+            )
+        return original(request)
+
+    harness.auth.handle = handle  # what other fakes (history's) fall back on
+    gateway.http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    gateway.authenticator._client = gateway.http
+
+
+CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_answers_carry_rate_limit_headers_and_refusals_use_each_apis_shape(harness):
+    limited_auth(harness, rpm_limit=2, tpm_limit=100_000)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    first = await harness.client.post("/v1/chat/completions", json=CHAT, headers=headers)
+    assert first.status_code == 200, first.text
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert first.headers["x-ratelimit-limit-tokens"] == "100000"
+    assert "x-ratelimit-reset-tokens" in first.headers
+
+    anthropic_body = {**CHAT, "max_tokens": 16}
+    second = await harness.client.post(
+        "/v1/messages", json=anthropic_body, headers={"x-api-key": API_KEY}
+    )
+    assert second.status_code == 200, second.text
+    assert second.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert second.headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+
+    refused = await harness.client.post("/v1/chat/completions", json=CHAT, headers=headers)
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and "key key-1" in error["message"]
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert int(refused.headers["retry-after"]) >= 1
+
+    anthropic_refused = await harness.client.post(
+        "/v1/messages", json=anthropic_body, headers={"x-api-key": API_KEY}
+    )
+    assert anthropic_refused.status_code == 429
+    body = anthropic_refused.json()
+    assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+    assert anthropic_refused.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    # Refused before any upstream call: inference saw only the two admitted requests.
+    assert len(harness.requests) == 2
+
+
+async def test_an_exhausted_budget_is_insufficient_quota_naming_the_level(harness):
+    limited_auth(harness, max_budget_usd=0.0)
+    response = await harness.client.post(
+        "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert response.status_code == 429, response.text
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_quota" and error["type"] == "insufficient_quota"
+    assert "key key-1" in error["message"] and "does not reset" in error["message"]
+    assert harness.requests == []
+
+
+async def test_the_admin_api_is_reachable_through_the_gateway(harness):
+    gateway = harness.app.state.gateway
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/v1/admin/teams/t1" and request.method == "PATCH":
+            return httpx.Response(400, json={"error": {"message": "bad", "param": "rpm_limit"}})
+        return httpx.Response(201, json={"id": "t1", "name": "ml"})
+
+    gateway.http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    created = await harness.client.post(
+        "/v1/admin/teams",
+        json={"name": "ml", "rpm_limit": 5},
+        headers={"Authorization": "Bearer admin-token", "x-forwarded-for": "203.0.113.9"},
+    )
+    assert created.status_code == 201 and created.json()["id"] == "t1"
+    forwarded = seen[-1]
+    assert forwarded.method == "POST" and forwarded.url.path == "/v1/admin/teams"
+    assert forwarded.headers["authorization"] == "Bearer admin-token"
+    assert forwarded.headers["x-forwarded-for"].startswith("203.0.113.9, ")
+    assert b'"rpm_limit":5' in forwarded.content.replace(b" ", b"")
+
+    refused = await harness.client.patch("/v1/admin/teams/t1", json={"rpm_limit": -1})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "rpm_limit"
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("auth is down")
+
+    gateway.http = httpx.AsyncClient(transport=httpx.MockTransport(down))
+    unavailable = await harness.client.post(
+        "/v1/auth/token", json={"grant_type": "password", "username": "a", "password": "b"}
+    )
+    assert unavailable.status_code == 503
+    assert unavailable.json()["error"]["code"] == "auth_unavailable"
+    # A path id with control or non-ASCII characters reaches auth still percent-encoded.
+    gateway.http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    odd = await harness.client.patch("/v1/admin/teams/%C3%9F%F1%82%BC%9CL%05", json={})
+    assert odd.status_code == 201
+    assert seen[-1].url.raw_path == b"/v1/admin/teams/%C3%9F%F1%82%BC%9CL%05"
+    paths = (await harness.client.get("/openapi.json")).json()["paths"]
+    assert {"/v1/admin/teams", "/v1/auth/token", "/v1/api-keys/{key_id}", "/v1/spend"} <= set(paths)
+
+
+async def test_spend_shows_each_budget_above_the_caller(harness):
+    limited_auth(harness, max_budget_usd=5.0, budget_period="30d")
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    assert (
+        await harness.client.post("/v1/chat/completions", json=CHAT, headers=headers)
+    ).is_success
+    spend = await harness.client.get("/v1/spend", headers=headers)
+    assert spend.status_code == 200, spend.text
+    [budget] = spend.json()["data"]
+    assert budget["level"] == "api_key" and budget["max_budget_usd"] == 5.0
+    assert budget["resets_at"] is not None
+
+
+async def test_jobs_count_against_the_same_limits(harness):
+    limited_auth(harness, rpm_limit=1)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    queued = await harness.client.post("/v1/jobs", json=CHAT, headers=headers)
+    assert queued.status_code == 202, queued.text
+    assert queued.headers["x-ratelimit-remaining-requests"] == "0"
+    refused = await harness.client.post("/v1/jobs", json=CHAT, headers=headers)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_usage_reports_carry_spend_against_each_budget(harness):
+    limited_auth(harness, max_budget_usd=5.0, budget_period="30d")
+    await install_history(harness)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    report = await harness.client.get("/v1/usage", headers=headers)
+    assert report.status_code == 200, report.text
+    [budget] = report.json()["budgets"]
+    assert budget["level"] == "api_key" and budget["max_budget_usd"] == 5.0
+    assert report.json()["object"] == "list"  # history's report itself is untouched

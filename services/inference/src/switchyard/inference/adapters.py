@@ -1,0 +1,464 @@
+"""One adapter per (client API, deployment protocol): it builds the upstream request from
+the client's body and turns the upstream's reply or stream into the client's shapes.
+
+The choice is made once per attempt (`adapter_for`):
+- same protocol: pass-through. The body goes upstream as received with only `model`
+  replaced by the deployment's (and, for a Chat Completions stream, `include_usage`
+  merged into `stream_options` so usage can be recorded; the usage chunk the client did
+  not ask for is then not relayed). The reply, and every stream event (unknown fields and
+  event types included), reach the client as the upstream sent them, with the public
+  model name as `model`. Allowed client headers (`anthropic-version`, `anthropic-beta`
+  towards Anthropic; `openai-beta` towards OpenAI) are forwarded.
+- other protocol: translated once each way by `switchyard.inference.translate`.
+
+Adding a client API (e.g. `openai.responses`) means adding its adapters here: a
+pass-through one for the protocol that serves it natively and translating ones for the
+others; nothing else in the service knows the shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from switchyard.common.events import ClientAPI, StreamEvent, TokenUsage
+from switchyard.common.routing import Deployment
+from switchyard.inference.errors import ProviderError, invalid_request
+from switchyard.inference.translate import (
+    DEFAULT_ANTHROPIC_MAX_TOKENS,
+    ChatChunksToMessageEvents,
+    CompletionAccumulator,
+    MessageAccumulator,
+    MessageEventsToChatChunks,
+    TranslationError,
+    chat_completion_to_message,
+    chat_request_to_messages,
+    message_to_chat_completion,
+    messages_request_to_chat,
+)
+from switchyard.inference.upstream import SSE, invalid_reply
+from switchyard.inference.usage import anthropic_usage, openai_usage
+
+ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+def _event(name: str | None, data: dict[str, Any]) -> StreamEvent:
+    # Built from JSON just parsed or shaped here: nothing to validate, once per event.
+    return StreamEvent.model_construct(event=name, data=data)
+
+
+OPENAI_HEADERS = ("openai-beta",)
+
+
+@dataclass(frozen=True)
+class UpstreamCall:
+    """What to send upstream: the API it is in, the path, the JSON body, the headers."""
+
+    api: ClientAPI
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+class StreamTranslation(Protocol):
+    """Turns one upstream stream into the client's stream events."""
+
+    def feed(self, sse: SSE) -> list[StreamEvent]:
+        """The client events for one upstream event (possibly none)."""
+        ...
+
+    def finish(self) -> list[StreamEvent]:
+        """The client events that close the stream once the upstream's has ended."""
+        ...
+
+    def usage(self) -> TokenUsage:
+        """The tokens the upstream reported so far."""
+        ...
+
+
+class Accumulator(Protocol):
+    deltas: int
+
+    def add(self, data: dict[str, Any]) -> None: ...
+
+    def response(self) -> dict[str, Any]: ...
+
+
+class Adapter(Protocol):
+    """How a request of one client API is served by a deployment of one protocol."""
+
+    api: ClientAPI
+
+    def request(
+        self,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        deployment: Deployment,
+        stream: bool,
+    ) -> UpstreamCall:
+        """The upstream request. Raises ProviderError (400, naming the parameter) for
+        what the deployment's protocol cannot express."""
+        ...
+
+    def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
+        """The client's reply (with the public `model`) and the usage, from the
+        upstream's JSON reply. Raises ProviderError for a reply of the wrong shape."""
+        ...
+
+    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation: ...
+
+    def accumulator(self) -> Accumulator:
+        """Assembles the client's stream events into the client's reply."""
+        ...
+
+    def is_preamble(self, event: StreamEvent) -> bool:
+        """Whether a client stream event only opens the stream (no content yet): such
+        events are held back, so a failure before any content can still be retried or
+        fall back without the client seeing two beginnings."""
+        ...
+
+
+def _forwarded(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
+    return {name: headers[name] for name in names if name in headers}
+
+
+def _translated(build: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    try:
+        return build(*args, **kwargs)
+    except TranslationError as exc:
+        raise invalid_request(exc.message, param=exc.param, code="unsupported_parameter") from exc
+
+
+def _wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _chat_preamble(event: StreamEvent) -> bool:
+    data = event.data
+    if data.get("usage"):
+        return False
+    for choice in data.get("choices") or ():
+        if not isinstance(choice, dict) or choice.get("finish_reason"):
+            return False
+        for key, value in (choice.get("delta") or {}).items():
+            if key != "role" and value:
+                return False
+    return True
+
+
+def _messages_preamble(event: StreamEvent) -> bool:
+    kind = event.data.get("type")
+    if kind in ("message_start", "ping"):
+        return True
+    if kind == "content_block_start":
+        block = event.data.get("content_block") or {}
+        return block.get("type") in ("text", "thinking") and not (
+            block.get("text") or block.get("thinking")
+        )
+    return False
+
+
+# --------------------------------------------------------------------------- streams
+
+
+class _ChatPassThroughStream:
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.model = model
+        self.include_usage = include_usage
+        self._usage = TokenUsage()
+
+    def feed(self, sse: SSE) -> list[StreamEvent]:
+        data = sse.data
+        if "model" in data:
+            data["model"] = self.model
+        usage = data.get("usage")
+        if isinstance(usage, dict):
+            self._usage = openai_usage(usage)
+        if not self.include_usage:
+            if usage is not None and not data.get("choices"):
+                return []  # the usage chunk the client did not ask for
+            data.pop("usage", None)
+        return [_event(sse.event, data)]
+
+    def finish(self) -> list[StreamEvent]:
+        return []
+
+    def usage(self) -> TokenUsage:
+        return self._usage
+
+
+class _MessagesUsage:
+    """Anthropic usage of a stream: `message_start` gives the first counts, each
+    `message_delta` cumulative totals that overwrite them."""
+
+    def __init__(self) -> None:
+        self.native: dict[str, Any] = {}
+
+    def track(self, data: dict[str, Any]) -> None:
+        kind = data.get("type")
+        if kind == "message_start":
+            message = data.get("message")
+            if isinstance(message, dict) and isinstance(message.get("usage"), dict):
+                self.native = dict(message["usage"])
+        elif kind == "message_delta":
+            for name, value in (data.get("usage") or {}).items():
+                if value is not None:
+                    self.native[name] = value
+
+    def usage(self) -> TokenUsage:
+        return anthropic_usage(self.native)
+
+
+class _MessagesPassThroughStream:
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._usage = _MessagesUsage()
+
+    def feed(self, sse: SSE) -> list[StreamEvent]:
+        data = sse.data
+        self._usage.track(data)
+        if data.get("type") == "message_start" and isinstance(data.get("message"), dict):
+            data["message"] = {**data["message"], "model": self.model}
+        return [_event(sse.event or data.get("type"), data)]
+
+    def finish(self) -> list[StreamEvent]:
+        return []
+
+    def usage(self) -> TokenUsage:
+        return self._usage.usage()
+
+
+class _ChatFromMessagesStream:
+    """Anthropic upstream events -> Chat Completions chunks."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self._converter = MessageEventsToChatChunks(model, include_usage=include_usage)
+        self._usage = _MessagesUsage()
+
+    def feed(self, sse: SSE) -> list[StreamEvent]:
+        self._usage.track(sse.data)
+        return [_event(None, chunk) for chunk in self._converter.feed(sse.data)]
+
+    def finish(self) -> list[StreamEvent]:
+        return []
+
+    def usage(self) -> TokenUsage:
+        return self._usage.usage()
+
+
+class _MessagesFromChatStream:
+    """Chat Completions upstream chunks -> Anthropic events."""
+
+    def __init__(self, model: str) -> None:
+        self._converter = ChatChunksToMessageEvents(model)
+        self._usage = TokenUsage()
+
+    def feed(self, sse: SSE) -> list[StreamEvent]:
+        usage = sse.data.get("usage")
+        if isinstance(usage, dict):
+            self._usage = openai_usage(usage)
+        return [_event(e["type"], e) for e in self._converter.feed(sse.data)]
+
+    def finish(self) -> list[StreamEvent]:
+        return [_event(e["type"], e) for e in self._converter.finish()]
+
+    def usage(self) -> TokenUsage:
+        return self._usage
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+def _require(native: dict[str, Any], field: str, kind: type, model: str) -> None:
+    if not isinstance(native.get(field), kind):
+        raise invalid_reply(model)  # renamed after the deployment by the caller
+
+
+class ChatPassThrough:
+    """Chat Completions to an OpenAI-protocol deployment."""
+
+    api = ClientAPI.OPENAI_CHAT_COMPLETIONS
+
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        payload = {**body, "model": deployment.model}
+        if stream:
+            payload["stream"] = True
+            options = body.get("stream_options")
+            payload["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
+        return UpstreamCall(
+            ClientAPI.OPENAI_CHAT_COMPLETIONS,
+            "/chat/completions",
+            payload,
+            _forwarded(headers, OPENAI_HEADERS),
+        )
+
+    def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
+        _require(native, "choices", list, model)
+        native["model"] = model
+        return native, openai_usage(native.get("usage"))
+
+    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
+        return _ChatPassThroughStream(model, _wants_usage(body))
+
+    def accumulator(self) -> Accumulator:
+        return CompletionAccumulator()
+
+    def is_preamble(self, event: StreamEvent) -> bool:
+        return _chat_preamble(event)
+
+
+class ChatViaMessages(ChatPassThrough):
+    """Chat Completions to an Anthropic-protocol deployment (translated)."""
+
+    def __init__(self, default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS) -> None:
+        self.default_max_tokens = default_max_tokens
+
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        payload = _translated(
+            chat_request_to_messages, body, default_max_tokens=self.default_max_tokens
+        )
+        payload["model"] = deployment.model
+        if stream:
+            payload["stream"] = True
+        else:
+            payload.pop("stream", None)
+        return UpstreamCall(ClientAPI.ANTHROPIC_MESSAGES, "/v1/messages", payload, {})
+
+    def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
+        _require(native, "content", list, model)
+        return message_to_chat_completion(native, model), anthropic_usage(native.get("usage"))
+
+    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
+        return _ChatFromMessagesStream(model, _wants_usage(body))
+
+
+class MessagesPassThrough:
+    """Anthropic Messages to an Anthropic-protocol deployment."""
+
+    api = ClientAPI.ANTHROPIC_MESSAGES
+
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        payload = {**body, "model": deployment.model}
+        if stream:
+            payload["stream"] = True
+        return UpstreamCall(
+            ClientAPI.ANTHROPIC_MESSAGES,
+            "/v1/messages",
+            payload,
+            _forwarded(headers, ANTHROPIC_HEADERS),
+        )
+
+    def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
+        _require(native, "content", list, model)
+        native["model"] = model
+        return native, anthropic_usage(native.get("usage"))
+
+    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
+        return _MessagesPassThroughStream(model)
+
+    def accumulator(self) -> Accumulator:
+        return MessageAccumulator()
+
+    def is_preamble(self, event: StreamEvent) -> bool:
+        return _messages_preamble(event)
+
+
+class MessagesViaChat(MessagesPassThrough):
+    """Anthropic Messages to an OpenAI-protocol deployment (translated)."""
+
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        payload = _translated(messages_request_to_chat, body)
+        payload["model"] = deployment.model
+        if stream:
+            payload["stream"] = True
+            payload["stream_options"] = {"include_usage": True}
+        else:
+            payload.pop("stream", None)
+            payload.pop("stream_options", None)
+        return UpstreamCall(ClientAPI.OPENAI_CHAT_COMPLETIONS, "/chat/completions", payload, {})
+
+    def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
+        _require(native, "choices", list, model)
+        return chat_completion_to_message(native, model), openai_usage(native.get("usage"))
+
+    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
+        return _MessagesFromChatStream(model)
+
+
+class EmbeddingsPassThrough:
+    """Embeddings to an OpenAI-protocol deployment (never streamed)."""
+
+    api = ClientAPI.OPENAI_EMBEDDINGS
+
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        return UpstreamCall(
+            ClientAPI.OPENAI_EMBEDDINGS,
+            "/embeddings",
+            {**body, "model": deployment.model},
+            _forwarded(headers, OPENAI_HEADERS),
+        )
+
+    def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
+        _require(native, "data", list, model)
+        native["model"] = model
+        return native, openai_usage(native.get("usage"))
+
+    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
+        raise invalid_request("Embeddings are not streamed.", param="stream")
+
+    def accumulator(self) -> Accumulator:
+        return CompletionAccumulator()
+
+    def is_preamble(self, event: StreamEvent) -> bool:
+        return False
+
+
+def unsupported_api(api: ClientAPI, deployment: Deployment) -> ProviderError:
+    """Another deployment of the model may offer it: retryable, not unhealthy."""
+    return ProviderError(
+        400,
+        None,
+        f"Deployment {deployment.name!r} ({deployment.provider}) does not offer {api.value}.",
+        code="unsupported_operation",
+        retryable=True,
+        retry_same=False,
+        unhealthy=False,
+    )
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """The adapter table: client API x deployment protocol."""
+
+    anthropic_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS
+
+    def adapter_for(self, api: ClientAPI, deployment: Deployment) -> Adapter:
+        """The adapter serving `api` on `deployment`; raises ProviderError when the
+        deployment's protocol cannot serve that API at all."""
+        protocol = deployment.provider
+        if api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
+            if protocol == "anthropic":
+                return ChatViaMessages(self.anthropic_max_tokens)
+            return ChatPassThrough()
+        if api is ClientAPI.ANTHROPIC_MESSAGES:
+            if protocol == "anthropic":
+                return MessagesPassThrough()
+            return MessagesViaChat()
+        if api is ClientAPI.OPENAI_EMBEDDINGS and protocol == "openai":
+            return EmbeddingsPassThrough()
+        raise unsupported_api(api, deployment)

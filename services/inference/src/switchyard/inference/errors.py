@@ -1,0 +1,161 @@
+"""Failures of a request, and how a client of either API sees them.
+
+`ProviderError` is one failed attempt (an upstream's answer, a transport failure, or
+Switchyard's own refusal) with what the retry logic needs to know about it. Its `type`
+is in the vocabulary of `vendor` (the API it came from); `to_error_info(api)` gives the
+`ErrorInfo` of the terminal event in the vocabulary of the client's API: an upstream
+error reaches a client of the same API as the upstream said it (status, type, code,
+param); a client of the other API gets the same status, with the type its own SDK and
+docs use for it (Anthropic's `overloaded_error` for 529, OpenAI's `rate_limit_error`
+for 429...).
+
+`redact` removes credentials from text an upstream wrote, before it is relayed to a
+client or recorded (an upstream that echoes its request headers must not leak a key).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from switchyard.common.events import ClientAPI, ErrorInfo
+
+# Error `type` by HTTP status, as each API's own documentation names them.
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+_TYPES = {"anthropic": ANTHROPIC_TYPES, "openai": OPENAI_TYPES}
+
+
+def error_type(vendor: str, status: int) -> str:
+    """The error `type` a client of `vendor`'s API expects for HTTP `status`."""
+    types = _TYPES.get(vendor, OPENAI_TYPES)
+    if status in types:
+        return types[status]
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+class ProviderError(Exception):
+    """A failed attempt, already shaped for the client.
+
+    - `vendor`: whose vocabulary `type` is in (`openai`, `anthropic`), None for
+      Switchyard's own errors (their type then follows the status);
+    - `retryable`: another deployment may succeed (rate limit, outage, timeout, refused
+      credentials), so the request falls back;
+    - `retry_same`: retrying the same deployment after a backoff may succeed;
+    - `unhealthy`: the failure counts against the deployment's circuit breaker (a rate
+      limit does not: the deployment is up, only busy).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        type: str | None,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        vendor: str | None = None,
+        retryable: bool = False,
+        retry_same: bool | None = None,
+        unhealthy: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type
+        self.message = message
+        self.code = code
+        self.param = param
+        self.vendor = vendor
+        self.retryable = retryable
+        self.retry_same = retryable if retry_same is None else retry_same
+        self.unhealthy = retryable if unhealthy is None else unhealthy
+        self.retry_after = retry_after
+
+    @property
+    def is_timeout(self) -> bool:
+        return self.status == 504
+
+    def to_error_info(self, api: ClientAPI) -> ErrorInfo:
+        """The error as a client of `api` should get it."""
+        client = api.vendor
+        status = self.status
+        if client == "openai" and status == 529:
+            status = 503  # OpenAI has no 529; its clients know 503 as "overloaded"
+        if self.type is not None and (self.vendor == client or self.vendor is None):
+            kind = self.type
+        else:
+            kind = error_type(client, status)
+        return ErrorInfo(
+            status=status,
+            type=kind,
+            code=self.code,
+            param=self.param,
+            message=self.message,
+            retry_after_s=self.retry_after,
+        )
+
+
+def invalid_request(
+    message: str, *, param: str | None = None, code: str | None = None
+) -> ProviderError:
+    """A request refused before any upstream call (400): nothing another deployment of
+    the same protocol could do differently."""
+    return ProviderError(400, None, message, code=code, param=param)
+
+
+# --------------------------------------------------------------------------- redaction
+
+_SECRET_PATTERNS = (
+    # "Bearer <token>" anywhere (Authorization headers echoed back).
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 [redacted]"),
+    # Header or field assignments: x-api-key: ..., "api_key": "...", authorization=...
+    (
+        re.compile(
+            r"(?i)\b(x-api-key|api[-_]?key|authorization|access[-_]?token|secret|password)"
+            r"(\"?'?\s*[:=]\s*\"?'?)([^\s\"',;}]{4,})"
+        ),
+        r"\1\2[redacted]",
+    ),
+    # Provider key formats: sk-..., sk-ant-..., sk-proj-...
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), "[redacted]"),
+)
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` without credentials: the given `secrets` verbatim, bearer tokens, key-like
+    assignments and provider key formats are replaced by `[redacted]`."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text

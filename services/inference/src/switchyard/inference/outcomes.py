@@ -1,0 +1,252 @@
+"""How a request ended (`Outcome`), and what that becomes: the terminal event for the
+client (`chat.completed` or `chat.failed`), the `usage.recorded` event with its cost, and
+the metrics. Event ids derive from the request event's id, so a redelivered request
+produces events with the same ids and consumers deduplicate them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from switchyard.common.events import (
+    ChatCompleted,
+    ChatCompletedData,
+    ChatFailed,
+    ChatFailedData,
+    ChatRequested,
+    ClientAPI,
+    EnvelopeFields,
+    ErrorInfo,
+    TerminalStatus,
+    TokenUsage,
+    UsageData,
+    UsageRecorded,
+)
+from switchyard.common.routing import Deployment
+from switchyard.inference import metrics
+from switchyard.inference.errors import ProviderError
+from switchyard.inference.pricing import PriceTable, request_cost
+
+SOURCE = "inference"
+NO_USAGE = TokenUsage()
+
+
+@dataclass
+class Outcome:
+    """How one request ended, before it is turned into events."""
+
+    status: TerminalStatus
+    response: dict[str, Any] | None = None
+    error: ProviderError | None = None
+    deployment: Deployment | None = None
+    upstream_api: ClientAPI | None = None
+    # Tokens of every upstream call the request made (what usage.recorded bills)...
+    usage: TokenUsage = NO_USAGE
+    # ...and of the call whose reply the client gets (what chat.completed reports).
+    reply_usage: TokenUsage | None = None
+    upstream_calls: int = 0
+    latency_ms: float = 0.0
+
+    @property
+    def provider(self) -> str | None:
+        return self.deployment.provider if self.deployment else None
+
+    @property
+    def deployment_name(self) -> str | None:
+        return self.deployment.name if self.deployment else None
+
+    @property
+    def retryable(self) -> bool:
+        """A failure another deployment could fix (rate limit, outage, timeout)."""
+        return self.error is not None and self.error.retryable
+
+
+def failed(error: ProviderError, deployment: Deployment | None = None) -> Outcome:
+    return Outcome(TerminalStatus.FAILED, error=error, deployment=deployment)
+
+
+def expired(message: str, usage: TokenUsage = NO_USAGE) -> Outcome:
+    return Outcome(
+        TerminalStatus.EXPIRED,
+        error=ProviderError(504, None, message, code="deadline_exceeded"),
+        usage=usage,
+    )
+
+
+def cancelled(usage: TokenUsage, deployment: Deployment | None) -> Outcome:
+    return Outcome(
+        TerminalStatus.CANCELLED,
+        error=ProviderError(
+            408,
+            "request_cancelled",
+            "The client went away; the request was cancelled.",
+            code="client_disconnected",
+        ),
+        deployment=deployment,
+        usage=usage,
+    )
+
+
+def undeliverable(outcome: Outcome, reason: BaseException) -> Outcome:
+    """What the client gets instead of a reply the bus refuses (e.g. larger than it
+    carries): a 502 `response_too_large`, billed with the tokens of every upstream call."""
+    return Outcome(
+        TerminalStatus.FAILED,
+        error=ProviderError(
+            502,
+            None,
+            "The upstream's reply could not be delivered: it is larger than Switchyard "
+            f"carries ({reason}).",
+            code="response_too_large",
+        ),
+        deployment=outcome.deployment,
+        upstream_api=outcome.upstream_api,
+        usage=outcome.usage,
+        upstream_calls=outcome.upstream_calls,
+        latency_ms=outcome.latency_ms,
+    )
+
+
+def operation_name(api: ClientAPI) -> str:
+    """The OpenTelemetry GenAI operation name (`gen_ai.operation.name`) of an API."""
+    if api is ClientAPI.OPENAI_EMBEDDINGS:
+        return "embeddings"
+    return "chat"
+
+
+class PriceSource(Protocol):
+    """Anything holding the current price table (reloaded or fixed)."""
+
+    @property
+    def table(self) -> PriceTable: ...
+
+
+@dataclass
+class FixedPrices:
+    table: PriceTable
+
+
+class OutcomeEvents:
+    """Builds a request's terminal and usage events, prices them, and counts them."""
+
+    def __init__(self, prices: PriceSource) -> None:
+        self._prices = prices
+
+    def envelope(self, request: ChatRequested, suffix: str) -> dict[str, Any]:
+        return {
+            "id": f"{request.id}.{suffix}",
+            "source": SOURCE,
+            "tenant": request.tenant,
+            "request_id": request.request_id,
+        }
+
+    def terminal(self, request: ChatRequested, outcome: Outcome) -> EnvelopeFields:
+        """`chat.completed` or `chat.failed`, in the client's API."""
+        api = request.data.api
+        envelope = self.envelope(request, "reply")
+        if outcome.status is TerminalStatus.COMPLETED:
+            assert outcome.response is not None and outcome.deployment is not None
+            return ChatCompleted(
+                **envelope,
+                data=ChatCompletedData(
+                    api=api,
+                    response=outcome.response,
+                    provider=outcome.deployment.provider,
+                    deployment=outcome.deployment.name,
+                    upstream_api=outcome.upstream_api,
+                    usage=outcome.reply_usage or outcome.usage,
+                    latency_ms=outcome.latency_ms,
+                ),
+            )
+        assert outcome.error is not None
+        return ChatFailed(
+            **envelope,
+            data=ChatFailedData(
+                status=outcome.status,
+                error=self.error_info(request, outcome),
+                provider=outcome.provider,
+                deployment=outcome.deployment_name,
+                latency_ms=outcome.latency_ms,
+            ),
+        )
+
+    def error_info(self, request: ChatRequested, outcome: Outcome) -> ErrorInfo:
+        assert outcome.error is not None
+        return outcome.error.to_error_info(request.data.api)
+
+    def cost(self, request: ChatRequested, outcome: Outcome) -> float:
+        """USD of the tokens of every upstream call the request made."""
+        if not outcome.usage.total_tokens:
+            return 0.0
+        return request_cost(
+            self._prices.table, request.data.model, outcome.deployment, outcome.usage
+        )
+
+    def usage(
+        self, request: ChatRequested, outcome: Outcome, cost: float, ttft_ms: float | None
+    ) -> UsageRecorded:
+        data = request.data
+        return UsageRecorded(
+            **self.envelope(request, "usage"),
+            data=UsageData(
+                api=data.api,
+                model=data.model,
+                provider=outcome.provider,
+                deployment=outcome.deployment_name,
+                user_id=data.user_id,
+                api_key_id=data.api_key_id,
+                team_id=data.team_id,
+                status=outcome.status,
+                usage=outcome.usage,
+                cost_usd=cost,
+                latency_ms=outcome.latency_ms,
+                time_to_first_token_ms=ttft_ms,
+                upstream_calls=outcome.upstream_calls,
+                replay_of=data.replay_of,
+            ),
+        )
+
+    def record_metrics(self, request: ChatRequested, outcome: Outcome, cost: float) -> None:
+        model = request.data.model
+        metrics.REQUESTS.labels(model, outcome.status.value).inc()
+        if outcome.error is not None:
+            metrics.ERRORS.labels(model, str(outcome.error.status), outcome.error.code or "").inc()
+        deployment = outcome.deployment
+        usage = outcome.usage
+        if deployment is not None and usage.total_tokens:
+            name = deployment.name
+            for direction, count in (
+                ("input", usage.input_tokens),
+                ("output", usage.output_tokens),
+                ("cache_read", usage.cache_read_input_tokens),
+                ("cache_creation", usage.cache_creation_input_tokens),
+                ("reasoning", usage.reasoning_tokens),
+            ):
+                if count:
+                    metrics.TOKENS.labels(model, name, direction).inc(count)
+            operation = operation_name(request.data.api)
+            for token_type, count in (
+                ("input", usage.input_tokens),
+                ("output", usage.output_tokens),
+            ):
+                metrics.GEN_AI_TOKEN_USAGE.labels(
+                    deployment.provider, operation, deployment.model, token_type
+                ).observe(count)
+        if deployment is not None and cost:
+            metrics.COST_USD.labels(model, deployment.name).inc(cost)
+
+
+def observe_call(
+    api: ClientAPI, model: str, deployment: Deployment, outcome: str, started: float
+) -> None:
+    """Record one upstream call's duration: Switchyard's histogram by public model and
+    deployment, and the GenAI one by provider, operation and upstream model."""
+    elapsed = time.perf_counter() - started
+    metrics.PROVIDER_CALL_SECONDS.labels(model, deployment.name, outcome).observe(elapsed)
+    metrics.GEN_AI_OPERATION_DURATION.labels(
+        deployment.provider,
+        operation_name(api),
+        deployment.model,
+        "" if outcome == "ok" else outcome,
+    ).observe(elapsed)

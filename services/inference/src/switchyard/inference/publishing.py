@@ -1,0 +1,159 @@
+"""Getting a request's events onto the bus without ever calling the upstream twice.
+
+A failed publish is retried, with backoff, until the bus takes the event (or the
+handler is cancelled at shutdown): the upstream's result is kept in memory meanwhile, so
+a broker outage delays a reply but never re-runs the provider call that produced it. An
+event the bus refuses itself (`EventRejectedError`: too large, not serialisable) is not
+retried, since it never could be taken: the error is raised for the caller to decide.
+
+`ChunkPublisher` publishes a stream's events in order without making the stream wait
+for each publish: events queue up while one record is on its way, and one pump task
+publishes them, several per `chat.chunk` record when the bus is slower than the
+upstream (a stream never falls behind by more than one publish). Sequence numbers are
+given at publication, so they stay consecutive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from switchyard.common.bus import EventRejectedError
+from switchyard.common.events import ChatChunk, ChatChunkData, EnvelopeFields, StreamEvent
+
+log = structlog.get_logger("switchyard.inference.publishing")
+
+# Most stream events in one chat.chunk record (a record stays far below Kafka's limit).
+MAX_EVENTS_PER_RECORD = 256
+
+
+class Publish(Protocol):
+    """The bus's publish: waits until the bus durably accepted the event, or raises."""
+
+    def __call__(
+        self,
+        topic: str,
+        event: EnvelopeFields,
+        *,
+        key: str | None = None,
+        partition: int | None = None,
+    ) -> Awaitable[None]: ...
+
+
+@dataclass(frozen=True)
+class PublishRetry:
+    """Backoff between attempts to publish one event (full jitter, capped)."""
+
+    initial_s: float = 0.05
+    max_s: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_s, self.initial_s * (2 ** (attempt - 1))))
+
+
+class ReliablePublisher:
+    """Publishes one event until the bus takes it; only cancellation stops it, or the bus
+    refusing that event itself (EventRejectedError, raised at once)."""
+
+    def __init__(self, publish: Publish, retry: PublishRetry | None = None) -> None:
+        self._publish = publish
+        self._retry = retry or PublishRetry()
+        self._last_warning = 0.0
+        self.failures = 0  # publish attempts that failed (for tests and metrics)
+
+    async def __call__(
+        self,
+        topic: str,
+        event: EnvelopeFields,
+        *,
+        key: str | None = None,
+        partition: int | None = None,
+    ) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._publish(topic, event, key=key, partition=partition)
+                return
+            except (asyncio.CancelledError, EventRejectedError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the bus is down: keep the event, retry
+                self.failures += 1
+                now = time.monotonic()
+                if now - self._last_warning > 5:  # one line per outage, not one per retry
+                    self._last_warning = now
+                    log.warning(
+                        "publish failed; retrying (the upstream is not called again)",
+                        topic=topic,
+                        event_type=getattr(event, "type", None),
+                        request_id=event.request_id,
+                        error=repr(exc),
+                    )
+                await asyncio.sleep(self._retry.delay(attempt))
+
+
+class ChunkPublisher:
+    """Publishes the events of one stream as `chat.chunk` records, in order."""
+
+    def __init__(
+        self,
+        publish: Callable[[EnvelopeFields], Awaitable[None]],
+        record: Callable[[int, list[StreamEvent]], ChatChunk],
+    ) -> None:
+        self._publish = publish
+        self._record = record
+        self._queue: deque[StreamEvent] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self.sent = 0  # events accepted (they will all reach the client)
+        self.published = 0  # records published
+
+    def send(self, event: StreamEvent) -> None:
+        self._queue.append(event)
+        self.sent += 1
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def _pump(self) -> None:
+        queue = self._queue
+        while queue:
+            batch = [queue.popleft() for _ in range(min(len(queue), MAX_EVENTS_PER_RECORD))]
+            await self._publish(self._record(self.published, batch))
+            self.published += 1
+
+    async def flush(self) -> None:
+        """Wait until every event sent so far is published."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def aclose(self) -> None:
+        """Stop publishing (what is still queued is dropped)."""
+        self._queue.clear()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def chunk_records(
+    request_id: str, event_id: str, tenant: str, run: str
+) -> Callable[[int, list[StreamEvent]], ChatChunk]:
+    """A factory of the `chat.chunk` records of one run of one request."""
+    envelope = {"source": "inference", "tenant": tenant, "request_id": request_id}
+    prefix = f"{event_id}.{run}.chunk-"
+
+    def record(sequence: int, events: list[StreamEvent]) -> ChatChunk:
+        return ChatChunk(
+            id=f"{prefix}{sequence}",
+            **envelope,
+            data=ChatChunkData(sequence=sequence, run=run, events=events),
+        )
+
+    return record

@@ -1,0 +1,70 @@
+"""Token usage read from an upstream's own reply, in `TokenUsage`'s units (see its
+docstring in `switchyard.common.events`): input counts every input token, cached ones
+included; cache reads and writes and reasoning tokens are parts of input and output.
+
+- OpenAI (`usage` of a chat completion, its stream's last chunk, or an embeddings list):
+  `prompt_tokens` already counts cached tokens, of which `prompt_tokens_details.cached_tokens`
+  were read from the cache; OpenAI reports no cache writes.
+  `completion_tokens_details.reasoning_tokens` is the reasoning part of the output.
+- Anthropic (`usage` of a message, of `message_start` and `message_delta`): `input_tokens`
+  excludes the cache; `cache_read_input_tokens` and `cache_creation_input_tokens` are
+  added to it. `output_tokens_details.thinking_tokens` is the reasoning part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from switchyard.common.events import TokenUsage
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _detail(usage: dict[str, Any], group: str, name: str) -> int:
+    details = usage.get(group)
+    return _count(details.get(name)) if isinstance(details, dict) else 0
+
+
+def openai_usage(usage: Any) -> TokenUsage:
+    """TokenUsage of an OpenAI `usage` object (absent or malformed: zeros)."""
+    if not isinstance(usage, dict):
+        return TokenUsage()
+    output = _count(usage.get("completion_tokens"))
+    return TokenUsage(
+        input_tokens=_count(usage.get("prompt_tokens")),
+        output_tokens=output,
+        cache_read_input_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens"),
+        reasoning_tokens=min(
+            output, _detail(usage, "completion_tokens_details", "reasoning_tokens")
+        ),
+    )
+
+
+def anthropic_usage(usage: Any) -> TokenUsage:
+    """TokenUsage of an Anthropic `usage` object (absent or malformed: zeros)."""
+    if not isinstance(usage, dict):
+        return TokenUsage()
+    cache_read = _count(usage.get("cache_read_input_tokens"))
+    cache_write = _count(usage.get("cache_creation_input_tokens"))
+    output = _count(usage.get("output_tokens"))
+    return TokenUsage(
+        input_tokens=_count(usage.get("input_tokens")) + cache_read + cache_write,
+        output_tokens=output,
+        cache_read_input_tokens=cache_read,
+        cache_creation_input_tokens=cache_write,
+        reasoning_tokens=min(output, _detail(usage, "output_tokens_details", "thinking_tokens")),
+    )
+
+
+def add_usage(first: TokenUsage, second: TokenUsage) -> TokenUsage:
+    """The tokens of two upstream calls together."""
+    return TokenUsage(
+        input_tokens=first.input_tokens + second.input_tokens,
+        output_tokens=first.output_tokens + second.output_tokens,
+        cache_read_input_tokens=first.cache_read_input_tokens + second.cache_read_input_tokens,
+        cache_creation_input_tokens=first.cache_creation_input_tokens
+        + second.cache_creation_input_tokens,
+        reasoning_tokens=first.reasoning_tokens + second.reasoning_tokens,
+    )

@@ -1,0 +1,229 @@
+"""Delivery: a bus that refuses publishes for a while never makes the upstream run twice
+(the result is kept and only the publish is retried); a stream that fails before any
+content falls back without the client seeing it; every upstream call's tokens count."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from switchyard.common.bus import BusUnavailableError, EventTooLargeError, InMemoryBus
+from switchyard.common.events import ChatChunk, ChatCompleted, ChatFailed, UsageRecorded
+from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
+from switchyard.common.topics import Topics
+from switchyard.inference.handlers import ChatRequestHandler
+from switchyard.inference.providers import ProviderPool
+from switchyard.inference.publishing import PublishRetry
+from switchyard.inference.reliability import Backoff
+from switchyard.inference.testing import Harness, chat_request
+
+TOPICS = Topics("delivery")
+
+
+class FlakyBus:
+    """Publishes to an in-memory bus, but refuses the publishes numbered in `failing`
+    (1-based, counting every attempt), as a broker outage would."""
+
+    def __init__(self, failing: set[int]) -> None:
+        self.bus = InMemoryBus(partitions={TOPICS.replies: 12})
+        self.failing = failing
+        self.attempts = 0
+        self.published: list[Any] = []
+
+    async def publish(self, topic, event, *, key=None, partition=None) -> None:
+        self.attempts += 1
+        if self.attempts in self.failing:
+            raise BusUnavailableError("broker unreachable")
+        self.published.append(event)
+        await self.bus.publish(topic, event, key=key, partition=partition)
+
+
+def sim(simulator, name: str, upstream: str, provider: str = "openai") -> Deployment:
+    base_url = simulator.openai_url if provider == "openai" else simulator.root
+    return Deployment(
+        name=name, provider=provider, model=upstream, base_url=base_url, max_retries=0
+    )
+
+
+@pytest.fixture
+def routing(simulator) -> RoutingTable:
+    return RoutingTable(
+        models={
+            "m": ModelRoute(name="m", deployments=[sim(simulator, "d", "up-m")]),
+            "c": ModelRoute(
+                name="c",
+                deployments=[
+                    sim(simulator, "first", "up-first", "anthropic"),
+                    sim(simulator, "second", "up-second", "anthropic"),
+                ],
+            ),
+            "o": ModelRoute(
+                name="o",
+                deployments=[sim(simulator, "first", "up-o1"), sim(simulator, "second", "up-o2")],
+            ),
+        }
+    )
+
+
+@pytest.fixture
+async def providers() -> AsyncIterator[ProviderPool]:
+    pool = ProviderPool()
+    yield pool
+    await pool.aclose()
+
+
+def handler_on(bus: FlakyBus, routing: RoutingTable, providers: ProviderPool):
+    return ChatRequestHandler(
+        publish=bus.publish,
+        topics=TOPICS,
+        routing=routing,
+        providers=providers,
+        publish_retry=PublishRetry(0.001, 0.005),
+    )
+
+
+async def test_a_reply_that_cannot_be_published_is_retried_without_calling_the_upstream_again(
+    simulator, routing, providers
+) -> None:
+    bus = FlakyBus(failing={1, 2, 3, 5, 6})  # the reply thrice, then the usage twice
+    handler = handler_on(bus, routing, providers)
+    request = chat_request(model="m")
+
+    await handler(request)  # returns (and the bus commits) only once both are out
+
+    assert simulator.calls("up-m") == 1
+    reply, usage = bus.published
+    assert isinstance(reply, ChatCompleted) and isinstance(usage, UsageRecorded)
+    assert reply.data.response["choices"][0]["message"]["content"].startswith("Simulated")
+    assert usage.data.upstream_calls == 1 and usage.data.usage.output_tokens > 0
+    assert handler.publish_failures == 5
+
+
+class RefusingBus(FlakyBus):
+    """Refuses every `chat.completed` as too large for the bus, as a broker would a record
+    over its `max.message.bytes`; takes everything else."""
+
+    async def publish(self, topic, event, *, key=None, partition=None) -> None:
+        self.attempts += 1
+        if isinstance(event, ChatCompleted):
+            raise EventTooLargeError("the event is larger than the topic accepts")
+        self.published.append(event)
+        await self.bus.publish(topic, event, key=key, partition=partition)
+
+
+async def test_a_reply_the_bus_refuses_becomes_an_error_instead_of_holding_the_partition(
+    simulator, routing, providers
+) -> None:
+    bus = RefusingBus(failing=set())
+    handler = handler_on(bus, routing, providers)
+
+    # Returns (so the partition moves on) instead of retrying a publish that cannot succeed.
+    await asyncio.wait_for(handler(chat_request(model="m")), timeout=10)
+
+    assert simulator.calls("up-m") == 1
+    reply, usage = bus.published
+    assert isinstance(reply, ChatFailed) and reply.data.error.code == "response_too_large"
+    assert reply.data.error.status == 502
+    # The upstream call happened: it is billed, under the status the client got.
+    assert isinstance(usage, UsageRecorded) and usage.data.status == "failed"
+    assert usage.data.upstream_calls == 1 and usage.data.usage.output_tokens > 0
+
+
+async def test_stream_records_that_cannot_be_published_are_retried_in_order(
+    simulator, routing, providers
+) -> None:
+    simulator.latency(40)
+    bus = FlakyBus(failing={2, 3, 5})
+    handler = handler_on(bus, routing, providers)
+    request = chat_request(model="m", text="one two three four", stream=True)
+
+    await handler(request)
+
+    assert simulator.calls("up-m") == 1
+    chunks = [event for event in bus.published if isinstance(event, ChatChunk)]
+    assert [chunk.data.sequence for chunk in chunks] == list(range(len(chunks)))
+    text = "".join(
+        event.data["choices"][0]["delta"].get("content") or ""
+        for chunk in chunks
+        for event in chunk.data.events
+        if event.data["choices"]
+    )
+    assert text == "Simulated reply to: one two three four"
+    assert isinstance(bus.published[-2], ChatCompleted)
+    assert isinstance(bus.published[-1], UsageRecorded)
+
+
+@pytest.mark.parametrize(("model", "api"), [("c", "anthropic.messages"), ("o", None)])
+async def test_a_stream_failing_after_only_its_opening_event_falls_back_unseen(
+    simulator, routing, providers, model, api
+) -> None:
+    upstream = "up-first" if model == "c" else "up-o1"
+    simulator.fault(stream_error_after=1, model=upstream)  # message_start / role chunk only
+    harness = await Harness.start(
+        TOPICS, routing=routing, providers=providers, backoff=Backoff(0.01, 0.01)
+    )
+    options = {"api": api} if api else {}
+    request = chat_request(model=model, text="hello there", stream=True, **options)
+
+    reply = await harness.handle(request)
+    usage = await harness.usage_of(request.request_id)
+    await harness.stop()
+
+    assert isinstance(reply, ChatCompleted) and reply.data.deployment == "second"
+    events = harness.stream_of(request.request_id)
+    if model == "c":
+        kinds = [event.event for event in events]
+        assert kinds.count("message_start") == 1 and "error" not in kinds
+    else:
+        assert len({event.data["id"] for event in events}) == 1  # one upstream's stream
+        roles = [
+            e for e in events if e.data["choices"] and e.data["choices"][0]["delta"].get("role")
+        ]
+        assert len(roles) == 1
+    # Both calls happened and both count.
+    assert usage.data.upstream_calls == 2
+    if model == "c":  # the first one had reported its input tokens before failing
+        assert usage.data.usage.input_tokens == 2 * reply.data.usage.input_tokens
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_genai_metrics_name_the_operation_and_the_upstream_model(
+    simulator, routing, providers
+) -> None:
+    harness = await Harness.start(TOPICS, routing=routing, providers=providers)
+    labels = {
+        "gen_ai_system": "openai",
+        "gen_ai_request_model": "up-m",
+        "error_type": "",
+    }
+    before = {
+        op: metric(
+            "gen_ai_client_operation_duration_seconds_count", gen_ai_operation_name=op, **labels
+        )
+        for op in ("chat", "embeddings")
+    }
+
+    await harness.handle(chat_request(model="m"))
+    await harness.handle(chat_request(model="m", api="openai.embeddings"))
+    await harness.stop()
+
+    for op in ("chat", "embeddings"):
+        after = metric(
+            "gen_ai_client_operation_duration_seconds_count", gen_ai_operation_name=op, **labels
+        )
+        assert after - before[op] == 1
+    tokens = metric(
+        "gen_ai_client_token_usage_count",
+        gen_ai_system="openai",
+        gen_ai_operation_name="embeddings",
+        gen_ai_request_model="up-m",
+        gen_ai_token_type="input",
+    )
+    assert tokens >= 1
