@@ -149,7 +149,8 @@ async def test_two_dispatchers_claim_each_webhook_once(engine, events):
         batch += [job, events.completed(job)]
     await recorder.record(batch)
     tenants = TenantSettingsStore(engine)
-    policy = WebhookPolicy(max_attempts=5, lease_s=60)
+    # No per-tenant cap in the way: this checks that no webhook is claimed twice.
+    policy = WebhookPolicy(max_attempts=5, lease_s=60, max_per_tenant=10)
     claimed = await asyncio.gather(
         WebhookDispatcher(engine, tenants, policy, batch=10)._claim(),
         WebhookDispatcher(engine, tenants, policy, batch=10)._claim(),
