@@ -81,13 +81,14 @@ class Outcome:
 
     @property
     def accepted(self) -> bool | None:
-        """True: published (the gateway named its request); False: refused before it was
-        published; None: unknown (the connection failed)."""
-        if self.request_id:
-            return True
-        if self.status is not None:
+        """True: published; False: refused before it was published (a 4xx, or 503
+        `bus_unavailable`: every answer names a request id, refusals included); None:
+        unknown (the connection failed)."""
+        if self.status is None:
+            return None
+        if 400 <= self.status < 500 or (self.status == 503 and self.code == "bus_unavailable"):
             return False
-        return None
+        return bool(self.request_id)
 
 
 class Load:
@@ -308,7 +309,7 @@ def read_history(deployment: Any) -> History:
 
 def settle(deployment: Any, outcomes: list[Outcome]) -> History:
     """Wait until every accepted request has a terminal state (or SETTLE_S passed)."""
-    accepted = {o.request_id for o in outcomes if o.request_id}
+    accepted = {o.request_id for o in outcomes if o.accepted}
     deadline = time.monotonic() + SETTLE_S
     while True:
         history = read_history(deployment)
@@ -347,7 +348,7 @@ def judge(
         elif None in (row["input_tokens"], row["output_tokens"], row["cost_usd"]):
             problems.append(f"2xx {outcome.request_id} has no usage in history")
     for outcome in outcomes:
-        if outcome.request_id and outcome.tag not in lost:
+        if outcome.accepted and outcome.tag not in lost:
             row = history.rows.get(outcome.request_id)
             if row is None:
                 lost.add(outcome.tag)

@@ -191,6 +191,12 @@ def flush_logs() -> None:
         _writer.flush()
 
 
+def close_logs() -> None:
+    """Write what is pending (waiting at most 2 s for stdout) and stop the writer thread:
+    for a process about to end (at exit, or killed by a signal it re-raised)."""
+    _close_writer()
+
+
 def _close_writer() -> None:
     global _writer
     if _writer is not None:
