@@ -52,8 +52,8 @@ migrate: install ## Apply every service's database migrations to $DATABASE_URL (
 	$(UV) run --no-sync switchyard db upgrade
 
 .PHONY: test
-test: install infra-up ## Run every check: lint, deploy manifests, unit, integration (real Kafka and Postgres), e2e, browser
-	$(MAKE) --no-print-directory lint deploy-check test-unit test-integration test-e2e test-browser
+test: install infra-up ## Run every check: lint, deploy manifests, unit, integration (real Kafka and Postgres), e2e, browser, faults
+	$(MAKE) --no-print-directory lint deploy-check test-unit test-integration test-e2e test-browser test-faults
 
 .PHONY: test-unit
 test-unit: install ## Unit tests of every package (fakes, no network)
@@ -67,6 +67,10 @@ test-integration: install ## Integration tests against the real Kafka broker and
 test-e2e: install ## Whole-system tests: every service as its own process on Kafka and Postgres; make run as a new user runs it
 	deploy/local/promtool.sh >/dev/null
 	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m e2e tests/e2e
+
+.PHONY: test-faults
+test-faults: install ## Faults under load (broker restart, killed history, expiry race, SIGTERM) on a broker of its own
+	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m faults tests/faults
 
 .PHONY: test-browser
 test-browser: install ## The web console in Chromium (Debian's, installed if missing) via Playwright; screenshots in build/

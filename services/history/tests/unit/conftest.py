@@ -132,8 +132,9 @@ def token() -> str:
 
 @pytest.fixture
 def service_settings(database_url: str) -> Settings:
-    # The sweeper runs once at start-up; tests that want it again call it themselves
-    # (their requests' deadlines are long past).
+    # The sweeper never runs by itself during a test (its first round is an interval after
+    # start-up); tests that want it call it themselves (their requests' deadlines are long
+    # past).
     # No gateway: replays are sent without admission unless a test fakes one.
     return Settings(
         database_url=database_url,

@@ -1,5 +1,8 @@
-"""Topic names and their partition counts. Topics are created explicitly
-(`switchyard topics create`), never by broker auto-creation."""
+"""Topic names and their partition counts, and the default consumer group names. Topics
+are created explicitly (`switchyard topics create`), never by broker auto-creation.
+
+Both carry the deployment's prefix (`SWITCHYARD_TOPIC_PREFIX`), so deployments sharing a
+cluster never read each other's topics nor join each other's consumer groups."""
 
 from __future__ import annotations
 
@@ -105,6 +108,11 @@ class Topics:
 
     def name(self, suffix: str) -> str:
         return f"{self.prefix}.{suffix}"
+
+    def group(self, name: str) -> str:
+        """The default name of consumer group `name` in this deployment, e.g.
+        `switchyard.history`."""
+        return f"{self.prefix}.{name}"
 
     def all(self) -> list[tuple[str, TopicSpec]]:
         return [(self.name(spec.suffix), spec) for spec in TOPIC_SPECS]

@@ -13,6 +13,7 @@ from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.docs import install_docs
 from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
 from switchyard.common.metrics import metrics_router
+from switchyard.common.tasks import cancel_and_wait
 from switchyard.gateway.api import (
     admin,
     chat,
@@ -123,21 +124,16 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         try:
             yield
         finally:
-            connecting.cancel()
-            syncing.cancel()
-            governing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await governing
+            # Bounded, even if a cancellation is swallowed on the way (tasks.py).
+            await cancel_and_wait(connecting)
+            await cancel_and_wait(syncing)
+            await cancel_and_wait(governing)
             with contextlib.suppress(Exception):
                 await warming
             for listener in gateway.governance_listeners:
                 await listener.stop()
             await gateway.admission.stop()
             await gateway.admission.ledger.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await connecting
-            with contextlib.suppress(asyncio.CancelledError):
-                await syncing
             await gateway.revocations.stop()
             if gateway.replies_listener is not None:
                 await gateway.replies_listener.stop()

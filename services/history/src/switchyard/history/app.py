@@ -11,19 +11,19 @@ settings ask for; in embedded mode it joins the shared in-memory bus it is given
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
 
-from switchyard.common.bus import EventBus, create_bus
+from switchyard.common.bus import EventBus, RetryPolicy, create_bus
 from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
 from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
+from switchyard.common.tasks import cancel_and_wait
 from switchyard.common.topics import Topics
 from switchyard.history.api.cache import cache_router
 from switchyard.history.api.internal import idempotency_router
@@ -76,22 +76,29 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             app.state.bus = event_bus
 
             topics = Topics(settings.topic_prefix)
-            # The default batch retry policy retries forever: while the database is down the
-            # batch is retried with backoff, and offsets are committed only after it commits.
+            consumed = [
+                topics.requests_interactive,
+                topics.requests_batch,
+                topics.replies,
+                topics.usage,
+                topics.auth_events,
+            ]
+            # While the database does not take writes, a failing batch is retried with
+            # backoff for as long as that lasts, and offsets are committed only after it
+            # commits. While it does, a failing batch is split to find the event that
+            # fails alone; that one is dead-lettered after a few attempts (poison).
             subscription = await event_bus.subscribe_batch(
-                [
-                    topics.requests_interactive,
-                    topics.requests_batch,
-                    topics.replies,
-                    topics.usage,
-                    topics.auth_events,
-                ],
+                consumed,
                 group=settings.group,
                 handler=components.recorder.record,
                 max_batch=settings.max_batch,
+                retry=RetryPolicy(max_attempts=settings.poison_attempts),
+                healthy=components.database_writable,
             )
             stack.push_async_callback(subscription.stop)
-            app.state.read_barrier = lambda: event_bus.caught_up(
+            # The sweeper expires only requests whose answer this group would have recorded.
+            components.sweeper.caught_up = lambda: event_bus.caught_up(settings.group, consumed)
+            app.state.read_barrier = lambda: event_bus.settled(
                 settings.group, READ_AFTER_WRITE_WAIT_S
             )
             admission = None
@@ -158,6 +165,4 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
 
 
 async def _cancel(task: asyncio.Task) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import orjson
 import structlog
-from sqlalchemy import text
+from sqlalchemy import literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.db import create_engine
@@ -18,6 +18,7 @@ from switchyard.history.cache import CacheStore
 from switchyard.history.config import Settings
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import IdempotencyStore
+from switchyard.history.models import Base
 from switchyard.history.queries import HistoryQueries
 from switchyard.history.replays import ReplayStore
 from switchyard.history.sweeper import Sweeper
@@ -48,6 +49,21 @@ class HistoryComponents:
             return False
         return True
 
+    async def database_writable(self) -> bool:
+        """The database answers, has history's tables (migrated) and accepts writes (a
+        standby or a read-only server does not): while it is false, a failing batch is an
+        outage, never a bad event."""
+        try:
+            async with self.engine.connect() as connection:
+                for table in Base.metadata.sorted_tables:  # every table a batch may write
+                    await connection.execute(select(literal(1)).select_from(table).limit(0))
+                if self.engine.dialect.name == "postgresql":
+                    setting = text("SELECT current_setting('transaction_read_only')")
+                    return (await connection.execute(setting)).scalar_one() == "off"
+        except Exception:  # noqa: BLE001 - any failure means "not writable"
+            return False
+        return True
+
     async def close(self) -> None:
         await self.engine.dispose()
 
@@ -64,7 +80,6 @@ def history_engine(database_url: str) -> AsyncEngine:
 def build_components(settings: Settings) -> HistoryComponents:
     engine = history_engine(settings.database_url)
     recorder = EventRecorder(engine)
-    recorder.max_batch = settings.max_batch
     tenants = TenantSettingsStore(engine)
     idempotency = IdempotencyStore(engine)
     cache = CacheStore(engine)

@@ -144,6 +144,9 @@ class HistoryRequest(Base):
     upstream_api: Mapped[str | None] = mapped_column(String(32))
     priority: Mapped[str | None] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default=RequestStatus.PENDING.value)
+    # True when the terminal status is history's own expiry (no reply was recorded in time):
+    # a real outcome from inference that arrives later replaces it (projection.py).
+    outcome_provisional: Mapped[bool | None] = mapped_column(Boolean)
     request_body: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
     response: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
     # Responses API only: every input item of the response, the previous conversation's
