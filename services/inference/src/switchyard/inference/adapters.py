@@ -710,8 +710,6 @@ class ResponsesViaMessages(ResponsesPassThrough):
         return _ResponsesFromMessagesStream(self.ctx)
 
 
-
-
 def unsupported_api(api: ClientAPI, deployment: Deployment) -> ProviderError:
     """Another deployment of the model may offer it: retryable, not unhealthy."""
     return ProviderError(

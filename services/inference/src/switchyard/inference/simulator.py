@@ -1311,6 +1311,7 @@ class Simulator:
             return anthropic_error(400, str(exc))
         await self._pause()
         return _json({"input_tokens": counted})
+
     async def responses(self, request: Request) -> Response:
         try:
             body = await _read_object(request)
