@@ -208,6 +208,34 @@ def install_api_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
+        if exc.status_code == 404 and detail == "Not Found":
+            error = APIError(404, unknown_route_message(request.url.path), code="unknown_url")
+            # An SDK pointed at the wrong base URL: answer in its own format.
+            if "anthropic-version" in request.headers:
+                return api_error_response("anthropic", error)
+            return respond_to(request, error)
         return respond_to(
             request, APIError(exc.status_code, detail, headers=getattr(exc, "headers", None))
         )
+
+
+_MODEL_API_PATHS = ("/chat/", "/messages", "/responses", "/embeddings", "/models", "/completions")
+
+
+def unknown_route_message(path: str) -> str:
+    """The 404 message for a path no route serves, with a hint when it looks like an SDK
+    configured with the wrong base URL (the OpenAI SDK's ends in `/v1`, the Anthropic SDK's
+    is the server's root)."""
+    if path.startswith("/v1/v1/"):
+        return (
+            f"No route at {path}: the base URL has /v1 twice. The Anthropic SDK's base URL "
+            "is the gateway's root (http://host:port); the OpenAI SDK's ends in /v1."
+        )
+    if path.startswith(_MODEL_API_PATHS):
+        return (
+            f"No route at {path}: model APIs are under /v1. The OpenAI SDK's base URL ends "
+            "in /v1 (http://host:port/v1)."
+        )
+    if path.startswith("/v1/"):
+        return f"No route at {path}; every route is listed at /docs."
+    return f"No route at {path}. The model APIs are under /v1; every route is listed at /docs."

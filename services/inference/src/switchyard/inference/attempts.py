@@ -217,8 +217,11 @@ class Attempts:
                 return outcome  # part of the stream is out: no other deployment can resume it
             assert outcome.error is not None
             metrics.FALLBACKS.labels(model, deployment.name, outcome.error.code or "error").inc()
-            log.warning(
-                "deployment failed",
+            # A request this deployment cannot take as sent (a parameter its protocol
+            # lacks) is the client's doing, not a failing deployment: no warning.
+            client_side = outcome.error.code == "unsupported_parameter"
+            (log.info if client_side else log.warning)(
+                "deployment cannot take the request" if client_side else "deployment failed",
                 model=model,
                 deployment=deployment.name,
                 status=outcome.error.status,

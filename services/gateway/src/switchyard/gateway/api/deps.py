@@ -83,8 +83,8 @@ async def authenticated_principal(
     except AuthenticationError:
         raise APIError(
             401,
-            "Invalid or missing credentials. Send an API key or access token as "
-            "'Authorization: Bearer <credential>'.",
+            "Invalid or missing credentials. Send an API key as 'x-api-key: <key>' or "
+            "an API key or access token as 'Authorization: Bearer <credential>'.",
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         ) from None
