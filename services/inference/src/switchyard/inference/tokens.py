@@ -13,9 +13,8 @@ Method (docs/protocols.md, "Token counting", states it with its error):
 - an image counts `IMAGE_TOKENS` (about what Claude charges for an image of 1.15
   megapixels, the size it scales larger ones down to), a PDF page `PDF_PAGE_TOKENS`.
 
-The vocabulary takes a few seconds and about 150 MB to load: it is loaded once per
-process, on first use, in a worker thread (`estimate_input_tokens` is blocking; callers
-run it with `asyncio.to_thread`).
+The vocabulary (`switchyard.common.tokenizer`) is loaded once per process, on first use
+(`estimate_input_tokens` is blocking; callers run it with `asyncio.to_thread`).
 """
 
 from __future__ import annotations
@@ -23,13 +22,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import threading
-import warnings
 from typing import Any
 
 import orjson
 
-ENCODING = "o200k_base"
+from switchyard.common.tokenizer import count_text
+
 TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING_TOKENS = 3
 # Claude scales an image down to about 1.15 megapixels and charges width*height/750
@@ -40,34 +38,6 @@ IMAGE_TOKENS = 1600
 # to 3,000 tokens a page, depending on the density of its text).
 PDF_PAGE_TOKENS = 2250
 _PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
-
-_lock = threading.Lock()
-_encoding: Any = None
-
-
-def encoding() -> Any:
-    """The `o200k_base` encoding, loaded on first use (thread-safe; blocking)."""
-    global _encoding
-    if _encoding is None:
-        with _lock:
-            if _encoding is None:
-                with warnings.catch_warnings():
-                    # Its loader uses importlib.resources.open_binary (deprecated, works),
-                    # on import (cl100k_base's metadata) and on the first encode.
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    import bpe_openai
-
-                    loaded = bpe_openai.get_encoding(ENCODING)
-                    loaded.encode_ordinary("warm up")
-                _encoding = loaded
-    return _encoding
-
-
-def count_text(text: str) -> int:
-    """Tokens of `text` (special-token markers in it are counted as plain text)."""
-    if not text:
-        return 0
-    return len(encoding().encode_ordinary(text))
 
 
 def _json(value: Any) -> str:
