@@ -30,6 +30,12 @@ ADMIN_PASSWORD = "governance admin password"
 LONG_PROMPT = " ".join(["budget"] * 20_000)
 
 
+def uncached_long_prompt() -> str:
+    """LONG_PROMPT made unique, so the simulator's prompt cache never prices it as a
+    cache read (which costs a tenth)."""
+    return f"{uuid.uuid4().hex} {LONG_PROMPT}"
+
+
 @pytest.fixture(scope="module")
 def fleet(system):
     """Three gateway replicas with short budget days, and an admin of tenant `gov`."""
@@ -151,11 +157,14 @@ def test_a_team_budget_overspends_by_at_most_one_requests_cost_under_100_concurr
     assert f"team {team.json()['id']}" in error["message"] and "resets at" in error["message"]
 
     # Every admitted request cost about the same; the most one may cost bounds the excess.
-    costs = [
-        (r.json()["usage"]["prompt_tokens"] * 0.5 + r.json()["usage"]["completion_tokens"] * 1.5)
-        / 1e6
-        for r in completed
-    ]
+    # sim-small's prices: 0.5 USD per 1M input tokens, 0.05 for prompt-cache reads (the
+    # simulator caches the shared system prompt from the second request on), 1.5 output.
+    def cost(usage: dict) -> float:
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        uncached = usage["prompt_tokens"] - cached
+        return (uncached * 0.5 + cached * 0.05 + usage["completion_tokens"] * 1.5) / 1e6
+
+    costs = [cost(r.json()["usage"]) for r in completed]
     max_cost = (20_100 * 0.5 + 16 * 1.5) / 1e6
 
     def settled() -> bool:
@@ -186,7 +195,7 @@ def test_a_budget_resets_at_its_period_boundary(fleet):
     # period and is admitted), so go on until a refusal, a few requests at most.
     answers = []
     for _ in range(4):
-        answers.append(asyncio.run(fire(fleet, key["key"], 1, chat(LONG_PROMPT)))[0])
+        answers.append(asyncio.run(fire(fleet, key["key"], 1, chat(uncached_long_prompt())))[0])
         if answers[-1].status_code != 200:
             break
     assert answers[0].status_code == 200, answers[0].text
@@ -199,7 +208,7 @@ def test_a_budget_resets_at_its_period_boundary(fleet):
     seen: list[int] = []
 
     def admitted_again() -> bool:
-        response = asyncio.run(fire(fleet, key["key"], 1, chat(LONG_PROMPT)))[0]
+        response = asyncio.run(fire(fleet, key["key"], 1, chat(uncached_long_prompt())))[0]
         seen.append(response.status_code)
         return response.status_code == 200
 

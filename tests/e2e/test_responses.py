@@ -135,10 +135,13 @@ def test_retrieve_and_delete_from_postgresql(system):
     created = client.responses.create(model="sim-claude", input="Remember the milk.")
 
     def retrieved():
+        # History records the request and its outcome as their events arrive: until the
+        # outcome is in, the stored response is still in progress.
         try:
-            return client.responses.retrieve(created.id)
+            response = client.responses.retrieve(created.id)
         except openai.NotFoundError:
             return None
+        return response if response.status == "completed" else None
 
     assert wait_until(retrieved, timeout=30).output_text == created.output_text
     client.responses.delete(created.id)
