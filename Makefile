@@ -52,8 +52,8 @@ migrate: install ## Apply every service's database migrations to $DATABASE_URL (
 	$(UV) run --no-sync switchyard db upgrade
 
 .PHONY: test
-test: install infra-up ## Run every check: lint, deploy manifests, unit, integration (real Kafka and Postgres), e2e, browser
-	$(MAKE) --no-print-directory lint deploy-check test-unit test-integration test-e2e test-browser
+test: install infra-up ## Run every check: lint, deploy manifests, unit, integration (real Kafka and Postgres), e2e, browser, faults
+	$(MAKE) --no-print-directory lint deploy-check test-unit test-integration test-e2e test-browser test-faults
 
 .PHONY: test-unit
 test-unit: install ## Unit tests of every package (fakes, no network)
@@ -68,6 +68,10 @@ test-e2e: install ## Whole-system tests: every service as its own process on Kaf
 	deploy/local/promtool.sh >/dev/null
 	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m e2e tests/e2e
 
+.PHONY: test-faults
+test-faults: install ## Faults under load (broker restart, killed history, expiry race, SIGTERM) on a broker of its own
+	SWITCHYARD_REQUIRE_INFRA=1 $(PYTEST) -q -m faults tests/faults
+
 .PHONY: test-browser
 test-browser: install ## The web console in Chromium (Debian's, installed if missing) via Playwright; screenshots in build/
 	deploy/local/chromium.sh >/dev/null
@@ -78,8 +82,9 @@ console-assets: ## Refresh the console's vendored htmx, Chart.js and Pico CSS fr
 	services/gateway/scripts/vendor-console-assets.sh
 
 .PHONY: bench
-bench: install infra-up ## Every benchmark: gateway throughput and latency (needs Go), auth, history, budgets and rate limits
+bench: install infra-up ## Every benchmark: gateway throughput and latency (needs Go), cache hits, auth, history, budgets and rate limits
 	$(UV) run --no-sync python tests/bench/run.py
+	$(UV) run --no-sync python tests/bench/bench_cache.py
 	$(UV) run --no-sync python tests/bench/bench_auth.py
 	$(UV) run --no-sync python tests/bench/bench_history.py
 	$(UV) run --no-sync python tests/bench/bench_governance.py

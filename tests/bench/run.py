@@ -84,6 +84,7 @@ def load(
     seconds: float,
     stream: bool = False,
     api_key: str | None = None,
+    headers: tuple[str, ...] = (),
 ) -> dict:
     command = [
         str(loadgen),
@@ -102,6 +103,8 @@ def load(
         command.append("-stream")
     if api_key:
         command += ["-H", f"Authorization: Bearer {api_key}"]
+    for header in headers:
+        command += ["-H", header]
     result = subprocess.run(
         command, capture_output=True, text=True, check=True, timeout=seconds + 60
     )

@@ -95,6 +95,7 @@ def system(tmp_path_factory) -> Iterator[System]:
             "SWITCHYARD_AUTH_SIGNING_KEY_FILE": str(signing_key),
             "SWITCHYARD_AUTH_URL": f"http://127.0.0.1:{ports['auth']}",
             "SWITCHYARD_HISTORY_URL": f"http://127.0.0.1:{ports['history']}",
+            "SWITCHYARD_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",
             "SWITCHYARD_SIMULATOR_URL": f"http://127.0.0.1:{ports['simulator']}/v1",
             "SWITCHYARD_LOG_LEVEL": "INFO",
             # The webhook receivers of these tests listen on this machine.

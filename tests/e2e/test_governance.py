@@ -1,7 +1,8 @@
 """Budgets and rate limits on the real system: three gateway replicas (separate processes)
 on Kafka and PostgreSQL share one limit ledger, so limits hold for the fleet, not per
 replica; admins manage teams, keys and limits through the gateway; a changed limit
-applies within a second on every replica; a budget resets at its period boundary.
+applies within a second on every replica; a budget resets at its period boundary; a
+refused request is in history with its status, reason and team.
 
 The three replicas run with `SWITCHYARD_BUDGET_DAY_S=6`: a `1d` budget lasts six seconds,
 a `30d` one three minutes."""
@@ -27,6 +28,12 @@ ADMIN_PASSWORD = "governance admin password"
 # sim-small costs $0.50 per 1M input tokens: a prompt of 20,000 words is about $0.01. It
 # goes in the system message: the simulator's reply repeats only the user's message.
 LONG_PROMPT = " ".join(["budget"] * 20_000)
+
+
+def uncached_long_prompt() -> str:
+    """LONG_PROMPT made unique, so the simulator's prompt cache never prices it as a
+    cache read (which costs a tenth)."""
+    return f"{uuid.uuid4().hex} {LONG_PROMPT}"
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +114,15 @@ def chat(system: str | None = None, max_tokens: int = 16) -> dict:
 
 def test_rpm_limit_of_60_admits_exactly_60_of_200_simultaneous_requests(fleet):
     key = new_key(fleet, rpm_limit=60)
+    started = time.monotonic()
     responses = asyncio.run(fire(fleet, key["key"], 200, chat()))
+    elapsed = time.monotonic() - started
     statuses = [response.status_code for response in responses]
-    assert statuses.count(200) == 60, sorted(set(statuses))
-    assert statuses.count(429) == 140
+    # A window opens with the key's first request and lasts 60 s: a burst that outlasts
+    # it (only on a starved machine) may use the next window's 60 too, never more.
+    windows = 1 + int(elapsed // 60)
+    assert 60 <= statuses.count(200) <= 60 * windows, (elapsed, sorted(set(statuses)))
+    assert statuses.count(429) == 200 - statuses.count(200)
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     assert key["key_id"] in refused.json()["error"]["message"]
@@ -145,11 +157,14 @@ def test_a_team_budget_overspends_by_at_most_one_requests_cost_under_100_concurr
     assert f"team {team.json()['id']}" in error["message"] and "resets at" in error["message"]
 
     # Every admitted request cost about the same; the most one may cost bounds the excess.
-    costs = [
-        (r.json()["usage"]["prompt_tokens"] * 0.5 + r.json()["usage"]["completion_tokens"] * 1.5)
-        / 1e6
-        for r in completed
-    ]
+    # sim-small's prices: 0.5 USD per 1M input tokens, 0.05 for prompt-cache reads (the
+    # simulator caches the shared system prompt from the second request on), 1.5 output.
+    def cost(usage: dict) -> float:
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        uncached = usage["prompt_tokens"] - cached
+        return (uncached * 0.5 + cached * 0.05 + usage["completion_tokens"] * 1.5) / 1e6
+
+    costs = [cost(r.json()["usage"]) for r in completed]
     max_cost = (20_100 * 0.5 + 16 * 1.5) / 1e6
 
     def settled() -> bool:
@@ -175,10 +190,17 @@ def test_a_team_budget_overspends_by_at_most_one_requests_cost_under_100_concurr
 def test_a_budget_resets_at_its_period_boundary(fleet):
     # Room for one long request per "day" (six seconds here).
     key = new_key(fleet, max_budget_usd=0.015, budget_period="1d")
-    first = asyncio.run(fire(fleet, key["key"], 1, chat(LONG_PROMPT)))[0]
-    assert first.status_code == 200, first.text
-    second = asyncio.run(fire(fleet, key["key"], 1, chat(LONG_PROMPT)))[0]
-    assert second.status_code == 429
+    # One long request uses the period's budget and the next is refused. On a starved
+    # machine a request may outlast the six-second "day" (the next one then opens a new
+    # period and is admitted), so go on until a refusal, a few requests at most.
+    answers = []
+    for _ in range(4):
+        answers.append(asyncio.run(fire(fleet, key["key"], 1, chat(uncached_long_prompt())))[0])
+        if answers[-1].status_code != 200:
+            break
+    assert answers[0].status_code == 200, answers[0].text
+    second = answers[-1]
+    assert second.status_code == 429, [a.status_code for a in answers]
     assert second.json()["error"]["code"] == "insufficient_quota"
     resets_at = int(second.headers["retry-after"])
     assert 1 <= resets_at <= DAY_S
@@ -186,7 +208,7 @@ def test_a_budget_resets_at_its_period_boundary(fleet):
     seen: list[int] = []
 
     def admitted_again() -> bool:
-        response = asyncio.run(fire(fleet, key["key"], 1, chat(LONG_PROMPT)))[0]
+        response = asyncio.run(fire(fleet, key["key"], 1, chat(uncached_long_prompt())))[0]
         seen.append(response.status_code)
         return response.status_code == 200
 
@@ -195,6 +217,51 @@ def test_a_budget_resets_at_its_period_boundary(fleet):
         admitted_again, timeout=DAY_S + 10, interval=0.5, message=f"the next period ({seen})"
     )
     assert time.monotonic() - started <= resets_at + 5, seen
+
+
+def test_a_request_refused_by_its_team_budget_is_in_history_as_refused_with_its_team(fleet):
+    team = admin_call(
+        fleet,
+        "POST",
+        "/v1/admin/teams",
+        {"name": f"spent-{uuid.uuid4().hex[:6]}", "max_budget_usd": 0, "budget_period": "30d"},
+    )
+    assert team.status_code == 201, team.text
+    team_id = team.json()["id"]
+    key = new_key(fleet, team_id=team_id)
+    [refused] = asyncio.run(fire(fleet, key["key"], 1, chat()))
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+
+    def history(identity: dict) -> list[dict]:
+        response = httpx.get(
+            f"{fleet['urls'][2]}/v1/history",
+            params={"status": "refused", "team_id": team_id},
+            headers=identity,
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["data"]
+
+    wait_until(lambda: history(fleet["admin"]), timeout=30, interval=0.5, message="the refusal")
+    [item] = history(fleet["admin"])
+    assert (item["status"], item["team_id"], item["api_key_id"]) == (
+        "refused",
+        team_id,
+        key["key_id"],
+    )
+    assert item["error"]["code"] == "insufficient_quota"
+    assert f"team {team_id}" in item["error"]["message"]
+    # The member sees it too, and the team's usage counts it as an error.
+    assert [i["id"] for i in history({"Authorization": f"Bearer {key['key']}"})] == [item["id"]]
+    usage = httpx.get(
+        f"{fleet['urls'][0]}/v1/usage",
+        params={"group_by": "team", "team_id": team_id},
+        headers=fleet["admin"],
+        timeout=10,
+    )
+    assert usage.status_code == 200, usage.text
+    [row] = usage.json()["data"]
+    assert (row["team"], row["requests"], row["errors"]) == (team_id, 1, 1)
 
 
 def test_a_limit_changed_by_an_admin_applies_within_a_second_on_every_replica(fleet):

@@ -1,5 +1,6 @@
 """Fixtures shared by the history unit and integration suites: building events, and the
-check that migration 0003 carries version 1 rows over (run on SQLite and PostgreSQL)."""
+checks that migration 0003 carries version 1 rows over and that migration 0004 gives
+requests their teams (run on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ class EventFactory:
         prompt: str = "Hello",
         at: datetime | None = None,
         api_key_id: str | None = "key-1",
+        team_id: str | None = None,
         priority: Priority = Priority.INTERACTIVE,
         webhook_url: str | None = None,
         timeout_s: float = 60,
@@ -73,6 +75,7 @@ class EventFactory:
                 body=body,
                 user_id=user_id,
                 api_key_id=api_key_id,
+                team_id=team_id,
                 priority=priority,
                 deadline=time + timedelta(seconds=timeout_s),
                 webhook_url=webhook_url,
@@ -175,6 +178,7 @@ class EventFactory:
                 deployment="sim-small-1",
                 user_id=request.data.user_id,
                 api_key_id=request.data.api_key_id,
+                team_id=request.data.team_id,
                 status=TerminalStatus.COMPLETED,
                 usage=TokenUsage(
                     input_tokens=input_tokens, output_tokens=output_tokens, **token_details
@@ -183,6 +187,57 @@ class EventFactory:
                 latency_ms=43.0,
             ),
         )
+
+    def refusal(
+        self,
+        request_id: str | None = None,
+        *,
+        tenant: str = "acme",
+        user_id: str = "alice",
+        api_key_id: str | None = "key-1",
+        team_id: str | None = "team-1",
+        model: str = "sim-small",
+        api: ClientAPI = ClientAPI.OPENAI_CHAT_COMPLETIONS,
+    ) -> tuple[ChatFailed, UsageRecorded]:
+        """What a gateway publishes for a request it refused at admission (no
+        `chat.requested`: nothing ran): a `chat.failed` and a `usage.recorded`, both of
+        status `refused`, as `switchyard.gateway.governance.refusals` builds them."""
+        request_id = request_id or new_id()
+        time = self.tick()
+        failed = ChatFailed(
+            source="gateway",
+            tenant=tenant,
+            request_id=request_id,
+            time=time,
+            data=ChatFailedData(
+                status=TerminalStatus.REFUSED,
+                error=ErrorInfo(
+                    status=429,
+                    type="insufficient_quota",
+                    code="insufficient_quota",
+                    message=f"Budget of $0.01 for the team {team_id} is used up; it resets "
+                    "at 2025-03-02T00:00:00Z.",
+                    retry_after_s=3600,
+                ),
+            ),
+        )
+        usage = UsageRecorded(
+            source="gateway",
+            tenant=tenant,
+            request_id=request_id,
+            time=time,
+            data=UsageData(
+                api=api,
+                model=model,
+                user_id=user_id,
+                api_key_id=api_key_id,
+                team_id=team_id,
+                status=TerminalStatus.REFUSED,
+                usage=TokenUsage(),
+                upstream_calls=0,
+            ),
+        )
+        return failed, usage
 
     def chunk(self, request: ChatRequested, sequence: int = 0) -> ChatChunk:
         return ChatChunk(
@@ -478,3 +533,85 @@ def v1_migration_check():
     """`check_v1_rows_migrate(url, events)`, for the unit (SQLite) and integration
     (PostgreSQL) suites."""
     return check_v1_rows_migrate
+
+
+# --------------------------------------------------------------------------- migration 0004
+
+
+def _columns(url: str, table: str) -> set[str]:
+    from sqlalchemy import inspect
+
+    engine = create_sync_engine(sync_url(url))
+    try:
+        return {column["name"] for column in inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
+async def check_teams_migrate(url: str, events: EventFactory) -> None:
+    """Migration 0004 down and up again on a database holding requests of teams (one of
+    them refused at admission, recorded from its refusal alone): the downgrade drops the
+    team everywhere, the upgrade gives every request its team back from the stored events,
+    and usage by team is the same before and after the rollup recomputes the hours."""
+    from switchyard.history import rollup
+    from switchyard.history.bootstrap import history_engine
+    from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
+    from switchyard.history.handlers import EventRecorder
+    from switchyard.history.queries import Caller, HistoryFilters, HistoryQueries, UsageQuery
+
+    upgrade(MIGRATIONS_DIR, url, VERSION_TABLE)
+    events.clock = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    batch, teams = [], {}
+    for user, team in (("alice", "research"), ("bob", "research"), ("carol", None)):
+        request = events.requested(user_id=user, team_id=team)
+        batch += [request, events.completed(request), events.usage(request, cost_usd=0.5)]
+        teams[request.request_id] = team
+    refused = events.refusal(user_id="alice", team_id="research")
+    batch += refused
+    teams[refused[0].request_id] = "research"
+    engine = history_engine(url)
+    try:
+        await EventRecorder(engine).record(batch)
+        assert await rollup.refresh(engine, settle=timedelta(0)) > 0
+    finally:
+        await engine.dispose()
+
+    downgrade(MIGRATIONS_DIR, url, VERSION_TABLE, "0005")
+    assert "team_id" not in _columns(url, "history_requests")
+    assert "team_id" not in _columns(url, "history_usage_hourly")
+    upgrade(MIGRATIONS_DIR, url, VERSION_TABLE)
+
+    engine = history_engine(url)
+    try:
+        queries = HistoryQueries(engine)
+        admin = Caller(tenant="acme", user_id="root", role="admin")
+        page = await queries.list_requests(admin, limit=20)
+        assert {row["request_id"]: row["team_id"] for row in page.items} == teams
+        research = await queries.list_requests(
+            admin, limit=20, filters=HistoryFilters(team_id="research")
+        )
+        assert len(research.items) == 3
+        report = UsageQuery(
+            since=datetime(2025, 3, 1, tzinfo=UTC),
+            until=datetime(2025, 3, 2, tzinfo=UTC),
+            bucket=None,
+            dimensions=("team",),
+            tenant="acme",
+        )
+        from_requests = await queries.usage(report)
+        assert await rollup.refresh(engine, settle=timedelta(0)) > 0
+        from_rollup = await queries.usage(report)
+        assert from_rollup == from_requests
+        assert {row.groups["team"]: (row.requests, row.errors) for row in from_rollup} == {
+            "research": (3, 1),
+            None: (1, 0),
+        }
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def teams_migration_check():
+    """`check_teams_migrate(url, events)`, for the unit (SQLite) and integration
+    (PostgreSQL) suites."""
+    return check_teams_migrate

@@ -1,5 +1,6 @@
 """The Kafka bus on a real broker: round trips, redelivery after a crash, dead letters,
-listeners, and a broker that cannot be reached."""
+listeners, a broker that cannot be reached, and recovery from what aiokafka does not
+recover from by itself (a producer with a sequence gap, a consumer whose loop failed)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from switchyard.common.bus import BusUnavailableError, RetryPolicy
 from switchyard.common.bus.kafka import KafkaBus
@@ -272,4 +273,150 @@ async def test_listener_without_partitions_reads_every_partition(kafka_servers, 
         await bus.publish(kafka_topics.control, request(partition), partition=partition)
     await async_wait_until(lambda: asyncio.sleep(0, len(seen) == 3), timeout=30)
     assert sorted(seen) == ["req-0", "req-1", "req-2"]
+    await bus.stop()
+
+
+async def test_a_producer_whose_sequence_has_a_gap_is_replaced_and_publishing_resumes(
+    kafka_servers, kafka_topics
+):
+    # What a broker restart leaves behind: a batch given up on during the outage leaves a
+    # gap in the idempotent producer's sequence, and the broker refuses every later batch
+    # of that partition with OutOfOrderSequenceNumber. aiokafka never recovers from that.
+    topic = kafka_topics.usage
+    bus = await started_bus(kafka_servers, kafka_topics)
+    await bus.publish(topic, request(1), partition=0)
+    producer = bus._producer
+    producer._txn_manager.increment_sequence_number(TopicPartition(topic, 0), 5)
+
+    with pytest.raises(BusUnavailableError, match="OutOfOrderSequenceNumber"):
+        await bus.publish(topic, request(2), partition=0)
+    ready_while_broken = await bus.healthy()
+    started = time.monotonic()
+
+    async def publishes() -> bool:
+        try:
+            await bus.publish(topic, request(3), partition=0)
+        except BusUnavailableError:
+            return False
+        return True
+
+    await async_wait_until(publishes, timeout=10, interval=0.1, message="publishing again")
+    recovered_in = time.monotonic() - started
+
+    assert not ready_while_broken
+    assert bus._producer is not producer and recovered_in < 5
+    assert await bus.healthy()
+    records = await read_all(kafka_servers, topic, 2)
+    assert [r.key for r in records if r.partition == 0] == [b"req-1", b"req-3"]
+    await bus.stop()
+
+
+async def test_a_consumer_whose_loop_fails_is_replaced_and_misses_nothing(
+    kafka_servers, kafka_topics
+):
+    bus = await started_bus(kafka_servers, kafka_topics)
+    listened, consumed = [], []
+
+    async def on_listen(event):
+        listened.append(event.request_id)
+
+    async def on_consume(event):
+        consumed.append(event.request_id)
+
+    topic = kafka_topics.control
+    listener = await bus.listen(topic, on_listen, partitions=[0])
+    group = await bus.subscribe([topic], "replaced", on_consume)
+    await bus.publish(topic, request(1), partition=0)
+    await async_wait_until(lambda: asyncio.sleep(0, len(listened) == len(consumed) == 1))
+
+    for subscription in (listener, group):
+
+        async def broken(*args, **kwargs):
+            raise RuntimeError("the consumer broke")
+
+        subscription.consumer.getmany = broken
+    await async_wait_until(lambda: asyncio.sleep(0, not listener.healthy()), timeout=5)
+    assert not await bus.healthy()
+    for n in range(2, 5):  # published while the consumers are being replaced
+        await bus.publish(topic, request(n), partition=0)
+    await async_wait_until(
+        lambda: asyncio.sleep(0, len(listened) == 4 and len(set(consumed)) == 4),
+        timeout=40,
+        message="every event after the replacement",
+    )
+
+    assert listened == ["req-1", "req-2", "req-3", "req-4"]  # in order, none twice
+    assert sorted(set(consumed)) == ["req-1", "req-2", "req-3", "req-4"]
+    await async_wait_until(bus.healthy, timeout=10, message="ready again")
+    await bus.stop()
+
+
+async def test_consumer_lag_counts_what_the_whole_group_has_not_handled(
+    kafka_servers, kafka_topics
+):
+    bus = await started_bus(kafka_servers, kafka_topics)
+    topics = [kafka_topics.requests_interactive, kafka_topics.replies]
+    for n in range(5):
+        await bus.publish(topics[n % 2], request(n))
+    before = await bus.consumer_lag("lag-test", topics)
+    caught_up_before = await bus.caught_up("lag-test", topics, wait_s=0.5)
+    handled = []
+
+    async def handler(events):
+        handled.extend(events)
+
+    await bus.subscribe_batch(topics, "lag-test", handler)
+    await async_wait_until(lambda: asyncio.sleep(0, len(handled) == 5), timeout=30)
+    marker = await bus.end_offsets(topics)
+    await bus.publish(topics[0], request(6))  # after the marker: not waited for
+
+    assert before == 5 and not caught_up_before
+    assert await bus.caught_up("lag-test", topics, wait_s=10)
+    assert await bus.consumer_lag("lag-test", topics, until=marker) == 0
+    await bus.stop()
+
+    unreachable = KafkaBus("127.0.0.1:1")
+    with pytest.raises(BusUnavailableError):
+        await unreachable.consumer_lag("lag-test", topics)
+    with pytest.raises(BusUnavailableError):
+        await unreachable.caught_up("lag-test", topics)
+    await unreachable.stop()
+
+
+async def test_a_poison_event_is_dead_lettered_with_its_coordinates_and_the_batch_goes_on(
+    kafka_servers, kafka_topics
+):
+    bus = await started_bus(kafka_servers, kafka_topics)
+    topic = kafka_topics.requests_interactive
+    stored: list[str] = []
+
+    async def record(events):
+        if any(event.request_id == "req-5" for event in events):
+            raise TypeError("Recursion limit reached")
+        stored.extend(event.request_id for event in events)
+
+    async def database_works() -> bool:
+        return True
+
+    for n in range(10):
+        await bus.publish(topic, request(n), partition=0)
+    await bus.subscribe_batch(
+        [topic],
+        "poison",
+        record,
+        retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.01),
+        healthy=database_works,
+    )
+    [dead] = await read_all(kafka_servers, kafka_topics.deadletter, 1, timeout=30)
+    await async_wait_until(lambda: asyncio.sleep(0, len(stored) == 9), timeout=30)
+
+    assert stored == [f"req-{n}" for n in range(10) if n != 5]
+    headers = dict(dead.headers)
+    assert dead.key == b"req-5"
+    assert (headers["deadletter.topic"], headers["deadletter.partition"]) == (
+        topic.encode(),
+        b"0",
+    )
+    assert headers["deadletter.offset"] == b"5"
+    assert b"Recursion limit" in headers["deadletter.reason"]
     await bus.stop()

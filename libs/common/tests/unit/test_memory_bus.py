@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from switchyard.common.bus import InMemoryBus, RetryPolicy
+from switchyard.common.bus import (
+    BusUnavailableError,
+    EventRejectedError,
+    InMemoryBus,
+    RetryPolicy,
+)
+from switchyard.common.bus.base import handle_batch_isolating, is_outage
 from switchyard.common.events import ChatRequestData, ChatRequested
 from switchyard.common.testing.infra import async_wait_until
 
@@ -16,7 +22,10 @@ def request(n: int) -> ChatRequested:
         tenant="t",
         request_id=f"r{n}",
         data=ChatRequestData(
-            api="openai.chat_completions", model="m", body={}, user_id="u",
+            api="openai.chat_completions",
+            model="m",
+            body={},
+            user_id="u",
             deadline=datetime.now(UTC) + timedelta(seconds=5),
         ),
     )
@@ -107,3 +116,151 @@ def test_retry_backoff_grows_and_is_capped():
     assert 0.5 <= policy.backoff(10) <= 1.0
     assert not policy.gives_up_after(1000)
     assert RetryPolicy(max_attempts=2).gives_up_after(2)
+
+
+async def test_a_poison_event_in_a_batch_is_dead_lettered_and_the_others_are_handled():
+    bus = InMemoryBus(batch_linger_s=0.05)
+    stored: list[str] = []
+
+    async def record(events):
+        if any(event.request_id == "r5" for event in events):
+            raise TypeError("Recursion limit reached")  # r5 can never be serialised
+        stored.extend(event.request_id for event in events)
+
+    async def database_works() -> bool:
+        return True
+
+    await bus.subscribe_batch(
+        ["topic"],
+        "history",
+        record,
+        max_batch=100,
+        retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.001),
+        healthy=database_works,
+    )
+    for n in range(10):
+        await bus.publish("topic", request(n))
+    await async_wait_until(lambda: asyncio.sleep(0, len(stored) == 9 and bus.dead_letters))
+
+    assert stored == [f"r{n}" for n in range(10) if n != 5]  # in order, none lost
+    assert [dead.event.request_id for dead in bus.dead_letters] == ["r5"]
+    assert "Recursion limit" in bus.dead_letters[0].error
+    await bus.stop()
+
+
+async def test_a_failing_batch_during_an_outage_waits_for_the_end_of_it_and_condemns_nothing():
+    bus = InMemoryBus(batch_linger_s=0.05)
+    stored: list[str] = []
+    database = {"up": False}
+    calls = []
+
+    async def record(events):
+        calls.append(len(events))
+        if not database["up"]:
+            raise ConnectionError("connection refused")
+        stored.extend(event.request_id for event in events)
+
+    async def database_works() -> bool:
+        return database["up"]
+
+    await bus.subscribe_batch(
+        ["topic"],
+        "history",
+        record,
+        retry=RetryPolicy(max_attempts=1, initial_backoff_s=0.001, max_backoff_s=0.01),
+        healthy=database_works,
+    )
+    for n in range(8):
+        await bus.publish("topic", request(n))
+    await async_wait_until(lambda: asyncio.sleep(0, calls))
+    await asyncio.sleep(0.5)
+    tried_while_down = len(calls)
+    assert await bus.consumer_lag("history", ["topic"]) == 8  # nothing recorded yet
+    database["up"] = True
+    await async_wait_until(lambda: asyncio.sleep(0, len(stored) == 8), timeout=5)
+
+    assert stored == [f"r{n}" for n in range(8)]
+    assert bus.dead_letters == []
+    assert set(calls) == {8}  # an outage never splits the batch
+    assert tried_while_down == 1  # nothing retried in vain while the database is down
+    assert await bus.consumer_lag("history", ["topic"]) == 0
+    await bus.stop()
+
+
+async def test_handler_failures_while_the_bus_is_down_never_dead_letter_the_event():
+    bus = InMemoryBus()
+    attempts = []
+
+    async def replies_cannot_be_published(event):
+        attempts.append(event.request_id)
+        if len(attempts) < 6:
+            raise RuntimeError("reply not published") from BusUnavailableError("Kafka is down")
+
+    await bus.subscribe(
+        ["topic"],
+        "inference",
+        replies_cannot_be_published,
+        retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.001, max_backoff_s=0.005),
+    )
+    await bus.publish("topic", request(1))
+    await async_wait_until(lambda: asyncio.sleep(0, len(attempts) == 6))
+    await asyncio.sleep(0.05)
+
+    assert bus.dead_letters == []  # handled on the 6th attempt, once the bus was back
+    await bus.stop()
+
+
+async def test_an_event_refused_by_the_bus_itself_is_not_an_outage():
+    assert is_outage(RuntimeError("a bug")) is False
+    assert is_outage(BusUnavailableError("unreachable")) is True
+    assert is_outage(EventRejectedError("too large")) is False
+    try:
+        try:
+            raise BusUnavailableError("timed out")
+        except BusUnavailableError as exc:
+            raise RuntimeError("publish failed") from exc
+    except RuntimeError as wrapped:
+        assert is_outage(wrapped) is True
+
+
+async def test_a_failed_listener_or_worker_makes_the_bus_unhealthy():
+    bus = InMemoryBus()
+
+    async def fine(event):
+        return None
+
+    subscription = await bus.subscribe(["topic"], "g", fine)
+    assert await bus.healthy()
+    subscription._tasks[0].cancel()  # a worker that died
+    await asyncio.sleep(0)
+    assert not await bus.healthy()
+    await bus.stop()
+
+
+async def test_handle_batch_isolating_keeps_order_and_splits_only_while_healthy():
+    handled: list[list[int]] = []
+    dead: list[int] = []
+
+    async def handle(items: list[int]) -> None:
+        handled.append(list(items))
+        if 3 in items or 6 in items:
+            raise ValueError("bad item")
+
+    async def dead_letter(item: int, error: BaseException) -> None:
+        dead.append(item)
+
+    async def healthy() -> bool:
+        return True
+
+    count = await handle_batch_isolating(
+        list(range(8)),
+        handle,
+        RetryPolicy(max_attempts=2, initial_backoff_s=0.0001),
+        healthy=healthy,
+        dead_letter=dead_letter,
+        on_retry=lambda *args: None,
+    )
+
+    assert count == 2 and dead == [3, 6]
+    succeeded = [batch for batch in handled if 3 not in batch and 6 not in batch]
+    assert [item for batch in succeeded for item in batch] == [0, 1, 2, 4, 5, 7]

@@ -126,22 +126,27 @@ def test_commands_on_an_unmigrated_database_say_what_to_do(
     assert "switchyard db upgrade" in result.output and "Traceback" not in result.output
 
 
-def test_other_services_reports_get_emails_and_key_names_by_id(
+def test_other_services_reports_get_emails_key_names_and_team_names_by_id(
     settings: Settings, run_with_service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import asyncio
 
+    from switchyard.auth.governance import Governance
     from switchyard.auth.plugin import service as auth_plugin
 
     async def create(service: AuthService):
         user = await service.create_user(email="ana@example.com")
         created = await service.create_api_key(user_id=user.id, name="ci pipeline")
-        return user.id, created
+        team = await Governance(service).create_team(tenant="default", name="research")
+        return user.id, created, team.id
 
-    user_id, created = run_with_service(create)
+    user_id, created, team_id = run_with_service(create)
     key_id = created.record.id
     monkeypatch.setenv("SWITCHYARD_AUTH_DATABASE_URL", settings.database_url)
     assert auth_plugin.principal_names is not None
-    names = asyncio.run(auth_plugin.principal_names({user_id, "gone"}, {key_id}))
+    names = asyncio.run(
+        auth_plugin.principal_names({user_id, "gone"}, {key_id}, {team_id, "gone-team"})
+    )
     assert names.emails == {user_id: "ana@example.com"}
     assert names.key_names == {key_id: "ci pipeline"}
+    assert names.team_names == {team_id: "research"}

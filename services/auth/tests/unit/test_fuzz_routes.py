@@ -18,6 +18,7 @@ from switchyard.common.testing.fuzz import serve_in_thread, server_errors
 @pytest.mark.timeout(300)
 def test_no_auth_route_answers_5xx_to_generated_requests(settings):
     apps: list = []
+
     async def build(state: dict) -> object:
         engine, service = build_database_service(
             settings.database_url,

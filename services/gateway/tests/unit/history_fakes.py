@@ -1,5 +1,6 @@
 """A stand-in for the history service in gateway unit tests: the Idempotency-Key store
-with the same semantics as history's (in memory), and a recorder of forwarded calls."""
+and the response cache store with the same semantics as history's (in memory), and a
+recorder of forwarded calls."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import base64
 import json
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -24,6 +26,9 @@ class FakeHistory:
     answers: dict[str, tuple[int, bytes, str]] = field(default_factory=dict)
     # Tenants storing metadata only: their completed claims keep no response body.
     metadata_only: set[str] = field(default_factory=set)
+    # The response cache: (tenant, key) -> entry, and tenants with the cache turned on.
+    cache: dict[tuple[str, str], dict] = field(default_factory=dict)
+    cache_enabled: set[str] = field(default_factory=set)
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         if self.down:
@@ -32,6 +37,8 @@ class FakeHistory:
         path = request.url.path
         tenant = request.headers.get("x-switchyard-tenant")
         user = request.headers.get("x-switchyard-user-id")
+        if path.startswith("/internal/v1/cache/"):
+            return self._cache(request, path, tenant)
         if path.startswith("/internal/v1/idempotency/"):
             await asyncio.sleep(0)  # let concurrent requests interleave
             body = json.loads(request.content)
@@ -91,6 +98,35 @@ class FakeHistory:
             del self.keys[slot]
             return {"released": True}
         return {"released": False}
+
+    def _cache(self, request: httpx.Request, path: str, tenant: str) -> httpx.Response:
+        if path.endswith("/settings"):
+            return httpx.Response(
+                200,
+                json={
+                    "cache_enabled": tenant in self.cache_enabled,
+                    "cache_ttl_s": None,
+                    "store_content": tenant not in self.metadata_only,
+                },
+            )
+        key = path.rsplit("/", 1)[1]
+        now = datetime.now(UTC)
+        if request.method == "PUT":
+            if tenant in self.metadata_only:
+                return httpx.Response(200, json={"stored": False})
+            entry = json.loads(request.content)
+            expires = now + timedelta(seconds=entry.pop("ttl_s"))
+            self.cache[(tenant, key)] = {
+                **entry,
+                "source_cost_usd": 0.25,
+                "created_at": now.isoformat(),
+                "expires_at": expires.isoformat(),
+            }
+            return httpx.Response(200, json={"stored": True, "expires_at": expires.isoformat()})
+        entry = self.cache.get((tenant, key))
+        if entry is None or datetime.fromisoformat(entry["expires_at"]) <= now:
+            return httpx.Response(404, json={"error": {"message": "miss"}})
+        return httpx.Response(200, json=entry)
 
     def stored_body(self, tenant: str, key: str) -> bytes:
         return base64.b64decode(self.keys[(tenant, key)]["body_b64"])

@@ -442,6 +442,108 @@ async def test_teams_show_spend_against_budget_and_the_next_reset():
         assert (datetime.now(UTC) - start).days < 30
 
 
+def test_the_teams_doubles_answer_in_auths_real_shapes():
+    # The console reads auth's team list and `/v1/me`: the double answers with the very
+    # models auth's routes answer with, so a renamed field fails here.
+    auth_routes = pytest.importorskip("switchyard.auth.api.limits")
+    double = ConsoleDouble(teams=[team("team-1", "search", 10.0, "30d")])
+    account = double.account("root@acme.test")
+    headers = {"Authorization": f"Bearer {double.access_token(account)}"}
+    listed = double.handle(httpx.Request("GET", "http://auth/v1/admin/teams", headers=headers))
+    assert auth_routes.TeamList.model_validate(listed.json()).data[0].name == "search"
+    me = double.handle(httpx.Request("GET", "http://auth/v1/me", headers=headers))
+    parsed = auth_routes.MeOut.model_validate(me.json())
+    assert parsed.team_id == "team-1" and parsed.levels["team"].limits.max_budget_usd == 10.0
+
+
+class TeamLedger:
+    """The limit ledger as `/v1/spend` reads it: the team has spent `spent` this period."""
+
+    def __init__(self, spent: float) -> None:
+        self.spent = spent
+
+    async def counters(self, scopes=None):
+        from switchyard.gateway.governance.ledger import CounterState
+
+        return [
+            CounterState(
+                scope="team:team-1",
+                kind="spend",
+                window_start=time.time(),
+                window_end=None,
+                limit=10.0,
+                committed=self.spent,
+                spent=self.spent,
+            )
+        ]
+
+
+class TeamPolicies:
+    """Auth's policy of every caller: a member of team-1, whose budget is $10 per 30 days."""
+
+    async def get(self, user_id, api_key_id):
+        from datetime import UTC, datetime
+
+        from switchyard.common.governance import Limits
+        from switchyard.gateway.governance.policy import LevelLimits, Policy
+
+        anchor = datetime(2025, 1, 1, tzinfo=UTC).timestamp()
+        limits = Limits(max_budget_usd=10.0, budget_period="30d")
+        return Policy(
+            tenant="acme", team_id="team-1", levels=(LevelLimits("team", "team-1", limits, anchor),)
+        )
+
+
+async def test_a_member_sees_their_whole_teams_spend_from_the_ledger_not_only_their_own():
+    from types import SimpleNamespace
+
+    # History would answer with the member's own requests only ($0.50).
+    double = ConsoleDouble(
+        teams=[team("team-1", "search", 10.0, "30d")], team_spend={"team-1": 0.5}
+    )
+    async with console(double) as gw:
+        gateway = gw.app.state.gateway
+        admission = gateway.admission
+        gateway.admission = SimpleNamespace(policies=TeamPolicies(), ledger=TeamLedger(7.25))
+        try:
+            await sign_in(gw)  # alice, a member
+            page = await gw.client.get("/ui/teams")
+        finally:
+            gateway.admission = admission
+        assert page.status_code == 200, page.text
+        assert "$7.25 of $10.00" in page.text
+        assert "$0.50" not in page.text
+        assert double.calls_to("/v1/usage") == []
+
+
+async def test_a_member_is_told_when_team_spend_cannot_be_read():
+    double = ConsoleDouble(teams=[team("team-1", "search", 10.0, "30d")])
+    async with console(double) as gw:
+        await sign_in(gw)  # auth's policy endpoint is not played here: no spend to read
+        page = await gw.client.get("/ui/teams")
+        assert "Spend per team is not available" in page.text
+        assert " of $10.00" not in page.text and "budget $10.00" in page.text
+
+
+async def test_zero_and_lifetime_team_budgets_show_their_spend_and_never_reset():
+    double = ConsoleDouble(
+        teams=[team("team-1", "frozen", 0.0, "30d"), team("team-2", "grant", 50.0, None)],
+        team_spend={"team-1": 0.0, "team-2": 12.5},
+    )
+    async with console(double) as gw:
+        await sign_in(gw, "root@acme.test")
+        page = await gw.client.get("/ui/teams")
+        assert "$0.00 of $0.00" in page.text  # a zero budget is a budget, not "no budget"
+        assert "no budget" not in page.text
+        assert "$12.50 of $50.00" in page.text
+        rows = re.findall(r"<tr>.*?</tr>", page.text, re.S)
+        grant = next(row for row in rows if "grant" in row)
+        assert "lifetime" in grant and "never" in grant
+        # The lifetime budget's spend is counted from its anchor.
+        sinces = {call.url.params["since"] for call in double.calls_to("/v1/usage")}
+        assert "2025-01-01T00:00:00Z" in sinces
+
+
 async def test_key_limits_are_sent_when_filled_in_and_bad_ones_are_shown():
     double = ConsoleDouble(teams=[team("team-1", "search", 10.0, "30d")])
     async with console(double) as gw:

@@ -152,3 +152,21 @@ async def test_a_request_too_large_for_the_bus_is_413_not_an_outage(harness, pat
     assert error["code"] == "request_too_large"
     assert "retry-after" not in response.headers
     assert harness.app.state.gateway.in_flight == 0
+
+
+async def test_a_wrong_base_url_gets_a_404_that_says_which_base_url_each_sdk_takes(harness):
+    doubled = await harness.client.post(
+        "/v1/v1/messages", json={}, headers={"anthropic-version": "2023-06-01"}
+    )
+    assert doubled.status_code == 404
+    body = doubled.json()
+    assert body["type"] == "error" and body["error"]["type"] == "not_found_error"
+    assert "/v1 twice" in body["error"]["message"]
+
+    no_prefix = await harness.client.post("/chat/completions", json={})
+    assert no_prefix.status_code == 404
+    error = no_prefix.json()["error"]
+    assert error["code"] == "unknown_url" and "ends in /v1" in error["message"]
+
+    legacy = await harness.client.post("/v1/completions", json={})
+    assert legacy.status_code == 404 and "/docs" in legacy.json()["error"]["message"]

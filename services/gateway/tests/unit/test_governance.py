@@ -13,6 +13,7 @@ import pytest
 
 from switchyard.common.events import TokenUsage, UsageData, UsageRecorded
 from switchyard.common.governance import BudgetClock, FailureMode, Limits
+from switchyard.common.http import INTERNAL_TOKEN_HEADER
 from switchyard.common.pricing import Price, PriceTable
 from switchyard.gateway.governance.admission import Admission, Refused
 from switchyard.gateway.governance.ledger import MemoryLedger
@@ -237,8 +238,9 @@ async def test_a_silent_replica_loses_its_leases_to_the_others() -> None:
     assert counter.committed == 0
 
 
-def limited_auth(harness, **limits) -> None:
-    """Make the fake auth answer the policy of the test key with these key limits."""
+def limited_auth(harness, team: tuple[str, dict] | None = None, **limits) -> None:
+    """Make the fake auth answer the policy of the test key with these key limits (and
+    `team`: (team id, its limits), the key's user being a member)."""
     gateway = harness.app.state.gateway
     original = harness.auth.handle
 
@@ -248,10 +250,15 @@ def limited_auth(harness, **limits) -> None:
                 200,
                 json={
                     "tenant": "acme",
-                    "team_id": None,
+                    "team_id": team[0] if team else None,
                     "levels": {
                         "api_key": {"id": "key-1", "limits": limits, "budget_anchor_at": None},
                         "user": {"id": "user-1", "limits": {}, "budget_anchor_at": None},
+                        **(
+                            {"team": {"id": team[0], "limits": team[1], "budget_anchor_at": None}}
+                            if team
+                            else {}
+                        ),
                         "tenant": {"id": "acme", "limits": {}, "budget_anchor_at": None},
                     },
                     "rate_limit_failure_mode": "open",
@@ -314,6 +321,33 @@ async def test_an_exhausted_budget_is_insufficient_quota_naming_the_level(harnes
     assert error["code"] == "insufficient_quota" and error["type"] == "insufficient_quota"
     assert "key key-1" in error["message"] and "does not reset" in error["message"]
     assert harness.requests == []
+
+
+async def test_a_refusal_is_recorded_with_the_callers_team_and_reason(harness):
+    gateway = harness.app.state.gateway
+    recorded: list = []
+    both = asyncio.Event()
+
+    async def record(event) -> None:
+        recorded.append(event)
+        if len(recorded) == 2:
+            both.set()
+
+    await harness.bus.subscribe([gateway.topics.replies, gateway.topics.usage], "history", record)
+    limited_auth(harness, team=("team-9", {"max_budget_usd": 0.0}))
+    response = await harness.client.post(
+        "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert response.status_code == 429, response.text
+
+    await asyncio.wait_for(both.wait(), timeout=5)
+    failed = next(event for event in recorded if event.type == "chat.failed")
+    usage = next(event for event in recorded if event.type == "usage.recorded")
+    assert failed.data.status == usage.data.status == "refused"
+    assert failed.data.error.code == "insufficient_quota"
+    assert "team team-9" in failed.data.error.message
+    assert usage.data.team_id == "team-9"
+    assert (usage.data.api_key_id, usage.data.model) == ("key-1", "sim-small")
 
 
 async def test_the_admin_api_is_reachable_through_the_gateway(harness):
@@ -393,3 +427,40 @@ async def test_usage_reports_carry_spend_against_each_budget(harness):
     [budget] = report.json()["budgets"]
     assert budget["level"] == "api_key" and budget["max_budget_usd"] == 5.0
     assert report.json()["object"] == "list"  # history's report itself is untouched
+
+
+async def test_requests_sent_by_other_services_are_admitted_against_the_same_limits(harness):
+    """History's replay runner asks the gateway before it sends a replayed request."""
+    limited_auth(harness, rpm_limit=1)
+    payload = {
+        "request_id": "a" * 32,
+        "tenant": "acme",
+        "user_id": "user-1",
+        "api_key_id": "key-1",
+        "api": "openai.chat_completions",
+        "model": "sim-small",
+        "body": CHAT,
+    }
+    internal = {INTERNAL_TOKEN_HEADER: harness.settings.internal_token}
+    anonymous = await harness.client.post("/internal/v1/admissions", json=payload)
+    assert anonymous.status_code == 401
+    bad = await harness.client.post(
+        "/internal/v1/admissions", json={**payload, "api": "nope"}, headers=internal
+    )
+    assert bad.status_code == 400
+    admitted = await harness.client.post("/internal/v1/admissions", json=payload, headers=internal)
+    assert admitted.status_code == 200, admitted.text
+    assert admitted.json() == {"team_id": None}
+    # The same key's next request, from a client or a replay, is over the limit.
+    refused = await harness.client.post(
+        "/internal/v1/admissions", json={**payload, "request_id": "b" * 32}, headers=internal
+    )
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(refused.headers["retry-after"]) >= 1
+    client = await harness.client.post(
+        "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert client.status_code == 429
+    paths = (await harness.client.get("/openapi.json")).json()["paths"]
+    assert "/internal/v1/admissions" not in paths

@@ -1,6 +1,6 @@
 """The history store on a real PostgreSQL server: migrations both ways (version 1 rows
-carried over to event contract version 2, and the schema they build equal to the
-models'), exactly-once
+carried over to event contract version 2, requests given their teams, and the schema
+they build equal to the models'), exactly-once
 recording under redelivery, any batching and concurrent consumers, the queries' SQL
 (time buckets, filters), the Idempotency-Key store and webhook claims under concurrency."""
 
@@ -70,6 +70,12 @@ async def test_version_1_rows_migrate_to_contract_version_2_and_back(
     postgres_url, events, v1_migration_check
 ):
     await v1_migration_check(postgres_url, events)
+
+
+async def test_requests_recorded_before_teams_get_their_team_from_the_stored_events(
+    postgres_url, events, teams_migration_check
+):
+    await teams_migration_check(postgres_url, events)
 
 
 def test_the_migrations_build_exactly_the_schema_of_the_models(postgres_url):

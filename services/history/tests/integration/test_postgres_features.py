@@ -149,7 +149,8 @@ async def test_two_dispatchers_claim_each_webhook_once(engine, events):
         batch += [job, events.completed(job)]
     await recorder.record(batch)
     tenants = TenantSettingsStore(engine)
-    policy = WebhookPolicy(max_attempts=5, lease_s=60)
+    # No per-tenant cap in the way: this checks that no webhook is claimed twice.
+    policy = WebhookPolicy(max_attempts=5, lease_s=60, max_per_tenant=10)
     claimed = await asyncio.gather(
         WebhookDispatcher(engine, tenants, policy, batch=10)._claim(),
         WebhookDispatcher(engine, tenants, policy, batch=10)._claim(),
@@ -182,9 +183,9 @@ async def test_a_thousand_requests_cost_few_statements(engine, events):
     finally:
         sa_event.remove(engine.sync_engine, "before_cursor_execute", count)
 
-    # Tenant settings, the event store, the projection, the usage rollup's dirty hours
-    # (plus BEGIN/COMMIT by the driver).
-    assert statements == ["SELECT", "INSERT", "INSERT", "INSERT"]
+    # Tenant settings, the outcomes the requests already have (their rows locked), the event
+    # store, the projection, the usage rollup's dirty hours (plus BEGIN/COMMIT by the driver).
+    assert statements == ["SELECT", "SELECT", "INSERT", "INSERT", "INSERT"]
     async with engine.connect() as connection:
         assert (
             await connection.execute(select(func.count()).select_from(events_table))

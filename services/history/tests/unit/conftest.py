@@ -132,10 +132,16 @@ def token() -> str:
 
 @pytest.fixture
 def service_settings(database_url: str) -> Settings:
-    # The sweeper runs once at start-up; tests that want it again call it themselves
-    # (their requests' deadlines are long past).
+    # The sweeper never runs by itself during a test (its first round is an interval after
+    # start-up); tests that want it call it themselves (their requests' deadlines are long
+    # past).
+    # No gateway: replays are sent without admission unless a test fakes one.
     return Settings(
-        database_url=database_url, internal_token=TOKEN, topic_prefix="t1", sweep_interval_s=3600
+        database_url=database_url,
+        internal_token=TOKEN,
+        topic_prefix="t1",
+        sweep_interval_s=3600,
+        gateway_url="",
     )
 
 

@@ -42,7 +42,10 @@ async def history(recorder, events):
         ]
     ):
         request = events.requested(
-            tenant=tenant, model=model, at=now - timedelta(days=age_days, minutes=index)
+            tenant=tenant,
+            model=model,
+            at=now - timedelta(days=age_days, minutes=index),
+            team_id="team-1" if model == "sim-large" else None,
         )
         batch += [request, events.completed(request), events.usage(request, cost_usd=1.0)]
     await recorder.record(batch)
@@ -130,8 +133,8 @@ def test_usage_report_shows_emails_and_key_names_and_keeps_ids_in_csv(cli, histo
     from switchyard.common.plugins import PrincipalNames
     from switchyard.history import cli as history_cli
 
-    async def names(user_ids, key_ids):
-        assert user_ids == {"alice"} and key_ids == {"key-1"}
+    async def names(user_ids, key_ids, team_ids):
+        assert user_ids == {"alice"} and key_ids == {"key-1"} and team_ids == set()
         return PrincipalNames(
             emails={"alice": "alice@example.com"}, key_names={"key-1": "ci\x1b[31m"}
         )
@@ -151,10 +154,47 @@ def test_usage_report_shows_emails_and_key_names_and_keeps_ids_in_csv(cli, histo
     assert rows[0]["api_key"] == "key-1" and rows[0]["api_key_name"] == "ci\x1b[31m"
 
 
+def test_usage_report_by_team_shows_team_names_and_keeps_ids_in_csv(cli, history, monkeypatch):
+    from switchyard.common.plugins import PrincipalNames
+    from switchyard.history import cli as history_cli
+
+    async def names(user_ids, key_ids, team_ids):
+        assert team_ids == {"team-1"}
+        return PrincipalNames(team_names={"team-1": "research"})
+
+    monkeypatch.setattr(history_cli, "lookup_principal_names", names)
+    table = cli(usage_app, "report", "--since", "7d", "--group-by", "team", "--tenant", "acme")
+    assert table.exit_code == 0, table.output
+    lines = table.output.splitlines()
+    assert lines[0].split()[:2] == ["team", "requests"]
+    # One request of team-1 (shown by name), one of no team, and the total.
+    assert lines[2].split()[:2] == ["research", "1"]
+    assert lines[3].split()[:1] == ["1"]
+
+    result = cli(
+        usage_app,
+        "report",
+        "--since",
+        "7d",
+        "--group-by",
+        "team",
+        "--format",
+        "csv",
+        "--tenant",
+        "acme",
+        "--team",
+        "team-1",
+    )
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert [(row["team"], row["team_name"], row["requests"]) for row in rows] == [
+        ("team-1", "research", "1")
+    ]
+
+
 def test_usage_report_falls_back_to_ids_when_names_cannot_be_looked_up(cli, history, monkeypatch):
     from switchyard.history import cli as history_cli
 
-    async def unreachable(user_ids, key_ids):
+    async def unreachable(user_ids, key_ids, team_ids):
         raise ConnectionError("auth database unreachable")
 
     monkeypatch.setattr(history_cli, "lookup_principal_names", unreachable)

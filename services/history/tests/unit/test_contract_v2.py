@@ -1,5 +1,5 @@
 """History on event contract version 2: requests recorded in the API the client called,
-the API their deployment was called with, cache and reasoning tokens, refused requests,
+the API their deployment was called with, cache and reasoning tokens,
 metadata-only storage of Anthropic replies, version 1 events still recorded, and the
 migration of version 1 rows (on SQLite here, on PostgreSQL in the integration suite)."""
 
@@ -8,8 +8,7 @@ from __future__ import annotations
 import orjson
 from sqlalchemy import text
 
-from switchyard.common.events import ClientAPI, TerminalStatus, decode_event
-from switchyard.history.models import RequestStatus
+from switchyard.common.events import ClientAPI, decode_event
 
 
 async def test_an_anthropic_request_is_recorded_and_served_in_anthropics_api(
@@ -75,35 +74,6 @@ async def test_embeddings_requests_are_recorded_as_openai_embeddings(recorder, t
     await recorder.record([request])
     row = await tables.request(request.request_id)
     assert (row["api"], row["client_api"]) == ("openai.embeddings", "openai.embeddings")
-
-
-async def test_a_refused_request_is_shown_filtered_and_counted_as_an_error(
-    service, recorder, events
-):
-    refused = events.requested()
-    done = events.requested()
-    await recorder.record(
-        [
-            refused,
-            events.failed(refused, status=TerminalStatus.REFUSED),
-            done,
-            events.completed(done),
-        ]
-    )
-
-    listed = await service.client.get(
-        "/v1/history", params={"status": "refused"}, headers=service.headers()
-    )
-    assert [item["id"] for item in listed.json()["data"]] == [refused.request_id]
-    assert listed.json()["data"][0]["status"] == RequestStatus.REFUSED
-    usage = (
-        await service.client.get(
-            "/v1/usage",
-            params={"since": "2025-03-01", "until": "2025-03-02"},
-            headers=service.headers(),
-        )
-    ).json()
-    assert (usage["totals"]["requests"], usage["totals"]["errors"]) == (2, 1)
 
 
 async def test_a_version_1_event_is_recorded_as_version_2(recorder, tables):

@@ -193,6 +193,8 @@ async def test_usage_by_day_for_a_user_and_for_the_tenant(service, recorded):
         "cache_read_input_tokens": 8,
         "cache_creation_input_tokens": 4,
         "reasoning_tokens": 2,
+        "cache_hits": 0,
+        "cache_saved_usd": 0.0,
     }
     assert tenant["totals"]["requests"] == 5  # bob's too, never globex's
     assert tenant["totals"]["cost_usd"] == 1.5
@@ -254,6 +256,8 @@ async def test_usage_by_hour_and_as_csv(service, recorded):
         "cache_read_input_tokens",
         "cache_creation_input_tokens",
         "reasoning_tokens",
+        "cache_hits",
+        "cache_saved_usd",
     ]
     assert (rows[1]["cache_read_input_tokens"], rows[1]["reasoning_tokens"]) == ("4", "1")
 

@@ -8,8 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from switchyard.common.bus import BusUnavailableError
+from switchyard.common.events import TerminalStatus
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import ClaimRequest, IdempotencyStore
+from switchyard.history.jobs import expiry_event
 from switchyard.history.sweeper import expire_overdue, purge, purge_by_retention
 from switchyard.history.tenants import TenantSettingsStore
 
@@ -51,33 +54,86 @@ async def test_not_expired_before_the_grace_period_ends(recorder, tables, events
     assert (await tables.request(request.request_id))["status"] == "pending"
 
 
-async def test_a_late_reply_after_expiry_keeps_the_expiry(recorder, tables, events, engine):
+async def test_a_reply_recorded_after_the_sweepers_expiry_replaces_it(
+    recorder, tables, events, engine
+):
+    # The sweeper expired a request whose reply was still on its way to the database (the
+    # client had its answer): the real outcome wins, and the entry holds only that one.
     request = events.requested(timeout_s=60)
     await recorder.record([request])
     await expire_overdue(engine, recorder, GRACE, now=request.data.deadline + GRACE * 2)
-    before = await tables.request(request.request_id)
+    expired = await tables.request(request.request_id)
+    reply = events.completed(request, answer="what the client got")
+    usage = events.usage(request)
 
+    await recorder.record([reply, usage])
+
+    row = await tables.request(request.request_id)
+    assert expired["status"] == "expired"
+    assert row["status"] == "completed"
+    assert row["response"]["choices"][0]["message"]["content"] == "what the client got"
+    assert (row["error"], row["completed_at"]) == (None, reply.time)
+    assert row["output_tokens"] == 3
+    assert sorted(await tables.event_ids()) == sorted([request.id, reply.id, usage.id])
+
+
+async def test_an_expiry_never_lands_on_a_request_answered_meanwhile(
+    recorder, tables, events, engine
+):
+    request = events.requested(timeout_s=60)
+    await recorder.record([request])
+    reply = events.completed(request)
+    # The sweeper found the request pending, then its reply was recorded before the expiry.
+    await recorder.record([reply])
+    await recorder.record([expiry_event(request.tenant, request.request_id)])
+
+    assert (await tables.request(request.request_id))["status"] == "completed"
+    assert sorted(await tables.event_ids()) == sorted([request.id, reply.id])
+
+
+async def test_inferences_own_expiry_is_a_real_outcome(recorder, tables, events, engine):
+    request = events.requested(timeout_s=60)
+    await recorder.record([request, events.failed(request, status=TerminalStatus.EXPIRED)])
     await recorder.record([events.completed(request)])
 
-    after = await tables.request(request.request_id)
-    assert (after["status"], after["response"]) == ("expired", None)
-    assert (after["error"], after["completed_at"]) == (before["error"], before["completed_at"])
-    assert after["output_tokens"] == 3  # the tokens it did use are still accounted
+    assert (await tables.request(request.request_id))["status"] == "expired"
+    assert await tables.event_count() == 2
 
 
-async def test_the_sweeper_waits_while_the_consumer_catches_up(service, recorder, events):
+async def test_the_sweeper_expires_nothing_while_the_consumer_lags_or_is_unreachable(
+    service, recorder, events
+):
     sweeper = service.components.sweeper
     sweeper.grace = timedelta(0)
     request = events.requested(timeout_s=0.001)
     await recorder.record([request])
-    sweeper.recorder.max_batch = 1
-    await sweeper.recorder.record([events.chunk(request)])  # a full batch just arrived
-    await sweeper.sweep_once()
-    status = await _status(service, request.request_id)
-    sweeper.recorder.last_batch_full = False
+    progress: dict[str, object] = {"caught_up": False}
+
+    async def caught_up() -> bool:
+        if isinstance(progress["caught_up"], Exception):
+            raise progress["caught_up"]
+        return bool(progress["caught_up"])
+
+    sweeper.caught_up = caught_up
+    await sweeper.sweep_once()  # replies not recorded yet: the request may have its answer
+    while_lagging = await _status(service, request.request_id)
+    progress["caught_up"] = BusUnavailableError("Kafka is not reachable")
+    await sweeper.sweep_once()  # a consumer that cannot reach the broker is not caught up
+    while_disconnected = await _status(service, request.request_id)
+    progress["caught_up"] = True
     await sweeper.sweep_once()
 
-    assert status == "pending"
+    assert (while_lagging, while_disconnected) == ("pending", "pending")
+    assert await _status(service, request.request_id) == "expired"
+
+
+async def test_the_sweeper_waits_for_the_history_group_on_the_bus(service, events):
+    sweeper = service.components.sweeper
+    sweeper.grace = timedelta(0)
+    request = events.requested(timeout_s=0.001)
+    await service.publish(request)  # through the bus: recorded by the consumer
+    await service.wait_for(request.request_id, "pending")
+    await sweeper.sweep_once()
     assert await _status(service, request.request_id) == "expired"
 
 
@@ -222,3 +278,15 @@ async def test_expiry_skips_rows_without_their_request(recorder, tables, events,
     request = events.requested(timeout_s=1)
     await recorder.record([events.usage(request)])  # the request itself is still on its way
     assert await expire_overdue(engine, recorder, GRACE, now=datetime(2030, 1, 1, tzinfo=UTC)) == 0
+
+
+async def test_an_expiry_and_the_reply_in_one_batch_leave_only_the_reply(recorder, tables, events):
+    request = events.requested(timeout_s=60)
+    await recorder.record([request])
+    reply = events.completed(request)
+
+    await recorder.record([expiry_event(request.tenant, request.request_id), reply])
+
+    row = await tables.request(request.request_id)
+    assert (row["status"], row["outcome_provisional"], row["error"]) == ("completed", False, None)
+    assert sorted(await tables.event_ids()) == sorted([request.id, reply.id])

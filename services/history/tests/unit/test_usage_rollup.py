@@ -1,7 +1,8 @@
 """The usage rollup gives exactly what aggregating the requests gives: before and after
 the sweeper recomputes hours, with hours dirtied again by late replies, over ranges that
-cut hours in half, for every grouping and filter; cache and reasoning tokens and refused
-requests included."""
+cut hours in half, for every grouping and filter (teams included); cache and reasoning
+tokens and refused requests (recorded from their refusal alone, as gateways publish it)
+included."""
 
 from __future__ import annotations
 
@@ -22,16 +23,26 @@ START = datetime(2025, 3, 1, tzinfo=UTC)
 
 
 def _expected(rows: dict, query: UsageQuery) -> list[tuple]:
-    names = {"model": "model", "user": "user_id", "api_key": "api_key_id", "tenant": "tenant"}
+    names = {
+        "model": "model",
+        "user": "user_id",
+        "api_key": "api_key_id",
+        "team": "team_id",
+        "tenant": "tenant",
+    }
     totals: dict[tuple, list] = defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0])
     for row in rows.values():
-        if row["request_body"] is None or not query.since <= row["created_at"] < query.until:
+        if row["request_body"] is None and row["status"] != "refused":
+            continue  # a reply whose request has not arrived yet
+        if not query.since <= row["created_at"] < query.until:
             continue
         if query.tenant is not None and row["tenant"] != query.tenant:
             continue
         if query.user_id is not None and row["user_id"] != query.user_id:
             continue
         if query.model is not None and row["model"] != query.model:
+            continue
+        if query.team_id is not None and row["team_id"] != query.team_id:
             continue
         bucket = None
         if query.bucket == "day":
@@ -84,15 +95,21 @@ async def _history(recorder, events, generator, count: int, *, replies: bool = T
     batch, requests = [], []
     for _ in range(count):
         at = START + timedelta(minutes=generator.randint(0, 6 * 60 - 1), seconds=generator.random())
-        request = events.requested(
+        who = dict(
             tenant=generator.choice(["acme", "globex"]),
             user_id=generator.choice(["alice", "bob", "carol"]),
             model=generator.choice(["small", "large"]),
             api_key_id=generator.choice(["k1", "k2", None]),
-            at=at,
+            team_id=generator.choice(["t1", "t2", None]),
         )
-        requests.append(request)
         outcome = generator.random()
+        if replies and outcome > 0.9:
+            # Refused at admission: no request event, only the refusal.
+            events.clock = at - timedelta(seconds=1)
+            batch += [*events.refusal(**who)]
+            continue
+        request = events.requested(**who, at=at)
+        requests.append(request)
         contributions = [request]
         if replies and outcome < 0.6:
             cached = generator.randint(0, 40)
@@ -109,7 +126,7 @@ async def _history(recorder, events, generator, count: int, *, replies: bool = T
         elif replies and outcome < 0.75:
             contributions += [events.failed(request)]
         elif replies and outcome < 0.8:
-            contributions += [events.failed(request, status=TerminalStatus.REFUSED)]
+            contributions += [events.failed(request, status=TerminalStatus.CANCELLED)]
         if generator.random() < 0.2:
             contributions.reverse()  # the reply overtook the request
         batch += contributions
@@ -125,6 +142,9 @@ QUERIES = [
     dict(bucket="hour", dimensions=("model",), user_id="alice"),
     dict(bucket="day", dimensions=("api_key",), model="large"),
     dict(tenant=None, bucket="hour", dimensions=("tenant",)),
+    dict(bucket="day", dimensions=("team",)),
+    dict(bucket=None, dimensions=("team", "model"), team_id="t1"),
+    dict(bucket="hour", dimensions=("team", "user"), user_id="bob"),
 ]
 RANGES = [
     (START, START + timedelta(days=1)),

@@ -14,7 +14,9 @@ DOCS = Path(__file__).resolve().parents[4] / "docs" / "configuration.md"
 
 
 def examples(tmp_path: Path) -> tuple[str, str]:
-    routing, prices = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), re.S)
+    blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), re.S)
+    routing = blocks[0]
+    [prices] = [block for block in blocks if "input_per_1m" in block]
     (tmp_path / "routing.yaml").write_text(routing)
     (tmp_path / "prices.yaml").write_text(prices)
     return str(tmp_path / "routing.yaml"), str(tmp_path / "prices.yaml")
@@ -46,3 +48,23 @@ def test_documented_routing_and_prices_examples_load(tmp_path, monkeypatch):
         input_tokens=1_000_000, output_tokens=1_000_000, cache_read_input_tokens=500_000
     )
     assert request_cost(prices, "gpt-4o-mini", azure, cached) == 0.7125
+
+
+def test_documented_provider_kind_examples_load_one_per_kind(tmp_path, monkeypatch):
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "test-key")
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+    blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), re.S)
+    [kinds] = [block for block in blocks if "provider: bedrock" in block]
+    (tmp_path / "kinds.yaml").write_text(kinds)
+    routing = load_routing(str(tmp_path / "kinds.yaml"), "http://127.0.0.1:8099/v1")
+    by_kind = {d.provider: d for d in routing.deployments()}
+    assert sorted(by_kind) == ["azure_openai", "bedrock", "gemini", "vertex"]
+    assert {kind: d.protocol for kind, d in by_kind.items()} == {
+        "azure_openai": "openai",
+        "bedrock": "anthropic",
+        "gemini": "openai",
+        "vertex": "anthropic",
+    }
+    assert by_kind["azure_openai"].api_version == "2024-10-21"
+    assert routing.models["gpt-4o"].label == "GPT-4o (Azure)"
+    assert routing.models["gpt-4o"].released.isoformat() == "2024-05-13T00:00:00+00:00"

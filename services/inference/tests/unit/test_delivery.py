@@ -4,14 +4,15 @@ content falls back without the client seeing it; every upstream call's tokens co
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
-from switchyard.common.bus import BusUnavailableError, InMemoryBus
-from switchyard.common.events import ChatChunk, ChatCompleted, UsageRecorded
+from switchyard.common.bus import BusUnavailableError, EventTooLargeError, InMemoryBus
+from switchyard.common.events import ChatChunk, ChatCompleted, ChatFailed, UsageRecorded
 from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.inference.handlers import ChatRequestHandler
@@ -100,6 +101,36 @@ async def test_a_reply_that_cannot_be_published_is_retried_without_calling_the_u
     assert reply.data.response["choices"][0]["message"]["content"].startswith("Simulated")
     assert usage.data.upstream_calls == 1 and usage.data.usage.output_tokens > 0
     assert handler.publish_failures == 5
+
+
+class RefusingBus(FlakyBus):
+    """Refuses every `chat.completed` as too large for the bus, as a broker would a record
+    over its `max.message.bytes`; takes everything else."""
+
+    async def publish(self, topic, event, *, key=None, partition=None) -> None:
+        self.attempts += 1
+        if isinstance(event, ChatCompleted):
+            raise EventTooLargeError("the event is larger than the topic accepts")
+        self.published.append(event)
+        await self.bus.publish(topic, event, key=key, partition=partition)
+
+
+async def test_a_reply_the_bus_refuses_becomes_an_error_instead_of_holding_the_partition(
+    simulator, routing, providers
+) -> None:
+    bus = RefusingBus(failing=set())
+    handler = handler_on(bus, routing, providers)
+
+    # Returns (so the partition moves on) instead of retrying a publish that cannot succeed.
+    await asyncio.wait_for(handler(chat_request(model="m")), timeout=10)
+
+    assert simulator.calls("up-m") == 1
+    reply, usage = bus.published
+    assert isinstance(reply, ChatFailed) and reply.data.error.code == "response_too_large"
+    assert reply.data.error.status == 502
+    # The upstream call happened: it is billed, under the status the client got.
+    assert isinstance(usage, UsageRecorded) and usage.data.status == "failed"
+    assert usage.data.upstream_calls == 1 and usage.data.usage.output_tokens > 0
 
 
 async def test_stream_records_that_cannot_be_published_are_retried_in_order(

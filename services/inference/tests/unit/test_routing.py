@@ -238,3 +238,107 @@ def test_routing_source_validation_refuses_a_table(tmp_path: Path) -> None:
 
     assert not source.reload()
     assert source.table.model_names() == ["one"]
+
+
+# --------------------------------------------------------------------------- provider kinds
+
+
+@pytest.mark.parametrize(
+    ("deployment", "message"),
+    [
+        (
+            "{name: a, provider: azure_openai, model: d, api_version: v, api_key_env: K}",
+            "needs 'base_url'",
+        ),
+        (
+            "{name: a, provider: azure_openai, model: d, base_url: 'https://r', api_key_env: K}",
+            "needs 'api_version'",
+        ),
+        (
+            "{name: a, provider: azure_openai, model: d, base_url: 'https://r', api_version: v}",
+            "exactly one of 'api_key_env', 'azure_ad_token_env' and 'azure_ad_token_file'",
+        ),
+        (
+            "{name: a, provider: azure_openai, model: d, base_url: 'https://r', api_version: v,"
+            " api_key_env: K, azure_ad_token_env: T}",
+            "exactly one of",
+        ),
+        ("{name: a, provider: bedrock, model: m}", "a bedrock deployment needs 'region'"),
+        (
+            "{name: a, provider: bedrock, model: m, region: r, aws_access_key_id_env: A}",
+            "set both 'aws_access_key_id_env' and 'aws_secret_access_key_env'",
+        ),
+        (
+            "{name: a, provider: bedrock, model: m, region: r, api_key_env: K, aws_profile: p}",
+            "either a Bedrock API key",
+        ),
+        ("{name: a, provider: vertex, model: m, region: r}", "needs 'project_id'"),
+        ("{name: a, provider: vertex, model: m, project_id: p}", "needs 'region'"),
+        (
+            "{name: a, provider: vertex, model: m, project_id: p, region: r, api_key_env: K}",
+            "'api_key_env' does not apply to vertex",
+        ),
+        (
+            "{name: a, provider: vertex, model: m, project_id: p, region: r,"
+            " credentials_file: f, access_token_env: T}",
+            "not both",
+        ),
+        ("{name: a, provider: gemini, model: m}", "a gemini deployment needs 'api_key_env'"),
+        (
+            "{name: a, provider: openai, model: m, region: r}",
+            "'region' applies only to bedrock and vertex",
+        ),
+        (
+            "{name: a, provider: anthropic, model: m, api_version: v}",
+            "'api_version' applies only to azure_openai",
+        ),
+        ("{name: a, provider: watsonx, model: m}", "provider"),
+    ],
+)
+def test_provider_kind_settings_are_checked_naming_the_field(
+    tmp_path: Path, deployment: str, message: str
+) -> None:
+    path = write(tmp_path, f"models:\n  chat:\n    deployments:\n      - {deployment}\n")
+    with pytest.raises(RoutingError) as caught:
+        load_routing(path, SIM_URL)
+    assert message in str(caught.value)
+    assert "models.chat.deployments.0" in str(caught.value)
+
+
+def test_each_provider_kind_speaks_its_protocol(tmp_path: Path) -> None:
+    route = route_of(
+        tmp_path,
+        "      - {name: o, provider: openai, model: m}\n"
+        "      - {name: a, provider: anthropic, model: m}\n"
+        "      - {name: z, provider: azure_openai, model: d, base_url: 'https://r',"
+        " api_version: v, azure_ad_token_file: /t}\n"
+        "      - {name: b, provider: bedrock, model: m, region: us-east-1}\n"
+        "      - {name: v, provider: vertex, model: m, project_id: p, region: global}\n"
+        "      - {name: g, provider: gemini, model: m, api_key_env: G}\n",
+    )
+    assert [(d.provider, d.protocol) for d in route.deployments] == [
+        ("openai", "openai"),
+        ("anthropic", "anthropic"),
+        ("azure_openai", "openai"),
+        ("bedrock", "anthropic"),
+        ("vertex", "anthropic"),
+        ("gemini", "openai"),
+    ]
+
+
+def test_every_credential_variable_must_be_set_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SET_KEY_ID", "AKIA")
+    path = write(
+        tmp_path,
+        "models:\n  chat:\n    deployments:\n"
+        "      - {name: b, provider: bedrock, model: m, region: r,"
+        " aws_access_key_id_env: SET_KEY_ID, aws_secret_access_key_env: UNSET_SECRET}\n"
+        "      - {name: v, provider: vertex, model: m, project_id: p, region: r,"
+        " access_token_env: UNSET_TOKEN}\n",
+    )
+    with pytest.raises(RoutingError) as caught:
+        check_credentials(load_routing(path, SIM_URL))
+    assert "UNSET_SECRET" in str(caught.value) and "UNSET_TOKEN" in str(caught.value)
+    assert "SET_KEY_ID" not in str(caught.value)

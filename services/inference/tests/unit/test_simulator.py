@@ -275,6 +275,15 @@ async def test_anthropic_malformed_input_is_a_400_in_anthropic_shape(
     assert "max_tokens" in response.json()["error"]["message"]
 
 
+async def test_anthropic_count_tokens_equals_the_input_a_message_reports(anthropic_client):
+    body = {"system": "Be brief.", "messages": user("How many words are here?")}
+    counted = await anthropic_client.messages.count_tokens(model="sim-claude", **body)
+    message = await anthropic_client.messages.create(model="sim-claude", max_tokens=10, **body)
+    assert counted.input_tokens == message.usage.input_tokens == 7
+    with pytest.raises(anthropic.BadRequestError):
+        await anthropic_client.messages.count_tokens(model="sim-claude", messages=[])
+
+
 # ------------------------------------------------------------------ control API
 
 

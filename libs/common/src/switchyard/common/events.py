@@ -161,6 +161,16 @@ class ChatRequestData(Contract):
         description="Client request headers the provider needs to read the body "
         "(`anthropic-version`, `anthropic-beta`, `openai-beta`); never credentials.",
     )
+    previous_items: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Responses API only (`openai.responses`), when the body names a "
+        "`previous_response_id`: the items of that conversation, oldest first (the previous "
+        "response's input items, then its output items), as history held them when the "
+        "gateway accepted the request. Switchyard serves `previous_response_id` itself: "
+        "inference sends these before the body's `input`, and history stores them as part "
+        "of this response's input items. Carried here, not fetched later, so the request "
+        "can be replayed as it ran.",
+    )
     stream: bool = False
     user_id: str = Field(description="Authenticated subject (user id).")
     api_key_id: str | None = Field(default=None, description="API key used, if any.")
@@ -193,7 +203,8 @@ class ChatCompletedData(Contract):
     upstream_api: ClientAPI | None = Field(
         default=None,
         description="The API the deployment was called with; equal to `api` when the "
-        "request was passed through, another when it was translated.",
+        "request was passed through, another when it was translated; none when no "
+        "deployment was called (a token count Switchyard estimated itself).",
     )
     usage: TokenUsage
     latency_ms: float = Field(ge=0, description="Time spent calling the upstream, in ms.")
@@ -260,6 +271,12 @@ class UsageData(Contract):
     upstream_calls: int = Field(default=1, ge=0, description="Upstream calls made.")
     cache_hit: bool = Field(
         default=False, description="Answered from Switchyard's response cache (no upstream)."
+    )
+    saved_cost_usd: float = Field(
+        default=0,
+        ge=0,
+        description="For a cache hit: what the reused answer cost when it was made (USD), "
+        "i.e. what the hit saved. 0 otherwise.",
     )
     replay_of: str | None = Field(default=None, description="Original request, for a replay.")
 

@@ -4,6 +4,7 @@ the uvicorn runner."""
 from __future__ import annotations
 
 import hmac
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -110,7 +111,19 @@ def serve(
     except PortInUseError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again so the process
+    # ends as signalled: the default action would kill it before the log writer's thread
+    # has written the last lines (the shutdown's among them).
+    signal.signal(signal.SIGTERM, _flush_logs_then_die)
     uvicorn.run(app, host=host, port=port, workers=workers, factory=factory, **SERVER_OPTIONS)
+
+
+def _flush_logs_then_die(signum: int, _frame: Any) -> None:
+    from switchyard.common.logging import close_logs
+
+    close_logs()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 def _only_disconnects(exc: BaseException) -> bool:

@@ -34,6 +34,7 @@ from typing import IO, Any
 import structlog
 from opentelemetry import trace
 
+from switchyard.common.log_throttle import RepeatFilter
 from switchyard.common.tracing import tracing_enabled
 
 _SECRET_KEYS = ("authorization", "api_key", "password", "token", "secret")
@@ -190,6 +191,12 @@ def flush_logs() -> None:
         _writer.flush()
 
 
+def close_logs() -> None:
+    """Write what is pending (waiting at most 2 s for stdout) and stop the writer thread:
+    for a process about to end (at exit, or killed by a signal it re-raised)."""
+    _close_writer()
+
+
 def _close_writer() -> None:
     global _writer
     if _writer is not None:
@@ -256,6 +263,7 @@ def configure_logging(
     _close_writer()  # configured again (e.g. a uvicorn worker in the same process)
     _writer = BackgroundWriter(output)
     _writer.setFormatter(formatter)
+    _writer.addFilter(RepeatFilter(_writer))  # repeated warnings and errors: once, with a count
     root = logging.getLogger()
     root.handlers[:] = [_writer]
     root.setLevel(level.upper())

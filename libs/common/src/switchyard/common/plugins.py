@@ -35,10 +35,12 @@ class Migrations:
 
 @dataclass(frozen=True)
 class PrincipalNames:
-    """Readable names of users (email) and API keys (name), by id; ids not found are absent."""
+    """Readable names of users (email), API keys and teams (name), by id; ids not found
+    are absent."""
 
     emails: dict[str, str] = field(default_factory=dict)
     key_names: dict[str, str] = field(default_factory=dict)
+    team_names: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,11 @@ class ServicePlugin:
     prepare_dev: Callable[[], DevContribution] | None = None
     # Order in which embedded mode starts services (consumers before producers).
     start_order: int = 50
-    # (user ids, API key ids) -> their emails and names, from the service that owns them
-    # (auth), so reports of other services show people instead of ids.
-    principal_names: Callable[[set[str], set[str]], Awaitable[PrincipalNames]] | None = None
+    # (user ids, API key ids, team ids) -> their emails and names, from the service that
+    # owns them (auth), so reports of other services show people instead of ids.
+    principal_names: Callable[[set[str], set[str], set[str]], Awaitable[PrincipalNames]] | None = (
+        None
+    )
 
     def create_app(self, **kwargs: Any) -> FastAPI:
         module_name, _, attribute = self.factory.partition(":")
@@ -84,13 +88,14 @@ def discover() -> list[ServicePlugin]:
 
 
 async def lookup_principal_names(
-    user_ids: Iterable[str], api_key_ids: Iterable[str]
+    user_ids: Iterable[str], api_key_ids: Iterable[str], team_ids: Iterable[str] = ()
 ) -> PrincipalNames:
-    """Emails and key names from the installed service that knows them (empty if none is
-    installed). Raises what that service's lookup raises (e.g. its database is down)."""
+    """Emails, key names and team names from the installed service that knows them (empty
+    if none is installed). Raises what that service's lookup raises (e.g. its database is
+    down)."""
     for plugin in discover():
         if plugin.principal_names is not None:
-            return await plugin.principal_names(set(user_ids), set(api_key_ids))
+            return await plugin.principal_names(set(user_ids), set(api_key_ids), set(team_ids))
     return PrincipalNames()
 
 

@@ -35,6 +35,26 @@ Order of attempts for one request (`ModelRoute.attempt_order`):
   `max_concurrency` after those with free capacity, and skips deployments whose circuit
   breaker is open.
 
+Provider kinds (`provider`), each reached through its official SDK client; the protocol
+column says which client APIs a deployment serves natively (passed through) and which are
+translated (docs/protocols.md):
+
+- `openai`: OpenAI's protocol (Chat Completions, embeddings); `base_url` (none: OpenAI),
+  `api_key_env`.
+- `anthropic`: Anthropic Messages; `base_url` (none: Anthropic), `api_key_env`.
+- `azure_openai`: OpenAI's protocol; `base_url` (the resource endpoint), `api_version`, and
+  one of `api_key_env`, `azure_ad_token_env`, `azure_ad_token_file`; `model` is the Azure
+  deployment name.
+- `bedrock`: Anthropic Messages; `region`; credentials from the standard AWS chain,
+  `aws_profile`, the `aws_*_env` variables, or a Bedrock API key (`api_key_env`).
+- `vertex`: Anthropic Messages; `project_id`, `region`; `credentials_file` (a service
+  account), `access_token_env`, or Application Default Credentials.
+- `gemini`: OpenAI's protocol; `api_key_env` (a Gemini API key); `base_url` defaults to
+  Gemini's OpenAI-compatible endpoint.
+
+Fields name environment variables or files, never secrets themselves: a routing file can
+be shown and logged.
+
 `RoutingSource` keeps the table current: it reloads the file when it changes (polling its
 modification time, and on demand, e.g. on SIGHUP), keeping the previous table when the new
 file is invalid.
@@ -46,6 +66,7 @@ import asyncio
 import os
 import random
 from collections.abc import Callable
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,10 +79,51 @@ PLACEHOLDER_API_KEY = "sim"
 
 OPENAI_DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini")
 SIMULATOR_MODELS = ("sim-small", "sim-large")
+# Simulator models whose deployment passes Responses requests through.
+SIMULATOR_RESPONSES_MODELS = ("sim-small",)
 # Served by the simulator's Anthropic protocol through the Anthropic provider.
 SIMULATOR_ANTHROPIC_MODELS = ("sim-claude",)
 
 log = structlog.get_logger("switchyard.routing")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+ProviderKind = Literal["openai", "anthropic", "azure_openai", "bedrock", "vertex", "gemini"]
+WireProtocol = Literal["openai", "anthropic"]
+
+# The API family each provider kind speaks natively: requests in it are passed through,
+# requests in the other are translated.
+PROVIDER_PROTOCOLS: dict[str, WireProtocol] = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "azure_openai": "openai",
+    "bedrock": "anthropic",
+    "vertex": "anthropic",
+    "gemini": "openai",
+}
+# Gemini's OpenAI-compatible endpoint (Google's "OpenAI compatibility" guide).
+GEMINI_OPENAI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta/openai/"
+
+# Settings that belong to one provider kind only, and those a kind cannot do without.
+_KIND_FIELDS: dict[str, frozenset[str]] = {
+    "api_version": frozenset({"azure_openai"}),
+    "azure_ad_token_env": frozenset({"azure_openai"}),
+    "azure_ad_token_file": frozenset({"azure_openai"}),
+    "region": frozenset({"bedrock", "vertex"}),
+    "aws_profile": frozenset({"bedrock"}),
+    "aws_access_key_id_env": frozenset({"bedrock"}),
+    "aws_secret_access_key_env": frozenset({"bedrock"}),
+    "aws_session_token_env": frozenset({"bedrock"}),
+    "project_id": frozenset({"vertex"}),
+    "credentials_file": frozenset({"vertex"}),
+    "access_token_env": frozenset({"vertex"}),
+}
+_REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "azure_openai": ("base_url", "api_version"),
+    "bedrock": ("region",),
+    "vertex": ("project_id", "region"),
+    "gemini": ("api_key_env",),
+}
 
 
 class RoutingError(ValueError):
@@ -76,11 +138,55 @@ class Deployment(_Strict):
     """One upstream endpoint able to serve a model."""
 
     name: str = Field(min_length=1, description="Label used in events, logs and metrics.")
-    provider: Literal["openai", "anthropic"]
-    model: str = Field(min_length=1, description="Model name the upstream expects.")
-    base_url: str | None = Field(default=None, description="None means the provider's public API.")
+    provider: ProviderKind
+    model: str = Field(
+        min_length=1,
+        description="Model name the upstream expects (Azure: the deployment name; Bedrock: "
+        "the model or inference profile id; Vertex: the publisher model id).",
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="None means the provider's public API (Azure: the resource endpoint, "
+        "required).",
+    )
     api_key_env: str | None = Field(
         default=None, description="Name of the environment variable holding the API key."
+    )
+    api_version: str | None = Field(
+        default=None, description="azure_openai: the `api-version` query parameter."
+    )
+    azure_ad_token_env: str | None = Field(
+        default=None,
+        description="azure_openai: variable holding a Microsoft Entra ID access token "
+        "(sent as `Authorization: Bearer`), read at each call.",
+    )
+    azure_ad_token_file: str | None = Field(
+        default=None,
+        description="azure_openai: file holding a Microsoft Entra ID access token, read "
+        "again whenever it changes (kept fresh by a sidecar or a cron job).",
+    )
+    region: str | None = Field(
+        default=None, description="bedrock: the AWS region; vertex: the Google Cloud region."
+    )
+    aws_profile: str | None = Field(
+        default=None, description="bedrock: a profile of the AWS config and credentials files."
+    )
+    aws_access_key_id_env: str | None = Field(
+        default=None, description="bedrock: variable holding the access key id."
+    )
+    aws_secret_access_key_env: str | None = Field(
+        default=None, description="bedrock: variable holding the secret access key."
+    )
+    aws_session_token_env: str | None = Field(
+        default=None, description="bedrock: variable holding a session token (temporary keys)."
+    )
+    project_id: str | None = Field(default=None, description="vertex: the Google Cloud project.")
+    credentials_file: str | None = Field(
+        default=None, description="vertex: a service-account key file (JSON)."
+    )
+    access_token_env: str | None = Field(
+        default=None,
+        description="vertex: variable holding an OAuth 2.0 access token, read at each call.",
     )
     timeout_s: float = Field(
         default=60, gt=0, description="Per upstream call: connect, and each read of the reply."
@@ -104,18 +210,94 @@ class Deployment(_Strict):
     max_concurrency: int | None = Field(
         default=None, ge=1, description="Calls in flight to this deployment at most."
     )
+    responses_api: bool = Field(
+        default=False,
+        description="OpenAI-protocol deployments: the server offers OpenAI's Responses API "
+        "(`POST {base_url}/responses`), so Responses requests are passed through; without it "
+        "they are translated to Chat Completions (vLLM, Ollama and most compatible servers).",
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_its_kind(self) -> Deployment:
+        for field, kinds in _KIND_FIELDS.items():
+            if getattr(self, field) is not None and self.provider not in kinds:
+                raise ValueError(
+                    f"'{field}' applies only to {' and '.join(sorted(kinds))} deployments"
+                )
+        for field in _REQUIRED_FIELDS.get(self.provider, ()):
+            if getattr(self, field) is None:
+                raise ValueError(f"a {self.provider} deployment needs '{field}'")
+        if self.provider == "azure_openai":
+            given = [
+                field
+                for field in ("api_key_env", "azure_ad_token_env", "azure_ad_token_file")
+                if getattr(self, field) is not None
+            ]
+            if len(given) != 1:
+                raise ValueError(
+                    "an azure_openai deployment needs exactly one of 'api_key_env', "
+                    "'azure_ad_token_env' and 'azure_ad_token_file'"
+                )
+        if self.provider == "bedrock":
+            keys = (self.aws_access_key_id_env, self.aws_secret_access_key_env)
+            if (keys[0] is None) != (keys[1] is None):
+                raise ValueError(
+                    "set both 'aws_access_key_id_env' and 'aws_secret_access_key_env', or neither"
+                )
+            if self.api_key_env is not None and (
+                keys[0] is not None or self.aws_profile is not None
+            ):
+                raise ValueError(
+                    "a bedrock deployment uses either a Bedrock API key ('api_key_env') or "
+                    "AWS credentials, not both"
+                )
+        if self.provider == "vertex":
+            if self.api_key_env is not None:
+                raise ValueError("'api_key_env' does not apply to vertex deployments")
+            if self.credentials_file is not None and self.access_token_env is not None:
+                raise ValueError("set 'credentials_file' or 'access_token_env', not both")
+        return self
+
+    @property
+    def protocol(self) -> WireProtocol:
+        """The API family the deployment speaks natively: `openai` or `anthropic`."""
+        return PROVIDER_PROTOCOLS[self.provider]
 
     def api_key(self) -> str:
         """The key to send upstream. Raises RoutingError if the named variable is unset, so
         a missing secret is reported as such rather than as an upstream 401."""
         if self.api_key_env is None:
             return PLACEHOLDER_API_KEY
-        value = os.environ.get(self.api_key_env)
+        return self.secret(self.api_key_env)
+
+    def secret(self, variable: str) -> str:
+        """The value of the environment variable `variable`, which this deployment names
+        for a credential. Raises RoutingError when it is unset or empty."""
+        value = os.environ.get(variable)
         if not value:
             raise RoutingError(
-                f"deployment {self.name!r} needs the environment variable {self.api_key_env}"
+                f"deployment {self.name!r} needs the environment variable {variable}"
             )
         return value
+
+    def credential_variables(self) -> list[str]:
+        """The environment variables this deployment reads credentials from (it cannot
+        work while one of them is unset)."""
+        fields = (
+            "api_key_env",
+            "azure_ad_token_env",
+            "aws_access_key_id_env",
+            "aws_secret_access_key_env",
+            "aws_session_token_env",
+            "access_token_env",
+        )
+        return [getattr(self, field) for field in fields if getattr(self, field) is not None]
+
+    def secrets(self) -> tuple[str, ...]:
+        """The credential values currently set for this deployment (to redact them from
+        anything relayed or logged); unset ones are left out."""
+        values = (os.environ.get(variable) for variable in self.credential_variables())
+        return tuple(value for value in values if value)
 
 
 class ModelRoute(_Strict):
@@ -124,6 +306,35 @@ class ModelRoute(_Strict):
 
     name: str = Field(min_length=1)
     deployments: list[Deployment] = Field(min_length=1)
+    display_name: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Human-readable name in model lists (Anthropic's `display_name`); "
+        "default: the model's name.",
+    )
+    created_at: datetime | None = Field(
+        default=None,
+        description="When the model was released, for model lists (Anthropic's "
+        "`created_at`, OpenAI's `created`); unknown: the Unix epoch. A date without a "
+        "time zone is taken as UTC.",
+    )
+
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _created_at_in_utc(cls, value: Any) -> Any:
+        if isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime(value.year, value.month, value.day)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.name
+
+    @property
+    def released(self) -> datetime:
+        return self.created_at or EPOCH
 
     @field_validator("deployments")
     @classmethod
@@ -215,11 +426,19 @@ def simulator_root(simulator_url: str) -> str:
 
 
 def default_routing(simulator_url: str) -> RoutingTable:
+    # The simulator serves the Responses API too; `sim-large` stands for a server that
+    # offers Chat Completions only (Responses requests to it are translated).
     routes = [
         ModelRoute(
             name=name,
             deployments=[
-                Deployment(name="simulator", provider="openai", model=name, base_url=simulator_url)
+                Deployment(
+                    name="simulator",
+                    provider="openai",
+                    model=name,
+                    base_url=simulator_url,
+                    responses_api=name in SIMULATOR_RESPONSES_MODELS,
+                )
             ],
         )
         for name in SIMULATOR_MODELS
@@ -250,6 +469,7 @@ def default_routing(simulator_url: str) -> RoutingTable:
                         model=name,
                         base_url=base_url,
                         api_key_env="OPENAI_API_KEY",
+                        responses_api=True,
                     )
                 ],
             )

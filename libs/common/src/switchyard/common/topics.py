@@ -1,5 +1,8 @@
-"""Topic names and their partition counts. Topics are created explicitly
-(`switchyard topics create`), never by broker auto-creation."""
+"""Topic names and their partition counts, and the default consumer group names. Topics
+are created explicitly (`switchyard topics create`), never by broker auto-creation.
+
+Both carry the deployment's prefix (`SWITCHYARD_TOPIC_PREFIX`), so deployments sharing a
+cluster never read each other's topics nor join each other's consumer groups."""
 
 from __future__ import annotations
 
@@ -30,16 +33,20 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(
         "requests.batch",
         6,
-        "Model requests from the jobs API and replays (lower priority lane).",
-        ("chat.requested",),
-        ("gateway",),
+        "Model requests from the jobs API and replays (lower priority lane). History's "
+        "replay runner publishes the replayed requests, and `chat.cancel_requested` probes "
+        "(reason `replay_probe`) that inference ignores.",
+        ("chat.requested", "chat.cancel_requested"),
+        ("gateway", "history"),
     ),
     TopicSpec(
         "replies",
         12,
         "Replies and stream chunks, partitioned by the gateway replica waiting for them; "
-        "also the terminal state of requests nobody waits for (jobs).",
-        ("chat.chunk", "chat.completed", "chat.failed"),
+        "also the terminal state of requests nobody waits for (jobs), and the request and "
+        "reply of a request the gateway answered from its response cache (never on the "
+        "request topics, which are inference's work).",
+        ("chat.chunk", "chat.completed", "chat.failed", "chat.requested"),
         ("inference", "gateway"),
     ),
     TopicSpec(
@@ -101,6 +108,11 @@ class Topics:
 
     def name(self, suffix: str) -> str:
         return f"{self.prefix}.{suffix}"
+
+    def group(self, name: str) -> str:
+        """The default name of consumer group `name` in this deployment, e.g.
+        `switchyard.history`."""
+        return f"{self.prefix}.{name}"
 
     def all(self) -> list[tuple[str, TopicSpec]]:
         return [(self.name(spec.suffix), spec) for spec in TOPIC_SPECS]

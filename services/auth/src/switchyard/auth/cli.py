@@ -200,9 +200,7 @@ def list_users(
             typer.echo(json.dumps(fields))
         else:
             state = "disabled" if user.disabled else "active"
-            typer.echo(
-                f"{user.id}  {safe(user.email)}  {safe(user.tenant)}  {user.role}  {state}"
-            )
+            typer.echo(f"{user.id}  {safe(user.email)}  {safe(user.tenant)}  {user.role}  {state}")
 
 
 def _set_disabled(email: str, disabled: bool) -> None:

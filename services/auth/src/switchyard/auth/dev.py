@@ -156,7 +156,7 @@ def prepare_dev() -> DevContribution:
         messages=[
             first,
             f"Dev user: {DEV_EMAIL} (tenant {DEV_TENANT}, role {DEV_ROLE}); "
-            f"access token: switchyard tokens create --email {DEV_EMAIL}",
+            f"access token: uv run switchyard tokens create --email {DEV_EMAIL}",
             f"Console sign-in: {DEV_EMAIL} / {password}",
         ]
     )

@@ -28,11 +28,13 @@ def _commands() -> list:
     return [users_app, keys_app, tokens_app, teams_app, tenants_app]
 
 
-async def _principal_names(user_ids: set[str], api_key_ids: set[str]) -> PrincipalNames:
-    """Emails and API key names by id, read from the auth database."""
+async def _principal_names(
+    user_ids: set[str], api_key_ids: set[str], team_ids: set[str]
+) -> PrincipalNames:
+    """Emails, API key names and team names by id, read from the auth database."""
     from sqlalchemy import select
 
-    from switchyard.auth.models import ApiKey, User
+    from switchyard.auth.models import ApiKey, Team, User
     from switchyard.common.db import create_engine
 
     engine = create_engine(_database_url())
@@ -60,9 +62,20 @@ async def _principal_names(user_ids: set[str], api_key_ids: set[str]) -> Princip
                 if api_key_ids
                 else {}
             )
+            teams = (
+                dict(
+                    (
+                        await connection.execute(
+                            select(Team.id, Team.name).where(Team.id.in_(team_ids))
+                        )
+                    ).all()
+                )
+                if team_ids
+                else {}
+            )
     finally:
         await engine.dispose()
-    return PrincipalNames(emails=emails, key_names=names)
+    return PrincipalNames(emails=emails, key_names=names, team_names=teams)
 
 
 def _prepare_dev() -> DevContribution:

@@ -160,9 +160,7 @@ def printable(text: str) -> bool:
 def normalise_email(email: str) -> str:
     email = email.strip().lower()
     if not printable(email):
-        raise InvalidInput(
-            "The email address must not contain control characters.", param="email"
-        )
+        raise InvalidInput("The email address must not contain control characters.", param="email")
     if not _EMAIL.match(email) or len(email) > 320:
         raise InvalidInput(f"'{email}' is not a valid email address.", param="email")
     return email
@@ -213,8 +211,7 @@ def _bounded_models(
     beyond = [model for model in models if model not in limit]
     if beyond:
         raise ExceedsCredential(
-            f"Model(s) {', '.join(beyond)} exceed the models the creating credential may "
-            "use.",
+            f"Model(s) {', '.join(beyond)} exceed the models the creating credential may use.",
             param="allowed_models",
         )
     return models

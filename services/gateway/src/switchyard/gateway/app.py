@@ -13,6 +13,7 @@ from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.docs import install_docs
 from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
 from switchyard.common.metrics import metrics_router
+from switchyard.common.tasks import cancel_and_wait
 from switchyard.gateway.api import (
     admin,
     chat,
@@ -21,8 +22,11 @@ from switchyard.gateway.api import (
     jobs,
     messages,
     models,
+    replays,
+    responses,
     usage,
 )
+from switchyard.gateway.api.admissions import admissions_router
 from switchyard.gateway.api.body import install_openapi_models
 from switchyard.gateway.bootstrap import Gateway, build_gateway
 from switchyard.gateway.config import Settings
@@ -36,10 +40,12 @@ from switchyard.gateway.openapi import GATEWAY_DOCS
 from switchyard.gateway.replies import reply_partition
 from switchyard.gateway.request_id import RequestIdMiddleware
 from switchyard.gateway.schemas import (
+    AnthropicCountTokensRequest,
     AnthropicMessagesRequest,
     ChatCompletionRequest,
     EmbeddingsRequest,
     JobRequest,
+    ResponsesRequest,
 )
 
 log = structlog.get_logger("switchyard.gateway")
@@ -118,21 +124,16 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         try:
             yield
         finally:
-            connecting.cancel()
-            syncing.cancel()
-            governing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await governing
+            # Bounded, even if a cancellation is swallowed on the way (tasks.py).
+            await cancel_and_wait(connecting)
+            await cancel_and_wait(syncing)
+            await cancel_and_wait(governing)
             with contextlib.suppress(Exception):
                 await warming
             for listener in gateway.governance_listeners:
                 await listener.stop()
             await gateway.admission.stop()
             await gateway.admission.ledger.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await connecting
-            with contextlib.suppress(asyncio.CancelledError):
-                await syncing
             await gateway.revocations.stop()
             if gateway.replies_listener is not None:
                 await gateway.replies_listener.stop()
@@ -151,7 +152,13 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     )
     app.state.gateway = gateway
     install_openapi_models(
-        app, ChatCompletionRequest, AnthropicMessagesRequest, EmbeddingsRequest, JobRequest
+        app,
+        ChatCompletionRequest,
+        AnthropicMessagesRequest,
+        AnthropicCountTokensRequest,
+        EmbeddingsRequest,
+        ResponsesRequest,
+        JobRequest,
     )
     install_api_error_handlers(app)
     # Inside the body limit: Idempotency-Key claims and replays (idempotency.py).
@@ -163,10 +170,13 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(chat.router)
     app.include_router(messages.router)
     app.include_router(embeddings.router)
+    app.include_router(responses.router)
     app.include_router(models.router)
     app.include_router(history.router)
     app.include_router(usage.router)
     app.include_router(jobs.router)
+    app.include_router(replays.router)
+    app.include_router(admissions_router(settings.internal_token))
     app.include_router(admin.router)
     admin.install_auth_routes(app)
     app.include_router(

@@ -4,6 +4,7 @@ objects the routes use. Tests build a `Gateway` with fakes instead."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -22,6 +23,9 @@ from switchyard.gateway.governance.policy import PolicySource
 from switchyard.gateway.recent_jobs import RecentJobs
 from switchyard.gateway.replies import PendingReplies
 from switchyard.gateway.revocations import RevocationState, RevocationSync
+
+if TYPE_CHECKING:
+    from switchyard.gateway.cache import ResponseCache
 
 
 @dataclass
@@ -47,6 +51,13 @@ class Gateway:
     webhook_policy: TargetPolicy = field(default_factory=TargetPolicy)
     # Jobs accepted here lately, so cancelling one at once works (see recent_jobs.py).
     recent_jobs: RecentJobs = field(default_factory=RecentJobs)
+    # The exact-match response cache (cache.py).
+    cache: ResponseCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        from switchyard.gateway.cache import ResponseCache
+
+        self.cache = ResponseCache(self)
 
     async def listening_for_replies(self) -> bool:
         return self.replies_listener is not None

@@ -89,6 +89,13 @@ class Settings(ServiceSettings):
         gt=0,
         description="Deadline of an async job (POST /v1/jobs): after it, the job expires.",
     )
+    responses_state_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long a Responses request naming a `previous_response_id` (and "
+        "GET /v1/responses/{id}) waits for history to record a response just answered "
+        "(its events may still be on the bus) before answering 404 or 409.",
+    )
     idempotency_wait_s: float | None = Field(
         default=None,
         gt=0,
@@ -209,6 +216,36 @@ class Settings(ServiceSettings):
         "console for circuit-breaker states (unreachable ones show as unknown).",
     )
 
+    cache_default_ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long a cached answer is reused when neither the request nor the "
+        "tenant says.",
+    )
+    cache_max_ttl_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        le=7 * 86_400,
+        description="Longest time to live a request or tenant may ask for a cached answer.",
+    )
+    cache_local_ttl_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long a replica serves a cached answer from memory before asking "
+        "the shared store again (a purge reaches every replica within this).",
+    )
+    cache_local_max_bytes: int = Field(
+        default=64 * MIB, ge=0, description="Memory for cached answers per gateway process."
+    )
+    cache_settings_ttl_s: float = Field(
+        default=10.0, gt=0, description="How long a tenant's cache settings are trusted."
+    )
+    cache_lookup_timeout_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="A lookup in the shared store taking longer is answered as a miss.",
+    )
+
     @field_validator(
         "cors_allow_origins",
         "cors_allow_methods",
@@ -257,7 +294,7 @@ class Settings(ServiceSettings):
 
     def max_body_bytes_for(self, api: ClientAPI) -> int:
         """The largest request body accepted for `api`, in bytes."""
-        if api is ClientAPI.ANTHROPIC_MESSAGES:
+        if api in (ClientAPI.ANTHROPIC_MESSAGES, ClientAPI.ANTHROPIC_COUNT_TOKENS):
             return self.messages_max_body_bytes
         if api is ClientAPI.OPENAI_EMBEDDINGS:
             return self.embeddings_max_body_bytes

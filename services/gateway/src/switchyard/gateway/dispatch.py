@@ -11,10 +11,13 @@ The gateway never translates: the reply (`chat.completed`) and the stream events
   when it has a name, then `data: <json>`), records in `sequence` order, duplicates
   dropped, and the stream never splices two executions of the request (`run`). The
   stream ends as the API ends it: `data: [DONE]` for Chat Completions, nothing more for
-  Anthropic (whose `message_stop` is an event of the stream); a failure ends it with an
-  error event in the API's format.
+  Anthropic (whose `message_stop` is an event of the stream) and the Responses API
+  (whose `response.completed` is); a failure ends it with an error event in the API's
+  format (for the Responses API, `response.failed` with the response's id and the next
+  `sequence_number`).
 
-`/v1/chat/completions`, `/v1/messages` and `/v1/embeddings` all run through `Dispatch`.
+`/v1/chat/completions`, `/v1/messages`, `/v1/embeddings` and `/v1/responses` all run
+through `Dispatch`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import orjson
 import structlog
@@ -50,9 +54,11 @@ from switchyard.common.events import (
     new_id,
     utcnow,
 )
+from switchyard.common.responses import error_object, response_id, response_object
 from switchyard.gateway.api.body import ClientRequest
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
+from switchyard.gateway.cache import CacheTicket
 from switchyard.gateway.errors import (
     ClientDisconnected,
     ReplyFailed,
@@ -92,6 +98,8 @@ CANCELLED = Counter(
     ["action"],
 )
 
+# On a count_tokens answer: `exact` (the deployment counted) or `estimate` (a tokenizer did).
+TOKEN_COUNT_HEADER = "x-switchyard-token-count"
 # Ends an OpenAI Chat Completions stream (the only API here that marks its end this way).
 DONE = b"data: [DONE]\n\n"
 # U+0085, U+2028 and U+2029 are legal raw in JSON, and orjson writes them raw, but many
@@ -169,9 +177,16 @@ class Dispatch:
     started: float = field(default_factory=time.perf_counter)
     deadline: float = 0.0
     finished: bool = False
+    # The body as published and when (a Responses stream's failure event echoes them).
+    body: dict[str, Any] = field(default_factory=dict)
+    accepted_at: datetime | None = None
     ticket: Ticket | None = None
+    # The response cache's part (cache.py): None unless the request opted in.
+    cache: CacheTicket | None = None
     _queue: asyncio.Queue[Reply] | None = None
     _closed: bool = False
+    # Responses streams: the `sequence_number` the next event would carry.
+    _next_sequence_number: int = 0
 
     @property
     def vendor(self) -> Vendor:
@@ -216,7 +231,7 @@ class Dispatch:
                 principal,
                 request_id,
                 model,
-                client.body,
+                client.admission_body,
                 api=client.api,
                 embeddings=client.api is ClientAPI.OPENAI_EMBEDDINGS,
             )
@@ -232,8 +247,23 @@ class Dispatch:
             principal.tenant,
             client.stream,
             request_id=request_id,
+            body=client.body,
         )
         dispatch.ticket = ticket
+        headers = forwarded_headers(request)
+        # The response cache, after admission: a hit counts as a request against rate
+        # limits (requests per minute) but uses no tokens and costs nothing upstream, so
+        # its token, spend and parallel reservations go back at once. A hit is answered by
+        # `answer` without crossing the bus.
+        try:
+            dispatch.cache = await gateway.cache.ticket(request, principal, client, headers)
+        except BaseException:
+            ticket.cancel()
+            raise
+        if dispatch.cache is not None and dispatch.cache.hit is not None:
+            ticket.settle(tokens=0, cost_usd=0.0)
+            dispatch._closed = True  # nothing was opened
+            return dispatch
         timeout_s = gateway.settings.request_timeout_s
         ticket.attach(request_id, timeout_s)
         dispatch.deadline = dispatch.started + timeout_s
@@ -248,7 +278,8 @@ class Dispatch:
                 api=client.api,
                 model=model,
                 body=client.body,
-                headers=forwarded_headers(request),
+                previous_items=client.previous_items,
+                headers=headers,
                 stream=client.stream,
                 user_id=principal.user_id,
                 api_key_id=principal.api_key_id,
@@ -259,12 +290,14 @@ class Dispatch:
                 ),
             ),
         )
+        dispatch.accepted_at = event.time
         try:
             await gateway.bus.publish(
                 gateway.topics.requests_interactive, event, key=dispatch.request_id
             )
         except EventTooLargeError as exc:
             dispatch.close()
+            ticket.cancel()  # never published: its reservations go back
             REJECTED.labels("too_large_for_bus").inc()
             log.error("request too large for the event bus", error=str(exc))
             raise too_large_for_bus() from None
@@ -345,6 +378,8 @@ class Dispatch:
         self.observe(200)
         added = time.perf_counter() - self.started - reply.data.latency_ms / 1000
         ADDED_SECONDS.labels(self.api.value, self.model).observe(max(0.0, added))
+        if self.cache is not None:
+            self.gateway.cache.completed(self, reply)
         return reply
 
     async def sse(self, first: Reply) -> AsyncIterator[bytes]:
@@ -363,7 +398,7 @@ class Dispatch:
                 try:
                     reply = await self._next()
                 except TimeoutError:
-                    yield sse_error_event(self.vendor, self._deadline_error())
+                    yield self._stream_failure(self._deadline_error())
                     return
             if isinstance(reply, ChatChunk):
                 data = reply.data
@@ -372,13 +407,15 @@ class Dispatch:
                 if data.sequence >= next_sequence:
                     if data.run != run:
                         log.warning("stream of another run refused", first=run, other=data.run)
-                        yield sse_error_event(self.vendor, self._interrupted_error())
+                        yield self._stream_failure(self._interrupted_error())
                         return
                     early[data.sequence] = reply
                     while next_sequence in early:
                         record = early.pop(next_sequence)
                         next_sequence += 1
-                        yield b"".join([sse_event(event) for event in record.data.events])
+                        if self.cache is not None:
+                            self.cache.collect(record.data.events)
+                        yield self._relayed(record.data.events)
             else:
                 self.finished = True
                 if next_sequence == 0 and not early and isinstance(reply, ChatCompleted):
@@ -387,11 +424,14 @@ class Dispatch:
                     # Records before these never arrived; what did is relayed in order.
                     log.warning("stream records missing", missing_from=next_sequence)
                     for sequence in sorted(early):
-                        yield b"".join([sse_event(event) for event in early[sequence].data.events])
+                        yield self._relayed(early[sequence].data.events)
                 if isinstance(reply, ChatFailed):
-                    yield sse_error_event(self.vendor, reply.data.error)
-                elif self.api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
-                    yield DONE
+                    yield self._stream_failure(reply.data.error)
+                else:
+                    if self.api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
+                        yield DONE
+                    if self.cache is not None and not early and isinstance(reply, ChatCompleted):
+                        self.gateway.cache.completed(self, reply)
                 return
             reply = None
 
@@ -401,22 +441,35 @@ class Dispatch:
         """The HTTP answer: the reply's `response` as JSON, or the stream as Server-Sent
         Events. The dispatch is closed once the answer is complete, or when the client
         goes away. Raises ReplyFailed when the request failed before any of the answer."""
+        if self.cache is not None and self.cache.hit is not None:
+            return self.gateway.cache.answer(self)
+        cache_headers = self.cache.response_headers() if self.cache is not None else {}
         streaming = False
         limits = self.rate_limit_headers()
         try:
             first = await self.first()
             if not self.stream:
                 completed = await self.completion(first)
+                headers = {"x-request-id": self.request_id, **limits, **cache_headers}
+                if self.api is ClientAPI.ANTHROPIC_COUNT_TOKENS:
+                    # No upstream API: inference estimated the count itself.
+                    exact = completed.data.upstream_api is not None
+                    headers[TOKEN_COUNT_HEADER] = "exact" if exact else "estimate"
                 return Response(
                     orjson.dumps(completed.data.response),
                     media_type="application/json",
-                    headers={"x-request-id": self.request_id, **limits},
+                    headers=headers,
                 )
             streaming = True
             return StreamingResponse(
                 self._relay(first),
                 media_type="text/event-stream",
-                headers={"x-request-id": self.request_id, "cache-control": "no-cache", **limits},
+                headers={
+                    "x-request-id": self.request_id,
+                    "cache-control": "no-cache",
+                    **limits,
+                    **cache_headers,
+                },
             )
         except ReplyFailed as failed:
             failed.headers.update(limits)
@@ -478,6 +531,40 @@ class Dispatch:
         IN_FLIGHT.dec()
 
     # -- failures the gateway itself ends a stream with ----------------------------------
+
+    def _relayed(self, events: list[StreamEvent]) -> bytes:
+        if self.api is ClientAPI.OPENAI_RESPONSES:
+            for event in events:
+                number = event.data.get("sequence_number")
+                if isinstance(number, int):
+                    self._next_sequence_number = number + 1
+        return b"".join([sse_event(event) for event in events])
+
+    def _stream_failure(self, error: ErrorInfo) -> bytes:
+        """The event ending a stream that failed after it began, in the API's format: a
+        Responses stream ends with `response.failed` (the response's id, the next
+        `sequence_number`, `error` with its code and message), the others with their
+        API's error event."""
+        if self.api is not ClientAPI.OPENAI_RESPONSES:
+            return sse_error_event(self.vendor, error)
+        accepted_at = self.accepted_at or utcnow()
+        response = response_object(
+            self.body,
+            id=response_id(self.request_id, accepted_at),
+            created_at=accepted_at,
+            model=self.model,
+            status="failed",
+            error=error_object(error.status, error.message, error.code),
+        )
+        event = StreamEvent(
+            event="response.failed",
+            data={
+                "type": "response.failed",
+                "sequence_number": self._next_sequence_number,
+                "response": response,
+            },
+        )
+        return sse_event(event)
 
     def _deadline_error(self) -> ErrorInfo:
         return ErrorInfo(

@@ -3,7 +3,8 @@
 OpenAI's APIs answer `{"error": {"message", "type", "param", "code"}}`; Anthropic's
 `/v1/messages` answers `{"type": "error", "error": {"type", "message"}}` (the format the
 `anthropic` SDK reads; `code` and `param` are added when there is one). The format is
-chosen by path, so authentication, validation and size-limit failures are shaped right
+chosen by path (and on `/v1/models`, which both SDKs call, by the `anthropic-version`
+header), so authentication, validation and size-limit failures are shaped right
 too, and the same renderer writes the error events that end a stream.
 
 Two sources of errors:
@@ -57,6 +58,20 @@ RETRYABLE_STATUSES = frozenset({429, 503, 529})
 def vendor_of_path(path: str) -> Vendor:
     """Whose error format the route at `path` answers in."""
     return "anthropic" if path.startswith(ANTHROPIC_PATHS) else "openai"
+
+
+# Routes both SDKs call: the answer, errors included, is in Anthropic's format when the
+# request carries `anthropic-version` (the `anthropic` SDK always sends it).
+SHARED_PATHS = ("/v1/models",)
+
+
+def vendor_of_request(request: Request) -> Vendor:
+    """Whose error format the answer to `request` is in: by path, and on the routes both
+    SDKs call, by the `anthropic-version` header."""
+    path = request.url.path
+    if path.startswith(SHARED_PATHS) and "anthropic-version" in request.headers:
+        return "anthropic"
+    return vendor_of_path(path)
 
 
 def vendor_of_api(api: ClientAPI) -> Vendor:
@@ -165,16 +180,20 @@ def respond(path: str, exc: APIError) -> Response:
     return api_error_response(vendor_of_path(path), exc)
 
 
+def respond_to(request: Request, exc: APIError) -> Response:
+    return api_error_response(vendor_of_request(request), exc)
+
+
 def install_api_error_handlers(app: FastAPI) -> None:
     """Replace the common handlers with ones that pick the format by path."""
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
-        return respond(request.url.path, exc)
+        return respond_to(request, exc)
 
     @app.exception_handler(ReplyFailed)
     async def _reply_failed(request: Request, exc: ReplyFailed) -> Response:
-        return exc.response(vendor_of_path(request.url.path))
+        return exc.response(vendor_of_request(request))
 
     @app.exception_handler(ClientDisconnected)
     async def _client_gone(_: Request, __: ClientDisconnected) -> Response:
@@ -184,14 +203,39 @@ def install_api_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         message, param = validation_message(list(exc.errors()))
-        return respond(
-            request.url.path, APIError(400, message, param=param, code="invalid_request")
-        )
+        return respond_to(request, APIError(400, message, param=param, code="invalid_request"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
-        return respond(
-            request.url.path,
-            APIError(exc.status_code, detail, headers=getattr(exc, "headers", None)),
+        if exc.status_code == 404 and detail == "Not Found":
+            error = APIError(404, unknown_route_message(request.url.path), code="unknown_url")
+            # An SDK pointed at the wrong base URL: answer in its own format.
+            if "anthropic-version" in request.headers:
+                return api_error_response("anthropic", error)
+            return respond_to(request, error)
+        return respond_to(
+            request, APIError(exc.status_code, detail, headers=getattr(exc, "headers", None))
         )
+
+
+_MODEL_API_PATHS = ("/chat/", "/messages", "/responses", "/embeddings", "/models", "/completions")
+
+
+def unknown_route_message(path: str) -> str:
+    """The 404 message for a path no route serves, with a hint when it looks like an SDK
+    configured with the wrong base URL (the OpenAI SDK's ends in `/v1`, the Anthropic SDK's
+    is the server's root)."""
+    if path.startswith("/v1/v1/"):
+        return (
+            f"No route at {path}: the base URL has /v1 twice. The Anthropic SDK's base URL "
+            "is the gateway's root (http://host:port); the OpenAI SDK's ends in /v1."
+        )
+    if path.startswith(_MODEL_API_PATHS):
+        return (
+            f"No route at {path}: model APIs are under /v1. The OpenAI SDK's base URL ends "
+            "in /v1 (http://host:port/v1)."
+        )
+    if path.startswith("/v1/"):
+        return f"No route at {path}; every route is listed at /docs."
+    return f"No route at {path}. The model APIs are under /v1; every route is listed at /docs."

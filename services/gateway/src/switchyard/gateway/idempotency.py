@@ -1,4 +1,5 @@
-"""`Idempotency-Key` on `POST /v1/chat/completions`, `POST /v1/messages` and `POST /v1/jobs`.
+"""`Idempotency-Key` on `POST /v1/chat/completions`, `POST /v1/messages`, `POST /v1/responses`
+and `POST /v1/jobs`.
 
 A client that may retry a POST sends `Idempotency-Key: <up to 255 printable characters>`.
 Within 24 hours, for the same tenant:
@@ -60,7 +61,7 @@ from switchyard.gateway.errors import respond
 
 log = structlog.get_logger("switchyard.gateway.idempotency")
 
-IDEMPOTENT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/jobs"})
+IDEMPOTENT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/jobs"})
 KEY_HEADER = b"idempotency-key"
 WAIT_HEADER = "idempotency-wait"
 REPLAYED_HEADER = "Idempotent-Replayed"

@@ -24,6 +24,12 @@ API_PATHS: dict[str, ClientAPI] = {
     "/v1/embeddings": ClientAPI.OPENAI_EMBEDDINGS,
 }
 JOBS_PATH = "/v1/jobs"
+# Model API routes that jobs do not carry.
+OTHER_API_PATHS: dict[str, ClientAPI] = {
+    "/v1/messages/count_tokens": ClientAPI.ANTHROPIC_COUNT_TOKENS,
+}
+# The Responses API takes OpenAI's limit, like Chat Completions (not a job API here).
+RESPONSES_PATH = "/v1/responses"
 
 __all__ = ["API_PATHS", "JOBS_PATH", "BodySizeLimit", "path_limits", "too_large_message"]
 
@@ -32,6 +38,8 @@ def path_limits(settings: Settings) -> dict[str, int]:
     """The body limit of each path that has its own, in bytes."""
     limits = {path: settings.max_body_bytes_for(api) for path, api in API_PATHS.items()}
     limits[JOBS_PATH] = max(limits.values())
+    limits.update({path: settings.max_body_bytes_for(api) for path, api in OTHER_API_PATHS.items()})
+    limits[RESPONSES_PATH] = settings.max_body_bytes_for(ClientAPI.OPENAI_RESPONSES)
     return limits
 
 

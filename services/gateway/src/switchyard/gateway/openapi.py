@@ -40,6 +40,11 @@ _API_KEY_ID = QueryParameter(
 _USER_ID = QueryParameter(
     "user_id", {"type": "string", "maxLength": 128}, "Admins: only this user's."
 )
+_TEAM_ID = QueryParameter(
+    "team_id",
+    {"type": "string", "maxLength": 128},
+    "Only requests made as a member of this team.",
+)
 
 
 def _statuses(values: tuple[str, ...]) -> QueryParameter:
@@ -60,6 +65,7 @@ QUERY_PARAMETERS = {
         _MODEL,
         _statuses(REQUEST_STATUSES),
         _API_KEY_ID,
+        _TEAM_ID,
         _USER_ID,
     ),
     "GET /v1/usage": (
@@ -73,15 +79,20 @@ QUERY_PARAMETERS = {
             "group_by",
             {
                 "type": "array",
-                "items": {"type": "string", "enum": ["day", "hour", "model", "user", "api_key"]},
+                "items": {
+                    "type": "string",
+                    "enum": ["day", "hour", "model", "user", "api_key", "team"],
+                },
                 "default": ["day"],
             },
-            "Comma-separated: a time bucket (day or hour) and any of model, user, api_key. "
+            "Comma-separated: a time bucket (day or hour) and any of model, user, api_key, "
+            "team. "
             "Without day or hour: totals over the range.",
             comma_separated=True,
         ),
         _MODEL,
         _API_KEY_ID,
+        _TEAM_ID,
         _USER_ID,
         QueryParameter(
             "format",
@@ -90,6 +101,16 @@ QUERY_PARAMETERS = {
         ),
     ),
     "GET /v1/jobs": (_LIMIT, _CURSOR, _statuses(JOB_STATUSES)),
+    "GET /v1/responses/{response_id}/input_items": (
+        _LIMIT,
+        QueryParameter(
+            "order",
+            {"type": "string", "enum": ["asc", "desc"], "default": "desc"},
+            "Oldest (asc) or newest (desc) first.",
+        ),
+        QueryParameter("after", {"type": "string"}, "An item id: the items after it."),
+        QueryParameter("before", {"type": "string"}, "An item id: the items before it."),
+    ),
 }
 
 # Errors beyond those derived from the route (400 for input, 401 for credentials, 404 for
@@ -100,6 +121,12 @@ ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "POST /v1/chat/completions": _GENERATE,
     "POST /v1/messages": _GENERATE,
     "POST /v1/embeddings": _GENERATE,
+    # 404 also for a previous_response_id not stored; 409 while it is in progress.
+    "POST /v1/responses": (*_GENERATE, 409),
+    "GET /v1/responses/{response_id}": (),
+    "GET /v1/responses/{response_id}/input_items": (),
+    "DELETE /v1/responses/{response_id}": (409,),
+    "POST /v1/responses/{response_id}/cancel": (409,),
     "POST /v1/jobs": (404,),
     "POST /v1/jobs/{job_id}/cancel": (409,),
     "GET /v1/jobs/{job_id}": (),
@@ -111,6 +138,13 @@ ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "PUT /v1/history/settings": (400, 403),
     "GET /v1/usage": (),
     "GET /v1/spend": (),
+    # Replays: bad selection or rate (400), an unknown target model (404); stopping or
+    # resuming a completed replay (409).
+    "POST /v1/replays": (400, 403, 404),
+    "GET /v1/replays": (),
+    "GET /v1/replays/{replay_id}": (404,),
+    "POST /v1/replays/{replay_id}/stop": (404, 409),
+    "POST /v1/replays/{replay_id}/resume": (404, 409),
     # Forwarded to auth, which answers for them: its refusals (bad input, scope, unknown
     # ids, conflicts, sign-in limits) come back unchanged.
     **{f"{method} {path}": (400, 401, 403, 404, 409, 429) for method, path, _, _ in AUTH_ROUTES},

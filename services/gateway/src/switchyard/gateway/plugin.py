@@ -16,8 +16,9 @@ def _database_url() -> str:
 
 def _commands() -> list:
     from switchyard.gateway.cli import spend
+    from switchyard.gateway.replay_cli import replay_app
 
-    return [spend]
+    return [spend, replay_app]
 
 
 service = ServicePlugin(

@@ -99,6 +99,27 @@ class AnthropicMessagesRequest(BaseModel):
     )
 
 
+class AnthropicCountTokensRequest(BaseModel):
+    """Anthropic count_tokens request: a Messages request without `max_tokens`. Fields not
+    listed here pass through unchanged."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {"model": "sim-claude", "messages": [{"role": "user", "content": "Hello"}]}
+            ]
+        },
+    )
+
+    model: str = Field(min_length=1, max_length=256)
+    messages: list[AnthropicMessage] = Field(min_length=1)
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    thinking: dict[str, Any] | None = None
+
+
 class EmbeddingsRequest(BaseModel):
     """OpenAI Embeddings request. Fields not listed here pass through unchanged."""
 
@@ -112,6 +133,48 @@ class EmbeddingsRequest(BaseModel):
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = Field(default=None, max_length=256)
+
+
+class ResponsesRequest(BaseModel):
+    """OpenAI Responses request. Fields not listed here pass through unchanged to
+    deployments offering the Responses API; translated deployments refuse, naming it, what
+    they cannot serve."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {"model": "sim-small", "input": "Hello", "instructions": "Answer briefly."}
+            ]
+        },
+    )
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Text, or input items: messages (`role`, `content`), `function_call` and "
+        "`function_call_output` items, reasoning items...",
+    )
+    instructions: str | None = None
+    previous_response_id: str | None = Field(
+        default=None, description="Continue this stored response's conversation (any model)."
+    )
+    store: bool = Field(default=True, description="Keep the response for retrieval and chaining.")
+    background: bool = Field(
+        default=False, description="Answer at once with the queued response; run it later."
+    )
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = Field(
+        default=None, examples=[{"format": {"type": "json_schema", "name": "x", "schema": {}}}]
+    )
+    reasoning: dict[str, Any] | None = Field(default=None, examples=[{"effort": "low"}])
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    metadata: dict[str, str] | None = None
 
 
 class JobRequest(BaseModel):

@@ -1,7 +1,8 @@
 """The history service application: consumes requests, replies, usage and auth events
-into the database; serves `/v1/history`, `/v1/usage`, `/v1/jobs` and the Idempotency-Key
-store to the gateway; and runs the expiry sweeper, the retention purge and the job
-webhook deliveries in the background.
+into the database; serves `/v1/history`, `/v1/usage`, `/v1/jobs`, `/v1/replays`, the
+Responses API state (`/v1/responses`), the Idempotency-Key store and the response cache
+store to the gateway; and runs the expiry sweeper, the retention purge, the job webhook
+deliveries and the replay runner in the background.
 
 `create_app(settings, bus)`: with `bus=None` the app creates, starts and stops the bus its
 settings ask for; in embedded mode it joins the shared in-memory bus it is given.
@@ -10,27 +11,32 @@ settings ask for; in embedded mode it joins the shared in-memory bus it is given
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
 
-from switchyard.common.bus import EventBus, create_bus
+from switchyard.common.bus import EventBus, RetryPolicy, create_bus
 from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
 from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
+from switchyard.common.tasks import cancel_and_wait
 from switchyard.common.topics import Topics
+from switchyard.history.api.cache import cache_router
 from switchyard.history.api.internal import idempotency_router
 from switchyard.history.api.jobs import jobs_router
 from switchyard.history.api.performance import performance_router
+from switchyard.history.api.replays import replays_router
+from switchyard.history.api.responses import responses_router
 from switchyard.history.api.routes import history_router
 from switchyard.history.api.usage import usage_router
 from switchyard.history.bootstrap import build_components
 from switchyard.history.config import Settings
+from switchyard.history.replay_admission import GatewayAdmission
+from switchyard.history.replays import ReplayRunner
 
 log = structlog.get_logger("switchyard.history")
 
@@ -47,6 +53,8 @@ HISTORY_DOCS = ApiDocs(
         "PUT /v1/history/settings": (403,),
         "POST /v1/jobs/{job_id}/cancel": (409,),
         "POST /internal/v1/idempotency/complete": (413,),
+        "POST /v1/replays/{replay_id}/stop": (409,),
+        "POST /v1/replays/{replay_id}/resume": (409,),
     }
 )
 
@@ -68,27 +76,48 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             app.state.bus = event_bus
 
             topics = Topics(settings.topic_prefix)
-            # The default batch retry policy retries forever: while the database is down the
-            # batch is retried with backoff, and offsets are committed only after it commits.
+            consumed = [
+                topics.requests_interactive,
+                topics.requests_batch,
+                topics.replies,
+                topics.usage,
+                topics.auth_events,
+            ]
+            # While the database does not take writes, a failing batch is retried with
+            # backoff for as long as that lasts, and offsets are committed only after it
+            # commits. While it does, a failing batch is split to find the event that
+            # fails alone; that one is dead-lettered after a few attempts (poison).
             subscription = await event_bus.subscribe_batch(
-                [
-                    topics.requests_interactive,
-                    topics.requests_batch,
-                    topics.replies,
-                    topics.usage,
-                    topics.auth_events,
-                ],
+                consumed,
                 group=settings.group,
                 handler=components.recorder.record,
                 max_batch=settings.max_batch,
+                retry=RetryPolicy(max_attempts=settings.poison_attempts),
+                healthy=components.database_writable,
             )
             stack.push_async_callback(subscription.stop)
-            app.state.read_barrier = lambda: event_bus.caught_up(
+            # The sweeper expires only requests whose answer this group would have recorded.
+            components.sweeper.caught_up = lambda: event_bus.caught_up(settings.group, consumed)
+            app.state.read_barrier = lambda: event_bus.settled(
                 settings.group, READ_AFTER_WRITE_WAIT_S
             )
+            admission = None
+            if settings.gateway_url:
+                admission = GatewayAdmission(settings.gateway_url, settings.internal_token)
+                stack.push_async_callback(admission.close)
+            runner = ReplayRunner(
+                components.engine,
+                event_bus.publish,
+                topics,
+                runner_id=settings.instance_id,
+                request_timeout_s=settings.replay_request_timeout_s,
+                admission=admission,
+            )
+            app.state.replay_runner = runner
             for name, work in (
                 ("sweeper", components.sweeper.run(settings.sweep_interval_s)),
                 ("webhooks", components.webhooks.run(settings.webhook_poll_interval_s)),
+                ("replays", runner.run(settings.replay_poll_interval_s)),
             ):
                 stack.push_async_callback(_cancel, asyncio.create_task(work, name=name))
             log.info(
@@ -121,6 +150,9 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.include_router(usage_router(settings.internal_token))
     app.include_router(performance_router(settings.internal_token))
     app.include_router(jobs_router(settings.internal_token))
+    app.include_router(replays_router(settings.internal_token))
+    app.include_router(cache_router(settings.internal_token))
+    app.include_router(responses_router(settings.internal_token))
     app.include_router(
         idempotency_router(settings.internal_token, settings.idempotency_max_body_bytes)
     )
@@ -133,6 +165,4 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
 
 
 async def _cancel(task: asyncio.Task) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)

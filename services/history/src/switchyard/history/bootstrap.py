@@ -9,15 +9,18 @@ from datetime import timedelta
 
 import orjson
 import structlog
-from sqlalchemy import text
+from sqlalchemy import literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.db import create_engine
 from switchyard.common.egress import TargetPolicy, parse_networks
+from switchyard.history.cache import CacheStore
 from switchyard.history.config import Settings
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import IdempotencyStore
+from switchyard.history.models import Base
 from switchyard.history.queries import HistoryQueries
+from switchyard.history.replays import ReplayStore
 from switchyard.history.sweeper import Sweeper
 from switchyard.history.tenants import TenantSettingsStore
 from switchyard.history.webhooks import WebhookDispatcher, WebhookPolicy
@@ -34,6 +37,8 @@ class HistoryComponents:
     idempotency: IdempotencyStore
     webhooks: WebhookDispatcher
     sweeper: Sweeper
+    cache: CacheStore
+    replays: ReplayStore
 
     async def database_ready(self) -> bool:
         try:
@@ -41,6 +46,21 @@ class HistoryComponents:
                 await connection.execute(text("SELECT 1"))
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
             log.warning("database not ready", error=repr(exc))
+            return False
+        return True
+
+    async def database_writable(self) -> bool:
+        """The database answers, has history's tables (migrated) and accepts writes (a
+        standby or a read-only server does not): while it is false, a failing batch is an
+        outage, never a bad event."""
+        try:
+            async with self.engine.connect() as connection:
+                for table in Base.metadata.sorted_tables:  # every table a batch may write
+                    await connection.execute(select(literal(1)).select_from(table).limit(0))
+                if self.engine.dialect.name == "postgresql":
+                    setting = text("SELECT current_setting('transaction_read_only')")
+                    return (await connection.execute(setting)).scalar_one() == "off"
+        except Exception:  # noqa: BLE001 - any failure means "not writable"
             return False
         return True
 
@@ -60,10 +80,12 @@ def history_engine(database_url: str) -> AsyncEngine:
 def build_components(settings: Settings) -> HistoryComponents:
     engine = history_engine(settings.database_url)
     recorder = EventRecorder(engine)
-    recorder.max_batch = settings.max_batch
     tenants = TenantSettingsStore(engine)
     idempotency = IdempotencyStore(engine)
+    cache = CacheStore(engine)
     return HistoryComponents(
+        cache=cache,
+        replays=ReplayStore(engine, max_requests=settings.replay_max_requests),
         engine=engine,
         recorder=recorder,
         queries=HistoryQueries(engine),
@@ -88,5 +110,6 @@ def build_components(settings: Settings) -> HistoryComponents:
             grace=timedelta(seconds=settings.expiry_grace_s),
             retention_days=settings.retention_days,
             purge_interval_s=settings.purge_interval_s,
+            cache=cache,
         ),
     )

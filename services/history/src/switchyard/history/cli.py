@@ -7,6 +7,8 @@ the history database named by the settings (`SWITCHYARD_HISTORY_DATABASE_URL` or
     switchyard retention purge --older-than 30d [--tenant acme] [--dry-run]
     switchyard tenant-settings show --tenant acme
     switchyard tenant-settings set --tenant acme --metadata-only --retention-days 30
+    switchyard tenant-settings set --tenant acme --cache --cache-ttl 3600
+    switchyard cache purge [--tenant acme] [--model m] [--expired]
 
 Errors an operator can fix (bad dates, unreachable database, tables not migrated) print
 one line to stderr and exit with status 1, without a traceback.
@@ -47,6 +49,9 @@ T = TypeVar("T")
 usage_app = typer.Typer(name="usage", help="Usage reports from the history.", no_args_is_help=True)
 retention_app = typer.Typer(
     name="retention", help="Delete old history (retention).", no_args_is_help=True
+)
+cache_app = typer.Typer(
+    name="cache", help="The gateways' response cache (shared store).", no_args_is_help=True
 )
 tenant_settings_app = typer.Typer(
     name="tenant-settings",
@@ -98,12 +103,13 @@ def usage_report(
         str,
         typer.Option(
             "--group-by",
-            help="Comma-separated: day or hour, and any of model, user, api_key, tenant. "
+            help="Comma-separated: day or hour, and any of model, user, api_key, team, tenant. "
             "Without day or hour: totals over the whole range.",
         ),
     ] = "day",
     tenant: Annotated[str | None, typer.Option(help="Only this tenant (default: all).")] = None,
     user: Annotated[str | None, typer.Option(help="Only this user id.")] = None,
+    team: Annotated[str | None, typer.Option(help="Only this team id.")] = None,
     model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
 ) -> None:
@@ -125,6 +131,7 @@ def usage_report(
         tenant=tenant,
         user_id=user,
         model=model,
+        team_id=team,
     )
     rows = _run(lambda engine: HistoryQueries(engine).usage(query))
     names = _names(rows, query)
@@ -137,23 +144,27 @@ def usage_report(
 
 
 def _names(rows: list, query: UsageQuery) -> dict[str, dict[str, str]] | None:
-    """Emails and key names of the users and API keys in the report, from the installed
-    auth service; None (ids only, with a warning) when they cannot be looked up."""
+    """Emails, key names and team names of the users, API keys and teams in the report,
+    from the installed auth service; None (ids only, with a warning) when they cannot be
+    looked up."""
     wanted = {d: {row.groups[d] for row in rows if row.groups.get(d)} for d in NAME_COLUMNS}
     if not any(d in query.dimensions for d in NAME_COLUMNS):
         return None
     try:
-        found = asyncio.run(lookup_principal_names(wanted["user"], wanted["api_key"]))
+        found = asyncio.run(
+            lookup_principal_names(wanted["user"], wanted["api_key"], wanted["team"])
+        )
     except Exception as exc:  # noqa: BLE001 - the report is still useful with ids
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        typer.echo(f"warning: showing ids: user and key names unavailable ({reason})", err=True)
+        typer.echo(f"warning: showing ids: names unavailable ({reason})", err=True)
         return None
-    return {"user": found.emails, "api_key": found.key_names}
+    return {"user": found.emails, "api_key": found.key_names, "team": found.team_names}
 
 
 def _readable(report: dict[str, Any]) -> dict[str, Any]:
-    """The table shows who, not ids: email and key name replace the ids (falling back to
-    the id when unknown); every cell is printed terminal-safe (see `_fmt`)."""
+    """The table shows who, not ids: email, key name and team name replace the ids
+    (falling back to the id when unknown); every cell is printed terminal-safe (see
+    `_fmt`)."""
     for item in report["data"]:
         for dimension, name_column in NAME_COLUMNS.items():
             if name_column in item:
@@ -246,6 +257,16 @@ def tenant_settings_set(
         bool, typer.Option(help="Use the service-wide retention again.")
     ] = False,
     rotate_webhook_secret: Annotated[bool, typer.Option(help="New webhook secret.")] = False,
+    cache: Annotated[
+        bool | None,
+        typer.Option(
+            "--cache/--no-cache",
+            help="Answer repeated deterministic requests from the response cache.",
+        ),
+    ] = None,
+    cache_ttl: Annotated[
+        int | None, typer.Option(min=1, help="How long cached answers are reused (seconds).")
+    ] = None,
 ) -> None:
     """Change a tenant's settings; the others keep their values."""
     retention: Any = UNSET
@@ -259,6 +280,24 @@ def tenant_settings_set(
             store_content=None if metadata_only is None else not metadata_only,
             retention_days=retention,
             rotate_webhook_secret=rotate_webhook_secret,
+            cache_enabled=cache,
+            cache_ttl_s=UNSET if cache_ttl is None else cache_ttl,
         )
     )
     typer.echo(json.dumps(settings.public(include_secret=True), default=str, indent=2))
+
+
+@cache_app.command("purge")
+def cache_purge(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's answers.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only answers of this model.")] = None,
+    expired: Annotated[bool, typer.Option("--expired", help="Only expired answers.")] = False,
+) -> None:
+    """Delete cached answers (every gateway stops serving them within
+    SWITCHYARD_GATEWAY_CACHE_LOCAL_TTL_S)."""
+    from switchyard.history.cache import CacheStore
+
+    count = _run(
+        lambda engine: CacheStore(engine).purge(tenant=tenant, model=model, expired_only=expired)
+    )
+    typer.echo(f"deleted {count} cached answer(s)")

@@ -8,6 +8,7 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from switchyard.common.settings import ServiceSettings
+from switchyard.common.topics import Topics
 
 # Shipped inside the package so `switchyard db upgrade` works from an installed wheel.
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
@@ -33,13 +34,21 @@ class Settings(ServiceSettings):
         description="PostgreSQL (postgresql+psycopg://...) in production; SQLite in embedded mode.",
     )
     group: str = Field(
-        default="history", description="Consumer group on the request, reply and usage topics."
+        default="",
+        description="Consumer group on the request, reply and usage topics; unset: "
+        "`<topic prefix>.history`.",
     )
     max_batch: int = Field(
         default=1000,
         ge=1,
         le=10_000,
         description="Most events written to the database in one transaction.",
+    )
+    poison_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Times an event that fails alone, while the database takes writes, is "
+        "tried before it goes to the dead-letter topic.",
     )
     expiry_grace_s: float = Field(
         default=60.0,
@@ -74,6 +83,31 @@ class Settings(ServiceSettings):
         gt=0,
         description="Largest response stored to replay for an Idempotency-Key.",
     )
+
+    replay_max_requests: int = Field(
+        default=10_000,
+        ge=1,
+        le=100_000,
+        description="Most requests one replay may select without a limit or sample.",
+    )
+    replay_request_timeout_s: float = Field(
+        default=3600.0, gt=0, description="Deadline of each replayed request (batch lane)."
+    )
+    replay_poll_interval_s: float = Field(
+        default=0.5, gt=0, description="How often running replays are looked for."
+    )
+    gateway_url: str = Field(
+        default="http://127.0.0.1:8000",
+        validation_alias=AliasChoices("SWITCHYARD_HISTORY_GATEWAY_URL", "SWITCHYARD_GATEWAY_URL"),
+        description="A gateway, which admits each replayed request against the budgets and "
+        "rate limits of whoever it is billed to; empty: replays are sent without admission.",
+    )
+
+    @model_validator(mode="after")
+    def _default_group(self) -> Settings:
+        if not self.group:
+            self.group = Topics(self.topic_prefix).group("history")
+        return self
 
     @model_validator(mode="after")
     def _body_limit_holds_idempotency_responses(self) -> Settings:

@@ -6,6 +6,13 @@ not seen before in `history_events` and merges exactly those into the request pr
 batch can be retried any number of times and the tables end up the same. The bus commits
 its offsets only after `record` returns, i.e. after the database commit.
 
+One outcome per request: a request's terminal events (`chat.completed`, `chat.failed`)
+are stored only while it has no outcome yet, so history never holds two. The request rows
+are locked first, so the expiry sweeper and the consumer cannot both record one. History's
+own expiry is provisional: it is stored only for a request still pending, and a real
+outcome arriving later replaces it (the expiry event is deleted, the row takes the real
+outcome), because a late reply is what the client got.
+
 Throughput: a batch costs a handful of statements whatever its size. On PostgreSQL each
 statement sends one array per column and the server unnests them
 (`INSERT ... SELECT FROM unnest(...)`), so a batch of 500 events is one round trip for the
@@ -23,7 +30,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Text, bindparam, cast, column, func, select
+from sqlalchemy import Text, bindparam, cast, column, delete, func, select
 from sqlalchemy.dialects.postgresql import JSON as PG_JSON
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -31,9 +38,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import JSON
 
 from switchyard.common.db import dialect_insert
-from switchyard.common.events import ChatChunk, ChatRequested, EnvelopeFields, Event
+from switchyard.common.events import (
+    ChatChunk,
+    ChatCompleted,
+    ChatFailed,
+    ChatRequested,
+    EnvelopeFields,
+    Event,
+    UsageRecorded,
+)
 from switchyard.history import metrics
+from switchyard.history.jobs import expiry_event, expiry_event_id, is_history_expiry
 from switchyard.history.models import (
+    RequestStatus,
     WebhookStatus,
     events_table,
     requests_table,
@@ -46,9 +63,7 @@ from switchyard.history.rollup import mark_dirty
 
 log = structlog.get_logger("switchyard.history")
 
-# After start-up, how long the consumer counts as catching up until its first batch (it
-# may be joining its group, with a backlog of replies waiting).
-STARTUP_GRACE_S = 30.0
+PENDING = RequestStatus.PENDING.value
 
 
 class EventRecorder:
@@ -60,27 +75,9 @@ class EventRecorder:
             if self._dialect == "postgresql"
             else _ExecutemanyWriter(self._dialect)
         )
-        # When the last batch arrived and whether it was full: a consumer receiving full
-        # batches is catching up, and the expiry sweeper waits until it has.
-        self.last_batch_at: float = 0.0
-        self.last_batch_full: bool = False
-        self.max_batch: int | None = None
-        self._started_at = time.monotonic()
-
-    @property
-    def catching_up(self) -> bool:
-        """True while the consumer is (or may be) working through a backlog: it receives
-        full batches, or it has just started and received nothing yet."""
-        now = time.monotonic()
-        if self.last_batch_at == 0.0:
-            return now - self._started_at < STARTUP_GRACE_S
-        return self.last_batch_full and now - self.last_batch_at < 10.0
 
     async def record(self, events: list[Event]) -> None:
         """Persist a batch exactly once; safe to call again with the same events."""
-        if self.max_batch is not None:
-            self.last_batch_at = time.monotonic()
-            self.last_batch_full = len(events) >= self.max_batch
         unique = _without_chunks_and_repeats(events)
         if not unique:
             return
@@ -99,10 +96,34 @@ class EventRecorder:
             metrics.EVENTS_PERSISTED.labels(event_type).inc(count)
         log.debug("events recorded", received=len(events), new=len(new_events))
 
+    async def expire_overdue(self, cutoff: datetime, *, limit: int = 500) -> int:
+        """Record history's own expiry for up to `limit` requests still pending whose
+        deadline is before `cutoff`; returns how many. Rows another transaction is writing
+        (a reply being recorded) are skipped, and the check and the expiry happen in one
+        transaction, so an expiry never lands on a request that got its reply meanwhile."""
+        r = requests_table.c
+        query = (
+            select(r.request_id, r.tenant)
+            .where(r.status == PENDING, r.deadline < cutoff, r.request_body.is_not(None))
+            .order_by(r.deadline)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        async with self._engine.begin() as connection:
+            overdue = (await connection.execute(query)).all()
+            if not overdue:
+                return 0
+            events = [expiry_event(tenant, request_id) for request_id, tenant in overdue]
+            new_events = await self._record_in(connection, list(events))
+        return len(new_events)
+
     async def _record_in(
         self, connection: AsyncConnection, events: list[EnvelopeFields]
     ) -> list[EnvelopeFields]:
         metadata_only = await _metadata_only_tenants(connection, {e.tenant for e in events})
+        events, expiries_replaced = await self._one_outcome_per_request(connection, events)
+        if not events:
+            return []
         recorded_at = datetime.now(UTC)
         # Sorted by key so concurrent consumers take row locks in the same order (no deadlock).
         ordered = sorted(events, key=lambda event: event.id)
@@ -122,9 +143,108 @@ class EventRecorder:
                 index_elements=[webhooks_table.c.request_id]
             )
             await connection.execute(insert, webhooks)
+        replaced = sorted(
+            {
+                expiry_event_id(event.request_id)
+                for event in new_events
+                if isinstance(event, ChatCompleted | ChatFailed)
+                and event.request_id in expiries_replaced
+            }
+        )
+        if replaced:
+            await connection.execute(
+                delete(events_table).where(events_table.c.event_id.in_(replaced))
+            )
+            metrics.OUTCOMES_SUPERSEDED.labels("expiry_replaced").inc(len(replaced))
+            log.info("history's expiry replaced by the real outcome", requests=len(replaced))
         # Last, so the usage rollup's marks are locked only until the commit that follows.
         await mark_dirty(connection, self._dialect, touched)
         return new_events
+
+    async def _one_outcome_per_request(
+        self, connection: AsyncConnection, events: list[EnvelopeFields]
+    ) -> tuple[list[EnvelopeFields], set[str]]:
+        """The events to store, without the terminal events of requests that already have
+        their outcome; and the requests whose provisional expiry a real outcome replaces.
+
+        Locks the rows of every request the batch touches, in request id order (the
+        order the upsert takes them in, so concurrent consumers cannot deadlock), so that no
+        other transaction records an outcome for them until this one commits."""
+        terminal = [e for e in events if isinstance(e, ChatCompleted | ChatFailed)]
+        if not terminal:
+            return events, set()
+        r = requests_table.c
+        touched = {
+            e.request_id
+            for e in events
+            if isinstance(e, ChatRequested | ChatCompleted | ChatFailed | UsageRecorded)
+        }
+        query = (
+            select(r.request_id, r.status, r.outcome_provisional)
+            .where(r.request_id.in_(sorted(touched)))
+            .order_by(r.request_id)
+            .with_for_update()
+        )
+        # request id -> True: a real outcome; False: history's provisional expiry.
+        known: dict[str, bool] = {
+            row.request_id: not row.outcome_provisional
+            for row in await connection.execute(query)
+            if row.status != PENDING
+        }
+        pending_rows = {e.request_id for e in terminal} - set(known)
+        replaced: set[str] = set()
+        dropped: list[tuple[EnvelopeFields, str]] = []
+        kept: list[EnvelopeFields] = []
+        for event in events:  # in arrival order: the first outcome is the one the client got
+            if not isinstance(event, ChatCompleted | ChatFailed):
+                kept.append(event)
+                continue
+            request_id = event.request_id
+            real = known.get(request_id)
+            if is_history_expiry(event):
+                # Only for a request that is still pending (it may have been answered since
+                # the sweeper looked), and never for one this batch answers.
+                if real is None and request_id in pending_rows:
+                    known[request_id] = False
+                    kept.append(event)
+                else:
+                    dropped.append((event, "replied"))
+                continue
+            if real:
+                dropped.append((event, "outcome_known"))
+                continue
+            if real is False:
+                replaced.add(request_id)
+            known[request_id] = True
+            kept.append(event)
+        if dropped:
+            await self._count_superseded(connection, dropped)
+        return kept, replaced
+
+    async def _count_superseded(
+        self, connection: AsyncConnection, dropped: list[tuple[EnvelopeFields, str]]
+    ) -> None:
+        # A redelivered copy of the stored outcome is a duplicate, not a second outcome.
+        ids = [event.id for event, _ in dropped]
+        stored = set(
+            (
+                await connection.execute(
+                    select(events_table.c.event_id).where(events_table.c.event_id.in_(ids))
+                )
+            ).scalars()
+        )
+        for event, reason in dropped:
+            if event.id in stored:
+                continue
+            metrics.OUTCOMES_SUPERSEDED.labels(reason).inc()
+            log.info(
+                "second outcome of a request not recorded",
+                request_id=event.request_id,
+                event_id=event.id,
+                event_type=event.type,
+                source=event.source,
+                reason=reason,
+            )
 
     async def _project(
         self, connection: AsyncConnection, events: list[EnvelopeFields], metadata_only: set[str]

@@ -4,8 +4,10 @@ for through the API, and the expiry of a request nobody answered.
 
 History records such a transition as an event of its own (`chat.failed` from source
 `history`) through the same exactly-once recorder as everything else, with an id derived
-from the request id, so two replicas (or a retry) record it once, and the projection's
-rule "the first terminal status wins" decides any race with inference's own reply.
+from the request id, so two replicas (or a retry) record it once. A cancellation is final
+(the client asked for it and was told so): "the first terminal status wins" decides any
+race with inference's own reply. An expiry is provisional: a real outcome from inference
+that arrives after it replaces it (projection.py, handlers.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired", "refuse
 
 def derived_event_id(kind: str, request_id: str) -> str:
     return uuid.uuid5(_HISTORY_EVENTS, f"{kind}:{request_id}").hex
+
+
+def expiry_event_id(request_id: str) -> str:
+    return derived_event_id("expired", request_id)
 
 
 def job_status(request_status: str) -> str:
@@ -56,10 +62,23 @@ def cancellation_event(tenant: str, request_id: str, user_id: str) -> ChatFailed
     )
 
 
+HISTORY_SOURCE = "history"
+
+
+def is_history_expiry(event: object) -> bool:
+    """True for the expiry history records itself (`expiry_event`), which stands only until
+    a real outcome arrives."""
+    return (
+        isinstance(event, ChatFailed)
+        and event.source == HISTORY_SOURCE
+        and event.data.status is TerminalStatus.EXPIRED
+    )
+
+
 def expiry_event(tenant: str, request_id: str) -> ChatFailed:
     return ChatFailed(
-        id=derived_event_id("expired", request_id),
-        source="history",
+        id=expiry_event_id(request_id),
+        source=HISTORY_SOURCE,
         tenant=tenant,
         request_id=request_id,
         data=ChatFailedData(

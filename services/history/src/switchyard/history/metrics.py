@@ -26,3 +26,11 @@ PERSIST_SECONDS = Histogram(
     "Time to write one batch of events and its projection updates, until commit.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+OUTCOMES_SUPERSEDED = Counter(
+    "switchyard_history_outcomes_superseded_total",
+    "Terminal events not stored because their request already had its outcome, by why: "
+    "'outcome_known' (a real outcome was recorded first), 'replied' (history's own expiry "
+    "came after a real outcome); and provisional expiries replaced by a real outcome "
+    "('expiry_replaced').",
+    ["reason"],
+)

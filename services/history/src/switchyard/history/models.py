@@ -8,14 +8,24 @@
   stored body and reply are shaped in (a `ClientAPI` value); `client_api` the API the
   client called. They differ only on rows recorded from version 1 events of Anthropic
   clients, whose bodies and replies travelled translated to Chat Completions
-  (migration 0003).
+  (migration 0003). Requests of OpenAI's Responses API also keep their conversation
+  state: `input_items` (the items the response was generated from, those of the
+  conversation it continued included) next to the output items in `response`, so
+  `previous_response_id` works on every model; `response_deleted_at` marks a response
+  deleted through the API (its content is removed, the row and its usage stay).
 - `history_webhooks`: one row per job that asked for a webhook: its delivery state.
 - `history_tenant_settings`: per-tenant privacy (metadata only), retention and the
   webhook signing secret.
 - `history_idempotency_keys`: Idempotency-Key claims and the responses they replay.
 - `history_usage_hourly`, `history_usage_hourly_models`, `history_usage_dirty`: the usage
-  rollup per tenant and hour (by user, API key and model; and by model only), and the hours
-  waiting to be recomputed (rollup.py).
+  rollup per tenant and hour (by user, API key, team and model; and by team and model
+  only), and the hours waiting to be recomputed (rollup.py).
+- `history_cache_entries`: the gateways' exact-match response cache, per tenant (cache.py).
+- `history_replays`, `history_replay_items`: replays of recorded traffic against another
+  model, and each selected request's progress (replays.py).
+
+A request is shown and counted (`shown`) once its `chat.requested` is stored, or, for a
+request refused at admission (which never had one: nothing ran), once its refusal is.
 
 Timestamps are timezone-aware UTC on both PostgreSQL and SQLite; the projection's JSON
 columns are JSONB on PostgreSQL, event payloads plain JSON (kept as received). The Alembic
@@ -32,6 +42,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
     Float,
     Index,
@@ -41,6 +52,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    or_,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -121,6 +133,8 @@ class HistoryRequest(Base):
     tenant: Mapped[str] = mapped_column(String(128))
     user_id: Mapped[str | None] = mapped_column(String(128))
     api_key_id: Mapped[str | None] = mapped_column(String(128))
+    # The caller's team when the request was made (auth's team id), if any.
+    team_id: Mapped[str | None] = mapped_column(String(128))
     model: Mapped[str | None] = mapped_column(String(256))
     # The API `request_body` and `response` are shaped in, and the one the client called.
     api: Mapped[str | None] = mapped_column(String(32))
@@ -130,8 +144,15 @@ class HistoryRequest(Base):
     upstream_api: Mapped[str | None] = mapped_column(String(32))
     priority: Mapped[str | None] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default=RequestStatus.PENDING.value)
+    # True when the terminal status is history's own expiry (no reply was recorded in time):
+    # a real outcome from inference that arrives later replaces it (projection.py).
+    outcome_provisional: Mapped[bool | None] = mapped_column(Boolean)
     request_body: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
     response: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
+    # Responses API only: every input item of the response, the previous conversation's
+    # first (NULL when not stored: `store: false`, metadata only, or deleted).
+    input_items: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONDocument)
+    response_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
     provider: Mapped[str | None] = mapped_column(String(128))
     deployment: Mapped[str | None] = mapped_column(String(256))
@@ -147,6 +168,12 @@ class HistoryRequest(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deadline: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Answered from the gateways' response cache (no upstream call), and what the answer
+    # it reused had cost (migration 0004).
+    cache_hit: Mapped[bool | None] = mapped_column(Boolean)
+    saved_cost_usd: Mapped[float | None] = mapped_column(Float)
+    # For a replayed request: the recorded request it replays.
+    replay_of: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         # A user's history, newest first (the history page); request_id breaks ties the
@@ -179,6 +206,14 @@ class HistoryRequest(Base):
             "ix_history_requests_tenant_api_key_created",
             "tenant",
             "api_key_id",
+            created_at.desc(),
+            request_id.desc(),
+        ),
+        # The team filter (migration 0004).
+        Index(
+            "ix_history_requests_tenant_team_created",
+            "tenant",
+            "team_id",
             created_at.desc(),
             request_id.desc(),
         ),
@@ -246,6 +281,10 @@ class TenantSettings(Base):
     retention_days: Mapped[int | None] = mapped_column(Integer)
     webhook_secret: Mapped[str | None] = mapped_column(String(128))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The response cache for every request of the tenant (NULL: off, requests may still
+    # opt in with a header), and how long its entries live (NULL: the service default).
+    cache_enabled: Mapped[bool | None] = mapped_column(Boolean)
+    cache_ttl_s: Mapped[int | None] = mapped_column(Integer)
 
 
 class IdempotencyState(StrEnum):
@@ -277,7 +316,7 @@ class IdempotencyKey(Base):
 
 
 class UsageHourly(Base):
-    """Requests of one tenant, hour, user, API key and model (NULL stored as '')."""
+    """Requests of one tenant, hour, user, API key, team and model (NULL stored as '')."""
 
     __tablename__ = "history_usage_hourly"
 
@@ -285,6 +324,8 @@ class UsageHourly(Base):
     hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     api_key_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # A user can move to another team, so the team is a dimension of its own.
+    team_id: Mapped[str] = mapped_column(String(128), primary_key=True, server_default="")
     model: Mapped[str] = mapped_column(String(256), primary_key=True)
     requests: Mapped[int] = mapped_column(BigInteger)
     completed: Mapped[int] = mapped_column(BigInteger)
@@ -296,21 +337,26 @@ class UsageHourly(Base):
     cache_creation_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd: Mapped[float] = mapped_column(Float)
+    cache_hits: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_saved_usd: Mapped[float] = mapped_column(Float, server_default="0")
 
     __table_args__ = (
         Index("ix_history_usage_hourly_hour", "hour"),
         Index("ix_history_usage_hourly_user", "tenant", "user_id", "hour"),
         Index("ix_history_usage_hourly_api_key", "tenant", "api_key_id", "hour"),
+        Index("ix_history_usage_hourly_team", "tenant", "team_id", "hour"),
     )
 
 
 class UsageHourlyModels(Base):
-    """Requests of one tenant, hour and model: the grain tenant-wide reports read."""
+    """Requests of one tenant, hour, team and model: the grain tenant-wide reports read
+    (a few rows per hour however many users and keys there are)."""
 
     __tablename__ = "history_usage_hourly_models"
 
     tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
     hour: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    team_id: Mapped[str] = mapped_column(String(128), primary_key=True, server_default="")
     model: Mapped[str] = mapped_column(String(256), primary_key=True)
     requests: Mapped[int] = mapped_column(BigInteger)
     completed: Mapped[int] = mapped_column(BigInteger)
@@ -322,6 +368,8 @@ class UsageHourlyModels(Base):
     cache_creation_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd: Mapped[float] = mapped_column(Float)
+    cache_hits: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_saved_usd: Mapped[float] = mapped_column(Float, server_default="0")
 
     __table_args__ = (Index("ix_history_usage_hourly_models_hour", "hour"),)
 
@@ -338,6 +386,87 @@ class UsageDirty(Base):
     __table_args__ = (Index("ix_history_usage_dirty_hour", "hour"),)
 
 
+class CacheEntry(Base):
+    """One answer of the response cache: the reply (and, for a streamed request, its
+    stream events) to the request whose normalised body hashes to `key`, for one tenant."""
+
+    __tablename__ = "history_cache_entries"
+
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    api: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(256))
+    response: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    stream_events: Mapped[list[Any] | None] = mapped_column(JSONDocument)
+    source_request_id: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class ReplayStatus(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    COMPLETED = "completed"
+
+
+class Replay(Base):
+    """A replay of recorded requests against another model (replays.py)."""
+
+    __tablename__ = "history_replays"
+
+    replay_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str] = mapped_column(String(128))
+    api_key_id: Mapped[str | None] = mapped_column(String(128))
+    to_model: Mapped[str] = mapped_column(String(256))
+    selection: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    rate_count: Mapped[int] = mapped_column(Integer)
+    rate_period_s: Mapped[float] = mapped_column(Float)
+    bill_to: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    total: Mapped[int] = mapped_column(Integer)
+    runner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        Index("ix_history_replays_tenant_created", "tenant", created_at.desc()),
+        Index("ix_history_replays_status", "status"),
+    )
+
+
+class ReplayItemState(StrEnum):
+    PENDING = "pending"
+    # Being published: a runner that died here left it in doubt (replays.py resolves it).
+    SENDING = "sending"
+    SENT = "sent"
+    # Its replay reached a terminal state and the pair was compared.
+    SETTLED = "settled"
+    NOT_REPLAYABLE = "not_replayable"
+
+
+class ReplayItem(Base):
+    """One selected request of a replay and its replayed counterpart."""
+
+    __tablename__ = "history_replay_items"
+
+    replay_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    original_request_id: Mapped[str] = mapped_column(String(64))
+    replay_request_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    exact_match: Mapped[bool | None] = mapped_column(Boolean)
+    similarity: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_history_replay_items_state", "replay_id", "state", "position"),)
+
+
 events_table = HistoryEvent.__table__
 requests_table = HistoryRequest.__table__
 webhooks_table = HistoryWebhook.__table__
@@ -346,3 +475,16 @@ idempotency_table = IdempotencyKey.__table__
 usage_hourly_table = UsageHourly.__table__
 usage_hourly_models_table = UsageHourlyModels.__table__
 usage_dirty_table = UsageDirty.__table__
+cache_entries_table = CacheEntry.__table__
+replays_table = Replay.__table__
+replay_items_table = ReplayItem.__table__
+
+
+def shown(columns: Any = None) -> ColumnElement[bool]:
+    """SQL true for the request rows history shows and counts: those whose
+    `chat.requested` is stored (a reply that overtook its request waits for it), and
+    requests refused at admission, which never have one (their refusal, a `chat.failed`
+    and a `usage.recorded` of status `refused`, is their whole record). `columns`: the
+    columns of `history_requests` or of an alias of it."""
+    r = columns if columns is not None else requests_table.c
+    return or_(r.request_body.is_not(None), r.status == RequestStatus.REFUSED.value)

@@ -7,9 +7,9 @@ from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE, DatabaseSet
 
 
 def _commands() -> list:
-    from switchyard.history.cli import retention_app, tenant_settings_app, usage_app
+    from switchyard.history.cli import cache_app, retention_app, tenant_settings_app, usage_app
 
-    return [usage_app, retention_app, tenant_settings_app]
+    return [usage_app, retention_app, tenant_settings_app, cache_app]
 
 
 service = ServicePlugin(

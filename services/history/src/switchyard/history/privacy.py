@@ -3,10 +3,12 @@ asked history not to keep prompt or completion text (`history_tenant_settings`).
 
 What is kept describes the request without its content: the model and scalar parameters
 (temperature, max_tokens, stream, ...), how many messages there were and of which roles;
-of a reply, its id, model, finish or stop reasons and token usage (Chat Completions'
-`choices`, Anthropic's `stop_reason`, the number of embeddings). Everything else —
-message contents, tool definitions and calls, system prompts, thinking, metadata,
-embeddings input, the stop sequence that matched — is dropped.
+of a reply, its id, model, finish or stop reasons, status and token usage (Chat
+Completions' `choices`, Anthropic's `stop_reason`, a Responses `status`, the number of
+embeddings). Everything else — message contents and input items (a Responses
+conversation's too), tool definitions and calls, system prompts and instructions,
+thinking, metadata, end-user identifiers, embeddings input, the stop sequence that
+matched — is dropped.
 """
 
 from __future__ import annotations
@@ -17,8 +19,20 @@ REDACTED_MARKER = "redacted"
 
 # Top-level request fields that can hold prompt text or other user content.
 _CONTENT_FIELDS = frozenset(
-    {"messages", "input", "prompt", "tools", "functions", "system", "response_format", "stop"}
+    {
+        "messages",
+        "input",
+        "instructions",
+        "prompt",
+        "tools",
+        "functions",
+        "system",
+        "response_format",
+        "stop",
+    }
 )
+# Scalars that identify the end user rather than describe the request.
+_IDENTIFYING_FIELDS = frozenset({"user", "safety_identifier"})
 
 
 def redact_request_body(body: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -29,7 +43,7 @@ def redact_request_body(body: dict[str, Any] | None) -> dict[str, Any] | None:
         for name, value in body.items()
         if name not in _CONTENT_FIELDS
         and isinstance(value, str | int | float | bool)
-        and name != "user"
+        and name not in _IDENTIFYING_FIELDS
     }
     messages = body.get("messages")
     if isinstance(messages, list):
@@ -56,6 +70,9 @@ def redact_response(response: dict[str, Any] | None) -> dict[str, Any] | None:
             "usage",
             "system_fingerprint",
             "stop_reason",
+            "status",
+            "created_at",
+            "incomplete_details",
         )
         if name in response
     }
@@ -83,4 +100,6 @@ def redact_payload(payload: dict[str, Any]) -> dict[str, Any]:
         data["body"] = redact_request_body(data["body"])
     if "response" in data:
         data["response"] = redact_response(data["response"])
+    if data.get("previous_items") is not None:
+        data["previous_items"] = None  # a Responses conversation's items: content
     return {**payload, "data": data}

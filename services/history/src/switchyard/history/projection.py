@@ -6,12 +6,21 @@ becomes a *contribution*: a full row where the columns the event does not know a
 One upsert statement merges a contribution into the row, and its rules make the result
 independent of the order contributions are applied in:
 
-- request fields (tenant, user, model, API, body, deadline, created_at) come from
-  `chat.requested`; a row a reply created first gets them when the request arrives;
+- request fields (tenant, user, key, team, model, API, body, a Responses request's input
+  items, deadline, created_at) come from `chat.requested`; a row a reply created first
+  gets them when the request arrives; until then the usage record's (user, key, team,
+  model, API) stand in. A request refused at admission never has a `chat.requested`: the
+  gateway's `chat.failed` (status `refused`, the reason in its error) and `usage.recorded`
+  (who, which model and API, zero usage) are its whole record;
 - the status leaves 'pending' once, to the first terminal status applied; the reply,
-  error and completion time travel with that status and are never overwritten;
+  error and completion time travel with that status and are never overwritten. One
+  exception: history's own expiry (the sweeper's, `outcome_provisional`) only stands until
+  a real outcome from inference arrives, which replaces it: what inference answered is
+  what the client got, and an expiry must never win over it;
 - tokens (input, output, cache read and written, reasoning), cost and latency come from
-  `usage.recorded` when it is there, otherwise from the reply.
+  `usage.recorded` when it is there, otherwise from the reply; so do `cache_hit` and
+  `saved_cost_usd` (a request answered from the response cache), while `replay_of` (a
+  replayed request) comes with the request.
 
 Events are version 2 (`decode_event` upgrades version 1 ones): `api` is a `ClientAPI`
 value, the body and the reply are in that API's shapes.
@@ -24,18 +33,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, case, func
+from sqlalchemy import and_, case, false, func, or_
 from sqlalchemy.sql.dml import Insert
 
 from switchyard.common.db import dialect_insert
 from switchyard.common.events import (
     ChatCompleted,
     ChatFailed,
+    ChatRequestData,
     ChatRequested,
+    ClientAPI,
     EnvelopeFields,
     TokenUsage,
     UsageRecorded,
 )
+from switchyard.common.responses import input_items
+from switchyard.history.jobs import is_history_expiry
 from switchyard.history.models import RequestStatus, requests_table
 from switchyard.history.privacy import redact_request_body, redact_response
 
@@ -69,12 +82,15 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
         row.update(
             user_id=data.user_id,
             api_key_id=data.api_key_id,
+            team_id=data.team_id,
             model=data.model,
             api=data.api.value,
             client_api=data.api.value,
             priority=data.priority.value,
             request_body=redact_request_body(data.body) if redact else data.body,
+            input_items=None if redact else responses_input_items(data, event.request_id),
             deadline=data.deadline,
+            replay_of=data.replay_of,
         )
     elif isinstance(event, ChatCompleted):
         data = event.data
@@ -87,11 +103,13 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
             **_tokens(data.usage),
             latency_ms=data.latency_ms,
             completed_at=event.time,
+            outcome_provisional=False,
         )
     elif isinstance(event, ChatFailed):
         data = event.data
         row.update(
             status=data.status.value,
+            outcome_provisional=is_history_expiry(event),
             error=data.error.model_dump(mode="json"),
             provider=data.provider,
             deployment=data.deployment,
@@ -103,16 +121,31 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
         row.update(
             user_id=data.user_id,
             api_key_id=data.api_key_id,
+            team_id=data.team_id,
             model=data.model,
+            api=data.api.value if data.api else None,
+            client_api=data.api.value if data.api else None,
             provider=data.provider,
             deployment=data.deployment,
             **_tokens(data.usage),
             cost_usd=data.cost_usd,
             latency_ms=data.latency_ms,
+            cache_hit=data.cache_hit,
+            saved_cost_usd=data.saved_cost_usd,
         )
     else:
         return None
     return row
+
+
+def responses_input_items(data: ChatRequestData, request_id: str) -> list[dict[str, Any]] | None:
+    """The input items a Responses request's response is generated from, as stored: the
+    previous conversation's, then the request's own `input` (ids given, see
+    `switchyard.common.responses.input_items`). None for other APIs and for a response
+    the client asked not to store (`store: false`)."""
+    if data.api is not ClientAPI.OPENAI_RESPONSES or data.body.get("store") is False:
+        return None
+    return [*(data.previous_items or []), *input_items(data.body.get("input"), request_id)]
 
 
 def _tokens(usage: TokenUsage) -> dict[str, int]:
@@ -124,9 +157,9 @@ def _tokens(usage: TokenUsage) -> dict[str, int]:
 #   ("prefer_new", condition): the arriving value when `condition` holds (it is the
 #       authoritative source), else the stored one; either falls back on the other;
 #   ("replace", condition): the arriving value when `condition` holds, else the stored one;
-#   ("status", None): the first terminal status wins.
-# Conditions: a request body arrives; a terminal status arrives on a pending row; a usage
-# record (which always carries a cost, 0 when free; a reply never does) arrives.
+# Conditions: a request body arrives; a terminal status arrives on a pending row, or a real
+# (not provisional) one on a row history expired itself; a usage record (which always
+# carries a cost, 0 when free; a reply never does) arrives.
 REQUEST_ARRIVES, TERMINAL_ARRIVES, USAGE_ARRIVES = "request", "terminal", "usage"
 MERGE_RULES: dict[str, tuple[str, str | None]] = {
     **{
@@ -135,24 +168,34 @@ MERGE_RULES: dict[str, tuple[str, str | None]] = {
             "tenant",
             "user_id",
             "api_key_id",
+            "team_id",
             "model",
             "api",
             "client_api",
             "priority",
             "request_body",
+            "input_items",
             "deadline",
+            "replay_of",
+            # Set only by a deletion through the Responses API, never by an event: kept.
+            "response_deleted_at",
         )
     },
     "created_at": ("replace", REQUEST_ARRIVES),
-    # The first terminal status wins; everything describing the outcome comes with it.
-    "status": ("status", None),
+    # The first terminal status wins (a provisional one only until a real one comes);
+    # everything describing the outcome comes with it.
+    "status": ("replace", TERMINAL_ARRIVES),
+    "outcome_provisional": ("replace", TERMINAL_ARRIVES),
     "response": ("replace", TERMINAL_ARRIVES),
     "error": ("replace", TERMINAL_ARRIVES),
     "completed_at": ("replace", TERMINAL_ARRIVES),
     "provider": ("prefer_new", TERMINAL_ARRIVES),
     "deployment": ("prefer_new", TERMINAL_ARRIVES),
     "upstream_api": ("prefer_new", TERMINAL_ARRIVES),
-    **{name: ("prefer_new", USAGE_ARRIVES) for name in (*TOKEN_COLUMNS, "cost_usd", "latency_ms")},
+    **{
+        name: ("prefer_new", USAGE_ARRIVES)
+        for name in (*TOKEN_COLUMNS, "cost_usd", "latency_ms", "cache_hit", "saved_cost_usd")
+    },
 }
 
 
@@ -162,15 +205,17 @@ def merge(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     one, so the database writes each request's row once per batch."""
     holds = {
         REQUEST_ARRIVES: existing["request_body"] is None and new["request_body"] is not None,
-        TERMINAL_ARRIVES: existing["status"] == PENDING and new["status"] != PENDING,
+        TERMINAL_ARRIVES: new["status"] != PENDING
+        and (
+            existing["status"] == PENDING
+            or (bool(existing["outcome_provisional"]) and not new["outcome_provisional"])
+        ),
         USAGE_ARRIVES: existing["cost_usd"] is None and new["cost_usd"] is not None,
     }
     merged = {"request_id": existing["request_id"]}
     for name, (kind, condition) in MERGE_RULES.items():
         old_value, new_value = existing[name], new[name]
-        if kind == "status":
-            merged[name] = new_value if old_value == PENDING else old_value
-        elif kind == "replace":
+        if kind == "replace":
             merged[name] = new_value if holds[condition] else old_value  # type: ignore[index]
         elif holds[condition]:  # type: ignore[index]
             merged[name] = new_value if new_value is not None else old_value
@@ -188,14 +233,21 @@ def upsert_statement(dialect_name: str, insert: Insert | None = None) -> Insert:
     new = insert.excluded
     conditions = {
         REQUEST_ARRIVES: and_(existing.request_body.is_(None), new.request_body.is_not(None)),
-        TERMINAL_ARRIVES: and_(existing.status == PENDING, new.status != PENDING),
+        TERMINAL_ARRIVES: and_(
+            new.status != PENDING,
+            or_(
+                existing.status == PENDING,
+                and_(
+                    func.coalesce(existing.outcome_provisional, false()),
+                    ~func.coalesce(new.outcome_provisional, false()),
+                ),
+            ),
+        ),
         USAGE_ARRIVES: and_(existing.cost_usd.is_(None), new.cost_usd.is_not(None)),
     }
     updates: dict[str, Any] = {}
     for name, (kind, condition) in MERGE_RULES.items():
-        if kind == "status":
-            updates[name] = case((existing.status == PENDING, new.status), else_=existing.status)
-        elif kind == "replace":
+        if kind == "replace":
             updates[name] = case((conditions[condition], new[name]), else_=existing[name])
         else:
             updates[name] = case(

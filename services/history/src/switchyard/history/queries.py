@@ -4,7 +4,8 @@ by id, their jobs, and usage aggregated in SQL.
 Every query is scoped to the caller's tenant, so another tenant's request is simply not
 found. An ordinary user sees only their own requests; the `admin` role sees the whole
 tenant. A request appears once its `chat.requested` event is stored (a row that so far
-only holds a reply that overtook its request is not shown yet).
+only holds a reply that overtook its request is not shown yet), or, for a request refused
+at admission (which never had one), once its refusal is (`models.shown`).
 
 Pagination is keyset-based on (created_at, request_id), newest first, with an opaque
 cursor, so pages stay stable while new requests arrive; every filter has an index that
@@ -28,6 +29,7 @@ from switchyard.history import rollup
 from switchyard.history.models import (
     RequestStatus,
     requests_table,
+    shown,
     usage_dirty_table,
     webhooks_table,
 )
@@ -39,7 +41,15 @@ STATUSES = tuple(status.value for status in RequestStatus)
 BATCH_PRIORITY = "batch"
 # Usage report dimensions: time buckets and the columns a report can be grouped by.
 TIME_BUCKETS = ("day", "hour")
-DIMENSIONS = {"model": "model", "user": "user_id", "api_key": "api_key_id", "tenant": "tenant"}
+DIMENSIONS = {
+    "model": "model",
+    "user": "user_id",
+    "api_key": "api_key_id",
+    "team": "team_id",
+    "tenant": "tenant",
+}
+# Filters of a usage report: UsageQuery attributes, each the request column of that name.
+USAGE_FILTERS = ("user_id", "model", "api_key_id", "team_id")
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,7 @@ class HistoryFilters:
     statuses: tuple[str, ...] = ()
     api_key_id: str | None = None
     user_id: str | None = None
+    team_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,7 @@ class UsageQuery:
     user_id: str | None = None
     model: str | None = None
     api_key_id: str | None = None
+    team_id: str | None = None
 
 
 @dataclass
@@ -123,6 +135,8 @@ class UsageRow:
     cache_creation_input_tokens: int = 0
     reasoning_tokens: int = 0
     cost_usd: float = 0.0
+    cache_hits: int = 0
+    cache_saved_usd: float = 0.0
 
 
 class HistoryQueries:
@@ -133,7 +147,7 @@ class HistoryQueries:
     def _visible_to(self, caller: Caller, *columns) -> Select:
         query = select(*(columns or (requests_table,))).where(
             requests_table.c.tenant == caller.tenant,
-            requests_table.c.request_body.is_not(None),
+            shown(),
         )
         if not caller.sees_whole_tenant:
             query = query.where(requests_table.c.user_id == caller.user_id)
@@ -256,11 +270,8 @@ class HistoryQueries:
         conditions = []
         if report.tenant is not None:
             conditions.append(columns.tenant == report.tenant)
-        for name, value in (
-            ("user_id", report.user_id),
-            ("model", report.model),
-            ("api_key_id", report.api_key_id),
-        ):
+        for name in USAGE_FILTERS:
+            value = getattr(report, name)
             if value is not None:
                 conditions.append(columns[name] == value)
         return conditions
@@ -272,15 +283,7 @@ class HistoryQueries:
         return column.label(name)
 
     def _rollup_usage(self, report: UsageQuery, first: datetime, end: datetime) -> Select:
-        filtered = [
-            name
-            for name, value in (
-                ("user_id", report.user_id),
-                ("model", report.model),
-                ("api_key_id", report.api_key_id),
-            )
-            if value is not None
-        ]
+        filtered = [name for name in USAGE_FILTERS if getattr(report, name) is not None]
         table = rollup.grain_for([DIMENSIONS[name] for name in report.dimensions], filtered)
         h = table.c
         keys = [self._dimension(h, name, rollup_table=True) for name in report.dimensions]
@@ -300,7 +303,7 @@ class HistoryQueries:
         if report.bucket is not None:
             keys.insert(0, self._bucket_expression(report.bucket, r.created_at).label("bucket"))
         query = select(*keys, *rollup.request_aggregates()).where(
-            r.request_body.is_not(None),
+            shown(r),
             rollup.in_ranges(r.created_at, ranges),
             *self._usage_filters(r, report),
         )
@@ -333,6 +336,8 @@ def _merged_usage(rows, report: UsageQuery) -> list[UsageRow]:
         for name in rollup.TOKEN_SUMS:
             setattr(total, name, getattr(total, name) + int(values[name] or 0))
         total.cost_usd += float(values["cost_usd"] or 0.0)
+        total.cache_hits += int(values["cache_hits"] or 0)
+        total.cache_saved_usd += float(values["cache_saved_usd"] or 0.0)
 
     def order(key: tuple) -> tuple:
         return tuple((value is None, value if value is not None else "") for value in key)
@@ -354,6 +359,8 @@ def _filtered(query: Select, filters: HistoryFilters) -> Select:
         query = query.where(r.api_key_id == filters.api_key_id)
     if filters.user_id is not None:
         query = query.where(r.user_id == filters.user_id)
+    if filters.team_id is not None:
+        query = query.where(r.team_id == filters.team_id)
     return query
 
 

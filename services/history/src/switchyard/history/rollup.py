@@ -1,5 +1,5 @@
 """The usage rollup: requests aggregated per tenant and hour, at two grains — by user,
-API key and model (`history_usage_hourly`), and by model only
+API key, team and model (`history_usage_hourly`), and by team and model only
 (`history_usage_hourly_models`, what tenant-wide reports read: a few rows per hour however
 many users and keys there are) — so a report over a month of a busy tenant reads
 thousands of rollup rows instead of a million requests.
@@ -15,8 +15,9 @@ Exact, not approximate, whatever the order events arrive in:
 - a report reads, in one snapshot, the rollup for whole hours that are not dirty, and the
   requests themselves for dirty hours and for the partial hours at the ends of its range.
 
-Only requests whose `chat.requested` has been recorded count (as in the history API): a
-reply that overtook its request is counted when the request arrives.
+Only requests history shows count (`models.shown`, as in the history API): a reply that
+overtook its request is counted when the request arrives; a request refused at admission
+is counted (as an error) from its refusal.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from switchyard.history.models import (
     RequestStatus,
     UTCDateTime,
     requests_table,
+    shown,
     usage_dirty_table,
     usage_hourly_models_table,
     usage_hourly_table,
@@ -50,11 +52,19 @@ METRIC_COLUMNS = (
     "cache_creation_input_tokens",
     "reasoning_tokens",
     "cost_usd",
+    "cache_hits",
+    "cache_saved_usd",
 )
 # Token columns summed as they are (NULL, on requests recorded before they existed, as 0).
-TOKEN_SUMS = METRIC_COLUMNS[4:-1]
+TOKEN_SUMS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "reasoning_tokens",
+)
 # Dimensions as rollup columns; NULL is stored as '' (part of the primary key).
-ROLLUP_DIMENSIONS = ("user_id", "api_key_id", "model")
+ROLLUP_DIMENSIONS = ("user_id", "api_key_id", "team_id", "model")
 
 
 def hour_of(value: datetime) -> datetime:
@@ -105,6 +115,9 @@ def request_aggregates() -> list:
         counting(RequestStatus.CANCELLED.value).label("cancelled"),
         *[func.coalesce(func.sum(r[name]), 0).label(name) for name in TOKEN_SUMS],
         func.coalesce(func.sum(r.cost_usd), 0.0).label("cost_usd"),
+        # Answered from the response cache, and what those answers had cost to make.
+        func.sum(case((r.cache_hit.is_(True), 1), else_=0)).label("cache_hits"),
+        func.coalesce(func.sum(r.saved_cost_usd), 0.0).label("cache_saved_usd"),
     ]
 
 
@@ -115,7 +128,7 @@ def rollup_sums(table) -> list:
 # Each grain: its table and the request columns it groups by (NULL stored as '').
 GRAINS = (
     (usage_hourly_table, ROLLUP_DIMENSIONS),
-    (usage_hourly_models_table, ("model",)),
+    (usage_hourly_models_table, ("team_id", "model")),
 )
 
 
@@ -165,7 +178,7 @@ async def refresh(
                             r.tenant == tenant,
                             r.created_at >= hour,
                             r.created_at < hour + HOUR,
-                            r.request_body.is_not(None),
+                            shown(r),
                         )
                         .group_by(*[r[name] for name in columns])
                     )

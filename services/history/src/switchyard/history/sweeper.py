@@ -1,14 +1,18 @@
 """Background upkeep of the history store: expiring requests nobody answered, bringing
 the usage rollup up to date, purging what is older than its retention, and forgetting
-expired Idempotency-Keys.
+expired Idempotency-Keys and response cache entries.
 
 Expiry: a request still `pending` after its deadline plus a grace period
 (`SWITCHYARD_HISTORY_EXPIRY_GRACE_S`) will get no reply any more (inference publishes an
 `expired` reply itself when it sees the deadline pass, so this only happens when no
 inference replica handled the request at all). History records its own `chat.failed`
 with status `expired` through the recorder — stored once, whatever the number of
-replicas — and publishes nothing. While the consumer is catching up on a backlog (full
-batches) the sweeper waits, so replies still in the topic are not pre-empted.
+replicas — and publishes nothing. That expiry is provisional: a reply that still arrives
+replaces it (projection.py). And the sweeper only expires what it knows to be unanswered:
+it runs only when the history consumer group has recorded every event published so far
+(its lag, read from the bus, is 0), and only for requests whose deadline plus grace
+passed before that was checked. While the consumer lags, or the bus cannot tell (Kafka
+unreachable), nothing is expired.
 
 Retention: requests (with their events and webhooks) created before the cutoff are
 deleted in batches of a few thousand rows, per tenant for tenants with their own
@@ -19,6 +23,7 @@ deleted in batches of a few thousand rows, per tenant for tenants with their own
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -28,11 +33,10 @@ from sqlalchemy import delete, exists, func, not_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.history import rollup
+from switchyard.history.cache import CacheStore
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import IdempotencyStore
-from switchyard.history.jobs import expiry_event
 from switchyard.history.models import (
-    RequestStatus,
     events_table,
     requests_table,
     webhooks_table,
@@ -72,30 +76,18 @@ async def expire_overdue(
     batch: int = 500,
     max_rounds: int = 20,
 ) -> int:
-    """Mark requests pending past deadline + grace as expired; returns how many."""
+    """Mark requests pending past deadline + grace as expired; returns how many.
+    `now`: the instant up to which every reply is known to be recorded."""
     cutoff = (now or datetime.now(UTC)) - grace
-    r = requests_table.c
-    query = (
-        select(r.request_id, r.tenant)
-        .where(
-            r.status == RequestStatus.PENDING.value,
-            r.deadline < cutoff,
-            r.request_body.is_not(None),
-        )
-        .order_by(r.deadline)
-        .limit(batch)
-    )
     total = 0
     for _ in range(max_rounds):
-        async with engine.connect() as connection:
-            overdue = (await connection.execute(query)).all()
-        if not overdue:
+        expired = await recorder.expire_overdue(cutoff, limit=batch)
+        if not expired:
             break
-        await recorder.record([expiry_event(tenant, request_id) for request_id, tenant in overdue])
-        total += len(overdue)
-        EXPIRED.inc(len(overdue))
-        log.info("requests expired", count=len(overdue))
-        if len(overdue) < batch:
+        total += expired
+        EXPIRED.inc(expired)
+        log.info("requests expired", count=expired)
+        if expired < batch:
             break
     return total
 
@@ -201,9 +193,16 @@ async def purge_by_retention(
     return result
 
 
+CaughtUp = Callable[[], Awaitable[bool]]
+
+
 class Sweeper:
     """The periodic loop of the history service (one per replica; every step is safe to
-    run concurrently on several)."""
+    run concurrently on several).
+
+    `caught_up()`: True once the history consumer group (all its members) has recorded
+    every event published before the call, False if it lags; it raises when that cannot
+    be known. None: there is no consumer to wait for."""
 
     def __init__(
         self,
@@ -216,7 +215,10 @@ class Sweeper:
         retention_days: int | None,
         purge_interval_s: float,
         rollup_settle: timedelta = timedelta(seconds=10),
+        cache: CacheStore | None = None,
+        caught_up: CaughtUp | None = None,
     ) -> None:
+        self.cache = cache
         self.engine = engine
         self.recorder = recorder
         self.tenants = tenants
@@ -225,11 +227,32 @@ class Sweeper:
         self.retention_days = retention_days
         self.purge_interval_s = purge_interval_s
         self.rollup_settle = rollup_settle
+        self.caught_up = caught_up
         self._last_purge = float("-inf")
 
+    async def recorded_up_to(self) -> datetime | None:
+        """An instant before which every published event is recorded: now, once the
+        consumer group has recorded what was published by now; None if it lags or its
+        progress cannot be read."""
+        checked_at = datetime.now(UTC)  # before asking: what is published by now
+        if self.caught_up is None:
+            return checked_at
+        try:
+            caught_up = await self.caught_up()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - unknown progress: expire nothing
+            log.warning("expiry paused: the history consumer's lag is unknown", error=repr(exc))
+            return None
+        if not caught_up:
+            log.info("expiry paused while the history consumer catches up")
+            return None
+        return checked_at
+
     async def sweep_once(self) -> None:
-        if not self.recorder.catching_up:
-            await expire_overdue(self.engine, self.recorder, self.grace)
+        recorded = await self.recorded_up_to()
+        if recorded is not None:
+            await expire_overdue(self.engine, self.recorder, self.grace, now=recorded)
         # Hours of the usage rollup that have been quiet for a while are recomputed (a
         # report reads the others from the requests meanwhile).
         await rollup.refresh(self.engine, settle=self.rollup_settle)
@@ -238,20 +261,23 @@ class Sweeper:
             self._last_purge = loop.time()
             purged = await purge_by_retention(self.engine, self.tenants, self.retention_days)
             keys = await self.idempotency.purge_expired()
-            if purged.requests or purged.events or keys:
+            answers = await self.cache.purge(expired_only=True) if self.cache else 0
+            if purged.requests or purged.events or keys or answers:
                 log.info(
                     "retention purge",
                     requests=purged.requests,
                     events=purged.events,
                     idempotency_keys=keys,
+                    cache_entries=answers,
                 )
 
     async def run(self, interval_s: float) -> None:
         while True:
+            # First wait: right after start-up the consumer has not caught up anyway.
+            await asyncio.sleep(interval_s)
             try:
                 await self.sweep_once()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. the database is down: next round
                 log.warning("history sweep failed", error=repr(exc))
-            await asyncio.sleep(interval_s)

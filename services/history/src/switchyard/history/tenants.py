@@ -7,6 +7,10 @@
   (and by `switchyard retention purge`); unset means the service-wide default.
 - `webhook_secret`: the key job webhooks of the tenant are signed with (HMAC-SHA256);
   created on first use, rotated on demand.
+- `cache_enabled`, `cache_ttl_s`: the gateways' response cache for every request of the
+  tenant (requests may still opt out, or opt in when it is off), and how long its answers
+  are reused (unset: the gateway's default). A metadata-only tenant's answers are never
+  cached, whatever these say.
 
 A tenant without a row stores content and keeps it for the default retention.
 """
@@ -34,6 +38,8 @@ class TenantSettingsView:
     retention_days: int | None = None
     webhook_secret: str | None = None
     updated_at: datetime | None = None
+    cache_enabled: bool | None = None
+    cache_ttl_s: int | None = None
 
     def public(self, *, include_secret: bool) -> dict[str, Any]:
         data = asdict(self)
@@ -62,11 +68,15 @@ class TenantSettingsStore:
         store_content: bool | None = None,
         retention_days: int | None = UNSET,
         rotate_webhook_secret: bool = False,
+        cache_enabled: bool | None = None,
+        cache_ttl_s: int | None = UNSET,
     ) -> TenantSettingsView:
         """Change some settings (the others keep their value) and return them all."""
         async with self._engine.begin() as connection:
             current = await _get(connection, tenant)
             values = {
+                "cache_enabled": current.cache_enabled if cache_enabled is None else cache_enabled,
+                "cache_ttl_s": current.cache_ttl_s if cache_ttl_s is UNSET else cache_ttl_s,
                 "tenant": tenant,
                 "store_content": current.store_content if store_content is None else store_content,
                 "retention_days": current.retention_days

@@ -1,8 +1,11 @@
 """Usage reports: requests, errors, tokens and cost grouped by a time bucket (day or
-hour) and any of model, user and API key (and tenant, for operators), as JSON or CSV.
+hour) and any of model, user, API key and team (and tenant, for operators), as JSON or
+CSV. Errors are failed, expired and refused requests.
 Tokens are input and output tokens, with the parts of the input read from and written to
 the provider's prompt cache and the part of the output spent on reasoning (these three
-columns come last in CSV, so readers of the earlier columns are unaffected).
+columns come last in CSV, so readers of the earlier columns are unaffected), and then
+the requests answered from the response cache (`cache_hits`) with what those answers had
+cost when they were made (`cache_saved_usd`, the saving).
 Served by `GET /v1/usage` and printed by `switchyard usage report`; aggregated in SQL
 (`HistoryQueries.usage`), so a report over a million requests costs one indexed query."""
 
@@ -32,6 +35,8 @@ METRICS = (
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
     "reasoning_tokens",
+    "cache_hits",
+    "cache_saved_usd",
 )
 
 
@@ -83,14 +88,15 @@ def time_range(
 
 
 # Readable label columns added after an id column when names are given (see `row_dict`).
-NAME_COLUMNS = {"user": "user_email", "api_key": "api_key_name"}
+NAME_COLUMNS = {"user": "user_email", "api_key": "api_key_name", "team": "team_name"}
 
 
 def row_dict(
     row: UsageRow, query: UsageQuery, names: Mapping[str, Mapping[str, str]] | None = None
 ) -> dict[str, Any]:
-    """One report row. With `names` ({"user": {id: email}, "api_key": {id: name}}), the
-    user and API key ids are followed by `user_email` / `api_key_name`."""
+    """One report row. With `names` ({"user": {id: email}, "api_key": {id: name},
+    "team": {id: name}}), the user, API key and team ids are followed by `user_email`,
+    `api_key_name` and `team_name`."""
     data: dict[str, Any] = {}
     if query.bucket is not None:
         data["bucket"] = isoformat_z(row.bucket) if row.bucket else None
@@ -110,6 +116,8 @@ def row_dict(
         cache_read_input_tokens=row.cache_read_input_tokens,
         cache_creation_input_tokens=row.cache_creation_input_tokens,
         reasoning_tokens=row.reasoning_tokens,
+        cache_hits=row.cache_hits,
+        cache_saved_usd=round(row.cache_saved_usd, 8),
     )
     return data
 
@@ -123,6 +131,7 @@ def report_json(
         for metric in METRICS:
             totals[metric] += item[metric]
     totals["cost_usd"] = round(totals["cost_usd"], 8)
+    totals["cache_saved_usd"] = round(totals["cache_saved_usd"], 8)
     return {
         "object": "usage.report",
         "since": isoformat_z(query.since),

@@ -11,20 +11,30 @@ The choice is made once per attempt (`adapter_for`):
   towards Anthropic; `openai-beta` towards OpenAI) are forwarded.
 - other protocol: translated once each way by `switchyard.inference.translate`.
 
-Adding a client API (e.g. `openai.responses`) means adding its adapters here: a
-pass-through one for the protocol that serves it natively and translating ones for the
-others; nothing else in the service knows the shapes.
+OpenAI's Responses API (`openai.responses`) has three: passed through to OpenAI-protocol
+deployments that offer it (`responses_api: true` in the routing), translated to Chat
+Completions for the other OpenAI-protocol ones, and to Messages for Anthropic ones
+(`switchyard.inference.translate_responses`). Its adapters are made per request: every
+reply is named with the response id Switchyard gave the request, and
+`previous_response_id`, `background`, `store` and `metadata` are served by Switchyard,
+never by the upstream.
+
+Adding a client API means adding its adapters here: a pass-through one for the protocol
+that serves it natively and translating ones for the others; nothing else in the service
+knows the shapes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from switchyard.common.events import ClientAPI, StreamEvent, TokenUsage
+from switchyard.common.events import ChatRequested, ClientAPI, StreamEvent, TokenUsage
+from switchyard.common.responses import response_id
 from switchyard.common.routing import Deployment
 from switchyard.inference.errors import ProviderError, invalid_request
+from switchyard.inference.tokens import estimate_input_tokens
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
     ChatChunksToMessageEvents,
@@ -37,8 +47,20 @@ from switchyard.inference.translate import (
     message_to_chat_completion,
     messages_request_to_chat,
 )
+from switchyard.inference.translate_responses import (
+    ChatChunksToResponseEvents,
+    MessageEventsToResponseEvents,
+    ResponseAccumulator,
+    ResponseContext,
+    chat_completion_to_response,
+    is_preamble,
+    message_to_response,
+    passthrough_body,
+    responses_request_to_chat,
+    responses_request_to_messages,
+)
 from switchyard.inference.upstream import SSE, invalid_reply
-from switchyard.inference.usage import anthropic_usage, openai_usage
+from switchyard.inference.usage import anthropic_usage, openai_usage, responses_usage
 
 ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
 
@@ -46,17 +68,24 @@ ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
 def _event(name: str | None, data: dict[str, Any]) -> StreamEvent:
     # Built from JSON just parsed or shaped here: nothing to validate, once per event.
     return StreamEvent.model_construct(event=name, data=data)
+
+
 OPENAI_HEADERS = ("openai-beta",)
 
 
 @dataclass(frozen=True)
 class UpstreamCall:
-    """What to send upstream: the API it is in, the path, the JSON body, the headers."""
+    """What to send upstream: the API it is in, the path, the JSON body, the headers.
+
+    `local`, when set, answers the request without calling the deployment: a blocking
+    function (run in a worker thread) returning the client's reply, e.g. a token count
+    estimated here for a deployment that cannot count tokens."""
 
     api: ClientAPI
     path: str
     body: dict[str, Any]
     headers: dict[str, str]
+    local: Callable[[], dict[str, Any]] | None = None
 
 
 class StreamTranslation(Protocol):
@@ -426,6 +455,261 @@ class EmbeddingsPassThrough:
         return False
 
 
+class CountTokensPassThrough:
+    """Anthropic's count_tokens to an Anthropic-protocol deployment (its own count; the
+    upstream client maps the path for Vertex AI and Bedrock). Nothing is billed."""
+
+    api = ClientAPI.ANTHROPIC_COUNT_TOKENS
+
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        return UpstreamCall(
+            ClientAPI.ANTHROPIC_COUNT_TOKENS,
+            "/v1/messages/count_tokens",
+            {**body, "model": deployment.model},
+            _forwarded(headers, ANTHROPIC_HEADERS),
+        )
+
+    def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
+        _require(native, "input_tokens", int, model)
+        return native, TokenUsage()
+
+    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
+        raise invalid_request("Token counts are not streamed.", param="stream")
+
+    def accumulator(self) -> Accumulator:
+        return MessageAccumulator()
+
+    def is_preamble(self, event: StreamEvent) -> bool:
+        return False
+
+
+class CountTokensEstimate(CountTokensPassThrough):
+    """Anthropic's count_tokens for an OpenAI-protocol deployment, which has no such
+    endpoint: estimated here with a tokenizer (`switchyard.inference.tokens`), without
+    calling the deployment. The reply's `upstream_api` is then None, which the gateway
+    tells the client (`x-switchyard-token-count: estimate`)."""
+
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        def estimate() -> dict[str, Any]:
+            return {"input_tokens": estimate_input_tokens(body)}
+
+        return UpstreamCall(ClientAPI.ANTHROPIC_COUNT_TOKENS, "", {}, {}, local=estimate)
+
+
+# --------------------------------------------------------------------------- Responses API
+
+
+def response_context(request: ChatRequested) -> ResponseContext:
+    """What every reply to a Responses request echoes: its body, the response id (from the
+    request id and the time the gateway accepted it), and the public model name."""
+    return ResponseContext(
+        body=request.data.body,
+        response_id=response_id(request.request_id, request.time),
+        created_at=request.time,
+        model=request.data.model,
+    )
+
+
+def _as_switchyards(response: dict[str, Any], ctx: ResponseContext) -> None:
+    """An upstream's response renamed as the client's: Switchyard's id (retrieving and
+    chaining go through Switchyard), the public model, and the parameters Switchyard
+    served instead of the upstream."""
+    response["id"] = ctx.response_id
+    response["model"] = ctx.model
+    response["previous_response_id"] = ctx.body.get("previous_response_id")
+    response["background"] = ctx.body.get("background") is True
+
+
+_FAILED_STATUS = {"rate_limit_exceeded": 429, "invalid_prompt": 400, "vector_store_timeout": 504}
+
+
+def response_failed(response: dict[str, Any], deployment_protocol: str = "openai") -> ProviderError:
+    """The ProviderError of an upstream response that ended `failed` (its `error` has a
+    `code` and `message`): 429 for a rate limit, 400 for an invalid prompt, else 500."""
+    error = response.get("error") if isinstance(response.get("error"), dict) else {}
+    code = error.get("code") if isinstance(error.get("code"), str) else None
+    status = _FAILED_STATUS.get(code or "", 500)
+    message = error.get("message") if isinstance(error.get("message"), str) else None
+    return ProviderError(
+        status,
+        None,
+        message or "The upstream response failed.",
+        code=code or "upstream_error",
+        vendor=deployment_protocol,
+        retryable=status >= 500 or status == 429,
+        unhealthy=status >= 500,
+    )
+
+
+class _ResponsesPassThroughStream:
+    """The upstream's Responses events as it sent them, renamed (`_as_switchyards`); a
+    `response.failed` ends the request as a failure (the gateway writes the client's
+    failure events, so a stream never shows two)."""
+
+    def __init__(self, ctx: ResponseContext) -> None:
+        self.ctx = ctx
+        self._usage = TokenUsage()
+
+    def feed(self, sse: SSE) -> list[StreamEvent]:
+        data = sse.data
+        kind = data.get("type") or sse.event
+        response = data.get("response")
+        if isinstance(response, dict):
+            if kind == "response.failed":
+                raise response_failed(response)
+            _as_switchyards(response, self.ctx)
+            if isinstance(response.get("usage"), dict):
+                self._usage = responses_usage(response["usage"])
+        return [_event(sse.event or kind, data)]
+
+    def finish(self) -> list[StreamEvent]:
+        return []
+
+    def usage(self) -> TokenUsage:
+        return self._usage
+
+
+class _ResponsesFromChatStream:
+    """Chat Completions upstream chunks -> Responses events."""
+
+    def __init__(self, ctx: ResponseContext) -> None:
+        self._usage = TokenUsage()
+        self._converter = ChatChunksToResponseEvents(ctx, lambda: self._usage)
+
+    def feed(self, sse: SSE) -> list[StreamEvent]:
+        usage = sse.data.get("usage")
+        if isinstance(usage, dict):
+            self._usage = openai_usage(usage)
+        return [_event(e["type"], e) for e in self._converter.feed(sse.data)]
+
+    def finish(self) -> list[StreamEvent]:
+        return [_event(e["type"], e) for e in self._converter.finish()]
+
+    def usage(self) -> TokenUsage:
+        return self._usage
+
+
+class _ResponsesFromMessagesStream:
+    """Anthropic upstream events -> Responses events."""
+
+    def __init__(self, ctx: ResponseContext) -> None:
+        self._usage = _MessagesUsage()
+        self._converter = MessageEventsToResponseEvents(ctx, self._usage.usage)
+
+    def feed(self, sse: SSE) -> list[StreamEvent]:
+        self._usage.track(sse.data)
+        return [_event(e["type"], e) for e in self._converter.feed(sse.data)]
+
+    def finish(self) -> list[StreamEvent]:
+        return [_event(e["type"], e) for e in self._converter.finish()]
+
+    def usage(self) -> TokenUsage:
+        return self._usage.usage()
+
+
+class ResponsesPassThrough:
+    """Responses to an OpenAI-protocol deployment offering the Responses API."""
+
+    api = ClientAPI.OPENAI_RESPONSES
+
+    def __init__(self, request: ChatRequested) -> None:
+        self.ctx = response_context(request)
+        self.previous_items = request.data.previous_items
+
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        payload = passthrough_body(body, self.previous_items, deployment.model)
+        if stream:
+            payload["stream"] = True
+        return UpstreamCall(
+            ClientAPI.OPENAI_RESPONSES,
+            "/responses",
+            payload,
+            _forwarded(headers, OPENAI_HEADERS),
+        )
+
+    def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
+        _require(native, "output", list, model)
+        if native.get("status") == "failed":
+            raise response_failed(native)
+        _as_switchyards(native, self.ctx)
+        return native, responses_usage(native.get("usage"))
+
+    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
+        return _ResponsesPassThroughStream(self.ctx)
+
+    def accumulator(self) -> Accumulator:
+        return ResponseAccumulator()
+
+    def is_preamble(self, event: StreamEvent) -> bool:
+        return is_preamble(event.data)
+
+
+class ResponsesViaChat(ResponsesPassThrough):
+    """Responses to an OpenAI-protocol deployment offering Chat Completions only
+    (translated)."""
+
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        payload = _translated(responses_request_to_chat, body, self.previous_items)
+        payload["model"] = deployment.model
+        if stream:
+            payload["stream"] = True
+            payload["stream_options"] = {"include_usage": True}
+        else:
+            payload.pop("stream", None)
+            payload.pop("stream_options", None)
+        return UpstreamCall(ClientAPI.OPENAI_CHAT_COMPLETIONS, "/chat/completions", payload, {})
+
+    def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
+        _require(native, "choices", list, model)
+        usage = openai_usage(native.get("usage"))
+        return chat_completion_to_response(native, self.ctx, usage), usage
+
+    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
+        return _ResponsesFromChatStream(self.ctx)
+
+
+class ResponsesViaMessages(ResponsesPassThrough):
+    """Responses to an Anthropic-protocol deployment (translated)."""
+
+    def __init__(
+        self, request: ChatRequested, default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS
+    ) -> None:
+        super().__init__(request)
+        self.default_max_tokens = default_max_tokens
+
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        payload = _translated(
+            responses_request_to_messages,
+            body,
+            self.previous_items,
+            default_max_tokens=self.default_max_tokens,
+        )
+        payload["model"] = deployment.model
+        if stream:
+            payload["stream"] = True
+        else:
+            payload.pop("stream", None)
+        return UpstreamCall(ClientAPI.ANTHROPIC_MESSAGES, "/v1/messages", payload, {})
+
+    def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
+        _require(native, "content", list, model)
+        usage = anthropic_usage(native.get("usage"))
+        return message_to_response(native, self.ctx, usage), usage
+
+    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
+        return _ResponsesFromMessagesStream(self.ctx)
+
+
 def unsupported_api(api: ClientAPI, deployment: Deployment) -> ProviderError:
     """Another deployment of the model may offer it: retryable, not unhealthy."""
     return ProviderError(
@@ -445,10 +729,19 @@ class Adapters:
 
     anthropic_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS
 
-    def adapter_for(self, api: ClientAPI, deployment: Deployment) -> Adapter:
-        """The adapter serving `api` on `deployment`; raises ProviderError when the
-        deployment's protocol cannot serve that API at all."""
-        protocol = deployment.provider
+    def adapter_for(
+        self, api: ClientAPI, deployment: Deployment, request: ChatRequested | None = None
+    ) -> Adapter:
+        """The adapter serving `api` on `deployment` (Responses adapters need the
+        `request` they serve); raises ProviderError when the deployment's protocol
+        cannot serve that API at all."""
+        protocol = deployment.protocol
+        if api is ClientAPI.OPENAI_RESPONSES and request is not None:
+            if protocol == "anthropic":
+                return ResponsesViaMessages(request, self.anthropic_max_tokens)
+            if deployment.responses_api:
+                return ResponsesPassThrough(request)
+            return ResponsesViaChat(request)
         if api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
             if protocol == "anthropic":
                 return ChatViaMessages(self.anthropic_max_tokens)
@@ -459,4 +752,8 @@ class Adapters:
             return MessagesViaChat()
         if api is ClientAPI.OPENAI_EMBEDDINGS and protocol == "openai":
             return EmbeddingsPassThrough()
+        if api is ClientAPI.ANTHROPIC_COUNT_TOKENS:
+            if protocol == "anthropic":
+                return CountTokensPassThrough()
+            return CountTokensEstimate()
         raise unsupported_api(api, deployment)

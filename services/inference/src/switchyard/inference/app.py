@@ -19,6 +19,7 @@ from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
 from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
+from switchyard.common.tasks import cancel_and_wait
 from switchyard.common.topics import Topics
 from switchyard.inference.bootstrap import InferenceRuntime, build_runtime
 from switchyard.inference.config import Settings
@@ -26,9 +27,12 @@ from switchyard.inference.config import Settings
 log = structlog.get_logger("switchyard.inference")
 
 # The handler answers every request itself (even on its own bugs) and retries its own
-# publishes until the bus takes them, so it does not fail; should it ever, retrying the
-# request until it succeeds is the only way not to lose it.
-HANDLER_RETRY = RetryPolicy(max_attempts=None, max_backoff_s=5.0)
+# publishes until the bus takes them (the upstream is never called again for that), so it
+# normally does not fail. Should it fail while the bus works (a request it cannot handle,
+# an event the bus refuses), that request would otherwise hold its partition forever: after
+# 5 such attempts it goes to the dead-letter topic. Failures while the bus is down never
+# count; they are retried until it is back.
+HANDLER_RETRY = RetryPolicy(max_attempts=5, max_backoff_s=5.0)
 
 
 def create_app(settings: Settings | None = None, bus: EventBus | None = None) -> FastAPI:
@@ -159,9 +163,7 @@ class ControlListener:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self.subscription is not None:
             await self.subscription.stop()
 

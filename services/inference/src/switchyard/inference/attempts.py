@@ -39,7 +39,7 @@ from switchyard.common.events import (
     new_id,
     utcnow,
 )
-from switchyard.common.routing import Deployment, RoutingTable
+from switchyard.common.routing import Deployment, RoutingError, RoutingTable
 from switchyard.inference import metrics
 from switchyard.inference.adapters import (
     Accumulator,
@@ -50,6 +50,7 @@ from switchyard.inference.adapters import (
 )
 from switchyard.inference.errors import ProviderError
 from switchyard.inference.outcomes import Outcome, expired, failed, observe_call, operation_name
+from switchyard.inference.platforms import missing_credential
 from switchyard.inference.providers import ProviderPool
 from switchyard.inference.publishing import ChunkPublisher
 from switchyard.inference.reliability import (
@@ -216,8 +217,11 @@ class Attempts:
                 return outcome  # part of the stream is out: no other deployment can resume it
             assert outcome.error is not None
             metrics.FALLBACKS.labels(model, deployment.name, outcome.error.code or "error").inc()
-            log.warning(
-                "deployment failed",
+            # A request this deployment cannot take as sent (a parameter its protocol
+            # lacks) is the client's doing, not a failing deployment: no warning.
+            client_side = outcome.error.code == "unsupported_parameter"
+            (log.info if client_side else log.warning)(
+                "deployment cannot take the request" if client_side else "deployment failed",
                 model=model,
                 deployment=deployment.name,
                 status=outcome.error.status,
@@ -242,7 +246,7 @@ class Attempts:
     ) -> tuple[Adapter, UpstreamCall] | ProviderError:
         data = run.request.data
         try:
-            adapter = self._adapters.adapter_for(data.api, deployment)
+            adapter = self._adapters.adapter_for(data.api, deployment, run.request)
             call = adapter.request(data.body, data.headers, deployment, data.stream)
         except ProviderError as error:
             if error.status == 400 and error.code == "unsupported_parameter":
@@ -262,7 +266,17 @@ class Attempts:
             state.breaker.release()
             return self._failed(run, prepared, deployment)
         adapter, call = prepared
-        upstream = self._providers.get(model, deployment)
+        if call.local is not None:
+            # Answered here (a token count estimate): the deployment is not called.
+            state.breaker.release()
+            response = await asyncio.to_thread(call.local)
+            outcome = Outcome(TerminalStatus.COMPLETED, response=response, reply_usage=TokenUsage())
+            return self._with_usage(run, outcome, deployment)
+        try:
+            upstream = self._providers.get(model, deployment)
+        except RoutingError as exc:  # a credential it names cannot be read
+            state.breaker.release()
+            return self._failed(run, missing_credential(deployment, exc), deployment)
         attempt = 0
         while True:
             attempt += 1

@@ -73,14 +73,16 @@ class InferenceRuntime:
 
 
 def check_credentials(routing: RoutingTable) -> None:
-    """Refuse to start when a deployment's API key variable is unset: better a clear start-up
-    error than every request to that model failing with an upstream 401."""
+    """Refuse to start when a variable a deployment reads a credential from (an API key,
+    an Entra ID or Google access token, AWS keys) is unset: better a clear start-up error
+    than every request to that model failing with an upstream 401."""
     missing = []
     for deployment in routing.deployments():
-        try:
-            deployment.api_key()
-        except RoutingError as exc:
-            missing.append(str(exc))
+        for variable in deployment.credential_variables():
+            try:
+                deployment.secret(variable)
+            except RoutingError as exc:
+                missing.append(str(exc))
     if missing:
         raise RoutingError("; ".join(sorted(set(missing))))
 

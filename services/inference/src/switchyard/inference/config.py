@@ -3,10 +3,11 @@ and `.env`)."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from switchyard.common.settings import ServiceSettings, env
+from switchyard.common.topics import Topics
 
 
 class Settings(ServiceSettings):
@@ -57,10 +58,14 @@ class Settings(ServiceSettings):
         "interactive_concurrency interactive requests are in progress.",
     )
     group: str = Field(
-        default="inference", description="Kafka consumer group of the interactive lane."
+        default="",
+        description="Kafka consumer group of the interactive lane; unset: "
+        "`<topic prefix>.inference`.",
     )
     batch_group: str = Field(
-        default="inference-batch", description="Kafka consumer group of the batch lane."
+        default="",
+        description="Kafka consumer group of the batch lane; unset: "
+        "`<topic prefix>.inference-batch`.",
     )
     retry_initial_backoff_s: float = Field(
         default=0.25, gt=0, description="First retry waits up to this long (full jitter)."
@@ -79,3 +84,10 @@ class Settings(ServiceSettings):
         ge=1,
         description="max_tokens sent to Anthropic deployments when the request has none.",
     )
+
+    @model_validator(mode="after")
+    def _default_groups(self) -> Settings:
+        topics = Topics(self.topic_prefix)
+        self.group = self.group or topics.group("inference")
+        self.batch_group = self.batch_group or topics.group("inference-batch")
+        return self

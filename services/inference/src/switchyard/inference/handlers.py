@@ -16,6 +16,9 @@ Semantics the gateway relies on:
   `[DONE]` is not (the gateway writes it).
 - a publish that fails is retried until the bus takes it; the upstream is never called
   again for it (the handler returns, and the bus commits, only once both events are out).
+  A reply the bus refuses itself (larger than it carries) becomes `chat.failed` 502
+  `response_too_large`, billed like the reply would have been: the partition never waits
+  on an event that can never be published.
 - a `chat.cancel_requested` on the control topic stops the request on whichever replica
   runs it: the upstream call is cancelled, and `chat.failed` (status `cancelled`, error
   408 `client_disconnected`) and the usage so far are published.
@@ -30,6 +33,7 @@ from collections import OrderedDict
 
 import structlog
 
+from switchyard.common.bus import EventRejectedError
 from switchyard.common.events import (
     ChatCancelRequested,
     ChatRequested,
@@ -58,6 +62,7 @@ from switchyard.inference.outcomes import (
     cancelled,
     expired,
     failed,
+    undeliverable,
 )
 from switchyard.inference.pricing import PriceTable
 from switchyard.inference.providers import ProviderPool
@@ -285,10 +290,18 @@ class ChatRequestHandler:
     async def _publish_outcome(self, run: RequestRun, outcome: Outcome) -> None:
         request = run.request
         cost = self._events.cost(request, outcome)
-        self._events.record_metrics(request, outcome, cost)
         reply = self._events.terminal(request, outcome)
+        try:
+            await self._publish_reply(request, reply)
+        except EventRejectedError as exc:
+            # Refused for what it is: no retry could deliver it. The client gets an error
+            # it can act on, and the upstream calls that happened are still billed.
+            log.error("the reply cannot be published; answering an error", error=repr(exc))
+            outcome = undeliverable(outcome, exc)
+            reply = self._events.terminal(request, outcome)
+            await self._publish_reply(request, reply)
+        self._events.record_metrics(request, outcome, cost)
         usage = self._events.usage(request, outcome, cost, run.ttft_ms)
-        await self._publish_reply(request, reply)
         await self._publish(self._topics.usage, usage, key=request.request_id)
         if request.data.api is not ClientAPI.OPENAI_EMBEDDINGS:
             self.published.add(request.id, reply, usage)

@@ -88,6 +88,26 @@ def cancelled(usage: TokenUsage, deployment: Deployment | None) -> Outcome:
     )
 
 
+def undeliverable(outcome: Outcome, reason: BaseException) -> Outcome:
+    """What the client gets instead of a reply the bus refuses (e.g. larger than it
+    carries): a 502 `response_too_large`, billed with the tokens of every upstream call."""
+    return Outcome(
+        TerminalStatus.FAILED,
+        error=ProviderError(
+            502,
+            None,
+            "The upstream's reply could not be delivered: it is larger than Switchyard "
+            f"carries ({reason}).",
+            code="response_too_large",
+        ),
+        deployment=outcome.deployment,
+        upstream_api=outcome.upstream_api,
+        usage=outcome.usage,
+        upstream_calls=outcome.upstream_calls,
+        latency_ms=outcome.latency_ms,
+    )
+
+
 def operation_name(api: ClientAPI) -> str:
     """The OpenTelemetry GenAI operation name (`gen_ai.operation.name`) of an API."""
     if api is ClientAPI.OPENAI_EMBEDDINGS:

@@ -2,7 +2,9 @@
 
 A failed publish is retried, with backoff, until the bus takes the event (or the
 handler is cancelled at shutdown): the upstream's result is kept in memory meanwhile, so
-a broker outage delays a reply but never re-runs the provider call that produced it.
+a broker outage delays a reply but never re-runs the provider call that produced it. An
+event the bus refuses itself (`EventRejectedError`: too large, not serialisable) is not
+retried, since it never could be taken: the error is raised for the caller to decide.
 
 `ChunkPublisher` publishes a stream's events in order without making the stream wait
 for each publish: events queue up while one record is on its way, and one pump task
@@ -24,6 +26,7 @@ from typing import Protocol
 
 import structlog
 
+from switchyard.common.bus import EventRejectedError
 from switchyard.common.events import ChatChunk, ChatChunkData, EnvelopeFields, StreamEvent
 
 log = structlog.get_logger("switchyard.inference.publishing")
@@ -57,7 +60,8 @@ class PublishRetry:
 
 
 class ReliablePublisher:
-    """Publishes one event until the bus takes it; only cancellation stops it."""
+    """Publishes one event until the bus takes it; only cancellation stops it, or the bus
+    refusing that event itself (EventRejectedError, raised at once)."""
 
     def __init__(self, publish: Publish, retry: PublishRetry | None = None) -> None:
         self._publish = publish
@@ -79,7 +83,7 @@ class ReliablePublisher:
             try:
                 await self._publish(topic, event, key=key, partition=partition)
                 return
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, EventRejectedError):
                 raise
             except Exception as exc:  # noqa: BLE001 - the bus is down: keep the event, retry
                 self.failures += 1

@@ -16,7 +16,14 @@ real APIs do that Switchyard must carry faithfully is simulated too:
   `signature_delta`), and a thinking block sent back without its signature is refused as
   the real API does; OpenAI's `reasoning_effort` adds reasoning tokens to the usage;
 - system messages inside `messages`, system as blocks, documents (base64, text, URL
-  sources) and images inside tool results are accepted.
+  sources) and images inside tool results are accepted;
+- OpenAI's Responses API (`/v1/responses`): a string or item list `input`, `instructions`,
+  function tools (the weather question calls the first one; a `function_call_output`
+  last in the input is answered with its output), reasoning items and summaries,
+  `max_output_tokens` (a longer reply is cut and the response is `incomplete`), and the
+  complete typed event stream with `sequence_number`. It keeps no state: a
+  `previous_response_id` is refused as OpenAI refuses an id it does not know, so a test
+  sees whether a caller relied on the upstream's store.
 A control API under `/_sim/` injects faults (error statuses, Retry-After, hangs, failures
 in the middle of a stream with a chosen error type), changes latency at run time and
 reports how many upstream calls were made and how many streams their client abandoned.
@@ -38,6 +45,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -45,6 +53,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from switchyard.common.responses import response_object
 
 REPLY_PREFIX = "Simulated reply to: "
 DEFAULT_EMBEDDING_DIMENSIONS = 8
@@ -826,6 +836,301 @@ async def stream_anthropic(
         yield event
 
 
+# --------------------------------------------------------------------------- Responses API
+
+_RESPONSES_ITEM_TYPES = (
+    "message",
+    "function_call",
+    "function_call_output",
+    "reasoning",
+    "item_reference",
+    "web_search_call",
+    "file_search_call",
+    "computer_call",
+    "computer_call_output",
+)
+
+
+def _responses_items(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's input as items, checked as the real API checks them."""
+    raw = body.get("input")
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        return [{"type": "message", "role": "user", "content": raw}]
+    if not isinstance(raw, list):
+        raise BadRequest("Invalid type for 'input': expected a string or an array.", "input")
+    items = []
+    for index, item in enumerate(raw):
+        where = f"input[{index}]"
+        if not isinstance(item, dict):
+            raise BadRequest(f"Invalid type for '{where}': expected an object.", where)
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind not in _RESPONSES_ITEM_TYPES:
+            raise BadRequest(f"Invalid value for '{where}.type': {kind!r}.", f"{where}.type")
+        if kind == "message":
+            if item.get("role") not in ("user", "assistant", "system", "developer"):
+                raise BadRequest(f"Invalid value for '{where}.role'.", f"{where}.role")
+            if not isinstance(item.get("content"), str | list):
+                raise BadRequest(f"Missing required parameter: '{where}.content'.", where)
+        elif kind == "function_call_output":
+            if not isinstance(item.get("call_id"), str) or "output" not in item:
+                raise BadRequest(
+                    f"Missing required parameter: '{where}.call_id' or '{where}.output'.", where
+                )
+        elif kind == "function_call":
+            for name in ("call_id", "name", "arguments"):
+                if not isinstance(item.get(name), str):
+                    raise BadRequest(
+                        f"Missing required parameter: '{where}.{name}'.", f"{where}.{name}"
+                    )
+        elif kind == "item_reference":
+            raise BadRequest(f"Item with id {item.get('id')!r} not found.", where)
+        items.append({**item, "type": kind})
+    return items
+
+
+def _item_text(item: dict[str, Any]) -> str:
+    if item.get("type") == "function_call_output":
+        output = item.get("output")
+        return output if isinstance(output, str) else content_text(output)
+    return content_text(item.get("content"))
+
+
+@dataclass
+class ResponsesReply:
+    """One simulated Responses reply: its output items and usage."""
+
+    body: dict[str, Any]
+    model: str
+    output: list[dict[str, Any]]
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    incomplete: bool = False
+    id: str = field(default_factory=lambda: _short_id("resp_"))
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    def response(self, status: str, output: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        finished = status in ("completed", "incomplete")
+        response = response_object(
+            self.body,
+            id=self.id,
+            created_at=datetime.fromtimestamp(self.created_at, UTC),
+            model=self.model,
+            status=status,
+            output=output if output is not None else (self.output if finished else []),
+            usage=self.usage() if finished else None,
+            incomplete_details={"reason": "max_output_tokens"} if status == "incomplete" else None,
+            completed_at=datetime.now(UTC) if status == "completed" else None,
+        )
+        # OpenAI echoes what it was sent (Switchyard never sends these).
+        response["previous_response_id"] = self.body.get("previous_response_id")
+        return response
+
+    @property
+    def status(self) -> str:
+        return "incomplete" if self.incomplete else "completed"
+
+    def usage(self) -> dict[str, Any]:
+        return {
+            "input_tokens": self.input_tokens,
+            "input_tokens_details": {"cached_tokens": self.cached_tokens, "cache_write_tokens": 0},
+            "output_tokens": self.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+            "total_tokens": self.input_tokens + self.output_tokens,
+        }
+
+
+def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -> ResponsesReply:
+    model = _require_model(body)
+    if body.get("previous_response_id") is not None:
+        raise BadRequest(
+            f"Previous response with id {body['previous_response_id']!r} not found.",
+            "previous_response_id",
+        )
+    _check_sampling(body)
+    max_output = body.get("max_output_tokens")
+    if max_output is not None and (
+        not isinstance(max_output, int) or isinstance(max_output, bool) or max_output < 16
+    ):
+        raise BadRequest(
+            "Invalid 'max_output_tokens': integer below minimum value (16).", "max_output_tokens"
+        )
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str | list):
+        raise BadRequest("Invalid type for 'instructions'.", "instructions")
+    items = _responses_items(body)
+    texts = [_item_text(item) for item in items]
+    input_tokens = count_words(" ".join([*texts, content_text(instructions)]))
+    cached = 0
+    if cache is not None and len(items) > 1:
+        key = _prefix_key("responses", model, instructions, items[:-1])
+        if key in cache:
+            cached = min(input_tokens, count_words(" ".join(texts[:-1])))
+        cache.add(key)
+    user_text = next(
+        (
+            content_text(item.get("content"))
+            for item in reversed(items)
+            if item["type"] == "message" and item.get("role") == "user"
+        ),
+        "",
+    )
+    output: list[dict[str, Any]] = []
+    reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
+    reasoning_tokens = 0
+    if reasoning.get("effort") not in (None, "none"):
+        reasoning_tokens = 8
+        summary = []
+        if reasoning.get("summary") is not None:
+            summary = [{"type": "summary_text", "text": f"Considering: {user_text}"}]
+        output.append({"id": _short_id("rs_"), "type": "reasoning", "summary": summary})
+    last = items[-1] if items else {}
+    if last.get("type") != "function_call_output" and wants_weather_tool(
+        [t for t in body.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"],
+        user_text,
+    ):
+        tool = next(t for t in body["tools"] if t.get("type") == "function")
+        if not isinstance(tool.get("name"), str):
+            raise BadRequest("Missing required parameter: 'tools[0].name'.", "tools[0].name")
+        arguments = orjson.dumps({"location": weather_location(user_text)}).decode()
+        output.append(
+            {
+                "id": _short_id("fc_"),
+                "type": "function_call",
+                "status": "completed",
+                "arguments": arguments,
+                "call_id": _short_id("call_"),
+                "name": tool["name"],
+            }
+        )
+        return ResponsesReply(
+            body,
+            model,
+            output,
+            input_tokens,
+            count_words(arguments) + reasoning_tokens,
+            cached,
+            reasoning_tokens,
+        )
+    text = REPLY_PREFIX + (
+        _item_text(last) if last.get("type") == "function_call_output" else user_text
+    )
+    incomplete = False
+    if max_output is not None and count_words(text) + reasoning_tokens > max_output:
+        keep = max(1, max_output - reasoning_tokens)
+        text = " ".join(text.split()[:keep])
+        incomplete = True
+    output.append(
+        {
+            "id": _short_id("msg_"),
+            "type": "message",
+            "status": "incomplete" if incomplete else "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        }
+    )
+    return ResponsesReply(
+        body,
+        model,
+        output,
+        input_tokens,
+        count_words(text) + reasoning_tokens,
+        cached,
+        reasoning_tokens,
+        incomplete,
+    )
+
+
+def responses_stream_events(reply: ResponsesReply) -> list[bytes]:
+    """Every event of a streamed Responses reply, in the API's order, numbered."""
+    events: list[dict[str, Any]] = []
+
+    def add(kind: str, **data: Any) -> None:
+        events.append({"type": kind, "sequence_number": len(events), **data})
+
+    add("response.created", response=reply.response("in_progress"))
+    add("response.in_progress", response=reply.response("in_progress"))
+    for index, item in enumerate(reply.output):
+        at = {"item_id": item["id"], "output_index": index}
+        if item["type"] == "message":
+            add(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "content": []},
+            )
+            part = item["content"][0]
+            add("response.content_part.added", **at, content_index=0, part={**part, "text": ""})
+            for piece in split_pieces(part["text"]):
+                add("response.output_text.delta", **at, content_index=0, delta=piece, logprobs=[])
+            add("response.output_text.done", **at, content_index=0, text=part["text"], logprobs=[])
+            add("response.content_part.done", **at, content_index=0, part=part)
+        elif item["type"] == "function_call":
+            add(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
+            for piece in split_pieces(item["arguments"]):
+                add("response.function_call_arguments.delta", **at, delta=piece)
+            add("response.function_call_arguments.done", **at, arguments=item["arguments"])
+        else:  # reasoning
+            add("response.output_item.added", output_index=index, item={**item, "summary": []})
+            for position, summary in enumerate(item["summary"]):
+                add(
+                    "response.reasoning_summary_part.added",
+                    **at,
+                    summary_index=position,
+                    part={"type": "summary_text", "text": ""},
+                )
+                for piece in split_pieces(summary["text"]):
+                    add(
+                        "response.reasoning_summary_text.delta",
+                        **at,
+                        summary_index=position,
+                        delta=piece,
+                    )
+                add(
+                    "response.reasoning_summary_text.done",
+                    **at,
+                    summary_index=position,
+                    text=summary["text"],
+                )
+                add(
+                    "response.reasoning_summary_part.done",
+                    **at,
+                    summary_index=position,
+                    part=summary,
+                )
+        add("response.output_item.done", output_index=index, item=item)
+    add(f"response.{reply.status}", response=reply.response(reply.status))
+    return [sse_event(event["type"], event) for event in events]
+
+
+async def stream_responses(
+    reply: ResponsesReply,
+    latency_s: float,
+    state: SimulatorState | None = None,
+    error_after: int | None = None,
+    error_type: str | None = None,
+) -> AsyncIterator[bytes]:
+    events = responses_stream_events(reply)
+    failed = reply.response("failed")
+    failed["error"] = {
+        "code": error_type or "server_error",
+        "message": "Simulated failure mid-stream.",
+    }
+    error = sse_event(
+        "response.failed",
+        {"type": "response.failed", "sequence_number": error_after or 0, "response": failed},
+    )
+    paced = {i for i, e in enumerate(events) if b".delta\n" in e}
+    async for event in _paced(events, paced, latency_s, state, error_after, error):
+        yield event
+
+
 # --------------------------------------------------------------------------- embeddings
 
 
@@ -990,6 +1295,49 @@ class Simulator:
         await self._pause()
         return _json(reply.complete())
 
+    async def count_tokens(self, request: Request) -> Response:
+        """Anthropic's count_tokens: the input tokens a Messages call with this body would
+        report (one simulated token a word), without `max_tokens`."""
+        try:
+            body = await _read_object(request)
+            model = body.get("model") if isinstance(body.get("model"), str) else None
+            self.state.record("/v1/messages/count_tokens", model)
+            fault = await self._fault_response(request, model, anthropic_error)
+            if isinstance(fault, Response):
+                return fault
+            _validate_anthropic({**body, "max_tokens": 1})
+            counted = prompt_words(body["messages"], body.get("system"))
+        except BadRequest as exc:
+            return anthropic_error(400, str(exc))
+        await self._pause()
+        return _json({"input_tokens": counted})
+
+    async def responses(self, request: Request) -> Response:
+        try:
+            body = await _read_object(request)
+            model = body.get("model") if isinstance(body.get("model"), str) else None
+            self.state.record("/v1/responses", model)
+            streaming = body.get("stream") is True
+            fault = await self._fault_response(request, model, openai_error, streaming)
+            if isinstance(fault, Response):
+                return fault
+            reply = build_responses_reply(body, self.state.prompt_cache)
+        except BadRequest as exc:
+            return openai_error(400, str(exc), exc.param)
+        if streaming:
+            return StreamingResponse(
+                stream_responses(
+                    reply,
+                    self.latency_s,
+                    self.state,
+                    fault.stream_error_after if fault else None,
+                    fault.error_type if fault else None,
+                ),
+                media_type="text/event-stream",
+            )
+        await self._pause()
+        return _json(reply.response(reply.status))
+
     async def embeddings(self, request: Request) -> Response:
         try:
             body = await _read_object(request)
@@ -1099,6 +1447,8 @@ async def _metrics(_: Request) -> Response:
 _SUMMARIES = {
     "/v1/chat/completions": "OpenAI Chat Completions (JSON or SSE streaming)",
     "/v1/messages": "Anthropic Messages (JSON or SSE streaming)",
+    "/v1/messages/count_tokens": "Anthropic token counting",
+    "/v1/responses": "OpenAI Responses (JSON or SSE streaming; stateless)",
     "/v1/embeddings": "OpenAI Embeddings",
     "/v1/models": "The simulated models",
     "/_sim/faults": "Inject faults (POST) or clear them (DELETE)",
@@ -1154,6 +1504,8 @@ def create_simulator_app(latency_ms: float = 0) -> Starlette:
     routes = [
         Route("/v1/chat/completions", simulator.chat_completions, methods=["POST"]),
         Route("/v1/messages", simulator.messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", simulator.count_tokens, methods=["POST"]),
+        Route("/v1/responses", simulator.responses, methods=["POST"]),
         Route("/v1/embeddings", simulator.embeddings, methods=["POST"]),
         Route("/v1/models", simulator.models, methods=["GET"]),
         Route("/_sim/faults", simulator.add_faults, methods=["POST"]),

@@ -251,6 +251,8 @@ class Recorded:
     headers: dict[str, str]
     body: Any  # the JSON body parsed (None if it was not JSON)
     raw: bytes
+    query: str = ""  # the query string, undecoded
+    raw_path: str = ""  # the path as sent (percent-encoding kept)
 
 
 @dataclass
@@ -263,6 +265,9 @@ class Scripted:
     events: list[tuple[str | None, Any]] | None = None
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    # Bytes sent as they are, in `chunks` (e.g. AWS event-stream frames), of `media_type`.
+    chunks: list[bytes] | None = None
+    media_type: str = "application/octet-stream"
 
 
 class RecordingUpstream:
@@ -298,11 +303,32 @@ class RecordingUpstream:
             except orjson.JSONDecodeError:
                 body = None
             self.requests.append(
-                Recorded(request.method, request.url.path, dict(request.headers), body, raw)
+                Recorded(
+                    request.method,
+                    request.url.path,
+                    dict(request.headers),
+                    body,
+                    raw,
+                    request.url.query,
+                    request.scope.get("raw_path", b"").decode("latin-1"),
+                )
             )
             if not self.replies:
                 return Response(b'{"error": "nothing scripted"}', status_code=500)
             reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
+            if reply.chunks is not None:
+                chunks = reply.chunks
+
+                async def raw_chunks() -> Any:
+                    for piece in chunks:
+                        yield piece
+
+                return StreamingResponse(
+                    raw_chunks(),
+                    status_code=reply.status,
+                    media_type=reply.media_type,
+                    headers=reply.headers,
+                )
             if reply.events is None:
                 return Response(
                     orjson.dumps(reply.json),

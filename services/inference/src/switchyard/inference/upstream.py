@@ -92,13 +92,19 @@ def retry_after(headers: Any) -> float | None:
 
 def _error_object(exc: openai.APIStatusError | anthropic.APIStatusError) -> dict[str, Any]:
     """The upstream's error object (OpenAI's SDK keeps the inner object as `body`,
-    Anthropic's the whole `{"type": "error", "error": {...}}`)."""
+    Anthropic's the whole `{"type": "error", "error": {...}}`). Google's APIs (Gemini's
+    OpenAI-compatible endpoint, Vertex AI) may wrap theirs in a list,
+    `[{"error": {"code": 400, "message", "status": "INVALID_ARGUMENT"}}]`, with a numeric
+    `code` and the error's name in `status`: that name is taken as the `code`."""
     body = exc.body
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]
     if isinstance(body, dict):
         inner = body.get("error")
-        if isinstance(inner, dict):
-            return inner
-        return body
+        error = inner if isinstance(inner, dict) else body
+        if not isinstance(error.get("code"), str) and isinstance(error.get("status"), str):
+            error = {**error, "code": error["status"]}
+        return error
     return {}
 
 
@@ -244,10 +250,7 @@ def invalid_reply(deployment: str) -> ProviderError:
 
 
 def _secrets(deployment: Deployment) -> tuple[str, ...]:
-    try:
-        return (deployment.api_key(),)
-    except Exception:  # noqa: BLE001 - an unset key has nothing to redact
-        return ()
+    return deployment.secrets()
 
 
 def parse_object(content: bytes | str, deployment: str) -> dict[str, Any]:
@@ -326,7 +329,7 @@ class SDKUpstream:
                 stream=True,
                 stream_cls=None,
             )
-            async for sse in EventSource(response).aiter_sse():
+            async for sse in self._events(response):
                 data = sse.data
                 if data == "[DONE]":
                     return
@@ -343,6 +346,11 @@ class SDKUpstream:
         finally:
             if response is not None:
                 await response.aclose()
+
+    def _events(self, response: httpx2.Response) -> AsyncIterator[Any]:
+        """The events of a streamed answer (objects with `event` and `data`): parsed as
+        Server-Sent Events here; Bedrock frames them otherwise."""
+        return EventSource(response).aiter_sse()
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -394,6 +402,14 @@ class AnthropicUpstream(SDKUpstream):
 
 def create_upstream(deployment: Deployment) -> Upstream:
     """The upstream client of `deployment`, by its provider kind."""
-    if deployment.provider == "anthropic":
-        return AnthropicUpstream.create(deployment)
-    return OpenAIUpstream.create(deployment)
+    from switchyard.inference import platforms
+
+    kinds: dict[str, Any] = {
+        "openai": OpenAIUpstream,
+        "anthropic": AnthropicUpstream,
+        "azure_openai": platforms.AzureOpenAIUpstream,
+        "bedrock": platforms.BedrockUpstream,
+        "vertex": platforms.VertexUpstream,
+        "gemini": platforms.GeminiUpstream,
+    }
+    return kinds[deployment.provider].create(deployment)

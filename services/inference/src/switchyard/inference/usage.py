@@ -9,6 +9,10 @@ included; cache reads and writes and reasoning tokens are parts of input and out
 - Anthropic (`usage` of a message, of `message_start` and `message_delta`): `input_tokens`
   excludes the cache; `cache_read_input_tokens` and `cache_creation_input_tokens` are
   added to it. `output_tokens_details.thinking_tokens` is the reasoning part.
+- OpenAI's Responses API (`usage` of a response): `input_tokens` counts cached tokens, of
+  which `input_tokens_details.cached_tokens` were read from the cache and
+  `cache_write_tokens` written to it; `output_tokens_details.reasoning_tokens` is the
+  reasoning part.
 """
 
 from __future__ import annotations
@@ -67,4 +71,21 @@ def add_usage(first: TokenUsage, second: TokenUsage) -> TokenUsage:
         cache_creation_input_tokens=first.cache_creation_input_tokens
         + second.cache_creation_input_tokens,
         reasoning_tokens=first.reasoning_tokens + second.reasoning_tokens,
+    )
+
+
+def responses_usage(usage: Any) -> TokenUsage:
+    """TokenUsage of a Responses API `usage` object (absent or malformed: zeros):
+    `input_tokens` counts cached tokens too (`input_tokens_details.cached_tokens` of them
+    read from the cache, `cache_write_tokens` written to it), reasoning is a part of
+    `output_tokens`."""
+    if not isinstance(usage, dict):
+        return TokenUsage()
+    output = _count(usage.get("output_tokens"))
+    return TokenUsage(
+        input_tokens=_count(usage.get("input_tokens")),
+        output_tokens=output,
+        cache_read_input_tokens=_detail(usage, "input_tokens_details", "cached_tokens"),
+        cache_creation_input_tokens=_detail(usage, "input_tokens_details", "cache_write_tokens"),
+        reasoning_tokens=min(output, _detail(usage, "output_tokens_details", "reasoning_tokens")),
     )

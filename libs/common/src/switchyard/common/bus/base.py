@@ -4,10 +4,17 @@ implementation they run on (Kafka in production, memory in embedded mode and uni
 Two ways to receive events:
 - `subscribe`: a consumer group. Each event goes to one member; the event counts as
   consumed only after the handler returned (Kafka commits the offset then), so a crash
-  means redelivery, never loss. A handler that keeps failing is retried with backoff and,
-  if its retry policy gives up, the event goes to the dead-letter topic.
+  means redelivery, never loss. `subscribe_batch` is the same, a batch at a time.
 - `listen`: every listener sees every new event (no group, no commits), e.g. a gateway
   replica reading the replies addressed to it.
+
+No consumer can be stuck by one event. A handler failure counts against its event only
+while the consumer's dependencies are healthy (the `healthy` check given to `subscribe`,
+and for the Kafka bus its own ability to publish): a failure during an outage pauses the
+consumer and is retried for as long as the outage lasts, whereas an event that keeps
+failing while everything it needs works is dead-lettered after `RetryPolicy.max_attempts`
+and its partition moves on. A failing batch is split until the event that fails alone is
+found (`handle_batch_isolating`), so one bad event never holds back the others.
 """
 
 from __future__ import annotations
@@ -15,20 +22,53 @@ from __future__ import annotations
 import abc
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import structlog
 
 from switchyard.common.events import EnvelopeFields, Event
 
 Handler = Callable[[Event], Awaitable[None]]
 BatchHandler = Callable[[list[Event]], Awaitable[None]]
+# A consumer's view of its dependencies (database, the bus itself): True when they work.
+HealthCheck = Callable[[], Awaitable[bool]]
+# (topic, partition) -> offset.
+Offsets = dict[tuple[str, int], int]
+
+log = structlog.get_logger("switchyard.bus")
 
 
 class BusUnavailableError(RuntimeError):
     """The bus did not accept an event in time (e.g. Kafka is unreachable)."""
 
 
-class EventTooLargeError(BusUnavailableError):
+class PublishOutcomeUnknownError(BusUnavailableError):
+    """The broker received the event but did not answer in time: it may still be written
+    (as with any Kafka client whose request times out)."""
+
+
+class EventRejectedError(BusUnavailableError):
+    """The bus refuses this event itself (it cannot be serialised, or the broker will never
+    take it, e.g. too large): unlike an outage, retrying the same event cannot help."""
+
+
+def is_outage(error: BaseException) -> bool:
+    """True if `error` is, or was caused by, the bus being unavailable: a failure that says
+    nothing about the event being handled."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, BusUnavailableError) and not isinstance(current, EventRejectedError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class EventTooLargeError(EventRejectedError):
     """The event is larger than the bus carries (Kafka's `max.message.bytes` of the topic,
     or the producer's limit, `SWITCHYARD_KAFKA_MAX_MESSAGE_BYTES`): retrying cannot help."""
 
@@ -37,9 +77,10 @@ class EventTooLargeError(BusUnavailableError):
 class RetryPolicy:
     """How a failing handler is retried before its event is dead-lettered.
 
-    `max_attempts=None` retries forever: right for a consumer whose only failure mode is
-    a dependency being down (history and its database), where dead-lettering would lose
-    the event from the store.
+    `max_attempts` counts only the failures that happened while the consumer's
+    dependencies were healthy: an outage never uses up an event's attempts, it only pauses
+    the consumer (with backoff) until the dependency is back. `max_attempts=None` never
+    dead-letters (every failure is retried).
     """
 
     max_attempts: int | None = 5
@@ -48,7 +89,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         # Exponential backoff with full jitter, so replicas don't retry in lockstep.
-        ceiling = min(self.max_backoff_s, self.initial_backoff_s * (2 ** (attempt - 1)))
+        ceiling = min(self.max_backoff_s, self.initial_backoff_s * (2 ** (min(attempt, 30) - 1)))
         return random.uniform(ceiling / 2, ceiling)
 
     def gives_up_after(self, attempt: int) -> bool:
@@ -59,6 +100,10 @@ class Subscription(abc.ABC):
     @abc.abstractmethod
     async def stop(self) -> None:
         """Stop receiving; wait for handlers in progress and record their progress."""
+
+    def healthy(self) -> bool:
+        """True while the subscription is receiving (its consumer runs and is connected)."""
+        return True
 
 
 class EventBus(abc.ABC):
@@ -91,8 +136,10 @@ class EventBus(abc.ABC):
         *,
         concurrency: int = 1,
         retry: RetryPolicy = RetryPolicy(),
+        healthy: HealthCheck | None = None,
     ) -> Subscription:
-        """Join consumer group `group`; up to `concurrency` events are handled at once."""
+        """Join consumer group `group`; up to `concurrency` events are handled at once.
+        `healthy` says whether the handler's dependencies work (see the module docstring)."""
 
     @abc.abstractmethod
     async def subscribe_batch(
@@ -102,7 +149,8 @@ class EventBus(abc.ABC):
         handler: BatchHandler,
         *,
         max_batch: int = 500,
-        retry: RetryPolicy = RetryPolicy(max_attempts=None),
+        retry: RetryPolicy = RetryPolicy(),
+        healthy: HealthCheck | None = None,
     ) -> Subscription:
         """Join consumer group `group` and receive events in batches (one at a time)."""
 
@@ -115,32 +163,173 @@ class EventBus(abc.ABC):
     @abc.abstractmethod
     async def partition_count(self, topic: str) -> int: ...
 
+    @abc.abstractmethod
+    async def end_offsets(self, topics: Sequence[str]) -> Offsets:
+        """For every partition of `topics`, the offset the next event published to it will
+        get: every event published before this call is below it. Raises
+        BusUnavailableError when the bus cannot tell (e.g. Kafka is unreachable)."""
+
+    @abc.abstractmethod
+    async def consumer_lag(
+        self, group: str, topics: Sequence[str], *, until: Offsets | None = None
+    ) -> int:
+        """Events of `topics` that group `group` has not finished handling (whichever member
+        owns their partition): of those published so far, or with `until` (from
+        `end_offsets`) of those below it. Raises BusUnavailableError when unknown."""
+
+    async def caught_up(
+        self, group: str, topics: Sequence[str], *, wait_s: float = 2.0, poll_s: float = 0.2
+    ) -> bool:
+        """True once group `group` has handled every event of `topics` published before
+        this call, waiting up to `wait_s` for it (events published meanwhile do not count);
+        False if it has not by then. Raises BusUnavailableError when the bus cannot tell."""
+        marker = await self.end_offsets(topics)
+        deadline = time.monotonic() + wait_s
+        while True:
+            if await self.consumer_lag(group, topics, until=marker) == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(poll_s)
+
     async def healthy(self) -> bool:
+        """True while this process can publish and every subscription is receiving."""
         return True
 
-    async def caught_up(self, group: str, timeout: float) -> bool:
+    async def settled(self, group: str, timeout: float) -> bool:
         """Wait at most `timeout` seconds until consumer group `group` of this process has
         handled every event published before the call; True if it has. A bus whose
-        publishers live in other processes (Kafka) cannot tell and answers True at once."""
+        publishers live in other processes (Kafka) cannot tell and answers True at once
+        (`caught_up` asks the broker, at the cost of a round trip)."""
         return True
+
+
+async def _working(healthy: HealthCheck | None) -> bool:
+    if healthy is None:
+        return True
+    try:
+        return bool(await healthy())
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - a check that fails says "not healthy"
+        return False
+
+
+async def _counts_against_event(error: BaseException, healthy: HealthCheck | None) -> bool:
+    """Whether a handler failure is the event's fault: not an outage of the bus, and the
+    dependencies said to be working."""
+    return not is_outage(error) and await _working(healthy)
+
+
+# How often a paused consumer looks whether its dependencies are back.
+OUTAGE_POLL_S = 0.25
+
+
+async def _pause(retry: RetryPolicy, tries: int, healthy: HealthCheck | None, outage: bool) -> None:
+    """Wait before the next try. After a failure the event is to blame for, back off. After
+    an outage, wait only until the dependencies work again (looking every OUTAGE_POLL_S),
+    so that nothing is retried in vain while they are down and everything resumes as soon
+    as they are back; the backoff still grows if they fail again right away."""
+    if not outage or healthy is None:
+        await asyncio.sleep(retry.backoff(tries))
+        return
+    await asyncio.sleep(min(retry.backoff(tries), retry.initial_backoff_s))
+    waited = 0.0
+    while not await _working(healthy):
+        await asyncio.sleep(OUTAGE_POLL_S)
+        waited += OUTAGE_POLL_S
+    if waited == 0.0:
+        # Working already (a failure that passed): the usual backoff.
+        await asyncio.sleep(max(0.0, retry.backoff(tries) - retry.initial_backoff_s))
 
 
 async def call_with_retry(
     handle: Callable[[], Awaitable[None]],
     retry: RetryPolicy,
     on_retry: Callable[[int, BaseException], None],
+    healthy: HealthCheck | None = None,
 ) -> BaseException | None:
-    """Run `handle` until it succeeds or the policy gives up (then return the last error)."""
-    attempt = 0
+    """Run `handle` until it succeeds or the policy gives up; return None on success,
+    else the last error. Failures caused by an outage (the bus unavailable, or `healthy()`
+    false) are retried without counting: they pause the caller instead of condemning its
+    event."""
+    counted = 0
+    tries = 0
     while True:
-        attempt += 1
+        tries += 1
         try:
             await handle()
             return None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
-            if retry.gives_up_after(attempt):
-                return exc
-            on_retry(attempt, exc)
-            await asyncio.sleep(retry.backoff(attempt))
+            blamed = await _counts_against_event(exc, healthy)
+            if blamed:
+                counted += 1
+                if retry.gives_up_after(counted):
+                    return exc
+            on_retry(tries, exc)
+            await _pause(retry, tries, healthy, outage=not blamed)
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Chunk(Generic[T]):
+    items: list[T]
+    tries: int = 0
+    counted: int = 0
+
+
+async def handle_batch_isolating(
+    items: list[T],
+    handle: Callable[[list[T]], Awaitable[None]],
+    retry: RetryPolicy,
+    *,
+    healthy: HealthCheck | None,
+    dead_letter: Callable[[T, BaseException], Awaitable[None]],
+    on_retry: Callable[[int, int, BaseException], None],
+) -> int:
+    """Hand `items` to `handle` in order, as one batch if it succeeds; returns how many
+    items were dead-lettered.
+
+    When the batch fails during an outage (`is_outage`, or `healthy()` false), the
+    same batch is retried with backoff until they are back: an outage loses nothing and
+    condemns nothing. When it fails while they are healthy, it is split in halves (first
+    half first, so the order of the items is kept) until the failing item is alone; an
+    item that fails alone `retry.max_attempts` times while the dependencies are healthy
+    goes to `dead_letter`, and the items after it go on. `on_retry(tries, size, error)` is
+    called before each wait.
+    """
+    stack: list[_Chunk[T]] = [_Chunk(items)] if items else []
+    dead = 0
+    while stack:
+        chunk = stack[-1]
+        try:
+            await handle(chunk.items)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below
+            chunk.tries += 1
+            if not await _counts_against_event(exc, healthy):
+                on_retry(chunk.tries, len(chunk.items), exc)
+                await _pause(retry, chunk.tries, healthy, outage=True)
+                continue
+            if len(chunk.items) > 1 and retry.max_attempts is not None:
+                stack.pop()
+                middle = len(chunk.items) // 2
+                stack.append(_Chunk(chunk.items[middle:]))
+                stack.append(_Chunk(chunk.items[:middle]))
+                continue
+            chunk.counted += 1
+            if retry.gives_up_after(chunk.counted):
+                stack.pop()
+                dead += 1
+                await dead_letter(chunk.items[0], exc)
+                continue
+            on_retry(chunk.tries, len(chunk.items), exc)
+            await asyncio.sleep(retry.backoff(chunk.tries))
+            continue
+        stack.pop()
+    return dead

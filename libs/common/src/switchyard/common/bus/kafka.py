@@ -6,22 +6,53 @@
   only the offset below which every event has been handled. A crash therefore redelivers
   whatever was in flight; nothing is skipped.
 - An event that cannot be decoded (malformed JSON, unknown type, unknown schema version),
-  or whose handler keeps failing, is logged with its coordinates and copied to the
-  dead-letter topic with those coordinates in its headers; its partition moves on.
+  or whose handler keeps failing while everything it depends on works, is logged with its
+  coordinates and copied to the dead-letter topic with those coordinates in its headers;
+  its partition moves on. A failure during an outage only pauses the consumer (base.py).
 - Kafka being unreachable never hangs a caller: `publish` gives up after
-  `publish_timeout_s` with BusUnavailableError, and start-up keeps retrying in the background.
+  `publish_timeout_s` with BusUnavailableError, and at once while no producer is connected.
+
+Recovery without help (a broker restart, a network cut): aiokafka reconnects its clients by
+itself, but some states it never leaves. An idempotent producer whose sequence numbers
+have a gap (a batch failed or was given up on during the outage) gets
+`OutOfOrderSequenceNumber` for every later batch of that partition; `UnknownProducerId`,
+`InvalidProducerEpoch` and a dead sender task leave it just as unusable. The bus therefore
+replaces its producer after any such error, and after any publish timeout: a timed-out
+event stays queued in aiokafka and would be sent whenever the broker takes it again, after
+its publisher was told it was not taken (a request answered 503 would still run). A
+replaced producer's queued events are failed, never sent later. A consumer whose loop fails
+is closed and replaced, resuming from the committed offsets (groups) or from the next
+unread offset (listeners). `healthy()` is false while a producer or consumer is missing or
+the broker does not answer, and every close is bounded in time, so shutdown always ends.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Sequence
+from typing import NoReturn
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import ConnectionGroup
+from aiokafka.errors import (
+    IllegalStateError,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    InvalidTxnState,
+    KafkaError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    RecordListTooLargeError,
+    UnknownProducerId,
+)
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry.trace import SpanKind
 
@@ -31,14 +62,20 @@ from switchyard.common.bus.base import (
     BatchHandler,
     BusUnavailableError,
     EventBus,
+    EventRejectedError,
     EventTooLargeError,
     Handler,
+    HealthCheck,
+    Offsets,
+    PublishOutcomeUnknownError,
     RetryPolicy,
     Subscription,
     call_with_retry,
+    handle_batch_isolating,
 )
 from switchyard.common.events import EnvelopeFields, Event, EventDecodeError, decode_event
 from switchyard.common.settings import DEFAULT_KAFKA_MAX_MESSAGE_BYTES
+from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.bus.kafka")
 # The Kafka clients' default bound of one fetch response (records larger than it are
@@ -47,6 +84,98 @@ FETCH_MAX_BYTES = 52_428_800
 # A large record takes time to send and store (about 0.1 s per MiB on a busy 2-core
 # machine): its publish timeout grows by a second per MiB, so only large records wait longer.
 PUBLISH_BYTES_PER_S = 1024 * 1024
+
+# After these an aiokafka producer (0.14) never sends again: it must be replaced.
+FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    InvalidTxnState,
+    ProducerFenced,
+    ProducerClosed,
+    IllegalStateError,
+)
+# The broker refuses this event itself: retrying it, or replacing the producer, cannot help.
+_REJECTED_EVENT_ERRORS: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
+
+
+def _cancelled() -> bool:
+    """Whether the running task is being cancelled. aiokafka's close methods also let a
+    CancelledError of their own internal tasks escape; that one is a failure to close, not
+    a cancellation of the caller."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _close_quietly(awaitable, timeout: float) -> None:
+    """Await a close within `timeout`, ignoring how it fails (aiokafka may raise its
+    internal tasks' CancelledError), unless the running task itself is being cancelled."""
+    try:
+        await asyncio.wait_for(awaitable, timeout=timeout)
+    except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - a best-effort close
+        if isinstance(exc, asyncio.CancelledError) and _cancelled():
+            raise
+
+
+def _on_the_wire(producer: AIOKafkaProducer, delivery: asyncio.Future) -> bool:
+    """Whether the batch holding `delivery` has been sent to its partition's leader over a
+    live connection and awaits the answer (rather than waiting in the producer's queue, or
+    between two attempts to reach a broker that is gone). aiokafka (0.14) internals: its
+    in-flight batches and its connections."""
+    try:
+        accumulator = producer._message_accumulator
+        batch = next(
+            (
+                batch
+                for batch in accumulator._pending_batches
+                if any(future is delivery for future, _ in batch._msg_futures)
+            ),
+            None,
+        )
+        if batch is None:
+            return False
+        leader = producer.client.cluster.leader_for_partition(batch.tp)
+        connection = producer.client._conns.get((leader, ConnectionGroup.DEFAULT))
+        return connection is not None and connection.connected()
+    except Exception:  # noqa: BLE001 - internals changed: treat it as not sent
+        return False
+
+
+def _sender_alive(producer: AIOKafkaProducer) -> bool:
+    """False once the producer's background sender has died (it then fails every send)."""
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    return task is None or not task.done()
+
+
+def _fail_queued(producer: AIOKafkaProducer, error: KafkaError) -> None:
+    """Fail every event a producer whose sender has stopped still holds (what aiokafka does
+    itself when its sender dies), keeping two details of its bookkeeping straight: a batch
+    queued again for a retry must be in the in-flight set its completion callback removes
+    it from, and the failed drain waiters nobody waits on are marked as seen."""
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is None:
+        return
+    try:
+        queued = [batch for batches in accumulator._batches.values() for batch in batches]
+        in_flight = accumulator._pending_batches
+        for batch in queued:
+            if batch.retry_count:
+                in_flight.add(batch)
+        batches = [*queued, *in_flight]
+        accumulator.fail_all(error)
+        for batch in batches:
+            # Marked as seen: publishers that gave up on them no longer wait.
+            futures = [batch.future, batch._drain_waiter, *(f for f, _ in batch._msg_futures)]
+            for future in futures:
+                if future.done() and not future.cancelled():
+                    future.exception()
+    except Exception as exc:  # noqa: BLE001 - internals changed: its publishers time out instead
+        log.warning("could not fail the replaced producer's queued events", error=repr(exc))
 
 
 class _PartitionProgress:
@@ -80,6 +209,12 @@ class _PartitionProgress:
 
 
 class KafkaBus(EventBus):
+    """`publish_timeout_s`: the longest a publish waits for the broker's acknowledgement,
+    unless the broker already has the event: then `in_flight_timeout_s` more for its answer
+    (a slow broker is not an absent one; after that the outcome is unknown).
+    `close_timeout_s`: the longest one client (producer or consumer) may take to close.
+    `reconnect_max_s`: the longest wait between two attempts to connect a producer."""
+
     def __init__(
         self,
         bootstrap_servers: str,
@@ -87,6 +222,9 @@ class KafkaBus(EventBus):
         client_id: str = "switchyard",
         deadletter_topic: str = "switchyard.deadletter",
         publish_timeout_s: float = 1.5,
+        close_timeout_s: float = 5.0,
+        reconnect_max_s: float = 1.0,
+        in_flight_timeout_s: float = 5.0,
         max_message_bytes: int = DEFAULT_KAFKA_MAX_MESSAGE_BYTES,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
@@ -96,62 +234,142 @@ class KafkaBus(EventBus):
         self.client_id = client_id
         self.deadletter_topic = deadletter_topic
         self.publish_timeout_s = publish_timeout_s
+        self.close_timeout_s = close_timeout_s
+        self.reconnect_max_s = reconnect_max_s
+        self.in_flight_timeout_s = in_flight_timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._producer_ready = asyncio.Event()
-        self._connector: asyncio.Task[None] | None = None
+        self._replace_producer = asyncio.Event()
+        self._replace_reason = ""
+        self._supervisor: asyncio.Task[None] | None = None
+        self._discarding: set[asyncio.Task[None]] = set()
         self._subscriptions: list[Subscription] = []
+        self._offsets_lock = asyncio.Lock()
+        self._offsets_admin: AIOKafkaAdminClient | None = None
+        self._offsets_consumer: AIOKafkaConsumer | None = None
 
     # -- producer -------------------------------------------------------------------
 
     async def start(self) -> None:
         """Connect the producer; if Kafka is not there yet, keep trying in the background."""
-        if self._connector is None:
-            self._connector = asyncio.create_task(self._connect_producer())
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(
+                self._supervise_producer(), name=f"kafka-producer-{self.client_id}"
+            )
             # Give a healthy broker a moment so that the first request does not race start-up.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._producer_ready.wait()), timeout=5)
 
-    async def _connect_producer(self) -> None:
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id=self.client_id,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,
+            request_timeout_ms=10_000,
+            max_request_size=self.max_message_bytes,
+        )
+
+    async def _supervise_producer(self) -> None:
+        """Keep one working producer: connect (retrying with backoff), then replace it
+        whenever a publish reports it unusable or its sender task dies."""
         attempt = 0
-        while not self._producer_ready.is_set():
-            attempt += 1
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap_servers,
-                client_id=self.client_id,
-                enable_idempotence=True,
-                acks="all",
-                linger_ms=0,
-                request_timeout_ms=10_000,
-                max_request_size=self.max_message_bytes,
-            )
+        while True:
+            producer = self._new_producer()
             try:
                 await producer.start()
+            except asyncio.CancelledError:
+                await self._discard(producer)
+                raise
             except Exception as exc:  # noqa: BLE001 - retried: the broker may come later
-                with contextlib.suppress(Exception):
-                    await producer.stop()
-                delay = min(5.0, 0.2 * 2**attempt)
+                self._discard_later(producer)
+                attempt += 1
+                delay = min(self.reconnect_max_s, 0.1 * 2**attempt)
                 log.warning(
                     "kafka producer not connected, retrying", error=repr(exc), retry_in_s=delay
                 )
                 await asyncio.sleep(delay)
                 continue
+            attempt = 0
+            self._replace_producer.clear()
             self._producer = producer
             self._producer_ready.set()
             log.info("kafka producer connected", bootstrap_servers=self.bootstrap_servers)
+            while not self._replace_producer.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._replace_producer.wait(), timeout=1.0)
+                if not _sender_alive(producer):
+                    self._mark_broken(producer, "the producer's sender task stopped")
+            log.warning("kafka producer replaced", reason=self._replace_reason)
+            self._discard_later(producer)
+
+    def _mark_broken(self, producer: AIOKafkaProducer, reason: str) -> None:
+        """Stop using `producer` at once (publishes fail fast) and have it replaced."""
+        # Its sender stops now, before it sends anything more: the event whose publish just
+        # failed may still be queued, and must not go out while the producer is replaced.
+        task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+        if task is not None and not task.done():
+            task.cancel()
+        if producer is self._producer and not self._replace_producer.is_set():
+            self._producer = None
+            self._producer_ready.clear()
+            self._replace_reason = reason
+            self._replace_producer.set()
+
+    def _discard_later(self, producer: AIOKafkaProducer) -> None:
+        task = asyncio.create_task(self._discard(producer))
+        self._discarding.add(task)
+        task.add_done_callback(self._discarding.discard)
+
+    async def _discard(self, producer: AIOKafkaProducer) -> None:
+        """Close a producer that is being replaced, dropping whatever it still holds: its
+        queued events must never be delivered later, since their publishers were told (or
+        will be) that the bus did not take them.
+
+        aiokafka (0.14) has no public call for this. Its sender task is what sends (and
+        re-sends after a reconnection): it is stopped first (a produce request already on
+        the wire may still land; its outcome was unknown anyway), then the events still
+        queued are failed, so their publishers learn it at once, and the connections are
+        closed."""
+        sender = getattr(producer, "_sender", None)
+        task = getattr(sender, "sender_task", None)
+        if task is not None:
+            await cancel_and_wait(task, self.close_timeout_s)
+        if task is None or task.done():
+            _fail_queued(producer, KafkaError("the producer was replaced"))
+        await _close_quietly(producer.client.close(), timeout=self.close_timeout_s)
+        producer._closed = True  # closed by hand: no "unclosed producer" warning at exit
+
+    async def _close_producer(self, producer: AIOKafkaProducer) -> None:
+        try:
+            await asyncio.wait_for(producer.stop(), timeout=self.close_timeout_s)
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - force it closed
+            if isinstance(exc, asyncio.CancelledError) and _cancelled():
+                raise
+            log.warning("kafka producer did not close in time", error=repr(exc))
+            await _close_quietly(producer.client.close(), timeout=1.0)
 
     async def stop(self) -> None:
         for subscription in reversed(self._subscriptions):
             await subscription.stop()
         self._subscriptions.clear()
-        if self._connector is not None:
-            self._connector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._connector
-        if self._producer is not None:
-            await self._producer.stop()
+        if self._supervisor is not None:
+            await cancel_and_wait(self._supervisor, self.close_timeout_s)
+        producer = self._producer
         self._producer = None
         self._producer_ready.clear()
-        self._connector = None
+        self._supervisor = None
+        if producer is not None:
+            await self._close_producer(producer)  # flushes what it can in time
+        if self._discarding:
+            await asyncio.wait(set(self._discarding), timeout=self.close_timeout_s)
+        await self._close_offset_clients()
+
+    def can_publish(self) -> bool:
+        """True while a connected producer is ready (no network call)."""
+        producer = self._producer
+        return producer is not None and _sender_alive(producer)
 
     async def publish(
         self,
@@ -161,7 +379,11 @@ class KafkaBus(EventBus):
         key: str | None = None,
         partition: int | None = None,
     ) -> None:
-        value = event.model_dump_json().encode()
+        try:
+            value = event.model_dump_json().encode()
+        except ValueError as exc:  # e.g. nested deeper than the serialiser allows
+            metrics.PUBLISH_FAILURES.labels(topic).inc()
+            raise EventRejectedError(f"the event cannot be serialised: {exc}") from exc
         headers = [
             ("type", event.type.encode()),
             ("schema_version", str(event.schema_version).encode()),
@@ -191,25 +413,66 @@ class KafkaBus(EventBus):
     ) -> None:
         producer = self._producer
         if producer is None:
+            metrics.PUBLISH_FAILURES.labels(topic).inc()
             raise BusUnavailableError("Kafka is not reachable")
+        # A large record takes longer to send and store: only large records wait longer.
         timeout_s = self.publish_timeout_s + len(value) / PUBLISH_BYTES_PER_S
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        delivery: asyncio.Future | None = None
         try:
-            await asyncio.wait_for(
-                producer.send_and_wait(topic, value, key=key, partition=partition, headers=headers),
+            delivery = await asyncio.wait_for(
+                producer.send(topic, value, key=key, partition=partition, headers=headers),
                 timeout=timeout_s,
             )
-            metrics.EVENTS_PUBLISHED.labels(topic).inc()
+            # Shielded: on a timeout the delivery is looked at, not given up on.
+            await asyncio.wait_for(
+                asyncio.shield(delivery), timeout=max(0.001, deadline - loop.time())
+            )
         except TimeoutError as exc:
+            if delivery is not None and _on_the_wire(producer, delivery):
+                # The broker has the event and has not answered yet (it is slow, not
+                # gone): answering "not taken" now could be wrong. Wait for its answer.
+                try:
+                    await asyncio.wait_for(
+                        asyncio.shield(delivery), timeout=self.in_flight_timeout_s
+                    )
+                except TimeoutError:
+                    metrics.PUBLISH_FAILURES.labels(topic).inc()
+                    self._mark_broken(producer, "the broker did not answer a produce request")
+                    raise PublishOutcomeUnknownError(
+                        f"Kafka did not answer within "
+                        f"{timeout_s + self.in_flight_timeout_s:.1f}s; the event may "
+                        "still be written"
+                    ) from exc
+                except Exception as late:  # noqa: BLE001 - classified like any failure below
+                    self._failed(producer, topic, late, len(value))
+                metrics.EVENTS_PUBLISHED.labels(topic).inc()
+                return
             metrics.PUBLISH_FAILURES.labels(topic).inc()
+            # The event is still queued in the producer and would be sent whenever the
+            # partition takes it again, after its publisher was told it was not taken (a
+            # request answered 503 would run later). Only dropping the producer, with
+            # everything it holds, prevents that; a new one starts clean.
+            self._mark_broken(producer, f"not acknowledged within {timeout_s:.1f}s")
             raise BusUnavailableError(f"Kafka did not acknowledge within {timeout_s:.1f}s") from exc
-        except MessageSizeTooLargeError as exc:
-            metrics.PUBLISH_FAILURES.labels(topic).inc()
-            raise EventTooLargeError(
-                f"the event ({len(value)} bytes) is larger than {topic} accepts: {exc!r}"
-            ) from exc
         except Exception as exc:  # KafkaError and connection errors
-            metrics.PUBLISH_FAILURES.labels(topic).inc()
-            raise BusUnavailableError(f"Kafka refused the event: {exc!r}") from exc
+            self._failed(producer, topic, exc, len(value))
+        metrics.EVENTS_PUBLISHED.labels(topic).inc()
+
+    def _failed(
+        self, producer: AIOKafkaProducer, topic: str, exc: BaseException, size: int
+    ) -> NoReturn:
+        """A publish of `size` bytes that failed with `exc` (not a timeout): raise what it
+        means (EventTooLargeError, EventRejectedError or BusUnavailableError)."""
+        metrics.PUBLISH_FAILURES.labels(topic).inc()
+        if isinstance(exc, _REJECTED_EVENT_ERRORS):
+            raise EventTooLargeError(
+                f"the event ({size} bytes) is larger than {topic} accepts: {exc!r}"
+            ) from exc
+        if isinstance(exc, FATAL_PRODUCER_ERRORS) or not _sender_alive(producer):
+            self._mark_broken(producer, repr(exc))
+        raise BusUnavailableError(f"Kafka refused the event: {exc!r}") from exc
 
     async def dead_letter(self, record: ConsumerRecord, group: str, reason: str) -> None:
         """Copy a record to the dead-letter topic with its coordinates; retried until it lands."""
@@ -252,13 +515,104 @@ class KafkaBus(EventBus):
         return len(partitions)
 
     async def healthy(self) -> bool:
-        if self._producer is None:
-            return False
+        problem = await self.health_problem()
+        if problem is not None:
+            log.warning("event bus not ready", error=problem)
+        return problem is None
+
+    async def health_problem(self) -> str | None:
+        """Why this process cannot publish or consume right now, or None."""
+        producer = self._producer
+        if producer is None or not _sender_alive(producer):
+            return "no producer connected"
+        for subscription in self._subscriptions:
+            if isinstance(subscription, _SupervisedConsumer):
+                problem = subscription.health_problem()
+                if problem is not None:
+                    return problem
         try:
-            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), timeout=2)
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=2)
         except Exception:  # noqa: BLE001 - any failure means not ready
-            return False
-        return True
+            return "the broker does not answer a metadata request"
+        return None
+
+    # -- consumer lag -----------------------------------------------------------------
+
+    async def end_offsets(self, topics: Sequence[str]) -> Offsets:
+        async with self._offsets_lock:
+            consumer, partitions = await self._offset_reader(topics)
+            ends = await self._offsets_call(consumer.end_offsets(partitions))
+        return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+
+    async def consumer_lag(
+        self, group: str, topics: Sequence[str], *, until: Offsets | None = None
+    ) -> int:
+        ends = until if until is not None else await self.end_offsets(topics)
+        async with self._offsets_lock:
+            consumer, partitions = await self._offset_reader(topics)
+            committed = await self._offsets_call(self._committed(group, partitions))
+            unstarted = [
+                tp for tp in partitions if committed.get(tp) is None or committed[tp].offset < 0
+            ]
+            beginnings = (
+                await self._offsets_call(consumer.beginning_offsets(unstarted)) if unstarted else {}
+            )
+        lag = 0
+        for tp in partitions:
+            position = beginnings[tp] if tp in beginnings else committed[tp].offset
+            lag += max(0, ends.get((tp.topic, tp.partition), 0) - position)
+        return lag
+
+    async def _offset_reader(
+        self, topics: Sequence[str]
+    ) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+        """A consumer (no group) to read offsets with, and every partition of `topics`."""
+        producer = self._producer
+        if producer is None:
+            raise BusUnavailableError("Kafka is not reachable")
+        if self._offsets_consumer is None:
+            consumer = self._consumer(group=None)
+            await self._offsets_call(self._start_consumer(consumer))
+            self._offsets_consumer = consumer
+        partitions = []
+        for topic in topics:
+            ids = await self._offsets_call(producer.partitions_for(topic))
+            partitions += [TopicPartition(topic, partition) for partition in sorted(ids)]
+        return self._offsets_consumer, partitions
+
+    async def _committed(
+        self, group: str, partitions: list[TopicPartition]
+    ) -> dict[TopicPartition, OffsetAndMetadata]:
+        if self._offsets_admin is None:
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.bootstrap_servers, client_id=f"{self.client_id}-offsets"
+            )
+            try:
+                await admin.start()
+            except BaseException:
+                await _close_quietly(admin.close(), timeout=self.close_timeout_s)
+                raise
+            self._offsets_admin = admin
+        return await self._offsets_admin.list_consumer_group_offsets(group, partitions=partitions)
+
+    async def _offsets_call(self, awaitable):
+        """Await a call reading offsets within 5 s; any failure means the answer is unknown
+        (and the clients used are replaced next time)."""
+        try:
+            return await asyncio.wait_for(awaitable, timeout=5)
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - unknown offsets
+            if isinstance(exc, asyncio.CancelledError) and _cancelled():
+                raise
+            await self._close_offset_clients()
+            raise BusUnavailableError(f"cannot read offsets: {exc!r}") from exc
+
+    async def _close_offset_clients(self) -> None:
+        admin, consumer = self._offsets_admin, self._offsets_consumer
+        self._offsets_admin = self._offsets_consumer = None
+        if admin is not None:
+            await _close_quietly(admin.close(), timeout=self.close_timeout_s)
+        if consumer is not None:
+            await self._close_consumer(consumer)
 
     # -- consumers ------------------------------------------------------------------
 
@@ -274,6 +628,37 @@ class KafkaBus(EventBus):
             **options,
         )
 
+    async def _close_consumer(self, consumer: AIOKafkaConsumer) -> None:
+        """Close a consumer within `close_timeout_s` whatever state it is in (leaving its
+        group is best effort: the broker drops a silent member after its session timeout)."""
+        try:
+            await asyncio.wait_for(consumer.stop(), timeout=self.close_timeout_s)
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - force it closed
+            if isinstance(exc, asyncio.CancelledError) and _cancelled():
+                raise
+            log.warning("kafka consumer did not close in time", error=repr(exc))
+            for part in (getattr(consumer, "_fetcher", None), getattr(consumer, "_client", None)):
+                if part is not None:
+                    await _close_quietly(part.close(), timeout=1.0)
+
+    async def _start_consumer(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            await consumer.start()
+        except BaseException:
+            await self._close_consumer(consumer)
+            raise
+
+    def _dependencies(self, healthy: HealthCheck | None) -> HealthCheck:
+        """A consumer's dependencies: the bus itself (dead letters and replies need it) and
+        the subscriber's own check."""
+
+        async def check() -> bool:
+            if not self.can_publish():
+                return False
+            return True if healthy is None else await healthy()
+
+        return check
+
     async def subscribe(
         self,
         topics: Sequence[str],
@@ -282,8 +667,11 @@ class KafkaBus(EventBus):
         *,
         concurrency: int = 1,
         retry: RetryPolicy = RetryPolicy(),
+        healthy: HealthCheck | None = None,
     ) -> Subscription:
-        subscription = _GroupSubscription(self, list(topics), group, handler, concurrency, retry)
+        subscription = _GroupSubscription(
+            self, list(topics), group, handler, concurrency, retry, self._dependencies(healthy)
+        )
         await subscription.start()
         self._subscriptions.append(subscription)
         return subscription
@@ -295,9 +683,12 @@ class KafkaBus(EventBus):
         handler: BatchHandler,
         *,
         max_batch: int = 500,
-        retry: RetryPolicy = RetryPolicy(max_attempts=None),
+        retry: RetryPolicy = RetryPolicy(),
+        healthy: HealthCheck | None = None,
     ) -> Subscription:
-        subscription = _BatchSubscription(self, list(topics), group, handler, max_batch, retry)
+        subscription = _BatchSubscription(
+            self, list(topics), group, handler, max_batch, retry, self._dependencies(healthy)
+        )
         await subscription.start()
         self._subscriptions.append(subscription)
         return subscription
@@ -305,6 +696,9 @@ class KafkaBus(EventBus):
     async def listen(
         self, topic: str, handler: Handler, *, partitions: Sequence[int] | None = None
     ) -> Subscription:
+        if partitions is None:
+            # Every partition of the topic, from the producer's (already loaded) metadata.
+            partitions = list(range(await self.partition_count(topic)))
         subscription = _Listener(self, topic, handler, partitions)
         await subscription.start()
         self._subscriptions.append(subscription)
@@ -364,7 +758,102 @@ def _decode(record: ConsumerRecord) -> Event:
     return decode_event(record.value)
 
 
-class _GroupSubscription(Subscription, ConsumerRebalanceListener):
+class _SupervisedConsumer(Subscription):
+    """One aiokafka consumer and the loop that reads it. If the loop fails, the consumer is
+    closed and a new one opened (with backoff while Kafka is unreachable), resuming where
+    the old one stopped; meanwhile `healthy()` is false."""
+
+    # A loop that has not polled for this long is stuck (every poll waits at most ~1 s).
+    stall_s = 60.0
+
+    def __init__(self, bus: KafkaBus, name: str) -> None:
+        self.bus = bus
+        self.name = name
+        self.consumer: AIOKafkaConsumer | None = None
+        self.loop_task: asyncio.Task[None] | None = None
+        self.polled_at = 0.0
+        self._stopped = False
+
+    @abc.abstractmethod
+    async def _open(self) -> AIOKafkaConsumer:
+        """A started consumer, positioned where this subscription reads."""
+
+    @abc.abstractmethod
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        """Read `consumer` until cancelled; raise if it fails."""
+
+    async def _after_failure(self) -> None:
+        """Called once the failed consumer is out of use, before it is closed."""
+
+    async def _before_close(self) -> None:
+        """Called on stop, after the loop has ended, before the consumer is closed."""
+
+    def _polled(self) -> None:
+        self.polled_at = time.monotonic()
+
+    async def start(self) -> None:
+        self.consumer = await self._open()
+        self._polled()
+        self.loop_task = asyncio.create_task(self._supervise(), name=self.name)
+
+    async def _supervise(self) -> None:
+        while not self._stopped:
+            consumer = self.consumer
+            assert consumer is not None
+            try:
+                await self._run(consumer)
+                raise RuntimeError("the consumer loop ended")
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - replaced below
+                if isinstance(exc, asyncio.CancelledError) and _cancelled():
+                    raise
+                log.error(
+                    "kafka consumer failed; replacing it", consumer=self.name, error=repr(exc)
+                )
+            self.consumer = None
+            await self._after_failure()
+            await self.bus._close_consumer(consumer)
+            attempt = 0
+            while self.consumer is None and not self._stopped:
+                attempt += 1
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(attempt, 5)))
+                try:
+                    self.consumer = await self._open()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - Kafka still away: retried
+                    log.warning(
+                        "kafka consumer not connected, retrying",
+                        consumer=self.name,
+                        error=repr(exc),
+                    )
+            self._polled()
+            log.info("kafka consumer replaced", consumer=self.name)
+
+    def healthy(self) -> bool:
+        return self.health_problem() is None
+
+    def health_problem(self) -> str | None:
+        if self._stopped or self.loop_task is None or self.loop_task.done():
+            return f"consumer {self.name} is not running"
+        if self.consumer is None:
+            return f"consumer {self.name} is being replaced"
+        if time.monotonic() - self.polled_at >= self.stall_s:
+            return f"consumer {self.name} has not polled for over {self.stall_s:.0f} s"
+        return None
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.loop_task is not None:
+            await cancel_and_wait(self.loop_task, self.bus.close_timeout_s)
+        await self._before_close()
+        consumer, self.consumer = self.consumer, None
+        if consumer is not None:
+            await self.bus._close_consumer(consumer)
+
+
+class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):
     """A consumer-group member handling up to `concurrency` events at once."""
 
     revoke_grace_s = 10.0
@@ -377,30 +866,29 @@ class _GroupSubscription(Subscription, ConsumerRebalanceListener):
         handler: Handler,
         concurrency: int,
         retry: RetryPolicy,
+        dependencies: HealthCheck,
     ) -> None:
-        self.bus, self.topics, self.group, self.handler = bus, topics, group, handler
+        super().__init__(bus, f"consume-{group}")
+        self.topics, self.group, self.handler = topics, group, handler
         self.concurrency = max(1, concurrency)
         self.retry = retry
+        self.dependencies = dependencies
         self.progress: dict[TopicPartition, _PartitionProgress] = {}
         self.tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
-        self.consumer: AIOKafkaConsumer | None = None
-        self.loop_task: asyncio.Task[None] | None = None
         self.slot_freed = asyncio.Event()
 
-    async def start(self) -> None:
-        self.consumer = self.bus._consumer(
+    async def _open(self) -> AIOKafkaConsumer:
+        consumer = self.bus._consumer(
             group=self.group, auto_offset_reset="earliest", max_poll_interval_ms=300_000
         )
-        self.consumer.subscribe(self.topics, listener=self)
-        await self.consumer.start()
-        self.loop_task = asyncio.create_task(self._run(), name=f"consume-{self.group}")
+        consumer.subscribe(self.topics, listener=self)
+        await self.bus._start_consumer(consumer)
+        return consumer
 
     def _in_flight(self) -> int:
         return sum(len(tasks) for tasks in self.tasks.values())
 
-    async def _run(self) -> None:
-        consumer = self.consumer
-        assert consumer is not None
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             free = self.concurrency - self._in_flight()
             if free <= 0:
@@ -410,11 +898,13 @@ class _GroupSubscription(Subscription, ConsumerRebalanceListener):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.slot_freed.wait(), timeout=1.0)
                 await consumer.getmany(timeout_ms=0)
+                self._polled()
                 await self._commit()
                 continue
             if consumer.paused():
                 consumer.resume(*consumer.paused())
             batches = await consumer.getmany(timeout_ms=100, max_records=free)
+            self._polled()
             for tp, records in batches.items():
                 progress = self.progress.setdefault(tp, _PartitionProgress())
                 tasks = self.tasks.setdefault(tp, set())
@@ -446,6 +936,7 @@ class _GroupSubscription(Subscription, ConsumerRebalanceListener):
                         attempt=attempt,
                         error=repr(exc),
                     ),
+                    self.dependencies,
                 )
             outcome = "deadlettered" if error is not None else "ok"
             metrics.EVENTS_HANDLED.labels(record.topic, self.group, outcome).inc()
@@ -465,23 +956,49 @@ class _GroupSubscription(Subscription, ConsumerRebalanceListener):
             position = progress.committable()
             if position is not None:
                 offsets[tp] = OffsetAndMetadata(position, "")
-        if not offsets or self.consumer is None:
+        consumer = self.consumer
+        if not offsets or consumer is None:
             return
         try:
-            await self.consumer.commit(offsets)
+            await consumer.commit(offsets)
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a failed commit only means redelivery
             log.warning(
                 "offset commit failed; events may be redelivered", group=self.group, error=repr(exc)
             )
             return
         for tp, meta in offsets.items():
-            self.progress[tp].committed = meta.offset
+            if tp in self.progress:
+                self.progress[tp].committed = meta.offset
 
     async def _drain(self, partitions: set[TopicPartition], grace_s: float) -> None:
         pending = [task for tp in partitions for task in self.tasks.get(tp, ())]
         if pending:
             await asyncio.wait(pending, timeout=grace_s)
-        await self._commit(only=partitions)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._commit(only=partitions), timeout=self.bus.close_timeout_s)
+
+    async def _cancel_handlers(self) -> None:
+        pending = [task for tasks in self.tasks.values() for task in tasks]
+        if pending:
+            await asyncio.gather(
+                *(cancel_and_wait(task, self.bus.close_timeout_s) for task in pending)
+            )
+        self.tasks.clear()
+        self.progress.clear()
+
+    async def _after_failure(self) -> None:
+        # Their offsets cannot be committed any more, so they will be redelivered; let them
+        # finish first rather than run twice at the same time.
+        pending = [task for tasks in self.tasks.values() for task in tasks]
+        if pending:
+            await asyncio.wait(pending, timeout=self.revoke_grace_s)
+        await self._cancel_handlers()
+
+    async def _before_close(self) -> None:
+        await self._drain(set(self.tasks), self.revoke_grace_s)
+        await self._cancel_handlers()
 
     # ConsumerRebalanceListener
     async def on_partitions_revoked(self, revoked) -> None:
@@ -495,21 +1012,10 @@ class _GroupSubscription(Subscription, ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned) -> None:
         return None
 
-    async def stop(self, grace_s: float = 10.0) -> None:
-        if self.loop_task is not None:
-            self.loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.loop_task
-        await self._drain(set(self.tasks), grace_s)
-        for tasks in self.tasks.values():
-            for task in tasks:
-                task.cancel()
-        if self.consumer is not None:
-            await self.consumer.stop()
 
-
-class _BatchSubscription(Subscription):
-    """A consumer-group member handing events to its handler a batch at a time."""
+class _BatchSubscription(_SupervisedConsumer):
+    """A consumer-group member handing events to its handler a batch at a time; a failing
+    batch is split to isolate the event that fails alone (base.handle_batch_isolating)."""
 
     def __init__(
         self,
@@ -519,58 +1025,33 @@ class _BatchSubscription(Subscription):
         handler: BatchHandler,
         max_batch: int,
         retry: RetryPolicy,
+        dependencies: HealthCheck,
     ) -> None:
-        self.bus, self.topics, self.group, self.handler = bus, topics, group, handler
+        super().__init__(bus, f"consume-batch-{group}")
+        self.topics, self.group, self.handler = topics, group, handler
         self.max_batch, self.retry = max_batch, retry
-        self.consumer: AIOKafkaConsumer | None = None
-        self.loop_task: asyncio.Task[None] | None = None
+        self.dependencies = dependencies
 
-    async def start(self) -> None:
-        self.consumer = self.bus._consumer(
-            *self.topics, group=self.group, auto_offset_reset="earliest"
-        )
-        await self.consumer.start()
-        self.loop_task = asyncio.create_task(self._run(), name=f"consume-batch-{self.group}")
+    async def _open(self) -> AIOKafkaConsumer:
+        consumer = self.bus._consumer(*self.topics, group=self.group, auto_offset_reset="earliest")
+        await self.bus._start_consumer(consumer)
+        return consumer
 
-    async def _run(self) -> None:
-        consumer = self.consumer
-        assert consumer is not None
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+            self._polled()
             if not batches:
                 continue
-            events: list[Event] = []
-            records: list[ConsumerRecord] = []
+            items: list[tuple[ConsumerRecord, Event]] = []
             for records_of_partition in batches.values():
                 for record in records_of_partition:
                     try:
-                        events.append(_decode(record))
-                        records.append(record)
+                        items.append((record, _decode(record)))
                     except EventDecodeError as exc:
                         await self.bus.dead_letter(record, self.group, f"undecodable event: {exc}")
-            if events:
-                # One child span per event, covering the batch write, so every request's
-                # trace shows where it was persisted.
-                spans = _batch_spans(records, self.group, events)
-                error = await call_with_retry(
-                    lambda: self.handler(events),
-                    self.retry,
-                    lambda attempt, exc: log.warning(
-                        "batch handler failed, retrying",
-                        group=self.group,
-                        size=len(events),
-                        attempt=attempt,
-                        error=repr(exc),
-                    ),
-                )
-                for event_span in spans:
-                    event_span.end()
-                outcome = "deadlettered" if error is not None else "ok"
-                for record in records:
-                    metrics.EVENTS_HANDLED.labels(record.topic, self.group, outcome).inc()
-                if error is not None:
-                    for record in records:
-                        await self.bus.dead_letter(record, self.group, f"handler failed: {error!r}")
+            if items:
+                await self._handle(items)
             offsets = {
                 tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batches.items()
             }
@@ -578,85 +1059,106 @@ class _BatchSubscription(Subscription):
                 _record_lag(consumer, tp, meta.offset, self.group)
             try:
                 await consumer.commit(offsets)
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # noqa: BLE001 - a failed commit only means redelivery
                 log.warning(
                     "offset commit failed; batch may be redelivered",
                     group=self.group,
                     error=repr(exc),
                 )
+            self._polled()
 
-    async def stop(self) -> None:
-        # Cancelling between batches or mid-handler is safe: uncommitted events are redelivered.
-        if self.loop_task is not None:
-            self.loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.loop_task
-        if self.consumer is not None:
-            await self.consumer.stop()
+    async def _handle(self, items: list[tuple[ConsumerRecord, Event]]) -> None:
+        # One child span per event, covering the batch write, so every request's trace
+        # shows where it was persisted.
+        spans = _batch_spans([r for r, _ in items], self.group, [e for _, e in items])
+        dead: set[tuple[str, int, int]] = set()
+
+        async def dead_letter(item: tuple[ConsumerRecord, Event], error: BaseException) -> None:
+            dead.add((item[0].topic, item[0].partition, item[0].offset))
+            await self.bus.dead_letter(item[0], self.group, f"handler failed: {error!r}")
+
+        try:
+            await handle_batch_isolating(
+                items,
+                lambda chunk: self.handler([event for _, event in chunk]),
+                self.retry,
+                healthy=self.dependencies,
+                dead_letter=dead_letter,
+                on_retry=lambda tries, size, exc: log.warning(
+                    "batch handler failed, retrying",
+                    group=self.group,
+                    size=size,
+                    attempt=tries,
+                    error=repr(exc),
+                ),
+            )
+        finally:
+            for event_span in spans:
+                event_span.end()
+        for record, _ in items:
+            coordinates = (record.topic, record.partition, record.offset)
+            outcome = "deadlettered" if coordinates in dead else "ok"
+            metrics.EVENTS_HANDLED.labels(record.topic, self.group, outcome).inc()
 
 
-class _Listener(Subscription):
-    """Reads new events of some partitions of a topic, without a group and without commits."""
+class _Listener(_SupervisedConsumer):
+    """Reads new events of some partitions of a topic, without a group and without commits.
+    A replaced consumer resumes at the next offset this listener has not read."""
 
-    def __init__(
-        self, bus: KafkaBus, topic: str, handler: Handler, partitions: Sequence[int] | None
-    ) -> None:
-        self.bus, self.topic, self.handler = bus, topic, handler
-        self.partitions = list(partitions) if partitions is not None else None
-        self.consumer: AIOKafkaConsumer | None = None
-        self.loop_task: asyncio.Task[None] | None = None
+    def __init__(self, bus: KafkaBus, topic: str, handler: Handler, partitions: Sequence[int]):
+        super().__init__(bus, f"listen-{topic}")
+        self.topic, self.handler = topic, handler
+        self.partitions = [TopicPartition(topic, p) for p in partitions]
+        self.positions: dict[TopicPartition, int] = {}
 
-    async def start(self) -> None:
-        self.consumer = self.bus._consumer(
-            group=None, auto_offset_reset="latest", fetch_max_wait_ms=100
-        )
-        await self.consumer.start()
-        partitions = self.partitions
-        if partitions is None:
-            # Every partition of the topic, from the producer's (already loaded) metadata.
-            partitions = list(range(await self.bus.partition_count(self.topic)))
-        tps = [TopicPartition(self.topic, p) for p in partitions]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_end(*tps)
-        for tp in tps:
-            # Resolve the position now, so nothing published after start() is missed.
-            await self.consumer.position(tp)
-        self.loop_task = asyncio.create_task(self._run(), name=f"listen-{self.topic}")
+    async def _open(self) -> AIOKafkaConsumer:
+        consumer = self.bus._consumer(group=None, auto_offset_reset="latest", fetch_max_wait_ms=100)
+        await self.bus._start_consumer(consumer)
+        try:
+            consumer.assign(self.partitions)
+            for tp in self.partitions:
+                if tp in self.positions:
+                    consumer.seek(tp, self.positions[tp])
+                else:
+                    await consumer.seek_to_end(tp)
+                    # Resolve the position now, so nothing published after start() is missed.
+                    self.positions[tp] = await consumer.position(tp)
+        except BaseException:
+            await self.bus._close_consumer(consumer)
+            raise
+        return consumer
 
-    async def _run(self) -> None:
-        consumer = self.consumer
-        assert consumer is not None
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             batches = await consumer.getmany(timeout_ms=500)
-            for records in batches.values():
+            self._polled()
+            for tp, records in batches.items():
                 for record in records:
-                    try:
-                        event = _decode(record)
-                    except EventDecodeError as exc:
-                        # The topic's group consumer dead-letters it; a listener only skips it.
-                        log.warning(
-                            "listener skipped undecodable event",
-                            topic=record.topic,
-                            partition=record.partition,
-                            offset=record.offset,
-                            error=str(exc)[:500],
-                        )
-                        continue
-                    try:
-                        with _process_span(record, None, event):
-                            await self.handler(event)
-                    except Exception as exc:  # noqa: BLE001 - one bad event must not stop the listener
-                        log.error(
-                            "listener handler failed",
-                            topic=record.topic,
-                            offset=record.offset,
-                            error=repr(exc),
-                        )
+                    await self._handle(record)
+                    self.positions[tp] = record.offset + 1
 
-    async def stop(self) -> None:
-        if self.loop_task is not None:
-            self.loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.loop_task
-        if self.consumer is not None:
-            await self.consumer.stop()
+    async def _handle(self, record: ConsumerRecord) -> None:
+        try:
+            event = _decode(record)
+        except EventDecodeError as exc:
+            # The topic's group consumer dead-letters it; a listener only skips it.
+            log.warning(
+                "listener skipped undecodable event",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                error=str(exc)[:500],
+            )
+            return
+        try:
+            with _process_span(record, None, event):
+                await self.handler(event)
+        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the listener
+            log.error(
+                "listener handler failed",
+                topic=record.topic,
+                offset=record.offset,
+                error=repr(exc),
+            )

@@ -2,15 +2,17 @@
 
 Same semantics as the Kafka bus where handlers can tell: consumer groups share work,
 listeners see everything published after they started, a failing handler is retried and
-then dead-lettered. Events are passed as the (immutable) objects themselves; nothing is
-durable, which is what embedded mode promises and no more.
+then dead-lettered (only failures while its dependencies work count, and a failing batch
+is split to isolate the event that fails alone), and `consumer_lag` counts what a group
+has not finished (an event is "committed" once its handler is done with it). Events are
+passed as the (immutable) objects themselves; nothing is durable, which is what embedded
+mode promises and no more.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -22,11 +24,15 @@ from switchyard.common.bus.base import (
     BatchHandler,
     EventBus,
     Handler,
+    HealthCheck,
+    Offsets,
     RetryPolicy,
     Subscription,
     call_with_retry,
+    handle_batch_isolating,
 )
 from switchyard.common.events import EnvelopeFields, Event
+from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.bus.memory")
 
@@ -43,15 +49,23 @@ class _Group:
     # (topic, event, trace context of the publisher)
     queue: asyncio.Queue[tuple[str, Event, dict]] = field(default_factory=asyncio.Queue)
     members: int = 0
-    # Events put in the queue, and handled (or dead-lettered) since: see `caught_up`.
+    # Per topic: events published before the group joined, and events it finished handling
+    # since (its "committed offset" is their sum).
+    joined_at: Counter[str] = field(default_factory=Counter)
+    handled: Counter[str] = field(default_factory=Counter)
+    # Events put in the queue since the group joined: see `settled`.
     enqueued: int = 0
-    handled: int = 0
-    progress: asyncio.Condition = field(default_factory=asyncio.Condition)
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def mark_handled(self, count: int) -> None:
-        async with self.progress:
-            self.handled += count
-            self.progress.notify_all()
+    def mark_handled(self, topics: Sequence[str]) -> None:
+        for topic in topics:
+            self.handled[topic] += 1
+        # Wakes every waiter of `settled`; each looks again whether its target is reached.
+        self.progress.set()
+        self.progress = asyncio.Event()
+
+    def handled_total(self) -> int:
+        return sum(self.handled.values())
 
 
 class _TaskSubscription(Subscription):
@@ -60,15 +74,15 @@ class _TaskSubscription(Subscription):
         self._on_stop = on_stop
         self._stopped = False
 
+    def healthy(self) -> bool:
+        return not self._stopped and not any(task.done() for task in self._tasks)
+
     async def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._on_stop:
             self._on_stop()
 
@@ -126,23 +140,42 @@ class InMemoryBus(EventBus):
     async def partition_count(self, topic: str) -> int:
         return self._partitions.get(topic, 1)
 
-    async def caught_up(self, group: str, timeout: float) -> bool:
+    async def end_offsets(self, topics: Sequence[str]) -> Offsets:
+        return {(topic, 0): self.published[topic] for topic in topics}
+
+    async def consumer_lag(
+        self, group: str, topics: Sequence[str], *, until: Offsets | None = None
+    ) -> int:
+        ends = until if until is not None else await self.end_offsets(topics)
+        state = self._groups.get(group)
+        lag = 0
+        for topic in topics:
+            position = 0 if state is None else state.joined_at[topic] + state.handled[topic]
+            lag += max(0, ends.get((topic, 0), 0) - position)
+        return lag
+
+    async def healthy(self) -> bool:
+        return all(subscription.healthy() for subscription in self._subscriptions)
+
+    async def settled(self, group: str, timeout: float) -> bool:
         state = self._groups.get(group)
         if state is None:
             return True
         target = state.enqueued
-        if state.handled >= target:
-            return True
         try:
             async with asyncio.timeout(timeout):
-                async with state.progress:
-                    await state.progress.wait_for(lambda: state.handled >= target)
+                while state.handled_total() < target:
+                    await state.progress.wait()
         except TimeoutError:
             return False
         return True
 
     def _join(self, topics: Sequence[str], group: str) -> _Group:
-        state = self._groups.setdefault(group, _Group())
+        state = self._groups.get(group)
+        if state is None:
+            state = self._groups[group] = _Group()
+            for topic in topics:
+                state.joined_at[topic] = self.published[topic]
         state.members += 1
         for topic in topics:
             self._topic_groups[topic].add(group)
@@ -172,27 +205,31 @@ class InMemoryBus(EventBus):
         *,
         concurrency: int = 1,
         retry: RetryPolicy = RetryPolicy(),
+        healthy: HealthCheck | None = None,
     ) -> Subscription:
         state = self._join(topics, group)
 
         async def worker() -> None:
             while True:
                 topic, event, carrier = await state.queue.get()
-                with _process_span(topic, group, event, carrier):
-                    error = await call_with_retry(
-                        lambda: handler(event),
-                        retry,
-                        lambda attempt, exc: log.warning(
-                            "handler failed, retrying",
-                            topic=topic,
-                            event_id=event.id,
-                            attempt=attempt,
-                            error=repr(exc),
-                        ),
-                    )
-                if error is not None:
-                    self._dead_letter(topic, event, error)
-                await state.mark_handled(1)
+                try:
+                    with _process_span(topic, group, event, carrier):
+                        error = await call_with_retry(
+                            lambda: handler(event),
+                            retry,
+                            lambda attempt, exc: log.warning(
+                                "handler failed, retrying",
+                                topic=topic,
+                                event_id=event.id,
+                                attempt=attempt,
+                                error=repr(exc),
+                            ),
+                            healthy,
+                        )
+                    if error is not None:
+                        self._dead_letter(topic, event, error)
+                finally:
+                    state.mark_handled([topic])
 
         return self._track([asyncio.create_task(worker()) for _ in range(max(1, concurrency))])
 
@@ -203,33 +240,38 @@ class InMemoryBus(EventBus):
         handler: BatchHandler,
         *,
         max_batch: int = 500,
-        retry: RetryPolicy = RetryPolicy(max_attempts=None),
+        retry: RetryPolicy = RetryPolicy(),
+        healthy: HealthCheck | None = None,
     ) -> Subscription:
         state = self._join(topics, group)
+
+        async def dead_letter(item: tuple[str, Event, dict], error: BaseException) -> None:
+            self._dead_letter(item[0], item[1], error)
 
         async def worker() -> None:
             while True:
                 items = [await state.queue.get()]
-                # Let a batch gather for a moment: one transaction for many events is what
-                # keeps a store (history on SQLite) from costing a commit per event.
-                await asyncio.sleep(self.batch_linger_s)
-                while len(items) < max_batch and not state.queue.empty():
-                    items.append(state.queue.get_nowait())
-                events = [event for _, event, _ in items]
-                error = await call_with_retry(
-                    lambda: handler(events),
-                    retry,
-                    lambda attempt, exc: log.warning(
-                        "batch handler failed, retrying",
-                        size=len(events),
-                        attempt=attempt,
-                        error=repr(exc),
-                    ),
-                )
-                if error is not None:
-                    for topic, event, _ in items:
-                        self._dead_letter(topic, event, error)
-                await state.mark_handled(len(items))
+                try:
+                    # Let a batch gather for a moment: one transaction for many events is
+                    # what keeps a store (history on SQLite) from costing a commit per event.
+                    await asyncio.sleep(self.batch_linger_s)
+                    while len(items) < max_batch and not state.queue.empty():
+                        items.append(state.queue.get_nowait())
+                    await handle_batch_isolating(
+                        items,
+                        lambda chunk: handler([event for _, event, _ in chunk]),
+                        retry,
+                        healthy=healthy,
+                        dead_letter=dead_letter,
+                        on_retry=lambda tries, size, exc: log.warning(
+                            "batch handler failed, retrying",
+                            size=size,
+                            attempt=tries,
+                            error=repr(exc),
+                        ),
+                    )
+                finally:
+                    state.mark_handled([topic for topic, _, _ in items])
 
         return self._track([asyncio.create_task(worker())])
 

@@ -5,7 +5,11 @@ it (never validated into a model, never re-serialised, never translated).
 What the gateway checks, per API, is what it reads or what the API cannot do without:
 a JSON object, `model` (a string, to route), `stream` (a boolean, to answer), and the
 presence and type of the top-level fields the API requires (`messages` as a non-empty
-array; `max_tokens` as an integer on Anthropic's Messages; `input` on Embeddings).
+array; `max_tokens` as an integer on Anthropic's Messages, but not on its count_tokens;
+`input` on Embeddings). On OpenAI's Responses API Switchyard itself keeps the
+conversation state, so the gateway checks what it stores: `input` (a string, or items
+whose shape it can store and continue), `previous_response_id`, `store` and `background`,
+naming the field at fault in OpenAI's notation (`input[2].call_id`).
 Everything else (content blocks, roles, a `system` message inside `messages`, unknown
 or brand-new parameters) is left to inference and the provider to judge, so a client
 gets what the provider itself would answer. A refusal is a 400 in the called API's
@@ -37,12 +41,26 @@ MAX_MODEL_LENGTH = 256
 
 @dataclass(frozen=True, slots=True)
 class ClientRequest:
-    """A model request as the client sent it, with what the gateway reads from it."""
+    """A model request as the client sent it, with what the gateway reads from it (and,
+    for a Responses request continuing another, the items of that conversation)."""
 
     api: ClientAPI
     body: dict[str, Any]
     model: str
     stream: bool
+    previous_items: list[dict[str, Any]] | None = None
+
+    @property
+    def admission_body(self) -> dict[str, Any]:
+        """The body whose size budgets and rate limits reserve for: the body as sent, with
+        the items of the conversation a Responses request continues ahead of its `input`
+        (they reach the model too, so they count as prompt tokens)."""
+        if not self.previous_items:
+            return self.body
+        current = self.body.get("input")
+        if isinstance(current, str):
+            current = [{"role": "user", "content": current}]
+        return {**self.body, "input": [*self.previous_items, *(current or [])]}
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -151,6 +169,14 @@ def read_messages(body: dict[str, Any]) -> ClientRequest:
     return ClientRequest(ClientAPI.ANTHROPIC_MESSAGES, body, model, _stream(body))
 
 
+def read_count_tokens(body: dict[str, Any]) -> ClientRequest:
+    """An Anthropic count_tokens request body (a Messages body without `max_tokens`;
+    never streamed)."""
+    model = _model(body)
+    _messages(body)
+    return ClientRequest(ClientAPI.ANTHROPIC_COUNT_TOKENS, body, model, False)
+
+
 def read_embeddings(body: dict[str, Any]) -> ClientRequest:
     """An OpenAI Embeddings request body (never streamed)."""
     model = _model(body)
@@ -166,12 +192,119 @@ READERS = {
     ClientAPI.OPENAI_CHAT_COMPLETIONS: read_chat_completions,
     ClientAPI.ANTHROPIC_MESSAGES: read_messages,
     ClientAPI.OPENAI_EMBEDDINGS: read_embeddings,
+    ClientAPI.ANTHROPIC_COUNT_TOKENS: read_count_tokens,
 }
+
+# Responses API input items whose fields the gateway checks (others are the provider's).
+_MESSAGE_ROLES = ("user", "assistant", "system", "developer")
+_ITEM_STRINGS = {
+    "function_call": ("call_id", "name", "arguments"),
+    "function_call_output": ("call_id",),
+}
+
+
+def _invalid_value(param: str, message: str) -> APIError:
+    return APIError(
+        400, f"Invalid value for '{param}': {message}", param=param, code="invalid_value"
+    )
+
+
+def _response_item(item: Any, where: str) -> None:
+    if not isinstance(item, dict):
+        raise _invalid_type(where, "an object", item)
+    kind = item.get("type")
+    if kind is None:
+        if "role" not in item:
+            raise _missing(f"{where}.type")
+        kind = "message"
+    elif not isinstance(kind, str):
+        raise _invalid_type(f"{where}.type", "a string", kind)
+    if kind == "message":
+        role = item.get("role")
+        if role is None:
+            raise _missing(f"{where}.role")
+        if role not in _MESSAGE_ROLES:
+            raise _invalid_value(f"{where}.role", f"must be one of {', '.join(_MESSAGE_ROLES)}.")
+        content = item.get("content")
+        if content is None:
+            raise _missing(f"{where}.content")
+        if not isinstance(content, str | list):
+            raise _invalid_type(f"{where}.content", "a string or an array", content)
+        if isinstance(content, list):
+            for position, part in enumerate(content):
+                part_where = f"{where}.content[{position}]"
+                if not isinstance(part, dict):
+                    raise _invalid_type(part_where, "an object", part)
+                if not isinstance(part.get("type"), str):
+                    raise _missing(f"{part_where}.type")
+    elif kind == "item_reference":
+        raise _invalid_value(
+            where,
+            "item references cannot be resolved by this gateway; send the item itself, or "
+            "continue a stored response with 'previous_response_id'.",
+        )
+    for name in _ITEM_STRINGS.get(kind, ()):
+        value = item.get(name)
+        if value is None:
+            raise _missing(f"{where}.{name}")
+        if not isinstance(value, str):
+            raise _invalid_type(f"{where}.{name}", "a string", value)
+    if kind == "function_call_output":
+        output = item.get("output")
+        if output is None:
+            raise _missing(f"{where}.output")
+        if not isinstance(output, str | list):
+            raise _invalid_type(f"{where}.output", "a string or an array", output)
+
+
+def _boolean(body: dict[str, Any], name: str) -> bool | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise _invalid_type(name, "a boolean", value)
+    return value
+
+
+def read_responses(body: dict[str, Any]) -> ClientRequest:
+    """An OpenAI Responses request body: `input` a string or an array of items whose
+    shape Switchyard can store and continue (messages with a role and content, function
+    calls and their outputs with their `call_id`...; item references are refused),
+    `previous_response_id` a string, `store` and `background` booleans, a background
+    response stored and not streamed (as OpenAI requires)."""
+    model = _model(body)
+    stream = _stream(body)
+    value = body.get("input")
+    if value is not None:
+        if not isinstance(value, str | list):
+            raise _invalid_type("input", "a string or an array", value)
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                _response_item(item, f"input[{index}]")
+    previous = body.get("previous_response_id")
+    if previous is not None and not isinstance(previous, str):
+        raise _invalid_type("previous_response_id", "a string", previous)
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str | list):
+        raise _invalid_type("instructions", "a string or an array", instructions)
+    store = _boolean(body, "store")
+    if _boolean(body, "background"):
+        if store is False:
+            raise _invalid_value(
+                "background", "a background response must be stored; remove 'store: false'."
+            )
+        if stream:
+            raise _invalid_value(
+                "background",
+                "background responses are not streamed here; poll GET /v1/responses/{id} "
+                "instead, or remove 'stream'.",
+            )
+    return ClientRequest(ClientAPI.OPENAI_RESPONSES, body, model, stream)
 
 
 def read_request(api: ClientAPI, raw: bytes) -> ClientRequest:
     """The request in `raw` (the HTTP body) for `api`; APIError 400 naming the field at
     fault if the gateway cannot route or answer it."""
+    if api is ClientAPI.OPENAI_RESPONSES:
+        return read_responses(parse_json_object(raw))
     return READERS[api](parse_json_object(raw))
 
 

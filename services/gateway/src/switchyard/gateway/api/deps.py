@@ -3,7 +3,9 @@ caller with the scope the route needs.
 
 Which scope a route needs is decided here, in one table, by the route's path and method:
 generating anything (chat, messages, embeddings, jobs) needs `chat`; reading history and
-usage needs `history:read`, changing anything under them `history:write`; listing models
+usage needs `history:read`, changing anything under them `history:write`; reading replays
+`history:read`, creating, stopping or resuming them `chat` (and creating also
+`history:read`); listing models
 needs only valid credentials. Secrets need `admin` besides (the history settings route
 checks that itself: the webhook signing secret is shown, and rotated, only with it). A
 valid credential without the scope gets 403; missing or invalid credentials get 401;
@@ -40,6 +42,9 @@ ROUTE_SCOPES: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("/v1/history", scopes.HISTORY_WRITE, ANY_METHOD),
     ("/v1/usage", scopes.HISTORY_READ, READS),
     ("/v1/usage", scopes.HISTORY_WRITE, ANY_METHOD),
+    # Replays read the history and generate (POST also checks history:read itself).
+    ("/v1/replays", scopes.HISTORY_READ, READS),
+    ("/v1/replays", scopes.CHAT, ANY_METHOD),
 )
 
 
@@ -78,8 +83,8 @@ async def authenticated_principal(
     except AuthenticationError:
         raise APIError(
             401,
-            "Invalid or missing credentials. Send an API key or access token as "
-            "'Authorization: Bearer <credential>'.",
+            "Invalid or missing credentials. Send an API key as 'x-api-key: <key>' or "
+            "an API key or access token as 'Authorization: Bearer <credential>'.",
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         ) from None

@@ -103,9 +103,9 @@ async def list_history(
     Query parameters: `limit` (1-100, default 20), `cursor` (the previous page's
     `next_cursor`), `since` and `until` (ISO 8601, e.g. `2025-03-01T00:00:00Z`, a date, or
     relative like `7d`), `model`, `status` (comma-separated: pending, completed, failed,
-    cancelled, expired, refused), `api_key_id`, and for admins `user_id`. Each request is
-    shown in the API the client called (`api`), with its usage: input, output, cache-read,
-    cache-creation and reasoning tokens."""
+    cancelled, expired, refused), `api_key_id`, `team_id`, and for admins `user_id`. Each
+    request is shown in the API the client called (`api`), with its team and its usage:
+    input, output, cache-read, cache-creation and reasoning tokens."""
     return await forward(gateway, principal, "/v1/history", request)
 
 
@@ -136,7 +136,8 @@ async def put_settings(
 ) -> Response:
     """Body: `store_content` (false: metadata only, no prompt or completion text),
     `retention_days`, `clear_retention`, `rotate_webhook_secret` (needs the `admin`
-    scope). Needs the `history:write` scope."""
+    scope), `cache_enabled` and `cache_ttl_s` (the response cache for every request of
+    the tenant). Needs the `history:write` scope."""
     changes = parse_json_object(await request.body())
     if changes.get("rotate_webhook_secret") and scopes.ADMIN not in principal.scopes:
         raise insufficient_scope(scopes.ADMIN)

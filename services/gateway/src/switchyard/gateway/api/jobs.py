@@ -201,6 +201,7 @@ async def create_job(
     try:
         await gateway.bus.publish(gateway.topics.requests_batch, event, key=job_id)
     except EventTooLargeError as exc:
+        ticket.cancel()  # never published: nothing will settle it
         log.error("job too large for the event bus", error=str(exc))
         raise too_large_for_bus() from None
     except BusUnavailableError as exc:

@@ -2,7 +2,13 @@
 (Claude Code, the Vercel AI SDK...). The body and the `anthropic-version` and
 `anthropic-beta` headers are published as they came; the reply (a `message`, or the
 event stream `message_start` ... `message_stop`) is relayed as inference sent it,
-already in this API's shape, whatever protocol the model's deployment speaks."""
+already in this API's shape, whatever protocol the model's deployment speaks.
+
+`POST /v1/messages/count_tokens` takes the same path through the bus (the same
+credentials, scope, model access check, deadline and history as any model request; only
+inference holds provider credentials): an Anthropic-protocol deployment counts the tokens
+itself, any other gets an estimate from a tokenizer, which the answer says in
+`x-switchyard-token-count` (`exact` or `estimate`)."""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from switchyard.common.events import ClientAPI
 from switchyard.gateway.api.body import openapi_body, read_request
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.dispatch import Dispatch
-from switchyard.gateway.schemas import AnthropicMessagesRequest
+from switchyard.gateway.schemas import AnthropicCountTokensRequest, AnthropicMessagesRequest
 
 router = APIRouter(prefix="/v1", tags=["messages"])
 
@@ -28,5 +34,21 @@ async def create_message(
 ) -> Response:
     """Create a message; streams Anthropic's Server-Sent Events when `stream` is true."""
     client = read_request(ClientAPI.ANTHROPIC_MESSAGES, await request.body())
+    dispatch = await Dispatch.start(gateway, request, principal, client)
+    return await dispatch.answer()
+
+
+@router.post(
+    "/messages/count_tokens",
+    summary="Count the tokens of a message (Anthropic-compatible)",
+    openapi_extra=openapi_body(AnthropicCountTokensRequest),
+    response_model=None,
+)
+async def count_message_tokens(
+    request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
+    """Count the input tokens of a Messages request, `{"input_tokens": N}`: the model's own
+    count, or an estimate (`x-switchyard-token-count: estimate`)."""
+    client = read_request(ClientAPI.ANTHROPIC_COUNT_TOKENS, await request.body())
     dispatch = await Dispatch.start(gateway, request, principal, client)
     return await dispatch.answer()

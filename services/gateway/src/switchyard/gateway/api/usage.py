@@ -21,8 +21,8 @@ router = APIRouter(prefix="/v1/usage", tags=["usage"])
 async def get_usage(request: Request, principal: CurrentPrincipal, gateway: GatewayDep) -> Response:
     """Query parameters: `since` (default 30 days ago) and `until` (default now), ISO 8601
     or relative (`7d`); `group_by`, comma-separated: `day` or `hour`, and any of `model`,
-    `user`, `api_key` (default `day`; without day or hour, totals over the range);
-    filters `model`, `api_key_id`, and for admins `user_id`; `format=csv` for CSV. Rows
+    `user`, `api_key`, `team` (default `day`; without day or hour, totals over the range);
+    filters `model`, `api_key_id`, `team_id`, and for admins `user_id`; `format=csv` for CSV. Rows
     count requests, completed, errors (failed, expired, refused), cancelled, input and
     output tokens, cost, and the cache-read, cache-creation and reasoning tokens.
     JSON answers also carry `budgets`: spend against every budget above the caller in its

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request
 from starlette.responses import RedirectResponse, Response
 
+from switchyard.gateway.api.admin import budget_spend
 from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, Principal
 from switchyard.gateway.console import conversation, views
 from switchyard.gateway.console.backend import BackendError, ConsoleBackend, TokenPair
@@ -656,10 +657,28 @@ async def _team_spend(
     return spend, None
 
 
+async def _member_team_spend(request: Request, viewer: Viewer) -> tuple[float | None, str | None]:
+    """(USD the caller's team spent in its current budget period, None) from the limit
+    ledger, fleet-wide (history would show only the member's own requests); (None, reason)
+    when it cannot be read."""
+    try:
+        spend = await budget_spend(backend_of(request).gateway, viewer.principal)
+    except LookupError:
+        return None, "the limit store cannot be read right now."
+    for budget in spend.data:
+        if budget.level == "team":
+            return budget.spent_usd, None
+    return None, "this gateway does not enforce budgets."
+
+
 @router.get("/teams")
 async def teams(request: Request, viewer: CurrentViewer) -> Response:
-    """Teams with spend against budget and when budgets reset; members see the limits
-    that apply to them. Without teams on this server, the page says so."""
+    """Teams with spend against budget and when budgets reset; members see their team
+    and the limits that apply to them. Without teams on this server, the page says so.
+
+    Admins: every team of the tenant (auth's `GET /v1/admin/teams`), spend from history's
+    usage grouped by team since each budget period's start. Members: their team from
+    auth's `GET /v1/me` (its id: members cannot list teams), spend from the limit ledger."""
     backend = backend_of(request)
     me = await _governance(request, viewer)
     if me is None:
@@ -675,13 +694,21 @@ async def teams(request: Request, viewer: CurrentViewer) -> Response:
         level = me["levels"].get("team") or {}
         rows = [{"id": me["team_id"], "name": me["team_id"], "limits": level.get("limits") or {}}]
     now = datetime.now(UTC)
+    day_s = backend.gateway.settings.budget_day_s
     for row in rows:
-        row["period"] = views.budget_period(row["limits"], now)
-    starts = {row["period"][0] for row in rows if row["period"] is not None}
-    spend, spend_unavailable = await _team_spend(request, viewer, starts) if starts else ({}, None)
-    for row in rows:
-        if row["period"] is not None:
-            row["spend_usd"] = spend.get((row["period"][0], row["id"]), 0.0)
+        row["period"] = views.budget_period(row["limits"], now, day_s)
+        row["spend_usd"] = None
+    budgeted = [row for row in rows if row["period"] is not None]
+    spend_unavailable = None
+    if viewer.is_admin and budgeted:
+        starts = {row["period"][0] for row in budgeted}
+        spend, spend_unavailable = await _team_spend(request, viewer, starts)
+        for row in budgeted:
+            if spend_unavailable is None:
+                row["spend_usd"] = spend.get((row["period"][0], row["id"]), 0.0)
+    elif budgeted:
+        [row] = budgeted
+        row["spend_usd"], spend_unavailable = await _member_team_spend(request, viewer)
     levels = me.get("levels") if isinstance(me.get("levels"), dict) else {}
     return render(
         request,

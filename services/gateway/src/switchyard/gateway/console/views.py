@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from switchyard.common.governance import BudgetClock
+
 
 @dataclass(frozen=True)
 class Range:
@@ -50,7 +52,7 @@ USAGE_GROUPS = {
 }
 # Budget periods as the governance API names them, in days.
 BUDGET_PERIODS = {"1d": 1, "7d": 7, "30d": 30}
-REQUEST_STATUSES = ("pending", "completed", "failed", "cancelled", "expired")
+REQUEST_STATUSES = ("pending", "completed", "failed", "cancelled", "expired", "refused")
 JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired")
 
 
@@ -167,14 +169,18 @@ def json_text(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
-def budget_period(limits: dict[str, Any], now: datetime) -> tuple[datetime, datetime] | None:
-    """(start, reset) of the budget period containing `now`: periods start at the
-    budget's anchor plus whole periods. None without a budget, a period or an anchor."""
-    days = BUDGET_PERIODS.get(limits.get("budget_period") or "")
+def budget_period(
+    limits: dict[str, Any], now: datetime, day_s: float = 86_400.0
+) -> tuple[datetime, datetime | None] | None:
+    """(start, reset) of the budget period containing `now`, as admission counts it
+    (`BudgetClock`: periods start at the budget's anchor plus whole periods of
+    `day_s`-second days; a budget without a period runs from its anchor and never
+    resets: reset None). None without a budget or an anchor."""
     anchor = parse_iso(limits.get("budget_anchor_at"))
-    if not limits.get("max_budget_usd") or days is None or anchor is None:
+    period = limits.get("budget_period") or None
+    if limits.get("max_budget_usd") is None or anchor is None:
         return None
-    length = timedelta(days=days)
-    elapsed = max(0, int((now - anchor) / length))
-    start = anchor + elapsed * length
-    return start, start + length
+    if period is not None and period not in BUDGET_PERIODS:
+        return None
+    found = BudgetClock(day_s=day_s).period(period, anchor, now)
+    return found.start, found.end

@@ -103,6 +103,8 @@ class Refused(APIError):
         headers: dict[str, str] | None = None,
     ) -> None:
         self.level, self.scope_id, self.kind = level, scope_id, kind
+        # The caller's team, for the refusal's record (set by `Admission.admit`).
+        self.team_id: str | None = None
         self.limit, self.reset_at = limit, reset_at
         who = f"{LEVEL_NAMES.get(level, level)} {scope_id}"
         retry_after = max(1, math.ceil(reset_at - now)) if reset_at is not None else 1
@@ -232,6 +234,13 @@ class Ticket:
         if self.admission is not None and not self.settled:
             self.admission._undo(self)
 
+    def settle(self, *, tokens: float, cost_usd: float) -> None:
+        """The request ended here without a usage event to wait for (a response cache
+        hit): settle its reservations with `tokens` used and `cost_usd` spent (USD); the
+        request itself stays counted against requests-per-minute limits."""
+        if self.admission is not None and not self.settled:
+            self.admission._settle(self, {"tokens": tokens, "spend": cost_usd, "parallel": 0.0})
+
     def openai_headers(self) -> dict[str, str]:
         """`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` (OpenAI's)."""
         headers: dict[str, str] = {}
@@ -319,6 +328,15 @@ class Admission:
             ) from None
         if not policy.limited:
             return Ticket(team_id=policy.team_id)
+        try:
+            return await self._admit_limited(policy, model, body, embeddings)
+        except Refused as refused:
+            refused.team_id = policy.team_id  # recorded with the refusal
+            raise
+
+    async def _admit_limited(
+        self, policy: Policy, model: str, body: dict[str, Any], embeddings: bool
+    ) -> Ticket:
         needs = self._needs(policy, model, body, embeddings)
         # Each round either admits, refuses (a refill found the counter exhausted), or
         # waits for a refill that granted something, which other waiting requests may
@@ -601,13 +619,19 @@ class Admission:
         ticket = self._pending.pop(event.request_id, None)
         if ticket is None or ticket.settled:
             return
-        ticket.settled = True
         usage = event.data.usage
         used = {
             "tokens": float(usage.input_tokens + usage.output_tokens),
             "spend": float(event.data.cost_usd),
             "parallel": 0.0,
         }
+        self._settle(ticket, used)
+
+    def _settle(self, ticket: Ticket, used: dict[str, float]) -> None:
+        """Settle `ticket` with what it used, by kind (`tokens`, `spend`, `parallel`)."""
+        ticket.settled = True
+        if ticket.request_id is not None:
+            self._pending.pop(ticket.request_id, None)
         for reservation in ticket.reservations:
             spent = used[reservation.kind]
             counter = (reservation.scope, reservation.kind)

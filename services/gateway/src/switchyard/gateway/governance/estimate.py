@@ -13,34 +13,18 @@ counted too, which makes the estimate a little high: safe for a reservation.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import Any
 
 from switchyard.common.pricing import PriceTable
+from switchyard.common.tokenizer import encoding
 
-ENCODING = "o200k_base"
 # Per message: the tokens chat formats add around each message (OpenAI's cookbook: 3-4).
 MESSAGE_OVERHEAD = 4
 # An image part: a low-detail image costs 85 tokens at OpenAI; larger ones are settled.
 IMAGE_TOKENS = 85
 TEXT_FIELDS = ("messages", "system", "input", "instructions", "prompt", "tools", "functions")
 OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
-
-_encoding: Any = None
-_encoding_lock = threading.Lock()
-
-
-def encoding() -> Any:
-    """The tokenizer, loaded once (about 0.3 s; `warm_up` does it at start-up)."""
-    global _encoding
-    if _encoding is None:
-        with _encoding_lock:
-            if _encoding is None:
-                import bpe_openai
-
-                _encoding = bpe_openai.get_encoding(ENCODING)
-    return _encoding
 
 
 def warm_up() -> None:

@@ -79,7 +79,7 @@ async def record_refusal(
     api: ClientAPI | None = None,
 ) -> None:
     """Publish the refusal's events in the background (the client is answered at once)."""
-    events = refusal_events(principal, request_id, model, refused, api)
+    events = refusal_events(principal, request_id, model, refused, api, refused.team_id)
     topics = {"replies": gateway.topics.replies, "usage": gateway.topics.usage}
 
     async def publish() -> None:

@@ -8,6 +8,7 @@ from fastapi import Depends, Header, Request
 
 from switchyard.common.errors import APIError
 from switchyard.history.bootstrap import HistoryComponents
+from switchyard.history.cache import CacheStore
 from switchyard.history.idempotency import IdempotencyStore
 from switchyard.history.queries import Caller, HistoryQueries
 from switchyard.history.tenants import TenantSettingsStore
@@ -58,8 +59,17 @@ def idempotency_store(request: Request) -> IdempotencyStore:
     return request.app.state.history.idempotency
 
 
+def cache_store(request: Request) -> CacheStore:
+    return request.app.state.history.cache
+
+
+def replay_store(request: Request):
+    return request.app.state.history.replays
+
+
 CallerDep = Annotated[Caller, Depends(caller_identity)]
 QueriesDep = Annotated[HistoryQueries, Depends(history_queries)]
 TenantsDep = Annotated[TenantSettingsStore, Depends(tenant_settings)]
 IdempotencyDep = Annotated[IdempotencyStore, Depends(idempotency_store)]
+CacheDep = Annotated[CacheStore, Depends(cache_store)]
 ComponentsDep = Annotated[HistoryComponents, Depends(components)]

@@ -34,6 +34,14 @@ class TenantSettingsBody(BaseModel):
     rotate_webhook_secret: bool = Field(
         default=False, description="Replace the secret job webhooks are signed with."
     )
+    cache_enabled: bool | None = Field(
+        default=None,
+        description="Answer repeated deterministic requests of the tenant from the response "
+        "cache (requests may still opt out with `X-Switchyard-Cache: off`).",
+    )
+    cache_ttl_s: int | None = Field(
+        default=None, ge=1, le=7 * 86_400, description="How long cached answers are reused."
+    )
 
 
 def _require_admin(caller: Caller) -> None:
@@ -75,6 +83,10 @@ def history_router(internal_token: str) -> APIRouter:
         user_id: Annotated[
             str | None, Query(max_length=128, description="Admins: one user's requests.")
         ] = None,
+        team_id: Annotated[
+            str | None,
+            Query(max_length=128, description="Only requests made as a member of this team."),
+        ] = None,
     ) -> HistoryList:
         """The caller's requests (the whole tenant's for admins), newest first."""
         time_from, time_to = parse_time_range(since, until)
@@ -85,6 +97,7 @@ def history_router(internal_token: str) -> APIRouter:
             statuses=tuple(parse_statuses(status, STATUSES)),
             api_key_id=api_key_id,
             user_id=user_id,
+            team_id=team_id,
         )
         try:
             page = await queries.list_requests(caller, limit=limit, cursor=cursor, filters=filters)
@@ -114,7 +127,10 @@ def history_router(internal_token: str) -> APIRouter:
         changes: dict = {
             "store_content": body.store_content,
             "rotate_webhook_secret": body.rotate_webhook_secret,
+            "cache_enabled": body.cache_enabled,
         }
+        if body.cache_ttl_s is not None:
+            changes["cache_ttl_s"] = body.cache_ttl_s
         if body.clear_retention:
             changes["retention_days"] = None
         elif body.retention_days is not None:

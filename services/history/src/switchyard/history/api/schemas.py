@@ -58,14 +58,17 @@ class HistoryItem(BaseModel):
         "was passed through, another when it was translated."
     )
     request: dict[str, Any] | None = Field(
-        description="The request body as the client sent it, in `api`'s shape."
+        description="The request body as the client sent it, in `api`'s shape; null for a "
+        "request refused at admission (it never ran, and is recorded without its body)."
     )
     response: dict[str, Any] | None = Field(
         description="The reply body once completed, in `api`'s shape (a `chat.completion`, "
         "an Anthropic `message`, an embeddings `list`)."
     )
     error: dict[str, Any] | None = Field(
-        description="Why the request failed, was cancelled or expired."
+        description="Why the request failed, was cancelled, expired or was refused (for a "
+        "refusal: `code` `rate_limit_exceeded` or `insufficient_quota`, and a `message` "
+        "naming the level, the limit and when it resets)."
     )
     usage: HistoryUsage
     latency_ms: float | None
@@ -73,6 +76,13 @@ class HistoryItem(BaseModel):
     deployment: str | None
     api_key_id: str | None
     user_id: str | None
+    cache_hit: bool = Field(
+        default=False, description="Answered from the response cache (no upstream call)."
+    )
+    replay_of: str | None = Field(
+        default=None, description="For a replayed request: the recorded request it replays."
+    )
+    team_id: str | None = Field(description="The caller's team when the request was made.")
 
 
 class HistoryList(BaseModel):
@@ -102,4 +112,7 @@ def history_item(row: dict[str, Any]) -> HistoryItem:
         deployment=row["deployment"],
         api_key_id=row["api_key_id"],
         user_id=row["user_id"],
+        cache_hit=bool(row.get("cache_hit")),
+        replay_of=row.get("replay_of"),
+        team_id=row["team_id"],
     )

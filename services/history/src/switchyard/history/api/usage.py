@@ -40,13 +40,17 @@ def usage_router(internal_token: str) -> APIRouter:
             str | None,
             Query(
                 description="Comma-separated: day or hour (time buckets), and any of model, "
-                "user, api_key. Default: day."
+                "user, api_key, team. Default: day."
             ),
         ] = None,
         model: Annotated[str | None, Query(max_length=256)] = None,
         api_key_id: Annotated[str | None, Query(max_length=128)] = None,
         user_id: Annotated[
             str | None, Query(max_length=128, description="Admins: one user's usage.")
+        ] = None,
+        team_id: Annotated[
+            str | None,
+            Query(max_length=128, description="Only requests made as a member of this team."),
         ] = None,
         format: Annotated[str | None, Query(description="json (default) or csv.")] = None,
         accept: Annotated[str | None, Header()] = None,
@@ -76,6 +80,7 @@ def usage_router(internal_token: str) -> APIRouter:
             user_id=user_id if caller.sees_whole_tenant else caller.user_id,
             model=model,
             api_key_id=api_key_id,
+            team_id=team_id,
         )
         rows = await queries.usage(query)
         if as_csv:

@@ -1,0 +1,210 @@
+"""OpenAI's Responses API vocabulary shared by the services: response ids, the input items
+a response is generated from, and the `response` object around its output.
+
+- The gateway answers a background request at once with a `queued` response
+  (`response_object`) and refuses requests whose `input` it cannot store;
+- inference names every reply it shapes with `response_id` and echoes the request's
+  parameters with `response_object`;
+- history keeps each response's input items (`input_items`: the conversation it
+  continued, then its own `input`, each with an id) and output items, so that
+  `previous_response_id` works on every model, and answers `GET /v1/responses/{id}`.
+
+A response id is `resp_` + the creation time (8 hexadecimal digits of Unix seconds) + the
+request id. The request id finds the stored state; the creation time tells a response
+purged by its tenant's retention from one that never existed. The format follows the
+Responses API reference (https://platform.openai.com/docs/api-reference/responses); only
+OpenAI's own ids are opaque, these are Switchyard's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from switchyard.common.events import TokenUsage
+
+RESPONSE_ID_PREFIX = "resp_"
+_TIME_DIGITS = 8
+
+# Roles of message items the client writes (`assistant` messages are earlier output).
+INPUT_ROLES = ("user", "system", "developer")
+MESSAGE_ROLES = (*INPUT_ROLES, "assistant")
+
+
+@dataclass(frozen=True)
+class ResponseRef:
+    """What a response id says: the request that produced it, and when it was created."""
+
+    request_id: str
+    created_at: datetime
+
+
+def response_id(request_id: str, created_at: datetime) -> str:
+    """The id of the response a request produces (`resp_<8 hex digits of Unix seconds>
+    <request id>`)."""
+    return f"{RESPONSE_ID_PREFIX}{int(created_at.timestamp()):0{_TIME_DIGITS}x}{request_id}"
+
+
+def parse_response_id(value: str) -> ResponseRef | None:
+    """The request and creation time of a response id made by `response_id`; None for
+    anything else (another format, or no request id after the time)."""
+    if not value.startswith(RESPONSE_ID_PREFIX):
+        return None
+    rest = value[len(RESPONSE_ID_PREFIX) :]
+    stamp, request_id = rest[:_TIME_DIGITS], rest[_TIME_DIGITS:]
+    if len(stamp) != _TIME_DIGITS or not request_id:
+        return None
+    try:
+        seconds = int(stamp, 16)
+    except ValueError:
+        return None
+    return ResponseRef(request_id, datetime.fromtimestamp(seconds, UTC))
+
+
+# --------------------------------------------------------------------------- input items
+
+
+def _item_id(kind: str, request_id: str, position: int) -> str:
+    prefix = {
+        "message": "msg",
+        "function_call": "fc",
+        "function_call_output": "fco",
+        "reasoning": "rs",
+    }.get(kind, "item")
+    return f"{prefix}_{request_id}_{position}"
+
+
+def _message_content(role: str, content: Any) -> Any:
+    """A message's content as a list of parts (a string is one text part)."""
+    if isinstance(content, str):
+        if role == "assistant":
+            return [{"type": "output_text", "text": content, "annotations": []}]
+        return [{"type": "input_text", "text": content}]
+    return content
+
+
+def input_items(value: Any, request_id: str) -> list[dict[str, Any]]:
+    """The items of a request's `input` as history stores and lists them: a string is one
+    user message; a message without `type` gets `type: message`; string contents become
+    one text part; every item without an `id` gets one derived from the request id and
+    its position (the same on every replica). Items are otherwise kept as sent."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [{"role": "user", "content": value}]
+    if not isinstance(value, list):
+        return []
+    items: list[dict[str, Any]] = []
+    for position, raw in enumerate(value):
+        if not isinstance(raw, dict):
+            continue
+        item = dict(raw)
+        kind = item.get("type")
+        if kind is None and "role" in item:
+            kind = item["type"] = "message"
+        if kind == "message":
+            role = item.get("role")
+            role = role if isinstance(role, str) else ""
+            item["content"] = _message_content(role, item.get("content"))
+            item.setdefault("status", "completed")
+        if not isinstance(item.get("id"), str) or not item["id"]:
+            item["id"] = _item_id(str(kind), request_id, position)
+        items.append(item)
+    return items
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def usage_object(usage: TokenUsage) -> dict[str, Any]:
+    """A Responses `usage` object from Switchyard's TokenUsage (input counts cached
+    tokens too; `cached_tokens` and `cache_write_tokens` say how many; reasoning is a
+    part of output)."""
+    return {
+        "input_tokens": usage.input_tokens,
+        "input_tokens_details": {
+            "cached_tokens": usage.cache_read_input_tokens,
+            "cache_write_tokens": usage.cache_creation_input_tokens,
+        },
+        "output_tokens": usage.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def _reasoning(body: dict[str, Any]) -> dict[str, Any]:
+    reasoning = body.get("reasoning")
+    if not isinstance(reasoning, dict):
+        return {"effort": None, "summary": None}
+    return {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")}
+
+
+def _text(body: dict[str, Any]) -> dict[str, Any]:
+    text = body.get("text")
+    text = dict(text) if isinstance(text, dict) else {}
+    text.setdefault("format", {"type": "text"})
+    text.setdefault("verbosity", "medium")
+    return text
+
+
+def response_object(
+    body: dict[str, Any],
+    *,
+    id: str,
+    created_at: datetime,
+    model: str,
+    status: str,
+    output: list[dict[str, Any]] | None = None,
+    usage: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    incomplete_details: dict[str, Any] | None = None,
+    completed_at: datetime | None = None,
+) -> dict[str, Any]:
+    """A Responses `response` object for request `body`: the request's parameters as the
+    Responses API echoes them (defaults where the request left them out), with the given
+    status, output, usage and error."""
+    metadata = body.get("metadata")
+    return {
+        "id": id,
+        "object": "response",
+        "created_at": int(created_at.timestamp()),
+        "status": status,
+        "background": body.get("background") is True,
+        "completed_at": int(completed_at.timestamp()) if completed_at else None,
+        "error": error,
+        "incomplete_details": incomplete_details,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "max_tool_calls": body.get("max_tool_calls"),
+        "model": model,
+        "output": output if output is not None else [],
+        "parallel_tool_calls": body.get("parallel_tool_calls") is not False,
+        "previous_response_id": body.get("previous_response_id"),
+        "prompt_cache_key": body.get("prompt_cache_key"),
+        "reasoning": _reasoning(body),
+        "safety_identifier": body.get("safety_identifier"),
+        "service_tier": body.get("service_tier") or "default",
+        "store": body.get("store") is not False,
+        "temperature": body.get("temperature", 1.0),
+        "text": _text(body),
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") if isinstance(body.get("tools"), list) else [],
+        "top_logprobs": body.get("top_logprobs", 0),
+        "top_p": body.get("top_p", 1.0),
+        "truncation": body.get("truncation") or "disabled",
+        "usage": usage,
+        "user": body.get("user"),
+        "metadata": metadata if isinstance(metadata, dict) else {},
+    }
+
+
+def error_object(status: int, message: str, code: str | None = None) -> dict[str, Any]:
+    """The `error` of a failed response: OpenAI names few codes there
+    (`server_error`, `rate_limit_exceeded`, `invalid_prompt`...); a refused request keeps
+    its own code."""
+    if status == 429:
+        code = "rate_limit_exceeded"
+    elif code is None or status >= 500:
+        code = "server_error"
+    return {"code": code, "message": message}

@@ -1,0 +1,75 @@
+"""`POST /internal/v1/admissions`: budgets and rate limits for requests the gateway does not
+publish itself (history's replay runner sends replayed requests on the batch lane).
+
+Internal (the shared internal token, `X-Internal-Token`), not in the public API. Body:
+`{"request_id": str, "tenant": str, "user_id": str, "api_key_id": str | null, "api":
+<contract API value>, "model": str, "body": {...}, "timeout_s": float}`. The request is
+admitted against every limit above the user and key, like a request made to this gateway;
+its usage event (which every replica listens to) settles it here.
+
+Answers: 200 `{"team_id": str | null}` (put it on the request); 429 in OpenAI's error
+format, `rate_limit_exceeded` (with `Retry-After`: send it later) or `insufficient_quota`
+(a budget is used up); 503 `limits_unavailable`; 400 for a body that is not one of these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from switchyard.common.events import ClientAPI
+from switchyard.common.http import internal_token_dependency
+from switchyard.gateway.api.deps import GatewayDep
+
+
+class AdmissionIn(BaseModel):
+    request_id: str = Field(min_length=1, max_length=64)
+    tenant: str = Field(min_length=1, max_length=128)
+    user_id: str = Field(min_length=1, max_length=128)
+    api_key_id: str | None = Field(default=None, max_length=128)
+    api: ClientAPI
+    model: str = Field(min_length=1, max_length=256)
+    body: dict[str, Any]
+    timeout_s: float = Field(default=3600.0, gt=0, le=7 * 86400)
+
+
+class AdmissionOut(BaseModel):
+    team_id: str | None
+
+
+@dataclass(frozen=True)
+class _Caller:
+    """What admission needs of a caller (the user and key whose limits apply)."""
+
+    tenant: str
+    user_id: str
+    api_key_id: str | None
+
+
+def admissions_router(internal_token: str) -> APIRouter:
+    router = APIRouter(
+        prefix="/internal/v1",
+        dependencies=[Depends(internal_token_dependency(internal_token))],
+        include_in_schema=False,
+    )
+
+    @router.post("/admissions", response_model=AdmissionOut)
+    async def admit(payload: AdmissionIn, gateway: GatewayDep) -> AdmissionOut:
+        """Admit one request sent by another service; raises Refused (429) or APIError
+        (503) like the request path does."""
+        if gateway.admission is None:
+            return AdmissionOut(team_id=None)
+        caller = _Caller(payload.tenant, payload.user_id, payload.api_key_id)
+        ticket = await gateway.admission.admit(
+            caller,
+            payload.model,
+            payload.body,
+            embeddings=payload.api is ClientAPI.OPENAI_EMBEDDINGS,
+        )
+        ticket.attach(payload.request_id, payload.timeout_s)
+        return AdmissionOut(team_id=ticket.team_id)
+
+    return router

@@ -1,0 +1,353 @@
+"""`/v1/responses`: OpenAI's Responses API, for clients using the `openai` SDK's
+`client.responses` (the OpenAI Agents SDK, the Vercel AI SDK's `openai(model)`...).
+
+`POST /v1/responses` is published like every model request and relayed as inference
+answers it (a `response`, or its typed event stream), whatever protocol the model's
+deployment speaks. Switchyard serves the conversation state itself, so chaining works on
+every model:
+
+- `previous_response_id` is expanded here, before publishing: the gateway reads that
+  response's conversation from history (its input items, then its output items) and
+  publishes it with the request (`ChatRequestData.previous_items`), the body unchanged.
+  Here, not in inference, because (1) a client must get 404 for an unknown id (or one
+  purged, deleted, never stored, or another tenant's) before anything runs, which only
+  a synchronous answer gives; (2) the event then holds everything it ran with, so a
+  replay of it runs the same conversation even after the previous response was deleted
+  or purged; (3) inference stays free of calls to history. A response answered moments
+  ago may not be recorded yet (its events are on the bus): the gateway waits for it up to
+  `SWITCHYARD_GATEWAY_RESPONSES_STATE_WAIT_S`;
+- `store` (default true) and `metadata`: history keeps the response's input and output
+  items under the tenant's own rules (metadata-only tenants keep none; retention purges
+  them); `store: false` keeps none;
+- `background: true`: answered at once with the `queued` response; the request runs in
+  the batch lane (like a job, it is listed under `/v1/jobs` too); `GET
+  /v1/responses/{id}` shows its progress and result, `POST /v1/responses/{id}/cancel`
+  cancels it.
+
+`GET /v1/responses/{id}`, `GET /v1/responses/{id}/input_items` (cursor pages: `limit`,
+`order`, `after`, `before`), `DELETE /v1/responses/{id}` and the cancellation are served
+by history (`switchyard.history.responses`), for the caller's own responses (an admin:
+the tenant's). Errors are OpenAI's error object, naming the field at fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+from fastapi import APIRouter, Request, Response
+
+from switchyard.common.bus import BusUnavailableError, EventTooLargeError
+from switchyard.common.errors import APIError
+from switchyard.common.events import (
+    ChatRequestData,
+    ChatRequested,
+    ClientAPI,
+    Priority,
+    new_id,
+    utcnow,
+)
+from switchyard.common.responses import parse_response_id, response_id, response_object
+from switchyard.gateway.api.body import ClientRequest, openapi_body, read_request
+from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
+from switchyard.gateway.api.history import forward, identity_headers, looks_like_id
+from switchyard.gateway.api.jobs import request_cancellation
+from switchyard.gateway.auth import Principal
+from switchyard.gateway.bootstrap import Gateway
+from switchyard.gateway.dispatch import Dispatch, forwarded_headers, too_large_for_bus
+from switchyard.gateway.governance.refusals import admit_or_refuse
+from switchyard.gateway.recent_jobs import AcceptedJob
+from switchyard.gateway.request_id import request_id_of
+from switchyard.gateway.schemas import ResponsesRequest
+
+log = structlog.get_logger("switchyard.gateway.responses")
+router = APIRouter(prefix="/v1/responses", tags=["responses"])
+
+# Statuses history answers while a response it should have is not recorded yet.
+_NOT_YET = {(404, "response_not_found"), (409, "response_in_progress")}
+
+
+def _not_found(value: str, param: str = "response_id") -> APIError:
+    return APIError(
+        404, f"Response with id '{value[:64]}' not found.", param=param, code="response_not_found"
+    )
+
+
+def _check_model(gateway: Gateway, principal: Principal, model: str) -> None:
+    if gateway.routing.route(model) is None or (
+        principal.allowed_models is not None and model not in principal.allowed_models
+    ):
+        raise APIError(
+            404,
+            f"The model '{model}' does not exist or you do not have access to it.",
+            code="model_not_found",
+            param="model",
+        )
+
+
+def _may_still_arrive(gateway: Gateway, value: str) -> bool:
+    """Whether a response with this id may have been answered so recently that history
+    has not recorded it yet (its creation time is within a request's lifetime)."""
+    ref = parse_response_id(value)
+    if ref is None:
+        return False
+    window = gateway.settings.request_timeout_s + gateway.settings.responses_state_wait_s
+    return ref.created_at > datetime.now(UTC) - timedelta(seconds=window + 60)
+
+
+async def _history(
+    gateway: Gateway, principal: Principal, path: str, *, method: str = "GET"
+) -> httpx.Response:
+    try:
+        return await gateway.http.request(
+            method,
+            gateway.settings.history_url.rstrip("/") + path,
+            headers=identity_headers(gateway, principal),
+            timeout=10.0,
+        )
+    except httpx.HTTPError as exc:
+        log.error("history service unreachable", error=repr(exc))
+        raise APIError(
+            503,
+            "History is temporarily unavailable; retry shortly.",
+            code="history_unavailable",
+            headers={"Retry-After": "2"},
+        ) from None
+
+
+def _error_of(answer: httpx.Response) -> dict[str, Any]:
+    try:
+        error = answer.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    return error if isinstance(error, dict) else {}
+
+
+async def _wait_for(
+    gateway: Gateway, principal: Principal, value: str, path: str
+) -> httpx.Response:
+    """History's answer for a response, waiting (with backoff, at most
+    `responses_state_wait_s`) while a response answered moments ago is not recorded or
+    still in progress there."""
+    deadline = time.monotonic() + gateway.settings.responses_state_wait_s
+    delay = 0.02
+    while True:
+        answer = await _history(gateway, principal, path)
+        if answer.status_code == 200:
+            return answer
+        waiting = (answer.status_code, _error_of(answer).get("code")) in _NOT_YET
+        if not waiting or not _may_still_arrive(gateway, value):
+            return answer
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return answer
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 2, 0.5)
+
+
+async def previous_items(
+    gateway: Gateway, principal: Principal, previous: str
+) -> list[dict[str, Any]]:
+    """The conversation `previous_response_id` continues (its input items, then its output
+    items), from history. APIError naming `previous_response_id` when it cannot be
+    continued: 404 unknown, another tenant's, not stored, purged or deleted (the message
+    says which); 409 still in progress; 400 not completed."""
+    if not looks_like_id(previous):
+        raise _not_found(previous, "previous_response_id")
+    answer = await _wait_for(gateway, principal, previous, f"/v1/responses/{previous}/conversation")
+    if answer.status_code == 200:
+        return answer.json()["data"]
+    error = _error_of(answer)
+    raise APIError(
+        answer.status_code if answer.status_code < 500 else 503,
+        error.get("message") or "The previous response could not be read.",
+        param="previous_response_id",
+        code=error.get("code"),
+    )
+
+
+@router.post(
+    "",
+    summary="Create a model response (OpenAI Responses API)",
+    openapi_extra=openapi_body(ResponsesRequest),
+    response_model=None,
+)
+async def create_response(
+    request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
+    """Create a response; streams its typed Server-Sent Events when `stream` is true, or
+    answers at once with the `queued` response when `background` is true. Continues a
+    stored response with `previous_response_id` on any model."""
+    client = read_request(ClientAPI.OPENAI_RESPONSES, await request.body())
+    _check_model(gateway, principal, client.model)
+    previous = client.body.get("previous_response_id")
+    if previous is not None:
+        items = await previous_items(gateway, principal, previous)
+        client = ClientRequest(client.api, client.body, client.model, client.stream, items)
+    if client.body.get("background") is True:
+        return await _start_background(gateway, request, principal, client)
+    dispatch = await Dispatch.start(gateway, request, principal, client)
+    return await dispatch.answer()
+
+
+async def _start_background(
+    gateway: Gateway, request: Request, principal: Principal, client: ClientRequest
+) -> Response:
+    """Publish a background response to the batch lane (no gateway waits for it) and
+    answer with the `queued` response. Admitted against the same budgets and rate limits
+    as any request first (Refused: 429 in OpenAI's error shape, recorded as refused)."""
+    request_id = request_id_of(request.scope) or new_id()
+    ticket = await admit_or_refuse(
+        gateway,
+        principal,
+        request_id,
+        client.model,
+        client.admission_body,
+        api=client.api,
+    )
+    ticket.attach(request_id, gateway.settings.job_timeout_s)
+    created = utcnow()
+    event = ChatRequested(
+        source="gateway",
+        tenant=principal.tenant,
+        request_id=request_id,
+        time=created,
+        data=ChatRequestData(
+            api=client.api,
+            model=client.model,
+            body=client.body,
+            previous_items=client.previous_items,
+            headers=forwarded_headers(request),
+            stream=False,
+            user_id=principal.user_id,
+            api_key_id=principal.api_key_id,
+            team_id=ticket.team_id,
+            priority=Priority.BATCH,
+            deadline=created + timedelta(seconds=gateway.settings.job_timeout_s),
+            reply_to=None,
+        ),
+    )
+    try:
+        await gateway.bus.publish(gateway.topics.requests_batch, event, key=request_id)
+    except EventTooLargeError as exc:
+        ticket.cancel()
+        log.error("background response too large for the event bus", error=str(exc))
+        raise too_large_for_bus() from None
+    except BusUnavailableError as exc:
+        ticket.cancel()
+        log.error("could not publish background response", error=str(exc))
+        raise APIError(
+            503,
+            "The request could not be accepted right now; retry shortly.",
+            code="bus_unavailable",
+            headers={"Retry-After": "2"},
+        ) from None
+    gateway.recent_jobs.add(
+        AcceptedJob(
+            job_id=request_id,
+            tenant=principal.tenant,
+            user_id=principal.user_id,
+            model=client.model,
+            created_at=created.isoformat().replace("+00:00", "Z"),
+            webhook_url=None,
+            accepted_at=time.monotonic(),
+        )
+    )
+    queued = response_object(
+        client.body,
+        id=response_id(request_id, created),
+        created_at=created,
+        model=client.model,
+        status="queued",
+    )
+    return Response(
+        orjson.dumps(queued),
+        media_type="application/json",
+        headers={"x-request-id": request_id, **ticket.openai_headers()},
+    )
+
+
+@router.get("/{response_id}", summary="Retrieve a model response")
+async def get_response(
+    response_id: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
+    """The response as stored (a background one with its current status: `queued`,
+    `completed`, `failed`, `cancelled`). 404 says why a response is not there: unknown,
+    created with `store: false` or while the tenant stored metadata only, purged by
+    retention, or deleted. Streaming a stored response again (`stream=true`) is not
+    offered."""
+    if not looks_like_id(response_id):
+        raise _not_found(response_id)
+    if request.query_params.get("stream") in ("true", "1"):
+        raise APIError(
+            400,
+            "Streaming a stored response again is not supported; retrieve it without 'stream'.",
+            param="stream",
+            code="unsupported_parameter",
+        )
+    answer = await _wait_for(gateway, principal, response_id, f"/v1/responses/{response_id}")
+    return Response(
+        answer.content,
+        status_code=answer.status_code,
+        media_type=answer.headers.get("content-type", "application/json"),
+    )
+
+
+@router.get("/{response_id}/input_items", summary="List a response's input items")
+async def list_input_items(
+    response_id: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
+    """The items the response was generated from (those of the conversation it continued
+    included), newest first by default. Query parameters: `limit` (1-100, default 20),
+    `order` (`asc` or `desc`), `after` / `before` (an item id of the previous page)."""
+    if not looks_like_id(response_id):
+        raise _not_found(response_id)
+    return await forward(gateway, principal, f"/v1/responses/{response_id}/input_items", request)
+
+
+@router.delete("/{response_id}", summary="Delete a model response")
+async def delete_response(
+    response_id: str, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
+    """Delete the stored response: its input and output items are removed (the request
+    stays in your history and usage, without content). A response still in progress
+    gets 409: cancel it first."""
+    if not looks_like_id(response_id):
+        raise _not_found(response_id)
+    return await forward(gateway, principal, f"/v1/responses/{response_id}", method="DELETE")
+
+
+@router.post("/{response_id}/cancel", summary="Cancel a background response")
+async def cancel_response(
+    response_id: str, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
+    """Cancel a response created with `background: true` that has not finished (answered
+    with the cancelled response); 400 for a response not created in the background, 409
+    for one that already finished."""
+    ref = parse_response_id(response_id) if looks_like_id(response_id) else None
+    if ref is None:
+        raise _not_found(response_id)
+    path = f"/v1/responses/{response_id}/cancel"
+    answer = await forward(gateway, principal, path, method="POST")
+    accepted = gateway.recent_jobs.get(ref.request_id, principal.tenant)
+    if (
+        answer.status_code == 404
+        and accepted is not None
+        and (accepted.user_id == principal.user_id or principal.role == "admin")
+    ):
+        # Accepted here moments ago, not recorded by history yet: history records the
+        # cancellation now, and the request, when it arrives, finds it cancelled.
+        answer = await forward(gateway, principal, path + "?accepted=true", method="POST")
+        if answer.status_code == 200:
+            cancelled = orjson.loads(answer.body)
+            if not cancelled.get("model"):
+                cancelled["model"] = accepted.model
+            answer = Response(orjson.dumps(cancelled), media_type="application/json")
+    if answer.status_code == 200:
+        request_cancellation(gateway, principal.tenant, ref.request_id)
+    return answer

@@ -1,0 +1,634 @@
+"""The exact-match response cache: a request whose normalised body matches one answered
+before, within the answer's time to live, is answered again without calling a model.
+
+Opt-in, per request or per tenant:
+- `X-Switchyard-Cache: on` asks for it on one request; `off` bypasses it (no lookup, no
+  store) even where the tenant turned it on; `refresh` runs the request and replaces the
+  stored answer. The tenant setting (`cache_enabled` in the history settings, or
+  `switchyard tenant-settings set --cache`) turns it on for every request of the tenant.
+- `X-Switchyard-Cache-TTL: <seconds>` sets how long a stored answer is reused (default:
+  the tenant's `cache_ttl_s`, else `SWITCHYARD_GATEWAY_CACHE_DEFAULT_TTL_S`; at most
+  `SWITCHYARD_GATEWAY_CACHE_MAX_TTL_S`).
+- Only deterministic requests are cached: `temperature` 0, or a `seed` (OpenAI's APIs).
+  Both providers default `temperature` to 1, so a request without it is not deterministic.
+  `X-Switchyard-Cache-Nondeterministic: true` caches the others too, explicitly.
+  Embeddings are deterministic.
+- A tenant storing metadata only (history's privacy setting) has nothing cached.
+Every opted-in answer carries `X-Switchyard-Cache: hit`, `miss`, `refresh` or `bypass`
+(not cacheable, or asked off); a hit carries `Age` (seconds since it was stored) too.
+
+The key (`cache_key`) is the SHA-256 of stable JSON (sorted keys) of: the tenant, the API,
+the model, whether the request streams (and, for a stream, `stream_options.include_usage`,
+which changes its events), the provider headers (`anthropic-version`, `anthropic-beta`,
+`openai-beta`), and the body without what never changes the answer: `stream`,
+`stream_options`, `user`, `metadata`, `store`, `service_tier`, `prompt_cache_key`,
+`safety_identifier`, and every `cache_control` marker (Anthropic's prompt caching hints).
+Integral sampling parameters count as the same number as their float (`0` = `0.0`). The
+tenant is part of the key, and entries are stored per tenant: never shared across tenants.
+
+Where answers live: history's database (`/internal/v1/cache/entries/...`), shared by every
+gateway replica, so a request answered on one replica is a hit on any other; in front of
+it each replica keeps recent answers in memory (a time-aware LRU from `cachetools`, at
+most `SWITCHYARD_GATEWAY_CACHE_LOCAL_TTL_S` each, so `switchyard cache purge` reaches every
+replica within that). A hit in memory costs no network call at all.
+
+A hit is answered at once, then recorded like any request, off the answering path: a
+`chat.requested` and a `chat.completed` on the replies topic (never on the request topics,
+which are inference's work) and a `usage.recorded` with `cache_hit: true`, no tokens, no
+cost, and `saved_cost_usd`, what the reused answer cost when it was made. A miss is
+answered as usual; its completed answer (and, for a stream, its stream events) is stored
+in the background once it has been sent. When history cannot be reached, requests are
+answered as misses: the cache never fails a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+import structlog
+from cachetools import TLRUCache
+from prometheus_client import Counter
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from switchyard.common.bus import BusUnavailableError
+from switchyard.common.errors import APIError
+from switchyard.common.events import (
+    ChatCompleted,
+    ChatCompletedData,
+    ChatRequestData,
+    ChatRequested,
+    ClientAPI,
+    StreamEvent,
+    TerminalStatus,
+    TokenUsage,
+    UsageData,
+    UsageRecorded,
+    utcnow,
+)
+from switchyard.common.http import INTERNAL_TOKEN_HEADER
+
+if TYPE_CHECKING:
+    from switchyard.gateway.api.body import ClientRequest
+    from switchyard.gateway.auth import Principal
+    from switchyard.gateway.bootstrap import Gateway
+    from switchyard.gateway.dispatch import Dispatch
+
+log = structlog.get_logger("switchyard.gateway.cache")
+
+CACHE_HEADER = "x-switchyard-cache"
+TTL_HEADER = "x-switchyard-cache-ttl"
+NONDETERMINISTIC_HEADER = "x-switchyard-cache-nondeterministic"
+MODES = {"on": "use", "true": "use", "off": "off", "false": "off", "bypass": "off"}
+MODES["refresh"] = "refresh"
+# Body fields that never change the answer: who asked, logging, routing hints, streaming.
+NON_OUTPUT_FIELDS = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "prompt_cache_key",
+        "safety_identifier",
+    }
+)
+# Sampling parameters compared as numbers (a client sending 0 or 0.0 asks the same).
+NUMERIC_PARAMETERS = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
+KEY_VERSION = 1
+# The answers' provider and deployment, as history records them.
+CACHE_PROVIDER = "switchyard"
+CACHE_DEPLOYMENT = "response-cache"
+
+LOOKUPS = Counter(
+    "switchyard_gateway_cache_lookups_total",
+    "Response cache lookups of opted-in requests, by result (hit, miss).",
+    ["api", "result"],
+)
+SKIPPED = Counter(
+    "switchyard_gateway_cache_bypassed_total",
+    "Opted-in requests not looked up, by reason (off, refresh, nondeterministic, metadata_only).",
+    ["reason"],
+)
+STORES = Counter(
+    "switchyard_gateway_cache_stores_total",
+    "Answers offered to the shared cache store, by outcome (stored, not_stored, failed).",
+    ["outcome"],
+)
+
+
+# ------------------------------------------------------------------------------ keys
+
+
+def _without_cache_control(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_cache_control(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [_without_cache_control(item) for item in value]
+    return value
+
+
+def normalised_body(body: dict[str, Any]) -> dict[str, Any]:
+    """What of `body` decides the answer (see the module docstring)."""
+    kept: dict[str, Any] = {}
+    for name, value in body.items():
+        if name in NON_OUTPUT_FIELDS:
+            continue
+        if name in NUMERIC_PARAMETERS and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        kept[name] = _without_cache_control(value)
+    return kept
+
+
+def cache_key(
+    tenant: str, api: ClientAPI, body: dict[str, Any], headers: dict[str, str], stream: bool
+) -> str:
+    """SHA-256 (hex) of the tenant, API, streaming and the normalised body and headers."""
+    include_usage = None
+    if stream:
+        options = body.get("stream_options")
+        include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
+    document = {
+        "v": KEY_VERSION,
+        "tenant": tenant,
+        "api": api.value,
+        "stream": stream,
+        "include_usage": include_usage,
+        "headers": {name: headers[name] for name in sorted(headers)},
+        "body": normalised_body(body),
+    }
+    return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def is_deterministic(api: ClientAPI, body: dict[str, Any]) -> bool:
+    """Whether the same request gets the same answer: embeddings, `temperature` 0, or a
+    `seed` (OpenAI's APIs). A missing temperature is the providers' default, 1."""
+    if api is ClientAPI.OPENAI_EMBEDDINGS:
+        return True
+    temperature = body.get("temperature")
+    if (
+        isinstance(temperature, int | float)
+        and not isinstance(temperature, bool)
+        and temperature == 0
+    ):
+        return True
+    seeded = api in (ClientAPI.OPENAI_CHAT_COMPLETIONS, ClientAPI.OPENAI_RESPONSES)
+    return seeded and isinstance(body.get("seed"), int) and not isinstance(body["seed"], bool)
+
+
+# ------------------------------------------------------------------------------ entries
+
+
+@dataclass
+class CachedAnswer:
+    """A stored answer, ready to send: the JSON body, and for a stream its events as SSE."""
+
+    api: ClientAPI
+    model: str
+    response: dict[str, Any]
+    body: bytes
+    stream: bytes | None
+    source_request_id: str
+    source_cost_usd: float | None
+    created_at: datetime
+    expires_at: datetime
+    # monotonic instant after which this replica asks history again
+    local_until: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.stream or b"")
+
+    @classmethod
+    def from_store(cls, data: dict[str, Any]) -> CachedAnswer:
+        from switchyard.gateway.dispatch import DONE, sse_event
+
+        api = ClientAPI(data["api"])
+        stream = None
+        if data.get("stream_events") is not None:
+            events = [StreamEvent.model_validate(event) for event in data["stream_events"]]
+            stream = b"".join(sse_event(event) for event in events)
+            if api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
+                stream += DONE
+        return cls(
+            api=api,
+            model=data["model"],
+            response=data["response"],
+            body=orjson.dumps(data["response"]),
+            stream=stream,
+            source_request_id=data["source_request_id"],
+            source_cost_usd=data.get("source_cost_usd"),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            expires_at=datetime.fromisoformat(data["expires_at"]),
+        )
+
+
+@dataclass(frozen=True)
+class TenantCacheSettings:
+    enabled: bool = False
+    ttl_s: int | None = None
+    store_content: bool = True
+
+
+@dataclass
+class CacheTicket:
+    """The cache's part in one opted-in request: its key and what to do."""
+
+    key: str | None
+    mode: str  # use, refresh, off
+    status: str  # hit, miss, refresh, bypass
+    ttl_s: float = 0.0
+    hit: CachedAnswer | None = None
+    # A miss's stream events, kept to store with its answer.
+    events: list[dict[str, Any]] | None = None
+    principal: Principal | None = None
+    client: ClientRequest | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def stores(self) -> bool:
+        return self.key is not None and self.status in ("miss", "refresh")
+
+    def response_headers(self) -> dict[str, str]:
+        headers = {CACHE_HEADER: self.status}
+        if self.hit is not None:
+            age = (utcnow() - self.hit.created_at).total_seconds()
+            headers["age"] = str(max(0, int(age)))
+        return headers
+
+    def collect(self, events: list[StreamEvent]) -> None:
+        """Keep a miss's stream events (in the order relayed) to store with its answer."""
+        if self.stores:
+            if self.events is None:
+                self.events = []
+            self.events.extend(event.model_dump() for event in events)
+
+
+# ------------------------------------------------------------------------------ the cache
+
+
+class ResponseCache:
+    """The gateway side of the response cache: decisions, the in-memory front, the shared
+    store in history, answering hits and recording them."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        settings = gateway.settings
+        self.gateway = gateway
+        self._base = settings.history_url.rstrip("/") + "/internal/v1/cache"
+        self._local_ttl_s = settings.cache_local_ttl_s
+        self._local_max_entry = max(1, settings.cache_local_max_bytes // 16)
+        self._front: TLRUCache[str, CachedAnswer] = TLRUCache(
+            maxsize=settings.cache_local_max_bytes,
+            ttu=lambda _key, value, _now: value.local_until,
+            getsizeof=lambda value: value.size,
+        )
+        self._settings: dict[str, tuple[float, TenantCacheSettings]] = {}
+        self._refreshing: dict[str, asyncio.Task[TenantCacheSettings]] = {}
+
+    def _headers(self, principal: Principal) -> dict[str, str]:
+        return {
+            INTERNAL_TOKEN_HEADER: self.gateway.settings.internal_token,
+            "x-switchyard-tenant": principal.tenant,
+            "x-switchyard-user-id": principal.user_id,
+            "x-switchyard-role": principal.role,
+        }
+
+    # -- tenant settings ------------------------------------------------------------------
+
+    async def tenant_settings(self, principal: Principal) -> TenantCacheSettings:
+        """The tenant's cache settings, kept `cache_settings_ttl_s`; once known, a stale
+        value is used while it is refreshed in the background."""
+        cached = self._settings.get(principal.tenant)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        task = self._refreshing.get(principal.tenant)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch_settings(principal))
+            self._refreshing[principal.tenant] = task
+            task.add_done_callback(lambda _: self._refreshing.pop(principal.tenant, None))
+        if cached is not None:
+            return cached[1]
+        return await asyncio.shield(task)
+
+    async def _fetch_settings(self, principal: Principal) -> TenantCacheSettings:
+        ttl = self.gateway.settings.cache_settings_ttl_s
+        try:
+            response = await self.gateway.http.get(
+                self._base + "/settings", headers=self._headers(principal), timeout=2.0
+            )
+            response.raise_for_status()
+            data = response.json()
+            found = TenantCacheSettings(
+                enabled=bool(data.get("cache_enabled")),
+                ttl_s=data.get("cache_ttl_s"),
+                store_content=bool(data.get("store_content", True)),
+            )
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("cache settings unavailable; not caching for now", error=repr(exc))
+            # Tried again soon; meanwhile nothing is cached (content may not be kept).
+            found, ttl = TenantCacheSettings(store_content=False), min(ttl, 2.0)
+        self._settings[principal.tenant] = (time.monotonic() + ttl, found)
+        return found
+
+    def forget_tenant(self, tenant: str) -> None:
+        self._settings.pop(tenant, None)
+
+    # -- deciding and looking up ----------------------------------------------------------
+
+    async def ticket(
+        self,
+        request: Request,
+        principal: Principal,
+        client: ClientRequest,
+        forwarded: dict[str, str],
+    ) -> CacheTicket | None:
+        """What the cache does for this request: None when it is not opted in (nothing
+        to do); otherwise a ticket, with the stored answer on a hit. Raises APIError 400
+        for an unreadable cache header."""
+        asked = request.headers.get(CACHE_HEADER)
+        mode = None
+        if asked is not None:
+            mode = MODES.get(asked.strip().lower())
+            if mode is None:
+                raise _bad_header(CACHE_HEADER, "must be on, off or refresh")
+        if mode == "off":
+            SKIPPED.labels("off").inc()
+            return CacheTicket(None, "off", "bypass")
+        settings = await self.tenant_settings(principal)
+        if mode is None:
+            if not settings.enabled:
+                return None
+            mode = "use"
+        if not settings.store_content:
+            SKIPPED.labels("metadata_only").inc()
+            return CacheTicket(None, mode, "bypass")
+        if not is_deterministic(client.api, client.body) and not _true(
+            request.headers.get(NONDETERMINISTIC_HEADER)
+        ):
+            SKIPPED.labels("nondeterministic").inc()
+            return CacheTicket(None, mode, "bypass")
+        ttl_s = self._ttl(request, settings)
+        key = cache_key(principal.tenant, client.api, client.body, forwarded, client.stream)
+        ticket = CacheTicket(
+            key,
+            mode,
+            "refresh" if mode == "refresh" else "miss",
+            ttl_s,
+            principal=principal,
+            client=client,
+            headers=forwarded,
+        )
+        if mode == "refresh":
+            SKIPPED.labels("refresh").inc()
+            return ticket
+        ticket.hit = await self.lookup(principal, key)
+        if ticket.hit is not None and ticket.hit.api is not client.api:
+            ticket.hit = None  # cannot happen with the API in the key; never answer wrongly
+        if ticket.hit is not None and client.stream and ticket.hit.stream is None:
+            ticket.hit = None
+        ticket.status = "hit" if ticket.hit is not None else "miss"
+        LOOKUPS.labels(client.api.value, ticket.status).inc()
+        return ticket
+
+    def _ttl(self, request: Request, settings: TenantCacheSettings) -> float:
+        limit = self.gateway.settings.cache_max_ttl_s
+        asked = request.headers.get(TTL_HEADER)
+        if asked is not None:
+            try:
+                value = float(asked.strip())
+            except ValueError:
+                value = 0.0
+            if not 0 < value <= limit:
+                raise _bad_header(TTL_HEADER, f"must be a number of seconds from 1 to {limit:g}")
+            return value
+        if settings.ttl_s:
+            return float(min(settings.ttl_s, limit))
+        return float(min(self.gateway.settings.cache_default_ttl_s, limit))
+
+    async def lookup(self, principal: Principal, key: str) -> CachedAnswer | None:
+        """The live answer for `key`: from memory, else from the shared store."""
+        answer = self._front.get(key)
+        if answer is not None and answer.expires_at > utcnow():
+            return answer
+        try:
+            response = await self.gateway.http.get(
+                f"{self._base}/entries/{key}",
+                headers=self._headers(principal),
+                timeout=self.gateway.settings.cache_lookup_timeout_s,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("cache store unreachable: answered as a miss", error=repr(exc))
+            return None
+        if response.status_code != 200:
+            if response.status_code != 404:
+                log.warning("cache lookup failed", status=response.status_code)
+            return None
+        try:
+            answer = CachedAnswer.from_store(response.json())
+        except (ValueError, KeyError) as exc:
+            log.warning("unreadable cache entry: answered as a miss", error=repr(exc))
+            return None
+        self._remember(key, answer)
+        return answer
+
+    def _remember(self, key: str, answer: CachedAnswer) -> None:
+        if answer.size > self._local_max_entry:
+            return
+        remaining = (answer.expires_at - utcnow()).total_seconds()
+        answer.local_until = time.monotonic() + max(0.0, min(self._local_ttl_s, remaining))
+        with contextlib.suppress(ValueError):  # larger than the whole front: not kept
+            self._front[key] = answer
+
+    # -- answering a hit ------------------------------------------------------------------
+
+    def answer(self, dispatch: Dispatch) -> Response:
+        """The hit's HTTP answer; its events are published in the background."""
+        ticket = dispatch.cache
+        assert ticket is not None and ticket.hit is not None
+        hit = ticket.hit
+        headers = {
+            "x-request-id": dispatch.request_id,
+            **dispatch.rate_limit_headers(),
+            **ticket.response_headers(),
+        }
+        dispatch.finished = True
+        dispatch.observe(200)
+        self._background(self._record_hit(dispatch, ticket, time.perf_counter()))
+        if dispatch.stream:
+            assert hit.stream is not None
+            return StreamingResponse(
+                _one_piece(hit.stream),
+                media_type="text/event-stream",
+                headers={**headers, "cache-control": "no-cache"},
+            )
+        return Response(hit.body, media_type="application/json", headers=headers)
+
+    async def _record_hit(self, dispatch: Dispatch, ticket: CacheTicket, answered: float) -> None:
+        """A hit as events: the request and its reply on the replies topic, and its usage
+        (`cache_hit`, no cost, what it saved) on the usage topic."""
+        hit, principal, client = ticket.hit, ticket.principal, ticket.client
+        assert hit is not None and principal is not None and client is not None
+        latency_ms = (answered - dispatch.started) * 1000
+        saved = hit.source_cost_usd
+        if saved is None and ticket.key is not None:
+            # The answer's own usage was not recorded yet when it was kept here: ask again.
+            self._front.pop(ticket.key, None)
+            fresh = await self.lookup(principal, ticket.key)
+            saved = fresh.source_cost_usd if fresh is not None else None
+        team_id = dispatch.ticket.team_id if dispatch.ticket is not None else None
+        now = utcnow()
+        envelope = {
+            "source": "gateway",
+            "tenant": principal.tenant,
+            "request_id": dispatch.request_id,
+        }
+        topics = self.gateway.topics
+        events = [
+            (
+                topics.replies,
+                ChatRequested(
+                    **envelope,
+                    id=f"{dispatch.request_id}.request",
+                    time=now,
+                    data=ChatRequestData(
+                        api=client.api,
+                        model=client.model,
+                        body=client.body,
+                        headers=ticket.headers,
+                        stream=client.stream,
+                        user_id=principal.user_id,
+                        api_key_id=principal.api_key_id,
+                        team_id=team_id,
+                        deadline=now,
+                        reply_to=None,
+                    ),
+                ),
+            ),
+            (
+                topics.replies,
+                ChatCompleted(
+                    **envelope,
+                    id=f"{dispatch.request_id}.reply",
+                    time=now,
+                    data=ChatCompletedData(
+                        api=client.api,
+                        response=hit.response,
+                        provider=CACHE_PROVIDER,
+                        deployment=CACHE_DEPLOYMENT,
+                        usage=TokenUsage(),
+                        latency_ms=0,
+                    ),
+                ),
+            ),
+            (
+                topics.usage,
+                UsageRecorded(
+                    **envelope,
+                    id=f"{dispatch.request_id}.usage",
+                    time=now,
+                    data=UsageData(
+                        api=client.api,
+                        model=client.model,
+                        provider=CACHE_PROVIDER,
+                        deployment=CACHE_DEPLOYMENT,
+                        user_id=principal.user_id,
+                        api_key_id=principal.api_key_id,
+                        status=TerminalStatus.COMPLETED,
+                        usage=TokenUsage(),
+                        cost_usd=0,
+                        latency_ms=latency_ms,
+                        upstream_calls=0,
+                        cache_hit=True,
+                        saved_cost_usd=saved or 0,
+                    ),
+                ),
+            ),
+        ]
+        for topic, event in events:
+            try:
+                await self.gateway.bus.publish(topic, event, key=dispatch.request_id)
+            except BusUnavailableError as exc:
+                log.error("could not record a cache hit", error=str(exc), type=event.type)
+                return
+
+    # -- storing a miss -------------------------------------------------------------------
+
+    def completed(self, dispatch: Dispatch, reply: ChatCompleted) -> None:
+        """A miss (or refresh) completed: store its answer in the background."""
+        ticket = dispatch.cache
+        if ticket is None or not ticket.stores or reply.data.api is not dispatch.api:
+            return
+        if dispatch.stream and not ticket.events:
+            return  # a stream whose events were not all seen is not kept
+        self._background(self._store(ticket, reply, dispatch.request_id))
+
+    async def _store(self, ticket: CacheTicket, reply: ChatCompleted, request_id: str) -> None:
+        principal, client = ticket.principal, ticket.client
+        assert principal is not None and client is not None and ticket.key is not None
+        entry = {
+            "api": client.api.value,
+            "model": client.model,
+            "response": reply.data.response,
+            "stream_events": ticket.events if client.stream else None,
+            "source_request_id": request_id,
+            "ttl_s": ticket.ttl_s,
+        }
+        try:
+            response = await self.gateway.http.put(
+                f"{self._base}/entries/{ticket.key}",
+                content=orjson.dumps(entry),
+                headers={**self._headers(principal), "content-type": "application/json"},
+                timeout=10.0,
+            )
+            response.raise_for_status()
+            stored = bool(response.json().get("stored"))
+        except (httpx.HTTPError, ValueError) as exc:
+            STORES.labels("failed").inc()
+            log.warning("could not store an answer in the cache", error=repr(exc))
+            return
+        STORES.labels("stored" if stored else "not_stored").inc()
+        if stored:
+            now = utcnow()
+            self._remember(
+                ticket.key,
+                CachedAnswer.from_store(
+                    {
+                        **entry,
+                        "source_cost_usd": None,
+                        "created_at": now.isoformat(),
+                        "expires_at": (now + timedelta(seconds=ticket.ttl_s)).isoformat(),
+                    }
+                ),
+            )
+
+    def _background(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self.gateway.background.add(task)
+        task.add_done_callback(self.gateway.background.discard)
+
+
+def _true(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("true", "1", "yes", "on")
+
+
+def _bad_header(name: str, problem: str) -> APIError:
+    return APIError(
+        400,
+        f"Invalid value for the {name} header: {problem}.",
+        param=name,
+        code="invalid_cache_header",
+    )
+
+
+async def _one_piece(data: bytes):
+    yield data

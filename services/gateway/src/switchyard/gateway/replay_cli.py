@@ -1,0 +1,333 @@
+"""`switchyard replay ...`: replay recorded traffic against another model, from a terminal.
+
+    switchyard replay --since 1h --model A --to-model B --rate 5/s --wait --format table
+    switchyard replay show <id> --format csv
+    switchyard replay stop <id>
+    switchyard replay resume <id> --wait
+    switchyard replay list
+
+The command is a client of the gateway's `/v1/replays` API (`--url`, default
+`SWITCHYARD_GATEWAY_URL` or http://127.0.0.1:8000; `--api-key`, default
+`SWITCHYARD_API_KEY`), not a database tool: a replay selects the caller's own recorded
+requests (the whole tenant's for an admin), is sent and billed as that caller, and keeps
+running in the history service when the command stops; `--wait` follows it to the end, and
+an interrupted run is continued with `resume <id>`. Errors print one line on stderr and
+exit with status 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from switchyard.common.text import terminal_safe
+
+replay_app = typer.Typer(
+    name="replay",
+    help="Replay recorded requests against another model and compare (through the gateway).",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+UrlOption = Annotated[
+    str,
+    typer.Option(
+        "--url", envvar="SWITCHYARD_GATEWAY_URL", help="The gateway's base URL.", show_envvar=True
+    ),
+]
+KeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="SWITCHYARD_API_KEY",
+        help="API key or access token (chat and history:read scopes).",
+        show_envvar=True,
+    ),
+]
+FormatOption = Annotated[str, typer.Option("--format", help="table, csv or json.")]
+WaitOption = Annotated[bool, typer.Option("--wait", help="Follow the replay until it completes.")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+COLUMNS = (
+    "original_id",
+    "original_model",
+    "original_status",
+    "original_latency_ms",
+    "original_input_tokens",
+    "original_output_tokens",
+    "original_cost_usd",
+    "replay_id",
+    "replay_model",
+    "replay_status",
+    "replay_latency_ms",
+    "replay_input_tokens",
+    "replay_output_tokens",
+    "replay_cost_usd",
+    "exact_match",
+    "similarity",
+    "note",
+)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {terminal_safe(message)}", err=True)
+    return typer.Exit(code=1)
+
+
+class Client:
+    def __init__(self, url: str, api_key: str | None) -> None:
+        if not api_key:
+            raise _fail("an API key is needed: --api-key or SWITCHYARD_API_KEY")
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {api_key}"}, timeout=30
+        )
+
+    def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise _fail(f"cannot reach the gateway ({exc})") from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        if response.status_code >= 400:
+            error = data.get("error") if isinstance(data, dict) else None
+            message = error.get("message") if isinstance(error, dict) else response.text[:200]
+            raise _fail(f"{message} (HTTP {response.status_code})")
+        return data
+
+    def report(self, replay_id: str) -> dict[str, Any]:
+        """The whole report, every page of pairs."""
+        first = self.call("GET", f"/v1/replays/{replay_id}", params={"limit": 1000})
+        data = list(first["data"])
+        after = first.get("next_after")
+        while after is not None:
+            page = self.call(
+                "GET", f"/v1/replays/{replay_id}", params={"limit": 1000, "after": after}
+            )
+            data += page["data"]
+            after = page.get("next_after")
+        first["data"] = data
+        return first
+
+
+def _check_format(output_format: str) -> None:
+    if output_format not in ("table", "csv", "json"):
+        raise _fail("--format must be table, csv or json")
+
+
+@replay_app.callback()
+def replay(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None, typer.Option(help="Requests made since: ISO 8601 or relative (1h, 7d).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="...and before this (default: now).")] = None,
+    model: Annotated[str | None, typer.Option(help="Only requests to this model.")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Only this API key id's.")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Only this user id's (admins).")
+    ] = None,
+    team: Annotated[str | None, typer.Option("--team", help="Only this team id's.")] = None,
+    sample: Annotated[int | None, typer.Option(min=1, help="N requests chosen at random.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="The first N requests.")] = None,
+    to_model: Annotated[str | None, typer.Option("--to-model", help="Model to replay on.")] = None,
+    rate: Annotated[str, typer.Option(help="Requests per second, minute or hour: 5/s, 30/m.")] = (
+        "5/s"
+    ),
+    bill_to: Annotated[
+        str, typer.Option(help="caller (default) or original: whose key the replays count on.")
+    ] = "caller",
+    output_format: FormatOption = "table",
+    wait: WaitOption = False,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Replay the requests selected by --since ... on --to-model (see the subcommands to
+    show, stop and resume a replay)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    _check_format(output_format)
+    if since is None or to_model is None:
+        raise _fail("--since and --to-model are required (or use show, stop, resume, list)")
+    if sample is not None and limit is not None:
+        raise _fail("use either --sample or --limit, not both")
+    body = {
+        "to_model": to_model,
+        "since": since,
+        "until": until,
+        "model": model,
+        "api_key_id": key,
+        "user_id": user,
+        "team_id": team,
+        "sample": sample,
+        "limit": limit,
+        "rate": rate,
+        "bill_to": bill_to,
+    }
+    client = Client(url, api_key)
+    created = client.call("POST", "/v1/replays", json={k: v for k, v in body.items() if v})
+    typer.echo(
+        f"replay {created['id']}: {created['total']} request(s) to {created['to_model']} "
+        f"at {created['rate']}",
+        err=True,
+    )
+    _finish(client, created["id"], output_format, wait)
+
+
+@replay_app.command("show")
+def show(
+    replay_id: str,
+    output_format: FormatOption = "table",
+    wait: WaitOption = False,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Print a replay's report."""
+    _check_format(output_format)
+    _finish(Client(url, api_key), replay_id, output_format, wait)
+
+
+@replay_app.command("stop")
+def stop(replay_id: str, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+    """Stop sending (resume later with `resume`)."""
+    replay = Client(url, api_key).call("POST", f"/v1/replays/{replay_id}/stop")
+    typer.echo(f"replay {replay['id']} {replay['status']}")
+
+
+@replay_app.command("resume")
+def resume(
+    replay_id: str,
+    output_format: FormatOption = "table",
+    wait: WaitOption = False,
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+) -> None:
+    """Go on sending a stopped or interrupted replay; nothing is sent twice."""
+    _check_format(output_format)
+    client = Client(url, api_key)
+    replay = client.call("POST", f"/v1/replays/{replay_id}/resume")
+    typer.echo(f"replay {replay['id']} {replay['status']}", err=True)
+    _finish(client, replay_id, output_format, wait)
+
+
+@replay_app.command("list")
+def list_replays(url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
+    """Your replays, newest first."""
+    for replay in Client(url, api_key).call("GET", "/v1/replays")["data"]:
+        typer.echo(
+            terminal_safe(
+                f"{replay['id']}  {replay['status']:<9}  {replay['total']:>6}  "
+                f"-> {replay['to_model']}  {replay['created_at']}"
+            )
+        )
+
+
+def _finish(client: Client, replay_id: str, output_format: str, wait: bool) -> None:
+    report = client.report(replay_id)
+    while wait and report["status"] == "running":
+        time.sleep(1.0)
+        report = client.report(replay_id)
+    if output_format == "json":
+        typer.echo(json.dumps(report, indent=2))
+    elif output_format == "csv":
+        sys.stdout.write(report_csv(report))
+    else:
+        _print_table(report)
+
+
+def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per pair (the columns of the CSV and the table)."""
+    flat = []
+    for pair in report["data"]:
+        original, replay = pair["original"], pair["replay"] or {}
+        row = {f"original_{k}": original.get(k) for k in _SIDE}
+        row["original_id"] = original.get("request_id")
+        row.update({f"replay_{k}": replay.get(k) for k in _SIDE})
+        row["replay_id"] = replay.get("request_id")
+        row["exact_match"] = pair["exact_match"]
+        row["similarity"] = pair["similarity"]
+        row["note"] = pair["reason"] or ("" if pair["state"] == "settled" else pair["state"])
+        flat.append(row)
+    return flat
+
+
+_SIDE = ("model", "status", "latency_ms", "input_tokens", "output_tokens", "cost_usd")
+
+
+def _cell(value: Any) -> Any:
+    # Spreadsheets run cells starting with these as formulas (CSV injection).
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
+
+
+def report_csv(report: dict[str, Any]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in rows(report):
+        writer.writerow([_cell(row[column]) for column in COLUMNS])
+    return buffer.getvalue()
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if value < 10 else f"{value:.1f}"
+    return terminal_safe(str(value))
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    shown = (
+        ("original_id", "original"),
+        ("original_model", "model"),
+        ("original_status", "status"),
+        ("original_latency_ms", "ms"),
+        ("original_cost_usd", "cost"),
+        ("replay_model", "replay model"),
+        ("replay_status", "status"),
+        ("replay_latency_ms", "ms"),
+        ("replay_cost_usd", "cost"),
+        ("exact_match", "exact"),
+        ("similarity", "similarity"),
+        ("note", "note"),
+    )
+    table = [{title: _fmt(row[column]) for column, title in shown} for row in rows(report)]
+    titles = [title for _, title in shown]
+    widths = [
+        max([len(t)] + [len(list(r.values())[i]) for r in table]) for i, t in enumerate(titles)
+    ]
+    typer.echo("  ".join(t.ljust(w) for t, w in zip(titles, widths, strict=True)))
+    for row in table:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(row.values(), widths, strict=True)))
+    totals = report["totals"]
+    original, replay = totals["original"], totals["replay"]
+    counts = report["counts"]
+    typer.echo("")
+    typer.echo(
+        f"replay {report['id']} {report['status']}: {report['total']} selected, "
+        f"{counts['sent'] + counts['settled']} sent, {totals['not_replayable']} not replayable"
+    )
+    typer.echo(
+        f"cost: {original['cost_usd']:.6f} -> {replay['cost_usd']:.6f} USD "
+        f"(delta {totals['cost_delta_usd']:+.6f})"
+    )
+    if totals["latency_delta_ms"] is not None:
+        typer.echo(
+            f"latency (mean): {original['latency_ms_mean']:.1f} -> "
+            f"{replay['latency_ms_mean']:.1f} ms (delta {totals['latency_delta_ms']:+.1f})"
+        )
+    typer.echo(
+        f"errors: {original['errors']} -> {replay['errors']}; exact matches "
+        f"{totals['exact_matches']}/{totals['compared']}; mean similarity "
+        f"{_fmt(totals['similarity_mean'])}"
+    )

@@ -1,0 +1,364 @@
+"""The exact-match response cache: what makes two requests the same (keys), what is
+cacheable (determinism, privacy, tenant scope, TTL), and what a client and history see
+(hits answered without inference, streams replayed, hits recorded as events). History's
+cache store is faked (history_fakes.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from switchyard.common.events import (
+    ChatCompleted,
+    ChatRequested,
+    ClientAPI,
+    TokenUsage,
+    UsageData,
+    UsageRecorded,
+)
+from switchyard.common.topics import Topics
+from switchyard.gateway.cache import cache_key, is_deterministic, normalised_body
+
+from .conftest import API_KEY, chunk, completed_reply
+from .history_fakes import install
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ON = AUTH | {"X-Switchyard-Cache": "on"}
+BODY = {
+    "model": "sim-small",
+    "temperature": 0,
+    "messages": [{"role": "user", "content": "Hello"}],
+}
+OPENAI = ClientAPI.OPENAI_CHAT_COMPLETIONS
+
+
+@pytest.fixture
+async def history(harness):
+    return await install(harness)
+
+
+@pytest.fixture
+async def recorded(harness):
+    """Every event published on the replies and usage topics."""
+    topics = Topics(harness.settings.topic_prefix)
+    events: list = []
+
+    async def keep(event) -> None:
+        events.append(event)
+
+    await harness.bus.subscribe([topics.replies, topics.usage], "recorder", keep)
+    return events
+
+
+async def async_wait_until(check, timeout: float = 5.0) -> None:
+    async def checked():
+        return check()
+
+    from switchyard.common.testing.infra import async_wait_until as wait
+
+    await wait(checked, timeout=timeout, interval=0.02)
+
+
+# -- keys ------------------------------------------------------------------------------
+
+
+def test_key_ignores_field_order_identity_streaming_options_and_prompt_cache_markers():
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": {}}]}
+        ],
+        "temperature": 0,
+    }
+    same = {
+        "temperature": 0.0,
+        "messages": [{"content": [{"text": "Hi", "type": "text"}], "role": "user"}],
+        "model": "m",
+        "user": "someone",
+        "metadata": {"trace": "1"},
+    }
+    assert cache_key("acme", OPENAI, body, {}, False) == cache_key("acme", OPENAI, same, {}, False)
+    assert "user" not in normalised_body(same) and "metadata" not in normalised_body(same)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "other"},
+        {"temperature": 0.5},
+        {"max_tokens": 5},
+        {"messages": [{"role": "user", "content": "Hello!"}]},
+    ],
+)
+def test_key_changes_with_anything_that_changes_the_answer(change):
+    assert cache_key("acme", OPENAI, BODY, {}, False) != cache_key(
+        "acme", OPENAI, {**BODY, **change}, {}, False
+    )
+
+
+def test_key_is_scoped_by_tenant_api_streaming_and_provider_headers():
+    key = cache_key("acme", OPENAI, BODY, {}, False)
+    assert key != cache_key("globex", OPENAI, BODY, {}, False)
+    assert key != cache_key("acme", ClientAPI.ANTHROPIC_MESSAGES, BODY, {}, False)
+    assert key != cache_key("acme", OPENAI, BODY, {}, True)
+    assert cache_key("acme", OPENAI, BODY, {}, True) != cache_key(
+        "acme", OPENAI, {**BODY, "stream_options": {"include_usage": True}}, {}, True
+    )
+    assert key != cache_key("acme", OPENAI, BODY, {"anthropic-beta": "x"}, False)
+
+
+@pytest.mark.parametrize(
+    ("api", "body", "deterministic"),
+    [
+        (OPENAI, {}, False),  # the providers' default temperature is 1
+        (OPENAI, {"temperature": 0}, True),
+        (OPENAI, {"temperature": 0.7}, False),
+        (OPENAI, {"temperature": 0.7, "seed": 42}, True),
+        (ClientAPI.ANTHROPIC_MESSAGES, {"temperature": 0}, True),
+        (ClientAPI.ANTHROPIC_MESSAGES, {"seed": 42}, False),  # Anthropic has no seed
+        (ClientAPI.OPENAI_EMBEDDINGS, {}, True),
+    ],
+)
+def test_only_deterministic_requests_are_cacheable_by_default(api, body, deterministic):
+    assert is_deterministic(api, body) is deterministic
+
+
+# -- hits and misses -------------------------------------------------------------------
+
+
+async def test_a_repeated_request_is_answered_from_the_cache_without_inference(
+    harness, history, recorded
+):
+    first = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    await async_wait_until(lambda: history.cache, timeout=5)
+    again = await harness.client.post(
+        "/v1/chat/completions", json={**BODY, "user": "another-end-user"}, headers=ON
+    )
+
+    assert first.status_code == again.status_code == 200
+    assert first.headers["x-switchyard-cache"] == "miss"
+    assert again.headers["x-switchyard-cache"] == "hit"
+    assert "age" in again.headers
+    assert again.content == first.content
+    assert len(harness.requests) == 1  # the hit never reached inference
+    hit_id = again.headers["x-request-id"]
+    await async_wait_until(
+        lambda: sum(1 for event in recorded if event.request_id == hit_id) == 3, timeout=5
+    )
+    kinds = {type(event): event for event in recorded if event.request_id == hit_id}
+    usage = kinds[UsageRecorded].data
+    assert (usage.cache_hit, usage.cost_usd, usage.upstream_calls) == (True, 0, 0)
+    assert usage.saved_cost_usd == 0.25  # what the reused answer cost
+    assert kinds[ChatRequested].data.body["messages"] == BODY["messages"]
+    assert kinds[ChatCompleted].data.response == first.json()
+
+
+async def test_a_streamed_hit_replays_the_stored_stream_events(harness, history):
+    async def stream(request):
+        return [chunk(request, 0, "Hel"), chunk(request, 1, "lo"), completed_reply(request)]
+
+    harness.respond[0] = stream
+    body = {**BODY, "stream": True}
+    first = await harness.client.post("/v1/chat/completions", json=body, headers=ON)
+    await async_wait_until(lambda: history.cache, timeout=5)
+    again = await harness.client.post("/v1/chat/completions", json=body, headers=ON)
+
+    assert again.headers["x-switchyard-cache"] == "hit"
+    assert again.headers["content-type"].startswith("text/event-stream")
+    assert again.content == first.content
+    assert again.content.endswith(b"data: [DONE]\n\n")
+    assert len(harness.requests) == 1
+    # A JSON request is another key: it is not answered with the stream's entry.
+    plain = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert plain.headers["x-switchyard-cache"] == "miss"
+
+
+async def test_anthropic_stream_hit_ends_with_message_stop_and_no_done(harness, history):
+    from .conftest import anthropic_stream
+
+    async def stream(request):
+        return [*anthropic_stream(request, ["Hi"]), completed_reply(request)]
+
+    harness.respond[0] = stream
+    body = {**BODY, "max_tokens": 10, "stream": True}
+    first = await harness.client.post("/v1/messages", json=body, headers=ON)
+    await async_wait_until(lambda: history.cache, timeout=5)
+    again = await harness.client.post("/v1/messages", json=body, headers=ON)
+
+    assert again.headers["x-switchyard-cache"] == "hit"
+    assert again.content == first.content
+    assert b"event: message_stop" in again.content and b"[DONE]" not in again.content
+
+
+async def test_nondeterministic_requests_are_cached_only_when_asked(harness, history):
+    body = {**BODY, "temperature": 0.9}
+    for _ in range(2):
+        response = await harness.client.post("/v1/chat/completions", json=body, headers=ON)
+        assert response.headers["x-switchyard-cache"] == "bypass"
+    assert len(harness.requests) == 2 and not history.cache
+
+    asked = ON | {"X-Switchyard-Cache-Nondeterministic": "true"}
+    await harness.client.post("/v1/chat/completions", json=body, headers=asked)
+    await async_wait_until(lambda: history.cache, timeout=5)
+    again = await harness.client.post("/v1/chat/completions", json=body, headers=asked)
+    assert again.headers["x-switchyard-cache"] == "hit"
+    assert len(harness.requests) == 3
+
+
+async def test_tenant_setting_turns_it_on_and_the_header_bypasses_or_refreshes(harness, history):
+    history.cache_enabled.add("acme")
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+    await async_wait_until(lambda: history.cache, timeout=5)
+
+    hit = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+    bypassed = await harness.client.post(
+        "/v1/chat/completions", json=BODY, headers=AUTH | {"X-Switchyard-Cache": "off"}
+    )
+    harness.respond[0] = _answer("fresh answer")
+    refreshed = await harness.client.post(
+        "/v1/chat/completions", json=BODY, headers=AUTH | {"X-Switchyard-Cache": "refresh"}
+    )
+    assert hit.headers["x-switchyard-cache"] == "hit"
+    assert bypassed.headers["x-switchyard-cache"] == "bypass"
+    assert refreshed.headers["x-switchyard-cache"] == "refresh"
+    assert len(harness.requests) == 3  # the first, the bypass and the refresh
+    await async_wait_until(
+        lambda: "fresh answer" in str(next(iter(history.cache.values()))["response"]), timeout=5
+    )
+    # The refreshed answer replaced the old one, here and in the replica's memory.
+    after = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+    assert after.headers["x-switchyard-cache"] == "hit"
+    assert after.json()["choices"][0]["message"]["content"] == "fresh answer"
+
+
+async def test_entries_expire_after_their_ttl(harness, history):
+    ttl = ON | {"X-Switchyard-Cache-TTL": "1"}
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=ttl)
+    await async_wait_until(lambda: history.cache, timeout=5)
+    assert (await harness.client.post("/v1/chat/completions", json=BODY, headers=ttl)).headers[
+        "x-switchyard-cache"
+    ] == "hit"
+    await asyncio.sleep(1.2)
+    late = await harness.client.post("/v1/chat/completions", json=BODY, headers=ttl)
+    assert late.headers["x-switchyard-cache"] == "miss"
+    assert len(harness.requests) == 2
+
+
+async def test_answers_are_never_shared_across_tenants(harness, history):
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    await async_wait_until(lambda: history.cache, timeout=5)
+    other = {
+        "Authorization": f"Bearer {harness.auth.token(tenant='globex')}",
+        "X-Switchyard-Cache": "on",
+    }
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers=other)
+    assert response.headers["x-switchyard-cache"] == "miss"
+    assert len(harness.requests) == 2
+
+
+async def test_metadata_only_tenants_get_nothing_cached(harness, history):
+    history.metadata_only.add("acme")
+    for _ in range(2):
+        response = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+        assert response.headers["x-switchyard-cache"] == "bypass"
+    await asyncio.sleep(0.1)
+    assert not history.cache
+    assert not [call for call in history.calls if call.method == "PUT"]
+    assert len(harness.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("X-Switchyard-Cache", "sometimes"),
+        ("X-Switchyard-Cache-TTL", "0"),
+        ("X-Switchyard-Cache-TTL", "soon"),
+    ],
+)
+async def test_unreadable_cache_headers_are_400_naming_the_header(harness, history, header, value):
+    headers = ON | {header: value}
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"].lower() == header.lower()
+    assert not harness.requests
+
+
+async def test_history_down_means_a_miss_never_a_failure(harness, history):
+    history.down = True
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert response.status_code == 200
+    assert len(harness.requests) == 1
+
+
+async def test_requests_without_the_header_on_a_tenant_without_the_cache_are_untouched(
+    harness, history
+):
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+    assert response.status_code == 200
+    assert "x-switchyard-cache" not in response.headers
+    await asyncio.sleep(0.05)
+    assert not [call for call in history.calls if "/entries/" in call.url.path]
+
+
+def _answer(text: str):
+    async def respond(request):
+        return [completed_reply(request, text)]
+
+    return respond
+
+
+# -- budgets and rate limits -------------------------------------------------------------
+
+
+async def test_a_hit_counts_against_requests_per_minute_but_costs_nothing_against_budgets(
+    harness,
+):
+    from .test_governance import limited_auth
+
+    limited_auth(
+        harness, rpm_limit=3, max_parallel_requests=1, max_budget_usd=5.0, budget_period="30d"
+    )
+    history = await install(harness)
+    gateway = harness.app.state.gateway
+    miss = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert miss.status_code == 200, miss.text
+    assert miss.headers["x-switchyard-cache"] == "miss"
+    await async_wait_until(lambda: history.cache, timeout=5)
+    # Inference's usage event of the miss settles it (0.25 USD) and frees its slot.
+    await harness.bus.publish(
+        Topics(harness.settings.topic_prefix).usage,
+        UsageRecorded(
+            source="inference",
+            tenant="acme",
+            request_id=miss.headers["x-request-id"],
+            data=UsageData(
+                model="sim-small",
+                user_id="user-1",
+                api_key_id="key-1",
+                status="completed",
+                usage=TokenUsage(input_tokens=2, output_tokens=2),
+                cost_usd=0.25,
+            ),
+        ),
+        key=miss.headers["x-request-id"],
+    )
+    await async_wait_until(lambda: not gateway.admission._pending, timeout=5)
+
+    first_hit = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    # One request in progress at most: a hit holds no slot once answered.
+    second_hit = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    over = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+
+    assert [first_hit.status_code, second_hit.status_code] == [200, 200], second_hit.text
+    assert first_hit.headers["x-switchyard-cache"] == second_hit.headers["x-switchyard-cache"]
+    assert first_hit.headers["x-switchyard-cache"] == "hit"
+    assert first_hit.headers["x-ratelimit-remaining-requests"] == "1"
+    assert second_hit.headers["x-ratelimit-remaining-requests"] == "0"
+    assert over.status_code == 429  # hits are requests: the fourth is over 3 a minute
+    assert over.json()["error"]["code"] == "rate_limit_exceeded"
+    assert len(harness.requests) == 1
+    await gateway.admission.flush()
+    spend = await harness.client.get("/v1/spend", headers=AUTH)
+    [budget] = spend.json()["data"]
+    assert budget["spent_usd"] == 0.25  # the miss only: hits spend nothing

@@ -1,0 +1,641 @@
+"""OpenAI's Responses API through the gateway, driven by the official `openai` SDK
+(`client.responses.create`, `.stream`, `.retrieve`, `.delete`, `.cancel`,
+`.input_items.list`): the real gateway on the in-memory bus, the real inference handler
+calling the provider simulator over HTTP, and the real history service (SQLite) keeping
+the conversation state; auth is played by `FakeAuth`.
+
+The default routing serves `sim-small` through a deployment offering the Responses API
+(passed through), `sim-large` through one offering Chat Completions only, and
+`sim-claude` over Anthropic's protocol (both translated): every test that can runs on
+all three."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import httpx2
+import openai
+import orjson
+import pytest
+
+from switchyard.common.bus import InMemoryBus
+from switchyard.common.db import upgrade
+from switchyard.common.events import (
+    ChatRequested,
+    ClientAPI,
+    Event,
+    Priority,
+    TerminalStatus,
+    UsageRecorded,
+)
+from switchyard.common.responses import parse_response_id, response_id
+from switchyard.common.routing import default_routing
+from switchyard.common.testing.infra import async_wait_until
+from switchyard.common.topics import Topics
+from switchyard.gateway.app import create_app
+from switchyard.gateway.config import Settings
+from switchyard.history.app import create_app as create_history_app
+from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
+from switchyard.history.config import Settings as HistorySettings
+from switchyard.inference.handlers import ChatRequestHandler
+from switchyard.inference.providers import ProviderPool
+from switchyard.inference.testing import SimulatorHandle, serve_simulator
+
+from .conftest import API_KEY, FakeAuth
+
+TOKEN = "responses-internal-token"
+PREFIX = "responses"
+MODELS = ["sim-small", "sim-large", "sim-claude"]
+IDS = ["passed-through", "via-chat-completions", "via-anthropic"]
+REPLY = "Simulated reply to: "
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather of a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"location": {"type": "string"}},
+        "required": ["location"],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def simulator_root() -> Iterator[str]:
+    with serve_simulator() as root:
+        yield root
+
+
+@pytest.fixture
+def simulator(simulator_root: str) -> Iterator[SimulatorHandle]:
+    with httpx.Client(base_url=simulator_root, timeout=5) as control:
+        handle = SimulatorHandle(simulator_root, control)
+        handle.reset()
+        yield handle
+        control.post("/_sim/reset")
+
+
+@dataclass
+class System:
+    client: openai.AsyncOpenAI
+    http: httpx2.AsyncClient
+    gateway_app: Any
+    history_app: Any
+    auth: FakeAuth
+    inference: ChatRequestHandler
+    published: list[ChatRequested] = field(default_factory=list)
+
+    async def published_for(self, request_id: str) -> ChatRequested:
+        """The `chat.requested` the gateway published for a request (delivered to an
+        observer on the bus moments later)."""
+
+        async def found() -> ChatRequested | None:
+            return next((e for e in self.published if e.request_id == request_id), None)
+
+        return await async_wait_until(found, timeout=5, interval=0.01, message="the request")
+
+
+@pytest.fixture
+async def system(tmp_path, simulator: SimulatorHandle) -> AsyncIterator[System]:
+    bus = InMemoryBus()
+    await bus.start()
+    topics = Topics(PREFIX)
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'history.db'}"
+    upgrade(MIGRATIONS_DIR, database_url, VERSION_TABLE)
+    history_app = create_history_app(
+        HistorySettings(
+            database_url=database_url,
+            internal_token=TOKEN,
+            topic_prefix=PREFIX,
+            sweep_interval_s=3600,
+        ),
+        bus=bus,
+    )
+    providers = ProviderPool()
+    handler = ChatRequestHandler(
+        publish=bus.publish,
+        topics=topics,
+        routing=default_routing(simulator.openai_url),
+        providers=providers,
+    )
+    await bus.subscribe(
+        [topics.requests_interactive, topics.requests_batch], "inference", handler, concurrency=8
+    )
+    await bus.listen(topics.control, handler.cancel)
+    published: list[ChatRequested] = []
+
+    async def observe(event: Event) -> None:
+        if isinstance(event, ChatRequested):
+            published.append(event)
+
+    await bus.subscribe([topics.requests_interactive, topics.requests_batch], "observer", observe)
+    settings = Settings(
+        request_timeout_s=15,
+        topic_prefix=PREFIX,
+        internal_token=TOKEN,
+        history_url="http://history",
+        responses_state_wait_s=3,
+    )
+    app = create_app(settings, bus=bus)
+    gateway = app.state.gateway
+    await gateway.http.aclose()
+    auth = FakeAuth()
+    gateway.http = httpx.AsyncClient(
+        mounts={
+            "http://history": httpx.ASGITransport(app=history_app),
+            "all://": httpx.MockTransport(auth.handle),
+        }
+    )
+    gateway.authenticator._client = gateway.http
+    gateway.authenticator.jwks._client = gateway.http
+    async with history_app.router.lifespan_context(history_app), app.router.lifespan_context(app):
+        http = httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=app), base_url="http://gateway", timeout=30
+        )
+        client = openai.AsyncOpenAI(
+            base_url="http://gateway/v1", api_key=API_KEY, max_retries=0, http_client=http
+        )
+        yield System(client, http, app, history_app, auth, handler, published)
+        await http.aclose()
+    await providers.aclose()
+    await bus.stop()
+
+
+def auth_headers(token: str | None = None) -> dict[str, str]:
+    return {"authorization": f"Bearer {token or API_KEY}"}
+
+
+async def post(system: System, body: dict[str, Any], **headers: str) -> httpx2.Response:
+    return await system.http.post("/v1/responses", json=body, headers={**auth_headers(), **headers})
+
+
+def error_of(response: httpx2.Response) -> dict[str, Any]:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+# --------------------------------------------------------------------------- create
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+async def test_create_answers_a_response_on_every_kind_of_deployment(system, model):
+    raw = await system.client.responses.with_raw_response.create(
+        model=model, input="Hello there", instructions="Be brief.", metadata={"team": "qa"}
+    )
+    response = raw.parse()
+
+    assert response.object == "response" and response.status == "completed"
+    assert response.output_text == REPLY + "Hello there"
+    assert response.model == model
+    assert response.metadata == {"team": "qa"}
+    assert response.instructions == "Be brief."
+    ref = parse_response_id(response.id)
+    assert ref is not None and ref.request_id == raw.headers["x-request-id"]
+    assert response.usage.input_tokens > 0 and response.usage.output_tokens > 0
+    published = await system.published_for(ref.request_id)
+    assert published.data.api is ClientAPI.OPENAI_RESPONSES
+    assert published.data.body["input"] == "Hello there"  # as the client sent it
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+async def test_stream_delivers_the_complete_typed_event_sequence(system, model):
+    async with system.client.responses.stream(model=model, input="Stream this") as stream:
+        events = [event async for event in stream]
+        final = await stream.get_final_response()
+
+    kinds = [event.type for event in events]
+    for expected in (
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ):
+        assert expected in kinds, (expected, kinds)
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    assert final.output_text == REPLY + "Stream this"
+    assert final.usage.total_tokens > 0
+    retrieved = await system.client.responses.retrieve(final.id)
+    assert retrieved.output_text == final.output_text
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+async def test_chaining_with_previous_response_id_works_on_every_model(system, model):
+    first = await system.client.responses.create(model=model, input="My name is Ada.")
+    second = await system.client.responses.create(
+        model=model, input="What is my name?", previous_response_id=first.id
+    )
+
+    assert second.previous_response_id == first.id
+    # The model saw the whole conversation: both inputs and the first answer, word counts
+    # being the simulator's token counts (4 + 7 + 4).
+    assert second.usage.input_tokens == 15
+    items = await system.client.responses.input_items.list(second.id, order="asc")
+    texts = [item.content[0].text for item in items.data]
+    assert texts == ["My name is Ada.", REPLY + "My name is Ada.", "What is my name?"]
+    request_id = parse_response_id(second.id).request_id
+    published = await system.published_for(request_id)
+    assert [item["type"] for item in published.data.previous_items] == ["message", "message"]
+    assert published.data.body["previous_response_id"] == first.id
+
+
+async def test_a_conversation_can_move_between_models_of_different_protocols(system):
+    first = await system.client.responses.create(model="sim-claude", input="Remember 42.")
+    second = await system.client.responses.create(
+        model="sim-small", input="What did I ask?", previous_response_id=first.id
+    )
+    third = await system.client.responses.create(
+        model="sim-large", input="And now?", previous_response_id=second.id
+    )
+    items = await system.client.responses.input_items.list(third.id, order="asc", limit=100)
+    assert [item.content[0].text for item in items.data] == [
+        "Remember 42.",
+        REPLY + "Remember 42.",
+        "What did I ask?",
+        REPLY + "What did I ask?",
+        "And now?",
+    ]
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+async def test_function_tools_with_their_outputs(system, model):
+    asked = await system.client.responses.create(
+        model=model, input="What is the weather in Paris?", tools=[WEATHER_TOOL]
+    )
+    calls = [item for item in asked.output if item.type == "function_call"]
+    assert len(calls) == 1
+    call = calls[0]
+    assert call.name == "get_weather"
+    assert orjson.loads(call.arguments) == {"location": "Paris"}
+
+    answered = await system.client.responses.create(
+        model=model,
+        previous_response_id=asked.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "18C sunny"}],
+    )
+
+    assert answered.status == "completed"
+    assert answered.output[-1].type == "message"
+    items = await system.client.responses.input_items.list(answered.id, order="asc")
+    kinds = [item.type for item in items.data]
+    assert kinds == ["message", "function_call", "function_call_output"]
+    assert items.data[1].call_id == items.data[2].call_id == call.call_id
+    if model != "sim-large":  # the Chat Completions simulator does not echo tool results
+        assert "18C sunny" in answered.output_text
+
+
+# --------------------------------------------------------------------------- retrieve
+
+
+async def test_retrieve_input_items_and_delete(system):
+    created = await system.client.responses.create(
+        model="sim-claude", input=[{"role": "user", "content": f"item {n}"} for n in range(3)]
+    )
+    retrieved = await system.client.responses.retrieve(created.id)
+    assert retrieved.id == created.id and retrieved.output_text == created.output_text
+
+    page = await system.client.responses.input_items.list(created.id, limit=2)
+    assert [item.content[0].text for item in page.data] == ["item 2", "item 1"]
+    assert page.has_more is True
+    everything = [
+        item async for item in system.client.responses.input_items.list(created.id, limit=1)
+    ]
+    assert [item.content[0].text for item in everything] == ["item 2", "item 1", "item 0"]
+
+    await system.client.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError) as gone:
+        await system.client.responses.retrieve(created.id)
+    assert gone.value.body["code"] == "response_deleted"
+    with pytest.raises(openai.NotFoundError):
+        await system.client.responses.create(
+            model="sim-small", input="again", previous_response_id=created.id
+        )
+
+
+async def test_a_response_stored_with_store_false_cannot_be_retrieved_or_continued(system):
+    created = await system.client.responses.create(model="sim-small", input="x", store=False)
+    with pytest.raises(openai.NotFoundError) as missing:
+        await system.client.responses.retrieve(created.id)
+    assert "store: false" in missing.value.message
+    with pytest.raises(openai.NotFoundError) as chained:
+        await system.client.responses.create(
+            model="sim-small", input="y", previous_response_id=created.id
+        )
+    assert chained.value.body["param"] == "previous_response_id"
+    assert "store: false" in chained.value.message
+
+
+# --------------------------------------------------------------------------- background
+
+
+async def test_a_background_response_is_queued_then_completed(system):
+    queued = await system.client.responses.create(
+        model="sim-large", input="Take your time", background=True
+    )
+    assert queued.status == "queued" and queued.background is True
+    request_id = parse_response_id(queued.id).request_id
+    assert (await system.published_for(request_id)).data.priority is Priority.BATCH
+
+    completed = await completed_in_background(system, queued.id)
+    assert completed.output_text == REPLY + "Take your time"
+    assert completed.background is True
+
+
+async def completed_in_background(system: System, response_id: str):
+    async def done():
+        response = await system.client.responses.retrieve(response_id)
+        return response if response.status == "completed" else None
+
+    return await async_wait_until(done, timeout=15, message="background response")
+
+
+async def test_a_background_response_can_be_cancelled_until_it_finishes(system, simulator):
+    simulator.fault(hang=True, model="sim-claude")
+    queued = await system.client.responses.create(
+        model="sim-claude", input="Never mind", background=True
+    )
+    await async_wait_until(
+        lambda: asyncio.to_thread(simulator.calls, "sim-claude"),
+        timeout=10,
+        message="the upstream call to start",
+    )
+
+    cancelled = await system.client.responses.cancel(queued.id)
+
+    assert cancelled.status == "cancelled"
+    assert (await system.client.responses.retrieve(queued.id)).status == "cancelled"
+    # Inference stopped the upstream call it was waiting on.
+    request_id = parse_response_id(queued.id).request_id
+
+    async def stopped() -> bool:
+        return request_id not in system.inference.running
+
+    await async_wait_until(stopped, timeout=5, message="inference to stop the request")
+    done = await system.client.responses.create(model="sim-small", input="quick", background=True)
+    await completed_in_background(system, done.id)
+    with pytest.raises(openai.ConflictError) as finished:
+        await system.client.responses.cancel(done.id)
+    assert finished.value.body["code"] == "response_not_cancellable"
+
+
+async def test_only_background_responses_can_be_cancelled(system):
+    created = await system.client.responses.create(model="sim-small", input="now")
+    with pytest.raises(openai.BadRequestError) as refused:
+        await system.client.responses.cancel(created.id)
+    assert "background" in refused.value.message
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+async def test_an_unknown_previous_response_id_is_404_naming_the_parameter(system):
+    for unknown in (
+        "resp_nothing-like-ours",
+        response_id("0" * 32, datetime(2020, 1, 1, tzinfo=UTC)),
+    ):
+        answer = await post(
+            system, {"model": "sim-small", "input": "hi", "previous_response_id": unknown}
+        )
+        assert answer.status_code == 404
+        error = error_of(answer)
+        assert error["param"] == "previous_response_id"
+        assert error["code"] == "response_not_found"
+        assert error["type"] == "not_found_error"
+    assert system.published == []
+
+
+async def test_another_tenants_response_is_not_found(system):
+    created = await system.client.responses.create(model="sim-small", input="acme's secret")
+    other = system.auth.token(tenant="globex", sub="intruder", scopes=["chat"])
+
+    chained = await system.http.post(
+        "/v1/responses",
+        json={"model": "sim-small", "input": "tell me", "previous_response_id": created.id},
+        headers=auth_headers(other),
+    )
+    retrieved = await system.http.get(f"/v1/responses/{created.id}", headers=auth_headers(other))
+
+    assert chained.status_code == retrieved.status_code == 404
+    assert error_of(chained)["code"] == error_of(retrieved)["code"] == "response_not_found"
+    assert "acme's secret" not in chained.text + retrieved.text
+
+
+async def test_a_response_purged_by_retention_is_404_saying_so(system):
+    await system.history_app.state.history.tenants.update("acme", retention_days=30)
+    purged = response_id("f" * 32, datetime.now(UTC) - timedelta(days=45))
+
+    answer = await post(
+        system, {"model": "sim-large", "input": "continue", "previous_response_id": purged}
+    )
+
+    assert answer.status_code == 404
+    error = error_of(answer)
+    assert error["code"] == "response_purged"
+    assert "retention period (30 days)" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        ({"input": 42}, "input", "invalid_type"),
+        ({"input": [{"role": "wizard", "content": "hi"}]}, "input[0].role", "invalid_value"),
+        ({"input": [{"role": "user"}]}, "input[0].content", "missing_required_parameter"),
+        ({"input": ["hello"]}, "input[0]", "invalid_type"),
+        ({"input": [{"content": "no role"}]}, "input[0].type", "missing_required_parameter"),
+        (
+            {"input": [{"role": "user", "content": [{"text": "no type"}]}]},
+            "input[0].content[0].type",
+            "missing_required_parameter",
+        ),
+        (
+            {"input": [{"type": "function_call_output", "output": "18C"}]},
+            "input[0].call_id",
+            "missing_required_parameter",
+        ),
+        (
+            {"input": [{"type": "function_call_output", "call_id": "c1", "output": 18}]},
+            "input[0].output",
+            "invalid_type",
+        ),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", "invalid_value"),
+        ({"input": "hi", "previous_response_id": 7}, "previous_response_id", "invalid_type"),
+        ({"input": "hi", "store": "yes"}, "store", "invalid_type"),
+        ({"input": "hi", "background": True, "store": False}, "background", "invalid_value"),
+        ({"input": "hi", "background": True, "stream": True}, "background", "invalid_value"),
+        ({"input": "hi", "stream": "true"}, "stream", "invalid_type"),
+    ],
+)
+async def test_invalid_requests_are_400_naming_the_field(system, body, param, code):
+    answer = await post(system, {"model": "sim-small", **body})
+
+    assert answer.status_code == 400
+    error = error_of(answer)
+    assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
+    assert system.published == []
+
+
+@pytest.mark.parametrize("model", ["sim-large", "sim-claude"])
+async def test_built_in_tools_are_refused_naming_the_tool_on_translated_models(system, model):
+    with pytest.raises(openai.BadRequestError) as refused:
+        await system.client.responses.create(
+            model=model, input="Search the news", tools=[WEATHER_TOOL, {"type": "web_search"}]
+        )
+    assert refused.value.body["param"] == "tools[1]"
+    assert "web_search" in refused.value.message
+    # A deployment offering the Responses API gets it as sent.
+    passed = await system.client.responses.create(
+        model="sim-small", input="Search the news", tools=[{"type": "web_search"}]
+    )
+    assert passed.status == "completed"
+
+
+async def test_unknown_model_and_streamed_retrieval_are_refused(system):
+    unknown = await post(system, {"model": "no-such-model", "input": "hi"})
+    assert unknown.status_code == 404 and error_of(unknown)["param"] == "model"
+    created = await system.client.responses.create(model="sim-small", input="hi")
+    streamed = await system.http.get(
+        f"/v1/responses/{created.id}?stream=true", headers=auth_headers()
+    )
+    assert streamed.status_code == 400 and error_of(streamed)["param"] == "stream"
+    bad_id = await system.http.get("/v1/responses/not%20an%20id", headers=auth_headers())
+    assert bad_id.status_code == 404
+
+
+async def test_a_stream_failing_midway_ends_with_response_failed(system, simulator):
+    simulator.fault(stream_error_after=3, model="sim-large")
+
+    async with system.http.stream(
+        "POST",
+        "/v1/responses",
+        json={"model": "sim-large", "input": "Tell me a long story", "stream": True},
+        headers=auth_headers(),
+    ) as answer:
+        assert answer.status_code == 200
+        events = [
+            orjson.loads(line[len("data: ") :])
+            async for line in answer.aiter_lines()
+            if line.startswith("data: ")
+        ]
+
+    assert events[0]["type"] == "response.created"
+    last = events[-1]
+    assert last["type"] == "response.failed"
+    assert last["response"]["id"] == events[0]["response"]["id"]
+    assert last["response"]["status"] == "failed"
+    assert last["response"]["error"]["code"] == "server_error"
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+
+
+# --------------------------------------------------------------------------- governance
+
+
+def limit_key(system: System, **limits: Any) -> None:
+    """Make auth answer these limits for the test key (history stays reachable)."""
+    gateway = system.gateway_app.state.gateway
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/internal/v1/policy":
+            return httpx.Response(
+                200,
+                json={
+                    "tenant": "acme",
+                    "team_id": None,
+                    "levels": {
+                        "api_key": {"id": "key-1", "limits": limits, "budget_anchor_at": None},
+                        "user": {"id": "user-1", "limits": {}, "budget_anchor_at": None},
+                        "tenant": {"id": "acme", "limits": {}, "budget_anchor_at": None},
+                    },
+                    "rate_limit_failure_mode": "open",
+                    "budget_failure_mode": "closed",
+                },
+            )
+        return system.auth.handle(request)
+
+    gateway.http = httpx.AsyncClient(
+        mounts={
+            "http://history": httpx.ASGITransport(app=system.history_app),
+            "all://": httpx.MockTransport(handle),
+        }
+    )
+    gateway.authenticator._client = gateway.http
+
+
+async def test_responses_count_against_rate_limits_and_are_refused_in_openai_shape(system):
+    limit_key(system, rpm_limit=2)
+    usage: list[UsageRecorded] = []
+
+    async def observe(event: Event) -> None:
+        if isinstance(event, UsageRecorded):
+            usage.append(event)
+
+    await system.gateway_app.state.gateway.bus.subscribe(
+        [Topics(PREFIX).usage], "usage-observer", observe
+    )
+    first = await system.client.responses.with_raw_response.create(model="sim-small", input="one")
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    queued = await post(system, {"model": "sim-large", "input": "two", "background": True})
+    assert queued.status_code == 200, queued.text
+    assert queued.headers["x-ratelimit-remaining-requests"] == "0"
+
+    refused = await post(system, {"model": "sim-small", "input": "three"})
+    assert refused.status_code == 429
+    error = error_of(refused)
+    assert error["code"] == "rate_limit_exceeded" and "key key-1" in error["message"]
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert int(refused.headers["retry-after"]) >= 1
+    with pytest.raises(openai.RateLimitError):
+        await system.client.responses.create(model="sim-large", input="four", background=True)
+    # Refused before publishing: only the two admitted requests reached the bus.
+    assert len(system.published) <= 2
+
+    # The refusal is recorded like any request's outcome: usage with the status `refused`.
+    request_id = refused.headers["x-request-id"]
+
+    async def recorded() -> UsageRecorded | None:
+        return next((e for e in usage if e.request_id == request_id), None)
+
+    record = await async_wait_until(recorded, timeout=5, message="the refusal's usage")
+    assert record.data.status is TerminalStatus.REFUSED
+    assert record.data.api is ClientAPI.OPENAI_RESPONSES
+
+
+async def test_an_exhausted_budget_refuses_responses_as_insufficient_quota(system):
+    limit_key(system, max_budget_usd=0.0)
+    with pytest.raises(openai.RateLimitError) as refused:
+        await system.client.responses.create(model="sim-small", input="hello")
+    assert refused.value.body["code"] == "insufficient_quota"
+    with pytest.raises(openai.RateLimitError):
+        await system.client.responses.create(model="sim-small", input="hi", background=True)
+    assert system.published == []
+
+
+def test_a_continued_conversation_reserves_tokens_for_its_previous_items():
+    from switchyard.gateway.api.body import ClientRequest
+    from switchyard.gateway.governance.estimate import prompt_tokens
+
+    body = {"model": "sim-small", "input": "And then?"}
+    earlier = [
+        {"role": "user", "content": "Tell me a long story. " * 50},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Once upon a time " * 50}],
+        },
+    ]
+    alone = ClientRequest(ClientAPI.OPENAI_RESPONSES, body, "sim-small", False)
+    continued = ClientRequest(ClientAPI.OPENAI_RESPONSES, body, "sim-small", False, earlier)
+    assert prompt_tokens(continued.admission_body) > prompt_tokens(alone.admission_body) + 300
+    assert continued.body == body  # what is published stays as the client sent it

@@ -1,0 +1,83 @@
+"""`/internal/v1/cache`: the response cache's shared store, for the gateway replicas
+(internal token and the caller's identity required; entries are scoped to the caller's
+tenant). A tenant storing metadata only keeps no entry: `PUT` answers `stored: false`.
+
+- `GET /internal/v1/cache/settings`: the tenant's cache settings (and whether it stores
+  content), which each gateway keeps for a few seconds;
+- `GET /internal/v1/cache/entries/{key}`: a live entry, or 404;
+- `PUT /internal/v1/cache/entries/{key}`: store or replace one."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path
+from pydantic import BaseModel, Field
+
+from switchyard.common.errors import APIError
+from switchyard.common.http import internal_token_dependency
+from switchyard.common.jsonbody import BoundedJsonRoute
+from switchyard.history.api.dependencies import CacheDep, CallerDep, TenantsDep
+
+# Keys are SHA-256 digests in hex.
+KEY_PATTERN = r"^[0-9a-f]{64}$"
+KeyParam = Annotated[str, Path(pattern=KEY_PATTERN, description="SHA-256 of the request.")]
+# An entry lives at most a week, whatever is asked.
+MAX_TTL_S = 7 * 86_400
+
+
+class CacheEntryBody(BaseModel):
+    api: str = Field(min_length=1, max_length=32)
+    model: str = Field(min_length=1, max_length=256)
+    response: dict[str, Any]
+    stream_events: list[dict[str, Any]] | None = None
+    source_request_id: str = Field(min_length=1, max_length=64)
+    ttl_s: float = Field(gt=0, le=MAX_TTL_S)
+
+
+def cache_router(internal_token: str) -> APIRouter:
+    router = APIRouter(
+        prefix="/internal/v1/cache",
+        tags=["internal"],
+        route_class=BoundedJsonRoute,
+        dependencies=[Depends(internal_token_dependency(internal_token))],
+    )
+
+    @router.get("/settings")
+    async def cache_settings(caller: CallerDep, tenants: TenantsDep) -> dict:
+        """The tenant's response cache settings."""
+        settings = await tenants.get(caller.tenant)
+        return {
+            "cache_enabled": bool(settings.cache_enabled),
+            "cache_ttl_s": settings.cache_ttl_s,
+            "store_content": settings.store_content,
+        }
+
+    @router.get("/entries/{key}")
+    async def get_entry(key: KeyParam, caller: CallerDep, store: CacheDep) -> dict:
+        """The tenant's live entry for this key."""
+        entry = await store.get(caller.tenant, key)
+        if entry is None:
+            raise APIError(404, "No cached answer for this key.", code="cache_miss")
+        return entry.public()
+
+    @router.put("/entries/{key}")
+    async def put_entry(
+        key: KeyParam, body: CacheEntryBody, caller: CallerDep, store: CacheDep, tenants: TenantsDep
+    ) -> dict:
+        """Store an answer (nothing for a tenant storing metadata only)."""
+        if not (await tenants.get(caller.tenant)).store_content:
+            return {"stored": False, "reason": "metadata_only"}
+        expires_at = await store.put(
+            caller.tenant,
+            key,
+            api=body.api,
+            model=body.model,
+            response=body.response,
+            stream_events=body.stream_events,
+            source_request_id=body.source_request_id,
+            ttl_s=body.ttl_s,
+        )
+        return {"stored": True, "expires_at": expires_at.isoformat()}
+
+    return router

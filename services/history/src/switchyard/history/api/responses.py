@@ -1,0 +1,131 @@
+"""`/v1/responses`: the state of OpenAI Responses API requests, for the gateway (internal
+token and the caller's identity required): one response, its input items, deleting it,
+cancelling a background one, and the conversation a `previous_response_id` continues.
+The rules are in `switchyard.history.responses`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Response
+
+from switchyard.common.errors import APIError
+from switchyard.common.http import internal_token_dependency
+from switchyard.history.api.dependencies import CallerDep, ComponentsDep, QueriesDep
+from switchyard.history.responses import DEFAULT_ITEMS_PAGE, MAX_ITEMS_PAGE, ResponseStore
+
+
+def _json(data: Any) -> Response:
+    return Response(orjson.dumps(data), media_type="application/json")
+
+
+def items_limit(
+    limit: Annotated[
+        str | None, Query(description=f"Page size, 1 to {MAX_ITEMS_PAGE} (default 20).")
+    ] = None,
+) -> int:
+    if limit is None:
+        return DEFAULT_ITEMS_PAGE
+    try:
+        value = int(limit)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= MAX_ITEMS_PAGE:
+        raise APIError(
+            400,
+            f"Invalid value for 'limit': must be an integer from 1 to {MAX_ITEMS_PAGE}.",
+            param="limit",
+            code="invalid_limit",
+        )
+    return value
+
+
+def items_order(
+    order: Annotated[
+        str | None, Query(description="`asc` or `desc` (default: newest first).")
+    ] = None,
+) -> Literal["asc", "desc"]:
+    if order in (None, "desc"):
+        return "desc"
+    if order == "asc":
+        return "asc"
+    raise APIError(
+        400,
+        "Invalid value for 'order': must be 'asc' or 'desc'.",
+        param="order",
+        code="invalid_value",
+    )
+
+
+def response_store(components: ComponentsDep, queries: QueriesDep) -> ResponseStore:
+    return ResponseStore(
+        components.engine,
+        queries,
+        components.tenants,
+        components.recorder,
+        # The service-wide retention, for tenants without their own.
+        components.sweeper.retention_days,
+    )
+
+
+StoreDep = Annotated[ResponseStore, Depends(response_store)]
+
+
+def responses_router(internal_token: str) -> APIRouter:
+    router = APIRouter(
+        prefix="/v1/responses",
+        tags=["responses"],
+        dependencies=[Depends(internal_token_dependency(internal_token))],
+    )
+
+    @router.get("/{response_id}", summary="One response, as the Responses API shows it")
+    async def get_response(response_id: str, caller: CallerDep, responses: StoreDep) -> Response:
+        found = await responses.find(caller, response_id)
+        return _json(found.view())
+
+    @router.get("/{response_id}/input_items", summary="The items a response was generated from")
+    async def list_input_items(
+        response_id: str,
+        caller: CallerDep,
+        responses: StoreDep,
+        limit: Annotated[int, Depends(items_limit)] = DEFAULT_ITEMS_PAGE,
+        order: Annotated[Literal["asc", "desc"], Depends(items_order)] = "desc",
+        after: Annotated[str | None, Query(max_length=256)] = None,
+        before: Annotated[str | None, Query(max_length=256)] = None,
+    ) -> Response:
+        page = await responses.input_items(
+            caller, response_id, limit=limit, order=order, after=after, before=before
+        )
+        return _json(page)
+
+    @router.get(
+        "/{response_id}/conversation",
+        summary="The items a response continuing this one starts from (gateway only)",
+    )
+    async def get_conversation(
+        response_id: str, caller: CallerDep, responses: StoreDep
+    ) -> Response:
+        return _json({"object": "list", "data": await responses.conversation(caller, response_id)})
+
+    @router.delete("/{response_id}", summary="Delete a response's stored content")
+    async def delete_response(response_id: str, caller: CallerDep, responses: StoreDep) -> Response:
+        return _json(await responses.delete(caller, response_id))
+
+    @router.post("/{response_id}/cancel", summary="Cancel a background response")
+    async def cancel_response(
+        response_id: str,
+        caller: CallerDep,
+        responses: StoreDep,
+        accepted: Annotated[
+            bool,
+            Query(
+                description="The gateway vouches that it accepted this response for the "
+                "caller moments ago: if it is not recorded yet, its cancellation is "
+                "recorded first."
+            ),
+        ] = False,
+    ) -> Response:
+        return _json(await responses.cancel(caller, response_id, accepted=accepted))
+
+    return router

@@ -1,0 +1,91 @@
+"""Budgets and rate limits for replayed requests: before the replay runner publishes a
+request, the gateway (which keeps the fleet's limit ledger) admits it against every limit
+above the user and key it is billed to, exactly as if they had sent it
+(`POST /internal/v1/admissions` on the gateway, `SWITCHYARD_GATEWAY_URL`).
+
+`GatewayAdmission.admit(event)` returns an `Admitted` (the team id to put on the request)
+or a `Held` (refused by a limit: `budget` True when a budget is used up, else a rate limit
+to wait `retry_after_s` for); it raises `AdmissionUnavailable` when the gateway cannot be
+asked or cannot check limits (the item is tried again later)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from switchyard.common.events import ChatRequested
+from switchyard.common.http import INTERNAL_TOKEN_HEADER
+
+
+@dataclass(frozen=True)
+class Admitted:
+    team_id: str | None
+
+
+@dataclass(frozen=True)
+class Held:
+    """Refused by a limit: `message` says which (the gateway's words)."""
+
+    message: str
+    budget: bool
+    retry_after_s: float
+
+
+class AdmissionUnavailable(RuntimeError):
+    """The gateway could not be asked, or could not check limits."""
+
+
+class GatewayAdmission:
+    """Asks a gateway to admit replayed requests (see the module docstring)."""
+
+    def __init__(self, gateway_url: str, internal_token: str, *, timeout_s: float = 10.0) -> None:
+        self._url = gateway_url.rstrip("/") + "/internal/v1/admissions"
+        self._client = httpx.AsyncClient(
+            headers={INTERNAL_TOKEN_HEADER: internal_token}, timeout=timeout_s
+        )
+
+    async def admit(self, event: ChatRequested, timeout_s: float) -> Admitted | Held:
+        data = event.data
+        payload = {
+            "request_id": event.request_id,
+            "tenant": event.tenant,
+            "user_id": data.user_id,
+            "api_key_id": data.api_key_id,
+            "api": data.api.value,
+            "model": data.model,
+            "body": data.body,
+            "timeout_s": timeout_s,
+        }
+        try:
+            response = await self._client.post(self._url, json=payload)
+        except httpx.HTTPError as exc:
+            raise AdmissionUnavailable(f"gateway unreachable: {exc!r}") from exc
+        if response.status_code == 200:
+            return Admitted(team_id=response.json().get("team_id"))
+        if response.status_code == 429:
+            error = _error(response)
+            try:
+                retry_after = float(response.headers.get("retry-after", "1"))
+            except ValueError:
+                retry_after = 1.0
+            return Held(
+                message=str(error.get("message") or "refused by a limit"),
+                budget=error.get("code") == "insufficient_quota",
+                retry_after_s=max(0.5, retry_after),
+            )
+        raise AdmissionUnavailable(
+            f"gateway answered {response.status_code}: {_error(response).get('message')}"
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _error(response: httpx.Response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}

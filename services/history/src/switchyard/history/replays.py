@@ -1,0 +1,981 @@
+"""Replaying recorded traffic against another model, and comparing the answers.
+
+A replay is created from a selection of a tenant's recorded requests (time range, and
+optionally model, API key, user, team; a `limit` or a random `sample`), and a target
+model. Each selected request becomes an item (`history_replay_items`), in the order the
+requests were made; a request stored metadata-only (the tenant's privacy setting), or of
+an API that cannot be replayed, is an item marked `not_replayable` with the reason, and
+the rest of the run goes on.
+
+The runner (`ReplayRunner`, one per history replica) sends the items of running replays
+at the replay's rate: each becomes a `chat.requested` on the batch lane (inference serves
+it only with capacity interactive traffic leaves free), with the original's body and
+provider headers, `model` replaced by the target, `stream` removed (nobody reads a batch
+stream), `replay_of` naming the original, no reply address, no webhook, and attributed to
+whoever created the replay (or, with `bill_to: original`, to the original's user, key and
+team). Before it is published, a gateway admits it against the budgets and rate limits of
+that user and key (`replay_admission.py`): a rate limit pauses the replay until it allows
+more, a used-up budget stops it (resumed by its id), the item waiting with the limit's
+message as its reason. It goes to inference like any job, never through a gateway's
+request path, so no Idempotency-Key is claimed and no webhook fires for it.
+
+Never twice: an item goes `pending` -> `sending` (committed) -> published -> `sent`, and a
+runner only takes an item whose state it changed itself, so two runners never send the
+same item. A runner that died between `sending` and `sent` leaves the item in doubt:
+whoever resumes the replay publishes a probe on the batch topic with the item's key (so,
+on Kafka, to the same partition, after the request if the request was published), waits
+until this service has recorded the probe, and then knows: the request is recorded (it was
+sent) or it never will be (it is sent now). Probes are `chat.cancel_requested` events with
+reason `replay_probe`; inference ignores everything but requests on the request topics.
+
+A replay can be stopped and resumed by its id (`stopped` <-> `running`); a replay whose
+runner died is taken over by any replica once its lease runs out. When every sent item's
+replay has reached a terminal state it is compared with its original (`settle`): exact
+match of the output text, and a similarity score from 0 to 1 (the standard library's
+`difflib.SequenceMatcher.ratio()`: twice the matched characters over the total, on at most
+the first `SIMILARITY_MAX_CHARS` characters of each). Then the replay is `completed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import hashlib
+import json
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import structlog
+from aiolimiter import AsyncLimiter
+from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import aliased
+
+from switchyard.common.events import (
+    CancelRequestData,
+    ChatCancelRequested,
+    ChatRequestData,
+    ChatRequested,
+    ClientAPI,
+    EnvelopeFields,
+    Priority,
+    new_id,
+)
+from switchyard.common.topics import Topics
+from switchyard.history.models import (
+    ReplayItemState,
+    ReplayStatus,
+    RequestStatus,
+    events_table,
+    replay_items_table,
+    replays_table,
+    requests_table,
+)
+from switchyard.history.privacy import REDACTED_MARKER
+from switchyard.history.queries import Caller
+from switchyard.history.replay_admission import (
+    AdmissionUnavailable,
+    Admitted,
+    GatewayAdmission,
+)
+
+log = structlog.get_logger("switchyard.history.replays")
+
+Publish = Callable[..., Awaitable[None]]
+
+REPLAYABLE_APIS = frozenset(
+    {
+        ClientAPI.OPENAI_CHAT_COMPLETIONS.value,
+        ClientAPI.OPENAI_EMBEDDINGS.value,
+        ClientAPI.OPENAI_RESPONSES.value,
+        ClientAPI.ANTHROPIC_MESSAGES.value,
+    }
+)
+METADATA_ONLY_REASON = (
+    "stored metadata-only (the tenant's privacy setting): its content was not kept, so it "
+    "cannot be replayed"
+)
+SIMILARITY_MAX_CHARS = 20_000
+MAX_RATE_PER_S = 1000.0
+PROBE_REASON = "replay_probe"
+ERROR_STATUSES = frozenset(
+    {RequestStatus.FAILED.value, RequestStatus.EXPIRED.value, RequestStatus.REFUSED.value}
+)
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
+_PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0}
+_PERIODS.update({"h": 3600.0, "hour": 3600.0})
+
+
+class ReplayError(ValueError):
+    """A replay that cannot be created or changed as asked (the API answers `status`)."""
+
+    def __init__(self, status: int, message: str, *, param: str | None, code: str) -> None:
+        super().__init__(message)
+        self.status, self.param, self.code = status, param, code
+
+
+def parse_rate(value: str | float | int) -> tuple[int, float]:
+    """`5/s`, `30/m`, `100/h` or a number (per second) as (requests, per seconds), the
+    shape of a leaky bucket. Raises ReplayError for zero, negative or unreadable rates."""
+    match = _RATE.match(str(value))
+    amount = float(match.group(1)) if match else 0.0
+    if match is None or amount <= 0:
+        raise ReplayError(
+            400,
+            f"Invalid value for 'rate': {str(value)[:32]!r}. Use a positive number of requests "
+            "per second, minute or hour, e.g. 5/s, 30/m or 100/h.",
+            param="rate",
+            code="invalid_rate",
+        )
+    period = _PERIODS[match.group(2) or "s"]
+    if amount / period > MAX_RATE_PER_S:
+        raise ReplayError(
+            400,
+            f"Invalid value for 'rate': at most {MAX_RATE_PER_S:.0f} requests per second.",
+            param="rate",
+            code="invalid_rate",
+        )
+    if amount >= 1 and amount == int(amount):
+        return int(amount), period
+    return 1, period / amount
+
+
+def format_rate(count: int, period_s: float) -> str:
+    per_second = count / period_s
+    if per_second >= 1:
+        return f"{per_second:g}/s"
+    return f"{per_second * 60:g}/m"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which recorded requests a replay sends again (all filters combined with AND)."""
+
+    since: datetime
+    until: datetime | None = None
+    model: str | None = None
+    api_key_id: str | None = None
+    user_id: str | None = None
+    team_id: str | None = None
+    limit: int | None = None
+    sample: int | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "since": self.since.isoformat(),
+            "until": self.until.isoformat() if self.until else None,
+            "model": self.model,
+            "api_key_id": self.api_key_id,
+            "user_id": self.user_id,
+            "team_id": self.team_id,
+            "limit": self.limit,
+            "sample": self.sample,
+        }
+
+
+@dataclass(frozen=True)
+class ReplaySpec:
+    to_model: str
+    selection: Selection
+    rate: tuple[int, float] = (5, 1.0)
+    bill_to: Literal["caller", "original"] = "caller"
+
+
+def replay_request_id(replay_id: str, original_request_id: str) -> str:
+    """The request id of an item's replay: the same whoever sends it, however often asked."""
+    return hashlib.sha256(f"{replay_id}/{original_request_id}".encode()).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------- comparing
+
+
+def _text_parts(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    parts = []
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict):
+                text = part.get("text")
+                if isinstance(text, str):
+                    parts.append(text)
+                elif part.get("type") in ("tool_use", "function_call"):
+                    parts.append(_call_text(part.get("name"), part.get("input")))
+    return parts
+
+
+def _call_text(name: Any, arguments: Any) -> str:
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments, sort_keys=True, separators=(",", ":"))
+    return f"{name}({arguments})"
+
+
+def output_text(api: str | None, response: dict[str, Any] | None) -> str | None:
+    """The text of a reply in its API's shape (with tool calls as `name(arguments)`), to
+    compare two answers; None when there is none (embeddings, no reply, metadata only)."""
+    if not isinstance(response, dict) or response.get(REDACTED_MARKER):
+        return None
+    if api == ClientAPI.OPENAI_CHAT_COMPLETIONS.value:
+        choices = response.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return None
+        message = choices[0].get("message") or {}
+        parts = _text_parts(message.get("content"))
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                parts.append(_call_text(function.get("name"), function.get("arguments")))
+        return "".join(parts)
+    if api == ClientAPI.ANTHROPIC_MESSAGES.value:
+        return "".join(_text_parts(response.get("content")))
+    if api == ClientAPI.OPENAI_RESPONSES.value:
+        parts = []
+        for item in response.get("output") or []:
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "function_call":
+                parts.append(_call_text(item.get("name"), item.get("arguments")))
+            else:
+                parts.extend(_text_parts(item.get("content")))
+        return "".join(parts)
+    return None
+
+
+def similarity(a: str, b: str) -> float:
+    """How alike two texts are, from 0 (nothing in common) to 1 (equal):
+    `difflib.SequenceMatcher.ratio()` on at most SIMILARITY_MAX_CHARS of each."""
+    if a == b:
+        return 1.0
+    return difflib.SequenceMatcher(None, a[:SIMILARITY_MAX_CHARS], b[:SIMILARITY_MAX_CHARS]).ratio()
+
+
+# ---------------------------------------------------------------------------- the store
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ReplayStore:
+    """Creating, reading, stopping and resuming replays (the API's side)."""
+
+    def __init__(self, engine: AsyncEngine, *, max_requests: int = 10_000) -> None:
+        self._engine = engine
+        self.max_requests = max_requests
+
+    def _selection_query(self, caller: Caller, selection: Selection):
+        r, e = requests_table.c, events_table.c
+        query = select(
+            r.request_id,
+            r.api,
+            r.request_body[REDACTED_MARKER].as_boolean().label("redacted"),
+        ).where(
+            r.tenant == caller.tenant,
+            r.request_body.is_not(None),
+            r.replay_of.is_(None),
+            r.status != RequestStatus.PENDING.value,
+            r.created_at >= selection.since,
+        )
+        if selection.until is not None:
+            query = query.where(r.created_at < selection.until)
+        if not caller.sees_whole_tenant:
+            query = query.where(r.user_id == caller.user_id)
+        elif selection.user_id is not None:
+            query = query.where(r.user_id == selection.user_id)
+        if selection.model is not None:
+            query = query.where(r.model == selection.model)
+        if selection.api_key_id is not None:
+            query = query.where(r.api_key_id == selection.api_key_id)
+        if selection.team_id is not None:
+            query = query.where(
+                r.request_id.in_(
+                    select(e.request_id).where(
+                        e.tenant == caller.tenant,
+                        e.type == "chat.requested",
+                        e.payload[("data", "team_id")].as_string() == selection.team_id,
+                    )
+                )
+            )
+        if selection.sample is not None:
+            return query.order_by(func.random()).limit(selection.sample)
+        query = query.order_by(r.created_at, r.request_id)
+        return query.limit(selection.limit or self.max_requests + 1)
+
+    async def create(
+        self, caller: Caller, api_key_id: str | None, spec: ReplaySpec
+    ) -> dict[str, Any]:
+        """Select the requests and record the replay (running); returns it. Raises
+        ReplayError 400 for an empty selection or one over `max_requests`."""
+        selection = spec.selection
+        async with self._engine.begin() as connection:
+            rows = (await connection.execute(self._selection_query(caller, selection))).all()
+            if not rows:
+                raise ReplayError(
+                    400,
+                    "No recorded request matches this selection (time range and filters); "
+                    "nothing to replay.",
+                    param="since",
+                    code="empty_selection",
+                )
+            if selection.limit is None and selection.sample is None:
+                if len(rows) > self.max_requests:
+                    raise ReplayError(
+                        400,
+                        f"The selection has more than {self.max_requests} requests; narrow it, "
+                        "or use 'limit' or 'sample'.",
+                        param="limit",
+                        code="selection_too_large",
+                    )
+            if selection.sample is not None:
+                # A random sample, replayed in the order the requests were made.
+                order = {row.request_id: i for i, row in enumerate(rows)}
+                created = await connection.execute(
+                    select(requests_table.c.request_id, requests_table.c.created_at).where(
+                        requests_table.c.request_id.in_(list(order))
+                    )
+                )
+                times = dict(created.all())
+                rows = sorted(rows, key=lambda row: (times[row.request_id], row.request_id))
+            now = _now()
+            replay_id = new_id()
+            items = []
+            for position, row in enumerate(rows):
+                state, reason = ReplayItemState.PENDING.value, None
+                if row.redacted:
+                    state, reason = ReplayItemState.NOT_REPLAYABLE.value, METADATA_ONLY_REASON
+                elif row.api not in REPLAYABLE_APIS:
+                    state = ReplayItemState.NOT_REPLAYABLE.value
+                    reason = f"requests of the {row.api} API cannot be replayed"
+                items.append(
+                    {
+                        "replay_id": replay_id,
+                        "position": position,
+                        "original_request_id": row.request_id,
+                        "replay_request_id": replay_request_id(replay_id, row.request_id),
+                        "state": state,
+                        "reason": reason,
+                    }
+                )
+            await connection.execute(
+                insert(replays_table).values(
+                    replay_id=replay_id,
+                    tenant=caller.tenant,
+                    user_id=caller.user_id,
+                    api_key_id=api_key_id,
+                    to_model=spec.to_model,
+                    selection=selection.public(),
+                    rate_count=spec.rate[0],
+                    rate_period_s=spec.rate[1],
+                    bill_to=spec.bill_to,
+                    status=ReplayStatus.RUNNING.value,
+                    total=len(items),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            await connection.execute(insert(replay_items_table), items)
+        log.info("replay created", replay_id=replay_id, requests=len(items))
+        replay = await self.get(caller, replay_id, limit=0)
+        assert replay is not None
+        return replay
+
+    async def _replay_row(self, caller: Caller, replay_id: str):
+        p = replays_table.c
+        query = select(replays_table).where(p.replay_id == replay_id, p.tenant == caller.tenant)
+        if not caller.sees_whole_tenant:
+            query = query.where(p.user_id == caller.user_id)
+        async with self._engine.connect() as connection:
+            return (await connection.execute(query)).mappings().first()
+
+    async def list(self, caller: Caller, limit: int = 20) -> list[dict[str, Any]]:
+        p = replays_table.c
+        query = select(replays_table).where(p.tenant == caller.tenant)
+        if not caller.sees_whole_tenant:
+            query = query.where(p.user_id == caller.user_id)
+        query = query.order_by(p.created_at.desc()).limit(limit)
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(query)).mappings().all()
+        return [_replay_summary(row) for row in rows]
+
+    async def get(
+        self, caller: Caller, replay_id: str, *, limit: int = 100, after: int = -1
+    ) -> dict[str, Any] | None:
+        """The replay with its counts, totals and up to `limit` paired items after position
+        `after`; None if the caller cannot see it."""
+        row = await self._replay_row(caller, replay_id)
+        if row is None:
+            return None
+        original, replayed = aliased(requests_table), aliased(requests_table)
+        i = replay_items_table.c
+        columns = [
+            i.position,
+            i.state,
+            i.reason,
+            i.exact_match,
+            i.similarity,
+            i.original_request_id,
+            i.replay_request_id,
+        ]
+        sides = []
+        for prefix, table in (("o_", original), ("r_", replayed)):
+            sides += [
+                table.c.request_id.label(prefix + "request_id"),
+                table.c.model.label(prefix + "model"),
+                table.c.status.label(prefix + "status"),
+                table.c.latency_ms.label(prefix + "latency_ms"),
+                table.c.input_tokens.label(prefix + "input_tokens"),
+                table.c.output_tokens.label(prefix + "output_tokens"),
+                table.c.cost_usd.label(prefix + "cost_usd"),
+            ]
+        joined = replay_items_table.outerjoin(
+            original, original.c.request_id == i.original_request_id
+        ).outerjoin(replayed, replayed.c.request_id == i.replay_request_id)
+        base = select(*columns, *sides).select_from(joined).where(i.replay_id == replay_id)
+        async with self._engine.connect() as connection:
+            every = (await connection.execute(base.order_by(i.position))).mappings().all()
+        page = [item for item in every if item["position"] > after][:limit]
+        replay = _replay_summary(row)
+        replay["counts"] = _counts(every)
+        replay["totals"] = _totals(every)
+        replay["data"] = [_pair(item) for item in page]
+        more = len([item for item in every if item["position"] > after]) > limit
+        replay["next_after"] = page[-1]["position"] if page and more else None
+        return replay
+
+    async def set_status(self, caller: Caller, replay_id: str, status: ReplayStatus) -> dict:
+        """Stop a running replay, or resume a stopped (or interrupted) one. Raises
+        ReplayError 404 if the caller cannot see it, 409 if it is completed."""
+        row = await self._replay_row(caller, replay_id)
+        if row is None:
+            raise ReplayError(
+                404,
+                f"No replay found with id '{replay_id[:64]}'.",
+                param=None,
+                code="replay_not_found",
+            )
+        if row["status"] == ReplayStatus.COMPLETED.value:
+            raise ReplayError(
+                409,
+                "This replay has completed; there is nothing left to stop or resume.",
+                param=None,
+                code="replay_completed",
+            )
+        values: dict[str, Any] = {"status": status.value, "updated_at": _now()}
+        if status is ReplayStatus.RUNNING and row["status"] == ReplayStatus.STOPPED.value:
+            values.update(runner=None, lease_until=None)
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(replays_table)
+                .where(
+                    replays_table.c.replay_id == replay_id,
+                    replays_table.c.status != ReplayStatus.COMPLETED.value,
+                )
+                .values(**values)
+            )
+        replay = await self.get(caller, replay_id, limit=0)
+        assert replay is not None
+        return replay
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _replay_summary(row) -> dict[str, Any]:
+    return {
+        "id": row["replay_id"],
+        "object": "replay",
+        "status": row["status"],
+        "to_model": row["to_model"],
+        "selection": row["selection"],
+        "rate": format_rate(row["rate_count"], row["rate_period_s"]),
+        "bill_to": row["bill_to"],
+        "total": row["total"],
+        "created_at": _iso(row["created_at"]),
+        "completed_at": _iso(row["completed_at"]),
+    }
+
+
+def _counts(items) -> dict[str, int]:
+    counts = {state.value: 0 for state in ReplayItemState}
+    for item in items:
+        counts[item["state"]] += 1
+    return counts
+
+
+def _side(item, prefix: str, request_id: str | None) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "model": item[prefix + "model"],
+        "status": item[prefix + "status"],
+        "latency_ms": item[prefix + "latency_ms"],
+        "input_tokens": item[prefix + "input_tokens"],
+        "output_tokens": item[prefix + "output_tokens"],
+        "cost_usd": item[prefix + "cost_usd"],
+    }
+
+
+def _pair(item) -> dict[str, Any]:
+    sent = item["state"] in (ReplayItemState.SENT.value, ReplayItemState.SETTLED.value)
+    return {
+        "position": item["position"],
+        "state": item["state"],
+        "replayable": item["state"] != ReplayItemState.NOT_REPLAYABLE.value,
+        "reason": item["reason"],
+        "original": _side(item, "o_", item["original_request_id"]),
+        "replay": _side(item, "r_", item["replay_request_id"]) if sent else None,
+        "exact_match": item["exact_match"],
+        "similarity": item["similarity"],
+    }
+
+
+def _totals(items) -> dict[str, Any]:
+    """Totals over the items that were replayed, each side over the same requests."""
+    sent = [
+        item
+        for item in items
+        if item["state"] in (ReplayItemState.SENT.value, ReplayItemState.SETTLED.value)
+    ]
+
+    def side(prefix: str) -> dict[str, Any]:
+        latencies = [
+            item[prefix + "latency_ms"]
+            for item in sent
+            if item[prefix + "status"] == RequestStatus.COMPLETED.value
+            and item[prefix + "latency_ms"] is not None
+        ]
+        return {
+            "requests": len(sent),
+            "completed": sum(
+                1 for item in sent if item[prefix + "status"] == RequestStatus.COMPLETED.value
+            ),
+            "errors": sum(1 for item in sent if item[prefix + "status"] in ERROR_STATUSES),
+            "pending": sum(
+                1 for item in sent if item[prefix + "status"] in (None, RequestStatus.PENDING.value)
+            ),
+            "input_tokens": sum(item[prefix + "input_tokens"] or 0 for item in sent),
+            "output_tokens": sum(item[prefix + "output_tokens"] or 0 for item in sent),
+            "cost_usd": round(sum(item[prefix + "cost_usd"] or 0.0 for item in sent), 8),
+            "latency_ms_mean": round(sum(latencies) / len(latencies), 3) if latencies else None,
+        }
+
+    original, replay = side("o_"), side("r_")
+    compared = [item for item in sent if item["similarity"] is not None]
+    latency_delta = None
+    if original["latency_ms_mean"] is not None and replay["latency_ms_mean"] is not None:
+        latency_delta = round(replay["latency_ms_mean"] - original["latency_ms_mean"], 3)
+    return {
+        "original": original,
+        "replay": replay,
+        "cost_delta_usd": round(replay["cost_usd"] - original["cost_usd"], 8),
+        "latency_delta_ms": latency_delta,
+        "not_replayable": sum(
+            1 for item in items if item["state"] == ReplayItemState.NOT_REPLAYABLE.value
+        ),
+        "compared": len(compared),
+        "exact_matches": sum(1 for item in compared if item["exact_match"]),
+        "similarity_mean": round(sum(item["similarity"] for item in compared) / len(compared), 4)
+        if compared
+        else None,
+    }
+
+
+# ---------------------------------------------------------------------------- the runner
+
+
+class ReplayRunner:
+    """Sends the items of running replays and settles finished ones (one per replica)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        publish: Publish,
+        topics: Topics,
+        *,
+        runner_id: str,
+        request_timeout_s: float = 3600.0,
+        lease_s: float = 30.0,
+        slice_s: float = 5.0,
+        recover_after_s: float = 60.0,
+        probe_timeout_s: float = 10.0,
+        admission: GatewayAdmission | None = None,
+    ) -> None:
+        self._engine = engine
+        self._admission = admission
+        # A replay held by a rate limit is not driven again before this (monotonic s).
+        self._not_before: dict[str, float] = {}
+        self._publish = publish
+        self._topics = topics
+        self.runner_id = runner_id
+        self.request_timeout_s = request_timeout_s
+        self.lease_s = lease_s
+        self.slice_s = slice_s
+        self.recover_after_s = recover_after_s
+        self.probe_timeout_s = probe_timeout_s
+        self._limiters: dict[str, AsyncLimiter] = {}
+
+    async def run(self, interval_s: float) -> None:
+        """Work until cancelled: settle, then send for a slice of time, or wait."""
+        failures = 0
+        while True:
+            try:
+                busy = await self.tick()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - e.g. the database or bus is down
+                failures += 1
+                if failures == 1 or failures % 10 == 0:
+                    log.warning("replay round failed", error=repr(exc))
+                busy = False
+            await asyncio.sleep(0 if busy else min(10.0, interval_s * 2 ** min(failures, 5)))
+
+    async def tick(self) -> bool:
+        """One round; True if it sent anything (so the next round starts at once)."""
+        await self.settle()
+        replay = await self._claim()
+        if replay is None:
+            return False
+        return await self.drive(replay) > 0
+
+    # -- claiming -----------------------------------------------------------------------
+
+    async def _claim(self):
+        p, i = replays_table.c, replay_items_table.c
+        now = _now()
+        free = (p.lease_until.is_(None)) | (p.lease_until < now) | (p.runner == self.runner_id)
+        waiting = exists().where(
+            i.replay_id == p.replay_id,
+            i.state.in_([ReplayItemState.PENDING.value, ReplayItemState.SENDING.value]),
+        )
+        candidates = (
+            select(p.replay_id)
+            .where(p.status == ReplayStatus.RUNNING.value, free, waiting)
+            .order_by(p.created_at)
+            .limit(5)
+        )
+        async with self._engine.begin() as connection:
+            for replay_id in list((await connection.execute(candidates)).scalars()):
+                claimed = await connection.execute(
+                    update(replays_table)
+                    .where(p.replay_id == replay_id, p.status == ReplayStatus.RUNNING.value, free)
+                    .values(
+                        runner=self.runner_id, lease_until=now + timedelta(seconds=self.lease_s)
+                    )
+                )
+                if claimed.rowcount == 1:
+                    row = await connection.execute(
+                        select(replays_table).where(p.replay_id == replay_id)
+                    )
+                    return row.mappings().first()
+        return None
+
+    async def _still_ours(self, replay_id: str) -> bool:
+        """Whether the replay is still running under this runner; renews the lease."""
+        p = replays_table.c
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                update(replays_table)
+                .where(
+                    p.replay_id == replay_id,
+                    p.status == ReplayStatus.RUNNING.value,
+                    p.runner == self.runner_id,
+                )
+                .values(lease_until=_now() + timedelta(seconds=self.lease_s))
+            )
+        return result.rowcount == 1
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def drive(self, replay) -> int:
+        """Send the replay's items for one slice of time at its rate; returns how many."""
+        replay_id = replay["replay_id"]
+        if self._not_before.get(replay_id, 0.0) > time.monotonic():
+            return 0
+        await self._recover(replay)
+        limiter = self._limiters.get(replay_id)
+        if limiter is None:
+            limiter = self._limiters[replay_id] = AsyncLimiter(
+                replay["rate_count"], replay["rate_period_s"]
+            )
+        ends = time.monotonic() + self.slice_s
+        sent = 0
+        i = replay_items_table.c
+        next_item = (
+            select(replay_items_table)
+            .where(i.replay_id == replay_id, i.state == ReplayItemState.PENDING.value)
+            .order_by(i.position)
+            .limit(1)
+        )
+        while time.monotonic() < ends:
+            async with self._engine.connect() as connection:
+                item = (await connection.execute(next_item)).mappings().first()
+            if item is None or not await self._still_ours(replay_id):
+                break
+            await limiter.acquire()
+            event = await self._replay_event(replay, item)
+            if event is None:
+                continue
+            if not await self._move(item, ReplayItemState.PENDING, ReplayItemState.SENDING):
+                continue  # another runner took it
+            if self._admission is not None:
+                event = await self._admit(replay, item, event)
+                if event is None:
+                    break
+            # Any failure from here leaves the item in doubt, resolved by `_recover`.
+            await self._publish(self._topics.requests_batch, event, key=event.request_id)
+            await self._move(item, ReplayItemState.SENDING, ReplayItemState.SENT)
+            sent += 1
+        return sent
+
+    async def _admit(self, replay, item, event: ChatRequested) -> ChatRequested | None:
+        """The event with the team admission found, or None when a limit holds it back
+        (the item goes back to `pending` with the reason): a rate limit pauses this
+        replay until it allows more; a used-up budget stops it (resumed by its id).
+        Raises AdmissionUnavailable (the item back to `pending`) when limits cannot be
+        checked."""
+        assert self._admission is not None
+        try:
+            decision = await self._admission.admit(event, self.request_timeout_s)
+        except AdmissionUnavailable:
+            await self._move(item, ReplayItemState.SENDING, ReplayItemState.PENDING)
+            raise
+        if isinstance(decision, Admitted):
+            data = event.data.model_copy(update={"team_id": decision.team_id})
+            return event.model_copy(update={"data": data})
+        await self._move(
+            item, ReplayItemState.SENDING, ReplayItemState.PENDING, reason=decision.message
+        )
+        replay_id = replay["replay_id"]
+        if decision.budget:
+            log.info("replay stopped by a budget", replay_id=replay_id, reason=decision.message)
+            p = replays_table.c
+            async with self._engine.begin() as connection:
+                await connection.execute(
+                    update(replays_table)
+                    .where(
+                        p.replay_id == replay_id,
+                        p.status == ReplayStatus.RUNNING.value,
+                        p.runner == self.runner_id,
+                    )
+                    .values(status=ReplayStatus.STOPPED.value, updated_at=_now())
+                )
+        else:
+            self._not_before[replay_id] = time.monotonic() + decision.retry_after_s
+        return None
+
+    async def _move(
+        self, item, source: ReplayItemState, target: ReplayItemState, reason: str | None = None
+    ) -> bool:
+        i = replay_items_table.c
+        values: dict[str, Any] = {"state": target.value}
+        if target is ReplayItemState.SENDING:
+            values["attempted_at"] = _now()
+            values["reason"] = None  # a limit that held it back before no longer does
+        if reason is not None:
+            values["reason"] = reason
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                update(replay_items_table)
+                .where(
+                    i.replay_id == item["replay_id"],
+                    i.position == item["position"],
+                    i.state == source.value,
+                )
+                .values(**values)
+            )
+        return result.rowcount == 1
+
+    async def _replay_event(self, replay, item) -> ChatRequested | None:
+        """The item's request, built from its original as recorded (None, and the item
+        marked not replayable, if the original is no longer stored)."""
+        r, e = requests_table.c, events_table.c
+        original_id = item["original_request_id"]
+        async with self._engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(r.api, r.request_body, r.user_id, r.api_key_id, r.tenant).where(
+                        r.request_id == original_id
+                    )
+                )
+            ).first()
+            payload = (
+                await connection.execute(
+                    select(e.payload)
+                    .where(e.request_id == original_id, e.type == "chat.requested")
+                    .limit(1)
+                )
+            ).scalar()
+        body = row.request_body if row is not None else None
+        if row is None or not isinstance(body, dict) or body.get(REDACTED_MARKER):
+            await self._move(
+                item,
+                ReplayItemState.PENDING,
+                ReplayItemState.NOT_REPLAYABLE,
+                reason="the original request is no longer stored (retention)"
+                if row is None or body is None
+                else METADATA_ONLY_REASON,
+            )
+            return None
+        data = (payload or {}).get("data") or {} if isinstance(payload, dict) else {}
+        body = {**body, "model": replay["to_model"]}
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+        if replay["bill_to"] == "original":
+            user_id, api_key_id, team_id = row.user_id, row.api_key_id, data.get("team_id")
+        else:
+            user_id, api_key_id, team_id = replay["user_id"], replay["api_key_id"], None
+        request_id = item["replay_request_id"]
+        return ChatRequested(
+            id=request_id,
+            source="history",
+            tenant=row.tenant,
+            request_id=request_id,
+            data=ChatRequestData(
+                api=ClientAPI(row.api),
+                model=replay["to_model"],
+                body=body,
+                headers=data.get("headers") or {},
+                stream=False,
+                user_id=user_id or replay["user_id"],
+                api_key_id=api_key_id,
+                team_id=team_id,
+                priority=Priority.BATCH,
+                deadline=_now() + timedelta(seconds=self.request_timeout_s),
+                reply_to=None,
+                webhook_url=None,
+                replay_of=original_id,
+            ),
+        )
+
+    async def _recover(self, replay) -> None:
+        """Resolve items a dead runner left `sending`: sent if their request is recorded
+        once a probe published after it is; back to `pending` if it is not."""
+        i, r = replay_items_table.c, requests_table.c
+        before = _now() - timedelta(seconds=self.recover_after_s)
+        query = select(replay_items_table).where(
+            i.replay_id == replay["replay_id"],
+            i.state == ReplayItemState.SENDING.value,
+            i.attempted_at < before,
+        )
+        async with self._engine.connect() as connection:
+            doubtful = (await connection.execute(query)).mappings().all()
+        for item in doubtful:
+            request_id = item["replay_request_id"]
+            if not await self._recorded(r.request_id == request_id):
+                probe = ChatCancelRequested(
+                    source="history",
+                    tenant=replay["tenant"],
+                    request_id=request_id,
+                    data=CancelRequestData(reason=PROBE_REASON),
+                )
+                await self._publish(self._topics.requests_batch, probe, key=request_id)
+                if not await self._wait_recorded(probe):
+                    continue  # history is behind: decided on a later round
+            if await self._recorded(r.request_id == request_id):
+                await self._move(item, ReplayItemState.SENDING, ReplayItemState.SENT)
+            else:
+                log.info("replay item never reached the bus: sending it", request_id=request_id)
+                await self._move(item, ReplayItemState.SENDING, ReplayItemState.PENDING)
+
+    async def _recorded(self, condition) -> bool:
+        r = requests_table.c
+        async with self._engine.connect() as connection:
+            found = await connection.execute(
+                select(r.request_id).where(condition, r.request_body.is_not(None)).limit(1)
+            )
+            return found.first() is not None
+
+    async def _wait_recorded(self, event: EnvelopeFields) -> bool:
+        e = events_table.c
+        deadline = time.monotonic() + self.probe_timeout_s
+        while time.monotonic() < deadline:
+            async with self._engine.connect() as connection:
+                found = await connection.execute(
+                    select(e.event_id).where(e.event_id == event.id).limit(1)
+                )
+                if found.first() is not None:
+                    return True
+            await asyncio.sleep(0.1)
+        return False
+
+    # -- settling -----------------------------------------------------------------------
+
+    async def settle(self, batch: int = 200) -> int:
+        """Compare the items whose replay reached a terminal state; complete the replays
+        with nothing left to send or wait for. Returns how many items were compared."""
+        i, p = replay_items_table.c, replays_table.c
+        original, replayed = aliased(requests_table), aliased(requests_table)
+        query = (
+            select(
+                i.replay_id,
+                i.position,
+                original.c.api.label("o_api"),
+                original.c.response.label("o_response"),
+                replayed.c.api.label("r_api"),
+                replayed.c.response.label("r_response"),
+            )
+            .select_from(
+                replay_items_table.join(
+                    replayed, replayed.c.request_id == i.replay_request_id
+                ).outerjoin(original, original.c.request_id == i.original_request_id)
+            )
+            .where(
+                i.state == ReplayItemState.SENT.value,
+                replayed.c.status != RequestStatus.PENDING.value,
+            )
+            .limit(batch)
+        )
+        async with self._engine.connect() as connection:
+            finished = (await connection.execute(query)).mappings().all()
+        now = _now()
+        for row in finished:
+            a = output_text(row["o_api"], row["o_response"])
+            b = output_text(row["r_api"], row["r_response"])
+            compared = a is not None and b is not None
+            values = {
+                "state": ReplayItemState.SETTLED.value,
+                "settled_at": now,
+                "exact_match": (a == b) if compared else None,
+                "similarity": round(similarity(a, b), 4) if compared else None,
+            }
+            if a is not None and b is not None and not math.isfinite(values["similarity"]):
+                values["similarity"] = None
+            async with self._engine.begin() as connection:
+                await connection.execute(
+                    update(replay_items_table)
+                    .where(
+                        i.replay_id == row["replay_id"],
+                        i.position == row["position"],
+                        i.state == ReplayItemState.SENT.value,
+                    )
+                    .values(**values)
+                )
+        unfinished = exists().where(
+            and_(
+                i.replay_id == p.replay_id,
+                i.state.in_(
+                    [
+                        ReplayItemState.PENDING.value,
+                        ReplayItemState.SENDING.value,
+                        ReplayItemState.SENT.value,
+                    ]
+                ),
+            )
+        )
+        async with self._engine.begin() as connection:
+            completed = await connection.execute(
+                update(replays_table)
+                .where(p.status == ReplayStatus.RUNNING.value, ~unfinished)
+                .values(status=ReplayStatus.COMPLETED.value, completed_at=now, updated_at=now)
+                .returning(p.replay_id)
+            )
+            for replay_id in completed.scalars():
+                self._limiters.pop(replay_id, None)
+                log.info("replay completed", replay_id=replay_id)
+        return len(finished)

