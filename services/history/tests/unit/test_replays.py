@@ -296,10 +296,15 @@ async def test_a_dead_runners_items_in_doubt_are_sent_once(service, events, infe
     found recorded and kept; the one it had not is sent now; neither twice."""
     await record_traffic(service, events, ["published", "lost"])
 
+    idled = asyncio.Event()
+
     async def idle() -> bool:
+        idled.set()
         return False
 
     service.app.state.replay_runner.tick = idle  # the service's own runner stays out
+    # ...once a round it may have begun before (and that could still send) has ended.
+    await asyncio.wait_for(idled.wait(), timeout=30)
     created = await replay(service, rate="100/s")
     replay_id = created["id"]
     engine = service.components.engine
