@@ -425,10 +425,24 @@ class MessagesViaChat(MessagesPassThrough):
         return _MessagesFromChatStream(model)
 
 
-class EmbeddingsPassThrough:
+class _NotStreamed:
+    """What every adapter of an API that is never streamed shares: asking for a stream is
+    a 400 naming `stream`, and no event is a preamble."""
+
+    not_streamed = "This API is not streamed."
+
+    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
+        raise invalid_request(self.not_streamed, param="stream")
+
+    def is_preamble(self, event: StreamEvent) -> bool:
+        return False
+
+
+class EmbeddingsPassThrough(_NotStreamed):
     """Embeddings to an OpenAI-protocol deployment (never streamed)."""
 
     api = ClientAPI.OPENAI_EMBEDDINGS
+    not_streamed = "Embeddings are not streamed."
 
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
@@ -445,21 +459,16 @@ class EmbeddingsPassThrough:
         native["model"] = model
         return native, openai_usage(native.get("usage"))
 
-    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
-        raise invalid_request("Embeddings are not streamed.", param="stream")
-
     def accumulator(self) -> Accumulator:
         return CompletionAccumulator()
 
-    def is_preamble(self, event: StreamEvent) -> bool:
-        return False
 
-
-class CountTokensPassThrough:
+class CountTokensPassThrough(_NotStreamed):
     """Anthropic's count_tokens to an Anthropic-protocol deployment (its own count; the
     upstream client maps the path for Vertex AI and Bedrock). Nothing is billed."""
 
     api = ClientAPI.ANTHROPIC_COUNT_TOKENS
+    not_streamed = "Token counts are not streamed."
 
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
@@ -475,14 +484,8 @@ class CountTokensPassThrough:
         _require(native, "input_tokens", int, model)
         return native, TokenUsage()
 
-    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
-        raise invalid_request("Token counts are not streamed.", param="stream")
-
     def accumulator(self) -> Accumulator:
         return MessageAccumulator()
-
-    def is_preamble(self, event: StreamEvent) -> bool:
-        return False
 
 
 class CountTokensEstimate(CountTokensPassThrough):
