@@ -122,7 +122,14 @@ def test_a_conversation_chained_across_two_requests(system, model, route, upstre
     assert second.previous_response_id == first.id
     # The upstream got the whole conversation: 4 + 7 + 4 words (the simulator's tokens).
     assert second.usage.input_tokens == 15
-    items = client.responses.input_items.list(second.id, order="asc")
+    def listed():
+        # History records the second response as its events arrive.
+        try:
+            return client.responses.input_items.list(second.id, order="asc")
+        except openai.NotFoundError:
+            return None
+
+    items = wait_until(listed, timeout=30)
     assert [item.content[0].text for item in items.data] == [
         "My name is Ada.",
         REPLY_PREFIX + "My name is Ada.",
