@@ -122,6 +122,7 @@ def test_a_conversation_chained_across_two_requests(system, model, route, upstre
     assert second.previous_response_id == first.id
     # The upstream got the whole conversation: 4 + 7 + 4 words (the simulator's tokens).
     assert second.usage.input_tokens == 15
+
     def listed():
         # History records the second response as its events arrive.
         try:
