@@ -64,10 +64,6 @@ class Collector:
                             (service, span.name, span.kind, attributes)
                         )
 
-    def services_in(self, trace_id: str) -> set[str]:
-        with self.lock:
-            return {service for service, _, _, _ in self.spans.get(trace_id, [])}
-
     def close(self) -> None:
         self.server.shutdown()
 
@@ -112,15 +108,33 @@ def test_one_trace_links_spans_from_all_four_services(traced):
     collector: Collector = traced["collector"]
 
     def trace_with_every_service():
+        # Each service exports its spans in its own batches, so history's HTTP span can
+        # arrive before its Kafka consumer span: wait for the whole trace, not its first part.
         with collector.lock:
             candidates = list(collector.spans)
         for trace_id in candidates:
-            if collector.services_in(trace_id) >= {
-                "switchyard-gateway",
-                "switchyard-auth",
-                "switchyard-inference",
-                "switchyard-history",
-            }:
+            with collector.lock:
+                spans = list(collector.spans[trace_id])
+            services = {service for service, _, _, _ in spans}
+            history_consumed = any(
+                service == "switchyard-history" and attrs.get("messaging.system") == "kafka"
+                for service, _, _, attrs in spans
+            )
+            provider_called = any(
+                service == "switchyard-inference" and name.startswith("chat ")
+                for service, name, _, _ in spans
+            )
+            if (
+                services
+                >= {
+                    "switchyard-gateway",
+                    "switchyard-auth",
+                    "switchyard-inference",
+                    "switchyard-history",
+                }
+                and history_consumed
+                and provider_called
+            ):
                 return trace_id
         return None
 
