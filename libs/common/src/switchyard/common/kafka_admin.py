@@ -37,7 +37,7 @@ async def create_topics(
                 name,
                 partitions_override or spec.partitions,
                 replication_factor,
-                topic_configs=configs,
+                topic_configs={**configs, **dict(spec.configs)},
             )
             for name, spec in topics.all()
             if name not in existing

@@ -20,6 +20,8 @@ class TopicSpec:
     event_types: tuple[str, ...] = ()
     producers: tuple[str, ...] = ()
     key: str = "request_id"
+    # Topic configs beyond the shared ones (`switchyard topics create` sets them).
+    configs: tuple[tuple[str, str], ...] = ()
 
 
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
@@ -55,6 +57,19 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         "One usage record per request that reached its terminal state.",
         ("usage.recorded",),
         ("inference", "gateway"),
+    ),
+    TopicSpec(
+        "outcomes",
+        12,
+        "What inference told, or is about to tell, each request's client, written before "
+        "the replies topic gets it: the first `chat.chunk` record of a stream run, the "
+        "terminal event and the usage event. A replica that receives a request again "
+        "(its previous replica died before committing the offset) reads it and answers "
+        "from it instead of calling the upstream again. Kept for a day "
+        "(`retention.ms`).",
+        ("chat.chunk", "chat.completed", "chat.failed", "usage.recorded"),
+        ("inference",),
+        configs=(("retention.ms", "86400000"),),
     ),
     TopicSpec(
         "control",
@@ -102,6 +117,7 @@ class Topics:
         self.requests_batch = f"{prefix}.requests.batch"
         self.replies = f"{prefix}.replies"
         self.usage = f"{prefix}.usage"
+        self.outcomes = f"{prefix}.outcomes"
         self.control = f"{prefix}.control"
         self.deadletter = f"{prefix}.deadletter"
         self.auth_events = f"{prefix}.auth.events"

@@ -23,6 +23,7 @@ from switchyard.common.tasks import cancel_and_wait
 from switchyard.common.topics import Topics
 from switchyard.inference.bootstrap import InferenceRuntime, build_runtime
 from switchyard.inference.config import Settings
+from switchyard.inference.redelivery import KafkaOutcomeLog, ListenedOutcomeLog, OutcomeLog
 
 log = structlog.get_logger("switchyard.inference")
 
@@ -46,6 +47,9 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         if owns_bus:
             await active_bus.start()
         topics = Topics(settings.topic_prefix)
+        outcomes = _outcome_log(settings, active_bus, topics)
+        await outcomes.start()
+        runtime.handler.outcomes = outcomes
         # Two lanes, two consumer groups: a batch backlog never sits in front of an
         # interactive request, and the lane gate holds batch back under interactive load.
         subscriptions = [
@@ -89,6 +93,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             await control.stop()
             for subscription in subscriptions:
                 await subscription.stop()
+            await outcomes.stop()
             await runtime.aclose()
             if owns_bus:
                 await active_bus.stop()
@@ -118,6 +123,20 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.add_middleware(ClientDisconnectGuard)
     install_docs(app, "Switchyard inference", ApiDocs())
     return app
+
+
+def _outcome_log(settings: Settings, bus: EventBus, topics: Topics) -> OutcomeLog:
+    """The outcomes log read from Kafka (every replica sees what any replica recorded), or
+    through the bus's listeners when there is no Kafka (one process holds every request)."""
+    if settings.bus == "kafka" and hasattr(bus, "bootstrap_servers"):
+        return KafkaOutcomeLog(
+            settings.kafka_bootstrap_servers,
+            topics.outcomes,
+            lookback_s=settings.redelivery_lookback_s,
+            client_id=f"inference-{settings.instance_id}-outcomes",
+            max_message_bytes=settings.kafka_max_message_bytes,
+        )
+    return ListenedOutcomeLog(bus, topics.outcomes, settings.redelivery_lookback_s)
 
 
 class ControlListener:

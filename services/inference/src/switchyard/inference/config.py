@@ -79,6 +79,14 @@ class Settings(ServiceSettings):
     breaker_cooldown_s: float = Field(
         default=30.0, gt=0, description="Time an open circuit waits before a half-open probe."
     )
+    redelivery_lookback_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="How long after a request's outcome was recorded in the outcomes log a "
+        "redelivery of the request is still answered from it instead of running again; each "
+        "replica keeps the log's records of this window in memory. At least the longest "
+        "time a request can hold back its partition's offset (the gateway's request timeout).",
+    )
     anthropic_default_max_tokens: int = Field(
         default=4096,
         ge=1,

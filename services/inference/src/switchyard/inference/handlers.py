@@ -19,6 +19,12 @@ Semantics the gateway relies on:
   A reply the bus refuses itself (larger than it carries) becomes `chat.failed` 502
   `response_too_large`, billed like the reply would have been: the partition never waits
   on an event that can never be published.
+- a request delivered again (its replica died before committing its offset) is looked up
+  in the outcomes log first (`redelivery`): its recorded reply and usage are published
+  again instead of calling the upstream, and a stream its client already partly received
+  ends as `chat.failed` 502 `stream_interrupted` instead of running again. For that, the
+  first chunk record of a stream run, and the terminal and usage events, are written to
+  the outcomes topic before they are published to the replies topic.
 - a `chat.cancel_requested` on the control topic stops the request on whichever replica
   runs it: the upstream call is cancelled, and `chat.failed` (status `cancelled`, error
   408 `client_disconnected`) and the usage so far are published.
@@ -36,6 +42,7 @@ import structlog
 from switchyard.common.bus import EventRejectedError
 from switchyard.common.events import (
     ChatCancelRequested,
+    ChatChunk,
     ChatRequested,
     ClientAPI,
     EnvelopeFields,
@@ -62,6 +69,7 @@ from switchyard.inference.outcomes import (
     cancelled,
     expired,
     failed,
+    stream_interrupted,
     undeliverable,
 )
 from switchyard.inference.pricing import PriceTable
@@ -73,6 +81,7 @@ from switchyard.inference.publishing import (
     ReliablePublisher,
     chunk_records,
 )
+from switchyard.inference.redelivery import OutcomeLog, Recorded
 from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
 
 log = structlog.get_logger("switchyard.inference.handlers")
@@ -164,8 +173,11 @@ class ChatRequestHandler:
         rng: random.Random | None = None,
         adapters: Adapters | None = None,
         publish_retry: PublishRetry | None = None,
+        outcomes: OutcomeLog | None = None,
     ) -> None:
-        """`routing` and `prices` are tables, or sources holding the current `.table`."""
+        """`routing` and `prices` are tables, or sources holding the current `.table`.
+        `outcomes`: the outcomes log (`redelivery`); without one, outcomes are neither
+        recorded nor looked up (a redelivered request then runs again)."""
         self._publish = ReliablePublisher(publish, publish_retry)
         self._topics = topics
         self._routing = FixedRouting(routing) if isinstance(routing, RoutingTable) else routing
@@ -186,6 +198,7 @@ class ChatRequestHandler:
         )
         self.running = RunningRequests()
         self.published = PublishedOutcomes()
+        self.outcomes = outcomes
 
     @property
     def routing(self) -> RoutingTable:
@@ -206,10 +219,34 @@ class ChatRequestHandler:
                 await self._publish_reply(event, done[0])
                 await self._publish(self._topics.usage, done[1], key=event.request_id)
                 return
+            recorded = await self.outcomes.lookup(event) if self.outcomes is not None else None
+            if recorded is not None and await self._answer_again(event, recorded):
+                return
             run = RequestRun(event)
             outcome = await self._outcome(run)
             outcome.latency_ms = (time.perf_counter() - run.started) * 1000
             await self._publish_outcome(run, outcome)
+
+    async def _answer_again(self, request: ChatRequested, recorded: Recorded) -> bool:
+        """Answer a request delivered again from what the outcomes log holds, without
+        calling the upstream; False if it must run (its client has received nothing)."""
+        if recorded.answered:
+            assert recorded.reply is not None and recorded.usage is not None
+            log.info("request delivered again after its outcome was recorded; republishing")
+            metrics.REDELIVERED.labels("republished").inc()
+            await self._publish_reply(request, recorded.reply)
+            await self._publish(self._topics.usage, recorded.usage, key=request.request_id)
+            return True
+        if recorded.stream_started is not None:
+            # Part of another run's stream may have reached the client, and a new run
+            # cannot continue it: the client's stream ends with this error, and so does
+            # the request's record. The dead run's tokens are unknown (not billed).
+            log.warning("stream delivered again after it started; ending it as interrupted")
+            metrics.REDELIVERED.labels("stream_interrupted").inc()
+            run = RequestRun(request)
+            await self._publish_outcome(run, stream_interrupted())
+            return True
+        return False
 
     async def cancel(self, event: Event) -> None:
         """The control-topic listener: cancel a request if this replica runs it."""
@@ -291,7 +328,9 @@ class ChatRequestHandler:
         request = run.request
         cost = self._events.cost(request, outcome)
         reply = self._events.terminal(request, outcome)
+        usage = self._events.usage(request, outcome, cost, run.ttft_ms)
         try:
+            await self._record(request, reply, usage)
             await self._publish_reply(request, reply)
         except EventRejectedError as exc:
             # Refused for what it is: no retry could deliver it. The client gets an error
@@ -299,12 +338,26 @@ class ChatRequestHandler:
             log.error("the reply cannot be published; answering an error", error=repr(exc))
             outcome = undeliverable(outcome, exc)
             reply = self._events.terminal(request, outcome)
+            usage = self._events.usage(request, outcome, cost, run.ttft_ms)
+            await self._record(request, reply, usage)
             await self._publish_reply(request, reply)
         self._events.record_metrics(request, outcome, cost)
-        usage = self._events.usage(request, outcome, cost, run.ttft_ms)
         await self._publish(self._topics.usage, usage, key=request.request_id)
         if request.data.api is not ClientAPI.OPENAI_EMBEDDINGS:
             self.published.add(request.id, reply, usage)
+
+    async def _record(
+        self, request: ChatRequested, reply: EnvelopeFields, usage: EnvelopeFields
+    ) -> None:
+        """Write the outcome to the outcomes log before the client can see it: a replica
+        receiving the request again then answers it from there (`redelivery`)."""
+        if self.outcomes is None:
+            return
+        key = request.request_id
+        await asyncio.gather(
+            self._publish(self._topics.outcomes, reply, key=key),
+            self._publish(self._topics.outcomes, usage, key=key),
+        )
 
     async def _publish_reply(self, request: ChatRequested, event: EnvelopeFields) -> None:
         reply_to = request.data.reply_to
@@ -319,6 +372,10 @@ class ChatRequestHandler:
         request = run.request
 
         async def publish(event: EnvelopeFields) -> None:
+            first = isinstance(event, ChatChunk) and event.data.sequence == 0
+            if self.outcomes is not None and first:
+                # The stream-started marker: written before the client can see the stream.
+                await self._publish(self._topics.outcomes, event, key=request.request_id)
             await self._publish_reply(request, event)
 
         return ChunkPublisher(

@@ -58,6 +58,13 @@ CANCELLATIONS = Counter(
     "Requests stopped because their client went away.",
     ["model"],
 )
+REDELIVERED = Counter(
+    "switchyard_inference_redelivered_total",
+    "Requests delivered again after their outcome, or part of their stream, was recorded "
+    "in the outcomes log, by what was done instead of running them again (`republished`, "
+    "`stream_interrupted`).",
+    ["action"],
+)
 COST_USD = Counter(
     "switchyard_inference_cost_usd_total",
     "Cost of served requests from the price table, in US dollars.",

@@ -88,6 +88,21 @@ def cancelled(usage: TokenUsage, deployment: Deployment | None) -> Outcome:
     )
 
 
+def stream_interrupted() -> Outcome:
+    """A stream delivered again after part of it may have reached its client: another run
+    cannot continue it, so it ends with the error the client's stream ends with. The
+    tokens of the run that was lost are not known."""
+    return Outcome(
+        TerminalStatus.FAILED,
+        error=ProviderError(
+            502,
+            None,
+            "The stream was interrupted (the replica serving it stopped); retry the request.",
+            code="stream_interrupted",
+        ),
+    )
+
+
 def undeliverable(outcome: Outcome, reason: BaseException) -> Outcome:
     """What the client gets instead of a reply the bus refuses (e.g. larger than it
     carries): a 502 `response_too_large`, billed with the tokens of every upstream call."""

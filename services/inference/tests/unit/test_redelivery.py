@@ -1,0 +1,209 @@
+"""Redelivery: a request delivered again to another replica (the one that ran it died
+before committing its offset) is answered from the outcomes log, never run upstream a
+second time; a stream its client already partly received ends as `stream_interrupted`
+(what the client saw), and so does its record; a request whose client has received
+nothing runs normally."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from switchyard.common.bus import BusUnavailableError, InMemoryBus
+from switchyard.common.events import (
+    ChatChunk,
+    ChatCompleted,
+    ChatFailed,
+    StreamEvent,
+    UsageRecorded,
+)
+from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
+from switchyard.common.topics import Topics
+from switchyard.inference.handlers import ChatRequestHandler
+from switchyard.inference.providers import ProviderPool
+from switchyard.inference.publishing import PublishRetry, chunk_records
+from switchyard.inference.redelivery import OutcomeIndex, Recorded
+from switchyard.inference.testing import chat_request
+
+TOPICS = Topics("redelivery")
+
+
+class SharedLog:
+    """The outcomes topic as every replica sees it (a fake of `KafkaOutcomeLog`): what
+    any replica published to it, indexed, and a record of every publish by topic."""
+
+    def __init__(self) -> None:
+        self.index = OutcomeIndex(lookback_s=600)
+        self.published: list[tuple[str, object]] = []
+        self.unreadable = False
+        self.replied = asyncio.Event()
+
+    async def publish(self, topic, event, *, key=None, partition=None) -> None:
+        self.published.append((topic, event))
+        if topic == TOPICS.replies:
+            self.replied.set()
+        if topic == TOPICS.outcomes:
+            self.index.add(event)
+
+    def on(self, topic: str) -> list:
+        return [event for t, event in self.published if t == topic]
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def lookup(self, request) -> Recorded | None:
+        if self.unreadable:
+            raise BusUnavailableError("the outcomes log cannot be read")
+        return self.index.get(request.request_id)
+
+
+@pytest.fixture
+def routing(simulator) -> RoutingTable:
+    deployment = Deployment(
+        name="d", provider="openai", model="up-m", base_url=simulator.openai_url, max_retries=0
+    )
+    return RoutingTable(models={"m": ModelRoute(name="m", deployments=[deployment])})
+
+
+@pytest.fixture
+async def providers() -> AsyncIterator[ProviderPool]:
+    pool = ProviderPool()
+    yield pool
+    await pool.aclose()
+
+
+def replica(log: SharedLog, routing: RoutingTable, providers: ProviderPool):
+    """A fresh handler: another replica, with nothing of its own in memory."""
+    return ChatRequestHandler(
+        publish=log.publish,
+        topics=TOPICS,
+        routing=routing,
+        providers=providers,
+        publish_retry=PublishRetry(0.001, 0.005),
+        outcomes=log,
+    )
+
+
+async def test_a_json_request_delivered_again_to_another_replica_is_republished_not_rerun(
+    simulator, routing, providers
+) -> None:
+    log = SharedLog()
+    request = chat_request(model="m")
+    await replica(log, routing, providers)(request)
+    first_reply, first_usage = log.on(TOPICS.replies), log.on(TOPICS.usage)
+
+    await replica(log, routing, providers)(request)  # the first replica died uncommitted
+
+    assert simulator.calls("up-m") == 1
+    replies, usages = log.on(TOPICS.replies), log.on(TOPICS.usage)
+    assert len(replies) == 2 and replies[1] == first_reply[0]  # same event, same id
+    assert isinstance(replies[1], ChatCompleted)
+    assert usages[1] == first_usage[0]
+
+
+async def test_the_outcome_is_recorded_before_the_client_can_see_it(
+    simulator, routing, providers
+) -> None:
+    log = SharedLog()
+    await replica(log, routing, providers)(chat_request(model="m"))
+
+    topics = [topic for topic, _ in log.published]
+    assert topics.index(TOPICS.outcomes) < topics.index(TOPICS.replies)
+    assert {type(e) for e in log.on(TOPICS.outcomes)} == {ChatCompleted, UsageRecorded}
+
+
+async def test_a_stream_delivered_again_after_it_started_ends_as_stream_interrupted(
+    simulator, routing, providers
+) -> None:
+    simulator.latency(200)
+    log = SharedLog()
+    request = chat_request(model="m", text="one two three four five six", stream=True)
+    first = replica(log, routing, providers)
+    running = asyncio.create_task(first(request))
+    await asyncio.wait_for(log.replied.wait(), timeout=10)  # the client has part of it
+    running.cancel()  # the replica dies before the stream ends
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert isinstance(log.on(TOPICS.outcomes)[0], ChatChunk)  # the marker came first
+    calls = simulator.calls("up-m")
+
+    await replica(log, routing, providers)(request)
+
+    assert simulator.calls("up-m") == calls  # not run again
+    reply = log.on(TOPICS.replies)[-1]
+    assert isinstance(reply, ChatFailed)
+    assert reply.data.error.code == "stream_interrupted" and reply.data.error.status == 502
+    usage = log.on(TOPICS.usage)[-1]
+    assert isinstance(usage, UsageRecorded) and usage.data.status == "failed"
+
+
+async def test_a_stream_whose_outcome_was_recorded_is_republished_not_interrupted(
+    simulator, routing, providers
+) -> None:
+    log = SharedLog()
+    request = chat_request(model="m", text="one two", stream=True)
+    await replica(log, routing, providers)(request)
+
+    await replica(log, routing, providers)(request)
+
+    assert simulator.calls("up-m") == 1
+    completed = [e for e in log.on(TOPICS.replies) if isinstance(e, ChatCompleted)]
+    assert len(completed) == 2 and completed[0] == completed[1]
+
+
+async def test_a_request_whose_client_got_nothing_runs_again(simulator, routing, providers):
+    log = SharedLog()
+    request = chat_request(model="m")
+    # The first replica died before recording anything: nothing reached the client.
+
+    await replica(log, routing, providers)(request)
+
+    assert simulator.calls("up-m") == 1
+    assert isinstance(log.on(TOPICS.replies)[0], ChatCompleted)
+
+
+async def test_an_unreadable_outcomes_log_is_an_outage_not_a_rerun(
+    simulator, routing, providers
+) -> None:
+    log = SharedLog()
+    log.unreadable = True
+
+    with pytest.raises(BusUnavailableError):  # the bus retries it once the log is back
+        await replica(log, routing, providers)(chat_request(model="m"))
+
+    assert simulator.calls("up-m") == 0
+
+
+def test_the_index_forgets_outcomes_older_than_its_lookback() -> None:
+    index = OutcomeIndex(lookback_s=0.0)
+    request = chat_request(model="m")
+    first = [StreamEvent(data={"choices": []})]
+    marker = chunk_records(request.request_id, request.id, request.tenant, "run")(0, first)
+    index.add(marker)
+    index.add(marker.model_copy(update={"request_id": "other"}))
+
+    assert index.get(request.request_id) is None
+
+
+async def test_the_in_memory_outcomes_log_sees_what_was_recorded(simulator, routing, providers):
+    from switchyard.inference.redelivery import ListenedOutcomeLog
+
+    bus = InMemoryBus()
+    outcomes = ListenedOutcomeLog(bus, TOPICS.outcomes, lookback_s=600)
+    await outcomes.start()
+    handler = ChatRequestHandler(
+        publish=bus.publish, topics=TOPICS, routing=routing, providers=providers, outcomes=outcomes
+    )
+    request = chat_request(model="m")
+    await handler(request)
+    await asyncio.sleep(0.05)
+
+    recorded = await outcomes.lookup(request)
+    await outcomes.stop()
+
+    assert recorded is not None and recorded.answered
