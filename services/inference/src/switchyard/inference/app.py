@@ -132,6 +132,7 @@ def _outcome_log(settings: Settings, bus: EventBus, topics: Topics) -> OutcomeLo
         return KafkaOutcomeLog(
             settings.kafka_bootstrap_servers,
             topics.outcomes,
+            bus.partition_count,
             lookback_s=settings.redelivery_lookback_s,
             client_id=f"inference-{settings.instance_id}-outcomes",
             max_message_bytes=settings.kafka_max_message_bytes,

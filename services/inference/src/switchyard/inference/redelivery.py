@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -154,7 +155,8 @@ class ListenedOutcomeLog:
 
 class KafkaOutcomeLog:
     """The outcomes log read from Kafka by one consumer of its own (no group), assigned
-    every partition of the topic, starting `lookback_s` back in time.
+    every partition of the topic (`partition_count(topic)`, the bus's), starting
+    `lookback_s` back in time.
 
     `lookup` waits until the consumer has read every partition up to the end offsets the
     broker gives at the start of the lookup, at most `barrier_timeout_s`; beyond it the
@@ -164,6 +166,7 @@ class KafkaOutcomeLog:
         self,
         bootstrap_servers: str,
         topic: str,
+        partition_count: Callable[[str], Awaitable[int]],
         *,
         lookback_s: float,
         client_id: str = "switchyard-inference-outcomes",
@@ -172,6 +175,7 @@ class KafkaOutcomeLog:
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
+        self._partition_count = partition_count
         self.client_id = client_id
         self.max_message_bytes = max_message_bytes
         self.barrier_timeout_s = barrier_timeout_s
@@ -213,10 +217,8 @@ class KafkaOutcomeLog:
         )
         await consumer.start()
         try:
-            partitions = consumer.partitions_for_topic(self.topic)
-            if not partitions:
-                raise BusUnavailableError(f"topic {self.topic} has no partitions (not created?)")
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            count = await asyncio.wait_for(self._partition_count(self.topic), timeout=15)
+            tps = [TopicPartition(self.topic, p) for p in range(count)]
             consumer.assign(tps)
             if self._positions:
                 for tp in tps:  # a replaced consumer resumes where the last one stopped

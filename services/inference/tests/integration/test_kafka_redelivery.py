@@ -1,0 +1,108 @@
+"""The outcomes log on real Kafka: a replica that starts after another one answered a
+request, and receives that request again, finds the recorded outcome and publishes it
+again without calling the upstream; a record written a moment before a lookup, by
+another producer, is always seen (the lookup's read barrier)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from switchyard.common.bus.kafka import KafkaBus
+from switchyard.common.events import ChatCompleted, StreamEvent
+from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
+from switchyard.inference.handlers import ChatRequestHandler
+from switchyard.inference.providers import ProviderPool
+from switchyard.inference.publishing import chunk_records
+from switchyard.inference.redelivery import KafkaOutcomeLog
+from switchyard.inference.testing import chat_request
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def bus(kafka_servers, kafka_topics) -> AsyncIterator[KafkaBus]:
+    bus = KafkaBus(kafka_servers, client_id="redelivery-test")
+    await bus.start()
+    yield bus
+    await bus.stop()
+
+
+@pytest.fixture
+async def providers() -> AsyncIterator[ProviderPool]:
+    pool = ProviderPool()
+    yield pool
+    await pool.aclose()
+
+
+def routing(simulator) -> RoutingTable:
+    deployment = Deployment(
+        name="d", provider="openai", model="up-m", base_url=simulator.openai_url, max_retries=0
+    )
+    return RoutingTable(models={"m": ModelRoute(name="m", deployments=[deployment])})
+
+
+async def started_log(kafka_servers: str, topic: str, bus: KafkaBus) -> KafkaOutcomeLog:
+    log = KafkaOutcomeLog(
+        kafka_servers, topic, bus.partition_count, lookback_s=600, barrier_timeout_s=20
+    )
+    await log.start()
+    return log
+
+
+async def test_a_replica_started_later_answers_a_redelivered_request_from_the_log(
+    kafka_servers, kafka_topics, bus, simulator, providers
+) -> None:
+    first_log = await started_log(kafka_servers, kafka_topics.outcomes, bus)
+    published: list = []
+
+    async def publish(topic, event, *, key=None, partition=None) -> None:
+        published.append((topic, event))
+        await bus.publish(topic, event, key=key, partition=partition)
+
+    def replica(log: KafkaOutcomeLog) -> ChatRequestHandler:
+        return ChatRequestHandler(
+            publish=publish,
+            topics=kafka_topics,
+            routing=routing(simulator),
+            providers=providers,
+            outcomes=log,
+        )
+
+    request = chat_request(model="m", reply_to=False)  # the test's topics are smaller
+    try:
+        await replica(first_log)(request)
+    finally:
+        await first_log.stop()
+    second_log = await started_log(kafka_servers, kafka_topics.outcomes, bus)  # another process
+    try:
+        await asyncio.wait_for(replica(second_log)(request), timeout=30)
+    finally:
+        await second_log.stop()
+
+    assert simulator.calls("up-m") == 1
+    replies = [event for topic, event in published if topic == kafka_topics.replies]
+    assert len(replies) == 2 and isinstance(replies[1], ChatCompleted)
+    assert replies[0].id == replies[1].id
+
+
+async def test_a_lookup_sees_a_record_written_just_before_it(
+    kafka_servers, kafka_topics, bus
+) -> None:
+    log = await started_log(kafka_servers, kafka_topics.outcomes, bus)
+    try:
+        for _ in range(5):
+            request = chat_request(model="m", stream=True)
+            marker = chunk_records(request.request_id, request.id, request.tenant, "run-1")(
+                0, [StreamEvent(data={"choices": []})]
+            )
+            await bus.publish(kafka_topics.outcomes, marker, key=request.request_id)
+
+            recorded = await log.lookup(request)
+
+            assert recorded is not None and recorded.stream_started == marker
+            assert not recorded.answered
+    finally:
+        await log.stop()
