@@ -1,6 +1,7 @@
 """An operator's bad day, replayed under load on real Kafka and PostgreSQL: the broker
 stopped for 10 s and restarted, the history service killed, the expiry sweeper racing
-replies that reached their clients, and SIGTERM to every process while the broker is down.
+replies that reached their clients, an inference replica killed before it committed the
+offsets of requests it had answered, and SIGTERM to every process while the broker is down.
 
 Load: 10 requests a second (`SWITCHYARD_FAULTS_RATE`), half of them streaming, each with
 its own text, against a provider that answers after 1 s. After each fault (once every
@@ -121,36 +122,41 @@ class Load:
             sent_at=time.time(),
         )
         self.outcomes.append(outcome)
-        body = {
-            "model": "sim-small",
-            "messages": [{"role": "user", "content": outcome.tag}],
-            "stream": outcome.stream,
-        }
-        headers = {"Authorization": f"Bearer {self.deployment.api_key}"}
-        url = f"{self.deployment.url('gateway')}/v1/chat/completions"
-        try:
-            async with client.stream("POST", url, json=body, headers=headers) as response:
-                outcome.elapsed = time.monotonic() - outcome.started
-                outcome.status = response.status_code
-                outcome.request_id = response.headers.get("x-request-id")
-                if response.status_code != 200:
-                    error = orjson.loads(await response.aread()).get("error") or {}
-                    outcome.code = error.get("code")
-                    return
-                if not outcome.stream:
-                    reply = orjson.loads(await response.aread())
-                    outcome.completed = bool(reply.get("choices"))
-                    return
-                done = failed = False
-                async for line in response.aiter_lines():
-                    if line == "data: [DONE]":
-                        done = True
-                    elif line.startswith("data: ") and "error" in orjson.loads(line[6:]):
-                        failed = True
-                        outcome.code = orjson.loads(line[6:])["error"].get("code")
-                outcome.completed = done and not failed
-        except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
-            outcome.error = repr(exc)
+        await ask(self.deployment, client, outcome)
+
+
+async def ask(deployment: Any, client: httpx.AsyncClient, outcome: Outcome) -> None:
+    """Send one request (its text is `outcome.tag`) and note what its client saw."""
+    body = {
+        "model": "sim-small",
+        "messages": [{"role": "user", "content": outcome.tag}],
+        "stream": outcome.stream,
+    }
+    headers = {"Authorization": f"Bearer {deployment.api_key}"}
+    url = f"{deployment.url('gateway')}/v1/chat/completions"
+    try:
+        async with client.stream("POST", url, json=body, headers=headers) as response:
+            outcome.elapsed = time.monotonic() - outcome.started
+            outcome.status = response.status_code
+            outcome.request_id = response.headers.get("x-request-id")
+            if response.status_code != 200:
+                error = orjson.loads(await response.aread()).get("error") or {}
+                outcome.code = error.get("code")
+                return
+            if not outcome.stream:
+                reply = orjson.loads(await response.aread())
+                outcome.completed = bool(reply.get("choices"))
+                return
+            done = failed = False
+            async for line in response.aiter_lines():
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: ") and "error" in orjson.loads(line[6:]):
+                    failed = True
+                    outcome.code = orjson.loads(line[6:])["error"].get("code")
+            outcome.completed = done and not failed
+    except (httpx.HTTPError, orjson.JSONDecodeError) as exc:
+        outcome.error = repr(exc)
 
 
 class ReadinessLog:
@@ -609,6 +615,106 @@ def test_the_sweeper_racing_replies_that_reached_their_clients(
 
     outcomes, details = uvloop.run(under_load(deployment, "sweeper", freeze))
     assert_no_problems(judge(deployment, fault_results, "sweeper vs replies", outcomes, details))
+
+
+# The killed-replica scenario runs with a longer request timeout than the suite's: a
+# killed member's partitions move only after the consumer group's session timeout (10 s),
+# and a redelivered request must still be within its deadline for the scenario to mean
+# anything (past it, a request is answered `expired` without an upstream call).
+REDELIVERY_TIMEOUT_S = 40
+# Streams held this long by the counting upstream after their first events (a slow model).
+HOLD_S = 20
+HOLDERS = 16
+ANSWERED = 32
+# Sent at the suite's rate, not in one burst (a burst measures the machine, not the fault).
+
+
+def _redelivered(deployment: Any, name: str) -> dict[str, float]:
+    """switchyard_inference_redelivered_total of one inference replica, by action."""
+    found: dict[str, float] = {}
+    text_ = httpx.get(f"{deployment.url(name)}/metrics", timeout=5).text
+    for line in text_.splitlines():
+        if line.startswith("switchyard_inference_redelivered_total{"):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('action="')[1].split('"')[0]] = float(value)
+    return found
+
+
+def _restart_gateway(deployment: Any, env: dict[str, str] | None = None) -> None:
+    old = deployment.process("gateway")
+    old.stop()
+    deployment.processes.remove(old)
+    deployment.start_service("gateway", env=env)
+
+
+def test_a_killed_inference_replica_never_runs_an_answered_request_again(
+    deployment: Any, fault_results: list[dict]
+):
+    """inference-1 is killed (SIGKILL) while JSON replies it published are not committed
+    yet (offsets are committed only below the first unfinished request, and streams held
+    by a slow upstream sit before them in their partitions) and while clients hold part of
+    its streams; it is started again at once. After the consumer group's session timeout
+    its partitions are handed over: every answered request is published again from the
+    outcomes log, never run upstream again, and every partly streamed one ends as
+    `stream_interrupted`, in its client's stream and in history."""
+    _restart_gateway(
+        deployment, {"SWITCHYARD_GATEWAY_REQUEST_TIMEOUT_S": str(REDELIVERY_TIMEOUT_S)}
+    )
+
+    def outcome(tag: str, stream: bool) -> Outcome:
+        return Outcome(tag=tag, stream=stream, started=time.monotonic(), sent_at=time.time())
+
+    async def scenario() -> tuple[list[Outcome], dict]:
+        run = uuid.uuid4().hex[:8]
+        holders = [
+            outcome(f"hold:{HOLD_S}:redelivery {run} held {i}", True) for i in range(HOLDERS)
+        ]
+        answered = [outcome(f"redelivery {run} answered {i}", i % 4 == 3) for i in range(ANSWERED)]
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        async with httpx.AsyncClient(timeout=REDELIVERY_TIMEOUT_S + 20, limits=limits) as client:
+
+            async def paced(outcomes: list[Outcome]) -> list[asyncio.Task[None]]:
+                tasks = []
+                for o in outcomes:
+                    o.started, o.sent_at = time.monotonic(), time.time()
+                    tasks.append(asyncio.create_task(ask(deployment, client, o)))
+                    await asyncio.sleep(1 / RATE_PER_S)
+                return tasks
+
+            held = await paced(holders)
+            await asyncio.sleep(2)  # the held streams are running, each holding its offset
+            await asyncio.gather(*await paced(answered))
+            killed = deployment.process("inference-1")
+            killed.popen.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(killed.popen.wait)
+            killed_at = time.monotonic()
+            restarting = asyncio.create_task(
+                asyncio.to_thread(deployment.restart, "inference-1", "inference")
+            )
+            await asyncio.gather(*held)
+            await restarting
+            took_over = time.monotonic() - killed_at
+        return holders + answered, {"recovery": f"{took_over:.1f} s (kill to last stream end)"}
+
+    try:
+        outcomes, details = uvloop.run(scenario())
+        result = judge(deployment, fault_results, "inference replica killed", outcomes, details)
+        redelivered = [_redelivered(deployment, n) for n in ("inference-1", "inference-2")]
+    finally:
+        _restart_gateway(deployment)
+    assert_no_problems(result)
+    answered = [o for o in outcomes if not o.tag.startswith("hold:")]
+    assert all(o.completed for o in answered), [o for o in answered if not o.completed]
+    interrupted = [o for o in outcomes if o.code == "stream_interrupted"]
+    history = read_history(deployment)
+    # What a client of a stream cut by the kill saw, history says: a failure, not completed.
+    assert interrupted, "no stream was cut by the kill: the scenario did not happen"
+    for o in interrupted:
+        assert history.rows[o.request_id]["status"] == "failed", o
+        assert history.terminal_events[o.request_id] == ["failed"], o
+    republished = sum(counts.get("republished", 0) for counts in redelivered)
+    assert republished > 0, f"no answered request was delivered again: {redelivered}"
+    assert sum(counts.get("stream_interrupted", 0) for counts in redelivered) == len(interrupted)
 
 
 def test_every_process_stops_on_sigterm_while_the_broker_is_down(

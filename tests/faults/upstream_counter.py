@@ -7,13 +7,18 @@ many times.
     python tests/faults/upstream_counter.py PORT UPSTREAM_BASE_URL
 
 `GET /_counts` answers `{"calls": {text: n, ...}, "total": N}`; every other request is
-forwarded to `UPSTREAM_BASE_URL` unchanged, streams included.
+forwarded to `UPSTREAM_BASE_URL` unchanged, streams included. A stream whose text starts
+with `hold:<seconds>:` is held that long after its first few events (a slow model, in
+the middle of its answer), so that the suite can stop a replica while a client holds
+part of a stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import httpx
 import orjson
@@ -39,6 +44,27 @@ def _last_user_text(body: bytes) -> str | None:
     return None
 
 
+# A held stream pauses once this many SSE `data:` lines went through.
+HOLD_AFTER_EVENTS = 3
+
+
+def _hold_seconds(text: str | None) -> float:
+    if text is None or not text.startswith("hold:"):
+        return 0.0
+    return float(text.split(":")[1])
+
+
+async def _held(chunks: AsyncIterator[bytes], hold_s: float) -> AsyncIterator[bytes]:
+    """The chunks, pausing `hold_s` once the first HOLD_AFTER_EVENTS events went through."""
+    events = 0
+    async for chunk in chunks:
+        yield chunk
+        if hold_s and events < HOLD_AFTER_EVENTS:
+            events += chunk.count(b"data: ")
+            if events >= HOLD_AFTER_EVENTS:
+                await asyncio.sleep(hold_s)
+
+
 def create_app(upstream: str) -> Starlette:
     calls: Counter[str] = Counter()
     client = httpx.AsyncClient(base_url=upstream, timeout=httpx.Timeout(120, connect=5))
@@ -48,6 +74,7 @@ def create_app(upstream: str) -> Starlette:
 
     async def forward(request: Request) -> Response:
         body = await request.body()
+        text = None
         if request.method == "POST" and request.url.path.endswith("/chat/completions"):
             text = _last_user_text(body)
             if text is not None:
@@ -61,7 +88,7 @@ def create_app(upstream: str) -> Starlette:
         )
         response = await client.send(outgoing, stream=True)
         return StreamingResponse(
-            response.aiter_raw(),
+            _held(response.aiter_raw(), _hold_seconds(text)),
             status_code=response.status_code,
             headers={k: v for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP},
             background=BackgroundTask(response.aclose),

@@ -90,7 +90,8 @@ async def test_app_answers_requests_from_both_lanes_and_reports_health(
 
     assert {reply.request_id for reply in replies} == {"req-interactive", "req-batch"}
     assert all(isinstance(reply, ChatCompleted) for reply in replies)
-    assert ready.status_code == 200 and ready.json()["checks"] == {"bus": True}
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"bus": True, "outcomes": True}
     assert live.status_code == 200
     assert (
         'switchyard_inference_provider_call_seconds_count{deployment="sim",model="sim-small",outcome="ok"}'

@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         watcher = asyncio.create_task(runtime.watch(settings.routing_reload_interval_s))
         reload_on_sighup = _install_sighup(runtime)
         app.state.bus = active_bus
+        app.state.outcomes = outcomes
         app.state.runtime = runtime
         app.state.routing = runtime.routing
         log.info(
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             if owns_bus:
                 await active_bus.stop()
             app.state.bus = None
+            app.state.outcomes = None
 
     app = FastAPI(
         title="Switchyard inference",
@@ -109,13 +111,18 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         redoc_url=None,
     )
     app.state.bus = None
+    app.state.outcomes = None
+
+    async def outcomes_ready() -> bool:
+        outcomes: OutcomeLog | None = app.state.outcomes
+        return outcomes is not None and outcomes.healthy()
 
     async def bus_ready() -> bool:
         active_bus: EventBus | None = app.state.bus
         return active_bus is not None and await active_bus.healthy()
 
     install_error_handlers(app)
-    app.include_router(health_router({"bus": bus_ready}))
+    app.include_router(health_router({"bus": bus_ready, "outcomes": outcomes_ready}))
     app.include_router(metrics_router(token=settings.metrics_token))
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -123,6 +123,10 @@ class OutcomeLog(Protocol):
 
     async def stop(self) -> None: ...
 
+    def healthy(self) -> bool:
+        """False while the log cannot be read (readiness)."""
+        ...
+
     async def lookup(self, request: ChatRequested) -> Recorded | None:
         """What was recorded for `request` (None: nothing). Raises BusUnavailableError
         when the log cannot be read up to date (the handler is then retried like during
@@ -148,6 +152,9 @@ class ListenedOutcomeLog:
     async def stop(self) -> None:
         if self._subscription is not None:
             await self._subscription.stop()
+
+    def healthy(self) -> bool:
+        return self._subscription is not None
 
     async def lookup(self, request: ChatRequested) -> Recorded | None:
         return self.index.get(request.request_id)
@@ -268,6 +275,9 @@ class KafkaOutcomeLog:
                     log.warning("outcomes log unreadable; retrying", error=repr(exc))
                 await self._close()
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** min(attempt, 5)))
+
+    def healthy(self) -> bool:
+        return self._ready.is_set()
 
     def _index(self, record) -> None:
         if record.value is None:
