@@ -120,6 +120,15 @@ async def test_bad_cache_settings_are_400_naming_the_field_and_change_nothing(
         assert error["param"] is not None and error["param"].endswith(param), error
     levels = (await policy_of(auth_app, acme["member"].id, key["key_id"]))["levels"]
     assert levels["api_key"]["cache_enabled"] is None
+    created = await auth_app.client.post(
+        "/v1/admin/teams", json={"name": "bad", **body}, headers=acme["admin_headers"]
+    )
+    assert assert_error(created, 400)["param"].endswith(param)
+
+
+async def test_a_team_can_be_created_opted_in(auth_app, acme) -> None:  # noqa: F811
+    team = await make_team(auth_app, acme, cache_enabled=True, cache_ttl_s=60)
+    assert team["cache"] == {"cache_enabled": True, "cache_ttl_s": 60}
 
 
 async def test_unknown_or_foreign_keys_and_teams_and_non_admins_are_refused(

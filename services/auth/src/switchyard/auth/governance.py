@@ -255,7 +255,10 @@ class Governance:
         name: str,
         limits: dict[str, Any] | None = None,
         allowed_models: Sequence[str] | None = None,
+        cache: dict[str, Any] | None = None,
     ) -> Team:
+        """A new team with its limits and response cache opt-in (`cache`, see
+        `apply_cache`); DuplicateTeam if the tenant has one of that name."""
         name = _team_name(name)
         models = _validate_models(allowed_models)
         now = datetime.now(UTC)
@@ -263,6 +266,7 @@ class Governance:
             merged = _merged(None, limits)
             _within(merged, limits_of(await session.get(Tenant, tenant)), "team", "tenant")
             team = Team(tenant=tenant, name=name, allowed_models=models, created_at=now)
+            apply_cache(team, cache)
             _store(team, merged, now)
             session.add(team)
             try:

@@ -48,7 +48,7 @@ from switchyard.common.jsonbody import BoundedJsonRoute
 router = APIRouter(tags=["teams and limits"], route_class=BoundedJsonRoute)
 
 
-class CreateTeam(LimitsIn):
+class CreateTeam(LimitsIn, CacheIn):
     name: str = Field(min_length=1, max_length=200)
     allowed_models: list[str] | None = None
 
@@ -164,6 +164,7 @@ async def create_team(body: CreateTeam, admin: AdminUser, governance: Governance
             name=body.name,
             limits=body.patch(),
             allowed_models=body.allowed_models,
+            cache=body.cache_patch(),
         )
     except InvalidInput as exc:
         raise _bad_request(exc) from None
