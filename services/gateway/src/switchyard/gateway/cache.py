@@ -243,8 +243,8 @@ class CachedAnswer:
 @dataclass(frozen=True)
 class TenantCacheSettings:
     """Whether the cache is on for a caller and its TTL (seconds; None: the default), and
-    whether their tenant keeps content at all: the tenant's settings, or (`for_caller`)
-    those with the caller's key and team opt-ins applied."""
+    whether their tenant keeps content at all: the tenant's settings, or (see
+    `ResponseCache.caller_settings`) those with the caller's key and team opt-ins applied."""
 
     enabled: bool = False
     ttl_s: int | None = None
