@@ -234,13 +234,17 @@ class KafkaOutcomeLog:
                     else:
                         await consumer.seek_to_beginning(tp)
             else:
+                # The ends are taken first: a partition with no record of the lookback
+                # window starts at its end as it was then, so a record written while this
+                # opens is read, not skipped (`seek_to_end` would resolve the end later).
+                ends = await consumer.end_offsets(tps)
                 since_ms = int((time.time() - self.index.lookback_s) * 1000)
                 found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
                 for tp in tps:
                     if found.get(tp) is not None:
                         consumer.seek(tp, found[tp].offset)
                     else:
-                        await consumer.seek_to_end(tp)
+                        consumer.seek(tp, ends[tp])
             for tp in tps:
                 self._positions[tp] = await consumer.position(tp)
         except BaseException:
