@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from switchyard.common.bus import BusUnavailableError, RetryPolicy
+from switchyard.common.bus import BusUnavailableError, RetryPolicy, delivery_may_repeat
 from switchyard.common.bus.kafka import KafkaBus
 from switchyard.common.events import ChatRequestData, ChatRequested, ClientAPI, encode_event
 from switchyard.common.testing.infra import async_wait_until
@@ -136,9 +136,11 @@ async def test_consumer_killed_before_commit_gets_the_event_redelivered(
         process.wait()
 
     redelivered = []
+    may_repeat = {}
 
     async def handler(event):
         redelivered.append(event.request_id)
+        may_repeat[event.request_id] = delivery_may_repeat.get()
 
     # The broker hands the partition over once the dead member's session times out.
     await bus.subscribe([topic], group, handler)
@@ -146,6 +148,12 @@ async def test_consumer_killed_before_commit_gets_the_event_redelivered(
         lambda: asyncio.sleep(0, redelivered), timeout=60, message="redelivery after the crash"
     )
     assert redelivered == ["req-42"]
+    # The heir is told which event an earlier owner may have handled, and which is new.
+    await bus.publish(topic, request(43))
+    await async_wait_until(
+        lambda: asyncio.sleep(0, "req-43" in may_repeat), timeout=30, message="a new event"
+    )
+    assert may_repeat == {"req-42": True, "req-43": False}
     await bus.stop()
 
 

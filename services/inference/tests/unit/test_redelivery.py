@@ -207,3 +207,21 @@ async def test_the_in_memory_outcomes_log_sees_what_was_recorded(simulator, rout
     await outcomes.stop()
 
     assert recorded is not None and recorded.answered
+
+
+async def test_an_event_the_bus_knows_is_new_skips_the_outcomes_lookup(
+    simulator, routing, providers
+) -> None:
+    """The read barrier costs a broker round trip; an event published after this replica
+    owned its partition (`delivery_may_repeat` False) cannot be in the log."""
+    from switchyard.common.bus import delivery_may_repeat
+
+    log = SharedLog()
+    log.unreadable = True  # a lookup would fail: the request runs only if none is made
+    token = delivery_may_repeat.set(False)
+    try:
+        await replica(log, routing, providers)(chat_request(model="m"))
+    finally:
+        delivery_may_repeat.reset(token)
+    assert simulator.calls("up-m") == 1
+    assert isinstance(log.on(TOPICS.replies)[-1], ChatCompleted)

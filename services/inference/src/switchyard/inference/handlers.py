@@ -39,7 +39,7 @@ from collections import OrderedDict
 
 import structlog
 
-from switchyard.common.bus import EventRejectedError
+from switchyard.common.bus import EventRejectedError, delivery_may_repeat
 from switchyard.common.events import (
     ChatCancelRequested,
     ChatChunk,
@@ -219,7 +219,13 @@ class ChatRequestHandler:
                 await self._publish_reply(event, done[0])
                 await self._publish(self._topics.usage, done[1], key=event.request_id)
                 return
-            recorded = await self.outcomes.lookup(event) if self.outcomes is not None else None
+            # Only an event an earlier owner of its partition may have handled is looked up:
+            # the read barrier costs a broker round trip, and a new event cannot be there.
+            recorded = (
+                await self.outcomes.lookup(event)
+                if self.outcomes is not None and delivery_may_repeat.get()
+                else None
+            )
             if recorded is not None and await self._answer_again(event, recorded):
                 return
             run = RequestRun(event)

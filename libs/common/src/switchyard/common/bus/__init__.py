@@ -14,6 +14,7 @@ from switchyard.common.bus.base import (
     PublishOutcomeUnknownError,
     RetryPolicy,
     Subscription,
+    delivery_may_repeat,
 )
 from switchyard.common.bus.memory import InMemoryBus
 from switchyard.common.settings import ServiceSettings
@@ -32,6 +33,7 @@ __all__ = [
     "InMemoryBus",
     "RetryPolicy",
     "Subscription",
+    "delivery_may_repeat",
     "create_bus",
 ]
 

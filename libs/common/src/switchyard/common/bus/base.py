@@ -24,6 +24,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -39,6 +40,13 @@ HealthCheck = Callable[[], Awaitable[bool]]
 Offsets = dict[tuple[str, int], int]
 
 log = structlog.get_logger("switchyard.bus")
+
+
+# Set by a consumer around each handler call: False only when the bus knows the event is
+# delivered for the first time (Kafka: its offset is at or past the partition's end when
+# this consumer was assigned the partition, so no earlier owner can have handled it).
+# Handlers with an expensive "did this already happen?" check skip it when False.
+delivery_may_repeat: ContextVar[bool] = ContextVar("delivery_may_repeat", default=True)
 
 
 class BusUnavailableError(RuntimeError):

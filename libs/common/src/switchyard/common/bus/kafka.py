@@ -71,6 +71,7 @@ from switchyard.common.bus.base import (
     RetryPolicy,
     Subscription,
     call_with_retry,
+    delivery_may_repeat,
     handle_batch_isolating,
 )
 from switchyard.common.events import EnvelopeFields, Event, EventDecodeError, decode_event
@@ -884,12 +885,19 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):
         self.progress: dict[TopicPartition, _PartitionProgress] = {}
         self.tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self.slot_freed = asyncio.Event()
+        # Per assigned partition, the end offset when it was assigned: events below it may
+        # have been handled by an earlier owner (`delivery_may_repeat`); events at or past
+        # it were published after this consumer owned the partition.
+        self.first_new_offset: dict[TopicPartition, int] = {}
+        self.opening: AIOKafkaConsumer | None = None
 
     async def _open(self) -> AIOKafkaConsumer:
         consumer = self.bus._consumer(
             group=self.group, auto_offset_reset="earliest", max_poll_interval_ms=300_000
         )
         consumer.subscribe(self.topics, listener=self)
+        # The group may assign partitions before `start` or the supervisor stores it.
+        self.opening = consumer
         await self.bus._start_consumer(consumer)
         return consumer
 
@@ -931,6 +939,8 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):
             except EventDecodeError as exc:
                 await self.bus.dead_letter(record, self.group, f"undecodable event: {exc}")
                 return
+            first_new = self.first_new_offset.get(tp)
+            delivery_may_repeat.set(first_new is None or record.offset < first_new)
             with _process_span(record, self.group, event):
                 error = await call_with_retry(
                     lambda: self.handler(event),
@@ -1016,9 +1026,21 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):
         for tp in revoked:
             self.progress.pop(tp, None)
             self.tasks.pop(tp, None)
+            self.first_new_offset.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned) -> None:
-        return None
+        assigned = list(assigned)
+        consumer = self.consumer or self.opening
+        if not assigned or consumer is None:
+            return
+        try:
+            ends = await asyncio.wait_for(consumer.end_offsets(assigned), timeout=5.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - unknown ends: every event may repeat
+            log.warning("end offsets of assigned partitions unknown", error=repr(exc))
+            return
+        self.first_new_offset.update(ends)
 
 
 class _BatchSubscription(_SupervisedConsumer):
