@@ -74,7 +74,6 @@ from switchyard.common.events import (
     UsageRecorded,
     utcnow,
 )
-from switchyard.common.http import INTERNAL_TOKEN_HEADER
 
 if TYPE_CHECKING:
     from switchyard.gateway.api.body import ClientRequest
@@ -295,12 +294,7 @@ class ResponseCache:
         self._refreshing: dict[str, asyncio.Task[TenantCacheSettings]] = {}
 
     def _headers(self, principal: Principal) -> dict[str, str]:
-        return {
-            INTERNAL_TOKEN_HEADER: self.gateway.settings.internal_token,
-            "x-switchyard-tenant": principal.tenant,
-            "x-switchyard-user-id": principal.user_id,
-            "x-switchyard-role": principal.role,
-        }
+        return principal.internal_headers(self.gateway.settings.internal_token)
 
     # -- tenant settings ------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ from fastapi import APIRouter, Request, Response
 
 from switchyard.common import scopes
 from switchyard.common.errors import APIError
-from switchyard.common.http import INTERNAL_TOKEN_HEADER
 from switchyard.gateway.api.body import parse_json_object
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, insufficient_scope
 from switchyard.gateway.auth import Principal
@@ -37,12 +36,8 @@ def looks_like_id(value: str) -> bool:
 
 
 def identity_headers(gateway: Gateway, principal: Principal) -> dict[str, str]:
-    return {
-        INTERNAL_TOKEN_HEADER: gateway.settings.internal_token,
-        "x-switchyard-tenant": principal.tenant,
-        "x-switchyard-user-id": principal.user_id,
-        "x-switchyard-role": principal.role,
-    }
+    """The internal token and `principal`'s verified identity, for a call to history."""
+    return principal.internal_headers(gateway.settings.internal_token)
 
 
 async def forward(

@@ -42,16 +42,11 @@ import orjson
 import structlog
 from fastapi import APIRouter, Request, Response
 
-from switchyard.common.bus import BusUnavailableError, EventTooLargeError
 from switchyard.common.errors import APIError
 from switchyard.common.events import (
-    ChatRequestData,
-    ChatRequested,
     ClientAPI,
-    Priority,
-    new_id,
-    utcnow,
 )
+from switchyard.common.headers import REQUEST_ID_HEADER
 from switchyard.common.responses import parse_response_id, response_id, response_object
 from switchyard.gateway.api.body import ClientRequest, openapi_body, read_request
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
@@ -59,10 +54,8 @@ from switchyard.gateway.api.history import forward, identity_headers, looks_like
 from switchyard.gateway.api.jobs import request_cancellation
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
-from switchyard.gateway.dispatch import Dispatch, forwarded_headers, too_large_for_bus
-from switchyard.gateway.governance.refusals import admit_or_refuse
-from switchyard.gateway.recent_jobs import AcceptedJob
-from switchyard.gateway.request_id import request_id_of
+from switchyard.gateway.dispatch import Dispatch
+from switchyard.gateway.intake import check_model, submit_batch
 from switchyard.gateway.schemas import ResponsesRequest
 
 log = structlog.get_logger("switchyard.gateway.responses")
@@ -76,18 +69,6 @@ def _not_found(value: str, param: str = "response_id") -> APIError:
     return APIError(
         404, f"Response with id '{value[:64]}' not found.", param=param, code="response_not_found"
     )
-
-
-def _check_model(gateway: Gateway, principal: Principal, model: str) -> None:
-    if gateway.routing.route(model) is None or (
-        principal.allowed_models is not None and model not in principal.allowed_models
-    ):
-        raise APIError(
-            404,
-            f"The model '{model}' does not exist or you do not have access to it.",
-            code="model_not_found",
-            param="model",
-        )
 
 
 def _may_still_arrive(gateway: Gateway, value: str) -> bool:
@@ -184,7 +165,7 @@ async def create_response(
     answers at once with the `queued` response when `background` is true. Continues a
     stored response with `previous_response_id` on any model."""
     client = read_request(ClientAPI.OPENAI_RESPONSES, await request.body())
-    _check_model(gateway, principal, client.model)
+    check_model(gateway, principal, client.model)  # before reading any history
     previous = client.body.get("previous_response_id")
     if previous is not None:
         items = await previous_items(gateway, principal, previous)
@@ -201,74 +182,18 @@ async def _start_background(
     """Publish a background response to the batch lane (no gateway waits for it) and
     answer with the `queued` response. Admitted against the same budgets and rate limits
     as any request first (Refused: 429 in OpenAI's error shape, recorded as refused)."""
-    request_id = request_id_of(request.scope) or new_id()
-    ticket = await admit_or_refuse(
-        gateway,
-        principal,
-        request_id,
-        client.model,
-        client.admission_body,
-        api=client.api,
-    )
-    ticket.attach(request_id, gateway.settings.job_timeout_s)
-    created = utcnow()
-    event = ChatRequested(
-        source="gateway",
-        tenant=principal.tenant,
-        request_id=request_id,
-        time=created,
-        data=ChatRequestData(
-            api=client.api,
-            model=client.model,
-            body=client.body,
-            previous_items=client.previous_items,
-            headers=forwarded_headers(request),
-            stream=False,
-            user_id=principal.user_id,
-            api_key_id=principal.api_key_id,
-            team_id=ticket.team_id,
-            priority=Priority.BATCH,
-            deadline=created + timedelta(seconds=gateway.settings.job_timeout_s),
-            reply_to=None,
-        ),
-    )
-    try:
-        await gateway.bus.publish(gateway.topics.requests_batch, event, key=request_id)
-    except EventTooLargeError as exc:
-        ticket.cancel()
-        log.error("background response too large for the event bus", error=str(exc))
-        raise too_large_for_bus() from None
-    except BusUnavailableError as exc:
-        ticket.cancel()
-        log.error("could not publish background response", error=str(exc))
-        raise APIError(
-            503,
-            "The request could not be accepted right now; retry shortly.",
-            code="bus_unavailable",
-            headers={"Retry-After": "2"},
-        ) from None
-    gateway.recent_jobs.add(
-        AcceptedJob(
-            job_id=request_id,
-            tenant=principal.tenant,
-            user_id=principal.user_id,
-            model=client.model,
-            created_at=created.isoformat().replace("+00:00", "Z"),
-            webhook_url=None,
-            accepted_at=time.monotonic(),
-        )
-    )
+    submitted = await submit_batch(gateway, request, principal, client)
     queued = response_object(
         client.body,
-        id=response_id(request_id, created),
-        created_at=created,
+        id=response_id(submitted.request_id, submitted.created),
+        created_at=submitted.created,
         model=client.model,
         status="queued",
     )
     return Response(
         orjson.dumps(queued),
         media_type="application/json",
-        headers={"x-request-id": request_id, **ticket.openai_headers()},
+        headers={REQUEST_ID_HEADER: submitted.request_id, **submitted.ticket.openai_headers()},
     )
 
 
