@@ -51,7 +51,7 @@ from switchyard.common.events import (
 from switchyard.common.headers import REQUEST_ID_HEADER
 from switchyard.gateway.api.body import READERS, ClientRequest, openapi_body, parse_json_object
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
-from switchyard.gateway.api.history import forward, looks_like_id
+from switchyard.gateway.api.history import forward, looks_like_id, read_when_recorded, relay
 from switchyard.gateway.bootstrap import Gateway
 from switchyard.gateway.intake import submit_batch
 from switchyard.gateway.limits import API_PATHS, too_large_message
@@ -188,10 +188,18 @@ async def list_jobs(request: Request, principal: CurrentPrincipal, gateway: Gate
 async def get_job(
     job_id: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
-    """A job just created may take a moment to appear (history records it from the bus)."""
+    """A job accepted moments ago is waited for (at most `responses_state_wait_s`) until
+    history has recorded it from the bus, so reading it right after creating it finds it."""
     if not looks_like_id(job_id):
         raise _not_found(job_id)
-    return await forward(gateway, principal, f"/v1/jobs/{job_id}", request)
+    path = f"/v1/jobs/{job_id}"
+    accepted = gateway.recent_jobs.get(job_id, principal.tenant)
+    if accepted is None or (accepted.user_id != principal.user_id and principal.role != "admin"):
+        return await forward(gateway, principal, path, request)
+    answer = await read_when_recorded(
+        gateway, principal, path, request, not_yet=lambda answer: answer.status_code == 404
+    )
+    return relay(answer)
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a job that has not finished")

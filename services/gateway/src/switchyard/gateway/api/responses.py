@@ -32,8 +32,6 @@ the tenant's). Errors are OpenAI's error object, naming the field at fault.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -50,7 +48,13 @@ from switchyard.common.headers import REQUEST_ID_HEADER
 from switchyard.common.responses import parse_response_id, response_id, response_object
 from switchyard.gateway.api.body import ClientRequest, openapi_body, read_request
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
-from switchyard.gateway.api.history import forward, identity_headers, looks_like_id
+from switchyard.gateway.api.history import (
+    error_of,
+    forward,
+    looks_like_id,
+    read_when_recorded,
+    relay,
+)
 from switchyard.gateway.api.jobs import request_cancellation
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
@@ -81,54 +85,23 @@ def _may_still_arrive(gateway: Gateway, value: str) -> bool:
     return ref.created_at > datetime.now(UTC) - timedelta(seconds=window + 60)
 
 
-async def _history(
-    gateway: Gateway, principal: Principal, path: str, *, method: str = "GET"
-) -> httpx.Response:
-    try:
-        return await gateway.http.request(
-            method,
-            gateway.settings.history_url.rstrip("/") + path,
-            headers=identity_headers(gateway, principal),
-            timeout=10.0,
-        )
-    except httpx.HTTPError as exc:
-        log.error("history service unreachable", error=repr(exc))
-        raise APIError(
-            503,
-            "History is temporarily unavailable; retry shortly.",
-            code="history_unavailable",
-            headers={"Retry-After": "2"},
-        ) from None
-
-
-def _error_of(answer: httpx.Response) -> dict[str, Any]:
-    try:
-        error = answer.json().get("error")
-    except (ValueError, AttributeError):
-        error = None
-    return error if isinstance(error, dict) else {}
-
-
 async def _wait_for(
-    gateway: Gateway, principal: Principal, value: str, path: str
+    gateway: Gateway,
+    principal: Principal,
+    value: str,
+    path: str,
+    request: Request | None = None,
 ) -> httpx.Response:
-    """History's answer for a response, waiting (with backoff, at most
+    """History's answer for the response `value` at `path`, waiting (with backoff, at most
     `responses_state_wait_s`) while a response answered moments ago is not recorded or
     still in progress there."""
-    deadline = time.monotonic() + gateway.settings.responses_state_wait_s
-    delay = 0.02
-    while True:
-        answer = await _history(gateway, principal, path)
-        if answer.status_code == 200:
-            return answer
-        waiting = (answer.status_code, _error_of(answer).get("code")) in _NOT_YET
-        if not waiting or not _may_still_arrive(gateway, value):
-            return answer
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return answer
-        await asyncio.sleep(min(delay, left))
-        delay = min(delay * 2, 0.5)
+
+    def not_yet(answer: httpx.Response) -> bool:
+        return (answer.status_code, error_of(answer).get("code")) in _NOT_YET and _may_still_arrive(
+            gateway, value
+        )
+
+    return await read_when_recorded(gateway, principal, path, request, not_yet=not_yet)
 
 
 async def previous_items(
@@ -143,7 +116,7 @@ async def previous_items(
     answer = await _wait_for(gateway, principal, previous, f"/v1/responses/{previous}/conversation")
     if answer.status_code == 200:
         return answer.json()["data"]
-    error = _error_of(answer)
+    error = error_of(answer)
     raise APIError(
         answer.status_code if answer.status_code < 500 else 503,
         error.get("message") or "The previous response could not be read.",
@@ -215,12 +188,8 @@ async def get_response(
             param="stream",
             code="unsupported_parameter",
         )
-    answer = await _wait_for(gateway, principal, response_id, f"/v1/responses/{response_id}")
-    return Response(
-        answer.content,
-        status_code=answer.status_code,
-        media_type=answer.headers.get("content-type", "application/json"),
-    )
+    path = f"/v1/responses/{response_id}"
+    return relay(await _wait_for(gateway, principal, response_id, path))
 
 
 @router.get("/{response_id}/input_items", summary="List a response's input items")
@@ -232,7 +201,9 @@ async def list_input_items(
     `order` (`asc` or `desc`), `after` / `before` (an item id of the previous page)."""
     if not looks_like_id(response_id):
         raise _not_found(response_id)
-    return await forward(gateway, principal, f"/v1/responses/{response_id}/input_items", request)
+    # A response answered moments ago may not be recorded yet: waited for, like GET.
+    path = f"/v1/responses/{response_id}/input_items"
+    return relay(await _wait_for(gateway, principal, response_id, path, request))
 
 
 @router.delete("/{response_id}", summary="Delete a model response")
