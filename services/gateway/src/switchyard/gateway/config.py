@@ -55,11 +55,6 @@ class Settings(ServiceSettings):
     routing_reload_interval_s: float = Field(
         default=5.0,
         ge=0,
-        validation_alias=env(
-            "SWITCHYARD_GATEWAY_ROUTING_RELOAD_INTERVAL_S",
-            "SWITCHYARD_ROUTING_RELOAD_INTERVAL_S",
-            "routing_reload_interval_s",
-        ),
         description="How often the routing file is checked for changes, as inference does "
         "(0: never after start-up): /v1/models and the unknown-model check follow an edit "
         "within this interval.",

@@ -27,7 +27,9 @@ every model:
 `GET /v1/responses/{id}`, `GET /v1/responses/{id}/input_items` (cursor pages: `limit`,
 `order`, `after`, `before`), `DELETE /v1/responses/{id}` and the cancellation are served
 by history (`switchyard.history.responses`), for the caller's own responses (an admin:
-the tenant's). Errors are OpenAI's error object, naming the field at fault.
+the tenant's). Reading a response, or its input items, right after it was answered
+waits like `previous_response_id` does until history has recorded it. Errors are
+OpenAI's error object, naming the field at fault.
 """
 
 from __future__ import annotations
