@@ -56,8 +56,8 @@ test: install infra-up ## Run every check: lint, deploy manifests, unit, integra
 	$(MAKE) --no-print-directory lint deploy-check test-unit test-integration test-e2e test-browser test-faults
 
 .PHONY: test-unit
-test-unit: install ## Unit tests of every package (fakes, no network)
-	env -u DATABASE_URL -u KAFKA_BOOTSTRAP_SERVERS $(PYTEST) -q $(UNIT_TESTS)
+test-unit: install ## Unit tests of every package (fakes, no network), one worker per CPU
+	env -u DATABASE_URL -u KAFKA_BOOTSTRAP_SERVERS $(PYTEST) -q -n auto $(UNIT_TESTS)
 
 .PHONY: test-integration
 test-integration: install ## Integration tests against the real Kafka broker and PostgreSQL server

@@ -468,3 +468,70 @@ async def test_replay_items_are_kept_when_limits_cannot_be_checked(service, even
     service.app.state.replay_runner._admission = ScriptedAdmission([], then=Admitted(None))
     done = await finished(service, created["id"])
     assert done["counts"]["settled"] == 1 and len(inference.requests) == 1
+
+
+async def test_an_idle_runner_costs_one_lookup_per_round(service, events):
+    """With no replay running, a round is one indexed lookup, not the settle join and the
+    claim transaction (every replica polls twice a second)."""
+    from sqlalchemy import event as sqlalchemy_event
+
+    engine = service.components.engine
+    runner = ReplayRunner(engine, service.bus.publish, service.topics, runner_id="idle")
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        if "history_replay" in statement:  # the service's other loops share the engine
+            statements.append(statement)
+
+    sqlalchemy_event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        assert await runner.tick() is False
+    finally:
+        sqlalchemy_event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert statements, "the round looked for running replays"
+    # Only lookups of running replays: no settle join over the items, no claim update.
+    assert all(
+        "history_replay_items" not in statement and statement.lstrip().startswith("SELECT")
+        for statement in statements
+    ), statements
+
+
+async def test_a_stopped_replays_sent_requests_are_still_compared(service, events):
+    """Stopping a replay stops sending, not the comparison of what it already sent: the
+    answers arrive only after the stop, and are compared all the same."""
+    released = asyncio.Event()
+
+    class HeldInference(FakeInference):
+        async def __call__(self, event: Event) -> None:
+            if isinstance(event, ChatRequested):
+                await released.wait()
+            await super().__call__(event)
+
+    held = HeldInference(service)
+    await service.bus.subscribe([service.topics.requests_batch], "inference", held, concurrency=8)
+    await record_traffic(service, events, [f"p{i}" for i in range(6)])
+    created = await replay(service, rate="2/s")
+    replay_id = created["id"]
+    items = replay_items_table.c
+
+    async def sent() -> int:
+        async with service.components.engine.connect() as connection:
+            rows = await connection.execute(
+                select(items.position).where(items.replay_id == replay_id, items.state == "sent")
+            )
+            return len(rows.all())
+
+    await async_wait_until(sent, timeout=10, message="a first request sent")
+    stopped = await service.client.post(f"/v1/replays/{replay_id}/stop", headers=service.headers())
+    assert stopped.json()["status"] == "stopped"
+    released.set()
+
+    async def compared():
+        report = (
+            await service.client.get(f"/v1/replays/{replay_id}", headers=service.headers())
+        ).json()
+        settled = report["counts"]["settled"]
+        return report if settled and settled == len(held.requests) else None
+
+    report = await async_wait_until(compared, timeout=20, message="sent requests compared")
+    assert report["status"] == "stopped"

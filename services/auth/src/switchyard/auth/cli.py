@@ -24,7 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from switchyard.auth import scopes as known_scopes
 from switchyard.auth.bootstrap import build_database_service, build_token_issuer
 from switchyard.auth.config import DatabaseSettings, Settings
-from switchyard.auth.governance import Governance, TeamNotFound, limits_of
+from switchyard.auth.governance import (
+    CACHE_FIELDS,
+    MAX_CACHE_TTL_S,
+    Governance,
+    TeamNotFound,
+    limits_of,
+)
 from switchyard.auth.service import AuthError, AuthService, expiry_in_days
 from switchyard.auth.signing import SigningKeyError
 from switchyard.common.text import terminal_safe as safe
@@ -55,10 +61,54 @@ ClearOption = Annotated[
     typer.Option(
         "--clear",
         help="Remove a limit: rpm_limit, tpm_limit, max_budget_usd, max_parallel_requests "
-        "(repeatable).",
+        "(repeatable); for teams and keys also cache_enabled, cache_ttl_s (then the level "
+        "above decides).",
     ),
 ]
 _CLEARABLE = ("rpm_limit", "tpm_limit", "max_budget_usd", "max_parallel_requests", "budget_period")
+CacheOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--cache/--no-cache",
+        help="Turn the response cache on or off for these requests (overrides the team's "
+        "and tenant's setting; a request header overrides this).",
+    ),
+]
+CacheTtlOption = Annotated[
+    int | None,
+    typer.Option(
+        "--cache-ttl", min=1, max=MAX_CACHE_TTL_S, help="How long cached answers are reused (s)."
+    ),
+]
+
+
+def _cache_options(
+    cache: bool | None, cache_ttl: int | None, clear: list[str] | None
+) -> tuple[dict[str, Any], list[str]]:
+    """The cache opt-in given on the command line as a patch, and the `--clear` names
+    left for `_limit_options`."""
+    patch: dict[str, Any] = {}
+    if cache is not None:
+        patch["cache_enabled"] = cache
+    if cache_ttl is not None:
+        patch["cache_ttl_s"] = cache_ttl
+    rest = []
+    for name in clear or ():
+        if name in CACHE_FIELDS:
+            if name in patch:
+                raise _fail(f"--clear {name} contradicts the value given for it")
+            patch[name] = None
+        else:
+            rest.append(name)
+    return patch, rest
+
+
+def _describe_cache(row: Any) -> str:
+    if row.cache_enabled is None and row.cache_ttl_s is None:
+        return "response cache as the level above"
+    state = {True: "on", False: "off", None: "as the level above"}[row.cache_enabled]
+    ttl = f", ttl {row.cache_ttl_s} s" if row.cache_ttl_s is not None else ""
+    return f"response cache {state}{ttl}"
 
 
 def _limit_options(
@@ -349,17 +399,21 @@ def update_key(
     budget_period: PeriodOption = None,
     max_parallel: ParallelOption = None,
     clear: ClearOption = None,
+    cache: CacheOption = None,
+    cache_ttl: CacheTtlOption = None,
 ) -> None:
-    """Change a key's budget and rate limits; every gateway applies them within a second."""
+    """Change a key's budget and rate limits and its response cache opt-in; every gateway
+    applies them within a second."""
+    cache_patch, clear = _cache_options(cache, cache_ttl, clear)
     limits = _limit_options(
         rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel, clear
     )
 
     async def update(service: AuthService) -> Any:
-        return await Governance(service).update_api_key(key_id, limits=limits)
+        return await Governance(service).update_api_key(key_id, limits=limits, cache=cache_patch)
 
     record = run_with_service(update)
-    typer.echo(f"Updated API key {record.id}: {_describe(record)}.")
+    typer.echo(f"Updated API key {record.id}: {_describe(record)}; {_describe_cache(record)}.")
 
 
 @tokens_app.command("create")
@@ -430,6 +484,8 @@ def _team_fields(team: Any) -> dict[str, Any]:
         "tenant": team.tenant,
         "name": team.name,
         **limits_of(team).model_dump(),
+        "cache_enabled": team.cache_enabled,
+        "cache_ttl_s": team.cache_ttl_s,
         "allowed_models": team.allowed_models,
         "created_at": team.created_at.isoformat(),
     }
@@ -493,17 +549,25 @@ def update_team(
     budget_period: PeriodOption = None,
     max_parallel: ParallelOption = None,
     clear: ClearOption = None,
+    cache: CacheOption = None,
+    cache_ttl: CacheTtlOption = None,
 ) -> None:
-    """Rename a team or change its limits; every gateway applies them within a second."""
+    """Rename a team or change its limits and response cache opt-in; every gateway applies
+    them within a second."""
+    cache_patch, clear = _cache_options(cache, cache_ttl, clear)
     limits = _limit_options(
         rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel, clear
     )
 
     async def update(service: AuthService) -> Any:
-        return await Governance(service).update_team(team_id, name=name, limits=limits)
+        return await Governance(service).update_team(
+            team_id, name=name, limits=limits, cache=cache_patch
+        )
 
     team = run_with_service(update)
-    typer.echo(f"Updated team {team.name} (id {team.id}): {_describe(team)}.")
+    typer.echo(
+        f"Updated team {team.name} (id {team.id}): {_describe(team)}; {_describe_cache(team)}."
+    )
 
 
 @teams_app.command("delete")

@@ -6,6 +6,10 @@ its user and (by default) to the user's team. Every level may carry `Limits`; a 
 a key may not exceed the same limit of its user, team or tenant, nor a team's or a user's
 the tenant's (a 400 naming the field). Each change writes `auth.limits_changed` to the
 outbox in its transaction, so every gateway applies it within a second.
+
+Teams and keys also carry the response cache opt-in (`cache_enabled`, `cache_ttl_s`, see
+`CacheColumns`); gateways receive it with the policy and apply it with the precedence
+request header > key > team > tenant > default (the gateway's cache.py).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from switchyard.auth.models import ApiKey, LimitColumns, Team, Tenant, User
+from switchyard.auth.models import ApiKey, CacheColumns, LimitColumns, Team, Tenant, User
 from switchyard.auth.service import (
     ApiKeyNotFound,
     AuthError,
@@ -88,13 +92,47 @@ def _within(child: Limits, parent: Limits, child_level: str, parent_level: str) 
         raise InvalidInput(str(exc), param=exc.param) from None
 
 
+# A cached answer lives at most a week in history's store, whatever is asked.
+MAX_CACHE_TTL_S = 7 * 86_400
+CACHE_FIELDS = ("cache_enabled", "cache_ttl_s")
+
+
+def apply_cache(row: CacheColumns, patch: dict[str, Any] | None) -> None:
+    """Set a team's or key's cache opt-in from `patch` (`cache_enabled`: true, false or
+    None to inherit; `cache_ttl_s`: whole seconds from 1 to a week, or None to inherit;
+    an absent field keeps its value). InvalidInput naming the field if a value is wrong;
+    nothing is changed then."""
+    values = {name: getattr(row, name) for name in CACHE_FIELDS}
+    for name, value in (patch or {}).items():
+        if name not in CACHE_FIELDS:
+            raise InvalidInput(f"Unknown cache setting '{name}'.", param=name)
+        values[name] = value
+    enabled, ttl = values["cache_enabled"], values["cache_ttl_s"]
+    if enabled is not None and not isinstance(enabled, bool):
+        raise InvalidInput("cache_enabled must be true, false or null.", param="cache_enabled")
+    if ttl is not None:
+        if isinstance(ttl, float) and ttl.is_integer():
+            ttl = int(ttl)
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_CACHE_TTL_S:
+            raise InvalidInput(
+                f"cache_ttl_s must be a whole number of seconds from 1 to {MAX_CACHE_TTL_S} "
+                "(null: as the team or tenant says).",
+                param="cache_ttl_s",
+            )
+    row.cache_enabled = enabled
+    row.cache_ttl_s = ttl
+
+
 @dataclass(frozen=True)
 class LevelPolicy:
-    """One level's id, limits and budget anchor, as gateways receive them."""
+    """One level's id, limits and budget anchor, as gateways receive them; for a team or
+    a key, its response cache opt-in too (None: not set there)."""
 
     scope_id: str
     limits: Limits
     budget_anchor_at: datetime | None
+    cache_enabled: bool | None = None
+    cache_ttl_s: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +151,8 @@ def _level(scope_id: str, row: LimitColumns | None) -> LevelPolicy:
         scope_id=scope_id,
         limits=limits_of(row),
         budget_anchor_at=row.budget_anchor_at if row is not None else None,
+        cache_enabled=getattr(row, "cache_enabled", None),
+        cache_ttl_s=getattr(row, "cache_ttl_s", None),
     )
 
 
@@ -215,7 +255,10 @@ class Governance:
         name: str,
         limits: dict[str, Any] | None = None,
         allowed_models: Sequence[str] | None = None,
+        cache: dict[str, Any] | None = None,
     ) -> Team:
+        """A new team with its limits and response cache opt-in (`cache`, see
+        `apply_cache`); DuplicateTeam if the tenant has one of that name."""
         name = _team_name(name)
         models = _validate_models(allowed_models)
         now = datetime.now(UTC)
@@ -223,6 +266,7 @@ class Governance:
             merged = _merged(None, limits)
             _within(merged, limits_of(await session.get(Tenant, tenant)), "team", "tenant")
             team = Team(tenant=tenant, name=name, allowed_models=models, created_at=now)
+            apply_cache(team, cache)
             _store(team, merged, now)
             session.add(team)
             try:
@@ -241,9 +285,11 @@ class Governance:
         name: str | None = None,
         limits: dict[str, Any] | None = None,
         allowed_models: Sequence[str] | None | bool = False,
+        cache: dict[str, Any] | None = None,
     ) -> Team:
-        """Rename a team, patch its limits and (unless `allowed_models` is False) replace
-        its allowed models. Members' and keys' limits above the new ones are refused."""
+        """Rename a team, patch its limits and its response cache opt-in (`cache`, see
+        `apply_cache`) and (unless `allowed_models` is False) replace its allowed models.
+        Members' and keys' limits above the new ones are refused."""
         now = datetime.now(UTC)
         async with self._sessions() as session:
             team = await self._team(session, team_id, tenant)
@@ -253,6 +299,7 @@ class Governance:
                 _within(limits_of(user), merged, "user", "team")
             for key in await _team_keys(session, team.id):
                 _within(limits_of(key), merged, "api_key", "team")
+            apply_cache(team, cache)
             _store(team, merged, now)
             if name is not None:
                 team.name = _team_name(name)
@@ -392,8 +439,10 @@ class Governance:
         user_id: str | None = None,
         limits: dict[str, Any] | None = None,
         team_id: str | None | bool = False,
+        cache: dict[str, Any] | None = None,
     ) -> ApiKey:
-        """Patch a key's limits (and team); only the tenant's, or the user's own key."""
+        """Patch a key's limits (and team, and response cache opt-in: `cache`, see
+        `apply_cache`); only the tenant's, or the user's own key."""
         now = datetime.now(UTC)
         async with self._sessions() as session:
             key = await session.get(ApiKey, key_id)
@@ -408,6 +457,7 @@ class Governance:
             team = key.team_id if team_id is False else await self._key_team(session, user, team_id)
             merged = _merged(key, limits)
             await self._check_key(session, user, team, merged)
+            apply_cache(key, cache)
             key.team_id = team
             _store(key, merged, now)
             self._changed(session, key.tenant, "api_key", key.id)

@@ -10,6 +10,9 @@
 - `auth_teams`, `auth_tenants` (0003): teams of a tenant, and each tenant's own limits and
   what gateways do when their limit store is unreachable. Teams, users and keys carry
   limits too (`LimitColumns`): a budget per period and rate limits; NULL is "no limit".
+- `cache_enabled`, `cache_ttl_s` on `auth_teams` and `auth_api_keys` (0004): the gateways'
+  response cache for the requests of one team or one key (`CacheColumns`); NULL is "as
+  the level above says" (key, then team, then the tenant's history settings).
 """
 
 from __future__ import annotations
@@ -89,6 +92,15 @@ class LimitColumns:
     max_parallel_requests: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
+class CacheColumns:
+    """The response cache opt-in of one team or one API key. NULL: not set here, so the
+    next level decides (key, then team, then the tenant's setting in history)."""
+
+    cache_enabled: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # Seconds a cached answer is reused (the gateway caps it at its maximum).
+    cache_ttl_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
 class Tenant(LimitColumns, Base):
     """A tenant's own limits; a tenant without a row has none."""
 
@@ -109,7 +121,7 @@ class Tenant(LimitColumns, Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
-class Team(LimitColumns, Base):
+class Team(LimitColumns, CacheColumns, Base):
     __tablename__ = "auth_teams"
     __table_args__ = (
         UniqueConstraint("tenant", "name", name="uq_auth_teams_tenant_name"),
@@ -151,7 +163,7 @@ class User(LimitColumns, Base):
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="user")
 
 
-class ApiKey(LimitColumns, Base):
+class ApiKey(LimitColumns, CacheColumns, Base):
     __tablename__ = "auth_api_keys"
     __table_args__ = (
         UniqueConstraint("secret_hash", name="uq_auth_api_keys_secret_hash"),

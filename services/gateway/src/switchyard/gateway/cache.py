@@ -1,14 +1,21 @@
 """The exact-match response cache: a request whose normalised body matches one answered
 before, within the answer's time to live, is answered again without calling a model.
 
-Opt-in, per request or per tenant:
+Opt-in, per request, API key, team or tenant; the narrowest that says decides:
+request header > key > team > tenant > default (off).
 - `X-Switchyard-Cache: on` asks for it on one request; `off` bypasses it (no lookup, no
-  store) even where the tenant turned it on; `refresh` runs the request and replaces the
-  stored answer. The tenant setting (`cache_enabled` in the history settings, or
-  `switchyard tenant-settings set --cache`) turns it on for every request of the tenant.
-- `X-Switchyard-Cache-TTL: <seconds>` sets how long a stored answer is reused (default:
-  the tenant's `cache_ttl_s`, else `SWITCHYARD_GATEWAY_CACHE_DEFAULT_TTL_S`; at most
-  `SWITCHYARD_GATEWAY_CACHE_MAX_TTL_S`).
+  store) even where the key, team or tenant turned it on; `refresh` runs the request and
+  replaces the stored answer.
+- A key's or team's `cache_enabled` (auth's admin API, `PATCH /v1/admin/api-keys/{id}` or
+  `/v1/admin/teams/{id}`, or `switchyard keys|teams update --cache/--no-cache`) turns it on
+  or off for every request made with that key or by that team's members; unset (null)
+  leaves it to the next level. It arrives with the caller's policy (governance/policy.py),
+  which admission has just read, so it costs no extra call.
+- The tenant setting (`cache_enabled` in the history settings, or `switchyard
+  tenant-settings set --cache`) turns it on for every request of the tenant.
+- `X-Switchyard-Cache-TTL: <seconds>` sets how long a stored answer is reused; without it,
+  the key's `cache_ttl_s`, else the team's, else the tenant's, else
+  `SWITCHYARD_GATEWAY_CACHE_DEFAULT_TTL_S`; at most `SWITCHYARD_GATEWAY_CACHE_MAX_TTL_S`.
 - Only deterministic requests are cached: `temperature` 0, or a `seed` (OpenAI's APIs).
   Both providers default `temperature` to 1, so a request without it is not deterministic.
   `X-Switchyard-Cache-Nondeterministic: true` caches the others too, explicitly.
@@ -47,7 +54,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +81,7 @@ from switchyard.common.events import (
     UsageRecorded,
     utcnow,
 )
+from switchyard.gateway.governance.policy import CacheOptIn, PolicyUnavailable
 
 if TYPE_CHECKING:
     from switchyard.gateway.api.body import ClientRequest
@@ -233,9 +241,22 @@ class CachedAnswer:
 
 @dataclass(frozen=True)
 class TenantCacheSettings:
+    """Whether the cache is on for a caller and its TTL (seconds; None: the default), and
+    whether their tenant keeps content at all: the tenant's settings, or (see
+    `ResponseCache.caller_settings`) those with the caller's key and team opt-ins applied."""
+
     enabled: bool = False
     ttl_s: int | None = None
     store_content: bool = True
+
+    def with_opt_ins(self, opt_ins: tuple[CacheOptIn, ...]) -> TenantCacheSettings:
+        """These settings overridden by the narrowest level that sets each one (`opt_ins`
+        are ordered key first, then team)."""
+        if not opt_ins:
+            return self
+        enabled = next((o.enabled for o in opt_ins if o.enabled is not None), self.enabled)
+        ttl_s = next((o.ttl_s for o in opt_ins if o.ttl_s is not None), self.ttl_s)
+        return replace(self, enabled=enabled, ttl_s=ttl_s)
 
 
 @dataclass
@@ -337,6 +358,21 @@ class ResponseCache:
     def forget_tenant(self, tenant: str) -> None:
         self._settings.pop(tenant, None)
 
+    async def caller_settings(self, principal: Principal) -> TenantCacheSettings:
+        """The settings that apply to this caller: the tenant's, overridden by their team's
+        and then their key's opt-in. Those come with the caller's policy, cached by
+        admission (which read it for this request already); when auth cannot say, the
+        tenant's settings apply."""
+        tenant = await self.tenant_settings(principal)
+        admission = self.gateway.admission
+        if admission is None:
+            return tenant
+        try:
+            policy = await admission.policies.get(principal.user_id, principal.api_key_id)
+        except PolicyUnavailable:
+            return tenant
+        return tenant.with_opt_ins(policy.cache)
+
     # -- deciding and looking up ----------------------------------------------------------
 
     async def ticket(
@@ -358,7 +394,7 @@ class ResponseCache:
         if mode == "off":
             SKIPPED.labels("off").inc()
             return CacheTicket(None, "off", "bypass")
-        settings = await self.tenant_settings(principal)
+        settings = await self.caller_settings(principal)
         if mode is None:
             if not settings.enabled:
                 return None

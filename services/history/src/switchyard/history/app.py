@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
                 group=settings.group,
                 handler=components.recorder.record,
                 max_batch=settings.max_batch,
+                max_batch_wait_ms=settings.max_batch_wait_ms,
                 retry=RetryPolicy(max_attempts=settings.poison_attempts),
                 healthy=components.database_writable,
             )

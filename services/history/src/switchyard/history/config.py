@@ -44,6 +44,14 @@ class Settings(ServiceSettings):
         le=10_000,
         description="Most events written to the database in one transaction.",
     )
+    max_batch_wait_ms: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="Milliseconds a batch waits, after its first event, for more events "
+        "before it is written: fewer transactions and offset commits per request, at "
+        "the cost of that much delay before an event is in the database.",
+    )
     poison_attempts: int = Field(
         default=5,
         ge=1,

@@ -637,11 +637,32 @@ class ReplayRunner:
 
     async def tick(self) -> bool:
         """One round; True if it sent anything (so the next round starts at once)."""
+        if not await self._any_running():
+            # Most of the time no replay runs: one indexed lookup instead of the settle
+            # join and the claim transaction, every poll on every replica.
+            return False
         await self.settle()
         replay = await self._claim()
         if replay is None:
             return False
         return await self.drive(replay) > 0
+
+    async def _any_running(self) -> bool:
+        """Whether any replay of any tenant is running, or was stopped recently enough that
+        requests it sent may still get their outcome to compare (uses
+        ix_history_replays_status)."""
+        p = replays_table.c
+        recently = _now() - timedelta(seconds=self.request_timeout_s)
+        query = (
+            select(p.replay_id)
+            .where(
+                (p.status == ReplayStatus.RUNNING.value)
+                | ((p.status == ReplayStatus.STOPPED.value) & (p.updated_at > recently))
+            )
+            .limit(1)
+        )
+        async with self._engine.connect() as connection:
+            return (await connection.execute(query)).first() is not None
 
     # -- claiming -----------------------------------------------------------------------
 

@@ -149,10 +149,14 @@ class EventBus(abc.ABC):
         handler: BatchHandler,
         *,
         max_batch: int = 500,
+        max_batch_wait_ms: int | None = None,
         retry: RetryPolicy = RetryPolicy(),
         healthy: HealthCheck | None = None,
     ) -> Subscription:
-        """Join consumer group `group` and receive events in batches (one at a time)."""
+        """Join consumer group `group` and receive events in batches (one at a time) of at
+        most `max_batch` events. Once a first event is there, a batch waits up to
+        `max_batch_wait_ms` milliseconds to fill (None: the bus's default), trading that
+        much latency for fewer handler calls, transactions and offset commits."""
 
     @abc.abstractmethod
     async def listen(

@@ -683,11 +683,19 @@ class KafkaBus(EventBus):
         handler: BatchHandler,
         *,
         max_batch: int = 500,
+        max_batch_wait_ms: int | None = None,
         retry: RetryPolicy = RetryPolicy(),
         healthy: HealthCheck | None = None,
     ) -> Subscription:
         subscription = _BatchSubscription(
-            self, list(topics), group, handler, max_batch, retry, self._dependencies(healthy)
+            self,
+            list(topics),
+            group,
+            handler,
+            max_batch,
+            retry,
+            self._dependencies(healthy),
+            max_wait_ms=max_batch_wait_ms or 0,
         )
         await subscription.start()
         self._subscriptions.append(subscription)
@@ -1026,11 +1034,13 @@ class _BatchSubscription(_SupervisedConsumer):
         max_batch: int,
         retry: RetryPolicy,
         dependencies: HealthCheck,
+        max_wait_ms: int = 0,
     ) -> None:
         super().__init__(bus, f"consume-batch-{group}")
         self.topics, self.group, self.handler = topics, group, handler
         self.max_batch, self.retry = max_batch, retry
         self.dependencies = dependencies
+        self.max_wait_ms = max_wait_ms
 
     async def _open(self) -> AIOKafkaConsumer:
         consumer = self.bus._consumer(*self.topics, group=self.group, auto_offset_reset="earliest")
@@ -1043,6 +1053,7 @@ class _BatchSubscription(_SupervisedConsumer):
             self._polled()
             if not batches:
                 continue
+            await self._fill(consumer, batches)
             items: list[tuple[ConsumerRecord, Event]] = []
             for records_of_partition in batches.values():
                 for record in records_of_partition:
@@ -1068,6 +1079,25 @@ class _BatchSubscription(_SupervisedConsumer):
                     error=repr(exc),
                 )
             self._polled()
+
+    async def _fill(self, consumer: AIOKafkaConsumer, batches: dict) -> None:
+        """Adds to `batches` (partition -> records, in offset order) what arrives within
+        `max_wait_ms` of the first event, up to `max_batch` records in all: one request
+        makes several events a few milliseconds apart, and one transaction and one commit
+        for all of them costs far less than one each."""
+        count = sum(len(records) for records in batches.values())
+        deadline = time.monotonic() + self.max_wait_ms / 1000
+        while count < self.max_batch:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                return
+            more = await consumer.getmany(
+                timeout_ms=remaining_ms, max_records=self.max_batch - count
+            )
+            self._polled()
+            for tp, records in more.items():
+                batches.setdefault(tp, []).extend(records)
+                count += len(records)
 
     async def _handle(self, items: list[tuple[ConsumerRecord, Event]]) -> None:
         # One child span per event, covering the batch write, so every request's trace

@@ -240,10 +240,12 @@ class InMemoryBus(EventBus):
         handler: BatchHandler,
         *,
         max_batch: int = 500,
+        max_batch_wait_ms: int | None = None,
         retry: RetryPolicy = RetryPolicy(),
         healthy: HealthCheck | None = None,
     ) -> Subscription:
         state = self._join(topics, group)
+        linger_s = self.batch_linger_s if max_batch_wait_ms is None else max_batch_wait_ms / 1000
 
         async def dead_letter(item: tuple[str, Event, dict], error: BaseException) -> None:
             self._dead_letter(item[0], item[1], error)
@@ -254,7 +256,7 @@ class InMemoryBus(EventBus):
                 try:
                     # Let a batch gather for a moment: one transaction for many events is
                     # what keeps a store (history on SQLite) from costing a commit per event.
-                    await asyncio.sleep(self.batch_linger_s)
+                    await asyncio.sleep(linger_s)
                     while len(items) < max_batch and not state.queue.empty():
                         items.append(state.queue.get_nowait())
                     await handle_batch_isolating(

@@ -3,6 +3,8 @@ e2e suite and the benchmark. Each process logs to its own file; readiness is pol
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
@@ -63,11 +65,20 @@ class ProcessGroup:
     env: dict[str, str]
     workdir: Path
     processes: list[Process] = field(default_factory=list)
+    # (bootstrap servers, topic prefix) of every `switchyard topics create` run, so the
+    # topics are deleted again by `stop_all` and a developer's broker does not pile up
+    # thousands of partitions (which slows its start-up) over many test runs.
+    created_topics: list[tuple[str, str]] = field(default_factory=list)
 
     def cli(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> str:
+        merged = {**self.env, **(env or {})}
+        if args[:2] == ("topics", "create") and merged.get("KAFKA_BOOTSTRAP_SERVERS"):
+            self.created_topics.append(
+                (merged["KAFKA_BOOTSTRAP_SERVERS"], merged.get("SWITCHYARD_TOPIC_PREFIX", ""))
+            )
         result = subprocess.run(
             [*SWITCHYARD, *args],
-            env={**self.env, **(env or {})},
+            env=merged,
             cwd=self.workdir,
             input=stdin,
             capture_output=True,
@@ -114,5 +125,20 @@ class ProcessGroup:
         return "\n".join(f"===== {p.name} =====\n{p.log()[-6000:]}" for p in self.processes)
 
     def stop_all(self) -> None:
+        """Stops every process (last started first), then deletes the topics they used."""
         for process in reversed(self.processes):
             process.stop()
+        for servers, prefix in dict.fromkeys(self.created_topics):
+            if prefix:  # never the unprefixed topics of a real deployment
+                _delete_prefixed_topics(servers, prefix)
+        self.created_topics.clear()
+
+
+def _delete_prefixed_topics(servers: str, prefix: str) -> None:
+    """Best effort, bounded: a broker already stopped (fault tests) is not waited for."""
+    from switchyard.common.kafka_admin import delete_topics
+    from switchyard.common.topics import Topics
+
+    names = [name for name, _ in Topics(prefix).all()]
+    with contextlib.suppress(Exception):
+        asyncio.run(asyncio.wait_for(delete_topics(servers, names), timeout=15))

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from switchyard.auth import scopes as known_scopes
 from switchyard.auth.api.deps import AccessClaimsDep, CurrentUser, GovernanceDep, Service
-from switchyard.auth.api.limit_fields import LimitsIn, LimitsOut
+from switchyard.auth.api.limit_fields import CacheOut, LimitsIn, LimitsOut
 from switchyard.auth.governance import TeamNotFound
 from switchyard.auth.metrics import API_KEYS_CREATED, REVOCATIONS
 from switchyard.auth.models import ApiKey
@@ -81,6 +81,8 @@ class ApiKeyOut(BaseModel):
     created_at: datetime
     team_id: str | None = None
     limits: LimitsOut | None = None
+    # The key's response cache opt-in (admins set it; null fields: as the team or tenant).
+    cache: CacheOut | None = None
 
     @classmethod
     def of(cls, record: ApiKey, now: datetime | None = None) -> ApiKeyOut:
@@ -105,6 +107,7 @@ class ApiKeyOut(BaseModel):
             created_at=record.created_at,
             team_id=record.team_id,
             limits=LimitsOut.of(record),
+            cache=CacheOut(cache_enabled=record.cache_enabled, cache_ttl_s=record.cache_ttl_s),
         )
 
 

@@ -64,6 +64,9 @@ class LevelPolicyOut(BaseModel):
     id: str
     limits: Limits
     budget_anchor_at: datetime | None
+    # Team and key levels: their response cache opt-in (null: not set at this level).
+    cache_enabled: bool | None = None
+    cache_ttl_s: int | None = None
 
 
 class PolicyOut(BaseModel):
@@ -124,6 +127,8 @@ def internal_router(internal_token: str) -> APIRouter:
                     id=level.scope_id,
                     limits=level.limits,
                     budget_anchor_at=level.budget_anchor_at,
+                    cache_enabled=level.cache_enabled,
+                    cache_ttl_s=level.cache_ttl_s,
                 )
                 for name, level in found.levels.items()
             },

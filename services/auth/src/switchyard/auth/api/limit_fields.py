@@ -1,5 +1,5 @@
-"""Request and response fields of budgets and rate limits, shared by the key and admin
-routers."""
+"""Request and response fields of budgets and rate limits, and of the response cache
+opt-in of teams and keys, shared by the key and admin routers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from switchyard.auth.governance import limits_of
+from switchyard.auth.governance import CACHE_FIELDS, limits_of
 from switchyard.auth.models import LimitColumns
 from switchyard.common.governance import LIMIT_FIELDS
 
@@ -49,3 +49,28 @@ class LimitsOut(BaseModel):
             **limits.model_dump(),
             budget_anchor_at=getattr(row, "budget_anchor_at", None) if row is not None else None,
         )
+
+
+class CacheIn(BaseModel):
+    """The response cache opt-in of a team or key; an absent field keeps its value, null
+    removes it (the level above decides: key, then team, then the tenant's setting)."""
+
+    cache_enabled: bool | None = Field(
+        default=None,
+        strict=True,
+        description="Answer repeated deterministic requests from the response cache.",
+    )
+    # Loose on purpose: `apply_cache` answers a wrong value with a 400 saying the range.
+    cache_ttl_s: Number = Field(
+        default=None, description="Seconds a cached answer is reused (1 to 604800)."
+    )
+
+    def cache_patch(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in CACHE_FIELDS if name in self.model_fields_set}
+
+
+class CacheOut(BaseModel):
+    """A team's or key's response cache opt-in (null: not set at this level)."""
+
+    cache_enabled: bool | None = None
+    cache_ttl_s: int | None = None

@@ -3,13 +3,16 @@
 - `/v1/admin/teams` (`GET`, `POST`), `/v1/admin/teams/{id}` (`GET`, `PATCH`, `DELETE`);
 - `PATCH /v1/admin/users/{id}`: a user's team and limits;
 - `POST /v1/admin/api-keys`: a key for any user of the tenant, with team and limits;
-  `PATCH /v1/admin/api-keys/{id}`: a key's limits;
+  `PATCH /v1/admin/api-keys/{id}`: a key's limits and response cache opt-in
+  (`cache_enabled`, `cache_ttl_s`; teams take them on `PATCH /v1/admin/teams/{id}`);
 - `GET /v1/admin/tenant`: the tenant's own limits and failure modes (set by operators
   with `switchyard tenants update`);
 - `GET /v1/me`: the caller, their team and every limit that applies to them.
 
 Admins act on their own tenant only (anything else is 404); limits are validated by
 `switchyard.common.governance` and a limit above its parent's is a 400 naming the field.
+Only admins set a key's cache opt-in: the self-service `PATCH /v1/api-keys/{id}` refuses it
+(403).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from switchyard.auth.api.api_keys import (
     require_keys_scope,
 )
 from switchyard.auth.api.deps import AccessClaimsDep, AdminUser, CurrentUser, GovernanceDep
-from switchyard.auth.api.limit_fields import LimitsIn, LimitsOut
+from switchyard.auth.api.limit_fields import CacheIn, CacheOut, LimitsIn, LimitsOut
 from switchyard.auth.governance import DuplicateTeam, Policy, TeamNotFound
 from switchyard.auth.metrics import API_KEYS_CREATED
 from switchyard.auth.models import Team, Tenant
@@ -45,12 +48,12 @@ from switchyard.common.jsonbody import BoundedJsonRoute
 router = APIRouter(tags=["teams and limits"], route_class=BoundedJsonRoute)
 
 
-class CreateTeam(LimitsIn):
+class CreateTeam(LimitsIn, CacheIn):
     name: str = Field(min_length=1, max_length=200)
     allowed_models: list[str] | None = None
 
 
-class UpdateTeam(LimitsIn):
+class UpdateTeam(LimitsIn, CacheIn):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     allowed_models: list[str] | None = None
 
@@ -61,6 +64,7 @@ class TeamOut(BaseModel):
     name: str
     allowed_models: list[str] | None
     limits: LimitsOut
+    cache: CacheOut = Field(default_factory=CacheOut)
     created_at: datetime
 
     @classmethod
@@ -71,6 +75,7 @@ class TeamOut(BaseModel):
             name=team.name,
             allowed_models=team.allowed_models,
             limits=LimitsOut.of(team),
+            cache=CacheOut(cache_enabled=team.cache_enabled, cache_ttl_s=team.cache_ttl_s),
             created_at=team.created_at,
         )
 
@@ -97,7 +102,7 @@ class AdminCreateApiKey(CreateApiKey):
     user_id: str = Field(description="The user of the caller's tenant who owns the key.")
 
 
-class UpdateApiKey(LimitsIn):
+class UpdateApiKey(LimitsIn, CacheIn):
     team_id: str | None = Field(
         default=None, description="The key's team (its user's team), or null for none."
     )
@@ -159,6 +164,7 @@ async def create_team(body: CreateTeam, admin: AdminUser, governance: Governance
             name=body.name,
             limits=body.patch(),
             allowed_models=body.allowed_models,
+            cache=body.cache_patch(),
         )
     except InvalidInput as exc:
         raise _bad_request(exc) from None
@@ -190,6 +196,7 @@ async def update_team(
             allowed_models=body.allowed_models
             if "allowed_models" in body.model_fields_set
             else False,
+            cache=body.cache_patch(),
         )
     except TeamNotFound:
         raise APIError(404, "No such team.", code="team_not_found") from None
@@ -286,7 +293,8 @@ async def admin_create_api_key(
 async def admin_update_api_key(
     key_id: str, body: UpdateApiKey, admin: AdminUser, governance: GovernanceDep
 ) -> ApiKeyOut:
-    """Change any key's limits (within its user's, team's and tenant's)."""
+    """Change any key's limits (within its user's, team's and tenant's) and its response
+    cache opt-in."""
     return await _update_key(key_id, body, governance, tenant=admin.tenant)
 
 
@@ -305,6 +313,7 @@ async def _update_key(
             user_id=user_id,
             limits=body.patch(),
             team_id=body.team_id if "team_id" in body.model_fields_set else False,
+            cache=body.cache_patch(),
         )
     except ApiKeyNotFound:
         raise APIError(404, "No such API key.", code="api_key_not_found") from None
@@ -330,6 +339,14 @@ async def update_own_api_key(
 ) -> ApiKeyOut:
     """Change the limits of one of the caller's keys, within their team's and their own."""
     require_keys_scope(claims)
+    if body.cache_patch():
+        raise APIError(
+            403,
+            "Only an admin of the tenant can change a key's response cache settings "
+            "(PATCH /v1/admin/api-keys/{key_id}).",
+            param=next(iter(body.cache_patch())),
+            code="admin_only",
+        )
     return await _update_key(key_id, body, governance, user_id=user.id)
 
 

@@ -48,7 +48,9 @@ ROUTE_SCOPES: tuple[tuple[str, str, frozenset[str]], ...] = (
 )
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
+    # A coroutine on purpose: FastAPI runs a plain `def` dependency in its thread pool, a
+    # thread hop on every request (the largest cost of a response cache hit).
     return request.app.state.gateway
 
 

@@ -5,6 +5,10 @@ One fetch per caller (user, or user and API key) however many requests wait for 
 (`auth.limits_changed`, `auth.user_disabled`...), so a changed limit applies to the next
 request on every replica. A caller auth does not know (404) has no limits; auth not
 answering is `PolicyUnavailable`.
+
+The policy also carries the response cache opt-in of the caller's key and team
+(`Policy.cache`), which the response cache (cache.py) reads from here rather than asking
+anyone again.
 """
 
 from __future__ import annotations
@@ -35,6 +39,15 @@ class LevelLimits:
 
 
 @dataclass(frozen=True)
+class CacheOptIn:
+    """The response cache opt-in one level (`api_key` or `team`) sets; None: not set there."""
+
+    level: str
+    enabled: bool | None
+    ttl_s: int | None
+
+
+@dataclass(frozen=True)
 class Policy:
     tenant: str
     team_id: str | None
@@ -44,6 +57,8 @@ class Policy:
     budget_failure_mode: FailureMode = FailureMode.CLOSED
     # Every level id, limited or not (what a change event is matched against).
     scope_ids: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+    # The response cache opt-in of the key, then the team (levels that set one only).
+    cache: tuple[CacheOptIn, ...] = ()
 
     @property
     def limited(self) -> bool:
@@ -71,9 +86,16 @@ def parse_policy(data: dict[str, Any]) -> Policy:
                 budget_anchor=datetime.fromisoformat(anchor).timestamp() if anchor else None,
             )
         )
+    cache = []
+    for level in ("api_key", "team"):
+        raw = raw_levels.get(level) or {}
+        enabled, ttl_s = raw.get("cache_enabled"), raw.get("cache_ttl_s")
+        if enabled is not None or ttl_s is not None:
+            cache.append(CacheOptIn(level, enabled, ttl_s))
     return Policy(
         tenant=data["tenant"],
         team_id=data.get("team_id"),
+        cache=tuple(cache),
         levels=tuple(levels),
         rate_limit_failure_mode=FailureMode(data.get("rate_limit_failure_mode", "open")),
         budget_failure_mode=FailureMode(data.get("budget_failure_mode", "closed")),
