@@ -13,7 +13,7 @@ import pytest
 
 from switchyard.common.events import TokenUsage, UsageData, UsageRecorded
 from switchyard.common.governance import BudgetClock, FailureMode, Limits
-from switchyard.common.http import INTERNAL_TOKEN_HEADER
+from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 from switchyard.common.pricing import Price, PriceTable
 from switchyard.gateway.governance.admission import Admission, Refused
 from switchyard.gateway.governance.ledger import MemoryLedger

@@ -51,7 +51,9 @@ def seven_models(harness):
     routes = [route(f"m{i}", datetime(2025, 1, 20 - i, tzinfo=UTC)) for i in range(7)]
     routes.append(route("undated", display="Undated model"))
     routes[0] = route("m0", datetime(2025, 1, 20, tzinfo=UTC), display="Model Zero")
-    harness.app.state.gateway.routing = RoutingTable(models={r.name: r for r in routes})
+    harness.app.state.gateway.routing_source.table = RoutingTable(
+        models={r.name: r for r in routes}
+    )
     return [r.name for r in routes]
 
 
@@ -120,7 +122,7 @@ async def test_openai_sdk_gets_404_in_openais_format(harness):
 
 async def test_model_ids_with_slashes_are_retrieved(harness):
     gateway = harness.app.state.gateway
-    gateway.routing = RoutingTable(models={"org/llama-3": route("org/llama-3")})
+    gateway.routing_source.table = RoutingTable(models={"org/llama-3": route("org/llama-3")})
     response = await harness.client.get("/v1/models/org/llama-3", headers=ANTHROPIC)
     assert response.status_code == 200
     assert response.json()["id"] == "org/llama-3"

@@ -24,6 +24,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from switchyard.common.headers import INTERNAL_TOKEN_HEADER
+
 DOCS_PATH = "/docs"
 ASSETS_PATH = "/docs/assets"
 OPENAPI_PATH = "/openapi.json"
@@ -56,7 +58,7 @@ SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
     INTERNAL_TOKEN: {
         "type": "apiKey",
         "in": "header",
-        "name": "x-switchyard-internal-token",
+        "name": INTERNAL_TOKEN_HEADER,
         "description": "The shared secret of service-to-service calls (SWITCHYARD_INTERNAL_TOKEN).",
     },
 }
@@ -278,9 +280,7 @@ def document(spec: dict[str, Any], docs: ApiDocs) -> dict[str, Any]:
             key = f"{method.upper()} {path}"
             parameters: list[dict[str, Any]] = operation.setdefault("parameters", [])
             # The internal token is a credential: the Authorize button, not a form field.
-            internal = [
-                p for p in parameters if p.get("name", "").lower() == "x-switchyard-internal-token"
-            ]
+            internal = [p for p in parameters if p.get("name", "").lower() == INTERNAL_TOKEN_HEADER]
             for parameter in internal:
                 parameters.remove(parameter)
             if docs.security is not None:

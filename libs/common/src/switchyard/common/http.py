@@ -11,9 +11,8 @@ from typing import Any
 import uvicorn
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Response
 
+from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 from switchyard.common.httpserver import PROTOCOL_PATH
-
-INTERNAL_TOKEN_HEADER = "x-switchyard-internal-token"
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 

@@ -116,6 +116,10 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         governing = asyncio.create_task(listen_for_governance(gateway))
         assert gateway.admission is not None
         await gateway.admission.start()
+        # The routing file, reloaded when it changes, as inference reloads it.
+        watching = asyncio.create_task(
+            gateway.routing_source.watch(settings.routing_reload_interval_s)
+        )
         # The tokenizer's vocabulary loads in a thread, not on the first request.
         warming = asyncio.get_running_loop().run_in_executor(None, warm_up)
         await asyncio.wait({connecting, syncing, governing}, timeout=3)
@@ -128,6 +132,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             await cancel_and_wait(connecting)
             await cancel_and_wait(syncing)
             await cancel_and_wait(governing)
+            await cancel_and_wait(watching)
             with contextlib.suppress(Exception):
                 await warming
             for listener in gateway.governance_listeners:

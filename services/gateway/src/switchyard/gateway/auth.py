@@ -41,7 +41,12 @@ import structlog
 from jwt.algorithms import RSAAlgorithm
 
 from switchyard.common.events import ApiKeyRevoked, Event, UserDisabled, UserEnabled
-from switchyard.common.http import INTERNAL_TOKEN_HEADER
+from switchyard.common.headers import (
+    INTERNAL_TOKEN_HEADER,
+    ROLE_HEADER,
+    TENANT_HEADER,
+    USER_ID_HEADER,
+)
 from switchyard.gateway.revocations import RevocationState
 
 log = structlog.get_logger("switchyard.gateway.auth")
@@ -84,6 +89,16 @@ class Principal:
     def may_use(self, model: str) -> bool:
         """Whether this caller's credential allows `model` (not whether it exists)."""
         return self.allowed_models is None or model in self.allowed_models
+
+    def internal_headers(self, internal_token: str) -> dict[str, str]:
+        """The headers of a call to history on this caller's behalf: the internal token and
+        the verified identity (tenant, user id, role) history scopes everything to."""
+        return {
+            INTERNAL_TOKEN_HEADER: internal_token,
+            TENANT_HEADER: self.tenant,
+            USER_ID_HEADER: self.user_id,
+            ROLE_HEADER: self.role,
+        }
 
 
 class JwksCache:

@@ -1,5 +1,10 @@
 """Composition root: wires the bus, the auth client and the routing table into the
-objects the routes use. Tests build a `Gateway` with fakes instead."""
+objects the routes use. Tests build a `Gateway` with fakes instead.
+
+The routing table comes from the same reloading source inference uses
+(`switchyard.common.routing.RoutingSource`), polled by the app every
+`routing_reload_interval_s`: after an edit of the routing file, `/v1/models`, the
+unknown-model check and inference agree again within that interval, without a restart."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from switchyard.common.egress import TargetPolicy, parse_networks
 from switchyard.common.governance import BudgetClock
 from switchyard.common.http import inject_trace_headers
 from switchyard.common.pricing import PriceSource
-from switchyard.common.routing import RoutingTable, load_routing
+from switchyard.common.routing import RoutingSource, RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.gateway.auth import Authenticator
 from switchyard.gateway.config import Settings
@@ -34,7 +39,8 @@ class Gateway:
     bus: EventBus
     topics: Topics
     authenticator: Authenticator
-    routing: RoutingTable
+    # The current routing table, reloaded when its file changes (read `routing`).
+    routing_source: RoutingSource
     http: httpx.AsyncClient
     pending: PendingReplies = field(default_factory=PendingReplies)
     reply_partition: int = 0
@@ -58,6 +64,11 @@ class Gateway:
         from switchyard.gateway.cache import ResponseCache
 
         self.cache = ResponseCache(self)
+
+    @property
+    def routing(self) -> RoutingTable:
+        """The routing table as of now (one attribute read; a reload swaps it whole)."""
+        return self.routing_source.table
 
     async def listening_for_replies(self) -> bool:
         return self.replies_listener is not None
@@ -99,7 +110,7 @@ def build_gateway(settings: Settings, bus: EventBus) -> Gateway:
         bus=bus,
         topics=topics,
         authenticator=authenticator,
-        routing=load_routing(settings.routing_file, settings.simulator_url),
+        routing_source=RoutingSource(settings.routing_file, settings.simulator_url),
         http=http,
         revocations=revocations,
         webhook_policy=TargetPolicy(

@@ -81,7 +81,6 @@ from switchyard.common.events import (
     UsageRecorded,
     utcnow,
 )
-from switchyard.common.http import INTERNAL_TOKEN_HEADER
 from switchyard.gateway.governance.policy import CacheOptIn, PolicyUnavailable
 
 if TYPE_CHECKING:
@@ -316,12 +315,7 @@ class ResponseCache:
         self._refreshing: dict[str, asyncio.Task[TenantCacheSettings]] = {}
 
     def _headers(self, principal: Principal) -> dict[str, str]:
-        return {
-            INTERNAL_TOKEN_HEADER: self.gateway.settings.internal_token,
-            "x-switchyard-tenant": principal.tenant,
-            "x-switchyard-user-id": principal.user_id,
-            "x-switchyard-role": principal.role,
-        }
+        return principal.internal_headers(self.gateway.settings.internal_token)
 
     # -- tenant settings ------------------------------------------------------------------
 

@@ -52,6 +52,13 @@ class Settings(ServiceSettings):
         default="http://127.0.0.1:8002", validation_alias=env("SWITCHYARD_HISTORY_URL")
     )
     routing_file: str | None = Field(default=None, validation_alias=env("SWITCHYARD_ROUTING_FILE"))
+    routing_reload_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often the routing file is checked for changes, as inference does "
+        "(0: never after start-up): /v1/models and the unknown-model check follow an edit "
+        "within this interval.",
+    )
     simulator_url: str = Field(
         default="http://127.0.0.1:8099/v1", validation_alias=env("SWITCHYARD_SIMULATOR_URL")
     )

@@ -27,7 +27,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -36,17 +36,14 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from switchyard.common.bus import BusUnavailableError, EventTooLargeError
+from switchyard.common.bus import BusUnavailableError
 from switchyard.common.errors import APIError
 from switchyard.common.events import (
-    FORWARDED_HEADERS,
     CancelRequestData,
     ChatCancelRequested,
     ChatChunk,
     ChatCompleted,
     ChatFailed,
-    ChatRequestData,
-    ChatRequested,
     ClientAPI,
     ErrorInfo,
     ReplyAddress,
@@ -54,6 +51,7 @@ from switchyard.common.events import (
     new_id,
     utcnow,
 )
+from switchyard.common.headers import REQUEST_ID_HEADER
 from switchyard.common.responses import error_object, response_id, response_object
 from switchyard.gateway.api.body import ClientRequest
 from switchyard.gateway.auth import Principal
@@ -67,8 +65,16 @@ from switchyard.gateway.errors import (
     sse_error_event,
     vendor_of_api,
 )
-from switchyard.gateway.governance.admission import Refused, Ticket
-from switchyard.gateway.governance.refusals import admit_or_refuse
+from switchyard.gateway.governance.admission import Ticket
+from switchyard.gateway.intake import (
+    REJECTED,
+    admit,
+    bus_unavailable,
+    check_model,
+    forwarded_headers,
+    publish,
+    request_event,
+)
 from switchyard.gateway.replies import Reply
 from switchyard.gateway.request_id import request_id_of
 
@@ -82,9 +88,6 @@ REQUEST_SECONDS = Histogram(
 )
 IN_FLIGHT = Gauge(
     "switchyard_gateway_requests_in_flight", "Model requests waiting for their reply."
-)
-REJECTED = Counter(
-    "switchyard_gateway_requests_rejected_total", "Requests refused before publishing.", ["reason"]
 )
 ADDED_SECONDS = Histogram(
     "switchyard_gateway_added_latency_seconds",
@@ -112,17 +115,6 @@ _LINE_SEPARATORS = (
 )
 
 
-def forwarded_headers(request: Request) -> dict[str, str]:
-    """The client's headers a provider needs to read the body (`FORWARDED_HEADERS`, lower
-    case; a header sent several times is joined with commas). Never credentials."""
-    headers = request.headers
-    forwarded: dict[str, str] = {}
-    for name in FORWARDED_HEADERS:
-        if name in headers:
-            forwarded[name] = ",".join(headers.getlist(name))
-    return forwarded
-
-
 def json_line(data: dict) -> bytes:
     """`data` as JSON on one line, whatever line separators its strings hold."""
     encoded = orjson.dumps(data)
@@ -144,22 +136,13 @@ def sse_event(event: StreamEvent) -> bytes:
     return b"event: " + name.encode() + b"\n" + data
 
 
-def too_large_for_bus() -> APIError:
-    return APIError(
-        413,
-        "The request is larger than this deployment's event bus carries; shorten it, or "
-        "raise SWITCHYARD_KAFKA_MAX_MESSAGE_BYTES and the topics' max.message.bytes.",
-        code="request_too_large",
-    )
-
-
 def deadline_exceeded(request_id: str) -> APIError:
     # The request id lets a retry with the same Idempotency-Key find this outcome.
     return APIError(
         504,
         "The request did not complete before its deadline.",
         code="deadline_exceeded",
-        headers={"x-request-id": request_id},
+        headers={REQUEST_ID_HEADER: request_id},
     )
 
 
@@ -196,24 +179,14 @@ class Dispatch:
     async def start(
         cls, gateway: Gateway, request: Request, principal: Principal, client: ClientRequest
     ) -> Dispatch:
-        """Admit and publish the request; raise APIError if it cannot be accepted."""
-        model = client.model
-        if gateway.routing.route(model) is None or (
-            principal.allowed_models is not None and model not in principal.allowed_models
-        ):
-            raise APIError(
-                404,
-                f"The model '{model}' does not exist or you do not have access to it.",
-                code="model_not_found",
-                param="model",
-            )
+        """Admit and publish the request (`intake`: the model check, admission and
+        publish-or-503 every model request shares), or answer it from the response cache.
+        Raises APIError (404 model, 429 gateway busy, 413, 503) or `Refused` (429)."""
+        check_model(gateway, principal, client.model)
         if gateway.replies_listener is None:
             REJECTED.labels("bus_unavailable").inc()
-            raise APIError(
-                503,
-                "The gateway is not connected to the event bus yet; retry shortly.",
-                code="bus_unavailable",
-                headers={"Retry-After": "2"},
+            raise bus_unavailable(
+                "The gateway is not connected to the event bus yet; retry shortly."
             )
         if gateway.in_flight >= gateway.settings.max_in_flight:
             REJECTED.labels("in_flight_limit").inc()
@@ -225,25 +198,12 @@ class Dispatch:
             )
 
         request_id = request_id_of(request.scope) or new_id()
-        try:
-            ticket = await admit_or_refuse(
-                gateway,
-                principal,
-                request_id,
-                model,
-                client.admission_body,
-                api=client.api,
-                embeddings=client.api is ClientAPI.OPENAI_EMBEDDINGS,
-            )
-        except Refused as refused:
-            REJECTED.labels(refused.reason).inc()
-            raise
-
+        ticket = await admit(gateway, principal, request_id, client)
         dispatch = cls(
             gateway,
             request,
             client.api,
-            model,
+            client.model,
             principal.tenant,
             client.stream,
             request_id=request_id,
@@ -270,48 +230,24 @@ class Dispatch:
         dispatch._queue = gateway.pending.open(dispatch.request_id)
         gateway.in_flight += 1
         IN_FLIGHT.inc()
-        event = ChatRequested(
-            source="gateway",
-            tenant=principal.tenant,
-            request_id=dispatch.request_id,
-            data=ChatRequestData(
-                api=client.api,
-                model=model,
-                body=client.body,
-                previous_items=client.previous_items,
-                headers=headers,
-                stream=client.stream,
-                user_id=principal.user_id,
-                api_key_id=principal.api_key_id,
-                team_id=ticket.team_id,
-                deadline=utcnow() + timedelta(seconds=timeout_s),
-                reply_to=ReplyAddress(
-                    partition=gateway.reply_partition, instance_id=gateway.settings.instance_id
-                ),
+        event = request_event(
+            gateway,
+            principal,
+            client,
+            request_id=request_id,
+            ticket=ticket,
+            headers=headers,
+            timeout_s=timeout_s,
+            reply_to=ReplyAddress(
+                partition=gateway.reply_partition, instance_id=gateway.settings.instance_id
             ),
         )
         dispatch.accepted_at = event.time
         try:
-            await gateway.bus.publish(
-                gateway.topics.requests_interactive, event, key=dispatch.request_id
-            )
-        except EventTooLargeError as exc:
+            await publish(gateway, gateway.topics.requests_interactive, event, ticket)
+        except APIError:
             dispatch.close()
-            ticket.cancel()  # never published: its reservations go back
-            REJECTED.labels("too_large_for_bus").inc()
-            log.error("request too large for the event bus", error=str(exc))
-            raise too_large_for_bus() from None
-        except BusUnavailableError as exc:
-            dispatch.close()
-            ticket.cancel()
-            REJECTED.labels("bus_unavailable").inc()
-            log.error("could not publish request", error=str(exc))
-            raise APIError(
-                503,
-                "The request could not be accepted right now; retry shortly.",
-                code="bus_unavailable",
-                headers={"Retry-After": "2"},
-            ) from None
+            raise
         return dispatch
 
     # -- waiting -------------------------------------------------------------------------
@@ -450,7 +386,7 @@ class Dispatch:
             first = await self.first()
             if not self.stream:
                 completed = await self.completion(first)
-                headers = {"x-request-id": self.request_id, **limits, **cache_headers}
+                headers = {REQUEST_ID_HEADER: self.request_id, **limits, **cache_headers}
                 if self.api is ClientAPI.ANTHROPIC_COUNT_TOKENS:
                     # No upstream API: inference estimated the count itself.
                     exact = completed.data.upstream_api is not None
@@ -465,7 +401,7 @@ class Dispatch:
                 self._relay(first),
                 media_type="text/event-stream",
                 headers={
-                    "x-request-id": self.request_id,
+                    REQUEST_ID_HEADER: self.request_id,
                     "cache-control": "no-cache",
                     **limits,
                     **cache_headers,

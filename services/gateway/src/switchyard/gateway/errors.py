@@ -3,9 +3,11 @@
 OpenAI's APIs answer `{"error": {"message", "type", "param", "code"}}`; Anthropic's
 `/v1/messages` answers `{"type": "error", "error": {"type", "message"}}` (the format the
 `anthropic` SDK reads; `code` and `param` are added when there is one). The format is
-chosen by path (and on `/v1/models`, which both SDKs call, by the `anthropic-version`
-header), so authentication, validation and size-limit failures are shaped right
-too, and the same renderer writes the error events that end a stream.
+chosen in one place, `vendor_of`: by path, and on `/v1/models` (which both SDKs call) and
+paths no route serves, by the `anthropic-version` header. Every error the gateway answers
+goes through it and through one writer, `error_body` (`error_response` for whole
+answers), so authentication, validation, size-limit and idempotency failures are shaped
+right too, and the same writer produces the error events that end a stream.
 
 Two sources of errors:
 - the gateway's own (`APIError`: bad input, credentials, unknown model, a full gateway,
@@ -18,6 +20,7 @@ Two sources of errors:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import orjson
@@ -28,6 +31,7 @@ from starlette.responses import Response
 
 from switchyard.common.errors import APIError, validation_message
 from switchyard.common.events import ChatFailed, ClientAPI, ErrorInfo
+from switchyard.common.headers import ANTHROPIC_VERSION_HEADER, REQUEST_ID_HEADER
 
 Vendor = Literal["openai", "anthropic"]
 
@@ -55,26 +59,43 @@ _ANTHROPIC_TYPES = {
 RETRYABLE_STATUSES = frozenset({429, 503, 529})
 
 
-def vendor_of_path(path: str) -> Vendor:
-    """Whose error format the route at `path` answers in."""
-    return "anthropic" if path.startswith(ANTHROPIC_PATHS) else "openai"
-
-
 # Routes both SDKs call: the answer, errors included, is in Anthropic's format when the
 # request carries `anthropic-version` (the `anthropic` SDK always sends it).
 SHARED_PATHS = ("/v1/models",)
 
 
-def vendor_of_request(request: Request) -> Vendor:
-    """Whose error format the answer to `request` is in: by path, and on the routes both
-    SDKs call, by the `anthropic-version` header."""
-    path = request.url.path
-    if path.startswith(SHARED_PATHS) and "anthropic-version" in request.headers:
+def vendor_of(
+    path: str, headers: Mapping[str, str] | None = None, *, unrouted: bool = False
+) -> Vendor:
+    """Whose format the answer to a request for `path` is in, errors included: Anthropic's
+    on `/v1/messages...`; on the routes both SDKs call (`SHARED_PATHS`), and on any path
+    when no route serves it (`unrouted`: an SDK pointed at the wrong base URL), Anthropic's
+    when `headers` (lower-case names, as ASGI and Starlette give them) carry
+    `anthropic-version`; OpenAI's otherwise."""
+    if path.startswith(ANTHROPIC_PATHS):
         return "anthropic"
-    return vendor_of_path(path)
+    if (
+        headers is not None
+        and ANTHROPIC_VERSION_HEADER in headers
+        and (unrouted or path.startswith(SHARED_PATHS))
+    ):
+        return "anthropic"
+    return "openai"
+
+
+def vendor_of_path(path: str) -> Vendor:
+    """Whose format a route at `path` answers in when the request's headers are not at
+    hand (the body size limit): `vendor_of` without headers."""
+    return vendor_of(path)
+
+
+def vendor_of_request(request: Request, *, unrouted: bool = False) -> Vendor:
+    """Whose format the answer to `request` is in (`vendor_of` its path and headers)."""
+    return vendor_of(request.url.path, request.headers, unrouted=unrouted)
 
 
 def vendor_of_api(api: ClientAPI) -> Vendor:
+    """Whose format a request of the client API `api` is answered in."""
     return "anthropic" if api.vendor == "anthropic" else "openai"
 
 
@@ -141,47 +162,68 @@ class ReplyFailed(Exception):
     def response(self, vendor: Vendor) -> Response:
         error = self.failed.data.error
         # The request id lets a retry with the same Idempotency-Key find this outcome.
-        headers = {**self.headers, "x-request-id": self.failed.request_id}
-        wait = retry_after(error.status, error.retry_after_s)
-        if wait is not None:
-            headers["Retry-After"] = wait
-        return Response(
-            error_body(
-                vendor, type=error.type, message=error.message, code=error.code, param=error.param
-            ),
-            status_code=error.status,
-            media_type="application/json",
-            headers=headers,
+        return error_response(
+            vendor,
+            error.status,
+            type=error.type,
+            message=error.message,
+            code=error.code,
+            param=error.param,
+            headers={**self.headers, REQUEST_ID_HEADER: self.failed.request_id},
+            retry_after_s=error.retry_after_s,
         )
 
 
-def api_error_response(vendor: Vendor, exc: APIError) -> Response:
-    """The answer to an error the gateway raised itself, in `vendor`'s format."""
-    headers = dict(exc.headers or {})
-    if "Retry-After" not in headers:
-        wait = retry_after(exc.status, None)
+def error_response(
+    vendor: Vendor,
+    status: int,
+    *,
+    type: str,
+    message: str,
+    code: str | None = None,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    retry_after_s: float | None = None,
+) -> Response:
+    """The one HTTP error answer of the gateway: `error_body` in `vendor`'s format with
+    `status`, and `Retry-After` (whole seconds) when the error is retryable and `headers`
+    do not already carry it (`retry_after_s` given, or a 429/503/529)."""
+    sent = dict(headers or {})
+    if "Retry-After" not in sent:
+        wait = retry_after(status, retry_after_s)
         if wait is not None:
-            headers["Retry-After"] = wait
+            sent["Retry-After"] = wait
     return Response(
-        error_body(
-            vendor,
-            type=exc.type if vendor == "openai" else error_type(vendor, exc.status),
-            message=exc.message,
-            code=exc.code,
-            param=exc.param,
-        ),
-        status_code=exc.status,
+        error_body(vendor, type=type, message=message, code=code, param=param),
+        status_code=status,
         media_type="application/json",
-        headers=headers,
+        headers=sent,
     )
 
 
-def respond(path: str, exc: APIError) -> Response:
-    return api_error_response(vendor_of_path(path), exc)
+def api_error_response(vendor: Vendor, exc: APIError) -> Response:
+    """The answer to an error the gateway raised itself, in `vendor`'s format (its `type`
+    in that API's vocabulary for the status)."""
+    return error_response(
+        vendor,
+        exc.status,
+        type=exc.type if vendor == "openai" else error_type(vendor, exc.status),
+        message=exc.message,
+        code=exc.code,
+        param=exc.param,
+        headers=exc.headers,
+    )
 
 
-def respond_to(request: Request, exc: APIError) -> Response:
-    return api_error_response(vendor_of_request(request), exc)
+def respond(path: str, exc: APIError, headers: Mapping[str, str] | None = None) -> Response:
+    """`exc` answered in the format of a request for `path` with `headers` (`vendor_of`),
+    for ASGI middleware that has the path and headers but no `Request`."""
+    return api_error_response(vendor_of(path, headers), exc)
+
+
+def respond_to(request: Request, exc: APIError, *, unrouted: bool = False) -> Response:
+    """`exc` answered in the format of the API `request` called (`vendor_of`)."""
+    return api_error_response(vendor_of_request(request, unrouted=unrouted), exc)
 
 
 def install_api_error_handlers(app: FastAPI) -> None:
@@ -211,9 +253,7 @@ def install_api_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and detail == "Not Found":
             error = APIError(404, unknown_route_message(request.url.path), code="unknown_url")
             # An SDK pointed at the wrong base URL: answer in its own format.
-            if "anthropic-version" in request.headers:
-                return api_error_response("anthropic", error)
-            return respond_to(request, error)
+            return respond_to(request, error, unrouted=True)
         return respond_to(
             request, APIError(exc.status_code, detail, headers=getattr(exc, "headers", None))
         )

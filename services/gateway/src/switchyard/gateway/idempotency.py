@@ -54,15 +54,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from switchyard.common import jsonbody
 from switchyard.common.errors import APIError
-from switchyard.common.http import INTERNAL_TOKEN_HEADER
+from switchyard.common.headers import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
 from switchyard.gateway.api.deps import required_scope
 from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, Principal
 from switchyard.gateway.errors import respond
+from switchyard.gateway.intake import serves
 
 log = structlog.get_logger("switchyard.gateway.idempotency")
 
 IDEMPOTENT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/jobs"})
-KEY_HEADER = b"idempotency-key"
+KEY_HEADER = IDEMPOTENCY_KEY_HEADER.encode()
+REQUEST_ID = REQUEST_ID_HEADER.encode()
 WAIT_HEADER = "idempotency-wait"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
@@ -103,12 +105,7 @@ class IdempotencyClient:
         self._token = internal_token
 
     def _headers(self, principal: Principal) -> dict[str, str]:
-        return {
-            INTERNAL_TOKEN_HEADER: self._token,
-            "x-switchyard-tenant": principal.tenant,
-            "x-switchyard-user-id": principal.user_id,
-            "x-switchyard-role": principal.role,
-        }
+        return principal.internal_headers(self._token)
 
     async def _post(self, principal: Principal, action: str, body: dict[str, Any]) -> dict:
         try:
@@ -282,7 +279,7 @@ class IdempotencyMiddleware:
                         "Use a new key to run it again.",
                         param="Idempotency-Key",
                         code="idempotency_response_not_stored",
-                        headers={"x-request-id": claim.request_id} if claim.request_id else None,
+                        headers={REQUEST_ID_HEADER: claim.request_id} if claim.request_id else None,
                     ),
                 )
                 await response(scope, receive, send)
@@ -376,7 +373,7 @@ class IdempotencyMiddleware:
                 for name, value in message.get("headers", ()):
                     if name == b"content-type":
                         content_type = value.decode("latin-1")
-                    elif name == b"x-request-id":
+                    elif name == REQUEST_ID:
                         request_id = value.decode("latin-1")
             elif message["type"] == "http.response.body":
                 piece = message.get("body", b"")
@@ -410,11 +407,7 @@ def _may_run(gateway: Any, principal: Principal, path: str, body: bytes) -> bool
     except (orjson.JSONDecodeError, jsonbody.JsonTooDeep):
         return False
     model = data.get("model") if isinstance(data, dict) else None
-    return (
-        isinstance(model, str)
-        and gateway.routing.route(model) is not None
-        and principal.may_use(model)
-    )
+    return isinstance(model, str) and serves(gateway, principal, model)
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -449,7 +442,7 @@ async def _replay(claim: Claim, send: Send) -> None:
         (REPLAYED_HEADER.lower().encode(), b"true"),
     ]
     if claim.request_id:
-        headers.append((b"x-request-id", claim.request_id.encode("latin-1")))
+        headers.append((REQUEST_ID, claim.request_id.encode("latin-1")))
     await send(
         {"type": "http.response.start", "status": claim.status_code or 200, "headers": headers}
     )

@@ -13,9 +13,10 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from switchyard.common.events import new_id
+from switchyard.common.headers import REQUEST_ID_HEADER
 from switchyard.common.logging import bind_request_id
 
-HEADER = b"x-request-id"
+HEADER = REQUEST_ID_HEADER.encode()
 
 
 def request_id_of(scope: Scope) -> str | None:

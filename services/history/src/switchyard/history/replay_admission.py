@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 
 from switchyard.common.events import ChatRequested
-from switchyard.common.http import INTERNAL_TOKEN_HEADER
+from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,16 @@ served by the history service; the gateway authenticates and passes the verified
 identity along. Also the tenant's history settings (admins): metadata-only storage,
 retention and the job webhook signing secret.
 
-`forward` is shared with `/v1/usage` and `/v1/jobs`, which history serves too."""
+`forward` is shared with `/v1/usage`, `/v1/jobs`, `/v1/responses` and `/v1/replays`,
+which history serves too; `read_when_recorded` waits, bounded, for what this gateway
+accepted moments ago and history has not recorded yet."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,7 +22,6 @@ from fastapi import APIRouter, Request, Response
 
 from switchyard.common import scopes
 from switchyard.common.errors import APIError
-from switchyard.common.http import INTERNAL_TOKEN_HEADER
 from switchyard.gateway.api.body import parse_json_object
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, insufficient_scope
 from switchyard.gateway.auth import Principal
@@ -37,15 +41,11 @@ def looks_like_id(value: str) -> bool:
 
 
 def identity_headers(gateway: Gateway, principal: Principal) -> dict[str, str]:
-    return {
-        INTERNAL_TOKEN_HEADER: gateway.settings.internal_token,
-        "x-switchyard-tenant": principal.tenant,
-        "x-switchyard-user-id": principal.user_id,
-        "x-switchyard-role": principal.role,
-    }
+    """The internal token and `principal`'s verified identity, for a call to history."""
+    return principal.internal_headers(gateway.settings.internal_token)
 
 
-async def forward(
+async def call(
     gateway: Gateway,
     principal: Principal,
     path: str,
@@ -54,8 +54,10 @@ async def forward(
     method: str = "GET",
     json: Any = None,
     content: bytes | None = None,
-) -> Response:
-    """Call history as `principal` and relay its answer (status, body, content type)."""
+) -> httpx.Response:
+    """History's answer to `method path` called as `principal` (with the query parameters
+    and `accept` of `request`, if given). APIError 503 `history_unavailable` when history
+    cannot be reached."""
     headers = identity_headers(gateway, principal)
     if request is not None:
         headers.update(
@@ -64,7 +66,7 @@ async def forward(
     if content is not None:
         headers["content-type"] = "application/json"
     try:
-        upstream = await gateway.http.request(
+        return await gateway.http.request(
             method,
             gateway.settings.history_url.rstrip("/") + path,
             params=request.query_params if request is not None else None,
@@ -81,6 +83,11 @@ async def forward(
             code="history_unavailable",
             headers={"Retry-After": "2"},
         ) from None
+
+
+def relay(upstream: httpx.Response) -> Response:
+    """History's answer as the client gets it: status, body, content type (and a download's
+    `content-disposition`)."""
     relayed = {
         name: upstream.headers[name]
         for name in ("content-disposition",)
@@ -92,6 +99,57 @@ async def forward(
         media_type=upstream.headers.get("content-type", "application/json"),
         headers=relayed,
     )
+
+
+async def forward(
+    gateway: Gateway,
+    principal: Principal,
+    path: str,
+    request: Request | None = None,
+    *,
+    method: str = "GET",
+    json: Any = None,
+    content: bytes | None = None,
+) -> Response:
+    """Call history as `principal` and relay its answer (status, body, content type)."""
+    return relay(
+        await call(gateway, principal, path, request, method=method, json=json, content=content)
+    )
+
+
+def error_of(answer: httpx.Response) -> dict[str, Any]:
+    """The `error` object of one of history's error answers (`message`, `code`...), or {}."""
+    try:
+        error = answer.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    return error if isinstance(error, dict) else {}
+
+
+async def read_when_recorded(
+    gateway: Gateway,
+    principal: Principal,
+    path: str,
+    request: Request | None = None,
+    *,
+    not_yet: Callable[[httpx.Response], bool],
+) -> httpx.Response:
+    """History's answer to `GET path` for something accepted moments ago, whose events may
+    still be on their way to history: while `not_yet(answer)` says it is not recorded yet
+    (e.g. a 404 for an id this gateway just answered), asked again with backoff (20 ms
+    doubling to 500 ms), for at most `responses_state_wait_s` seconds; then the last
+    answer, whatever it is. APIError 503 when history cannot be reached."""
+    deadline = time.monotonic() + gateway.settings.responses_state_wait_s
+    delay = 0.02
+    while True:
+        answer = await call(gateway, principal, path, request)
+        if answer.status_code == 200 or not not_yet(answer):
+            return answer
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return answer
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 2, 0.5)
 
 
 @router.get("", summary="List your requests, newest first")

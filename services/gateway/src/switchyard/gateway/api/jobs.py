@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from datetime import timedelta
 from typing import Any
 
 import orjson
 import structlog
 from fastapi import APIRouter, Request, Response
 
-from switchyard.common.bus import BusUnavailableError, EventTooLargeError
+from switchyard.common.bus import BusUnavailableError
 from switchyard.common.egress import (
     InvalidTargetURL,
     RefusedDestination,
@@ -48,22 +46,16 @@ from switchyard.common.errors import APIError
 from switchyard.common.events import (
     CancelRequestData,
     ChatCancelRequested,
-    ChatRequestData,
-    ChatRequested,
     ClientAPI,
-    Priority,
-    new_id,
-    utcnow,
 )
+from switchyard.common.headers import REQUEST_ID_HEADER
 from switchyard.gateway.api.body import READERS, ClientRequest, openapi_body, parse_json_object
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
-from switchyard.gateway.api.history import forward, looks_like_id
+from switchyard.gateway.api.history import forward, looks_like_id, read_when_recorded, relay
 from switchyard.gateway.bootstrap import Gateway
-from switchyard.gateway.dispatch import forwarded_headers, too_large_for_bus
-from switchyard.gateway.governance.refusals import admit_or_refuse
+from switchyard.gateway.intake import submit_batch
 from switchyard.gateway.limits import API_PATHS, too_large_message
 from switchyard.gateway.recent_jobs import AcceptedJob
-from switchyard.gateway.request_id import request_id_of
 from switchyard.gateway.schemas import JobRequest
 
 log = structlog.get_logger("switchyard.gateway.jobs")
@@ -156,75 +148,11 @@ async def create_job(
             param="stream",
             code="invalid_request",
         )
-    if gateway.routing.route(client.model) is None or (
-        principal.allowed_models is not None and client.model not in principal.allowed_models
-    ):
-        raise APIError(
-            404,
-            f"The model '{client.model}' does not exist or you do not have access to it.",
-            code="model_not_found",
-            param="model",
-        )
-    job_id = request_id_of(request.scope) or new_id()
     # Jobs count against the same budgets and rate limits as interactive requests.
-    ticket = await admit_or_refuse(
-        gateway,
-        principal,
-        job_id,
-        client.model,
-        client.body,
-        api=client.api,
-        embeddings=client.api is ClientAPI.OPENAI_EMBEDDINGS,
+    submitted = await submit_batch(
+        gateway, request, principal, client, webhook_url=webhook_url, what="job"
     )
-    ticket.attach(job_id, gateway.settings.job_timeout_s)
-    created = utcnow()
-    event = ChatRequested(
-        source="gateway",
-        tenant=principal.tenant,
-        request_id=job_id,
-        time=created,
-        data=ChatRequestData(
-            api=client.api,
-            model=client.model,
-            body=client.body,
-            headers=forwarded_headers(request),
-            stream=False,
-            user_id=principal.user_id,
-            api_key_id=principal.api_key_id,
-            team_id=ticket.team_id,
-            priority=Priority.BATCH,
-            deadline=created + timedelta(seconds=gateway.settings.job_timeout_s),
-            reply_to=None,
-            webhook_url=webhook_url,
-        ),
-    )
-    try:
-        await gateway.bus.publish(gateway.topics.requests_batch, event, key=job_id)
-    except EventTooLargeError as exc:
-        ticket.cancel()  # never published: nothing will settle it
-        log.error("job too large for the event bus", error=str(exc))
-        raise too_large_for_bus() from None
-    except BusUnavailableError as exc:
-        ticket.cancel()
-        log.error("could not publish job", error=str(exc))
-        raise APIError(
-            503,
-            "The job could not be accepted right now; retry shortly.",
-            code="bus_unavailable",
-            headers={"Retry-After": "2"},
-        ) from None
-    created_at = created.isoformat().replace("+00:00", "Z")
-    gateway.recent_jobs.add(
-        AcceptedJob(
-            job_id=job_id,
-            tenant=principal.tenant,
-            user_id=principal.user_id,
-            model=client.model,
-            created_at=created_at,
-            webhook_url=webhook_url,
-            accepted_at=time.monotonic(),
-        )
-    )
+    job_id, created_at = submitted.request_id, submitted.created_at
     job = {
         "id": job_id,
         "object": "job",
@@ -242,9 +170,9 @@ async def create_job(
         status_code=202,
         media_type="application/json",
         headers={
-            "x-request-id": job_id,
+            REQUEST_ID_HEADER: job_id,
             "Location": f"/v1/jobs/{job_id}",
-            **ticket.openai_headers(),
+            **submitted.ticket.openai_headers(),
         },
     )
 
@@ -260,10 +188,18 @@ async def list_jobs(request: Request, principal: CurrentPrincipal, gateway: Gate
 async def get_job(
     job_id: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
-    """A job just created may take a moment to appear (history records it from the bus)."""
+    """A job accepted moments ago is waited for (at most `responses_state_wait_s`) until
+    history has recorded it from the bus, so reading it right after creating it finds it."""
     if not looks_like_id(job_id):
         raise _not_found(job_id)
-    return await forward(gateway, principal, f"/v1/jobs/{job_id}", request)
+    path = f"/v1/jobs/{job_id}"
+    accepted = gateway.recent_jobs.get(job_id, principal.tenant)
+    if accepted is None or (accepted.user_id != principal.user_id and principal.role != "admin"):
+        return await forward(gateway, principal, path, request)
+    answer = await read_when_recorded(
+        gateway, principal, path, request, not_yet=lambda answer: answer.status_code == 404
+    )
+    return relay(answer)
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a job that has not finished")

@@ -24,6 +24,8 @@ from switchyard.common.routing import ModelRoute
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
+from switchyard.gateway.errors import vendor_of_request
+from switchyard.gateway.intake import model_not_found
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -33,15 +35,14 @@ MAX_LIMIT = 1000
 
 
 def wants_anthropic_shape(request: Request) -> bool:
-    """Whether the caller speaks Anthropic's API: it sent `anthropic-version`."""
-    return "anthropic-version" in request.headers
+    """Whether the caller speaks Anthropic's API: it sent `anthropic-version` (the same
+    choice its errors' format follows, `errors.vendor_of`)."""
+    return vendor_of_request(request) == "anthropic"
 
 
 def visible_routes(gateway: Gateway, principal: Principal) -> list[ModelRoute]:
     """The caller's models, newest first (Anthropic's order), then by name."""
-    routes = list(gateway.routing.models.values())
-    if principal.allowed_models is not None:
-        routes = [route for route in routes if route.name in principal.allowed_models]
+    routes = [route for route in gateway.routing.models.values() if principal.may_use(route.name)]
     routes.sort(key=lambda route: route.name)
     routes.sort(key=lambda route: route.released, reverse=True)
     return routes
@@ -140,15 +141,8 @@ async def retrieve_model(
     `anthropic-version`, OpenAI's otherwise; 404 when it does not exist or the caller may
     not use it."""
     route = gateway.routing.route(model_id)
-    if route is None or (
-        principal.allowed_models is not None and model_id not in principal.allowed_models
-    ):
-        raise APIError(
-            404,
-            f"The model '{model_id}' does not exist or you do not have access to it.",
-            code="model_not_found",
-            param="model",
-        )
+    if route is None or not principal.may_use(model_id):
+        raise model_not_found(model_id)
     if wants_anthropic_shape(request):
         return anthropic_model(route)
     return openai_model(route)

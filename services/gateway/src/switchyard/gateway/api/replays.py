@@ -22,6 +22,7 @@ from switchyard.common.errors import APIError
 from switchyard.gateway.api.body import parse_json_object
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, insufficient_scope
 from switchyard.gateway.api.history import forward, looks_like_id
+from switchyard.gateway.intake import check_model
 
 router = APIRouter(prefix="/v1/replays", tags=["replays"])
 
@@ -47,13 +48,7 @@ async def create_replay(
             param="to_model",
             code="missing_required_parameter",
         )
-    if gateway.routing.route(target) is None or not principal.may_use(target):
-        raise APIError(
-            404,
-            f"The model '{target[:256]}' does not exist or you do not have access to it.",
-            param="to_model",
-            code="model_not_found",
-        )
+    check_model(gateway, principal, target, param="to_model")
     body["created_by_api_key_id"] = principal.api_key_id
     return await forward(
         gateway, principal, "/v1/replays", None, method="POST", content=orjson.dumps(body)

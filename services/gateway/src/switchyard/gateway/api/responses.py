@@ -27,13 +27,13 @@ every model:
 `GET /v1/responses/{id}`, `GET /v1/responses/{id}/input_items` (cursor pages: `limit`,
 `order`, `after`, `before`), `DELETE /v1/responses/{id}` and the cancellation are served
 by history (`switchyard.history.responses`), for the caller's own responses (an admin:
-the tenant's). Errors are OpenAI's error object, naming the field at fault.
+the tenant's). Reading a response, or its input items, right after it was answered
+waits like `previous_response_id` does until history has recorded it. Errors are
+OpenAI's error object, naming the field at fault.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,27 +42,26 @@ import orjson
 import structlog
 from fastapi import APIRouter, Request, Response
 
-from switchyard.common.bus import BusUnavailableError, EventTooLargeError
 from switchyard.common.errors import APIError
 from switchyard.common.events import (
-    ChatRequestData,
-    ChatRequested,
     ClientAPI,
-    Priority,
-    new_id,
-    utcnow,
 )
+from switchyard.common.headers import REQUEST_ID_HEADER
 from switchyard.common.responses import parse_response_id, response_id, response_object
 from switchyard.gateway.api.body import ClientRequest, openapi_body, read_request
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
-from switchyard.gateway.api.history import forward, identity_headers, looks_like_id
+from switchyard.gateway.api.history import (
+    error_of,
+    forward,
+    looks_like_id,
+    read_when_recorded,
+    relay,
+)
 from switchyard.gateway.api.jobs import request_cancellation
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
-from switchyard.gateway.dispatch import Dispatch, forwarded_headers, too_large_for_bus
-from switchyard.gateway.governance.refusals import admit_or_refuse
-from switchyard.gateway.recent_jobs import AcceptedJob
-from switchyard.gateway.request_id import request_id_of
+from switchyard.gateway.dispatch import Dispatch
+from switchyard.gateway.intake import check_model, submit_batch
 from switchyard.gateway.schemas import ResponsesRequest
 
 log = structlog.get_logger("switchyard.gateway.responses")
@@ -78,18 +77,6 @@ def _not_found(value: str, param: str = "response_id") -> APIError:
     )
 
 
-def _check_model(gateway: Gateway, principal: Principal, model: str) -> None:
-    if gateway.routing.route(model) is None or (
-        principal.allowed_models is not None and model not in principal.allowed_models
-    ):
-        raise APIError(
-            404,
-            f"The model '{model}' does not exist or you do not have access to it.",
-            code="model_not_found",
-            param="model",
-        )
-
-
 def _may_still_arrive(gateway: Gateway, value: str) -> bool:
     """Whether a response with this id may have been answered so recently that history
     has not recorded it yet (its creation time is within a request's lifetime)."""
@@ -100,54 +87,23 @@ def _may_still_arrive(gateway: Gateway, value: str) -> bool:
     return ref.created_at > datetime.now(UTC) - timedelta(seconds=window + 60)
 
 
-async def _history(
-    gateway: Gateway, principal: Principal, path: str, *, method: str = "GET"
-) -> httpx.Response:
-    try:
-        return await gateway.http.request(
-            method,
-            gateway.settings.history_url.rstrip("/") + path,
-            headers=identity_headers(gateway, principal),
-            timeout=10.0,
-        )
-    except httpx.HTTPError as exc:
-        log.error("history service unreachable", error=repr(exc))
-        raise APIError(
-            503,
-            "History is temporarily unavailable; retry shortly.",
-            code="history_unavailable",
-            headers={"Retry-After": "2"},
-        ) from None
-
-
-def _error_of(answer: httpx.Response) -> dict[str, Any]:
-    try:
-        error = answer.json().get("error")
-    except (ValueError, AttributeError):
-        error = None
-    return error if isinstance(error, dict) else {}
-
-
 async def _wait_for(
-    gateway: Gateway, principal: Principal, value: str, path: str
+    gateway: Gateway,
+    principal: Principal,
+    value: str,
+    path: str,
+    request: Request | None = None,
 ) -> httpx.Response:
-    """History's answer for a response, waiting (with backoff, at most
+    """History's answer for the response `value` at `path`, waiting (with backoff, at most
     `responses_state_wait_s`) while a response answered moments ago is not recorded or
     still in progress there."""
-    deadline = time.monotonic() + gateway.settings.responses_state_wait_s
-    delay = 0.02
-    while True:
-        answer = await _history(gateway, principal, path)
-        if answer.status_code == 200:
-            return answer
-        waiting = (answer.status_code, _error_of(answer).get("code")) in _NOT_YET
-        if not waiting or not _may_still_arrive(gateway, value):
-            return answer
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return answer
-        await asyncio.sleep(min(delay, left))
-        delay = min(delay * 2, 0.5)
+
+    def not_yet(answer: httpx.Response) -> bool:
+        return (answer.status_code, error_of(answer).get("code")) in _NOT_YET and _may_still_arrive(
+            gateway, value
+        )
+
+    return await read_when_recorded(gateway, principal, path, request, not_yet=not_yet)
 
 
 async def previous_items(
@@ -162,7 +118,7 @@ async def previous_items(
     answer = await _wait_for(gateway, principal, previous, f"/v1/responses/{previous}/conversation")
     if answer.status_code == 200:
         return answer.json()["data"]
-    error = _error_of(answer)
+    error = error_of(answer)
     raise APIError(
         answer.status_code if answer.status_code < 500 else 503,
         error.get("message") or "The previous response could not be read.",
@@ -184,7 +140,7 @@ async def create_response(
     answers at once with the `queued` response when `background` is true. Continues a
     stored response with `previous_response_id` on any model."""
     client = read_request(ClientAPI.OPENAI_RESPONSES, await request.body())
-    _check_model(gateway, principal, client.model)
+    check_model(gateway, principal, client.model)  # before reading any history
     previous = client.body.get("previous_response_id")
     if previous is not None:
         items = await previous_items(gateway, principal, previous)
@@ -201,74 +157,18 @@ async def _start_background(
     """Publish a background response to the batch lane (no gateway waits for it) and
     answer with the `queued` response. Admitted against the same budgets and rate limits
     as any request first (Refused: 429 in OpenAI's error shape, recorded as refused)."""
-    request_id = request_id_of(request.scope) or new_id()
-    ticket = await admit_or_refuse(
-        gateway,
-        principal,
-        request_id,
-        client.model,
-        client.admission_body,
-        api=client.api,
-    )
-    ticket.attach(request_id, gateway.settings.job_timeout_s)
-    created = utcnow()
-    event = ChatRequested(
-        source="gateway",
-        tenant=principal.tenant,
-        request_id=request_id,
-        time=created,
-        data=ChatRequestData(
-            api=client.api,
-            model=client.model,
-            body=client.body,
-            previous_items=client.previous_items,
-            headers=forwarded_headers(request),
-            stream=False,
-            user_id=principal.user_id,
-            api_key_id=principal.api_key_id,
-            team_id=ticket.team_id,
-            priority=Priority.BATCH,
-            deadline=created + timedelta(seconds=gateway.settings.job_timeout_s),
-            reply_to=None,
-        ),
-    )
-    try:
-        await gateway.bus.publish(gateway.topics.requests_batch, event, key=request_id)
-    except EventTooLargeError as exc:
-        ticket.cancel()
-        log.error("background response too large for the event bus", error=str(exc))
-        raise too_large_for_bus() from None
-    except BusUnavailableError as exc:
-        ticket.cancel()
-        log.error("could not publish background response", error=str(exc))
-        raise APIError(
-            503,
-            "The request could not be accepted right now; retry shortly.",
-            code="bus_unavailable",
-            headers={"Retry-After": "2"},
-        ) from None
-    gateway.recent_jobs.add(
-        AcceptedJob(
-            job_id=request_id,
-            tenant=principal.tenant,
-            user_id=principal.user_id,
-            model=client.model,
-            created_at=created.isoformat().replace("+00:00", "Z"),
-            webhook_url=None,
-            accepted_at=time.monotonic(),
-        )
-    )
+    submitted = await submit_batch(gateway, request, principal, client)
     queued = response_object(
         client.body,
-        id=response_id(request_id, created),
-        created_at=created,
+        id=response_id(submitted.request_id, submitted.created),
+        created_at=submitted.created,
         model=client.model,
         status="queued",
     )
     return Response(
         orjson.dumps(queued),
         media_type="application/json",
-        headers={"x-request-id": request_id, **ticket.openai_headers()},
+        headers={REQUEST_ID_HEADER: submitted.request_id, **submitted.ticket.openai_headers()},
     )
 
 
@@ -290,12 +190,8 @@ async def get_response(
             param="stream",
             code="unsupported_parameter",
         )
-    answer = await _wait_for(gateway, principal, response_id, f"/v1/responses/{response_id}")
-    return Response(
-        answer.content,
-        status_code=answer.status_code,
-        media_type=answer.headers.get("content-type", "application/json"),
-    )
+    path = f"/v1/responses/{response_id}"
+    return relay(await _wait_for(gateway, principal, response_id, path))
 
 
 @router.get("/{response_id}/input_items", summary="List a response's input items")
@@ -307,7 +203,9 @@ async def list_input_items(
     `order` (`asc` or `desc`), `after` / `before` (an item id of the previous page)."""
     if not looks_like_id(response_id):
         raise _not_found(response_id)
-    return await forward(gateway, principal, f"/v1/responses/{response_id}/input_items", request)
+    # A response answered moments ago may not be recorded yet: waited for, like GET.
+    path = f"/v1/responses/{response_id}/input_items"
+    return relay(await _wait_for(gateway, principal, response_id, path, request))
 
 
 @router.delete("/{response_id}", summary="Delete a model response")

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from switchyard.common.governance import LEVELS, FailureMode, Limits
-from switchyard.common.http import INTERNAL_TOKEN_HEADER
+from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 
 
 class PolicyUnavailable(Exception):

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from switchyard.common.errors import APIError
+from switchyard.common.headers import ROLE_HEADER, TENANT_HEADER, USER_ID_HEADER
 from switchyard.history.bootstrap import HistoryComponents
 from switchyard.history.cache import CacheStore
 from switchyard.history.idempotency import IdempotencyStore
@@ -15,17 +16,17 @@ from switchyard.history.tenants import TenantSettingsStore
 
 
 async def caller_identity(
-    tenant: Annotated[str | None, Header(alias="x-switchyard-tenant")] = None,
-    user_id: Annotated[str | None, Header(alias="x-switchyard-user-id")] = None,
-    role: Annotated[str | None, Header(alias="x-switchyard-role")] = None,
+    tenant: Annotated[str | None, Header(alias=TENANT_HEADER)] = None,
+    user_id: Annotated[str | None, Header(alias=USER_ID_HEADER)] = None,
+    role: Annotated[str | None, Header(alias=ROLE_HEADER)] = None,
 ) -> Caller:
     """The identity the gateway verified; without it nobody's history can be scoped."""
     missing = [
         name
         for name, value in (
-            ("x-switchyard-tenant", tenant),
-            ("x-switchyard-user-id", user_id),
-            ("x-switchyard-role", role),
+            (TENANT_HEADER, tenant),
+            (USER_ID_HEADER, user_id),
+            (ROLE_HEADER, role),
         )
         if not value
     ]

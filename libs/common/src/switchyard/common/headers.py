@@ -1,0 +1,26 @@
+"""HTTP header names the services send to and read from one another, and those the
+gateway answers clients with, written once so a sender and its receiver cannot drift.
+
+All are lower case (HTTP/2 and ASGI carry header names in lower case; HTTP/1.1 compares
+them case-insensitively).
+"""
+
+from __future__ import annotations
+
+# Service-to-service calls: the shared secret every internal route requires
+# (setting `SWITCHYARD_INTERNAL_TOKEN`).
+INTERNAL_TOKEN_HEADER = "x-switchyard-internal-token"
+
+# The caller's identity as the gateway verified it, passed to history with the internal
+# token: history scopes every read and write to it.
+TENANT_HEADER = "x-switchyard-tenant"
+USER_ID_HEADER = "x-switchyard-user-id"
+ROLE_HEADER = "x-switchyard-role"
+IDENTITY_HEADERS = (TENANT_HEADER, USER_ID_HEADER, ROLE_HEADER)
+
+# The id of a request, on every gateway response (the id its events and history row carry).
+REQUEST_ID_HEADER = "x-request-id"
+# A client's key for a POST that must never run twice (the gateway's idempotency).
+IDEMPOTENCY_KEY_HEADER = "idempotency-key"
+# Sent by the `anthropic` SDK on every request: answers (and errors) in Anthropic's format.
+ANTHROPIC_VERSION_HEADER = "anthropic-version"

@@ -1,0 +1,246 @@
+"""The one way a model request enters Switchyard, whichever route it came by: the model
+check, admission against budgets and rate limits, the `chat.requested` event, and its
+publication (or the refusal the client gets when the bus does not take it).
+
+Interactive requests (`Dispatch.start`: `/v1/chat/completions`, `/v1/messages`,
+`/v1/messages/count_tokens`, `/v1/embeddings`, `/v1/responses`) and batch-lane requests
+(`submit_batch`: `/v1/jobs` and background responses) take the same steps in the same
+order, with the same answers:
+
+- a model that is not routed, or that the credential may not use, is 404
+  `model_not_found` (alike, so names are not disclosed to keys restricted to others);
+- a request over a budget or rate limit is 429 (recorded as refused, see
+  `governance.refusals`);
+- an event larger than the bus carries is 413 `request_too_large`; the bus not taking the
+  event is 503 `bus_unavailable` with `Retry-After`; either way the admission's
+  reservations go back, since nothing will settle them.
+
+Each refusal here is counted in `switchyard_gateway_requests_rejected_total{reason}`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import structlog
+from prometheus_client import Counter
+from starlette.requests import Request
+
+from switchyard.common.bus import BusUnavailableError, EventTooLargeError
+from switchyard.common.errors import APIError
+from switchyard.common.events import (
+    FORWARDED_HEADERS,
+    ChatRequestData,
+    ChatRequested,
+    ClientAPI,
+    Priority,
+    ReplyAddress,
+    new_id,
+    utcnow,
+)
+from switchyard.gateway.api.body import ClientRequest
+from switchyard.gateway.auth import Principal
+from switchyard.gateway.bootstrap import Gateway
+from switchyard.gateway.governance.admission import Refused, Ticket
+from switchyard.gateway.governance.refusals import admit_or_refuse
+from switchyard.gateway.recent_jobs import AcceptedJob
+from switchyard.gateway.request_id import request_id_of
+
+log = structlog.get_logger("switchyard.gateway.intake")
+
+REJECTED = Counter(
+    "switchyard_gateway_requests_rejected_total", "Requests refused before publishing.", ["reason"]
+)
+
+
+def forwarded_headers(request: Request) -> dict[str, str]:
+    """The client's headers a provider needs to read the body (`FORWARDED_HEADERS`, lower
+    case; a header sent several times is joined with commas). Never credentials."""
+    headers = request.headers
+    forwarded: dict[str, str] = {}
+    for name in FORWARDED_HEADERS:
+        if name in headers:
+            forwarded[name] = ",".join(headers.getlist(name))
+    return forwarded
+
+
+def model_not_found(model: str, param: str = "model") -> APIError:
+    """404 `model_not_found` naming `param`: the same answer for a model that does not
+    exist and one the caller may not use."""
+    return APIError(
+        404,
+        f"The model '{model[:256]}' does not exist or you do not have access to it.",
+        code="model_not_found",
+        param=param,
+    )
+
+
+def serves(gateway: Gateway, principal: Principal, model: str) -> bool:
+    """Whether `model` is in the current routing table and `principal` may use it."""
+    return gateway.routing.route(model) is not None and principal.may_use(model)
+
+
+def check_model(gateway: Gateway, principal: Principal, model: str, param: str = "model") -> None:
+    """Raise `model_not_found` (APIError 404) unless `serves(gateway, principal, model)`."""
+    if not serves(gateway, principal, model):
+        raise model_not_found(model, param)
+
+
+def too_large_for_bus() -> APIError:
+    """413 for a request whose event is larger than the bus carries."""
+    return APIError(
+        413,
+        "The request is larger than this deployment's event bus carries; shorten it, or "
+        "raise SWITCHYARD_KAFKA_MAX_MESSAGE_BYTES and the topics' max.message.bytes.",
+        code="request_too_large",
+    )
+
+
+def bus_unavailable(message: str) -> APIError:
+    """503 `bus_unavailable` with `Retry-After: 2`."""
+    return APIError(503, message, code="bus_unavailable", headers={"Retry-After": "2"})
+
+
+async def admit(
+    gateway: Gateway, principal: Principal, request_id: str, client: ClientRequest
+) -> Ticket:
+    """The request's admission ticket (budgets and rate limits reserved for its body, the
+    items of a continued conversation included). Raises `Refused` (429, recorded)."""
+    try:
+        return await admit_or_refuse(
+            gateway,
+            principal,
+            request_id,
+            client.model,
+            client.admission_body,
+            api=client.api,
+            embeddings=client.api is ClientAPI.OPENAI_EMBEDDINGS,
+        )
+    except Refused as refused:
+        REJECTED.labels(refused.reason).inc()
+        raise
+
+
+def request_event(
+    gateway: Gateway,
+    principal: Principal,
+    client: ClientRequest,
+    *,
+    request_id: str,
+    ticket: Ticket,
+    headers: dict[str, str],
+    timeout_s: float,
+    priority: Priority = Priority.INTERACTIVE,
+    reply_to: ReplyAddress | None = None,
+    webhook_url: str | None = None,
+    created: datetime | None = None,
+) -> ChatRequested:
+    """The `chat.requested` event of an admitted request: the body as the client sent it,
+    its API, the forwarded `headers`, the caller, and a deadline `timeout_s` seconds after
+    `created` (default: now)."""
+    created = created or utcnow()
+    return ChatRequested(
+        source="gateway",
+        tenant=principal.tenant,
+        request_id=request_id,
+        time=created,
+        data=ChatRequestData(
+            api=client.api,
+            model=client.model,
+            body=client.body,
+            previous_items=client.previous_items,
+            headers=headers,
+            stream=client.stream,
+            user_id=principal.user_id,
+            api_key_id=principal.api_key_id,
+            team_id=ticket.team_id,
+            priority=priority,
+            deadline=created + timedelta(seconds=timeout_s),
+            reply_to=reply_to,
+            webhook_url=webhook_url,
+        ),
+    )
+
+
+async def publish(
+    gateway: Gateway, topic: str, event: ChatRequested, ticket: Ticket, *, what: str = "request"
+) -> None:
+    """Publish an admitted request's event, keyed by its request id. When the bus does not
+    take it, the ticket's reservations go back and APIError is raised: 413 (too large for
+    the bus) or 503 `bus_unavailable` ("The <what> could not be accepted right now")."""
+    try:
+        await gateway.bus.publish(topic, event, key=event.request_id)
+    except EventTooLargeError as exc:
+        ticket.cancel()  # never published: nothing will settle it
+        REJECTED.labels("too_large_for_bus").inc()
+        log.error(f"{what} too large for the event bus", error=str(exc))
+        raise too_large_for_bus() from None
+    except BusUnavailableError as exc:
+        ticket.cancel()
+        REJECTED.labels("bus_unavailable").inc()
+        log.error(f"could not publish {what}", error=str(exc))
+        raise bus_unavailable(
+            f"The {what} could not be accepted right now; retry shortly."
+        ) from None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A request accepted into the batch lane: its id, when it was accepted, its ticket."""
+
+    request_id: str
+    created: datetime
+    ticket: Ticket
+
+    @property
+    def created_at(self) -> str:
+        """`created` in RFC 3339 with a `Z` suffix."""
+        return self.created.isoformat().replace("+00:00", "Z")
+
+
+async def submit_batch(
+    gateway: Gateway,
+    request: Request,
+    principal: Principal,
+    client: ClientRequest,
+    *,
+    webhook_url: str | None = None,
+    what: str = "request",
+) -> Submitted:
+    """Check the model, admit and publish a request to the batch lane, where no gateway
+    waits for it (no reply address; deadline `job_timeout_s`), and remember it as
+    accepted here so it can be cancelled at once (`RecentJobs`). Raises APIError (404
+    model, 413, 503) or `Refused` (429) as the module docstring says."""
+    check_model(gateway, principal, client.model)
+    client = replace(client, stream=False)  # its result is read later, never streamed
+    request_id = request_id_of(request.scope) or new_id()
+    ticket = await admit(gateway, principal, request_id, client)
+    timeout_s = gateway.settings.job_timeout_s
+    ticket.attach(request_id, timeout_s)
+    event = request_event(
+        gateway,
+        principal,
+        client,
+        request_id=request_id,
+        ticket=ticket,
+        headers=forwarded_headers(request),
+        timeout_s=timeout_s,
+        priority=Priority.BATCH,
+        webhook_url=webhook_url,
+    )
+    await publish(gateway, gateway.topics.requests_batch, event, ticket, what=what)
+    submitted = Submitted(request_id, event.time, ticket)
+    gateway.recent_jobs.add(
+        AcceptedJob(
+            job_id=request_id,
+            tenant=principal.tenant,
+            user_id=principal.user_id,
+            model=client.model,
+            created_at=submitted.created_at,
+            webhook_url=webhook_url,
+            accepted_at=time.monotonic(),
+        )
+    )
+    return submitted

@@ -1,0 +1,141 @@
+"""A client that creates something and reads it at once gets it: history records a
+request from the bus, moments after the gateway answered, so the gateway waits (bounded)
+for a response or job it may have just answered before relaying history's 404.
+
+History is played by a fake that answers 404 for the first reads, as history does while
+the request's events are still on their way."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from switchyard.common.events import new_id, utcnow
+from switchyard.common.responses import response_id
+from switchyard.gateway.config import Settings
+
+from .conftest import API_KEY
+
+AUTH = {"authorization": f"Bearer {API_KEY}"}
+HISTORY = "http://history.test"
+WAIT_S = 1.0
+
+
+class LaggingHistory:
+    """History that has not recorded anything for its first `lag` reads of each path."""
+
+    def __init__(self, lag: int, code: str) -> None:
+        self.lag = lag
+        self.code = code
+        self.reads: dict[str, list[httpx.Request]] = {}
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        reads = self.reads.setdefault(request.url.path, [])
+        reads.append(request)
+        if len(reads) <= self.lag:
+            return httpx.Response(
+                404, json={"error": {"message": "not found", "type": "x", "code": self.code}}
+            )
+        if request.url.path.endswith("/input_items"):
+            return httpx.Response(
+                200, json={"object": "list", "data": [{"id": "msg_1"}], "has_more": False}
+            )
+        return httpx.Response(200, json={"id": request.url.path.rsplit("/", 1)[1]})
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        request_timeout_s=2.0,
+        topic_prefix="unit",
+        history_url=HISTORY,
+        responses_state_wait_s=WAIT_S,
+    )
+
+
+def with_history(harness, history: LaggingHistory) -> None:
+    auth = harness.auth.handle
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if str(request.url).startswith(HISTORY):
+            return history.handle(request)
+        return auth(request)
+
+    gateway = harness.app.state.gateway
+    gateway.http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    gateway.authenticator._client = gateway.http
+    gateway.authenticator.jwks._client = gateway.http
+
+
+@pytest.mark.parametrize("suffix", ["/input_items", ""], ids=["input_items", "retrieve"])
+async def test_a_response_answered_moments_ago_is_read_once_history_records_it(harness, suffix):
+    history = LaggingHistory(lag=3, code="response_not_found")
+    with_history(harness, history)
+    just_answered = response_id(new_id(), utcnow())
+
+    answer = await harness.client.get(
+        f"/v1/responses/{just_answered}{suffix}", params={"limit": "2"}, headers=AUTH
+    )
+
+    assert answer.status_code == 200, answer.text
+    reads = history.reads[f"/v1/responses/{just_answered}{suffix}"]
+    assert len(reads) == 4
+    if suffix:  # the page the client asked for, on every read
+        assert all(read.url.params["limit"] == "2" for read in reads)
+        assert answer.json()["data"] == [{"id": "msg_1"}]
+
+
+async def test_an_old_response_is_not_waited_for(harness):
+    history = LaggingHistory(lag=3, code="response_not_found")
+    with_history(harness, history)
+    long_ago = response_id(new_id(), utcnow() - timedelta(days=2))
+
+    answer = await harness.client.get(f"/v1/responses/{long_ago}/input_items", headers=AUTH)
+
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "response_not_found"
+    assert len(history.reads[f"/v1/responses/{long_ago}/input_items"]) == 1
+
+
+async def test_the_wait_for_a_response_history_never_records_is_bounded(harness):
+    history = LaggingHistory(lag=10_000, code="response_not_found")
+    with_history(harness, history)
+    just_answered = response_id(new_id(), utcnow())
+
+    answer = await harness.client.get(f"/v1/responses/{just_answered}/input_items", headers=AUTH)
+
+    assert answer.status_code == 404
+    reads = history.reads[f"/v1/responses/{just_answered}/input_items"]
+    # Backoff from 20 ms doubling to 500 ms within WAIT_S: a handful of reads, not a flood.
+    assert 2 <= len(reads) <= 8
+
+
+async def test_a_job_read_right_after_it_was_created_is_found(harness):
+    history = LaggingHistory(lag=2, code="job_not_found")
+    with_history(harness, history)
+    created = await harness.client.post(
+        "/v1/jobs",
+        headers=AUTH,
+        json={"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+
+    answer = await harness.client.get(f"/v1/jobs/{job_id}", headers=AUTH)
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["id"] == job_id
+    assert len(history.reads[f"/v1/jobs/{job_id}"]) == 3
+
+
+async def test_a_job_not_accepted_here_is_not_waited_for(harness):
+    history = LaggingHistory(lag=2, code="job_not_found")
+    with_history(harness, history)
+    unknown = new_id()
+
+    answer = await harness.client.get(f"/v1/jobs/{unknown}", headers=AUTH)
+
+    assert answer.status_code == 404
+    assert len(history.reads[f"/v1/jobs/{unknown}"]) == 1
