@@ -112,8 +112,8 @@ async def test_batch_subscriber_gets_events_in_batches():
 
 def test_retry_backoff_grows_and_is_capped():
     policy = RetryPolicy(max_attempts=None, initial_backoff_s=0.1, max_backoff_s=1.0)
-    assert 0.05 <= policy.backoff(1) <= 0.1
-    assert 0.5 <= policy.backoff(10) <= 1.0
+    assert 0 <= policy.backoff(1) <= 0.1
+    assert 0 <= policy.backoff(10) <= 1.0
     assert not policy.gives_up_after(1000)
     assert RetryPolicy(max_attempts=2).gives_up_after(2)
 

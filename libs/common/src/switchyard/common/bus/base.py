@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Generic, TypeVar
 
 import structlog
 
+from switchyard.common.backoff import Backoff
 from switchyard.common.events import EnvelopeFields, Event
 
 Handler = Callable[[Event], Awaitable[None]]
@@ -88,9 +88,9 @@ class RetryPolicy:
     max_backoff_s: float = 10.0
 
     def backoff(self, attempt: int) -> float:
-        # Exponential backoff with full jitter, so replicas don't retry in lockstep.
-        ceiling = min(self.max_backoff_s, self.initial_backoff_s * (2 ** (min(attempt, 30) - 1)))
-        return random.uniform(ceiling / 2, ceiling)
+        """The wait (seconds) before retry number `attempt` (1 for the first): the common
+        `Backoff` policy, full jitter between 0 and the capped exponential ceiling."""
+        return Backoff(self.initial_backoff_s, self.max_backoff_s).delay(attempt)
 
     def gives_up_after(self, attempt: int) -> bool:
         return self.max_attempts is not None and attempt >= self.max_attempts
