@@ -29,7 +29,7 @@ from typing import Generic, TypeVar
 import structlog
 
 from switchyard.common.backoff import Backoff
-from switchyard.common.events import EnvelopeFields, Event
+from switchyard.common.events import EnvelopeFields, Event, encode_event
 
 Handler = Callable[[Event], Awaitable[None]]
 BatchHandler = Callable[[list[Event]], Awaitable[None]]
@@ -71,6 +71,16 @@ def is_outage(error: BaseException) -> bool:
 class EventTooLargeError(EventRejectedError):
     """The event is larger than the bus carries (Kafka's `max.message.bytes` of the topic,
     or the producer's limit, `SWITCHYARD_KAFKA_MAX_MESSAGE_BYTES`): retrying cannot help."""
+
+
+def serialise(event: EnvelopeFields) -> bytes:
+    """The bytes `event` travels as on every bus (UTF-8 JSON, `encode_event`); consumers
+    read them back with `decode_event`. Raises EventRejectedError when the event cannot be
+    serialised (e.g. nested deeper than the serialiser allows): retrying cannot help."""
+    try:
+        return encode_event(event)
+    except ValueError as exc:
+        raise EventRejectedError(f"the event cannot be serialised: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ from switchyard.common.bus.base import (
     Subscription,
     call_with_retry,
     handle_batch_isolating,
+    serialise,
 )
 from switchyard.common.events import EnvelopeFields, Event, EventDecodeError, decode_event
 from switchyard.common.settings import DEFAULT_KAFKA_MAX_MESSAGE_BYTES
@@ -384,10 +385,10 @@ class KafkaBus(EventBus):
         partition: int | None = None,
     ) -> None:
         try:
-            value = event.model_dump_json().encode()
-        except ValueError as exc:  # e.g. nested deeper than the serialiser allows
+            value = serialise(event)
+        except EventRejectedError:  # e.g. nested deeper than the serialiser allows
             metrics.PUBLISH_FAILURES.labels(topic).inc()
-            raise EventRejectedError(f"the event cannot be serialised: {exc}") from exc
+            raise
         headers = [
             ("type", event.type.encode()),
             ("schema_version", str(event.schema_version).encode()),
