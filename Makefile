@@ -14,7 +14,7 @@ INFRA_TARGETS := test test-integration test-e2e bench bench-gateway bench-peers 
 $(INFRA_TARGETS): export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 $(INFRA_TARGETS): export DATABASE_URL ?= postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard
 
-UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit)
+UNIT_TESTS := libs/common/tests/unit $(wildcard services/*/tests/unit tools/*/tests/unit)
 INTEGRATION_TESTS := $(wildcard libs/common/tests/integration services/*/tests/integration)
 
 .PHONY: help
@@ -105,7 +105,7 @@ bench-burst: install ## Burst-stall check only: embedded mode, 10 s at c=64, the
 
 .PHONY: lint
 lint: install ## Static checks (ruff)
-	$(UV) run --no-sync ruff check libs services tests
+	$(UV) run --no-sync ruff check libs services tools tests
 
 .PHONY: deploy-check
 deploy-check: ## Validate docker-compose, Dockerfiles and every Kubernetes overlay offline

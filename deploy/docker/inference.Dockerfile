@@ -36,6 +36,7 @@ COPY services/gateway/pyproject.toml services/gateway/
 COPY services/auth/pyproject.toml services/auth/
 COPY services/history/pyproject.toml services/history/
 COPY services/inference/pyproject.toml services/inference/
+COPY tools/simulator/pyproject.toml tools/simulator/
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --no-dev --package switchyard-inference --no-install-workspace
 

@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The simulator image: a local provider speaking the OpenAI and Anthropic wire protocols (test and demo only).
-# It holds only the switchyard-inference distribution and libs/common (plus their
-# third-party dependencies), never another service's code.
+# It holds only the switchyard-simulator distribution (tools/simulator) and libs/common
+# (plus their third-party dependencies), never a service's code.
 #
 #   docker build -f deploy/docker/simulator.Dockerfile -t switchyard-simulator:dev .   # from the repo root
 #
@@ -36,15 +36,16 @@ COPY services/gateway/pyproject.toml services/gateway/
 COPY services/auth/pyproject.toml services/auth/
 COPY services/history/pyproject.toml services/history/
 COPY services/inference/pyproject.toml services/inference/
+COPY tools/simulator/pyproject.toml tools/simulator/
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --no-dev --package switchyard-inference --no-install-workspace
+    uv sync --no-dev --package switchyard-simulator --no-install-workspace
 
-# 2. Only this service's source and the shared library, installed as wheels (--no-editable)
+# 2. Only the simulator's source and the shared library, installed as wheels (--no-editable)
 #    so the runtime stage needs /opt/venv and nothing else.
 COPY libs/common/src libs/common/src
-COPY services/inference/src services/inference/src
+COPY tools/simulator/src tools/simulator/src
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --no-dev --no-editable --package switchyard-inference \
+    uv sync --no-dev --no-editable --package switchyard-simulator \
     && /opt/venv/bin/switchyard simulator --help >/dev/null
 
 # --- runtime ----------------------------------------------------------------------------------

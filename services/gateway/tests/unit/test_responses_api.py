@@ -44,7 +44,7 @@ from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
 from switchyard.history.config import Settings as HistorySettings
 from switchyard.inference.handlers import ChatRequestHandler
 from switchyard.inference.providers import ProviderPool
-from switchyard.inference.testing import SimulatorHandle, serve_simulator
+from switchyard.simulator.testing import SimulatorHandle, serve_simulator
 
 from .conftest import API_KEY, FakeAuth
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +16,12 @@ import pytest
 from switchyard.common.events import Priority
 from switchyard.common.testing.infra import async_wait_until
 from switchyard.history.config import Settings
-from switchyard.history.webhooks import SignatureError, sign, verify_signature
+from switchyard.history.webhooks import (
+    SignatureError,
+    WebhookPolicy,
+    sign,
+    verify_signature,
+)
 
 TOKEN = "test-internal-token"
 
@@ -282,3 +288,12 @@ def test_signatures_bind_the_timestamp():
 
 async def _async(value):
     return value
+
+
+def test_webhook_retry_waits_are_full_jitter_and_capped() -> None:
+    policy = WebhookPolicy(initial_backoff_s=1.0, max_backoff_s=30.0)
+    random.seed(11)
+    for attempts, ceiling in [(1, 1.0), (3, 4.0), (5, 16.0), (40, 30.0)]:
+        waits = [policy.backoff(attempts) for _ in range(500)]
+        assert 0 <= min(waits) < ceiling * 0.05
+        assert ceiling * 0.95 < max(waits) <= ceiling

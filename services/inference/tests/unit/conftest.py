@@ -9,12 +9,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from switchyard.inference.testing import (
-    RecordingUpstream,
-    SimulatorHandle,
-    serve_app,
-    serve_simulator,
-)
+from switchyard.common.testing.servers import serve_app
+from switchyard.inference.testing import RecordingUpstream
+from switchyard.simulator.testing import SimulatorHandle, serve_simulator
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -132,7 +133,21 @@ def test_plugin_is_discoverable_and_runs_the_simulator_in_dev(
 
     assert (plugin.default_port, plugin.start_order) == (8003, 10)
     assert [(name, port) for name, _, port in contribution.extra_servers] == [("simulator", 8099)]
-    assert [command.__name__ for command in plugin.commands()] == ["simulator"]
+    assert plugin.commands() == []  # `switchyard simulator` comes from its own distribution
+
+
+def test_dev_without_the_simulator_distribution_says_so_instead_of_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SWITCHYARD_ROUTING_FILE", raising=False)
+    # As in a production image: the switchyard-simulator distribution is not installed.
+    monkeypatch.setitem(sys.modules, "switchyard.simulator.app", None)
+
+    contribution = by_name("inference").prepare_dev()
+
+    assert contribution.extra_servers == []
+    assert "switchyard-simulator" in contribution.messages[0]
+    assert "not installed" in contribution.messages[0]
 
 
 def test_dev_skips_the_simulator_when_routing_does_not_use_it(

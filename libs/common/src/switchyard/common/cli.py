@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from switchyard.common.plugins import ServicePlugin, discover
+from switchyard.common.plugins import ServicePlugin, discover, discover_commands
 
 app = typer.Typer(
     name="switchyard",
@@ -251,16 +251,19 @@ def _write_json(document: dict, output: Path | None) -> None:
 
 
 def build() -> typer.Typer:
-    """Add every installed service's commands to the root app."""
+    """Add every installed service's commands, and those of the `switchyard.commands`
+    entry point group (e.g. `switchyard simulator`), to the root app."""
+    commands = []
     for plugin in discover():
         app.command(name=plugin.name, help=f"Run the {plugin.name} service. {plugin.summary}")(
             _run_service_command(plugin)
         )
-        for command in plugin.commands():
-            if isinstance(command, typer.Typer):
-                app.add_typer(command)
-            else:
-                app.command(name=command.__name__.replace("_", "-"))(command)
+        commands += plugin.commands()
+    for command in commands + discover_commands():
+        if isinstance(command, typer.Typer):
+            app.add_typer(command)
+        else:
+            app.command(name=command.__name__.replace("_", "-"))(command)
     return app
 
 

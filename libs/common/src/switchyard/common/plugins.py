@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from switchyard.common.settings import ServiceSettings
 
 ENTRY_POINT_GROUP = "switchyard.services"
+# Commands of distributions that are not services (the provider simulator): each entry
+# point is a plain function (a Typer command) or a `typer.Typer` group.
+COMMANDS_ENTRY_POINT_GROUP = "switchyard.commands"
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,13 @@ class DevContribution:
 def discover() -> list[ServicePlugin]:
     plugins = [entry.load() for entry in entry_points(group=ENTRY_POINT_GROUP)]
     return sorted(plugins, key=lambda plugin: (plugin.start_order, plugin.name))
+
+
+def discover_commands() -> list[typer.Typer | Callable[..., Any]]:
+    """The commands installed distributions add to the CLI beside the services' (group
+    `switchyard.commands`), in the order of their entry point names."""
+    found = sorted(entry_points(group=COMMANDS_ENTRY_POINT_GROUP), key=lambda entry: entry.name)
+    return [entry.load() for entry in found]
 
 
 async def lookup_principal_names(

@@ -23,6 +23,12 @@ class TopicSpec:
     # Topic configs beyond the shared ones (`switchyard topics create` sets them).
     configs: tuple[tuple[str, str], ...] = ()
 
+    @property
+    def attribute(self) -> str:
+        """The name of this topic's attribute on `Topics` (`requests.interactive` ->
+        `requests_interactive`)."""
+        return self.suffix.replace(".", "_")
+
 
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(
@@ -109,18 +115,21 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
 
 
 class Topics:
-    """Full topic names for one deployment (prefix from settings)."""
+    """Full topic names for one deployment (prefix from settings): one attribute per
+    `TOPIC_SPECS` entry, named after its suffix with dots as underscores
+    (`topics.requests_interactive == "<prefix>.requests.interactive"`). Reading a name no
+    spec gives raises AttributeError."""
 
     def __init__(self, prefix: str = "switchyard") -> None:
         self.prefix = prefix
-        self.requests_interactive = f"{prefix}.requests.interactive"
-        self.requests_batch = f"{prefix}.requests.batch"
-        self.replies = f"{prefix}.replies"
-        self.usage = f"{prefix}.usage"
-        self.outcomes = f"{prefix}.outcomes"
-        self.control = f"{prefix}.control"
-        self.deadletter = f"{prefix}.deadletter"
-        self.auth_events = f"{prefix}.auth.events"
+        for spec in TOPIC_SPECS:
+            setattr(self, spec.attribute, self.name(spec.suffix))
+
+    def __getattr__(self, attribute: str) -> str:
+        # Only reached for a name `__init__` did not set: a topic no spec declares. Typed
+        # `str` so that type checkers accept the attributes derived from the specs.
+        known = ", ".join(spec.attribute for spec in TOPIC_SPECS)
+        raise AttributeError(f"no topic spec gives {attribute!r} (known: {known})")
 
     def name(self, suffix: str) -> str:
         return f"{self.prefix}.{suffix}"

@@ -23,6 +23,7 @@ from switchyard.auth.bootstrap import AuthContext, build_context
 from switchyard.auth.config import Settings
 from switchyard.auth.outbox import OutboxRelay
 from switchyard.auth.service import AuthService
+from switchyard.common.backoff import Backoff
 from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
@@ -32,6 +33,8 @@ from switchyard.common.metrics import metrics_router
 from switchyard.common.topics import Topics
 
 log = structlog.get_logger("switchyard.auth")
+# Between attempts to record the signing key while the database is not there yet.
+STARTUP_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
 
 # Errors beyond those derived from each route (400 for input, 401 for credentials, 404 for
 # an id in the path), for the OpenAPI document (see switchyard.common.docs).
@@ -65,7 +68,7 @@ async def _record_signing_key(service: AuthService) -> None:
                 log.info("signing key rotation announced", kid=service.tokens.signing_key.kid)
             return
         except Exception as exc:  # noqa: BLE001 - database not reachable or migrated yet
-            delay = min(10.0, 0.5 * attempt)
+            delay = STARTUP_BACKOFF.delay(attempt)
             log.warning("cannot record the signing key yet", error=repr(exc), retry_in_s=delay)
             await asyncio.sleep(delay)
 

@@ -25,10 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from switchyard.auth.metrics import OUTBOX_FAILING, OUTBOX_PUBLISHED
 from switchyard.auth.store import AuthStore
+from switchyard.common.backoff import Backoff
 from switchyard.common.bus import EventBus
 from switchyard.common.events import decode_event
 
 log = structlog.get_logger("switchyard.auth.outbox")
+# Between attempts to publish the outbox while the bus or the database is down.
+PUBLISH_BACKOFF = Backoff(initial_s=0.2, max_s=5.0)
 
 # Any constant shared by every auth replica: the key of the PostgreSQL advisory lock.
 _ADVISORY_LOCK_KEY = 0x5359_4155_5448  # "SYAUTH"
@@ -135,7 +138,7 @@ class OutboxRelay:
                 OUTBOX_FAILING.set(0)
             except Exception as exc:  # noqa: BLE001 - bus or database down: retried
                 failures += 1
-                delay = min(5.0, 0.2 * 2**failures)
+                delay = PUBLISH_BACKOFF.delay(failures)
                 OUTBOX_FAILING.set(1)
                 log.warning("auth events not published yet", error=repr(exc), retry_in_s=delay)
                 if self._stopping:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import structlog
 from fastapi import FastAPI
 
+from switchyard.common.backoff import Backoff
 from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.docs import install_docs
 from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
@@ -49,6 +50,8 @@ from switchyard.gateway.schemas import (
 )
 
 log = structlog.get_logger("switchyard.gateway")
+# Between attempts to listen to a topic while Kafka is away or the topic is missing.
+STARTUP_BACKOFF = Backoff(initial_s=0.25, max_s=5.0)
 
 
 async def listen_for_replies(gateway: Gateway) -> None:
@@ -65,7 +68,7 @@ async def listen_for_replies(gateway: Gateway) -> None:
                 partitions=[gateway.reply_partition],
             )
         except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
-            delay = min(5.0, 0.25 * attempt)
+            delay = STARTUP_BACKOFF.delay(attempt)
             log.warning("cannot listen for replies yet", error=repr(exc), retry_in_s=delay)
             await asyncio.sleep(delay)
     log.info("gateway listening for replies", reply_partition=gateway.reply_partition)
@@ -85,7 +88,7 @@ async def listen_for_governance(gateway: Gateway) -> None:
                 await gateway.bus.listen(topic, gateway.admission.on_event)
             )
         except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
-            delay = min(5.0, 0.25 * attempt)
+            delay = STARTUP_BACKOFF.delay(attempt)
             log.warning("cannot listen for usage yet", error=repr(exc), retry_in_s=delay)
             await asyncio.sleep(delay)
 

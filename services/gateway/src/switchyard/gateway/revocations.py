@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 from prometheus_client import Counter, Gauge
 
+from switchyard.common.backoff import Backoff
 from switchyard.common.bus import EventBus, Subscription
 from switchyard.common.events import (
     ApiKeyRevoked,
@@ -175,7 +176,7 @@ class RevocationSync:
         self.state = state
         self._fetch_snapshot = fetch_snapshot
         self._on_rotation = on_signing_key_rotated
-        self._max_delay = max_retry_delay_s
+        self._backoff = Backoff(min(0.25, max_retry_delay_s), max_retry_delay_s)
         self.listener: Subscription | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -196,7 +197,7 @@ class RevocationSync:
                 return
             except Exception as exc:  # noqa: BLE001 - auth briefly unreachable: retried
                 log.warning("cannot refresh JWKS yet", error=repr(exc), attempt=attempt)
-                await asyncio.sleep(min(self._max_delay, 0.2 * 2**attempt))
+                await asyncio.sleep(self._backoff.delay(attempt))
 
     async def run(self) -> None:
         """Listen, then load the snapshot; returns once the state is complete."""
@@ -209,7 +210,7 @@ class RevocationSync:
                     self._topic, self.handle, partitions=list(range(partitions))
                 )
             except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
-                delay = min(self._max_delay, 0.25 * attempt)
+                delay = self._backoff.delay(attempt)
                 log.warning("cannot listen for auth events yet", error=repr(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
         attempt = 0
@@ -219,7 +220,7 @@ class RevocationSync:
                 snapshot = await self._fetch_snapshot()
                 self.state.load_snapshot(snapshot)
             except Exception as exc:  # noqa: BLE001 - auth not reachable yet: retried
-                delay = min(self._max_delay, 0.25 * attempt)
+                delay = self._backoff.delay(attempt)
                 log.warning(
                     "cannot load the revocation state from auth yet",
                     error=repr(exc),

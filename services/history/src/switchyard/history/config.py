@@ -82,7 +82,10 @@ class Settings(ServiceSettings):
         default=10, ge=1, description="Delivery attempts of a job webhook before giving up."
     )
     webhook_initial_backoff_s: float = Field(
-        default=1.0, gt=0, description="Wait before the second attempt; doubles each time."
+        default=1.0,
+        gt=0,
+        description="Longest wait before the second attempt (full jitter: the wait is "
+        "drawn between 0 and it); doubles each time up to webhook_max_backoff_s.",
     )
     webhook_max_backoff_s: float = Field(default=600.0, gt=0)
     webhook_timeout_s: float = Field(default=10.0, gt=0, description="Per delivery attempt.")

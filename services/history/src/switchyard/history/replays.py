@@ -56,6 +56,7 @@ from sqlalchemy import and_, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import aliased
 
+from switchyard.common.backoff import poll_delay
 from switchyard.common.events import (
     CancelRequestData,
     ChatCancelRequested,
@@ -633,7 +634,7 @@ class ReplayRunner:
                 if failures == 1 or failures % 10 == 0:
                     log.warning("replay round failed", error=repr(exc))
                 busy = False
-            await asyncio.sleep(0 if busy else min(10.0, interval_s * 2 ** min(failures, 5)))
+            await asyncio.sleep(0 if busy else poll_delay(interval_s, failures))
 
     async def tick(self) -> bool:
         """One round; True if it sent anything (so the next round starts at once)."""

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from prometheus_client import Counter
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.common.backoff import Backoff, poll_delay
 from switchyard.common.egress import (
     GuardedTransport,
     InvalidTargetURL,
@@ -128,8 +128,9 @@ class WebhookPolicy:
     targets: TargetPolicy = field(default_factory=TargetPolicy)
 
     def backoff(self, attempts: int) -> float:
-        ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2 ** max(0, attempts - 1))
-        return random.uniform(ceiling / 2, ceiling)
+        """The wait (seconds) before the next delivery after `attempts` failed ones: the
+        common `Backoff` policy (full jitter, capped at `max_backoff_s`)."""
+        return Backoff(self.initial_backoff_s, self.max_backoff_s).delay(attempts)
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -193,7 +194,7 @@ class WebhookDispatcher:
                     started = 0
                 if started == 0:
                     # Back off while the database is away; poll at the interval otherwise.
-                    await asyncio.sleep(min(10.0, interval_s * 2 ** min(failures, 5)))
+                    await asyncio.sleep(poll_delay(interval_s, failures))
                 else:
                     await asyncio.sleep(0)
         finally:

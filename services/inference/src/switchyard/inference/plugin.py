@@ -1,46 +1,19 @@
-"""How the `switchyard` CLI and embedded mode find the inference service and its
-`switchyard simulator` command."""
+"""How the `switchyard` CLI and embedded mode find the inference service. Embedded mode
+also runs the provider simulator (its own distribution, `switchyard-simulator`) when the
+routing table points at it."""
 
 from __future__ import annotations
 
-from typing import Annotated
 from urllib.parse import urlparse
-
-import typer
 
 from switchyard.common.plugins import DevContribution, ServicePlugin
 from switchyard.inference.config import Settings
 
-SIMULATOR_PORT = 8099
-
-
-def simulator(
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = SIMULATOR_PORT,
-    latency_ms: Annotated[
-        float, typer.Option(min=0, help="Base latency of every reply, in ms.")
-    ] = 0,
-) -> None:
-    """Run the provider simulator: OpenAI and Anthropic wire protocols, fault injection."""
-    from switchyard.common.http import serve
-    from switchyard.inference.simulator import create_simulator_app
-
-    serve(
-        create_simulator_app(latency_ms),  # type: ignore[arg-type]
-        host=host,
-        port=port,
-        name="simulator",
-        port_setting="--port",
-    )
-
-
-simulator_command = simulator
-
 
 def prepare_dev() -> DevContribution:
-    """Embedded mode runs the simulator whenever the routing table points at it."""
+    """Embedded mode runs the simulator whenever the routing table points at it (and its
+    distribution is installed, as in the workspace; a production image has none)."""
     from switchyard.common.routing import load_routing, simulator_root
-    from switchyard.inference.simulator import create_simulator_app
 
     settings = Settings()
     routing = load_routing(settings.routing_file, settings.simulator_url)
@@ -57,6 +30,16 @@ def prepare_dev() -> DevContribution:
     ]
     if not users:
         return DevContribution(messages=["inference: routing uses no simulator; none started"])
+    try:
+        from switchyard.simulator.app import create_simulator_app
+        from switchyard.simulator.cli import SIMULATOR_PORT
+    except ImportError:
+        return DevContribution(
+            messages=[
+                f"inference: routing points at the provider simulator ({', '.join(users)}), "
+                "which is not installed (distribution switchyard-simulator)"
+            ]
+        )
     port = urlparse(simulator_url).port or SIMULATOR_PORT
     return DevContribution(
         extra_servers=[("simulator", create_simulator_app(), port)],
@@ -71,7 +54,6 @@ service = ServicePlugin(
     summary="Consumes chat requests and calls LLM providers with their official SDKs.",
     settings=Settings,
     factory="switchyard.inference.app:create_app",
-    commands=lambda: [simulator_command],
     prepare_dev=prepare_dev,
     start_order=10,
 )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from typing import Protocol
 
 import structlog
 
+from switchyard.common.backoff import Backoff
 from switchyard.common.bus import EventRejectedError
 from switchyard.common.events import ChatChunk, ChatChunkData, EnvelopeFields, StreamEvent
 
@@ -49,14 +49,12 @@ class Publish(Protocol):
 
 
 @dataclass(frozen=True)
-class PublishRetry:
-    """Backoff between attempts to publish one event (full jitter, capped)."""
+class PublishRetry(Backoff):
+    """The common backoff policy (full jitter, capped) between attempts to publish one
+    event, with short defaults: a publish usually fails only while a broker moves."""
 
     initial_s: float = 0.05
     max_s: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.max_s, self.initial_s * (2 ** (attempt - 1))))
 
 
 class ReliablePublisher:

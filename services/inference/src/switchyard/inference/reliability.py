@@ -9,7 +9,6 @@ survives routing reloads that keep a deployment; the Prometheus gauge
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -17,21 +16,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 
+# The retries of one deployment wait by the common policy (full jitter, capped).
+from switchyard.common.backoff import Backoff as Backoff
 from switchyard.common.events import Priority
 from switchyard.common.routing import Deployment
 from switchyard.inference import metrics
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter: attempt n waits uniform(0, min(cap, base*2^(n-1)))."""
-
-    initial_s: float = 0.25
-    max_s: float = 8.0
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        ceiling = min(self.max_s, self.initial_s * (2 ** max(0, attempt - 1)))
-        return (rng or random).uniform(0, ceiling)
 
 
 class CircuitState(IntEnum):

@@ -1,22 +1,16 @@
-"""Test support for the inference service (and for suites that need a provider): the
-provider simulator served on a free 127.0.0.1 port in a background thread, a handle on
-its control API, a recording upstream (a small server that records exactly what reached
-it and answers scripted replies), and a harness that runs `ChatRequestHandler` on the
-in-memory bus and collects what a gateway and a billing consumer would see."""
+"""Test support for the inference service: a recording upstream (a small server that
+records exactly what reached it and answers scripted replies, served with
+`switchyard.common.testing.servers.serve_app`), and a harness that runs
+`ChatRequestHandler` on the in-memory bus and collects what a gateway and a billing
+consumer would see. Suites that need the provider simulator use
+`switchyard.simulator.testing`."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
-
-import httpx
 
 from switchyard.common.bus import InMemoryBus
 from switchyard.common.events import (
@@ -38,67 +32,6 @@ from switchyard.common.topics import Topics
 from switchyard.inference.handlers import ChatRequestHandler
 
 REPLY_PARTITION = 3
-
-
-@dataclass
-class SimulatorHandle:
-    root: str  # http://127.0.0.1:PORT
-    control: httpx.Client
-
-    @property
-    def openai_url(self) -> str:
-        return f"{self.root}/v1"
-
-    def stats(self) -> dict[str, Any]:
-        return self.control.get("/_sim/stats").raise_for_status().json()
-
-    def calls(self, model: str | None = None) -> int:
-        stats = self.stats()
-        return stats["models"].get(model, 0) if model else stats["total"]
-
-    def fault(self, **fault: Any) -> None:
-        self.control.post("/_sim/faults", json=fault).raise_for_status()
-
-    def latency(self, latency_ms: float) -> None:
-        self.control.put("/_sim/latency", json={"latency_ms": latency_ms}).raise_for_status()
-
-    def reset(self) -> None:
-        self.control.post("/_sim/reset").raise_for_status()
-        self.latency(0)
-
-
-@contextmanager
-def serve_simulator() -> Iterator[str]:
-    """Run the simulator over real HTTP until the block ends; yields its root URL."""
-    from switchyard.inference.simulator import create_simulator_app
-
-    with serve_app(create_simulator_app()) as root:
-        yield root
-
-
-@contextmanager
-def serve_app(app: Any) -> Iterator[str]:
-    """Serve an ASGI app on a free 127.0.0.1 port in a background thread until the block
-    ends; yields its root URL."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
 
 
 def chat_request(

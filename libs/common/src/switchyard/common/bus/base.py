@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
@@ -30,7 +29,8 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from switchyard.common.events import EnvelopeFields, Event
+from switchyard.common.backoff import Backoff
+from switchyard.common.events import EnvelopeFields, Event, encode_event
 
 Handler = Callable[[Event], Awaitable[None]]
 BatchHandler = Callable[[list[Event]], Awaitable[None]]
@@ -81,6 +81,16 @@ class EventTooLargeError(EventRejectedError):
     or the producer's limit, `SWITCHYARD_KAFKA_MAX_MESSAGE_BYTES`): retrying cannot help."""
 
 
+def serialise(event: EnvelopeFields) -> bytes:
+    """The bytes `event` travels as on every bus (UTF-8 JSON, `encode_event`); consumers
+    read them back with `decode_event`. Raises EventRejectedError when the event cannot be
+    serialised (e.g. nested deeper than the serialiser allows): retrying cannot help."""
+    try:
+        return encode_event(event)
+    except ValueError as exc:
+        raise EventRejectedError(f"the event cannot be serialised: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How a failing handler is retried before its event is dead-lettered.
@@ -96,9 +106,9 @@ class RetryPolicy:
     max_backoff_s: float = 10.0
 
     def backoff(self, attempt: int) -> float:
-        # Exponential backoff with full jitter, so replicas don't retry in lockstep.
-        ceiling = min(self.max_backoff_s, self.initial_backoff_s * (2 ** (min(attempt, 30) - 1)))
-        return random.uniform(ceiling / 2, ceiling)
+        """The wait (seconds) before retry number `attempt` (1 for the first): the common
+        `Backoff` policy, full jitter between 0 and the capped exponential ceiling."""
+        return Backoff(self.initial_backoff_s, self.max_backoff_s).delay(attempt)
 
     def gives_up_after(self, attempt: int) -> bool:
         return self.max_attempts is not None and attempt >= self.max_attempts

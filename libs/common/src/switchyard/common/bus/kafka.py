@@ -57,6 +57,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry.trace import SpanKind
 
 from switchyard.common import tracing
+from switchyard.common.backoff import Backoff
 from switchyard.common.bus import metrics
 from switchyard.common.bus.base import (
     BatchHandler,
@@ -73,6 +74,7 @@ from switchyard.common.bus.base import (
     call_with_retry,
     delivery_may_repeat,
     handle_batch_isolating,
+    serialise,
 )
 from switchyard.common.events import EnvelopeFields, Event, EventDecodeError, decode_event
 from switchyard.common.settings import DEFAULT_KAFKA_MAX_MESSAGE_BYTES
@@ -85,6 +87,8 @@ FETCH_MAX_BYTES = 52_428_800
 # A large record takes time to send and store (about 0.1 s per MiB on a busy 2-core
 # machine): its publish timeout grows by a second per MiB, so only large records wait longer.
 PUBLISH_BYTES_PER_S = 1024 * 1024
+# Between attempts to open a consumer again while Kafka is away.
+CONSUMER_RECONNECT_BACKOFF = Backoff(initial_s=0.2, max_s=5.0)
 
 # After these an aiokafka producer (0.14) never sends again: it must be replaced.
 FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
@@ -237,6 +241,7 @@ class KafkaBus(EventBus):
         self.publish_timeout_s = publish_timeout_s
         self.close_timeout_s = close_timeout_s
         self.reconnect_max_s = reconnect_max_s
+        self._reconnect_backoff = Backoff(min(0.2, reconnect_max_s), reconnect_max_s)
         self.in_flight_timeout_s = in_flight_timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._producer_ready = asyncio.Event()
@@ -286,7 +291,7 @@ class KafkaBus(EventBus):
             except Exception as exc:  # noqa: BLE001 - retried: the broker may come later
                 self._discard_later(producer)
                 attempt += 1
-                delay = min(self.reconnect_max_s, 0.1 * 2**attempt)
+                delay = self._reconnect_backoff.delay(attempt)
                 log.warning(
                     "kafka producer not connected, retrying", error=repr(exc), retry_in_s=delay
                 )
@@ -381,10 +386,10 @@ class KafkaBus(EventBus):
         partition: int | None = None,
     ) -> None:
         try:
-            value = event.model_dump_json().encode()
-        except ValueError as exc:  # e.g. nested deeper than the serialiser allows
+            value = serialise(event)
+        except EventRejectedError:  # e.g. nested deeper than the serialiser allows
             metrics.PUBLISH_FAILURES.labels(topic).inc()
-            raise EventRejectedError(f"the event cannot be serialised: {exc}") from exc
+            raise
         headers = [
             ("type", event.type.encode()),
             ("schema_version", str(event.schema_version).encode()),
@@ -824,7 +829,7 @@ class _SupervisedConsumer(Subscription):
             attempt = 0
             while self.consumer is None and not self._stopped:
                 attempt += 1
-                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(attempt, 5)))
+                await asyncio.sleep(CONSUMER_RECONNECT_BACKOFF.delay(attempt))
                 try:
                     self.consumer = await self._open()
                 except asyncio.CancelledError:

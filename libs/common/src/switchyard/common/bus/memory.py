@@ -4,8 +4,13 @@ Same semantics as the Kafka bus where handlers can tell: consumer groups share w
 listeners see everything published after they started, a failing handler is retried and
 then dead-lettered (only failures while its dependencies work count, and a failing batch
 is split to isolate the event that fails alone), and `consumer_lag` counts what a group
-has not finished (an event is "committed" once its handler is done with it). Events are
-passed as the (immutable) objects themselves; nothing is durable, which is what embedded
+has not finished (an event is "committed" once its handler is done with it).
+
+Events travel as the bytes Kafka would carry: `publish` serialises each event with the bus
+codec (`serialise`, refusing what Kafka's publish refuses with EventRejectedError) and
+every consumer group and listener decodes its own copy with `decode_event`, as a Kafka
+consumer does; an event that does not decode is dead-lettered. So every unit test and
+embedded deployment exercises the wire format. Nothing is durable, which is what embedded
 mode promises and no more.
 """
 
@@ -30,8 +35,9 @@ from switchyard.common.bus.base import (
     Subscription,
     call_with_retry,
     handle_batch_isolating,
+    serialise,
 )
-from switchyard.common.events import EnvelopeFields, Event
+from switchyard.common.events import EnvelopeFields, Event, EventDecodeError, decode_event
 from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.bus.memory")
@@ -39,15 +45,19 @@ log = structlog.get_logger("switchyard.bus.memory")
 
 @dataclass
 class DeadLetter:
+    """An event no handler could take: its topic, the event (None when its bytes did not
+    decode), why (the last error's repr) and the bytes as they travelled."""
+
     topic: str
-    event: EnvelopeFields
+    event: EnvelopeFields | None
     error: str
+    raw: bytes = b""
 
 
 @dataclass
 class _Group:
-    # (topic, event, trace context of the publisher)
-    queue: asyncio.Queue[tuple[str, Event, dict]] = field(default_factory=asyncio.Queue)
+    # (topic, the serialised event, trace context of the publisher)
+    queue: asyncio.Queue[tuple[str, bytes, dict]] = field(default_factory=asyncio.Queue)
     members: int = 0
     # Per topic: events published before the group joined, and events it finished handling
     # since (its "committed offset" is their sum).
@@ -127,15 +137,16 @@ class InMemoryBus(EventBus):
         key: str | None = None,
         partition: int | None = None,
     ) -> None:
+        raw = serialise(event)
         self.published[topic] += 1
         carrier = tracing.current_trace_carrier()
         for group in self._topic_groups.get(topic, ()):
             state = self._groups[group]
             state.enqueued += 1
-            state.queue.put_nowait((topic, event, carrier))
+            state.queue.put_nowait((topic, raw, carrier))
         for queue, wanted in self._listeners.get(topic, ()):
             if wanted is None or partition is None or partition in wanted:
-                queue.put_nowait((event, carrier))
+                queue.put_nowait((raw, carrier))
 
     async def partition_count(self, topic: str) -> int:
         return self._partitions.get(topic, 1)
@@ -181,16 +192,27 @@ class InMemoryBus(EventBus):
             self._topic_groups[topic].add(group)
         return state
 
-    def _dead_letter(self, topic: str, event: EnvelopeFields, error: BaseException) -> None:
+    def _dead_letter(
+        self, topic: str, event: EnvelopeFields | None, error: BaseException, raw: bytes = b""
+    ) -> None:
         log.error(
             "event dead-lettered",
             topic=topic,
-            event_id=event.id,
-            event_type=event.type,
-            request_id=event.request_id,
+            event_id=event.id if event else None,
+            event_type=event.type if event else None,
+            request_id=event.request_id if event else None,
             error=repr(error),
         )
-        self.dead_letters.append(DeadLetter(topic, event, repr(error)))
+        self.dead_letters.append(DeadLetter(topic, event, repr(error), raw))
+
+    def _decode(self, topic: str, raw: bytes) -> Event | None:
+        """The event in `raw`, or None after dead-lettering bytes that do not decode (as
+        the Kafka consumer does with an undecodable record)."""
+        try:
+            return decode_event(raw)
+        except EventDecodeError as exc:
+            self._dead_letter(topic, None, exc, raw)
+            return None
 
     def _track(self, tasks: list[asyncio.Task[None]]) -> Subscription:
         subscription = _TaskSubscription(tasks, on_stop=None)
@@ -211,8 +233,11 @@ class InMemoryBus(EventBus):
 
         async def worker() -> None:
             while True:
-                topic, event, carrier = await state.queue.get()
+                topic, raw, carrier = await state.queue.get()
                 try:
+                    event = self._decode(topic, raw)
+                    if event is None:
+                        continue
                     with _process_span(topic, group, event, carrier):
                         error = await call_with_retry(
                             lambda: handler(event),
@@ -259,8 +284,15 @@ class InMemoryBus(EventBus):
                     await asyncio.sleep(linger_s)
                     while len(items) < max_batch and not state.queue.empty():
                         items.append(state.queue.get_nowait())
+                    decoded = [
+                        (topic, event, carrier)
+                        for topic, raw, carrier in items
+                        if (event := self._decode(topic, raw)) is not None
+                    ]
+                    if not decoded:
+                        continue
                     await handle_batch_isolating(
-                        items,
+                        decoded,
                         lambda chunk: handler([event for _, event, _ in chunk]),
                         retry,
                         healthy=healthy,
@@ -280,14 +312,17 @@ class InMemoryBus(EventBus):
     async def listen(
         self, topic: str, handler: Handler, *, partitions: Sequence[int] | None = None
     ) -> Subscription:
-        queue: asyncio.Queue[tuple[Event, dict]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[bytes, dict]] = asyncio.Queue()
         entry = (queue, frozenset(partitions) if partitions is not None else None)
         self._listeners[topic].append(entry)
 
         async def worker() -> None:
             # One worker per listener keeps events in publication order (stream chunks).
             while True:
-                event, carrier = await queue.get()
+                raw, carrier = await queue.get()
+                event = self._decode(topic, raw)
+                if event is None:
+                    continue
                 try:
                     with _process_span(topic, None, event, carrier):
                         await handler(event)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from switchyard.inference.simulator import REPLY_PREFIX
+from switchyard.simulator.app import REPLY_PREFIX
 
 TOOL = {
     "type": "function",

@@ -437,7 +437,7 @@ def test_invalid_mid_stream_fault_is_refused(simulator) -> None:
 def test_simulator_exposes_prometheus_metrics():
     from starlette.testclient import TestClient
 
-    from switchyard.inference.simulator import create_simulator_app
+    from switchyard.simulator.app import create_simulator_app
 
     response = TestClient(create_simulator_app()).get("/metrics")
     assert response.status_code == 200
@@ -494,3 +494,16 @@ async def test_thinking_blocks_sent_back_without_their_signature_are_refused(
                 {"role": "user", "content": "b"},
             ],
         )
+
+
+def test_the_switchyard_cli_runs_the_simulator_from_its_own_distribution() -> None:
+    from typer.testing import CliRunner
+
+    from switchyard.common.cli import build
+    from switchyard.common.plugins import by_name
+
+    result = CliRunner().invoke(build(), ["simulator", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--latency-ms" in result.output
+    # The inference service no longer carries it: its image has no simulator.
+    assert by_name("inference").commands() == []

@@ -1,0 +1,53 @@
+"""Test support for suites that need a provider: the simulator served over real HTTP on a
+free 127.0.0.1 port in a background thread, and a handle on its control API (`/_sim/`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from switchyard.common.testing.servers import serve_app
+
+
+@dataclass
+class SimulatorHandle:
+    """A running simulator: its root URL and a client of its control API. `stats()` is
+    the JSON of `/_sim/stats`; `fault(...)` posts one fault to `/_sim/faults`; every
+    method raises httpx.HTTPStatusError when the simulator refuses the call."""
+
+    root: str  # http://127.0.0.1:PORT
+    control: httpx.Client
+
+    @property
+    def openai_url(self) -> str:
+        return f"{self.root}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return self.control.get("/_sim/stats").raise_for_status().json()
+
+    def calls(self, model: str | None = None) -> int:
+        stats = self.stats()
+        return stats["models"].get(model, 0) if model else stats["total"]
+
+    def fault(self, **fault: Any) -> None:
+        self.control.post("/_sim/faults", json=fault).raise_for_status()
+
+    def latency(self, latency_ms: float) -> None:
+        self.control.put("/_sim/latency", json={"latency_ms": latency_ms}).raise_for_status()
+
+    def reset(self) -> None:
+        self.control.post("/_sim/reset").raise_for_status()
+        self.latency(0)
+
+
+@contextmanager
+def serve_simulator() -> Iterator[str]:
+    """Run the simulator over real HTTP until the block ends; yields its root URL."""
+    from switchyard.simulator.app import create_simulator_app
+
+    with serve_app(create_simulator_app()) as root:
+        yield root
