@@ -190,6 +190,23 @@ def test_the_index_forgets_outcomes_older_than_its_lookback() -> None:
     assert index.get(request.request_id) is None
 
 
+def test_the_index_keeps_its_memory_within_its_byte_budget_oldest_first() -> None:
+    """Memory is bounded whatever the traffic: the oldest requests go first."""
+    index = OutcomeIndex(lookback_s=600, max_bytes=20_000)
+    first = [StreamEvent(data={"choices": [], "pad": "x" * 1_000})]
+    ids = [f"req-{n}" for n in range(100)]
+    for request_id in ids:
+        request = chat_request(model="m").model_copy(update={"request_id": request_id})
+        index.add(chunk_records(request_id, request.id, request.tenant, "run")(0, first))
+
+    assert index.bytes <= 20_000
+    assert 0 < len(index) < 100
+    assert index.get(ids[0]) is None  # the oldest went first
+    newest = index.get(ids[-1])
+    assert newest is not None and newest.stream_started is not None  # decoded on lookup
+    assert newest.stream_started.request_id == ids[-1]
+
+
 async def test_the_in_memory_outcomes_log_sees_what_was_recorded(simulator, routing, providers):
     from switchyard.inference.redelivery import ListenedOutcomeLog
 

@@ -141,10 +141,16 @@ def _outcome_log(settings: Settings, bus: EventBus, topics: Topics) -> OutcomeLo
             topics.outcomes,
             bus.partition_count,
             lookback_s=settings.redelivery_lookback_s,
+            max_bytes=settings.redelivery_index_max_mb * 1024 * 1024,
             client_id=f"inference-{settings.instance_id}-outcomes",
             max_message_bytes=settings.kafka_max_message_bytes,
         )
-    return ListenedOutcomeLog(bus, topics.outcomes, settings.redelivery_lookback_s)
+    return ListenedOutcomeLog(
+        bus,
+        topics.outcomes,
+        settings.redelivery_lookback_s,
+        settings.redelivery_index_max_mb * 1024 * 1024,
+    )
 
 
 class ControlListener:

@@ -87,6 +87,14 @@ class Settings(ServiceSettings):
         "replica keeps the log's records of this window in memory. At least the longest "
         "time a request can hold back its partition's offset (the gateway's request timeout).",
     )
+    redelivery_index_max_mb: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Most MiB of outcomes-log records (encoded, as on the topic) a replica "
+        "keeps in memory; the oldest go first, so under heavy traffic the window kept can "
+        "be shorter than the lookback, and a redelivery older than it runs again.",
+    )
     anthropic_default_max_tokens: int = Field(
         default=4096,
         ge=1,

@@ -53,6 +53,7 @@ from switchyard.common.events import (
     EventDecodeError,
     UsageRecorded,
     decode_event,
+    encode_event,
 )
 from switchyard.common.tasks import cancel_and_wait
 
@@ -75,44 +76,88 @@ class Recorded:
         return self.reply is not None and self.usage is not None
 
 
-class OutcomeIndex:
-    """The records of the outcomes log read so far, by request id, for `lookback_s`
-    seconds after they were read, and at most `max_requests` requests (the oldest go
-    first)."""
+# Per indexed request, beyond its records' bytes: the dict slot, the id and the entry.
+_ENTRY_OVERHEAD_BYTES = 300
 
-    def __init__(self, lookback_s: float, max_requests: int = 200_000) -> None:
+
+@dataclass
+class _Entry:
+    """One request's records as their encoded bytes (decoded only when looked up)."""
+
+    stream_started: bytes | None = None
+    reply: bytes | None = None
+    usage: bytes | None = None
+    seen_at: float = field(default_factory=time.monotonic)
+
+    def size(self) -> int:
+        records = (self.stream_started, self.reply, self.usage)
+        return _ENTRY_OVERHEAD_BYTES + sum(len(r) for r in records if r is not None)
+
+
+class OutcomeIndex:
+    """The records of the outcomes log read so far, by request id, kept for `lookback_s`
+    seconds after they were read, within `max_bytes` of encoded records (the oldest go
+    first when either bound is reached, so a replica's memory stays bounded whatever the
+    traffic; a redelivery older than what is kept runs again).
+
+    Records are kept encoded (as on the topic) and decoded only by `get`, which is rare
+    (only a request delivered again is looked up): a decoded reply costs several times
+    its encoded size in memory."""
+
+    def __init__(self, lookback_s: float, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.lookback_s = lookback_s
-        self.max_requests = max_requests
-        self._entries: OrderedDict[str, Recorded] = OrderedDict()
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, event: Event) -> None:
-        """Index one record of the outcomes topic (other event types are ignored)."""
+    def add(self, event: Event, raw: bytes | None = None) -> None:
+        """Index one record of the outcomes topic: `event` decoded, `raw` its bytes on the
+        topic (encoded here when not given). Other event types are ignored."""
         if not isinstance(event, ChatChunk | ChatCompleted | ChatFailed | UsageRecorded):
             return
+        if raw is None:
+            raw = encode_event(event)
         entry = self._entries.get(event.request_id)
         if entry is None:
-            entry = self._entries[event.request_id] = Recorded()
-        if isinstance(event, ChatChunk):
-            entry.stream_started = entry.stream_started or event
-        elif isinstance(event, UsageRecorded):
-            entry.usage = event
+            entry = self._entries[event.request_id] = _Entry()
         else:
-            entry.reply = event
+            self.bytes -= entry.size()
+        if isinstance(event, ChatChunk):
+            entry.stream_started = entry.stream_started or raw
+        elif isinstance(event, UsageRecorded):
+            entry.usage = raw
+        else:
+            entry.reply = raw
+        self.bytes += entry.size()
         self._prune()
 
     def get(self, request_id: str) -> Recorded | None:
-        return self._entries.get(request_id)
+        """What is recorded for `request_id`, decoded (None: nothing kept)."""
+        entry = self._entries.get(request_id)
+        if entry is None:
+            return None
+
+        def decoded(raw: bytes | None):
+            return decode_event(raw) if raw is not None else None
+
+        return Recorded(
+            stream_started=decoded(entry.stream_started),
+            reply=decoded(entry.reply),
+            usage=decoded(entry.usage),
+            seen_at=entry.seen_at,
+        )
 
     def _prune(self) -> None:
         cutoff = time.monotonic() - self.lookback_s
         while self._entries:
             oldest = next(iter(self._entries.values()))
-            if oldest.seen_at >= cutoff and len(self._entries) <= self.max_requests:
+            if oldest.seen_at >= cutoff and self.bytes <= self.max_bytes:
                 return
-            self._entries.popitem(last=False)
+            _, dropped = self._entries.popitem(last=False)
+            self.bytes -= dropped.size()
 
 
 class OutcomeLog(Protocol):
@@ -138,9 +183,11 @@ class ListenedOutcomeLog:
     """The outcomes log read through the bus's `listen`: every record published after
     `start`. Enough where one process handles every request (the in-memory bus)."""
 
-    def __init__(self, bus: EventBus, topic: str, lookback_s: float) -> None:
+    def __init__(
+        self, bus: EventBus, topic: str, lookback_s: float, max_bytes: int = 64 * 1024 * 1024
+    ) -> None:
         self.bus, self.topic = bus, topic
-        self.index = OutcomeIndex(lookback_s)
+        self.index = OutcomeIndex(lookback_s, max_bytes)
         self._subscription: Subscription | None = None
 
     async def start(self) -> None:
@@ -176,6 +223,7 @@ class KafkaOutcomeLog:
         partition_count: Callable[[str], Awaitable[int]],
         *,
         lookback_s: float,
+        max_bytes: int = 64 * 1024 * 1024,
         client_id: str = "switchyard-inference-outcomes",
         max_message_bytes: int = 1_048_576,
         barrier_timeout_s: float = 5.0,
@@ -186,7 +234,7 @@ class KafkaOutcomeLog:
         self.client_id = client_id
         self.max_message_bytes = max_message_bytes
         self.barrier_timeout_s = barrier_timeout_s
-        self.index = OutcomeIndex(lookback_s)
+        self.index = OutcomeIndex(lookback_s, max_bytes)
         self._consumer = None
         self._partitions: list = []
         self._positions: dict = {}
@@ -287,7 +335,7 @@ class KafkaOutcomeLog:
         if record.value is None:
             return
         try:
-            self.index.add(decode_event(record.value))
+            self.index.add(decode_event(record.value), record.value)
         except EventDecodeError as exc:
             log.warning("outcomes log record skipped", offset=record.offset, error=str(exc)[:300])
 
