@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from switchyard.inference.testing import SimulatorHandle, serve_simulator
+from switchyard.simulator.testing import SimulatorHandle, serve_simulator
 
 
 @pytest.fixture(scope="session")
