@@ -11,7 +11,7 @@ the same channels. `switchyard events asyncapi` writes it (docs/events/asyncapi.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from switchyard.common.events import EVENT_CLASSES, SCHEMA_VERSION, EnvelopeFields
 from switchyard.common.topics import TOPIC_SPECS
@@ -34,7 +34,7 @@ _HEADERS_SCHEMA: dict[str, Any] = {
 
 
 def _event_type(cls: type[EnvelopeFields]) -> str:
-    return cls.model_fields["type"].default
+    return cast(str, cls.model_fields["type"].default)
 
 
 def _channel_id(suffix: str) -> str:

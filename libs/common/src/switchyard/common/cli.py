@@ -8,8 +8,9 @@ commands (e.g. `switchyard users create` from auth), through `switchyard.common.
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -97,7 +98,7 @@ def dev(
     run(host, database_url)
 
 
-def _run_service_command(plugin: ServicePlugin):
+def _run_service_command(plugin: ServicePlugin) -> Callable[..., None]:
     def run_service(
         host: Annotated[
             str | None, typer.Option(help="Interface to bind (default: settings).")
@@ -242,7 +243,7 @@ def events_asyncapi(
     _write_json(asyncapi_document(), output)
 
 
-def _write_json(document: dict, output: Path | None) -> None:
+def _write_json(document: dict[str, Any], output: Path | None) -> None:
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if output is None:
         sys.stdout.write(text)

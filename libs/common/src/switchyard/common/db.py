@@ -5,11 +5,21 @@ own step (`switchyard db upgrade`), never at application start-up."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy.dialects.postgresql import Insert as PgInsert
+    from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
 
 def async_url(url: str) -> str:
@@ -43,7 +53,7 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
         engine = create_async_engine(url, **options)
 
         @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # pragma: no cover - trivial
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:  # pragma: no cover
             cursor = dbapi_connection.cursor()
             # WAL lets the embedded services read while another writes.
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -53,7 +63,7 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
             dbapi_connection.isolation_level = None
 
         @event.listens_for(engine.sync_engine, "begin")
-        def _begin_immediate(connection) -> None:  # pragma: no cover - trivial
+        def _begin_immediate(connection: Connection) -> None:  # pragma: no cover - trivial
             # A deferred transaction that reads, then writes after another connection
             # committed, fails at once with "database is locked" (its snapshot is stale;
             # the busy timeout cannot help). Taking the write lock at BEGIN makes every
@@ -67,11 +77,11 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
     return create_async_engine(url, **options)
 
 
-def session_factory(engine: AsyncEngine) -> async_sessionmaker:
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-def alembic_config(script_location: str, url: str, version_table: str):
+def alembic_config(script_location: str, url: str, version_table: str) -> Config:
     """An Alembic config for one service's migrations against `url`."""
     from alembic.config import Config
 
@@ -95,11 +105,13 @@ def downgrade(script_location: str, url: str, version_table: str, revision: str)
     command.downgrade(alembic_config(script_location, url, version_table), revision)
 
 
-def dialect_insert(table, dialect_name: str):
+def dialect_insert(table: Any, dialect_name: str) -> PgInsert | SqliteInsert:
     """The dialect's INSERT, which has `on_conflict_do_nothing` / `on_conflict_do_update`
     on both PostgreSQL and SQLite."""
     if dialect_name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)

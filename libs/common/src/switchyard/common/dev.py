@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +54,7 @@ class _EmbeddedServer(uvicorn.Server):
     every server together."""
 
     @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[override]
+    def capture_signals(self) -> Iterator[None]:
         yield
 
 
@@ -162,7 +163,7 @@ def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
         raise SystemExit(1) from None
 
 
-def _run_loop(coroutine) -> None:
+def _run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

@@ -19,12 +19,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, get_args
 
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION: Final = 2
 SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 
 
@@ -336,6 +336,10 @@ class EnvelopeFields(Contract):
     tenant: str
     request_id: str
     schema_version: Literal[2] = SCHEMA_VERSION
+    if TYPE_CHECKING:
+        # Every event class declares its own `type` literal; seen here by the type checker
+        # only, so the envelope itself gains no field.
+        type: str
 
 
 class ChatRequested(EnvelopeFields):

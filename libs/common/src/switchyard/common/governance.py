@@ -144,7 +144,7 @@ def check_limit_values(values: dict[str, Any]) -> Limits:
         )
     if period is not None and values.get("max_budget_usd") is None:
         raise LimitError("'budget_period' needs 'max_budget_usd'.", "budget_period")
-    cleaned = {name: values.get(name) for name in LIMIT_FIELDS}
+    cleaned: dict[str, Any] = {name: values.get(name) for name in LIMIT_FIELDS}
     cleaned["budget_period"] = period
     for name in ("rpm_limit", "tpm_limit", "max_parallel_requests"):
         if cleaned[name] is not None:

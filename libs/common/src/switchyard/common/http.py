@@ -8,8 +8,10 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 from switchyard.common.httpserver import PROTOCOL_PATH
@@ -141,10 +143,10 @@ class ClientDisconnectGuard:
     "Exception in ASGI application" traceback. Added outermost, so it also sees what the
     other middlewares raise while they read the body."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -164,10 +166,10 @@ class TracingMiddleware:
     """A SERVER span per HTTP request, continuing the caller's W3C trace context; a
     pass-through while tracing is off."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         from switchyard.common import tracing
 
         if scope["type"] != "http" or not tracing.tracing_enabled():
@@ -182,7 +184,7 @@ class TracingMiddleware:
         }
         status = {"code": 500}
 
-        async def send_with_status(message) -> None:
+        async def send_with_status(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
             await send(message)
@@ -200,7 +202,7 @@ class TracingMiddleware:
                     span.set_attribute("http.response.status_code", status["code"])
 
 
-async def inject_trace_headers(request) -> None:
+async def inject_trace_headers(request: httpx.Request) -> None:
     """httpx request hook: carry the current trace to the service being called."""
     from switchyard.common.tracing import current_trace_carrier
 

@@ -21,6 +21,7 @@ import asyncio
 import errno
 import functools
 import socket
+from typing import Any
 
 import httptools
 import orjson
@@ -89,7 +90,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: HttpLimits | None = None  # None: `configured_limits()`; tests set their own
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._limits = self.limits or configured_limits()
         self._head_done = False

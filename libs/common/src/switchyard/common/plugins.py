@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import typer
@@ -71,7 +71,7 @@ class ServicePlugin:
 
     def create_app(self, **kwargs: Any) -> FastAPI:
         module_name, _, attribute = self.factory.partition(":")
-        return getattr(import_module(module_name), attribute)(**kwargs)
+        return cast(FastAPI, getattr(import_module(module_name), attribute)(**kwargs))
 
 
 @dataclass

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 
-async def cancel_and_wait(task: asyncio.Task, timeout_s: float = 5.0) -> bool:
+async def cancel_and_wait(task: asyncio.Task[Any], timeout_s: float = 5.0) -> bool:
     """Cancel `task` and wait up to `timeout_s` seconds for it to end; returns whether it
     did. The task is cancelled again every half second while it runs on: on Python 3.11,
     `asyncio.wait_for` swallows a cancellation that arrives just as the operation it waits

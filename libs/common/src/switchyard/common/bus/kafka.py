@@ -33,8 +33,9 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Awaitable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, NoReturn, TypeVar, cast
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -54,7 +55,7 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from switchyard.common import tracing
 from switchyard.common.backoff import Backoff
@@ -81,6 +82,8 @@ from switchyard.common.settings import DEFAULT_KAFKA_MAX_MESSAGE_BYTES
 from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.bus.kafka")
+
+_T = TypeVar("_T")
 # The Kafka clients' default bound of one fetch response (records larger than it are
 # still returned, one at a time).
 FETCH_MAX_BYTES = 52_428_800
@@ -116,7 +119,7 @@ def _cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-async def _close_quietly(awaitable, timeout: float) -> None:
+async def _close_quietly(awaitable: Awaitable[Any], timeout: float) -> None:
     """Await a close within `timeout`, ignoring how it fails (aiokafka may raise its
     internal tasks' CancelledError), unless the running task itself is being cancelled."""
     try:
@@ -126,7 +129,7 @@ async def _close_quietly(awaitable, timeout: float) -> None:
             raise
 
 
-def _on_the_wire(producer: AIOKafkaProducer, delivery: asyncio.Future) -> bool:
+def _on_the_wire(producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> bool:
     """Whether the batch holding `delivery` has been sent to its partition's leader over a
     live connection and awaits the answer (rather than waiting in the producer's queue, or
     between two attempts to reach a broker that is gone). aiokafka (0.14) internals: its
@@ -425,16 +428,14 @@ class KafkaBus(EventBus):
         timeout_s = self.publish_timeout_s + len(value) / PUBLISH_BYTES_PER_S
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        delivery: asyncio.Future | None = None
+        delivery: asyncio.Future[Any] | None = None
         try:
-            delivery = await asyncio.wait_for(
+            delivery = sent = await asyncio.wait_for(
                 producer.send(topic, value, key=key, partition=partition, headers=headers),
                 timeout=timeout_s,
             )
             # Shielded: on a timeout the delivery is looked at, not given up on.
-            await asyncio.wait_for(
-                asyncio.shield(delivery), timeout=max(0.001, deadline - loop.time())
-            )
+            await asyncio.wait_for(asyncio.shield(sent), timeout=max(0.001, deadline - loop.time()))
         except TimeoutError as exc:
             if delivery is not None and _on_the_wire(producer, delivery):
                 # The broker has the event and has not answered yet (it is slow, not
@@ -599,9 +600,12 @@ class KafkaBus(EventBus):
                 await _close_quietly(admin.close(), timeout=self.close_timeout_s)
                 raise
             self._offsets_admin = admin
-        return await self._offsets_admin.list_consumer_group_offsets(group, partitions=partitions)
+        return cast(
+            dict[TopicPartition, OffsetAndMetadata],
+            await self._offsets_admin.list_consumer_group_offsets(group, partitions=partitions),
+        )
 
-    async def _offsets_call(self, awaitable):
+    async def _offsets_call(self, awaitable: Awaitable[_T]) -> _T:
         """Await a call reading offsets within 5 s; any failure means the answer is unknown
         (and the clients used are replaced next time)."""
         try:
@@ -622,7 +626,7 @@ class KafkaBus(EventBus):
 
     # -- consumers ------------------------------------------------------------------
 
-    def _consumer(self, *topics: str, group: str | None, **options) -> AIOKafkaConsumer:
+    def _consumer(self, *topics: str, group: str | None, **options: Any) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
             *topics,
             bootstrap_servers=self.bootstrap_servers,
@@ -729,7 +733,9 @@ def _publish_attributes(topic: str, event: EnvelopeFields) -> dict[str, str]:
     }
 
 
-def _process_span(record: ConsumerRecord, group: str | None, event: Event):
+def _process_span(
+    record: ConsumerRecord, group: str | None, event: Event
+) -> AbstractContextManager[Span | None]:
     return tracing.span(
         f"{record.topic} process",
         kind=SpanKind.CONSUMER,
@@ -740,7 +746,7 @@ def _process_span(record: ConsumerRecord, group: str | None, event: Event):
     )
 
 
-def _batch_spans(records: list[ConsumerRecord], group: str, events: list[Event]) -> list:
+def _batch_spans(records: list[ConsumerRecord], group: str, events: list[Event]) -> list[Span]:
     if not tracing.tracing_enabled():
         return []
     return [
@@ -867,7 +873,8 @@ class _SupervisedConsumer(Subscription):
             await self.bus._close_consumer(consumer)
 
 
-class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):
+# aiokafka ships no types, so its listener base class is `Any` to the type checker.
+class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # type: ignore[misc]
     """A consumer-group member handling up to `concurrency` events at once."""
 
     revoke_grace_s = 10.0
@@ -1024,7 +1031,7 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):
         await self._cancel_handlers()
 
     # ConsumerRebalanceListener
-    async def on_partitions_revoked(self, revoked) -> None:
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         revoked = set(revoked)
         if revoked:
             await self._drain(revoked, self.revoke_grace_s)
@@ -1033,7 +1040,7 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):
             self.tasks.pop(tp, None)
             self.first_new_offset.pop(tp, None)
 
-    async def on_partitions_assigned(self, assigned) -> None:
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = list(assigned)
         consumer = self.consumer or self.opening
         if not assigned or consumer is None:
@@ -1107,7 +1114,9 @@ class _BatchSubscription(_SupervisedConsumer):
                 )
             self._polled()
 
-    async def _fill(self, consumer: AIOKafkaConsumer, batches: dict) -> None:
+    async def _fill(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> None:
         """Adds to `batches` (partition -> records, in offset order) what arrives within
         `max_wait_ms` of the first event, up to `max_batch` records in all: one request
         makes several events a few milliseconds apart, and one transaction and one commit

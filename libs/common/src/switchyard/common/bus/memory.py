@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import structlog
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from switchyard.common import tracing
 from switchyard.common.bus.base import (
@@ -57,7 +58,7 @@ class DeadLetter:
 @dataclass
 class _Group:
     # (topic, the serialised event, trace context of the publisher)
-    queue: asyncio.Queue[tuple[str, bytes, dict]] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[tuple[str, bytes, dict[str, str]]] = field(default_factory=asyncio.Queue)
     members: int = 0
     # Per topic: events published before the group joined, and events it finished handling
     # since (its "committed offset" is their sum).
@@ -79,7 +80,9 @@ class _Group:
 
 
 class _TaskSubscription(Subscription):
-    def __init__(self, tasks: list[asyncio.Task[None]], on_stop=None) -> None:
+    def __init__(
+        self, tasks: list[asyncio.Task[None]], on_stop: Callable[[], None] | None = None
+    ) -> None:
         self._tasks = tasks
         self._on_stop = on_stop
         self._stopped = False
@@ -97,7 +100,9 @@ class _TaskSubscription(Subscription):
             self._on_stop()
 
 
-def _process_span(topic: str, group: str | None, event: Event, carrier: dict):
+def _process_span(
+    topic: str, group: str | None, event: Event, carrier: dict[str, str]
+) -> AbstractContextManager[Span | None]:
     return tracing.span(
         f"{topic} process",
         kind=SpanKind.CONSUMER,
@@ -114,9 +119,9 @@ class InMemoryBus(EventBus):
         self.batch_linger_s = batch_linger_s
         self._groups: dict[str, _Group] = {}
         self._topic_groups: dict[str, set[str]] = defaultdict(set)
-        self._listeners: dict[str, list[tuple[asyncio.Queue, frozenset[int] | None]]] = defaultdict(
-            list
-        )
+        self._listeners: dict[
+            str, list[tuple[asyncio.Queue[tuple[bytes, dict[str, str]]], frozenset[int] | None]]
+        ] = defaultdict(list)
         self._subscriptions: list[Subscription] = []
         self.dead_letters: list[DeadLetter] = []
         self.published: dict[str, int] = defaultdict(int)
@@ -272,7 +277,9 @@ class InMemoryBus(EventBus):
         state = self._join(topics, group)
         linger_s = self.batch_linger_s if max_batch_wait_ms is None else max_batch_wait_ms / 1000
 
-        async def dead_letter(item: tuple[str, Event, dict], error: BaseException) -> None:
+        async def dead_letter(
+            item: tuple[str, Event, dict[str, str]], error: BaseException
+        ) -> None:
             self._dead_letter(item[0], item[1], error)
 
         async def worker() -> None:
@@ -312,7 +319,7 @@ class InMemoryBus(EventBus):
     async def listen(
         self, topic: str, handler: Handler, *, partitions: Sequence[int] | None = None
     ) -> Subscription:
-        queue: asyncio.Queue[tuple[bytes, dict]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[bytes, dict[str, str]]] = asyncio.Queue()
         entry = (queue, frozenset(partitions) if partitions is not None else None)
         self._listeners[topic].append(entry)
 

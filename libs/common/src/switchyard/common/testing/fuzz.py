@@ -16,7 +16,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ class RunningServer:
     loop: asyncio.AbstractEventLoop
     state: dict[str, Any]
 
-    def run(self, coroutine: Awaitable[Any], timeout: float = 30) -> Any:
+    def run(self, coroutine: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
         """Run a coroutine on the server's loop (e.g. to set something up in the app)."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
@@ -109,6 +109,7 @@ def server_errors(
     import schemathesis
     from hypothesis import HealthCheck, settings
     from hypothesis.errors import Unsatisfiable
+    from schemathesis.core.result import Err
     from schemathesis.generation.modes import GenerationMode
 
     examples = int(os.environ.get("SWITCHYARD_FUZZ_EXAMPLES", max_examples or DEFAULT_EXAMPLES))
@@ -116,6 +117,8 @@ def server_errors(
     failures: list[str] = []
     session = requests.Session()
     for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()
         operation = result.ok()
         extra = headers(operation) if callable(headers) else headers
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):

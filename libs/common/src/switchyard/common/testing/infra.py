@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -22,7 +22,7 @@ T = TypeVar("T")
 REQUIRE_INFRA = os.environ.get("SWITCHYARD_REQUIRE_INFRA") == "1"
 
 
-def _missing(what: str) -> None:
+def _missing(what: str) -> NoReturn:
     message = (
         f"{what} is not set; run `make infra-up` and export what `deploy/local/infra.sh env` prints"
     )
@@ -35,14 +35,14 @@ def kafka_bootstrap_servers() -> str:
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not servers:
         _missing("KAFKA_BOOTSTRAP_SERVERS")
-    return servers  # type: ignore[return-value]
+    return servers
 
 
 def database_url() -> str:
     url = os.environ.get("DATABASE_URL")
     if not url:
         _missing("DATABASE_URL")
-    return url  # type: ignore[return-value]
+    return url
 
 
 @contextmanager

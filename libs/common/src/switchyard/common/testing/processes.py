@@ -10,6 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import httpx
 
@@ -21,7 +22,7 @@ SWITCHYARD = [sys.executable, "-m", "switchyard.common.cli"]
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return cast(int, sock.getsockname()[1])
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -38,7 +39,7 @@ def peak_rss_mb(pid: int) -> float | None:
 @dataclass
 class Process:
     name: str
-    popen: subprocess.Popen
+    popen: subprocess.Popen[bytes]
     log_path: Path
     port: int | None = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -12,6 +13,9 @@ from switchyard.common.testing.infra import (
     temporary_database,
     unique_prefix,
 )
+
+if TYPE_CHECKING:
+    from switchyard.common.topics import Topics
 
 
 @pytest.fixture
@@ -34,7 +38,7 @@ def topic_prefix() -> str:
 
 
 @pytest.fixture
-async def kafka_topics(kafka_servers: str, topic_prefix: str) -> AsyncIterator:
+async def kafka_topics(kafka_servers: str, topic_prefix: str) -> AsyncIterator[Topics]:
     """Every Switchyard topic created under a unique prefix; deleted afterwards."""
     from switchyard.common.kafka_admin import create_topics, delete_topics
     from switchyard.common.topics import Topics
