@@ -168,7 +168,7 @@ class Governance:
             source="auth",
             tenant=tenant,
             request_id=scope_id,
-            data=LimitsChangedData(scope=scope, scope_id=scope_id),  # type: ignore[arg-type]
+            data=LimitsChangedData(scope=scope, scope_id=scope_id),
         )
         self._auth._record(session, event, scope_id)
 
@@ -355,7 +355,7 @@ class Governance:
             if team_id is not False:
                 if team_id is not None:
                     await self._team(session, team_id, user.tenant)  # type: ignore[arg-type]
-                user.team_id = team_id  # type: ignore[assignment]
+                user.team_id = team_id
                 await session.execute(
                     update(ApiKey)
                     .where(ApiKey.user_id == user.id)
@@ -406,7 +406,7 @@ class Governance:
                 "A key can only belong to its user's team; add the user to the team first.",
                 param="team_id",
             )
-        return team_id  # type: ignore[return-value]
+        return team_id
 
     async def _check_key(
         self, session: AsyncSession, user: User, team_id: str | None, limits: Limits

@@ -18,10 +18,11 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import structlog
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from switchyard.auth.metrics import OUTBOX_FAILING, OUTBOX_PUBLISHED
 from switchyard.auth.store import AuthStore
@@ -39,7 +40,8 @@ PUBLISHED_RETENTION = timedelta(days=1)
 
 
 async def _take_publisher_lock(session: AsyncSession) -> bool:
-    if session.bind.dialect.name != "postgresql":
+    # Sessions here are always made by a sessionmaker bound to an engine.
+    if cast(AsyncEngine, session.bind).dialect.name != "postgresql":
         return True  # SQLite: one process publishes (embedded mode)
     # Held until the transaction ends, released by commit or rollback.
     return bool(await session.scalar(select(func.pg_try_advisory_xact_lock(_ADVISORY_LOCK_KEY))))

@@ -636,7 +636,7 @@ class AuthService:
         data = TokenFamilyRevokedData(
             family_id=family.id,
             user_id=family.user_id,
-            reason=reason,  # type: ignore[arg-type]
+            reason=reason,
             # Access tokens of the family were issued before now, so none outlives this.
             expires_at=now + self._access_ttl(),
         )

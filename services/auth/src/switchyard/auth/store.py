@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import CursorResult, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
@@ -112,7 +113,7 @@ class AuthStore:
             .values(used_at=now)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1
+        return cast(CursorResult[Any], result).rowcount == 1
 
     async def family_by_id(self, family_id: str) -> TokenFamily | None:
         return await self.session.get(TokenFamily, family_id)
@@ -189,7 +190,7 @@ class AuthStore:
             result = await self.session.execute(
                 statement.execution_options(synchronize_session=False)
             )
-            removed += result.rowcount or 0
+            removed += cast(CursorResult[Any], result).rowcount or 0
         return removed
 
     async def purge_published_events(self, before: datetime) -> int:
@@ -198,4 +199,4 @@ class AuthStore:
             .where(OutboxEvent.published_at.is_not(None), OutboxEvent.published_at < before)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount or 0
+        return cast(CursorResult[Any], result).rowcount or 0

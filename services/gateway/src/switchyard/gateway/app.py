@@ -115,7 +115,9 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         connecting = asyncio.create_task(listen_for_replies(gateway))
         # Listen to the auth events, then load the revocation state from auth (retried);
         # until it is loaded, readiness fails and JWTs get 503.
-        syncing = asyncio.create_task(gateway.revocations.run())
+        revocations = gateway.revocations
+        assert revocations is not None  # build() always sets it
+        syncing = asyncio.create_task(revocations.run())
         governing = asyncio.create_task(listen_for_governance(gateway))
         assert gateway.admission is not None
         await gateway.admission.start()
@@ -142,7 +144,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
                 await listener.stop()
             await gateway.admission.stop()
             await gateway.admission.ledger.close()
-            await gateway.revocations.stop()
+            await revocations.stop()
             if gateway.replies_listener is not None:
                 await gateway.replies_listener.stop()
             await gateway.http.aclose()

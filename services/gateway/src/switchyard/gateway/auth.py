@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import httpx
@@ -321,9 +321,10 @@ class Authenticator:
         ):
             raise AuthenticationError
         return Principal(
-            user_id=sub,
-            tenant=tenant,
-            role=role,
+            # Each checked above to be a non-empty string.
+            user_id=cast(str, sub),
+            tenant=cast(str, tenant),
+            role=cast(str, role),
             scopes=scopes,
             allowed_models=allowed_models,
             token_id=jti,

@@ -533,7 +533,7 @@ _FAILED_STATUS = {"rate_limit_exceeded": 429, "invalid_prompt": 400, "vector_sto
 def response_failed(response: dict[str, Any], deployment_protocol: str = "openai") -> ProviderError:
     """The ProviderError of an upstream response that ended `failed` (its `error` has a
     `code` and `message`): 429 for a rate limit, 400 for an invalid prompt, else 500."""
-    error = response.get("error") if isinstance(response.get("error"), dict) else {}
+    error: Any = response.get("error") if isinstance(response.get("error"), dict) else {}
     code = error.get("code") if isinstance(error.get("code"), str) else None
     status = _FAILED_STATUS.get(code or "", 500)
     message = error.get("message") if isinstance(error.get("message"), str) else None

@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import anthropic
@@ -184,7 +184,7 @@ class GeminiUpstream(OpenAIUpstream):
 
     async def stream(
         self, path: str, body: dict[str, Any], headers: Mapping[str, str], timeout_s: float
-    ) -> AsyncIterator[SSE]:
+    ) -> AsyncGenerator[SSE, None]:
         calls: dict[int, int] = {}  # choice index -> tool calls started so far
         async for sse in super().stream(path, body, headers, timeout_s):
             _complete_usage(sse.data.get("usage"))

@@ -39,7 +39,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -235,9 +235,9 @@ class KafkaOutcomeLog:
         self.max_message_bytes = max_message_bytes
         self.barrier_timeout_s = barrier_timeout_s
         self.index = OutcomeIndex(lookback_s, max_bytes)
-        self._consumer = None
-        self._partitions: list = []
-        self._positions: dict = {}
+        self._consumer: Any = None  # an AIOKafkaConsumer while open
+        self._partitions: list[Any] = []
+        self._positions: dict[Any, int] = {}
         self._advanced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()

@@ -334,7 +334,7 @@ def _anthropic_image_to_openai(block: dict[str, Any], where: str) -> dict[str, A
 
 
 def _anthropic_document_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
-    source = block.get("source")
+    source: Any = block.get("source")
     kind = source.get("type") if isinstance(source, dict) else None
     if kind == "base64":
         media_type = source.get("media_type", "application/pdf")
@@ -1161,14 +1161,14 @@ class MessageEventsToChatChunks:
             if delta_type == "text_delta" and delta.get("text"):
                 chunks.append(self._chunk({"content": delta["text"]}))
             elif delta_type == "input_json_delta" and delta.get("partial_json"):
-                tool_index = self._tool_index_by_block.get(event.get("index", 0))
-                if tool_index is not None:
+                known_index = self._tool_index_by_block.get(event.get("index", 0))
+                if known_index is not None:
                     chunks.append(
                         self._chunk(
                             {
                                 "tool_calls": [
                                     {
-                                        "index": tool_index,
+                                        "index": known_index,
                                         "function": {"arguments": delta["partial_json"]},
                                     }
                                 ]

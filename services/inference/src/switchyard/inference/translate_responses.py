@@ -628,8 +628,8 @@ def responses_request_to_messages(
         result["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     elif fmt is not None and fmt["type"] == "json_object":
         result["output_config"] = {"format": {"type": "json_schema", "schema": {"type": "object"}}}
-    text = body.get("text")
-    if isinstance(text, dict) and text.get("verbosity") not in (None, "medium"):
+    text_options = body.get("text")
+    if isinstance(text_options, dict) and text_options.get("verbosity") not in (None, "medium"):
         raise TranslationError(
             "'text.verbosity' other than 'medium' cannot be sent to this model.",
             "text.verbosity",
@@ -1256,6 +1256,7 @@ class MessageEventsToResponseEvents:
         if kind == "message_start":
             return writer.start()
         events = writer.start()
+        key: tuple[str, int] | None
         if kind == "content_block_start":
             index = event.get("index", 0)
             block = event.get("content_block") or {}

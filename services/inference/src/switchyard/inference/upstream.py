@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import anthropic
 import httpx2
@@ -57,7 +57,7 @@ class Upstream(Protocol):
 
     def stream(
         self, path: str, body: dict[str, Any], headers: Mapping[str, str], timeout_s: float
-    ) -> AsyncIterator[SSE]:
+    ) -> AsyncGenerator[SSE, None]:
         """POST `body`; the events of the streamed answer, until the stream ends (an
         OpenAI `[DONE]` is not yielded). Raises ProviderError, also mid-stream."""
         ...
@@ -318,7 +318,7 @@ class SDKUpstream:
 
     async def stream(
         self, path: str, body: dict[str, Any], headers: Mapping[str, str], timeout_s: float
-    ) -> AsyncIterator[SSE]:
+    ) -> AsyncGenerator[SSE, None]:
         response = None
         try:
             response = await self.client.post(
@@ -350,7 +350,8 @@ class SDKUpstream:
     def _events(self, response: httpx2.Response) -> AsyncIterator[Any]:
         """The events of a streamed answer (objects with `event` and `data`): parsed as
         Server-Sent Events here; Bedrock frames them otherwise."""
-        return EventSource(response).aiter_sse()
+        # httpx-sse is typed against httpx's Response; httpx2's has the same interface.
+        return EventSource(cast(Any, response)).aiter_sse()
 
     async def aclose(self) -> None:
         await self.client.close()

@@ -979,7 +979,7 @@ def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -
         "",
     )
     output: list[dict[str, Any]] = []
-    reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
+    reasoning: Any = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
     reasoning_tokens = 0
     if reasoning.get("effort") not in (None, "none"):
         reasoning_tokens = 8

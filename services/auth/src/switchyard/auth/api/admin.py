@@ -6,7 +6,7 @@ exist, so tenants never learn about each other."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
@@ -28,7 +28,9 @@ from switchyard.common.jsonbody import BoundedJsonRoute
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=BoundedJsonRoute)
 
-_USER_NOT_FOUND = {404: {"description": "No such user in the caller's tenant."}}
+_USER_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such user in the caller's tenant."}
+}
 
 
 class CreateUser(BaseModel):

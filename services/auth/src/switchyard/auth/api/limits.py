@@ -18,7 +18,7 @@ Only admins set a key's cache opt-in: the self-service `PATCH /v1/api-keys/{id}`
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
@@ -146,7 +146,9 @@ def _levels(policy: Policy) -> dict[str, LevelOut]:
     return levels
 
 
-_TEAM_404 = {404: {"description": "No such team in the caller's tenant."}}
+_TEAM_404: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such team in the caller's tenant."}
+}
 
 
 @router.get("/v1/admin/teams", response_model=TeamList)

@@ -176,17 +176,19 @@ async def budget_spend(gateway: Any, principal: Any) -> SpendOut:
     for level, scope in zip(budgeted, scopes, strict=True):
         anchor = datetime.fromtimestamp(level.budget_anchor or 0.0, UTC)
         period = clock.period(level.limits.budget_period, anchor, now)
-        counter = counters.get(scope)
-        current = counter is not None and counter.window_start >= period.start.timestamp()
+        # Only a counter of the current period counts.
+        current = counters.get(scope)
+        if current is not None and not current.window_start >= period.start.timestamp():
+            current = None
         data.append(
             {
                 "level": level.level,
                 "id": level.scope_id,
                 "max_budget_usd": level.limits.max_budget_usd,
                 "budget_period": level.limits.budget_period,
-                "spent_usd": round(counter.spent, 8) if current else 0.0,
-                "reserved_usd": round(max(0.0, counter.committed - counter.spent), 8)
-                if current
+                "spent_usd": round(current.spent, 8) if current is not None else 0.0,
+                "reserved_usd": round(max(0.0, current.committed - current.spent), 8)
+                if current is not None
                 else 0.0,
                 "period_start": _iso(period.start.timestamp()),
                 "resets_at": _iso(period.end.timestamp()) if period.end else None,

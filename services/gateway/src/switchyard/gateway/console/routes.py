@@ -70,6 +70,7 @@ async def _refreshed(console: ConsoleState, refresh_token: str) -> TokenPair:
         if now - at > _REFRESH_REUSE_S:
             del console.refreshes[token]
     entry = console.refreshes.get(refresh_token)
+    future: asyncio.Future[TokenPair]
     if entry is None:
         future = asyncio.ensure_future(console.backend.refresh(refresh_token))
         console.refreshes[refresh_token] = (now, future)
@@ -347,6 +348,7 @@ async def usage(request: Request, viewer: CurrentViewer) -> Response:
     params = {"group_by": group, **_usage_window(span)}
     unavailable = None
     report: dict[str, Any] = {"data": [], "totals": {}}
+    labels: dict[str, Any]
     try:
         report, labels = await asyncio.gather(
             backend.history(viewer.principal, "/v1/usage", params), _labels(request, viewer)

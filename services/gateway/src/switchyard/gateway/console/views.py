@@ -57,7 +57,7 @@ JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired")
 
 
 def choice(value: str | None, allowed: Any, default: str) -> str:
-    return value if value in allowed else default
+    return value if value is not None and value in allowed else default
 
 
 def iso(value: datetime) -> str:
@@ -153,7 +153,7 @@ def fill_buckets(
     else:
         start = start.replace(second=0, microsecond=0)
     by_bucket = {row.get("bucket"): row for row in rows}
-    filled = []
+    filled: list[tuple[str, dict[str, Any] | None]] = []
     current = start
     while current < until and len(filled) < 2000:
         key = iso(current)

@@ -728,13 +728,13 @@ class Admission:
                 del self._pending[request_id]
                 ticket.settled = True
                 for reservation in ticket.reservations:
-                    allowance = self._allowances.get((reservation.scope, reservation.kind))
+                    held = self._allowances.get((reservation.scope, reservation.kind))
                     if (
                         reservation.kind == "parallel"
-                        and allowance is not None
-                        and allowance.window_start == reservation.window_start
+                        and held is not None
+                        and held.window_start == reservation.window_start
                     ):
-                        allowance.unused += reservation.amount
+                        held.unused += reservation.amount
 
     async def _run(self) -> None:
         last_heartbeat = last_reap = 0.0

@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 Kind = Literal["requests", "tokens", "spend", "parallel"]
 KINDS: tuple[Kind, ...] = ("requests", "tokens", "spend", "parallel")
@@ -169,9 +169,9 @@ class MemoryLedger(Ledger):
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._counters: dict[tuple[str, str], _Counter] = {}
+        self._counters: dict[tuple[str, Kind], _Counter] = {}
         # (replica, scope, kind) -> (window_start, held)
-        self._leases: dict[tuple[str, str, str], tuple[float, float]] = {}
+        self._leases: dict[tuple[str, str, Kind], tuple[float, float]] = {}
         self._heartbeats: dict[str, float] = {}
         self._lock = asyncio.Lock()
         # Tests make the store fail to see the failure modes.
@@ -184,6 +184,7 @@ class MemoryLedger(Ledger):
     def _current(self, request: GrantRequest, now: float) -> _Counter:
         key = (request.scope, request.kind)
         counter = self._counters.get(key)
+        end: float | None
         if request.window_s is not None:
             start, end = now, now + request.window_s
         elif request.period_start is not None:
@@ -294,4 +295,4 @@ class MemoryLedger(Ledger):
 
     def held(self, replica: str, scope: str, kind: str) -> float:
         """What `replica` holds of a counter (tests)."""
-        return self._leases.get((replica, scope, kind), (0.0, 0.0))[1]
+        return self._leases.get((replica, scope, cast(Kind, kind)), (0.0, 0.0))[1]
