@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -50,6 +50,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     or_,
@@ -467,17 +468,18 @@ class ReplayItem(Base):
     __table_args__ = (Index("ix_history_replay_items_state", "replay_id", "state", "position"),)
 
 
-events_table = HistoryEvent.__table__
-requests_table = HistoryRequest.__table__
-webhooks_table = HistoryWebhook.__table__
-tenant_settings_table = TenantSettings.__table__
-idempotency_table = IdempotencyKey.__table__
-usage_hourly_table = UsageHourly.__table__
-usage_hourly_models_table = UsageHourlyModels.__table__
-usage_dirty_table = UsageDirty.__table__
-cache_entries_table = CacheEntry.__table__
-replays_table = Replay.__table__
-replay_items_table = ReplayItem.__table__
+# Declarative classes type `__table__` as a FromClause; each is a Table.
+events_table = cast(Table, HistoryEvent.__table__)
+requests_table = cast(Table, HistoryRequest.__table__)
+webhooks_table = cast(Table, HistoryWebhook.__table__)
+tenant_settings_table = cast(Table, TenantSettings.__table__)
+idempotency_table = cast(Table, IdempotencyKey.__table__)
+usage_hourly_table = cast(Table, UsageHourly.__table__)
+usage_hourly_models_table = cast(Table, UsageHourlyModels.__table__)
+usage_dirty_table = cast(Table, UsageDirty.__table__)
+cache_entries_table = cast(Table, CacheEntry.__table__)
+replays_table = cast(Table, Replay.__table__)
+replay_items_table = cast(Table, ReplayItem.__table__)
 
 
 def shown(columns: Any = None) -> ColumnElement[bool]:

@@ -34,7 +34,8 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import and_, case, false, func, or_
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
 from switchyard.common.db import dialect_insert
 from switchyard.common.events import (
@@ -93,45 +94,45 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
             replay_of=data.replay_of,
         )
     elif isinstance(event, ChatCompleted):
-        data = event.data
+        completed = event.data
         row.update(
             status=RequestStatus.COMPLETED.value,
-            response=redact_response(data.response) if redact else data.response,
-            provider=data.provider,
-            deployment=data.deployment,
-            upstream_api=data.upstream_api.value if data.upstream_api else None,
-            **_tokens(data.usage),
-            latency_ms=data.latency_ms,
+            response=redact_response(completed.response) if redact else completed.response,
+            provider=completed.provider,
+            deployment=completed.deployment,
+            upstream_api=completed.upstream_api.value if completed.upstream_api else None,
+            **_tokens(completed.usage),
+            latency_ms=completed.latency_ms,
             completed_at=event.time,
             outcome_provisional=False,
         )
     elif isinstance(event, ChatFailed):
-        data = event.data
+        failed = event.data
         row.update(
-            status=data.status.value,
+            status=failed.status.value,
             outcome_provisional=is_history_expiry(event),
-            error=data.error.model_dump(mode="json"),
-            provider=data.provider,
-            deployment=data.deployment,
-            latency_ms=data.latency_ms,
+            error=failed.error.model_dump(mode="json"),
+            provider=failed.provider,
+            deployment=failed.deployment,
+            latency_ms=failed.latency_ms,
             completed_at=event.time,
         )
     elif isinstance(event, UsageRecorded):
-        data = event.data
+        recorded = event.data
         row.update(
-            user_id=data.user_id,
-            api_key_id=data.api_key_id,
-            team_id=data.team_id,
-            model=data.model,
-            api=data.api.value if data.api else None,
-            client_api=data.api.value if data.api else None,
-            provider=data.provider,
-            deployment=data.deployment,
-            **_tokens(data.usage),
-            cost_usd=data.cost_usd,
-            latency_ms=data.latency_ms,
-            cache_hit=data.cache_hit,
-            saved_cost_usd=data.saved_cost_usd,
+            user_id=recorded.user_id,
+            api_key_id=recorded.api_key_id,
+            team_id=recorded.team_id,
+            model=recorded.model,
+            api=recorded.api.value if recorded.api else None,
+            client_api=recorded.api.value if recorded.api else None,
+            provider=recorded.provider,
+            deployment=recorded.deployment,
+            **_tokens(recorded.usage),
+            cost_usd=recorded.cost_usd,
+            latency_ms=recorded.latency_ms,
+            cache_hit=recorded.cache_hit,
+            saved_cost_usd=recorded.saved_cost_usd,
         )
     else:
         return None
@@ -161,7 +162,7 @@ def _tokens(usage: TokenUsage) -> dict[str, int]:
 # (not provisional) one on a row history expired itself; a usage record (which always
 # carries a cost, 0 when free; a reply never does) arrives.
 REQUEST_ARRIVES, TERMINAL_ARRIVES, USAGE_ARRIVES = "request", "terminal", "usage"
-MERGE_RULES: dict[str, tuple[str, str | None]] = {
+MERGE_RULES: dict[str, tuple[str, str]] = {
     **{
         name: ("prefer_new", REQUEST_ARRIVES)
         for name in (
@@ -216,15 +217,17 @@ def merge(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     for name, (kind, condition) in MERGE_RULES.items():
         old_value, new_value = existing[name], new[name]
         if kind == "replace":
-            merged[name] = new_value if holds[condition] else old_value  # type: ignore[index]
-        elif holds[condition]:  # type: ignore[index]
+            merged[name] = new_value if holds[condition] else old_value
+        elif holds[condition]:
             merged[name] = new_value if new_value is not None else old_value
         else:
             merged[name] = old_value if old_value is not None else new_value
     return merged
 
 
-def upsert_statement(dialect_name: str, insert: Insert | None = None) -> Insert:
+def upsert_statement(
+    dialect_name: str, insert: PgInsert | SqliteInsert | None = None
+) -> PgInsert | SqliteInsert:
     """INSERT ... ON CONFLICT (request_id) DO UPDATE merging one contribution per row.
     `insert` may be given (e.g. an INSERT ... SELECT FROM json_to_recordset(...))."""
     if insert is None:

@@ -259,7 +259,7 @@ class HistoryQueries:
                     dirty = dirty.where(d.tenant == report.tenant)
                 dirty_hours = list((await connection.execute(dirty)).scalars())
                 first, end, ranges = rollup.live_ranges(report.since, report.until, dirty_hours)
-                rows = []
+                rows: list[Any] = []
                 if first < end:
                     rows += (await connection.execute(self._rollup_usage(report, first, end))).all()
                 if ranges:

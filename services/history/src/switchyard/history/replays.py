@@ -960,13 +960,14 @@ class ReplayRunner:
             a = output_text(row["o_api"], row["o_response"])
             b = output_text(row["r_api"], row["r_response"])
             compared = a is not None and b is not None
+            similar = round(similarity(a, b), 4) if a is not None and b is not None else None
             values = {
                 "state": ReplayItemState.SETTLED.value,
                 "settled_at": now,
                 "exact_match": (a == b) if compared else None,
-                "similarity": round(similarity(a, b), 4) if compared else None,
+                "similarity": similar,
             }
-            if a is not None and b is not None and not math.isfinite(values["similarity"]):
+            if similar is not None and not math.isfinite(similar):
                 values["similarity"] = None
             async with self._engine.begin() as connection:
                 await connection.execute(

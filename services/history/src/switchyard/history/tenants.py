@@ -74,7 +74,7 @@ class TenantSettingsStore:
         """Change some settings (the others keep their value) and return them all."""
         async with self._engine.begin() as connection:
             current = await _get(connection, tenant)
-            values = {
+            values: dict[str, Any] = {
                 "cache_enabled": current.cache_enabled if cache_enabled is None else cache_enabled,
                 "cache_ttl_s": current.cache_ttl_s if cache_ttl_s is UNSET else cache_ttl_s,
                 "tenant": tenant,

@@ -103,7 +103,9 @@ def row_dict(
     for dimension, value in row.groups.items():
         data[dimension] = value
         if names is not None and dimension in NAME_COLUMNS:
-            data[NAME_COLUMNS[dimension]] = names.get(dimension, {}).get(value)
+            data[NAME_COLUMNS[dimension]] = (
+                names.get(dimension, {}).get(value) if value is not None else None
+            )
     data.update(
         requests=row.requests,
         completed=row.completed,

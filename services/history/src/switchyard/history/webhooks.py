@@ -34,6 +34,7 @@ delivery is at least once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import time
@@ -216,7 +217,7 @@ class WebhookDispatcher:
             self._in_flight[tenant] = self._in_flight.get(tenant, 0) + 1
             task = asyncio.create_task(self._attempt(row))
             self._tasks.add(task)
-            task.add_done_callback(lambda done, tenant=tenant: self._finished(done, tenant))
+            task.add_done_callback(functools.partial(self._finished, tenant=tenant))
         return len(claimed)
 
     def _finished(self, task: asyncio.Task[None], tenant: str) -> None:

@@ -78,6 +78,7 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
     async def complete(
         body: CompleteBody, caller: CallerDep, store: IdempotencyDep, tenants: TenantsDep
     ) -> dict:
+        content: bytes | None
         try:
             content = base64.b64decode(body.body_b64, validate=True)
         except (binascii.Error, ValueError):
