@@ -22,7 +22,7 @@ bodies of a router's routes the same way.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request, Response
@@ -30,6 +30,8 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 MAX_JSON_DEPTH = 64
+
+_T = TypeVar("_T")
 
 
 class JsonTooDeep(ValueError):
@@ -60,7 +62,7 @@ def json_depth_exceeds(value: Any, max_depth: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
-def check_json_depth(value: Any, max_depth: int = MAX_JSON_DEPTH) -> Any:
+def check_json_depth(value: _T, max_depth: int = MAX_JSON_DEPTH) -> _T:
     """`value` itself; raises JsonTooDeep if it nests deeper than `max_depth`."""
     if json_depth_exceeds(value, max_depth):
         raise JsonTooDeep(max_depth)

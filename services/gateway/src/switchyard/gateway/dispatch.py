@@ -115,7 +115,7 @@ _LINE_SEPARATORS = (
 )
 
 
-def json_line(data: dict) -> bytes:
+def json_line(data: dict[str, Any]) -> bytes:
     """`data` as JSON on one line, whatever line separators its strings hold."""
     encoded = orjson.dumps(data)
     if b"\xe2\x80" in encoded or b"\xc2\x85" in encoded:

@@ -150,7 +150,7 @@ def _forwarded(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, 
     return {name: headers[name] for name in names if name in headers}
 
 
-def _translated(build: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+def _translated(build: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
     try:
         return build(*args, **kwargs)
     except TranslationError as exc:

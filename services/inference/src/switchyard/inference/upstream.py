@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
@@ -405,12 +405,12 @@ def create_upstream(deployment: Deployment) -> Upstream:
     """The upstream client of `deployment`, by its provider kind."""
     from switchyard.inference import platforms
 
-    kinds: dict[str, Any] = {
-        "openai": OpenAIUpstream,
-        "anthropic": AnthropicUpstream,
-        "azure_openai": platforms.AzureOpenAIUpstream,
-        "bedrock": platforms.BedrockUpstream,
-        "vertex": platforms.VertexUpstream,
-        "gemini": platforms.GeminiUpstream,
+    kinds: dict[str, Callable[[Deployment], Upstream]] = {
+        "openai": OpenAIUpstream.create,
+        "anthropic": AnthropicUpstream.create,
+        "azure_openai": platforms.AzureOpenAIUpstream.create,
+        "bedrock": platforms.BedrockUpstream.create,
+        "vertex": platforms.VertexUpstream.create,
+        "gemini": platforms.GeminiUpstream.create,
     }
-    return kinds[deployment.provider].create(deployment)
+    return kinds[deployment.provider](deployment)

@@ -15,7 +15,7 @@ neither echoes the credential.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Header, Request
 
@@ -51,7 +51,7 @@ ROUTE_SCOPES: tuple[tuple[str, str, frozenset[str]], ...] = (
 async def get_gateway(request: Request) -> Gateway:
     # A coroutine on purpose: FastAPI runs a plain `def` dependency in its thread pool, a
     # thread hop on every request (the largest cost of a response cache hit).
-    return request.app.state.gateway
+    return cast(Gateway, request.app.state.gateway)
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]

@@ -35,7 +35,7 @@ OpenAI's error object, naming the field at fault.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -117,7 +117,7 @@ async def previous_items(
         raise _not_found(previous, "previous_response_id")
     answer = await _wait_for(gateway, principal, previous, f"/v1/responses/{previous}/conversation")
     if answer.status_code == 200:
-        return answer.json()["data"]
+        return cast(list[dict[str, Any]], answer.json()["data"])
     error = error_of(answer)
     raise APIError(
         answer.status_code if answer.status_code < 500 else 503,
