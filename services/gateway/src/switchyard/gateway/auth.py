@@ -415,7 +415,7 @@ class Authenticator:
             timeout=5.0,
         )
         response.raise_for_status()
-        return response.json()
+        return cast(dict[str, Any], response.json())
 
     def _on_auth_event(self, event: Event) -> None:
         """Bring the caches in line with an auth event (the sets refuse stale entries

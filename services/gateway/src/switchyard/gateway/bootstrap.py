@@ -8,8 +8,9 @@ unknown-model check and inference agree again within that interval, without a re
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -47,7 +48,7 @@ class Gateway:
     replies_listener: Subscription | None = None
     in_flight: int = 0
     # Fire-and-forget tasks (e.g. cancellations) kept referenced until they finish.
-    background: set = field(default_factory=set)
+    background: set[asyncio.Future[Any]] = field(default_factory=set)
     # Keeps the authenticator's revocation state current from the auth events topic.
     revocations: RevocationSync | None = None
     # Budgets and rate limits (governance/admission.py).

@@ -54,6 +54,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -641,7 +642,7 @@ class ResponseCache:
                 ),
             )
 
-    def _background(self, coroutine) -> None:
+    def _background(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coroutine)
         self.gateway.background.add(task)
         task.add_done_callback(self.gateway.background.discard)
@@ -660,5 +661,5 @@ def _bad_header(name: str, problem: str) -> APIError:
     )
 
 
-async def _one_piece(data: bytes):
+async def _one_piece(data: bytes) -> AsyncIterator[bytes]:
     yield data

@@ -43,13 +43,14 @@ import base64
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
 import structlog
 from prometheus_client import Counter
 from starlette.datastructures import Headers
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from switchyard.common import jsonbody
@@ -107,7 +108,9 @@ class IdempotencyClient:
     def _headers(self, principal: Principal) -> dict[str, str]:
         return principal.internal_headers(self._token)
 
-    async def _post(self, principal: Principal, action: str, body: dict[str, Any]) -> dict:
+    async def _post(
+        self, principal: Principal, action: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
         try:
             response = await self._http.post(
                 f"{self._base}/{action}",
@@ -119,7 +122,7 @@ class IdempotencyClient:
             raise IdempotencyUnavailable(repr(exc)) from None
         if response.status_code != 200:
             raise IdempotencyUnavailable(f"history answered {response.status_code}")
-        return response.json()
+        return cast(dict[str, Any], response.json())
 
     async def claim(
         self, principal: Principal, key: str, endpoint: str, fingerprint: str, lease_s: float
@@ -181,7 +184,7 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     return digest.hexdigest()
 
 
-def _error(path: str, exc: APIError):
+def _error(path: str, exc: APIError) -> Response:
     return respond(path, exc)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from switchyard.common.plugins import Migrations, ServicePlugin
 from switchyard.gateway.config import DatabaseSettings, Settings
@@ -14,7 +15,7 @@ def _database_url() -> str:
     return DatabaseSettings().database_url
 
 
-def _commands() -> list:
+def _commands() -> list[Any]:
     from switchyard.gateway.cli import spend
     from switchyard.gateway.replay_cli import replay_app
 

@@ -22,7 +22,7 @@ import io
 import json
 import sys
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import httpx
 import typer
@@ -101,7 +101,7 @@ class Client:
             error = data.get("error") if isinstance(data, dict) else None
             message = error.get("message") if isinstance(error, dict) else response.text[:200]
             raise _fail(f"{message} (HTTP {response.status_code})")
-        return data
+        return cast(dict[str, Any], data)
 
     def report(self, replay_id: str) -> dict[str, Any]:
         """The whole report, every page of pairs."""

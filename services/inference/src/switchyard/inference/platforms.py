@@ -28,7 +28,7 @@ import os
 import threading
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import httpx2
@@ -262,7 +262,10 @@ class BedrockUpstream(_PlatformAnthropicUpstream):
     def _events(self, response: httpx2.Response) -> AsyncIterator[Any]:
         # AWS event-stream frames, not Server-Sent Events: the SDK's own decoder (botocore)
         # yields one event per frame, an `exception` frame as an `error` event.
-        return self.client._make_sse_decoder().aiter_bytes(response.aiter_bytes())
+        return cast(
+            AsyncIterator[Any],
+            self.client._make_sse_decoder().aiter_bytes(response.aiter_bytes()),
+        )
 
     async def send(
         self, path: str, body: dict[str, Any], headers: Mapping[str, str], timeout_s: float

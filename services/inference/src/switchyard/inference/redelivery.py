@@ -140,7 +140,7 @@ class OutcomeIndex:
         if entry is None:
             return None
 
-        def decoded(raw: bytes | None):
+        def decoded(raw: bytes | None) -> Any:
             return decode_event(raw) if raw is not None else None
 
         return Recorded(
@@ -331,7 +331,7 @@ class KafkaOutcomeLog:
     def healthy(self) -> bool:
         return self._ready.is_set()
 
-    def _index(self, record) -> None:
+    def _index(self, record: Any) -> None:  # an aiokafka ConsumerRecord
         if record.value is None:
             return
         try:

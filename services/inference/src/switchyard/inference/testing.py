@@ -8,6 +8,7 @@ consumer would see. Suites that need the provider simulator use
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -159,7 +160,7 @@ class Harness:
         return await async_wait_until(found, timeout=timeout, interval=0.005, message="a chunk")
 
 
-def _append(events: list[Any]):
+def _append(events: list[Any]) -> Callable[[Any], Awaitable[None]]:
     async def append(event: Any) -> None:
         events.append(event)
 

@@ -969,7 +969,9 @@ class ResponseEventWriter:
             self._event("response.in_progress", response=self.ctx.response("in_progress")),
         ]
 
-    def _open(self, key: Any, kind: str, item_id: str, item: dict[str, Any]) -> list[dict]:
+    def _open(
+        self, key: Any, kind: str, item_id: str, item: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         state = _Open(kind, self._next_index, item_id)
         self._next_index += 1
         self._items[key] = state

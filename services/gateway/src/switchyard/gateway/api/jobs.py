@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import structlog
@@ -77,9 +77,9 @@ async def _webhook_url(value: Any, policy: TargetPolicy) -> str | None:
             "reserved addresses are refused)"
         )
     except UnresolvableDestination:
-        return value
+        return cast(str, value)
     else:
-        return value
+        return cast(str, value)
     raise APIError(
         400,
         f"Invalid value for 'webhook_url': {problem}.",

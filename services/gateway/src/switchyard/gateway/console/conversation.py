@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def _json_text(value: Any) -> str:
         try:
             value = json.loads(value)
         except ValueError:
-            return value
+            return cast(str, value)
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
 
 

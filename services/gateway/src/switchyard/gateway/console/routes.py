@@ -8,9 +8,10 @@ import asyncio
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Form, Request
+from fastapi.templating import Jinja2Templates
 from starlette.responses import RedirectResponse, Response
 
 from switchyard.gateway.api.admin import budget_spend
@@ -35,7 +36,7 @@ class NotSignedIn(Exception):
 class ConsoleState:
     backend: ConsoleBackend
     cookies: SessionCookies
-    templates: Any
+    templates: Jinja2Templates
     refreshes: dict[str, tuple[float, asyncio.Future[TokenPair]]]
 
 
@@ -56,11 +57,11 @@ class Viewer:
 
 
 def state(request: Request) -> ConsoleState:
-    return request.app.state.console
+    return cast(ConsoleState, request.app.state.console)
 
 
 def base_path(request: Request) -> str:
-    return request.scope.get("root_path", "").rstrip("/")
+    return cast(str, request.scope.get("root_path", "")).rstrip("/")
 
 
 async def _refreshed(console: ConsoleState, refresh_token: str) -> TokenPair:
@@ -627,7 +628,9 @@ async def _governance(request: Request, viewer: Viewer) -> dict[str, Any] | None
     """The caller and the limits of every level above them (auth's `GET /v1/me`), or
     None when this server has no teams, budgets and limits."""
     try:
-        return await backend_of(request).auth(viewer.access_token, "GET", "/v1/me")
+        return cast(
+            dict[str, Any], await backend_of(request).auth(viewer.access_token, "GET", "/v1/me")
+        )
     except BackendError as exc:
         if exc.status in NOT_AVAILABLE:
             return None

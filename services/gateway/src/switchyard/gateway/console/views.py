@@ -126,7 +126,7 @@ def query_string(params: dict[str, Any]) -> str:
     return "?" + urlencode(clean) if clean else ""
 
 
-def chart(kind: str, labels: list[str], series: dict[str, list[Any]], unit: str) -> dict:
+def chart(kind: str, labels: list[str], series: dict[str, list[Any]], unit: str) -> dict[str, Any]:
     """What console.js draws with Chart.js: kind (line or bar), labels, named series and
     the unit of the values (count, usd, ms, percent)."""
     return {

@@ -8,7 +8,7 @@ and the limit).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -109,7 +109,9 @@ async def admit_or_refuse(
     if gateway.admission is None:
         return Ticket()
     try:
-        return await gateway.admission.admit(principal, model, body, embeddings=embeddings)
+        return cast(
+            Ticket, await gateway.admission.admit(principal, model, body, embeddings=embeddings)
+        )
     except Refused as refused:
         refused.headers = {**(refused.headers or {}), **refused.rate_headers(api)}
         await record_refusal(gateway, principal, request_id, model, refused, api)

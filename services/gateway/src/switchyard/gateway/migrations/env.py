@@ -4,6 +4,8 @@ gateway keeps its own version table (`alembic_version_gateway`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
@@ -31,7 +33,7 @@ def run_migrations_online() -> None:
         poolclass=pool.NullPool,
     )
 
-    def run(connection) -> None:
+    def run(connection: Any) -> None:
         context.configure(connection=connection, target_metadata=None, version_table=version_table)
         with context.begin_transaction():
             context.run_migrations()
