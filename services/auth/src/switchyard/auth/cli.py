@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -315,7 +315,9 @@ def create_key(
     async def create(service: AuthService) -> Any:
         user = await service.user_by_email(email)
         governance = Governance(service)
-        team_id = await _team_id(governance, user.tenant, team) if team else False
+        team_id: str | Literal[False] = (
+            await _team_id(governance, user.tenant, team) if team else False
+        )
         return await governance.create_api_key(
             user_id=user.id,
             limits=limits,
@@ -467,7 +469,7 @@ def update_user(
     async def update(service: AuthService) -> Any:
         user = await service.user_by_email(email)
         governance = Governance(service)
-        team_id: str | None | bool = False
+        team_id: str | None | Literal[False] = False
         if team:
             team_id = await _team_id(governance, user.tenant, team)
         elif no_team:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -342,7 +342,7 @@ class Governance:
         user_id: str,
         *,
         tenant: str | None = None,
-        team_id: str | None | bool = False,
+        team_id: str | None | Literal[False] = False,
         limits: dict[str, Any] | None = None,
     ) -> User:
         """Move a user into a team (`team_id`; None: out of any; False: unchanged) and patch
@@ -354,7 +354,7 @@ class Governance:
                 raise UserNotFound(f"No user with id {user_id}.")
             if team_id is not False:
                 if team_id is not None:
-                    await self._team(session, team_id, user.tenant)  # type: ignore[arg-type]
+                    await self._team(session, team_id, user.tenant)
                 user.team_id = team_id
                 await session.execute(
                     update(ApiKey)
@@ -382,7 +382,10 @@ class Governance:
     # -- API keys -------------------------------------------------------------------
 
     async def check_key_limits(
-        self, user_id: str, limits: dict[str, Any] | None, team_id: str | None | bool = False
+        self,
+        user_id: str,
+        limits: dict[str, Any] | None,
+        team_id: str | None | Literal[False] = False,
     ) -> tuple[Limits, str | None]:
         """The validated limits and team of a new key of `user_id`: within its user's,
         team's and tenant's. `team_id` False: the user's team."""
@@ -396,12 +399,12 @@ class Governance:
             return merged, team
 
     async def _key_team(
-        self, session: AsyncSession, user: User, team_id: str | None | bool
+        self, session: AsyncSession, user: User, team_id: str | None | Literal[False]
     ) -> str | None:
         if team_id is False:
             return user.team_id
         if team_id is not None and team_id != user.team_id:
-            await self._team(session, team_id, user.tenant)  # type: ignore[arg-type]
+            await self._team(session, team_id, user.tenant)
             raise InvalidInput(
                 "A key can only belong to its user's team; add the user to the team first.",
                 param="team_id",
@@ -421,7 +424,7 @@ class Governance:
         *,
         user_id: str,
         limits: dict[str, Any] | None = None,
-        team_id: str | None | bool = False,
+        team_id: str | None | Literal[False] = False,
         **options: Any,
     ) -> IssuedApiKey:
         """A new key (see `AuthService.create_api_key` for `options`) whose limits are
@@ -438,7 +441,7 @@ class Governance:
         tenant: str | None = None,
         user_id: str | None = None,
         limits: dict[str, Any] | None = None,
-        team_id: str | None | bool = False,
+        team_id: str | None | Literal[False] = False,
         cache: dict[str, Any] | None = None,
     ) -> ApiKey:
         """Patch a key's limits (and team, and response cache opt-in: `cache`, see

@@ -50,7 +50,7 @@ async def _take_publisher_lock(session: AsyncSession) -> bool:
 class OutboxRelay:
     def __init__(
         self,
-        sessions: async_sessionmaker,
+        sessions: async_sessionmaker[AsyncSession],
         bus: EventBus,
         topic: str,
         *,

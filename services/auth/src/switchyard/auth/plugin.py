@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from switchyard.common.plugins import DevContribution, Migrations, PrincipalNames, ServicePlugin
+
+if TYPE_CHECKING:
+    from switchyard.auth.config import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
-def _settings():
+def _settings() -> Settings:
     from switchyard.auth.config import Settings
 
     return Settings()
@@ -22,7 +26,7 @@ def _database_url() -> str:
     return DatabaseSettings().database_url
 
 
-def _commands() -> list:
+def _commands() -> list[Any]:
     from switchyard.auth.cli import keys_app, teams_app, tenants_app, tokens_app, users_app
 
     return [users_app, keys_app, tokens_app, teams_app, tenants_app]

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -224,7 +224,7 @@ def _utcnow() -> datetime:
 class AuthService:
     def __init__(
         self,
-        sessions: async_sessionmaker,
+        sessions: async_sessionmaker[AsyncSession],
         passwords: PasswordHasher,
         tokens: TokenIssuer | None = None,
         *,
@@ -245,7 +245,7 @@ class AuthService:
         return self._tokens
 
     @property
-    def sessions(self) -> async_sessionmaker:
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
         return self._sessions
 
     # -- events ---------------------------------------------------------------------
@@ -341,7 +341,7 @@ class AuthService:
         key: str | None = None,
         creator_scopes: Sequence[str] | None = None,
         creator_models: Sequence[str] | None = None,
-        team_id: str | None | bool = False,
+        team_id: str | None | Literal[False] = False,
         limits: Limits | None = None,
     ) -> IssuedApiKey:
         """A new key for the user; `key` fixes the secret (the dev key), else it is random.

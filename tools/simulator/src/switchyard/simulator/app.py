@@ -43,7 +43,7 @@ import struct
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -1208,7 +1208,11 @@ class Simulator:
         return self.state.latency_ms / 1000
 
     async def _fault_response(
-        self, request: Request, model: str | None, error, streaming: bool = False
+        self,
+        request: Request,
+        model: str | None,
+        error: Callable[..., Response],
+        streaming: bool = False,
     ) -> Response | Fault | None:
         """The response of the next injected fault matching `model`, if any; for a
         mid-stream fault on a streaming request, the fault itself."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -27,11 +27,11 @@ class SimulatorHandle:
         return f"{self.root}/v1"
 
     def stats(self) -> dict[str, Any]:
-        return self.control.get("/_sim/stats").raise_for_status().json()
+        return cast(dict[str, Any], self.control.get("/_sim/stats").raise_for_status().json())
 
     def calls(self, model: str | None = None) -> int:
         stats = self.stats()
-        return stats["models"].get(model, 0) if model else stats["total"]
+        return cast(int, stats["models"].get(model, 0) if model else stats["total"])
 
     def fault(self, **fault: Any) -> None:
         self.control.post("/_sim/faults", json=fault).raise_for_status()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -18,7 +18,7 @@ _BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 def get_context(request: Request) -> AuthContext:
-    return request.app.state.auth
+    return cast(AuthContext, request.app.state.auth)
 
 
 def get_service(context: Annotated[AuthContext, Depends(get_context)]) -> AuthService:

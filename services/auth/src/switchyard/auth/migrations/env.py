@@ -7,6 +7,8 @@ database without their migration histories colliding.
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
@@ -38,7 +40,7 @@ def run_migrations_online() -> None:
         poolclass=pool.NullPool,
     )
 
-    def run(connection) -> None:
+    def run(connection: Any) -> None:
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,

@@ -8,6 +8,7 @@ Create Date: 2025-03-01 00:00:00
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -18,7 +19,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _limit_columns() -> list[sa.Column]:
+def _limit_columns() -> list[sa.Column[Any]]:
     return [
         sa.Column("max_budget_usd", sa.Float(), nullable=True),
         sa.Column("budget_period", sa.String(8), nullable=True),
