@@ -71,7 +71,7 @@ class ServicePlugin:
 
     def create_app(self, **kwargs: Any) -> FastAPI:
         module_name, _, attribute = self.factory.partition(":")
-        return cast(FastAPI, getattr(import_module(module_name), attribute)(**kwargs))
+        return cast("FastAPI", getattr(import_module(module_name), attribute)(**kwargs))
 
 
 @dataclass
