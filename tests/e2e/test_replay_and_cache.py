@@ -234,3 +234,64 @@ def test_a_repeated_stream_is_replayed_from_the_cache(system):
     )
     assert text == "Simulated reply to: " + body["messages"][0]["content"]
     assert sim_count(system, "sim-small") - before == 1
+
+
+def purged_answers(gateway_url: str) -> float:
+    """How many answers this gateway dropped from memory on purge events (its metric)."""
+    for line in httpx.get(f"{gateway_url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("switchyard_gateway_cache_purged_total "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_purge_reaches_every_gateway_replica_at_once(system):
+    # A replica that would otherwise serve an answer from memory for ten minutes.
+    port = free_port()
+    system.start_service(
+        "gateway-purge",
+        "gateway",
+        port=port,
+        env={"SWITCHYARD_GATEWAY_CACHE_LOCAL_TTL_S": "600"},
+    )
+    replica = f"http://127.0.0.1:{port}"
+    body = {
+        "model": "sim-small",
+        "temperature": 0,
+        "messages": [{"role": "user", "content": f"purge me {uuid.uuid4().hex}"}],
+    }
+    on = headers(system, **{"X-Switchyard-Cache": "on"})
+    gateway = system.url("gateway")
+    with httpx.Client(timeout=30) as client:
+        stored = stored_answers(gateway)
+
+        def miss() -> httpx.Response | None:
+            # `bypass` while a gateway cannot read the tenant's cache settings yet (history
+            # slow to answer on a loaded machine): nothing is cached for a moment.
+            response = client.post(f"{gateway}/v1/chat/completions", json=body, headers=on)
+            return response if response.headers.get("x-switchyard-cache") == "miss" else None
+
+        first = wait_for(miss, timeout=60, message="a miss")
+        wait_for(lambda: stored_answers(gateway) > stored, timeout=10, message="the store")
+        for url in (gateway, replica):  # now in both replicas' memory
+
+            def hit(url: str = url) -> httpx.Response | None:
+                response = client.post(f"{url}/v1/chat/completions", json=body, headers=on)
+                return response if response.headers.get("x-switchyard-cache") == "hit" else None
+
+            wait_for(hit, timeout=60, message=f"a hit on {url}")
+        dropped = {url: purged_answers(url) for url in (gateway, replica)}
+        before = sim_count(system, "sim-small")
+
+        out = system.cli("cache", "purge", "--tenant", "e2e", "--model", "sim-small")
+
+        assert "every gateway replica dropped them" in out
+        for url in (gateway, replica):
+            wait_for(
+                lambda url=url: purged_answers(url) > dropped[url],
+                timeout=10,
+                message=f"the purge on {url}",
+            )
+        again = client.post(f"{replica}/v1/chat/completions", json=body, headers=on)
+    assert again.headers["x-switchyard-cache"] == "miss"
+    assert again.json()["choices"][0]["message"] == first.json()["choices"][0]["message"]
+    assert sim_count(system, "sim-small") - before == 1  # the model answered it again

@@ -10,12 +10,15 @@ import asyncio
 import pytest
 
 from switchyard.common.events import (
+    CachePurged,
+    CachePurgedData,
     ChatCompleted,
     ChatRequested,
     ClientAPI,
     TokenUsage,
     UsageData,
     UsageRecorded,
+    new_id,
 )
 from switchyard.common.topics import Topics
 from switchyard.gateway.cache import cache_key, is_deterministic, normalised_body
@@ -362,3 +365,82 @@ async def test_a_hit_counts_against_requests_per_minute_but_costs_nothing_agains
     spend = await harness.client.get("/v1/spend", headers=AUTH)
     [budget] = spend.json()["data"]
     assert budget["spent_usd"] == 0.25  # the miss only: hits spend nothing
+
+
+# -- purges ----------------------------------------------------------------------------
+
+
+async def _purge_event(harness, **data) -> None:
+    """What `switchyard cache purge` publishes, once this replica listens for it."""
+    gateway = harness.app.state.gateway
+    await async_wait_until(lambda: gateway.cache.listener is not None, timeout=5)
+    tenant = data.get("tenant") or "*"
+    event = CachePurged(
+        source="history", tenant=tenant, request_id=new_id(), data=CachePurgedData(**data)
+    )
+    before = gateway.cache.purges_applied
+    await harness.bus.publish(Topics(harness.settings.topic_prefix).cache_events, event)
+    await async_wait_until(lambda: gateway.cache.purges_applied > before, timeout=5)
+
+
+async def test_a_purge_reaches_this_replicas_memory_at_once(harness, history):
+    other = {
+        "Authorization": f"Bearer {harness.auth.token(tenant='globex')}",
+        "X-Switchyard-Cache": "on",
+    }
+    for headers in (ON, other):
+        await harness.client.post("/v1/chat/completions", json=BODY, headers=headers)
+    await async_wait_until(lambda: len(history.cache) == 2, timeout=5)
+    history.cache.clear()  # the shared store purged (history's part of the purge)
+
+    # Kept in memory, an answer outlives its deletion until the purge event arrives...
+    still = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert still.headers["x-switchyard-cache"] == "hit"
+
+    await _purge_event(harness, tenant="acme")
+    purged = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert purged.headers["x-switchyard-cache"] == "miss"
+    assert len(harness.requests) == 3  # answered by inference again
+    # ...and another tenant's answers are not touched by it.
+    kept = await harness.client.post("/v1/chat/completions", json=BODY, headers=other)
+    assert kept.headers["x-switchyard-cache"] == "hit"
+
+
+async def test_a_purge_of_another_model_or_of_expired_answers_keeps_live_ones(harness, history):
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    await async_wait_until(lambda: history.cache, timeout=5)
+    history.cache.clear()
+    await _purge_event(harness, model="another-model")
+    await _purge_event(harness, expired_only=True)
+    again = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert again.headers["x-switchyard-cache"] == "hit"
+    await _purge_event(harness, model="sim-small")  # every tenant's answers of the model
+    gone = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert gone.headers["x-switchyard-cache"] == "miss"
+
+
+async def test_other_events_on_the_cache_topic_change_nothing(harness, history):
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    await async_wait_until(lambda: history.cache, timeout=5)
+    history.cache.clear()
+    gateway = harness.app.state.gateway
+    await gateway.cache.on_event(
+        UsageRecorded(
+            source="inference",
+            tenant="acme",
+            request_id=new_id(),
+            data=UsageData(
+                api=OPENAI,
+                model="sim-small",
+                provider="p",
+                deployment="d",
+                user_id="u",
+                status="completed",
+                usage=TokenUsage(),
+                cost_usd=0,
+                latency_ms=1,
+            ),
+        )
+    )
+    again = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert again.headers["x-switchyard-cache"] == "hit"

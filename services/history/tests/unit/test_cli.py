@@ -1,5 +1,5 @@
-"""`switchyard usage report`, `switchyard retention purge` and `switchyard tenant-settings`
-against the database the settings name."""
+"""`switchyard usage report`, `switchyard retention purge`, `switchyard tenant-settings` and
+`switchyard cache purge` against the database the settings name."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from switchyard.history.cli import retention_app, tenant_settings_app, usage_app
+from switchyard.common.events import CachePurged, CachePurgedData
+from switchyard.history.cli import cache_app, retention_app, tenant_settings_app, usage_app
 
 
 @pytest.fixture
@@ -202,3 +203,92 @@ def test_usage_report_falls_back_to_ids_when_names_cannot_be_looked_up(cli, hist
     assert result.exit_code == 0
     assert "alice" in result.stdout
     assert "names unavailable (auth database unreachable)" in result.stderr
+
+
+# -- switchyard cache purge ---------------------------------------------------------------
+
+
+@pytest.fixture
+async def cached(engine):
+    from switchyard.history.cache import CacheStore
+
+    store = CacheStore(engine)
+    for tenant, model in (("acme", "sim-small"), ("acme", "sim-large"), ("globex", "sim-small")):
+        await store.put(
+            tenant,
+            f"{tenant}-{model}".ljust(64, "0"),
+            api="openai.chat_completions",
+            model=model,
+            response={"id": "x"},
+            stream_events=None,
+            source_request_id="r",
+            ttl_s=600,
+        )
+    return store
+
+
+@pytest.fixture
+def kafka_bus(monkeypatch):
+    """The bus `switchyard cache purge` would reach with SWITCHYARD_BUS=kafka: an in-memory
+    one that keeps what was published, or (`down`) one that refuses it."""
+    from switchyard.common import bus as bus_module
+
+    published: list = []
+    state = {"down": False}
+
+    class Recording(bus_module.InMemoryBus):
+        async def publish(self, topic, event, *, key=None, partition=None):
+            if state["down"]:
+                raise bus_module.BusUnavailableError("Kafka is not reachable")
+            published.append((topic, event, key))
+
+    monkeypatch.setenv("SWITCHYARD_BUS", "kafka")
+    monkeypatch.setenv("SWITCHYARD_TOPIC_PREFIX", "unitpurge")
+    monkeypatch.setattr(bus_module, "create_bus", lambda settings, client_id: Recording())
+    return published, state
+
+
+def test_cache_purge_deletes_and_tells_every_gateway_on_the_bus(cli, cached, kafka_bus):
+    published, _ = kafka_bus
+    result = cli(cache_app, "purge", "--tenant", "acme", "--model", "sim-small")
+
+    assert result.exit_code == 0, result.output
+    assert "deleted 1 cached answer(s)" in result.output
+    assert "every gateway replica dropped them" in result.output
+    [(topic, event, key)] = published
+    assert topic == "unitpurge.cache.events"
+    assert isinstance(event, CachePurged)
+    assert (event.tenant, key) == ("acme", "acme")
+    assert event.data == CachePurgedData(tenant="acme", model="sim-small", expired_only=False)
+
+
+def test_cache_purge_of_every_tenant_names_none(cli, cached, kafka_bus):
+    published, _ = kafka_bus
+    result = cli(cache_app, "purge", "--expired")
+
+    assert result.exit_code == 0, result.output
+    assert "deleted 0 cached answer(s)" in result.output  # none expired yet
+    [(_, event, key)] = published
+    assert (event.tenant, key, event.data.tenant, event.data.expired_only) == ("*", "*", None, True)
+
+
+def test_cache_purge_with_kafka_down_deletes_and_says_the_gateways_were_not_told(
+    cli, cached, kafka_bus
+):
+    _, state = kafka_bus
+    state["down"] = True
+    result = cli(cache_app, "purge")
+
+    assert result.exit_code == 1
+    assert "deleted 3 cached answer(s)" in result.output
+    assert "could not be told" in result.output
+    assert "SWITCHYARD_GATEWAY_CACHE_LOCAL_TTL_S" in result.output
+
+
+def test_cache_purge_in_embedded_mode_publishes_nothing(cli, cached, monkeypatch):
+    monkeypatch.setenv("SWITCHYARD_BUS", "memory")
+    result = cli(cache_app, "purge", "--tenant", "globex")
+
+    assert result.exit_code == 0, result.output
+    assert "deleted 1 cached answer(s)" in result.output
+    assert "embedded mode" in result.output

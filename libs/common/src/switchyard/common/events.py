@@ -327,6 +327,16 @@ class LimitsChangedData(Contract):
     scope_id: str = Field(description="Id of the tenant, team, user or API key.")
 
 
+class CachePurgedData(Contract):
+    tenant: str | None = Field(
+        default=None, description="Only this tenant's cached answers; null: every tenant's."
+    )
+    model: str | None = Field(
+        default=None, description="Only answers of this model; null: every model's."
+    )
+    expired_only: bool = Field(default=False, description="Only answers already expired.")
+
+
 class EnvelopeFields(Contract):
     id: str = Field(
         default_factory=new_id, description="Unique event id; consumers deduplicate on it."
@@ -423,6 +433,15 @@ class LimitsChanged(EnvelopeFields):
     data: LimitsChangedData
 
 
+class CachePurged(EnvelopeFields):
+    """Cached answers were deleted from the response cache's shared store (`switchyard
+    cache purge`): every gateway replica drops the matching answers it keeps in memory.
+    The envelope's `tenant` is the purged tenant, or `*` when every tenant's were."""
+
+    type: Literal["cache.purged"] = "cache.purged"
+    data: CachePurgedData
+
+
 # Events on the auth topic, each a change every gateway replica must apply.
 AuthEvent = (
     ApiKeyRevoked
@@ -443,7 +462,8 @@ Event = Annotated[
     | ChatChunk
     | UsageRecorded
     | ChatCancelRequested
-    | AuthEvent,
+    | AuthEvent
+    | CachePurged,
     Field(discriminator="type"),
 ]
 # The classes of `Event`, in the union's order (derived, never listed by hand).

@@ -111,6 +111,15 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         ("auth",),
         key="user id",
     ),
+    TopicSpec(
+        "cache.events",
+        1,
+        "Response cache purges (`switchyard cache purge`); every gateway replica reads all "
+        "of it and drops the purged answers it keeps in memory.",
+        ("cache.purged",),
+        ("history",),
+        key="tenant",
+    ),
 )
 
 

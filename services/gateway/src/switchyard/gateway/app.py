@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         assert revocations is not None  # build() always sets it
         syncing = asyncio.create_task(revocations.run())
         governing = asyncio.create_task(listen_for_governance(gateway))
+        purges = asyncio.create_task(gateway.cache.listen())  # `switchyard cache purge`
         assert gateway.admission is not None
         await gateway.admission.start()
         # The routing file, reloaded when it changes, as inference reloads it.
@@ -137,6 +138,8 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             await cancel_and_wait(connecting)
             await cancel_and_wait(syncing)
             await cancel_and_wait(governing)
+            await cancel_and_wait(purges)
+            await gateway.cache.stop()
             await cancel_and_wait(watching)
             with contextlib.suppress(Exception):
                 await warming

@@ -36,8 +36,11 @@ tenant is part of the key, and entries are stored per tenant: never shared acros
 Where answers live: history's database (`/internal/v1/cache/entries/...`), shared by every
 gateway replica, so a request answered on one replica is a hit on any other; in front of
 it each replica keeps recent answers in memory (a time-aware LRU from `cachetools`, at
-most `SWITCHYARD_GATEWAY_CACHE_LOCAL_TTL_S` each, so `switchyard cache purge` reaches every
-replica within that). A hit in memory costs no network call at all.
+most `SWITCHYARD_GATEWAY_CACHE_LOCAL_TTL_S` each). A hit in memory costs no network call
+at all. `switchyard cache purge` publishes `cache.purged` on the cache events topic, which
+every replica reads (`listen`): each drops the purged answers from memory as it arrives,
+so no replica serves them after the purge; were the event lost (the bus down while
+purging; the command then says so), the local time to live still bounds it.
 
 A hit is answered at once, then recorded like any request, off the answering path: a
 `chat.requested` and a `chat.completed` on the replies topic (never on the request topics,
@@ -67,14 +70,19 @@ from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from switchyard.common.bus import BusUnavailableError
+from switchyard.common.backoff import Backoff
+from switchyard.common.bus import BusUnavailableError, EventRejectedError, Subscription
 from switchyard.common.errors import APIError
 from switchyard.common.events import (
+    CachePurged,
+    CachePurgedData,
     ChatCompleted,
     ChatCompletedData,
     ChatRequestData,
     ChatRequested,
     ClientAPI,
+    EnvelopeFields,
+    Event,
     StreamEvent,
     TerminalStatus,
     TokenUsage,
@@ -132,6 +140,21 @@ STORES = Counter(
     "Answers offered to the shared cache store, by outcome (stored, not_stored, failed).",
     ["outcome"],
 )
+HIT_EVENTS = Counter(
+    "switchyard_gateway_cache_hit_events_total",
+    "Events of cache hits (request, reply, usage), published after the answer, by outcome "
+    "(published; retried: the bus did not take it, tried again; failed: given up on).",
+    ["outcome"],
+)
+# How often, and how patiently, a hit's event is offered to the bus before it is given up.
+HIT_EVENT_ATTEMPTS = 6
+HIT_EVENT_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
+PURGED = Counter(
+    "switchyard_gateway_cache_purged_total",
+    "Answers this replica dropped from memory on `cache.purged` events.",
+)
+# Between attempts to listen to the cache events topic while Kafka is away or it is missing.
+LISTEN_BACKOFF = Backoff(initial_s=0.25, max_s=5.0)
 
 
 # ------------------------------------------------------------------------------ keys
@@ -211,6 +234,8 @@ class CachedAnswer:
     expires_at: datetime
     # monotonic instant after which this replica asks history again
     local_until: float = 0.0
+    # whose answer it is (set when kept in memory; a purge names tenants)
+    tenant: str = ""
 
     @property
     def size(self) -> int:
@@ -314,6 +339,9 @@ class ResponseCache:
         )
         self._settings: dict[str, tuple[float, TenantCacheSettings]] = {}
         self._refreshing: dict[str, asyncio.Task[TenantCacheSettings]] = {}
+        # Purges applied so far (a lookup that overlapped one keeps nothing in memory).
+        self.purges_applied = 0
+        self.listener: Subscription | None = None
 
     def _headers(self, principal: Principal) -> dict[str, str]:
         return principal.internal_headers(self.gateway.settings.internal_token)
@@ -451,6 +479,7 @@ class ResponseCache:
         answer = self._front.get(key)
         if answer is not None and answer.expires_at > utcnow():
             return answer
+        purges = self.purges_applied
         try:
             response = await self.gateway.http.get(
                 f"{self._base}/entries/{key}",
@@ -469,10 +498,12 @@ class ResponseCache:
         except (ValueError, KeyError) as exc:
             log.warning("unreadable cache entry: answered as a miss", error=repr(exc))
             return None
-        self._remember(key, answer)
+        if purges == self.purges_applied:  # else it may be purged already: not kept in memory
+            self._remember(key, answer, principal.tenant)
         return answer
 
-    def _remember(self, key: str, answer: CachedAnswer) -> None:
+    def _remember(self, key: str, answer: CachedAnswer, tenant: str) -> None:
+        answer.tenant = tenant
         if answer.size > self._local_max_entry:
             return
         remaining = (answer.expires_at - utcnow()).total_seconds()
@@ -585,12 +616,46 @@ class ResponseCache:
                 ),
             ),
         ]
-        for topic, event in events:
+        (requested, completed), usage = events[:2], events[2]
+
+        async def in_order() -> None:
+            # The request before its reply (the same partition keeps them in this order).
+            if await self._publish_hit_event(*requested, dispatch.request_id):
+                await self._publish_hit_event(*completed, dispatch.request_id)
+            else:
+                HIT_EVENTS.labels("failed").inc()  # the reply is not published without it
+
+        # Both at once: the usage event shares the produce request of the first.
+        await asyncio.gather(in_order(), self._publish_hit_event(*usage, dispatch.request_id))
+
+    async def _publish_hit_event(self, topic: str, event: EnvelopeFields, key: str) -> bool:
+        """Publish one event of a hit (after its answer), retried with backoff while the bus
+        does not take it (`HIT_EVENT_ATTEMPTS` times; consumers deduplicate on the event
+        id, so a retry of an event the broker did take is harmless). Returns whether it was
+        published; every outcome is counted in `switchyard_gateway_cache_hit_events_total`
+        and a failure is logged with the request id."""
+        for attempt in range(1, HIT_EVENT_ATTEMPTS + 1):
             try:
-                await self.gateway.bus.publish(topic, event, key=dispatch.request_id)
+                await self.gateway.bus.publish(topic, event, key=key)
+            except EventRejectedError as exc:  # too large or unserialisable: final
+                error: BusUnavailableError = exc
+                break
             except BusUnavailableError as exc:
-                log.error("could not record a cache hit", error=str(exc), type=event.type)
-                return
+                error = exc
+                if attempt < HIT_EVENT_ATTEMPTS:
+                    HIT_EVENTS.labels("retried").inc()
+                    await asyncio.sleep(HIT_EVENT_BACKOFF.delay(attempt))
+                continue
+            HIT_EVENTS.labels("published").inc()
+            return True
+        HIT_EVENTS.labels("failed").inc()
+        log.error(
+            "could not record a cache hit",
+            error=str(error),
+            type=event.type,
+            request_id=event.request_id,
+        )
+        return False
 
     # -- storing a miss -------------------------------------------------------------------
 
@@ -640,7 +705,61 @@ class ResponseCache:
                         "expires_at": (now + timedelta(seconds=ticket.ttl_s)).isoformat(),
                     }
                 ),
+                principal.tenant,
             )
+
+    # -- purges ---------------------------------------------------------------------------
+
+    def purge(self, purge: CachePurgedData) -> int:
+        """Drop the answers kept in memory that `purge` deleted from the shared store (its
+        tenant or every tenant's, its model or every model's, only expired ones if it says
+        so); returns how many were dropped."""
+        self.purges_applied += 1
+        now = utcnow()
+        dropped = 0
+        for key, answer in list(self._front.items()):
+            if (
+                (purge.tenant is None or answer.tenant == purge.tenant)
+                and (purge.model is None or answer.model == purge.model)
+                and (not purge.expired_only or answer.expires_at <= now)
+            ):
+                self._front.pop(key, None)
+                dropped += 1
+        PURGED.inc(dropped)
+        return dropped
+
+    async def on_event(self, event: Event) -> None:
+        """Bus listener of the cache events topic."""
+        if isinstance(event, CachePurged):
+            dropped = self.purge(event.data)
+            log.info(
+                "cache purge applied",
+                tenant=event.data.tenant,
+                model=event.data.model,
+                expired_only=event.data.expired_only,
+                dropped=dropped,
+            )
+
+    async def listen(self) -> None:
+        """Listen to every partition of the cache events topic, retrying until it works
+        (Kafka down, or the topic not created yet)."""
+        attempt = 0
+        while self.listener is None:
+            attempt += 1
+            try:
+                self.listener = await self.gateway.bus.listen(
+                    self.gateway.topics.cache_events, self.on_event
+                )
+            except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
+                delay = LISTEN_BACKOFF.delay(attempt)
+                log.warning("cannot listen for cache purges yet", error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+
+    async def stop(self) -> None:
+        """Stop listening for purges."""
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = None
 
     def _background(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coroutine)

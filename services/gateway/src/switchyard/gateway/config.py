@@ -239,7 +239,8 @@ class Settings(ServiceSettings):
         default=10.0,
         ge=0,
         description="How long a replica serves a cached answer from memory before asking "
-        "the shared store again (a purge reaches every replica within this).",
+        "the shared store again (a purge reaches every replica at once through the bus; "
+        "were that event lost, within this).",
     )
     cache_local_max_bytes: int = Field(
         default=64 * MIB, ge=0, description="Memory for cached answers per gateway process."

@@ -8,7 +8,7 @@ the history database named by the settings (`SWITCHYARD_HISTORY_DATABASE_URL` or
     switchyard tenant-settings show --tenant acme
     switchyard tenant-settings set --tenant acme --metadata-only --retention-days 30
     switchyard tenant-settings set --tenant acme --cache --cache-ttl 3600
-    switchyard cache purge [--tenant acme] [--model m] [--expired]
+    switchyard cache purge [--tenant acme] [--model m] [--expired]   (and tells the gateways)
 
 Errors an operator can fix (bad dates, unreachable database, tables not migrated) print
 one line to stderr and exit with status 1, without a traceback.
@@ -27,6 +27,7 @@ import typer
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.common.bus import BusUnavailableError
 from switchyard.common.plugins import lookup_principal_names
 from switchyard.common.text import terminal_safe
 from switchyard.history.bootstrap import history_engine
@@ -293,11 +294,55 @@ def cache_purge(
     model: Annotated[str | None, typer.Option(help="Only answers of this model.")] = None,
     expired: Annotated[bool, typer.Option("--expired", help="Only expired answers.")] = False,
 ) -> None:
-    """Delete cached answers (every gateway stops serving them within
-    SWITCHYARD_GATEWAY_CACHE_LOCAL_TTL_S)."""
+    """Delete cached answers from the shared store, then tell every gateway replica to drop
+    them from memory (`cache.purged` on the cache events topic): none serves them after
+    this returns. With Kafka unreachable the answers are still deleted, the command says
+    so and exits 1, and the replicas stop serving them within
+    SWITCHYARD_GATEWAY_CACHE_LOCAL_TTL_S; running it again tells them."""
     from switchyard.history.cache import CacheStore
 
     count = _run(
         lambda engine: CacheStore(engine).purge(tenant=tenant, model=model, expired_only=expired)
     )
     typer.echo(f"deleted {count} cached answer(s)")
+    try:
+        told = asyncio.run(_announce_purge(tenant, model, expired))
+    except BusUnavailableError as exc:
+        raise _fail(
+            f"the gateways could not be told ({exc}): they stop serving the deleted answers "
+            "within SWITCHYARD_GATEWAY_CACHE_LOCAL_TTL_S; run the purge again to tell them"
+        ) from None
+    if told:
+        typer.echo("every gateway replica dropped them from memory")
+    else:
+        typer.echo(
+            "embedded mode (no Kafka): the gateway stops serving them within "
+            "SWITCHYARD_GATEWAY_CACHE_LOCAL_TTL_S"
+        )
+
+
+async def _announce_purge(tenant: str | None, model: str | None, expired: bool) -> bool:
+    """Publish `cache.purged` for this purge on the cache events topic, which every gateway
+    replica reads; False without Kafka (SWITCHYARD_BUS=memory: no other process can hear
+    it). Raises BusUnavailableError when Kafka does not take it."""
+    from switchyard.common.bus import create_bus
+    from switchyard.common.events import CachePurged, CachePurgedData, new_id
+    from switchyard.common.settings import ServiceSettings
+    from switchyard.common.topics import Topics
+
+    settings = ServiceSettings()
+    if settings.bus != "kafka":
+        return False
+    bus = create_bus(settings, client_id=f"history-cli-{new_id()[:8]}")
+    event = CachePurged(
+        source="history",
+        tenant=tenant or "*",
+        request_id=new_id(),
+        data=CachePurgedData(tenant=tenant, model=model, expired_only=expired),
+    )
+    await bus.start()
+    try:
+        await bus.publish(Topics(settings.topic_prefix).cache_events, event, key=tenant or "*")
+    finally:
+        await bus.stop()
+    return True
