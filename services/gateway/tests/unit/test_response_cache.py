@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
+from switchyard.common.backoff import Backoff
+from switchyard.common.bus import BusUnavailableError
 from switchyard.common.events import (
     CachePurged,
     CachePurgedData,
@@ -21,6 +24,7 @@ from switchyard.common.events import (
     new_id,
 )
 from switchyard.common.topics import Topics
+from switchyard.gateway import cache as cache_module
 from switchyard.gateway.cache import cache_key, is_deterministic, normalised_body
 
 from .conftest import API_KEY, chunk, completed_reply
@@ -444,3 +448,60 @@ async def test_other_events_on_the_cache_topic_change_nothing(harness, history):
     )
     again = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
     assert again.headers["x-switchyard-cache"] == "hit"
+
+
+# -- a hit's events when the bus refuses them -----------------------------------------
+
+
+def _hit_events(outcome: str) -> float:
+    return (
+        REGISTRY.get_sample_value("switchyard_gateway_cache_hit_events_total", {"outcome": outcome})
+        or 0.0
+    )
+
+
+async def test_a_hits_events_are_retried_until_the_bus_takes_them(
+    harness, history, recorded, monkeypatch
+):
+    monkeypatch.setattr(cache_module, "HIT_EVENT_BACKOFF", Backoff(initial_s=0.01, max_s=0.02))
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    await async_wait_until(lambda: history.cache, timeout=5)
+    publish, refusals = harness.bus.publish, {"left": 2}
+
+    async def flaky(topic, event, **kwargs):
+        if refusals["left"] > 0:  # the first two offers of the hit's events
+            refusals["left"] -= 1
+            raise BusUnavailableError("Kafka is not reachable")
+        await publish(topic, event, **kwargs)
+
+    monkeypatch.setattr(harness.bus, "publish", flaky)
+    retried, published = _hit_events("retried"), _hit_events("published")
+    hit = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+
+    assert hit.headers["x-switchyard-cache"] == "hit"  # answered before any of it
+    hit_id = hit.headers["x-request-id"]
+    await async_wait_until(
+        lambda: sum(1 for event in recorded if event.request_id == hit_id) == 3, timeout=5
+    )
+    assert refusals["left"] == 0
+    assert _hit_events("retried") - retried >= 1
+    assert _hit_events("published") - published == 3
+
+
+async def test_a_hits_events_given_up_on_are_counted_and_logged_never_raised(
+    harness, history, recorded, monkeypatch
+):
+    monkeypatch.setattr(cache_module, "HIT_EVENT_BACKOFF", Backoff(initial_s=0.01, max_s=0.02))
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    await async_wait_until(lambda: history.cache, timeout=5)
+
+    async def down(topic, event, **kwargs):
+        raise BusUnavailableError("Kafka is not reachable")
+
+    monkeypatch.setattr(harness.bus, "publish", down)
+    failed = _hit_events("failed")
+    hit = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+
+    assert hit.status_code == 200 and hit.headers["x-switchyard-cache"] == "hit"
+    # The request, its reply (never published without it) and the usage event.
+    await async_wait_until(lambda: _hit_events("failed") - failed == 3, timeout=5)
