@@ -236,10 +236,10 @@ def test_a_repeated_stream_is_replayed_from_the_cache(system):
     assert sim_count(system, "sim-small") - before == 1
 
 
-def purged_answers(gateway_url: str) -> float:
-    """How many answers this gateway dropped from memory on purge events (its metric)."""
+def purges_applied(gateway_url: str) -> float:
+    """How many purge events this gateway applied (its metric)."""
     for line in httpx.get(f"{gateway_url}/metrics", timeout=5).text.splitlines():
-        if line.startswith("switchyard_gateway_cache_purged_total "):
+        if line.startswith("switchyard_gateway_cache_purges_total "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -279,7 +279,7 @@ def test_a_purge_reaches_every_gateway_replica_at_once(system):
                 return response if response.headers.get("x-switchyard-cache") == "hit" else None
 
             wait_for(hit, timeout=60, message=f"a hit on {url}")
-        dropped = {url: purged_answers(url) for url in (gateway, replica)}
+        applied = {url: purges_applied(url) for url in (gateway, replica)}
         before = sim_count(system, "sim-small")
 
         out = system.cli("cache", "purge", "--tenant", "e2e", "--model", "sim-small")
@@ -287,7 +287,7 @@ def test_a_purge_reaches_every_gateway_replica_at_once(system):
         assert "every gateway replica dropped them" in out
         for url in (gateway, replica):
             wait_for(
-                lambda url=url: purged_answers(url) > dropped[url],
+                lambda url=url: purges_applied(url) > applied[url],
                 timeout=10,
                 message=f"the purge on {url}",
             )

@@ -45,7 +45,10 @@ purging; the command then says so), the local time to live still bounds it.
 A hit is answered at once, then recorded like any request, off the answering path: a
 `chat.requested` and a `chat.completed` on the replies topic (never on the request topics,
 which are inference's work) and a `usage.recorded` with `cache_hit: true`, no tokens, no
-cost, and `saved_cost_usd`, what the reused answer cost when it was made. A miss is
+cost, and `saved_cost_usd`, what the reused answer cost when it was made. Those events
+never delay the answer; each is retried with backoff while the bus refuses it, and one
+given up on is logged and counted (`switchyard_gateway_cache_hit_events_total`), never
+dropped silently. A miss is
 answered as usual; its completed answer (and, for a stream, its stream events) is stored
 in the background once it has been sent. When history cannot be reached, requests are
 answered as misses: the cache never fails a request.
@@ -149,6 +152,10 @@ HIT_EVENTS = Counter(
 # How often, and how patiently, a hit's event is offered to the bus before it is given up.
 HIT_EVENT_ATTEMPTS = 6
 HIT_EVENT_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
+PURGES = Counter(
+    "switchyard_gateway_cache_purges_total",
+    "`cache.purged` events this replica applied.",
+)
 PURGED = Counter(
     "switchyard_gateway_cache_purged_total",
     "Answers this replica dropped from memory on `cache.purged` events.",
@@ -725,6 +732,7 @@ class ResponseCache:
             ):
                 self._front.pop(key, None)
                 dropped += 1
+        PURGES.inc()
         PURGED.inc(dropped)
         return dropped
 
