@@ -362,6 +362,8 @@ class LimitsChangedData(Contract):
 
 
 class CachePurgedData(Contract):
+    """Which cached answers a purge deleted: the filters `switchyard cache purge` was given."""
+
     tenant: str | None = Field(
         default=None, description="Only this tenant's cached answers; null: every tenant's."
     )
