@@ -1,7 +1,8 @@
 """Recorded traffic as a product, on real Kafka and PostgreSQL: traffic recorded on two
 models is replayed to a third with `switchyard replay` (paired, counted, each request sent
 once, originals untouched); the response cache answers a repeated request on another
-gateway replica, and a repeated stream, without calling the model again."""
+gateway replica, and a repeated stream, without calling the model again; and
+`switchyard cache purge` reaches every replica's memory at once."""
 
 from __future__ import annotations
 
