@@ -34,7 +34,7 @@ from switchyard.common.testing.processes import Process, ProcessGroup, free_port
 
 __all__ = [
     "DEV_KEY",
-    "DEV_START_TIMEOUT_S",
+    "START_TIMEOUT_S",
     "RESULTS",
     "KafkaDeployment",
     "OwnedProcesses",
@@ -60,9 +60,10 @@ DEV_KEY = "sk-sy-bench" + "0" * 38
 KAFKA_DEFAULT = "127.0.0.1:9092"
 DATABASE_DEFAULT = "postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard"
 SERVICES = ("auth", "history", "inference", "gateway")
-# Seconds `switchyard dev` may take to be ready: it imports every service (and both
-# provider SDKs), which takes over a minute on a loaded 2-core machine.
-DEV_START_TIMEOUT_S = 180
+# Seconds a Switchyard process may take to be ready: `switchyard dev` imports every
+# service and both provider SDKs, which takes over a minute on a loaded 2-core machine,
+# and the services of the Kafka set-up start side by side.
+START_TIMEOUT_S = 180
 
 
 # -- processes ------------------------------------------------------------------------
@@ -187,7 +188,9 @@ class KafkaDeployment:
 
         def start(name: str) -> Process:
             port = self.ports[name]
-            return self.group.start(name, name, "--port", str(port), port=port)
+            return self.group.start(
+                name, name, "--port", str(port), port=port, timeout=START_TIMEOUT_S
+            )
 
         with ThreadPoolExecutor(3) as pool:
             self.processes += list(pool.map(start, SERVICES[:-1]))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from benchkit import (
     DEV_KEY,
-    DEV_START_TIMEOUT_S,
+    START_TIMEOUT_S,
     build_loadgen,
     embedded_group,
     kafka_deployment,
@@ -149,7 +149,7 @@ def bench_embedded(report, loadgen, workdir, simulator_url, args) -> None:
     group = embedded_group(workdir, workdir / "routing.yaml", "embedded")
     port = int(group.env["SWITCHYARD_GATEWAY_PORT"])
     try:
-        process = group.start("embedded", "dev", port=port, timeout=DEV_START_TIMEOUT_S)
+        process = group.start("embedded", "dev", port=port, timeout=START_TIMEOUT_S)
         measure(
             report,
             "embedded (1 process)",

@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # burst.py here, benchkit.py one up
 from benchkit import (  # noqa: E402 - after the path tweak
     DEV_KEY,
-    DEV_START_TIMEOUT_S,
+    START_TIMEOUT_S,
     OwnedProcesses,
     build_loadgen,
     embedded_group,
@@ -448,7 +448,7 @@ def run_embedded(report, routing: Path, args, loadgen, workdir) -> None:
     group = embedded_group(workdir, routing, "embedded")
     port = int(group.env["SWITCHYARD_GATEWAY_PORT"])
     try:
-        process = group.start("embedded", "dev", port=port, timeout=DEV_START_TIMEOUT_S)
+        process = group.start("embedded", "dev", port=port, timeout=START_TIMEOUT_S)
         base = f"http://127.0.0.1:{port}"
         pids = {"embedded": process.popen.pid}
         measure(report, "embedded", base, DEV_KEY, args, loadgen, workdir, pids)
@@ -462,7 +462,7 @@ def run_burst(report, routing: Path, args, workdir) -> None:
     group = embedded_group(workdir, routing, "burst", quiet=False)
     port = int(group.env["SWITCHYARD_GATEWAY_PORT"])
     try:
-        process = group.start("burst", "dev", port=port, timeout=DEV_START_TIMEOUT_S)
+        process = group.start("burst", "dev", port=port, timeout=START_TIMEOUT_S)
         report.burst = burst_stall(
             f"http://127.0.0.1:{port}",
             DEV_KEY,
