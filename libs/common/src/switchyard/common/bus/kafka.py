@@ -56,6 +56,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry.trace import Span, SpanKind
+from typing_extensions import override
 
 from switchyard.common import tracing
 from switchyard.common.backoff import Backoff
@@ -372,6 +373,7 @@ class KafkaBus(EventBus):
             log.warning("kafka producer did not close in time", error=repr(exc))
             await _close_quietly(producer.client.close(), timeout=1.0)
 
+    @override
     async def stop(self) -> None:
         for subscription in reversed(self._subscriptions):
             await subscription.stop()
@@ -393,6 +395,7 @@ class KafkaBus(EventBus):
         producer = self._producer
         return producer is not None and _sender_alive(producer)
 
+    @override
     async def publish(
         self,
         topic: str,
@@ -528,6 +531,7 @@ class KafkaBus(EventBus):
             ),
         )
 
+    @override
     async def partition_count(self, topic: str) -> int:
         if self._producer is None:
             raise BusUnavailableError("Kafka is not reachable")
@@ -535,6 +539,8 @@ class KafkaBus(EventBus):
         return len(partitions)
 
     async def healthy(self) -> bool:
+        """True when this process can publish and consume now (see `health_problem`); logs the
+        problem as a warning otherwise."""
         problem = await self.health_problem()
         if problem is not None:
             log.warning("event bus not ready", error=problem)
@@ -558,12 +564,14 @@ class KafkaBus(EventBus):
 
     # -- consumer lag -----------------------------------------------------------------
 
+    @override
     async def end_offsets(self, topics: Sequence[str]) -> Offsets:
         async with self._offsets_lock:
             consumer, partitions = await self._offset_reader(topics)
             ends = await self._offsets_call(consumer.end_offsets(partitions))
         return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
 
+    @override
     async def consumer_lag(
         self, group: str, topics: Sequence[str], *, until: Offsets | None = None
     ) -> int:
@@ -682,6 +690,7 @@ class KafkaBus(EventBus):
 
         return check
 
+    @override
     async def subscribe(
         self,
         topics: Sequence[str],
@@ -706,6 +715,7 @@ class KafkaBus(EventBus):
         self._subscriptions.append(subscription)
         return subscription
 
+    @override
     async def subscribe_batch(
         self,
         topics: Sequence[str],
@@ -731,6 +741,7 @@ class KafkaBus(EventBus):
         self._subscriptions.append(subscription)
         return subscription
 
+    @override
     async def listen(
         self, topic: str, handler: Handler, *, partitions: Sequence[int] | None = None
     ) -> Subscription:
