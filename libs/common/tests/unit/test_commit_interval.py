@@ -20,6 +20,7 @@ from switchyard.common.events import (
     encode_event,
     new_id,
 )
+from switchyard.common.testing.infra import async_wait_until
 
 TP = TopicPartition("requests", 0)
 
@@ -95,17 +96,26 @@ def subscription(consumer: FakeConsumer, handled: list[str], interval_s: float):
     return sub
 
 
-async def run_until_idle(sub: _GroupSubscription, consumer: FakeConsumer, seconds: float) -> None:
+async def run_until_committed(
+    sub: _GroupSubscription, consumer: FakeConsumer, offset: int, timeout_s: float = 20.0
+) -> None:
+    """Run the consumer loop until `offset` is committed (or `timeout_s` passes)."""
     task = asyncio.create_task(sub._run(consumer))  # type: ignore[arg-type]
-    await asyncio.sleep(seconds)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+
+    async def committed() -> bool:
+        return bool(consumer.commits) and consumer.commits[-1] == offset
+
+    try:
+        await async_wait_until(committed, timeout=timeout_s, interval=0.01, message="commit")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_steady_stream_is_committed_about_once_per_interval_and_fully_once_idle():
     consumer, handled = FakeConsumer(records=40, gap_s=0.005), []
-    sub = subscription(consumer, handled, interval_s=10.0)
-    await run_until_idle(sub, consumer, seconds=0.6)
+    sub = subscription(consumer, handled, interval_s=30.0)
+    await run_until_committed(sub, consumer, 40)
     assert len(handled) == 40
     # One commit while the 40 events arrived (the first handled one), and the rest at the
     # first empty poll: not one commit per event.
@@ -117,7 +127,7 @@ async def test_a_steady_stream_is_committed_about_once_per_interval_and_fully_on
 async def test_interval_zero_commits_after_every_poll():
     consumer, handled = FakeConsumer(records=20, gap_s=0.005), []
     sub = subscription(consumer, handled, interval_s=0.0)
-    await run_until_idle(sub, consumer, seconds=0.5)
+    await run_until_committed(sub, consumer, 20)
     assert len(handled) == 20
     assert len(consumer.commits) >= 15
     assert consumer.commits[-1] == 20
@@ -135,10 +145,15 @@ async def test_an_event_still_being_handled_is_never_committed():
     sub = subscription(consumer, handled, interval_s=0.0)
     sub.handler = slow
     task = asyncio.create_task(sub._run(consumer))  # type: ignore[arg-type]
-    await asyncio.sleep(0.4)
+
+    async def all_started_and_one_committed() -> bool:
+        return len(handled) == 3 and bool(consumer.commits)
+
+    await async_wait_until(all_started_and_one_committed, timeout=20, interval=0.01)
+    await asyncio.sleep(0.3)  # a few empty polls, each of which may commit
     assert consumer.commits and max(consumer.commits) == 1  # only below the one in flight
     release.set()
-    await asyncio.sleep(0.3)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+    await run_until_committed(sub, consumer, 3)
     assert consumer.commits[-1] == 3
