@@ -244,7 +244,13 @@ class Dispatch:
         )
         dispatch.accepted_at = event.time
         try:
-            await publish(gateway, gateway.topics.requests_interactive, event, ticket)
+            await publish(
+                gateway,
+                gateway.topics.requests_interactive,
+                event,
+                ticket,
+                await_if_unknown=True,
+            )
         except APIError:
             dispatch.close()
             raise
