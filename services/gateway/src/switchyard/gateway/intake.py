@@ -18,8 +18,9 @@ order, with the same answers:
   producer that held the event dropped so it cannot go out later).
 - an interactive request whose publish outcome is unknown (the broker received the event
   but did not answer in time, `PublishOutcomeUnknownError`) is not refused: it may run,
-  so the client waits for its reply like any accepted request, and gets it, or 504
-  `deadline_exceeded` at its deadline (counted as `publish_outcome_unknown`). A batch-lane
+  so the client waits for its reply like any accepted request, and gets it, or at its
+  deadline 504 `publish_outcome_unknown` (with a cancellation sent so that it does not
+  run later). A batch-lane
   submission in that state is still refused with 503, its id never having been given out.
 
 Each refusal here is counted in `switchyard_gateway_requests_rejected_total{reason}`.
@@ -189,16 +190,17 @@ async def publish(
     *,
     what: str = "request",
     await_if_unknown: bool = False,
-) -> None:
+) -> bool:
     """Publish an admitted request's event, keyed by its request id. When the bus does not
     take it, the ticket's reservations go back and APIError is raised: 413 (too large for
     the bus) or 503 `bus_unavailable` ("The <what> could not be accepted right now").
 
-    With `await_if_unknown`, a publish whose outcome is unknown (the broker has the event
-    and did not answer in time) returns normally instead: the event may be written and
-    run, so refusing it would be a 503 for a request that then runs. The caller waits for
-    the reply until the request's deadline, and the ticket is settled by its usage or
-    released at that deadline, as for any accepted request."""
+    Returns True when the bus confirmed taking the event. With `await_if_unknown`, a
+    publish whose outcome is unknown (the broker may have the event and did not answer in
+    time) returns False instead of raising: the event may be written and run, so refusing
+    it would be a 503 for a request that then runs. The caller waits for the reply until
+    the request's deadline, and the ticket is settled by its usage or released at that
+    deadline, as for any accepted request."""
     try:
         await gateway.bus.publish(topic, event, key=event.request_id)
     except PublishOutcomeUnknownError as exc:
@@ -210,6 +212,7 @@ async def publish(
             request_id=event.request_id,
             error=str(exc),
         )
+        return False
     except EventTooLargeError as exc:
         ticket.cancel()  # never published: nothing will settle it
         REJECTED.labels("too_large_for_bus").inc()
@@ -217,6 +220,7 @@ async def publish(
         raise too_large_for_bus() from None
     except BusUnavailableError as exc:
         _refuse_unavailable(ticket, what, exc)
+    return True
 
 
 def _refuse_unavailable(ticket: Ticket, what: str, exc: BusUnavailableError) -> NoReturn:
