@@ -40,7 +40,6 @@ from typing import Any, NoReturn, TypeVar, cast
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.client import ConnectionGroup
 from aiokafka.errors import (
     IllegalStateError,
     InvalidProducerEpoch,
@@ -136,28 +135,25 @@ async def _close_quietly(awaitable: Awaitable[Any], timeout: float) -> None:
             raise
 
 
-def _on_the_wire(producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> bool:
-    """Whether the batch holding `delivery` has been sent to its partition's leader over a
-    live connection and awaits the answer (rather than waiting in the producer's queue, or
-    between two attempts to reach a broker that is gone). aiokafka (0.14) internals: its
-    in-flight batches and its connections."""
+def _maybe_sent(producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> bool:
+    """Whether the broker may have received the event whose delivery future is `delivery`.
+
+    False only when it certainly has not: its batch still waits in the producer's queue and
+    was never handed to the sender. Once the sender has taken a batch, its produce request
+    may be written (at once, or when the connection it waits for comes up, which dropping
+    the producer does not stop), and a batch queued again after a failed attempt may have
+    reached the broker on that attempt: in both cases the event may be written. aiokafka
+    (0.14) internals: the accumulator's queued batches, whose `retry_count` counts the
+    times the sender took them."""
     try:
-        accumulator = producer._message_accumulator
-        batch = next(
-            (
-                batch
-                for batch in accumulator._pending_batches
-                if any(future is delivery for future, _ in batch._msg_futures)
-            ),
-            None,
-        )
-        if batch is None:
-            return False
-        leader = producer.client.cluster.leader_for_partition(batch.tp)
-        connection = producer.client._conns.get((leader, ConnectionGroup.DEFAULT))
-        return connection is not None and connection.connected()
-    except Exception:  # noqa: BLE001 - internals changed: treat it as not sent
-        return False
+        queues = producer._message_accumulator._batches
+        for queue in queues.values():
+            for batch in queue:
+                if any(future is delivery for future, _ in batch._msg_futures):
+                    return bool(batch.retry_count > 0)
+    except Exception:  # noqa: BLE001 - internals changed: assume it may be written
+        return True
+    return True  # taken by the sender (or answered just now)
 
 
 def _sender_alive(producer: AIOKafkaProducer) -> bool:
@@ -225,7 +221,7 @@ class _PartitionProgress:
 
 class KafkaBus(EventBus):
     """`publish_timeout_s`: the longest a publish waits for the broker's acknowledgement,
-    unless the broker already has the event: then `in_flight_timeout_s` more for its answer
+    unless the broker may have the event: then `in_flight_timeout_s` more for its answer
     (a slow broker is not an absent one; after that the outcome is unknown).
     `close_timeout_s`: the longest one client (producer or consumer) may take to close.
     `reconnect_max_s`: the longest wait between two attempts to connect a producer.
@@ -453,9 +449,9 @@ class KafkaBus(EventBus):
             # Shielded: on a timeout the delivery is looked at, not given up on.
             await asyncio.wait_for(asyncio.shield(sent), timeout=max(0.001, deadline - loop.time()))
         except TimeoutError as exc:
-            if delivery is not None and _on_the_wire(producer, delivery):
-                # The broker has the event and has not answered yet (it is slow, not
-                # gone): answering "not taken" now could be wrong. Wait for its answer.
+            if delivery is not None and _maybe_sent(producer, delivery):
+                # The broker may have the event (or get it when a connection comes up):
+                # answering "not taken" now could be wrong. Wait for its answer.
                 try:
                     await asyncio.wait_for(
                         asyncio.shield(delivery), timeout=self.in_flight_timeout_s
