@@ -332,3 +332,23 @@ async def test_bytes_no_consumer_can_decode_are_dead_lettered_and_the_rest_handl
     assert b'"schema_version":99' in bus.dead_letters[0].raw
     assert await bus.consumer_lag("one", ["topic"]) == 0
     await bus.stop()
+
+
+async def test_stopping_a_batch_subscription_writes_the_batch_it_was_gathering():
+    # A long batch wait (embedded history's) must not turn a shutdown into lost events.
+    bus = InMemoryBus()
+    recorded: list[str] = []
+
+    async def record(events):
+        recorded.extend(event.request_id for event in events)
+
+    await bus.subscribe_batch(["topic"], "history", record, max_batch_wait_ms=60_000)
+    for n in range(3):
+        await bus.publish("topic", request(n))
+    await asyncio.sleep(0.05)  # the worker holds the first event and waits for more
+    assert recorded == []
+
+    async with asyncio.timeout(5):
+        await bus.stop()
+
+    assert recorded == ["r0", "r1", "r2"]

@@ -40,6 +40,11 @@ DEV_ENVIRONMENT = {
     "SWITCHYARD_ENVIRONMENT": "development",
     # A person reads these logs: readable lines unless JSON is asked for.
     "SWITCHYARD_LOG_FORMAT": "console",
+    # History shares the one event loop with the answering path here, and on SQLite a
+    # transaction costs about as much CPU whether it holds one request's events or a
+    # hundred's (a thread hop per statement): a longer wait makes batches of many
+    # requests, not one or two. An event is in the database at most this much later.
+    "SWITCHYARD_HISTORY_MAX_BATCH_WAIT_MS": "200",
 }
 # The one explicit way to give the embedded services another database than SQLite.
 DEV_DATABASE_URL_ENV = "SWITCHYARD_DEV_DATABASE_URL"

@@ -17,8 +17,9 @@ mode promises and no more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
@@ -43,6 +44,9 @@ from switchyard.common.events import EnvelopeFields, Event, EventDecodeError, de
 from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.bus.memory")
+
+# Longest a stopping batch subscription spends handling the events it already holds.
+STOP_DRAIN_S = 2.0
 
 
 @dataclass
@@ -82,10 +86,14 @@ class _Group:
 
 class _TaskSubscription(Subscription):
     def __init__(
-        self, tasks: list[asyncio.Task[None]], on_stop: Callable[[], None] | None = None
+        self,
+        tasks: list[asyncio.Task[None]],
+        on_stop: Callable[[], None] | None = None,
+        drain: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._tasks = tasks
         self._on_stop = on_stop
+        self._drain = drain
         self._stopped = False
 
     def healthy(self) -> bool:
@@ -95,6 +103,8 @@ class _TaskSubscription(Subscription):
         if self._stopped:
             return
         self._stopped = True
+        if self._drain is not None:
+            await self._drain()
         for task in self._tasks:
             await cancel_and_wait(task)
         if self._on_stop:
@@ -296,6 +306,9 @@ class InMemoryBus(EventBus):
     ) -> Subscription:
         state = self._join(topics, group)
         linger_s = self.batch_linger_s if max_batch_wait_ms is None else max_batch_wait_ms / 1000
+        # Set by `stop`: the batch being gathered is handled at once, not dropped.
+        stopping = asyncio.Event()
+        busy = False
 
         async def dead_letter(
             item: tuple[str, Event, dict[str, str]], error: BaseException
@@ -303,12 +316,15 @@ class InMemoryBus(EventBus):
             self._dead_letter(item[0], item[1], error)
 
         async def worker() -> None:
+            nonlocal busy
             while True:
                 items = [await state.queue.get()]
+                busy = True
                 try:
                     # Let a batch gather for a moment: one transaction for many events is
                     # what keeps a store (history on SQLite) from costing a commit per event.
-                    await asyncio.sleep(linger_s)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), linger_s)
                     while len(items) < max_batch and not state.queue.empty():
                         items.append(state.queue.get_nowait())
                     decoded = [
@@ -332,9 +348,21 @@ class InMemoryBus(EventBus):
                         ),
                     )
                 finally:
+                    busy = False
                     state.mark_handled([topic for topic, _, _ in items])
 
-        return self._track([asyncio.create_task(worker())])
+        async def drain() -> None:
+            # Stopping while a batch waits for more events writes what it holds (and what
+            # is queued behind it) instead of dropping it; bounded, as a shutdown must be.
+            stopping.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_DRAIN_S):
+                    while busy or not state.queue.empty():
+                        await state.progress.wait()
+
+        subscription = _TaskSubscription([asyncio.create_task(worker())], drain=drain)
+        self._subscriptions.append(subscription)
+        return subscription
 
     @override
     async def listen(
