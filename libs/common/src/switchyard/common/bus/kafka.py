@@ -56,6 +56,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry.trace import Span, SpanKind
+from typing_extensions import override
 
 from switchyard.common import tracing
 from switchyard.common.backoff import Backoff
@@ -92,6 +93,12 @@ FETCH_MAX_BYTES = 52_428_800
 PUBLISH_BYTES_PER_S = 1024 * 1024
 # Between attempts to open a consumer again while Kafka is away.
 CONSUMER_RECONNECT_BACKOFF = Backoff(initial_s=0.2, max_s=5.0)
+# How long a listener's fetch waits at the broker when there is nothing to read. The broker
+# answers as soon as one record arrives (`fetch_min_bytes` is 1), so this bounds only the
+# empty round trips an idle listener makes (two a second, not ten), never a record's wait.
+LISTENER_FETCH_MAX_WAIT_MS = 500
+# Default of `commit_interval_s`: how often, at most, a busy group consumer commits.
+DEFAULT_COMMIT_INTERVAL_S = 1.0
 
 # After these an aiokafka producer (0.14) never sends again: it must be replaced.
 FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
@@ -221,7 +228,12 @@ class KafkaBus(EventBus):
     unless the broker already has the event: then `in_flight_timeout_s` more for its answer
     (a slow broker is not an absent one; after that the outcome is unknown).
     `close_timeout_s`: the longest one client (producer or consumer) may take to close.
-    `reconnect_max_s`: the longest wait between two attempts to connect a producer."""
+    `reconnect_max_s`: the longest wait between two attempts to connect a producer.
+    `commit_interval_s`: while events keep arriving, a group consumer commits the offsets it
+    has handled at most this often (one broker round trip and write per commit; 0: after
+    every poll); it commits at once whenever a poll comes back empty, and on every
+    revocation and close. A crash therefore redelivers up to this much more of what was
+    already handled, never less than what was not."""
 
     def __init__(
         self,
@@ -234,8 +246,10 @@ class KafkaBus(EventBus):
         reconnect_max_s: float = 1.0,
         in_flight_timeout_s: float = 5.0,
         max_message_bytes: int = DEFAULT_KAFKA_MAX_MESSAGE_BYTES,
+        commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.commit_interval_s = max(0.0, commit_interval_s)
         # Model requests carry whole conversations (the Messages API takes 32 MB bodies):
         # the producer sends, and consumers fetch, records up to this size.
         self.max_message_bytes = max_message_bytes
@@ -359,6 +373,7 @@ class KafkaBus(EventBus):
             log.warning("kafka producer did not close in time", error=repr(exc))
             await _close_quietly(producer.client.close(), timeout=1.0)
 
+    @override
     async def stop(self) -> None:
         for subscription in reversed(self._subscriptions):
             await subscription.stop()
@@ -380,6 +395,7 @@ class KafkaBus(EventBus):
         producer = self._producer
         return producer is not None and _sender_alive(producer)
 
+    @override
     async def publish(
         self,
         topic: str,
@@ -515,6 +531,7 @@ class KafkaBus(EventBus):
             ),
         )
 
+    @override
     async def partition_count(self, topic: str) -> int:
         if self._producer is None:
             raise BusUnavailableError("Kafka is not reachable")
@@ -522,6 +539,8 @@ class KafkaBus(EventBus):
         return len(partitions)
 
     async def healthy(self) -> bool:
+        """True when this process can publish and consume now (see `health_problem`); logs the
+        problem as a warning otherwise."""
         problem = await self.health_problem()
         if problem is not None:
             log.warning("event bus not ready", error=problem)
@@ -545,12 +564,14 @@ class KafkaBus(EventBus):
 
     # -- consumer lag -----------------------------------------------------------------
 
+    @override
     async def end_offsets(self, topics: Sequence[str]) -> Offsets:
         async with self._offsets_lock:
             consumer, partitions = await self._offset_reader(topics)
             ends = await self._offsets_call(consumer.end_offsets(partitions))
         return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
 
+    @override
     async def consumer_lag(
         self, group: str, topics: Sequence[str], *, until: Offsets | None = None
     ) -> int:
@@ -669,6 +690,7 @@ class KafkaBus(EventBus):
 
         return check
 
+    @override
     async def subscribe(
         self,
         topics: Sequence[str],
@@ -680,12 +702,20 @@ class KafkaBus(EventBus):
         healthy: HealthCheck | None = None,
     ) -> Subscription:
         subscription = _GroupSubscription(
-            self, list(topics), group, handler, concurrency, retry, self._dependencies(healthy)
+            self,
+            list(topics),
+            group,
+            handler,
+            concurrency,
+            retry,
+            self._dependencies(healthy),
+            commit_interval_s=self.commit_interval_s,
         )
         await subscription.start()
         self._subscriptions.append(subscription)
         return subscription
 
+    @override
     async def subscribe_batch(
         self,
         topics: Sequence[str],
@@ -711,6 +741,7 @@ class KafkaBus(EventBus):
         self._subscriptions.append(subscription)
         return subscription
 
+    @override
     async def listen(
         self, topic: str, handler: Handler, *, partitions: Sequence[int] | None = None
     ) -> Subscription:
@@ -888,12 +919,16 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
         concurrency: int,
         retry: RetryPolicy,
         dependencies: HealthCheck,
+        commit_interval_s: float = 0.0,
     ) -> None:
         super().__init__(bus, f"consume-{group}")
         self.topics, self.group, self.handler = topics, group, handler
         self.concurrency = max(1, concurrency)
         self.retry = retry
         self.dependencies = dependencies
+        self.commit_interval_s = commit_interval_s
+        # Before this (monotonic s) a poll that returned events does not commit.
+        self.next_commit_at = 0.0
         self.progress: dict[TopicPartition, _PartitionProgress] = {}
         self.tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self.slot_freed = asyncio.Event()
@@ -927,7 +962,7 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
                     await asyncio.wait_for(self.slot_freed.wait(), timeout=1.0)
                 await consumer.getmany(timeout_ms=0)
                 self._polled()
-                await self._commit()
+                await self._commit(due_only=True)
                 continue
             if consumer.paused():
                 consumer.resume(*consumer.paused())
@@ -942,7 +977,9 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 _record_lag(consumer, tp, records[-1].offset + 1, self.group)
-            await self._commit()
+            # A commit per poll would be one per event at low load: while events keep
+            # coming, commit once per interval; an empty poll (idle) commits at once.
+            await self._commit(due_only=bool(batches))
 
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         try:
@@ -978,7 +1015,13 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
                 progress.finish(record.offset)
             self.slot_freed.set()
 
-    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+    async def _commit(
+        self, only: set[TopicPartition] | None = None, *, due_only: bool = False
+    ) -> None:
+        """Commit, per partition, the offset below which every event is handled. With
+        `due_only`, only if `commit_interval_s` has passed since the last commit."""
+        if due_only and time.monotonic() < self.next_commit_at:
+            return
         offsets = {}
         for tp, progress in self.progress.items():
             if only is not None and tp not in only:
@@ -989,6 +1032,7 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
         consumer = self.consumer
         if not offsets or consumer is None:
             return
+        self.next_commit_at = time.monotonic() + self.commit_interval_s
         try:
             await consumer.commit(offsets)
         except asyncio.CancelledError:
@@ -1180,7 +1224,9 @@ class _Listener(_SupervisedConsumer):
         self.positions: dict[TopicPartition, int] = {}
 
     async def _open(self) -> AIOKafkaConsumer:
-        consumer = self.bus._consumer(group=None, auto_offset_reset="latest", fetch_max_wait_ms=100)
+        consumer = self.bus._consumer(
+            group=None, auto_offset_reset="latest", fetch_max_wait_ms=LISTENER_FETCH_MAX_WAIT_MS
+        )
         await self.bus._start_consumer(consumer)
         try:
             consumer.assign(self.partitions)
