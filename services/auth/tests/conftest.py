@@ -4,8 +4,11 @@ an `AuthService` with a cheap password hash, and a running app client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,21 +131,37 @@ class AuthHarness:
         )
 
 
-@pytest.fixture
-async def auth_app(settings: Settings) -> AsyncIterator[AuthHarness]:
+@contextlib.asynccontextmanager
+async def running_auth(
+    settings: Settings, passwords: PasswordHasher | None = None
+) -> AsyncIterator[AuthHarness]:
+    """The auth app running on an in-memory bus, with `passwords` (by default the cheap
+    hasher that keeps sign-ins fast; the app is otherwise as deployed)."""
     bus = InMemoryBus()
     await bus.start()
-    app = create_app(settings, bus=bus)
+    app = create_app(settings, bus=bus, passwords=passwords or PasswordHasher(profiles.CHEAPEST))
     harness_events: list[Event] = []
 
     async def record(event: Event) -> None:
         harness_events.append(event)
 
     await bus.listen(Topics(settings.topic_prefix).auth_events, record)
-    async with app.router.lifespan_context(app):
-        # The cheap hasher keeps sign-ins fast; the app is otherwise as deployed.
-        app.state.auth.service._passwords = PasswordHasher(profiles.CHEAPEST)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://auth") as client:
-            yield AuthHarness(client, app, bus, settings, harness_events)
-    await bus.stop()
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://auth") as client:
+                yield AuthHarness(client, app, bus, settings, harness_events)
+    finally:
+        await bus.stop()
+
+
+@pytest.fixture
+def run_auth(settings: Settings) -> Callable[..., AbstractAsyncContextManager[AuthHarness]]:
+    """`run_auth(passwords=...)`: the auth app on these settings with that hasher."""
+    return functools.partial(running_auth, settings)
+
+
+@pytest.fixture
+async def auth_app(settings: Settings) -> AsyncIterator[AuthHarness]:
+    async with running_auth(settings) as harness:
+        yield harness

@@ -255,8 +255,7 @@ def test_the_cli_escapes_control_characters_it_prints(settings, run_with_service
     assert "eve\\x1b]0;t\\x07@example.com" in users.output
 
 
-async def test_password_hashing_runs_off_the_event_loop_and_sheds_load(auth_app):
-    await auth_app.service.create_user(email="bob@example.com", password=PASSWORD)
+async def test_password_hashing_runs_off_the_event_loop_and_sheds_load(run_auth):
     loop_thread = threading.get_ident()
     release = threading.Event()
     hashing_threads: list[int] = []
@@ -267,17 +266,19 @@ async def test_password_hashing_runs_off_the_event_loop_and_sheds_load(auth_app)
             release.wait(10)
             return super().verify(password_hash, password)
 
-    auth_app.service._passwords = BlockingHasher(profiles.CHEAPEST, workers=1, max_pending=1)
-    grant = {"grant_type": "password", "username": "bob@example.com", "password": PASSWORD}
-    first = asyncio.create_task(auth_app.client.post("/v1/auth/token", json=grant))
-    await async_wait_until(
-        lambda: _now(bool(hashing_threads)), timeout=10, message="the hash to start"
-    )
-    # While that hash runs, the loop still answers, and a second sign-in is shed at once.
-    live = await auth_app.client.get("/livez")
-    shed = await auth_app.client.post("/v1/auth/token", json=grant)
-    release.set()
-    signed = await first
+    hasher = BlockingHasher(profiles.CHEAPEST, workers=1, max_pending=1)
+    async with run_auth(passwords=hasher) as auth_app:
+        await auth_app.service.create_user(email="bob@example.com", password=PASSWORD)
+        grant = {"grant_type": "password", "username": "bob@example.com", "password": PASSWORD}
+        first = asyncio.create_task(auth_app.client.post("/v1/auth/token", json=grant))
+        await async_wait_until(
+            lambda: _now(bool(hashing_threads)), timeout=10, message="the hash to start"
+        )
+        # While that hash runs, the loop still answers, and a second sign-in is shed at once.
+        live = await auth_app.client.get("/livez")
+        shed = await auth_app.client.post("/v1/auth/token", json=grant)
+        release.set()
+        signed = await first
 
     assert live.status_code == 200
     assert shed.status_code == 429 and shed.headers["retry-after"] == "1"

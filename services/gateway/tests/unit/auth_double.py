@@ -192,12 +192,9 @@ async def gateway_with(
         await bus.publish(topics.replies, reply, partition=event.data.reply_to.partition)
 
     await bus.subscribe([topics.requests_interactive], "inference", fake_inference, concurrency=4)
-    app = create_app(settings, bus=bus)
-    gateway = app.state.gateway
-    await gateway.http.aclose()
-    gateway.http = httpx.AsyncClient(transport=httpx.MockTransport(auth.handle))
-    gateway.authenticator._client = gateway.http
-    gateway.authenticator.jwks._client = gateway.http
+    app = create_app(
+        settings, bus=bus, http=httpx.AsyncClient(transport=httpx.MockTransport(auth.handle))
+    )
     if configure is not None:
         configure(app)
     try:

@@ -4,6 +4,7 @@ subscribed to the bus, and the auth service replaced by an httpx mock transport.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -264,6 +265,25 @@ def anthropic_stream(
     return [record(request, index, [event], run) for index, event in enumerate(events)]
 
 
+Route = Callable[[httpx.Request], "httpx.Response | Awaitable[httpx.Response]"]
+
+
+class Upstreams:
+    """The far end of the gateway's HTTP client (auth and history) in unit tests: every
+    request goes to `route`, looked up per request, so a test re-routes by assigning it.
+    The client is given to the gateway through `create_app(..., http=...)`."""
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        answer = self.route(request)
+        return await answer if inspect.isawaitable(answer) else answer
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.MockTransport(self.handle))
+
+
 @dataclass
 class Harness:
     client: httpx.AsyncClient
@@ -273,6 +293,8 @@ class Harness:
     settings: Settings
     respond: list[Responder]
     app: object = None
+    # What the gateway's calls to auth and history reach; `auth.handle` by default.
+    upstreams: Upstreams | None = None
 
 
 @pytest.fixture(autouse=True)
@@ -315,14 +337,11 @@ async def harness(settings: Settings) -> AsyncIterator[Harness]:
             await bus.publish(topics.replies, reply, partition=event.data.reply_to.partition)
 
     await bus.subscribe([topics.requests_interactive], "inference", fake_inference, concurrency=8)
-    app = create_app(settings, bus=bus)
-    gateway = app.state.gateway
-    await gateway.http.aclose()
-    gateway.http = httpx.AsyncClient(transport=httpx.MockTransport(auth.handle))
-    gateway.authenticator._client = gateway.http
-    gateway.authenticator.jwks._client = gateway.http
+    # `auth.handle` looked up per request, so a test replacing it re-routes the gateway.
+    upstreams = Upstreams(lambda request: auth.handle(request))
+    app = create_app(settings, bus=bus, http=upstreams.client())
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield Harness(client, bus, auth, requests, settings, respond, app)
+            yield Harness(client, bus, auth, requests, settings, respond, app, upstreams)
     await bus.stop()

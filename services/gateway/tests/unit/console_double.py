@@ -173,7 +173,7 @@ class ConsoleDouble(AuthDouble):
         if path.startswith(("/v1/api-keys", "/v1/admin/", "/v1/me")):
             return self._auth_api(request, path, method)
         if path.startswith(("/v1/history", "/v1/usage", "/v1/jobs")):
-            return self._history(request, path, method)
+            return self.answer_history(request, path, method)
         if path == "/metrics":
             return httpx.Response(200, text=self.metrics)
         return super().handle(request)
@@ -262,7 +262,8 @@ class ConsoleDouble(AuthDouble):
             return httpx.Response(204)
         return self._error(404, "Not Found")
 
-    def _history(self, request: httpx.Request, path: str, method: str) -> httpx.Response:
+    def answer_history(self, request: httpx.Request, path: str, method: str) -> httpx.Response:
+        """History's answer to `request` (a test wraps this to script one answer)."""
         tenant = request.headers.get("x-switchyard-tenant")
         user = request.headers.get("x-switchyard-user-id")
         admin = request.headers.get("x-switchyard-role") == "admin"

@@ -142,10 +142,5 @@ async def install(harness) -> FakeHistory:
             return await history.handle(request)
         return harness.auth.handle(request)
 
-    gateway = harness.app.state.gateway
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
-    previous, gateway.http = gateway.http, client
-    await previous.aclose()
-    gateway.authenticator._client = client
-    gateway.authenticator.jwks._client = client
+    harness.upstreams.route = handle
     return history

@@ -680,7 +680,7 @@ async def test_cancelling_a_job_records_it_at_history_and_tells_inference():
         await gw.bus.subscribe([gw.topics.control], "test", control)
         page = await gw.client.get("/ui/jobs")
         answer = {"id": "job1", "object": "job", "status": "cancelled"}
-        original = double._history
+        original = double.answer_history
 
         def history(request, path, method):
             if path == "/v1/jobs/job1/cancel":
@@ -689,7 +689,7 @@ async def test_cancelling_a_job_records_it_at_history_and_tells_inference():
                 return httpx.Response(200, json=answer)
             return original(request, path, method)
 
-        double._history = history
+        double.answer_history = history
         response = await gw.client.post(
             "/ui/jobs/job1/cancel", data={"csrftoken": csrf_of(page.text)}
         )
@@ -706,7 +706,7 @@ async def test_cancelling_a_job_records_it_at_history_and_tells_inference():
 async def test_the_request_log_pages_with_history_cursors_and_keeps_the_filters():
     double = ConsoleDouble()
     double.add_item(double.account("alice@acme.test"))
-    original = double._history
+    original = double.answer_history
 
     def history(request, path, method):
         response = original(request, path, method)
@@ -716,7 +716,7 @@ async def test_the_request_log_pages_with_history_cursors_and_keeps_the_filters(
             return httpx.Response(200, json=body)
         return response
 
-    double._history = history
+    double.answer_history = history
     async with console(double) as gw:
         await sign_in(gw)
         page = await gw.client.get("/ui/requests?status=failed&model=sim-small&range=24h")

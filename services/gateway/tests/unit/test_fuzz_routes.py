@@ -18,7 +18,7 @@ from .conftest import FakeAuth, completed_reply
 from .history_fakes import HISTORY_PORT, FakeHistory
 
 
-async def build_gateway(state: dict) -> object:
+async def serve_gateway(state: dict) -> object:
     settings = Settings(request_timeout_s=2.0, topic_prefix="fuzz", max_body_bytes=200_000)
     bus = InMemoryBus()
     await bus.start()
@@ -31,18 +31,15 @@ async def build_gateway(state: dict) -> object:
             await bus.publish(topics.replies, reply, partition=event.data.reply_to.partition)
 
     await bus.subscribe([topics.requests_interactive], "inference", fake_inference)
-    app = create_app(settings, bus=bus)
-    gateway = app.state.gateway
 
     async def route(request: httpx.Request) -> httpx.Response:
         if request.url.port == HISTORY_PORT:
             return await history.handle(request)
         return auth.handle(request)
 
-    await gateway.http.aclose()
-    gateway.http = httpx.AsyncClient(transport=httpx.MockTransport(route))
-    gateway.authenticator._client = gateway.http
-    gateway.authenticator.jwks._client = gateway.http
+    app = create_app(
+        settings, bus=bus, http=httpx.AsyncClient(transport=httpx.MockTransport(route))
+    )
     state["token"] = auth.token(
         sub="user-1",
         role="admin",
@@ -60,7 +57,7 @@ async def build_gateway(state: dict) -> object:
 # Bounded by examples (about 45 s alone on 2 cores); the timeout only covers a busy machine.
 @pytest.mark.timeout(300)
 def test_no_gateway_route_answers_5xx_to_generated_requests():
-    with serve_in_thread(build_gateway) as server:
+    with serve_in_thread(serve_gateway) as server:
         failures = server_errors(
             server.base_url, headers={"Authorization": f"Bearer {server.state['token']}"}
         )

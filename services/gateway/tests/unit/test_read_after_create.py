@@ -63,10 +63,7 @@ def with_history(harness, history: LaggingHistory) -> None:
             return history.handle(request)
         return auth(request)
 
-    gateway = harness.app.state.gateway
-    gateway.http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
-    gateway.authenticator._client = gateway.http
-    gateway.authenticator.jwks._client = gateway.http
+    harness.upstreams.route = handle
 
 
 @pytest.mark.parametrize("suffix", ["/input_items", ""], ids=["input_items", "retrieve"])

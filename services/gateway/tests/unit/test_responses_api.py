@@ -126,18 +126,15 @@ async def system(tmp_path, simulator: SimulatorHandle) -> AsyncIterator[System]:
         history_url="http://history",
         responses_state_wait_s=3,
     )
-    app = create_app(settings, bus=bus)
-    gateway = app.state.gateway
-    await gateway.http.aclose()
     auth = FakeAuth()
-    gateway.http = httpx.AsyncClient(
+    gateway_http = httpx.AsyncClient(
         mounts={
             "http://history": httpx.ASGITransport(app=history_app),
-            "all://": httpx.MockTransport(auth.handle),
+            # `auth.handle` looked up per request, so a test replacing it re-routes auth.
+            "all://": httpx.MockTransport(lambda request: auth.handle(request)),
         }
     )
-    gateway.authenticator._client = gateway.http
-    gateway.authenticator.jwks._client = gateway.http
+    app = create_app(settings, bus=bus, http=gateway_http)
     async with history_app.router.lifespan_context(history_app), app.router.lifespan_context(app):
         http = httpx2.AsyncClient(
             transport=httpx2.ASGITransport(app=app), base_url="http://gateway", timeout=30
@@ -528,7 +525,7 @@ async def test_a_stream_failing_midway_ends_with_response_failed(system, simulat
 
 def limit_key(system: System, **limits: Any) -> None:
     """Make auth answer these limits for the test key (history stays reachable)."""
-    gateway = system.gateway_app.state.gateway
+    original = system.auth.handle
 
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/internal/v1/policy":
@@ -546,15 +543,9 @@ def limit_key(system: System, **limits: Any) -> None:
                     "budget_failure_mode": "closed",
                 },
             )
-        return system.auth.handle(request)
+        return original(request)
 
-    gateway.http = httpx.AsyncClient(
-        mounts={
-            "http://history": httpx.ASGITransport(app=system.history_app),
-            "all://": httpx.MockTransport(handle),
-        }
-    )
-    gateway.authenticator._client = gateway.http
+    system.auth.handle = handle  # what the gateway's client reaches for auth
 
 
 async def test_responses_count_against_rate_limits_and_are_refused_in_openai_shape(system):

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from switchyard.common.bus import InMemoryBus
 from switchyard.gateway.config import Settings
-from switchyard.inference.bootstrap import build_runtime
+from switchyard.inference.bootstrap import build as build_inference
 from switchyard.inference.config import Settings as InferenceSettings
 
 from .conftest import API_KEY
@@ -62,11 +63,8 @@ def settings(routing_file: Path) -> Settings:
 async def inference(routing_file: Path):
     """Inference's runtime on the same file, polling it at the same interval."""
 
-    async def publish(*_args, **_kwargs) -> None:
-        return None
-
-    runtime = build_runtime(
-        InferenceSettings(routing_file=str(routing_file), topic_prefix="unit"), publish
+    runtime = build_inference(
+        InferenceSettings(routing_file=str(routing_file), topic_prefix="unit"), InMemoryBus()
     )
     watcher = asyncio.create_task(runtime.watch(INTERVAL_S))
     try:

@@ -146,10 +146,11 @@ def service_settings(database_url: str) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
-    """The history app on its own in-memory bus, with a client calling it in-process."""
+async def running_service(settings: Settings, **adapters: Any) -> AsyncIterator[RunningService]:
+    """The history app on its own in-memory bus, with a client calling it in-process;
+    `adapters` (e.g. `admission=`) are passed to `create_app`, hence to `build`."""
     bus = InMemoryBus()
-    app = create_app(settings, bus=bus)
+    app = create_app(settings, bus=bus, **adapters)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://history") as client:

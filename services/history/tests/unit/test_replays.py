@@ -100,6 +100,30 @@ class FakeInference:
         )
 
 
+class GatewayDouble:
+    """The gateway's admission as the replay runner sees it: answers with `current`'s
+    `admit` (a test swaps `current` to change what the gateway says)."""
+
+    def __init__(self) -> None:
+        self.current = ScriptedAdmission([], then=Admitted(None))
+
+    async def admit(self, event: ChatRequested, timeout_s: float):
+        return await self.current.admit(event, timeout_s)
+
+
+@pytest.fixture
+def admission(request) -> GatewayDouble | None:
+    """What the runner asks before sending: no gateway (as `service_settings` says), or a
+    `GatewayDouble` for a test parametrized indirectly with "gateway"."""
+    return GatewayDouble() if getattr(request, "param", None) == "gateway" else None
+
+
+@pytest.fixture
+async def service(service_settings, admission, start_service):
+    async with start_service(service_settings, admission=admission) as running:
+        yield running
+
+
 @pytest.fixture
 async def inference(service):
     fake = FakeInference(service)
@@ -411,18 +435,18 @@ class ScriptedAdmission:
         return self.script.pop(0) if self.script else self.then
 
 
+@pytest.mark.parametrize("admission", ["gateway"], indirect=True)
 async def test_replayed_requests_wait_for_rate_limits_and_stop_at_a_used_up_budget(
-    service, events, inference
+    service, events, inference, admission
 ):
     await record_traffic(service, events, ["a", "b", "c"])
     admitted = Admitted(team_id="team-9")
     budget = Held("Budget of $1 for the key k1 is used up.", budget=True, retry_after_s=1)
-    admission = ScriptedAdmission(
+    admission.current = ScriptedAdmission(
         [Held("Rate limit of 1 requests per minute.", budget=False, retry_after_s=0.5)]
         + [admitted, admitted, budget],
         then=admitted,
     )
-    service.app.state.replay_runner._admission = admission
     created = await replay(service, rate="100/s")
 
     async def stopped():
@@ -449,14 +473,17 @@ async def test_replayed_requests_wait_for_rate_limits_and_stop_at_a_used_up_budg
     assert all(pair["reason"] is None for pair in done["data"])
 
 
-async def test_replay_items_are_kept_when_limits_cannot_be_checked(service, events, inference):
+@pytest.mark.parametrize("admission", ["gateway"], indirect=True)
+async def test_replay_items_are_kept_when_limits_cannot_be_checked(
+    service, events, inference, admission
+):
     await record_traffic(service, events, ["a"])
 
     class Down:
         async def admit(self, event, timeout_s):
             raise AdmissionUnavailable("gateway unreachable")
 
-    service.app.state.replay_runner._admission = Down()
+    admission.current = Down()
     created = await replay(service, rate="100/s")
     await asyncio.sleep(1.5)
     report = (
@@ -465,7 +492,7 @@ async def test_replay_items_are_kept_when_limits_cannot_be_checked(service, even
     assert inference.requests == []
     assert report["status"] == "running" and report["counts"]["pending"] == 1
 
-    service.app.state.replay_runner._admission = ScriptedAdmission([], then=Admitted(None))
+    admission.current = ScriptedAdmission([], then=Admitted(None))
     done = await finished(service, created["id"])
     assert done["counts"]["settled"] == 1 and len(inference.requests) == 1
 

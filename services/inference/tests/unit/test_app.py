@@ -29,6 +29,7 @@ from switchyard.common.testing.infra import async_wait_until
 from switchyard.common.topics import Topics
 from switchyard.inference.app import ControlListener, create_app
 from switchyard.inference.config import Settings
+from switchyard.inference.redelivery import ListenedOutcomeLog
 from switchyard.inference.testing import cancel_request
 
 
@@ -367,3 +368,45 @@ async def test_control_listener_keeps_trying_until_the_topic_can_be_read() -> No
 
 async def _listening(listener) -> bool:
     return listener.subscription is not None
+
+
+async def test_a_start_up_failing_half_way_stops_what_had_started(simulator, tmp_path: Path):
+    """The batch lane cannot be subscribed: start-up fails with that error, and the
+    interactive lane's consumer and the outcomes log started before it are stopped again,
+    so a replica that failed to start holds no consumer taking requests."""
+    topics = Topics("apptest")
+    stopped: list[str] = []
+
+    class Outcomes(ListenedOutcomeLog):
+        async def stop(self) -> None:
+            stopped.append("outcomes")
+            await super().stop()
+
+    class Bus(InMemoryBus):
+        async def subscribe(self, topics_, group, handler, **options):  # type: ignore[override]
+            if list(topics_) == [topics.requests_batch]:
+                raise RuntimeError("batch topic unavailable")
+            subscription = await super().subscribe(topics_, group, handler, **options)
+            stop = subscription.stop
+
+            async def recorded_stop() -> None:
+                stopped.append(f"consumer {','.join(topics_)}")
+                await stop()
+
+            subscription.stop = recorded_stop  # type: ignore[method-assign]
+            return subscription
+
+    bus = Bus()
+    await bus.start()
+    outcomes = Outcomes(bus, topics.outcomes, 60.0, 1024 * 1024)
+    app = create_app(settings_for(simulator, tmp_path), bus=bus, outcomes=outcomes)
+    try:
+        with pytest.raises(RuntimeError, match="batch topic unavailable"):
+            async with app.router.lifespan_context(app):
+                pass
+        stopped_by_the_app = list(stopped)
+    finally:
+        await bus.stop()
+
+    assert stopped_by_the_app == [f"consumer {topics.requests_interactive}", "outcomes"]
+    assert app.state.bus is None and app.state.outcomes is None

@@ -58,7 +58,14 @@ def routing(recorder: RecordingUpstream, **options: Any) -> RoutingTable:
 
 
 @pytest.fixture
-async def harness(recorder, monkeypatch) -> AsyncIterator[Harness]:
+def breaker_threshold() -> int:
+    """Failures that open a deployment's breaker: one, so a failing upstream is not
+    retried (a test overrides it by parametrizing `breaker_threshold`)."""
+    return 1
+
+
+@pytest.fixture
+async def harness(recorder, monkeypatch, breaker_threshold) -> AsyncIterator[Harness]:
     monkeypatch.setenv("FIDELITY_ANTHROPIC_KEY", "sk-ant-api03-SECRETSECRETSECRET")
     monkeypatch.setenv("FIDELITY_OPENAI_KEY", "sk-proj-OPENAISECRETKEY123")
     providers = ProviderPool()
@@ -67,7 +74,9 @@ async def harness(recorder, monkeypatch) -> AsyncIterator[Harness]:
         routing=routing(recorder),
         providers=providers,
         backoff=Backoff(0.01, 0.02),
-        deployments=DeploymentStates(BreakerPolicy(failure_threshold=1, cooldown_s=60)),
+        deployments=DeploymentStates(
+            BreakerPolicy(failure_threshold=breaker_threshold, cooldown_s=60)
+        ),
     )
     yield result
     await result.stop()
@@ -737,6 +746,9 @@ async def test_upstream_error_status_type_and_param_reach_a_client_of_the_same_a
     )
 
 
+# The breaker stays closed after the first overloaded answer, so the second request
+# reaches the upstream too.
+@pytest.mark.parametrize("breaker_threshold", [5])
 async def test_overloaded_anthropic_upstream_is_529_for_anthropic_and_503_for_openai_clients(
     harness, recorder
 ) -> None:
@@ -746,7 +758,6 @@ async def test_overloaded_anthropic_upstream_is_529_for_anthropic_and_503_for_op
     )
     recorder.script(overloaded)
     anthropic_reply = await harness.handle(chat_request(model="claude", api=MESSAGES))
-    harness.handler._attempts._deployments = DeploymentStates(BreakerPolicy(5, 60))
     openai_reply = await harness.handle(chat_request(model="claude"))
 
     assert (anthropic_reply.data.error.status, anthropic_reply.data.error.type) == (

@@ -1,27 +1,30 @@
 """The auth service's FastAPI app: JWKS, sign-in/refresh/logout, API keys, the admin API,
 and the internal endpoints the gateway uses (key lookup, revocation state).
 
-`create_app(settings, bus)`: with `bus=None` the app creates, starts and stops the bus its
-settings ask for; in embedded mode it publishes on the shared in-memory bus it is given.
-Auth events go through the outbox relay (see `outbox.py`) to the auth events topic.
+`create_app(settings, bus, *, adapters)`: with `bus=None` the app creates, starts and stops
+the bus its settings ask for; in embedded mode it publishes on the shared in-memory bus it
+is given. The lifespan composes the service with `bootstrap.build` (the adapters are passed
+through to it) and starts what it built on an `AsyncExitStack`, which stops it in reverse
+order, also when start-up fails half-way. Auth events go through the outbox relay (see
+`outbox.py`) to the auth events topic.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.auth import __version__
 from switchyard.auth.api import admin, api_keys, jwks, limits, tokens
 from switchyard.auth.api.internal import internal_router
-from switchyard.auth.bootstrap import AuthContext, build_context
+from switchyard.auth.bootstrap import AuthContext, build
 from switchyard.auth.config import Settings
-from switchyard.auth.outbox import OutboxRelay
+from switchyard.auth.passwords import PasswordHasher
 from switchyard.auth.service import AuthService
 from switchyard.common.backoff import Backoff
 from switchyard.common.bus import EventBus, create_bus
@@ -30,7 +33,7 @@ from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
 from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
-from switchyard.common.topics import Topics
+from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.auth")
 # Between attempts to record the signing key while the database is not there yet.
@@ -73,41 +76,37 @@ async def _record_signing_key(service: AuthService) -> None:
             await asyncio.sleep(delay)
 
 
-def create_app(settings: Settings | None = None, bus: EventBus | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    bus: EventBus | None = None,
+    *,
+    engine: AsyncEngine | None = None,
+    passwords: PasswordHasher | None = None,
+) -> FastAPI:
+    """The auth app on `settings` (read from the environment by default).
+
+    With `bus=None` the lifespan creates, starts and stops the bus the settings ask for; a
+    given bus is the caller's to start and stop. `engine` and `passwords` are passed to
+    `bootstrap.build` (`None`: the production ones). Returns the app; while it runs,
+    `app.state.auth` is its `AuthContext`. The lifespan raises what `build` raises."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            context = build_context(settings)
+            event_bus = bus or create_bus(settings, client_id=f"auth-{settings.instance_id}")
+            context = build(settings, event_bus, engine=engine, passwords=passwords)
             stack.push_async_callback(context.close)
-            event_bus = bus
-            if event_bus is None:
-                event_bus = create_bus(settings, client_id=f"auth-{settings.instance_id}")
+            if bus is None:
                 await event_bus.start()
                 stack.push_async_callback(event_bus.stop)
-            relay = OutboxRelay(
-                context.service.sessions,
-                event_bus,
-                Topics(settings.topic_prefix).auth_events,
-                poll_interval_s=settings.outbox_poll_interval_s,
-                housekeeping=context.service.purge_expired,
-            )
-            context.service.on_events_written = relay.notify
-            await relay.start()
-            stack.push_async_callback(relay.stop)
+            await context.outbox.start()
+            stack.push_async_callback(context.outbox.stop)
             app.state.auth = context
             app.state.bus = event_bus
-            app.state.outbox = relay
-
+            app.state.outbox = context.outbox
             recording = asyncio.create_task(_record_signing_key(context.service))
-
-            async def stop_recording() -> None:
-                recording.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await recording
-
-            stack.push_async_callback(stop_recording)
+            stack.push_async_callback(cancel_and_wait, recording)
             yield
 
     async def database_ready() -> bool:

@@ -1,7 +1,10 @@
-"""Composition root: builds the database engine, signing keys, hasher, login limits and
-`AuthService` from settings. The app lifespan, the CLI and embedded mode all wire through
-here; tests pass their own hasher (a cheap one) or settings. The app adds the bus and the
-outbox relay (they need a running event loop)."""
+"""Composition root of the auth service: `build(settings, bus, *, adapters)` wires the
+database engine, the signing keys, the password hasher, the login limits, `AuthService`
+and the outbox relay that publishes auth events on `bus`. Each adapter defaults to the
+production one from `Settings`; tests pass fakes (a cheap hasher, their own engine) here
+instead of reaching into what it builds. The app's lifespan starts and stops the result;
+the CLI and embedded mode's seeding use `build_database_service` and
+`build_token_issuer`."""
 
 from __future__ import annotations
 
@@ -13,23 +16,29 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.auth.config import Settings
 from switchyard.auth.governance import Governance
+from switchyard.auth.outbox import OutboxRelay
 from switchyard.auth.passwords import PasswordHasher
 from switchyard.auth.ratelimit import LoginRateLimiter, SlidingWindowLimiter
 from switchyard.auth.service import AuthService
 from switchyard.auth.signing import load_signing_key, load_verification_keys
 from switchyard.auth.tokens import TokenIssuer
+from switchyard.common.bus import EventBus
 from switchyard.common.db import create_engine, session_factory
+from switchyard.common.topics import Topics
 
 
 @dataclass
 class AuthContext:
-    """What the running app holds for its lifetime."""
+    """What the running app holds for its lifetime (`app.state.auth`)."""
 
     settings: Settings
     engine: AsyncEngine
     service: AuthService
     login_limits: LoginRateLimiter
     governance: Governance
+    # Publishes what the service writes to its outbox on the auth events topic; the app
+    # starts and stops it.
+    outbox: OutboxRelay
 
     async def database_ready(self) -> bool:
         try:
@@ -40,10 +49,14 @@ class AuthContext:
             return False
 
     async def close(self) -> None:
+        """Dispose of the engine (given or built), closing its pooled connections."""
         await self.engine.dispose()
 
 
 def build_token_issuer(settings: Settings) -> TokenIssuer:
+    """The access-token issuer: the signing key and the retired keys tokens may still be
+    verified with, from `settings`. Raises `SigningKeyError` when no usable signing key is
+    configured outside development."""
     return TokenIssuer(
         load_signing_key(settings),
         issuer=settings.jwt_issuer,
@@ -53,8 +66,24 @@ def build_token_issuer(settings: Settings) -> TokenIssuer:
     )
 
 
-def build_context(settings: Settings, passwords: PasswordHasher | None = None) -> AuthContext:
-    engine = create_engine(settings.database_url)
+def build(
+    settings: Settings,
+    bus: EventBus,
+    *,
+    engine: AsyncEngine | None = None,
+    passwords: PasswordHasher | None = None,
+) -> AuthContext:
+    """Wire the auth service from `settings`, publishing its events on `bus` (neither the
+    bus nor the outbox relay is started here: the app's lifespan does that).
+
+    Adapters, each `None` meaning the production one from `settings`:
+    - `engine`: the database engine, `create_engine(settings.database_url)` by default;
+      `AuthContext.close()` disposes of it either way.
+    - `passwords`: the password hasher, `PasswordHasher()` (the deployed cost) by default.
+
+    Returns the `AuthContext`. Raises `SigningKeyError` without a usable signing key, and
+    what SQLAlchemy raises for an unusable `database_url`."""
+    engine = engine if engine is not None else create_engine(settings.database_url)
     service = AuthService(
         session_factory(engine),
         passwords or PasswordHasher(),
@@ -69,12 +98,22 @@ def build_context(settings: Settings, passwords: PasswordHasher | None = None) -
             settings.login_max_attempts_per_address, settings.login_address_window_s
         ),
     )
+    outbox = OutboxRelay(
+        service.sessions,
+        bus,
+        Topics(settings.topic_prefix).auth_events,
+        poll_interval_s=settings.outbox_poll_interval_s,
+        housekeeping=service.purge_expired,
+    )
+    # The relay publishes at once what a request wrote, instead of at its next poll.
+    service.on_events_written = outbox.notify
     return AuthContext(
         settings=settings,
         engine=engine,
         service=service,
         login_limits=login_limits,
         governance=Governance(service),
+        outbox=outbox,
     )
 
 

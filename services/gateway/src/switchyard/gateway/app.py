@@ -1,11 +1,17 @@
-"""Builds the gateway's FastAPI app: the public OpenAI- and Anthropic-compatible API."""
+"""Builds the gateway's FastAPI app: the public OpenAI- and Anthropic-compatible API.
+
+`create_app(settings, bus, *, adapters)` composes the gateway with `bootstrap.build` (the
+adapters are passed through to it) and serves it; the lifespan starts what it built on an
+`AsyncExitStack` and stops it in reverse order, also when start-up fails half-way."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
+import httpx
 import structlog
 from fastapi import FastAPI
 
@@ -29,12 +35,13 @@ from switchyard.gateway.api import (
 )
 from switchyard.gateway.api.admissions import admissions_router
 from switchyard.gateway.api.body import install_openapi_models
-from switchyard.gateway.bootstrap import Gateway, build_gateway
+from switchyard.gateway.bootstrap import Gateway, build
 from switchyard.gateway.config import Settings
 from switchyard.gateway.console.mount import install_console
 from switchyard.gateway.cors import install_cors
 from switchyard.gateway.errors import install_api_error_handlers
 from switchyard.gateway.governance.estimate import warm_up
+from switchyard.gateway.governance.ledger import Ledger
 from switchyard.gateway.idempotency import IdempotencyMiddleware
 from switchyard.gateway.limits import BodySizeLimit, path_limits
 from switchyard.gateway.openapi import GATEWAY_DOCS
@@ -52,6 +59,64 @@ from switchyard.gateway.schemas import (
 log = structlog.get_logger("switchyard.gateway")
 # Between attempts to listen to a topic while Kafka is away or the topic is missing.
 STARTUP_BACKOFF = Backoff(initial_s=0.25, max_s=5.0)
+
+
+async def _start(stack: AsyncExitStack, gateway: Gateway, owned_bus: EventBus | None) -> None:
+    """Start what `build` wired, pushing each stop onto `stack` right after its start, so
+    leaving the stack stops them in reverse order, also after a half-way failure.
+    `owned_bus` is started and stopped here (the app created it); a given one is not."""
+    settings = gateway.settings
+    if owned_bus is not None:
+        await owned_bus.start()
+        stack.push_async_callback(owned_bus.stop)
+    stack.push_async_callback(gateway.http.aclose)
+    admission, revocations = gateway.admission, gateway.revocations
+    assert admission is not None and revocations is not None  # build() sets both
+    stack.push_async_callback(admission.ledger.close)
+    # Kafka may not be reachable yet: keep trying in the background; until the replies
+    # listener runs, readiness fails and chat requests get 503.
+    stack.push_async_callback(_stop_replies_listener, gateway)
+    connecting = asyncio.create_task(listen_for_replies(gateway))
+    stack.push_async_callback(cancel_and_wait, connecting)
+    # Listen to the auth events, then load the revocation state from auth (retried);
+    # until it is loaded, readiness fails and JWTs get 503.
+    stack.push_async_callback(revocations.stop)
+    syncing = asyncio.create_task(revocations.run())
+    stack.push_async_callback(cancel_and_wait, syncing)
+    stack.push_async_callback(_stop_governance_listeners, gateway)
+    governing = asyncio.create_task(listen_for_governance(gateway))
+    stack.push_async_callback(cancel_and_wait, governing)
+    # `switchyard cache purge` reaches this replica's in-memory answers through the bus.
+    stack.push_async_callback(gateway.cache.stop)
+    purges = asyncio.create_task(gateway.cache.listen())
+    stack.push_async_callback(cancel_and_wait, purges)
+    await admission.start()
+    stack.push_async_callback(admission.stop)
+    # The routing file, reloaded when it changes, as inference reloads it.
+    watching = asyncio.create_task(gateway.routing_source.watch(settings.routing_reload_interval_s))
+    stack.push_async_callback(cancel_and_wait, watching)
+    # The tokenizer's vocabulary loads in a thread, not on the first request.
+    warming = asyncio.get_running_loop().run_in_executor(None, warm_up)
+    stack.push_async_callback(_settle, warming)
+    await asyncio.wait({connecting, syncing, governing}, timeout=3)
+    with contextlib.suppress(Exception):
+        await gateway.authenticator.jwks.refresh()
+
+
+async def _stop_replies_listener(gateway: Gateway) -> None:
+    if gateway.replies_listener is not None:
+        await gateway.replies_listener.stop()
+
+
+async def _stop_governance_listeners(gateway: Gateway) -> None:
+    for listener in gateway.governance_listeners:
+        await listener.stop()
+
+
+async def _settle(future: asyncio.Future[None]) -> None:
+    """Wait for a thread's work to end; its failure was only an optimisation's."""
+    with contextlib.suppress(Exception):
+        await future
 
 
 async def listen_for_replies(gateway: Gateway) -> None:
@@ -93,7 +158,20 @@ async def listen_for_governance(gateway: Gateway) -> None:
             await asyncio.sleep(delay)
 
 
-def create_app(settings: Settings | None = None, bus: EventBus | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    bus: EventBus | None = None,
+    *,
+    http: httpx.AsyncClient | None = None,
+    ledger: Ledger | None = None,
+) -> FastAPI:
+    """The gateway app on `settings` (read from the environment by default).
+
+    With `bus=None` the app creates the bus its settings ask for and starts and stops it
+    in its lifespan; a given bus (embedded mode's shared in-memory bus) is the caller's to
+    start and stop. `http` and `ledger` are passed to `bootstrap.build` (`None`: the
+    production ones). Returns the app, its `Gateway` at `app.state.gateway`. Raises what
+    `build` raises for unusable settings."""
     settings = settings or Settings()
     largest = max(path_limits(settings).values())
     if settings.bus == "kafka" and largest > settings.kafka_max_message_bytes:
@@ -104,55 +182,13 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
         )
     owns_bus = bus is None
     the_bus = bus or create_bus(settings, client_id=f"gateway-{settings.instance_id}")
-    gateway = build_gateway(settings, the_bus)
+    gateway = build(settings, the_bus, http=http, ledger=ledger)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if owns_bus:
-            await the_bus.start()
-        # Kafka may not be reachable yet: keep trying in the background; until the
-        # replies listener runs, readiness fails and chat requests get 503.
-        connecting = asyncio.create_task(listen_for_replies(gateway))
-        # Listen to the auth events, then load the revocation state from auth (retried);
-        # until it is loaded, readiness fails and JWTs get 503.
-        revocations = gateway.revocations
-        assert revocations is not None  # build() always sets it
-        syncing = asyncio.create_task(revocations.run())
-        governing = asyncio.create_task(listen_for_governance(gateway))
-        purges = asyncio.create_task(gateway.cache.listen())  # `switchyard cache purge`
-        assert gateway.admission is not None
-        await gateway.admission.start()
-        # The routing file, reloaded when it changes, as inference reloads it.
-        watching = asyncio.create_task(
-            gateway.routing_source.watch(settings.routing_reload_interval_s)
-        )
-        # The tokenizer's vocabulary loads in a thread, not on the first request.
-        warming = asyncio.get_running_loop().run_in_executor(None, warm_up)
-        await asyncio.wait({connecting, syncing, governing}, timeout=3)
-        with contextlib.suppress(Exception):
-            await gateway.authenticator.jwks.refresh()
-        try:
+        async with AsyncExitStack() as stack:
+            await _start(stack, gateway, the_bus if owns_bus else None)
             yield
-        finally:
-            # Bounded, even if a cancellation is swallowed on the way (tasks.py).
-            await cancel_and_wait(connecting)
-            await cancel_and_wait(syncing)
-            await cancel_and_wait(governing)
-            await cancel_and_wait(purges)
-            await gateway.cache.stop()
-            await cancel_and_wait(watching)
-            with contextlib.suppress(Exception):
-                await warming
-            for listener in gateway.governance_listeners:
-                await listener.stop()
-            await gateway.admission.stop()
-            await gateway.admission.ledger.close()
-            await revocations.stop()
-            if gateway.replies_listener is not None:
-                await gateway.replies_listener.stop()
-            await gateway.http.aclose()
-            if owns_bus:
-                await the_bus.stop()
 
     app = FastAPI(
         title="Switchyard gateway",

@@ -1,5 +1,7 @@
-"""Composition root: wires the bus, the auth client and the routing table into the
-objects the routes use. Tests build a `Gateway` with fakes instead.
+"""Composition root of the gateway: `build(settings, bus, *, adapters)` wires the bus,
+the HTTP client to auth and history, the limit ledger and the routing table into the
+`Gateway` the routes use. Each adapter defaults to the production one from `Settings`;
+tests and embedded mode pass fakes here instead of reaching into the objects it builds.
 
 The routing table comes from the same reloading source inference uses
 (`switchyard.common.routing.RoutingSource`), polled by the app every
@@ -78,12 +80,37 @@ class Gateway:
         return self.revocations is not None and await self.revocations.ready()
 
 
-def build_gateway(settings: Settings, bus: EventBus) -> Gateway:
-    # One pooled client for every call to auth and history, closed with the app.
-    http = httpx.AsyncClient(
+def build_http_client() -> httpx.AsyncClient:
+    """The production client for every call to auth and history: pooled (200 connections,
+    50 kept alive) and carrying the W3C trace context of the current span."""
+    return httpx.AsyncClient(
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         event_hooks={"request": [inject_trace_headers]},
     )
+
+
+def build(
+    settings: Settings,
+    bus: EventBus,
+    *,
+    http: httpx.AsyncClient | None = None,
+    ledger: Ledger | None = None,
+    budget_clock: BudgetClock | None = None,
+) -> Gateway:
+    """Wire the gateway from `settings` and the event `bus` (not started here; the app's
+    lifespan starts what needs a running loop).
+
+    Adapters, each `None` meaning the production one from `settings`:
+    - `http`: the client for every call to auth (key lookups, JWKS, revocations, limit
+      policies, admin proxying) and history; `build_http_client()` by default. The app
+      closes it at shutdown, whoever made it.
+    - `ledger`: the store behind fleet-wide limits; `build_ledger(settings)` by default.
+    - `budget_clock`: where budget days start and end; `BudgetClock(settings.budget_day_s)`.
+
+    Returns the `Gateway`. Raises `ValueError` for a malformed
+    `webhook_allowed_networks`, and whatever `build_ledger` raises when the PostgreSQL
+    ledger cannot be set up from `database_url`."""
+    http = http if http is not None else build_http_client()
     authenticator = Authenticator(
         http,
         auth_url=settings.auth_url,
@@ -119,8 +146,9 @@ def build_gateway(settings: Settings, bus: EventBus) -> Gateway:
         ),
     )
     gateway.admission = Admission(
-        ledger=build_ledger(settings),
-        # Through the gateway, so tests that replace its client replace this one too.
+        ledger=ledger if ledger is not None else build_ledger(settings),
+        # Read through the gateway at each call, so a test that swaps `gateway.http`
+        # after start-up swaps this one too.
         policies=PolicySource(
             lambda: gateway.http,
             auth_url=settings.auth_url,
@@ -129,7 +157,7 @@ def build_gateway(settings: Settings, bus: EventBus) -> Gateway:
         ),
         prices=PriceSource(settings.prices_file).table,
         replica=settings.instance_id,
-        budget_clock=BudgetClock(day_s=settings.budget_day_s),
+        budget_clock=budget_clock or BudgetClock(day_s=settings.budget_day_s),
         lease_idle_s=settings.governance_lease_idle_s,
         heartbeat_s=settings.governance_heartbeat_s,
         reap_after_s=settings.governance_reap_after_s,
@@ -138,7 +166,9 @@ def build_gateway(settings: Settings, bus: EventBus) -> Gateway:
 
 
 def build_ledger(settings: Settings) -> Ledger:
-    """PostgreSQL (the fleet's ledger) or this process's memory, as configured."""
+    """The limit ledger `settings.governance_store` asks for: PostgreSQL (shared by the
+    fleet) or this process's memory; `auto` picks PostgreSQL when `database_url` is a
+    PostgreSQL URL. Raises what SQLAlchemy raises for an unusable URL or driver."""
     store = settings.governance_store
     if store == "auto":
         store = "postgres" if settings.database_url.startswith("postgresql") else "memory"

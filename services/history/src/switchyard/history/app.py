@@ -4,8 +4,11 @@ Responses API state (`/v1/responses`), the Idempotency-Key store and the respons
 store to the gateway; and runs the expiry sweeper, the retention purge, the job webhook
 deliveries and the replay runner in the background.
 
-`create_app(settings, bus)`: with `bus=None` the app creates, starts and stops the bus its
-settings ask for; in embedded mode it joins the shared in-memory bus it is given.
+`create_app(settings, bus, *, adapters)`: with `bus=None` the app creates, starts and stops
+the bus its settings ask for; in embedded mode it joins the shared in-memory bus it is
+given. The lifespan composes the service with `bootstrap.build` (the adapters are passed
+through to it) and starts what it built on an `AsyncExitStack`, which stops it in reverse
+order, also when start-up fails half-way.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.bus import EventBus, RetryPolicy, create_bus
 from switchyard.common.docs import ApiDocs, install_docs
@@ -33,10 +37,9 @@ from switchyard.history.api.replays import replays_router
 from switchyard.history.api.responses import responses_router
 from switchyard.history.api.routes import history_router
 from switchyard.history.api.usage import usage_router
-from switchyard.history.bootstrap import build_components
+from switchyard.history.bootstrap import build
 from switchyard.history.config import Settings
 from switchyard.history.replay_admission import GatewayAdmission
-from switchyard.history.replays import ReplayRunner
 
 log = structlog.get_logger("switchyard.history")
 
@@ -59,17 +62,29 @@ HISTORY_DOCS = ApiDocs(
 )
 
 
-def create_app(settings: Settings | None = None, bus: EventBus | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    bus: EventBus | None = None,
+    *,
+    engine: AsyncEngine | None = None,
+    admission: GatewayAdmission | None = None,
+) -> FastAPI:
+    """The history app on `settings` (read from the environment by default).
+
+    With `bus=None` the lifespan creates, starts and stops the bus the settings ask for; a
+    given bus is the caller's to start and stop. `engine` and `admission` are passed to
+    `bootstrap.build` (`None`: the production ones). Returns the app; while it runs,
+    `app.state.history` is its `HistoryComponents`. The lifespan raises what `build`
+    raises."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            components = build_components(settings)
+            event_bus = bus or create_bus(settings, client_id=f"history-{settings.instance_id}")
+            components = build(settings, event_bus, engine=engine, admission=admission)
             stack.push_async_callback(components.close)
-            event_bus = bus
-            if event_bus is None:
-                event_bus = create_bus(settings, client_id=f"history-{settings.instance_id}")
+            if bus is None:
                 await event_bus.start()
                 stack.push_async_callback(event_bus.stop)
             app.state.history = components
@@ -102,25 +117,13 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
             app.state.read_barrier = lambda: event_bus.settled(
                 settings.group, READ_AFTER_WRITE_WAIT_S
             )
-            admission = None
-            if settings.gateway_url:
-                admission = GatewayAdmission(settings.gateway_url, settings.internal_token)
-                stack.push_async_callback(admission.close)
-            runner = ReplayRunner(
-                components.engine,
-                event_bus.publish,
-                topics,
-                runner_id=settings.instance_id,
-                request_timeout_s=settings.replay_request_timeout_s,
-                admission=admission,
-            )
-            app.state.replay_runner = runner
+            app.state.replay_runner = components.runner
             for name, work in (
                 ("sweeper", components.sweeper.run(settings.sweep_interval_s)),
                 ("webhooks", components.webhooks.run(settings.webhook_poll_interval_s)),
-                ("replays", runner.run(settings.replay_poll_interval_s)),
+                ("replays", components.runner.run(settings.replay_poll_interval_s)),
             ):
-                stack.push_async_callback(_cancel, asyncio.create_task(work, name=name))
+                stack.push_async_callback(cancel_and_wait, asyncio.create_task(work, name=name))
             log.info(
                 "history service started", group=settings.group, topic_prefix=settings.topic_prefix
             )
@@ -163,7 +166,3 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     app.add_middleware(ClientDisconnectGuard)
     install_docs(app, "Switchyard history", HISTORY_DOCS)
     return app
-
-
-async def _cancel(task: asyncio.Task) -> None:
-    await cancel_and_wait(task)

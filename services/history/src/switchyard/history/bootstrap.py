@@ -1,26 +1,33 @@
-"""Composition root of the history service: wires the database into the recorder, the
-queries, the stores and the background workers. Tests build the same components against
-a temporary database."""
+"""Composition root of the history service: `build(settings, bus, *, adapters)` wires the
+database engine and the event bus into the recorder, the queries, the stores and the
+background workers (sweeper, webhook deliveries, replay runner). Each adapter defaults to
+the production one from `Settings`; tests pass fakes (their own engine, a scripted gateway
+admission) here instead of reaching into what it builds. The app's lifespan starts and
+stops the result."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import orjson
 import structlog
 from sqlalchemy import literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.common.bus import EventBus
 from switchyard.common.db import create_engine
 from switchyard.common.egress import TargetPolicy, parse_networks
+from switchyard.common.topics import Topics
 from switchyard.history.cache import CacheStore
 from switchyard.history.config import Settings
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import IdempotencyStore
 from switchyard.history.models import Base
 from switchyard.history.queries import HistoryQueries
-from switchyard.history.replays import ReplayStore
+from switchyard.history.replay_admission import GatewayAdmission
+from switchyard.history.replays import ReplayRunner, ReplayStore
 from switchyard.history.sweeper import Sweeper
 from switchyard.history.tenants import TenantSettingsStore
 from switchyard.history.webhooks import WebhookDispatcher, WebhookPolicy
@@ -30,6 +37,8 @@ log = structlog.get_logger("switchyard.history")
 
 @dataclass
 class HistoryComponents:
+    """What the running app holds for its lifetime (`app.state.history`)."""
+
     engine: AsyncEngine
     recorder: EventRecorder
     queries: HistoryQueries
@@ -39,6 +48,11 @@ class HistoryComponents:
     sweeper: Sweeper
     cache: CacheStore
     replays: ReplayStore
+    # Sends the replays' requests (admitted by the gateway when one is configured).
+    runner: ReplayRunner
+    # The gateway admission `build` made from settings (closed with the rest); one a
+    # caller passed is the caller's.
+    owned_admission: GatewayAdmission | None = None
 
     async def database_ready(self) -> bool:
         try:
@@ -65,10 +79,13 @@ class HistoryComponents:
         return True
 
     async def close(self) -> None:
+        """Close the admission client `build` made, then dispose of the engine."""
+        if self.owned_admission is not None:
+            await self.owned_admission.close()
         await self.engine.dispose()
 
 
-def _json_dumps(value) -> str:
+def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
@@ -77,8 +94,32 @@ def history_engine(database_url: str) -> AsyncEngine:
     return create_engine(database_url, json_serializer=_json_dumps, json_deserializer=orjson.loads)
 
 
-def build_components(settings: Settings) -> HistoryComponents:
-    engine = history_engine(settings.database_url)
+def build(
+    settings: Settings,
+    bus: EventBus,
+    *,
+    engine: AsyncEngine | None = None,
+    admission: GatewayAdmission | None = None,
+) -> HistoryComponents:
+    """Wire the history service from `settings`; the replay runner publishes its requests
+    on `bus` (not started here: the app's lifespan does that, and runs the workers).
+
+    Adapters, each `None` meaning the production one from `settings`:
+    - `engine`: the database, `history_engine(settings.database_url)` by default;
+      `HistoryComponents.close()` disposes of it either way.
+    - `admission`: what the replay runner asks before sending a replayed request, by
+      default a `GatewayAdmission` on `settings.gateway_url`, or none (everything is
+      sent) when that is empty. Anything with `GatewayAdmission.admit`'s signature.
+
+    Returns the `HistoryComponents`. Raises `ValueError` for a malformed
+    `webhook_allowed_networks`, and what SQLAlchemy raises for an unusable
+    `database_url`."""
+    engine = engine if engine is not None else history_engine(settings.database_url)
+    owned_admission = None
+    if admission is None and settings.gateway_url:
+        admission = owned_admission = GatewayAdmission(
+            settings.gateway_url, settings.internal_token
+        )
     recorder = EventRecorder(engine)
     tenants = TenantSettingsStore(engine)
     idempotency = IdempotencyStore(engine)
@@ -112,4 +153,13 @@ def build_components(settings: Settings) -> HistoryComponents:
             purge_interval_s=settings.purge_interval_s,
             cache=cache,
         ),
+        runner=ReplayRunner(
+            engine,
+            bus.publish,
+            Topics(settings.topic_prefix),
+            runner_id=settings.instance_id,
+            request_timeout_s=settings.replay_request_timeout_s,
+            admission=admission,
+        ),
+        owned_admission=owned_admission,
     )

@@ -1,14 +1,19 @@
 """The inference service's HTTP app: health and metrics only. Its real work is the
 lifespan's subscriptions to the two request lanes, handled by `ChatRequestHandler`, and
-its listener on the control topic (cancellations)."""
+its listener on the control topic (cancellations).
+
+`create_app(settings, bus, *, adapters)`: with `bus=None` the app creates, starts and stops
+the bus its settings ask for; in embedded mode it joins the shared in-memory bus it is
+given. The lifespan composes the service with `bootstrap.build` (the adapters are passed
+through to it) and starts what it built on an `AsyncExitStack`, which stops it in reverse
+order, also when start-up fails half-way."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
@@ -19,11 +24,13 @@ from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
 from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
+from switchyard.common.routing import RoutingTable
 from switchyard.common.tasks import cancel_and_wait
 from switchyard.common.topics import Topics
-from switchyard.inference.bootstrap import InferenceRuntime, build_runtime
+from switchyard.inference.bootstrap import InferenceRuntime, build
 from switchyard.inference.config import Settings
-from switchyard.inference.redelivery import KafkaOutcomeLog, ListenedOutcomeLog, OutcomeLog
+from switchyard.inference.providers import ProviderFactory
+from switchyard.inference.redelivery import OutcomeLog
 
 log = structlog.get_logger("switchyard.inference")
 
@@ -36,70 +43,76 @@ log = structlog.get_logger("switchyard.inference")
 HANDLER_RETRY = RetryPolicy(max_attempts=5, max_backoff_s=5.0)
 
 
-def create_app(settings: Settings | None = None, bus: EventBus | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    bus: EventBus | None = None,
+    *,
+    routing: RoutingTable | None = None,
+    provider_factory: ProviderFactory | None = None,
+    outcomes: OutcomeLog | None = None,
+) -> FastAPI:
+    """The inference app on `settings` (read from the environment by default).
+
+    With `bus=None` the lifespan creates, starts and stops the bus the settings ask for; a
+    given bus is the caller's to start and stop. `routing`, `provider_factory` and
+    `outcomes` are passed to `bootstrap.build` (`None`: the production ones). Returns the
+    app; while it runs, `app.state.runtime` is its `InferenceRuntime`. The lifespan raises
+    what `build` raises (an invalid routing or price file fails start-up)."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owns_bus = bus is None
-        active_bus = bus or create_bus(settings, client_id=f"inference-{settings.instance_id}")
-        runtime = build_runtime(settings, active_bus.publish)  # fails fast on bad routing
-        if owns_bus:
-            await active_bus.start()
-        topics = Topics(settings.topic_prefix)
-        outcomes = _outcome_log(settings, active_bus, topics)
-        await outcomes.start()
-        runtime.handler.outcomes = outcomes
-        # Two lanes, two consumer groups: a batch backlog never sits in front of an
-        # interactive request, and the lane gate holds batch back under interactive load.
-        subscriptions = [
-            await active_bus.subscribe(
-                [topics.requests_interactive],
+        async with AsyncExitStack() as stack:
+            active_bus = bus or create_bus(settings, client_id=f"inference-{settings.instance_id}")
+            runtime = build(  # fails fast on bad routing
+                settings,
+                active_bus,
+                routing=routing,
+                provider_factory=provider_factory,
+                outcomes=outcomes,
+            )
+            stack.callback(_forget, app)  # last: readiness holds until everything stopped
+            if bus is None:
+                await active_bus.start()
+                stack.push_async_callback(active_bus.stop)
+            stack.push_async_callback(runtime.aclose)
+            await runtime.outcomes.start()
+            stack.push_async_callback(runtime.outcomes.stop)
+            topics = Topics(settings.topic_prefix)
+            # Two lanes, two consumer groups: a batch backlog never sits in front of an
+            # interactive request, and the lane gate holds batch back under interactive
+            # load.
+            for topic, group, concurrency in (
+                (topics.requests_interactive, settings.group, settings.interactive_concurrency),
+                (topics.requests_batch, settings.batch_group, settings.batch_concurrency),
+            ):
+                subscription = await active_bus.subscribe(
+                    [topic],
+                    group=group,
+                    handler=runtime.handler,
+                    concurrency=concurrency,
+                    retry=HANDLER_RETRY,
+                )
+                stack.push_async_callback(subscription.stop)
+            control = ControlListener(active_bus, topics.control, runtime.handler.cancel)
+            await control.start()
+            stack.push_async_callback(control.stop)
+            watcher = asyncio.create_task(runtime.watch(settings.routing_reload_interval_s))
+            stack.push_async_callback(cancel_and_wait, watcher)
+            if _install_sighup(runtime):
+                stack.callback(asyncio.get_running_loop().remove_signal_handler, signal.SIGHUP)
+            app.state.bus = active_bus
+            app.state.outcomes = runtime.outcomes
+            app.state.runtime = runtime
+            app.state.routing = runtime.routing
+            log.info(
+                "inference started",
+                models=runtime.routing.model_names(),
                 group=settings.group,
-                handler=runtime.handler,
-                concurrency=settings.interactive_concurrency,
-                retry=HANDLER_RETRY,
-            ),
-            await active_bus.subscribe(
-                [topics.requests_batch],
-                group=settings.batch_group,
-                handler=runtime.handler,
-                concurrency=settings.batch_concurrency,
-                retry=HANDLER_RETRY,
-            ),
-        ]
-        control = ControlListener(active_bus, topics.control, runtime.handler.cancel)
-        await control.start()
-        watcher = asyncio.create_task(runtime.watch(settings.routing_reload_interval_s))
-        reload_on_sighup = _install_sighup(runtime)
-        app.state.bus = active_bus
-        app.state.outcomes = outcomes
-        app.state.runtime = runtime
-        app.state.routing = runtime.routing
-        log.info(
-            "inference started",
-            models=runtime.routing.model_names(),
-            group=settings.group,
-            interactive_concurrency=settings.interactive_concurrency,
-            batch_concurrency=settings.batch_concurrency,
-        )
-        try:
+                interactive_concurrency=settings.interactive_concurrency,
+                batch_concurrency=settings.batch_concurrency,
+            )
             yield
-        finally:
-            if reload_on_sighup:
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            await control.stop()
-            for subscription in subscriptions:
-                await subscription.stop()
-            await outcomes.stop()
-            await runtime.aclose()
-            if owns_bus:
-                await active_bus.stop()
-            app.state.bus = None
-            app.state.outcomes = None
 
     app = FastAPI(
         title="Switchyard inference",
@@ -132,25 +145,10 @@ def create_app(settings: Settings | None = None, bus: EventBus | None = None) ->
     return app
 
 
-def _outcome_log(settings: Settings, bus: EventBus, topics: Topics) -> OutcomeLog:
-    """The outcomes log read from Kafka (every replica sees what any replica recorded), or
-    through the bus's listeners when there is no Kafka (one process holds every request)."""
-    if settings.bus == "kafka" and hasattr(bus, "bootstrap_servers"):
-        return KafkaOutcomeLog(
-            settings.kafka_bootstrap_servers,
-            topics.outcomes,
-            bus.partition_count,
-            lookback_s=settings.redelivery_lookback_s,
-            max_bytes=settings.redelivery_index_max_mb * 1024 * 1024,
-            client_id=f"inference-{settings.instance_id}-outcomes",
-            max_message_bytes=settings.kafka_max_message_bytes,
-        )
-    return ListenedOutcomeLog(
-        bus,
-        topics.outcomes,
-        settings.redelivery_lookback_s,
-        settings.redelivery_index_max_mb * 1024 * 1024,
-    )
+def _forget(app: FastAPI) -> None:
+    """Readiness fails again once the lifespan has stopped everything it started."""
+    app.state.bus = None
+    app.state.outcomes = None
 
 
 class ControlListener:

@@ -1,5 +1,9 @@
-"""The composition root: builds the inference service's handler from its settings and the
-adapters it is given (a publish function, a provider factory). Tests wire fakes here."""
+"""Composition root of the inference service: `build(settings, bus, *, adapters)` wires
+the routing and price files, the provider pool, the lane gate, the outcomes log and the
+`ChatRequestHandler` that publishes on `bus`. Each adapter defaults to the production one
+from `Settings`; tests pass fakes (a fixed routing table, a provider factory, an outcomes
+log) here instead of reaching into what it builds. The app's lifespan starts and stops the
+result."""
 
 from __future__ import annotations
 
@@ -8,15 +12,17 @@ from dataclasses import dataclass
 
 import structlog
 
+from switchyard.common.bus import EventBus
 from switchyard.common.routing import RoutingError, RoutingSource, RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.inference import metrics
 from switchyard.inference.adapters import Adapters
 from switchyard.inference.config import Settings
-from switchyard.inference.handlers import ChatRequestHandler, Publish
+from switchyard.inference.handlers import ChatRequestHandler
 from switchyard.inference.lanes import LaneGate
 from switchyard.inference.pricing import PriceError, PriceSource
 from switchyard.inference.providers import ProviderFactory, ProviderPool
+from switchyard.inference.redelivery import KafkaOutcomeLog, ListenedOutcomeLog, OutcomeLog
 from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
 from switchyard.inference.upstream import create_upstream
 
@@ -25,14 +31,20 @@ log = structlog.get_logger("switchyard.inference")
 
 @dataclass
 class InferenceRuntime:
+    """What the running app holds for its lifetime (`app.state.runtime`)."""
+
     routing_source: RoutingSource
     prices: PriceSource
     providers: ProviderPool
     lanes: LaneGate
     handler: ChatRequestHandler
+    # Recorded outcomes, looked up for a redelivered request (redelivery.py); the app
+    # starts and stops it.
+    outcomes: OutcomeLog
 
     @property
     def routing(self) -> RoutingTable:
+        """The routing table as of now (a reload swaps it whole)."""
         return self.routing_source.table
 
     def reload(self, *, only_if_changed: bool = False) -> None:
@@ -69,6 +81,7 @@ class InferenceRuntime:
         self.providers.retire(keep)
 
     async def aclose(self) -> None:
+        """Close every provider client the pool opened."""
         await self.providers.aclose()
 
 
@@ -87,13 +100,27 @@ def check_credentials(routing: RoutingTable) -> None:
         raise RoutingError("; ".join(sorted(set(missing))))
 
 
-def build_runtime(
+def build(
     settings: Settings,
-    publish: Publish,
+    bus: EventBus,
     *,
     routing: RoutingTable | None = None,
     provider_factory: ProviderFactory | None = None,
+    outcomes: OutcomeLog | None = None,
 ) -> InferenceRuntime:
+    """Wire the inference service from `settings`; the handler publishes on `bus` (not
+    started here: the app's lifespan starts the bus, the outcomes log and the
+    subscriptions).
+
+    Adapters, each `None` meaning the production one from `settings`:
+    - `routing`: a fixed routing table instead of `settings.routing_file` (reloaded when
+      it changes).
+    - `provider_factory`: makes the client of each deployment; `create_upstream`.
+    - `outcomes`: the outcomes log; `build_outcome_log(settings, bus)` by default.
+
+    Returns the `InferenceRuntime`. Raises `RoutingError` for an invalid routing file or a
+    deployment whose credential variable is unset, and `PriceError` for an invalid price
+    file: better a clear start-up error than failing requests."""
     if routing is not None:
         check_credentials(routing)
         source = RoutingSource(None, settings.simulator_url)
@@ -102,14 +129,16 @@ def build_runtime(
         source = RoutingSource(
             settings.routing_file, settings.simulator_url, validate=check_credentials
         )
+    topics = Topics(settings.topic_prefix)
     prices = PriceSource(settings.prices_file)
     providers = ProviderPool(provider_factory or create_upstream)
     lanes = LaneGate(
         settings.interactive_concurrency, settings.batch_concurrency, settings.batch_yield_ratio
     )
+    outcomes = outcomes if outcomes is not None else build_outcome_log(settings, bus)
     handler = ChatRequestHandler(
-        publish=publish,
-        topics=Topics(settings.topic_prefix),
+        publish=bus.publish,
+        topics=topics,
         routing=source,
         providers=providers,
         deployments=DeploymentStates(
@@ -119,7 +148,31 @@ def build_runtime(
         lanes=lanes,
         backoff=Backoff(settings.retry_initial_backoff_s, settings.retry_max_backoff_s),
         adapters=Adapters(settings.anthropic_default_max_tokens),
+        outcomes=outcomes,
     )
-    runtime = InferenceRuntime(source, prices, providers, lanes, handler)
+    runtime = InferenceRuntime(source, prices, providers, lanes, handler, outcomes)
     source.on_change(runtime._retire_stale_providers)
     return runtime
+
+
+def build_outcome_log(settings: Settings, bus: EventBus) -> OutcomeLog:
+    """The outcomes log read from Kafka (every replica sees what any replica recorded), or
+    through the bus's listeners when there is no Kafka (one process holds every request).
+    Nothing is connected until its `start()`."""
+    topics = Topics(settings.topic_prefix)
+    if settings.bus == "kafka" and hasattr(bus, "bootstrap_servers"):
+        return KafkaOutcomeLog(
+            settings.kafka_bootstrap_servers,
+            topics.outcomes,
+            bus.partition_count,
+            lookback_s=settings.redelivery_lookback_s,
+            max_bytes=settings.redelivery_index_max_mb * 1024 * 1024,
+            client_id=f"inference-{settings.instance_id}-outcomes",
+            max_message_bytes=settings.kafka_max_message_bytes,
+        )
+    return ListenedOutcomeLog(
+        bus,
+        topics.outcomes,
+        settings.redelivery_lookback_s,
+        settings.redelivery_index_max_mb * 1024 * 1024,
+    )
