@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import orjson
 import structlog
@@ -59,7 +60,7 @@ class HistoryComponents:
                     await connection.execute(select(literal(1)).select_from(table).limit(0))
                 if self.engine.dialect.name == "postgresql":
                     setting = text("SELECT current_setting('transaction_read_only')")
-                    return (await connection.execute(setting)).scalar_one() == "off"
+                    return bool((await connection.execute(setting)).scalar_one() == "off")
         except Exception:  # noqa: BLE001 - any failure means "not writable"
             return False
         return True
@@ -68,7 +69,7 @@ class HistoryComponents:
         await self.engine.dispose()
 
 
-def _json_dumps(value) -> str:
+def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 

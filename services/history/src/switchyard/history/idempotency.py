@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import RowMapping, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.db import dialect_insert
@@ -185,7 +185,7 @@ class IdempotencyStore:
         return result.rowcount or 0
 
 
-def _mismatch_reason(row, claim: ClaimRequest) -> str:
+def _mismatch_reason(row: RowMapping, claim: ClaimRequest) -> str:
     if row["endpoint"] != claim.endpoint:
         return (
             f"This Idempotency-Key was already used for {row['endpoint']}; "

@@ -11,6 +11,7 @@ asked or cannot check limits (the item is tried again later)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -82,7 +83,7 @@ class GatewayAdmission:
         await self._client.aclose()
 
 
-def _error(response: httpx.Response) -> dict:
+def _error(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:

@@ -51,7 +51,9 @@ MAX_ITEMS_PAGE = 100
 DEFAULT_ITEMS_PAGE = 20
 
 
-def not_found(response_id: str, message: str | None = None, code: str = "response_not_found"):
+def not_found(
+    response_id: str, message: str | None = None, code: str = "response_not_found"
+) -> APIError:
     return APIError(
         404,
         message or f"Response with id '{response_id}' not found.",
@@ -74,7 +76,7 @@ class StoredResponse:
 
     @property
     def status(self) -> str:
-        return self.row["status"]
+        return str(self.row["status"])
 
     @property
     def background(self) -> bool:

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import delete, exists, func, not_, select
+from sqlalchemy import ColumnElement, delete, exists, func, not_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.history import rollup
@@ -41,6 +41,7 @@ from switchyard.history.models import (
     requests_table,
     webhooks_table,
 )
+from switchyard.history.queries import AnySelect
 from switchyard.history.tenants import TenantSettingsStore
 
 log = structlog.get_logger("switchyard.history.sweeper")
@@ -105,7 +106,7 @@ async def purge(
     older than it that belong to no request (e.g. auth events)."""
     r, e, w = requests_table.c, events_table.c, webhooks_table.c
 
-    def scoped(query, tenant_column):
+    def scoped(query: AnySelect, tenant_column: ColumnElement[str]) -> AnySelect:
         if tenant is not None:
             query = query.where(tenant_column == tenant)
         if exclude_tenants:

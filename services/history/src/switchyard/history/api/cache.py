@@ -44,7 +44,7 @@ def cache_router(internal_token: str) -> APIRouter:
     )
 
     @router.get("/settings")
-    async def cache_settings(caller: CallerDep, tenants: TenantsDep) -> dict:
+    async def cache_settings(caller: CallerDep, tenants: TenantsDep) -> dict[str, Any]:
         """The tenant's response cache settings."""
         settings = await tenants.get(caller.tenant)
         return {
@@ -54,7 +54,7 @@ def cache_router(internal_token: str) -> APIRouter:
         }
 
     @router.get("/entries/{key}")
-    async def get_entry(key: KeyParam, caller: CallerDep, store: CacheDep) -> dict:
+    async def get_entry(key: KeyParam, caller: CallerDep, store: CacheDep) -> dict[str, Any]:
         """The tenant's live entry for this key."""
         entry = await store.get(caller.tenant, key)
         if entry is None:
@@ -64,7 +64,7 @@ def cache_router(internal_token: str) -> APIRouter:
     @router.put("/entries/{key}")
     async def put_entry(
         key: KeyParam, body: CacheEntryBody, caller: CallerDep, store: CacheDep, tenants: TenantsDep
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Store an answer (nothing for a tenant storing metadata only)."""
         if not (await tenants.get(caller.tenant)).store_content:
             return {"stored": False, "reason": "metadata_only"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
@@ -53,7 +53,7 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
     )
 
     @router.post("/claim")
-    async def claim(body: ClaimBody, caller: CallerDep, store: IdempotencyDep) -> dict:
+    async def claim(body: ClaimBody, caller: CallerDep, store: IdempotencyDep) -> dict[str, Any]:
         result = await store.claim(
             ClaimRequest(
                 tenant=caller.tenant,
@@ -77,7 +77,7 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
     @router.post("/complete")
     async def complete(
         body: CompleteBody, caller: CallerDep, store: IdempotencyDep, tenants: TenantsDep
-    ) -> dict:
+    ) -> dict[str, Any]:
         content: bytes | None
         try:
             content = base64.b64decode(body.body_b64, validate=True)
@@ -99,7 +99,9 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
         return {"stored": stored}
 
     @router.post("/release")
-    async def release(body: ReleaseBody, caller: CallerDep, store: IdempotencyDep) -> dict:
+    async def release(
+        body: ReleaseBody, caller: CallerDep, store: IdempotencyDep
+    ) -> dict[str, Any]:
         return {"released": await store.release(caller.tenant, body.key, body.claim_token)}
 
     return router

@@ -3,7 +3,7 @@ by id; and the tenant's history settings (admins)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
@@ -110,7 +110,7 @@ def history_router(internal_token: str) -> APIRouter:
         )
 
     @router.get("/settings", summary="The tenant's history settings (admins)")
-    async def get_settings(caller: CallerDep, tenants: TenantsDep) -> dict:
+    async def get_settings(caller: CallerDep, tenants: TenantsDep) -> dict[str, Any]:
         """Privacy (metadata only), retention and the job webhook signing secret."""
         _require_admin(caller)
         settings = await tenants.get(caller.tenant)
@@ -122,9 +122,9 @@ def history_router(internal_token: str) -> APIRouter:
     @router.put("/settings", summary="Change the tenant's history settings (admins)")
     async def put_settings(
         body: TenantSettingsBody, caller: CallerDep, tenants: TenantsDep
-    ) -> dict:
+    ) -> dict[str, Any]:
         _require_admin(caller)
-        changes: dict = {
+        changes: dict[str, Any] = {
             "store_content": body.store_content,
             "rotate_webhook_secret": body.rotate_webhook_secret,
             "cache_enabled": body.cache_enabled,

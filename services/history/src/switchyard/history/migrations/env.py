@@ -9,7 +9,7 @@ Works on PostgreSQL (psycopg 3) and SQLite.
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import engine_from_config, pool
+from sqlalchemy import Connection, engine_from_config, pool
 
 from switchyard.history.config import VERSION_TABLE
 from switchyard.history.models import Base
@@ -36,7 +36,7 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
-def _run_with(connection) -> None:
+def _run_with(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
