@@ -68,6 +68,9 @@ PENDING = RequestStatus.PENDING.value
 
 
 class EventRecorder:
+    """Persists consumed events: the event store (each event once, by id) and the `requests`
+    projection, the usage rollup's dirty hours and job webhooks they lead to."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name

@@ -51,6 +51,9 @@ class PerformanceQuery:
 
 @dataclass
 class PerformanceRow:
+    """One bucket and group of a performance report: request and error counts, tokens, cost (USD)
+    and the p50/p95 latency (milliseconds; None without completed requests)."""
+
     bucket: datetime | None
     groups: dict[str, str | None] = field(default_factory=dict)
     requests: int = 0
@@ -62,6 +65,7 @@ class PerformanceRow:
     latency_ms_p95: float | None = None
 
     def as_dict(self, query: PerformanceQuery) -> dict[str, Any]:
+        """The row as the report's JSON shows it (bucket in ISO 8601, `error_rate` a fraction)."""
         data: dict[str, Any] = {}
         if query.bucket is not None:
             data["bucket"] = isoformat_z(self.bucket) if self.bucket else None
@@ -97,6 +101,9 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
 
 
 class PerformanceQueries:
+    """Performance reports over the `requests` projection, with the latency percentiles computed
+    by the database on PostgreSQL and in Python elsewhere."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
@@ -217,6 +224,7 @@ class PerformanceQueries:
 
 
 def report_json(rows: list[PerformanceRow], query: PerformanceQuery) -> dict[str, Any]:
+    """The `usage.performance` JSON document: the query, its rows and their totals."""
     totals: dict[str, Any] = defaultdict(int)
     for row in rows:
         totals["requests"] += row.requests

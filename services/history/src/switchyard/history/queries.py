@@ -77,6 +77,7 @@ class Caller:
 
     @property
     def sees_whole_tenant(self) -> bool:
+        """Whether the caller is a tenant admin, who sees every user's requests of the tenant."""
         return self.role == ADMIN_ROLE
 
 
@@ -86,16 +87,24 @@ class InvalidCursorError(ValueError):
 
 @dataclass(frozen=True)
 class Page:
+    """A page of `requests` rows (as mappings) and the cursor of the next one (None on the last)."""
+
     items: list[dict[str, Any]]
     next_cursor: str | None
 
 
 def encode_cursor(created_at: datetime, request_id: str) -> str:
+    """An opaque page cursor (unpadded URL-safe base64 of JSON) after the row with these keys."""
     raw = json.dumps([created_at.isoformat(), request_id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The `(created_at, request_id)` keys a cursor from `encode_cursor` points after.
+
+    Raises:
+        InvalidCursorError: the cursor was not made by `encode_cursor`.
+    """
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at_text, request_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
@@ -138,6 +147,9 @@ class UsageQuery:
 
 @dataclass
 class UsageRow:
+    """One bucket and group of a usage report: request counts by outcome, tokens, cost (USD) and
+    response cache hits and savings (USD)."""
+
     bucket: datetime | None
     groups: dict[str, str | None] = field(default_factory=dict)
     requests: int = 0
@@ -155,6 +167,9 @@ class UsageRow:
 
 
 class HistoryQueries:
+    """Read-only queries over the `requests` projection, scoped to the caller: history pages,
+    jobs and usage reports."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
@@ -202,6 +217,8 @@ class HistoryQueries:
         return await self._page(query, limit, cursor)
 
     async def get_request(self, caller: Caller, request_id: str) -> dict[str, Any] | None:
+        """The caller's recorded request as a mapping of its columns, or None if it cannot see
+        one."""
         query = self._visible_to(caller).where(requests_table.c.request_id == request_id)
         async with self._engine.connect() as connection:
             row = (await connection.execute(query)).mappings().first()
@@ -237,12 +254,20 @@ class HistoryQueries:
         cursor: str | None = None,
         statuses: Sequence[str] = (),
     ) -> Page:
+        """A page of the caller's jobs (batch-lane requests), newest first, optionally only those
+        with the given request statuses.
+
+        Raises:
+            ValueError: `limit` outside 1 to `MAX_PAGE_SIZE`.
+            InvalidCursorError: a cursor not made by this API.
+        """
         query = self._jobs_visible_to(caller)
         if statuses:
             query = query.where(requests_table.c.status.in_(list(statuses)))
         return await self._page(query, limit, cursor)
 
     async def get_job(self, caller: Caller, job_id: str) -> dict[str, Any] | None:
+        """The caller's job (a batch-lane request with its webhook columns), or None."""
         query = self._jobs_visible_to(caller).where(requests_table.c.request_id == job_id)
         async with self._engine.connect() as connection:
             row = (await connection.execute(query)).mappings().first()

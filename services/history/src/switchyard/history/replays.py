@@ -147,6 +147,7 @@ def parse_rate(value: str | float | int) -> tuple[int, float]:
 
 
 def format_rate(count: int, period_s: float) -> str:
+    """A rate of `count` per `period_s` seconds for people: `5/s`, or `30/m` below one a second."""
     per_second = count / period_s
     if per_second >= 1:
         return f"{per_second:g}/s"
@@ -167,6 +168,7 @@ class Selection:
     sample: int | None = None
 
     def public(self) -> dict[str, Any]:
+        """The selection as the replays API shows it (times in ISO 8601)."""
         return {
             "since": self.since.isoformat(),
             "until": self.until.isoformat() if self.until else None,
@@ -181,6 +183,10 @@ class Selection:
 
 @dataclass(frozen=True)
 class ReplaySpec:
+    """A replay to create: the selected requests sent again on `to_model`, at most `rate` =
+    (count, period in seconds), billed to the caller or (`original`) to each original's user,
+    key and team."""
+
     to_model: str
     selection: Selection
     rate: tuple[int, float] = (5, 1.0)
@@ -394,6 +400,7 @@ class ReplayStore:
             return (await connection.execute(query)).mappings().first()
 
     async def list(self, caller: Caller, limit: int = 20) -> list[dict[str, Any]]:
+        """The caller's latest `limit` replays (all of the tenant's for an admin), newest first."""
         p = replays_table.c
         query = select(replays_table).where(p.tenant == caller.tenant)
         if not caller.sees_whole_tenant:

@@ -81,10 +81,12 @@ ROLLUP_DIMENSIONS = ("user_id", "api_key_id", "team_id", "model")
 
 
 def hour_of(value: datetime) -> datetime:
+    """The start of `value`'s hour, in UTC."""
     return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def ceil_hour(value: datetime) -> datetime:
+    """`value` if it is on the hour, else the start of the next hour (UTC)."""
     floor = hour_of(value)
     return floor if floor == value else floor + HOUR
 
@@ -135,6 +137,7 @@ def request_aggregates() -> list[Label[Any]]:
 
 
 def rollup_sums(table: Table) -> list[Label[Any]]:
+    """Each metric of `table` (a rollup grain) summed over the selected rows, 0 when none."""
     return [func.coalesce(func.sum(table.c[name]), 0).label(name) for name in METRIC_COLUMNS]
 
 
@@ -266,6 +269,7 @@ def live_ranges(
 def in_ranges(
     column: ColumnElement[Any], ranges: Sequence[tuple[datetime, datetime]]
 ) -> ColumnElement[bool]:
+    """`column` inside one of the half-open `[start, stop)` ranges."""
     return or_(*[and_(column >= start, column < stop) for start, stop in ranges])
 
 

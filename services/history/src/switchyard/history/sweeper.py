@@ -57,6 +57,8 @@ PURGED = Counter(
 
 @dataclass
 class PurgeResult:
+    """What a purge deleted (or, in a dry run, would delete): requests, events and webhooks."""
+
     requests: int = 0
     events: int = 0
     webhooks: int = 0
@@ -251,6 +253,9 @@ class Sweeper:
         return checked_at
 
     async def sweep_once(self) -> None:
+        """One round: expire overdue requests (once the consumer has caught up), recompute
+        settled rollup hours, and every `purge_interval_s` seconds purge by retention and drop
+        expired idempotency keys and cache entries."""
         recorded = await self.recorded_up_to()
         if recorded is not None:
             await expire_overdue(self.engine, self.recorder, self.grace, now=recorded)
@@ -273,6 +278,8 @@ class Sweeper:
                 )
 
     async def run(self, interval_s: float) -> None:
+        """Sweep every `interval_s` seconds until cancelled; a failed round is logged, not
+        raised."""
         while True:
             # First wait: right after start-up the consumer has not caught up anyway.
             await asyncio.sleep(interval_s)

@@ -27,6 +27,12 @@ MAX_TTL_S = 7 * 86_400
 
 
 class CacheEntryBody(BaseModel):
+    """A response to store in the tenant's response cache, as the gateway sends it.
+
+    `api` is the client API the response is shaped in (`openai.chat_completions`, ...), `response`
+    the non-streamed reply body, `stream_events` the SSE events of a streamed one, `ttl_s` how long
+    the entry lives, in seconds (at most `MAX_TTL_S`)."""
+
     api: str = Field(min_length=1, max_length=32)
     model: str = Field(min_length=1, max_length=256)
     response: dict[str, Any]
@@ -36,6 +42,8 @@ class CacheEntryBody(BaseModel):
 
 
 def cache_router(internal_token: str) -> APIRouter:
+    """The internal response cache API (`/internal/v1/cache`): the tenant's cache settings and its
+    entries by key, for the gateway only (every route needs the internal token, else 401)."""
     router = APIRouter(
         prefix="/internal/v1/cache",
         tags=["internal"],

@@ -41,6 +41,7 @@ async def caller_identity(
 
 
 def components(request: Request) -> HistoryComponents:
+    """The service's components, set on `app.state.history` by the app factory."""
     return cast(HistoryComponents, request.app.state.history)
 
 
@@ -54,18 +55,22 @@ async def history_queries(request: Request) -> HistoryQueries:
 
 
 def tenant_settings(request: Request) -> TenantSettingsStore:
+    """The per-tenant settings store (content storage, retention, webhook secret, cache)."""
     return components(request).tenants
 
 
 def idempotency_store(request: Request) -> IdempotencyStore:
+    """The store of `Idempotency-Key` claims and their recorded responses."""
     return components(request).idempotency
 
 
 def cache_store(request: Request) -> CacheStore:
+    """The response cache store."""
     return components(request).cache
 
 
 def replay_store(request: Request) -> ReplayStore:
+    """The replay store (create, list, stop and resume replays)."""
     return components(request).replays
 
 

@@ -24,6 +24,9 @@ KEY = Field(min_length=1, max_length=255)
 
 
 class ClaimBody(BaseModel):
+    """A claim on an `Idempotency-Key`: the endpoint and body fingerprint it is for, and how long
+    the claim is held, in seconds (`lease_s`, at most a day) before another request may take it."""
+
     key: Annotated[str, KEY]
     endpoint: str = Field(min_length=1, max_length=128)
     fingerprint: str = Field(min_length=16, max_length=64)
@@ -31,6 +34,9 @@ class ClaimBody(BaseModel):
 
 
 class CompleteBody(BaseModel):
+    """The response to record for a claimed key: HTTP status, content type and the body, base64. The
+    `claim_token` returned by the claim proves the caller still holds it."""
+
     key: Annotated[str, KEY]
     claim_token: str = Field(min_length=1, max_length=64)
     request_id: str | None = Field(default=None, max_length=64)
@@ -40,11 +46,17 @@ class CompleteBody(BaseModel):
 
 
 class ReleaseBody(BaseModel):
+    """Give up a claim without a response (the request failed before one existed), so a retry with
+    the same key can claim it again."""
+
     key: Annotated[str, KEY]
     claim_token: str = Field(min_length=1, max_length=64)
 
 
 def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
+    """The internal idempotency API (`/internal/v1/idempotency`): claim a key, record its response,
+    release it. For the gateway only (internal token, else 401); bodies are capped at
+    `max_body_bytes` bytes."""
     router = APIRouter(
         prefix="/internal/v1/idempotency",
         tags=["internal"],

@@ -51,6 +51,8 @@ def _cancelled_before_recorded(job_id: str, event: Any) -> dict[str, Any]:
 
 
 def jobs_router(internal_token: str) -> APIRouter:
+    """The jobs API (`/v1/jobs`): list, read and cancel the caller's asynchronous jobs. Reached
+    through the gateway, which sends the internal token and the caller's identity."""
     router = APIRouter(
         prefix="/v1/jobs",
         tags=["jobs"],

@@ -22,6 +22,9 @@ MAX_ITEMS_PAGE = 1000
 
 
 class ReplayBody(BaseModel):
+    """Which recorded requests to replay, and on which model. `since` and `until` take ISO 8601 or a
+    relative time (`1h`); `limit` takes the first N, `sample` N at random (not both)."""
+
     to_model: str = Field(min_length=1, max_length=256, description="The model to replay on.")
     since: str = Field(
         min_length=1,
@@ -53,6 +56,8 @@ def _api_error(exc: ReplayError) -> APIError:
 
 
 def replays_router(internal_token: str) -> APIRouter:
+    """The replays API (`/v1/replays`): replay recorded requests on another model in the batch lane
+    and compare the results. Reached through the gateway (internal token)."""
     router = APIRouter(
         prefix="/v1/replays",
         tags=["replays"],

@@ -25,6 +25,11 @@ def items_limit(
         str | None, Query(description=f"Page size, 1 to {MAX_ITEMS_PAGE} (default 20).")
     ] = None,
 ) -> int:
+    """The `limit` query parameter of input item lists: 1 to `MAX_ITEMS_PAGE` (default 20).
+
+    Raises:
+        APIError: 400 `invalid_value` when it is not such an integer.
+    """
     if limit is None:
         return DEFAULT_ITEMS_PAGE
     try:
@@ -46,6 +51,11 @@ def items_order(
         str | None, Query(description="`asc` or `desc` (default: newest first).")
     ] = None,
 ) -> Literal["asc", "desc"]:
+    """The `order` query parameter: `asc` or `desc` (the default, newest first).
+
+    Raises:
+        APIError: 400 `invalid_value` for anything else.
+    """
     if order in (None, "desc"):
         return "desc"
     if order == "asc":
@@ -59,6 +69,7 @@ def items_order(
 
 
 def response_store(components: ComponentsDep, queries: QueriesDep) -> ResponseStore:
+    """The stored Responses API objects, seen through the caller's tenant settings."""
     return ResponseStore(
         components.engine,
         queries,
@@ -73,6 +84,9 @@ StoreDep = Annotated[ResponseStore, Depends(response_store)]
 
 
 def responses_router(internal_token: str) -> APIRouter:
+    """The stored responses API (`/v1/responses`): read, delete and cancel responses created with
+    `store` and list their input items, in the shape of OpenAI's Responses API reference
+    (https://platform.openai.com/docs/api-reference/responses). Reached through the gateway."""
     router = APIRouter(
         prefix="/v1/responses",
         tags=["responses"],

@@ -24,6 +24,8 @@ from switchyard.history.queries import (
 
 
 class TenantSettingsBody(BaseModel):
+    """Changes to a tenant's settings; fields left out stay as they are."""
+
     store_content: bool | None = Field(
         default=None, description="false: keep metadata only (no prompt or completion text)."
     )
@@ -52,6 +54,8 @@ def _require_admin(caller: Caller) -> None:
 
 
 def history_router(internal_token: str) -> APIRouter:
+    """The history API (`/v1/history`): the caller's recorded requests and the tenant's settings.
+    Reached through the gateway (internal token and the caller's identity headers)."""
     router = APIRouter(
         prefix="/v1/history",
         tags=["history"],

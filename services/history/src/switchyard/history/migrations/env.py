@@ -24,6 +24,7 @@ def _is_sqlite(url: str) -> bool:
 
 
 def run_migrations_offline() -> None:
+    """Emit the migration SQL for the configured URL without connecting (`alembic --sql`)."""
     url = config.get_main_option("sqlalchemy.url")
     context.configure(
         url=url,
@@ -49,6 +50,8 @@ def _run_with(connection: Connection) -> None:
 
 
 def run_migrations_online() -> None:
+    """Run the migrations on the connection handed over in the config's attributes, or on a new one
+    to the configured URL."""
     # A caller may hand over an open connection (tests, embedded mode); otherwise connect.
     connection = config.attributes.get("connection")
     if connection is not None:
