@@ -91,7 +91,7 @@ class GatewayAdmission:
         )
 
     async def close(self) -> None:
-        """Close the HTTP client."""
+        """Release the HTTP client's connections."""
         await self._client.aclose()
 
 

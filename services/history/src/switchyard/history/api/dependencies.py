@@ -65,7 +65,7 @@ def idempotency_store(request: Request) -> IdempotencyStore:
 
 
 def cache_store(request: Request) -> CacheStore:
-    """The response cache store."""
+    """Where cached answers are read and written, per tenant and key."""
     return components(request).cache
 
 
