@@ -66,6 +66,10 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
 
     @router.post("/claim")
     async def claim(body: ClaimBody, caller: CallerDep, store: IdempotencyDep) -> dict[str, Any]:
+        """Claims an Idempotency-Key for the caller's tenant, or says who holds it
+        (`in_progress`), what it already answered (`completed`, the response base64-encoded) or
+        that it was used for a different request (`mismatch`). For the gateway only: 401 without
+        the internal token or the caller's identity headers."""
         result = await store.claim(
             ClaimRequest(
                 tenant=caller.tenant,
@@ -90,6 +94,9 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
     async def complete(
         body: CompleteBody, caller: CallerDep, store: IdempotencyDep, tenants: TenantsDep
     ) -> dict[str, Any]:
+        """Records the response a claimed key answered, so retries with the key get it back. A
+        tenant that keeps metadata only gets no body stored. 400 when `body_b64` is not base64,
+        413 when the response is larger than the service keeps."""
         content: bytes | None
         try:
             content = base64.b64decode(body.body_b64, validate=True)
@@ -114,6 +121,8 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
     async def release(
         body: ReleaseBody, caller: CallerDep, store: IdempotencyDep
     ) -> dict[str, Any]:
+        """Releases a claim that produced no response, so a retry with the key runs again.
+        `released` is false when the claim was no longer held."""
         return {"released": await store.release(caller.tenant, body.key, body.claim_token)}
 
     return router

@@ -95,6 +95,8 @@ def responses_router(internal_token: str) -> APIRouter:
 
     @router.get("/{response_id}", summary="One response, as the Responses API shows it")
     async def get_response(response_id: str, caller: CallerDep, responses: StoreDep) -> Response:
+        """Returns a stored response in the shape OpenAI's Responses API gives it. 404 when the
+        caller has no such response, or it was deleted."""
         found = await responses.find(caller, response_id)
         return _json(found.view())
 
@@ -108,6 +110,9 @@ def responses_router(internal_token: str) -> APIRouter:
         after: Annotated[str | None, Query(max_length=256)] = None,
         before: Annotated[str | None, Query(max_length=256)] = None,
     ) -> Response:
+        """Lists the input items a stored response was generated from, a page at a time, in the
+        Responses API's list shape. 400 for an invalid `limit` or `order`, 404 when the caller
+        has no such response."""
         page = await responses.input_items(
             caller, response_id, limit=limit, order=order, after=after, before=before
         )
@@ -120,10 +125,16 @@ def responses_router(internal_token: str) -> APIRouter:
     async def get_conversation(
         response_id: str, caller: CallerDep, responses: StoreDep
     ) -> Response:
+        """Returns the items a response continuing this one starts from: its input items, then
+        its output items. Used by the gateway for `previous_response_id`. 404 when not stored,
+        409 while it is in progress, 400 when it did not complete."""
         return _json({"object": "list", "data": await responses.conversation(caller, response_id)})
 
     @router.delete("/{response_id}", summary="Delete a response's stored content")
     async def delete_response(response_id: str, caller: CallerDep, responses: StoreDep) -> Response:
+        """Deletes a stored response's content (its request and reply are reduced to metadata and
+        its input items dropped); the request's record and usage stay. 404 when the caller has no
+        such response, 409 while it is in progress."""
         return _json(await responses.delete(caller, response_id))
 
     @router.post("/{response_id}/cancel", summary="Cancel a background response")

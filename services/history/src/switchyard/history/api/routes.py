@@ -127,6 +127,9 @@ def history_router(internal_token: str) -> APIRouter:
     async def put_settings(
         body: TenantSettingsBody, caller: CallerDep, tenants: TenantsDep
     ) -> dict[str, Any]:
+        """Changes the tenant's history settings: keeping prompt and completion text or metadata
+        only, retention, the webhook signing secret and the response cache. Fields left out keep
+        their value. Tenant admins only (403 otherwise)."""
         _require_admin(caller)
         changes: dict[str, Any] = {
             "store_content": body.store_content,
