@@ -104,7 +104,7 @@ bench-burst: install ## Burst-stall check only: embedded mode, 10 s at c=64, the
 	$(UV) run --no-sync python tests/bench/peers/run.py --modes burst
 
 .PHONY: lint
-lint: install ## Static checks: ruff, then mypy (strict for every package but history)
+lint: install ## Static checks: ruff, then mypy (strict for every package)
 	$(UV) run --no-sync ruff check libs services tools tests
 	$(UV) run --no-sync mypy
 

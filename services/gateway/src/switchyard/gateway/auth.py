@@ -116,6 +116,12 @@ class JwksCache:
         self.version = 0
 
     async def refresh(self) -> None:
+        """Fetch the key set from auth's `/.well-known/jwks.json` (RFC 7517), keeping the RSA
+        signing keys with a valid `kid`; bumps `version` when the set changed.
+
+        Raises:
+            httpx.HTTPError: auth unreachable or answering an error status.
+        """
         # After a failed fetch, allow the next attempt a second later rather than after the
         # full interval, so a gateway started before auth does not refuse JWTs for long.
         self._fetched_at = time.monotonic() - self._min_interval_s + 1.0
@@ -137,6 +143,8 @@ class JwksCache:
         self._keys = keys
 
     async def key(self, kid: str) -> Any | None:
+        """The public key for `kid`, refreshing the set first when `kid` is unknown and the last
+        fetch is at least `min_interval_s` seconds old; None if auth does not know it either."""
         if kid not in self._keys and time.monotonic() - self._fetched_at >= self._min_interval_s:
             try:
                 await self.refresh()
@@ -158,6 +166,10 @@ def _string_list(value: Any) -> tuple[str, ...] | None:
 
 
 class Authenticator:
+    """Turns the credentials of a request (an API key or a JWT access token from auth) into a
+    `Principal`, caching API key lookups (`key_ttl_s`, `negative_ttl_s`, seconds) and verified
+    tokens, and honouring revocations."""
+
     def __init__(
         self,
         client: httpx.AsyncClient,
@@ -197,6 +209,15 @@ class Authenticator:
         self._user_lookups: dict[str, asyncio.Task[bool]] = {}
 
     async def authenticate(self, authorization: str | None, x_api_key: str | None) -> Principal:
+        """The principal behind the `Authorization: Bearer` credential, or `x-api-key`
+        (Anthropic's header) when there is none.
+
+        Raises:
+            AuthenticationError: no credential, or one that is malformed, unknown, expired or
+                revoked.
+            AuthUnavailableError: it cannot be checked now (auth unreachable, revocations not
+                loaded).
+        """
         credential = _bearer(authorization) or (x_api_key or "").strip()
         if not credential or len(credential) > MAX_CREDENTIAL_LENGTH:
             raise AuthenticationError

@@ -24,6 +24,8 @@ def _iso(epoch: float | None) -> str | None:
 
 
 async def spend_rows(database_url: str, level: str) -> list[dict[str, Any]]:
+    """The budget spend counters of `level` (`key`, `user`, `team` or `tenant`) in the fleet's
+    ledger at `database_url`, one dict per counter (ids, USD amounts, period)."""
     from switchyard.gateway.governance.postgres import PostgresLedger
 
     ledger = PostgresLedger.connect(database_url, timeout_s=10.0)

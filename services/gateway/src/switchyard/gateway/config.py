@@ -21,6 +21,7 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.switchyard/gateway.db"
 
 
 def database_url_field() -> Any:
+    """The `database_url` setting: `SWITCHYARD_GATEWAY_DATABASE_URL`, else `DATABASE_URL`."""
     return Field(
         default=DEFAULT_DATABASE_URL,
         validation_alias=AliasChoices(
@@ -42,6 +43,9 @@ class DatabaseSettings(BaseSettings):
 
 
 class Settings(ServiceSettings):
+    """The gateway's settings, from `SWITCHYARD_GATEWAY_*` variables (and the shared
+    `SWITCHYARD_*` ones named on each field) or a `.env` file."""
+
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_GATEWAY_")
 
     port: int = 8000

@@ -137,6 +137,8 @@ def sse_event(event: StreamEvent) -> bytes:
 
 
 def deadline_exceeded(request_id: str) -> APIError:
+    """The 504 `deadline_exceeded` error for a request with no reply by its deadline; it names
+    the request in `x-request-id`."""
     # The request id lets a retry with the same Idempotency-Key find this outcome.
     return APIError(
         504,
@@ -175,6 +177,7 @@ class Dispatch:
 
     @property
     def vendor(self) -> Vendor:
+        """The provider family whose error format the client's API uses."""
         return vendor_of_api(self.api)
 
     @classmethod
@@ -443,6 +446,8 @@ class Dispatch:
     # -- ending --------------------------------------------------------------------------
 
     def observe(self, status: int) -> None:
+        """Record the request's duration (seconds since it arrived) in
+        `switchyard_gateway_request_duration_seconds` under the HTTP `status` answered."""
         REQUEST_SECONDS.labels(self.api.value, self.model, str(status)).observe(
             time.perf_counter() - self.started
         )
@@ -485,6 +490,7 @@ class Dispatch:
             await self.gateway.bus.publish(self.gateway.topics.control, event, key=self.request_id)
 
     def close(self) -> None:
+        """Stop waiting for replies and leave the in-flight count; safe to call twice."""
         if self._closed:
             return
         self._closed = True

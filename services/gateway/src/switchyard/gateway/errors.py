@@ -119,6 +119,8 @@ class ReplyFailed(Exception):
         self.headers: dict[str, str] = {}
 
     def response(self, vendor: Vendor) -> Response:
+        """The error response in `vendor`'s format (OpenAI's error object or Anthropic's
+        `{"type":"error","error":{...}}`), with the request id and any headers set on it."""
         error = self.failed.data.error
         # The request id lets a retry with the same Idempotency-Key find this outcome.
         return error_response(

@@ -88,6 +88,10 @@ class IdempotencyUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Claim:
+    """History's answer to a claim (`outcome`: `claimed`, `in_progress`, `completed` or
+    `mismatch`), with the recorded response (`status_code`, `content_type`, `body` bytes) of a
+    completed one; see history's `ClaimResult`."""
+
     outcome: str
     claim_token: str | None = None
     request_id: str | None = None
@@ -127,6 +131,11 @@ class IdempotencyClient:
     async def claim(
         self, principal: Principal, key: str, endpoint: str, fingerprint: str, lease_s: float
     ) -> Claim:
+        """Claim `key` for `endpoint` and the body's `fingerprint` for `lease_s` seconds.
+
+        Raises:
+            IdempotencyUnavailable: history did not answer, or answered an error status.
+        """
         data = await self._post(
             principal,
             "claim",
@@ -154,6 +163,11 @@ class IdempotencyClient:
         content_type: str,
         body: bytes,
     ) -> None:
+        """Record the response a claimed key answered (`body` bytes, sent base64).
+
+        Raises:
+            IdempotencyUnavailable: history did not answer, or answered an error status.
+        """
         await self._post(
             principal,
             "complete",
@@ -168,6 +182,11 @@ class IdempotencyClient:
         )
 
     async def release(self, principal: Principal, key: str, claim_token: str) -> None:
+        """Give up a claim so a retry runs again (the request ran nothing).
+
+        Raises:
+            IdempotencyUnavailable: history did not answer, or answered an error status.
+        """
         await self._post(principal, "release", {"key": key, "claim_token": claim_token})
 
 
@@ -189,10 +208,14 @@ def _error(path: str, exc: APIError) -> Response:
 
 
 class IdempotencyMiddleware:
+    """ASGI middleware applying `Idempotency-Key` to the idempotent POST paths (module
+    docstring); other requests pass through untouched."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: run the request once per key, or answer from its claim."""
         if (
             scope["type"] != "http"
             or scope["method"] != "POST"

@@ -51,5 +51,8 @@ def _render(path: str, status: int, message: str) -> bytes:
 
 
 class BodySizeLimit(_SharedBodySizeLimit):
+    """The shared request body size limit with the gateway's per-path limits (bytes), answering
+    413 in the called API's error format."""
+
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         super().__init__(app, settings.max_body_bytes, _render, path_limits=path_limits(settings))

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class AcceptedJob:
+    """A job this replica answered: who created it, the model, its `created_at` as answered (ISO
+    8601), its webhook URL and when it was accepted (monotonic seconds)."""
+
     job_id: str
     tenant: str
     user_id: str
@@ -29,6 +32,7 @@ class RecentJobs:
         self._jobs: OrderedDict[str, AcceptedJob] = OrderedDict()
 
     def add(self, job: AcceptedJob) -> None:
+        """Remember `job`, forgetting the oldest beyond `max_jobs`."""
         self._jobs[job.job_id] = job
         self._jobs.move_to_end(job.job_id)
         while len(self._jobs) > self._max_jobs:

@@ -81,6 +81,12 @@ def _fail(message: str) -> typer.Exit:
 
 
 class Client:
+    """A blocking client of the gateway's replays API for the CLI, authenticated with an API key.
+
+    Raises:
+        typer.Exit: no API key.
+    """
+
     def __init__(self, url: str, api_key: str | None) -> None:
         if not api_key:
             raise _fail("an API key is needed: --api-key or SWITCHYARD_API_KEY")
@@ -89,6 +95,11 @@ class Client:
         )
 
     def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The JSON body of `method path` (keyword arguments go to httpx).
+
+        Raises:
+            typer.Exit: the gateway is unreachable or answered an error (its message printed).
+        """
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -270,6 +281,8 @@ def _cell(value: Any) -> Any:
 
 
 def report_csv(report: dict[str, Any]) -> str:
+    """The replay's compared pairs as CSV, one row per pair under the `COLUMNS` header;
+    cells a spreadsheet would run as a formula are prefixed with `'`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)

@@ -18,6 +18,9 @@ def reply_partition(instance_id: str, partitions: int) -> int:
 
 
 class PendingReplies:
+    """The requests of this replica waiting for replies, by request id, each with a queue of its
+    reply events (chunks, then a completed or failed event)."""
+
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Queue[Reply]] = {}
 
@@ -25,11 +28,13 @@ class PendingReplies:
         return len(self._waiting)
 
     def open(self, request_id: str) -> asyncio.Queue[Reply]:
+        """Start collecting the replies of `request_id`; returns their queue."""
         queue: asyncio.Queue[Reply] = asyncio.Queue()
         self._waiting[request_id] = queue
         return queue
 
     def close(self, request_id: str) -> None:
+        """Stop collecting the replies of `request_id` (later ones are dropped)."""
         self._waiting.pop(request_id, None)
 
     async def deliver(self, event: Event) -> None:

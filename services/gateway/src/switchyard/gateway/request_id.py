@@ -26,10 +26,14 @@ def request_id_of(scope: Scope) -> str | None:
 
 
 class RequestIdMiddleware:
+    """ASGI middleware giving every HTTP request its id and every response its `x-request-id`
+    (module docstring)."""
+
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: bind a new id to the request and add it to the response."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

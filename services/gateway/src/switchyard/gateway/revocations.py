@@ -98,6 +98,8 @@ class RevocationState:
         session_id: str | None = None,
         api_key_id: str | None = None,
     ) -> bool:
+        """Whether the user is disabled, or the token (`jti`), its session or the API key
+        revoked."""
         return (
             user_id in self.disabled_users
             or (jti is not None and jti in self.revoked_tokens)
@@ -106,6 +108,9 @@ class RevocationState:
         )
 
     def apply(self, event: Event) -> None:
+        """Apply an auth event (others are ignored), record it while a snapshot is loading,
+        update the metrics and run the hooks; prunes expired entries every `prune_interval_s`
+        seconds."""
         if not isinstance(event, AUTH_EVENTS):
             return
         self._apply(event)
@@ -181,6 +186,8 @@ class RevocationSync:
         self._background: set[asyncio.Task[Any]] = set()
 
     async def handle(self, event: Event) -> None:
+        """Apply a consumed auth event; a signing key rotation also refreshes the JWKS in the
+        background."""
         self.state.apply(event)
         if isinstance(event, SigningKeyRotated) and self._on_rotation is not None:
             # Fetched beside the listener, so later events are not held up by it.
@@ -236,9 +243,11 @@ class RevocationSync:
         )
 
     async def ready(self) -> bool:
+        """Whether the listener runs and the snapshot is loaded (authentication may rely on it)."""
         return self.listener is not None and self.state.loaded
 
     async def stop(self) -> None:
+        """Stop the background refreshes and the listener."""
         for task in list(self._background):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

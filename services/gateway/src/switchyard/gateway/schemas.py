@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class ChatMessage(BaseModel):
+    """A Chat Completions message (OpenAI API reference, `messages`); fields not named are kept."""
+
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
@@ -24,6 +26,8 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    """Chat Completions `stream_options`; fields not named are kept."""
+
     model_config = ConfigDict(extra="allow")
 
     include_usage: bool | None = None
@@ -57,6 +61,8 @@ class ChatCompletionRequest(BaseModel):
 
 
 class AnthropicMessage(BaseModel):
+    """An Anthropic Messages API message (`messages`); fields not named are kept."""
+
     model_config = ConfigDict(extra="allow")
 
     role: str = Field(examples=["user", "assistant"])

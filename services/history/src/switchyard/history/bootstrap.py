@@ -73,7 +73,7 @@ class HistoryComponents:
                     await connection.execute(select(literal(1)).select_from(table).limit(0))
                 if self.engine.dialect.name == "postgresql":
                     setting = text("SELECT current_setting('transaction_read_only')")
-                    return (await connection.execute(setting)).scalar_one() == "off"
+                    return bool((await connection.execute(setting)).scalar_one() == "off")
         except Exception:  # noqa: BLE001 - any failure means "not writable"
             return False
         return True

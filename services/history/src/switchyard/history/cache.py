@@ -31,6 +31,10 @@ from switchyard.history.models import cache_entries_table, requests_table
 
 @dataclass(frozen=True)
 class CachedAnswer:
+    """A live response cache entry: the stored reply (`response`, or the SSE events of a streamed
+    one in `stream_events`) of `source_request_id`, what making it cost (USD, None if unknown) and
+    when it was created and expires (aware UTC)."""
+
     api: str
     model: str
     response: dict[str, Any]
@@ -41,6 +45,7 @@ class CachedAnswer:
     expires_at: datetime
 
     def public(self) -> dict[str, Any]:
+        """The entry as the internal cache API returns it (JSON-ready; times in ISO 8601)."""
         return {
             "api": self.api,
             "model": self.model,
@@ -54,6 +59,8 @@ class CachedAnswer:
 
 
 class CacheStore:
+    """The tenant-scoped response cache entries in the history database."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name

@@ -32,7 +32,7 @@ from switchyard.common.plugins import lookup_principal_names
 from switchyard.common.text import terminal_safe
 from switchyard.history.bootstrap import history_engine
 from switchyard.history.config import DatabaseSettings
-from switchyard.history.queries import HistoryQueries, UsageQuery
+from switchyard.history.queries import HistoryQueries, UsageQuery, UsageRow
 from switchyard.history.sweeper import purge, purge_by_retention
 from switchyard.history.tenants import UNSET, TenantSettingsStore
 from switchyard.history.timeparse import TimeFormatError, parse_duration, parse_instant
@@ -144,11 +144,11 @@ def usage_report(
         _print_table(_readable(report_json(rows, query, names)))
 
 
-def _names(rows: list, query: UsageQuery) -> dict[str, dict[str, str]] | None:
+def _names(rows: list[UsageRow], query: UsageQuery) -> dict[str, dict[str, str]] | None:
     """Emails, key names and team names of the users, API keys and teams in the report,
     from the installed auth service; None (ids only, with a warning) when they cannot be
     looked up."""
-    wanted = {d: {row.groups[d] for row in rows if row.groups.get(d)} for d in NAME_COLUMNS}
+    wanted = {d: {v for row in rows if (v := row.groups.get(d))} for d in NAME_COLUMNS}
     if not any(d in query.dimensions for d in NAME_COLUMNS):
         return None
     try:

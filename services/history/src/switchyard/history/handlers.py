@@ -30,12 +30,13 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Text, bindparam, cast, column, delete, func, select
+from sqlalchemy import Table, Text, bindparam, cast, column, delete, func, select
 from sqlalchemy.dialects.postgresql import JSON as PG_JSON
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import JSON
+from typing_extensions import override
 
 from switchyard.common.db import dialect_insert
 from switchyard.common.events import (
@@ -67,6 +68,9 @@ PENDING = RequestStatus.PENDING.value
 
 
 class EventRecorder:
+    """Persists consumed events: the event store (each event once, by id) and the `requests`
+    projection, the usage rollup's dirty hours and job webhooks they lead to."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
@@ -351,11 +355,17 @@ class _ExecutemanyWriter(_Writer):
         )
         self._upsert_requests = upsert_statement(dialect).returning(*_WRITTEN)
 
-    async def insert_events(self, connection, rows):
+    @override
+    async def insert_events(
+        self, connection: AsyncConnection, rows: list[dict[str, Any]]
+    ) -> set[str]:
         result = await connection.execute(self._insert_events, rows)
         return set(result.scalars().all())
 
-    async def upsert_requests(self, connection, rows):
+    @override
+    async def upsert_requests(
+        self, connection: AsyncConnection, rows: list[dict[str, Any]]
+    ) -> list[tuple[str, datetime]]:
         return [tuple(row) for row in await connection.execute(self._upsert_requests, rows)]
 
 
@@ -377,18 +387,24 @@ class _PostgresWriter(_Writer):
             pg_insert(requests_table).from_select(*_recordset_select(requests_table, JSONB)),
         ).returning(*_WRITTEN)
 
-    async def insert_events(self, connection, rows):
+    @override
+    async def insert_events(
+        self, connection: AsyncConnection, rows: list[dict[str, Any]]
+    ) -> set[str]:
         for row in rows:
             row["payload"] = orjson.Fragment(row["payload"])
         result = await connection.execute(self._insert_events, {"rows": _json_rows(rows)})
         return set(result.scalars().all())
 
-    async def upsert_requests(self, connection, rows):
+    @override
+    async def upsert_requests(
+        self, connection: AsyncConnection, rows: list[dict[str, Any]]
+    ) -> list[tuple[str, datetime]]:
         result = await connection.execute(self._upsert_requests, {"rows": _json_rows(rows)})
         return [tuple(row) for row in result]
 
 
-def _recordset_select(table, json_type: type) -> tuple[list[str], Any]:
+def _recordset_select(table: Table, json_type: type) -> tuple[list[str], Any]:
     """Column names and `SELECT ... FROM json(b)_to_recordset(CAST(:rows AS ...)) AS src(...)`
     with every column of `table` at its own type, JSON documents as `json_type` (what they
     are in that table on PostgreSQL).

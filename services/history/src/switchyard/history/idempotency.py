@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import RowMapping, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.db import dialect_insert
@@ -38,6 +38,9 @@ Outcome = Literal["claimed", "in_progress", "completed", "mismatch"]
 
 @dataclass(frozen=True)
 class ClaimRequest:
+    """A request to claim `key` for `endpoint` and the body `fingerprint` (a hash), held for
+    `lease_s` seconds."""
+
     tenant: str
     key: str
     user_id: str
@@ -48,6 +51,11 @@ class ClaimRequest:
 
 @dataclass(frozen=True)
 class ClaimResult:
+    """What a claim found. `outcome` is `claimed` (with the `claim_token` to complete or release
+    it), `in_progress` (another request holds it; `request_id` when known), `completed` (the
+    recorded response: `status_code`, `content_type`, `body` bytes, None if its content is not kept)
+    or `mismatch` (the key was used for another request; `reason` says how)."""
+
     outcome: Outcome
     claim_token: str | None = None
     request_id: str | None = None
@@ -58,12 +66,17 @@ class ClaimResult:
 
 
 class IdempotencyStore:
+    """`Idempotency-Key` claims and recorded responses per tenant, kept `lifetime` (24 hours by
+    default) after the claim."""
+
     def __init__(self, engine: AsyncEngine, lifetime: timedelta = KEY_LIFETIME) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
         self._lifetime = lifetime
 
     async def claim(self, claim: ClaimRequest) -> ClaimResult:
+        """Claim the key, or report who holds it or what it answered (see `ClaimResult`). An expired
+        entry is claimed anew."""
         now = datetime.now(UTC)
         token = secrets.token_hex(16)
         values = {
@@ -163,6 +176,7 @@ class IdempotencyStore:
         return result.rowcount == 1
 
     async def release(self, tenant: str, key: str, claim_token: str) -> bool:
+        """Drop an in-progress claim held with `claim_token`; returns whether there was one."""
         keys = idempotency_table.c
         async with self._engine.begin() as connection:
             result = await connection.execute(
@@ -176,6 +190,7 @@ class IdempotencyStore:
         return result.rowcount == 1
 
     async def purge_expired(self, now: datetime | None = None) -> int:
+        """Delete the entries expired by `now` (default: the current time); returns how many."""
         async with self._engine.begin() as connection:
             result = await connection.execute(
                 delete(idempotency_table).where(
@@ -185,7 +200,7 @@ class IdempotencyStore:
         return result.rowcount or 0
 
 
-def _mismatch_reason(row, claim: ClaimRequest) -> str:
+def _mismatch_reason(row: RowMapping, claim: ClaimRequest) -> str:
     if row["endpoint"] != claim.endpoint:
         return (
             f"This Idempotency-Key was already used for {row['endpoint']}; "

@@ -27,24 +27,31 @@ JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired", "refuse
 
 
 def derived_event_id(kind: str, request_id: str) -> str:
+    """A deterministic event id (hex UUIDv5) for the event of `kind` history derives for a request,
+    so publishing it again is recorded once."""
     return uuid.uuid5(_HISTORY_EVENTS, f"{kind}:{request_id}").hex
 
 
 def expiry_event_id(request_id: str) -> str:
+    """The id of the `chat.failed` (expired) event history publishes for an overdue request."""
     return derived_event_id("expired", request_id)
 
 
 def job_status(request_status: str) -> str:
+    """The job status shown for a request status: `queued` for `pending`, otherwise the same."""
     return "queued" if request_status == RequestStatus.PENDING.value else request_status
 
 
 def request_statuses(job_statuses: list[str]) -> list[str]:
+    """The request statuses behind job statuses (`queued` becomes `pending`)."""
     return [
         RequestStatus.PENDING.value if status == "queued" else status for status in job_statuses
     ]
 
 
 def cancellation_event(tenant: str, request_id: str, user_id: str) -> ChatFailed:
+    """The `chat.failed` event (status `cancelled`, HTTP 408 `job_cancelled`) recording that
+    `user_id` cancelled the request."""
     return ChatFailed(
         id=derived_event_id("cancelled", request_id),
         source="history",
@@ -76,6 +83,8 @@ def is_history_expiry(event: object) -> bool:
 
 
 def expiry_event(tenant: str, request_id: str) -> ChatFailed:
+    """The `chat.failed` event (status `expired`, HTTP 504 `deadline_exceeded`) recording that the
+    request got no reply before its deadline."""
     return ChatFailed(
         id=expiry_event_id(request_id),
         source=HISTORY_SOURCE,

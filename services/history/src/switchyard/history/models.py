@@ -58,6 +58,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from typing_extensions import override
 
 # `none_as_null` stores Python None as SQL NULL (not JSON 'null'), so "IS NULL" means absent.
 JSONDocument = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
@@ -73,6 +74,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
+    @override
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
@@ -80,6 +82,7 @@ class UTCDateTime(TypeDecorator[datetime]):
             raise ValueError("naive datetime: history stores timezone-aware UTC timestamps only")
         return value.astimezone(UTC)
 
+    @override
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
@@ -87,6 +90,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class RequestStatus(StrEnum):
+    """The status of a recorded request: `pending` until one terminal status (the others)."""
+
     PENDING = "pending"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -97,6 +102,9 @@ class RequestStatus(StrEnum):
 
 
 class Base(DeclarativeBase):
+    """The declarative base of the history tables, with the constraint naming convention the
+    migrations rely on."""
+
     metadata = MetaData(
         naming_convention={
             "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -109,6 +117,8 @@ class Base(DeclarativeBase):
 
 
 class HistoryEvent(Base):
+    """The event store: every consumed event once, by id, as the JSON it arrived as."""
+
     __tablename__ = "history_events"
 
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -239,6 +249,8 @@ class HistoryRequest(Base):
 
 
 class WebhookStatus(StrEnum):
+    """Delivery state of a job's webhook."""
+
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
@@ -289,6 +301,8 @@ class TenantSettings(Base):
 
 
 class IdempotencyState(StrEnum):
+    """State of an `Idempotency-Key`: held by a request in flight, or holding its response."""
+
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
 
@@ -406,6 +420,8 @@ class CacheEntry(Base):
 
 
 class ReplayStatus(StrEnum):
+    """State of a replay: sending, stopped by the caller (resumable) or done."""
+
     RUNNING = "running"
     STOPPED = "stopped"
     COMPLETED = "completed"
@@ -440,6 +456,8 @@ class Replay(Base):
 
 
 class ReplayItemState(StrEnum):
+    """State of one replayed request, from selected to compared with its original."""
+
     PENDING = "pending"
     # Being published: a runner that died here left it in doubt (replays.py resolves it).
     SENDING = "sending"

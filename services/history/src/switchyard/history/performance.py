@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import case, func, select, within_group
+from sqlalchemy import ColumnElement, Label, case, func, select, within_group
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.history.models import RequestStatus, requests_table
@@ -51,6 +51,9 @@ class PerformanceQuery:
 
 @dataclass
 class PerformanceRow:
+    """One bucket and group of a performance report: request and error counts, tokens, cost (USD)
+    and the p50/p95 latency (milliseconds; None without completed requests)."""
+
     bucket: datetime | None
     groups: dict[str, str | None] = field(default_factory=dict)
     requests: int = 0
@@ -62,6 +65,7 @@ class PerformanceRow:
     latency_ms_p95: float | None = None
 
     def as_dict(self, query: PerformanceQuery) -> dict[str, Any]:
+        """The row as the report's JSON shows it (bucket in ISO 8601, `error_rate` a fraction)."""
         data: dict[str, Any] = {}
         if query.bucket is not None:
             data["bucket"] = isoformat_z(self.bucket) if self.bucket else None
@@ -97,25 +101,28 @@ def percentile(sorted_values: list[float], fraction: float) -> float | None:
 
 
 class PerformanceQueries:
+    """Performance reports over the `requests` projection, with the latency percentiles computed
+    by the database on PostgreSQL and in Python elsewhere."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
 
-    def _bucket(self, bucket: str):
+    def _bucket(self, bucket: str) -> ColumnElement[Any]:
         column = requests_table.c.created_at
         if self._dialect == "postgresql":
             return func.date_trunc(bucket, func.timezone("UTC", column))
         # SQLite keeps UTC text 'YYYY-MM-DD HH:MM:SS...': the bucket is a prefix of it.
         return func.substr(column, 1, _SQLITE_PREFIX[bucket])
 
-    def _keys(self, query: PerformanceQuery) -> list:
+    def _keys(self, query: PerformanceQuery) -> list[Label[Any]]:
         r = requests_table.c
         keys = [r[PERFORMANCE_DIMENSIONS[name]].label(name) for name in query.dimensions]
         if query.bucket is not None:
             keys.insert(0, self._bucket(query.bucket).label("bucket"))
         return keys
 
-    def _conditions(self, query: PerformanceQuery) -> list:
+    def _conditions(self, query: PerformanceQuery) -> list[ColumnElement[bool]]:
         r = requests_table.c
         conditions = [
             r.tenant == query.tenant,
@@ -139,7 +146,7 @@ class PerformanceQueries:
         else:
             rows = await self._in_python(query)
 
-        def order(row: PerformanceRow) -> tuple:
+        def order(row: PerformanceRow) -> tuple[Any, ...]:
             key = (row.bucket, *row.groups.values())
             return tuple((value is None, value if value is not None else "") for value in key)
 
@@ -189,7 +196,7 @@ class PerformanceQueries:
         statement = select(
             *keys, r.status, r.latency_ms, r.input_tokens, r.output_tokens, r.cost_usd
         ).where(*self._conditions(query))
-        groups: dict[tuple, tuple[PerformanceRow, list[float]]] = {}
+        groups: dict[tuple[Any, ...], tuple[PerformanceRow, list[float]]] = {}
         async with self._engine.connect() as connection:
             result = await connection.stream(statement)
             async for row in result.mappings():
@@ -217,6 +224,7 @@ class PerformanceQueries:
 
 
 def report_json(rows: list[PerformanceRow], query: PerformanceQuery) -> dict[str, Any]:
+    """The `usage.performance` JSON document: the query, its rows and their totals."""
     totals: dict[str, Any] = defaultdict(int)
     for row in rows:
         totals["requests"] += row.requests

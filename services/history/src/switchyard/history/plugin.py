@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
 from switchyard.common.plugins import Migrations, ServicePlugin
 from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE, DatabaseSettings, Settings
 
 
-def _commands() -> list:
+def _commands() -> list[typer.Typer | Callable[..., Any]]:
     from switchyard.history.cli import cache_app, retention_app, tenant_settings_app, usage_app
 
     return [usage_app, retention_app, tenant_settings_app, cache_app]

@@ -36,6 +36,7 @@ _IDENTIFYING_FIELDS = frozenset({"user", "safety_identifier"})
 
 
 def redact_request_body(body: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The metadata-only form of a request body (see the module docstring); None stays None."""
     if body is None:
         return None
     kept: dict[str, Any] = {
@@ -56,6 +57,7 @@ def redact_request_body(body: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def redact_response(response: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The metadata-only form of a reply body (see the module docstring); None stays None."""
     if response is None:
         return None
     kept: dict[str, Any] = {

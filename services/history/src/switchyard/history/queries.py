@@ -22,7 +22,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Select, func, select, tuple_
+from sqlalchemy import (
+    Column,
+    ColumnCollection,
+    ColumnElement,
+    Label,
+    Row,
+    Select,
+    func,
+    select,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.history import rollup
@@ -37,6 +47,11 @@ from switchyard.history.models import (
 ADMIN_ROLE = "admin"
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+# A SELECT whose row shape the caller does not fix (columns chosen at run time).
+AnySelect = Select[*tuple[Any, ...]]
+# The columns of a table (`table.c`): requests or one of the usage rollups.
+Columns = ColumnCollection[str, Column[Any]]
+
 STATUSES = tuple(status.value for status in RequestStatus)
 BATCH_PRIORITY = "batch"
 # Usage report dimensions: time buckets and the columns a report can be grouped by.
@@ -62,6 +77,7 @@ class Caller:
 
     @property
     def sees_whole_tenant(self) -> bool:
+        """Whether the caller is a tenant admin, who sees every user's requests of the tenant."""
         return self.role == ADMIN_ROLE
 
 
@@ -71,16 +87,24 @@ class InvalidCursorError(ValueError):
 
 @dataclass(frozen=True)
 class Page:
+    """A page of `requests` rows (as mappings) and the cursor of the next one (None on the last)."""
+
     items: list[dict[str, Any]]
     next_cursor: str | None
 
 
 def encode_cursor(created_at: datetime, request_id: str) -> str:
+    """An opaque page cursor (unpadded URL-safe base64 of JSON) after the row with these keys."""
     raw = json.dumps([created_at.isoformat(), request_id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The `(created_at, request_id)` keys a cursor from `encode_cursor` points after.
+
+    Raises:
+        InvalidCursorError: the cursor was not made by `encode_cursor`.
+    """
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at_text, request_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
@@ -123,6 +147,9 @@ class UsageQuery:
 
 @dataclass
 class UsageRow:
+    """One bucket and group of a usage report: request counts by outcome, tokens, cost (USD) and
+    response cache hits and savings (USD)."""
+
     bucket: datetime | None
     groups: dict[str, str | None] = field(default_factory=dict)
     requests: int = 0
@@ -140,11 +167,14 @@ class UsageRow:
 
 
 class HistoryQueries:
+    """Read-only queries over the `requests` projection, scoped to the caller: history pages,
+    jobs and usage reports."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
 
-    def _visible_to(self, caller: Caller, *columns) -> Select:
+    def _visible_to(self, caller: Caller, *columns: Any) -> AnySelect:
         query = select(*(columns or (requests_table,))).where(
             requests_table.c.tenant == caller.tenant,
             shown(),
@@ -153,7 +183,7 @@ class HistoryQueries:
             query = query.where(requests_table.c.user_id == caller.user_id)
         return query
 
-    async def _page(self, query: Select, limit: int, cursor: str | None) -> Page:
+    async def _page(self, query: AnySelect, limit: int, cursor: str | None) -> Page:
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
         order_key = tuple_(requests_table.c.created_at, requests_table.c.request_id)
@@ -187,6 +217,8 @@ class HistoryQueries:
         return await self._page(query, limit, cursor)
 
     async def get_request(self, caller: Caller, request_id: str) -> dict[str, Any] | None:
+        """The caller's recorded request as a mapping of its columns, or None if it cannot see
+        one."""
         query = self._visible_to(caller).where(requests_table.c.request_id == request_id)
         async with self._engine.connect() as connection:
             row = (await connection.execute(query)).mappings().first()
@@ -194,7 +226,7 @@ class HistoryQueries:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    def _jobs_visible_to(self, caller: Caller) -> Select:
+    def _jobs_visible_to(self, caller: Caller) -> AnySelect:
         webhooks = webhooks_table.c
         return (
             self._visible_to(
@@ -222,12 +254,20 @@ class HistoryQueries:
         cursor: str | None = None,
         statuses: Sequence[str] = (),
     ) -> Page:
+        """A page of the caller's jobs (batch-lane requests), newest first, optionally only those
+        with the given request statuses.
+
+        Raises:
+            ValueError: `limit` outside 1 to `MAX_PAGE_SIZE`.
+            InvalidCursorError: a cursor not made by this API.
+        """
         query = self._jobs_visible_to(caller)
         if statuses:
             query = query.where(requests_table.c.status.in_(list(statuses)))
         return await self._page(query, limit, cursor)
 
     async def get_job(self, caller: Caller, job_id: str) -> dict[str, Any] | None:
+        """The caller's job (a batch-lane request with its webhook columns), or None."""
         query = self._jobs_visible_to(caller).where(requests_table.c.request_id == job_id)
         async with self._engine.connect() as connection:
             row = (await connection.execute(query)).mappings().first()
@@ -266,8 +306,8 @@ class HistoryQueries:
                     rows += (await connection.execute(self._live_usage(report, ranges))).all()
         return _merged_usage(rows, report)
 
-    def _usage_filters(self, columns, report: UsageQuery) -> list:
-        conditions = []
+    def _usage_filters(self, columns: Columns, report: UsageQuery) -> list[ColumnElement[bool]]:
+        conditions: list[ColumnElement[bool]] = []
         if report.tenant is not None:
             conditions.append(columns.tenant == report.tenant)
         for name in USAGE_FILTERS:
@@ -276,13 +316,13 @@ class HistoryQueries:
                 conditions.append(columns[name] == value)
         return conditions
 
-    def _dimension(self, columns, name: str, *, rollup_table: bool):
+    def _dimension(self, columns: Columns, name: str, *, rollup_table: bool) -> Label[Any]:
         column = columns[DIMENSIONS[name]]
         if rollup_table and DIMENSIONS[name] in rollup.ROLLUP_DIMENSIONS:
             return func.nullif(column, "").label(name)
         return column.label(name)
 
-    def _rollup_usage(self, report: UsageQuery, first: datetime, end: datetime) -> Select:
+    def _rollup_usage(self, report: UsageQuery, first: datetime, end: datetime) -> AnySelect:
         filtered = [name for name in USAGE_FILTERS if getattr(report, name) is not None]
         table = rollup.grain_for([DIMENSIONS[name] for name in report.dimensions], filtered)
         h = table.c
@@ -297,7 +337,9 @@ class HistoryQueries:
         )
         return query.group_by(*keys) if keys else query
 
-    def _live_usage(self, report: UsageQuery, ranges) -> Select:
+    def _live_usage(
+        self, report: UsageQuery, ranges: Sequence[tuple[datetime, datetime]]
+    ) -> AnySelect:
         r = requests_table.c
         keys = [self._dimension(r, name, rollup_table=False) for name in report.dimensions]
         if report.bucket is not None:
@@ -309,16 +351,16 @@ class HistoryQueries:
         )
         return query.group_by(*keys) if keys else query
 
-    def _bucket_expression(self, bucket: str, column):
+    def _bucket_expression(self, bucket: str, column: ColumnElement[Any]) -> ColumnElement[Any]:
         if self._dialect == "postgresql":
             return func.date_trunc(bucket, func.timezone("UTC", column))
         # SQLite stores 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC: the bucket is a prefix of it.
         return func.substr(column, 1, 10 if bucket == "day" else 13)
 
 
-def _merged_usage(rows, report: UsageQuery) -> list[UsageRow]:
+def _merged_usage(rows: Sequence[Row[*tuple[Any, ...]]], report: UsageQuery) -> list[UsageRow]:
     """Rows of the rollup and of the live part added up per bucket and group."""
-    totals: dict[tuple, UsageRow] = {}
+    totals: dict[tuple[Any, ...], UsageRow] = {}
     for row in rows:
         values = row._mapping
         if not values["requests"]:
@@ -339,13 +381,13 @@ def _merged_usage(rows, report: UsageQuery) -> list[UsageRow]:
         total.cache_hits += int(values["cache_hits"] or 0)
         total.cache_saved_usd += float(values["cache_saved_usd"] or 0.0)
 
-    def order(key: tuple) -> tuple:
+    def order(key: tuple[Any, ...]) -> tuple[Any, ...]:
         return tuple((value is None, value if value is not None else "") for value in key)
 
     return [totals[key] for key in sorted(totals, key=order)]
 
 
-def _filtered(query: Select, filters: HistoryFilters) -> Select:
+def _filtered(query: AnySelect, filters: HistoryFilters) -> AnySelect:
     r = requests_table.c
     if filters.since is not None:
         query = query.where(r.created_at >= filters.since)

@@ -11,6 +11,7 @@ asked or cannot check limits (the item is tried again later)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -20,6 +21,8 @@ from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 
 @dataclass(frozen=True)
 class Admitted:
+    """Admitted by the gateway's limits; `team_id` is the team the request is counted against."""
+
     team_id: str | None
 
 
@@ -46,6 +49,15 @@ class GatewayAdmission:
         )
 
     async def admit(self, event: ChatRequested, timeout_s: float) -> Admitted | Held:
+        """Ask the gateway to admit `event` under its key's, user's, team's and tenant's limits,
+        as if it had just arrived; `timeout_s` is the request's timeout in seconds.
+
+        Returns:
+            `Admitted`, or `Held` when a limit refuses it (HTTP 429).
+
+        Raises:
+            AdmissionUnavailable: the gateway is unreachable or answered anything else.
+        """
         data = event.data
         payload = {
             "request_id": event.request_id,
@@ -79,10 +91,11 @@ class GatewayAdmission:
         )
 
     async def close(self) -> None:
+        """Release the HTTP client's connections."""
         await self._client.aclose()
 
 
-def _error(response: httpx.Response) -> dict:
+def _error(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:

@@ -45,14 +45,14 @@ import json
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import structlog
 from aiolimiter import AsyncLimiter
-from sqlalchemy import and_, exists, func, insert, select, update
+from sqlalchemy import ColumnElement, RowMapping, and_, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import aliased
 
@@ -78,7 +78,7 @@ from switchyard.history.models import (
     requests_table,
 )
 from switchyard.history.privacy import REDACTED_MARKER
-from switchyard.history.queries import Caller
+from switchyard.history.queries import AnySelect, Caller
 from switchyard.history.replay_admission import (
     AdmissionUnavailable,
     Admitted,
@@ -147,6 +147,7 @@ def parse_rate(value: str | float | int) -> tuple[int, float]:
 
 
 def format_rate(count: int, period_s: float) -> str:
+    """A rate of `count` per `period_s` seconds for people: `5/s`, or `30/m` below one a second."""
     per_second = count / period_s
     if per_second >= 1:
         return f"{per_second:g}/s"
@@ -167,6 +168,7 @@ class Selection:
     sample: int | None = None
 
     def public(self) -> dict[str, Any]:
+        """The selection as the replays API shows it (times in ISO 8601)."""
         return {
             "since": self.since.isoformat(),
             "until": self.until.isoformat() if self.until else None,
@@ -181,6 +183,10 @@ class Selection:
 
 @dataclass(frozen=True)
 class ReplaySpec:
+    """A replay to create: the selected requests sent again on `to_model`, at most `rate` =
+    (count, period in seconds), billed to the caller or (`original`) to each original's user,
+    key and team."""
+
     to_model: str
     selection: Selection
     rate: tuple[int, float] = (5, 1.0)
@@ -269,7 +275,7 @@ class ReplayStore:
         self._engine = engine
         self.max_requests = max_requests
 
-    def _selection_query(self, caller: Caller, selection: Selection):
+    def _selection_query(self, caller: Caller, selection: Selection) -> AnySelect:
         r, e = requests_table.c, events_table.c
         query = select(
             r.request_id,
@@ -385,7 +391,7 @@ class ReplayStore:
         assert replay is not None
         return replay
 
-    async def _replay_row(self, caller: Caller, replay_id: str):
+    async def _replay_row(self, caller: Caller, replay_id: str) -> RowMapping | None:
         p = replays_table.c
         query = select(replays_table).where(p.replay_id == replay_id, p.tenant == caller.tenant)
         if not caller.sees_whole_tenant:
@@ -394,6 +400,7 @@ class ReplayStore:
             return (await connection.execute(query)).mappings().first()
 
     async def list(self, caller: Caller, limit: int = 20) -> list[dict[str, Any]]:
+        """The caller's latest `limit` replays (all of the tenant's for an admin), newest first."""
         p = replays_table.c
         query = select(replays_table).where(p.tenant == caller.tenant)
         if not caller.sees_whole_tenant:
@@ -448,7 +455,9 @@ class ReplayStore:
         replay["next_after"] = page[-1]["position"] if page and more else None
         return replay
 
-    async def set_status(self, caller: Caller, replay_id: str, status: ReplayStatus) -> dict:
+    async def set_status(
+        self, caller: Caller, replay_id: str, status: ReplayStatus
+    ) -> dict[str, Any]:
         """Stop a running replay, or resume a stopped (or interrupted) one. Raises
         ReplayError 404 if the caller cannot see it, 409 if it is completed."""
         row = await self._replay_row(caller, replay_id)
@@ -487,7 +496,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def _replay_summary(row) -> dict[str, Any]:
+def _replay_summary(row: RowMapping) -> dict[str, Any]:
     return {
         "id": row["replay_id"],
         "object": "replay",
@@ -502,14 +511,14 @@ def _replay_summary(row) -> dict[str, Any]:
     }
 
 
-def _counts(items) -> dict[str, int]:
+def _counts(items: Sequence[RowMapping]) -> dict[str, int]:
     counts = {state.value: 0 for state in ReplayItemState}
     for item in items:
         counts[item["state"]] += 1
     return counts
 
 
-def _side(item, prefix: str, request_id: str | None) -> dict[str, Any]:
+def _side(item: RowMapping, prefix: str, request_id: str | None) -> dict[str, Any]:
     return {
         "request_id": request_id,
         "model": item[prefix + "model"],
@@ -521,7 +530,7 @@ def _side(item, prefix: str, request_id: str | None) -> dict[str, Any]:
     }
 
 
-def _pair(item) -> dict[str, Any]:
+def _pair(item: RowMapping) -> dict[str, Any]:
     sent = item["state"] in (ReplayItemState.SENT.value, ReplayItemState.SETTLED.value)
     return {
         "position": item["position"],
@@ -535,7 +544,7 @@ def _pair(item) -> dict[str, Any]:
     }
 
 
-def _totals(items) -> dict[str, Any]:
+def _totals(items: Sequence[RowMapping]) -> dict[str, Any]:
     """Totals over the items that were replayed, each side over the same requests."""
     sent = [
         item
@@ -667,7 +676,7 @@ class ReplayRunner:
 
     # -- claiming -----------------------------------------------------------------------
 
-    async def _claim(self):
+    async def _claim(self) -> RowMapping | None:
         p, i = replays_table.c, replay_items_table.c
         now = _now()
         free = (p.lease_until.is_(None)) | (p.lease_until < now) | (p.runner == self.runner_id)
@@ -714,7 +723,7 @@ class ReplayRunner:
 
     # -- sending ------------------------------------------------------------------------
 
-    async def drive(self, replay) -> int:
+    async def drive(self, replay: RowMapping) -> int:
         """Send the replay's items for one slice of time at its rate; returns how many."""
         replay_id = replay["replay_id"]
         if self._not_before.get(replay_id, 0.0) > time.monotonic():
@@ -755,7 +764,9 @@ class ReplayRunner:
             sent += 1
         return sent
 
-    async def _admit(self, replay, item, event: ChatRequested) -> ChatRequested | None:
+    async def _admit(
+        self, replay: RowMapping, item: RowMapping, event: ChatRequested
+    ) -> ChatRequested | None:
         """The event with the team admission found, or None when a limit holds it back
         (the item goes back to `pending` with the reason): a rate limit pauses this
         replay until it allows more; a used-up budget stops it (resumed by its id).
@@ -792,7 +803,11 @@ class ReplayRunner:
         return None
 
     async def _move(
-        self, item, source: ReplayItemState, target: ReplayItemState, reason: str | None = None
+        self,
+        item: RowMapping,
+        source: ReplayItemState,
+        target: ReplayItemState,
+        reason: str | None = None,
     ) -> bool:
         i = replay_items_table.c
         values: dict[str, Any] = {"state": target.value}
@@ -813,7 +828,7 @@ class ReplayRunner:
             )
         return result.rowcount == 1
 
-    async def _replay_event(self, replay, item) -> ChatRequested | None:
+    async def _replay_event(self, replay: RowMapping, item: RowMapping) -> ChatRequested | None:
         """The item's request, built from its original as recorded (None, and the item
         marked not replayable, if the original is no longer stored)."""
         r, e = requests_table.c, events_table.c
@@ -875,7 +890,7 @@ class ReplayRunner:
             ),
         )
 
-    async def _recover(self, replay) -> None:
+    async def _recover(self, replay: RowMapping) -> None:
         """Resolve items a dead runner left `sending`: sent if their request is recorded
         once a probe published after it is; back to `pending` if it is not."""
         i, r = replay_items_table.c, requests_table.c
@@ -905,7 +920,7 @@ class ReplayRunner:
                 log.info("replay item never reached the bus: sending it", request_id=request_id)
                 await self._move(item, ReplayItemState.SENDING, ReplayItemState.PENDING)
 
-    async def _recorded(self, condition) -> bool:
+    async def _recorded(self, condition: ColumnElement[bool]) -> bool:
         r = requests_table.c
         async with self._engine.connect() as connection:
             found = await connection.execute(

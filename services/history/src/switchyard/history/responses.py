@@ -51,7 +51,10 @@ MAX_ITEMS_PAGE = 100
 DEFAULT_ITEMS_PAGE = 20
 
 
-def not_found(response_id: str, message: str | None = None, code: str = "response_not_found"):
+def not_found(
+    response_id: str, message: str | None = None, code: str = "response_not_found"
+) -> APIError:
+    """The 404 `APIError` for a response the caller cannot see (or that was deleted)."""
     return APIError(
         404,
         message or f"Response with id '{response_id}' not found.",
@@ -70,14 +73,17 @@ class StoredResponse:
 
     @property
     def body(self) -> dict[str, Any]:
+        """The stored request body (empty when its content is not kept)."""
         return self.row["request_body"] or {}
 
     @property
     def status(self) -> str:
-        return self.row["status"]
+        """The request's status (`RequestStatus` value)."""
+        return str(self.row["status"])
 
     @property
     def background(self) -> bool:
+        """Whether it was created with `background: true`."""
         return self.body.get("background") is True
 
     def view(self) -> dict[str, Any]:

@@ -26,7 +26,20 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, exists, func, literal, not_, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Label,
+    Table,
+    and_,
+    case,
+    delete,
+    exists,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from switchyard.common.db import dialect_insert
@@ -68,10 +81,12 @@ ROLLUP_DIMENSIONS = ("user_id", "api_key_id", "team_id", "model")
 
 
 def hour_of(value: datetime) -> datetime:
+    """The start of `value`'s hour, in UTC."""
     return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def ceil_hour(value: datetime) -> datetime:
+    """`value` if it is on the hour, else the start of the next hour (UTC)."""
     floor = hour_of(value)
     return floor if floor == value else floor + HOUR
 
@@ -98,12 +113,12 @@ async def mark_dirty(
     )
 
 
-def request_aggregates() -> list:
+def request_aggregates() -> list[Label[Any]]:
     """Requests, outcomes, tokens and cost of the request rows a query selects. Errors
     are failed, expired and refused requests (a refusal is an error the client sees)."""
     r = requests_table.c
 
-    def counting(*statuses: str):
+    def counting(*statuses: str) -> ColumnElement[Any]:
         return func.sum(case((r.status.in_(statuses), 1), else_=0))
 
     return [
@@ -121,21 +136,22 @@ def request_aggregates() -> list:
     ]
 
 
-def rollup_sums(table) -> list:
+def rollup_sums(table: Table) -> list[Label[Any]]:
+    """Each metric of `table` (a rollup grain) summed over the selected rows, 0 when none."""
     return [func.coalesce(func.sum(table.c[name]), 0).label(name) for name in METRIC_COLUMNS]
 
 
 # Each grain: its table and the request columns it groups by (NULL stored as '').
-GRAINS = (
+GRAINS: tuple[tuple[Table, tuple[str, ...]], ...] = (
     (usage_hourly_table, ROLLUP_DIMENSIONS),
     (usage_hourly_models_table, ("team_id", "model")),
 )
 
 
-def grain_for(dimensions: Sequence[str], filtered: Sequence[str]):
+def grain_for(dimensions: Sequence[str], filtered: Sequence[str]) -> Table:
     """The coarsest rollup table that has every column a report groups or filters by."""
     needed = set(dimensions) | set(filtered)
-    for table, columns in reversed(GRAINS):
+    for table, columns in GRAINS[::-1]:
         if needed <= set(columns) | {"tenant"}:
             return table
     return usage_hourly_table
@@ -250,11 +266,14 @@ def live_ranges(
     return first, end, ranges
 
 
-def in_ranges(column, ranges: Sequence[tuple[datetime, datetime]]) -> Any:
+def in_ranges(
+    column: ColumnElement[Any], ranges: Sequence[tuple[datetime, datetime]]
+) -> ColumnElement[bool]:
+    """`column` inside one of the half-open `[start, stop)` ranges."""
     return or_(*[and_(column >= start, column < stop) for start, stop in ranges])
 
 
-def not_dirty(table, tenant: str | None) -> Any:
+def not_dirty(table: Table, tenant: str | None) -> ColumnElement[bool]:
     """Rollup rows whose hour is not dirty (for the tenant, or for any tenant when the
     report spans every tenant, matching how the live part is read)."""
     d = usage_dirty_table.c

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import delete, exists, func, not_, select
+from sqlalchemy import ColumnElement, delete, exists, func, not_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.history import rollup
@@ -41,6 +41,7 @@ from switchyard.history.models import (
     requests_table,
     webhooks_table,
 )
+from switchyard.history.queries import AnySelect
 from switchyard.history.tenants import TenantSettingsStore
 
 log = structlog.get_logger("switchyard.history.sweeper")
@@ -56,6 +57,8 @@ PURGED = Counter(
 
 @dataclass
 class PurgeResult:
+    """What a purge deleted (or, in a dry run, would delete): requests, events and webhooks."""
+
     requests: int = 0
     events: int = 0
     webhooks: int = 0
@@ -105,7 +108,7 @@ async def purge(
     older than it that belong to no request (e.g. auth events)."""
     r, e, w = requests_table.c, events_table.c, webhooks_table.c
 
-    def scoped(query, tenant_column):
+    def scoped(query: AnySelect, tenant_column: ColumnElement[str]) -> AnySelect:
         if tenant is not None:
             query = query.where(tenant_column == tenant)
         if exclude_tenants:
@@ -250,6 +253,9 @@ class Sweeper:
         return checked_at
 
     async def sweep_once(self) -> None:
+        """One round: expire overdue requests (once the consumer has caught up), recompute
+        settled rollup hours, and every `purge_interval_s` seconds purge by retention and drop
+        expired idempotency keys and cache entries."""
         recorded = await self.recorded_up_to()
         if recorded is not None:
             await expire_overdue(self.engine, self.recorder, self.grace, now=recorded)
@@ -272,6 +278,8 @@ class Sweeper:
                 )
 
     async def run(self, interval_s: float) -> None:
+        """Sweep every `interval_s` seconds until cancelled; a failed round is logged, not
+        raised."""
         while True:
             # First wait: right after start-up the consumer has not caught up anyway.
             await asyncio.sleep(interval_s)

@@ -33,6 +33,9 @@ UNSET: Any = object()
 
 @dataclass(frozen=True)
 class TenantSettingsView:
+    """A tenant's history settings; None means the service-wide default. `retention_days` in
+    days, `cache_ttl_s` in seconds."""
+
     tenant: str
     store_content: bool = True
     retention_days: int | None = None
@@ -42,6 +45,7 @@ class TenantSettingsView:
     cache_ttl_s: int | None = None
 
     def public(self, *, include_secret: bool) -> dict[str, Any]:
+        """The settings as the API shows them; the webhook secret only with `include_secret`."""
         data = asdict(self)
         if not include_secret:
             data.pop("webhook_secret")
@@ -49,15 +53,19 @@ class TenantSettingsView:
 
 
 def new_webhook_secret() -> str:
+    """A new secret for signing job webhooks: `whsec_` and 32 random bytes, URL-safe base64."""
     return "whsec_" + secrets.token_urlsafe(32)
 
 
 class TenantSettingsStore:
+    """Per-tenant history settings in the database."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
 
     async def get(self, tenant: str) -> TenantSettingsView:
+        """The tenant's settings (the defaults when it has none stored)."""
         async with self._engine.connect() as connection:
             return await _get(connection, tenant)
 
@@ -118,6 +126,7 @@ class TenantSettingsStore:
             return (await _get(connection, tenant)).webhook_secret  # type: ignore[return-value]
 
     async def all(self) -> list[TenantSettingsView]:
+        """Every tenant with stored settings."""
         async with self._engine.connect() as connection:
             rows = (await connection.execute(select(tenant_settings_table))).mappings().all()
         return [TenantSettingsView(**dict(row)) for row in rows]

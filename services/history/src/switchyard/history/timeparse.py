@@ -23,10 +23,17 @@ _OUT_OF_RANGE = "is out of range (times must fall between 1970 and 9000)"
 
 
 class TimeFormatError(ValueError):
+    """A time or duration that cannot be read; the message says why."""
+
     pass
 
 
 def parse_duration(text: str) -> timedelta:
+    """A duration such as `30d`: a number and one of the units s, m, h, d, w.
+
+    Raises:
+        TimeFormatError: not such a duration, or too long to represent.
+    """
     match = _DURATION.match(text or "")
     if match is None:
         raise TimeFormatError(
@@ -39,6 +46,12 @@ def parse_duration(text: str) -> timedelta:
 
 
 def parse_instant(text: str, *, now: datetime | None = None) -> datetime:
+    """An aware UTC datetime from an ISO 8601 instant (a naive one is taken as UTC), a date
+    (`2025-01-31`, its midnight UTC) or a duration before `now` (`1h`: an hour ago).
+
+    Raises:
+        TimeFormatError: none of those, or out of the representable range.
+    """
     value = (text or "").strip()
     if not value:
         raise TimeFormatError("an empty string is not a time")

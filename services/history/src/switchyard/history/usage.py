@@ -41,6 +41,8 @@ METRICS = (
 
 
 class UsageParameterError(ValueError):
+    """A bad usage report parameter; `param` names it, the message says what is wrong."""
+
     def __init__(self, param: str, message: str) -> None:
         super().__init__(message)
         self.param = param
@@ -74,6 +76,12 @@ def parse_group_by(
 def time_range(
     since: datetime | None, until: datetime | None, bucket: str | None
 ) -> tuple[datetime, datetime]:
+    """The report's `(since, until)`: `until` defaults to now and `since` to 30 days before it.
+
+    Raises:
+        UsageParameterError: `until` is not after `since`, or an hourly report spans more than
+            93 days.
+    """
     until = until or datetime.now(UTC)
     since = since or until - DEFAULT_RANGE
     if since >= until:
@@ -127,6 +135,8 @@ def row_dict(
 def report_json(
     rows: list[UsageRow], query: UsageQuery, names: Mapping[str, Mapping[str, str]] | None = None
 ) -> dict[str, Any]:
+    """The `usage.report` JSON document: the query, one entry per row (with the user, key and
+    team `names` when given) and the totals (cost in USD, rounded to 8 decimals)."""
     totals = {metric: 0 for metric in METRICS}
     data = [row_dict(row, query, names) for row in rows]
     for item in data:

@@ -85,11 +85,15 @@ DELIVERIES = Counter(
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The `Switchyard-Signature` value for a webhook: `v1=` and the hex HMAC-SHA256, keyed with
+    `secret`, of `{timestamp}.` (Unix seconds) followed by the body bytes."""
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return "v1=" + digest.hexdigest()
 
 
 class SignatureError(ValueError):
+    """A webhook whose signature headers are missing, stale or do not match."""
+
     pass
 
 
@@ -117,6 +121,9 @@ def verify_signature(
 
 @dataclass(frozen=True)
 class WebhookPolicy:
+    """How job webhooks are delivered: attempts, backoff and timeout (seconds), the lease a
+    replica holds on a delivery (seconds), concurrency limits and the allowed targets."""
+
     max_attempts: int = 10
     initial_backoff_s: float = 1.0
     max_backoff_s: float = 600.0
@@ -147,6 +154,9 @@ def describe_failure(exc: BaseException) -> str:
 
 
 class WebhookDispatcher:
+    """Delivers job webhooks: POSTs each finished job, signed with its tenant's secret, retrying
+    with backoff until delivered or out of attempts."""
+
     def __init__(
         self,
         engine: AsyncEngine,

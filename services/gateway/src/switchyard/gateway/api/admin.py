@@ -119,6 +119,10 @@ def install_auth_routes(app: FastAPI) -> None:
 
 
 class BudgetSpend(BaseModel):
+    """One budget and what it has spent: `level` (key, user, team or tenant) and `id` name its
+    owner; amounts in USD; `budget_period` as configured (None: never resets); `period_start` and
+    `resets_at` in ISO 8601."""
+
     level: str
     id: str
     max_budget_usd: float
@@ -130,6 +134,8 @@ class BudgetSpend(BaseModel):
 
 
 class SpendOut(BaseModel):
+    """The budgets that apply to a team (or the caller's tenant) and their spend."""
+
     object: str = "spend"
     team_id: str | None
     data: list[BudgetSpend]

@@ -26,6 +26,9 @@ from switchyard.gateway.api.deps import GatewayDep
 
 
 class AdmissionIn(BaseModel):
+    """A request another service (history's replays) asks the gateway to admit: who sends it, in
+    which client API, the body (the API's own request shape) and its timeout in seconds."""
+
     request_id: str = Field(min_length=1, max_length=64)
     tenant: str = Field(min_length=1, max_length=128)
     user_id: str = Field(min_length=1, max_length=128)
@@ -37,6 +40,8 @@ class AdmissionIn(BaseModel):
 
 
 class AdmissionOut(BaseModel):
+    """Admitted: the team the request is counted against (None without one)."""
+
     team_id: str | None
 
 
@@ -50,6 +55,9 @@ class _Caller:
 
 
 def admissions_router(internal_token: str) -> APIRouter:
+    """The internal admission API (`POST /internal/v1/admissions`, hidden from the OpenAPI
+    document): the request path's budget and rate limit checks for requests other services
+    publish. Needs the internal token (else 401)."""
     router = APIRouter(
         prefix="/internal/v1",
         dependencies=[Depends(internal_token_dependency(internal_token))],

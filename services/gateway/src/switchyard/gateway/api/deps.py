@@ -49,6 +49,7 @@ ROUTE_SCOPES: tuple[tuple[str, str, frozenset[str]], ...] = (
 
 
 async def get_gateway(request: Request) -> Gateway:
+    """The gateway's components, set on `app.state.gateway` at start-up."""
     # A coroutine on purpose: FastAPI runs a plain `def` dependency in its thread pool, a
     # thread hop on every request (the largest cost of a response cache hit).
     return cast(Gateway, request.app.state.gateway)
@@ -67,6 +68,7 @@ def required_scope(path: str, method: str = "GET") -> str | None:
 
 
 def insufficient_scope(scope: str) -> APIError:
+    """The 403 `insufficient_scope` error for credentials without `scope`."""
     return APIError(
         403,
         f"These credentials lack the '{scope}' scope this operation needs.",

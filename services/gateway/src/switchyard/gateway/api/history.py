@@ -37,6 +37,7 @@ _PASSED_HEADERS = ("accept",)
 
 
 def looks_like_id(value: str) -> bool:
+    """Whether `value` could be an id this API hands out (1 to 64 of `A-Z a-z 0-9 _ -`)."""
     return _ID.fullmatch(value) is not None
 
 

@@ -47,6 +47,8 @@ class BackendError(Exception):
 
 @dataclass(frozen=True)
 class TokenPair:
+    """An access token and its refresh token from auth (JWTs)."""
+
     access_token: str
     refresh_token: str
 
@@ -68,6 +70,10 @@ def _error_of(response: httpx.Response, service: str) -> BackendError:
 
 
 class ConsoleBackend:
+    """The console's client of auth and history: sign-in and token refresh, and history calls
+    made as the signed-in user. Failures come back as `BackendError` with the service's status
+    and message."""
+
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         self._auth_url = gateway.settings.auth_url.rstrip("/")
@@ -75,6 +81,7 @@ class ConsoleBackend:
 
     @property
     def gateway(self) -> Gateway:
+        """The gateway the console runs in."""
         return self._gateway
 
     async def _call(self, service: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -106,6 +113,11 @@ class ConsoleBackend:
         return TokenPair(body["access_token"], body["refresh_token"])
 
     async def refresh(self, refresh_token: str) -> TokenPair:
+        """A new token pair for `refresh_token` (auth rotates it: the old one is spent).
+
+        Raises:
+            BackendError: auth refused the token (401) or is unreachable (503).
+        """
         response = await self._call(
             "auth",
             "POST",
@@ -153,6 +165,7 @@ class ConsoleBackend:
         *,
         method: str = "GET",
     ) -> Any:
+        """The decoded JSON body of a history call (see `history_response`)."""
         response = await self.history_response(principal, path, params, method=method)
         return response.json()
 
@@ -164,6 +177,12 @@ class ConsoleBackend:
         *,
         method: str = "GET",
     ) -> httpx.Response:
+        """Call history's `path` as `principal` (the identity headers the gateway sends on the
+        API's behalf); query parameters that are None or empty are left out.
+
+        Raises:
+            BackendError: history is unreachable (503) or answered an error status.
+        """
         clean = {key: value for key, value in (params or {}).items() if value not in (None, "")}
         return await self._call(
             "history",

@@ -25,6 +25,8 @@ class Part:
 
 @dataclass
 class Turn:
+    """One message of a conversation as the console shows it: its role and its parts."""
+
     role: str
     parts: list[Part] = field(default_factory=list)
 

@@ -12,6 +12,7 @@ MOUNT_PATH = "/ui"
 
 
 def install_console(app: FastAPI, gateway: Gateway) -> None:
+    """Serve the web console under `MOUNT_PATH` on `app`, with `/` redirecting to it (307)."""
     # Imported here so a gateway with the console disabled never loads its templates.
     from switchyard.gateway.console.app import create_console
 

@@ -34,6 +34,10 @@ class NotSignedIn(Exception):
 
 @dataclass
 class ConsoleState:
+    """What the console's routes share: the backend, the session cookies, the templates and the
+    token refreshes in flight (by refresh token: when started, in monotonic seconds, and their
+    result), so concurrent pages refresh a session once."""
+
     backend: ConsoleBackend
     cookies: SessionCookies
     templates: Jinja2Templates
@@ -49,18 +53,22 @@ class Viewer:
 
     @property
     def is_admin(self) -> bool:
+        """Whether the user is a tenant admin."""
         return self.principal.role == "admin"
 
     @property
     def access_token(self) -> str:
+        """The session's current access token (JWT)."""
         return self.session.access_token
 
 
 def state(request: Request) -> ConsoleState:
+    """The console's shared state, set on `app.state.console` by the console's app factory."""
     return cast(ConsoleState, request.app.state.console)
 
 
 def base_path(request: Request) -> str:
+    """The path the console is mounted at (the ASGI `root_path`), without a trailing slash."""
     return cast(str, request.scope.get("root_path", "")).rstrip("/")
 
 
@@ -134,6 +142,7 @@ def render(
 
 
 def redirect(request: Request, path: str) -> RedirectResponse:
+    """A 303 redirect to `path` inside the console."""
     return RedirectResponse(base_path(request) + path, status_code=303)
 
 
@@ -152,6 +161,7 @@ def safe_next(request: Request, value: str | None) -> str:
 
 
 def backend_of(request: Request) -> ConsoleBackend:
+    """The console's backend client."""
     return state(request).backend
 
 

@@ -40,6 +40,7 @@ class SessionCookies:
         self.secure = secure
 
     def encode(self, session: Session) -> str:
+        """The signed, timestamped cookie value for `session` (itsdangerous, URL-safe)."""
         return self._serializer.dumps(
             [session.access_token, session.refresh_token, session.email, session.started_at]
         )
@@ -65,6 +66,8 @@ class SessionCookies:
         return session
 
     def set(self, response: Response, session: Session) -> None:
+        """Set the session cookie on `response`: HttpOnly, SameSite=Lax, expiring when the
+        session ends (at least one second)."""
         remaining = max(1, int(session.started_at + self.ttl_s - time.time()))
         response.set_cookie(
             COOKIE_NAME,
@@ -77,6 +80,7 @@ class SessionCookies:
         )
 
     def clear(self, response: Response) -> None:
+        """Delete the session cookie on `response` (sign-out)."""
         response.delete_cookie(
             COOKIE_NAME, path=COOKIE_PATH, httponly=True, samesite="lax", secure=self.secure
         )

@@ -22,6 +22,7 @@ class Range:
     bucket: str
 
     def since(self, now: datetime | None = None) -> datetime:
+        """The start of the range: `span` before `now` (default: the current time, UTC)."""
         return (now or datetime.now(UTC)) - self.span
 
 
@@ -57,14 +58,18 @@ JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired")
 
 
 def choice(value: str | None, allowed: Any, default: str) -> str:
+    """`value` if it is one of `allowed`, else `default` (for query parameters from the page)."""
     return value if value is not None and value in allowed else default
 
 
 def iso(value: datetime) -> str:
+    """`value` in ISO 8601, UTC, with a `Z` suffix."""
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse_iso(value: Any) -> datetime | None:
+    """An aware datetime from an ISO 8601 string (naive ones taken as UTC); None for anything
+    else."""
     if not isinstance(value, str) or not value:
         return None
     try:
@@ -75,6 +80,7 @@ def parse_iso(value: Any) -> datetime | None:
 
 
 def format_time(value: Any, *, seconds: bool = True) -> str:
+    """A datetime or ISO 8601 string as `YYYY-MM-DD HH:MM[:SS]` UTC; `—` when it is neither."""
     parsed = parse_iso(value) if not isinstance(value, datetime) else value
     if parsed is None:
         return "—"
@@ -82,6 +88,8 @@ def format_time(value: Any, *, seconds: bool = True) -> str:
 
 
 def bucket_label(value: Any, bucket: str) -> str:
+    """A chart label for a bucket start: `Jan 31` for days, `31 14:00` for hours, `14:05`
+    otherwise."""
     parsed = parse_iso(value)
     if parsed is None:
         return str(value)
@@ -93,6 +101,7 @@ def bucket_label(value: Any, bucket: str) -> str:
 
 
 def format_number(value: Any) -> str:
+    """A count with thousands separators (one decimal for fractions); `—` for None."""
     if value is None:
         return "—"
     if isinstance(value, float) and not value.is_integer():
@@ -101,6 +110,7 @@ def format_number(value: Any) -> str:
 
 
 def format_usd(value: Any) -> str:
+    """An amount in USD: four decimals below one dollar, two otherwise; `—` for None."""
     if value is None:
         return "—"
     amount = float(value)
@@ -108,6 +118,7 @@ def format_usd(value: Any) -> str:
 
 
 def format_ms(value: Any) -> str:
+    """A duration given in milliseconds: `ms` below ten seconds, `s` above; `—` for None."""
     if value is None:
         return "—"
     amount = float(value)
@@ -115,6 +126,7 @@ def format_ms(value: Any) -> str:
 
 
 def format_percent(value: Any) -> str:
+    """A fraction (0.25) as a percentage (`25.0%`); `—` for None."""
     if value is None:
         return "—"
     return f"{float(value) * 100:.1f}%"

@@ -202,6 +202,9 @@ class _Allowance:
 
 @dataclass(frozen=True)
 class Reservation:
+    """Part of a lease held for one admitted request: `amount` of the counter (`scope`, `kind`)
+    in the window that started at `window_start` (epoch seconds), in the kind's unit."""
+
     scope: str
     kind: Kind
     window_start: float
@@ -680,10 +683,14 @@ class Admission:
     # -- housekeeping ----------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start the background task that heartbeats, flushes settlements and reaps dead
+        replicas."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="governance")
 
     async def stop(self) -> None:
+        """Stop the background task, settle what is pending and return every lease to the ledger
+        (a ledger that cannot be reached is skipped)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -28,6 +28,7 @@ OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
 def warm_up() -> None:
+    """Load the tokenizer now, so the first request does not pay for it."""
     encoding().encode_ordinary("warm up")
 
 

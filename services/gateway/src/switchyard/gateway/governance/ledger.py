@@ -38,6 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
+from typing_extensions import override
+
 Kind = Literal["requests", "tokens", "spend", "parallel"]
 KINDS: tuple[Kind, ...] = ("requests", "tokens", "spend", "parallel")
 # Windowed kinds last this long from their first grant.
@@ -93,6 +95,10 @@ class LeaseChange:
 
 @dataclass(frozen=True)
 class CounterState:
+    """A counter as the ledger holds it: its window (epoch seconds; `window_end` None for none),
+    its limit, what is committed (leases plus spent) and what is spent, in the kind's unit
+    (requests, tokens or USD)."""
+
     scope: str
     kind: Kind
     window_start: float
@@ -135,13 +141,18 @@ class Ledger(abc.ABC):
         """Grant each request (atomically per counter), in order."""
 
     @abc.abstractmethod
-    async def release(self, replica: str, changes: Sequence[LeaseChange]) -> None: ...
+    async def release(self, replica: str, changes: Sequence[LeaseChange]) -> None:
+        """Give back unused allowance of the replica's leases (`committed` and `held`
+        shrink)."""
 
     @abc.abstractmethod
-    async def settle(self, replica: str, changes: Sequence[LeaseChange]) -> None: ...
+    async def settle(self, replica: str, changes: Sequence[LeaseChange]) -> None:
+        """Record the usage the replica's requests really had (`spent` grows, `held`
+        shrinks)."""
 
     @abc.abstractmethod
-    async def heartbeat(self, replica: str) -> None: ...
+    async def heartbeat(self, replica: str) -> None:
+        """Mark the replica alive, so `reap` keeps its leases."""
 
     @abc.abstractmethod
     async def reap(self, stale_after_s: float) -> int:
@@ -152,6 +163,7 @@ class Ledger(abc.ABC):
         """Current counters (of `scopes`, or all), for spend reports."""
 
     async def close(self) -> None:
+        """Release the store's connections."""
         return None
 
 
@@ -205,6 +217,7 @@ class MemoryLedger(Ledger):
         counter.limit = request.limit
         return counter
 
+    @override
     async def grant(self, replica: str, requests: Sequence[GrantRequest]) -> list[Grant]:
         self._check()
         now = self._clock()
@@ -249,6 +262,7 @@ class MemoryLedger(Ledger):
         if start == change.window_start:
             self._leases[key] = (start, max(0.0, held + delta))
 
+    @override
     async def release(self, replica: str, changes: Sequence[LeaseChange]) -> None:
         self._check()
         for change in changes:
@@ -257,6 +271,7 @@ class MemoryLedger(Ledger):
                 counter.committed = max(0.0, counter.committed - change.amount)
                 self._adjust_lease(replica, change, -change.amount)
 
+    @override
     async def settle(self, replica: str, changes: Sequence[LeaseChange]) -> None:
         self._check()
         for change in changes:
@@ -265,10 +280,12 @@ class MemoryLedger(Ledger):
                 counter.spent += change.amount
                 self._adjust_lease(replica, change, -change.amount)
 
+    @override
     async def heartbeat(self, replica: str) -> None:
         self._check()
         self._heartbeats[replica] = self._clock()
 
+    @override
     async def reap(self, stale_after_s: float) -> int:
         self._check()
         now = self._clock()
@@ -284,6 +301,7 @@ class MemoryLedger(Ledger):
             del self._heartbeats[replica]
         return len(dead)
 
+    @override
     async def counters(self, scopes: Sequence[str] | None = None) -> list[CounterState]:
         self._check()
         wanted = set(scopes) if scopes is not None else None

@@ -32,6 +32,9 @@ class PolicyUnavailable(Exception):
 
 @dataclass(frozen=True)
 class LevelLimits:
+    """The limits one level (`api_key`, `user`, `team` or `tenant`) puts on a request, and the
+    start of its budget periods (epoch seconds; None: periods counted from the Unix epoch)."""
+
     level: str  # api_key | user | team | tenant
     scope_id: str
     limits: Limits
@@ -49,6 +52,9 @@ class CacheOptIn:
 
 @dataclass(frozen=True)
 class Policy:
+    """The limits that apply to a caller (its key, user, team and tenant), what to do when the
+    ledger cannot be reached, and the response cache opt-ins of its key and team."""
+
     tenant: str
     team_id: str | None
     # Only the levels that carry at least one limit, narrowest first.
@@ -62,10 +68,16 @@ class Policy:
 
     @property
     def limited(self) -> bool:
+        """Whether any level carries a limit."""
         return bool(self.levels)
 
 
 def parse_policy(data: dict[str, Any]) -> Policy:
+    """A `Policy` from auth's `/internal/v1/policy` JSON answer.
+
+    Raises:
+        KeyError, ValueError: the answer lacks a field or holds an invalid value.
+    """
     levels = []
     ids = set()
     raw_levels = data.get("levels") or {}
@@ -107,6 +119,9 @@ NO_LIMITS = Policy(tenant="", team_id=None)
 
 
 class PolicySource:
+    """The callers' limit policies from auth, cached `ttl_s` seconds per (user, key), with one
+    fetch in flight per caller however many requests wait for it."""
+
     def __init__(
         self,
         client: Callable[[], httpx.AsyncClient],
@@ -127,6 +142,11 @@ class PolicySource:
         self._generation = 0
 
     async def get(self, user_id: str, api_key_id: str | None) -> Policy:
+        """The policy of `user_id` calling with `api_key_id` (None for a JWT).
+
+        Raises:
+            PolicyUnavailable: auth is unreachable or answered an error status.
+        """
         key = (user_id, api_key_id)
         cached = self._cache.get(key)
         if cached is not None and cached[0] > self._clock():

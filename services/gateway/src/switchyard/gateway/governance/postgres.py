@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typing_extensions import override
 
 from switchyard.common.db import create_engine
 from switchyard.gateway.governance.ledger import (
@@ -142,6 +143,8 @@ class PostgresLedger(Ledger):
 
     @classmethod
     def connect(cls, database_url: str, *, timeout_s: float = 0.5) -> PostgresLedger:
+        """A ledger on the PostgreSQL database at `database_url`; a grant taking longer than
+        `timeout_s` seconds raises `LedgerUnavailable`."""
         return cls(create_engine(database_url), timeout_s=timeout_s)
 
     async def _run(
@@ -163,6 +166,7 @@ class PostgresLedger(Ledger):
         except Exception as exc:  # noqa: BLE001 - any database failure means "unavailable"
             raise LedgerUnavailable(repr(exc)) from exc
 
+    @override
     async def grant(self, replica: str, requests: Sequence[GrantRequest]) -> list[Grant]:
         order = sorted(range(len(requests)), key=lambda i: (requests[i].scope, requests[i].kind))
         items = orjson.dumps(
@@ -200,21 +204,26 @@ class PostgresLedger(Ledger):
             )
         return grants  # type: ignore[return-value]
 
+    @override
     async def release(self, replica: str, changes: Sequence[LeaseChange]) -> None:
         if changes:
             await self._run(_RELEASE, {"replica": replica, "items": _items(changes)})
 
+    @override
     async def settle(self, replica: str, changes: Sequence[LeaseChange]) -> None:
         if changes:
             await self._run(_SETTLE, {"replica": replica, "items": _items(changes)})
 
+    @override
     async def heartbeat(self, replica: str) -> None:
         await self._run(_HEARTBEAT, {"replica": replica})
 
+    @override
     async def reap(self, stale_after_s: float) -> int:
         rows = await self._run(_REAP, {"stale_after_s": stale_after_s})
         return int(rows[0][0]) if rows else 0
 
+    @override
     async def counters(self, scopes: Sequence[str] | None = None) -> list[CounterState]:
         if scopes is None:
             rows = await self._run(_COUNTERS, {})
@@ -233,6 +242,7 @@ class PostgresLedger(Ledger):
             for row in rows
         ]
 
+    @override
     async def close(self) -> None:
         await self._engine.dispose()
 

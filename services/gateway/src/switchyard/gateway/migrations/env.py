@@ -16,6 +16,7 @@ version_table = config.attributes.get("version_table", DEFAULT_VERSION_TABLE)
 
 
 def run_migrations_offline() -> None:
+    """Emit the migration SQL for the configured URL without connecting (`alembic --sql`)."""
     context.configure(
         url=config.get_main_option("sqlalchemy.url"),
         target_metadata=None,
@@ -27,6 +28,8 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
+    """Run the migrations on the connection handed over in the config's attributes, or on a new
+    one to the configured URL."""
     connectable = config.attributes.get("connection") or engine_from_config(
         config.get_section(config.config_ini_section, {}),
         prefix="sqlalchemy.",

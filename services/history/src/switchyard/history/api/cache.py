@@ -27,6 +27,12 @@ MAX_TTL_S = 7 * 86_400
 
 
 class CacheEntryBody(BaseModel):
+    """A response to store in the tenant's response cache, as the gateway sends it.
+
+    `api` is the client API the response is shaped in (`openai.chat_completions`, ...), `response`
+    the non-streamed reply body, `stream_events` the SSE events of a streamed one, `ttl_s` how long
+    the entry lives, in seconds (at most `MAX_TTL_S`)."""
+
     api: str = Field(min_length=1, max_length=32)
     model: str = Field(min_length=1, max_length=256)
     response: dict[str, Any]
@@ -36,6 +42,8 @@ class CacheEntryBody(BaseModel):
 
 
 def cache_router(internal_token: str) -> APIRouter:
+    """The internal response cache API (`/internal/v1/cache`): the tenant's cache settings and its
+    entries by key, for the gateway only (every route needs the internal token, else 401)."""
     router = APIRouter(
         prefix="/internal/v1/cache",
         tags=["internal"],
@@ -44,7 +52,7 @@ def cache_router(internal_token: str) -> APIRouter:
     )
 
     @router.get("/settings")
-    async def cache_settings(caller: CallerDep, tenants: TenantsDep) -> dict:
+    async def cache_settings(caller: CallerDep, tenants: TenantsDep) -> dict[str, Any]:
         """The tenant's response cache settings."""
         settings = await tenants.get(caller.tenant)
         return {
@@ -54,7 +62,7 @@ def cache_router(internal_token: str) -> APIRouter:
         }
 
     @router.get("/entries/{key}")
-    async def get_entry(key: KeyParam, caller: CallerDep, store: CacheDep) -> dict:
+    async def get_entry(key: KeyParam, caller: CallerDep, store: CacheDep) -> dict[str, Any]:
         """The tenant's live entry for this key."""
         entry = await store.get(caller.tenant, key)
         if entry is None:
@@ -64,7 +72,7 @@ def cache_router(internal_token: str) -> APIRouter:
     @router.put("/entries/{key}")
     async def put_entry(
         key: KeyParam, body: CacheEntryBody, caller: CallerDep, store: CacheDep, tenants: TenantsDep
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Store an answer (nothing for a tenant storing metadata only)."""
         if not (await tenants.get(caller.tenant)).store_content:
             return {"stored": False, "reason": "metadata_only"}

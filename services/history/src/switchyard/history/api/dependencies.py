@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Header, Request
 
@@ -12,6 +12,7 @@ from switchyard.history.bootstrap import HistoryComponents
 from switchyard.history.cache import CacheStore
 from switchyard.history.idempotency import IdempotencyStore
 from switchyard.history.queries import Caller, HistoryQueries
+from switchyard.history.replays import ReplayStore
 from switchyard.history.tenants import TenantSettingsStore
 
 
@@ -40,7 +41,8 @@ async def caller_identity(
 
 
 def components(request: Request) -> HistoryComponents:
-    return request.app.state.history
+    """The service's components, set on `app.state.history` by the app factory."""
+    return cast(HistoryComponents, request.app.state.history)
 
 
 async def history_queries(request: Request) -> HistoryQueries:
@@ -49,23 +51,27 @@ async def history_queries(request: Request) -> HistoryQueries:
     barrier = getattr(request.app.state, "read_barrier", None)
     if barrier is not None:
         await barrier()
-    return request.app.state.history.queries
+    return components(request).queries
 
 
 def tenant_settings(request: Request) -> TenantSettingsStore:
-    return request.app.state.history.tenants
+    """The per-tenant settings store (content storage, retention, webhook secret, cache)."""
+    return components(request).tenants
 
 
 def idempotency_store(request: Request) -> IdempotencyStore:
-    return request.app.state.history.idempotency
+    """The store of `Idempotency-Key` claims and their recorded responses."""
+    return components(request).idempotency
 
 
 def cache_store(request: Request) -> CacheStore:
-    return request.app.state.history.cache
+    """Where cached answers are read and written, per tenant and key."""
+    return components(request).cache
 
 
-def replay_store(request: Request):
-    return request.app.state.history.replays
+def replay_store(request: Request) -> ReplayStore:
+    """The replay store (create, list, stop and resume replays)."""
+    return components(request).replays
 
 
 CallerDep = Annotated[Caller, Depends(caller_identity)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
@@ -24,6 +24,9 @@ KEY = Field(min_length=1, max_length=255)
 
 
 class ClaimBody(BaseModel):
+    """A claim on an `Idempotency-Key`: the endpoint and body fingerprint it is for, and how long
+    the claim is held, in seconds (`lease_s`, at most a day) before another request may take it."""
+
     key: Annotated[str, KEY]
     endpoint: str = Field(min_length=1, max_length=128)
     fingerprint: str = Field(min_length=16, max_length=64)
@@ -31,6 +34,9 @@ class ClaimBody(BaseModel):
 
 
 class CompleteBody(BaseModel):
+    """The response to record for a claimed key: HTTP status, content type and the body, base64. The
+    `claim_token` returned by the claim proves the caller still holds it."""
+
     key: Annotated[str, KEY]
     claim_token: str = Field(min_length=1, max_length=64)
     request_id: str | None = Field(default=None, max_length=64)
@@ -40,11 +46,17 @@ class CompleteBody(BaseModel):
 
 
 class ReleaseBody(BaseModel):
+    """Give up a claim without a response (the request failed before one existed), so a retry with
+    the same key can claim it again."""
+
     key: Annotated[str, KEY]
     claim_token: str = Field(min_length=1, max_length=64)
 
 
 def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
+    """The internal idempotency API (`/internal/v1/idempotency`): claim a key, record its response,
+    release it. For the gateway only (internal token, else 401); bodies are capped at
+    `max_body_bytes` bytes."""
     router = APIRouter(
         prefix="/internal/v1/idempotency",
         tags=["internal"],
@@ -53,7 +65,11 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
     )
 
     @router.post("/claim")
-    async def claim(body: ClaimBody, caller: CallerDep, store: IdempotencyDep) -> dict:
+    async def claim(body: ClaimBody, caller: CallerDep, store: IdempotencyDep) -> dict[str, Any]:
+        """Claims an Idempotency-Key for the caller's tenant, or says who holds it
+        (`in_progress`), what it already answered (`completed`, the response base64-encoded) or
+        that it was used for a different request (`mismatch`). For the gateway only: 401 without
+        the internal token or the caller's identity headers."""
         result = await store.claim(
             ClaimRequest(
                 tenant=caller.tenant,
@@ -77,7 +93,10 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
     @router.post("/complete")
     async def complete(
         body: CompleteBody, caller: CallerDep, store: IdempotencyDep, tenants: TenantsDep
-    ) -> dict:
+    ) -> dict[str, Any]:
+        """Records the response a claimed key answered, so retries with the key get it back. A
+        tenant that keeps metadata only gets no body stored. 400 when `body_b64` is not base64,
+        413 when the response is larger than the service keeps."""
         content: bytes | None
         try:
             content = base64.b64decode(body.body_b64, validate=True)
@@ -99,7 +118,11 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
         return {"stored": stored}
 
     @router.post("/release")
-    async def release(body: ReleaseBody, caller: CallerDep, store: IdempotencyDep) -> dict:
+    async def release(
+        body: ReleaseBody, caller: CallerDep, store: IdempotencyDep
+    ) -> dict[str, Any]:
+        """Releases a claim that produced no response, so a retry with the key runs again.
+        `released` is false when the claim was no longer held."""
         return {"released": await store.release(caller.tenant, body.key, body.claim_token)}
 
     return router

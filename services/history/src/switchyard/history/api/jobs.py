@@ -51,6 +51,8 @@ def _cancelled_before_recorded(job_id: str, event: Any) -> dict[str, Any]:
 
 
 def jobs_router(internal_token: str) -> APIRouter:
+    """The jobs API (`/v1/jobs`): list, read and cancel the caller's asynchronous jobs. Reached
+    through the gateway, which sends the internal token and the caller's identity."""
     router = APIRouter(
         prefix="/v1/jobs",
         tags=["jobs"],
@@ -67,6 +69,9 @@ def jobs_router(internal_token: str) -> APIRouter:
             str | None, Query(description=f"Comma-separated: {', '.join(JOB_STATUSES)}.")
         ] = None,
     ) -> Response:
+        """Lists the caller's asynchronous jobs, newest first (a tenant admin sees every user's),
+        a page at a time: pass `next_cursor` as `cursor` for the next page. 400 for an invalid
+        `limit`, `cursor` or `status`."""
         statuses = request_statuses(parse_statuses(status, JOB_STATUSES))
         try:
             page = await queries.list_jobs(caller, limit=limit, cursor=cursor, statuses=statuses)
@@ -84,6 +89,8 @@ def jobs_router(internal_token: str) -> APIRouter:
 
     @router.get("/{job_id}", summary="One job, with its result once done")
     async def get_job(job_id: str, caller: CallerDep, queries: QueriesDep) -> Response:
+        """Returns one of the caller's jobs with its status and, once finished, its result or
+        error. 404 when there is no such job for the caller."""
         row = await queries.get_job(caller, job_id)
         if row is None:
             raise _not_found(job_id)

@@ -16,6 +16,12 @@ from switchyard.history.timeparse import TimeFormatError, parse_instant
 def page_limit(
     limit: Annotated[str | None, Query(description=f"Page size, 1 to {MAX_PAGE_SIZE}.")] = None,
 ) -> int:
+    """The `limit` query parameter: a page size from 1 to `MAX_PAGE_SIZE` (default
+    `DEFAULT_PAGE_SIZE`).
+
+    Raises:
+        APIError: 400 `invalid_value` when it is not such an integer.
+    """
     if limit is None:
         return DEFAULT_PAGE_SIZE
     try:
@@ -33,6 +39,12 @@ def page_limit(
 
 
 def parse_time(value: str | None, param: str) -> datetime | None:
+    """An ISO 8601 instant (or a relative time such as `1h`, see `parse_instant`) as an aware UTC
+    datetime; None when `value` is missing or empty.
+
+    Raises:
+        APIError: 400 `invalid_time` naming `param` when it cannot be parsed.
+    """
     if value is None or value == "":
         return None
     try:
@@ -44,6 +56,12 @@ def parse_time(value: str | None, param: str) -> datetime | None:
 
 
 def parse_time_range(since: str | None, until: str | None) -> tuple[datetime | None, ...]:
+    """The `since` and `until` query parameters as `(since, until)`, each None when not given.
+
+    Raises:
+        APIError: 400 `invalid_time` when one cannot be parsed, `invalid_time_range` when
+            `until` is not after `since`.
+    """
     time_from, time_to = parse_time(since, "since"), parse_time(until, "until")
     if time_from is not None and time_to is not None and time_from >= time_to:
         raise APIError(
@@ -56,6 +74,11 @@ def parse_time_range(since: str | None, until: str | None) -> tuple[datetime | N
 
 
 def parse_statuses(value: str | None, allowed: tuple[str, ...], param: str = "status") -> list[str]:
+    """A comma-separated list of statuses, each one of `allowed`; empty when not given.
+
+    Raises:
+        APIError: 400 `invalid_status` naming `param` for an unknown (or empty) status.
+    """
     if value is None or value == "":
         return []
     statuses = [part.strip() for part in value.split(",") if part.strip()]

@@ -48,6 +48,8 @@ def _group_by(value: str | None) -> tuple[str | None, tuple[str, ...]]:
 
 
 def performance_router(internal_token: str) -> APIRouter:
+    """The performance report (`GET /v1/usage/performance`): requests, errors and latency
+    percentiles per time bucket and group. Reached through the gateway (internal token)."""
     router = APIRouter(
         prefix="/v1/usage",
         tags=["usage"],

@@ -4,7 +4,7 @@ caller's rights first (see replays.py for what a replay does)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
@@ -22,6 +22,9 @@ MAX_ITEMS_PAGE = 1000
 
 
 class ReplayBody(BaseModel):
+    """Which recorded requests to replay, and on which model. `since` and `until` take ISO 8601 or a
+    relative time (`1h`); `limit` takes the first N, `sample` N at random (not both)."""
+
     to_model: str = Field(min_length=1, max_length=256, description="The model to replay on.")
     since: str = Field(
         min_length=1,
@@ -53,6 +56,8 @@ def _api_error(exc: ReplayError) -> APIError:
 
 
 def replays_router(internal_token: str) -> APIRouter:
+    """The replays API (`/v1/replays`): replay recorded requests on another model in the batch lane
+    and compare the results. Reached through the gateway (internal token)."""
     router = APIRouter(
         prefix="/v1/replays",
         tags=["replays"],
@@ -61,7 +66,9 @@ def replays_router(internal_token: str) -> APIRouter:
     )
 
     @router.post("", status_code=201)
-    async def create_replay(body: ReplayBody, caller: CallerDep, store: ReplaysDep) -> dict:
+    async def create_replay(
+        body: ReplayBody, caller: CallerDep, store: ReplaysDep
+    ) -> dict[str, Any]:
         """Select recorded requests and replay them on `to_model` in the batch lane."""
         if body.limit is not None and body.sample is not None:
             raise APIError(
@@ -101,7 +108,7 @@ def replays_router(internal_token: str) -> APIRouter:
             raise _api_error(exc) from None
 
     @router.get("")
-    async def list_replays(caller: CallerDep, store: ReplaysDep) -> dict:
+    async def list_replays(caller: CallerDep, store: ReplaysDep) -> dict[str, Any]:
         """The caller's replays (the tenant's for admins), newest first."""
         return {"object": "list", "data": await store.list(caller)}
 
@@ -112,7 +119,7 @@ def replays_router(internal_token: str) -> APIRouter:
         store: ReplaysDep,
         limit: Annotated[int, Query(ge=0, le=MAX_ITEMS_PAGE)] = 100,
         after: Annotated[int, Query(ge=-1, description="`next_after` of the previous page.")] = -1,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """The replay: status, counts, totals and the paired requests."""
         replay = await store.get(caller, replay_id, limit=limit, after=after)
         if replay is None:
@@ -125,7 +132,7 @@ def replays_router(internal_token: str) -> APIRouter:
         return replay
 
     @router.post("/{replay_id}/stop")
-    async def stop_replay(replay_id: str, caller: CallerDep, store: ReplaysDep) -> dict:
+    async def stop_replay(replay_id: str, caller: CallerDep, store: ReplaysDep) -> dict[str, Any]:
         """Stop sending; what was sent still completes. Resume with `/resume`."""
         try:
             return await store.set_status(caller, replay_id, ReplayStatus.STOPPED)
@@ -133,7 +140,7 @@ def replays_router(internal_token: str) -> APIRouter:
             raise _api_error(exc) from None
 
     @router.post("/{replay_id}/resume")
-    async def resume_replay(replay_id: str, caller: CallerDep, store: ReplaysDep) -> dict:
+    async def resume_replay(replay_id: str, caller: CallerDep, store: ReplaysDep) -> dict[str, Any]:
         """Go on sending where the replay stopped; nothing is sent twice."""
         try:
             return await store.set_status(caller, replay_id, ReplayStatus.RUNNING)

@@ -25,6 +25,11 @@ def items_limit(
         str | None, Query(description=f"Page size, 1 to {MAX_ITEMS_PAGE} (default 20).")
     ] = None,
 ) -> int:
+    """The `limit` query parameter of input item lists: 1 to `MAX_ITEMS_PAGE` (default 20).
+
+    Raises:
+        APIError: 400 `invalid_value` when it is not such an integer.
+    """
     if limit is None:
         return DEFAULT_ITEMS_PAGE
     try:
@@ -46,6 +51,11 @@ def items_order(
         str | None, Query(description="`asc` or `desc` (default: newest first).")
     ] = None,
 ) -> Literal["asc", "desc"]:
+    """The `order` query parameter: `asc` or `desc` (the default, newest first).
+
+    Raises:
+        APIError: 400 `invalid_value` for anything else.
+    """
     if order in (None, "desc"):
         return "desc"
     if order == "asc":
@@ -59,6 +69,7 @@ def items_order(
 
 
 def response_store(components: ComponentsDep, queries: QueriesDep) -> ResponseStore:
+    """The stored Responses API objects, seen through the caller's tenant settings."""
     return ResponseStore(
         components.engine,
         queries,
@@ -73,6 +84,9 @@ StoreDep = Annotated[ResponseStore, Depends(response_store)]
 
 
 def responses_router(internal_token: str) -> APIRouter:
+    """The stored responses API (`/v1/responses`): read, delete and cancel responses created with
+    `store` and list their input items, in the shape of OpenAI's Responses API reference
+    (https://platform.openai.com/docs/api-reference/responses). Reached through the gateway."""
     router = APIRouter(
         prefix="/v1/responses",
         tags=["responses"],
@@ -81,6 +95,8 @@ def responses_router(internal_token: str) -> APIRouter:
 
     @router.get("/{response_id}", summary="One response, as the Responses API shows it")
     async def get_response(response_id: str, caller: CallerDep, responses: StoreDep) -> Response:
+        """Returns a stored response in the shape OpenAI's Responses API gives it. 404 when the
+        caller has no such response, or it was deleted."""
         found = await responses.find(caller, response_id)
         return _json(found.view())
 
@@ -94,6 +110,9 @@ def responses_router(internal_token: str) -> APIRouter:
         after: Annotated[str | None, Query(max_length=256)] = None,
         before: Annotated[str | None, Query(max_length=256)] = None,
     ) -> Response:
+        """Lists the input items a stored response was generated from, a page at a time, in the
+        Responses API's list shape. 400 for an invalid `limit` or `order`, 404 when the caller
+        has no such response."""
         page = await responses.input_items(
             caller, response_id, limit=limit, order=order, after=after, before=before
         )
@@ -106,10 +125,16 @@ def responses_router(internal_token: str) -> APIRouter:
     async def get_conversation(
         response_id: str, caller: CallerDep, responses: StoreDep
     ) -> Response:
+        """Returns the items a response continuing this one starts from: its input items, then
+        its output items. Used by the gateway for `previous_response_id`. 404 when not stored,
+        409 while it is in progress, 400 when it did not complete."""
         return _json({"object": "list", "data": await responses.conversation(caller, response_id)})
 
     @router.delete("/{response_id}", summary="Delete a response's stored content")
     async def delete_response(response_id: str, caller: CallerDep, responses: StoreDep) -> Response:
+        """Deletes a stored response's content (its request and reply are reduced to metadata and
+        its input items dropped); the request's record and usage stay. 404 when the caller has no
+        such response, 409 while it is in progress."""
         return _json(await responses.delete(caller, response_id))
 
     @router.post("/{response_id}/cancel", summary="Cancel a background response")

@@ -3,7 +3,7 @@ by id; and the tenant's history settings (admins)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
@@ -24,6 +24,8 @@ from switchyard.history.queries import (
 
 
 class TenantSettingsBody(BaseModel):
+    """Changes to a tenant's settings; fields left out stay as they are."""
+
     store_content: bool | None = Field(
         default=None, description="false: keep metadata only (no prompt or completion text)."
     )
@@ -52,6 +54,8 @@ def _require_admin(caller: Caller) -> None:
 
 
 def history_router(internal_token: str) -> APIRouter:
+    """The history API (`/v1/history`): the caller's recorded requests and the tenant's settings.
+    Reached through the gateway (internal token and the caller's identity headers)."""
     router = APIRouter(
         prefix="/v1/history",
         tags=["history"],
@@ -110,7 +114,7 @@ def history_router(internal_token: str) -> APIRouter:
         )
 
     @router.get("/settings", summary="The tenant's history settings (admins)")
-    async def get_settings(caller: CallerDep, tenants: TenantsDep) -> dict:
+    async def get_settings(caller: CallerDep, tenants: TenantsDep) -> dict[str, Any]:
         """Privacy (metadata only), retention and the job webhook signing secret."""
         _require_admin(caller)
         settings = await tenants.get(caller.tenant)
@@ -122,9 +126,12 @@ def history_router(internal_token: str) -> APIRouter:
     @router.put("/settings", summary="Change the tenant's history settings (admins)")
     async def put_settings(
         body: TenantSettingsBody, caller: CallerDep, tenants: TenantsDep
-    ) -> dict:
+    ) -> dict[str, Any]:
+        """Changes the tenant's history settings: keeping prompt and completion text or metadata
+        only, retention, the webhook signing secret and the response cache. Fields left out keep
+        their value. Tenant admins only (403 otherwise)."""
         _require_admin(caller)
-        changes: dict = {
+        changes: dict[str, Any] = {
             "store_content": body.store_content,
             "rotate_webhook_secret": body.rotate_webhook_secret,
             "cache_enabled": body.cache_enabled,

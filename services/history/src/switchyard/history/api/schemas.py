@@ -9,6 +9,8 @@ from pydantic import BaseModel, Field
 
 
 class HistoryUsage(BaseModel):
+    """Token counts of a recorded request, in tokens."""
+
     input_tokens: int = Field(default=0, description="All input tokens, cached included.")
     output_tokens: int = 0
     total_tokens: int = 0
@@ -38,6 +40,8 @@ def history_usage(row: dict[str, Any]) -> HistoryUsage:
 
 
 class HistoryItem(BaseModel):
+    """One recorded request: what was asked, what came back, its outcome and usage."""
+
     id: str = Field(description="The request id (as in the x-request-id response header).")
     object: Literal["chat.history"] = "chat.history"
     created_at: datetime
@@ -86,6 +90,8 @@ class HistoryItem(BaseModel):
 
 
 class HistoryList(BaseModel):
+    """A page of recorded requests, newest first."""
+
     object: Literal["list"] = "list"
     data: list[HistoryItem]
     next_cursor: str | None = Field(
@@ -94,6 +100,7 @@ class HistoryList(BaseModel):
 
 
 def history_item(row: dict[str, Any]) -> HistoryItem:
+    """The API view of a `requests` row (a mapping of its columns)."""
     return HistoryItem(
         id=row["request_id"],
         created_at=row["created_at"],

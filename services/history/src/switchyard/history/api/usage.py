@@ -22,6 +22,8 @@ from switchyard.history.usage import (
 
 
 def usage_router(internal_token: str) -> APIRouter:
+    """The usage report (`GET /v1/usage`): requests, errors, tokens and cost (USD) per time bucket
+    and group, as JSON or CSV. Reached through the gateway (internal token)."""
     router = APIRouter(
         prefix="/v1/usage",
         tags=["usage"],

@@ -9,7 +9,7 @@ Works on PostgreSQL (psycopg 3) and SQLite.
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import engine_from_config, pool
+from sqlalchemy import Connection, engine_from_config, pool
 
 from switchyard.history.config import VERSION_TABLE
 from switchyard.history.models import Base
@@ -24,6 +24,7 @@ def _is_sqlite(url: str) -> bool:
 
 
 def run_migrations_offline() -> None:
+    """Emit the migration SQL for the configured URL without connecting (`alembic --sql`)."""
     url = config.get_main_option("sqlalchemy.url")
     context.configure(
         url=url,
@@ -36,7 +37,7 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
-def _run_with(connection) -> None:
+def _run_with(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -49,6 +50,8 @@ def _run_with(connection) -> None:
 
 
 def run_migrations_online() -> None:
+    """Run the migrations on the connection handed over in the config's attributes, or on a new one
+    to the configured URL."""
     # A caller may hand over an open connection (tests, embedded mode); otherwise connect.
     connection = config.attributes.get("connection")
     if connection is not None:

@@ -20,6 +20,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    """Create the limit ledger's counter, lease and replica tables, and on PostgreSQL the
+    `governance_grant` function."""
     op.create_table(
         "governance_counters",
         sa.Column("scope", sa.Text(), nullable=False),
@@ -54,6 +56,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop the ledger's function and tables."""
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION IF EXISTS governance_grant(text, jsonb)")
     op.drop_table("governance_replicas")

@@ -25,6 +25,8 @@ TIMESTAMP = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    """Create `history_events` (each event once, by id) and `history_requests` (one row per request)
+    with their lookup indexes."""
     op.create_table(
         "history_events",
         sa.Column("event_id", sa.String(64), nullable=False),
@@ -77,6 +79,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop the event store and the request projection, with their indexes."""
     op.drop_index("ix_history_requests_tenant_created", table_name="history_requests")
     op.drop_index("ix_history_requests_tenant_user_created", table_name="history_requests")
     op.drop_table("history_requests")

@@ -27,6 +27,8 @@ def _is_postgres() -> bool:
 
 
 def upgrade() -> None:
+    """Create the webhook, tenant settings, idempotency and usage rollup tables and the indexes of
+    the history filters, the usage report, the expiry sweeper and the purge."""
     op.create_table(
         "history_webhooks",
         sa.Column("request_id", sa.String(64), nullable=False),
@@ -207,6 +209,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop what this revision added and restore the earlier column types and storage settings."""
     if _is_postgres():
         op.alter_column(
             "history_events",

@@ -51,6 +51,7 @@ def _embeddings_condition() -> str:
 
 
 def upgrade() -> None:
+    """Add the version 2 API and token columns and migrate the version 1 rows (module docstring)."""
     with op.batch_alter_table("history_requests") as table:
         table.add_column(sa.Column("client_api", sa.String(32), nullable=True))
         table.add_column(sa.Column("upstream_api", sa.String(32), nullable=True))
@@ -75,6 +76,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Back to version 1: `api` names only the client's vendor again; the new columns go."""
     # Version 1 named only the vendor whose API the client called.
     op.execute(
         "UPDATE history_requests SET api = CASE "

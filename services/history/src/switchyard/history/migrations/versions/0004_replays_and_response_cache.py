@@ -26,6 +26,8 @@ JSON_DOCUMENT = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True)
 
 
 def upgrade() -> None:
+    """Add the cache and replay columns to requests, the usage rollup and tenant settings, and
+    create the cache entry, replay and replay item tables."""
     # Nullable, no default: adding them rewrites nothing, even on a large table.
     with op.batch_alter_table("history_requests") as table:
         table.add_column(sa.Column("cache_hit", sa.Boolean(), nullable=True))
@@ -106,6 +108,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop the replay and cache tables and the cache columns of the requests, rollup and tenant
+    settings."""
     op.drop_table("history_replay_items")
     op.drop_table("history_replays")
     op.drop_table("history_cache_entries")

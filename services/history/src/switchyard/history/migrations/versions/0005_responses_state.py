@@ -21,6 +21,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    """Add `input_items` (JSON) and `response_deleted_at` to `history_requests`."""
     json_document = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
     with op.batch_alter_table("history_requests") as table:
         table.add_column(sa.Column("input_items", json_document, nullable=True))
@@ -30,6 +31,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop `response_deleted_at` and `input_items`."""
     with op.batch_alter_table("history_requests") as table:
         table.drop_column("response_deleted_at")
         table.drop_column("input_items")

@@ -42,6 +42,7 @@ def _with_team(columns: list[str]) -> list[str]:
 
 
 def upgrade() -> None:
+    """Add `team_id` to requests and the rollup keys and backfill it (module docstring)."""
     with op.batch_alter_table("history_requests") as table:
         table.add_column(sa.Column("team_id", sa.String(128), nullable=True))
     op.create_index(
@@ -114,6 +115,8 @@ def _mark_every_hour_dirty() -> None:
 
 
 def downgrade() -> None:
+    """Remove the team from requests and the rollup (emptied, its hours marked for
+    recomputation)."""
     # The rollup is derived from the requests: it is emptied and recomputed without teams.
     op.drop_index("ix_history_usage_hourly_team", table_name="history_usage_hourly")
     for name, key in ROLLUP_KEYS.items():

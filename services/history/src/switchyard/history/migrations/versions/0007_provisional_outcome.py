@@ -20,10 +20,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    """Add the nullable `outcome_provisional` column (no table rewrite)."""
     # Nullable, no default: adding it rewrites nothing, even on a large table.
     op.add_column("history_requests", sa.Column("outcome_provisional", sa.Boolean(), nullable=True))
 
 
 def downgrade() -> None:
+    """Drop `outcome_provisional`."""
     with op.batch_alter_table("history_requests") as batch:
         batch.drop_column("outcome_provisional")
