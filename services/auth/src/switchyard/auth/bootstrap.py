@@ -41,6 +41,7 @@ class AuthContext:
     outbox: OutboxRelay
 
     async def database_ready(self) -> bool:
+        """True when the database answers `SELECT 1` (readiness); False on any error."""
         try:
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))

@@ -127,6 +127,9 @@ class _EnvironmentOnly(BaseSettings):
 
 
 def prepare_dev() -> DevContribution:
+    """Auth's part of `switchyard dev`: in the development environment, the built-in admin
+    key and password (created once, then reused) and the banner lines naming them; in any
+    other environment, only a message saying how to create users and keys."""
     environment = _EnvironmentOnly().environment.value
     if environment != Environment.DEVELOPMENT.value:
         # A built-in admin key is a development convenience only.

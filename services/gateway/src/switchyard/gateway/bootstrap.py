@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class Gateway:
+    """Everything one gateway replica holds, as `build` wires it: settings, bus, HTTP
+    client, authenticator, admission, routing, pending replies, cache and the listeners the
+    lifespan starts. Route handlers reach it at `app.state.gateway`."""
+
     settings: Settings
     bus: EventBus
     topics: Topics
@@ -74,9 +78,11 @@ class Gateway:
         return self.routing_source.table
 
     async def listening_for_replies(self) -> bool:
+        """Readiness: True once this replica listens to its replies partition."""
         return self.replies_listener is not None
 
     async def revocations_loaded(self) -> bool:
+        """Readiness: True once the revocation state has been loaded from auth."""
         return self.revocations is not None and await self.revocations.ready()
 
 

@@ -246,10 +246,14 @@ class CachedAnswer:
 
     @property
     def size(self) -> int:
+        """Bytes this answer holds in memory (JSON body plus the stream, if kept)."""
         return len(self.body) + len(self.stream or b"")
 
     @classmethod
     def from_store(cls, data: dict[str, Any]) -> CachedAnswer:
+        """An answer from history's stored form (a dict with `api`, `body`, `stream_events`,
+        timestamps); the stream is rebuilt as SSE bytes. Raises KeyError or ValidationError
+        on a malformed record."""
         from switchyard.gateway.dispatch import DONE, sse_event
 
         api = ClientAPI(data["api"])
@@ -309,9 +313,12 @@ class CacheTicket:
 
     @property
     def stores(self) -> bool:
+        """True when this request's answer is to be stored (a miss or a forced refresh)."""
         return self.key is not None and self.status in ("miss", "refresh")
 
     def response_headers(self) -> dict[str, str]:
+        """The headers telling the client what the cache did: `x-switchyard-cache` and, on a
+        hit, `age` in whole seconds since the answer was stored."""
         headers = {CACHE_HEADER: self.status}
         if self.hit is not None:
             age = (utcnow() - self.hit.created_at).total_seconds()
@@ -392,6 +399,7 @@ class ResponseCache:
         return found
 
     def forget_tenant(self, tenant: str) -> None:
+        """Drop the tenant's cached cache settings, so that the next request reads them again."""
         self._settings.pop(tenant, None)
 
     async def caller_settings(self, principal: Principal) -> TenantCacheSettings:

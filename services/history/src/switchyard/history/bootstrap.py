@@ -55,6 +55,7 @@ class HistoryComponents:
     owned_admission: GatewayAdmission | None = None
 
     async def database_ready(self) -> bool:
+        """True when the database answers `SELECT 1` (readiness); False on any error."""
         try:
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))

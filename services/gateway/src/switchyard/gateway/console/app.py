@@ -77,6 +77,7 @@ class ConsoleHeaders:
         self.cookies = cookies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: pass HTTP requests through, adding the headers on the way out."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
