@@ -40,7 +40,7 @@ from switchyard.common.events import (
     utcnow,
 )
 from switchyard.common.routing import Deployment, RoutingError, RoutingTable
-from switchyard.inference import metrics
+from switchyard.inference import genai, metrics
 from switchyard.inference.adapters import (
     Accumulator,
     Adapter,
@@ -49,7 +49,8 @@ from switchyard.inference.adapters import (
     UpstreamCall,
 )
 from switchyard.inference.errors import ProviderError
-from switchyard.inference.outcomes import Outcome, expired, failed, observe_call, operation_name
+from switchyard.inference.genai import observe_call
+from switchyard.inference.outcomes import Outcome, expired, failed
 from switchyard.inference.platforms import missing_credential
 from switchyard.inference.providers import ProviderPool
 from switchyard.inference.publishing import ChunkPublisher
@@ -356,15 +357,11 @@ class Attempts:
         run.deployment = deployment
         run.upstream_calls += 1
         run.calling = True
-        operation = operation_name(data.api)
         with tracing.span(
-            f"{operation} {deployment.model}",
+            genai.span_name(data.api, data.model),
             kind=SpanKind.CLIENT,
             attributes={
-                "gen_ai.system": deployment.provider,
-                "gen_ai.operation.name": operation,
-                "gen_ai.request.model": deployment.model,
-                "switchyard.model": data.model,
+                **genai.span_attributes(data.api, data.model, deployment),
                 "switchyard.deployment": deployment.name,
                 "switchyard.api": data.api.value,
                 "switchyard.upstream_api": call.api.value,

@@ -5,7 +5,6 @@ produces events with the same ids and consumers deduplicate them."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,7 +23,7 @@ from switchyard.common.events import (
     UsageRecorded,
 )
 from switchyard.common.routing import Deployment
-from switchyard.inference import metrics
+from switchyard.inference import genai, metrics
 from switchyard.inference.errors import ProviderError
 from switchyard.inference.pricing import PriceTable, request_cost
 
@@ -121,13 +120,6 @@ def undeliverable(outcome: Outcome, reason: BaseException) -> Outcome:
         upstream_calls=outcome.upstream_calls,
         latency_ms=outcome.latency_ms,
     )
-
-
-def operation_name(api: ClientAPI) -> str:
-    """The OpenTelemetry GenAI operation name (`gen_ai.operation.name`) of an API."""
-    if api is ClientAPI.OPENAI_EMBEDDINGS:
-        return "embeddings"
-    return "chat"
 
 
 class PriceSource(Protocol):
@@ -240,28 +232,6 @@ class OutcomeEvents:
             ):
                 if count:
                     metrics.TOKENS.labels(model, name, direction).inc(count)
-            operation = operation_name(request.data.api)
-            for token_type, count in (
-                ("input", usage.input_tokens),
-                ("output", usage.output_tokens),
-            ):
-                metrics.GEN_AI_TOKEN_USAGE.labels(
-                    deployment.provider, operation, deployment.model, token_type
-                ).observe(count)
+            genai.observe_tokens(request.data.api, model, deployment, usage)
         if deployment is not None and cost:
             metrics.COST_USD.labels(model, deployment.name).inc(cost)
-
-
-def observe_call(
-    api: ClientAPI, model: str, deployment: Deployment, outcome: str, started: float
-) -> None:
-    """Record one upstream call's duration: Switchyard's histogram by public model and
-    deployment, and the GenAI one by provider, operation and upstream model."""
-    elapsed = time.perf_counter() - started
-    metrics.PROVIDER_CALL_SECONDS.labels(model, deployment.name, outcome).observe(elapsed)
-    metrics.GEN_AI_OPERATION_DURATION.labels(
-        deployment.provider,
-        operation_name(api),
-        deployment.model,
-        "" if outcome == "ok" else outcome,
-    ).observe(elapsed)
