@@ -269,6 +269,7 @@ def build() -> typer.Typer:
 
 
 def main() -> None:
+    """Entry point of the `switchyard` command: parse `sys.argv` and run the chosen subcommand."""
     build()()
 
 

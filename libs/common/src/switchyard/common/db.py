@@ -41,12 +41,18 @@ def sync_url(url: str) -> str:
 
 
 def ensure_sqlite_dir(url: str) -> None:
+    """Create the directory of a file-based SQLite database `url`; other databases are left
+    alone."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
 def create_engine(url: str, **options: Any) -> AsyncEngine:
+    """An async SQLAlchemy engine for database `url` (a sync URL is turned into its async
+    driver). SQLite gets WAL, a 15 s busy timeout and `BEGIN IMMEDIATE` transactions; other
+    databases a pool of 10 (+10 overflow) with pre-ping. `options` are passed to
+    `create_async_engine` and override those defaults."""
     url = async_url(url)
     ensure_sqlite_dir(url)
     if make_url(url).get_backend_name() == "sqlite":
@@ -78,6 +84,7 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions on `engine` whose objects stay readable after commit (`expire_on_commit=False`)."""
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
@@ -93,6 +100,8 @@ def alembic_config(script_location: str, url: str, version_table: str) -> Config
 
 
 def upgrade(script_location: str, url: str, version_table: str, revision: str = "head") -> None:
+    """Run one service's Alembic migrations (in `script_location`, recorded in table
+    `version_table`) on database `url` up to `revision` (default: the latest)."""
     from alembic import command
 
     ensure_sqlite_dir(sync_url(url))
@@ -100,6 +109,8 @@ def upgrade(script_location: str, url: str, version_table: str, revision: str = 
 
 
 def downgrade(script_location: str, url: str, version_table: str, revision: str) -> None:
+    """Revert one service's Alembic migrations (in `script_location`, recorded in table
+    `version_table`) on database `url` down to `revision`."""
     from alembic import command
 
     command.downgrade(alembic_config(script_location, url, version_table), revision)

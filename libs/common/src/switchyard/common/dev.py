@@ -60,6 +60,9 @@ class _EmbeddedServer(uvicorn.Server):
 
 @dataclass
 class EmbeddedService:
+    """One HTTP server of embedded mode: its name, the ASGI app, the TCP port it
+    listens on, and the setting that moves it to another port (named in port errors)."""
+
     name: str
     app: Any
     port: int
@@ -73,6 +76,7 @@ def database_variable(plugin_name: str) -> str:
 
 
 def port_setting(plugin_name: str) -> str:
+    """The environment variable that sets a service's port, e.g. SWITCHYARD_AUTH_PORT."""
     return f"SWITCHYARD_{plugin_name.upper()}_PORT"
 
 
@@ -97,6 +101,7 @@ def apply_dev_environment(
 
 
 def migrate_all(plugins: list[ServicePlugin]) -> None:
+    """Apply every plugin's database migrations to their latest revision, in plugin order."""
     for plugin in plugins:
         if plugin.migrations is not None:
             upgrade(
@@ -111,6 +116,8 @@ def _port_of(plugin: ServicePlugin) -> int:
 
 
 def bind_all(host: str, services: list[EmbeddedService]) -> list[socket.socket]:
+    """One bound (not yet listening) socket per service on `host`, in order.
+    Raises PortInUseError for the first port that is taken; no socket is left open then."""
     sockets: list[socket.socket] = []
     try:
         for service in services:
@@ -173,6 +180,9 @@ def _run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
 
 
 async def run_embedded(host: str = "127.0.0.1", plugins: list[ServicePlugin] | None = None) -> None:
+    """Run every service plugin (default: all installed) in this event loop on `host`, on an
+    in-memory bus, until SIGINT or SIGTERM or a server stops. Migrates the databases first;
+    raises the start-up error of a service that fails to start."""
     plugins = plugins if plugins is not None else discover()
     migrate_all(plugins)
     contributions: list[DevContribution] = [

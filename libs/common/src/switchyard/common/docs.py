@@ -203,6 +203,7 @@ class QueryParameter:
     comma_separated: bool = False
 
     def openapi(self) -> dict[str, Any]:
+        """This parameter as an OpenAPI 3.1 Parameter Object (a dict, `in: query`, optional)."""
         parameter: dict[str, Any] = {
             "name": self.name,
             "in": "query",

@@ -121,6 +121,8 @@ def is_public_address(address: IPAddress) -> bool:
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
+    """The IP addresses (strings) `host` resolves to for a TCP connection on `port`, from the
+    system resolver."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
@@ -136,6 +138,8 @@ class TargetPolicy:
     resolve_timeout_s: float = RESOLVE_TIMEOUT_S
 
     def allows(self, address: IPAddress) -> bool:
+        """Whether outbound requests may reach `address`: it is in `allowed_networks`
+        (IPv4-mapped IPv6 addresses matched as IPv4) or it is public."""
         if any(address in network for network in self.allowed_networks):
             return True
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:

@@ -53,10 +53,13 @@ class APIError(Exception):
 
 
 def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> bytes:
+    """The JSON bytes of OpenAI's error object, `{"error": {"message", "type", "param",
+    "code"}}` (OpenAI API reference, "Error codes")."""
     return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
 
 
 def error_response(exc: APIError) -> Response:
+    """The HTTP response for `exc`: its status and headers, OpenAI's error object as body."""
     return Response(
         error_body(exc.message, exc.type, exc.code, exc.param),
         status_code=exc.status,
@@ -86,6 +89,10 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Make `app` answer every error in OpenAI's error format: `APIError` as raised,
+    request validation failures as 400 naming the field, and Starlette HTTP errors with their
+    status and headers."""
+
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> Response:
         return error_response(exc)

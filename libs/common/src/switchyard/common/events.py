@@ -29,10 +29,12 @@ SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 
 
 def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC (the envelope's `time` default)."""
     return datetime.now(UTC)
 
 
 def new_id() -> str:
+    """A new event id: 32 lowercase hex digits of a random UUID."""
     return uuid.uuid4().hex
 
 
@@ -43,11 +45,18 @@ class Contract(BaseModel):
 
 
 class Priority(StrEnum):
+    """How urgently a request is served: `interactive` (a client waits) before `batch` (jobs
+    and other work nobody waits on)."""
+
     INTERACTIVE = "interactive"
     BATCH = "batch"
 
 
 class TerminalStatus(StrEnum):
+    """How a request ended: completed, failed (an error reply), cancelled (the client went
+    away), expired (its deadline passed) or refused (a budget or rate limit, before any upstream
+    call)."""
+
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -119,6 +128,7 @@ class TokenUsage(Contract):
 
     @property
     def total_tokens(self) -> int:
+        """Input plus output tokens."""
         return self.input_tokens + self.output_tokens
 
     @property
@@ -193,6 +203,9 @@ class ChatRequestData(Contract):
 
 
 class ChatCompletedData(Contract):
+    """A request's successful reply, in the client's API, with the deployment that
+    answered and the tokens it used."""
+
     api: ClientAPI = Field(description="The API `response` is shaped for (the client's).")
     response: dict[str, Any] = Field(
         description="The reply body in the client's API: a `chat.completion`, an Anthropic "
@@ -211,6 +224,9 @@ class ChatCompletedData(Contract):
 
 
 class ChatFailedData(Contract):
+    """How a request that got no reply ended: its terminal status, the error the client
+    gets (in its API's vocabulary), the deployment tried if any, and the time spent (ms)."""
+
     status: Literal[
         TerminalStatus.FAILED,
         TerminalStatus.CANCELLED,
@@ -234,6 +250,9 @@ class StreamEvent(Contract):
 
 
 class ChatChunkData(Contract):
+    """A run of stream events of one streamed reply, in the client's API, numbered so the
+    gateway relays them in order and skips repeats."""
+
     sequence: int = Field(ge=0, description="Position of this record in the stream, from 0.")
     run: str = Field(
         description="Which execution of the request produced the stream. A request re-run "
@@ -247,6 +266,8 @@ class ChatChunkData(Contract):
 
 
 class CancelRequestData(Contract):
+    """Why a request is cancelled (`client_disconnected` when the client went away)."""
+
     reason: str = Field(default="client_disconnected", examples=["client_disconnected"])
 
 
@@ -282,6 +303,8 @@ class UsageData(Contract):
 
 
 class ApiKeyRevokedData(Contract):
+    """Which API key was revoked, whose it was and who revoked it."""
+
     key_id: str = Field(description="Id of the revoked API key (never the key or its hash).")
     user_id: str = Field(description="Owner of the key.")
     reason: Literal["owner", "admin", "operator"] = Field(
@@ -290,10 +313,14 @@ class ApiKeyRevokedData(Contract):
 
 
 class UserStatusData(Contract):
+    """The user whose status changed."""
+
     user_id: str
 
 
 class TokenRevokedData(Contract):
+    """The access token (`jti`) now refused, its owner, and when it would have expired."""
+
     jti: str = Field(description="`jti` claim of the revoked access token.")
     user_id: str
     expires_at: AwareDatetime = Field(
@@ -302,6 +329,9 @@ class TokenRevokedData(Contract):
 
 
 class TokenFamilyRevokedData(Contract):
+    """The sign-in session (refresh-token family) that ended, its owner, why, and
+    after when none of its access tokens is valid anyway."""
+
     family_id: str = Field(
         description="The refresh-token family (the `sid` claim of its access tokens)."
     )
@@ -313,6 +343,8 @@ class TokenFamilyRevokedData(Contract):
 
 
 class SigningKeyRotatedData(Contract):
+    """The key (`kid`) that now signs access tokens, the one before it, and the JWKS's kids."""
+
     kid: str = Field(description="`kid` of the key that now signs access tokens.")
     previous_kid: str | None = Field(default=None, description="The key that signed before.")
     published_kids: list[str] = Field(
@@ -321,6 +353,8 @@ class SigningKeyRotatedData(Contract):
 
 
 class LimitsChangedData(Contract):
+    """The level (tenant, team, user or API key) whose limits or membership changed."""
+
     scope: Literal["tenant", "team", "user", "api_key"] = Field(
         description="Which level's budget, rate limits or membership changed."
     )
@@ -328,6 +362,9 @@ class LimitsChangedData(Contract):
 
 
 class EnvelopeFields(Contract):
+    """The envelope every event shares: id, source, time, tenant, request id and schema
+    version; each event class adds its `type` literal and its `data` payload."""
+
     id: str = Field(
         default_factory=new_id, description="Unique event id; consumers deduplicate on it."
     )
@@ -343,26 +380,40 @@ class EnvelopeFields(Contract):
 
 
 class ChatRequested(EnvelopeFields):
+    """A client's request to a model, accepted by the gateway: inference runs it and
+    history records it."""
+
     type: Literal["chat.requested"] = "chat.requested"
     data: ChatRequestData
 
 
 class ChatCompleted(EnvelopeFields):
+    """A request's reply: the gateway relays it to the waiting client, history records
+    it."""
+
     type: Literal["chat.completed"] = "chat.completed"
     data: ChatCompletedData
 
 
 class ChatFailed(EnvelopeFields):
+    """A request ended without a reply (failed, cancelled, expired or refused): the client
+    gets the error, history records it."""
+
     type: Literal["chat.failed"] = "chat.failed"
     data: ChatFailedData
 
 
 class ChatChunk(EnvelopeFields):
+    """Stream events of a streamed reply, relayed by the gateway to the client as they come."""
+
     type: Literal["chat.chunk"] = "chat.chunk"
     data: ChatChunkData
 
 
 class UsageRecorded(EnvelopeFields):
+    """What one finished request cost (tokens, USD, latency): history aggregates it for usage and
+    budgets."""
+
     type: Literal["usage.recorded"] = "usage.recorded"
     data: UsageData
 
@@ -389,6 +440,8 @@ class UserDisabled(EnvelopeFields):
 
 
 class UserEnabled(EnvelopeFields):
+    """A disabled user may sign in and use API keys again."""
+
     type: Literal["auth.user_enabled"] = "auth.user_enabled"
     data: UserStatusData
 
@@ -511,6 +564,7 @@ def _upcast_v1(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def encode_event(event: EnvelopeFields) -> bytes:
+    """The UTF-8 JSON bytes `event` travels as; `decode_event` reads them back."""
     return event.model_dump_json().encode()
 
 

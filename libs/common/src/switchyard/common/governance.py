@@ -108,6 +108,7 @@ class Limits(BaseModel):
 
     @property
     def empty(self) -> bool:
+        """True when no limit is set at all."""
         return all(getattr(self, name) is None for name in LIMIT_FIELDS)
 
 
@@ -173,6 +174,9 @@ def check_within(child: Limits, parent: Limits, child_level: str, parent_level: 
 
 @dataclass(frozen=True)
 class Period:
+    """One budget period: from `start` to `end` (exclusive), or from `start` on for a
+    lifetime budget (`end` None)."""
+
     start: datetime
     end: datetime | None  # None: a lifetime budget
 
@@ -195,6 +199,7 @@ class BudgetClock:
 
 
 def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
     return datetime.now(UTC)
 
 

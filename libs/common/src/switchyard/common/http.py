@@ -147,6 +147,8 @@ class ClientDisconnectGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: run the wrapped app; a ClientDisconnect (alone or in an
+        exception group) is logged at INFO and swallowed, every other exception re-raised."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -170,6 +172,9 @@ class TracingMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: run the wrapped app inside a SERVER span for each HTTP
+        request, parented on the request's `traceparent`/`tracestate` headers, recording the
+        response status."""
         from switchyard.common import tracing
 
         if scope["type"] != "http" or not tracing.tracing_enabled():

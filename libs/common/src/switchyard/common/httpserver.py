@@ -27,6 +27,7 @@ import httptools
 import orjson
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing_extensions import override
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 PROTOCOL_PATH = "switchyard.common.httpserver:GuardedHttpToolsProtocol"
@@ -54,6 +55,7 @@ class HttpLimits(BaseSettings):
 
 @functools.cache
 def configured_limits() -> HttpLimits:
+    """The HTTP limits from the environment (`SWITCHYARD_HTTP_*`), read once per process."""
     return HttpLimits()
 
 
@@ -103,14 +105,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # ---- connection
 
+    @override
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_head_timer()
 
+    @override
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
         super().connection_lost(exc)
 
+    @override
     def data_received(self, data: bytes) -> None:
         if not self._head_done:
             if self._head_timer is None:
@@ -148,10 +153,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # ---- parser callbacks
 
+    @override
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_count = 0
 
+    @override
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         if self._header_count > self._limits.max_headers:
@@ -159,12 +166,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             raise ValueError("too many header fields")  # stops the parser (see data_received)
         super().on_header(name, value)
 
+    @override
     def on_headers_complete(self) -> None:
         self._head_done = True
         self._cancel_head_timer()
         self._body_timer = self.loop.call_later(self._limits.body_timeout_s, self._body_timeout)
         super().on_headers_complete()
 
+    @override
     def on_message_complete(self) -> None:
         self._cancel_body_timer()
         self._head_done = False

@@ -28,6 +28,7 @@ import orjson
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from typing_extensions import override
 
 MAX_JSON_DEPTH = 64
 
@@ -104,6 +105,7 @@ class BoundedJsonRoute(APIRoute):
     """A route whose JSON body FastAPI parses with `loads` (depth bound included): pass
     `route_class=BoundedJsonRoute` to an `APIRouter`."""
 
+    @override
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 

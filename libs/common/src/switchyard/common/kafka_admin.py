@@ -92,6 +92,8 @@ async def list_topics(bootstrap_servers: str, prefix: str) -> dict[str, int]:
 
 
 async def delete_topics(bootstrap_servers: str, names: list[str]) -> None:
+    """Delete the topics in `names` that exist on the cluster at `bootstrap_servers`
+    (a comma-separated host:port list); names that do not exist are skipped."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:

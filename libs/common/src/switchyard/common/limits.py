@@ -48,6 +48,8 @@ class BodySizeLimit:
         self.render = render or _openai_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: refuse an HTTP request with 413 when its Content-Length,
+        or the bytes it actually sends, exceed the path's limit; pass everything else through."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

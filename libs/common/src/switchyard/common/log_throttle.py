@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from typing_extensions import override
+
 SUPPRESSED_FIELD = "suppressed"
 
 
@@ -75,6 +77,7 @@ class RepeatFilter(logging.Filter):
         self._lock = threading.Lock()
         self._swept_at = clock()
 
+    @override
     def filter(self, record: logging.LogRecord) -> bool:
         now = self._clock()
         write = True

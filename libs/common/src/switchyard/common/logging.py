@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import structlog
 from opentelemetry import trace
+from typing_extensions import override
 
 from switchyard.common.log_throttle import RepeatFilter
 from switchyard.common.tracing import tracing_enabled
@@ -140,6 +141,7 @@ class BackgroundWriter(logging.Handler):
         self._thread = threading.Thread(target=self._write_lines, name="log-writer", daemon=True)
         self._thread.start()
 
+    @override
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record)
@@ -281,4 +283,5 @@ def configure_logging(
 
 
 def bind_request_id(request_id: str) -> None:
+    """Add `request_id` to every log line of the current context (task) from now on."""
     structlog.contextvars.bind_contextvars(request_id=request_id)

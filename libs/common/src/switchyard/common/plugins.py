@@ -48,6 +48,10 @@ class PrincipalNames:
 
 @dataclass(frozen=True)
 class ServicePlugin:
+    """How a service plugs into the `switchyard` CLI and embedded mode: its name, default
+    TCP port, one-line summary, settings, app factory, migrations and extra CLI commands.
+    Services register one under the `switchyard.services` entry-point group."""
+
     name: str
     default_port: int
     summary: str
@@ -70,6 +74,8 @@ class ServicePlugin:
     )
 
     def create_app(self, **kwargs: Any) -> FastAPI:
+        """Import and call the service's app factory (`factory`, "module:function") with
+        `kwargs` (e.g. `bus=`); returns the FastAPI app."""
         module_name, _, attribute = self.factory.partition(":")
         return cast("FastAPI", getattr(import_module(module_name), attribute)(**kwargs))
 
@@ -86,6 +92,8 @@ class DevContribution:
 
 
 def discover() -> list[ServicePlugin]:
+    """Every installed service plugin (entry-point group `switchyard.services`), in start order,
+    then by name."""
     plugins = [entry.load() for entry in entry_points(group=ENTRY_POINT_GROUP)]
     return sorted(plugins, key=lambda plugin: (plugin.start_order, plugin.name))
 
@@ -110,6 +118,7 @@ async def lookup_principal_names(
 
 
 def by_name(name: str) -> ServicePlugin:
+    """The installed service plugin called `name`. Raises KeyError when there is none."""
     for plugin in discover():
         if plugin.name == name:
             return plugin

@@ -192,6 +192,9 @@ class PriceTable(BaseModel):
         upstream_model: str | None = None,
         provider: str | None = None,
     ) -> float:
+        """What a call cost in USD: input, output, cache-read and cache-write token counts at
+        the price `price` finds for the same model, deployment, upstream model and provider; 0.0
+        when no price is known."""
         price = self.price(
             model, deployment=deployment, upstream_model=upstream_model, provider=provider
         )
@@ -202,6 +205,8 @@ class PriceTable(BaseModel):
         )
 
     def max_output_tokens(self, model: str) -> int:
+        """The most output tokens `model` may produce, from its price entry, or the
+        default (DEFAULT_MAX_OUTPUT_TOKENS) when it names none."""
         price = self.price(model)
         if price is not None and price.max_output_tokens is not None:
             return price.max_output_tokens

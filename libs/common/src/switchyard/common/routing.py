@@ -330,10 +330,12 @@ class ModelRoute(_Strict):
 
     @property
     def label(self) -> str:
+        """The name shown in model lists: `display_name`, or the model's name."""
         return self.display_name or self.name
 
     @property
     def released(self) -> datetime:
+        """When the model was released (`created_at`), or the Unix epoch when unknown."""
         return self.created_at or EPOCH
 
     @field_validator("deployments")
@@ -383,6 +385,9 @@ def weighted_shuffle(deployments: list[Deployment], rng: random.Random) -> list[
 
 
 class RoutingTable(_Strict):
+    """The routing configuration: public model name to its route (`models`). In YAML each
+    route's key is its name."""
+
     models: dict[str, ModelRoute]
 
     @model_validator(mode="before")
@@ -403,9 +408,11 @@ class RoutingTable(_Strict):
         return {**raw, "models": models}
 
     def model_names(self) -> list[str]:
+        """The public model names, sorted."""
         return sorted(self.models)
 
     def route(self, name: str) -> ModelRoute | None:
+        """The route of public model `name`, or None when no such model is configured."""
         return self.models.get(name)
 
     def deployments(self) -> list[Deployment]:
@@ -426,6 +433,8 @@ def simulator_root(simulator_url: str) -> str:
 
 
 def default_routing(simulator_url: str) -> RoutingTable:
+    """The routing table used without a routing file: every simulated model served by the
+    provider simulator at `simulator_url` (its OpenAI-compatible base URL)."""
     # The simulator serves the Responses API too; `sim-large` stands for a server that
     # offers Chat Completions only (Responses requests to it are translated).
     routes = [
@@ -529,6 +538,7 @@ class RoutingSource:
         self._listeners: list[Callable[[RoutingTable], None]] = []
 
     def on_change(self, listener: Callable[[RoutingTable], None]) -> None:
+        """Call `listener` with the new table after every reload that replaced it."""
         self._listeners.append(listener)
 
     def _file_signature(self) -> tuple[int, int, int] | None:
@@ -541,6 +551,7 @@ class RoutingSource:
         return (stat.st_mtime_ns, stat.st_ino, stat.st_size)
 
     def changed(self) -> bool:
+        """Whether the routing file changed (mtime, inode or size) since it was last read."""
         return self.path is not None and self._file_signature() != self._signature
 
     def reload(self) -> bool:
@@ -567,6 +578,7 @@ class RoutingSource:
         return True
 
     def reload_if_changed(self) -> bool:
+        """Reload when the file changed; True if the table was replaced (see `reload`)."""
         return self.changed() and self.reload()
 
     async def watch(self, interval_s: float) -> None:

@@ -24,6 +24,9 @@ DEFAULT_KAFKA_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class Environment(StrEnum):
+    """Where a service runs (`SWITCHYARD_ENVIRONMENT`): only `development` accepts the
+    development default secrets; `test` and `production` refuse to start with them."""
+
     DEVELOPMENT = "development"
     TEST = "test"
     PRODUCTION = "production"

@@ -132,6 +132,7 @@ class Topics:
         raise AttributeError(f"no topic spec gives {attribute!r} (known: {known})")
 
     def name(self, suffix: str) -> str:
+        """The full topic name of `suffix` in this deployment: `<prefix>.<suffix>`."""
         return f"{self.prefix}.{suffix}"
 
     def group(self, name: str) -> str:
@@ -140,7 +141,10 @@ class Topics:
         return f"{self.prefix}.{name}"
 
     def all(self) -> list[tuple[str, TopicSpec]]:
+        """Every topic of this deployment as (full name, spec), in `TOPIC_SPECS` order."""
         return [(self.name(spec.suffix), spec) for spec in TOPIC_SPECS]
 
     def partitions(self, suffix: str) -> int:
+        """The partition count the spec of topic `suffix` asks for. Raises StopIteration for an
+        unknown suffix."""
         return next(spec.partitions for spec in TOPIC_SPECS if spec.suffix == suffix)

@@ -24,6 +24,7 @@ _enabled = False
 
 
 def tracing_enabled() -> bool:
+    """Whether `configure_tracing` turned OpenTelemetry tracing on in this process."""
     return _enabled
 
 
@@ -75,6 +76,7 @@ def shutdown_tracing() -> None:
 
 
 def tracer(name: str = "switchyard") -> trace.Tracer:
+    """The OpenTelemetry tracer called `name` (a no-op tracer while tracing is off)."""
     return trace.get_tracer(name)
 
 
@@ -99,6 +101,8 @@ def current_trace_carrier() -> dict[str, str]:
 def context_from_headers(
     headers: Iterable[tuple[str, bytes]] | None,
 ) -> otel_context.Context | None:
+    """The trace context carried by Kafka record `headers` (name, bytes value pairs:
+    W3C `traceparent` and `tracestate`), or None when tracing is off or there is none."""
     if not _enabled or not headers:
         return None
     carrier = {
@@ -110,6 +114,8 @@ def context_from_headers(
 
 
 def context_from_carrier(carrier: dict[str, str] | None) -> otel_context.Context | None:
+    """The trace context in `carrier` (header name to value, W3C `traceparent` and
+    `tracestate`), or None when tracing is off or the carrier is empty."""
     if not _enabled or not carrier:
         return None
     return propagate.extract(carrier)
@@ -136,6 +142,9 @@ def span(
 def consumer_span_attributes(
     topic: str, partition: int | None, offset: int | None, group: str | None, event: Any
 ) -> dict[str, Any]:
+    """The attributes of a consumer's `process` span (OpenTelemetry messaging semantic
+    conventions, `messaging.*`, plus the event's type and request id); partition, offset
+    and group are included when known."""
     attributes: dict[str, Any] = {
         "messaging.system": "kafka",
         "messaging.operation.type": "process",

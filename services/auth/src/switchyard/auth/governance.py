@@ -45,14 +45,19 @@ from switchyard.common.governance import (
 
 
 class TeamNotFound(AuthError):
+    """No such team (in the caller's tenant); the API answers 404."""
+
     pass
 
 
 class DuplicateTeam(AuthError):
+    """The tenant already has a team of that name; the API answers 409."""
+
     pass
 
 
 def limits_of(row: LimitColumns | None) -> Limits:
+    """The `Limits` stored on a tenant, team, user or key row; no limits for None."""
     if row is None:
         return Limits()
     return Limits(**{name: getattr(row, name) for name in LIMIT_FIELDS})
@@ -175,6 +180,8 @@ class Governance:
     # -- tenants --------------------------------------------------------------------
 
     async def tenant(self, tenant: str) -> Tenant:
+        """The tenant's row; for a tenant with no row yet, an unsaved one with no limits and
+        the default failure modes (rate limits fail open, budgets closed)."""
         async with self._sessions() as session:
             row = await session.get(Tenant, tenant)
         return row if row is not None else Tenant(tenant=tenant, **_default_modes())
@@ -222,6 +229,7 @@ class Governance:
         return result.scalars().all()
 
     async def list_teams(self, tenant: str | None = None) -> list[Team]:
+        """Every team (only those of `tenant` when given), oldest first."""
         async with self._sessions() as session:
             query = select(Team).order_by(Team.created_at, Team.id)
             if tenant is not None:
@@ -235,10 +243,12 @@ class Governance:
         return team
 
     async def team(self, team_id: str, tenant: str | None = None) -> Team:
+        """The team `team_id` (only within `tenant` when given). Raises TeamNotFound."""
         async with self._sessions() as session:
             return await self._team(session, team_id, tenant)
 
     async def team_by_name(self, tenant: str, name: str) -> Team:
+        """The team called `name` in `tenant`. Raises TeamNotFound."""
         async with self._sessions() as session:
             result = await session.execute(
                 select(Team).where(Team.tenant == tenant, Team.name == name)
@@ -331,6 +341,7 @@ class Governance:
     # -- users ----------------------------------------------------------------------
 
     async def user(self, user_id: str, tenant: str | None = None) -> User:
+        """The user `user_id` (only within `tenant` when given). Raises UserNotFound."""
         async with self._sessions() as session:
             user = await session.get(User, user_id)
         if user is None or (tenant is not None and user.tenant != tenant):

@@ -15,6 +15,7 @@ VISIBLE_PREFIX_LENGTH = 12
 
 
 def generate_api_key() -> str:
+    """A new API key: `sk-sy-` and 256 random bits as 43 URL-safe base64 characters."""
     return API_KEY_PREFIX + secrets.token_urlsafe(32)
 
 
@@ -24,4 +25,5 @@ def hash_api_key(key: str) -> str:
 
 
 def visible_prefix(key: str) -> str:
+    """The first 12 characters of `key`, stored and shown so people can tell keys apart."""
     return key[:VISIBLE_PREFIX_LENGTH]

@@ -38,15 +38,18 @@ from sqlalchemy import (
     false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from typing_extensions import override
 
 ROLES = ("admin", "member")
 
 
 def new_id() -> str:
+    """A new row id: 32 lowercase hex digits of a random UUID."""
     return uuid.uuid4().hex
 
 
 def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC (the default of the timestamp columns)."""
     return datetime.now(UTC)
 
 
@@ -60,6 +63,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
+    @override
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
@@ -68,6 +72,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
+    @override
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
@@ -75,6 +80,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
+    """The declarative base of every auth table (its metadata is what the migrations track)."""
+
     pass
 
 
@@ -122,6 +129,9 @@ class Tenant(LimitColumns, Base):
 
 
 class Team(LimitColumns, CacheColumns, Base):
+    """A team of a tenant (`auth_teams`): its name, the models its members may use (None:
+    any the tenant may), its limits and response cache opt-in."""
+
     __tablename__ = "auth_teams"
     __table_args__ = (
         UniqueConstraint("tenant", "name", name="uq_auth_teams_tenant_name"),
@@ -137,6 +147,10 @@ class Team(LimitColumns, CacheColumns, Base):
 
 
 class User(LimitColumns, Base):
+    """A user (`auth_users`): email (lower-cased, unique across tenants), tenant, role
+    (`admin` or `member`), Argon2 password hash (None: API keys only), disabled flag, team and
+    limits."""
+
     __tablename__ = "auth_users"
     __table_args__ = (
         UniqueConstraint("email", name="uq_auth_users_email"),
@@ -164,6 +178,10 @@ class User(LimitColumns, Base):
 
 
 class ApiKey(LimitColumns, CacheColumns, Base):
+    """An API key (`auth_api_keys`): owner, name, visible prefix and SHA-256 hash (never the
+    key), scopes, models it may use (None: any), expiry, revocation, team, limits and
+    response cache opt-in."""
+
     __tablename__ = "auth_api_keys"
     __table_args__ = (
         UniqueConstraint("secret_hash", name="uq_auth_api_keys_secret_hash"),
@@ -219,6 +237,9 @@ class TokenFamily(Base):
 
 
 class RefreshToken(Base):
+    """One refresh token of a sign-in (`auth_refresh_tokens`), stored as its SHA-256 hash;
+    `used_at` is set when it is exchanged, and presenting it again is reuse."""
+
     __tablename__ = "auth_refresh_tokens"
     __table_args__ = (
         UniqueConstraint("token_hash", name="uq_auth_refresh_tokens_token_hash"),

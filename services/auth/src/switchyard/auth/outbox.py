@@ -48,6 +48,13 @@ async def _take_publisher_lock(session: AsyncSession) -> bool:
 
 
 class OutboxRelay:
+    """Publishes the rows of `auth_outbox` to `topic` on `bus`, in order, and marks them
+    published (see the module docstring).
+
+    `sessions` opens sessions on the auth database; pending rows are polled every
+    `poll_interval_s` seconds, `batch_size` at a time; `housekeeping` (e.g.
+    `AuthService.purge_expired`) runs every `housekeeping_interval_s` seconds."""
+
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
@@ -75,6 +82,7 @@ class OutboxRelay:
         self._wake.set()
 
     async def start(self) -> None:
+        """Start relaying in a background task; starting a started relay does nothing."""
         if self._task is None:
             self._stopping = False
             self._task = asyncio.create_task(self._run(), name="auth-outbox-relay")

@@ -50,9 +50,14 @@ class PasswordHasher:
         self._pool: ThreadPoolExecutor | None = None
 
     def hash(self, password: str) -> str:
+        """The Argon2id hash of `password` (a PHC string with its salt and parameters); blocks
+        for the hash's duration."""
         return self._argon2.hash(password)
 
     def verify(self, password_hash: str | None, password: str) -> bool:
+        """Whether `password` matches `password_hash`. With no hash (unknown user, or a user
+        without a password) a decoy hash is checked anyway, so the call takes as long, and the
+        answer is False. Never raises for a wrong or malformed hash."""
         try:
             return self._argon2.verify(password_hash or self._decoy_hash, password) and bool(
                 password_hash
@@ -61,6 +66,8 @@ class PasswordHasher:
             return False
 
     def needs_rehash(self, password_hash: str) -> bool:
+        """Whether `password_hash` was made with other parameters than this hasher's (then rehash
+        on the next sign-in)."""
         return self._argon2.check_needs_rehash(password_hash)
 
     @property
@@ -88,6 +95,7 @@ class PasswordHasher:
         return await self._off_loop(self.verify, password_hash, password)
 
     def close(self) -> None:
+        """Stop the hashing threads without waiting; pending hashes are cancelled."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

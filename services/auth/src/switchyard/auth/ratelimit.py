@@ -21,6 +21,10 @@ from dataclasses import dataclass
 
 
 class SlidingWindowLimiter:
+    """Counts hits per key in a sliding window: a key with `limit` hits in the last
+    `window_s` seconds must wait. In memory, per process; at most `max_keys` keys are tracked
+    (the least recently hit forgotten first). `clock` returns seconds (monotonic)."""
+
     def __init__(
         self,
         limit: int,
@@ -55,6 +59,7 @@ class SlidingWindowLimiter:
         return max(0.0, hits[-self.limit] + self.window_s - now)
 
     def hit(self, key: str) -> None:
+        """Count one hit for `key` now."""
         now = self._clock()
         hits = self._recent(key, now)
         if hits is None:
@@ -66,16 +71,23 @@ class SlidingWindowLimiter:
         hits.append(now)
 
     def reset(self, key: str) -> None:
+        """Forget every hit of `key`."""
         self._hits.pop(key, None)
 
 
 @dataclass(frozen=True)
 class Throttled:
+    """A refused sign-in attempt: which limit refused it (`account` or `address`) and the
+    whole seconds to wait (the Retry-After value)."""
+
     limit: str  # "account" or "address"
     retry_after_s: int
 
 
 class LoginRateLimiter:
+    """The brute-force guard of the password grant: attempts are limited per client
+    address, and failures per account (email)."""
+
     def __init__(self, account: SlidingWindowLimiter, address: SlidingWindowLimiter) -> None:
         self.account = account
         self.address = address
@@ -93,7 +105,9 @@ class LoginRateLimiter:
         return None
 
     def failed(self, account: str) -> None:
+        """Count a failed sign-in against `account` (the email tried)."""
         self.account.hit(account)
 
     def succeeded(self, account: str) -> None:
+        """Clear the failures of `account` after a successful sign-in."""
         self.account.reset(account)

@@ -69,20 +69,29 @@ class AuthError(Exception):
 
 
 class InvalidInput(AuthError):
+    """Input the service refuses (a bad email, role, name, scope or expiry); `param` names
+    the field at fault. The API answers 400."""
+
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
 
 
 class DuplicateEmail(AuthError):
+    """A user with this email already exists (the API answers 409)."""
+
     pass
 
 
 class UserNotFound(AuthError):
+    """No such user (in the caller's tenant); the API answers 404."""
+
     pass
 
 
 class ApiKeyNotFound(AuthError):
+    """No such API key (in the caller's tenant, or of the caller); the API answers 404."""
+
     pass
 
 
@@ -95,6 +104,9 @@ class ExceedsCredential(AuthError):
 
 
 class InvalidCredentials(AuthError):
+    """The email and password do not match an enabled user with a password. One message for
+    every cause (the API answers 401)."""
+
     def __init__(self) -> None:
         # One message for every cause, so callers cannot probe which emails exist.
         super().__init__("Incorrect email or password.")
@@ -158,6 +170,8 @@ def printable(text: str) -> bool:
 
 
 def normalise_email(email: str) -> str:
+    """The email trimmed and lower-cased. Raises InvalidInput (param `email`) when it holds
+    control characters, is not `local@domain`, or is longer than 320 characters."""
     email = email.strip().lower()
     if not printable(email):
         raise InvalidInput("The email address must not contain control characters.", param="email")
@@ -222,6 +236,14 @@ def _utcnow() -> datetime:
 
 
 class AuthService:
+    """The auth use cases on the database behind `sessions`: users, API keys, passwords,
+    sign-in and refresh tokens, revocation and signing-key rotation.
+
+    `passwords` hashes and checks passwords; `tokens` signs access tokens (None where nothing
+    is signed, e.g. the CLI's user and key commands); `refresh_ttl` is how long a sign-in
+    session's refresh tokens last. Methods raise the `AuthError` subclasses, whose messages
+    are safe to show the caller."""
+
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
@@ -240,12 +262,14 @@ class AuthService:
 
     @property
     def tokens(self) -> TokenIssuer:
+        """The access-token issuer. Raises RuntimeError when the service was built without one."""
         if self._tokens is None:
             raise RuntimeError("this AuthService was built without a signing key")
         return self._tokens
 
     @property
     def sessions(self) -> async_sessionmaker[AsyncSession]:
+        """The session factory of the auth database (for callers that run their own queries)."""
         return self._sessions
 
     # -- events ---------------------------------------------------------------------
@@ -271,6 +295,14 @@ class AuthService:
         role: str = "member",
         password: str | None = None,
     ) -> User:
+        """Create a user in `tenant` with `role` (one of `models.ROLES`) and, when given, a
+        password (hashed with Argon2); without one the user cannot sign in with a password.
+
+        Raises:
+            InvalidInput: a bad email, role, tenant (1-128 letters, digits, `.`, `_`, `-`) or an
+                empty password.
+            DuplicateEmail: the email is taken.
+            HashingBusy: too many password hashes are already waiting."""
         email = normalise_email(email)
         if role not in ROLES:
             raise InvalidInput(f"Role must be one of: {', '.join(ROLES)}.", param="role")
@@ -294,6 +326,8 @@ class AuthService:
             return user
 
     async def user_by_email(self, email: str) -> User:
+        """The user with this email (normalised first). Raises UserNotFound, or InvalidInput for
+        a malformed email."""
         async with self._sessions() as session:
             user = await AuthStore(session).user_by_email(normalise_email(email))
         if user is None:
@@ -301,6 +335,7 @@ class AuthService:
         return user
 
     async def list_users(self, tenant: str | None = None) -> list[User]:
+        """Every user (only those of `tenant` when given), oldest first."""
         async with self._sessions() as session:
             return list(await AuthStore(session).users(tenant))
 
@@ -397,6 +432,8 @@ class AuthService:
     async def list_api_keys(
         self, *, tenant: str | None = None, user_id: str | None = None
     ) -> list[ApiKey]:
+        """Every API key (only the tenant's and/or the user's when given), oldest first, revoked
+        ones included."""
         async with self._sessions() as session:
             return list(await AuthStore(session).api_keys(tenant=tenant, user_id=user_id))
 
@@ -456,6 +493,7 @@ class AuthService:
         )
 
     async def api_key_exists(self, key: str) -> bool:
+        """Whether the plaintext API key `key` is on record (in any state)."""
         async with self._sessions() as session:
             return await AuthStore(session).api_key_by_hash(hash_api_key(key)) is not None
 
@@ -599,6 +637,9 @@ class AuthService:
             await self._commit_with_events(session)
 
     async def revoke_access_token(self, claims: AccessClaims, reason: str = "operator") -> None:
+        """Put one access token (by its `jti`) on the blocklist until it expires, and publish
+        `auth.token_revoked`; an already expired or revoked token changes nothing. `reason` is
+        recorded with the entry."""
         async with self._sessions() as session:
             await self._block_access_token(session, AuthStore(session), claims, reason, _utcnow())
             await self._commit_with_events(session)
@@ -643,6 +684,7 @@ class AuthService:
         self._record(session, self._event(TokenFamilyRevoked, family.tenant, data), family.user_id)
 
     async def is_access_token_revoked(self, claims: AccessClaims) -> bool:
+        """Whether the token's `jti` is blocklisted or its sign-in session (`sid`) was revoked."""
         async with self._sessions() as session:
             store = AuthStore(session)
             if await store.revoked_token(claims.jti) is not None:
@@ -653,6 +695,7 @@ class AuthService:
         return False
 
     async def user_by_id(self, user_id: str) -> User | None:
+        """The user with id `user_id` (enabled or not), or None."""
         async with self._sessions() as session:
             return await AuthStore(session).user_by_id(user_id)
 
@@ -689,6 +732,9 @@ class AuthService:
     # -- what gateways start from ---------------------------------------------------
 
     async def revocations(self, now: datetime | None = None) -> RevocationSnapshot:
+        """Everything a gateway must refuse at `now` (default: the current time): revoked access
+        tokens and sign-in sessions with the instant each stops mattering, revoked API keys not
+        yet expired, and disabled users."""
         now = now or _utcnow()
         access_ttl = self._access_ttl()
         async with self._sessions() as session:
@@ -739,6 +785,9 @@ class AuthService:
         return True
 
     async def purge_expired(self, now: datetime | None = None) -> int:
+        """Delete rows that can no longer matter at `now` (default: the current time): expired
+        refresh tokens and blocklist entries, finished sign-ins, published events older than a
+        day. Returns how many rows were deleted."""
         now = now or _utcnow()
         async with self._sessions() as session:
             removed = await AuthStore(session).purge(now, now - self._access_ttl())
@@ -751,6 +800,8 @@ class AuthService:
 
 
 def expiry_in_days(days: int | None) -> datetime | None:
+    """The UTC instant `days` days from now, or None for None (no expiry). Raises InvalidInput
+    (param `expires_in_days`) unless `days` is positive."""
     if days is None:
         return None
     if days <= 0:

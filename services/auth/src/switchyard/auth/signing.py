@@ -42,15 +42,22 @@ def _b64url_uint(value: int) -> str:
 
 @dataclass(frozen=True)
 class SigningKey:
+    """The RSA private key that signs access tokens (RS256), with its `kid`: the RFC 7638
+    thumbprint of its public key."""
+
     private_key: rsa.RSAPrivateKey
     kid: str
 
     @classmethod
     def from_private_key(cls, private_key: rsa.RSAPrivateKey) -> SigningKey:
+        """The signing key of `private_key`, its `kid` computed from the public half."""
         return cls(private_key=private_key, kid=rsa_thumbprint(private_key.public_key()))
 
     @classmethod
     def from_pem(cls, pem: bytes, source: str = "signing key") -> SigningKey:
+        """The signing key in `pem` (an unencrypted PEM private key). `source` names where it
+        came from in error messages. Raises SigningKeyError unless it is an RSA key of at least
+        2048 bits."""
         try:
             key = serialization.load_pem_private_key(pem, password=None)
         except (ValueError, TypeError) as exc:
@@ -62,9 +69,12 @@ class SigningKey:
         return cls.from_private_key(key)
 
     def public_jwk(self) -> dict[str, Any]:
+        """The public half as a JWK (RFC 7517: `kty`, `use`, `alg`, `kid`, `n`, `e`), for the
+        JWKS."""
         return _public_jwk(self.private_key.public_key(), self.kid)
 
     def verification_key(self) -> VerificationKey:
+        """The public half as a `VerificationKey` with the same `kid`."""
         return VerificationKey(public_key=self.private_key.public_key(), kid=self.kid)
 
 
@@ -92,6 +102,7 @@ class VerificationKey:
         return cls(public_key=key, kid=rsa_thumbprint(key))
 
     def public_jwk(self) -> dict[str, Any]:
+        """The key as a JWK (RFC 7517: `kty`, `use`, `alg`, `kid`, `n`, `e`), for the JWKS."""
         return _public_jwk(self.public_key, self.kid)
 
 
@@ -116,10 +127,12 @@ def rsa_thumbprint(public_key: rsa.RSAPublicKey) -> str:
 
 
 def generate_private_key() -> rsa.RSAPrivateKey:
+    """A new 2048-bit RSA private key (public exponent 65537)."""
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
+    """`key` as unencrypted PKCS#8 PEM bytes (what `SigningKey.from_pem` reads)."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

@@ -26,36 +26,46 @@ from switchyard.auth.models import (
 
 
 class AuthStore:
+    """Queries and writes of the auth tables on one `AsyncSession`. Methods flush but never
+    commit: the caller owns the transaction. Times are timezone-aware UTC datetimes."""
+
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
     # -- users ----------------------------------------------------------------------
 
     async def add_user(self, user: User) -> User:
+        """Insert `user` (flushed, so its id and defaults are set) and return it. Raises
+        IntegrityError for a taken email."""
         self.session.add(user)
         await self.session.flush()
         return user
 
     async def user_by_id(self, user_id: str) -> User | None:
+        """The user with id `user_id`, or None."""
         return await self.session.get(User, user_id)
 
     async def user_by_email(self, email: str) -> User | None:
+        """The user with this (already normalised) email, or None."""
         result = await self.session.execute(select(User).where(User.email == email))
         return result.scalar_one_or_none()
 
     async def users(self, tenant: str | None = None) -> Sequence[User]:
+        """Every user (only those of `tenant` when given), oldest first."""
         query = select(User).order_by(User.created_at, User.id)
         if tenant is not None:
             query = query.where(User.tenant == tenant)
         return (await self.session.execute(query)).scalars().all()
 
     async def disabled_user_ids(self) -> list[str]:
+        """The ids of every disabled user."""
         result = await self.session.execute(select(User.id).where(User.disabled.is_(True)))
         return list(result.scalars())
 
     # -- API keys -------------------------------------------------------------------
 
     async def add_api_key(self, api_key: ApiKey) -> ApiKey:
+        """Insert `api_key` (flushed, so its id and defaults are set) and return it."""
         self.session.add(api_key)
         await self.session.flush()
         return api_key
@@ -68,11 +78,14 @@ class AuthStore:
         return result.scalar_one_or_none()
 
     async def api_key_by_id(self, key_id: str) -> ApiKey | None:
+        """The API key with id `key_id` (any state), or None."""
         return await self.session.get(ApiKey, key_id)
 
     async def api_keys(
         self, *, tenant: str | None = None, user_id: str | None = None
     ) -> Sequence[ApiKey]:
+        """Every API key (only the tenant's and/or the user's when given), oldest first, revoked
+        ones included."""
         query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
         if tenant is not None:
             query = query.where(ApiKey.tenant == tenant)
@@ -93,10 +106,13 @@ class AuthStore:
     # -- refresh-token families -----------------------------------------------------
 
     async def add(self, *rows: object) -> None:
+        """Insert `rows` (any mapped objects) and flush."""
         self.session.add_all(rows)
         await self.session.flush()
 
     async def refresh_token_by_hash(self, token_hash: str) -> RefreshToken | None:
+        """The refresh token with this SHA-256 hash (hex), with its family and the family's
+        user loaded; None if unknown."""
         result = await self.session.execute(
             select(RefreshToken)
             .options(joinedload(RefreshToken.family).joinedload(TokenFamily.user))
@@ -116,9 +132,11 @@ class AuthStore:
         return cast(CursorResult[Any], result).rowcount == 1
 
     async def family_by_id(self, family_id: str) -> TokenFamily | None:
+        """The refresh-token family (sign-in session) `family_id`, or None."""
         return await self.session.get(TokenFamily, family_id)
 
     async def active_families(self, user_id: str, now: datetime) -> Sequence[TokenFamily]:
+        """The user's sign-in sessions neither revoked nor expired at `now`."""
         result = await self.session.execute(
             select(TokenFamily).where(
                 TokenFamily.user_id == user_id,
@@ -129,6 +147,7 @@ class AuthStore:
         return result.scalars().all()
 
     async def families_revoked_since(self, since: datetime) -> Sequence[TokenFamily]:
+        """The sign-in sessions revoked at or after `since`."""
         result = await self.session.execute(
             select(TokenFamily).where(TokenFamily.revoked_at >= since)
         )
@@ -137,9 +156,11 @@ class AuthStore:
     # -- access-token blocklist -----------------------------------------------------
 
     async def revoked_token(self, jti: str) -> RevokedToken | None:
+        """The blocklist entry of access token `jti`, or None if it is not revoked."""
         return await self.session.get(RevokedToken, jti)
 
     async def revoked_tokens(self, now: datetime) -> Sequence[RevokedToken]:
+        """The blocklist entries of access tokens that have not expired at `now`."""
         result = await self.session.execute(
             select(RevokedToken).where(RevokedToken.expires_at > now)
         )
@@ -148,17 +169,20 @@ class AuthStore:
     # -- signing keys ---------------------------------------------------------------
 
     async def latest_signing_key(self) -> SigningKeyRecord | None:
+        """The signing key recorded as activated last, or None before the first."""
         result = await self.session.execute(
             select(SigningKeyRecord).order_by(SigningKeyRecord.activated_at.desc()).limit(1)
         )
         return result.scalar_one_or_none()
 
     async def signing_key(self, kid: str) -> SigningKeyRecord | None:
+        """The recorded signing key `kid`, or None."""
         return await self.session.get(SigningKeyRecord, kid)
 
     # -- outbox ---------------------------------------------------------------------
 
     async def pending_events(self, limit: int) -> Sequence[OutboxEvent]:
+        """Up to `limit` outbox events not yet published, oldest first."""
         result = await self.session.execute(
             select(OutboxEvent)
             .where(OutboxEvent.published_at.is_(None))
@@ -194,6 +218,7 @@ class AuthStore:
         return removed
 
     async def purge_published_events(self, before: datetime) -> int:
+        """Delete outbox events published before `before`; returns how many were deleted."""
         result = await self.session.execute(
             delete(OutboxEvent)
             .where(OutboxEvent.published_at.is_not(None), OutboxEvent.published_at < before)

@@ -37,6 +37,9 @@ class InvalidToken(Exception):
 
 @dataclass(frozen=True)
 class AccessToken:
+    """A signed access token (a JWT, RS256) as issued: the token, its lifetime in seconds
+    (`expires_in`, OAuth 2.0's field), its `jti`, and when it expires (UTC, whole seconds)."""
+
     token: str
     expires_in: int
     jti: str
@@ -45,6 +48,10 @@ class AccessToken:
 
 @dataclass(frozen=True)
 class AccessClaims:
+    """The verified claims of an access token: `sub` as `user_id`, tenant, role, scopes,
+    `jti`, `exp` as `expires_at` (UTC), `sid` as `session_id` (password-grant tokens only)
+    and `allowed_models` (None: any model)."""
+
     user_id: str
     tenant: str
     role: str
@@ -56,10 +63,12 @@ class AccessClaims:
 
 
 def generate_refresh_token() -> str:
+    """A new opaque refresh token: `sy-rt-` and 256 random bits, URL-safe base64."""
     return REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_refresh_token(token: str) -> str:
+    """The SHA-256 hex digest of a refresh token, the only form the database stores."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -96,14 +105,18 @@ class TokenIssuer:
 
     @property
     def ttl(self) -> timedelta:
+        """The lifetime of the access tokens this issuer signs."""
         return self._ttl
 
     @property
     def signing_key(self) -> SigningKey:
+        """The key that signs new access tokens (its `kid` goes in every token's header)."""
         return self._signing_key
 
     @property
     def published_kids(self) -> list[str]:
+        """The `kid` of every key in the JWKS: the signing key first, then the retired and next
+        keys still accepted."""
         return list(self._verification_keys)
 
     def issue(
@@ -117,6 +130,9 @@ class TokenIssuer:
         allowed_models: Sequence[str] | None = None,
         now: datetime | None = None,
     ) -> AccessToken:
+        """Sign an access token for `user_id` with the given claims (RFC 7519; claims listed in
+        the module docstring), valid from `now` (default: the current time) for `ttl`.
+        `session_id` becomes `sid`; `allowed_models` None leaves the claim out (any model)."""
         issued_at = now or datetime.now(UTC)
         expires_at = issued_at + self._ttl
         jti = uuid.uuid4().hex
@@ -150,6 +166,12 @@ class TokenIssuer:
         )
 
     def verify(self, token: str) -> AccessClaims:
+        """The claims of `token` after checking its signature (by `kid`, with any published
+        key), issuer, audience, time claims and claim types.
+
+        Raises:
+            InvalidToken: the token is malformed, expired or not yet valid, signed by an unknown
+                key, or carries a claim of the wrong type."""
         try:
             header = jwt.get_unverified_header(token)
             kid = header.get("kid")
@@ -196,4 +218,7 @@ class TokenIssuer:
         )
 
     def jwks(self) -> dict[str, Any]:
+        """The public JWK Set served at `/.well-known/jwks.json` (RFC 7517): `{"keys": [...]}`
+        with
+        one RSA public JWK per published key."""
         return {"keys": [key.public_jwk() for key in self._verification_keys.values()]}

@@ -94,6 +94,12 @@ class BadRequest(Exception):
 
 @dataclass
 class Fault:
+    """One injected fault, served to the next matching request and then dropped.
+
+    `status` is the HTTP error status answered (400-599); `retry_after` the Retry-After header
+    in seconds (None: no header); `hang` holds the request open until faults are cleared or the
+    client gives up; `model` restricts the fault to requests for that model (None: any)."""
+
     status: int = 500
     retry_after: float | None = None
     hang: bool = False
@@ -106,11 +112,15 @@ class Fault:
     error_type: str | None = None
 
     def applies_to(self, model: str | None) -> bool:
+        """Whether this fault is for a request naming `model` (None when the request names none)."""
         return self.model is None or self.model == model
 
 
 @dataclass
 class SimulatorState:
+    """Everything the simulator remembers between requests: base latency (ms),
+    pending faults, call counters by route and by model, and the simulated prompt cache."""
+
     latency_ms: float = 0.0
     faults: deque[Fault] = field(default_factory=deque)
     requests_by_route: Counter[str] = field(default_factory=Counter)
@@ -124,11 +134,14 @@ class SimulatorState:
     prompt_cache: set[str] = field(default_factory=set)
 
     def record(self, route: str, model: str | None) -> None:
+        """Count one call of `route` (a path such as `/v1/messages`), and of `model` when given."""
         self.requests_by_route[route] += 1
         if model:
             self.requests_by_model[model] += 1
 
     def take_fault(self, model: str | None) -> Fault | None:
+        """Remove and return the first pending fault that applies to `model`, or None
+        when no fault applies."""
         for fault in self.faults:
             if fault.applies_to(model):
                 self.faults.remove(fault)
@@ -137,11 +150,13 @@ class SimulatorState:
         return None
 
     def clear_faults(self) -> None:
+        """Drop every pending fault and release every request held by a hang fault."""
         self.faults.clear()
         self.release_hangs.set()
         self.release_hangs = asyncio.Event()
 
     def reset(self) -> None:
+        """Clear faults, the prompt cache and every counter; latency stays as set."""
         self.clear_faults()
         self.prompt_cache.clear()
         self.requests_by_route.clear()
@@ -150,6 +165,8 @@ class SimulatorState:
         self.streams_aborted = 0
 
     def stats(self) -> dict[str, Any]:
+        """The counters as a JSON-ready dict: `routes` and `models` (name to calls),
+        `total`, `faults_served`, `faults_pending`, `streams_aborted` and `latency_ms`."""
         return {
             "routes": dict(self.requests_by_route),
             "models": dict(self.requests_by_model),
@@ -173,6 +190,9 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 def openai_error(
     status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
 ) -> Response:
+    """An OpenAI error response: `{"error": {"message", "type", "param", "code"}}` with
+    `status`, the `type` OpenAI uses for that status (OpenAI API reference, "Error codes"), and
+    `headers` (header name to value) added to the response."""
     error_type = _OPENAI_ERROR_TYPES.get(
         status, "server_error" if status >= 500 else "invalid_request_error"
     )
@@ -184,6 +204,9 @@ def openai_error(
 
 
 def anthropic_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """An Anthropic error response: `{"type": "error", "error": {"type", "message"}}` with
+    `status`, the error type Anthropic documents for it ("Errors" in the Anthropic API reference;
+    `api_error` for any other status) and `headers` (header name to value)."""
     error_type = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
     return _json(
         {"type": "error", "error": {"type": error_type, "message": message}}, status, headers
@@ -284,6 +307,8 @@ def last_turn_images(messages: list[dict[str, Any]]) -> int:
 
 
 def reply_text(messages: list[dict[str, Any]]) -> str:
+    """The simulated reply to `messages` (Chat/Messages message dicts): the reply prefix,
+    the last user text and, when the last turn held images, how many."""
     text = REPLY_PREFIX + last_user_text(messages)
     images = last_turn_images(messages)
     if images:
@@ -313,6 +338,8 @@ def _prefix_key(*parts: Any) -> str:
 
 
 def last_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text of the last `user` message in `messages` (message dicts with `role` and
+    `content`); the user's own words before the tool results it carries; "" when there is none."""
     for message in reversed(messages):
         if message.get("role") == "user":
             content = message.get("content")
@@ -325,10 +352,13 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
 
 
 def count_words(text: str) -> int:
+    """The simulated token count of `text`: its whitespace-separated words, at least 1."""
     return max(1, len(text.split()))
 
 
 def prompt_words(messages: list[dict[str, Any]], system: Any = None) -> int:
+    """The simulated prompt tokens of `messages` (message dicts) plus `system` (a string or
+    a list of content blocks): their words, at least 1."""
     texts = [content_text(message.get("content")) for message in messages]
     texts.append(content_text(system))
     return count_words(" ".join(texts))
@@ -342,6 +372,8 @@ def split_pieces(text: str, pieces: int = STREAM_PIECES) -> list[str]:
 
 
 def wants_weather_tool(tools: Any, user_text: str) -> bool:
+    """Whether the simulated model answers with a tool call: `tools` (the request's
+    tool list) is non-empty and `user_text` asks about the weather."""
     return (
         isinstance(tools, list)
         and bool(tools)
@@ -350,6 +382,8 @@ def wants_weather_tool(tools: Any, user_text: str) -> bool:
 
 
 def weather_location(user_text: str) -> str:
+    """The place named after "in", "for" or "at" in `user_text`, used as the tool call's
+    `location` argument; "unknown" when there is none."""
     match = re.search(r"\b(?:in|for|at)\s+([^?.!,;]+)", user_text, re.I)
     return match.group(1).strip() if match else "unknown"
 
@@ -359,10 +393,14 @@ def _short_id(prefix: str) -> str:
 
 
 def sse_data(payload: Any) -> bytes:
+    """One server-sent event holding `payload` as JSON in a `data:` line (OpenAI's streaming
+    format)."""
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def sse_event(name: str, payload: Any) -> bytes:
+    """One server-sent event named `name` holding `payload` as JSON (Anthropic's and the
+    Responses API's streaming format: `event:` then `data:`)."""
     return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
 
@@ -371,6 +409,9 @@ def sse_event(name: str, payload: Any) -> bytes:
 
 @dataclass
 class OpenAIReply:
+    """One simulated Chat Completions reply: the text or the tool call (an OpenAI
+    `tool_calls` entry), and its usage in simulated tokens."""
+
     model: str
     text: str | None
     tool_call: dict[str, Any] | None
@@ -383,9 +424,12 @@ class OpenAIReply:
 
     @property
     def finish_reason(self) -> str:
+        """`tool_calls` when the reply calls a tool, else `stop`."""
         return "tool_calls" if self.tool_call else "stop"
 
     def usage(self) -> dict[str, Any]:
+        """The reply's `usage` object as OpenAI reports it: prompt, completion and total
+        tokens, cached prompt tokens and reasoning tokens."""
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -395,6 +439,7 @@ class OpenAIReply:
         }
 
     def completion(self) -> dict[str, Any]:
+        """The whole non-streamed `chat.completion` object (OpenAI API reference)."""
         message: dict[str, Any] = {"role": "assistant", "content": self.text, "refusal": None}
         if self.tool_call:
             message["tool_calls"] = [self.tool_call]
@@ -417,6 +462,8 @@ class OpenAIReply:
     def chunk(
         self, delta: dict[str, Any], finish_reason: str | None = None, choices: bool = True
     ) -> dict[str, Any]:
+        """One `chat.completion.chunk` holding `delta` (the message fields it adds) and
+        `finish_reason`; with `choices=False`, an empty choices list (the final usage chunk)."""
         return {
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -430,6 +477,8 @@ class OpenAIReply:
         }
 
     def content_deltas(self) -> list[dict[str, Any]]:
+        """The streamed deltas of the reply, in order: pieces of the text, or the tool
+        call's head and then pieces of its JSON arguments."""
         if self.tool_call:
             function = self.tool_call["function"]
             head = {
@@ -446,6 +495,13 @@ class OpenAIReply:
 
 
 def build_openai_reply(body: dict[str, Any], cache: set[str] | None = None) -> OpenAIReply:
+    """The simulated reply to a Chat Completions request `body` (the JSON object as a
+    dict). `cache` is the set of prompt-prefix hashes already seen (None: no prompt caching); it
+    is updated.
+
+    Raises:
+        BadRequest: the body is one the real API refuses (no model, no messages, sampling
+            parameters out of range, a tool without a name)."""
     model = _require_model(body)
     messages = _require_messages(body)
     _check_sampling(body)
@@ -504,6 +560,12 @@ async def stream_openai(
     error_after: int | None = None,
     error_type: str | None = None,
 ) -> AsyncIterator[bytes]:
+    """The SSE bytes of a streamed Chat Completions reply, `[DONE]` last.
+
+    `latency_s` (seconds) is spread over the content chunks; `include_usage` adds the usage
+    chunk; with `error_after`, that many events are sent and then an error event of type
+    `error_type` (default `server_error`) instead of the rest. Aborted streams are counted in
+    `state`."""
     events = openai_stream_events(reply, include_usage)
     error = sse_data(
         {
@@ -552,6 +614,9 @@ async def _paced(
 
 @dataclass
 class AnthropicReply:
+    """One simulated Messages reply: text or tool_use block, optional thinking, stop
+    sequence hit, and usage in simulated tokens (cache writes and reads included)."""
+
     model: str
     text: str | None
     tool_use: dict[str, Any] | None
@@ -565,19 +630,24 @@ class AnthropicReply:
 
     @property
     def stop_reason(self) -> str:
+        """`tool_use`, `stop_sequence` or `end_turn`, as Anthropic reports it."""
         if self.tool_use:
             return "tool_use"
         return "stop_sequence" if self.stop_sequence is not None else "end_turn"
 
     @property
     def signature(self) -> str:
+        """The thinking block's signature: a hash of the thinking text, stable for the same text."""
         return "sig_" + hashlib.sha256((self.thinking or "").encode()).hexdigest()[:32]
 
     @property
     def thinking_tokens(self) -> int:
+        """Simulated tokens of the thinking text (0 without thinking)."""
         return count_words(self.thinking) if self.thinking else 0
 
     def blocks(self) -> list[dict[str, Any]]:
+        """The reply's content blocks: the thinking block when enabled, then the text or tool_use
+        block."""
         blocks: list[dict[str, Any]] = []
         if self.thinking is not None:
             blocks.append(
@@ -587,6 +657,8 @@ class AnthropicReply:
         return blocks
 
     def usage(self, output_tokens: int) -> dict[str, Any]:
+        """The `usage` object of the Messages API with `output_tokens` as given (streams
+        report 1 at `message_start`), thinking tokens detailed when thinking is on."""
         usage: dict[str, Any] = {
             "input_tokens": self.input_tokens,
             "cache_creation_input_tokens": self.cache_creation_input_tokens,
@@ -600,6 +672,8 @@ class AnthropicReply:
     def message(
         self, *, content: list[dict[str, Any]], stop_reason: str | None, output_tokens: int
     ) -> dict[str, Any]:
+        """A Messages API `message` object with the given `content` blocks, `stop_reason`
+        (None while streaming) and `output_tokens`."""
         return {
             "id": self.id,
             "type": "message",
@@ -612,6 +686,7 @@ class AnthropicReply:
         }
 
     def complete(self) -> dict[str, Any]:
+        """The whole non-streamed `message` object (Anthropic API reference, Messages)."""
         return self.message(
             content=self.blocks(), stop_reason=self.stop_reason, output_tokens=self.output_tokens
         )
@@ -650,6 +725,7 @@ class AnthropicReply:
         return result
 
     def deltas(self) -> list[dict[str, Any]]:
+        """Every content_block_delta payload of the stream, all blocks in order."""
         return [delta for _, deltas in self.stream_blocks() for delta in deltas]
 
 
@@ -736,6 +812,14 @@ def _anthropic_cache(body: dict[str, Any], model: str, cache: set[str] | None) -
 
 
 def build_anthropic_reply(body: dict[str, Any], cache: set[str] | None = None) -> AnthropicReply:
+    """The simulated reply to a Messages request `body` (the JSON object as a dict).
+    `cache` is the set of prompt-prefix hashes already seen (None: no prompt caching); it is
+    updated.
+
+    Raises:
+        BadRequest: the body is one the real API refuses (no model, messages or `max_tokens`, a
+            bad role, a thinking block without signature, an unknown document source, a tool
+            without a name)."""
     model, messages = _validate_anthropic(body)
     user_text = last_user_text(messages)
     total = prompt_words(messages, body.get("system"))
@@ -820,6 +904,11 @@ async def stream_anthropic(
     error_after: int | None = None,
     error_type: str | None = None,
 ) -> AsyncIterator[bytes]:
+    """The SSE bytes of a streamed Messages reply (Anthropic's event sequence).
+
+    `latency_s` (seconds) is spread over the content_block_delta events; with `error_after`,
+    that many events are sent and then an `error` event of type `error_type` (default
+    `overloaded_error`). Aborted streams are counted in `state`."""
     error = sse_event(
         "error",
         {
@@ -913,6 +1002,9 @@ class ResponsesReply:
     created_at: int = field(default_factory=lambda: int(time.time()))
 
     def response(self, status: str, output: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The Responses API `response` object in `status` (`in_progress`, `completed`,
+        `incomplete` or `failed`); `output` replaces the reply's items (default: the items once
+        finished, none before)."""
         finished = status in ("completed", "incomplete")
         response = response_object(
             self.body,
@@ -931,9 +1023,11 @@ class ResponsesReply:
 
     @property
     def status(self) -> str:
+        """`incomplete` when `max_output_tokens` cut the reply, else `completed`."""
         return "incomplete" if self.incomplete else "completed"
 
     def usage(self) -> dict[str, Any]:
+        """The response's `usage` object (input, cached, output, reasoning and total tokens)."""
         return {
             "input_tokens": self.input_tokens,
             "input_tokens_details": {"cached_tokens": self.cached_tokens, "cache_write_tokens": 0},
@@ -944,6 +1038,13 @@ class ResponsesReply:
 
 
 def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -> ResponsesReply:
+    """The simulated reply to a Responses API request `body` (the JSON object as a
+    dict). `cache` is the set of prompt-prefix hashes already seen (None: no prompt caching); it
+    is updated.
+
+    Raises:
+        BadRequest: the body is one the real API refuses, including any
+            `previous_response_id` (the simulator stores nothing) and an `item_reference`."""
     model = _require_model(body)
     if body.get("previous_response_id") is not None:
         raise BadRequest(
@@ -1116,6 +1217,11 @@ async def stream_responses(
     error_after: int | None = None,
     error_type: str | None = None,
 ) -> AsyncIterator[bytes]:
+    """The SSE bytes of a streamed Responses reply.
+
+    `latency_s` (seconds) is spread over the delta events; with `error_after`, that many events
+    are sent and then a `response.failed` event whose error code is `error_type` (default
+    `server_error`). Aborted streams are counted in `state`."""
     events = responses_stream_events(reply)
     failed = reply.response("failed")
     failed["error"] = {
@@ -1165,6 +1271,13 @@ def _encode_embedding(vector: list[float], encoding_format: str) -> list[float] 
 
 
 def build_embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    """The Embeddings API answer to `body`: one deterministic vector of `dimensions`
+    floats (default 8) per input, as floats or little-endian float32 base64, and word-count
+    usage.
+
+    Raises:
+        BadRequest: no model, an input that is neither a string nor a list of strings or token
+            ids, `dimensions` outside 1-4096, or an unknown `encoding_format`."""
     model = _require_model(body)
     inputs = _embedding_inputs(body)
     dimensions = body.get("dimensions", DEFAULT_EMBEDDING_DIMENSIONS)
@@ -1205,6 +1318,7 @@ class Simulator:
 
     @property
     def latency_s(self) -> float:
+        """The base latency of every reply, in seconds."""
         return self.state.latency_ms / 1000
 
     async def _fault_response(
@@ -1245,6 +1359,8 @@ class Simulator:
             await asyncio.sleep(self.latency_s)
 
     async def chat_completions(self, request: Request) -> Response:
+        """POST /v1/chat/completions: OpenAI Chat Completions, JSON or SSE (`stream`),
+        after any injected fault; invalid bodies get OpenAI's 400 error."""
         try:
             body = await _read_object(request)
             model = body.get("model") if isinstance(body.get("model"), str) else None
@@ -1274,6 +1390,8 @@ class Simulator:
         return _json(reply.completion())
 
     async def messages(self, request: Request) -> Response:
+        """POST /v1/messages: Anthropic Messages, JSON or SSE (`stream`), after any injected
+        fault; invalid bodies get Anthropic's 400 error."""
         try:
             body = await _read_object(request)
             model = body.get("model") if isinstance(body.get("model"), str) else None
@@ -1317,6 +1435,8 @@ class Simulator:
         return _json({"input_tokens": counted})
 
     async def responses(self, request: Request) -> Response:
+        """POST /v1/responses: OpenAI Responses, JSON or SSE (`stream`), stateless; invalid
+        bodies get OpenAI's 400 error."""
         try:
             body = await _read_object(request)
             model = body.get("model") if isinstance(body.get("model"), str) else None
@@ -1343,6 +1463,7 @@ class Simulator:
         return _json(reply.response(reply.status))
 
     async def embeddings(self, request: Request) -> Response:
+        """POST /v1/embeddings: OpenAI Embeddings; invalid bodies get OpenAI's 400 error."""
         try:
             body = await _read_object(request)
             model = body.get("model") if isinstance(body.get("model"), str) else None
@@ -1357,6 +1478,7 @@ class Simulator:
         return _json(result)
 
     async def models(self, request: Request) -> Response:
+        """GET /v1/models: the simulated models, as OpenAI lists models."""
         self.state.record("/v1/models", None)
         return _json(
             {
@@ -1376,6 +1498,9 @@ class Simulator:
     # ---- control API
 
     async def add_faults(self, request: Request) -> Response:
+        """POST /_sim/faults: queue `count` copies of the fault in the body (`status`,
+        `retry_after` seconds, `hang`, `model`, `stream_error_after`, `error_type`); answers 201
+        with `faults_pending`, or 400 for a bad fault."""
         try:
             body = await _read_object(request)
             fault, count = _parse_fault(body)
@@ -1385,10 +1510,13 @@ class Simulator:
         return _json({"faults_pending": len(self.state.faults)}, 201)
 
     async def clear_faults(self, request: Request) -> Response:
+        """DELETE /_sim/faults: drop pending faults and release hanging requests."""
         self.state.clear_faults()
         return _json({"faults_pending": 0})
 
     async def set_latency(self, request: Request) -> Response:
+        """PUT /_sim/latency: set the base latency from `{"latency_ms": n}` (n >= 0
+        milliseconds); 400 otherwise."""
         try:
             body = await _read_object(request)
         except BadRequest as exc:
@@ -1400,9 +1528,11 @@ class Simulator:
         return _json({"latency_ms": self.state.latency_ms})
 
     async def stats(self, request: Request) -> Response:
+        """GET /_sim/stats: the counters of `SimulatorState.stats`."""
         return _json(self.state.stats())
 
     async def reset(self, request: Request) -> Response:
+        """POST /_sim/reset: clear faults, prompt cache and counters; answers the (zeroed) stats."""
         self.state.reset()
         return _json(self.state.stats())
 
@@ -1501,6 +1631,9 @@ def simulator_openapi(routes: list[Route]) -> dict[str, Any]:
 
 
 def create_simulator_app(latency_ms: float = 0) -> Starlette:
+    """The simulator as a Starlette app: the provider routes, the `/_sim/` control API,
+    `/metrics`, `/livez`, `/readyz`, `/openapi.json` and `/docs`. `latency_ms` is the initial
+    base latency of every reply, in milliseconds."""
     from switchyard.common.docs import install_docs
     from switchyard.common.http import ClientDisconnectGuard
 

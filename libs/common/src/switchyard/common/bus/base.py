@@ -111,10 +111,15 @@ class RetryPolicy:
         return Backoff(self.initial_backoff_s, self.max_backoff_s).delay(attempt)
 
     def gives_up_after(self, attempt: int) -> bool:
+        """Whether the event is dead-lettered after failing `attempt` times (1 for the first
+        failure)."""
         return self.max_attempts is not None and attempt >= self.max_attempts
 
 
 class Subscription(abc.ABC):
+    """A running subscription or listener returned by `EventBus.subscribe`,
+    `subscribe_batch` or `listen`; stop it to leave the group."""
+
     @abc.abstractmethod
     async def stop(self) -> None:
         """Stop receiving; wait for handlers in progress and record their progress."""
@@ -128,10 +133,15 @@ class EventBus(abc.ABC):
     """Publish and receive events. Start before use, stop to flush and release."""
 
     @abc.abstractmethod
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Connect to the bus and get ready to publish; call once before any other method.
+        May return before the bus is reachable (the Kafka bus keeps connecting in the
+        background)."""
 
     @abc.abstractmethod
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """Stop every subscription (waiting for handlers in progress), flush what was
+        published and release connections."""
 
     @abc.abstractmethod
     async def publish(
@@ -183,7 +193,9 @@ class EventBus(abc.ABC):
         """Receive every event published from now on (optionally only some partitions)."""
 
     @abc.abstractmethod
-    async def partition_count(self, topic: str) -> int: ...
+    async def partition_count(self, topic: str) -> int:
+        """How many partitions `topic` has (1 for a topic the bus does not partition).
+        Raises BusUnavailableError when the bus cannot tell."""
 
     @abc.abstractmethod
     async def end_offsets(self, topics: Sequence[str]) -> Offsets:

@@ -56,6 +56,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry.trace import Span, SpanKind
+from typing_extensions import override
 
 from switchyard.common import tracing
 from switchyard.common.backoff import Backoff
@@ -359,6 +360,7 @@ class KafkaBus(EventBus):
             log.warning("kafka producer did not close in time", error=repr(exc))
             await _close_quietly(producer.client.close(), timeout=1.0)
 
+    @override
     async def stop(self) -> None:
         for subscription in reversed(self._subscriptions):
             await subscription.stop()
@@ -380,6 +382,7 @@ class KafkaBus(EventBus):
         producer = self._producer
         return producer is not None and _sender_alive(producer)
 
+    @override
     async def publish(
         self,
         topic: str,
@@ -515,6 +518,7 @@ class KafkaBus(EventBus):
             ),
         )
 
+    @override
     async def partition_count(self, topic: str) -> int:
         if self._producer is None:
             raise BusUnavailableError("Kafka is not reachable")
@@ -522,6 +526,8 @@ class KafkaBus(EventBus):
         return len(partitions)
 
     async def healthy(self) -> bool:
+        """True when this process can publish and consume now (see `health_problem`); logs the
+        problem as a warning otherwise."""
         problem = await self.health_problem()
         if problem is not None:
             log.warning("event bus not ready", error=problem)
@@ -545,12 +551,14 @@ class KafkaBus(EventBus):
 
     # -- consumer lag -----------------------------------------------------------------
 
+    @override
     async def end_offsets(self, topics: Sequence[str]) -> Offsets:
         async with self._offsets_lock:
             consumer, partitions = await self._offset_reader(topics)
             ends = await self._offsets_call(consumer.end_offsets(partitions))
         return {(tp.topic, tp.partition): offset for tp, offset in ends.items()}
 
+    @override
     async def consumer_lag(
         self, group: str, topics: Sequence[str], *, until: Offsets | None = None
     ) -> int:
@@ -669,6 +677,7 @@ class KafkaBus(EventBus):
 
         return check
 
+    @override
     async def subscribe(
         self,
         topics: Sequence[str],
@@ -686,6 +695,7 @@ class KafkaBus(EventBus):
         self._subscriptions.append(subscription)
         return subscription
 
+    @override
     async def subscribe_batch(
         self,
         topics: Sequence[str],
@@ -711,6 +721,7 @@ class KafkaBus(EventBus):
         self._subscriptions.append(subscription)
         return subscription
 
+    @override
     async def listen(
         self, topic: str, handler: Handler, *, partitions: Sequence[int] | None = None
     ) -> Subscription:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import structlog
 from opentelemetry.trace import Span, SpanKind
+from typing_extensions import override
 
 from switchyard.common import tracing
 from switchyard.common.bus.base import (
@@ -112,6 +113,14 @@ def _process_span(
 
 
 class InMemoryBus(EventBus):
+    """The event bus of embedded mode and unit tests: the `EventBus` contract (consumer
+    groups, batches, listeners, retries, dead letters) inside one process, with no broker.
+
+    `partitions` maps a topic to its partition count (default 1); `batch_linger_s` is how
+    long (seconds) `subscribe_batch` waits for a batch to fill when not told otherwise.
+    Events pass through the same serialisation as on Kafka; dead-lettered events are kept in
+    `dead_letters`, and `published` counts events per topic."""
+
     def __init__(
         self, partitions: dict[str, int] | None = None, batch_linger_s: float = 0.02
     ) -> None:
@@ -126,14 +135,17 @@ class InMemoryBus(EventBus):
         self.dead_letters: list[DeadLetter] = []
         self.published: dict[str, int] = defaultdict(int)
 
+    @override
     async def start(self) -> None:
         return None
 
+    @override
     async def stop(self) -> None:
         for subscription in list(self._subscriptions):
             await subscription.stop()
         self._subscriptions.clear()
 
+    @override
     async def publish(
         self,
         topic: str,
@@ -153,12 +165,15 @@ class InMemoryBus(EventBus):
             if wanted is None or partition is None or partition in wanted:
                 queue.put_nowait((raw, carrier))
 
+    @override
     async def partition_count(self, topic: str) -> int:
         return self._partitions.get(topic, 1)
 
+    @override
     async def end_offsets(self, topics: Sequence[str]) -> Offsets:
         return {(topic, 0): self.published[topic] for topic in topics}
 
+    @override
     async def consumer_lag(
         self, group: str, topics: Sequence[str], *, until: Offsets | None = None
     ) -> int:
@@ -171,9 +186,12 @@ class InMemoryBus(EventBus):
         return lag
 
     async def healthy(self) -> bool:
+        """True while every subscription of this bus is running."""
         return all(subscription.healthy() for subscription in self._subscriptions)
 
     async def settled(self, group: str, timeout: float) -> bool:
+        """Wait until consumer group `group` has handled every event delivered to it so far;
+        False if that takes longer than `timeout` seconds (True at once for an unknown group)."""
         state = self._groups.get(group)
         if state is None:
             return True
@@ -224,6 +242,7 @@ class InMemoryBus(EventBus):
         self._subscriptions.append(subscription)
         return subscription
 
+    @override
     async def subscribe(
         self,
         topics: Sequence[str],
@@ -263,6 +282,7 @@ class InMemoryBus(EventBus):
 
         return self._track([asyncio.create_task(worker()) for _ in range(max(1, concurrency))])
 
+    @override
     async def subscribe_batch(
         self,
         topics: Sequence[str],
@@ -316,6 +336,7 @@ class InMemoryBus(EventBus):
 
         return self._track([asyncio.create_task(worker())])
 
+    @override
     async def listen(
         self, topic: str, handler: Handler, *, partitions: Sequence[int] | None = None
     ) -> Subscription:

@@ -27,6 +27,9 @@ DEFAULT_EXAMPLES = 5
 
 @dataclass
 class RunningServer:
+    """A service app served on a free 127.0.0.1 port in a background thread: its base URL,
+    its event loop and a dict the test may keep state in."""
+
     base_url: str
     loop: asyncio.AbstractEventLoop
     state: dict[str, Any]

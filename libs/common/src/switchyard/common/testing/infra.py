@@ -32,6 +32,8 @@ def _missing(what: str) -> NoReturn:
 
 
 def kafka_bootstrap_servers() -> str:
+    """The broker of integration tests, from KAFKA_BOOTSTRAP_SERVERS; skips the test when
+    unset (fails it with SWITCHYARD_REQUIRE_INFRA=1)."""
     servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if not servers:
         _missing("KAFKA_BOOTSTRAP_SERVERS")
@@ -39,6 +41,8 @@ def kafka_bootstrap_servers() -> str:
 
 
 def database_url() -> str:
+    """The PostgreSQL server of integration tests, from DATABASE_URL; skips the test when unset
+    (fails it with SWITCHYARD_REQUIRE_INFRA=1)."""
     url = os.environ.get("DATABASE_URL")
     if not url:
         _missing("DATABASE_URL")
@@ -62,6 +66,7 @@ def temporary_database(server_url: str, prefix: str = "sytest") -> Iterator[str]
 
 
 def unique_prefix(base: str = "sytest") -> str:
+    """A topic or database prefix no other test run uses: `base` plus 10 random hex digits."""
     return f"{base}-{uuid.uuid4().hex[:10]}"
 
 
@@ -95,6 +100,9 @@ async def async_wait_until(
     interval: float = 0.1,
     message: str = "condition",
 ) -> T:
+    """Await `check()` every `interval` seconds until it returns something truthy, and return
+    that. Exceptions it raises are retried. Raises AssertionError naming `message` (and the
+    last exception) after `timeout` seconds."""
     import asyncio
 
     deadline = time.monotonic() + timeout

@@ -20,6 +20,8 @@ SWITCHYARD = [sys.executable, "-m", "switchyard.common.cli"]
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the OS picks it; another process may still take
+    it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return cast(int, sock.getsockname()[1])
@@ -38,18 +40,24 @@ def peak_rss_mb(pid: int) -> float | None:
 
 @dataclass
 class Process:
+    """A `switchyard` subprocess started by a test: its name, process, log file and port."""
+
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
     port: int | None = None
 
     def log(self) -> str:
+        """Everything the process wrote to stdout and stderr so far ("" before it wrote
+        anything)."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def peak_rss_mb(self) -> float | None:
+        """The process's peak resident memory in MiB, or None once it has exited."""
         return peak_rss_mb(self.popen.pid)
 
     def stop(self, timeout: float = 15) -> None:
+        """Send SIGTERM and wait up to `timeout` seconds for the process to exit, then kill it."""
         if self.popen.poll() is None:
             self.popen.terminate()
             try:
@@ -72,6 +80,9 @@ class ProcessGroup:
     created_topics: list[tuple[str, str]] = field(default_factory=list)
 
     def cli(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> str:
+        """Run `switchyard *args` in the group's environment (plus `env`), with `stdin` as input,
+        and return its stdout. Raises AssertionError with its output when it exits non-zero, and
+        subprocess.TimeoutExpired after 120 s."""
         merged = {**self.env, **(env or {})}
         if args[:2] == ("topics", "create") and merged.get("KAFKA_BOOTSTRAP_SERVERS"):
             self.created_topics.append(
@@ -101,6 +112,9 @@ class ProcessGroup:
         ready_path: str = "/readyz",
         timeout: float = 90,
     ) -> Process:
+        """Start `switchyard *args` as service `name` listening on `port` (its log in the work
+        dir) and wait until GET `ready_path` answers 200. Raises AssertionError when the process
+        exits first or is not ready within `timeout` seconds."""
         log_path = self.workdir / f"{name}.log"
         popen = subprocess.Popen(
             [*SWITCHYARD, *args],
@@ -123,6 +137,7 @@ class ProcessGroup:
         return process
 
     def logs(self) -> str:
+        """The last 6000 characters of every process's log, each under its name."""
         return "\n".join(f"===== {p.name} =====\n{p.log()[-6000:]}" for p in self.processes)
 
     def stop_all(self) -> None:

@@ -34,6 +34,9 @@ _USER_NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 
 class CreateUser(BaseModel):
+    """A new user of the caller's tenant: email, role (`admin` or `member`, default
+    `member`) and an optional initial password of 8 to 1024 characters."""
+
     email: str = Field(min_length=3, max_length=320)
     role: Literal["admin", "member"] = "member"
     password: str | None = Field(
@@ -57,6 +60,7 @@ class UserOut(BaseModel):
 
     @classmethod
     def of(cls, user: User) -> UserOut:
+        """The admin API's view of `user`: `has_password` instead of the hash."""
         return cls(
             id=user.id,
             email=user.email,
@@ -69,6 +73,8 @@ class UserOut(BaseModel):
 
 
 class UserList(BaseModel):
+    """Users of the caller's tenant, oldest first."""
+
     object: Literal["list"] = "list"
     data: list[UserOut]
 

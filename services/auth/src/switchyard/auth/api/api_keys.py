@@ -52,6 +52,9 @@ class CreateApiKey(LimitsIn):
 
 
 class CreatedApiKey(BaseModel):
+    """A key just created: the secret itself (shown in this response only), its id, visible
+    prefix, scopes, models, expiry, team and limits."""
+
     key: str = Field(description="The secret. It is shown only in this response; store it now.")
     key_id: str
     name: str
@@ -86,6 +89,8 @@ class ApiKeyOut(BaseModel):
 
     @classmethod
     def of(cls, record: ApiKey, now: datetime | None = None) -> ApiKeyOut:
+        """The list view of `record`; its `status` is `revoked`, `expired` (at `now`, default:
+        the current time) or `active`."""
         now = now or datetime.now(UTC)
         if record.revoked_at is not None:
             state: Literal["active", "revoked", "expired"] = "revoked"
@@ -112,11 +117,15 @@ class ApiKeyOut(BaseModel):
 
 
 class ApiKeyList(BaseModel):
+    """API keys, oldest first."""
+
     object: Literal["list"] = "list"
     data: list[ApiKeyOut]
 
 
 def require_keys_scope(claims: AccessClaims) -> None:
+    """Raise APIError 403 (`insufficient_scope`) unless the access token holds the `keys:write`
+    scope."""
     if known_scopes.KEYS_WRITE not in claims.scopes:
         raise APIError(
             403,
@@ -126,6 +135,7 @@ def require_keys_scope(claims: AccessClaims) -> None:
 
 
 def created_key(issued: IssuedApiKey) -> CreatedApiKey:
+    """The create response of a newly issued key: its secret and its record's fields."""
     record = issued.record
     return CreatedApiKey(
         key=issued.key,

@@ -18,10 +18,12 @@ _BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 def get_context(request: Request) -> AuthContext:
+    """The auth service's wiring (`AuthContext`) that the app factory put on `app.state.auth`."""
     return cast(AuthContext, request.app.state.auth)
 
 
 def get_service(context: Annotated[AuthContext, Depends(get_context)]) -> AuthService:
+    """The app's `AuthService`."""
     return context.service
 
 
@@ -29,6 +31,7 @@ Service = Annotated[AuthService, Depends(get_service)]
 
 
 def get_governance(context: Annotated[AuthContext, Depends(get_context)]) -> Governance:
+    """The app's `Governance` (teams and limits)."""
     return context.governance
 
 
@@ -45,6 +48,9 @@ async def get_access_claims(
     service: Service,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> AccessClaims:
+    """The verified claims of the request's bearer access token. Raises APIError 401
+    (`missing_token` or `invalid_token`, with a `WWW-Authenticate: Bearer` challenge) when the
+    header is missing or the token does not verify."""
     if credentials is None:
         raise APIError(
             401,
@@ -67,6 +73,9 @@ AccessClaimsDep = Annotated[AccessClaims, Depends(get_access_claims)]
 
 
 async def get_current_user(service: Service, claims: AccessClaimsDep) -> User:
+    """The user of the request's access token, checked against the database. Raises
+    APIError 401 (`invalid_token`) when the user no longer exists, is disabled, or the token or
+    its sign-in was revoked."""
     # A token can outlive its user, the user's access or its sign-in (logout, reuse
     # detected): auth checks the database every time, it is the source of truth.
     user = await service.active_user(claims.user_id)

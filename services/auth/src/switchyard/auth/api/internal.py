@@ -17,17 +17,23 @@ from switchyard.common.jsonbody import BoundedJsonRoute
 
 
 class ApiKeyLookup(BaseModel):
+    """The hash of an API key a gateway was shown."""
+
     secret_hash: str = Field(
         pattern=r"^[0-9a-fA-F]{64}$", description="sha256 hex digest of the presented API key."
     )
 
 
 class RevokedTokenOut(BaseModel):
+    """An access token (`jti`) refused until it expires (`expires_at`)."""
+
     jti: str
     expires_at: datetime
 
 
 class RevokedSessionOut(BaseModel):
+    """A sign-in session whose access tokens are all refused until `expires_at`."""
+
     sid: str = Field(description="Token family id, the `sid` claim of its access tokens.")
     expires_at: datetime = Field(description="No access token of it is valid after this.")
 
@@ -44,12 +50,17 @@ class RevocationsOut(BaseModel):
 
 
 class UserStatusOut(BaseModel):
+    """Whether a user may currently use their tokens and API keys."""
+
     user_id: str
     tenant: str
     active: bool = Field(description="False while the user is disabled.")
 
 
 class ApiKeyIdentityOut(BaseModel):
+    """Who an API key belongs to and what it may do: owner, tenant, role, scopes, models
+    (null: any), expiry and team."""
+
     key_id: str
     user_id: str
     tenant: str
@@ -61,6 +72,9 @@ class ApiKeyIdentityOut(BaseModel):
 
 
 class LevelPolicyOut(BaseModel):
+    """One level (tenant, team, user or API key) of a caller's policy: its id, limits and
+    budget anchor, and for teams and keys their response cache opt-in."""
+
     id: str
     limits: Limits
     budget_anchor_at: datetime | None
@@ -82,6 +96,9 @@ class PolicyOut(BaseModel):
 
 
 def internal_router(internal_token: str) -> APIRouter:
+    """The service-to-service API under `/internal/v1` (API key lookup, user status,
+    policies, revocations), for gateways only: every route answers 401 unless the request's
+    `x-switchyard-internal-token` header carries `internal_token`."""
     router = APIRouter(
         prefix="/internal/v1",
         tags=["internal"],

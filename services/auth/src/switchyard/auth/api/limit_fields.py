@@ -29,10 +29,16 @@ class LimitsIn(BaseModel):
     max_parallel_requests: Number = Field(default=None, description="Requests at once.")
 
     def patch(self) -> dict[str, Any]:
+        """The limit fields the request sent, name to value (None: remove that limit); absent
+        fields are left out."""
         return {name: getattr(self, name) for name in LIMIT_FIELDS if name in self.model_fields_set}
 
 
 class LimitsOut(BaseModel):
+    """The limits set at one level (null: no limit): budget in USD per period (`1d`, `7d`,
+    `30d`, or null for a lifetime budget), requests and tokens per minute, and concurrent
+    requests."""
+
     max_budget_usd: float | None
     budget_period: str | None
     budget_anchor_at: datetime | None = Field(
@@ -44,6 +50,8 @@ class LimitsOut(BaseModel):
 
     @classmethod
     def of(cls, row: LimitColumns | None) -> LimitsOut:
+        """The limits stored on a tenant, team, user or key row, with its budget anchor; all null
+        for None."""
         limits = limits_of(row)
         return cls(
             **limits.model_dump(),
@@ -66,6 +74,8 @@ class CacheIn(BaseModel):
     )
 
     def cache_patch(self) -> dict[str, Any]:
+        """The cache fields the request sent, name to value (None: unset); absent fields are left
+        out."""
         return {name: getattr(self, name) for name in CACHE_FIELDS if name in self.model_fields_set}
 
 

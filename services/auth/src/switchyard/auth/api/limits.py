@@ -49,16 +49,24 @@ router = APIRouter(tags=["teams and limits"], route_class=BoundedJsonRoute)
 
 
 class CreateTeam(LimitsIn, CacheIn):
+    """A new team of the caller's tenant: a name unique in the tenant, the models its members
+    may use (null: any the tenant may), its limits and response cache opt-in."""
+
     name: str = Field(min_length=1, max_length=200)
     allowed_models: list[str] | None = None
 
 
 class UpdateTeam(LimitsIn, CacheIn):
+    """Changes to a team: only the fields sent change (null removes a limit or the model
+    list)."""
+
     name: str | None = Field(default=None, min_length=1, max_length=200)
     allowed_models: list[str] | None = None
 
 
 class TeamOut(BaseModel):
+    """A team with its models, limits and response cache opt-in."""
+
     id: str
     tenant: str
     name: str
@@ -69,6 +77,7 @@ class TeamOut(BaseModel):
 
     @classmethod
     def of(cls, team: Team) -> TeamOut:
+        """The API's view of the team row `team`."""
         return cls(
             id=team.id,
             tenant=team.tenant,
@@ -81,15 +90,22 @@ class TeamOut(BaseModel):
 
 
 class TeamList(BaseModel):
+    """The teams of the caller's tenant, oldest first."""
+
     object: Literal["list"] = "list"
     data: list[TeamOut]
 
 
 class UpdateUser(LimitsIn):
+    """Changes to a user: their team (null: none) and limits; only the fields sent change,
+    and limits must stay within the team's and tenant's."""
+
     team_id: str | None = Field(default=None, description="The user's team; null: none.")
 
 
 class UserLimitsOut(BaseModel):
+    """A user with their team and their own limits."""
+
     id: str
     email: str
     tenant: str
@@ -99,16 +115,25 @@ class UserLimitsOut(BaseModel):
 
 
 class AdminCreateApiKey(CreateApiKey):
+    """A new key for any user of the caller's tenant (`user_id`), with its team, scopes,
+    models, expiry and limits."""
+
     user_id: str = Field(description="The user of the caller's tenant who owns the key.")
 
 
 class UpdateApiKey(LimitsIn, CacheIn):
+    """Changes to a key: its team, limits and response cache opt-in; only the fields sent
+    change."""
+
     team_id: str | None = Field(
         default=None, description="The key's team (its user's team), or null for none."
     )
 
 
 class TenantOut(BaseModel):
+    """The caller's tenant: its own limits, and what gateways do when the limit store cannot
+    answer (`open`: admit without counting, `closed`: refuse), for rate limits and budgets."""
+
     tenant: str
     limits: LimitsOut
     rate_limit_failure_mode: str
@@ -116,6 +141,8 @@ class TenantOut(BaseModel):
 
 
 class LevelOut(BaseModel):
+    """One level whose limits apply to the caller: its id and limits."""
+
     id: str
     limits: LimitsOut
 
@@ -359,6 +386,7 @@ async def get_tenant(admin: AdminUser, governance: GovernanceDep) -> TenantOut:
 
 
 def tenant_out(row: Tenant) -> TenantOut:
+    """The API's view of the tenant row `row`."""
     return TenantOut(
         tenant=row.tenant,
         limits=LimitsOut.of(row),

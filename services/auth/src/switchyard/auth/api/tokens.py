@@ -36,6 +36,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class PasswordGrant(BaseModel):
+    """The OAuth 2.0 password grant (RFC 6749, section 4.3): the user's email as
+    `username` and their password, as JSON or form fields."""
+
     # OAuth2 clients also send client_id, scope and the like; they are ignored.
     model_config = ConfigDict(extra="ignore")
 
@@ -45,6 +48,9 @@ class PasswordGrant(BaseModel):
 
 
 class RefreshGrant(BaseModel):
+    """A refresh token to exchange for a new access token and refresh token (RFC 6749, section
+    6)."""
+
     model_config = ConfigDict(extra="ignore")
 
     grant_type: Literal["refresh_token"] = "refresh_token"
@@ -52,12 +58,18 @@ class RefreshGrant(BaseModel):
 
 
 class LogoutRequest(BaseModel):
+    """The refresh token of the sign-in to end; optional when the request carries the access
+    token instead."""
+
     model_config = ConfigDict(extra="ignore")
 
     refresh_token: str | None = Field(default=None, min_length=1, max_length=512)
 
 
 class TokenResponse(BaseModel):
+    """A successful token response (RFC 6749, section 5.1): a bearer access token (a JWT),
+    its lifetime, and the single-use refresh token that replaces it."""
+
     access_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int = Field(description="Seconds until the access token expires.")
@@ -116,6 +128,8 @@ def _validate(model: type[M], fields: Any) -> M:
 
 
 def busy_hashing() -> APIError:
+    """The 429 error (code `too_many_attempts`, Retry-After 1 s) for a request refused because
+    too many password hashes are already waiting."""
     return APIError(
         429,
         "Too many sign-ins are being checked right now; retry shortly.",

@@ -21,6 +21,8 @@ version_table = config.attributes.get("version_table", DEFAULT_VERSION_TABLE)
 
 
 def run_migrations_offline() -> None:
+    """Write the migrations' SQL for the configured URL instead of running them (Alembic's
+    `--sql` mode)."""
     url = config.get_main_option("sqlalchemy.url")
     context.configure(
         url=url,
@@ -34,6 +36,8 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
+    """Run the migrations on the connection the caller put in the Alembic config
+    (`connection`), or on a new one to the configured URL; SQLite in batch mode."""
     connectable = config.attributes.get("connection") or engine_from_config(
         config.get_section(config.config_ini_section, {}),
         prefix="sqlalchemy.",

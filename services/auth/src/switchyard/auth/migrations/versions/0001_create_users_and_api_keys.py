@@ -19,6 +19,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    """Create `auth_users` (unique email, tenant index) and `auth_api_keys` (unique key hash,
+    user index)."""
     op.create_table(
         "auth_users",
         sa.Column("id", sa.Text(), primary_key=True),
@@ -56,6 +58,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop `auth_api_keys` and `auth_users` with their indexes."""
     op.drop_index("ix_auth_api_keys_user_id", table_name="auth_api_keys")
     op.drop_table("auth_api_keys")
     op.drop_index("ix_auth_users_tenant", table_name="auth_users")

@@ -20,6 +20,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    """Create `auth_token_families`, `auth_refresh_tokens`, `auth_revoked_tokens`,
+    `auth_signing_keys` and `auth_outbox`, with their indexes."""
     op.create_table(
         "auth_token_families",
         sa.Column("id", sa.Text(), primary_key=True),
@@ -92,6 +94,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop the tables revision 0002 created, with their indexes."""
     op.drop_index("ix_auth_outbox_published_at_id", table_name="auth_outbox")
     op.drop_table("auth_outbox")
     op.drop_table("auth_signing_keys")

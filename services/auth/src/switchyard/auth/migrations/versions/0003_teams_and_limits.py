@@ -31,6 +31,8 @@ def _limit_columns() -> list[sa.Column[Any]]:
 
 
 def upgrade() -> None:
+    """Create `auth_tenants` and `auth_teams`, and add the limit columns and `team_id` to
+    `auth_users` and `auth_api_keys` (batch mode on SQLite)."""
     op.create_table(
         "auth_tenants",
         sa.Column("tenant", sa.String(128), primary_key=True),
@@ -67,6 +69,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop `team_id` and the limit columns of users and keys, then `auth_teams` and
+    `auth_tenants`."""
     for table, fk in (
         ("auth_api_keys", "fk_auth_api_keys_team_id"),
         ("auth_users", "fk_auth_users_team_id"),

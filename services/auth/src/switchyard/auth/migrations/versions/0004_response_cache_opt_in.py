@@ -22,6 +22,8 @@ TABLES = ("auth_teams", "auth_api_keys")
 
 
 def upgrade() -> None:
+    """Add the nullable `cache_enabled` and `cache_ttl_s` columns to `auth_teams` and
+    `auth_api_keys`."""
     for table in TABLES:
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column("cache_enabled", sa.Boolean(), nullable=True))
@@ -29,6 +31,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Drop `cache_enabled` and `cache_ttl_s` from `auth_teams` and `auth_api_keys`."""
     for table in TABLES:
         with op.batch_alter_table(table) as batch:
             batch.drop_column("cache_ttl_s")
