@@ -31,13 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from benchkit import free_port, markdown_table, timed
 
 from switchyard.auth.signing import SigningKey, generate_private_key, private_key_pem
 from switchyard.auth.tokens import TokenIssuer
 from switchyard.common.events import ApiKeyRevoked, ApiKeyRevokedData, new_id
 from switchyard.common.logging import configure_logging
 from switchyard.common.testing.infra import temporary_database, unique_prefix
-from switchyard.common.testing.processes import ProcessGroup, free_port
+from switchyard.common.testing.processes import ProcessGroup
 from switchyard.gateway.auth import AuthenticationError, Authenticator, Principal, _CachedKey
 from switchyard.gateway.revocations import RevocationState, RevocationSync
 
@@ -77,33 +78,10 @@ class Row:
 
 def print_table(rows: list[Row], skipped: list[str]) -> None:
     header = ["measurement", "n", "mean", "p50", "p99", "max", "unit"]
-    table = [header] + [row.cells() for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(parts) + " |"
-
-    print(line(header))
-    print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
-    for cells in table[1:]:
-        print(line(cells))
+    for line in markdown_table(header, [row.cells() for row in rows], padded=True):
+        print(line)
     for reason in skipped:
         print(f"skipped: {reason}")
-
-
-async def timed(call: Callable[[], Awaitable[object]], iterations: int) -> list[float]:
-    for _ in range(min(200, iterations)):  # warm up
-        await call()
-    samples = []
-    for _ in range(iterations):
-        started = time.perf_counter_ns()
-        await call()
-        samples.append((time.perf_counter_ns() - started) / 1000)
-    return samples
 
 
 def key_identity(key_id: str) -> dict:

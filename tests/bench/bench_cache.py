@@ -17,17 +17,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from run import RESULTS, build_loadgen, load
-
-from switchyard.common.testing.infra import temporary_database, unique_prefix
-from switchyard.common.testing.processes import ProcessGroup, free_port
+from benchkit import (
+    build_loadgen,
+    free_port,
+    kafka_deployment,
+    load,
+    markdown_table,
+    simulator_routing,
+    start_simulator,
+    write_results,
+)
 
 BODY = {
     "model": "sim-small",
@@ -48,166 +53,83 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
     args = parser.parse_args()
-    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-    database = os.environ.get(
-        "DATABASE_URL", "postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard"
-    )
     rows: list[tuple[str, dict]] = []
     with tempfile.TemporaryDirectory(prefix="switchyard-bench-cache-") as tmp:
         workdir = Path(tmp)
         loadgen = build_loadgen(workdir)
+        if loadgen is None:
+            sys.exit("the benchmark's load generator needs Go (go build); install golang")
         body = workdir / "body.json"
         body.write_text(json.dumps(BODY))
         stream_body = workdir / "stream.json"
         stream_body.write_text(json.dumps({**BODY, "stream": True}))
-        ports = {
-            name: free_port() for name in ("simulator", "auth", "history", "inference", "gateway")
-        }
-        simulator_url = f"http://127.0.0.1:{ports['simulator']}"
+        simulator_port = free_port()
+        simulator_url = f"http://127.0.0.1:{simulator_port}"
         routing = workdir / "routing.yaml"
-        routing.write_text(
-            f"models:\n  sim-small:\n    deployments:\n      - name: simulator\n"
-            f"        provider: openai\n        model: sim-small\n"
-            f"        base_url: {simulator_url}/v1\n"
-        )
-        with temporary_database(database, prefix="sybenchc") as db_url:
-            group = ProcessGroup(
-                env={
-                    **os.environ,
-                    "SWITCHYARD_ENVIRONMENT": "development",
-                    "SWITCHYARD_BUS": "kafka",
-                    "KAFKA_BOOTSTRAP_SERVERS": servers,
-                    "SWITCHYARD_TOPIC_PREFIX": unique_prefix("sybenchc"),
-                    "SWITCHYARD_INTERNAL_TOKEN": secrets.token_urlsafe(24),
-                    "DATABASE_URL": db_url,
-                    "SWITCHYARD_ROUTING_FILE": str(routing),
-                    "SWITCHYARD_AUTH_URL": f"http://127.0.0.1:{ports['auth']}",
-                    "SWITCHYARD_HISTORY_URL": f"http://127.0.0.1:{ports['history']}",
-                    "SWITCHYARD_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",
-                    "SWITCHYARD_LOG_LEVEL": "WARNING",
-                },
-                workdir=workdir,
-            )
-            try:
-                group.start(
-                    "simulator",
-                    "simulator",
-                    "--port",
-                    str(ports["simulator"]),
-                    port=ports["simulator"],
-                    ready_path="/v1/models",
+        routing.write_text(simulator_routing(simulator_url))
+        with kafka_deployment(workdir, routing, "sybenchc", tenant="bench") as deployment:
+            start_simulator(deployment.group, simulator_port)
+            direct_url = f"{simulator_url}/v1/chat/completions"
+            direct = load(loadgen, direct_url, body, concurrency=1, seconds=args.seconds)
+            rows.append(("direct (simulator)", direct))
+            deployment.group.cli("tenant-settings", "set", "--tenant", "bench", "--cache")
+            deployment.start_services()
+            gateway, key = deployment.gateway, deployment.key
+            url = f"{gateway}/v1/chat/completions"
+            auth = {"Authorization": f"Bearer {key}"}
+            for primer in (BODY, {**BODY, "stream": True}):
+                before = stored(gateway)
+                # A gateway that could not read the tenant's cache settings yet (history
+                # slow to answer on a loaded machine) caches nothing for a moment.
+                deadline = time.monotonic() + 30
+                while True:
+                    first = httpx.post(url, json=primer, headers=auth, timeout=30)
+                    if first.headers.get("x-switchyard-cache") == "miss":
+                        break
+                    assert time.monotonic() < deadline, first.headers
+                    time.sleep(0.5)
+                deadline = time.monotonic() + 10
+                while stored(gateway) <= before and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            hit = httpx.post(url, json=BODY, headers=auth, timeout=30)
+            assert hit.headers.get("x-switchyard-cache") == "hit", hit.headers
+            cells = [
+                ("Kafka mode, cache hit", body, False, ()),
+                ("Kafka mode, cache hit (stream)", stream_body, True, ()),
+                ("Kafka mode, cache off", body, False, ("X-Switchyard-Cache: off",)),
+            ]
+            for name, cell_body, stream, headers in cells:
+                out = load(
+                    loadgen,
+                    url,
+                    cell_body,
+                    concurrency=1,
+                    seconds=args.seconds,
+                    api_key=key,
+                    stream=stream,
+                    headers=headers,
                 )
-                rows.append(
-                    (
-                        "direct (simulator)",
-                        load(
-                            loadgen,
-                            f"{simulator_url}/v1/chat/completions",
-                            body,
-                            concurrency=1,
-                            seconds=args.seconds,
-                        ),
-                    )
-                )
-                group.cli("topics", "create")
-                group.cli("db", "upgrade")
-                group.cli(
-                    "users",
-                    "create",
-                    "--email",
-                    "bench@example.com",
-                    "--tenant",
-                    "bench",
-                    "--no-password",
-                )
-                group.cli("tenant-settings", "set", "--tenant", "bench", "--cache")
-                key = json.loads(
-                    group.cli("keys", "create", "--email", "bench@example.com", "--json")
-                )["key"]
-                for name in ("auth", "history", "inference", "gateway"):
-                    group.start(name, name, "--port", str(ports[name]), port=ports[name])
-                gateway = f"http://127.0.0.1:{ports['gateway']}"
-                url = f"{gateway}/v1/chat/completions"
-                auth = {"Authorization": f"Bearer {key}"}
-                for primer in (BODY, {**BODY, "stream": True}):
-                    before = stored(gateway)
-                    # A gateway that could not read the tenant's cache settings yet (history
-                    # slow to answer on a loaded machine) caches nothing for a moment.
-                    deadline = time.monotonic() + 30
-                    while True:
-                        first = httpx.post(url, json=primer, headers=auth, timeout=30)
-                        if first.headers.get("x-switchyard-cache") == "miss":
-                            break
-                        assert time.monotonic() < deadline, first.headers
-                        time.sleep(0.5)
-                    deadline = time.monotonic() + 10
-                    while stored(gateway) <= before and time.monotonic() < deadline:
-                        time.sleep(0.05)
-                hit = httpx.post(url, json=BODY, headers=auth, timeout=30)
-                assert hit.headers.get("x-switchyard-cache") == "hit", hit.headers
-                rows.append(
-                    (
-                        "Kafka mode, cache hit",
-                        load(loadgen, url, body, concurrency=1, seconds=args.seconds, api_key=key),
-                    )
-                )
-                rows.append(
-                    (
-                        "Kafka mode, cache hit (stream)",
-                        load(
-                            loadgen,
-                            url,
-                            stream_body,
-                            concurrency=1,
-                            seconds=args.seconds,
-                            api_key=key,
-                            stream=True,
-                        ),
-                    )
-                )
-                rows.append(
-                    (
-                        "Kafka mode, cache off",
-                        load(
-                            loadgen,
-                            url,
-                            body,
-                            concurrency=1,
-                            seconds=args.seconds,
-                            api_key=key,
-                            headers=("X-Switchyard-Cache: off",),
-                        ),
-                    )
-                )
-            except Exception:
-                print(group.logs()[-8000:], file=sys.stderr)
-                raise
-            finally:
-                group.stop_all()
+                rows.append((name, out))
     floor = rows[0][1]["p50_ms"]
     lines = [
         f"Response cache, c=1, {args.seconds:g} s per cell ({os.cpu_count()} cores, "
         f"{time.strftime('%Y-%m-%d', time.gmtime())})",
         "",
-        "| set-up | requests/s | p50 ms | p99 ms | added p50 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|",
     ]
+    table = []
     for name, out in rows:
         added = "" if name.startswith("direct") else f"{out['p50_ms'] - floor:+.2f}"
-        lines.append(
-            f"| {name} | {out['rps']:,.0f} | {out['p50_ms']:.2f} | {out['p99_ms']:.2f} | "
-            f"{added} | {out['errors']} |"
-        )
+        p50, p99 = f"{out['p50_ms']:.2f}", f"{out['p99_ms']:.2f}"
+        table.append([name, f"{out['rps']:,.0f}", p50, p99, added, str(out["errors"])])
+    header = ["set-up", "requests/s", "p50 ms", "p99 ms", "added p50 ms", "errors"]
+    lines += markdown_table(header, table)
     hit_added = rows[1][1]["p50_ms"] - floor
     verdict = "met" if hit_added <= TARGET_ADDED_MS else "missed"
     lines += [
         "",
         f"Cache hit added p50: {hit_added:+.2f} ms (target ≤ {TARGET_ADDED_MS} ms: {verdict})",
     ]
-    table = "\n".join(lines) + "\n"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "cache.md").write_text(table)
-    print(table)
+    write_results("cache.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

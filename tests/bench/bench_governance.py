@@ -21,10 +21,10 @@ import argparse
 import asyncio
 import os
 import statistics
-import time
 from collections.abc import Awaitable, Callable
 
 from bench_auth import Row, print_table
+from benchkit import timed
 
 from switchyard.common.db import upgrade
 from switchyard.common.events import TokenUsage, UsageData, UsageRecorded, new_id
@@ -110,25 +110,16 @@ def one_request(admission: Admission) -> Callable[[], Awaitable[None]]:
     return call
 
 
-async def timed(call: Callable[[], Awaitable[None]], iterations: int) -> list[float]:
-    for _ in range(min(500, iterations)):  # warm up: tokenizer, leases, caches
-        await call()
-    samples = []
-    for _ in range(iterations):
-        started = time.perf_counter_ns()
-        await call()
-        samples.append((time.perf_counter_ns() - started) / 1000)
-        await asyncio.sleep(0)  # let the background flush run, as it would between requests
-    return samples
-
-
 async def measure(name: str, ledger: Ledger, policy: Policy, iterations: int) -> Row:
     admission = Admission(
         ledger=ledger, policies=FixedPolicies(policy), prices=PriceTable(), replica="bench"
     )
     await admission.start()
     try:
-        return Row(name, await timed(one_request(admission), iterations))
+        # Warm-up: tokenizer, leases, caches; yielding lets the background flush run, as
+        # it would between requests.
+        samples = await timed(one_request(admission), iterations, warmup=500, yield_between=True)
+        return Row(name, samples)
     finally:
         await admission.stop()
 

@@ -31,9 +31,9 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import structlog
+from benchkit import write_results
 
 from switchyard.common.db import upgrade
 from switchyard.common.events import (
@@ -541,12 +541,7 @@ def main() -> None:
         sections += asyncio.run(bench_queries(database, args.rows, args.repeats, args.tenants)) + [
             ""
         ]
-    report = "\n".join(sections)
-    results = Path(__file__).resolve().parents[2] / "bench-results"
-    results.mkdir(exist_ok=True)
-    (results / "history.md").write_text(report)
-    print()
-    print(report)
+    write_results("history.md", "\n".join(sections))
 
 
 if __name__ == "__main__":

@@ -18,25 +18,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import secrets
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from benchkit import (
+    DEV_KEY,
+    START_TIMEOUT_S,
+    build_loadgen,
+    embedded_group,
+    kafka_deployment,
+    load,
+    machine,
+    markdown_table,
+    simulator_routing,
+    start_simulator,
+    write_results,
+)
 
-from switchyard.common.testing.infra import temporary_database, unique_prefix
 from switchyard.common.testing.processes import ProcessGroup, free_port
+from switchyard.simulator.testing import simulator_at
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).parent))  # bench_history's lag helper
-RESULTS = ROOT / "bench-results"
-DEV_KEY = "sk-sy-bench" + "0" * 38
 CHAT_BODY = {
     "model": "sim-small",
     "messages": [{"role": "user", "content": "Say hello to the benchmark"}],
@@ -64,59 +68,6 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
-def build_loadgen(workdir: Path) -> Path:
-    binary = workdir / "loadgen"
-    subprocess.run(
-        ["go", "build", "-o", str(binary), "."],
-        cwd=Path(__file__).parent / "loadgen",
-        check=True,
-        env={**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
-    )
-    return binary
-
-
-def load(
-    loadgen: Path,
-    url: str,
-    body_file: Path,
-    *,
-    concurrency: int,
-    seconds: float,
-    stream: bool = False,
-    api_key: str | None = None,
-    headers: tuple[str, ...] = (),
-) -> dict:
-    command = [
-        str(loadgen),
-        "-url",
-        url,
-        "-body",
-        str(body_file),
-        "-c",
-        str(concurrency),
-        "-d",
-        f"{seconds}s",
-        "-warmup",
-        "1s",
-    ]
-    if stream:
-        command.append("-stream")
-    if api_key:
-        command += ["-H", f"Authorization: Bearer {api_key}"]
-    for header in headers:
-        command += ["-H", header]
-    result = subprocess.run(
-        command, capture_output=True, text=True, check=True, timeout=seconds + 60
-    )
-    return json.loads(result.stdout)
-
-
-def set_latency(simulator_url: str, latency_ms: int) -> None:
-    httpx.put(
-        f"{simulator_url}/_sim/latency", json={"latency_ms": latency_ms}, timeout=5
-    ).raise_for_status()
-
-
 def measure(
     report: Report,
     setup: str,
@@ -134,61 +85,49 @@ def measure(
     stream_body.write_text(
         json.dumps({**CHAT_BODY, "stream": True, "stream_options": {"include_usage": True}})
     )
-    for upstream_ms in args.latencies:
-        set_latency(simulator_url, upstream_ms)
-        for concurrency in args.concurrency:
-            out = load(
-                loadgen, url, body, concurrency=concurrency, seconds=args.seconds, api_key=api_key
-            )
-            report.rows.append(
-                Row(
-                    setup,
-                    upstream_ms,
-                    concurrency,
-                    False,
-                    out["rps"],
-                    out["p50_ms"],
-                    out["p99_ms"],
-                    None,
-                    out["errors"],
-                )
-            )
-            print(
-                f"  {setup:<28} upstream {upstream_ms:>3} ms  c={concurrency:<3} "
-                f"{out['rps']:>8.0f} req/s  p50 {out['p50_ms']:.2f} ms  p99 {out['p99_ms']:.2f} ms"
-                f"  errors {out['errors']}",
-                flush=True,
-            )
-            if after_cell is not None:
-                after_cell(upstream_ms, concurrency)
-        out = load(
-            loadgen,
-            url,
-            stream_body,
-            concurrency=1,
-            seconds=args.seconds,
-            stream=True,
-            api_key=api_key,
-        )
-        report.rows.append(
-            Row(
-                setup,
-                upstream_ms,
-                1,
-                True,
-                out["rps"],
-                out["p50_ms"],
-                out["p99_ms"],
-                out["ttft_p50_ms"],
-                out["errors"],
-            )
-        )
-        print(
-            f"  {setup:<28} upstream {upstream_ms:>3} ms  c=1   streaming: TTFT p50 "
-            f"{out['ttft_p50_ms']:.2f} ms, total p50 {out['p50_ms']:.2f} ms",
-            flush=True,
-        )
-    set_latency(simulator_url, 0)
+    cells = [(concurrency, False) for concurrency in args.concurrency] + [(1, True)]
+    with simulator_at(simulator_url) as simulator:
+        for upstream_ms in args.latencies:
+            with simulator.slowed(upstream_ms):
+                for concurrency, stream in cells:
+                    out = load(
+                        loadgen,
+                        url,
+                        stream_body if stream else body,
+                        concurrency=concurrency,
+                        seconds=args.seconds,
+                        stream=stream,
+                        api_key=api_key,
+                    )
+                    ttft = out["ttft_p50_ms"] if stream else None
+                    report.rows.append(
+                        Row(
+                            setup,
+                            upstream_ms,
+                            concurrency,
+                            stream,
+                            out["rps"],
+                            out["p50_ms"],
+                            out["p99_ms"],
+                            ttft,
+                            out["errors"],
+                        )
+                    )
+                    cell = f"  {setup:<28} upstream {upstream_ms:>3} ms  c={concurrency:<3} "
+                    if stream:
+                        print(
+                            f"{cell}streaming: TTFT p50 {ttft:.2f} ms, "
+                            f"total p50 {out['p50_ms']:.2f} ms",
+                            flush=True,
+                        )
+                        continue
+                    print(
+                        f"{cell}{out['rps']:>8.0f} req/s  p50 {out['p50_ms']:.2f} ms  "
+                        f"p99 {out['p99_ms']:.2f} ms  errors {out['errors']}",
+                        flush=True,
+                    )
+                    if after_cell is not None:
+                        after_cell(upstream_ms, concurrency)
 
 
 def bench_direct(report, loadgen, workdir, simulator_url, args) -> None:
@@ -207,34 +146,10 @@ def bench_direct(report, loadgen, workdir, simulator_url, args) -> None:
 
 def bench_embedded(report, loadgen, workdir, simulator_url, args) -> None:
     print("Switchyard embedded (switchyard dev)", flush=True)
-    routing = workdir / "routing.yaml"
-    routing.write_text(
-        f"models:\n  sim-small:\n    deployments:\n      - name: simulator\n"
-        f"        provider: openai\n        model: sim-small\n"
-        f"        base_url: {simulator_url}/v1\n"
-    )
-    port = free_port()
-    group = ProcessGroup(
-        env={
-            **os.environ,
-            "SWITCHYARD_DEV_API_KEY": DEV_KEY,
-            "SWITCHYARD_ROUTING_FILE": str(routing),
-            "SWITCHYARD_GATEWAY_PORT": str(port),
-            "SWITCHYARD_AUTH_PORT": str(free_port()),
-            "SWITCHYARD_HISTORY_PORT": str(free_port()),
-            "SWITCHYARD_INFERENCE_PORT": str(free_port()),
-            "SWITCHYARD_AUTH_URL": "",
-            "SWITCHYARD_HISTORY_URL": "",
-            "SWITCHYARD_LOG_LEVEL": "WARNING",
-        },
-        workdir=workdir / "embedded",
-    )
-    group.workdir.mkdir()
-    # The dev runner derives auth/history URLs from their ports.
-    group.env["SWITCHYARD_AUTH_URL"] = f"http://127.0.0.1:{group.env['SWITCHYARD_AUTH_PORT']}"
-    group.env["SWITCHYARD_HISTORY_URL"] = f"http://127.0.0.1:{group.env['SWITCHYARD_HISTORY_PORT']}"
+    group = embedded_group(workdir, workdir / "routing.yaml", "embedded")
+    port = int(group.env["SWITCHYARD_GATEWAY_PORT"])
     try:
-        process = group.start("embedded", "dev", port=port)
+        process = group.start("embedded", "dev", port=port, timeout=START_TIMEOUT_S)
         measure(
             report,
             "embedded (1 process)",
@@ -252,82 +167,45 @@ def bench_embedded(report, loadgen, workdir, simulator_url, args) -> None:
 
 def bench_kafka(report, loadgen, workdir, simulator_url, args) -> None:
     print("Switchyard on Kafka + PostgreSQL (every service its own process)", flush=True)
-    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-    database = os.environ.get(
-        "DATABASE_URL", "postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard"
-    )
-    routing = workdir / "routing.yaml"
-    with temporary_database(database, prefix="sybench") as db_url:
-        ports = {name: free_port() for name in ("auth", "history", "inference", "gateway")}
-        group = ProcessGroup(
-            env={
-                **os.environ,
-                "SWITCHYARD_ENVIRONMENT": "development",
-                "SWITCHYARD_BUS": "kafka",
-                "KAFKA_BOOTSTRAP_SERVERS": servers,
-                "SWITCHYARD_TOPIC_PREFIX": unique_prefix("sybench"),
-                "SWITCHYARD_INTERNAL_TOKEN": secrets.token_urlsafe(24),
-                "DATABASE_URL": db_url,
-                "SWITCHYARD_ROUTING_FILE": str(routing),
-                "SWITCHYARD_AUTH_URL": f"http://127.0.0.1:{ports['auth']}",
-                "SWITCHYARD_HISTORY_URL": f"http://127.0.0.1:{ports['history']}",
-                "SWITCHYARD_LOG_LEVEL": "WARNING",
-            },
-            workdir=workdir / "kafka",
-        )
-        group.workdir.mkdir()
-        try:
-            group.cli("topics", "create")
-            group.cli("db", "upgrade")
-            group.cli("users", "create", "--email", "bench@example.com", "--no-password")
-            key = json.loads(group.cli("keys", "create", "--email", "bench@example.com", "--json"))[
-                "key"
-            ]
-            processes = {
-                name: group.start(name, name, "--port", str(port), port=port)
-                for name, port in ports.items()
-            }
-            setup = "Kafka + Postgres (4 processes)"
+    with kafka_deployment(workdir / "kafka", workdir / "routing.yaml", "sybench") as deployment:
+        processes = {process.name: process for process in deployment.start_services()}
+        setup = "Kafka + Postgres (4 processes)"
 
-            def sample_lag(upstream_ms: int, concurrency: int) -> None:
-                # History's backlog right after the load stops, and how long it takes to drain.
-                import asyncio
+        def sample_lag(upstream_ms: int, concurrency: int) -> None:
+            # History's backlog right after the load stops, and how long it takes to drain.
+            import asyncio
 
-                from bench_history import history_lag
+            from bench_history import history_lag
 
-                prefix = group.env["SWITCHYARD_TOPIC_PREFIX"]
-                lag = asyncio.run(history_lag(servers, prefix))
-                started = time.monotonic()
-                remaining = lag
-                while remaining > 0 and time.monotonic() - started < 30:
-                    time.sleep(0.2)
-                    remaining = asyncio.run(history_lag(servers, prefix))
-                report.notes.append(
-                    f"history consumer lag after Kafka cell (upstream {upstream_ms} ms, "
-                    f"c={concurrency}): {lag} events, drained in "
-                    f"{time.monotonic() - started:.1f} s"
-                    + ("" if remaining == 0 else f" ({remaining} left)")
-                )
-
-            measure(
-                report,
-                setup,
-                loadgen,
-                f"http://127.0.0.1:{ports['gateway']}/v1/chat/completions",
-                workdir,
-                simulator_url,
-                args,
-                key,
-                after_cell=sample_lag,
+            servers = deployment.servers
+            prefix = deployment.group.env["SWITCHYARD_TOPIC_PREFIX"]
+            lag = asyncio.run(history_lag(servers, prefix))
+            started = time.monotonic()
+            remaining = lag
+            while remaining > 0 and time.monotonic() - started < 30:
+                time.sleep(0.2)
+                remaining = asyncio.run(history_lag(servers, prefix))
+            report.notes.append(
+                f"history consumer lag after Kafka cell (upstream {upstream_ms} ms, "
+                f"c={concurrency}): {lag} events, drained in "
+                f"{time.monotonic() - started:.1f} s"
+                + ("" if remaining == 0 else f" ({remaining} left)")
             )
-            report.rss[setup] = {
-                name: process.peak_rss_mb() or 0 for name, process in processes.items()
-            }
-        except Exception:
-            print(group.logs()[-8000:], file=sys.stderr)
-            raise
-        finally:
-            group.stop_all()
+
+        measure(
+            report,
+            setup,
+            loadgen,
+            f"{deployment.gateway}/v1/chat/completions",
+            workdir,
+            simulator_url,
+            args,
+            deployment.key,
+            after_cell=sample_lag,
+        )
+        report.rss[setup] = {
+            name: process.peak_rss_mb() or 0 for name, process in processes.items()
+        }
 
 
 def render(report: Report, args: argparse.Namespace) -> str:
@@ -340,35 +218,36 @@ def render(report: Report, args: argparse.Namespace) -> str:
         base = direct.get((row.upstream_ms, row.concurrency, row.stream))
         if base is not None and not row.setup.startswith("direct"):
             row.added_p50_ms = row.p50_ms - base.p50_ms
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
     lines = [
-        f"Machine: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d', time.gmtime())}; "
-        f"{args.seconds:g} s per cell after 1 s warm-up.",
+        f"Machine: {machine()}; {args.seconds:g} s per cell after 1 s warm-up.",
         "",
-        "| set-up | upstream | concurrency | requests/s | p50 ms | p99 ms | added p50 ms "
-        "| TTFT p50 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    rows = []
     for r in report.rows:
         added = f"{r.added_p50_ms:+.2f}" if r.added_p50_ms is not None else ""
         ttft = f"{r.ttft_p50_ms:.2f}" if r.ttft_p50_ms is not None else ""
         concurrency = f"{r.concurrency} (stream)" if r.stream else str(r.concurrency)
-        lines.append(
-            f"| {r.setup} | {r.upstream_ms} ms | {concurrency} | {r.rps:,.0f} | {r.p50_ms:.2f} | "
-            f"{r.p99_ms:.2f} | {added} | {ttft} | {r.errors} |"
+        rows.append(
+            [
+                r.setup,
+                f"{r.upstream_ms} ms",
+                concurrency,
+                f"{r.rps:,.0f}",
+                f"{r.p50_ms:.2f}",
+                f"{r.p99_ms:.2f}",
+                added,
+                ttft,
+                str(r.errors),
+            ]
         )
-    lines += ["", "| set-up | process | peak RSS MiB |", "|---|---|---:|"]
-    for setup, processes in report.rss.items():
-        for name, rss in processes.items():
-            lines.append(f"| {setup} | {name} | {rss:.0f} |")
+    header = "set-up,upstream,concurrency,requests/s,p50 ms,p99 ms,added p50 ms,TTFT p50 ms,errors"
+    lines += markdown_table(header.split(","), rows)
+    rss = [
+        [setup, name, f"{mib:.0f}"]
+        for setup, processes in report.rss.items()
+        for name, mib in processes.items()
+    ]
+    lines += ["", *markdown_table(["set-up", "process", "peak RSS MiB"], rss, left=2)]
     lines += [f"- {note}" for note in report.notes]
     return "\n".join(lines) + "\n"
 
@@ -389,32 +268,21 @@ def main() -> None:
         choices=["direct", "embedded", "kafka"],
     )
     args = parser.parse_args()
-    if shutil.which("go") is None:
-        sys.exit("the benchmark's load generator needs Go (go build); install golang")
 
     report = Report()
     with tempfile.TemporaryDirectory(prefix="switchyard-bench-") as tmp:
         workdir = Path(tmp)
         loadgen = build_loadgen(workdir)
+        if loadgen is None:
+            sys.exit("the benchmark's load generator needs Go (go build); install golang")
         sim_port = free_port()
         simulator_url = f"http://127.0.0.1:{sim_port}"
         sim_group = ProcessGroup(
             env={**os.environ, "SWITCHYARD_LOG_LEVEL": "WARNING"}, workdir=workdir
         )
         try:
-            simulator = sim_group.start(
-                "simulator",
-                "simulator",
-                "--port",
-                str(sim_port),
-                port=sim_port,
-                ready_path="/v1/models",
-            )
-            (workdir / "routing.yaml").write_text(
-                f"models:\n  sim-small:\n    deployments:\n      - name: simulator\n"
-                f"        provider: openai\n        model: sim-small\n"
-                f"        base_url: {simulator_url}/v1\n"
-            )
+            simulator = start_simulator(sim_group, sim_port)
+            (workdir / "routing.yaml").write_text(simulator_routing(simulator_url))
             if "direct" in args.setups:
                 bench_direct(report, loadgen, workdir, simulator_url, args)
             if "embedded" in args.setups:
@@ -424,11 +292,7 @@ def main() -> None:
             report.rss["simulator"] = {"simulator": simulator.peak_rss_mb() or 0}
         finally:
             sim_group.stop_all()
-    table = render(report, args)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.md").write_text(table)
-    print()
-    print(table)
+    write_results("latest.md", render(report, args))
 
 
 if __name__ == "__main__":

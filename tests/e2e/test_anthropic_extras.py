@@ -8,13 +8,13 @@ recorded in history, unbilled. `models.list()` pages through Anthropic's shape, 
 from __future__ import annotations
 
 import anthropic
-import httpx
 import openai
 import pytest
 from sqlalchemy import create_engine, text
 
 from switchyard.common.db import sync_url
 from switchyard.common.testing.infra import wait_until
+from switchyard.simulator.testing import simulator_at
 
 # The first test also starts the five services, which on two busy cores takes minutes.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -29,8 +29,8 @@ def anthropic_client(system) -> anthropic.Anthropic:
 
 
 def simulator_calls(system, route: str) -> int:
-    stats = httpx.get(f"{system.url('simulator')}/_sim/stats", timeout=5).json()
-    return stats["routes"].get(route, 0)
+    with simulator_at(system.url("simulator")) as simulator:
+        return simulator.stats()["routes"].get(route, 0)
 
 
 def history_row(system, request_id: str) -> dict:

@@ -14,6 +14,8 @@ import uuid
 import httpx
 import pytest
 
+from switchyard.simulator.testing import simulator_at
+
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 TENANT = "cache-opt-in"
@@ -66,8 +68,8 @@ def new_key(system, admin, team_id: str | None = None) -> dict:
 
 
 def sim_count(system) -> int:
-    stats = httpx.get(f"{system.url('simulator')}/_sim/stats", timeout=5).json()
-    return stats["models"].get("sim-small", 0)
+    with simulator_at(system.url("simulator")) as simulator:
+        return simulator.calls("sim-small")
 
 
 def stored_answers(system) -> float:

@@ -23,6 +23,7 @@ from switchyard.common.events import ChatRequestData, ChatRequested, ClientAPI
 from switchyard.common.testing.infra import wait_until
 from switchyard.history.bootstrap import history_engine
 from switchyard.history.handlers import EventRecorder
+from switchyard.simulator.testing import simulator_at
 
 pytestmark = pytest.mark.e2e
 
@@ -36,13 +37,13 @@ def gateway(system) -> httpx.Client:
 
 
 def upstream_calls(system) -> int:
-    return httpx.get(f"{system.url('simulator')}/_sim/stats", timeout=5).json()["total"]
+    with simulator_at(system.url("simulator")) as simulator:
+        return simulator.calls()
 
 
 def set_latency(system, latency_ms: int) -> None:
-    httpx.put(
-        f"{system.url('simulator')}/_sim/latency", json={"latency_ms": latency_ms}, timeout=5
-    ).raise_for_status()
+    with simulator_at(system.url("simulator")) as simulator:
+        simulator.latency(latency_ms)
 
 
 def chat_body(text: str) -> dict:

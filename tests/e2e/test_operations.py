@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from switchyard.common.testing.processes import free_port
+from switchyard.simulator.testing import simulator_at
 
 pytestmark = pytest.mark.e2e
 
@@ -82,9 +83,7 @@ async def _many(base_url: str, key: str, count: int, tag: str) -> list[tuple[str
 def test_sigterm_on_an_inference_replica_during_load_loses_nothing(system):
     port = free_port()
     replica = system.start_service("inference-sigterm", "inference", port=port)
-    simulator = system.url("simulator")
-    httpx.put(f"{simulator}/_sim/latency", json={"latency_ms": 700}, timeout=5).raise_for_status()
-    try:
+    with simulator_at(system.url("simulator")) as simulator, simulator.slowed(700):
 
         async def run():
             load = asyncio.create_task(_many(system.url("gateway"), system.api_key, 30, "sigterm"))
@@ -95,8 +94,6 @@ def test_sigterm_on_an_inference_replica_during_load_loses_nothing(system):
         results = asyncio.run(run())
         started = time.monotonic()
         exit_code = replica.popen.wait(timeout=30)
-    finally:
-        httpx.put(f"{simulator}/_sim/latency", json={"latency_ms": 0}, timeout=5)
     assert_graceful_exit(replica, exit_code)
     assert time.monotonic() - started < 30
     for text, response in results:
@@ -107,9 +104,7 @@ def test_sigterm_on_an_inference_replica_during_load_loses_nothing(system):
 def test_sigterm_on_a_gateway_finishes_the_requests_it_holds(system):
     port = free_port()
     gateway = system.start_service("gateway-sigterm", "gateway", port=port)
-    simulator = system.url("simulator")
-    httpx.put(f"{simulator}/_sim/latency", json={"latency_ms": 700}, timeout=5).raise_for_status()
-    try:
+    with simulator_at(system.url("simulator")) as simulator, simulator.slowed(700):
 
         async def run():
             load = asyncio.create_task(
@@ -121,8 +116,6 @@ def test_sigterm_on_a_gateway_finishes_the_requests_it_holds(system):
 
         results = asyncio.run(run())
         exit_code = gateway.popen.wait(timeout=30)
-    finally:
-        httpx.put(f"{simulator}/_sim/latency", json={"latency_ms": 0}, timeout=5)
     assert_graceful_exit(gateway, exit_code)
     for text, response in results:
         assert response.status_code == 200, response.text

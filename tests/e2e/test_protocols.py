@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 
 from switchyard.common.db import sync_url
 from switchyard.common.testing.infra import wait_until
+from switchyard.simulator.testing import simulator_at
 
 pytestmark = pytest.mark.e2e
 
@@ -40,8 +41,8 @@ def anthropic_client(system) -> anthropic.Anthropic:
 
 
 def upstream_routes(system) -> dict[str, int]:
-    stats = httpx.get(f"{system.url('simulator')}/_sim/stats", timeout=5).json()
-    return stats["routes"]
+    with simulator_at(system.url("simulator")) as simulator:
+        return simulator.stats()["routes"]
 
 
 class UpstreamCalls:

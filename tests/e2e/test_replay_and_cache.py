@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from switchyard.common.testing.processes import free_port
+from switchyard.simulator.testing import simulator_at
 
 # Services start slowly on a loaded machine.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -31,8 +32,8 @@ def headers(system, **extra: str) -> dict[str, str]:
 
 
 def sim_count(system, model: str) -> int:
-    stats = httpx.get(f"{system.url('simulator')}/_sim/stats", timeout=5).json()
-    return stats["models"].get(model, 0)
+    with simulator_at(system.url("simulator")) as simulator:
+        return simulator.calls(model)
 
 
 def wait_for(check, timeout: float = 30.0, message: str = "condition"):

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from switchyard.common.testing.processes import free_port
+from switchyard.simulator.testing import simulator_at
 
 pytestmark = pytest.mark.e2e
 
@@ -67,9 +68,7 @@ def test_200_concurrent_requests_across_two_gateways_each_get_their_own_answer(
 
 
 def test_inference_replica_killed_mid_request_loses_nothing(system, second_replicas):
-    simulator = system.url("simulator")
-    httpx.put(f"{simulator}/_sim/latency", json={"latency_ms": 3000}, timeout=5).raise_for_status()
-    try:
+    with simulator_at(system.url("simulator")) as simulator, simulator.slowed(3000):
 
         async def run() -> list[tuple[str, str]]:
             async with httpx.AsyncClient(timeout=90) as client:
@@ -86,7 +85,5 @@ def test_inference_replica_killed_mid_request_loses_nothing(system, second_repli
                 return list(zip(texts, answers, strict=True))
 
         results = asyncio.run(run())
-    finally:
-        httpx.put(f"{simulator}/_sim/latency", json={"latency_ms": 0}, timeout=5)
     for text, answer in results:
         assert answer == f"Simulated reply to: {text}"

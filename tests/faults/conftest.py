@@ -33,6 +33,7 @@ from switchyard.common.testing.infra import (
     wait_until,
 )
 from switchyard.common.testing.processes import Process, ProcessGroup, free_port
+from switchyard.simulator.testing import simulator_at
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_SH = REPO / "deploy" / "local" / "kafka.sh"
@@ -136,7 +137,8 @@ class Deployment(ProcessGroup):
         return httpx.get(f"{self.url('counter')}/_counts", timeout=10).json()["calls"]
 
     def simulator_total(self) -> int:
-        return httpx.get(f"{self.url('simulator')}/_sim/stats", timeout=10).json()["total"]
+        with simulator_at(self.url("simulator")) as simulator:
+            return simulator.calls()
 
 
 @pytest.fixture(scope="session")
@@ -189,11 +191,8 @@ def deployment() -> Iterator[Deployment]:
             created = deployment.cli("keys", "create", "--email", email, "--json")
             deployment.api_key = json.loads(created)["key"]
             deployment.start_service("simulator", ready_path="/v1/models")
-            httpx.put(
-                f"{deployment.url('simulator')}/_sim/latency",
-                json={"latency_ms": UPSTREAM_LATENCY_MS},
-                timeout=5,
-            ).raise_for_status()
+            with simulator_at(deployment.url("simulator")) as simulator:
+                simulator.latency(UPSTREAM_LATENCY_MS)
             counter = subprocess.Popen(
                 [sys.executable, str(COUNTER), str(ports["counter"]), deployment.url("simulator")],
                 stdout=(workdir / "counter.log").open("w"),

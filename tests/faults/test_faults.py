@@ -84,8 +84,9 @@ class Outcome:
     def accepted(self) -> bool | None:
         """True: published; False: refused before it was published (a 4xx, or 503
         `bus_unavailable`: every answer names a request id, refusals included); None:
-        unknown (the connection failed)."""
-        if self.status is None:
+        unknown (the connection failed, or 504 `publish_outcome_unknown`: the bus never
+        confirmed taking it; it may run once, or not at all)."""
+        if self.status is None or self.code == "publish_outcome_unknown":
             return None
         if 400 <= self.status < 500 or (self.status == 503 and self.code == "bus_unavailable"):
             return False

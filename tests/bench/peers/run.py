@@ -29,39 +29,41 @@ import argparse
 import contextlib
 import json
 import os
-import platform
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from switchyard.common.testing.infra import (
-    temporary_database,
-    unique_prefix,
-    wait_until,
-)
-from switchyard.common.testing.processes import ProcessGroup, free_port, peak_rss_mb
+from switchyard.common.testing.processes import free_port, peak_rss_mb
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[2]
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # burst.py here, benchkit.py one up
+from benchkit import (  # noqa: E402 - after the path tweak
+    DEV_KEY,
+    START_TIMEOUT_S,
+    OwnedProcesses,
+    build_loadgen,
+    embedded_group,
+    kafka_deployment,
+    load,
+    machine,
+    markdown_table,
+    wait_http,
+    write_results,
+)
 from burst import BurstResult, burst_stall  # noqa: E402 - after the path tweak
 
-RESULTS = ROOT / "bench-results"
 CACHE = Path(
     os.environ.get("SWITCHYARD_BENCH_CACHE", Path.home() / ".cache/switchyard/bench-peers")
 )
 LITELLM = CACHE / "litellm-venv" / "bin" / "litellm"
 LITELLM_KEY = "sk-bench-master"
-DEV_KEY = "sk-sy-bench" + "0" * 38
 PROFILE_EXTENSIONS = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}
 MODES = ["direct", "litellm", "embedded", "kafka", "burst"]
 SETUP_NAMES = {
@@ -121,42 +123,6 @@ class Upstream:
 # -- processes this script owns --------------------------------------------------------
 
 
-class Owned:
-    """Processes started in their own session, stopped (whole session) in reverse order."""
-
-    def __init__(self) -> None:
-        self.popens: list[subprocess.Popen] = []
-
-    def start(self, command: list[str], log: Path, env: dict[str, str], cwd: Path):
-        popen = subprocess.Popen(
-            command,
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-        self.popens.append(popen)
-        return popen
-
-    @staticmethod
-    def stop(popen: subprocess.Popen, timeout: float = 15) -> None:
-        if popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(popen.pid, signal.SIGTERM)
-            try:
-                popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(popen.pid, signal.SIGKILL)
-                popen.wait()
-
-    def stop_all(self) -> None:
-        for popen in reversed(self.popens):
-            self.stop(popen)
-        self.popens.clear()
-
-
 def tree_rss_mib(pid: int) -> float:
     """Peak RSS of a process plus the current children it forked (uvicorn workers)."""
     pids = [pid]
@@ -166,17 +132,7 @@ def tree_rss_mib(pid: int) -> float:
     return sum(peak_rss_mb(p) or 0 for p in pids)
 
 
-def wait_http(url: str, timeout: float = 90) -> None:
-    def answers() -> bool:
-        try:
-            return httpx.get(url, timeout=2).status_code < 500
-        except httpx.HTTPError:
-            return False
-
-    wait_until(answers, timeout=timeout, interval=0.25, message=f"{url} to answer")
-
-
-def start_upstream(owned: Owned, state: Path) -> Upstream:
+def start_upstream(owned: OwnedProcesses, state: Path) -> Upstream:
     upstream = Upstream(free_port(), free_port(), free_port())
     for sub in ("body", "proxy", "fcgi", "uwsgi", "scgi"):
         (state / sub).mkdir(parents=True, exist_ok=True)
@@ -248,20 +204,6 @@ def wrk(url: str, token: str, model: str, concurrency: int, seconds: float) -> d
     return {k: float(v) for k, v in (pair.split("=") for pair in line.split()[1:])}
 
 
-def build_loadgen(workdir: Path) -> Path | None:
-    if shutil.which("go") is None:
-        return None
-    binary = workdir / "loadgen"
-    subprocess.run(
-        ["go", "build", "-o", str(binary), "."],
-        cwd=HERE.parent / "loadgen",
-        check=True,
-        env={**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"},
-        timeout=300,
-    )
-    return binary
-
-
 def stream_ttft(
     loadgen: Path, url: str, token: str, model: str, seconds: float, workdir: Path
 ) -> dict[str, float]:
@@ -276,29 +218,7 @@ def stream_ttft(
             }
         )
     )
-    out = subprocess.run(
-        [
-            str(loadgen),
-            "-url",
-            url,
-            "-body",
-            str(body),
-            "-c",
-            "1",
-            "-d",
-            f"{seconds:g}s",
-            "-warmup",
-            "1s",
-            "-stream",
-            "-H",
-            f"Authorization: Bearer {token}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=True,
-    )
-    return json.loads(out.stdout)
+    return load(loadgen, url, body, concurrency=1, seconds=seconds, stream=True, api_key=token)
 
 
 def prime(url: str, token: str) -> None:
@@ -360,14 +280,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure_cells(report, mode, url, token, args, loadgen, workdir, pids=None) -> None:
+    """Every selected cell against one set-up: `url` is its chat completions URL, or a
+    function giving it for a cell (the direct upstream has one port per cell)."""
     setup = SETUP_NAMES[mode]
     for cell in selected_cells(args):
+        cell_url = url(cell) if callable(url) else url
         cpu_before = {name: cpu_seconds(pid) for name, pid in (pids or {}).items()}
         if cell.stream:
             if loadgen is None:
                 report.notes.append("streaming cells skipped: tests/bench/loadgen needs Go")
                 continue
-            out = stream_ttft(loadgen, url, token, cell.model, args.seconds, workdir)
+            out = stream_ttft(loadgen, cell_url, token, cell.model, args.seconds, workdir)
             result = Result(
                 setup,
                 cell,
@@ -377,7 +300,7 @@ def measure_cells(report, mode, url, token, args, loadgen, workdir, pids=None) -
                 out["errors"],
             )
         else:
-            out = wrk(url, token, cell.model, cell.concurrency, args.seconds)
+            out = wrk(cell_url, token, cell.model, cell.concurrency, args.seconds)
             result = Result(setup, cell, out["rps"], out["p50_ms"], out["p99_ms"], out["errors"])
         report.results.append(result)
         served = result.rps * args.seconds
@@ -451,40 +374,19 @@ def selected_cells(args: argparse.Namespace) -> list[Cell]:
 
 def run_direct(report, upstream: Upstream, args, loadgen, workdir) -> None:
     # nginx ignores the path and the model: one base URL per cell's upstream.
-    setup = SETUP_NAMES["direct"]
-    wrk(
-        upstream.base_url("bench-model") + "/chat/completions",
+    wrk(upstream.base_url("bench-model") + "/chat/completions", "x", "bench-model", 16, 1)
+    measure_cells(
+        report,
+        "direct",
+        lambda cell: upstream.base_url(cell.model) + "/chat/completions",
         "x",
-        "bench-model",
-        16,
-        1,
+        args,
+        loadgen,
+        workdir,
     )
-    for cell in selected_cells(args):
-        url = upstream.base_url(cell.model) + "/chat/completions"
-        if cell.stream:
-            if loadgen is None:
-                continue
-            out = stream_ttft(loadgen, url, "x", cell.model, args.seconds, workdir)
-            result = Result(
-                setup,
-                cell,
-                out["rps"],
-                out["ttft_p50_ms"],
-                out["ttft_p99_ms"],
-                out["errors"],
-            )
-        else:
-            out = wrk(url, "x", cell.model, cell.concurrency, args.seconds)
-            result = Result(setup, cell, out["rps"], out["p50_ms"], out["p99_ms"], out["errors"])
-        report.results.append(result)
-        print(
-            f"  direct    {cell.label:<32} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms"
-            f"  p99 {result.p99_ms:7.2f} ms",
-            flush=True,
-        )
 
 
-def run_litellm(report, owned: Owned, upstream: Upstream, args, loadgen, workdir) -> None:
+def run_litellm(report, owned: OwnedProcesses, upstream: Upstream, args, loadgen, workdir) -> None:
     if not LITELLM.exists():
         sys.exit(f"LiteLLM is not installed at {LITELLM}: run tests/bench/peers/setup.sh")
     config = workdir / "litellm.yaml"
@@ -539,36 +441,14 @@ def run_litellm(report, owned: Owned, upstream: Upstream, args, loadgen, workdir
         )
         report.rss_mib[SETUP_NAMES["litellm"]] = tree_rss_mib(popen.pid)
     finally:
-        Owned.stop(popen)
-
-
-def embedded_group(workdir: Path, routing: Path, name: str, quiet: bool = True) -> ProcessGroup:
-    env = {
-        **os.environ,
-        "SWITCHYARD_DEV_API_KEY": DEV_KEY,
-        "SWITCHYARD_ROUTING_FILE": str(routing),
-        "SWITCHYARD_GATEWAY_PORT": str(free_port()),
-        "SWITCHYARD_AUTH_PORT": str(free_port()),
-        "SWITCHYARD_HISTORY_PORT": str(free_port()),
-        "SWITCHYARD_INFERENCE_PORT": str(free_port()),
-    }
-    # Embedded mode never uses Kafka or PostgreSQL, even when they are exported.
-    for variable in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "SWITCHYARD_BUS"):
-        env.pop(variable, None)
-    if quiet:
-        env["SWITCHYARD_LOG_LEVEL"] = "WARNING"
-    env["SWITCHYARD_AUTH_URL"] = f"http://127.0.0.1:{env['SWITCHYARD_AUTH_PORT']}"
-    env["SWITCHYARD_HISTORY_URL"] = f"http://127.0.0.1:{env['SWITCHYARD_HISTORY_PORT']}"
-    group = ProcessGroup(env=env, workdir=workdir / name)
-    group.workdir.mkdir()
-    return group
+        OwnedProcesses.stop(popen)
 
 
 def run_embedded(report, routing: Path, args, loadgen, workdir) -> None:
     group = embedded_group(workdir, routing, "embedded")
     port = int(group.env["SWITCHYARD_GATEWAY_PORT"])
     try:
-        process = group.start("embedded", "dev", port=port)
+        process = group.start("embedded", "dev", port=port, timeout=START_TIMEOUT_S)
         base = f"http://127.0.0.1:{port}"
         pids = {"embedded": process.popen.pid}
         measure(report, "embedded", base, DEV_KEY, args, loadgen, workdir, pids)
@@ -582,7 +462,7 @@ def run_burst(report, routing: Path, args, workdir) -> None:
     group = embedded_group(workdir, routing, "burst", quiet=False)
     port = int(group.env["SWITCHYARD_GATEWAY_PORT"])
     try:
-        process = group.start("burst", "dev", port=port)
+        process = group.start("burst", "dev", port=port, timeout=START_TIMEOUT_S)
         report.burst = burst_stall(
             f"http://127.0.0.1:{port}",
             DEV_KEY,
@@ -614,87 +494,16 @@ def _timed_stop(popen: subprocess.Popen) -> float | None:
 
 
 def run_kafka(report, routing: Path, args, loadgen, workdir) -> None:
-    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-    database = os.environ.get(
-        "DATABASE_URL",
-        "postgresql+psycopg://switchyard:switchyard@127.0.0.1:5432/switchyard",
-    )
-    with temporary_database(database, prefix="sypeers") as db_url:
-        ports = {name: free_port() for name in ("auth", "history", "inference", "gateway")}
-        group = ProcessGroup(
-            env={
-                **os.environ,
-                "SWITCHYARD_ENVIRONMENT": "development",
-                "SWITCHYARD_BUS": "kafka",
-                "KAFKA_BOOTSTRAP_SERVERS": servers,
-                "SWITCHYARD_TOPIC_PREFIX": unique_prefix("sypeers"),
-                "SWITCHYARD_INTERNAL_TOKEN": secrets.token_urlsafe(24),
-                "DATABASE_URL": db_url,
-                "SWITCHYARD_ROUTING_FILE": str(routing),
-                "SWITCHYARD_AUTH_URL": f"http://127.0.0.1:{ports['auth']}",
-                "SWITCHYARD_HISTORY_URL": f"http://127.0.0.1:{ports['history']}",
-                "SWITCHYARD_LOG_LEVEL": "WARNING",
-            },
-            workdir=workdir / "kafka",
-        )
-        group.workdir.mkdir()
-        try:
-            group.cli("topics", "create")
-            group.cli("db", "upgrade")
-            group.cli("users", "create", "--email", "bench@example.com", "--no-password")
-            key = json.loads(group.cli("keys", "create", "--email", "bench@example.com", "--json"))[
-                "key"
-            ]
-            # auth, history and inference start side by side; the gateway (which asks
-            # auth for its keys at start-up) after them.
-            with ThreadPoolExecutor(3) as pool:
-                services = [
-                    pool.submit(
-                        group.start,
-                        name,
-                        name,
-                        "--port",
-                        str(ports[name]),
-                        port=ports[name],
-                    )
-                    for name in ("auth", "history", "inference")
-                ]
-                processes = [future.result() for future in services]
-            gateway_port = ports["gateway"]
-            processes.append(
-                group.start("gateway", "gateway", "--port", str(gateway_port), port=gateway_port)
-            )
-            # Let every consumer group settle before measuring.
-            time.sleep(args.settle)
-            base = f"http://127.0.0.1:{ports['gateway']}"
-            pids = {p.name: p.popen.pid for p in processes}
-            measure(report, "kafka", base, key, args, loadgen, workdir, pids)
-            report.rss_mib[SETUP_NAMES["kafka"]] = sum(p.peak_rss_mb() or 0 for p in processes)
-        except Exception:
-            print(group.logs()[-8000:], file=sys.stderr)
-            raise
-        finally:
-            group.stop_all()
+    with kafka_deployment(workdir / "kafka", routing, "sypeers") as deployment:
+        processes = deployment.start_services()
+        # Let every consumer group settle before measuring.
+        time.sleep(args.settle)
+        pids = {p.name: p.popen.pid for p in processes}
+        measure(report, "kafka", deployment.gateway, deployment.key, args, loadgen, workdir, pids)
+        report.rss_mib[SETUP_NAMES["kafka"]] = sum(p.peak_rss_mb() or 0 for p in processes)
 
 
 # -- report ---------------------------------------------------------------------------
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    load = os.getloadavg()
-    return (
-        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"load average before the run {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
-    )
 
 
 def render(report: Report, args: argparse.Namespace, header: str) -> str:
@@ -703,9 +512,8 @@ def render(report: Report, args: argparse.Namespace, header: str) -> str:
         f"Machine: {header}; {args.seconds:g} s per cell after a {args.warmup:g} s warm-up; "
         "wrk -t1 (streaming: tests/bench/loadgen, p50/p99 are of time to first token).",
         "",
-        "| cell | set-up | req/s | p50 ms | p99 ms | added p50 ms | req/s ÷ LiteLLM | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
+    rows = []
     for cell in CELLS:
         direct = by.get((SETUP_NAMES["direct"], cell.label))
         peer = by.get((SETUP_NAMES["litellm"], cell.label))
@@ -719,10 +527,20 @@ def render(report: Report, args: argparse.Namespace, header: str) -> str:
                 if mode == "direct" or peer is None or peer.rps == 0
                 else f"{r.rps / peer.rps:.2f}×"
             )
-            lines.append(
-                f"| {cell.label} | {r.setup} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
-                f"| {added} | {ratio} | {r.errors:.0f} |"
+            rows.append(
+                [
+                    cell.label,
+                    r.setup,
+                    f"{r.rps:,.0f}",
+                    f"{r.p50_ms:.2f}",
+                    f"{r.p99_ms:.2f}",
+                    added,
+                    ratio,
+                    f"{r.errors:.0f}",
+                ]
             )
+    header = ["cell", "set-up", "req/s", "p50 ms", "p99 ms", "added p50 ms", "req/s ÷ LiteLLM"]
+    lines += markdown_table([*header, "errors"], rows, left=2)
     if report.rss_mib:
         lines.append("")
         lines.append(
@@ -763,9 +581,9 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing: run tests/bench/peers/setup.sh")
 
-    header = machine()
+    header = machine(load_average=True)
     report = Report()
-    owned = Owned()
+    owned = OwnedProcesses()
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         with tempfile.TemporaryDirectory(prefix="switchyard-peers-") as tmp:
@@ -791,11 +609,7 @@ def main() -> None:
     finally:
         owned.stop_all()
         signal.signal(signal.SIGTERM, previous)
-    table = render(report, args, header)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "peers.md").write_text(table)
-    print()
-    print(table)
+    write_results("peers.md", render(report, args, header))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ def free_port() -> int:
 
 @pytest.fixture
 async def server():
-    app = Starlette(routes=[Route("/echo", echo, methods=["GET", "POST"])])
+    paths = ("/echo", "/v1/messages", "/v1/chat/completions")
+    app = Starlette(routes=[Route(path, echo, methods=["GET", "POST"]) for path in paths])
     port = free_port()
     options = {**SERVER_OPTIONS, "http": SmallLimits}
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", **options)
@@ -100,10 +101,52 @@ async def test_too_many_header_fields_get_431(server):
     assert "header fields" in body["error"]["message"]
 
 
-async def test_anthropic_paths_get_431_in_anthropic_format(server):
-    request = b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4096 + b"\r\n\r\n"
+def assert_in_format_of(path: bytes, body: dict, error_type: str) -> None:
+    """`body` is the error object of the API at `path`: Anthropic's on /v1/messages,
+    OpenAI's elsewhere, with the type that API uses for the status."""
+    if path.startswith(b"/v1/messages"):
+        assert body["type"] == "error" and body["error"]["type"] == error_type, body
+        assert body["error"]["message"]
+    else:
+        assert set(body) == {"error"}, body
+        assert body["error"]["message"] and body["error"]["type"] == error_type
+        assert {"param", "code"} <= set(body["error"])
+
+
+@pytest.mark.parametrize(
+    "path, error_type",
+    [
+        (b"/v1/messages", "request_too_large"),
+        (b"/v1/messages/count_tokens?beta=true", "request_too_large"),
+        (b"/v1/chat/completions", "invalid_request_error"),
+        (b"/v1/responses", "invalid_request_error"),
+    ],
+)
+async def test_a_head_too_large_gets_431_in_the_format_of_the_api_called(server, path, error_type):
+    request = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4096 + b"\r\n\r\n"
     status, body = status_and_body(await exchange(server, request))
-    assert status == 431 and body["type"] == "error"
+    assert status == 431
+    assert_in_format_of(path, body, error_type)
+
+
+@pytest.mark.parametrize(
+    "path, error_type",
+    [(b"/v1/messages", "timeout_error"), (b"/v1/chat/completions", "timeout_error")],
+)
+async def test_a_head_too_slow_gets_408_in_the_format_of_the_api_called(server, path, error_type):
+    status, body = status_and_body(
+        await exchange(server, b"POST " + path + b" HTTP/1.1\r\n", b"Host: x\r\n", pause_s=0.4)
+    )
+    assert status == 408
+    assert_in_format_of(path, body, error_type)
+
+
+@pytest.mark.parametrize("path", [b"/v1/messages", b"/v1/chat/completions"])
+async def test_a_body_too_slow_gets_408_in_the_format_of_the_api_called(server, path):
+    head = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    status, body = status_and_body(await exchange(server, head + b"x" * 10))
+    assert status == 408
+    assert_in_format_of(path, body, "timeout_error")
 
 
 async def test_a_client_too_slow_to_send_its_head_gets_408_and_is_disconnected(server):

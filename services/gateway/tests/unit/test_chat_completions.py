@@ -7,7 +7,8 @@ import asyncio
 import orjson
 import pytest
 
-from switchyard.common.bus import BusUnavailableError
+from switchyard.common.bus import BusUnavailableError, PublishOutcomeUnknownError
+from switchyard.common.events import ChatCancelRequested
 
 from .conftest import API_KEY, chunk, completed_reply, failed_reply
 
@@ -212,6 +213,57 @@ async def test_bus_unavailable_gets_503_quickly(harness):
     harness.bus.publish = refuse  # type: ignore[method-assign]
     response = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
     assert_openai_error(response, 503, "bus_unavailable")
+
+
+async def test_publish_outcome_unknown_waits_for_the_reply_instead_of_refusing(harness):
+    # The broker wrote the event but its answer was lost: the request runs, so the client
+    # gets its reply, never a 503 for a request that ran.
+    publish = harness.bus.publish
+
+    async def written_but_unanswered(topic, event, **kwargs):
+        await publish(topic, event, **kwargs)
+        if topic.endswith("requests.interactive"):
+            raise PublishOutcomeUnknownError("no answer")
+
+    harness.bus.publish = written_but_unanswered  # type: ignore[method-assign]
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"]
+    assert len(harness.requests) == 1
+
+    async with harness.client.stream(
+        "POST", "/v1/chat/completions", json={**BODY, "stream": True}, headers=AUTH
+    ) as streamed:
+        assert streamed.status_code == 200
+        lines = [line async for line in streamed.aiter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+
+
+async def test_publish_outcome_unknown_never_written_is_cancelled_at_the_deadline_not_503(harness):
+    # The event never landed: nothing can say so for sure, so the client is told at the
+    # deadline that the outcome is unknown (504), not that the request was refused, and a
+    # cancellation goes out so that it cannot run if it is written after all.
+    publish = harness.bus.publish
+    published: list[tuple[str, object]] = []
+
+    async def unanswered(topic, event, **kwargs):
+        published.append((topic, event))
+        if topic.endswith("requests.interactive"):
+            raise PublishOutcomeUnknownError("no answer")
+        await publish(topic, event, **kwargs)
+
+    harness.bus.publish = unanswered  # type: ignore[method-assign]
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers=AUTH)
+    error = assert_openai_error(response, 504, "publish_outcome_unknown")
+    assert "cancelled" in error["message"]
+    assert harness.requests == []
+    request_id = response.headers["x-request-id"]
+    for _ in range(50):
+        if any(isinstance(event, ChatCancelRequested) for _, event in published):
+            break
+        await asyncio.sleep(0.02)
+    cancels = [e for _, e in published if isinstance(e, ChatCancelRequested)]
+    assert [c.request_id for c in cancels] == [request_id]
 
 
 async def test_streaming_relays_chunks_in_order_then_done(harness):

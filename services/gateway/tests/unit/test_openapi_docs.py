@@ -4,8 +4,10 @@ that match what the routes really answer (checked by calling every route)."""
 
 from __future__ import annotations
 
+import json
 import re
 
+from switchyard.common.httpserver import refusal
 from switchyard.gateway.api.admin import AUTH_ROUTES
 
 from .conftest import API_KEY
@@ -31,11 +33,25 @@ def operations(spec: dict):
             yield method.upper(), path, operation
 
 
-def assert_error_body(path: str, body: dict) -> None:
-    if path.startswith("/v1/messages"):
-        assert body["type"] == "error" and body["error"]["message"]
-    else:
+def format_of(body: dict) -> str:
+    """Whose error object `body` is: Anthropic's `{"type": "error", "error": {...}}` or
+    OpenAI's `{"error": {"message", "type", "param", "code"}}`."""
+    if body.get("type") == "error":
         assert body["error"]["message"] and body["error"]["type"]
+        return "anthropic"
+    assert body["error"]["message"] and body["error"]["type"]
+    assert {"param", "code"} <= set(body["error"])
+    return "openai"
+
+
+def assert_error_body(path: str, body: dict) -> None:
+    """`body` is in the format of the API at `path`, and so is the answer the HTTP server
+    writes on its own (a 431 or 408) before the gateway sees a request for `path`."""
+    expected = "anthropic" if path.startswith("/v1/messages") else "openai"
+    assert format_of(body) == expected, (path, body)
+    for status in (431, 408):
+        refused = refusal(status, "Refused.", "refused", path.encode()).partition(b"\r\n\r\n")[2]
+        assert format_of(json.loads(refused)) == expected, (path, status, refused)
 
 
 async def test_swagger_ui_is_served_from_local_assets(harness):

@@ -12,7 +12,7 @@ all three."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,7 +44,7 @@ from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
 from switchyard.history.config import Settings as HistorySettings
 from switchyard.inference.handlers import ChatRequestHandler
 from switchyard.inference.providers import ProviderPool
-from switchyard.simulator.testing import SimulatorHandle, serve_simulator
+from switchyard.simulator.testing import SimulatorHandle
 
 from .conftest import API_KEY, FakeAuth
 
@@ -63,21 +63,6 @@ WEATHER_TOOL = {
         "required": ["location"],
     },
 }
-
-
-@pytest.fixture(scope="module")
-def simulator_root() -> Iterator[str]:
-    with serve_simulator() as root:
-        yield root
-
-
-@pytest.fixture
-def simulator(simulator_root: str) -> Iterator[SimulatorHandle]:
-    with httpx.Client(base_url=simulator_root, timeout=5) as control:
-        handle = SimulatorHandle(simulator_root, control)
-        handle.reset()
-        yield handle
-        control.post("/_sim/reset")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from switchyard.common.errorformat import error_type
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 
 DOCS_PATH = "/docs"
@@ -177,19 +178,6 @@ _ERRORS: dict[int, tuple[str, str, str, str]] = {
         "The request did not complete before its deadline.",
     ),
 }
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "invalid_request_error",
-    413: "request_too_large",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    502: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-}
 
 
 @dataclass(frozen=True)
@@ -239,7 +227,7 @@ class ApiDocs:
 
 
 def _error_response(status: int, anthropic: bool) -> dict[str, Any]:
-    description, error_type, code, message = _ERRORS.get(
+    description, openai_type, code, message = _ERRORS.get(
         status,
         (HTTPStatus(status).phrase, "api_error", "error", HTTPStatus(status).phrase),
     )
@@ -247,11 +235,11 @@ def _error_response(status: int, anthropic: bool) -> dict[str, Any]:
         schema = ANTHROPIC_ERROR_SCHEMA
         example: dict[str, Any] = {
             "type": "error",
-            "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message},
+            "error": {"type": error_type("anthropic", status), "message": message},
         }
     else:
         schema = OPENAI_ERROR_SCHEMA
-        example = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+        example = {"error": {"message": message, "type": openai_type, "param": None, "code": code}}
     return {
         "description": description,
         "content": {

@@ -23,6 +23,7 @@ _TYPES_BY_STATUS = {
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    431: "invalid_request_error",
     500: "api_error",
     502: "upstream_error",
     503: "service_unavailable",

@@ -9,10 +9,11 @@ with the limits uvicorn leaves out.
   response has started) and the connection is closed, so slow or stalled clients cannot
   hold connections, memory and handlers forever.
 
-Refusals are written by the protocol itself, in OpenAI's error format (Anthropic's on
-`/v1/messages`), without calling the app. Limits come from `SWITCHYARD_HTTP_*` (see
-`HttpLimits`); uvicorn loads the protocol by its import path, so every worker process of
-`--workers N` reads them too.
+Refusals are written by the protocol itself, without calling the app, in the error format
+of the API at the request's path (OpenAI's; Anthropic's on `/v1/messages`), chosen and
+written by `switchyard.common.errorformat` as the gateway's own errors are. Limits come
+from `SWITCHYARD_HTTP_*` (see `HttpLimits`); uvicorn loads the protocol by its import
+path, so every worker process of `--workers N` reads them too.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import socket
 from typing import Any
 
 import httptools
-import orjson
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from typing_extensions import override
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from switchyard.common.errorformat import error_body, error_type, vendor_of
 
 PROTOCOL_PATH = "switchyard.common.httpserver:GuardedHttpToolsProtocol"
 _HEAD_END = b"\r\n\r\n"
@@ -61,21 +63,10 @@ def configured_limits() -> HttpLimits:
 
 def refusal(status: int, message: str, code: str, path: bytes) -> bytes:
     """A complete HTTP/1.1 response (closing the connection) with a JSON error body in the
-    format of the API at `path`."""
-    if path.startswith(b"/v1/messages"):
-        error_type = "request_too_large" if status == 431 else "timeout_error"
-        body = orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})
-    else:
-        body = orjson.dumps(
-            {
-                "error": {
-                    "message": message,
-                    "type": "invalid_request_error" if status == 431 else "timeout_error",
-                    "param": None,
-                    "code": code,
-                }
-            }
-        )
+    format of the API at `path` (the request target's path, no query): the format
+    `errorformat.vendor_of` chooses from the path alone, as the head may not be parsed."""
+    vendor = vendor_of(path.decode("latin-1"))
+    body = error_body(vendor, type=error_type(vendor, status), message=message, code=code)
     return b"".join(
         [
             STATUS_LINE[status],

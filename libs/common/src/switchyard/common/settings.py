@@ -84,6 +84,15 @@ class ServiceSettings(BaseSettings):
         description="Largest event published or fetched, and the `max.message.bytes` of the "
         "topics `switchyard topics create` makes. The broker must accept it too.",
     )
+    kafka_commit_interval_ms: int = Field(
+        default=1000,
+        ge=0,
+        validation_alias=env("SWITCHYARD_KAFKA_COMMIT_INTERVAL_MS"),
+        description="While events keep arriving, a consumer group member commits the offsets "
+        "it has handled at most this often (0: after every poll); it commits at once when a "
+        "poll comes back empty and on every rebalance and shutdown. A crash redelivers up to "
+        "this much more of what was already handled (answered again from the outcomes log).",
+    )
     topic_prefix: str = Field(
         validation_alias=env("SWITCHYARD_TOPIC_PREFIX"),
         default="switchyard",

@@ -163,6 +163,8 @@ class Dispatch:
     # The body as published and when (a Responses stream's failure event echoes them).
     body: dict[str, Any] = field(default_factory=dict)
     accepted_at: datetime | None = None
+    # The bus could not say whether it took the request (`PublishOutcomeUnknownError`).
+    publish_unconfirmed: bool = False
     ticket: Ticket | None = None
     # The response cache's part (cache.py): None unless the request opted in.
     cache: CacheTicket | None = None
@@ -244,7 +246,13 @@ class Dispatch:
         )
         dispatch.accepted_at = event.time
         try:
-            await publish(gateway, gateway.topics.requests_interactive, event, ticket)
+            dispatch.publish_unconfirmed = not await publish(
+                gateway,
+                gateway.topics.requests_interactive,
+                event,
+                ticket,
+                await_if_unknown=True,
+            )
         except APIError:
             dispatch.close()
             raise
@@ -288,6 +296,8 @@ class Dispatch:
             reply = await self._next()
         except TimeoutError:
             self.observe(504)
+            if self.publish_unconfirmed:
+                raise self._unconfirmed_at_deadline() from None
             raise deadline_exceeded(self.request_id) from None
         if isinstance(reply, ChatFailed):
             self.observe(reply.data.error.status)
@@ -447,6 +457,22 @@ class Dispatch:
             task = asyncio.ensure_future(self._publish_cancel())
             self.gateway.background.add(task)
             task.add_done_callback(self.gateway.background.discard)
+
+    def _unconfirmed_at_deadline(self) -> APIError:
+        """The answer at the deadline to a request the bus never confirmed taking: 504
+        `publish_outcome_unknown`. A cancellation goes out (best effort) so that the
+        request, should it still be written, does not run: inference replicas remember
+        cancellations of requests they have not seen yet."""
+        task = asyncio.ensure_future(self._publish_cancel())
+        self.gateway.background.add(task)
+        task.add_done_callback(self.gateway.background.discard)
+        return APIError(
+            504,
+            "The event bus did not confirm taking the request and no reply came before its "
+            "deadline; it has been cancelled and may be retried.",
+            code="publish_outcome_unknown",
+            headers={REQUEST_ID_HEADER: self.request_id},
+        )
 
     async def _publish_cancel(self) -> None:
         event = ChatCancelRequested(

@@ -7,7 +7,9 @@ chosen in one place, `vendor_of`: by path, and on `/v1/models` (which both SDKs 
 paths no route serves, by the `anthropic-version` header. Every error the gateway answers
 goes through it and through one writer, `error_body` (`error_response` for whole
 answers), so authentication, validation, size-limit and idempotency failures are shaped
-right too, and the same writer produces the error events that end a stream.
+right too, and the same writer produces the error events that end a stream. Both live in
+`switchyard.common.errorformat` (re-exported here), which the HTTP server's
+connection-level refusals (431, 408) use too, so every service's errors follow one rule.
 
 Two sources of errors:
 - the gateway's own (`APIError`: bad input, credentials, unknown model, a full gateway,
@@ -21,66 +23,49 @@ Two sources of errors:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from switchyard.common.errorformat import (
+    ANTHROPIC_PATHS,
+    SHARED_PATHS,
+    Vendor,
+    error_body,
+    error_type,
+    vendor_of,
+)
 from switchyard.common.errors import APIError, validation_message
 from switchyard.common.events import ChatFailed, ClientAPI, ErrorInfo
-from switchyard.common.headers import ANTHROPIC_VERSION_HEADER, REQUEST_ID_HEADER
+from switchyard.common.headers import REQUEST_ID_HEADER
 
-Vendor = Literal["openai", "anthropic"]
+__all__ = [
+    "ANTHROPIC_PATHS",
+    "RETRYABLE_STATUSES",
+    "SHARED_PATHS",
+    "ClientDisconnected",
+    "ReplyFailed",
+    "Vendor",
+    "api_error_response",
+    "error_body",
+    "error_response",
+    "error_type",
+    "install_api_error_handlers",
+    "respond",
+    "respond_to",
+    "retry_after",
+    "sse_error_event",
+    "unknown_route_message",
+    "vendor_of",
+    "vendor_of_api",
+    "vendor_of_path",
+    "vendor_of_request",
+]
 
-ANTHROPIC_PATHS = ("/v1/messages",)
-
-# Anthropic's error types by HTTP status (its API reference, "Errors").
-_ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    409: "invalid_request_error",
-    413: "request_too_large",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "api_error",
-    502: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 # Statuses a client may retry after a moment, which always carry Retry-After.
 RETRYABLE_STATUSES = frozenset({429, 503, 529})
-
-
-# Routes both SDKs call: the answer, errors included, is in Anthropic's format when the
-# request carries `anthropic-version` (the `anthropic` SDK always sends it).
-SHARED_PATHS = ("/v1/models",)
-
-
-def vendor_of(
-    path: str, headers: Mapping[str, str] | None = None, *, unrouted: bool = False
-) -> Vendor:
-    """Whose format the answer to a request for `path` is in, errors included: Anthropic's
-    on `/v1/messages...`; on the routes both SDKs call (`SHARED_PATHS`), and on any path
-    when no route serves it (`unrouted`: an SDK pointed at the wrong base URL), Anthropic's
-    when `headers` (lower-case names, as ASGI and Starlette give them) carry
-    `anthropic-version`; OpenAI's otherwise."""
-    if path.startswith(ANTHROPIC_PATHS):
-        return "anthropic"
-    if (
-        headers is not None
-        and ANTHROPIC_VERSION_HEADER in headers
-        and (unrouted or path.startswith(SHARED_PATHS))
-    ):
-        return "anthropic"
-    return "openai"
 
 
 def vendor_of_path(path: str) -> Vendor:
@@ -97,32 +82,6 @@ def vendor_of_request(request: Request, *, unrouted: bool = False) -> Vendor:
 def vendor_of_api(api: ClientAPI) -> Vendor:
     """Whose format a request of the client API `api` is answered in."""
     return "anthropic" if api.vendor == "anthropic" else "openai"
-
-
-def error_type(vendor: Vendor, status: int) -> str:
-    """The error `type` the API of `vendor` uses for an HTTP status."""
-    if vendor == "anthropic":
-        return _ANTHROPIC_TYPES.get(status, "api_error")
-    return APIError(status, "").type
-
-
-def error_body(
-    vendor: Vendor,
-    *,
-    type: str,
-    message: str,
-    code: str | None = None,
-    param: str | None = None,
-) -> bytes:
-    """The JSON error object of `vendor`'s API."""
-    if vendor == "anthropic":
-        error: dict[str, str] = {"type": type, "message": message}
-        if code is not None:
-            error["code"] = code
-        if param is not None:
-            error["param"] = param
-        return orjson.dumps({"type": "error", "error": error})
-    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
 
 
 def retry_after(status: int, retry_after_s: float | None) -> str | None:

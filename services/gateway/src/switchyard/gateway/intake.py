@@ -13,7 +13,15 @@ order, with the same answers:
   `governance.refusals`);
 - an event larger than the bus carries is 413 `request_too_large`; the bus not taking the
   event is 503 `bus_unavailable` with `Retry-After`; either way the admission's
-  reservations go back, since nothing will settle them.
+  reservations go back, since nothing will settle them. 503 means the event was not
+  taken: the bus gives it only when it knows (within its publish timeout, with the
+  producer that held the event dropped so it cannot go out later).
+- an interactive request whose publish outcome is unknown (the broker received the event
+  but did not answer in time, `PublishOutcomeUnknownError`) is not refused: it may run,
+  so the client waits for its reply like any accepted request, and gets it, or at its
+  deadline 504 `publish_outcome_unknown` (with a cancellation sent so that it does not
+  run later). A batch-lane
+  submission in that state is still refused with 503, its id never having been given out.
 
 Each refusal here is counted in `switchyard_gateway_requests_rejected_total{reason}`.
 """
@@ -23,12 +31,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 import structlog
 from prometheus_client import Counter
 from starlette.requests import Request
 
-from switchyard.common.bus import BusUnavailableError, EventTooLargeError
+from switchyard.common.bus import (
+    BusUnavailableError,
+    EventTooLargeError,
+    PublishOutcomeUnknownError,
+)
 from switchyard.common.errors import APIError
 from switchyard.common.events import (
     FORWARDED_HEADERS,
@@ -52,6 +65,11 @@ log = structlog.get_logger("switchyard.gateway.intake")
 
 REJECTED = Counter(
     "switchyard_gateway_requests_rejected_total", "Requests refused before publishing.", ["reason"]
+)
+PUBLISH_OUTCOME_UNKNOWN = Counter(
+    "switchyard_gateway_publish_outcome_unknown_total",
+    "Interactive requests the broker received but did not acknowledge in time: not refused "
+    "(they may run), their replies awaited until the deadline.",
 )
 
 
@@ -165,25 +183,52 @@ def request_event(
 
 
 async def publish(
-    gateway: Gateway, topic: str, event: ChatRequested, ticket: Ticket, *, what: str = "request"
-) -> None:
+    gateway: Gateway,
+    topic: str,
+    event: ChatRequested,
+    ticket: Ticket,
+    *,
+    what: str = "request",
+    await_if_unknown: bool = False,
+) -> bool:
     """Publish an admitted request's event, keyed by its request id. When the bus does not
     take it, the ticket's reservations go back and APIError is raised: 413 (too large for
-    the bus) or 503 `bus_unavailable` ("The <what> could not be accepted right now")."""
+    the bus) or 503 `bus_unavailable` ("The <what> could not be accepted right now").
+
+    Returns True when the bus confirmed taking the event. With `await_if_unknown`, a
+    publish whose outcome is unknown (the broker may have the event and did not answer in
+    time) returns False instead of raising: the event may be written and run, so refusing
+    it would be a 503 for a request that then runs. The caller waits for the reply until
+    the request's deadline, and the ticket is settled by its usage or released at that
+    deadline, as for any accepted request."""
     try:
         await gateway.bus.publish(topic, event, key=event.request_id)
+    except PublishOutcomeUnknownError as exc:
+        if not await_if_unknown:
+            _refuse_unavailable(ticket, what, exc)
+        PUBLISH_OUTCOME_UNKNOWN.inc()
+        log.warning(
+            f"{what} publish outcome unknown: waiting for its reply until the deadline",
+            request_id=event.request_id,
+            error=str(exc),
+        )
+        return False
     except EventTooLargeError as exc:
         ticket.cancel()  # never published: nothing will settle it
         REJECTED.labels("too_large_for_bus").inc()
         log.error(f"{what} too large for the event bus", error=str(exc))
         raise too_large_for_bus() from None
     except BusUnavailableError as exc:
-        ticket.cancel()
-        REJECTED.labels("bus_unavailable").inc()
-        log.error(f"could not publish {what}", error=str(exc))
-        raise bus_unavailable(
-            f"The {what} could not be accepted right now; retry shortly."
-        ) from None
+        _refuse_unavailable(ticket, what, exc)
+    return True
+
+
+def _refuse_unavailable(ticket: Ticket, what: str, exc: BusUnavailableError) -> NoReturn:
+    """Give the ticket's reservations back and raise 503 `bus_unavailable`."""
+    ticket.cancel()
+    REJECTED.labels("bus_unavailable").inc()
+    log.error(f"could not publish {what}", error=str(exc))
+    raise bus_unavailable(f"The {what} could not be accepted right now; retry shortly.") from None
 
 
 @dataclass(frozen=True)

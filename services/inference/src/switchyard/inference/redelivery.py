@@ -272,13 +272,15 @@ class KafkaOutcomeLog(OutcomeLog):
     async def _open(self) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
+        from switchyard.common.bus.kafka import LISTENER_FETCH_MAX_WAIT_MS
+
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             client_id=self.client_id,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=LISTENER_FETCH_MAX_WAIT_MS,
             max_partition_fetch_bytes=self.max_message_bytes,
         )
         await consumer.start()

@@ -46,7 +46,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.applications import Starlette
@@ -203,10 +203,14 @@ def openai_error(
     )
 
 
-def anthropic_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+def anthropic_error(
+    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> Response:
     """An Anthropic error response: `{"type": "error", "error": {"type", "message"}}` with
-    `status`, the error type Anthropic documents for it ("Errors" in the Anthropic API reference;
-    `api_error` for any other status) and `headers` (header name to value)."""
+    `status`, the error type Anthropic documents for it ("Errors" in the Anthropic API
+    reference; `api_error` for any other status) and `headers` (header name to value).
+    Anthropic's error object names no parameter, so `param` (taken as every error writer of
+    the simulator takes it) is not sent."""
     error_type = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
     return _json(
         {"type": "error", "error": {"type": error_type, "message": message}}, status, headers
@@ -1309,6 +1313,20 @@ def build_embeddings(body: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- app
 
+# An error writer: (status, message, param=None, headers=None) -> the API's error response.
+ErrorWriter = Callable[..., Response]
+_Reply = TypeVar("_Reply")
+
+
+@dataclass
+class Call:
+    """A model request being answered as a stream: its JSON body and the mid-stream fault
+    injected into it (`stream_error`: the events before the error, the error's type;
+    both None without one)."""
+
+    body: dict[str, Any]
+    stream_error: tuple[int | None, str | None] = (None, None)
+
 
 class Simulator:
     """The routes, bound to one state (one simulator per app)."""
@@ -1325,7 +1343,7 @@ class Simulator:
         self,
         request: Request,
         model: str | None,
-        error: Callable[..., Response],
+        error: ErrorWriter,
         streaming: bool = False,
     ) -> Response | Fault | None:
         """The response of the next injected fault matching `model`, if any; for a
@@ -1358,124 +1376,108 @@ class Simulator:
         if self.state.latency_ms > 0:
             await asyncio.sleep(self.latency_s)
 
-    async def chat_completions(self, request: Request) -> Response:
-        """POST /v1/chat/completions: OpenAI Chat Completions, JSON or SSE (`stream`),
-        after any injected fault; invalid bodies get OpenAI's 400 error."""
+    async def _serve(
+        self,
+        request: Request,
+        route: str,
+        error: ErrorWriter,
+        build: Callable[[dict[str, Any]], _Reply],
+        complete: Callable[[_Reply], Any],
+        stream: Callable[[_Reply, Call], AsyncIterator[bytes]] | None = None,
+    ) -> Response:
+        """What every model route does: read the JSON object body, count the call under
+        `route` and its model, answer the next injected fault for that model in the
+        route's error format (`error`), `build` the reply (a `BadRequest` becomes a 400),
+        then answer it whole (`complete`, after the configured latency) or, when the body
+        asks for `stream` and the route streams, as the events of `stream`."""
         try:
             body = await _read_object(request)
             model = body.get("model") if isinstance(body.get("model"), str) else None
-            self.state.record("/v1/chat/completions", model)
-            streaming = body.get("stream") is True
-            fault = await self._fault_response(request, model, openai_error, streaming)
+            self.state.record(route, model)
+            streaming = stream is not None and body.get("stream") is True
+            fault = await self._fault_response(request, model, error, streaming)
             if isinstance(fault, Response):
                 return fault
-            reply = build_openai_reply(body, self.state.prompt_cache)
+            reply = build(body)
         except BadRequest as exc:
-            return openai_error(400, str(exc), exc.param)
-        if streaming:
-            options = body.get("stream_options") or {}
-            include_usage = isinstance(options, dict) and options.get("include_usage") is True
-            return StreamingResponse(
-                stream_openai(
-                    reply,
-                    include_usage,
-                    self.latency_s,
-                    self.state,
-                    fault.stream_error_after if fault else None,
-                    fault.error_type if fault else None,
-                ),
-                media_type="text/event-stream",
-            )
+            return error(400, str(exc), exc.param)
+        if stream is not None and streaming:
+            call = Call(body)
+            if fault is not None:
+                call.stream_error = (fault.stream_error_after, fault.error_type)
+            return StreamingResponse(stream(reply, call), media_type="text/event-stream")
         await self._pause()
-        return _json(reply.completion())
+        return _json(complete(reply))
+
+    async def chat_completions(self, request: Request) -> Response:
+        """POST /v1/chat/completions: OpenAI Chat Completions, JSON or SSE (`stream`),
+        after any injected fault; invalid bodies get OpenAI's 400 error."""
+
+        def stream(reply: OpenAIReply, call: Call) -> AsyncIterator[bytes]:
+            options = call.body.get("stream_options") or {}
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            return stream_openai(
+                reply, include_usage, self.latency_s, self.state, *call.stream_error
+            )
+
+        return await self._serve(
+            request,
+            "/v1/chat/completions",
+            openai_error,
+            lambda body: build_openai_reply(body, self.state.prompt_cache),
+            OpenAIReply.completion,
+            stream,
+        )
 
     async def messages(self, request: Request) -> Response:
         """POST /v1/messages: Anthropic Messages, JSON or SSE (`stream`), after any injected
         fault; invalid bodies get Anthropic's 400 error."""
-        try:
-            body = await _read_object(request)
-            model = body.get("model") if isinstance(body.get("model"), str) else None
-            self.state.record("/v1/messages", model)
-            streaming = body.get("stream") is True
-            fault = await self._fault_response(request, model, anthropic_error, streaming)
-            if isinstance(fault, Response):
-                return fault
-            reply = build_anthropic_reply(body, self.state.prompt_cache)
-        except BadRequest as exc:
-            return anthropic_error(400, str(exc))
-        if streaming:
-            return StreamingResponse(
-                stream_anthropic(
-                    reply,
-                    self.latency_s,
-                    self.state,
-                    fault.stream_error_after if fault else None,
-                    fault.error_type if fault else None,
-                ),
-                media_type="text/event-stream",
-            )
-        await self._pause()
-        return _json(reply.complete())
+        return await self._serve(
+            request,
+            "/v1/messages",
+            anthropic_error,
+            lambda body: build_anthropic_reply(body, self.state.prompt_cache),
+            AnthropicReply.complete,
+            lambda reply, call: stream_anthropic(
+                reply, self.latency_s, self.state, *call.stream_error
+            ),
+        )
 
     async def count_tokens(self, request: Request) -> Response:
         """Anthropic's count_tokens: the input tokens a Messages call with this body would
         report (one simulated token a word), without `max_tokens`."""
-        try:
-            body = await _read_object(request)
-            model = body.get("model") if isinstance(body.get("model"), str) else None
-            self.state.record("/v1/messages/count_tokens", model)
-            fault = await self._fault_response(request, model, anthropic_error)
-            if isinstance(fault, Response):
-                return fault
+
+        def count(body: dict[str, Any]) -> int:
             _validate_anthropic({**body, "max_tokens": 1})
-            counted = prompt_words(body["messages"], body.get("system"))
-        except BadRequest as exc:
-            return anthropic_error(400, str(exc))
-        await self._pause()
-        return _json({"input_tokens": counted})
+            return prompt_words(body["messages"], body.get("system"))
+
+        return await self._serve(
+            request,
+            "/v1/messages/count_tokens",
+            anthropic_error,
+            count,
+            lambda counted: {"input_tokens": counted},
+        )
 
     async def responses(self, request: Request) -> Response:
         """POST /v1/responses: OpenAI Responses, JSON or SSE (`stream`), stateless; invalid
         bodies get OpenAI's 400 error."""
-        try:
-            body = await _read_object(request)
-            model = body.get("model") if isinstance(body.get("model"), str) else None
-            self.state.record("/v1/responses", model)
-            streaming = body.get("stream") is True
-            fault = await self._fault_response(request, model, openai_error, streaming)
-            if isinstance(fault, Response):
-                return fault
-            reply = build_responses_reply(body, self.state.prompt_cache)
-        except BadRequest as exc:
-            return openai_error(400, str(exc), exc.param)
-        if streaming:
-            return StreamingResponse(
-                stream_responses(
-                    reply,
-                    self.latency_s,
-                    self.state,
-                    fault.stream_error_after if fault else None,
-                    fault.error_type if fault else None,
-                ),
-                media_type="text/event-stream",
-            )
-        await self._pause()
-        return _json(reply.response(reply.status))
+        return await self._serve(
+            request,
+            "/v1/responses",
+            openai_error,
+            lambda body: build_responses_reply(body, self.state.prompt_cache),
+            lambda reply: reply.response(reply.status),
+            lambda reply, call: stream_responses(
+                reply, self.latency_s, self.state, *call.stream_error
+            ),
+        )
 
     async def embeddings(self, request: Request) -> Response:
         """POST /v1/embeddings: OpenAI Embeddings; invalid bodies get OpenAI's 400 error."""
-        try:
-            body = await _read_object(request)
-            model = body.get("model") if isinstance(body.get("model"), str) else None
-            self.state.record("/v1/embeddings", model)
-            fault = await self._fault_response(request, model, openai_error)
-            if isinstance(fault, Response):
-                return fault
-            result = build_embeddings(body)
-        except BadRequest as exc:
-            return openai_error(400, str(exc), exc.param)
-        await self._pause()
-        return _json(result)
+        return await self._serve(
+            request, "/v1/embeddings", openai_error, build_embeddings, lambda result: result
+        )
 
     async def models(self, request: Request) -> Response:
         """GET /v1/models: the simulated models, as OpenAI lists models."""

@@ -1,5 +1,12 @@
 """Test support for suites that need a provider: the simulator served over real HTTP on a
-free 127.0.0.1 port in a background thread, and a handle on its control API (`/_sim/`)."""
+free 127.0.0.1 port in a background thread, and a handle on its control API (`/_sim/`).
+
+Loaded into pytest through the `pytest11` entry point (`switchyard-simulator`), so every
+suite has the fixtures `simulator_server` (the root URL of one simulator per session) and
+`simulator` (a `SimulatorHandle` on it, reset before and after each test) without
+declaring them. Suites whose simulator runs in another process (e2e, benchmarks) reach it
+with `simulator_at(root)`.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import httpx
+import pytest
 
 from switchyard.common.testing.servers import serve_app
 
@@ -45,10 +53,34 @@ class SimulatorHandle:
         """Set the simulator's base latency of every reply, in milliseconds."""
         self.control.put("/_sim/latency", json={"latency_ms": latency_ms}).raise_for_status()
 
+    @contextmanager
+    def slowed(self, latency_ms: float) -> Iterator[None]:
+        """Every answer `latency_ms` late until the block ends, then prompt again."""
+        self.latency(latency_ms)
+        try:
+            yield
+        finally:
+            self.latency(0)
+
     def reset(self) -> None:
         """Clear faults, counters and the prompt cache, and set latency back to 0."""
         self.control.post("/_sim/reset").raise_for_status()
         self.latency(0)
+
+
+@contextmanager
+def simulator_at(root: str, *, reset: bool = False) -> Iterator[SimulatorHandle]:
+    """A handle on the simulator at `root` (http://host:port, no /v1) until the block ends;
+    with `reset`, its faults, counts and latency are cleared before and after."""
+    with httpx.Client(base_url=root, timeout=5) as control:
+        handle = SimulatorHandle(root, control)
+        if reset:
+            handle.reset()
+        try:
+            yield handle
+        finally:
+            if reset:
+                control.post("/_sim/reset")
 
 
 @contextmanager
@@ -58,3 +90,18 @@ def serve_simulator() -> Iterator[str]:
 
     with serve_app(create_simulator_app()) as root:
         yield root
+
+
+@pytest.fixture(scope="session")
+def simulator_server() -> Iterator[str]:
+    """The root URL of a simulator served for the whole session (in a background thread,
+    so it outlives each test's event loop)."""
+    with serve_simulator() as root:
+        yield root
+
+
+@pytest.fixture
+def simulator(simulator_server: str) -> Iterator[SimulatorHandle]:
+    """The session's simulator with no faults, counts or latency, reset again afterwards."""
+    with simulator_at(simulator_server, reset=True) as handle:
+        yield handle

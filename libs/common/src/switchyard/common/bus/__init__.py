@@ -49,5 +49,6 @@ def create_bus(settings: ServiceSettings, client_id: str) -> EventBus:
             client_id=client_id,
             deadletter_topic=topics.deadletter,
             max_message_bytes=settings.kafka_max_message_bytes,
+            commit_interval_s=settings.kafka_commit_interval_ms / 1000,
         )
     return InMemoryBus()

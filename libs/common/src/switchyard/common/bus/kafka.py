@@ -40,7 +40,6 @@ from typing import Any, NoReturn, TypeVar, cast
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.client import ConnectionGroup
 from aiokafka.errors import (
     IllegalStateError,
     InvalidProducerEpoch,
@@ -93,6 +92,12 @@ FETCH_MAX_BYTES = 52_428_800
 PUBLISH_BYTES_PER_S = 1024 * 1024
 # Between attempts to open a consumer again while Kafka is away.
 CONSUMER_RECONNECT_BACKOFF = Backoff(initial_s=0.2, max_s=5.0)
+# How long a listener's fetch waits at the broker when there is nothing to read. The broker
+# answers as soon as one record arrives (`fetch_min_bytes` is 1), so this bounds only the
+# empty round trips an idle listener makes (two a second, not ten), never a record's wait.
+LISTENER_FETCH_MAX_WAIT_MS = 500
+# Default of `commit_interval_s`: how often, at most, a busy group consumer commits.
+DEFAULT_COMMIT_INTERVAL_S = 1.0
 
 # After these an aiokafka producer (0.14) never sends again: it must be replaced.
 FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
@@ -130,28 +135,25 @@ async def _close_quietly(awaitable: Awaitable[Any], timeout: float) -> None:
             raise
 
 
-def _on_the_wire(producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> bool:
-    """Whether the batch holding `delivery` has been sent to its partition's leader over a
-    live connection and awaits the answer (rather than waiting in the producer's queue, or
-    between two attempts to reach a broker that is gone). aiokafka (0.14) internals: its
-    in-flight batches and its connections."""
+def _maybe_sent(producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> bool:
+    """Whether the broker may have received the event whose delivery future is `delivery`.
+
+    False only when it certainly has not: its batch still waits in the producer's queue and
+    was never handed to the sender. Once the sender has taken a batch, its produce request
+    may be written (at once, or when the connection it waits for comes up, which dropping
+    the producer does not stop), and a batch queued again after a failed attempt may have
+    reached the broker on that attempt: in both cases the event may be written. aiokafka
+    (0.14) internals: the accumulator's queued batches, whose `retry_count` counts the
+    times the sender took them."""
     try:
-        accumulator = producer._message_accumulator
-        batch = next(
-            (
-                batch
-                for batch in accumulator._pending_batches
-                if any(future is delivery for future, _ in batch._msg_futures)
-            ),
-            None,
-        )
-        if batch is None:
-            return False
-        leader = producer.client.cluster.leader_for_partition(batch.tp)
-        connection = producer.client._conns.get((leader, ConnectionGroup.DEFAULT))
-        return connection is not None and connection.connected()
-    except Exception:  # noqa: BLE001 - internals changed: treat it as not sent
-        return False
+        queues = producer._message_accumulator._batches
+        for queue in queues.values():
+            for batch in queue:
+                if any(future is delivery for future, _ in batch._msg_futures):
+                    return bool(batch.retry_count > 0)
+    except Exception:  # noqa: BLE001 - internals changed: assume it may be written
+        return True
+    return True  # taken by the sender (or answered just now)
 
 
 def _sender_alive(producer: AIOKafkaProducer) -> bool:
@@ -219,10 +221,15 @@ class _PartitionProgress:
 
 class KafkaBus(EventBus):
     """`publish_timeout_s`: the longest a publish waits for the broker's acknowledgement,
-    unless the broker already has the event: then `in_flight_timeout_s` more for its answer
+    unless the broker may have the event: then `in_flight_timeout_s` more for its answer
     (a slow broker is not an absent one; after that the outcome is unknown).
     `close_timeout_s`: the longest one client (producer or consumer) may take to close.
-    `reconnect_max_s`: the longest wait between two attempts to connect a producer."""
+    `reconnect_max_s`: the longest wait between two attempts to connect a producer.
+    `commit_interval_s`: while events keep arriving, a group consumer commits the offsets it
+    has handled at most this often (one broker round trip and write per commit; 0: after
+    every poll); it commits at once whenever a poll comes back empty, and on every
+    revocation and close. A crash therefore redelivers up to this much more of what was
+    already handled, never less than what was not."""
 
     def __init__(
         self,
@@ -235,8 +242,10 @@ class KafkaBus(EventBus):
         reconnect_max_s: float = 1.0,
         in_flight_timeout_s: float = 5.0,
         max_message_bytes: int = DEFAULT_KAFKA_MAX_MESSAGE_BYTES,
+        commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.commit_interval_s = max(0.0, commit_interval_s)
         # Model requests carry whole conversations (the Messages API takes 32 MB bodies):
         # the producer sends, and consumers fetch, records up to this size.
         self.max_message_bytes = max_message_bytes
@@ -440,9 +449,9 @@ class KafkaBus(EventBus):
             # Shielded: on a timeout the delivery is looked at, not given up on.
             await asyncio.wait_for(asyncio.shield(sent), timeout=max(0.001, deadline - loop.time()))
         except TimeoutError as exc:
-            if delivery is not None and _on_the_wire(producer, delivery):
-                # The broker has the event and has not answered yet (it is slow, not
-                # gone): answering "not taken" now could be wrong. Wait for its answer.
+            if delivery is not None and _maybe_sent(producer, delivery):
+                # The broker may have the event (or get it when a connection comes up):
+                # answering "not taken" now could be wrong. Wait for its answer.
                 try:
                     await asyncio.wait_for(
                         asyncio.shield(delivery), timeout=self.in_flight_timeout_s
@@ -689,7 +698,14 @@ class KafkaBus(EventBus):
         healthy: HealthCheck | None = None,
     ) -> Subscription:
         subscription = _GroupSubscription(
-            self, list(topics), group, handler, concurrency, retry, self._dependencies(healthy)
+            self,
+            list(topics),
+            group,
+            handler,
+            concurrency,
+            retry,
+            self._dependencies(healthy),
+            commit_interval_s=self.commit_interval_s,
         )
         await subscription.start()
         self._subscriptions.append(subscription)
@@ -899,12 +915,16 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
         concurrency: int,
         retry: RetryPolicy,
         dependencies: HealthCheck,
+        commit_interval_s: float = 0.0,
     ) -> None:
         super().__init__(bus, f"consume-{group}")
         self.topics, self.group, self.handler = topics, group, handler
         self.concurrency = max(1, concurrency)
         self.retry = retry
         self.dependencies = dependencies
+        self.commit_interval_s = commit_interval_s
+        # Before this (monotonic s) a poll that returned events does not commit.
+        self.next_commit_at = 0.0
         self.progress: dict[TopicPartition, _PartitionProgress] = {}
         self.tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self.slot_freed = asyncio.Event()
@@ -938,7 +958,7 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
                     await asyncio.wait_for(self.slot_freed.wait(), timeout=1.0)
                 await consumer.getmany(timeout_ms=0)
                 self._polled()
-                await self._commit()
+                await self._commit(due_only=True)
                 continue
             if consumer.paused():
                 consumer.resume(*consumer.paused())
@@ -953,7 +973,9 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 _record_lag(consumer, tp, records[-1].offset + 1, self.group)
-            await self._commit()
+            # A commit per poll would be one per event at low load: while events keep
+            # coming, commit once per interval; an empty poll (idle) commits at once.
+            await self._commit(due_only=bool(batches))
 
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         try:
@@ -989,7 +1011,13 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
                 progress.finish(record.offset)
             self.slot_freed.set()
 
-    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+    async def _commit(
+        self, only: set[TopicPartition] | None = None, *, due_only: bool = False
+    ) -> None:
+        """Commit, per partition, the offset below which every event is handled. With
+        `due_only`, only if `commit_interval_s` has passed since the last commit."""
+        if due_only and time.monotonic() < self.next_commit_at:
+            return
         offsets = {}
         for tp, progress in self.progress.items():
             if only is not None and tp not in only:
@@ -1000,6 +1028,7 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
         consumer = self.consumer
         if not offsets or consumer is None:
             return
+        self.next_commit_at = time.monotonic() + self.commit_interval_s
         try:
             await consumer.commit(offsets)
         except asyncio.CancelledError:
@@ -1191,7 +1220,9 @@ class _Listener(_SupervisedConsumer):
         self.positions: dict[TopicPartition, int] = {}
 
     async def _open(self) -> AIOKafkaConsumer:
-        consumer = self.bus._consumer(group=None, auto_offset_reset="latest", fetch_max_wait_ms=100)
+        consumer = self.bus._consumer(
+            group=None, auto_offset_reset="latest", fetch_max_wait_ms=LISTENER_FETCH_MAX_WAIT_MS
+        )
         await self.bus._start_consumer(consumer)
         try:
             consumer.assign(self.partitions)

@@ -1,0 +1,95 @@
+"""Which API's error format an answer is in, and the error object of each, written once for
+every writer of errors: the gateway's exception handlers and size limit
+(`switchyard.gateway.errors`) and the HTTP server's connection-level refusals (431, 408:
+`switchyard.common.httpserver`), which answer before any app sees the request.
+
+OpenAI's APIs answer `{"error": {"message", "type", "param", "code"}}` (the OpenAI API
+reference, "Error codes"); Anthropic's `/v1/messages` answers
+`{"type": "error", "error": {"type", "message"}}` (the Anthropic API reference, "Errors";
+the format the `anthropic` SDK reads), with `code` and `param` added when there is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import orjson
+
+from switchyard.common.errors import APIError
+from switchyard.common.headers import ANTHROPIC_VERSION_HEADER
+
+Vendor = Literal["openai", "anthropic"]
+
+# Paths whose answers are always in Anthropic's format.
+ANTHROPIC_PATHS = ("/v1/messages",)
+# Routes both SDKs call: the answer, errors included, is in Anthropic's format when the
+# request carries `anthropic-version` (the `anthropic` SDK always sends it).
+SHARED_PATHS = ("/v1/models",)
+
+# Anthropic's error types by HTTP status (its API reference, "Errors").
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    431: "request_too_large",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def vendor_of(
+    path: str, headers: Mapping[str, str] | None = None, *, unrouted: bool = False
+) -> Vendor:
+    """Whose format the answer to a request for `path` (the URL path, no query) is in,
+    errors included: Anthropic's on `/v1/messages...`; on the routes both SDKs call
+    (`SHARED_PATHS`), and on any path when no route serves it (`unrouted`: an SDK pointed
+    at the wrong base URL), Anthropic's when `headers` (lower-case names, as ASGI and
+    Starlette give them) carry `anthropic-version`; OpenAI's otherwise, and whenever
+    `headers` is None (not at hand, as before the request head is parsed)."""
+    if path.startswith(ANTHROPIC_PATHS):
+        return "anthropic"
+    if (
+        headers is not None
+        and ANTHROPIC_VERSION_HEADER in headers
+        and (unrouted or path.startswith(SHARED_PATHS))
+    ):
+        return "anthropic"
+    return "openai"
+
+
+def error_type(vendor: Vendor, status: int) -> str:
+    """The error `type` the API of `vendor` uses for an HTTP status (`api_error` for one
+    it has no word for)."""
+    if vendor == "anthropic":
+        return _ANTHROPIC_TYPES.get(status, "api_error")
+    return APIError(status, "").type
+
+
+def error_body(
+    vendor: Vendor,
+    *,
+    type: str,
+    message: str,
+    code: str | None = None,
+    param: str | None = None,
+) -> bytes:
+    """The JSON error object (UTF-8 bytes) of `vendor`'s API."""
+    if vendor == "anthropic":
+        error: dict[str, str] = {"type": type, "message": message}
+        if code is not None:
+            error["code"] = code
+        if param is not None:
+            error["param"] = param
+        return orjson.dumps({"type": "error", "error": error})
+    return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
