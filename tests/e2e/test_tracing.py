@@ -150,8 +150,9 @@ def test_one_trace_links_spans_from_all_four_services(traced):
         if service == "switchyard-inference" and name.startswith("chat ")
     ]
     assert provider_calls, spans
-    assert provider_calls[0]["gen_ai.system"] == "openai"
+    assert provider_calls[0]["gen_ai.provider.name"] == "openai"
     assert provider_calls[0]["gen_ai.request.model"] == "sim-small"
+    assert provider_calls[0]["gen_ai.response.model"]
     assert provider_calls[0]["gen_ai.usage.input_tokens"] >= 1
     consumer_spans = [
         attrs

@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from typing_extensions import override
+
 from switchyard.common.events import ChatRequested, ClientAPI, StreamEvent, TokenUsage
 from switchyard.common.responses import response_id
 from switchyard.common.routing import Deployment
@@ -105,11 +107,19 @@ class StreamTranslation(Protocol):
 
 
 class Accumulator(Protocol):
+    """Assembles the events of one stream in the client's API (their JSON `data`) into
+    the reply the same request would have got unstreamed. `deltas` counts the content
+    deltas added: the output-token estimate of a stream stopped before its usage."""
+
     deltas: int
 
-    def add(self, data: dict[str, Any]) -> None: ...
+    def add(self, data: dict[str, Any]) -> None:
+        """Take the next stream event's `data` (in the client's API)."""
+        ...
 
-    def response(self) -> dict[str, Any]: ...
+    def response(self) -> dict[str, Any]:
+        """The reply the events added so far assemble to, in the client's API."""
+        ...
 
 
 class Adapter(Protocol):
@@ -133,7 +143,11 @@ class Adapter(Protocol):
         upstream's JSON reply. Raises ProviderError for a reply of the wrong shape."""
         ...
 
-    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation: ...
+    def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
+        """The translation of the upstream's stream for the client's request `body`,
+        naming the public `model` in its events. Raises ProviderError (400, `stream`)
+        for an API that is never streamed."""
+        ...
 
     def accumulator(self) -> Accumulator:
         """Assembles the client's stream events into the client's reply."""
@@ -303,11 +317,12 @@ def _require(native: dict[str, Any], field: str, kind: type, model: str) -> None
         raise invalid_reply(model)  # renamed after the deployment by the caller
 
 
-class ChatPassThrough:
+class ChatPassThrough(Adapter):
     """Chat Completions to an OpenAI-protocol deployment."""
 
     api = ClientAPI.OPENAI_CHAT_COMPLETIONS
 
+    @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
@@ -326,17 +341,21 @@ class ChatPassThrough:
             _forwarded(headers, OPENAI_HEADERS),
         )
 
+    @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
         _require(native, "choices", list, model)
         native["model"] = model
         return native, openai_usage(native.get("usage"))
 
+    @override
     def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
         return _ChatPassThroughStream(model, _wants_usage(body))
 
+    @override
     def accumulator(self) -> Accumulator:
         return CompletionAccumulator()
 
+    @override
     def is_preamble(self, event: StreamEvent) -> bool:
         return _chat_preamble(event)
 
@@ -347,6 +366,7 @@ class ChatViaMessages(ChatPassThrough):
     def __init__(self, default_max_tokens: int = DEFAULT_ANTHROPIC_MAX_TOKENS) -> None:
         self.default_max_tokens = default_max_tokens
 
+    @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
@@ -360,19 +380,22 @@ class ChatViaMessages(ChatPassThrough):
             payload.pop("stream", None)
         return UpstreamCall(ClientAPI.ANTHROPIC_MESSAGES, "/v1/messages", payload, {})
 
+    @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
         _require(native, "content", list, model)
         return message_to_chat_completion(native, model), anthropic_usage(native.get("usage"))
 
+    @override
     def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
         return _ChatFromMessagesStream(model, _wants_usage(body))
 
 
-class MessagesPassThrough:
+class MessagesPassThrough(Adapter):
     """Anthropic Messages to an Anthropic-protocol deployment."""
 
     api = ClientAPI.ANTHROPIC_MESSAGES
 
+    @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
@@ -386,17 +409,21 @@ class MessagesPassThrough:
             _forwarded(headers, ANTHROPIC_HEADERS),
         )
 
+    @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
         _require(native, "content", list, model)
         native["model"] = model
         return native, anthropic_usage(native.get("usage"))
 
+    @override
     def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
         return _MessagesPassThroughStream(model)
 
+    @override
     def accumulator(self) -> Accumulator:
         return MessageAccumulator()
 
+    @override
     def is_preamble(self, event: StreamEvent) -> bool:
         return _messages_preamble(event)
 
@@ -404,6 +431,7 @@ class MessagesPassThrough:
 class MessagesViaChat(MessagesPassThrough):
     """Anthropic Messages to an OpenAI-protocol deployment (translated)."""
 
+    @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
@@ -417,23 +445,27 @@ class MessagesViaChat(MessagesPassThrough):
             payload.pop("stream_options", None)
         return UpstreamCall(ClientAPI.OPENAI_CHAT_COMPLETIONS, "/chat/completions", payload, {})
 
+    @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
         _require(native, "choices", list, model)
         return chat_completion_to_message(native, model), openai_usage(native.get("usage"))
 
+    @override
     def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
         return _MessagesFromChatStream(model)
 
 
-class _NotStreamed:
+class _NotStreamed(Adapter):
     """What every adapter of an API that is never streamed shares: asking for a stream is
     a 400 naming `stream`, and no event is a preamble."""
 
     not_streamed = "This API is not streamed."
 
+    @override
     def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
         raise invalid_request(self.not_streamed, param="stream")
 
+    @override
     def is_preamble(self, event: StreamEvent) -> bool:
         return False
 
@@ -444,6 +476,7 @@ class EmbeddingsPassThrough(_NotStreamed):
     api = ClientAPI.OPENAI_EMBEDDINGS
     not_streamed = "Embeddings are not streamed."
 
+    @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
@@ -454,11 +487,13 @@ class EmbeddingsPassThrough(_NotStreamed):
             _forwarded(headers, OPENAI_HEADERS),
         )
 
+    @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
         _require(native, "data", list, model)
         native["model"] = model
         return native, openai_usage(native.get("usage"))
 
+    @override
     def accumulator(self) -> Accumulator:
         return CompletionAccumulator()
 
@@ -470,6 +505,7 @@ class CountTokensPassThrough(_NotStreamed):
     api = ClientAPI.ANTHROPIC_COUNT_TOKENS
     not_streamed = "Token counts are not streamed."
 
+    @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
@@ -480,10 +516,12 @@ class CountTokensPassThrough(_NotStreamed):
             _forwarded(headers, ANTHROPIC_HEADERS),
         )
 
+    @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
         _require(native, "input_tokens", int, model)
         return native, TokenUsage()
 
+    @override
     def accumulator(self) -> Accumulator:
         return MessageAccumulator()
 
@@ -494,6 +532,7 @@ class CountTokensEstimate(CountTokensPassThrough):
     calling the deployment. The reply's `upstream_api` is then None, which the gateway
     tells the client (`x-switchyard-token-count: estimate`)."""
 
+    @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
@@ -614,7 +653,7 @@ class _ResponsesFromMessagesStream:
         return self._usage.usage()
 
 
-class ResponsesPassThrough:
+class ResponsesPassThrough(Adapter):
     """Responses to an OpenAI-protocol deployment offering the Responses API."""
 
     api = ClientAPI.OPENAI_RESPONSES
@@ -623,6 +662,7 @@ class ResponsesPassThrough:
         self.ctx = response_context(request)
         self.previous_items = request.data.previous_items
 
+    @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
@@ -636,6 +676,7 @@ class ResponsesPassThrough:
             _forwarded(headers, OPENAI_HEADERS),
         )
 
+    @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
         _require(native, "output", list, model)
         if native.get("status") == "failed":
@@ -643,12 +684,15 @@ class ResponsesPassThrough:
         _as_switchyards(native, self.ctx)
         return native, responses_usage(native.get("usage"))
 
+    @override
     def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
         return _ResponsesPassThroughStream(self.ctx)
 
+    @override
     def accumulator(self) -> Accumulator:
         return ResponseAccumulator()
 
+    @override
     def is_preamble(self, event: StreamEvent) -> bool:
         return is_preamble(event.data)
 
@@ -657,6 +701,7 @@ class ResponsesViaChat(ResponsesPassThrough):
     """Responses to an OpenAI-protocol deployment offering Chat Completions only
     (translated)."""
 
+    @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
@@ -670,11 +715,13 @@ class ResponsesViaChat(ResponsesPassThrough):
             payload.pop("stream_options", None)
         return UpstreamCall(ClientAPI.OPENAI_CHAT_COMPLETIONS, "/chat/completions", payload, {})
 
+    @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
         _require(native, "choices", list, model)
         usage = openai_usage(native.get("usage"))
         return chat_completion_to_response(native, self.ctx, usage), usage
 
+    @override
     def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
         return _ResponsesFromChatStream(self.ctx)
 
@@ -688,6 +735,7 @@ class ResponsesViaMessages(ResponsesPassThrough):
         super().__init__(request)
         self.default_max_tokens = default_max_tokens
 
+    @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
@@ -704,11 +752,13 @@ class ResponsesViaMessages(ResponsesPassThrough):
             payload.pop("stream", None)
         return UpstreamCall(ClientAPI.ANTHROPIC_MESSAGES, "/v1/messages", payload, {})
 
+    @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
         _require(native, "content", list, model)
         usage = anthropic_usage(native.get("usage"))
         return message_to_response(native, self.ctx, usage), usage
 
+    @override
     def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
         return _ResponsesFromMessagesStream(self.ctx)
 

@@ -1,9 +1,9 @@
 """Serving one request: the order in which its model's deployments are tried, retries with
 backoff on one deployment, fallback to the next, circuit breakers, per-deployment
 concurrency; each attempt calls the upstream through the adapter of (client API,
-deployment protocol) and, for a stream, hands the client's events to the run's
-`ChunkPublisher` as they arrive. The result is an `Outcome`; nothing here publishes a
-terminal event.
+deployment protocol), the call itself being `calls.UpstreamCalls`'s (a stream's events go
+to the run's `ChunkPublisher` as they arrive). The result is an `Outcome`; nothing here
+publishes a terminal event.
 
 Rules a client can rely on:
 - retries and fallbacks happen only while no stream event has been sent: events that
@@ -18,156 +18,48 @@ Rules a client can rely on:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
-from opentelemetry.trace import SpanKind
 
-from switchyard.common import tracing
-from switchyard.common.events import (
-    ChatRequested,
-    StreamEvent,
-    TerminalStatus,
-    TokenUsage,
-    new_id,
-    utcnow,
-)
+from switchyard.common.events import TerminalStatus, TokenUsage
 from switchyard.common.routing import Deployment, RoutingError, RoutingTable
 from switchyard.inference import metrics
-from switchyard.inference.adapters import (
-    Accumulator,
-    Adapter,
-    Adapters,
-    StreamTranslation,
-    UpstreamCall,
-)
+from switchyard.inference.adapters import Adapter, Adapters, UpstreamCall
+from switchyard.inference.calls import UpstreamCalls
 from switchyard.inference.errors import ProviderError
-from switchyard.inference.outcomes import Outcome, expired, failed, observe_call, operation_name
+from switchyard.inference.genai import observe_call
+from switchyard.inference.outcomes import Outcome, expired, failed
 from switchyard.inference.platforms import missing_credential
 from switchyard.inference.providers import ProviderPool
 from switchyard.inference.publishing import ChunkPublisher
-from switchyard.inference.reliability import (
-    Backoff,
-    DeploymentState,
-    DeploymentStates,
-)
-from switchyard.inference.upstream import Upstream, invalid_reply
-from switchyard.inference.usage import add_usage
+from switchyard.inference.reliability import Backoff, DeploymentState, DeploymentStates
+from switchyard.inference.runs import RequestRun, seconds_until
 
 log = structlog.get_logger("switchyard.inference.attempts")
 
 
-class RoutingSource(Protocol):
-    """Anything holding the current routing table (reloaded or fixed)."""
+class CurrentRouting(Protocol):
+    """Where the routing table of each request is read, once per request: a
+    `switchyard.common.routing.RoutingSource` (reloaded from its file) or a
+    `FixedRouting`."""
 
     @property
-    def table(self) -> RoutingTable: ...
+    def table(self) -> RoutingTable:
+        """The routing table in force now."""
+        ...
 
 
 @dataclass
 class FixedRouting:
+    """A routing table that never changes (tests, embedded set-ups given a table)."""
+
     table: RoutingTable
-
-
-def seconds_until(deadline: datetime) -> float:
-    return (deadline - utcnow()).total_seconds()
-
-
-def _text_length(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(
-            len(part["text"])
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
-    return 0
-
-
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """A rough prompt size (4 characters a token, plus a few per message), for calls
-    stopped before the upstream reported usage."""
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        chars = sum(_text_length(m.get("content")) for m in messages if isinstance(m, dict))
-        chars += _text_length(body.get("system"))
-        return math.ceil(chars / 4) + 3 * len(messages)
-    embedding_input = body.get("input")
-    if isinstance(embedding_input, str):
-        return math.ceil(len(embedding_input) / 4)
-    if isinstance(embedding_input, list):
-        return sum(
-            math.ceil(len(item) / 4) if isinstance(item, str) else 1 for item in embedding_input
-        )
-    return 0
-
-
-@dataclass
-class RequestRun:
-    """One execution of one request: what retries, a cancellation, the deadline and the
-    usage record need to know. `run_id` names the execution in its stream records."""
-
-    request: ChatRequested
-    run_id: str = field(default_factory=lambda: new_id()[:16])
-    started: float = field(default_factory=time.perf_counter)
-    cancel_requested: bool = False
-    in_lane: bool = False
-    deployment: Deployment | None = None
-    ttft_ms: float | None = None
-    publisher: ChunkPublisher | None = None
-    # Tokens of the upstream calls that ended, and how many calls were made.
-    spent: TokenUsage = field(default_factory=TokenUsage)
-    upstream_calls: int = 0
-    # The call in flight, if any (a stream's translation says what it reported so far).
-    calling: bool = False
-    translation: StreamTranslation | None = None
-    accumulator: Accumulator | None = None
-
-    @property
-    def events_sent(self) -> int:
-        return self.publisher.sent if self.publisher is not None else 0
-
-    def end_call(self, usage: TokenUsage) -> None:
-        self.spent = add_usage(self.spent, usage)
-        self.calling = False
-        self.translation = None
-        self.accumulator = None
-
-    def failed_call_usage(self) -> TokenUsage:
-        """Tokens of a call that failed: none if it failed before answering anything (a
-        refused call is not billed), else what it reported or streamed."""
-        if self.translation is None:
-            return TokenUsage()
-        reported = self.translation.usage()
-        streamed = self.accumulator.deltas if self.accumulator is not None else 0
-        if reported.total_tokens or streamed:
-            return self.in_flight_usage()
-        return TokenUsage()
-
-    def in_flight_usage(self) -> TokenUsage:
-        """Tokens of the call in flight: what the upstream reported, else estimates."""
-        if not self.calling:
-            return TokenUsage()
-        reported = self.translation.usage() if self.translation is not None else TokenUsage()
-        input_tokens = reported.input_tokens or estimate_prompt_tokens(self.request.data.body)
-        output_tokens = reported.output_tokens
-        if not output_tokens and self.accumulator is not None:
-            output_tokens = self.accumulator.deltas
-        return reported.model_copy(
-            update={"input_tokens": input_tokens, "output_tokens": output_tokens}
-        )
-
-    def usage_so_far(self) -> TokenUsage:
-        """Tokens of every call made so far, the one in flight included."""
-        return add_usage(self.spent, self.in_flight_usage())
 
 
 class Attempts:
@@ -176,7 +68,7 @@ class Attempts:
     def __init__(
         self,
         *,
-        routing: RoutingSource,
+        routing: CurrentRouting,
         providers: ProviderPool,
         adapters: Adapters,
         deployments: DeploymentStates,
@@ -190,9 +82,14 @@ class Attempts:
         self._deployments = deployments
         self._backoff = backoff
         self._rng = rng
-        self._publisher_of = publisher_of
+        self._calls = UpstreamCalls(publisher_of)
 
     async def serve(self, run: RequestRun) -> Outcome:
+        """Serve `run` on its model's deployments in attempt order (priority, weight, open
+        circuits last) and return how it ended: completed, or failed with the error the
+        client gets (404 `model_not_found`, 503 `upstream_unavailable` while every circuit is
+        open, or the last deployment's error). Provider errors become outcomes; only
+        cancellation (the client, the deadline) and bugs raise."""
         model = run.request.data.model
         route = self._routing.table.route(model)
         if route is None:
@@ -283,7 +180,9 @@ class Attempts:
             started = time.perf_counter()
             try:
                 async with state.slot(data.priority):
-                    response, usage = await self._call(run, deployment, upstream, adapter, call)
+                    response, usage = await self._calls.call(
+                        run, deployment, upstream, adapter, call
+                    )
             except ProviderError as error:
                 run.end_call(run.failed_call_usage())
                 if error.unhealthy:
@@ -342,92 +241,3 @@ class Attempts:
         outcome.usage = run.usage_so_far()
         outcome.upstream_calls = run.upstream_calls
         return outcome
-
-    async def _call(
-        self,
-        run: RequestRun,
-        deployment: Deployment,
-        upstream: Upstream,
-        adapter: Adapter,
-        call: UpstreamCall,
-    ) -> tuple[dict[str, Any], TokenUsage]:
-        data = run.request.data
-        timeout_s = min(deployment.timeout_s, max(0.001, seconds_until(data.deadline)))
-        run.deployment = deployment
-        run.upstream_calls += 1
-        run.calling = True
-        operation = operation_name(data.api)
-        with tracing.span(
-            f"{operation} {deployment.model}",
-            kind=SpanKind.CLIENT,
-            attributes={
-                "gen_ai.system": deployment.provider,
-                "gen_ai.operation.name": operation,
-                "gen_ai.request.model": deployment.model,
-                "switchyard.model": data.model,
-                "switchyard.deployment": deployment.name,
-                "switchyard.api": data.api.value,
-                "switchyard.upstream_api": call.api.value,
-            },
-        ) as span:
-            if data.stream:
-                response, usage = await self._stream(run, upstream, adapter, call, timeout_s)
-            else:
-                native = await upstream.send(call.path, call.body, call.headers, timeout_s)
-                try:
-                    response, usage = adapter.reply(native, data.model)
-                except ProviderError as error:
-                    if error.code == "upstream_invalid_reply":
-                        raise invalid_reply(deployment.name) from error
-                    raise
-            if span is not None:
-                span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
-                span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
-        return response, usage
-
-    async def _stream(
-        self,
-        run: RequestRun,
-        upstream: Upstream,
-        adapter: Adapter,
-        call: UpstreamCall,
-        timeout_s: float,
-    ) -> tuple[dict[str, Any], TokenUsage]:
-        data = run.request.data
-        translation = run.translation = adapter.stream(data.body, data.model)
-        accumulator = run.accumulator = adapter.accumulator()
-        if run.publisher is None:
-            run.publisher = self._publisher_of(run)
-        publisher = run.publisher
-        held: list[StreamEvent] = []
-        ttft_histogram = metrics.TIME_TO_FIRST_TOKEN_SECONDS.labels(
-            data.model, upstream.deployment.name
-        )
-
-        def emit(events: list[StreamEvent]) -> None:
-            for event in events:
-                accumulator.add(event.data)
-                if run.ttft_ms is None:
-                    if adapter.is_preamble(event):
-                        held.append(event)  # sent with the first content, or never
-                        continue
-                    run.ttft_ms = (time.perf_counter() - run.started) * 1000
-                    ttft_histogram.observe(run.ttft_ms / 1000)
-                    for opening in held:
-                        publisher.send(opening)
-                    held.clear()
-                publisher.send(event)
-
-        stream = upstream.stream(call.path, call.body, call.headers, timeout_s)
-        try:
-            async with contextlib.aclosing(stream):
-                async for sse in stream:
-                    emit(translation.feed(sse))
-            emit(translation.finish())
-            for opening in held:  # a stream with no content at all still opens and closes
-                publisher.send(opening)
-        except ProviderError:
-            await publisher.flush()  # what arrived reaches the client before the error
-            raise
-        await publisher.flush()
-        return accumulator.response(), translation.usage()

@@ -11,6 +11,9 @@ from switchyard.common.topics import Topics
 
 
 class Settings(ServiceSettings):
+    """The inference service's settings, read from `SWITCHYARD_INFERENCE_*` environment
+    variables (and the shared `SWITCHYARD_*` ones named per field); see docs/configuration.md."""
+
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_INFERENCE_")
 
     port: int = 8003

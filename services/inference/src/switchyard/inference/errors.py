@@ -102,6 +102,7 @@ class ProviderError(Exception):
 
     @property
     def is_timeout(self) -> bool:
+        """Whether the error is a timeout (504): the deadline may be why."""
         return self.status == 504
 
     def to_error_info(self, api: ClientAPI) -> ErrorInfo:

@@ -1,8 +1,8 @@
 """What the inference service does with each `chat.requested` event: wait for a slot of
 its priority lane, serve it within its deadline (`attempts.Attempts`: deployments,
 retries, fallback, streaming), and publish exactly one terminal reply (`chat.completed`
-or `chat.failed`) plus one `usage.recorded`, whatever happened, including a cancellation
-by the client or the deadline passing.
+or `chat.failed`) plus one `usage.recorded` (`replies.ReplyPublisher`), whatever happened,
+including a cancellation by the client or the deadline passing.
 
 Knows nothing of Kafka: it gets a `publish` callable (the bus's), the topics, the routing
 and price sources and its collaborators.
@@ -39,50 +39,30 @@ from collections import OrderedDict
 
 import structlog
 
-from switchyard.common.bus import EventRejectedError, delivery_may_repeat
-from switchyard.common.events import (
-    ChatCancelRequested,
-    ChatChunk,
-    ChatRequested,
-    ClientAPI,
-    EnvelopeFields,
-    Event,
-)
+from switchyard.common.events import ChatCancelRequested, ChatRequested, Event
 from switchyard.common.routing import RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.inference import metrics
 from switchyard.inference.adapters import Adapters
-from switchyard.inference.attempts import (
-    Attempts,
-    FixedRouting,
-    RequestRun,
-    RoutingSource,
-    seconds_until,
-)
+from switchyard.inference.attempts import Attempts, CurrentRouting, FixedRouting
 from switchyard.inference.errors import ProviderError
 from switchyard.inference.lanes import LaneGate
 from switchyard.inference.outcomes import (
+    CurrentPrices,
     FixedPrices,
     Outcome,
     OutcomeEvents,
-    PriceSource,
     cancelled,
     expired,
     failed,
-    stream_interrupted,
-    undeliverable,
 )
 from switchyard.inference.pricing import PriceTable
 from switchyard.inference.providers import ProviderPool
-from switchyard.inference.publishing import (
-    ChunkPublisher,
-    Publish,
-    PublishRetry,
-    ReliablePublisher,
-    chunk_records,
-)
-from switchyard.inference.redelivery import OutcomeLog, Recorded
+from switchyard.inference.publishing import Publish, PublishRetry, ReliablePublisher
+from switchyard.inference.redelivery import OutcomeLog
 from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
+from switchyard.inference.replies import PublishedOutcomes, ReplyPublisher
+from switchyard.inference.runs import RequestRun, seconds_until
 
 log = structlog.get_logger("switchyard.inference.handlers")
 
@@ -107,9 +87,11 @@ class RunningRequests:
         return request_id in self._running
 
     def start(self, run: RequestRun, task: asyncio.Task[Outcome]) -> None:
+        """Register `run`, executed by `task`, so that a cancellation can reach it."""
         self._running[run.request.request_id] = (run, task)
 
     def finish(self, run: RequestRun) -> None:
+        """Forget `run` once it ended (not a newer run of the same request id)."""
         entry = self._running.get(run.request.request_id)
         if entry is not None and entry[0] is run:
             del self._running[run.request.request_id]
@@ -130,44 +112,26 @@ class RunningRequests:
         return True
 
     def cancelled_before_start(self, request_id: str) -> bool:
+        """Whether a cancellation for `request_id` arrived before the request, within the
+        last `ttl_s` seconds; consumes it."""
         cancelled_at = self._early.pop(request_id, None)
         return cancelled_at is not None and time.monotonic() - cancelled_at < self._ttl_s
 
 
-class PublishedOutcomes:
-    """The terminal and usage events this replica published lately, by request event id:
-    a request delivered again after its outcome was published (a rebalance that hands
-    its partition back, a commit that failed) gets the same events published again, with
-    the same ids, instead of a second upstream call. Bounded: the oldest are forgotten,
-    and embeddings (large, and cheap to compute again) are not kept."""
-
-    def __init__(self, remember: int = 256) -> None:
-        self._events: OrderedDict[str, tuple[EnvelopeFields, EnvelopeFields]] = OrderedDict()
-        self._remember = remember
-
-    def get(self, event_id: str) -> tuple[EnvelopeFields, EnvelopeFields] | None:
-        return self._events.get(event_id)
-
-    def add(self, event_id: str, reply: EnvelopeFields, usage: EnvelopeFields) -> None:
-        self._events[event_id] = (reply, usage)
-        self._events.move_to_end(event_id)
-        while len(self._events) > self._remember:
-            self._events.popitem(last=False)
-
-
 class ChatRequestHandler:
     """The consumer-group handler of the request topics (both lanes): owns the deadline,
-    the lane slot and cancellation of each request, and publishing its outcome."""
+    the lane slot and cancellation of each request; `Attempts` serves it and
+    `ReplyPublisher` publishes how it ended."""
 
     def __init__(
         self,
         *,
         publish: Publish,
         topics: Topics,
-        routing: RoutingSource | RoutingTable,
+        routing: CurrentRouting | RoutingTable,
         providers: ProviderPool,
         deployments: DeploymentStates | None = None,
-        prices: PriceSource | PriceTable | None = None,
+        prices: CurrentPrices | PriceTable | None = None,
         lanes: LaneGate | None = None,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
@@ -178,13 +142,14 @@ class ChatRequestHandler:
         """`routing` and `prices` are tables, or sources holding the current `.table`.
         `outcomes`: the outcomes log (`redelivery`); without one, outcomes are neither
         recorded nor looked up (a redelivered request then runs again)."""
-        self._publish = ReliablePublisher(publish, publish_retry)
-        self._topics = topics
         self._routing = FixedRouting(routing) if isinstance(routing, RoutingTable) else routing
         if prices is None:
             prices = PriceTable()
-        self._events = OutcomeEvents(
-            FixedPrices(prices) if isinstance(prices, PriceTable) else prices
+        self._replies = ReplyPublisher(
+            ReliablePublisher(publish, publish_retry),
+            topics,
+            OutcomeEvents(FixedPrices(prices) if isinstance(prices, PriceTable) else prices),
+            outcomes,
         )
         self._lanes = lanes or LaneGate(interactive_capacity=1_000_000, batch_capacity=1_000_000)
         self._attempts = Attempts(
@@ -194,65 +159,52 @@ class ChatRequestHandler:
             deployments=deployments or DeploymentStates(BreakerPolicy()),
             backoff=backoff or Backoff(),
             rng=rng or random.Random(),
-            publisher_of=self._chunk_publisher,
+            publisher_of=self._replies.chunk_publisher,
         )
         self.running = RunningRequests()
-        self.published = PublishedOutcomes()
-        self.outcomes = outcomes
 
     @property
     def routing(self) -> RoutingTable:
+        """The routing table requests are served with now."""
         return self._routing.table
+
+    @property
+    def outcomes(self) -> OutcomeLog | None:
+        """The outcomes log outcomes are recorded in and looked up from (`redelivery`)."""
+        return self._replies.outcomes
+
+    @outcomes.setter
+    def outcomes(self, log: OutcomeLog | None) -> None:
+        self._replies.outcomes = log
+
+    @property
+    def published(self) -> PublishedOutcomes:
+        """The outcomes this replica published lately, by request event id."""
+        return self._replies.published
+
+    @published.setter
+    def published(self, published: PublishedOutcomes) -> None:
+        self._replies.published = published
 
     @property
     def publish_failures(self) -> int:
         """Publish attempts that failed and were retried, since start."""
-        return self._publish.failures
+        return self._replies.failures
 
     async def __call__(self, event: Event) -> None:
+        """Handle one event of a request topic: answer a `chat.requested` (other types are
+        ignored). Returns once its terminal and usage events are on the bus, so the bus
+        commits its offset only then; raises only what stops the bus's consumer
+        (cancellation, the outcomes log being unreadable)."""
         if not isinstance(event, ChatRequested):
             return  # other event types on these topics are not ours to answer
         with structlog.contextvars.bound_contextvars(request_id=event.request_id):
-            done = self.published.get(event.id)
-            if done is not None:
-                log.info("request delivered again after its outcome was published; republishing")
-                await self._publish_reply(event, done[0])
-                await self._publish(self._topics.usage, done[1], key=event.request_id)
-                return
-            # Only an event an earlier owner of its partition may have handled is looked up:
-            # the read barrier costs a broker round trip, and a new event cannot be there.
-            recorded = (
-                await self.outcomes.lookup(event)
-                if self.outcomes is not None and delivery_may_repeat.get()
-                else None
-            )
-            if recorded is not None and await self._answer_again(event, recorded):
+            if await self._replies.answer_again(event):
                 return
             run = RequestRun(event)
             outcome = await self._outcome(run)
             outcome.latency_ms = (time.perf_counter() - run.started) * 1000
-            await self._publish_outcome(run, outcome)
-
-    async def _answer_again(self, request: ChatRequested, recorded: Recorded) -> bool:
-        """Answer a request delivered again from what the outcomes log holds, without
-        calling the upstream; False if it must run (its client has received nothing)."""
-        if recorded.answered:
-            assert recorded.reply is not None and recorded.usage is not None
-            log.info("request delivered again after its outcome was recorded; republishing")
-            metrics.REDELIVERED.labels("republished").inc()
-            await self._publish_reply(request, recorded.reply)
-            await self._publish(self._topics.usage, recorded.usage, key=request.request_id)
-            return True
-        if recorded.stream_started is not None:
-            # Part of another run's stream may have reached the client, and a new run
-            # cannot continue it: the client's stream ends with this error, and so does
-            # the request's record. The dead run's tokens are unknown (not billed).
-            log.warning("stream delivered again after it started; ending it as interrupted")
-            metrics.REDELIVERED.labels("stream_interrupted").inc()
-            run = RequestRun(request)
-            await self._publish_outcome(run, stream_interrupted())
-            return True
-        return False
+            await self._replies.publish_outcome(run, outcome)
 
     async def cancel(self, event: Event) -> None:
         """The control-topic listener: cancel a request if this replica runs it."""
@@ -327,63 +279,3 @@ class ChatRequestHandler:
             outcome.deployment = run.deployment
             outcome.upstream_calls = run.upstream_calls
             return outcome
-
-    # ------------------------------------------------------------------ publishing
-
-    async def _publish_outcome(self, run: RequestRun, outcome: Outcome) -> None:
-        request = run.request
-        cost = self._events.cost(request, outcome)
-        reply = self._events.terminal(request, outcome)
-        usage = self._events.usage(request, outcome, cost, run.ttft_ms)
-        try:
-            await self._record(request, reply, usage)
-            await self._publish_reply(request, reply)
-        except EventRejectedError as exc:
-            # Refused for what it is: no retry could deliver it. The client gets an error
-            # it can act on, and the upstream calls that happened are still billed.
-            log.error("the reply cannot be published; answering an error", error=repr(exc))
-            outcome = undeliverable(outcome, exc)
-            reply = self._events.terminal(request, outcome)
-            usage = self._events.usage(request, outcome, cost, run.ttft_ms)
-            await self._record(request, reply, usage)
-            await self._publish_reply(request, reply)
-        self._events.record_metrics(request, outcome, cost)
-        await self._publish(self._topics.usage, usage, key=request.request_id)
-        if request.data.api is not ClientAPI.OPENAI_EMBEDDINGS:
-            self.published.add(request.id, reply, usage)
-
-    async def _record(
-        self, request: ChatRequested, reply: EnvelopeFields, usage: EnvelopeFields
-    ) -> None:
-        """Write the outcome to the outcomes log before the client can see it: a replica
-        receiving the request again then answers it from there (`redelivery`)."""
-        if self.outcomes is None:
-            return
-        key = request.request_id
-        await asyncio.gather(
-            self._publish(self._topics.outcomes, reply, key=key),
-            self._publish(self._topics.outcomes, usage, key=key),
-        )
-
-    async def _publish_reply(self, request: ChatRequested, event: EnvelopeFields) -> None:
-        reply_to = request.data.reply_to
-        await self._publish(
-            self._topics.replies,
-            event,
-            key=request.request_id,
-            partition=reply_to.partition if reply_to else None,
-        )
-
-    def _chunk_publisher(self, run: RequestRun) -> ChunkPublisher:
-        request = run.request
-
-        async def publish(event: EnvelopeFields) -> None:
-            first = isinstance(event, ChatChunk) and event.data.sequence == 0
-            if self.outcomes is not None and first:
-                # The stream-started marker: written before the client can see the stream.
-                await self._publish(self._topics.outcomes, event, key=request.request_id)
-            await self._publish_reply(request, event)
-
-        return ChunkPublisher(
-            publish, chunk_records(request.request_id, request.id, request.tenant, run.run_id)
-        )

@@ -22,6 +22,11 @@ from switchyard.inference import metrics
 
 
 class LaneGate:
+    """The two priority lanes of one replica: at most `interactive_capacity` interactive and
+    `batch_capacity` batch requests in flight, and a batch request starts only while fewer
+    than `batch_yield_ratio` of the interactive slots are taken, so batch work yields to
+    interactive traffic. In-flight counts are exported as `switchyard_inference_lane_in_flight`."""
+
     def __init__(
         self, interactive_capacity: int, batch_capacity: int, batch_yield_ratio: float = 0.5
     ) -> None:
@@ -36,6 +41,7 @@ class LaneGate:
         self._batch_gauge = metrics.LANE_IN_FLIGHT.labels("batch")
 
     def batch_may_start(self) -> bool:
+        """Whether a waiting batch request may take a slot now."""
         return self.interactive < self.batch_threshold and self.batch < self.batch_capacity
 
     def _wake_next(self) -> None:

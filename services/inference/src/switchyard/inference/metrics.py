@@ -77,11 +77,18 @@ CONFIG_RELOADS = Counter(
 )
 
 # The OpenTelemetry GenAI semantic-convention metrics, in Prometheus naming
-# (gen_ai.client.operation.duration and gen_ai.client.token.usage).
+# (gen_ai.client.operation.duration and gen_ai.client.token.usage); `genai` says what
+# each label holds.
 GEN_AI_OPERATION_DURATION = Histogram(
     "gen_ai_client_operation_duration_seconds",
     "GenAI operation duration (OpenTelemetry semantic conventions).",
-    ["gen_ai_system", "gen_ai_operation_name", "gen_ai_request_model", "error_type"],
+    [
+        "gen_ai_operation_name",
+        "gen_ai_provider_name",
+        "gen_ai_request_model",
+        "gen_ai_response_model",
+        "error_type",
+    ],
     buckets=(
         0.01,
         0.02,
@@ -102,6 +109,12 @@ GEN_AI_OPERATION_DURATION = Histogram(
 GEN_AI_TOKEN_USAGE = Histogram(
     "gen_ai_client_token_usage",
     "Tokens used per GenAI operation (OpenTelemetry semantic conventions).",
-    ["gen_ai_system", "gen_ai_operation_name", "gen_ai_request_model", "gen_ai_token_type"],
+    [
+        "gen_ai_operation_name",
+        "gen_ai_provider_name",
+        "gen_ai_request_model",
+        "gen_ai_response_model",
+        "gen_ai_token_type",
+    ],
     buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304),
 )

@@ -5,7 +5,6 @@ produces events with the same ids and consumers deduplicate them."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,7 +23,7 @@ from switchyard.common.events import (
     UsageRecorded,
 )
 from switchyard.common.routing import Deployment
-from switchyard.inference import metrics
+from switchyard.inference import genai, metrics
 from switchyard.inference.errors import ProviderError
 from switchyard.inference.pricing import PriceTable, request_cost
 
@@ -50,10 +49,12 @@ class Outcome:
 
     @property
     def provider(self) -> str | None:
+        """The provider kind of the deployment that served last, if any."""
         return self.deployment.provider if self.deployment else None
 
     @property
     def deployment_name(self) -> str | None:
+        """The name of the deployment that served last, if any."""
         return self.deployment.name if self.deployment else None
 
     @property
@@ -63,10 +64,13 @@ class Outcome:
 
 
 def failed(error: ProviderError, deployment: Deployment | None = None) -> Outcome:
+    """A failed outcome with the error the client gets, on `deployment` if one was called."""
     return Outcome(TerminalStatus.FAILED, error=error, deployment=deployment)
 
 
 def expired(message: str, usage: TokenUsage = NO_USAGE) -> Outcome:
+    """An expired outcome: 504 `deadline_exceeded` with `message` saying where the
+    deadline passed, billed with `usage` (the tokens of the calls made)."""
     return Outcome(
         TerminalStatus.EXPIRED,
         error=ProviderError(504, None, message, code="deadline_exceeded"),
@@ -75,6 +79,8 @@ def expired(message: str, usage: TokenUsage = NO_USAGE) -> Outcome:
 
 
 def cancelled(usage: TokenUsage, deployment: Deployment | None) -> Outcome:
+    """A cancelled outcome (its client went away): 408 `client_disconnected`, billed with
+    `usage`, the tokens spent until the cancellation."""
     return Outcome(
         TerminalStatus.CANCELLED,
         error=ProviderError(
@@ -123,32 +129,32 @@ def undeliverable(outcome: Outcome, reason: BaseException) -> Outcome:
     )
 
 
-def operation_name(api: ClientAPI) -> str:
-    """The OpenTelemetry GenAI operation name (`gen_ai.operation.name`) of an API."""
-    if api is ClientAPI.OPENAI_EMBEDDINGS:
-        return "embeddings"
-    return "chat"
-
-
-class PriceSource(Protocol):
-    """Anything holding the current price table (reloaded or fixed)."""
+class CurrentPrices(Protocol):
+    """Where the price table of each request's cost is read: a
+    `switchyard.common.pricing.PriceSource` (reloaded from its file) or a `FixedPrices`."""
 
     @property
-    def table(self) -> PriceTable: ...
+    def table(self) -> PriceTable:
+        """The price table in force now."""
+        ...
 
 
 @dataclass
 class FixedPrices:
+    """A price table that never changes (tests, embedded set-ups)."""
+
     table: PriceTable
 
 
 class OutcomeEvents:
     """Builds a request's terminal and usage events, prices them, and counts them."""
 
-    def __init__(self, prices: PriceSource) -> None:
+    def __init__(self, prices: CurrentPrices) -> None:
         self._prices = prices
 
     def envelope(self, request: ChatRequested, suffix: str) -> dict[str, Any]:
+        """The envelope fields of the event `suffix` (`reply`, `usage`) of `request`: its id is
+        the request event's id and the suffix, so a redelivery produces the same ids."""
         return {
             "id": f"{request.id}.{suffix}",
             "source": SOURCE,
@@ -187,6 +193,7 @@ class OutcomeEvents:
         )
 
     def error_info(self, request: ChatRequested, outcome: Outcome) -> ErrorInfo:
+        """The outcome's error in the error shape of the client's API (OpenAI's or Anthropic's)."""
         assert outcome.error is not None
         return outcome.error.to_error_info(request.data.api)
 
@@ -201,6 +208,9 @@ class OutcomeEvents:
     def usage(
         self, request: ChatRequested, outcome: Outcome, cost: float, ttft_ms: float | None
     ) -> UsageRecorded:
+        """The `usage.recorded` event of `request`: the tokens of every upstream call
+        (`outcome.usage`), `cost` in USD, latency and `ttft_ms` (time to first content, in
+        milliseconds, None if not streamed)."""
         data = request.data
         return UsageRecorded(
             **self.envelope(request, "usage"),
@@ -223,6 +233,8 @@ class OutcomeEvents:
         )
 
     def record_metrics(self, request: ChatRequested, outcome: Outcome, cost: float) -> None:
+        """Count the request in the Prometheus metrics: requests and errors by public model,
+        tokens and `cost` (USD) by deployment, and the GenAI token usage (`genai`)."""
         model = request.data.model
         metrics.REQUESTS.labels(model, outcome.status.value).inc()
         if outcome.error is not None:
@@ -240,28 +252,6 @@ class OutcomeEvents:
             ):
                 if count:
                     metrics.TOKENS.labels(model, name, direction).inc(count)
-            operation = operation_name(request.data.api)
-            for token_type, count in (
-                ("input", usage.input_tokens),
-                ("output", usage.output_tokens),
-            ):
-                metrics.GEN_AI_TOKEN_USAGE.labels(
-                    deployment.provider, operation, deployment.model, token_type
-                ).observe(count)
+            genai.observe_tokens(request.data.api, model, deployment, usage)
         if deployment is not None and cost:
             metrics.COST_USD.labels(model, deployment.name).inc(cost)
-
-
-def observe_call(
-    api: ClientAPI, model: str, deployment: Deployment, outcome: str, started: float
-) -> None:
-    """Record one upstream call's duration: Switchyard's histogram by public model and
-    deployment, and the GenAI one by provider, operation and upstream model."""
-    elapsed = time.perf_counter() - started
-    metrics.PROVIDER_CALL_SECONDS.labels(model, deployment.name, outcome).observe(elapsed)
-    metrics.GEN_AI_OPERATION_DURATION.labels(
-        deployment.provider,
-        operation_name(api),
-        deployment.model,
-        "" if outcome == "ok" else outcome,
-    ).observe(elapsed)

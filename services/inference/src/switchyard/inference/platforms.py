@@ -34,6 +34,7 @@ import anthropic
 import httpx2
 import openai
 import orjson
+from typing_extensions import override
 
 from switchyard.common.routing import GEMINI_OPENAI_BASE_URL, Deployment, RoutingError
 from switchyard.inference.errors import ProviderError
@@ -77,6 +78,8 @@ class TokenFile:
         self._token = ""
 
     def __call__(self) -> str:
+        """The token in the file, read again if the file changed since. Raises the
+        `upstream_credentials_missing` ProviderError when it cannot be read or is empty."""
         try:
             stat = os.stat(self.path)
             signature = (stat.st_mtime_ns, stat.st_size)
@@ -103,6 +106,8 @@ class TokenVariable:
         self.variable = variable
 
     def __call__(self) -> str:
+        """The token in the variable now. Raises the `upstream_credentials_missing`
+        ProviderError when it is unset."""
         try:
             return self.deployment.secret(self.variable)
         except RoutingError as exc:
@@ -117,6 +122,7 @@ class AzureOpenAIUpstream(OpenAIUpstream):
     (`/openai/deployments/{model}/...`); `api-version` goes in every query string."""
 
     @classmethod
+    @override
     def create(cls, deployment: Deployment) -> AzureOpenAIUpstream:
         auth: dict[str, Any]
         if deployment.api_key_env is not None:
@@ -162,6 +168,7 @@ class GeminiUpstream(OpenAIUpstream):
     """
 
     @classmethod
+    @override
     def create(cls, deployment: Deployment) -> GeminiUpstream:
         client = openai.AsyncOpenAI(
             api_key=deployment.api_key(),
@@ -172,6 +179,7 @@ class GeminiUpstream(OpenAIUpstream):
         )
         return cls(deployment, client)
 
+    @override
     async def send(
         self, path: str, body: dict[str, Any], headers: Mapping[str, str], timeout_s: float
     ) -> dict[str, Any]:
@@ -182,6 +190,7 @@ class GeminiUpstream(OpenAIUpstream):
         _complete_usage(reply.get("usage"))
         return reply
 
+    @override
     async def stream(
         self, path: str, body: dict[str, Any], headers: Mapping[str, str], timeout_s: float
     ) -> AsyncGenerator[SSE, None]:
@@ -238,6 +247,7 @@ class BedrockUpstream(_PlatformAnthropicUpstream):
     AWS chain (environment, shared files, container or instance role) as boto3 finds it."""
 
     @classmethod
+    @override
     def create(cls, deployment: Deployment) -> BedrockUpstream:
         credentials: dict[str, Any] = {}
         if deployment.api_key_env is not None:
@@ -267,6 +277,7 @@ class BedrockUpstream(_PlatformAnthropicUpstream):
             self.client._make_sse_decoder().aiter_bytes(response.aiter_bytes()),
         )
 
+    @override
     async def send(
         self, path: str, body: dict[str, Any], headers: Mapping[str, str], timeout_s: float
     ) -> dict[str, Any]:
@@ -321,6 +332,7 @@ class VertexUpstream(_PlatformAnthropicUpstream):
     google-auth before they expire (in a worker thread)."""
 
     @classmethod
+    @override
     def create(cls, deployment: Deployment) -> VertexUpstream:
         options: dict[str, Any] = {}
         if deployment.access_token_env is not None:

@@ -29,6 +29,8 @@ class ProviderPool:
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
 
     def get(self, model: str, deployment: Deployment) -> Upstream:
+        """The upstream client of `deployment` serving the public `model`, created on first use
+        and reused after."""
         key = (model, deployment)
         provider = self._providers.get(key)
         if provider is None:
@@ -51,6 +53,7 @@ class ProviderPool:
             await _close_quietly(provider)
 
     async def aclose(self) -> None:
+        """Close every client now, those waiting out their grace period included."""
         providers, self._providers = list(self._providers.values()), {}
         for task in list(self._closing):
             task.cancel()  # closes its provider now

@@ -45,7 +45,11 @@ class Publish(Protocol):
         *,
         key: str | None = None,
         partition: int | None = None,
-    ) -> Awaitable[None]: ...
+    ) -> Awaitable[None]:
+        """Publish `event` to `topic`, with the partitioner's `key` or an explicit
+        `partition`; the awaitable ends once the bus accepted it, or raises
+        (BusUnavailableError, EventRejectedError)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,9 @@ class ReliablePublisher:
         key: str | None = None,
         partition: int | None = None,
     ) -> None:
+        """Publish `event` to `topic` (with the bus's `key` and `partition`), retrying with
+        backoff until the bus takes it. Raises EventRejectedError at once for an event the
+        bus refuses itself, and CancelledError when cancelled."""
         attempt = 0
         while True:
             attempt += 1
@@ -114,6 +121,8 @@ class ChunkPublisher:
         self.published = 0  # records published
 
     def send(self, event: StreamEvent) -> None:
+        """Queue one client stream event; it is published in order, in the next record the pump
+        sends. Needs a running event loop."""
         self._queue.append(event)
         self.sent += 1
         if self._task is None or self._task.done():

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
+from typing_extensions import override
 
 from switchyard.common.bus import BusUnavailableError, EventBus, Subscription
 from switchyard.common.events import (
@@ -164,9 +165,13 @@ class OutcomeLog(Protocol):
     """Where a request's outcome is recorded before its client is told, and looked up
     before the request is run."""
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Start reading the log (in the background: the broker may not be reachable)."""
+        ...
 
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """Stop reading and release the log's connections."""
+        ...
 
     def healthy(self) -> bool:
         """False while the log cannot be read (readiness)."""
@@ -179,7 +184,7 @@ class OutcomeLog(Protocol):
         ...
 
 
-class ListenedOutcomeLog:
+class ListenedOutcomeLog(OutcomeLog):
     """The outcomes log read through the bus's `listen`: every record published after
     `start`. Enough where one process handles every request (the in-memory bus)."""
 
@@ -190,24 +195,28 @@ class ListenedOutcomeLog:
         self.index = OutcomeIndex(lookback_s, max_bytes)
         self._subscription: Subscription | None = None
 
+    @override
     async def start(self) -> None:
         async def add(event: Event) -> None:
             self.index.add(event)
 
         self._subscription = await self.bus.listen(self.topic, add)
 
+    @override
     async def stop(self) -> None:
         if self._subscription is not None:
             await self._subscription.stop()
 
+    @override
     def healthy(self) -> bool:
         return self._subscription is not None
 
+    @override
     async def lookup(self, request: ChatRequested) -> Recorded | None:
         return self.index.get(request.request_id)
 
 
-class KafkaOutcomeLog:
+class KafkaOutcomeLog(OutcomeLog):
     """The outcomes log read from Kafka by one consumer of its own (no group), assigned
     every partition of the topic (`partition_count(topic)`, the bus's), starting
     `lookback_s` back in time.
@@ -242,10 +251,12 @@ class KafkaOutcomeLog:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
+    @override
     async def start(self) -> None:
         """Start reading in the background (Kafka may not be reachable yet)."""
         self._task = asyncio.create_task(self._run(), name="outcomes-log")
 
+    @override
     async def stop(self) -> None:
         if self._task is not None:
             await cancel_and_wait(self._task)
@@ -330,6 +341,7 @@ class KafkaOutcomeLog:
                 await self._close()
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** min(attempt, 5)))
 
+    @override
     def healthy(self) -> bool:
         return self._ready.is_set()
 
@@ -341,6 +353,7 @@ class KafkaOutcomeLog:
         except EventDecodeError as exc:
             log.warning("outcomes log record skipped", offset=record.offset, error=str(exc)[:300])
 
+    @override
     async def lookup(self, request: ChatRequested) -> Recorded | None:
         try:
             async with asyncio.timeout(self.barrier_timeout_s):

@@ -24,6 +24,9 @@ from switchyard.inference import metrics
 
 
 class CircuitState(IntEnum):
+    """A circuit breaker's state, as `switchyard_inference_circuit_state` exports it: 0
+    closed, 1 open, 2 half-open."""
+
     CLOSED = 0
     OPEN = 1
     HALF_OPEN = 2
@@ -31,6 +34,9 @@ class CircuitState(IntEnum):
 
 @dataclass(frozen=True)
 class BreakerPolicy:
+    """When a deployment's circuit opens: after `failure_threshold` consecutive failures,
+    for `cooldown_s` seconds before a probe call is let through."""
+
     failure_threshold: int = 5
     cooldown_s: float = 30.0
 
@@ -65,6 +71,8 @@ class CircuitBreaker:
                 self._on_change(state)
 
     def allow(self) -> bool:
+        """Whether a call may go to the deployment now: always while closed; while open, not
+        until the cool-down is over, then once (the half-open probe) until it ends."""
         if self.state is CircuitState.CLOSED:
             return True
         if self.state is CircuitState.OPEN:
@@ -77,11 +85,14 @@ class CircuitBreaker:
         return True
 
     def success(self) -> None:
+        """A call answered: reset the failure count and close the circuit."""
         self._probe_out = False
         self.failures = 0
         self._set(CircuitState.CLOSED)
 
     def failure(self) -> None:
+        """A call failed as an outage would (5xx, timeout, connection): count it, and open
+        the circuit at the threshold or when the half-open probe failed."""
         self._probe_out = False
         self.failures += 1
         if self.state is CircuitState.HALF_OPEN or self.failures >= self.policy.failure_threshold:
@@ -89,6 +100,8 @@ class CircuitBreaker:
             self._set(CircuitState.OPEN)
 
     def release(self) -> None:
+        """A call allowed ended without saying anything of the deployment (cancelled, not
+        sent): free the probe slot, leaving the state as it is."""
         self._probe_out = False
 
     def retry_in(self) -> float:
@@ -111,12 +124,16 @@ class PriorityLimiter:
 
     @property
     def full(self) -> bool:
+        """Whether every slot is taken (a new call would wait)."""
         return self.in_use >= self.capacity
 
     def _waiting(self) -> int:
         return sum(len(queue) for queue in self._waiters.values())
 
     async def acquire(self, priority: Priority = Priority.INTERACTIVE) -> None:
+        """Wait for a slot for a request of `priority`: interactive waiters are served
+        before batch ones, each in arrival order. A cancelled waiter gives its place (or
+        the slot it was just handed) back."""
         if self.in_use < self.capacity and not self._waiting():
             self.in_use += 1
             return
@@ -133,6 +150,7 @@ class PriorityLimiter:
             raise
 
     def release(self) -> None:
+        """Free a slot: hand it to the first waiter (interactive first), else count it free."""
         for priority in (Priority.INTERACTIVE, Priority.BATCH):
             queue = self._waiters[priority]
             while queue:
@@ -144,6 +162,7 @@ class PriorityLimiter:
 
     @asynccontextmanager
     async def slot(self, priority: Priority = Priority.INTERACTIVE) -> AsyncIterator[None]:
+        """Hold a slot of `priority` for the duration of the `async with` block."""
         await self.acquire(priority)
         try:
             yield
@@ -166,6 +185,7 @@ class DeploymentState:
 
     @property
     def full(self) -> bool:
+        """Whether the deployment's concurrency limit is reached (never without one)."""
         return self.limiter is not None and self.limiter.full
 
     def update(self, deployment: Deployment) -> None:
@@ -178,6 +198,8 @@ class DeploymentState:
 
     @asynccontextmanager
     async def slot(self, priority: Priority) -> AsyncIterator[None]:
+        """Hold one of the deployment's `max_concurrency` slots for the block (at once when
+        unlimited)."""
         limiter = self.limiter
         if limiter is None:
             yield
@@ -194,6 +216,8 @@ class DeploymentStates:
         self._states: dict[tuple[str, str], DeploymentState] = {}
 
     def get(self, model: str, deployment: Deployment) -> DeploymentState:
+        """The state of `deployment` of public `model`, created on first use and following
+        the deployment's reloaded settings after."""
         key = (model, deployment.name)
         state = self._states.get(key)
         if state is None:

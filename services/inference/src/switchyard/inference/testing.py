@@ -88,6 +88,8 @@ def chat_request(
 
 
 def cancel_request(request_id: str) -> ChatCancelRequested:
+    """A `chat.cancel_requested` for `request_id`, as the gateway publishes it when a client
+    goes away."""
     return ChatCancelRequested(source="gateway", tenant="acme", request_id=request_id, data={})
 
 
@@ -105,6 +107,9 @@ class Harness:
 
     @classmethod
     async def start(cls, topics: Topics, **handler_options: Any) -> Harness:
+        """A harness on a new in-memory bus: a `ChatRequestHandler` built with
+        `handler_options` (its constructor's keywords) and collectors on the reply partition,
+        another reply partition and the usage topic of `topics`."""
         bus = InMemoryBus(partitions={topics.replies: 12})
         handler = ChatRequestHandler(publish=bus.publish, topics=topics, **handler_options)
         harness = cls(handler, bus, topics)
@@ -114,12 +119,15 @@ class Harness:
         return harness
 
     async def stop(self) -> None:
+        """Stop the bus and its listeners."""
         await self.bus.stop()
 
     def events_of(self, request_id: str) -> list[Any]:
+        """Every event published to the reply partition for `request_id`, in order."""
         return [event for event in self.replies if event.request_id == request_id]
 
     def chunks_of(self, request_id: str) -> list[ChatChunk]:
+        """The `chat.chunk` records published for `request_id`, in publication order."""
         return [e for e in self.events_of(request_id) if isinstance(e, ChatChunk)]
 
     def stream_of(self, request_id: str) -> list[StreamEvent]:
@@ -128,6 +136,9 @@ class Harness:
         return [event for chunk in chunks for event in chunk.data.events]
 
     async def reply(self, request_id: str, timeout: float = 10) -> ChatCompleted | ChatFailed:
+        """The terminal event of `request_id` once published; raises TimeoutError after
+        `timeout` seconds."""
+
         async def found() -> Any:
             return next(
                 (
@@ -143,16 +154,23 @@ class Harness:
         )
 
     async def usage_of(self, request_id: str, timeout: float = 10) -> UsageRecorded:
+        """The `usage.recorded` of `request_id` once published; raises TimeoutError after
+        `timeout` seconds."""
+
         async def found() -> Any:
             return next((e for e in self.usage if e.request_id == request_id), None)
 
         return await async_wait_until(found, timeout=timeout, interval=0.005, message="usage")
 
     async def handle(self, request: ChatRequested) -> ChatCompleted | ChatFailed:
+        """Hand `request` to the handler as the bus would, and return its terminal event."""
         await self.handler(request)
         return await self.reply(request.request_id)
 
     async def first_chunk(self, request_id: str, timeout: float = 10) -> ChatChunk:
+        """The first `chat.chunk` record of `request_id` once published; raises TimeoutError
+        after `timeout` seconds."""
+
         async def found() -> Any:
             chunks = self.chunks_of(request_id)
             return chunks[0] if chunks else None
@@ -217,13 +235,18 @@ class RecordingUpstream:
 
     @property
     def last(self) -> Recorded:
+        """The last request that reached the upstream."""
         return self.requests[-1]
 
     def script(self, *replies: Scripted) -> None:
+        """Forget what was recorded and answer `replies` from now on, in order (the last one
+        repeated; none scripted: a 500 saying so)."""
         self.replies = list(replies)
         self.requests.clear()
 
     def app(self) -> Any:
+        """The Starlette app that records each request (any path) and answers the next
+        scripted reply: JSON, Server-Sent Events, or raw chunks."""
         import orjson
         from starlette.applications import Starlette
         from starlette.requests import Request

@@ -999,6 +999,9 @@ class ChatChunksToMessageEvents:
         return index, events
 
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        """The Anthropic stream events (dicts with `type`) one OpenAI `chat.completion.chunk`
+        dict produces, possibly none; `message_start` comes with the first. Nothing after
+        `finish()`."""
         if self._finished:
             return []
         events = [] if self._started else self._start(chunk)
@@ -1062,6 +1065,9 @@ class ChatChunksToMessageEvents:
         return events
 
     def finish(self) -> list[dict[str, Any]]:
+        """The events that close the stream: the open block's `content_block_stop`,
+        `message_delta` (stop reason, token counts) and `message_stop`; nothing if already
+        finished."""
         if self._finished:
             return []
         events = [] if self._started else self._start(None)
@@ -1120,6 +1126,8 @@ class MessageEventsToChatChunks:
         return [self._chunk({"role": "assistant", "content": ""})]
 
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """The OpenAI `chat.completion.chunk` dicts one Anthropic stream event (a dict with
+        `type`) produces, possibly none; the first carries the assistant role."""
         kind = event.get("type")
         if kind == "message_start":
             message = event.get("message") or {}
@@ -1217,6 +1225,8 @@ class CompletionAccumulator:
         self._choices: dict[int, dict[str, Any]] = {}
 
     def add(self, chunk: dict[str, Any]) -> None:
+        """Take the next OpenAI `chat.completion.chunk` dict: its id, model and usage, and each
+        choice's content, refusal, tool-call pieces and finish reason."""
         if self.id is None:
             self.id = chunk.get("id")
             self.created = chunk.get("created")
@@ -1324,6 +1334,8 @@ class MessageAccumulator:
         self._json: dict[int, list[str]] = {}
 
     def add(self, event: dict[str, Any]) -> None:
+        """Take the next Anthropic stream event (a dict with `type`): the message of
+        `message_start`, blocks and their deltas, and `message_delta`'s stop reason and usage."""
         kind = event.get("type")
         if kind == "message_start":
             message = event.get("message")

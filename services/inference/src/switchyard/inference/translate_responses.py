@@ -60,6 +60,9 @@ class ResponseContext:
     model: str
 
     def response(self, status: str, **fields: Any) -> dict[str, Any]:
+        """The OpenAI `response` object of this request with `status` (`in_progress`,
+        `completed`...) and the given `fields` (output, usage...), echoing the request's
+        parameters."""
         return response_object(
             self.body,
             id=self.response_id,
@@ -961,6 +964,8 @@ class ResponseEventWriter:
         return event
 
     def start(self) -> list[dict[str, Any]]:
+        """The opening events of the stream, `response.created` and `response.in_progress`,
+        the first time only (else none)."""
         if self._started:
             return []
         self._started = True
@@ -979,6 +984,7 @@ class ResponseEventWriter:
         return [*self.start(), added]
 
     def is_open(self, key: Any) -> bool:
+        """Whether the converter's item `key` is open (its events may still come)."""
         return key in self._items
 
     # ---- messages
@@ -1051,6 +1057,8 @@ class ResponseEventWriter:
     # ---- function calls
 
     def function_call(self, key: Any, call_id: str, name: str) -> list[dict[str, Any]]:
+        """Open a `function_call` item for the converter's `key` (the upstream's `call_id` and
+        function `name`); its opening events."""
         item_id = _new_id("fc")
         events = self._open(
             key,
@@ -1063,6 +1071,8 @@ class ResponseEventWriter:
         return events
 
     def arguments(self, key: Any, delta: str) -> list[dict[str, Any]]:
+        """A piece of the arguments (JSON text) of the function call `key`:
+        `response.function_call_arguments.delta`, none for an unknown key or empty piece."""
         state = self._items.get(key)
         if state is None or not delta:
             return []
@@ -1079,6 +1089,8 @@ class ResponseEventWriter:
     # ---- reasoning
 
     def reasoning(self, key: Any) -> list[dict[str, Any]]:
+        """Open a `reasoning` item for the converter's `key`, with an empty summary part; its
+        opening events."""
         item_id = _new_id("rs")
         events = self._open(
             key, "reasoning", item_id, _reasoning_item(item_id, None, None, "in_progress")
@@ -1096,6 +1108,8 @@ class ResponseEventWriter:
         return events
 
     def reasoning_text(self, key: Any, delta: str) -> list[dict[str, Any]]:
+        """A piece of the reasoning `key`'s summary text:
+        `response.reasoning_summary_text.delta`, none for an unknown key or empty piece."""
         state = self._items.get(key)
         if state is None or not delta:
             return []
@@ -1111,6 +1125,8 @@ class ResponseEventWriter:
         ]
 
     def signature(self, key: Any, signature: str) -> None:
+        """Add to the reasoning item `key`'s `encrypted_content` (an Anthropic thinking
+        signature, kept so the reasoning can be sent back); no event."""
         state = self._items.get(key)
         if state is not None:
             state.signature += signature
@@ -1197,6 +1213,8 @@ class ChatChunksToResponseEvents:
         self.finish_reason: str | None = None
 
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        """The Responses events (dicts with `type` and `sequence_number`) one OpenAI
+        `chat.completion.chunk` dict produces; the first call opens the response."""
         writer = self.writer
         events = writer.start()
         for choice in chunk.get("choices") or ():
@@ -1231,6 +1249,8 @@ class ChatChunksToResponseEvents:
         return events
 
     def finish(self) -> list[dict[str, Any]]:
+        """The events that close the stream: open items done, then `response.completed` (or
+        `response.incomplete` for a length or content-filter finish) with the usage."""
         reason = _INCOMPLETE_BY_FINISH.get(self.finish_reason or "")
         return self.writer.finish(self._usage(), reason)
 
@@ -1253,6 +1273,8 @@ class MessageEventsToResponseEvents:
         self._blocks: dict[int, Any] = {}  # Anthropic block index -> writer key
 
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """The Responses events (dicts with `type` and `sequence_number`) one Anthropic stream
+        event produces; `message_stop` closes the stream."""
         writer = self.writer
         kind = event.get("type")
         if kind == "message_start":
@@ -1310,6 +1332,8 @@ class MessageEventsToResponseEvents:
         return events
 
     def finish(self) -> list[dict[str, Any]]:
+        """The events that close the stream: open items done, then `response.completed` (or
+        `response.incomplete` for a `max_tokens` or refusal stop) with the usage."""
         reason = _INCOMPLETE_BY_STOP.get(self.stop_reason or "")
         return self.writer.finish(self._usage(), reason)
 
@@ -1348,6 +1372,8 @@ class ResponseAccumulator:
         self._items: dict[int, dict[str, Any]] = {}
 
     def add(self, data: dict[str, Any]) -> None:
+        """Take the next Responses stream event's `data`: deltas are counted, lifecycle events
+        give the latest response, `response.output_item.done` an output item."""
         kind = data.get("type")
         if kind in self.DELTAS:
             self.deltas += 1
@@ -1357,6 +1383,8 @@ class ResponseAccumulator:
             self._items[data.get("output_index", len(self._items))] = data["item"]
 
     def response(self) -> dict[str, Any]:
+        """The response the events assemble to: the latest lifecycle event's, with the items
+        done as its output when it has none."""
         response = dict(self.latest or {"object": "response", "output": []})
         if not response.get("output") and self._items:
             response["output"] = [self._items[index] for index in sorted(self._items)]

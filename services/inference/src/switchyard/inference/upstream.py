@@ -47,7 +47,9 @@ class Upstream(Protocol):
     deployment: Deployment
 
     @property
-    def protocol(self) -> Protocol_: ...
+    def protocol(self) -> Protocol_:
+        """The wire protocol the deployment speaks (`openai` or `anthropic`)."""
+        ...
 
     async def send(
         self, path: str, body: dict[str, Any], headers: Mapping[str, str], timeout_s: float
@@ -62,7 +64,9 @@ class Upstream(Protocol):
         OpenAI `[DONE]` is not yielded). Raises ProviderError, also mid-stream."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Close the client's connections; the upstream is not used after."""
+        ...
 
 
 # --------------------------------------------------------------------------- errors
@@ -230,6 +234,8 @@ def stream_error(deployment: Deployment, protocol: Protocol_, error: Any) -> Pro
 
 
 def timeout_error(deployment: str) -> ProviderError:
+    """The 504 `upstream_timeout` of a call to `deployment` (its name) that outlived its
+    timeout: retryable, and another deployment may be faster."""
     return ProviderError(
         504,
         None,
@@ -240,6 +246,8 @@ def timeout_error(deployment: str) -> ProviderError:
 
 
 def invalid_reply(deployment: str) -> ProviderError:
+    """The 502 `upstream_invalid_reply` of a reply from `deployment` (its name) that is not
+    the JSON object its protocol promises: retryable."""
     return ProviderError(
         502,
         None,
@@ -279,6 +287,7 @@ class SDKUpstream:
 
     @property
     def name(self) -> str:
+        """The deployment's name, as errors and logs give it."""
         return self.deployment.name
 
     def _options(self, headers: Mapping[str, str], timeout_s: float) -> dict[str, Any]:
@@ -304,6 +313,10 @@ class SDKUpstream:
     async def send(
         self, path: str, body: dict[str, Any], headers: Mapping[str, str], timeout_s: float
     ) -> dict[str, Any]:
+        """POST the JSON `body` to `path` (relative to the client's base URL) with the
+        allow-listed `headers`, within `timeout_s` seconds; the JSON object answered. Raises
+        ProviderError: the upstream's error mapped (`map_sdk_error`), a timeout, a transport
+        failure, or a reply that is not a JSON object."""
         try:
             response = await self.client.post(
                 path, cast_to=httpx2.Response, body=body, options=self._options(headers, timeout_s)
@@ -319,6 +332,10 @@ class SDKUpstream:
     async def stream(
         self, path: str, body: dict[str, Any], headers: Mapping[str, str], timeout_s: float
     ) -> AsyncGenerator[SSE, None]:
+        """POST the JSON `body` to `path` asking for a stream; yields each Server-Sent Event
+        as an `SSE` with its JSON data, until the stream ends (OpenAI's `[DONE]` is not
+        yielded). Raises ProviderError, also mid-stream: an `error` event, an error object
+        in place of a chunk, a broken connection. The response is closed however it ends."""
         response = None
         try:
             response = await self.client.post(
@@ -354,6 +371,7 @@ class SDKUpstream:
         return EventSource(cast(Any, response)).aiter_sse()
 
     async def aclose(self) -> None:
+        """Close the SDK client and its connection pool."""
         await self.client.close()
 
 
@@ -366,6 +384,9 @@ class OpenAIUpstream(SDKUpstream):
 
     @classmethod
     def create(cls, deployment: Deployment) -> OpenAIUpstream:
+        """The upstream of an OpenAI-protocol `deployment`: the `openai` SDK's async client on
+        aiohttp, with the SDK's own retries off (Switchyard retries). Raises RoutingError when
+        the API key variable it names is unset."""
         client = openai.AsyncOpenAI(
             api_key=deployment.api_key(),
             base_url=deployment.base_url,
@@ -391,6 +412,9 @@ class AnthropicUpstream(SDKUpstream):
 
     @classmethod
     def create(cls, deployment: Deployment) -> AnthropicUpstream:
+        """The upstream of an Anthropic-protocol `deployment`: the `anthropic` SDK's async
+        client on aiohttp, SDK retries off. Raises RoutingError when the API key variable it
+        names is unset."""
         client = anthropic.AsyncAnthropic(
             api_key=deployment.api_key(),
             base_url=anthropic_base_url(deployment.base_url),

@@ -1,0 +1,124 @@
+"""One upstream call of a request run, inside its OpenTelemetry client span (`genai`
+attributes): the deployment answers in one JSON reply, translated by the adapter, or in
+a stream whose client events go to the run's `ChunkPublisher` as they arrive. Events that
+only open a stream are held back until the first content, so a stream failing before any
+content can still be retried or fall back without the client seeing it. Returns the
+client's reply and the call's usage; raises the upstream's ProviderError."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry.trace import SpanKind
+
+from switchyard.common import tracing
+from switchyard.common.events import StreamEvent, TokenUsage
+from switchyard.common.routing import Deployment
+from switchyard.inference import genai, metrics
+from switchyard.inference.adapters import Adapter, UpstreamCall
+from switchyard.inference.errors import ProviderError
+from switchyard.inference.publishing import ChunkPublisher
+from switchyard.inference.runs import RequestRun, seconds_until
+from switchyard.inference.upstream import Upstream, invalid_reply
+
+
+class UpstreamCalls:
+    """Makes the upstream calls of request runs; `publisher_of(run)` gives the publisher
+    of a run's stream (created at its first streamed call, kept across retries)."""
+
+    def __init__(self, publisher_of: Callable[[RequestRun], ChunkPublisher]) -> None:
+        self._publisher_of = publisher_of
+
+    async def call(
+        self,
+        run: RequestRun,
+        deployment: Deployment,
+        upstream: Upstream,
+        adapter: Adapter,
+        call: UpstreamCall,
+    ) -> tuple[dict[str, Any], TokenUsage]:
+        """Make one `call` (prepared by `adapter`) to `deployment` through `upstream` for
+        `run`, within the deployment's timeout and the request's deadline, counting it in
+        `run`. Returns the client's reply (for a stream, what its events assemble to) and
+        the tokens the upstream reported. Raises ProviderError: the upstream's error, a
+        timeout, or a reply of the wrong shape (502 `upstream_invalid_reply`)."""
+        data = run.request.data
+        timeout_s = min(deployment.timeout_s, max(0.001, seconds_until(data.deadline)))
+        run.deployment = deployment
+        run.upstream_calls += 1
+        run.calling = True
+        with tracing.span(
+            genai.span_name(data.api, data.model),
+            kind=SpanKind.CLIENT,
+            attributes={
+                **genai.span_attributes(data.api, data.model, deployment),
+                "switchyard.model": data.model,
+                "switchyard.deployment": deployment.name,
+                "switchyard.api": data.api.value,
+                "switchyard.upstream_api": call.api.value,
+            },
+        ) as span:
+            if data.stream:
+                response, usage = await self._stream(run, upstream, adapter, call, timeout_s)
+            else:
+                native = await upstream.send(call.path, call.body, call.headers, timeout_s)
+                try:
+                    response, usage = adapter.reply(native, data.model)
+                except ProviderError as error:
+                    if error.code == "upstream_invalid_reply":
+                        raise invalid_reply(deployment.name) from error
+                    raise
+            if span is not None:
+                span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+        return response, usage
+
+    async def _stream(
+        self,
+        run: RequestRun,
+        upstream: Upstream,
+        adapter: Adapter,
+        call: UpstreamCall,
+        timeout_s: float,
+    ) -> tuple[dict[str, Any], TokenUsage]:
+        data = run.request.data
+        translation = run.translation = adapter.stream(data.body, data.model)
+        accumulator = run.accumulator = adapter.accumulator()
+        if run.publisher is None:
+            run.publisher = self._publisher_of(run)
+        publisher = run.publisher
+        held: list[StreamEvent] = []
+        ttft_histogram = metrics.TIME_TO_FIRST_TOKEN_SECONDS.labels(
+            data.model, upstream.deployment.name
+        )
+
+        def emit(events: list[StreamEvent]) -> None:
+            for event in events:
+                accumulator.add(event.data)
+                if run.ttft_ms is None:
+                    if adapter.is_preamble(event):
+                        held.append(event)  # sent with the first content, or never
+                        continue
+                    run.ttft_ms = (time.perf_counter() - run.started) * 1000
+                    ttft_histogram.observe(run.ttft_ms / 1000)
+                    for opening in held:
+                        publisher.send(opening)
+                    held.clear()
+                publisher.send(event)
+
+        stream = upstream.stream(call.path, call.body, call.headers, timeout_s)
+        try:
+            async with contextlib.aclosing(stream):
+                async for sse in stream:
+                    emit(translation.feed(sse))
+            emit(translation.finish())
+            for opening in held:  # a stream with no content at all still opens and closes
+                publisher.send(opening)
+        except ProviderError:
+            await publisher.flush()  # what arrived reaches the client before the error
+            raise
+        await publisher.flush()
+        return accumulator.response(), translation.usage()

@@ -1,0 +1,196 @@
+"""Getting a request's answer to its client: the stream's `chat.chunk` records, then exactly
+one terminal event (`chat.completed` or `chat.failed`) and one `usage.recorded`, and the
+same events again, without calling the upstream, for a request delivered again.
+
+- Every event goes through `ReliablePublisher`: a publish that fails is retried until the
+  bus takes it, so the upstream is never called again for it.
+- With an outcomes log (`redelivery`), the first chunk record of a stream run and the
+  terminal and usage events are written to the outcomes topic before they reach the
+  replies topic, so a replica receiving the request again can answer it from there.
+- A reply the bus refuses itself (larger than it carries) becomes `chat.failed` 502
+  `response_too_large`, billed like the reply would have been.
+- Terminal and usage events keep their ids (derived from the request event's), so
+  consumers deduplicate the copies a redelivery publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+
+import structlog
+
+from switchyard.common.bus import EventRejectedError, delivery_may_repeat
+from switchyard.common.events import (
+    ChatChunk,
+    ChatRequested,
+    ClientAPI,
+    EnvelopeFields,
+)
+from switchyard.common.topics import Topics
+from switchyard.inference import metrics
+from switchyard.inference.outcomes import (
+    Outcome,
+    OutcomeEvents,
+    stream_interrupted,
+    undeliverable,
+)
+from switchyard.inference.publishing import ChunkPublisher, ReliablePublisher, chunk_records
+from switchyard.inference.redelivery import OutcomeLog, Recorded
+from switchyard.inference.runs import RequestRun
+
+log = structlog.get_logger("switchyard.inference.replies")
+
+
+class PublishedOutcomes:
+    """The terminal and usage events this replica published lately, by request event id:
+    a request delivered again after its outcome was published (a rebalance that hands
+    its partition back, a commit that failed) gets the same events published again, with
+    the same ids, instead of a second upstream call. Bounded: the oldest are forgotten,
+    and embeddings (large, and cheap to compute again) are not kept."""
+
+    def __init__(self, remember: int = 256) -> None:
+        self._events: OrderedDict[str, tuple[EnvelopeFields, EnvelopeFields]] = OrderedDict()
+        self._remember = remember
+
+    def get(self, event_id: str) -> tuple[EnvelopeFields, EnvelopeFields] | None:
+        """The (terminal, usage) events published for the request event `event_id`, or
+        None if this replica published none lately."""
+        return self._events.get(event_id)
+
+    def add(self, event_id: str, reply: EnvelopeFields, usage: EnvelopeFields) -> None:
+        """Remember the terminal `reply` and `usage` events of request event `event_id`,
+        forgetting the oldest beyond `remember`."""
+        self._events[event_id] = (reply, usage)
+        self._events.move_to_end(event_id)
+        while len(self._events) > self._remember:
+            self._events.popitem(last=False)
+
+
+class ReplyPublisher:
+    """Publishes what a request gets, to the topics of `topics` through `publish` (retried
+    until the bus takes each event): its stream records, its terminal and usage events
+    (built, priced and counted by `events`), and, for a request delivered again, what it
+    got before. `outcomes`: the outcomes log, or None (then outcomes are neither recorded
+    nor looked up, and a redelivered request not published here lately runs again)."""
+
+    def __init__(
+        self,
+        publish: ReliablePublisher,
+        topics: Topics,
+        events: OutcomeEvents,
+        outcomes: OutcomeLog | None = None,
+    ) -> None:
+        self._publish = publish
+        self._topics = topics
+        self._events = events
+        self.outcomes = outcomes
+        self.published = PublishedOutcomes()
+
+    @property
+    def failures(self) -> int:
+        """Publish attempts that failed and were retried, since start."""
+        return self._publish.failures
+
+    async def answer_again(self, request: ChatRequested) -> bool:
+        """Answer a request this replica or another already handled, without calling the
+        upstream: True if it was answered (its recorded events published again, or its
+        started stream ended as `stream_interrupted`), False if it must run. Raises what
+        the outcomes log's lookup raises (`BusUnavailableError` while it cannot be read)."""
+        done = self.published.get(request.id)
+        if done is not None:
+            log.info("request delivered again after its outcome was published; republishing")
+            await self._republish(request, *done)
+            return True
+        # Only an event an earlier owner of its partition may have handled is looked up:
+        # the read barrier costs a broker round trip, and a new event cannot be there.
+        if self.outcomes is None or not delivery_may_repeat.get():
+            return False
+        recorded = await self.outcomes.lookup(request)
+        return recorded is not None and await self._answer_recorded(request, recorded)
+
+    async def _answer_recorded(self, request: ChatRequested, recorded: Recorded) -> bool:
+        if recorded.answered:
+            assert recorded.reply is not None and recorded.usage is not None
+            log.info("request delivered again after its outcome was recorded; republishing")
+            metrics.REDELIVERED.labels("republished").inc()
+            await self._republish(request, recorded.reply, recorded.usage)
+            return True
+        if recorded.stream_started is not None:
+            # Part of another run's stream may have reached the client, and a new run
+            # cannot continue it: the client's stream ends with this error, and so does
+            # the request's record. The dead run's tokens are unknown (not billed).
+            log.warning("stream delivered again after it started; ending it as interrupted")
+            metrics.REDELIVERED.labels("stream_interrupted").inc()
+            await self.publish_outcome(RequestRun(request), stream_interrupted())
+            return True
+        return False
+
+    async def _republish(
+        self, request: ChatRequested, reply: EnvelopeFields, usage: EnvelopeFields
+    ) -> None:
+        await self._publish_reply(request, reply)
+        await self._publish(self._topics.usage, usage, key=request.request_id)
+
+    async def publish_outcome(self, run: RequestRun, outcome: Outcome) -> None:
+        """Publish how `run` ended: record it in the outcomes log, then the terminal event
+        to the client's reply partition and the usage event, and count it in the
+        metrics. Returns once the bus took both; only cancellation interrupts it."""
+        request = run.request
+        cost = self._events.cost(request, outcome)
+        reply = self._events.terminal(request, outcome)
+        usage = self._events.usage(request, outcome, cost, run.ttft_ms)
+        try:
+            await self._record(request, reply, usage)
+            await self._publish_reply(request, reply)
+        except EventRejectedError as exc:
+            # Refused for what it is: no retry could deliver it. The client gets an error
+            # it can act on, and the upstream calls that happened are still billed.
+            log.error("the reply cannot be published; answering an error", error=repr(exc))
+            outcome = undeliverable(outcome, exc)
+            reply = self._events.terminal(request, outcome)
+            usage = self._events.usage(request, outcome, cost, run.ttft_ms)
+            await self._record(request, reply, usage)
+            await self._publish_reply(request, reply)
+        self._events.record_metrics(request, outcome, cost)
+        await self._publish(self._topics.usage, usage, key=request.request_id)
+        if request.data.api is not ClientAPI.OPENAI_EMBEDDINGS:
+            self.published.add(request.id, reply, usage)
+
+    async def _record(
+        self, request: ChatRequested, reply: EnvelopeFields, usage: EnvelopeFields
+    ) -> None:
+        """Write the outcome to the outcomes log before the client can see it: a replica
+        receiving the request again then answers it from there (`redelivery`)."""
+        if self.outcomes is None:
+            return
+        key = request.request_id
+        await asyncio.gather(
+            self._publish(self._topics.outcomes, reply, key=key),
+            self._publish(self._topics.outcomes, usage, key=key),
+        )
+
+    async def _publish_reply(self, request: ChatRequested, event: EnvelopeFields) -> None:
+        reply_to = request.data.reply_to
+        await self._publish(
+            self._topics.replies,
+            event,
+            key=request.request_id,
+            partition=reply_to.partition if reply_to else None,
+        )
+
+    def chunk_publisher(self, run: RequestRun) -> ChunkPublisher:
+        """The publisher of `run`'s stream: its events become `chat.chunk` records on the
+        client's reply partition, the first one written to the outcomes log before."""
+        request = run.request
+
+        async def publish(event: EnvelopeFields) -> None:
+            first = isinstance(event, ChatChunk) and event.data.sequence == 0
+            if self.outcomes is not None and first:
+                # The stream-started marker: written before the client can see the stream.
+                await self._publish(self._topics.outcomes, event, key=request.request_id)
+            await self._publish_reply(request, event)
+
+        return ChunkPublisher(
+            publish, chunk_records(request.request_id, request.id, request.tenant, run.run_id)
+        )

@@ -1,0 +1,116 @@
+"""One execution of one request (`RequestRun`): what retries, a cancellation, the deadline
+and the usage record need to know of it, and the token accounting of its upstream calls,
+the one in flight included (what a cancelled or expired request is billed)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from switchyard.common.events import ChatRequested, TokenUsage, new_id, utcnow
+from switchyard.common.routing import Deployment
+from switchyard.inference.adapters import Accumulator, StreamTranslation
+from switchyard.inference.publishing import ChunkPublisher
+from switchyard.inference.usage import add_usage
+
+
+def seconds_until(deadline: datetime) -> float:
+    """Seconds from now until `deadline` (an aware UTC datetime); negative once it passed."""
+    return (deadline - utcnow()).total_seconds()
+
+
+def _text_length(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(
+            len(part["text"])
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return 0
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """A rough prompt size (4 characters a token, plus a few per message), for calls
+    stopped before the upstream reported usage."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        chars = sum(_text_length(m.get("content")) for m in messages if isinstance(m, dict))
+        chars += _text_length(body.get("system"))
+        return math.ceil(chars / 4) + 3 * len(messages)
+    embedding_input = body.get("input")
+    if isinstance(embedding_input, str):
+        return math.ceil(len(embedding_input) / 4)
+    if isinstance(embedding_input, list):
+        return sum(
+            math.ceil(len(item) / 4) if isinstance(item, str) else 1 for item in embedding_input
+        )
+    return 0
+
+
+@dataclass
+class RequestRun:
+    """One execution of one request: what retries, a cancellation, the deadline and the
+    usage record need to know. `run_id` names the execution in its stream records."""
+
+    request: ChatRequested
+    run_id: str = field(default_factory=lambda: new_id()[:16])
+    started: float = field(default_factory=time.perf_counter)
+    cancel_requested: bool = False
+    in_lane: bool = False
+    deployment: Deployment | None = None
+    ttft_ms: float | None = None
+    publisher: ChunkPublisher | None = None
+    # Tokens of the upstream calls that ended, and how many calls were made.
+    spent: TokenUsage = field(default_factory=TokenUsage)
+    upstream_calls: int = 0
+    # The call in flight, if any (a stream's translation says what it reported so far).
+    calling: bool = False
+    translation: StreamTranslation | None = None
+    accumulator: Accumulator | None = None
+
+    @property
+    def events_sent(self) -> int:
+        """How many client stream events were accepted for publishing: once any was, no retry or
+        fallback may start the stream again."""
+        return self.publisher.sent if self.publisher is not None else 0
+
+    def end_call(self, usage: TokenUsage) -> None:
+        """Close the call in flight: add its `usage` to the tokens spent and forget its
+        stream state."""
+        self.spent = add_usage(self.spent, usage)
+        self.calling = False
+        self.translation = None
+        self.accumulator = None
+
+    def failed_call_usage(self) -> TokenUsage:
+        """Tokens of a call that failed: none if it failed before answering anything (a
+        refused call is not billed), else what it reported or streamed."""
+        if self.translation is None:
+            return TokenUsage()
+        reported = self.translation.usage()
+        streamed = self.accumulator.deltas if self.accumulator is not None else 0
+        if reported.total_tokens or streamed:
+            return self.in_flight_usage()
+        return TokenUsage()
+
+    def in_flight_usage(self) -> TokenUsage:
+        """Tokens of the call in flight: what the upstream reported, else estimates."""
+        if not self.calling:
+            return TokenUsage()
+        reported = self.translation.usage() if self.translation is not None else TokenUsage()
+        input_tokens = reported.input_tokens or estimate_prompt_tokens(self.request.data.body)
+        output_tokens = reported.output_tokens
+        if not output_tokens and self.accumulator is not None:
+            output_tokens = self.accumulator.deltas
+        return reported.model_copy(
+            update={"input_tokens": input_tokens, "output_tokens": output_tokens}
+        )
+
+    def usage_so_far(self) -> TokenUsage:
+        """Tokens of every call made so far, the one in flight included."""
+        return add_usage(self.spent, self.in_flight_usage())
