@@ -166,6 +166,8 @@ class ControlListener:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        """Start listening in the background (retried every `retry_every_s` seconds while
+        the topic cannot be read); returns at once."""
         self._task = asyncio.create_task(self._run(), name="control-listener")
 
     async def _run(self) -> None:
@@ -193,6 +195,7 @@ class ControlListener:
             return
 
     async def stop(self) -> None:
+        """Stop trying to listen, and stop listening."""
         if self._task is not None:
             await cancel_and_wait(self._task)
         if self.subscription is not None:
