@@ -246,10 +246,15 @@ async def test_publish_outcome_unknown_never_written_is_cancelled_at_the_deadlin
     publish = harness.bus.publish
     published: list[tuple[str, object]] = []
 
+    refused_once: list[str] = []
+
     async def unanswered(topic, event, **kwargs):
-        published.append((topic, event))
         if topic.endswith("requests.interactive"):
             raise PublishOutcomeUnknownError("no answer")
+        if not refused_once:  # the bus is still away at the deadline: retried
+            refused_once.append(topic)
+            raise BusUnavailableError("still down")
+        published.append((topic, event))
         await publish(topic, event, **kwargs)
 
     harness.bus.publish = unanswered  # type: ignore[method-assign]
@@ -258,12 +263,13 @@ async def test_publish_outcome_unknown_never_written_is_cancelled_at_the_deadlin
     assert "cancelled" in error["message"]
     assert harness.requests == []
     request_id = response.headers["x-request-id"]
-    for _ in range(50):
+    for _ in range(150):
         if any(isinstance(event, ChatCancelRequested) for _, event in published):
             break
         await asyncio.sleep(0.02)
     cancels = [e for _, e in published if isinstance(e, ChatCancelRequested)]
     assert [c.request_id for c in cancels] == [request_id]
+    assert refused_once, "the first attempt to publish the cancellation was refused"
 
 
 async def test_streaming_relays_chunks_in_order_then_done(harness):

@@ -23,7 +23,6 @@ through `Dispatch`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from switchyard.common.backoff import Backoff
 from switchyard.common.bus import BusUnavailableError
 from switchyard.common.errors import APIError
 from switchyard.common.events import (
@@ -103,6 +103,11 @@ CANCELLED = Counter(
 
 # On a count_tokens answer: `exact` (the deployment counted) or `estimate` (a tokenizer did).
 TOKEN_COUNT_HEADER = "x-switchyard-token-count"
+# How long the cancellation of a request the bus never confirmed taking is retried while
+# the bus refuses it (seconds): well within the 600 s for which inference replicas remember
+# a cancellation of a request they have not seen, so a late-written request still meets it.
+UNCONFIRMED_CANCEL_RETRY_S = 300.0
+_CANCEL_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
 # Ends an OpenAI Chat Completions stream (the only API here that marks its end this way).
 DONE = b"data: [DONE]\n\n"
 # U+0085, U+2028 and U+2029 are legal raw in JSON, and orjson writes them raw, but many
@@ -468,7 +473,7 @@ class Dispatch:
         `publish_outcome_unknown`. A cancellation goes out (best effort) so that the
         request, should it still be written, does not run: inference replicas remember
         cancellations of requests they have not seen yet."""
-        task = asyncio.ensure_future(self._publish_cancel())
+        task = asyncio.ensure_future(self._publish_cancel(retry_for_s=UNCONFIRMED_CANCEL_RETRY_S))
         self.gateway.background.add(task)
         task.add_done_callback(self.gateway.background.discard)
         return APIError(
@@ -479,15 +484,34 @@ class Dispatch:
             headers={REQUEST_ID_HEADER: self.request_id},
         )
 
-    async def _publish_cancel(self) -> None:
+    async def _publish_cancel(self, retry_for_s: float = 0.0) -> None:
+        """Publish `chat.cancel_requested` for this request on the control topic; while the
+        bus refuses it, retry (with backoff) for up to `retry_for_s` seconds, then give up
+        with a warning. Never raises BusUnavailableError."""
         event = ChatCancelRequested(
             source="gateway",
             tenant=self.tenant,
             request_id=self.request_id,
             data=CancelRequestData(),
         )
-        with contextlib.suppress(BusUnavailableError):
-            await self.gateway.bus.publish(self.gateway.topics.control, event, key=self.request_id)
+        give_up_at = time.monotonic() + retry_for_s
+        attempt = 0
+        while True:
+            try:
+                await self.gateway.bus.publish(
+                    self.gateway.topics.control, event, key=self.request_id
+                )
+                return
+            except BusUnavailableError as exc:
+                attempt += 1
+                delay = _CANCEL_BACKOFF.delay(attempt)
+                if time.monotonic() + delay > give_up_at:
+                    if retry_for_s:
+                        log.warning(
+                            "cancellation not published", request_id=self.request_id, error=str(exc)
+                        )
+                    return
+                await asyncio.sleep(delay)
 
     def close(self) -> None:
         """Stop waiting for replies and leave the in-flight count; safe to call twice."""
