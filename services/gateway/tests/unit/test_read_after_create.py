@@ -84,6 +84,50 @@ async def test_a_response_answered_moments_ago_is_read_once_history_records_it(h
         assert answer.json()["data"] == [{"id": "msg_1"}]
 
 
+class UnfinishedHistory:
+    """History that has recorded a response but shows it `in_progress` for its first `lag`
+    reads, as while the response's completion is still on its way."""
+
+    def __init__(self, lag: int) -> None:
+        self.lag = lag
+        self.reads = 0
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.reads += 1
+        status = "in_progress" if self.reads <= self.lag else "completed"
+        return httpx.Response(
+            200, json={"id": request.url.path.rsplit("/", 1)[1], "status": status}
+        )
+
+
+async def test_a_response_this_replica_finished_is_read_finished(harness):
+    # The client has the completed response (this replica relayed it): reading it at once
+    # waits for history to record the completion instead of showing it in progress.
+    history = UnfinishedHistory(lag=3)
+    with_history(harness, history)  # type: ignore[arg-type]
+    finished_here = response_id(new_id(), utcnow())
+    harness.app.state.gateway.answered_responses.add(finished_here)
+
+    answer = await harness.client.get(f"/v1/responses/{finished_here}", headers=AUTH)
+
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "completed"
+    assert history.reads == 4
+
+
+async def test_a_response_in_progress_elsewhere_is_shown_in_progress(harness):
+    # Not finished by this replica (e.g. still streaming, or a background response): its
+    # current state is the answer, at once.
+    history = UnfinishedHistory(lag=3)
+    with_history(harness, history)  # type: ignore[arg-type]
+    running = response_id(new_id(), utcnow())
+
+    answer = await harness.client.get(f"/v1/responses/{running}", headers=AUTH)
+
+    assert answer.json()["status"] == "in_progress"
+    assert history.reads == 1
+
+
 async def test_an_old_response_is_not_waited_for(harness):
     history = LaggingHistory(lag=3, code="response_not_found")
     with_history(harness, history)

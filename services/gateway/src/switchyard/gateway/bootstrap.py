@@ -28,7 +28,7 @@ from switchyard.gateway.config import Settings
 from switchyard.gateway.governance.admission import Admission
 from switchyard.gateway.governance.ledger import Ledger, MemoryLedger
 from switchyard.gateway.governance.policy import PolicySource
-from switchyard.gateway.recent_jobs import RecentJobs
+from switchyard.gateway.recent_jobs import RecentIds, RecentJobs
 from switchyard.gateway.replies import PendingReplies
 from switchyard.gateway.revocations import RevocationState, RevocationSync
 
@@ -64,6 +64,9 @@ class Gateway:
     webhook_policy: TargetPolicy = field(default_factory=TargetPolicy)
     # Jobs accepted here lately, so cancelling one at once works (see recent_jobs.py).
     recent_jobs: RecentJobs = field(default_factory=RecentJobs)
+    # Responses this replica relayed to their end lately: a GET right after waits for
+    # history to record the outcome (api/responses.py).
+    answered_responses: RecentIds = field(default_factory=RecentIds)
     # The exact-match response cache (cache.py).
     cache: ResponseCache = field(init=False)
 

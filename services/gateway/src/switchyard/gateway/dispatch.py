@@ -329,6 +329,7 @@ class Dispatch:
             # Relayed anyway (the client may cope); inference must answer in the client's API.
             log.error("reply in another API", expected=self.api.value, got=reply.data.api.value)
         self.finished = True
+        self._answered()
         self.observe(200)
         added = time.perf_counter() - self.started - reply.data.latency_ms / 1000
         ADDED_SECONDS.labels(self.api.value, self.model).observe(max(0.0, added))
@@ -372,6 +373,8 @@ class Dispatch:
                         yield self._relayed(record.data.events)
             else:
                 self.finished = True
+                if isinstance(reply, ChatCompleted):
+                    self._answered()
                 if next_sequence == 0 and not early and isinstance(reply, ChatCompleted):
                     log.warning("stream completed without any stream event", api=self.api.value)
                 if early:
@@ -512,6 +515,12 @@ class Dispatch:
                         )
                     return
                 await asyncio.sleep(delay)
+
+    def _answered(self) -> None:
+        """Note a Responses request relayed to its completion, by its response id."""
+        if self.api is ClientAPI.OPENAI_RESPONSES:
+            accepted_at = self.accepted_at or utcnow()
+            self.gateway.answered_responses.add(response_id(self.request_id, accepted_at))
 
     def close(self) -> None:
         """Stop waiting for replies and leave the in-flight count; safe to call twice."""

@@ -47,3 +47,25 @@ class RecentJobs:
             del self._jobs[job_id]
             return None
         return job
+
+
+class RecentIds:
+    """Ids this replica answered lately (e.g. the ids of Responses it relayed to the end):
+    at most `max_ids`, each for `ttl_s` seconds, oldest forgotten first. A read right after
+    the answer waits for history to record the outcome the client already has."""
+
+    def __init__(self, ttl_s: float = 300.0, max_ids: int = 10_000) -> None:
+        self._ttl_s = ttl_s
+        self._max_ids = max_ids
+        self._ids: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, value: str) -> None:
+        """Remember `value` from now, forgetting the oldest beyond `max_ids`."""
+        self._ids[value] = time.monotonic()
+        self._ids.move_to_end(value)
+        while len(self._ids) > self._max_ids:
+            self._ids.popitem(last=False)
+
+    def __contains__(self, value: object) -> bool:
+        added = self._ids.get(value) if isinstance(value, str) else None
+        return added is not None and time.monotonic() - added < self._ttl_s

@@ -87,6 +87,15 @@ def _may_still_arrive(gateway: Gateway, value: str) -> bool:
     return ref.created_at > datetime.now(UTC) - timedelta(seconds=window + 60)
 
 
+def _unfinished(answer: httpx.Response) -> bool:
+    """Whether history's 200 answer shows a response still `queued` or `in_progress`."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("status") in ("queued", "in_progress")
+
+
 async def _wait_for(
     gateway: Gateway,
     principal: Principal,
@@ -96,9 +105,13 @@ async def _wait_for(
 ) -> httpx.Response:
     """History's answer for the response `value` at `path`, waiting (with backoff, at most
     `responses_state_wait_s`) while a response answered moments ago is not recorded or
-    still in progress there."""
+    still in progress there (also a 200 showing `in_progress` for a response this replica
+    relayed to its end: the client has its outcome, history is about to)."""
 
     def not_yet(answer: httpx.Response) -> bool:
+        if answer.status_code == 200:
+            # Recorded, but maybe not yet its outcome, which this replica's client has.
+            return value in gateway.answered_responses and _unfinished(answer)
         return (answer.status_code, error_of(answer).get("code")) in _NOT_YET and _may_still_arrive(
             gateway, value
         )
