@@ -464,8 +464,17 @@ class KafkaBus(EventBus):
                         f"{timeout_s + self.in_flight_timeout_s:.1f}s; the event may "
                         "still be written"
                     ) from exc
-                except Exception as late:  # noqa: BLE001 - classified like any failure below
-                    self._failed(producer, topic, late, len(value))
+                except Exception as late:  # noqa: BLE001 - classified below
+                    if isinstance(late, _REJECTED_EVENT_ERRORS):
+                        self._failed(producer, topic, late, len(value))
+                    # Failed after it may have been sent (the connection dropped, the
+                    # producer was replaced): it may still be written, so not "not taken".
+                    metrics.PUBLISH_FAILURES.labels(topic).inc()
+                    if isinstance(late, FATAL_PRODUCER_ERRORS) or not _sender_alive(producer):
+                        self._mark_broken(producer, repr(late))
+                    raise PublishOutcomeUnknownError(
+                        f"Kafka failed an event it may have written: {late!r}"
+                    ) from late
                 metrics.EVENTS_PUBLISHED.labels(topic).inc()
                 return
             metrics.PUBLISH_FAILURES.labels(topic).inc()
