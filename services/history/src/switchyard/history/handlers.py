@@ -13,12 +13,15 @@ own expiry is provisional: it is stored only for a request still pending, and a 
 outcome arriving later replaces it (the expiry event is deleted, the row takes the real
 outcome), because a late reply is what the client got.
 
-Throughput: a batch costs a handful of statements whatever its size. On PostgreSQL each
-statement sends one array per column and the server unnests them
-(`INSERT ... SELECT FROM unnest(...)`), so a batch of 500 events is one round trip for the
-event store and one per projection round, with nothing parsed per row on the client.
-Every event is serialised to JSON once (pydantic's serializer, or orjson for redacted
-ones). SQLite (embedded mode) uses executemany, which is in-process and cheap there.
+Throughput: a batch costs a handful of statements whatever its size. On PostgreSQL a
+batch of new events is three statements between BEGIN and COMMIT, each one round trip:
+the tenants' privacy settings read together with the locks on the requests' rows; the
+event store's insert; the projection's upsert, which also marks the usage rollup's hours
+(a data-modifying `WITH`). The rows travel as one JSON document per statement that the
+server turns back into rows (`json_to_recordset`), so nothing is escaped or parsed per row
+on the client. Every event is serialised to JSON once (pydantic's serializer, or orjson
+for redacted ones). SQLite (embedded mode) runs one statement per step with executemany,
+which is in-process and cheap there.
 """
 
 from __future__ import annotations
@@ -30,9 +33,25 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Table, Text, bindparam, cast, column, delete, func, select
+from sqlalchemy import (
+    Boolean,
+    String,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    cast,
+    column,
+    delete,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import JSON as PG_JSON
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import JSON
@@ -52,10 +71,12 @@ from switchyard.history import metrics
 from switchyard.history.jobs import expiry_event, expiry_event_id, is_history_expiry
 from switchyard.history.models import (
     RequestStatus,
+    UTCDateTime,
     WebhookStatus,
     events_table,
     requests_table,
     tenant_settings_table,
+    usage_dirty_table,
     webhooks_table,
 )
 from switchyard.history.privacy import redact_payload
@@ -124,8 +145,15 @@ class EventRecorder:
     async def _record_in(
         self, connection: AsyncConnection, events: list[EnvelopeFields]
     ) -> list[EnvelopeFields]:
-        metadata_only = await _metadata_only_tenants(connection, {e.tenant for e in events})
-        events, expiries_replaced = await self._one_outcome_per_request(connection, events)
+        terminal = any(isinstance(e, ChatCompleted | ChatFailed) for e in events)
+        # Only a batch that may record an outcome locks its requests' rows (see below).
+        lock = sorted({e.request_id for e in events if _projected(e)}) if terminal else []
+        metadata_only, outcomes = await self._writer.read_state(
+            connection, {e.tenant for e in events}, lock
+        )
+        events, expiries_replaced = await self._one_outcome_per_request(
+            connection, events, outcomes
+        )
         if not events:
             return []
         recorded_at = datetime.now(UTC)
@@ -136,7 +164,7 @@ class EventRecorder:
             [_event_row(event, recorded_at, event.tenant in metadata_only) for event in ordered],
         )
         new_events = [event for event in events if event.id in inserted]
-        touched = await self._project(connection, new_events, metadata_only)
+        await self._project(connection, new_events, metadata_only)
         webhooks = [
             _webhook_row(event, recorded_at)
             for event in new_events
@@ -161,39 +189,30 @@ class EventRecorder:
             )
             metrics.OUTCOMES_SUPERSEDED.labels("expiry_replaced").inc(len(replaced))
             log.info("history's expiry replaced by the real outcome", requests=len(replaced))
-        # Last, so the usage rollup's marks are locked only until the commit that follows.
-        await mark_dirty(connection, self._dialect, touched)
         return new_events
 
     async def _one_outcome_per_request(
-        self, connection: AsyncConnection, events: list[EnvelopeFields]
+        self,
+        connection: AsyncConnection,
+        events: list[EnvelopeFields],
+        outcomes: dict[str, tuple[str, bool | None]],
     ) -> tuple[list[EnvelopeFields], set[str]]:
         """The events to store, without the terminal events of requests that already have
         their outcome; and the requests whose provisional expiry a real outcome replaces.
 
-        Locks the rows of every request the batch touches, in request id order (the
-        order the upsert takes them in, so concurrent consumers cannot deadlock), so that no
-        other transaction records an outcome for them until this one commits."""
+        `outcomes`: the stored (status, outcome_provisional) of the batch's requests, read
+        by `_Writer.read_state` with their rows locked (in request id order, the order the
+        upsert takes them in, so concurrent consumers cannot deadlock), so that no other
+        transaction records an outcome for them until this one commits. Empty for a batch
+        without terminal events, which needs no lock."""
         terminal = [e for e in events if isinstance(e, ChatCompleted | ChatFailed)]
         if not terminal:
             return events, set()
-        r = requests_table.c
-        touched = {
-            e.request_id
-            for e in events
-            if isinstance(e, ChatRequested | ChatCompleted | ChatFailed | UsageRecorded)
-        }
-        query = (
-            select(r.request_id, r.status, r.outcome_provisional)
-            .where(r.request_id.in_(sorted(touched)))
-            .order_by(r.request_id)
-            .with_for_update()
-        )
         # request id -> True: a real outcome; False: history's provisional expiry.
         known: dict[str, bool] = {
-            row.request_id: not row.outcome_provisional
-            for row in await connection.execute(query)
-            if row.status != PENDING
+            request_id: not provisional
+            for request_id, (status, provisional) in outcomes.items()
+            if status != PENDING
         }
         pending_rows = {e.request_id for e in terminal} - set(known)
         replaced: set[str] = set()
@@ -252,9 +271,10 @@ class EventRecorder:
 
     async def _project(
         self, connection: AsyncConnection, events: list[EnvelopeFields], metadata_only: set[str]
-    ) -> list[tuple[str, datetime]]:
-        """Merge the events into their requests' rows; returns the rows' (tenant, created_at)
-        as written (a row's creation time is the request's, whichever event came first)."""
+    ) -> None:
+        """Merge the events into their requests' rows and mark the usage rollup's hours of
+        the rows as written (a row's creation time is the request's, whichever event came
+        first)."""
         merged: dict[str, dict[str, Any]] = {}
         for event in events:
             row = contribution(event, redact=event.tenant in metadata_only)
@@ -265,18 +285,14 @@ class EventRecorder:
             previous = merged.get(event.request_id)
             merged[event.request_id] = row if previous is None else merge(previous, row)
         if not merged:
-            return []
+            return
         rows = sorted(merged.values(), key=lambda row: row["request_id"])
-        return await self._writer.upsert_requests(connection, rows)
+        await self._writer.upsert_requests(connection, rows)
 
 
-async def _metadata_only_tenants(connection: AsyncConnection, tenants: set[str]) -> set[str]:
-    """Tenants of this batch that asked for metadata only (read in the batch's transaction)."""
-    settings = tenant_settings_table.c
-    query = select(settings.tenant).where(
-        settings.tenant.in_(sorted(tenants)), settings.store_content.is_(False)
-    )
-    return set((await connection.execute(query)).scalars())
+def _projected(event: EnvelopeFields) -> bool:
+    """Whether the event changes its request's row in the projection."""
+    return isinstance(event, ChatRequested | ChatCompleted | ChatFailed | UsageRecorded)
 
 
 def _without_chunks_and_repeats(events: list[Event]) -> list[EnvelopeFields]:
@@ -324,9 +340,44 @@ def _webhook_row(event: ChatRequested, now: datetime) -> dict[str, Any]:
 
 # What the projection upsert returns of each row it wrote: for the usage rollup's marks.
 _WRITTEN = (requests_table.c.tenant, requests_table.c.created_at)
+# The stored outcome of a request: (status, outcome_provisional).
+Outcome = tuple[str, bool | None]
 
 
 class _Writer:
+    """The statements one batch runs, in one dialect's best form. This base runs one plain
+    statement per step (any dialect with INSERT ... ON CONFLICT ... RETURNING)."""
+
+    def __init__(self, dialect: str) -> None:
+        self._dialect = dialect
+        r, settings = requests_table.c, tenant_settings_table.c
+        self._metadata_only = select(settings.tenant).where(
+            settings.tenant.in_(bindparam("tenants", expanding=True)),
+            settings.store_content.is_(False),
+        )
+        self._lock_outcomes = (
+            select(r.request_id, r.status, r.outcome_provisional)
+            .where(r.request_id.in_(bindparam("lock", expanding=True)))
+            .order_by(r.request_id)
+            .with_for_update()
+        )
+
+    async def read_state(
+        self, connection: AsyncConnection, tenants: set[str], lock: list[str]
+    ) -> tuple[set[str], dict[str, Outcome]]:
+        """The tenants among `tenants` that asked for metadata only, and the stored
+        outcomes of the requests in `lock` (sorted ids; may be empty), their rows locked
+        until the transaction ends. Both read in the batch's transaction, so a settings
+        change committed before it is honoured by this batch."""
+        metadata_only = set(
+            (await connection.execute(self._metadata_only, {"tenants": sorted(tenants)})).scalars()
+        )
+        outcomes: dict[str, Outcome] = {}
+        if lock:
+            rows = await connection.execute(self._lock_outcomes, {"lock": lock})
+            outcomes = {row.request_id: (row.status, row.outcome_provisional) for row in rows}
+        return metadata_only, outcomes
+
     async def insert_events(
         self, connection: AsyncConnection, rows: list[dict[str, Any]]
     ) -> set[str]:
@@ -335,9 +386,9 @@ class _Writer:
 
     async def upsert_requests(
         self, connection: AsyncConnection, rows: list[dict[str, Any]]
-    ) -> list[tuple[str, datetime]]:
-        """Merge contributions (at most one per request) into the projection; return each
-        written row's (tenant, created_at)."""
+    ) -> None:
+        """Merge contributions (at most one per request, sorted by request id) into the
+        projection and mark the usage rollup's (tenant, hour) of every row written."""
         raise NotImplementedError
 
 
@@ -345,6 +396,7 @@ class _ExecutemanyWriter(_Writer):
     """Any dialect with INSERT ... ON CONFLICT: one executemany per statement."""
 
     def __init__(self, dialect: str) -> None:
+        super().__init__(dialect)
         events = events_table.c
         # The payload arrives serialised: bound as text, stored as the JSON it already is.
         self._insert_events = (
@@ -365,27 +417,75 @@ class _ExecutemanyWriter(_Writer):
     @override
     async def upsert_requests(
         self, connection: AsyncConnection, rows: list[dict[str, Any]]
-    ) -> list[tuple[str, datetime]]:
-        return [tuple(row) for row in await connection.execute(self._upsert_requests, rows)]
+    ) -> None:
+        written = [tuple(row) for row in await connection.execute(self._upsert_requests, rows)]
+        await mark_dirty(connection, self._dialect, written)
 
 
 class _PostgresWriter(_Writer):
-    """PostgreSQL: a whole batch is one parameter, a JSON array of rows serialised by orjson
-    in one pass (event payloads embedded as the JSON they already are), turned back into
-    rows by the server (`INSERT ... SELECT FROM json(b)_to_recordset(...)`). One round trip per
-    statement, nothing escaped or parsed per row on the client."""
+    """PostgreSQL: one round trip per step. A whole batch is one parameter, a JSON array of
+    rows serialised by orjson in one pass (event payloads embedded as the JSON they
+    already are), turned back into rows by the server
+    (`INSERT ... SELECT FROM json(b)_to_recordset(...)`): nothing escaped or parsed per row
+    on the client. The settings and the row locks are one statement, and so are the
+    projection's upsert and the rollup's marks."""
 
     def __init__(self) -> None:
+        super().__init__("postgresql")
+        r, settings = requests_table.c, tenant_settings_table.c
+        # FOR UPDATE is not allowed on a UNION's branches, but is inside a subquery.
+        locked = (
+            select(r.request_id, r.status, r.outcome_provisional)
+            .where(r.request_id == any_(bindparam("lock", type_=ARRAY(String()))))
+            .order_by(r.request_id)
+            .with_for_update()
+            .subquery("locked")
+        )
+        self._read_state = union_all(
+            select(
+                literal("request").label("kind"),
+                locked.c.request_id.label("key"),
+                locked.c.status,
+                locked.c.outcome_provisional,
+            ),
+            select(
+                literal("tenant"),
+                settings.tenant,
+                cast(null(), String()),
+                cast(null(), Boolean()),
+            ).where(
+                settings.tenant == any_(bindparam("tenants", type_=ARRAY(String()))),
+                settings.store_content.is_(False),
+            ),
+        )
         self._insert_events = (
             pg_insert(events_table)
             .from_select(*_recordset_select(events_table, PG_JSON))
             .on_conflict_do_nothing(index_elements=[events_table.c.event_id])
             .returning(events_table.c.event_id)
         )
-        self._upsert_requests = upsert_statement(
-            "postgresql",
-            pg_insert(requests_table).from_select(*_recordset_select(requests_table, JSONB)),
-        ).returning(*_WRITTEN)
+        self._upsert_requests = _upsert_and_mark(
+            upsert_statement(
+                "postgresql",
+                pg_insert(requests_table).from_select(*_recordset_select(requests_table, JSONB)),
+            )
+        )
+
+    @override
+    async def read_state(
+        self, connection: AsyncConnection, tenants: set[str], lock: list[str]
+    ) -> tuple[set[str], dict[str, Outcome]]:
+        result = await connection.execute(
+            self._read_state, {"tenants": sorted(tenants), "lock": lock}
+        )
+        metadata_only: set[str] = set()
+        outcomes: dict[str, Outcome] = {}
+        for kind, key, status, provisional in result:
+            if kind == "tenant":
+                metadata_only.add(key)
+            else:
+                outcomes[key] = (status, provisional)
+        return metadata_only, outcomes
 
     @override
     async def insert_events(
@@ -399,9 +499,39 @@ class _PostgresWriter(_Writer):
     @override
     async def upsert_requests(
         self, connection: AsyncConnection, rows: list[dict[str, Any]]
-    ) -> list[tuple[str, datetime]]:
-        result = await connection.execute(self._upsert_requests, {"rows": _json_rows(rows)})
-        return [tuple(row) for row in result]
+    ) -> None:
+        await connection.execute(
+            self._upsert_requests, {"rows": _json_rows(rows), "marked_at": datetime.now(UTC)}
+        )
+
+
+def _upsert_and_mark(upsert: Any) -> Any:
+    """`WITH written AS (<upsert> RETURNING tenant, created_at), marks AS (INSERT INTO
+    history_usage_dirty SELECT DISTINCT tenant, <hour>, :marked_at FROM written ORDER BY
+    tenant, hour ON CONFLICT DO UPDATE ...) SELECT count(*) FROM written`: the projection's
+    rows and the usage rollup's marks for their (tenant, hour) in one statement, as
+    `rollup.mark_dirty` writes them, the marks taken in key order (no deadlock)."""
+    written = upsert.returning(*_WRITTEN).cte("written")
+    hour = func.date_trunc(
+        literal_column("'hour'"),
+        written.c.created_at,
+        literal_column("'UTC'"),
+        type_=UTCDateTime(),
+    )
+    marks = pg_insert(usage_dirty_table).from_select(
+        ["tenant", "hour", "marked_at"],
+        select(
+            written.c.tenant.label("tenant"),
+            hour.label("hour"),
+            bindparam("marked_at", type_=UTCDateTime()).label("marked_at"),
+        )
+        .distinct()
+        .order_by("tenant", "hour"),
+    )
+    marks = marks.on_conflict_do_update(
+        index_elements=["tenant", "hour"], set_={"marked_at": marks.excluded.marked_at}
+    )
+    return select(func.count()).select_from(written).add_cte(marks.cte("marks"))
 
 
 def _recordset_select(table: Table, json_type: type) -> tuple[list[str], Any]:

@@ -1,0 +1,122 @@
+"""What one batch costs the database on a real PostgreSQL server: the statements (round
+trips) the recorder sends for a batch holding a request with its reply and usage, and that
+the fewer statements still record exactly what the separate ones did: a tenant switched
+to metadata only is honoured by the very next batch, replays are no-ops, the usage
+rollup's hour is marked dirty."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from switchyard.common.db import upgrade
+from switchyard.history.bootstrap import history_engine
+from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
+from switchyard.history.handlers import EventRecorder
+from switchyard.history.models import events_table, requests_table, usage_dirty_table
+from switchyard.history.rollup import hour_of
+from switchyard.history.tenants import TenantSettingsStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    upgrade(MIGRATIONS_DIR, postgres_url, VERSION_TABLE)
+    engine = history_engine(postgres_url)
+    yield engine
+    await engine.dispose()
+
+
+class Statements:
+    """Counts the statements sent to the server (BEGIN and COMMIT aside)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.sent: list[str] = []
+        event.listen(engine.sync_engine, "before_cursor_execute", self._sent)
+
+    def _sent(self, conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        self.sent.append(statement)
+
+
+async def test_a_request_with_its_reply_and_usage_costs_three_statements(engine, events):
+    recorder = EventRecorder(engine)
+    await recorder.record([events.requested()])  # connections and statements warmed up
+    statements = Statements(engine)
+    request = events.requested()
+
+    await recorder.record([request, events.completed(request), events.usage(request)])
+
+    # Settings and row locks; the event store; the projection with the rollup's marks.
+    assert len(statements.sent) == 3, statements.sent
+    async with engine.connect() as connection:
+        row = (
+            (
+                await connection.execute(
+                    select(requests_table).where(requests_table.c.request_id == request.request_id)
+                )
+            )
+            .mappings()
+            .one()
+        )
+        marks = (await connection.execute(select(usage_dirty_table))).mappings().all()
+    assert row["status"] == "completed"
+    assert row["cost_usd"] == pytest.approx(0.0021)
+    assert row["request_body"] is not None
+    assert {(mark["tenant"], mark["hour"]) for mark in marks} == {
+        ("acme", hour_of(row["created_at"]))
+    }
+
+
+async def test_a_replayed_batch_changes_nothing(engine, events):
+    recorder = EventRecorder(engine)
+    request = events.requested()
+    batch = [request, events.completed(request), events.usage(request)]
+    await recorder.record(batch)
+    async with engine.connect() as connection:
+        before = (await connection.execute(select(requests_table))).mappings().all()
+
+    await recorder.record(batch)
+    await recorder.record(list(reversed(batch)))
+
+    async with engine.connect() as connection:
+        after = (await connection.execute(select(requests_table))).mappings().all()
+        stored = (await connection.execute(select(events_table.c.event_id))).scalars().all()
+    assert after == before
+    assert sorted(stored) == sorted(e.id for e in batch)
+
+
+async def test_a_tenant_switched_to_metadata_only_is_honoured_by_the_next_batch(engine, events):
+    recorder = EventRecorder(engine)
+    tenants = TenantSettingsStore(engine)
+    first = events.requested()
+    await recorder.record([first, events.completed(first)])
+
+    await tenants.update("acme", store_content=False)
+    second = events.requested()
+    await recorder.record([second, events.completed(second), events.usage(second)])
+
+    await tenants.update("acme", store_content=True)
+    third = events.requested()
+    await recorder.record([third, events.completed(third)])
+
+    async with engine.connect() as connection:
+        rows = {
+            row["request_id"]: row
+            for row in (await connection.execute(select(requests_table))).mappings()
+        }
+        payloads = {
+            event_id: payload
+            for event_id, payload in await connection.execute(
+                select(events_table.c.event_id, events_table.c.payload)
+            )
+        }
+    prompt = first.data.body["messages"][0]["content"]
+    assert prompt in str(rows[first.request_id]["request_body"])
+    assert prompt not in str(rows[second.request_id]["request_body"])
+    assert prompt not in str(rows[second.request_id]["response"])
+    assert prompt not in str(payloads[second.id])
+    assert prompt in str(rows[third.request_id]["request_body"])
