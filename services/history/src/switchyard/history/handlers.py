@@ -159,12 +159,18 @@ class EventRecorder:
         recorded_at = datetime.now(UTC)
         # Sorted by key so concurrent consumers take row locks in the same order (no deadlock).
         ordered = sorted(events, key=lambda event: event.id)
-        inserted = await self._writer.insert_events(
+        inserted, projected = await self._writer.insert_events(
             connection,
             [_event_row(event, recorded_at, event.tenant in metadata_only) for event in ordered],
+            # What the projection becomes if every event is new (the usual case), for a
+            # writer that writes it with the events, in the same statement.
+            self._contributions(events, metadata_only) if self._writer.combines else [],
         )
         new_events = [event for event in events if event.id in inserted]
-        await self._project(connection, new_events, metadata_only)
+        if not projected:
+            rows = self._contributions(new_events, metadata_only)
+            if rows:
+                await self._writer.upsert_requests(connection, rows)
         webhooks = [
             _webhook_row(event, recorded_at)
             for event in new_events
@@ -269,12 +275,12 @@ class EventRecorder:
                 reason=reason,
             )
 
-    async def _project(
-        self, connection: AsyncConnection, events: list[EnvelopeFields], metadata_only: set[str]
-    ) -> None:
-        """Merge the events into their requests' rows and mark the usage rollup's hours of
-        the rows as written (a row's creation time is the request's, whichever event came
-        first)."""
+    @staticmethod
+    def _contributions(
+        events: list[EnvelopeFields], metadata_only: set[str]
+    ) -> list[dict[str, Any]]:
+        """The events' contributions to their requests' rows, one per request (folded in
+        arrival order), sorted by request id (the order the upsert locks them in)."""
         merged: dict[str, dict[str, Any]] = {}
         for event in events:
             row = contribution(event, redact=event.tenant in metadata_only)
@@ -284,10 +290,7 @@ class EventRecorder:
             # order with the upsert's own rules, the row is written once, not three times.
             previous = merged.get(event.request_id)
             merged[event.request_id] = row if previous is None else merge(previous, row)
-        if not merged:
-            return
-        rows = sorted(merged.values(), key=lambda row: row["request_id"])
-        await self._writer.upsert_requests(connection, rows)
+        return sorted(merged.values(), key=lambda row: row["request_id"])
 
 
 def _projected(event: EnvelopeFields) -> bool:
@@ -348,6 +351,9 @@ class _Writer:
     """The statements one batch runs, in one dialect's best form. This base runs one plain
     statement per step (any dialect with INSERT ... ON CONFLICT ... RETURNING)."""
 
+    # Whether `insert_events` can write the projection's rows in the same statement.
+    combines = False
+
     def __init__(self, dialect: str) -> None:
         self._dialect = dialect
         r, settings = requests_table.c, tenant_settings_table.c
@@ -379,9 +385,15 @@ class _Writer:
         return metadata_only, outcomes
 
     async def insert_events(
-        self, connection: AsyncConnection, rows: list[dict[str, Any]]
-    ) -> set[str]:
-        """Insert rows not stored yet (payload is JSON text); return the new event ids."""
+        self,
+        connection: AsyncConnection,
+        rows: list[dict[str, Any]],
+        contributions: list[dict[str, Any]],
+    ) -> tuple[set[str], bool]:
+        """Insert rows not stored yet (payload is JSON text); return the new event ids and
+        whether `contributions` (the projection's rows if every event is new, as
+        `upsert_requests` takes them) were written too: a writer may do that when every
+        event turns out to be new, and never otherwise."""
         raise NotImplementedError
 
     async def upsert_requests(
@@ -409,10 +421,13 @@ class _ExecutemanyWriter(_Writer):
 
     @override
     async def insert_events(
-        self, connection: AsyncConnection, rows: list[dict[str, Any]]
-    ) -> set[str]:
+        self,
+        connection: AsyncConnection,
+        rows: list[dict[str, Any]],
+        contributions: list[dict[str, Any]],
+    ) -> tuple[set[str], bool]:
         result = await connection.execute(self._insert_events, rows)
-        return set(result.scalars().all())
+        return set(result.scalars().all()), False
 
     @override
     async def upsert_requests(
@@ -427,8 +442,10 @@ class _PostgresWriter(_Writer):
     rows serialised by orjson in one pass (event payloads embedded as the JSON they
     already are), turned back into rows by the server
     (`INSERT ... SELECT FROM json(b)_to_recordset(...)`): nothing escaped or parsed per row
-    on the client. The settings and the row locks are one statement, and so are the
-    projection's upsert and the rollup's marks."""
+    on the client. The settings and the row locks are one statement; the event store's
+    insert, the projection's upsert and the rollup's marks are another."""
+
+    combines = True
 
     def __init__(self) -> None:
         super().__init__("postgresql")
@@ -460,16 +477,30 @@ class _PostgresWriter(_Writer):
         )
         self._insert_events = (
             pg_insert(events_table)
-            .from_select(*_recordset_select(events_table, PG_JSON))
+            .from_select(*_recordset_select(events_table, PG_JSON, "events"))
             .on_conflict_do_nothing(index_elements=[events_table.c.event_id])
             .returning(events_table.c.event_id)
         )
-        self._upsert_requests = _upsert_and_mark(
+        names, contributions = _recordset_select(requests_table, JSONB, "rows")
+        written, marks = _upsert_and_mark(
             upsert_statement(
-                "postgresql",
-                pg_insert(requests_table).from_select(*_recordset_select(requests_table, JSONB)),
+                "postgresql", pg_insert(requests_table).from_select(names, contributions)
             )
         )
+        self._upsert_requests = select(func.count()).select_from(written).add_cte(marks)
+        # Both in one: the projection is written only if every event was new (the event
+        # store's insert runs to its end first: the upsert counts what it returned).
+        inserted = self._insert_events.cte("inserted")
+        all_new = select(func.count()).select_from(inserted).scalar_subquery() == bindparam(
+            "expected"
+        )
+        written, marks = _upsert_and_mark(
+            upsert_statement(
+                "postgresql",
+                pg_insert(requests_table).from_select(names, contributions.where(all_new)),
+            )
+        )
+        self._insert_and_upsert = select(inserted.c.event_id).add_cte(marks)
 
     @override
     async def read_state(
@@ -489,12 +520,27 @@ class _PostgresWriter(_Writer):
 
     @override
     async def insert_events(
-        self, connection: AsyncConnection, rows: list[dict[str, Any]]
-    ) -> set[str]:
+        self,
+        connection: AsyncConnection,
+        rows: list[dict[str, Any]],
+        contributions: list[dict[str, Any]],
+    ) -> tuple[set[str], bool]:
         for row in rows:
             row["payload"] = orjson.Fragment(row["payload"])
-        result = await connection.execute(self._insert_events, {"rows": _json_rows(rows)})
-        return set(result.scalars().all())
+        if not contributions:
+            result = await connection.execute(self._insert_events, {"events": _json_rows(rows)})
+            return set(result.scalars().all()), False
+        result = await connection.execute(
+            self._insert_and_upsert,
+            {
+                "events": _json_rows(rows),
+                "expected": len(rows),
+                "rows": _json_rows(contributions),
+                "marked_at": datetime.now(UTC),
+            },
+        )
+        inserted = set(result.scalars().all())
+        return inserted, len(inserted) == len(rows)
 
     @override
     async def upsert_requests(
@@ -505,12 +551,13 @@ class _PostgresWriter(_Writer):
         )
 
 
-def _upsert_and_mark(upsert: Any) -> Any:
-    """`WITH written AS (<upsert> RETURNING tenant, created_at), marks AS (INSERT INTO
-    history_usage_dirty SELECT DISTINCT tenant, <hour>, :marked_at FROM written ORDER BY
-    tenant, hour ON CONFLICT DO UPDATE ...) SELECT count(*) FROM written`: the projection's
-    rows and the usage rollup's marks for their (tenant, hour) in one statement, as
-    `rollup.mark_dirty` writes them, the marks taken in key order (no deadlock)."""
+def _upsert_and_mark(upsert: Any) -> tuple[Any, Any]:
+    """The CTEs `written AS (<upsert> RETURNING tenant, created_at)` and `marks AS (INSERT
+    INTO history_usage_dirty SELECT DISTINCT tenant, <hour>, :marked_at FROM written ORDER
+    BY tenant, hour ON CONFLICT DO UPDATE ...)`: the projection's rows and the usage
+    rollup's marks for their (tenant, hour), as `rollup.mark_dirty` writes them, in one
+    statement, the marks taken in key order (no deadlock). A statement runs both by
+    adding `marks` (which reads `written`)."""
     written = upsert.returning(*_WRITTEN).cte("written")
     hour = func.date_trunc(
         literal_column("'hour'"),
@@ -531,11 +578,12 @@ def _upsert_and_mark(upsert: Any) -> Any:
     marks = marks.on_conflict_do_update(
         index_elements=["tenant", "hour"], set_={"marked_at": marks.excluded.marked_at}
     )
-    return select(func.count()).select_from(written).add_cte(marks.cte("marks"))
+    return written, marks.cte("marks")
 
 
-def _recordset_select(table: Table, json_type: type) -> tuple[list[str], Any]:
-    """Column names and `SELECT ... FROM json(b)_to_recordset(CAST(:rows AS ...)) AS src(...)`
+def _recordset_select(table: Table, json_type: type, parameter: str) -> tuple[list[str], Any]:
+    """Column names and `SELECT ... FROM json(b)_to_recordset(CAST(:<parameter> AS ...)) AS
+    src(...)`
     with every column of `table` at its own type, JSON documents as `json_type` (what they
     are in that table on PostgreSQL).
 
@@ -547,7 +595,7 @@ def _recordset_select(table: Table, json_type: type) -> tuple[list[str], Any]:
     ]
     to_recordset = func.jsonb_to_recordset if json_type is JSONB else func.json_to_recordset
     source = (
-        to_recordset(cast(bindparam("rows", type_=Text()), json_type()))
+        to_recordset(cast(bindparam(parameter, type_=Text()), json_type()))
         .table_valued(*columns)
         .render_derived(name="src", with_types=True)
     )
