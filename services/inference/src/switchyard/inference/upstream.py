@@ -360,7 +360,7 @@ class DirectRequests:
             layers = [placeholder, client.default_headers]
         else:
             layers = [client.auth_headers, client.default_headers]
-        self._headers = _merge_headers({}, *layers)
+        self._headers = _merge_headers({}, *layers, append_helper=protocol == "anthropic")
 
     @staticmethod
     def usable(client: Any) -> bool:
@@ -401,9 +401,10 @@ class DirectRequests:
                 self._headers,
                 {"x-stainless-timeout": timeout, "x-stainless-read-timeout": timeout},
                 extra,
+                append_helper=True,
             )
         else:
-            merged = _merge_headers(self._headers, extra)
+            merged = _merge_headers(self._headers, extra, append_helper=False)
             # openai adds these after the caller's headers, unless the caller set them.
             merged.setdefault("x-stainless-retry-count", ("x-stainless-retry-count", "0"))
             merged.setdefault("x-stainless-read-timeout", ("x-stainless-read-timeout", timeout))
@@ -432,11 +433,12 @@ class DirectRequests:
 
 
 def _merge_headers(
-    base: Mapping[str, tuple[str, str]], *layers: Mapping[str, Any]
+    base: Mapping[str, tuple[str, str]], *layers: Mapping[str, Any], append_helper: bool
 ) -> dict[str, tuple[str, str]]:
     """`base` (lower-case name -> (name, value)) with `layers` merged in order: a later
     value replaces an earlier one in its place, with its own spelling of the name; an
-    SDK `Omit` removes the header; anthropic's `x-stainless-helper` tokens are appended."""
+    SDK `Omit` removes the header; with `append_helper` (anthropic's SDK), the tokens of
+    a later `x-stainless-helper` are appended to the earlier ones."""
     merged = dict(base)
     for layer in layers:
         for name, value in layer.items():
@@ -444,7 +446,7 @@ def _merge_headers(
             if isinstance(value, openai.Omit | anthropic.Omit):
                 merged.pop(key, None)
                 continue
-            if key == "x-stainless-helper" and key in merged:
+            if append_helper and key == "x-stainless-helper" and key in merged:
                 value = _append_tokens(merged[key][1], value)
             merged[key] = (name, value)
     return merged
