@@ -350,7 +350,7 @@ class DirectRequests:
         self.http = http
         self.protocol = protocol
         self._base_url: httpx2.URL = client.base_url
-        self._urls: dict[str, str] = {}
+        self._urls: dict[str, httpx2.URL] = {}
         layers: list[Mapping[str, Any]]
         if protocol == "anthropic":
             # anthropic's `default_headers` include its `auth_headers`; its per-request
@@ -378,16 +378,16 @@ class DirectRequests:
         names = {name.lower() for name in {**client.auth_headers, **client.default_headers}}
         return "authorization" in names or "x-api-key" in names
 
-    def url(self, path: str) -> str:
+    def url(self, path: str) -> httpx2.URL:
         """The URL of `path`, joined to the client's base URL as the SDK's `_prepare_url`
-        joins a relative one (an absolute URL is kept)."""
+        joins a relative one (an absolute URL is kept). Kept parsed: the HTTP client takes
+        a `URL` as it is, where a string would be parsed again on every request."""
         url = self._urls.get(path)
         if url is None:
-            merge = httpx2.URL(path)
-            if merge.is_relative_url:
-                raw_path = self._base_url.raw_path + merge.raw_path.lstrip(b"/")
-                merge = self._base_url.copy_with(raw_path=raw_path)
-            url = str(merge)
+            url = httpx2.URL(path)
+            if url.is_relative_url:
+                raw_path = self._base_url.raw_path + url.raw_path.lstrip(b"/")
+                url = self._base_url.copy_with(raw_path=raw_path)
             if len(self._urls) < self._URLS_KEPT:
                 self._urls[path] = url
         return url
