@@ -3,6 +3,16 @@ its official SDK client (its authentication, base URL, timeouts and error classe
 read the answer as raw JSON or as Server-Sent Events; every failure becomes a
 `ProviderError` carrying the upstream's own status, type, code and param.
 
+The plain `openai` and `anthropic` kinds skip the SDK's per-call request building (its
+options model, header merging, user-agent and platform look-ups, stdlib JSON), which
+cost more CPU than anything else in the call: what the client sends with every request
+(base URL, key header, user agent, `x-stainless-*`, `anthropic-version`) is read from it
+once, and each request merges in its own headers as the SDK would, serialises the body
+with orjson and goes out through the SDK's own aiohttp-backed HTTP client
+(`DirectRequests`). The bytes on the wire are the SDK's; an error status maps through
+the same `status_error` as the SDK's exceptions. The platform kinds (`platforms.py`),
+whose authentication runs per call, keep the SDK's `post`.
+
 Replies are read as bytes and parsed once with orjson (never into SDK models: those
 would cost more CPU than the rest of a request's path). Streams are parsed with
 httpx-sse, which splits lines only where the SSE format does (CR, LF, CRLF): text holding
