@@ -172,6 +172,24 @@ async def test_a_stream_arrives_event_by_event_through_direct_requests(
     assert wire(recorder) == headers
 
 
+async def test_a_header_value_beyond_ascii_is_sent_or_refused_as_through_the_sdk(
+    pair: tuple[SDKUpstream, SDKUpstream], recorder: RecordingUpstream
+) -> None:
+    upstream, through_sdk = pair
+    recorder.script(Scripted(json={"id": "x"}))
+    outcomes = []
+    for candidate in (upstream, through_sdk):
+        try:
+            await candidate.send(PATHS[candidate.protocol], BODY, {"anthropic-beta": "bêta"}, 5)
+            outcomes.append(("sent", recorder.last.headers["anthropic-beta"]))
+        except ProviderError as error:
+            outcomes.append((str(error.status), error.code or ""))
+    assert outcomes[0] == outcomes[1]
+    # Anthropic's SDK sends it in UTF-8 (read back here as Latin-1); OpenAI's refuses it.
+    expected = ("sent", "bÃªta") if upstream.protocol == "anthropic" else ("400", "invalid_request")
+    assert outcomes[0] == expected
+
+
 def failure_of(error: ProviderError) -> dict[str, Any]:
     """Everything about a ProviderError the client and the retry logic see."""
     return {

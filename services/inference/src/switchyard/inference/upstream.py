@@ -402,7 +402,9 @@ class DirectRequests:
                 self._urls[path] = url
         return url
 
-    def headers(self, extra: Mapping[str, str], timeout_s: float) -> list[tuple[str, str]]:
+    def headers(
+        self, extra: Mapping[str, str], timeout_s: float
+    ) -> list[tuple[str, str]] | list[tuple[bytes, bytes]]:
         """The headers of one request: the client's own, then `extra` (the per-request
         ones, which win), with the timeout headers for `timeout_s` seconds."""
         timeout = str(timeout_s)
@@ -413,11 +415,13 @@ class DirectRequests:
                 extra,
                 append_helper=True,
             )
-        else:
-            merged = _merge_headers(self._headers, extra, append_helper=False)
-            # openai adds these after the caller's headers, unless the caller set them.
-            merged.setdefault("x-stainless-retry-count", ("x-stainless-retry-count", "0"))
-            merged.setdefault("x-stainless-read-timeout", ("x-stainless-read-timeout", timeout))
+            # anthropic's SDK hands the HTTP client headers encoded in UTF-8, so a value
+            # beyond ASCII goes out as UTF-8 (through openai's it is refused).
+            return [(name.encode(), value.encode()) for name, value in merged.values()]
+        merged = _merge_headers(self._headers, extra, append_helper=False)
+        # openai adds these after the caller's headers, unless the caller set them.
+        merged.setdefault("x-stainless-retry-count", ("x-stainless-retry-count", "0"))
+        merged.setdefault("x-stainless-read-timeout", ("x-stainless-read-timeout", timeout))
         return list(merged.values())
 
     async def post(
