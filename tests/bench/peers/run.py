@@ -340,7 +340,7 @@ def profiling(args: argparse.Namespace, mode: str, pids: dict[str, int]):
                 "--pid",
                 str(pid),
                 "--rate",
-                "200",
+                str(args.profile_rate),
                 "--nonblocking",
                 "--full-filenames",
                 "--format",
@@ -352,6 +352,7 @@ def profiling(args: argparse.Namespace, mode: str, pids: dict[str, int]):
             stderr=(out / f"{mode}-{name}.py-spy.log").open("w"),
         )
         for name, pid in pids.items()
+        if not args.profile_only or name in args.profile_only
     ]
     try:
         yield
@@ -576,6 +577,13 @@ def main() -> None:
         default="flamegraph",
         choices=["flamegraph", "raw", "speedscope"],
     )
+    parser.add_argument(
+        "--profile-only",
+        nargs="+",
+        help="profile only these processes (gateway, inference, history, auth, embedded):"
+        " each profiler takes CPU from the set-up it measures",
+    )
+    parser.add_argument("--profile-rate", type=int, default=200, help="samples per second")
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
