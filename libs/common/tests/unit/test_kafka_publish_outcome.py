@@ -93,12 +93,15 @@ def bus_with(producer: FakeProducer, *, in_flight_timeout_s: float = BOUND_S) ->
     return bus
 
 
-async def publish_then(producer: FakeProducer, bus: KafkaBus, outcome: Any) -> None:
-    """Publish; once the publish has timed out and the bus has looked where the batch is,
-    settle the delivery with `outcome` (an exception, or a result); return when the
-    publish does (raising what it raised)."""
+async def publish_then(
+    producer: FakeProducer, bus: KafkaBus, outcome: Any, *, at_once: bool = False
+) -> None:
+    """Publish; settle the delivery with `outcome` (an exception, or a result) as soon as
+    it exists (`at_once`), or else once the publish has timed out and the bus has looked
+    where the batch is; return when the publish does (raising what it raised)."""
     publishing = asyncio.create_task(bus.publish("t.requests", event()))
-    await asyncio.wait_for(producer._message_accumulator.inspected.wait(), BOUND_S)
+    settled_after = producer.sent if at_once else producer._message_accumulator.inspected
+    await asyncio.wait_for(settled_after.wait(), BOUND_S)
     delivery = producer.deliveries[0]
     if isinstance(outcome, BaseException):
         delivery.set_exception(outcome)
@@ -111,11 +114,8 @@ async def test_an_event_acknowledged_at_once_is_published() -> None:
     producer = FakeProducer(queued=False)
     bus = bus_with(producer)
     bus.publish_timeout_s = BOUND_S
-    publishing = asyncio.create_task(bus.publish("t.requests", event()))
-    await asyncio.wait_for(producer.sent.wait(), BOUND_S)
-    producer.deliveries[0].set_result("metadata")
 
-    await asyncio.wait_for(publishing, BOUND_S)
+    await publish_then(producer, bus, "metadata", at_once=True)
 
     assert not producer._message_accumulator.inspected.is_set()
     assert bus.can_publish()
@@ -180,12 +180,9 @@ async def test_a_failure_before_any_timeout_is_a_refusal() -> None:
     producer = FakeProducer(queued=False)
     bus = bus_with(producer)
     bus.publish_timeout_s = BOUND_S
-    publishing = asyncio.create_task(bus.publish("t.requests", event()))
-    await asyncio.wait_for(producer.sent.wait(), BOUND_S)
-    producer.deliveries[0].set_exception(KafkaConnectionError("refused"))
 
     with pytest.raises(BusUnavailableError) as refused:
-        await asyncio.wait_for(publishing, BOUND_S)
+        await publish_then(producer, bus, KafkaConnectionError("refused"), at_once=True)
 
     assert not isinstance(refused.value, PublishOutcomeUnknownError)
     assert not producer._message_accumulator.inspected.is_set()
