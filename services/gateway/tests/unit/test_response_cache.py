@@ -24,7 +24,6 @@ from switchyard.common.events import (
     new_id,
 )
 from switchyard.common.topics import Topics
-from switchyard.gateway import cache as cache_module
 from switchyard.gateway import hit_events as hit_events_module
 from switchyard.gateway.cache import cache_key, is_deterministic, normalised_body
 
