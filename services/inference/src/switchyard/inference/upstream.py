@@ -38,8 +38,9 @@ import openai
 import orjson
 from httpx_sse import EventSource, SSEError
 
+from switchyard.common.errorformat import status_of
 from switchyard.common.routing import Deployment
-from switchyard.inference.errors import ANTHROPIC_TYPES, OPENAI_TYPES, ProviderError, redact
+from switchyard.inference.errors import ProviderError, redact
 
 Protocol_ = Literal["openai", "anthropic"]
 
@@ -275,8 +276,7 @@ def stream_error(deployment: Deployment, protocol: Protocol_, error: Any) -> Pro
     its type stands for (an Anthropic `overloaded_error` is a 529)."""
     error = error if isinstance(error, dict) else {}
     kind = _str(error.get("type"))
-    types = ANTHROPIC_TYPES if protocol == "anthropic" else OPENAI_TYPES
-    status = next((s for s, name in types.items() if name == kind), 500)
+    status = (status_of(protocol, kind) if kind else None) or 500
     if kind == "overloaded_error":
         status = 529
     if kind in ("server_error", "api_error"):

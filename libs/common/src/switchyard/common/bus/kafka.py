@@ -695,6 +695,12 @@ class KafkaBus(EventBus):
 
         return check
 
+    async def _started(self, subscription: _SupervisedConsumer) -> Subscription:
+        """Start `subscription` and keep it, so `stop` stops it."""
+        await subscription.start()
+        self._subscriptions.append(subscription)
+        return subscription
+
     @override
     async def subscribe(
         self,
@@ -716,9 +722,7 @@ class KafkaBus(EventBus):
             self._dependencies(healthy),
             commit_interval_s=self.commit_interval_s,
         )
-        await subscription.start()
-        self._subscriptions.append(subscription)
-        return subscription
+        return await self._started(subscription)
 
     @override
     async def subscribe_batch(
@@ -742,9 +746,7 @@ class KafkaBus(EventBus):
             self._dependencies(healthy),
             max_wait_ms=max_batch_wait_ms or 0,
         )
-        await subscription.start()
-        self._subscriptions.append(subscription)
-        return subscription
+        return await self._started(subscription)
 
     @override
     async def listen(
@@ -754,9 +756,7 @@ class KafkaBus(EventBus):
             # Every partition of the topic, from the producer's (already loaded) metadata.
             partitions = list(range(await self.partition_count(topic)))
         subscription = _Listener(self, topic, handler, partitions)
-        await subscription.start()
-        self._subscriptions.append(subscription)
-        return subscription
+        return await self._started(subscription)
 
 
 def _publish_attributes(topic: str, event: EnvelopeFields) -> dict[str, str]:
@@ -772,13 +772,13 @@ def _publish_attributes(topic: str, event: EnvelopeFields) -> dict[str, str]:
 def _process_span(
     record: ConsumerRecord, group: str | None, event: Event
 ) -> AbstractContextManager[Span | None]:
-    return tracing.span(
-        f"{record.topic} process",
-        kind=SpanKind.CONSUMER,
-        parent=tracing.context_from_headers(record.headers),
-        attributes=tracing.consumer_span_attributes(
-            record.topic, record.partition, record.offset, group, event
-        ),
+    return tracing.process_span(
+        record.topic,
+        group,
+        event,
+        tracing.context_from_headers(record.headers),
+        partition=record.partition,
+        offset=record.offset,
     )
 
 
