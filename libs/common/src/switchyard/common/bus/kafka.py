@@ -442,12 +442,14 @@ class KafkaBus(EventBus):
         deadline = loop.time() + timeout_s
         delivery: asyncio.Future[Any] | None = None
         try:
-            delivery = sent = await asyncio.wait_for(
-                producer.send(topic, value, key=key, partition=partition, headers=headers),
-                timeout=timeout_s,
-            )
-            # Shielded: on a timeout the delivery is looked at, not given up on.
-            await asyncio.wait_for(asyncio.shield(sent), timeout=max(0.001, deadline - loop.time()))
+            # One timeout for both steps (`asyncio.timeout_at` needs no task per step, as
+            # `wait_for` would on this hot path).
+            async with asyncio.timeout_at(deadline):
+                delivery = await producer.send(
+                    topic, value, key=key, partition=partition, headers=headers
+                )
+                # Shielded: on a timeout the delivery is looked at, not given up on.
+                await asyncio.shield(delivery)
         except TimeoutError as exc:
             if delivery is not None and _maybe_sent(producer, delivery):
                 # The broker may have the event (or get it when a connection comes up):
