@@ -10,6 +10,7 @@ import pytest
 from switchyard.common.dev import apply_dev_environment
 
 WAIT = "SWITCHYARD_HISTORY_MAX_BATCH_WAIT_MS"
+BATCH = "SWITCHYARD_HISTORY_MAX_BATCH"
 
 
 @pytest.fixture
@@ -17,6 +18,7 @@ def environ(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     # apply_dev_environment writes os.environ: give it a copy this test owns.
     copy = dict(os.environ)
     copy.pop(WAIT, None)
+    copy.pop(BATCH, None)
     monkeypatch.setattr(os, "environ", copy)
     return copy
 
@@ -38,3 +40,13 @@ def test_an_explicit_history_batch_wait_is_kept(environ: dict[str, str]) -> None
     apply_dev_environment(plugins=[])
 
     assert environ[WAIT] == "5"
+
+
+def test_embedded_history_batches_are_small_enough_not_to_stall_answers(
+    environ: dict[str, str],
+) -> None:
+    apply_dev_environment(plugins=[])
+
+    # A batch is written on the answering loop without a pause: after a burst, batches of
+    # the services' default 1,000 events held the next requests for up to half a second.
+    assert environ[BATCH] == "200"

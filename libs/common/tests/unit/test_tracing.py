@@ -51,6 +51,7 @@ def test_handler_runs_in_the_publishers_trace():
     # The console exporter printed the consumer span, a child in the same trace.
     assert '"name": "t process"' in result.stdout
     assert '"kind": "SpanKind.CONSUMER"' in result.stdout
+    assert '"messaging.consumer.group.name": "g"' in result.stdout
 
 
 def test_tracing_is_off_without_otel_settings(monkeypatch):

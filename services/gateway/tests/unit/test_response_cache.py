@@ -24,7 +24,7 @@ from switchyard.common.events import (
     new_id,
 )
 from switchyard.common.topics import Topics
-from switchyard.gateway import cache as cache_module
+from switchyard.gateway import hit_events as hit_events_module
 from switchyard.gateway.cache import cache_key, is_deterministic, normalised_body
 
 from .conftest import API_KEY, chunk, completed_reply
@@ -463,7 +463,7 @@ def _hit_events(outcome: str) -> float:
 async def test_a_hits_events_are_retried_until_the_bus_takes_them(
     harness, history, recorded, monkeypatch
 ):
-    monkeypatch.setattr(cache_module, "HIT_EVENT_BACKOFF", Backoff(initial_s=0.01, max_s=0.02))
+    monkeypatch.setattr(hit_events_module, "HIT_EVENT_BACKOFF", Backoff(initial_s=0.01, max_s=0.02))
     await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
     await async_wait_until(lambda: history.cache, timeout=5)
     publish, refusals = harness.bus.publish, {"left": 2}
@@ -491,7 +491,7 @@ async def test_a_hits_events_are_retried_until_the_bus_takes_them(
 async def test_a_hits_events_given_up_on_are_counted_and_logged_never_raised(
     harness, history, recorded, monkeypatch
 ):
-    monkeypatch.setattr(cache_module, "HIT_EVENT_BACKOFF", Backoff(initial_s=0.01, max_s=0.02))
+    monkeypatch.setattr(hit_events_module, "HIT_EVENT_BACKOFF", Backoff(initial_s=0.01, max_s=0.02))
     await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
     await async_wait_until(lambda: history.cache, timeout=5)
 

@@ -31,7 +31,12 @@ from switchyard.gateway.revocations import RevocationState
 from .auth_double import AuthDouble, gateway_with, new_rsa_key
 
 BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]}
-SOON = datetime.now(UTC) + timedelta(minutes=15)
+
+
+def soon() -> datetime:
+    """An expiry 15 minutes from now, taken when a test runs: one taken at import would
+    already be past when the suite is slow to reach the test, and the revocation with it."""
+    return datetime.now(UTC) + timedelta(minutes=15)
 
 
 def event(cls, data, tenant: str = "acme"):
@@ -62,7 +67,9 @@ async def test_a_revoked_jti_is_refused_within_a_second() -> None:
         token, other = gw.auth.token(jti="jti-1"), gw.auth.token(jti="jti-2")
         assert await status_of(gw, token) == 200
         await gw.publish_auth_event(
-            event(TokenRevoked, TokenRevokedData(jti="jti-1", user_id="user-jwt", expires_at=SOON))
+            event(
+                TokenRevoked, TokenRevokedData(jti="jti-1", user_id="user-jwt", expires_at=soon())
+            )
         )
         assert await refused_within(gw, token) < 1.0
         assert await status_of(gw, other) == 200, "only that token is revoked"
@@ -74,7 +81,7 @@ async def test_a_revoked_sign_in_refuses_all_its_access_tokens() -> None:
         unrelated = gw.auth.token(sid="family-b")
         assert await status_of(gw, first) == 200
         data = TokenFamilyRevokedData(
-            family_id="family-a", user_id="user-jwt", reason="reuse_detected", expires_at=SOON
+            family_id="family-a", user_id="user-jwt", reason="reuse_detected", expires_at=soon()
         )
         await gw.publish_auth_event(event(TokenFamilyRevoked, data))
         await refused_within(gw, first)
@@ -137,8 +144,8 @@ async def test_the_start_up_snapshot_is_applied() -> None:
     revoked_key = auth.add_api_key(key_id="key-old")
     disabled_key = auth.add_api_key(user_id="user-off")
     auth.snapshot.update(
-        revoked_tokens=[{"jti": "jti-x", "expires_at": SOON.isoformat()}],
-        revoked_sessions=[{"sid": "family-x", "expires_at": SOON.isoformat()}],
+        revoked_tokens=[{"jti": "jti-x", "expires_at": soon().isoformat()}],
+        revoked_sessions=[{"sid": "family-x", "expires_at": soon().isoformat()}],
         revoked_api_keys=["key-old"],
         disabled_users=["user-off"],
     )
@@ -192,7 +199,7 @@ def test_events_received_while_the_snapshot_loads_win_over_it() -> None:
     # The snapshot was read before the enable of u3 and the disable of u2 committed.
     state.load_snapshot(
         {
-            "revoked_tokens": [{"jti": "j1", "expires_at": SOON.isoformat()}],
+            "revoked_tokens": [{"jti": "j1", "expires_at": soon().isoformat()}],
             "revoked_sessions": [],
             "revoked_api_keys": ["k1"],
             "disabled_users": ["u1", "u3"],

@@ -279,23 +279,65 @@ async def test_unknown_replays_are_404_and_other_users_cannot_see_them(service, 
     assert stop.status_code == 404
 
 
+class HeldRunner:
+    """Holds the replay runner at its `hold_at`-th publish until `release` is set, and
+    counts what it sends and its rounds, so a test orders its steps by the runner's own
+    progress instead of by the clock."""
+
+    def __init__(self, runner, hold_at: int) -> None:
+        self.runner = runner
+        self.hold_at = hold_at
+        self.sent: list[str] = []
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+        self.rounds = 0
+        publish, tick = runner._publish, runner.tick
+
+        async def held_publish(topic, event, **options) -> None:
+            if len(self.sent) + 1 == self.hold_at:
+                self.held.set()
+                await self.release.wait()
+            await publish(topic, event, **options)
+            self.sent.append(event.request_id)
+
+        async def counted_tick() -> bool:
+            try:
+                return await tick()
+            finally:
+                self.rounds += 1
+
+        runner._publish, runner.tick = held_publish, counted_tick
+
+    async def rounds_after(self, count: int) -> None:
+        """Return once the runner has finished `count` more rounds."""
+        target = self.rounds + count
+
+        async def reached() -> bool:
+            return self.rounds >= target
+
+        await async_wait_until(reached, timeout=30, message="runner rounds")
+
+
 async def test_stopped_replay_resumes_where_it_stopped_and_sends_nothing_twice(
     service, events, inference
 ):
     await record_traffic(service, events, [f"p{i}" for i in range(6)])
-    created = await replay(service, rate="4/s")
-    await async_wait_until(
-        lambda: _nonzero(len(inference.requests)), timeout=10, message="a first request"
-    )
+    runner = HeldRunner(service.components.runner, hold_at=2)
+    created = await replay(service, rate="100/s")
+    # The runner is held while sending the second request: the replay is stopped then.
+    await asyncio.wait_for(runner.held.wait(), 30)
     stopped = await service.client.post(
         f"/v1/replays/{created['id']}/stop", headers=service.headers()
     )
     assert stopped.json()["status"] == "stopped"
-    await asyncio.sleep(1.0)
-    during = len(inference.requests)
-    assert during < 6
-    await asyncio.sleep(1.0)
-    assert len(inference.requests) == during  # nothing sent while stopped
+    runner.release.set()
+    # The request already being sent goes out; then the runner sees the stop, and later
+    # rounds send nothing more.
+    await runner.rounds_after(3)
+    during = list(runner.sent)
+    assert len(during) == 2
+    await runner.rounds_after(3)
+    assert runner.sent == during  # nothing sent while stopped
 
     resumed = await service.client.post(
         f"/v1/replays/{created['id']}/resume", headers=service.headers()
@@ -304,15 +346,12 @@ async def test_stopped_replay_resumes_where_it_stopped_and_sends_nothing_twice(
     report = await finished(service, created["id"])
     ids = [request.request_id for request in inference.requests]
     assert len(ids) == len(set(ids)) == 6
+    assert runner.sent[: len(during)] == during and len(runner.sent) == 6
     assert report["counts"]["settled"] == 6
     completed = await service.client.post(
         f"/v1/replays/{created['id']}/resume", headers=service.headers()
     )
     assert completed.status_code == 409
-
-
-async def _nonzero(value: int) -> bool:
-    return value > 0
 
 
 async def test_a_dead_runners_items_in_doubt_are_sent_once(service, events, inference):

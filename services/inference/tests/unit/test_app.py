@@ -271,71 +271,82 @@ async def _has_model(runtime, name: str) -> bool:
 
 
 async def test_batch_backlog_does_not_delay_interactive_requests(simulator, tmp_path: Path) -> None:
-    """Interactive latency with 300 batch requests queued is what it is without them."""
+    """An interactive request published behind 300 queued batch requests does not wait for
+    them: while it is served, only the few batch requests already in the batch lane's slots
+    finish, never the backlog queued before it.
+
+    Measured in batch completions, not seconds: a loaded machine slows both lanes alike,
+    so the count an interactive request sees go by holds wherever the test runs."""
     simulator.latency(30)
     topics = Topics("apptest")
     bus = InMemoryBus()
-    arrived: dict[str, float] = {}
+    arrived: set[str] = set()
+    # For each interactive request: batch requests finished when it was published, and
+    # when its reply arrived.
+    batch_done_at_publish: dict[str, int] = {}
+    batch_done_at_reply: dict[str, int] = {}
     batch_done: list[str] = []
 
     async def collect(event) -> None:
         if isinstance(event, ChatCompleted | ChatFailed):
-            arrived[event.request_id] = time.perf_counter()
+            arrived.add(event.request_id)
             if event.request_id.startswith("batch-"):
                 batch_done.append(event.request_id)
+            else:
+                batch_done_at_reply[event.request_id] = len(batch_done)
 
     await bus.listen(topics.replies, collect)
-    settings = settings_for(simulator, tmp_path, interactive_concurrency=16, batch_concurrency=4)
+    batch_concurrency = 4
+    settings = settings_for(
+        simulator, tmp_path, interactive_concurrency=16, batch_concurrency=batch_concurrency
+    )
     app = create_app(settings, bus=bus)
 
-    async def client(name: str, rounds: int) -> list[float]:
-        latencies = []
+    async def client(name: str, rounds: int) -> list[str]:
+        sent = []
         for n in range(rounds):
             request_id = f"{name}-{n}"
-            started = time.perf_counter()
+            batch_done_at_publish[request_id] = len(batch_done)
             await bus.publish(
                 topics.requests_interactive, request_for("sim-small", request_id=request_id)
             )
             await async_wait_until(
                 lambda request_id=request_id: _arrived(arrived, request_id),
-                timeout=10,
+                timeout=30,
                 interval=0.002,
                 message="interactive reply",
             )
-            latencies.append(arrived[request_id] - started)
-        return latencies
+            sent.append(request_id)
+        return sent
 
-    async def interactive_latencies(label: str) -> list[float]:
+    async def interactive(label: str) -> list[str]:
         results = await asyncio.gather(*(client(f"{label}{c}", 6) for c in range(6)))
-        return sorted(latency for latencies in results for latency in latencies)
+        return [request_id for sent in results for request_id in sent]
 
     async with app.router.lifespan_context(app):
-        await interactive_latencies("warm")
-        baseline = await interactive_latencies("alone")
+        await interactive("warm")
         for n in range(300):
             await bus.publish(
                 topics.requests_batch, request_for("sim-small", "batch", request_id=f"batch-{n}")
             )
-        under_backlog = await interactive_latencies("busy")
+        busy = await interactive("busy")
         backlog_left = 300 - len(batch_done)
         await async_wait_until(
-            lambda: _done(batch_done, 300), timeout=30, interval=0.05, message="batch drained"
+            lambda: _done(batch_done, 300), timeout=60, interval=0.05, message="batch drained"
         )
 
-    def p50(values: list[float]) -> float:
-        return values[len(values) // 2]
-
+    # Batch requests that finished while each interactive request waited for its reply.
+    overtaken = sorted(batch_done_at_reply[r] - batch_done_at_publish[r] for r in busy)
     assert backlog_left > 100  # the batch backlog really was there while we measured
-    # 30 ms upstream: a backlog of 300 batch requests (75 rounds of its 4 slots, over 2 s)
-    # would hold interactive requests for seconds if they queued behind it; they don't.
-    # The bounds are loose on purpose (a loaded machine slows both runs): the figures
-    # themselves are the benchmark's business, not this test's.
-    assert p50(under_backlog) < 2 * p50(baseline) + 0.05, (p50(baseline), p50(under_backlog))
-    assert max(under_backlog) < 1.0, max(under_backlog)
+    # Queued behind the backlog, each would see hundreds finish first. Served at once, a
+    # typical one sees about one round of the batch lane's slots (here 4 at a time) finish,
+    # and even the unluckiest a handful of rounds.
+    assert overtaken[len(overtaken) // 2] <= 2 * batch_concurrency, overtaken
+    assert overtaken[-1] <= 10 * batch_concurrency, overtaken
     assert len(set(batch_done)) == 300  # and batch work was not lost, only held back
 
 
-async def _arrived(arrived: dict[str, float], request_id: str) -> bool:
+async def _arrived(arrived: set[str], request_id: str) -> bool:
     return request_id in arrived
 
 

@@ -24,6 +24,8 @@ from switchyard.common.topics import Topics
 from switchyard.inference.providers import ProviderPool
 from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
 from switchyard.inference.testing import Harness, RecordingUpstream, Scripted, chat_request
+from switchyard.inference.translate import TranslationError, chat_request_to_messages
+from switchyard.inference.translate_responses import responses_request_to_messages
 
 TOPICS = Topics("responses")
 RESPONSES = ClientAPI.OPENAI_RESPONSES
@@ -861,3 +863,57 @@ async def test_a_temperature_anthropic_cannot_take_is_refused(harness, recorder)
     refused = await harness.handle(responses_request("claude", {"input": "hi", "temperature": 1.5}))
     assert isinstance(refused, ChatFailed)
     assert refused.data.error.param == "temperature"
+
+
+# Both OpenAI APIs reach an Anthropic deployment through the same translation of their
+# sampling, end user, tools and tool choice: a Chat Completions and a Responses request
+# saying the same thing become the same Messages fields.
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather by city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+SAME_REQUEST = {
+    "model": "m",
+    "temperature": 0.5,
+    "top_p": 0.9,
+    "safety_identifier": "end-user-1",
+    "tool_choice": "required",
+    "parallel_tool_calls": False,
+}
+AS_CHAT = {
+    **SAME_REQUEST,
+    "messages": [{"role": "user", "content": "hi"}],
+    "tools": [{"type": "function", "function": WEATHER}],
+}
+AS_RESPONSES = {**SAME_REQUEST, "input": "hi", "tools": [{"type": "function", **WEATHER}]}
+TRANSLATIONS = [
+    pytest.param(chat_request_to_messages, AS_CHAT, id="chat-completions"),
+    pytest.param(responses_request_to_messages, AS_RESPONSES, id="responses"),
+]
+
+
+@pytest.mark.parametrize(("translate", "body"), TRANSLATIONS)
+def test_both_openai_apis_give_anthropic_the_same_sampling_tools_and_tool_choice(
+    translate, body
+) -> None:
+    messages = translate(body)
+
+    assert (messages["temperature"], messages["top_p"]) == (0.5, 0.9)
+    assert messages["metadata"] == {"user_id": "end-user-1"}
+    assert messages["tools"] == [
+        {
+            "name": "get_weather",
+            "input_schema": WEATHER["parameters"],
+            "description": "Weather by city",
+        }
+    ]
+    assert messages["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+
+
+@pytest.mark.parametrize(("translate", "body"), TRANSLATIONS)
+def test_both_openai_apis_refuse_a_temperature_anthropic_cannot_take(translate, body) -> None:
+    with pytest.raises(TranslationError) as refused:
+        translate({**body, "temperature": 1.5})
+
+    assert refused.value.param == "temperature"

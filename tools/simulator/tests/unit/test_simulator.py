@@ -324,6 +324,20 @@ async def test_anthropic_faults_use_anthropic_error_shape(anthropic_client, simu
     }
 
 
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [(409, "invalid_request_error"), (422, "invalid_request_error"), (529, "overloaded_error")],
+)
+async def test_anthropic_faults_carry_the_type_anthropic_documents_for_the_status(
+    anthropic_client, simulator, status: int, error_type: str
+) -> None:
+    simulator.fault(status=status)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        await anthropic_client.messages.create(model="sim-small", max_tokens=5, messages=user("x"))
+    assert caught.value.status_code == status
+    assert caught.value.body["error"]["type"] == error_type
+
+
 async def test_hang_fault_makes_the_client_time_out(simulator) -> None:
     simulator.fault(hang=True)
     client = openai.AsyncOpenAI(

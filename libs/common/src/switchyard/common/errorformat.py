@@ -16,7 +16,7 @@ from typing import Literal
 
 import orjson
 
-from switchyard.common.errors import APIError
+from switchyard.common.errors import OPENAI_TYPES
 from switchyard.common.headers import ANTHROPIC_VERSION_HEADER
 
 Vendor = Literal["openai", "anthropic"]
@@ -27,8 +27,11 @@ ANTHROPIC_PATHS = ("/v1/messages",)
 # request carries `anthropic-version` (the `anthropic` SDK always sends it).
 SHARED_PATHS = ("/v1/models",)
 
-# Anthropic's error types by HTTP status (its API reference, "Errors").
-_ANTHROPIC_TYPES = {
+# Anthropic's error types by HTTP status (its API reference, "Errors": 400
+# `invalid_request_error` also stands for "other 4XX status codes not listed", hence 409
+# and 422; 402, 408 and 504 are the `billing_error` and `timeout_error` of the SDKs'
+# `ErrorType`; 431 is a request too large in its head).
+ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     402: "billing_error",
@@ -68,12 +71,23 @@ def vendor_of(
     return "openai"
 
 
-def error_type(vendor: Vendor, status: int) -> str:
-    """The error `type` the API of `vendor` uses for an HTTP status (`api_error` for one
-    it has no word for)."""
-    if vendor == "anthropic":
-        return _ANTHROPIC_TYPES.get(status, "api_error")
-    return APIError(status, "").type
+def error_type(vendor: Vendor | str, status: int) -> str:
+    """The error `type` the API of `vendor` (`anthropic`; any other name means OpenAI's)
+    uses for HTTP `status`: its documented word for the status, else
+    `invalid_request_error` for a 4xx and `api_error` for anything else."""
+    types = ANTHROPIC_TYPES if vendor == "anthropic" else OPENAI_TYPES
+    kind = types.get(status)
+    if kind is not None:
+        return kind
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
+
+
+def status_of(vendor: Vendor | str, type: str) -> int | None:
+    """The HTTP status the error `type` of `vendor`'s API (as `error_type`) stands for:
+    the lowest status with that word (400 for `invalid_request_error`), None for a word
+    the API does not use for any status."""
+    types = ANTHROPIC_TYPES if vendor == "anthropic" else OPENAI_TYPES
+    return min((status for status, kind in types.items() if kind == type), default=None)
 
 
 def error_body(

@@ -13,7 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-_TYPES_BY_STATUS = {
+# OpenAI's error `type` by HTTP status (the OpenAI API reference, "Error codes", and the
+# types its SDKs and servers answer with).
+OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
@@ -47,7 +49,7 @@ class APIError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.type = type or _TYPES_BY_STATUS.get(status, "api_error")
+        self.type = type or OPENAI_TYPES.get(status, "api_error")
         self.code = code
         self.param = param
         self.headers = headers

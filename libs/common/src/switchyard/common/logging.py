@@ -131,13 +131,17 @@ class BackgroundWriter(logging.Handler):
     """Renders a record in the calling thread, writes it from a background thread.
 
     `emit` never waits for the stream: a full queue drops the line (counted in `dropped`).
+    `max_pending`: the queue's bound in lines (`MAX_PENDING_LINES` as it is when the
+    writer is made, when None).
     """
 
-    def __init__(self, stream: IO[str], max_pending: int = MAX_PENDING_LINES) -> None:
+    def __init__(self, stream: IO[str], max_pending: int | None = None) -> None:
         super().__init__()
         self.stream = stream
         self.dropped = 0
-        self._lines: queue.Queue[str | None] = queue.Queue(max_pending)
+        self._lines: queue.Queue[str | None] = queue.Queue(
+            MAX_PENDING_LINES if max_pending is None else max_pending
+        )
         self._thread = threading.Thread(target=self._write_lines, name="log-writer", daemon=True)
         self._thread.start()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -137,6 +137,29 @@ def span(
         name, context=parent, kind=kind, attributes=attributes
     ) as current:
         yield current
+
+
+def process_span(
+    topic: str,
+    group: str | None,
+    event: Any,
+    parent: otel_context.Context | None,
+    *,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> AbstractContextManager[Span | None]:
+    """The CONSUMER span `<topic> process` of one event being handled, made current for
+    the block: a child of `parent` (the trace context the event carried), with the
+    attributes of `consumer_span_attributes`. Nothing at all while tracing is off. Used by
+    every bus (Kafka, in-memory), so a handler's trace looks the same on either."""
+    if not _enabled:
+        return nullcontext()
+    return span(
+        f"{topic} process",
+        kind=SpanKind.CONSUMER,
+        parent=parent,
+        attributes=consumer_span_attributes(topic, partition, offset, group, event),
+    )
 
 
 def consumer_span_attributes(

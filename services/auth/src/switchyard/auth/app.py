@@ -27,7 +27,7 @@ from switchyard.auth.config import Settings
 from switchyard.auth.passwords import PasswordHasher
 from switchyard.auth.service import AuthService
 from switchyard.common.backoff import Backoff
-from switchyard.common.bus import EventBus, create_bus
+from switchyard.common.bus import EventBus, enter_bus
 from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
@@ -94,12 +94,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            event_bus = bus or create_bus(settings, client_id=f"auth-{settings.instance_id}")
-            context = build(settings, event_bus, engine=engine, passwords=passwords)
-            stack.push_async_callback(context.close)
-            if bus is None:
-                await event_bus.start()
-                stack.push_async_callback(event_bus.stop)
+            event_bus, context = await enter_bus(
+                stack,
+                settings,
+                bus,
+                client_id=f"auth-{settings.instance_id}",
+                build=lambda event_bus: build(
+                    settings, event_bus, engine=engine, passwords=passwords
+                ),
+            )
             await context.outbox.start()
             stack.push_async_callback(context.outbox.stop)
             app.state.auth = context

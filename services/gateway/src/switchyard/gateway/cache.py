@@ -48,7 +48,8 @@ which are inference's work) and a `usage.recorded` with `cache_hit: true`, no to
 cost, and `saved_cost_usd`, what the reused answer cost when it was made. Those events
 never delay the answer; each is retried with backoff while the bus refuses it, and one
 given up on is logged and counted (`switchyard_gateway_cache_hit_events_total`), never
-dropped silently. A miss is
+dropped silently; the events of hits gather for a moment and are published together
+(`hit_events`). A miss is
 answered as usual; its completed answer (and, for a stream, its stream events) is stored
 in the background once it has been sent. When history cannot be reached, requests are
 answered as misses: the cache never fails a request.
@@ -74,7 +75,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from switchyard.common.backoff import Backoff
-from switchyard.common.bus import BusUnavailableError, EventRejectedError, Subscription
+from switchyard.common.bus import Subscription
 from switchyard.common.errors import APIError
 from switchyard.common.events import (
     CachePurged,
@@ -84,7 +85,6 @@ from switchyard.common.events import (
     ChatRequestData,
     ChatRequested,
     ClientAPI,
-    EnvelopeFields,
     Event,
     StreamEvent,
     TerminalStatus,
@@ -94,6 +94,7 @@ from switchyard.common.events import (
     utcnow,
 )
 from switchyard.gateway.governance.policy import CacheOptIn, PolicyUnavailable
+from switchyard.gateway.hit_events import HitEvents, HitRecord
 
 if TYPE_CHECKING:
     from switchyard.gateway.api.body import ClientRequest
@@ -143,15 +144,6 @@ STORES = Counter(
     "Answers offered to the shared cache store, by outcome (stored, not_stored, failed).",
     ["outcome"],
 )
-HIT_EVENTS = Counter(
-    "switchyard_gateway_cache_hit_events_total",
-    "Events of cache hits (request, reply, usage), published after the answer, by outcome "
-    "(published; retried: the bus did not take it, tried again; failed: given up on).",
-    ["outcome"],
-)
-# How often, and how patiently, a hit's event is offered to the bus before it is given up.
-HIT_EVENT_ATTEMPTS = 6
-HIT_EVENT_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
 PURGES = Counter(
     "switchyard_gateway_cache_purges_total",
     "`cache.purged` events this replica applied.",
@@ -356,6 +348,10 @@ class ResponseCache:
         # Purges applied so far (a lookup that overlapped one keeps nothing in memory).
         self.purges_applied = 0
         self.listener: Subscription | None = None
+        self.hit_events = HitEvents(
+            lambda topic, event, key: gateway.bus.publish(topic, event, key=key),
+            settings.cache_hit_events_linger_ms / 1000,
+        )
 
     def _headers(self, principal: Principal) -> dict[str, str]:
         return principal.internal_headers(self.gateway.settings.internal_token)
@@ -631,46 +627,14 @@ class ResponseCache:
                 ),
             ),
         ]
-        (requested, completed), usage = events[:2], events[2]
+        self.hit_events.add(HitRecord(dispatch.request_id, events[0], events[1], events[2]))
 
-        async def in_order() -> None:
-            # The request before its reply (the same partition keeps them in this order).
-            if await self._publish_hit_event(*requested, dispatch.request_id):
-                await self._publish_hit_event(*completed, dispatch.request_id)
-            else:
-                HIT_EVENTS.labels("failed").inc()  # the reply is not published without it
-
-        # Both at once: the usage event shares the produce request of the first.
-        await asyncio.gather(in_order(), self._publish_hit_event(*usage, dispatch.request_id))
-
-    async def _publish_hit_event(self, topic: str, event: EnvelopeFields, key: str) -> bool:
-        """Publish one event of a hit (after its answer), retried with backoff while the bus
-        does not take it (`HIT_EVENT_ATTEMPTS` times; consumers deduplicate on the event
-        id, so a retry of an event the broker did take is harmless). Returns whether it was
-        published; every outcome is counted in `switchyard_gateway_cache_hit_events_total`
-        and a failure is logged with the request id."""
-        for attempt in range(1, HIT_EVENT_ATTEMPTS + 1):
-            try:
-                await self.gateway.bus.publish(topic, event, key=key)
-            except EventRejectedError as exc:  # too large or unserialisable: final
-                error: BusUnavailableError = exc
-                break
-            except BusUnavailableError as exc:
-                error = exc
-                if attempt < HIT_EVENT_ATTEMPTS:
-                    HIT_EVENTS.labels("retried").inc()
-                    await asyncio.sleep(HIT_EVENT_BACKOFF.delay(attempt))
-                continue
-            HIT_EVENTS.labels("published").inc()
-            return True
-        HIT_EVENTS.labels("failed").inc()
-        log.error(
-            "could not record a cache hit",
-            error=str(error),
-            type=event.type,
-            request_id=event.request_id,
-        )
-        return False
+    async def stop(self) -> None:
+        """Stop listening for purges; publish the hits' events still gathering."""
+        if self.listener is not None:
+            await self.listener.stop()
+            self.listener = None
+        await self.hit_events.stop()
 
     # -- storing a miss -------------------------------------------------------------------
 
@@ -770,12 +734,6 @@ class ResponseCache:
                 delay = LISTEN_BACKOFF.delay(attempt)
                 log.warning("cannot listen for cache purges yet", error=repr(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
-
-    async def stop(self) -> None:
-        """Stop listening for purges."""
-        if self.listener is not None:
-            await self.listener.stop()
-            self.listener = None
 
     def _background(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -257,6 +257,15 @@ class Settings(ServiceSettings):
         gt=0,
         description="A lookup in the shared store taking longer is answered as a miss.",
     )
+    cache_hit_events_linger_ms: float = Field(
+        default=50.0,
+        ge=0,
+        le=1000,
+        description="How long the events of cache hits gather before they are published "
+        "together (fewer produce requests, and no publishing between most answers); 0 "
+        "publishes each hit's events at once. A replica killed meanwhile loses that "
+        "window's hits from history (a clean stop publishes them).",
+    )
 
     @field_validator(
         "cors_allow_origins",

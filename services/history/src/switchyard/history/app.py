@@ -21,7 +21,7 @@ import structlog
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from switchyard.common.bus import EventBus, RetryPolicy, create_bus
+from switchyard.common.bus import EventBus, RetryPolicy, enter_bus
 from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
@@ -81,12 +81,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            event_bus = bus or create_bus(settings, client_id=f"history-{settings.instance_id}")
-            components = build(settings, event_bus, engine=engine, admission=admission)
-            stack.push_async_callback(components.close)
-            if bus is None:
-                await event_bus.start()
-                stack.push_async_callback(event_bus.stop)
+            event_bus, components = await enter_bus(
+                stack,
+                settings,
+                bus,
+                client_id=f"history-{settings.instance_id}",
+                build=lambda event_bus: build(
+                    settings, event_bus, engine=engine, admission=admission
+                ),
+            )
             app.state.history = components
             app.state.bus = event_bus
 

@@ -470,22 +470,33 @@ class _NotStreamed(Adapter):
         return False
 
 
-class EmbeddingsPassThrough(_NotStreamed):
-    """Embeddings to an OpenAI-protocol deployment (never streamed)."""
+class _NotStreamedPassThrough(_NotStreamed):
+    """A pass-through of an API that is never streamed: the body goes to the upstream's
+    `path` as received, with only `model` replaced by the deployment's, and the client
+    headers named in `forwarded_headers`."""
 
-    api = ClientAPI.OPENAI_EMBEDDINGS
-    not_streamed = "Embeddings are not streamed."
+    path: str
+    forwarded_headers: tuple[str, ...]
 
     @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
         return UpstreamCall(
-            ClientAPI.OPENAI_EMBEDDINGS,
-            "/embeddings",
+            self.api,
+            self.path,
             {**body, "model": deployment.model},
-            _forwarded(headers, OPENAI_HEADERS),
+            _forwarded(headers, self.forwarded_headers),
         )
+
+
+class EmbeddingsPassThrough(_NotStreamedPassThrough):
+    """Embeddings to an OpenAI-protocol deployment (never streamed)."""
+
+    api = ClientAPI.OPENAI_EMBEDDINGS
+    not_streamed = "Embeddings are not streamed."
+    path = "/embeddings"
+    forwarded_headers = OPENAI_HEADERS
 
     @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
@@ -498,23 +509,14 @@ class EmbeddingsPassThrough(_NotStreamed):
         return CompletionAccumulator()
 
 
-class CountTokensPassThrough(_NotStreamed):
+class CountTokensPassThrough(_NotStreamedPassThrough):
     """Anthropic's count_tokens to an Anthropic-protocol deployment (its own count; the
     upstream client maps the path for Vertex AI and Bedrock). Nothing is billed."""
 
     api = ClientAPI.ANTHROPIC_COUNT_TOKENS
     not_streamed = "Token counts are not streamed."
-
-    @override
-    def request(
-        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
-    ) -> UpstreamCall:
-        return UpstreamCall(
-            ClientAPI.ANTHROPIC_COUNT_TOKENS,
-            "/v1/messages/count_tokens",
-            {**body, "model": deployment.model},
-            _forwarded(headers, ANTHROPIC_HEADERS),
-        )
+    path = "/v1/messages/count_tokens"
+    forwarded_headers = ANTHROPIC_HEADERS
 
     @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:

@@ -7,7 +7,8 @@ is in the vocabulary of `vendor` (the API it came from); `to_error_info(api)` gi
 error reaches a client of the same API as the upstream said it (status, type, code,
 param); a client of the other API gets the same status, with the type its own SDK and
 docs use for it (Anthropic's `overloaded_error` for 529, OpenAI's `rate_limit_error`
-for 429...).
+for 429...), both from `switchyard.common.errorformat`, the one table every service
+answers with.
 
 `redact` removes credentials from text an upstream wrote, before it is relayed to a
 client or recorded (an upstream that echoes its request headers must not leak a key).
@@ -18,48 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from switchyard.common.errorformat import error_type
 from switchyard.common.events import ClientAPI, ErrorInfo
-
-# Error `type` by HTTP status, as each API's own documentation names them.
-ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    502: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-OPENAI_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    500: "api_error",
-    502: "upstream_error",
-    503: "service_unavailable",
-    504: "timeout_error",
-}
-_TYPES = {"anthropic": ANTHROPIC_TYPES, "openai": OPENAI_TYPES}
-
-
-def error_type(vendor: str, status: int) -> str:
-    """The error `type` a client of `vendor`'s API expects for HTTP `status`."""
-    types = _TYPES.get(vendor, OPENAI_TYPES)
-    if status in types:
-        return types[status]
-    return "api_error" if status >= 500 else "invalid_request_error"
 
 
 class ProviderError(Exception):

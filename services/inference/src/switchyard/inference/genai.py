@@ -69,6 +69,17 @@ def span_name(api: ClientAPI, model: str) -> str:
     return f"{operation_name(api)} {model}"
 
 
+def _metric_labels(api: ClientAPI, model: str, deployment: Deployment) -> dict[str, str]:
+    """The labels every GenAI client metric carries (the span attributes' values, under
+    their Prometheus names)."""
+    return {
+        "gen_ai_operation_name": operation_name(api),
+        "gen_ai_provider_name": provider_name(deployment.provider),
+        "gen_ai_request_model": model,
+        "gen_ai_response_model": deployment.model,
+    }
+
+
 def observe_duration(
     api: ClientAPI, model: str, deployment: Deployment, error_type: str, seconds: float
 ) -> None:
@@ -76,27 +87,17 @@ def observe_duration(
     `error_type`: empty for a call that answered, else the error's code (`rate_limited`,
     `interrupted`...); `seconds`: the call's wall-clock duration."""
     metrics.GEN_AI_OPERATION_DURATION.labels(
-        gen_ai_operation_name=operation_name(api),
-        gen_ai_provider_name=provider_name(deployment.provider),
-        gen_ai_request_model=model,
-        gen_ai_response_model=deployment.model,
-        error_type=error_type,
+        **_metric_labels(api, model, deployment), error_type=error_type
     ).observe(seconds)
 
 
 def observe_tokens(api: ClientAPI, model: str, deployment: Deployment, usage: TokenUsage) -> None:
     """Record a request's input and output tokens (`usage`: every upstream call it made)
     in `gen_ai_client_token_usage`, one observation per token type with a count."""
+    labels = _metric_labels(api, model, deployment)
     for token_type, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
-        if not count:
-            continue
-        metrics.GEN_AI_TOKEN_USAGE.labels(
-            gen_ai_operation_name=operation_name(api),
-            gen_ai_provider_name=provider_name(deployment.provider),
-            gen_ai_request_model=model,
-            gen_ai_response_model=deployment.model,
-            gen_ai_token_type=token_type,
-        ).observe(count)
+        if count:
+            metrics.GEN_AI_TOKEN_USAGE.labels(**labels, gen_ai_token_type=token_type).observe(count)
 
 
 def observe_call(

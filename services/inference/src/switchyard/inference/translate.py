@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -639,32 +640,19 @@ def chat_request_to_messages(
         result["stop_sequences"] = [stop]
     elif isinstance(stop, list) and stop:
         result["stop_sequences"] = list(stop)
-    temperature = body.get("temperature")
-    if temperature is not None:
-        if isinstance(temperature, int | float) and not isinstance(temperature, bool):
-            if temperature > 1:
-                raise TranslationError(
-                    "'temperature' above 1 cannot be sent to this model (Anthropic's range "
-                    "is 0 to 1).",
-                    "temperature",
-                )
-        result["temperature"] = temperature
-    if body.get("top_p") is not None:
-        result["top_p"] = body["top_p"]
-    user = body.get("user") or body.get("safety_identifier")
-    if user:
-        result["metadata"] = {"user_id": user}
+    add_anthropic_sampling(body, result)
     if body.get("stream"):
         result["stream"] = True
 
     tools = body.get("tools")
     if tools:
         result["tools"] = [_openai_tool_to_anthropic(tool, i) for i, tool in enumerate(tools)]
-        choice = _openai_tool_choice_to_anthropic(body.get("tool_choice"))
-        if body.get("parallel_tool_calls") is False:
-            choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
-            if choice["type"] == "none":
-                choice.pop("disable_parallel_tool_use")
+        choice = anthropic_tool_choice(
+            body.get("tool_choice"),
+            body.get("parallel_tool_calls"),
+            function_name=lambda chosen: (chosen.get("function") or {}).get("name", ""),
+            unsupported="This tool_choice cannot be used with this model.",
+        )
         if choice is not None:
             result["tool_choice"] = choice
 
@@ -813,10 +801,38 @@ def _openai_tool_result_block(message: dict[str, Any], where: str) -> dict[str, 
     return result
 
 
+def add_anthropic_sampling(body: dict[str, Any], result: dict[str, Any]) -> None:
+    """Copy an OpenAI request's (Chat Completions or Responses) `temperature`, `top_p` and
+    end user (`user`, else `safety_identifier`, as Anthropic's `metadata.user_id`) into
+    the Anthropic request `result`. Raises TranslationError for a `temperature` above 1,
+    outside Anthropic's range of 0 to 1."""
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+            if temperature > 1:
+                raise TranslationError(
+                    "'temperature' above 1 cannot be sent to this model (Anthropic's range "
+                    "is 0 to 1).",
+                    "temperature",
+                )
+        result["temperature"] = temperature
+    if body.get("top_p") is not None:
+        result["top_p"] = body["top_p"]
+    user = body.get("user") or body.get("safety_identifier")
+    if user:
+        result["metadata"] = {"user_id": user}
+
+
 def _openai_tool_to_anthropic(tool: Any, index: int) -> dict[str, Any]:
     if not isinstance(tool, dict) or tool.get("type") != "function":
         raise TranslationError("Only function tools can be used with this model.", f"tools.{index}")
-    function = tool.get("function") or {}
+    return anthropic_tool(tool.get("function") or {})
+
+
+def anthropic_tool(function: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic's tool for an OpenAI function definition (`name`, `description`,
+    `parameters`, `strict`): a Chat Completions tool's `function`, or a Responses function
+    tool itself. No `parameters` is a tool taking an empty object."""
     result: dict[str, Any] = {
         "name": function.get("name", ""),
         "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
@@ -828,18 +844,37 @@ def _openai_tool_to_anthropic(tool: Any, index: int) -> dict[str, Any]:
     return result
 
 
-def _openai_tool_choice_to_anthropic(choice: Any) -> dict[str, Any] | None:
+# OpenAI's `tool_choice` words and Anthropic's `tool_choice.type` for each.
+_ANTHROPIC_TOOL_CHOICES = {"auto": "auto", "required": "any", "none": "none"}
+
+
+def anthropic_tool_choice(
+    choice: Any,
+    parallel_tool_calls: Any,
+    *,
+    function_name: Callable[[dict[str, Any]], Any],
+    unsupported: str,
+) -> dict[str, Any] | None:
+    """Anthropic's `tool_choice` for OpenAI's `tool_choice` and `parallel_tool_calls` (of
+    Chat Completions or Responses): None when neither asks for anything; `auto`,
+    `required` and `none` as Anthropic's `auto`, `any` and `none`; a function choice as
+    that tool, its name read by `function_name`; `parallel_tool_calls: false` as
+    `disable_parallel_tool_use` (never with `none`, where it means nothing). Raises
+    TranslationError(`unsupported`, param `tool_choice`) for any other choice."""
+    result: dict[str, Any] | None
     if choice is None:
-        return None
-    if choice == "auto":
-        return {"type": "auto"}
-    if choice == "required":
-        return {"type": "any"}
-    if choice == "none":
-        return {"type": "none"}
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"type": "tool", "name": (choice.get("function") or {}).get("name", "")}
-    raise TranslationError("This tool_choice cannot be used with this model.", "tool_choice")
+        result = None
+    elif isinstance(choice, str) and choice in _ANTHROPIC_TOOL_CHOICES:
+        result = {"type": _ANTHROPIC_TOOL_CHOICES[choice]}
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        result = {"type": "tool", "name": function_name(choice)}
+    else:
+        raise TranslationError(unsupported, "tool_choice")
+    if parallel_tool_calls is False:
+        result = {**(result or {"type": "auto"}), "disable_parallel_tool_use": True}
+        if result["type"] == "none":
+            result.pop("disable_parallel_tool_use")
+    return result
 
 
 # =========================================================================== replies

@@ -39,6 +39,9 @@ from switchyard.inference.translate import (
     TranslationError,
     _parse_data_url,
     _tool_input,
+    add_anthropic_sampling,
+    anthropic_tool,
+    anthropic_tool_choice,
 )
 
 # Fields Switchyard serves itself: never sent upstream.
@@ -511,32 +514,9 @@ def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> None
 
 # ---------------------------------------------------------------- to Anthropic Messages
 
-_TO_MESSAGES_FIELDS = frozenset(
-    {
-        "model",
-        "input",
-        "instructions",
-        "max_output_tokens",
-        "temperature",
-        "top_p",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "text",
-        "reasoning",
-        "user",
-        "safety_identifier",
-        "prompt_cache_key",
-        "service_tier",
-        "stream",
-        "stream_options",
-        "include",
-        "truncation",
-        "top_logprobs",
-        "max_tool_calls",
-        *SERVED_FIELDS,
-    }
-)
+# What Chat Completions takes, less what Messages has no place for: Anthropic caches by
+# `cache_control` breakpoints, not for a retention the request names.
+_TO_MESSAGES_FIELDS = _TO_CHAT_FIELDS - {"prompt_cache_retention"}
 
 
 def responses_request_to_messages(
@@ -596,31 +576,21 @@ def responses_request_to_messages(
     system_text = "\n\n".join(text for text in system if text)
     if system_text:
         result["system"] = system_text
-    temperature = body.get("temperature")
-    if temperature is not None:
-        if isinstance(temperature, int | float) and not isinstance(temperature, bool):
-            if temperature > 1:
-                raise TranslationError(
-                    "'temperature' above 1 cannot be sent to this model (Anthropic's range "
-                    "is 0 to 1).",
-                    "temperature",
-                )
-        result["temperature"] = temperature
-    if body.get("top_p") is not None:
-        result["top_p"] = body["top_p"]
-    user = body.get("user") or body.get("safety_identifier")
-    if user:
-        result["metadata"] = {"user_id": user}
+    add_anthropic_sampling(body, result)
     tools = body.get("tools")
     if tools:
         if not isinstance(tools, list):
             raise TranslationError("'tools' must be an array.", "tools")
-        result["tools"] = [_anthropic_tool(tool, index) for index, tool in enumerate(tools)]
-        choice = _anthropic_tool_choice(body.get("tool_choice"))
-        if body.get("parallel_tool_calls") is False:
-            choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
-            if choice["type"] == "none":
-                choice.pop("disable_parallel_tool_use")
+        result["tools"] = [
+            anthropic_tool(_function_tool(tool, index)) for index, tool in enumerate(tools)
+        ]
+        choice = anthropic_tool_choice(
+            body.get("tool_choice"),
+            body.get("parallel_tool_calls"),
+            function_name=lambda chosen: chosen.get("name", ""),
+            unsupported="This tool_choice cannot be used with this model (only auto, none, "
+            "required or a function).",
+        )
         if choice is not None:
             result["tool_choice"] = choice
     elif body.get("tool_choice") not in (None, "auto", "none"):
@@ -646,37 +616,6 @@ def responses_request_to_messages(
     if body.get("stream"):
         result["stream"] = True
     return result
-
-
-def _anthropic_tool(tool: Any, index: int) -> dict[str, Any]:
-    tool = _function_tool(tool, index)
-    result: dict[str, Any] = {
-        "name": tool["name"],
-        "input_schema": tool.get("parameters") or {"type": "object", "properties": {}},
-    }
-    if tool.get("description"):
-        result["description"] = tool["description"]
-    if tool.get("strict") is not None:
-        result["strict"] = tool["strict"]
-    return result
-
-
-def _anthropic_tool_choice(choice: Any) -> dict[str, Any] | None:
-    if choice is None:
-        return None
-    if choice == "auto":
-        return {"type": "auto"}
-    if choice == "required":
-        return {"type": "any"}
-    if choice == "none":
-        return {"type": "none"}
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"type": "tool", "name": choice.get("name", "")}
-    raise TranslationError(
-        "This tool_choice cannot be used with this model (only auto, none, required or a "
-        "function).",
-        "tool_choice",
-    )
 
 
 def _anthropic_image(url: Any, where: str) -> dict[str, Any]:

@@ -3,6 +3,16 @@ its official SDK client (its authentication, base URL, timeouts and error classe
 read the answer as raw JSON or as Server-Sent Events; every failure becomes a
 `ProviderError` carrying the upstream's own status, type, code and param.
 
+The plain `openai` and `anthropic` kinds skip the SDK's per-call request building (its
+options model, header merging, user-agent and platform look-ups, stdlib JSON), which
+cost more CPU than anything else in the call: what the client sends with every request
+(base URL, key header, user agent, `x-stainless-*`, `anthropic-version`) is read from it
+once, and each request merges in its own headers as the SDK would, serialises the body
+with orjson and goes out through the SDK's own aiohttp-backed HTTP client
+(`DirectRequests`). The bytes on the wire are the SDK's; an error status maps through
+the same `status_error` as the SDK's exceptions. The platform kinds (`platforms.py`),
+whose authentication runs per call, keep the SDK's `post`.
+
 Replies are read as bytes and parsed once with orjson (never into SDK models: those
 would cost more CPU than the rest of a request's path). Streams are parsed with
 httpx-sse, which splits lines only where the SSE format does (CR, LF, CRLF): text holding
@@ -15,6 +25,8 @@ sent to another host.
 from __future__ import annotations
 
 import email.utils
+import json
+import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -26,8 +38,9 @@ import openai
 import orjson
 from httpx_sse import EventSource, SSEError
 
+from switchyard.common.errorformat import status_of
 from switchyard.common.routing import Deployment
-from switchyard.inference.errors import ANTHROPIC_TYPES, OPENAI_TYPES, ProviderError, redact
+from switchyard.inference.errors import ProviderError, redact
 
 Protocol_ = Literal["openai", "anthropic"]
 
@@ -94,13 +107,13 @@ def retry_after(headers: Any) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _error_object(exc: openai.APIStatusError | anthropic.APIStatusError) -> dict[str, Any]:
-    """The upstream's error object (OpenAI's SDK keeps the inner object as `body`,
-    Anthropic's the whole `{"type": "error", "error": {...}}`). Google's APIs (Gemini's
-    OpenAI-compatible endpoint, Vertex AI) may wrap theirs in a list,
+def _error_object(body: object) -> dict[str, Any]:
+    """The upstream's error object in `body`, the error reply as the SDK keeps it
+    (`APIStatusError.body`: OpenAI's SDK keeps the inner object, Anthropic's the whole
+    `{"type": "error", "error": {...}}`). Google's APIs (Gemini's OpenAI-compatible
+    endpoint, Vertex AI) may wrap theirs in a list,
     `[{"error": {"code": 400, "message", "status": "INVALID_ARGUMENT"}}]`, with a numeric
     `code` and the error's name in `status`: that name is taken as the `code`."""
-    body = exc.body
     if isinstance(body, list) and body and isinstance(body[0], dict):
         body = body[0]
     if isinstance(body, dict):
@@ -116,13 +129,26 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def unreachable(deployment: str) -> ProviderError:
+    """The 502 `upstream_unreachable` of a call to `deployment` (its name) whose
+    connection failed: retryable."""
+    return ProviderError(
+        502,
+        None,
+        f"Upstream deployment {deployment!r} is unreachable.",
+        code="upstream_unreachable",
+        retryable=True,
+    )
+
+
 def map_sdk_error(
     exc: openai.OpenAIError | anthropic.AnthropicError | httpx2.HTTPError,
     deployment: Deployment,
     protocol: Protocol_,
 ) -> ProviderError:
     """What the client gets for an SDK (or mid-stream transport) failure of a call to
-    `deployment`, which speaks `protocol`."""
+    `deployment`, which speaks `protocol`; an HTTP error status is mapped by
+    `status_error`."""
     name = deployment.name
     if isinstance(
         exc, openai.APITimeoutError | anthropic.APITimeoutError | httpx2.TimeoutException
@@ -131,13 +157,7 @@ def map_sdk_error(
     if isinstance(
         exc, openai.APIConnectionError | anthropic.APIConnectionError | httpx2.TransportError
     ):
-        return ProviderError(
-            502,
-            None,
-            f"Upstream deployment {name!r} is unreachable.",
-            code="upstream_unreachable",
-            retryable=True,
-        )
+        return unreachable(name)
     if not isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
         return ProviderError(
             502,
@@ -146,15 +166,58 @@ def map_sdk_error(
             code="upstream_error",
             retryable=True,
         )
-    status = exc.status_code
-    error = _error_object(exc)
+    return status_error(
+        exc.status_code, exc.response.headers, exc.body, exc.message, deployment, protocol
+    )
+
+
+def sdk_error_body(status: int, text: str, protocol: Protocol_) -> tuple[object, str]:
+    """The `body` and `message` the SDK of `protocol` gives the `APIStatusError` of an
+    error reply with HTTP `status` whose text is `text` (the SDKs'
+    `_make_status_error_from_response`): the body is the JSON parsed (OpenAI's SDK keeps
+    its `error` member when there is one), else the text stripped; the message starts
+    `Error code: <status>`, followed by the upstream's message (OpenAI) or the body
+    (Anthropic, which gives a text reply as it is)."""
+    text = text.strip()
+    head = f"Error code: {status}"
+    try:
+        # The stdlib's parser, as the SDKs use: the same body (and message) as through
+        # the SDK for any reply, even one orjson reads otherwise (integers beyond 64 bits).
+        parsed = json.loads(text)
+    except ValueError:
+        return text, (text or head) if protocol == "anthropic" else head
+    if protocol == "anthropic":
+        return parsed, f"{head} - {parsed}"
+    error = parsed.get("error", parsed) if isinstance(parsed, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if isinstance(message, str) and message:
+        head = f"{head} - {message}"
+    return (error if isinstance(parsed, dict) else parsed), head
+
+
+def status_error(
+    status: int,
+    headers: Any,
+    body: object,
+    sdk_message: str,
+    deployment: Deployment,
+    protocol: Protocol_,
+) -> ProviderError:
+    """What the client gets for an upstream's answer with HTTP `status` >= 300 (never
+    followed), its response `headers` (for `retry-after`) and `body` as the SDK keeps it
+    (`APIStatusError.body`: JSON parsed, else text; see `sdk_error_body`), `sdk_message`
+    being the message the SDK's exception carries (used when the body has none). The
+    upstream's own type, code and param are kept for the statuses the client can act on;
+    credentials in the message are redacted."""
+    name = deployment.name
+    error = _error_object(body)
     message = redact(
-        _str(error.get("message")) or exc.message or f"HTTP {status}", _secrets(deployment)
+        _str(error.get("message")) or sdk_message or f"HTTP {status}", _secrets(deployment)
     )
     upstream_type = _str(error.get("type"))
     code = _str(error.get("code"))
     param = _str(error.get("param"))
-    wait = retry_after(exc.response.headers)
+    wait = retry_after(headers)
     if 300 <= status < 400:
         return ProviderError(
             502,
@@ -213,8 +276,7 @@ def stream_error(deployment: Deployment, protocol: Protocol_, error: Any) -> Pro
     its type stands for (an Anthropic `overloaded_error` is a 529)."""
     error = error if isinstance(error, dict) else {}
     kind = _str(error.get("type"))
-    types = ANTHROPIC_TYPES if protocol == "anthropic" else OPENAI_TYPES
-    status = next((s for s, name in types.items() if name == kind), 500)
+    status = (status_of(protocol, kind) if kind else None) or 500
     if kind == "overloaded_error":
         status = 529
     if kind in ("server_error", "api_error"):
@@ -275,15 +337,162 @@ def parse_object(content: bytes | str, deployment: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- clients
 
 
+class DirectRequests:
+    """The requests an SDK client would build, built without its per-call machinery (its
+    request options model, header merging, user-agent and platform look-ups, stdlib JSON):
+    what the client sends with every request is read from it ONCE (`base_url`,
+    `auth_headers`, `default_headers`: its user agent, `x-stainless-*` platform headers,
+    Anthropic's `anthropic-version`), and each request only merges the per-request headers
+    into a copy, serialises the body with orjson and hands the request to the SDK's own
+    HTTP client (`http`: its aiohttp transport, connection pool and timeouts).
+
+    Headers merge as the SDKs merge them (openai's `_merge_headers`, anthropic's
+    `build_headers`): case-insensitively, a later layer winning in the earlier one's place
+    with its own spelling of the name; anthropic's `x-stainless-helper` is appended to, not
+    replaced. The per-request `x-stainless-timeout` / `x-stainless-read-timeout` (the
+    timeout, seconds) and `x-stainless-retry-count` (`0`: the SDK never retries here) sit
+    where each SDK puts them. `usable(client)` says whether a client can be read this
+    way: one whose authentication is a fixed header, with no per-call hook."""
+
+    _URLS_KEPT = 64  # paths are the adapters' constants; the bound is a safety net
+
+    def __init__(self, client: Any, http: httpx2.AsyncClient, protocol: Protocol_) -> None:
+        self.http = http
+        self.protocol = protocol
+        self._base_url: httpx2.URL = client.base_url
+        self._urls: dict[str, httpx2.URL] = {}
+        layers: list[Mapping[str, Any]]
+        if protocol == "anthropic":
+            # anthropic's `default_headers` include its `auth_headers`; its per-request
+            # timeout and retry-count headers come first, the defaults over them.
+            placeholder = {"x-stainless-timeout": "", "x-stainless-retry-count": "0"}
+            placeholder["x-stainless-read-timeout"] = ""
+            layers = [placeholder, client.default_headers]
+        else:
+            layers = [client.auth_headers, client.default_headers]
+        self._headers = _merge_headers({}, *layers, append_helper=protocol == "anthropic")
+
+    @staticmethod
+    def usable(client: Any) -> bool:
+        """Whether `client`'s requests can be built by this class: a plain
+        `openai.AsyncOpenAI` or `anthropic.AsyncAnthropic` whose credentials are a fixed
+        header and that has no custom auth flow (token providers, workload identity)."""
+        if type(client) not in (openai.AsyncOpenAI, anthropic.AsyncAnthropic):
+            return False
+        if client.custom_auth is not None or client.default_query:
+            return False
+        if getattr(client, "_api_key_provider", None) is not None:
+            return False
+        if getattr(client, "_provider_runtime", None) is not None:
+            return False
+        names = {name.lower() for name in {**client.auth_headers, **client.default_headers}}
+        return "authorization" in names or "x-api-key" in names
+
+    def url(self, path: str) -> httpx2.URL:
+        """The URL of `path`, joined to the client's base URL as the SDK's `_prepare_url`
+        joins a relative one (an absolute URL is kept). Kept parsed: the HTTP client takes
+        a `URL` as it is, where a string would be parsed again on every request."""
+        url = self._urls.get(path)
+        if url is None:
+            url = httpx2.URL(path)
+            if url.is_relative_url:
+                raw_path = self._base_url.raw_path + url.raw_path.lstrip(b"/")
+                url = self._base_url.copy_with(raw_path=raw_path)
+            if len(self._urls) < self._URLS_KEPT:
+                self._urls[path] = url
+        return url
+
+    def headers(
+        self, extra: Mapping[str, str], timeout_s: float
+    ) -> list[tuple[str, str]] | list[tuple[bytes, bytes]]:
+        """The headers of one request: the client's own, then `extra` (the per-request
+        ones, which win), with the timeout headers for `timeout_s` seconds."""
+        timeout = str(timeout_s)
+        if self.protocol == "anthropic":
+            merged = _merge_headers(
+                self._headers,
+                {"x-stainless-timeout": timeout, "x-stainless-read-timeout": timeout},
+                extra,
+                append_helper=True,
+            )
+            # anthropic's SDK hands the HTTP client headers encoded in UTF-8, so a value
+            # beyond ASCII goes out as UTF-8 (through openai's it is refused).
+            return [(name.encode(), value.encode()) for name, value in merged.values()]
+        merged = _merge_headers(self._headers, extra, append_helper=False)
+        # openai adds these after the caller's headers, unless the caller set them.
+        merged.setdefault("x-stainless-retry-count", ("x-stainless-retry-count", "0"))
+        merged.setdefault("x-stainless-read-timeout", ("x-stainless-read-timeout", timeout))
+        return list(merged.values())
+
+    async def post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        timeout_s: float,
+        *,
+        stream: bool,
+    ) -> httpx2.Response:
+        """POST the JSON `body` to `path`; the response, its body read unless `stream`.
+        Redirects are not followed. Raises what the HTTP client raises (httpx2's
+        exceptions) and orjson's TypeError for a body it cannot serialise."""
+        request = self.http.build_request(
+            "POST",
+            self.url(path),
+            headers=self.headers(headers, timeout_s),
+            content=orjson.dumps(body),
+            timeout=timeout_s,
+        )
+        return await self.http.send(request, stream=stream, follow_redirects=False)
+
+
+def _merge_headers(
+    base: Mapping[str, tuple[str, str]], *layers: Mapping[str, Any], append_helper: bool
+) -> dict[str, tuple[str, str]]:
+    """`base` (lower-case name -> (name, value)) with `layers` merged in order: a later
+    value replaces an earlier one in its place, with its own spelling of the name; an
+    SDK `Omit` removes the header; with `append_helper` (anthropic's SDK), the tokens of
+    a later `x-stainless-helper` are appended to the earlier ones."""
+    merged = dict(base)
+    for layer in layers:
+        for name, value in layer.items():
+            key = name.lower()
+            if isinstance(value, openai.Omit | anthropic.Omit):
+                merged.pop(key, None)
+                continue
+            if append_helper and key == "x-stainless-helper" and key in merged:
+                value = _append_tokens(merged[key][1], value)
+            merged[key] = (name, value)
+    return merged
+
+
+def _append_tokens(existing: str, addition: str) -> str:
+    """`existing`, a comma-separated list, with the tokens of `addition` it lacks
+    (anthropic's `_append_header_value`)."""
+    tokens = [token for token in (raw.strip() for raw in existing.split(",")) if token]
+    for token in (raw.strip() for raw in addition.split(",")):
+        if token and token not in tokens:
+            tokens.append(token)
+    return ", ".join(tokens)
+
+
 class SDKUpstream:
-    """An upstream reached through an official SDK client's own `post`."""
+    """An upstream reached through an official SDK client: its own `post`, or, when the
+    upstream was given the client's HTTP client and the client qualifies
+    (`DirectRequests.usable`), requests built directly from what the client sends with
+    every request (`DirectRequests`), which reach the wire the same."""
 
     protocol: Protocol_
     _sdk_errors: tuple[type[BaseException], ...]
 
-    def __init__(self, deployment: Deployment, client: Any) -> None:
+    def __init__(
+        self, deployment: Deployment, client: Any, http: httpx2.AsyncClient | None = None
+    ) -> None:
         self.deployment = deployment
         self.client = client
+        self.direct: DirectRequests | None = None
+        if http is not None and DirectRequests.usable(client):
+            self.direct = DirectRequests(client, http, self.protocol)
 
     @property
     def name(self) -> str:
@@ -310,17 +519,60 @@ class SDKUpstream:
             return ProviderError(400, None, f"Invalid request: {exc}", code="invalid_request")
         return exc
 
+    async def _post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        timeout_s: float,
+        *,
+        stream: bool,
+    ) -> httpx2.Response:
+        """POST `body` to `path`; the response with a 2xx status (its body read unless
+        `stream`). Raises ProviderError for any other status and for a timeout or a
+        connection failure, as the SDK's exceptions for them are mapped."""
+        if self.direct is None:
+            response: httpx2.Response = await self.client.post(
+                path,
+                cast_to=httpx2.Response,
+                body=body,
+                options=self._options(headers, timeout_s),
+                stream=stream,
+                stream_cls=None,
+            )
+            return response
+        try:
+            response = await self.direct.post(path, body, headers, timeout_s, stream=stream)
+        except httpx2.TimeoutException as exc:
+            raise timeout_error(self.name) from exc
+        except (httpx2.RequestError, ssl.SSLError) as exc:
+            # The exceptions the SDKs turn into APIConnectionError.
+            raise unreachable(self.name) from exc
+        if response.is_success:
+            return response
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        error_body, message = sdk_error_body(response.status_code, response.text, self.protocol)
+        raise status_error(
+            response.status_code,
+            response.headers,
+            error_body,
+            message,
+            self.deployment,
+            self.protocol,
+        )
+
     async def send(
         self, path: str, body: dict[str, Any], headers: Mapping[str, str], timeout_s: float
     ) -> dict[str, Any]:
         """POST the JSON `body` to `path` (relative to the client's base URL) with the
         allow-listed `headers`, within `timeout_s` seconds; the JSON object answered. Raises
-        ProviderError: the upstream's error mapped (`map_sdk_error`), a timeout, a transport
+        ProviderError: the upstream's error mapped (`status_error`), a timeout, a transport
         failure, or a reply that is not a JSON object."""
         try:
-            response = await self.client.post(
-                path, cast_to=httpx2.Response, body=body, options=self._options(headers, timeout_s)
-            )
+            response = await self._post(path, body, headers, timeout_s, stream=False)
             content = await response.aread()
         except Exception as exc:
             failure = self._failure(exc)
@@ -338,14 +590,7 @@ class SDKUpstream:
         in place of a chunk, a broken connection. The response is closed however it ends."""
         response = None
         try:
-            response = await self.client.post(
-                path,
-                cast_to=httpx2.Response,
-                body=body,
-                options=self._options(headers, timeout_s),
-                stream=True,
-                stream_cls=None,
-            )
+            response = await self._post(path, body, headers, timeout_s, stream=True)
             async for sse in self._events(response):
                 data = sse.data
                 if data == "[DONE]":
@@ -387,14 +632,15 @@ class OpenAIUpstream(SDKUpstream):
         """The upstream of an OpenAI-protocol `deployment`: the `openai` SDK's async client on
         aiohttp, with the SDK's own retries off (Switchyard retries). Raises RoutingError when
         the API key variable it names is unset."""
+        http = openai.DefaultAioHttpClient(follow_redirects=False)
         client = openai.AsyncOpenAI(
             api_key=deployment.api_key(),
             base_url=deployment.base_url,
             timeout=deployment.timeout_s,
             max_retries=0,
-            http_client=openai.DefaultAioHttpClient(follow_redirects=False),
+            http_client=http,
         )
-        return cls(deployment, client)
+        return cls(deployment, client, http)
 
 
 def anthropic_base_url(base_url: str | None) -> str | None:
@@ -415,14 +661,15 @@ class AnthropicUpstream(SDKUpstream):
         """The upstream of an Anthropic-protocol `deployment`: the `anthropic` SDK's async
         client on aiohttp, SDK retries off. Raises RoutingError when the API key variable it
         names is unset."""
+        http = anthropic.DefaultAioHttpClient(follow_redirects=False)
         client = anthropic.AsyncAnthropic(
             api_key=deployment.api_key(),
             base_url=anthropic_base_url(deployment.base_url),
             timeout=deployment.timeout_s,
             max_retries=0,
-            http_client=anthropic.DefaultAioHttpClient(follow_redirects=False),
+            http_client=http,
         )
-        return cls(deployment, client)
+        return cls(deployment, client, http)
 
 
 def create_upstream(deployment: Deployment) -> Upstream:

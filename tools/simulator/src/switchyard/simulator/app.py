@@ -54,6 +54,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from switchyard.common import errorformat
 from switchyard.common.responses import response_object
 
 REPLY_PREFIX = "Simulated reply to: "
@@ -63,15 +64,6 @@ STREAM_PIECES = 4
 HANG_SECONDS = 3600.0
 SIMULATED_MODELS = ("sim-small", "sim-large")
 
-_ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    529: "overloaded_error",
-}
 _OPENAI_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "invalid_request_error",
@@ -208,10 +200,12 @@ def anthropic_error(
 ) -> Response:
     """An Anthropic error response: `{"type": "error", "error": {"type", "message"}}` with
     `status`, the error type Anthropic documents for it ("Errors" in the Anthropic API
-    reference; `api_error` for any other status) and `headers` (header name to value).
+    reference, as `switchyard.common.errorformat` holds it: `invalid_request_error` for a
+    4xx it does not list, `api_error` for any other status) and `headers` (header name to
+    value).
     Anthropic's error object names no parameter, so `param` (taken as every error writer of
     the simulator takes it) is not sent."""
-    error_type = _ANTHROPIC_ERROR_TYPES.get(status, "api_error")
+    error_type = errorformat.error_type("anthropic", status)
     return _json(
         {"type": "error", "error": {"type": error_type, "message": message}}, status, headers
     )

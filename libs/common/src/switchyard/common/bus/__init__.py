@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from typing import Protocol, TypeVar
+
 from switchyard.common.bus.base import (
     BatchHandler,
     BusUnavailableError,
@@ -35,6 +39,7 @@ __all__ = [
     "Subscription",
     "delivery_may_repeat",
     "create_bus",
+    "enter_bus",
 ]
 
 
@@ -52,3 +57,34 @@ def create_bus(settings: ServiceSettings, client_id: str) -> EventBus:
             commit_interval_s=settings.kafka_commit_interval_ms / 1000,
         )
     return InMemoryBus()
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+_Built = TypeVar("_Built", bound=_Closable)
+
+
+async def enter_bus(
+    stack: AsyncExitStack,
+    settings: ServiceSettings,
+    given: EventBus | None,
+    *,
+    client_id: str,
+    build: Callable[[EventBus], _Built],
+) -> tuple[EventBus, _Built]:
+    """The bus of a service's lifespan and what `build` makes on it (its composition
+    root's components, which have an async `close`), both undone by `stack`.
+
+    `given` is the caller's bus: used as it is, never started or stopped here. Without
+    one, the bus `settings` ask for is made (`create_bus`, as `client_id`) and started
+    after `build`; when `stack` unwinds it is stopped first, then the components closed.
+    Raises what `build` and the bus's `start` raise."""
+    bus = given or create_bus(settings, client_id=client_id)
+    built = build(bus)
+    stack.push_async_callback(built.close)
+    if given is None:
+        await bus.start()
+        stack.push_async_callback(bus.stop)
+    return bus, built

@@ -447,12 +447,14 @@ class KafkaBus(EventBus):
         deadline = loop.time() + timeout_s
         delivery: asyncio.Future[Any] | None = None
         try:
-            delivery = sent = await asyncio.wait_for(
-                producer.send(topic, value, key=key, partition=partition, headers=headers),
-                timeout=timeout_s,
-            )
-            # Shielded: on a timeout the delivery is looked at, not given up on.
-            await asyncio.wait_for(asyncio.shield(sent), timeout=max(0.001, deadline - loop.time()))
+            # One timeout for both steps (`asyncio.timeout_at` needs no task per step, as
+            # `wait_for` would on this hot path).
+            async with asyncio.timeout_at(deadline):
+                delivery = await producer.send(
+                    topic, value, key=key, partition=partition, headers=headers
+                )
+                # Shielded: on a timeout the delivery is looked at, not given up on.
+                await asyncio.shield(delivery)
         except TimeoutError as exc:
             if delivery is not None and _maybe_sent(producer, delivery):
                 # The broker may have the event (or get it when a connection comes up):
@@ -700,6 +702,12 @@ class KafkaBus(EventBus):
 
         return check
 
+    async def _started(self, subscription: _SupervisedConsumer) -> Subscription:
+        """Start `subscription` and keep it, so `stop` stops it."""
+        await subscription.start()
+        self._subscriptions.append(subscription)
+        return subscription
+
     @override
     async def subscribe(
         self,
@@ -721,9 +729,7 @@ class KafkaBus(EventBus):
             self._dependencies(healthy),
             commit_interval_s=self.commit_interval_s,
         )
-        await subscription.start()
-        self._subscriptions.append(subscription)
-        return subscription
+        return await self._started(subscription)
 
     @override
     async def subscribe_batch(
@@ -747,9 +753,7 @@ class KafkaBus(EventBus):
             self._dependencies(healthy),
             max_wait_ms=max_batch_wait_ms or 0,
         )
-        await subscription.start()
-        self._subscriptions.append(subscription)
-        return subscription
+        return await self._started(subscription)
 
     @override
     async def listen(
@@ -759,9 +763,7 @@ class KafkaBus(EventBus):
             # Every partition of the topic, from the producer's (already loaded) metadata.
             partitions = list(range(await self.partition_count(topic)))
         subscription = _Listener(self, topic, handler, partitions)
-        await subscription.start()
-        self._subscriptions.append(subscription)
-        return subscription
+        return await self._started(subscription)
 
 
 def _publish_attributes(topic: str, event: EnvelopeFields) -> dict[str, str]:
@@ -777,13 +779,13 @@ def _publish_attributes(topic: str, event: EnvelopeFields) -> dict[str, str]:
 def _process_span(
     record: ConsumerRecord, group: str | None, event: Event
 ) -> AbstractContextManager[Span | None]:
-    return tracing.span(
-        f"{record.topic} process",
-        kind=SpanKind.CONSUMER,
-        parent=tracing.context_from_headers(record.headers),
-        attributes=tracing.consumer_span_attributes(
-            record.topic, record.partition, record.offset, group, event
-        ),
+    return tracing.process_span(
+        record.topic,
+        group,
+        event,
+        tracing.context_from_headers(record.headers),
+        partition=record.partition,
+        offset=record.offset,
     )
 
 

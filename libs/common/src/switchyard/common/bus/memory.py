@@ -20,11 +20,9 @@ import asyncio
 import contextlib
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import structlog
-from opentelemetry.trace import Span, SpanKind
 from typing_extensions import override
 
 from switchyard.common import tracing
@@ -109,17 +107,6 @@ class _TaskSubscription(Subscription):
             await cancel_and_wait(task)
         if self._on_stop:
             self._on_stop()
-
-
-def _process_span(
-    topic: str, group: str | None, event: Event, carrier: dict[str, str]
-) -> AbstractContextManager[Span | None]:
-    return tracing.span(
-        f"{topic} process",
-        kind=SpanKind.CONSUMER,
-        parent=tracing.context_from_carrier(carrier),
-        attributes=tracing.consumer_span_attributes(topic, None, None, group, event),
-    )
 
 
 class InMemoryBus(EventBus):
@@ -272,7 +259,9 @@ class InMemoryBus(EventBus):
                     event = self._decode(topic, raw)
                     if event is None:
                         continue
-                    with _process_span(topic, group, event, carrier):
+                    with tracing.process_span(
+                        topic, group, event, tracing.context_from_carrier(carrier)
+                    ):
                         error = await call_with_retry(
                             lambda: handler(event),
                             retry,
@@ -380,7 +369,9 @@ class InMemoryBus(EventBus):
                 if event is None:
                     continue
                 try:
-                    with _process_span(topic, None, event, carrier):
+                    with tracing.process_span(
+                        topic, None, event, tracing.context_from_carrier(carrier)
+                    ):
                         await handler(event)
                 except Exception as exc:  # noqa: BLE001 - a listener error must not stop the listener
                     log.error("listener failed", topic=topic, event_id=event.id, error=repr(exc))

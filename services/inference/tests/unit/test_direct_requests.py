@@ -1,0 +1,426 @@
+"""Requests to OpenAI and Anthropic deployments are built without the SDK's per-call
+machinery (`upstream.DirectRequests`): checked on the wire with a recording upstream
+against the SDK's own `post` on the same client. The same headers (key, versions, betas,
+user agent, `x-stainless-*`), in the same order, the same path and a JSON-equal body reach
+the provider; every bad answer (an error status with or without an error object, a body
+that is not JSON, a redirect, a timeout, a refused connection) becomes the same
+`ProviderError` as through the SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from switchyard.common.routing import Deployment
+from switchyard.common.testing.processes import free_port
+from switchyard.common.testing.servers import serve_app
+from switchyard.inference.errors import ProviderError
+from switchyard.inference.testing import RecordingUpstream, Scripted
+from switchyard.inference.upstream import (
+    AnthropicUpstream,
+    OpenAIUpstream,
+    SDKUpstream,
+    create_upstream,
+)
+
+OPENAI_KEY = "sk-proj-DIRECTOPENAIKEY123"
+ANTHROPIC_KEY = "sk-ant-api03-DIRECTANTHROPICKEY"
+PATHS = {"openai": "/chat/completions", "anthropic": "/v1/messages"}
+CLAUDE_CODE_HEADERS = {
+    "anthropic-version": "2023-06-01",
+    "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+}
+BODY = {
+    "model": "upstream-model",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": 'héllo \u2028 {"json": [1, 2.5, null]}'}],
+    "metadata": {"user_id": "u-1"},
+    "tools": [{"name": "t", "input_schema": {"type": "object", "properties": {}}}],
+}
+
+
+def deployment(kind: str, base: str, **options: Any) -> Deployment:
+    """A deployment of provider `kind` at the server rooted at `base`."""
+    return Deployment(
+        name=f"direct-{kind}",
+        provider=kind,
+        model="upstream-model",
+        base_url=f"{base}/v1" if kind == "openai" else base,
+        api_key_env=f"DIRECT_{kind.upper()}_KEY",
+        **{"max_retries": 0, "timeout_s": 5, **options},
+    )
+
+
+@pytest.fixture(autouse=True)
+def keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIRECT_OPENAI_KEY", OPENAI_KEY)
+    monkeypatch.setenv("DIRECT_ANTHROPIC_KEY", ANTHROPIC_KEY)
+
+
+@pytest.fixture(params=["openai", "anthropic"])
+async def pair(
+    request: pytest.FixtureRequest, recorder: RecordingUpstream
+) -> AsyncIterator[tuple[SDKUpstream, SDKUpstream]]:
+    """The upstream of one kind as created (direct requests), and the same client reached
+    through the SDK's own `post` (no HTTP client handed over, so no direct requests)."""
+    upstream = create_upstream(deployment(request.param, recorder.root))
+    assert isinstance(upstream, SDKUpstream)
+    through_sdk = type(upstream)(upstream.deployment, upstream.client)
+    assert upstream.direct is not None and through_sdk.direct is None
+    yield upstream, through_sdk
+    await upstream.aclose()
+
+
+def wire(recorder: RecordingUpstream) -> tuple[list[tuple[str, str]], str, Any, str]:
+    """What reached the recording upstream last: its headers in order (but `host`, whose
+    port is the server's), path, parsed body and query."""
+    sent = recorder.last
+    headers = [(name, value) for name, value in sent.headers.items() if name != "host"]
+    return headers, sent.raw_path, sent.body, sent.query
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        CLAUDE_CODE_HEADERS,
+        {**CLAUDE_CODE_HEADERS, "x-stainless-helper": "agents"},
+        {"OpenAI-Beta": "assistants=v2", "User-Agent": "caller/1.0"},
+        {"x-stainless-read-timeout": "99", "X-Stainless-Retry-Count": "3"},
+        {"X-Stainless-Helper": "a, b", "x-stainless-helper": "b,c"},
+    ],
+    ids=["none", "claude-code", "helper", "casing", "timeouts-set", "helper-twice"],
+)
+async def test_the_headers_path_and_body_reaching_the_provider_are_the_sdks_own(
+    pair: tuple[SDKUpstream, SDKUpstream], recorder: RecordingUpstream, headers: dict[str, str]
+) -> None:
+    upstream, through_sdk = pair
+    path = PATHS[upstream.protocol]
+    recorder.script(Scripted(json={"id": "x"}))
+
+    assert await through_sdk.send(path, BODY, headers, 7.5) == {"id": "x"}
+    expected = wire(recorder)
+    assert await upstream.send(path, BODY, headers, 7.5) == {"id": "x"}
+
+    assert wire(recorder) == expected
+    assert recorder.requests[0].body == BODY == recorder.requests[1].body
+
+
+async def test_an_anthropic_request_carries_its_key_version_betas_and_the_sdks_user_agent(
+    recorder: RecordingUpstream,
+) -> None:
+    upstream = create_upstream(deployment("anthropic", recorder.root))
+    recorder.script(Scripted(json={"id": "msg"}))
+    try:
+        await upstream.send("/v1/messages", BODY, CLAUDE_CODE_HEADERS, 30)
+    finally:
+        await upstream.aclose()
+
+    sent = recorder.last
+    assert sent.raw_path == "/v1/messages"
+    assert sent.headers["authorization"] == f"Bearer {ANTHROPIC_KEY}"
+    assert sent.headers["anthropic-version"] == "2023-06-01"
+    assert sent.headers["anthropic-beta"] == CLAUDE_CODE_HEADERS["anthropic-beta"]
+    assert sent.headers["user-agent"] == f"AsyncAnthropic/Python {anthropic.__version__}"
+    assert sent.headers["x-stainless-package-version"] == anthropic.__version__
+    assert sent.headers["x-stainless-timeout"] == "30"
+    assert sent.headers["content-type"] == "application/json"
+    assert sent.body == BODY
+
+
+async def test_an_openai_request_carries_its_key_and_the_sdks_user_agent(
+    recorder: RecordingUpstream,
+) -> None:
+    upstream = create_upstream(deployment("openai", recorder.root))
+    recorder.script(Scripted(json={"id": "chatcmpl"}))
+    try:
+        await upstream.send("/chat/completions", BODY, {}, 12.5)
+    finally:
+        await upstream.aclose()
+
+    sent = recorder.last
+    assert sent.raw_path == "/v1/chat/completions"
+    assert sent.headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert sent.headers["user-agent"] == f"AsyncOpenAI/Python {openai.__version__}"
+    assert sent.headers["x-stainless-read-timeout"] == "12.5"
+    assert sent.headers["x-stainless-retry-count"] == "0"
+    assert "openai-organization" not in sent.headers  # the SDK omits it when unset
+    assert sent.body == BODY
+
+
+async def test_a_stream_arrives_event_by_event_through_direct_requests(
+    pair: tuple[SDKUpstream, SDKUpstream], recorder: RecordingUpstream
+) -> None:
+    upstream, through_sdk = pair
+    path = PATHS[upstream.protocol]
+    events: list[tuple[str | None, Any]] = [
+        ("message_start", {"type": "message_start", "n": 1}),
+        (None, {"choices": [{"delta": {"content": "a\u2028b"}}]}),
+        (None, "[DONE]"),
+    ]
+    recorder.script(Scripted(events=events))
+
+    got = [(sse.event, sse.data) async for sse in upstream.stream(path, BODY, {}, 5)]
+    headers = wire(recorder)
+    assert [(sse.event, sse.data) async for sse in through_sdk.stream(path, BODY, {}, 5)] == got
+    assert got == [events[0], events[1]]
+    assert wire(recorder) == headers
+
+
+async def test_a_header_value_beyond_ascii_is_sent_or_refused_as_through_the_sdk(
+    pair: tuple[SDKUpstream, SDKUpstream], recorder: RecordingUpstream
+) -> None:
+    upstream, through_sdk = pair
+    recorder.script(Scripted(json={"id": "x"}))
+    outcomes = []
+    for candidate in (upstream, through_sdk):
+        try:
+            await candidate.send(PATHS[candidate.protocol], BODY, {"anthropic-beta": "bêta"}, 5)
+            outcomes.append(("sent", recorder.last.headers["anthropic-beta"]))
+        except ProviderError as error:
+            outcomes.append((str(error.status), error.code or ""))
+    assert outcomes[0] == outcomes[1]
+    # Anthropic's SDK sends it in UTF-8 (read back here as Latin-1); OpenAI's refuses it.
+    expected = ("sent", "bÃªta") if upstream.protocol == "anthropic" else ("400", "invalid_request")
+    assert outcomes[0] == expected
+
+
+def failure_of(error: ProviderError) -> dict[str, Any]:
+    """Everything about a ProviderError the client and the retry logic see."""
+    return {
+        name: getattr(error, name)
+        for name in (
+            "status",
+            "type",
+            "message",
+            "code",
+            "param",
+            "vendor",
+            "retryable",
+            "retry_same",
+            "unhealthy",
+            "retry_after",
+        )
+    }
+
+
+async def failures(
+    upstream: SDKUpstream, through_sdk: SDKUpstream, *, stream: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ProviderError of one call through direct requests, then through the SDK."""
+    results = []
+    for candidate in (upstream, through_sdk):
+        path = PATHS[candidate.protocol]
+        with pytest.raises(ProviderError) as caught:
+            if stream:
+                async for _ in candidate.stream(path, BODY, {}, 5):
+                    pass
+            else:
+                await candidate.send(path, BODY, {}, 5)
+        results.append(failure_of(caught.value))
+    return results[0], results[1]
+
+
+BAD_ANSWERS = {
+    "openai-error-object": Scripted(
+        json={
+            "error": {
+                "message": "bad temp",
+                "type": "invalid_request_error",
+                "param": "temperature",
+                "code": "invalid_value",
+            }
+        },
+        status=400,
+    ),
+    "anthropic-error-object": Scripted(
+        json={"type": "error", "error": {"type": "invalid_request_error", "message": "no"}},
+        status=400,
+    ),
+    "error-as-a-string": Scripted(json={"error": "nothing here", "message": "m"}, status=404),
+    "no-error-object": Scripted(json={"detail": "exploded"}, status=500),
+    "json-not-an-object": Scripted(json=[1, 2], status=422),
+    "overloaded": Scripted(
+        json={"type": "error", "error": {"type": "overloaded_error", "message": "busy"}},
+        status=529,
+    ),
+    "rate-limited": Scripted(
+        json={"error": {"message": "slow down", "type": "rate_limit_error"}},
+        status=429,
+        headers={"retry-after": "7"},
+    ),
+    "key-refused": Scripted(json={"error": {"message": f"bad key {OPENAI_KEY}"}}, status=401),
+    "echoed-key": Scripted(json={"error": {"message": f"key {ANTHROPIC_KEY} ok?"}}, status=400),
+    "not-json": Scripted(chunks=[b"<html>Bad Gateway</html>"], status=502, media_type="text/html"),
+    "empty-body": Scripted(chunks=[], status=503, media_type="text/plain"),
+    "request-timeout": Scripted(json={}, status=408),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["send", "stream"])
+@pytest.mark.parametrize("answer", list(BAD_ANSWERS), ids=list(BAD_ANSWERS))
+async def test_a_bad_answer_becomes_the_same_error_as_through_the_sdk(
+    pair: tuple[SDKUpstream, SDKUpstream], recorder: RecordingUpstream, answer: str, stream: bool
+) -> None:
+    upstream, through_sdk = pair
+    recorder.script(BAD_ANSWERS[answer])
+
+    direct, sdk = await failures(upstream, through_sdk, stream=stream)
+
+    assert direct == sdk
+    assert ANTHROPIC_KEY not in direct["message"] and OPENAI_KEY not in direct["message"]
+
+
+async def test_an_upstream_error_reaches_the_client_with_its_own_status_type_and_param(
+    recorder: RecordingUpstream,
+) -> None:
+    upstream = create_upstream(deployment("openai", recorder.root))
+    recorder.script(BAD_ANSWERS["openai-error-object"])
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await upstream.send("/chat/completions", BODY, {}, 5)
+    finally:
+        await upstream.aclose()
+    assert failure_of(caught.value) | {"retry_same": None} == {
+        "status": 400,
+        "type": "invalid_request_error",
+        "message": "bad temp",
+        "code": "invalid_value",
+        "param": "temperature",
+        "vendor": "openai",
+        "retryable": False,
+        "retry_same": None,
+        "unhealthy": False,
+        "retry_after": None,
+    }
+
+
+async def test_a_text_error_from_anthropic_is_relayed_as_its_text(
+    recorder: RecordingUpstream,
+) -> None:
+    upstream = create_upstream(deployment("anthropic", recorder.root))
+    recorder.script(BAD_ANSWERS["not-json"])
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await upstream.send("/v1/messages", BODY, {}, 5)
+    finally:
+        await upstream.aclose()
+    assert (caught.value.status, caught.value.code) == (502, "upstream_error")
+    assert caught.value.message == "<html>Bad Gateway</html>"
+    assert caught.value.retryable
+
+
+async def test_a_rate_limit_waits_as_long_as_the_upstream_says(
+    pair: tuple[SDKUpstream, SDKUpstream], recorder: RecordingUpstream
+) -> None:
+    upstream, _ = pair
+    recorder.script(BAD_ANSWERS["rate-limited"])
+    with pytest.raises(ProviderError) as caught:
+        await upstream.send(PATHS[upstream.protocol], BODY, {}, 5)
+    assert (caught.value.status, caught.value.retry_after) == (429, 7.0)
+    assert caught.value.retryable and not caught.value.unhealthy
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["send", "stream"])
+async def test_a_redirect_is_never_followed(
+    pair: tuple[SDKUpstream, SDKUpstream], recorder: RecordingUpstream, stream: bool
+) -> None:
+    upstream, through_sdk = pair
+    recorder.script(
+        Scripted(json={}, status=307, headers={"location": f"{recorder.root}/elsewhere"})
+    )
+
+    direct, sdk = await failures(upstream, through_sdk, stream=stream)
+
+    assert direct == sdk
+    assert (direct["status"], direct["code"]) == (502, "upstream_redirect")
+    assert [sent.raw_path for sent in recorder.requests] == [recorder.requests[0].raw_path] * 2
+    assert "/elsewhere" not in {sent.raw_path for sent in recorder.requests}
+
+
+@pytest.fixture(scope="module")
+def slow_server() -> Iterator[str]:
+    """A provider that answers nothing for 3 seconds."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def slow(_: Any) -> JSONResponse:
+        await asyncio.sleep(3)
+        return JSONResponse({"id": "late"})
+
+    with serve_app(Starlette(routes=[Route("/{path:path}", slow, methods=["POST"])])) as root:
+        yield root
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("stream", [False, True], ids=["send", "stream"])
+async def test_an_upstream_slower_than_the_timeout_fails_as_a_timeout(
+    slow_server: str, kind: str, stream: bool
+) -> None:
+    upstream = create_upstream(deployment(kind, slow_server))
+    assert isinstance(upstream, SDKUpstream)
+    through_sdk = type(upstream)(upstream.deployment, upstream.client)
+    results = []
+    try:
+        for candidate in (upstream, through_sdk):
+            with pytest.raises(ProviderError) as caught:
+                if stream:
+                    async for _ in candidate.stream(PATHS[kind], BODY, {}, 0.3):
+                        pass
+                else:
+                    await candidate.send(PATHS[kind], BODY, {}, 0.3)
+            results.append(failure_of(caught.value))
+    finally:
+        await upstream.aclose()
+    assert results[0] == results[1]
+    assert (results[0]["status"], results[0]["code"]) == (504, "upstream_timeout")
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_an_upstream_that_refuses_the_connection_fails_the_same_way(kind: str) -> None:
+    upstream = create_upstream(deployment(kind, f"http://127.0.0.1:{free_port()}"))
+    assert isinstance(upstream, SDKUpstream)
+    through_sdk = type(upstream)(upstream.deployment, upstream.client)
+    try:
+        direct, sdk = await failures(upstream, through_sdk, stream=False)
+    finally:
+        await upstream.aclose()
+    assert direct == sdk
+    assert direct["status"] in (502, 504) and direct["retryable"]
+
+
+async def test_a_body_that_is_not_json_is_refused_as_a_bad_request(
+    recorder: RecordingUpstream,
+) -> None:
+    upstream = create_upstream(deployment("anthropic", recorder.root))
+    recorder.script(Scripted(json={"id": "never"}))
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await upstream.send("/v1/messages", {"model": "m", "x": {1, 2}}, {}, 5)
+    finally:
+        await upstream.aclose()
+    assert (caught.value.status, caught.value.code) == (400, "invalid_request")
+    assert recorder.requests == []
+
+
+async def test_only_plain_openai_and_anthropic_deployments_skip_the_sdks_request_building(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DIRECT_GEMINI_KEY", "gemini-key")
+    plain = [create_upstream(deployment(kind, "http://127.0.0.1:9")) for kind in PATHS]
+    gemini = create_upstream(
+        Deployment(
+            name="g", provider="gemini", model="gemini-2.0-flash", api_key_env="DIRECT_GEMINI_KEY"
+        )
+    )
+    assert isinstance(plain[0], OpenAIUpstream) and isinstance(plain[1], AnthropicUpstream)
+    assert all(upstream.direct is not None for upstream in plain)  # type: ignore[attr-defined]
+    for upstream in (*plain, gemini):
+        await upstream.aclose()
+    assert isinstance(gemini, SDKUpstream) and gemini.direct is None

@@ -1,0 +1,74 @@
+"""An Anthropic client sees one error `type` per HTTP status, whether the error came from
+an upstream (of either protocol) or from Switchyard itself: the types of Anthropic's API
+reference, "Errors" (400 `invalid_request_error` standing for every 4XX it does not list)."""
+
+from __future__ import annotations
+
+import httpx2
+import openai
+import pytest
+
+from switchyard.common.errorformat import error_type
+from switchyard.common.events import ClientAPI
+from switchyard.common.routing import Deployment
+from switchyard.inference.errors import ProviderError
+from switchyard.inference.upstream import map_sdk_error, stream_error
+
+DEPLOYMENT = Deployment(
+    name="up", provider="openai", model="m", base_url="http://127.0.0.1:9/v1", max_retries=0
+)
+
+# The status, what an OpenAI-protocol upstream says for it, and the type Anthropic's
+# documentation gives that status.
+CASES = [
+    (409, "conflict_error", "invalid_request_error"),
+    (422, "invalid_request_error", "invalid_request_error"),
+    (429, "rate_limit_error", "rate_limit_error"),
+    (529, "overloaded", "overloaded_error"),
+]
+
+
+def upstream_failure(status: int, upstream_type: str) -> ProviderError:
+    """What inference makes of an OpenAI-protocol upstream answering `status`."""
+    request = httpx2.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    body = {"error": {"message": "no", "type": upstream_type, "param": None, "code": None}}
+    response = httpx2.Response(status, json=body, request=request)
+    exc = openai.APIStatusError("no", response=response, body=body)
+    return map_sdk_error(exc, DEPLOYMENT, "openai")
+
+
+@pytest.mark.parametrize(("status", "upstream_type", "anthropic_type"), CASES)
+def test_an_anthropic_client_gets_the_same_type_from_an_upstream_and_from_the_gateway(
+    status: int, upstream_type: str, anthropic_type: str
+) -> None:
+    relayed = upstream_failure(status, upstream_type).to_error_info(ClientAPI.ANTHROPIC_MESSAGES)
+    own = ProviderError(status, None, "no").to_error_info(ClientAPI.ANTHROPIC_MESSAGES)
+
+    assert relayed.status == own.status == status
+    # The gateway answers its own errors on /v1/messages with `error_type("anthropic", ...)`.
+    assert relayed.type == own.type == error_type("anthropic", status) == anthropic_type
+
+
+def test_a_status_anthropic_does_not_list_is_an_invalid_request_for_a_4xx_only() -> None:
+    assert error_type("anthropic", 418) == "invalid_request_error"
+    assert error_type("anthropic", 507) == "api_error"
+    assert error_type("openai", 418) == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [
+        ("invalid_request_error", 400),
+        ("request_too_large", 413),
+        ("rate_limit_error", 429),
+        ("overloaded_error", 529),
+        ("api_error", 500),
+        ("made_up_error", 500),
+    ],
+)
+def test_an_anthropic_stream_error_gets_the_status_its_type_stands_for(
+    kind: str, status: int
+) -> None:
+    failure = stream_error(DEPLOYMENT, "anthropic", {"type": kind, "message": "no"})
+
+    assert (failure.status, failure.type) == (status, kind)
