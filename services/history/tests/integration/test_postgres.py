@@ -158,7 +158,10 @@ async def test_concurrent_consumers_agree_on_one_terminal_state(engine, events):
     )
 
     rows, count = await _snapshot(engine)
-    assert count == 150
+    # Every request and its first outcome are stored; a failure recorded after its request's
+    # completion committed is not (one outcome per request), one that raced it may be: how
+    # many depends on how the three transactions overlapped.
+    assert 100 <= count <= 150
     assert len(rows) == 50
     assert all(row["request_body"] is not None for row in rows.values())
     for row in rows.values():
