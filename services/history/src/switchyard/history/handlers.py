@@ -14,10 +14,12 @@ outcome arriving later replaces it (the expiry event is deleted, the row takes t
 outcome), because a late reply is what the client got.
 
 Throughput: a batch costs a handful of statements whatever its size. On PostgreSQL a
-batch of new events is three statements between BEGIN and COMMIT, each one round trip:
-the tenants' privacy settings read together with the locks on the requests' rows; the
-event store's insert; the projection's upsert, which also marks the usage rollup's hours
-(a data-modifying `WITH`). The rows travel as one JSON document per statement that the
+batch of new events is two statements between BEGIN and COMMIT, each one round trip:
+the tenants' privacy settings read together with the locks on the requests' rows; then
+the event store's insert, the projection's upsert and the usage rollup's marks of the
+rows' hours, in one statement (data-modifying `WITH`s; the projection is written there
+only if every event turned out new, otherwise in a statement of its own for the new
+ones). The rows travel as one JSON document per statement that the
 server turns back into rows (`json_to_recordset`), so nothing is escaped or parsed per row
 on the client. Every event is serialised to JSON once (pydantic's serializer, or orjson
 for redacted ones). SQLite (embedded mode) runs one statement per step with executemany,
