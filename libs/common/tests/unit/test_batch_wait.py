@@ -61,32 +61,3 @@ async def test_the_wait_is_bounded_and_zero_means_no_wait():
     batches = {TP0: [1]}
     await subscription(max_batch=100, max_wait_ms=0)._fill(consumer, batches)
     assert batches == {TP0: [1]} and consumer.calls == []
-
-
-async def _fetch_options(max_wait_ms: int) -> dict:
-    """The options the subscription opens its consumer with (nothing is started)."""
-    sub = subscription(max_batch=100, max_wait_ms=max_wait_ms)
-    opened: dict = {}
-
-    def consumer(*topics: str, group: str | None, **options: object) -> object:
-        opened.update(options)
-        return object()
-
-    async def start(_consumer: object) -> None:
-        return None
-
-    sub.bus._consumer = consumer  # type: ignore[method-assign]
-    sub.bus._start_consumer = start  # type: ignore[method-assign]
-    await sub._open()
-    return opened
-
-
-async def test_a_subscriber_that_may_wait_lets_the_broker_hold_its_fetches_as_long():
-    options = await _fetch_options(max_wait_ms=20)
-    assert options["fetch_max_wait_ms"] == 20
-    assert options["fetch_min_bytes"] > 1  # not answered as soon as one record is there
-
-
-async def test_a_subscriber_that_may_not_wait_fetches_at_once():
-    options = await _fetch_options(max_wait_ms=0)
-    assert "fetch_min_bytes" not in options and "fetch_max_wait_ms" not in options

@@ -96,11 +96,6 @@ CONSUMER_RECONNECT_BACKOFF = Backoff(initial_s=0.2, max_s=5.0)
 # answers as soon as one record arrives (`fetch_min_bytes` is 1), so this bounds only the
 # empty round trips an idle listener makes (two a second, not ten), never a record's wait.
 LISTENER_FETCH_MAX_WAIT_MS = 500
-# What a batch subscription that may wait (`max_batch_wait_ms` > 0) asks the broker to
-# gather before answering a fetch: about a full batch of events. Below it, the broker holds
-# the fetch for `max_batch_wait_ms`, so a slow trickle of events on many partitions is
-# fetched a few times per wait instead of once per event (`fetch.min.bytes`).
-BATCH_FETCH_MIN_BYTES = 1024 * 1024
 # Default of `commit_interval_s`: how often, at most, a busy group consumer commits.
 DEFAULT_COMMIT_INTERVAL_S = 1.0
 
@@ -1133,17 +1128,7 @@ class _BatchSubscription(_SupervisedConsumer):
         self.max_wait_ms = max_wait_ms
 
     async def _open(self) -> AIOKafkaConsumer:
-        # A subscriber that accepts waiting lets the broker hold each fetch for that long
-        # (or until about a batch has arrived) instead of answering as soon as one record
-        # is there: one fetch per wait, not one per record. The others fetch at once.
-        waiting: dict[str, int] = (
-            {"fetch_min_bytes": BATCH_FETCH_MIN_BYTES, "fetch_max_wait_ms": self.max_wait_ms}
-            if self.max_wait_ms > 0
-            else {}
-        )
-        consumer = self.bus._consumer(
-            *self.topics, group=self.group, auto_offset_reset="earliest", **waiting
-        )
+        consumer = self.bus._consumer(*self.topics, group=self.group, auto_offset_reset="earliest")
         await self.bus._start_consumer(consumer)
         return consumer
 
