@@ -198,6 +198,61 @@ async def test_anthropic_stream_hit_ends_with_message_stop_and_no_done(harness, 
     assert b"event: message_stop" in again.content and b"[DONE]" not in again.content
 
 
+async def test_both_sdks_read_a_streamed_hit_as_a_stream(harness, history):
+    """A streamed hit is sent as one body with its length: the official SDKs still read
+    it event by event, to the same text as the stream it was stored from."""
+    import anthropic
+    import httpx2
+    import openai
+
+    from .conftest import anthropic_stream
+
+    async def stream(request):
+        if request.data.api is ClientAPI.ANTHROPIC_MESSAGES:
+            return [*anthropic_stream(request, ["Hi", " there"]), completed_reply(request)]
+        return [chunk(request, 0, "Hel"), chunk(request, 1, "lo"), completed_reply(request)]
+
+    harness.respond[0] = stream
+    oai = openai.AsyncOpenAI(
+        api_key=API_KEY, base_url="http://gateway/v1", max_retries=0, http_client=harness.client
+    )
+    ant = anthropic.AsyncAnthropic(
+        api_key=API_KEY,
+        base_url="http://gateway",
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=httpx2.ASGITransport(app=harness.app)),
+    )
+    cache_on = {"X-Switchyard-Cache": "on"}
+
+    async def openai_text() -> str:
+        chunks = await oai.chat.completions.create(
+            model="sim-small",
+            temperature=0,
+            messages=[{"role": "user", "content": "Hello"}],
+            stream=True,
+            extra_headers=cache_on,
+        )
+        return "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+
+    async def anthropic_text() -> str:
+        async with ant.messages.stream(
+            model="sim-small",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "Hello"}],
+            extra_body={"temperature": 0},
+            extra_headers=cache_on,
+        ) as events:
+            return "".join([text async for text in events.text_stream])
+
+    for read in (openai_text, anthropic_text):
+        stored = len(history.cache)
+        first = await read()
+        await async_wait_until(lambda: len(history.cache) > stored, timeout=5)
+        calls = len(harness.requests)
+        assert await read() == first and first
+        assert len(harness.requests) == calls  # the second one was a hit
+
+
 async def test_nondeterministic_requests_are_cached_only_when_asked(harness, history):
     body = {**BODY, "temperature": 0.9}
     for _ in range(2):

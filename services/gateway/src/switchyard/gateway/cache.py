@@ -61,7 +61,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -72,7 +72,7 @@ import structlog
 from cachetools import TLRUCache
 from prometheus_client import Counter
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from switchyard.common.backoff import Backoff
 from switchyard.common.bus import Subscription
@@ -539,8 +539,10 @@ class ResponseCache:
         self._background(self._record_hit(dispatch, ticket, time.perf_counter()))
         if dispatch.stream:
             assert hit.stream is not None
-            return StreamingResponse(
-                _one_piece(hit.stream),
+            # The whole stream is in memory: one body with its length, which SSE clients
+            # read like any stream, without a streaming response's disconnect watcher.
+            return Response(
+                hit.stream,
                 media_type="text/event-stream",
                 headers={**headers, "cache-control": "no-cache"},
             )
@@ -752,7 +754,3 @@ def _bad_header(name: str, problem: str) -> APIError:
         param=name,
         code="invalid_cache_header",
     )
-
-
-async def _one_piece(data: bytes) -> AsyncIterator[bytes]:
-    yield data
