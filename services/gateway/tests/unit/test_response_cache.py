@@ -247,7 +247,7 @@ async def test_both_sdks_read_a_streamed_hit_as_a_stream(harness, history):
     for read in (openai_text, anthropic_text):
         stored = len(history.cache)
         first = await read()
-        await async_wait_until(lambda: len(history.cache) > stored, timeout=5)
+        await async_wait_until(lambda stored=stored: len(history.cache) > stored, timeout=5)
         calls = len(harness.requests)
         assert await read() == first and first
         assert len(harness.requests) == calls  # the second one was a hit
