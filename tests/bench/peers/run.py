@@ -238,6 +238,10 @@ def prime(url: str, token: str) -> None:
             raise RuntimeError(f"{url} {cell.model}: {response.status_code} {response.text[:500]}")
 
 
+# Seconds a set-up is left alone after it answers before its idle CPU is measured.
+IDLE_SETTLE_S = 10.0
+
+
 def measure(
     report: Report,
     mode: str,
@@ -252,7 +256,9 @@ def measure(
     are the set-up's processes, profiled (--profile) while the cells run."""
     url = f"{base}/v1/chat/completions"
     if pids and args.idle_seconds:
-        # CPU the set-up burns with no traffic at all (pollers, sweeps, outboxes).
+        # CPU the set-up burns with no traffic at all (pollers, sweeps, outboxes), once
+        # its start-up work is over (the tokenizer's vocabulary loads in a thread).
+        time.sleep(IDLE_SETTLE_S)
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         time.sleep(args.idle_seconds)
         report.notes.append(
