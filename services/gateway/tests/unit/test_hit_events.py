@@ -100,7 +100,10 @@ async def test_hits_within_the_window_are_published_together_when_it_ends():
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)
     assert bus.published == []  # nothing between the answers
-    await asyncio.sleep(0.3)
+    for _ in range(100):  # the window ends at 0.2 s; a loaded machine may take longer
+        await asyncio.sleep(0.05)
+        if len(bus.published) == 15:
+            break
     assert len(bus.published) == 15
     times = [at for at, _ in bus.published]
     assert min(times) - started >= 0.2
