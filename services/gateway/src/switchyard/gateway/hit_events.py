@@ -99,9 +99,8 @@ class HitEvents:
         self.flush()
         if self._publishing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.gather(*self._publishing, return_exceptions=True), STOP_TIMEOUT_S
-                )
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await asyncio.gather(*self._publishing, return_exceptions=True)
 
     async def _publish_all(self, hits: list[HitRecord]) -> None:
         # Every hit starts in this same turn of the loop: the producer sends their first

@@ -16,7 +16,6 @@ event newer than the snapshot always wins and nothing falls between the two.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -36,6 +35,7 @@ from switchyard.common.events import (
     UserDisabled,
     UserEnabled,
 )
+from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.gateway.revocations")
 
@@ -249,9 +249,7 @@ class RevocationSync:
     async def stop(self) -> None:
         """Stop the background refreshes and the listener."""
         for task in list(self._background):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self.listener is not None:
             await self.listener.stop()
             self.listener = None

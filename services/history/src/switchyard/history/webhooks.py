@@ -59,6 +59,7 @@ from switchyard.common.egress import (
     UnresolvableDestination,
     check_target_url,
 )
+from switchyard.common.tasks import cancel_and_wait
 from switchyard.history.jobs import job_object
 from switchyard.history.models import (
     RequestStatus,
@@ -209,10 +210,8 @@ class WebhookDispatcher:
                 else:
                     await asyncio.sleep(0)
         finally:
-            for task in list(self._tasks):
-                task.cancel()
             if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+                await asyncio.gather(*(cancel_and_wait(task) for task in list(self._tasks)))
             if owns_client and self._http is not None:
                 await self._http.aclose()
                 self._http = None

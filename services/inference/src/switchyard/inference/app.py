@@ -174,7 +174,8 @@ class ControlListener:
         warned = False
         while True:
             try:
-                count = await asyncio.wait_for(self.bus.partition_count(self.topic), timeout=15)
+                async with asyncio.timeout(15):
+                    count = await self.bus.partition_count(self.topic)
                 # Every partition, named: a cancellation may be keyed to any of them.
                 self.subscription = await self.bus.listen(
                     self.topic, self.handler, partitions=list(range(count))

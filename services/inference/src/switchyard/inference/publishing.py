@@ -16,7 +16,6 @@ given at publication, so they stay consecutive.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ import structlog
 from switchyard.common.backoff import Backoff
 from switchyard.common.bus import EventRejectedError
 from switchyard.common.events import ChatChunk, ChatChunkData, EnvelopeFields, StreamEvent
+from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.inference.publishing")
 
@@ -144,9 +144,7 @@ class ChunkPublisher:
         """Stop publishing (what is still queued is dropped)."""
         self._queue.clear()
         if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
 
 def chunk_records(

@@ -267,7 +267,8 @@ class KafkaOutcomeLog(OutcomeLog):
         self._ready.clear()
         if consumer is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(consumer.stop(), timeout=5)
+                async with asyncio.timeout(5):
+                    await consumer.stop()
 
     async def _open(self) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -285,7 +286,8 @@ class KafkaOutcomeLog(OutcomeLog):
         )
         await consumer.start()
         try:
-            count = await asyncio.wait_for(self._partition_count(self.topic), timeout=15)
+            async with asyncio.timeout(15):
+                count = await self._partition_count(self.topic)
             tps = [TopicPartition(self.topic, p) for p in range(count)]
             consumer.assign(tps)
             if self._positions:
@@ -310,7 +312,8 @@ class KafkaOutcomeLog(OutcomeLog):
                 self._positions[tp] = await consumer.position(tp)
         except BaseException:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(consumer.stop(), timeout=5)
+                async with asyncio.timeout(5):
+                    await consumer.stop()
             raise
         self._consumer, self._partitions = consumer, tps
         self._ready.set()

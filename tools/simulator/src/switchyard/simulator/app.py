@@ -1361,7 +1361,8 @@ class Simulator:
         # Wake up regularly to notice a client that gave up, so hung handlers don't pile up.
         while time.monotonic() < deadline and not release.is_set():
             try:
-                await asyncio.wait_for(release.wait(), timeout=0.25)
+                async with asyncio.timeout(0.25):
+                    await release.wait()
             except TimeoutError:
                 if await request.is_disconnected():
                     return

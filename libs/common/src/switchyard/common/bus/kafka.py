@@ -129,7 +129,8 @@ async def _close_quietly(awaitable: Awaitable[Any], timeout: float) -> None:
     """Await a close within `timeout`, ignoring how it fails (aiokafka may raise its
     internal tasks' CancelledError), unless the running task itself is being cancelled."""
     try:
-        await asyncio.wait_for(awaitable, timeout=timeout)
+        async with asyncio.timeout(timeout):
+            await awaitable
     except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - a best-effort close
         if isinstance(exc, asyncio.CancelledError) and _cancelled():
             raise
@@ -277,7 +278,8 @@ class KafkaBus(EventBus):
             )
             # Give a healthy broker a moment so that the first request does not race start-up.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._producer_ready.wait()), timeout=5)
+                async with asyncio.timeout(5):
+                    await self._producer_ready.wait()
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -317,7 +319,8 @@ class KafkaBus(EventBus):
             log.info("kafka producer connected", bootstrap_servers=self.bootstrap_servers)
             while not self._replace_producer.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._replace_producer.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._replace_producer.wait()
                 if not _sender_alive(producer):
                     self._mark_broken(producer, "the producer's sender task stopped")
             log.warning("kafka producer replaced", reason=self._replace_reason)
@@ -362,7 +365,8 @@ class KafkaBus(EventBus):
 
     async def _close_producer(self, producer: AIOKafkaProducer) -> None:
         try:
-            await asyncio.wait_for(producer.stop(), timeout=self.close_timeout_s)
+            async with asyncio.timeout(self.close_timeout_s):
+                await producer.stop()
         except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - force it closed
             if isinstance(exc, asyncio.CancelledError) and _cancelled():
                 raise
@@ -455,9 +459,8 @@ class KafkaBus(EventBus):
                 # The broker may have the event (or get it when a connection comes up):
                 # answering "not taken" now could be wrong. Wait for its answer.
                 try:
-                    await asyncio.wait_for(
-                        asyncio.shield(delivery), timeout=self.in_flight_timeout_s
-                    )
+                    async with asyncio.timeout(self.in_flight_timeout_s):
+                        await asyncio.shield(delivery)
                 except TimeoutError:
                     metrics.PUBLISH_FAILURES.labels(topic).inc()
                     self._mark_broken(producer, "the broker did not answer a produce request")
@@ -542,7 +545,8 @@ class KafkaBus(EventBus):
     async def partition_count(self, topic: str) -> int:
         if self._producer is None:
             raise BusUnavailableError("Kafka is not reachable")
-        partitions = await asyncio.wait_for(self._producer.partitions_for(topic), timeout=10)
+        async with asyncio.timeout(10):
+            partitions = await self._producer.partitions_for(topic)
         return len(partitions)
 
     async def healthy(self) -> bool:
@@ -564,7 +568,8 @@ class KafkaBus(EventBus):
                 if problem is not None:
                     return problem
         try:
-            await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=2)
+            async with asyncio.timeout(2):
+                await producer.client.fetch_all_metadata()
         except Exception:  # noqa: BLE001 - any failure means not ready
             return "the broker does not answer a metadata request"
         return None
@@ -637,7 +642,8 @@ class KafkaBus(EventBus):
         """Await a call reading offsets within 5 s; any failure means the answer is unknown
         (and the clients used are replaced next time)."""
         try:
-            return await asyncio.wait_for(awaitable, timeout=5)
+            async with asyncio.timeout(5):
+                return await awaitable
         except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - unknown offsets
             if isinstance(exc, asyncio.CancelledError) and _cancelled():
                 raise
@@ -670,7 +676,8 @@ class KafkaBus(EventBus):
         """Close a consumer within `close_timeout_s` whatever state it is in (leaving its
         group is best effort: the broker drops a silent member after its session timeout)."""
         try:
-            await asyncio.wait_for(consumer.stop(), timeout=self.close_timeout_s)
+            async with asyncio.timeout(self.close_timeout_s):
+                await consumer.stop()
         except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - force it closed
             if isinstance(exc, asyncio.CancelledError) and _cancelled():
                 raise
@@ -966,7 +973,8 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
                 consumer.pause(*consumer.assignment())
                 self.slot_freed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.slot_freed.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        await self.slot_freed.wait()
                 await consumer.getmany(timeout_ms=0)
                 self._polled()
                 await self._commit(due_only=True)
@@ -1058,7 +1066,8 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
         if pending:
             await asyncio.wait(pending, timeout=grace_s)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._commit(only=partitions), timeout=self.bus.close_timeout_s)
+            async with asyncio.timeout(self.bus.close_timeout_s):
+                await self._commit(only=partitions)
 
     async def _cancel_handlers(self) -> None:
         pending = [task for tasks in self.tasks.values() for task in tasks]
@@ -1097,7 +1106,8 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
         if not assigned or consumer is None:
             return
         try:
-            ends = await asyncio.wait_for(consumer.end_offsets(assigned), timeout=5.0)
+            async with asyncio.timeout(5.0):
+                ends = await consumer.end_offsets(assigned)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - unknown ends: every event may repeat

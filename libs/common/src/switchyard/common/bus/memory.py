@@ -313,7 +313,8 @@ class InMemoryBus(EventBus):
                     # Let a batch gather for a moment: one transaction for many events is
                     # what keeps a store (history on SQLite) from costing a commit per event.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stopping.wait(), linger_s)
+                        async with asyncio.timeout(linger_s):
+                            await stopping.wait()
                     while len(items) < max_batch and not state.queue.empty():
                         items.append(state.queue.get_nowait())
                     decoded = [

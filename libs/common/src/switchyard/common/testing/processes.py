@@ -156,5 +156,10 @@ def _delete_prefixed_topics(servers: str, prefix: str) -> None:
     from switchyard.common.topics import Topics
 
     names = [name for name, _ in Topics(prefix).all()]
+
+    async def delete() -> None:
+        async with asyncio.timeout(15):
+            await delete_topics(servers, names)
+
     with contextlib.suppress(Exception):
-        asyncio.run(asyncio.wait_for(delete_topics(servers, names), timeout=15))
+        asyncio.run(delete())

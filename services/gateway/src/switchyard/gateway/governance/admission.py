@@ -42,6 +42,7 @@ from switchyard.common.errors import APIError
 from switchyard.common.events import Event, LimitsChanged, UsageRecorded
 from switchyard.common.governance import LEVEL_NAMES, BudgetClock, FailureMode, scope_key
 from switchyard.common.pricing import PriceTable
+from switchyard.common.tasks import cancel_and_wait
 from switchyard.gateway.governance.estimate import Estimate, estimate
 from switchyard.gateway.governance.ledger import (
     WHOLE_KINDS,
@@ -692,9 +693,7 @@ class Admission:
         """Stop the background task, settle what is pending and return every lease to the ledger
         (a ledger that cannot be reached is skipped)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         with contextlib.suppress(LedgerUnavailable):
             await self.flush()
@@ -747,7 +746,8 @@ class Admission:
         last_heartbeat = last_reap = 0.0
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=0.1)
+                async with asyncio.timeout(0.1):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.flush()

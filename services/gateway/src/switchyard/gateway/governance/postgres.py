@@ -158,7 +158,8 @@ class PostgresLedger(Ledger):
                 return result.fetchall() if result.returns_rows else None
 
         try:
-            return await asyncio.wait_for(run(), timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await run()
         except TimeoutError as exc:
             raise LedgerUnavailable(f"limit store did not answer in {timeout_s}s") from exc
         except LedgerUnavailable:
