@@ -337,16 +337,27 @@ async def test_a_consumer_whose_loop_fails_is_replaced_and_misses_nothing(
     await bus.publish(topic, request(1), partition=0)
     await async_wait_until(lambda: asyncio.sleep(0, len(listened) == len(consumed) == 1))
 
+    # The replacements wait for `reopen`, so the test sees them under way (a replacement
+    # can take less than one poll of `async_wait_until`).
+    reopen = asyncio.Event()
     for subscription in (listener, group):
 
         async def broken(*args, **kwargs):
             raise RuntimeError("the consumer broke")
 
+        async def held_open(opening=subscription._open):
+            await reopen.wait()
+            return await opening()
+
+        subscription._open = held_open
         subscription.consumer.getmany = broken
-    await async_wait_until(lambda: asyncio.sleep(0, not listener.healthy()), timeout=5)
+    await async_wait_until(
+        lambda: asyncio.sleep(0, not listener.healthy() and not group.healthy()), timeout=10
+    )
     assert not await bus.healthy()
     for n in range(2, 5):  # published while the consumers are being replaced
         await bus.publish(topic, request(n), partition=0)
+    reopen.set()
     await async_wait_until(
         lambda: asyncio.sleep(0, len(listened) == 4 and len(set(consumed)) == 4),
         timeout=40,
