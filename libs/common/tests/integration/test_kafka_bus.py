@@ -257,6 +257,39 @@ async def test_listener_sees_only_new_events_of_its_partition(kafka_servers, kaf
     await bus.stop()
 
 
+async def test_a_listener_with_a_key_filter_decodes_only_the_keys_it_accepts(
+    kafka_servers, kafka_topics, monkeypatch
+):
+    import switchyard.common.bus.kafka as kafka_bus
+
+    decoded: list[int] = []
+    decode = kafka_bus._decode
+
+    def counting(record):
+        decoded.append(record.offset)
+        return decode(record)
+
+    monkeypatch.setattr(kafka_bus, "_decode", counting)
+    bus = await started_bus(kafka_servers, kafka_topics)
+    wanted = {"req-1"}
+    seen = []
+
+    async def on_usage(event):
+        seen.append(event.request_id)
+
+    await bus.listen(kafka_topics.usage, on_usage, key_filter=wanted.__contains__)
+    await bus.publish(kafka_topics.usage, request(1), key="req-1")
+    await bus.publish(kafka_topics.usage, request(2), key="req-2")  # not wanted
+    await bus.publish(kafka_topics.usage, request(3))  # no key: not wanted either
+    wanted.add("req-4")  # asked when the event is read, not when listening started
+    await bus.publish(kafka_topics.usage, request(4), key="req-4")
+    await async_wait_until(lambda: asyncio.sleep(0, len(seen) >= 2), timeout=30)
+    await asyncio.sleep(0.5)
+    assert sorted(seen) == ["req-1", "req-4"]
+    assert len(decoded) == 2  # the other two were skipped without decoding
+    await bus.stop()
+
+
 async def test_unreachable_broker_fails_publish_fast():
     bus = KafkaBus("127.0.0.1:1", publish_timeout_s=1.5)
     started = time.monotonic()

@@ -289,6 +289,35 @@ async def test_consumers_get_the_event_back_from_the_bytes_kafka_would_carry():
     await bus.stop()
 
 
+async def test_a_listener_with_a_key_filter_decodes_only_the_keys_it_accepts():
+    bus = InMemoryBus()
+    decoded: list[str] = []
+    decode = bus._decode
+
+    def counting(topic, raw):
+        decoded.append(topic)
+        return decode(topic, raw)
+
+    bus._decode = counting  # type: ignore[method-assign]
+    wanted = {"r1"}
+    seen = []
+
+    async def listener(event):
+        seen.append(event.request_id)
+
+    await bus.listen("usage", listener, key_filter=wanted.__contains__)
+    await bus.publish("usage", request(1), key="r1")
+    await bus.publish("usage", request(2), key="r2")  # not wanted
+    await bus.publish("usage", request(3))  # no key: not wanted either
+    wanted.add("r4")  # asked when the event is read, as on Kafka
+    await bus.publish("usage", request(4), key="r4")
+    await async_wait_until(lambda: asyncio.sleep(0, len(seen) >= 2))
+    await asyncio.sleep(0.05)
+    assert seen == ["r1", "r4"]
+    assert len(decoded) == 2
+    await bus.stop()
+
+
 async def test_an_event_that_cannot_be_serialised_is_refused_at_publish_as_on_kafka():
     bus = InMemoryBus()
     body: dict = {}

@@ -131,6 +131,9 @@ async def listen_for_replies(gateway: Gateway) -> None:
                 gateway.topics.replies,
                 gateway.pending.deliver,
                 partitions=[gateway.reply_partition],
+                # Replies for other replicas sharing the partition, and the events of cache
+                # hits, are skipped undecoded.
+                key_filter=gateway.pending.waiting_for,
             )
         except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
             delay = STARTUP_BACKOFF.delay(attempt)
@@ -144,13 +147,18 @@ async def listen_for_governance(gateway: Gateway) -> None:
     partition of both, retrying until it works."""
     assert gateway.admission is not None
     attempt = 0
-    topics = [gateway.topics.usage, gateway.topics.auth_events]
+    # The usage of requests this replica does not settle (other replicas', cache hits') is
+    # skipped undecoded; every limit change is read.
+    topics = [
+        (gateway.topics.usage, gateway.admission.settles),
+        (gateway.topics.auth_events, None),
+    ]
     while len(gateway.governance_listeners) < len(topics):
         attempt += 1
         try:
-            topic = topics[len(gateway.governance_listeners)]
+            topic, key_filter = topics[len(gateway.governance_listeners)]
             gateway.governance_listeners.append(
-                await gateway.bus.listen(topic, gateway.admission.on_event)
+                await gateway.bus.listen(topic, gateway.admission.on_event, key_filter=key_filter)
             )
         except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
             delay = STARTUP_BACKOFF.delay(attempt)

@@ -33,6 +33,11 @@ class PendingReplies:
         self._waiting[request_id] = queue
         return queue
 
+    def waiting_for(self, request_id: str) -> bool:
+        """Whether a request of this replica waits for replies to `request_id` (the key
+        of every reply event): the replies listener decodes only those."""
+        return request_id in self._waiting
+
     def close(self, request_id: str) -> None:
         """Stop collecting the replies of `request_id` (later ones are dropped)."""
         self._waiting.pop(request_id, None)

@@ -36,6 +36,8 @@ Handler = Callable[[Event], Awaitable[None]]
 BatchHandler = Callable[[list[Event]], Awaitable[None]]
 # A consumer's view of its dependencies (database, the bus itself): True when they work.
 HealthCheck = Callable[[], Awaitable[bool]]
+# Whether a listener wants the event published with this key (see `EventBus.listen`).
+KeyFilter = Callable[[str], bool]
 # (topic, partition) -> offset.
 Offsets = dict[tuple[str, int], int]
 
@@ -188,9 +190,19 @@ class EventBus(abc.ABC):
 
     @abc.abstractmethod
     async def listen(
-        self, topic: str, handler: Handler, *, partitions: Sequence[int] | None = None
+        self,
+        topic: str,
+        handler: Handler,
+        *,
+        partitions: Sequence[int] | None = None,
+        key_filter: KeyFilter | None = None,
     ) -> Subscription:
-        """Receive every event published from now on (optionally only some partitions)."""
+        """Receive every event published from now on (optionally only some partitions).
+
+        With `key_filter`, an event is decoded and handled only if the filter accepts its
+        key (the request id, on the request-scoped topics), asked when the event is read:
+        a listener interested in a few requests skips the others without decoding them.
+        Events published without a key are skipped then."""
 
     @abc.abstractmethod
     async def partition_count(self, topic: str) -> int:

@@ -68,6 +68,7 @@ from switchyard.common.bus.base import (
     EventTooLargeError,
     Handler,
     HealthCheck,
+    KeyFilter,
     Offsets,
     PublishOutcomeUnknownError,
     RetryPolicy,
@@ -759,12 +760,17 @@ class KafkaBus(EventBus):
 
     @override
     async def listen(
-        self, topic: str, handler: Handler, *, partitions: Sequence[int] | None = None
+        self,
+        topic: str,
+        handler: Handler,
+        *,
+        partitions: Sequence[int] | None = None,
+        key_filter: KeyFilter | None = None,
     ) -> Subscription:
         if partitions is None:
             # Every partition of the topic, from the producer's (already loaded) metadata.
             partitions = list(range(await self.partition_count(topic)))
-        subscription = _Listener(self, topic, handler, partitions)
+        subscription = _Listener(self, topic, handler, partitions, key_filter)
         return await self._started(subscription)
 
 
@@ -1234,9 +1240,16 @@ class _Listener(_SupervisedConsumer):
     """Reads new events of some partitions of a topic, without a group and without commits.
     A replaced consumer resumes at the next offset this listener has not read."""
 
-    def __init__(self, bus: KafkaBus, topic: str, handler: Handler, partitions: Sequence[int]):
+    def __init__(
+        self,
+        bus: KafkaBus,
+        topic: str,
+        handler: Handler,
+        partitions: Sequence[int],
+        key_filter: KeyFilter | None = None,
+    ):
         super().__init__(bus, f"listen-{topic}")
-        self.topic, self.handler = topic, handler
+        self.topic, self.handler, self.key_filter = topic, handler, key_filter
         self.partitions = [TopicPartition(topic, p) for p in partitions]
         self.positions: dict[TopicPartition, int] = {}
 
@@ -1269,6 +1282,10 @@ class _Listener(_SupervisedConsumer):
                     self.positions[tp] = record.offset + 1
 
     async def _handle(self, record: ConsumerRecord) -> None:
+        if self.key_filter is not None and (
+            record.key is None or not self.key_filter(record.key.decode(errors="replace"))
+        ):
+            return  # not one this listener waits for: not even decoded
         try:
             event = _decode(record)
         except EventDecodeError as exc:

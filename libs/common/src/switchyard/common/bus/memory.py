@@ -31,6 +31,7 @@ from switchyard.common.bus.base import (
     EventBus,
     Handler,
     HealthCheck,
+    KeyFilter,
     Offsets,
     RetryPolicy,
     Subscription,
@@ -125,8 +126,15 @@ class InMemoryBus(EventBus):
         self.batch_linger_s = batch_linger_s
         self._groups: dict[str, _Group] = {}
         self._topic_groups: dict[str, set[str]] = defaultdict(set)
+        # topic -> (queue of (event bytes, trace carrier, key), partitions listened to)
         self._listeners: dict[
-            str, list[tuple[asyncio.Queue[tuple[bytes, dict[str, str]]], frozenset[int] | None]]
+            str,
+            list[
+                tuple[
+                    asyncio.Queue[tuple[bytes, dict[str, str], str | None]],
+                    frozenset[int] | None,
+                ]
+            ],
         ] = defaultdict(list)
         self._subscriptions: list[Subscription] = []
         self.dead_letters: list[DeadLetter] = []
@@ -160,7 +168,7 @@ class InMemoryBus(EventBus):
             state.queue.put_nowait((topic, raw, carrier))
         for queue, wanted in self._listeners.get(topic, ()):
             if wanted is None or partition is None or partition in wanted:
-                queue.put_nowait((raw, carrier))
+                queue.put_nowait((raw, carrier, key))
 
     @override
     async def partition_count(self, topic: str) -> int:
@@ -356,16 +364,23 @@ class InMemoryBus(EventBus):
 
     @override
     async def listen(
-        self, topic: str, handler: Handler, *, partitions: Sequence[int] | None = None
+        self,
+        topic: str,
+        handler: Handler,
+        *,
+        partitions: Sequence[int] | None = None,
+        key_filter: KeyFilter | None = None,
     ) -> Subscription:
-        queue: asyncio.Queue[tuple[bytes, dict[str, str]]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[bytes, dict[str, str], str | None]] = asyncio.Queue()
         entry = (queue, frozenset(partitions) if partitions is not None else None)
         self._listeners[topic].append(entry)
 
         async def worker() -> None:
             # One worker per listener keeps events in publication order (stream chunks).
             while True:
-                raw, carrier = await queue.get()
+                raw, carrier, key = await queue.get()
+                if key_filter is not None and (key is None or not key_filter(key)):
+                    continue  # as on Kafka: asked when read, skipped without decoding
                 event = self._decode(topic, raw)
                 if event is None:
                     continue

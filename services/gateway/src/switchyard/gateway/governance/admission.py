@@ -617,6 +617,11 @@ class Admission:
 
     # -- settling --------------------------------------------------------------------
 
+    def settles(self, request_id: str) -> bool:
+        """Whether a request of this replica waits for its usage (the key of its
+        `usage.recorded`) to settle its reservations."""
+        return request_id in self._pending
+
     def on_usage(self, event: UsageRecorded) -> None:
         """Settle the reservations of one of this replica's requests with its real usage:
         tokens and cost to the ledger, the unused rest back to this replica's allowance."""
