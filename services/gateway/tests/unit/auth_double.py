@@ -189,7 +189,12 @@ async def gateway_with(
     async def fake_inference(event: Event) -> None:
         assert isinstance(event, ChatRequested)
         reply = completed_reply(event)
-        await bus.publish(topics.replies, reply, partition=event.data.reply_to.partition)
+        await bus.publish(
+            topics.replies,
+            reply,
+            key=event.request_id,
+            partition=event.data.reply_to.partition,
+        )
 
     await bus.subscribe([topics.requests_interactive], "inference", fake_inference, concurrency=4)
     app = create_app(

@@ -334,7 +334,12 @@ async def harness(settings: Settings) -> AsyncIterator[Harness]:
         assert isinstance(event, ChatRequested)
         requests.append(event)
         for reply in await respond[0](event):
-            await bus.publish(topics.replies, reply, partition=event.data.reply_to.partition)
+            await bus.publish(
+                topics.replies,
+                reply,
+                key=event.request_id,
+                partition=event.data.reply_to.partition,
+            )
 
     await bus.subscribe([topics.requests_interactive], "inference", fake_inference, concurrency=8)
     # `auth.handle` looked up per request, so a test replacing it re-routes the gateway.

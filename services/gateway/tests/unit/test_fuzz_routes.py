@@ -28,7 +28,12 @@ async def serve_gateway(state: dict) -> object:
     async def fake_inference(event: Event) -> None:
         if isinstance(event, ChatRequested) and event.data.reply_to is not None:
             reply = completed_reply(event)
-            await bus.publish(topics.replies, reply, partition=event.data.reply_to.partition)
+            await bus.publish(
+                topics.replies,
+                reply,
+                key=event.request_id,
+                partition=event.data.reply_to.partition,
+            )
 
     await bus.subscribe([topics.requests_interactive], "inference", fake_inference)
 

@@ -202,7 +202,7 @@ class EventBus(abc.ABC):
         With `key_filter`, an event is decoded and handled only if the filter accepts its
         key (the request id, on the request-scoped topics), asked when the event is read:
         a listener interested in a few requests skips the others without decoding them.
-        Events published without a key are skipped then."""
+        An event published without a key is handled (the filter cannot tell)."""
 
     @abc.abstractmethod
     async def partition_count(self, topic: str) -> int:

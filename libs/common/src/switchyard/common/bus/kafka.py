@@ -1282,8 +1282,10 @@ class _Listener(_SupervisedConsumer):
                     self.positions[tp] = record.offset + 1
 
     async def _handle(self, record: ConsumerRecord) -> None:
-        if self.key_filter is not None and (
-            record.key is None or not self.key_filter(record.key.decode(errors="replace"))
+        if (
+            self.key_filter is not None
+            and record.key is not None
+            and not self.key_filter(record.key.decode(errors="replace"))
         ):
             return  # not one this listener waits for: not even decoded
         try:

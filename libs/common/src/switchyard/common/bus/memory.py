@@ -379,7 +379,7 @@ class InMemoryBus(EventBus):
             # One worker per listener keeps events in publication order (stream chunks).
             while True:
                 raw, carrier, key = await queue.get()
-                if key_filter is not None and (key is None or not key_filter(key)):
+                if key_filter is not None and key is not None and not key_filter(key):
                     continue  # as on Kafka: asked when read, skipped without decoding
                 event = self._decode(topic, raw)
                 if event is None:
