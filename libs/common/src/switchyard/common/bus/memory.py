@@ -168,7 +168,8 @@ class InMemoryBus(EventBus):
             state.queue.put_nowait((topic, raw, carrier))
         for queue, wanted in self._listeners.get(topic, ()):
             if wanted is None or partition is None or partition in wanted:
-                queue.put_nowait((raw, carrier, key))
+                # Kafka's record key: the request id unless the publisher names another.
+                queue.put_nowait((raw, carrier, key or event.request_id))
 
     @override
     async def partition_count(self, topic: str) -> int:
