@@ -161,6 +161,32 @@ async def test_a_repeated_request_is_answered_from_the_cache_without_inference(
     assert kinds[ChatCompleted].data.response == first.json()
 
 
+async def test_the_gateway_does_not_decode_its_own_hits_events(harness, history, recorded):
+    # The gateway listens to the replies and usage topics for its pending requests; a hit
+    # is not pending, so its three events are skipped by key, undecoded. Only the
+    # recorder (history's stand-in) decodes them.
+    decoded: list[tuple[str, bytes]] = []
+    decode = harness.bus._decode
+
+    def counting(topic, raw):
+        decoded.append((topic, raw))
+        return decode(topic, raw)
+
+    harness.bus._decode = counting
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    await async_wait_until(lambda: history.cache, timeout=5)
+    again = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert again.headers["x-switchyard-cache"] == "hit"
+    hit_id = again.headers["x-request-id"]
+    await async_wait_until(
+        lambda: sum(1 for event in recorded if event.request_id == hit_id) == 3, timeout=5
+    )
+    await asyncio.sleep(0.1)  # a listener that decodes would have done so by now
+
+    of_the_hit = [topic for topic, raw in decoded if hit_id.encode() in raw]
+    assert len(of_the_hit) == 3  # the recorder's, one per event
+
+
 async def test_a_streamed_hit_replays_the_stored_stream_events(harness, history):
     async def stream(request):
         return [chunk(request, 0, "Hel"), chunk(request, 1, "lo"), completed_reply(request)]
