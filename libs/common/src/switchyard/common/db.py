@@ -4,6 +4,8 @@ own step (`switchyard db upgrade`), never at application start-up."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +50,40 @@ def ensure_sqlite_dir(url: str) -> None:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+# How long a connection being terminated may take to close on its worker thread.
+SQLITE_CLOSE_TIMEOUT_S = 5.0
+
+
+async def _stop_sqlite_connection(self: Any) -> None:
+    """SQLAlchemy's graceful close of an aiosqlite connection it terminates (a connection
+    invalidated while its task was being cancelled), made safe to cancel.
+
+    SQLAlchemy runs the graceful close as a shielded task and, when its caller is cancelled,
+    force-closes at once: `aiosqlite.Connection.stop()` queues the worker thread's last job.
+    aiosqlite's own `close()` (0.22.1), cancelled before its worker answered, then waits in
+    a `finally` for a second stop the stopped thread never runs: the task outlives every
+    cancellation, and `asyncio.run`'s shutdown (which cancels each task once and waits for
+    it) waits for ever. Here the close is one stop (the same job: close the sqlite3
+    connection on its thread, then end the thread) whose wait ends when cancelled, and
+    after `SQLITE_CLOSE_TIMEOUT_S` at most.
+    """
+    connection = self._connection  # aiosqlite.Connection
+    # Already stopped (the force close ran first): its thread takes no more jobs.
+    if not getattr(connection, "_running", True):
+        return
+    stopped = connection.stop()
+    if stopped is not None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SQLITE_CLOSE_TIMEOUT_S):
+                await stopped
+
+
+def _install_sqlite_close() -> None:
+    from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
+
+    AsyncAdapt_aiosqlite_connection._terminate_graceful_close = _stop_sqlite_connection  # type: ignore[method-assign]
+
+
 def create_engine(url: str, **options: Any) -> AsyncEngine:
     """An async SQLAlchemy engine for database `url` (a sync URL is turned into its async
     driver). SQLite gets WAL, a 15 s busy timeout and `BEGIN IMMEDIATE` transactions; other
@@ -56,6 +92,7 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
     url = async_url(url)
     ensure_sqlite_dir(url)
     if make_url(url).get_backend_name() == "sqlite":
+        _install_sqlite_close()
         engine = create_async_engine(url, **options)
 
         @event.listens_for(engine.sync_engine, "connect")

@@ -95,9 +95,8 @@ class OutboxRelay:
         self._stopping = True
         self._wake.set()
         try:
-            # The relay ends by itself once told to stop (cancelled only after the timeout,
-            # when it is not waiting in `_wait`), so `wait_for` cannot swallow that cancel.
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=timeout_s)  # noqa: TID251
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(self._task)
         except TimeoutError:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -136,7 +135,8 @@ class OutboxRelay:
 
     async def _wait(self, timeout_s: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=timeout_s)  # noqa: TID251
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
         self._wake.clear()
 
     async def _run(self) -> None:
