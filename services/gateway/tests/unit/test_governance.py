@@ -6,11 +6,13 @@ PostgreSQL one runs the same checks in the integration suite."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
+from switchyard.common import tokenizer
 from switchyard.common.events import TokenUsage, UsageData, UsageRecorded
 from switchyard.common.governance import BudgetClock, FailureMode, Limits
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
@@ -482,3 +484,44 @@ async def test_stopping_ends_the_housekeeping_task_however_its_cancellation_land
         await admission.stop()
     assert task.done()
     assert asyncio.get_running_loop().time() - started < 1.0
+
+
+@pytest.fixture
+def counted_vocabulary(monkeypatch) -> list[str]:
+    """The tokenizer as if no request had loaded it yet; loading records the thread it ran
+    on (then hands over the real vocabulary, loaded once for the test process)."""
+    real = tokenizer.encoding()
+    loads: list[str] = []
+
+    def load() -> object:
+        loads.append(threading.current_thread().name)
+        tokenizer._encoding = real
+        return real
+
+    monkeypatch.setattr(tokenizer, "_encoding", None)
+    monkeypatch.setattr(tokenizer, "encoding", load)
+    return loads
+
+
+async def test_the_vocabulary_loads_for_token_limits_and_budgets_only_and_off_the_loop(
+    counted_vocabulary, harness
+):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    # Started, and answering callers without limits or with a request limit only: the
+    # vocabulary (about 140 MiB) is never loaded.
+    for limits in ({}, {"rpm_limit": 100}):
+        limited_auth(harness, **limits)
+        harness.app.state.gateway.admission.policies.invalidate()
+        response = await harness.client.post("/v1/chat/completions", json=CHAT, headers=headers)
+        assert response.status_code == 200, response.text
+    assert counted_vocabulary == [] and not tokenizer.loaded()
+
+    limited_auth(harness, tpm_limit=100_000)
+    harness.app.state.gateway.admission.policies.invalidate()
+    for _ in range(2):
+        response = await harness.client.post("/v1/chat/completions", json=CHAT, headers=headers)
+        assert response.status_code == 200, response.text
+        assert int(response.headers["x-ratelimit-remaining-tokens"]) < 100_000
+    # Loaded once, by the first request under the token limit, in a worker thread.
+    assert len(counted_vocabulary) == 1
+    assert counted_vocabulary[0] != threading.main_thread().name

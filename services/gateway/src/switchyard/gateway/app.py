@@ -95,9 +95,10 @@ async def _start(stack: AsyncExitStack, gateway: Gateway, owned_bus: EventBus | 
     # The routing file, reloaded when it changes, as inference reloads it.
     watching = asyncio.create_task(gateway.routing_source.watch(settings.routing_reload_interval_s))
     stack.push_async_callback(cancel_and_wait, watching)
-    # The tokenizer's vocabulary loads in a thread, not on the first request.
-    warming = asyncio.get_running_loop().run_in_executor(None, warm_up)
-    stack.push_async_callback(_settle, warming)
+    if settings.governance_preload_tokenizer:
+        # In a thread, so that the first limited request does not wait for it.
+        warming = asyncio.get_running_loop().run_in_executor(None, warm_up)
+        stack.push_async_callback(_settle, warming)
     await asyncio.wait({connecting, syncing, governing}, timeout=3)
     with contextlib.suppress(Exception):
         await gateway.authenticator.jwks.refresh()

@@ -201,6 +201,13 @@ class Settings(ServiceSettings):
         description="YAML price table (see switchyard.common.pricing); the gateway reserves "
         "budgets with it, inference charges with it.",
     )
+    governance_preload_tokenizer: bool = Field(
+        default=False,
+        description="Load the o200k_base vocabulary (about 140 MiB, 1 to 2 s in a thread) at "
+        "start-up. By default it loads on the first request under a token rate limit or a "
+        "budget (that request waits for it; the event loop does not), so a gateway without "
+        "such limits never holds it.",
+    )
     budget_day_s: float = Field(
         default=86_400.0,
         gt=0,

@@ -38,6 +38,7 @@ from typing import Any
 import structlog
 from prometheus_client import Counter, Histogram
 
+from switchyard.common import tokenizer
 from switchyard.common.errors import APIError
 from switchyard.common.events import Event, LimitsChanged, UsageRecorded
 from switchyard.common.governance import LEVEL_NAMES, BudgetClock, FailureMode, scope_key
@@ -341,6 +342,10 @@ class Admission:
     async def _admit_limited(
         self, policy: Policy, model: str, body: dict[str, Any], embeddings: bool
     ) -> Ticket:
+        if policy.counts_tokens and not tokenizer.loaded():
+            # The first such request loads the vocabulary in a thread (the estimate below
+            # would load it on the event loop, blocking every other request for a second).
+            await tokenizer.load()
         needs = self._needs(policy, model, body, embeddings)
         # Each round either admits, refuses (a refill found the counter exhausted), or
         # waits for a refill that granted something, which other waiting requests may

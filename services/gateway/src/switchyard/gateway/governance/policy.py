@@ -71,6 +71,15 @@ class Policy:
         """Whether any level carries a limit."""
         return bool(self.levels)
 
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether admitting under this policy counts the prompt's tokens: some level has a
+        token rate limit or a budget."""
+        return any(
+            level.limits.tpm_limit is not None or level.limits.max_budget_usd is not None
+            for level in self.levels
+        )
+
 
 def parse_policy(data: dict[str, Any]) -> Policy:
     """A `Policy` from auth's `/internal/v1/policy` JSON answer.
