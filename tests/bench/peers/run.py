@@ -40,7 +40,7 @@ from pathlib import Path
 
 import httpx
 
-from switchyard.common.testing.processes import free_port, peak_rss_mb
+from switchyard.common.testing.processes import free_port, peak_rss_mb, rss_mb
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # burst.py here, benchkit.py one up
@@ -104,7 +104,8 @@ class Result:
 @dataclass
 class Report:
     results: list[Result] = field(default_factory=list)
-    rss_mib: dict[str, float] = field(default_factory=dict)
+    # Per set-up: (peak RSS, RSS at the end of the run), MiB.
+    rss_mib: dict[str, tuple[float, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     burst: BurstResult | None = None
 
@@ -123,13 +124,14 @@ class Upstream:
 # -- processes this script owns --------------------------------------------------------
 
 
-def tree_rss_mib(pid: int) -> float:
-    """Peak RSS of a process plus the current children it forked (uvicorn workers)."""
+def tree_rss_mib(pid: int) -> tuple[float, float]:
+    """(Peak RSS, RSS now) of a process plus the current children it forked (uvicorn
+    workers), MiB."""
     pids = [pid]
     with contextlib.suppress(OSError):
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         pids += [int(child) for child in children]
-    return sum(peak_rss_mb(p) or 0 for p in pids)
+    return sum(peak_rss_mb(p) or 0 for p in pids), sum(rss_mb(p) or 0 for p in pids)
 
 
 def start_upstream(owned: OwnedProcesses, state: Path) -> Upstream:
@@ -459,7 +461,7 @@ def run_embedded(report, routing: Path, args, loadgen, workdir) -> None:
         base = f"http://127.0.0.1:{port}"
         pids = {"embedded": process.popen.pid}
         measure(report, "embedded", base, DEV_KEY, args, loadgen, workdir, pids)
-        report.rss_mib[SETUP_NAMES["embedded"]] = process.peak_rss_mb() or 0
+        report.rss_mib[SETUP_NAMES["embedded"]] = tree_rss_mib(process.popen.pid)
     finally:
         group.stop_all()
 
@@ -507,7 +509,10 @@ def run_kafka(report, routing: Path, args, loadgen, workdir) -> None:
         time.sleep(args.settle)
         pids = {p.name: p.popen.pid for p in processes}
         measure(report, "kafka", deployment.gateway, deployment.key, args, loadgen, workdir, pids)
-        report.rss_mib[SETUP_NAMES["kafka"]] = sum(p.peak_rss_mb() or 0 for p in processes)
+        report.rss_mib[SETUP_NAMES["kafka"]] = (
+            sum(p.peak_rss_mb() or 0 for p in processes),
+            sum(p.rss_mb() or 0 for p in processes),
+        )
 
 
 # -- report ---------------------------------------------------------------------------
@@ -551,8 +556,11 @@ def render(report: Report, args: argparse.Namespace, header: str) -> str:
     if report.rss_mib:
         lines.append("")
         lines.append(
-            "Peak RSS after the run: "
-            + "; ".join(f"{name} {mib:.0f} MiB" for name, mib in report.rss_mib.items())
+            "Peak RSS of the run (RSS at its end): "
+            + "; ".join(
+                f"{name} {peak:.0f} MiB ({now:.0f} MiB)"
+                for name, (peak, now) in report.rss_mib.items()
+            )
             + "."
         )
     if report.burst is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -28,6 +29,7 @@ import uvicorn
 
 from switchyard.common.bus import InMemoryBus
 from switchyard.common.db import upgrade
+from switchyard.common.heap import freeze_startup_heap
 from switchyard.common.http import server_config
 from switchyard.common.httpserver import PortInUseError, bind
 from switchyard.common.plugins import DevContribution, ServicePlugin, discover
@@ -238,10 +240,13 @@ async def run_embedded(host: str = "127.0.0.1", plugins: list[ServicePlugin] | N
             log.info("service listening", name=service.name, url=f"http://{host}:{service.port}")
 
         print(banner(host, services, contributions), flush=True)
+        # Every service has started: their start-up objects out of later full collections.
+        freeze_startup_heap()
 
         done_or_stop = asyncio.create_task(stopping.wait())
         await asyncio.wait([done_or_stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
     finally:
+        gc.unfreeze()
         # Stop the gateway first so no new work arrives, then the rest.
         for server in reversed(servers):
             server.should_exit = True

@@ -59,9 +59,11 @@ SERVICE_ENV = "SWITCHYARD_SERVICE"
 def service_app() -> FastAPI:
     """uvicorn factory used by `switchyard <service>`: runs in every worker process
     (uvicorn starts fresh interpreters for `--workers N`), so each one configures its own
-    logging and tracing before building the app of the service named in SWITCHYARD_SERVICE."""
+    logging and tracing before building the app of the service named in SWITCHYARD_SERVICE,
+whose lifespan then freezes the start-up heap (`heap.freezing_after_startup`)."""
     import os
 
+    from switchyard.common.heap import freezing_after_startup
     from switchyard.common.logging import configure_logging
     from switchyard.common.plugins import by_name
     from switchyard.common.tracing import configure_tracing
@@ -72,7 +74,8 @@ def service_app() -> FastAPI:
         plugin.name, settings.log_level, settings.log_format, secrets=[settings.internal_token]
     )
     configure_tracing(plugin.name)
-    return plugin.create_app()
+    # Start-up objects out of every later full collection (see `heap`).
+    return freezing_after_startup(plugin.create_app())
 
 
 # uvicorn settings of every Switchyard server: uvloop, the guarded httptools protocol (head

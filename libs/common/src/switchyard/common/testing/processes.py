@@ -27,15 +27,24 @@ def free_port() -> int:
         return cast(int, sock.getsockname()[1])
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """Peak resident set size of a live process (VmHWM), in MiB."""
+def _status_mib(pid: int, field: str) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident set size of a live process (VmHWM), in MiB."""
+    return _status_mib(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident set size of a live process now (VmRSS), in MiB."""
+    return _status_mib(pid, "VmRSS")
 
 
 @dataclass
@@ -55,6 +64,10 @@ class Process:
     def peak_rss_mb(self) -> float | None:
         """The process's peak resident memory in MiB, or None once it has exited."""
         return peak_rss_mb(self.popen.pid)
+
+    def rss_mb(self) -> float | None:
+        """The process's resident memory now in MiB, or None once it has exited."""
+        return rss_mb(self.popen.pid)
 
     def stop(self, timeout: float = 15) -> None:
         """Send SIGTERM and wait up to `timeout` seconds for the process to exit, then kill it."""
