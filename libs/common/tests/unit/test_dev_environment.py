@@ -11,6 +11,7 @@ from switchyard.common.dev import apply_dev_environment
 
 WAIT = "SWITCHYARD_HISTORY_MAX_BATCH_WAIT_MS"
 BATCH = "SWITCHYARD_HISTORY_MAX_BATCH"
+INDEX = "SWITCHYARD_INFERENCE_REDELIVERY_INDEX_MAX_MB"
 
 
 @pytest.fixture
@@ -19,6 +20,7 @@ def environ(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     copy = dict(os.environ)
     copy.pop(WAIT, None)
     copy.pop(BATCH, None)
+    copy.pop(INDEX, None)
     monkeypatch.setattr(os, "environ", copy)
     return copy
 
@@ -50,3 +52,14 @@ def test_embedded_history_batches_are_small_enough_not_to_stall_answers(
     # A batch is written on the answering loop without a pause: after a burst, batches of
     # the services' default 1,000 events held the next requests for up to half a second.
     assert environ[BATCH] == "200"
+
+
+def test_embedded_inference_keeps_a_small_redelivery_index(environ: dict[str, str]) -> None:
+    apply_dev_environment(plugins=[])
+
+    # The in-memory bus retries a handler within seconds; the service's 64 MiB is for
+    # Kafka's redeliveries minutes later.
+    assert environ[INDEX] == "8"
+    environ[INDEX] = "32"
+    apply_dev_environment(plugins=[])
+    assert environ[INDEX] == "32"

@@ -30,6 +30,10 @@ async def test_a_graceful_close_cancelled_before_its_worker_answers_ends(tmp_pat
             async with asyncio.timeout(3):
                 await asyncio.gather(graceful, return_exceptions=True)
             assert graceful.done()
+            # The worker thread ends (and answers on this loop, which must still run).
+            worker = raw.driver_connection._thread
+            await asyncio.to_thread(worker.join, 5)
+            assert not worker.is_alive()
             await connection.invalidate()
     finally:
         await engine.dispose()

@@ -51,6 +51,12 @@ DEV_ENVIRONMENT = {
     # batches of 1,000 events held the next requests for up to half a second (p99 2.1-2.3x
     # the steady one); of 200 (still about 65 requests each), 1.2-1.4x.
     "SWITCHYARD_HISTORY_MAX_BATCH": "200",
+    # Inference keeps recent outcomes to answer a redelivered request without running it
+    # again. Kafka redelivers after a crash or a rebalance, up to the request timeout
+    # later (hence 15 minutes and 64 MiB for the service); the in-memory bus only retries
+    # a failing handler, within about 2 s (5 attempts). 8 MiB holds some 4,000 requests'
+    # records, over 10 s at embedded mode's highest rate, and keeps the one process small.
+    "SWITCHYARD_INFERENCE_REDELIVERY_INDEX_MAX_MB": "8",
 }
 # The one explicit way to give the embedded services another database than SQLite.
 DEV_DATABASE_URL_ENV = "SWITCHYARD_DEV_DATABASE_URL"
