@@ -11,13 +11,14 @@ from types import SimpleNamespace
 import pytest
 from fastapi import FastAPI
 
-from switchyard.common import http
+from switchyard.common import heap, http
 from switchyard.common.heap import freezing_after_startup
 
 
 @pytest.fixture(autouse=True)
-def nothing_frozen():
+def nothing_frozen(monkeypatch):
     gc.unfreeze()
+    monkeypatch.setattr(heap, "_holders", 0)
     yield
     gc.unfreeze()
 
@@ -45,6 +46,17 @@ async def test_the_heap_is_frozen_after_the_apps_own_startup_and_unfrozen_at_shu
         assert gc.get_freeze_count() == frozen
         assert gc.is_tracked(made_while_serving)
     assert seen[-1] == "stopped"
+    assert gc.get_freeze_count() == 0
+
+
+async def test_the_heap_stays_frozen_until_the_last_app_in_the_process_stops():
+    first = freezing_after_startup(app_recording_startup([]))
+    second = freezing_after_startup(app_recording_startup([]))
+    async with first.router.lifespan_context(first):
+        async with second.router.lifespan_context(second):
+            assert gc.get_freeze_count() > 1000
+        # The second stopped; the first still serves with its start-up objects frozen.
+        assert gc.get_freeze_count() > 1000
     assert gc.get_freeze_count() == 0
 
 

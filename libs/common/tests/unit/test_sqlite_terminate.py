@@ -38,3 +38,23 @@ async def test_a_graceful_close_cancelled_before_its_worker_answers_ends(tmp_pat
     finally:
         await engine.dispose()
 
+
+async def test_an_invalidated_connection_is_closed_and_its_worker_thread_ends(
+    tmp_path: Path,
+) -> None:
+    # The common path (no cancellation): a connection invalidated, e.g. after a
+    # disconnect, is closed on its thread, which then ends.
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        async with engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            driver = raw.driver_connection
+            await connection.invalidate()
+            await asyncio.to_thread(driver._thread.join, 5)
+            assert not driver._thread.is_alive()
+            assert driver._connection is None
+        # The engine goes on with a new connection.
+        async with engine.connect() as connection:
+            assert (await connection.exec_driver_sql("SELECT 1")).scalar() == 1
+    finally:
+        await engine.dispose()

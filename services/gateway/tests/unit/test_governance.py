@@ -499,8 +499,19 @@ def counted_vocabulary(monkeypatch) -> list[str]:
         return real
 
     monkeypatch.setattr(tokenizer, "_encoding", None)
+    monkeypatch.setattr(tokenizer, "_loading", None)
     monkeypatch.setattr(tokenizer, "encoding", load)
     return loads
+
+
+async def test_a_budget_loads_the_vocabulary_too(counted_vocabulary, harness):
+    limited_auth(harness, max_budget_usd=100.0)
+    response = await harness.client.post(
+        "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert response.status_code == 200, response.text
+    assert len(counted_vocabulary) == 1
+    assert counted_vocabulary[0] != threading.main_thread().name
 
 
 async def test_the_vocabulary_loads_for_token_limits_and_budgets_only_and_off_the_loop(

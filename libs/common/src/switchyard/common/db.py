@@ -57,13 +57,15 @@ def ensure_sqlite_dir(url: str) -> None:
 # requests; with 16 it levels off. Re-preparing an evicted short statement costs
 # microseconds.
 SQLITE_CACHED_STATEMENTS = 16
-# How long a connection being terminated may take to close on its worker thread.
-SQLITE_CLOSE_TIMEOUT_S = 5.0
+# How long terminating a connection waits for its worker thread to close it: longer than
+# SQLite's busy timeout (15 s, below), which a statement queued before the close may use.
+SQLITE_CLOSE_TIMEOUT_S = 20.0
 
 
 async def _stop_sqlite_connection(self: Any) -> None:
-    """SQLAlchemy's graceful close of an aiosqlite connection it terminates (a connection
-    invalidated while its task was being cancelled), made safe to cancel.
+    """SQLAlchemy's graceful close of an aiosqlite connection it terminates (an invalidated
+    connection: its task was cancelled, it was disconnected, or the pool recycled it), made
+    safe to cancel.
 
     SQLAlchemy runs the graceful close as a shielded task and, when its caller is cancelled,
     force-closes at once: `aiosqlite.Connection.stop()` queues the worker thread's last job.
@@ -72,7 +74,7 @@ async def _stop_sqlite_connection(self: Any) -> None:
     cancellation, and `asyncio.run`'s shutdown (which cancels each task once and waits for
     it) waits for ever. Here the close is one stop (the same job: close the sqlite3
     connection on its thread, then end the thread) whose wait ends when cancelled, and
-    after `SQLITE_CLOSE_TIMEOUT_S` at most.
+    after `SQLITE_CLOSE_TIMEOUT_S` at most (the stop still runs after that).
     """
     connection = self._connection  # aiosqlite.Connection
     # Already stopped (the force close ran first): its thread takes no more jobs.

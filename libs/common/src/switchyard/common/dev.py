@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import socket
@@ -29,7 +28,7 @@ import uvicorn
 
 from switchyard.common.bus import InMemoryBus
 from switchyard.common.db import upgrade
-from switchyard.common.heap import freeze_startup_heap
+from switchyard.common.heap import freeze_startup_heap, release_startup_heap
 from switchyard.common.http import server_config
 from switchyard.common.httpserver import PortInUseError, bind
 from switchyard.common.plugins import DevContribution, ServicePlugin, discover
@@ -224,6 +223,7 @@ async def run_embedded(host: str = "127.0.0.1", plugins: list[ServicePlugin] | N
     sockets = bind_all(host, services)
 
     servers: list[_EmbeddedServer] = []
+    frozen = False
     tasks: list[asyncio.Task[None]] = []
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -248,11 +248,13 @@ async def run_embedded(host: str = "127.0.0.1", plugins: list[ServicePlugin] | N
         print(banner(host, services, contributions), flush=True)
         # Every service has started: their start-up objects out of later full collections.
         freeze_startup_heap()
+        frozen = True
 
         done_or_stop = asyncio.create_task(stopping.wait())
         await asyncio.wait([done_or_stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        gc.unfreeze()
+        if frozen:
+            release_startup_heap()
         # Stop the gateway first so no new work arrives, then the rest.
         for server in reversed(servers):
             server.should_exit = True

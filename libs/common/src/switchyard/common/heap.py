@@ -8,8 +8,9 @@ concurrency 1 in embedded mode, one request in a few hundred waited 300 to 450 m
 `gc.freeze()` moves the objects alive at the end of start-up into a permanent generation
 that collections skip (https://docs.python.org/3/library/gc.html#gc.freeze); what is made
 later, the per-request garbage, is collected as before. Frozen objects are still freed
-when their reference count drops to zero; only a reference cycle among them outlives the
-process, which start-up objects are not expected to form.
+when their reference count drops to zero; a reference cycle among them is not, so what
+start-up made and a later change replaces (the routing table before its first reload, a
+pooled connection made at start-up) can stay in memory: one copy each, not a growth.
 """
 
 from __future__ import annotations
@@ -27,10 +28,18 @@ log = structlog.get_logger("switchyard.heap")
 AppT = TypeVar("AppT")
 
 
+# Servers in this process that froze the heap and have not stopped (several apps can share
+# one process: tests, embedded mode); the heap is unfrozen when the last one stops.
+_holders = 0
+
+
 def freeze_startup_heap() -> int:
     """Collect garbage, then freeze every object alive now (`gc.freeze()`); returns how
     many objects the permanent generation holds. Takes one full collection's time (tens
-    to hundreds of ms): call it once a process has started, before it serves."""
+    to hundreds of ms): call it once a server has started, before it serves, and
+    `release_startup_heap()` when it stops."""
+    global _holders
+    _holders += 1
     started = time.perf_counter()
     gc.collect()
     gc.freeze()
@@ -41,6 +50,15 @@ def freeze_startup_heap() -> int:
         ms=round((time.perf_counter() - started) * 1000, 1),
     )
     return frozen
+
+
+def release_startup_heap() -> None:
+    """A server that froze the heap stops: the last one to stop unfreezes it
+    (`gc.unfreeze()`), so that its objects can be collected again."""
+    global _holders
+    _holders = max(0, _holders - 1)
+    if _holders == 0:
+        gc.unfreeze()
 
 
 def freezing_after_startup(app: AppT) -> AppT:
@@ -56,7 +74,7 @@ def freezing_after_startup(app: AppT) -> AppT:
             try:
                 yield state
             finally:
-                gc.unfreeze()
+                release_startup_heap()
 
     router.lifespan_context = lifespan
     return app

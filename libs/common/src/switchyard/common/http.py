@@ -60,7 +60,7 @@ def service_app() -> FastAPI:
     """uvicorn factory used by `switchyard <service>`: runs in every worker process
     (uvicorn starts fresh interpreters for `--workers N`), so each one configures its own
     logging and tracing before building the app of the service named in SWITCHYARD_SERVICE,
-whose lifespan then freezes the start-up heap (`heap.freezing_after_startup`)."""
+    whose lifespan then freezes the start-up heap (`heap.freezing_after_startup`)."""
     import os
 
     from switchyard.common.heap import freezing_after_startup

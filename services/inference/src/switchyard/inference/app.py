@@ -31,6 +31,7 @@ from switchyard.inference.bootstrap import InferenceRuntime, build
 from switchyard.inference.config import Settings
 from switchyard.inference.providers import ProviderFactory
 from switchyard.inference.redelivery import OutcomeLog
+from switchyard.inference.upstream import preload_sdks
 
 log = structlog.get_logger("switchyard.inference")
 
@@ -71,6 +72,8 @@ def create_app(
                 provider_factory=provider_factory,
                 outcomes=outcomes,
             )
+            # The SDKs the routed deployments need, imported before the first request.
+            await preload_sdks(runtime.routing.deployments())
             stack.callback(_forget, app)  # last: readiness holds until everything stopped
             if bus is None:
                 await active_bus.start()

@@ -8,7 +8,7 @@ result."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -24,7 +24,7 @@ from switchyard.inference.pricing import PriceError, PriceSource
 from switchyard.inference.providers import ProviderFactory, ProviderPool
 from switchyard.inference.redelivery import KafkaOutcomeLog, ListenedOutcomeLog, OutcomeLog
 from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
-from switchyard.inference.upstream import create_upstream
+from switchyard.inference.upstream import create_upstream, preload_sdks
 
 log = structlog.get_logger("switchyard.inference")
 
@@ -41,6 +41,7 @@ class InferenceRuntime:
     # Recorded outcomes, looked up for a redelivered request (redelivery.py); the app
     # starts and stops it.
     outcomes: OutcomeLog
+    _preloads: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def routing(self) -> RoutingTable:
@@ -53,6 +54,8 @@ class InferenceRuntime:
         if not only_if_changed or self.routing_source.changed():
             replaced = self.routing_source.reload()
             metrics.CONFIG_RELOADS.labels("routing", "replaced" if replaced else "kept").inc()
+            if replaced:
+                self._preload_sdks()
         try:
             if self.prices.reload_if_changed():
                 metrics.CONFIG_RELOADS.labels("prices", "replaced").inc()
@@ -60,6 +63,18 @@ class InferenceRuntime:
         except PriceError as exc:
             metrics.CONFIG_RELOADS.labels("prices", "kept").inc()
             log.error("price file not reloaded; keeping the previous table", error=str(exc))
+
+    def _preload_sdks(self) -> None:
+        """Import, in a worker thread, an SDK a newly routed deployment needs (the first
+        request to it would otherwise import it on the event loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop to keep free: import here
+            asyncio.run(preload_sdks(self.routing.deployments()))
+            return
+        task = loop.create_task(preload_sdks(self.routing.deployments()))
+        self._preloads.add(task)
+        task.add_done_callback(self._preloads.discard)
 
     async def watch(self, interval_s: float) -> None:
         """Poll the configuration files every `interval_s` seconds until cancelled."""

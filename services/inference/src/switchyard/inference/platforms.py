@@ -30,7 +30,6 @@ import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, cast
 
-import anthropic
 import httpx2
 import openai
 import orjson
@@ -42,6 +41,7 @@ from switchyard.inference.upstream import (
     SSE,
     AnthropicUpstream,
     OpenAIUpstream,
+    anthropic_sdk,
     invalid_reply,
     parse_object,
 )
@@ -258,6 +258,7 @@ class BedrockUpstream(_PlatformAnthropicUpstream):
             credentials["aws_secret_key"] = deployment.secret(deployment.aws_secret_access_key_env)
         if deployment.aws_session_token_env is not None:
             credentials["aws_session_token"] = deployment.secret(deployment.aws_session_token_env)
+        anthropic = anthropic_sdk()
         client = anthropic.AsyncAnthropicBedrock(
             aws_region=deployment.region,
             aws_profile=deployment.aws_profile,
@@ -350,6 +351,7 @@ class VertexUpstream(_PlatformAnthropicUpstream):
                     f"{deployment.credentials_file} is not a service-account key "
                     f"({type(exc).__name__})"
                 ) from None
+        anthropic = anthropic_sdk()
         client = anthropic.AsyncAnthropicVertex(
             region=deployment.region or "",
             project_id=deployment.project_id or "",

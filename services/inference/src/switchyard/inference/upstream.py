@@ -27,12 +27,13 @@ from __future__ import annotations
 import email.utils
 import json
 import ssl
+import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, cast
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
-import anthropic
 import httpx2
 import openai
 import orjson
@@ -42,7 +43,45 @@ from switchyard.common.errorformat import status_of
 from switchyard.common.routing import Deployment
 from switchyard.inference.errors import ProviderError, redact
 
+if TYPE_CHECKING:
+    import anthropic
+
 Protocol_ = Literal["openai", "anthropic"]
+
+# Deployment kinds whose client is the `anthropic` SDK's.
+ANTHROPIC_SDK_KINDS = frozenset({"anthropic", "bedrock", "vertex"})
+
+
+def anthropic_sdk() -> ModuleType:
+    """The `anthropic` package, imported on first use: importing it takes about 40 MiB and
+    one to two seconds, which a process routing to no Anthropic-protocol deployment never
+    pays. `preload_sdks` imports it in a worker thread before it is needed."""
+    import anthropic
+
+    return anthropic
+
+
+def needs_anthropic_sdk(deployments: Iterable[Deployment]) -> bool:
+    """Whether any of `deployments` is reached through the `anthropic` SDK."""
+    return any(deployment.provider in ANTHROPIC_SDK_KINDS for deployment in deployments)
+
+
+async def preload_sdks(deployments: Iterable[Deployment]) -> None:
+    """Import the SDKs `deployments` need in a worker thread, so that no request imports
+    one on the event loop (the clients themselves are made on first use)."""
+    import asyncio
+
+    if needs_anthropic_sdk(deployments) and "anthropic" not in sys.modules:
+        await asyncio.to_thread(anthropic_sdk)
+
+
+def _sdk_classes(*names: str) -> tuple[type, ...]:
+    """The classes called `names` (`APIStatusError`, `Omit`...) in each SDK this process
+    has imported: an SDK never imported cannot have made the object being classified. A
+    name an SDK lacks, or an SDK another thread is still importing, adds nothing."""
+    sdks = (openai, sys.modules.get("anthropic"))
+    found = (getattr(sdk, name, None) for sdk in sdks if sdk is not None for name in names)
+    return tuple(cls for cls in found if isinstance(cls, type))
 
 
 @dataclass(frozen=True)
@@ -150,15 +189,11 @@ def map_sdk_error(
     `deployment`, which speaks `protocol`; an HTTP error status is mapped by
     `status_error`."""
     name = deployment.name
-    if isinstance(
-        exc, openai.APITimeoutError | anthropic.APITimeoutError | httpx2.TimeoutException
-    ):
+    if isinstance(exc, (*_sdk_classes("APITimeoutError"), httpx2.TimeoutException)):
         return timeout_error(name)
-    if isinstance(
-        exc, openai.APIConnectionError | anthropic.APIConnectionError | httpx2.TransportError
-    ):
+    if isinstance(exc, (*_sdk_classes("APIConnectionError"), httpx2.TransportError)):
         return unreachable(name)
-    if not isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
+    if not isinstance(exc, _sdk_classes("APIStatusError")):
         return ProviderError(
             502,
             None,
@@ -166,8 +201,14 @@ def map_sdk_error(
             code="upstream_error",
             retryable=True,
         )
+    status = cast("openai.APIStatusError | anthropic.APIStatusError", exc)
     return status_error(
-        exc.status_code, exc.response.headers, exc.body, exc.message, deployment, protocol
+        status.status_code,
+        status.response.headers,
+        status.body,
+        status.message,
+        deployment,
+        protocol,
     )
 
 
@@ -377,7 +418,7 @@ class DirectRequests:
         """Whether `client`'s requests can be built by this class: a plain
         `openai.AsyncOpenAI` or `anthropic.AsyncAnthropic` whose credentials are a fixed
         header and that has no custom auth flow (token providers, workload identity)."""
-        if type(client) not in (openai.AsyncOpenAI, anthropic.AsyncAnthropic):
+        if type(client) not in _sdk_classes("AsyncOpenAI", "AsyncAnthropic"):
             return False
         if client.custom_auth is not None or client.default_query:
             return False
@@ -454,10 +495,11 @@ def _merge_headers(
     SDK `Omit` removes the header; with `append_helper` (anthropic's SDK), the tokens of
     a later `x-stainless-helper` are appended to the earlier ones."""
     merged = dict(base)
+    omit = _sdk_classes("Omit")
     for layer in layers:
         for name, value in layer.items():
             key = name.lower()
-            if isinstance(value, openai.Omit | anthropic.Omit):
+            if isinstance(value, omit):
                 merged.pop(key, None)
                 continue
             if append_helper and key == "x-stainless-helper" and key in merged:
@@ -483,7 +525,6 @@ class SDKUpstream:
     every request (`DirectRequests`), which reach the wire the same."""
 
     protocol: Protocol_
-    _sdk_errors: tuple[type[BaseException], ...]
 
     def __init__(
         self, deployment: Deployment, client: Any, http: httpx2.AsyncClient | None = None
@@ -511,7 +552,7 @@ class SDKUpstream:
         else is a bug and stays itself."""
         if isinstance(exc, ProviderError):
             return exc
-        if isinstance(exc, (*self._sdk_errors, httpx2.HTTPError)):
+        if isinstance(exc, (*_sdk_classes("OpenAIError", "AnthropicError"), httpx2.HTTPError)):
             return map_sdk_error(exc, self.deployment, self.protocol)  # type: ignore[arg-type]
         if isinstance(exc, SSEError):
             return invalid_reply(self.name)
@@ -625,7 +666,6 @@ class OpenAIUpstream(SDKUpstream):
     relative to its base URL (which ends in `/v1`)."""
 
     protocol: Protocol_ = "openai"
-    _sdk_errors = (openai.OpenAIError,)
 
     @classmethod
     def create(cls, deployment: Deployment) -> OpenAIUpstream:
@@ -654,13 +694,13 @@ class AnthropicUpstream(SDKUpstream):
     """Anthropic's API (or a compatible server); paths start with `/v1`."""
 
     protocol: Protocol_ = "anthropic"
-    _sdk_errors = (anthropic.AnthropicError,)
 
     @classmethod
     def create(cls, deployment: Deployment) -> AnthropicUpstream:
         """The upstream of an Anthropic-protocol `deployment`: the `anthropic` SDK's async
         client on aiohttp, SDK retries off. Raises RoutingError when the API key variable it
         names is unset."""
+        anthropic = anthropic_sdk()
         http = anthropic.DefaultAioHttpClient(follow_redirects=False)
         client = anthropic.AsyncAnthropic(
             api_key=deployment.api_key(),
