@@ -9,9 +9,13 @@ shutdown then waits for it for ever. `switchyard.common.db` replaces that close.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
-from switchyard.common.db import create_engine
+import pytest
+from sqlalchemy.util.concurrency import greenlet_spawn
+
+from switchyard.common.db import _set_wal, create_engine
 
 
 async def test_a_graceful_close_cancelled_before_its_worker_answers_ends(tmp_path: Path) -> None:
@@ -58,3 +62,28 @@ async def test_an_invalidated_connection_is_closed_and_its_worker_thread_ends(
             assert (await connection.exec_driver_sql("SELECT 1")).scalar() == 1
     finally:
         await engine.dispose()
+
+
+class LockedCursor:
+    """A cursor whose `PRAGMA journal_mode=WAL` is refused `locked` times first."""
+
+    def __init__(self, locked: int, error: str = "database is locked") -> None:
+        self.locked, self.error, self.calls = locked, error, 0
+
+    def execute(self, sql: str) -> None:
+        self.calls += 1
+        if self.calls <= self.locked:
+            raise sqlite3.OperationalError(self.error)
+
+
+async def test_wal_mode_is_tried_again_while_the_database_is_briefly_locked() -> None:
+    # Seen when a connection opens as another closes the database (its checkpoint holds
+    # an exclusive lock): refused at once, without SQLite's busy handler.
+    cursor = LockedCursor(locked=3)
+    await greenlet_spawn(_set_wal, cursor)
+    assert cursor.calls == 4
+
+    other = LockedCursor(locked=1, error="disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        await greenlet_spawn(_set_wal, other)
+    assert other.calls == 1

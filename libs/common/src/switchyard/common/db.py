@@ -87,6 +87,28 @@ async def _stop_sqlite_connection(self: Any) -> None:
                 await stopped
 
 
+# Attempts at `PRAGMA journal_mode=WAL` when SQLite answers "database is locked" at once.
+SQLITE_WAL_ATTEMPTS = 20
+
+
+def _set_wal(cursor: Any) -> None:
+    """Put the connection's database in WAL mode. A connection opened at the moment another
+    one closes the database (the last connection out checkpoints the WAL under an exclusive
+    lock) can be refused at once with "database is locked", without SQLite's busy handler
+    being asked; the pragma is then tried again after a pause that yields to the event loop
+    (up to `SQLITE_WAL_ATTEMPTS` times, 10 ms apart and growing)."""
+    from sqlalchemy.util.concurrency import await_
+
+    for attempt in range(1, SQLITE_WAL_ATTEMPTS + 1):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # sqlite3.OperationalError, as the adapter raises it
+            if "database is locked" not in str(exc) or attempt == SQLITE_WAL_ATTEMPTS:
+                raise
+            await_(asyncio.sleep(0.01 * attempt))
+
+
 def _install_sqlite_close() -> None:
     from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
 
@@ -110,9 +132,10 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:  # pragma: no cover
             cursor = dbapi_connection.cursor()
-            # WAL lets the embedded services read while another writes.
-            cursor.execute("PRAGMA journal_mode=WAL")
+            # First, so that the statements below wait for a lock like any other.
             cursor.execute("PRAGMA busy_timeout=15000")
+            # WAL lets the embedded services read while another writes.
+            _set_wal(cursor)
             cursor.close()
             # Transactions are begun below, not by the driver on the first write.
             dbapi_connection.isolation_level = None
