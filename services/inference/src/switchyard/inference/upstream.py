@@ -24,6 +24,7 @@ sent to another host.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import ssl
@@ -69,8 +70,6 @@ def needs_anthropic_sdk(deployments: Iterable[Deployment]) -> bool:
 async def preload_sdks(deployments: Iterable[Deployment]) -> None:
     """Import the SDKs `deployments` need in a worker thread, so that no request imports
     one on the event loop (the clients themselves are made on first use)."""
-    import asyncio
-
     if needs_anthropic_sdk(deployments) and "anthropic" not in sys.modules:
         await asyncio.to_thread(anthropic_sdk)
 
