@@ -322,7 +322,9 @@ def measure_cells(report, mode, url, token, args, loadgen, workdir, pids=None) -
             )
         print(
             f"  {mode:<9} {cell.label:<32} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms"
-            f"  p99 {result.p99_ms:7.2f} ms  errors {result.errors:.0f}",
+            f"  p99 {result.p99_ms:7.2f} ms  errors {result.errors:.0f}"
+            # Resident memory after the cell: which load makes a process grow.
+            + "".join(f"  {name} {rss_mb(pid) or 0:.0f} MiB" for name, pid in (pids or {}).items()),
             flush=True,
         )
 

@@ -381,3 +381,28 @@ async def test_stopping_a_batch_subscription_writes_the_batch_it_was_gathering()
         await bus.stop()
 
     assert recorded == ["r0", "r1", "r2"]
+
+
+async def test_a_full_batch_is_handled_at_once_without_waiting_for_more():
+    # Lingering with a full batch queued capped a group at `max_batch` events per wait:
+    # embedded history fell behind a busy gateway and the backlog piled up in memory.
+    bus = InMemoryBus()
+    batches: list[list[str]] = []
+
+    async def record(events):
+        batches.append([event.request_id for event in events])
+
+    await bus.subscribe_batch(["topic"], "history", record, max_batch=5, max_batch_wait_ms=60_000)
+    for n in range(12):
+        await bus.publish("topic", request(n))
+
+    # The two full batches come well before the 60 s wait; the last two events wait for it.
+    async with asyncio.timeout(5):
+        await async_wait_until(lambda: asyncio.sleep(0, len(batches) == 2))
+    assert batches == [[f"r{n}" for n in range(5)], [f"r{n}" for n in range(5, 10)]]
+    await asyncio.sleep(0.05)
+    assert len(batches) == 2
+
+    async with asyncio.timeout(5):
+        await bus.stop()
+    assert batches[2] == ["r10", "r11"]

@@ -321,9 +321,13 @@ class InMemoryBus(EventBus):
                 try:
                     # Let a batch gather for a moment: one transaction for many events is
                     # what keeps a store (history on SQLite) from costing a commit per event.
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(linger_s):
-                            await stopping.wait()
+                    # Not when a full batch is waiting already (as Kafka's fetch returns at
+                    # once): lingering then would cap the group at `max_batch` events per
+                    # linger, and a busier producer would pile events up in memory.
+                    if state.queue.qsize() < max_batch - 1:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(linger_s):
+                                await stopping.wait()
                     while len(items) < max_batch and not state.queue.empty():
                         items.append(state.queue.get_nowait())
                     decoded = [
