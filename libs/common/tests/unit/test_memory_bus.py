@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from switchyard.common.bus import (
     BusUnavailableError,
     EventRejectedError,
@@ -406,3 +408,40 @@ async def test_a_full_batch_is_handled_at_once_without_waiting_for_more():
     async with asyncio.timeout(5):
         await bus.stop()
     assert batches[2] == ["r10", "r11"]
+
+
+async def test_a_batch_group_that_falls_behind_holds_publishers_back_instead_of_memory():
+    # Memory is embedded mode's only buffer: a store that cannot keep up makes publishers
+    # wait, then refuses (as Kafka does when the broker takes nothing), never drops.
+    bus = InMemoryBus(max_pending=3, publish_wait_s=0.2)
+    release = asyncio.Event()
+    recorded: list[str] = []
+
+    async def slow_store(events):
+        await release.wait()
+        recorded.extend(event.request_id for event in events)
+
+    async def worker(event):
+        pass
+
+    await bus.subscribe_batch(["topic"], "history", slow_store, max_batch=1)
+    await bus.subscribe(["topic"], "inference", worker)  # never a reason to wait
+    await bus.publish("topic", request(0))
+    await async_wait_until(lambda: asyncio.sleep(0, bus.published["topic"] == 1))
+    await asyncio.sleep(0.05)  # the store took r0 and waits in its handler
+    for n in range(1, 4):
+        await bus.publish("topic", request(n))
+
+    with pytest.raises(BusUnavailableError, match="history holds 3 events"):
+        await bus.publish("topic", request(4))
+    assert bus.published["topic"] == 4  # refused: not half-delivered to the other group
+
+    waiting = asyncio.create_task(bus.publish("topic", request(5)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    release.set()
+    async with asyncio.timeout(5):
+        await waiting
+        await async_wait_until(lambda: asyncio.sleep(0, len(recorded) == 5))
+    assert recorded == ["r0", "r1", "r2", "r3", "r5"]
+    await bus.stop()

@@ -28,6 +28,7 @@ from typing_extensions import override
 from switchyard.common import tracing
 from switchyard.common.bus.base import (
     BatchHandler,
+    BusUnavailableError,
     EventBus,
     Handler,
     HealthCheck,
@@ -71,6 +72,8 @@ class _Group:
     # Events put in the queue since the group joined: see `settled`.
     enqueued: int = 0
     progress: asyncio.Event = field(default_factory=asyncio.Event)
+    # A batch group (`subscribe_batch`): publishing waits while its queue is full.
+    batch: bool = False
 
     def mark_handled(self, topics: Sequence[str]) -> None:
         for topic in topics:
@@ -117,13 +120,27 @@ class InMemoryBus(EventBus):
     `partitions` maps a topic to its partition count (default 1); `batch_linger_s` is how
     long (seconds) `subscribe_batch` waits for a batch to fill when not told otherwise.
     Events pass through the same serialisation as on Kafka; dead-lettered events are kept in
-    `dead_letters`, and `published` counts events per topic."""
+    `dead_letters`, and `published` counts events per topic.
+
+    Memory is the only buffer here, so a batch group (a store such as history) holds at
+    most `max_pending` events it has not taken yet: `publish` to its topics waits while it
+    holds that many, and raises BusUnavailableError after `publish_wait_s` seconds, as the
+    Kafka bus does when the broker does not take an event (the gateway then refuses the
+    request with 503; nothing accepted is dropped). A batch handler must therefore not
+    publish to its own topics. Per-event groups are never waited for: their handlers
+    publish (inference), and their backlog is bounded by the requests waiting on them."""
 
     def __init__(
-        self, partitions: dict[str, int] | None = None, batch_linger_s: float = 0.02
+        self,
+        partitions: dict[str, int] | None = None,
+        batch_linger_s: float = 0.02,
+        max_pending: int = 50_000,
+        publish_wait_s: float = 5.0,
     ) -> None:
         self._partitions = partitions or {}
         self.batch_linger_s = batch_linger_s
+        self.max_pending = max_pending
+        self.publish_wait_s = publish_wait_s
         self._groups: dict[str, _Group] = {}
         self._topic_groups: dict[str, set[str]] = defaultdict(set)
         # topic -> (queue of (event bytes, trace carrier, key), partitions listened to)
@@ -160,6 +177,7 @@ class InMemoryBus(EventBus):
         partition: int | None = None,
     ) -> None:
         raw = serialise(event)
+        await self._room_in_batch_groups(topic)
         self.published[topic] += 1
         carrier = tracing.current_trace_carrier()
         for group in self._topic_groups.get(topic, ()):
@@ -170,6 +188,23 @@ class InMemoryBus(EventBus):
             if wanted is None or partition is None or partition in wanted:
                 # Kafka's record key: the request id unless the publisher names another.
                 queue.put_nowait((raw, carrier, key or event.request_id))
+
+    async def _room_in_batch_groups(self, topic: str) -> None:
+        """Wait until every batch group reading `topic` holds fewer than `max_pending`
+        events; BusUnavailableError after `publish_wait_s` seconds."""
+        for group in self._topic_groups.get(topic, ()):
+            state = self._groups[group]
+            if not state.batch or state.queue.qsize() < self.max_pending:
+                continue
+            try:
+                async with asyncio.timeout(self.publish_wait_s):
+                    while state.queue.qsize() >= self.max_pending:
+                        await state.progress.wait()
+            except TimeoutError:
+                raise BusUnavailableError(
+                    f"consumer group {group} holds {state.queue.qsize()} events it has not "
+                    f"taken yet (at most {self.max_pending})"
+                ) from None
 
     @override
     async def partition_count(self, topic: str) -> int:
@@ -303,6 +338,7 @@ class InMemoryBus(EventBus):
         healthy: HealthCheck | None = None,
     ) -> Subscription:
         state = self._join(topics, group)
+        state.batch = True
         linger_s = self.batch_linger_s if max_batch_wait_ms is None else max_batch_wait_ms / 1000
         # Set by `stop`: the batch being gathered is handled at once, not dropped.
         stopping = asyncio.Event()
