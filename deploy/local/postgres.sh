@@ -112,6 +112,9 @@ BEGIN
   END IF;
 END
 \$\$;
+-- Tests drop their temporary databases WITH (FORCE); PostgreSQL refuses that while an
+-- autovacuum worker is on the database unless the role may signal backends.
+GRANT pg_signal_backend TO $DB_USER;
 SELECT 'CREATE DATABASE $DB_NAME OWNER $DB_USER'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$DB_NAME')\gexec
 SQL
