@@ -189,16 +189,3 @@ async def test_prompt_requests_kept_alive_and_large_bodies_are_served(server):
         assert json.loads(payload) == {"received": len(body)}
         await asyncio.sleep(0.3)  # idle, but within the keep-alive time
     writer.close()
-
-
-async def test_a_websocket_upgrade_is_answered_as_plain_http(server):
-    # No service serves WebSockets: nothing is upgraded, the request is routed as HTTP.
-    reader, writer = await asyncio.open_connection("127.0.0.1", server)
-    writer.write(
-        b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    )
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    writer.close()
-    assert head.startswith(b"HTTP/1.1 200"), head

@@ -79,13 +79,10 @@ def service_app() -> FastAPI:
 
 
 # uvicorn settings of every Switchyard server: uvloop, the guarded httptools protocol (head
-# limits and read timeouts, see `httpserver`), logs through our own handlers only. No
-# service serves WebSockets: an upgrade request is routed as plain HTTP instead of being
-# handed to a WebSocket implementation the services never use.
+# limits and read timeouts, see `httpserver`), logs through our own handlers only.
 SERVER_OPTIONS: dict[str, Any] = {
     "loop": "auto",
     "http": PROTOCOL_PATH,
-    "ws": "none",
     "log_config": None,
     "access_log": False,
     "proxy_headers": False,
