@@ -410,10 +410,11 @@ async def test_a_full_batch_is_handled_at_once_without_waiting_for_more():
     assert batches[2] == ["r10", "r11"]
 
 
-async def test_a_batch_group_that_falls_behind_holds_publishers_back_instead_of_memory():
-    # Memory is embedded mode's only buffer: a store that cannot keep up makes publishers
-    # wait, then refuses (as Kafka does when the broker takes nothing), never drops.
-    bus = InMemoryBus(max_pending=3, publish_wait_s=0.2)
+async def test_a_store_that_falls_behind_holds_new_work_back_instead_of_memory():
+    # Memory is embedded mode's only buffer: new requests wait for a store that cannot
+    # keep up, then are refused (as Kafka does when the broker takes nothing), never
+    # dropped; what follows accepted work (replies) always flows.
+    bus = InMemoryBus(admission_topics=["requests"], max_pending=3, publish_wait_s=0.2)
     release = asyncio.Event()
     recorded: list[str] = []
 
@@ -424,24 +425,76 @@ async def test_a_batch_group_that_falls_behind_holds_publishers_back_instead_of_
     async def worker(event):
         pass
 
-    await bus.subscribe_batch(["topic"], "history", slow_store, max_batch=1)
-    await bus.subscribe(["topic"], "inference", worker)  # never a reason to wait
-    await bus.publish("topic", request(0))
-    await async_wait_until(lambda: asyncio.sleep(0, bus.published["topic"] == 1))
+    await bus.subscribe_batch(["requests", "replies"], "history", slow_store, max_batch=1)
+    await bus.subscribe(["requests"], "inference", worker)  # never a reason to wait
+    await bus.publish("requests", request(0))
     await asyncio.sleep(0.05)  # the store took r0 and waits in its handler
     for n in range(1, 4):
-        await bus.publish("topic", request(n))
+        await bus.publish("requests", request(n))
 
-    with pytest.raises(BusUnavailableError, match="history holds 3 events"):
-        await bus.publish("topic", request(4))
-    assert bus.published["topic"] == 4  # refused: not half-delivered to the other group
+    with pytest.raises(BusUnavailableError, match="3 events or more behind"):
+        await bus.publish("requests", request(4))
+    assert bus.published["requests"] == 4  # refused: not half-delivered to inference
+    async with asyncio.timeout(1):  # not an admission topic: never held back
+        await bus.publish("replies", request(100))
 
-    waiting = asyncio.create_task(bus.publish("topic", request(5)))
+    waiting = asyncio.create_task(bus.publish("requests", request(5)))
     await asyncio.sleep(0.05)
     assert not waiting.done()
     release.set()
     async with asyncio.timeout(5):
         await waiting
-        await async_wait_until(lambda: asyncio.sleep(0, len(recorded) == 5))
-    assert recorded == ["r0", "r1", "r2", "r3", "r5"]
+        await async_wait_until(lambda: asyncio.sleep(0, len(recorded) == 6))
+    assert recorded == ["r0", "r1", "r2", "r3", "r100", "r5"]
+    await bus.stop()
+
+
+async def test_publishers_held_back_go_on_as_soon_as_the_store_takes_events():
+    bus = InMemoryBus(admission_topics=["requests"], max_pending=2, publish_wait_s=5)
+    first_batch_taken = asyncio.Event()
+    release = asyncio.Event()
+    never = asyncio.Event()
+    writes = 0
+
+    async def store(events):
+        nonlocal writes
+        writes += 1
+        first_batch_taken.set()
+        # Slow writes: the first until released, the second for ever. Room is made when
+        # events are taken, not when they are written.
+        await (release if writes == 1 else never).wait()
+
+    await bus.subscribe_batch(["requests"], "history", store, max_batch=2)
+    for n in range(2):
+        await bus.publish("requests", request(n))
+    async with asyncio.timeout(5):
+        await first_batch_taken.wait()
+    for n in range(2, 4):
+        await bus.publish("requests", request(n))
+    waiting = asyncio.create_task(bus.publish("requests", request(4)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # two queued behind the batch being written
+    release.set()  # the first write ends; the worker takes the next two and writes them
+    async with asyncio.timeout(1):
+        await waiting
+    await bus.stop()
+
+
+async def test_a_stopped_store_holds_nobody_back():
+    bus = InMemoryBus(admission_topics=["requests"], max_pending=1, publish_wait_s=30)
+    stuck = asyncio.Event()
+
+    async def store(events):
+        await stuck.wait()
+
+    subscription = await bus.subscribe_batch(["requests"], "history", store, max_batch=1)
+    await bus.publish("requests", request(0))
+    await asyncio.sleep(0.05)
+    await bus.publish("requests", request(1))
+    waiting = asyncio.create_task(bus.publish("requests", request(2)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    async with asyncio.timeout(10):
+        await subscription.stop()  # drains for at most STOP_DRAIN_S, then gives up
+        await waiting
     await bus.stop()

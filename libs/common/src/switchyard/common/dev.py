@@ -206,7 +206,11 @@ async def run_embedded(host: str = "127.0.0.1", plugins: list[ServicePlugin] | N
     ]
 
     topics = Topics(os.environ.get("SWITCHYARD_TOPIC_PREFIX", "switchyard"))
-    bus = InMemoryBus(partitions={topics.replies: 1})
+    # Memory is the only buffer: new requests wait (then get 503) while history is far behind.
+    bus = InMemoryBus(
+        partitions={topics.replies: 1},
+        admission_topics=(topics.requests_interactive, topics.requests_batch),
+    )
     await bus.start()
 
     services = [

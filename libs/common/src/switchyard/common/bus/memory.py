@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -72,8 +72,10 @@ class _Group:
     # Events put in the queue since the group joined: see `settled`.
     enqueued: int = 0
     progress: asyncio.Event = field(default_factory=asyncio.Event)
-    # A batch group (`subscribe_batch`): publishing waits while its queue is full.
+    # A running batch group (`subscribe_batch`): publishing to an admission topic waits
+    # while its queue is full; `room` is set when its worker takes events, or stops.
     batch: bool = False
+    room: asyncio.Event = field(default_factory=asyncio.Event)
 
     def mark_handled(self, topics: Sequence[str]) -> None:
         for topic in topics:
@@ -122,23 +124,26 @@ class InMemoryBus(EventBus):
     Events pass through the same serialisation as on Kafka; dead-lettered events are kept in
     `dead_letters`, and `published` counts events per topic.
 
-    Memory is the only buffer here, so a batch group (a store such as history) holds at
-    most `max_pending` events it has not taken yet: `publish` to its topics waits while it
-    holds that many, and raises BusUnavailableError after `publish_wait_s` seconds, as the
+    Memory is the only buffer here. New work is held back when a store falls behind:
+    publishing to one of `admission_topics` (where requests enter) waits while a batch
+    group reading it (a store such as history) holds `max_pending` events or more it has
+    not taken yet, and raises BusUnavailableError after `publish_wait_s` seconds, as the
     Kafka bus does when the broker does not take an event (the gateway then refuses the
-    request with 503; nothing accepted is dropped). A batch handler must therefore not
-    publish to its own topics. Per-event groups are never waited for: their handlers
-    publish (inference), and their backlog is bounded by the requests waiting on them."""
+    request with 503). Every other topic is never waited for, so what follows an accepted
+    request (its replies, chunks and usage) always flows; the store's backlog is then
+    bounded by `max_pending` plus what the requests already accepted produce."""
 
     def __init__(
         self,
         partitions: dict[str, int] | None = None,
         batch_linger_s: float = 0.02,
+        admission_topics: Collection[str] = (),
         max_pending: int = 50_000,
         publish_wait_s: float = 5.0,
     ) -> None:
         self._partitions = partitions or {}
         self.batch_linger_s = batch_linger_s
+        self.admission_topics = frozenset(admission_topics)
         self.max_pending = max_pending
         self.publish_wait_s = publish_wait_s
         self._groups: dict[str, _Group] = {}
@@ -177,7 +182,8 @@ class InMemoryBus(EventBus):
         partition: int | None = None,
     ) -> None:
         raw = serialise(event)
-        await self._room_in_batch_groups(topic)
+        if topic in self.admission_topics:
+            await self._room_in_batch_groups(topic)
         self.published[topic] += 1
         carrier = tracing.current_trace_carrier()
         for group in self._topic_groups.get(topic, ()):
@@ -189,22 +195,26 @@ class InMemoryBus(EventBus):
                 # Kafka's record key: the request id unless the publisher names another.
                 queue.put_nowait((raw, carrier, key or event.request_id))
 
-    async def _room_in_batch_groups(self, topic: str) -> None:
-        """Wait until every batch group reading `topic` holds fewer than `max_pending`
-        events; BusUnavailableError after `publish_wait_s` seconds."""
+    def _behind(self, topic: str) -> _Group | None:
+        """A running batch group reading `topic` that holds `max_pending` events or more."""
         for group in self._topic_groups.get(topic, ()):
             state = self._groups[group]
-            if not state.batch or state.queue.qsize() < self.max_pending:
-                continue
-            try:
-                async with asyncio.timeout(self.publish_wait_s):
-                    while state.queue.qsize() >= self.max_pending:
-                        await state.progress.wait()
-            except TimeoutError:
-                raise BusUnavailableError(
-                    f"consumer group {group} holds {state.queue.qsize()} events it has not "
-                    f"taken yet (at most {self.max_pending})"
-                ) from None
+            if state.batch and state.queue.qsize() >= self.max_pending:
+                return state
+        return None
+
+    async def _room_in_batch_groups(self, topic: str) -> None:
+        """Wait until no batch group reading `topic` holds `max_pending` events or more;
+        BusUnavailableError after `publish_wait_s` seconds in all."""
+        try:
+            async with asyncio.timeout(self.publish_wait_s):
+                while (state := self._behind(topic)) is not None:
+                    state.room.clear()
+                    await state.room.wait()
+        except TimeoutError:
+            raise BusUnavailableError(
+                f"history and the other stores are {self.max_pending} events or more behind"
+            ) from None
 
     @override
     async def partition_count(self, topic: str) -> int:
@@ -366,6 +376,7 @@ class InMemoryBus(EventBus):
                                 await stopping.wait()
                     while len(items) < max_batch and not state.queue.empty():
                         items.append(state.queue.get_nowait())
+                    state.room.set()  # publishers held back look again
                     decoded = [
                         (topic, event, carrier)
                         for topic, raw, carrier in items
@@ -399,7 +410,14 @@ class InMemoryBus(EventBus):
                     while busy or not state.queue.empty():
                         await state.progress.wait()
 
-        subscription = _TaskSubscription([asyncio.create_task(worker())], drain=drain)
+        def stopped() -> None:
+            # A stopped store holds nobody back any more.
+            state.batch = False
+            state.room.set()
+
+        subscription = _TaskSubscription(
+            [asyncio.create_task(worker())], on_stop=stopped, drain=drain
+        )
         self._subscriptions.append(subscription)
         return subscription
 
