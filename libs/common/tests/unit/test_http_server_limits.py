@@ -189,3 +189,30 @@ async def test_prompt_requests_kept_alive_and_large_bodies_are_served(server):
         assert json.loads(payload) == {"received": len(body)}
         await asyncio.sleep(0.3)  # idle, but within the keep-alive time
     writer.close()
+
+
+@pytest.mark.parametrize("split", [True, False], ids=["body-later", "body-with-head"])
+@pytest.mark.parametrize("upgrade", [b"h2c", b"no-such-protocol"])
+async def test_bytes_after_an_upgrade_no_service_speaks_are_never_read_as_a_request(
+    server, upgrade, split
+):
+    # The parser stops at an Upgrade it will not perform; reading on would take the body
+    # that follows for a new request (smuggled past whatever proxy sent the first one).
+    smuggled = b"GET /v1/messages HTTP/1.1\r\nHost: x\r\n\r\n"
+    head = (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: "
+        + upgrade
+        + b"\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
+    )
+    parts = (head, smuggled) if split else (head + smuggled,)
+    response = await exchange(server, *parts, pause_s=0.1)
+    assert response.count(b"HTTP/1.1 ") == 1, response  # one answer, then the end
+    status, _ = status_and_body(response)
+    assert status == 400
+
+
+async def test_an_upgrade_no_service_speaks_without_a_body_is_answered_as_plain_http(server):
+    request = b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    status, body = status_and_body(await exchange(server, request))
+    assert status == 200
+    assert body == {"received": 0}

@@ -93,6 +93,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_start = b""
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._upgrade_declined = False
 
     # ---- connection
 
@@ -123,6 +124,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     "request_header_fields_too_large",
                 )
                 return
+        if self._upgrade_declined:
+            return  # past an Upgrade the parser stopped at: not HTTP any more, never read
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -130,7 +133,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
-                self._unsupported_upgrade_warning()
+                self._decline_upgrade()
         except httptools.HttpParserError:
             if self._too_many_headers:
                 self._refuse(
@@ -218,6 +221,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             f"The request body did not arrive within {self._limits.body_timeout_s:g} s.",
             "request_timeout",
         )
+
+    def _decline_upgrade(self) -> None:
+        """A request asked to switch to a protocol no service speaks (`Upgrade: h2c`, or
+        anything but a WebSocket). The parser stops at such a request, so whatever follows
+        it on the connection must never be read as HTTP: read on, the body of the request
+        would be taken for a new one, smuggled past the proxy that sent it. A request
+        without a body is answered as plain HTTP and the connection closed after the
+        answer; one that declares a body (which the parser does not pass on) is refused
+        with 400 and closed."""
+        self._upgrade_declined = True
+        cycle = self.cycle
+        declares_body = any(
+            (name == b"content-length" and value.strip() not in (b"", b"0"))
+            or name == b"transfer-encoding"
+            for name, value in self.headers
+        )
+        if cycle is not None and declares_body and not cycle.response_complete:
+            self._refuse(
+                400,
+                "A request asking for a protocol upgrade may not carry a body.",
+                "invalid_request_error",
+            )
+        elif cycle is not None:
+            cycle.keep_alive = False
 
     def _refuse(self, status: int, message: str, code: str) -> None:
         self._cancel_timers()
