@@ -192,9 +192,12 @@ async def test_a_stream_failing_before_its_first_chunk_falls_back_cleanly(
 async def test_circuit_opens_after_repeated_failures_and_probes_after_the_cooldown(
     simulator, make_harness
 ) -> None:
+    now = [0.0]  # the breakers' clock, moved by hand: no test timing on a loaded machine
     harness = await make_harness(
         table(("m", [sim(simulator, "flaky", "up-flaky"), sim(simulator, "backup", "up-b")])),
-        deployments=DeploymentStates(BreakerPolicy(failure_threshold=2, cooldown_s=0.3)),
+        deployments=DeploymentStates(
+            BreakerPolicy(failure_threshold=2, cooldown_s=30), clock=lambda: now[0]
+        ),
     )
     state = {"model": "m", "deployment": "flaky"}
     simulator.fault(status=500, count=2, model="up-flaky")
@@ -207,7 +210,10 @@ async def test_circuit_opens_after_repeated_failures_and_probes_after_the_cooldo
     assert reply.data.deployment == "backup"
     assert simulator.calls("up-flaky") == 2  # the open circuit was not called
 
-    await asyncio.sleep(0.35)
+    now[0] += 29.9
+    reply = await harness.handle(chat_request(model="m"))
+    assert reply.data.deployment == "backup"  # still cooling down
+    now[0] += 0.2
     reply = await harness.handle(chat_request(model="m"))  # the half-open probe
     assert reply.data.deployment == "flaky"
     assert metric("switchyard_inference_circuit_state", **state) == 0  # closed again
@@ -216,19 +222,22 @@ async def test_circuit_opens_after_repeated_failures_and_probes_after_the_cooldo
 async def test_a_failed_probe_reopens_and_all_open_circuits_fail_fast(
     simulator, make_harness
 ) -> None:
+    now = [0.0]
     harness = await make_harness(
         table(("m", [sim(simulator, "only", "up-only")])),
-        deployments=DeploymentStates(BreakerPolicy(failure_threshold=1, cooldown_s=0.3)),
+        deployments=DeploymentStates(
+            BreakerPolicy(failure_threshold=1, cooldown_s=30), clock=lambda: now[0]
+        ),
     )
     simulator.fault(status=502, count=2, model="up-only")
     assert (await harness.handle(chat_request(model="m"))).data.error.status == 502
 
     fast = await harness.handle(chat_request(model="m"))  # circuit open: no upstream call
     assert (fast.data.error.status, fast.data.error.code) == (503, "upstream_unavailable")
-    assert fast.data.error.retry_after_s == 1
+    assert fast.data.error.retry_after_s == 30  # the cool-down left, in whole seconds
     assert simulator.calls("up-only") == 1
 
-    await asyncio.sleep(0.35)
+    now[0] += 30.1
     probe = await harness.handle(chat_request(model="m"))
     assert probe.data.error.status == 502  # the probe failed...
     again = await harness.handle(chat_request(model="m"))

@@ -173,7 +173,13 @@ class PriorityLimiter:
 class DeploymentState:
     """Breaker and concurrency limit of one deployment of one model."""
 
-    def __init__(self, model: str, deployment: Deployment, policy: BreakerPolicy) -> None:
+    def __init__(
+        self,
+        model: str,
+        deployment: Deployment,
+        policy: BreakerPolicy,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.model = model
         self.name = deployment.name
         self.limiter = (
@@ -181,7 +187,7 @@ class DeploymentState:
         )
         gauge = metrics.CIRCUIT_STATE.labels(model, deployment.name)
         gauge.set(CircuitState.CLOSED)
-        self.breaker = CircuitBreaker(policy, on_change=lambda state: gauge.set(state))
+        self.breaker = CircuitBreaker(policy, clock=clock, on_change=lambda state: gauge.set(state))
 
     @property
     def full(self) -> bool:
@@ -209,10 +215,12 @@ class DeploymentState:
 
 
 class DeploymentStates:
-    """Every deployment's state, created on first use."""
+    """Every deployment's state, created on first use; `clock` (seconds, monotonic) times
+    the breakers' cool-downs."""
 
-    def __init__(self, policy: BreakerPolicy) -> None:
+    def __init__(self, policy: BreakerPolicy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
+        self._clock = clock
         self._states: dict[tuple[str, str], DeploymentState] = {}
 
     def get(self, model: str, deployment: Deployment) -> DeploymentState:
@@ -221,7 +229,7 @@ class DeploymentStates:
         key = (model, deployment.name)
         state = self._states.get(key)
         if state is None:
-            state = self._states[key] = DeploymentState(model, deployment, self.policy)
+            state = self._states[key] = DeploymentState(model, deployment, self.policy, self._clock)
         else:
             state.update(deployment)
         return state
