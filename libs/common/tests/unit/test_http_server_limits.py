@@ -216,3 +216,41 @@ async def test_an_upgrade_no_service_speaks_without_a_body_is_answered_as_plain_
     status, body = status_and_body(await exchange(server, request))
     assert status == 200
     assert body == {"received": 0}
+
+
+async def test_a_refused_upgrade_keeps_the_answers_of_requests_pipelined_before_it_in_order(
+    server,
+):
+    smuggled = b"GET /v1/messages HTTP/1.1\r\nHost: x\r\n\r\n"
+    pipelined = (
+        b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled
+    )
+    response = await exchange(server, pipelined)
+    first, _, rest = response.partition(b"HTTP/1.1 ")[2].partition(b"HTTP/1.1 ")
+    assert first.startswith(b"200") and b'{"received":0}' in first
+    assert rest.startswith(b"400") and b"may not carry a body" in rest
+    assert response.count(b"HTTP/1.1 ") == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [(b"", 200), (b"Content-Length: 00\r\n", 200), (b"Content-Length: 1\r\n", 400)],
+    ids=["no-body", "zero-length", "with-body"],
+)
+async def test_a_websocket_upgrade_is_declined_like_any_other_and_the_connection_closed(
+    server, extra, status
+):
+    # No service serves WebSockets: never handed to a WebSocket library (which kept a
+    # connection whose upgrade carried a body open, silent, for ever).
+    request = (
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        + extra
+        + b"\r\n"
+        + (b"x" if status == 400 else b"")
+    )
+    response = await exchange(server, request)  # read until the server closes
+    assert response.count(b"HTTP/1.1 ") == 1
+    assert status_and_body(response)[0] == status

@@ -79,10 +79,14 @@ def service_app() -> FastAPI:
 
 
 # uvicorn settings of every Switchyard server: uvloop, the guarded httptools protocol (head
-# limits and read timeouts, see `httpserver`), logs through our own handlers only.
+# limits and read timeouts, see `httpserver`), logs through our own handlers only. No
+# service serves WebSockets, so a WebSocket upgrade is declined like any other (answered as
+# plain HTTP, the connection closed after it) rather than handed to a WebSocket library
+# that holds a connection open, silent, when the request carries a body.
 SERVER_OPTIONS: dict[str, Any] = {
     "loop": "auto",
     "http": PROTOCOL_PATH,
+    "ws": "none",
     "log_config": None,
     "access_log": False,
     "proxy_headers": False,

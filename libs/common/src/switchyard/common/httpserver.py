@@ -78,6 +78,25 @@ def refusal(status: int, message: str, code: str, path: bytes) -> bytes:
     )
 
 
+async def refuse_upgrade_with_body(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """ASGI app answering a request that asks for a protocol upgrade and declares a body:
+    400 with an error body in the format of the API at its path, closing the connection."""
+    vendor = vendor_of(scope["path"])
+    body = error_body(
+        vendor,
+        type=error_type(vendor, 400),
+        message="A request asking for a protocol upgrade may not carry a body.",
+        code="invalid_request_error",
+    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 400, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol plus head size/count limits and read timeouts."""
 
@@ -109,6 +128,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     @override
     def data_received(self, data: bytes) -> None:
+        if self._upgrade_declined:
+            return  # past an Upgrade the parser stopped at: not HTTP any more, never read
         if not self._head_done:
             if self._head_timer is None:
                 self._arm_head_timer()  # the first byte of a following request
@@ -124,8 +145,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     "request_header_fields_too_large",
                 )
                 return
-        if self._upgrade_declined:
-            return  # past an Upgrade the parser stopped at: not HTTP any more, never read
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -133,7 +152,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
-                self._decline_upgrade()
+                # Answered (or refused) as decided in on_headers_complete.
+                self._upgrade_declined = True
         except httptools.HttpParserError:
             if self._too_many_headers:
                 self._refuse(
@@ -165,7 +185,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_done = True
         self._cancel_head_timer()
         self._body_timer = self.loop.call_later(self._limits.body_timeout_s, self._body_timeout)
-        super().on_headers_complete()
+        if not (self.parser.should_upgrade() and not self._should_upgrade()):
+            super().on_headers_complete()
+            return
+        # A request asking to switch to a protocol no service speaks (`Upgrade: h2c`, a
+        # WebSocket): the parser stops after its head, so whatever follows on the
+        # connection must never be read as HTTP (read on, the request's body would be
+        # taken for a new request, smuggled past the proxy that sent it). Without a body
+        # it is answered as plain HTTP; one that declares a body, which the parser never
+        # passes on, is refused with 400 by `refuse_upgrade_with_body` instead of the
+        # app (decided here, before any app runs, so that the answers of requests
+        # pipelined before it keep their order). Either way the connection closes after
+        # the answer.
+        if self._declares_body():
+            app, self.app = self.app, refuse_upgrade_with_body
+            try:
+                super().on_headers_complete()
+            finally:
+                self.app = app
+            self._cancel_body_timer()  # no body will be read
+        else:
+            super().on_headers_complete()
+        self.cycle.keep_alive = False
+
+    def _declares_body(self) -> bool:
+        return any(
+            (name == b"content-length" and value.strip().lstrip(b"0") != b"")
+            or name == b"transfer-encoding"
+            for name, value in self.headers
+        )
 
     @override
     def on_message_complete(self) -> None:
@@ -221,30 +269,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             f"The request body did not arrive within {self._limits.body_timeout_s:g} s.",
             "request_timeout",
         )
-
-    def _decline_upgrade(self) -> None:
-        """A request asked to switch to a protocol no service speaks (`Upgrade: h2c`, or
-        anything but a WebSocket). The parser stops at such a request, so whatever follows
-        it on the connection must never be read as HTTP: read on, the body of the request
-        would be taken for a new one, smuggled past the proxy that sent it. A request
-        without a body is answered as plain HTTP and the connection closed after the
-        answer; one that declares a body (which the parser does not pass on) is refused
-        with 400 and closed."""
-        self._upgrade_declined = True
-        cycle = self.cycle
-        declares_body = any(
-            (name == b"content-length" and value.strip() not in (b"", b"0"))
-            or name == b"transfer-encoding"
-            for name, value in self.headers
-        )
-        if cycle is not None and declares_body and not cycle.response_complete:
-            self._refuse(
-                400,
-                "A request asking for a protocol upgrade may not carry a body.",
-                "invalid_request_error",
-            )
-        elif cycle is not None:
-            cycle.keep_alive = False
 
     def _refuse(self, status: int, message: str, code: str) -> None:
         self._cancel_timers()
