@@ -31,6 +31,10 @@ async def echo(request: Request) -> JSONResponse:
     return JSONResponse({"received": len(body)})
 
 
+async def early(request: Request) -> JSONResponse:
+    return JSONResponse({"answered": "without reading the body"})
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -40,9 +44,14 @@ def free_port() -> int:
 @pytest.fixture
 async def server():
     paths = ("/echo", "/v1/messages", "/v1/chat/completions")
-    app = Starlette(routes=[Route(path, echo, methods=["GET", "POST"]) for path in paths])
+    app = Starlette(
+        routes=[
+            *(Route(path, echo, methods=["GET", "POST"]) for path in paths),
+            Route("/early", early, methods=["POST"]),
+        ]
+    )
     port = free_port()
-    options = {**SERVER_OPTIONS, "http": SmallLimits}
+    options = {**SERVER_OPTIONS, "http": SmallLimits, "timeout_keep_alive": 1}
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -254,3 +263,21 @@ async def test_a_websocket_upgrade_is_declined_like_any_other_and_the_connection
     response = await exchange(server, request)  # read until the server closes
     assert response.count(b"HTTP/1.1 ") == 1
     assert status_and_body(response)[0] == status
+
+
+async def test_a_body_sent_after_its_answer_leaves_an_idle_connection_that_is_closed(server):
+    # The late body cancelled the keep-alive timer and nothing re-armed it: the client
+    # could hold the connection open for ever without sending anything more.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    writer.write(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    await asyncio.sleep(0.1)
+    writer.write(b"hello")
+    await writer.drain()
+    try:
+        rest = await asyncio.wait_for(reader.read(), 10)  # closed after the 1 s keep-alive
+    finally:
+        writer.close()
+    assert b"without reading the body" in rest

@@ -222,6 +222,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_start = b""
         super().on_message_complete()
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.response_complete
+            and not self.pipeline
+            and self.timeout_keep_alive_task is None
+            and not self.transport.is_closing()
+        ):
+            # A body that arrived after its request was answered (an app that answered
+            # without reading it) cancelled the keep-alive timer on its way in, and
+            # nothing else would close the idle connection: it is idle again now.
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     # ---- timeouts and refusals
 
