@@ -61,12 +61,17 @@ def configured_limits() -> HttpLimits:
     return HttpLimits()
 
 
+def refusal_body(status: int, message: str, code: str, path: str) -> bytes:
+    """The JSON error body of a refusal the server writes itself, in the format of the API
+    at `path` (the request target's path, no query) that `errorformat.vendor_of` chooses
+    from the path alone, as the head may not be parsed."""
+    vendor = vendor_of(path)
+    return error_body(vendor, type=error_type(vendor, status), message=message, code=code)
+
+
 def refusal(status: int, message: str, code: str, path: bytes) -> bytes:
-    """A complete HTTP/1.1 response (closing the connection) with a JSON error body in the
-    format of the API at `path` (the request target's path, no query): the format
-    `errorformat.vendor_of` chooses from the path alone, as the head may not be parsed."""
-    vendor = vendor_of(path.decode("latin-1"))
-    body = error_body(vendor, type=error_type(vendor, status), message=message, code=code)
+    """A complete HTTP/1.1 response (closing the connection) with `refusal_body`."""
+    body = refusal_body(status, message, code, path.decode("latin-1"))
     return b"".join(
         [
             STATUS_LINE[status],
@@ -81,12 +86,11 @@ def refusal(status: int, message: str, code: str, path: bytes) -> bytes:
 async def refuse_upgrade_with_body(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """ASGI app answering a request that asks for a protocol upgrade and declares a body:
     400 with an error body in the format of the API at its path, closing the connection."""
-    vendor = vendor_of(scope["path"])
-    body = error_body(
-        vendor,
-        type=error_type(vendor, 400),
-        message="A request asking for a protocol upgrade may not carry a body.",
-        code="invalid_request_error",
+    body = refusal_body(
+        400,
+        "A request asking for a protocol upgrade may not carry a body.",
+        "upgrade_with_body",
+        scope["path"],
     )
     headers = [
         (b"content-type", b"application/json"),

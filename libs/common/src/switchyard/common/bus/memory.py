@@ -195,25 +195,27 @@ class InMemoryBus(EventBus):
                 # Kafka's record key: the request id unless the publisher names another.
                 queue.put_nowait((raw, carrier, key or event.request_id))
 
-    def _behind(self, topic: str) -> _Group | None:
+    def _behind(self, topic: str) -> str | None:
         """A running batch group reading `topic` that holds `max_pending` events or more."""
         for group in self._topic_groups.get(topic, ()):
             state = self._groups[group]
             if state.batch and state.queue.qsize() >= self.max_pending:
-                return state
+                return group
         return None
 
     async def _room_in_batch_groups(self, topic: str) -> None:
         """Wait until no batch group reading `topic` holds `max_pending` events or more;
         BusUnavailableError after `publish_wait_s` seconds in all."""
+        group = None
         try:
             async with asyncio.timeout(self.publish_wait_s):
-                while (state := self._behind(topic)) is not None:
-                    state.room.clear()
-                    await state.room.wait()
+                while (group := self._behind(topic)) is not None:
+                    room = self._groups[group].room
+                    room.clear()
+                    await room.wait()
         except TimeoutError:
             raise BusUnavailableError(
-                f"history and the other stores are {self.max_pending} events or more behind"
+                f"consumer group {group} is {self.max_pending} events or more behind"
             ) from None
 
     @override
