@@ -280,7 +280,8 @@ def load(
 ) -> dict[str, Any]:
     """One loadgen run: POST `body_file` to `url` from `concurrency` clients for `seconds`
     after a 1 s warm-up. Returns loadgen's JSON: rps, p50_ms, p99_ms, errors and, with
-    `stream`, ttft_p50_ms and ttft_p99_ms (time to the first SSE data line)."""
+    `stream`, ttft_p50_ms and ttft_p99_ms (time to the first SSE data line) and
+    first_token_p50_ms and first_token_p99_ms (to the first data line with generated output)."""
     command = [str(loadgen), "-url", url, "-body", str(body_file), "-c", str(concurrency)]
     command += ["-d", f"{seconds:g}s", "-warmup", "1s"]
     if stream:

@@ -1,6 +1,8 @@
 // Command loadgen sends a fixed request body to one URL from C concurrent keep-alive
 // connections for a fixed duration and prints one JSON object: throughput, latency
-// percentiles and, for streaming responses, time to first token (first SSE data line).
+// percentiles and, for streaming responses, the time to the first SSE data line and the
+// time to the first token (the first data line that carries generated output: an opening
+// chunk with only the role, a ping or message_start is not a token).
 // It is written in Go so that generating load costs the measured services little CPU.
 package main
 
@@ -25,16 +27,19 @@ func (h *headerFlags) String() string     { return strings.Join(*h, ", ") }
 func (h *headerFlags) Set(v string) error { *h = append(*h, v); return nil }
 
 type result struct {
-	Requests   int     `json:"requests"`
-	Errors     int     `json:"errors"`
-	Seconds    float64 `json:"seconds"`
-	RPS        float64 `json:"rps"`
-	P50Ms      float64 `json:"p50_ms"`
-	P90Ms      float64 `json:"p90_ms"`
-	P99Ms      float64 `json:"p99_ms"`
-	TTFTP50Ms  float64 `json:"ttft_p50_ms,omitempty"`
-	TTFTP99Ms  float64 `json:"ttft_p99_ms,omitempty"`
-	FirstError string  `json:"first_error,omitempty"`
+	Requests  int     `json:"requests"`
+	Errors    int     `json:"errors"`
+	Seconds   float64 `json:"seconds"`
+	RPS       float64 `json:"rps"`
+	P50Ms     float64 `json:"p50_ms"`
+	P90Ms     float64 `json:"p90_ms"`
+	P99Ms     float64 `json:"p99_ms"`
+	TTFTP50Ms float64 `json:"ttft_p50_ms,omitempty"`
+	TTFTP99Ms float64 `json:"ttft_p99_ms,omitempty"`
+	// Time to the first data line with generated output (see carriesOutput).
+	FirstTokenP50Ms float64 `json:"first_token_p50_ms,omitempty"`
+	FirstTokenP99Ms float64 `json:"first_token_p99_ms,omitempty"`
+	FirstError      string  `json:"first_error,omitempty"`
 }
 
 func percentile(sorted []time.Duration, p float64) float64 {
@@ -45,13 +50,44 @@ func percentile(sorted []time.Duration, p float64) float64 {
 	return float64(sorted[i].Microseconds()) / 1000.0
 }
 
+// carriesOutput reports whether an SSE data payload carries generated output: a Chat
+// Completions chunk whose delta has content, a refusal or tool calls (OpenAI's
+// chat.completion.chunk), an Anthropic content_block_delta, or a Responses API
+// response.output_text.delta / function_call_arguments.delta event.
+func carriesOutput(data string) bool {
+	var event struct {
+		Type    string `json:"type"`
+		Choices []struct {
+			Delta struct {
+				Content   string          `json:"content"`
+				Refusal   string          `json:"refusal"`
+				ToolCalls json.RawMessage `json:"tool_calls"`
+			} `json:"delta"`
+		} `json:"choices"`
+	}
+	if json.Unmarshal([]byte(data), &event) != nil {
+		return false
+	}
+	switch event.Type {
+	case "content_block_delta", "response.output_text.delta", "response.function_call_arguments.delta":
+		return true
+	}
+	for _, choice := range event.Choices {
+		d := choice.Delta
+		if d.Content != "" || d.Refusal != "" || (len(d.ToolCalls) > 0 && string(d.ToolCalls) != "null") {
+			return true
+		}
+	}
+	return false
+}
+
 func main() {
 	url := flag.String("url", "", "target URL")
 	bodyFile := flag.String("body", "", "file with the JSON request body (POST); empty for GET")
 	concurrency := flag.Int("c", 1, "concurrent connections")
 	duration := flag.Duration("d", 10*time.Second, "measurement duration")
 	warmup := flag.Duration("warmup", 2*time.Second, "warm-up before measuring")
-	stream := flag.Bool("stream", false, "measure time to first SSE data line")
+	stream := flag.Bool("stream", false, "measure time to the first SSE data line and to the first token")
 	var headers headerFlags
 	flag.Var(&headers, "H", "header 'Name: value' (repeatable)")
 	flag.Parse()
@@ -72,7 +108,7 @@ func main() {
 	client := &http.Client{Transport: transport, Timeout: 120 * time.Second}
 
 	var mu sync.Mutex
-	var latencies, ttfts []time.Duration
+	var latencies, ttfts, firstTokens []time.Duration
 	errors, requests := 0, 0
 	firstError := ""
 	measuring := false
@@ -80,7 +116,7 @@ func main() {
 	var measureStart time.Time
 	stopAt := start.Add(*warmup + *duration)
 
-	one := func() (time.Duration, time.Duration, error) {
+	one := func() (time.Duration, time.Duration, time.Duration, error) {
 		method := "GET"
 		if body != nil {
 			method = "POST"
@@ -94,16 +130,21 @@ func main() {
 		began := time.Now()
 		resp, err := client.Do(req)
 		if err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		defer resp.Body.Close()
-		var ttft time.Duration
+		var ttft, firstToken time.Duration
 		if *stream {
 			reader := bufio.NewReader(resp.Body)
 			for {
 				line, err := reader.ReadString('\n')
-				if ttft == 0 && strings.HasPrefix(line, "data:") {
-					ttft = time.Since(began)
+				if data, ok := strings.CutPrefix(line, "data:"); ok {
+					if ttft == 0 {
+						ttft = time.Since(began)
+					}
+					if firstToken == 0 && carriesOutput(strings.TrimSpace(data)) {
+						firstToken = time.Since(began)
+					}
 				}
 				if err != nil {
 					break
@@ -113,9 +154,9 @@ func main() {
 			io.Copy(io.Discard, resp.Body)
 		}
 		if resp.StatusCode >= 400 {
-			return 0, 0, fmt.Errorf("status %d", resp.StatusCode)
+			return 0, 0, 0, fmt.Errorf("status %d", resp.StatusCode)
 		}
-		return time.Since(began), ttft, nil
+		return time.Since(began), ttft, firstToken, nil
 	}
 
 	var wg sync.WaitGroup
@@ -124,7 +165,7 @@ func main() {
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(stopAt) {
-				latency, ttft, err := one()
+				latency, ttft, firstToken, err := one()
 				mu.Lock()
 				if !measuring && time.Since(start) >= *warmup {
 					// The window opens when the warm-up ends, not when a slow request
@@ -143,6 +184,9 @@ func main() {
 						latencies = append(latencies, latency)
 						if *stream {
 							ttfts = append(ttfts, ttft)
+							if firstToken > 0 { // a stream without output has no first token
+								firstTokens = append(firstTokens, firstToken)
+							}
 						}
 					}
 				}
@@ -154,9 +198,12 @@ func main() {
 	elapsed := time.Since(measureStart).Seconds()
 	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
 	sort.Slice(ttfts, func(i, j int) bool { return ttfts[i] < ttfts[j] })
+	sort.Slice(firstTokens, func(i, j int) bool { return firstTokens[i] < firstTokens[j] })
 	out := result{Requests: requests, Errors: errors, Seconds: elapsed,
 		RPS: float64(len(latencies)) / elapsed, P50Ms: percentile(latencies, 0.50),
 		P90Ms: percentile(latencies, 0.90), P99Ms: percentile(latencies, 0.99),
-		TTFTP50Ms: percentile(ttfts, 0.50), TTFTP99Ms: percentile(ttfts, 0.99), FirstError: firstError}
+		TTFTP50Ms: percentile(ttfts, 0.50), TTFTP99Ms: percentile(ttfts, 0.99),
+		FirstTokenP50Ms: percentile(firstTokens, 0.50), FirstTokenP99Ms: percentile(firstTokens, 0.99),
+		FirstError: firstError}
 	json.NewEncoder(os.Stdout).Encode(out)
 }
