@@ -186,8 +186,10 @@ def replay(
     client = Client(url, api_key)
     created = client.call("POST", "/v1/replays", json={k: v for k, v in body.items() if v})
     typer.echo(
-        f"replay {created['id']}: {created['total']} request(s) to {created['to_model']} "
-        f"at {created['rate']}",
+        terminal_safe(
+            f"replay {created['id']}: {created['total']} request(s) to {created['to_model']} "
+            f"at {created['rate']}"
+        ),
         err=True,
     )
     _finish(client, created["id"], output_format, wait)
@@ -210,7 +212,7 @@ def show(
 def stop(replay_id: str, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
     """Stop sending (resume later with `resume`)."""
     replay = Client(url, api_key).call("POST", f"/v1/replays/{replay_id}/stop")
-    typer.echo(f"replay {replay['id']} {replay['status']}")
+    typer.echo(terminal_safe(f"replay {replay['id']} {replay['status']}"))
 
 
 @replay_app.command("resume")
@@ -225,7 +227,7 @@ def resume(
     _check_format(output_format)
     client = Client(url, api_key)
     replay = client.call("POST", f"/v1/replays/{replay_id}/resume")
-    typer.echo(f"replay {replay['id']} {replay['status']}", err=True)
+    typer.echo(terminal_safe(f"replay {replay['id']} {replay['status']}"), err=True)
     _finish(client, replay_id, output_format, wait)
 
 
@@ -258,14 +260,16 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One flat row per pair (the columns of the CSV and the table)."""
     flat = []
     for pair in report["data"]:
-        original, replay = pair["original"], pair["replay"] or {}
+        # A pair not sent yet (or not replayable) has no replay side.
+        original, replay = pair.get("original") or {}, pair.get("replay") or {}
         row = {f"original_{k}": original.get(k) for k in _SIDE}
         row["original_id"] = original.get("request_id")
         row.update({f"replay_{k}": replay.get(k) for k in _SIDE})
         row["replay_id"] = replay.get("request_id")
-        row["exact_match"] = pair["exact_match"]
-        row["similarity"] = pair["similarity"]
-        row["note"] = pair["reason"] or ("" if pair["state"] == "settled" else pair["state"])
+        row["exact_match"] = pair.get("exact_match")
+        row["similarity"] = pair.get("similarity")
+        state = pair.get("state")
+        row["note"] = pair.get("reason") or ("" if state == "settled" else state)
         flat.append(row)
     return flat
 
@@ -291,44 +295,60 @@ def report_csv(report: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, number: str = ".4f") -> str:
+    """A cell or summary value as text: "" for none, yes/no, numbers in `number` format."""
     if value is None:
         return ""
-    if isinstance(value, float):
-        return f"{value:.4f}" if value < 10 else f"{value:.1f}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float) and number:
+        return format(value, number)
     return terminal_safe(str(value))
 
 
-def _print_table(report: dict[str, Any]) -> None:
-    shown = (
-        ("original_id", "original"),
-        ("original_model", "model"),
-        ("original_status", "status"),
-        ("original_latency_ms", "ms"),
-        ("original_cost_usd", "cost"),
-        ("replay_model", "replay model"),
-        ("replay_status", "status"),
-        ("replay_latency_ms", "ms"),
-        ("replay_cost_usd", "cost"),
-        ("exact_match", "exact"),
-        ("similarity", "similarity"),
-        ("note", "note"),
-    )
-    table = [{title: _fmt(row[column]) for column, title in shown} for row in rows(report)]
-    titles = [title for _, title in shown]
-    widths = [
-        max([len(t)] + [len(list(r.values())[i]) for r in table]) for i, t in enumerate(titles)
+# The table's columns: (row field, title, number format). Titles are unique, each side's
+# named as such, so a reader tells the original's status, latency and cost from the
+# replay's; costs keep the summary's six decimals (a few millionths of a dollar are common).
+TABLE_COLUMNS = (
+    ("original_id", "original", ""),
+    ("original_model", "orig model", ""),
+    ("original_status", "orig status", ""),
+    ("original_latency_ms", "orig ms", ".1f"),
+    ("original_cost_usd", "orig cost", ".6f"),
+    ("replay_model", "replay model", ""),
+    ("replay_status", "replay status", ""),
+    ("replay_latency_ms", "replay ms", ".1f"),
+    ("replay_cost_usd", "replay cost", ".6f"),
+    ("exact_match", "exact", ""),
+    ("similarity", "similarity", ".4f"),
+    ("note", "note", ""),
+)
+
+
+def report_table(report: dict[str, Any]) -> list[list[str]]:
+    """The pairs as table cells: the titles (`TABLE_COLUMNS`), then one row per pair, each
+    a list in the titles' order (empty where a side has no value yet)."""
+    titles = [title for _, title, _ in TABLE_COLUMNS]
+    cells = [
+        [_fmt(row[column], number) for column, _, number in TABLE_COLUMNS] for row in rows(report)
     ]
-    typer.echo("  ".join(t.ljust(w) for t, w in zip(titles, widths, strict=True)))
+    return [titles, *cells]
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    table = report_table(report)
+    widths = [max(len(row[i]) for row in table) for i in range(len(TABLE_COLUMNS))]
     for row in table:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(row.values(), widths, strict=True)))
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     totals = report["totals"]
     original, replay = totals["original"], totals["replay"]
     counts = report["counts"]
     typer.echo("")
     typer.echo(
-        f"replay {report['id']} {report['status']}: {report['total']} selected, "
-        f"{counts['sent'] + counts['settled']} sent, {totals['not_replayable']} not replayable"
+        terminal_safe(
+            f"replay {report['id']} {report['status']}: {report['total']} selected, "
+            f"{counts['sent'] + counts['settled']} sent, {totals['not_replayable']} not replayable"
+        )
     )
     typer.echo(
         f"cost: {original['cost_usd']:.6f} -> {replay['cost_usd']:.6f} USD "
@@ -342,5 +362,5 @@ def _print_table(report: dict[str, Any]) -> None:
     typer.echo(
         f"errors: {original['errors']} -> {replay['errors']}; exact matches "
         f"{totals['exact_matches']}/{totals['compared']}; mean similarity "
-        f"{_fmt(totals['similarity_mean'])}"
+        f"{_fmt(totals['similarity_mean']) or '-'}"
     )
