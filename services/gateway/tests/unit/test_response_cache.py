@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 from prometheus_client import REGISTRY
 
@@ -27,7 +28,7 @@ from switchyard.common.topics import Topics
 from switchyard.gateway import hit_events as hit_events_module
 from switchyard.gateway.cache import cache_key, is_deterministic, normalised_body
 
-from .conftest import API_KEY, chunk, completed_reply
+from .conftest import API_KEY, chunk, completed_reply, failed_reply
 from .history_fakes import install
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -356,20 +357,210 @@ async def test_metadata_only_tenants_get_nothing_cached(harness, history):
     assert len(harness.requests) == 2
 
 
+MESSAGE = {
+    "model": "sim-small",
+    "max_tokens": 8,
+    "temperature": 0,
+    "messages": [{"role": "user", "content": "Hello"}],
+}
+TTL_ERROR = "must be a whole number of seconds from 1 to 86400"
+
+
 @pytest.mark.parametrize(
-    ("header", "value"),
+    ("header", "value", "problem"),
     [
-        ("X-Switchyard-Cache", "sometimes"),
-        ("X-Switchyard-Cache-TTL", "0"),
-        ("X-Switchyard-Cache-TTL", "soon"),
+        ("X-Switchyard-Cache", "sometimes", "must be on, off or refresh"),
+        ("X-Switchyard-Cache", "true", "must be on, off or refresh"),
+        ("X-Switchyard-Cache-TTL", "0", TTL_ERROR),
+        ("X-Switchyard-Cache-TTL", "0.001", TTL_ERROR),
+        ("X-Switchyard-Cache-TTL", "1.5", TTL_ERROR),
+        ("X-Switchyard-Cache-TTL", "-5", TTL_ERROR),
+        ("X-Switchyard-Cache-TTL", "1e3", TTL_ERROR),
+        ("X-Switchyard-Cache-TTL", "86401", TTL_ERROR),
+        ("X-Switchyard-Cache-TTL", "9" * 5000, TTL_ERROR),
+        ("X-Switchyard-Cache-TTL", "soon", TTL_ERROR),
+        ("X-Switchyard-Cache-Nondeterministic", "yes please", "must be true or false"),
     ],
 )
-async def test_unreadable_cache_headers_are_400_naming_the_header(harness, history, header, value):
-    headers = ON | {header: value}
+@pytest.mark.parametrize("api", ["openai", "anthropic"])
+async def test_unreadable_cache_headers_are_400_in_the_apis_format(
+    harness, history, header, value, problem, api
+):
+    if api == "openai":
+        path, body, headers = "/v1/chat/completions", BODY, ON | {header: value}
+    else:
+        path, body = "/v1/messages", MESSAGE
+        headers = {"x-api-key": API_KEY, "X-Switchyard-Cache": "on", header: value}
+    response = await harness.client.post(path, json=body, headers=headers)
+
+    assert response.status_code == 400
+    message = f"Invalid value for the {header.lower()} header: {problem}."
+    if api == "openai":
+        assert response.json() == {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": header.lower(),
+                "code": "invalid_cache_header",
+            }
+        }
+    else:
+        body = response.json()
+        assert body["type"] == "error"
+        assert (body["error"]["type"], body["error"]["message"]) == (
+            "invalid_request_error",
+            message,
+        )
+    assert not harness.requests
+
+
+async def test_a_cache_header_is_checked_even_where_the_cache_is_not_on(harness, history):
+    headers = AUTH | {"X-Switchyard-Cache-TTL": "0.5"}
     response = await harness.client.post("/v1/chat/completions", json=BODY, headers=headers)
     assert response.status_code == 400
-    assert response.json()["error"]["param"].lower() == header.lower()
-    assert not harness.requests
+    assert response.json()["error"]["param"] == "x-switchyard-cache-ttl"
+
+
+@pytest.mark.parametrize("ttl", ["1", " 86400 ", "007"])
+async def test_whole_seconds_from_1_to_the_maximum_are_taken_as_the_ttl(harness, history, ttl):
+    headers = ON | {"X-Switchyard-Cache-TTL": ttl, "X-Switchyard-Cache-Nondeterministic": "FALSE"}
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers=headers)
+    assert response.status_code == 200
+    assert response.headers["x-switchyard-cache"] == "miss"
+    await async_wait_until(lambda: history.cache, timeout=5)
+    put = next(call for call in history.calls if call.method == "PUT")
+    assert orjson.loads(put.content)["ttl_s"] == int(ttl)
+
+
+class Held:
+    """Holds the gateway's calls to history's cache store that `matches` (method, and
+    whether to hold before or after history handled the call) until `release()`."""
+
+    def __init__(self, harness, method: str, *, after: bool = False) -> None:
+        self.method, self.after = method, after
+        self.gate = asyncio.Event()
+        self.seen = asyncio.Event()
+        route = harness.upstreams.route
+
+        async def held(request):
+            hold = request.method == self.method and "/cache/entries/" in request.url.path
+            if hold and not self.after:
+                self.seen.set()
+                await self.gate.wait()
+            answer = await route(request)
+            if hold and self.after:
+                self.seen.set()
+                await self.gate.wait()
+            return answer
+
+        harness.upstreams.route = held
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def _text(response) -> str:
+    return response.json()["choices"][0]["message"]["content"]
+
+
+async def _stored(harness, history, text: str) -> None:
+    """Wait until history stores `text` and this gateway has finished storing it."""
+    gateway = harness.app.state.gateway
+    await async_wait_until(
+        lambda: (
+            text in str(next(iter(history.cache.values()))["response"]) and not gateway.background
+        ),
+        timeout=5,
+    )
+
+
+async def test_a_request_right_after_a_refresh_never_gets_the_answer_it_replaced(harness, history):
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    await _stored(harness, history, "hi there")
+    old = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert old.headers["x-switchyard-cache"] == "hit"  # answered from this replica's memory
+
+    held = Held(harness, "PUT")  # the refresh's answer is not stored yet
+    harness.respond[0] = _answer("fresh answer")
+    refreshed = await harness.client.post(
+        "/v1/chat/completions", json=BODY, headers=AUTH | {"X-Switchyard-Cache": "refresh"}
+    )
+    racing = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+
+    assert (refreshed.headers["x-switchyard-cache"], _text(refreshed)) == (
+        "refresh",
+        "fresh answer",
+    )
+    # While the refresh is being stored, a request is a miss, never the replaced answer.
+    assert (racing.headers["x-switchyard-cache"], _text(racing)) == ("miss", "fresh answer")
+    held.release()
+    await _stored(harness, history, "fresh answer")
+    after = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert (after.headers["x-switchyard-cache"], _text(after)) == ("hit", "fresh answer")
+    assert len(harness.requests) == 3  # the first, the refresh and the one racing it
+
+
+async def test_a_lookup_that_overlapped_a_refresh_does_not_put_the_old_answer_back(
+    harness, history
+):
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    await _stored(harness, history, "hi there")
+    gateway = harness.app.state.gateway
+    gateway.cache._front.clear()  # as when this replica's memory of it lapsed
+
+    held = Held(harness, "GET", after=True)  # a lookup that read the old answer
+    earlier = asyncio.create_task(
+        harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    )
+    await held.seen.wait()
+    held.method = "none"  # the calls after it go through
+    harness.respond[0] = _answer("fresh answer")
+    await harness.client.post(
+        "/v1/chat/completions", json=BODY, headers=AUTH | {"X-Switchyard-Cache": "refresh"}
+    )
+    await _stored(harness, history, "fresh answer")
+    held.release()
+    assert _text(await earlier) == "hi there"  # it was asked before the refresh began
+
+    after = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert (after.headers["x-switchyard-cache"], _text(after)) == ("hit", "fresh answer")
+
+
+async def test_after_a_failed_refresh_the_next_answer_stored_ends_its_hold(harness, history):
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    await _stored(harness, history, "hi there")
+
+    async def fail(request):
+        return [failed_reply(request, 502, "api_error", "upstream down")]
+
+    harness.respond[0] = fail
+    refreshed = await harness.client.post(
+        "/v1/chat/completions", json=BODY, headers=AUTH | {"X-Switchyard-Cache": "refresh"}
+    )
+    assert refreshed.status_code == 502
+    # The answer it meant to replace is not served again: the next request is a miss...
+    harness.respond[0] = _answer("fresh answer")
+    after = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert (after.headers["x-switchyard-cache"], _text(after)) == ("miss", "fresh answer")
+    # ...whose answer, once stored, is what the requests after it get.
+    await _stored(harness, history, "fresh answer")
+    again = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert (again.headers["x-switchyard-cache"], _text(again)) == ("hit", "fresh answer")
+    assert len(harness.requests) == 3
+
+
+async def test_a_store_that_overlapped_a_purge_keeps_nothing_in_memory(harness, history):
+    held = Held(harness, "PUT", after=True)  # stored in history; the answer not back yet
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    await held.seen.wait()
+    history.cache.clear()  # the purge: history's part, then the event
+    await _purge_event(harness, tenant="acme")
+    held.release()
+    gateway = harness.app.state.gateway
+    await async_wait_until(lambda: not gateway.background, timeout=5)
+
+    again = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert again.headers["x-switchyard-cache"] == "miss"
 
 
 async def test_history_down_means_a_miss_never_a_failure(harness, history):

@@ -5,7 +5,9 @@ Opt-in, per request, API key, team or tenant; the narrowest that says decides:
 request header > key > team > tenant > default (off).
 - `X-Switchyard-Cache: on` asks for it on one request; `off` bypasses it (no lookup, no
   store) even where the key, team or tenant turned it on; `refresh` runs the request and
-  replaces the stored answer.
+  replaces the stored answer. A refresh drops the answer from this replica's memory as it
+  is sent, and until an answer made after it began is stored, the same request here is a
+  miss, never the replaced answer still in the store (`ResponseCache._replacing`).
 - A key's or team's `cache_enabled` (auth's admin API, `PATCH /v1/admin/api-keys/{id}` or
   `/v1/admin/teams/{id}`, or `switchyard keys|teams update --cache/--no-cache`) turns it on
   or off for every request made with that key or by that team's members; unset (null)
@@ -13,13 +15,16 @@ request header > key > team > tenant > default (off).
   which admission has just read, so it costs no extra call.
 - The tenant setting (`cache_enabled` in the history settings, or `switchyard
   tenant-settings set --cache`) turns it on for every request of the tenant.
-- `X-Switchyard-Cache-TTL: <seconds>` sets how long a stored answer is reused; without it,
-  the key's `cache_ttl_s`, else the team's, else the tenant's, else
-  `SWITCHYARD_GATEWAY_CACHE_DEFAULT_TTL_S`; at most `SWITCHYARD_GATEWAY_CACHE_MAX_TTL_S`.
+- `X-Switchyard-Cache-TTL: <seconds>` sets how long a stored answer is reused, in whole
+  seconds from 1 to `SWITCHYARD_GATEWAY_CACHE_MAX_TTL_S`; without it, the key's
+  `cache_ttl_s`, else the team's, else the tenant's, else
+  `SWITCHYARD_GATEWAY_CACHE_DEFAULT_TTL_S`; at most the maximum.
 - Only deterministic requests are cached: `temperature` 0, or a `seed` (OpenAI's APIs).
   Both providers default `temperature` to 1, so a request without it is not deterministic.
   `X-Switchyard-Cache-Nondeterministic: true` caches the others too, explicitly.
   Embeddings are deterministic.
+- Any other value of these headers is a 400 `invalid_cache_header` naming the header,
+  whether or not the cache is on for the caller.
 - A tenant storing metadata only (history's privacy setting) has nothing cached.
 Every opted-in answer carries `X-Switchyard-Cache: hit`, `miss`, `refresh` or `bypass`
 (not cacheable, or asked off); a hit carries `Age` (seconds since it was stored) too.
@@ -38,8 +43,9 @@ gateway replica, so a request answered on one replica is a hit on any other; in 
 it each replica keeps recent answers in memory (a time-aware LRU from `cachetools`, at
 most `SWITCHYARD_GATEWAY_CACHE_LOCAL_TTL_S` each). A hit in memory costs no network call
 at all. `switchyard cache purge` publishes `cache.purged` on the cache events topic, which
-every replica reads (`listen`): each drops the purged answers from memory as it arrives,
-so no replica serves them after the purge; were the event lost (the bus down while
+every replica reads (`listen`): each drops the purged answers from memory as it arrives
+(a store lookup or a store overlapping it keeps nothing in memory), so no replica serves
+them after the purge; were the event lost (the bus down while
 purging; the command then says so), the local time to live still bounds it.
 
 A hit is answered at once, then recorded like any request, off the answering path: a
@@ -60,6 +66,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
@@ -107,8 +114,13 @@ log = structlog.get_logger("switchyard.gateway.cache")
 CACHE_HEADER = "x-switchyard-cache"
 TTL_HEADER = "x-switchyard-cache-ttl"
 NONDETERMINISTIC_HEADER = "x-switchyard-cache-nondeterministic"
-MODES = {"on": "use", "true": "use", "off": "off", "false": "off", "bypass": "off"}
-MODES["refresh"] = "refresh"
+# The values of `X-Switchyard-Cache` (any case) and what each does.
+MODES = {"on": "use", "off": "off", "refresh": "refresh"}
+# `X-Switchyard-Cache-TTL` is a whole number of seconds (at most 10 digits: a longer one is
+# out of range anyway, and never parsed).
+TTL_VALUE = re.compile(r"[0-9]{1,10}")
+# How long storing an answer in history may take.
+STORE_TIMEOUT_S = 10.0
 # Body fields that never change the answer: who asked, logging, routing hints, streaming.
 NON_OUTPUT_FIELDS = frozenset(
     {
@@ -302,6 +314,9 @@ class CacheTicket:
     principal: Principal | None = None
     client: ClientRequest | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # `ResponseCache._drops` when this request was decided: its answer, once stored, ends
+    # the hold of every refresh of its key begun up to then (it was made after them).
+    sequence: int = 0
 
     @property
     def stores(self) -> bool:
@@ -345,8 +360,19 @@ class ResponseCache:
         )
         self._settings: dict[str, tuple[float, TenantCacheSettings]] = {}
         self._refreshing: dict[str, asyncio.Task[TenantCacheSettings]] = {}
-        # Purges applied so far (a lookup that overlapped one keeps nothing in memory).
+        # Purges applied so far.
         self.purges_applied = 0
+        # Bumped by every purge and every refresh as it starts: a store lookup or a store
+        # that overlapped one keeps nothing in memory, since what it read or wrote may be
+        # the very answer they dropped.
+        self._drops = 0
+        # Keys a refresh sent from this process is replacing: key -> {the refresh's
+        # sequence: the monotonic instant its hold lapses}. While held, no request here is
+        # answered with what is stored under the key (they are misses); the hold ends once
+        # an answer made after the refresh began is stored (the refresh's own, or a miss's
+        # when the refresh failed), or at its request's deadline plus the time its store
+        # may take.
+        self._replacing: dict[str, dict[int, float]] = {}
         self.listener: Subscription | None = None
         self.hit_events = HitEvents(
             lambda topic, event, key: gateway.bus.publish(topic, event, key=key),
@@ -423,14 +449,13 @@ class ResponseCache:
         forwarded: dict[str, str],
     ) -> CacheTicket | None:
         """What the cache does for this request: None when it is not opted in (nothing
-        to do); otherwise a ticket, with the stored answer on a hit. Raises APIError 400
-        for an unreadable cache header."""
-        asked = request.headers.get(CACHE_HEADER)
-        mode = None
-        if asked is not None:
-            mode = MODES.get(asked.strip().lower())
-            if mode is None:
-                raise _bad_header(CACHE_HEADER, "must be on, off or refresh")
+        to do); otherwise a ticket, with the stored answer on a hit. A refresh drops the
+        answer it replaces from memory at once, and until an answer made after it began is
+        stored, no request here is answered from the store under its key (they are
+        misses; see `_replacing`). Raises
+        APIError 400 (`invalid_cache_header`) for an unreadable cache header, whether or
+        not the cache is on for this caller."""
+        mode, asked_ttl, nondeterministic = self._read_headers(request)
         if mode == "off":
             SKIPPED.labels("off").inc()
             return CacheTicket(None, "off", "bypass")
@@ -442,12 +467,10 @@ class ResponseCache:
         if not settings.store_content:
             SKIPPED.labels("metadata_only").inc()
             return CacheTicket(None, mode, "bypass")
-        if not is_deterministic(client.api, client.body) and not _true(
-            request.headers.get(NONDETERMINISTIC_HEADER)
-        ):
+        if not nondeterministic and not is_deterministic(client.api, client.body):
             SKIPPED.labels("nondeterministic").inc()
             return CacheTicket(None, mode, "bypass")
-        ttl_s = self._ttl(request, settings)
+        ttl_s = float(asked_ttl) if asked_ttl is not None else self._default_ttl(settings)
         key = cache_key(principal.tenant, client.api, client.body, forwarded, client.stream)
         ticket = CacheTicket(
             key,
@@ -460,7 +483,9 @@ class ResponseCache:
         )
         if mode == "refresh":
             SKIPPED.labels("refresh").inc()
+            ticket.sequence = self._begin_refresh(key)
             return ticket
+        ticket.sequence = self._drops
         ticket.hit = await self.lookup(principal, key)
         if ticket.hit is not None and ticket.hit.api is not client.api:
             ticket.hit = None  # cannot happen with the API in the key; never answer wrongly
@@ -470,27 +495,95 @@ class ResponseCache:
         LOOKUPS.labels(client.api.value, ticket.status).inc()
         return ticket
 
-    def _ttl(self, request: Request, settings: TenantCacheSettings) -> float:
-        limit = self.gateway.settings.cache_max_ttl_s
+    def _read_headers(self, request: Request) -> tuple[str | None, int | None, bool]:
+        """The cache headers of `request`: the mode (`use`, `off`, `refresh`; None when
+        not asked), the TTL asked for (whole seconds; None when not asked) and whether a
+        non-deterministic request is to be cached. Raises APIError 400 for a value other
+        than those the error message (and docs/replay-and-cache.md) lists."""
+        mode = None
+        asked = request.headers.get(CACHE_HEADER)
+        if asked is not None:
+            mode = MODES.get(asked.strip().lower())
+            if mode is None:
+                raise _bad_header(CACHE_HEADER, "must be on, off or refresh")
+        ttl = None
         asked = request.headers.get(TTL_HEADER)
         if asked is not None:
-            try:
-                value = float(asked.strip())
-            except ValueError:
-                value = 0.0
-            if not 0 < value <= limit:
-                raise _bad_header(TTL_HEADER, f"must be a number of seconds from 1 to {limit:g}")
-            return value
+            # Whole seconds, like the keys', teams' and tenants' `cache_ttl_s`.
+            limit = int(self.gateway.settings.cache_max_ttl_s)
+            text = asked.strip()
+            if TTL_VALUE.fullmatch(text) is None or not 1 <= int(text) <= limit:
+                raise _bad_header(
+                    TTL_HEADER, f"must be a whole number of seconds from 1 to {limit}"
+                )
+            ttl = int(text)
+        nondeterministic = False
+        asked = request.headers.get(NONDETERMINISTIC_HEADER)
+        if asked is not None:
+            value = asked.strip().lower()
+            if value not in ("true", "false"):
+                raise _bad_header(NONDETERMINISTIC_HEADER, "must be true or false")
+            nondeterministic = value == "true"
+        return mode, ttl, nondeterministic
+
+    def _default_ttl(self, settings: TenantCacheSettings) -> float:
+        """The TTL when the request asks none: the caller's key's, team's or tenant's,
+        else the default; at most the maximum."""
+        limit = self.gateway.settings.cache_max_ttl_s
         if settings.ttl_s:
             return float(min(settings.ttl_s, limit))
         return float(min(self.gateway.settings.cache_default_ttl_s, limit))
 
+    # -- refreshes ------------------------------------------------------------------------
+
+    def _begin_refresh(self, key: str) -> int:
+        """Hold `key` for a refresh sent now, and drop what memory holds under it; returns
+        the refresh's sequence."""
+        now = time.monotonic()
+        # Holds of refreshes never followed by a stored answer lapse at their deadline;
+        # swept here so that the table stays small.
+        for held, marks in list(self._replacing.items()):
+            for begun, deadline in list(marks.items()):
+                if deadline <= now:
+                    del marks[begun]
+            if not marks:
+                del self._replacing[held]
+        self._drops += 1
+        deadline = now + self.gateway.settings.request_timeout_s + STORE_TIMEOUT_S
+        self._replacing.setdefault(key, {})[self._drops] = deadline
+        self._front.pop(key, None)
+        return self._drops
+
+    def _replaced(self, key: str, sequence: int) -> None:
+        """An answer to a request decided at `sequence` is stored under `key`: the
+        refreshes of `key` begun up to then hold it no longer."""
+        marks = self._replacing.get(key)
+        if marks is None:
+            return
+        for begun in [begun for begun in marks if begun <= sequence]:
+            del marks[begun]
+        if not marks:
+            del self._replacing[key]
+
+    def _being_replaced(self, key: str) -> bool:
+        """Whether a refresh sent from this process is replacing `key` now."""
+        marks = self._replacing.get(key)
+        if not marks:
+            return False
+        now = time.monotonic()
+        return any(deadline > now for deadline in marks.values())
+
+    # -- lookups --------------------------------------------------------------------------
+
     async def lookup(self, principal: Principal, key: str) -> CachedAnswer | None:
-        """The live answer for `key`: from memory, else from the shared store."""
+        """The live answer for `key`: from memory, else from the shared store; None while
+        a refresh from this process replaces it (the store still holds the old answer)."""
+        if self._being_replaced(key):
+            return None
         answer = self._front.get(key)
         if answer is not None and answer.expires_at > utcnow():
             return answer
-        purges = self.purges_applied
+        drops = self._drops
         try:
             response = await self.gateway.http.get(
                 f"{self._base}/entries/{key}",
@@ -509,7 +602,7 @@ class ResponseCache:
         except (ValueError, KeyError) as exc:
             log.warning("unreadable cache entry: answered as a miss", error=repr(exc))
             return None
-        if purges == self.purges_applied:  # else it may be purged already: not kept in memory
+        if drops == self._drops:  # else it may be purged or refreshed already: not kept
             self._remember(key, answer, principal.tenant)
         return answer
 
@@ -660,12 +753,13 @@ class ResponseCache:
             "source_request_id": request_id,
             "ttl_s": ticket.ttl_s,
         }
+        drops = self._drops
         try:
             response = await self.gateway.http.put(
                 f"{self._base}/entries/{ticket.key}",
                 content=orjson.dumps(entry),
                 headers={**self._headers(principal), "content-type": "application/json"},
-                timeout=10.0,
+                timeout=STORE_TIMEOUT_S,
             )
             response.raise_for_status()
             stored = bool(response.json().get("stored"))
@@ -674,7 +768,12 @@ class ResponseCache:
             log.warning("could not store an answer in the cache", error=repr(exc))
             return
         STORES.labels("stored" if stored else "not_stored").inc()
-        if stored:
+        if not stored:
+            return
+        self._replaced(ticket.key, ticket.sequence)
+        # Not kept in memory when a purge or another refresh came meanwhile: the store may
+        # have deleted or replaced it since.
+        if drops == self._drops:
             now = utcnow()
             self._remember(
                 ticket.key,
@@ -696,6 +795,7 @@ class ResponseCache:
         tenant or every tenant's, its model or every model's, only expired ones if it says
         so); returns how many were dropped."""
         self.purges_applied += 1
+        self._drops += 1
         now = utcnow()
         dropped = 0
         for key, answer in list(self._front.items()):
@@ -741,10 +841,6 @@ class ResponseCache:
         task = asyncio.ensure_future(coroutine)
         self.gateway.background.add(task)
         task.add_done_callback(self.gateway.background.discard)
-
-
-def _true(value: str | None) -> bool:
-    return value is not None and value.strip().lower() in ("true", "1", "yes", "on")
 
 
 def _bad_header(name: str, problem: str) -> APIError:
