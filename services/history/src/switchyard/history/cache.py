@@ -12,21 +12,46 @@ normalised body, see the gateway's `cache` module); this store only keeps entrie
 - `purge(...)`: delete entries (all, one tenant's, one model's, or only expired ones);
   the sweeper drops expired entries periodically.
 
-Entries are scoped by tenant: the same key of another tenant is another entry.
+Entries are scoped by tenant: the same key of another tenant is another entry. A tenant
+switching to metadata-only storage loses its entries at once (`tenants.py`): they hold
+completions, the very content the setting says not to keep.
+
+What a hit saved is the cost of the request whose answer it reused. The gateway says what
+it knew when it answered (`saved_cost_usd` of its usage record, 0 while that cost was not
+recorded yet), but a hit often comes moments after its source, before the source's usage
+is recorded, and the events of different requests arrive in any order. So history links
+each hit to its source itself (`link_hits`, as the recorder stores the hit's reply: the
+reply is the entry's answer, found by its digest) and reports the source's cost as the
+saving once it is known (`rollup.request_aggregates`); a source's usage recorded after its
+hits marks their hours for the usage rollup to recompute (`hits_reusing`).
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import bindparam, delete, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from switchyard.common.db import dialect_insert
-from switchyard.history.models import cache_entries_table, requests_table
+from switchyard.common.events import ChatCompleted, EnvelopeFields
+from switchyard.history.models import RequestStatus, cache_entries_table, requests_table
+
+# How the gateway names the answerer of a hit in its reply (provider, deployment).
+HIT_PROVIDER = "switchyard"
+HIT_DEPLOYMENT = "response-cache"
+
+
+def response_digest(response: dict[str, Any]) -> str:
+    """SHA-256 (hex) of `response` as stable JSON (sorted keys): equal for equal answers,
+    however their keys were ordered on the way."""
+    return hashlib.sha256(orjson.dumps(response, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -126,6 +151,7 @@ class CacheStore:
             "response": response,
             "stream_events": stream_events,
             "source_request_id": source_request_id,
+            "response_digest": response_digest(response),
             "size_bytes": size,
             "created_at": now,
             "expires_at": expires_at,
@@ -164,3 +190,95 @@ class CacheStore:
         async with self._engine.begin() as connection:
             result = await connection.execute(statement)
         return result.rowcount or 0
+
+
+def _is_hit_reply(event: EnvelopeFields) -> bool:
+    return (
+        isinstance(event, ChatCompleted)
+        and event.data.provider == HIT_PROVIDER
+        and event.data.deployment == HIT_DEPLOYMENT
+    )
+
+
+async def link_hits(
+    connection: AsyncConnection, dialect: str, events: Iterable[EnvelopeFields]
+) -> int:
+    """Link the cache hits whose replies are among `events` (already merged into their
+    rows, in this transaction) to the requests whose answers they reused; returns how many
+    were linked. A hit whose entry is gone (purged, replaced, expired and swept before its
+    reply was recorded) stays unlinked and keeps the saving the gateway reported.
+
+    The source's row is written too (created as a placeholder if none of its events was
+    recorded yet, else left as it is): that takes its row lock, which the recording of the
+    source's usage takes as well, so of the two transactions the later one sees the
+    other's work (the link, or the cost) and the hit's hour is marked for the rollup by
+    whichever comes second."""
+    hits: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for event in events:
+        if _is_hit_reply(event):
+            assert isinstance(event, ChatCompleted)
+            hits[(event.tenant, response_digest(event.data.response))].append(event.request_id)
+    if not hits:
+        return 0
+    c = cache_entries_table.c
+    found = await connection.execute(
+        select(c.tenant, c.response_digest, c.source_request_id).where(
+            tuple_(c.tenant, c.response_digest).in_(sorted(hits))
+        )
+    )
+    sources: dict[tuple[str, str], tuple[str, str]] = {}
+    for tenant, digest, source in found:
+        # Two keys with the very same answer: either source will do (the same answer).
+        sources.setdefault((tenant, digest), (tenant, source))
+    links = [
+        {"hit_id": hit, "source_id": source}
+        for pair, (tenant, source) in sources.items()
+        for hit in hits[pair]
+        if hit != source
+    ]
+    if not links:
+        return 0
+    now = datetime.now(UTC)
+    placeholders = sorted(
+        {(tenant, source) for tenant, source in sources.values()}, key=lambda pair: pair[1]
+    )
+    insert = dialect_insert(requests_table, dialect)
+    await connection.execute(
+        insert.on_conflict_do_update(
+            index_elements=[requests_table.c.request_id],
+            # A no-op update: it only takes the row's lock (see above).
+            set_={"request_id": insert.excluded.request_id},
+        ),
+        [
+            {
+                "request_id": source,
+                "tenant": tenant,
+                "status": RequestStatus.PENDING.value,
+                "created_at": now,
+            }
+            for tenant, source in placeholders
+        ],
+    )
+    r = requests_table.c
+    await connection.execute(
+        requests_table.update()
+        .where(r.request_id == bindparam("hit_id"))
+        .values(cache_source_request_id=bindparam("source_id")),
+        sorted(links, key=lambda link: link["hit_id"]),
+    )
+    return len(links)
+
+
+async def hits_reusing(
+    connection: AsyncConnection, request_ids: Sequence[str]
+) -> list[tuple[str, datetime]]:
+    """(tenant, created_at) of the recorded cache hits that reused the answer of one of
+    `request_ids`: the rows whose reported saving changes when those requests' usage is
+    recorded (for `rollup.mark_dirty`)."""
+    if not request_ids:
+        return []
+    r = requests_table.c
+    rows = await connection.execute(
+        select(r.tenant, r.created_at).where(r.cache_source_request_id.in_(sorted(request_ids)))
+    )
+    return [(tenant, created_at) for tenant, created_at in rows]

@@ -183,6 +183,9 @@ class HistoryRequest(Base):
     # it reused had cost (migration 0004).
     cache_hit: Mapped[bool | None] = mapped_column(Boolean)
     saved_cost_usd: Mapped[float | None] = mapped_column(Float)
+    # For a cache hit: the request whose answer it reused (migration 0008). What the hit
+    # saved is that request's cost, whenever its usage is recorded (cache.py).
+    cache_source_request_id: Mapped[str | None] = mapped_column(String(64))
     # For a replayed request: the recorded request it replays.
     replay_of: Mapped[str | None] = mapped_column(String(64))
 
@@ -244,6 +247,13 @@ class HistoryRequest(Base):
             "deadline",
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
+        ),
+        # The cache hits that reused a request's answer, when its usage is recorded.
+        Index(
+            "ix_history_requests_cache_source",
+            "cache_source_request_id",
+            postgresql_where=text("cache_source_request_id IS NOT NULL"),
+            sqlite_where=text("cache_source_request_id IS NOT NULL"),
         ),
     )
 
@@ -414,9 +424,14 @@ class CacheEntry(Base):
     response: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
     stream_events: Mapped[list[Any] | None] = mapped_column(JSONDocument)
     source_request_id: Mapped[str] = mapped_column(String(64))
+    # SHA-256 of `response` as stable JSON: how a hit's reply finds the entry it came from
+    # (migration 0008; NULL on entries stored before it).
+    response_digest: Mapped[str | None] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+    __table_args__ = (Index("ix_history_cache_entries_tenant_digest", "tenant", "response_digest"),)
 
 
 class ReplayStatus(StrEnum):

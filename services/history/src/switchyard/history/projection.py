@@ -19,8 +19,9 @@ independent of the order contributions are applied in:
   what the client got, and an expiry must never win over it;
 - tokens (input, output, cache read and written, reasoning), cost and latency come from
   `usage.recorded` when it is there, otherwise from the reply; so do `cache_hit` and
-  `saved_cost_usd` (a request answered from the response cache), while `replay_of` (a
-  replayed request) comes with the request.
+  `saved_cost_usd` (a request answered from the response cache: what the gateway knew it
+  saved; the request it reused, `cache_source_request_id`, is linked by the recorder, see
+  cache.py), while `replay_of` (a replayed request) comes with the request.
 
 Events are version 2 (`decode_event` upgrades version 1 ones): `api` is a `ClientAPI`
 value, the body and the reply are in that API's shapes.
@@ -180,6 +181,8 @@ MERGE_RULES: dict[str, tuple[str, str]] = {
             "replay_of",
             # Set only by a deletion through the Responses API, never by an event: kept.
             "response_deleted_at",
+            # Set only by the recorder once the row is written (cache.link_hits): kept.
+            "cache_source_request_id",
         )
     },
     "created_at": ("replace", REQUEST_ARRIVES),

@@ -18,6 +18,12 @@ Exact, not approximate, whatever the order events arrive in:
 Only requests history shows count (`models.shown`, as in the history API): a reply that
 overtook its request is counted when the request arrives; a request refused at admission
 is counted (as an error) from its refusal.
+
+A cache hit's saving is the cost of the request whose answer it reused, read from that
+request's row when the hour is computed (`request_aggregates`); the gateway's figure
+only stands in while that cost is unknown. The recorder marks the hits' hours again when
+the source's usage is recorded after them (`cache.hits_reusing`), so the rollup holds the
+late-known saving too.
 """
 
 from __future__ import annotations
@@ -132,8 +138,25 @@ def request_aggregates() -> list[Label[Any]]:
         func.coalesce(func.sum(r.cost_usd), 0.0).label("cost_usd"),
         # Answered from the response cache, and what those answers had cost to make.
         func.sum(case((r.cache_hit.is_(True), 1), else_=0)).label("cache_hits"),
-        func.coalesce(func.sum(r.saved_cost_usd), 0.0).label("cache_saved_usd"),
+        func.coalesce(func.sum(saved_cost()), 0.0).label("cache_saved_usd"),
     ]
+
+
+def saved_cost() -> ColumnElement[Any]:
+    """What a request row saved: for a cache hit linked to the request it reused
+    (`cache_source_request_id`), that request's cost once its usage is recorded, else the
+    saving the gateway reported with the hit. One primary-key lookup per linked hit."""
+    r = requests_table.c
+    source = requests_table.alias("cache_source")
+    source_cost = (
+        select(source.c.cost_usd)
+        .where(source.c.request_id == r.cache_source_request_id)
+        .scalar_subquery()
+    )
+    return case(
+        (r.cache_source_request_id.is_(None), r.saved_cost_usd),
+        else_=func.coalesce(source_cost, r.saved_cost_usd),
+    )
 
 
 def rollup_sums(table: Table) -> list[Label[Any]]:

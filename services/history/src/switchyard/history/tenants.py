@@ -2,7 +2,9 @@
 
 - `store_content`: false means metadata only — from then on, no prompt or completion text
   is written for the tenant (request bodies and replies are reduced to their metadata,
-  see privacy.py); what was stored before stays until purged.
+  see privacy.py); the recorded history stored before stays until purged, but the
+  tenant's response cache entries (completions kept only to be served again) are deleted
+  in the same transaction as the switch, so a metadata-only tenant has nothing cached.
 - `retention_days`: requests and events older than this are deleted by the periodic purge
   (and by `switchyard retention purge`); unset means the service-wide default.
 - `webhook_secret`: the key job webhooks of the tenant are signed with (HMAC-SHA256);
@@ -22,11 +24,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from switchyard.common.db import dialect_insert
-from switchyard.history.models import tenant_settings_table
+from switchyard.history.models import cache_entries_table, tenant_settings_table
 
 UNSET: Any = object()
 
@@ -79,7 +81,8 @@ class TenantSettingsStore:
         cache_enabled: bool | None = None,
         cache_ttl_s: int | None = UNSET,
     ) -> TenantSettingsView:
-        """Change some settings (the others keep their value) and return them all."""
+        """Change some settings (the others keep their value) and return them all. Setting
+        `store_content` to False also deletes the tenant's response cache entries."""
         async with self._engine.begin() as connection:
             current = await _get(connection, tenant)
             values: dict[str, Any] = {
@@ -96,6 +99,11 @@ class TenantSettingsStore:
                 "updated_at": datetime.now(UTC),
             }
             await _upsert(connection, self._dialect, values)
+            if not values["store_content"]:
+                # The stored completions are exactly what the tenant asked not to keep.
+                await connection.execute(
+                    delete(cache_entries_table).where(cache_entries_table.c.tenant == tenant)
+                )
             return TenantSettingsView(**values)
 
     async def webhook_secret(self, tenant: str) -> str:

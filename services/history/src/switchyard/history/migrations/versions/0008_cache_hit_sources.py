@@ -1,0 +1,56 @@
+"""Cache hits know the request whose answer they reused: `history_requests.cache_source_request_id`
+(what a hit saved is that request's cost, however late its usage is recorded), and each
+cache entry keeps the digest of its answer (`history_cache_entries.response_digest`), by
+which a hit's reply finds its entry.
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2025-03-15
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0008"
+down_revision: str | None = "0007"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+SOURCE_INDEX_WHERE = sa.text("cache_source_request_id IS NOT NULL")
+
+
+def upgrade() -> None:
+    """Add the two nullable columns and their indexes (no table rewrite; the partial index
+    on requests covers only cache hits, none of which exist yet)."""
+    op.add_column(
+        "history_requests", sa.Column("cache_source_request_id", sa.String(64), nullable=True)
+    )
+    op.create_index(
+        "ix_history_requests_cache_source",
+        "history_requests",
+        ["cache_source_request_id"],
+        postgresql_where=SOURCE_INDEX_WHERE,
+        sqlite_where=SOURCE_INDEX_WHERE,
+    )
+    op.add_column(
+        "history_cache_entries", sa.Column("response_digest", sa.String(64), nullable=True)
+    )
+    op.create_index(
+        "ix_history_cache_entries_tenant_digest",
+        "history_cache_entries",
+        ["tenant", "response_digest"],
+    )
+
+
+def downgrade() -> None:
+    """Drop the indexes and columns."""
+    op.drop_index("ix_history_cache_entries_tenant_digest", table_name="history_cache_entries")
+    with op.batch_alter_table("history_cache_entries") as batch:
+        batch.drop_column("response_digest")
+    op.drop_index("ix_history_requests_cache_source", table_name="history_requests")
+    with op.batch_alter_table("history_requests") as batch:
+        batch.drop_column("cache_source_request_id")
