@@ -28,6 +28,7 @@ from switchyard.history.replay_admission import AdmissionUnavailable, Admitted, 
 from switchyard.history.replays import (
     ReplayError,
     ReplayRunner,
+    format_rate,
     output_text,
     parse_rate,
     similarity,
@@ -139,25 +140,33 @@ async def record_traffic(service, events, prompts, **options) -> list[ChatReques
         await service.publish(events.usage(request))
         originals.append(request)
     for request in originals:
-        await service.wait_for(request.request_id, "completed")
+        await service.wait_for(
+            request.request_id, "completed", tenant=request.tenant, user_id=request.data.user_id
+        )
     return originals
 
 
-async def replay(service, **body) -> dict:
+async def replay(service, headers: dict | None = None, **body) -> dict:
     response = await service.client.post(
         "/v1/replays",
         json={"since": SINCE, "to_model": "sim-large", **body},
-        headers=service.headers(),
+        headers=headers or service.headers(),
     )
     assert response.status_code == 201, response.text
     return response.json()
 
 
-async def finished(service, replay_id: str) -> dict:
+async def report_of(service, replay_id: str, headers: dict | None = None) -> dict:
+    response = await service.client.get(
+        f"/v1/replays/{replay_id}", headers=headers or service.headers()
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def finished(service, replay_id: str, headers: dict | None = None) -> dict:
     async def done():
-        report = (
-            await service.client.get(f"/v1/replays/{replay_id}", headers=service.headers())
-        ).json()
+        report = await report_of(service, replay_id, headers)
         return report if report["status"] == "completed" else None
 
     return await async_wait_until(done, timeout=20, message="the replay to complete")
@@ -253,6 +262,8 @@ async def test_selection_filters_and_limit(service, events, inference):
         ({"rate": "0/s"}, 400, "invalid_rate"),
         ({"rate": 0}, 400, "invalid_rate"),
         ({"rate": "fast"}, 400, "invalid_rate"),
+        ({"rate": "0.0000001/h"}, 400, "invalid_rate"),
+        ({"rate": "0.5/h"}, 400, "invalid_rate"),
         ({"limit": 1, "sample": 1}, 400, "invalid_request"),
         ({"until": "2024-01-01T00:00:00Z"}, 400, "invalid_request"),
         ({"since": "yesterday-ish"}, 400, None),
@@ -420,6 +431,7 @@ async def test_a_dead_runners_items_in_doubt_are_sent_once(service, events, infe
         if report["status"] == "completed":
             break
         await asyncio.sleep(0.1)
+    await runner.close()
     sent = [request.request_id for request in inference.requests]
     assert sorted(sent) == sorted({row["replay_request_id"] for row in rows})
     assert report["counts"]["settled"] == 2
@@ -430,9 +442,14 @@ def test_rates():
     assert parse_rate("30/m") == (30, 60.0)
     assert parse_rate("0.5/s") == (1, 2.0)
     assert parse_rate(2) == (2, 1.0)
-    for bad in ("0", "0/s", "-1/s", "five", "5/d", "100000/s"):
+    for bad in ("0", "0/s", "-1/s", "five", "5/d", "100000/s", "0.0000001/h", "0.01/m"):
         with pytest.raises(ReplayError):
             parse_rate(bad)
+    # Shown as given, per second, minute or hour.
+    shown = {"1/h": "1/h", "5/s": "5/s", "30/m": "30/m", "100/h": "100/h", "1.5/h": "1.5/h"}
+    shown |= {"120/m": "120/m", "0.5/s": "30/m", "2": "2/s", "1 / hour": "1/h"}
+    for given, expected in shown.items():
+        assert format_rate(*parse_rate(given)) == expected, given
 
 
 def test_output_text_and_similarity():
@@ -601,3 +618,177 @@ async def test_a_stopped_replays_sent_requests_are_still_compared(service, event
 
     report = await async_wait_until(compared, timeout=20, message="sent requests compared")
     assert report["status"] == "stopped"
+
+
+async def test_a_slow_replay_holds_up_no_other_replay_and_stops(service, events, inference):
+    """A replay at the slowest rate sends one request and waits an hour for the next;
+    another tenant's replay runs to the end meanwhile, and stopping the slow one works."""
+    globex = service.headers(tenant="globex", user_id="bob")
+    await record_traffic(service, events, ["a", "b", "c"], model="sim-small")
+    await record_traffic(service, events, ["x", "y", "z"], tenant="globex", user_id="bob")
+    slow = await replay(service, model="sim-small", rate="1/h")
+    assert slow["rate"] == "1/h"
+
+    fast = await replay(service, headers=globex, limit=3, rate="5/s")
+    report = await finished(service, fast["id"], globex)
+    assert report["counts"]["settled"] == 3
+
+    waiting = await report_of(service, slow["id"])
+    assert waiting["status"] == "running" and waiting["counts"]["pending"] == 2
+    stopped = await service.client.post(f"/v1/replays/{slow['id']}/stop", headers=service.headers())
+    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+    # ...and the tenant's next replay runs too.
+    again = await replay(service, model="sim-small", limit=1, rate="100/s")
+    assert (await finished(service, again["id"]))["counts"]["settled"] == 1
+    assert (await report_of(service, slow["id"]))["counts"]["pending"] == 2
+
+
+async def test_a_slow_publish_holds_up_no_other_replay(service, events, inference):
+    """The bus takes its time over one replay's request: the other replays go on."""
+    stuck = await record_traffic(service, events, ["stuck"], model="sim-small")
+    await record_traffic(service, events, ["a", "b"], model="sim-claude")
+    runner = service.components.runner
+    publish, released = runner._publish, asyncio.Event()
+
+    async def slow_publish(topic, event, **options) -> None:
+        if getattr(event.data, "replay_of", None) == stuck[0].request_id:
+            await released.wait()
+        await publish(topic, event, **options)
+
+    runner._publish = slow_publish
+    slow = await replay(service, model="sim-small", rate="100/s")
+    fast = await replay(service, model="sim-claude", rate="100/s")
+    assert (await finished(service, fast["id"]))["counts"]["settled"] == 2
+    assert (await report_of(service, slow["id"]))["counts"]["sending"] == 1
+    released.set()
+    assert (await finished(service, slow["id"]))["counts"]["settled"] == 1
+
+
+async def test_nothing_is_sent_after_a_stop_returns(service, events, inference):
+    """A replay stopped while it waits for its rate sends nothing more: the items are
+    only taken for sending while the replay runs."""
+    await record_traffic(service, events, [f"p{i}" for i in range(5)])
+    runner = HeldRunner(service.components.runner, hold_at=0)
+    created = await replay(service, rate="1/s")
+
+    async def first_sent() -> bool:
+        return len(inference.requests) >= 1
+
+    await async_wait_until(first_sent, timeout=20, message="a first request sent")
+    stopped = await service.client.post(
+        f"/v1/replays/{created['id']}/stop", headers=service.headers()
+    )
+    counts = stopped.json()["counts"]
+    at_stop = counts["sending"] + counts["sent"] + counts["settled"]
+    # Long enough for the rate to allow two more sends (a round is half a second).
+    await runner.rounds_after(6)
+    assert len(runner.sent) <= at_stop and len(inference.requests) <= at_stop
+    report = await report_of(service, created["id"])
+    assert report["status"] == "stopped" and report["counts"]["pending"] == 5 - at_stop
+
+
+class HeldAdmission:
+    """The gateway's admission, holding its first answer until `release` is set."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def admit(self, event: ChatRequested, timeout_s: float):
+        self.asked.set()
+        await self.release.wait()
+        return Admitted(team_id=None)
+
+
+@pytest.mark.parametrize("admission", ["gateway"], indirect=True)
+async def test_a_replay_stopped_while_the_gateway_admits_sends_nothing(
+    service, events, inference, admission
+):
+    await record_traffic(service, events, ["a", "b"])
+    held = admission.current = HeldAdmission()
+    runner = HeldRunner(service.components.runner, hold_at=0)
+    created = await replay(service, rate="100/s")
+    await asyncio.wait_for(held.asked.wait(), 30)
+    stopped = await service.client.post(
+        f"/v1/replays/{created['id']}/stop", headers=service.headers()
+    )
+    assert stopped.json()["status"] == "stopped"
+    held.release.set()
+
+    async def back_to_pending():
+        report = await report_of(service, created["id"])
+        return report if report["counts"]["pending"] == 2 else None
+
+    await async_wait_until(back_to_pending, timeout=20, message="the item back to pending")
+    await runner.rounds_after(2)
+    assert inference.requests == [] and runner.sent == []
+
+    await service.client.post(f"/v1/replays/{created['id']}/resume", headers=service.headers())
+    done = await finished(service, created["id"])
+    ids = [request.request_id for request in inference.requests]
+    assert len(ids) == len(set(ids)) == 2 and done["counts"]["settled"] == 2
+
+
+async def test_members_select_only_their_own_requests(service, events, inference):
+    """A member naming another user, or a key or team they have no requests with, is
+    refused (403, OpenAI's error format), not quietly given their own requests."""
+    await record_traffic(service, events, ["a1", "a2"], api_key_id="key-a", team_id="team-a")
+    await record_traffic(
+        service, events, ["b1"], user_id="bob", api_key_id="key-b", team_id="team-b"
+    )
+    admin = service.headers(user_id="root", role="admin")
+
+    for selector in (
+        {"user_id": "bob"},
+        {"api_key_id": "key-b"},
+        {"team_id": "team-b"},
+        {"api_key_id": "key-unknown"},
+    ):
+        response = await service.client.post(
+            "/v1/replays",
+            json={"since": SINCE, "to_model": "sim-large", **selector},
+            headers=service.headers(),
+        )
+        assert response.status_code == 403, selector
+        error = response.json()["error"]
+        [param] = selector
+        assert error["type"] == "permission_error" and error["param"] == param
+        assert error["code"] == "admin_only" and "admin" in error["message"]
+
+    for selector in ({"user_id": "alice"}, {"api_key_id": "key-a"}, {"team_id": "team-a"}, {}):
+        own = await replay(service, **selector)
+        assert own["total"] == 2, selector
+        assert own["selection"]["user_id"] == "alice"  # what was selected, as stored
+    for selector in ({"user_id": "bob"}, {"api_key_id": "key-b"}, {"team_id": "team-b"}):
+        theirs = await replay(service, headers=admin, **selector)
+        assert theirs["total"] == 1, selector
+    assert (await replay(service, headers=admin))["total"] == 3
+
+
+async def test_answers_from_the_response_cache_are_not_replayed(service, events, inference):
+    """A cache hit repeats an earlier answer at no cost; its original miss is what is
+    replayed and compared."""
+    [miss] = await record_traffic(service, events, ["same"])
+    hit = events.requested(prompt="same", model="sim-cached")
+    usage = events.usage(hit, cost_usd=0.0, input_tokens=0, output_tokens=0)
+    usage = usage.model_copy(update={"data": usage.data.model_copy(update={"cache_hit": True})})
+    await service.publish(hit, events.completed(hit, answer="Answer to same"), usage)
+
+    async def hit_recorded() -> bool:
+        response = await service.client.get(
+            f"/v1/history/{hit.request_id}", headers=service.headers()
+        )
+        return response.status_code == 200 and response.json()["cache_hit"] is True
+
+    await async_wait_until(hit_recorded, timeout=10, message="the cache hit recorded")
+
+    report = await finished(service, (await replay(service, rate="100/s"))["id"])
+    assert report["total"] == 1
+    assert [pair["original"]["request_id"] for pair in report["data"]] == [miss.request_id]
+    only_hits = await service.client.post(
+        "/v1/replays",
+        json={"since": SINCE, "to_model": "sim-large", "model": "sim-cached"},
+        headers=service.headers(),
+    )
+    assert only_hits.status_code == 400
+    assert only_hits.json()["error"]["code"] == "empty_selection"

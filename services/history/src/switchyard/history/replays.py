@@ -1,37 +1,43 @@
 """Replaying recorded traffic against another model, and comparing the answers.
 
 A replay is created from a selection of a tenant's recorded requests (time range, and
-optionally model, API key, user, team; a `limit` or a random `sample`), and a target
-model. Each selected request becomes an item (`history_replay_items`), in the order the
-requests were made; a request stored metadata-only (the tenant's privacy setting), or of
-an API that cannot be replayed, is an item marked `not_replayable` with the reason, and
-the rest of the run goes on.
+optionally model, API key, user, team; a `limit` or a random `sample`), and a target model.
+A member selects only their own requests (naming another user, or a key or team they have no
+requests with, is refused); answers from the response cache are never selected (their
+original miss is). Each selected request becomes an item (`history_replay_items`), in the
+order the requests were made; a request stored metadata-only (the tenant's privacy setting),
+or of an API that cannot be replayed, is an item marked `not_replayable` with the reason,
+and the rest of the run goes on.
 
-The runner (`ReplayRunner`, one per history replica) sends the items of running replays
-at the replay's rate: each becomes a `chat.requested` on the batch lane (inference serves
-it only with capacity interactive traffic leaves free), with the original's body and
-provider headers, `model` replaced by the target, `stream` removed (nobody reads a batch
-stream), `replay_of` naming the original, no reply address, no webhook, and attributed to
-whoever created the replay (or, with `bill_to: original`, to the original's user, key and
-team). Before it is published, a gateway admits it against the budgets and rate limits of
-that user and key (`replay_admission.py`): a rate limit pauses the replay until it allows
-more, a used-up budget stops it (resumed by its id), the item waiting with the limit's
-message as its reason. It goes to inference like any job, never through a gateway's
-request path, so no Idempotency-Key is claimed and no webhook fires for it.
+The runner (`ReplayRunner`, one per history replica) sends the items of running replays at
+the replay's rate, each replay in a task of its own, started only when its rate allows a
+send (so a slow replay, or a slow publish, holds up no other): each item becomes a
+`chat.requested` on the batch lane (inference serves it only with capacity interactive
+traffic leaves free), with the original's body and provider headers, `model` replaced by the
+target, `stream` removed (nobody reads a batch stream), `replay_of` naming the original, no
+reply address, no webhook, and attributed to whoever created the replay (or, with `bill_to:
+original`, to the original's user, key and team). Before it is published, a gateway admits
+it against the budgets and rate limits of that user and key (`replay_admission.py`): a rate
+limit pauses the replay until it allows more, a used-up budget stops it (resumed by its id),
+the item waiting with the limit's message as its reason. It goes to inference like any job,
+never through a gateway's request path, so no Idempotency-Key is claimed and no webhook
+fires for it.
 
 Never twice: an item goes `pending` -> `sending` (committed) -> published -> `sent`, and a
-runner only takes an item whose state it changed itself, so two runners never send the
-same item. A runner that died between `sending` and `sent` leaves the item in doubt:
-whoever resumes the replay publishes a probe on the batch topic with the item's key (so,
-on Kafka, to the same partition, after the request if the request was published), waits
-until this service has recorded the probe, and then knows: the request is recorded (it was
-sent) or it never will be (it is sent now). Probes are `chat.cancel_requested` events with
-reason `replay_probe`; inference ignores everything but requests on the request topics.
+runner only takes an item whose state it changed itself, so two runners never send the same
+item. That change is made right before the item is published, and only while the replay is
+running under that runner, so nothing is sent once a replay is stopped. A runner that died
+between `sending` and `sent` leaves the item in doubt: whoever resumes the replay publishes
+a probe on the batch topic with the item's key (so, on Kafka, to the same partition, after
+the request if the request was published), waits until this service has recorded the probe,
+and then knows: the request is recorded (it was sent) or it never will be (it is sent now).
+Probes are `chat.cancel_requested` events with reason `replay_probe`; inference ignores
+everything but requests on the request topics.
 
 A replay can be stopped and resumed by its id (`stopped` <-> `running`); a replay whose
 runner died is taken over by any replica once its lease runs out. When every sent item's
-replay has reached a terminal state it is compared with its original (`settle`): exact
-match of the output text, and a similarity score from 0 to 1 (the standard library's
+replay has reached a terminal state it is compared with its original (`settle`): exact match
+of the output text, and a similarity score from 0 to 1 (the standard library's
 `difflib.SequenceMatcher.ratio()`: twice the matched characters over the total, on at most
 the first `SIMILARITY_MAX_CHARS` characters of each). Then the replay is `completed`.
 """
@@ -46,17 +52,17 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import structlog
 from aiolimiter import AsyncLimiter
 from sqlalchemy import ColumnElement, RowMapping, and_, exists, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
 
-from switchyard.common.backoff import poll_delay
+from switchyard.common.backoff import POLL_FAILURE_MAX_S, Backoff, poll_delay
 from switchyard.common.events import (
     CancelRequestData,
     ChatCancelRequested,
@@ -103,6 +109,7 @@ METADATA_ONLY_REASON = (
 )
 SIMILARITY_MAX_CHARS = 20_000
 MAX_RATE_PER_S = 1000.0
+MIN_RATE_PER_H = 1.0
 PROBE_REASON = "replay_probe"
 ERROR_STATUSES = frozenset(
     {RequestStatus.FAILED.value, RequestStatus.EXPIRED.value, RequestStatus.REFUSED.value}
@@ -110,6 +117,9 @@ ERROR_STATUSES = frozenset(
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
 _PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0}
 _PERIODS.update({"h": 3600.0, "hour": 3600.0})
+_UNITS = (("s", 1.0), ("m", 60.0), ("h", 3600.0))
+# How long a replay whose send failed (gateway, database or bus down) waits to try again.
+_RETRY = Backoff(0.5, POLL_FAILURE_MAX_S)
 
 
 class ReplayError(ValueError):
@@ -122,7 +132,8 @@ class ReplayError(ValueError):
 
 def parse_rate(value: str | float | int) -> tuple[int, float]:
     """`5/s`, `30/m`, `100/h` or a number (per second) as (requests, per seconds), the
-    shape of a leaky bucket. Raises ReplayError for zero, negative or unreadable rates."""
+    shape of a leaky bucket. Raises ReplayError for zero, negative or unreadable rates, and
+    for rates above MAX_RATE_PER_S or below MIN_RATE_PER_H."""
     match = _RATE.match(str(value))
     amount = float(match.group(1)) if match else 0.0
     if match is None or amount <= 0:
@@ -141,17 +152,32 @@ def parse_rate(value: str | float | int) -> tuple[int, float]:
             param="rate",
             code="invalid_rate",
         )
+    # Slower than this, a replay of a handful of requests would outlive anyone reading it.
+    if amount * 3600.0 / period < MIN_RATE_PER_H * (1 - 1e-9):
+        raise ReplayError(
+            400,
+            f"Invalid value for 'rate': {str(value)[:32]!r} is below the slowest rate, "
+            f"{MIN_RATE_PER_H:g} request per hour (1/h).",
+            param="rate",
+            code="invalid_rate",
+        )
     if amount >= 1 and amount == int(amount):
         return int(amount), period
     return 1, period / amount
 
 
 def format_rate(count: int, period_s: float) -> str:
-    """A rate of `count` per `period_s` seconds for people: `5/s`, or `30/m` below one a second."""
-    per_second = count / period_s
-    if per_second >= 1:
-        return f"{per_second:g}/s"
-    return f"{per_second * 60:g}/m"
+    """A rate of `count` per `period_s` seconds as `parse_rate` reads it: `5/s`, `30/m` or
+    `1/h` when the period is one of those units, else per the shortest unit in which it is
+    at least 1 (`0.5/s` is `30/m`, `1.5/h` stays `1.5/h`)."""
+    for unit, seconds in _UNITS:
+        if math.isclose(period_s, seconds):
+            return f"{count}/{unit}"
+    for unit, seconds in _UNITS:
+        amount = count * seconds / period_s
+        if amount >= 1 - 1e-9 or unit == _UNITS[-1][0]:
+            return f"{amount:.6g}/{unit}"
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -276,7 +302,9 @@ class ReplayStore:
         self.max_requests = max_requests
 
     def _selection_query(self, caller: Caller, selection: Selection) -> AnySelect:
-        r, e = requests_table.c, events_table.c
+        """The requests `selection` names, among those the caller may replay (`_forbidden`
+        has refused any selector naming someone else's requests)."""
+        r = requests_table.c
         query = select(
             r.request_id,
             r.api,
@@ -285,6 +313,9 @@ class ReplayStore:
             r.tenant == caller.tenant,
             r.request_body.is_not(None),
             r.replay_of.is_(None),
+            # A cache hit repeats an answer to an earlier request; that original miss is
+            # the real call to compare with (a hit's own cost and tokens are 0).
+            r.cache_hit.is_not(True),
             r.status != RequestStatus.PENDING.value,
             r.created_at >= selection.since,
         )
@@ -292,34 +323,73 @@ class ReplayStore:
             query = query.where(r.created_at < selection.until)
         if not caller.sees_whole_tenant:
             query = query.where(r.user_id == caller.user_id)
-        elif selection.user_id is not None:
+        if selection.user_id is not None:
             query = query.where(r.user_id == selection.user_id)
         if selection.model is not None:
             query = query.where(r.model == selection.model)
         if selection.api_key_id is not None:
             query = query.where(r.api_key_id == selection.api_key_id)
         if selection.team_id is not None:
-            query = query.where(
-                r.request_id.in_(
-                    select(e.request_id).where(
-                        e.tenant == caller.tenant,
-                        e.type == "chat.requested",
-                        e.payload[("data", "team_id")].as_string() == selection.team_id,
-                    )
-                )
-            )
+            query = query.where(r.team_id == selection.team_id)
         if selection.sample is not None:
             return query.order_by(func.random()).limit(selection.sample)
         query = query.order_by(r.created_at, r.request_id)
         return query.limit(selection.limit or self.max_requests + 1)
 
+    async def _forbidden(
+        self, connection: AsyncConnection, caller: Caller, selection: Selection
+    ) -> ReplayError | None:
+        """Why a member may not make this selection (a 403 naming the selector), or None.
+
+        A member replays only their own requests: `user_id` must be theirs, and an
+        `api_key_id` or `team_id` one they have made recorded requests with (history has
+        no other record of who owns a key or belongs to a team). Admins may select any."""
+        if caller.sees_whole_tenant:
+            return None
+        if selection.user_id is not None and selection.user_id != caller.user_id:
+            return ReplayError(
+                403,
+                "Only an admin of the tenant can replay another user's requests: "
+                f"'user_id' must be your own ({caller.user_id[:128]!r}) or left out.",
+                param="user_id",
+                code="admin_only",
+            )
+        r = requests_table.c
+        for param, name, column, value in (
+            ("api_key_id", "API key", r.api_key_id, selection.api_key_id),
+            ("team_id", "team", r.team_id, selection.team_id),
+        ):
+            if value is None:
+                continue
+            mine = await connection.execute(
+                select(r.request_id)
+                .where(r.tenant == caller.tenant, r.user_id == caller.user_id, column == value)
+                .limit(1)
+            )
+            if mine.first() is None:
+                return ReplayError(
+                    403,
+                    f"You have no recorded request with the {name} {value[:128]!r}; only an "
+                    f"admin of the tenant can replay other users' requests by '{param}'.",
+                    param=param,
+                    code="admin_only",
+                )
+        return None
+
     async def create(
         self, caller: Caller, api_key_id: str | None, spec: ReplaySpec
     ) -> dict[str, Any]:
         """Select the requests and record the replay (running); returns it. Raises
-        ReplayError 400 for an empty selection or one over `max_requests`."""
+        ReplayError 400 for an empty selection or one over `max_requests`, 403 when a
+        member names another user, or a key or team they have no requests with."""
         selection = spec.selection
+        if not caller.sees_whole_tenant:
+            # What is stored says what was selected: a member's own requests only.
+            selection = replace(selection, user_id=caller.user_id)
         async with self._engine.begin() as connection:
+            forbidden = await self._forbidden(connection, caller, spec.selection)
+            if forbidden is not None:
+                raise forbidden
             rows = (await connection.execute(self._selection_query(caller, selection))).all()
             if not rows:
                 raise ReplayError(
@@ -599,7 +669,13 @@ def _totals(items: Sequence[RowMapping]) -> dict[str, Any]:
 
 
 class ReplayRunner:
-    """Sends the items of running replays and settles finished ones (one per replica)."""
+    """Sends the items of running replays and settles finished ones (one per replica).
+
+    One loop (`run`) settles, claims the running replays this runner may send for, and
+    starts a send (`drive`, a task of its own) for each claimed replay that has none under
+    way and whose rate allows one now; a replay whose rate allows none yet is skipped until
+    it does. So nothing one replay does (a slow rate, many items, a slow admission or
+    publish, a probe for an item in doubt) holds up the other replays or the settling."""
 
     def __init__(
         self,
@@ -613,12 +689,15 @@ class ReplayRunner:
         slice_s: float = 5.0,
         recover_after_s: float = 60.0,
         probe_timeout_s: float = 10.0,
+        max_replays: int = 100,
         admission: GatewayAdmission | None = None,
     ) -> None:
         self._engine = engine
         self._admission = admission
-        # A replay held by a rate limit is not driven again before this (monotonic s).
+        # A replay held by a rate limit, or whose last send failed, is not driven again
+        # before this (monotonic s).
         self._not_before: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
         self._publish = publish
         self._topics = topics
         self.runner_id = runner_id
@@ -627,35 +706,111 @@ class ReplayRunner:
         self.slice_s = slice_s
         self.recover_after_s = recover_after_s
         self.probe_timeout_s = probe_timeout_s
+        self.max_replays = max_replays
         self._limiters: dict[str, AsyncLimiter] = {}
+        self._sending: dict[str, asyncio.Task[None]] = {}
 
     async def run(self, interval_s: float) -> None:
-        """Work until cancelled: settle, then send for a slice of time, or wait."""
+        """Work until cancelled: settle, start the sends the replays' rates allow, wait.
+        The sends under way are cancelled with it."""
         failures = 0
-        while True:
-            try:
-                busy = await self.tick()
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - e.g. the database or bus is down
-                failures += 1
-                if failures == 1 or failures % 10 == 0:
-                    log.warning("replay round failed", error=repr(exc))
-                busy = False
-            await asyncio.sleep(0 if busy else poll_delay(interval_s, failures))
+        try:
+            while True:
+                try:
+                    busy = await self.tick()
+                    failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - e.g. the database or bus is down
+                    failures += 1
+                    if failures == 1 or failures % 10 == 0:
+                        log.warning("replay round failed", error=repr(exc))
+                    busy = False
+                await asyncio.sleep(0 if busy else poll_delay(interval_s, failures))
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Cancel the sends under way and wait for them to end (an item cut off while
+        `sending` is resolved by whoever drives its replay next)."""
+        tasks = list(self._sending.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._sending.clear()
 
     async def tick(self) -> bool:
-        """One round; True if it sent anything (so the next round starts at once)."""
+        """One round: settle, claim, and start a send for every claimed replay that may
+        send now. Returns True if it started any (so the next round starts at once)."""
         if not await self._any_running():
             # Most of the time no replay runs: one indexed lookup instead of the settle
             # join and the claim transaction, every poll on every replica.
             return False
         await self.settle()
-        replay = await self._claim()
-        if replay is None:
+        replays = await self._claim()
+        self._forget({replay["replay_id"] for replay in replays})
+        started = False
+        for replay in replays:
+            started = self._start(replay) or started
+        return started
+
+    def _start(self, replay: RowMapping) -> bool:
+        """Start sending for `replay` unless a send of it is under way, a limit holds it,
+        or its rate allows no send now (then it waits for a later round, holding up no
+        one). Returns whether it started."""
+        replay_id = replay["replay_id"]
+        under_way = self._sending.get(replay_id)
+        if under_way is not None and not under_way.done():
             return False
-        return await self.drive(replay) > 0
+        if self._not_before.get(replay_id, 0.0) > time.monotonic():
+            return False
+        if not self._limiter(replay).has_capacity():
+            return False
+        self._sending[replay_id] = asyncio.create_task(
+            self._send(replay), name=f"replay-{replay_id}"
+        )
+        return True
+
+    async def _send(self, replay: RowMapping) -> None:
+        """`drive` as a task of its own: a failure waits (backing off) for a later round
+        of this replay only."""
+        replay_id = replay["replay_id"]
+        try:
+            await self.drive(replay)
+            self._failures.pop(replay_id, None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. the gateway, database or bus is down
+            failures = self._failures[replay_id] = self._failures.get(replay_id, 0) + 1
+            if failures == 1 or failures % 10 == 0:
+                log.warning("replay send failed", replay_id=replay_id, error=repr(exc))
+            self._not_before[replay_id] = time.monotonic() + _RETRY.delay(failures)
+
+    def _limiter(self, replay: RowMapping) -> AsyncLimiter:
+        limiter = self._limiters.get(replay["replay_id"])
+        if limiter is None:
+            limiter = self._limiters[replay["replay_id"]] = AsyncLimiter(
+                replay["rate_count"], replay["rate_period_s"]
+            )
+        return limiter
+
+    def _forget(self, claimed: set[str]) -> None:
+        """Drop what this runner keeps of replays it no longer sends for: finished sends,
+        past holds, and rate limiters whose bucket has drained (a new one is the same)."""
+        now = time.monotonic()
+        for replay_id, task in list(self._sending.items()):
+            if task.done():
+                del self._sending[replay_id]
+        for replay_id, until in list(self._not_before.items()):
+            if until <= now and replay_id not in claimed:
+                del self._not_before[replay_id]
+        for replay_id in list(self._failures):
+            if replay_id not in claimed:
+                del self._failures[replay_id]
+        for replay_id, limiter in list(self._limiters.items()):
+            idle = replay_id not in claimed and replay_id not in self._sending
+            if idle and limiter.has_capacity(limiter.max_rate):
+                del self._limiters[replay_id]
 
     async def _any_running(self) -> bool:
         """Whether any replay of any tenant is running, or was stopped recently enough that
@@ -676,9 +831,13 @@ class ReplayRunner:
 
     # -- claiming -----------------------------------------------------------------------
 
-    async def _claim(self) -> RowMapping | None:
+    async def _claim(self) -> list[RowMapping]:
+        """Take, or keep, up to `max_replays` running replays with items to send (oldest
+        first) whose lease is free or this runner's, renewing the lease; returns those now
+        this runner's."""
         p, i = replays_table.c, replay_items_table.c
         now = _now()
+        running = p.status == ReplayStatus.RUNNING.value
         free = (p.lease_until.is_(None)) | (p.lease_until < now) | (p.runner == self.runner_id)
         waiting = exists().where(
             i.replay_id == p.replay_id,
@@ -686,54 +845,38 @@ class ReplayRunner:
         )
         candidates = (
             select(p.replay_id)
-            .where(p.status == ReplayStatus.RUNNING.value, free, waiting)
+            .where(running, free, waiting)
             .order_by(p.created_at)
-            .limit(5)
+            .limit(self.max_replays)
         )
         async with self._engine.begin() as connection:
-            for replay_id in list((await connection.execute(candidates)).scalars()):
-                claimed = await connection.execute(
-                    update(replays_table)
-                    .where(p.replay_id == replay_id, p.status == ReplayStatus.RUNNING.value, free)
-                    .values(
-                        runner=self.runner_id, lease_until=now + timedelta(seconds=self.lease_s)
-                    )
-                )
-                if claimed.rowcount == 1:
-                    row = await connection.execute(
-                        select(replays_table).where(p.replay_id == replay_id)
-                    )
-                    return row.mappings().first()
-        return None
-
-    async def _still_ours(self, replay_id: str) -> bool:
-        """Whether the replay is still running under this runner; renews the lease."""
-        p = replays_table.c
-        async with self._engine.begin() as connection:
-            result = await connection.execute(
+            replay_ids = list((await connection.execute(candidates)).scalars())
+            if not replay_ids:
+                return []
+            await connection.execute(
                 update(replays_table)
-                .where(
-                    p.replay_id == replay_id,
-                    p.status == ReplayStatus.RUNNING.value,
-                    p.runner == self.runner_id,
-                )
-                .values(lease_until=_now() + timedelta(seconds=self.lease_s))
+                .where(p.replay_id.in_(replay_ids), running, free)
+                .values(runner=self.runner_id, lease_until=now + timedelta(seconds=self.lease_s))
             )
-        return result.rowcount == 1
+            ours = await connection.execute(
+                select(replays_table)
+                .where(p.replay_id.in_(replay_ids), running, p.runner == self.runner_id)
+                .order_by(p.created_at)
+            )
+            return list(ours.mappings().all())
 
     # -- sending ------------------------------------------------------------------------
 
     async def drive(self, replay: RowMapping) -> int:
-        """Send the replay's items for one slice of time at its rate; returns how many."""
+        """Send the replay's items while its rate allows, for at most `slice_s` seconds;
+        returns how many were sent. It never waits for the rate: when it allows no more
+        send, it returns (a later round goes on). Raises what the database, the bus or the
+        admission raise (the item then waits in `pending`, or in doubt in `sending`)."""
         replay_id = replay["replay_id"]
         if self._not_before.get(replay_id, 0.0) > time.monotonic():
             return 0
         await self._recover(replay)
-        limiter = self._limiters.get(replay_id)
-        if limiter is None:
-            limiter = self._limiters[replay_id] = AsyncLimiter(
-                replay["rate_count"], replay["rate_period_s"]
-            )
+        limiter = self._limiter(replay)
         ends = time.monotonic() + self.slice_s
         sent = 0
         i = replay_items_table.c
@@ -743,26 +886,58 @@ class ReplayRunner:
             .order_by(i.position)
             .limit(1)
         )
-        while time.monotonic() < ends:
+        while time.monotonic() < ends and limiter.has_capacity():
             async with self._engine.connect() as connection:
                 item = (await connection.execute(next_item)).mappings().first()
-            if item is None or not await self._still_ours(replay_id):
+            if item is None:
                 break
-            await limiter.acquire()
             event = await self._replay_event(replay, item)
             if event is None:
                 continue
-            if not await self._move(item, ReplayItemState.PENDING, ReplayItemState.SENDING):
-                continue  # another runner took it
+            if not await self._take(item, ReplayItemState.PENDING):
+                break  # stopped, taken over, or the item taken by another runner
+            await limiter.acquire()  # it has capacity: returns at once
             if self._admission is not None:
                 event = await self._admit(replay, item, event)
                 if event is None:
+                    break
+                # The replay may have been stopped while the gateway was asked.
+                if not await self._take(item, ReplayItemState.SENDING):
+                    await self._move(item, ReplayItemState.SENDING, ReplayItemState.PENDING)
                     break
             # Any failure from here leaves the item in doubt, resolved by `_recover`.
             await self._publish(self._topics.requests_batch, event, key=event.request_id)
             await self._move(item, ReplayItemState.SENDING, ReplayItemState.SENT)
             sent += 1
         return sent
+
+    async def _take(self, item: RowMapping, source: ReplayItemState) -> bool:
+        """Claim the item for publishing, right before it is published: `source` ->
+        `sending`, only while its replay is running under this runner, so nothing is sent
+        once it is stopped (or taken over). Returns whether it did."""
+        i, p = replay_items_table.c, replays_table.c
+        running = (
+            select(p.replay_id)
+            .where(
+                p.replay_id == item["replay_id"],
+                p.status == ReplayStatus.RUNNING.value,
+                p.runner == self.runner_id,
+            )
+            .exists()
+        )
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                update(replay_items_table)
+                .where(
+                    i.replay_id == item["replay_id"],
+                    i.position == item["position"],
+                    i.state == source.value,
+                    running,
+                )
+                # A limit that held it back before no longer does.
+                .values(state=ReplayItemState.SENDING.value, attempted_at=_now(), reason=None)
+            )
+        return result.rowcount == 1
 
     async def _admit(
         self, replay: RowMapping, item: RowMapping, event: ChatRequested
@@ -811,9 +986,6 @@ class ReplayRunner:
     ) -> bool:
         i = replay_items_table.c
         values: dict[str, Any] = {"state": target.value}
-        if target is ReplayItemState.SENDING:
-            values["attempted_at"] = _now()
-            values["reason"] = None  # a limit that held it back before no longer does
         if reason is not None:
             values["reason"] = reason
         async with self._engine.begin() as connection:

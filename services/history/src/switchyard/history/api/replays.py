@@ -35,12 +35,16 @@ class ReplayBody(BaseModel):
     model: str | None = Field(default=None, max_length=256, description="Only this model's.")
     api_key_id: str | None = Field(default=None, max_length=128, description="Only this key's.")
     user_id: str | None = Field(
-        default=None, max_length=128, description="Admins: only this user's."
+        default=None,
+        max_length=128,
+        description="Only this user's (a member may name only themselves; 403 otherwise).",
     )
     team_id: str | None = Field(default=None, max_length=128, description="Only this team's.")
     limit: int | None = Field(default=None, ge=1, le=100_000, description="The first N only.")
     sample: int | None = Field(default=None, ge=1, le=100_000, description="N chosen at random.")
-    rate: str | float = Field(default="5/s", description="Requests per second, minute or hour.")
+    rate: str | float = Field(
+        default="5/s", description="Requests per second, minute or hour, from 1/h to 1000/s."
+    )
     bill_to: Literal["caller", "original"] = Field(
         default="caller",
         description="Whose user, key and team the replayed requests count against: whoever "
@@ -69,7 +73,8 @@ def replays_router(internal_token: str) -> APIRouter:
     async def create_replay(
         body: ReplayBody, caller: CallerDep, store: ReplaysDep
     ) -> dict[str, Any]:
-        """Select recorded requests and replay them on `to_model` in the batch lane."""
+        """Select recorded requests and replay them on `to_model` in the batch lane (403 when
+        a member's selection names another user's requests)."""
         if body.limit is not None and body.sample is not None:
             raise APIError(
                 400,
