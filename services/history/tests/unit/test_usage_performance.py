@@ -114,3 +114,24 @@ async def test_the_caller_identity_is_required(service):
         "/v1/usage/performance", headers={"x-switchyard-internal-token": "test-internal-token"}
     )
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/v1/usage", "/v1/usage/performance", "/v1/history"])
+async def test_a_member_naming_another_user_is_refused_not_answered_with_their_own(
+    service, timed, path
+):
+    window = {"since": "2025-03-01T00:00:00Z", "until": "2025-03-02T00:00:00Z"}
+
+    async def get(user_id: str, role: str = "user"):
+        return await service.client.get(
+            path,
+            params={**window, "user_id": user_id},
+            headers=service.headers(tenant="acme", user_id="alice", role=role),
+        )
+
+    refused = await get("bob")
+    assert refused.status_code == 403, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["param"]) == ("admin_only", "user_id")
+    assert (await get("alice")).status_code == 200  # naming oneself is fine
+    assert (await get("bob", role="admin")).status_code == 200

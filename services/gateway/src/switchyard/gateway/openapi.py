@@ -131,12 +131,13 @@ ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "POST /v1/jobs/{job_id}/cancel": (409,),
     "GET /v1/jobs/{job_id}": (),
     "GET /v1/jobs": (),
-    "GET /v1/history": (),
+    # A member naming another user in `user_id` (admins only).
+    "GET /v1/history": (403,),
     "GET /v1/history/{request_id}": (),
     # Tenant settings are for admins of the tenant.
     "GET /v1/history/settings": (403,),
     "PUT /v1/history/settings": (400, 403),
-    "GET /v1/usage": (),
+    "GET /v1/usage": (403,),
     "GET /v1/spend": (),
     # Replays: bad selection or rate (400), an unknown target model (404); stopping or
     # resuming a completed replay (409).

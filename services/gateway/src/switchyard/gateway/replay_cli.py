@@ -150,9 +150,10 @@ def replay(
     sample: Annotated[int | None, typer.Option(min=1, help="N requests chosen at random.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="The first N requests.")] = None,
     to_model: Annotated[str | None, typer.Option("--to-model", help="Model to replay on.")] = None,
-    rate: Annotated[str, typer.Option(help="Requests per second, minute or hour: 5/s, 30/m.")] = (
-        "5/s"
-    ),
+    rate: Annotated[
+        str,
+        typer.Option(help="Requests per second, minute or hour, from 1/h to 1000/s: 5/s, 30/m."),
+    ] = ("5/s"),
     bill_to: Annotated[
         str, typer.Option(help="caller (default) or original: whose key the replays count on.")
     ] = "caller",

@@ -52,6 +52,10 @@ READ_AFTER_WRITE_WAIT_S = 1.0
 # and the caller's identity, 404 for an id in the path), for the OpenAPI document.
 HISTORY_DOCS = ApiDocs(
     errors={
+        "GET /v1/history": (403,),
+        "GET /v1/usage": (403,),
+        "GET /v1/usage/performance": (403,),
+        "POST /v1/replays": (403,),
         "GET /v1/history/settings": (403,),
         "PUT /v1/history/settings": (403,),
         "POST /v1/jobs/{job_id}/cancel": (409,),

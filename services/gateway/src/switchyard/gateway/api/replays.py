@@ -5,7 +5,9 @@
 ..., "team_id": ..., "limit": N | "sample": N, "rate": "5/s", "bill_to": "caller"}`. The
 gateway checks the target model exists and the caller's credential may use it (404
 `model_not_found` otherwise), then history selects the requests (400 `empty_selection`
-when none match; 400 `invalid_rate` for a rate of 0) and its replay runner sends them on
+when none match, cache hits left out; 400 `invalid_rate` for a rate outside 1/h to
+1000/s; 403 `admin_only` when a member names another user, or a key or team they have
+made no requests with) and its replay runner sends them on
 the batch lane. `GET /v1/replays/{id}` reports the pairs (original and replay: request id,
 model, status, latency, tokens, cost; exact match and similarity of the outputs) and the
 totals; `POST /v1/replays/{id}/stop` and `/resume` pause and continue it (nothing is ever

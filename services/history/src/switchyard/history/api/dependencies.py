@@ -40,6 +40,24 @@ async def caller_identity(
     return Caller(tenant=tenant, user_id=user_id, role=role)  # type: ignore[arg-type]
 
 
+def user_filter(caller: Caller, user_id: str | None) -> str | None:
+    """The `user_id` filter `caller` reads with: what they asked for if they see the whole
+    tenant (admins; None is everyone), else their own id. Raises `APIError` 403
+    `admin_only` when anyone else names another user: answering with their own figures
+    under the name they asked for would mislead."""
+    if caller.sees_whole_tenant:
+        return user_id
+    if user_id is not None and user_id != caller.user_id:
+        raise APIError(
+            403,
+            "Only an admin of the tenant can select another user's requests: 'user_id' "
+            "must be your own or left out.",
+            param="user_id",
+            code="admin_only",
+        )
+    return caller.user_id
+
+
 def components(request: Request) -> HistoryComponents:
     """The service's components, set on `app.state.history` by the app factory."""
     return cast(HistoryComponents, request.app.state.history)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
-from switchyard.history.api.dependencies import CallerDep
+from switchyard.history.api.dependencies import CallerDep, user_filter
 from switchyard.history.api.params import parse_time
 from switchyard.history.performance import (
     BUCKETS,
@@ -103,7 +103,7 @@ def performance_router(internal_token: str) -> APIRouter:
             until=until_at,
             bucket=bucket,  # type: ignore[arg-type]
             dimensions=dimensions,
-            user_id=user_id if caller.sees_whole_tenant else caller.user_id,
+            user_id=user_filter(caller, user_id),
             model=model,
             api_key_id=api_key_id,
         )

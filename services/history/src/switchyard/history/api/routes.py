@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.common.jsonbody import BoundedJsonRoute
-from switchyard.history.api.dependencies import CallerDep, QueriesDep, TenantsDep
+from switchyard.history.api.dependencies import CallerDep, QueriesDep, TenantsDep, user_filter
 from switchyard.history.api.params import page_limit, parse_statuses, parse_time_range
 from switchyard.history.api.schemas import HistoryItem, HistoryList, history_item
 from switchyard.history.queries import (
@@ -85,7 +85,11 @@ def history_router(internal_token: str) -> APIRouter:
         ] = None,
         api_key_id: Annotated[str | None, Query(max_length=128)] = None,
         user_id: Annotated[
-            str | None, Query(max_length=128, description="Admins: one user's requests.")
+            str | None,
+            Query(
+                max_length=128,
+                description="Admins: one user's requests (anyone else: only their own id).",
+            ),
         ] = None,
         team_id: Annotated[
             str | None,
@@ -100,7 +104,7 @@ def history_router(internal_token: str) -> APIRouter:
             model=model,
             statuses=tuple(parse_statuses(status, STATUSES)),
             api_key_id=api_key_id,
-            user_id=user_id,
+            user_id=user_filter(caller, user_id),
             team_id=team_id,
         )
         try:

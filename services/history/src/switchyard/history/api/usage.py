@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
-from switchyard.history.api.dependencies import CallerDep, QueriesDep
+from switchyard.history.api.dependencies import CallerDep, QueriesDep, user_filter
 from switchyard.history.api.params import parse_time
 from switchyard.history.queries import UsageQuery
 from switchyard.history.usage import (
@@ -79,7 +79,7 @@ def usage_router(internal_token: str) -> APIRouter:
             bucket=bucket,  # type: ignore[arg-type]
             dimensions=dimensions,
             tenant=caller.tenant,
-            user_id=user_id if caller.sees_whole_tenant else caller.user_id,
+            user_id=user_filter(caller, user_id),
             model=model,
             api_key_id=api_key_id,
             team_id=team_id,
