@@ -498,3 +498,30 @@ async def test_a_stopped_store_holds_nobody_back():
         await subscription.stop()  # drains for at most STOP_DRAIN_S, then gives up
         await waiting
     await bus.stop()
+
+
+async def test_work_entering_without_a_request_topic_waits_for_room_like_a_request():
+    # A response cache hit is answered at once and its events are published afterwards,
+    # on the replies topic: it asks for room first, held back like a new request.
+    bus = InMemoryBus(admission_topics=["requests"], max_pending=1, publish_wait_s=0.2)
+    release = asyncio.Event()
+
+    async def store(events):
+        await release.wait()
+
+    await bus.subscribe_batch(["requests", "replies"], "history", store, max_batch=1)
+    async with asyncio.timeout(1):
+        await bus.wait_for_room("replies")  # nothing behind: at once
+    await bus.publish("replies", request(0))
+    await asyncio.sleep(0.05)  # the store took r0 and waits in its handler
+    await bus.publish("replies", request(1))  # what follows accepted work is never held
+
+    with pytest.raises(BusUnavailableError, match="history is 1 events or more behind"):
+        await bus.wait_for_room("replies")
+    waiting = asyncio.create_task(bus.wait_for_room("replies"))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    release.set()
+    async with asyncio.timeout(1):
+        await waiting
+    await bus.stop()

@@ -777,3 +777,31 @@ async def test_a_hits_events_given_up_on_are_counted_and_logged_never_raised(
     assert hit.status_code == 200 and hit.headers["x-switchyard-cache"] == "hit"
     # The request, its reply (never published without it) and the usage event.
     await async_wait_until(lambda: _hit_events("failed") - failed == 3, timeout=5)
+
+
+async def test_a_hit_waits_for_room_where_the_bus_keeps_events_in_memory(harness, history):
+    # Embedded mode's bus holds what history has not written yet in memory: a hit's events
+    # count like a new request's, so a history far behind gets 503, never more memory.
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    await async_wait_until(lambda: history.cache, timeout=5)
+    topics = Topics(harness.settings.topic_prefix)
+    release = asyncio.Event()
+
+    async def store(events) -> None:
+        await release.wait()
+
+    await harness.bus.subscribe_batch([topics.replies], "store", store, max_batch=1)
+    harness.bus.max_pending, harness.bus.publish_wait_s = 1, 0.2
+    for _ in range(2):  # the first is taken and written for ever; the second waits behind
+        other = CachePurged(
+            source="test", tenant="other", request_id=new_id(), data=CachePurgedData()
+        )
+        await harness.bus.publish(topics.replies, other)
+    refused = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "bus_unavailable"
+
+    release.set()
+    answered = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert answered.status_code == 200
+    assert answered.headers["x-switchyard-cache"] == "hit"

@@ -74,6 +74,7 @@ from switchyard.gateway.intake import (
     forwarded_headers,
     publish,
     request_event,
+    wait_for_room,
 )
 from switchyard.gateway.replies import Reply
 from switchyard.gateway.request_id import request_id_of
@@ -231,6 +232,9 @@ class Dispatch:
             ticket.cancel()
             raise
         if dispatch.cache is not None and dispatch.cache.hit is not None:
+            # Its events are published after the answer: where the bus buffers them in
+            # memory (embedded mode), a hit waits for room as a new request does.
+            await wait_for_room(gateway, gateway.topics.replies, ticket, "cache hit")
             ticket.settle(tokens=0, cost_usd=0.0)
             dispatch._closed = True  # nothing was opened
             return dispatch

@@ -223,6 +223,17 @@ async def publish(
     return True
 
 
+async def wait_for_room(gateway: Gateway, topic: str, ticket: Ticket, what: str) -> None:
+    """Wait until the bus may take new work whose events go to `topic` (embedded mode
+    bounds what its stores have not written yet; Kafka returns at once). Raises APIError
+    503 `bus_unavailable`, the ticket's reservations given back, when no room came in time:
+    accepted work is never dropped, so it is refused instead."""
+    try:
+        await gateway.bus.wait_for_room(topic)
+    except BusUnavailableError as exc:
+        _refuse_unavailable(ticket, what, exc)
+
+
 def _refuse_unavailable(ticket: Ticket, what: str, exc: BusUnavailableError) -> NoReturn:
     """Give the ticket's reservations back and raise 503 `bus_unavailable`."""
     ticket.cancel()

@@ -242,6 +242,15 @@ class EventBus(abc.ABC):
         """True while this process can publish and every subscription is receiving."""
         return True
 
+    async def wait_for_room(self, topic: str) -> None:
+        """Wait until new work whose events go to `topic` may be accepted, for work that
+        enters without being published to a request topic first (a response cache hit,
+        answered at once, its events published afterwards). A bus that buffers events in
+        memory bounds what its stores have not taken yet (`InMemoryBus`); one with a broker
+        (Kafka) returns at once, the broker being the buffer. Raises BusUnavailableError
+        when no room came in time."""
+        del topic  # this default has no buffer of its own to wait for
+
     async def settled(self, group: str, timeout: float) -> bool:
         """Wait at most `timeout` seconds until consumer group `group` of this process has
         handled every event published before the call; True if it has. A bus whose

@@ -129,9 +129,11 @@ class InMemoryBus(EventBus):
     group reading it (a store such as history) holds `max_pending` events or more it has
     not taken yet, and raises BusUnavailableError after `publish_wait_s` seconds, as the
     Kafka bus does when the broker does not take an event (the gateway then refuses the
-    request with 503). Every other topic is never waited for, so what follows an accepted
-    request (its replies, chunks and usage) always flows; the store's backlog is then
-    bounded by `max_pending` plus what the requests already accepted produce."""
+    request with 503); `wait_for_room(topic)` waits the same way for work entering
+    without a request topic (a response cache hit). Every other publish is never held
+    back, so what follows an accepted request (its replies, chunks and usage) always flows;
+    the store's backlog is then bounded by `max_pending` plus what the work already
+    accepted produces."""
 
     def __init__(
         self,
@@ -195,6 +197,10 @@ class InMemoryBus(EventBus):
                 # Kafka's record key: the request id unless the publisher names another.
                 queue.put_nowait((raw, carrier, key or event.request_id))
 
+    @override
+    async def wait_for_room(self, topic: str) -> None:
+        await self._room_in_batch_groups(topic)
+
     def _behind(self, topic: str) -> str | None:
         """A running batch group reading `topic` that holds `max_pending` events or more."""
         for group in self._topic_groups.get(topic, ()):
@@ -206,7 +212,9 @@ class InMemoryBus(EventBus):
     async def _room_in_batch_groups(self, topic: str) -> None:
         """Wait until no batch group reading `topic` holds `max_pending` events or more;
         BusUnavailableError after `publish_wait_s` seconds in all."""
-        group = None
+        group = self._behind(topic)
+        if group is None:
+            return  # the usual case, without setting up a timeout
         try:
             async with asyncio.timeout(self.publish_wait_s):
                 while (group := self._behind(topic)) is not None:
