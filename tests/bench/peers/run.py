@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,9 +255,12 @@ def measure(
     loadgen: Path | None,
     workdir: Path,
     pids: dict[str, int] | None = None,
+    infra: dict[str, Callable[[], float]] | None = None,
 ) -> None:
     """Every cell against one set-up; `base` is its URL up to (not including) /v1; `pids`
-    are the set-up's processes, profiled (--profile) while the cells run."""
+    are the set-up's processes, profiled (--profile) while the cells run; `infra` names
+    the CPU seconds used so far by what the set-up runs on (broker, database), reported
+    per request beside the processes'."""
     url = f"{base}/v1/chat/completions"
     if pids and args.idle_seconds:
         # CPU the set-up burns with no traffic at all (pollers, sweeps, outboxes), once
@@ -276,7 +280,7 @@ def measure(
     prime(url, token)
     wrk(url, token, "bench-model", 16, args.warmup)
     with profiling(args, mode, pids or {}):
-        measure_cells(report, mode, url, token, args, loadgen, workdir, pids)
+        measure_cells(report, mode, url, token, args, loadgen, workdir, pids, infra)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -288,13 +292,45 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure_cells(report, mode, url, token, args, loadgen, workdir, pids=None) -> None:
+def process_cpu(match: Callable[[str, str], bool]) -> Callable[[], float]:
+    """A function giving the CPU seconds (user + system) used so far by every process
+    whose (name, command line) `match` accepts, those running when it is called: one that
+    exited in between is no longer counted (PostgreSQL keeps its backends while a
+    connection pool holds them)."""
+
+    def total() -> float:
+        seconds = 0.0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                name = (entry / "comm").read_text().strip()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if match(name, command):
+                seconds += cpu_seconds(int(entry.name))
+        return seconds
+
+    return total
+
+
+# What Kafka mode runs on, besides its four processes: the broker and the database server
+# (all of PostgreSQL, other databases' work included).
+KAFKA_INFRA = {
+    "broker": process_cpu(lambda name, command: name == "java" and "kafka.Kafka" in command),
+    "postgres": process_cpu(lambda name, command: name == "postgres"),
+}
+
+
+def measure_cells(report, mode, url, token, args, loadgen, workdir, pids=None, infra=None) -> None:
     """Every selected cell against one set-up: `url` is its chat completions URL, or a
     function giving it for a cell (the direct upstream has one port per cell)."""
     setup = SETUP_NAMES[mode]
     for cell in selected_cells(args):
         cell_url = url(cell) if callable(url) else url
         cpu_before = {name: cpu_seconds(pid) for name, pid in (pids or {}).items()}
+        infra_before = {name: used() for name, used in (infra or {}).items()}
         if cell.stream:
             if loadgen is None:
                 report.notes.append("streaming cells skipped: tests/bench/loadgen needs Go")
@@ -324,8 +360,14 @@ def measure_cells(report, mode, url, token, args, loadgen, workdir, pids=None) -
             report.notes.append(
                 f"{setup}, {cell.label}: CPU per request "
                 + ", ".join(
-                    f"{name} {1000 * (cpu_seconds(pid) - cpu_before[name]) / served:.2f} ms"
-                    for name, pid in (pids or {}).items()
+                    [
+                        f"{name} {1000 * (cpu_seconds(pid) - cpu_before[name]) / served:.2f} ms"
+                        for name, pid in (pids or {}).items()
+                    ]
+                    + [
+                        f"{name} {1000 * (used() - infra_before[name]) / served:.2f} ms"
+                        for name, used in (infra or {}).items()
+                    ]
                 )
             )
         print(
@@ -518,7 +560,17 @@ def run_kafka(report, routing: Path, args, loadgen, workdir) -> None:
         # Let every consumer group settle before measuring.
         time.sleep(args.settle)
         pids = {p.name: p.popen.pid for p in processes}
-        measure(report, "kafka", deployment.gateway, deployment.key, args, loadgen, workdir, pids)
+        measure(
+            report,
+            "kafka",
+            deployment.gateway,
+            deployment.key,
+            args,
+            loadgen,
+            workdir,
+            pids,
+            KAFKA_INFRA,
+        )
         report.rss_mib[SETUP_NAMES["kafka"]] = (
             sum(p.peak_rss_mb() or 0 for p in processes),
             sum(p.rss_mb() or 0 for p in processes),
