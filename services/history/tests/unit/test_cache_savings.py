@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from switchyard.common.events import (
     ChatCompleted,
@@ -26,9 +26,15 @@ from switchyard.common.events import (
 )
 from switchyard.common.testing.infra import async_wait_until
 from switchyard.history import rollup
-from switchyard.history.cache import HIT_DEPLOYMENT, HIT_PROVIDER, CacheStore
+from switchyard.history.cache import (
+    HIT_DEPLOYMENT,
+    HIT_PROVIDER,
+    PENDING_MAX_AGE,
+    CacheStore,
+    resolve_pending_hits,
+)
 from switchyard.history.handlers import EventRecorder
-from switchyard.history.models import usage_dirty_table
+from switchyard.history.models import cache_hit_pending_table, usage_dirty_table
 from switchyard.history.queries import UsageQuery
 from switchyard.history.tenants import TenantSettingsStore
 
@@ -100,6 +106,20 @@ async def store_answer(engine, source: ChatRequested, reply: ChatCompleted) -> N
     )
 
 
+async def sweep_rollup(engine) -> None:
+    """The sweeper's rollup step (`Sweeper.sweep_once`), with no settle time: hits whose
+    source's cost is now recorded get their hours marked, then dirty hours are recomputed."""
+    await resolve_pending_hits(engine)
+    await rollup.refresh(engine, settle=timedelta(0))
+
+
+async def pending_hits(engine) -> list[str]:
+    """The hit request ids waiting for their source's cost."""
+    async with engine.connect() as connection:
+        rows = await connection.execute(select(cache_hit_pending_table.c.hit_request_id))
+    return sorted(rows.scalars())
+
+
 # Each order: batches of (source request, source reply, source usage, hit's three events).
 Order = Callable[[Any, Any, Any, list[Event]], list[list[Event]]]
 ORDERS: dict[str, Order] = {
@@ -138,7 +158,7 @@ async def test_a_hit_saves_its_source_cost_in_every_order(engine, recorder, quer
     for batch in ORDERS[order](source, reply, usage, hit):
         await recorder.record(batch)
         # The rollup catches up after every batch, as the sweeper would.
-        await rollup.refresh(engine, settle=timedelta(0))
+        await sweep_rollup(engine)
 
     [row] = await queries.usage(DAY)
     assert (row.requests, row.cache_hits) == (2, 1)
@@ -166,7 +186,7 @@ async def test_redelivery_and_a_restart_count_the_saving_once(engine, recorder, 
     restarted = EventRecorder(engine)  # a new process: only the database remembers the hits
     await restarted.record([usage])
     await restarted.record([usage, *hit])
-    await rollup.refresh(engine, settle=timedelta(0))
+    await sweep_rollup(engine)
 
     [row] = await queries.usage(DAY)
     assert (row.requests, row.cache_hits) == (3, 2)
@@ -187,6 +207,84 @@ async def test_a_hit_whose_entry_is_gone_keeps_the_saving_the_gateway_reported(
     [row] = await queries.usage(DAY)
     assert row.cache_hits == 1
     assert row.cache_saved_usd == pytest.approx(0.5)
+
+
+async def test_a_batch_without_cache_hits_runs_no_cache_statement(
+    engine, recorder, queries, events
+):
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append(statement)
+
+    source = events.requested(prompt="Same question")
+    reply = events.completed(source)
+    await store_answer(engine, source, reply)  # the cache is in use, just not by this batch
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        await recorder.record([source, reply, events.usage(source, cost_usd=SOURCE_COST)])
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", seen)
+
+    assert statements  # the batch was recorded
+    # No statement touches the cache's tables or looks for hits (the projection's upsert,
+    # an INSERT naming every column of the row, is no such look-up): no link, no re-mark,
+    # nothing pending.
+    cache_work = [
+        statement
+        for statement in statements
+        if "history_cache" in statement
+        or (
+            statement.lstrip().startswith(("SELECT", "UPDATE", "DELETE"))
+            and "cache_source_request_id" in statement
+        )
+    ]
+    assert cache_work == []
+    assert await pending_hits(engine) == []
+    [row] = await queries.usage(DAY)
+    assert (row.requests, row.cost_usd) == (1, pytest.approx(SOURCE_COST))
+
+
+async def test_a_hit_waits_for_its_source_cost_and_stale_waits_are_dropped(
+    engine, recorder, queries, events
+):
+    answered = events.requested(prompt="Same question")
+    lost = events.requested(prompt="Another question")
+    answered_reply, lost_reply = events.completed(answered), events.completed(lost)
+    await store_answer(engine, answered, answered_reply)
+    await CacheStore(engine).put(
+        "acme",
+        "c" * 64,
+        api=lost.data.api.value,
+        model=lost.data.model,
+        response=lost_reply.data.response,
+        stream_events=None,
+        source_request_id=lost.request_id,
+        ttl_s=3600,
+        now=datetime.now(UTC),
+    )
+    later = timedelta(minutes=90)
+    first_hit = hit_events(answered, answered_reply, answered.time + later)
+    second_hit = hit_events(lost, lost_reply, lost.time + later)
+    # Both hits are recorded before their sources' usage: both wait.
+    await recorder.record([answered, answered_reply, lost, lost_reply, *first_hit, *second_hit])
+    assert await pending_hits(engine) == sorted([first_hit[0].request_id, second_hit[0].request_id])
+    await sweep_rollup(engine)  # nothing to resolve yet: both still wait
+    assert len(await pending_hits(engine)) == 2
+
+    # One source's usage arrives; the other's never does.
+    await recorder.record([events.usage(answered, cost_usd=SOURCE_COST)])
+    await sweep_rollup(engine)
+    assert await pending_hits(engine) == [second_hit[0].request_id]
+    [row] = await queries.usage(DAY)
+    assert row.cache_saved_usd == pytest.approx(SOURCE_COST)  # from the rollup, refreshed
+
+    # Still waiting within the bound; dropped beyond it.
+    soon = datetime.now(UTC) + PENDING_MAX_AGE - timedelta(minutes=1)
+    assert await resolve_pending_hits(engine, now=soon) == 0
+    assert await pending_hits(engine) == [second_hit[0].request_id]
+    assert await resolve_pending_hits(engine, now=soon + timedelta(minutes=2)) == 0
+    assert await pending_hits(engine) == []
 
 
 async def test_usage_api_reports_a_saving_learnt_after_the_hit(service, events):

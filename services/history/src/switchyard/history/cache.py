@@ -22,26 +22,51 @@ recorded yet), but a hit often comes moments after its source, before the source
 is recorded, and the events of different requests arrive in any order. So history links
 each hit to its source itself (`link_hits`, as the recorder stores the hit's reply: the
 reply is the entry's answer, found by its digest) and reports the source's cost as the
-saving once it is known (`rollup.request_aggregates`); a source's usage recorded after its
-hits marks their hours for the usage rollup to recompute (`hits_reusing`).
+saving once it is known (`rollup.saved_cost`, read when an hour is computed).
+
+The usage rollup must then recompute the hit's hour once both the link and the cost are
+committed, without costing anything to batches that hold no hit:
+
+- `link_hits`, the only cache work of the recorder, runs for batches holding hit replies.
+  In the same transaction as the link, it records in `history_cache_hit_pending` each
+  link whose source has no cost recorded in the transaction's view.
+- The sweeper, right before it refreshes the rollup, runs `resolve_pending_hits`: for the
+  pending links whose source's cost is now recorded, it marks the hit's hour dirty and
+  deletes them, in one transaction; links older than `PENDING_MAX_AGE` are dropped (a
+  source whose usage is never recorded keeps no row for ever).
+
+Why no hour is left with a stale saving: if the hit's transaction sees the source's cost,
+that cost was committed before it, and the hit's own row write marks its hour dirty; the
+rollup recomputes an hour only once its mark has been quiet for a settle time and its
+writer has committed (the mark's row lock), so it reads the link and the cost together.
+Otherwise the hit's transaction leaves a pending row, committed with the link; whichever
+of it and the source's usage commits last, a later resolver run sees both committed, marks
+the hit's hour, and the rollup recomputes it after that. Nothing takes a lock on the
+source's row, and the source's recording knows nothing of its hits.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, select, tuple_
+from sqlalchemy import bindparam, delete, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from switchyard.common.db import dialect_insert
 from switchyard.common.events import ChatCompleted, EnvelopeFields
-from switchyard.history.models import RequestStatus, cache_entries_table, requests_table
+from switchyard.history.models import (
+    UTCDateTime,
+    cache_entries_table,
+    cache_hit_pending_table,
+    requests_table,
+)
+from switchyard.history.rollup import mark_dirty
 
 # How the gateway names the answerer of a hit in its reply (provider, deployment).
 HIT_PROVIDER = "switchyard"
@@ -208,11 +233,10 @@ async def link_hits(
     were linked. A hit whose entry is gone (purged, replaced, expired and swept before its
     reply was recorded) stays unlinked and keeps the saving the gateway reported.
 
-    The source's row is written too (created as a placeholder if none of its events was
-    recorded yet, else left as it is): that takes its row lock, which the recording of the
-    source's usage takes as well, so of the two transactions the later one sees the
-    other's work (the link, or the cost) and the hit's hour is marked for the rollup by
-    whichever comes second."""
+    Each link whose source has no cost recorded in this transaction's view is also
+    recorded as pending (`history_cache_hit_pending`), for `resolve_pending_hits` to mark
+    the hit's hour once the cost is there (see the module docstring). Batches without hit
+    replies cost nothing: no statement is run."""
     hits: dict[tuple[str, str], list[str]] = defaultdict(list)
     for event in events:
         if _is_hit_reply(event):
@@ -226,59 +250,104 @@ async def link_hits(
             tuple_(c.tenant, c.response_digest).in_(sorted(hits))
         )
     )
-    sources: dict[tuple[str, str], tuple[str, str]] = {}
+    sources: dict[tuple[str, str], str] = {}
     for tenant, digest, source in found:
         # Two keys with the very same answer: either source will do (the same answer).
-        sources.setdefault((tenant, digest), (tenant, source))
-    links = [
-        {"hit_id": hit, "source_id": source}
-        for pair, (tenant, source) in sources.items()
-        for hit in hits[pair]
-        if hit != source
-    ]
+        sources.setdefault((tenant, digest), source)
+    links = sorted(
+        (hit, source) for pair, source in sources.items() for hit in hits[pair] if hit != source
+    )
     if not links:
         return 0
-    now = datetime.now(UTC)
-    placeholders = sorted(
-        {(tenant, source) for tenant, source in sources.values()}, key=lambda pair: pair[1]
-    )
-    insert = dialect_insert(requests_table, dialect)
-    await connection.execute(
-        insert.on_conflict_do_update(
-            index_elements=[requests_table.c.request_id],
-            # A no-op update: it only takes the row's lock (see above).
-            set_={"request_id": insert.excluded.request_id},
-        ),
-        [
-            {
-                "request_id": source,
-                "tenant": tenant,
-                "status": RequestStatus.PENDING.value,
-                "created_at": now,
-            }
-            for tenant, source in placeholders
-        ],
-    )
     r = requests_table.c
     await connection.execute(
         requests_table.update()
         .where(r.request_id == bindparam("hit_id"))
         .values(cache_source_request_id=bindparam("source_id")),
-        sorted(links, key=lambda link: link["hit_id"]),
+        [{"hit_id": hit, "source_id": source} for hit, source in links],
+    )
+    # The links whose source's cost is not recorded yet (no row, or no usage on it), read
+    # from the hit rows just written.
+    hit, source = requests_table.alias("hit"), requests_table.alias("source")
+    waiting = (
+        select(
+            hit.c.request_id,
+            hit.c.cache_source_request_id,
+            hit.c.tenant,
+            literal(datetime.now(UTC), UTCDateTime()),
+        )
+        .select_from(hit.outerjoin(source, source.c.request_id == hit.c.cache_source_request_id))
+        .where(
+            hit.c.request_id.in_([hit_id for hit_id, _ in links]),
+            hit.c.cache_source_request_id.is_not(None),
+            source.c.cost_usd.is_(None),
+        )
+    )
+    p = cache_hit_pending_table.c
+    await connection.execute(
+        dialect_insert(cache_hit_pending_table, dialect)
+        .from_select([p.hit_request_id, p.source_request_id, p.tenant, p.linked_at], waiting)
+        .on_conflict_do_nothing(index_elements=[p.hit_request_id])
     )
     return len(links)
 
 
-async def hits_reusing(
-    connection: AsyncConnection, request_ids: Sequence[str]
-) -> list[tuple[str, datetime]]:
-    """(tenant, created_at) of the recorded cache hits that reused the answer of one of
-    `request_ids`: the rows whose reported saving changes when those requests' usage is
-    recorded (for `rollup.mark_dirty`)."""
-    if not request_ids:
-        return []
-    r = requests_table.c
-    rows = await connection.execute(
-        select(r.tenant, r.created_at).where(r.cache_source_request_id.in_(sorted(request_ids)))
+# Pending links older than this are dropped: a source's usage comes seconds after its
+# reply, so one missing for a week (its events lost, or purged) will not come.
+PENDING_MAX_AGE = timedelta(days=7)
+
+
+async def resolve_pending_hits(
+    engine: AsyncEngine,
+    *,
+    max_age: timedelta = PENDING_MAX_AGE,
+    now: datetime | None = None,
+    batch: int = 500,
+    max_rounds: int = 20,
+) -> int:
+    """Mark for the usage rollup the hours of the pending cache hits whose source's cost
+    is now recorded, and delete those pending rows, in one transaction per `batch` (at
+    most `max_rounds`); then delete pending rows linked more than `max_age` before `now`.
+    Returns how many hits were resolved. Run by the sweeper right before
+    `rollup.refresh`; safe to run on several replicas at once (on PostgreSQL each skips
+    the rows another is resolving). Database errors propagate."""
+    dialect = engine.dialect.name
+    p = cache_hit_pending_table.c
+    hit, source = requests_table.alias("hit"), requests_table.alias("source")
+    due = (
+        select(p.hit_request_id, hit.c.tenant, hit.c.created_at)
+        .select_from(
+            cache_hit_pending_table.join(
+                source, source.c.request_id == p.source_request_id
+            ).outerjoin(hit, hit.c.request_id == p.hit_request_id)
+        )
+        .where(source.c.cost_usd.is_not(None))
+        .order_by(p.hit_request_id)
+        .limit(batch)
     )
-    return [(tenant, created_at) for tenant, created_at in rows]
+    if dialect == "postgresql":
+        due = due.with_for_update(of=cache_hit_pending_table, skip_locked=True)
+    resolved = 0
+    for _ in range(max_rounds):
+        async with engine.begin() as connection:
+            rows = (await connection.execute(due)).all()
+            if not rows:
+                break
+            # A hit row purged meanwhile has no hour left to recompute.
+            await mark_dirty(
+                connection,
+                dialect,
+                [(tenant, created_at) for _, tenant, created_at in rows if tenant is not None],
+            )
+            await connection.execute(
+                delete(cache_hit_pending_table).where(
+                    p.hit_request_id.in_([hit_id for hit_id, _, _ in rows])
+                )
+            )
+        resolved += len(rows)
+        if len(rows) < batch:
+            break
+    cutoff = (now or datetime.now(UTC)) - max_age
+    async with engine.begin() as connection:
+        await connection.execute(delete(cache_hit_pending_table).where(p.linked_at < cutoff))
+    return resolved

@@ -70,7 +70,7 @@ from switchyard.common.events import (
     UsageRecorded,
 )
 from switchyard.history import metrics
-from switchyard.history.cache import hits_reusing, link_hits
+from switchyard.history.cache import link_hits
 from switchyard.history.jobs import expiry_event, expiry_event_id, is_history_expiry
 from switchyard.history.models import (
     RequestStatus,
@@ -204,19 +204,11 @@ class EventRecorder:
     async def _settle_cache_hits(
         self, connection: AsyncConnection, new_events: list[EnvelopeFields]
     ) -> None:
-        """Link the batch's cache hits to the requests they reused, and mark for the usage
-        rollup the hours of hits whose source's cost this batch records: a hit's saving
-        is its source's cost, whichever is recorded first (cache.py)."""
+        """Link the batch's cache hits to the requests they reused (a hit's saving is its
+        source's cost, whichever is recorded first). Only batches holding hit replies run
+        a statement; the hits' hours are marked again for the usage rollup by the sweeper
+        once their source's cost is recorded (cache.py)."""
         await link_hits(connection, self._dialect, new_events)
-        costed = [
-            event.request_id
-            for event in new_events
-            if isinstance(event, UsageRecorded)
-            and not event.data.cache_hit
-            and event.data.cost_usd > 0
-        ]
-        if costed:
-            await mark_dirty(connection, self._dialect, await hits_reusing(connection, costed))
 
     async def _one_outcome_per_request(
         self,

@@ -21,6 +21,8 @@
   rollup per tenant and hour (by user, API key, team and model; and by team and model
   only), and the hours waiting to be recomputed (rollup.py).
 - `history_cache_entries`: the gateways' exact-match response cache, per tenant (cache.py).
+- `history_cache_hit_pending`: cache hits linked to their source request before its cost
+  was recorded, until the sweeper has marked their hours for the rollup (cache.py).
 - `history_replays`, `history_replay_items`: replays of recorded traffic against another
   model, and each selected request's progress (replays.py).
 
@@ -248,7 +250,7 @@ class HistoryRequest(Base):
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
         ),
-        # The cache hits that reused a request's answer, when its usage is recorded.
+        # The cache hits that reused a request's answer (partial: only hits are linked).
         Index(
             "ix_history_requests_cache_source",
             "cache_source_request_id",
@@ -434,6 +436,21 @@ class CacheEntry(Base):
     __table_args__ = (Index("ix_history_cache_entries_tenant_digest", "tenant", "response_digest"),)
 
 
+class CacheHitPending(Base):
+    """A cache hit linked to the request whose answer it reused while that request's cost
+    was not recorded yet (migration 0008): the sweeper marks the hit's hour for the usage
+    rollup once the cost is there, then deletes the row (`cache.resolve_pending_hits`)."""
+
+    __tablename__ = "history_cache_hit_pending"
+
+    hit_request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source_request_id: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str] = mapped_column(String(128))
+    # When the recorder linked the hit: rows older than a bound are dropped, so a source
+    # whose usage is never recorded does not keep its hits here for ever.
+    linked_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class ReplayStatus(StrEnum):
     """State of a replay: sending, stopped by the caller (resumable) or done."""
 
@@ -511,6 +528,7 @@ usage_hourly_table = cast(Table, UsageHourly.__table__)
 usage_hourly_models_table = cast(Table, UsageHourlyModels.__table__)
 usage_dirty_table = cast(Table, UsageDirty.__table__)
 cache_entries_table = cast(Table, CacheEntry.__table__)
+cache_hit_pending_table = cast(Table, CacheHitPending.__table__)
 replays_table = cast(Table, Replay.__table__)
 replay_items_table = cast(Table, ReplayItem.__table__)
 

@@ -20,10 +20,12 @@ overtook its request is counted when the request arrives; a request refused at a
 is counted (as an error) from its refusal.
 
 A cache hit's saving is the cost of the request whose answer it reused, read from that
-request's row when the hour is computed (`request_aggregates`); the gateway's figure
-only stands in while that cost is unknown. The recorder marks the hits' hours again when
-the source's usage is recorded after them (`cache.hits_reusing`), so the rollup holds the
-late-known saving too.
+request's row when the hour is computed (`saved_cost`); the gateway's figure only stands
+in while that cost is unknown. A hit linked before its source's cost was recorded is kept
+pending, and the sweeper marks its hour again once that cost is committed
+(`cache.resolve_pending_hits`, run right before `refresh`), so the rollup holds the
+late-known saving too; the module docstring of cache.py says why no order of commits
+escapes it.
 """
 
 from __future__ import annotations

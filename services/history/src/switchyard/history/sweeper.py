@@ -33,7 +33,7 @@ from sqlalchemy import ColumnElement, delete, exists, func, not_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.history import rollup
-from switchyard.history.cache import CacheStore
+from switchyard.history.cache import CacheStore, resolve_pending_hits
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import IdempotencyStore
 from switchyard.history.models import (
@@ -253,12 +253,16 @@ class Sweeper:
         return checked_at
 
     async def sweep_once(self) -> None:
-        """One round: expire overdue requests (once the consumer has caught up), recompute
-        settled rollup hours, and every `purge_interval_s` seconds purge by retention and drop
+        """One round: expire overdue requests (once the consumer has caught up), mark the
+        hours of cache hits whose source's cost is now recorded, recompute settled rollup
+        hours, and every `purge_interval_s` seconds purge by retention and drop
         expired idempotency keys and cache entries."""
         recorded = await self.recorded_up_to()
         if recorded is not None:
             await expire_overdue(self.engine, self.recorder, self.grace, now=recorded)
+        # Cache hits whose source's cost is now recorded get their hours marked first, so
+        # this round's refresh (or a later one, once the marks are quiet) counts it.
+        await resolve_pending_hits(self.engine)
         # Hours of the usage rollup that have been quiet for a while are recomputed (a
         # report reads the others from the requests meanwhile).
         await rollup.refresh(self.engine, settle=self.rollup_settle)

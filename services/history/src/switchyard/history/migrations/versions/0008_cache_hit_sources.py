@@ -1,7 +1,9 @@
 """Cache hits know the request whose answer they reused: `history_requests.cache_source_request_id`
 (what a hit saved is that request's cost, however late its usage is recorded), and each
 cache entry keeps the digest of its answer (`history_cache_entries.response_digest`), by
-which a hit's reply finds its entry.
+which a hit's reply finds its entry. `history_cache_hit_pending` holds the hits linked
+while their source's cost was not recorded yet, until the sweeper has marked their hours
+for the usage rollup.
 
 Revision ID: 0008
 Revises: 0007
@@ -21,11 +23,13 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 SOURCE_INDEX_WHERE = sa.text("cache_source_request_id IS NOT NULL")
+TIMESTAMP = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
     """Add the two nullable columns and their indexes (no table rewrite; the partial index
-    on requests covers only cache hits, none of which exist yet)."""
+    on requests covers only cache hits, none of which exist yet), and the table of hits
+    waiting for their source's cost."""
     op.add_column(
         "history_requests", sa.Column("cache_source_request_id", sa.String(64), nullable=True)
     )
@@ -44,10 +48,19 @@ def upgrade() -> None:
         "history_cache_entries",
         ["tenant", "response_digest"],
     )
+    op.create_table(
+        "history_cache_hit_pending",
+        sa.Column("hit_request_id", sa.String(64), nullable=False),
+        sa.Column("source_request_id", sa.String(64), nullable=False),
+        sa.Column("tenant", sa.String(128), nullable=False),
+        sa.Column("linked_at", TIMESTAMP, nullable=False),
+        sa.PrimaryKeyConstraint("hit_request_id", name="pk_history_cache_hit_pending"),
+    )
 
 
 def downgrade() -> None:
-    """Drop the indexes and columns."""
+    """Drop the table, the indexes and the columns."""
+    op.drop_table("history_cache_hit_pending")
     op.drop_index("ix_history_cache_entries_tenant_digest", table_name="history_cache_entries")
     with op.batch_alter_table("history_cache_entries") as batch:
         batch.drop_column("response_digest")
