@@ -250,13 +250,6 @@ class HistoryRequest(Base):
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
         ),
-        # The cache hits that reused a request's answer (partial: only hits are linked).
-        Index(
-            "ix_history_requests_cache_source",
-            "cache_source_request_id",
-            postgresql_where=text("cache_source_request_id IS NOT NULL"),
-            sqlite_where=text("cache_source_request_id IS NOT NULL"),
-        ),
     )
 
 

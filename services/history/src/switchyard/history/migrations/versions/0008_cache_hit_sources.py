@@ -22,23 +22,15 @@ down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-SOURCE_INDEX_WHERE = sa.text("cache_source_request_id IS NOT NULL")
 TIMESTAMP = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
-    """Add the two nullable columns and their indexes (no table rewrite; the partial index
-    on requests covers only cache hits, none of which exist yet), and the table of hits
-    waiting for their source's cost."""
+    """Add the two nullable columns (no table rewrite), the index by which a hit's reply
+    finds its entry, and the table of hits waiting for their source's cost. A hit's source
+    is read by its primary key, so the link needs no index of its own."""
     op.add_column(
         "history_requests", sa.Column("cache_source_request_id", sa.String(64), nullable=True)
-    )
-    op.create_index(
-        "ix_history_requests_cache_source",
-        "history_requests",
-        ["cache_source_request_id"],
-        postgresql_where=SOURCE_INDEX_WHERE,
-        sqlite_where=SOURCE_INDEX_WHERE,
     )
     op.add_column(
         "history_cache_entries", sa.Column("response_digest", sa.String(64), nullable=True)
@@ -59,11 +51,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Drop the table, the indexes and the columns."""
+    """Drop the table, the index and the columns."""
     op.drop_table("history_cache_hit_pending")
     op.drop_index("ix_history_cache_entries_tenant_digest", table_name="history_cache_entries")
     with op.batch_alter_table("history_cache_entries") as batch:
         batch.drop_column("response_digest")
-    op.drop_index("ix_history_requests_cache_source", table_name="history_requests")
     with op.batch_alter_table("history_requests") as batch:
         batch.drop_column("cache_source_request_id")
