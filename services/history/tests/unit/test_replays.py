@@ -280,6 +280,54 @@ async def test_bad_replays_are_clear_400s(service, events, body, status, code):
         assert response.json()["error"]["code"] == code
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("rate", True, "not a boolean"),
+        ("rate", False, "not a boolean"),
+        ("rate", [5], "not an array"),
+        ("rate", {"per_s": 5}, "not an object"),
+        ("rate", "\uff12/s", "Use a positive number"),  # fullwidth 2
+        ("rate", "\u0665/s", "Use a positive number"),  # Arabic-Indic 5
+        ("rate", "5\u2003/s", "Use a positive number"),  # em space
+        ("limit", True, "valid integer"),
+        ("limit", "10", "valid integer"),
+        ("limit", 10.0, "valid integer"),
+        ("sample", False, "valid integer"),
+        ("sample", "3", "valid integer"),
+        ("to_model", 5, "valid string"),
+        ("since", 1700000000, "valid string"),
+        ("model", True, "valid string"),
+        ("user_id", 7, "valid string"),
+    ],
+)
+async def test_each_replay_field_takes_only_its_own_json_type(
+    service, events, inference, field, value, expected
+):
+    await record_traffic(service, events, ["x"])
+    response = await service.client.post(
+        "/v1/replays",
+        json={"since": SINCE, "to_model": "sim-large", field: value},
+        headers=service.headers(),
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == field
+    assert error["message"].startswith(f"Invalid value for '{field}': ")
+    assert expected in error["message"]
+    listed = await service.client.get("/v1/replays", headers=service.headers())
+    assert listed.json()["data"] == []
+
+
+@pytest.mark.parametrize(("rate", "shown"), [(None, "5/s"), (2, "2/s"), (0.5, "30/m")])
+async def test_a_null_rate_is_the_default_and_numbers_are_per_second(
+    service, events, inference, rate, shown
+):
+    await record_traffic(service, events, ["x"])
+    created = await replay(service, rate=rate)
+    assert created["rate"] == shown
+
+
 async def test_unknown_replays_are_404_and_other_users_cannot_see_them(service, events, inference):
     await record_traffic(service, events, ["x"])
     created = await replay(service)
@@ -442,9 +490,12 @@ def test_rates():
     assert parse_rate("30/m") == (30, 60.0)
     assert parse_rate("0.5/s") == (1, 2.0)
     assert parse_rate(2) == (2, 1.0)
-    for bad in ("0", "0/s", "-1/s", "five", "5/d", "100000/s", "0.0000001/h", "0.01/m"):
+    for bad in ("0", "0/s", "-1/s", "five", "5/d", "100000/s", "0.0000001/h", "0.01/m", "\uff15/s"):
         with pytest.raises(ReplayError):
             parse_rate(bad)
+    for wrong_type in (True, None, [1], 10**400, float("nan")):
+        with pytest.raises(ReplayError):
+            parse_rate(wrong_type)
     # Shown as given, per second, minute or hour.
     shown = {"1/h": "1/h", "5/s": "5/s", "30/m": "30/m", "100/h": "100/h", "1.5/h": "1.5/h"}
     shown |= {"120/m": "120/m", "0.5/s": "30/m", "2": "2/s", "1 / hour": "1/h"}

@@ -114,7 +114,10 @@ PROBE_REASON = "replay_probe"
 ERROR_STATUSES = frozenset(
     {RequestStatus.FAILED.value, RequestStatus.EXPIRED.value, RequestStatus.REFUSED.value}
 )
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$")
+# ASCII only: `\d` would also read other scripts' digits (fullwidth `２`) as numbers.
+_RATE = re.compile(
+    r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:/\s*(s|sec|second|m|min|minute|h|hour))?\s*$", re.ASCII
+)
 _PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0}
 _PERIODS.update({"h": 3600.0, "hour": 3600.0})
 _UNITS = (("s", 1.0), ("m", 60.0), ("h", 3600.0))
@@ -130,13 +133,28 @@ class ReplayError(ValueError):
         self.status, self.param, self.code = status, param, code
 
 
-def parse_rate(value: str | float | int) -> tuple[int, float]:
-    """`5/s`, `30/m`, `100/h` or a number (per second) as (requests, per seconds), the
-    shape of a leaky bucket. Raises ReplayError for zero, negative or unreadable rates, and
-    for rates above MAX_RATE_PER_S or below MIN_RATE_PER_H."""
-    match = _RATE.match(str(value))
-    amount = float(match.group(1)) if match else 0.0
-    if match is None or amount <= 0:
+def parse_rate(value: object) -> tuple[int, float]:
+    """A rate as (requests, per seconds), the shape of a leaky bucket: a string `5/s`, `30/m`,
+    `100/h` (ASCII digits) or a JSON number of requests per second. Raises ReplayError for
+    any other type (booleans included), for zero, negative or unreadable rates, and for
+    rates above MAX_RATE_PER_S or below MIN_RATE_PER_H."""
+    amount, period = 0.0, 1.0
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # An int too large for a float is far above the fastest rate all the same.
+        amount = float(value) if abs(value) < 1e300 else math.inf
+    elif isinstance(value, str):
+        match = _RATE.match(value)
+        if match is not None:
+            amount, period = float(match.group(1)), _PERIODS[match.group(2) or "s"]
+    else:
+        raise ReplayError(
+            400,
+            f"Invalid value for 'rate': expected a string such as 5/s, 30/m or 100/h, or a "
+            f"number of requests per second, not {_json_type(value)}.",
+            param="rate",
+            code="invalid_rate",
+        )
+    if not amount > 0:  # NaN included
         raise ReplayError(
             400,
             f"Invalid value for 'rate': {str(value)[:32]!r}. Use a positive number of requests "
@@ -144,7 +162,6 @@ def parse_rate(value: str | float | int) -> tuple[int, float]:
             param="rate",
             code="invalid_rate",
         )
-    period = _PERIODS[match.group(2) or "s"]
     if amount / period > MAX_RATE_PER_S:
         raise ReplayError(
             400,
@@ -164,6 +181,19 @@ def parse_rate(value: str | float | int) -> tuple[int, float]:
     if amount >= 1 and amount == int(amount):
         return int(amount), period
     return 1, period / amount
+
+
+def _json_type(value: object) -> str:
+    """The JSON type of a parsed JSON value, as an error message names it."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 def format_rate(count: int, period_s: float) -> str:

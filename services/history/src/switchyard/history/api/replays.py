@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
@@ -19,11 +19,15 @@ from switchyard.history.replays import ReplayError, ReplaySpec, ReplayStore, Sel
 
 ReplaysDep = Annotated[ReplayStore, Depends(replay_store)]
 MAX_ITEMS_PAGE = 1000
+DEFAULT_RATE = "5/s"
 
 
 class ReplayBody(BaseModel):
     """Which recorded requests to replay, and on which model. `since` and `until` take ISO 8601 or a
-    relative time (`1h`); `limit` takes the first N, `sample` N at random (not both)."""
+    relative time (`1h`); `limit` takes the first N, `sample` N at random (not both). Each
+    field takes only its own JSON type (no `"10"` for 10, no `true` for 1): a 400 names it."""
+
+    model_config = ConfigDict(strict=True)
 
     to_model: str = Field(min_length=1, max_length=256, description="The model to replay on.")
     since: str = Field(
@@ -42,8 +46,12 @@ class ReplayBody(BaseModel):
     team_id: str | None = Field(default=None, max_length=128, description="Only this team's.")
     limit: int | None = Field(default=None, ge=1, le=100_000, description="The first N only.")
     sample: int | None = Field(default=None, ge=1, le=100_000, description="N chosen at random.")
-    rate: str | float = Field(
-        default="5/s", description="Requests per second, minute or hour, from 1/h to 1000/s."
+    # Checked by `parse_rate`, not pydantic: its 400 names `rate` and the forms it takes
+    # (pydantic's union error would name each member instead).
+    rate: SkipValidation[str | float | None] = Field(
+        default=DEFAULT_RATE,
+        description="Requests per second, minute or hour, from 1/h to 1000/s: a string "
+        "(`5/s`, `30/m`, `100/h`) or a number per second. Absent or null: 5/s.",
     )
     bill_to: Literal["caller", "original"] = Field(
         default="caller",
@@ -105,7 +113,7 @@ def replays_router(internal_token: str) -> APIRouter:
                     limit=body.limit,
                     sample=body.sample,
                 ),
-                rate=parse_rate(body.rate),
+                rate=parse_rate(DEFAULT_RATE if body.rate is None else body.rate),
                 bill_to=body.bill_to,
             )
             return await store.create(caller, body.created_by_api_key_id, spec)
