@@ -295,3 +295,45 @@ def test_readiness_fails_when_the_database_is_unreachable(settings: Settings) ->
     with TestClient(create_app(broken)) as client:
         response = client.get("/readyz")
     assert response.status_code == 503 and response.json()["checks"] == {"database": False}
+
+
+def test_internal_key_by_id_tells_the_state_of_any_key_and_needs_the_internal_token(
+    client: TestClient, create_user, run_with_service, internal: dict[str, str]
+) -> None:
+    user = create_user(tenant="acme")
+
+    async def make_keys(service: AuthService):
+        live = await service.create_api_key(user_id=user.id, name="live", allowed_models=["m1"])
+        dead = await service.create_api_key(user_id=user.id, name="dead")
+        await service.revoke_api_key(dead.record.id)
+        return live, dead
+
+    live, dead = run_with_service(make_keys)
+    response = client.get(f"/internal/v1/api-keys/{live.record.id}", headers=internal)
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "key_id": live.record.id,
+        "user_id": user.id,
+        "tenant": "acme",
+        "role": "member",
+        "scopes": ["chat", "history:read"],
+        "allowed_models": ["m1"],
+        "expires_at": None,
+        "team_id": None,
+        "revoked": False,
+        "user_active": True,
+    }
+    revoked = client.get(f"/internal/v1/api-keys/{dead.record.id}", headers=internal)
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["revoked"] is True
+
+    run_with_service(lambda service: service.set_disabled(user.id, True))
+    disabled = client.get(f"/internal/v1/api-keys/{live.record.id}", headers=internal)
+    assert disabled.json()["user_active"] is False
+
+    unknown = client.get("/internal/v1/api-keys/no-such-key", headers=internal)
+    assert assert_error(unknown, 404, "not_found_error")["code"] == "api_key_not_found"
+    for headers in ({}, {"x-switchyard-internal-token": "guess"}):
+        outsider = client.get(f"/internal/v1/api-keys/{live.record.id}", headers=headers)
+        assert_error(outsider, 401, "authentication_error")
+        assert live.record.id not in outsider.text

@@ -143,6 +143,17 @@ class ApiKeyIdentity:
 
 
 @dataclass(frozen=True)
+class ApiKeyState:
+    """An API key found by its id, whatever its state: its identity, whether it is revoked
+    and whether its user is enabled (what a gateway checks before admitting a request
+    billed to it)."""
+
+    identity: ApiKeyIdentity
+    revoked: bool
+    user_active: bool
+
+
+@dataclass(frozen=True)
 class TokenPair:
     """What a sign-in or a refresh returns: an access token and the next refresh token."""
 
@@ -477,19 +488,19 @@ class AuthService:
             return None
         if record.expires_at is not None and record.expires_at <= now:
             return None
-        # A key never outlives a demotion: it keeps only what the user's role still grants.
-        granted = known_scopes.token_scopes(record.user.role)
-        return ApiKeyIdentity(
-            key_id=record.id,
-            user_id=record.user_id,
-            tenant=record.tenant,
-            role=record.user.role,
-            scopes=[scope for scope in record.scopes if scope in granted],
-            allowed_models=list(record.allowed_models)
-            if record.allowed_models is not None
-            else None,
-            expires_at=record.expires_at,
-            team_id=record.team_id,
+        return _identity(record)
+
+    async def api_key_state(self, key_id: str) -> ApiKeyState | None:
+        """The key with id `key_id` in whatever state (revoked, expired, user disabled), or
+        None if there is no such key. Reads only."""
+        async with self._sessions() as session:
+            record = await AuthStore(session).api_key_by_id_with_user(key_id)
+        if record is None:
+            return None
+        return ApiKeyState(
+            identity=_identity(record),
+            revoked=record.revoked_at is not None,
+            user_active=not record.user.disabled,
         )
 
     async def api_key_exists(self, key: str) -> bool:
@@ -807,3 +818,19 @@ def expiry_in_days(days: int | None) -> datetime | None:
     if days <= 0:
         raise InvalidInput("Expiry must be a positive number of days.", param="expires_in_days")
     return datetime.now(UTC) + timedelta(days=days)
+
+
+def _identity(record: ApiKey) -> ApiKeyIdentity:
+    """What a gateway knows of a key (its record, loaded with its user)."""
+    # A key never outlives a demotion: it keeps only what the user's role still grants.
+    granted = known_scopes.token_scopes(record.user.role)
+    return ApiKeyIdentity(
+        key_id=record.id,
+        user_id=record.user_id,
+        tenant=record.tenant,
+        role=record.user.role,
+        scopes=[scope for scope in record.scopes if scope in granted],
+        allowed_models=list(record.allowed_models) if record.allowed_models is not None else None,
+        expires_at=record.expires_at,
+        team_id=record.team_id,
+    )

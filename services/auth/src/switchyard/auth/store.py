@@ -81,6 +81,13 @@ class AuthStore:
         """The API key with id `key_id` (any state), or None."""
         return await self.session.get(ApiKey, key_id)
 
+    async def api_key_by_id_with_user(self, key_id: str) -> ApiKey | None:
+        """The API key with id `key_id` (any state) and its user, or None."""
+        result = await self.session.execute(
+            select(ApiKey).options(joinedload(ApiKey.user)).where(ApiKey.id == key_id)
+        )
+        return result.scalar_one_or_none()
+
     async def api_keys(
         self, *, tenant: str | None = None, user_id: str | None = None
     ) -> Sequence[ApiKey]:

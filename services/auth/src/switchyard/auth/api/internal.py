@@ -71,6 +71,14 @@ class ApiKeyIdentityOut(BaseModel):
     team_id: str | None = None
 
 
+class ApiKeyStateOut(ApiKeyIdentityOut):
+    """An API key found by its id, in whatever state: its identity, whether it is revoked
+    and whether its user is enabled."""
+
+    revoked: bool = Field(description="True once the key has been revoked.")
+    user_active: bool = Field(description="False while the key's user is disabled.")
+
+
 class LevelPolicyOut(BaseModel):
     """One level (tenant, team, user or API key) of a caller's policy: its id, limits and
     budget anchor, and for teams and keys their response cache opt-in."""
@@ -96,7 +104,7 @@ class PolicyOut(BaseModel):
 
 
 def internal_router(internal_token: str) -> APIRouter:
-    """The service-to-service API under `/internal/v1` (API key lookup, user status,
+    """The service-to-service API under `/internal/v1` (API key lookup by hash or id, user status,
     policies, revocations), for gateways only: every route answers 401 unless the request's
     `x-switchyard-internal-token` header carries `internal_token`."""
     router = APIRouter(
@@ -116,6 +124,18 @@ def internal_router(internal_token: str) -> APIRouter:
             raise APIError(404, "API key not found.", code="api_key_not_found")
         API_KEY_LOOKUPS.labels("found").inc()
         return ApiKeyIdentityOut(**identity.__dict__)
+
+    @router.get("/api-keys/{key_id}", response_model=ApiKeyStateOut)
+    async def api_key_state(key_id: str, service: Service) -> ApiKeyStateOut:
+        """A key by its id, whatever its state (its `expires_at` tells whether it expired):
+        a gateway checks the key a replayed request is billed to (its tenant, user, models,
+        expiry) before admitting it. 404 if there is no such key. Reads only."""
+        state = await service.api_key_state(key_id)
+        if state is None:
+            raise APIError(404, "API key not found.", code="api_key_not_found")
+        return ApiKeyStateOut(
+            **state.identity.__dict__, revoked=state.revoked, user_active=state.user_active
+        )
 
     @router.get("/users/{user_id}", response_model=UserStatusOut)
     async def user_status(user_id: str, service: Service) -> UserStatusOut:
