@@ -106,6 +106,24 @@ class FakeAuth:
                     },
                 )
             return httpx.Response(404, json={"error": {"message": "no such key"}})
+        if request.url.path.startswith("/internal/v1/api-keys/"):
+            # The test key by its id, as admissions of replayed requests check it.
+            if request.url.path.rsplit("/", 1)[1] == "key-1":
+                return httpx.Response(
+                    200,
+                    json={
+                        "key_id": "key-1",
+                        "user_id": "user-1",
+                        "tenant": "acme",
+                        "role": "member",
+                        "scopes": ["chat", "history:read"],
+                        "allowed_models": None,
+                        "expires_at": None,
+                        "revoked": False,
+                        "user_active": True,
+                    },
+                )
+            return httpx.Response(404, json={"error": {"message": "API key not found."}})
         if request.url.path == "/internal/v1/revocations":
             return httpx.Response(200, json=self.revocations)
         if request.url.path.startswith("/internal/v1/users/"):
