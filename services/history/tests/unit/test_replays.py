@@ -5,8 +5,10 @@ requests in doubt resolved by a probe, and bad input. Inference is a fake on the
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from sqlalchemy import select, update
 
@@ -24,7 +26,13 @@ from switchyard.common.events import (
 )
 from switchyard.common.testing.infra import async_wait_until
 from switchyard.history.models import replay_items_table, replays_table
-from switchyard.history.replay_admission import AdmissionUnavailable, Admitted, Held
+from switchyard.history.replay_admission import (
+    AdmissionUnavailable,
+    Admitted,
+    Denied,
+    GatewayAdmission,
+    Held,
+)
 from switchyard.history.replays import (
     ReplayError,
     ReplayRunner,
@@ -843,3 +851,89 @@ async def test_answers_from_the_response_cache_are_not_replayed(service, events,
     )
     assert only_hits.status_code == 400
     assert only_hits.json()["error"]["code"] == "empty_selection"
+
+
+class RevokingGateway:
+    """A gateway's admission endpoint over HTTP: admits `admit_first` requests billed to
+    `user_id`, then refuses the rest with 403 (their key was revoked meanwhile); requests
+    billed to anyone else are admitted."""
+
+    message = "API key key-a has been revoked."
+
+    def __init__(self, user_id: str, admit_first: int) -> None:
+        self.user_id = user_id
+        self.left = admit_first
+        self.asked: list[str] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.asked.append(body["user_id"])
+        if body["user_id"] == self.user_id:
+            if self.left <= 0:
+                error = {"message": self.message, "type": "permission_error"}
+                error.update(param="api_key_id", code="credentials_revoked")
+                return httpx.Response(403, json={"error": error})
+            self.left -= 1
+        return httpx.Response(200, json={"team_id": None})
+
+
+@pytest.mark.parametrize("admission", ["gateway"], indirect=True)
+async def test_a_replay_whose_credentials_are_refused_stops_with_the_reason_shown(
+    service, events, inference, admission
+):
+    await record_traffic(service, events, ["a", "b", "c"], api_key_id="key-a")
+    gateway = RevokingGateway("alice", admit_first=1)
+    admission.current = GatewayAdmission(
+        "http://gateway", "token", transport=httpx.MockTransport(gateway.handle)
+    )
+    created = await replay(service, rate="100/s")
+    # Another caller's replay of the same traffic is not affected.
+    admin = service.headers(user_id="root", role="admin")
+    other = await replay(service, headers=admin)
+
+    async def stopped():
+        report = await report_of(service, created["id"])
+        return report if report["status"] == "stopped" else None
+
+    report = await async_wait_until(stopped, timeout=20, message="the refusal to stop it")
+    [waiting] = [pair for pair in report["data"] if pair["reason"] is not None]
+    assert waiting["state"] == "pending" and waiting["reason"] == RevokingGateway.message
+    assert report["counts"]["pending"] == 2
+    # Rounds went on after the stop (the other replay finished): nothing more of the
+    # stopped replay was asked for or sent.
+    assert (await finished(service, other["id"], admin))["counts"]["settled"] == 3
+    assert gateway.asked.count("alice") == 2
+    alices = [r for r in inference.requests if r.data.user_id == "alice"]
+    assert len(alices) == 1
+    assert (await report_of(service, created["id"]))["status"] == "stopped"
+
+
+async def test_the_gateway_s_refusals_of_credentials_are_final_and_its_outages_are_not(events):
+    """403 and a 404 in OpenAI's error format are refusals the runner stops on; a 503, or a
+    404 that is not the gateway's own answer, is asked again later."""
+    answers = {
+        "403": httpx.Response(
+            403, json={"error": {"message": "User u1 is disabled.", "code": "user_disabled"}}
+        ),
+        "404": httpx.Response(
+            404, json={"error": {"message": "No API key k9.", "code": "api_key_not_found"}}
+        ),
+        "503": httpx.Response(
+            503, json={"error": {"message": "auth down", "code": "auth_unavailable"}}
+        ),
+        "no-route": httpx.Response(404, text="Not Found"),
+    }
+    for status, answer in answers.items():
+        gateway = GatewayAdmission(
+            "http://gateway", "token", transport=httpx.MockTransport(lambda _, a=answer: a)
+        )
+        request = events.requested(prompt="a")
+        if status in ("403", "404"):
+            decision = await gateway.admit(request, 60.0)
+            assert isinstance(decision, Denied)
+            assert decision.message == answer.json()["error"]["message"]
+            assert decision.code == answer.json()["error"]["code"]
+        else:
+            with pytest.raises(AdmissionUnavailable):
+                await gateway.admit(request, 60.0)
+        await gateway.close()

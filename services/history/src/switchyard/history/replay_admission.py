@@ -3,10 +3,12 @@ request, the gateway (which keeps the fleet's limit ledger) admits it against ev
 above the user and key it is billed to, exactly as if they had sent it
 (`POST /internal/v1/admissions` on the gateway, `SWITCHYARD_GATEWAY_URL`).
 
-`GatewayAdmission.admit(event)` returns an `Admitted` (the team id to put on the request)
-or a `Held` (refused by a limit: `budget` True when a budget is used up, else a rate limit
-to wait `retry_after_s` for); it raises `AdmissionUnavailable` when the gateway cannot be
-asked or cannot check limits (the item is tried again later)."""
+`GatewayAdmission.admit(event)` returns an `Admitted` (the team id to put on the request),
+a `Held` (refused by a limit: `budget` True when a budget is used up, else a rate limit
+to wait `retry_after_s` for) or a `Denied` (the key or user it is billed to may not send
+it: revoked, disabled, expired, not allowing the model, not in that tenant; final); it
+raises `AdmissionUnavailable` when the gateway cannot be asked or cannot check credentials
+or limits (the item is tried again later)."""
 
 from __future__ import annotations
 
@@ -35,6 +37,15 @@ class Held:
     retry_after_s: float
 
 
+@dataclass(frozen=True)
+class Denied:
+    """The credentials the request is billed to may not send it (HTTP 403 or 404); final:
+    `message` says why (the gateway's words), `code` is its error code."""
+
+    message: str
+    code: str | None
+
+
 class AdmissionUnavailable(RuntimeError):
     """The gateway could not be asked, or could not check limits."""
 
@@ -42,18 +53,28 @@ class AdmissionUnavailable(RuntimeError):
 class GatewayAdmission:
     """Asks a gateway to admit replayed requests (see the module docstring)."""
 
-    def __init__(self, gateway_url: str, internal_token: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        gateway_url: str,
+        internal_token: str,
+        *,
+        timeout_s: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """`transport` replaces the network (tests)."""
         self._url = gateway_url.rstrip("/") + "/internal/v1/admissions"
         self._client = httpx.AsyncClient(
-            headers={INTERNAL_TOKEN_HEADER: internal_token}, timeout=timeout_s
+            headers={INTERNAL_TOKEN_HEADER: internal_token}, timeout=timeout_s, transport=transport
         )
 
-    async def admit(self, event: ChatRequested, timeout_s: float) -> Admitted | Held:
+    async def admit(self, event: ChatRequested, timeout_s: float) -> Admitted | Held | Denied:
         """Ask the gateway to admit `event` under its key's, user's, team's and tenant's limits,
         as if it had just arrived; `timeout_s` is the request's timeout in seconds.
 
         Returns:
-            `Admitted`, or `Held` when a limit refuses it (HTTP 429).
+            `Admitted`, `Held` when a limit refuses it (HTTP 429), or `Denied` when the
+            credentials it is billed to may not send it (HTTP 403, or 404 for a key or user
+            not in its tenant).
 
         Raises:
             AdmissionUnavailable: the gateway is unreachable or answered anything else.
@@ -86,6 +107,14 @@ class GatewayAdmission:
                 budget=error.get("code") == "insufficient_quota",
                 retry_after_s=max(0.5, retry_after),
             )
+        if response.status_code in (403, 404):
+            error = _error(response)
+            if error:  # a 404 without OpenAI's error object is no route: not a refusal
+                code = error.get("code")
+                return Denied(
+                    message=str(error.get("message") or "refused: credentials may not send it"),
+                    code=str(code) if code is not None else None,
+                )
         raise AdmissionUnavailable(
             f"gateway answered {response.status_code}: {_error(response).get('message')}"
         )

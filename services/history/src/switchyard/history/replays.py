@@ -17,9 +17,11 @@ traffic leaves free), with the original's body and provider headers, `model` rep
 target, `stream` removed (nobody reads a batch stream), `replay_of` naming the original, no
 reply address, no webhook, and attributed to whoever created the replay (or, with `bill_to:
 original`, to the original's user, key and team). Before it is published, a gateway admits
-it against the budgets and rate limits of that user and key (`replay_admission.py`): a rate
-limit pauses the replay until it allows more, a used-up budget stops it (resumed by its id),
-the item waiting with the limit's message as its reason. It goes to inference like any job,
+it only if that user and key could send it themselves right now (key not revoked or
+expired and allowing the model, user not disabled), then against their budgets and rate
+limits (`replay_admission.py`): a rate limit pauses the replay until it allows more; a
+used-up budget or credentials that may not send it stop it (resumed by its id), the item
+waiting with the gateway's message as its reason. It goes to inference like any job,
 never through a gateway's request path, so no Idempotency-Key is claimed and no webhook
 fires for it.
 
@@ -88,6 +90,7 @@ from switchyard.history.queries import AnySelect, Caller
 from switchyard.history.replay_admission import (
     AdmissionUnavailable,
     Admitted,
+    Denied,
     GatewayAdmission,
 )
 
@@ -972,11 +975,12 @@ class ReplayRunner:
     async def _admit(
         self, replay: RowMapping, item: RowMapping, event: ChatRequested
     ) -> ChatRequested | None:
-        """The event with the team admission found, or None when a limit holds it back
-        (the item goes back to `pending` with the reason): a rate limit pauses this
-        replay until it allows more; a used-up budget stops it (resumed by its id).
-        Raises AdmissionUnavailable (the item back to `pending`) when limits cannot be
-        checked."""
+        """The event with the team admission found, or None when it is not admitted (the
+        item goes back to `pending` with the gateway's reason): a rate limit pauses this
+        replay until it allows more; a used-up budget, or credentials that may not send it
+        (revoked, disabled, not allowing the model), stop it (resumed by its id). Raises
+        AdmissionUnavailable (the item back to `pending`) when credentials or limits cannot
+        be checked."""
         assert self._admission is not None
         try:
             decision = await self._admission.admit(event, self.request_timeout_s)
@@ -990,8 +994,14 @@ class ReplayRunner:
             item, ReplayItemState.SENDING, ReplayItemState.PENDING, reason=decision.message
         )
         replay_id = replay["replay_id"]
-        if decision.budget:
-            log.info("replay stopped by a budget", replay_id=replay_id, reason=decision.message)
+        if isinstance(decision, Denied) or decision.budget:
+            # Final for this replay: sending on would only be refused again.
+            log.info(
+                "replay stopped by its admission",
+                replay_id=replay_id,
+                reason=decision.message,
+                code=decision.code if isinstance(decision, Denied) else "insufficient_quota",
+            )
             p = replays_table.c
             async with self._engine.begin() as connection:
                 await connection.execute(
