@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from switchyard.auth.api.api_keys import ApiKeyList, ApiKeyOut
 from switchyard.auth.api.deps import AdminUser, Service
+from switchyard.auth.api.limit_fields import STRICT
 from switchyard.auth.api.tokens import busy_hashing
 from switchyard.auth.metrics import REVOCATIONS
 from switchyard.auth.models import User
@@ -36,6 +37,8 @@ _USER_NOT_FOUND: dict[int | str, dict[str, Any]] = {
 class CreateUser(BaseModel):
     """A new user of the caller's tenant: email, role (`admin` or `member`, default
     `member`) and an optional initial password of 8 to 1024 characters."""
+
+    model_config = STRICT
 
     email: str = Field(min_length=3, max_length=320)
     role: Literal["admin", "member"] = "member"

@@ -12,15 +12,19 @@ from switchyard.auth.governance import CACHE_FIELDS, limits_of
 from switchyard.auth.models import LimitColumns
 from switchyard.common.governance import LIMIT_FIELDS
 
-# Loose types on purpose: the range checks of `check_limit_values` answer with a 400 that
-# names the field and says what is wrong (negative, absurd, unknown period).
+# Any JSON number (integers included): the range checks of `check_limit_values` answer with
+# a 400 that names the field and says what is wrong (negative, absurd, unknown period).
+# Never a boolean or a numeric string: the models below are strict.
 Number = float | None
+# Request models take each field in its own JSON type only: pydantic's lax mode would store
+# `true` as 1 and `"60"` as 60. Strict floats still take JSON integers.
+STRICT = ConfigDict(strict=True)
 
 
 class LimitsIn(BaseModel):
     """Limits to set; a field sent as null removes that limit, an absent one keeps it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     max_budget_usd: Number = Field(default=None, description="USD per budget period.")
     budget_period: str | None = Field(default=None, description="1d, 7d, 30d or none.")
@@ -63,12 +67,13 @@ class CacheIn(BaseModel):
     """The response cache opt-in of a team or key; an absent field keeps its value, null
     removes it (the level above decides: key, then team, then the tenant's setting)."""
 
+    model_config = STRICT
+
     cache_enabled: bool | None = Field(
         default=None,
-        strict=True,
         description="Answer repeated deterministic requests from the response cache.",
     )
-    # Loose on purpose: `apply_cache` answers a wrong value with a 400 saying the range.
+    # Any number: `apply_cache` answers one out of range with a 400 saying the range.
     cache_ttl_s: Number = Field(
         default=None, description="Seconds a cached answer is reused (1 to 604800)."
     )
