@@ -54,10 +54,15 @@ _FORWARDED_RESPONSE_HEADERS = ("content-type", "retry-after", "www-authenticate"
 
 
 async def forward_to_auth(request: Request) -> Response:
-    """Send the request to auth as it came, and its answer back."""
+    """Send the request to auth as it came (header values without surrounding blanks), and
+    its answer back. Raises APIError 400 for a header HTTP cannot carry, 503
+    (`auth_unavailable`) when auth cannot be reached."""
     gateway = request.app.state.gateway
+    # Without the whitespace around a value (not part of it, RFC 9110 section 5.5), which
+    # the HTTP client refuses to send: `Bearer ` and blanks reaches auth as `Bearer`, a
+    # missing token (401), not as a failed call.
     headers = {
-        name: value
+        name: value.strip(" \t")
         for name, value in request.headers.items()
         if name.lower() in _FORWARDED_REQUEST_HEADERS
     }
@@ -83,6 +88,12 @@ async def forward_to_auth(request: Request) -> Response:
             headers=headers,
             timeout=10.0,
         )
+    except httpx.LocalProtocolError:
+        # A header the HTTP client will not send (a NUL, CR or LF): the request's
+        # fault, not auth's. The client's message is not echoed: it quotes the value.
+        raise APIError(
+            400, "A request header holds characters HTTP does not allow.", code="invalid_request"
+        ) from None
     except httpx.HTTPError:
         raise APIError(
             503,
