@@ -86,7 +86,9 @@ def _missing(param: str) -> APIError:
     )
 
 
-def _invalid_type(param: str, expected: str, value: Any) -> APIError:
+def invalid_type(param: str, expected: str, value: Any) -> APIError:
+    """The 400 `invalid_type` for `param` holding `value` where `expected` (e.g. "a
+    string") belongs, in OpenAI's wording."""
     return APIError(
         400,
         f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
@@ -114,7 +116,7 @@ def _model(body: dict[str, Any]) -> str:
     if model is None:
         raise _missing("model")
     if not isinstance(model, str):
-        raise _invalid_type("model", "a string", model)
+        raise invalid_type("model", "a string", model)
     if not 0 < len(model) <= MAX_MODEL_LENGTH:
         raise APIError(
             400,
@@ -130,7 +132,7 @@ def _stream(body: dict[str, Any]) -> bool:
     if stream is None:
         return False
     if not isinstance(stream, bool):
-        raise _invalid_type("stream", "a boolean", stream)
+        raise invalid_type("stream", "a boolean", stream)
     return stream
 
 
@@ -139,7 +141,7 @@ def _messages(body: dict[str, Any]) -> None:
     if messages is None:
         raise _missing("messages")
     if not isinstance(messages, list):
-        raise _invalid_type("messages", "an array", messages)
+        raise invalid_type("messages", "an array", messages)
     if not messages:
         raise APIError(
             400,
@@ -165,7 +167,7 @@ def read_messages(body: dict[str, Any]) -> ClientRequest:
     if max_tokens is None:
         raise _missing("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
-        raise _invalid_type("max_tokens", "an integer", max_tokens)
+        raise invalid_type("max_tokens", "an integer", max_tokens)
     return ClientRequest(ClientAPI.ANTHROPIC_MESSAGES, body, model, _stream(body))
 
 
@@ -184,7 +186,7 @@ def read_embeddings(body: dict[str, Any]) -> ClientRequest:
     if value is None:
         raise _missing("input")
     if not isinstance(value, str | list):
-        raise _invalid_type("input", "a string or an array", value)
+        raise invalid_type("input", "a string or an array", value)
     return ClientRequest(ClientAPI.OPENAI_EMBEDDINGS, body, model, False)
 
 
@@ -211,14 +213,14 @@ def _invalid_value(param: str, message: str) -> APIError:
 
 def _response_item(item: Any, where: str) -> None:
     if not isinstance(item, dict):
-        raise _invalid_type(where, "an object", item)
+        raise invalid_type(where, "an object", item)
     kind = item.get("type")
     if kind is None:
         if "role" not in item:
             raise _missing(f"{where}.type")
         kind = "message"
     elif not isinstance(kind, str):
-        raise _invalid_type(f"{where}.type", "a string", kind)
+        raise invalid_type(f"{where}.type", "a string", kind)
     if kind == "message":
         role = item.get("role")
         if role is None:
@@ -229,12 +231,12 @@ def _response_item(item: Any, where: str) -> None:
         if content is None:
             raise _missing(f"{where}.content")
         if not isinstance(content, str | list):
-            raise _invalid_type(f"{where}.content", "a string or an array", content)
+            raise invalid_type(f"{where}.content", "a string or an array", content)
         if isinstance(content, list):
             for position, part in enumerate(content):
                 part_where = f"{where}.content[{position}]"
                 if not isinstance(part, dict):
-                    raise _invalid_type(part_where, "an object", part)
+                    raise invalid_type(part_where, "an object", part)
                 if not isinstance(part.get("type"), str):
                     raise _missing(f"{part_where}.type")
     elif kind == "item_reference":
@@ -248,19 +250,19 @@ def _response_item(item: Any, where: str) -> None:
         if value is None:
             raise _missing(f"{where}.{name}")
         if not isinstance(value, str):
-            raise _invalid_type(f"{where}.{name}", "a string", value)
+            raise invalid_type(f"{where}.{name}", "a string", value)
     if kind == "function_call_output":
         output = item.get("output")
         if output is None:
             raise _missing(f"{where}.output")
         if not isinstance(output, str | list):
-            raise _invalid_type(f"{where}.output", "a string or an array", output)
+            raise invalid_type(f"{where}.output", "a string or an array", output)
 
 
 def _boolean(body: dict[str, Any], name: str) -> bool | None:
     value = body.get(name)
     if value is not None and not isinstance(value, bool):
-        raise _invalid_type(name, "a boolean", value)
+        raise invalid_type(name, "a boolean", value)
     return value
 
 
@@ -275,16 +277,16 @@ def read_responses(body: dict[str, Any]) -> ClientRequest:
     value = body.get("input")
     if value is not None:
         if not isinstance(value, str | list):
-            raise _invalid_type("input", "a string or an array", value)
+            raise invalid_type("input", "a string or an array", value)
         if isinstance(value, list):
             for index, item in enumerate(value):
                 _response_item(item, f"input[{index}]")
     previous = body.get("previous_response_id")
     if previous is not None and not isinstance(previous, str):
-        raise _invalid_type("previous_response_id", "a string", previous)
+        raise invalid_type("previous_response_id", "a string", previous)
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str | list):
-        raise _invalid_type("instructions", "a string or an array", instructions)
+        raise invalid_type("instructions", "a string or an array", instructions)
     store = _boolean(body, "store")
     if _boolean(body, "background"):
         if store is False:

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request, Response
 
 from switchyard.common import scopes
 from switchyard.common.errors import APIError
-from switchyard.gateway.api.body import parse_json_object
+from switchyard.gateway.api.body import invalid_type, parse_json_object
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, insufficient_scope
 from switchyard.gateway.api.history import forward, looks_like_id
 from switchyard.gateway.intake import check_model
@@ -43,6 +43,8 @@ async def create_replay(
         raise insufficient_scope(scopes.HISTORY_READ)
     body = parse_json_object(await request.body())
     target = body.get("to_model")
+    if target is not None and target != "" and not isinstance(target, str):
+        raise invalid_type("to_model", "a string", target)
     if not isinstance(target, str) or not target:
         raise APIError(
             400,
