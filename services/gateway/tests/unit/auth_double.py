@@ -138,7 +138,9 @@ class AuthDouble:
         if path.startswith("/internal/v1/users/"):
             user_id = path.rsplit("/", 1)[1]
             if user_id in self.missing_users:
-                return httpx.Response(404, json={"error": {"message": "No such user."}})
+                return httpx.Response(
+                    404, json={"error": {"message": "No such user.", "code": "user_not_found"}}
+                )
             return httpx.Response(200, json={"user_id": user_id, "tenant": "acme", "active": True})
         if path == "/internal/v1/revocations":
             if self.snapshot_failures > 0:

@@ -123,13 +123,17 @@ class FakeAuth:
                         "user_active": True,
                     },
                 )
-            return httpx.Response(404, json={"error": {"message": "API key not found."}})
+            return httpx.Response(
+                404, json={"error": {"message": "API key not found.", "code": "api_key_not_found"}}
+            )
         if request.url.path == "/internal/v1/revocations":
             return httpx.Response(200, json=self.revocations)
         if request.url.path.startswith("/internal/v1/users/"):
             user_id = request.url.path.rsplit("/", 1)[1]
             if user_id in self.missing_users:
-                return httpx.Response(404, json={"error": {"message": "No such user."}})
+                return httpx.Response(
+                    404, json={"error": {"message": "No such user.", "code": "user_not_found"}}
+                )
             return httpx.Response(200, json={"user_id": user_id, "tenant": "acme", "active": True})
         return httpx.Response(404)
 

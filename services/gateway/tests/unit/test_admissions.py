@@ -36,6 +36,10 @@ class KeyAuth(AuthDouble):
     disabled: set[str] = field(default_factory=set)
     user_tenants: dict[str, str] = field(default_factory=dict)
     down: bool = False
+    # An auth without these routes (before an upgrade): a bare 404 for both.
+    without_routes: bool = False
+    # Called with each user path answered, after the answer is made.
+    after_user_answer: Any = None
 
     def by_id(self, key_id: str) -> ApiKeyRecord | None:
         return next((r for r in self.api_keys.values() if r.key_id == key_id), None)
@@ -45,11 +49,20 @@ class KeyAuth(AuthDouble):
         if self.down and path.startswith(("/internal/v1/api-keys/", "/internal/v1/users/")):
             self.calls.append(path)
             raise httpx.ConnectError("auth is down", request=request)
+        if self.without_routes and path.startswith((KEY_PATH, "/internal/v1/users/")):
+            return httpx.Response(404, json={"detail": "Not Found"})
+        if path.startswith("/internal/v1/users/") and self.after_user_answer is not None:
+            answer = self.user_answer(path)
+            self.after_user_answer(path)
+            return answer
         if path.startswith(KEY_PATH) and request.method == "GET":
             self.calls.append(path)
             record = self.by_id(path.removeprefix(KEY_PATH))
             if record is None:
-                return httpx.Response(404, json={"error": {"message": "API key not found."}})
+                return httpx.Response(
+                    404,
+                    json={"error": {"message": "API key not found.", "code": "api_key_not_found"}},
+                )
             return httpx.Response(
                 200,
                 json={
@@ -66,19 +79,24 @@ class KeyAuth(AuthDouble):
                 },
             )
         if path.startswith("/internal/v1/users/"):
-            self.calls.append(path)
-            user_id = path.rsplit("/", 1)[1]
-            if user_id in self.missing_users:
-                return httpx.Response(404, json={"error": {"message": "No such user."}})
-            return httpx.Response(
-                200,
-                json={
-                    "user_id": user_id,
-                    "tenant": self.user_tenants.get(user_id, "acme"),
-                    "active": user_id not in self.disabled,
-                },
-            )
+            return self.user_answer(path)
         return super().handle(request)
+
+    def user_answer(self, path: str) -> httpx.Response:
+        self.calls.append(path)
+        user_id = path.rsplit("/", 1)[1]
+        if user_id in self.missing_users:
+            return httpx.Response(
+                404, json={"error": {"message": "No such user.", "code": "user_not_found"}}
+            )
+        return httpx.Response(
+            200,
+            json={
+                "user_id": user_id,
+                "tenant": self.user_tenants.get(user_id, "acme"),
+                "active": user_id not in self.disabled,
+            },
+        )
 
 
 @dataclass
@@ -285,3 +303,35 @@ async def test_admissions_need_the_internal_token(gw: GatewayUnderTest) -> None:
     record = gw.auth.add_api_key()
     response = await gw.client.post("/internal/v1/admissions", json=payload(record))
     assert response.status_code == 401
+
+
+async def test_a_404_that_does_not_say_what_is_missing_is_503_not_a_refusal(
+    gw: GatewayUnderTest,
+) -> None:
+    # An auth without the key-state route (a rolling upgrade) answers a bare 404: that
+    # says nothing about the key, so the replay waits instead of stopping for good.
+    record = gw.auth.add_api_key()
+    key_auth(gw).without_routes = True
+    for body in (payload(record), payload(None, user_id=record.user_id)):
+        assert_refused(await admit(gw, body), 503, "auth_unavailable")
+    assert admitted_nothing(gw)
+
+
+async def test_an_answer_fetched_across_an_auth_event_is_not_kept(gw: GatewayUnderTest) -> None:
+    # A "disabled" fetched just before the user was enabled again must not be kept for
+    # the cache's 30 s: the next admission asks again.
+    auth = key_auth(gw)
+    auth.disabled.add("user-2")
+    state = gw.gateway.authenticator.revocations
+
+    def enabled_meanwhile(path: str) -> None:
+        auth.disabled.discard("user-2")  # enabled while the answer was on its way
+        enabled = UserEnabled(
+            source="auth", tenant="acme", request_id=new_id(), data=UserStatusData(user_id="user-2")
+        )
+        state.apply(enabled)  # as this replica's listener does, hooks included
+        auth.after_user_answer = None
+
+    auth.after_user_answer = enabled_meanwhile
+    assert_refused(await admit(gw, payload(None, user_id="user-2")), 403, "user_disabled")
+    assert (await admit(gw, payload(None, user_id="user-2"))).status_code == 200

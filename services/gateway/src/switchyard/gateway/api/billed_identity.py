@@ -69,6 +69,16 @@ def _unavailable(detail: str) -> APIError:
     )
 
 
+def _error_code(response: httpx.Response) -> object:
+    """The `error.code` of an OpenAI-format error body, None when it has none."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
+
+
 def _revoked_key(key_id: str) -> APIError:
     return APIError(
         403, f"API key {key_id} has been revoked.", code="credentials_revoked", param="api_key_id"
@@ -106,6 +116,9 @@ class BilledIdentityCheck:
         self._keys: dict[str, tuple[float, KeyState | None]] = {}
         # user id -> (monotonic deadline, state or None when auth knows no such user)
         self._users: dict[str, tuple[float, UserState | None]] = {}
+        # Bumped by every auth event: an answer fetched across one is used, not kept (it
+        # may predate the event, e.g. a user's "disabled" fetched just before it was enabled).
+        self._generation = 0
         revocations.add_hook(self._on_auth_event)
 
     async def check(self, *, tenant: str, user_id: str, api_key_id: str | None, model: str) -> None:
@@ -162,7 +175,10 @@ class BilledIdentityCheck:
         cached = self._keys.get(key_id)
         if cached is not None and cached[0] > self._clock():
             return cached[1]
-        data = await self._get(f"/internal/v1/api-keys/{quote(key_id, safe='')}")
+        generation = self._generation
+        data = await self._get(
+            f"/internal/v1/api-keys/{quote(key_id, safe='')}", not_found="api_key_not_found"
+        )
         state = None
         if data is not None:
             allowed = data.get("allowed_models")
@@ -177,28 +193,36 @@ class BilledIdentityCheck:
                 revoked=data.get("revoked") is True,
                 user_active=data.get("user_active") is not False,
             )
-        if len(self._keys) >= MAX_CACHED:
-            self._keys.clear()
-        self._keys[key_id] = (self._clock() + self._ttl_s, state)
+        if generation == self._generation:
+            if len(self._keys) >= MAX_CACHED:
+                self._keys.clear()
+            self._keys[key_id] = (self._clock() + self._ttl_s, state)
         return state
 
     async def _user(self, user_id: str) -> UserState | None:
         cached = self._users.get(user_id)
         if cached is not None and cached[0] > self._clock():
             return cached[1]
-        data = await self._get(f"/internal/v1/users/{quote(user_id, safe='')}")
+        generation = self._generation
+        data = await self._get(
+            f"/internal/v1/users/{quote(user_id, safe='')}", not_found="user_not_found"
+        )
         state = (
             UserState(tenant=str(data["tenant"]), active=data.get("active") is True)
             if data is not None
             else None
         )
-        if len(self._users) >= MAX_CACHED:
-            self._users.clear()
-        self._users[user_id] = (self._clock() + self._ttl_s, state)
+        if generation == self._generation:
+            if len(self._users) >= MAX_CACHED:
+                self._users.clear()
+            self._users[user_id] = (self._clock() + self._ttl_s, state)
         return state
 
-    async def _get(self, path: str) -> dict[str, Any] | None:
-        """Auth's JSON answer at `path`, None on 404; raises the 503 APIError otherwise."""
+    async def _get(self, path: str, *, not_found: str) -> dict[str, Any] | None:
+        """Auth's JSON answer at `path`; None when auth says there is no such thing (a 404
+        whose error code is `not_found`); raises the 503 APIError otherwise, also for any
+        other 404 (an auth without this route, during a rolling upgrade, knows nothing
+        about the key: that is no reason to refuse it for good)."""
         try:
             response = await self._http().get(
                 self._auth_url + path, headers=self._headers, timeout=2.0
@@ -206,7 +230,9 @@ class BilledIdentityCheck:
         except httpx.HTTPError as exc:
             raise _unavailable("auth unreachable") from exc
         if response.status_code == 404:
-            return None
+            if _error_code(response) == not_found:
+                return None
+            raise _unavailable("auth answered 404 without saying what is missing")
         if response.status_code != 200:
             raise _unavailable(f"auth answered {response.status_code}")
         try:
@@ -220,6 +246,7 @@ class BilledIdentityCheck:
     def _on_auth_event(self, event: Event) -> None:
         """Forget what auth said of a key or user an auth event names, so the next check
         asks again (the revocation sets refuse at once anyway)."""
+        self._generation += 1
         if isinstance(event, ApiKeyRevoked):
             self._keys.pop(event.data.key_id, None)
         elif isinstance(event, UserDisabled | UserEnabled):
