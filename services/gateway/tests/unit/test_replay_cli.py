@@ -272,3 +272,22 @@ def test_an_unknown_replay_is_one_line_on_stderr_and_exit_1(gateway):
     assert result.exit_code == 1
     assert result.stderr == "error: Replay not found. (HTTP 404)\n"
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("command", "path"),
+    [
+        (("show", "../../v1/usage"), "/v1/replays/..%2F..%2Fv1%2Fusage"),
+        (
+            ("stop", "../../v1/jobs/job-1/cancel#"),
+            "/v1/replays/..%2F..%2Fv1%2Fjobs%2Fjob-1%2Fcancel%23/stop",
+        ),
+        (("resume", "a/b?c"), "/v1/replays/a%2Fb%3Fc/resume"),
+        (("show", "a\nb"), "/v1/replays/a%0Ab"),
+    ],
+)
+def test_a_replay_id_stays_one_path_segment_whatever_it_holds(gateway, command, path):
+    run(*command)
+
+    # Percent-encoded: one segment after /v1/replays/, never another route of the gateway.
+    assert gateway[0].url.raw_path.decode().split("?")[0] == path

@@ -23,6 +23,7 @@ import json
 import sys
 import time
 from typing import Annotated, Any, cast
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -116,12 +117,14 @@ class Client:
 
     def report(self, replay_id: str) -> dict[str, Any]:
         """The whole report, every page of pairs."""
-        first = self.call("GET", f"/v1/replays/{replay_id}", params={"limit": 1000})
+        first = self.call("GET", f"/v1/replays/{quote(replay_id, safe='')}", params={"limit": 1000})
         data = list(first["data"])
         after = first.get("next_after")
         while after is not None:
             page = self.call(
-                "GET", f"/v1/replays/{replay_id}", params={"limit": 1000, "after": after}
+                "GET",
+                f"/v1/replays/{quote(replay_id, safe='')}",
+                params={"limit": 1000, "after": after},
             )
             data += page["data"]
             after = page.get("next_after")
@@ -212,7 +215,7 @@ def show(
 @replay_app.command("stop")
 def stop(replay_id: str, url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
     """Stop sending (resume later with `resume`)."""
-    replay = Client(url, api_key).call("POST", f"/v1/replays/{replay_id}/stop")
+    replay = Client(url, api_key).call("POST", f"/v1/replays/{quote(replay_id, safe='')}/stop")
     typer.echo(terminal_safe(f"replay {replay['id']} {replay['status']}"))
 
 
@@ -227,7 +230,7 @@ def resume(
     """Go on sending a stopped or interrupted replay; nothing is sent twice."""
     _check_format(output_format)
     client = Client(url, api_key)
-    replay = client.call("POST", f"/v1/replays/{replay_id}/resume")
+    replay = client.call("POST", f"/v1/replays/{quote(replay_id, safe='')}/resume")
     typer.echo(terminal_safe(f"replay {replay['id']} {replay['status']}"), err=True)
     _finish(client, replay_id, output_format, wait)
 

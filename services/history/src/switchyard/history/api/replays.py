@@ -27,7 +27,8 @@ class ReplayBody(BaseModel):
     relative time (`1h`); `limit` takes the first N, `sample` N at random (not both). Each
     field takes only its own JSON type (no `"10"` for 10, no `true` for 1): a 400 names it."""
 
-    model_config = ConfigDict(strict=True)
+    # Unknown fields are refused: a misspelt `limt` must not replay everything.
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     to_model: str = Field(min_length=1, max_length=256, description="The model to replay on.")
     since: str = Field(
