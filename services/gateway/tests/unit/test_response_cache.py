@@ -805,3 +805,27 @@ async def test_a_hit_waits_for_room_where_the_bus_keeps_events_in_memory(harness
     answered = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
     assert answered.status_code == 200
     assert answered.headers["x-switchyard-cache"] == "hit"
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [("X-Switchyard-Cache", "on"), ("X-Switchyard-Cache", "off")],
+        [
+            ("X-Switchyard-Cache", "on"),
+            ("X-Switchyard-Cache-TTL", "10"),
+            ("X-Switchyard-Cache-TTL", "20"),
+        ],
+        [("X-Switchyard-Cache", "on"), ("X-Switchyard-Cache-Nondeterministic", "true")] * 2,
+    ],
+)
+async def test_a_cache_header_on_several_lines_is_read_as_one_joined_value(harness, history, lines):
+    # HTTP reads two lines of one header as their values joined with a comma, so two
+    # lines that disagree ("on" then "off") are refused like "on, off", not read as "on".
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    await async_wait_until(lambda: history.cache, timeout=5)
+    headers = [("Authorization", f"Bearer {API_KEY}"), *lines]
+    response = await harness.client.post("/v1/chat/completions", json=BODY, headers=headers)
+
+    assert response.status_code == 400, response.headers.get("x-switchyard-cache")
+    assert response.json()["error"]["code"] == "invalid_cache_header"

@@ -501,13 +501,13 @@ class ResponseCache:
         non-deterministic request is to be cached. Raises APIError 400 for a value other
         than those the error message (and docs/replay-and-cache.md) lists."""
         mode = None
-        asked = request.headers.get(CACHE_HEADER)
+        asked = _header(request, CACHE_HEADER)
         if asked is not None:
             mode = MODES.get(asked.strip().lower())
             if mode is None:
                 raise _bad_header(CACHE_HEADER, "must be on, off or refresh")
         ttl = None
-        asked = request.headers.get(TTL_HEADER)
+        asked = _header(request, TTL_HEADER)
         if asked is not None:
             # Whole seconds, like the keys', teams' and tenants' `cache_ttl_s`.
             limit = int(self.gateway.settings.cache_max_ttl_s)
@@ -518,7 +518,7 @@ class ResponseCache:
                 )
             ttl = int(text)
         nondeterministic = False
-        asked = request.headers.get(NONDETERMINISTIC_HEADER)
+        asked = _header(request, NONDETERMINISTIC_HEADER)
         if asked is not None:
             value = asked.strip().lower()
             if value not in ("true", "false"):
@@ -841,6 +841,14 @@ class ResponseCache:
         task = asyncio.ensure_future(coroutine)
         self.gateway.background.add(task)
         task.add_done_callback(self.gateway.background.discard)
+
+
+def _header(request: Request, name: str) -> str | None:
+    """The value of header `name`, None when absent. A header sent on several lines is
+    their values joined with ", ", as HTTP defines it (RFC 9110, 5.3): `on` and `off` on
+    two lines is refused like `on, off` on one, not read as its first line."""
+    values = request.headers.getlist(name)
+    return ", ".join(values) if values else None
 
 
 def _bad_header(name: str, problem: str) -> APIError:
