@@ -829,3 +829,29 @@ async def test_a_cache_header_on_several_lines_is_read_as_one_joined_value(harne
 
     assert response.status_code == 400, response.headers.get("x-switchyard-cache")
     assert response.json()["error"]["code"] == "invalid_cache_header"
+
+
+@pytest.mark.parametrize(("store", "second"), [(None, "miss"), (True, "miss"), (False, "hit")])
+async def test_a_stored_responses_answer_is_never_served_to_another_user(
+    harness, history, store, second
+):
+    # A stored Responses API answer is its creator's object (GET /v1/responses/{id},
+    # previous_response_id): served to another user it would hand out an id they cannot
+    # use. With store false there is no such object, and the tenant shares the answer.
+    body = {"model": "sim-small", "temperature": 0, "input": "Hello"}
+    if store is not None:
+        body["store"] = store
+
+    def as_user(user: str) -> dict[str, str]:
+        token = harness.auth.token(sub=user, scopes=["chat", "history:read"])
+        return {"Authorization": f"Bearer {token}", "X-Switchyard-Cache": "on"}
+
+    first = await harness.client.post("/v1/responses", json=body, headers=as_user("bob"))
+    await async_wait_until(lambda: history.cache, timeout=5)
+    again = await harness.client.post("/v1/responses", json=body, headers=as_user("bob"))
+    other = await harness.client.post("/v1/responses", json=body, headers=as_user("alice"))
+
+    assert first.status_code == again.status_code == other.status_code == 200
+    assert first.headers["x-switchyard-cache"] == "miss"
+    assert again.headers["x-switchyard-cache"] == "hit"  # its own user's answer
+    assert other.headers["x-switchyard-cache"] == second

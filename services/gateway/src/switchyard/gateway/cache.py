@@ -192,9 +192,15 @@ def normalised_body(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def cache_key(
-    tenant: str, api: ClientAPI, body: dict[str, Any], headers: dict[str, str], stream: bool
+    tenant: str,
+    api: ClientAPI,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    stream: bool,
+    user: str | None = None,
 ) -> str:
-    """SHA-256 (hex) of the tenant, API, streaming and the normalised body and headers."""
+    """SHA-256 (hex) of the tenant, API, streaming and the normalised body and headers;
+    with `user`, of that user's answers only (see `answer_owner`)."""
     include_usage = None
     if stream:
         options = body.get("stream_options")
@@ -208,7 +214,19 @@ def cache_key(
         "headers": {name: headers[name] for name in sorted(headers)},
         "body": normalised_body(body),
     }
+    if user is not None:
+        document["user"] = user
     return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def answer_owner(api: ClientAPI, body: dict[str, Any], user_id: str) -> str | None:
+    """The user an answer is kept for alone, None when the tenant shares it. A Responses
+    API answer that is stored (`store` is not false) is an object of its creator's, by its
+    id (`GET /v1/responses/{id}`, `previous_response_id`), which another user cannot read:
+    served to them it would hand out an id they cannot use, so it is shared with nobody."""
+    if api is ClientAPI.OPENAI_RESPONSES and body.get("store") is not False:
+        return user_id
+    return None
 
 
 def is_deterministic(api: ClientAPI, body: dict[str, Any]) -> bool:
@@ -471,7 +489,14 @@ class ResponseCache:
             SKIPPED.labels("nondeterministic").inc()
             return CacheTicket(None, mode, "bypass")
         ttl_s = float(asked_ttl) if asked_ttl is not None else self._default_ttl(settings)
-        key = cache_key(principal.tenant, client.api, client.body, forwarded, client.stream)
+        key = cache_key(
+            principal.tenant,
+            client.api,
+            client.body,
+            forwarded,
+            client.stream,
+            user=answer_owner(client.api, client.body, principal.user_id),
+        )
         ticket = CacheTicket(
             key,
             mode,
