@@ -175,6 +175,8 @@ class User(LimitColumns, Base):
     )
 
     api_keys: Mapped[list[ApiKey]] = relationship(back_populates="user")
+    # Its models bound every access token issued to the user (see `service.effective_models`).
+    team: Mapped[Team | None] = relationship()
 
 
 class ApiKey(LimitColumns, CacheColumns, Base):
@@ -212,6 +214,8 @@ class ApiKey(LimitColumns, CacheColumns, Base):
     )
 
     user: Mapped[User] = relationship(back_populates="api_keys")
+    # Its models bound the key's own (see `service.effective_models`).
+    team: Mapped[Team | None] = relationship()
 
 
 class TokenFamily(Base):

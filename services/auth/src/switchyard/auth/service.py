@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
+from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -27,6 +28,7 @@ from switchyard.auth.models import (
     RefreshToken,
     RevokedToken,
     SigningKeyRecord,
+    Team,
     TokenFamily,
     User,
 )
@@ -240,6 +242,30 @@ def _bounded_models(
             param="allowed_models",
         )
     return models
+
+
+def effective_models(own: Sequence[str] | None, team: Team | None) -> list[str] | None:
+    """The models a key or access token may use: its `own` list (None: any) within the
+    models of `team` (None, or a team without a list: no bound), in `own`'s order. None
+    only when neither restricts; an empty list when they share no model."""
+    team_models = team.allowed_models if team is not None else None
+    if team_models is None:
+        return list(own) if own is not None else None
+    if own is None:
+        return list(team_models)
+    return [model for model in own if model in team_models]
+
+
+def _loaded_team(user: User) -> Team | None:
+    """The team `user` was loaded with (every user this module's store loads comes with
+    it). Raises RuntimeError for a user in a team loaded without it, rather than issue a
+    token that escapes the team's models."""
+    if user.team_id is None:
+        return None
+    team = None if "team" in inspect(user).unloaded else user.team
+    if team is None or team.id != user.team_id:
+        raise RuntimeError("the user was loaded without their team; load them with AuthService")
+    return team
 
 
 def _utcnow() -> datetime:
@@ -540,21 +566,28 @@ class AuthService:
         allowed_models: Sequence[str] | None = None,
     ) -> AccessToken:
         """An access token outside any sign-in (the `tokens create` command), never with
-        scopes beyond what the user's role grants (ExceedsCredential)."""
+        scopes beyond what the user's role grants (ExceedsCredential), and limited to the
+        models of the user's team (those of `allowed_models` the team allows, when given).
+
+        `user` must come with their team, as `user_by_email`, `user_by_id` and
+        `authenticate` load them (RuntimeError otherwise)."""
         granted = known_scopes.token_scopes(user.role)
         return self.tokens.issue(
             user_id=user.id,
             tenant=user.tenant,
             role=user.role,
             scopes=_bounded_scopes(scopes, granted, granted),
-            allowed_models=_validate_models(allowed_models),
+            allowed_models=effective_models(_validate_models(allowed_models), _loaded_team(user)),
         )
 
     async def sign_in(self, user: User) -> TokenPair:
-        """Start a sign-in: a new token family, its first refresh token and an access token."""
+        """Start a sign-in: a new token family, its first refresh token and an access token
+        limited to the models of the user's team (read now, not from `user`)."""
         now = _utcnow()
         refresh_token = generate_refresh_token()
         async with self._sessions() as session:
+            current = await AuthStore(session).user_by_id(user.id)
+            models = effective_models(None, current.team if current is not None else None)
             family = TokenFamily(
                 user_id=user.id,
                 tenant=user.tenant,
@@ -572,11 +605,12 @@ class AuthService:
                 )
             )
             await session.commit()
-        return self._pair(user, family.id, refresh_token)
+        return self._pair(user, family.id, refresh_token, models)
 
     async def refresh(self, refresh_token: str) -> TokenPair:
         """Exchange a refresh token for a new pair. The presented token is spent; presenting
-        a spent token again means it leaked, so the whole family is revoked."""
+        a spent token again means it leaked, so the whole family is revoked. The new access
+        token carries the models of the user's team as they are now."""
         now = _utcnow()
         async with self._sessions() as session:
             store = AuthStore(session)
@@ -606,15 +640,18 @@ class AuthService:
                 )
             )
             await session.commit()
-        return self._pair(user, family.id, next_token)
+        return self._pair(user, family.id, next_token, effective_models(None, user.team))
 
-    def _pair(self, user: User, family_id: str, refresh_token: str) -> TokenPair:
+    def _pair(
+        self, user: User, family_id: str, refresh_token: str, models: list[str] | None
+    ) -> TokenPair:
         access = self.tokens.issue(
             user_id=user.id,
             tenant=user.tenant,
             role=user.role,
             scopes=known_scopes.token_scopes(user.role),
             session_id=family_id,
+            allowed_models=models,
         )
         return TokenPair(
             access=access,
@@ -821,7 +858,7 @@ def expiry_in_days(days: int | None) -> datetime | None:
 
 
 def _identity(record: ApiKey) -> ApiKeyIdentity:
-    """What a gateway knows of a key (its record, loaded with its user)."""
+    """What a gateway knows of a key (its record, loaded with its user and team)."""
     # A key never outlives a demotion: it keeps only what the user's role still grants.
     granted = known_scopes.token_scopes(record.user.role)
     return ApiKeyIdentity(
@@ -830,7 +867,8 @@ def _identity(record: ApiKey) -> ApiKeyIdentity:
         tenant=record.tenant,
         role=record.user.role,
         scopes=[scope for scope in record.scopes if scope in granted],
-        allowed_models=list(record.allowed_models) if record.allowed_models is not None else None,
+        # A team's change of models reaches its keys at their next lookup.
+        allowed_models=effective_models(record.allowed_models, record.team),
         expires_at=record.expires_at,
         team_id=record.team_id,
     )

@@ -42,12 +42,14 @@ class AuthStore:
         return user
 
     async def user_by_id(self, user_id: str) -> User | None:
-        """The user with id `user_id`, or None."""
-        return await self.session.get(User, user_id)
+        """The user with id `user_id` and their team, or None."""
+        return await self.session.get(User, user_id, options=[joinedload(User.team)])
 
     async def user_by_email(self, email: str) -> User | None:
-        """The user with this (already normalised) email, or None."""
-        result = await self.session.execute(select(User).where(User.email == email))
+        """The user with this (already normalised) email and their team, or None."""
+        result = await self.session.execute(
+            select(User).options(joinedload(User.team)).where(User.email == email)
+        )
         return result.scalar_one_or_none()
 
     async def users(self, tenant: str | None = None) -> Sequence[User]:
@@ -71,9 +73,11 @@ class AuthStore:
         return api_key
 
     async def api_key_by_hash(self, secret_hash: str) -> ApiKey | None:
-        """The key with this hash and its user, whatever its state."""
+        """The key with this hash, its user and its team, whatever its state."""
         result = await self.session.execute(
-            select(ApiKey).options(joinedload(ApiKey.user)).where(ApiKey.secret_hash == secret_hash)
+            select(ApiKey)
+            .options(joinedload(ApiKey.user), joinedload(ApiKey.team))
+            .where(ApiKey.secret_hash == secret_hash)
         )
         return result.scalar_one_or_none()
 
@@ -82,9 +86,11 @@ class AuthStore:
         return await self.session.get(ApiKey, key_id)
 
     async def api_key_by_id_with_user(self, key_id: str) -> ApiKey | None:
-        """The API key with id `key_id` (any state) and its user, or None."""
+        """The API key with id `key_id` (any state), its user and its team, or None."""
         result = await self.session.execute(
-            select(ApiKey).options(joinedload(ApiKey.user)).where(ApiKey.id == key_id)
+            select(ApiKey)
+            .options(joinedload(ApiKey.user), joinedload(ApiKey.team))
+            .where(ApiKey.id == key_id)
         )
         return result.scalar_one_or_none()
 
@@ -118,11 +124,13 @@ class AuthStore:
         await self.session.flush()
 
     async def refresh_token_by_hash(self, token_hash: str) -> RefreshToken | None:
-        """The refresh token with this SHA-256 hash (hex), with its family and the family's
-        user loaded; None if unknown."""
+        """The refresh token with this SHA-256 hash (hex), with its family, the family's
+        user and the user's team loaded; None if unknown."""
         result = await self.session.execute(
             select(RefreshToken)
-            .options(joinedload(RefreshToken.family).joinedload(TokenFamily.user))
+            .options(
+                joinedload(RefreshToken.family).joinedload(TokenFamily.user).joinedload(User.team)
+            )
             .where(RefreshToken.token_hash == token_hash)
         )
         return result.scalar_one_or_none()

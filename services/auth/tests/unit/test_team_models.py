@@ -1,0 +1,165 @@
+"""A team's allowed models bound its members' keys and access tokens: what gateways are
+told a key may use (the internal lookups) and what the tokens auth signs carry."""
+
+from __future__ import annotations
+
+import jwt
+import pytest
+
+from switchyard.auth.keys import hash_api_key
+
+from .test_admin_api import PASSWORD
+
+INTERNAL = {"x-switchyard-internal-token": "test-internal-token"}
+
+
+def claims_of(access_token: str) -> dict:
+    return jwt.decode(access_token, options={"verify_signature": False})
+
+
+async def sign_in(auth_app, email: str) -> dict:
+    response = await auth_app.client.post(
+        "/v1/auth/token", json={"grant_type": "password", "username": email, "password": PASSWORD}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture
+async def acme(auth_app):
+    service = auth_app.service
+    await service.create_user(
+        email="admin@acme.test", tenant="acme", role="admin", password=PASSWORD
+    )
+    member = await service.create_user(email="carol@acme.test", tenant="acme", password=PASSWORD)
+    admin_token = (await sign_in(auth_app, "admin@acme.test"))["access_token"]
+    return {"member": member, "admin_headers": {"Authorization": f"Bearer {admin_token}"}}
+
+
+async def small_team(auth_app, acme, models: list[str] | None = None) -> str:
+    """A team allowed `models` (default: sim-small only), with carol moved into it."""
+    team = await auth_app.client.post(
+        "/v1/admin/teams",
+        json={"name": "smallonly", "allowed_models": models or ["sim-small"]},
+        headers=acme["admin_headers"],
+    )
+    assert team.status_code == 201, team.text
+    moved = await auth_app.client.patch(
+        f"/v1/admin/users/{acme['member'].id}",
+        json={"team_id": team.json()["id"]},
+        headers=acme["admin_headers"],
+    )
+    assert moved.status_code == 200, moved.text
+    return team.json()["id"]
+
+
+async def admin_key(auth_app, acme, **body) -> dict:
+    created = await auth_app.client.post(
+        "/v1/admin/api-keys",
+        json={"user_id": acme["member"].id, "name": "c2", **body},
+        headers=acme["admin_headers"],
+    )
+    assert created.status_code == 201, created.text
+    return created.json()
+
+
+async def lookup(auth_app, key: dict) -> dict:
+    response = await auth_app.client.post(
+        "/internal/v1/api-keys/lookup",
+        json={"secret_hash": hash_api_key(key["key"])},
+        headers=INTERNAL,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def key_state(auth_app, key: dict) -> dict:
+    response = await auth_app.client.get(f"/internal/v1/api-keys/{key['key_id']}", headers=INTERNAL)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_a_team_members_key_without_models_of_its_own_answers_the_teams(
+    auth_app, acme
+) -> None:
+    await small_team(auth_app, acme)
+    key = await admin_key(auth_app, acme)
+    assert key["allowed_models"] is None
+
+    assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small"]
+    assert (await key_state(auth_app, key))["allowed_models"] == ["sim-small"]
+
+
+async def test_a_key_with_its_own_models_answers_those_its_team_allows_in_its_order(
+    auth_app, acme
+) -> None:
+    await small_team(auth_app, acme, ["sim-small", "sim-medium"])
+    key = await admin_key(auth_app, acme, allowed_models=["sim-large", "sim-medium", "sim-small"])
+
+    assert (await lookup(auth_app, key))["allowed_models"] == ["sim-medium", "sim-small"]
+    assert (await key_state(auth_app, key))["allowed_models"] == ["sim-medium", "sim-small"]
+
+
+async def test_keys_and_tokens_of_a_user_without_a_team_are_unchanged(auth_app, acme) -> None:
+    any_model = await admin_key(auth_app, acme)
+    own = await admin_key(auth_app, acme, allowed_models=["sim-large"])
+    signed_in = await sign_in(auth_app, "carol@acme.test")
+
+    assert (await lookup(auth_app, any_model))["allowed_models"] is None
+    assert (await lookup(auth_app, own))["allowed_models"] == ["sim-large"]
+    assert "allowed_models" not in claims_of(signed_in["access_token"])
+
+
+async def test_sign_in_and_refreshed_access_tokens_carry_the_teams_models(auth_app, acme) -> None:
+    await small_team(auth_app, acme)
+    signed_in = await sign_in(auth_app, "carol@acme.test")
+    refreshed = await auth_app.client.post(
+        "/v1/auth/refresh", json={"refresh_token": signed_in["refresh_token"]}
+    )
+
+    assert claims_of(signed_in["access_token"])["allowed_models"] == ["sim-small"]
+    assert refreshed.status_code == 200, refreshed.text
+    assert claims_of(refreshed.json()["access_token"])["allowed_models"] == ["sim-small"]
+
+
+async def test_an_operator_token_carries_the_teams_models_within_those_asked_for(
+    auth_app, acme
+) -> None:
+    await small_team(auth_app, acme)
+    user = await auth_app.service.user_by_email("carol@acme.test")
+
+    default = auth_app.service.issue_access_token(user)
+    asked = auth_app.service.issue_access_token(user, allowed_models=["sim-large", "sim-small"])
+
+    assert claims_of(default.token)["allowed_models"] == ["sim-small"]
+    assert claims_of(asked.token)["allowed_models"] == ["sim-small"]
+
+
+async def test_a_change_of_the_teams_models_reaches_the_next_lookup_and_refresh(
+    auth_app, acme
+) -> None:
+    team_id = await small_team(auth_app, acme)
+    key = await admin_key(auth_app, acme)
+    signed_in = await sign_in(auth_app, "carol@acme.test")
+    assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small"]
+
+    widened = await auth_app.client.patch(
+        f"/v1/admin/teams/{team_id}",
+        json={"allowed_models": ["sim-small", "sim-large"]},
+        headers=acme["admin_headers"],
+    )
+    assert widened.status_code == 200, widened.text
+    assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small", "sim-large"]
+    refreshed = await auth_app.client.post(
+        "/v1/auth/refresh", json={"refresh_token": signed_in["refresh_token"]}
+    )
+    assert claims_of(refreshed.json()["access_token"])["allowed_models"] == [
+        "sim-small",
+        "sim-large",
+    ]
+
+    opened = await auth_app.client.patch(
+        f"/v1/admin/teams/{team_id}", json={"allowed_models": None}, headers=acme["admin_headers"]
+    )
+    assert opened.status_code == 200, opened.text
+    assert (await lookup(auth_app, key))["allowed_models"] is None
