@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -593,17 +594,24 @@ async def test_replay_items_are_kept_when_limits_cannot_be_checked(
     service, events, inference, admission
 ):
     await record_traffic(service, events, ["a"])
+    asked: list[str] = []
 
     class Down:
         async def admit(self, event, timeout_s):
+            asked.append(event.request_id)
             raise AdmissionUnavailable("gateway unreachable")
 
     admission.current = Down()
     created = await replay(service, rate="100/s")
-    await asyncio.sleep(1.5)
-    report = (
-        await service.client.get(f"/v1/replays/{created['id']}", headers=service.headers())
-    ).json()
+
+    async def kept_after_asking():
+        # The gateway was asked, and (that round over) the item is waiting again.
+        if not asked:
+            return None
+        report = await report_of(service, created["id"])
+        return report if report["counts"]["pending"] == 1 else None
+
+    report = await async_wait_until(kept_after_asking, timeout=20, message="the item kept")
     assert inference.requests == []
     assert report["status"] == "running" and report["counts"]["pending"] == 1
 
@@ -937,3 +945,225 @@ async def test_the_gateway_s_refusals_of_credentials_are_final_and_its_outages_a
             with pytest.raises(AdmissionUnavailable):
                 await gateway.admit(request, 60.0)
         await gateway.close()
+
+
+class DenyingAdmission:
+    """The gateway's admission refusing the credentials of requests billed to `user_id`
+    (as for a disabled user) and admitting the rest."""
+
+    message = "User u1 is disabled."
+
+    def __init__(self, user_id: str) -> None:
+        self.user_id = user_id
+        self.asked: list[str | None] = []
+
+    async def admit(self, event: ChatRequested, timeout_s: float):
+        self.asked.append(event.data.user_id)
+        if event.data.user_id == self.user_id:
+            return Denied(self.message, code="user_disabled")
+        return Admitted(team_id=None)
+
+
+@pytest.mark.parametrize("admission", ["gateway"], indirect=True)
+async def test_billed_to_the_originals_one_refused_identity_skips_only_its_request(
+    service, events, inference, admission
+):
+    """With `bill_to: original` each request has its own identity: one that may not send
+    its request settles that request alone (not replayable, the gateway's reason shown);
+    the others are sent and compared, and the replay completes."""
+    originals = []
+    for user_id in ("u1", "u2", "u3"):
+        originals += await record_traffic(service, events, [f"from {user_id}"], user_id=user_id)
+    gateway = admission.current = DenyingAdmission("u1")
+    admin = service.headers(user_id="root", role="admin")
+    created = await replay(service, headers=admin, rate="100/s", bill_to="original")
+
+    report = await finished(service, created["id"], admin)
+    assert sorted(request.data.user_id for request in inference.requests) == ["u2", "u3"]
+    pairs = {pair["original"]["request_id"]: pair for pair in report["data"]}
+    refused = pairs[originals[0].request_id]
+    assert refused["state"] == "not_replayable" and refused["replayable"] is False
+    assert refused["reason"] == DenyingAdmission.message and refused["replay"] is None
+    for original in originals[1:]:
+        assert pairs[original.request_id]["state"] == "settled"
+    assert report["counts"]["settled"] == 2 and report["totals"]["not_replayable"] == 1
+    assert gateway.asked.count("u1") == 1  # asked once, not again every round
+
+
+async def idle_service_runner(service) -> None:
+    """Keep the service's own runner out, once a round it may have begun has ended, so a
+    test drives runners of its own round by round."""
+    idled = asyncio.Event()
+
+    async def idle() -> bool:
+        idled.set()
+        return False
+
+    service.app.state.replay_runner.tick = idle
+    await asyncio.wait_for(idled.wait(), timeout=30)
+
+
+async def sends_ended(runner: ReplayRunner) -> None:
+    """Wait for the send tasks the runner's last round started."""
+    await asyncio.wait_for(asyncio.gather(*runner._sending.values()), timeout=30)
+
+
+async def test_a_replay_whose_items_are_all_in_flight_does_not_keep_the_runner_busy(
+    service, events
+):
+    """The runner starts its next round at once only after a round that sent something:
+    a replay whose last item is still being published (in `sending`, too recently to be
+    in doubt) makes the rounds wait their interval, not spin."""
+    await record_traffic(service, events, ["in flight", "waiting"])
+    await idle_service_runner(service)
+    created = await replay(service, rate="100/s")
+    items = replay_items_table.c
+    engine = service.components.engine
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(replay_items_table)
+            .where(items.replay_id == created["id"], items.position == 0)
+            .values(state="sending", attempted_at=datetime.now(UTC))
+        )
+    runner = ReplayRunner(engine, service.bus.publish, service.topics, runner_id="r1")
+    try:
+        await runner.tick()
+        await sends_ended(runner)  # sends the waiting item
+        assert await runner.tick() is True  # something was sent: go on at once
+        busy = []
+        for _ in range(4):
+            await sends_ended(runner)  # each finds nothing it may send
+            busy.append(await runner.tick())
+    finally:
+        await runner.close()
+    assert busy == [False] * 4
+    report = await report_of(service, created["id"])
+    assert report["counts"]["sending"] == 1 and report["counts"]["sent"] == 1
+
+
+async def test_a_runner_whose_lease_ran_out_sends_nothing(service, events, inference):
+    """Once its lease has run out another runner may take the replay over: a runner that
+    has not renewed it takes no item for sending."""
+    await record_traffic(service, events, ["a"])
+    await idle_service_runner(service)
+    created = await replay(service, rate="100/s")
+    engine = service.components.engine
+    runner = ReplayRunner(engine, service.bus.publish, service.topics, runner_id="r1", lease_s=0)
+    try:
+        await runner.tick()  # claims it with a lease that has already run out
+        await sends_ended(runner)
+    finally:
+        await runner.close()
+    assert inference.requests == []
+    assert (await report_of(service, created["id"]))["counts"]["pending"] == 1
+
+
+class StalledAdmission:
+    """The gateway's admission holding its first answer (`answer`) until `release`."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.asked = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def admit(self, event: ChatRequested, timeout_s: float):
+        self.asked.set()
+        await self.release.wait()
+        return self.answer
+
+
+async def test_a_runner_that_lost_its_replay_leaves_the_new_runners_item_alone(
+    service, events, inference
+):
+    """A runner stalls while the gateway admits an item; the replay is stopped and resumed
+    and another runner takes it over and publishes the item. When the stalled runner's
+    answer (a rate limit) finally comes, it does not put that item back: it is sent once."""
+    await record_traffic(service, events, ["a"])
+    await idle_service_runner(service)
+    created = await replay(service, rate="100/s")
+    replay_id, engine = created["id"], service.components.engine
+    held = Held("Rate limit of 1 requests per minute.", budget=False, retry_after_s=60)
+    stalled = StalledAdmission(held)
+    old = ReplayRunner(
+        engine, service.bus.publish, service.topics, runner_id="old", admission=stalled
+    )
+    publishing, released = asyncio.Event(), asyncio.Event()
+
+    async def held_publish(topic, event, **options) -> None:
+        if isinstance(event, ChatRequested):  # probes go through
+            publishing.set()
+            await released.wait()
+        await service.bus.publish(topic, event, **options)
+
+    new = ReplayRunner(
+        engine,
+        held_publish,
+        service.topics,
+        runner_id="new",
+        recover_after_s=0,
+        admission=ScriptedAdmission([], then=Admitted(None)),
+    )
+    try:
+        await old.tick()
+        await asyncio.wait_for(stalled.asked.wait(), 30)
+        for action in ("stop", "resume"):
+            response = await service.client.post(
+                f"/v1/replays/{replay_id}/{action}", headers=service.headers()
+            )
+            assert response.status_code == 200, response.text
+        await new.tick()  # the item in doubt is probed, found unsent, taken and published
+        await asyncio.wait_for(publishing.wait(), 30)
+        stalled.release.set()
+        await sends_ended(old)
+        released.set()
+        await sends_ended(new)
+        assert (await report_of(service, replay_id))["counts"]["pending"] == 0
+
+        async def completed():
+            await new.tick()
+            await sends_ended(new)
+            report = await report_of(service, replay_id)
+            return report if report["status"] == "completed" else None
+
+        report = await async_wait_until(completed, timeout=20, message="the replay completed")
+    finally:
+        await old.close()
+        await new.close()
+    assert len(inference.requests) == 1 and report["counts"]["settled"] == 1
+
+
+async def test_comparing_answers_leaves_the_event_loop_free(
+    service, events, inference, monkeypatch
+):
+    """Comparing long answers takes a while: it runs beside the event loop, so the sends
+    and lease renewals of every replay go on meanwhile."""
+    from switchyard.history import replays as replays_module
+
+    inference.answer = lambda request: "Something else entirely"
+    await record_traffic(service, events, ["a"])
+    await idle_service_runner(service)
+    created = await replay(service, rate="100/s")
+    runner = ReplayRunner(
+        service.components.engine, service.bus.publish, service.topics, runner_id="r1"
+    )
+    await runner.tick()
+    await sends_ended(runner)
+    await service.wait_for(inference.requests[0].request_id, "completed")
+
+    loop, loop_ran = asyncio.get_running_loop(), threading.Event()
+    waited: list[bool] = []
+
+    def slow_similarity(a: str, b: str) -> float:
+        # The loop runs this callback only if the comparison is not blocking it.
+        loop.call_soon_threadsafe(loop_ran.set)
+        waited.append(loop_ran.wait(timeout=2))
+        return 0.5
+
+    monkeypatch.setattr(replays_module, "similarity", slow_similarity)
+    try:
+        assert await runner.settle() == 1
+    finally:
+        await runner.close()
+    assert waited == [True]
+    report = await report_of(service, created["id"])
+    assert report["data"][0]["similarity"] == 0.5

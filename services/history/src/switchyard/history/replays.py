@@ -21,14 +21,21 @@ it only if that user and key could send it themselves right now (key not revoked
 expired and allowing the model, user not disabled), then against their budgets and rate
 limits (`replay_admission.py`): a rate limit pauses the replay until it allows more; a
 used-up budget or credentials that may not send it stop it (resumed by its id), the item
-waiting with the gateway's message as its reason. It goes to inference like any job,
+waiting with the gateway's message as its reason. With `bill_to: original` each item has
+its own identity, so credentials that may not send one item settle that item alone as
+`not_replayable` with the gateway's message, and the others are sent. It goes to inference
+like any job,
 never through a gateway's request path, so no Idempotency-Key is claimed and no webhook
 fires for it.
 
 Never twice: an item goes `pending` -> `sending` (committed) -> published -> `sent`, and a
 runner only takes an item whose state it changed itself, so two runners never send the same
 item. That change is made right before the item is published, and only while the replay is
-running under that runner, so nothing is sent once a replay is stopped. A runner that died
+running under that runner's unexpired lease, so once a stop has committed nothing more is
+taken for sending (an item taken just before it still goes out, counted as `sending`). An
+item goes back from `sending` to `pending` only while its replay is still that runner's,
+so a runner that stalled past its lease cannot pull back an item another runner has taken
+since. A runner that died
 between `sending` and `sent` leaves the item in doubt: whoever resumes the replay publishes
 a probe on the batch topic with the item's key (so, on Kafka, to the same partition, after
 the request if the request was published), waits until this service has recorded the probe,
@@ -41,7 +48,8 @@ runner died is taken over by any replica once its lease runs out. When every sen
 replay has reached a terminal state it is compared with its original (`settle`): exact match
 of the output text, and a similarity score from 0 to 1 (the standard library's
 `difflib.SequenceMatcher.ratio()`: twice the matched characters over the total, on at most
-the first `SIMILARITY_MAX_CHARS` characters of each). Then the replay is `completed`.
+the first `SIMILARITY_MAX_CHARS` characters of each, computed in a worker thread so the
+sends and lease renewals of the event loop are not held up). Then the replay is `completed`.
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import structlog
 from aiolimiter import AsyncLimiter
@@ -91,7 +99,7 @@ from switchyard.history.replay_admission import (
     AdmissionUnavailable,
     Admitted,
     Denied,
-    GatewayAdmission,
+    Held,
 )
 
 log = structlog.get_logger("switchyard.history.replays")
@@ -126,6 +134,21 @@ _PERIODS.update({"h": 3600.0, "hour": 3600.0})
 _UNITS = (("s", 1.0), ("m", 60.0), ("h", 3600.0))
 # How long a replay whose send failed (gateway, database or bus down) waits to try again.
 _RETRY = Backoff(0.5, POLL_FAILURE_MAX_S)
+
+
+class Admission(Protocol):
+    """What the runner asks before publishing an item (`GatewayAdmission`, or a double)."""
+
+    async def admit(self, event: ChatRequested, timeout_s: float) -> Admitted | Held | Denied:
+        """Whether `event` may be sent now; raises AdmissionUnavailable if unknown."""
+        ...
+
+
+class _Skipped:
+    """The type of `_SKIPPED`: an item settled without being sent, the replay going on."""
+
+
+_SKIPPED = _Skipped()
 
 
 class ReplayError(ValueError):
@@ -318,6 +341,17 @@ def similarity(a: str, b: str) -> float:
     if a == b:
         return 1.0
     return difflib.SequenceMatcher(None, a[:SIMILARITY_MAX_CHARS], b[:SIMILARITY_MAX_CHARS]).ratio()
+
+
+def _comparison(row: RowMapping) -> tuple[bool | None, float | None]:
+    """An item's (exact_match, similarity) from its original's and its replay's responses
+    (`o_api`, `o_response`, `r_api`, `r_response`); both None when either has no text."""
+    a = output_text(row["o_api"], row["o_response"])
+    b = output_text(row["r_api"], row["r_response"])
+    if a is None or b is None:
+        return None, None
+    similar = round(similarity(a, b), 4)
+    return a == b, similar if math.isfinite(similar) else None
 
 
 # ---------------------------------------------------------------------------- the store
@@ -723,7 +757,7 @@ class ReplayRunner:
         recover_after_s: float = 60.0,
         probe_timeout_s: float = 10.0,
         max_replays: int = 100,
-        admission: GatewayAdmission | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._engine = engine
         self._admission = admission
@@ -742,6 +776,9 @@ class ReplayRunner:
         self.max_replays = max_replays
         self._limiters: dict[str, AsyncLimiter] = {}
         self._sending: dict[str, asyncio.Task[None]] = {}
+        # Whether a send task sent anything since the last round looked: only then is the
+        # next round started at once (a replay whose items are all in flight is not).
+        self._progress = False
 
     async def run(self, interval_s: float) -> None:
         """Work until cancelled: settle, start the sends the replays' rates allow, wait.
@@ -774,18 +811,20 @@ class ReplayRunner:
 
     async def tick(self) -> bool:
         """One round: settle, claim, and start a send for every claimed replay that may
-        send now. Returns True if it started any (so the next round starts at once)."""
+        send now. Returns True if the sends sent anything since the previous round, or this
+        round compared items (so the next round starts at once); starting a send that then
+        finds nothing to send (its items all in flight) is not progress."""
+        progress, self._progress = self._progress, False
         if not await self._any_running():
             # Most of the time no replay runs: one indexed lookup instead of the settle
             # join and the claim transaction, every poll on every replica.
-            return False
-        await self.settle()
+            return progress
+        settled = await self.settle()
         replays = await self._claim()
         self._forget({replay["replay_id"] for replay in replays})
-        started = False
         for replay in replays:
-            started = self._start(replay) or started
-        return started
+            self._start(replay)
+        return progress or settled > 0
 
     def _start(self, replay: RowMapping) -> bool:
         """Start sending for `replay` unless a send of it is under way, a limit holds it,
@@ -809,7 +848,8 @@ class ReplayRunner:
         of this replay only."""
         replay_id = replay["replay_id"]
         try:
-            await self.drive(replay)
+            if await self.drive(replay):
+                self._progress = True
             self._failures.pop(replay_id, None)
         except asyncio.CancelledError:
             raise
@@ -931,12 +971,18 @@ class ReplayRunner:
                 break  # stopped, taken over, or the item taken by another runner
             await limiter.acquire()  # it has capacity: returns at once
             if self._admission is not None:
-                event = await self._admit(replay, item, event)
-                if event is None:
+                admitted = await self._admit(replay, item, event)
+                if isinstance(admitted, _Skipped):
+                    self._progress = True  # settled: the next item may go at once
+                    continue
+                if admitted is None:
                     break
+                event = admitted
                 # The replay may have been stopped while the gateway was asked.
                 if not await self._take(item, ReplayItemState.SENDING):
-                    await self._move(item, ReplayItemState.SENDING, ReplayItemState.PENDING)
+                    await self._move(
+                        item, ReplayItemState.SENDING, ReplayItemState.PENDING, ours=True
+                    )
                     break
             # Any failure from here leaves the item in doubt, resolved by `_recover`.
             await self._publish(self._topics.requests_batch, event, key=event.request_id)
@@ -946,15 +992,18 @@ class ReplayRunner:
 
     async def _take(self, item: RowMapping, source: ReplayItemState) -> bool:
         """Claim the item for publishing, right before it is published: `source` ->
-        `sending`, only while its replay is running under this runner, so nothing is sent
-        once it is stopped (or taken over). Returns whether it did."""
+        `sending`, only while its replay is running under this runner's unexpired lease, so
+        nothing is taken once it is stopped, taken over, or free for another runner to
+        take over (this runner stalled past its lease). Returns whether it did."""
         i, p = replay_items_table.c, replays_table.c
+        now = _now()
         running = (
             select(p.replay_id)
             .where(
                 p.replay_id == item["replay_id"],
                 p.status == ReplayStatus.RUNNING.value,
                 p.runner == self.runner_id,
+                p.lease_until > now,
             )
             .exists()
         )
@@ -968,32 +1017,57 @@ class ReplayRunner:
                     running,
                 )
                 # A limit that held it back before no longer does.
-                .values(state=ReplayItemState.SENDING.value, attempted_at=_now(), reason=None)
+                .values(state=ReplayItemState.SENDING.value, attempted_at=now, reason=None)
             )
         return result.rowcount == 1
 
     async def _admit(
         self, replay: RowMapping, item: RowMapping, event: ChatRequested
-    ) -> ChatRequested | None:
-        """The event with the team admission found, or None when it is not admitted (the
-        item goes back to `pending` with the gateway's reason): a rate limit pauses this
-        replay until it allows more; a used-up budget, or credentials that may not send it
-        (revoked, disabled, not allowing the model), stop it (resumed by its id). Raises
-        AdmissionUnavailable (the item back to `pending`) when credentials or limits cannot
-        be checked."""
+    ) -> ChatRequested | _Skipped | None:
+        """The event with the team admission found; `_SKIPPED` when, billed to the
+        original's identity, that identity may not send it (revoked, disabled, not allowing
+        the model): the item alone is settled `not_replayable` with the gateway's reason,
+        the others go on. Otherwise None when it is not admitted (the item goes back to
+        `pending` with the gateway's reason): a rate limit pauses this replay until it
+        allows more; a used-up budget, or the caller's credentials that may not send it,
+        stop it (resumed by its id). Raises AdmissionUnavailable (the item back to
+        `pending`) when credentials or limits cannot be checked. Items move only while the
+        replay is still this runner's."""
         assert self._admission is not None
         try:
             decision = await self._admission.admit(event, self.request_timeout_s)
         except AdmissionUnavailable:
-            await self._move(item, ReplayItemState.SENDING, ReplayItemState.PENDING)
+            await self._move(item, ReplayItemState.SENDING, ReplayItemState.PENDING, ours=True)
             raise
         if isinstance(decision, Admitted):
             data = event.data.model_copy(update={"team_id": decision.team_id})
             return event.model_copy(update={"data": data})
-        await self._move(
-            item, ReplayItemState.SENDING, ReplayItemState.PENDING, reason=decision.message
-        )
         replay_id = replay["replay_id"]
+        if isinstance(decision, Denied) and replay["bill_to"] == "original":
+            # This item's own identity may not send it; the others have theirs, so asking
+            # again (or stopping the replay for it) would only keep them from being sent.
+            log.info(
+                "replay item not admitted",
+                replay_id=replay_id,
+                position=item["position"],
+                reason=decision.message,
+                code=decision.code,
+            )
+            moved = await self._move(
+                item,
+                ReplayItemState.SENDING,
+                ReplayItemState.NOT_REPLAYABLE,
+                reason=decision.message,
+                ours=True,
+            )
+            return _SKIPPED if moved else None
+        await self._move(
+            item,
+            ReplayItemState.SENDING,
+            ReplayItemState.PENDING,
+            reason=decision.message,
+            ours=True,
+        )
         if isinstance(decision, Denied) or decision.budget:
             # Final for this replay: sending on would only be refused again.
             log.info(
@@ -1023,20 +1097,31 @@ class ReplayRunner:
         source: ReplayItemState,
         target: ReplayItemState,
         reason: str | None = None,
+        *,
+        ours: bool = False,
     ) -> bool:
-        i = replay_items_table.c
+        """Move the item from `source` to `target` (with `reason` if given); with `ours`,
+        only while its replay is still this runner's (stopped or not): once another runner
+        has taken it over, the item in `sending` may be that runner's, about to be published
+        and marked sent. Returns whether it moved."""
+        i, p = replay_items_table.c, replays_table.c
         values: dict[str, Any] = {"state": target.value}
         if reason is not None:
             values["reason"] = reason
+        condition = [
+            i.replay_id == item["replay_id"],
+            i.position == item["position"],
+            i.state == source.value,
+        ]
+        if ours:
+            condition.append(
+                select(p.replay_id)
+                .where(p.replay_id == item["replay_id"], p.runner == self.runner_id)
+                .exists()
+            )
         async with self._engine.begin() as connection:
             result = await connection.execute(
-                update(replay_items_table)
-                .where(
-                    i.replay_id == item["replay_id"],
-                    i.position == item["position"],
-                    i.state == source.value,
-                )
-                .values(**values)
+                update(replay_items_table).where(*condition).values(**values)
             )
         return result.rowcount == 1
 
@@ -1127,10 +1212,11 @@ class ReplayRunner:
                 if not await self._wait_recorded(probe):
                     continue  # history is behind: decided on a later round
             if await self._recorded(r.request_id == request_id):
-                await self._move(item, ReplayItemState.SENDING, ReplayItemState.SENT)
-            else:
+                await self._move(item, ReplayItemState.SENDING, ReplayItemState.SENT, ours=True)
+            elif await self._move(
+                item, ReplayItemState.SENDING, ReplayItemState.PENDING, ours=True
+            ):
                 log.info("replay item never reached the bus: sending it", request_id=request_id)
-                await self._move(item, ReplayItemState.SENDING, ReplayItemState.PENDING)
 
     async def _recorded(self, condition: ColumnElement[bool]) -> bool:
         r = requests_table.c
@@ -1183,19 +1269,16 @@ class ReplayRunner:
         async with self._engine.connect() as connection:
             finished = (await connection.execute(query)).mappings().all()
         now = _now()
-        for row in finished:
-            a = output_text(row["o_api"], row["o_response"])
-            b = output_text(row["r_api"], row["r_response"])
-            compared = a is not None and b is not None
-            similar = round(similarity(a, b), 4) if a is not None and b is not None else None
+        # SequenceMatcher on long texts takes a while: in a thread, so the sends and the
+        # lease renewals on the event loop are not held up by a batch of comparisons.
+        comparisons = await asyncio.to_thread(lambda: [_comparison(row) for row in finished])
+        for row, (exact_match, similar) in zip(finished, comparisons, strict=True):
             values = {
                 "state": ReplayItemState.SETTLED.value,
                 "settled_at": now,
-                "exact_match": (a == b) if compared else None,
+                "exact_match": exact_match,
                 "similarity": similar,
             }
-            if similar is not None and not math.isfinite(similar):
-                values["similarity"] = None
             async with self._engine.begin() as connection:
                 await connection.execute(
                     update(replay_items_table)
