@@ -1167,3 +1167,23 @@ async def test_comparing_answers_leaves_the_event_loop_free(
     assert waited == [True]
     report = await report_of(service, created["id"])
     assert report["data"][0]["similarity"] == 0.5
+
+
+async def test_the_rate_is_a_pace_not_a_burst(service, events, inference):
+    """`100/h` is one request every 36 s: the first goes at once, the others wait their
+    interval, however many the rate counts per hour."""
+    await record_traffic(service, events, ["a", "b", "c"])
+    await idle_service_runner(service)
+    created = await replay(service, rate="100/h")
+    runner = ReplayRunner(
+        service.components.engine, service.bus.publish, service.topics, runner_id="r1"
+    )
+    try:
+        for _ in range(3):
+            await runner.tick()
+            await sends_ended(runner)
+    finally:
+        await runner.close()
+    report = await report_of(service, created["id"])
+    assert report["counts"]["pending"] == 2
+    assert report["counts"]["sent"] + report["counts"].get("settled", 0) == 1

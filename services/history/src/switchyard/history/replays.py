@@ -862,8 +862,10 @@ class ReplayRunner:
     def _limiter(self, replay: RowMapping) -> AsyncLimiter:
         limiter = self._limiters.get(replay["replay_id"])
         if limiter is None:
+            # One request per interval: a bucket of `rate_count` would let that many go at
+            # once (100/h sending 100 in a burst), where the rate is a pace.
             limiter = self._limiters[replay["replay_id"]] = AsyncLimiter(
-                replay["rate_count"], replay["rate_period_s"]
+                1, replay["rate_period_s"] / replay["rate_count"]
             )
         return limiter
 
