@@ -163,3 +163,20 @@ async def test_a_change_of_the_teams_models_reaches_the_next_lookup_and_refresh(
     )
     assert opened.status_code == 200, opened.text
     assert (await lookup(auth_app, key))["allowed_models"] is None
+
+
+async def test_a_key_put_in_no_team_is_still_bounded_by_its_users_team(auth_app, acme) -> None:
+    # An admin may count a key against no team (team_id null), or take it out of one: the
+    # key still belongs to a user in a team, whose models bound it.
+    await small_team(auth_app, acme)
+    outside = await admin_key(auth_app, acme, team_id=None)
+    assert (await lookup(auth_app, outside))["allowed_models"] == ["sim-small"]
+
+    inside = await admin_key(auth_app, acme)
+    moved = await auth_app.client.patch(
+        f"/v1/admin/api-keys/{inside['key_id']}",
+        json={"team_id": None},
+        headers=acme["admin_headers"],
+    )
+    assert moved.status_code == 200, moved.text
+    assert (await key_state(auth_app, inside))["allowed_models"] == ["sim-small"]

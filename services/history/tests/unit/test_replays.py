@@ -1187,3 +1187,21 @@ async def test_the_rate_is_a_pace_not_a_burst(service, events, inference):
     report = await report_of(service, created["id"])
     assert report["counts"]["pending"] == 2
     assert report["counts"]["sent"] + report["counts"].get("settled", 0) == 1
+
+
+async def test_a_fast_rate_is_kept_within_a_round(service, events, inference):
+    """`20/s` sends its items 50 ms apart in one round of the runner, not one per round:
+    the replay's own task waits for its next slot (holding up no other replay)."""
+    await record_traffic(service, events, ["a", "b", "c", "d", "e", "f"])
+    await idle_service_runner(service)
+    created = await replay(service, rate="20/s")
+    runner = ReplayRunner(
+        service.components.engine, service.bus.publish, service.topics, runner_id="r1"
+    )
+    try:
+        await runner.tick()  # one round starts the replay's task
+        await sends_ended(runner)
+    finally:
+        await runner.close()
+    counts = (await report_of(service, created["id"]))["counts"]
+    assert counts["pending"] == 0, counts

@@ -867,8 +867,12 @@ def _identity(record: ApiKey) -> ApiKeyIdentity:
         tenant=record.tenant,
         role=record.user.role,
         scopes=[scope for scope in record.scopes if scope in granted],
-        # A team's change of models reaches its keys at their next lookup.
-        allowed_models=effective_models(record.allowed_models, record.team),
+        # A team's change of models reaches its keys at their next lookup. Bounded by the
+        # key's team and by its user's (a key an admin put in no team, or another one, does
+        # not escape the models of the team its user is in).
+        allowed_models=effective_models(
+            effective_models(record.allowed_models, record.team), _loaded_team(record.user)
+        ),
         expires_at=record.expires_at,
         team_id=record.team_id,
     )

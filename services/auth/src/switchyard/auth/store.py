@@ -76,7 +76,7 @@ class AuthStore:
         """The key with this hash, its user and its team, whatever its state."""
         result = await self.session.execute(
             select(ApiKey)
-            .options(joinedload(ApiKey.user), joinedload(ApiKey.team))
+            .options(joinedload(ApiKey.user).joinedload(User.team), joinedload(ApiKey.team))
             .where(ApiKey.secret_hash == secret_hash)
         )
         return result.scalar_one_or_none()
@@ -89,7 +89,7 @@ class AuthStore:
         """The API key with id `key_id` (any state), its user and its team, or None."""
         result = await self.session.execute(
             select(ApiKey)
-            .options(joinedload(ApiKey.user), joinedload(ApiKey.team))
+            .options(joinedload(ApiKey.user).joinedload(User.team), joinedload(ApiKey.team))
             .where(ApiKey.id == key_id)
         )
         return result.scalar_one_or_none()

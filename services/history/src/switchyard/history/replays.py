@@ -943,10 +943,12 @@ class ReplayRunner:
     # -- sending ------------------------------------------------------------------------
 
     async def drive(self, replay: RowMapping) -> int:
-        """Send the replay's items while its rate allows, for at most `slice_s` seconds;
-        returns how many were sent. It never waits for the rate: when it allows no more
-        send, it returns (a later round goes on). Raises what the database, the bus or the
-        admission raise (the item then waits in `pending`, or in doubt in `sending`)."""
+        """Send the replay's items at its rate, for at most `slice_s` seconds; returns how
+        many were sent. Between two sends it waits for the next slot of its pace, in this
+        replay's own task (no other replay waits for it), as long as that slot comes within
+        the slice; otherwise it returns and a later round goes on. Raises what the
+        database, the bus or the admission raise (the item then waits in `pending`, or in
+        doubt in `sending`)."""
         replay_id = replay["replay_id"]
         if self._not_before.get(replay_id, 0.0) > time.monotonic():
             return 0
@@ -961,7 +963,19 @@ class ReplayRunner:
             .order_by(i.position)
             .limit(1)
         )
-        while time.monotonic() < ends and limiter.has_capacity():
+        interval = replay["rate_period_s"] / replay["rate_count"]
+        # When the bucket of one is full again: `interval` after the last send (unknown
+        # before this slice's first: at most one interval away).
+        due = time.monotonic() + interval
+        while time.monotonic() < ends:
+            if not limiter.has_capacity():
+                wait = due - time.monotonic()
+                if wait >= ends - time.monotonic():
+                    break  # not within this slice: a later round sends it
+                await asyncio.sleep(max(wait, 0.0))
+                # Not full yet after all (clock granularity): look again a little later.
+                due = time.monotonic() + interval / 100
+                continue
             async with self._engine.connect() as connection:
                 item = (await connection.execute(next_item)).mappings().first()
             if item is None:
@@ -972,6 +986,7 @@ class ReplayRunner:
             if not await self._take(item, ReplayItemState.PENDING):
                 break  # stopped, taken over, or the item taken by another runner
             await limiter.acquire()  # it has capacity: returns at once
+            due = time.monotonic() + interval
             if self._admission is not None:
                 admitted = await self._admit(replay, item, event)
                 if isinstance(admitted, _Skipped):
