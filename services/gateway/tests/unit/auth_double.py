@@ -46,6 +46,18 @@ class ApiKeyRecord:
     allowed_models: list[str] | None = None
     expires_at: str | None = None
 
+    def identity(self) -> dict[str, object]:
+        """What auth answers for this key (`/internal/v1/api-keys/lookup`)."""
+        return {
+            "key_id": self.key_id,
+            "user_id": self.user_id,
+            "tenant": self.tenant,
+            "role": self.role,
+            "scopes": self.scopes,
+            "allowed_models": self.allowed_models,
+            "expires_at": self.expires_at,
+        }
+
 
 @dataclass
 class AuthDouble:
@@ -123,18 +135,7 @@ class AuthDouble:
             record = self.api_keys.get(json.loads(request.read())["secret_hash"])
             if record is None:
                 return httpx.Response(404, json={"error": {"message": "no such key"}})
-            return httpx.Response(
-                200,
-                json={
-                    "key_id": record.key_id,
-                    "user_id": record.user_id,
-                    "tenant": record.tenant,
-                    "role": record.role,
-                    "scopes": record.scopes,
-                    "allowed_models": record.allowed_models,
-                    "expires_at": record.expires_at,
-                },
-            )
+            return httpx.Response(200, json=record.identity())
         if path.startswith("/internal/v1/users/"):
             user_id = path.rsplit("/", 1)[1]
             if user_id in self.missing_users:

@@ -37,6 +37,16 @@ from switchyard.gateway.app import create_app
 from switchyard.gateway.config import Settings
 
 API_KEY = "sk-sy-" + "k" * 43
+# What the fake auth answers for API_KEY, by its hash or by its id.
+TEST_KEY_IDENTITY = {
+    "key_id": "key-1",
+    "user_id": "user-1",
+    "tenant": "acme",
+    "role": "member",
+    "scopes": ["chat", "history:read"],
+    "allowed_models": None,
+    "expires_at": None,
+}
 KID = "test-kid"
 
 
@@ -93,35 +103,13 @@ class FakeAuth:
             import json
 
             if json.loads(body)["secret_hash"] == hashlib.sha256(API_KEY.encode()).hexdigest():
-                return httpx.Response(
-                    200,
-                    json={
-                        "key_id": "key-1",
-                        "user_id": "user-1",
-                        "tenant": "acme",
-                        "role": "member",
-                        "scopes": ["chat", "history:read"],
-                        "allowed_models": None,
-                        "expires_at": None,
-                    },
-                )
+                return httpx.Response(200, json=TEST_KEY_IDENTITY)
             return httpx.Response(404, json={"error": {"message": "no such key"}})
         if request.url.path.startswith("/internal/v1/api-keys/"):
             # The test key by its id, as admissions of replayed requests check it.
             if request.url.path.rsplit("/", 1)[1] == "key-1":
                 return httpx.Response(
-                    200,
-                    json={
-                        "key_id": "key-1",
-                        "user_id": "user-1",
-                        "tenant": "acme",
-                        "role": "member",
-                        "scopes": ["chat", "history:read"],
-                        "allowed_models": None,
-                        "expires_at": None,
-                        "revoked": False,
-                        "user_active": True,
-                    },
+                    200, json={**TEST_KEY_IDENTITY, "revoked": False, "user_active": True}
                 )
             return httpx.Response(
                 404, json={"error": {"message": "API key not found.", "code": "api_key_not_found"}}

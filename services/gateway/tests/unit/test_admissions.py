@@ -66,13 +66,7 @@ class KeyAuth(AuthDouble):
             return httpx.Response(
                 200,
                 json={
-                    "key_id": record.key_id,
-                    "user_id": record.user_id,
-                    "tenant": record.tenant,
-                    "role": record.role,
-                    "scopes": record.scopes,
-                    "allowed_models": record.allowed_models,
-                    "expires_at": record.expires_at,
+                    **record.identity(),
                     "team_id": None,
                     "revoked": record.key_id in self.revoked,
                     "user_active": record.user_id not in self.disabled,
