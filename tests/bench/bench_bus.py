@@ -9,10 +9,10 @@ Two processes, each with its own `KafkaBus` (as the gateway and inference have):
 - the *caller* (this process) listens to partition 0 of a replies topic, then, one at a
   time, publishes a request (a real `chat.requested` event) to a 12-partition requests
   topic and waits for its reply;
-- the *responder* (a child process) consumes the requests topic in a consumer group,
-  follows an outcomes topic with a listener (as inference's redelivery log does), and
-  answers each request like inference: the outcome record first (`acks=all`), then the
-  reply to the caller's partition, then a usage record.
+- the *responder* (a child process) consumes the requests topic in a consumer group and
+  answers each request like inference: the reply to the caller's partition (`acks=all`),
+  carrying a usage event in its `usage` header (the record a redelivery reads back), then
+  a usage record.
 
 Prints the round trip's p50/p90/p99 (ms), the CPU each process spends per round trip
 (ms, from /proc) and each process's CPU while idle (% of a core). Topics are created
@@ -39,7 +39,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from switchyard.common.bus import kafka
 from switchyard.common.bus.kafka import KafkaBus
-from switchyard.common.events import ChatRequestData, ChatRequested, ClientAPI, Event, new_id
+from switchyard.common.events import (
+    ChatRequestData,
+    ChatRequested,
+    ClientAPI,
+    Event,
+    encode_event,
+    new_id,
+)
 from switchyard.common.testing.infra import unique_prefix
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -48,7 +55,6 @@ TICKS = os.sysconf("SC_CLK_TCK")
 HOPS = [
     "produce the request (acks=all)",
     "broker -> responder's group consumer -> handler",
-    "produce the outcome record (acks=all)",
     "produce the reply (acks=all)",
     "broker -> caller's listener",
 ]
@@ -84,23 +90,18 @@ async def respond(servers: str, prefix: str, ready_file: str, commit_interval_s:
     bus = KafkaBus(servers, client_id="bench-responder", commit_interval_s=commit_interval_s)
     await bus.start()
 
-    async def ignore(event: Event) -> None:
-        return None
-
     stamps = Path(ready_file + ".stamps").open("w")  # noqa: ASYNC230 - once, at start-up
 
     async def answer(event: Event) -> None:
         key = event.request_id
         received = time.time()
-        await bus.publish(f"{prefix}.outcomes", event, key=key)
-        outcome_written = time.time()
-        await bus.publish(f"{prefix}.replies", event, key=key, partition=0)
+        usage = {"usage": encode_event(event)}  # inference's terminal record carries one
+        await bus.publish(f"{prefix}.replies", event, key=key, partition=0, headers=usage)
         reply_written = time.time()
         await bus.publish(f"{prefix}.usage", event, key=key)
-        stamps.write(f"{key} {received} {outcome_written} {reply_written}\n")
+        stamps.write(f"{key} {received} {reply_written}\n")
         stamps.flush()
 
-    await bus.listen(f"{prefix}.outcomes", ignore)
     await bus.subscribe([f"{prefix}.requests"], f"{prefix}.group", answer, concurrency=16)
     Path(ready_file).write_text("ready")  # noqa: ASYNC240 - once, at start-up
     await asyncio.Event().wait()
@@ -111,7 +112,7 @@ async def call(args: argparse.Namespace) -> None:
     prefix = unique_prefix("sybus")
     admin = AIOKafkaAdminClient(bootstrap_servers=servers)
     await admin.start()
-    names = {"requests": 12, "outcomes": 12, "replies": 4, "usage": 12}
+    names = {"requests": 12, "replies": 4, "usage": 12}
     await admin.create_topics(
         [NewTopic(f"{prefix}.{name}", count, 1) for name, count in names.items()]
     )
@@ -193,11 +194,11 @@ async def call(args: argparse.Namespace) -> None:
         hops: dict[str, list[float]] = {name: [] for name in HOPS}
         lines = Path(ready_file + ".stamps").read_text().splitlines()  # noqa: ASYNC240
         for line in lines:
-            key, received, outcome, reply = line.split()
+            key, received, reply = line.split()
             if key not in published or key not in arrived:
                 continue
             sent, acked = published[key]
-            marks = [sent, acked, float(received), float(outcome), float(reply), arrived[key]]
+            marks = [sent, acked, float(received), float(reply), arrived[key]]
             for name, (a, b) in zip(HOPS, itertools.pairwise(marks), strict=True):
                 hops[name].append((b - a) * 1000)
         for name, values in hops.items():

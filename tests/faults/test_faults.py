@@ -655,8 +655,8 @@ def test_a_killed_inference_replica_never_runs_an_answered_request_again(
     yet (offsets are committed only below the first unfinished request, and streams held
     by a slow upstream sit before them in their partitions) and while clients hold part of
     its streams; it is started again at once. After the consumer group's session timeout
-    its partitions are handed over: every answered request is published again from the
-    outcomes log, never run upstream again, and every partly streamed one ends as
+    its partitions are handed over: every answered request is published again from its
+    reply partition, never run upstream again, and every partly streamed one ends as
     `stream_interrupted`, in its client's stream and in history."""
     _restart_gateway(
         deployment, {"SWITCHYARD_GATEWAY_REQUEST_TIMEOUT_S": str(REDELIVERY_TIMEOUT_S)}

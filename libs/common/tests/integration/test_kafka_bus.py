@@ -80,9 +80,10 @@ async def test_publish_and_consume_round_trip(kafka_servers, kafka_topics):
 
 async def test_events_carry_type_and_request_id_headers(kafka_servers, kafka_topics):
     bus = await started_bus(kafka_servers, kafka_topics)
-    await bus.publish(kafka_topics.usage, request(1))
+    await bus.publish(kafka_topics.usage, request(1), headers={"usage": b'{"n": 1}'})
     [record] = await read_all(kafka_servers, kafka_topics.usage, 1)
     headers = dict(record.headers)
+    assert headers["usage"] == b'{"n": 1}'  # the publisher's own, in the same record
     assert headers["type"] == b"chat.requested"
     assert headers["request_id"] == b"req-1"
     assert headers["schema_version"] == b"2"

@@ -1,7 +1,8 @@
-"""The outcomes log on real Kafka: a replica that starts after another one answered a
-request, and receives that request again, finds the recorded outcome and publishes it
-again without calling the upstream; a record written a moment before a lookup, by
-another producer, is always seen (the lookup's read barrier)."""
+"""The reply partition read back on real Kafka: a replica that starts after another one
+answered a request, and receives that request again, finds the reply and the usage event
+its record carries, and publishes them again without calling the upstream; a record
+written a moment before a lookup, by another producer, is always seen (the lookup's read
+barrier); between lookups the log fetches nothing."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from collections.abc import AsyncIterator
 import pytest
 
 from switchyard.common.bus.kafka import KafkaBus
-from switchyard.common.events import ChatCompleted, StreamEvent
+from switchyard.common.events import ChatCompleted, ReplyAddress, StreamEvent
 from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
 from switchyard.inference.handlers import ChatRequestHandler
 from switchyard.inference.providers import ProviderPool
 from switchyard.inference.publishing import chunk_records
-from switchyard.inference.redelivery import KafkaOutcomeLog
+from switchyard.inference.redelivery import KafkaReplyLog
 from switchyard.inference.testing import chat_request
 
 pytestmark = pytest.mark.integration
@@ -44,9 +45,9 @@ def routing(simulator) -> RoutingTable:
     return RoutingTable(models={"m": ModelRoute(name="m", deployments=[deployment])})
 
 
-async def started_log(kafka_servers: str, topic: str, bus: KafkaBus) -> KafkaOutcomeLog:
-    log = KafkaOutcomeLog(
-        kafka_servers, topic, bus.partition_count, lookback_s=600, barrier_timeout_s=20
+async def started_log(kafka_servers: str, topic: str, bus: KafkaBus) -> KafkaReplyLog:
+    log = KafkaReplyLog(
+        kafka_servers, topic, bus.partition_count, lookback_s=600, read_timeout_s=20
     )
     await log.start()
     return log
@@ -55,14 +56,14 @@ async def started_log(kafka_servers: str, topic: str, bus: KafkaBus) -> KafkaOut
 async def test_a_replica_started_later_answers_a_redelivered_request_from_the_log(
     kafka_servers, kafka_topics, bus, simulator, providers
 ) -> None:
-    first_log = await started_log(kafka_servers, kafka_topics.outcomes, bus)
+    first_log = await started_log(kafka_servers, kafka_topics.replies, bus)
     published: list = []
 
-    async def publish(topic, event, *, key=None, partition=None) -> None:
+    async def publish(topic, event, *, key=None, partition=None, headers=None) -> None:
         published.append((topic, event))
-        await bus.publish(topic, event, key=key, partition=partition)
+        await bus.publish(topic, event, key=key, partition=partition, headers=headers)
 
-    def replica(log: KafkaOutcomeLog) -> ChatRequestHandler:
+    def replica(log: KafkaReplyLog) -> ChatRequestHandler:
         return ChatRequestHandler(
             publish=publish,
             topics=kafka_topics,
@@ -76,7 +77,7 @@ async def test_a_replica_started_later_answers_a_redelivered_request_from_the_lo
         await replica(first_log)(request)
     finally:
         await first_log.stop()
-    second_log = await started_log(kafka_servers, kafka_topics.outcomes, bus)  # another process
+    second_log = await started_log(kafka_servers, kafka_topics.replies, bus)  # another process
     try:
         await asyncio.wait_for(replica(second_log)(request), timeout=30)
     finally:
@@ -86,23 +87,35 @@ async def test_a_replica_started_later_answers_a_redelivered_request_from_the_lo
     replies = [event for topic, event in published if topic == kafka_topics.replies]
     assert len(replies) == 2 and isinstance(replies[1], ChatCompleted)
     assert replies[0].id == replies[1].id
+    usages = [event for topic, event in published if topic == kafka_topics.usage]
+    assert len(usages) == 2 and usages[0] == usages[1]  # the one the reply's record carried
 
 
 async def test_a_lookup_sees_a_record_written_just_before_it(
     kafka_servers, kafka_topics, bus
 ) -> None:
-    log = await started_log(kafka_servers, kafka_topics.outcomes, bus)
+    log = await started_log(kafka_servers, kafka_topics.replies, bus)
     try:
-        for _ in range(5):
-            request = chat_request(model="m", stream=True)
+        for n in range(5):
+            # A gateway replica's partition, and the request id's own when nobody waits.
+            request = chat_request(model="m", stream=True, reply_to=False)
+            partition = None
+            if n % 2 == 0:
+                partition = n % await bus.partition_count(kafka_topics.replies)
+                address = ReplyAddress(partition=partition, instance_id="gw-1")
+                data = request.data.model_copy(update={"reply_to": address})
+                request = request.model_copy(update={"data": data})
             marker = chunk_records(request.request_id, request.id, request.tenant, "run-1")(
                 0, [StreamEvent(data={"choices": []})]
             )
-            await bus.publish(kafka_topics.outcomes, marker, key=request.request_id)
+            await bus.publish(
+                kafka_topics.replies, marker, key=request.request_id, partition=partition
+            )
 
             recorded = await log.lookup(request)
 
             assert recorded is not None and recorded.stream_started == marker
             assert not recorded.answered
+            assert log._consumer.assignment() == set()  # nothing fetched between lookups
     finally:
         await log.stop()

@@ -29,7 +29,7 @@ from switchyard.common.testing.infra import async_wait_until
 from switchyard.common.topics import Topics
 from switchyard.inference.app import ControlListener, create_app
 from switchyard.inference.config import Settings
-from switchyard.inference.redelivery import ListenedOutcomeLog
+from switchyard.inference.redelivery import LocalOutcomeLog
 from switchyard.inference.testing import cancel_request
 
 
@@ -388,7 +388,7 @@ async def test_a_start_up_failing_half_way_stops_what_had_started(simulator, tmp
     topics = Topics("apptest")
     stopped: list[str] = []
 
-    class Outcomes(ListenedOutcomeLog):
+    class Outcomes(LocalOutcomeLog):
         async def stop(self) -> None:
             stopped.append("outcomes")
             await super().stop()
@@ -409,7 +409,7 @@ async def test_a_start_up_failing_half_way_stops_what_had_started(simulator, tmp
 
     bus = Bus()
     await bus.start()
-    outcomes = Outcomes(bus, topics.outcomes, 60.0, 1024 * 1024)
+    outcomes = Outcomes(60.0, 1024 * 1024)
     app = create_app(settings_for(simulator, tmp_path), bus=bus, outcomes=outcomes)
     try:
         with pytest.raises(RuntimeError, match="batch topic unavailable"):

@@ -33,7 +33,7 @@ class FlakyBus:
         self.attempts = 0
         self.published: list[Any] = []
 
-    async def publish(self, topic, event, *, key=None, partition=None) -> None:
+    async def publish(self, topic, event, *, key=None, partition=None, headers=None) -> None:
         self.attempts += 1
         if self.attempts in self.failing:
             raise BusUnavailableError("broker unreachable")
@@ -106,7 +106,7 @@ class RefusingBus(FlakyBus):
     """Refuses every `chat.completed` as too large for the bus, as a broker would a record
     over its `max.message.bytes`; takes everything else."""
 
-    async def publish(self, topic, event, *, key=None, partition=None) -> None:
+    async def publish(self, topic, event, *, key=None, partition=None, headers=None) -> None:
         self.attempts += 1
         if isinstance(event, ChatCompleted):
             raise EventTooLargeError("the event is larger than the topic accepts")

@@ -396,7 +396,7 @@ async def test_a_request_anthropic_cannot_express_is_refused_before_calling_it(
 async def test_reply_without_reply_address_is_still_published(simulator) -> None:
     published: list[tuple[str, Any, str | None, int | None]] = []
 
-    async def publish(topic, event, *, key=None, partition=None) -> None:
+    async def publish(topic, event, *, key=None, partition=None, headers=None) -> None:
         published.append((topic, event, key, partition))
 
     providers = ProviderPool()
@@ -443,7 +443,7 @@ async def test_unexpected_provider_bug_still_gets_a_terminal_reply(simulator) ->
 
     replies: list = []
 
-    async def publish(topic, event, *, key=None, partition=None) -> None:
+    async def publish(topic, event, *, key=None, partition=None, headers=None) -> None:
         replies.append(event)
 
     handler = ChatRequestHandler(
@@ -538,7 +538,7 @@ async def test_events_queued_behind_a_slow_bus_are_batched_not_delayed_one_by_on
 ) -> None:
     published: list = []
 
-    async def slow_publish(topic, event, *, key=None, partition=None) -> None:
+    async def slow_publish(topic, event, *, key=None, partition=None, headers=None) -> None:
         await asyncio.sleep(0.05)  # a bus much slower than the (instant) upstream
         published.append(event)
 

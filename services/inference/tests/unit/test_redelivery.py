@@ -1,6 +1,6 @@
 """Redelivery: a request delivered again to another replica (the one that ran it died
-before committing its offset) is answered from the outcomes log, never run upstream a
-second time; a stream its client already partly received ends as `stream_interrupted`
+before committing its offset) is answered from what its reply partition holds, never run
+upstream a second time; a stream its client already partly received ends as `stream_interrupted`
 (what the client saw), and so does its record; a request whose client has received
 nothing runs normally."""
 
@@ -18,34 +18,44 @@ from switchyard.common.events import (
     ChatFailed,
     StreamEvent,
     UsageRecorded,
+    decode_event,
+    encode_event,
 )
 from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.inference.handlers import ChatRequestHandler
 from switchyard.inference.providers import ProviderPool
 from switchyard.inference.publishing import PublishRetry, chunk_records
-from switchyard.inference.redelivery import OutcomeIndex, Recorded
+from switchyard.inference.redelivery import (
+    USAGE_HEADER,
+    LocalOutcomeLog,
+    OutcomeIndex,
+    Recorded,
+)
 from switchyard.inference.testing import chat_request
 
 TOPICS = Topics("redelivery")
 
 
 class SharedLog:
-    """The outcomes topic as every replica sees it (a fake of `KafkaOutcomeLog`): what
-    any replica published to it, indexed, and a record of every publish by topic."""
+    """The replies topic as every replica reads it back (a fake of `KafkaReplyLog`): every
+    record published to it indexed as `KafkaReplyLog` indexes a record (its key, its type,
+    its value and its usage header, nothing decoded), and every publish by topic."""
 
     def __init__(self) -> None:
         self.index = OutcomeIndex(lookback_s=600)
         self.published: list[tuple[str, object]] = []
+        self.headers: list[dict[str, bytes] | None] = []
         self.unreadable = False
         self.replied = asyncio.Event()
 
-    async def publish(self, topic, event, *, key=None, partition=None) -> None:
+    async def publish(self, topic, event, *, key=None, partition=None, headers=None) -> None:
         self.published.append((topic, event))
+        self.headers.append(dict(headers) if headers else None)
         if topic == TOPICS.replies:
             self.replied.set()
-        if topic == TOPICS.outcomes:
-            self.index.add(event)
+            usage = (headers or {}).get(USAGE_HEADER)
+            self.index.add_record(key, event.type.encode(), encode_event(event), usage)
 
     def on(self, topic: str) -> list:
         return [event for t, event in self.published if t == topic]
@@ -56,9 +66,12 @@ class SharedLog:
     async def stop(self) -> None:
         return None
 
+    def written(self, event, usage=None) -> None:
+        return None  # read back from the topic, as on Kafka
+
     async def lookup(self, request) -> Recorded | None:
         if self.unreadable:
-            raise BusUnavailableError("the outcomes log cannot be read")
+            raise BusUnavailableError("the replies topic cannot be read")
         return self.index.get(request.request_id)
 
 
@@ -106,15 +119,18 @@ async def test_a_json_request_delivered_again_to_another_replica_is_republished_
     assert usages[1] == first_usage[0]
 
 
-async def test_the_outcome_is_recorded_before_the_client_can_see_it(
+async def test_the_reply_record_carries_its_usage_event_and_nothing_else_is_written(
     simulator, routing, providers
 ) -> None:
+    """The record the client waits for is the record a redelivery reads: the terminal
+    event holds its usage event in the same record, and no other write precedes it."""
     log = SharedLog()
     await replica(log, routing, providers)(chat_request(model="m"))
 
-    topics = [topic for topic, _ in log.published]
-    assert topics.index(TOPICS.outcomes) < topics.index(TOPICS.replies)
-    assert {type(e) for e in log.on(TOPICS.outcomes)} == {ChatCompleted, UsageRecorded}
+    assert [topic for topic, _ in log.published] == [TOPICS.replies, TOPICS.usage]
+    reply_headers = log.headers[0]
+    assert reply_headers is not None
+    assert decode_event(reply_headers[USAGE_HEADER]) == log.on(TOPICS.usage)[0]
 
 
 async def test_a_stream_delivered_again_after_it_started_ends_as_stream_interrupted(
@@ -129,7 +145,7 @@ async def test_a_stream_delivered_again_after_it_started_ends_as_stream_interrup
     running.cancel()  # the replica dies before the stream ends
     with pytest.raises(asyncio.CancelledError):
         await running
-    assert isinstance(log.on(TOPICS.outcomes)[0], ChatChunk)  # the marker came first
+    assert isinstance(log.on(TOPICS.replies)[0], ChatChunk)  # the client has part of it
     calls = simulator.calls("up-m")
 
     await replica(log, routing, providers)(request)
@@ -167,7 +183,7 @@ async def test_a_request_whose_client_got_nothing_runs_again(simulator, routing,
     assert isinstance(log.on(TOPICS.replies)[0], ChatCompleted)
 
 
-async def test_an_unreadable_outcomes_log_is_an_outage_not_a_rerun(
+async def test_an_unreadable_replies_topic_is_an_outage_not_a_rerun(
     simulator, routing, providers
 ) -> None:
     log = SharedLog()
@@ -207,23 +223,58 @@ def test_the_index_keeps_its_memory_within_its_byte_budget_oldest_first() -> Non
     assert newest.stream_started.request_id == ids[-1]
 
 
-async def test_the_in_memory_outcomes_log_sees_what_was_recorded(simulator, routing, providers):
-    from switchyard.inference.redelivery import ListenedOutcomeLog
-
+async def test_the_local_log_answers_a_request_this_process_already_answered(
+    simulator, routing, providers
+):
     bus = InMemoryBus()
-    outcomes = ListenedOutcomeLog(bus, TOPICS.outcomes, lookback_s=600)
-    await outcomes.start()
+    outcomes = LocalOutcomeLog(lookback_s=600)
     handler = ChatRequestHandler(
         publish=bus.publish, topics=TOPICS, routing=routing, providers=providers, outcomes=outcomes
     )
     request = chat_request(model="m")
     await handler(request)
-    await asyncio.sleep(0.05)
 
     recorded = await outcomes.lookup(request)
-    await outcomes.stop()
 
     assert recorded is not None and recorded.answered
+    assert recorded.usage is not None and recorded.usage.request_id == request.request_id
+
+
+async def test_the_local_log_ends_a_stream_retried_after_it_started_as_interrupted(
+    simulator, routing, providers
+):
+    """The in-memory bus retries a failing handler: a stream whose client already holds
+    part of it is not run a second time."""
+    simulator.latency(200)
+    bus = InMemoryBus()
+    outcomes = LocalOutcomeLog(lookback_s=600)
+    replies: list = []
+    started = asyncio.Event()
+
+    async def publish(topic, event, *, key=None, partition=None, headers=None) -> None:
+        if topic == TOPICS.replies:
+            replies.append(event)
+            started.set()
+        await bus.publish(topic, event, key=key, partition=partition, headers=headers)
+
+    def handler() -> ChatRequestHandler:
+        return ChatRequestHandler(
+            publish=publish, topics=TOPICS, routing=routing, providers=providers, outcomes=outcomes
+        )
+
+    request = chat_request(model="m", text="one two three four five six", stream=True)
+    running = asyncio.create_task(handler()(request))
+    await asyncio.wait_for(started.wait(), timeout=10)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    calls = simulator.calls("up-m")
+
+    await handler()(request)
+
+    assert simulator.calls("up-m") == calls
+    assert isinstance(replies[-1], ChatFailed)
+    assert replies[-1].data.error.code == "stream_interrupted"
 
 
 async def test_an_event_the_bus_knows_is_new_skips_the_outcomes_lookup(

@@ -91,7 +91,7 @@ class ServiceSettings(BaseSettings):
         description="While events keep arriving, a consumer group member commits the offsets "
         "it has handled at most this often (0: after every poll); it commits at once when a "
         "poll comes back empty and on every rebalance and shutdown. A crash redelivers up to "
-        "this much more of what was already handled (answered again from the outcomes log).",
+        "this much more of what was already handled (answered again from its reply partition).",
     )
     topic_prefix: str = Field(
         validation_alias=env("SWITCHYARD_TOPIC_PREFIX"),

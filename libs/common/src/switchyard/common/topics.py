@@ -53,7 +53,12 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         "Replies and stream chunks, partitioned by the gateway replica waiting for them; "
         "also the terminal state of requests nobody waits for (jobs), and the request and "
         "reply of a request the gateway answered from its response cache (never on the "
-        "request topics, which are inference's work).",
+        "request topics, which are inference's work). Inference's terminal records carry "
+        "the request's usage event in their `usage` header, and a replica that receives a "
+        "request again (its previous replica died before committing the offset) reads the "
+        "request's partition back to answer it from there instead of calling the upstream "
+        "again: keep it at least `SWITCHYARD_INFERENCE_REDELIVERY_LOOKBACK_S` (the broker's "
+        "default retention, a week, is far more).",
         ("chat.chunk", "chat.completed", "chat.failed", "chat.requested"),
         ("inference", "gateway"),
     ),
@@ -63,19 +68,6 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         "One usage record per request that reached its terminal state.",
         ("usage.recorded",),
         ("inference", "gateway"),
-    ),
-    TopicSpec(
-        "outcomes",
-        12,
-        "What inference told, or is about to tell, each request's client, written before "
-        "the replies topic gets it: the first `chat.chunk` record of a stream run, the "
-        "terminal event and the usage event. A replica that receives a request again "
-        "(its previous replica died before committing the offset) reads it and answers "
-        "from it instead of calling the upstream again. Kept for a day "
-        "(`retention.ms`).",
-        ("chat.chunk", "chat.completed", "chat.failed", "usage.recorded"),
-        ("inference",),
-        configs=(("retention.ms", "86400000"),),
     ),
     TopicSpec(
         "control",

@@ -22,7 +22,7 @@ from switchyard.inference.handlers import ChatRequestHandler
 from switchyard.inference.lanes import LaneGate
 from switchyard.inference.pricing import PriceError, PriceSource
 from switchyard.inference.providers import ProviderFactory, ProviderPool
-from switchyard.inference.redelivery import KafkaOutcomeLog, ListenedOutcomeLog, OutcomeLog
+from switchyard.inference.redelivery import KafkaReplyLog, LocalOutcomeLog, OutcomeLog
 from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
 from switchyard.inference.upstream import create_upstream, preload_sdks
 
@@ -171,23 +171,21 @@ def build(
 
 
 def build_outcome_log(settings: Settings, bus: EventBus) -> OutcomeLog:
-    """The outcomes log read from Kafka (every replica sees what any replica recorded), or
-    through the bus's listeners when there is no Kafka (one process holds every request).
-    Nothing is connected until its `start()`."""
+    """Where a redelivered request's earlier outcome is found: its reply partition read
+    back from Kafka (every replica sees what any replica wrote), or what this process
+    wrote when there is no Kafka (one process holds every request). Nothing is connected
+    until its `start()`."""
     topics = Topics(settings.topic_prefix)
     if settings.bus == "kafka" and hasattr(bus, "bootstrap_servers"):
-        return KafkaOutcomeLog(
+        return KafkaReplyLog(
             settings.kafka_bootstrap_servers,
-            topics.outcomes,
+            topics.replies,
             bus.partition_count,
             lookback_s=settings.redelivery_lookback_s,
             max_bytes=settings.redelivery_index_max_mb * 1024 * 1024,
-            client_id=f"inference-{settings.instance_id}-outcomes",
+            client_id=f"inference-{settings.instance_id}-replies",
             max_message_bytes=settings.kafka_max_message_bytes,
         )
-    return ListenedOutcomeLog(
-        bus,
-        topics.outcomes,
-        settings.redelivery_lookback_s,
-        settings.redelivery_index_max_mb * 1024 * 1024,
+    return LocalOutcomeLog(
+        settings.redelivery_lookback_s, settings.redelivery_index_max_mb * 1024 * 1024
     )

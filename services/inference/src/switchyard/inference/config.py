@@ -85,16 +85,16 @@ class Settings(ServiceSettings):
     redelivery_lookback_s: float = Field(
         default=900.0,
         gt=0,
-        description="How long after a request's outcome was recorded in the outcomes log a "
-        "redelivery of the request is still answered from it instead of running again; each "
-        "replica keeps the log's records of this window in memory. At least the longest "
+        description="How far back a redelivered request's reply partition is read for what "
+        "its client was already sent, and how long what was read is kept in memory for the "
+        "next redelivery; a redelivery older than this runs again. At least the longest "
         "time a request can hold back its partition's offset (the gateway's request timeout).",
     )
     redelivery_index_max_mb: int = Field(
         default=64,
         ge=1,
         le=4096,
-        description="Most MiB of outcomes-log records (encoded, as on the topic) a replica "
+        description="Most MiB of reply records read back (encoded, as on the topic) a replica "
         "keeps in memory; the oldest go first, so under heavy traffic the window kept can "
         "be shorter than the lookback, and a redelivery older than it runs again.",
     )

@@ -20,11 +20,10 @@ Semantics the gateway relies on:
   `response_too_large`, billed like the reply would have been: the partition never waits
   on an event that can never be published.
 - a request delivered again (its replica died before committing its offset) is looked up
-  in the outcomes log first (`redelivery`): its recorded reply and usage are published
-  again instead of calling the upstream, and a stream its client already partly received
-  ends as `chat.failed` 502 `stream_interrupted` instead of running again. For that, the
-  first chunk record of a stream run, and the terminal and usage events, are written to
-  the outcomes topic before they are published to the replies topic.
+  in its reply partition first (`redelivery`): a reply found there is published again with
+  the usage event its record carries, instead of calling the upstream, and a stream its
+  client already partly received ends as `chat.failed` 502 `stream_interrupted` instead
+  of running again.
 - a `chat.cancel_requested` on the control topic stops the request on whichever replica
   runs it: the upstream call is cancelled, and `chat.failed` (status `cancelled`, error
   408 `client_disconnected`) and the usage so far are published.

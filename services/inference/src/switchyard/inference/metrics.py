@@ -61,7 +61,7 @@ CANCELLATIONS = Counter(
 REDELIVERED = Counter(
     "switchyard_inference_redelivered_total",
     "Requests delivered again after their outcome, or part of their stream, was recorded "
-    "in the outcomes log, by what was done instead of running them again (`republished`, "
+    "in their reply partition, by what was done instead of running them again (`republished`, "
     "`stream_interrupted`).",
     ["action"],
 )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,10 +45,11 @@ class Publish(Protocol):
         *,
         key: str | None = None,
         partition: int | None = None,
+        headers: Mapping[str, bytes] | None = None,
     ) -> Awaitable[None]:
         """Publish `event` to `topic`, with the partitioner's `key` or an explicit
-        `partition`; the awaitable ends once the bus accepted it, or raises
-        (BusUnavailableError, EventRejectedError)."""
+        `partition`, and record `headers` written in the same record; the awaitable ends
+        once the bus accepted it, or raises (BusUnavailableError, EventRejectedError)."""
         ...
 
 
@@ -78,15 +79,16 @@ class ReliablePublisher:
         *,
         key: str | None = None,
         partition: int | None = None,
+        headers: Mapping[str, bytes] | None = None,
     ) -> None:
-        """Publish `event` to `topic` (with the bus's `key` and `partition`), retrying with
-        backoff until the bus takes it. Raises EventRejectedError at once for an event the
-        bus refuses itself, and CancelledError when cancelled."""
+        """Publish `event` to `topic` (with the bus's `key`, `partition` and record
+        `headers`), retrying with backoff until the bus takes it. Raises EventRejectedError
+        at once for an event the bus refuses itself, and CancelledError when cancelled."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                await self._publish(topic, event, key=key, partition=partition)
+                await self._publish(topic, event, key=key, partition=partition, headers=headers)
                 return
             except (asyncio.CancelledError, EventRejectedError):
                 raise

@@ -1,34 +1,36 @@
-"""What a request delivered again already did: the outcomes log.
+"""What a request delivered again already did: its reply partition, read back.
 
 A request topic's offset is committed only after the request's reply was published, so a
 replica killed between the two hands its partition to another replica, which receives the
 request again. The client may already have received its reply (a JSON 200), or part of
 its stream. Calling the upstream again would bill a second call the client never sees,
-and a second run of a stream cannot continue the one the client holds. So inference
-writes what it is about to tell the client to the outcomes topic (`<prefix>.outcomes`,
-keyed by request id) before telling it:
+and a second run of a stream cannot continue the one the client holds. What the client
+may have seen is exactly what its reply partition holds, so that is where a replica looks:
 
-- the first `chat.chunk` record of a stream run, before it goes to the replies topic: from
-  then on the client may hold part of this run's stream (the stream-started marker);
-- the terminal event (`chat.completed` / `chat.failed`) and the `usage.recorded` event,
-  before the terminal event goes to the replies topic.
+- a `chat.chunk` record of the request: its client may hold part of a stream run;
+- a terminal event (`chat.completed` / `chat.failed`): its client may have its reply. The
+  terminal record carries the request's `usage.recorded` event in its `USAGE_HEADER`
+  header, written in the same record, so the two are found together or not at all.
 
 Before running a request, the handler asks `OutcomeLog.lookup`: a request whose terminal
-and usage events are recorded gets them published again, with the same ids (consumers
+event is there gets it and its usage event published again, with the same ids (consumers
 deduplicate them), and the upstream is not called; a stream that had started but has no
-recorded outcome cannot be resumed (the client's stream ends when another run begins), so
+terminal event cannot be resumed (the client's stream ends when another run begins), so
 it ends as `chat.failed` 502 `stream_interrupted`, which is what the client saw; anything
 else runs normally (its client has received nothing yet).
 
-Whichever replica receives the request again must see records another replica wrote, so
-`KafkaOutcomeLog` reads the whole topic: it starts `lookback_s` back in time and follows
-the topic, keeping the records of the last `lookback_s` in memory, and a lookup first
-waits until it has read everything the topic held when the lookup began (a read barrier:
-one ListOffsets round trip), so a record written by a replica that died a moment ago is
-never missed. The records are the events inference publishes anyway, with their usual
-contracts; nothing here is Kafka-specific except `KafkaOutcomeLog`. `ListenedOutcomeLog`
-does the same over any bus's `listen` (the in-memory bus of embedded mode and tests, where
-one process holds every request).
+Nothing is written for this beyond the reply itself: the record the client waits for is
+the record. Only a request the bus says an earlier owner of its partition may have
+handled (`delivery_may_repeat`) is looked up, so the partition is read only after a
+replica died or a rebalance moved partitions, never while requests simply flow.
+
+`KafkaReplyLog` reads the request's reply partition (the gateway replica's, or the one
+its request id's key hashes to when nobody waits), from shortly before the request was
+made up to the end the broker gives at the start of the lookup (a read barrier: a record
+written by a replica that died a moment ago is never missed), and keeps what it read for
+`lookback_s`, so the redeliveries of one rebalance read each partition once.
+`LocalOutcomeLog` is told what this process writes (the in-memory bus of embedded mode and
+tests, where one process holds every request).
 """
 
 from __future__ import annotations
@@ -44,27 +46,33 @@ from typing import Any, Protocol
 import structlog
 from typing_extensions import override
 
-from switchyard.common.bus import BusUnavailableError, EventBus, Subscription
+from switchyard.common.bus import BusUnavailableError
 from switchyard.common.events import (
     ChatChunk,
     ChatCompleted,
     ChatFailed,
     ChatRequested,
+    EnvelopeFields,
     Event,
-    EventDecodeError,
     UsageRecorded,
     decode_event,
     encode_event,
 )
 from switchyard.common.tasks import cancel_and_wait
 
+# The record header of a terminal event that holds the request's usage event (UTF-8 JSON,
+# as `encode_event` writes it).
+USAGE_HEADER = "usage"
+_CHUNK = b"chat.chunk"
+_TERMINAL = (b"chat.completed", b"chat.failed")
+
 log = structlog.get_logger("switchyard.inference.redelivery")
 
 
 @dataclass
 class Recorded:
-    """What the outcomes log holds about one request: the first chunk record of a stream
-    run, the terminal event and the usage event, each if written."""
+    """What a request's reply partition holds about it: the first chunk record of a stream
+    run, the terminal event and the usage event it carries, each if written."""
 
     stream_started: ChatChunk | None = None
     reply: ChatCompleted | ChatFailed | None = None
@@ -96,7 +104,7 @@ class _Entry:
 
 
 class OutcomeIndex:
-    """The records of the outcomes log read so far, by request id, kept for `lookback_s`
+    """The records of reply partitions read so far, by request id, kept for `lookback_s`
     seconds after they were read, within `max_bytes` of encoded records (the oldest go
     first when either bound is reached, so a replica's memory stays bounded whatever the
     traffic; a redelivery older than what is kept runs again).
@@ -114,24 +122,44 @@ class OutcomeIndex:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, event: Event, raw: bytes | None = None) -> None:
-        """Index one record of the outcomes topic: `event` decoded, `raw` its bytes on the
-        topic (encoded here when not given). Other event types are ignored."""
-        if not isinstance(event, ChatChunk | ChatCompleted | ChatFailed | UsageRecorded):
+    def stream_started(self, request_id: str) -> bool:
+        """True when a `chat.chunk` record of `request_id` is kept."""
+        entry = self._entries.get(request_id)
+        return entry is not None and entry.stream_started is not None
+
+    def add(self, event: Event, usage: Event | None = None) -> None:
+        """Index one event written to a reply partition (encoded here), with the usage
+        event its record carries. Events other than chunks and terminal events are
+        ignored, and so is a chunk when one of its request is kept already."""
+        if isinstance(event, ChatChunk):
+            if not self.stream_started(event.request_id):
+                self.add_record(event.request_id, _CHUNK, encode_event(event))
+        elif isinstance(event, ChatCompleted | ChatFailed):
+            self.add_record(
+                event.request_id,
+                event.type.encode(),
+                encode_event(event),
+                encode_event(usage) if usage is not None else None,
+            )
+
+    def add_record(
+        self, request_id: str, event_type: bytes, raw: bytes, usage: bytes | None = None
+    ) -> None:
+        """Index one record of a reply partition as it is on the topic: the request id
+        (its key), the event type (its `type` header), its value and its `USAGE_HEADER`.
+        Records of other types are ignored; of a request's chunks, the first is kept."""
+        is_chunk = event_type == _CHUNK
+        if not is_chunk and event_type not in _TERMINAL:
             return
-        if raw is None:
-            raw = encode_event(event)
-        entry = self._entries.get(event.request_id)
+        entry = self._entries.get(request_id)
         if entry is None:
-            entry = self._entries[event.request_id] = _Entry()
+            entry = self._entries[request_id] = _Entry()
         else:
             self.bytes -= entry.size()
-        if isinstance(event, ChatChunk):
+        if is_chunk:
             entry.stream_started = entry.stream_started or raw
-        elif isinstance(event, UsageRecorded):
-            entry.usage = raw
         else:
-            entry.reply = raw
+            entry.reply, entry.usage = raw, usage
         self.bytes += entry.size()
         self._prune()
 
@@ -162,11 +190,10 @@ class OutcomeIndex:
 
 
 class OutcomeLog(Protocol):
-    """Where a request's outcome is recorded before its client is told, and looked up
-    before the request is run."""
+    """Where what a request's client may have seen is found before the request is run."""
 
     async def start(self) -> None:
-        """Start reading the log (in the background: the broker may not be reachable)."""
+        """Get ready to read (in the background: the broker may not be reachable)."""
         ...
 
     async def stop(self) -> None:
@@ -177,6 +204,12 @@ class OutcomeLog(Protocol):
         """False while the log cannot be read (readiness)."""
         ...
 
+    def written(self, event: EnvelopeFields, usage: EnvelopeFields | None = None) -> None:
+        """Told of each event this process is about to write to a reply partition, with
+        the usage event a terminal event carries. A log that reads the partitions itself
+        ignores it."""
+        ...
+
     async def lookup(self, request: ChatRequested) -> Recorded | None:
         """What was recorded for `request` (None: nothing). Raises BusUnavailableError
         when the log cannot be read up to date (the handler is then retried like during
@@ -184,46 +217,54 @@ class OutcomeLog(Protocol):
         ...
 
 
-class ListenedOutcomeLog(OutcomeLog):
-    """The outcomes log read through the bus's `listen`: every record published after
-    `start`. Enough where one process handles every request (the in-memory bus)."""
+class LocalOutcomeLog(OutcomeLog):
+    """What this process wrote to reply partitions, as it told it (`written`): enough where
+    one process handles every request (the in-memory bus)."""
 
-    def __init__(
-        self, bus: EventBus, topic: str, lookback_s: float, max_bytes: int = 64 * 1024 * 1024
-    ) -> None:
-        self.bus, self.topic = bus, topic
+    def __init__(self, lookback_s: float, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.index = OutcomeIndex(lookback_s, max_bytes)
-        self._subscription: Subscription | None = None
 
     @override
     async def start(self) -> None:
-        async def add(event: Event) -> None:
-            self.index.add(event)
-
-        self._subscription = await self.bus.listen(self.topic, add)
+        return None
 
     @override
     async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.stop()
+        return None
 
     @override
     def healthy(self) -> bool:
-        return self._subscription is not None
+        return True
+
+    @override
+    def written(self, event: EnvelopeFields, usage: EnvelopeFields | None = None) -> None:
+        self.index.add(event, usage)  # type: ignore[arg-type]
 
     @override
     async def lookup(self, request: ChatRequested) -> Recorded | None:
         return self.index.get(request.request_id)
 
 
-class KafkaOutcomeLog(OutcomeLog):
-    """The outcomes log read from Kafka by one consumer of its own (no group), assigned
-    every partition of the topic (`partition_count(topic)`, the bus's), starting
-    `lookback_s` back in time.
+@dataclass
+class _Scanned:
+    """How far one reply partition was read: from the first record at or after `since_ms`
+    (milliseconds since the epoch) up to `position` (the next offset to read)."""
 
-    `lookup` waits until the consumer has read every partition up to the end offsets the
-    broker gives at the start of the lookup, at most `barrier_timeout_s`; beyond it the
-    log is unavailable (BusUnavailableError)."""
+    since_ms: int
+    position: int
+
+
+class KafkaReplyLog(OutcomeLog):
+    """The replies topic read back from Kafka, one partition at a time, by one consumer of
+    its own (no group, nothing assigned between lookups, so it fetches nothing while
+    requests simply flow).
+
+    `lookup(request)` reads the request's reply partition from `clock_skew_s` before the
+    request's `time` (records carry their writer's clock; `lookback_s` back at most) up to
+    the end offset the broker gives at the start of the lookup, within `read_timeout_s`
+    (beyond it the log is unavailable: BusUnavailableError, and the next lookup goes on
+    from where this one stopped). What was read is kept (`OutcomeIndex`), so the next
+    lookup on that partition reads only what was written since. Lookups take turns."""
 
     def __init__(
         self,
@@ -233,28 +274,30 @@ class KafkaOutcomeLog(OutcomeLog):
         *,
         lookback_s: float,
         max_bytes: int = 64 * 1024 * 1024,
-        client_id: str = "switchyard-inference-outcomes",
+        client_id: str = "switchyard-inference-replies",
         max_message_bytes: int = 1_048_576,
-        barrier_timeout_s: float = 5.0,
+        read_timeout_s: float = 10.0,
+        clock_skew_s: float = 10.0,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self._partition_count = partition_count
         self.client_id = client_id
         self.max_message_bytes = max_message_bytes
-        self.barrier_timeout_s = barrier_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.clock_skew_s = clock_skew_s
         self.index = OutcomeIndex(lookback_s, max_bytes)
         self._consumer: Any = None  # an AIOKafkaConsumer while open
-        self._partitions: list[Any] = []
-        self._positions: dict[Any, int] = {}
-        self._advanced = asyncio.Event()
+        self._scanned: dict[int, _Scanned] = {}
+        self._turn = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._broken = asyncio.Event()
 
     @override
     async def start(self) -> None:
-        """Start reading in the background (Kafka may not be reachable yet)."""
-        self._task = asyncio.create_task(self._run(), name="outcomes-log")
+        """Connect in the background (Kafka may not be reachable yet)."""
+        self._task = asyncio.create_task(self._run(), name="reply-log")
 
     @override
     async def stop(self) -> None:
@@ -262,18 +305,25 @@ class KafkaOutcomeLog(OutcomeLog):
             await cancel_and_wait(self._task)
         await self._close()
 
+    @override
+    def healthy(self) -> bool:
+        return self._ready.is_set()
+
+    @override
+    def written(self, event: EnvelopeFields, usage: EnvelopeFields | None = None) -> None:
+        return None  # read back from the partition itself
+
     async def _close(self) -> None:
         consumer, self._consumer = self._consumer, None
         self._ready.clear()
+        self._scanned.clear()  # a new consumer reads again from the start of the window
         if consumer is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 async with asyncio.timeout(5):
                     await consumer.stop()
 
     async def _open(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        from switchyard.common.bus.kafka import LISTENER_FETCH_MAX_WAIT_MS
+        from aiokafka import AIOKafkaConsumer
 
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
@@ -281,93 +331,92 @@ class KafkaOutcomeLog(OutcomeLog):
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=LISTENER_FETCH_MAX_WAIT_MS,
             max_partition_fetch_bytes=self.max_message_bytes,
         )
         await consumer.start()
-        try:
-            async with asyncio.timeout(15):
-                count = await self._partition_count(self.topic)
-            tps = [TopicPartition(self.topic, p) for p in range(count)]
-            consumer.assign(tps)
-            if self._positions:
-                for tp in tps:  # a replaced consumer resumes where the last one stopped
-                    if tp in self._positions:
-                        consumer.seek(tp, self._positions[tp])
-                    else:
-                        await consumer.seek_to_beginning(tp)
-            else:
-                # The ends are taken first: a partition with no record of the lookback
-                # window starts at its end as it was then, so a record written while this
-                # opens is read, not skipped (`seek_to_end` would resolve the end later).
-                ends = await consumer.end_offsets(tps)
-                since_ms = int((time.time() - self.index.lookback_s) * 1000)
-                found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
-                for tp in tps:
-                    if found.get(tp) is not None:
-                        consumer.seek(tp, found[tp].offset)
-                    else:
-                        consumer.seek(tp, ends[tp])
-            for tp in tps:
-                self._positions[tp] = await consumer.position(tp)
-        except BaseException:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                async with asyncio.timeout(5):
-                    await consumer.stop()
-            raise
-        self._consumer, self._partitions = consumer, tps
+        self._consumer = consumer
         self._ready.set()
 
     async def _run(self) -> None:
+        """Keep a consumer open: open it, and open another when a lookup found it broken."""
         attempt = 0
         while True:
             try:
-                if self._consumer is None:
-                    await self._open()
-                    log.info("reading the outcomes log", topic=self.topic)
-                    attempt = 0
-                consumer = self._consumer
-                batches = await consumer.getmany(timeout_ms=200)
-                for records in batches.values():
-                    for record in records:
-                        self._index(record)
-                for tp in self._partitions:
-                    self._positions[tp] = await consumer.position(tp)
-                self._advanced.set()
-                self._advanced = asyncio.Event()
+                await self._open()
+                attempt = 0
+                await self._broken.wait()
+                self._broken.clear()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reopened: the broker may be back later
                 attempt += 1
                 if attempt == 1:
-                    log.warning("outcomes log unreadable; retrying", error=repr(exc))
-                await self._close()
+                    log.warning("replies topic unreadable; retrying", error=repr(exc))
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** min(attempt, 5)))
+            await self._close()
 
-    @override
-    def healthy(self) -> bool:
-        return self._ready.is_set()
+    async def partition_of(self, request: ChatRequested) -> int:
+        """The reply partition of `request`: its gateway replica's, or, when nobody waits,
+        the one the producer's default partitioner gives its request id."""
+        if request.data.reply_to is not None:
+            return request.data.reply_to.partition
+        from aiokafka.partitioner import DefaultPartitioner
 
-    def _index(self, record: Any) -> None:  # an aiokafka ConsumerRecord
-        if record.value is None:
-            return
-        try:
-            self.index.add(decode_event(record.value), record.value)
-        except EventDecodeError as exc:
-            log.warning("outcomes log record skipped", offset=record.offset, error=str(exc)[:300])
+        count = await self._partition_count(self.topic)
+        partitions = list(range(count))
+        return int(DefaultPartitioner()(request.request_id.encode(), partitions, partitions))
 
     @override
     async def lookup(self, request: ChatRequested) -> Recorded | None:
+        now = time.time()
+        since = max(request.time.timestamp() - self.clock_skew_s, now - self.index.lookback_s)
         try:
-            async with asyncio.timeout(self.barrier_timeout_s):
+            async with asyncio.timeout(self.read_timeout_s):
                 await self._ready.wait()
-                consumer = self._consumer
-                assert consumer is not None
-                ends = await consumer.end_offsets(self._partitions)
-                while any(self._positions.get(tp, 0) < end for tp, end in ends.items()):
-                    await self._advanced.wait()
+                partition = await self.partition_of(request)
+                async with self._turn:
+                    await self._read(partition, int(since * 1000))
         except TimeoutError as exc:
-            raise BusUnavailableError("the outcomes log could not be read up to date") from exc
+            raise BusUnavailableError("the replies topic could not be read up to date") from exc
         except Exception as exc:  # noqa: BLE001 - Kafka errors, or the consumer being replaced
-            raise BusUnavailableError(f"the outcomes log cannot be read: {exc!r}") from exc
+            self._broken.set()
+            raise BusUnavailableError(f"the replies topic cannot be read: {exc!r}") from exc
         return self.index.get(request.request_id)
+
+    async def _read(self, partition: int, since_ms: int) -> None:
+        """Read `partition` from the first record at or after `since_ms` (or from where an
+        earlier lookup stopped, if it started no later) up to its end offset as it is
+        now, indexing every record."""
+        from aiokafka import TopicPartition
+
+        consumer = self._consumer
+        assert consumer is not None
+        tp = TopicPartition(self.topic, partition)
+        end = (await consumer.end_offsets([tp]))[tp]
+        scanned = self._scanned.get(partition)
+        if scanned is None or since_ms < scanned.since_ms:
+            found = (await consumer.offsets_for_times({tp: since_ms})).get(tp)
+            scanned = _Scanned(since_ms, found.offset if found is not None else end)
+            self._scanned[partition] = scanned
+        if scanned.position >= end:
+            return
+        consumer.assign([tp])
+        consumer.seek(tp, scanned.position)
+        try:
+            while scanned.position < end:
+                batches = await consumer.getmany(tp, timeout_ms=200)
+                for record in batches.get(tp, ()):
+                    self._index(record)
+                scanned.position = await consumer.position(tp)
+        finally:
+            consumer.unsubscribe()  # fetch nothing until the next lookup
+
+    def _index(self, record: Any) -> None:  # an aiokafka ConsumerRecord
+        if record.key is None or record.value is None:
+            return
+        # Every event's record names its type in a header: nothing is decoded here.
+        headers = dict(record.headers or ())
+        event_type = headers.get("type")
+        if event_type is not None:
+            request_id = record.key.decode(errors="replace")
+            self.index.add_record(request_id, event_type, record.value, headers.get(USAGE_HEADER))

@@ -4,9 +4,9 @@ same events again, without calling the upstream, for a request delivered again.
 
 - Every event goes through `ReliablePublisher`: a publish that fails is retried until the
   bus takes it, so the upstream is never called again for it.
-- With an outcomes log (`redelivery`), the first chunk record of a stream run and the
-  terminal and usage events are written to the outcomes topic before they reach the
-  replies topic, so a replica receiving the request again can answer it from there.
+- The terminal event carries its usage event in a record header (`USAGE_HEADER`): the
+  reply partition, read back by `redelivery`, then holds everything a replica receiving
+  the request again needs to answer it, written in the one record the client waits for.
 - A reply the bus refuses itself (larger than it carries) becomes `chat.failed` 502
   `response_too_large`, billed like the reply would have been.
 - Terminal and usage events keep their ids (derived from the request event's), so
@@ -15,17 +15,16 @@ same events again, without calling the upstream, for a request delivered again.
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 
 import structlog
 
 from switchyard.common.bus import EventRejectedError, delivery_may_repeat
 from switchyard.common.events import (
-    ChatChunk,
     ChatRequested,
     ClientAPI,
     EnvelopeFields,
+    encode_event,
 )
 from switchyard.common.topics import Topics
 from switchyard.inference import metrics
@@ -36,7 +35,7 @@ from switchyard.inference.outcomes import (
     undeliverable,
 )
 from switchyard.inference.publishing import ChunkPublisher, ReliablePublisher, chunk_records
-from switchyard.inference.redelivery import OutcomeLog, Recorded
+from switchyard.inference.redelivery import USAGE_HEADER, OutcomeLog, Recorded
 from switchyard.inference.runs import RequestRun
 
 log = structlog.get_logger("switchyard.inference.replies")
@@ -129,20 +128,20 @@ class ReplyPublisher:
     async def _republish(
         self, request: ChatRequested, reply: EnvelopeFields, usage: EnvelopeFields
     ) -> None:
-        await self._publish_reply(request, reply)
+        await self._publish_reply(request, reply, usage)
         await self._publish(self._topics.usage, usage, key=request.request_id)
 
     async def publish_outcome(self, run: RequestRun, outcome: Outcome) -> None:
-        """Publish how `run` ended: record it in the outcomes log, then the terminal event
-        to the client's reply partition and the usage event, and count it in the
+        """Publish how `run` ended: the terminal event to the client's reply partition,
+        carrying its usage event (the record a replica receiving the request again
+        answers from), then the usage event to the usage topic, and count it in the
         metrics. Returns once the bus took both; only cancellation interrupts it."""
         request = run.request
         cost = self._events.cost(request, outcome)
         reply = self._events.terminal(request, outcome)
         usage = self._events.usage(request, outcome, cost, run.ttft_ms)
         try:
-            await self._record(request, reply, usage)
-            await self._publish_reply(request, reply)
+            await self._publish_reply(request, reply, usage)
         except EventRejectedError as exc:
             # Refused for what it is: no retry could deliver it. The client gets an error
             # it can act on, and the upstream calls that happened are still billed.
@@ -150,45 +149,36 @@ class ReplyPublisher:
             outcome = undeliverable(outcome, exc)
             reply = self._events.terminal(request, outcome)
             usage = self._events.usage(request, outcome, cost, run.ttft_ms)
-            await self._record(request, reply, usage)
-            await self._publish_reply(request, reply)
+            await self._publish_reply(request, reply, usage)
         self._events.record_metrics(request, outcome, cost)
         await self._publish(self._topics.usage, usage, key=request.request_id)
         if request.data.api is not ClientAPI.OPENAI_EMBEDDINGS:
             self.published.add(request.id, reply, usage)
 
-    async def _record(
-        self, request: ChatRequested, reply: EnvelopeFields, usage: EnvelopeFields
+    async def _publish_reply(
+        self, request: ChatRequested, event: EnvelopeFields, usage: EnvelopeFields | None = None
     ) -> None:
-        """Write the outcome to the outcomes log before the client can see it: a replica
-        receiving the request again then answers it from there (`redelivery`)."""
-        if self.outcomes is None:
-            return
-        key = request.request_id
-        await asyncio.gather(
-            self._publish(self._topics.outcomes, reply, key=key),
-            self._publish(self._topics.outcomes, usage, key=key),
-        )
-
-    async def _publish_reply(self, request: ChatRequested, event: EnvelopeFields) -> None:
+        """Publish `event` to the client's reply partition (the partition of the request
+        id's key when nobody waits); a terminal event carries its `usage` event in the
+        same record, and is told to the outcomes log before the client can see it."""
         reply_to = request.data.reply_to
+        if self.outcomes is not None:
+            self.outcomes.written(event, usage)
         await self._publish(
             self._topics.replies,
             event,
             key=request.request_id,
             partition=reply_to.partition if reply_to else None,
+            headers={USAGE_HEADER: encode_event(usage)} if usage is not None else None,
         )
 
     def chunk_publisher(self, run: RequestRun) -> ChunkPublisher:
         """The publisher of `run`'s stream: its events become `chat.chunk` records on the
-        client's reply partition, the first one written to the outcomes log before."""
+        client's reply partition (the first one marks, for a replica receiving the request
+        again, that its client may hold part of this run's stream)."""
         request = run.request
 
         async def publish(event: EnvelopeFields) -> None:
-            first = isinstance(event, ChatChunk) and event.data.sequence == 0
-            if self.outcomes is not None and first:
-                # The stream-started marker: written before the client can see the stream.
-                await self._publish(self._topics.outcomes, event, key=request.request_id)
             await self._publish_reply(request, event)
 
         return ChunkPublisher(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -153,8 +153,12 @@ class EventBus(abc.ABC):
         *,
         key: str | None = None,
         partition: int | None = None,
+        headers: Mapping[str, bytes] | None = None,
     ) -> None:
         """Publish and wait until the bus has durably accepted the event.
+        `headers`: record headers written with the event, in the same record (so they
+        are stored, or not, together with it); Kafka keeps them, the in-memory bus, whose
+        records live no longer than the process, keeps none.
         Raises BusUnavailableError if it cannot within its timeout."""
 
     @abc.abstractmethod

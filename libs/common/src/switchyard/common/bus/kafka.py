@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, NoReturn, TypeVar, cast
 
@@ -404,28 +404,31 @@ class KafkaBus(EventBus):
         *,
         key: str | None = None,
         partition: int | None = None,
+        headers: Mapping[str, bytes] | None = None,
     ) -> None:
         try:
             value = serialise(event)
         except EventRejectedError:  # e.g. nested deeper than the serialiser allows
             metrics.PUBLISH_FAILURES.labels(topic).inc()
             raise
-        headers = [
+        record_headers = [
             ("type", event.type.encode()),
             ("schema_version", str(event.schema_version).encode()),
             ("request_id", event.request_id.encode()),
             ("source", event.source.encode()),
         ]
+        if headers:
+            record_headers += headers.items()
         with tracing.span(
             f"{topic} publish", kind=SpanKind.PRODUCER, attributes=_publish_attributes(topic, event)
         ):
-            headers += tracing.current_trace_headers()
+            record_headers += tracing.current_trace_headers()
             await self._send(
                 topic,
                 value,
                 key=(key or event.request_id).encode(),
                 partition=partition,
-                headers=headers,
+                headers=record_headers,
             )
 
     async def _send(

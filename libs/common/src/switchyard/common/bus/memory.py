@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -182,6 +182,7 @@ class InMemoryBus(EventBus):
         *,
         key: str | None = None,
         partition: int | None = None,
+        headers: Mapping[str, bytes] | None = None,
     ) -> None:
         raw = serialise(event)
         if topic in self.admission_topics:
