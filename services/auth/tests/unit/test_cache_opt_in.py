@@ -4,14 +4,12 @@ foreign keys and teams and non-admins, and handed to gateways with the policy.""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from switchyard.common.events import LimitsChanged
 
 from .test_admin_api import assert_error
-from .test_teams_and_limits import INTERNAL, acme, cli, make_team  # noqa: F401
+from .test_teams_and_limits import INTERNAL, acme, make_team  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("acme")
 
@@ -159,31 +157,3 @@ async def test_unknown_or_foreign_keys_and_teams_and_non_admins_are_refused(
     assert assert_error(own, 403, "admin_only")["param"] == "cache_enabled"
     levels = (await policy_of(auth_app, acme["member"].id, key["key_id"]))["levels"]
     assert levels["api_key"]["cache_enabled"] is None
-
-
-def test_operators_opt_keys_and_teams_in_from_the_cli(cli) -> None:  # noqa: F811
-    assert cli("users", "create", "--email", "ops@acme.test", "--tenant", "acme", "--no-password")
-    team = json.loads(cli("teams", "create", "--tenant", "acme", "--name", "ml", "--json").stdout)
-    key_id = json.loads(cli("keys", "create", "--email", "ops@acme.test", "--json").stdout)[
-        "key_id"
-    ]
-
-    on = cli("keys", "update", key_id, "--cache", "--cache-ttl", "120")
-    assert on.exit_code == 0, on.output
-    assert "response cache on, ttl 120 s" in on.stdout
-    off = cli("teams", "update", team["id"], "--no-cache")
-    assert off.exit_code == 0, off.output
-    assert "response cache off" in off.stdout
-    shown = json.loads(cli("teams", "list", "--json").stdout.splitlines()[0])
-    assert (shown["cache_enabled"], shown["cache_ttl_s"]) == (False, None)
-
-    cleared = cli("keys", "update", key_id, "--clear", "cache_enabled", "--clear", "cache_ttl_s")
-    assert cleared.exit_code == 0, cleared.output
-    assert "response cache as the level above" in cleared.stdout
-
-    negative = cli("keys", "update", key_id, "--cache-ttl", "-5")
-    assert negative.exit_code != 0 and "cache-ttl" in negative.output
-    contradiction = cli("keys", "update", key_id, "--cache", "--clear", "cache_enabled")
-    assert contradiction.exit_code == 1 and "cache_enabled" in contradiction.output
-    unknown = cli("keys", "update", "no-such-key", "--cache")
-    assert unknown.exit_code == 1 and "no-such-key" in unknown.output

@@ -256,3 +256,37 @@ def test_operators_manage_teams_keys_and_tenants_from_the_cli(cli) -> None:
     assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["ml"]
     assert cli("teams", "delete", team["id"]).exit_code == 0
     assert cli("teams", "list").stdout.strip() == ""
+
+
+# Not among the cache opt-in tests: every test there runs the auth app (`acme`), whose
+# loop stands still while a synchronous test runs, so a transaction of its open at that
+# moment held the database's write lock against the commands for their busy timeout.
+def test_operators_opt_keys_and_teams_in_from_the_cli(cli) -> None:
+    user = cli("users", "create", "--email", "ops@acme.test", "--tenant", "acme", "--no-password")
+    assert user.exit_code == 0, user.output
+    created = cli("teams", "create", "--tenant", "acme", "--name", "ml", "--json")
+    assert created.exit_code == 0, created.output
+    team = json.loads(created.stdout)
+    key = cli("keys", "create", "--email", "ops@acme.test", "--json")
+    assert key.exit_code == 0, key.output
+    key_id = json.loads(key.stdout)["key_id"]
+
+    on = cli("keys", "update", key_id, "--cache", "--cache-ttl", "120")
+    assert on.exit_code == 0, on.output
+    assert "response cache on, ttl 120 s" in on.stdout
+    off = cli("teams", "update", team["id"], "--no-cache")
+    assert off.exit_code == 0, off.output
+    assert "response cache off" in off.stdout
+    shown = json.loads(cli("teams", "list", "--json").stdout.splitlines()[0])
+    assert (shown["cache_enabled"], shown["cache_ttl_s"]) == (False, None)
+
+    cleared = cli("keys", "update", key_id, "--clear", "cache_enabled", "--clear", "cache_ttl_s")
+    assert cleared.exit_code == 0, cleared.output
+    assert "response cache as the level above" in cleared.stdout
+
+    negative = cli("keys", "update", key_id, "--cache-ttl", "-5")
+    assert negative.exit_code != 0 and "cache-ttl" in negative.output
+    contradiction = cli("keys", "update", key_id, "--cache", "--clear", "cache_enabled")
+    assert contradiction.exit_code == 1 and "cache_enabled" in contradiction.output
+    unknown = cli("keys", "update", "no-such-key", "--cache")
+    assert unknown.exit_code == 1 and "no-such-key" in unknown.output
