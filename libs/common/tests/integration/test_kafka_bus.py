@@ -474,3 +474,35 @@ async def test_a_poison_event_is_dead_lettered_with_its_coordinates_and_the_batc
     assert headers["deadletter.offset"] == b"5"
     assert b"Recursion limit" in headers["deadletter.reason"]
     await bus.stop()
+
+
+async def test_a_batch_gathers_what_arrives_within_its_wait_across_topics_then_goes_on(
+    kafka_servers, kafka_topics
+):
+    """A batch consumer pauses its partitions for the batch wait after a first event and
+    then fetches what arrived meanwhile, on every topic, at once; nothing is left behind
+    by the pause, and after an idle spell the next event is handed over (the partitions
+    were resumed)."""
+    bus = await started_bus(kafka_servers, kafka_topics)
+    topics = [kafka_topics.requests_interactive, kafka_topics.usage]
+    batches: list[list[str]] = []
+
+    async def record(events) -> None:
+        batches.append([event.request_id for event in events])
+
+    await bus.subscribe_batch(topics, "gather", record, max_batch_wait_ms=600)
+    await bus.publish(topics[0], request(0))  # the group is joined and reading
+    await async_wait_until(lambda: asyncio.sleep(0, len(batches) == 1), timeout=60)
+    await asyncio.sleep(1.0)  # the first batch's wait is over
+
+    for n in range(1, 7):  # spread over about 100 ms, on both topics, several partitions
+        await bus.publish(topics[n % 2], request(n))
+        await asyncio.sleep(0.02)
+    await async_wait_until(lambda: asyncio.sleep(0, sum(map(len, batches)) == 7), timeout=30)
+    assert sorted(batches[1]) == [f"req-{n}" for n in range(1, 7)]  # one batch for all
+
+    await asyncio.sleep(1.0)  # idle
+    await bus.publish(topics[1], request(7))
+    await async_wait_until(lambda: asyncio.sleep(0, sum(map(len, batches)) == 8), timeout=30)
+    assert batches[-1] == ["req-7"]
+    await bus.stop()
