@@ -1188,9 +1188,9 @@ class _BatchSubscription(_SupervisedConsumer):
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
     ) -> None:
         """Adds to `batches` (partition -> records, in offset order) what arrives within
-        `max_wait_ms` of the first event, up to `max_batch` records in all: one request
-        makes several events a few milliseconds apart, and one transaction and one commit
-        for all of them costs far less than one each.
+        `max_wait_ms` of the first event, up to `max_batch` records in all (a batch full
+        already is not held): one request makes several events a few milliseconds apart,
+        and one transaction and one commit for all of them costs far less than one each.
 
         Meanwhile the partitions are paused, then the broker is asked once for everything
         that arrived: fetching as each event arrives costs a fetch round trip per event,
