@@ -119,3 +119,95 @@ async def test_a_lookup_sees_a_record_written_just_before_it(
             assert log._consumer.assignment() == set()  # nothing fetched between lookups
     finally:
         await log.stop()
+
+
+def marker_of(request, pad: int = 0):
+    """The first chunk record of a stream run of `request` (`pad` bytes of filler)."""
+    events = [StreamEvent(data={"choices": [], "pad": "x" * pad})]
+    return chunk_records(request.request_id, request.id, request.tenant, "run-1")(0, events)
+
+
+async def publish_markers(bus: KafkaBus, topic: str, count: int, pad: int = 0) -> None:
+    await asyncio.gather(
+        *(
+            bus.publish(topic, marker_of(r, pad), key=r.request_id, partition=0)
+            for r in (chat_request(model="m", reply_to=False) for _ in range(count))
+        )
+    )
+
+
+def on_partition(request, partition: int):
+    address = ReplyAddress(partition=partition, instance_id="gw-1")
+    data = request.data.model_copy(update={"reply_to": address})
+    return request.model_copy(update={"data": data})
+
+
+async def test_a_later_lookup_reads_from_its_own_request_not_from_an_old_position(
+    kafka_servers, kafka_topics, bus
+) -> None:
+    log = KafkaReplyLog(
+        kafka_servers, kafka_topics.replies, bus.partition_count, lookback_s=600, clock_skew_s=1
+    )
+    await log.start()
+    try:
+        assert await log.lookup(on_partition(chat_request(model="m"), 0)) is None
+        await publish_markers(bus, kafka_topics.replies, 200)  # long before the next request
+        await asyncio.sleep(2.5)
+        kept = len(log.index)
+
+        assert await log.lookup(on_partition(chat_request(model="m"), 0)) is None
+
+        assert len(log.index) == kept  # none of the 200 older records was read
+    finally:
+        await log.stop()
+
+
+async def test_a_request_is_found_though_its_read_outgrows_what_the_index_keeps(
+    kafka_servers, kafka_topics, bus
+) -> None:
+    log = KafkaReplyLog(
+        kafka_servers, kafka_topics.replies, bus.partition_count, lookback_s=600, max_bytes=100_000
+    )
+    await log.start()
+    try:
+        target = on_partition(chat_request(model="m", stream=True), 0)
+        await bus.publish(kafka_topics.replies, marker_of(target), partition=0)
+        await publish_markers(bus, kafka_topics.replies, 300, pad=1_000)  # about 400 KB
+
+        recorded = await log.lookup(target)
+
+        assert recorded is not None and recorded.stream_started.request_id == target.request_id
+        assert log.index.bytes <= 100_000
+        again = await log.lookup(target)  # its records were dropped: read again
+        assert again is not None and again.stream_started.request_id == target.request_id
+    finally:
+        await log.stop()
+
+
+async def test_what_another_partition_pushed_out_of_the_index_is_read_again(
+    kafka_servers, kafka_topics, bus
+) -> None:
+    log = KafkaReplyLog(
+        kafka_servers, kafka_topics.replies, bus.partition_count, lookback_s=600, max_bytes=100_000
+    )
+    await log.start()
+    try:
+        first, second = (on_partition(chat_request(model="m", stream=True), 0) for _ in "ab")
+        for request in (first, second):
+            await bus.publish(kafka_topics.replies, marker_of(request), partition=0)
+        assert (await log.lookup(first)) is not None  # partition 0 read, `second` kept
+
+        crowd, topic = on_partition(chat_request(model="m"), 1), kafka_topics.replies
+        await asyncio.gather(
+            *(
+                bus.publish(topic, marker_of(r, 1_000), key=r.request_id, partition=1)
+                for r in (chat_request(model="m") for _ in range(300))
+            )
+        )
+        await log.lookup(crowd)  # partition 1's records push partition 0's out
+
+        recorded = await log.lookup(second)
+
+        assert recorded is not None and recorded.stream_started.request_id == second.request_id
+    finally:
+        await log.stop()

@@ -185,6 +185,7 @@ def build_outcome_log(settings: Settings, bus: EventBus) -> OutcomeLog:
             max_bytes=settings.redelivery_index_max_mb * 1024 * 1024,
             client_id=f"inference-{settings.instance_id}-replies",
             max_message_bytes=settings.kafka_max_message_bytes,
+            clock_skew_s=settings.redelivery_clock_skew_s,
         )
     return LocalOutcomeLog(
         settings.redelivery_lookback_s, settings.redelivery_index_max_mb * 1024 * 1024

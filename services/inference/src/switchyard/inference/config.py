@@ -90,6 +90,14 @@ class Settings(ServiceSettings):
         "next redelivery; a redelivery older than this runs again. At least the longest "
         "time a request can hold back its partition's offset (the gateway's request timeout).",
     )
+    redelivery_clock_skew_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="How far the clocks of gateway and inference hosts may disagree: a "
+        "redelivered request's reply partition is read from this long before the request's "
+        "time (reply records carry the writing replica's clock).",
+    )
     redelivery_index_max_mb: int = Field(
         default=64,
         ge=1,

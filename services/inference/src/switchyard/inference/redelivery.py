@@ -97,6 +97,9 @@ class _Entry:
     reply: bytes | None = None
     usage: bytes | None = None
     seen_at: float = field(default_factory=time.monotonic)
+    # Where its records were read (None: told by this process), the highest offset.
+    partition: int | None = None
+    last_offset: int = -1
 
     def size(self) -> int:
         records = (self.stream_started, self.reply, self.usage)
@@ -111,13 +114,23 @@ class OutcomeIndex:
 
     Records are kept encoded (as on the topic) and decoded only by `get`, which is rare
     (only a request delivered again is looked up): a decoded reply costs several times
-    its encoded size in memory."""
+    its encoded size in memory.
 
-    def __init__(self, lookback_s: float, max_bytes: int = 64 * 1024 * 1024) -> None:
+    `on_evict(partition, offset)`, if given, is called for each request dropped whose
+    records were read from a partition, with the highest offset among them: the reader
+    then knows that range is no longer all kept."""
+
+    def __init__(
+        self,
+        lookback_s: float,
+        max_bytes: int = 64 * 1024 * 1024,
+        on_evict: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.lookback_s = lookback_s
         self.max_bytes = max_bytes
         self.bytes = 0
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._on_evict = on_evict
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -143,23 +156,32 @@ class OutcomeIndex:
             )
 
     def add_record(
-        self, request_id: str, event_type: bytes, raw: bytes, usage: bytes | None = None
+        self,
+        request_id: str,
+        event_type: bytes,
+        raw: bytes,
+        usage: bytes | None = None,
+        *,
+        partition: int | None = None,
+        offset: int = -1,
     ) -> None:
         """Index one record of a reply partition as it is on the topic: the request id
-        (its key), the event type (its `type` header), its value and its `USAGE_HEADER`.
-        Records of other types are ignored; of a request's chunks, the first is kept."""
+        (its key), the event type (its `type` header), its value and its `USAGE_HEADER`,
+        and where it was read (`partition`, `offset`). Records of other types are
+        ignored; of a request's chunks, the first is kept."""
         is_chunk = event_type == _CHUNK
         if not is_chunk and event_type not in _TERMINAL:
             return
         entry = self._entries.get(request_id)
         if entry is None:
-            entry = self._entries[request_id] = _Entry()
+            entry = self._entries[request_id] = _Entry(partition=partition)
         else:
             self.bytes -= entry.size()
         if is_chunk:
             entry.stream_started = entry.stream_started or raw
         else:
             entry.reply, entry.usage = raw, usage
+        entry.last_offset = max(entry.last_offset, offset)
         self.bytes += entry.size()
         self._prune()
 
@@ -187,6 +209,8 @@ class OutcomeIndex:
                 return
             _, dropped = self._entries.popitem(last=False)
             self.bytes -= dropped.size()
+            if self._on_evict is not None and dropped.partition is not None:
+                self._on_evict(dropped.partition, dropped.last_offset)
 
 
 class OutcomeLog(Protocol):
@@ -247,11 +271,23 @@ class LocalOutcomeLog(OutcomeLog):
 
 @dataclass
 class _Scanned:
-    """How far one reply partition was read: from the first record at or after `since_ms`
-    (milliseconds since the epoch) up to `position` (the next offset to read)."""
+    """What is kept of one reply partition: every record from offset `start` up to
+    `position` (the next offset to read) is in the index."""
 
-    since_ms: int
+    start: int
     position: int
+
+
+def _merged(first: Recorded | None, second: Recorded | None) -> Recorded | None:
+    """What either holds (the records of one request read at two times)."""
+    if first is None or second is None:
+        return first or second
+    return Recorded(
+        stream_started=first.stream_started or second.stream_started,
+        reply=first.reply or second.reply,
+        usage=first.usage or second.usage,
+        seen_at=min(first.seen_at, second.seen_at),
+    )
 
 
 class KafkaReplyLog(OutcomeLog):
@@ -262,9 +298,13 @@ class KafkaReplyLog(OutcomeLog):
     `lookup(request)` reads the request's reply partition from `clock_skew_s` before the
     request's `time` (records carry their writer's clock; `lookback_s` back at most) up to
     the end offset the broker gives at the start of the lookup, within `read_timeout_s`
-    (beyond it the log is unavailable: BusUnavailableError, and the next lookup goes on
-    from where this one stopped). What was read is kept (`OutcomeIndex`), so the next
-    lookup on that partition reads only what was written since. Lookups take turns."""
+    (beyond it the log is unavailable: BusUnavailableError). What was read is kept
+    (`OutcomeIndex`) and so is, per partition, the range of offsets all of whose records
+    are still kept: a later lookup reads only what is missing from its own range (what was
+    written since, what lies before, or all of it when the range kept is older than the
+    request), so the redeliveries of one rebalance read each partition about once. The
+    request's own records found in a read are used even if the index had to drop them.
+    Lookups take turns."""
 
     def __init__(
         self,
@@ -286,7 +326,7 @@ class KafkaReplyLog(OutcomeLog):
         self.max_message_bytes = max_message_bytes
         self.read_timeout_s = read_timeout_s
         self.clock_skew_s = clock_skew_s
-        self.index = OutcomeIndex(lookback_s, max_bytes)
+        self.index = OutcomeIndex(lookback_s, max_bytes, on_evict=self._evicted)
         self._consumer: Any = None  # an AIOKafkaConsumer while open
         self._scanned: dict[int, _Scanned] = {}
         self._turn = asyncio.Lock()
@@ -312,6 +352,12 @@ class KafkaReplyLog(OutcomeLog):
     @override
     def written(self, event: EnvelopeFields, usage: EnvelopeFields | None = None) -> None:
         return None  # read back from the partition itself
+
+    def _evicted(self, partition: int, offset: int) -> None:
+        scanned = self._scanned.get(partition)
+        if scanned is not None and offset >= scanned.start:
+            # Past the position only while the batch holding it is being indexed.
+            scanned.start = offset + 1
 
     async def _close(self) -> None:
         consumer, self._consumer = self._consumer, None
@@ -357,7 +403,9 @@ class KafkaReplyLog(OutcomeLog):
 
     async def partition_of(self, request: ChatRequested) -> int:
         """The reply partition of `request`: its gateway replica's, or, when nobody waits,
-        the one the producer's default partitioner gives its request id."""
+        the one the producer's default partitioner gives its request id among the topic's
+        partitions now (so, after partitions were added, not always the one it had).
+        Raises BusUnavailableError when the partition count cannot be read."""
         if request.data.reply_to is not None:
             return request.data.reply_to.partition
         from aiokafka.partitioner import DefaultPartitioner
@@ -370,53 +418,95 @@ class KafkaReplyLog(OutcomeLog):
     async def lookup(self, request: ChatRequested) -> Recorded | None:
         now = time.time()
         since = max(request.time.timestamp() - self.clock_skew_s, now - self.index.lookback_s)
+        consumer = None
         try:
             async with asyncio.timeout(self.read_timeout_s):
                 await self._ready.wait()
                 partition = await self.partition_of(request)
                 async with self._turn:
-                    await self._read(partition, int(since * 1000))
+                    consumer = self._consumer
+                    found = await self._read(consumer, partition, int(since * 1000), request)
         except TimeoutError as exc:
             raise BusUnavailableError("the replies topic could not be read up to date") from exc
-        except Exception as exc:  # noqa: BLE001 - Kafka errors, or the consumer being replaced
-            self._broken.set()
+        except BusUnavailableError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Kafka errors: this consumer is replaced
+            if consumer is not None and consumer is self._consumer:
+                self._broken.set()
             raise BusUnavailableError(f"the replies topic cannot be read: {exc!r}") from exc
-        return self.index.get(request.request_id)
+        return _merged(found, self.index.get(request.request_id))
 
-    async def _read(self, partition: int, since_ms: int) -> None:
-        """Read `partition` from the first record at or after `since_ms` (or from where an
-        earlier lookup stopped, if it started no later) up to its end offset as it is
-        now, indexing every record."""
+    async def _read(
+        self, consumer: Any, partition: int, since_ms: int, request: ChatRequested
+    ) -> Recorded | None:
+        """Read what is missing of `partition` between the first record at or after
+        `since_ms` and its end offset now, indexing every record; returns the records of
+        `request` met on the way (None: none)."""
         from aiokafka import TopicPartition
 
-        consumer = self._consumer
         assert consumer is not None
         tp = TopicPartition(self.topic, partition)
         end = (await consumer.end_offsets([tp]))[tp]
+        found = (await consumer.offsets_for_times({tp: since_ms})).get(tp)
+        start = found.offset if found is not None else end
+        own = OutcomeIndex(self.index.lookback_s, max_bytes=1 << 62)
+        key = request.request_id.encode()
         scanned = self._scanned.get(partition)
-        if scanned is None or since_ms < scanned.since_ms:
-            found = (await consumer.offsets_for_times({tp: since_ms})).get(tp)
-            scanned = _Scanned(since_ms, found.offset if found is not None else end)
-            self._scanned[partition] = scanned
-        if scanned.position >= end:
+        if scanned is None or start > scanned.position:
+            # Nothing kept of this partition, or only what is older than the request.
+            scanned = self._scanned[partition] = _Scanned(start, start)
+            await self._read_range(consumer, tp, start, end, key, own, scanned)
+        else:
+            if start < scanned.start:  # what lies before the range kept
+                kept_from, scanned.start = scanned.start, start
+                try:
+                    await self._read_range(
+                        consumer, tp, start, kept_from, key, own, _Scanned(start, start)
+                    )
+                except BaseException:
+                    scanned.start = max(scanned.start, kept_from)  # not all read after all
+                    raise
+            await self._read_range(consumer, tp, scanned.position, end, key, own, scanned)
+        return own.get(request.request_id)
+
+    async def _read_range(
+        self,
+        consumer: Any,
+        tp: Any,
+        begin: int,
+        stop: int,
+        key: bytes,
+        own: OutcomeIndex,
+        progress: _Scanned,
+    ) -> None:
+        """Read `tp` from offset `begin` until the consumer's position reaches `stop`,
+        advancing `progress.position`; records keyed `key` also go to `own`."""
+        if begin >= stop:
             return
         consumer.assign([tp])
-        consumer.seek(tp, scanned.position)
+        consumer.seek(tp, begin)
         try:
-            while scanned.position < end:
+            while progress.position < stop:
                 batches = await consumer.getmany(tp, timeout_ms=200)
                 for record in batches.get(tp, ()):
-                    self._index(record)
-                scanned.position = await consumer.position(tp)
+                    self._index(record, tp.partition, key, own)
+                progress.position = max(progress.position, await consumer.position(tp))
         finally:
             consumer.unsubscribe()  # fetch nothing until the next lookup
 
-    def _index(self, record: Any) -> None:  # an aiokafka ConsumerRecord
+    def _index(self, record: Any, partition: int, key: bytes, own: OutcomeIndex) -> None:
+        """Index one record (an aiokafka ConsumerRecord); nothing is decoded here: every
+        event's record names its type in a header."""
         if record.key is None or record.value is None:
             return
-        # Every event's record names its type in a header: nothing is decoded here.
         headers = dict(record.headers or ())
         event_type = headers.get("type")
-        if event_type is not None:
-            request_id = record.key.decode(errors="replace")
-            self.index.add_record(request_id, event_type, record.value, headers.get(USAGE_HEADER))
+        if event_type is None:
+            return
+        request_id = record.key.decode(errors="replace")
+        usage = headers.get(USAGE_HEADER)
+        self.index.add_record(
+            request_id, event_type, record.value, usage, partition=partition, offset=record.offset
+        )
+        if record.key == key:
+            own.add_record(request_id, event_type, record.value, usage)
