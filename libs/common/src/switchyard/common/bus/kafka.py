@@ -97,6 +97,9 @@ CONSUMER_RECONNECT_BACKOFF = Backoff(initial_s=0.2, max_s=5.0)
 # answers as soon as one record arrives (`fetch_min_bytes` is 1), so this bounds only the
 # empty round trips an idle listener makes (two a second, not ten), never a record's wait.
 LISTENER_FETCH_MAX_WAIT_MS = 500
+# How long a batch consumer waits, after its paused partitions are resumed, for the fetch
+# that brings what arrived during the batch wait.
+RESUMED_FETCH_WAIT_MS = 10
 # Default of `commit_interval_s`: how often, at most, a busy group consumer commits.
 DEFAULT_COMMIT_INTERVAL_S = 1.0
 
@@ -1207,8 +1210,11 @@ class _BatchSubscription(_SupervisedConsumer):
         finally:
             # A rebalance meanwhile may have taken some away; new ones are not paused.
             consumer.resume(*(paused & consumer.assignment()))
+        # What arrived is in the log already: one fetch round trip brings it (a lone
+        # event does not wait a second time; what a slow fetch misses joins the next batch).
         more = await consumer.getmany(
-            timeout_ms=self.max_wait_ms, max_records=self.max_batch - count
+            timeout_ms=min(self.max_wait_ms, RESUMED_FETCH_WAIT_MS),
+            max_records=self.max_batch - count,
         )
         self._polled()
         for tp, records in more.items():
