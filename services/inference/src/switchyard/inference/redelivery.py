@@ -97,9 +97,9 @@ class _Entry:
     reply: bytes | None = None
     usage: bytes | None = None
     seen_at: float = field(default_factory=time.monotonic)
-    # Where its records were read (None: told by this process), the highest offset.
-    partition: int | None = None
-    last_offset: int = -1
+    # Where its records were read: the highest offset per partition (none: told by this
+    # process).
+    offsets: dict[int, int] = field(default_factory=dict)
 
     def size(self) -> int:
         records = (self.stream_started, self.reply, self.usage)
@@ -174,14 +174,15 @@ class OutcomeIndex:
             return
         entry = self._entries.get(request_id)
         if entry is None:
-            entry = self._entries[request_id] = _Entry(partition=partition)
+            entry = self._entries[request_id] = _Entry()
         else:
             self.bytes -= entry.size()
         if is_chunk:
             entry.stream_started = entry.stream_started or raw
         else:
             entry.reply, entry.usage = raw, usage
-        entry.last_offset = max(entry.last_offset, offset)
+        if partition is not None:
+            entry.offsets[partition] = max(entry.offsets.get(partition, -1), offset)
         self.bytes += entry.size()
         self._prune()
 
@@ -209,8 +210,9 @@ class OutcomeIndex:
                 return
             _, dropped = self._entries.popitem(last=False)
             self.bytes -= dropped.size()
-            if self._on_evict is not None and dropped.partition is not None:
-                self._on_evict(dropped.partition, dropped.last_offset)
+            if self._on_evict is not None:
+                for partition, offset in dropped.offsets.items():
+                    self._on_evict(partition, offset)
 
 
 class OutcomeLog(Protocol):
@@ -318,8 +320,12 @@ class KafkaReplyLog(OutcomeLog):
         max_message_bytes: int = 1_048_576,
         read_timeout_s: float = 10.0,
         clock_skew_s: float = 10.0,
+        consumer_factory: Callable[[], Any] | None = None,
     ) -> None:
+        """`consumer_factory`: makes the (not yet started) consumer; by default an
+        AIOKafkaConsumer of `bootstrap_servers` with no group."""
         self.bootstrap_servers = bootstrap_servers
+        self._consumer_factory = consumer_factory or self._kafka_consumer
         self.topic = topic
         self._partition_count = partition_count
         self.client_id = client_id
@@ -368,10 +374,10 @@ class KafkaReplyLog(OutcomeLog):
                 async with asyncio.timeout(5):
                     await consumer.stop()
 
-    async def _open(self) -> None:
+    def _kafka_consumer(self) -> Any:
         from aiokafka import AIOKafkaConsumer
 
-        consumer = AIOKafkaConsumer(
+        return AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             client_id=self.client_id,
             group_id=None,
@@ -379,6 +385,9 @@ class KafkaReplyLog(OutcomeLog):
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=self.max_message_bytes,
         )
+
+    async def _open(self) -> None:
+        consumer = self._consumer_factory()
         await consumer.start()
         self._consumer = consumer
         self._ready.set()
@@ -449,22 +458,27 @@ class KafkaReplyLog(OutcomeLog):
         end = (await consumer.end_offsets([tp]))[tp]
         found = (await consumer.offsets_for_times({tp: since_ms})).get(tp)
         start = found.offset if found is not None else end
-        own = OutcomeIndex(self.index.lookback_s, max_bytes=1 << 62)
+        own = OutcomeIndex(float("inf"), max_bytes=1 << 62)  # the request's own: all kept
         key = request.request_id.encode()
         scanned = self._scanned.get(partition)
-        if scanned is None or start > scanned.position:
-            # Nothing kept of this partition, or only what is older than the request.
+        if scanned is None or start > scanned.position or end < scanned.position:
+            # Nothing kept of this partition, only what is older than the request, or a
+            # range the partition no longer has (the topic was recreated or truncated).
             scanned = self._scanned[partition] = _Scanned(start, start)
             await self._read_range(consumer, tp, start, end, key, own, scanned)
         else:
             if start < scanned.start:  # what lies before the range kept
                 kept_from, scanned.start = scanned.start, start
+                lower = _Scanned(start, start)
                 try:
-                    await self._read_range(
-                        consumer, tp, start, kept_from, key, own, _Scanned(start, start)
-                    )
+                    await self._read_range(consumer, tp, start, kept_from, key, own, lower)
                 except BaseException:
-                    scanned.start = max(scanned.start, kept_from)  # not all read after all
+                    # Keep what the lower read got (evictions meanwhile moved
+                    # `scanned.start`), so that a retry goes on from there.
+                    if scanned.start < lower.position:
+                        self._scanned[partition] = _Scanned(scanned.start, lower.position)
+                    else:
+                        del self._scanned[partition]
                     raise
             await self._read_range(consumer, tp, scanned.position, end, key, own, scanned)
         return own.get(request.request_id)

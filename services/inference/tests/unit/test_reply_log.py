@@ -1,0 +1,175 @@
+"""`KafkaReplyLog`'s reading of reply partitions, on a fake consumer (no broker): what it
+keeps of a partition stays true when the partition shrinks (a recreated topic), when a
+read is interrupted, when the index drops records, and for a request whose records sit in
+two partitions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import namedtuple
+from typing import Any
+
+import pytest
+from aiokafka.structs import TopicPartition
+
+from switchyard.common.bus import BusUnavailableError
+from switchyard.common.events import StreamEvent, encode_event
+from switchyard.inference.publishing import chunk_records
+from switchyard.inference.redelivery import KafkaReplyLog, OutcomeIndex
+from switchyard.inference.testing import chat_request
+
+TOPIC = "t.replies"
+Record = namedtuple("Record", "key value headers offset")
+OffsetAndTimestamp = namedtuple("OffsetAndTimestamp", "offset timestamp")
+
+
+def chunk_of(request, pad: int = 0) -> bytes:
+    events = [StreamEvent(data={"choices": [], "pad": "x" * pad})]
+    record = chunk_records(request.request_id, request.id, request.tenant, "run")(0, events)
+    return encode_event(record)
+
+
+class FakeConsumer:
+    """A consumer of one topic whose partitions are lists of records (every record is as
+    recent as the lookup: `offsets_for_times` answers the first offset); `getmany` hands
+    out `per_poll` records at a time, and `stall_at`, if set, is an offset it never gets
+    past (a read that cannot finish in time)."""
+
+    def __init__(self, per_poll: int = 10) -> None:
+        self.partitions: dict[int, list[Record]] = {0: [], 1: []}
+        self.per_poll = per_poll
+        self.stall_at: int | None = None
+        self.assigned: list[TopicPartition] = []
+        self.positions: dict[TopicPartition, int] = {}
+        self.read: list[int] = []  # offsets handed out, in order
+
+    def append(self, partition: int, key: str, value: bytes, kind: bytes = b"chat.chunk") -> int:
+        records = self.partitions[partition]
+        records.append(Record(key.encode(), value, [("type", kind)], len(records)))
+        return len(records) - 1
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def end_offsets(self, tps):
+        return {tp: len(self.partitions[tp.partition]) for tp in tps}
+
+    async def offsets_for_times(self, wanted):
+        return {
+            tp: OffsetAndTimestamp(0, 0) if self.partitions[tp.partition] else None for tp in wanted
+        }
+
+    def assign(self, tps) -> None:
+        self.assigned = list(tps)
+
+    def unsubscribe(self) -> None:
+        self.assigned = []
+
+    def seek(self, tp, offset: int) -> None:
+        self.positions[tp] = offset
+
+    async def position(self, tp) -> int:
+        return self.positions[tp]
+
+    async def getmany(self, tp, timeout_ms: int):
+        records = self.partitions[tp.partition]
+        at = self.positions[tp]
+        if self.stall_at is not None and at >= self.stall_at:
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        batch = records[at : at + self.per_poll]
+        self.positions[tp] = at + len(batch)
+        self.read += [r.offset for r in batch]
+        return {tp: batch}
+
+
+async def started_log(consumer: FakeConsumer, **options: Any) -> KafkaReplyLog:
+    async def partition_count(topic: str) -> int:
+        return 2
+
+    log = KafkaReplyLog(
+        "unused:9092",
+        TOPIC,
+        partition_count,
+        lookback_s=600,
+        consumer_factory=lambda: consumer,
+        **options,
+    )
+    await log.start()
+    return log
+
+
+def on_partition(request, partition: int):
+    from switchyard.common.events import ReplyAddress
+
+    address = ReplyAddress(partition=partition, instance_id="gw-1")
+    return request.model_copy(
+        update={"data": request.data.model_copy(update={"reply_to": address})}
+    )
+
+
+async def test_a_partition_shorter_than_what_was_read_is_read_again_from_its_start() -> None:
+    consumer = FakeConsumer()
+    for _ in range(60):
+        other = chat_request(model="m")
+        consumer.append(0, other.request_id, chunk_of(other))
+    log = await started_log(consumer)
+    try:
+        assert await log.lookup(on_partition(chat_request(model="m"), 0)) is None  # [0, 60)
+        consumer.partitions[0] = []  # the topic was deleted and created again
+        target = on_partition(chat_request(model="m", stream=True), 0)
+        consumer.append(0, target.request_id, chunk_of(target))
+
+        recorded = await log.lookup(target)
+
+        assert recorded is not None and recorded.stream_started is not None
+    finally:
+        await log.stop()
+
+
+async def test_after_an_interrupted_read_of_what_lies_before_the_request_is_found() -> None:
+    consumer = FakeConsumer(per_poll=5)
+    early = on_partition(chat_request(model="m", stream=True), 0)
+    consumer.append(0, early.request_id, chunk_of(early))
+    for _ in range(49):
+        other = chat_request(model="m")
+        consumer.append(0, other.request_id, chunk_of(other, pad=2_000))
+    # A small index: the first read keeps only its last records (the range moves up).
+    log = await started_log(consumer, read_timeout_s=0.5)
+    log.index.max_bytes = 20_000
+    try:
+        assert await log.lookup(on_partition(chat_request(model="m"), 0)) is None
+        consumer.read.clear()
+        consumer.stall_at = 20  # the read of what lies before stops there, in time
+        with pytest.raises(BusUnavailableError):
+            await log.lookup(early)
+        consumer.stall_at = None
+        consumer.read.clear()
+
+        recorded = await log.lookup(early)
+
+        assert recorded is not None and recorded.stream_started is not None
+        assert recorded.stream_started.request_id == early.request_id
+    finally:
+        await log.stop()
+
+
+def test_an_entry_read_from_two_partitions_tells_each_partition_of_its_eviction() -> None:
+    evicted: list[tuple[int, int]] = []
+    index = OutcomeIndex(600, max_bytes=1, on_evict=lambda p, o: evicted.append((p, o)))
+    request = chat_request(model="m", stream=True)
+    index.add_record(request.request_id, b"chat.chunk", chunk_of(request), partition=3, offset=7)
+    # Dropped at once (1 byte budget), re-added from another partition, dropped again.
+    index.add_record(request.request_id, b"chat.chunk", chunk_of(request), partition=5, offset=2)
+    assert evicted == [(3, 7), (5, 2)]
+
+    both = OutcomeIndex(600, on_evict=lambda p, o: evicted.append((p, o)))
+    both.add_record("r", b"chat.chunk", b"{}", partition=3, offset=7)
+    both.add_record("r", b"chat.completed", b"{}", partition=5, offset=2)
+    evicted.clear()
+    both.max_bytes = 0
+    both.add_record("s", b"chat.chunk", b"{}", partition=1, offset=0)
+    assert (3, 7) in evicted and (5, 2) in evicted
