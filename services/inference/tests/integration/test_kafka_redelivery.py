@@ -45,10 +45,9 @@ def routing(simulator) -> RoutingTable:
     return RoutingTable(models={"m": ModelRoute(name="m", deployments=[deployment])})
 
 
-async def started_log(kafka_servers: str, topic: str, bus: KafkaBus) -> KafkaReplyLog:
-    log = KafkaReplyLog(
-        kafka_servers, topic, bus.partition_count, lookback_s=600, read_timeout_s=20
-    )
+async def started_log(kafka_servers: str, topic: str, bus: KafkaBus, **options) -> KafkaReplyLog:
+    options = {"lookback_s": 600, "read_timeout_s": 20, **options}
+    log = KafkaReplyLog(kafka_servers, topic, bus.partition_count, **options)
     await log.start()
     return log
 
@@ -127,10 +126,12 @@ def marker_of(request, pad: int = 0):
     return chunk_records(request.request_id, request.id, request.tenant, "run-1")(0, events)
 
 
-async def publish_markers(bus: KafkaBus, topic: str, count: int, pad: int = 0) -> None:
+async def publish_markers(
+    bus: KafkaBus, topic: str, count: int, pad: int = 0, partition: int = 0
+) -> None:
     await asyncio.gather(
         *(
-            bus.publish(topic, marker_of(r, pad), key=r.request_id, partition=0)
+            bus.publish(topic, marker_of(r, pad), key=r.request_id, partition=partition)
             for r in (chat_request(model="m", reply_to=False) for _ in range(count))
         )
     )
@@ -145,10 +146,7 @@ def on_partition(request, partition: int):
 async def test_a_later_lookup_reads_from_its_own_request_not_from_an_old_position(
     kafka_servers, kafka_topics, bus
 ) -> None:
-    log = KafkaReplyLog(
-        kafka_servers, kafka_topics.replies, bus.partition_count, lookback_s=600, clock_skew_s=1
-    )
-    await log.start()
+    log = await started_log(kafka_servers, kafka_topics.replies, bus, clock_skew_s=1)
     try:
         assert await log.lookup(on_partition(chat_request(model="m"), 0)) is None
         await publish_markers(bus, kafka_topics.replies, 200)  # long before the next request
@@ -165,10 +163,7 @@ async def test_a_later_lookup_reads_from_its_own_request_not_from_an_old_positio
 async def test_a_request_is_found_though_its_read_outgrows_what_the_index_keeps(
     kafka_servers, kafka_topics, bus
 ) -> None:
-    log = KafkaReplyLog(
-        kafka_servers, kafka_topics.replies, bus.partition_count, lookback_s=600, max_bytes=100_000
-    )
-    await log.start()
+    log = await started_log(kafka_servers, kafka_topics.replies, bus, max_bytes=100_000)
     try:
         target = on_partition(chat_request(model="m", stream=True), 0)
         await bus.publish(kafka_topics.replies, marker_of(target), partition=0)
@@ -187,24 +182,16 @@ async def test_a_request_is_found_though_its_read_outgrows_what_the_index_keeps(
 async def test_what_another_partition_pushed_out_of_the_index_is_read_again(
     kafka_servers, kafka_topics, bus
 ) -> None:
-    log = KafkaReplyLog(
-        kafka_servers, kafka_topics.replies, bus.partition_count, lookback_s=600, max_bytes=100_000
-    )
-    await log.start()
+    log = await started_log(kafka_servers, kafka_topics.replies, bus, max_bytes=100_000)
     try:
         first, second = (on_partition(chat_request(model="m", stream=True), 0) for _ in "ab")
         for request in (first, second):
             await bus.publish(kafka_topics.replies, marker_of(request), partition=0)
         assert (await log.lookup(first)) is not None  # partition 0 read, `second` kept
 
-        crowd, topic = on_partition(chat_request(model="m"), 1), kafka_topics.replies
-        await asyncio.gather(
-            *(
-                bus.publish(topic, marker_of(r, 1_000), key=r.request_id, partition=1)
-                for r in (chat_request(model="m") for _ in range(300))
-            )
-        )
-        await log.lookup(crowd)  # partition 1's records push partition 0's out
+        await publish_markers(bus, kafka_topics.replies, 300, pad=1_000, partition=1)
+        # Partition 1's records push partition 0's out of the index.
+        await log.lookup(on_partition(chat_request(model="m"), 1))
 
         recorded = await log.lookup(second)
 
