@@ -28,7 +28,9 @@ replica died or a rebalance moved partitions, never while requests simply flow.
 its request id's key hashes to when nobody waits), from shortly before the request was
 made up to the end the broker gives at the start of the lookup (a read barrier: a record
 written by a replica that died a moment ago is never missed), and keeps what it read for
-`lookback_s`, so the redeliveries of one rebalance read each partition once.
+`lookback_s` within a memory bound, with the range of offsets it still holds, so a
+later lookup reads only what its own range lacks and the redeliveries of one rebalance
+read each partition about once.
 `LocalOutcomeLog` is told what this process writes (the in-memory bus of embedded mode and
 tests, where one process holds every request).
 """
@@ -53,7 +55,6 @@ from switchyard.common.events import (
     ChatFailed,
     ChatRequested,
     EnvelopeFields,
-    Event,
     UsageRecorded,
     decode_event,
     encode_event,
@@ -140,7 +141,7 @@ class OutcomeIndex:
         entry = self._entries.get(request_id)
         return entry is not None and entry.stream_started is not None
 
-    def add(self, event: Event, usage: Event | None = None) -> None:
+    def add(self, event: EnvelopeFields, usage: EnvelopeFields | None = None) -> None:
         """Index one event written to a reply partition (encoded here), with the usage
         event its record carries. Events other than chunks and terminal events are
         ignored, and so is a chunk when one of its request is kept already."""
@@ -264,7 +265,7 @@ class LocalOutcomeLog(OutcomeLog):
 
     @override
     def written(self, event: EnvelopeFields, usage: EnvelopeFields | None = None) -> None:
-        self.index.add(event, usage)  # type: ignore[arg-type]
+        self.index.add(event, usage)
 
     @override
     async def lookup(self, request: ChatRequested) -> Recorded | None:
