@@ -392,7 +392,53 @@ async def test_an_upstream_that_refuses_the_connection_fails_the_same_way(kind: 
     finally:
         await upstream.aclose()
     assert direct == sdk
-    assert direct["status"] in (502, 504) and direct["retryable"]
+    assert (direct["status"], direct["code"], direct["retryable"]) == (
+        502,
+        "upstream_unreachable",
+        True,
+    )
+
+
+@pytest.fixture
+async def cutting_server() -> AsyncIterator[str]:
+    """A provider that answers 200 with the first event of a stream, then closes the
+    connection before the stream's end."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+            b"1a\r\ndata: {\"choices\": [{}]}\n\n\r\n"
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.close()
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_stream_cut_off_half_way_fails_the_same_way(
+    cutting_server: str, kind: str
+) -> None:
+    upstream = create_upstream(deployment(kind, cutting_server))
+    assert isinstance(upstream, SDKUpstream)
+    through_sdk = type(upstream)(upstream.deployment, upstream.client)
+    try:
+        direct, sdk = await failures(upstream, through_sdk, stream=True)
+    finally:
+        await upstream.aclose()
+    assert direct == sdk
+    assert (direct["status"], direct["code"]) == (502, "upstream_unreachable")
 
 
 async def test_a_body_that_is_not_json_is_refused_as_a_bad_request(

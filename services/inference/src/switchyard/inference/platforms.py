@@ -41,6 +41,7 @@ from switchyard.inference.upstream import (
     SSE,
     AnthropicUpstream,
     OpenAIUpstream,
+    Reply,
     anthropic_sdk,
     invalid_reply,
     parse_object,
@@ -270,7 +271,7 @@ class BedrockUpstream(_PlatformAnthropicUpstream):
         )
         return cls(deployment, client)
 
-    def _events(self, response: httpx2.Response) -> AsyncIterator[Any]:
+    def _events(self, response: Reply) -> AsyncIterator[Any]:
         # AWS event-stream frames, not Server-Sent Events: the SDK's own decoder (botocore)
         # yields one event per frame, an `exception` frame as an `error` event.
         return cast(

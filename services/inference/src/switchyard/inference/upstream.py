@@ -8,9 +8,10 @@ options model, header merging, user-agent and platform look-ups, stdlib JSON), w
 cost more CPU than anything else in the call: what the client sends with every request
 (base URL, key header, user agent, `x-stainless-*`, `anthropic-version`) is read from it
 once, and each request merges in its own headers as the SDK would, serialises the body
-with orjson and goes out through the SDK's own aiohttp-backed HTTP client
-(`DirectRequests`). The bytes on the wire are the SDK's; an error status maps through
-the same `status_error` as the SDK's exceptions. The platform kinds (`platforms.py`),
+with orjson and goes out on aiohttp directly (`DirectRequests`), where the SDK's aiohttp
+client would build it twice (as an httpx request, then as an aiohttp one). The headers,
+path and body on the wire are the SDK's; an error status maps through the same
+`status_error` as the SDK's exceptions. The platform kinds (`platforms.py`),
 whose authentication runs per call, keep the SDK's `post`.
 
 Replies are read as bytes and parsed once with orjson (never into SDK models: those
@@ -25,19 +26,23 @@ sent to another host.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import email.utils
 import json
 import ssl
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
+import aiohttp
 import httpx2
 import openai
 import orjson
+import yarl
 from httpx_sse import EventSource, SSEError
 
 from switchyard.common.errorformat import status_of
@@ -188,6 +193,8 @@ def map_sdk_error(
     `deployment`, which speaks `protocol`; an HTTP error status is mapped by
     `status_error`."""
     name = deployment.name
+    if _connection_failure_under(exc):
+        return unreachable(name)
     if isinstance(exc, (*_sdk_classes("APITimeoutError"), httpx2.TimeoutException)):
         return timeout_error(name)
     if isinstance(exc, (*_sdk_classes("APIConnectionError"), httpx2.TransportError)):
@@ -209,6 +216,18 @@ def map_sdk_error(
         deployment,
         protocol,
     )
+
+
+def _connection_failure_under(exc: BaseException) -> bool:
+    """Whether `exc` was caused by aiohttp failing to connect or losing the connection
+    (not by a timeout): the SDKs' aiohttp transport reports those as httpx's
+    `ConnectTimeout`, which the SDKs turn into a timeout, but nothing timed out."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectionError):
+            return not isinstance(cause, TimeoutError)
+        cause = cause.__cause__
+    return False
 
 
 def sdk_error_body(status: int, text: str, protocol: Protocol_) -> tuple[object, str]:
@@ -379,12 +398,16 @@ def parse_object(content: bytes | str, deployment: str) -> dict[str, Any]:
 
 class DirectRequests:
     """The requests an SDK client would build, built without its per-call machinery (its
-    request options model, header merging, user-agent and platform look-ups, stdlib JSON):
-    what the client sends with every request is read from it ONCE (`base_url`,
-    `auth_headers`, `default_headers`: its user agent, `x-stainless-*` platform headers,
-    Anthropic's `anthropic-version`), and each request only merges the per-request headers
-    into a copy, serialises the body with orjson and hands the request to the SDK's own
-    HTTP client (`http`: its aiohttp transport, connection pool and timeouts).
+    request options model, header merging, user-agent and platform look-ups, stdlib JSON)
+    and sent on one HTTP client instead of two (the SDKs' aiohttp client is httpx's API
+    over an aiohttp transport: each request is built as an httpx request, then again as an
+    aiohttp one). What the client sends with every request is read from it ONCE
+    (`base_url`, `auth_headers`, `default_headers`: its user agent, `x-stainless-*` platform
+    headers, Anthropic's `anthropic-version`, and the HTTP client's own `accept-encoding`
+    and `connection`); each request only merges its own headers into a copy, serialises
+    the body with orjson and goes out on an `aiohttp.ClientSession` configured as the SDK's
+    transport configures its own (the SDK's connection limit, httpx's keep-alive expiry and
+    TLS trust store, no redirects, no proxy and no `.netrc` look-up).
 
     Headers merge as the SDKs merge them (openai's `_merge_headers`, anthropic's
     `build_headers`): case-insensitively, a later layer winning in the earlier one's place
@@ -392,15 +415,25 @@ class DirectRequests:
     replaced. The per-request `x-stainless-timeout` / `x-stainless-read-timeout` (the
     timeout, seconds) and `x-stainless-retry-count` (`0`: the SDK never retries here) sit
     where each SDK puts them. `usable(client)` says whether a client can be read this
-    way: one whose authentication is a fixed header, with no per-call hook."""
+    way: one whose authentication is a fixed header, with no per-call hook, and no proxy
+    configured in the environment (a proxied deployment keeps the SDK's client, which
+    routes through it)."""
 
     _URLS_KEPT = 64  # paths are the adapters' constants; the bound is a safety net
+    # The SDKs' DEFAULT_CONNECTION_LIMITS (1,000 connections) and httpx's keep-alive
+    # expiry (5 s), which their aiohttp transport hands to its connector.
+    MAX_CONNECTIONS = 1000
+    KEEPALIVE_S = 5.0
 
     def __init__(self, client: Any, http: httpx2.AsyncClient, protocol: Protocol_) -> None:
-        self.http = http
         self.protocol = protocol
         self._base_url: httpx2.URL = client.base_url
-        self._urls: dict[str, httpx2.URL] = {}
+        self._urls: dict[str, yarl.URL] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._session: aiohttp.ClientSession | None = None
+        # The HTTP client's own (`accept-encoding`, `connection`...), which httpx sends
+        # first unless the request's headers name them (`accept`, `user-agent`).
+        self._http_headers = [(name, value) for name, value in http.headers.items()]
         layers: list[Mapping[str, Any]]
         if protocol == "anthropic":
             # anthropic's `default_headers` include its `auth_headers`; its per-request
@@ -416,7 +449,8 @@ class DirectRequests:
     def usable(client: Any) -> bool:
         """Whether `client`'s requests can be built by this class: a plain
         `openai.AsyncOpenAI` or `anthropic.AsyncAnthropic` whose credentials are a fixed
-        header and that has no custom auth flow (token providers, workload identity)."""
+        header, that has no custom auth flow (token providers, workload identity), in a
+        process with no proxy set in its environment (`HTTPS_PROXY` and the like)."""
         if type(client) not in _sdk_classes("AsyncOpenAI", "AsyncAnthropic"):
             return False
         if client.custom_auth is not None or client.default_query:
@@ -425,28 +459,31 @@ class DirectRequests:
             return False
         if getattr(client, "_provider_runtime", None) is not None:
             return False
+        if urllib.request.getproxies():
+            return False
         names = {name.lower() for name in {**client.auth_headers, **client.default_headers}}
         return "authorization" in names or "x-api-key" in names
 
-    def url(self, path: str) -> httpx2.URL:
+    def url(self, path: str) -> yarl.URL:
         """The URL of `path`, joined to the client's base URL as the SDK's `_prepare_url`
         joins a relative one (an absolute URL is kept). Kept parsed: the HTTP client takes
         a `URL` as it is, where a string would be parsed again on every request."""
         url = self._urls.get(path)
         if url is None:
-            url = httpx2.URL(path)
-            if url.is_relative_url:
-                raw_path = self._base_url.raw_path + url.raw_path.lstrip(b"/")
-                url = self._base_url.copy_with(raw_path=raw_path)
+            joined = httpx2.URL(path)
+            if joined.is_relative_url:
+                raw_path = self._base_url.raw_path + joined.raw_path.lstrip(b"/")
+                joined = self._base_url.copy_with(raw_path=raw_path)
+            url = yarl.URL(str(joined), encoded=True)
             if len(self._urls) < self._URLS_KEPT:
                 self._urls[path] = url
         return url
 
-    def headers(
-        self, extra: Mapping[str, str], timeout_s: float
-    ) -> list[tuple[str, str]] | list[tuple[bytes, bytes]]:
+    def headers(self, extra: Mapping[str, str], timeout_s: float) -> list[tuple[str, str]]:
         """The headers of one request: the client's own, then `extra` (the per-request
-        ones, which win), with the timeout headers for `timeout_s` seconds."""
+        ones, which win), with the timeout headers for `timeout_s` seconds. Raises
+        UnicodeEncodeError (a ValueError) for a name or value beyond ASCII in an OpenAI
+        request, which openai's SDK refuses; anthropic's sends them in UTF-8."""
         timeout = str(timeout_s)
         if self.protocol == "anthropic":
             merged = _merge_headers(
@@ -455,14 +492,44 @@ class DirectRequests:
                 extra,
                 append_helper=True,
             )
-            # anthropic's SDK hands the HTTP client headers encoded in UTF-8, so a value
-            # beyond ASCII goes out as UTF-8 (through openai's it is refused).
-            return [(name.encode(), value.encode()) for name, value in merged.values()]
-        merged = _merge_headers(self._headers, extra, append_helper=False)
-        # openai adds these after the caller's headers, unless the caller set them.
-        merged.setdefault("x-stainless-retry-count", ("x-stainless-retry-count", "0"))
-        merged.setdefault("x-stainless-read-timeout", ("x-stainless-read-timeout", timeout))
-        return list(merged.values())
+        else:
+            merged = _merge_headers(self._headers, extra, append_helper=False)
+            # openai adds these after the caller's headers, unless the caller set them.
+            merged.setdefault("x-stainless-retry-count", ("x-stainless-retry-count", "0"))
+            merged.setdefault("x-stainless-read-timeout", ("x-stainless-read-timeout", timeout))
+        # httpx's `Headers.update`: the client's own first, but those the request names.
+        headers = [pair for pair in self._http_headers if pair[0].lower() not in merged]
+        headers += merged.values()
+        if self.protocol == "openai":
+            for name, value in headers:
+                if not (name.isascii() and value.isascii()):
+                    # What httpx raises for it under openai's SDK.
+                    value.encode("ascii")
+                    name.encode("ascii")
+        return headers
+
+    def timeout(self, timeout_s: float) -> aiohttp.ClientTimeout:
+        """`timeout_s` for connecting, each read and waiting for a pooled connection, as the
+        SDK's transport maps httpx's timeout (no total: a stream may last longer)."""
+        timeout = self._timeouts.get(timeout_s)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
+            )
+            if len(self._timeouts) < self._URLS_KEPT:
+                self._timeouts[timeout_s] = timeout
+        return timeout
+
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP client, made on first use (on the running event loop)."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self.MAX_CONNECTIONS,
+                keepalive_timeout=self.KEEPALIVE_S,
+                ssl=httpx2.create_ssl_context(),
+            )
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        return self._session
 
     async def post(
         self,
@@ -472,18 +539,104 @@ class DirectRequests:
         timeout_s: float,
         *,
         stream: bool,
-    ) -> httpx2.Response:
+    ) -> DirectResponse:
         """POST the JSON `body` to `path`; the response, its body read unless `stream`.
-        Redirects are not followed. Raises what the HTTP client raises (httpx2's
-        exceptions) and orjson's TypeError for a body it cannot serialise."""
-        request = self.http.build_request(
-            "POST",
+        Redirects are not followed. Raises what aiohttp raises (`aiohttp.ClientError`,
+        `TimeoutError`), orjson's TypeError for a body it cannot serialise and a
+        ValueError for a header the SDK refuses."""
+        response = await self.session().post(
             self.url(path),
+            data=orjson.dumps(body),
             headers=self.headers(headers, timeout_s),
-            content=orjson.dumps(body),
-            timeout=timeout_s,
+            timeout=self.timeout(timeout_s),
+            allow_redirects=False,
         )
-        return await self.http.send(request, stream=stream, follow_redirects=False)
+        reply = DirectResponse(response)
+        if not stream:
+            try:
+                await reply.aread()
+            finally:
+                reply.release()
+        return reply
+
+    async def aclose(self) -> None:
+        """Close the HTTP client and its connections."""
+        if self._session is not None:
+            await self._session.close()
+
+
+class DirectResponse:
+    """An aiohttp response with the part of httpx's `Response` interface the callers use
+    (`status_code`, `is_success`, `headers`, `aread`, `text`, `aiter_bytes`, `aiter_text`,
+    `aclose`), so
+    that a stream is parsed by httpx-sse whichever client carried it."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self._content: bytes | None = None
+        self.status_code = response.status
+        self.headers = response.headers
+
+    @property
+    def is_success(self) -> bool:
+        """Whether the status is 2xx."""
+        return 200 <= self.status_code < 300
+
+    async def aread(self) -> bytes:
+        """The whole body (read once, decompressed as `content-encoding` says)."""
+        if self._content is None:
+            self._content = await self._response.read()
+        return self._content
+
+    @property
+    def text(self) -> str:
+        """The body read, decoded by its charset (UTF-8 when none; errors replaced, as
+        httpx decodes)."""
+        return (self._content or b"").decode(self._charset(), errors="replace")
+
+    def _charset(self) -> str:
+        charset = self._response.charset or "utf-8"
+        try:
+            codecs.lookup(charset)
+        except LookupError:
+            return "utf-8"
+        return charset
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body, chunk by chunk as it arrives."""
+        async for chunk in self._response.content.iter_any():
+            yield chunk
+
+    async def aiter_text(self) -> AsyncIterator[str]:
+        """The body as text, chunk by chunk as it arrives (decoded incrementally)."""
+        decoder = codecs.getincrementaldecoder(self._charset())(errors="replace")
+        async for chunk in self._response.content.iter_any():
+            text = decoder.decode(chunk)
+            if text:
+                yield text
+        text = decoder.decode(b"", final=True)
+        if text:
+            yield text
+
+    def release(self) -> None:
+        """Give the connection back to the pool (the body read) or drop it."""
+        self._response.release()
+
+    async def aclose(self) -> None:
+        """Close the response: its connection goes back to the pool when the body was
+        read to its end, and is closed otherwise (a stream given up half-way)."""
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
+
+
+# What either HTTP client carries an upstream's answer in.
+Reply = httpx2.Response | DirectResponse
+
+# aiohttp's failures to reach an upstream or read its answer (a TimeoutError among them
+# is a timeout): what the SDKs turn into APIConnectionError.
+TRANSPORT_ERRORS = (aiohttp.ClientError, ConnectionError, ssl.SSLError, TimeoutError)
 
 
 def _merge_headers(
@@ -551,6 +704,12 @@ class SDKUpstream:
         else is a bug and stays itself."""
         if isinstance(exc, ProviderError):
             return exc
+        if isinstance(exc, TimeoutError):
+            # aiohttp's (direct requests): connecting, a read, or a pooled connection.
+            return timeout_error(self.name)
+        if isinstance(exc, TRANSPORT_ERRORS):
+            # What the SDKs turn into APIConnectionError.
+            return unreachable(self.name)
         if isinstance(exc, (*_sdk_classes("OpenAIError", "AnthropicError"), httpx2.HTTPError)):
             return map_sdk_error(exc, self.deployment, self.protocol)  # type: ignore[arg-type]
         if isinstance(exc, SSEError):
@@ -567,12 +726,12 @@ class SDKUpstream:
         timeout_s: float,
         *,
         stream: bool,
-    ) -> httpx2.Response:
+    ) -> Reply:
         """POST `body` to `path`; the response with a 2xx status (its body read unless
         `stream`). Raises ProviderError for any other status and for a timeout or a
         connection failure, as the SDK's exceptions for them are mapped."""
         if self.direct is None:
-            response: httpx2.Response = await self.client.post(
+            response: Reply = await self.client.post(
                 path,
                 cast_to=httpx2.Response,
                 body=body,
@@ -583,11 +742,8 @@ class SDKUpstream:
             return response
         try:
             response = await self.direct.post(path, body, headers, timeout_s, stream=stream)
-        except httpx2.TimeoutException as exc:
-            raise timeout_error(self.name) from exc
-        except (httpx2.RequestError, ssl.SSLError) as exc:
-            # The exceptions the SDKs turn into APIConnectionError.
-            raise unreachable(self.name) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise self._failure(exc) from exc
         if response.is_success:
             return response
         try:
@@ -649,15 +805,20 @@ class SDKUpstream:
             if response is not None:
                 await response.aclose()
 
-    def _events(self, response: httpx2.Response) -> AsyncIterator[Any]:
+    def _events(self, response: Reply) -> AsyncIterator[Any]:
         """The events of a streamed answer (objects with `event` and `data`): parsed as
         Server-Sent Events here; Bedrock frames them otherwise."""
-        # httpx-sse is typed against httpx's Response; httpx2's has the same interface.
+        # httpx-sse is typed against httpx's Response; httpx2's and DirectResponse have
+        # the part of its interface it uses (`headers`, `aiter_text`).
         return EventSource(cast(Any, response)).aiter_sse()
 
     async def aclose(self) -> None:
-        """Close the SDK client and its connection pool."""
-        await self.client.close()
+        """Close the SDK client, the direct requests' HTTP client and their connections."""
+        try:
+            await self.client.close()
+        finally:
+            if self.direct is not None:
+                await self.direct.aclose()
 
 
 class OpenAIUpstream(SDKUpstream):
