@@ -1,7 +1,8 @@
 """`KafkaReplyLog`'s reading of reply partitions, on a fake consumer (no broker): what it
 keeps of a partition stays true when the partition shrinks (a recreated topic), when a
 read is interrupted, when the index drops records, and for a request whose records sit in
-two partitions."""
+two partitions; a read that keeps getting records outlasts the read timeout, one that
+stops does not."""
 
 from __future__ import annotations
 
@@ -155,6 +156,32 @@ async def test_after_an_interrupted_read_of_what_lies_before_the_request_is_foun
         assert recorded.stream_started.request_id == early.request_id
     finally:
         await log.stop()
+
+
+async def test_a_read_that_keeps_going_is_not_cut_short_by_the_read_timeout() -> None:
+    consumer = SlowConsumer(per_poll=1)
+    for _ in range(30):
+        other = chat_request(model="m")
+        consumer.append(0, other.request_id, chunk_of(other))
+    target = on_partition(chat_request(model="m", stream=True), 0)
+    consumer.append(0, target.request_id, chunk_of(target))
+    # 31 polls of 50 ms: three times the read timeout, each poll well within it.
+    log = await started_log(consumer, read_timeout_s=0.5)
+    try:
+        recorded = await log.lookup(target)
+
+        assert recorded is not None and recorded.stream_started is not None
+        assert consumer.read == list(range(31))
+    finally:
+        await log.stop()
+
+
+class SlowConsumer(FakeConsumer):
+    """A consumer whose every poll takes 50 ms."""
+
+    async def getmany(self, tp, timeout_ms: int):
+        await asyncio.sleep(0.05)
+        return await super().getmany(tp, timeout_ms)
 
 
 def test_an_entry_read_from_two_partitions_tells_each_partition_of_its_eviction() -> None:

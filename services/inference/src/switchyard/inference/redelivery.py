@@ -300,14 +300,16 @@ class KafkaReplyLog(OutcomeLog):
 
     `lookup(request)` reads the request's reply partition from `clock_skew_s` before the
     request's `time` (records carry their writer's clock; `lookback_s` back at most) up to
-    the end offset the broker gives at the start of the lookup, within `read_timeout_s`
-    (beyond it the log is unavailable: BusUnavailableError). What was read is kept
-    (`OutcomeIndex`) and so is, per partition, the range of offsets all of whose records
-    are still kept: a later lookup reads only what is missing from its own range (what was
-    written since, what lies before, or all of it when the range kept is older than the
-    request), so the redeliveries of one rebalance read each partition about once. The
-    request's own records found in a read are used even if the index had to drop them.
-    Lookups take turns."""
+    the end offset the broker gives at the start of the lookup; when `read_timeout_s` pass
+    without a record read (the broker does not answer, or the lookup waits that long for
+    its turn), the log is unavailable: BusUnavailableError. A long read that keeps getting
+    records is never cut short, so a lookup over more records than the index keeps ends.
+    What was read is kept (`OutcomeIndex`) and so is, per partition, the range of offsets
+    all of whose records are still kept: a later lookup reads only what is missing from
+    its own range (what was written since, what lies before, or all of it when the range
+    kept is older than the request), so the redeliveries of one rebalance read each
+    partition about once. The request's own records found in a read are used even if the
+    index had to drop them. Lookups take turns."""
 
     def __init__(
         self,
@@ -430,12 +432,16 @@ class KafkaReplyLog(OutcomeLog):
         since = max(request.time.timestamp() - self.clock_skew_s, now - self.index.lookback_s)
         consumer = None
         try:
-            async with asyncio.timeout(self.read_timeout_s):
+            # A deadline that every record read pushes back: a long read that keeps
+            # going finishes however long it takes, a read that stops does not.
+            async with asyncio.timeout(self.read_timeout_s) as deadline:
                 await self._ready.wait()
                 partition = await self.partition_of(request)
                 async with self._turn:
                     consumer = self._consumer
-                    found = await self._read(consumer, partition, int(since * 1000), request)
+                    found = await self._read(
+                        consumer, partition, int(since * 1000), request, deadline
+                    )
         except TimeoutError as exc:
             raise BusUnavailableError("the replies topic could not be read up to date") from exc
         except BusUnavailableError:
@@ -447,11 +453,17 @@ class KafkaReplyLog(OutcomeLog):
         return _merged(found, self.index.get(request.request_id))
 
     async def _read(
-        self, consumer: Any, partition: int, since_ms: int, request: ChatRequested
+        self,
+        consumer: Any,
+        partition: int,
+        since_ms: int,
+        request: ChatRequested,
+        deadline: asyncio.Timeout,
     ) -> Recorded | None:
         """Read what is missing of `partition` between the first record at or after
-        `since_ms` and its end offset now, indexing every record; returns the records of
-        `request` met on the way (None: none)."""
+        `since_ms` and its end offset now, indexing every record, `deadline` moved to
+        `read_timeout_s` from each poll that got records; returns the records of `request`
+        met on the way (None: none)."""
         from aiokafka import TopicPartition
 
         assert consumer is not None
@@ -466,13 +478,15 @@ class KafkaReplyLog(OutcomeLog):
             # Nothing kept of this partition, only what is older than the request, or a
             # range the partition no longer has (the topic was recreated or truncated).
             scanned = self._scanned[partition] = _Scanned(start, start)
-            await self._read_range(consumer, tp, start, end, key, own, scanned)
+            await self._read_range(consumer, tp, start, end, key, own, scanned, deadline)
         else:
             if start < scanned.start:  # what lies before the range kept
                 kept_from, scanned.start = scanned.start, start
                 lower = _Scanned(start, start)
                 try:
-                    await self._read_range(consumer, tp, start, kept_from, key, own, lower)
+                    await self._read_range(
+                        consumer, tp, start, kept_from, key, own, lower, deadline
+                    )
                 except BaseException:
                     # Keep what the lower read got (evictions meanwhile moved
                     # `scanned.start`), so that a retry goes on from there.
@@ -481,7 +495,9 @@ class KafkaReplyLog(OutcomeLog):
                     else:
                         del self._scanned[partition]
                     raise
-            await self._read_range(consumer, tp, scanned.position, end, key, own, scanned)
+            await self._read_range(
+                consumer, tp, scanned.position, end, key, own, scanned, deadline
+            )
         return own.get(request.request_id)
 
     async def _read_range(
@@ -493,19 +509,25 @@ class KafkaReplyLog(OutcomeLog):
         key: bytes,
         own: OutcomeIndex,
         progress: _Scanned,
+        deadline: asyncio.Timeout,
     ) -> None:
         """Read `tp` from offset `begin` until the consumer's position reaches `stop`,
-        advancing `progress.position`; records keyed `key` also go to `own`."""
+        advancing `progress.position` and pushing `deadline` back after each poll that got
+        records; records keyed `key` also go to `own`."""
         if begin >= stop:
             return
+        loop = asyncio.get_running_loop()
         consumer.assign([tp])
         consumer.seek(tp, begin)
         try:
             while progress.position < stop:
                 batches = await consumer.getmany(tp, timeout_ms=200)
-                for record in batches.get(tp, ()):
+                records = batches.get(tp, ())
+                for record in records:
                     self._index(record, tp.partition, key, own)
                 progress.position = max(progress.position, await consumer.position(tp))
+                if records:
+                    deadline.reschedule(loop.time() + self.read_timeout_s)
         finally:
             consumer.unsubscribe()  # fetch nothing until the next lookup
 
