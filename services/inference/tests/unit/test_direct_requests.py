@@ -415,7 +415,7 @@ async def cutting_server() -> AsyncIterator[str]:
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"transfer-encoding: chunked\r\n\r\n"
-            b"1a\r\ndata: {\"choices\": [{}]}\n\n\r\n"
+            b'1a\r\ndata: {"choices": [{}]}\n\n\r\n'
         )
         await writer.drain()
         writer.close()
@@ -427,9 +427,7 @@ async def cutting_server() -> AsyncIterator[str]:
 
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
-async def test_a_stream_cut_off_half_way_fails_the_same_way(
-    cutting_server: str, kind: str
-) -> None:
+async def test_a_stream_cut_off_half_way_fails_the_same_way(cutting_server: str, kind: str) -> None:
     upstream = create_upstream(deployment(kind, cutting_server))
     assert isinstance(upstream, SDKUpstream)
     through_sdk = type(upstream)(upstream.deployment, upstream.client)

@@ -495,9 +495,7 @@ class KafkaReplyLog(OutcomeLog):
                     else:
                         del self._scanned[partition]
                     raise
-            await self._read_range(
-                consumer, tp, scanned.position, end, key, own, scanned, deadline
-            )
+            await self._read_range(consumer, tp, scanned.position, end, key, own, scanned, deadline)
         return own.get(request.request_id)
 
     async def _read_range(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import email.utils
+import functools
 import json
 import ssl
 import sys
@@ -43,6 +44,7 @@ import httpx2
 import openai
 import orjson
 import yarl
+from aiohttp.http_exceptions import ContentEncodingError
 from httpx_sse import EventSource, SSEError
 
 from switchyard.common.errorformat import status_of
@@ -216,6 +218,20 @@ def map_sdk_error(
         deployment,
         protocol,
     )
+
+
+def _undecodable(exc: BaseException) -> bool:
+    """Whether `exc` is aiohttp failing to decode a body by its `content-encoding` (one
+    that was not asked for, such as `br`, whose response aiohttp refuses whatever its
+    status, or data that is not in it): a bad reply, not a broken connection."""
+    if not isinstance(exc, aiohttp.ClientError):
+        return False
+    cause = exc.__cause__ or exc.__context__
+    for _ in range(4):  # aiohttp wraps it once or twice
+        if cause is None or isinstance(cause, ContentEncodingError):
+            break
+        cause = cause.__cause__ or cause.__context__
+    return isinstance(cause, ContentEncodingError)
 
 
 def _connection_failure_under(exc: BaseException) -> bool:
@@ -396,6 +412,27 @@ def parse_object(content: bytes | str, deployment: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- clients
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The TLS context of direct requests: httpx's (`httpx2.create_ssl_context`), as the
+    SDKs' aiohttp transport builds it (certifi's roots, or `SSL_CERT_FILE` /
+    `SSL_CERT_DIR`). Built once per process: a build takes 20 to 30 ms on the event
+    loop."""
+    return httpx2.create_ssl_context()
+
+
+def _proxied(url: httpx2.URL) -> bool:
+    """Whether a proxy of the environment applies to `url` (`<scheme>_proxy` or
+    `all_proxy`, either case, unless `no_proxy` names its host), by the standard
+    library's reading of those variables. Where it and httpx's differ (a CIDR range in
+    `no_proxy`), it finds a proxy where httpx may find none: the SDK's client is then
+    used, which decides for itself."""
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(url.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(url.netloc.decode("ascii"))
+
+
 class DirectRequests:
     """The requests an SDK client would build, built without its per-call machinery (its
     request options model, header merging, user-agent and platform look-ups, stdlib JSON)
@@ -429,11 +466,12 @@ class DirectRequests:
         self.protocol = protocol
         self._base_url: httpx2.URL = client.base_url
         self._urls: dict[str, yarl.URL] = {}
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._hosts: dict[yarl.URL, str] = {}  # each URL's `host` header, as httpx gives it
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
         # The HTTP client's own (`accept-encoding`, `connection`...), which httpx sends
         # first unless the request's headers name them (`accept`, `user-agent`).
-        self._http_headers = [(name, value) for name, value in http.headers.items()]
+        self._http_headers = [(name.lower(), value) for name, value in http.headers.items()]
         layers: list[Mapping[str, Any]]
         if protocol == "anthropic":
             # anthropic's `default_headers` include its `auth_headers`; its per-request
@@ -449,8 +487,9 @@ class DirectRequests:
     def usable(client: Any) -> bool:
         """Whether `client`'s requests can be built by this class: a plain
         `openai.AsyncOpenAI` or `anthropic.AsyncAnthropic` whose credentials are a fixed
-        header, that has no custom auth flow (token providers, workload identity), in a
-        process with no proxy set in its environment (`HTTPS_PROXY` and the like)."""
+        header, that has no custom auth flow (token providers, workload identity), and
+        whose base URL no proxy of the environment applies to (`HTTPS_PROXY`,
+        `ALL_PROXY`... unless `NO_PROXY` names its host)."""
         if type(client) not in _sdk_classes("AsyncOpenAI", "AsyncAnthropic"):
             return False
         if client.custom_auth is not None or client.default_query:
@@ -459,7 +498,7 @@ class DirectRequests:
             return False
         if getattr(client, "_provider_runtime", None) is not None:
             return False
-        if urllib.request.getproxies():
+        if _proxied(client.base_url):
             return False
         names = {name.lower() for name in {**client.auth_headers, **client.default_headers}}
         return "authorization" in names or "x-api-key" in names
@@ -477,6 +516,7 @@ class DirectRequests:
             url = yarl.URL(str(joined), encoded=True)
             if len(self._urls) < self._URLS_KEPT:
                 self._urls[path] = url
+            self._hosts[url] = joined.netloc.decode("ascii")
         return url
 
     def headers(self, extra: Mapping[str, str], timeout_s: float) -> list[tuple[str, str]]:
@@ -497,9 +537,10 @@ class DirectRequests:
             # openai adds these after the caller's headers, unless the caller set them.
             merged.setdefault("x-stainless-retry-count", ("x-stainless-retry-count", "0"))
             merged.setdefault("x-stainless-read-timeout", ("x-stainless-read-timeout", timeout))
-        # httpx's `Headers.update`: the client's own first, but those the request names.
-        headers = [pair for pair in self._http_headers if pair[0].lower() not in merged]
-        headers += merged.values()
+        # httpx's `Headers.update`: the client's own first, but those the request names;
+        # names in lower case, as httpx's headers hand them to the SDK's aiohttp transport.
+        headers = [pair for pair in self._http_headers if pair[0] not in merged]
+        headers += [(name, value) for name, (_, value) in merged.items()]
         if self.protocol == "openai":
             for name, value in headers:
                 if not (name.isascii() and value.isascii()):
@@ -508,27 +549,29 @@ class DirectRequests:
                     name.encode("ascii")
         return headers
 
-    def timeout(self, timeout_s: float) -> aiohttp.ClientTimeout:
+    @staticmethod
+    def timeout(timeout_s: float) -> aiohttp.ClientTimeout:
         """`timeout_s` for connecting, each read and waiting for a pooled connection, as the
         SDK's transport maps httpx's timeout (no total: a stream may last longer)."""
-        timeout = self._timeouts.get(timeout_s)
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(
-                total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
-            )
-            if len(self._timeouts) < self._URLS_KEPT:
-                self._timeouts[timeout_s] = timeout
-        return timeout
+        return aiohttp.ClientTimeout(
+            total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
+        )
 
     def session(self) -> aiohttp.ClientSession:
-        """The HTTP client, made on first use (on the running event loop)."""
-        if self._session is None or self._session.closed:
+        """The HTTP client, made on first use (on the running event loop). Raises
+        aiohttp's ClientConnectionError once `aclose` was called (as the SDK's client
+        refuses to send when closed)."""
+        if self._closed:
+            raise aiohttp.ClientConnectionError("the upstream's HTTP client is closed")
+        if self._session is None:
             connector = aiohttp.TCPConnector(
-                limit=self.MAX_CONNECTIONS,
-                keepalive_timeout=self.KEEPALIVE_S,
-                ssl=httpx2.create_ssl_context(),
+                limit=self.MAX_CONNECTIONS, keepalive_timeout=self.KEEPALIVE_S, ssl=tls_context()
             )
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+            # Cookies are kept and sent back as the SDK's httpx client does, also to an
+            # upstream addressed by its IP (aiohttp's default jar refuses those).
+            self._session = aiohttp.ClientSession(
+                connector=connector, trust_env=False, cookie_jar=aiohttp.CookieJar(unsafe=True)
+            )
         return self._session
 
     async def post(
@@ -544,10 +587,16 @@ class DirectRequests:
         Redirects are not followed. Raises what aiohttp raises (`aiohttp.ClientError`,
         `TimeoutError`), orjson's TypeError for a body it cannot serialise and a
         ValueError for a header the SDK refuses."""
+        url = self.url(path)
+        content = orjson.dumps(body)
+        # `host` first and `content-length` last, in lower case, as httpx sends them
+        # (aiohttp would add its own, capitalised).
+        request_headers = [("host", self._hosts[url]), *self.headers(headers, timeout_s)]
+        request_headers.append(("content-length", str(len(content))))
         response = await self.session().post(
-            self.url(path),
-            data=orjson.dumps(body),
-            headers=self.headers(headers, timeout_s),
+            url,
+            data=content,
+            headers=request_headers,
             timeout=self.timeout(timeout_s),
             allow_redirects=False,
         )
@@ -560,7 +609,8 @@ class DirectRequests:
         return reply
 
     async def aclose(self) -> None:
-        """Close the HTTP client and its connections."""
+        """Close the HTTP client and its connections; no request is sent after."""
+        self._closed = True
         if self._session is not None:
             await self._session.close()
 
@@ -568,8 +618,12 @@ class DirectRequests:
 class DirectResponse:
     """An aiohttp response with the part of httpx's `Response` interface the callers use
     (`status_code`, `is_success`, `headers`, `aread`, `text`, `aiter_bytes`, `aiter_text`,
-    `aclose`), so
-    that a stream is parsed by httpx-sse whichever client carried it."""
+    `aclose`), so that a stream is parsed by httpx-sse whichever client carried it."""
+
+    # How long a stream's end (after its last event) is waited for in the background, so
+    # that its connection goes back to the pool instead of being closed.
+    DRAIN_S = 5.0
+    _draining: set[asyncio.Task[None]] = set()
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
@@ -583,24 +637,24 @@ class DirectResponse:
         return 200 <= self.status_code < 300
 
     async def aread(self) -> bytes:
-        """The whole body (read once, decompressed as `content-encoding` says)."""
+        """The whole body (read once, decompressed as `content-encoding` says). Raises
+        aiohttp's ClientPayloadError for a body cut short or that cannot be decoded."""
         if self._content is None:
             self._content = await self._response.read()
         return self._content
 
     @property
     def text(self) -> str:
-        """The body read, decoded by its charset (UTF-8 when none; errors replaced, as
-        httpx decodes)."""
-        return (self._content or b"").decode(self._charset(), errors="replace")
-
-    def _charset(self) -> str:
-        charset = self._response.charset or "utf-8"
-        try:
-            codecs.lookup(charset)
-        except LookupError:
-            return "utf-8"
-        return charset
+        """The body read, decoded by its charset, or as UTF-8 when it names none or one
+        that is not a text encoding (errors replaced, as httpx decodes)."""
+        content = self._content or b""
+        charset = self._response.charset
+        if charset:
+            try:
+                return content.decode(charset, errors="replace")
+            except (LookupError, UnicodeError):
+                pass
+        return content.decode("utf-8", errors="replace")
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         """The body, chunk by chunk as it arrives."""
@@ -608,8 +662,10 @@ class DirectResponse:
             yield chunk
 
     async def aiter_text(self) -> AsyncIterator[str]:
-        """The body as text, chunk by chunk as it arrives (decoded incrementally)."""
-        decoder = codecs.getincrementaldecoder(self._charset())(errors="replace")
+        """The body as UTF-8 text, chunk by chunk as it arrives (decoded incrementally,
+        errors replaced): Server-Sent Events are UTF-8 whatever the charset says (the
+        HTML standard's event stream interpretation)."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         async for chunk in self._response.content.iter_any():
             text = decoder.decode(chunk)
             if text:
@@ -629,6 +685,33 @@ class DirectResponse:
             self._response.release()
         else:
             self._response.close()
+
+    def close_after_end(self) -> None:
+        """Close a stream whose last event was read (OpenAI's `[DONE]`) without waiting
+        for what ends its body (the last chunk of its chunked encoding, often a packet of
+        its own): the rest is read in the background for up to `DRAIN_S` seconds, and the
+        connection then goes back to the pool, or is closed if the body does not end."""
+        if self._response.content.at_eof():
+            self._response.release()
+            return
+        task = asyncio.get_running_loop().create_task(self._drain())
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def _drain(self) -> None:
+        ended = False
+        try:
+            async with asyncio.timeout(self.DRAIN_S):
+                while await self._response.content.readany():
+                    pass
+            ended = True
+        except Exception:  # noqa: BLE001, S110 - a body that does not end is closed below
+            pass
+        finally:
+            if ended:
+                self._response.release()
+            else:
+                self._response.close()
 
 
 # What either HTTP client carries an upstream's answer in.
@@ -707,6 +790,8 @@ class SDKUpstream:
         if isinstance(exc, TimeoutError):
             # aiohttp's (direct requests): connecting, a read, or a pooled connection.
             return timeout_error(self.name)
+        if _undecodable(exc):
+            return invalid_reply(self.name)
         if isinstance(exc, TRANSPORT_ERRORS):
             # What the SDKs turn into APIConnectionError.
             return unreachable(self.name)
@@ -748,6 +833,9 @@ class SDKUpstream:
             return response
         try:
             await response.aread()
+        except aiohttp.ClientPayloadError:
+            # A body cut short or undecodable: the status still says what happened.
+            pass
         finally:
             await response.aclose()
         error_body, message = sdk_error_body(response.status_code, response.text, self.protocol)
@@ -785,11 +873,13 @@ class SDKUpstream:
         yielded). Raises ProviderError, also mid-stream: an `error` event, an error object
         in place of a chunk, a broken connection. The response is closed however it ends."""
         response = None
+        done = False
         try:
             response = await self._post(path, body, headers, timeout_s, stream=True)
             async for sse in self._events(response):
                 data = sse.data
                 if data == "[DONE]":
+                    done = True
                     return
                 event = None if sse.event == "message" else sse.event
                 parsed = parse_object(data, self.name)
@@ -802,7 +892,9 @@ class SDKUpstream:
                 raise
             raise failure from exc
         finally:
-            if response is not None:
+            if done and isinstance(response, DirectResponse):
+                response.close_after_end()  # its connection kept for the next request
+            elif response is not None:
                 await response.aclose()
 
     def _events(self, response: Reply) -> AsyncIterator[Any]:

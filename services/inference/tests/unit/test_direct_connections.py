@@ -1,0 +1,295 @@
+"""Direct requests (`upstream.DirectRequests`, aiohttp) against a raw HTTP/1.1 server that
+keeps every request's head as it came off the socket: the head is byte for byte the one
+the SDK's own client sends (names in the same case and order; cookies the upstream set
+are sent back, though aiohttp writes them last);
+a stream's connection goes back to the pool even when its body's last chunk comes after
+its `[DONE]`; an upstream closed is never called again; a proxy in the environment keeps
+the SDK's client; replies in an encoding that was not asked for, or in a charset that is
+no text encoding, are the upstream's fault, never the client's."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from switchyard.common.routing import Deployment
+from switchyard.inference.errors import ProviderError
+from switchyard.inference.upstream import DirectRequests, SDKUpstream, create_upstream
+
+PATHS = {"openai": "/chat/completions", "anthropic": "/v1/messages"}
+BODY = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
+
+
+@dataclass
+class Reply:
+    """What the raw server answers: a head (status line and headers, without the blank
+    line) and body chunks; `chunked` sends them in the chunked encoding, its last chunk
+    `end_after_s` seconds after the others (a separate packet)."""
+
+    head: bytes
+    chunks: list[bytes] = field(default_factory=list)
+    chunked: bool = False
+    end_after_s: float = 0.0
+
+
+def json_reply(body: bytes, status: str = "200 OK", headers: bytes = b"") -> Reply:
+    head = (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n".encode()
+        + headers
+    )
+    return Reply(head, [body])
+
+
+class RawServer:
+    """An HTTP/1.1 server on 127.0.0.1 that keeps connections alive, records each
+    request's head (the bytes up to the blank line) and the number of connections it
+    accepted, and answers `reply` to every request."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self.root = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.root = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                await self._answer(writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def _answer(self, writer: asyncio.StreamWriter) -> None:
+        reply = self.reply
+        writer.write(reply.head + b"\r\n")
+        if not reply.chunked:
+            writer.write(b"".join(reply.chunks))
+            await writer.drain()
+            return
+        for chunk in reply.chunks:
+            writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(reply.end_after_s)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+
+def deployment(kind: str, base: str) -> Deployment:
+    return Deployment(
+        name=f"raw-{kind}",
+        provider=kind,
+        model="m",
+        base_url=f"{base}/v1" if kind == "openai" else base,
+        api_key_env="RAW_KEY",
+        max_retries=0,
+        timeout_s=5,
+    )
+
+
+@pytest.fixture(autouse=True)
+def key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAW_KEY", "sk-raw-key-123")
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+@pytest.fixture(params=["openai", "anthropic"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def pair(kind: str, root: str) -> tuple[SDKUpstream, SDKUpstream]:
+    """The upstream as created (direct requests) and its client through the SDK's post."""
+    upstream = create_upstream(deployment(kind, root))
+    assert isinstance(upstream, SDKUpstream) and upstream.direct is not None
+    return upstream, type(upstream)(upstream.deployment, upstream.client)
+
+
+async def outcome(upstream: SDKUpstream, *, stream: bool = False) -> Any:
+    """What one call gives: ("ok", the reply or the events) or the ProviderError's
+    (status, code, retryable)."""
+    path = PATHS[upstream.protocol]
+    try:
+        if stream:
+            return "ok", [sse.data async for sse in upstream.stream(path, BODY, {}, 5)]
+        return "ok", await upstream.send(path, BODY, {}, 5)
+    except ProviderError as error:
+        return error.status, error.code, error.retryable
+
+
+async def test_the_request_head_is_byte_for_byte_the_sdks_cookies_included(kind: str) -> None:
+    reply = json_reply(b'{"id": "x"}', headers=b"set-cookie: __cf_bm=abc; Path=/\r\n")
+    heads = []
+    for through_sdk in (False, True):
+        # A server each: each client's second request carries the cookie it was given.
+        async with RawServer(reply) as server:
+            upstream, sdk = await pair(kind, server.root)
+            try:
+                client = sdk if through_sdk else upstream
+                assert await outcome(client) == ("ok", {"id": "x"})
+                assert await outcome(client) == ("ok", {"id": "x"})
+            finally:
+                await upstream.aclose()
+            heads.append([head.replace(server.root[7:].encode(), b"HOST") for head in server.heads])
+    (first, second), (sdk_first, sdk_second) = heads
+    assert first == sdk_first
+    assert b"\r\nauthorization: Bearer sk-raw-key-123\r\n" in first
+    # The cookie comes back in both; aiohttp writes it last, and spells it `Cookie`.
+    assert without_cookie(second) == without_cookie(sdk_second) == first
+    assert cookies(second) == cookies(sdk_second) == [b"__cf_bm=abc"]
+
+
+def without_cookie(head: bytes) -> bytes:
+    return b"\r\n".join(line for line in head.split(b"\r\n") if not is_cookie(line))
+
+
+def cookies(head: bytes) -> list[bytes]:
+    return [line.split(b": ", 1)[1] for line in head.split(b"\r\n") if is_cookie(line)]
+
+
+def is_cookie(line: bytes) -> bool:
+    return line.lower().startswith(b"cookie:")
+
+
+async def test_a_streams_connection_is_reused_when_its_end_comes_after_done() -> None:
+    events = [b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n', b"data: [DONE]\n\n"]
+    reply = Reply(SSE_HEAD, events, chunked=True, end_after_s=0.02)
+    async with RawServer(reply) as server:
+        upstream, _ = await pair("openai", server.root)
+        try:
+            for _ in range(3):
+                assert await outcome(upstream, stream=True) == (
+                    "ok",
+                    [{"choices": [{"delta": {"content": "a"}}]}],
+                )
+                await asyncio.sleep(0.05)  # the stream's end arrives meanwhile
+        finally:
+            await upstream.aclose()
+    assert len(server.heads) == 3
+    assert server.connections == 1
+
+
+async def test_a_stream_whose_body_never_ends_after_done_has_its_connection_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("switchyard.inference.upstream.DirectResponse.DRAIN_S", 0.05)
+    events = [b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
+    reply = Reply(SSE_HEAD, events, chunked=True, end_after_s=3600)
+    async with RawServer(reply) as server:
+        upstream, _ = await pair("openai", server.root)
+        try:
+            assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
+            await asyncio.sleep(0.2)
+            assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
+        finally:
+            await upstream.aclose()
+    assert server.connections == 2
+
+
+async def test_an_upstream_closed_is_never_called_again(kind: str) -> None:
+    async with RawServer(json_reply(b'{"id": "x"}')) as server:
+        upstream, _ = await pair(kind, server.root)
+        assert await outcome(upstream) == ("ok", {"id": "x"})
+        await upstream.aclose()
+
+        assert await outcome(upstream) == (502, "upstream_unreachable", True)
+        await upstream.aclose()  # twice is harmless
+    assert len(server.heads) == 1
+
+
+@pytest.mark.parametrize(
+    ("environment", "direct"),
+    [
+        ({}, True),
+        ({"no_proxy": "localhost,127.0.0.1"}, True),
+        ({"HTTPS_PROXY": "http://proxy:3128", "HTTP_PROXY": "http://proxy:3128"}, False),
+        ({"http_proxy": "http://proxy:3128"}, False),
+        ({"ALL_PROXY": "socks5://proxy:1080"}, False),
+        ({"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "127.0.0.1"}, True),
+        ({"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "*"}, True),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, True),  # the upstream is plain HTTP
+    ],
+    ids=["none", "no-proxy-only", "proxy", "lower-case", "all", "bypassed", "star", "other"],
+)
+async def test_a_proxy_that_applies_to_the_upstream_keeps_the_sdks_client(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], direct: bool
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    upstream = create_upstream(deployment("openai", "http://127.0.0.1:9"))
+    assert isinstance(upstream, SDKUpstream)
+    try:
+        assert (upstream.direct is not None) is direct
+        assert DirectRequests.usable(upstream.client) is direct
+    finally:
+        await upstream.aclose()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["send", "stream"])
+@pytest.mark.parametrize("status", ["200 OK", "400 Bad Request"])
+async def test_a_reply_in_an_encoding_not_asked_for_is_an_invalid_reply(
+    kind: str, status: str, stream: bool
+) -> None:
+    reply = json_reply(b"\x0b\x02\x80{}\x03", status, headers=b"content-encoding: br\r\n")
+    async with RawServer(reply) as server:
+        upstream, _ = await pair(kind, server.root)
+        try:
+            assert await outcome(upstream, stream=stream) == (502, "upstream_invalid_reply", True)
+        finally:
+            await upstream.aclose()
+
+
+@pytest.mark.parametrize("charset", ["undefined", "zlib", "rot13", "idna"])
+async def test_an_error_reply_in_a_charset_that_is_no_text_encoding_keeps_its_status(
+    kind: str, charset: str
+) -> None:
+    body = b'{"error": {"message": "busy", "type": "server_error"}}'
+    reply = json_reply(body, "503 Service Unavailable")
+    reply.head = reply.head.replace(
+        b"application/json", f"application/json; charset={charset}".encode()
+    )
+    async with RawServer(reply) as server:
+        upstream, _ = await pair(kind, server.root)
+        try:
+            assert await outcome(upstream) == (503, "upstream_error", True)
+        finally:
+            await upstream.aclose()
+
+
+async def test_a_stream_is_read_as_utf8_whatever_its_charset() -> None:
+    text = "héllo \u2028"
+    data = b'data: {"choices": [{"delta": {"content": "' + text.encode() + b'"}}]}\n\n'
+    head = SSE_HEAD.replace(b"text/event-stream", b"text/event-stream; charset=undefined")
+    async with RawServer(Reply(head, [data, b"data: [DONE]\n\n"], chunked=True)) as server:
+        upstream, _ = await pair("openai", server.root)
+        try:
+            assert await outcome(upstream, stream=True) == (
+                "ok",
+                [{"choices": [{"delta": {"content": text}}]}],
+            )
+        finally:
+            await upstream.aclose()
