@@ -210,6 +210,22 @@ async def test_a_stream_whose_body_never_ends_after_done_has_its_connection_clos
     assert server.connections == 2
 
 
+async def test_closing_the_upstream_gives_up_a_streams_end_still_being_read() -> None:
+    events = [b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
+    reply = Reply(SSE_HEAD, events, chunked=True, end_after_s=3600)
+    async with RawServer(reply) as server:
+        upstream, _ = await pair("openai", server.root)
+        assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
+        assert isinstance(upstream, SDKUpstream) and upstream.direct is not None
+        drains = set(upstream.direct._drains)
+        assert len(drains) == 1
+
+        await asyncio.wait_for(upstream.aclose(), 2)
+
+        assert all(drain.done() for drain in drains)
+        assert not upstream.direct._drains
+
+
 async def test_an_upstream_closed_is_never_called_again(kind: str) -> None:
     async with RawServer(json_reply(b'{"id": "x"}')) as server:
         upstream, _ = await pair(kind, server.root)
@@ -221,26 +237,48 @@ async def test_an_upstream_closed_is_never_called_again(kind: str) -> None:
     assert len(server.heads) == 1
 
 
+PROXY = "http://proxy:3128"
+
+
 @pytest.mark.parametrize(
-    ("environment", "direct"),
+    ("environment", "base", "direct"),
     [
-        ({}, True),
-        ({"no_proxy": "localhost,127.0.0.1"}, True),
-        ({"HTTPS_PROXY": "http://proxy:3128", "HTTP_PROXY": "http://proxy:3128"}, False),
-        ({"http_proxy": "http://proxy:3128"}, False),
-        ({"ALL_PROXY": "socks5://proxy:1080"}, False),
-        ({"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "127.0.0.1"}, True),
-        ({"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "*"}, True),
-        ({"HTTPS_PROXY": "http://proxy:3128"}, True),  # the upstream is plain HTTP
+        ({}, "http://127.0.0.1:9", True),
+        ({"no_proxy": "localhost,127.0.0.1"}, "http://127.0.0.1:9", True),
+        ({"HTTPS_PROXY": PROXY, "HTTP_PROXY": PROXY}, "http://127.0.0.1:9", False),
+        ({"http_proxy": PROXY}, "http://127.0.0.1:9", False),
+        ({"ALL_PROXY": "socks5://proxy:1080"}, "http://127.0.0.1:9", False),
+        ({"HTTP_PROXY": PROXY, "NO_PROXY": "127.0.0.1"}, "http://127.0.0.1:9", True),
+        ({"HTTP_PROXY": PROXY, "NO_PROXY": "127.0.0.1:9"}, "http://127.0.0.1:9", True),
+        ({"HTTP_PROXY": PROXY, "NO_PROXY": "*"}, "http://127.0.0.1:9", True),
+        ({"HTTPS_PROXY": PROXY}, "http://127.0.0.1:9", True),  # a plain-HTTP upstream
+        # httpx proxies these (its patterns match subdomains only), the standard library
+        # does not: the SDK's client decides.
+        ({"HTTPS_PROXY": PROXY, "NO_PROXY": ".example.com"}, "https://example.com", False),
+        ({"HTTPS_PROXY": PROXY, "NO_PROXY": "localhost"}, "https://api.localhost", False),
+        ({"HTTPS_PROXY": PROXY, "NO_PROXY": "10.0.0.0/8"}, "https://10.1.2.3", False),
     ],
-    ids=["none", "no-proxy-only", "proxy", "lower-case", "all", "bypassed", "star", "other"],
+    ids=[
+        "none",
+        "no-proxy-only",
+        "proxy",
+        "lower-case",
+        "all",
+        "bypassed",
+        "bypassed-with-port",
+        "star",
+        "other-scheme",
+        "leading-dot",
+        "subdomain",
+        "cidr",
+    ],
 )
-async def test_a_proxy_that_applies_to_the_upstream_keeps_the_sdks_client(
-    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], direct: bool
+async def test_a_proxy_that_may_apply_to_the_upstream_keeps_the_sdks_client(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], base: str, direct: bool
 ) -> None:
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    upstream = create_upstream(deployment("openai", "http://127.0.0.1:9"))
+    upstream = create_upstream(deployment("openai", base))
     assert isinstance(upstream, SDKUpstream)
     try:
         assert (upstream.direct is not None) is direct

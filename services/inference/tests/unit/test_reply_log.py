@@ -165,8 +165,8 @@ async def test_a_read_that_keeps_going_is_not_cut_short_by_the_read_timeout() ->
         consumer.append(0, other.request_id, chunk_of(other))
     target = on_partition(chat_request(model="m", stream=True), 0)
     consumer.append(0, target.request_id, chunk_of(target))
-    # 31 polls of 50 ms: three times the read timeout, each poll well within it.
-    log = await started_log(consumer, read_timeout_s=0.5)
+    # 31 polls of 20 ms: twice the read timeout, each poll well within it.
+    log = await started_log(consumer, read_timeout_s=0.3)
     try:
         recorded = await log.lookup(target)
 
@@ -177,10 +177,10 @@ async def test_a_read_that_keeps_going_is_not_cut_short_by_the_read_timeout() ->
 
 
 class SlowConsumer(FakeConsumer):
-    """A consumer whose every poll takes 50 ms."""
+    """A consumer whose every poll takes 20 ms."""
 
     async def getmany(self, tp, timeout_ms: int):
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
         return await super().getmany(tp, timeout_ms)
 
 

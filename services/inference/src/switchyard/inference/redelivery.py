@@ -301,9 +301,10 @@ class KafkaReplyLog(OutcomeLog):
     `lookup(request)` reads the request's reply partition from `clock_skew_s` before the
     request's `time` (records carry their writer's clock; `lookback_s` back at most) up to
     the end offset the broker gives at the start of the lookup; when `read_timeout_s` pass
-    without a record read (the broker does not answer, or the lookup waits that long for
-    its turn), the log is unavailable: BusUnavailableError. A long read that keeps getting
-    records is never cut short, so a lookup over more records than the index keeps ends.
+    without the read moving on (the broker does not answer, or the lookup waits that long
+    for its turn), the log is unavailable: BusUnavailableError. A long read that keeps
+    moving is never cut short, so a lookup over more records than the index keeps ends
+    (the end offset is fixed when it starts).
     What was read is kept (`OutcomeIndex`) and so is, per partition, the range of offsets
     all of whose records are still kept: a later lookup reads only what is missing from
     its own range (what was written since, what lies before, or all of it when the range
@@ -462,8 +463,8 @@ class KafkaReplyLog(OutcomeLog):
     ) -> Recorded | None:
         """Read what is missing of `partition` between the first record at or after
         `since_ms` and its end offset now, indexing every record, `deadline` moved to
-        `read_timeout_s` from each poll that got records; returns the records of `request`
-        met on the way (None: none)."""
+        `read_timeout_s` from each poll that moved the position on; returns the records of
+        `request` met on the way (None: none)."""
         from aiokafka import TopicPartition
 
         assert consumer is not None
@@ -510,8 +511,8 @@ class KafkaReplyLog(OutcomeLog):
         deadline: asyncio.Timeout,
     ) -> None:
         """Read `tp` from offset `begin` until the consumer's position reaches `stop`,
-        advancing `progress.position` and pushing `deadline` back after each poll that got
-        records; records keyed `key` also go to `own`."""
+        advancing `progress.position` and pushing `deadline` back whenever it advances;
+        records keyed `key` also go to `own`."""
         if begin >= stop:
             return
         loop = asyncio.get_running_loop()
@@ -520,11 +521,11 @@ class KafkaReplyLog(OutcomeLog):
         try:
             while progress.position < stop:
                 batches = await consumer.getmany(tp, timeout_ms=200)
-                records = batches.get(tp, ())
-                for record in records:
+                for record in batches.get(tp, ()):
                     self._index(record, tp.partition, key, own)
-                progress.position = max(progress.position, await consumer.position(tp))
-                if records:
+                position = await consumer.position(tp)
+                if position > progress.position:
+                    progress.position = position
                     deadline.reschedule(loop.time() + self.read_timeout_s)
         finally:
             consumer.unsubscribe()  # fetch nothing until the next lookup

@@ -239,7 +239,9 @@ def _connection_failure_under(exc: BaseException) -> bool:
     (not by a timeout): the SDKs' aiohttp transport reports those as httpx's
     `ConnectTimeout`, which the SDKs turn into a timeout, but nothing timed out."""
     cause = exc.__cause__
-    while cause is not None:
+    for _ in range(8):  # a few wrappers deep; never around a cycle
+        if cause is None:
+            break
         if isinstance(cause, aiohttp.ClientConnectionError):
             return not isinstance(cause, TimeoutError)
         cause = cause.__cause__
@@ -422,15 +424,21 @@ def tls_context() -> ssl.SSLContext:
 
 
 def _proxied(url: httpx2.URL) -> bool:
-    """Whether a proxy of the environment applies to `url` (`<scheme>_proxy` or
-    `all_proxy`, either case, unless `no_proxy` names its host), by the standard
-    library's reading of those variables. Where it and httpx's differ (a CIDR range in
-    `no_proxy`), it finds a proxy where httpx may find none: the SDK's client is then
-    used, which decides for itself."""
+    """Whether a proxy of the environment may apply to `url`: a `<scheme>_proxy` or
+    `all_proxy` variable (either case, as the standard library reads them) is set, and
+    `no_proxy` neither is `*` nor names the URL's host exactly (with or without its
+    port). The standard library and httpx disagree on other `no_proxy` entries (a leading
+    dot, a domain covering subdomains, CIDR ranges): for those this answers True, and the
+    SDK's client, which decides for itself, is used."""
     proxies = urllib.request.getproxies()
     if not (proxies.get(url.scheme) or proxies.get("all")):
         return False
-    return not urllib.request.proxy_bypass(url.netloc.decode("ascii"))
+    host = url.host.lower()
+    port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+    for entry in (raw.strip().lower() for raw in proxies.get("no", "").split(",")):
+        if entry == "*" or entry in (host, f"{host}:{port}"):
+            return False
+    return True
 
 
 class DirectRequests:
@@ -465,8 +473,9 @@ class DirectRequests:
     def __init__(self, client: Any, http: httpx2.AsyncClient, protocol: Protocol_) -> None:
         self.protocol = protocol
         self._base_url: httpx2.URL = client.base_url
-        self._urls: dict[str, yarl.URL] = {}
-        self._hosts: dict[yarl.URL, str] = {}  # each URL's `host` header, as httpx gives it
+        # Each path's URL and `host` header (as httpx gives it).
+        self._urls: dict[str, tuple[yarl.URL, str]] = {}
+        self._drains: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         # The HTTP client's own (`accept-encoding`, `connection`...), which httpx sends
@@ -503,21 +512,21 @@ class DirectRequests:
         names = {name.lower() for name in {**client.auth_headers, **client.default_headers}}
         return "authorization" in names or "x-api-key" in names
 
-    def url(self, path: str) -> yarl.URL:
+    def url(self, path: str) -> tuple[yarl.URL, str]:
         """The URL of `path`, joined to the client's base URL as the SDK's `_prepare_url`
-        joins a relative one (an absolute URL is kept). Kept parsed: the HTTP client takes
-        a `URL` as it is, where a string would be parsed again on every request."""
-        url = self._urls.get(path)
-        if url is None:
+        joins a relative one (an absolute URL is kept), and its `host` header as httpx
+        writes it. Kept parsed: the HTTP client takes a `URL` as it is, where a string
+        would be parsed again on every request."""
+        kept = self._urls.get(path)
+        if kept is None:
             joined = httpx2.URL(path)
             if joined.is_relative_url:
                 raw_path = self._base_url.raw_path + joined.raw_path.lstrip(b"/")
                 joined = self._base_url.copy_with(raw_path=raw_path)
-            url = yarl.URL(str(joined), encoded=True)
+            kept = (yarl.URL(str(joined), encoded=True), joined.netloc.decode("ascii"))
             if len(self._urls) < self._URLS_KEPT:
-                self._urls[path] = url
-            self._hosts[url] = joined.netloc.decode("ascii")
-        return url
+                self._urls[path] = kept
+        return kept
 
     def headers(self, extra: Mapping[str, str], timeout_s: float) -> list[tuple[str, str]]:
         """The headers of one request: the client's own, then `extra` (the per-request
@@ -587,11 +596,11 @@ class DirectRequests:
         Redirects are not followed. Raises what aiohttp raises (`aiohttp.ClientError`,
         `TimeoutError`), orjson's TypeError for a body it cannot serialise and a
         ValueError for a header the SDK refuses."""
-        url = self.url(path)
+        url, host = self.url(path)
         content = orjson.dumps(body)
         # `host` first and `content-length` last, in lower case, as httpx sends them
         # (aiohttp would add its own, capitalised).
-        request_headers = [("host", self._hosts[url]), *self.headers(headers, timeout_s)]
+        request_headers = [("host", host), *self.headers(headers, timeout_s)]
         request_headers.append(("content-length", str(len(content))))
         response = await self.session().post(
             url,
@@ -600,7 +609,7 @@ class DirectRequests:
             timeout=self.timeout(timeout_s),
             allow_redirects=False,
         )
-        reply = DirectResponse(response)
+        reply = DirectResponse(response, self._drains)
         if not stream:
             try:
                 await reply.aread()
@@ -609,8 +618,12 @@ class DirectRequests:
         return reply
 
     async def aclose(self) -> None:
-        """Close the HTTP client and its connections; no request is sent after."""
+        """Close the HTTP client and its connections (streams' ends still being read
+        are given up); no request is sent after."""
         self._closed = True
+        for drain in list(self._drains):
+            drain.cancel()
+        await asyncio.gather(*self._drains, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
@@ -623,10 +636,14 @@ class DirectResponse:
     # How long a stream's end (after its last event) is waited for in the background, so
     # that its connection goes back to the pool instead of being closed.
     DRAIN_S = 5.0
-    _draining: set[asyncio.Task[None]] = set()
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, drains: set[asyncio.Task[None]] | None = None
+    ) -> None:
+        """`drains`: where the tasks reading streams' ends are kept (their client's, which
+        cancels them when it closes)."""
         self._response = response
+        self._drains = drains if drains is not None else set()
         self._content: bytes | None = None
         self.status_code = response.status
         self.headers = response.headers
@@ -695,8 +712,8 @@ class DirectResponse:
             self._response.release()
             return
         task = asyncio.get_running_loop().create_task(self._drain())
-        self._draining.add(task)
-        task.add_done_callback(self._draining.discard)
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
 
     async def _drain(self) -> None:
         ended = False
