@@ -382,15 +382,22 @@ async def test_an_upstream_slower_than_the_timeout_fails_as_a_timeout(
     assert (results[0]["status"], results[0]["code"]) == (504, "upstream_timeout")
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic"])
-async def test_an_upstream_that_refuses_the_connection_fails_the_same_way(kind: str) -> None:
-    upstream = create_upstream(deployment(kind, f"http://127.0.0.1:{free_port()}"))
+async def failures_at(
+    kind: str, base: str, *, stream: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`failures` of a `kind` deployment at `base`, direct then through the SDK."""
+    upstream = create_upstream(deployment(kind, base))
     assert isinstance(upstream, SDKUpstream)
     through_sdk = type(upstream)(upstream.deployment, upstream.client)
     try:
-        direct, sdk = await failures(upstream, through_sdk, stream=False)
+        return await failures(upstream, through_sdk, stream=stream)
     finally:
         await upstream.aclose()
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_an_upstream_that_refuses_the_connection_fails_the_same_way(kind: str) -> None:
+    direct, sdk = await failures_at(kind, f"http://127.0.0.1:{free_port()}", stream=False)
     assert direct == sdk
     assert (direct["status"], direct["code"], direct["retryable"]) == (
         502,
@@ -428,13 +435,7 @@ async def cutting_server() -> AsyncIterator[str]:
 
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 async def test_a_stream_cut_off_half_way_fails_the_same_way(cutting_server: str, kind: str) -> None:
-    upstream = create_upstream(deployment(kind, cutting_server))
-    assert isinstance(upstream, SDKUpstream)
-    through_sdk = type(upstream)(upstream.deployment, upstream.client)
-    try:
-        direct, sdk = await failures(upstream, through_sdk, stream=True)
-    finally:
-        await upstream.aclose()
+    direct, sdk = await failures_at(kind, cutting_server, stream=True)
     assert direct == sdk
     assert (direct["status"], direct["code"]) == (502, "upstream_unreachable")
 
