@@ -460,9 +460,9 @@ class DirectRequests:
     replaced. The per-request `x-stainless-timeout` / `x-stainless-read-timeout` (the
     timeout, seconds) and `x-stainless-retry-count` (`0`: the SDK never retries here) sit
     where each SDK puts them. `usable(client)` says whether a client can be read this
-    way: one whose authentication is a fixed header, with no per-call hook, and no proxy
-    configured in the environment (a proxied deployment keeps the SDK's client, which
-    routes through it)."""
+    way: one whose authentication is a fixed header, with no per-call hook, and whose
+    base URL no proxy of the environment may apply to (a deployment behind a proxy keeps
+    the SDK's client, which routes through it)."""
 
     _URLS_KEPT = 64  # paths are the adapters' constants; the bound is a safety net
     # The SDKs' DEFAULT_CONNECTION_LIMITS (1,000 connections) and httpx's keep-alive
@@ -497,8 +497,7 @@ class DirectRequests:
         """Whether `client`'s requests can be built by this class: a plain
         `openai.AsyncOpenAI` or `anthropic.AsyncAnthropic` whose credentials are a fixed
         header, that has no custom auth flow (token providers, workload identity), and
-        whose base URL no proxy of the environment applies to (`HTTPS_PROXY`,
-        `ALL_PROXY`... unless `NO_PROXY` names its host)."""
+        whose base URL no proxy of the environment may apply to (see `_proxied`)."""
         if type(client) not in _sdk_classes("AsyncOpenAI", "AsyncAnthropic"):
             return False
         if client.custom_auth is not None or client.default_query:
