@@ -11,12 +11,20 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Response
+from fastapi.telemetry import TelemetryConfig
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 from switchyard.common.httpserver import PROTOCOL_PATH
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
+
+# What every service passes to `FastAPI(telemetry=...)`: FastAPI's own OpenTelemetry
+# instrumentation off. It turns itself on whenever a global tracer provider is set, as
+# `tracing.configure_tracing` sets one, and would add a second SERVER span to each
+# request besides `TracingMiddleware`'s, and three INTERNAL ones (dependencies, endpoint,
+# serialization). Metrics are Prometheus's (`/metrics`), logs structlog's.
+FASTAPI_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def health_router(checks: dict[str, ReadinessCheck] | None = None) -> APIRouter:

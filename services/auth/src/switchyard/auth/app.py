@@ -30,7 +30,12 @@ from switchyard.common.backoff import Backoff
 from switchyard.common.bus import EventBus, enter_bus
 from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
-from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
+from switchyard.common.http import (
+    FASTAPI_TELEMETRY,
+    ClientDisconnectGuard,
+    TracingMiddleware,
+    health_router,
+)
 from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
 from switchyard.common.tasks import cancel_and_wait
@@ -117,6 +122,7 @@ def create_app(
         return context is not None and await context.database_ready()
 
     app = FastAPI(
+        telemetry=FASTAPI_TELEMETRY,
         title="Switchyard auth",
         version=__version__,
         description=(

@@ -18,7 +18,12 @@ from fastapi import FastAPI
 from switchyard.common.backoff import Backoff
 from switchyard.common.bus import EventBus, create_bus
 from switchyard.common.docs import install_docs
-from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
+from switchyard.common.http import (
+    FASTAPI_TELEMETRY,
+    ClientDisconnectGuard,
+    TracingMiddleware,
+    health_router,
+)
 from switchyard.common.metrics import metrics_router
 from switchyard.common.tasks import cancel_and_wait
 from switchyard.gateway.api import (
@@ -200,6 +205,7 @@ def create_app(
             yield
 
     app = FastAPI(
+        telemetry=FASTAPI_TELEMETRY,
         title="Switchyard gateway",
         version="0.1.0",
         description="OpenAI- and Anthropic-compatible API of the Switchyard LLM gateway.",

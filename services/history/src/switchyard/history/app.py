@@ -24,7 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from switchyard.common.bus import EventBus, RetryPolicy, enter_bus
 from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
-from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
+from switchyard.common.http import (
+    FASTAPI_TELEMETRY,
+    ClientDisconnectGuard,
+    TracingMiddleware,
+    health_router,
+)
 from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
 from switchyard.common.tasks import cancel_and_wait
@@ -137,6 +142,7 @@ def create_app(
             yield
 
     app = FastAPI(
+        telemetry=FASTAPI_TELEMETRY,
         title="Switchyard history",
         summary="Every event of every request, and each caller's request history.",
         version="1.0.0",

@@ -21,7 +21,12 @@ from fastapi import FastAPI
 from switchyard.common.bus import EventBus, Handler, RetryPolicy, Subscription, create_bus
 from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
-from switchyard.common.http import ClientDisconnectGuard, TracingMiddleware, health_router
+from switchyard.common.http import (
+    FASTAPI_TELEMETRY,
+    ClientDisconnectGuard,
+    TracingMiddleware,
+    health_router,
+)
 from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
 from switchyard.common.routing import RoutingTable
@@ -118,6 +123,7 @@ def create_app(
             yield
 
     app = FastAPI(
+        telemetry=FASTAPI_TELEMETRY,
         title="Switchyard inference",
         version="0.1.0",
         lifespan=lifespan,

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from switchyard.common.http import FASTAPI_TELEMETRY
 from switchyard.common.settings import Environment
 from switchyard.gateway.bootstrap import Gateway
 from switchyard.gateway.console import views
@@ -144,7 +145,7 @@ def create_console(gateway: Gateway) -> ASGIApp:
     secure = settings.environment != Environment.DEVELOPMENT
     key = settings.console_signing_key()
     cookies = SessionCookies(key, ttl_s=settings.console_session_ttl_s, secure=secure)
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, telemetry=FASTAPI_TELEMETRY)
     app.state.console = ConsoleState(
         backend=ConsoleBackend(gateway), cookies=cookies, templates=_templates(), refreshes={}
     )
