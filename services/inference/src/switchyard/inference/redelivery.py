@@ -433,8 +433,8 @@ class KafkaReplyLog(OutcomeLog):
         since = max(request.time.timestamp() - self.clock_skew_s, now - self.index.lookback_s)
         consumer = None
         try:
-            # A deadline that every record read pushes back: a long read that keeps
-            # going finishes however long it takes, a read that stops does not.
+            # A deadline the read pushes back whenever its position moves on: a long read
+            # that keeps going finishes however long it takes, a read that stops does not.
             async with asyncio.timeout(self.read_timeout_s) as deadline:
                 await self._ready.wait()
                 partition = await self.partition_of(request)
