@@ -7,6 +7,7 @@ barrier); between lookups the log fetches nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -45,17 +46,23 @@ def routing(simulator) -> RoutingTable:
     return RoutingTable(models={"m": ModelRoute(name="m", deployments=[deployment])})
 
 
-async def started_log(kafka_servers: str, topic: str, bus: KafkaBus, **options) -> KafkaReplyLog:
+@contextlib.asynccontextmanager
+async def running_log(
+    kafka_servers: str, topic: str, bus: KafkaBus, **options
+) -> AsyncIterator[KafkaReplyLog]:
+    """A reply log of `topic`, started, and stopped after use."""
     options = {"lookback_s": 600, "read_timeout_s": 20, **options}
     log = KafkaReplyLog(kafka_servers, topic, bus.partition_count, **options)
     await log.start()
-    return log
+    try:
+        yield log
+    finally:
+        await log.stop()
 
 
 async def test_a_replica_started_later_answers_a_redelivered_request_from_the_log(
     kafka_servers, kafka_topics, bus, simulator, providers
 ) -> None:
-    first_log = await started_log(kafka_servers, kafka_topics.replies, bus)
     published: list = []
 
     async def publish(topic, event, *, key=None, partition=None, headers=None) -> None:
@@ -72,15 +79,11 @@ async def test_a_replica_started_later_answers_a_redelivered_request_from_the_lo
         )
 
     request = chat_request(model="m", reply_to=False)  # the test's topics are smaller
-    try:
+    async with running_log(kafka_servers, kafka_topics.replies, bus) as first_log:
         await replica(first_log)(request)
-    finally:
-        await first_log.stop()
-    second_log = await started_log(kafka_servers, kafka_topics.replies, bus)  # another process
-    try:
+    # Another process: a log that has read nothing yet.
+    async with running_log(kafka_servers, kafka_topics.replies, bus) as second_log:
         await asyncio.wait_for(replica(second_log)(request), timeout=30)
-    finally:
-        await second_log.stop()
 
     assert simulator.calls("up-m") == 1
     replies = [event for topic, event in published if topic == kafka_topics.replies]
@@ -93,8 +96,7 @@ async def test_a_replica_started_later_answers_a_redelivered_request_from_the_lo
 async def test_a_lookup_sees_a_record_written_just_before_it(
     kafka_servers, kafka_topics, bus
 ) -> None:
-    log = await started_log(kafka_servers, kafka_topics.replies, bus)
-    try:
+    async with running_log(kafka_servers, kafka_topics.replies, bus) as log:
         for n in range(5):
             # A gateway replica's partition, and the request id's own when nobody waits.
             request = chat_request(model="m", stream=True, reply_to=False)
@@ -116,8 +118,6 @@ async def test_a_lookup_sees_a_record_written_just_before_it(
             assert recorded is not None and recorded.stream_started == marker
             assert not recorded.answered
             assert log._consumer.assignment() == set()  # nothing fetched between lookups
-    finally:
-        await log.stop()
 
 
 def marker_of(request, pad: int = 0):
@@ -146,8 +146,7 @@ def on_partition(request, partition: int):
 async def test_a_later_lookup_reads_from_its_own_request_not_from_an_old_position(
     kafka_servers, kafka_topics, bus
 ) -> None:
-    log = await started_log(kafka_servers, kafka_topics.replies, bus, clock_skew_s=1)
-    try:
+    async with running_log(kafka_servers, kafka_topics.replies, bus, clock_skew_s=1) as log:
         assert await log.lookup(on_partition(chat_request(model="m"), 0)) is None
         await publish_markers(bus, kafka_topics.replies, 200)  # long before the next request
         await asyncio.sleep(2.5)
@@ -156,15 +155,12 @@ async def test_a_later_lookup_reads_from_its_own_request_not_from_an_old_positio
         assert await log.lookup(on_partition(chat_request(model="m"), 0)) is None
 
         assert len(log.index) == kept  # none of the 200 older records was read
-    finally:
-        await log.stop()
 
 
 async def test_a_request_is_found_though_its_read_outgrows_what_the_index_keeps(
     kafka_servers, kafka_topics, bus
 ) -> None:
-    log = await started_log(kafka_servers, kafka_topics.replies, bus, max_bytes=100_000)
-    try:
+    async with running_log(kafka_servers, kafka_topics.replies, bus, max_bytes=100_000) as log:
         target = on_partition(chat_request(model="m", stream=True), 0)
         await bus.publish(kafka_topics.replies, marker_of(target), partition=0)
         await publish_markers(bus, kafka_topics.replies, 300, pad=1_000)  # about 400 KB
@@ -175,15 +171,12 @@ async def test_a_request_is_found_though_its_read_outgrows_what_the_index_keeps(
         assert log.index.bytes <= 100_000
         again = await log.lookup(target)  # its records were dropped: read again
         assert again is not None and again.stream_started.request_id == target.request_id
-    finally:
-        await log.stop()
 
 
 async def test_what_another_partition_pushed_out_of_the_index_is_read_again(
     kafka_servers, kafka_topics, bus
 ) -> None:
-    log = await started_log(kafka_servers, kafka_topics.replies, bus, max_bytes=100_000)
-    try:
+    async with running_log(kafka_servers, kafka_topics.replies, bus, max_bytes=100_000) as log:
         first, second = (on_partition(chat_request(model="m", stream=True), 0) for _ in "ab")
         for request in (first, second):
             await bus.publish(kafka_topics.replies, marker_of(request), partition=0)
@@ -196,5 +189,3 @@ async def test_what_another_partition_pushed_out_of_the_index_is_read_again(
         recorded = await log.lookup(second)
 
         assert recorded is not None and recorded.stream_started.request_id == second.request_id
-    finally:
-        await log.stop()

@@ -7,7 +7,9 @@ stops does not."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import namedtuple
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -87,7 +89,10 @@ class FakeConsumer:
         return {tp: batch}
 
 
-async def started_log(consumer: FakeConsumer, **options: Any) -> KafkaReplyLog:
+@contextlib.asynccontextmanager
+async def running_log(consumer: FakeConsumer, **options: Any) -> AsyncIterator[KafkaReplyLog]:
+    """A reply log reading through `consumer`, started, and stopped after use."""
+
     async def partition_count(topic: str) -> int:
         return 2
 
@@ -100,7 +105,10 @@ async def started_log(consumer: FakeConsumer, **options: Any) -> KafkaReplyLog:
         **options,
     )
     await log.start()
-    return log
+    try:
+        yield log
+    finally:
+        await log.stop()
 
 
 def on_partition(request, partition: int):
@@ -117,8 +125,7 @@ async def test_a_partition_shorter_than_what_was_read_is_read_again_from_its_sta
     for _ in range(60):
         other = chat_request(model="m")
         consumer.append(0, other.request_id, chunk_of(other))
-    log = await started_log(consumer)
-    try:
+    async with running_log(consumer) as log:
         assert await log.lookup(on_partition(chat_request(model="m"), 0)) is None  # [0, 60)
         consumer.partitions[0] = []  # the topic was deleted and created again
         target = on_partition(chat_request(model="m", stream=True), 0)
@@ -127,8 +134,6 @@ async def test_a_partition_shorter_than_what_was_read_is_read_again_from_its_sta
         recorded = await log.lookup(target)
 
         assert recorded is not None and recorded.stream_started is not None
-    finally:
-        await log.stop()
 
 
 async def test_after_an_interrupted_read_of_what_lies_before_the_request_is_found() -> None:
@@ -139,9 +144,8 @@ async def test_after_an_interrupted_read_of_what_lies_before_the_request_is_foun
         other = chat_request(model="m")
         consumer.append(0, other.request_id, chunk_of(other, pad=2_000))
     # A small index: the first read keeps only its last records (the range moves up).
-    log = await started_log(consumer, read_timeout_s=0.5)
-    log.index.max_bytes = 20_000
-    try:
+    async with running_log(consumer, read_timeout_s=0.5) as log:
+        log.index.max_bytes = 20_000
         assert await log.lookup(on_partition(chat_request(model="m"), 0)) is None
         consumer.read.clear()
         consumer.stall_at = 20  # the read of what lies before stops there, in time
@@ -154,8 +158,6 @@ async def test_after_an_interrupted_read_of_what_lies_before_the_request_is_foun
 
         assert recorded is not None and recorded.stream_started is not None
         assert recorded.stream_started.request_id == early.request_id
-    finally:
-        await log.stop()
 
 
 async def test_a_read_that_keeps_going_is_not_cut_short_by_the_read_timeout() -> None:
@@ -166,14 +168,11 @@ async def test_a_read_that_keeps_going_is_not_cut_short_by_the_read_timeout() ->
     target = on_partition(chat_request(model="m", stream=True), 0)
     consumer.append(0, target.request_id, chunk_of(target))
     # 31 polls of 20 ms: twice the read timeout, each poll well within it.
-    log = await started_log(consumer, read_timeout_s=0.3)
-    try:
+    async with running_log(consumer, read_timeout_s=0.3) as log:
         recorded = await log.lookup(target)
 
         assert recorded is not None and recorded.stream_started is not None
         assert consumer.read == list(range(31))
-    finally:
-        await log.stop()
 
 
 class SlowConsumer(FakeConsumer):
