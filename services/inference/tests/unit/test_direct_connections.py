@@ -10,91 +10,17 @@ no text encoding, are the upstream's fault, never the client's."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from switchyard.common.routing import Deployment
 from switchyard.inference.errors import ProviderError
+from switchyard.inference.testing import SSE_HEAD, RawReply, RawServer, json_reply
 from switchyard.inference.upstream import DirectRequests, SDKUpstream, create_upstream
 
 PATHS = {"openai": "/chat/completions", "anthropic": "/v1/messages"}
 BODY = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
-SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
-
-
-@dataclass
-class Reply:
-    """What the raw server answers: a head (status line and headers, without the blank
-    line) and body chunks; `chunked` sends them in the chunked encoding, its last chunk
-    `end_after_s` seconds after the others (a separate packet)."""
-
-    head: bytes
-    chunks: list[bytes] = field(default_factory=list)
-    chunked: bool = False
-    end_after_s: float = 0.0
-
-
-def json_reply(body: bytes, status: str = "200 OK", headers: bytes = b"") -> Reply:
-    head = (
-        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n".encode()
-        + headers
-    )
-    return Reply(head, [body])
-
-
-class RawServer:
-    """An HTTP/1.1 server on 127.0.0.1 that keeps connections alive, records each
-    request's head (the bytes up to the blank line) and the number of connections it
-    accepted, and answers `reply` to every request."""
-
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
-        self.heads: list[bytes] = []
-        self.connections = 0
-        self.root = ""
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.root = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                self.heads.append(head)
-                length = next(
-                    int(line.split(b":", 1)[1])
-                    for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"content-length:")
-                )
-                await reader.readexactly(length)
-                await self._answer(writer)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-
-    async def _answer(self, writer: asyncio.StreamWriter) -> None:
-        reply = self.reply
-        writer.write(reply.head + b"\r\n")
-        if not reply.chunked:
-            writer.write(b"".join(reply.chunks))
-            await writer.drain()
-            return
-        for chunk in reply.chunks:
-            writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-        await writer.drain()
-        await asyncio.sleep(reply.end_after_s)
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
 
 
 def deployment(kind: str, base: str) -> Deployment:
@@ -177,7 +103,7 @@ def is_cookie(line: bytes) -> bool:
 
 async def test_a_streams_connection_is_reused_when_its_end_comes_after_done() -> None:
     events = [b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n', b"data: [DONE]\n\n"]
-    reply = Reply(SSE_HEAD, events, chunked=True, end_after_s=0.02)
+    reply = RawReply(SSE_HEAD, events, chunked=True, end_after_s=0.02)
     async with RawServer(reply) as server:
         upstream, _ = await pair("openai", server.root)
         try:
@@ -198,7 +124,7 @@ async def test_a_stream_whose_body_never_ends_after_done_has_its_connection_clos
 ) -> None:
     monkeypatch.setattr("switchyard.inference.upstream.DirectResponse.DRAIN_S", 0.05)
     events = [b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
-    reply = Reply(SSE_HEAD, events, chunked=True, end_after_s=3600)
+    reply = RawReply(SSE_HEAD, events, chunked=True, end_after_s=3600)
     async with RawServer(reply) as server:
         upstream, _ = await pair("openai", server.root)
         try:
@@ -212,7 +138,7 @@ async def test_a_stream_whose_body_never_ends_after_done_has_its_connection_clos
 
 async def test_closing_the_upstream_gives_up_a_streams_end_still_being_read() -> None:
     events = [b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
-    reply = Reply(SSE_HEAD, events, chunked=True, end_after_s=3600)
+    reply = RawReply(SSE_HEAD, events, chunked=True, end_after_s=3600)
     async with RawServer(reply) as server:
         upstream, _ = await pair("openai", server.root)
         assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
@@ -322,7 +248,7 @@ async def test_a_stream_is_read_as_utf8_whatever_its_charset() -> None:
     text = "héllo \u2028"
     data = b'data: {"choices": [{"delta": {"content": "' + text.encode() + b'"}}]}\n\n'
     head = SSE_HEAD.replace(b"text/event-stream", b"text/event-stream; charset=undefined")
-    async with RawServer(Reply(head, [data, b"data: [DONE]\n\n"], chunked=True)) as server:
+    async with RawServer(RawReply(head, [data, b"data: [DONE]\n\n"], chunked=True)) as server:
         upstream, _ = await pair("openai", server.root)
         try:
             assert await outcome(upstream, stream=True) == (

@@ -20,7 +20,7 @@ from switchyard.common.routing import Deployment
 from switchyard.common.testing.processes import free_port
 from switchyard.common.testing.servers import serve_app
 from switchyard.inference.errors import ProviderError
-from switchyard.inference.testing import RecordingUpstream, Scripted
+from switchyard.inference.testing import SSE_HEAD, RawReply, RawServer, RecordingUpstream, Scripted
 from switchyard.inference.upstream import (
     AnthropicUpstream,
     OpenAIUpstream,
@@ -406,36 +406,12 @@ async def test_an_upstream_that_refuses_the_connection_fails_the_same_way(kind: 
     )
 
 
-@pytest.fixture
-async def cutting_server() -> AsyncIterator[str]:
-    """A provider that answers 200 with the first event of a stream, then closes the
-    connection before the stream's end."""
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":", 1)[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        await reader.readexactly(length)
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-            b"transfer-encoding: chunked\r\n\r\n"
-            b'1a\r\ndata: {"choices": [{}]}\n\n\r\n'
-        )
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.close()
-
-
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
-async def test_a_stream_cut_off_half_way_fails_the_same_way(cutting_server: str, kind: str) -> None:
-    direct, sdk = await failures_at(kind, cutting_server, stream=True)
+async def test_a_stream_cut_off_half_way_fails_the_same_way(kind: str) -> None:
+    # The first event of a stream, then the connection closed before the stream's end.
+    cut = RawReply(SSE_HEAD, [b'data: {"choices": [{}]}\n\n'], chunked=True, cut=True)
+    async with RawServer(cut) as server:
+        direct, sdk = await failures_at(kind, server.root, stream=True)
     assert direct == sdk
     assert (direct["status"], direct["code"]) == (502, "upstream_unreachable")
 

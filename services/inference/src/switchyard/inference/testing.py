@@ -1,6 +1,7 @@
 """Test support for the inference service: a recording upstream (a small server that
 records exactly what reached it and answers scripted replies, served with
-`switchyard.common.testing.servers.serve_app`), and a harness that runs
+`switchyard.common.testing.servers.serve_app`), a raw HTTP/1.1 server that keeps each
+request's head byte for byte and answers with exact bytes (`RawServer`), and a harness that runs
 `ChatRequestHandler` on the in-memory bus and collects what a gateway and a billing
 consumer would see. Suites that need the provider simulator use
 `switchyard.simulator.testing`."""
@@ -33,6 +34,8 @@ from switchyard.common.topics import Topics
 from switchyard.inference.handlers import ChatRequestHandler
 
 REPLY_PARTITION = 3
+# The head of a streamed answer (without its blank line), for a `RawReply`.
+SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
 
 
 def chat_request(
@@ -308,3 +311,86 @@ class RecordingUpstream:
             )
 
         return Starlette(routes=[Route("/{path:path}", record, methods=["POST", "GET"])])
+
+
+@dataclass
+class RawReply:
+    """What a `RawServer` answers: a head (status line and headers, without the blank
+    line) and body chunks; `chunked` sends them in the chunked encoding, its last chunk
+    `end_after_s` seconds after the others (a separate packet); `cut` closes the
+    connection after the chunks instead (a stream broken half-way)."""
+
+    head: bytes
+    chunks: list[bytes] = field(default_factory=list)
+    chunked: bool = False
+    end_after_s: float = 0.0
+    cut: bool = False
+
+
+def json_reply(body: bytes, status: str = "200 OK", headers: bytes = b"") -> RawReply:
+    """A JSON reply with `status` (e.g. `"503 Service Unavailable"`) and the extra header
+    lines `headers` (each ending in CRLF)."""
+    head = (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n".encode()
+        + headers
+    )
+    return RawReply(head, [body])
+
+
+class RawServer:
+    """An HTTP/1.1 provider stand-in below any HTTP library, on 127.0.0.1: it keeps
+    connections alive, records each request's head as it came off the socket (the bytes
+    up to the blank line) and the number of connections it accepted, and answers `reply`
+    to every request. Use it as `async with RawServer(reply) as server:` (`server.root`
+    is its base URL)."""
+
+    def __init__(self, reply: RawReply) -> None:
+        self.reply = reply
+        self.heads: list[bytes] = []
+        self.connections = 0
+        self.root = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.root = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                await self._answer(writer)
+        except (asyncio.IncompleteReadError, ConnectionError, RuntimeError):
+            # The client went away, or the connection was cut on purpose.
+            writer.close()
+
+    async def _answer(self, writer: asyncio.StreamWriter) -> None:
+        reply = self.reply
+        writer.write(reply.head + b"\r\n")
+        if not reply.chunked:
+            writer.write(b"".join(reply.chunks))
+            await writer.drain()
+            return
+        for chunk in reply.chunks:
+            writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        await writer.drain()
+        if reply.cut:
+            writer.close()
+            return
+        await asyncio.sleep(reply.end_after_s)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
