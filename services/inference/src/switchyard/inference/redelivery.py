@@ -111,7 +111,8 @@ class OutcomeIndex:
     """The records of reply partitions read so far, by request id, kept for `lookback_s`
     seconds after they were read, within `max_bytes` of encoded records (the oldest go
     first when either bound is reached, so a replica's memory stays bounded whatever the
-    traffic; a redelivery older than what is kept runs again).
+    traffic). A redelivery older than what is kept has its partition read again
+    (`KafkaReplyLog`), or runs again where nothing can be read back (`LocalOutcomeLog`).
 
     Records are kept encoded (as on the topic) and decoded only by `get`, which is rare
     (only a request delivered again is looked up): a decoded reply costs several times

@@ -195,7 +195,7 @@ def map_sdk_error(
     `deployment`, which speaks `protocol`; an HTTP error status is mapped by
     `status_error`."""
     name = deployment.name
-    if _connection_failure_under(exc):
+    if not isinstance(exc, _sdk_classes("APIStatusError")) and _connection_failure_under(exc):
         return unreachable(name)
     if isinstance(exc, (*_sdk_classes("APITimeoutError"), httpx2.TimeoutException)):
         return timeout_error(name)
@@ -220,32 +220,33 @@ def map_sdk_error(
     )
 
 
+def _underlying(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of type `kind` among those `exc` was raised from or during
+    (`__cause__`, else `__context__`), a few wrappers deep at most (never round a cycle);
+    None when there is none."""
+    cause = exc.__cause__ or exc.__context__
+    for _ in range(8):
+        if cause is None or isinstance(cause, kind):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _undecodable(exc: BaseException) -> bool:
     """Whether `exc` is aiohttp failing to decode a body by its `content-encoding` (one
     that was not asked for, such as `br`, whose response aiohttp refuses whatever its
     status, or data that is not in it): a bad reply, not a broken connection."""
-    if not isinstance(exc, aiohttp.ClientError):
-        return False
-    cause = exc.__cause__ or exc.__context__
-    for _ in range(4):  # aiohttp wraps it once or twice
-        if cause is None or isinstance(cause, ContentEncodingError):
-            break
-        cause = cause.__cause__ or cause.__context__
-    return isinstance(cause, ContentEncodingError)
+    return isinstance(exc, aiohttp.ClientError) and (
+        _underlying(exc, ContentEncodingError) is not None
+    )
 
 
 def _connection_failure_under(exc: BaseException) -> bool:
     """Whether `exc` was caused by aiohttp failing to connect or losing the connection
     (not by a timeout): the SDKs' aiohttp transport reports those as httpx's
     `ConnectTimeout`, which the SDKs turn into a timeout, but nothing timed out."""
-    cause = exc.__cause__
-    for _ in range(8):  # a few wrappers deep; never around a cycle
-        if cause is None:
-            break
-        if isinstance(cause, aiohttp.ClientConnectionError):
-            return not isinstance(cause, TimeoutError)
-        cause = cause.__cause__
-    return False
+    cause = _underlying(exc, aiohttp.ClientConnectionError)
+    return cause is not None and not isinstance(cause, TimeoutError)
 
 
 def sdk_error_body(status: int, text: str, protocol: Protocol_) -> tuple[object, str]:
@@ -636,13 +637,11 @@ class DirectResponse:
     # that its connection goes back to the pool instead of being closed.
     DRAIN_S = 5.0
 
-    def __init__(
-        self, response: aiohttp.ClientResponse, drains: set[asyncio.Task[None]] | None = None
-    ) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, drains: set[asyncio.Task[None]]) -> None:
         """`drains`: where the tasks reading streams' ends are kept (their client's, which
         cancels them when it closes)."""
         self._response = response
-        self._drains = drains if drains is not None else set()
+        self._drains = drains
         self._content: bytes | None = None
         self.status_code = response.status
         self.headers = response.headers
