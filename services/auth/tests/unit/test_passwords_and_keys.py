@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import re
 
-from argon2 import profiles
+import argon2
+import pytest
+from argon2 import extract_parameters, profiles
+from argon2.exceptions import VerifyMismatchError
 
 from switchyard.auth.keys import generate_api_key, hash_api_key, visible_prefix
-from switchyard.auth.passwords import PasswordHasher
+from switchyard.auth.passwords import PasswordHasher, decoy_hash
 
 
 def test_passwords_are_stored_as_argon2id_and_verify_only_the_right_one() -> None:
@@ -21,6 +24,31 @@ def test_passwords_are_stored_as_argon2id_and_verify_only_the_right_one() -> Non
     assert not hasher.verify(None, "anything"), "a user without a password can never sign in"
     assert not hasher.verify("not-a-hash", "anything")
     assert hasher.hash("same") != hasher.hash("same"), "every hash is salted"
+
+
+@pytest.mark.parametrize(
+    "parameters", [profiles.CHEAPEST, profiles.RFC_9106_LOW_MEMORY], ids=["cheapest", "default"]
+)
+def test_the_decoy_for_unknown_users_costs_a_full_verify_and_matches_nothing(
+    parameters: argon2.Parameters,
+) -> None:
+    decoy = decoy_hash(parameters)
+    # The same parameters as a real hash: verifying against it is as slow as against one.
+    assert extract_parameters(decoy) == parameters
+    assert decoy != decoy_hash(parameters), "a random salt and digest each time"
+    if parameters == profiles.CHEAPEST:
+        # Well formed: argon2 computes the hash and compares it (a mismatch, not a
+        # malformed-hash error that would answer at once).
+        with pytest.raises(VerifyMismatchError):
+            argon2.PasswordHasher.from_parameters(parameters).verify(decoy, "anything")
+
+
+def test_a_hasher_is_made_without_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_hash(*_args: object) -> str:
+        raise AssertionError("a hash at construction costs 100 ms and 64 MiB")
+
+    monkeypatch.setattr(argon2.PasswordHasher, "hash", no_hash)
+    assert not PasswordHasher().verify(None, "anything")
 
 
 def test_weaker_hashes_are_flagged_for_rehash() -> None:

@@ -11,6 +11,7 @@ delaying everything the service serves.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,24 @@ T = TypeVar("T")
 
 class HashingBusy(Exception):
     """Too many password hashes are waiting; the caller should retry shortly."""
+
+
+def decoy_hash(parameters: Parameters) -> str:
+    """A well-formed Argon2 hash with `parameters` (a PHC string, as argon2-cffi writes
+    it) whose salt and digest are random bytes: verifying any password against it costs
+    exactly what verifying against a real hash with those parameters costs, and matches
+    nothing (a 2^-256 chance per guess). Made without hashing, so a hasher is created
+    without the hash's 100 ms of CPU and its `memory_cost` KiB of memory (64 MiB for the
+    default parameters)."""
+
+    def b64(raw: bytes) -> str:
+        # PHC strings use standard base64 without its padding.
+        return base64.b64encode(raw).rstrip(b"=").decode("ascii")
+
+    cost = f"m={parameters.memory_cost},t={parameters.time_cost},p={parameters.parallelism}"
+    salt, digest = os.urandom(parameters.salt_len), os.urandom(parameters.hash_len)
+    variant = parameters.type.name.lower()
+    return f"$argon2{variant}$v={parameters.version}${cost}${b64(salt)}${b64(digest)}"
 
 
 class PasswordHasher:
@@ -43,7 +62,7 @@ class PasswordHasher:
         self._argon2 = _Argon2Hasher.from_parameters(parameters)
         # Checked when the user does not exist, so a wrong email costs as much time as a
         # wrong password and response times do not reveal which emails are registered.
-        self._decoy_hash = self._argon2.hash("decoy password that matches nothing")
+        self._decoy_hash = decoy_hash(parameters)
         self._workers = workers or min(4, os.cpu_count() or 1)
         self._max_pending = max_pending
         self._pending = 0
