@@ -1,11 +1,11 @@
 """Direct requests (`upstream.DirectRequests`, aiohttp) against a raw HTTP/1.1 server that
 keeps every request's head as it came off the socket: the head is byte for byte the one
 the SDK's own client sends (names in the same case and order; cookies the upstream set
-are sent back, though aiohttp writes them last);
-a stream's connection goes back to the pool even when its body's last chunk comes after
-its `[DONE]`; an upstream closed is never called again; a proxy in the environment keeps
-the SDK's client; replies in an encoding that was not asked for, or in a charset that is
-no text encoding, are the upstream's fault, never the client's."""
+are sent back, though aiohttp writes them last); a stream's connection goes back to the
+pool even when its body's last chunk comes after its `[DONE]` (on the SDK's own client
+too, which platform kinds use); an upstream closed is never called again; a proxy in the
+environment keeps the SDK's client; replies in an encoding that was not asked for, or in
+a charset that is no text encoding, are the upstream's fault, never the client's."""
 
 from __future__ import annotations
 
@@ -101,11 +101,25 @@ def is_cookie(line: bytes) -> bool:
     return line.lower().startswith(b"cookie:")
 
 
-async def test_a_streams_connection_is_reused_when_its_end_comes_after_done() -> None:
+@pytest.fixture(params=["direct", "sdk"])
+def client_path(request: pytest.FixtureRequest) -> str:
+    """Direct requests, or the SDK's own client (platform kinds, a proxy in the way)."""
+    return str(request.param)
+
+
+async def streaming_upstream(path: str, root: str) -> tuple[SDKUpstream, SDKUpstream]:
+    """(The upstream to stream through on `path`, the other one): both closed by the caller."""
+    direct, sdk = await pair("openai", root)
+    return (direct, sdk) if path == "direct" else (sdk, direct)
+
+
+async def test_a_streams_connection_is_reused_when_its_end_comes_after_done(
+    client_path: str,
+) -> None:
     events = [b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n', b"data: [DONE]\n\n"]
     reply = RawReply(SSE_HEAD, events, chunked=True, end_after_s=0.02)
     async with RawServer(reply) as server:
-        upstream, _ = await pair("openai", server.root)
+        upstream, other = await streaming_upstream(client_path, server.root)
         try:
             for _ in range(3):
                 assert await outcome(upstream, stream=True) == (
@@ -115,25 +129,66 @@ async def test_a_streams_connection_is_reused_when_its_end_comes_after_done() ->
                 await asyncio.sleep(0.05)  # the stream's end arrives meanwhile
         finally:
             await upstream.aclose()
+            await other.aclose()
     assert len(server.heads) == 3
     assert server.connections == 1
 
 
 async def test_a_stream_whose_body_never_ends_after_done_has_its_connection_closed(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, client_path: str
 ) -> None:
     monkeypatch.setattr("switchyard.inference.upstream.DirectResponse.DRAIN_S", 0.05)
     events = [b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
     reply = RawReply(SSE_HEAD, events, chunked=True, end_after_s=3600)
     async with RawServer(reply) as server:
-        upstream, _ = await pair("openai", server.root)
+        upstream, other = await streaming_upstream(client_path, server.root)
         try:
             assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
             await asyncio.sleep(0.2)
             assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
         finally:
             await upstream.aclose()
+            await other.aclose()
     assert server.connections == 2
+
+
+async def test_events_after_done_are_read_to_the_bodys_end_and_never_passed_on(
+    client_path: str,
+) -> None:
+    events = [
+        b'data: {"choices": []}\n\n',
+        b"data: [DONE]\n\n",
+        b'data: {"choices": [{"delta": {"content": "late"}}]}\n\n',
+    ]
+    reply = RawReply(SSE_HEAD, events, chunked=True, end_after_s=0.02)
+    async with RawServer(reply) as server:
+        upstream, other = await streaming_upstream(client_path, server.root)
+        try:
+            for _ in range(2):
+                assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
+                await asyncio.sleep(0.05)
+        finally:
+            await upstream.aclose()
+            await other.aclose()
+    assert server.connections == 1
+
+
+async def test_closing_an_sdk_client_upstream_gives_up_a_streams_end_still_being_read() -> None:
+    events = [b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
+    reply = RawReply(SSE_HEAD, events, chunked=True, end_after_s=3600)
+    async with RawServer(reply) as server:
+        upstream, other = await streaming_upstream("sdk", server.root)
+        try:
+            assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
+            ends = set(upstream._ends)
+            assert len(ends) == 1
+
+            await asyncio.wait_for(upstream.aclose(), 2)
+
+            assert all(end.done() for end in ends)
+            assert not upstream._ends
+        finally:
+            await other.aclose()
 
 
 async def test_closing_the_upstream_gives_up_a_streams_end_still_being_read() -> None:

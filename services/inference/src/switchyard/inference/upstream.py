@@ -784,6 +784,8 @@ class SDKUpstream:
         self.direct: DirectRequests | None = None
         if http is not None and DirectRequests.usable(client):
             self.direct = DirectRequests(client, http, self.protocol)
+        # Streams through the SDK's client whose end is still being read (`_end_later`).
+        self._ends: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -888,10 +890,12 @@ class SDKUpstream:
         yielded). Raises ProviderError, also mid-stream: an `error` event, an error object
         in place of a chunk, a broken connection. The response is closed however it ends."""
         response = None
+        events: AsyncIterator[Any] | None = None
         done = False
         try:
             response = await self._post(path, body, headers, timeout_s, stream=True)
-            async for sse in self._events(response):
+            events = self._events(response)
+            async for sse in events:
                 data = sse.data
                 if data == "[DONE]":
                     done = True
@@ -907,10 +911,35 @@ class SDKUpstream:
                 raise
             raise failure from exc
         finally:
+            # After `[DONE]` the connection is kept for the next request: the rest of the
+            # body is read in the background instead of the connection being closed.
             if done and isinstance(response, DirectResponse):
-                response.close_after_end()  # its connection kept for the next request
+                response.close_after_end()
+            elif done and response is not None and events is not None:
+                self._end_later(events, response)
             elif response is not None:
                 await response.aclose()
+
+    def _end_later(self, events: AsyncIterator[Any], response: Reply) -> None:
+        """Read what is left of a stream of the SDK's client after its last event (`events`,
+        the iterator the stream was being read with) for up to `DirectResponse.DRAIN_S`
+        seconds, then close `response`: read to its end, its connection goes back to the
+        pool (as `DirectResponse.close_after_end` does on direct requests); otherwise it
+        is closed. `aclose` gives up what is still being read."""
+
+        async def read_to_end() -> None:
+            try:
+                async with asyncio.timeout(DirectResponse.DRAIN_S):
+                    async for _ in events:
+                        pass  # nothing after `[DONE]` is passed on
+            except Exception:  # noqa: BLE001, S110 - a body that does not end is closed below
+                pass
+            finally:
+                await response.aclose()
+
+        task = asyncio.get_running_loop().create_task(read_to_end())
+        self._ends.add(task)
+        task.add_done_callback(self._ends.discard)
 
     def _events(self, response: Reply) -> AsyncIterator[Any]:
         """The events of a streamed answer (objects with `event` and `data`): parsed as
@@ -920,7 +949,13 @@ class SDKUpstream:
         return EventSource(cast(Any, response)).aiter_sse()
 
     async def aclose(self) -> None:
-        """Close the SDK client, the direct requests' HTTP client and their connections."""
+        """Close the SDK client, the direct requests' HTTP client and their connections
+        (streams' ends still being read are given up)."""
+        ends = list(self._ends)
+        for task in ends:
+            task.cancel()
+        if ends:
+            await asyncio.gather(*ends, return_exceptions=True)
         try:
             await self.client.close()
         finally:
