@@ -10,8 +10,9 @@ a charset that is no text encoding, are the upstream's fault, never the client's
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
+import httpx2
 import pytest
 
 from switchyard.common.routing import Deployment
@@ -205,6 +206,30 @@ async def test_closing_the_upstream_gives_up_a_streams_end_still_being_read() ->
 
         assert all(drain.done() for drain in drains)
         assert not upstream.direct._drains
+
+
+async def test_closing_the_upstream_right_after_a_stream_closes_its_response(
+    client_path: str,
+) -> None:
+    # Closed in the same turn as the stream ended: the read of its end never started.
+    events = [b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
+    reply = RawReply(SSE_HEAD, events, chunked=True, end_after_s=3600)
+    async with RawServer(reply) as server:
+        upstream, other = await streaming_upstream(client_path, server.root)
+        try:
+            assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
+            if client_path == "direct":
+                assert upstream.direct is not None
+                [response] = upstream.direct._drains.values()
+                await upstream.aclose()
+                assert response.closed
+            else:
+                [(events_read, sdk_response)] = upstream._ends.values()
+                await upstream.aclose()
+                assert isinstance(sdk_response, httpx2.Response) and sdk_response.is_closed
+                assert cast(Any, events_read).ag_frame is None, "the iterator is closed"
+        finally:
+            await other.aclose()
 
 
 async def test_an_upstream_closed_is_never_called_again(kind: str) -> None:

@@ -20,6 +20,7 @@ from typing import TypeVar
 from argon2 import Parameters, profiles
 from argon2 import PasswordHasher as _Argon2Hasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from argon2.low_level import ARGON2_VERSION
 
 T = TypeVar("T")
 
@@ -43,7 +44,8 @@ def decoy_hash(parameters: Parameters) -> str:
     cost = f"m={parameters.memory_cost},t={parameters.time_cost},p={parameters.parallelism}"
     salt, digest = os.urandom(parameters.salt_len), os.urandom(parameters.hash_len)
     variant = parameters.type.name.lower()
-    return f"$argon2{variant}$v={parameters.version}${cost}${b64(salt)}${b64(digest)}"
+    # argon2-cffi hashes with the library's version whatever `parameters.version` says.
+    return f"$argon2{variant}$v={ARGON2_VERSION}${cost}${b64(salt)}${b64(digest)}"
 
 
 class PasswordHasher:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import email.utils
 import functools
 import json
@@ -476,7 +477,8 @@ class DirectRequests:
         self._base_url: httpx2.URL = client.base_url
         # Each path's URL and `host` header (as httpx gives it).
         self._urls: dict[str, tuple[yarl.URL, str]] = {}
-        self._drains: set[asyncio.Task[None]] = set()
+        # Streams' ends being read (`DirectResponse.close_after_end`), with their responses.
+        self._drains: dict[asyncio.Task[None], aiohttp.ClientResponse] = {}
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         # The HTTP client's own (`accept-encoding`, `connection`...), which httpx sends
@@ -621,9 +623,13 @@ class DirectRequests:
         """Close the HTTP client and its connections (streams' ends still being read
         are given up); no request is sent after."""
         self._closed = True
-        for drain in list(self._drains):
+        drains = list(self._drains.items())
+        for drain, _ in drains:
             drain.cancel()
         await asyncio.gather(*self._drains, return_exceptions=True)
+        # A drain cancelled before it ran never closed its response.
+        for _, response in drains:
+            response.close()
         if self._session is not None:
             await self._session.close()
 
@@ -637,7 +643,11 @@ class DirectResponse:
     # that its connection goes back to the pool instead of being closed.
     DRAIN_S = 5.0
 
-    def __init__(self, response: aiohttp.ClientResponse, drains: set[asyncio.Task[None]]) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        drains: dict[asyncio.Task[None], aiohttp.ClientResponse],
+    ) -> None:
         """`drains`: where the tasks reading streams' ends are kept (their client's, which
         cancels them when it closes)."""
         self._response = response
@@ -710,8 +720,8 @@ class DirectResponse:
             self._response.release()
             return
         task = asyncio.get_running_loop().create_task(self._drain())
-        self._drains.add(task)
-        task.add_done_callback(self._drains.discard)
+        self._drains[task] = self._response
+        task.add_done_callback(lambda done: self._drains.pop(done, None))
 
     async def _drain(self) -> None:
         ended = False
@@ -784,8 +794,9 @@ class SDKUpstream:
         self.direct: DirectRequests | None = None
         if http is not None and DirectRequests.usable(client):
             self.direct = DirectRequests(client, http, self.protocol)
-        # Streams through the SDK's client whose end is still being read (`_end_later`).
-        self._ends: set[asyncio.Task[None]] = set()
+        # Streams through the SDK's client whose end is still being read (`_end_later`),
+        # with the iterator they were read with and their response.
+        self._ends: dict[asyncio.Task[None], tuple[AsyncIterator[Any], Reply]] = {}
 
     @property
     def name(self) -> str:
@@ -938,8 +949,8 @@ class SDKUpstream:
                 await response.aclose()
 
         task = asyncio.get_running_loop().create_task(read_to_end())
-        self._ends.add(task)
-        task.add_done_callback(self._ends.discard)
+        self._ends[task] = (events, response)
+        task.add_done_callback(lambda done: self._ends.pop(done, None))
 
     def _events(self, response: Reply) -> AsyncIterator[Any]:
         """The events of a streamed answer (objects with `event` and `data`): parsed as
@@ -951,11 +962,16 @@ class SDKUpstream:
     async def aclose(self) -> None:
         """Close the SDK client, the direct requests' HTTP client and their connections
         (streams' ends still being read are given up)."""
-        ends = list(self._ends)
-        for task in ends:
+        ends = list(self._ends.items())
+        for task, _ in ends:
             task.cancel()
-        if ends:
-            await asyncio.gather(*ends, return_exceptions=True)
+        await asyncio.gather(*(task for task, _ in ends), return_exceptions=True)
+        # A read cancelled before it ran closed neither its iterator nor its response.
+        for _, (events, response) in ends:
+            with contextlib.suppress(Exception):
+                await cast(AsyncGenerator[Any, None], events).aclose()
+            with contextlib.suppress(Exception):
+                await response.aclose()
         try:
             await self.client.close()
         finally:
