@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 
 import httpx
@@ -241,7 +242,10 @@ async def test_events_received_while_the_database_is_unusable_are_stored_once_it
             timeout=10,
             message="the first write to fail",
         )
-        upgrade(MIGRATIONS_DIR, url, VERSION_TABLE)
+        # Off the event loop: a retry of the service may be holding SQLite's write lock,
+        # which it releases only when the loop runs on (blocked, the migration would wait
+        # for it until "database is locked").
+        await asyncio.to_thread(upgrade, MIGRATIONS_DIR, url, VERSION_TABLE)
         item = await service.wait_for(request.request_id, "completed")
         dead_letters = service.bus.dead_letters
 
