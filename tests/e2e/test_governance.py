@@ -131,6 +131,25 @@ def test_rpm_limit_of_60_admits_exactly_60_of_200_simultaneous_requests(fleet):
     assert admitted.headers["x-ratelimit-limit-requests"] == "60"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["reply", "stream"])
+def test_one_request_at_a_time_never_meets_a_limit_of_one_at_once(fleet, stream):
+    # A reply carries its request's usage: the replica settles the request's reservations
+    # as the reply arrives, before the client has it, so the next request finds the
+    # slot free (the usage topic is read later, in batches, only for what replies miss).
+    key = new_key(fleet, max_parallel_requests=1)
+    headers = {"Authorization": f"Bearer {key['key']}"}
+    statuses = []
+    with httpx.Client(timeout=60) as client:
+        for _ in range(8):
+            response = client.post(
+                f"{fleet['urls'][0]}/v1/chat/completions",
+                json={**chat(), "stream": stream},
+                headers=headers,
+            )
+            statuses.append(response.status_code)
+    assert statuses == [200] * 8
+
+
 def spend_of(fleet, key: str) -> list[dict]:
     response = httpx.get(
         f"{fleet['urls'][2]}/v1/spend", headers={"Authorization": f"Bearer {key}"}, timeout=10

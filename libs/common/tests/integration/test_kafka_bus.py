@@ -15,7 +15,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from switchyard.common.bus import BusUnavailableError, RetryPolicy, delivery_may_repeat
+from switchyard.common.bus import (
+    USAGE_HEADER,
+    BusUnavailableError,
+    Carried,
+    RetryPolicy,
+    delivery_may_repeat,
+)
 from switchyard.common.bus.kafka import KafkaBus
 from switchyard.common.events import ChatRequestData, ChatRequested, ClientAPI, encode_event
 from switchyard.common.testing.infra import async_wait_until
@@ -289,6 +295,73 @@ async def test_a_listener_with_a_key_filter_decodes_only_the_keys_it_accepts(
     await asyncio.sleep(0.5)
     assert seen == ["req-1", "req-4"]
     assert len(decoded) == 2  # the other two were skipped without decoding
+    await bus.stop()
+
+
+async def test_a_listener_hands_over_the_events_records_carry_in_a_header_first(
+    kafka_servers, kafka_topics
+):
+    bus = await started_bus(kafka_servers, kafka_topics)
+    seen: list[str] = []
+    wanted_carried = {"req-1", "req-3"}
+
+    async def on_reply(event):
+        seen.append(f"reply {event.request_id}")
+
+    async def on_carried(event):
+        seen.append(f"carried {event.request_id}")
+
+    replies = kafka_topics.replies
+    await bus.listen(
+        replies,
+        on_reply,
+        partitions=[0],
+        key_filter=lambda key: key != "req-9",
+        carried=Carried(USAGE_HEADER, on_carried, key_filter=wanted_carried.__contains__),
+    )
+
+    def carrying(n: int) -> dict[str, bytes]:
+        return {USAGE_HEADER: encode_event(request(100 + n))}
+
+    await bus.publish(replies, request(1), key="req-1", partition=0, headers=carrying(1))
+    await bus.publish(replies, request(2), key="req-2", partition=0, headers=carrying(2))
+    # A header that does not decode is skipped; the record's own event is handled.
+    await bus.publish(
+        replies, request(3), key="req-3", partition=0, headers={USAGE_HEADER: b"{not json"}
+    )
+    await bus.publish(replies, request(9), key="req-9", partition=0, headers=carrying(9))
+    await bus.publish(replies, request(4), key="req-4", partition=0)  # carries nothing
+    await async_wait_until(lambda: asyncio.sleep(0, "reply req-4" in seen), timeout=30)
+    assert seen == [
+        "carried req-101",
+        "reply req-1",
+        "reply req-2",  # its carried event is not wanted: never decoded
+        "reply req-3",
+        "reply req-4",
+    ]
+    await bus.stop()
+
+
+async def test_a_listener_that_accepts_a_delay_gets_every_event_within_it(
+    kafka_servers, kafka_topics
+):
+    bus = await started_bus(kafka_servers, kafka_topics)
+    arrived: list[float] = []
+
+    async def on_usage(event):
+        arrived.append(time.monotonic())
+
+    subscription = await bus.listen(kafka_topics.usage, on_usage, partitions=[0], max_delay_ms=300)
+    consumer = subscription.consumer
+    assert consumer is not None
+    # The broker holds each fetch for a full batch or the delay (light load: the delay).
+    assert consumer._fetcher._fetch_min_bytes == 1024 * 1024
+    assert consumer._fetcher._fetch_max_wait_ms == 300
+    published = time.monotonic()
+    for n in range(5):
+        await bus.publish(kafka_topics.usage, request(n), partition=0)
+    await async_wait_until(lambda: asyncio.sleep(0, len(arrived) == 5), timeout=30)
+    assert max(arrived) - published < 5
     await bus.stop()
 
 

@@ -16,7 +16,7 @@ import structlog
 from fastapi import FastAPI
 
 from switchyard.common.backoff import Backoff
-from switchyard.common.bus import EventBus, create_bus
+from switchyard.common.bus import USAGE_HEADER, Carried, EventBus, create_bus
 from switchyard.common.docs import install_docs
 from switchyard.common.http import (
     FASTAPI_TELEMETRY,
@@ -133,6 +133,7 @@ async def listen_for_replies(gateway: Gateway) -> None:
         try:
             partitions = await gateway.bus.partition_count(gateway.topics.replies)
             gateway.reply_partition = reply_partition(gateway.settings.instance_id, partitions)
+            admission = gateway.admission
             gateway.replies_listener = await gateway.bus.listen(
                 gateway.topics.replies,
                 gateway.pending.deliver,
@@ -140,6 +141,11 @@ async def listen_for_replies(gateway: Gateway) -> None:
                 # Replies for other replicas sharing the partition, and the events of cache
                 # hits, are skipped undecoded.
                 key_filter=gateway.pending.waiting_for,
+                # A terminal reply carries its usage event: the request's reservations are
+                # settled as the reply arrives (the usage topic is only the fallback).
+                carried=Carried(USAGE_HEADER, admission.on_event, admission.settles)
+                if admission is not None
+                else None,
             )
         except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
             delay = STARTUP_BACKOFF.delay(attempt)
@@ -148,23 +154,37 @@ async def listen_for_replies(gateway: Gateway) -> None:
     log.info("gateway listening for replies", reply_partition=gateway.reply_partition)
 
 
+# How late the usage topic's events may settle reservations (ms): only those of requests
+# whose reply this replica did not read wait for it.
+USAGE_FALLBACK_DELAY_MS = 500
+
+
 async def listen_for_governance(gateway: Gateway) -> None:
     """Listen to the usage topic (settlements) and the auth events (limit changes), every
     partition of both, retrying until it works."""
     assert gateway.admission is not None
     attempt = 0
-    # The usage of requests this replica does not settle (other replicas', cache hits') is
-    # skipped undecoded; every limit change is read.
+    # The usage of requests this replica does not settle (other replicas', cache hits',
+    # those settled from their reply) is skipped undecoded; every limit change is read.
+    # Most usage is settled from the reply that carries it (`listen_for_replies`); the
+    # usage topic settles the rest (jobs, whose replies no gateway reads; a request whose
+    # client left), so it is read in fuller, later batches: no fetch round trip per
+    # request.
     topics = [
-        (gateway.topics.usage, gateway.admission.settles),
-        (gateway.topics.auth_events, None),
+        (gateway.topics.usage, gateway.admission.settles, USAGE_FALLBACK_DELAY_MS),
+        (gateway.topics.auth_events, None, None),
     ]
     while len(gateway.governance_listeners) < len(topics):
         attempt += 1
         try:
-            topic, key_filter = topics[len(gateway.governance_listeners)]
+            topic, key_filter, max_delay_ms = topics[len(gateway.governance_listeners)]
             gateway.governance_listeners.append(
-                await gateway.bus.listen(topic, gateway.admission.on_event, key_filter=key_filter)
+                await gateway.bus.listen(
+                    topic,
+                    gateway.admission.on_event,
+                    key_filter=key_filter,
+                    max_delay_ms=max_delay_ms,
+                )
             )
         except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
             delay = STARTUP_BACKOFF.delay(attempt)

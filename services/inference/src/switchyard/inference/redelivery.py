@@ -48,7 +48,7 @@ from typing import Any, Protocol
 import structlog
 from typing_extensions import override
 
-from switchyard.common.bus import BusUnavailableError
+from switchyard.common.bus import USAGE_HEADER, BusUnavailableError
 from switchyard.common.events import (
     ChatChunk,
     ChatCompleted,
@@ -61,9 +61,6 @@ from switchyard.common.events import (
 )
 from switchyard.common.tasks import cancel_and_wait
 
-# The record header of a terminal event that holds the request's usage event (UTF-8 JSON,
-# as `encode_event` writes it).
-USAGE_HEADER = "usage"
 _CHUNK = b"chat.chunk"
 _TERMINAL = (b"chat.completed", b"chat.failed")
 

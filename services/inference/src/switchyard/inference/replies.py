@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 import structlog
 
-from switchyard.common.bus import EventRejectedError, delivery_may_repeat
+from switchyard.common.bus import USAGE_HEADER, EventRejectedError, delivery_may_repeat
 from switchyard.common.events import (
     ChatRequested,
     ClientAPI,
@@ -35,7 +35,7 @@ from switchyard.inference.outcomes import (
     undeliverable,
 )
 from switchyard.inference.publishing import ChunkPublisher, ReliablePublisher, chunk_records
-from switchyard.inference.redelivery import USAGE_HEADER, OutcomeLog, Recorded
+from switchyard.inference.redelivery import OutcomeLog, Recorded
 from switchyard.inference.runs import RequestRun
 
 log = structlog.get_logger("switchyard.inference.replies")

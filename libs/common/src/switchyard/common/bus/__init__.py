@@ -7,8 +7,10 @@ from contextlib import AsyncExitStack
 from typing import Protocol, TypeVar
 
 from switchyard.common.bus.base import (
+    USAGE_HEADER,
     BatchHandler,
     BusUnavailableError,
+    Carried,
     EventBus,
     EventRejectedError,
     EventTooLargeError,
@@ -28,6 +30,7 @@ from switchyard.common.topics import Topics
 __all__ = [
     "BatchHandler",
     "BusUnavailableError",
+    "Carried",
     "EventBus",
     "EventRejectedError",
     "EventTooLargeError",
@@ -39,6 +42,7 @@ __all__ = [
     "InMemoryBus",
     "RetryPolicy",
     "Subscription",
+    "USAGE_HEADER",
     "delivery_may_repeat",
     "create_bus",
     "enter_bus",

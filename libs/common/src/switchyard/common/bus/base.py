@@ -41,6 +41,23 @@ KeyFilter = Callable[[str], bool]
 # (topic, partition) -> offset.
 Offsets = dict[tuple[str, int], int]
 
+# The record header in which a reply's terminal event carries the request's
+# `usage.recorded` event (encoded as on the usage topic): a reader of the reply has its
+# usage without reading the usage topic.
+USAGE_HEADER = "usage"
+
+
+@dataclass(frozen=True)
+class Carried:
+    """Events carried in a record header named `header` (encoded as on their own topic),
+    for a listener: each is decoded and given to `handler` before the record's own event,
+    for the records the listener's key filter accepts and, if given, `key_filter` too."""
+
+    header: str
+    handler: Handler
+    key_filter: KeyFilter | None = None
+
+
 log = structlog.get_logger("switchyard.bus")
 
 
@@ -200,13 +217,23 @@ class EventBus(abc.ABC):
         *,
         partitions: Sequence[int] | None = None,
         key_filter: KeyFilter | None = None,
+        carried: Carried | None = None,
+        max_delay_ms: int | None = None,
     ) -> Subscription:
         """Receive every event published from now on (optionally only some partitions).
 
         With `key_filter`, an event is decoded and handled only if the filter accepts its
         key (the request id, on the request-scoped topics), asked when the event is read:
         a listener interested in a few requests skips the others without decoding them.
-        An event published without a key is handled (the filter cannot tell)."""
+        An event published without a key is handled (the filter cannot tell).
+
+        `carried`: the events a record carries in that header go to its handler first
+        (a bus that keeps no headers, the in-memory one, never calls it).
+
+        `max_delay_ms`: events may reach `handler` up to this many ms after they were
+        published, so that the bus reads them in fewer, fuller batches (Kafka: the broker
+        answers a fetch once it holds a large batch or this long has passed); for a
+        listener nothing waits on, such as a fallback. None: each as soon as it can."""
 
     @abc.abstractmethod
     async def partition_count(self, topic: str) -> int:

@@ -63,6 +63,7 @@ from switchyard.common.bus import metrics
 from switchyard.common.bus.base import (
     BatchHandler,
     BusUnavailableError,
+    Carried,
     EventBus,
     EventRejectedError,
     EventTooLargeError,
@@ -97,6 +98,10 @@ CONSUMER_RECONNECT_BACKOFF = Backoff(initial_s=0.2, max_s=5.0)
 # answers as soon as one record arrives (`fetch_min_bytes` is 1), so this bounds only the
 # empty round trips an idle listener makes (two a second, not ten), never a record's wait.
 LISTENER_FETCH_MAX_WAIT_MS = 500
+
+# A listener that accepts a delay (`max_delay_ms`) asks the broker to hold each fetch until
+# this much is there, or the delay has passed: at most one fetch per delay under light load.
+DELAYED_LISTENER_FETCH_MIN_BYTES = 1024 * 1024
 # How long a batch consumer waits, after its paused partitions are resumed, for the fetch
 # that brings what arrived during the batch wait.
 RESUMED_FETCH_WAIT_MS = 10
@@ -772,11 +777,15 @@ class KafkaBus(EventBus):
         *,
         partitions: Sequence[int] | None = None,
         key_filter: KeyFilter | None = None,
+        carried: Carried | None = None,
+        max_delay_ms: int | None = None,
     ) -> Subscription:
         if partitions is None:
             # Every partition of the topic, from the producer's (already loaded) metadata.
             partitions = list(range(await self.partition_count(topic)))
-        subscription = _Listener(self, topic, handler, partitions, key_filter)
+        subscription = _Listener(
+            self, topic, handler, partitions, key_filter, carried, max_delay_ms
+        )
         return await self._started(subscription)
 
 
@@ -1265,16 +1274,23 @@ class _Listener(_SupervisedConsumer):
         handler: Handler,
         partitions: Sequence[int],
         key_filter: KeyFilter | None = None,
+        carried: Carried | None = None,
+        max_delay_ms: int | None = None,
     ):
         super().__init__(bus, f"listen-{topic}")
         self.topic, self.handler, self.key_filter = topic, handler, key_filter
+        self.carried = carried
         self.partitions = [TopicPartition(topic, p) for p in partitions]
         self.positions: dict[TopicPartition, int] = {}
+        self.fetch_options: dict[str, int] = {"fetch_max_wait_ms": LISTENER_FETCH_MAX_WAIT_MS}
+        if max_delay_ms is not None:
+            self.fetch_options = {
+                "fetch_max_wait_ms": max_delay_ms,
+                "fetch_min_bytes": DELAYED_LISTENER_FETCH_MIN_BYTES,
+            }
 
     async def _open(self) -> AIOKafkaConsumer:
-        consumer = self.bus._consumer(
-            group=None, auto_offset_reset="latest", fetch_max_wait_ms=LISTENER_FETCH_MAX_WAIT_MS
-        )
+        consumer = self.bus._consumer(group=None, auto_offset_reset="latest", **self.fetch_options)
         await self.bus._start_consumer(consumer)
         try:
             consumer.assign(self.partitions)
@@ -1306,6 +1322,8 @@ class _Listener(_SupervisedConsumer):
             and not self.key_filter(record.key.decode(errors="replace"))
         ):
             return  # not one this listener waits for: not even decoded
+        if self.carried is not None:
+            await self._handle_carried(record, self.carried)
         try:
             event = _decode(record)
         except EventDecodeError as exc:
@@ -1327,4 +1345,25 @@ class _Listener(_SupervisedConsumer):
                 topic=record.topic,
                 offset=record.offset,
                 error=repr(exc),
+            )
+
+    async def _handle_carried(self, record: ConsumerRecord, carried: Carried) -> None:
+        """Give the event `record` carries in the header `carried.header`, if any, to
+        `carried.handler`; one that does not decode, or that the handler fails on, is
+        logged and skipped (the event itself is handled anyway)."""
+        raw = next((value for name, value in record.headers if name == carried.header), None)
+        if raw is None:
+            return
+        key = record.key.decode(errors="replace") if record.key is not None else None
+        if carried.key_filter is not None and key is not None and not carried.key_filter(key):
+            return  # not wanted: not even decoded
+        try:
+            await carried.handler(decode_event(raw))
+        except Exception as exc:  # noqa: BLE001 - a carried event is extra: never fatal
+            log.warning(
+                "listener skipped a carried event",
+                topic=record.topic,
+                offset=record.offset,
+                header=carried.header,
+                error=repr(exc)[:500],
             )

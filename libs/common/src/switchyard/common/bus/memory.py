@@ -29,6 +29,7 @@ from switchyard.common import tracing
 from switchyard.common.bus.base import (
     BatchHandler,
     BusUnavailableError,
+    Carried,
     EventBus,
     Handler,
     HealthCheck,
@@ -440,7 +441,11 @@ class InMemoryBus(EventBus):
         *,
         partitions: Sequence[int] | None = None,
         key_filter: KeyFilter | None = None,
+        carried: Carried | None = None,
+        max_delay_ms: int | None = None,
     ) -> Subscription:
+        # This bus keeps no record headers (`carried` never has anything to hand over)
+        # and hands every event over at once (`max_delay_ms` needs no batching).
         queue: asyncio.Queue[tuple[bytes, dict[str, str], str | None]] = asyncio.Queue()
         entry = (queue, frozenset(partitions) if partitions is not None else None)
         self._listeners[topic].append(entry)
