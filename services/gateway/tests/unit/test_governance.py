@@ -13,10 +13,20 @@ import httpx
 import pytest
 
 from switchyard.common import tokenizer
-from switchyard.common.events import TokenUsage, UsageData, UsageRecorded
+from switchyard.common.bus import USAGE_HEADER, InMemoryBus
+from switchyard.common.events import (
+    LimitsChanged,
+    LimitsChangedData,
+    TokenUsage,
+    UsageData,
+    UsageRecorded,
+)
 from switchyard.common.governance import BudgetClock, FailureMode, Limits
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 from switchyard.common.pricing import Price, PriceTable
+from switchyard.common.testing.infra import async_wait_until
+from switchyard.common.topics import Topics
+from switchyard.gateway.app import USAGE_FALLBACK_DELAY_MS, create_app
 from switchyard.gateway.governance.admission import Admission, Refused
 from switchyard.gateway.governance.ledger import MemoryLedger
 from switchyard.gateway.governance.policy import LevelLimits, Policy, PolicySource
@@ -188,6 +198,34 @@ async def test_parallel_requests_free_their_slot_when_their_usage_arrives() -> N
     one.attach("first")
     admissions[0].on_usage(usage_event("first", 0.0))
     assert await admissions[0].admit(Caller(), "m", BODY)
+
+
+async def test_the_usage_a_reply_carries_settles_its_request_once() -> None:
+    [admission] = replicas(MemoryLedger(), policy(max_parallel_requests=1), count=1)
+    first = await admission.admit(Caller(), "m", BODY)
+    first.attach("first")
+
+    async def no_change(level: str, scope_id: str) -> None:
+        raise AssertionError("a reply's header changed a limit")
+
+    admission.limits_changed = no_change  # type: ignore[method-assign]
+    # Only a usage event in the reply's header acts: a limit change there is ignored.
+    changed = LimitsChanged(
+        source="auth",
+        tenant="acme",
+        request_id="first",
+        data=LimitsChangedData(scope="api_key", scope_id="k1"),
+    )
+    await admission.on_reply_usage(changed)
+    assert admission.settles("first")
+
+    await admission.on_reply_usage(usage_event("first", 0.0))
+    assert not admission.settles("first")
+    # The same usage read later on the usage topic settles nothing more.
+    await admission.on_event(usage_event("first", 0.0))
+    assert await admission.admit(Caller(), "m", BODY)  # the slot came back once
+    with pytest.raises(Refused):
+        await admission.admit(Caller(), "m", BODY)  # and only once
 
 
 async def test_a_changed_limit_applies_to_the_next_request_on_every_replica() -> None:
@@ -536,3 +574,35 @@ async def test_the_vocabulary_loads_for_token_limits_and_budgets_only_and_off_th
     # Loaded once, by the first request under the token limit, in a worker thread.
     assert len(counted_vocabulary) == 1
     assert counted_vocabulary[0] != threading.main_thread().name
+
+
+async def test_replies_settle_as_they_arrive_and_the_usage_topic_is_read_late(
+    settings,
+) -> None:
+    # What a Kafka bus does with these options is tested against a broker
+    # (libs/common/tests/integration/test_kafka_bus.py); here, that the gateway asks.
+    listened: dict[str, dict] = {}
+
+    class RecordingBus(InMemoryBus):
+        async def listen(self, topic, handler, **options):  # type: ignore[no-untyped-def]
+            listened[topic] = options
+            return await super().listen(topic, handler, **options)
+
+    bus = RecordingBus()
+    await bus.start()
+    topics = Topics(settings.topic_prefix)
+    app = create_app(settings, bus=bus)
+    try:
+        async with app.router.lifespan_context(app):
+            await async_wait_until(
+                lambda: asyncio.sleep(0, len(listened) >= 3), timeout=10, message="listeners"
+            )
+            admission = app.state.gateway.admission
+    finally:
+        await bus.stop()
+    carried = listened[topics.replies]["carried"]
+    assert carried.header == USAGE_HEADER
+    assert carried.handler == admission.on_reply_usage
+    assert carried.key_filter == admission.settles
+    assert listened[topics.usage]["max_delay_ms"] == USAGE_FALLBACK_DELAY_MS
+    assert listened[topics.auth_events]["max_delay_ms"] is None  # limit changes at once

@@ -143,7 +143,7 @@ async def listen_for_replies(gateway: Gateway) -> None:
                 key_filter=gateway.pending.waiting_for,
                 # A terminal reply carries its usage event: the request's reservations are
                 # settled as the reply arrives (the usage topic is only the fallback).
-                carried=Carried(USAGE_HEADER, admission.on_event, admission.settles)
+                carried=Carried(USAGE_HEADER, admission.on_reply_usage, admission.settles)
                 if admission is not None
                 else None,
             )

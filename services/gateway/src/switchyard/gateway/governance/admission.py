@@ -14,8 +14,11 @@ How it stays exact for the fleet and fast for one request (docs/governance.md):
   request waiting for it) when it runs out, and given back when it idles;
 - each request reserves at every level that has a limit: 1 request, its estimated tokens
   (prompt + output cap), its most possible cost, 1 parallel slot; the usage event of the
-  request (`<prefix>.usage`, which every replica listens to) settles the reservation with
-  what it really used, and the difference goes back to this replica's allowance;
+  request settles the reservation with what it really used, and the difference goes back
+  to this replica's allowance. On Kafka it is taken from the terminal reply that carries
+  it (`on_reply_usage`), as the reply arrives; the usage topic (`<prefix>.usage`, which
+  every replica listens to, in batches) settles the requests whose reply this replica did
+  not read while it waited (jobs, a client gone, a deadline passed, internal admissions);
 - the sum of all leases never exceeds a limit, so N replicas never admit more than the
   limit; what one replica holds unused is returned after `lease_idle_s`.
 
@@ -624,7 +627,7 @@ class Admission:
 
     def settles(self, request_id: str) -> bool:
         """Whether a request of this replica waits for its usage (the key of its
-        `usage.recorded`) to settle its reservations."""
+        `usage.recorded`, and of its terminal reply) to settle its reservations."""
         return request_id in self._pending
 
     def on_usage(self, event: UsageRecorded) -> None:
@@ -663,8 +666,17 @@ class Admission:
         if len(self._settlements) >= 500:
             self._wake.set()
 
+    async def on_reply_usage(self, event: Event) -> None:
+        """Bus handler of the usage event a terminal reply carries (its `usage` header):
+        settles the request with it; any other event there is logged and ignored."""
+        if isinstance(event, UsageRecorded):
+            self.on_usage(event)
+        else:
+            log.warning("a reply carried an event that is no usage event", type=event.type)
+
     async def on_event(self, event: Event) -> None:
-        """Bus listener of the usage topic and the auth events topic."""
+        """Bus listener of the usage topic (settlements) and the auth events topic (limit
+        changes)."""
         if isinstance(event, UsageRecorded):
             self.on_usage(event)
         elif isinstance(event, LimitsChanged):
