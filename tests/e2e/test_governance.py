@@ -134,8 +134,9 @@ def test_rpm_limit_of_60_admits_exactly_60_of_200_simultaneous_requests(fleet):
 @pytest.mark.parametrize("stream", [False, True], ids=["reply", "stream"])
 def test_one_request_at_a_time_never_meets_a_limit_of_one_at_once(fleet, stream):
     # A reply carries its request's usage: the replica settles the request's reservations
-    # as the reply arrives, before the client has it, so the next request finds the
-    # slot free (the usage topic is read later, in batches, only for what replies miss).
+    # as the reply arrives, before the client has it, so the next request through the
+    # same replica finds the slot free (the usage topic is read later, in batches, only
+    # for what replies miss; another replica gets the slot when this one's lease idles).
     key = new_key(fleet, max_parallel_requests=1)
     headers = {"Authorization": f"Bearer {key['key']}"}
     statuses = []
