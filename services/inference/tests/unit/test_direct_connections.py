@@ -10,6 +10,8 @@ a charset that is no text encoding, are the upstream's fault, never the client's
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import httpx2
@@ -108,10 +110,25 @@ def client_path(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def streaming_upstream(path: str, root: str) -> tuple[SDKUpstream, SDKUpstream]:
-    """(The upstream to stream through on `path`, the other one): both closed by the caller."""
-    direct, sdk = await pair("openai", root)
-    return (direct, sdk) if path == "direct" else (sdk, direct)
+@contextlib.asynccontextmanager
+async def streaming(path: str, reply: RawReply) -> AsyncIterator[tuple[RawServer, SDKUpstream]]:
+    """A raw server answering `reply`, and an OpenAI upstream on it that streams through
+    `path`'s client; the upstream (and its twin on the other client) closed after."""
+    async with RawServer(reply) as server:
+        direct, sdk = await pair("openai", server.root)
+        try:
+            yield server, direct if path == "direct" else sdk
+        finally:
+            await direct.aclose()
+            await sdk.aclose()
+
+
+def ends_being_read(upstream: SDKUpstream) -> dict[asyncio.Task[None], Any]:
+    """The upstream's background reads of streams' ends, on whichever client it uses."""
+    return upstream.direct._drains if upstream.direct is not None else upstream._ends
+
+
+DONE = [b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
 
 
 async def test_a_streams_connection_is_reused_when_its_end_comes_after_done(
@@ -119,18 +136,13 @@ async def test_a_streams_connection_is_reused_when_its_end_comes_after_done(
 ) -> None:
     events = [b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n', b"data: [DONE]\n\n"]
     reply = RawReply(SSE_HEAD, events, chunked=True, end_after_s=0.02)
-    async with RawServer(reply) as server:
-        upstream, other = await streaming_upstream(client_path, server.root)
-        try:
-            for _ in range(3):
-                assert await outcome(upstream, stream=True) == (
-                    "ok",
-                    [{"choices": [{"delta": {"content": "a"}}]}],
-                )
-                await asyncio.sleep(0.05)  # the stream's end arrives meanwhile
-        finally:
-            await upstream.aclose()
-            await other.aclose()
+    async with streaming(client_path, reply) as (server, upstream):
+        for _ in range(3):
+            assert await outcome(upstream, stream=True) == (
+                "ok",
+                [{"choices": [{"delta": {"content": "a"}}]}],
+            )
+            await asyncio.sleep(0.05)  # the stream's end arrives meanwhile
     assert len(server.heads) == 3
     assert server.connections == 1
 
@@ -139,97 +151,57 @@ async def test_a_stream_whose_body_never_ends_after_done_has_its_connection_clos
     monkeypatch: pytest.MonkeyPatch, client_path: str
 ) -> None:
     monkeypatch.setattr("switchyard.inference.upstream.DirectResponse.DRAIN_S", 0.05)
-    events = [b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
-    reply = RawReply(SSE_HEAD, events, chunked=True, end_after_s=3600)
-    async with RawServer(reply) as server:
-        upstream, other = await streaming_upstream(client_path, server.root)
-        try:
-            assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
-            await asyncio.sleep(0.2)
-            assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
-        finally:
-            await upstream.aclose()
-            await other.aclose()
+    reply = RawReply(SSE_HEAD, DONE, chunked=True, end_after_s=3600)
+    async with streaming(client_path, reply) as (server, upstream):
+        assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
+        await asyncio.sleep(0.2)
+        assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
     assert server.connections == 2
 
 
 async def test_events_after_done_are_read_to_the_bodys_end_and_never_passed_on(
     client_path: str,
 ) -> None:
-    events = [
-        b'data: {"choices": []}\n\n',
-        b"data: [DONE]\n\n",
-        b'data: {"choices": [{"delta": {"content": "late"}}]}\n\n',
-    ]
-    reply = RawReply(SSE_HEAD, events, chunked=True, end_after_s=0.02)
-    async with RawServer(reply) as server:
-        upstream, other = await streaming_upstream(client_path, server.root)
-        try:
-            for _ in range(2):
-                assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
-                await asyncio.sleep(0.05)
-        finally:
-            await upstream.aclose()
-            await other.aclose()
+    late = b'data: {"choices": [{"delta": {"content": "late"}}]}\n\n'
+    reply = RawReply(SSE_HEAD, [*DONE, late], chunked=True, end_after_s=0.02)
+    async with streaming(client_path, reply) as (server, upstream):
+        for _ in range(2):
+            assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
+            await asyncio.sleep(0.05)
     assert server.connections == 1
 
 
-async def test_closing_an_sdk_client_upstream_gives_up_a_streams_end_still_being_read() -> None:
-    events = [b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
-    reply = RawReply(SSE_HEAD, events, chunked=True, end_after_s=3600)
-    async with RawServer(reply) as server:
-        upstream, other = await streaming_upstream("sdk", server.root)
-        try:
-            assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
-            ends = set(upstream._ends)
-            assert len(ends) == 1
-
-            await asyncio.wait_for(upstream.aclose(), 2)
-
-            assert all(end.done() for end in ends)
-            assert not upstream._ends
-        finally:
-            await other.aclose()
-
-
-async def test_closing_the_upstream_gives_up_a_streams_end_still_being_read() -> None:
-    events = [b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
-    reply = RawReply(SSE_HEAD, events, chunked=True, end_after_s=3600)
-    async with RawServer(reply) as server:
-        upstream, _ = await pair("openai", server.root)
+async def test_closing_the_upstream_gives_up_a_streams_end_still_being_read(
+    client_path: str,
+) -> None:
+    reply = RawReply(SSE_HEAD, DONE, chunked=True, end_after_s=3600)
+    async with streaming(client_path, reply) as (_, upstream):
         assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
-        assert isinstance(upstream, SDKUpstream) and upstream.direct is not None
-        drains = set(upstream.direct._drains)
-        assert len(drains) == 1
+        await asyncio.sleep(0.05)  # the read of the end has started
+        reads = set(ends_being_read(upstream))
+        assert len(reads) == 1
 
         await asyncio.wait_for(upstream.aclose(), 2)
 
-        assert all(drain.done() for drain in drains)
-        assert not upstream.direct._drains
+        assert all(read.done() for read in reads)
+        assert not ends_being_read(upstream)
 
 
 async def test_closing_the_upstream_right_after_a_stream_closes_its_response(
     client_path: str,
 ) -> None:
     # Closed in the same turn as the stream ended: the read of its end never started.
-    events = [b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
-    reply = RawReply(SSE_HEAD, events, chunked=True, end_after_s=3600)
-    async with RawServer(reply) as server:
-        upstream, other = await streaming_upstream(client_path, server.root)
-        try:
-            assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
-            if client_path == "direct":
-                assert upstream.direct is not None
-                [response] = upstream.direct._drains.values()
-                await upstream.aclose()
-                assert response.closed
-            else:
-                [(events_read, sdk_response)] = upstream._ends.values()
-                await upstream.aclose()
-                assert isinstance(sdk_response, httpx2.Response) and sdk_response.is_closed
-                assert cast(Any, events_read).ag_frame is None, "the iterator is closed"
-        finally:
-            await other.aclose()
+    reply = RawReply(SSE_HEAD, DONE, chunked=True, end_after_s=3600)
+    async with streaming(client_path, reply) as (_, upstream):
+        assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
+        [kept] = ends_being_read(upstream).values()
+        await upstream.aclose()
+        if client_path == "direct":
+            assert kept.closed  # aiohttp's response
+        else:
+            events_read, response = kept
+            assert isinstance(response, httpx2.Response) and response.is_closed
+            assert cast(Any, events_read).ag_frame is None, "the iterator is closed"
 
 
 async def test_an_upstream_closed_is_never_called_again(kind: str) -> None:
