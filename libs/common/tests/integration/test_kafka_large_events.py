@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from switchyard.common.bus import EventTooLargeError
+from switchyard.common.bus import EventTooLargeError, Publication
 from switchyard.common.bus.kafka import KafkaBus
 from switchyard.common.events import ChatRequestData, ChatRequested, ClientAPI
 from switchyard.common.testing.infra import async_wait_until
@@ -82,3 +82,46 @@ async def test_an_event_over_the_limit_is_refused_as_too_large(kafka_servers, ka
         assert time.monotonic() - started < 1
     finally:
         await bus.stop()
+
+
+async def test_events_published_in_order_are_written_unless_one_before_is_refused(
+    kafka_servers, kafka_topics
+):
+    """`publish_in_order` writes every event; one refused before sending (too large)
+    raises, and the events after it are never written."""
+    bus = KafkaBus(kafka_servers, deadletter_topic=kafka_topics.deadletter, max_message_bytes=MIB)
+    await bus.start()
+    heard: dict[str, list[str]] = {kafka_topics.replies: [], kafka_topics.usage: []}
+
+    def on(topic: str):
+        async def handler(event) -> None:
+            heard[topic].append(event.request_id)
+
+        return handler
+
+    try:
+        for topic in heard:
+            await bus.listen(topic, on(topic))
+        await asyncio.sleep(1)  # listeners start at the end of their topics
+        await bus.publish_in_order(
+            [
+                Publication(kafka_topics.replies, large_request("first", 10)),
+                Publication(kafka_topics.usage, large_request("second", 10)),
+            ]
+        )
+        with pytest.raises(EventTooLargeError):
+            await bus.publish_in_order(
+                [
+                    Publication(kafka_topics.replies, large_request("refused", 2 * MIB)),
+                    Publication(kafka_topics.usage, large_request("after-refused", 10)),
+                ]
+            )
+        await bus.publish(kafka_topics.usage, large_request("last", 10))
+        await async_wait_until(
+            lambda: asyncio.sleep(0, "last" in heard[kafka_topics.usage]),
+            timeout=30,
+            message="the last event at its listener",
+        )
+    finally:
+        await bus.stop()
+    assert heard == {kafka_topics.replies: ["first"], kafka_topics.usage: ["second", "last"]}

@@ -10,13 +10,22 @@ from typing import Any
 
 import pytest
 
-from switchyard.common.bus import BusUnavailableError, EventTooLargeError, InMemoryBus
+from switchyard.common.bus import (
+    BusUnavailableError,
+    EventTooLargeError,
+    InMemoryBus,
+    Publication,
+)
 from switchyard.common.events import ChatChunk, ChatCompleted, ChatFailed, UsageRecorded
 from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.inference.handlers import ChatRequestHandler
 from switchyard.inference.providers import ProviderPool
-from switchyard.inference.publishing import PublishRetry
+from switchyard.inference.publishing import (
+    PublicationRejectedError,
+    PublishRetry,
+    ReliablePublisher,
+)
 from switchyard.inference.reliability import Backoff
 from switchyard.inference.testing import Harness, chat_request
 
@@ -32,11 +41,24 @@ class FlakyBus:
         self.failing = failing
         self.attempts = 0
         self.published: list[Any] = []
+        self.together: list[list[str]] = []  # the attempts of publish_in_order
 
     async def publish(self, topic, event, *, key=None, partition=None, headers=None) -> None:
         self.attempts += 1
         if self.attempts in self.failing:
             raise BusUnavailableError("broker unreachable")
+        await self._take(topic, event, key, partition)
+
+    async def publish_in_order(self, publications) -> None:
+        """Every publication in one attempt (as the Kafka bus sends them together)."""
+        self.attempts += 1
+        self.together.append([type(p.event).__name__ for p in publications])
+        if self.attempts in self.failing:
+            raise BusUnavailableError("broker unreachable")
+        for p in publications:
+            await self._take(p.topic, p.event, p.key, p.partition)
+
+    async def _take(self, topic, event, key, partition) -> None:
         self.published.append(event)
         await self.bus.publish(topic, event, key=key, partition=partition)
 
@@ -75,9 +97,10 @@ async def providers() -> AsyncIterator[ProviderPool]:
     await pool.aclose()
 
 
-def handler_on(bus: FlakyBus, routing: RoutingTable, providers: ProviderPool):
+def handler_on(bus: FlakyBus, routing: RoutingTable, providers: ProviderPool, together=False):
     return ChatRequestHandler(
         publish=bus.publish,
+        publish_in_order=bus.publish_in_order if together else None,
         topics=TOPICS,
         routing=routing,
         providers=providers,
@@ -102,23 +125,48 @@ async def test_a_reply_that_cannot_be_published_is_retried_without_calling_the_u
     assert handler.publish_failures == 5
 
 
+async def test_a_reply_and_its_usage_are_handed_to_the_bus_together(
+    simulator, routing, providers
+) -> None:
+    bus = FlakyBus(failing=set())
+    handler = handler_on(bus, routing, providers, together=True)
+
+    await handler(chat_request(model="m"))
+
+    assert bus.together == [["ChatCompleted", "UsageRecorded"]]
+    assert bus.attempts == 1  # one attempt for both
+    assert [type(event) for event in bus.published] == [ChatCompleted, UsageRecorded]
+
+
+async def test_when_publishing_together_fails_each_event_is_retried_alone_in_order(
+    simulator, routing, providers
+) -> None:
+    bus = FlakyBus(failing={1, 2, 3})  # both together, then the reply alone twice
+    handler = handler_on(bus, routing, providers, together=True)
+
+    await handler(chat_request(model="m"))
+
+    assert simulator.calls("up-m") == 1
+    assert [type(event) for event in bus.published] == [ChatCompleted, UsageRecorded]
+    assert bus.attempts == 5 and handler.publish_failures == 3
+
+
 class RefusingBus(FlakyBus):
     """Refuses every `chat.completed` as too large for the bus, as a broker would a record
     over its `max.message.bytes`; takes everything else."""
 
-    async def publish(self, topic, event, *, key=None, partition=None, headers=None) -> None:
-        self.attempts += 1
+    async def _take(self, topic, event, key, partition) -> None:
         if isinstance(event, ChatCompleted):
             raise EventTooLargeError("the event is larger than the topic accepts")
-        self.published.append(event)
-        await self.bus.publish(topic, event, key=key, partition=partition)
+        await super()._take(topic, event, key, partition)
 
 
+@pytest.mark.parametrize("together", [False, True], ids=["one-by-one", "together"])
 async def test_a_reply_the_bus_refuses_becomes_an_error_instead_of_holding_the_partition(
-    simulator, routing, providers
+    simulator, routing, providers, together
 ) -> None:
     bus = RefusingBus(failing=set())
-    handler = handler_on(bus, routing, providers)
+    handler = handler_on(bus, routing, providers, together)
 
     # Returns (so the partition moves on) instead of retrying a publish that cannot succeed.
     await asyncio.wait_for(handler(chat_request(model="m")), timeout=10)
@@ -187,3 +235,26 @@ async def test_a_stream_failing_after_only_its_opening_event_falls_back_unseen(
     assert usage.data.upstream_calls == 2
     if model == "c":  # the first one had reported its input tokens before failing
         assert usage.data.usage.input_tokens == 2 * reply.data.usage.input_tokens
+
+
+async def test_in_order_names_the_publication_the_bus_refuses() -> None:
+    taken: list[str] = []
+
+    async def publish(topic, event, *, key=None, partition=None, headers=None) -> None:
+        if topic == "refused":
+            raise EventTooLargeError("larger than the topic accepts")
+        taken.append(topic)
+
+    async def publish_in_order(publications) -> None:
+        for p in publications:
+            await publish(p.topic, p.event)
+
+    publisher = ReliablePublisher(publish, PublishRetry(0.001, 0.005), publish_in_order)
+    event = chat_request(model="m")
+    with pytest.raises(PublicationRejectedError) as refused:
+        await publisher.in_order(
+            [Publication("taken", event), Publication("refused", event), Publication("x", event)]
+        )
+    assert refused.value.index == 1
+    # Found one at a time after the attempt together: the first again, never the third.
+    assert taken == ["taken", "taken"]

@@ -153,6 +153,7 @@ def build(
     outcomes = outcomes if outcomes is not None else build_outcome_log(settings, bus)
     handler = ChatRequestHandler(
         publish=bus.publish,
+        publish_in_order=bus.publish_in_order,
         topics=topics,
         routing=source,
         providers=providers,

@@ -57,7 +57,12 @@ from switchyard.inference.outcomes import (
 )
 from switchyard.inference.pricing import PriceTable
 from switchyard.inference.providers import ProviderPool
-from switchyard.inference.publishing import Publish, PublishRetry, ReliablePublisher
+from switchyard.inference.publishing import (
+    Publish,
+    PublishInOrder,
+    PublishRetry,
+    ReliablePublisher,
+)
 from switchyard.inference.redelivery import OutcomeLog
 from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
 from switchyard.inference.replies import PublishedOutcomes, ReplyPublisher
@@ -128,6 +133,7 @@ class ChatRequestHandler:
         publish: Publish,
         topics: Topics,
         routing: CurrentRouting | RoutingTable,
+        publish_in_order: PublishInOrder | None = None,
         providers: ProviderPool,
         deployments: DeploymentStates | None = None,
         prices: CurrentPrices | PriceTable | None = None,
@@ -138,14 +144,16 @@ class ChatRequestHandler:
         publish_retry: PublishRetry | None = None,
         outcomes: OutcomeLog | None = None,
     ) -> None:
-        """`routing` and `prices` are tables, or sources holding the current `.table`.
+        """`publish` and `publish_in_order` are the bus's (without the second, a reply
+        and its usage event are published one after the other). `routing` and `prices`
+        are tables, or sources holding the current `.table`.
         `outcomes`: the outcomes log (`redelivery`); without one, outcomes are neither
         recorded nor looked up (a redelivered request then runs again)."""
         self._routing = FixedRouting(routing) if isinstance(routing, RoutingTable) else routing
         if prices is None:
             prices = PriceTable()
         self._replies = ReplyPublisher(
-            ReliablePublisher(publish, publish_retry),
+            ReliablePublisher(publish, publish_retry, publish_in_order),
             topics,
             OutcomeEvents(FixedPrices(prices) if isinstance(prices, PriceTable) else prices),
             outcomes,

@@ -18,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
 from switchyard.common.backoff import Backoff
-from switchyard.common.bus import EventRejectedError
+from switchyard.common.bus import EventRejectedError, Publication
 from switchyard.common.events import ChatChunk, ChatChunkData, EnvelopeFields, StreamEvent
 from switchyard.common.tasks import cancel_and_wait
 
@@ -62,15 +62,87 @@ class PublishRetry(Backoff):
     max_s: float = 2.0
 
 
+class PublishInOrder(Protocol):
+    """The bus's `publish_in_order`: waits until the bus durably accepted every event."""
+
+    def __call__(self, publications: Sequence[Publication]) -> Awaitable[None]:
+        """Publish `publications` in this order (each handed to the bus only after the one
+        before it); ends once the bus accepted every one, or raises what publishing one
+        raised (BusUnavailableError, EventRejectedError)."""
+        ...
+
+
+class PublicationRejectedError(EventRejectedError):
+    """The bus refused the publication at `index` of those given to
+    `ReliablePublisher.in_order` (the ones before it were accepted, none after it was
+    published by that call)."""
+
+    def __init__(self, index: int, reason: EventRejectedError) -> None:
+        super().__init__(str(reason))
+        self.index = index
+
+
 class ReliablePublisher:
     """Publishes one event until the bus takes it; only cancellation stops it, or the bus
-    refusing that event itself (EventRejectedError, raised at once)."""
+    refusing that event itself (EventRejectedError, raised at once). `publish_in_order`
+    (the bus's) lets `in_order` send several events together; without it they are
+    published one after the other."""
 
-    def __init__(self, publish: Publish, retry: PublishRetry | None = None) -> None:
+    def __init__(
+        self,
+        publish: Publish,
+        retry: PublishRetry | None = None,
+        publish_in_order: PublishInOrder | None = None,
+    ) -> None:
         self._publish = publish
+        self._publish_in_order = publish_in_order
         self._retry = retry or PublishRetry()
         self._last_warning = 0.0
         self.failures = 0  # publish attempts that failed (for tests and metrics)
+
+    async def in_order(self, publications: Sequence[Publication]) -> None:
+        """Publish `publications` in this order, retrying until the bus takes each. First
+        all together, in one attempt (the bus hands each over only after the one before
+        it, so a later event is never written when an earlier one is refused before
+        sending); if that attempt fails, one at a time, each retried as `__call__` retries
+        it, from the first (an event the failed attempt wrote is then written again, with
+        the same id: consumers deduplicate). Raises PublicationRejectedError (naming the
+        event) for the first event the bus refuses itself, and CancelledError when
+        cancelled."""
+        if self._publish_in_order is not None:
+            try:
+                await self._publish_in_order(publications)
+                return
+            except asyncio.CancelledError:
+                raise
+            except EventRejectedError:
+                pass  # which one: found one at a time below
+            except Exception as exc:  # noqa: BLE001 - the bus is down: one at a time, retried
+                self._failed(publications[0].topic, publications[0].event, exc)
+        for index, publication in enumerate(publications):
+            try:
+                await self(
+                    publication.topic,
+                    publication.event,
+                    key=publication.key,
+                    partition=publication.partition,
+                    headers=publication.headers,
+                )
+            except EventRejectedError as exc:
+                raise PublicationRejectedError(index, exc) from exc
+
+    def _failed(self, topic: str, event: EnvelopeFields, exc: Exception) -> None:
+        self.failures += 1
+        now = time.monotonic()
+        if now - self._last_warning > 5:  # one line per outage, not one per retry
+            self._last_warning = now
+            log.warning(
+                "publish failed; retrying (the upstream is not called again)",
+                topic=topic,
+                event_type=getattr(event, "type", None),
+                request_id=event.request_id,
+                error=repr(exc),
+            )
 
     async def __call__(
         self,
@@ -93,17 +165,7 @@ class ReliablePublisher:
             except (asyncio.CancelledError, EventRejectedError):
                 raise
             except Exception as exc:  # noqa: BLE001 - the bus is down: keep the event, retry
-                self.failures += 1
-                now = time.monotonic()
-                if now - self._last_warning > 5:  # one line per outage, not one per retry
-                    self._last_warning = now
-                    log.warning(
-                        "publish failed; retrying (the upstream is not called again)",
-                        topic=topic,
-                        event_type=getattr(event, "type", None),
-                        request_id=event.request_id,
-                        error=repr(exc),
-                    )
+                self._failed(topic, event, exc)
                 await asyncio.sleep(self._retry.delay(attempt))
 
 

@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 import structlog
 
-from switchyard.common.bus import USAGE_HEADER, EventRejectedError, delivery_may_repeat
+from switchyard.common.bus import USAGE_HEADER, Publication, delivery_may_repeat
 from switchyard.common.events import (
     ChatRequested,
     ClientAPI,
@@ -34,7 +34,12 @@ from switchyard.inference.outcomes import (
     stream_interrupted,
     undeliverable,
 )
-from switchyard.inference.publishing import ChunkPublisher, ReliablePublisher, chunk_records
+from switchyard.inference.publishing import (
+    ChunkPublisher,
+    PublicationRejectedError,
+    ReliablePublisher,
+    chunk_records,
+)
 from switchyard.inference.redelivery import OutcomeLog, Recorded
 from switchyard.inference.runs import RequestRun
 
@@ -128,43 +133,70 @@ class ReplyPublisher:
     async def _republish(
         self, request: ChatRequested, reply: EnvelopeFields, usage: EnvelopeFields
     ) -> None:
-        await self._publish_reply(request, reply, usage)
-        await self._publish(self._topics.usage, usage, key=request.request_id)
+        await self._publish_terminal(request, reply, usage)
 
     async def publish_outcome(self, run: RequestRun, outcome: Outcome) -> None:
         """Publish how `run` ended: the terminal event to the client's reply partition,
         carrying its usage event (the record a replica receiving the request again
-        answers from), then the usage event to the usage topic, and count it in the
-        metrics. Returns once the bus took both; only cancellation interrupts it."""
+        answers from), and the usage event to the usage topic, handed to the bus after
+        it; count it in the metrics. Returns once the bus took both; only cancellation
+        interrupts it."""
         request = run.request
         cost = self._events.cost(request, outcome)
         reply = self._events.terminal(request, outcome)
         usage = self._events.usage(request, outcome, cost, run.ttft_ms)
         try:
-            await self._publish_reply(request, reply, usage)
-        except EventRejectedError as exc:
+            await self._publish_terminal(request, reply, usage)
+        except PublicationRejectedError as exc:
+            if exc.index != 0:
+                raise  # the reply was taken; a usage event refused is not the client's
             # Refused for what it is: no retry could deliver it. The client gets an error
             # it can act on, and the upstream calls that happened are still billed.
             log.error("the reply cannot be published; answering an error", error=repr(exc))
             outcome = undeliverable(outcome, exc)
             reply = self._events.terminal(request, outcome)
             usage = self._events.usage(request, outcome, cost, run.ttft_ms)
-            await self._publish_reply(request, reply, usage)
+            await self._publish_terminal(request, reply, usage)
         self._events.record_metrics(request, outcome, cost)
-        await self._publish(self._topics.usage, usage, key=request.request_id)
         if request.data.api is not ClientAPI.OPENAI_EMBEDDINGS:
             self.published.add(request.id, reply, usage)
 
-    async def _publish_reply(
-        self, request: ChatRequested, event: EnvelopeFields, usage: EnvelopeFields | None = None
+    async def _publish_terminal(
+        self, request: ChatRequested, reply: EnvelopeFields, usage: EnvelopeFields
     ) -> None:
-        """Publish `event` to the client's reply partition (the partition of the request
-        id's key when nobody waits); a terminal event carries its `usage` event in the
-        same record, and is told to the outcomes log before the client can see it."""
+        """Publish the terminal `reply` carrying `usage`, then `usage` to the usage topic,
+        together: the usage event is handed to the bus only after the reply, so it is
+        never written when the reply is refused before sending (a reply the broker
+        refuses after taking it, larger than the topic's `max.message.bytes` but not the
+        producer's limit, can leave its usage event written: its cost is the same).
+        Raises PublicationRejectedError naming the one refused."""
+        await self._publish.in_order(
+            [
+                self._reply_publication(request, reply, usage),
+                Publication(self._topics.usage, usage, key=request.request_id),
+            ]
+        )
+
+    async def _publish_reply(self, request: ChatRequested, event: EnvelopeFields) -> None:
+        """Publish the stream record `event` to the client's reply partition."""
+        publication = self._reply_publication(request, event)
+        await self._publish(
+            publication.topic,
+            publication.event,
+            key=publication.key,
+            partition=publication.partition,
+        )
+
+    def _reply_publication(
+        self, request: ChatRequested, event: EnvelopeFields, usage: EnvelopeFields | None = None
+    ) -> Publication:
+        """`event` to the client's reply partition (the partition of the request id's key
+        when nobody waits); a terminal event carries its `usage` event in the same record,
+        and is told to the outcomes log before the client can see it."""
         reply_to = request.data.reply_to
         if self.outcomes is not None:
             self.outcomes.written(event, usage)
-        await self._publish(
+        return Publication(
             self._topics.replies,
             event,
             key=request.request_id,

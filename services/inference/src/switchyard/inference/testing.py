@@ -114,7 +114,12 @@ class Harness:
         `handler_options` (its constructor's keywords) and collectors on the reply partition,
         another reply partition and the usage topic of `topics`."""
         bus = InMemoryBus(partitions={topics.replies: 12})
-        handler = ChatRequestHandler(publish=bus.publish, topics=topics, **handler_options)
+        handler = ChatRequestHandler(
+            publish=bus.publish,
+            publish_in_order=bus.publish_in_order,
+            topics=topics,
+            **handler_options,
+        )
         harness = cls(handler, bus, topics)
         await bus.listen(topics.replies, _append(harness.replies), partitions=[REPLY_PARTITION])
         await bus.listen(topics.replies, _append(harness.other_partition), partitions=[0])

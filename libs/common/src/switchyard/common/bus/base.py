@@ -58,6 +58,19 @@ class Carried:
     key_filter: KeyFilter | None = None
 
 
+@dataclass(frozen=True)
+class Publication:
+    """One event to publish, as `EventBus.publish` takes it: to `topic`, with the
+    partitioner's `key` (default: the event's request id) or an explicit `partition`, and
+    record `headers` written in the same record."""
+
+    topic: str
+    event: EnvelopeFields
+    key: str | None = None
+    partition: int | None = None
+    headers: Mapping[str, bytes] | None = None
+
+
 log = structlog.get_logger("switchyard.bus")
 
 
@@ -177,6 +190,23 @@ class EventBus(abc.ABC):
         are stored, or not, together with it); Kafka keeps them, the in-memory bus, whose
         records live no longer than the process, keeps none.
         Raises BusUnavailableError if it cannot within its timeout."""
+
+    async def publish_in_order(self, publications: Sequence[Publication]) -> None:
+        """Publish `publications` in this order and wait until the bus durably accepted
+        every one. Each is handed to the bus only after the one before it was, so one the
+        bus refuses before sending (too large, not serialisable) keeps every later one from
+        being published; the Kafka bus then sends them together (one produce request when
+        they go to the same broker) instead of one round trip each.
+        Raises what `publish` raises, for the first publication that failed: those before
+        it were accepted, those after it may or may not have been."""
+        for publication in publications:
+            await self.publish(
+                publication.topic,
+                publication.event,
+                key=publication.key,
+                partition=publication.partition,
+                headers=publication.headers,
+            )
 
     @abc.abstractmethod
     async def subscribe(

@@ -35,6 +35,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar, cast
 
 import structlog
@@ -54,6 +55,7 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from opentelemetry import context as otel_context
 from opentelemetry.trace import Span, SpanKind
 from typing_extensions import override
 
@@ -71,6 +73,7 @@ from switchyard.common.bus.base import (
     HealthCheck,
     KeyFilter,
     Offsets,
+    Publication,
     PublishOutcomeUnknownError,
     RetryPolicy,
     Subscription,
@@ -164,6 +167,26 @@ def _maybe_sent(producer: AIOKafkaProducer, delivery: asyncio.Future[Any]) -> bo
     except Exception:  # noqa: BLE001 - internals changed: assume it may be written
         return True
     return True  # taken by the sender (or answered just now)
+
+
+@dataclass
+class _Record:
+    """One event as the producer sends it; `timeout_s` and `deadline` (loop time) bound
+    the wait for its acknowledgement."""
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    partition: int | None
+    headers: list[tuple[str, bytes]]
+    timeout_s: float = 0.0
+    deadline: float = 0.0
+
+
+def _retrieve_exception(delivery: asyncio.Future[Any]) -> None:
+    """Mark a delivery's failure as seen (nobody waits for it any more)."""
+    if not delivery.cancelled():
+        delivery.exception()
 
 
 def _sender_alive(producer: AIOKafkaProducer) -> bool:
@@ -414,6 +437,44 @@ class KafkaBus(EventBus):
         partition: int | None = None,
         headers: Mapping[str, bytes] | None = None,
     ) -> None:
+        record = self._record(topic, event, key, partition, headers)
+        with tracing.span(
+            f"{topic} publish", kind=SpanKind.PRODUCER, attributes=_publish_attributes(topic, event)
+        ):
+            record.headers += tracing.current_trace_headers()
+            await self._send([record])
+
+    @override
+    async def publish_in_order(self, publications: Sequence[Publication]) -> None:
+        # Every event is serialised before any is handed over, so one that cannot be
+        # refuses the lot. Sibling spans: each record carries its own span's context.
+        records = [
+            self._record(p.topic, p.event, p.key, p.partition, p.headers) for p in publications
+        ]
+        parent = otel_context.get_current()
+        with contextlib.ExitStack() as spans:
+            for publication, record in zip(publications, records, strict=True):
+                spans.enter_context(
+                    tracing.span(
+                        f"{publication.topic} publish",
+                        kind=SpanKind.PRODUCER,
+                        parent=parent,
+                        attributes=_publish_attributes(publication.topic, publication.event),
+                    )
+                )
+                record.headers += tracing.current_trace_headers()
+            await self._send(records)
+
+    def _record(
+        self,
+        topic: str,
+        event: EnvelopeFields,
+        key: str | None,
+        partition: int | None,
+        headers: Mapping[str, bytes] | None,
+    ) -> _Record:
+        """`event` as the producer sends it; raises EventRejectedError if it cannot be
+        serialised."""
         try:
             value = serialise(event)
         except EventRejectedError:  # e.g. nested deeper than the serialiser allows
@@ -427,83 +488,104 @@ class KafkaBus(EventBus):
         ]
         if headers:
             record_headers += headers.items()
-        with tracing.span(
-            f"{topic} publish", kind=SpanKind.PRODUCER, attributes=_publish_attributes(topic, event)
-        ):
-            record_headers += tracing.current_trace_headers()
-            await self._send(
-                topic,
-                value,
-                key=(key or event.request_id).encode(),
-                partition=partition,
-                headers=record_headers,
-            )
+        return _Record(topic, value, (key or event.request_id).encode(), partition, record_headers)
 
-    async def _send(
-        self,
-        topic: str,
-        value: bytes,
-        *,
-        key: bytes | None,
-        partition: int | None,
-        headers: list[tuple[str, bytes]],
-    ) -> None:
+    async def _send(self, records: list[_Record]) -> None:
+        """Hand `records` to the producer in order (each only once the one before it is
+        in the producer's queue), then wait for the broker's acknowledgement of each."""
         producer = self._producer
         if producer is None:
-            metrics.PUBLISH_FAILURES.labels(topic).inc()
+            metrics.PUBLISH_FAILURES.labels(records[0].topic).inc()
             raise BusUnavailableError("Kafka is not reachable")
-        # A large record takes longer to send and store: only large records wait longer.
-        timeout_s = self.publish_timeout_s + len(value) / PUBLISH_BYTES_PER_S
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        delivery: asyncio.Future[Any] | None = None
+        now = asyncio.get_running_loop().time()
+        deliveries: list[asyncio.Future[Any]] = []
         try:
-            # One timeout for both steps (`asyncio.timeout_at` needs no task per step, as
-            # `wait_for` would on this hot path).
-            async with asyncio.timeout_at(deadline):
+            for record in records:
+                # A large record takes longer to send and store: only large records wait
+                # longer.
+                record.timeout_s = self.publish_timeout_s + len(record.value) / PUBLISH_BYTES_PER_S
+                record.deadline = now + record.timeout_s
+                deliveries.append(await self._hand_over(producer, record))
+            for record, delivery in zip(records, deliveries, strict=True):
+                await self._delivered(producer, record, delivery)
+        finally:
+            for delivery in deliveries:
+                # A record after one that failed: nobody waits for it any more.
+                delivery.add_done_callback(_retrieve_exception)
+
+    async def _hand_over(self, producer: AIOKafkaProducer, record: _Record) -> asyncio.Future[Any]:
+        """Put `record` in the producer's queue by its deadline: its delivery (a future
+        the producer resolves with the broker's acknowledgement)."""
+        try:
+            # `asyncio.timeout_at` needs no task, as `wait_for` would on this hot path.
+            async with asyncio.timeout_at(record.deadline):
                 delivery = await producer.send(
-                    topic, value, key=key, partition=partition, headers=headers
+                    record.topic,
+                    record.value,
+                    key=record.key,
+                    partition=record.partition,
+                    headers=record.headers,
                 )
+        except TimeoutError as exc:
+            self._not_taken(producer, record, exc)
+        except Exception as exc:  # KafkaError and connection errors
+            self._failed(producer, record.topic, exc, len(record.value))
+        return cast("asyncio.Future[Any]", delivery)
+
+    async def _delivered(
+        self, producer: AIOKafkaProducer, record: _Record, delivery: asyncio.Future[Any]
+    ) -> None:
+        """Wait until the broker acknowledged `record` (its `delivery`), by its deadline."""
+        topic = record.topic
+        try:
+            async with asyncio.timeout_at(record.deadline):
                 # Shielded: on a timeout the delivery is looked at, not given up on.
                 await asyncio.shield(delivery)
         except TimeoutError as exc:
-            if delivery is not None and _maybe_sent(producer, delivery):
-                # The broker may have the event (or get it when a connection comes up):
-                # answering "not taken" now could be wrong. Wait for its answer.
-                try:
-                    async with asyncio.timeout(self.in_flight_timeout_s):
-                        await asyncio.shield(delivery)
-                except TimeoutError:
-                    metrics.PUBLISH_FAILURES.labels(topic).inc()
-                    self._mark_broken(producer, "the broker did not answer a produce request")
-                    raise PublishOutcomeUnknownError(
-                        f"Kafka did not answer within "
-                        f"{timeout_s + self.in_flight_timeout_s:.1f}s; the event may "
-                        "still be written"
-                    ) from exc
-                except Exception as late:  # noqa: BLE001 - classified below
-                    if isinstance(late, _REJECTED_EVENT_ERRORS):
-                        self._failed(producer, topic, late, len(value))
-                    # Failed after it may have been sent (the connection dropped, the
-                    # producer was replaced): it may still be written, so not "not taken".
-                    metrics.PUBLISH_FAILURES.labels(topic).inc()
-                    if isinstance(late, FATAL_PRODUCER_ERRORS) or not _sender_alive(producer):
-                        self._mark_broken(producer, repr(late))
-                    raise PublishOutcomeUnknownError(
-                        f"Kafka failed an event it may have written: {late!r}"
-                    ) from late
-                metrics.EVENTS_PUBLISHED.labels(topic).inc()
-                return
-            metrics.PUBLISH_FAILURES.labels(topic).inc()
-            # The event is still queued in the producer and would be sent whenever the
-            # partition takes it again, after its publisher was told it was not taken (a
-            # request answered 503 would run later). Only dropping the producer, with
-            # everything it holds, prevents that; a new one starts clean.
-            self._mark_broken(producer, f"not acknowledged within {timeout_s:.1f}s")
-            raise BusUnavailableError(f"Kafka did not acknowledge within {timeout_s:.1f}s") from exc
+            if not _maybe_sent(producer, delivery):
+                self._not_taken(producer, record, exc)
+            # The broker may have the event (or get it when a connection comes up):
+            # answering "not taken" now could be wrong. Wait for its answer.
+            try:
+                async with asyncio.timeout(self.in_flight_timeout_s):
+                    await asyncio.shield(delivery)
+            except TimeoutError:
+                metrics.PUBLISH_FAILURES.labels(topic).inc()
+                self._mark_broken(producer, "the broker did not answer a produce request")
+                raise PublishOutcomeUnknownError(
+                    f"Kafka did not answer within "
+                    f"{record.timeout_s + self.in_flight_timeout_s:.1f}s; the event may "
+                    "still be written"
+                ) from exc
+            except Exception as late:  # noqa: BLE001 - classified below
+                if isinstance(late, _REJECTED_EVENT_ERRORS):
+                    self._failed(producer, topic, late, len(record.value))
+                # Failed after it may have been sent (the connection dropped, the
+                # producer was replaced): it may still be written, so not "not taken".
+                metrics.PUBLISH_FAILURES.labels(topic).inc()
+                if isinstance(late, FATAL_PRODUCER_ERRORS) or not _sender_alive(producer):
+                    self._mark_broken(producer, repr(late))
+                raise PublishOutcomeUnknownError(
+                    f"Kafka failed an event it may have written: {late!r}"
+                ) from late
         except Exception as exc:  # KafkaError and connection errors
-            self._failed(producer, topic, exc, len(value))
+            self._failed(producer, topic, exc, len(record.value))
         metrics.EVENTS_PUBLISHED.labels(topic).inc()
+
+    def _not_taken(
+        self, producer: AIOKafkaProducer, record: _Record, exc: TimeoutError
+    ) -> NoReturn:
+        """`record` was not acknowledged in time and never left the producer: raise
+        BusUnavailableError."""
+        metrics.PUBLISH_FAILURES.labels(record.topic).inc()
+        # The event is still queued in the producer and would be sent whenever the
+        # partition takes it again, after its publisher was told it was not taken (a
+        # request answered 503 would run later). Only dropping the producer, with
+        # everything it holds, prevents that; a new one starts clean.
+        self._mark_broken(producer, f"not acknowledged within {record.timeout_s:.1f}s")
+        raise BusUnavailableError(
+            f"Kafka did not acknowledge within {record.timeout_s:.1f}s"
+        ) from exc
 
     def _failed(
         self, producer: AIOKafkaProducer, topic: str, exc: BaseException, size: int
@@ -541,11 +623,7 @@ class KafkaBus(EventBus):
         ]
         await call_with_retry(
             lambda: self._send(
-                self.deadletter_topic,
-                record.value or b"",
-                key=record.key,
-                partition=None,
-                headers=headers,
+                [_Record(self.deadletter_topic, record.value or b"", record.key, None, headers)]
             ),
             RetryPolicy(max_attempts=None, initial_backoff_s=0.2, max_backoff_s=5),
             lambda attempt, exc: log.warning(
