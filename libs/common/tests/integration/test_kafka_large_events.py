@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from switchyard.common.bus import EventTooLargeError, Publication
 from switchyard.common.bus.kafka import KafkaBus
@@ -125,3 +128,46 @@ async def test_events_published_in_order_are_written_unless_one_before_is_refuse
     finally:
         await bus.stop()
     assert heard == {kafka_topics.replies: ["first"], kafka_topics.usage: ["second", "last"]}
+
+
+async def test_in_order_waits_for_a_large_record_the_broker_may_refuse(kafka_servers):
+    """A topic whose `max.message.bytes` is below the producer's limit refuses a large
+    record only after taking it: the event after it is never written."""
+    prefix = f"sytest-alone-{uuid.uuid4().hex[:8]}"
+    replies, usage = f"{prefix}.replies", f"{prefix}.usage"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_servers)
+    await admin.start()
+    await admin.create_topics(
+        [
+            NewTopic(replies, 1, 1, topic_configs={"max.message.bytes": "100000"}),
+            NewTopic(usage, 1, 1),
+        ]
+    )
+    bus = KafkaBus(kafka_servers, deadletter_topic=f"{prefix}.deadletter", max_message_bytes=MIB)
+    await bus.start()
+    try:
+        with pytest.raises(EventTooLargeError):
+            await bus.publish_in_order(
+                [
+                    Publication(replies, large_request("refused", 200_000)),
+                    Publication(usage, large_request("after-refused", 10)),
+                ]
+            )
+        await bus.publish(usage, large_request("last", 10))
+        consumer = AIOKafkaConsumer(
+            usage, bootstrap_servers=kafka_servers, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            written = [
+                record.key.decode()
+                for records in (await consumer.getmany(timeout_ms=5000)).values()
+                for record in records
+            ]
+        finally:
+            await consumer.stop()
+    finally:
+        await bus.stop()
+        await admin.delete_topics([replies, usage])
+        await admin.close()
+    assert written == ["last"]

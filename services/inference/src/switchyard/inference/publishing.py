@@ -74,8 +74,9 @@ class PublishInOrder(Protocol):
 
 class PublicationRejectedError(EventRejectedError):
     """The bus refused the publication at `index` of those given to
-    `ReliablePublisher.in_order` (the ones before it were accepted, none after it was
-    published by that call)."""
+    `ReliablePublisher.in_order` itself (too large, not serialisable): the ones before it
+    were accepted, and none after it was written (the bus hands each over only after the
+    one before it, and waits for a large one's acknowledgement first)."""
 
     def __init__(self, index: int, reason: EventRejectedError) -> None:
         super().__init__(str(reason))

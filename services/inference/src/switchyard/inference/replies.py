@@ -148,8 +148,9 @@ class ReplyPublisher:
         try:
             await self._publish_terminal(request, reply, usage)
         except PublicationRejectedError as exc:
-            if exc.index != 0:
-                raise  # the reply was taken; a usage event refused is not the client's
+            if exc.index != 0:  # the reply was taken; a usage event refused is not the client's
+                self._events.record_metrics(request, outcome, cost)
+                raise
             # Refused for what it is: no retry could deliver it. The client gets an error
             # it can act on, and the upstream calls that happened are still billed.
             log.error("the reply cannot be published; answering an error", error=repr(exc))
@@ -165,11 +166,10 @@ class ReplyPublisher:
         self, request: ChatRequested, reply: EnvelopeFields, usage: EnvelopeFields
     ) -> None:
         """Publish the terminal `reply` carrying `usage`, then `usage` to the usage topic,
-        together: the usage event is handed to the bus only after the reply, so it is
-        never written when the reply is refused before sending (a reply the broker
-        refuses after taking it, larger than the topic's `max.message.bytes` but not the
-        producer's limit, can leave its usage event written: its cost is the same).
-        Raises PublicationRejectedError naming the one refused."""
+        together: the usage event is handed to the bus only after the reply (and after
+        its acknowledgement when the reply is large), so it is never written when the
+        reply is refused, and the usage event of the error answered instead is the one
+        recorded. Raises PublicationRejectedError naming the one refused."""
         await self._publish.in_order(
             [
                 self._reply_publication(request, reply, usage),

@@ -194,11 +194,12 @@ class EventBus(abc.ABC):
     async def publish_in_order(self, publications: Sequence[Publication]) -> None:
         """Publish `publications` in this order and wait until the bus durably accepted
         every one. Each is handed to the bus only after the one before it was, so one the
-        bus refuses before sending (too large, not serialisable) keeps every later one from
-        being published; the Kafka bus then sends them together (one produce request when
-        they go to the same broker) instead of one round trip each.
-        Raises what `publish` raises, for the first publication that failed: those before
-        it were accepted, those after it may or may not have been."""
+        bus refuses itself (too large, not serialisable) keeps every later one from being
+        published; the Kafka bus then sends them together (one produce request when they
+        go to the same broker) instead of one round trip each, except after a large one
+        (over 64 KiB), which it waits to see acknowledged first.
+        Raises what `publish` raises, for the first publication that failed; any of the
+        others may or may not have been written."""
         for publication in publications:
             await self.publish(
                 publication.topic,

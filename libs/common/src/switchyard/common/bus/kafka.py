@@ -95,6 +95,11 @@ FETCH_MAX_BYTES = 52_428_800
 # A large record takes time to send and store (about 0.1 s per MiB on a busy 2-core
 # machine): its publish timeout grows by a second per MiB, so only large records wait longer.
 PUBLISH_BYTES_PER_S = 1024 * 1024
+# `publish_in_order` hands a record larger than this (bytes) to the producer and waits for
+# its acknowledgement before handing over the next: far below any topic's
+# `max.message.bytes` in practice (Kafka's default is about 1 MB), so a record the broker
+# could refuse after taking it is never followed by one written regardless.
+WRITTEN_ALONE_BYTES = 64 * 1024
 # Between attempts to open a consumer again while Kafka is away.
 CONSUMER_RECONNECT_BACKOFF = Backoff(initial_s=0.2, max_s=5.0)
 # How long a listener's fetch waits at the broker when there is nothing to read. The broker
@@ -492,26 +497,45 @@ class KafkaBus(EventBus):
 
     async def _send(self, records: list[_Record]) -> None:
         """Hand `records` to the producer in order (each only once the one before it is
-        in the producer's queue), then wait for the broker's acknowledgement of each."""
+        in the producer's queue, or acknowledged when it is larger than
+        `WRITTEN_ALONE_BYTES`), then wait for the broker's acknowledgement of each."""
+        if not records:
+            return
         producer = self._producer
         if producer is None:
             metrics.PUBLISH_FAILURES.labels(records[0].topic).inc()
             raise BusUnavailableError("Kafka is not reachable")
         now = asyncio.get_running_loop().time()
-        deliveries: list[asyncio.Future[Any]] = []
+        unacknowledged: list[tuple[_Record, asyncio.Future[Any]]] = []
         try:
-            for record in records:
+            for index, record in enumerate(records):
                 # A large record takes longer to send and store: only large records wait
                 # longer.
                 record.timeout_s = self.publish_timeout_s + len(record.value) / PUBLISH_BYTES_PER_S
                 record.deadline = now + record.timeout_s
-                deliveries.append(await self._hand_over(producer, record))
-            for record, delivery in zip(records, deliveries, strict=True):
-                await self._delivered(producer, record, delivery)
-        finally:
-            for delivery in deliveries:
-                # A record after one that failed: nobody waits for it any more.
+                unacknowledged.append((record, await self._hand_over(producer, record)))
+                if len(record.value) > WRITTEN_ALONE_BYTES and index < len(records) - 1:
+                    # A broker whose limit is below the producer's refuses a large record
+                    # only after taking it: the records after it must not be written then.
+                    await self._acknowledged(producer, unacknowledged)
+            await self._acknowledged(producer, unacknowledged)
+        except BaseException:
+            for _, delivery in unacknowledged:
+                # Nobody waits for these any more: their failures are not news.
                 delivery.add_done_callback(_retrieve_exception)
+            raise
+
+    async def _acknowledged(
+        self,
+        producer: AIOKafkaProducer,
+        unacknowledged: list[tuple[_Record, asyncio.Future[Any]]],
+    ) -> None:
+        """Wait for the acknowledgement of each record in `unacknowledged`, in order,
+        taking it off the list once acknowledged."""
+        while unacknowledged:
+            record, delivery = unacknowledged[0]
+            await self._delivered(producer, record, delivery)
+            del unacknowledged[0]
 
     async def _hand_over(self, producer: AIOKafkaProducer, record: _Record) -> asyncio.Future[Any]:
         """Put `record` in the producer's queue by its deadline: its delivery (a future
