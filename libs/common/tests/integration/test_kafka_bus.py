@@ -579,3 +579,32 @@ async def test_a_batch_gathers_what_arrives_within_its_wait_across_topics_then_g
     await async_wait_until(lambda: asyncio.sleep(0, sum(map(len, batches)) == 8), timeout=30)
     assert batches[-1] == ["req-7"]
     await bus.stop()
+
+
+async def test_hurry_ends_a_batch_wait_at_once(kafka_servers, kafka_topics):
+    """A reader needing what was just published (`hurry`) gets the batch being gathered
+    written at once, not after its wait."""
+    bus = await started_bus(kafka_servers, kafka_topics)
+    topic = kafka_topics.requests_interactive
+    batches: list[list[str]] = []
+
+    async def record(events) -> None:
+        batches.append([event.request_id for event in events])
+
+    subscription = await bus.subscribe_batch([topic], "hurried", record, max_batch_wait_ms=1000)
+    await bus.publish(topic, request(0))  # the group is joined and reading
+    await async_wait_until(lambda: asyncio.sleep(0, len(batches) == 1), timeout=60)
+    await asyncio.sleep(1.5)  # the first batch's wait is over
+
+    # The wait is 1 s (the most history allows); the hurried batch is written well within.
+    waits = []
+    for n in range(1, 4):
+        await bus.publish(topic, request(n))
+        await asyncio.sleep(0.1)  # the batch is gathering now
+        started = time.monotonic()
+        subscription.hurry()
+        await async_wait_until(lambda n=n: asyncio.sleep(0, len(batches) == n + 1), timeout=30)
+        waits.append(time.monotonic() - started)
+    await bus.stop()
+    assert batches[1:] == [["req-1"], ["req-2"], ["req-3"]]
+    assert min(waits) < 0.5, waits

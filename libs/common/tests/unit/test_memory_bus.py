@@ -410,6 +410,31 @@ async def test_a_full_batch_is_handled_at_once_without_waiting_for_more():
     assert batches[2] == ["r10", "r11"]
 
 
+async def test_hurry_writes_the_batch_being_gathered_and_those_right_after_at_once():
+    # A reader that needs what was just published (history's read barrier) must not wait
+    # for a batch's whole wait, nor for the next one's: a request's events come moments
+    # apart.
+    bus = InMemoryBus()
+    batches: list[list[str]] = []
+
+    async def record(events):
+        batches.append([event.request_id for event in events])
+
+    subscription = await bus.subscribe_batch(
+        ["topic"], "history", record, max_batch=100, max_batch_wait_ms=60_000
+    )
+    await bus.publish("topic", request(0))
+    await asyncio.sleep(0.05)  # the batch is gathering now
+    subscription.hurry()
+    async with asyncio.timeout(5):
+        await async_wait_until(lambda: asyncio.sleep(0, len(batches) == 1))
+    await bus.publish("topic", request(1))
+    async with asyncio.timeout(5):
+        await async_wait_until(lambda: asyncio.sleep(0, len(batches) == 2))
+    assert batches == [["r0"], ["r1"]]
+    await bus.stop()
+
+
 async def test_a_store_that_falls_behind_holds_new_work_back_instead_of_memory():
     # Memory is embedded mode's only buffer: new requests wait for a store that cannot
     # keep up, then are refused (as Kafka does when the broker takes nothing), never

@@ -126,9 +126,15 @@ def create_app(
             stack.push_async_callback(subscription.stop)
             # The sweeper expires only requests whose answer this group would have recorded.
             components.sweeper.caught_up = lambda: event_bus.caught_up(settings.group, consumed)
-            app.state.read_barrier = lambda: event_bus.settled(
-                settings.group, READ_AFTER_WRITE_WAIT_S
-            )
+
+            async def read_barrier() -> bool:
+                # A read often wants what was just answered (a chained Responses turn, a
+                # job looked at after it finished): the batch gathering now is written at
+                # once instead of after its wait.
+                subscription.hurry()
+                return await event_bus.settled(settings.group, READ_AFTER_WRITE_WAIT_S)
+
+            app.state.read_barrier = read_barrier
             app.state.replay_runner = components.runner
             for name, work in (
                 ("sweeper", components.sweeper.run(settings.sweep_interval_s)),

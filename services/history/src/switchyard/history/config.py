@@ -45,12 +45,13 @@ class Settings(ServiceSettings):
         description="Most events written to the database in one transaction.",
     )
     max_batch_wait_ms: int = Field(
-        default=20,
+        default=200,
         ge=0,
         le=1000,
         description="Milliseconds a batch waits, after its first event, for more events "
         "before it is written: fewer transactions and offset commits per request, at "
-        "the cost of that much delay before an event is in the database.",
+        "the cost of that much delay before an event is in the database. A read of "
+        "history ends the wait at once (a chained Responses turn, a job looked at).",
     )
     poison_attempts: int = Field(
         default=5,

@@ -160,6 +160,13 @@ class Subscription(abc.ABC):
         """True while the subscription is receiving (its consumer runs and is connected)."""
         return True
 
+    def hurry(self) -> None:
+        """A batch subscription stops waiting for its batch to fill: what it holds is
+        handled at once, and so is every batch it starts within its batch wait from now
+        (the events of one request come moments apart). For a reader that needs what was
+        just published. Other subscriptions ignore it."""
+        return None
+
 
 class EventBus(abc.ABC):
     """Publish and receive events. Start before use, stop to flush and release."""

@@ -1259,6 +1259,16 @@ class _BatchSubscription(_SupervisedConsumer):
         self.max_batch, self.retry = max_batch, retry
         self.dependencies = dependencies
         self.max_wait_ms = max_wait_ms
+        # Set by `hurry`: the batch being gathered stops waiting, and none waits until
+        # `_hurried_until` (loop time): a request's events come a few milliseconds apart,
+        # and the reader wants all of them written.
+        self._hurried = asyncio.Event()
+        self._hurried_until = 0.0
+
+    @override
+    def hurry(self) -> None:
+        self._hurried_until = asyncio.get_running_loop().time() + self.max_wait_ms / 1000
+        self._hurried.set()
 
     async def _open(self) -> AIOKafkaConsumer:
         consumer = self.bus._consumer(*self.topics, group=self.group, auto_offset_reset="earliest")
@@ -1312,12 +1322,17 @@ class _BatchSubscription(_SupervisedConsumer):
         few records it holds. An idle consumer is not affected (it waits in an ordinary
         fetch until an event arrives)."""
         count = sum(len(records) for records in batches.values())
-        if count >= self.max_batch or self.max_wait_ms <= 0:
+        hurried = asyncio.get_running_loop().time() < self._hurried_until
+        if count >= self.max_batch or self.max_wait_ms <= 0 or hurried:
             return
+        self._hurried.clear()
         paused = consumer.assignment()
         consumer.pause(*paused)
         try:
-            await asyncio.sleep(self.max_wait_ms / 1000)
+            # A reader waiting for what was just published (`hurry`) ends the wait.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.max_wait_ms / 1000):
+                    await self._hurried.wait()
         finally:
             # A rebalance meanwhile may have taken some away; new ones are not paused.
             consumer.resume(*(paused & consumer.assignment()))

@@ -89,20 +89,36 @@ class _Group:
         return sum(self.handled.values())
 
 
+async def _first(*events: asyncio.Event) -> None:
+    """Return once any of `events` is set."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
 class _TaskSubscription(Subscription):
     def __init__(
         self,
         tasks: list[asyncio.Task[None]],
         on_stop: Callable[[], None] | None = None,
         drain: Callable[[], Awaitable[None]] | None = None,
+        hurry: Callable[[], None] | None = None,
     ) -> None:
         self._tasks = tasks
         self._on_stop = on_stop
         self._drain = drain
+        self._hurry = hurry
         self._stopped = False
 
     def healthy(self) -> bool:
         return not self._stopped and not any(task.done() for task in self._tasks)
+
+    def hurry(self) -> None:
+        if self._hurry is not None:
+            self._hurry()
 
     async def stop(self) -> None:
         if self._stopped:
@@ -364,7 +380,16 @@ class InMemoryBus(EventBus):
         linger_s = self.batch_linger_s if max_batch_wait_ms is None else max_batch_wait_ms / 1000
         # Set by `stop`: the batch being gathered is handled at once, not dropped.
         stopping = asyncio.Event()
+        # Set by `hurry`: the batch being gathered is handled at once, and none lingers
+        # until `hurried_until` (loop time): a request's events come moments apart.
+        hurried = asyncio.Event()
+        hurried_until = 0.0
         busy = False
+
+        def hurry() -> None:
+            nonlocal hurried_until
+            hurried_until = asyncio.get_running_loop().time() + linger_s
+            hurried.set()
 
         async def dead_letter(
             item: tuple[str, Event, dict[str, str]], error: BaseException
@@ -382,10 +407,12 @@ class InMemoryBus(EventBus):
                     # Not when a full batch is waiting already (as Kafka's fetch returns at
                     # once): lingering then would cap the group at `max_batch` events per
                     # linger, and a busier producer would pile events up in memory.
-                    if state.queue.qsize() < max_batch - 1:
+                    lingering = asyncio.get_running_loop().time() >= hurried_until
+                    if state.queue.qsize() < max_batch - 1 and lingering:
+                        hurried.clear()
                         with contextlib.suppress(TimeoutError):
                             async with asyncio.timeout(linger_s):
-                                await stopping.wait()
+                                await _first(stopping, hurried)
                     while len(items) < max_batch and not state.queue.empty():
                         items.append(state.queue.get_nowait())
                     state.room.set()  # publishers held back look again
@@ -428,7 +455,7 @@ class InMemoryBus(EventBus):
             state.room.set()
 
         subscription = _TaskSubscription(
-            [asyncio.create_task(worker())], on_stop=stopped, drain=drain
+            [asyncio.create_task(worker())], on_stop=stopped, drain=drain, hurry=hurry
         )
         self._subscriptions.append(subscription)
         return subscription

@@ -137,11 +137,11 @@ async def read_when_recorded(
 ) -> httpx.Response:
     """History's answer to `GET path` for something accepted moments ago, whose events may
     still be on their way to history: while `not_yet(answer)` says it is not recorded yet
-    (e.g. a 404 for an id this gateway just answered), asked again with backoff (20 ms
+    (e.g. a 404 for an id this gateway just answered), asked again with backoff (5 ms
     doubling to 500 ms), for at most `responses_state_wait_s` seconds; then the last
     answer, whatever it is. APIError 503 when history cannot be reached."""
     deadline = time.monotonic() + gateway.settings.responses_state_wait_s
-    delay = 0.02
+    delay = 0.005
     while True:
         answer = await call(gateway, principal, path, request)
         if not not_yet(answer):
