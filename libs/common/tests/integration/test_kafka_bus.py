@@ -608,3 +608,36 @@ async def test_hurry_ends_a_batch_wait_at_once(kafka_servers, kafka_topics):
     await bus.stop()
     assert batches[1:] == [["req-1"], ["req-2"], ["req-3"]]
     assert min(waits) < 0.5, waits
+
+
+async def test_hurry_and_wait_returns_once_everything_published_before_is_handled(
+    kafka_servers, kafka_topics
+):
+    """History's read barrier: a reader of what was just published waits until this member
+    handled every event published before the call, and the batch wait does not hold it."""
+    bus = await started_bus(kafka_servers, kafka_topics)
+    topics = [kafka_topics.requests_interactive, kafka_topics.usage]
+    handled: list[str] = []
+
+    async def record(events) -> None:
+        await asyncio.sleep(0.05)  # a write takes a moment
+        handled.extend(event.request_id for event in events)
+
+    subscription = await bus.subscribe_batch(topics, "read-barrier", record, max_batch_wait_ms=1000)
+    await bus.publish(topics[0], request(0))  # the group is joined and reading
+    await async_wait_until(lambda: asyncio.sleep(0, handled == ["req-0"]), timeout=60)
+    await asyncio.sleep(1.5)  # the first batch's wait is over
+
+    waits = []
+    for n in range(1, 4):
+        published = [f"req-{n}-{i}" for i in range(3)]
+        for i, request_id in enumerate(published):  # several partitions, both topics
+            await bus.publish(
+                topics[i % 2], request(0).model_copy(update={"request_id": request_id})
+            )
+        started = time.monotonic()
+        await subscription.hurry_and_wait(10)
+        waits.append(time.monotonic() - started)
+        assert set(published) <= set(handled)
+    await bus.stop()
+    assert min(waits) < 0.9, waits  # not the batch's whole wait

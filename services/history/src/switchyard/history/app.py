@@ -14,6 +14,7 @@ order, also when start-up fails half-way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -130,11 +131,21 @@ def create_app(
             async def read_barrier() -> bool:
                 # A read often wants what was just answered (a chained Responses turn, a
                 # job looked at after it finished): the batch gathering now is written at
-                # once instead of after its wait.
-                subscription.hurry()
+                # once instead of after its wait, and the read waits for it.
+                await subscription.hurry_and_wait(READ_AFTER_WRITE_WAIT_S)
                 return await event_bus.settled(settings.group, READ_AFTER_WRITE_WAIT_S)
 
             app.state.read_barrier = read_barrier
+
+            async def warm_read_barrier() -> None:
+                # The first end-offsets lookup opens a client (about half a second on
+                # Kafka): opened now, not by the first read that needs it.
+                with contextlib.suppress(Exception):
+                    await event_bus.end_offsets(consumed)
+
+            stack.push_async_callback(
+                cancel_and_wait, asyncio.create_task(warm_read_barrier(), name="warm-reads")
+            )
             app.state.replay_runner = components.runner
             for name, work in (
                 ("sweeper", components.sweeper.run(settings.sweep_interval_s)),

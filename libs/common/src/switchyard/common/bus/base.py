@@ -167,6 +167,14 @@ class Subscription(abc.ABC):
         just published. Other subscriptions ignore it."""
         return None
 
+    async def hurry_and_wait(self, timeout: float) -> None:
+        """`hurry`, then wait at most `timeout` seconds until this member has handled every
+        event published before the call on the partitions it reads (the Kafka bus: one
+        broker round trip for their end offsets; the in-memory bus's `settled` waits for
+        everything published instead). Returns at the timeout, or when the bus cannot
+        tell, without raising."""
+        self.hurry()
+
 
 class EventBus(abc.ABC):
     """Publish and receive events. Start before use, stop to flush and release."""

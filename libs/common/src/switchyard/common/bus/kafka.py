@@ -1264,11 +1264,46 @@ class _BatchSubscription(_SupervisedConsumer):
         # and the reader wants all of them written.
         self._hurried = asyncio.Event()
         self._hurried_until = 0.0
+        # The first offset, per partition, of the batch this member holds now (being
+        # gathered or handled); `_progress` is set, and replaced, after each batch.
+        self._in_hand_from: dict[TopicPartition, int] = {}
+        self._progress = asyncio.Event()
 
     @override
     def hurry(self) -> None:
         self._hurried_until = asyncio.get_running_loop().time() + self.max_wait_ms / 1000
         self._hurried.set()
+
+    @override
+    async def hurry_and_wait(self, timeout: float) -> None:
+        self.hurry()
+        # Everything published before now, on the partitions this member reads: their
+        # end offsets now (one broker round trip), then batches until each is handled.
+        with contextlib.suppress(TimeoutError, BusUnavailableError, KafkaError):
+            async with asyncio.timeout(timeout):
+                ends = await self.bus.end_offsets(self.topics)
+                while not await self._handled_up_to(ends):
+                    await self._progress.wait()
+
+    async def _handled_up_to(self, ends: Offsets) -> bool:
+        """True once this member handled every event before `ends` on its partitions
+        (a member not running, or a partition not yet positioned, holds nobody up)."""
+        consumer = self.consumer
+        if consumer is None:
+            return True
+        for tp in consumer.assignment():
+            end = ends.get((tp.topic, tp.partition))
+            if end is None:
+                continue
+            handled = self._in_hand_from.get(tp)
+            if handled is None:
+                try:  # nothing of it in hand: what was handed over was handled
+                    handled = await consumer.position(tp)
+                except (KafkaError, AssertionError):
+                    continue
+            if handled < end:
+                return False
+        return True
 
     async def _open(self) -> AIOKafkaConsumer:
         consumer = self.bus._consumer(*self.topics, group=self.group, auto_offset_reset="earliest")
@@ -1281,16 +1316,26 @@ class _BatchSubscription(_SupervisedConsumer):
             self._polled()
             if not batches:
                 continue
-            await self._fill(consumer, batches)
-            items: list[tuple[ConsumerRecord, Event]] = []
-            for records_of_partition in batches.values():
-                for record in records_of_partition:
-                    try:
-                        items.append((record, _decode(record)))
-                    except EventDecodeError as exc:
-                        await self.bus.dead_letter(record, self.group, f"undecodable event: {exc}")
-            if items:
-                await self._handle(items)
+            self._in_hand_from = {tp: records[0].offset for tp, records in batches.items()}
+            try:
+                await self._fill(consumer, batches)
+                for tp, records in batches.items():  # partitions `_fill` added
+                    self._in_hand_from.setdefault(tp, records[0].offset)
+                items: list[tuple[ConsumerRecord, Event]] = []
+                for records_of_partition in batches.values():
+                    for record in records_of_partition:
+                        try:
+                            items.append((record, _decode(record)))
+                        except EventDecodeError as exc:
+                            await self.bus.dead_letter(
+                                record, self.group, f"undecodable event: {exc}"
+                            )
+                if items:
+                    await self._handle(items)
+            finally:
+                self._in_hand_from = {}
+                self._progress.set()
+                self._progress = asyncio.Event()
             offsets = {
                 tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batches.items()
             }
