@@ -194,6 +194,20 @@ def _retrieve_exception(delivery: asyncio.Future[Any]) -> None:
         delivery.exception()
 
 
+def _valid_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The consumer's position on `tp` (the next offset it hands over), or None while it
+    has none (just assigned, being reset, revoked). Read from aiokafka's subscription
+    state: `AIOKafkaConsumer.position` waits for a position, and takes and raises the
+    consumer's pending coordination error, which belongs to its own poll loop."""
+    try:
+        state = consumer._subscription.subscription.assignment.state_value(tp)
+    except Exception:  # noqa: BLE001 - no subscription or assignment now
+        return None
+    if state is None or not state.has_valid_position:
+        return None
+    return cast(int, state.position)
+
+
 def _sender_alive(producer: AIOKafkaProducer) -> bool:
     """False once the producer's background sender has died (it then fails every send)."""
     sender = getattr(producer, "_sender", None)
@@ -1287,7 +1301,7 @@ class _BatchSubscription(_SupervisedConsumer):
 
     async def _handled_up_to(self, ends: Offsets) -> bool:
         """True once this member handled every event before `ends` on its partitions
-        (a member not running, or a partition not yet positioned, holds nobody up)."""
+        (a member not running, or a partition without a position yet, holds nobody up)."""
         consumer = self.consumer
         if consumer is None:
             return True
@@ -1296,10 +1310,9 @@ class _BatchSubscription(_SupervisedConsumer):
             if end is None:
                 continue
             handled = self._in_hand_from.get(tp)
-            if handled is None:
-                try:  # nothing of it in hand: what was handed over was handled
-                    handled = await consumer.position(tp)
-                except (KafkaError, AssertionError):
+            if handled is None:  # nothing of it in hand: what was handed over was handled
+                handled = _valid_position(consumer, tp)
+                if handled is None:
                     continue
             if handled < end:
                 return False
