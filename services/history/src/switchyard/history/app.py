@@ -50,9 +50,14 @@ from switchyard.history.replay_admission import GatewayAdmission
 log = structlog.get_logger("switchyard.history")
 
 # How long a read waits for events already delivered in this process to be written (the
-# in-memory bus of embedded mode; on Kafka there is nothing to wait for here). Bounded, so
-# a stalled database delays reads by at most this much.
+# in-memory bus of embedded mode). Bounded, so a stalled database delays reads by at most
+# this much.
 READ_AFTER_WRITE_WAIT_S = 1.0
+# How long a read on Kafka waits for the batch consumer to handle what was published
+# before it: a hurried batch is written in milliseconds, so this only bounds the wait of
+# reads while history lags (a backlog, a slow database), which then answer with what is
+# written (the gateway asks again for an answer given moments ago).
+READ_AFTER_PUBLISH_WAIT_S = 0.25
 
 # Errors beyond those derived from each route (400 for input, 401 for the internal token
 # and the caller's identity, 404 for an id in the path), for the OpenAPI document.
@@ -132,7 +137,7 @@ def create_app(
                 # A read often wants what was just answered (a chained Responses turn, a
                 # job looked at after it finished): the batch gathering now is written at
                 # once instead of after its wait, and the read waits for it.
-                await subscription.hurry_and_wait(READ_AFTER_WRITE_WAIT_S)
+                await subscription.hurry_and_wait(READ_AFTER_PUBLISH_WAIT_S)
                 return await event_bus.settled(settings.group, READ_AFTER_WRITE_WAIT_S)
 
             app.state.read_barrier = read_barrier
