@@ -25,6 +25,7 @@ from switchyard.inference.upstream import (
     AnthropicUpstream,
     OpenAIUpstream,
     SDKUpstream,
+    StreamEnd,
     create_upstream,
 )
 
@@ -414,6 +415,88 @@ async def test_a_stream_cut_off_half_way_fails_the_same_way(kind: str) -> None:
         direct, sdk = await failures_at(kind, server.root, stream=True)
     assert direct == sdk
     assert (direct["status"], direct["code"]) == (502, "upstream_unreachable")
+
+
+# A body delimited by the connection's close (no length, not chunked): HTTP cannot tell a
+# cut from the end, only the stream's own end can.
+CLOSE_DELIMITED_SSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n"
+STARTED = {
+    "openai": (
+        b'data: {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, '
+        b'"delta": {"role": "assistant", "content": "Hel"}, "finish_reason": null}]}\n\n'
+    ),
+    "anthropic": (
+        b'event: message_start\ndata: {"type": "message_start", "message": {"id": "m", '
+        b'"type": "message", "role": "assistant", "content": [], "model": "m", '
+        b'"usage": {"input_tokens": 3, "output_tokens": 0}}}\n\n'
+        b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, '
+        b'"delta": {"type": "text_delta", "text": "Hel"}}\n\n'
+        b'event: message_delta\ndata: {"type": "message_delta", "delta": '
+        b'{"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}\n\n'
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_stream_whose_connection_closes_before_its_end_fails_as_a_cut(kind: str) -> None:
+    # Events, then the connection closed: no `[DONE]`, no finish_reason, no
+    # `message_stop`. The client must not get a stream that looks whole.
+    cut = RawReply(CLOSE_DELIMITED_SSE, [STARTED[kind]], cut=True)
+    async with RawServer(cut) as server:
+        direct, sdk = await failures_at(kind, server.root, stream=True)
+    assert direct == sdk
+    assert (direct["status"], direct["code"], direct["retryable"]) == (
+        502,
+        "upstream_unreachable",
+        True,
+    )
+
+
+async def test_a_chat_stream_closed_after_every_choice_finished_is_whole() -> None:
+    # Some OpenAI-compatible servers close without `[DONE]`: nothing of the answer is
+    # missing once every choice has its finish_reason.
+    finished = (
+        b'data: {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 1, '
+        b'"delta": {"content": "lo"}, "finish_reason": "stop"}]}\n\n'
+    )
+    second = STARTED["openai"].replace(b'"index": 0', b'"index": 1')
+    last = finished.replace(b'"index": 1', b'"index": 0')
+    results = {}
+    for name, chunks in {
+        "one choice still open": [STARTED["openai"], second, finished],
+        "every choice finished": [STARTED["openai"], second, finished, last],
+    }.items():
+        async with RawServer(RawReply(CLOSE_DELIMITED_SSE, chunks, cut=True)) as server:
+            upstream = create_upstream(deployment("openai", server.root))
+            try:
+                results[name] = [
+                    sse.data async for sse in upstream.stream(PATHS["openai"], BODY, {}, 5)
+                ]
+            except ProviderError as exc:
+                results[name] = exc.code
+            finally:
+                await upstream.aclose()
+    assert results["one choice still open"] == "upstream_unreachable"
+    assert [
+        choice["index"] for data in results["every choice finished"] for choice in data["choices"]
+    ] == [0, 1, 1, 0]
+
+
+def test_a_stream_ends_with_its_own_ending_event_or_every_choice_finished() -> None:
+    def ended(*events: dict[str, Any]) -> bool:
+        end = StreamEnd()
+        for data in events:
+            end.see(data)
+        return end.ended
+
+    open_choice = {"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]}
+    assert not ended()
+    assert not ended(open_choice)
+    assert ended(open_choice, {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    assert not ended({"type": "message_start"}, {"type": "message_delta"})
+    for ending in ("message_stop", "response.completed", "response.incomplete", "response.failed"):
+        assert ended({"type": "response.created"}, {"type": ending})
+    assert not ended({"type": "response.created"}, {"type": "response.output_text.delta"})
 
 
 async def test_a_body_that_is_not_json_is_refused_as_a_bad_request(

@@ -323,7 +323,8 @@ class RawReply:
     """What a `RawServer` answers: a head (status line and headers, without the blank
     line) and body chunks; `chunked` sends them in the chunked encoding, its last chunk
     `end_after_s` seconds after the others (a separate packet); `cut` closes the
-    connection after the chunks instead (a stream broken half-way)."""
+    connection after the chunks instead (a stream broken half-way; without `chunked`,
+    the body is the one the connection's close delimits)."""
 
     head: bytes
     chunks: list[bytes] = field(default_factory=list)
@@ -389,6 +390,8 @@ class RawServer:
         if not reply.chunked:
             writer.write(b"".join(reply.chunks))
             await writer.drain()
+            if reply.cut:  # a body delimited by the connection's close
+                writer.close()
             return
         for chunk in reply.chunks:
             writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")

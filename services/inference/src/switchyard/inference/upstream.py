@@ -386,6 +386,62 @@ def timeout_error(deployment: str) -> ProviderError:
     )
 
 
+def cut_short(deployment: str) -> ProviderError:
+    """The 502 `upstream_unreachable` of a stream from `deployment` (its name) whose
+    connection ended before the stream's own end: the same failure as a connection lost
+    half-way in the chunked encoding, which HTTP itself detects (a body delimited by the
+    connection's close cannot tell). Retryable."""
+    return ProviderError(
+        502,
+        None,
+        f"Upstream deployment {deployment!r} closed the connection before the end of its stream.",
+        code="upstream_unreachable",
+        retryable=True,
+    )
+
+
+# The events that end a stream, by their `type`: Anthropic's Messages
+# (https://docs.anthropic.com/en/docs/build-with-claude/streaming) and OpenAI's Responses
+# (https://platform.openai.com/docs/api-reference/responses-streaming). A Chat Completions
+# stream ends with `data: [DONE]`.
+ENDING_EVENT_TYPES = frozenset(
+    {"message_stop", "response.completed", "response.incomplete", "response.failed"}
+)
+
+
+class StreamEnd:
+    """Whether an upstream stream reached its own end, from its events' JSON `data`: an
+    ending event (`ENDING_EVENT_TYPES`), or a Chat Completions stream whose every choice
+    has its `finish_reason` (some OpenAI-compatible servers close the connection without
+    `[DONE]`; nothing of the answer is missing then, at most the usage chunk after it)."""
+
+    __slots__ = ("ended", "_unfinished", "_finished")
+
+    def __init__(self) -> None:
+        self.ended = False
+        self._unfinished: set[Any] = set()
+        self._finished = False
+
+    def see(self, data: dict[str, Any]) -> None:
+        """Take the next event's `data`."""
+        if data.get("type") in ENDING_EVENT_TYPES:
+            self.ended = True
+            return
+        choices = data.get("choices")
+        if not isinstance(choices, list):
+            return
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            if choice.get("finish_reason"):
+                self._unfinished.discard(index)
+                self._finished = True
+            else:
+                self._unfinished.add(index)
+        self.ended = self._finished and not self._unfinished
+
+
 def invalid_reply(deployment: str) -> ProviderError:
     """The 502 `upstream_invalid_reply` of a reply from `deployment` (its name) that is not
     the JSON object its protocol promises: retryable."""
@@ -899,10 +955,12 @@ class SDKUpstream:
         """POST the JSON `body` to `path` asking for a stream; yields each Server-Sent Event
         as an `SSE` with its JSON data, until the stream ends (OpenAI's `[DONE]` is not
         yielded). Raises ProviderError, also mid-stream: an `error` event, an error object
-        in place of a chunk, a broken connection. The response is closed however it ends."""
+        in place of a chunk, a broken connection, a body that ends before the stream's own
+        end (`StreamEnd`; `cut_short`). The response is closed however it ends."""
         response = None
         events: AsyncIterator[Any] | None = None
         done = False
+        end = StreamEnd()
         try:
             response = await self._post(path, body, headers, timeout_s, stream=True)
             events = self._events(response)
@@ -915,7 +973,12 @@ class SDKUpstream:
                 parsed = parse_object(data, self.name)
                 if event == "error" or ("error" in parsed and not parsed.get("choices")):
                     raise stream_error(self.deployment, self.protocol, parsed.get("error"))
+                end.see(parsed)
                 yield SSE(event, parsed)
+            if not end.ended:
+                # The body ended (its connection closed) before the stream did: what
+                # arrived is not the whole answer.
+                raise cut_short(self.name)
         except Exception as exc:
             failure = self._failure(exc)
             if failure is exc:
