@@ -493,10 +493,28 @@ def test_a_stream_ends_with_its_own_ending_event_or_every_choice_finished() -> N
     assert not ended()
     assert not ended(open_choice)
     assert ended(open_choice, {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    usage_chunk = {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+    assert ended(open_choice, usage_chunk)
+    assert not ended(open_choice, {"choices": []})
     assert not ended({"type": "message_start"}, {"type": "message_delta"})
     for ending in ("message_stop", "response.completed", "response.incomplete", "response.failed"):
         assert ended({"type": "response.created"}, {"type": ending})
     assert not ended({"type": "response.created"}, {"type": "response.output_text.delta"})
+
+
+async def test_a_responses_error_event_without_an_event_line_fails_with_its_own_code() -> None:
+    # The Responses API's `error` event is the error itself (`code`, `message`), and a
+    # server may give its type only in the data.
+    error = b'data: {"type": "error", "code": "invalid_prompt", "message": "Bad prompt."}\n\n'
+    async with RawServer(RawReply(SSE_HEAD, [error], chunked=True)) as server:
+        upstream = create_upstream(deployment("openai", server.root))
+        try:
+            with pytest.raises(ProviderError) as caught:
+                async for _ in upstream.stream("/responses", BODY, {}, 5):
+                    pass
+        finally:
+            await upstream.aclose()
+    assert (caught.value.code, caught.value.message) == ("invalid_prompt", "Bad prompt.")
 
 
 async def test_a_body_that_is_not_json_is_refused_as_a_bad_request(

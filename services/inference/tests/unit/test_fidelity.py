@@ -502,6 +502,55 @@ async def test_openai_stream_is_relayed_as_sent_and_usage_only_when_asked(
     )
 
 
+async def test_an_openai_stream_that_ends_with_its_usage_chunk_but_no_done_is_whole(
+    harness, recorder
+) -> None:
+    # Some OpenAI-compatible servers end the stream after the usage chunk (OpenAI's last
+    # before [DONE]), without [DONE] and without a finish_reason.
+    recorder.script(Scripted(events=[OPENAI_STREAM[0], OPENAI_STREAM[1], OPENAI_STREAM[3]]))
+    request = chat_request(model="gpt", stream=True, include_usage=True)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    assert reply.data.usage.input_tokens == 120 and reply.data.usage.output_tokens == 30
+
+
+async def test_a_whole_openai_stream_without_its_usage_is_billed_by_estimate(
+    harness, recorder
+) -> None:
+    # Every choice finished, then the stream ended: the answer is whole, its usage chunk
+    # is missing. The tokens are estimated, as for a stream that failed, never zero.
+    recorder.script(Scripted(events=OPENAI_STREAM[:3]))
+    request = chat_request(model="gpt", stream=True, include_usage=True)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    usage = (await harness.usage_of(request.request_id)).data.usage
+    assert reply.data.usage == usage
+    assert usage.input_tokens > 0 and usage.output_tokens > 0
+
+
+async def test_an_openai_stream_that_ends_before_its_answer_did_fails_after_what_it_sent(
+    harness, recorder
+) -> None:
+    # Content, then the end of the body: no finish_reason, no usage chunk, no [DONE].
+    recorder.script(Scripted(events=OPENAI_STREAM[:2]))
+    request = chat_request(model="gpt", stream=True, include_usage=True)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatFailed), reply
+    assert (reply.data.error.status, reply.data.error.code) == (502, "upstream_unreachable")
+    relayed = [event.data for event in harness.stream_of(request.request_id)]
+    assert [chunk["choices"][0]["delta"] for chunk in relayed] == [
+        {"role": "assistant", "content": ""},
+        {"content": SEPARATORS},
+    ]
+    assert len(recorder.requests) == 1  # part of the answer is out: not run again
+
+
 async def test_openai_json_reply_is_relayed_as_sent_with_the_public_model(
     harness, recorder
 ) -> None:

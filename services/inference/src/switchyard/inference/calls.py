@@ -121,4 +121,9 @@ class UpstreamCalls:
             await publisher.flush()  # what arrived reaches the client before the error
             raise
         await publisher.flush()
-        return accumulator.response(), translation.usage()
+        usage = translation.usage()
+        if not usage.total_tokens:
+            # A whole stream without usage (its usage chunk lost, or never sent): estimated
+            # as for a stream that failed, never billed as nothing.
+            usage = run.in_flight_usage()
+        return accumulator.response(), usage

@@ -387,14 +387,14 @@ def timeout_error(deployment: str) -> ProviderError:
 
 
 def cut_short(deployment: str) -> ProviderError:
-    """The 502 `upstream_unreachable` of a stream from `deployment` (its name) whose
-    connection ended before the stream's own end: the same failure as a connection lost
-    half-way in the chunked encoding, which HTTP itself detects (a body delimited by the
-    connection's close cannot tell). Retryable."""
+    """The 502 `upstream_unreachable` of a stream from `deployment` (its name) whose body
+    ended before the stream's own end: the same failure as a connection lost half-way in
+    the chunked encoding, which HTTP itself detects (a body delimited by the connection's
+    close cannot tell). Retryable."""
     return ProviderError(
         502,
         None,
-        f"Upstream deployment {deployment!r} closed the connection before the end of its stream.",
+        f"Upstream deployment {deployment!r} ended its answer before the end of its stream.",
         code="upstream_unreachable",
         retryable=True,
     )
@@ -411,9 +411,11 @@ ENDING_EVENT_TYPES = frozenset(
 
 class StreamEnd:
     """Whether an upstream stream reached its own end, from its events' JSON `data`: an
-    ending event (`ENDING_EVENT_TYPES`), or a Chat Completions stream whose every choice
-    has its `finish_reason` (some OpenAI-compatible servers close the connection without
-    `[DONE]`; nothing of the answer is missing then, at most the usage chunk after it)."""
+    ending event (`ENDING_EVENT_TYPES`), a Chat Completions stream's usage chunk (no
+    choices, `usage`: OpenAI sends it last, before `[DONE]`), or a Chat Completions stream
+    whose every choice has its `finish_reason` (some OpenAI-compatible servers end a
+    stream without `[DONE]`; nothing of the answer is missing then, at most the usage
+    chunk after it, which the caller estimates when it is missing)."""
 
     __slots__ = ("ended", "_unfinished", "_finished")
 
@@ -429,6 +431,9 @@ class StreamEnd:
             return
         choices = data.get("choices")
         if not isinstance(choices, list):
+            return
+        if not choices and isinstance(data.get("usage"), dict):
+            self.ended = True  # the usage chunk: the last before `[DONE]`
             return
         for choice in choices:
             if not isinstance(choice, dict):
@@ -971,8 +976,16 @@ class SDKUpstream:
                     return
                 event = None if sse.event == "message" else sse.event
                 parsed = parse_object(data, self.name)
-                if event == "error" or ("error" in parsed and not parsed.get("choices")):
-                    raise stream_error(self.deployment, self.protocol, parsed.get("error"))
+                if (
+                    event == "error"
+                    or parsed.get("type") == "error"
+                    or ("error" in parsed and not parsed.get("choices"))
+                ):
+                    # Anthropic's error event and OpenAI's error object nest the error
+                    # (`error`); a Responses `error` event is the error itself.
+                    inner = parsed.get("error")
+                    error = inner if isinstance(inner, dict) else parsed
+                    raise stream_error(self.deployment, self.protocol, error)
                 end.see(parsed)
                 yield SSE(event, parsed)
             if not end.ended:
