@@ -101,3 +101,41 @@ async def test_disconnect_can_be_configured_to_let_the_request_complete(harness)
         )
     await asyncio.sleep(0.2)
     assert seen == []
+
+
+def waits_for_replies() -> list[asyncio.Task]:
+    """Tasks still waiting on a dispatch's reply queue."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done() and getattr(task.get_coro(), "__qualname__", "") == "Queue.get"
+    ]
+
+
+@pytest.mark.parametrize("api", ["chat", "messages"])
+async def test_a_stream_the_client_left_leaves_no_wait_for_replies_behind(harness, api):
+    # The stream's task is cancelled when the client goes; the wait for its next reply
+    # must go with it (else "Task was destroyed but it is pending!" once collected).
+    harness.respond[0] = never_finishes
+    path, body = (
+        ("/v1/chat/completions", {**BODY, "stream": True})
+        if api == "chat"
+        else ("/v1/messages", {**BODY, "model": "sim-small", "max_tokens": 5, "stream": True})
+    )
+    async with serving(harness.app) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
+        async with client.stream(
+            "POST", path, json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    break  # first event seen; hang up
+        await async_wait_until(
+            lambda: asyncio.sleep(0, harness.app.state.gateway.in_flight == 0),
+            timeout=5,
+            message="the request to be released",
+        )
+        await async_wait_until(
+            lambda: asyncio.sleep(0, not waits_for_replies()),
+            timeout=2,
+            message="no task left waiting for replies",
+        )

@@ -255,7 +255,10 @@ async def run_embedded(host: str = "127.0.0.1", plugins: list[ServicePlugin] | N
         frozen = True
 
         done_or_stop = asyncio.create_task(stopping.wait())
-        await asyncio.wait([done_or_stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait([done_or_stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            done_or_stop.cancel()  # a service ended first: its wait goes too
     finally:
         if frozen:
             release_startup_heap()

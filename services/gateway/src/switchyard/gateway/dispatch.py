@@ -286,10 +286,13 @@ class Dispatch:
                 {getter, watcher}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
+            # Both, also when this wait is cancelled (the client left a stream): a task
+            # left pending is destroyed unawaited.
             watcher.cancel()
+            if not getter.done():
+                getter.cancel()
         if getter in done:
             return getter.result()
-        getter.cancel()
         if watcher in done:
             self.client_disconnected()
             raise ClientDisconnected
