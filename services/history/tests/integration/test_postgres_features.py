@@ -73,12 +73,14 @@ async def test_any_batching_gives_the_rows_of_one_event_at_a_time(engine, events
 
 async def test_nul_characters_and_unicode_survive(engine, events):
     recorder = EventRecorder(engine)
-    request = events.requested(prompt='zero\x00byte, emoji \U0001f680, quote " and \\ backslash')
+    request = events.requested(
+        prompt='zero\x00byte, emoji \U0001f680, quote " and \\ backslash, C:\\u0000dir'
+    )
     await recorder.record([request, events.completed(request, answer="ok\x00")])
 
     row = (await _rows(engine))[request.request_id]
     content = row["request_body"]["messages"][0]["content"]
-    assert content == 'zero\ufffdbyte, emoji \U0001f680, quote " and \\ backslash'
+    assert content == 'zero\ufffdbyte, emoji \U0001f680, quote " and \\ backslash, C:\\u0000dir'
     assert row["response"]["choices"][0]["message"]["content"] == "ok\ufffd"
 
 

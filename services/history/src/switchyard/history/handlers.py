@@ -28,6 +28,7 @@ which is in-process and cheap there.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -615,9 +616,15 @@ def _recordset_select(table: Table, json_type: type, parameter: str) -> tuple[li
     return [c.name for c in table.columns], select(*[source.c[c.name] for c in table.columns])
 
 
+# A NUL character as JSON writes it (`\u0000`), not a backslash the text itself holds (`\\`)
+# followed by `u0000`: the escape is preceded by an even number of backslashes.
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
 def _json_rows(rows: list[dict[str, Any]]) -> str:
+    """`rows` as one JSON array for PostgreSQL, whose text and jsonb cannot hold NUL
+    characters: each is stored as U+FFFD; the six characters `\\u0000` a text holds stay."""
     text = orjson.dumps(rows).decode()
     if "\\u0000" in text:
-        # PostgreSQL text and jsonb cannot hold NUL characters: store U+FFFD instead.
-        text = text.replace("\\u0000", "\\ufffd")
+        text = _NUL_ESCAPE.sub(r"\1\\ufffd", text)
     return text
