@@ -463,7 +463,7 @@ def test_openai_json_schema_response_format_becomes_output_config() -> None:
                     {"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}
                 ],
             },
-            "messages.0.content.0",
+            "messages.[0].content.[0]",
         ),
         (
             {
@@ -471,9 +471,9 @@ def test_openai_json_schema_response_format_becomes_output_config() -> None:
                 "messages": [{"role": "user", "content": "x"}],
                 "tools": [{"type": "custom", "custom": {"name": "c"}}],
             },
-            "tools.0",
+            "tools.[0]",
         ),
-        ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages.[0].role"),
         ({"model": "m", "messages": "nope"}, "messages"),
     ],
 )
@@ -918,7 +918,12 @@ def test_thinking_becomes_reasoning_effort(thinking, effort) -> None:
 
 def test_reasoning_effort_becomes_a_thinking_budget_within_max_tokens() -> None:
     result = chat_request_to_messages(
-        {"model": "m", "messages": [], "reasoning_effort": "high", "max_tokens": 100}
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "x"}],
+            "reasoning_effort": "high",
+            "max_tokens": 100,
+        }
     )
     assert result["thinking"] == {"type": "enabled", "budget_tokens": 16384}
     assert result["max_tokens"] > 16384  # Anthropic requires max_tokens above the budget

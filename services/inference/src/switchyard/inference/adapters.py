@@ -134,8 +134,11 @@ class Adapter(Protocol):
         deployment: Deployment,
         stream: bool,
     ) -> UpstreamCall:
-        """The upstream request. Raises ProviderError (400, naming the parameter) for
-        what the deployment's protocol cannot express."""
+        """The upstream request. Raises ProviderError (400, naming the client's parameter
+        in its API's words) for what the deployment's protocol cannot express (code
+        `unsupported_parameter`: another deployment may take it) and for what a
+        translation renames or reshapes and the client's API itself refuses (OpenAI's
+        code for it, e.g. `integer_below_min_value`)."""
         ...
 
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
@@ -165,10 +168,12 @@ def _forwarded(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, 
 
 
 def _translated(build: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`build(*args, **kwargs)`, a TranslationError raised as the 400 the client gets (its
+    message, `param` and code)."""
     try:
         return build(*args, **kwargs)
     except TranslationError as exc:
-        raise invalid_request(exc.message, param=exc.param, code="unsupported_parameter") from exc
+        raise invalid_request(exc.message, param=exc.param, code=exc.code) from exc
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:

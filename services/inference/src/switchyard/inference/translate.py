@@ -7,6 +7,13 @@ gives), never SDK models: they run on every request that crosses APIs.
 
 The rule: what the target API can express is mapped; what it cannot is refused with
 `TranslationError` naming the parameter (the client gets 400), never dropped silently.
+What the client's own API refuses in a field the translation renames, reshapes or drops
+(a `max_tokens` below 1, a tool without a name, a user message without content) is
+refused here too, in that API's words and naming the client's field: left to the
+deployment, it would be refused under the other API's name for it, or called missing.
+Paths follow the client's API: `messages.[0].content` in Chat Completions' `param` (its
+messages write `messages[0].content`), `input[0].content` in the Responses API's, and
+`messages.0.content` opening an Anthropic message (Anthropic's errors have no `param`).
 The few things that are not sent are listed in docs/protocols.md with the reason they
 change nothing the client can observe (e.g. `cache_control` markers towards OpenAI, which
 caches prompt prefixes by itself; thinking blocks of earlier turns, which Anthropic itself
@@ -19,9 +26,9 @@ either API into the complete reply it streams (the `response` of `chat.completed
 from __future__ import annotations
 
 import base64
+import re
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -52,13 +59,107 @@ _EFFORT_BY_OUTPUT_EFFORT = {"low": "low", "medium": "medium", "high": "high", "m
 
 
 class TranslationError(ValueError):
-    """A request that cannot be expressed in the other API: the client gets 400 naming
-    `param` (dotted path into the request body)."""
+    """A request the translation refuses: the client gets 400 with `message`, `param` (the
+    path of the client's own field, in its API's notation) and `code`.
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    `unsupported_parameter` (the default) is a request valid in the client's API that the
+    deployment's cannot express (another deployment of the model may take it); any other
+    code (`missing_required_parameter`, `invalid_type`, `integer_below_min_value`,
+    `invalid_value`) is a request the client's API itself refuses, so the translation
+    answers it as that API would instead of letting the other API name its own fields."""
+
+    def __init__(
+        self, message: str, param: str | None = None, code: str = "unsupported_parameter"
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.code = code
+
+
+def json_type(value: Any) -> str:
+    """How OpenAI's errors name the JSON type of `value` ("a string", "an array"...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+# ---- refusals in OpenAI's words (`path` as its messages write it: `input[0].content`)
+
+
+def missing_parameter(path: str) -> TranslationError:
+    """OpenAI's refusal of a required field the client left out."""
+    return TranslationError(
+        f"Missing required parameter: '{path}'.", path, "missing_required_parameter"
+    )
+
+
+def invalid_type(path: str, expected: str, value: Any) -> TranslationError:
+    """OpenAI's refusal of `value` at `path` where `expected` ("an array") belongs."""
+    return TranslationError(
+        f"Invalid type for '{path}': expected {expected}, but got {json_type(value)} instead.",
+        path,
+        "invalid_type",
+    )
+
+
+def below_minimum(path: str, minimum: int, value: Any) -> TranslationError:
+    """OpenAI's refusal of an integer below its minimum."""
+    return TranslationError(
+        f"Invalid '{path}': integer below minimum value. Expected a value >= {minimum}, but "
+        f"got {value} instead.",
+        path,
+        "integer_below_min_value",
+    )
+
+
+def invalid_value(path: str, reason: str) -> TranslationError:
+    """OpenAI's refusal of a value its API does not take (`reason` says why)."""
+    return TranslationError(f"Invalid value for '{path}': {reason}", path, "invalid_value")
+
+
+def not_one_of(path: str, value: Any, supported: tuple[str, ...]) -> TranslationError:
+    """OpenAI's refusal of a value outside the `supported` ones."""
+    words = [f"'{word}'" for word in supported]
+    listed = f"{', '.join(words[:-1])} and {words[-1]}" if len(words) > 1 else words[0]
+    return invalid_value(path, f"{value!r} is not supported; supported values are {listed}.")
+
+
+def positive_integer(body: dict[str, Any], name: str) -> int | None:
+    """The client's `name` (an OpenAI token limit) if set; TranslationError in OpenAI's
+    words unless it is an integer of at least 1. Checked here rather than by the upstream,
+    which would name the field it was renamed to (`max_tokens`)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise invalid_type(name, "an integer", value)
+    if value < 1:
+        raise below_minimum(name, 1, value)
+    return value
+
+
+def _anthropic_refusal(path: str, reason: str, code: str = "invalid_value") -> TranslationError:
+    """Anthropic's refusal: its messages start with the path of the field at fault
+    (`messages.0.content: Field required`); its errors carry no `param`."""
+    return TranslationError(f"{path}: {reason}", path, code)
+
+
+_CHAT_INDEX = re.compile(r"(?<=[^.])\[")
+
+
+def chat_param(path: str) -> str:
+    """A path as Chat Completions errors give it in `param` (`messages.[0].content.[1]`)
+    from the way their messages write it (`messages[0].content[1]`)."""
+    return _CHAT_INDEX.sub(".[", path)
 
 
 def openai_finish_reason(stop_reason: str | None) -> str | None:
@@ -195,9 +296,11 @@ _MESSAGES_FIELDS = frozenset(
 def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     """An Anthropic Messages request as an OpenAI Chat Completions request.
 
-    Raises TranslationError (naming the parameter) for what Chat Completions cannot
-    express: `top_k`, `context_management`, server tools, URL documents... (the table is
-    in docs/protocols.md)."""
+    Raises TranslationError for what Chat Completions cannot express (`top_k`,
+    `context_management`, server tools, URL documents...: the table is in
+    docs/protocols.md), and for what Anthropic itself refuses in a field the translation
+    renames or reshapes (a `max_tokens` below 1, a tool without a name...): the message
+    starts with the path of the client's field, as Anthropic's do."""
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
     _refuse_unknown(body, _MESSAGES_FIELDS, "OpenAI's Chat Completions")
@@ -209,18 +312,34 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
             messages.append({"role": "system", "content": text})
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list):
-        raise TranslationError("'messages' must be an array.", "messages")
+        raise _anthropic_refusal("messages", "Input should be a valid list")
     for index, message in enumerate(raw_messages):
         messages.extend(_anthropic_message_to_openai(message, index))
 
     result: dict[str, Any] = {"model": body.get("model"), "messages": messages}
-    if body.get("max_tokens") is not None:
-        result["max_completion_tokens"] = body["max_tokens"]
-    if body.get("stop_sequences"):
-        result["stop"] = list(body["stop_sequences"])
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None:
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+            raise _anthropic_refusal("max_tokens", "Input should be a valid integer")
+        if max_tokens < 1:
+            raise _anthropic_refusal("max_tokens", "Input should be greater than or equal to 1")
+        result["max_completion_tokens"] = max_tokens
+    stop_sequences = body.get("stop_sequences")
+    if stop_sequences is not None:
+        if not isinstance(stop_sequences, list):
+            raise _anthropic_refusal("stop_sequences", "Input should be a valid list")
+        for index, sequence in enumerate(stop_sequences):
+            if not isinstance(sequence, str):
+                raise _anthropic_refusal(
+                    f"stop_sequences.{index}", "Input should be a valid string"
+                )
+        if stop_sequences:
+            result["stop"] = list(stop_sequences)
     for name in ("temperature", "top_p"):
-        if body.get(name) is not None:
-            result[name] = body[name]
+        value = body.get(name)
+        if value is not None:
+            _anthropic_unit_interval(name, value)
+            result[name] = value
     if body.get("stream"):
         result["stream"] = True
         # The Anthropic stream ends with usage; ask for it.
@@ -228,19 +347,27 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     metadata = body.get("metadata")
     if metadata is not None:
         if not isinstance(metadata, dict):
-            raise TranslationError("'metadata' must be an object.", "metadata")
+            raise _anthropic_refusal("metadata", "Input should be a valid dictionary")
         for key in metadata:
             if key != "user_id":
-                raise TranslationError(
-                    f"'metadata.{key}' cannot be sent to this model.", f"metadata.{key}"
+                raise _anthropic_refusal(
+                    f"metadata.{key}",
+                    "cannot be sent to this model: its deployment speaks OpenAI's Chat "
+                    "Completions, which takes only 'user_id' (as 'user').",
+                    "unsupported_parameter",
                 )
         if metadata.get("user_id"):
             result["user"] = metadata["user_id"]
     tools = body.get("tools")
-    if tools:
-        result["tools"] = [_anthropic_tool_to_openai(tool, i) for i, tool in enumerate(tools)]
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _anthropic_refusal("tools", "Input should be a valid list")
+        if tools:
+            result["tools"] = [_anthropic_tool_to_openai(tool, i) for i, tool in enumerate(tools)]
     tool_choice = body.get("tool_choice")
-    if isinstance(tool_choice, dict):
+    if tool_choice is not None:
+        if not isinstance(tool_choice, dict):
+            raise _anthropic_refusal("tool_choice", "Input should be a valid dictionary")
         choice = _anthropic_tool_choice_to_openai(tool_choice)
         if choice is not None:
             result["tool_choice"] = choice
@@ -255,11 +382,22 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _anthropic_unit_interval(name: str, value: Any) -> None:
+    """Anthropic's checks of `temperature` and `top_p` (numbers from 0 to 1), made here:
+    OpenAI's range for `temperature` is wider, so it would pass a value Anthropic refuses."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _anthropic_refusal(name, "Input should be a valid number")
+    if value < 0:
+        raise _anthropic_refusal(name, "Input should be greater than or equal to 0")
+    if value > 1:
+        raise _anthropic_refusal(name, "Input should be less than or equal to 1")
+
+
 def _reasoning_effort_of_thinking(thinking: Any) -> str | None:
     if thinking is None:
         return None
     if not isinstance(thinking, dict):
-        raise TranslationError("'thinking' must be an object.", "thinking")
+        raise _anthropic_refusal("thinking", "Input should be a valid dictionary")
     kind = thinking.get("type")
     if kind == "disabled":
         return None
@@ -267,40 +405,53 @@ def _reasoning_effort_of_thinking(thinking: Any) -> str | None:
         return "medium"
     if kind == "enabled":
         budget = thinking.get("budget_tokens")
-        if not isinstance(budget, int):
-            raise TranslationError(
-                "'thinking.budget_tokens' must be an integer.", "thinking.budget_tokens"
-            )
+        if budget is None:
+            raise _anthropic_refusal("thinking.budget_tokens", "Field required")
+        if not isinstance(budget, int) or isinstance(budget, bool):
+            raise _anthropic_refusal("thinking.budget_tokens", "Input should be a valid integer")
         effort = "low"
         for name, lower in _EFFORT_BUDGETS:
             if budget >= lower:
                 effort = name
         return effort
-    raise TranslationError(f"Unknown thinking type {kind!r}.", "thinking.type")
+    if kind is None:
+        raise _anthropic_refusal("thinking.type", "Field required")
+    raise _anthropic_refusal(
+        "thinking.type", f"Input should be 'enabled', 'disabled' or 'adaptive', not {kind!r}"
+    )
 
 
 def _apply_output_config(config: Any, result: dict[str, Any]) -> str | None:
     if not isinstance(config, dict):
-        raise TranslationError("'output_config' must be an object.", "output_config")
+        raise _anthropic_refusal("output_config", "Input should be a valid dictionary")
     effort: str | None = None
     for key, value in config.items():
         if key == "format" and value is not None:
             if not isinstance(value, dict) or value.get("type") != "json_schema":
-                raise TranslationError(
-                    "Only json_schema output formats can be sent to this model.",
+                raise _anthropic_refusal(
                     "output_config.format",
+                    "only json_schema output formats can be sent to this model.",
+                    "unsupported_parameter",
                 )
+            if value.get("schema") is None:
+                raise _anthropic_refusal("output_config.format.schema", "Field required")
             result["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": value.get("schema"), "strict": True},
             }
         elif key == "effort" and value is not None:
             if value not in _EFFORT_BY_OUTPUT_EFFORT:
-                raise TranslationError(f"Unknown effort {value!r}.", "output_config.effort")
+                raise _anthropic_refusal(
+                    "output_config.effort",
+                    f"Input should be 'low', 'medium', 'high' or 'max', not {value!r}",
+                )
             effort = _EFFORT_BY_OUTPUT_EFFORT[value]
         elif value is not None:
-            raise TranslationError(
-                f"'output_config.{key}' cannot be sent to this model.", f"output_config.{key}"
+            raise _anthropic_refusal(
+                f"output_config.{key}",
+                "cannot be sent to this model: its deployment speaks OpenAI's Chat "
+                "Completions, which has no equivalent.",
+                "unsupported_parameter",
             )
     return effort
 
@@ -312,24 +463,27 @@ def _system_text(system: Any, where: str) -> str:
         texts = []
         for index, block in enumerate(system):
             if not isinstance(block, dict) or block.get("type") != "text":
-                raise TranslationError("System blocks must be text blocks.", f"{where}.{index}")
+                raise _anthropic_refusal(
+                    f"{where}.{index}", "system blocks must be text blocks for this model."
+                )
             texts.append(block.get("text") or "")
         return "\n\n".join(text for text in texts if text)
-    raise TranslationError("'system' must be a string or an array of text blocks.", where)
+    raise _anthropic_refusal(where, "Input should be a valid string or a list of text blocks")
 
 
 def _anthropic_image_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
     source = block.get("source")
     if not isinstance(source, dict):
-        raise TranslationError("Image blocks need a 'source'.", where)
+        raise _anthropic_refusal(f"{where}.source", "Field required")
     if source.get("type") == "base64":
         url = f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
     elif source.get("type") == "url":
         url = source.get("url", "")
     else:
-        raise TranslationError(
-            f"Image source type {source.get('type')!r} cannot be sent to this model.",
+        raise _anthropic_refusal(
             f"{where}.source.type",
+            f"image sources of type {source.get('type')!r} cannot be sent to this model.",
+            "unsupported_parameter",
         )
     return {"type": "image_url", "image_url": {"url": url}}
 
@@ -350,10 +504,11 @@ def _anthropic_document_to_openai(block: dict[str, Any], where: str) -> dict[str
         return {"type": "text", "text": source.get("data", "")}
     if kind == "content":
         return {"type": "text", "text": _text_of(source.get("content"))}
-    raise TranslationError(
-        f"Document source type {kind!r} cannot be sent to this model (Chat Completions "
-        "takes inline files only).",
+    raise _anthropic_refusal(
         f"{where}.source.type",
+        f"document sources of type {kind!r} cannot be sent to this model (Chat Completions "
+        "takes inline files only).",
+        "unsupported_parameter",
     )
 
 
@@ -368,12 +523,14 @@ def _tool_result_parts(
     if isinstance(content, str):
         return content, []
     if not isinstance(content, list):
-        raise TranslationError("Tool result content must be a string or blocks.", where)
+        raise _anthropic_refusal(where, "Input should be a valid string or list")
     texts: list[dict[str, Any]] = []
     images: list[dict[str, Any]] = []
     for index, block in enumerate(content):
-        kind = block.get("type") if isinstance(block, dict) else None
         block_where = f"{where}.{index}"
+        if not isinstance(block, dict):
+            raise _anthropic_refusal(block_where, "Input should be a valid dictionary")
+        kind = block.get("type")
         if kind == "text":
             texts.append({"type": "text", "text": block.get("text", "")})
         elif kind == "image":
@@ -382,45 +539,70 @@ def _tool_result_parts(
             part = _anthropic_document_to_openai(block, block_where)
             (texts if part["type"] == "text" else images).append(part)
         else:
-            raise TranslationError(
-                f"Tool result blocks of type {kind!r} cannot be sent to this model.", block_where
-            )
+            raise _unsupported_block(kind, block_where, "Tool result")
     if len(texts) <= 1:
         return (texts[0]["text"] if texts else ""), images
     return texts, images
 
 
+def _unsupported_block(kind: Any, where: str, owner: str) -> TranslationError:
+    if kind is None:
+        return _anthropic_refusal(f"{where}.type", "Field required")
+    return _anthropic_refusal(
+        where,
+        f"{owner} blocks of type {kind!r} cannot be sent to this model.",
+        "unsupported_parameter",
+    )
+
+
+def _required_string(block: dict[str, Any], name: str, where: str) -> str:
+    """A string field Anthropic requires of a block (a tool use's `id` and `name`, a tool
+    result's `tool_use_id`): refused when missing rather than sent empty, for OpenAI to
+    refuse under its own name."""
+    value = block.get(name)
+    if value is None:
+        raise _anthropic_refusal(f"{where}.{name}", "Field required")
+    if not isinstance(value, str):
+        raise _anthropic_refusal(f"{where}.{name}", "Input should be a valid string")
+    return value
+
+
 def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any]]:
     where = f"messages.{index}"
     if not isinstance(message, dict):
-        raise TranslationError("Each message must be an object.", where)
+        raise _anthropic_refusal(where, "Input should be a valid dictionary")
     role = message.get("role")
     content = message.get("content")
+    if role is None:
+        raise _anthropic_refusal(f"{where}.role", "Field required")
+    if role not in ("user", "assistant", "system"):
+        raise _anthropic_refusal(f"{where}.role", "Input should be 'user' or 'assistant'")
+    if content is None:
+        raise _anthropic_refusal(f"{where}.content", "Field required")
     if role == "system":
         return [{"role": "system", "content": _system_text(content, f"{where}.content")}]
-    if role not in ("user", "assistant"):
-        raise TranslationError(
-            "Message roles must be 'user', 'assistant' or 'system'.", f"{where}.role"
-        )
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
-        raise TranslationError("Message content must be a string or an array.", f"{where}.content")
+        raise _anthropic_refusal(f"{where}.content", "Input should be a valid string or list")
 
     if role == "assistant":
         texts: list[str] = []
         tool_calls: list[dict[str, Any]] = []
         for position, block in enumerate(content):
-            kind = block.get("type") if isinstance(block, dict) else None
+            block_where = f"{where}.content.{position}"
+            if not isinstance(block, dict):
+                raise _anthropic_refusal(block_where, "Input should be a valid dictionary")
+            kind = block.get("type")
             if kind == "text":
                 texts.append(block.get("text", ""))
             elif kind == "tool_use":
                 tool_calls.append(
                     {
-                        "id": block.get("id") or _new_id("call_"),
+                        "id": _required_string(block, "id", block_where),
                         "type": "function",
                         "function": {
-                            "name": block.get("name", ""),
+                            "name": _required_string(block, "name", block_where),
                             "arguments": _json_dumps(block.get("input") or {}),
                         },
                     }
@@ -430,10 +612,7 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
                 # itself ignores it in earlier turns. Chat Completions cannot carry it.
                 continue
             else:
-                raise TranslationError(
-                    f"Assistant content blocks of type {kind!r} cannot be sent to this model.",
-                    f"{where}.content.{position}",
-                )
+                raise _unsupported_block(kind, block_where, "Assistant content")
         result: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
         if tool_calls:
             result["tool_calls"] = tool_calls
@@ -446,8 +625,10 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
     tool_images: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for position, block in enumerate(content):
-        kind = block.get("type") if isinstance(block, dict) else None
         block_where = f"{where}.content.{position}"
+        if not isinstance(block, dict):
+            raise _anthropic_refusal(block_where, "Input should be a valid dictionary")
+        kind = block.get("type")
         if kind == "text":
             parts.append({"type": "text", "text": block.get("text", "")})
         elif kind == "image":
@@ -455,24 +636,18 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
         elif kind == "document":
             parts.append(_anthropic_document_to_openai(block, block_where))
         elif kind == "tool_result":
+            tool_use_id = _required_string(block, "tool_use_id", block_where)
             result_content, images = _tool_result_parts(
                 block.get("content"), f"{block_where}.content"
             )
             if block.get("is_error") and isinstance(result_content, str):
                 result_content = f"Error: {result_content}" if result_content else "Error"
             tool_messages.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": block.get("tool_use_id", ""),
-                    "content": result_content,
-                }
+                {"role": "tool", "tool_call_id": tool_use_id, "content": result_content}
             )
             tool_images += images
         else:
-            raise TranslationError(
-                f"User content blocks of type {kind!r} cannot be sent to this model.",
-                block_where,
-            )
+            raise _unsupported_block(kind, block_where, "User content")
     messages = tool_messages
     parts = tool_images + parts
     if parts:
@@ -486,13 +661,19 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
 
 
 def _anthropic_tool_to_openai(tool: Any, index: int) -> dict[str, Any]:
-    if not isinstance(tool, dict) or tool.get("type") not in (None, "custom"):
-        kind = tool.get("type") if isinstance(tool, dict) else None
-        raise TranslationError(
-            f"Server tools ({kind!r}) cannot be used with this model.", f"tools.{index}"
+    where = f"tools.{index}"
+    if not isinstance(tool, dict):
+        raise _anthropic_refusal(where, "Input should be a valid dictionary")
+    kind = tool.get("type")
+    if kind not in (None, "custom"):
+        raise _anthropic_refusal(
+            where,
+            f"server tools ({kind!r}) cannot be used with this model: its deployment speaks "
+            "OpenAI's Chat Completions, which runs no tools itself.",
+            "unsupported_parameter",
         )
     function: dict[str, Any] = {
-        "name": tool.get("name", ""),
+        "name": _required_string(tool, "name", where),
         "parameters": tool.get("input_schema") or {"type": "object", "properties": {}},
     }
     if tool.get("description"):
@@ -511,8 +692,15 @@ def _anthropic_tool_choice_to_openai(choice: dict[str, Any]) -> Any:
     if kind == "none":
         return "none"
     if kind == "tool":
-        return {"type": "function", "function": {"name": choice.get("name", "")}}
-    raise TranslationError(f"Unknown tool_choice type {kind!r}.", "tool_choice")
+        return {
+            "type": "function",
+            "function": {"name": _required_string(choice, "name", "tool_choice")},
+        }
+    if kind is None:
+        raise _anthropic_refusal("tool_choice.type", "Field required")
+    raise _anthropic_refusal(
+        "tool_choice.type", f"Input should be 'auto', 'any', 'tool' or 'none', not {kind!r}"
+    )
 
 
 # ---------------------------------------------------------------- OpenAI -> Anthropic
@@ -565,8 +753,20 @@ def chat_request_to_messages(
     Leading system and developer messages become the top-level `system` blocks; later
     ones stay system messages where they are. Consecutive messages of the same role are
     merged, as Anthropic requires alternating turns; tool messages become `tool_result`
-    blocks. Raises TranslationError naming the parameter Messages cannot express
-    (`logprobs`, `n` > 1, `seed`, `temperature` above 1...)."""
+    blocks. Raises TranslationError, in OpenAI's words and with `param` in Chat
+    Completions' notation (`messages.[0].content`), for what Messages cannot express
+    (`logprobs`, `n` > 1, `seed`, `temperature` above 1...) and for what OpenAI itself
+    refuses in a field the translation renames or reshapes (a `max_tokens` below 1, a
+    user message without `content`...)."""
+    try:
+        return _chat_request_to_messages(body, default_max_tokens)
+    except TranslationError as exc:
+        if exc.param is not None:
+            exc.param = chat_param(exc.param)
+        raise
+
+
+def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
     _refuse_unknown(body, _CHAT_FIELDS, "Anthropic's Messages API")
@@ -579,16 +779,22 @@ def chat_request_to_messages(
                 name,
             )
     raw_messages = body.get("messages")
+    if raw_messages is None:
+        raise missing_parameter("messages")
     if not isinstance(raw_messages, list):
-        raise TranslationError("'messages' must be an array.", "messages")
+        raise invalid_type("messages", "an array", raw_messages)
 
     system_blocks: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
     for index, message in enumerate(raw_messages):
-        where = f"messages.{index}"
+        where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise TranslationError("Each message must be an object.", where)
+            raise invalid_type(where, "an object", message)
         role = message.get("role")
+        if role is None:
+            raise missing_parameter(f"{where}.role")
+        if role in ("system", "developer", "user", "tool") and message.get("content") is None:
+            raise missing_parameter(f"{where}.content")
         if role in ("system", "developer"):
             blocks = _openai_text_blocks(message.get("content"), f"{where}.content")
             if not turns:
@@ -605,14 +811,28 @@ def chat_request_to_messages(
         elif role == "tool":
             blocks = [_openai_tool_result_block(message, where)]
             turn_role = "user"
+        elif role == "function":
+            raise TranslationError(
+                f"'{where}.role' = 'function' (deprecated function messages) cannot be sent "
+                "to this model; send 'tool' messages.",
+                f"{where}.role",
+            )
         else:
-            raise TranslationError(f"Message role {role!r} is not supported.", f"{where}.role")
+            raise not_one_of(
+                f"{where}.role", role, ("system", "developer", "user", "assistant", "tool")
+            )
         if not blocks:
             continue  # Anthropic refuses empty turns
         if turns and turns[-1]["role"] == turn_role:
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": turn_role, "content": blocks})
+    if not turns:  # a system turn only ever follows another
+        raise TranslationError(
+            "'messages' has no user or assistant message with content, which this model "
+            "needs: its deployment speaks Anthropic's Messages API.",
+            "messages",
+        )
 
     for turn in turns:
         # Tool results must open a user turn; a plain string is the compact form.
@@ -622,9 +842,11 @@ def chat_request_to_messages(
         if len(content) == 1 and content[0].get("type") == "text" and len(content[0]) == 2:
             turn["content"] = content[0]["text"]
 
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
+    # Both are checked (either may be the one set); `max_completion_tokens` wins.
+    max_completion_tokens = positive_integer(body, "max_completion_tokens")
+    max_tokens = positive_integer(body, "max_tokens")
+    if max_completion_tokens is not None:
+        max_tokens = max_completion_tokens
     result: dict[str, Any] = {
         "model": body.get("model"),
         "messages": turns,
@@ -638,40 +860,66 @@ def chat_request_to_messages(
     stop = body.get("stop")
     if isinstance(stop, str):
         result["stop_sequences"] = [stop]
-    elif isinstance(stop, list) and stop:
-        result["stop_sequences"] = list(stop)
+    elif isinstance(stop, list):
+        for index, sequence in enumerate(stop):
+            if not isinstance(sequence, str):
+                raise invalid_type(f"stop[{index}]", "a string", sequence)
+        if stop:
+            result["stop_sequences"] = list(stop)
+    elif stop is not None:
+        raise invalid_type("stop", "one of a string or array of strings", stop)
     add_anthropic_sampling(body, result)
     if body.get("stream"):
         result["stream"] = True
 
     tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise invalid_type("tools", "an array", tools)
     if tools:
         result["tools"] = [_openai_tool_to_anthropic(tool, i) for i, tool in enumerate(tools)]
-        choice = anthropic_tool_choice(
-            body.get("tool_choice"),
-            body.get("parallel_tool_calls"),
-            function_name=lambda chosen: (chosen.get("function") or {}).get("name", ""),
-            unsupported="This tool_choice cannot be used with this model.",
-        )
-        if choice is not None:
-            result["tool_choice"] = choice
+    choice = anthropic_tool_choice(
+        body.get("tool_choice"),
+        body.get("parallel_tool_calls"),
+        function_name="function.name",
+        has_tools=bool(tools),
+    )
+    if choice is not None and tools:
+        result["tool_choice"] = choice
 
     response_format = body.get("response_format")
+    if response_format is not None and not isinstance(response_format, dict):
+        raise invalid_type("response_format", "an object", response_format)
     if isinstance(response_format, dict):
         kind = response_format.get("type")
         if kind == "json_schema":
-            schema = (response_format.get("json_schema") or {}).get("schema")
+            json_schema = response_format.get("json_schema")
+            if json_schema is None:
+                raise missing_parameter("response_format.json_schema")
+            if not isinstance(json_schema, dict):
+                raise invalid_type("response_format.json_schema", "an object", json_schema)
+            schema = json_schema.get("schema")
+            if schema is None:
+                raise TranslationError(
+                    "'response_format.json_schema.schema' is required by this model: its "
+                    "deployment speaks Anthropic's Messages API, which takes a format only "
+                    "with its schema.",
+                    "response_format.json_schema.schema",
+                )
             result["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
         elif kind == "json_object":
             any_object = {"type": "json_schema", "schema": {"type": "object"}}
             result["output_config"] = {"format": any_object}
+        elif kind is None:
+            raise missing_parameter("response_format.type")
         elif kind != "text":
-            raise TranslationError(f"response_format {kind!r} is not supported.", "response_format")
+            raise not_one_of("response_format.type", kind, ("text", "json_object", "json_schema"))
     effort = body.get("reasoning_effort")
     if effort is not None and effort != "none":
         budget = _BUDGET_BY_EFFORT.get(effort)
         if budget is None:
-            raise TranslationError(f"Unknown reasoning_effort {effort!r}.", "reasoning_effort")
+            raise not_one_of(
+                "reasoning_effort", effort, ("none", "minimal", "low", "medium", "high", "xhigh")
+            )
         result["thinking"] = {"type": "enabled", "budget_tokens": budget}
         if result["max_tokens"] <= budget:
             result["max_tokens"] = budget + result["max_tokens"]
@@ -696,17 +944,35 @@ def _text_block(part: dict[str, Any]) -> dict[str, Any]:
     return block
 
 
+def _openai_parts(content: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """(path, part) of each part of an array `content` at `where`, each an object with a
+    `type` (refused in OpenAI's words otherwise)."""
+    if not isinstance(content, list):
+        raise invalid_type(where, "one of a string or array of objects", content)
+    parts = []
+    for position, part in enumerate(content):
+        part_where = f"{where}[{position}]"
+        if not isinstance(part, dict):
+            raise invalid_type(part_where, "an object", part)
+        if part.get("type") is None:
+            raise missing_parameter(f"{part_where}.type")
+        parts.append((part_where, part))
+    return parts
+
+
 def _openai_text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     if content is None or content == "":
         return []
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
-    if not isinstance(content, list):
-        raise TranslationError("Message content must be a string or an array.", where)
     blocks = []
-    for position, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") != "text":
-            raise TranslationError("System content must be text.", f"{where}.{position}")
+    for part_where, part in _openai_parts(content, where):
+        if part.get("type") != "text":
+            raise TranslationError(
+                f"'{part_where}' is a {part.get('type')!r} part: only text parts can be sent "
+                "here to this model.",
+                part_where,
+            )
         if part.get("text"):
             blocks.append(_text_block(part))
     return blocks
@@ -717,20 +983,19 @@ def _openai_user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
         return []
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
-    if not isinstance(content, list):
-        raise TranslationError("Message content must be a string or an array.", f"{where}.content")
     blocks: list[dict[str, Any]] = []
-    for position, part in enumerate(content):
-        part_where = f"{where}.content.{position}"
-        kind = part.get("type") if isinstance(part, dict) else None
+    for part_where, part in _openai_parts(content, f"{where}.content"):
+        kind = part.get("type")
         if kind == "text":
             if part.get("text"):
                 blocks.append(_text_block(part))
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
+            if url is None:
+                raise missing_parameter(f"{part_where}.image_url.url")
             if not isinstance(url, str):
-                raise TranslationError("image_url needs a 'url'.", part_where)
+                raise invalid_type(f"{part_where}.image_url.url", "a string", url)
             data_url = _parse_data_url(url)
             if data_url is not None:
                 source = {"type": "base64", "media_type": data_url[0], "data": data_url[1]}
@@ -742,7 +1007,8 @@ def _openai_user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
             data_url = _parse_data_url(file.get("file_data") or "")
             if data_url is None:
                 raise TranslationError(
-                    "Only inline files (file_data) can be sent to this model.",
+                    f"'{part_where}.file': only inline files ('file_data') can be sent to this "
+                    "model.",
                     f"{part_where}.file",
                 )
             document: dict[str, Any] = {
@@ -754,7 +1020,8 @@ def _openai_user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
             blocks.append(document)
         else:
             raise TranslationError(
-                f"Content parts of type {kind!r} cannot be sent to this model.", part_where
+                f"'{part_where}': content parts of type {kind!r} cannot be sent to this model.",
+                part_where,
             )
     return blocks
 
@@ -764,77 +1031,146 @@ def _openai_assistant_blocks(message: dict[str, Any], where: str) -> list[dict[s
     text = _text_of(message.get("content"))
     if text:
         blocks.append({"type": "text", "text": text})
-    calls = message.get("tool_calls") or []
-    legacy = message.get("function_call")
-    if isinstance(legacy, dict):
-        calls = [*calls, {"id": None, "type": "function", "function": legacy}]
+    calls: Any = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise invalid_type(f"{where}.tool_calls", "an array", calls)
     for position, call in enumerate(calls):
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict):
+        call_where = f"{where}.tool_calls[{position}]"
+        if not isinstance(call, dict):
+            raise invalid_type(call_where, "an object", call)
+        function = call.get("function")
+        if function is None:
             raise TranslationError(
-                "Only function tool calls can be sent to this model.",
-                f"{where}.tool_calls.{position}",
+                f"'{call_where}': only function tool calls can be sent to this model.",
+                call_where,
             )
-        blocks.append(
-            {
-                "type": "tool_use",
-                "id": call.get("id") or _new_id("toolu_"),
-                "name": function.get("name", ""),
-                "input": _tool_input(function.get("arguments")),
-            }
-        )
+        blocks.append(_tool_use_block(call.get("id"), function, call_where, f"{call_where}.id"))
+    legacy = message.get("function_call")
+    if legacy is not None:
+        # The deprecated form has no id: one is made for its tool_use block.
+        blocks.append(_tool_use_block(_new_id("toolu_"), legacy, f"{where}.function_call", ""))
     return blocks
+
+
+def _tool_use_block(call_id: Any, function: Any, where: str, id_where: str) -> dict[str, Any]:
+    """Anthropic's `tool_use` block for an OpenAI function call (its `id`, at `id_where`,
+    and `function` at `where`): an id or name missing is refused here, where OpenAI would,
+    rather than sent empty for Anthropic to refuse under its own field names."""
+    function_where = where if where.endswith("function_call") else f"{where}.function"
+    if call_id is None:
+        raise missing_parameter(id_where)
+    if not isinstance(call_id, str):
+        raise invalid_type(id_where, "a string", call_id)
+    if not isinstance(function, dict):
+        raise invalid_type(function_where, "an object", function)
+    name = function.get("name")
+    if name is None:
+        raise missing_parameter(f"{function_where}.name")
+    if not isinstance(name, str):
+        raise invalid_type(f"{function_where}.name", "a string", name)
+    return {
+        "type": "tool_use",
+        "id": call_id,
+        "name": name,
+        "input": _tool_input(function.get("arguments")),
+    }
 
 
 def _openai_tool_result_block(message: dict[str, Any], where: str) -> dict[str, Any]:
     content = message.get("content")
-    result: dict[str, Any] = {
-        "type": "tool_result",
-        "tool_use_id": message.get("tool_call_id") or "",
-    }
+    tool_call_id = message.get("tool_call_id")
+    if tool_call_id is None:
+        raise missing_parameter(f"{where}.tool_call_id")
+    if not isinstance(tool_call_id, str):
+        raise invalid_type(f"{where}.tool_call_id", "a string", tool_call_id)
+    result: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_call_id}
     if isinstance(content, str):
         result["content"] = content
-    elif isinstance(content, list):
+    else:
         result["content"] = _openai_text_blocks(content, f"{where}.content")
-    elif content is not None:
-        raise TranslationError("Tool message content must be text.", f"{where}.content")
     return result
 
 
 def add_anthropic_sampling(body: dict[str, Any], result: dict[str, Any]) -> None:
     """Copy an OpenAI request's (Chat Completions or Responses) `temperature`, `top_p` and
     end user (`user`, else `safety_identifier`, as Anthropic's `metadata.user_id`) into
-    the Anthropic request `result`. Raises TranslationError for a `temperature` above 1,
-    outside Anthropic's range of 0 to 1."""
-    temperature = body.get("temperature")
+    the Anthropic request `result`. Raises TranslationError in OpenAI's words for a value
+    OpenAI refuses (a `temperature` outside 0 to 2, a `top_p` outside 0 to 1, a `user`
+    that is not a string: Anthropic would refuse it under its own field name), and for a
+    `temperature` above 1, outside Anthropic's range."""
+    temperature = _number_between(body, "temperature", 2)
     if temperature is not None:
-        if isinstance(temperature, int | float) and not isinstance(temperature, bool):
-            if temperature > 1:
-                raise TranslationError(
-                    "'temperature' above 1 cannot be sent to this model (Anthropic's range "
-                    "is 0 to 1).",
-                    "temperature",
-                )
+        if temperature > 1:
+            raise TranslationError(
+                "'temperature' above 1 cannot be sent to this model (Anthropic's range is 0 to 1).",
+                "temperature",
+            )
         result["temperature"] = temperature
-    if body.get("top_p") is not None:
-        result["top_p"] = body["top_p"]
+    top_p = _number_between(body, "top_p", 1)
+    if top_p is not None:
+        result["top_p"] = top_p
+    for name in ("user", "safety_identifier"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise invalid_type(name, "a string", value)
     user = body.get("user") or body.get("safety_identifier")
     if user:
         result["metadata"] = {"user_id": user}
 
 
+def _number_between(body: dict[str, Any], name: str, maximum: int) -> int | float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise invalid_type(name, "a number", value)
+    if value < 0:
+        raise TranslationError(
+            f"Invalid '{name}': decimal below minimum value. Expected a value >= 0, but got "
+            f"{value} instead.",
+            name,
+            "decimal_below_min_value",
+        )
+    if value > maximum:
+        raise TranslationError(
+            f"Invalid '{name}': decimal above maximum value. Expected a value <= {maximum}, "
+            f"but got {value} instead.",
+            name,
+            "decimal_above_max_value",
+        )
+    return value
+
+
 def _openai_tool_to_anthropic(tool: Any, index: int) -> dict[str, Any]:
-    if not isinstance(tool, dict) or tool.get("type") != "function":
-        raise TranslationError("Only function tools can be used with this model.", f"tools.{index}")
-    return anthropic_tool(tool.get("function") or {})
+    where = f"tools[{index}]"
+    if not isinstance(tool, dict):
+        raise invalid_type(where, "an object", tool)
+    if tool.get("type") != "function":
+        raise TranslationError(
+            f"'{where}' is a {tool.get('type')!r} tool: only function tools can be used with "
+            "this model.",
+            where,
+        )
+    function = tool.get("function")
+    if function is None:
+        raise missing_parameter(f"{where}.function")
+    if not isinstance(function, dict):
+        raise invalid_type(f"{where}.function", "an object", function)
+    return anthropic_tool(function, f"{where}.function")
 
 
-def anthropic_tool(function: dict[str, Any]) -> dict[str, Any]:
+def anthropic_tool(function: dict[str, Any], where: str) -> dict[str, Any]:
     """Anthropic's tool for an OpenAI function definition (`name`, `description`,
     `parameters`, `strict`): a Chat Completions tool's `function`, or a Responses function
-    tool itself. No `parameters` is a tool taking an empty object."""
+    tool itself, at `where` in the client's request. No `parameters` is a tool taking an
+    empty object. Raises TranslationError (OpenAI's words) for a missing `name`."""
+    name = function.get("name")
+    if name is None:
+        raise missing_parameter(f"{where}.name")
+    if not isinstance(name, str):
+        raise invalid_type(f"{where}.name", "a string", name)
     result: dict[str, Any] = {
-        "name": function.get("name", ""),
+        "name": name,
         "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
     }
     if function.get("description"):
@@ -849,27 +1185,42 @@ _ANTHROPIC_TOOL_CHOICES = {"auto": "auto", "required": "any", "none": "none"}
 
 
 def anthropic_tool_choice(
-    choice: Any,
-    parallel_tool_calls: Any,
-    *,
-    function_name: Callable[[dict[str, Any]], Any],
-    unsupported: str,
+    choice: Any, parallel_tool_calls: Any, *, function_name: str, has_tools: bool
 ) -> dict[str, Any] | None:
     """Anthropic's `tool_choice` for OpenAI's `tool_choice` and `parallel_tool_calls` (of
     Chat Completions or Responses): None when neither asks for anything; `auto`,
     `required` and `none` as Anthropic's `auto`, `any` and `none`; a function choice as
-    that tool, its name read by `function_name`; `parallel_tool_calls: false` as
-    `disable_parallel_tool_use` (never with `none`, where it means nothing). Raises
-    TranslationError(`unsupported`, param `tool_choice`) for any other choice."""
+    that tool, its name at `tool_choice.<function_name>` (`function.name` in Chat
+    Completions, `name` in Responses); `parallel_tool_calls: false` as
+    `disable_parallel_tool_use` (never with `none`, where it means nothing).
+
+    Raises TranslationError naming `tool_choice` in OpenAI's words: a choice other than
+    those (unsupported), a function choice without its name, or one that requires a tool
+    when the request has none (`has_tools` false), which OpenAI refuses too."""
     result: dict[str, Any] | None
     if choice is None:
         result = None
     elif isinstance(choice, str) and choice in _ANTHROPIC_TOOL_CHOICES:
         result = {"type": _ANTHROPIC_TOOL_CHOICES[choice]}
     elif isinstance(choice, dict) and choice.get("type") == "function":
-        result = {"type": "tool", "name": function_name(choice)}
+        node: Any = choice
+        for key in function_name.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is None:
+            raise missing_parameter(f"tool_choice.{function_name}")
+        if not isinstance(node, str):
+            raise invalid_type(f"tool_choice.{function_name}", "a string", node)
+        result = {"type": "tool", "name": node}
     else:
-        raise TranslationError(unsupported, "tool_choice")
+        raise TranslationError(
+            "'tool_choice' cannot be used with this model as sent: only 'auto', 'none', "
+            "'required' or a function can.",
+            "tool_choice",
+        )
+    if result is not None and result["type"] in ("any", "tool") and not has_tools:
+        raise invalid_value(
+            "tool_choice", "'tool_choice' is only allowed when 'tools' are specified."
+        )
     if parallel_tool_calls is False:
         result = {**(result or {"type": "auto"}), "disable_parallel_tool_use": True}
         if result["type"] == "none":

@@ -42,6 +42,10 @@ from switchyard.inference.translate import (
     add_anthropic_sampling,
     anthropic_tool,
     anthropic_tool_choice,
+    invalid_type,
+    missing_parameter,
+    not_one_of,
+    positive_integer,
 )
 
 # Fields Switchyard serves itself: never sent upstream.
@@ -95,7 +99,7 @@ def client_items(value: Any) -> list[Any]:
         return [{"role": "user", "content": value}]
     if isinstance(value, list):
         return list(value)
-    raise TranslationError("'input' must be a string or an array of items.", "input")
+    raise invalid_type("input", "a string or an array", value)
 
 
 def _upstream_context_item(item: dict[str, Any]) -> dict[str, Any]:
@@ -145,8 +149,20 @@ class _Items:
 
 
 def _items(body: dict[str, Any], previous_items: list[dict[str, Any]] | None) -> _Items:
+    """The items, refused in OpenAI's words when there are none (no `input`, and no
+    previous response to continue): the deployment's API would name its own field."""
     previous = list(previous_items or [])
-    return _Items(previous + client_items(body.get("input")), len(previous))
+    items = _Items(previous + client_items(body.get("input")), len(previous))
+    if not items.items:
+        if body.get("input") is None:
+            raise missing_parameter("input")
+        raise TranslationError(
+            "Invalid 'input': empty array. Expected an array with minimum length 1, but got "
+            "an empty array instead.",
+            "input",
+            "empty_array",
+        )
+    return items
 
 
 def _refuse_unknown(body: dict[str, Any], known: frozenset[str], target: str) -> None:
@@ -196,13 +212,32 @@ def _builtin_tool_error(tool: Any, index: int) -> TranslationError:
     )
 
 
+def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's function tools (name, description, parameters, strict), each checked
+    (`_function_tool`); `tools` must be an array."""
+    tools = body.get("tools")
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise invalid_type("tools", "an array", tools)
+    return [_function_tool(tool, index) for index, tool in enumerate(tools)]
+
+
 def _function_tool(tool: Any, index: int) -> dict[str, Any]:
-    """A Responses function tool's fields (name, description, parameters, strict)."""
-    if not isinstance(tool, dict) or tool.get("type") != "function":
+    """A Responses function tool's fields (name, description, parameters, strict); refused
+    in OpenAI's words when it is not an object, has no `type` or `name`, or is built in."""
+    where = f"tools[{index}]"
+    if not isinstance(tool, dict):
+        raise invalid_type(where, "an object", tool)
+    if tool.get("type") is None:
+        raise missing_parameter(f"{where}.type")
+    if tool.get("type") != "function":
         raise _builtin_tool_error(tool, index)
     name = tool.get("name")
-    if not isinstance(name, str) or not name:
-        raise TranslationError("A function tool needs a 'name'.", f"tools[{index}].name")
+    if name is None:
+        raise missing_parameter(f"{where}.name")
+    if not isinstance(name, str):
+        raise invalid_type(f"{where}.name", "a string", name)
     return tool
 
 
@@ -218,10 +253,15 @@ def _text_format(body: dict[str, Any]) -> dict[str, Any] | None:
     fmt = text.get("format")
     if fmt is None:
         return None
-    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_schema", "json_object"):
-        raise TranslationError(
-            "'text.format.type' must be 'text', 'json_schema' or 'json_object'.", "text.format"
-        )
+    if not isinstance(fmt, dict):
+        raise invalid_type("text.format", "an object", fmt)
+    kind = fmt.get("type")
+    if kind is None:
+        raise missing_parameter("text.format.type")
+    if kind not in ("text", "json_schema", "json_object"):
+        raise not_one_of("text.format.type", kind, ("text", "json_schema", "json_object"))
+    if kind == "json_schema" and fmt.get("schema") is None:
+        raise missing_parameter("text.format.schema")
     return fmt
 
 
@@ -238,42 +278,54 @@ def _effort(body: dict[str, Any]) -> str | None:
             )
     effort = reasoning.get("effort")
     if effort is not None and effort != "none" and effort not in _EFFORT_BUDGETS:
-        raise TranslationError(f"Unknown reasoning effort {effort!r}.", "reasoning.effort")
+        raise not_one_of(
+            "reasoning.effort", effort, ("none", "minimal", "low", "medium", "high", "xhigh")
+        )
     return effort
 
 
 def _parts(content: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "input_text", "text": content}]
+    if content is None:
+        raise missing_parameter(f"{where}.content")
     if not isinstance(content, list):
-        raise TranslationError(
-            "Message content must be a string or an array of parts.", f"{where}.content"
-        )
+        raise invalid_type(f"{where}.content", "a string or an array", content)
     for position, part in enumerate(content):
         if not isinstance(part, dict):
-            raise TranslationError("Content parts must be objects.", f"{where}.content[{position}]")
+            raise invalid_type(f"{where}.content[{position}]", "an object", part)
+        if part.get("type") is None:
+            raise missing_parameter(f"{where}.content[{position}].type")
     return content
 
 
 def _kind(item: Any, where: str) -> str:
     if not isinstance(item, dict):
-        raise TranslationError("Each input item must be an object.", where)
+        raise invalid_type(where, "an object", item)
     kind = item.get("type")
     if kind is None and "role" in item:
         return "message"
+    if kind is None:
+        raise missing_parameter(f"{where}.type")
     if not isinstance(kind, str):
-        raise TranslationError("Input items need a 'type'.", f"{where}.type")
+        raise invalid_type(f"{where}.type", "a string", kind)
     return kind
+
+
+def _invalid_role(role: Any, where: str) -> TranslationError:
+    if role is None:
+        return missing_parameter(f"{where}.role")
+    return not_one_of(f"{where}.role", role, ("user", "assistant", "system", "developer"))
 
 
 def _unsupported_item(kind: str, where: str) -> TranslationError:
     if kind == "item_reference":
         message = (
-            "Item references cannot be resolved for this model; send the item itself or "
-            "continue with 'previous_response_id'."
+            f"'{where}': item references cannot be resolved for this model; send the item "
+            "itself or continue with 'previous_response_id'."
         )
     else:
-        message = f"Input items of type {kind!r} cannot be sent to this model."
+        message = f"'{where}': input items of type {kind!r} cannot be sent to this model."
     return TranslationError(message, where)
 
 
@@ -283,9 +335,9 @@ def _call_output(item: dict[str, Any], where: str) -> str | list[dict[str, Any]]
         return output
     if isinstance(output, list):
         return output
-    raise TranslationError(
-        "'output' of a function_call_output must be a string or an array.", f"{where}.output"
-    )
+    if output is None:
+        raise missing_parameter(f"{where}.output")
+    raise invalid_type(f"{where}.output", "a string or an array", output)
 
 
 # ---------------------------------------------------------------- to Chat Completions
@@ -339,8 +391,9 @@ def responses_request_to_chat(
         _item_to_chat(item, items.where(index), messages)
 
     result: dict[str, Any] = {"model": body.get("model"), "messages": messages}
-    if body.get("max_output_tokens") is not None:
-        result["max_completion_tokens"] = body["max_output_tokens"]
+    max_output_tokens = positive_integer(body, "max_output_tokens")
+    if max_output_tokens is not None:
+        result["max_completion_tokens"] = max_output_tokens
     for name in (
         "temperature",
         "top_p",
@@ -353,11 +406,9 @@ def responses_request_to_chat(
     ):
         if body.get(name) is not None:
             result[name] = body[name]
-    tools = body.get("tools")
+    tools = _tools(body)
     if tools:
-        if not isinstance(tools, list):
-            raise TranslationError("'tools' must be an array.", "tools")
-        result["tools"] = [_chat_tool(tool, index) for index, tool in enumerate(tools)]
+        result["tools"] = [_chat_tool(tool) for tool in tools]
     if body.get("tool_choice") is not None:
         result["tool_choice"] = _chat_tool_choice(body["tool_choice"])
     fmt = _text_format(body)
@@ -381,8 +432,7 @@ def responses_request_to_chat(
     return result
 
 
-def _chat_tool(tool: Any, index: int) -> dict[str, Any]:
-    tool = _function_tool(tool, index)
+def _chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
     function: dict[str, Any] = {"name": tool["name"]}
     for name in ("description", "parameters", "strict"):
         if tool.get(name) is not None:
@@ -394,10 +444,16 @@ def _chat_tool_choice(choice: Any) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"type": "function", "function": {"name": choice.get("name", "")}}
+        # Checked here: Chat Completions would name its own `tool_choice.function.name`.
+        name = choice.get("name")
+        if name is None:
+            raise missing_parameter("tool_choice.name")
+        if not isinstance(name, str):
+            raise invalid_type("tool_choice.name", "a string", name)
+        return {"type": "function", "function": {"name": name}}
     raise TranslationError(
-        "This tool_choice cannot be used with this model (only auto, none, required or a "
-        "function).",
+        "'tool_choice' cannot be used with this model as sent: only 'auto', 'none', "
+        "'required' or a function can.",
         "tool_choice",
     )
 
@@ -410,7 +466,7 @@ def _chat_user_part(part: dict[str, Any], where: str) -> dict[str, Any]:
         url = part.get("image_url")
         if not isinstance(url, str):
             raise TranslationError(
-                "Only images given by 'image_url' can be sent to this model.", where
+                f"'{where}': only images given by 'image_url' can be sent to this model.", where
             )
         image: dict[str, Any] = {"url": url}
         if part.get("detail") is not None:
@@ -424,13 +480,16 @@ def _chat_user_part(part: dict[str, Any], where: str) -> dict[str, Any]:
             file["file_id"] = part["file_id"]
         else:
             raise TranslationError(
-                "Only files given inline ('file_data') or by 'file_id' can be sent to this model.",
+                f"'{where}': only files given inline ('file_data') or by 'file_id' can be sent "
+                "to this model.",
                 where,
             )
         if part.get("filename") is not None:
             file["filename"] = part["filename"]
         return {"type": "file", "file": file}
-    raise TranslationError(f"Content parts of type {kind!r} cannot be sent to this model.", where)
+    raise TranslationError(
+        f"'{where}': content parts of type {kind!r} cannot be sent to this model.", where
+    )
 
 
 def _joined_text(parts: list[dict[str, Any]], where: str, kinds: tuple[str, ...]) -> str:
@@ -438,7 +497,8 @@ def _joined_text(parts: list[dict[str, Any]], where: str, kinds: tuple[str, ...]
     for position, part in enumerate(parts):
         if part.get("type") not in kinds:
             raise TranslationError(
-                f"Content parts of type {part.get('type')!r} cannot be sent here.",
+                f"'{where}.content[{position}]': content parts of type {part.get('type')!r} "
+                "cannot be sent here.",
                 f"{where}.content[{position}]",
             )
         texts.append(part.get("text") or part.get("refusal") or "")
@@ -472,7 +532,8 @@ def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> None
                     refusals.append(part.get("refusal") or "")
                 else:
                     raise TranslationError(
-                        f"Assistant content of type {part_kind!r} cannot be sent to this model.",
+                        f"'{where}.content[{position}]': assistant content of type "
+                        f"{part_kind!r} cannot be sent to this model.",
                         f"{where}.content[{position}]",
                     )
             message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
@@ -480,10 +541,7 @@ def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> None
                 message["refusal"] = "".join(refusals)
             messages.append(message)
         else:
-            raise TranslationError(
-                "Message roles must be 'user', 'assistant', 'system' or 'developer'.",
-                f"{where}.role",
-            )
+            raise _invalid_role(role, where)
     elif kind == "function_call":
         call = {
             "id": item.get("call_id") or _new_id("call"),
@@ -567,7 +625,13 @@ def responses_request_to_messages(
             # Tool results must open a user turn.
             turn["content"].sort(key=lambda block: block.get("type") != "tool_result")
 
-    max_tokens = body.get("max_output_tokens")
+    if not turns:
+        raise TranslationError(
+            "'input' has no user or assistant message with content, which this model needs: "
+            "its deployment speaks Anthropic's Messages API.",
+            "input",
+        )
+    max_tokens = positive_integer(body, "max_output_tokens")
     result: dict[str, Any] = {
         "model": body.get("model"),
         "messages": turns,
@@ -577,24 +641,19 @@ def responses_request_to_messages(
     if system_text:
         result["system"] = system_text
     add_anthropic_sampling(body, result)
-    tools = body.get("tools")
+    tools = _tools(body)
     if tools:
-        if not isinstance(tools, list):
-            raise TranslationError("'tools' must be an array.", "tools")
         result["tools"] = [
-            anthropic_tool(_function_tool(tool, index)) for index, tool in enumerate(tools)
+            anthropic_tool(tool, f"tools[{index}]") for index, tool in enumerate(tools)
         ]
-        choice = anthropic_tool_choice(
-            body.get("tool_choice"),
-            body.get("parallel_tool_calls"),
-            function_name=lambda chosen: chosen.get("name", ""),
-            unsupported="This tool_choice cannot be used with this model (only auto, none, "
-            "required or a function).",
-        )
-        if choice is not None:
-            result["tool_choice"] = choice
-    elif body.get("tool_choice") not in (None, "auto", "none"):
-        raise TranslationError("'tool_choice' names a tool but 'tools' is empty.", "tool_choice")
+    choice = anthropic_tool_choice(
+        body.get("tool_choice"),
+        body.get("parallel_tool_calls"),
+        function_name="name",
+        has_tools=bool(tools),
+    )
+    if choice is not None and tools:
+        result["tool_choice"] = choice
     fmt = _text_format(body)
     if fmt is not None and fmt["type"] == "json_schema":
         schema = fmt.get("schema")
@@ -620,7 +679,9 @@ def responses_request_to_messages(
 
 def _anthropic_image(url: Any, where: str) -> dict[str, Any]:
     if not isinstance(url, str):
-        raise TranslationError("Only images given by 'image_url' can be sent to this model.", where)
+        raise TranslationError(
+            f"'{where}': only images given by 'image_url' can be sent to this model.", where
+        )
     data_url = _parse_data_url(url)
     if data_url is not None:
         source = {"type": "base64", "media_type": data_url[0], "data": data_url[1]}
@@ -648,13 +709,16 @@ def _anthropic_user_block(part: dict[str, Any], where: str) -> dict[str, Any]:
             block = {"type": "document", "source": {"type": "url", "url": part["file_url"]}}
         else:
             raise TranslationError(
-                "Only files given inline ('file_data') or by 'file_url' can be sent to this model.",
+                f"'{where}': only files given inline ('file_data') or by 'file_url' can be "
+                "sent to this model.",
                 where,
             )
         if part.get("filename"):
             block["title"] = part["filename"]
         return block
-    raise TranslationError(f"Content parts of type {kind!r} cannot be sent to this model.", where)
+    raise TranslationError(
+        f"'{where}': content parts of type {kind!r} cannot be sent to this model.", where
+    )
 
 
 def _item_to_messages(item: Any, where: str) -> tuple[str, list[dict[str, Any]]]:
@@ -675,10 +739,7 @@ def _item_to_messages(item: Any, where: str) -> tuple[str, list[dict[str, Any]]]
         if role == "assistant":
             text = _joined_text(parts, where, ("output_text", "input_text", "text", "refusal"))
             return "assistant", [{"type": "text", "text": text}] if text else []
-        raise TranslationError(
-            "Message roles must be 'user', 'assistant', 'system' or 'developer'.",
-            f"{where}.role",
-        )
+        raise _invalid_role(role, where)
     if kind == "function_call":
         return "assistant", [
             {
@@ -698,7 +759,7 @@ def _item_to_messages(item: Any, where: str) -> tuple[str, list[dict[str, Any]]]
             for position, part in enumerate(output):
                 part_where = f"{where}.output[{position}]"
                 if not isinstance(part, dict):
-                    raise TranslationError("Output parts must be objects.", part_where)
+                    raise invalid_type(part_where, "an object", part)
                 blocks.append(_anthropic_user_block(part, part_where))
             result["content"] = blocks
         return "user", [result]

@@ -1,0 +1,331 @@
+"""Refusals of translated requests, as the client sees them: in the words of the API it
+called, naming its own field (`param` set for OpenAI's APIs, the path opening the message
+for Anthropic's), never a field the translation renamed it to, and never calling a field
+the client sent missing. Each request is refused before any upstream call.
+
+Three models: `claude` (an Anthropic-protocol deployment), `gpt` (OpenAI-protocol, Chat
+Completions only), reached by clients of the other APIs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from switchyard.common.events import ChatFailed, ClientAPI, ErrorInfo
+from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
+from switchyard.common.topics import Topics
+from switchyard.inference.providers import ProviderPool
+from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
+from switchyard.inference.testing import Harness, RecordingUpstream, chat_request
+
+TOPICS = Topics(prefix="translate-errors")
+CHAT = ClientAPI.OPENAI_CHAT_COMPLETIONS
+MESSAGES = ClientAPI.ANTHROPIC_MESSAGES
+RESPONSES = ClientAPI.OPENAI_RESPONSES
+USER = [{"role": "user", "content": "x"}]
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def routing(recorder: RecordingUpstream) -> RoutingTable:
+    common = {"max_retries": 0, "timeout_s": 5}
+    deployments = {
+        "claude": Deployment(
+            name="anthropic",
+            provider="anthropic",
+            model="upstream-claude",
+            base_url=recorder.root,
+            **common,
+        ),
+        "gpt": Deployment(
+            name="vllm",
+            provider="openai",
+            model="upstream-gpt",
+            base_url=f"{recorder.root}/v1",
+            **common,
+        ),
+    }
+    return RoutingTable(
+        models={
+            name: ModelRoute(name=name, deployments=[deployment])
+            for name, deployment in deployments.items()
+        }
+    )
+
+
+@pytest.fixture
+async def harness(recorder) -> AsyncIterator[Harness]:
+    providers = ProviderPool()
+    result = await Harness.start(
+        TOPICS,
+        routing=routing(recorder),
+        providers=providers,
+        backoff=Backoff(0.01, 0.02),
+        deployments=DeploymentStates(BreakerPolicy(failure_threshold=5, cooldown_s=60)),
+    )
+    yield result
+    await result.stop()
+    await providers.aclose()
+
+
+async def refusal(
+    harness: Harness, recorder: RecordingUpstream, model: str, api: ClientAPI, body: dict
+) -> ErrorInfo:
+    """The error the client gets for `body`, checking it is a 400 invalid_request_error
+    answered without calling the deployment."""
+    reply = await harness.handle(chat_request(model, api=api, body={"model": model, **body}))
+    assert isinstance(reply, ChatFailed)
+    error = reply.data.error
+    assert (error.status, error.type) == (400, "invalid_request_error")
+    assert recorder.requests == []
+    return error
+
+
+# --------------------------------------------------------------------------- Responses
+
+
+@pytest.mark.parametrize("model", ["claude", "gpt"])
+async def test_a_responses_request_without_input_is_refused_naming_input(
+    harness, recorder, model
+) -> None:
+    error = await refusal(harness, recorder, model, RESPONSES, {})
+    assert error.message == "Missing required parameter: 'input'."
+    assert (error.param, error.code) == ("input", "missing_required_parameter")
+
+
+@pytest.mark.parametrize("model", ["claude", "gpt"])
+@pytest.mark.parametrize(
+    ("value", "code", "message"),
+    [
+        (
+            -1,
+            "integer_below_min_value",
+            "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 1, "
+            "but got -1 instead.",
+        ),
+        (
+            "many",
+            "invalid_type",
+            "Invalid type for 'max_output_tokens': expected an integer, but got a string instead.",
+        ),
+    ],
+)
+async def test_an_invalid_max_output_tokens_is_refused_under_its_own_name(
+    harness, recorder, model, value, code, message
+) -> None:
+    body = {"input": "x", "max_output_tokens": value}
+    error = await refusal(harness, recorder, model, RESPONSES, body)
+    assert (error.message, error.param, error.code) == (message, "max_output_tokens", code)
+
+
+@pytest.mark.parametrize("model", ["claude", "gpt"])
+@pytest.mark.parametrize(
+    ("extra", "param", "code"),
+    [
+        ({"tools": "x"}, "tools", "invalid_type"),
+        ({"tools": ["x"]}, "tools[0]", "invalid_type"),
+        ({"tools": [{"name": "f"}]}, "tools[0].type", "missing_required_parameter"),
+        ({"tools": [{"type": "function"}]}, "tools[0].name", "missing_required_parameter"),
+        (
+            {"tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function"}},
+            "tool_choice.name",
+            "missing_required_parameter",
+        ),
+        (
+            {"text": {"format": {"type": "json_schema", "name": "w"}}},
+            "text.format.schema",
+            "missing_required_parameter",
+        ),
+        ({"text": {"format": {"type": "yaml"}}}, "text.format.type", "invalid_value"),
+        ({"input": []}, "input", "empty_array"),
+        ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role", "invalid_value"),
+    ],
+)
+async def test_invalid_responses_fields_are_refused_naming_the_clients_field(
+    harness, recorder, model, extra, param, code
+) -> None:
+    error = await refusal(harness, recorder, model, RESPONSES, {"input": "x", **extra})
+    assert (error.param, error.code) == (param, code)
+    assert f"'{param}'" in error.message or f"'{param.split('.')[0]}'" in error.message
+
+
+async def test_a_responses_input_with_nothing_anthropic_can_send_names_input(
+    harness, recorder
+) -> None:
+    error = await refusal(harness, recorder, "claude", RESPONSES, {"input": ""})
+    assert (error.param, error.code) == ("input", "unsupported_parameter")
+    assert "'input'" in error.message and "messages" not in error.message
+
+
+async def test_a_responses_tool_choice_requiring_a_tool_needs_tools(harness, recorder) -> None:
+    body = {"input": "x", "tool_choice": "required"}
+    error = await refusal(harness, recorder, "claude", RESPONSES, body)
+    assert (error.param, error.code) == ("tool_choice", "invalid_value")
+    assert "'tools'" in error.message
+
+
+# --------------------------------------------------------------------------- Chat Completions
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens"])
+async def test_an_invalid_chat_token_limit_is_refused_not_reported_missing(
+    harness, recorder, name
+) -> None:
+    body = {"messages": USER, name: -1}
+    error = await refusal(harness, recorder, "claude", CHAT, body)
+    assert error.message == (
+        f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got -1 instead."
+    )
+    assert (error.param, error.code) == (name, "integer_below_min_value")
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "code", "named"),
+    [
+        (
+            {"messages": [{"role": "user"}]},
+            "messages.[0].content",
+            "missing_required_parameter",
+            "messages[0].content",
+        ),
+        (
+            {"messages": [{"content": "x"}]},
+            "messages.[0].role",
+            "missing_required_parameter",
+            "messages[0].role",
+        ),
+        (
+            {"messages": [*USER, {"role": "tool", "content": "3C"}]},
+            "messages.[1].tool_call_id",
+            "missing_required_parameter",
+            "messages[1].tool_call_id",
+        ),
+        (
+            {
+                "messages": [
+                    *USER,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"id": "c1", "type": "function", "function": {}}],
+                    },
+                ]
+            },
+            "messages.[1].tool_calls.[0].function.name",
+            "missing_required_parameter",
+            "messages[1].tool_calls[0].function.name",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages.[0].content.[0].image_url.url",
+            "missing_required_parameter",
+            "messages[0].content[0].image_url.url",
+        ),
+        ({"tools": "x"}, "tools", "invalid_type", "tools"),
+        (
+            {"tools": [{"type": "function", "function": {}}]},
+            "tools.[0].function.name",
+            "missing_required_parameter",
+            "tools[0].function.name",
+        ),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {}}},
+            "tool_choice.function.name",
+            "missing_required_parameter",
+            "tool_choice.function.name",
+        ),
+        ({"tool_choice": "required"}, "tool_choice", "invalid_value", "tools"),
+        ({"stop": 5}, "stop", "invalid_type", "stop"),
+        ({"temperature": "hot"}, "temperature", "invalid_type", "temperature"),
+        ({"top_p": 2}, "top_p", "decimal_above_max_value", "top_p"),
+        ({"user": 7}, "user", "invalid_type", "user"),
+        ({"response_format": "json"}, "response_format", "invalid_type", "response_format"),
+        (
+            {"response_format": {"type": "yaml"}},
+            "response_format.type",
+            "invalid_value",
+            "yaml",
+        ),
+        (
+            {"messages": [{"role": "system", "content": "Rules."}]},
+            "messages",
+            "unsupported_parameter",
+            "messages",
+        ),
+    ],
+)
+async def test_invalid_chat_fields_are_refused_naming_the_clients_field(
+    harness, recorder, extra, param, code, named
+) -> None:
+    error = await refusal(harness, recorder, "claude", CHAT, {"messages": USER, **extra})
+    assert (error.param, error.code) == (param, code)
+    assert named in error.message
+
+
+# --------------------------------------------------------------------------- Messages
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"max_tokens": -5}, "max_tokens: Input should be greater than or equal to 1"),
+        ({"messages": [{"role": "user"}]}, "messages.0.content: Field required"),
+        ({"messages": [{"content": "x"}]}, "messages.0.role: Field required"),
+        ({"tools": "x"}, "tools: Input should be a valid list"),
+        ({"tools": ["x"]}, "tools.0: Input should be a valid dictionary"),
+        ({"tools": [{"input_schema": {"type": "object"}}]}, "tools.0.name: Field required"),
+        ({"tool_choice": "auto"}, "tool_choice: Input should be a valid dictionary"),
+        ({"tool_choice": {"type": "tool"}}, "tool_choice.name: Field required"),
+        ({"stop_sequences": "END"}, "stop_sequences: Input should be a valid list"),
+        ({"temperature": 1.5}, "temperature: Input should be less than or equal to 1"),
+        ({"thinking": {"type": "enabled"}}, "thinking.budget_tokens: Field required"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "tool_result", "content": "3C"}]}]},
+            "messages.0.content.0.tool_use_id: Field required",
+        ),
+        (
+            {
+                "messages": [
+                    *USER,
+                    {"role": "assistant", "content": [{"type": "tool_use", "name": "f"}]},
+                ]
+            },
+            "messages.1.content.0.id: Field required",
+        ),
+    ],
+)
+async def test_invalid_messages_fields_are_refused_in_anthropics_words(
+    harness, recorder, extra, message
+) -> None:
+    body = {"max_tokens": 10, "messages": USER, **extra}
+    error = await refusal(harness, recorder, "gpt", MESSAGES, body)
+    assert error.message == message
+    # Never the Chat Completions field it would have been sent as.
+    for other in ("max_completion_tokens", "function", "stop'", "tool_call"):
+        assert other not in error.message
+
+
+async def test_server_tools_are_refused_naming_the_tool(harness, recorder) -> None:
+    body = {
+        "max_tokens": 10,
+        "messages": USER,
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+    }
+    error = await refusal(harness, recorder, "gpt", MESSAGES, body)
+    assert error.message.startswith("tools.0: server tools ('web_search_20250305')")
+    assert error.code == "unsupported_parameter"  # another deployment may take it
+
+
+async def test_valid_token_limits_still_reach_the_deployment(harness, recorder) -> None:
+    """The checks refuse only what the client's API refuses: a valid limit is sent on,
+    renamed."""
+    await harness.handle(
+        chat_request(
+            "claude", api=CHAT, body={"model": "claude", "messages": USER, "max_tokens": 7}
+        )
+    )
+    assert recorder.last.body["max_tokens"] == 7
+    body: dict[str, Any] = {"model": "gpt", "max_tokens": 9, "messages": USER}
+    await harness.handle(chat_request("gpt", api=MESSAGES, body=body))
+    assert recorder.last.body["max_completion_tokens"] == 9
