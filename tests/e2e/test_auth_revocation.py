@@ -198,4 +198,4 @@ def test_another_tenants_request_is_not_found(system) -> None:
         gateway + f"/v1/history/{request_id}", headers=bearer(stranger_key["key"]), timeout=5
     )
     assert foreign.status_code == 404, foreign.text
-    assert foreign.json()["error"]["type"] == "not_found_error"
+    assert foreign.json()["error"]["type"] == "invalid_request_error"

@@ -138,6 +138,34 @@ async def test_bodies_over_the_limit_are_413_even_when_streamed_into_a_model_rou
     assert fine.json() == {"name": "ok"}
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd", "deflate", "GZIP, identity"])
+async def test_compressed_bodies_are_415_never_read_as_they_are(encoding):
+    import gzip
+
+    app = small_app(1000)
+    body = b'{"name": "ok"}'
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        compressed = await c.post(
+            "/items",
+            content=gzip.compress(body),
+            headers={"content-type": "application/json", "content-encoding": encoding},
+        )
+        identity = await c.post(
+            "/items",
+            content=body,
+            headers={"content-type": "application/json", "content-encoding": "identity"},
+        )
+    assert compressed.status_code == 415
+    assert compressed.headers["accept-encoding"] == "identity"
+    error = compressed.json()["error"]
+    assert (error["type"], error["code"]) == (
+        "invalid_request_error",
+        "unsupported_content_encoding",
+    )
+    assert encoding in error["message"]
+    assert identity.json() == {"name": "ok"}
+
+
 @pytest.mark.parametrize(
     "url",
     [

@@ -188,7 +188,7 @@ def test_internal_lookup_requires_the_internal_token(
     assert_error(
         client.post("/internal/v1/api-keys/lookup", json=body, headers=internal),
         404,
-        "not_found_error",
+        "invalid_request_error",
     )
 
 
@@ -225,7 +225,7 @@ def test_internal_lookup_resolves_a_key_and_hides_revoked_ones(
         json={"secret_hash": hash_api_key(dead.key)},
         headers=internal,
     )
-    assert_error(revoked, 404, "not_found_error")
+    assert_error(revoked, 404, "invalid_request_error")
     malformed = client.post(
         "/internal/v1/api-keys/lookup", json={"secret_hash": live.key}, headers=internal
     )
@@ -332,7 +332,7 @@ def test_internal_key_by_id_tells_the_state_of_any_key_and_needs_the_internal_to
     assert disabled.json()["user_active"] is False
 
     unknown = client.get("/internal/v1/api-keys/no-such-key", headers=internal)
-    assert assert_error(unknown, 404, "not_found_error")["code"] == "api_key_not_found"
+    assert assert_error(unknown, 404, "invalid_request_error")["code"] == "api_key_not_found"
     for headers in ({}, {"x-switchyard-internal-token": "guess"}):
         outsider = client.get(f"/internal/v1/api-keys/{live.record.id}", headers=headers)
         assert_error(outsider, 401, "authentication_error")

@@ -44,7 +44,7 @@ def bus_down(harness) -> None:
 CASES = {
     "malformed": (400, {"openai": "invalid_request_error", "anthropic": "invalid_request_error"}),
     "credentials": (401, {"openai": "authentication_error", "anthropic": "authentication_error"}),
-    "model": (404, {"openai": "not_found_error", "anthropic": "not_found_error"}),
+    "model": (404, {"openai": "invalid_request_error", "anthropic": "not_found_error"}),
     "too_large": (413, {"openai": "invalid_request_error", "anthropic": "request_too_large"}),
     "busy": (429, {"openai": "rate_limit_error", "anthropic": "rate_limit_error"}),
     "bus_down": (503, {"openai": "service_unavailable", "anthropic": "overloaded_error"}),
@@ -170,3 +170,75 @@ async def test_a_wrong_base_url_gets_a_404_that_says_which_base_url_each_sdk_tak
 
     legacy = await harness.client.post("/v1/completions", json={})
     assert legacy.status_code == 404 and "/docs" in legacy.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("path", "body", "vendor"), APIS, ids=["chat", "messages", "embeddings"])
+async def test_a_trailing_slash_is_not_found_never_redirected(harness, path, body, vendor):
+    # A redirect would name whatever Host header came, and a cache could keep it.
+    response = await harness.client.post(
+        path + "/", json=body, headers={**AUTH, "host": "evil.example"}
+    )
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert response.headers["x-request-id"]
+    error = error_of(response, vendor)
+    assert error["type"] == (
+        "not_found_error" if vendor == "anthropic" else "invalid_request_error"
+    )
+
+
+async def test_a_method_a_route_does_not_take_is_an_invalid_request_in_openais_format(harness):
+    response = await harness.client.get("/v1/chat/completions", headers=AUTH)
+    assert response.status_code == 405
+    assert error_of(response, "openai")["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(("path", "body", "vendor"), APIS, ids=["chat", "messages", "embeddings"])
+async def test_a_compressed_body_is_415_in_the_apis_format(harness, path, body, vendor):
+    import gzip
+
+    import orjson
+
+    response = await harness.client.post(
+        path,
+        content=gzip.compress(orjson.dumps(body)),
+        headers={**AUTH, "content-type": "application/json", "content-encoding": "gzip"},
+    )
+    assert response.status_code == 415
+    assert response.headers["accept-encoding"] == "identity"
+    assert response.headers["x-request-id"]
+    error = error_of(response, vendor)
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [("authorization", "Bearer "), ("x-api-key", "")],
+    ids=["authorization", "x-api-key"],
+)
+@pytest.mark.parametrize(("path", "body", "vendor"), APIS, ids=["chat", "messages", "embeddings"])
+async def test_credentials_sent_twice_are_refused_whichever_comes_first(
+    harness, path, body, vendor, header
+):
+    name, prefix = header
+    wrong = prefix + "sk-sy-" + "0" * 43
+    for pair in ([prefix + API_KEY, wrong], [wrong, prefix + API_KEY]):
+        response = await harness.client.post(
+            path, json=body, headers=[(name, value) for value in pair]
+        )
+        assert response.status_code == 400, response.text
+        error = error_of(response, vendor)
+        assert "more than once" in error["message"]
+    assert harness.requests == []
+
+
+async def test_an_idempotency_key_sent_twice_is_refused(harness):
+    response = await harness.client.post(
+        "/v1/chat/completions",
+        json=CHAT,
+        headers=[("x-api-key", API_KEY), ("idempotency-key", "a1"), ("idempotency-key", "a2")],
+    )
+    assert response.status_code == 400
+    error = error_of(response, "openai")
+    assert (error["param"], error["code"]) == ("Idempotency-Key", "invalid_idempotency_key")
+    assert harness.requests == []

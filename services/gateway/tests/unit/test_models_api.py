@@ -117,7 +117,7 @@ async def test_openai_sdk_gets_404_in_openais_format(harness):
     with pytest.raises(openai.NotFoundError) as raised:
         await openai_client(harness).models.retrieve("no-such-model")
     assert raised.value.code == "model_not_found"
-    assert raised.value.body["type"] == "not_found_error"
+    assert raised.value.body["type"] == "invalid_request_error"
 
 
 async def test_model_ids_with_slashes_are_retrieved(harness):

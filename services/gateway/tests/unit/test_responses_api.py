@@ -394,7 +394,7 @@ async def test_an_unknown_previous_response_id_is_404_naming_the_parameter(syste
         error = error_of(answer)
         assert error["param"] == "previous_response_id"
         assert error["code"] == "response_not_found"
-        assert error["type"] == "not_found_error"
+        assert error["type"] == "invalid_request_error"
     assert system.published == []
 
 

@@ -128,7 +128,7 @@ async def test_other_tenants_and_other_users_see_nothing(service, events):
     outsider = service.headers(tenant="globex", user_id="alice", role="admin")
     response = await service.client.get(f"/v1/history/{mine.request_id}", headers=outsider)
     assert response.status_code == 404
-    assert response.json()["error"]["type"] == "not_found_error"
+    assert response.json()["error"]["type"] == "invalid_request_error"
     assert (await service.client.get("/v1/history", headers=outsider)).json()["data"] == []
 
     alice_list = (await service.client.get("/v1/history", headers=service.headers())).json()["data"]

@@ -130,7 +130,7 @@ _ERRORS: dict[int, tuple[str, str, str, str]] = {
     ),
     404: (
         "No such resource (or model) visible to the caller.",
-        "not_found_error",
+        "invalid_request_error",
         "not_found",
         "No request found with id '0123abcd'.",
     ),
@@ -353,7 +353,7 @@ async def _asset(request: Request) -> Response:
             {
                 "error": {
                     "message": "Not found.",
-                    "type": "not_found_error",
+                    "type": "invalid_request_error",
                     "param": None,
                     "code": None,
                 }

@@ -14,12 +14,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 # OpenAI's error `type` by HTTP status (the OpenAI API reference, "Error codes", and the
-# types its SDKs and servers answer with).
+# types its SDKs and servers answer with: a model, a route or an object not found is a 404
+# `invalid_request_error`, code `model_not_found` for a model).
 OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
-    404: "not_found_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
     408: "timeout_error",
     409: "conflict_error",
     413: "invalid_request_error",
@@ -49,7 +51,9 @@ class APIError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.type = type or OPENAI_TYPES.get(status, "api_error")
+        self.type = type or OPENAI_TYPES.get(
+            status, "invalid_request_error" if 400 <= status < 500 else "api_error"
+        )
         self.code = code
         self.param = param
         self.headers = headers

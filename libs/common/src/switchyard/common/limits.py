@@ -1,6 +1,8 @@
 """ASGI middleware every Switchyard HTTP service mounts: request bodies over the
 configured size are refused with 413 before they are read, whether or not the client
-sent Content-Length.
+sent Content-Length, and compressed request bodies (a `Content-Encoding` other than
+`identity`) with 415 and `Accept-Encoding: identity` (RFC 9110, section 15.5.16): a
+body is never read as something it is not, nor inflated past the limit.
 
 A declared `Content-Length` over the limit is refused at once, without reading a byte.
 Otherwise the body is counted as it arrives and the request fails with 413 the moment
@@ -15,14 +17,14 @@ from collections.abc import Callable, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from switchyard.common.errors import error_body
+from switchyard.common.errors import OPENAI_TYPES, error_body
 
-# (request path, status, message) -> the error body in the API's format.
-ErrorRenderer = Callable[[str, int, str], bytes]
+# (request path, status, message, code) -> the error body in the API's format.
+ErrorRenderer = Callable[[str, int, str, str], bytes]
 
 
-def _openai_error(_: str, __: int, message: str) -> bytes:
-    return error_body(message, "invalid_request_error", "request_too_large")
+def _openai_error(_: str, status: int, message: str, code: str) -> bytes:
+    return error_body(message, OPENAI_TYPES.get(status, "invalid_request_error"), code)
 
 
 class _BodyTooLarge(Exception):
@@ -31,8 +33,9 @@ class _BodyTooLarge(Exception):
 
 class BodySizeLimit:
     """Refuse request bodies over `max_bytes` with 413 (`path_limits` gives some paths a
-    limit of their own, in bytes); `render` shapes the error body (default: the common
-    OpenAI-style error object, code `request_too_large`)."""
+    limit of their own, in bytes), and compressed ones with 415; `render` shapes the error
+    body (default: the common OpenAI-style error object; codes `request_too_large` and
+    `unsupported_content_encoding`)."""
 
     def __init__(
         self,
@@ -49,12 +52,25 @@ class BodySizeLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point: refuse an HTTP request with 413 when its Content-Length,
-        or the bytes it actually sends, exceed the path's limit; pass everything else through."""
+        or the bytes it actually sends, exceed the path's limit, and with 415 when its body
+        is compressed; pass everything else through."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         max_bytes = self.path_limits.get(scope["path"], self.max_bytes)
         for name, value in scope["headers"]:
+            if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+                encoding = value.decode("latin-1").strip()[:40]
+                await self._answer(
+                    scope,
+                    send,
+                    415,
+                    f"Content-Encoding {encoding!r} is not supported: send the request body "
+                    "uncompressed.",
+                    "unsupported_content_encoding",
+                    [(b"accept-encoding", b"identity")],
+                )
+                return
             if name == b"content-length":
                 try:
                     declared = int(value)
@@ -95,16 +111,28 @@ class BodySizeLimit:
                 await self._refuse(scope, send, max_bytes)
 
     async def _refuse(self, scope: Scope, send: Send, max_bytes: int) -> None:
-        message = too_large_message(max_bytes)
-        body = self.render(scope["path"], 413, message)
+        await self._answer(scope, send, 413, too_large_message(max_bytes), "request_too_large")
+
+    async def _answer(
+        self,
+        scope: Scope,
+        send: Send,
+        status: int,
+        message: str,
+        code: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        # The body is left unread: the connection is closed after the answer.
+        body = self.render(scope["path"], status, message, code)
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
+                    *(headers or []),
                 ],
             }
         )

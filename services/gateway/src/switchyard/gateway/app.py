@@ -226,6 +226,9 @@ def create_app(
 
     app = FastAPI(
         telemetry=FASTAPI_TELEMETRY,
+        # A path with a trailing slash is not found, never redirected (a redirect would
+        # name the request's Host header, and a POST's body would be sent again).
+        redirect_slashes=False,
         title="Switchyard gateway",
         version="0.1.0",
         description="OpenAI- and Anthropic-compatible API of the Switchyard LLM gateway.",

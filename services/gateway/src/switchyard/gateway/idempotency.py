@@ -56,7 +56,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from switchyard.common import jsonbody
 from switchyard.common.errors import APIError
 from switchyard.common.headers import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
-from switchyard.gateway.api.deps import required_scope
+from switchyard.gateway.api.deps import (
+    DuplicateCredentialsError,
+    credentials_of,
+    required_scope,
+)
 from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, Principal
 from switchyard.gateway.errors import respond
 from switchyard.gateway.intake import serves
@@ -223,11 +227,24 @@ class IdempotencyMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        raw_key = next((value for name, value in scope["headers"] if name == KEY_HEADER), None)
-        if raw_key is None:
+        raw_keys = [value for name, value in scope["headers"] if name == KEY_HEADER]
+        if not raw_keys:
             await self.app(scope, receive, send)
             return
-        await self._handle(scope, receive, send, raw_key)
+        if len(raw_keys) > 1:
+            # Which one counts is ambiguous; a retry naming the other would run it twice.
+            response = _error(
+                scope["path"],
+                APIError(
+                    400,
+                    f"Idempotency-Key was sent {len(raw_keys)} times; send it once.",
+                    param="Idempotency-Key",
+                    code="invalid_idempotency_key",
+                ),
+            )
+            await response(scope, receive, send)
+            return
+        await self._handle(scope, receive, send, raw_keys[0])
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, raw_key: bytes) -> None:
         path = scope["path"]
@@ -251,10 +268,8 @@ class IdempotencyMiddleware:
         gateway = scope["app"].state.gateway
         headers = Headers(scope=scope)
         try:
-            principal = await gateway.authenticator.authenticate(
-                headers.get("authorization"), headers.get("x-api-key")
-            )
-        except (AuthenticationError, AuthUnavailableError):
+            principal = await gateway.authenticator.authenticate(*credentials_of(scope["headers"]))
+        except (AuthenticationError, AuthUnavailableError, DuplicateCredentialsError):
             principal = None
         if principal is None or not _may_run(gateway, principal, path, body):
             await self.app(scope, replay_receive, send)  # the route refuses it properly

@@ -43,11 +43,9 @@ def path_limits(settings: Settings) -> dict[str, int]:
     return limits
 
 
-def _render(path: str, status: int, message: str) -> bytes:
+def _render(path: str, status: int, message: str, code: str) -> bytes:
     vendor = vendor_of_path(path)
-    return error_body(
-        vendor, type=error_type(vendor, status), message=message, code="request_too_large"
-    )
+    return error_body(vendor, type=error_type(vendor, status), message=message, code=code)
 
 
 class BodySizeLimit(_SharedBodySizeLimit):

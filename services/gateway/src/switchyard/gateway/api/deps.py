@@ -76,17 +76,46 @@ def insufficient_scope(scope: str) -> APIError:
     )
 
 
+class DuplicateCredentialsError(Exception):
+    """A request sent the `Authorization` or `x-api-key` header more than once."""
+
+
+def credentials_of(raw_headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """The `Authorization` and `x-api-key` values of a request's ASGI `headers` (lower-case
+    names, latin-1 values), each None when absent. Raises DuplicateCredentialsError when
+    either comes twice: which one counts is ambiguous (a proxy in front may have judged
+    the other), so neither does."""
+    authorization = api_key = None
+    for name, value in raw_headers:
+        if name == b"authorization":
+            if authorization is not None:
+                raise DuplicateCredentialsError("Authorization")
+            authorization = value.decode("latin-1")
+        elif name == b"x-api-key":
+            if api_key is not None:
+                raise DuplicateCredentialsError("x-api-key")
+            api_key = value.decode("latin-1")
+    return authorization, api_key
+
+
 async def authenticated_principal(request: Request) -> Principal:
     """The caller behind the credentials (the `Authorization` or `x-api-key` header),
-    whatever the route. Raises APIError 401 `invalid_api_key` or 503 `auth_unavailable`."""
+    whatever the route. Raises APIError 400 `duplicate_credentials` (a header sent twice),
+    401 `invalid_api_key` or 503 `auth_unavailable`."""
     # The headers are read here rather than declared as `Header` parameters: every
     # parameter and sub-dependency FastAPI solves costs CPU on each model request.
     gateway = cast(Gateway, request.app.state.gateway)
-    headers = request.headers
     try:
-        return await gateway.authenticator.authenticate(
-            headers.get("authorization"), headers.get("x-api-key")
-        )
+        authorization, api_key = credentials_of(request.scope["headers"])
+    except DuplicateCredentialsError as exc:
+        raise APIError(
+            400,
+            f"The '{exc}' header was sent more than once; send credentials once.",
+            param=str(exc),
+            code="duplicate_credentials",
+        ) from None
+    try:
+        return await gateway.authenticator.authenticate(authorization, api_key)
     except AuthenticationError:
         raise APIError(
             401,
