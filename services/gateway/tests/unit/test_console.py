@@ -748,3 +748,15 @@ async def test_quiet_periods_have_zero_requests_but_no_latency_in_the_overview_c
         assert len(requests["labels"]) in (24, 25)  # every hour of the day, quiet or not
         assert set(requests["series"][0]["data"]) == {0}
         assert {value for series in latency["series"] for value in series["data"]} == {None}
+
+
+async def test_a_missing_asset_gets_the_not_found_page_with_the_consoles_own_links():
+    async with console() as gw:
+        for path in ("/ui/static/nothere.css", "/ui/no-such-page"):
+            response = await gw.client.get(path)
+            assert response.status_code == 404
+            assets = re.findall(r'(?:src|href)="(/ui/[^"]*)"', response.text)
+            assert assets, response.text
+            assert not [link for link in assets if link.startswith("/ui/static/static/")]
+            assert "/ui/static/console.css" in assets and "/ui/" in assets, assets
+            assert "/ui/static/" not in assets  # "back to the overview" is the overview

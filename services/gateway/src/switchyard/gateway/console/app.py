@@ -139,6 +139,10 @@ def _templates() -> Jinja2Templates:
     return templates
 
 
+# Where the console's own assets are served, under its mount.
+STATIC_PATH = "/static"
+
+
 def create_console(gateway: Gateway) -> ASGIApp:
     """The console app for `gateway` (its settings, authenticator, routing and clients)."""
     settings = gateway.settings
@@ -150,7 +154,7 @@ def create_console(gateway: Gateway) -> ASGIApp:
         backend=ConsoleBackend(gateway), cookies=cookies, templates=_templates(), refreshes={}
     )
     app.include_router(router)
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.mount(STATIC_PATH, StaticFiles(directory=HERE / "static"), name="static")
 
     @app.exception_handler(NotSignedIn)
     async def _sign_in_first(request: Request, _: NotSignedIn) -> Response:
@@ -178,6 +182,10 @@ def create_console(gateway: Gateway) -> ASGIApp:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
+            root = request.scope.get("root_path", "")
+            if root.endswith(STATIC_PATH):
+                # A missing asset: the page's links are the console's, not the assets' mount.
+                request.scope["root_path"] = root.removesuffix(STATIC_PATH)
             return render(request, "not_found.html", None, 404, what="page")
         return HTMLResponse(
             f"<!doctype html><title>{exc.status_code}</title><p>Request failed.</p>",
