@@ -293,3 +293,34 @@ async def test_an_upgrade_with_a_body_is_refused_in_the_format_of_the_api_called
     assert status == 400
     assert_in_format_of(path, body, "invalid_request_error")
     assert "protocol upgrade" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"FOO /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nIdempotency-Key: a\x01b\r\n\r\n",
+        b"GET /v1/chat/completions HTTP/9\r\n\r\n",
+    ],
+    ids=["method", "control-character", "version"],
+)
+async def test_a_request_that_is_not_http_gets_400_in_the_format_of_the_api_called(
+    server, request_bytes
+):
+    answer = await exchange(server, request_bytes)
+    status, body = status_and_body(answer)
+    assert status == 400
+    path = request_bytes.split(b" ", 2)[1]
+    assert_in_format_of(path, body, "invalid_request_error")
+    assert b"\r\nx-request-id: " in answer.split(b"\r\n\r\n", 1)[0]
+
+
+async def test_every_refusal_carries_a_request_id_of_its_own(server):
+    heads = []
+    for _ in range(2):
+        answer = await exchange(
+            server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n", pause_s=0.6
+        )
+        head = answer.split(b"\r\n\r\n", 1)[0].decode()
+        heads.append(next(line for line in head.split("\r\n") if line.startswith("x-request-id: ")))
+    assert heads[0] != heads[1]

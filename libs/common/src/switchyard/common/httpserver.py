@@ -9,9 +9,11 @@ with the limits uvicorn leaves out.
   response has started) and the connection is closed, so slow or stalled clients cannot
   hold connections, memory and handlers forever.
 
-Refusals are written by the protocol itself, without calling the app, in the error format
-of the API at the request's path (OpenAI's; Anthropic's on `/v1/messages`), chosen and
-written by `switchyard.common.errorformat` as the gateway's own errors are. Limits come
+Refusals (these, and a request that is not valid HTTP/1.1: 400 `invalid_http_request`)
+are written by the protocol itself, without calling the app, in the error format of the
+API at the request's path (OpenAI's; Anthropic's on `/v1/messages`), chosen and written
+by `switchyard.common.errorformat` as the gateway's own errors are, each with an
+`x-request-id` of its own as every other answer has. Limits come
 from `SWITCHYARD_HTTP_*` (see `HttpLimits`); uvicorn loads the protocol by its import
 path, so every worker process of `--workers N` reads them too.
 """
@@ -31,6 +33,7 @@ from typing_extensions import override
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from switchyard.common.errorformat import error_body, error_type, vendor_of
+from switchyard.common.events import new_id
 
 PROTOCOL_PATH = "switchyard.common.httpserver:GuardedHttpToolsProtocol"
 _HEAD_END = b"\r\n\r\n"
@@ -70,12 +73,14 @@ def refusal_body(status: int, message: str, code: str, path: str) -> bytes:
 
 
 def refusal(status: int, message: str, code: str, path: bytes) -> bytes:
-    """A complete HTTP/1.1 response (closing the connection) with `refusal_body`."""
+    """A complete HTTP/1.1 response (closing the connection) with `refusal_body` and an
+    `x-request-id` of its own."""
     body = refusal_body(status, message, code, path.decode("latin-1"))
     return b"".join(
         [
             STATUS_LINE[status],
             b"content-type: application/json\r\n",
+            b"x-request-id: " + new_id().encode() + b"\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n",
             b"connection: close\r\n\r\n",
             body,
@@ -94,6 +99,7 @@ async def refuse_upgrade_with_body(scope: dict[str, Any], receive: Any, send: An
     )
     headers = [
         (b"content-type", b"application/json"),
+        (b"x-request-id", new_id().encode()),
         (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),
     ]
@@ -287,6 +293,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             f"The request body did not arrive within {self._limits.body_timeout_s:g} s.",
             "request_timeout",
         )
+
+    @override
+    def send_400_response(self, msg: str) -> None:
+        """A request the parser refuses (a malformed request line, a control character in
+        a header): 400 in the API's error format instead of uvicorn's plain text."""
+        self._refuse(400, "The request is not valid HTTP/1.1.", "invalid_http_request")
 
     def _refuse(self, status: int, message: str, code: str) -> None:
         self._cancel_timers()
