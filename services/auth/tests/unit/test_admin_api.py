@@ -62,6 +62,21 @@ async def test_an_admin_creates_and_lists_users_of_their_tenant_only(auth_app, p
     assert_error(duplicate, 409, "user_exists")
 
 
+async def test_an_unknown_field_is_refused_not_dropped(auth_app, people) -> None:
+    # A tenant is the caller's own: asking for another one must not quietly create the
+    # user in the caller's.
+    headers = await token_for(auth_app, "admin@acme.test")
+    refused = await auth_app.client.post(
+        "/v1/admin/users",
+        json={"email": "other@acme.test", "tenant": "othertenant"},
+        headers=headers,
+    )
+    error = assert_error(refused, 400)
+    assert error["param"] == "tenant" and "tenant" in error["message"]
+    listed = await auth_app.client.get("/v1/admin/users", headers=headers)
+    assert "other@acme.test" not in {entry["email"] for entry in listed.json()["data"]}
+
+
 async def test_members_get_403_on_every_admin_route(auth_app, people) -> None:
     headers = await token_for(auth_app, "member@acme.test")
     admin_id = people["admin"].id

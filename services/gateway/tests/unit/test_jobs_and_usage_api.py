@@ -111,6 +111,12 @@ async def test_a_job_carries_any_apis_body_unchanged_with_its_api(harness, histo
     assert response.headers["x-request-id"] == job["id"] == event.request_id
 
 
+async def test_a_batch_api_request_line_is_taken_as_it_is(harness, history, lanes):
+    line = {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": BODY}
+    response = await harness.client.post("/v1/jobs", json=line, headers=AUTH)
+    assert response.status_code == 202, response.text
+
+
 async def test_a_plain_chat_completions_job_is_an_openai_chat_completions_request(
     harness, history, lanes
 ):
@@ -134,6 +140,12 @@ async def test_a_plain_chat_completions_job_is_an_openai_chat_completions_reques
         ({"url": "/v1/embeddings", "body": {"model": "sim-small"}}, 400, "body.input"),
         ({"url": "/v1/chat/completions", "body": {**BODY, "stream": True}}, 400, "stream"),
         ({"url": "/v1/chat/completions", "body": {**BODY, "model": "nope"}}, 404, "model"),
+        (
+            {"url": "/v1/chat/completions", "body": BODY, "webhook": {"url": "https://a.b"}},
+            400,
+            "webhook",
+        ),
+        ({"url": "/v1/chat/completions", "body": BODY, "method": "GET"}, 400, "method"),
     ],
 )
 async def test_bad_jobs_of_any_api_are_refused(harness, history, lanes, body, status, param):

@@ -185,8 +185,9 @@ class ResponsesRequest(BaseModel):
 
 class JobRequest(BaseModel):
     """An asynchronous job: one request of any model API, as in the request lines of
-    OpenAI's Batch API (`url` names the API, `body` is its request body). A plain Chat
-    Completions body (with an optional `webhook_url`) is accepted too."""
+    OpenAI's Batch API (`url` names the API, `body` is its request body; a line's
+    `custom_id` and `method: "POST"` are accepted and any other field is refused). A plain
+    Chat Completions body (with an optional `webhook_url`) is accepted too."""
 
     model_config = ConfigDict(
         json_schema_extra={

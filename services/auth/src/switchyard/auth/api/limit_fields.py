@@ -18,7 +18,8 @@ from switchyard.common.governance import LIMIT_FIELDS
 Number = float | None
 # Request models take each field in its own JSON type only: pydantic's lax mode would store
 # `true` as 1 and `"60"` as 60. Strict floats still take JSON integers.
-STRICT = ConfigDict(strict=True)
+# Unknown fields are refused, not dropped: a caller who misnames one learns of it.
+STRICT = ConfigDict(strict=True, extra="forbid")
 
 
 class LimitsIn(BaseModel):

@@ -88,6 +88,11 @@ async def _webhook_url(value: Any, policy: TargetPolicy) -> str | None:
     )
 
 
+# The fields of a request line of OpenAI's Batch API (`custom_id` and `method` are taken
+# and not used: a job's id is its own, and every model API is a POST).
+BATCH_LINE_FIELDS = frozenset({"url", "body", "custom_id", "method"})
+
+
 def _not_found(job_id: str) -> APIError:
     return APIError(404, f"No job found with id '{job_id[:64]}'.", code="job_not_found")
 
@@ -97,6 +102,17 @@ def read_job(data: dict[str, Any]) -> ClientRequest:
     out). Raises APIError 400 naming the field at fault."""
     if "url" not in data:
         return READERS[ClientAPI.OPENAI_CHAT_COMPLETIONS](data)
+    for name in data:
+        # A Batch API request line's own fields are taken; anything else is a mistake the
+        # caller should hear of (a misnamed `webhook_url` would be dropped silently).
+        if name not in BATCH_LINE_FIELDS:
+            raise APIError(
+                400, f"Unknown parameter: '{name[:64]}'.", param=name[:64], code="unknown_parameter"
+            )
+    if data.get("method", "POST") != "POST":
+        raise APIError(
+            400, "Invalid value for 'method': must be 'POST'.", param="method", code="invalid_value"
+        )
     api = API_PATHS.get(data["url"]) if isinstance(data["url"], str) else None
     if api is None:
         raise APIError(
