@@ -233,6 +233,48 @@ async def test_chaining_with_previous_response_id_works_on_every_model(system, m
     assert published.data.body["previous_response_id"] == first.id
 
 
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+async def test_item_references_are_resolved_from_stored_responses_on_every_model(system, model):
+    # As the Vercel AI SDK continues a stored conversation: earlier output items by id.
+    first = await system.client.responses.create(model=model, input="My name is Ada.")
+    references = [{"type": "item_reference", "id": item.id} for item in first.output]
+    second = await system.client.responses.create(
+        model=model,
+        input=[
+            {"role": "user", "content": "My name is Ada."},
+            *references,
+            {"role": "user", "content": "What is my name?"},
+        ],
+    )
+
+    # The model saw the items themselves: the same counts as a chained turn (4 + 7 + 4).
+    assert second.usage.input_tokens == 15
+    published = await system.published_for(parse_response_id(second.id).request_id)
+    sent = published.data.body["input"]
+    assert [item.get("type") for item in sent[1:-1]] == [item.type for item in first.output]
+    assert sent[1]["content"][0]["text"] == first.output_text
+    assert not [item for item in sent if item.get("type") == "item_reference"]
+
+
+async def test_an_unknown_item_reference_is_404_naming_the_item(system):
+    answer = await post(
+        system,
+        {
+            "model": "sim-small",
+            "input": [
+                {"role": "user", "content": "hi"},
+                {"type": "item_reference", "id": "msg_nowhere"},
+            ],
+        },
+    )
+
+    assert answer.status_code == 404
+    error = error_of(answer)
+    assert (error["param"], error["code"]) == ("input[1]", "item_not_found")
+    assert "msg_nowhere" in error["message"]
+    assert system.published == []
+
+
 async def test_a_conversation_can_move_between_models_of_different_protocols(system):
     first = await system.client.responses.create(model="sim-claude", input="Remember 42.")
     second = await system.client.responses.create(
@@ -451,7 +493,7 @@ async def test_a_response_purged_by_retention_is_404_saying_so(system):
             "input[0].output",
             "invalid_type",
         ),
-        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", "invalid_value"),
+        ({"input": [{"type": "item_reference"}]}, "input[0].id", "missing_required_parameter"),
         ({"input": "hi", "previous_response_id": 7}, "previous_response_id", "invalid_type"),
         ({"input": "hi", "store": "yes"}, "store", "invalid_type"),
         ({"input": "hi", "background": True, "store": False}, "background", "invalid_value"),

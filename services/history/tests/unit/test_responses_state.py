@@ -359,3 +359,62 @@ async def test_bad_paging_parameters_are_refused_naming_the_parameter(service):
         assert error["param"] == param, query
     missing_identity = await service.client.get(path)
     assert missing_identity.status_code in (401, 403)
+
+
+async def items(service, ids: list[str], expect: int = 200, **identity) -> list[dict]:
+    response = await service.client.post(
+        "/v1/responses/items", json={"ids": ids}, headers=service.headers(**identity)
+    )
+    assert response.status_code == expect, response.text
+    return response.json()["data"] if expect == 200 else response.json()
+
+
+async def test_item_references_find_stored_output_and_input_items_of_the_callers_responses(
+    service,
+):
+    first = requested({"input": "What is 2 + 2?"})
+    await answered(service, first, "4")
+    second = requested({"input": [{"role": "user", "content": "And 3 + 3?"}]})
+    await answered(service, second, "6")
+    output_ids = [f"msg_out_{first.request_id}", f"msg_out_{second.request_id}"]
+    input_id = f"msg_{second.request_id}_0"  # the id history gave the input item
+
+    found = await items(service, [output_ids[1], "msg_nowhere", input_id, output_ids[0]])
+    assert [item["id"] for item in found] == [output_ids[1], input_id, output_ids[0]]
+    assert found[0]["content"][0]["text"] == "6"
+    assert found[1]["role"] == "user" and found[1]["content"][0]["text"] == "And 3 + 3?"
+    assert found[2]["content"][0]["text"] == "4"
+
+    # Only what the caller may read: not another user's (an admin of the tenant may), not
+    # another tenant's.
+    assert await items(service, output_ids, user_id="bob") == []
+    assert await items(service, [input_id], user_id="bob") == []
+    assert await items(service, output_ids, tenant="globex") == []
+    assert len(await items(service, output_ids, user_id="root", role="admin")) == 2
+
+
+async def test_item_references_skip_responses_not_stored_or_deleted(service):
+    kept = requested({"input": "keep"})
+    await answered(service, kept, "kept")
+    unstored = requested({"input": "do not keep", "store": False})
+    await service.publish(unstored, completed(unstored, "not kept"))
+    await service.wait_for(unstored.request_id, "completed")
+    deleted = requested({"input": "delete"})
+    await answered(service, deleted, "deleted")
+    response = await service.client.delete(
+        f"/v1/responses/{rid(deleted)}", headers=service.headers()
+    )
+    assert response.status_code == 200
+
+    ids = [f"msg_out_{r.request_id}" for r in (kept, unstored, deleted)]
+    assert [item["id"] for item in await items(service, ids)] == [ids[0]]
+    assert await items(service, [f"msg_{deleted.request_id}_0"]) == []
+
+
+async def test_item_references_are_bounded_and_checked(service):
+    assert (await items(service, [], 400))["error"]["param"] == "ids"
+    assert (await items(service, ["x"] * 1001, 400))["error"]["param"] == "ids"
+    response = await service.client.post(
+        "/v1/responses/items", json={"ids": "msg_1"}, headers=service.headers()
+    )
+    assert response.status_code == 400

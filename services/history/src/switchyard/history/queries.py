@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.common.events import ClientAPI
 from switchyard.history import rollup
 from switchyard.history.models import (
     RequestStatus,
@@ -223,6 +224,29 @@ class HistoryQueries:
         async with self._engine.connect() as connection:
             row = (await connection.execute(query)).mappings().first()
         return dict(row) if row is not None else None
+
+    async def recent_response_outputs(
+        self, caller: Caller, *, limit: int, before: tuple[datetime, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The caller's `limit` most recent completed Responses API requests whose content
+        is stored (not deleted), newest first, before `before` (a `(created_at,
+        request_id)` key) when given: each row's `request_id`, `created_at`, `request_body`
+        and `response`."""
+        r = requests_table.c
+        query = self._visible_to(
+            caller, r.request_id, r.created_at, r.request_body, r.response
+        ).where(
+            r.api == ClientAPI.OPENAI_RESPONSES.value,
+            r.status == RequestStatus.COMPLETED.value,
+            r.response_deleted_at.is_(None),
+            r.input_items.is_not(None),
+        )
+        order_key = tuple_(r.created_at, r.request_id)
+        if before is not None:
+            query = query.where(order_key < before)
+        query = query.order_by(r.created_at.desc(), r.request_id.desc()).limit(limit)
+        async with self._engine.connect() as connection:
+            return [dict(row) for row in (await connection.execute(query)).mappings()]
 
     # -- jobs ----------------------------------------------------------------------------
 

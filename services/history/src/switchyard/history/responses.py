@@ -20,6 +20,7 @@ stored. Each way of not being stored answers 404 with a message saying which:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -49,6 +50,20 @@ from switchyard.history.tenants import TenantSettingsStore
 
 MAX_ITEMS_PAGE = 100
 DEFAULT_ITEMS_PAGE = 20
+# How many of the caller's most recent stored responses an `item_reference` to an output
+# item is looked for in, and how many rows are read at a time.
+ITEM_LOOKBACK = 1000
+ITEM_PAGE = 50
+# At most this many item references are resolved in one request.
+MAX_ITEM_REFERENCES = 1000
+_INPUT_ITEM_ID = re.compile(r"^(?:msg|fc|fco|rs|item)_([0-9a-f]{8,64})_(\d{1,6})$")
+
+
+def _input_item_ref(item_id: str) -> tuple[str, int] | None:
+    """The request id and position of an input item id Switchyard gave
+    (`switchyard.common.responses.input_items`), None for any other id."""
+    matched = _INPUT_ITEM_ID.match(item_id)
+    return (matched[1], int(matched[2])) if matched else None
 
 
 def not_found(
@@ -198,6 +213,54 @@ class ResponseStore:
             )
         output = response.get("output")
         return [*found.row["input_items"], *(output if isinstance(output, list) else [])]
+
+    async def items(self, caller: Caller, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored items these `ids` name, by id, for `item_reference` input items: an
+        input item Switchyard named (`<kind>_<request id>_<position>`) is read from its
+        response; any other id is looked for among the output items of the caller's most
+        recent stored, completed responses, newest first, at most `ITEM_LOOKBACK` of them
+        (a conversation's items come from its own recent turns). Ids not found are absent.
+        Only responses the caller may read are searched: its tenant's, its own unless an
+        admin, stored (not `store: false`, deleted or metadata only)."""
+        found: dict[str, dict[str, Any]] = {}
+        wanted = set(ids)
+        for item_id in list(wanted):
+            named = _input_item_ref(item_id)
+            if named is None:
+                continue
+            row = await self._queries.get_request(caller, named[0])
+            items = row.get("input_items") if row is not None else None
+            if (
+                row is not None
+                and row["api"] == ClientAPI.OPENAI_RESPONSES.value
+                and row["response_deleted_at"] is None
+                and isinstance(items, list)
+            ):
+                for item in items:
+                    if isinstance(item, dict) and item.get("id") == item_id:
+                        found[item_id] = item
+                        wanted.discard(item_id)
+        before: tuple[datetime, str] | None = None
+        searched = 0
+        while wanted and searched < ITEM_LOOKBACK:
+            rows = await self._queries.recent_response_outputs(
+                caller, limit=min(ITEM_PAGE, ITEM_LOOKBACK - searched), before=before
+            )
+            if not rows:
+                break
+            searched += len(rows)
+            before = (rows[-1]["created_at"], rows[-1]["request_id"])
+            for row in rows:
+                body, response = row["request_body"], row["response"]
+                if not isinstance(body, dict) or body.get("store") is False:
+                    continue
+                output = response.get("output") if isinstance(response, dict) else None
+                for item in output if isinstance(output, list) else ():
+                    output_id = item.get("id") if isinstance(item, dict) else None
+                    if isinstance(output_id, str) and output_id in wanted:
+                        found[output_id] = item
+                        wanted.discard(output_id)
+        return found
 
     async def input_items(
         self,

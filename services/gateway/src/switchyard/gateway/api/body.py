@@ -202,6 +202,8 @@ _MESSAGE_ROLES = ("user", "assistant", "system", "developer")
 _ITEM_STRINGS = {
     "function_call": ("call_id", "name", "arguments"),
     "function_call_output": ("call_id",),
+    # Resolved by the gateway from stored responses before publishing (api/responses.py).
+    "item_reference": ("id",),
 }
 
 
@@ -239,12 +241,6 @@ def _response_item(item: Any, where: str) -> None:
                     raise invalid_type(part_where, "an object", part)
                 if not isinstance(part.get("type"), str):
                     raise _missing(f"{part_where}.type")
-    elif kind == "item_reference":
-        raise _invalid_value(
-            where,
-            "item references cannot be resolved by this gateway; send the item itself, or "
-            "continue a stored response with 'previous_response_id'.",
-        )
     for name in _ITEM_STRINGS.get(kind, ()):
         value = item.get(name)
         if value is None:

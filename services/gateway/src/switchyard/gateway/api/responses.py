@@ -34,6 +34,8 @@ OpenAI's error object, naming the field at fault.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -51,6 +53,7 @@ from switchyard.common.responses import parse_response_id, response_id, response
 from switchyard.gateway.api.body import ClientRequest, openapi_body, read_request
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.api.history import (
+    call,
     error_of,
     forward,
     looks_like_id,
@@ -140,6 +143,73 @@ async def previous_items(
     )
 
 
+# How long a reference to an item answered moments ago may wait for history to record it
+# (history's read barrier makes what was published before the read visible; this covers
+# the replica that holds it being another one), and at most how many references.
+ITEM_REFERENCE_WAIT_S = 1.0
+MAX_ITEM_REFERENCES = 1000
+
+
+async def resolve_item_references(
+    gateway: Gateway, principal: Principal, body: dict[str, Any]
+) -> dict[str, Any]:
+    """`body` with each `item_reference` input item (`{"type": "item_reference", "id"}`)
+    replaced by the stored item it names, from history (the output and input items of the
+    caller's stored responses), so that every deployment gets the items themselves; the
+    body unchanged when it has none. APIError 404 `item_not_found` naming the first item
+    not found, 400 for more than `MAX_ITEM_REFERENCES`, 503 when history cannot be read."""
+    items = body.get("input")
+    if not isinstance(items, list):
+        return body
+    ids = [
+        item["id"]
+        for item in items
+        if isinstance(item, dict) and item.get("type") == "item_reference"
+    ]
+    if not ids:
+        return body
+    if len(ids) > MAX_ITEM_REFERENCES:
+        raise APIError(
+            400,
+            f"Invalid 'input': at most {MAX_ITEM_REFERENCES} item references per request.",
+            param="input",
+            code="invalid_value",
+        )
+    deadline = time.monotonic() + ITEM_REFERENCE_WAIT_S
+    delay = 0.01
+    while True:
+        answer = await call(
+            gateway, principal, "/v1/responses/items", method="POST", json={"ids": ids}
+        )
+        if answer.status_code != 200:
+            error = error_of(answer)
+            raise APIError(
+                answer.status_code if answer.status_code < 500 else 503,
+                error.get("message") or "The referenced items could not be read.",
+                param="input",
+                code=error.get("code"),
+            )
+        found = {item["id"]: item for item in answer.json()["data"]}
+        if len(found) == len(set(ids)) or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    resolved = []
+    for position, item in enumerate(items):
+        if isinstance(item, dict) and item.get("type") == "item_reference":
+            stored = found.get(item["id"])
+            if stored is None:
+                raise APIError(
+                    404,
+                    f"Item with id '{str(item['id'])[:256]}' not found.",
+                    param=f"input[{position}]",
+                    code="item_not_found",
+                )
+            item = stored
+        resolved.append(item)
+    return {**body, "input": resolved}
+
+
 @router.post(
     "",
     summary="Create a model response (OpenAI Responses API)",
@@ -154,6 +224,9 @@ async def create_response(
     stored response with `previous_response_id` on any model."""
     client = read_request(ClientAPI.OPENAI_RESPONSES, await request.body())
     check_model(gateway, principal, client.model)  # before reading any history
+    body = await resolve_item_references(gateway, principal, client.body)
+    if body is not client.body:
+        client = ClientRequest(client.api, body, client.model, client.stream)
     previous = client.body.get("previous_response_id")
     if previous is not None:
         items = await previous_items(gateway, principal, previous)

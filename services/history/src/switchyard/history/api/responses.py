@@ -9,11 +9,17 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.history.api.dependencies import CallerDep, ComponentsDep, QueriesDep
-from switchyard.history.responses import DEFAULT_ITEMS_PAGE, MAX_ITEMS_PAGE, ResponseStore
+from switchyard.history.responses import (
+    DEFAULT_ITEMS_PAGE,
+    MAX_ITEM_REFERENCES,
+    MAX_ITEMS_PAGE,
+    ResponseStore,
+)
 
 
 def _json(data: Any) -> Response:
@@ -83,6 +89,16 @@ def response_store(components: ComponentsDep, queries: QueriesDep) -> ResponseSt
 StoreDep = Annotated[ResponseStore, Depends(response_store)]
 
 
+class ItemIds(BaseModel):
+    """The ids of the items an `item_reference` names."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    ids: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(
+        min_length=1, max_length=MAX_ITEM_REFERENCES
+    )
+
+
 def responses_router(internal_token: str) -> APIRouter:
     """The stored responses API (`/v1/responses`): read, delete and cancel responses created with
     `store` and list their input items, in the shape of OpenAI's Responses API reference
@@ -92,6 +108,15 @@ def responses_router(internal_token: str) -> APIRouter:
         tags=["responses"],
         dependencies=[Depends(internal_token_dependency(internal_token))],
     )
+
+    @router.post("/items", summary="Stored items by id, for item references (gateway only)")
+    async def find_items(body: ItemIds, caller: CallerDep, responses: StoreDep) -> Response:
+        """Returns the stored items the `ids` name (`{"object": "list", "data": [...]}`, in
+        the order asked, ids not found left out), for the `item_reference` input items of
+        a new response. 400 for more than `MAX_ITEM_REFERENCES` ids."""
+        found = await responses.items(caller, body.ids)
+        data = [found[item_id] for item_id in dict.fromkeys(body.ids) if item_id in found]
+        return _json({"object": "list", "data": data})
 
     @router.get("/{response_id}", summary="One response, as the Responses API shows it")
     async def get_response(response_id: str, caller: CallerDep, responses: StoreDep) -> Response:
