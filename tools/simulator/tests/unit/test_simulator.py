@@ -122,6 +122,27 @@ async def test_openai_weather_question_with_tools_gets_a_tool_call(openai_client
     assert json.loads(call.function.arguments) == {"location": "Paris"}
 
 
+async def test_openai_tool_results_are_answered_not_called_for_again(openai_client) -> None:
+    # An agent loop's second turn: the tool's result ends the loop with a text answer.
+    asked = user("What's the weather in Paris?")
+    first = await openai_client.chat.completions.create(
+        model="sim-small", messages=asked, tools=[WEATHER_TOOL]
+    )
+    call = first.choices[0].message.tool_calls[0]
+    second = await openai_client.chat.completions.create(
+        model="sim-small",
+        messages=[
+            *asked,
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny 20C"},
+        ],
+        tools=[WEATHER_TOOL],
+    )
+    choice = second.choices[0]
+    assert choice.finish_reason == "stop"
+    assert choice.message.content == "Simulated reply to: sunny 20C"
+
+
 async def test_openai_streamed_tool_call_reassembles_to_valid_arguments(openai_client) -> None:
     stream = await openai_client.chat.completions.create(
         model="sim-small", messages=user("weather for Lyon"), tools=[WEATHER_TOOL], stream=True

@@ -512,7 +512,11 @@ def build_openai_reply(body: dict[str, Any], cache: set[str] | None = None) -> O
             cached = min(prompt_tokens, prompt_words(messages[:-1]))
         cache.add(key)
     reasoning = 8 if body.get("reasoning_effort") not in (None, "none") else 0
-    if wants_weather_tool(body.get("tools"), user_text):
+    last = messages[-1] if messages else {}
+    # Tool results to answer (an agent loop's next turn): answered in text, as the
+    # Messages and Responses simulations do, never by calling the tool again.
+    tool_results = isinstance(last, dict) and last.get("role") == "tool"
+    if not tool_results and wants_weather_tool(body.get("tools"), user_text):
         tool = body["tools"][0]
         name = (tool.get("function") or {}).get("name") if isinstance(tool, dict) else None
         if not isinstance(name, str):
@@ -532,7 +536,8 @@ def build_openai_reply(body: dict[str, Any], cache: set[str] | None = None) -> O
             cached,
             reasoning,
         )
-    text, _ = apply_stop(reply_text(messages), body.get("stop"))
+    answer = REPLY_PREFIX + content_text(last.get("content")) if tool_results else None
+    text, _ = apply_stop(answer or reply_text(messages), body.get("stop"))
     return OpenAIReply(
         model, text, None, prompt_tokens, count_words(text) + reasoning, cached, reasoning
     )
