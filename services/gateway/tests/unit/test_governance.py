@@ -358,6 +358,25 @@ async def test_an_exhausted_budget_is_insufficient_quota_naming_the_level(harnes
     error = response.json()["error"]
     assert error["code"] == "insufficient_quota" and error["type"] == "insufficient_quota"
     assert "key key-1" in error["message"] and "does not reset" in error["message"]
+    assert "used up" in error["message"]
+    # Retrying cannot help a lifetime budget: no Retry-After to wait for.
+    assert "retry-after" not in response.headers
+    assert harness.requests == []
+
+
+async def test_a_budget_too_small_for_a_request_says_so_and_what_to_lower(harness):
+    # Nothing is spent yet, but the request's worst case (its output as long as the
+    # model's default allows) costs more than the whole budget.
+    limited_auth(harness, max_budget_usd=1e-7)
+    response = await harness.client.post(
+        "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert response.status_code == 429, response.text
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_quota"
+    assert "may cost up to $" in error["message"] and "max_tokens" in error["message"]
+    assert "used up" not in error["message"]
+    assert "retry-after" not in response.headers
     assert harness.requests == []
 
 

@@ -148,12 +148,15 @@ def error_response(
 ) -> Response:
     """The one HTTP error answer of the gateway: `error_body` in `vendor`'s format with
     `status`, and `Retry-After` (whole seconds) when the error is retryable and `headers`
-    do not already carry it (`retry_after_s` given, or a 429/503/529)."""
+    do not already carry it (`retry_after_s` given, or a 429/503/529); an empty
+    `Retry-After` in `headers` means none is sent."""
     sent = dict(headers or {})
     if "Retry-After" not in sent:
         wait = retry_after(status, retry_after_s)
         if wait is not None:
             sent["Retry-After"] = wait
+    elif not sent["Retry-After"]:
+        del sent["Retry-After"]  # the error said retrying would not help (an empty value)
     return Response(
         error_body(vendor, type=type, message=message, code=code, param=param),
         status_code=status,

@@ -106,7 +106,12 @@ class Refused(APIError):
         reset_at: float | None,
         now: float,
         headers: dict[str, str] | None = None,
+        needed: float | None = None,
+        left: float | None = None,
     ) -> None:
+        """`needed` and `left` (a budget's unit, USD): what the request reserves at most
+        and what the budget has left after what is spent and reserved, when known: a
+        budget not used up but too small for this request says so."""
         self.level, self.scope_id, self.kind = level, scope_id, kind
         # The caller's team, for the refusal's record (set by `Admission.admit`).
         self.team_id: str | None = None
@@ -120,10 +125,19 @@ class Refused(APIError):
                 if reset_at is not None
                 else "it does not reset (a lifetime budget)"
             )
-            message = f"Budget of ${limit:g} for the {who} is used up; {when}."
+            if needed is not None and left is not None and left > 0:
+                message = (
+                    f"This request may cost up to ${needed:.6g} (its prompt, and its output "
+                    f"at most as long as max_tokens allows), more than the ${left:.6g} left "
+                    f"of the ${limit:g} budget for the {who}; set a lower max_tokens (or "
+                    f"max_output_tokens), or raise the budget; {when}."
+                )
+            else:
+                message = f"Budget of ${limit:g} for the {who} is used up; {when}."
             error_type, code = "insufficient_quota", "insufficient_quota"
-            if reset_at is not None:
-                all_headers["Retry-After"] = str(retry_after)
+            # Retrying helps only once the period resets: no Retry-After for a lifetime
+            # budget (an empty value tells the error writer to send none).
+            all_headers["Retry-After"] = str(retry_after) if reset_at is not None else ""
         else:
             what = {
                 "requests": f"{limit:g} requests per minute",
@@ -500,6 +514,9 @@ class Admission:
             reset_at = grant.window_end if grant is not None else now + WINDOW_S
         elif need.kind == "spend":
             reset_at = need.period_end
+        left = None
+        if need.kind == "spend" and grant is not None:
+            left = max(0.0, need.limit - grant.committed)
         return Refused(
             level=need.level.level,
             scope_id=need.level.scope_id,
@@ -507,6 +524,8 @@ class Admission:
             limit=need.limit,
             reset_at=reset_at,
             now=now,
+            needed=need.amount,
+            left=left,
         )
 
     async def _refill(self, missing: list[_Need]) -> None:

@@ -43,7 +43,7 @@ def refusal_events(
         code=refused.code,
         message=refused.message,
         retry_after_s=float(refused.headers["Retry-After"])
-        if refused.headers and "Retry-After" in refused.headers
+        if refused.headers and refused.headers.get("Retry-After")
         else None,
     )
     failed = ChatFailed(
