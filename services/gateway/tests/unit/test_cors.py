@@ -29,6 +29,7 @@ async def test_preflight_from_an_allowed_origin_is_answered() -> None:
         assert response.status_code == 200, response.text
         assert response.headers["access-control-allow-origin"] == "https://app.example.com"
         assert "POST" in response.headers["access-control-allow-methods"]
+        assert "PATCH" in response.headers["access-control-allow-methods"]  # /v1/api-keys/{id}
         allowed_headers = response.headers["access-control-allow-headers"].lower()
         assert "authorization" in allowed_headers and "content-type" in allowed_headers
         assert response.headers["access-control-max-age"] == "600"

@@ -242,3 +242,18 @@ async def test_an_idempotency_key_sent_twice_is_refused(harness):
     error = error_of(response, "openai")
     assert (error["param"], error["code"]) == ("Idempotency-Key", "invalid_idempotency_key")
     assert harness.requests == []
+
+
+async def test_answers_in_anthropics_format_carry_its_request_id_header_too(harness):
+    # Anthropic's SDKs read `request-id` (message._request_id, APIStatusError.request_id).
+    answered = await harness.client.post("/v1/messages", json=MESSAGE, headers=AUTH)
+    refused = await harness.client.post(
+        "/v1/messages", json={**MESSAGE, "model": "no-such-model"}, headers=AUTH
+    )
+    models = await harness.client.get(
+        "/v1/models", headers={**AUTH, "anthropic-version": "2023-06-01"}
+    )
+    for response in (answered, refused, models):
+        assert response.headers["request-id"] == response.headers["x-request-id"]
+    chat = await harness.client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert chat.headers["x-request-id"] and "request-id" not in chat.headers

@@ -149,13 +149,13 @@ class Settings(ServiceSettings):
         default=None, description="Origins matching this regular expression are allowed too."
     )
     cors_allow_methods: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["GET", "POST", "DELETE", "OPTIONS"]
+        default_factory=lambda: ["GET", "POST", "PATCH", "DELETE", "OPTIONS"]
     )
     cors_allow_headers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"], description="Request headers browsers may send."
     )
     cors_expose_headers: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["x-request-id", "retry-after"],
+        default_factory=lambda: ["x-request-id", "request-id", "retry-after"],
         description="Response headers browser code may read.",
     )
     cors_allow_credentials: bool = Field(

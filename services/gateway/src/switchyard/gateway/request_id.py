@@ -1,5 +1,7 @@
 """Every response carries `x-request-id`, whoever answers it: a model reply, an error
-the gateway answers itself (400, 401, 404, 413, 429, 503...), a CORS preflight.
+the gateway answers itself (400, 401, 404, 413, 429, 503...), a CORS preflight. An answer
+in Anthropic's format carries it as `request-id` too, the header Anthropic's API sends
+and its SDKs read (`message._request_id`, `APIStatusError.request_id`).
 
 The id is made here, once per request, before anything else runs: a model request is
 published under it (its events, its history row and its Idempotency-Key claim all carry
@@ -12,11 +14,14 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from switchyard.common.errorformat import ANTHROPIC_PATHS, SHARED_PATHS
 from switchyard.common.events import new_id
-from switchyard.common.headers import REQUEST_ID_HEADER
+from switchyard.common.headers import ANTHROPIC_VERSION_HEADER, REQUEST_ID_HEADER
 from switchyard.common.logging import bind_request_id
 
 HEADER = REQUEST_ID_HEADER.encode()
+ANTHROPIC_HEADER = b"request-id"
+ANTHROPIC_VERSION = ANTHROPIC_VERSION_HEADER.encode()
 
 
 def request_id_of(scope: Scope) -> str | None:
@@ -41,12 +46,21 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         bind_request_id(request_id)
         encoded = request_id.encode()
+        path = scope["path"]
+        anthropic = path.startswith(ANTHROPIC_PATHS) or (
+            path.startswith(SHARED_PATHS)
+            and any(name == ANTHROPIC_VERSION for name, _ in scope["headers"])
+        )
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = message.setdefault("headers", [])
-                if not any(name.lower() == HEADER for name, _ in headers):
-                    message["headers"] = [*headers, (HEADER, encoded)]
+                named = next((value for name, value in headers if name.lower() == HEADER), None)
+                if named is None:
+                    named = encoded
+                    headers = message["headers"] = [*headers, (HEADER, encoded)]
+                if anthropic and not any(name.lower() == ANTHROPIC_HEADER for name, _ in headers):
+                    message["headers"] = [*headers, (ANTHROPIC_HEADER, named)]
             await send(message)
 
         await self.app(scope, receive, send_with_id)
