@@ -262,6 +262,10 @@ def test_creating_a_key_needs_a_valid_access_token(client: TestClient, create_us
     assert assert_error(no_token, 401, "authentication_error")["code"] == "missing_token"
     garbage = client.post("/v1/api-keys", json={}, headers={"Authorization": "Bearer abc.def.ghi"})
     assert assert_error(garbage, 401, "authentication_error")["code"] == "invalid_token"
+    # An API key where an access token is needed is told so, not called invalid.
+    key = client.get("/v1/me", headers={"Authorization": "Bearer sk-sy-" + "a" * 43})
+    error = assert_error(key, 401, "authentication_error")
+    assert error["code"] == "invalid_token" and "not an API key" in error["message"]
     token = password_token(client)
     bad_scope = client.post(
         "/v1/api-keys", json={"scopes": ["root"]}, headers={"Authorization": f"Bearer {token}"}

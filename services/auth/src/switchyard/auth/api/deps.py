@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from switchyard.auth.bootstrap import AuthContext
 from switchyard.auth.governance import Governance
+from switchyard.auth.keys import API_KEY_PREFIX
 from switchyard.auth.models import User
 from switchyard.auth.service import AuthService
 from switchyard.auth.tokens import AccessClaims, InvalidToken
@@ -61,12 +62,11 @@ async def get_access_claims(
     try:
         return service.tokens.verify(credentials.credentials)
     except InvalidToken as exc:
-        raise APIError(
-            401,
-            "The access token is invalid or expired.",
-            code="invalid_token",
-            headers=_BEARER_CHALLENGE,
-        ) from exc
+        message = "The access token is invalid or expired."
+        if credentials.credentials.startswith(API_KEY_PREFIX):
+            # An API key where an access token is needed: say so, not that it is invalid.
+            message = "This route takes an access token (POST /v1/auth/token), not an API key."
+        raise APIError(401, message, code="invalid_token", headers=_BEARER_CHALLENGE) from exc
 
 
 AccessClaimsDep = Annotated[AccessClaims, Depends(get_access_claims)]
