@@ -141,3 +141,14 @@ async def test_what_every_route_answers_is_documented(harness):
                 continue
             assert str(response.status_code) in documented, (method, path, name, response.text)
             assert_error_body(path, response.json())
+
+
+async def test_forwarded_auth_routes_document_their_body_and_created_status(harness):
+    paths = (await spec_of(harness))["paths"]
+    create_key = paths["/v1/api-keys"]["post"]
+    assert "201" in create_key["responses"] and "200" not in create_key["responses"]
+    assert "application/json" in create_key["requestBody"]["content"]
+    sign_in = paths["/v1/auth/token"]["post"]["requestBody"]["content"]
+    assert {"application/json", "application/x-www-form-urlencoded"} <= set(sign_in)
+    assert "requestBody" not in paths["/v1/admin/users/{user_id}/disable"]["post"]
+    assert "requestBody" not in paths["/v1/me"]["get"]

@@ -112,6 +112,29 @@ async def forward_to_auth(request: Request) -> Response:
     )
 
 
+# The routes that answer 201 Created (auth's own status codes).
+_CREATED = {
+    ("POST", "/v1/api-keys"),
+    ("POST", "/v1/admin/users"),
+    ("POST", "/v1/admin/api-keys"),
+    ("POST", "/v1/admin/teams"),
+}
+# The routes that take no body.
+_NO_BODY = {"/v1/admin/users/{user_id}/disable", "/v1/admin/users/{user_id}/enable"}
+
+
+def _body_document(method: str, path: str) -> dict[str, Any] | None:
+    """The OpenAPI `requestBody` of a forwarded route (a JSON object, or the sign-in form),
+    so that the docs page can send one; auth's own `/docs` has each field."""
+    if method not in ("POST", "PATCH") or path in _NO_BODY:
+        return None
+    content: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
+    if path == "/v1/auth/token":
+        content["application/x-www-form-urlencoded"] = {"schema": {"type": "object"}}
+    required = path not in ("/v1/auth/logout",)
+    return {"requestBody": {"required": required, "content": content}}
+
+
 def install_auth_routes(app: FastAPI) -> None:
     """Add every route of `AUTH_ROUTES` to the app, documented in its OpenAPI."""
     router = APIRouter()
@@ -123,8 +146,11 @@ def install_auth_routes(app: FastAPI) -> None:
             summary=summary,
             tags=[tag],
             response_class=Response,
+            status_code=201 if (method, path) in _CREATED else 200,
+            openapi_extra=_body_document(method, path),
             description=f"Forwarded to the auth service's `{method} {path}`; its answer "
-            "comes back unchanged (errors in OpenAI's error format).",
+            "comes back unchanged (errors in OpenAI's error format). Its fields are on "
+            "auth's own `/docs` page.",
         )
     app.include_router(router)
 
