@@ -101,7 +101,24 @@ async def test_a_retry_may_ask_not_to_wait_and_gets_409(harness, history):
 
     assert impatient.status_code == 409
     assert impatient.json()["error"]["code"] == "idempotency_key_in_use"
+    assert "Idempotency-Wait: false" in impatient.json()["error"]["message"]
     assert impatient.headers["retry-after"] == "1"
+    assert (await first).status_code == 200
+    assert len(harness.requests) == 1
+
+
+async def test_a_retry_that_waited_its_whole_wait_gets_409_saying_so(harness, history):
+    harness.settings.idempotency_wait_s = 0.2
+    slow_replies(harness, 0.8)
+    first = asyncio.ensure_future(
+        harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("slow"))
+    )
+    await asyncio.sleep(0.1)
+    patient = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("slow"))
+
+    assert patient.status_code == 409
+    message = patient.json()["error"]["message"]
+    assert "after waiting 0.2 s" in message and "Idempotency-Wait" not in message
     assert (await first).status_code == 200
     assert len(harness.requests) == 1
 

@@ -350,7 +350,10 @@ class IdempotencyMiddleware:
                     APIError(
                         409,
                         "A request with this Idempotency-Key is still in progress; retry "
-                        "later (or without 'Idempotency-Wait: false' to wait for it).",
+                        "later (or without 'Idempotency-Wait: false' to wait for it)."
+                        if not wait
+                        else "A request with this Idempotency-Key is still in progress after "
+                        f"waiting {wait_s:g} s for it; retry later.",
                         param="Idempotency-Key",
                         code="idempotency_key_in_use",
                         headers={"Retry-After": "1"},
