@@ -3,7 +3,8 @@ speaks their wire protocols exactly as the official SDKs expect, so every part o
 Switchyard can be developed, tested and benchmarked without credentials or cost.
 
 Replies are `"Simulated reply to: " + <last user message>` (plus `" (with N images)"` when
-that turn holds images, tool results included); token counts are word counts. What the
+that turn holds images, tool results included); token counts are word counts (a simulated
+token is a word and the whitespace after it). What the
 real APIs do that Switchyard must carry faithfully is simulated too:
 - stop sequences: a reply containing one stops before it (Anthropic reports
   `stop_reason: "stop_sequence"` and the `stop_sequence`; OpenAI `finish_reason: "stop"`);
@@ -17,10 +18,27 @@ real APIs do that Switchyard must carry faithfully is simulated too:
   the real API does; OpenAI's `reasoning_effort` adds reasoning tokens to the usage;
 - system messages inside `messages`, system as blocks, documents (base64, text, URL
   sources) and images inside tool results are accepted;
+- structured outputs: a `json_schema` format (Chat's `response_format`, what
+  `chat.completions.parse` sends; Responses' `text.format`, what `responses.parse` sends;
+  Anthropic's `output_config.format`, what `messages.parse` sends) makes the reply a
+  deterministic JSON instance of the schema (every property, strings the user's words fitted
+  to `format`/`minLength`/`maxLength`, numbers 0 or their `minimum`, `enum`/`const` first
+  value, arrays of `minItems` items but at least one, first `anyOf`/`oneOf` branch, `$ref`
+  to `$defs`/`definitions`); `json_object` makes it `{"text": <user's words>}`;
+- output token limits: `max_tokens`/`max_completion_tokens` (Chat), `max_output_tokens`
+  (Responses) and `max_tokens` (Messages) cut a longer text reply to that many simulated
+  tokens, reasoning and thinking tokens counted, and report it as the APIs do
+  (`finish_reason: "length"`; `status: "incomplete"` with `incomplete_details.reason:
+  "max_output_tokens"`; `stop_reason: "max_tokens"`); tool calls are never cut;
+- Chat's `n` returns that many (identical) choices, streamed one after the other, the usage
+  counting every choice's tokens; `logprobs` (with `top_logprobs`, 0-20) gives each choice a
+  `logprobs.content` entry per simulated token (a deterministic logprob between -0.1 and 0,
+  its `bytes`, then the token and fixed alternatives as `top_logprobs`), streamed with the
+  text it belongs to;
+- embeddings honour `dimensions` (default 8) and `encoding_format` (`float` or `base64`);
 - OpenAI's Responses API (`/v1/responses`): a string or item list `input`, `instructions`,
   function tools (the weather question calls the first one; a `function_call_output`
-  last in the input is answered with its output), reasoning items and summaries,
-  `max_output_tokens` (a longer reply is cut and the response is `incomplete`), and the
+  last in the input is answered with its output), reasoning items and summaries, and the
   complete typed event stream with `sequence_number`. It keeps no state: a
   `previous_response_id` is refused as OpenAI refuses an id it does not know, so a test
   sees whether a caller relied on the upstream's store.
@@ -38,6 +56,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import re
 import struct
 import time
@@ -362,11 +381,239 @@ def prompt_words(messages: list[dict[str, Any]], system: Any = None) -> int:
     return count_words(" ".join(texts))
 
 
+def split_tokens(text: str) -> list[str]:
+    """The simulated tokens of `text`: its words, each with the whitespace after it (any
+    leading whitespace goes with the first), so they concatenate back to `text`."""
+    tokens = re.findall(r"\S+\s*", text)
+    lead = text[: len(text) - len(text.lstrip())]
+    if tokens and lead:
+        tokens[0] = lead + tokens[0]
+    return tokens
+
+
 def split_pieces(text: str, pieces: int = STREAM_PIECES) -> list[str]:
     """Split at word boundaries into at most `pieces` parts that concatenate back to `text`."""
-    words = re.findall(r"\S+\s*", text) or [text]
+    words = split_tokens(text) or [text]
     size = max(1, -(-len(words) // pieces))
     return ["".join(words[i : i + size]) for i in range(0, len(words), size)]
+
+
+def cut_to_budget(text: str, budget: int, spent: int = 0) -> tuple[str, int, bool]:
+    """`text` limited to a `budget` of output tokens (a `max_tokens` value) of which `spent`
+    (reasoning or thinking tokens) are used already: (the text, the output tokens reported,
+    whether it was cut). A reply that fits reports its words (at least 1) plus `spent`; a cut
+    one keeps the words the budget leaves and reports exactly `budget`."""
+    words = split_tokens(text)
+    if len(words) + spent <= budget:
+        return text, count_words(text) + spent, False
+    keep = max(0, budget - spent)
+    return "".join(words[:keep]).rstrip(), budget, True
+
+
+# Tokens offered as the less likely alternatives of a simulated token's `top_logprobs`.
+_ALTERNATIVE_TOKENS = tuple(
+    " the| a| and| of| to| in| is| it| that|.|,| for| on| with| as| this| be| at| by| or".split("|")
+)
+MAX_TOP_LOGPROBS = 20
+
+
+def token_logprobs(token: str, top: int) -> dict[str, Any]:
+    """The log-probability entry of a simulated `token` (OpenAI's `ChatCompletionTokenLogprob`:
+    `token`, `logprob`, `bytes` and `top` `top_logprobs`): a deterministic logprob between
+    -0.1 and 0 derived from the token, the token itself as the most likely choice, then
+    fixed alternatives each 2 lower."""
+    logprob = -round(hashlib.sha256(token.encode()).digest()[0] / 2550, 4)
+    candidates = [token, *(alt for alt in _ALTERNATIVE_TOKENS if alt != token)]
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode()),
+        "top_logprobs": [
+            {
+                "token": choice,
+                "logprob": round(logprob - 2.0 * rank, 4),
+                "bytes": list(choice.encode()),
+            }
+            for rank, choice in enumerate(candidates[:top])
+        ],
+    }
+
+
+def text_logprobs(text: str, top: int) -> list[dict[str, Any]]:
+    """One `token_logprobs` entry per simulated token of `text`, in order."""
+    return [token_logprobs(token, top) for token in split_tokens(text)]
+
+
+# --------------------------------------------------------------------------- structured output
+
+# How deep schema_instance follows nested schemas before choosing the shortest instance (an
+# empty array, a null branch), so a recursive schema still ends.
+_SCHEMA_DEPTH = 12
+_STRING_FORMATS = {
+    "date-time": "1970-01-01T00:00:00Z",
+    "date": "1970-01-01",
+    "time": "00:00:00",
+    "duration": "P1D",
+    "email": "user@example.com",
+    "idn-email": "user@example.com",
+    "hostname": "example.com",
+    "ipv4": "127.0.0.1",
+    "ipv6": "::1",
+    "uri": "https://example.com/",
+    "uuid": "00000000-0000-0000-0000-000000000000",
+}
+
+
+def schema_instance(schema: Any, text: str) -> Any:
+    """A deterministic JSON value valid against the JSON Schema `schema` (as structured
+    outputs accept them): every property of an object, strings `text` (or "simulated" when
+    empty) fitted to `format`, `minLength` and `maxLength`, numbers 0 or their `minimum`,
+    booleans true, the first `enum` value or the `const`, arrays of `minItems` items (at
+    least 1 unless `maxItems` is 0), the first branch of `anyOf`/`oneOf`, `allOf` merged,
+    `$ref` followed into `$defs`/`definitions` (or `#`, the root), the first non-null type of
+    a nullable one."""
+    root = schema if isinstance(schema, dict) else {}
+    return _instance(schema, text or "simulated", root, 0)
+
+
+def _resolve(ref: Any, root: dict[str, Any]) -> Any:
+    if not isinstance(ref, str) or not ref.startswith("#"):
+        return {}
+    target: Any = root
+    for part in ref[1:].split("/"):
+        if part:
+            part = part.replace("~1", "/").replace("~0", "~")
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+    return target
+
+
+def _instance(schema: Any, text: str, root: dict[str, Any], depth: int) -> Any:
+    if not isinstance(schema, dict):
+        return text  # `true` or a missing schema: anything goes
+    deep = depth > _SCHEMA_DEPTH
+    if "$ref" in schema:
+        merged = {
+            **_resolve(schema["$ref"], root),
+            **{k: v for k, v in schema.items() if k != "$ref"},
+        }
+        return _instance(merged, text, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        branches = schema.get(key)
+        if isinstance(branches, list) and branches:
+            nulls = [b for b in branches if isinstance(b, dict) and b.get("type") == "null"]
+            branch = nulls[0] if deep and nulls else branches[0]
+            rest = {k: v for k, v in schema.items() if k != key}
+            return _instance(
+                {**rest, **branch} if isinstance(branch, dict) else branch, text, root, depth + 1
+            )
+    if isinstance(schema.get("allOf"), list):
+        merged = {k: v for k, v in schema.items() if k != "allOf"}
+        for part in schema["allOf"]:
+            part = (
+                _resolve(part["$ref"], root) if isinstance(part, dict) and "$ref" in part else part
+            )
+            if isinstance(part, dict):
+                merged.update(part)
+        return _instance(merged, text, root, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kinds = [k for k in kind if k != "null"]
+        kind = "null" if not kinds or (deep and "null" in kind) else kinds[0]
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    if kind == "null":
+        return None
+    if kind == "boolean":
+        return True
+    if kind in ("integer", "number"):
+        return _number(schema, integer=kind == "integer")
+    if kind == "object":
+        properties = schema.get("properties")
+        if not isinstance(properties, dict):
+            return {}
+        return {name: _instance(sub, text, root, depth + 1) for name, sub in properties.items()}
+    if kind == "array":
+        low: int = schema["minItems"] if isinstance(schema.get("minItems"), int) else 0
+        high: int | None = schema["maxItems"] if isinstance(schema.get("maxItems"), int) else None
+        prefix: list[Any] = (
+            schema["prefixItems"] if isinstance(schema.get("prefixItems"), list) else []
+        )
+        count = max(low if deep else max(1, low), len(prefix))
+        if high is not None:
+            count = min(count, high)
+        return [
+            _instance(prefix[i] if i < len(prefix) else schema.get("items"), text, root, depth + 1)
+            for i in range(count)
+        ]
+    return _string(schema, text)
+
+
+def _number(schema: dict[str, Any], integer: bool) -> int | float:
+    value: float = 0
+    if isinstance(schema.get("minimum"), int | float):
+        value = schema["minimum"]
+    elif isinstance(schema.get("exclusiveMinimum"), int | float):
+        value = schema["exclusiveMinimum"] + 1
+    elif isinstance(schema.get("maximum"), int | float) and schema["maximum"] < 0:
+        value = schema["maximum"]
+    elif (
+        isinstance(schema.get("exclusiveMaximum"), int | float) and schema["exclusiveMaximum"] <= 0
+    ):
+        value = schema["exclusiveMaximum"] - 1
+    if integer:
+        return int(-(-value // 1))  # the smallest integer >= value
+    return float(value)
+
+
+def _string(schema: dict[str, Any], text: str) -> str:
+    value = _STRING_FORMATS.get(str(schema.get("format")), text)
+    low = schema.get("minLength")
+    if isinstance(low, int) and len(value) < low:
+        value = (value + " ") * (low // (len(value) + 1) + 1)
+    high = schema.get("maxLength")
+    if isinstance(high, int):
+        value = value[:high]
+    return value
+
+
+def structured_text(schema: dict[str, Any] | None, text: str) -> str:
+    """The reply text of a structured output: an instance of `schema` (see `schema_instance`)
+    as JSON, or, for JSON mode (`schema` None), `{"text": <text>}`."""
+    value = {"text": text} if schema is None else schema_instance(schema, text)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def output_schema(fmt: Any, param: str) -> tuple[bool, dict[str, Any] | None]:
+    """Read a requested output format `fmt` (`{"type": "text" | "json_object" |
+    "json_schema", ...}`; the schema under `schema`, or under `json_schema.schema` as Chat
+    Completions nests it): (whether the reply is JSON, the schema or None for JSON mode).
+
+    Raises:
+        BadRequest: `fmt` is not such an object, or its `json_schema` has no object `schema`
+            (`param` names the field in the message)."""
+    if fmt is None:
+        return False, None
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+        raise BadRequest(
+            f"Invalid value for '{param}.type': expected 'text', 'json_object' or 'json_schema'.",
+            f"{param}.type",
+        )
+    if fmt["type"] == "text":
+        return False, None
+    if fmt["type"] == "json_object":
+        return True, None
+    nested = fmt.get("json_schema")
+    holder: dict[str, Any] = nested if isinstance(nested, dict) else fmt
+    schema = holder.get("schema", {})
+    if not isinstance(schema, dict):
+        raise BadRequest(
+            f"Invalid type for '{param}.schema': expected an object.", f"{param}.schema"
+        )
+    return True, schema
 
 
 def wants_weather_tool(tools: Any, user_text: str) -> bool:
@@ -408,7 +655,8 @@ def sse_event(name: str, payload: Any) -> bytes:
 @dataclass
 class OpenAIReply:
     """One simulated Chat Completions reply: the text or the tool call (an OpenAI
-    `tool_calls` entry), and its usage in simulated tokens."""
+    `tool_calls` entry) of each of its `n` choices (all alike), and its usage in simulated
+    tokens (`completion_tokens` and `reasoning_tokens` are those of one choice)."""
 
     model: str
     text: str | None
@@ -417,71 +665,110 @@ class OpenAIReply:
     completion_tokens: int
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    n: int = 1
+    # `max_tokens`/`max_completion_tokens` cut the text.
+    truncated: bool = False
+    # `top_logprobs` asked for when `logprobs` is on (None: no log probabilities).
+    top_logprobs: int | None = None
     id: str = field(default_factory=lambda: _short_id("chatcmpl-"))
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def finish_reason(self) -> str:
-        """`tool_calls` when the reply calls a tool, else `stop`."""
-        return "tool_calls" if self.tool_call else "stop"
+        """`tool_calls` when the reply calls a tool, `length` when the token limit cut it,
+        else `stop`."""
+        if self.tool_call:
+            return "tool_calls"
+        return "length" if self.truncated else "stop"
 
     def usage(self) -> dict[str, Any]:
-        """The reply's `usage` object as OpenAI reports it: prompt, completion and total
-        tokens, cached prompt tokens and reasoning tokens."""
+        """The reply's `usage` object as OpenAI reports it: prompt, completion (of every
+        choice) and total tokens, cached prompt tokens and reasoning tokens."""
+        completion = self.completion_tokens * self.n
         return {
             "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
-            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens * self.n},
         }
+
+    def tool_call_of(self, index: int) -> dict[str, Any] | None:
+        """The tool call of choice `index` (each choice's call has its own id)."""
+        if self.tool_call is None or index == 0:
+            return self.tool_call
+        return {**self.tool_call, "id": f"{self.tool_call['id']}{index}"}
+
+    def logprobs(self, text: str | None) -> dict[str, Any] | None:
+        """A choice's `logprobs` object for `text` (its content or a streamed piece of it),
+        None when the request did not ask for log probabilities."""
+        if self.top_logprobs is None:
+            return None
+        content = text_logprobs(text, self.top_logprobs) if text is not None else []
+        return {"content": content, "refusal": None}
 
     def completion(self) -> dict[str, Any]:
         """The whole non-streamed `chat.completion` object (OpenAI API reference)."""
-        message: dict[str, Any] = {"role": "assistant", "content": self.text, "refusal": None}
-        if self.tool_call:
-            message["tool_calls"] = [self.tool_call]
+        choices = []
+        for index in range(self.n):
+            message: dict[str, Any] = {"role": "assistant", "content": self.text, "refusal": None}
+            tool_call = self.tool_call_of(index)
+            if tool_call:
+                message["tool_calls"] = [tool_call]
+            choices.append(
+                {
+                    "index": index,
+                    "message": message,
+                    "logprobs": self.logprobs(self.text),
+                    "finish_reason": self.finish_reason,
+                }
+            )
         return {
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": self.finish_reason,
-                }
-            ],
+            "choices": choices,
             "usage": self.usage(),
         }
 
     def chunk(
-        self, delta: dict[str, Any], finish_reason: str | None = None, choices: bool = True
+        self,
+        delta: dict[str, Any],
+        finish_reason: str | None = None,
+        choices: bool = True,
+        index: int = 0,
+        logprobs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """One `chat.completion.chunk` holding `delta` (the message fields it adds) and
-        `finish_reason`; with `choices=False`, an empty choices list (the final usage chunk)."""
+        """One `chat.completion.chunk` holding `delta` (the message fields it adds),
+        `finish_reason` and `logprobs` for choice `index`; with `choices=False`, an empty
+        choices list (the final usage chunk)."""
         return {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+                {
+                    "index": index,
+                    "delta": delta,
+                    "logprobs": logprobs,
+                    "finish_reason": finish_reason,
+                }
             ]
             if choices
             else [],
         }
 
-    def content_deltas(self) -> list[dict[str, Any]]:
-        """The streamed deltas of the reply, in order: pieces of the text, or the tool
+    def content_deltas(self, index: int = 0) -> list[dict[str, Any]]:
+        """The streamed deltas of choice `index`, in order: pieces of the text, or the tool
         call's head and then pieces of its JSON arguments."""
-        if self.tool_call:
-            function = self.tool_call["function"]
+        tool_call = self.tool_call_of(index)
+        if tool_call:
+            function = tool_call["function"]
             head = {
                 "index": 0,
-                "id": self.tool_call["id"],
+                "id": tool_call["id"],
                 "type": "function",
                 "function": {"name": function["name"], "arguments": ""},
             }
@@ -492,17 +779,63 @@ class OpenAIReply:
         return [{"content": piece} for piece in split_pieces(self.text or "")]
 
 
+def _chat_options(body: dict[str, Any]) -> tuple[int, int | None, int | None]:
+    """(n, the output token limit, top_logprobs or None without `logprobs`) of a Chat
+    Completions body, checked as OpenAI checks them."""
+    n = body.get("n")
+    if n is None:
+        n = 1
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128:
+        raise BadRequest("Invalid value for 'n': expected an integer between 1 and 128.", "n")
+    limit = body.get("max_completion_tokens")
+    if limit is None:
+        limit = body.get("max_tokens")
+    top = body.get("top_logprobs")
+    if top is not None and (
+        not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_TOP_LOGPROBS
+    ):
+        raise BadRequest(
+            f"Invalid value for 'top_logprobs': expected an integer between 0 and "
+            f"{MAX_TOP_LOGPROBS}.",
+            "top_logprobs",
+        )
+    if body.get("logprobs") is not True:
+        if top is not None:
+            raise BadRequest(
+                "Invalid value for 'top_logprobs': 'logprobs' must be set to true when "
+                "'top_logprobs' is used.",
+                "top_logprobs",
+            )
+        return n, limit, None
+    return n, limit, top or 0
+
+
 def build_openai_reply(body: dict[str, Any], cache: set[str] | None = None) -> OpenAIReply:
     """The simulated reply to a Chat Completions request `body` (the JSON object as a
     dict). `cache` is the set of prompt-prefix hashes already seen (None: no prompt caching); it
-    is updated.
+    is updated. A `response_format` of `json_schema` or `json_object` makes the text JSON
+    (`structured_text`); `max_completion_tokens`/`max_tokens` cut the text; `n` and
+    `logprobs`/`top_logprobs` shape the choices.
 
     Raises:
         BadRequest: the body is one the real API refuses (no model, no messages, sampling
-            parameters out of range, a tool without a name)."""
+            parameters out of range, a tool without a name, a bad `response_format`, `n` or
+            `top_logprobs`)."""
     model = _require_model(body)
     messages = _require_messages(body)
     _check_sampling(body)
+    n, limit, top_logprobs = _chat_options(body)
+    json_reply, schema = output_schema(body.get("response_format"), "response_format")
+    fmt = body.get("response_format")
+    if (
+        isinstance(fmt, dict)
+        and fmt.get("type") == "json_schema"
+        and not isinstance((fmt.get("json_schema") or {}).get("name"), str)
+    ):
+        raise BadRequest(
+            "Missing required parameter: 'response_format.json_schema.name'.",
+            "response_format.json_schema.name",
+        )
     user_text = last_user_text(messages)
     prompt_tokens = prompt_words(messages)
     cached = 0
@@ -512,6 +845,8 @@ def build_openai_reply(body: dict[str, Any], cache: set[str] | None = None) -> O
             cached = min(prompt_tokens, prompt_words(messages[:-1]))
         cache.add(key)
     reasoning = 8 if body.get("reasoning_effort") not in (None, "none") else 0
+    if limit is not None:
+        reasoning = min(reasoning, limit)
     last = messages[-1] if messages else {}
     # Tool results to answer (an agent loop's next turn): answered in text, as the
     # Messages and Responses simulations do, never by calling the tool again.
@@ -535,24 +870,65 @@ def build_openai_reply(body: dict[str, Any], cache: set[str] | None = None) -> O
             count_words(arguments) + reasoning,
             cached,
             reasoning,
+            n=n,
+            top_logprobs=top_logprobs,
         )
-    answer = REPLY_PREFIX + content_text(last.get("content")) if tool_results else None
-    text, _ = apply_stop(answer or reply_text(messages), body.get("stop"))
+    if tool_results:
+        answered = content_text(last.get("content"))
+        text = structured_text(schema, answered) if json_reply else REPLY_PREFIX + answered
+    else:
+        text = structured_text(schema, user_text) if json_reply else reply_text(messages)
+    text, _ = apply_stop(text, body.get("stop"))
+    if limit is None:
+        return OpenAIReply(
+            model,
+            text,
+            None,
+            prompt_tokens,
+            count_words(text) + reasoning,
+            cached,
+            reasoning,
+            n=n,
+            top_logprobs=top_logprobs,
+        )
+    text, tokens, cut = cut_to_budget(text, limit, reasoning)
     return OpenAIReply(
-        model, text, None, prompt_tokens, count_words(text) + reasoning, cached, reasoning
+        model,
+        text,
+        None,
+        prompt_tokens,
+        tokens,
+        cached,
+        reasoning,
+        truncated=cut,
+        n=n,
+        top_logprobs=top_logprobs,
     )
+
+
+def _openai_events(reply: OpenAIReply, include_usage: bool) -> tuple[list[bytes], set[int]]:
+    """The SSE events of a streamed reply without the final `[DONE]` (each choice in turn:
+    its role, its content, its finish), and the positions of the content events."""
+    events: list[bytes] = []
+    content: set[int] = set()
+    for index in range(reply.n):
+        role = {"role": "assistant", "content": None if reply.tool_call else ""}
+        events.append(sse_data(reply.chunk(role, index=index, logprobs=reply.logprobs(None))))
+        for delta in reply.content_deltas(index):
+            content.add(len(events))
+            logprobs = reply.logprobs(delta.get("content")) if "content" in delta else None
+            if logprobs is None and reply.top_logprobs is not None:
+                logprobs = reply.logprobs(None)
+            events.append(sse_data(reply.chunk(delta, index=index, logprobs=logprobs)))
+        events.append(sse_data(reply.chunk({}, reply.finish_reason, index=index)))
+    if include_usage:
+        events.append(sse_data({**reply.chunk({}, choices=False), "usage": reply.usage()}))
+    return events, content
 
 
 def openai_stream_events(reply: OpenAIReply, include_usage: bool) -> list[bytes]:
     """The SSE events of a streamed reply, without the final `[DONE]`."""
-    events = [
-        sse_data(reply.chunk({"role": "assistant", "content": "" if not reply.tool_call else None}))
-    ]
-    events += [sse_data(reply.chunk(delta)) for delta in reply.content_deltas()]
-    events.append(sse_data(reply.chunk({}, reply.finish_reason)))
-    if include_usage:
-        events.append(sse_data({**reply.chunk({}, choices=False), "usage": reply.usage()}))
-    return events
+    return _openai_events(reply, include_usage)[0]
 
 
 async def stream_openai(
@@ -569,7 +945,7 @@ async def stream_openai(
     chunk; with `error_after`, that many events are sent and then an error event of type
     `error_type` (default `server_error`) instead of the rest. Aborted streams are counted in
     `state`."""
-    events = openai_stream_events(reply, include_usage)
+    events, paced = _openai_events(reply, include_usage)
     error = sse_data(
         {
             "error": {
@@ -580,7 +956,6 @@ async def stream_openai(
             }
         }
     )
-    paced = set(range(1, 1 + len(reply.content_deltas())))
     async for event in _paced(events, paced, latency_s, state, error_after, error):
         yield event
     if error_after is None:
@@ -629,13 +1004,17 @@ class AnthropicReply:
     stop_sequence: str | None = None
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    # `max_tokens` cut the text.
+    truncated: bool = False
     id: str = field(default_factory=lambda: _short_id("msg_"))
 
     @property
     def stop_reason(self) -> str:
-        """`tool_use`, `stop_sequence` or `end_turn`, as Anthropic reports it."""
+        """`tool_use`, `max_tokens`, `stop_sequence` or `end_turn`, as Anthropic reports it."""
         if self.tool_use:
             return "tool_use"
+        if self.truncated:
+            return "max_tokens"
         return "stop_sequence" if self.stop_sequence is not None else "end_turn"
 
     @property
@@ -814,16 +1193,35 @@ def _anthropic_cache(body: dict[str, Any], model: str, cache: set[str] | None) -
     return words, 0
 
 
+def _anthropic_output_format(body: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
+    """(whether the reply is JSON, its schema) from `output_config.format` (or the older
+    top-level `output_format`): Anthropic's structured outputs take only `json_schema`."""
+    config = body.get("output_config")
+    param = "output_config.format"
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if fmt is None:
+        fmt, param = body.get("output_format"), "output_format"
+    if fmt is None:
+        return False, None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise BadRequest(f"{param}.type: Input should be 'json_schema'")
+    if not isinstance(fmt.get("schema"), dict):
+        raise BadRequest(f"{param}.schema: Field required")
+    return True, fmt["schema"]
+
+
 def build_anthropic_reply(body: dict[str, Any], cache: set[str] | None = None) -> AnthropicReply:
     """The simulated reply to a Messages request `body` (the JSON object as a dict).
     `cache` is the set of prompt-prefix hashes already seen (None: no prompt caching); it is
-    updated.
+    updated. A `json_schema` in `output_config.format` makes the text a JSON instance of it
+    (`structured_text`); `max_tokens` cuts the text (`stop_reason: "max_tokens"`).
 
     Raises:
         BadRequest: the body is one the real API refuses (no model, messages or `max_tokens`, a
             bad role, a thinking block without signature, an unknown document source, a tool
-            without a name)."""
+            without a name, an output format other than a `json_schema`)."""
     model, messages = _validate_anthropic(body)
+    json_reply, schema = _anthropic_output_format(body)
     user_text = last_user_text(messages)
     total = prompt_words(messages, body.get("system"))
     written, read = _anthropic_cache(body, model, cache)
@@ -855,10 +1253,20 @@ def build_anthropic_reply(body: dict[str, Any], cache: set[str] | None = None) -
         return AnthropicReply(
             model, None, tool_use, usage["input_tokens"], output, thinking, None, written, read
         )
-    text, stop = apply_stop(reply_text(messages), body.get("stop_sequences"))
-    output = count_words(text) + thinking_words
+    text = structured_text(schema, user_text) if json_reply else reply_text(messages)
+    text, stop = apply_stop(text, body.get("stop_sequences"))
+    text, output, cut = cut_to_budget(text, body["max_tokens"], thinking_words)
     return AnthropicReply(
-        model, text, None, usage["input_tokens"], output, thinking, stop, written, read
+        model,
+        text,
+        None,
+        usage["input_tokens"],
+        output,
+        thinking,
+        None if cut else stop,
+        written,
+        read,
+        truncated=cut,
     )
 
 
@@ -1065,6 +1473,10 @@ def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str | list):
         raise BadRequest("Invalid type for 'instructions'.", "instructions")
+    text_config = body.get("text")
+    json_reply, schema = output_schema(
+        text_config.get("format") if isinstance(text_config, dict) else None, "text.format"
+    )
     items = _responses_items(body)
     texts = [_item_text(item) for item in items]
     input_tokens = count_words(" ".join([*texts, content_text(instructions)]))
@@ -1119,14 +1531,12 @@ def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -
             cached,
             reasoning_tokens,
         )
-    text = REPLY_PREFIX + (
-        _item_text(last) if last.get("type") == "function_call_output" else user_text
-    )
+    answered = _item_text(last) if last.get("type") == "function_call_output" else user_text
+    text = structured_text(schema, answered) if json_reply else REPLY_PREFIX + answered
+    output_tokens = count_words(text) + reasoning_tokens
     incomplete = False
-    if max_output is not None and count_words(text) + reasoning_tokens > max_output:
-        keep = max(1, max_output - reasoning_tokens)
-        text = " ".join(text.split()[:keep])
-        incomplete = True
+    if max_output is not None:
+        text, output_tokens, incomplete = cut_to_budget(text, max_output, reasoning_tokens)
     output.append(
         {
             "id": _short_id("msg_"),
@@ -1141,7 +1551,7 @@ def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -
         model,
         output,
         input_tokens,
-        count_words(text) + reasoning_tokens,
+        output_tokens,
         cached,
         reasoning_tokens,
         incomplete,
