@@ -260,3 +260,16 @@ def test_without_logprobs_there_are_none_and_top_logprobs_alone_is_refused(clien
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="sim-small", messages=user("Hi"), top_logprobs=2)
     assert refused.value.body["param"] == "top_logprobs"
+
+
+# ------------------------------------------------------------------ embeddings
+
+
+def test_embeddings_of_several_token_id_arrays_get_one_vector_each(client):
+    result = client.embeddings.create(
+        model="sim-embed", input=[[1, 2, 3], [4, 5]], dimensions=4, encoding_format="float"
+    )
+
+    assert [(item.index, len(item.embedding)) for item in result.data] == [(0, 4), (1, 4)]
+    assert result.data[0].embedding != result.data[1].embedding
+    assert result.usage.prompt_tokens == 5

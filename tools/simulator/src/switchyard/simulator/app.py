@@ -35,7 +35,8 @@ real APIs do that Switchyard must carry faithfully is simulated too:
   `logprobs.content` entry per simulated token (a deterministic logprob between -0.1 and 0,
   its `bytes`, then the token and fixed alternatives as `top_logprobs`), streamed with the
   text it belongs to;
-- embeddings honour `dimensions` (default 8) and `encoding_format` (`float` or `base64`);
+- embeddings take strings, token ids or arrays of token ids and honour `dimensions`
+  (default 8) and `encoding_format` (`float` or `base64`);
 - OpenAI's Responses API (`/v1/responses`): a string or item list `input`, `instructions`,
   function tools (the weather question calls the first one; a `function_call_output`
   last in the input is answered with its output), reasoning items and summaries, and the
@@ -1672,9 +1673,23 @@ def _embedding_inputs(body: dict[str, Any]) -> list[str]:
         return [raw]
     if isinstance(raw, list) and raw and all(isinstance(item, str) for item in raw):
         return raw
-    if isinstance(raw, list) and raw and all(isinstance(item, int) for item in raw):
+    if isinstance(raw, list) and raw and all(_token_ids(item) for item in raw):
+        return [" ".join(map(str, item)) for item in raw]  # several pre-tokenized inputs
+    if isinstance(raw, list) and _token_ids(raw):
         return [" ".join(map(str, raw))]  # one pre-tokenized input
-    raise BadRequest("'input' must be a string or a non-empty array of strings.")
+    raise BadRequest(
+        "'input' must be a string, a non-empty array of strings, an array of token ids or "
+        "an array of such arrays.",
+        "input",
+    )
+
+
+def _token_ids(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(item, int) and not isinstance(item, bool) for item in value)
+    )
 
 
 def _encode_embedding(vector: list[float], encoding_format: str) -> list[float] | str:
@@ -1689,8 +1704,9 @@ def build_embeddings(body: dict[str, Any]) -> dict[str, Any]:
     usage.
 
     Raises:
-        BadRequest: no model, an input that is neither a string nor a list of strings or token
-            ids, `dimensions` outside 1-4096, or an unknown `encoding_format`."""
+        BadRequest: no model, an input that is neither a string nor a list of strings, of
+            token ids or of lists of token ids, `dimensions` outside 1-4096, or an unknown
+            `encoding_format`."""
     model = _require_model(body)
     inputs = _embedding_inputs(body)
     dimensions = body.get("dimensions", DEFAULT_EMBEDDING_DIMENSIONS)
