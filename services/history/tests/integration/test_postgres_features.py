@@ -278,3 +278,72 @@ async def test_latency_percentiles_on_postgres_match_the_python_computation(engi
     assert (row.requests, row.errors) == (7, 1)
     assert row.latency_ms_p50 == pytest.approx(percentile(latencies, 0.5))
     assert row.latency_ms_p95 == pytest.approx(percentile(latencies, 0.95))
+
+
+async def test_item_references_are_found_on_postgres(engine):
+    from switchyard.common.events import (
+        ChatCompleted,
+        ChatCompletedData,
+        ChatRequestData,
+        ChatRequested,
+        ClientAPI,
+        TokenUsage,
+        new_id,
+    )
+    from switchyard.common.responses import response_id
+    from switchyard.history.responses import ResponseStore
+
+    await _reset(engine)
+    recorder = EventRecorder(engine)
+    batch, outputs = [], []
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    for turn in range(60):  # more than one page of the search
+        at = start + timedelta(seconds=turn)
+        request = ChatRequested(
+            source="gateway",
+            tenant="acme",
+            request_id=new_id(),
+            time=at,
+            data=ChatRequestData(
+                api=ClientAPI.OPENAI_RESPONSES,
+                model="sim-small",
+                body={"model": "sim-small", "input": f"turn {turn}"},
+                user_id="alice",
+                deadline=at + timedelta(minutes=5),
+            ),
+        )
+        item = {
+            "id": f"msg_out_{turn}",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": f"answer {turn}", "annotations": []}],
+        }
+        outputs.append(item)
+        reply = ChatCompleted(
+            source="inference",
+            tenant="acme",
+            request_id=request.request_id,
+            data=ChatCompletedData(
+                api=ClientAPI.OPENAI_RESPONSES,
+                response={
+                    "id": response_id(request.request_id, at),
+                    "object": "response",
+                    "status": "completed",
+                    "output": [item],
+                },
+                provider="openai",
+                deployment="simulator",
+                usage=TokenUsage(input_tokens=2, output_tokens=2),
+                latency_ms=1,
+            ),
+        )
+        batch += [request, reply]
+    await recorder.record(batch)
+    store = ResponseStore(
+        engine, HistoryQueries(engine), TenantSettingsStore(engine), recorder, None
+    )
+
+    found = await store.items(Caller("acme", "alice", "member"), ["msg_out_0", "msg_out_59"])
+    assert found == {"msg_out_0": outputs[0], "msg_out_59": outputs[59]}
+    assert await store.items(Caller("acme", "bob", "member"), ["msg_out_0"]) == {}
