@@ -253,7 +253,25 @@ async def test_answers_in_anthropics_format_carry_its_request_id_header_too(harn
     models = await harness.client.get(
         "/v1/models", headers={**AUTH, "anthropic-version": "2023-06-01"}
     )
-    for response in (answered, refused, models):
+    wrong_base_url = await harness.client.post(
+        "/v1/v1/messages", json=MESSAGE, headers={**AUTH, "anthropic-version": "2023-06-01"}
+    )
+    for response in (answered, refused, models, wrong_base_url):
         assert response.headers["request-id"] == response.headers["x-request-id"]
     chat = await harness.client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
     assert chat.headers["x-request-id"] and "request-id" not in chat.headers
+
+
+@pytest.mark.parametrize("path", ["/v1/api-keys", "/v1/me", "/v1/admin/users"])
+async def test_credentials_sent_twice_are_refused_on_the_routes_forwarded_to_auth(harness, path):
+    response = await harness.client.get(
+        path, headers=[("authorization", "Bearer a.b.c"), ("authorization", "Bearer d.e.f")]
+    )
+    assert response.status_code == 400, response.text
+    assert error_of(response, "openai")["code"] == "duplicate_credentials"
+
+
+async def test_the_console_without_its_slash_leads_to_it(harness):
+    response = await harness.client.get("/ui", headers={"host": "evil.example"})
+    assert response.status_code == 307
+    assert response.headers["location"] == "/ui/"

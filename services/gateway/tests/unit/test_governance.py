@@ -380,6 +380,23 @@ async def test_a_budget_too_small_for_a_request_says_so_and_what_to_lower(harnes
     assert harness.requests == []
 
 
+async def test_a_request_too_costly_for_a_budget_does_not_refuse_a_smaller_one_after_it(harness):
+    limited_auth(harness, max_budget_usd=0.01)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    huge = await harness.client.post(
+        "/v1/chat/completions", json={**CHAT, "max_tokens": 10_000_000}, headers=headers
+    )
+    small = await harness.client.post(
+        "/v1/chat/completions", json={**CHAT, "max_tokens": 1}, headers=headers
+    )
+    assert huge.status_code == 429, huge.text
+    message = huge.json()["error"]["message"]
+    assert "may cost up to $" in message and "e-0" not in message
+    assert "left of the $0.01 budget" in message
+    assert small.status_code == 200, small.text
+    assert len(harness.requests) == 1
+
+
 async def test_a_refusal_is_recorded_with_the_callers_team_and_reason(harness):
     gateway = harness.app.state.gateway
     recorded: list = []

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from switchyard.common.events import ChatFailed, ChatFailedData, ErrorInfo, TerminalStatus
+from switchyard.common.testing.infra import async_wait_until
 
 from .conftest import API_KEY, chunk, completed_reply
 from .history_fakes import install
@@ -113,7 +114,11 @@ async def test_a_retry_that_waited_its_whole_wait_gets_409_saying_so(harness, hi
     first = asyncio.ensure_future(
         harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("slow"))
     )
-    await asyncio.sleep(0.1)
+    await async_wait_until(
+        lambda: asyncio.sleep(0, len(harness.requests) == 1),
+        timeout=5,
+        message="the original request running",
+    )
     patient = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("slow"))
 
     assert patient.status_code == 409

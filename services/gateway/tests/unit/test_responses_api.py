@@ -256,14 +256,15 @@ async def test_item_references_are_resolved_from_stored_responses_on_every_model
     assert not [item for item in sent if item.get("type") == "item_reference"]
 
 
-async def test_an_unknown_item_reference_is_404_naming_the_item(system):
+@pytest.mark.parametrize("item_id", ["msg_nowhere", "", "m" * 300])
+async def test_an_unknown_item_reference_is_404_naming_the_item(system, item_id):
     answer = await post(
         system,
         {
             "model": "sim-small",
             "input": [
                 {"role": "user", "content": "hi"},
-                {"type": "item_reference", "id": "msg_nowhere"},
+                {"type": "item_reference", "id": item_id},
             ],
         },
     )
@@ -271,7 +272,7 @@ async def test_an_unknown_item_reference_is_404_naming_the_item(system):
     assert answer.status_code == 404
     error = error_of(answer)
     assert (error["param"], error["code"]) == ("input[1]", "item_not_found")
-    assert "msg_nowhere" in error["message"]
+    assert item_id[:256] in error["message"]
     assert system.published == []
 
 

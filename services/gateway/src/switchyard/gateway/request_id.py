@@ -1,7 +1,8 @@
 """Every response carries `x-request-id`, whoever answers it: a model reply, an error
-the gateway answers itself (400, 401, 404, 413, 429, 503...), a CORS preflight. An answer
-in Anthropic's format carries it as `request-id` too, the header Anthropic's API sends
-and its SDKs read (`message._request_id`, `APIStatusError.request_id`).
+the gateway answers itself (400, 401, 404, 413, 429, 503...), a CORS preflight. The answer
+to a request on Anthropic's paths, or carrying `anthropic-version` (Anthropic's SDKs),
+carries it as `request-id` too, the header Anthropic's API sends and its SDKs read
+(`message._request_id`, `APIStatusError.request_id`).
 
 The id is made here, once per request, before anything else runs: a model request is
 published under it (its events, its history row and its Idempotency-Key claim all carry
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from switchyard.common.errorformat import ANTHROPIC_PATHS, SHARED_PATHS
+from switchyard.common.errorformat import ANTHROPIC_PATHS
 from switchyard.common.events import new_id
 from switchyard.common.headers import ANTHROPIC_VERSION_HEADER, REQUEST_ID_HEADER
 from switchyard.common.logging import bind_request_id
@@ -46,10 +47,10 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         bind_request_id(request_id)
         encoded = request_id.encode()
-        path = scope["path"]
-        anthropic = path.startswith(ANTHROPIC_PATHS) or (
-            path.startswith(SHARED_PATHS)
-            and any(name == ANTHROPIC_VERSION for name, _ in scope["headers"])
+        # Anthropic's paths, and any request of Anthropic's SDKs (they always send
+        # `anthropic-version`: also to a wrong base URL, answered in their format).
+        anthropic = scope["path"].startswith(ANTHROPIC_PATHS) or any(
+            name == ANTHROPIC_VERSION for name, _ in scope["headers"]
         )
 
         async def send_with_id(message: Message) -> None:

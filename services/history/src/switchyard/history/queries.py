@@ -229,13 +229,11 @@ class HistoryQueries:
         self, caller: Caller, *, limit: int, before: tuple[datetime, str] | None = None
     ) -> list[dict[str, Any]]:
         """The caller's `limit` most recent completed Responses API requests whose content
-        is stored (not deleted), newest first, before `before` (a `(created_at,
-        request_id)` key) when given: each row's `request_id`, `created_at`, `request_body`
-        and `response`."""
+        is stored (not `store: false`, deleted or metadata only: their input items are
+        kept), newest first, before `before` (a `(created_at, request_id)` key) when given:
+        each row's `request_id`, `created_at` and `response`."""
         r = requests_table.c
-        query = self._visible_to(
-            caller, r.request_id, r.created_at, r.request_body, r.response
-        ).where(
+        query = self._visible_to(caller, r.request_id, r.created_at, r.response).where(
             r.api == ClientAPI.OPENAI_RESPONSES.value,
             r.status == RequestStatus.COMPLETED.value,
             r.response_deleted_at.is_(None),

@@ -251,9 +251,7 @@ class ResponseStore:
             searched += len(rows)
             before = (rows[-1]["created_at"], rows[-1]["request_id"])
             for row in rows:
-                body, response = row["request_body"], row["response"]
-                if not isinstance(body, dict) or body.get("store") is False:
-                    continue
+                response = row["response"]
                 output = response.get("output") if isinstance(response, dict) else None
                 for item in output if isinstance(output, list) else ():
                     output_id = item.get("id") if isinstance(item, dict) else None

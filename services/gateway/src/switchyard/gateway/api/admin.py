@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from switchyard.common.errors import APIError
 from switchyard.common.governance import BudgetClock, scope_key
-from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
+from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, single_credentials
 
 # (method, path, summary, tag): every auth route the gateway exposes.
 AUTH_ROUTES: tuple[tuple[str, str, str, str], ...] = (
@@ -58,6 +58,9 @@ async def forward_to_auth(request: Request) -> Response:
     its answer back. Raises APIError 400 for a header HTTP cannot carry, 503
     (`auth_unavailable`) when auth cannot be reached."""
     gateway = request.app.state.gateway
+    # Credentials sent twice are refused here as on every other route: auth would see
+    # only one of them, perhaps not the one a proxy in front judged.
+    single_credentials(request)
     # Without the whitespace around a value (not part of it, RFC 9110 section 5.5), which
     # the HTTP client refuses to send: `Bearer ` and blanks reaches auth as `Bearer`, a
     # missing token (401), not as a failed call.

@@ -98,15 +98,11 @@ def credentials_of(raw_headers: list[tuple[bytes, bytes]]) -> tuple[str | None, 
     return authorization, api_key
 
 
-async def authenticated_principal(request: Request) -> Principal:
-    """The caller behind the credentials (the `Authorization` or `x-api-key` header),
-    whatever the route. Raises APIError 400 `duplicate_credentials` (a header sent twice),
-    401 `invalid_api_key` or 503 `auth_unavailable`."""
-    # The headers are read here rather than declared as `Header` parameters: every
-    # parameter and sub-dependency FastAPI solves costs CPU on each model request.
-    gateway = cast(Gateway, request.app.state.gateway)
+def single_credentials(request: Request) -> tuple[str | None, str | None]:
+    """`credentials_of` the request. Raises APIError 400 `duplicate_credentials` naming
+    the header sent twice."""
     try:
-        authorization, api_key = credentials_of(request.scope["headers"])
+        return credentials_of(request.scope["headers"])
     except DuplicateCredentialsError as exc:
         raise APIError(
             400,
@@ -114,6 +110,16 @@ async def authenticated_principal(request: Request) -> Principal:
             param=str(exc),
             code="duplicate_credentials",
         ) from None
+
+
+async def authenticated_principal(request: Request) -> Principal:
+    """The caller behind the credentials (the `Authorization` or `x-api-key` header),
+    whatever the route. Raises APIError 400 `duplicate_credentials` (a header sent twice),
+    401 `invalid_api_key` or 503 `auth_unavailable`."""
+    # The headers are read here rather than declared as `Header` parameters: every
+    # parameter and sub-dependency FastAPI solves costs CPU on each model request.
+    gateway = cast(Gateway, request.app.state.gateway)
+    authorization, api_key = single_credentials(request)
     try:
         return await gateway.authenticator.authenticate(authorization, api_key)
     except AuthenticationError:

@@ -35,7 +35,6 @@ OpenAI's error object, naming the field at fault.
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -143,11 +142,13 @@ async def previous_items(
     )
 
 
-# How long a reference to an item answered moments ago may wait for history to record it
-# (history's read barrier makes what was published before the read visible; this covers
-# the replica that holds it being another one), and at most how many references.
-ITEM_REFERENCE_WAIT_S = 1.0
+# When history is asked again for references it did not find (an item answered moments
+# ago whose events another history replica holds; the read barrier covers the replica
+# asked), in seconds after the first answer; and at most how many references, and how
+# long an id may be.
+ITEM_REFERENCE_RETRIES_S = (0.05, 0.25)
 MAX_ITEM_REFERENCES = 1000
+MAX_ITEM_ID_LENGTH = 256
 
 
 async def resolve_item_references(
@@ -161,25 +162,30 @@ async def resolve_item_references(
     items = body.get("input")
     if not isinstance(items, list):
         return body
-    ids = [
+    references = [
         item["id"]
         for item in items
         if isinstance(item, dict) and item.get("type") == "item_reference"
     ]
-    if not ids:
+    if not references:
         return body
-    if len(ids) > MAX_ITEM_REFERENCES:
+    if len(references) > MAX_ITEM_REFERENCES:
         raise APIError(
             400,
             f"Invalid 'input': at most {MAX_ITEM_REFERENCES} item references per request.",
             param="input",
             code="invalid_value",
         )
-    deadline = time.monotonic() + ITEM_REFERENCE_WAIT_S
-    delay = 0.01
-    while True:
+    # No id Switchyard stores is empty or longer: those are simply not found.
+    ids = [i for i in dict.fromkeys(references) if 0 < len(i) <= MAX_ITEM_ID_LENGTH]
+    found: dict[str, dict[str, Any]] = {}
+    for wait in (0.0, *ITEM_REFERENCE_RETRIES_S):
+        missing = [i for i in ids if i not in found]
+        if not missing:
+            break
+        await asyncio.sleep(wait)
         answer = await call(
-            gateway, principal, "/v1/responses/items", method="POST", json={"ids": ids}
+            gateway, principal, "/v1/responses/items", method="POST", json={"ids": missing}
         )
         if answer.status_code != 200:
             error = error_of(answer)
@@ -189,11 +195,7 @@ async def resolve_item_references(
                 param="input",
                 code=error.get("code"),
             )
-        found = {item["id"]: item for item in answer.json()["data"]}
-        if len(found) == len(set(ids)) or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.2)
+        found.update((item["id"], item) for item in answer.json()["data"])
     resolved = []
     for position, item in enumerate(items):
         if isinstance(item, dict) and item.get("type") == "item_reference":
@@ -201,7 +203,7 @@ async def resolve_item_references(
             if stored is None:
                 raise APIError(
                     404,
-                    f"Item with id '{str(item['id'])[:256]}' not found.",
+                    f"Item with id '{str(item['id'])[:MAX_ITEM_ID_LENGTH]}' not found.",
                     param=f"input[{position}]",
                     code="item_not_found",
                 )

@@ -125,11 +125,11 @@ class Refused(APIError):
                 if reset_at is not None
                 else "it does not reset (a lifetime budget)"
             )
-            if needed is not None and left is not None and left > 0:
+            if needed is not None and left is not None and 0 < left < needed:
                 message = (
-                    f"This request may cost up to ${needed:.6g} (its prompt, and its output "
-                    f"at most as long as max_tokens allows), more than the ${left:.6g} left "
-                    f"of the ${limit:g} budget for the {who}; set a lower max_tokens (or "
+                    f"This request may cost up to {_usd(needed)} (its prompt, and its output "
+                    f"at most as long as max_tokens allows), more than the {_usd(left)} left "
+                    f"of the {_usd(limit)} budget for the {who}; set a lower max_tokens (or "
                     f"max_output_tokens), or raise the budget; {when}."
                 )
             else:
@@ -163,6 +163,11 @@ class Refused(APIError):
         """Why, in a word or two, for history: e.g. `budget:team` or `rpm:api_key`."""
         word = {"spend": "budget", "requests": "rpm", "tokens": "tpm", "parallel": "parallel"}
         return f"{word[self.kind]}:{self.level}"
+
+
+def _usd(amount: float) -> str:
+    """An amount of USD as people read it: `$0.01`, `$12.5`, `$0.000007` (never `4.5e-06`)."""
+    return "$" + (f"{amount:,.6f}".rstrip("0").rstrip(".") or "0")
 
 
 def _iso(epoch: float) -> str:
@@ -502,10 +507,23 @@ class Admission:
         window_over = (
             need.period_start is not None and need.period_start != grant.window_start
         ) or (grant.window_end is not None and now >= grant.window_end)
-        if time.monotonic() >= until or window_over:
+        # The ledger found the counter too low for an earlier need; a smaller one that
+        # fits what it had left is asked for again, not refused on the earlier's account.
+        if time.monotonic() >= until or window_over or need.amount <= self._left(need, grant):
             del self._exhausted[need.counter]
             return None
         return self._refusal(need, now, grant)
+
+    def _left(self, need: _Need, grant: Grant) -> float:
+        """What the counter of `need` had left when `grant` was answered: the limit less
+        what was committed fleet-wide, plus what this replica holds unused."""
+        allowance = self._allowances.get(need.counter)
+        unused = (
+            allowance.unused
+            if allowance is not None and allowance.window_start == grant.window_start
+            else 0.0
+        )
+        return max(0.0, need.limit - grant.committed) + unused
 
     def _refusal(self, need: _Need, now: float, grant: Grant | None) -> Refused:
         REFUSED.labels(need.level.level, need.kind).inc()
@@ -514,9 +532,7 @@ class Admission:
             reset_at = grant.window_end if grant is not None else now + WINDOW_S
         elif need.kind == "spend":
             reset_at = need.period_end
-        left = None
-        if need.kind == "spend" and grant is not None:
-            left = max(0.0, need.limit - grant.committed)
+        left = self._left(need, grant) if need.kind == "spend" and grant is not None else None
         return Refused(
             level=need.level.level,
             scope_id=need.level.scope_id,
