@@ -7,7 +7,10 @@ Switchyard serves four Responses parameters itself, whatever the deployment:
 `previous_response_id` (the conversation's items come with the request,
 `ChatRequestData.previous_items`, and are sent before `input`), `store` and `metadata`
 (history keeps the state and echoes them), and `background` (the gateway answers at once
-and inference runs the request in the batch lane). None of them is sent upstream.
+and inference runs the request in the batch lane). `previous_response_id` and
+`background` are never sent upstream; `store` and `metadata` reach a deployment that
+offers the Responses API as the client sent them (its own store is its business), and
+no translated deployment.
 
 The rule of `translate.py` holds: what the target API can express is mapped; what it
 cannot is refused with `TranslationError` naming the parameter (the client gets 400),
