@@ -32,8 +32,9 @@ from typing import Any
 import orjson
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from switchyard.common.backoff import Backoff
 from switchyard.common.bus import BusUnavailableError
@@ -154,6 +155,21 @@ def deadline_exceeded(request_id: str) -> APIError:
     )
 
 
+class EventStream(StreamingResponse):
+    """A stream of Server-Sent Events relayed from the bus. Starlette runs a second task
+    beside a stream, watching for the client to go, unless the server speaks ASGI 2.4
+    (uvicorn speaks 2.3); the dispatch already watches (`Dispatch._next`), so the stream
+    is sent in the request's own task, without a task group of its own."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: send the stream. Raises ClientDisconnect when writing to a
+        connection that is gone fails."""
+        try:
+            await self.stream_response(send)
+        except OSError:
+            raise ClientDisconnect() from None
+
+
 @dataclass
 class Dispatch:
     """One admitted request, from publication to its terminal reply."""
@@ -178,6 +194,7 @@ class Dispatch:
     cache: CacheTicket | None = None
     _queue: asyncio.Queue[Reply] | None = None
     _closed: bool = False
+    _client_left: bool = False
     # Responses streams: the `sequence_number` the next event would carry.
     _next_sequence_number: int = 0
 
@@ -425,7 +442,7 @@ class Dispatch:
                     headers=headers,
                 )
             streaming = True
-            return StreamingResponse(
+            return EventStream(
                 self._relay(first),
                 media_type="text/event-stream",
                 headers={
@@ -453,6 +470,8 @@ class Dispatch:
         try:
             async for piece in self.sse(first):
                 yield piece
+        except ClientDisconnected:
+            return  # nobody reads the rest; inference was asked to stop (`_next`)
         finally:
             if not self.finished:
                 self.client_disconnected()
@@ -468,9 +487,11 @@ class Dispatch:
         )
 
     def client_disconnected(self) -> None:
-        """The client went away before the end: by default, ask inference to stop."""
-        if self.finished:
+        """The client went away before the end: by default, ask inference to stop (once,
+        however many of the stream's watchers noticed)."""
+        if self.finished or self._client_left:
             return
+        self._client_left = True
         action = self.gateway.settings.on_client_disconnect
         CANCELLED.labels(action).inc()
         if action == "cancel":
