@@ -188,6 +188,41 @@ async def test_committed_events_are_not_redelivered(kafka_servers, kafka_topics)
     await bus.stop()
 
 
+# A version 1 event whose `api` is a list: its upgrade once raised TypeError, which no
+# consumer caught (each crashed on it, again after every restart).
+V1_POISON = (
+    b'{"id": "p1", "type": "chat.requested", "source": "gateway", "time": '
+    b'"2026-12-01T00:00:00Z", "tenant": "t", "request_id": "req-p", "schema_version": 1, '
+    b'"data": {"api": ["openai"], "model": "m"}}'
+)
+
+
+async def test_a_listener_skips_what_does_not_decode_counts_it_and_goes_on(
+    kafka_servers, kafka_topics
+):
+    from switchyard.common.bus import metrics
+
+    topic = kafka_topics.replies
+    bus = await started_bus(kafka_servers, kafka_topics)
+    handled = []
+
+    async def handler(event):
+        handled.append(event.request_id)
+
+    before = metrics.EVENTS_SKIPPED.labels(topic, "undecodable")._value.get()
+    await bus.listen(topic, handler, partitions=[0])
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_servers)
+    await producer.start()
+    await asyncio.sleep(1)  # the listener starts at the end of the partition
+    for value in (V1_POISON, b"{this is not json", encode_event(request(4))):
+        await producer.send_and_wait(topic, value, partition=0)
+    await producer.stop()
+    await async_wait_until(lambda: asyncio.sleep(0, handled), timeout=30)
+    assert handled == ["req-4"]
+    assert metrics.EVENTS_SKIPPED.labels(topic, "undecodable")._value.get() == before + 2
+    await bus.stop()
+
+
 async def test_malformed_and_unknown_version_events_are_dead_lettered_and_skipped(
     kafka_servers, kafka_topics
 ):
@@ -199,6 +234,7 @@ async def test_malformed_and_unknown_version_events_are_dead_lettered_and_skippe
     # All on one partition, so the good event is behind the bad ones.
     await producer.send_and_wait(topic, b"{this is not json", key=b"k", partition=0)
     await producer.send_and_wait(topic, future_version, key=b"k", partition=0)
+    await producer.send_and_wait(topic, V1_POISON, key=b"k", partition=0)
     await producer.send_and_wait(topic, encode_event(request(3)), key=b"k", partition=0)
     await producer.stop()
 
@@ -211,8 +247,8 @@ async def test_malformed_and_unknown_version_events_are_dead_lettered_and_skippe
     await async_wait_until(lambda: asyncio.sleep(0, handled), timeout=30)
     assert handled == ["req-3"]
 
-    dead = await read_all(kafka_servers, kafka_topics.deadletter, 2)
-    assert [record.value for record in dead] == [b"{this is not json", future_version]
+    dead = await read_all(kafka_servers, kafka_topics.deadletter, 3)
+    assert [record.value for record in dead] == [b"{this is not json", future_version, V1_POISON]
     headers = dict(dead[0].headers)
     assert headers["deadletter.topic"] == topic.encode()
     assert headers["deadletter.partition"] == b"0"

@@ -6,7 +6,10 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from switchyard.common.asyncapi import asyncapi_document
 from switchyard.common.events import (
@@ -171,3 +174,75 @@ def test_version_1_chunk_and_embeddings_reply_are_upgraded():
     assert isinstance(event, ChatCompleted)
     assert event.data.api is ClientAPI.OPENAI_EMBEDDINGS
     assert event.data.usage.input_tokens == 3
+
+
+# Any JSON value: what a buggy or old producer could put anywhere in an event.
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["chat.requested", "chat.completed", "chat.chunk", "chat.failed", "x"]),
+    version=st.sampled_from([1, 2, 3, "1", None]),
+    data=st.dictionaries(
+        st.sampled_from(["api", "operation", "model", "response", "sequence", "chunk", "body"]),
+        _json_values,
+        max_size=4,
+    )
+    | _json_values,
+)
+def test_no_document_fails_decoding_other_than_as_undecodable(kind, version, data) -> None:
+    # Consumers dead-letter or skip what raises EventDecodeError; anything else raised here
+    # would crash them on one record (a version 1 event with a list in `data.api` did).
+    document = {
+        "id": "e1",
+        "type": kind,
+        "source": "gateway",
+        "time": "2026-12-01T00:00:00Z",
+        "tenant": "t",
+        "request_id": "r1",
+        "schema_version": version,
+        "data": data,
+    }
+    try:
+        decode_event(orjson.dumps(document))
+    except EventDecodeError:
+        pass
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"api": ["openai"], "model": "m"}, {"api": "openai", "operation": {"x": 1}}],
+)
+def test_a_version_1_request_naming_its_api_as_a_list_is_undecodable(data) -> None:
+    document = {
+        "id": "e1",
+        "type": "chat.requested",
+        "source": "gateway",
+        "time": "2026-12-01T00:00:00Z",
+        "tenant": "t",
+        "request_id": "r1",
+        "schema_version": 1,
+        "data": data,
+    }
+    with pytest.raises(EventDecodeError):
+        decode_event(orjson.dumps(document))
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=64))
+def test_no_bytes_fail_decoding_other_than_as_undecodable(raw) -> None:
+    try:
+        decode_event(raw)
+    except EventDecodeError:
+        pass

@@ -199,3 +199,15 @@ def test_an_entry_read_from_two_partitions_tells_each_partition_of_its_eviction(
     both.max_bytes = 0
     both.add_record("s", b"chat.chunk", b"{}", partition=1, offset=0)
     assert (3, 7) in evicted and (5, 2) in evicted
+
+
+def test_a_record_under_a_requests_key_that_is_no_event_is_as_if_absent() -> None:
+    # Written by a bad producer: a redelivered request must not fail on it.
+    index = OutcomeIndex(600)
+    index.add_record("r", b"chat.completed", b"not an event", b"\xff")
+    v1_poison = b'{"type": "chat.requested", "schema_version": 1, "data": {"api": ["x"]}}'
+    index.add_record("s", b"chat.chunk", v1_poison)
+    recorded = index.get("r")
+    assert recorded is not None and recorded.reply is None and recorded.usage is None
+    other = index.get("s")
+    assert other is not None and other.stream_started is None

@@ -532,21 +532,26 @@ class EventDecodeError(ValueError):
 
 
 def decode_event(raw: bytes | str) -> Event:
-    """The event in `raw` (JSON). Raises EventDecodeError for anything that is not a valid
-    event of a known type and a supported schema version; version 1 events are upgraded."""
+    """The event in `raw` (JSON). Raises EventDecodeError, and nothing else, for anything
+    that is not a valid event of a known type and a supported schema version (whatever its
+    bytes: consumers rely on it to dead-letter or skip a record instead of failing on it);
+    version 1 events are upgraded."""
     try:
         return _event_adapter.validate_json(raw)
     except ValueError as exc:
-        try:
-            document = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise EventDecodeError(str(exc)) from exc
-        if not isinstance(document, dict) or document.get("schema_version") != 1:
-            raise EventDecodeError(str(exc)) from exc
-        try:
-            return _event_adapter.validate_python(_upcast_v1(document))
-        except ValueError as upcast_exc:
-            raise EventDecodeError(str(upcast_exc)) from upcast_exc
+        first: Exception = exc
+    except Exception as exc:  # noqa: BLE001 - no bytes may fail a consumer
+        raise EventDecodeError(f"{type(exc).__name__}: {exc}") from exc
+    try:
+        document = orjson.loads(raw)
+    except Exception as exc:  # noqa: BLE001 - not JSON (or not bytes at all)
+        raise EventDecodeError(str(first)) from exc
+    if not isinstance(document, dict) or document.get("schema_version") != 1:
+        raise EventDecodeError(str(first)) from first
+    try:
+        return _event_adapter.validate_python(_upcast_v1(document))
+    except Exception as exc:  # noqa: BLE001 - a version 1 shape of any kind
+        raise EventDecodeError(f"version 1 event: {type(exc).__name__}: {exc}") from exc
 
 
 _V1_API = {
@@ -567,7 +572,12 @@ def _upcast_v1(document: dict[str, Any]) -> dict[str, Any]:
     data = dict(data)
     kind = document.get("type")
     if kind == "chat.requested":
-        api = _V1_API.get((data.pop("api", "openai"), data.pop("operation", "chat")))
+        api_name, operation = data.pop("api", "openai"), data.pop("operation", "chat")
+        api = (
+            _V1_API.get((api_name, operation))
+            if isinstance(api_name, str) and isinstance(operation, str)
+            else None
+        )
         data["api"] = api.value if api else None
     elif kind == "chat.completed":
         api = ClientAPI.OPENAI_CHAT_COMPLETIONS

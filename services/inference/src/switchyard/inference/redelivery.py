@@ -55,6 +55,7 @@ from switchyard.common.events import (
     ChatFailed,
     ChatRequested,
     EnvelopeFields,
+    EventDecodeError,
     UsageRecorded,
     decode_event,
     encode_event,
@@ -192,7 +193,15 @@ class OutcomeIndex:
             return None
 
         def decoded(raw: bytes | None) -> Any:
-            return decode_event(raw) if raw is not None else None
+            if raw is None:
+                return None
+            try:
+                return decode_event(raw)
+            except EventDecodeError as exc:
+                # A record under the request's key that is no event (a bad producer):
+                # as if it were not there, never a reason to fail the request.
+                log.warning("reply log skipped an undecodable record", error=str(exc)[:300])
+                return None
 
         return Recorded(
             stream_started=decoded(entry.stream_started),

@@ -1503,6 +1503,7 @@ class _Listener(_SupervisedConsumer):
             event = _decode(record)
         except EventDecodeError as exc:
             # The topic's group consumer dead-letters it; a listener only skips it.
+            metrics.EVENTS_SKIPPED.labels(record.topic, "undecodable").inc()
             log.warning(
                 "listener skipped undecodable event",
                 topic=record.topic,
@@ -1535,6 +1536,7 @@ class _Listener(_SupervisedConsumer):
         try:
             await carried.handler(decode_event(raw))
         except Exception as exc:  # noqa: BLE001 - a carried event is extra: never fatal
+            metrics.EVENTS_SKIPPED.labels(record.topic, "carried").inc()
             log.warning(
                 "listener skipped a carried event",
                 topic=record.topic,

@@ -14,6 +14,13 @@ EVENTS_DEADLETTERED = Counter(
     "Events copied to the dead-letter topic, by the topic they came from.",
     ["topic", "group", "reason"],
 )
+EVENTS_SKIPPED = Counter(
+    "switchyard_bus_events_skipped_total",
+    "Records a listener (no consumer group: the topic's group dead-letters them) skipped "
+    "without handling, by why: undecodable, or a carried event that did not decode or "
+    "whose handler failed.",
+    ["topic", "reason"],
+)
 CONSUMER_LAG = Gauge(
     "switchyard_bus_consumer_lag_events",
     "Events on a partition not yet consumed by this member (high watermark - position).",
