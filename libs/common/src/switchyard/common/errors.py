@@ -35,6 +35,22 @@ OPENAI_TYPES = {
 }
 
 
+def json_type(value: Any) -> str:
+    """How OpenAI's error messages name the JSON type of a parsed JSON `value` ("a
+    string", "an array", "null"...), as in "expected an array, but got a string"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
 class APIError(Exception):
     """Raise anywhere in a request to answer with this status and error object."""
 

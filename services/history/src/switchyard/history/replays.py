@@ -73,6 +73,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
 
 from switchyard.common.backoff import POLL_FAILURE_MAX_S, Backoff, poll_delay
+from switchyard.common.errors import json_type
 from switchyard.common.events import (
     CancelRequestData,
     ChatCancelRequested,
@@ -176,7 +177,7 @@ def parse_rate(value: object) -> tuple[int, float]:
         raise ReplayError(
             400,
             f"Invalid value for 'rate': expected a string such as 5/s, 30/m or 100/h, or a "
-            f"number of requests per second, not {_json_type(value)}.",
+            f"number of requests per second, not {json_type(value)}.",
             param="rate",
             code="invalid_rate",
         )
@@ -207,19 +208,6 @@ def parse_rate(value: object) -> tuple[int, float]:
     if amount >= 1 and amount == int(amount):
         return int(amount), period
     return 1, period / amount
-
-
-def _json_type(value: object) -> str:
-    """The JSON type of a parsed JSON value, as an error message names it."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if value is None:
-        return "null"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def format_rate(count: int, period_s: float) -> str:

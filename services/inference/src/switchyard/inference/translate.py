@@ -33,6 +33,8 @@ from typing import Any
 
 import orjson
 
+from switchyard.common.errors import json_type
+
 # Anthropic requires max_tokens; OpenAI requests often leave it out.
 DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
 
@@ -75,21 +77,6 @@ class TranslationError(ValueError):
         self.message = message
         self.param = param
         self.code = code
-
-
-def json_type(value: Any) -> str:
-    """How OpenAI's errors name the JSON type of `value` ("a string", "an array"...)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 # ---- refusals in OpenAI's words (`path` as its messages write it: `input[0].content`)

@@ -31,7 +31,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from switchyard.common.errors import APIError
+from switchyard.common.errors import APIError, json_type
 from switchyard.common.events import ClientAPI
 from switchyard.common.jsonbody import JsonTooDeep, check_json_depth
 
@@ -91,24 +91,10 @@ def invalid_type(param: str, expected: str, value: Any) -> APIError:
     string") belongs, in OpenAI's wording."""
     return APIError(
         400,
-        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
+        f"Invalid type for '{param}': expected {expected}, but got {json_type(value)} instead.",
         param=param,
         code="invalid_type",
     )
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def _model(body: dict[str, Any]) -> str:
