@@ -139,26 +139,3 @@ async def test_a_stream_the_client_left_leaves_no_wait_for_replies_behind(harnes
             timeout=2,
             message="no task left waiting for replies",
         )
-
-
-async def test_a_client_leaving_a_stream_is_cancelled_once(harness):
-    # Both the stream's wait for its next reply and its end notice the client left.
-    seen = await cancellations(harness)
-    harness.respond[0] = never_finishes
-    async with serving(harness.app) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
-        async with client.stream(
-            "POST",
-            "/v1/chat/completions",
-            json={**BODY, "stream": True},
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        ) as response:
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    break
-        await async_wait_until(
-            lambda: asyncio.sleep(0, harness.app.state.gateway.in_flight == 0),
-            timeout=5,
-            message="the request to be released",
-        )
-    await asyncio.sleep(0.2)
-    assert len(seen) == 1
