@@ -290,3 +290,36 @@ async def test_an_expiry_and_the_reply_in_one_batch_leave_only_the_reply(recorde
     row = await tables.request(request.request_id)
     assert (row["status"], row["outcome_provisional"], row["error"]) == ("completed", False, None)
     assert sorted(await tables.event_ids()) == sorted([request.id, reply.id])
+
+
+async def test_a_failing_sweep_step_stops_none_of_the_others(
+    service, recorder, events, monkeypatch
+):
+    from switchyard.history import rollup
+
+    sweeper = service.components.sweeper
+    sweeper.grace = timedelta(0)
+    sweeper.purge_interval_s = 0  # purge every round
+
+    async def caught_up() -> bool:
+        return True
+
+    sweeper.caught_up = caught_up
+    purged = []
+
+    async def broken_refresh(*_args, **_kwargs):
+        raise OverflowError("date value out of range")
+
+    async def counted_purge() -> int:
+        purged.append(True)
+        return 0
+
+    monkeypatch.setattr(rollup, "refresh", broken_refresh)
+    monkeypatch.setattr(sweeper.idempotency, "purge_expired", counted_purge)
+    request = events.requested(timeout_s=0.001)
+    await recorder.record([request])
+
+    await sweeper.sweep_once()  # does not raise
+
+    assert await _status(service, request.request_id) == "expired"
+    assert purged == [True]

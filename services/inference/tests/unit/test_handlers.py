@@ -584,3 +584,45 @@ async def test_usage_events_carry_the_cost_from_the_price_table(simulator) -> No
     assert usage.data.cost_usd == pytest.approx((4 * 2.0 + 7 * 10.0) / 1e6)
     assert usage.data.deployment == "sim"
     assert failed_usage.data.cost_usd == 0
+
+
+async def test_a_reply_partition_the_topic_lacks_is_answered_on_the_requests_own(
+    simulator,
+) -> None:
+    # A bad producer's reply address: the reply could never be written there, and
+    # retrying it would hold a slot for good (and again after a restart).
+    looked_up = []
+
+    async def twelve(topic: str) -> int:
+        looked_up.append(topic)
+        return 12
+
+    providers = ProviderPool()
+    harness = await Harness.start(
+        TOPICS,
+        routing=routing_for(simulator),
+        providers=providers,
+        backoff=Backoff(0.01, 0.05),
+        partition_count=twelve,
+    )
+    try:
+        request = chat_request(text="where do I go")
+        reply_to = request.data.reply_to.model_copy(update={"partition": 999})
+        lost = request.model_copy(
+            update={"data": request.data.model_copy(update={"reply_to": reply_to})}
+        )
+        await asyncio.wait_for(harness.handler(lost), timeout=10)
+        usage = await harness.usage_of(lost.request_id)
+        assert usage.data.status == "completed"
+        # Published by its key, not to a partition (the in-memory bus hands a record
+        # without one to every reader of the topic, partition 0's included).
+        assert [e.request_id for e in harness.other_partition] == [lost.request_id]
+
+        fine = chat_request(text="and me")  # a partition the topic has: kept
+        await harness.handle(fine)
+        assert harness.events_of(fine.request_id)
+        assert [e.request_id for e in harness.other_partition] == [lost.request_id]
+        assert looked_up == [TOPICS.replies]  # looked up once, for the unknown partition
+    finally:
+        await harness.stop()
+        await providers.aclose()

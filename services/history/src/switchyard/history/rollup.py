@@ -62,6 +62,18 @@ from switchyard.history.models import (
 )
 
 HOUR = timedelta(hours=1)
+
+
+def hour_end(hour: datetime) -> datetime:
+    """The end of the hour starting at `hour`: `hour` + 1 h, or the last time there is
+    for the last hour there is (a request dated 9999-12-31T23:xx by a bad producer must
+    not stop the rollup of every other hour)."""
+    try:
+        return hour + HOUR
+    except OverflowError:
+        return datetime.max.replace(tzinfo=hour.tzinfo)
+
+
 METRIC_COLUMNS = (
     "requests",
     "completed",
@@ -96,7 +108,7 @@ def hour_of(value: datetime) -> datetime:
 def ceil_hour(value: datetime) -> datetime:
     """`value` if it is on the hour, else the start of the next hour (UTC)."""
     floor = hour_of(value)
-    return floor if floor == value else floor + HOUR
+    return floor if floor == value else hour_end(floor)
 
 
 async def mark_dirty(
@@ -218,7 +230,7 @@ async def refresh(
                         .where(
                             r.tenant == tenant,
                             r.created_at >= hour,
-                            r.created_at < hour + HOUR,
+                            r.created_at < hour_end(hour),
                             shown(r),
                         )
                         .group_by(*[r[name] for name in columns])
@@ -280,9 +292,9 @@ def live_ranges(
         ranges.append((since, first))
     for hour in sorted(dirty_hours):
         if ranges and ranges[-1][1] == hour:
-            ranges[-1] = (ranges[-1][0], hour + HOUR)
+            ranges[-1] = (ranges[-1][0], hour_end(hour))
         else:
-            ranges.append((hour, hour + HOUR))
+            ranges.append((hour, hour_end(hour)))
     if end < until:
         if ranges and ranges[-1][1] == end:
             ranges[-1] = (ranges[-1][0], until)

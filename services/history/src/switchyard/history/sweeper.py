@@ -26,6 +26,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import structlog
 from prometheus_client import Counter
@@ -53,6 +54,12 @@ EXPIRED = Counter(
 PURGED = Counter(
     "switchyard_history_purged_total", "Rows deleted by the retention purge.", ["table"]
 )
+SWEEP_STEP_FAILURES = Counter(
+    "switchyard_history_sweep_step_failures_total",
+    "Steps of the background sweep that failed (the round's other steps still ran).",
+    ["step"],
+)
+T = TypeVar("T")
 
 
 @dataclass
@@ -259,27 +266,49 @@ class Sweeper:
         expired idempotency keys and cache entries."""
         recorded = await self.recorded_up_to()
         if recorded is not None:
-            await expire_overdue(self.engine, self.recorder, self.grace, now=recorded)
+            await self._step(
+                "expiry", expire_overdue(self.engine, self.recorder, self.grace, now=recorded)
+            )
         # Cache hits whose source's cost is now recorded get their hours marked first, so
         # this round's refresh (or a later one, once the marks are quiet) counts it.
-        await resolve_pending_hits(self.engine)
+        await self._step("cache hits", resolve_pending_hits(self.engine))
         # Hours of the usage rollup that have been quiet for a while are recomputed (a
         # report reads the others from the requests meanwhile).
-        await rollup.refresh(self.engine, settle=self.rollup_settle)
+        await self._step("rollup", rollup.refresh(self.engine, settle=self.rollup_settle))
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_purge >= self.purge_interval_s:
             self._last_purge = loop.time()
-            purged = await purge_by_retention(self.engine, self.tenants, self.retention_days)
-            keys = await self.idempotency.purge_expired()
-            answers = await self.cache.purge(expired_only=True) if self.cache else 0
-            if purged.requests or purged.events or keys or answers:
+            purged = await self._step(
+                "retention purge",
+                purge_by_retention(self.engine, self.tenants, self.retention_days),
+            )
+            keys = await self._step("idempotency keys", self.idempotency.purge_expired())
+            answers = (
+                await self._step("cache entries", self.cache.purge(expired_only=True))
+                if self.cache
+                else 0
+            )
+            if (purged and (purged.requests or purged.events)) or keys or answers:
                 log.info(
                     "retention purge",
-                    requests=purged.requests,
-                    events=purged.events,
-                    idempotency_keys=keys,
-                    cache_entries=answers,
+                    requests=purged.requests if purged else 0,
+                    events=purged.events if purged else 0,
+                    idempotency_keys=keys or 0,
+                    cache_entries=answers or 0,
                 )
+
+    async def _step(self, name: str, work: Awaitable[T]) -> T | None:
+        """Run one step of a round; a step that fails is logged and the round goes on
+        (one bad row must not stop expiry, purges and the rollup of everything else).
+        None when it failed; cancellation is raised."""
+        try:
+            return await work
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the database is down, or one bad row
+            SWEEP_STEP_FAILURES.labels(name).inc()
+            log.warning("history sweep step failed", step=name, error=repr(exc))
+            return None
 
     async def run(self, interval_s: float) -> None:
         """Sweep every `interval_s` seconds until cancelled; a failed round is logged, not

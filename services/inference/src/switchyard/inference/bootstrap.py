@@ -165,6 +165,7 @@ def build(
         backoff=Backoff(settings.retry_initial_backoff_s, settings.retry_max_backoff_s),
         adapters=Adapters(settings.anthropic_default_max_tokens),
         outcomes=outcomes,
+        partition_count=bus.partition_count if settings.bus == "kafka" else None,
     )
     runtime = InferenceRuntime(source, prices, providers, lanes, handler, outcomes)
     source.on_change(runtime._retire_stale_providers)

@@ -35,9 +35,11 @@ import asyncio
 import random
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 import structlog
 
+from switchyard.common.bus import BusUnavailableError
 from switchyard.common.events import ChatCancelRequested, ChatRequested, Event
 from switchyard.common.routing import RoutingTable
 from switchyard.common.topics import Topics
@@ -143,12 +145,19 @@ class ChatRequestHandler:
         adapters: Adapters | None = None,
         publish_retry: PublishRetry | None = None,
         outcomes: OutcomeLog | None = None,
+        partition_count: Callable[[str], Awaitable[int]] | None = None,
     ) -> None:
         """`publish` and `publish_in_order` are the bus's (without the second, a reply
         and its usage event are published one after the other). `routing` and `prices`
-        are tables, or sources holding the current `.table`.
+        are tables, or sources holding the current `.table`. `partition_count` (the
+        bus's, on a partitioned bus): a request naming a reply partition the replies
+        topic lacks is answered on its own key's partition instead (no client waits on
+        one that does not exist, and a reply sent there could never be written).
         `outcomes`: the outcomes log (`redelivery`); without one, outcomes are neither
         recorded nor looked up (a redelivered request then runs again)."""
+        self._partition_count = partition_count
+        self._reply_partitions = 0  # the replies topic's partitions, as last looked up
+        self._topics = topics
         self._routing = FixedRouting(routing) if isinstance(routing, RoutingTable) else routing
         if prices is None:
             prices = PriceTable()
@@ -206,12 +215,39 @@ class ChatRequestHandler:
         if not isinstance(event, ChatRequested):
             return  # other event types on these topics are not ours to answer
         with structlog.contextvars.bound_contextvars(request_id=event.request_id):
+            event = await self._addressable(event)
             if await self._replies.answer_again(event):
                 return
             run = RequestRun(event)
             outcome = await self._outcome(run)
             outcome.latency_ms = (time.perf_counter() - run.started) * 1000
             await self._replies.publish_outcome(run, outcome)
+
+    async def _addressable(self, request: ChatRequested) -> ChatRequested:
+        """`request`, without its reply address when the replies topic has no such
+        partition (a bad producer's: the reply could never be written, and retrying it
+        would hold a slot for good); the partition count is looked up again only for a
+        partition above the one last seen. Unchanged when the bus cannot tell."""
+        reply_to = request.data.reply_to
+        if (
+            reply_to is None
+            or self._partition_count is None
+            or reply_to.partition < self._reply_partitions
+        ):
+            return request
+        try:
+            self._reply_partitions = await self._partition_count(self._topics.replies)
+        except BusUnavailableError:
+            return request
+        if reply_to.partition < self._reply_partitions:
+            return request
+        log.warning(
+            "reply partition does not exist; answering on the request's own partition",
+            partition=reply_to.partition,
+            partitions=self._reply_partitions,
+        )
+        data = request.data.model_copy(update={"reply_to": None})
+        return request.model_copy(update={"data": data})
 
     async def cancel(self, event: Event) -> None:
         """The control-topic listener: cancel a request if this replica runs it."""
