@@ -357,24 +357,40 @@ async def test_a_listener_hands_over_the_events_records_carry_in_a_header_first(
     )
 
     def carrying(n: int) -> dict[str, bytes]:
-        return {USAGE_HEADER: encode_event(request(100 + n))}
+        # The record's own request's event (another event of the same request id).
+        return {USAGE_HEADER: encode_event(request(n).model_copy(update={"id": f"carried-{n}"}))}
 
+    from switchyard.common.bus import metrics
+
+    skipped = metrics.EVENTS_SKIPPED.labels(replies, "carried")
+    before = skipped._value.get()
     await bus.publish(replies, request(1), key="req-1", partition=0, headers=carrying(1))
     await bus.publish(replies, request(2), key="req-2", partition=0, headers=carrying(2))
     # A header that does not decode is skipped; the record's own event is handled.
     await bus.publish(
         replies, request(3), key="req-3", partition=0, headers={USAGE_HEADER: b"{not json"}
     )
+    # So is an event of another request: a record carries its own request's only.
+    wanted_carried.add("req-5")
+    await bus.publish(
+        replies,
+        request(5),
+        key="req-5",
+        partition=0,
+        headers={USAGE_HEADER: encode_event(request(1).model_copy(update={"id": "forged"}))},
+    )
     await bus.publish(replies, request(9), key="req-9", partition=0, headers=carrying(9))
     await bus.publish(replies, request(4), key="req-4", partition=0)  # carries nothing
     await async_wait_until(lambda: asyncio.sleep(0, "reply req-4" in seen), timeout=30)
     assert seen == [
-        "carried req-101",
+        "carried req-1",
         "reply req-1",
         "reply req-2",  # its carried event is not wanted: never decoded
         "reply req-3",
+        "reply req-5",
         "reply req-4",
     ]
+    assert skipped._value.get() == before + 2
     await bus.stop()
 
 

@@ -180,3 +180,23 @@ def _upstream_called(simulator, calls: int = 1):
         return simulator.calls() >= calls
 
     return found
+
+
+async def test_a_cancellation_naming_another_tenant_cancels_nothing(harness, simulator) -> None:
+    # Only the request's own client, through a gateway, cancels it.
+    foreign = cancel_request("x").model_copy(update={"tenant": "globex"})
+    early = chat_request(model="m")
+    await harness.handler.cancel(foreign.model_copy(update={"request_id": early.request_id}))
+    reply = await harness.handle(early)  # the cancellation came first, for another tenant
+    assert reply.data.response["choices"][0]["message"]["content"].startswith("Simulated")
+
+    simulator.fault(hang=True)
+    running = chat_request(model="m")
+    handling = asyncio.create_task(harness.handler(running))
+    await async_wait_until(_upstream_called(simulator), timeout=5, interval=0.01, message="call")
+    await harness.handler.cancel(foreign.model_copy(update={"request_id": running.request_id}))
+    await asyncio.sleep(0.2)
+    assert not handling.done()  # still running
+    await harness.handler.cancel(cancel_request(running.request_id))  # its own tenant's
+    assert_cancelled(await harness.reply(running.request_id, timeout=2))
+    await handling

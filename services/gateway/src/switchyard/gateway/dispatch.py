@@ -258,7 +258,7 @@ class Dispatch:
         timeout_s = gateway.settings.request_timeout_s
         ticket.attach(request_id, timeout_s)
         dispatch.deadline = dispatch.started + timeout_s
-        dispatch._queue = gateway.pending.open(dispatch.request_id)
+        dispatch._queue = gateway.pending.open(dispatch.request_id, principal.tenant)
         gateway.in_flight += 1
         IN_FLIGHT.inc()
         event = request_event(

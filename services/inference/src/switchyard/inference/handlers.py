@@ -82,7 +82,8 @@ class RunningRequests:
 
     def __init__(self, remember: int = 10_000, ttl_s: float = 600.0) -> None:
         self._running: dict[str, tuple[RequestRun, asyncio.Task[Outcome]]] = {}
-        self._early: OrderedDict[str, float] = OrderedDict()
+        # Cancellations that came first: when, and the tenant they named.
+        self._early: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
         self._remember = remember
         self._ttl_s = ttl_s
 
@@ -102,26 +103,36 @@ class RunningRequests:
         if entry is not None and entry[0] is run:
             del self._running[run.request.request_id]
 
-    def cancel(self, request_id: str) -> bool:
-        """Cancel the request if it runs here (True); otherwise remember the cancellation."""
+    def cancel(self, request_id: str, tenant: str | None = None) -> bool:
+        """Cancel the request if it runs here (True); otherwise remember the cancellation.
+        A cancellation naming another `tenant` than the request's cancels nothing (only
+        the request's own client, through a gateway, cancels it)."""
         entry = self._running.get(request_id)
         if entry is None:
-            self._early[request_id] = time.monotonic()
+            self._early[request_id] = (time.monotonic(), tenant)
             self._early.move_to_end(request_id)
             while len(self._early) > self._remember:
                 self._early.popitem(last=False)
             return False
         run, task = entry
+        if tenant is not None and run.request.tenant != tenant:
+            log.warning("cancellation of another tenant ignored", request_id=request_id)
+            return False
         if not run.cancel_requested:
             run.cancel_requested = True
             task.cancel()
         return True
 
-    def cancelled_before_start(self, request_id: str) -> bool:
-        """Whether a cancellation for `request_id` arrived before the request, within the
-        last `ttl_s` seconds; consumes it."""
-        cancelled_at = self._early.pop(request_id, None)
-        return cancelled_at is not None and time.monotonic() - cancelled_at < self._ttl_s
+    def cancelled_before_start(self, request_id: str, tenant: str | None = None) -> bool:
+        """Whether a cancellation for `request_id` (of `tenant`, when both name one)
+        arrived before the request, within the last `ttl_s` seconds; consumes it."""
+        early = self._early.pop(request_id, None)
+        if early is None:
+            return False
+        cancelled_at, cancel_tenant = early
+        if tenant is not None and cancel_tenant is not None and cancel_tenant != tenant:
+            return False
+        return time.monotonic() - cancelled_at < self._ttl_s
 
 
 class ChatRequestHandler:
@@ -251,7 +262,9 @@ class ChatRequestHandler:
 
     async def cancel(self, event: Event) -> None:
         """The control-topic listener: cancel a request if this replica runs it."""
-        if isinstance(event, ChatCancelRequested) and self.running.cancel(event.request_id):
+        if isinstance(event, ChatCancelRequested) and self.running.cancel(
+            event.request_id, event.tenant
+        ):
             log.info(
                 "request cancelled by its client",
                 request_id=event.request_id,
@@ -260,7 +273,7 @@ class ChatRequestHandler:
 
     async def _outcome(self, run: RequestRun) -> Outcome:
         request_id = run.request.request_id
-        if self.running.cancelled_before_start(request_id):
+        if self.running.cancelled_before_start(request_id, run.request.tenant):
             run.cancel_requested = True
             return self._cancelled(run)
         task = asyncio.get_running_loop().create_task(self._guarded(run))

@@ -1534,7 +1534,14 @@ class _Listener(_SupervisedConsumer):
         if carried.key_filter is not None and key is not None and not carried.key_filter(key):
             return  # not wanted: not even decoded
         try:
-            await carried.handler(decode_event(raw))
+            event = decode_event(raw)
+            if key is not None and event.request_id != key:
+                # A record carries its own request's event, never another's (a bad
+                # producer's header would otherwise settle some other request).
+                raise EventDecodeError(
+                    f"carried event of request {event.request_id!r} on a record of {key!r}"
+                )
+            await carried.handler(event)
         except Exception as exc:  # noqa: BLE001 - a carried event is extra: never fatal
             metrics.EVENTS_SKIPPED.labels(record.topic, "carried").inc()
             log.warning(
