@@ -1,18 +1,22 @@
 """A Kafka batch consumer gathers the events that arrive shortly after the first one into
 the same batch (one transaction, one commit), never beyond `max_batch` records and never
 waiting past `max_batch_wait_ms`: it pauses its partitions for the wait (no fetch while
-events arrive one by one), then takes what arrived in one poll. The consumer here is a
-fake; no broker is needed."""
+events arrive one by one), then takes what arrived: everything up to the log end offsets
+read when the wait ended, however many fetches that takes. The consumer here is a fake
+(records are their offsets); no broker is needed."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+import pytest
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import TopicPartition
 
+from switchyard.common.bus import kafka
 from switchyard.common.bus.base import RetryPolicy
-from switchyard.common.bus.kafka import RESUMED_FETCH_WAIT_MS, KafkaBus, _BatchSubscription
+from switchyard.common.bus.kafka import KafkaBus, _BatchSubscription
 
 TP0 = TopicPartition("t", 0)
 TP1 = TopicPartition("t", 1)
@@ -20,14 +24,26 @@ TP1 = TopicPartition("t", 1)
 
 class FakeConsumer:
     """Hands out prepared poll results, then nothing; records each poll's arguments and
-    which partitions were paused when it was made."""
+    which partitions were paused when it was made. `positions` is the next offset it hands
+    over per partition (advanced by what a poll hands out); `ends` the log end offsets."""
 
-    def __init__(self, polls: list[dict], assigned: set | None = None) -> None:
+    def __init__(
+        self,
+        polls: list[dict],
+        assigned: set | None = None,
+        *,
+        positions: dict | None = None,
+        ends: dict | None = None,
+    ) -> None:
         self.polls = polls
         self.assigned = assigned if assigned is not None else {TP0, TP1}
+        self.positions = positions if positions is not None else {TP0: 2, TP1: 7}
+        self.ends = ends if ends is not None else dict(self.positions)
+        self.end_offsets_error: Exception | None = None
         self.paused: set = set()
         self.pauses: list[set] = []
         self.calls: list[tuple[int, int]] = []
+        self.polled_partitions: list[set] = []
         self.paused_at_poll: list[set] = []
 
     def assignment(self) -> set:
@@ -41,13 +57,29 @@ class FakeConsumer:
         assert set(partitions) <= self.assigned  # resuming a partition not assigned raises
         self.paused -= set(partitions)
 
-    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict:
+    async def end_offsets(self, partitions: list) -> dict:
+        if self.end_offsets_error is not None:
+            raise self.end_offsets_error
+        return {tp: self.ends[tp] for tp in partitions}
+
+    async def getmany(self, *partitions, timeout_ms: int, max_records: int) -> dict:
         self.calls.append((timeout_ms, max_records))
+        self.polled_partitions.append(set(partitions))
         self.paused_at_poll.append(set(self.paused))
         if self.polls:
-            return self.polls.pop(0)
+            handed = self.polls.pop(0)
+            for tp, records in handed.items():
+                self.positions[tp] = records[-1] + 1
+            return handed
         await asyncio.sleep(timeout_ms / 1000)
         return {}
+
+
+@pytest.fixture(autouse=True)
+def positions_of_the_fake(monkeypatch):
+    """The consumer's position is read from aiokafka's subscription state; the fake keeps
+    it in `positions`."""
+    monkeypatch.setattr(kafka, "_valid_position", lambda consumer, tp: consumer.positions.get(tp))
 
 
 def subscription(max_batch: int, max_wait_ms: int) -> _BatchSubscription:
@@ -58,7 +90,7 @@ def subscription(max_batch: int, max_wait_ms: int) -> _BatchSubscription:
 
 
 async def test_events_arriving_within_the_wait_join_the_first_batch_in_offset_order():
-    consumer = FakeConsumer([{TP0: [2, 3], TP1: [7]}])
+    consumer = FakeConsumer([{TP0: [2, 3], TP1: [7]}], ends={TP0: 4, TP1: 8})
     batches = {TP0: [1]}
     await subscription(max_batch=100, max_wait_ms=50)._fill(consumer, batches)
     assert batches == {TP0: [1, 2, 3], TP1: [7]}
@@ -66,8 +98,58 @@ async def test_events_arriving_within_the_wait_join_the_first_batch_in_offset_or
     assert consumer.pauses == [{TP0, TP1}]
     assert consumer.paused_at_poll == [set()]
     assert consumer.calls[0][1] == 99  # no more than the batch has room for
-    # What arrived is in the log already: the poll after the wait is not a second wait.
-    assert consumer.calls[0][0] == RESUMED_FETCH_WAIT_MS < 50
+
+
+async def test_a_fetch_slower_than_a_round_trip_does_not_split_the_batch():
+    """On a busy host the first fetch after the wait may bring nothing yet, or only some
+    partitions: the batch still takes everything the log held when the wait ended."""
+    consumer = FakeConsumer([{}, {TP1: [7]}, {TP0: [2]}, {TP0: [3]}], ends={TP0: 4, TP1: 8})
+    batches = {TP0: [1]}
+    await subscription(max_batch=100, max_wait_ms=50)._fill(consumer, batches)
+    assert batches == {TP0: [1, 2, 3], TP1: [7]}
+    # Each fetch asks only for the partitions still short of their end.
+    assert consumer.polled_partitions == [{TP0, TP1}, {TP0, TP1}, {TP0}, {TP0}]
+    assert [room for _, room in consumer.calls] == [99, 99, 98, 97]
+
+
+async def test_what_arrives_after_the_wait_ended_is_left_for_the_next_batch():
+    consumer = FakeConsumer([{TP0: [2]}, {TP0: [3]}], ends={TP0: 3, TP1: 7})
+    batches = {TP0: [1]}
+    await subscription(max_batch=100, max_wait_ms=50)._fill(consumer, batches)
+    assert batches == {TP0: [1, 2]} and consumer.polls == [{TP0: [3]}]
+
+
+async def test_a_lone_event_is_handed_over_without_another_fetch():
+    consumer = FakeConsumer([{TP0: [2]}])  # at their log ends already
+    batches = {TP0: [1]}
+    await subscription(max_batch=100, max_wait_ms=50)._fill(consumer, batches)
+    assert batches == {TP0: [1]} and consumer.calls == []
+
+
+async def test_the_fetches_after_the_wait_stop_at_a_full_batch():
+    consumer = FakeConsumer([{TP0: [2, 3]}, {TP1: [7, 8]}], ends={TP0: 9, TP1: 20})
+    batches = {TP0: [1]}
+    await subscription(max_batch=5, max_wait_ms=50)._fill(consumer, batches)
+    assert batches == {TP0: [1, 2, 3], TP1: [7, 8]}
+    assert [room for _, room in consumer.calls] == [4, 2]
+
+
+async def test_a_broker_that_never_brings_what_arrived_holds_the_batch_only_so_long(monkeypatch):
+    monkeypatch.setattr(kafka, "RESUMED_FETCH_MAX_WAIT_MS", 200)
+    consumer = FakeConsumer([], ends={TP0: 5, TP1: 7})
+    batches = {TP0: [1]}
+    started = time.monotonic()
+    await subscription(max_batch=100, max_wait_ms=50)._fill(consumer, batches)
+    assert 0.2 <= time.monotonic() - started < 1.0
+    assert batches == {TP0: [1]}
+
+
+async def test_unreadable_log_end_offsets_leave_the_batch_as_it_is():
+    consumer = FakeConsumer([{TP0: [2]}], ends={TP0: 3, TP1: 7})
+    consumer.end_offsets_error = KafkaConnectionError("broker gone")
+    batches = {TP0: [1]}
+    await subscription(max_batch=100, max_wait_ms=50)._fill(consumer, batches)
+    assert batches == {TP0: [1]} and consumer.calls == []
 
 
 async def test_a_full_batch_is_handled_without_waiting():
@@ -80,7 +162,7 @@ async def test_a_full_batch_is_handled_without_waiting():
 
 
 async def test_partitions_taken_away_during_the_wait_are_not_resumed():
-    consumer = FakeConsumer([{TP0: [2]}])
+    consumer = FakeConsumer([{TP0: [2]}], ends={TP0: 3, TP1: 7})
 
     async def rebalance() -> None:
         await asyncio.sleep(0.01)

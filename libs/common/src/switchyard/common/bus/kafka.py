@@ -110,9 +110,10 @@ LISTENER_FETCH_MAX_WAIT_MS = 500
 # A listener that accepts a delay (`max_delay_ms`) asks the broker to hold each fetch until
 # this much is there, or the delay has passed: at most one fetch per delay under light load.
 DELAYED_LISTENER_FETCH_MIN_BYTES = 1024 * 1024
-# How long a batch consumer waits, after its paused partitions are resumed, for the fetch
-# that brings what arrived during the batch wait.
-RESUMED_FETCH_WAIT_MS = 10
+# How long, at most, a batch consumer waits after its paused partitions are resumed for the
+# fetches that bring what arrived during the batch wait (the log end offsets it read then).
+# Only a slow broker takes that long; what it has not brought by then joins the next batch.
+RESUMED_FETCH_MAX_WAIT_MS = 1000
 # Default of `commit_interval_s`: how often, at most, a busy group consumer commits.
 DEFAULT_COMMIT_INTERVAL_S = 1.0
 
@@ -1394,15 +1395,48 @@ class _BatchSubscription(_SupervisedConsumer):
         finally:
             # A rebalance meanwhile may have taken some away; new ones are not paused.
             consumer.resume(*(paused & consumer.assignment()))
-        # What arrived is in the log already: one fetch round trip brings it (a lone
-        # event does not wait a second time; what a slow fetch misses joins the next batch).
-        more = await consumer.getmany(
-            timeout_ms=min(self.max_wait_ms, RESUMED_FETCH_WAIT_MS),
-            max_records=self.max_batch - count,
-        )
-        self._polled()
-        for tp, records in more.items():
-            batches.setdefault(tp, []).extend(records)
+        await self._fetch_up_to_log_end(consumer, batches, paused & consumer.assignment())
+
+    async def _fetch_up_to_log_end(
+        self,
+        consumer: AIOKafkaConsumer,
+        batches: dict[TopicPartition, list[ConsumerRecord]],
+        partitions: set[TopicPartition],
+    ) -> None:
+        """Adds to `batches` what `partitions` held when the batch wait ended: their log end
+        offsets (one ListOffsets round trip) say what arrived, and fetches go on until the
+        consumer's position reaches them, `max_batch` records are in hand or
+        RESUMED_FETCH_MAX_WAIT_MS has passed. A lone event's partitions are at their end
+        already, so it waits no further; a fetch that took longer than one round trip (a
+        busy host) no longer splits a batch."""
+        count = sum(len(records) for records in batches.values())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RESUMED_FETCH_MAX_WAIT_MS / 1000
+        try:
+            async with asyncio.timeout_at(deadline):
+                ends: dict[TopicPartition, int] = await consumer.end_offsets(list(partitions))
+        except TimeoutError:
+            return  # a slow broker: what arrived joins the next batch
+        except KafkaError as exc:  # the offsets could not be read: the next batch has it
+            log.debug("log end offsets unread after a batch wait", error=repr(exc))
+            return
+        while count < self.max_batch and (left_ms := int((deadline - loop.time()) * 1000)) > 0:
+            behind = [
+                tp
+                for tp, end in ends.items()
+                if tp in consumer.assignment()
+                and (position := _valid_position(consumer, tp)) is not None
+                and position < end
+            ]
+            if not behind:
+                return
+            more = await consumer.getmany(
+                *behind, timeout_ms=left_ms, max_records=self.max_batch - count
+            )
+            self._polled()
+            for tp, records in more.items():
+                batches.setdefault(tp, []).extend(records)
+                count += len(records)
 
     async def _handle(self, items: list[tuple[ConsumerRecord, Event]]) -> None:
         # One child span per event, covering the batch write, so every request's trace
