@@ -101,7 +101,7 @@ def test_wrong_password_and_unknown_email_get_the_same_401(client: TestClient, c
         json={"grant_type": "password", "username": "nobody@example.com", "password": "guess-2"},
     )
     for response, password in ((wrong, "guess-1"), (unknown, "guess-2")):
-        assert_error(response, 401, "authentication_error")
+        assert_error(response, 401, "invalid_request_error")
         assert password not in response.text
         assert response.headers["www-authenticate"] == "Bearer"
     assert wrong.json() == unknown.json()
@@ -119,13 +119,13 @@ def test_a_disabled_user_cannot_sign_in(client: TestClient, create_user, run_wit
         "/v1/auth/token",
         json={"grant_type": "password", "username": "alice@example.com", "password": PASSWORD},
     )
-    error = assert_error(response, 401, "authentication_error")
+    error = assert_error(response, 401, "invalid_request_error")
     assert error["message"] == "Incorrect email or password."
     # A token issued before the user was disabled no longer creates keys.
     refused = client.post(
         "/v1/api-keys", json={}, headers={"Authorization": f"Bearer {token_from_before}"}
     )
-    assert_error(refused, 401, "authentication_error")
+    assert_error(refused, 401, "invalid_request_error")
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ def test_internal_lookup_requires_the_internal_token(
         headers={"x-switchyard-internal-token": "guess"},
     )
     for response in (missing, wrong):
-        assert_error(response, 401, "authentication_error")
+        assert_error(response, 401, "invalid_request_error")
     assert_error(
         client.post("/internal/v1/api-keys/lookup", json=body, headers=internal),
         404,
@@ -259,12 +259,12 @@ def test_a_signed_in_user_creates_a_key_that_the_gateway_can_resolve(
 def test_creating_a_key_needs_a_valid_access_token(client: TestClient, create_user) -> None:
     create_user()
     no_token = client.post("/v1/api-keys", json={})
-    assert assert_error(no_token, 401, "authentication_error")["code"] == "missing_token"
+    assert assert_error(no_token, 401, "invalid_request_error")["code"] == "missing_token"
     garbage = client.post("/v1/api-keys", json={}, headers={"Authorization": "Bearer abc.def.ghi"})
-    assert assert_error(garbage, 401, "authentication_error")["code"] == "invalid_token"
+    assert assert_error(garbage, 401, "invalid_request_error")["code"] == "invalid_token"
     # An API key where an access token is needed is told so, not called invalid.
     key = client.get("/v1/me", headers={"Authorization": "Bearer sk-sy-" + "a" * 43})
-    error = assert_error(key, 401, "authentication_error")
+    error = assert_error(key, 401, "invalid_request_error")
     assert error["code"] == "invalid_token" and "not an API key" in error["message"]
     token = password_token(client)
     bad_scope = client.post(
@@ -339,5 +339,5 @@ def test_internal_key_by_id_tells_the_state_of_any_key_and_needs_the_internal_to
     assert assert_error(unknown, 404, "invalid_request_error")["code"] == "api_key_not_found"
     for headers in ({}, {"x-switchyard-internal-token": "guess"}):
         outsider = client.get(f"/internal/v1/api-keys/{live.record.id}", headers=headers)
-        assert_error(outsider, 401, "authentication_error")
+        assert_error(outsider, 401, "invalid_request_error")
         assert live.record.id not in outsider.text

@@ -151,7 +151,7 @@ def assert_refused(response, token: str, status: int = 401) -> None:
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert error["type"] == "authentication_error" and error["code"] == "invalid_api_key"
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_api_key"
     assert response.headers["www-authenticate"] == "Bearer"
     for part in token.split("."):
         if len(part) > 8:

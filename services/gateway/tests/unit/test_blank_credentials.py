@@ -35,7 +35,7 @@ def auth_over_the_wire(seen: list[httpx.Request]):
                 json={
                     "error": {
                         "message": "An access token is required.",
-                        "type": "authentication_error",
+                        "type": "invalid_request_error",
                         "param": None,
                         "code": "missing_token",
                     }
@@ -99,7 +99,7 @@ async def test_a_blank_credential_on_chat_completions_is_an_openai_401(harness, 
     response = await harness.client.post("/v1/chat/completions", json=CHAT, headers=headers)
     assert response.status_code == 401, response.text
     error = response.json()["error"]
-    assert error["type"] == "authentication_error" and error["code"] == "invalid_api_key"
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_api_key"
     assert harness.requests == []
 
 

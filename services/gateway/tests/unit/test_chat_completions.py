@@ -74,7 +74,7 @@ async def test_missing_or_invalid_credentials_get_401(harness, headers):
     response = await harness.client.post("/v1/chat/completions", json=BODY, headers=headers)
     error = assert_openai_error(response, 401, "invalid_api_key")
     assert "sk-sy-unknown" not in response.text
-    assert error["type"] == "authentication_error"
+    assert error["type"] == "invalid_request_error"
     assert not harness.requests
 
 

@@ -43,7 +43,7 @@ def bus_down(harness) -> None:
 
 CASES = {
     "malformed": (400, {"openai": "invalid_request_error", "anthropic": "invalid_request_error"}),
-    "credentials": (401, {"openai": "authentication_error", "anthropic": "authentication_error"}),
+    "credentials": (401, {"openai": "invalid_request_error", "anthropic": "authentication_error"}),
     "model": (404, {"openai": "invalid_request_error", "anthropic": "not_found_error"}),
     "too_large": (413, {"openai": "invalid_request_error", "anthropic": "request_too_large"}),
     "busy": (429, {"openai": "rate_limit_error", "anthropic": "rate_limit_error"}),

@@ -185,7 +185,7 @@ async def test_calls_without_the_internal_token_are_refused(service, path):
 
     for response in (missing, wrong):
         assert response.status_code == 401
-        assert response.json()["error"]["type"] == "authentication_error"
+        assert response.json()["error"]["type"] == "invalid_request_error"
 
 
 async def test_calls_without_caller_identity_are_refused(service):

@@ -118,7 +118,7 @@ _ERRORS: dict[int, tuple[str, str, str, str]] = {
     ),
     401: (
         "Missing or invalid credentials.",
-        "authentication_error",
+        "invalid_request_error",
         "invalid_api_key",
         "Invalid or missing credentials.",
     ),

@@ -74,12 +74,15 @@ def vendor_of(
 def error_type(vendor: Vendor | str, status: int) -> str:
     """The error `type` the API of `vendor` (`anthropic`; any other name means OpenAI's)
     uses for HTTP `status`: its documented word for the status, else
-    `invalid_request_error` for a 4xx and `api_error` for anything else."""
+    `invalid_request_error` for a 4xx and the API's word for a server failure
+    (`api_error`, OpenAI's `server_error`) for anything else."""
     types = ANTHROPIC_TYPES if vendor == "anthropic" else OPENAI_TYPES
     kind = types.get(status)
     if kind is not None:
         return kind
-    return "invalid_request_error" if 400 <= status < 500 else "api_error"
+    if 400 <= status < 500:
+        return "invalid_request_error"
+    return "api_error" if vendor == "anthropic" else "server_error"
 
 
 def status_of(vendor: Vendor | str, type: str) -> int | None:

@@ -14,11 +14,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 # OpenAI's error `type` by HTTP status (the OpenAI API reference, "Error codes", and the
-# types its SDKs and servers answer with: a model, a route or an object not found is a 404
-# `invalid_request_error`, code `model_not_found` for a model).
+# types its servers answer with: an unknown API key is a 401 `invalid_request_error`, code
+# `invalid_api_key`; a model, a route or an object not found is a 404
+# `invalid_request_error`, code `model_not_found` for a model; a failure of the server
+# itself is a 500 `server_error`).
 OPENAI_TYPES = {
     400: "invalid_request_error",
-    401: "authentication_error",
+    401: "invalid_request_error",
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
@@ -28,7 +30,7 @@ OPENAI_TYPES = {
     422: "invalid_request_error",
     429: "rate_limit_error",
     431: "invalid_request_error",
-    500: "api_error",
+    500: "server_error",
     502: "upstream_error",
     503: "service_unavailable",
     504: "timeout_error",
@@ -68,7 +70,7 @@ class APIError(Exception):
         self.status = status
         self.message = message
         self.type = type or OPENAI_TYPES.get(
-            status, "invalid_request_error" if 400 <= status < 500 else "api_error"
+            status, "invalid_request_error" if 400 <= status < 500 else "server_error"
         )
         self.code = code
         self.param = param

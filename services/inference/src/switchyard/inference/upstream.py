@@ -358,6 +358,8 @@ def stream_error(deployment: Deployment, protocol: Protocol_, error: Any) -> Pro
     status = (status_of(protocol, kind) if kind else None) or 500
     if kind == "overloaded_error":
         status = 529
+    if kind == "authentication_error":  # Anthropic's word, and many OpenAI-compatible servers'
+        status = 401
     if kind in ("server_error", "api_error"):
         status = 500
     message = redact(_str(error.get("message")) or "The stream failed.", _secrets(deployment))
