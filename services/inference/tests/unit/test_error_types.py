@@ -72,3 +72,25 @@ def test_an_anthropic_stream_error_gets_the_status_its_type_stands_for(
     failure = stream_error(DEPLOYMENT, "anthropic", {"type": kind, "message": "no"})
 
     assert (failure.status, failure.type) == (status, kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [
+        ("invalid_request_error", 400),
+        ("authentication_error", 401),
+        ("rate_limit_error", 429),
+        ("server_error", 500),
+        ("made_up_error", 500),
+    ],
+)
+def test_an_openai_stream_error_gets_the_status_its_type_stands_for(kind: str, status: int) -> None:
+    failure = stream_error(DEPLOYMENT, "openai", {"type": kind, "message": "no"})
+
+    assert (failure.status, failure.type) == (status, kind)
+
+
+def test_openais_format_names_a_bad_key_and_a_server_failure_as_openai_does() -> None:
+    assert error_type("openai", 401) == "invalid_request_error"
+    assert error_type("openai", 500) == error_type("openai", 507) == "server_error"
+    assert error_type("anthropic", 401) == "authentication_error"
