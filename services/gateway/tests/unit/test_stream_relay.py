@@ -307,3 +307,21 @@ async def test_text_delta_events_carry_exactly_what_inference_sent(harness):
     [(name, data)] = await parsed_events(raw)
     assert name == "content_block_delta"
     assert orjson.loads(data)["delta"]["text"] == 'quote " and \\ and \n newline'
+
+
+async def test_records_waiting_for_a_missing_one_are_held_only_so_many(harness, monkeypatch):
+    """A gap in a run's records (one lost, or records forged further on) does not make the
+    relay hold what follows without bound: past the limit the stream ends as interrupted."""
+    from switchyard.gateway import dispatch
+
+    monkeypatch.setattr(dispatch, "MAX_HELD_STREAM_RECORDS", 5)
+
+    async def gapped(request):
+        after_a_gap = [chunk(request, n, f"held {n}") for n in range(2, 9)]
+        return [chunk(request, 0, "Hel"), *after_a_gap, completed_reply(request, "Hello")]
+
+    harness.respond[0] = gapped
+    _, raw = await raw_stream(harness, "/v1/chat/completions", CHAT)
+
+    assert b"Hel" in raw and b"held" not in raw
+    assert b"stream_interrupted" in raw and b"[DONE]" not in raw

@@ -112,6 +112,10 @@ UNCONFIRMED_CANCEL_RETRY_S = 300.0
 _CANCEL_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)
 # Ends an OpenAI Chat Completions stream (the only API here that marks its end this way).
 DONE = b"data: [DONE]\n\n"
+# Stream records a relay holds while one before them is missing. Inference publishes a
+# run's records in order on one partition, so a gap means a record was lost or forged:
+# past this many the stream ends as interrupted instead of holding them without bound.
+MAX_HELD_STREAM_RECORDS = 1_000
 # U+0085, U+2028 and U+2029 are legal raw in JSON, and orjson writes them raw, but many
 # line readers (Python's str.splitlines, httpx's iter_lines) break lines at them: sent
 # escaped, the same JSON value reaches every client in one line.
@@ -366,7 +370,8 @@ class Dispatch:
         `sequence` order (records that arrive early wait for the ones before them),
         duplicates dropped (a redelivered request answered twice), ending as the API ends
         a stream. A record of another `run` at a position not relayed yet ends the stream
-        with an error instead: two executions are never spliced into one answer."""
+        with an error instead: two executions are never spliced into one answer; so do
+        more than MAX_HELD_STREAM_RECORDS records waiting for a missing one."""
         next_sequence = 0
         run: str | None = None
         early: dict[int, ChatChunk] = {}
@@ -389,6 +394,10 @@ class Dispatch:
                         yield self._stream_failure(self._interrupted_error())
                         return
                     early[data.sequence] = reply
+                    if len(early) > MAX_HELD_STREAM_RECORDS:
+                        log.warning("stream records missing", missing_from=next_sequence)
+                        yield self._stream_failure(self._interrupted_error())
+                        return
                     while next_sequence in early:
                         record = early.pop(next_sequence)
                         next_sequence += 1
