@@ -147,3 +147,35 @@ async def test_a_tenant_switched_to_metadata_only_is_honoured_by_the_next_batch(
     assert prompt not in str(rows[second.request_id]["response"])
     assert prompt not in str(payloads[second.id])
     assert prompt in str(rows[third.request_id]["request_body"])
+
+
+async def test_events_naming_another_tenant_leave_the_row_as_it_was(engine, events):
+    recorder = EventRecorder(engine)
+    request = events.requested()
+    await recorder.record([request])
+    forged_reply = events.completed(request, answer="forged")
+    forged_usage = events.usage(request)
+
+    await recorder.record(
+        [
+            forged_reply.model_copy(update={"tenant": "intruder"}),
+            forged_usage.model_copy(update={"tenant": "intruder"}),
+        ]
+    )
+
+    async with engine.connect() as connection:
+        row = (
+            (
+                await connection.execute(
+                    select(requests_table).where(requests_table.c.request_id == request.request_id)
+                )
+            )
+            .mappings()
+            .one()
+        )
+    assert (row["tenant"], row["status"], row["response"], row["cost_usd"]) == (
+        "acme",
+        "pending",
+        None,
+        None,
+    )

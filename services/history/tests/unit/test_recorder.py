@@ -164,3 +164,35 @@ async def test_a_reply_alone_creates_a_row_that_the_request_completes(recorder, 
     assert row["request_body"] == request.data.body
     assert (row["user_id"], row["model"], row["status"]) == ("carol", "sim-large", "completed")
     assert row["deadline"] == request.data.deadline
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["apart", "in-one-batch"])
+async def test_events_naming_another_tenant_do_not_change_a_requests_row(
+    recorder, tables, events, together
+):
+    """A reply or usage record written under another tenant's request id (a producer with
+    access to the topics) is stored as an event, but is not that request's outcome: the
+    row keeps its tenant, status, answer and cost, and the request's own reply still
+    completes it."""
+    request = events.requested()
+    forged = [
+        events.completed(request, answer="forged").model_copy(update={"tenant": "intruder"}),
+        events.usage(request, cost_usd=99.0).model_copy(update={"tenant": "intruder"}),
+    ]
+    if together:
+        await recorder.record([request, *forged])
+    else:
+        await recorder.record([request])
+        await recorder.record(forged)
+    row = await tables.request(request.request_id)
+    assert (row["tenant"], row["status"], row["response"], row["cost_usd"]) == (
+        "acme",
+        "pending",
+        None,
+        None,
+    )
+
+    await recorder.record([events.completed(request, answer="4")])
+    row = await tables.request(request.request_id)
+    assert row["tenant"] == "acme" and row["status"] == "completed"
+    assert row["response"]["choices"][0]["message"]["content"] == "4"

@@ -12,6 +12,9 @@ independent of the order contributions are applied in:
   model, API) stand in. A request refused at admission never has a `chat.requested`: the
   gateway's `chat.failed` (status `refused`, the reason in its error) and `usage.recorded`
   (who, which model and API, zero usage) are its whole record;
+- a contribution naming another tenant than the row's changes nothing (every event of a
+  request carries the request's tenant; only a producer writing under another tenant's
+  request id makes one differ);
 - the status leaves 'pending' once, to the first terminal status applied; the reply,
   error and completion time travel with that status and are never overwritten. One
   exception: history's own expiry (the sweeper's, `outcome_provisional`) only stands until
@@ -203,6 +206,15 @@ MERGE_RULES: dict[str, tuple[str, str]] = {
 }
 
 
+def same_tenant(existing: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether contribution `new` may change row `existing`: not when both name a tenant
+    and the tenants differ (an event under another tenant's request id is not that
+    request's, whatever it says)."""
+    return (
+        existing["tenant"] is None or new["tenant"] is None or existing["tenant"] == new["tenant"]
+    )
+
+
 def merge(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """What the upsert makes of row `existing` when contribution `new` arrives (the same
     rules, in Python). Used to fold the contributions one batch holds for a request into
@@ -217,6 +229,9 @@ def merge(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         USAGE_ARRIVES: existing["cost_usd"] is None and new["cost_usd"] is not None,
     }
     merged = {"request_id": existing["request_id"]}
+    if not same_tenant(existing, new):
+        merged.update((name, existing[name]) for name in MERGE_RULES)
+        return merged
     for name, (kind, condition) in MERGE_RULES.items():
         old_value, new_value = existing[name], new[name]
         if kind == "replace":
@@ -260,4 +275,11 @@ def upsert_statement(
                 (conditions[condition], func.coalesce(new[name], existing[name])),
                 else_=func.coalesce(existing[name], new[name]),
             )
-    return insert.on_conflict_do_update(index_elements=[existing.request_id], set_=updates)
+    # A contribution naming another tenant than the row's is not the request's own (only a
+    # producer writing events under someone else's request id makes one): it changes nothing.
+    same_tenant = or_(
+        existing.tenant.is_(None), new.tenant.is_(None), existing.tenant == new.tenant
+    )
+    return insert.on_conflict_do_update(
+        index_elements=[existing.request_id], set_=updates, where=same_tenant
+    )
