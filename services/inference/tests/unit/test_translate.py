@@ -697,6 +697,80 @@ OPENAI_TOOL_STREAM = [
 ]
 
 
+def tool_call(index: int, arguments: str, call_id: str | None = None) -> dict:
+    call: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+    if call_id is not None:
+        call.update(id=call_id, type="function")
+        call["function"]["name"] = "w"
+    return openai_chunk({"tool_calls": [call]})
+
+
+def block_deltas_between_start_and_stop(events: list[dict]) -> None:
+    """Every delta of a block comes after its start and before its stop."""
+    open_blocks: set[int] = set()
+    for event in events:
+        if event["type"] == "content_block_start":
+            open_blocks.add(event["index"])
+        elif event["type"] == "content_block_delta":
+            assert event["index"] in open_blocks, event
+        elif event["type"] == "content_block_stop":
+            open_blocks.remove(event["index"])
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [  # the second call starts while the first's arguments are unfinished
+            tool_call(0, "", "call_a"),
+            tool_call(0, '{"location":'),
+            tool_call(1, '{"locat', "call_b"),
+            tool_call(0, ' "Oslo"}'),
+            tool_call(1, 'ion": "Rome"}'),
+        ],
+        [  # three calls, all interleaved, the last one finishing first
+            tool_call(0, '{"location":', "call_a"),
+            tool_call(1, '{"location":', "call_b"),
+            tool_call(2, '{"location": "Bern"}', "call_c"),
+            tool_call(1, ' "Rome"}'),
+            tool_call(0, ' "Oslo"}'),
+        ],
+    ],
+    ids=["two", "three"],
+)
+def test_interleaved_parallel_tool_calls_become_whole_blocks_one_after_another(chunks) -> None:
+    converter = ChatChunksToMessageEvents("m")
+    events = [event for chunk in chunks for event in converter.feed(chunk)]
+    events += converter.feed(openai_chunk({}, "tool_calls"))
+    events += converter.finish()
+
+    block_deltas_between_start_and_stop(events)
+    snapshot, buffers = None, {}
+    inputs_at_stop = []
+    for event in events:
+        STREAM_EVENT.validate_python(event)
+        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=buffers)
+        if event["type"] == "content_block_stop":  # where a client takes the call as made
+            inputs_at_stop.append(snapshot.content[event["index"]].input)
+    assert [block.id for block in snapshot.content] == ["call_a", "call_b", "call_c"][
+        : len(snapshot.content)
+    ]
+    expected = [{"location": "Oslo"}, {"location": "Rome"}, {"location": "Bern"}]
+    assert inputs_at_stop == [block.input for block in snapshot.content]
+    assert inputs_at_stop == expected[: len(inputs_at_stop)]
+
+
+def test_a_call_after_a_finished_one_streams_at_once() -> None:
+    converter = ChatChunksToMessageEvents("m")
+    converter.feed(tool_call(0, '{"location": "Oslo"}', "call_a"))
+    events = converter.feed(tool_call(1, '{"loc', "call_b"))
+
+    assert [event["type"] for event in events] == [
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+    ]
+
+
 def test_openai_stream_becomes_the_anthropic_event_sequence() -> None:
     converter = ChatChunksToMessageEvents("public-model")
     events = [event for chunk in OPENAI_TOOL_STREAM for event in converter.feed(chunk)]
@@ -1082,3 +1156,24 @@ def test_message_accumulator_assembles_thinking_tools_stop_and_usage() -> None:
     assert parsed.content[0].thinking == "Hm" and parsed.content[0].signature == "S1"
     assert parsed.content[1].input == {"location": "Oslo"}
     assert parsed.stop_reason == "tool_use" and parsed.usage.output_tokens == 9
+
+
+def test_a_streamed_refusal_stops_for_refusal_as_a_whole_reply_does() -> None:
+    converter = ChatChunksToMessageEvents("m")
+    events = converter.feed(openai_chunk({"role": "assistant", "refusal": "I can't"}))
+    events += converter.feed(openai_chunk({"refusal": " help with that."}, "stop"))
+    events += converter.finish()
+    whole = chat_completion_to_message(
+        {
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": None, "refusal": "I can't"},
+                    "finish_reason": "stop",
+                }
+            ]
+        },
+        "m",
+    )
+
+    assert events[-2]["delta"]["stop_reason"] == whole["stop_reason"] == "refusal"

@@ -1335,6 +1335,12 @@ class ChatChunksToMessageEvents:
         self._next_index = 0
         self._open: tuple[str, int] | None = None  # ("text", index) or ("tool", tool index)
         self._tool_blocks: dict[int, int] = {}  # OpenAI tool_call index -> block index
+        self._arguments: list[str] = []  # the open tool call's arguments so far
+        # A reply that is a refusal alone stops for `refusal`, as a whole reply does.
+        self._content_seen = False
+        self._refusal_seen = False
+        # Calls started while the open one was unfinished: index -> (block, arguments).
+        self._held: dict[int, tuple[dict[str, Any], list[str]]] = {}
 
     def _start(self, chunk: dict[str, Any] | None) -> list[dict[str, Any]]:
         self._started = True
@@ -1386,7 +1392,12 @@ class ChatChunksToMessageEvents:
                 continue
             delta = choice.get("delta") or {}
             text = delta.get("content") or delta.get("refusal")
+            if delta.get("content"):
+                self._content_seen = True
+            elif text:
+                self._refusal_seen = True
             if text:
+                events += self._release_held(until_incomplete=False)
                 if self._open is None or self._open[0] != "text":
                     index, opened = self._open_block({"type": "text", "text": ""})
                     events += opened
@@ -1406,35 +1417,83 @@ class ChatChunksToMessageEvents:
                 self.stop_sequence = _matched_stop_sequence(choice)
                 if self.stop_sequence is not None and self.stop_reason == "end_turn":
                     self.stop_reason = "stop_sequence"
+                events += self._release_held(until_incomplete=False)
                 events += self._close_block()
         return events
 
     def _tool_delta(self, call: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events of one `tool_calls` delta. A block streams live while it is the open
+        one; a call that starts while the open call's arguments are not yet a whole JSON
+        value (parallel calls interleaved, as OpenAI's format allows) is held until they
+        are, or the stream ends: an Anthropic block gets all its deltas between its
+        `content_block_start` and `content_block_stop`, and a block cannot be reopened."""
         events: list[dict[str, Any]] = []
         key = call.get("index", 0)
         function = call.get("function") or {}
-        if key not in self._tool_blocks:
-            index, events = self._open_block(
-                {
-                    "type": "tool_use",
-                    "id": call.get("id") or _new_id("toolu_"),
-                    "name": function.get("name") or "",
-                    "input": {},
-                }
-            )
-            self._tool_blocks[key] = index
-            self._open = ("tool", key)
-        # Arguments of a call whose block is no longer open (interleaved parallel calls)
-        # still go to the block they belong to: Anthropic blocks cannot be reopened.
         arguments = function.get("arguments")
+        arguments = arguments if isinstance(arguments, str) else ""
+        held = self._held.get(key)
+        if held is not None:
+            held[1].append(arguments)
+            return events
+        if key not in self._tool_blocks:
+            block = {
+                "type": "tool_use",
+                "id": call.get("id") or _new_id("toolu_"),
+                "name": function.get("name") or "",
+                "input": {},
+            }
+            if self._open is not None and self._open[0] == "tool" and not self._whole_arguments():
+                self._held[key] = (block, [arguments])
+                return events
+            events += self._open_tool(key, block)
         if arguments:
-            events.append(
-                {
-                    "type": "content_block_delta",
-                    "index": self._tool_blocks[key],
-                    "delta": {"type": "input_json_delta", "partial_json": arguments},
-                }
-            )
+            if self._open == ("tool", key):
+                self._arguments.append(arguments)
+            # Arguments of a call whose block was closed (more after a whole JSON value)
+            # still go to the block they belong to: Anthropic blocks cannot be reopened.
+            events.append(self._arguments_delta(key, arguments))
+        if self._held and self._whole_arguments():
+            events += self._release_held(until_incomplete=True)
+        return events
+
+    def _open_tool(self, key: int, block: dict[str, Any]) -> list[dict[str, Any]]:
+        index, events = self._open_block(block)
+        self._tool_blocks[key] = index
+        self._open = ("tool", key)
+        self._arguments = []
+        return events
+
+    def _arguments_delta(self, key: int, arguments: str) -> dict[str, Any]:
+        return {
+            "type": "content_block_delta",
+            "index": self._tool_blocks[key],
+            "delta": {"type": "input_json_delta", "partial_json": arguments},
+        }
+
+    def _whole_arguments(self) -> bool:
+        """Whether the open tool call's arguments so far are one whole JSON value."""
+        try:
+            orjson.loads("".join(self._arguments))
+        except orjson.JSONDecodeError:
+            return False
+        return True
+
+    def _release_held(self, *, until_incomplete: bool) -> list[dict[str, Any]]:
+        """Opens the held calls in the order they started, each with the arguments held for
+        it; with `until_incomplete`, stops at one whose arguments are not whole yet (it
+        stays open and streams live from then on)."""
+        events: list[dict[str, Any]] = []
+        while self._held:
+            key = next(iter(self._held))
+            block, pieces = self._held.pop(key)
+            events += self._open_tool(key, block)
+            arguments = "".join(pieces)
+            if arguments:
+                self._arguments.append(arguments)
+                events.append(self._arguments_delta(key, arguments))
+            if until_incomplete and not self._whole_arguments():
+                break
         return events
 
     def finish(self) -> list[dict[str, Any]]:
@@ -1444,8 +1503,11 @@ class ChatChunksToMessageEvents:
         if self._finished:
             return []
         events = [] if self._started else self._start(None)
+        events += self._release_held(until_incomplete=False)
         events += self._close_block()
         self._finished = True
+        if self._refusal_seen and not self._content_seen:
+            self.stop_reason = "refusal"
         usage = self.usage or {"input_tokens": 0, "output_tokens": 0}
         events.append(
             {
