@@ -1437,7 +1437,7 @@ class ChatChunksToMessageEvents:
             held[1].append(arguments)
             return events
         if key not in self._tool_blocks:
-            block = {
+            block: dict[str, Any] = {
                 "type": "tool_use",
                 "id": call.get("id") or _new_id("toolu_"),
                 "name": function.get("name") or "",
