@@ -143,8 +143,8 @@ async def test_requests_that_ran_nothing_release_the_key(harness, history):
     assert len(harness.requests) == 1
 
 
-async def test_a_failed_request_is_replayed_as_it_failed(harness, history):
-    async def rate_limited(request):
+def failing(status: int, kind: str):
+    async def respond(request):
         return [
             ChatFailed(
                 source="test",
@@ -152,18 +152,49 @@ async def test_a_failed_request_is_replayed_as_it_failed(harness, history):
                 request_id=request.request_id,
                 data=ChatFailedData(
                     status=TerminalStatus.FAILED,
-                    error=ErrorInfo(status=429, type="rate_limit_error", message="slow down"),
+                    error=ErrorInfo(status=status, type=kind, message="no"),
                 ),
             )
         ]
 
-    harness.respond[0] = rate_limited
+    return respond
+
+
+async def test_a_failed_request_is_replayed_as_it_failed(harness, history):
+    harness.respond[0] = failing(400, "invalid_request_error")  # e.g. the context is too long
     first = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("f"))
     again = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("f"))
 
-    assert first.status_code == again.status_code == 429
+    assert first.status_code == again.status_code == 400
     assert first.content == again.content
+    assert again.headers["idempotent-replayed"] == "true"
     assert len(harness.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (429, "rate_limit_error"),
+        (500, "server_error"),
+        (502, "upstream_error"),
+        (503, "service_unavailable"),
+        (504, "timeout_error"),
+        (408, "timeout_error"),
+    ],
+)
+async def test_a_failure_the_client_is_told_to_retry_lets_a_retry_with_the_key_run(
+    harness, history, status, kind
+):
+    harness.respond[0] = failing(status, kind)
+    first = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("r"))
+    harness.respond[0] = lambda request: asyncio.sleep(0, [completed_reply(request, "ok now")])
+    again = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("r"))
+    replayed = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("r"))
+
+    assert first.status_code == status
+    assert again.status_code == 200 and "idempotent-replayed" not in again.headers
+    assert replayed.content == again.content and replayed.headers["idempotent-replayed"] == "true"
+    assert len(harness.requests) == 2
 
 
 async def test_streams_are_replayed_whole(harness, history):

@@ -15,6 +15,9 @@ Within 24 hours, for the same tenant:
 
 Responses that ran nothing — invalid bodies, unknown models, a full gateway, the bus
 being down, a client that went away — are not kept: the key is released and a retry runs.
+Nor are failures the client is told to retry (408, 429, 5xx: a rate limit, an upstream
+down or timing out): a retry with the key runs the request again. Other failures (a 400
+from the upstream, say) are replayed as they failed.
 Without the header nothing changes, and the check costs one scan of the request headers.
 
 The caller is checked before anything is claimed or replayed — credentials, the route's
@@ -75,8 +78,17 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
 # Beyond the request's own deadline, how long a claim stays with the replica running it.
 LEASE_MARGIN_S = 30.0
-# Responses without x-request-id ran nothing (refused before publishing): not kept.
-_NOT_KEPT_STATUSES = frozenset({499})
+# Responses without x-request-id ran nothing (refused before publishing): not kept. Nor
+# are failures a client is told to retry (a timeout, a rate limit, a server or upstream
+# failure): replaying them would answer every retry with the same failure for the key's
+# whole lifetime, defeating the retry the key exists for.
+_NOT_KEPT_STATUSES = frozenset({408, 429, 499})
+
+
+def _kept_status(status: int) -> bool:
+    """Whether an answer with HTTP `status` is stored for replay under its key."""
+    return status < 500 and status not in _NOT_KEPT_STATUSES
+
 
 OUTCOMES = Counter(
     "switchyard_gateway_idempotency_total",
@@ -408,7 +420,7 @@ class IdempotencyMiddleware:
                 log.error("could not settle an idempotency claim", error=str(exc))
 
         def keep() -> bool:
-            return request_id is not None and status not in _NOT_KEPT_STATUSES and size <= max_bytes
+            return request_id is not None and _kept_status(status) and size <= max_bytes
 
         async def capturing_send(message: Message) -> None:
             nonlocal status, content_type, request_id, size
