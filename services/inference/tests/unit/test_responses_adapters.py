@@ -641,6 +641,7 @@ async def test_responses_are_translated_once_for_an_anthropic_deployment(harness
     body = translated_body()
     body["text"] = {"format": {"type": "json_schema", "name": "w", "schema": {"type": "object"}}}
     body["reasoning"] = {"effort": "medium"}
+    body["max_output_tokens"] = 8000
     body["input"].insert(0, {"role": "developer", "content": "Use metric units."})
     request = with_previous(responses_request("claude", body), PREVIOUS_ITEMS)
 
@@ -682,7 +683,7 @@ async def test_responses_are_translated_once_for_an_anthropic_deployment(harness
                 ],
             },
         ],
-        "max_tokens": 300 + 4096,
+        "max_tokens": 8000,
         "thinking": {"type": "enabled", "budget_tokens": 4096},
         "temperature": 0.5,
         "metadata": {"user_id": "end-user-7"},

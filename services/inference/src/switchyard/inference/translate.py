@@ -907,10 +907,36 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
             raise not_one_of(
                 "reasoning_effort", effort, ("none", "minimal", "low", "medium", "high", "xhigh")
             )
-        result["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        if result["max_tokens"] <= budget:
-            result["max_tokens"] = budget + result["max_tokens"]
+        capped = max_completion_tokens is not None or max_tokens is not None
+        add_anthropic_thinking(result, budget, capped=capped)
     return result
+
+
+# Anthropic's least `budget_tokens`; a client's output cap must also leave at least this
+# many tokens for the reply beside it, or the request is sent without thinking.
+_MIN_THINKING_BUDGET = 1024
+_MIN_REPLY_TOKENS = 1024
+
+
+def add_anthropic_thinking(result: dict[str, Any], budget: int, *, capped: bool) -> None:
+    """Turn on thinking with `budget` tokens (an OpenAI reasoning effort's) in the Anthropic
+    request `result`, whose `max_tokens` is already set: the client's output cap when
+    `capped` (Chat Completions' `max_completion_tokens` or `max_tokens`, the Responses
+    API's `max_output_tokens`), else the deployment's default.
+
+    OpenAI's caps count reasoning tokens too, so a capped request keeps its `max_tokens`
+    and the budget is cut to fit inside it (Anthropic wants `budget_tokens` at least 1024
+    and below `max_tokens`); a cap with no room for the least budget and a reply is sent
+    without thinking rather than raised. Without a cap `max_tokens` is raised above the
+    budget, as the default was never the client's limit."""
+    max_tokens = result["max_tokens"]
+    if capped:
+        budget = min(budget, max_tokens - _MIN_REPLY_TOKENS)
+        if budget < _MIN_THINKING_BUDGET:
+            return
+    elif max_tokens <= budget:
+        result["max_tokens"] = budget + max_tokens
+    result["thinking"] = {"type": "enabled", "budget_tokens": budget}
 
 
 def _parse_data_url(url: str) -> tuple[str, str] | None:

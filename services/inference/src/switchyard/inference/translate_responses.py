@@ -43,6 +43,7 @@ from switchyard.inference.translate import (
     _parse_data_url,
     _tool_input,
     add_anthropic_sampling,
+    add_anthropic_thinking,
     anthropic_tool,
     anthropic_tool_choice,
     invalid_type,
@@ -671,10 +672,7 @@ def responses_request_to_messages(
         )
     effort = _effort(body)
     if effort is not None and effort != "none":
-        budget = _EFFORT_BUDGETS[effort]
-        result["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        if result["max_tokens"] <= budget:
-            result["max_tokens"] = budget + result["max_tokens"]
+        add_anthropic_thinking(result, _EFFORT_BUDGETS[effort], capped=max_tokens is not None)
     if body.get("stream"):
         result["stream"] = True
     return result
