@@ -84,3 +84,99 @@ def test_without_a_cap_max_tokens_is_raised_above_the_budget() -> None:
     )
     assert sent["thinking"] == {"type": "enabled", "budget_tokens": 4096}
     assert sent["max_tokens"] == 4096 + 4096
+
+
+# ----------------------------------------------------------------- a tool loop in progress
+
+CHAT_TOOL_LOOP = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+]
+
+
+def test_a_chat_tool_loop_continues_without_thinking() -> None:
+    # A Chat Completions client never gets the thinking block the tool call came with, and
+    # Anthropic refuses thinking for a turn whose first message does not open with it.
+    sent = chat_request_to_messages(
+        {"model": "m", "messages": CHAT_TOOL_LOOP, "reasoning_effort": "high"}
+    )
+    assert "thinking" not in sent
+    assert sent["messages"][1]["content"][0]["type"] == "tool_use"
+    assert sent["messages"][2]["content"][0]["type"] == "tool_result"
+
+
+def test_a_chat_prefill_is_sent_without_thinking() -> None:
+    messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "Sure:"}]
+    sent = chat_request_to_messages({"model": "m", "messages": messages, "reasoning_effort": "low"})
+    assert "thinking" not in sent
+
+
+def test_a_new_user_message_after_a_tool_loop_thinks_again() -> None:
+    messages = [
+        *CHAT_TOOL_LOOP,
+        {"role": "assistant", "content": "It is 18C."},
+        {"role": "user", "content": "And in Oslo?"},
+    ]
+    sent = chat_request_to_messages({"model": "m", "messages": messages, "reasoning_effort": "low"})
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+
+
+def responses_tool_loop(reasoning: dict[str, Any] | None) -> list[dict[str, Any]]:
+    call = {
+        "type": "function_call",
+        "call_id": "call_1",
+        "name": "get_weather",
+        "arguments": '{"city": "Paris"}',
+    }
+    items: list[dict[str, Any]] = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Checking."}],
+        },
+    ]
+    if reasoning is not None:
+        items.append(reasoning)
+    return [*items, call, {"type": "function_call_output", "call_id": "call_1", "output": "18C"}]
+
+
+def test_a_responses_tool_loop_with_the_signed_reasoning_keeps_thinking_first() -> None:
+    reasoning = {
+        "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": "Look it up."}],
+        "encrypted_content": "SIG-1",
+    }
+    sent = responses_request_to_messages(
+        responses(input=responses_tool_loop(reasoning), reasoning={"effort": "medium"})
+    )
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 4096}
+    assert [block["type"] for block in sent["messages"][1]["content"]] == [
+        "thinking",
+        "text",
+        "tool_use",
+    ]
+    assert sent["messages"][1]["content"][0] == {
+        "type": "thinking",
+        "thinking": "Look it up.",
+        "signature": "SIG-1",
+    }
+
+
+def test_a_responses_tool_loop_without_reasoning_continues_without_thinking() -> None:
+    sent = responses_request_to_messages(
+        responses(input=responses_tool_loop(None), reasoning={"effort": "medium"})
+    )
+    assert "thinking" not in sent
+    assert sent["messages"][1]["content"][0]["type"] == "text"

@@ -928,7 +928,16 @@ def add_anthropic_thinking(result: dict[str, Any], budget: int, *, capped: bool)
     and the budget is cut to fit inside it (Anthropic wants `budget_tokens` at least 1024
     and below `max_tokens`); a cap with no room for the least budget and a reply is sent
     without thinking rather than raised. Without a cap `max_tokens` is raised above the
-    budget, as the default was never the client's limit."""
+    budget, as the default was never the client's limit.
+
+    A request continuing an assistant turn (its tool loop, or a prefill) whose first
+    message does not open with the turn's thinking is sent without thinking: Anthropic
+    refuses thinking there ("a final assistant message must start with a thinking
+    block"), and lets a turn go without it. A Chat Completions client never has that
+    block (its API returns no thinking); a Responses client has it when it sends back
+    the reasoning items an Anthropic deployment returned."""
+    if not _current_turn_opens_with_thinking(result["messages"]):
+        return
     max_tokens = result["max_tokens"]
     if capped:
         budget = min(budget, max_tokens - _MIN_REPLY_TOKENS)
@@ -937,6 +946,30 @@ def add_anthropic_thinking(result: dict[str, Any], budget: int, *, capped: bool)
     elif max_tokens <= budget:
         result["max_tokens"] = budget + max_tokens
     result["thinking"] = {"type": "enabled", "budget_tokens": budget}
+
+
+def _current_turn_opens_with_thinking(turns: list[dict[str, Any]]) -> bool:
+    """Whether thinking may be on for Anthropic `turns`: true when they end with a new
+    user message (no assistant turn in progress), or when the assistant turn in progress
+    (the assistant messages after the last user message without a tool result) opens
+    with a thinking or redacted thinking block."""
+    first_assistant: dict[str, Any] | None = None
+    for turn in reversed(turns):
+        role, content = turn.get("role"), turn.get("content")
+        if role == "assistant":
+            first_assistant = turn
+        elif role == "user":
+            blocks = content if isinstance(content, list) else []
+            if not any(block.get("type") == "tool_result" for block in blocks):
+                break
+    if first_assistant is None:
+        return True
+    content = first_assistant.get("content")
+    return (
+        isinstance(content, list)
+        and bool(content)
+        and content[0].get("type") in ("thinking", "redacted_thinking")
+    )
 
 
 def _parse_data_url(url: str) -> tuple[str, str] | None:

@@ -628,6 +628,12 @@ def responses_request_to_messages(
         if turn["role"] == "user" and isinstance(turn["content"], list):
             # Tool results must open a user turn.
             turn["content"].sort(key=lambda block: block.get("type") != "tool_result")
+        elif turn["role"] == "assistant":
+            # Thinking must open an assistant message that has any (a reasoning item
+            # may come after a message item of the same turn).
+            turn["content"].sort(
+                key=lambda block: block.get("type") not in ("thinking", "redacted_thinking")
+            )
 
     if not turns:
         raise TranslationError(
