@@ -169,6 +169,56 @@ async def test_a_budget_is_never_overspent_and_settlement_frees_the_unused_reser
     assert spent + outstanding <= 0.5 + 1e-9
 
 
+@pytest.mark.parametrize(
+    ("body", "reserved_at_least"),
+    [
+        # Embeddings' input as token ids: each id is a token.
+        ({"model": "m", "input": [list(range(1000, 6000))]}, 5000),
+        ({"model": "m", "input": [[1, 2, 3]] * 400}, 1200),
+        # n completions may each use the whole output cap.
+        ({**BODY, "max_tokens": 200, "n": 128}, 200 * 128),
+    ],
+    ids=["token-ids", "many-token-id-arrays", "n-choices"],
+)
+async def test_what_a_request_may_use_counts_token_ids_and_every_choice(
+    body, reserved_at_least
+) -> None:
+    """A token limit refuses a request whose token ids or `n` choices exceed it, and a
+    budget one whose cost at that size does."""
+    ledger = MemoryLedger()
+    embeddings = "input" in body
+    [limited] = replicas(ledger, policy(tpm_limit=reserved_at_least - 1), count=1)
+    with pytest.raises(Refused) as refused:
+        await limited.admit(Caller(), "m", body, embeddings=embeddings)
+    assert refused.value.code == "rate_limit_exceeded"
+
+    cost = reserved_at_least * 1_000.0 / 1_000_000
+    [budgeted] = replicas(ledger, policy(scope_id="k2", max_budget_usd=cost * 0.99), count=1)
+    with pytest.raises(Refused) as refused:
+        await budgeted.admit(Caller(api_key_id="k2"), "m", body, embeddings=embeddings)
+    assert refused.value.code == "insufficient_quota"
+
+
+async def test_a_request_that_used_more_than_it_reserved_does_not_exhaust_a_budget_with_room():
+    """A request may use more than its estimate (the estimate is a guess; a model without
+    a price estimates nothing); the replica's allowance is then below zero. The next
+    request, even one estimated at nothing, is admitted while the budget has room, and the
+    overrun counts against the budget."""
+    ledger = MemoryLedger()
+    [admission] = replicas(ledger, policy(max_budget_usd=10.0, budget_period="30d"), count=1)
+    first = await admission.admit(Caller(), "m", BODY)
+    first.attach("r1")
+    admission.on_usage(usage_event("r1", cost=5.0))  # far past its reservation and lease
+
+    free = await admission.admit(Caller(), "unpriced", {"model": "unpriced", "input": "abc"})
+    again = await admission.admit(Caller(), "unpriced", {"model": "unpriced", "input": "abc"})
+
+    assert free is not None and again is not None
+    # $5 of the $10 are spent: a request that may cost $6 does not fit any more.
+    with pytest.raises(Refused):
+        await admission.admit(Caller(), "m", {**BODY, "max_tokens": 6000})
+
+
 async def test_a_budget_resets_at_its_period_boundary() -> None:
     now = [1_000.0]
     ledger = MemoryLedger(clock=lambda: now[0])

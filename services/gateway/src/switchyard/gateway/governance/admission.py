@@ -570,12 +570,20 @@ class Admission:
 
     async def _grant(self, asks: list[_Need]) -> None:
         requests = []
+        now = self._clock()
         for need in asks:
             allowance = self._allowances.get(need.counter)
-            have = allowance.unused if allowance is not None else 0.0
-            want_min = max(need.amount - max(0.0, have), 0.0) or need.amount
+            # What this replica holds of the current window; below zero when requests used
+            # more than they reserved (the ledger's grants do not count that overrun yet,
+            # so the next grant covers it as well as the need, even a need of nothing).
+            have = (
+                allowance.unused
+                if allowance is not None and self._valid(allowance, need, now)
+                else 0.0
+            )
+            want_min = max(need.amount - have, 0.0) or need.amount
             target = max(want_min, min(need.limit * LEASE_SHARE, need.amount * LEASE_REQUESTS))
-            demand = max(want_min, self._demand.get(need.counter, 0.0) - max(0.0, have))
+            demand = max(want_min, self._demand.get(need.counter, 0.0) - have)
             if need.kind in WHOLE_KINDS:
                 want_min, target, demand = (
                     math.ceil(want_min),
