@@ -38,6 +38,7 @@ from switchyard.auth.models import Team, Tenant
 from switchyard.auth.service import (
     ApiKeyNotFound,
     AuthError,
+    ExceedsCredential,
     InvalidInput,
     UserNotFound,
     expiry_in_days,
@@ -292,7 +293,8 @@ async def update_user(
 async def admin_create_api_key(
     body: AdminCreateApiKey, admin: AdminUser, governance: GovernanceDep
 ) -> CreatedApiKey:
-    """Create a key for a user of the caller's tenant, with its team and limits."""
+    """Create a key for a user of the caller's tenant, with its team and limits; its
+    scopes within what the user's role grants (403 `insufficient_scope` otherwise)."""
     try:
         user = await governance.user(body.user_id, admin.tenant)
         issued = await governance.create_api_key(
@@ -310,6 +312,8 @@ async def admin_create_api_key(
         raise APIError(404, "No such team.", param="team_id", code="team_not_found") from None
     except InvalidInput as exc:
         raise _bad_request(exc) from None
+    except ExceedsCredential as exc:
+        raise APIError(403, str(exc), param=exc.param, code="insufficient_scope") from None
     API_KEYS_CREATED.inc()
     return created_key(issued)
 
