@@ -254,6 +254,10 @@ async def test_item_references_are_resolved_from_stored_responses_on_every_model
     assert [item.get("type") for item in sent[1:-1]] == [item.type for item in first.output]
     assert sent[1]["content"][0]["text"] == first.output_text
     assert not [item for item in sent if item.get("type") == "item_reference"]
+    # Without the ids Switchyard's store gave them: an upstream would look those up.
+    stored_ids = {item.id for item in first.output}
+    assert not [item for item in sent if item.get("id") in stored_ids]
+    assert not [item for item in sent[1:-1] if "status" in item and item.get("type") == "message"]
 
 
 @pytest.mark.parametrize("item_id", ["msg_nowhere", "", "m" * 300])

@@ -117,6 +117,20 @@ def input_items(value: Any, request_id: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- responses
 
 
+def upstream_item(item: dict[str, Any]) -> dict[str, Any]:
+    """A stored Responses item (of a previous response, or named by an `item_reference`)
+    as an upstream Responses API gets it: without the id Switchyard's store gave it (an
+    upstream would look it up in its own store and not find it), nor a message's `status`;
+    reasoning items keep theirs (the API requires a reasoning item's id)."""
+    if item.get("type") == "reasoning":
+        return item
+    return {
+        name: value
+        for name, value in item.items()
+        if name != "id" and not (name == "status" and item.get("type", "message") == "message")
+    }
+
+
 def usage_object(usage: TokenUsage) -> dict[str, Any]:
     """A Responses `usage` object from Switchyard's TokenUsage (input counts cached
     tokens too; `cached_tokens` and `cache_write_tokens` say how many; reasoning is a

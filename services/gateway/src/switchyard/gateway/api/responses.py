@@ -48,7 +48,12 @@ from switchyard.common.events import (
     ClientAPI,
 )
 from switchyard.common.headers import REQUEST_ID_HEADER
-from switchyard.common.responses import parse_response_id, response_id, response_object
+from switchyard.common.responses import (
+    parse_response_id,
+    response_id,
+    response_object,
+    upstream_item,
+)
 from switchyard.gateway.api.body import ClientRequest, openapi_body, read_request
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.api.history import (
@@ -156,7 +161,8 @@ async def resolve_item_references(
 ) -> dict[str, Any]:
     """`body` with each `item_reference` input item (`{"type": "item_reference", "id"}`)
     replaced by the stored item it names, from history (the output and input items of the
-    caller's stored responses), so that every deployment gets the items themselves; the
+    caller's stored responses), so that every deployment gets the items themselves, without
+    the ids Switchyard gave them (`upstream_item`); the
     body unchanged when it has none. APIError 404 `item_not_found` naming the first item
     not found, 400 for more than `MAX_ITEM_REFERENCES`, 503 when history cannot be read."""
     items = body.get("input")
@@ -207,7 +213,7 @@ async def resolve_item_references(
                     param=f"input[{position}]",
                     code="item_not_found",
                 )
-            item = stored
+            item = upstream_item(stored)
         resolved.append(item)
     return {**body, "input": resolved}
 
