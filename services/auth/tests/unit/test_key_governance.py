@@ -69,6 +69,140 @@ async def team_of_policy(auth_app, acme, key_id: str) -> str | None:
     return policy.json()["team_id"]
 
 
+# -- a member's key stays in the member's team -------------------------------------------
+
+
+@pytest.mark.parametrize("team", [None, "sales", "no-such-team"])
+async def test_a_member_cannot_create_a_key_outside_their_team(auth_app, acme, team) -> None:
+    team_id = acme["teams"].get(team, team)
+    refused = await auth_app.client.post(
+        "/v1/api-keys", json={"name": "k", "team_id": team_id}, headers=acme["member_headers"]
+    )
+    error = assert_error(refused, 403, "admin_only")
+    assert error["param"] == "team_id"
+    listed = await auth_app.client.get("/v1/api-keys", headers=acme["member_headers"])
+    assert listed.json()["data"] == []
+
+
+async def test_a_members_key_is_in_their_team_when_omitted_or_named(auth_app, acme) -> None:
+    research = acme["teams"]["research"]
+    for body in ({"name": "a"}, {"name": "b", "team_id": research}):
+        created = await auth_app.client.post(
+            "/v1/api-keys", json=body, headers=acme["member_headers"]
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["team_id"] == research
+        assert await team_of_policy(auth_app, acme, created.json()["key_id"]) == research
+
+
+@pytest.mark.parametrize("team", [None, "sales"])
+async def test_a_member_cannot_move_their_key_out_of_their_team(auth_app, acme, team) -> None:
+    key = await admin_made_key(auth_app, acme)
+    refused = await auth_app.client.patch(
+        f"/v1/api-keys/{key['key_id']}",
+        json={"team_id": acme["teams"].get(team)},
+        headers=acme["member_headers"],
+    )
+    assert assert_error(refused, 403, "admin_only")["param"] == "team_id"
+    assert await team_of_policy(auth_app, acme, key["key_id"]) == acme["teams"]["research"]
+
+
+async def test_an_admin_may_still_count_a_members_key_against_no_team(auth_app, acme) -> None:
+    key = await admin_made_key(auth_app, acme)
+    moved = await auth_app.client.patch(
+        f"/v1/admin/api-keys/{key['key_id']}", json={"team_id": None}, headers=acme["admin_headers"]
+    )
+    assert moved.status_code == 200, moved.text
+    assert await team_of_policy(auth_app, acme, key["key_id"]) is None
+    # The member may put it back into their team (that tightens), not take it out again.
+    back = await auth_app.client.patch(
+        f"/v1/api-keys/{key['key_id']}",
+        json={"team_id": acme["teams"]["research"]},
+        headers=acme["member_headers"],
+    )
+    assert back.status_code == 200, back.text
+    assert back.json()["team_id"] == acme["teams"]["research"]
+
+
+# -- a member's limits only tighten --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"max_budget_usd": None, "budget_period": None, "rpm_limit": None}, "max_budget_usd"),
+        ({"rpm_limit": None}, "rpm_limit"),
+        ({"rpm_limit": 61}, "rpm_limit"),
+        ({"tpm_limit": None}, "tpm_limit"),
+        ({"max_budget_usd": 100, "budget_period": "1d"}, "max_budget_usd"),
+        ({"max_budget_usd": 50.01}, "max_budget_usd"),
+        ({"budget_period": "1d"}, "budget_period"),
+        ({"max_budget_usd": 10, "budget_period": "1d"}, "budget_period"),
+        ({"budget_period": None}, "budget_period"),
+    ],
+)
+async def test_a_member_cannot_loosen_their_keys_limits(auth_app, acme, body, param) -> None:
+    key = await admin_made_key(auth_app, acme)
+    refused = await auth_app.client.patch(
+        f"/v1/api-keys/{key['key_id']}", json=body, headers=acme["member_headers"]
+    )
+    error = assert_error(refused, 403, "admin_only")
+    assert error["param"] == param, error
+    limits = (await key_view(auth_app, acme, key["key_id"]))["limits"]
+    assert {name: limits[name] for name in ADMIN_SET} == ADMIN_SET
+
+
+async def test_a_member_may_tighten_their_keys_limits(auth_app, acme) -> None:
+    key = await admin_made_key(auth_app, acme)
+    anchor = key["limits"]["budget_anchor_at"]
+    tightened = await auth_app.client.patch(
+        f"/v1/api-keys/{key['key_id']}",
+        json={"max_budget_usd": 20, "rpm_limit": 30, "max_parallel_requests": 2},
+        headers=acme["member_headers"],
+    )
+    assert tightened.status_code == 200, tightened.text
+    limits = tightened.json()["limits"]
+    assert (limits["max_budget_usd"], limits["budget_period"]) == (20, "30d")
+    assert (limits["rpm_limit"], limits["tpm_limit"], limits["max_parallel_requests"]) == (
+        30,
+        10_000,
+        2,
+    )
+    # A lower amount keeps the period the admin set, and its anchor.
+    assert limits["budget_anchor_at"] == anchor
+    # The same value again changes nothing and is not a loosening.
+    same = await auth_app.client.patch(
+        f"/v1/api-keys/{key['key_id']}", json={"rpm_limit": 30}, headers=acme["member_headers"]
+    )
+    assert same.status_code == 200, same.text
+
+
+async def test_a_member_may_add_a_budget_where_none_is_set(auth_app, acme) -> None:
+    key = await admin_made_key(auth_app, acme, rpm_limit=60)
+    added = await auth_app.client.patch(
+        f"/v1/api-keys/{key['key_id']}",
+        json={"max_budget_usd": 5, "budget_period": "1d"},
+        headers=acme["member_headers"],
+    )
+    assert added.status_code == 200, added.text
+    assert (added.json()["limits"]["max_budget_usd"], added.json()["limits"]["budget_period"]) == (
+        5,
+        "1d",
+    )
+
+
+async def test_an_admin_may_still_raise_and_remove_a_members_key_limits(auth_app, acme) -> None:
+    key = await admin_made_key(auth_app, acme)
+    changed = await auth_app.client.patch(
+        f"/v1/admin/api-keys/{key['key_id']}",
+        json={"max_budget_usd": None, "budget_period": None, "rpm_limit": 90},
+        headers=acme["admin_headers"],
+    )
+    assert changed.status_code == 200, changed.text
+    limits = changed.json()["limits"]
+    assert (limits["max_budget_usd"], limits["rpm_limit"]) == (None, 90)
+
+
 # -- scopes beyond the owner's role are a 403, never a 500 ---------------------------------
 
 

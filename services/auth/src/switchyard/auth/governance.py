@@ -7,6 +7,11 @@ a key may not exceed the same limit of its user, team or tenant, nor a team's or
 the tenant's (a 400 naming the field). Each change writes `auth.limits_changed` to the
 outbox in its transaction, so every gateway applies it within a second.
 
+A member managing their own keys (`member=True`) is bound by what admins decide: their
+key stays in their team, and they may only tighten its limits (lower one, or add one where
+none is set), never raise or remove one nor change a budget's period; anything else is
+`NotPermitted` (403). Only admins and operators take a key out of its user's team.
+
 Teams and keys also carry the response cache opt-in (`cache_enabled`, `cache_ttl_s`, see
 `CacheColumns`); gateways receive it with the policy and apply it with the precedence
 request header > key > team > tenant > default (the gateway's cache.py).
@@ -36,6 +41,7 @@ from switchyard.auth.service import (
 from switchyard.common.events import LimitsChanged, LimitsChangedData
 from switchyard.common.governance import (
     LIMIT_FIELDS,
+    NUMERIC_LIMIT_FIELDS,
     FailureMode,
     LimitError,
     Limits,
@@ -54,6 +60,16 @@ class DuplicateTeam(AuthError):
     """The tenant already has a team of that name; the API answers 409."""
 
     pass
+
+
+class NotPermitted(AuthError):
+    """A change of a member's own key that only an admin of the tenant may make (the key
+    out of the member's team, a limit raised or removed, a budget's period changed);
+    `param` names the field. The API answers 403."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 def limits_of(row: LimitColumns | None) -> Limits:
@@ -88,6 +104,34 @@ def _store(row: LimitColumns, limits: Limits, now: datetime) -> None:
     elif budget_changed or row.budget_anchor_at is None:
         # A new budget, or a new period, starts now; a changed amount keeps its period.
         row.budget_anchor_at = now
+
+
+def _not_loosened(before: Limits, after: Limits) -> None:
+    """Raise NotPermitted naming the first limit that `after` raises or removes from
+    `before`, or the budget period if `after` changes the period of a budget `before` has.
+    Lowering a limit, or adding one where `before` has none, tightens and passes."""
+    for name in NUMERIC_LIMIT_FIELDS:
+        old, new = getattr(before, name), getattr(after, name)
+        if old is None:
+            continue
+        if new is None:
+            raise NotPermitted(
+                f"Only an admin of the tenant can remove '{name}' from a key (now {old:g}); "
+                "you may lower it.",
+                param=name,
+            )
+        if new > old:
+            raise NotPermitted(
+                f"Only an admin of the tenant can raise '{name}' of a key (now {old:g}, "
+                f"asked {new:g}); you may lower it.",
+                param=name,
+            )
+    if before.max_budget_usd is not None and after.budget_period != before.budget_period:
+        raise NotPermitted(
+            "Only an admin of the tenant can change the period of a key's budget "
+            f"(now {before.budget_period or 'none, a lifetime budget'}).",
+            param="budget_period",
+        )
 
 
 def _within(child: Limits, parent: Limits, child_level: str, parent_level: str) -> None:
@@ -397,23 +441,43 @@ class Governance:
         user_id: str,
         limits: dict[str, Any] | None,
         team_id: str | None | Literal[False] = False,
+        *,
+        member: bool = False,
     ) -> tuple[Limits, str | None]:
         """The validated limits and team of a new key of `user_id`: within its user's,
-        team's and tenant's. `team_id` False: the user's team."""
+        team's and tenant's. `team_id` False: the user's team. With `member` (the user
+        creating their own key), a `team_id` other than the user's team raises
+        NotPermitted; otherwise one other than the user's raises InvalidInput (TeamNotFound
+        if there is no such team in the user's tenant)."""
         async with self._sessions() as session:
             user = await session.get(User, user_id)
             if user is None:
                 raise UserNotFound(f"No user with id {user_id}.")
-            team = await self._key_team(session, user, team_id)
+            team = await self._key_team(session, user, team_id, member=member)
             merged = _merged(None, limits)
             await self._check_key(session, user, team, merged)
             return merged, team
 
     async def _key_team(
-        self, session: AsyncSession, user: User, team_id: str | None | Literal[False]
+        self,
+        session: AsyncSession,
+        user: User,
+        team_id: str | None | Literal[False],
+        *,
+        member: bool = False,
     ) -> str | None:
         if team_id is False:
             return user.team_id
+        if member and team_id != user.team_id:
+            # Outside its team a key escapes the team's budget and rate limits, and its
+            # spend no longer counts there: that is the team's admins' call, not a member's.
+            # Refused before looking the team up, so no team's existence is revealed.
+            raise NotPermitted(
+                "A member's key belongs to the member's team "
+                f"({user.team_id or 'none'}); only an admin of the tenant can put a key "
+                "in no team or another one.",
+                param="team_id",
+            )
         if team_id is not None and team_id != user.team_id:
             await self._team(session, team_id, user.tenant)
             raise InvalidInput(
@@ -436,11 +500,13 @@ class Governance:
         user_id: str,
         limits: dict[str, Any] | None = None,
         team_id: str | None | Literal[False] = False,
+        member: bool = False,
         **options: Any,
     ) -> IssuedApiKey:
         """A new key (see `AuthService.create_api_key` for `options`) whose limits are
-        within its user's, team's and tenant's."""
-        merged, team = await self.check_key_limits(user_id, limits, team_id)
+        within its user's, team's and tenant's; `team_id` and `member` as in
+        `check_key_limits` (NotPermitted, InvalidInput, TeamNotFound, UserNotFound)."""
+        merged, team = await self.check_key_limits(user_id, limits, team_id, member=member)
         return await self._auth.create_api_key(
             user_id=user_id, team_id=team, limits=merged, **options
         )
@@ -454,9 +520,13 @@ class Governance:
         limits: dict[str, Any] | None = None,
         team_id: str | None | Literal[False] = False,
         cache: dict[str, Any] | None = None,
+        member: bool = False,
     ) -> ApiKey:
         """Patch a key's limits (and team, and response cache opt-in: `cache`, see
-        `apply_cache`); only the tenant's, or the user's own key."""
+        `apply_cache`); only the tenant's, or the user's own key. With `member` (a member
+        changing their own key) the key stays in the member's team and its limits may only
+        tighten: NotPermitted names the field otherwise. Raises ApiKeyNotFound,
+        TeamNotFound, InvalidInput (a bad value, a limit above a level's)."""
         now = datetime.now(UTC)
         async with self._sessions() as session:
             key = await session.get(ApiKey, key_id)
@@ -468,8 +538,14 @@ class Governance:
                 raise ApiKeyNotFound(f"No API key with id {key_id}.")
             user = await session.get(User, key.user_id)
             assert user is not None
-            team = key.team_id if team_id is False else await self._key_team(session, user, team_id)
+            team = (
+                key.team_id
+                if team_id is False
+                else await self._key_team(session, user, team_id, member=member)
+            )
             merged = _merged(key, limits)
+            if member:
+                _not_loosened(limits_of(key), merged)
             await self._check_key(session, user, team, merged)
             apply_cache(key, cache)
             key.team_id = team

@@ -1,5 +1,9 @@
 """A signed-in user's own API keys: create (the secret is in that response only), list,
-revoke. Revocation reaches every gateway through the auth events topic within a second."""
+revoke. Revocation reaches every gateway through the auth events topic within a second.
+
+A member's key belongs to the member's team, and a member may only tighten its limits
+(`Governance`): naming no team or another one, or loosening a limit, is a 403 `admin_only`
+naming the field. Admins may do either on the admin routes."""
 
 from __future__ import annotations
 
@@ -12,9 +16,9 @@ from pydantic import BaseModel, Field
 from switchyard.auth import scopes as known_scopes
 from switchyard.auth.api.deps import AccessClaimsDep, CurrentUser, GovernanceDep, Service
 from switchyard.auth.api.limit_fields import CacheOut, LimitsIn, LimitsOut
-from switchyard.auth.governance import TeamNotFound
+from switchyard.auth.governance import NotPermitted, TeamNotFound
 from switchyard.auth.metrics import API_KEYS_CREATED, REVOCATIONS
-from switchyard.auth.models import ApiKey
+from switchyard.auth.models import ApiKey, User
 from switchyard.auth.service import (
     ApiKeyNotFound,
     ExceedsCredential,
@@ -34,7 +38,8 @@ class CreateApiKey(LimitsIn):
 
     team_id: str | None = Field(
         default=None,
-        description="The key's team: its user's team when omitted, none when null.",
+        description="The key's team: its user's team when omitted. Members may only name "
+        "their own team; admins may also give null (the key counts against no team).",
     )
     name: str = Field(default="default", min_length=1, max_length=200)
     scopes: list[str] | None = Field(
@@ -134,6 +139,16 @@ def require_keys_scope(claims: AccessClaims) -> None:
         )
 
 
+def is_member(user: User) -> bool:
+    """Whether `user` is bound as a member on their own keys (any role but `admin`)."""
+    return user.role != "admin"
+
+
+def not_permitted(exc: NotPermitted) -> APIError:
+    """The 403 (`admin_only`, naming the field) of a change only an admin may make."""
+    return APIError(403, str(exc), param=exc.param, code="admin_only")
+
+
 def created_key(issued: IssuedApiKey) -> CreatedApiKey:
     """The create response of a newly issued key: its secret and its record's fields."""
     record = issued.record
@@ -158,7 +173,8 @@ async def create_api_key(
 ) -> CreatedApiKey:
     """Create an API key for the caller, with limits within their team's and their own;
     the response holds the secret, once. The key never holds more scopes or models than
-    the access token creating it (403 otherwise)."""
+    the access token creating it (403 `insufficient_scope`), and a member's key is in the
+    member's team (another team or null: 403 `admin_only`)."""
     require_keys_scope(claims)
     try:
         issued = await governance.create_api_key(
@@ -171,7 +187,10 @@ async def create_api_key(
             expires_at=expiry_in_days(body.expires_in_days),
             creator_scopes=claims.scopes,
             creator_models=claims.allowed_models,
+            member=is_member(user),
         )
+    except NotPermitted as exc:
+        raise not_permitted(exc) from None
     except TeamNotFound:
         raise APIError(404, "No such team.", param="team_id", code="team_not_found") from None
     except InvalidInput as exc:

@@ -12,7 +12,8 @@
 Admins act on their own tenant only (anything else is 404); limits are validated by
 `switchyard.common.governance` and a limit above its parent's is a 400 naming the field.
 Only admins set a key's cache opt-in: the self-service `PATCH /v1/api-keys/{id}` refuses it
-(403).
+(403). On that route a member may only tighten their key's limits and keep it in their team
+(403 `admin_only` naming the field otherwise; see `Governance.update_api_key`).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from switchyard.auth.api.api_keys import (
     CreateApiKey,
     CreatedApiKey,
     created_key,
+    is_member,
+    not_permitted,
     require_keys_scope,
 )
 from switchyard.auth.api.deps import AccessClaimsDep, AdminUser, CurrentUser, GovernanceDep
 from switchyard.auth.api.limit_fields import CacheIn, CacheOut, LimitsIn, LimitsOut
-from switchyard.auth.governance import DuplicateTeam, Policy, TeamNotFound
+from switchyard.auth.governance import DuplicateTeam, NotPermitted, Policy, TeamNotFound
 from switchyard.auth.metrics import API_KEYS_CREATED
 from switchyard.auth.models import Team, Tenant
 from switchyard.auth.service import (
@@ -127,7 +130,9 @@ class UpdateApiKey(LimitsIn, CacheIn):
     change."""
 
     team_id: str | None = Field(
-        default=None, description="The key's team (its user's team), or null for none."
+        default=None,
+        description="The key's team (its user's team), or null for none (admins only: on "
+        "PATCH /v1/api-keys/{key_id} a member's key stays in the member's team).",
     )
 
 
@@ -338,6 +343,7 @@ async def _update_key(
     *,
     tenant: str | None = None,
     user_id: str | None = None,
+    member: bool = False,
 ) -> ApiKeyOut:
     try:
         key = await governance.update_api_key(
@@ -347,7 +353,10 @@ async def _update_key(
             limits=body.patch(),
             team_id=body.team_id if "team_id" in body.model_fields_set else False,
             cache=body.cache_patch(),
+            member=member,
         )
+    except NotPermitted as exc:
+        raise not_permitted(exc) from None
     except ApiKeyNotFound:
         raise APIError(404, "No such API key.", code="api_key_not_found") from None
     except TeamNotFound:
@@ -370,7 +379,10 @@ async def update_own_api_key(
     claims: AccessClaimsDep,
     governance: GovernanceDep,
 ) -> ApiKeyOut:
-    """Change the limits of one of the caller's keys, within their team's and their own."""
+    """Change the limits of one of the caller's keys, within their team's and their own. A
+    member may only tighten them (lower a limit, or add one where none is set) and keep the
+    key in their team: raising or removing a limit, changing a budget's period or naming
+    another team (or null) is 403 `admin_only` naming the field."""
     require_keys_scope(claims)
     if body.cache_patch():
         raise APIError(
@@ -380,7 +392,7 @@ async def update_own_api_key(
             param=next(iter(body.cache_patch())),
             code="admin_only",
         )
-    return await _update_key(key_id, body, governance, user_id=user.id)
+    return await _update_key(key_id, body, governance, user_id=user.id, member=is_member(user))
 
 
 @router.get("/v1/admin/tenant", response_model=TenantOut)
