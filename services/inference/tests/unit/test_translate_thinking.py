@@ -9,7 +9,11 @@ from typing import Any
 
 import pytest
 
-from switchyard.inference.translate import chat_request_to_messages
+from switchyard.inference.translate import (
+    TranslationError,
+    chat_request_to_messages,
+    messages_request_to_chat,
+)
 from switchyard.inference.translate_responses import responses_request_to_messages
 
 
@@ -180,3 +184,92 @@ def test_a_responses_tool_loop_without_reasoning_continues_without_thinking() ->
     )
     assert "thinking" not in sent
     assert sent["messages"][1]["content"][0]["type"] == "text"
+
+
+# ----------------------------------------------------- what Anthropic refuses with thinking
+
+TOOLS_CHAT = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+TOOLS_RESPONSES = [{"type": "function", "name": "get_weather", "parameters": {}}]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": TOOLS_CHAT, "tool_choice": "required"}, "tool_choice"),
+        (
+            {
+                "tools": TOOLS_CHAT,
+                "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            },
+            "tool_choice",
+        ),
+        ({"temperature": 0.2}, "temperature"),
+        ({"temperature": 0}, "temperature"),
+        ({"top_p": 0.5}, "top_p"),
+    ],
+)
+def test_chat_thinking_with_what_anthropic_refuses_beside_it_is_refused(fields, param) -> None:
+    with pytest.raises(TranslationError) as caught:
+        chat_request_to_messages(chat(reasoning_effort="medium", **fields))
+    assert caught.value.param == param
+    assert caught.value.code == "unsupported_parameter"
+    assert "reasoning_effort" in caught.value.message
+    # Without reasoning the same request is translated.
+    assert chat_request_to_messages(chat(**fields))
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tools": TOOLS_RESPONSES, "tool_choice": "required"}, "tool_choice"),
+        (
+            {"tools": TOOLS_RESPONSES, "tool_choice": {"type": "function", "name": "get_weather"}},
+            "tool_choice",
+        ),
+        ({"temperature": 0.7}, "temperature"),
+        ({"top_p": 0.9}, "top_p"),
+    ],
+)
+def test_responses_thinking_with_what_anthropic_refuses_beside_it_is_refused(fields, param) -> None:
+    with pytest.raises(TranslationError) as caught:
+        responses_request_to_messages(responses(reasoning={"effort": "low"}, **fields))
+    assert caught.value.param == param
+    assert "reasoning.effort" in caught.value.message
+
+
+def test_what_anthropic_allows_beside_thinking_is_sent() -> None:
+    sent = chat_request_to_messages(
+        chat(
+            reasoning_effort="low",
+            temperature=1,
+            top_p=0.95,
+            tools=TOOLS_CHAT,
+            tool_choice="auto",
+        )
+    )
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert (sent["temperature"], sent["top_p"], sent["tool_choice"]) == (1, 0.95, {"type": "auto"})
+
+
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [
+        ({"tool_choice": {"type": "any"}}, "tool_choice"),
+        ({"tool_choice": {"type": "tool", "name": "get_weather"}}, "tool_choice"),
+        ({"temperature": 0.5}, "temperature"),
+        ({"top_p": 0.8}, "top_p"),
+    ],
+)
+def test_an_anthropic_client_gets_anthropics_refusal_of_thinking_beside_them(fields, path) -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 4096,
+        "messages": [{"role": "user", "content": "x"}],
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+        **fields,
+    }
+    assert messages_request_to_chat(body)  # without thinking it is translated
+    with pytest.raises(TranslationError) as caught:
+        messages_request_to_chat({**body, "thinking": {"type": "enabled", "budget_tokens": 2048}})
+    assert caught.value.param == path
+    assert caught.value.message.startswith(f"{path}: ")

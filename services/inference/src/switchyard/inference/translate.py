@@ -361,6 +361,9 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
         if tool_choice.get("disable_parallel_tool_use") and tools:
             result["parallel_tool_calls"] = False
     effort = _reasoning_effort_of_thinking(body.get("thinking"))
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        _refuse_what_thinking_refuses(body)
     output_config = body.get("output_config")
     if output_config is not None:
         effort = _apply_output_config(output_config, result) or effort
@@ -378,6 +381,25 @@ def _anthropic_unit_interval(name: str, value: Any) -> None:
         raise _anthropic_refusal(name, "Input should be greater than or equal to 0")
     if value > 1:
         raise _anthropic_refusal(name, "Input should be less than or equal to 1")
+
+
+def _refuse_what_thinking_refuses(body: dict[str, Any]) -> None:
+    """Anthropic's refusals of what it takes only without thinking (a request with
+    `thinking` enabled), made here: OpenAI takes `reasoning_effort` with a forced tool
+    or any temperature, so the client would get from it what Anthropic refuses."""
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        raise _anthropic_refusal(
+            "tool_choice", "Thinking may not be enabled when tool_choice forces tool use."
+        )
+    temperature = body.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise _anthropic_refusal("temperature", "may only be set to 1 when thinking is enabled.")
+    top_p = body.get("top_p")
+    if isinstance(top_p, int | float) and top_p < 0.95:
+        raise _anthropic_refusal(
+            "top_p", "must be greater than or equal to 0.95 or unset when thinking is enabled."
+        )
 
 
 def _reasoning_effort_of_thinking(thinking: Any) -> str | None:
@@ -908,7 +930,7 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
                 "reasoning_effort", effort, ("none", "minimal", "low", "medium", "high", "xhigh")
             )
         capped = max_completion_tokens is not None or max_tokens is not None
-        add_anthropic_thinking(result, budget, capped=capped)
+        add_anthropic_thinking(result, budget, capped=capped, effort_param="reasoning_effort")
     return result
 
 
@@ -918,7 +940,9 @@ _MIN_THINKING_BUDGET = 1024
 _MIN_REPLY_TOKENS = 1024
 
 
-def add_anthropic_thinking(result: dict[str, Any], budget: int, *, capped: bool) -> None:
+def add_anthropic_thinking(
+    result: dict[str, Any], budget: int, *, capped: bool, effort_param: str
+) -> None:
     """Turn on thinking with `budget` tokens (an OpenAI reasoning effort's) in the Anthropic
     request `result`, whose `max_tokens` is already set: the client's output cap when
     `capped` (Chat Completions' `max_completion_tokens` or `max_tokens`, the Responses
@@ -935,7 +959,12 @@ def add_anthropic_thinking(result: dict[str, Any], budget: int, *, capped: bool)
     refuses thinking there ("a final assistant message must start with a thinking
     block"), and lets a turn go without it. A Chat Completions client never has that
     block (its API returns no thinking); a Responses client has it when it sends back
-    the reasoning items an Anthropic deployment returned."""
+    the reasoning items an Anthropic deployment returned.
+
+    Raises TranslationError (`unsupported_parameter`, in OpenAI's words, naming the
+    client's field) when thinking is sent with what Anthropic refuses beside it: a
+    `tool_choice` forcing a tool, a `temperature` other than 1, a `top_p` below 0.95.
+    `effort_param` names the client's effort field in the message."""
     if not _current_turn_opens_with_thinking(result["messages"]):
         return
     max_tokens = result["max_tokens"]
@@ -945,7 +974,32 @@ def add_anthropic_thinking(result: dict[str, Any], budget: int, *, capped: bool)
             return
     elif max_tokens <= budget:
         result["max_tokens"] = budget + max_tokens
+    conflict = _thinking_conflict(result)
+    if conflict is not None:
+        name, what = conflict
+        raise TranslationError(
+            f"'{name}' {what} cannot be sent to this model with '{effort_param}': its "
+            "deployment speaks Anthropic's Messages API, which refuses it with thinking on.",
+            name,
+        )
     result["thinking"] = {"type": "enabled", "budget_tokens": budget}
+
+
+def _thinking_conflict(request: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, what is wrong with it) of the first thing in the Anthropic `request` that
+    Anthropic refuses beside thinking (its extended thinking guide: forced tool use,
+    `temperature` and `top_k` changes, a `top_p` below 0.95; OpenAI has no `top_k`), or
+    None. The fields are named as the OpenAI client named them (the same names)."""
+    choice = request.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        return "tool_choice", "forcing a tool ('required' or a function)"
+    temperature = request.get("temperature")
+    if temperature is not None and temperature != 1:
+        return "temperature", "other than 1"
+    top_p = request.get("top_p")
+    if top_p is not None and top_p < 0.95:
+        return "top_p", "below 0.95"
+    return None
 
 
 def _current_turn_opens_with_thinking(turns: list[dict[str, Any]]) -> bool:

@@ -678,7 +678,12 @@ def responses_request_to_messages(
         )
     effort = _effort(body)
     if effort is not None and effort != "none":
-        add_anthropic_thinking(result, _EFFORT_BUDGETS[effort], capped=max_tokens is not None)
+        add_anthropic_thinking(
+            result,
+            _EFFORT_BUDGETS[effort],
+            capped=max_tokens is not None,
+            effort_param="reasoning.effort",
+        )
     if body.get("stream"):
         result["stream"] = True
     return result
