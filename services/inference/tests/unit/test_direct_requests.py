@@ -502,10 +502,27 @@ def test_a_stream_ends_with_its_own_ending_event_or_every_choice_finished() -> N
     assert not ended({"type": "response.created"}, {"type": "response.output_text.delta"})
 
 
-async def test_a_responses_error_event_without_an_event_line_fails_with_its_own_code() -> None:
+@pytest.mark.parametrize(
+    ("event_line", "code", "status"),
+    [
+        (b"", "invalid_prompt", 400),
+        (b"event: error\n", "rate_limit_exceeded", 429),
+        (b"event: error\n", "invalid_image_url", 400),
+        (b"event: error\n", "vector_store_timeout", 504),
+        (b"event: error\n", "server_error", 500),
+    ],
+)
+async def test_a_responses_error_event_fails_with_its_own_code_and_the_status_it_stands_for(
+    event_line: bytes, code: str, status: int
+) -> None:
     # The Responses API's `error` event is the error itself (`code`, `message`), and a
     # server may give its type only in the data.
-    error = b'data: {"type": "error", "code": "invalid_prompt", "message": "Bad prompt."}\n\n'
+    error = (
+        event_line
+        + b'data: {"type": "error", "code": "'
+        + code.encode()
+        + b'", "message": "Bad prompt.", "param": null}\n\n'
+    )
     async with RawServer(RawReply(SSE_HEAD, [error], chunked=True)) as server:
         upstream = create_upstream(deployment("openai", server.root))
         try:
@@ -514,7 +531,8 @@ async def test_a_responses_error_event_without_an_event_line_fails_with_its_own_
                     pass
         finally:
             await upstream.aclose()
-    assert (caught.value.code, caught.value.message) == ("invalid_prompt", "Bad prompt.")
+    assert (caught.value.code, caught.value.message) == (code, "Bad prompt.")
+    assert caught.value.status == status and caught.value.type != "error"
 
 
 async def test_a_body_that_is_not_json_is_refused_as_a_bad_request(

@@ -61,7 +61,7 @@ from switchyard.inference.translate_responses import (
     responses_request_to_chat,
     responses_request_to_messages,
 )
-from switchyard.inference.upstream import SSE, invalid_reply
+from switchyard.inference.upstream import SSE, invalid_reply, responses_code_status
 from switchyard.inference.usage import anthropic_usage, openai_usage, responses_usage
 
 ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -573,15 +573,13 @@ def _as_switchyards(response: dict[str, Any], ctx: ResponseContext) -> None:
     response["background"] = ctx.body.get("background") is True
 
 
-_FAILED_STATUS = {"rate_limit_exceeded": 429, "invalid_prompt": 400, "vector_store_timeout": 504}
-
-
 def response_failed(response: dict[str, Any], deployment_protocol: str = "openai") -> ProviderError:
     """The ProviderError of an upstream response that ended `failed` (its `error` has a
-    `code` and `message`): 429 for a rate limit, 400 for an invalid prompt, else 500."""
+    `code` and `message`), with the status its code stands for (`responses_code_status`:
+    429 for a rate limit, 400 for an invalid prompt or image, else 500)."""
     error: Any = response.get("error") if isinstance(response.get("error"), dict) else {}
     code = error.get("code") if isinstance(error.get("code"), str) else None
-    status = _FAILED_STATUS.get(code or "", 500)
+    status = responses_code_status(code)
     message = error.get("message") if isinstance(error.get("message"), str) else None
     return ProviderError(
         status,

@@ -350,12 +350,43 @@ def status_error(
     )
 
 
+# The status a Responses API error `code` stands for (OpenAI's Responses reference, the
+# `error` event and a failed response's `error.code`); other codes are server errors.
+RESPONSES_CODE_STATUS = {
+    "rate_limit_exceeded": 429,
+    "insufficient_quota": 429,
+    "invalid_prompt": 400,
+    "context_length_exceeded": 400,
+    "vector_store_timeout": 504,
+}
+# Codes of an input the upstream could not use (`invalid_image`, `image_too_large`,
+# `unsupported_image_media_type`, `failed_to_download_image`...): the client's to fix.
+_CLIENT_CODE_PREFIXES = ("invalid_", "image_", "unsupported_", "empty_", "failed_to_download")
+
+
+def responses_code_status(code: str | None) -> int:
+    """The HTTP status a Responses API error `code` stands for: 429, 400 or 504 as listed
+    in RESPONSES_CODE_STATUS, 400 for a code naming a bad input, else 500."""
+    if code is None:
+        return 500
+    status = RESPONSES_CODE_STATUS.get(code)
+    if status is not None:
+        return status
+    return 400 if code.startswith(_CLIENT_CODE_PREFIXES) else 500
+
+
 def stream_error(deployment: Deployment, protocol: Protocol_, error: Any) -> ProviderError:
     """An error the upstream reported inside a stream (after its 200), with the status
-    its type stands for (an Anthropic `overloaded_error` is a 529)."""
+    its type stands for (an Anthropic `overloaded_error` is a 529). A Responses API
+    `error` event is the error itself (`type: "error"`, its `code`, `message`, `param`):
+    its status is the one its code stands for."""
     error = error if isinstance(error, dict) else {}
     kind = _str(error.get("type"))
-    status = (status_of(protocol, kind) if kind else None) or 500
+    if kind == "error":
+        kind = None
+        status = responses_code_status(_str(error.get("code")))
+    else:
+        status = (status_of(protocol, kind) if kind else None) or 500
     if kind == "overloaded_error":
         status = 529
     if kind == "authentication_error":  # Anthropic's word, and many OpenAI-compatible servers'
