@@ -1,6 +1,7 @@
 """What a member may do to their own keys against what admins decided: a member's key stays
 in the member's team, and its limits only tighten; admins keep both powers on the admin
-routes. Also: every key route answers a client's bad scopes in OpenAI's error format."""
+routes. Also: a client's bad input (scopes beyond a user's role, a team name with control
+characters) is a 4xx in OpenAI's error format, never a 500."""
 
 from __future__ import annotations
 
@@ -220,3 +221,19 @@ async def test_an_admin_creating_a_key_beyond_its_users_role_gets_insufficient_s
         "/v1/admin/api-keys", params={"user_id": acme["member"].id}, headers=acme["admin_headers"]
     )
     assert listed.json()["data"] == []
+
+
+@pytest.mark.parametrize("name", ["re\x00search", "re\nsearch", "\u202eresearch"])
+async def test_a_team_name_with_control_characters_is_a_400_naming_it(auth_app, acme, name) -> None:
+    created = await auth_app.client.post(
+        "/v1/admin/teams", json={"name": name}, headers=acme["admin_headers"]
+    )
+    assert assert_error(created, 400, "invalid_request")["param"] == "name"
+    renamed = await auth_app.client.patch(
+        f"/v1/admin/teams/{acme['teams']['sales']}",
+        json={"name": name},
+        headers=acme["admin_headers"],
+    )
+    assert assert_error(renamed, 400, "invalid_request")["param"] == "name"
+    listed = await auth_app.client.get("/v1/admin/teams", headers=acme["admin_headers"])
+    assert sorted(team["name"] for team in listed.json()["data"]) == ["research", "sales"]

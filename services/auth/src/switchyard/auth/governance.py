@@ -37,6 +37,7 @@ from switchyard.auth.service import (
     IssuedApiKey,
     UserNotFound,
     _validate_models,
+    printable,
 )
 from switchyard.common.events import LimitsChanged, LimitsChangedData
 from switchyard.common.governance import (
@@ -595,8 +596,10 @@ def _default_modes() -> dict[str, str]:
 
 def _team_name(name: str) -> str:
     name = name.strip()
-    if not name or len(name) > 200:
-        raise InvalidInput("Team name must be 1-200 characters.", param="name")
+    # Printable only, like key names: team names reach terminals and logs, and PostgreSQL
+    # refuses a NUL in text (which would be a 500 rather than this 400).
+    if not name or len(name) > 200 or not printable(name):
+        raise InvalidInput("Team name must be 1-200 printable characters.", param="name")
     return name
 
 
