@@ -1052,6 +1052,44 @@ def test_tool_result_images_follow_the_tool_message_in_a_user_message() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("content", "sent"),
+    [
+        ("boom", "Error: boom"),
+        ([{"type": "text", "text": "boom"}], "Error: boom"),
+        (
+            [{"type": "text", "text": "step 1 failed"}, {"type": "text", "text": "step 2 skipped"}],
+            [
+                {"type": "text", "text": "Error: step 1 failed"},
+                {"type": "text", "text": "step 2 skipped"},
+            ],
+        ),
+        ([], "Error"),
+    ],
+)
+def test_a_failed_tool_result_is_marked_whatever_its_content(content, sent) -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "t1",
+                        "is_error": True,
+                        "content": content,
+                    }
+                ],
+            }
+        ],
+    }
+    assert messages_request_to_chat(body)["messages"] == [
+        {"role": "tool", "tool_call_id": "t1", "content": sent}
+    ]
+
+
 def test_documents_map_to_files_and_text() -> None:
     body = {
         "model": "m",

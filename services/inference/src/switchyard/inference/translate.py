@@ -554,6 +554,16 @@ def _tool_result_parts(
     return texts, images
 
 
+def _marked_as_error(content: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """A tool message's content (a string or text parts) for a tool result with
+    `is_error`, which Chat Completions has no field for: its text prefixed `Error: `
+    (the first part's, when it has several), or `Error` when it has none."""
+    if isinstance(content, str):
+        return f"Error: {content}" if content else "Error"
+    first = content[0]
+    return [{**first, "text": f"Error: {first['text']}"}, *content[1:]]
+
+
 def _unsupported_block(kind: Any, where: str, owner: str) -> TranslationError:
     if kind is None:
         return _anthropic_refusal(f"{where}.type", "Field required")
@@ -649,8 +659,8 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
             result_content, images = _tool_result_parts(
                 block.get("content"), f"{block_where}.content"
             )
-            if block.get("is_error") and isinstance(result_content, str):
-                result_content = f"Error: {result_content}" if result_content else "Error"
+            if block.get("is_error"):
+                result_content = _marked_as_error(result_content)
             tool_messages.append(
                 {"role": "tool", "tool_call_id": tool_use_id, "content": result_content}
             )
