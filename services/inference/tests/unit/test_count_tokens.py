@@ -107,6 +107,24 @@ async def test_openai_protocol_deployment_gets_an_estimate_without_being_called(
     assert usage.data.upstream_calls == 0 and usage.data.usage.total_tokens == 0
 
 
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([{"role": "bot", "content": "hi"}], "messages.0.role"),
+        ([{"role": "user", "content": 5}], "messages.0.content"),
+    ],
+)
+async def test_an_estimate_refuses_what_a_message_to_the_deployment_would_refuse(
+    recorder, serve, messages, param
+):
+    harness = await serve(gpt(recorder))
+    reply = await harness.handle(count({**BODY, "messages": messages}))
+
+    assert isinstance(reply, ChatFailed), reply
+    assert reply.data.error.status == 400 and param in reply.data.error.message
+    assert recorder.requests == []
+
+
 async def test_a_failing_anthropic_count_falls_back_to_an_estimate(recorder, serve):
     recorder.script(
         Scripted(

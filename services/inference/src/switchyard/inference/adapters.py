@@ -537,12 +537,17 @@ class CountTokensEstimate(CountTokensPassThrough):
     """Anthropic's count_tokens for an OpenAI-protocol deployment, which has no such
     endpoint: estimated here with a tokenizer (`switchyard.inference.tokens`), without
     calling the deployment. The reply's `upstream_api` is then None, which the gateway
-    tells the client (`x-switchyard-token-count: estimate`)."""
+    tells the client (`x-switchyard-token-count: estimate`). A body `/v1/messages` would
+    refuse for this deployment (a bad role or content, a feature translation cannot carry)
+    is refused here too, with the same 400: a count is only worth what it counts."""
 
     @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
+        # The same checks as a message to this deployment (count_tokens has no max_tokens).
+        _translated(messages_request_to_chat, {**body, "max_tokens": 1})
+
         def estimate() -> dict[str, Any]:
             return {"input_tokens": estimate_input_tokens(body)}
 
