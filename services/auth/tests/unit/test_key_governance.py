@@ -237,3 +237,29 @@ async def test_a_team_name_with_control_characters_is_a_400_naming_it(auth_app, 
     assert assert_error(renamed, 400, "invalid_request")["param"] == "name"
     listed = await auth_app.client.get("/v1/admin/teams", headers=acme["admin_headers"])
     assert sorted(team["name"] for team in listed.json()["data"]) == ["research", "sales"]
+
+
+async def test_a_user_whose_keys_exceed_a_teams_limits_cannot_be_moved_into_it(
+    auth_app, acme
+) -> None:
+    key = await admin_made_key(auth_app, acme, rpm_limit=90)
+    strict = await auth_app.client.post(
+        "/v1/admin/teams", json={"name": "strict", "rpm_limit": 50}, headers=acme["admin_headers"]
+    )
+    assert strict.status_code == 201, strict.text
+    moved = await auth_app.client.patch(
+        f"/v1/admin/users/{acme['member'].id}",
+        json={"team_id": strict.json()["id"]},
+        headers=acme["admin_headers"],
+    )
+    error = assert_error(moved, 400, "invalid_request")
+    assert error["param"] == "rpm_limit" and "team" in error["message"]
+    assert await team_of_policy(auth_app, acme, key["key_id"]) == acme["teams"]["research"]
+    # Within the limits, the user moves and their keys follow.
+    moved = await auth_app.client.patch(
+        f"/v1/admin/users/{acme['member'].id}",
+        json={"team_id": acme["teams"]["sales"]},
+        headers=acme["admin_headers"],
+    )
+    assert moved.status_code == 200, moved.text
+    assert await team_of_policy(auth_app, acme, key["key_id"]) == acme["teams"]["sales"]

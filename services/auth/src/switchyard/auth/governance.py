@@ -402,7 +402,9 @@ class Governance:
         limits: dict[str, Any] | None = None,
     ) -> User:
         """Move a user into a team (`team_id`; None: out of any; False: unchanged) and patch
-        their limits. Their keys follow them into the new team."""
+        their limits. Their keys follow them into the new team, whose limits their active
+        keys' must be within (as when a team's limits are lowered). Raises UserNotFound,
+        TeamNotFound, InvalidInput naming the field (a bad value, a limit above a level's)."""
         now = datetime.now(UTC)
         async with self._sessions() as session:
             user = await session.get(User, user_id)
@@ -410,7 +412,9 @@ class Governance:
                 raise UserNotFound(f"No user with id {user_id}.")
             if team_id is not False:
                 if team_id is not None:
-                    await self._team(session, team_id, user.tenant)
+                    team = await self._team(session, team_id, user.tenant)
+                    for key in await _user_keys(session, user.id):
+                        _within(limits_of(key), limits_of(team), "api_key", "team")
                 user.team_id = team_id
                 await session.execute(
                     update(ApiKey)
@@ -605,6 +609,13 @@ def _team_name(name: str) -> str:
 
 async def _members(session: AsyncSession, team_id: str) -> Sequence[User]:
     return (await session.execute(select(User).where(User.team_id == team_id))).scalars().all()
+
+
+async def _user_keys(session: AsyncSession, user_id: str) -> Sequence[ApiKey]:
+    result = await session.execute(
+        select(ApiKey).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+    )
+    return result.scalars().all()
 
 
 async def _team_keys(session: AsyncSession, team_id: str) -> Sequence[ApiKey]:
