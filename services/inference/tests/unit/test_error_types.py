@@ -94,3 +94,25 @@ def test_openais_format_names_a_bad_key_and_a_server_failure_as_openai_does() ->
     assert error_type("openai", 401) == "invalid_request_error"
     assert error_type("openai", 500) == error_type("openai", 507) == "server_error"
     assert error_type("anthropic", 401) == "authentication_error"
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        # Switchyard's own: every deployment's circuit open.
+        (
+            ProviderError(503, None, "Every deployment is failing.", code="upstream_unavailable"),
+            529,
+        ),
+        # An OpenAI-protocol upstream's 503.
+        (ProviderError(503, "server_error", "down", vendor="openai"), 529),
+        # An Anthropic upstream's own 503 is relayed as it was.
+        (ProviderError(503, "api_error", "down", vendor="anthropic"), 503),
+    ],
+)
+def test_an_anthropic_client_gets_overloaded_as_anthropic_sends_it(error, status) -> None:
+    info = error.to_error_info(ClientAPI.ANTHROPIC_MESSAGES)
+
+    assert info.status == status
+    assert info.type == ("overloaded_error" if status == 529 else "api_error")
+    assert error.to_error_info(ClientAPI.OPENAI_CHAT_COMPLETIONS).status == 503

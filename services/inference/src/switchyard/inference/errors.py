@@ -72,6 +72,10 @@ class ProviderError(Exception):
         status = self.status
         if client == "openai" and status == 529:
             status = 503  # OpenAI has no 529; its clients know 503 as "overloaded"
+        elif client == "anthropic" and status == 503 and self.vendor != "anthropic":
+            # Anthropic's API answers "overloaded" with 529 (`overloaded_error`), never 503;
+            # an Anthropic upstream's own 503 is relayed as it was.
+            status = 529
         if self.type is not None and (self.vendor == client or self.vendor is None):
             kind = self.type
         else:
