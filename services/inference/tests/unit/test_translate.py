@@ -1121,6 +1121,62 @@ def test_documents_map_to_files_and_text() -> None:
     ]
 
 
+def test_several_assistant_text_blocks_stay_apart_both_ways() -> None:
+    texts = ["First paragraph.", "Second paragraph."]
+    anthropic_body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [
+            {"role": "user", "content": "Write two paragraphs."},
+            {"role": "assistant", "content": [{"type": "text", "text": text} for text in texts]},
+            {"role": "user", "content": "Thanks."},
+        ],
+    }
+    sent = messages_request_to_chat(anthropic_body)["messages"][1]
+    assert sent == {"role": "assistant", "content": [{"type": "text", "text": t} for t in texts]}
+
+    openai_body = {"model": "m", "messages": [m for m in anthropic_body["messages"]]}
+    openai_body["messages"][1] = sent
+    assert chat_request_to_messages(openai_body)["messages"][1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": text} for text in texts],
+    }
+
+
+def test_a_documents_title_context_and_text_blocks_reach_chat_completions() -> None:
+    content_source = {
+        "type": "content",
+        "content": [{"type": "text", "text": "c1"}, {"type": "text", "text": "c2"}],
+    }
+    pdf_source = {"type": "base64", "media_type": "application/pdf", "data": "JVB"}
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "document",
+                        "title": "Notes",
+                        "context": "Meeting of 3 May",
+                        "source": content_source,
+                    },
+                    {"type": "document", "context": "The contract", "source": pdf_source},
+                ],
+            }
+        ],
+    }
+    assert messages_request_to_chat(body)["messages"][0]["content"] == [
+        {"type": "text", "text": "Notes\n\nMeeting of 3 May\n\nc1\n\nc2"},
+        {"type": "text", "text": "The contract"},
+        {
+            "type": "file",
+            "file": {"filename": "document.pdf", "file_data": "data:application/pdf;base64,JVB"},
+        },
+    ]
+
+
 def test_cache_usage_maps_both_ways_and_is_never_counted_twice() -> None:
     anthropic_usage = {
         "input_tokens": 10,

@@ -497,28 +497,47 @@ def _anthropic_image_to_openai(block: dict[str, Any], where: str) -> dict[str, A
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _anthropic_document_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
+def _text_parts(texts: list[str]) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": text} for text in texts]
+
+
+def _anthropic_document_to_openai(block: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """The parts of a document block: a PDF as a `file` part (its `title` as filename), a
+    text document as a text part, its `title` and `context` (what the document is, for
+    the model) as text before it; a `content` source's text blocks apart, by a blank
+    line."""
     source: Any = block.get("source")
     kind = source.get("type") if isinstance(source, dict) else None
+    about = [
+        value for value in (block.get("title"), block.get("context")) if isinstance(value, str)
+    ]
     if kind == "base64":
         media_type = source.get("media_type", "application/pdf")
-        return {
+        file = {
             "type": "file",
             "file": {
                 "filename": block.get("title") or "document.pdf",
                 "file_data": f"data:{media_type};base64,{source.get('data', '')}",
             },
         }
+        context = block.get("context")
+        return [*_text_parts([context] if isinstance(context, str) else []), file]
     if kind == "text":
-        return {"type": "text", "text": source.get("data", "")}
-    if kind == "content":
-        return {"type": "text", "text": _text_of(source.get("content"))}
-    raise _anthropic_refusal(
-        f"{where}.source.type",
-        f"document sources of type {kind!r} cannot be sent to this model (Chat Completions "
-        "takes inline files only).",
-        "unsupported_parameter",
-    )
+        texts = [source.get("data", "")]
+    elif kind == "content":
+        content = source.get("content")
+        if isinstance(content, list):
+            texts = [_text_of([part]) for part in content]
+        else:
+            texts = [_text_of(content)]
+    else:
+        raise _anthropic_refusal(
+            f"{where}.source.type",
+            f"document sources of type {kind!r} cannot be sent to this model (Chat "
+            "Completions takes inline files only).",
+            "unsupported_parameter",
+        )
+    return [{"type": "text", "text": "\n\n".join(text for text in [*about, *texts] if text)}]
 
 
 def _tool_result_parts(
@@ -545,8 +564,8 @@ def _tool_result_parts(
         elif kind == "image":
             images.append(_anthropic_image_to_openai(block, block_where))
         elif kind == "document":
-            part = _anthropic_document_to_openai(block, block_where)
-            (texts if part["type"] == "text" else images).append(part)
+            for part in _anthropic_document_to_openai(block, block_where):
+                (texts if part["type"] == "text" else images).append(part)
         else:
             raise _unsupported_block(kind, block_where, "Tool result")
     if len(texts) <= 1:
@@ -632,7 +651,13 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
                 continue
             else:
                 raise _unsupported_block(kind, block_where, "Assistant content")
-        result: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+        # Several text blocks stay apart, as text parts (joined, their words would run
+        # together: "First.Second.").
+        texts = [text for text in texts if text]
+        result: dict[str, Any] = {
+            "role": "assistant",
+            "content": texts[0] if len(texts) == 1 else _text_parts(texts) or None,
+        }
         if tool_calls:
             result["tool_calls"] = tool_calls
         elif result["content"] is None:
@@ -653,7 +678,7 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
         elif kind == "image":
             parts.append(_anthropic_image_to_openai(block, block_where))
         elif kind == "document":
-            parts.append(_anthropic_document_to_openai(block, block_where))
+            parts += _anthropic_document_to_openai(block, block_where)
         elif kind == "tool_result":
             tool_use_id = _required_string(block, "tool_use_id", block_where)
             result_content, images = _tool_result_parts(
@@ -1137,10 +1162,12 @@ def _openai_user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _openai_assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    text = _text_of(message.get("content"))
-    if text:
-        blocks.append({"type": "text", "text": text})
+    content = message.get("content")
+    # Each text (or refusal) part its own text block: joined, their words would run
+    # together.
+    parts = content if isinstance(content, list) else [content]
+    texts = [_text_of(part if isinstance(part, str) else [part]) for part in parts]
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text} for text in texts if text]
     calls: Any = message.get("tool_calls") or []
     if not isinstance(calls, list):
         raise invalid_type(f"{where}.tool_calls", "an array", calls)

@@ -496,7 +496,10 @@ def _chat_user_part(part: dict[str, Any], where: str) -> dict[str, Any]:
     )
 
 
-def _joined_text(parts: list[dict[str, Any]], where: str, kinds: tuple[str, ...]) -> str:
+def _texts(parts: list[dict[str, Any]], where: str, kinds: tuple[str, ...]) -> list[str]:
+    """The texts (or refusals) of `parts`, empty ones left out; a part of a type not in
+    `kinds` is refused. They are kept apart, never joined: joined, the words of one part
+    and the next would run together."""
     texts = []
     for position, part in enumerate(parts):
         if part.get("type") not in kinds:
@@ -505,8 +508,18 @@ def _joined_text(parts: list[dict[str, Any]], where: str, kinds: tuple[str, ...]
                 "cannot be sent here.",
                 f"{where}.content[{position}]",
             )
-        texts.append(part.get("text") or part.get("refusal") or "")
-    return "".join(texts)
+        text = part.get("text") or part.get("refusal")
+        if text:
+            texts.append(text)
+    return texts
+
+
+def _chat_content(texts: list[str]) -> str | list[dict[str, Any]]:
+    """Chat Completions `content` for texts: a string for one (or none), text parts for
+    several."""
+    if len(texts) <= 1:
+        return texts[0] if texts else ""
+    return [{"type": "text", "text": text} for text in texts]
 
 
 def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> None:
@@ -515,8 +528,8 @@ def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> None
         role = item.get("role")
         parts = _parts(item.get("content"), where)
         if role in ("system", "developer"):
-            text = _joined_text(parts, where, ("input_text", "text"))
-            messages.append({"role": "system", "content": text})
+            texts = _texts(parts, where, ("input_text", "text"))
+            messages.append({"role": "system", "content": _chat_content(texts)})
         elif role == "user":
             content = [
                 _chat_user_part(part, f"{where}.content[{position}]")
@@ -540,9 +553,12 @@ def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> None
                         f"{part_kind!r} cannot be sent to this model.",
                         f"{where}.content[{position}]",
                     )
-            message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": _chat_content([text for text in texts if text]),
+            }
             if refusals:
-                message["refusal"] = "".join(refusals)
+                message["refusal"] = "\n\n".join(refusal for refusal in refusals if refusal)
             messages.append(message)
         else:
             raise _invalid_role(role, where)
@@ -562,7 +578,7 @@ def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> None
     elif kind == "function_call_output":
         output = _call_output(item, where)
         if isinstance(output, list):
-            output = _joined_text(output, where, ("input_text", "text", "output_text"))
+            output = _chat_content(_texts(output, where, ("input_text", "text", "output_text")))
         messages.append(
             {"role": "tool", "tool_call_id": item.get("call_id", ""), "content": output}
         )
@@ -612,7 +628,8 @@ def responses_request_to_messages(
         where = items.where(index)
         role, blocks = _item_to_messages(item, where)
         if role == "system":
-            text = "".join(block["text"] for block in blocks)
+            # Apart, as the system blocks of an Anthropic request are joined for OpenAI.
+            text = "\n\n".join(block["text"] for block in blocks)
             if not turns:
                 system.append(text)
             elif text:
@@ -740,8 +757,8 @@ def _item_to_messages(item: Any, where: str) -> tuple[str, list[dict[str, Any]]]
         role = item.get("role")
         parts = _parts(item.get("content"), where)
         if role in ("system", "developer"):
-            text = _joined_text(parts, where, ("input_text", "text"))
-            return "system", [{"type": "text", "text": text}]
+            texts = _texts(parts, where, ("input_text", "text"))
+            return "system", [{"type": "text", "text": text} for text in texts]
         if role == "user":
             blocks = [
                 _anthropic_user_block(part, f"{where}.content[{position}]")
@@ -749,8 +766,8 @@ def _item_to_messages(item: Any, where: str) -> tuple[str, list[dict[str, Any]]]
             ]
             return "user", [b for b in blocks if b["type"] != "text" or b["text"]]
         if role == "assistant":
-            text = _joined_text(parts, where, ("output_text", "input_text", "text", "refusal"))
-            return "assistant", [{"type": "text", "text": text}] if text else []
+            texts = _texts(parts, where, ("output_text", "input_text", "text", "refusal"))
+            return "assistant", [{"type": "text", "text": text} for text in texts]
         raise _invalid_role(role, where)
     if kind == "function_call":
         return "assistant", [
