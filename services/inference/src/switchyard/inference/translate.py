@@ -286,8 +286,9 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     Raises TranslationError for what Chat Completions cannot express (`top_k`,
     `context_management`, server tools, URL documents...: the table is in
     docs/protocols.md), and for what Anthropic itself refuses in a field the translation
-    renames or reshapes (a `max_tokens` below 1, a tool without a name...): the message
-    starts with the path of the client's field, as Anthropic's do."""
+    renames or reshapes (a `max_tokens` below 1, a tool without a name, thinking with a
+    forced tool or a `temperature` other than 1...): the message starts with the path of
+    the client's field, as Anthropic's do."""
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
     _refuse_unknown(body, _MESSAGES_FIELDS, "OpenAI's Chat Completions")
@@ -799,7 +800,8 @@ def chat_request_to_messages(
     merged, as Anthropic requires alternating turns; tool messages become `tool_result`
     blocks. Raises TranslationError, in OpenAI's words and with `param` in Chat
     Completions' notation (`messages.[0].content`), for what Messages cannot express
-    (`logprobs`, `n` > 1, `seed`, `temperature` above 1...) and for what OpenAI itself
+    (`logprobs`, `n` > 1, `seed`, `temperature` above 1, `reasoning_effort` with a forced
+    tool...: `add_anthropic_thinking`) and for what OpenAI itself
     refuses in a field the translation renames or reshapes (a `max_tokens` below 1, a
     user message without `content`...)."""
     try:
