@@ -166,6 +166,19 @@ async def test_compressed_bodies_are_415_never_read_as_they_are(encoding):
     assert identity.json() == {"name": "ok"}
 
 
+@pytest.mark.parametrize("url", ["/items/%00", "/items?user_id=%00", "/items?x=a%00b", "/it%00ems"])
+async def test_a_nul_in_the_url_is_a_400_before_any_route_sees_it(url):
+    app = small_app(1000)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        refused = await c.post(url, json={"name": "ok"})
+        fine = await c.post("/items?x=%2500", json={"name": "ok"})  # a literal "%00"... encoded
+
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "invalid_request"
+    assert "NUL" in refused.json()["error"]["message"]
+    assert fine.status_code == 200
+
+
 @pytest.mark.parametrize(
     "url",
     [

@@ -2,7 +2,9 @@
 configured size are refused with 413 before they are read, whether or not the client
 sent Content-Length, and compressed request bodies (a `Content-Encoding` other than
 `identity`) with 415 and `Accept-Encoding: identity` (RFC 9110, section 15.5.16): a
-body is never read as something it is not, nor inflated past the limit.
+body is never read as something it is not, nor inflated past the limit. A URL whose path
+or query holds a NUL character (`%00`) is refused with 400 `invalid_request`: no
+Switchyard resource is named with one, and PostgreSQL cannot take one in a text value.
 
 A declared `Content-Length` over the limit is refused at once, without reading a byte.
 Otherwise the body is counted as it arrives and the request fails with 413 the moment
@@ -25,6 +27,11 @@ ErrorRenderer = Callable[[str, int, str, str], bytes]
 
 def _openai_error(_: str, status: int, message: str, code: str) -> bytes:
     return error_body(message, OPENAI_TYPES.get(status, "invalid_request_error"), code)
+
+
+def _has_nul(query: bytes) -> bool:
+    """Whether a raw query string holds a NUL, as itself or percent-encoded."""
+    return b"\x00" in query or b"%00" in query
 
 
 class _BodyTooLarge(Exception):
@@ -56,6 +63,15 @@ class BodySizeLimit:
         is compressed; pass everything else through."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"] or _has_nul(scope.get("query_string", b"")):
+            await self._answer(
+                scope,
+                send,
+                400,
+                "The URL must not contain a NUL character (%00).",
+                "invalid_request",
+            )
             return
         max_bytes = self.path_limits.get(scope["path"], self.max_bytes)
         for name, value in scope["headers"]:
