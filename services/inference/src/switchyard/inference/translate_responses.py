@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from switchyard.common.events import TokenUsage, utcnow
-from switchyard.common.responses import response_object, usage_object
+from switchyard.common.responses import response_object, upstream_item, usage_object
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
     TranslationError,
@@ -106,19 +106,6 @@ def client_items(value: Any) -> list[Any]:
     raise invalid_type("input", "a string or an array", value)
 
 
-def _upstream_context_item(item: dict[str, Any]) -> dict[str, Any]:
-    """An item of the previous conversation as an upstream Responses API gets it: without
-    the ids history gave it (ids name items of *Switchyard's* store; an upstream would
-    look them up in its own), reasoning items excepted (the API requires their id)."""
-    if item.get("type") == "reasoning":
-        return item
-    return {
-        name: value
-        for name, value in item.items()
-        if name != "id" and not (name == "status" and item.get("type") == "message")
-    }
-
-
 def passthrough_body(
     body: dict[str, Any], previous_items: list[dict[str, Any]] | None, model: str
 ) -> dict[str, Any]:
@@ -132,7 +119,7 @@ def passthrough_body(
     }
     payload["model"] = model
     if previous_items:
-        payload["input"] = [_upstream_context_item(item) for item in previous_items] + client_items(
+        payload["input"] = [upstream_item(item) for item in previous_items] + client_items(
             body.get("input")
         )
     return payload
