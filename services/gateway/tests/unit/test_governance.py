@@ -692,3 +692,22 @@ async def test_replies_settle_as_they_arrive_and_the_usage_topic_is_read_late(
     assert carried.key_filter == admission.settles
     assert listened[topics.usage]["max_delay_ms"] == USAGE_FALLBACK_DELAY_MS
     assert listened[topics.auth_events]["max_delay_ms"] is None  # limit changes at once
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0.25, "250ms"),
+        (0.9996, "1s"),
+        (1.5, "1.5s"),
+        (9.996, "10s"),
+        (59.4, "59s"),
+        (59.6, "1m0s"),
+        (359.7, "6m0s"),
+        (3599.6, "1h0m0s"),
+    ],
+)
+def test_reset_times_are_in_openais_format_rounded_before_the_unit_is_chosen(seconds, shown):
+    from switchyard.gateway.governance.admission import format_duration
+
+    assert format_duration(seconds) == shown

@@ -175,13 +175,17 @@ def _iso(epoch: float) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """OpenAI's reset format: `1s`, `6m0s`, `250ms`."""
-    seconds = max(0.0, seconds)
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    if seconds < 60:
-        return f"{seconds:.3g}s" if seconds < 10 else f"{round(seconds)}s"
-    minutes, rest = divmod(round(seconds), 60)
+    """OpenAI's reset format: `250ms`, `1.5s`, `12s`, `6m0s`, `1h2m3s`; each unit rounded
+    before it is chosen, so 59.6 s is `1m0s`, never `60s`."""
+    milliseconds = round(max(0.0, seconds) * 1000)
+    if milliseconds < 1000:
+        return f"{milliseconds}ms"
+    if milliseconds < 9995:
+        return f"{milliseconds / 1000:.3g}s"
+    whole = round(milliseconds / 1000)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, rest = divmod(whole, 60)
     if minutes < 60:
         return f"{minutes}m{rest}s"
     hours, minutes = divmod(minutes, 60)
