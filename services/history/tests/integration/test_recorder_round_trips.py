@@ -179,3 +179,25 @@ async def test_events_naming_another_tenant_leave_the_row_as_it_was(engine, even
         None,
         None,
     )
+
+
+async def test_a_request_takes_back_a_row_another_tenants_events_made_first(engine, events):
+    recorder = EventRecorder(engine)
+    request = events.requested()
+    forged = events.usage(request).model_copy(update={"tenant": "intruder", "id": "forged-usage"})
+    await recorder.record([forged])
+
+    await recorder.record([request])
+
+    async with engine.connect() as connection:
+        row = (
+            (
+                await connection.execute(
+                    select(requests_table).where(requests_table.c.request_id == request.request_id)
+                )
+            )
+            .mappings()
+            .one()
+        )
+    assert (row["tenant"], row["cost_usd"], row["status"]) == ("acme", None, "pending")
+    assert row["request_body"] is not None

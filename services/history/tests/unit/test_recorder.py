@@ -196,3 +196,45 @@ async def test_events_naming_another_tenant_do_not_change_a_requests_row(
     row = await tables.request(request.request_id)
     assert row["tenant"] == "acme" and row["status"] == "completed"
     assert row["response"]["choices"][0]["message"]["content"] == "4"
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["apart", "in-one-batch"])
+async def test_a_request_takes_back_a_row_another_tenants_events_made_before_it(
+    recorder, tables, events, together
+):
+    """Events of another tenant under a request id that arrive before the request make a
+    row; the request, when it comes, makes the row its own: nothing the other tenant's
+    events said (answer, cost) is shown as the request's. (Its own reply, coming after a
+    forged outcome, is still taken for a second outcome and not recorded: the row stays
+    pending until the sweeper expires it.) A second request under that id from another
+    tenant changes nothing."""
+    request = events.requested()
+    forged = [
+        events.usage(request, cost_usd=99.0).model_copy(update={"tenant": "intruder"}),
+        events.completed(request, answer="forged").model_copy(update={"tenant": "intruder"}),
+    ]
+    own = [request, events.completed(request, answer="4"), events.usage(request, cost_usd=0.01)]
+    if together:
+        await recorder.record([*forged, *own])
+    else:
+        await recorder.record(forged)
+        await recorder.record(own)
+    await recorder.record(
+        [
+            events.requested().model_copy(
+                update={
+                    "tenant": "intruder",
+                    "request_id": request.request_id,
+                    "id": "forged-request",
+                }
+            )
+        ]
+    )
+
+    row = await tables.request(request.request_id)
+    assert (row["tenant"], row["cost_usd"], row["request_body"]) == (
+        "acme",
+        0.01,
+        request.data.body,
+    )
+    assert row["response"] is None or "forged" not in str(row["response"])

@@ -14,7 +14,10 @@ independent of the order contributions are applied in:
   (who, which model and API, zero usage) are its whole record;
 - a contribution naming another tenant than the row's changes nothing (every event of a
   request carries the request's tenant; only a producer writing under another tenant's
-  request id makes one differ);
+  request id makes one differ), with one exception: the request itself, arriving at a row
+  that has no request yet, makes the row its own again (what the other tenant's events
+  put there is dropped; they stay in the event store). These rules make the result
+  depend on order only when two tenants write under one request id;
 - the status leaves 'pending' once, to the first terminal status applied; the reply,
   error and completion time travel with that status and are never overwritten. One
   exception: history's own expiry (the sweeper's, `outcome_provisional`) only stands until
@@ -209,9 +212,19 @@ MERGE_RULES: dict[str, tuple[str, str]] = {
 def same_tenant(existing: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether contribution `new` may change row `existing`: not when both name a tenant
     and the tenants differ (an event under another tenant's request id is not that
-    request's, whatever it says)."""
+    request's, whatever it says), unless `reclaims` holds."""
     return (
         existing["tenant"] is None or new["tenant"] is None or existing["tenant"] == new["tenant"]
+    )
+
+
+def reclaims(existing: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether contribution `new` is a request taking back row `existing`, which events of
+    another tenant made before the request arrived: the row becomes the request's alone."""
+    return (
+        not same_tenant(existing, new)
+        and existing["request_body"] is None
+        and new["request_body"] is not None
     )
 
 
@@ -229,6 +242,9 @@ def merge(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         USAGE_ARRIVES: existing["cost_usd"] is None and new["cost_usd"] is not None,
     }
     merged = {"request_id": existing["request_id"]}
+    if reclaims(existing, new):
+        merged.update((name, new[name]) for name in MERGE_RULES)
+        return merged
     if not same_tenant(existing, new):
         merged.update((name, existing[name]) for name in MERGE_RULES)
         return merged
@@ -276,10 +292,13 @@ def upsert_statement(
                 else_=func.coalesce(existing[name], new[name]),
             )
     # A contribution naming another tenant than the row's is not the request's own (only a
-    # producer writing events under someone else's request id makes one): it changes nothing.
+    # producer writing events under someone else's request id makes one): it changes
+    # nothing, unless it is the request reclaiming a row such events made before it came.
     same_tenant = or_(
         existing.tenant.is_(None), new.tenant.is_(None), existing.tenant == new.tenant
     )
+    reclaim = and_(~same_tenant, existing.request_body.is_(None), new.request_body.is_not(None))
+    updates = {name: case((reclaim, new[name]), else_=rule) for name, rule in updates.items()}
     return insert.on_conflict_do_update(
-        index_elements=[existing.request_id], set_=updates, where=same_tenant
+        index_elements=[existing.request_id], set_=updates, where=or_(same_tenant, reclaim)
     )
