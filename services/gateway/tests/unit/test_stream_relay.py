@@ -325,3 +325,24 @@ async def test_records_waiting_for_a_missing_one_are_held_only_so_many(harness, 
 
     assert b"Hel" in raw and b"held" not in raw
     assert b"stream_interrupted" in raw and b"[DONE]" not in raw
+
+
+async def test_the_missing_record_arriving_at_the_limit_lets_the_stream_drain(harness, monkeypatch):
+    from switchyard.gateway import dispatch
+
+    monkeypatch.setattr(dispatch, "MAX_HELD_STREAM_RECORDS", 5)
+
+    async def late(request):
+        held = [chunk(request, n, f"<{n}>") for n in range(2, 7)]  # as many as may be held
+        return [
+            chunk(request, 0, "<0>"),
+            *held,
+            chunk(request, 1, "<1>"),
+            completed_reply(request, "x"),
+        ]
+
+    harness.respond[0] = late
+    _, raw = await raw_stream(harness, "/v1/chat/completions", CHAT)
+
+    assert b"stream_interrupted" not in raw and b"[DONE]" in raw
+    assert all(f"<{n}>".encode() in raw for n in range(7))

@@ -394,7 +394,7 @@ class Dispatch:
                         yield self._stream_failure(self._interrupted_error())
                         return
                     early[data.sequence] = reply
-                    if len(early) > MAX_HELD_STREAM_RECORDS:
+                    if data.sequence != next_sequence and len(early) > MAX_HELD_STREAM_RECORDS:
                         log.warning("stream records missing", missing_from=next_sequence)
                         yield self._stream_failure(self._interrupted_error())
                         return
