@@ -1271,3 +1271,34 @@ def test_a_streamed_refusal_stops_for_refusal_as_a_whole_reply_does() -> None:
     )
 
     assert events[-2]["delta"]["stop_reason"] == whole["stop_reason"] == "refusal"
+
+
+def test_a_held_call_does_not_make_every_argument_piece_parse_the_whole_arguments(monkeypatch):
+    """While a call is held, the open call's arguments are parsed only when a piece could
+    end them (a closing brace or bracket), not with every piece: a long call streamed in
+    small pieces would otherwise cost time growing with the square of its length."""
+    from switchyard.inference import translate
+
+    parsed: list[int] = []
+    real_loads = translate.orjson.loads
+
+    class CountingOrjson:
+        JSONDecodeError = translate.orjson.JSONDecodeError
+
+        @staticmethod
+        def loads(text):
+            parsed.append(len(text))
+            return real_loads(text)
+
+        dumps = staticmethod(translate.orjson.dumps)
+
+    monkeypatch.setattr(translate, "orjson", CountingOrjson)
+    converter = ChatChunksToMessageEvents("m")
+    converter.feed(tool_call(0, '{"location": "', "call_a"))
+    converter.feed(tool_call(1, "", "call_b"))
+    for _ in range(1000):
+        converter.feed(tool_call(0, "abcdefghij"))
+    events = converter.feed(tool_call(0, '"}'))
+
+    assert len(parsed) <= 3
+    assert [event["type"] for event in events][-2:] == ["content_block_stop", "content_block_start"]

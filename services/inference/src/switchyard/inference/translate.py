@@ -1624,7 +1624,12 @@ class ChatChunksToMessageEvents:
         }
 
     def _whole_arguments(self) -> bool:
-        """Whether the open tool call's arguments so far are one whole JSON value."""
+        """Whether the open tool call's arguments so far are one whole JSON value. Only
+        parsed when they end as an object or array can (arguments are a JSON object), so
+        a long call streamed in small pieces is not parsed again with every piece."""
+        last = next((piece.rstrip() for piece in reversed(self._arguments) if piece.strip()), "")
+        if not last.endswith(("}", "]")):
+            return False
         try:
             orjson.loads("".join(self._arguments))
         except orjson.JSONDecodeError:
