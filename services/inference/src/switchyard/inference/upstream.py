@@ -358,6 +358,8 @@ RESPONSES_CODE_STATUS = {
     "invalid_prompt": 400,
     "context_length_exceeded": 400,
     "vector_store_timeout": 504,
+    # Switchyard's credentials were refused: nothing the client can fix (as for a 401).
+    "invalid_api_key": 502,
 }
 # Codes of an input the upstream could not use (`invalid_image`, `image_too_large`,
 # `unsupported_image_media_type`, `failed_to_download_image`...): the client's to fix.
