@@ -229,7 +229,12 @@ class ApiDocs:
 def _error_response(status: int, anthropic: bool) -> dict[str, Any]:
     description, openai_type, code, message = _ERRORS.get(
         status,
-        (HTTPStatus(status).phrase, "api_error", "error", HTTPStatus(status).phrase),
+        (
+            HTTPStatus(status).phrase,
+            error_type("openai", status),
+            "error",
+            HTTPStatus(status).phrase,
+        ),
     )
     if anthropic:
         schema = ANTHROPIC_ERROR_SCHEMA
