@@ -115,6 +115,14 @@ async def test_an_admin_may_still_count_a_members_key_against_no_team(auth_app, 
     )
     assert moved.status_code == 200, moved.text
     assert await team_of_policy(auth_app, acme, key["key_id"]) is None
+    # Sending the key's team as it is (a client echoing the key it read) changes nothing.
+    same = await auth_app.client.patch(
+        f"/v1/api-keys/{key['key_id']}",
+        json={"team_id": None, "rpm_limit": 10},
+        headers=acme["member_headers"],
+    )
+    assert same.status_code == 200, same.text
+    assert await team_of_policy(auth_app, acme, key["key_id"]) is None
     # The member may put it back into their team (that tightens), not take it out again.
     back = await auth_app.client.patch(
         f"/v1/api-keys/{key['key_id']}",

@@ -545,7 +545,7 @@ class Governance:
             assert user is not None
             team = (
                 key.team_id
-                if team_id is False
+                if team_id is False or team_id == key.team_id  # unchanged: nothing to decide
                 else await self._key_team(session, user, team_id, member=member)
             )
             merged = _merged(key, limits)
