@@ -413,8 +413,9 @@ class Governance:
             if team_id is not False:
                 if team_id is not None:
                     team = await self._team(session, team_id, user.tenant)
-                    for key in await _user_keys(session, user.id):
-                        _within(limits_of(key), limits_of(team), "api_key", "team")
+                    if team_id != user.team_id:  # a move; the team sent unchanged is none
+                        for key in await _user_keys(session, user.id):
+                            _within(limits_of(key), limits_of(team), "api_key", "team")
                 user.team_id = team_id
                 await session.execute(
                     update(ApiKey)
