@@ -153,3 +153,19 @@ async def test_count_body_over_the_messages_limit_gets_413(harness):
     answer_counts(harness, 1, estimated=True)
     ok = await harness.client.post("/v1/messages/count_tokens", json=fits, headers=AUTH)
     assert ok.status_code == 200
+
+
+async def test_a_count_reserves_its_prompt_but_no_output_against_a_token_limit(harness):
+    """A count generates nothing: a token limit far below the model's output cap (what a
+    message without max_tokens reserves) still admits it."""
+    from .test_governance import limited_auth
+
+    limited_auth(harness, tpm_limit=200)
+    answer_counts(harness, 3, estimated=False)
+    count = await harness.client.post("/v1/messages/count_tokens", json=BODY, headers=AUTH)
+    message = await harness.client.post(
+        "/v1/messages", json={**BODY, "max_tokens": 4096}, headers=AUTH
+    )
+
+    assert count.status_code == 200, count.text
+    assert message.status_code == 429 and message.json()["error"]["type"] == "rate_limit_error"

@@ -134,7 +134,9 @@ async def admit(
             client.model,
             client.admission_body,
             api=client.api,
-            embeddings=client.api is ClientAPI.OPENAI_EMBEDDINGS,
+            # Neither generates output: nothing is reserved for one.
+            embeddings=client.api
+            in (ClientAPI.OPENAI_EMBEDDINGS, ClientAPI.ANTHROPIC_COUNT_TOKENS),
         )
     except Refused as refused:
         REJECTED.labels(refused.reason).inc()
