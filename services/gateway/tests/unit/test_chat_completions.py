@@ -333,6 +333,47 @@ async def test_body_that_is_not_an_object_gets_400(harness):
     assert "JSON object" in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", b'{"seed": 123456789012345678901234567890, ', "seed"),
+        (
+            "/v1/messages",
+            b'{"max_tokens": 5, "metadata": {"n": [1, -99999999999999999999999]}, ',
+            "metadata.n[1]",
+        ),
+    ],
+)
+async def test_an_integer_beyond_64_bits_is_refused_not_sent_on_as_a_float(
+    harness, path, body, param
+):
+    raw = body + b'"model": "sim-small", "messages": [{"role": "user", "content": "Hi"}]}'
+    response = await harness.client.post(
+        path, content=raw, headers={**AUTH, "content-type": "application/json"}
+    )
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["type"]) == (param, "invalid_request_error")
+    assert "64 bits" in error["message"]
+    assert not harness.requests
+
+
+async def test_long_digit_strings_and_64_bit_integers_pass_unchanged(harness):
+    raw = (
+        b'{"model": "sim-small", "seed": 18446744073709551615, "metadata": {"phone": '
+        b'"123456789012345678901234567890"}, "messages": [{"role": "user", "content": "Hi"}]}'
+    )
+    response = await harness.client.post(
+        "/v1/chat/completions", content=raw, headers={**AUTH, "content-type": "application/json"}
+    )
+
+    assert response.status_code == 200, response.text
+    [published] = harness.requests
+    assert published.data.body["seed"] == 18446744073709551615
+    assert published.data.body["metadata"]["phone"] == "123456789012345678901234567890"
+
+
 async def test_a_restarted_upstream_stream_is_never_spliced_into_the_first(harness):
     async def restarted(request):
         first, second = chunk(request, 0, "Hel"), chunk(request, 1, "lo")

@@ -23,6 +23,8 @@ The pydantic models in `schemas.py` only document the request bodies in Swagger
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +65,32 @@ class ClientRequest:
         return {**self.body, "input": [*self.previous_items, *(current or [])]}
 
 
+# An integer literal of 20 digits or more, the only ones that may not fit in 64 bits.
+_LONG_INTEGER = re.compile(rb"(?<![\w.])-?\d{20,}(?![\d.eE])")
+_INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson (and so every event) carries exactly
+
+
+def _oversized_integer(value: Any) -> str | None:
+    """The path (OpenAI's notation, `messages[0].content`) of the first integer in `value`
+    outside 64 bits, or None."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(
+                (child, f"{path}.{key}" if path else str(key)) for key, child in item.items()
+            )
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{index}]") for index, child in enumerate(item))
+        elif isinstance(item, int) and not _INT_RANGE[0] <= item <= _INT_RANGE[1]:
+            return path
+    return None
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """The JSON object in `raw`; APIError 400 if it is not valid JSON or not an object."""
+    """The JSON object in `raw`; APIError 400 if it is not valid JSON or not an object, or
+    holds an integer beyond 64 bits (orjson would read it as a float, changing its digits;
+    such a body is refused rather than sent on altered)."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -72,9 +98,19 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
     try:
-        return check_json_depth(data)
+        check_json_depth(data)
     except JsonTooDeep as exc:
         raise APIError(400, str(exc), code="json_too_deep") from None
+    if _LONG_INTEGER.search(raw):  # rare: only then is the body read a second time, exactly
+        path = _oversized_integer(json.loads(raw))
+        if path is not None:
+            raise APIError(
+                400,
+                f"Invalid value for '{path}': integers beyond 64 bits are not supported.",
+                param=path,
+                code="invalid_value",
+            )
+    return data
 
 
 def _missing(param: str) -> APIError:
