@@ -41,7 +41,7 @@ PREVIOUS_ITEMS = [
         "content": [{"type": "input_text", "text": "What is the weather in Paris?"}],
     },
     {
-        "id": "rs_abc",
+        "id": "rs_sy" + "0" * 32,  # Switchyard's, from an earlier Anthropic turn
         "type": "reasoning",
         "summary": [{"type": "summary_text", "text": "Look it up."}],
         "encrypted_content": "SIGNATURE-1",
@@ -54,6 +54,14 @@ PREVIOUS_ITEMS = [
         "name": "get_weather",
         "arguments": '{"location": "Paris"}',
     },
+]
+
+
+# The same conversation had an OpenAI model reasoned in it (an id of OpenAI's own).
+OPENAI_PREVIOUS_ITEMS = [
+    PREVIOUS_ITEMS[0],
+    {**PREVIOUS_ITEMS[1], "id": "rs_" + "ab" * 24, "encrypted_content": "gAAAA-OPENAI"},
+    PREVIOUS_ITEMS[2],
 ]
 
 
@@ -196,7 +204,7 @@ async def test_passthrough_sends_the_body_as_sent_with_the_conversation_before_i
     }
     request = with_previous(
         responses_request("gpt-resp", body, headers={"openai-beta": "responses=v9"}),
-        PREVIOUS_ITEMS,
+        OPENAI_PREVIOUS_ITEMS,
     )
 
     reply = await harness.handle(request)
@@ -216,7 +224,7 @@ async def test_passthrough_sends_the_body_as_sent_with_the_conversation_before_i
             "role": "user",
             "content": [{"type": "input_text", "text": "What is the weather in Paris?"}],
         },
-        PREVIOUS_ITEMS[1],
+        OPENAI_PREVIOUS_ITEMS[1],
         {k: v for k, v in PREVIOUS_ITEMS[2].items() if k != "id"},
         body["input"][0],
     ]
@@ -921,3 +929,57 @@ def test_both_openai_apis_refuse_a_temperature_anthropic_cannot_take(translate, 
         translate({**body, "temperature": 1.5})
 
     assert refused.value.param == "temperature"
+
+
+@pytest.mark.parametrize("earlier_id", ["rs_sy" + "1" * 32, "rs_" + "2" * 32])
+async def test_reasoning_another_api_made_never_reaches_an_openai_upstream(
+    harness, recorder, earlier_id
+):
+    """Reasoning Switchyard made from an Anthropic reply (a thinking signature in
+    `encrypted_content`, under an id of Switchyard's) is left out when the conversation
+    goes on at an OpenAI Responses upstream, whether it comes from `previous_response_id`
+    or the client sends it back in `input`: OpenAI cannot decrypt it and would refuse it."""
+    recorder.script(Scripted(json=native_response()))
+    translated = {**PREVIOUS_ITEMS[1], "id": earlier_id}
+    body = {"input": [translated, {"role": "user", "content": "And Oslo?"}]}
+    request = with_previous(
+        responses_request("gpt-resp", body), [PREVIOUS_ITEMS[0], translated, PREVIOUS_ITEMS[2]]
+    )
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    sent = recorder.last.body["input"]
+    assert not [item for item in sent if item.get("type") == "reasoning"]
+    assert [item.get("type", "message") for item in sent] == ["message", "function_call", "message"]
+
+
+async def test_an_openai_models_reasoning_is_not_sent_to_an_anthropic_deployment(harness, recorder):
+    recorder.script(
+        Scripted(
+            json={
+                "id": "msg_2",
+                "type": "message",
+                "role": "assistant",
+                "model": "upstream-claude",
+                "content": [{"type": "text", "text": "Cold."}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": 10, "output_tokens": 2},
+            }
+        )
+    )
+    body = {"input": [{"type": "function_call_output", "call_id": "call_1", "output": "18C"}]}
+    request = with_previous(responses_request("claude", body), OPENAI_PREVIOUS_ITEMS)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    blocks = [
+        block
+        for message in recorder.last.body["messages"]
+        if isinstance(message["content"], list)
+        for block in message["content"]
+    ]
+    assert not [b for b in blocks if b.get("type") in ("thinking", "redacted_thinking")]
+    assert "gAAAA-OPENAI" not in str(recorder.last.body)

@@ -27,6 +27,7 @@ text, refusal, reasoning summary and function-call argument events), then
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +89,45 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
+# The id prefix of the reasoning items Switchyard makes when it translates another API's
+# reply (an Anthropic thinking block, a Chat Completions server's reasoning text): their
+# `encrypted_content` is not OpenAI's, so an OpenAI Responses upstream must never get
+# them; and a reasoning item without it came from OpenAI, whose encrypted content an
+# Anthropic deployment cannot read.
+TRANSLATED_REASONING_PREFIX = "rs_sy"
+
+
+def _reasoning_id() -> str:
+    return f"{TRANSLATED_REASONING_PREFIX}{uuid.uuid4().hex}"
+
+
+# Before the prefix, Switchyard's reasoning ids were `rs_` and 32 hex digits (OpenAI's are
+# longer): stored conversations still hold those.
+_EARLIER_TRANSLATED_REASONING_ID = re.compile(r"rs_[0-9a-f]{32}")
+
+
+def translated_reasoning(item: Any) -> bool:
+    """Whether `item` is a reasoning item Switchyard made by translating a reply."""
+    if not isinstance(item, dict) or item.get("type") != "reasoning":
+        return False
+    item_id = item.get("id")
+    return isinstance(item_id, str) and (
+        item_id.startswith(TRANSLATED_REASONING_PREFIX)
+        or _EARLIER_TRANSLATED_REASONING_ID.fullmatch(item_id) is not None
+    )
+
+
+def openai_reasoning(item: Any) -> bool:
+    """Whether `item` is a reasoning item an OpenAI Responses upstream made (an id of its
+    own, not Switchyard's)."""
+    return (
+        isinstance(item, dict)
+        and item.get("type") == "reasoning"
+        and isinstance(item.get("id"), str)
+        and not translated_reasoning(item)
+    )
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -111,17 +151,20 @@ def passthrough_body(
 ) -> dict[str, Any]:
     """The body for a deployment offering the Responses API: the client's, with `model`
     replaced, the previous conversation's items before `input`, and without the
-    parameters Switchyard serves itself (`previous_response_id`, `background`)."""
+    parameters Switchyard serves itself (`previous_response_id`, `background`). Reasoning
+    items Switchyard made from another API's reply are left out (`translated_reasoning`):
+    their content is not OpenAI's to decrypt, and the model reasons afresh without them."""
     payload = {
         name: value
         for name, value in body.items()
         if name not in ("previous_response_id", "background")
     }
     payload["model"] = model
-    if previous_items:
-        payload["input"] = [upstream_item(item) for item in previous_items] + client_items(
-            body.get("input")
-        )
+    current = body.get("input")
+    translated = isinstance(current, list) and any(map(translated_reasoning, current))
+    if previous_items or translated:
+        items = [upstream_item(item) for item in previous_items or ()] + client_items(current)
+        payload["input"] = [item for item in items if not translated_reasoning(item)]
     return payload
 
 
@@ -782,7 +825,10 @@ def _item_to_messages(item: Any, where: str) -> tuple[str, list[dict[str, Any]]]
     if kind == "reasoning":
         # Thinking Switchyard returned as reasoning goes back with its signature (Anthropic
         # needs it to continue a turn that used tools); reasoning without one is not sent
-        # (Anthropic ignores earlier turns' thinking anyway).
+        # (Anthropic ignores earlier turns' thinking anyway), nor is an OpenAI model's
+        # (its encrypted content is OpenAI's, which Anthropic would refuse as a signature).
+        if openai_reasoning(item):
+            return "assistant", []
         signature = item.get("encrypted_content")
         if not isinstance(signature, str) or not signature:
             return "assistant", []
@@ -874,7 +920,7 @@ def chat_completion_to_response(
     output: list[dict[str, Any]] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
-        output.append(_reasoning_item(_new_id("rs"), reasoning, None))
+        output.append(_reasoning_item(_reasoning_id(), reasoning, None))
     content: list[dict[str, Any]] = []
     text = message.get("content")
     if isinstance(text, str) and text:
@@ -919,10 +965,10 @@ def message_to_response(
         text = None
         if kind == "thinking":
             output.append(
-                _reasoning_item(_new_id("rs"), block.get("thinking"), block.get("signature"))
+                _reasoning_item(_reasoning_id(), block.get("thinking"), block.get("signature"))
             )
         elif kind == "redacted_thinking":
-            output.append(_reasoning_item(_new_id("rs"), None, block.get("data")))
+            output.append(_reasoning_item(_reasoning_id(), None, block.get("data")))
         elif kind == "tool_use":
             output.append(
                 _function_call_item(
@@ -1107,7 +1153,7 @@ class ResponseEventWriter:
     def reasoning(self, key: Any) -> list[dict[str, Any]]:
         """Open a `reasoning` item for the converter's `key`, with an empty summary part; its
         opening events."""
-        item_id = _new_id("rs")
+        item_id = _reasoning_id()
         events = self._open(
             key, "reasoning", item_id, _reasoning_item(item_id, None, None, "in_progress")
         )
@@ -1149,7 +1195,7 @@ class ResponseEventWriter:
 
     def redacted_reasoning(self, key: Any, data: str) -> list[dict[str, Any]]:
         """A reasoning item with nothing readable (Anthropic's redacted thinking)."""
-        item_id = _new_id("rs")
+        item_id = _reasoning_id()
         events = self._open(
             key, "reasoning", item_id, _reasoning_item(item_id, None, None, "in_progress")
         )
