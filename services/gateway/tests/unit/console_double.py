@@ -48,6 +48,8 @@ class ConsoleDouble(AuthDouble):
     usage_csv: bytes = b"model,requests\nsim-small,3\n"
     metrics: str = ""
     recorded: list[httpx.Request] = field(default_factory=list)
+    # Seconds auth asks a throttled sign-in to wait; None: sign-ins are not throttled.
+    sign_in_throttled_s: int | None = None
 
     # -- helpers for tests -------------------------------------------------------------
 
@@ -151,6 +153,10 @@ class ConsoleDouble(AuthDouble):
         self.recorded.append(request)
         path, method = request.url.path, request.method
         if path == "/v1/auth/token":
+            if self.sign_in_throttled_s is not None:
+                throttled = self._error(429, "Too many sign-in attempts.", "rate_limited")
+                throttled.headers["Retry-After"] = str(self.sign_in_throttled_s)
+                return throttled
             form = {k: v[0] for k, v in parse_qs(request.read().decode()).items()}
             account = next(
                 (

@@ -103,6 +103,16 @@ async def test_a_wrong_password_is_refused_with_a_message_and_no_cookie():
         )
 
 
+async def test_a_throttled_sign_in_says_when_to_try_again():
+    double = ConsoleDouble(sign_in_throttled_s=42)
+    async with console(double) as gw:
+        response = await sign_in(gw)
+
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "42"
+    assert "Too many sign-in attempts" in response.text
+
+
 @pytest.mark.parametrize(
     "path", ["/ui/", "/ui/usage", "/ui/requests", "/ui/keys", "/ui/teams", "/ui/jobs", "/ui/models"]
 )

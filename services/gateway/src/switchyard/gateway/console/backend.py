@@ -36,13 +36,17 @@ _TIMEOUT_S = 10.0
 
 class BackendError(Exception):
     """A call failed: `status` is the HTTP status (503 when the service is unreachable),
-    `message` and `code` come from the service's error object."""
+    `message` and `code` come from the service's error object, `retry_after` from its
+    `Retry-After` header (the raw value, when it sent one)."""
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, code: str | None = None, retry_after: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ def _error_of(response: httpx.Response, service: str) -> BackendError:
             code = error.get("code") if isinstance(error.get("code"), str) else None
         elif isinstance(body.get("detail"), str):
             message = body["detail"]
-    return BackendError(response.status_code, message, code)
+    return BackendError(response.status_code, message, code, response.headers.get("retry-after"))
 
 
 class ConsoleBackend:

@@ -205,7 +205,7 @@ async def login(
             429: "Too many sign-in attempts; wait a minute and try again.",
         }
         status = exc.status if exc.status in messages else 503
-        return render(
+        page = render(
             request,
             "login.html",
             None,
@@ -214,6 +214,9 @@ async def login(
             email=email,
             error=messages.get(exc.status, exc.message),
         )
+        if status == 429 and exc.retry_after:
+            page.headers["Retry-After"] = exc.retry_after  # auth's: when to try again
+        return page
     session = Session(pair.access_token, pair.refresh_token, email.strip(), time.time())
     response = RedirectResponse(target, status_code=303)
     state(request).cookies.set(response, session)
