@@ -311,3 +311,55 @@ async def test_openai_sdk_request_reaches_inference_as_sent(harness):
     [published] = harness.requests
     assert published.data.body == orjson.loads(sent[0])
     assert published.data.body["vendor_extension"] == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "message"),
+    [
+        (
+            "/v1/messages",
+            {**MESSAGE, "max_tokens": None},
+            "max_tokens",
+            "max_tokens: Field required",
+        ),
+        (
+            "/v1/messages",
+            {**MESSAGE, "max_tokens": "8"},
+            "max_tokens",
+            "max_tokens: Input should be a valid integer",
+        ),
+        (
+            "/v1/messages",
+            {**MESSAGE, "messages": "hi"},
+            "messages",
+            "messages: Input should be a valid list",
+        ),
+        ("/v1/messages", {**MESSAGE, "model": None}, "model", "model: Field required"),
+        (
+            "/v1/messages/count_tokens",
+            {"model": "sim-small", "messages": []},
+            "messages",
+            "messages: List should have at least 1 item after validation, not 0",
+        ),
+        (
+            "/v1/messages",
+            {**MESSAGE, "stream": "yes"},
+            "stream",
+            "stream: Input should be a valid boolean",
+        ),
+    ],
+)
+async def test_an_anthropic_client_is_refused_in_anthropics_words(
+    harness, path, body, param, message
+):
+    sent = {name: value for name, value in body.items() if value is not None}
+    response = await harness.client.post(
+        path,
+        json=sent,
+        headers={"x-api-key": API_KEY, "anthropic-version": "2023-06-01"},
+    )
+
+    assert response.status_code == 400
+    payload = response.json()
+    assert payload["type"] == "error" and payload["error"]["type"] == "invalid_request_error"
+    assert (payload["error"]["message"], payload["error"]["param"]) == (message, param)

@@ -181,23 +181,61 @@ def read_chat_completions(body: dict[str, Any]) -> ClientRequest:
     return ClientRequest(ClientAPI.OPENAI_CHAT_COMPLETIONS, body, model, _stream(body))
 
 
+# OpenAI's words for a JSON type -> Anthropic's (its errors are pydantic's:
+# "max_tokens: Input should be a valid integer").
+_ANTHROPIC_TYPE_WORDS = {
+    "an array": "list",
+    "an integer": "integer",
+    "a string": "string",
+    "a boolean": "boolean",
+    "an object": "dictionary",
+}
+
+
+def _in_anthropics_words(exc: APIError, expected: str | None = None) -> APIError:
+    """`exc` (a refusal of `read_*`) worded as Anthropic's API words it: the field's path
+    first (`max_tokens: Field required`); `expected` is the OpenAI phrase of the type a
+    type refusal wanted. Param and code are kept."""
+    if exc.code == "missing_required_parameter":
+        message = f"{exc.param}: Field required"
+    elif exc.code == "invalid_type" and expected is not None:
+        message = f"{exc.param}: Input should be a valid {_ANTHROPIC_TYPE_WORDS[expected]}"
+    elif exc.code == "empty_array":
+        message = f"{exc.param}: List should have at least 1 item after validation, not 0"
+    else:
+        return exc
+    return APIError(exc.status, message, param=exc.param, code=exc.code)
+
+
+def _anthropic_checks(body: dict[str, Any], *, max_tokens: bool) -> tuple[str, bool]:
+    """The model and `stream` of an Anthropic request body, after the checks the gateway
+    makes (`max_tokens` an integer on Messages); APIError 400 in Anthropic's words."""
+    expected = {"model": "a string", "messages": "an array", "max_tokens": "an integer"}
+    try:
+        model = _model(body)
+        _messages(body)
+        if max_tokens:
+            value = body.get("max_tokens")
+            if value is None:
+                raise _missing("max_tokens")
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise invalid_type("max_tokens", "an integer", value)
+        return model, _stream(body) if max_tokens else False
+    except APIError as exc:
+        expected["stream"] = "a boolean"
+        raise _in_anthropics_words(exc, expected.get(exc.param or "")) from None
+
+
 def read_messages(body: dict[str, Any]) -> ClientRequest:
     """An Anthropic Messages request body."""
-    model = _model(body)
-    _messages(body)
-    max_tokens = body.get("max_tokens")
-    if max_tokens is None:
-        raise _missing("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
-        raise invalid_type("max_tokens", "an integer", max_tokens)
-    return ClientRequest(ClientAPI.ANTHROPIC_MESSAGES, body, model, _stream(body))
+    model, stream = _anthropic_checks(body, max_tokens=True)
+    return ClientRequest(ClientAPI.ANTHROPIC_MESSAGES, body, model, stream)
 
 
 def read_count_tokens(body: dict[str, Any]) -> ClientRequest:
     """An Anthropic count_tokens request body (a Messages body without `max_tokens`;
     never streamed)."""
-    model = _model(body)
-    _messages(body)
+    model, _ = _anthropic_checks(body, max_tokens=False)
     return ClientRequest(ClientAPI.ANTHROPIC_COUNT_TOKENS, body, model, False)
 
 
