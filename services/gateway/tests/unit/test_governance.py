@@ -31,7 +31,7 @@ from switchyard.gateway.governance.admission import Admission, Refused
 from switchyard.gateway.governance.ledger import MemoryLedger
 from switchyard.gateway.governance.policy import LevelLimits, Policy, PolicySource
 
-from .conftest import API_KEY
+from .conftest import API_KEY, failed_reply
 from .history_fakes import install as install_history
 
 PRICES = PriceTable(models={"m": Price(input_per_1m=1_000.0, output_per_1m=1_000.0)})
@@ -409,9 +409,32 @@ async def test_an_exhausted_budget_is_insufficient_quota_naming_the_level(harnes
     assert error["code"] == "insufficient_quota" and error["type"] == "insufficient_quota"
     assert "key key-1" in error["message"] and "does not reset" in error["message"]
     assert "used up" in error["message"]
-    # Retrying cannot help a lifetime budget: no Retry-After to wait for.
+    # Retrying cannot help a lifetime budget: no Retry-After to wait for, and the SDKs
+    # are told not to retry it on their own.
     assert "retry-after" not in response.headers
+    assert response.headers["x-should-retry"] == "false"
     assert harness.requests == []
+
+
+async def test_the_openai_sdk_does_not_retry_a_used_up_budget(harness):
+    import openai
+
+    limited_auth(harness, max_budget_usd=0.0)
+    client = openai.AsyncOpenAI(
+        api_key=API_KEY, base_url="http://gateway/v1", max_retries=2, http_client=harness.client
+    )
+    sent: list[str] = []
+
+    async def record(request) -> None:
+        sent.append(request.url.path)
+
+    harness.client.event_hooks["request"].append(record)
+
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.chat.completions.create(**CHAT)
+
+    assert caught.value.code == "insufficient_quota"
+    assert sent == ["/v1/chat/completions"]  # once: not retried
 
 
 async def test_a_budget_too_small_for_a_request_says_so_and_what_to_lower(harness):
@@ -711,3 +734,24 @@ def test_reset_times_are_in_openais_format_rounded_before_the_unit_is_chosen(sec
     from switchyard.gateway.governance.admission import format_duration
 
     assert format_duration(seconds) == shown
+
+
+async def test_an_upstreams_used_up_quota_is_relayed_without_a_retry_after(harness):
+    async def quota(request):
+        return [
+            failed_reply(request, 429, "insufficient_quota", "No quota.", code="insufficient_quota")
+        ]
+
+    async def rate_limited(request):
+        return [failed_reply(request, 429, "requests", "Slow down.", code="rate_limit_exceeded")]
+
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    harness.respond[0] = quota
+    used_up = await harness.client.post("/v1/chat/completions", json=CHAT, headers=headers)
+    harness.respond[0] = rate_limited
+    busy = await harness.client.post("/v1/chat/completions", json=CHAT, headers=headers)
+
+    assert used_up.status_code == busy.status_code == 429
+    assert "retry-after" not in used_up.headers
+    assert used_up.headers["x-should-retry"] == "false"
+    assert busy.headers["retry-after"] == "1" and "x-should-retry" not in busy.headers

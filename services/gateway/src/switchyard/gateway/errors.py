@@ -149,9 +149,15 @@ def error_response(
     """The one HTTP error answer of the gateway: `error_body` in `vendor`'s format with
     `status`, and `Retry-After` (whole seconds) when the error is retryable and `headers`
     do not already carry it (`retry_after_s` given, or a 429/503/529); an empty
-    `Retry-After` in `headers` means none is sent."""
+    `Retry-After` in `headers` means none is sent. A quota used up (`insufficient_quota`)
+    without a given wait gets none, and `x-should-retry: false` (the official SDKs then do
+    not retry it)."""
     sent = dict(headers or {})
-    if "Retry-After" not in sent:
+    if code == "insufficient_quota" and "Retry-After" not in sent and retry_after_s is None:
+        # A quota used up (an upstream's, relayed) does not come back in a second: no
+        # Retry-After, and the SDKs are told not to retry on their own.
+        sent.setdefault("x-should-retry", "false")
+    elif "Retry-After" not in sent:
         wait = retry_after(status, retry_after_s)
         if wait is not None:
             sent["Retry-After"] = wait

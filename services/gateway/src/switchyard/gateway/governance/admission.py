@@ -92,6 +92,10 @@ EXHAUSTED_S = 0.05
 MAX_ROUNDS = 1000
 
 
+# The longest Retry-After the official SDKs wait for before retrying by themselves.
+SDK_RETRY_WAIT_S = 60
+
+
 class Refused(APIError):
     """A request over a budget or rate limit: 429 naming the level, the limit and when it
     resets (`rate_limit_exceeded` for rate limits, `insufficient_quota` for budgets)."""
@@ -138,6 +142,11 @@ class Refused(APIError):
             # Retrying helps only once the period resets: no Retry-After for a lifetime
             # budget (an empty value tells the error writer to send none).
             all_headers["Retry-After"] = str(retry_after) if reset_at is not None else ""
+            too_big = needed is not None and left is not None and 0 < left < needed
+            if reset_at is None or retry_after > SDK_RETRY_WAIT_S or too_big:
+                # The SDKs retry a 429 on their own within a minute; this one would fail
+                # the same way, and they skip retrying on this header.
+                all_headers["x-should-retry"] = "false"
         else:
             what = {
                 "requests": f"{limit:g} requests per minute",
