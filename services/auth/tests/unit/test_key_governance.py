@@ -271,3 +271,24 @@ async def test_a_user_whose_keys_exceed_a_teams_limits_cannot_be_moved_into_it(
     )
     assert moved.status_code == 200, moved.text
     assert await team_of_policy(auth_app, acme, key["key_id"]) == acme["teams"]["sales"]
+
+
+async def test_a_users_team_sent_unchanged_leaves_their_keys_where_they_are(auth_app, acme) -> None:
+    """An admin took a member's key out of the team (and gave it limits above the team's);
+    a client echoing the user's unchanged team puts it back into no team's limits."""
+    key = await admin_made_key(auth_app, acme)
+    moved = await auth_app.client.patch(
+        f"/v1/admin/api-keys/{key['key_id']}",
+        json={"team_id": None, "rpm_limit": 500},
+        headers=acme["admin_headers"],
+    )
+    assert moved.status_code == 200, moved.text
+
+    echoed = await auth_app.client.patch(
+        f"/v1/admin/users/{acme['member'].id}",
+        json={"team_id": acme["teams"]["research"]},
+        headers=acme["admin_headers"],
+    )
+
+    assert echoed.status_code == 200, echoed.text
+    assert await team_of_policy(auth_app, acme, key["key_id"]) is None

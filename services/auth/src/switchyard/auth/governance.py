@@ -410,12 +410,13 @@ class Governance:
             user = await session.get(User, user_id)
             if user is None or (tenant is not None and user.tenant != tenant):
                 raise UserNotFound(f"No user with id {user_id}.")
-            if team_id is not False:
+            # The team sent unchanged is no move: the keys stay where they are (an admin may
+            # have taken one out of the team).
+            if team_id is not False and team_id != user.team_id:
                 if team_id is not None:
                     team = await self._team(session, team_id, user.tenant)
-                    if team_id != user.team_id:  # a move; the team sent unchanged is none
-                        for key in await _user_keys(session, user.id):
-                            _within(limits_of(key), limits_of(team), "api_key", "team")
+                    for key in await _user_keys(session, user.id):
+                        _within(limits_of(key), limits_of(team), "api_key", "team")
                 user.team_id = team_id
                 await session.execute(
                     update(ApiKey)
