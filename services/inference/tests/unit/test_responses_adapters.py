@@ -983,3 +983,53 @@ async def test_an_openai_models_reasoning_is_not_sent_to_an_anthropic_deployment
     ]
     assert not [b for b in blocks if b.get("type") in ("thinking", "redacted_thinking")]
     assert "gAAAA-OPENAI" not in str(recorder.last.body)
+
+
+async def test_reasoning_of_another_responses_server_still_reaches_it(harness, recorder):
+    """A reasoning item of the upstream's own (vLLM's ids are `rs_` and 32 hex digits, and
+    carry no encrypted content) goes back to it as it was."""
+    recorder.script(Scripted(json=native_response()))
+    own = {
+        "id": "rs_" + "3" * 32,
+        "type": "reasoning",
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": "Look it up."}],
+    }
+    body = {"input": [own, {"role": "user", "content": "And Oslo?"}]}
+
+    reply = await harness.handle(responses_request("gpt-resp", body))
+
+    assert isinstance(reply, ChatCompleted), reply
+    assert recorder.last.body["input"][0] == own
+
+
+async def test_openai_reasoning_sent_back_without_its_id_is_not_sent_to_anthropic(
+    harness, recorder
+):
+    recorder.script(
+        Scripted(
+            json={
+                "id": "msg_3",
+                "type": "message",
+                "role": "assistant",
+                "model": "upstream-claude",
+                "content": [{"type": "text", "text": "Cold."}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": 10, "output_tokens": 2},
+            }
+        )
+    )
+    without_id = {"type": "reasoning", "summary": [], "encrypted_content": "gAAAA-OPENAI"}
+    body = {
+        "input": [
+            {"role": "user", "content": "Hi"},
+            without_id,
+            {"role": "user", "content": "And?"},
+        ]
+    }
+
+    reply = await harness.handle(responses_request("claude", body))
+
+    assert isinstance(reply, ChatCompleted), reply
+    assert "gAAAA-OPENAI" not in str(recorder.last.body)

@@ -27,7 +27,6 @@ text, refusal, reasoning summary and function-call argument events), then
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,41 +90,45 @@ def _new_id(prefix: str) -> str:
 
 # The id prefix of the reasoning items Switchyard makes when it translates another API's
 # reply (an Anthropic thinking block, a Chat Completions server's reasoning text): their
-# `encrypted_content` is not OpenAI's, so an OpenAI Responses upstream must never get
-# them; and a reasoning item without it came from OpenAI, whose encrypted content an
-# Anthropic deployment cannot read.
+# `encrypted_content`, when they have one, is an Anthropic signature, which an OpenAI
+# Responses upstream cannot decrypt; and OpenAI's encrypted reasoning (a Fernet token,
+# `gAAAA...`) is nothing an Anthropic deployment can read.
 TRANSLATED_REASONING_PREFIX = "rs_sy"
+_OPENAI_ENCRYPTED_PREFIX = "gAAAA"
 
 
 def _reasoning_id() -> str:
     return f"{TRANSLATED_REASONING_PREFIX}{uuid.uuid4().hex}"
 
 
-# Before the prefix, Switchyard's reasoning ids were `rs_` and 32 hex digits (OpenAI's are
-# longer): stored conversations still hold those.
-_EARLIER_TRANSLATED_REASONING_ID = re.compile(r"rs_[0-9a-f]{32}")
+def _encrypted(item: dict[str, Any]) -> str | None:
+    content = item.get("encrypted_content")
+    return content if isinstance(content, str) and content else None
 
 
 def translated_reasoning(item: Any) -> bool:
-    """Whether `item` is a reasoning item Switchyard made by translating a reply."""
+    """Whether `item` is reasoning that came from another API than OpenAI's Responses: made
+    by Switchyard (an id starting `rs_sy`), or carrying encrypted content that is not
+    OpenAI's (a thinking signature: items made before the prefix, or sent without an id)."""
     if not isinstance(item, dict) or item.get("type") != "reasoning":
         return False
     item_id = item.get("id")
-    return isinstance(item_id, str) and (
-        item_id.startswith(TRANSLATED_REASONING_PREFIX)
-        or _EARLIER_TRANSLATED_REASONING_ID.fullmatch(item_id) is not None
-    )
+    if isinstance(item_id, str) and item_id.startswith(TRANSLATED_REASONING_PREFIX):
+        return True
+    encrypted = _encrypted(item)
+    return encrypted is not None and not encrypted.startswith(_OPENAI_ENCRYPTED_PREFIX)
 
 
 def openai_reasoning(item: Any) -> bool:
-    """Whether `item` is a reasoning item an OpenAI Responses upstream made (an id of its
-    own, not Switchyard's)."""
-    return (
-        isinstance(item, dict)
-        and item.get("type") == "reasoning"
-        and isinstance(item.get("id"), str)
-        and not translated_reasoning(item)
-    )
+    """Whether `item` is reasoning an OpenAI Responses upstream made (or another server of
+    that API): not Switchyard's, and either OpenAI's encrypted content or an id of the
+    upstream's own with no signature of another vendor."""
+    if not isinstance(item, dict) or item.get("type") != "reasoning":
+        return False
+    if translated_reasoning(item):
+        return False
+    encrypted = _encrypted(item)
+    return encrypted is not None or isinstance(item.get("id"), str)
 
 
 def _dumps(value: Any) -> str:
