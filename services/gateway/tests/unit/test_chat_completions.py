@@ -342,6 +342,9 @@ async def test_body_that_is_not_an_object_gets_400(harness):
             b'{"max_tokens": 5, "metadata": {"n": [1, -99999999999999999999999]}, ',
             "metadata.n[1]",
         ),
+        # Just beyond 64 bits, with 19 digits and with 20.
+        ("/v1/chat/completions", b'{"seed": -9223372036854775809, ', "seed"),
+        ("/v1/chat/completions", b'{"seed": 18446744073709551616, ', "seed"),
     ],
 )
 async def test_an_integer_beyond_64_bits_is_refused_not_sent_on_as_a_float(
@@ -362,7 +365,8 @@ async def test_an_integer_beyond_64_bits_is_refused_not_sent_on_as_a_float(
 async def test_long_digit_strings_and_64_bit_integers_pass_unchanged(harness):
     raw = (
         b'{"model": "sim-small", "seed": 18446744073709551615, "metadata": {"phone": '
-        b'"123456789012345678901234567890"}, "messages": [{"role": "user", "content": "Hi"}]}'
+        b'"123456789012345678901234567890", "low": -9223372036854775808, "big": 1e25}, '
+        b'"messages": [{"role": "user", "content": "Hi"}]}'
     )
     response = await harness.client.post(
         "/v1/chat/completions", content=raw, headers={**AUTH, "content-type": "application/json"}
@@ -372,6 +376,8 @@ async def test_long_digit_strings_and_64_bit_integers_pass_unchanged(harness):
     [published] = harness.requests
     assert published.data.body["seed"] == 18446744073709551615
     assert published.data.body["metadata"]["phone"] == "123456789012345678901234567890"
+    assert published.data.body["metadata"]["low"] == -9223372036854775808
+    assert published.data.body["metadata"]["big"] == 1e25  # a float as sent: accepted
 
 
 async def test_a_restarted_upstream_stream_is_never_spliced_into_the_first(harness):

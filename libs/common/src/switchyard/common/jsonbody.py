@@ -46,21 +46,40 @@ class JsonTooDeep(ValueError):
         self.max_depth = max_depth
 
 
+# orjson reads an integer literal outside [-2**63, 2**64 - 1] as a float; such a float is at
+# or beyond these bounds.
+_HUGE_FLOAT, _HUGE_NEGATIVE_FLOAT = float(2**64), float(-(2**63))
+
+
 def json_depth_exceeds(value: Any, max_depth: int = MAX_JSON_DEPTH) -> bool:
     """Whether `value` (parsed JSON: dicts, lists, scalars) nests containers more than
     `max_depth` levels deep (`{}` and `[]` are depth 1, a scalar 0). Iterative, so a deep
     value cannot exhaust the interpreter's stack; stops at the first level over."""
+    return scan_json(value, max_depth)[0]
+
+
+def scan_json(value: Any, max_depth: int = MAX_JSON_DEPTH) -> tuple[bool, bool]:
+    """One walk of parsed JSON `value`: (whether it nests containers more than `max_depth`
+    levels deep, whether it holds a float beyond 64-bit integers, which may have been an
+    integer literal orjson could not read exactly). Stops at the first level over."""
     if not isinstance(value, dict | list):
-        return False
+        return False, isinstance(value, float) and _huge(value)
+    huge = False
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         container, depth = stack.pop()
         for child in container.values() if isinstance(container, dict) else container:
             if isinstance(child, dict | list):
                 if depth >= max_depth:
-                    return True
+                    return True, huge
                 stack.append((child, depth + 1))
-    return False
+            elif child.__class__ is float and not huge:
+                huge = _huge(child)
+    return False, huge
+
+
+def _huge(number: float) -> bool:
+    return number >= _HUGE_FLOAT or number <= _HUGE_NEGATIVE_FLOAT
 
 
 def check_json_depth(value: _T, max_depth: int = MAX_JSON_DEPTH) -> _T:

@@ -24,7 +24,6 @@ The pydantic models in `schemas.py` only document the request bodies in Swagger
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +34,7 @@ from pydantic import BaseModel
 
 from switchyard.common.errors import APIError, json_type
 from switchyard.common.events import ClientAPI
-from switchyard.common.jsonbody import JsonTooDeep, check_json_depth
+from switchyard.common.jsonbody import MAX_JSON_DEPTH, JsonTooDeep, scan_json
 
 # Longest model name accepted (history stores it in a column of this size).
 MAX_MODEL_LENGTH = 256
@@ -65,8 +64,6 @@ class ClientRequest:
         return {**self.body, "input": [*self.previous_items, *(current or [])]}
 
 
-# An integer literal of 20 digits or more, the only ones that may not fit in 64 bits.
-_LONG_INTEGER = re.compile(rb"(?<![\w.])-?\d{20,}(?![\d.eE])")
 _INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson (and so every event) carries exactly
 
 
@@ -97,11 +94,10 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
-    try:
-        check_json_depth(data)
-    except JsonTooDeep as exc:
-        raise APIError(400, str(exc), code="json_too_deep") from None
-    if _LONG_INTEGER.search(raw):  # rare: only then is the body read a second time, exactly
+    too_deep, huge_float = scan_json(data)
+    if too_deep:
+        raise APIError(400, str(JsonTooDeep(MAX_JSON_DEPTH)), code="json_too_deep")
+    if huge_float:  # rare: only then is the body read a second time, exactly
         path = _oversized_integer(json.loads(raw))
         if path is not None:
             raise APIError(
