@@ -339,7 +339,7 @@ async def test_openai_sdk_request_reaches_inference_as_sent(harness):
             "/v1/messages/count_tokens",
             {"model": "sim-small", "messages": []},
             "messages",
-            "messages: List should have at least 1 item after validation, not 0",
+            "messages: at least one message is required",
         ),
         (
             "/v1/messages",

@@ -155,7 +155,7 @@ class Settings(ServiceSettings):
         default_factory=lambda: ["*"], description="Request headers browsers may send."
     )
     cors_expose_headers: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["x-request-id", "request-id", "retry-after"],
+        default_factory=lambda: ["x-request-id", "request-id", "retry-after", "x-should-retry"],
         description="Response headers browser code may read.",
     )
     cors_allow_credentials: bool = Field(

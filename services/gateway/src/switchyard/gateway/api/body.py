@@ -197,7 +197,7 @@ def _in_anthropics_words(exc: APIError, expected: str | None = None) -> APIError
     elif exc.code == "invalid_type" and expected is not None:
         message = f"{exc.param}: Input should be a valid {_ANTHROPIC_TYPE_WORDS[expected]}"
     elif exc.code == "empty_array":
-        message = f"{exc.param}: List should have at least 1 item after validation, not 0"
+        message = f"{exc.param}: at least one message is required"
     else:
         return exc
     return APIError(exc.status, message, param=exc.param, code=exc.code)

@@ -92,7 +92,8 @@ EXHAUSTED_S = 0.05
 MAX_ROUNDS = 1000
 
 
-# The longest Retry-After the official SDKs wait for before retrying by themselves.
+# A refusal that passes later than this (seconds) is not worth an SDK's automatic retry:
+# the official SDKs retry a 429 within about a minute (or wait as long as Retry-After says).
 SDK_RETRY_WAIT_S = 60
 
 
