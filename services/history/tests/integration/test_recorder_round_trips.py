@@ -42,6 +42,15 @@ class Statements:
         self.sent.append(statement)
 
 
+async def row_of(engine: AsyncEngine, request_id: str) -> dict:
+    """The projection's row of `request_id`."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            select(requests_table).where(requests_table.c.request_id == request_id)
+        )
+        return dict(result.mappings().one())
+
+
 async def test_a_request_with_its_reply_and_usage_costs_two_statements(engine, events):
     recorder = EventRecorder(engine)
     await recorder.record([events.requested()])  # connections and statements warmed up
@@ -52,16 +61,8 @@ async def test_a_request_with_its_reply_and_usage_costs_two_statements(engine, e
 
     # Settings and row locks; the event store with the projection and the rollup's marks.
     assert len(statements.sent) == 2, statements.sent
+    row = await row_of(engine, request.request_id)
     async with engine.connect() as connection:
-        row = (
-            (
-                await connection.execute(
-                    select(requests_table).where(requests_table.c.request_id == request.request_id)
-                )
-            )
-            .mappings()
-            .one()
-        )
         marks = (await connection.execute(select(usage_dirty_table))).mappings().all()
     assert row["status"] == "completed"
     assert row["cost_usd"] == pytest.approx(0.0021)
@@ -163,16 +164,7 @@ async def test_events_naming_another_tenant_leave_the_row_as_it_was(engine, even
         ]
     )
 
-    async with engine.connect() as connection:
-        row = (
-            (
-                await connection.execute(
-                    select(requests_table).where(requests_table.c.request_id == request.request_id)
-                )
-            )
-            .mappings()
-            .one()
-        )
+    row = await row_of(engine, request.request_id)
     assert (row["tenant"], row["status"], row["response"], row["cost_usd"]) == (
         "acme",
         "pending",
@@ -189,15 +181,6 @@ async def test_a_request_takes_back_a_row_another_tenants_events_made_first(engi
 
     await recorder.record([request])
 
-    async with engine.connect() as connection:
-        row = (
-            (
-                await connection.execute(
-                    select(requests_table).where(requests_table.c.request_id == request.request_id)
-                )
-            )
-            .mappings()
-            .one()
-        )
+    row = await row_of(engine, request.request_id)
     assert (row["tenant"], row["cost_usd"], row["status"]) == ("acme", None, "pending")
     assert row["request_body"] is not None

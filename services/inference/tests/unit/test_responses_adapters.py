@@ -931,6 +931,20 @@ def test_both_openai_apis_refuse_a_temperature_anthropic_cannot_take(translate, 
     assert refused.value.param == "temperature"
 
 
+def anthropic_text_reply(text: str) -> dict[str, Any]:
+    """An Anthropic message answering `text` (the upstream's JSON)."""
+    return {
+        "id": "msg_text",
+        "type": "message",
+        "role": "assistant",
+        "model": "upstream-claude",
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 2},
+    }
+
+
 @pytest.mark.parametrize("earlier_id", ["rs_sy" + "1" * 32, "rs_" + "2" * 32])
 async def test_reasoning_another_api_made_never_reaches_an_openai_upstream(
     harness, recorder, earlier_id
@@ -955,20 +969,7 @@ async def test_reasoning_another_api_made_never_reaches_an_openai_upstream(
 
 
 async def test_an_openai_models_reasoning_is_not_sent_to_an_anthropic_deployment(harness, recorder):
-    recorder.script(
-        Scripted(
-            json={
-                "id": "msg_2",
-                "type": "message",
-                "role": "assistant",
-                "model": "upstream-claude",
-                "content": [{"type": "text", "text": "Cold."}],
-                "stop_reason": "end_turn",
-                "stop_sequence": None,
-                "usage": {"input_tokens": 10, "output_tokens": 2},
-            }
-        )
-    )
+    recorder.script(Scripted(json=anthropic_text_reply("Cold.")))
     body = {"input": [{"type": "function_call_output", "call_id": "call_1", "output": "18C"}]}
     request = with_previous(responses_request("claude", body), OPENAI_PREVIOUS_ITEMS)
 
@@ -1006,20 +1007,7 @@ async def test_reasoning_of_another_responses_server_still_reaches_it(harness, r
 async def test_openai_reasoning_sent_back_without_its_id_is_not_sent_to_anthropic(
     harness, recorder
 ):
-    recorder.script(
-        Scripted(
-            json={
-                "id": "msg_3",
-                "type": "message",
-                "role": "assistant",
-                "model": "upstream-claude",
-                "content": [{"type": "text", "text": "Cold."}],
-                "stop_reason": "end_turn",
-                "stop_sequence": None,
-                "usage": {"input_tokens": 10, "output_tokens": 2},
-            }
-        )
-    )
+    recorder.script(Scripted(json=anthropic_text_reply("Cold.")))
     without_id = {"type": "reasoning", "summary": [], "encrypted_content": "gAAAA-OPENAI"}
     body = {
         "input": [
