@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from .test_admin_api import PASSWORD, assert_error, token_for
+from .test_teams_and_limits import INTERNAL
 
-INTERNAL = {"x-switchyard-internal-token": "test-internal-token"}
 ADMIN_SET = {"max_budget_usd": 50, "budget_period": "30d", "rpm_limit": 60, "tpm_limit": 10_000}
 
 
