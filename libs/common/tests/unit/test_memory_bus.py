@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from opentelemetry import propagate
 
+from switchyard.common import tracing
 from switchyard.common.bus import (
     BusUnavailableError,
     EventRejectedError,
@@ -16,6 +20,8 @@ from switchyard.common.bus import (
 from switchyard.common.bus.base import handle_batch_isolating, is_outage, serialise
 from switchyard.common.events import ChatRequestData, ChatRequested
 from switchyard.common.testing.infra import async_wait_until
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 def request(n: int) -> ChatRequested:
@@ -549,4 +555,69 @@ async def test_work_entering_without_a_request_topic_waits_for_room_like_a_reque
     release.set()
     async with asyncio.timeout(1):
         await waiting
+    await bus.stop()
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    [{}, {"traceparent": TRACEPARENT, "tracestate": "vendor=1"}],
+    ids=["tracing off", "tracing on"],
+)
+async def test_queued_events_leave_the_collectors_care(monkeypatch, carrier):
+    # A backlog of tens of thousands of events (history catching up after a burst) must
+    # not be objects every full collection walks: such collections paused answering.
+    monkeypatch.setattr(tracing, "current_trace_carrier", lambda: dict(carrier))
+    bus = InMemoryBus()
+    release = asyncio.Event()
+
+    async def slow_store(events):
+        await release.wait()
+
+    async def listener(event):
+        await release.wait()
+
+    await bus.subscribe_batch(["requests"], "history", slow_store, max_batch=1)
+    await bus.listen("requests", listener)
+    for n in range(50):
+        await bus.publish("requests", request(n))
+    await asyncio.sleep(0.05)  # each worker holds its first event, the rest are queued
+
+    gc.collect(0)
+    queued = [*bus._groups["history"].queue._queue]  # type: ignore[attr-defined]
+    queued += [
+        item
+        for listeners in bus._listeners.values()
+        for queue, _ in listeners
+        for item in queue._queue  # type: ignore[attr-defined]
+    ]
+    assert len(queued) == 2 * 49
+    assert not [item for item in queued if gc.is_tracked(item)]
+    release.set()
+    await bus.stop()
+
+
+async def test_a_handler_runs_in_the_publishers_trace(monkeypatch):
+    monkeypatch.setattr(tracing, "_enabled", True)
+    published = {"traceparent": TRACEPARENT, "tracestate": "vendor=1"}
+    monkeypatch.setattr(tracing, "current_trace_carrier", lambda: dict(published))
+    parents: list[dict[str, str]] = []
+
+    def process_span(topic, group, event, parent):
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=parent)
+        parents.append(carrier)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(tracing, "process_span", process_span)
+    bus = InMemoryBus()
+    seen: list[str] = []
+
+    async def handler(event):
+        seen.append(event.request_id)
+
+    await bus.subscribe(["requests"], "inference", handler)
+    await bus.listen("requests", handler)
+    await bus.publish("requests", request(1))
+    await async_wait_until(lambda: asyncio.sleep(0, len(seen) == 2))
+    assert parents == [published, published]
     await bus.stop()
