@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections import namedtuple
 from collections.abc import AsyncIterator
 from typing import Any
@@ -211,3 +212,21 @@ def test_a_record_under_a_requests_key_that_is_no_event_is_as_if_absent() -> Non
     assert recorded is not None and recorded.reply is None and recorded.usage is None
     other = index.get("s")
     assert other is not None and other.stream_started is None
+
+
+def test_kept_records_are_no_work_for_the_garbage_collector() -> None:
+    # A full index holds tens of thousands of requests for up to the lookback: objects
+    # the collector tracks would make every full collection of the replica walk them all.
+    index = OutcomeIndex(600)
+    for n in range(100):
+        index.add_record(f"r{n}", b"chat.chunk", b"{}", partition=n % 3, offset=n)
+        index.add_record(f"r{n}", b"chat.completed", b"{}", b"{}", partition=n % 3, offset=n + 1)
+    index.add_record("told", b"chat.completed", b"{}", b"{}")  # written by this process
+    gc.collect(0)
+    gc.collect(1)
+    entries = list(index._entries.values())
+    assert len(entries) == 101
+    assert not [entry for entry in entries if gc.is_tracked(entry)]
+    recorded = index.get("r7")
+    assert recorded is not None and recorded.reply is None  # b"{}" is no event
+    assert index.stream_started("r7") and not index.stream_started("told")

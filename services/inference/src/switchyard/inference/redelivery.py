@@ -43,6 +43,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Protocol
 
 import structlog
@@ -88,21 +89,24 @@ class Recorded:
 _ENTRY_OVERHEAD_BYTES = 300
 
 
-@dataclass
-class _Entry:
-    """One request's records as their encoded bytes (decoded only when looked up)."""
+# One request's records as their encoded bytes (decoded only when looked up), in a plain
+# tuple: the first chunk record, the terminal record, its usage record (each None until
+# read), when the first of them was read (`time.monotonic()`), then where they were read:
+# partition, highest offset, partition, highest offset... (none when this process told
+# them). CPython's collector stops tracking a tuple of bytes and numbers at its first
+# collection, where an object stays tracked for life: a full index holds tens of
+# thousands of entries, which every full collection would otherwise walk.
+_Entry = tuple[Any, ...]
+_STREAM_STARTED, _REPLY, _USAGE, _SEEN_AT, _OFFSETS = range(5)
 
-    stream_started: bytes | None = None
-    reply: bytes | None = None
-    usage: bytes | None = None
-    seen_at: float = field(default_factory=time.monotonic)
-    # Where its records were read: the highest offset per partition (none: told by this
-    # process).
-    offsets: dict[int, int] = field(default_factory=dict)
 
-    def size(self) -> int:
-        records = (self.stream_started, self.reply, self.usage)
-        return _ENTRY_OVERHEAD_BYTES + sum(len(r) for r in records if r is not None)
+def _entry_size(entry: _Entry) -> int:
+    return _ENTRY_OVERHEAD_BYTES + sum(len(r) for r in entry[:_SEEN_AT] if r is not None)
+
+
+def _entry_offsets(entry: _Entry) -> dict[int, int]:
+    """Partition to the highest offset its records were read at."""
+    return dict(zip(entry[_OFFSETS::2], entry[_OFFSETS + 1 :: 2], strict=True))
 
 
 class OutcomeIndex:
@@ -138,7 +142,7 @@ class OutcomeIndex:
     def stream_started(self, request_id: str) -> bool:
         """True when a `chat.chunk` record of `request_id` is kept."""
         entry = self._entries.get(request_id)
-        return entry is not None and entry.stream_started is not None
+        return entry is not None and entry[_STREAM_STARTED] is not None
 
     def add(self, event: EnvelopeFields, usage: EnvelopeFields | None = None) -> None:
         """Index one event written to a reply partition (encoded here), with the usage
@@ -174,16 +178,21 @@ class OutcomeIndex:
             return
         entry = self._entries.get(request_id)
         if entry is None:
-            entry = self._entries[request_id] = _Entry()
+            stream_started = reply = usage_raw = None
+            seen_at, offsets = time.monotonic(), {}
         else:
-            self.bytes -= entry.size()
+            self.bytes -= _entry_size(entry)
+            stream_started, reply, usage_raw, seen_at = entry[:_OFFSETS]
+            offsets = _entry_offsets(entry)
         if is_chunk:
-            entry.stream_started = entry.stream_started or raw
+            stream_started = stream_started or raw
         else:
-            entry.reply, entry.usage = raw, usage
+            reply, usage_raw = raw, usage
         if partition is not None:
-            entry.offsets[partition] = max(entry.offsets.get(partition, -1), offset)
-        self.bytes += entry.size()
+            offsets[partition] = max(offsets.get(partition, -1), offset)
+        entry = (stream_started, reply, usage_raw, seen_at, *chain.from_iterable(offsets.items()))
+        self._entries[request_id] = entry
+        self.bytes += _entry_size(entry)
         self._prune()
 
     def get(self, request_id: str) -> Recorded | None:
@@ -204,22 +213,22 @@ class OutcomeIndex:
                 return None
 
         return Recorded(
-            stream_started=decoded(entry.stream_started),
-            reply=decoded(entry.reply),
-            usage=decoded(entry.usage),
-            seen_at=entry.seen_at,
+            stream_started=decoded(entry[_STREAM_STARTED]),
+            reply=decoded(entry[_REPLY]),
+            usage=decoded(entry[_USAGE]),
+            seen_at=entry[_SEEN_AT],
         )
 
     def _prune(self) -> None:
         cutoff = time.monotonic() - self.lookback_s
         while self._entries:
             oldest = next(iter(self._entries.values()))
-            if oldest.seen_at >= cutoff and self.bytes <= self.max_bytes:
+            if oldest[_SEEN_AT] >= cutoff and self.bytes <= self.max_bytes:
                 return
             _, dropped = self._entries.popitem(last=False)
-            self.bytes -= dropped.size()
+            self.bytes -= _entry_size(dropped)
             if self._on_evict is not None:
-                for partition, offset in dropped.offsets.items():
+                for partition, offset in _entry_offsets(dropped).items():
                     self._on_evict(partition, offset)
 
 
