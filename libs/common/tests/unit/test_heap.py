@@ -42,8 +42,9 @@ async def test_the_heap_is_frozen_after_the_apps_own_startup_and_unfrozen_at_shu
         frozen = gc.get_freeze_count()
         assert frozen > 1000
         made_while_serving = [{"n": n} for n in range(1000)]
-        # What is made while serving stays collectable.
-        assert gc.get_freeze_count() == frozen
+        # What is made while serving stays collectable (frozen objects can still die of
+        # their last reference, so the count may fall, never rise).
+        assert gc.get_freeze_count() <= frozen
         assert gc.is_tracked(made_while_serving)
     assert seen[-1] == "stopped"
     assert gc.get_freeze_count() == 0

@@ -262,6 +262,31 @@ async def test_answers_in_anthropics_format_carry_its_request_id_header_too(harn
     assert chat.headers["x-request-id"] and "request-id" not in chat.headers
 
 
+async def test_anthropic_error_objects_carry_the_request_id_as_its_api_does(harness):
+    # Anthropic's API: `{"type": "error", "error": {...}, "request_id": "..."}`.
+    unknown_model = await harness.client.post(
+        "/v1/messages", json={**MESSAGE, "model": "no-such-model"}, headers=AUTH
+    )
+    no_key = await harness.client.post("/v1/messages", json=MESSAGE)
+    too_large = await harness.client.post(
+        "/v1/messages",
+        content=b'{"pad": "' + b"x" * (33 * 1024 * 1024) + b'"}',
+        headers={**AUTH, "content-type": "application/json"},
+    )
+    models = await harness.client.get(
+        "/v1/models/no-such-model", headers={**AUTH, "anthropic-version": "2023-06-01"}
+    )
+    for response, status in ((unknown_model, 404), (no_key, 401), (too_large, 413), (models, 404)):
+        assert response.status_code == status, response.text
+        error_of(response, "anthropic")
+        assert response.json()["request_id"] == response.headers["request-id"]
+    chat = await harness.client.post(
+        "/v1/chat/completions", json={**CHAT, "model": "no-such-model"}, headers=AUTH
+    )
+    assert chat.status_code == 404
+    assert "request_id" not in chat.json()  # OpenAI's error object has no such field
+
+
 @pytest.mark.parametrize("path", ["/v1/api-keys", "/v1/me", "/v1/admin/users"])
 async def test_credentials_sent_twice_are_refused_on_the_routes_forwarded_to_auth(harness, path):
     response = await harness.client.get(

@@ -198,12 +198,15 @@ async def test_an_upstream_overloaded_error_reaches_the_anthropic_client_as_it_w
     with pytest.raises(anthropic.APIStatusError) as caught:
         await anthropic_client(harness).messages.create(**MESSAGE)
     assert caught.value.status_code == 529
+    request_id = harness.requests[0].request_id
     assert caught.value.body == {
         "type": "error",
         "error": {"type": "overloaded_error", "message": "Overloaded"},
+        "request_id": request_id,  # as Anthropic's API: the `request-id` header's value
     }
     assert caught.value.response.headers["retry-after"] == "3"
-    assert caught.value.response.headers["x-request-id"] == harness.requests[0].request_id
+    assert caught.value.response.headers["x-request-id"] == request_id
+    assert caught.value.request_id == request_id
 
 
 async def test_failed_reply_on_messages_keeps_type_and_param(harness):
@@ -230,6 +233,7 @@ async def test_failed_reply_on_messages_keeps_type_and_param(harness):
             "message": "logprobs is not supported by this model",
             "param": "logprobs",
         },
+        "request_id": response.headers["request-id"],
     }
 
 

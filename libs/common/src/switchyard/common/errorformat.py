@@ -5,13 +5,16 @@ every writer of errors: the gateway's exception handlers and size limit
 
 OpenAI's APIs answer `{"error": {"message", "type", "param", "code"}}` (the OpenAI API
 reference, "Error codes"); Anthropic's `/v1/messages` answers
-`{"type": "error", "error": {"type", "message"}}` (the Anthropic API reference, "Errors";
-the format the `anthropic` SDK reads), with `code` and `param` added when there is one.
+`{"type": "error", "error": {"type", "message"}, "request_id"}` (the Anthropic API
+reference, "Errors"; the format the `anthropic` SDK reads), with `code` and `param` added
+when there is one, and the id of the request answered (its `request-id` header) when
+there is one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Literal
 
 import orjson
@@ -20,6 +23,11 @@ from switchyard.common.errors import OPENAI_TYPES
 from switchyard.common.headers import ANTHROPIC_VERSION_HEADER
 
 Vendor = Literal["openai", "anthropic"]
+
+# The id of the request being answered, set for the time of the request by the HTTP
+# app that gives requests their ids (the gateway's `RequestIdMiddleware`), for the
+# writers of whole error answers deep inside it (Anthropic's carry it).
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
 
 # Paths whose answers are always in Anthropic's format.
 ANTHROPIC_PATHS = ("/v1/messages",)
@@ -100,13 +108,19 @@ def error_body(
     message: str,
     code: str | None = None,
     param: str | None = None,
+    request_id: str | None = None,
 ) -> bytes:
-    """The JSON error object (UTF-8 bytes) of `vendor`'s API."""
+    """The JSON error object (UTF-8 bytes) of `vendor`'s API. Anthropic's carries
+    `request_id` when given (a whole error answer: the API's do; its streams' `error`
+    events do not); OpenAI's error object has no such field (its id travels in the
+    `x-request-id` header only)."""
     if vendor == "anthropic":
         error: dict[str, str] = {"type": type, "message": message}
         if code is not None:
             error["code"] = code
         if param is not None:
             error["param"] = param
-        return orjson.dumps({"type": "error", "error": error})
+        if request_id is None:
+            return orjson.dumps({"type": "error", "error": error})
+        return orjson.dumps({"type": "error", "error": error, "request_id": request_id})
     return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})

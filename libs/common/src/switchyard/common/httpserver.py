@@ -64,23 +64,27 @@ def configured_limits() -> HttpLimits:
     return HttpLimits()
 
 
-def refusal_body(status: int, message: str, code: str, path: str) -> bytes:
+def refusal_body(status: int, message: str, code: str, path: str, request_id: str) -> bytes:
     """The JSON error body of a refusal the server writes itself, in the format of the API
     at `path` (the request target's path, no query) that `errorformat.vendor_of` chooses
-    from the path alone, as the head may not be parsed."""
+    from the path alone, as the head may not be parsed; `request_id`: the id its
+    `x-request-id` header gives it."""
     vendor = vendor_of(path)
-    return error_body(vendor, type=error_type(vendor, status), message=message, code=code)
+    return error_body(
+        vendor, type=error_type(vendor, status), message=message, code=code, request_id=request_id
+    )
 
 
 def refusal(status: int, message: str, code: str, path: bytes) -> bytes:
     """A complete HTTP/1.1 response (closing the connection) with `refusal_body` and an
     `x-request-id` of its own."""
-    body = refusal_body(status, message, code, path.decode("latin-1"))
+    request_id = new_id()
+    body = refusal_body(status, message, code, path.decode("latin-1"), request_id)
     return b"".join(
         [
             STATUS_LINE[status],
             b"content-type: application/json\r\n",
-            b"x-request-id: " + new_id().encode() + b"\r\n",
+            b"x-request-id: " + request_id.encode() + b"\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n",
             b"connection: close\r\n\r\n",
             body,
@@ -91,15 +95,17 @@ def refusal(status: int, message: str, code: str, path: bytes) -> bytes:
 async def refuse_upgrade_with_body(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """ASGI app answering a request that asks for a protocol upgrade and declares a body:
     400 with an error body in the format of the API at its path, closing the connection."""
+    request_id = new_id()
     body = refusal_body(
         400,
         "A request asking for a protocol upgrade may not carry a body.",
         "upgrade_with_body",
         scope["path"],
+        request_id,
     )
     headers = [
         (b"content-type", b"application/json"),
-        (b"x-request-id", new_id().encode()),
+        (b"x-request-id", request_id.encode()),
         (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),
     ]

@@ -33,6 +33,7 @@ from switchyard.common.errorformat import (
     ANTHROPIC_PATHS,
     SHARED_PATHS,
     Vendor,
+    current_request_id,
     error_body,
     error_type,
     vendor_of,
@@ -164,7 +165,14 @@ def error_response(
     elif not sent["Retry-After"]:
         del sent["Retry-After"]  # the error said retrying would not help (an empty value)
     return Response(
-        error_body(vendor, type=type, message=message, code=code, param=param),
+        error_body(
+            vendor,
+            type=type,
+            message=message,
+            code=code,
+            param=param,
+            request_id=current_request_id.get(),
+        ),
         status_code=status,
         media_type="application/json",
         headers=sent,

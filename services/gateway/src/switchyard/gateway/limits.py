@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp
 
+from switchyard.common.errorformat import current_request_id
 from switchyard.common.events import ClientAPI
 from switchyard.common.limits import BodySizeLimit as _SharedBodySizeLimit
 from switchyard.common.limits import too_large_message
@@ -45,7 +46,13 @@ def path_limits(settings: Settings) -> dict[str, int]:
 
 def _render(path: str, status: int, message: str, code: str) -> bytes:
     vendor = vendor_of_path(path)
-    return error_body(vendor, type=error_type(vendor, status), message=message, code=code)
+    return error_body(
+        vendor,
+        type=error_type(vendor, status),
+        message=message,
+        code=code,
+        request_id=current_request_id.get(),
+    )
 
 
 class BodySizeLimit(_SharedBodySizeLimit):

@@ -2,7 +2,8 @@
 the gateway answers itself (400, 401, 404, 413, 429, 503...), a CORS preflight. The answer
 to a request on Anthropic's paths, or carrying `anthropic-version` (Anthropic's SDKs),
 carries it as `request-id` too, the header Anthropic's API sends and its SDKs read
-(`message._request_id`, `APIStatusError.request_id`).
+(`message._request_id`, `APIStatusError.request_id`), and Anthropic's error objects
+carry it as `request_id` (`errorformat.current_request_id`, set here for the request).
 
 The id is made here, once per request, before anything else runs: a model request is
 published under it (its events, its history row and its Idempotency-Key claim all carry
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from switchyard.common.errorformat import ANTHROPIC_PATHS
+from switchyard.common.errorformat import ANTHROPIC_PATHS, current_request_id
 from switchyard.common.events import new_id
 from switchyard.common.headers import ANTHROPIC_VERSION_HEADER, REQUEST_ID_HEADER
 from switchyard.common.logging import bind_request_id
@@ -64,4 +65,8 @@ class RequestIdMiddleware:
                     message["headers"] = [*headers, (ANTHROPIC_HEADER, named)]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        token = current_request_id.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            current_request_id.reset(token)
