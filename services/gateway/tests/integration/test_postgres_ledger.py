@@ -10,6 +10,7 @@ import asyncio
 import pytest
 
 from switchyard.common.db import downgrade, upgrade
+from switchyard.common.events import TokenUsage, UsageData, UsageRecorded
 from switchyard.common.governance import FailureMode, Limits
 from switchyard.common.pricing import Price, PriceTable
 from switchyard.gateway.cli import spend_rows
@@ -124,6 +125,47 @@ async def test_a_budget_on_postgres_holds_under_concurrency_and_settles(ledger_u
         [row] = await spend_rows(ledger_url, "api_key")
         assert row["id"] == "k1" and row["max_budget_usd"] == 0.5
         assert row["spent_usd"] == pytest.approx(reserved) and row["resets_at"] is not None
+    finally:
+        for ledger in ledgers:
+            await ledger.close()
+
+
+async def test_usage_beyond_a_lease_on_postgres_is_committed_for_the_fleet(
+    ledger_url: str,
+) -> None:
+    # A request used far more than its replica held, and that replica asks for nothing
+    # again: the overrun is committed with its settlement, so no replica is granted it.
+    ledgers = [PostgresLedger.connect(ledger_url, timeout_s=5.0) for _ in range(2)]
+    policies = FixedPolicies(key_policy(max_budget_usd=10.0, budget_period="30d"))
+    first, second = (
+        Admission(ledger=ledger, policies=policies, prices=PRICES, replica=f"gw-{n}")
+        for n, ledger in enumerate(ledgers)
+    )
+    try:
+        ticket = await first.admit(Caller(), "m", BODY)
+        ticket.attach("r1")
+        first.on_usage(
+            UsageRecorded(
+                source="inference",
+                tenant="acme",
+                request_id="r1",
+                data=UsageData(
+                    model="m",
+                    user_id="u1",
+                    api_key_id="k1",
+                    status="completed",
+                    usage=TokenUsage(input_tokens=5, output_tokens=0),
+                    cost_usd=5.0,
+                ),
+            )
+        )
+        await first.flush()
+        [counter] = [c for c in await ledgers[0].counters(["api_key:k1"]) if c.kind == "spend"]
+        assert counter.spent == pytest.approx(5.0)
+        assert counter.committed >= counter.spent
+        with pytest.raises(Refused):
+            await second.admit(Caller(), "m", {**BODY, "max_tokens": 6000})
+        assert await second.admit(Caller(), "m", {**BODY, "max_tokens": 4000})
     finally:
         for ledger in ledgers:
             await ledger.close()

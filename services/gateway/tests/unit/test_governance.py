@@ -219,6 +219,29 @@ async def test_a_request_that_used_more_than_it_reserved_does_not_exhaust_a_budg
         await admission.admit(Caller(), "m", {**BODY, "max_tokens": 6000})
 
 
+async def test_usage_beyond_a_replicas_lease_is_never_granted_to_another_replica():
+    """A request that used more than its replica held: the settlement counts the overrun
+    as committed, so the fleet never spends past the budget, even when that replica asks
+    for nothing again."""
+    ledger = MemoryLedger()
+    first, second = replicas(ledger, policy(max_budget_usd=10.0, budget_period="30d"), count=2)
+    ticket = await first.admit(Caller(), "m", BODY)
+    ticket.attach("r1")
+    first.on_usage(usage_event("r1", cost=5.0))  # far past its reservation and lease
+    await first.flush()
+
+    [spend] = [c for c in await ledger.counters() if c.kind == "spend"]
+    assert spend.spent == pytest.approx(5.0)
+    assert spend.committed >= spend.spent  # what was used is never handed out again
+    assert ledger.held("gw-0", spend.scope, "spend") == pytest.approx(0.0)  # all used
+    # $5 of the $10 are spent: a request that may cost $6 fits on no replica.
+    with pytest.raises(Refused):
+        await second.admit(Caller(), "m", {**BODY, "max_tokens": 6000})
+    with pytest.raises(Refused):
+        await first.admit(Caller(), "m", {**BODY, "max_tokens": 6000})
+    assert await second.admit(Caller(), "m", {**BODY, "max_tokens": 4000})
+
+
 async def test_a_budget_resets_at_its_period_boundary() -> None:
     now = [1_000.0]
     ledger = MemoryLedger(clock=lambda: now[0])

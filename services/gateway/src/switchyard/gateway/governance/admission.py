@@ -588,8 +588,8 @@ class Admission:
         for need in asks:
             allowance = self._allowances.get(need.counter)
             # What this replica holds of the current window; below zero when requests used
-            # more than they reserved (the ledger's grants do not count that overrun yet,
-            # so the next grant covers it as well as the need, even a need of nothing).
+            # more than it held and the ledger has not been told yet (`flush`): the grant
+            # then covers that overrun as well as the need, even a need of nothing.
             have = (
                 allowance.unused
                 if allowance is not None and self._valid(allowance, need, now)
@@ -711,6 +711,7 @@ class Admission:
             counter = (reservation.scope, reservation.kind)
             allowance = self._allowances.get(counter)
             if allowance is not None and allowance.window_start == reservation.window_start:
+                # Below zero when the request used more than this replica held: see `flush`.
                 allowance.unused += reservation.amount - spent
                 # Capacity came back: the counter may no longer be exhausted.
                 self._exhausted.pop(counter, None)
@@ -779,10 +780,24 @@ class Admission:
             await self.release_idle(everything=True)
 
     async def flush(self) -> None:
-        """Write pending settlements to the ledger (kept for the next try if it fails)."""
-        if not self._settlements:
+        """Write pending settlements to the ledger (kept for the next try if it fails).
+
+        With them go the overruns: what requests used beyond everything this replica held
+        of a counter (its allowance below zero). Until then this replica's next grant
+        covers an overrun (its allowance counts against what it asks for); the ledger then
+        counts it as committed, so no replica is granted it, even when this one never asks
+        again. Overruns go first: they add to what the replica holds before its
+        settlements take from it."""
+        overruns = []
+        for (scope, kind), allowance in self._allowances.items():
+            if allowance.unused < 0:
+                overruns.append(
+                    LeaseChange(scope, kind, allowance.window_start, 0.0, -allowance.unused)  # type: ignore[arg-type]
+                )
+                allowance.unused = 0.0
+        if not self._settlements and not overruns:
             return
-        batch, self._settlements = self._settlements, []
+        batch, self._settlements = overruns + self._settlements, []
         try:
             await self.ledger.settle(self.replica, batch)
         except LedgerUnavailable:

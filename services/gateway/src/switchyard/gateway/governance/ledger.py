@@ -85,12 +85,16 @@ class Grant:
 
 @dataclass(frozen=True)
 class LeaseChange:
-    """Return `amount` of a lease (release), or settle `amount` used (settle)."""
+    """Return `amount` of a lease (release), or settle `amount` used (settle), of which
+    `overrun` went beyond everything the replica held of the counter (requests may use
+    more than they reserved: an estimate is a guess). A settlement counts the overrun as
+    committed at once, so no replica is granted what was already used."""
 
     scope: str
     kind: Kind
     window_start: float
     amount: float
+    overrun: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,7 @@ class Ledger(abc.ABC):
     @abc.abstractmethod
     async def settle(self, replica: str, changes: Sequence[LeaseChange]) -> None:
         """Record the usage the replica's requests really had (`spent` grows, `held`
-        shrinks)."""
+        shrinks; an `overrun` grows `committed` and is taken off `held` with the rest)."""
 
     @abc.abstractmethod
     async def heartbeat(self, replica: str) -> None:
@@ -278,7 +282,8 @@ class MemoryLedger(Ledger):
             counter = self._lease(replica, change)
             if counter is not None:
                 counter.spent += change.amount
-                self._adjust_lease(replica, change, -change.amount)
+                counter.committed += change.overrun
+                self._adjust_lease(replica, change, change.overrun - change.amount)
 
     @override
     async def heartbeat(self, replica: str) -> None:

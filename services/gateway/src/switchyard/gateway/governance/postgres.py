@@ -57,19 +57,22 @@ _SETTLE = text(
     """
     WITH items AS (
         SELECT i->>'scope' AS scope, i->>'kind' AS kind,
-               (i->>'window_start')::float8 AS window_start, sum((i->>'amount')::float8) AS amount
+               (i->>'window_start')::float8 AS window_start,
+               sum((i->>'amount')::float8) AS amount,
+               sum(coalesce((i->>'overrun')::float8, 0)) AS overrun
         FROM jsonb_array_elements(CAST(:items AS jsonb)) AS i
         GROUP BY 1, 2, 3
     ), counters AS (
         UPDATE governance_counters c
-        SET spent = c.spent + items.amount, updated_at = now()
+        SET spent = c.spent + items.amount, committed = c.committed + items.overrun,
+            updated_at = now()
         FROM items
         WHERE c.scope = items.scope AND c.kind = items.kind
           AND c.window_start = items.window_start
         RETURNING c.scope
     )
     UPDATE governance_leases l
-    SET held = greatest(0, l.held - items.amount)
+    SET held = greatest(0, l.held + items.overrun - items.amount)
     FROM items
     WHERE l.replica = :replica AND l.scope = items.scope AND l.kind = items.kind
       AND l.window_start = items.window_start
@@ -120,6 +123,7 @@ def _items(changes: Sequence[LeaseChange]) -> str:
                 "kind": change.kind,
                 "window_start": change.window_start,
                 "amount": change.amount,
+                "overrun": change.overrun,
             }
             for change in changes
         ]
