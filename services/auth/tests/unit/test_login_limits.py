@@ -6,6 +6,8 @@ import pytest
 
 from switchyard.auth.ratelimit import LoginRateLimiter, SlidingWindowLimiter
 
+from ..conftest import running_auth
+
 PASSWORD = "correct horse battery staple"
 
 
@@ -41,25 +43,49 @@ def test_memory_is_bounded_by_forgetting_the_least_recent_keys() -> None:
     assert limiter.retry_after("c") is not None
 
 
-def test_address_limit_counts_every_attempt_and_account_limit_only_failures() -> None:
+def test_address_limit_counts_every_attempt_and_account_limits_only_failures() -> None:
     clock = Clock()
     limits = LoginRateLimiter(
         account=SlidingWindowLimiter(2, 300, clock=clock),
-        address=SlidingWindowLimiter(3, 60, clock=clock),
+        address=SlidingWindowLimiter(4, 60, clock=clock),
+        account_all_addresses=SlidingWindowLimiter(3, 300, clock=clock),
     )
     assert limits.check("alice", "10.0.0.1") is None
-    limits.succeeded("alice")
+    limits.succeeded("alice", "10.0.0.1")
     assert limits.check("alice", "10.0.0.1") is None
-    limits.failed("alice")
-    assert limits.check("alice", "10.0.0.2") is None
-    limits.failed("alice")
-    throttled = limits.check("alice", "10.0.0.3")
+    limits.failed("alice", "10.0.0.1")
+    assert limits.check("alice", "10.0.0.1") is None
+    limits.failed("alice", "10.0.0.1")
+    # Two failures from 10.0.0.1: that address is locked out of alice's account...
+    throttled = limits.check("alice", "10.0.0.1")
     assert throttled is not None and throttled.limit == "account"
     assert throttled.retry_after_s == 300
-    # 10.0.0.1 made two attempts; one more, then it is throttled for any account.
+    # ...not alice herself, signing in from her own address.
+    assert limits.check("alice", "10.0.0.2") is None
+    limits.failed("alice", "10.0.0.2")
+    # Three failures from all addresses together lock the account for everyone.
+    throttled = limits.check("alice", "10.0.0.9")
+    assert throttled is not None and throttled.limit == "account_all_addresses"
+    # 10.0.0.1 made three attempts that counted; one more, then it is throttled for any
+    # account.
     assert limits.check("bob", "10.0.0.1") is None
     throttled = limits.check("carol", "10.0.0.1")
     assert throttled is not None and throttled.limit == "address"
+
+
+def test_a_success_clears_the_accounts_failures_from_every_address() -> None:
+    clock = Clock()
+    limits = LoginRateLimiter(
+        account=SlidingWindowLimiter(5, 300, clock=clock),
+        address=SlidingWindowLimiter(100, 60, clock=clock),
+        account_all_addresses=SlidingWindowLimiter(3, 300, clock=clock),
+    )
+    for address in ("10.0.0.1", "10.0.0.2"):
+        limits.failed("alice", address)
+    limits.succeeded("alice", "10.0.0.3")
+    limits.failed("alice", "10.0.0.1")
+    limits.failed("alice", "10.0.0.1")
+    assert limits.check("alice", "10.0.0.4") is None  # 2 since the success, not 4
 
 
 async def attempt(harness, password: str, email: str = "alice@example.com", **kwargs):
@@ -121,3 +147,36 @@ async def test_forwarded_for_is_used_only_when_trusted(settings) -> None:
     request = Request("203.0.113.9, 198.51.100.7")
     assert client_address(request, Context(False)) == "10.1.1.1"
     assert client_address(request, Context(True)) == "198.51.100.7"
+
+
+async def test_failing_as_someone_else_does_not_lock_them_out_from_their_own_address(
+    settings,
+) -> None:
+    # Anyone who knows an email can fail to sign in as it: that locks out the address
+    # the failures come from, not the account's owner elsewhere.
+    trusting = settings.model_copy(update={"trust_forwarded_for": True})
+    async with running_auth(trusting) as auth:
+        await auth.service.create_user(email="alice@example.com", password=PASSWORD)
+        attacker = {"x-forwarded-for": "203.0.113.66"}
+        for number in range(trusting.login_max_failures_per_account):
+            response = await attempt(auth, f"guess-{number}", headers=attacker)
+            assert response.status_code == 401
+        assert (await attempt(auth, PASSWORD, headers=attacker)).status_code == 429
+        owner = {"x-forwarded-for": "198.51.100.7"}
+        assert (await attempt(auth, PASSWORD, headers=owner)).status_code == 200
+
+
+async def test_failures_spread_over_many_addresses_lock_the_account_for_everyone(
+    settings,
+) -> None:
+    trusting = settings.model_copy(
+        update={"trust_forwarded_for": True, "login_max_failures_per_account_all_addresses": 6}
+    )
+    async with running_auth(trusting) as auth:
+        await auth.service.create_user(email="alice@example.com", password=PASSWORD)
+        for number in range(6):
+            headers = {"x-forwarded-for": f"203.0.113.{number}"}
+            assert (await attempt(auth, "guess", headers=headers)).status_code == 401
+        owner = await attempt(auth, PASSWORD, headers={"x-forwarded-for": "198.51.100.7"})
+        assert owner.status_code == 429
+        assert owner.json()["error"]["code"] == "too_many_attempts"

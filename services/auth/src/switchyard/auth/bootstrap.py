@@ -98,6 +98,10 @@ def build(
         address=SlidingWindowLimiter(
             settings.login_max_attempts_per_address, settings.login_address_window_s
         ),
+        account_all_addresses=SlidingWindowLimiter(
+            settings.login_max_failures_per_account_all_addresses,
+            settings.login_account_window_s,
+        ),
     )
     outbox = OutboxRelay(
         service.sessions,

@@ -79,10 +79,19 @@ class Settings(ServiceSettings):
         ),
     )
     login_max_failures_per_account: int = Field(
-        default=5, gt=0, description="Failed sign-ins of one account before it is locked out."
+        default=5,
+        gt=0,
+        description="Failed sign-ins of one account from one client address before that "
+        "address is locked out of it (the account's owner, from another address, is not).",
+    )
+    login_max_failures_per_account_all_addresses: int = Field(
+        default=100,
+        gt=0,
+        description="Failed sign-ins of one account from all addresses together before it "
+        "is locked out for everyone (a guessing campaign spread over many addresses).",
     )
     login_account_window_s: float = Field(
-        default=300.0, gt=0, description="Window (and lock-out) of the per-account limit."
+        default=300.0, gt=0, description="Window (and lock-out) of the per-account limits."
     )
     login_max_attempts_per_address: int = Field(
         default=30, gt=0, description="Sign-in attempts from one client address per window."

@@ -23,7 +23,9 @@ REFRESH_REQUESTS = Counter(
 LOGINS_THROTTLED = Counter(
     "switchyard_auth_logins_throttled",
     "Sign-in attempts refused with 429 by the login rate limits.",
-    ["limit"],  # account | address | hashing (the password hashing pool is full)
+    # account (from this address) | account_all_addresses | address | hashing (the
+    # password hashing pool is full)
+    ["limit"],
 )
 REVOCATIONS = Counter(
     "switchyard_auth_revocations",

@@ -203,7 +203,7 @@ async def issue_token(
     try:
         user = await service.authenticate(grant.username, grant.password)
     except InvalidCredentials as exc:
-        limits.failed(account)
+        limits.failed(account, address)
         TOKEN_REQUESTS.labels("invalid_credentials").inc()
         raise APIError(
             401, str(exc), code="invalid_credentials", headers=_BEARER_CHALLENGE
@@ -211,7 +211,7 @@ async def issue_token(
     except HashingBusy:
         LOGINS_THROTTLED.labels("hashing").inc()
         raise busy_hashing() from None
-    limits.succeeded(account)
+    limits.succeeded(account, address)
     pair = await service.sign_in(user)
     TOKEN_REQUESTS.labels("issued").inc()
     return _token_response(pair)
