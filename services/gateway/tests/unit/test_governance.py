@@ -242,6 +242,71 @@ async def test_usage_beyond_a_replicas_lease_is_never_granted_to_another_replica
     assert await second.admit(Caller(), "m", {**BODY, "max_tokens": 4000})
 
 
+async def test_an_overrun_survives_a_limit_change_of_its_level():
+    # An admin edits a limit of the key: the replica gives back what it holds of it, and
+    # what its requests used beyond that is still committed for the fleet.
+    ledger = MemoryLedger()
+    first, second = replicas(ledger, policy(max_budget_usd=10.0, budget_period="30d"), count=2)
+    ticket = await first.admit(Caller(), "m", BODY)
+    ticket.attach("r1")
+    first.on_usage(usage_event("r1", cost=5.0))  # allowance now below zero
+    await first.limits_changed("api_key", "k1")
+    await first.flush()
+
+    [spend] = [c for c in await ledger.counters() if c.kind == "spend"]
+    assert spend.spent == pytest.approx(5.0) and spend.committed == pytest.approx(5.0)
+    assert ledger.held("gw-0", spend.scope, "spend") == pytest.approx(0.0)
+    with pytest.raises(Refused):
+        await second.admit(Caller(), "m", {**BODY, "max_tokens": 6000})
+
+
+@pytest.mark.parametrize("cost", [5.0, 0.0001], ids=["beyond", "within"])
+async def test_a_request_running_across_a_limit_change_settles_exactly(cost):
+    ledger = MemoryLedger()
+    first, second = replicas(ledger, policy(max_budget_usd=10.0, budget_period="30d"), count=2)
+    ticket = await first.admit(Caller(), "m", BODY)
+    ticket.attach("r1")
+    await first.limits_changed("api_key", "k1")  # e.g. the admin raised its rpm limit
+    first.on_usage(usage_event("r1", cost=cost))
+    await first.flush()
+    await asyncio.sleep(0)  # the unused rest of its reservation is given back
+
+    [spend] = [c for c in await ledger.counters() if c.kind == "spend"]
+    assert spend.spent == pytest.approx(cost)
+    assert spend.committed == pytest.approx(cost)  # no more, no less than it used
+    assert ledger.held("gw-0", spend.scope, "spend") == pytest.approx(0.0)
+
+
+async def test_a_settlement_on_its_way_is_not_lost_when_housekeeping_stops():
+    class SlowLedger(MemoryLedger):
+        def __init__(self) -> None:
+            super().__init__()
+            self.arrived, self.go_on = asyncio.Event(), asyncio.Event()
+
+        async def settle(self, replica, changes):
+            self.arrived.set()
+            await self.go_on.wait()
+            await super().settle(replica, changes)
+
+    ledger = SlowLedger()
+    [admission] = replicas(ledger, policy(max_budget_usd=10.0, budget_period="30d"), count=1)
+    ticket = await admission.admit(Caller(), "m", BODY)
+    ticket.attach("r1")
+    admission.on_usage(usage_event("r1", cost=0.001))
+    flushing = asyncio.create_task(admission.flush())
+    await ledger.arrived.wait()
+    flushing.cancel()  # what stopping the background task does
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    ledger.go_on.set()
+    await async_wait_until(lambda: asyncio.sleep(0, bool(ledger._counters)))
+    await async_wait_until(
+        lambda: asyncio.sleep(
+            0, [c.spent for c in ledger._counters.values() if c.spent] == [pytest.approx(0.001)]
+        )
+    )
+
+
 async def test_a_budget_resets_at_its_period_boundary() -> None:
     now = [1_000.0]
     ledger = MemoryLedger(clock=lambda: now[0])

@@ -647,6 +647,11 @@ class Admission:
     def _give_back(self, counter: tuple[str, str], allowance: _Allowance) -> None:
         change = LeaseChange(counter[0], counter[1], allowance.window_start, allowance.unused)  # type: ignore[arg-type]
         allowance.unused = 0.0
+        self._release_later(change)
+
+    def _release_later(self, change: LeaseChange) -> None:
+        """Give `change` back to the ledger in the background (not retried if it fails:
+        the allowance stays counted until its window ends or the replica is reaped)."""
 
         async def release() -> None:
             with contextlib.suppress(LedgerUnavailable):
@@ -710,7 +715,23 @@ class Admission:
             spent = used[reservation.kind]
             counter = (reservation.scope, reservation.kind)
             allowance = self._allowances.get(counter)
-            if allowance is not None and allowance.window_start == reservation.window_start:
+            overrun = 0.0
+            if allowance is None:
+                # Dropped while the request ran (its level's limits changed): the ledger
+                # still counts the reservation in this replica's lease. What the request
+                # used beyond it is committed with the settlement; what it left is given
+                # back.
+                overrun = max(0.0, spent - reservation.amount)
+                if reservation.amount > spent:
+                    self._release_later(
+                        LeaseChange(
+                            reservation.scope,
+                            reservation.kind,
+                            reservation.window_start,
+                            reservation.amount - spent,
+                        )
+                    )
+            elif allowance.window_start == reservation.window_start:
                 # Below zero when the request used more than this replica held: see `flush`.
                 allowance.unused += reservation.amount - spent
                 # Capacity came back: the counter may no longer be exhausted.
@@ -718,7 +739,11 @@ class Admission:
             if spent > 0:
                 self._settlements.append(
                     LeaseChange(
-                        reservation.scope, reservation.kind, reservation.window_start, spent
+                        reservation.scope,
+                        reservation.kind,
+                        reservation.window_start,
+                        spent,
+                        overrun,
                     )
                 )
         if len(self._settlements) >= 500:
@@ -754,6 +779,17 @@ class Admission:
                 returned.append(
                     LeaseChange(counter[0], counter[1], allowance.window_start, allowance.unused)  # type: ignore[arg-type]
                 )
+            elif allowance.unused < 0:
+                # Used beyond what it held: committed with the next settlements (`flush`).
+                self._settlements.append(
+                    LeaseChange(
+                        counter[0],
+                        counter[1],  # type: ignore[arg-type]
+                        allowance.window_start,
+                        0.0,
+                        -allowance.unused,
+                    )
+                )
             del self._allowances[counter]
         for counter in [c for c in self._exhausted if c[0] == prefix]:
             del self._exhausted[counter]
@@ -786,8 +822,8 @@ class Admission:
         of a counter (its allowance below zero). Until then this replica's next grant
         covers an overrun (its allowance counts against what it asks for); the ledger then
         counts it as committed, so no replica is granted it, even when this one never asks
-        again. Overruns go first: they add to what the replica holds before its
-        settlements take from it."""
+        again (both ledgers sum a batch per counter: an overrun adds to what the replica
+        holds before the usage takes it off)."""
         overruns = []
         for (scope, kind), allowance in self._allowances.items():
             if allowance.unused < 0:
@@ -799,7 +835,9 @@ class Admission:
             return
         batch, self._settlements = overruns + self._settlements, []
         try:
-            await self.ledger.settle(self.replica, batch)
+            # Shielded: stopping the background task while a settlement is on its way must
+            # not lose it (the write goes on; trying it again could count it twice).
+            await asyncio.shield(self.ledger.settle(self.replica, batch))
         except LedgerUnavailable:
             self._settlements = batch + self._settlements
             raise

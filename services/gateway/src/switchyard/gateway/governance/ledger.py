@@ -278,12 +278,20 @@ class MemoryLedger(Ledger):
     @override
     async def settle(self, replica: str, changes: Sequence[LeaseChange]) -> None:
         self._check()
+        # Summed per counter first, as the PostgreSQL ledger does: an overrun adds to the
+        # lease before the usage takes it off (`held` never goes below zero).
+        totals: dict[tuple[str, Kind, float], list[float]] = {}
         for change in changes:
+            total = totals.setdefault((change.scope, change.kind, change.window_start), [0, 0])
+            total[0] += change.amount
+            total[1] += change.overrun
+        for (scope, kind, window_start), (amount, overrun) in totals.items():
+            change = LeaseChange(scope, kind, window_start, amount, overrun)
             counter = self._lease(replica, change)
             if counter is not None:
-                counter.spent += change.amount
-                counter.committed += change.overrun
-                self._adjust_lease(replica, change, change.overrun - change.amount)
+                counter.spent += amount
+                counter.committed += overrun
+                self._adjust_lease(replica, change, overrun - amount)
 
     @override
     async def heartbeat(self, replica: str) -> None:
