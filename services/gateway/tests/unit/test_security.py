@@ -134,6 +134,26 @@ async def test_a_metadata_only_tenant_gets_no_content_back_from_the_idempotency_
     assert len(harness.requests) == 1  # it still never ran twice
 
 
+async def test_an_anthropic_client_refused_a_replay_gets_the_original_request_id_throughout(
+    harness, history
+):
+    history.metadata_only.add("acme")
+    message = {
+        "model": "sim-small",
+        "max_tokens": 8,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    headers = {"x-api-key": API_KEY, "Idempotency-Key": "private-2"}
+    first = await harness.client.post("/v1/messages", json=message, headers=headers)
+    retry = await harness.client.post("/v1/messages", json=message, headers=headers)
+
+    assert first.status_code == 200, first.text
+    assert retry.status_code == 409, retry.text
+    original = first.headers["request-id"]
+    assert retry.headers["x-request-id"] == retry.headers["request-id"] == original
+    assert retry.json()["request_id"] == original  # the body names the same request
+
+
 SETTINGS = b'{"object":"history.settings","store_content":true,"webhook_secret":"whsec_s3cret"}'
 
 

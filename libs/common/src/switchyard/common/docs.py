@@ -103,6 +103,10 @@ _COMPONENT_SCHEMAS: dict[str, dict[str, Any]] = {
                     "message": {"type": "string"},
                 },
             },
+            "request_id": {
+                "type": "string",
+                "description": "The request's id, as in its `request-id` header.",
+            },
         },
     },
 }
@@ -241,6 +245,7 @@ def _error_response(status: int, anthropic: bool) -> dict[str, Any]:
         example: dict[str, Any] = {
             "type": "error",
             "error": {"type": error_type("anthropic", status), "message": message},
+            "request_id": "6f49fc77bd694a63aee0e644b362d3a8",
         }
     else:
         schema = OPENAI_ERROR_SCHEMA

@@ -171,11 +171,19 @@ def error_response(
             message=message,
             code=code,
             param=param,
-            request_id=current_request_id.get(),
+            # The id the answer's headers name (an Idempotency-Key refusal names the
+            # original request), else this request's.
+            request_id=_named_request_id(sent) or current_request_id.get(),
         ),
         status_code=status,
         media_type="application/json",
         headers=sent,
+    )
+
+
+def _named_request_id(headers: Mapping[str, str]) -> str | None:
+    return next(
+        (value for name, value in headers.items() if name.lower() == REQUEST_ID_HEADER), None
     )
 
 
