@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from starlette.datastructures import Headers
 
 from switchyard.auth.ratelimit import LoginRateLimiter, SlidingWindowLimiter
 
@@ -52,17 +55,15 @@ def test_address_limit_counts_every_attempt_and_account_limits_only_failures() -
     )
     assert limits.check("alice", "10.0.0.1") is None
     limits.succeeded("alice", "10.0.0.1")
+    # Each attempt let through counts as a failure until it succeeds.
     assert limits.check("alice", "10.0.0.1") is None
-    limits.failed("alice", "10.0.0.1")
     assert limits.check("alice", "10.0.0.1") is None
-    limits.failed("alice", "10.0.0.1")
     # Two failures from 10.0.0.1: that address is locked out of alice's account...
     throttled = limits.check("alice", "10.0.0.1")
     assert throttled is not None and throttled.limit == "account"
     assert throttled.retry_after_s == 300
     # ...not alice herself, signing in from her own address.
     assert limits.check("alice", "10.0.0.2") is None
-    limits.failed("alice", "10.0.0.2")
     # Three failures from all addresses together lock the account for everyone.
     throttled = limits.check("alice", "10.0.0.9")
     assert throttled is not None and throttled.limit == "account_all_addresses"
@@ -73,19 +74,49 @@ def test_address_limit_counts_every_attempt_and_account_limits_only_failures() -
     assert throttled is not None and throttled.limit == "address"
 
 
-def test_a_success_clears_the_accounts_failures_from_every_address() -> None:
+def test_attempts_sent_at_once_cannot_all_pass_before_the_first_fails() -> None:
     clock = Clock()
     limits = LoginRateLimiter(
         account=SlidingWindowLimiter(5, 300, clock=clock),
         address=SlidingWindowLimiter(100, 60, clock=clock),
+        account_all_addresses=SlidingWindowLimiter(8, 300, clock=clock),
+    )
+    # 30 guesses from one address, none answered yet: 5 are let through.
+    passed = [limits.check("alice", "10.0.0.1") is None for _ in range(30)]
+    assert passed.count(True) == 5
+    # From other addresses, the account's all-addresses limit stops the 9th.
+    passed = [limits.check("alice", f"10.1.0.{n}") is None for n in range(10)]
+    assert passed.count(True) == 3
+
+
+def test_a_success_clears_the_accounts_failures_and_an_attempt_without_verdict_is_taken_back():
+    clock = Clock()
+    limits = LoginRateLimiter(
+        account=SlidingWindowLimiter(2, 300, clock=clock),
+        address=SlidingWindowLimiter(100, 60, clock=clock),
         account_all_addresses=SlidingWindowLimiter(3, 300, clock=clock),
     )
     for address in ("10.0.0.1", "10.0.0.2"):
-        limits.failed("alice", address)
+        assert limits.check("alice", address) is None
     limits.succeeded("alice", "10.0.0.3")
-    limits.failed("alice", "10.0.0.1")
-    limits.failed("alice", "10.0.0.1")
-    assert limits.check("alice", "10.0.0.4") is None  # 2 since the success, not 4
+    assert limits.check("alice", "10.0.0.1") is None
+    assert limits.check("alice", "10.0.0.6") is None
+    assert limits.check("alice", "10.0.0.4") is None  # 2 failures since the success, not 4
+    limits.abandoned("alice", "10.0.0.4")  # the password was never checked
+    assert limits.check("alice", "10.0.0.4") is None
+    throttled = limits.check("alice", "10.0.0.5")
+    assert throttled is not None and throttled.limit == "account_all_addresses"
+
+
+def test_keys_of_any_length_cost_the_same_memory() -> None:
+    limiter = SlidingWindowLimiter(5, 300, max_keys=1000, clock=Clock())
+    for number in range(1000):
+        limiter.hit("x" * 100_000 + str(number))
+    assert all(len(key) == 16 for key in limiter._hits)
+    assert limiter.retry_after("x" * 100_000 + "7") is None
+    for _ in range(4):
+        limiter.hit("x" * 100_000 + "7")
+    assert limiter.retry_after("x" * 100_000 + "7") is not None
 
 
 async def attempt(harness, password: str, email: str = "alice@example.com", **kwargs):
@@ -136,8 +167,10 @@ async def test_forwarded_for_is_used_only_when_trusted(settings) -> None:
     from switchyard.auth.api.deps import client_address
 
     class Request:
-        def __init__(self, forwarded: str) -> None:
-            self.headers = {"x-forwarded-for": forwarded}
+        def __init__(self, *forwarded: str) -> None:
+            self.headers = Headers(
+                raw=[(b"x-forwarded-for", value.encode()) for value in forwarded]
+            )
             self.client = type("Client", (), {"host": "10.1.1.1"})()
 
     class Context:
@@ -147,6 +180,24 @@ async def test_forwarded_for_is_used_only_when_trusted(settings) -> None:
     request = Request("203.0.113.9, 198.51.100.7")
     assert client_address(request, Context(False)) == "10.1.1.1"
     assert client_address(request, Context(True)) == "198.51.100.7"
+    # A proxy that adds a line of its own, after the client's: its entry is the last.
+    request = Request("10.7.0.1", "198.51.100.8")
+    assert client_address(request, Context(True)) == "198.51.100.8"
+
+
+async def test_wrong_passwords_sent_at_once_get_no_more_guesses_than_one_at_a_time(settings):
+    trusting = settings.model_copy(update={"trust_forwarded_for": True})
+    async with running_auth(trusting) as auth:
+        await auth.service.create_user(email="alice@example.com", password=PASSWORD)
+        attacker = {"x-forwarded-for": "203.0.113.66"}
+        answers = await asyncio.gather(
+            *(attempt(auth, f"guess-{number}", headers=attacker) for number in range(20))
+        )
+        statuses = sorted(response.status_code for response in answers)
+        limit = trusting.login_max_failures_per_account
+        assert statuses == [401] * limit + [429] * (20 - limit)
+        owner = {"x-forwarded-for": "198.51.100.7"}
+        assert (await attempt(auth, PASSWORD, headers=owner)).status_code == 200
 
 
 async def test_failing_as_someone_else_does_not_lock_them_out_from_their_own_address(

@@ -1,7 +1,9 @@
 """Login rate limits, per account and per client address, in process memory.
 
 Each limiter keeps, per key, the times of recent attempts inside a sliding window. The
-account limits count failed sign-ins and are cleared by a successful one: a few per
+account limits count failed sign-ins and are cleared by a successful one (an attempt counts
+as failed from the moment it is let through until it succeeds, so guesses sent at once
+get no more tries than guesses sent one after another): a few per
 account *from one client address* (what locks a guesser out), and many more per account
 from all addresses together (what bounds a guessing campaign spread over many
 addresses). Someone who knows an email address therefore cannot lock its owner out by
@@ -13,16 +15,24 @@ gets 429 with the seconds until the oldest counted attempt leaves the window.
 The state is per process: with N auth workers or replicas an attacker gets up to N times
 the configured attempts. That keeps sign-in free of any shared store, and the bound stays
 small (argon2 makes each guess cost tens of milliseconds anyway). Memory is bounded: at
-most `max_keys` keys are tracked, the least recently used being forgotten first.
+most `max_keys` keys are tracked, each as a 16-byte digest whatever its length, the least
+recently used being forgotten first.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+
+
+def _digest(key: str) -> bytes:
+    # Keys are attacker-chosen (any username, up to the body limit): a fixed 16 bytes each,
+    # with their hits in a short list, keep a full table near 20 MiB per limiter.
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class SlidingWindowLimiter:
@@ -42,14 +52,16 @@ class SlidingWindowLimiter:
         self.window_s = window_s
         self._max_keys = max_keys
         self._clock = clock
-        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+        # Key digest -> the times of its recent hits, oldest first (at most `limit`).
+        self._hits: OrderedDict[bytes, list[float]] = OrderedDict()
 
-    def _recent(self, key: str, now: float) -> deque[float] | None:
+    def _recent(self, key: bytes, now: float) -> list[float] | None:
         hits = self._hits.get(key)
         if hits is None:
             return None
-        while hits and hits[0] <= now - self.window_s:
-            hits.popleft()
+        cutoff = now - self.window_s
+        while hits and hits[0] <= cutoff:
+            del hits[0]  # a few entries at most: `limit` is small
         if not hits:
             del self._hits[key]
             return None
@@ -58,26 +70,35 @@ class SlidingWindowLimiter:
     def retry_after(self, key: str) -> float | None:
         """Seconds until `key` may try again, or None if it is under the limit."""
         now = self._clock()
-        hits = self._recent(key, now)
+        hits = self._recent(_digest(key), now)
         if hits is None or len(hits) < self.limit:
             return None
         return max(0.0, hits[-self.limit] + self.window_s - now)
 
     def hit(self, key: str) -> None:
         """Count one hit for `key` now."""
+        digest = _digest(key)
         now = self._clock()
-        hits = self._recent(key, now)
+        hits = self._recent(digest, now)
         if hits is None:
-            hits = self._hits[key] = deque(maxlen=self.limit)
+            hits = self._hits[digest] = []
             while len(self._hits) > self._max_keys:
                 self._hits.popitem(last=False)
         else:
-            self._hits.move_to_end(key)
+            self._hits.move_to_end(digest)
         hits.append(now)
+        if len(hits) > self.limit:
+            del hits[0]
+
+    def unhit(self, key: str) -> None:
+        """Take back the latest hit of `key` (an attempt that ended without a verdict)."""
+        hits = self._hits.get(_digest(key))
+        if hits:
+            hits.pop()
 
     def reset(self, key: str) -> None:
         """Forget every hit of `key`."""
-        self._hits.pop(key, None)
+        self._hits.pop(_digest(key), None)
 
 
 @dataclass(frozen=True)
@@ -110,28 +131,31 @@ class LoginRateLimiter:
         return f"{account}\n{address}"  # a newline is in neither an email nor an address
 
     def check(self, account: str, address: str) -> Throttled | None:
-        """Whether this attempt may proceed; counts it against the address if so."""
-        limits = [
-            ("address", self.address, address),
-            ("account", self.account, self._pair(account, address)),
-        ]
+        """Whether this attempt may proceed. If so, it is counted against the address, and
+        against the account as a failure until it proves otherwise (`succeeded`, or
+        `abandoned` when it ends without a verdict): attempts sent at once cannot all pass
+        before the first of them fails."""
+        pair = self._pair(account, address)
+        limits = [("address", self.address, address), ("account", self.account, pair)]
         if self.account_all_addresses is not None:
             limits.append(("account_all_addresses", self.account_all_addresses, account))
         for name, limiter, key in limits:
             wait = limiter.retry_after(key)
             if wait is not None:
                 return Throttled(name, max(1, math.ceil(wait)))
-        self.address.hit(address)
+        for _, limiter, key in limits:
+            limiter.hit(key)
         return None
-
-    def failed(self, account: str, address: str) -> None:
-        """Count a failed sign-in against `account` (the email tried) from `address`."""
-        self.account.hit(self._pair(account, address))
-        if self.account_all_addresses is not None:
-            self.account_all_addresses.hit(account)
 
     def succeeded(self, account: str, address: str) -> None:
         """Clear the failures of `account` after a successful sign-in from `address`."""
         self.account.reset(self._pair(account, address))
         if self.account_all_addresses is not None:
             self.account_all_addresses.reset(account)
+
+    def abandoned(self, account: str, address: str) -> None:
+        """An attempt `check` let through ended without a verdict (the password was not
+        checked: hashing busy, the store down): not a failure of the account."""
+        self.account.unhit(self._pair(account, address))
+        if self.account_all_addresses is not None:
+            self.account_all_addresses.unhit(account)

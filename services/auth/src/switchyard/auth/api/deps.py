@@ -112,9 +112,11 @@ AdminUser = Annotated[User, Depends(get_admin_user)]
 
 def client_address(request: Request, context: Annotated[AuthContext, Depends(get_context)]) -> str:
     """The caller's address for the login limits: the peer, or behind a trusted proxy the
-    last X-Forwarded-For entry (the one that proxy appended)."""
+    last X-Forwarded-For entry (the one that proxy appended), across every such header
+    line: a proxy may add its own line instead of extending the client's (RFC 9110:
+    repeated fields are one comma-separated list)."""
     if context.settings.trust_forwarded_for:
-        forwarded = request.headers.get("x-forwarded-for", "")
+        forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
         entries = [entry.strip() for entry in forwarded.split(",") if entry.strip()]
         if entries:
             return entries[-1]

@@ -200,10 +200,14 @@ async def issue_token(
             code="too_many_attempts",
             headers={"Retry-After": str(throttled.retry_after_s)},
         )
+    # The attempt counts as a failure of the account from here (`check`) unless it
+    # succeeds or ends without the password being checked.
+    verdict = False
     try:
         user = await service.authenticate(grant.username, grant.password)
+        verdict = True
     except InvalidCredentials as exc:
-        limits.failed(account, address)
+        verdict = True
         TOKEN_REQUESTS.labels("invalid_credentials").inc()
         raise APIError(
             401, str(exc), code="invalid_credentials", headers=_BEARER_CHALLENGE
@@ -211,6 +215,9 @@ async def issue_token(
     except HashingBusy:
         LOGINS_THROTTLED.labels("hashing").inc()
         raise busy_hashing() from None
+    finally:
+        if not verdict:
+            limits.abandoned(account, address)
     limits.succeeded(account, address)
     pair = await service.sign_in(user)
     TOKEN_REQUESTS.labels("issued").inc()
