@@ -642,6 +642,32 @@ async def test_spend_shows_each_budget_above_the_caller(harness):
     assert budget["resets_at"] is not None
 
 
+async def test_spend_read_right_after_a_request_includes_its_cost(harness):
+    limited_auth(harness, max_budget_usd=5.0, budget_period="30d")
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    answer = await harness.client.post("/v1/chat/completions", json=CHAT, headers=headers)
+    assert answer.is_success
+    # Its usage arrives (settled here at once); the ledger is written in the background.
+    harness.app.state.gateway.admission.on_usage(
+        UsageRecorded(
+            source="inference",
+            tenant="acme",
+            request_id=answer.headers["x-request-id"],
+            data=UsageData(
+                model="sim-small",
+                user_id="user-1",
+                api_key_id="key-1",
+                status="completed",
+                usage=TokenUsage(input_tokens=2, output_tokens=2),
+                cost_usd=0.25,
+            ),
+        )
+    )
+    spend = await harness.client.get("/v1/spend", headers=headers)
+    [budget] = spend.json()["data"]
+    assert budget["spent_usd"] == 0.25
+
+
 async def test_jobs_count_against_the_same_limits(harness):
     limited_auth(harness, rpm_limit=1)
     headers = {"Authorization": f"Bearer {API_KEY}"}

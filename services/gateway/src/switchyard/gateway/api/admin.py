@@ -12,6 +12,7 @@ in the current period, from the fleet's limit ledger.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel
 from switchyard.common.errors import APIError
 from switchyard.common.governance import BudgetClock, scope_key
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, single_credentials
+from switchyard.gateway.governance.ledger import LedgerUnavailable
 
 # (method, path, summary, tag): every auth route the gateway exposes.
 AUTH_ROUTES: tuple[tuple[str, str, str, str], ...] = (
@@ -212,6 +214,10 @@ async def budget_spend(gateway: Any, principal: Any) -> SpendOut:
     now = datetime.now(UTC)
     budgeted = [level for level in policy.levels if level.limits.max_budget_usd is not None]
     scopes = [scope_key(level.level, level.scope_id) for level in budgeted]
+    # This replica's settlements first (they are written in the background, every 0.1 s):
+    # a caller reading right after a request sees its cost. Other replicas' follow.
+    with contextlib.suppress(LedgerUnavailable):
+        await admission.flush()
     try:
         counters = {
             c.scope: c for c in await admission.ledger.counters(scopes) if c.kind == "spend"
