@@ -488,6 +488,10 @@ class TeamLedger:
         ]
 
 
+async def nothing_to_flush() -> None:
+    """An admission with no settlements pending."""
+
+
 class TeamPolicies:
     """Auth's policy of every caller: a member of team-1, whose budget is $10 per 30 days."""
 
@@ -514,7 +518,9 @@ async def test_a_member_sees_their_whole_teams_spend_from_the_ledger_not_only_th
     async with console(double) as gw:
         gateway = gw.app.state.gateway
         admission = gateway.admission
-        gateway.admission = SimpleNamespace(policies=TeamPolicies(), ledger=TeamLedger(7.25))
+        gateway.admission = SimpleNamespace(
+            policies=TeamPolicies(), ledger=TeamLedger(7.25), flush=nothing_to_flush
+        )
         try:
             await sign_in(gw)  # alice, a member
             page = await gw.client.get("/ui/teams")
