@@ -649,19 +649,7 @@ async def test_spend_read_right_after_a_request_includes_its_cost(harness):
     assert answer.is_success
     # Its usage arrives (settled here at once); the ledger is written in the background.
     harness.app.state.gateway.admission.on_usage(
-        UsageRecorded(
-            source="inference",
-            tenant="acme",
-            request_id=answer.headers["x-request-id"],
-            data=UsageData(
-                model="sim-small",
-                user_id="user-1",
-                api_key_id="key-1",
-                status="completed",
-                usage=TokenUsage(input_tokens=2, output_tokens=2),
-                cost_usd=0.25,
-            ),
-        )
+        usage_event(answer.headers["x-request-id"], cost=0.25)
     )
     spend = await harness.client.get("/v1/spend", headers=headers)
     [budget] = spend.json()["data"]
