@@ -16,6 +16,7 @@ from switchyard.common.bus import (
     EventRejectedError,
     InMemoryBus,
     RetryPolicy,
+    memory,
 )
 from switchyard.common.bus.base import handle_batch_isolating, is_outage, serialise
 from switchyard.common.events import ChatRequestData, ChatRequested
@@ -188,7 +189,7 @@ async def test_a_failing_batch_during_an_outage_waits_for_the_end_of_it_and_cond
     await async_wait_until(lambda: asyncio.sleep(0, len(stored) == 8), timeout=5)
 
     assert stored == [f"r{n}" for n in range(8)]
-    assert bus.dead_letters == []
+    assert not bus.dead_letters
     assert set(calls) == {8}  # an outage never splits the batch
     assert tried_while_down == 1  # nothing retried in vain while the database is down
     assert await bus.consumer_lag("history", ["topic"]) == 0
@@ -214,7 +215,7 @@ async def test_handler_failures_while_the_bus_is_down_never_dead_letter_the_even
     await async_wait_until(lambda: asyncio.sleep(0, len(attempts) == 6))
     await asyncio.sleep(0.05)
 
-    assert bus.dead_letters == []  # handled on the 6th attempt, once the bus was back
+    assert not bus.dead_letters  # handled on the 6th attempt, once the bus was back
     await bus.stop()
 
 
@@ -620,4 +621,23 @@ async def test_a_handler_runs_in_the_publishers_trace(monkeypatch):
     await bus.publish("requests", request(1))
     await async_wait_until(lambda: asyncio.sleep(0, len(seen) == 2))
     assert parents == [published, published]
+    await bus.stop()
+
+
+async def test_dead_letters_kept_in_memory_are_bounded(monkeypatch):
+    monkeypatch.setattr(memory, "MAX_DEAD_LETTERS", 3)
+    bus = InMemoryBus()
+
+    async def refuse(event):
+        raise EventRejectedError("no")
+
+    await bus.subscribe(["requests"], "store", refuse, retry=RetryPolicy(max_attempts=1))
+    for n in range(5):
+        await bus.publish("requests", request(n))
+    await async_wait_until(lambda: asyncio.sleep(0, bus.published["requests"] == 5))
+    await async_wait_until(
+        lambda: asyncio.sleep(
+            0, [d.event.request_id for d in bus.dead_letters] == ["r2", "r3", "r4"]
+        )
+    )
     await bus.stop()

@@ -250,7 +250,7 @@ async def test_events_received_while_the_database_is_unusable_are_stored_once_it
         dead_letters = service.bus.dead_letters
 
     assert item["response"]["choices"][0]["message"]["content"] == "Hi there!"
-    assert dead_letters == []
+    assert not dead_letters
 
 
 def _persist_failures() -> float:

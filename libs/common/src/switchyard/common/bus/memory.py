@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -49,6 +49,8 @@ log = structlog.get_logger("switchyard.bus.memory")
 
 # Longest a stopping batch subscription spends handling the events it already holds.
 STOP_DRAIN_S = 2.0
+# Dead letters an in-memory bus keeps (the oldest go first); Kafka's are on their topic.
+MAX_DEAD_LETTERS = 1000
 
 # The publisher's W3C trace context in one string: `traceparent`, and after a newline
 # `tracestate` when there is one; None while tracing is off or there is none.
@@ -174,8 +176,9 @@ class InMemoryBus(EventBus):
 
     `partitions` maps a topic to its partition count (default 1); `batch_linger_s` is how
     long (seconds) `subscribe_batch` waits for a batch to fill when not told otherwise.
-    Events pass through the same serialisation as on Kafka; dead-lettered events are kept in
-    `dead_letters`, and `published` counts events per topic.
+    Events pass through the same serialisation as on Kafka; the latest `MAX_DEAD_LETTERS`
+    dead-lettered events are kept in `dead_letters` (each is also logged), and `published`
+    counts events per topic.
 
     Memory is the only buffer here. New work is held back when a store falls behind:
     publishing to one of `admission_topics` (where requests enter) waits while a batch
@@ -214,7 +217,9 @@ class InMemoryBus(EventBus):
             ],
         ] = defaultdict(list)
         self._subscriptions: list[Subscription] = []
-        self.dead_letters: list[DeadLetter] = []
+        # Bounded: a process that dead-letters event after event (a store refusing every
+        # write) must not grow without end, nor give the collector ever more to walk.
+        self.dead_letters: deque[DeadLetter] = deque(maxlen=MAX_DEAD_LETTERS)
         self.published: dict[str, int] = defaultdict(int)
 
     @override
