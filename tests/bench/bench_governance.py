@@ -27,10 +27,11 @@ from bench_auth import Row, print_table
 from benchkit import timed
 
 from switchyard.common.db import upgrade
-from switchyard.common.events import TokenUsage, UsageData, UsageRecorded, new_id
+from switchyard.common.events import UsageRecorded, new_id
 from switchyard.common.governance import FailureMode, Limits
 from switchyard.common.logging import configure_logging
 from switchyard.common.pricing import PriceTable
+from switchyard.common.testing.events import usage_recorded
 from switchyard.common.testing.infra import temporary_database
 from switchyard.gateway.governance.admission import Admission
 from switchyard.gateway.governance.ledger import Ledger, MemoryLedger
@@ -85,18 +86,16 @@ LIMITED = Policy(
 
 
 def usage(request_id: str) -> UsageRecorded:
-    return UsageRecorded(
-        source="bench",
+    return usage_recorded(
+        request_id,
+        0.00002,
         tenant="bench",
-        request_id=request_id,
-        data=UsageData(
-            model="sim-small",
-            user_id="bench-user",
-            api_key_id="bench-key",
-            status="completed",
-            usage=TokenUsage(input_tokens=30, output_tokens=5),
-            cost_usd=0.00002,
-        ),
+        user_id="bench-user",
+        api_key_id="bench-key",
+        model="sim-small",
+        input_tokens=30,
+        output_tokens=5,
+        source="bench",
     )
 
 

@@ -46,13 +46,21 @@ def test_memory_is_bounded_by_forgetting_the_least_recent_keys() -> None:
     assert limiter.retry_after("c") is not None
 
 
-def test_address_limit_counts_every_attempt_and_account_limits_only_failures() -> None:
+def login_limits(
+    *, from_one_address: int, per_address: int, from_all_addresses: int
+) -> LoginRateLimiter:
+    """The limits as auth builds them (300 s for an account, 60 s for an address), on a
+    clock that stands still."""
     clock = Clock()
-    limits = LoginRateLimiter(
-        account=SlidingWindowLimiter(2, 300, clock=clock),
-        address=SlidingWindowLimiter(4, 60, clock=clock),
-        account_all_addresses=SlidingWindowLimiter(3, 300, clock=clock),
+    return LoginRateLimiter(
+        account=SlidingWindowLimiter(from_one_address, 300, clock=clock),
+        address=SlidingWindowLimiter(per_address, 60, clock=clock),
+        account_all_addresses=SlidingWindowLimiter(from_all_addresses, 300, clock=clock),
     )
+
+
+def test_address_limit_counts_every_attempt_and_account_limits_only_failures() -> None:
+    limits = login_limits(from_one_address=2, per_address=4, from_all_addresses=3)
     assert limits.check("alice", "10.0.0.1") is None
     limits.succeeded("alice", "10.0.0.1")
     # Each attempt let through counts as a failure until it succeeds.
@@ -75,12 +83,7 @@ def test_address_limit_counts_every_attempt_and_account_limits_only_failures() -
 
 
 def test_attempts_sent_at_once_cannot_all_pass_before_the_first_fails() -> None:
-    clock = Clock()
-    limits = LoginRateLimiter(
-        account=SlidingWindowLimiter(5, 300, clock=clock),
-        address=SlidingWindowLimiter(100, 60, clock=clock),
-        account_all_addresses=SlidingWindowLimiter(8, 300, clock=clock),
-    )
+    limits = login_limits(from_one_address=5, per_address=100, from_all_addresses=8)
     # 30 guesses from one address, none answered yet: 5 are let through.
     passed = [limits.check("alice", "10.0.0.1") is None for _ in range(30)]
     assert passed.count(True) == 5
@@ -90,12 +93,7 @@ def test_attempts_sent_at_once_cannot_all_pass_before_the_first_fails() -> None:
 
 
 def test_a_success_clears_the_accounts_failures_and_an_attempt_without_verdict_is_taken_back():
-    clock = Clock()
-    limits = LoginRateLimiter(
-        account=SlidingWindowLimiter(2, 300, clock=clock),
-        address=SlidingWindowLimiter(100, 60, clock=clock),
-        account_all_addresses=SlidingWindowLimiter(3, 300, clock=clock),
-    )
+    limits = login_limits(from_one_address=2, per_address=100, from_all_addresses=3)
     for address in ("10.0.0.1", "10.0.0.2"):
         assert limits.check("alice", address) is None
     limits.succeeded("alice", "10.0.0.3")

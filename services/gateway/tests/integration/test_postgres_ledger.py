@@ -10,9 +10,9 @@ import asyncio
 import pytest
 
 from switchyard.common.db import downgrade, upgrade
-from switchyard.common.events import TokenUsage, UsageData, UsageRecorded
 from switchyard.common.governance import FailureMode, Limits
 from switchyard.common.pricing import Price, PriceTable
+from switchyard.common.testing.events import usage_recorded
 from switchyard.gateway.cli import spend_rows
 from switchyard.gateway.governance.admission import Admission, Refused
 from switchyard.gateway.governance.ledger import GrantRequest, LeaseChange
@@ -144,21 +144,7 @@ async def test_usage_beyond_a_lease_on_postgres_is_committed_for_the_fleet(
     try:
         ticket = await first.admit(Caller(), "m", BODY)
         ticket.attach("r1")
-        first.on_usage(
-            UsageRecorded(
-                source="inference",
-                tenant="acme",
-                request_id="r1",
-                data=UsageData(
-                    model="m",
-                    user_id="u1",
-                    api_key_id="k1",
-                    status="completed",
-                    usage=TokenUsage(input_tokens=5, output_tokens=0),
-                    cost_usd=5.0,
-                ),
-            )
-        )
+        first.on_usage(usage_recorded("r1", 5.0))
         await first.flush()
         [counter] = [c for c in await ledgers[0].counters(["api_key:k1"]) if c.kind == "spend"]
         assert counter.spent == pytest.approx(5.0)

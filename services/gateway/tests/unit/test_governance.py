@@ -17,13 +17,12 @@ from switchyard.common.bus import USAGE_HEADER, InMemoryBus
 from switchyard.common.events import (
     LimitsChanged,
     LimitsChangedData,
-    TokenUsage,
-    UsageData,
     UsageRecorded,
 )
 from switchyard.common.governance import BudgetClock, FailureMode, Limits
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 from switchyard.common.pricing import Price, PriceTable
+from switchyard.common.testing.events import usage_recorded
 from switchyard.common.testing.infra import async_wait_until
 from switchyard.common.topics import Topics
 from switchyard.gateway.app import USAGE_FALLBACK_DELAY_MS, create_app
@@ -96,19 +95,7 @@ async def admit_all(admissions: list[Admission], total: int, body=BODY) -> tuple
 
 
 def usage_event(request_id: str, cost: float, tokens: int = 5) -> UsageRecorded:
-    return UsageRecorded(
-        source="inference",
-        tenant="acme",
-        request_id=request_id,
-        data=UsageData(
-            model="m",
-            user_id="u1",
-            api_key_id="k1",
-            status="completed",
-            usage=TokenUsage(input_tokens=tokens, output_tokens=0),
-            cost_usd=cost,
-        ),
-    )
+    return usage_recorded(request_id, cost, input_tokens=tokens)
 
 
 async def test_three_replicas_admit_exactly_the_rpm_limit_of_simultaneous_requests() -> None:
