@@ -45,6 +45,7 @@ from switchyard.inference.upstream import (
     anthropic_sdk,
     invalid_reply,
     parse_object,
+    sdk_http_client,
 )
 
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
@@ -142,7 +143,7 @@ class AzureOpenAIUpstream(OpenAIUpstream):
             api_version=deployment.api_version,
             timeout=deployment.timeout_s,
             max_retries=0,
-            http_client=openai.DefaultAioHttpClient(follow_redirects=False),
+            http_client=sdk_http_client(openai),
             **auth,
         )
         return cls(deployment, client)
@@ -176,7 +177,7 @@ class GeminiUpstream(OpenAIUpstream):
             base_url=deployment.base_url or GEMINI_OPENAI_BASE_URL,
             timeout=deployment.timeout_s,
             max_retries=0,
-            http_client=openai.DefaultAioHttpClient(follow_redirects=False),
+            http_client=sdk_http_client(openai),
         )
         return cls(deployment, client)
 
@@ -266,7 +267,7 @@ class BedrockUpstream(_PlatformAnthropicUpstream):
             base_url=deployment.base_url,
             timeout=deployment.timeout_s,
             max_retries=0,
-            http_client=anthropic.DefaultAioHttpClient(follow_redirects=False),
+            http_client=sdk_http_client(anthropic),
             **credentials,
         )
         return cls(deployment, client)
@@ -359,7 +360,7 @@ class VertexUpstream(_PlatformAnthropicUpstream):
             base_url=deployment.base_url,
             timeout=deployment.timeout_s,
             max_retries=0,
-            http_client=anthropic.DefaultAioHttpClient(follow_redirects=False),
+            http_client=sdk_http_client(anthropic),
             **options,
         )
         return cls(deployment, client)
