@@ -88,3 +88,38 @@ def test_a_routed_anthropic_deployment_gets_its_sdk_in_a_worker_thread_before_re
         """
     )
     assert out.splitlines() == ["upstream_unreachable", "[False]"]
+
+
+def test_the_clients_tls_context_is_built_in_a_worker_thread_before_requests():
+    out = run(
+        """
+        import asyncio, threading
+        import httpcore2
+        from switchyard.common.routing import Deployment
+        from switchyard.inference.upstream import create_upstream, preload_sdks
+
+        on_main_thread = []
+        default_ssl_context = httpcore2.default_ssl_context
+
+        def recording(*args, **kwargs):
+            on_main_thread.append(threading.current_thread() is threading.main_thread())
+            return default_ssl_context(*args, **kwargs)
+
+        httpcore2.default_ssl_context = recording
+        deployment = Deployment(
+            name="o", provider="openai", model="m", base_url="https://127.0.0.1:9/v1",
+            api_key_env="PATH",
+        )
+
+        async def main():
+            await preload_sdks([deployment])
+            upstreams = [create_upstream(deployment) for _ in range(3)]
+            for upstream in upstreams:
+                await upstream.aclose()
+
+        asyncio.run(main())
+        # Built once, on a worker thread (False: not the main thread, the loop's).
+        print(on_main_thread)
+        """
+    )
+    assert out.splitlines() == ["[False]"]
