@@ -80,3 +80,67 @@ async def test_every_service_run_on_its_own_freezes_after_startup(monkeypatch):
         assert seen == ["started with 0 frozen"]
         assert gc.get_freeze_count() > 1000
     assert gc.get_freeze_count() == 0
+
+
+def app_with_included_and_mounted_routes() -> FastAPI:
+    from fastapi import APIRouter, Depends
+
+    def caller(x_user: str | None = None) -> str | None:
+        return x_user
+
+    router = APIRouter(prefix="/v1")
+
+    @router.post("/items/{item_id}")
+    async def create(item_id: int, body: dict[str, int], user: str | None = Depends(caller)):
+        return {"item_id": item_id, "body": body, "user": user}
+
+    mounted = FastAPI()
+    mounted_router = APIRouter()
+
+    @mounted_router.get("/page")
+    async def page(q: str = "") -> dict[str, str]:
+        return {"q": q}
+
+    mounted.include_router(mounted_router)
+    app = FastAPI()
+    app.include_router(router)
+    app.mount("/ui", mounted)
+    return app
+
+
+async def served_analysing(app: FastAPI, monkeypatch) -> list[str]:
+    """Serve one request to each route of `app`; returns the endpoints FastAPI analysed
+    (`get_dependant`) while serving them."""
+    import fastapi.routing
+    import httpx
+
+    analysed: list[str] = []
+    get_dependant = fastapi.routing.get_dependant
+
+    def spying(*args, **kwargs):
+        analysed.append(getattr(kwargs.get("call"), "__name__", "?"))
+        return get_dependant(*args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "get_dependant", spying)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        created = await client.post("/v1/items/7", json={"n": 1}, params={"x_user": "ada"})
+        assert created.json() == {"item_id": 7, "body": {"n": 1}, "user": "ada"}
+        assert (await client.get("/ui/page", params={"q": "hi"})).json() == {"q": "hi"}
+    return analysed
+
+
+async def test_a_started_service_serves_its_first_requests_with_its_routes_prepared(
+    monkeypatch,
+):
+    app = freezing_after_startup(app_with_included_and_mounted_routes())
+    async with app.router.lifespan_context(app):
+        assert await served_analysing(app, monkeypatch) == []
+
+
+async def test_warming_prepares_included_and_mounted_routes_and_answers_nothing(monkeypatch):
+    app = app_with_included_and_mounted_routes()
+    await http.warm_routes(app)
+    assert await served_analysing(app, monkeypatch) == []
+    # Unwarmed, the first requests are where the analysis happens.
+    assert await served_analysing(app_with_included_and_mounted_routes(), monkeypatch) != []

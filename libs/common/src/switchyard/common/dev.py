@@ -29,7 +29,7 @@ import uvicorn
 from switchyard.common.bus import InMemoryBus
 from switchyard.common.db import upgrade
 from switchyard.common.heap import freeze_startup_heap, release_startup_heap
-from switchyard.common.http import server_config
+from switchyard.common.http import server_config, warm_routes
 from switchyard.common.httpserver import PortInUseError, bind
 from switchyard.common.plugins import DevContribution, ServicePlugin, discover
 from switchyard.common.topics import Topics
@@ -249,8 +249,11 @@ async def run_embedded(host: str = "127.0.0.1", plugins: list[ServicePlugin] | N
             tasks.append(task)
             log.info("service listening", name=service.name, url=f"http://{host}:{service.port}")
 
+        # Every service has started: their routes prepared before the first request, then
+        # their start-up objects out of later full collections.
+        for service in services:
+            await warm_routes(service.app)
         print(banner(host, services, contributions), flush=True)
-        # Every service has started: their start-up objects out of later full collections.
         freeze_startup_heap()
         frozen = True
 

@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 
 import structlog
 
+from switchyard.common.http import warm_routes
+
 log = structlog.get_logger("switchyard.heap")
 
 AppT = TypeVar("AppT")
@@ -62,14 +64,17 @@ def release_startup_heap() -> None:
 
 
 def freezing_after_startup(app: AppT) -> AppT:
-    """`app` (a Starlette/FastAPI app) whose lifespan freezes the start-up heap once its
-    own start-up is over, and unfreezes at shutdown; returns `app`."""
+    """`app` (a Starlette/FastAPI app) whose lifespan, once its own start-up is over,
+    prepares its routes (`http.warm_routes`) and freezes the start-up heap, and unfreezes
+    it at shutdown; returns `app`."""
     router = app.router  # type: ignore[attr-defined]
     inner: Callable[[Any], AbstractAsyncContextManager[Any]] = router.lifespan_context
 
     @asynccontextmanager
     async def lifespan(started_app: Any) -> AsyncIterator[Any]:
         async with inner(started_app) as state:
+            # Its routes prepared first, so that what that makes is frozen too.
+            await warm_routes(started_app)
             freeze_startup_heap()
             try:
                 yield state
