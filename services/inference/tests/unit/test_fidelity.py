@@ -690,7 +690,12 @@ async def test_openai_request_is_translated_once_for_an_anthropic_upstream(
         ("claude", CHAT, {"n": 2}, "n"),
         ("gpt", MESSAGES, {"top_k": 5}, "top_k"),
         ("gpt", MESSAGES, {"context_management": {"edits": []}}, "context_management"),
-        ("gpt", MESSAGES, {"mcp_servers": []}, "mcp_servers"),
+        (
+            "gpt",
+            MESSAGES,
+            {"mcp_servers": [{"type": "url", "url": "https://mcp.example/sse", "name": "x"}]},
+            "mcp_servers",
+        ),
         ("gpt", MESSAGES, {"metadata": {"tenant": "x"}}, "metadata.tenant"),
     ],
 )

@@ -202,9 +202,33 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:24]}"
 
 
-def _refuse_unknown(body: dict[str, Any], known: frozenset[str], target: str) -> None:
-    for name in body:
-        if name not in known:
+# Values of fields the other API lacks that ask for nothing: each API's own default.
+# (`null`, `{}` and `[]` ask for nothing in any field: `refuse_unknown`.)
+_DEFAULTS_OF_FIELDS_WITHOUT_EQUIVALENT: dict[str, tuple[Any, ...]] = {
+    # OpenAI Chat Completions / Responses.
+    "modalities": (["text"],),
+    "verbosity": ("medium",),
+    "top_logprobs": (0,),
+    # Anthropic Messages: `auto` is its default tier, OpenAI's too.
+    "service_tier": ("auto",),
+}
+
+
+def _unset(name: str, value: Any) -> bool:
+    """Whether `value` of the field `name` asks for nothing: `null` (the official SDKs send
+    a parameter given as `None` as `null`, which both APIs read as "not set"), an empty
+    object or array, or the field's documented default."""
+    if value is None or value == {} or value == []:
+        return True
+    return value in _DEFAULTS_OF_FIELDS_WITHOUT_EQUIVALENT.get(name, ())
+
+
+def refuse_unknown(body: dict[str, Any], known: frozenset[str], target: str) -> None:
+    """Refuse, naming it, the first field of `body` outside `known` (what the translation
+    to `target`, the deployment's API, carries) that asks for something; a field that
+    asks for nothing (`_unset`) is accepted and not sent. Raises TranslationError."""
+    for name, value in body.items():
+        if name not in known and not _unset(name, value):
             raise TranslationError(
                 f"'{name}' cannot be sent to this model: its deployment speaks {target}, "
                 "which has no equivalent.",
@@ -291,7 +315,7 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     the client's field, as Anthropic's do."""
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
-    _refuse_unknown(body, _MESSAGES_FIELDS, "OpenAI's Chat Completions")
+    refuse_unknown(body, _MESSAGES_FIELDS, "OpenAI's Chat Completions")
     messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system is not None:
@@ -815,7 +839,7 @@ def chat_request_to_messages(
 def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
-    _refuse_unknown(body, _CHAT_FIELDS, "Anthropic's Messages API")
+    refuse_unknown(body, _CHAT_FIELDS, "Anthropic's Messages API")
     for name, no_ops in _CHAT_NO_OPS.items():
         value = body.get(name)
         if value is not None and value not in no_ops:

@@ -50,6 +50,7 @@ from switchyard.inference.translate import (
     missing_parameter,
     not_one_of,
     positive_integer,
+    refuse_unknown,
 )
 
 # Fields Switchyard serves itself: never sent upstream.
@@ -200,16 +201,6 @@ def _items(body: dict[str, Any], previous_items: list[dict[str, Any]] | None) ->
             "empty_array",
         )
     return items
-
-
-def _refuse_unknown(body: dict[str, Any], known: frozenset[str], target: str) -> None:
-    for name in body:
-        if name not in known:
-            raise TranslationError(
-                f"'{name}' cannot be sent to this model: its deployment speaks {target}, "
-                "which has no equivalent.",
-                name,
-            )
 
 
 def _common_checks(body: dict[str, Any]) -> None:
@@ -414,7 +405,7 @@ def responses_request_to_chat(
     """A Responses request (and the previous conversation's items) as a Chat Completions
     request. Raises TranslationError naming the parameter Chat Completions cannot express
     (built-in tools, `truncation: auto`, item references, ...)."""
-    _refuse_unknown(body, _TO_CHAT_FIELDS, "OpenAI's Chat Completions")
+    refuse_unknown(body, _TO_CHAT_FIELDS, "OpenAI's Chat Completions")
     _common_checks(body)
     items = _items(body, previous_items)
     messages: list[dict[str, Any]] = []
@@ -641,7 +632,7 @@ def responses_request_to_messages(
     `system`; consecutive items of one role are merged into one turn (Anthropic requires
     alternation), function calls become `tool_use` and their outputs `tool_result`
     blocks. Raises TranslationError naming the parameter Messages cannot express."""
-    _refuse_unknown(body, _TO_MESSAGES_FIELDS, "Anthropic's Messages API")
+    refuse_unknown(body, _TO_MESSAGES_FIELDS, "Anthropic's Messages API")
     _common_checks(body)
     service_tier = body.get("service_tier")
     if service_tier not in (None, "auto", "default"):
