@@ -329,8 +329,11 @@ async def test_anthropic_deployment_streams_openai_chunks(harness, simulator) ->
     completed = await harness.handle(request)
 
     state = ChatCompletionStreamState()
-    for event in harness.stream_of(request.request_id):
-        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(event.data))
+    chunks = [event.data for event in harness.stream_of(request.request_id)]
+    for chunk in chunks:
+        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(chunk))
+    # Asked for usage: every chunk has the field, null until the last one (OpenAI's shape).
+    assert [chunk["usage"] is None for chunk in chunks] == [True] * (len(chunks) - 1) + [False]
     streamed = state.get_final_completion()
     assert streamed.model == "claude"
     assert streamed.choices[0].message.content == "Simulated reply to: hi claude"

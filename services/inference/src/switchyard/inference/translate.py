@@ -1710,8 +1710,9 @@ class MessageEventsToChatChunks:
     The first chunk carries the assistant role; text deltas become `content`, tool-use
     blocks become `tool_calls` (id and name first, then argument pieces); thinking blocks
     are not part of a Chat Completions stream; `message_delta` gives the chunk with
-    `finish_reason`; with `include_usage`, `message_stop` gives the final usage chunk with
-    empty `choices` (cache reads in `prompt_tokens_details`). `error` events are the
+    `finish_reason`; with `include_usage`, every chunk carries `usage: null` and
+    `message_stop` gives the final usage chunk with empty `choices` (cache reads in
+    `prompt_tokens_details`). `error` events are the
     caller's to handle."""
 
     def __init__(self, model: str, *, include_usage: bool = False) -> None:
@@ -1725,7 +1726,7 @@ class MessageEventsToChatChunks:
         self._started = False
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {
+        chunk: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
@@ -1734,6 +1735,11 @@ class MessageEventsToChatChunks:
                 {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             ],
         }
+        if self.include_usage:
+            # "All other chunks will also include a usage field, but with a null value"
+            # (Chat Completions' `stream_options.include_usage`).
+            chunk["usage"] = None
+        return chunk
 
     def _role_chunk(self) -> list[dict[str, Any]]:
         if self._started:
