@@ -855,3 +855,133 @@ async def test_a_stored_responses_answer_is_never_served_to_another_user(
     assert first.headers["x-switchyard-cache"] == "miss"
     assert again.headers["x-switchyard-cache"] == "hit"  # its own user's answer
     assert other.headers["x-switchyard-cache"] == second
+
+
+def _responses_answer(request, status: str = "completed") -> dict:
+    """The response object inference shapes for a Responses API request."""
+    from switchyard.common.responses import response_id, response_object
+
+    return response_object(
+        request.data.body,
+        id=response_id(request.request_id, request.time),
+        created_at=request.time,
+        completed_at=request.time if status == "completed" else None,
+        model=request.data.model,
+        status=status,
+        output=[
+            {
+                "type": "message",
+                "id": "msg_1",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "Hello!", "annotations": []}],
+            }
+        ],
+    )
+
+
+RESPONSES_BODY = {"model": "sim-small", "temperature": 0, "input": "Hello"}
+
+
+async def test_a_responses_hit_is_a_new_response_echoing_its_own_request(
+    harness, history, recorded
+):
+    from switchyard.common.responses import parse_response_id
+
+    async def answer(request):
+        return [completed_reply(request, response=_responses_answer(request))]
+
+    harness.respond[0] = answer
+    first = await harness.client.post(
+        "/v1/responses",
+        json={**RESPONSES_BODY, "metadata": {"a": "1"}, "user": "u1"},
+        headers=ON,
+    )
+    await async_wait_until(lambda: history.cache, timeout=5)
+    again = await harness.client.post(
+        "/v1/responses",
+        json={**RESPONSES_BODY, "metadata": {"a": "2"}, "user": "u2", "store": True},
+        headers=ON,
+    )
+
+    assert again.headers["x-switchyard-cache"] == "hit"
+    assert len(harness.requests) == 1
+    made, reused = first.json(), again.json()
+    # responses.create makes a new object every time: its own id, time and parameters.
+    assert reused["id"] != made["id"]
+    hit_id = again.headers["x-request-id"]
+    ref = parse_response_id(reused["id"])
+    assert ref is not None and ref.request_id == hit_id
+    assert reused["created_at"] >= made["created_at"]
+    assert (reused["metadata"], reused["user"], reused["store"]) == ({"a": "2"}, "u2", True)
+    assert reused["output"] == made["output"]
+    # History records the hit under that id, with that object.
+    await async_wait_until(
+        lambda: sum(1 for event in recorded if event.request_id == hit_id) == 3, timeout=5
+    )
+    kinds = {type(event): event for event in recorded if event.request_id == hit_id}
+    assert kinds[ChatCompleted].data.response == reused
+
+
+async def test_a_streamed_responses_hit_names_its_own_response_in_every_event(harness, history):
+    from switchyard.common.events import StreamEvent
+
+    from .conftest import record
+
+    async def stream(request):
+        started = _responses_answer(request, status="in_progress")
+        started["output"] = []
+        done = _responses_answer(request)
+        events = [
+            StreamEvent(
+                event="response.created",
+                data={"type": "response.created", "sequence_number": 0, "response": started},
+            ),
+            StreamEvent(
+                event="response.output_text.delta",
+                data={
+                    "type": "response.output_text.delta",
+                    "sequence_number": 1,
+                    "item_id": "msg_1",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": "Hello!",
+                },
+            ),
+            StreamEvent(
+                event="response.completed",
+                data={"type": "response.completed", "sequence_number": 2, "response": done},
+            ),
+        ]
+        return [
+            record(request, 0, events),
+            completed_reply(request, response=done),
+        ]
+
+    harness.respond[0] = stream
+    body = {**RESPONSES_BODY, "stream": True}
+    first = await harness.client.post(
+        "/v1/responses", json={**body, "metadata": {"a": "1"}}, headers=ON
+    )
+    await async_wait_until(lambda: history.cache, timeout=5)
+    again = await harness.client.post(
+        "/v1/responses", json={**body, "metadata": {"a": "2"}}, headers=ON
+    )
+
+    assert again.headers["x-switchyard-cache"] == "hit"
+
+    def events(content: bytes) -> list[dict]:
+        return [
+            orjson.loads(line[len(b"data: ") :])
+            for line in content.split(b"\n")
+            if line.startswith(b"data: ")
+        ]
+
+    made, reused = events(first.content), events(again.content)
+    assert [event["type"] for event in reused] == [event["type"] for event in made]
+    ids = {event["response"]["id"] for event in reused if "response" in event}
+    assert len(ids) == 1 and ids != {made[0]["response"]["id"]}
+    assert all(
+        event["response"]["metadata"] == {"a": "2"} for event in reused if "response" in event
+    )
+    assert reused[1] == made[1]  # the deltas are the stored ones

@@ -100,6 +100,7 @@ from switchyard.common.events import (
     UsageRecorded,
     utcnow,
 )
+from switchyard.common.responses import response_id
 from switchyard.gateway.governance.policy import CacheOptIn, PolicyUnavailable
 from switchyard.gateway.hit_events import HitEvents, HitRecord
 
@@ -265,11 +266,51 @@ class CachedAnswer:
     local_until: float = 0.0
     # whose answer it is (set when kept in memory; a purge names tenants)
     tenant: str = ""
+    # A streamed Responses API answer's events, from which each hit's stream is rebuilt
+    # around its own response object (`as_new_response`).
+    stream_events: tuple[StreamEvent, ...] | None = None
 
     @property
     def size(self) -> int:
         """Bytes this answer holds in memory (JSON body plus the stream, if kept)."""
         return len(self.body) + len(self.stream or b"")
+
+    def as_new_response(self, request_id: str, body: dict[str, Any], now: datetime) -> CachedAnswer:
+        """This Responses API answer as the new response that request `request_id` (with
+        request `body`) creates at `now`: a `responses.create` makes a new object every
+        time, so the reused output goes out under the request's own response id and
+        creation time, echoing the request's parameters the key leaves out (`metadata`,
+        `user`, `store`, `prompt_cache_key`, `safety_identifier`), in the JSON answer and
+        in every stream event that carries the `response`. History records it under that
+        id, which `GET /v1/responses/{id}` and `previous_response_id` then find."""
+        from switchyard.gateway.dispatch import sse_event
+
+        new_id = response_id(request_id, now)
+        metadata = body.get("metadata")
+
+        def renamed(response: dict[str, Any]) -> dict[str, Any]:
+            response = {**response, "id": new_id, "created_at": int(now.timestamp())}
+            if response.get("completed_at") is not None:
+                response["completed_at"] = int(now.timestamp())
+            response["metadata"] = metadata if isinstance(metadata, dict) else {}
+            response["store"] = body.get("store") is not False
+            for name in ("user", "prompt_cache_key", "safety_identifier"):
+                if name in response or name in body:
+                    response[name] = body.get(name)
+            return response
+
+        response = renamed(self.response)
+        stream = self.stream
+        if self.stream_events is not None:
+            stream = b"".join(
+                sse_event(
+                    StreamEvent(event=event.event, data={**event.data, "response": renamed(inner)})
+                    if isinstance(inner := event.data.get("response"), dict)
+                    else event
+                )
+                for event in self.stream_events
+            )
+        return replace(self, response=response, body=orjson.dumps(response), stream=stream)
 
     @classmethod
     def from_store(cls, data: dict[str, Any]) -> CachedAnswer:
@@ -280,12 +321,16 @@ class CachedAnswer:
 
         api = ClientAPI(data["api"])
         stream = None
+        kept: tuple[StreamEvent, ...] | None = None
         if data.get("stream_events") is not None:
             events = [StreamEvent.model_validate(event) for event in data["stream_events"]]
             stream = b"".join(sse_event(event) for event in events)
             if api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
                 stream += DONE
+            if api is ClientAPI.OPENAI_RESPONSES:
+                kept = tuple(events)
         return cls(
+            stream_events=kept,
             api=api,
             model=data["model"],
             response=data["response"],
@@ -645,7 +690,12 @@ class ResponseCache:
     def answer(self, dispatch: Dispatch) -> Response:
         """The hit's HTTP answer; its events are published in the background."""
         ticket = dispatch.cache
-        assert ticket is not None and ticket.hit is not None
+        assert ticket is not None and ticket.hit is not None and ticket.client is not None
+        if ticket.hit.api is ClientAPI.OPENAI_RESPONSES:
+            # Its events (`_record_hit`) carry the same new response as the answer.
+            ticket.hit = ticket.hit.as_new_response(
+                dispatch.request_id, ticket.client.body, utcnow()
+            )
         hit = ticket.hit
         headers = {
             "x-request-id": dispatch.request_id,
