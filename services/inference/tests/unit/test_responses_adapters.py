@@ -1021,3 +1021,72 @@ async def test_openai_reasoning_sent_back_without_its_id_is_not_sent_to_anthropi
 
     assert isinstance(reply, ChatCompleted), reply
     assert "gAAAA-OPENAI" not in str(recorder.last.body)
+
+
+def _call_start(index: int, call_id: str, name: str, arguments: str = "") -> tuple:
+    function = {"name": name, "arguments": arguments}
+    call = {"index": index, "id": call_id, "type": "function", "function": function}
+    return chat_chunk({"tool_calls": [call]})
+
+
+def _call_arguments(index: int, arguments: str) -> tuple:
+    return chat_chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
+
+
+PARALLEL_CALLS = {
+    # One call after the other, as OpenAI streams them.
+    "sequential": [
+        _call_start(0, "call_a", "get_weather"),
+        _call_arguments(0, '{"location":'),
+        _call_arguments(0, ' "Oslo"}'),
+        _call_start(1, "call_b", "get_time"),
+        _call_arguments(1, '{"zone": "CET"}'),
+    ],
+    # Interleaved, as Chat Completions allows.
+    "interleaved": [
+        _call_start(0, "call_a", "get_weather"),
+        _call_start(1, "call_b", "get_time", '{"zone":'),
+        _call_arguments(0, '{"location":'),
+        _call_arguments(1, ' "CET"}'),
+        _call_arguments(0, ' "Oslo"}'),
+    ],
+}
+
+
+@pytest.mark.parametrize("order", PARALLEL_CALLS)
+async def test_parallel_tool_calls_stream_as_one_output_item_after_the_other(
+    harness, recorder, order
+):
+    recorder.script(
+        Scripted(
+            events=[
+                chat_chunk({"role": "assistant", "content": None}),
+                *PARALLEL_CALLS[order],
+                chat_chunk({}, "tool_calls"),
+                chat_chunk(None, usage={"prompt_tokens": 9, "completion_tokens": 12}),
+            ]
+        )
+    )
+    request = responses_request("gpt-chat", {"input": "Weather and time?"}, stream=True)
+
+    await harness.handle(request)
+
+    events = [event.data for event in harness.stream_of(request.request_id)]
+    # Each item is added, gets its deltas and is done before the next one is added.
+    open_items: list[int] = []
+    for event in events:
+        index = event.get("output_index")
+        if event["type"] == "response.output_item.added":
+            assert open_items == [], f"item {index} added while {open_items} open"
+            open_items.append(index)
+        elif event["type"] == "response.output_item.done":
+            assert open_items == [index]
+            open_items.pop()
+        elif index is not None:
+            assert open_items == [index], f"{event['type']} of {index} while {open_items} open"
+    final = sdk_final_response(harness.stream_of(request.request_id))
+    calls = [(call.call_id, call.name, call.arguments) for call in final.output]
+    assert calls == [
+        ("call_a", "get_weather", '{"location": "Oslo"}'),
+        ("call_b", "get_time", '{"zone": "CET"}'),
+    ]

@@ -1490,6 +1490,20 @@ def chat_completion_to_message(completion: dict[str, Any], model: str) -> dict[s
 # =========================================================================== streams
 
 
+def whole_json(pieces: list[str]) -> bool:
+    """Whether a tool call's argument pieces so far join into one whole JSON value. Only
+    parsed when they end as an object or array can (arguments are a JSON object), so a
+    long call streamed in small pieces is not parsed again with every piece."""
+    last = next((piece.rstrip() for piece in reversed(pieces) if piece.strip()), "")
+    if not last.endswith(("}", "]")):
+        return False
+    try:
+        orjson.loads("".join(pieces))
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 class ChatChunksToMessageEvents:
     """Turns OpenAI `chat.completion.chunk` dicts into Anthropic stream events (dicts
     with their `type`; the SSE event name is that type).
@@ -1648,17 +1662,7 @@ class ChatChunksToMessageEvents:
         }
 
     def _whole_arguments(self) -> bool:
-        """Whether the open tool call's arguments so far are one whole JSON value. Only
-        parsed when they end as an object or array can (arguments are a JSON object), so
-        a long call streamed in small pieces is not parsed again with every piece."""
-        last = next((piece.rstrip() for piece in reversed(self._arguments) if piece.strip()), "")
-        if not last.endswith(("}", "]")):
-            return False
-        try:
-            orjson.loads("".join(self._arguments))
-        except orjson.JSONDecodeError:
-            return False
-        return True
+        return whole_json(self._arguments)
 
     def _release_held(self, *, until_incomplete: bool) -> list[dict[str, Any]]:
         """Opens the held calls in the order they started, each with the arguments held for

@@ -51,6 +51,7 @@ from switchyard.inference.translate import (
     not_one_of,
     positive_integer,
     refuse_unknown,
+    whole_json,
 )
 
 # Fields Switchyard serves itself: never sent upstream.
@@ -1261,12 +1262,23 @@ class ChatChunksToResponseEvents:
     Reasoning text some servers stream (`reasoning_content`, `reasoning`) becomes a
     reasoning item; content and refusal deltas one message; each tool call (by its index)
     a function_call item with its argument deltas. The usage chunk and the finish reason
-    complete the response when the stream ends (`finish`)."""
+    complete the response when the stream ends (`finish`).
+
+    Output items follow one another, as in OpenAI's own streams: each is added, gets its
+    deltas and is done before the next is added. A tool call that starts while the open
+    one's arguments are not yet a whole JSON value (parallel calls interleaved, as Chat
+    Completions allows) is held, with its argument pieces, until they are or the stream
+    ends, then streamed in the order the calls started."""
 
     def __init__(self, ctx: ResponseContext, usage: Callable[[], TokenUsage]) -> None:
         self.writer = ResponseEventWriter(ctx)
         self._usage = usage
         self.finish_reason: str | None = None
+        self._call: tuple[str, int] | None = None  # the function call streaming live
+        self._arguments: list[str] = []  # its argument pieces so far
+        self._calls_seen: set[tuple[str, int]] = set()
+        # Calls started while the live one was unfinished: key -> (call id, name, pieces).
+        self._held: dict[tuple[str, int], tuple[str, str, list[str]]] = {}
 
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         """The Responses events (dicts with `type` and `sequence_number`) one OpenAI
@@ -1285,30 +1297,87 @@ class ChatChunksToResponseEvents:
             for part in ("content", "refusal"):
                 text = delta.get(part)
                 if isinstance(text, str) and text:
-                    events += writer.close("reasoning")
+                    events += writer.close("reasoning") + self._end_calls()
                     events += writer.text(
                         "message", text, "output_text" if part == "content" else "refusal"
                     )
             for call in delta.get("tool_calls") or ():
-                if not isinstance(call, dict):
-                    continue
-                key = ("call", call.get("index", 0))
-                function = call.get("function") or {}
-                if not writer.is_open(key):
-                    events += writer.close("reasoning") + writer.close("message")
-                    events += writer.function_call(
-                        key, call.get("id") or _new_id("call"), function.get("name") or ""
-                    )
-                events += writer.arguments(key, function.get("arguments") or "")
+                if isinstance(call, dict):
+                    events += self._tool_delta(call)
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
+                events += self._release_held(until_incomplete=False)
+        return events
+
+    def _tool_delta(self, call: dict[str, Any]) -> list[dict[str, Any]]:
+        key = ("call", call.get("index", 0))
+        function = call.get("function") or {}
+        arguments = function.get("arguments")
+        arguments = arguments if isinstance(arguments, str) else ""
+        held = self._held.get(key)
+        if held is not None:
+            held[2].append(arguments)
+            return []
+        events: list[dict[str, Any]] = []
+        if key not in self._calls_seen:
+            self._calls_seen.add(key)
+            call_id = call.get("id") or _new_id("call")
+            name = function.get("name") or ""
+            if self._call is not None and not whole_json(self._arguments):
+                self._held[key] = (call_id, name, [arguments])
+                return []
+            events += self._open_call(key, call_id, name)
+        if arguments:
+            if key == self._call:
+                self._arguments.append(arguments)
+            # A call already done gets nothing more (its item is complete): only pieces
+            # after a whole JSON value can come then, which would not parse anyway.
+            events += self.writer.arguments(key, arguments)
+        if self._held and whole_json(self._arguments):
+            events += self._release_held(until_incomplete=True)
+        return events
+
+    def _open_call(self, key: tuple[str, int], call_id: str, name: str) -> list[dict[str, Any]]:
+        writer = self.writer
+        events = writer.close("reasoning") + writer.close("message")
+        if self._call is not None:
+            events += writer.close(self._call)
+        self._call, self._arguments = key, []
+        return events + writer.function_call(key, call_id, name)
+
+    def _release_held(self, *, until_incomplete: bool) -> list[dict[str, Any]]:
+        """Streams the held calls in the order they started, each with the arguments held
+        for it; with `until_incomplete`, stops after one whose arguments are not whole yet
+        (it streams live from then on)."""
+        events: list[dict[str, Any]] = []
+        while self._held:
+            key = next(iter(self._held))
+            call_id, name, pieces = self._held.pop(key)
+            events += self._open_call(key, call_id, name)
+            arguments = "".join(pieces)
+            if arguments:
+                self._arguments.append(arguments)
+                events += self.writer.arguments(key, arguments)
+            if until_incomplete and not whole_json(self._arguments):
+                break
+        return events
+
+    def _end_calls(self) -> list[dict[str, Any]]:
+        """Every call held or live, streamed and done (text follows them)."""
+        events = self._release_held(until_incomplete=False)
+        if self._call is not None:
+            events += self.writer.close(self._call)
+            self._call = None
         return events
 
     def finish(self) -> list[dict[str, Any]]:
-        """The events that close the stream: open items done, then `response.completed` (or
-        `response.incomplete` for a length or content-filter finish) with the usage."""
+        """The events that close the stream: held calls streamed, open items done, then
+        `response.completed` (or `response.incomplete` for a length or content-filter
+        finish) with the usage."""
         reason = _INCOMPLETE_BY_FINISH.get(self.finish_reason or "")
-        return self.writer.finish(self._usage(), reason)
+        return self._release_held(until_incomplete=False) + self.writer.finish(
+            self._usage(), reason
+        )
 
 
 class MessageEventsToResponseEvents:
