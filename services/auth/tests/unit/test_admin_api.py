@@ -196,3 +196,61 @@ async def test_users_list_and_revoke_their_own_keys_only(auth_app, people) -> No
     assert response.status_code == 204
     event = await auth_app.wait_for_event("auth.api_key_revoked")
     assert event.data.key_id == key_id and event.data.reason == "owner"
+
+
+async def narrowed_token(
+    harness, email: str, scopes: list[str], models: list[str] | None = None
+) -> dict[str, str]:
+    """An access token of the user narrowed to `scopes` (and `models`), as `switchyard
+    tokens create --scopes ... --allowed-models ...` issues it."""
+    user = await harness.service.user_by_email(email)
+    token = harness.service.issue_access_token(user, scopes=scopes, allowed_models=models)
+    return {"Authorization": f"Bearer {token.token}"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/v1/admin/users", None),
+        ("POST", "/v1/admin/users", {"email": "boss@acme.test", "role": "admin"}),
+        ("GET", "/v1/admin/teams", None),
+        ("POST", "/v1/admin/teams", {"name": "t"}),
+        ("GET", "/v1/admin/api-keys", None),
+        ("GET", "/v1/admin/tenant", None),
+    ],
+)
+async def test_an_admins_token_narrowed_to_chat_has_no_admin_powers(
+    auth_app, people, method, path, body
+) -> None:
+    headers = await narrowed_token(auth_app, "admin@acme.test", ["chat"])
+    response = await auth_app.client.request(method, path, json=body, headers=headers)
+    assert_error(response, 403, "insufficient_scope")
+    # The same admin signed in with the admin scope may.
+    full = await auth_app.client.request(
+        method, path, json=body, headers=await token_for(auth_app, "admin@acme.test")
+    )
+    assert full.status_code in (200, 201), full.text
+
+
+async def test_a_key_an_admin_creates_holds_no_more_than_the_creating_token(
+    auth_app, people
+) -> None:
+    headers = await narrowed_token(
+        auth_app, "admin@acme.test", ["admin", "chat"], models=["sim-small"]
+    )
+    body = {"user_id": people["admin"].id, "name": "minted"}
+    wider = await auth_app.client.post(
+        "/v1/admin/api-keys",
+        json={**body, "scopes": ["chat", "history:read", "history:write", "admin"]},
+        headers=headers,
+    )
+    assert_error(wider, 403, "insufficient_scope")
+    other_models = await auth_app.client.post(
+        "/v1/admin/api-keys", json={**body, "allowed_models": ["sim-large"]}, headers=headers
+    )
+    assert_error(other_models, 403, "insufficient_scope")
+    created = await auth_app.client.post("/v1/admin/api-keys", json=body, headers=headers)
+    assert created.status_code == 201, created.text
+    key = created.json()
+    assert set(key["scopes"]) <= {"admin", "chat"}
+    assert key["allowed_models"] == ["sim-small"]

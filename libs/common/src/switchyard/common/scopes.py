@@ -5,7 +5,8 @@ hands them out) and the gateway (which decides what each one allows).
   and cancelling jobs included);
 - `history:read`: the caller's own request history, usage and jobs;
 - `history:write`: change the tenant's history settings (content storage, retention);
-- `admin`: the tenant's secrets — read or rotate the job webhook signing secret;
+- `admin`: the tenant's administration — auth's admin API (`/v1/admin/*`: users, teams,
+  keys, limits) — and its secrets (read or rotate the job webhook signing secret);
 - `keys:write`: create and revoke one's own API keys at the auth service.
 
 A scope is necessary, not sufficient: tenant settings also need the admin role, which the

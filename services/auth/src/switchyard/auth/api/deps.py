@@ -7,6 +7,7 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from switchyard.auth import scopes as known_scopes
 from switchyard.auth.bootstrap import AuthContext
 from switchyard.auth.governance import Governance
 from switchyard.auth.keys import API_KEY_PREFIX
@@ -99,11 +100,19 @@ async def get_current_user(service: Service, claims: AccessClaimsDep) -> User:
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-async def get_admin_user(user: CurrentUser) -> User:
+async def get_admin_user(user: CurrentUser, claims: AccessClaimsDep) -> User:
     """The caller, who must be an admin of their tenant (the role is read from the
-    database, so a demotion applies at once)."""
+    database, so a demotion applies at once: 403 `admin_required`) signed in with a token
+    that holds the `admin` scope: a token narrowed to other scopes (`switchyard tokens
+    create --scopes chat`) does not carry the admin's powers (403 `insufficient_scope`)."""
     if user.role != "admin":
         raise APIError(403, "This operation needs the admin role.", code="admin_required")
+    if known_scopes.ADMIN not in claims.scopes:
+        raise APIError(
+            403,
+            f"The access token lacks the '{known_scopes.ADMIN}' scope.",
+            code="insufficient_scope",
+        )
     return user
 
 

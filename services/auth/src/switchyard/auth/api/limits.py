@@ -296,10 +296,12 @@ async def update_user(
     responses={404: {"description": "No such user or team in the caller's tenant."}},
 )
 async def admin_create_api_key(
-    body: AdminCreateApiKey, admin: AdminUser, governance: GovernanceDep
+    body: AdminCreateApiKey, admin: AdminUser, claims: AccessClaimsDep, governance: GovernanceDep
 ) -> CreatedApiKey:
     """Create a key for a user of the caller's tenant, with its team and limits; its
-    scopes within what the user's role grants (403 `insufficient_scope` otherwise)."""
+    scopes within what the user's role grants, and its scopes and models within the
+    creating access token's (403 `insufficient_scope` otherwise): a key never holds more
+    than the credential that made it."""
     try:
         user = await governance.user(body.user_id, admin.tenant)
         issued = await governance.create_api_key(
@@ -310,6 +312,8 @@ async def admin_create_api_key(
             scopes=body.scopes,
             allowed_models=body.allowed_models,
             expires_at=expiry_in_days(body.expires_in_days),
+            creator_scopes=claims.scopes,
+            creator_models=claims.allowed_models,
         )
     except UserNotFound:
         raise APIError(404, "No such user.", param="user_id", code="user_not_found") from None
