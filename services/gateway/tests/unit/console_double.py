@@ -15,9 +15,9 @@ from urllib.parse import parse_qs
 
 import httpx
 
-from .auth_double import AuthDouble
+from switchyard.common.scopes import token_scopes
 
-USER_SCOPES = ["chat", "history:read", "keys:write"]
+from .auth_double import AuthDouble
 
 
 @dataclass
@@ -61,7 +61,8 @@ class ConsoleDouble(AuthDouble):
             "sub": account.user_id,
             "tenant": account.tenant,
             "role": account.role,
-            "scopes": USER_SCOPES,
+            # As auth signs users in: an admin's token also holds history:write and admin.
+            "scopes": list(token_scopes(account.role)),
             "exp": int(time.time()) + self.access_ttl_s,
             **overrides,
         }

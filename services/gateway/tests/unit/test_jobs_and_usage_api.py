@@ -288,3 +288,24 @@ async def test_usage_needs_the_history_scope(harness, history):
 
 async def _async(value):
     return value
+
+
+@pytest.mark.parametrize(
+    ("scopes", "role"),
+    [
+        (["chat", "history:read", "history:write", "admin"], "admin"),
+        # An admin's credential narrowed to other scopes acts as a member: their own
+        # history and jobs only, never the whole tenant's.
+        (["chat", "history:read"], "member"),
+    ],
+)
+async def test_history_sees_an_admin_only_where_the_credential_holds_the_admin_scope(
+    harness, history, scopes, role
+):
+    history.answers["/v1/jobs"] = (200, b'{"object": "list", "data": []}', "application/json")
+    token = harness.auth.token(sub="user-root", role="admin", scopes=scopes)
+
+    listed = await harness.client.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+
+    assert listed.status_code == 200
+    assert history.calls[-1].headers["x-switchyard-role"] == role

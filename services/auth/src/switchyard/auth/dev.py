@@ -28,11 +28,15 @@ from switchyard.auth.config import Settings
 from switchyard.auth.keys import generate_api_key, hash_api_key
 from switchyard.auth.service import AuthService
 from switchyard.common.plugins import DevContribution
+from switchyard.common.scopes import API_KEY_SCOPES
 from switchyard.common.settings import Environment
 
 DEV_EMAIL = "dev@switchyard.local"
 DEV_TENANT = "default"
 DEV_ROLE = "admin"
+# The dev key does all an API key may for the dev user, an admin: chat, history (the whole
+# tenant's), the tenant's settings and secrets.
+DEV_KEY_SCOPES = list(API_KEY_SCOPES)
 
 T = TypeVar("T")
 
@@ -102,7 +106,7 @@ async def ensure_dev_identity(service: AuthService, settings: Settings) -> DevKe
         return DevKey(key)
     if not await service.api_key_exists(key):
         # The database may have been wiped while the key file survived: store it again.
-        await service.create_api_key(user_id=user.id, name="dev", key=key)
+        await service.create_api_key(user_id=user.id, name="dev", key=key, scopes=DEV_KEY_SCOPES)
         return DevKey(key)
     if settings.dev_api_key:
         return DevKey(
@@ -111,7 +115,7 @@ async def ensure_dev_identity(service: AuthService, settings: Settings) -> DevKe
             "or choose another",
         )
     key = generate_api_key()
-    await service.create_api_key(user_id=user.id, name="dev", key=key)
+    await service.create_api_key(user_id=user.id, name="dev", key=key, scopes=DEV_KEY_SCOPES)
     _write_key_file(settings.dev_api_key_file, key)
     return DevKey(key)
 

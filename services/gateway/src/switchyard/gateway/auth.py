@@ -40,6 +40,7 @@ import jwt
 import structlog
 from jwt.algorithms import RSAAlgorithm
 
+from switchyard.common import scopes
 from switchyard.common.events import ApiKeyRevoked, Event, UserDisabled, UserEnabled
 from switchyard.common.headers import (
     INTERNAL_TOKEN_HEADER,
@@ -71,6 +72,11 @@ class AuthUnavailableError(Exception):
     """The caller cannot be checked right now (auth unreachable, revocations not loaded)."""
 
 
+# The roles of a tenant's users (auth's `ROLES`).
+ADMIN_ROLE = "admin"
+MEMBER_ROLE = "member"
+
+
 @dataclass(frozen=True)
 class Principal:
     """The authenticated caller."""
@@ -90,14 +96,26 @@ class Principal:
         """Whether this caller's credential allows `model` (not whether it exists)."""
         return self.allowed_models is None or model in self.allowed_models
 
+    @property
+    def is_tenant_admin(self) -> bool:
+        """Whether this caller may act as their tenant's admin (every user's history,
+        jobs and responses): an admin whose credential holds the `admin` scope. An admin's
+        key or token narrowed to other scopes acts as a member."""
+        return self.role == ADMIN_ROLE and scopes.ADMIN in self.scopes
+
     def internal_headers(self, internal_token: str) -> dict[str, str]:
         """The headers of a call to history on this caller's behalf: the internal token and
-        the verified identity (tenant, user id, role) history scopes everything to."""
+        the verified identity (tenant, user id, role) history scopes everything to; the
+        role is `admin` only where the credential holds the `admin` scope
+        (`is_tenant_admin`)."""
+        role = self.role
+        if role == ADMIN_ROLE and not self.is_tenant_admin:
+            role = MEMBER_ROLE
         return {
             INTERNAL_TOKEN_HEADER: internal_token,
             TENANT_HEADER: self.tenant,
             USER_ID_HEADER: self.user_id,
-            ROLE_HEADER: self.role,
+            ROLE_HEADER: role,
         }
 
 

@@ -210,7 +210,9 @@ async def get_job(
         raise _not_found(job_id)
     path = f"/v1/jobs/{job_id}"
     accepted = gateway.recent_jobs.get(job_id, principal.tenant)
-    if accepted is None or (accepted.user_id != principal.user_id and principal.role != "admin"):
+    if accepted is None or (
+        accepted.user_id != principal.user_id and not principal.is_tenant_admin
+    ):
         return await forward(gateway, principal, path, request)
     answer = await read_when_recorded(
         gateway, principal, path, request, not_yet=lambda answer: answer.status_code == 404
@@ -231,7 +233,7 @@ async def cancel_job(
     if (
         response.status_code == 404
         and accepted is not None
-        and (accepted.user_id == principal.user_id or principal.role == "admin")
+        and (accepted.user_id == principal.user_id or principal.is_tenant_admin)
     ):
         # Accepted here moments ago, not yet recorded by history: history records the
         # cancellation now, and the job's request, when it arrives, finds it cancelled.

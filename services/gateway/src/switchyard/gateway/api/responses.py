@@ -330,7 +330,7 @@ async def cancel_response(
     if (
         answer.status_code == 404
         and accepted is not None
-        and (accepted.user_id == principal.user_id or principal.role == "admin")
+        and (accepted.user_id == principal.user_id or principal.is_tenant_admin)
     ):
         # Accepted here moments ago, not recorded by history yet: history records the
         # cancellation now, and the request, when it arrives, finds it cancelled.

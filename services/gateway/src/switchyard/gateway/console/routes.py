@@ -54,7 +54,7 @@ class Viewer:
     @property
     def is_admin(self) -> bool:
         """Whether the user is a tenant admin."""
-        return self.principal.role == "admin"
+        return self.principal.is_tenant_admin
 
     @property
     def access_token(self) -> str:
