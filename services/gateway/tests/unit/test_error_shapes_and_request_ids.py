@@ -300,3 +300,42 @@ async def test_the_console_without_its_slash_leads_to_it(harness):
     response = await harness.client.get("/ui", headers={"host": "evil.example"})
     assert response.status_code == 307
     assert response.headers["location"] == "/ui/"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers"),
+    [
+        (
+            "/v1/chat/completions",
+            {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]},
+            {"Authorization": f"Bearer {API_KEY}"},
+        ),
+        (
+            "/v1/messages",
+            {"model": "sim-small", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]},
+            AUTH,
+        ),
+    ],
+)
+async def test_an_unexpected_fault_is_a_500_in_the_apis_format_with_the_request_id(
+    harness, monkeypatch, path, body, headers
+):
+    from switchyard.gateway import dispatch
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(dispatch.Dispatch, "start", broken)
+
+    response = await harness.client.post(path, json=body, headers=headers)
+
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/json"
+    request_id = response.headers["x-request-id"]
+    answer = response.json()
+    if path == "/v1/messages":
+        assert answer["type"] == "error" and answer["error"]["type"] == "api_error"
+        assert answer["request_id"] == response.headers["request-id"] == request_id
+    else:
+        assert answer["error"]["type"] == "server_error"
+    assert "a bug" not in response.text  # the fault's details stay in the log

@@ -844,3 +844,35 @@ async def test_an_upstreams_used_up_quota_is_relayed_without_a_retry_after(harne
     assert "retry-after" not in used_up.headers
     assert used_up.headers["x-should-retry"] == "false"
     assert busy.headers["retry-after"] == "1" and "x-should-retry" not in busy.headers
+
+
+async def test_a_long_prompt_under_a_token_limit_is_counted_off_the_event_loop(
+    harness, monkeypatch
+):
+    # A long prompt's tokens are counted in a worker thread (a 40 MB body took seconds),
+    # not on the event loop every request shares; a short one's inline.
+    import threading
+
+    from switchyard.gateway.governance import estimate as estimating
+
+    threads: list[bool] = []
+    real_estimate = estimating.estimate
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real_estimate(*args, **kwargs)
+
+    monkeypatch.setattr(estimating, "estimate", recording)
+    limited_auth(harness, tpm_limit=10_000_000)
+    short = {**CHAT, "max_tokens": 16}
+    long = {**short, "messages": [{"role": "user", "content": "word " * 30_000}]}
+    headers = {"x-api-key": API_KEY}
+
+    answered = await harness.client.post("/v1/messages", json=long, headers=headers)
+    after = await harness.client.post("/v1/messages", json=short, headers=headers)
+
+    assert answered.status_code == 200, answered.text
+    remaining = int(answered.headers["anthropic-ratelimit-tokens-remaining"])
+    assert 10_000_000 - remaining > 30_000  # the long prompt was counted, and reserved
+    assert after.status_code == 200
+    assert threads == [False, True]

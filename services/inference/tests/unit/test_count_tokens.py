@@ -11,6 +11,7 @@ import pytest
 
 from switchyard.common.events import ChatCompleted, ChatFailed, ClientAPI
 from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
+from switchyard.common.tokenizer import count_text
 from switchyard.common.topics import Topics
 from switchyard.inference import tokens
 from switchyard.inference.providers import ProviderPool
@@ -96,8 +97,8 @@ async def test_openai_protocol_deployment_gets_an_estimate_without_being_called(
     assert isinstance(reply, ChatCompleted), reply
     assert reply.data.upstream_api is None  # estimated here
     expected = (
-        tokens.count_text("You are terse.")
-        + tokens.count_text("How many tokens is this sentence?")
+        count_text("You are terse.")
+        + count_text("How many tokens is this sentence?")
         + 2 * tokens.TOKENS_PER_MESSAGE
         + tokens.REPLY_PRIMING_TOKENS
     )
@@ -173,8 +174,8 @@ async def test_an_upstream_count_without_input_tokens_is_an_invalid_reply(record
 
 def test_estimate_counts_text_with_the_o200k_vocabulary():
     # "Hello, world!" is 4 tokens in o200k_base ([13225, 11, 2375, 0]).
-    assert tokens.count_text("Hello, world!") == 4
-    assert tokens.count_text("<|endoftext|>") > 1  # a marker in text is text, not special
+    assert count_text("Hello, world!") == 4
+    assert count_text("<|endoftext|>") > 1  # a marker in text is text, not special
 
 
 def test_estimate_counts_tools_tool_use_results_and_images():
@@ -219,10 +220,10 @@ def test_estimate_counts_tools_tool_use_results_and_images():
     }
     counted = tokens.estimate_input_tokens(conversation)
     assert counted >= (
-        tokens.count_text("weather?")
-        + tokens.count_text("get_weather")
-        + tokens.count_text('{"city":"Oslo"}')
-        + tokens.count_text("Sunny, 21 degrees")
+        count_text("weather?")
+        + count_text("get_weather")
+        + count_text('{"city":"Oslo"}')
+        + count_text("Sunny, 21 degrees")
         + 3 * tokens.TOKENS_PER_MESSAGE
     )
 
@@ -255,3 +256,19 @@ def test_estimate_tolerates_odd_shapes_without_failing():
         ],
     }
     assert tokens.estimate_input_tokens(odd) > 0
+
+
+def test_a_prompt_past_the_tokenizers_one_call_limits_is_estimated() -> None:
+    # One text over 200,000 tokens, another over a million characters: the tokenizer
+    # library refuses either in one call, which answered count_tokens with a 500.
+    from switchyard.inference.tokens import estimate_input_tokens
+
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "word " * 210_000},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [{"type": "text", "text": "x" * 1_200_000}]},
+        ],
+    }
+    assert estimate_input_tokens(body) > 210_000 + 1_200_000 // 8

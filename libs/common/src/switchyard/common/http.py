@@ -196,28 +196,46 @@ def _only_disconnects(exc: BaseException) -> bool:
 class ClientDisconnectGuard:
     """A client that goes away before its request is read or answered is normal (a load
     generator closing connections, a user pressing Ctrl+C): one INFO line, never an
-    "Exception in ASGI application" traceback. Added outermost, so it also sees what the
-    other middlewares raise while they read the body."""
+    "Exception in ASGI application" traceback. Any other exception that reaches it before
+    the answer started is a fault of the service's own: logged with its traceback and
+    answered as every other error, a 500 in OpenAI's error format (`server_error`), not the
+    server's bare text/plain one. Added outermost, so it also sees what the other
+    middlewares raise while they read the body."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point: run the wrapped app; a ClientDisconnect (alone or in an
-        exception group) is logged at INFO and swallowed, every other exception re-raised."""
+        exception group) is logged at INFO and swallowed; another Exception is answered
+        with a 500 if no answer started (re-raised if one did); anything else re-raised."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        try:
-            await self.app(scope, receive, send)
-        except BaseException as exc:
-            if not _only_disconnects(exc):
-                raise
-            import structlog
+        started = False
 
-            structlog.get_logger("switchyard.http").info(
-                "client disconnected", method=scope.get("method"), path=scope.get("path")
-            )
+        async def watching(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        import structlog
+
+        log = structlog.get_logger("switchyard.http")
+        try:
+            await self.app(scope, receive, watching)
+        except BaseException as exc:
+            if _only_disconnects(exc):
+                log.info("client disconnected", method=scope.get("method"), path=scope.get("path"))
+                return
+            if started or not isinstance(exc, Exception):
+                raise
+            log.exception("unexpected error answering a request", path=scope.get("path"))
+            from switchyard.common.errors import APIError, error_response
+
+            error = APIError(500, "The service failed to answer this request.")
+            await error_response(error)(scope, receive, send)
 
 
 class TracingMiddleware:

@@ -65,8 +65,67 @@ def _failed(future: asyncio.Future[Any]) -> bool:
     return future.done() and (future.cancelled() or future.exception() is not None)
 
 
+# The most characters one encode call is given: bpe-openai refuses a text of a million
+# characters or more ("Input too long to encode safely") and one making more than 200,000
+# tokens (TokenLimitError); 64,000 characters make at most 64,000 tokens. It encodes about
+# 9 million characters a second and holds the GIL while it does, so a call is also at
+# most a few milliseconds of a worker thread that shares the interpreter with the loop.
+CHUNK_CHARS = 64_000
+
+
+def _chunks(text: str) -> list[str]:
+    """`text` in pieces of at most CHUNK_CHARS characters, each cut after a whitespace
+    character where one is in the piece's second half (a token rarely spans one), so
+    the pieces' counts add up to the whole's, give or take a token per cut."""
+    pieces = []
+    start = 0
+    while len(text) - start > CHUNK_CHARS:
+        end = start + CHUNK_CHARS
+        cut = max(text.rfind(" ", start + CHUNK_CHARS // 2, end), text.rfind("\n", start, end))
+        end = cut + 1 if cut > start + CHUNK_CHARS // 2 else end
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return pieces
+
+
+class TokenCounter:
+    """Counts the tokens of the texts of one request within a budget of characters
+    actually encoded (`exact_chars`): past it, a text's tokens are its length times the
+    ratio of tokens to characters measured so far, rounded up. A request of any size then
+    costs at most `exact_chars` / 9 million seconds of CPU, and its count is exact up to
+    there. Texts of any length are encoded a chunk at a time (`CHUNK_CHARS`), so none is
+    refused by the library. Blocking (the vocabulary loads on first use)."""
+
+    def __init__(self, exact_chars: int) -> None:
+        self.budget = exact_chars
+        self.encoded_chars = 0
+        self.encoded_tokens = 0
+
+    def count(self, text: str) -> int:
+        """Tokens of `text` (special-token markers in it count as plain text)."""
+        if not text:
+            return 0
+        encode = (_encoding if _encoding is not None else encoding()).encode_ordinary
+        tokens = 0
+        rest = 0
+        for index, piece in enumerate(pieces := _chunks(text)):
+            if self.encoded_chars >= self.budget:
+                rest = sum(len(p) for p in pieces[index:])
+                break
+            counted = len(encode(piece))
+            tokens += counted
+            self.encoded_chars += len(piece)
+            self.encoded_tokens += counted
+        if rest:
+            if self.encoded_tokens:
+                tokens += -(-rest * self.encoded_tokens // self.encoded_chars)  # rounded up
+            else:
+                tokens += rest  # nothing measured: a token a character, the most there is
+        return tokens
+
+
 def count_text(text: str) -> int:
-    """Tokens of `text` (special-token markers in it count as plain text)."""
-    if not text:
-        return 0
-    return len(encoding().encode_ordinary(text))
+    """Tokens of `text` (special-token markers in it count as plain text), exactly, at any
+    length. Blocking."""
+    return TokenCounter(exact_chars=len(text)).count(text)

@@ -22,11 +22,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from switchyard.common.tokenizer import count_text
+from switchyard.common.tokenizer import TokenCounter
 
 TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING_TOKENS = 3
@@ -38,6 +39,9 @@ IMAGE_TOKENS = 1600
 # to 3,000 tokens a page, depending on the density of its text).
 PDF_PAGE_TOKENS = 2250
 _PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
+# Characters of one request's text counted exactly (about half a second of a worker
+# thread); past them, the tokens of the rest are estimated at the ratio measured.
+EXACT_CHARS = 4_000_000
 
 
 def _json(value: Any) -> str:
@@ -54,7 +58,7 @@ def _pdf_pages(data: Any) -> int:
     return max(1, len(_PDF_PAGE.findall(raw)))
 
 
-def _block_tokens(block: Any) -> int:
+def _block_tokens(block: Any, count_text: Callable[[str], int]) -> int:
     if isinstance(block, str):
         return count_text(block)
     if not isinstance(block, dict):
@@ -71,36 +75,39 @@ def _block_tokens(block: Any) -> int:
         if source.get("type") == "text":
             return count_text(source.get("data") or "")
         if source.get("type") == "content":
-            return _content_tokens(source.get("content"))
+            return _content_tokens(source.get("content"), count_text)
         if source.get("type") == "base64" and source.get("media_type") == "application/pdf":
             return PDF_PAGE_TOKENS * _pdf_pages(source.get("data"))
         return PDF_PAGE_TOKENS
     if kind in ("tool_use", "server_tool_use"):
         return count_text(block.get("name") or "") + count_text(_json(block.get("input")))
     if isinstance(kind, str) and (kind == "tool_result" or kind.endswith("_tool_result")):
-        return _content_tokens(block.get("content"))
+        return _content_tokens(block.get("content"), count_text)
     # Other blocks (redacted thinking, search results...): their JSON, a rough stand-in.
     return count_text(_json({k: v for k, v in block.items() if k != "cache_control"}))
 
 
-def _content_tokens(content: Any) -> int:
+def _content_tokens(content: Any, count_text: Callable[[str], int]) -> int:
     if isinstance(content, str):
         return count_text(content)
     if isinstance(content, list):
-        return sum(_block_tokens(block) for block in content)
+        return sum(_block_tokens(block, count_text) for block in content)
     return 0
 
 
 def estimate_input_tokens(body: dict[str, Any]) -> int:
     """Estimated input tokens of an Anthropic count_tokens (or Messages) request body:
-    `system`, `messages`, `tools` (see the module doc for the method). Blocking."""
+    `system`, `messages`, `tools` (see the module doc for the method), the first
+    EXACT_CHARS characters of text counted exactly and the rest at the ratio measured on
+    them. Blocking."""
+    count_text = TokenCounter(exact_chars=EXACT_CHARS).count
     total = REPLY_PRIMING_TOKENS
     system = body.get("system")
     if system:
-        total += TOKENS_PER_MESSAGE + _content_tokens(system)
+        total += TOKENS_PER_MESSAGE + _content_tokens(system, count_text)
     for message in body.get("messages") or ():
         if isinstance(message, dict):
-            total += TOKENS_PER_MESSAGE + _content_tokens(message.get("content"))
+            total += TOKENS_PER_MESSAGE + _content_tokens(message.get("content"), count_text)
     for tool in body.get("tools") or ():
         if isinstance(tool, dict):
             described = {k: v for k, v in tool.items() if k != "cache_control"}

@@ -47,7 +47,7 @@ from switchyard.common.events import Event, LimitsChanged, UsageRecorded
 from switchyard.common.governance import LEVEL_NAMES, BudgetClock, FailureMode, scope_key
 from switchyard.common.pricing import PriceTable
 from switchyard.common.tasks import cancel_and_wait
-from switchyard.gateway.governance.estimate import Estimate, estimate
+from switchyard.gateway.governance.estimate import Estimate, estimate, estimate_without_blocking
 from switchyard.gateway.governance.ledger import (
     WHOLE_KINDS,
     WINDOW_S,
@@ -382,7 +382,10 @@ class Admission:
             # The first such request loads the vocabulary in a thread (the estimate below
             # would load it on the event loop, blocking every other request for a second).
             await tokenizer.load()
-        needs = self._needs(policy, model, body, embeddings)
+        cost = None
+        if policy.counts_tokens:
+            cost = await estimate_without_blocking(model, body, self.prices, embeddings=embeddings)
+        needs = self._needs(policy, model, body, embeddings, cost)
         # Each round either admits, refuses (a refill found the counter exhausted), or
         # waits for a refill that granted something, which other waiting requests may
         # have taken first; so rounds end, but a busy replica may need several.
@@ -409,9 +412,13 @@ class Admission:
         raise self._refusal(missing[0], self._clock(), None)
 
     def _needs(
-        self, policy: Policy, model: str, body: dict[str, Any], embeddings: bool
+        self,
+        policy: Policy,
+        model: str,
+        body: dict[str, Any],
+        embeddings: bool,
+        cost: Estimate | None = None,
     ) -> list[_Need]:
-        cost: Estimate | None = None
         now = self._clock()
         needs = []
         for level in policy.levels:
