@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from switchyard.common.dev import apply_dev_environment
+from switchyard.common.dev import apply_dev_environment, service_host
+from switchyard.common.settings import DEV_INTERNAL_TOKEN
 
 WAIT = "SWITCHYARD_HISTORY_MAX_BATCH_WAIT_MS"
 BATCH = "SWITCHYARD_HISTORY_MAX_BATCH"
@@ -21,6 +22,8 @@ def environ(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     copy.pop(WAIT, None)
     copy.pop(BATCH, None)
     copy.pop(INDEX, None)
+    copy.pop("SWITCHYARD_INTERNAL_TOKEN", None)
+    copy.pop("SWITCHYARD_AUTH_TRUST_FORWARDED_FOR", None)
     monkeypatch.setattr(os, "environ", copy)
     return copy
 
@@ -63,3 +66,39 @@ def test_embedded_inference_keeps_a_small_redelivery_index(environ: dict[str, st
     environ[INDEX] = "32"
     apply_dev_environment(plugins=[])
     assert environ[INDEX] == "32"
+
+
+def test_the_services_calls_carry_a_secret_made_for_the_run(environ: dict[str, str]) -> None:
+    apply_dev_environment(plugins=[])
+    token = environ["SWITCHYARD_INTERNAL_TOKEN"]
+    # Never the development default written in the source, which anyone can read.
+    assert token != DEV_INTERNAL_TOKEN and len(token) >= 32
+    del environ["SWITCHYARD_INTERNAL_TOKEN"]
+    apply_dev_environment(plugins=[])
+    assert environ["SWITCHYARD_INTERNAL_TOKEN"] != token
+    # One chosen by the operator is kept.
+    environ["SWITCHYARD_INTERNAL_TOKEN"] = "chosen"
+    apply_dev_environment(plugins=[])
+    assert environ["SWITCHYARD_INTERNAL_TOKEN"] == "chosen"
+
+
+def test_auth_reads_the_callers_address_the_gateway_forwards(environ: dict[str, str]) -> None:
+    # Sign-ins reach auth through the gateway: without it, every caller is 127.0.0.1 to
+    # the login limits, and one client's failures lock out everyone.
+    apply_dev_environment(plugins=[])
+    assert environ["SWITCHYARD_AUTH_TRUST_FORWARDED_FOR"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("host", "gateway", "others"),
+    [
+        ("127.0.0.1", "127.0.0.1", "127.0.0.1"),
+        ("0.0.0.0", "0.0.0.0", "127.0.0.1"),
+        ("192.0.2.7", "192.0.2.7", "127.0.0.1"),
+        ("::", "::", "::1"),
+    ],
+)
+def test_only_the_gateway_listens_where_dev_is_asked_to(host, gateway, others) -> None:
+    assert service_host("gateway", host) == gateway
+    for name in ("auth", "history", "inference", "simulator"):
+        assert service_host(name, host) == others

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -56,6 +57,11 @@ DEV_ENVIRONMENT = {
     # a failing handler, within about 2 s (5 attempts). 8 MiB holds some 4,000 requests'
     # records, over 10 s at embedded mode's highest rate, and keeps the one process small.
     "SWITCHYARD_INFERENCE_REDELIVERY_INDEX_MAX_MB": "8",
+    # Sign-ins reach auth through the gateway, which appends the caller's address to
+    # X-Forwarded-For; auth listens on the loopback interface only (`service_host`), so
+    # the last entry is the gateway's word. Without it every caller is 127.0.0.1 to the
+    # login limits, and a few failures lock everyone out.
+    "SWITCHYARD_AUTH_TRUST_FORWARDED_FOR": "true",
 }
 # The one explicit way to give the embedded services another database than SQLite.
 DEV_DATABASE_URL_ENV = "SWITCHYARD_DEV_DATABASE_URL"
@@ -105,6 +111,9 @@ def apply_dev_environment(
     for explicitly, or None for SQLite."""
     for key, value in DEV_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
+    # The services' calls to one another carry a secret made for this run, never the
+    # built-in development default anyone can read in the source.
+    os.environ.setdefault("SWITCHYARD_INTERNAL_TOKEN", secrets.token_urlsafe(32))
     # Environment variables win over `.env`, so these also override a `.env` file.
     os.environ["SWITCHYARD_BUS"] = "memory"
     explicit = database_url or os.environ.get(DEV_DATABASE_URL_ENV) or None
@@ -131,13 +140,28 @@ def _port_of(plugin: ServicePlugin) -> int:
     return int(getattr(plugin.settings(), "port", plugin.default_port))
 
 
+# The one service clients call; the others are called by it (and by each other) only.
+PUBLIC_SERVICE = "gateway"
+
+
+def service_host(name: str, host: str) -> str:
+    """Where the embedded service `name` listens when `switchyard dev` is asked for `host`:
+    the gateway on `host`; every other service (auth, history, inference, the simulator)
+    on the loopback interface whatever `host` is, so `--host 0.0.0.0` exposes the
+    gateway, not the services behind it."""
+    if name == PUBLIC_SERVICE or host in ("127.0.0.1", "localhost", "::1"):
+        return host
+    return "::1" if host == "::" else "127.0.0.1"
+
+
 def bind_all(host: str, services: list[EmbeddedService]) -> list[socket.socket]:
-    """One bound (not yet listening) socket per service on `host`, in order.
+    """One bound (not yet listening) socket per service, in order, on `service_host`.
     Raises PortInUseError for the first port that is taken; no socket is left open then."""
     sockets: list[socket.socket] = []
     try:
         for service in services:
-            sockets.append(bind(host, service.port, service.name, service.port_setting))
+            where = service_host(service.name, host)
+            sockets.append(bind(where, service.port, service.name, service.port_setting))
     except PortInUseError:
         for sock in sockets:
             sock.close()
@@ -164,9 +188,11 @@ def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
     apply_dev_environment(plugins, database_url)
     # Services find each other at the ports they really use (SWITCHYARD_AUTH_PORT moves
     # auth, and the gateway follows), never at a URL meant for separate services.
-    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     for service in _planned_ports(plugins):
-        os.environ[f"SWITCHYARD_{service.name.upper()}_URL"] = f"http://{local}:{service.port}"
+        where = service_host(service.name, host)
+        where = "127.0.0.1" if where in ("0.0.0.0", "::", "") else where
+        where = f"[{where}]" if ":" in where else where
+        os.environ[f"SWITCHYARD_{service.name.upper()}_URL"] = f"http://{where}:{service.port}"
     settings = ServiceSettings()
     asked = "log_level" in settings.model_fields_set
     configure_logging(
@@ -238,7 +264,8 @@ async def run_embedded(host: str = "127.0.0.1", plugins: list[ServicePlugin] | N
     try:
         # Start in order (consumers before the gateway) and wait for each to listen.
         for service, sock in zip(services, sockets, strict=True):
-            server = _EmbeddedServer(server_config(service.app, host=host, port=service.port))
+            where = service_host(service.name, host)
+            server = _EmbeddedServer(server_config(service.app, host=where, port=service.port))
             task = asyncio.create_task(server.serve(sockets=[sock]), name=f"serve-{service.name}")
             while not server.started:
                 if task.done():
@@ -247,7 +274,7 @@ async def run_embedded(host: str = "127.0.0.1", plugins: list[ServicePlugin] | N
                 await asyncio.sleep(0.02)
             servers.append(server)
             tasks.append(task)
-            log.info("service listening", name=service.name, url=f"http://{host}:{service.port}")
+            log.info("service listening", name=service.name, url=f"http://{where}:{service.port}")
 
         # Every service has started: their routes prepared before the first request, then
         # their start-up objects out of later full collections.
