@@ -105,7 +105,8 @@ class ServiceSettings(BaseSettings):
     internal_token: str = Field(
         validation_alias=env("SWITCHYARD_INTERNAL_TOKEN"),
         default=DEV_INTERNAL_TOKEN,
-        description="Secret carried by service-to-service calls (x-switchyard-internal-token).",
+        description="Secret carried by service-to-service calls (x-switchyard-internal-token); "
+        "`switchyard dev` makes a random one for each run unless it is set.",
     )
     instance_id: str = Field(
         validation_alias=env("SWITCHYARD_INSTANCE_ID"), default_factory=_default_instance_id
