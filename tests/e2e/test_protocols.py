@@ -315,7 +315,7 @@ def test_gateway_refusals_carry_a_request_id_in_each_format(system):
     messages = httpx.post(
         system.url("gateway") + "/v1/messages",
         json={"model": ANTHROPIC_MODEL, "messages": [{"role": "user", "content": "hi"}]},
-        headers=headers,
+        headers={**headers, "anthropic-version": "2023-06-01"},
         timeout=10,
     )
     unauthenticated = httpx.post(

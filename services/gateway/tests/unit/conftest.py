@@ -37,6 +37,24 @@ from switchyard.gateway.app import create_app
 from switchyard.gateway.config import Settings
 
 API_KEY = "sk-sy-" + "k" * 43
+# What Anthropic's SDKs send with every request; Anthropic's API refuses one without it.
+ANTHROPIC_VERSION = "2023-06-01"
+# A request extension that keeps `as_anthropic_clients_send` off a request.
+WITHOUT_ANTHROPIC_VERSION = "switchyard_test_without_anthropic_version"
+
+
+async def as_anthropic_clients_send(request: httpx.Request) -> None:
+    """The harness client's request hook: a request to Anthropic's Messages paths gets
+    `anthropic-version` unless it has one, as every Anthropic client sends it; a test of
+    a request without it says so with the WITHOUT_ANTHROPIC_VERSION extension."""
+    if (
+        request.url.path.startswith("/v1/messages")
+        and "anthropic-version" not in request.headers
+        and not request.extensions.get(WITHOUT_ANTHROPIC_VERSION)
+    ):
+        request.headers["anthropic-version"] = ANTHROPIC_VERSION
+
+
 # What the fake auth answers for API_KEY, by its hash or by its id.
 TEST_KEY_IDENTITY = {
     "key_id": "key-1",
@@ -357,6 +375,10 @@ async def harness(settings: Settings) -> AsyncIterator[Harness]:
     app = create_app(settings, bus=bus, http=upstreams.client())
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://gateway",
+            event_hooks={"request": [as_anthropic_clients_send]},
+        ) as client:
             yield Harness(client, bus, auth, requests, settings, respond, app, upstreams)
     await bus.stop()

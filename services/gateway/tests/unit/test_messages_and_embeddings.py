@@ -367,3 +367,29 @@ async def test_an_anthropic_client_is_refused_in_anthropics_words(
     payload = response.json()
     assert payload["type"] == "error" and payload["error"]["type"] == "invalid_request_error"
     assert (payload["error"]["message"], payload["error"]["param"]) == (message, param)
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+@pytest.mark.parametrize("version", [None, " "])
+async def test_a_messages_request_without_anthropic_version_is_refused_as_anthropic_does(
+    harness, path, version
+):
+    from .conftest import WITHOUT_ANTHROPIC_VERSION
+
+    headers = {"x-api-key": API_KEY}
+    if version is not None:
+        headers["anthropic-version"] = version
+    response = await harness.client.post(
+        path,
+        json={**MESSAGE} if path == "/v1/messages" else {"model": "sim-small", "messages": []},
+        headers=headers,
+        extensions={WITHOUT_ANTHROPIC_VERSION: True},
+    )
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["message"] == "anthropic-version: header is required"
+    assert body["request_id"] == response.headers["request-id"]
+    assert harness.requests == []  # nothing reached the deployment with a version not chosen

@@ -14,13 +14,26 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from switchyard.common.errors import APIError
 from switchyard.common.events import ClientAPI
+from switchyard.common.headers import ANTHROPIC_VERSION_HEADER
 from switchyard.gateway.api.body import openapi_body, read_request
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.dispatch import Dispatch
 from switchyard.gateway.schemas import AnthropicCountTokensRequest, AnthropicMessagesRequest
 
 router = APIRouter(prefix="/v1", tags=["messages"])
+
+
+def require_anthropic_version(request: Request) -> None:
+    """Refuse, as Anthropic's API does (https://docs.anthropic.com/en/api/versioning), a
+    request without `anthropic-version`: 400 `invalid_request_error`, "anthropic-version:
+    header is required". Passed on, it would reach the deployment with whatever version
+    its SDK defaults to, which the client never chose. Raises APIError."""
+    if not request.headers.get(ANTHROPIC_VERSION_HEADER, "").strip():
+        raise APIError(
+            400, f"{ANTHROPIC_VERSION_HEADER}: header is required", type="invalid_request_error"
+        )
 
 
 @router.post(
@@ -33,6 +46,7 @@ async def create_message(
     request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
     """Create a message; streams Anthropic's Server-Sent Events when `stream` is true."""
+    require_anthropic_version(request)
     client = read_request(ClientAPI.ANTHROPIC_MESSAGES, await request.body())
     dispatch = await Dispatch.start(gateway, request, principal, client)
     return await dispatch.answer()
@@ -49,6 +63,7 @@ async def count_message_tokens(
 ) -> Response:
     """Count the input tokens of a Messages request, `{"input_tokens": N}`: the model's own
     count, or an estimate (`x-switchyard-token-count: estimate`)."""
+    require_anthropic_version(request)
     client = read_request(ClientAPI.ANTHROPIC_COUNT_TOKENS, await request.body())
     dispatch = await Dispatch.start(gateway, request, principal, client)
     return await dispatch.answer()
