@@ -339,3 +339,43 @@ async def test_an_unexpected_fault_is_a_500_in_the_apis_format_with_the_request_
     else:
         assert answer["error"]["type"] == "server_error"
     assert "a bug" not in response.text  # the fault's details stay in the log
+
+
+async def test_a_client_gone_mid_upload_is_not_a_fault(harness, capsys):
+    # The body never ends: the client went away. Nothing is answered, nothing is logged
+    # as an error (ClientDisconnectGuard's one INFO line is all).
+    messages = [
+        {"type": "http.request", "body": b'{"model": "sim-small", "mess', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"authorization", f"Bearer {API_KEY}".encode()),
+            (b"content-type", b"application/json"),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    await harness.app(scope, receive, send)
+
+    assert not [m for m in sent if m["type"] == "http.response.start"]
+    logged = capsys.readouterr()
+    assert "unexpected error" not in logged.out + logged.err
+    assert harness.requests == []

@@ -183,13 +183,15 @@ def _flush_logs_then_die(signum: int, _frame: Any) -> None:
     signal.raise_signal(signum)
 
 
-def _only_disconnects(exc: BaseException) -> bool:
+def only_disconnects(exc: BaseException) -> bool:
+    """Whether `exc` says only that the client went away (Starlette's ClientDisconnect,
+    alone or every exception of a group)."""
     from starlette.requests import ClientDisconnect
 
     if isinstance(exc, ClientDisconnect):
         return True
     if isinstance(exc, BaseExceptionGroup):
-        return all(_only_disconnects(inner) for inner in exc.exceptions)
+        return all(only_disconnects(inner) for inner in exc.exceptions)
     return False
 
 
@@ -226,7 +228,7 @@ class ClientDisconnectGuard:
         try:
             await self.app(scope, receive, watching)
         except BaseException as exc:
-            if _only_disconnects(exc):
+            if only_disconnects(exc):
                 log.info("client disconnected", method=scope.get("method"), path=scope.get("path"))
                 return
             if started or not isinstance(exc, Exception):

@@ -24,6 +24,7 @@ from switchyard.common.errorformat import ANTHROPIC_PATHS, current_request_id
 from switchyard.common.errors import APIError
 from switchyard.common.events import new_id
 from switchyard.common.headers import ANTHROPIC_VERSION_HEADER, REQUEST_ID_HEADER
+from switchyard.common.http import only_disconnects
 from switchyard.common.logging import bind_request_id
 from switchyard.gateway.errors import respond
 
@@ -80,9 +81,11 @@ class RequestIdMiddleware:
         token = current_request_id.set(request_id)
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
-            if started:
-                raise  # the answer is under way: only the server can end it now
+        except Exception as exc:
+            if started or only_disconnects(exc):
+                # The answer is under way (only the server can end it now), or the client
+                # went away (`ClientDisconnectGuard` logs that as what it is).
+                raise
             # A fault of the gateway's own: logged with its traceback, and answered as
             # every other error is, in the called API's format and with the request's id,
             # rather than by the server's bare text/plain 500.
