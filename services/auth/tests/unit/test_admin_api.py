@@ -254,3 +254,31 @@ async def test_a_key_an_admin_creates_holds_no_more_than_the_creating_token(
     key = created.json()
     assert set(key["scopes"]) <= {"admin", "chat"}
     assert key["allowed_models"] == ["sim-small"]
+
+
+async def test_an_admins_narrowed_token_is_bound_as_a_member_on_its_own_keys(
+    auth_app, people
+) -> None:
+    full = await token_for(auth_app, "admin@acme.test")
+    team = await auth_app.client.post("/v1/admin/teams", json={"name": "blue"}, headers=full)
+    assert team.status_code == 201, team.text
+    narrowed = await narrowed_token(auth_app, "admin@acme.test", ["chat", "keys:write"])
+    # Putting a key in a team, or taking it out of one, is an admin's power.
+    elsewhere = await auth_app.client.post(
+        "/v1/api-keys", json={"name": "k", "team_id": team.json()["id"]}, headers=narrowed
+    )
+    assert_error(elsewhere, 403, "admin_only")
+    # So is removing a limit.
+    key = await auth_app.client.post(
+        "/v1/api-keys", json={"name": "limited", "rpm_limit": 5}, headers=narrowed
+    )
+    assert key.status_code == 201, key.text
+    lifted = await auth_app.client.patch(
+        f"/v1/api-keys/{key.json()['key_id']}", json={"rpm_limit": None}, headers=narrowed
+    )
+    assert_error(lifted, 403, "admin_only")
+    # The admin's own full token may do both.
+    allowed = await auth_app.client.patch(
+        f"/v1/api-keys/{key.json()['key_id']}", json={"rpm_limit": None}, headers=full
+    )
+    assert allowed.status_code == 200, allowed.text

@@ -139,9 +139,11 @@ def require_keys_scope(claims: AccessClaims) -> None:
         )
 
 
-def is_member(user: User) -> bool:
-    """Whether `user` is bound as a member on their own keys (any role but `admin`)."""
-    return user.role != "admin"
+def is_member(user: User, claims: AccessClaims) -> bool:
+    """Whether `user` is bound as a member on their own keys: any role but `admin`, and an
+    admin whose access token lacks the `admin` scope (a narrowed token carries no admin
+    powers)."""
+    return user.role != "admin" or known_scopes.ADMIN not in claims.scopes
 
 
 def not_permitted(exc: NotPermitted) -> APIError:
@@ -187,7 +189,7 @@ async def create_api_key(
             expires_at=expiry_in_days(body.expires_in_days),
             creator_scopes=claims.scopes,
             creator_models=claims.allowed_models,
-            member=is_member(user),
+            member=is_member(user, claims),
         )
     except NotPermitted as exc:
         raise not_permitted(exc) from None

@@ -396,7 +396,9 @@ async def update_own_api_key(
             param=next(iter(body.cache_patch())),
             code="admin_only",
         )
-    return await _update_key(key_id, body, governance, user_id=user.id, member=is_member(user))
+    return await _update_key(
+        key_id, body, governance, user_id=user.id, member=is_member(user, claims)
+    )
 
 
 @router.get("/v1/admin/tenant", response_model=TenantOut)
