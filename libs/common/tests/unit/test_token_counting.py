@@ -15,6 +15,8 @@ from switchyard.common.tokenizer import CHUNK_CHARS, TokenCounter, count_text, e
         "word " * 210_000,  # over 200,000 tokens
         "x" * 1_500_000,  # over a million characters, no whitespace to cut at
         "line\n" * 300_000,
+        "\U00020000" * 52_000,  # 4-byte characters: several tokens each
+        "日本語のテキスト。" * 30_000,
     ],
 )
 def test_a_text_of_any_length_is_counted(text: str) -> None:

@@ -67,10 +67,12 @@ def _failed(future: asyncio.Future[Any]) -> bool:
 
 # The most characters one encode call is given: bpe-openai refuses a text of a million
 # characters or more ("Input too long to encode safely") and one making more than 200,000
-# tokens (TokenLimitError); 64,000 characters make at most 64,000 tokens. It encodes about
-# 9 million characters a second and holds the GIL while it does, so a call is also at
-# most a few milliseconds of a worker thread that shares the interpreter with the loop.
-CHUNK_CHARS = 64_000
+# tokens (TokenLimitError). A character is at most 4 bytes, and a byte-level BPE token at
+# least one byte: 40,000 characters make at most 160,000 tokens (a piece that still makes
+# too many is split again, `_count`). It encodes about 9 million characters a second and
+# holds the GIL while it does, so a call is also at most a few milliseconds of a worker
+# thread that shares the interpreter with the event loop.
+CHUNK_CHARS = 40_000
 
 
 def _chunks(text: str) -> list[str]:
@@ -87,6 +89,19 @@ def _chunks(text: str) -> list[str]:
         start = end
     pieces.append(text[start:])
     return pieces
+
+
+def _count(encode: Any, piece: str) -> int:
+    """Tokens of `piece`, split in halves for as long as the library refuses it in one
+    call (its limits are on the tokens a call makes, which no character count bounds
+    exactly)."""
+    try:
+        return len(encode(piece))
+    except Exception:  # bpe-openai's TokenLimitError, or its ValueError "Input too long"
+        if len(piece) < 2:
+            raise
+        half = len(piece) // 2
+        return _count(encode, piece[:half]) + _count(encode, piece[half:])
 
 
 class TokenCounter:
@@ -113,7 +128,7 @@ class TokenCounter:
             if self.encoded_chars >= self.budget:
                 rest = sum(len(p) for p in pieces[index:])
                 break
-            counted = len(encode(piece))
+            counted = _count(encode, piece)
             tokens += counted
             self.encoded_chars += len(piece)
             self.encoded_tokens += counted
