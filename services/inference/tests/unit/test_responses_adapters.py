@@ -1090,3 +1090,38 @@ async def test_parallel_tool_calls_stream_as_one_output_item_after_the_other(
         ("call_a", "get_weather", '{"location": "Oslo"}'),
         ("call_b", "get_time", '{"zone": "CET"}'),
     ]
+
+
+async def test_text_beside_an_unfinished_call_waits_for_its_arguments(harness, recorder):
+    # Some servers send a whitespace `content` in the chunk that carries more arguments:
+    # the call's item cannot be done before its arguments are whole, nor reopened after.
+    recorder.script(
+        Scripted(
+            events=[
+                chat_chunk({"role": "assistant", "content": None}),
+                _call_start(0, "call_a", "get_weather", '{"location":'),
+                chat_chunk(
+                    {
+                        "content": "\n",
+                        "tool_calls": [{"index": 0, "function": {"arguments": ' "Oslo"}'}}],
+                    }
+                ),
+                chat_chunk({"content": "Checking."}),
+                chat_chunk({}, "tool_calls"),
+                chat_chunk(None, usage={"prompt_tokens": 9, "completion_tokens": 12}),
+            ]
+        )
+    )
+    request = responses_request("gpt-chat", {"input": "Weather?"}, stream=True)
+
+    await harness.handle(request)
+
+    events = harness.stream_of(request.request_id)
+    final = sdk_final_response(events)
+    call, message = final.output
+    assert (call.call_id, call.arguments) == ("call_a", '{"location": "Oslo"}')
+    assert message.content[0].text == "\nChecking."
+    kinds = [event.data["type"] for event in events]
+    assert kinds.index("response.function_call_arguments.done") < kinds.index(
+        "response.output_text.delta"
+    )

@@ -1268,7 +1268,8 @@ class ChatChunksToResponseEvents:
     deltas and is done before the next is added. A tool call that starts while the open
     one's arguments are not yet a whole JSON value (parallel calls interleaved, as Chat
     Completions allows) is held, with its argument pieces, until they are or the stream
-    ends, then streamed in the order the calls started."""
+    ends, then streamed in the order the calls started; so is text that comes meanwhile
+    (some servers send a whitespace `content` beside argument pieces)."""
 
     def __init__(self, ctx: ResponseContext, usage: Callable[[], TokenUsage]) -> None:
         self.writer = ResponseEventWriter(ctx)
@@ -1279,6 +1280,9 @@ class ChatChunksToResponseEvents:
         self._calls_seen: set[tuple[str, int]] = set()
         # Calls started while the live one was unfinished: key -> (call id, name, pieces).
         self._held: dict[tuple[str, int], tuple[str, str, list[str]]] = {}
+        # Reasoning and message text that came while the live call was unfinished:
+        # (`reasoning`, `output_text` or `refusal`, the text).
+        self._text: list[tuple[str, str]] = []
 
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         """The Responses events (dicts with `type` and `sequence_number`) one OpenAI
@@ -1289,24 +1293,42 @@ class ChatChunksToResponseEvents:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                if not writer.is_open("reasoning"):
-                    events += writer.reasoning("reasoning")
-                events += writer.reasoning_text("reasoning", reasoning)
-            for part in ("content", "refusal"):
-                text = delta.get(part)
-                if isinstance(text, str) and text:
-                    events += writer.close("reasoning") + self._end_calls()
-                    events += writer.text(
-                        "message", text, "output_text" if part == "content" else "refusal"
-                    )
+            # A chunk's argument pieces before its text: text in the same chunk follows.
             for call in delta.get("tool_calls") or ():
                 if isinstance(call, dict):
                     events += self._tool_delta(call)
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                self._text.append(("reasoning", reasoning))
+            for part in ("content", "refusal"):
+                text = delta.get(part)
+                if isinstance(text, str) and text:
+                    self._text.append(("output_text" if part == "content" else "refusal", text))
+            events += self._write_text(force=False)
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
                 events += self._release_held(until_incomplete=False)
+                events += self._write_text(force=True)
+        return events
+
+    def _write_text(self, *, force: bool) -> list[dict[str, Any]]:
+        """The reasoning and message text gathered so far, after the calls before it are
+        done; held (unless `force`) while the live call's arguments are not whole JSON,
+        since its item must be done before another is added and cannot reopen."""
+        if not self._text or (
+            not force and self._call is not None and not whole_json(self._arguments)
+        ):
+            return []
+        writer = self.writer
+        events = self._end_calls()
+        for part, text in self._text:
+            if part == "reasoning":
+                if not writer.is_open("reasoning"):
+                    events += writer.close("message") + writer.reasoning("reasoning")
+                events += writer.reasoning_text("reasoning", text)
+            else:
+                events += writer.close("reasoning") + writer.text("message", text, part)
+        self._text.clear()
         return events
 
     def _tool_delta(self, call: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1375,9 +1397,8 @@ class ChatChunksToResponseEvents:
         `response.completed` (or `response.incomplete` for a length or content-filter
         finish) with the usage."""
         reason = _INCOMPLETE_BY_FINISH.get(self.finish_reason or "")
-        return self._release_held(until_incomplete=False) + self.writer.finish(
-            self._usage(), reason
-        )
+        events = self._release_held(until_incomplete=False) + self._write_text(force=True)
+        return events + self.writer.finish(self._usage(), reason)
 
 
 class MessageEventsToResponseEvents:
