@@ -1,6 +1,7 @@
 """A field the deployment's API lacks is refused only when it asks for something: `null`
-(what the official SDKs send for a parameter given as `None`), `{}`, `[]` or the API's
-documented default ask for nothing, are accepted and are not sent."""
+(what the official SDKs send for a parameter given as `None`), an empty value where that
+means none (`logit_bias: {}`, `mcp_servers: []`) or the API's documented default ask for
+nothing, are accepted and are not sent."""
 
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ def test_responses_translations_accept_a_field_without_equivalent_that_asks_for_
         (chat_request_to_messages, CHAT, "modalities", ["text", "audio"]),
         (chat_request_to_messages, CHAT, "verbosity", "low"),
         (chat_request_to_messages, CHAT, "top_logprobs", 2),
+        # An empty object is not always "none": it turns OpenAI's web search on.
+        (chat_request_to_messages, CHAT, "web_search_options", {}),
         (messages_request_to_chat, MESSAGES, "service_tier", "standard_only"),
         (messages_request_to_chat, MESSAGES, "top_k", 5),
         (messages_request_to_chat, MESSAGES, "mcp_servers", [{"type": "url", "url": "x"}]),

@@ -202,8 +202,12 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:24]}"
 
 
+# Fields the other API lacks whose empty value (`{}` or `[]`) asks for nothing: no
+# biases, no MCP servers, no legacy functions. Not so everywhere: an empty
+# `web_search_options` turns OpenAI's web search on.
+_EMPTY_ASKS_NOTHING = frozenset({"logit_bias", "mcp_servers", "functions"})
 # Values of fields the other API lacks that ask for nothing: each API's own default.
-# (`null`, `{}` and `[]` ask for nothing in any field: `refuse_unknown`.)
+# (`null` asks for nothing in any field: `refuse_unknown`.)
 _DEFAULTS_OF_FIELDS_WITHOUT_EQUIVALENT: dict[str, tuple[Any, ...]] = {
     # OpenAI Chat Completions / Responses.
     "modalities": (["text"],),
@@ -217,9 +221,12 @@ _DEFAULTS_OF_FIELDS_WITHOUT_EQUIVALENT: dict[str, tuple[Any, ...]] = {
 def _unset(name: str, value: Any) -> bool:
     """Whether `value` of the field `name` asks for nothing: `null` (the official SDKs send
     a parameter given as `None` as `null`, which both APIs read as "not set"), an empty
-    object or array, or the field's documented default."""
-    if value is None or value == {} or value == []:
+    object or array where that means none (`_EMPTY_ASKS_NOTHING`), or the field's
+    documented default."""
+    if value is None:
         return True
+    if value in ({}, []):
+        return name in _EMPTY_ASKS_NOTHING
     return value in _DEFAULTS_OF_FIELDS_WITHOUT_EQUIVALENT.get(name, ())
 
 
