@@ -144,3 +144,20 @@ async def test_warming_prepares_included_and_mounted_routes_and_answers_nothing(
     assert await served_analysing(app, monkeypatch) == []
     # Unwarmed, the first requests are where the analysis happens.
     assert await served_analysing(app_with_included_and_mounted_routes(), monkeypatch) != []
+
+
+async def test_warming_leaves_alone_what_would_answer_and_never_fails_start_up(
+    tmp_path, monkeypatch
+):
+    from starlette.staticfiles import StaticFiles
+
+    app = app_with_included_and_mounted_routes()
+    app.mount("/static", StaticFiles(directory=tmp_path))  # answers 404 by raising
+    await http.warm_routes(app)
+    assert await served_analysing(app, monkeypatch) == []
+
+    class Broken:
+        async def __call__(self, scope, receive, send):
+            raise RuntimeError("matching failed")
+
+    await http.warm_routes(Broken())  # logged, not raised

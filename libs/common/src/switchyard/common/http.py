@@ -69,11 +69,12 @@ _WARM_UP_PATH = "/.switchyard/warm-up"
 async def warm_routes(app: ASGIApp) -> None:
     """Prepare `app`'s request handling before it serves: match one GET of a path no route
     serves against its router (its middleware left out, so nothing is logged or counted),
-    then against the router of each app mounted in it. FastAPI builds each included
+    then against the router of each app mounted in it that has one (not an app behind
+    middleware, nor static files: they would answer). FastAPI builds each included
     router's routes (every endpoint's dependency and body analysis) the first time a
     request is matched against them, which held the first request after start-up for
-    100 to 200 ms. The 404 the router answers is dropped. Raises nothing a route can
-    raise: none is called."""
+    100 to 200 ms. The 404 the router answers is dropped. Raises nothing: a failure is
+    logged, and start-up goes on."""
     router = getattr(app, "router", app)
 
     async def receive() -> Message:
@@ -96,9 +97,18 @@ async def warm_routes(app: ASGIApp) -> None:
         "client": None,
         "server": None,
     }
-    await router(scope, receive, send)
+    try:
+        await router(scope, receive, send)
+    except Exception as exc:  # a route's matching failing: its first request will tell
+        import structlog
+
+        structlog.get_logger("switchyard.http").warning(
+            "routes not prepared at start-up", error=repr(exc)
+        )
     for route in getattr(router, "routes", ()):
-        if isinstance(route, Mount):
+        # Only a mounted app with a router of its own (a FastAPI or Starlette app): not
+        # one behind middleware, nor static files, which would answer the request.
+        if isinstance(route, Mount) and hasattr(route.app, "router"):
             await warm_routes(route.app)
 
 
