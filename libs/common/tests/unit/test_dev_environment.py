@@ -82,6 +82,16 @@ def test_the_services_calls_carry_a_secret_made_for_the_run(environ: dict[str, s
     assert environ["SWITCHYARD_INTERNAL_TOKEN"] == "chosen"
 
 
+def test_an_internal_token_in_dotenv_is_kept(
+    environ: dict[str, str], tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The services read `.env` too: a random one in the environment would override it.
+    (tmp_path / ".env").write_text("SWITCHYARD_INTERNAL_TOKEN=from-dotenv\n")
+    monkeypatch.chdir(tmp_path)
+    apply_dev_environment(plugins=[])
+    assert "SWITCHYARD_INTERNAL_TOKEN" not in environ
+
+
 def test_auth_reads_the_callers_address_the_gateway_forwards(environ: dict[str, str]) -> None:
     # Sign-ins reach auth through the gateway: without it, every caller is 127.0.0.1 to
     # the login limits, and one client's failures lock out everyone.
@@ -95,7 +105,8 @@ def test_auth_reads_the_callers_address_the_gateway_forwards(environ: dict[str, 
         ("127.0.0.1", "127.0.0.1", "127.0.0.1"),
         ("0.0.0.0", "0.0.0.0", "127.0.0.1"),
         ("192.0.2.7", "192.0.2.7", "127.0.0.1"),
-        ("::", "::", "::1"),
+        ("::", "::", "127.0.0.1"),
+        ("::1", "::1", "::1"),
     ],
 )
 def test_only_the_gateway_listens_where_dev_is_asked_to(host, gateway, others) -> None:

@@ -102,6 +102,14 @@ def port_setting(plugin_name: str) -> str:
     return f"SWITCHYARD_{plugin_name.upper()}_PORT"
 
 
+def _in_dotenv(name: str) -> bool:
+    """Whether `.env` of the working directory (which every service's settings read) sets
+    `name`."""
+    from dotenv import dotenv_values
+
+    return bool(dotenv_values(".env").get(name))
+
+
 def apply_dev_environment(
     plugins: list[ServicePlugin] | None = None, database_url: str | None = None
 ) -> str | None:
@@ -112,8 +120,12 @@ def apply_dev_environment(
     for key, value in DEV_ENVIRONMENT.items():
         os.environ.setdefault(key, value)
     # The services' calls to one another carry a secret made for this run, never the
-    # built-in development default anyone can read in the source.
-    os.environ.setdefault("SWITCHYARD_INTERNAL_TOKEN", secrets.token_urlsafe(32))
+    # built-in development default anyone can read in the source (one set in the
+    # environment or in `.env`, which the services read too, is kept).
+    if "SWITCHYARD_INTERNAL_TOKEN" not in os.environ and not _in_dotenv(
+        "SWITCHYARD_INTERNAL_TOKEN"
+    ):
+        os.environ["SWITCHYARD_INTERNAL_TOKEN"] = secrets.token_urlsafe(32)
     # Environment variables win over `.env`, so these also override a `.env` file.
     os.environ["SWITCHYARD_BUS"] = "memory"
     explicit = database_url or os.environ.get(DEV_DATABASE_URL_ENV) or None
@@ -151,7 +163,7 @@ def service_host(name: str, host: str) -> str:
     gateway, not the services behind it."""
     if name == PUBLIC_SERVICE or host in ("127.0.0.1", "localhost", "::1"):
         return host
-    return "::1" if host == "::" else "127.0.0.1"
+    return "127.0.0.1"
 
 
 def bind_all(host: str, services: list[EmbeddedService]) -> list[socket.socket]:
