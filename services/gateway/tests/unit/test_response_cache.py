@@ -945,7 +945,7 @@ async def test_a_streamed_responses_hit_names_its_own_response_in_every_event(ha
                     "item_id": "msg_1",
                     "output_index": 0,
                     "content_index": 0,
-                    "delta": "Hello!",
+                    "delta": "Hello!\n\ndata: event: not an event",
                 },
             ),
             StreamEvent(

@@ -266,9 +266,6 @@ class CachedAnswer:
     local_until: float = 0.0
     # whose answer it is (set when kept in memory; a purge names tenants)
     tenant: str = ""
-    # A streamed Responses API answer's events, from which each hit's stream is rebuilt
-    # around its own response object (`as_new_response`).
-    stream_events: tuple[StreamEvent, ...] | None = None
 
     @property
     def size(self) -> int:
@@ -301,15 +298,24 @@ class CachedAnswer:
 
         response = renamed(self.response)
         stream = self.stream
-        if self.stream_events is not None:
-            stream = b"".join(
-                sse_event(
-                    StreamEvent(event=event.event, data={**event.data, "response": renamed(inner)})
-                    if isinstance(inner := event.data.get("response"), dict)
-                    else event
-                )
-                for event in self.stream_events
-            )
+        if stream is not None:
+            # Read back from the bytes kept (`sse_event`'s own `event:` / `data:` lines):
+            # keeping the parsed events too would hold several times the stream's size.
+            pieces = []
+            for block in stream.split(b"\n\n"):
+                if not block:
+                    continue
+                name = None
+                if block.startswith(b"event: "):  # then one `data:` line: JSON has no newline
+                    head, _, block = block.partition(b"\n")
+                    name = head[len(b"event: ") :].decode()
+                event = StreamEvent(event=name, data=orjson.loads(block[len(b"data: ") :]))
+                if isinstance(inner := event.data.get("response"), dict):
+                    event = StreamEvent(
+                        event=event.event, data={**event.data, "response": renamed(inner)}
+                    )
+                pieces.append(sse_event(event))
+            stream = b"".join(pieces)
         return replace(self, response=response, body=orjson.dumps(response), stream=stream)
 
     @classmethod
@@ -321,16 +327,12 @@ class CachedAnswer:
 
         api = ClientAPI(data["api"])
         stream = None
-        kept: tuple[StreamEvent, ...] | None = None
         if data.get("stream_events") is not None:
             events = [StreamEvent.model_validate(event) for event in data["stream_events"]]
             stream = b"".join(sse_event(event) for event in events)
             if api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
                 stream += DONE
-            if api is ClientAPI.OPENAI_RESPONSES:
-                kept = tuple(events)
         return cls(
-            stream_events=kept,
             api=api,
             model=data["model"],
             response=data["response"],
