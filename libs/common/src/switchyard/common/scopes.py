@@ -4,7 +4,8 @@ hands them out) and the gateway (which decides what each one allows).
 - `chat`: chat completions, messages, embeddings and jobs through the gateway (creating
   and cancelling jobs included);
 - `history:read`: the caller's own request history, usage and jobs;
-- `history:write`: change the tenant's history settings (content storage, retention);
+- `history:write`: change the tenant's history settings (content storage, retention;
+  the admin role and the `admin` scope are needed besides);
 - `admin`: the tenant's administration — auth's admin API (`/v1/admin/*`: users, teams,
   keys, limits) — and its secrets (read or rotate the job webhook signing secret);
 - `keys:write`: create and revoke one's own API keys at the auth service.
