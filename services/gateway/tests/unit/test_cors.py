@@ -113,3 +113,31 @@ def test_settings_parse_lists_and_refuse_credentials_with_any_origin(monkeypatch
     monkeypatch.setenv("SWITCHYARD_GATEWAY_CORS_ALLOW_CREDENTIALS", "true")
     with pytest.raises(ValidationError, match="explicit origins"):
         Settings(**PRODUCTION)
+
+
+async def test_an_unexpected_faults_500_carries_the_cors_headers_and_request_id(
+    monkeypatch,
+) -> None:
+    # A browser client can read why it failed, and quote the request id.
+    from switchyard.gateway import dispatch
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(dispatch.Dispatch, "start", broken)
+    settings = Settings(
+        **PRODUCTION, topic_prefix="unit-cors", cors_allow_origins="https://app.example.com"
+    )
+    async with gateway_with(settings=settings) as gw:
+        response = await gw.client.post(
+            "/v1/chat/completions",
+            json={"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]},
+            headers={
+                "Origin": "https://app.example.com",
+                "Authorization": f"Bearer {gw.auth.token()}",
+            },
+        )
+        assert response.status_code == 500
+        assert response.json()["error"]["type"] == "server_error"
+        assert response.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert response.headers["x-request-id"]

@@ -44,7 +44,7 @@ from switchyard.gateway.bootstrap import Gateway, build
 from switchyard.gateway.config import Settings
 from switchyard.gateway.console.mount import install_console
 from switchyard.gateway.cors import install_cors
-from switchyard.gateway.errors import install_api_error_handlers
+from switchyard.gateway.errors import UnexpectedFaults, install_api_error_handlers
 from switchyard.gateway.governance.estimate import warm_up
 from switchyard.gateway.governance.ledger import Ledger
 from switchyard.gateway.idempotency import IdempotencyMiddleware
@@ -251,6 +251,8 @@ def create_app(
     # Inside the body limit: Idempotency-Key claims and replays (idempotency.py).
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(BodySizeLimit, settings=settings)
+    # Inside CORS and the request id, so that a fault's 500 carries their headers too.
+    app.add_middleware(UnexpectedFaults)
     install_cors(app, settings)  # outside the refusals, so they carry CORS headers too
     # Outside everything that answers, so every response carries x-request-id.
     app.add_middleware(RequestIdMiddleware)

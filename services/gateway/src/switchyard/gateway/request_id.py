@@ -10,25 +10,16 @@ published under it (its events, its history row and its Idempotency-Key claim al
 it), and it is bound to the request's log lines. A response that already names its
 request id (an Idempotency-Key replay of an earlier request) keeps it. Clients cannot
 choose the id: it keys events and history rows, so it must be unique.
-
-An unexpected exception before the answer started is logged with its traceback and
-answered like any other error: a 500 in the called API's format, with the request's id.
 """
 
 from __future__ import annotations
 
-import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from switchyard.common.errorformat import ANTHROPIC_PATHS, current_request_id
-from switchyard.common.errors import APIError
 from switchyard.common.events import new_id
 from switchyard.common.headers import ANTHROPIC_VERSION_HEADER, REQUEST_ID_HEADER
-from switchyard.common.http import only_disconnects
 from switchyard.common.logging import bind_request_id
-from switchyard.gateway.errors import respond
-
-log = structlog.get_logger("switchyard.gateway.request_id")
 
 HEADER = REQUEST_ID_HEADER.encode()
 ANTHROPIC_HEADER = b"request-id"
@@ -63,12 +54,8 @@ class RequestIdMiddleware:
             name == ANTHROPIC_VERSION for name, _ in scope["headers"]
         )
 
-        started = False
-
         async def send_with_id(message: Message) -> None:
-            nonlocal started
             if message["type"] == "http.response.start":
-                started = True
                 headers = message.setdefault("headers", [])
                 named = next((value for name, value in headers if name.lower() == HEADER), None)
                 if named is None:
@@ -81,20 +68,5 @@ class RequestIdMiddleware:
         token = current_request_id.set(request_id)
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception as exc:
-            if started or only_disconnects(exc):
-                # The answer is under way (only the server can end it now), or the client
-                # went away (`ClientDisconnectGuard` logs that as what it is).
-                raise
-            # A fault of the gateway's own: logged with its traceback, and answered as
-            # every other error is, in the called API's format and with the request's id,
-            # rather than by the server's bare text/plain 500.
-            log.exception("unexpected error answering a request", path=scope["path"])
-            headers = {
-                name.decode("latin-1").lower(): value.decode("latin-1")
-                for name, value in scope["headers"]
-            }
-            error = APIError(500, "The gateway failed to answer this request.")
-            await respond(scope["path"], error, headers)(scope, receive, send_with_id)
         finally:
             current_request_id.reset(token)
