@@ -329,3 +329,67 @@ async def test_valid_token_limits_still_reach_the_deployment(harness, recorder) 
     body: dict[str, Any] = {"model": "gpt", "max_tokens": 9, "messages": USER}
     await harness.handle(chat_request("gpt", api=MESSAGES, body=body))
     assert recorder.last.body["max_completion_tokens"] == 9
+
+
+# --------------------------------------------------------------- wrong-typed text fields
+
+COUNT_TOKENS = ClientAPI.ANTHROPIC_COUNT_TOKENS
+
+
+@pytest.mark.parametrize(
+    ("model", "api", "body", "param"),
+    [
+        # A number where text belongs, in every position a translation reads text from.
+        (
+            "gpt",
+            MESSAGES,
+            {"max_tokens": 5, "messages": USER, "system": [{"type": "text", "text": 5}]},
+            "system.0.text",
+        ),
+        (
+            "gpt",
+            COUNT_TOKENS,
+            {"messages": USER, "system": [{"type": "text", "text": 5}]},
+            "system.0.text",
+        ),
+        (
+            "gpt",
+            MESSAGES,
+            {
+                "max_tokens": 5,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "document", "source": {"type": "text", "data": 5}}],
+                    }
+                ],
+            },
+            "messages.0.content.0.source.data",
+        ),
+        (
+            "claude",
+            RESPONSES,
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_data": 5}]}]},
+            None,
+        ),
+        (
+            "claude",
+            RESPONSES,
+            {
+                "input": [
+                    {"role": "system", "content": [{"type": "input_text", "text": 5}]},
+                    {"role": "user", "content": "x"},
+                ]
+            },
+            None,
+        ),
+    ],
+)
+async def test_a_wrong_typed_text_field_is_a_400_never_a_500(
+    harness, recorder, model, api, body, param
+) -> None:
+    error = await refusal(harness, recorder, model, api, body)
+    if param is not None:
+        assert error.param == param
+    else:
+        assert error.code == "invalid_type"

@@ -118,8 +118,9 @@ class TokenCounter:
         self.encoded_tokens = 0
 
     def count(self, text: str) -> int:
-        """Tokens of `text` (special-token markers in it count as plain text)."""
-        if not text:
+        """Tokens of `text` (special-token markers in it count as plain text); 0 for
+        anything that is not a string (a body's wrong-typed field holds no text)."""
+        if not isinstance(text, str) or not text:
             return 0
         encode = (_encoding if _encoding is not None else encoding()).encode_ordinary
         tokens = 0

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
 from typing_extensions import override
 
 from switchyard.common.events import ChatRequested, ClientAPI, StreamEvent, TokenUsage
@@ -63,6 +64,8 @@ from switchyard.inference.translate_responses import (
 )
 from switchyard.inference.upstream import SSE, invalid_reply, responses_code_status
 from switchyard.inference.usage import anthropic_usage, openai_usage, responses_usage
+
+log = structlog.get_logger("switchyard.inference.adapters")
 
 ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
 
@@ -169,11 +172,21 @@ def _forwarded(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, 
 
 def _translated(build: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
     """`build(*args, **kwargs)`, a TranslationError raised as the 400 the client gets (its
-    message, `param` and code)."""
+    message, `param` and code). Any other error a translation raises comes from a shape
+    of the client's body it did not expect (a number where text belongs...): a 400 too,
+    never a 500 for the client's own input, logged so that the check naming the field
+    can be added."""
     try:
         return build(*args, **kwargs)
     except TranslationError as exc:
         raise invalid_request(exc.message, param=exc.param, code=exc.code) from exc
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
+        log.warning("request body of an unexpected shape", error=repr(exc), exc_info=True)
+        raise invalid_request(
+            "The request has a field of a type or shape this model's API cannot take "
+            "(for example a number where text belongs).",
+            code="invalid_type",
+        ) from exc
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:

@@ -507,7 +507,10 @@ def _system_text(system: Any, where: str) -> str:
                 raise _anthropic_refusal(
                     f"{where}.{index}", "system blocks must be text blocks for this model."
                 )
-            texts.append(block.get("text") or "")
+            text = block.get("text")
+            if not isinstance(text, str):
+                raise _anthropic_refusal(f"{where}.{index}.text", "Input should be a valid string")
+            texts.append(text)
         return "\n\n".join(text for text in texts if text)
     raise _anthropic_refusal(where, "Input should be a valid string or a list of text blocks")
 
@@ -555,7 +558,10 @@ def _anthropic_document_to_openai(block: dict[str, Any], where: str) -> list[dic
         context = block.get("context")
         return [*_text_parts([context] if isinstance(context, str) else []), file]
     if kind == "text":
-        texts = [source.get("data", "")]
+        data = source.get("data")
+        if not isinstance(data, str):
+            raise _anthropic_refusal(f"{where}.source.data", "Input should be a valid string")
+        texts = [data]
     elif kind == "content":
         content = source.get("content")
         if isinstance(content, list):
