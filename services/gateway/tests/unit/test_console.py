@@ -776,3 +776,41 @@ async def test_a_missing_asset_gets_the_not_found_page_with_the_consoles_own_lin
             assert not [link for link in assets if link.startswith("/ui/static/static/")]
             assert "/ui/static/console.css" in assets and "/ui/" in assets, assets
             assert "/ui/static/" not in assets  # "back to the overview" is the overview
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_budget_usd", "nan"), ("max_budget_usd", "inf"), ("budget_period", "bogus")],
+)
+async def test_a_key_form_with_a_value_the_api_cannot_take_is_a_form_error(field, value):
+    async with console() as gw:
+        await sign_in(gw)
+        page = await gw.client.get("/ui/keys")
+        created = await gw.client.post(
+            "/ui/keys", data={"csrftoken": csrf_of(page.text), "name": "k1", field: value}
+        )
+        assert created.status_code == 400
+        assert created.headers["content-type"].startswith("text/html")
+        assert gw.auth.calls_to("/v1/api-keys", "POST") == []  # nothing half-sent
+
+
+async def test_a_form_field_beyond_its_bounds_is_a_page_not_json_echoing_it():
+    async with console() as gw:
+        page = await gw.client.get("/ui/login")
+        response = await gw.client.post(
+            "/ui/login",
+            data={"csrftoken": csrf_of(page.text), "email": "e" * 500, "password": "x"},
+        )
+        assert response.status_code == 400
+        assert response.headers["content-type"].startswith("text/html")
+        assert "e" * 500 not in response.text
+
+
+async def test_a_multipart_form_is_refused_not_a_500():
+    async with console() as gw:
+        response = await gw.client.post(
+            "/ui/login", files={"email": (None, "a@b.c"), "password": (None, "x" * 8)}
+        )
+        assert response.status_code == 415
+        assert response.headers["content-type"].startswith("text/html")
+        assert "content-security-policy" in response.headers

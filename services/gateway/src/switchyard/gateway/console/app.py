@@ -13,12 +13,14 @@ from typing import Any
 
 from asgi_csrf import Errors, asgi_csrf
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from switchyard.common.errors import validation_message
 from switchyard.common.http import FASTAPI_TELEMETRY
 from switchyard.common.settings import Environment
 from switchyard.gateway.bootstrap import Gateway
@@ -100,6 +102,19 @@ class ConsoleHeaders:
                 message = {**message, "headers": headers}
             await send(message)
 
+        content_type = next(
+            (value for name, value in scope["headers"] if name.lower() == b"content-type"), b""
+        )
+        if content_type.lower().startswith(b"multipart/"):
+            # The console's forms are URL-encoded; the CSRF check cannot read a multipart
+            # body (asgi-csrf against this python-multipart), which answered with a 500.
+            refused = HTMLResponse(
+                "<!doctype html><title>Request refused</title><h1>Request refused</h1>"
+                "<p>The console's forms are sent as application/x-www-form-urlencoded.</p>",
+                status_code=415,
+            )
+            await refused(scope, receive, send_with_headers)
+            return
         await self.app(scope, receive, send_with_headers)
 
 
@@ -177,6 +192,15 @@ def create_console(gateway: Gateway) -> ASGIApp:
             title="Something went wrong" if exc.status < 500 else "Temporarily unavailable",
             message=exc.message,
             back="/",
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_form(request: Request, exc: RequestValidationError) -> Response:
+        # A field beyond its bounds (a 500-character email...): a page, never FastAPI's
+        # JSON that repeats the input back.
+        message, _ = validation_message(list(exc.errors()))
+        return render(
+            request, "message.html", None, 400, title="Not accepted", message=message, back="/"
         )
 
     @app.exception_handler(StarletteHTTPException)

@@ -5,6 +5,7 @@ simply not found (history and auth decide, exactly as for the API)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -594,11 +595,18 @@ async def create_key(
     ):
         if raw.strip():
             try:
-                body[field] = float(raw) if field == "max_budget_usd" else int(raw)
+                value = float(raw) if field == "max_budget_usd" else int(raw)
             except ValueError:
                 problem = f"{label} must be a number."
+                continue
+            if not math.isfinite(value):  # float() takes "nan" and "inf": JSON has neither
+                problem = f"{label} must be a number."
+                continue
+            body[field] = value
     if budget_period in views.BUDGET_PERIODS:
         body["budget_period"] = budget_period
+    elif budget_period.strip():
+        problem = "Budget period must be one of the periods offered."
     if allowed_models:
         body["allowed_models"] = [model for model in allowed_models if model][:200]
     if scopes:
