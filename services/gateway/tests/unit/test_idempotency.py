@@ -300,3 +300,27 @@ async def test_an_oversized_body_with_a_key_is_still_413(harness, history):
     assert response.status_code == 413
     assert history.claims == 0
     assert not harness.requests
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/embeddings", {"model": "sim-small", "input": "Hello"}),
+        (
+            "/v1/messages/count_tokens",
+            {"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]},
+        ),
+    ],
+)
+async def test_every_model_request_honours_the_key(harness, history, path, body):
+    first = await harness.client.post(path, json=body, headers=keyed(f"k-{path}"))
+    again = await harness.client.post(path, json=body, headers=keyed(f"k-{path}"))
+    other = await harness.client.post(
+        path, json={**body, "model": "sim-large"}, headers=keyed(f"k-{path}")
+    )
+
+    assert first.status_code == again.status_code == 200
+    assert len(harness.requests) == 1  # the retry ran nothing
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert other.status_code == 422

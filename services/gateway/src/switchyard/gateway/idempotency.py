@@ -1,5 +1,5 @@
-"""`Idempotency-Key` on `POST /v1/chat/completions`, `POST /v1/messages`, `POST /v1/responses`
-and `POST /v1/jobs`.
+"""`Idempotency-Key` on every model request (`POST /v1/chat/completions`, `/v1/messages`,
+`/v1/messages/count_tokens`, `/v1/responses`, `/v1/embeddings`) and on `POST /v1/jobs`.
 
 A client that may retry a POST sends `Idempotency-Key: <up to 255 printable characters>`.
 Within 24 hours, for the same tenant:
@@ -70,7 +70,16 @@ from switchyard.gateway.intake import serves
 
 log = structlog.get_logger("switchyard.gateway.idempotency")
 
-IDEMPOTENT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/responses", "/v1/jobs"})
+IDEMPOTENT_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/responses",
+        "/v1/embeddings",
+        "/v1/jobs",
+    }
+)
 KEY_HEADER = IDEMPOTENCY_KEY_HEADER.encode()
 REQUEST_ID = REQUEST_ID_HEADER.encode()
 WAIT_HEADER = "idempotency-wait"
