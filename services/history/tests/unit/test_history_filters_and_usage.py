@@ -362,3 +362,22 @@ async def test_failed_outcomes_are_counted_as_errors(service, recorder, events):
     await recorder.record([request, events.failed(request, status=TerminalStatus.EXPIRED)])
     report = (await service.client.get("/v1/usage", headers=service.headers())).json()
     assert report["totals"]["errors"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"store_bodies": False}, "store_bodies"),  # a typo, never silently ignored
+        ({"tenant": "other"}, "tenant"),
+        ({"retention_days": "7"}, "retention_days"),  # a string, never converted
+    ],
+)
+async def test_settings_changes_the_body_does_not_have_are_refused_naming_them(
+    service, body, param
+):
+    admin = service.headers(user_id="root", role="admin")
+    before = (await service.client.get("/v1/history/settings", headers=admin)).json()
+    changed = await service.client.put("/v1/history/settings", json=body, headers=admin)
+    assert changed.status_code == 400
+    assert changed.json()["error"]["param"] == param
+    assert (await service.client.get("/v1/history/settings", headers=admin)).json() == before

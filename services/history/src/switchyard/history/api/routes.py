@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
@@ -24,7 +24,11 @@ from switchyard.history.queries import (
 
 
 class TenantSettingsBody(BaseModel):
-    """Changes to a tenant's settings; fields left out stay as they are."""
+    """Changes to a tenant's settings; fields left out stay as they are. A field this
+    body does not have (a typo such as `store_bodies`) or of another JSON type (`"7"` for
+    a number) is a 400 naming it, never ignored or converted."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     store_content: bool | None = Field(
         default=None, description="false: keep metadata only (no prompt or completion text)."
