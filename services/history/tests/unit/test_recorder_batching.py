@@ -163,3 +163,9 @@ def test_instants_and_durations():
     for bad in ("", "yesterday", "2025-02-30", "7 days", "-1d", "12x"):
         with pytest.raises(TimeFormatError):
             parse_instant(bad)
+
+
+@pytest.mark.parametrize("text", ["\uff17d", "\u0667d", "\u0967h"])  # full-width, Arabic, Devanagari
+def test_a_duration_takes_ascii_digits_only(text: str) -> None:
+    with pytest.raises(TimeFormatError):
+        parse_duration(text)
