@@ -165,7 +165,8 @@ def test_instants_and_durations():
             parse_instant(bad)
 
 
-@pytest.mark.parametrize("text", ["\uff17d", "\u0667d", "\u0967h"])  # full-width, Arabic, Devanagari
+# Full-width, Arabic-Indic and Devanagari sevens.
+@pytest.mark.parametrize("text", ["\uff17d", "\u0667d", "\u0967h"])
 def test_a_duration_takes_ascii_digits_only(text: str) -> None:
     with pytest.raises(TimeFormatError):
         parse_duration(text)
