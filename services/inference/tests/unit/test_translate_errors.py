@@ -339,6 +339,49 @@ COUNT_TOKENS = ClientAPI.ANTHROPIC_COUNT_TOKENS
 @pytest.mark.parametrize(
     ("model", "api", "body", "param"),
     [
+        # Accepted before and sent as empty text (or as the number): the model read
+        # something other than what the client wrote.
+        (
+            "claude",
+            CHAT,
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+            "messages.[0].content.[0].text",
+        ),
+        (
+            "claude",
+            RESPONSES,
+            {"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]},
+            "input[0].content[0].text",
+        ),
+        (
+            "gpt",
+            RESPONSES,
+            {"input": [{"role": "user", "content": [{"type": "input_text", "text": 5}]}]},
+            "input[0].content[0].text",
+        ),
+        (
+            "gpt",
+            RESPONSES,
+            {
+                "input": [
+                    {"role": "assistant", "content": [{"type": "output_text", "text": ["x"]}]},
+                    {"role": "user", "content": "x"},
+                ]
+            },
+            "input[0].content[0].text",
+        ),
+    ],
+)
+async def test_a_text_part_that_is_not_a_string_is_refused_naming_it(
+    harness, recorder, model, api, body, param
+) -> None:
+    error = await refusal(harness, recorder, model, api, body)
+    assert (error.param, error.code) == (param, "invalid_type")
+
+
+@pytest.mark.parametrize(
+    ("model", "api", "body", "param"),
+    [
         # A number where text belongs, in every position a translation reads text from.
         (
             "gpt",

@@ -1111,8 +1111,20 @@ def _parse_data_url(url: str) -> tuple[str, str] | None:
     return media_type or "application/octet-stream", data
 
 
-def _text_block(part: dict[str, Any]) -> dict[str, Any]:
-    block = {"type": "text", "text": part.get("text", "")}
+def text_of(part: dict[str, Any], where: str, field: str = "text") -> str:
+    """The text of a content part (its `field`): "" when it has none, and a 400 naming
+    `<where>.<field>` when it holds anything but a string (a number sent on as text, or
+    left out as empty, would change what the model reads). Raises TranslationError."""
+    value = part.get(field)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise invalid_type(f"{where}.{field}", "a string", value)
+    return value
+
+
+def _text_block(part: dict[str, Any], where: str) -> dict[str, Any]:
+    block = {"type": "text", "text": text_of(part, where)}
     if part.get("cache_control") is not None:  # some OpenAI clients mark cache points
         block["cache_control"] = part["cache_control"]
     return block
@@ -1147,8 +1159,8 @@ def _openai_text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
                 "here to this model.",
                 part_where,
             )
-        if part.get("text"):
-            blocks.append(_text_block(part))
+        if text_of(part, part_where):
+            blocks.append(_text_block(part, part_where))
     return blocks
 
 
@@ -1161,8 +1173,8 @@ def _openai_user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     for part_where, part in _openai_parts(content, f"{where}.content"):
         kind = part.get("type")
         if kind == "text":
-            if part.get("text"):
-                blocks.append(_text_block(part))
+            if text_of(part, part_where):
+                blocks.append(_text_block(part, part_where))
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image

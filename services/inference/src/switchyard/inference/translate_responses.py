@@ -51,6 +51,7 @@ from switchyard.inference.translate import (
     not_one_of,
     positive_integer,
     refuse_unknown,
+    text_of,
     whole_json,
 )
 
@@ -490,7 +491,7 @@ def _chat_tool_choice(choice: Any) -> Any:
 def _chat_user_part(part: dict[str, Any], where: str) -> dict[str, Any]:
     kind = part.get("type")
     if kind in ("input_text", "text"):
-        return {"type": "text", "text": part.get("text", "")}
+        return {"type": "text", "text": text_of(part, where)}
     if kind == "input_image":
         url = part.get("image_url")
         if not isinstance(url, str):
@@ -533,7 +534,8 @@ def _texts(parts: list[dict[str, Any]], where: str, kinds: tuple[str, ...]) -> l
                 "cannot be sent here.",
                 f"{where}.content[{position}]",
             )
-        text = part.get("text") or part.get("refusal")
+        part_where = f"{where}.content[{position}]"
+        text = text_of(part, part_where) or text_of(part, part_where, "refusal")
         if text:
             texts.append(text)
     return texts
@@ -569,9 +571,9 @@ def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> None
             for position, part in enumerate(parts):
                 part_kind = part.get("type")
                 if part_kind in ("output_text", "input_text", "text"):
-                    texts.append(part.get("text") or "")
+                    texts.append(text_of(part, f"{where}.content[{position}]"))
                 elif part_kind == "refusal":
-                    refusals.append(part.get("refusal") or "")
+                    refusals.append(text_of(part, f"{where}.content[{position}]", "refusal"))
                 else:
                     raise TranslationError(
                         f"'{where}.content[{position}]': assistant content of type "
@@ -747,7 +749,7 @@ def _anthropic_image(url: Any, where: str) -> dict[str, Any]:
 def _anthropic_user_block(part: dict[str, Any], where: str) -> dict[str, Any]:
     kind = part.get("type")
     if kind in ("input_text", "text", "output_text"):
-        return {"type": "text", "text": part.get("text", "")}
+        return {"type": "text", "text": text_of(part, where)}
     if kind == "input_image":
         return _anthropic_image(part.get("image_url"), where)
     if kind == "input_file":
