@@ -421,6 +421,17 @@ async def test_a_cache_header_is_checked_even_where_the_cache_is_not_on(harness,
     assert response.json()["error"]["param"] == "x-switchyard-cache-ttl"
 
 
+async def test_a_jobs_unreadable_cache_header_is_the_same_400(harness, history):
+    # Jobs are not cached; the same mistake is still the same error, and no job is made.
+    headers = AUTH | {"X-Switchyard-Cache": "yes"}
+    response = await harness.client.post(
+        "/v1/jobs", json={"url": "/v1/chat/completions", "body": BODY}, headers=headers
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_cache_header"
+    assert harness.requests == []
+
+
 @pytest.mark.parametrize("ttl", ["1", " 86400 ", "007"])
 async def test_whole_seconds_from_1_to_the_maximum_are_taken_as_the_ttl(harness, history, ttl):
     headers = ON | {"X-Switchyard-Cache-TTL": ttl, "X-Switchyard-Cache-Nondeterministic": "FALSE"}

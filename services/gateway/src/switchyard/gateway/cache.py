@@ -567,6 +567,12 @@ class ResponseCache:
         LOOKUPS.labels(client.api.value, ticket.status).inc()
         return ticket
 
+    def check_headers(self, request: Request) -> None:
+        """Raise APIError 400 (`invalid_cache_header`) for an unreadable cache header on a
+        request the cache does not answer (a job): the same mistake is the same error on
+        every route."""
+        self._read_headers(request)
+
     def _read_headers(self, request: Request) -> tuple[str | None, int | None, bool]:
         """The cache headers of `request`: the mode (`use`, `off`, `refresh`; None when
         not asked), the TTL asked for (whole seconds; None when not asked) and whether a

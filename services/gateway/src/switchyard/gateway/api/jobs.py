@@ -149,6 +149,7 @@ async def create_job(
     """One request of any model API (`url` and `body`), plus an optional `webhook_url`
     POSTed when the job ends. Answers 202 with the job (`status: queued`); poll
     `GET /v1/jobs/{id}` for the result."""
+    gateway.cache.check_headers(request)  # jobs are not cached; a bad header is still a 400
     raw = await request.body()
     data = parse_json_object(raw)
     webhook_url = await _webhook_url(data.pop("webhook_url", None), gateway.webhook_policy)
