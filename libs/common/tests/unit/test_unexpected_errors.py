@@ -1,6 +1,7 @@
-"""A fault of a service's own (an exception nothing handled) before its answer started is
-answered like every other error, in OpenAI's error format, not with the server's bare
-text/plain 500."""
+"""What every service's outer middleware does: a fault of the service's own (an exception
+nothing handled) before its answer started is answered like every other error, in
+OpenAI's error format, not with the server's bare text/plain 500; HEAD is answered as GET
+without the body."""
 
 from __future__ import annotations
 
@@ -36,3 +37,29 @@ async def test_an_unexpected_exception_is_a_500_in_openais_error_format() -> Non
     error = response.json()["error"]
     assert error["type"] == "server_error"
     assert "secret detail" not in response.text
+
+
+async def test_head_is_answered_as_get_without_the_body() -> None:
+    from switchyard.common.http import HeadAsGet
+
+    app = FastAPI()
+
+    @app.get("/thing")
+    async def thing() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/action")
+    async def action() -> dict[str, str]:
+        return {"done": "yes"}
+
+    app.add_middleware(HeadAsGet)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        got = await client.get("/thing")
+        head = await client.head("/thing")
+        post_only = await client.head("/action")
+    # The status and header fields GET has, and no body (RFC 9110, 9.3.2).
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == got.headers["content-length"]
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert post_only.status_code == 405

@@ -379,3 +379,11 @@ async def test_a_client_gone_mid_upload_is_not_a_fault(harness, capsys):
     logged = capsys.readouterr()
     assert "unexpected error" not in logged.out + logged.err
     assert harness.requests == []
+
+
+@pytest.mark.parametrize("path", ["/livez", "/v1/models"])
+async def test_head_on_a_get_route_is_answered_like_get_without_a_body(harness, path):
+    response = await harness.client.head(path, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert response.status_code == 200
+    assert response.content == b""
+    assert response.headers["x-request-id"]

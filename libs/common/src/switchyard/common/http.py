@@ -250,6 +250,29 @@ class ClientDisconnectGuard:
             await error_response(error)(scope, receive, send)
 
 
+class HeadAsGet:
+    """HEAD answered as GET without its body (RFC 9110, 9.3.2: the same status and header
+    fields GET would have), on every route that has GET. FastAPI routes HEAD nowhere (a
+    405), which load balancers' HEAD health checks and link checkers read as down. A
+    route without GET still answers HEAD with 405."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point (class docstring)."""
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
+
+
 class TracingMiddleware:
     """A SERVER span per HTTP request, continuing the caller's W3C trace context; a
     pass-through while tracing is off."""

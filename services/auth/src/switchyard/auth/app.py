@@ -33,6 +33,7 @@ from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import (
     FASTAPI_TELEMETRY,
     ClientDisconnectGuard,
+    HeadAsGet,
     TracingMiddleware,
     health_router,
 )
@@ -149,6 +150,7 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(TracingMiddleware)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(ClientDisconnectGuard)
     install_docs(app, "Switchyard auth", AUTH_DOCS)
     return app

@@ -21,6 +21,7 @@ from switchyard.common.docs import install_docs
 from switchyard.common.http import (
     FASTAPI_TELEMETRY,
     ClientDisconnectGuard,
+    HeadAsGet,
     TracingMiddleware,
     health_router,
 )
@@ -284,5 +285,6 @@ def create_app(
         install_console(app, gateway)
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(TracingMiddleware)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(ClientDisconnectGuard)
     return app

@@ -24,6 +24,7 @@ from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import (
     FASTAPI_TELEMETRY,
     ClientDisconnectGuard,
+    HeadAsGet,
     TracingMiddleware,
     health_router,
 )
@@ -152,6 +153,7 @@ def create_app(
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(TracingMiddleware)
+    app.add_middleware(HeadAsGet)
     app.add_middleware(ClientDisconnectGuard)
     install_docs(app, "Switchyard inference", ApiDocs())
     return app
