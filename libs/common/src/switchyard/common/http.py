@@ -205,22 +205,24 @@ def only_disconnects(exc: BaseException) -> bool:
     return False
 
 
-class ClientDisconnectGuard:
-    """A client that goes away before its request is read or answered is normal (a load
-    generator closing connections, a user pressing Ctrl+C): one INFO line, never an
-    "Exception in ASGI application" traceback. Any other exception that reaches it before
-    the answer started is a fault of the service's own: logged with its traceback and
-    answered as every other error, a 500 in OpenAI's error format (`server_error`), not the
-    server's bare text/plain one. Added outermost, so it also sees what the other
-    middlewares raise while they read the body."""
+class UnexpectedFaults:
+    """ASGI middleware answering an exception nothing handled, raised before the answer
+    started, as every other error is: logged with its traceback, then `answer(scope)` (a
+    500 in OpenAI's error format, `server_error`), not the server's bare text/plain 500.
+    A client gone (`only_disconnects`) is not a fault, nor is anything once the answer
+    started: both are re-raised."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
+    def answer(self, scope: Scope) -> Response:
+        """The answer to a fault of the request in `scope`."""
+        from switchyard.common.errors import APIError, error_response
+
+        return error_response(APIError(500, "The service failed to answer this request."))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI entry point: run the wrapped app; a ClientDisconnect (alone or in an
-        exception group) is logged at INFO and swallowed; another Exception is answered
-        with a 500 if no answer started (re-raised if one did); anything else re-raised."""
+        """ASGI entry point (class docstring)."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -232,22 +234,39 @@ class ClientDisconnectGuard:
                 started = True
             await send(message)
 
-        import structlog
-
-        log = structlog.get_logger("switchyard.http")
         try:
             await self.app(scope, receive, watching)
-        except BaseException as exc:
-            if only_disconnects(exc):
-                log.info("client disconnected", method=scope.get("method"), path=scope.get("path"))
-                return
-            if started or not isinstance(exc, Exception):
+        except Exception as exc:
+            if started or only_disconnects(exc):
                 raise
-            log.exception("unexpected error answering a request", path=scope.get("path"))
-            from switchyard.common.errors import APIError, error_response
+            import structlog
 
-            error = APIError(500, "The service failed to answer this request.")
-            await error_response(error)(scope, receive, send)
+            structlog.get_logger("switchyard.http").exception(
+                "unexpected error answering a request", path=scope.get("path")
+            )
+            await self.answer(scope)(scope, receive, send)
+
+
+class ClientDisconnectGuard(UnexpectedFaults):
+    """A client that goes away before its request is read or answered is normal (a load
+    generator closing connections, a user pressing Ctrl+C): one INFO line, never an
+    "Exception in ASGI application" traceback. Any other exception before the answer
+    started is answered as `UnexpectedFaults` answers it. Added outermost, so it also sees
+    what the other middlewares raise while they read the body."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: `UnexpectedFaults`, and a ClientDisconnect (alone or in an
+        exception group) logged at INFO and swallowed."""
+        try:
+            await super().__call__(scope, receive, send)
+        except BaseException as exc:
+            if not only_disconnects(exc):
+                raise
+            import structlog
+
+            structlog.get_logger("switchyard.http").info(
+                "client disconnected", method=scope.get("method"), path=scope.get("path")
+            )
 
 
 class HeadAsGet:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
+from typing_extensions import override
 
 from switchyard.common.errorformat import (
     ANTHROPIC_PATHS,
@@ -43,9 +43,7 @@ from switchyard.common.errorformat import (
 from switchyard.common.errors import APIError, validation_message
 from switchyard.common.events import ChatFailed, ClientAPI, ErrorInfo
 from switchyard.common.headers import REQUEST_ID_HEADER
-from switchyard.common.http import only_disconnects
-
-log = structlog.get_logger("switchyard.gateway.errors")
+from switchyard.common.http import UnexpectedFaults as CommonUnexpectedFaults
 
 __all__ = [
     "ANTHROPIC_PATHS",
@@ -273,39 +271,17 @@ def unknown_route_message(path: str) -> str:
     return f"No route at {path}. The model APIs are under /v1; every route is listed at /docs."
 
 
-class UnexpectedFaults:
-    """ASGI middleware answering an exception nothing handled, raised before the answer
-    started, as every other error is: logged with its traceback, then a 500 in the
-    called API's format (`respond`), inside the CORS and request id middleware so that it
-    carries their headers (a browser can read it, and `x-request-id` names it), rather
-    than the server's bare text/plain 500. A client gone (`only_disconnects`) is not a
-    fault: re-raised for `ClientDisconnectGuard`, as is anything once the answer started."""
+class UnexpectedFaults(CommonUnexpectedFaults):
+    """`http.UnexpectedFaults` answering in the called API's format (`respond`), added
+    inside the CORS and request id middleware so that the 500 carries their headers (a
+    browser can read it, and `x-request-id` names it)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI entry point (class docstring)."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watching(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watching)
-        except Exception as exc:
-            if started or only_disconnects(exc):
-                raise
-            log.exception("unexpected error answering a request", path=scope["path"])
-            headers = {
-                name.decode("latin-1").lower(): value.decode("latin-1")
-                for name, value in scope["headers"]
-            }
-            error = APIError(500, "The gateway failed to answer this request.")
-            await respond(scope["path"], error, headers)(scope, receive, send)
+    @override
+    def answer(self, scope: Scope) -> Response:
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in scope["headers"]
+        }
+        return respond(
+            scope["path"], APIError(500, "The gateway failed to answer this request."), headers
+        )
