@@ -63,3 +63,49 @@ async def test_head_is_answered_as_get_without_the_body() -> None:
     assert head.headers["content-length"] == got.headers["content-length"]
     assert head.headers["content-type"] == got.headers["content-type"]
     assert post_only.status_code == 405
+
+
+async def test_a_405_allows_every_method_served_at_the_path() -> None:
+    from switchyard.common.http import HeadAsGet
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/things/{thing_id}")
+    async def get_thing(thing_id: str) -> dict[str, str]:
+        return {"id": thing_id}
+
+    @app.delete("/things/{thing_id}")
+    async def delete_thing(thing_id: str) -> dict[str, str]:
+        return {"deleted": thing_id}
+
+    @app.post("/things/{thing_id}/cancel")
+    async def cancel_thing(thing_id: str) -> dict[str, str]:
+        return {"cancelled": thing_id}
+
+    inner = FastAPI()
+    install_error_handlers(inner)
+
+    @inner.put("/settings")
+    async def put_settings() -> dict[str, str]:
+        return {}
+
+    @inner.patch("/settings")
+    async def patch_settings() -> dict[str, str]:
+        return {}
+
+    app.mount("/admin", inner)
+    app.add_middleware(HeadAsGet)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        put = await client.put("/things/t1")
+        cancel = await client.get("/things/t1/cancel")
+        mounted = await client.post("/admin/settings")
+    # RFC 9110, 15.5.6: the methods the resource supports, not the first route's only.
+    assert put.status_code == 405
+    assert put.headers["allow"] == "DELETE, GET, HEAD"
+    assert put.json()["error"]["type"] == "invalid_request_error"
+    assert cancel.status_code == 405
+    assert cancel.headers["allow"] == "POST"
+    assert mounted.status_code == 405
+    assert mounted.headers["allow"] == "PATCH, PUT"

@@ -814,3 +814,14 @@ async def test_a_multipart_form_is_refused_not_a_500():
         assert response.status_code == 415
         assert response.headers["content-type"].startswith("text/html")
         assert "content-security-policy" in response.headers
+
+
+async def test_a_405_page_names_the_methods_the_address_serves():
+    async with console() as gw:
+        await sign_in(gw)
+        response = await gw.client.get("/ui/logout")
+        revoke = await gw.client.get("/ui/keys/key_1/revoke")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert revoke.status_code == 405
+    assert revoke.headers["allow"] == "POST"

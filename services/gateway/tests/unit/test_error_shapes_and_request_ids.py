@@ -387,3 +387,15 @@ async def test_head_on_a_get_route_is_answered_like_get_without_a_body(harness, 
     assert response.status_code == 200
     assert response.content == b""
     assert response.headers["x-request-id"]
+
+
+async def test_a_405_names_every_method_the_path_serves(harness):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    put = await harness.client.put("/v1/responses/resp_123", headers=headers)
+    messages = await harness.client.get("/v1/messages", headers=headers)
+    assert put.status_code == 405
+    assert put.headers["allow"] == "DELETE, GET, HEAD"
+    assert put.json()["error"]["type"] == "invalid_request_error"
+    assert messages.status_code == 405
+    assert messages.headers["allow"] == "POST"
+    assert messages.json()["type"] == "error"  # Anthropic's format on its own path

@@ -12,6 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match, Mount
+from starlette.types import Scope
 
 # OpenAI's error `type` by HTTP status (the OpenAI API reference, "Error codes", and the
 # types its servers answer with: an unknown API key is a 401 `invalid_request_error`, code
@@ -35,6 +37,40 @@ OPENAI_TYPES = {
     503: "service_unavailable",
     504: "timeout_error",
 }
+
+
+# The methods a 405's `Allow` can name (RFC 9110, 9.3).
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(scope: Scope) -> str:
+    """The `Allow` header of a 405 (RFC 9110, 15.5.6: every method the target resource
+    supports) for the request `scope`: each method some route of the app answering it
+    (`scope["app"]`) fully matches at this path, with HEAD wherever GET is
+    (`http.HeadAsGet`), sorted and comma-separated. Starlette's own 405 names only the
+    first matching route's methods: `PUT /v1/responses/{id}` was told `GET` although
+    DELETE is served there too. Mounted apps answer their own 405s (their `app` is in the
+    scope then), so a mount is not asked here: it would match any method."""
+    router = getattr(scope.get("app"), "router", None)
+    routes = [r for r in getattr(router, "routes", ()) if not isinstance(r, Mount)]
+    methods = {
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in routes)
+    }
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
+def http_error_headers(request: Request, exc: StarletteHTTPException) -> dict[str, str] | None:
+    """The headers of Starlette's HTTP error `exc` answering `request`; a 405's `Allow`
+    names every method served at the path (`http.allowed_methods`), not only the first
+    route's."""
+    headers = getattr(exc, "headers", None)
+    if exc.status_code != 405:
+        return headers
+    return {**(headers or {}), "Allow": allowed_methods(request.scope)}
 
 
 def json_type(value: Any) -> str:
@@ -128,13 +164,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(APIError(400, message, param=param, code="invalid_request"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
         return error_response(
             APIError(
                 exc.status_code,
                 detail,
                 code=getattr(exc, "code", None),
-                headers=getattr(exc, "headers", None),
+                headers=http_error_headers(request, exc),
             )
         )

@@ -40,7 +40,7 @@ from switchyard.common.errorformat import (
     error_type,
     vendor_of,
 )
-from switchyard.common.errors import APIError, validation_message
+from switchyard.common.errors import APIError, http_error_headers, validation_message
 from switchyard.common.events import ChatFailed, ClientAPI, ErrorInfo
 from switchyard.common.headers import REQUEST_ID_HEADER
 from switchyard.common.http import UnexpectedFaults as CommonUnexpectedFaults
@@ -245,7 +245,7 @@ def install_api_error_handlers(app: FastAPI) -> None:
             # An SDK pointed at the wrong base URL: answer in its own format.
             return respond_to(request, error, unrouted=True)
         return respond_to(
-            request, APIError(exc.status_code, detail, headers=getattr(exc, "headers", None))
+            request, APIError(exc.status_code, detail, headers=http_error_headers(request, exc))
         )
 
 

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from switchyard.common.errors import validation_message
+from switchyard.common.errors import http_error_headers, validation_message
 from switchyard.common.http import FASTAPI_TELEMETRY
 from switchyard.common.settings import Environment
 from switchyard.gateway.bootstrap import Gateway
@@ -214,6 +214,7 @@ def create_console(gateway: Gateway) -> ASGIApp:
         return HTMLResponse(
             f"<!doctype html><title>{exc.status_code}</title><p>Request failed.</p>",
             status_code=exc.status_code,
+            headers=http_error_headers(request, exc),
         )
 
     protected: Any = asgi_csrf(
