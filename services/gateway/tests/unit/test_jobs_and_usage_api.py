@@ -256,6 +256,61 @@ async def test_usage_as_csv_passes_through(harness, history):
     assert dict(call.url.params) == {"group_by": "day"}
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "group_by=model&group_by=day",
+        "group_by[]=model&group_by[]=day",
+        "group_by=model,day",
+        "group_by=model&group_by%5B%5D=day",
+    ],
+)
+async def test_a_list_parameter_given_repeatedly_is_forwarded_as_one_list(harness, history, query):
+    response = await harness.client.get(f"/v1/usage?{query}&since=7d", headers=AUTH)
+
+    assert response.status_code == 200, response.text
+    assert history.calls[-1].url.params.multi_items() == [
+        ("group_by", "model,day"),
+        ("since", "7d"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "param"),
+    [
+        ("/v1/usage", "since=7d&since=1d", "since"),
+        ("/v1/jobs", "limit=5&limit=500", "limit"),
+        ("/v1/history", "cursor=a&cursor=b", "cursor"),
+        ("/v1/models", "limit=1&limit=2", "limit"),
+    ],
+)
+async def test_a_parameter_that_takes_one_value_given_twice_is_refused(
+    harness, history, path, query, param
+):
+    response = await harness.client.get(f"{path}?{query}", headers=AUTH)
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error",
+        "invalid_request",
+        param,
+    )
+    assert "more than once" in error["message"]
+    assert not [call for call in history.calls if call.url.path == path]
+
+
+async def test_a_repeated_parameter_on_an_anthropic_route_is_refused_in_its_format(harness):
+    response = await harness.client.get(
+        "/v1/models?limit=1&limit=2",
+        headers={"x-api-key": API_KEY, "anthropic-version": "2023-06-01"},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["type"] == "error"
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
 async def test_history_settings_and_filters_are_forwarded(harness, history):
     writer = {"Authorization": f"Bearer {harness.auth.token(scopes=['history:write'])}"}
     await harness.client.put("/v1/history/settings", json={"store_content": False}, headers=writer)

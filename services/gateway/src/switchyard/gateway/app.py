@@ -13,7 +13,7 @@ from contextlib import AsyncExitStack
 
 import httpx
 import structlog
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from switchyard.common.backoff import Backoff
 from switchyard.common.bus import USAGE_HEADER, Carried, EventBus, create_bus
@@ -26,6 +26,7 @@ from switchyard.common.http import (
     health_router,
 )
 from switchyard.common.metrics import metrics_router
+from switchyard.common.queryparams import refuse_repeated_parameters
 from switchyard.common.tasks import cancel_and_wait
 from switchyard.gateway.api import (
     admin,
@@ -234,6 +235,9 @@ def create_app(
         version="0.1.0",
         description="OpenAI- and Anthropic-compatible API of the Switchyard LLM gateway.",
         lifespan=lifespan,
+        # A parameter that takes one value, given twice, is refused rather than one of
+        # the two silently kept.
+        dependencies=[Depends(refuse_repeated_parameters)],
         # Served by install_docs from the installed Swagger UI package, not a CDN.
         docs_url=None,
         redoc_url=None,

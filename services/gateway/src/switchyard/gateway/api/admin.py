@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from switchyard.common.errors import APIError
 from switchyard.common.governance import BudgetClock, scope_key
+from switchyard.common.queryparams import merged_parameters
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, single_credentials
 from switchyard.gateway.governance.ledger import LedgerUnavailable
 
@@ -88,7 +89,7 @@ async def forward_to_auth(request: Request) -> Response:
         answer = await gateway.http.request(
             request.method,
             url,
-            params=request.query_params,
+            params=merged_parameters(request),
             content=await request.body(),
             headers=headers,
             timeout=10.0,

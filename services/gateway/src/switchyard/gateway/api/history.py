@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request, Response
 
 from switchyard.common import scopes
 from switchyard.common.errors import APIError
+from switchyard.common.queryparams import merged_parameters
 from switchyard.gateway.api.body import parse_json_object
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, insufficient_scope
 from switchyard.gateway.auth import Principal
@@ -70,7 +71,7 @@ async def call(
         return await gateway.http.request(
             method,
             gateway.settings.history_url.rstrip("/") + path,
-            params=request.query_params if request is not None else None,
+            params=merged_parameters(request) if request is not None else None,
             headers=headers,
             json=json,
             content=content,

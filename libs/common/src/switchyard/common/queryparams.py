@@ -1,0 +1,62 @@
+"""Query parameters given more than once.
+
+A parameter that takes a list (`group_by`, `status`, `include`) may be written three
+ways: comma-separated once (`group_by=model,day`), repeated (`group_by=model&group_by=day`)
+or repeated with brackets (`include[]=a&include[]=b`, how the official OpenAI and
+Anthropic SDKs write an array). All three mean the same list. Every other parameter takes
+one value: given twice, the request is refused naming it, where frameworks silently keep
+one of the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from starlette.requests import Request
+
+from switchyard.common.errors import APIError
+
+# The parameters of Switchyard's APIs that take a list (comma-separated).
+LIST_PARAMETERS = frozenset({"group_by", "status", "include"})
+
+
+def list_parameter(request: Request, name: str) -> str | None:
+    """The list parameter `name` of `request` as one comma-separated value (its repeated
+    and `name[]` values joined in order); None when it is not given."""
+    values = request.query_params.getlist(name) + request.query_params.getlist(name + "[]")
+    return ",".join(values) if values else None
+
+
+def merged_parameters(
+    request: Request, lists: Collection[str] = LIST_PARAMETERS
+) -> list[tuple[str, str]]:
+    """`request`'s query parameters as (name, value) pairs, each list parameter (`lists`)
+    once with its values joined (`list_parameter`), every other as given.
+
+    Raises:
+        APIError: 400 `invalid_request` naming the first parameter that takes one value
+            and was given more than once.
+    """
+    merged: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for raw_name, _ in request.query_params.multi_items():
+        name = raw_name.removesuffix("[]") if raw_name.removesuffix("[]") in lists else raw_name
+        if name in seen:
+            if name in lists:
+                continue
+            raise APIError(
+                400,
+                f"The query parameter '{name}' was given more than once; it takes one value.",
+                param=name,
+                code="invalid_request",
+            )
+        seen.add(name)
+        value = list_parameter(request, name) if name in lists else request.query_params[name]
+        merged.append((name, value or ""))
+    return merged
+
+
+async def refuse_repeated_parameters(request: Request) -> None:
+    """A FastAPI dependency: raises `merged_parameters`'s APIError when a parameter that
+    takes one value is given more than once."""
+    merged_parameters(request)
