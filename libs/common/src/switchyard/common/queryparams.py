@@ -29,8 +29,8 @@ def list_parameter(request: Request, name: str) -> str | None:
 
 def merged_parameters(
     request: Request, lists: Collection[str] = LIST_PARAMETERS
-) -> list[tuple[str, str]]:
-    """`request`'s query parameters as (name, value) pairs, each list parameter (`lists`)
+) -> tuple[tuple[str, str], ...]:
+    """`request`'s query parameters as (name, value) pairs, in order, each list parameter (`lists`)
     once with its values joined (`list_parameter`), every other as given.
 
     Raises:
@@ -53,7 +53,7 @@ def merged_parameters(
         seen.add(name)
         value = list_parameter(request, name) if name in lists else request.query_params[name]
         merged.append((name, value or ""))
-    return merged
+    return tuple(merged)
 
 
 async def refuse_repeated_parameters(request: Request) -> None:
