@@ -121,7 +121,15 @@ def gateway(monkeypatch) -> list[httpx.Request]:
         if request.method == "POST" and path == "/v1/replays":
             return httpx.Response(201, json={**REPORT, "status": "running", "data": []})
         if path == "/v1/replays" and request.method == "GET":
-            return httpx.Response(200, json={"object": "list", "data": [REPORT]})
+            # Two pages: the second after the first's cursor.
+            if request.url.params.get("cursor") == "page-2":
+                later = {**REPORT, "id": "rp0", "status": "stopped"}
+                return httpx.Response(
+                    200, json={"object": "list", "data": [later], "next_cursor": None}
+                )
+            return httpx.Response(
+                200, json={"object": "list", "data": [REPORT], "next_cursor": "page-2"}
+            )
         if path.endswith(("/stop", "/resume")):
             status = "stopped" if path.endswith("/stop") else "running"
             return httpx.Response(200, json={**REPORT, "status": status, "data": []})
@@ -243,19 +251,23 @@ def test_a_report_without_pairs_or_means_prints_the_table_header_and_totals(gate
     assert "mean similarity -" in result.stdout
 
 
+def test_list_asks_for_a_status(gateway):
+    listed = run("list", "--status", "running,stopped")
+
+    assert listed.exit_code == 0
+    lists = [r for r in gateway if r.method == "GET" and r.url.path == "/v1/replays"]
+    assert lists[0].url.params["status"] == "running,stopped"
+
+
 def test_list_stop_and_resume(gateway):
     listed = run("list")
     stopped = run("stop", "rp1")
     resumed = run("resume", "rp1", "--format", "csv")
 
     assert listed.exit_code == stopped.exit_code == resumed.exit_code == 0
-    assert listed.stdout.split() == [
-        "rp1",
-        "completed",
-        "4",
-        "->",
-        "sim-large",
-        "2026-01-01T00:00:00Z",
+    assert [line.split() for line in listed.stdout.splitlines()] == [
+        ["rp1", "completed", "4", "->", "sim-large", "2026-01-01T00:00:00Z"],
+        ["rp0", "stopped", "4", "->", "sim-large", "2026-01-01T00:00:00Z"],
     ]
     assert stopped.stdout == "replay rp1 stopped\n"
     assert "replay rp1 running" in resumed.stderr

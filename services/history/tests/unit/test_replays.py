@@ -347,6 +347,49 @@ async def test_unknown_replays_are_404_and_other_users_cannot_see_them(service, 
     assert stop.status_code == 404
 
 
+async def test_the_list_is_paged_newest_first_and_filtered_by_status(service, events, inference):
+    await record_traffic(service, events, ["x"])
+    created = [await replay(service) for _ in range(3)]
+    stopped = await service.client.post(
+        f"/v1/replays/{created[1]['id']}/stop", headers=service.headers()
+    )
+    assert stopped.status_code == 200, stopped.text
+
+    async def listed(query: str) -> dict:
+        response = await service.client.get(f"/v1/replays?{query}", headers=service.headers())
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    first = await listed("limit=2")
+    assert len(first["data"]) == 2 and first["next_cursor"]
+    second = await listed(f"limit=2&cursor={first['next_cursor']}")
+    assert len(second["data"]) == 1 and second["next_cursor"] is None
+    ids = [item["id"] for item in first["data"] + second["data"]]
+    assert sorted(ids) == sorted(item["id"] for item in created)
+    assert len(set(ids)) == 3
+    only_stopped = await listed("status=stopped")
+    assert [item["id"] for item in only_stopped["data"]] == [created[1]["id"]]
+    assert only_stopped["data"][0]["status"] == "stopped"
+
+
+@pytest.mark.parametrize(
+    ("query", "param", "code"),
+    [
+        ("limit=0", "limit", "invalid_limit"),
+        ("limit=101", "limit", "invalid_limit"),
+        ("limit=ten", "limit", "invalid_limit"),
+        ("cursor=not-a-cursor", "cursor", "invalid_cursor"),
+        ("status=bogus", "status", "invalid_status"),
+        ("status=running,bogus", "status", "invalid_status"),
+    ],
+)
+async def test_bad_list_parameters_are_400s_naming_them(service, query, param, code):
+    response = await service.client.get(f"/v1/replays?{query}", headers=service.headers())
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, code)
+
+
 class HeldRunner:
     """Holds the replay runner at its `hold_at`-th publish until `release` is set, and
     counts what it sends and its rounds, so a test orders its steps by the runner's own

@@ -236,15 +236,28 @@ def resume(
 
 
 @replay_app.command("list")
-def list_replays(url: UrlOption = DEFAULT_URL, api_key: KeyOption = None) -> None:
-    """Your replays, newest first."""
-    for replay in Client(url, api_key).call("GET", "/v1/replays")["data"]:
-        typer.echo(
-            terminal_safe(
-                f"{replay['id']}  {replay['status']:<9}  {replay['total']:>6}  "
-                f"-> {replay['to_model']}  {replay['created_at']}"
+def list_replays(
+    url: UrlOption = DEFAULT_URL,
+    api_key: KeyOption = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only these statuses: running, stopped, completed.")
+    ] = None,
+) -> None:
+    """Your replays, newest first (every page)."""
+    client = Client(url, api_key)
+    params: dict[str, str] = {"limit": "100"} | ({"status": status} if status else {})
+    while True:
+        page = client.call("GET", "/v1/replays", params=params)
+        for replay in page["data"]:
+            typer.echo(
+                terminal_safe(
+                    f"{replay['id']}  {replay['status']:<9}  {replay['total']:>6}  "
+                    f"-> {replay['to_model']}  {replay['created_at']}"
+                )
             )
-        )
+        if not page.get("next_cursor"):
+            return
+        params["cursor"] = page["next_cursor"]
 
 
 def _finish(client: Client, replay_id: str, output_format: str, wait: bool) -> None:

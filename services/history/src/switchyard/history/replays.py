@@ -68,7 +68,17 @@ from typing import Any, Literal, Protocol
 
 import structlog
 from aiolimiter import AsyncLimiter
-from sqlalchemy import ColumnElement, RowMapping, and_, exists, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    RowMapping,
+    and_,
+    exists,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import aliased
 
@@ -95,7 +105,7 @@ from switchyard.history.models import (
     requests_table,
 )
 from switchyard.history.privacy import REDACTED_MARKER
-from switchyard.history.queries import AnySelect, Caller
+from switchyard.history.queries import AnySelect, Caller, Page, decode_cursor, encode_cursor
 from switchyard.history.replay_admission import (
     AdmissionUnavailable,
     Admitted,
@@ -524,16 +534,41 @@ class ReplayStore:
         async with self._engine.connect() as connection:
             return (await connection.execute(query)).mappings().first()
 
-    async def list(self, caller: Caller, limit: int = 20) -> list[dict[str, Any]]:
-        """The caller's latest `limit` replays (all of the tenant's for an admin), newest first."""
+    async def list(
+        self,
+        caller: Caller,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        statuses: Sequence[str] = (),
+    ) -> Page:
+        """A page of the caller's replays (all of the tenant's for an admin), newest first,
+        optionally only those in `statuses` (`ReplayStatus` values): up to `limit` replay
+        summaries after `cursor` (a `next_cursor` of an earlier page), and the cursor of
+        the next page (None on the last).
+
+        Raises:
+            InvalidCursorError: a cursor this API did not issue.
+        """
         p = replays_table.c
         query = select(replays_table).where(p.tenant == caller.tenant)
         if not caller.sees_whole_tenant:
             query = query.where(p.user_id == caller.user_id)
-        query = query.order_by(p.created_at.desc()).limit(limit)
+        if statuses:
+            query = query.where(p.status.in_(list(statuses)))
+        if cursor is not None:
+            query = query.where(tuple_(p.created_at, p.replay_id) < decode_cursor(cursor))
+        # One extra row tells whether there is a next page without a count query.
+        query = query.order_by(p.created_at.desc(), p.replay_id.desc()).limit(limit + 1)
         async with self._engine.connect() as connection:
             rows = (await connection.execute(query)).mappings().all()
-        return [_replay_summary(row) for row in rows]
+        page, more = rows[:limit], len(rows) > limit
+        return Page(
+            items=[_replay_summary(row) for row in page],
+            next_cursor=encode_cursor(page[-1]["created_at"], page[-1]["replay_id"])
+            if more
+            else None,
+        )
 
     async def get(
         self, caller: Caller, replay_id: str, *, limit: int = 100, after: int = -1

@@ -13,13 +13,16 @@ from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.common.jsonbody import BoundedJsonRoute
 from switchyard.history.api.dependencies import CallerDep, replay_store
-from switchyard.history.api.params import parse_time
+from switchyard.history.api.params import page_limit, parse_statuses, parse_time
 from switchyard.history.models import ReplayStatus
+from switchyard.history.queries import DEFAULT_PAGE_SIZE, InvalidCursorError
 from switchyard.history.replays import ReplayError, ReplaySpec, ReplayStore, Selection, parse_rate
 
 ReplaysDep = Annotated[ReplayStore, Depends(replay_store)]
 MAX_ITEMS_PAGE = 1000
 DEFAULT_RATE = "5/s"
+# What `GET /v1/replays?status=` accepts.
+REPLAY_STATUSES = tuple(status.value for status in ReplayStatus)
 
 
 class ReplayBody(BaseModel):
@@ -122,9 +125,26 @@ def replays_router(internal_token: str) -> APIRouter:
             raise _api_error(exc) from None
 
     @router.get("")
-    async def list_replays(caller: CallerDep, store: ReplaysDep) -> dict[str, Any]:
-        """The caller's replays (the tenant's for admins), newest first."""
-        return {"object": "list", "data": await store.list(caller)}
+    async def list_replays(
+        caller: CallerDep,
+        store: ReplaysDep,
+        limit: Annotated[int, Depends(page_limit)] = DEFAULT_PAGE_SIZE,
+        cursor: Annotated[str | None, Query(description="`next_cursor` of the last page.")] = None,
+        status: Annotated[
+            str | None, Query(description=f"Comma-separated: {', '.join(REPLAY_STATUSES)}.")
+        ] = None,
+    ) -> dict[str, Any]:
+        """The caller's replays (the tenant's for admins), newest first, a page at a time:
+        pass `next_cursor` as `cursor` for the next page. 400 for an invalid `limit`,
+        `cursor` or `status`."""
+        statuses = parse_statuses(status, REPLAY_STATUSES)
+        try:
+            page = await store.list(caller, limit=limit, cursor=cursor, statuses=statuses)
+        except InvalidCursorError as exc:
+            raise APIError(
+                400, f"Invalid value for 'cursor': {exc}", param="cursor", code="invalid_cursor"
+            ) from exc
+        return {"object": "list", "data": page.items, "next_cursor": page.next_cursor}
 
     @router.get("/{replay_id}")
     async def get_replay(
