@@ -12,11 +12,12 @@ from switchyard.gateway.api.deps import required_scope
 from switchyard.gateway.errors import ANTHROPIC_PATHS
 from switchyard.gateway.idempotency import IDEMPOTENT_PATHS
 
-# Page sizes and statuses history accepts (history's `queries` and `jobs` modules).
+# Page sizes and statuses history accepts (history's `queries`, `jobs` and `models`).
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 REQUEST_STATUSES = ("pending", "completed", "failed", "cancelled", "expired", "refused")
 JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired", "refused")
+REPLAY_STATUSES = ("running", "stopped", "completed")
 TIME_HELP = (
     "ISO 8601 instant (2025-03-01T00:00:00Z), a date (2025-03-01) or relative to now (7d, 12h)."
 )
@@ -101,6 +102,7 @@ QUERY_PARAMETERS = {
         ),
     ),
     "GET /v1/jobs": (_LIMIT, _CURSOR, _statuses(JOB_STATUSES)),
+    "GET /v1/replays": (_LIMIT, _CURSOR, _statuses(REPLAY_STATUSES)),
     "GET /v1/responses/{response_id}/input_items": (
         _LIMIT,
         QueryParameter(

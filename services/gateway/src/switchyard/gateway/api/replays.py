@@ -63,7 +63,9 @@ async def create_replay(
 async def list_replays(
     request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
-    """The caller's replays (the whole tenant's for admins)."""
+    """The caller's replays (the whole tenant's for admins), a page at a time. Query
+    parameters: `limit` (1-100), `cursor`, `status` (comma-separated: running, stopped,
+    completed)."""
     return await forward(gateway, principal, "/v1/replays", request)
 
 
