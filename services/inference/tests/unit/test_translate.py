@@ -1104,7 +1104,7 @@ def test_documents_map_to_files_and_text() -> None:
                         "source": {
                             "type": "base64",
                             "media_type": "application/pdf",
-                            "data": "JVB",
+                            "data": "JVBERi0x",
                         },
                     },
                     {"type": "document", "source": {"type": "text", "data": "Plain."}},
@@ -1115,7 +1115,7 @@ def test_documents_map_to_files_and_text() -> None:
     assert messages_request_to_chat(body)["messages"][0]["content"] == [
         {
             "type": "file",
-            "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVB"},
+            "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0x"},
         },
         {"type": "text", "text": "Plain."},
     ]
@@ -1148,7 +1148,7 @@ def test_a_documents_title_context_and_text_blocks_reach_chat_completions() -> N
         "type": "content",
         "content": [{"type": "text", "text": "c1"}, {"type": "text", "text": "c2"}],
     }
-    pdf_source = {"type": "base64", "media_type": "application/pdf", "data": "JVB"}
+    pdf_source = {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}
     body = {
         "model": "m",
         "max_tokens": 5,
@@ -1172,7 +1172,10 @@ def test_a_documents_title_context_and_text_blocks_reach_chat_completions() -> N
         {"type": "text", "text": "The contract"},
         {
             "type": "file",
-            "file": {"filename": "document.pdf", "file_data": "data:application/pdf;base64,JVB"},
+            "file": {
+                "filename": "document.pdf",
+                "file_data": "data:application/pdf;base64,JVBERi0x",
+            },
         },
     ]
 

@@ -281,6 +281,14 @@ async def test_invalid_chat_fields_are_refused_naming_the_clients_field(
         ({"temperature": 1.5}, "temperature: Input should be less than or equal to 1"),
         ({"thinking": {"type": "enabled"}}, "thinking.budget_tokens: Field required"),
         (
+            {"thinking": {"type": "enabled", "budget_tokens": -5}},
+            "thinking.budget_tokens: Input should be greater than or equal to 1024",
+        ),
+        (
+            {"thinking": {"type": "enabled", "budget_tokens": 1023}},
+            "thinking.budget_tokens: Input should be greater than or equal to 1024",
+        ),
+        (
             {"messages": [{"role": "user", "content": [{"type": "tool_result", "content": "3C"}]}]},
             "messages.0.content.0.tool_use_id: Field required",
         ),
@@ -436,3 +444,95 @@ async def test_a_wrong_typed_text_field_is_a_400_never_a_500(
         assert error.param == param
     else:
         assert error.code == "invalid_type"
+
+
+# --------------------------------------------------------------------------- inline data
+
+
+def _image(url: str) -> dict[str, Any]:
+    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("data:image/png;base64,!!!notbase64", "not valid base64"),
+        ("data:image/png;base64,iVBOR", "not valid base64"),  # not padded to 4
+        ("data:image/png;base64", "needs a comma"),
+        ("data:image/png;base64,", "holds no data"),
+        ("data:im age/png;base64,iVBO", "media type"),
+        ("javascript:alert(1)", "http(s) URL or a data URL"),
+        ("ftp://example.com/cat.png", "http(s) URL or a data URL"),
+    ],
+)
+async def test_a_malformed_image_url_is_refused_naming_it(harness, recorder, url, reason) -> None:
+    error = await refusal(harness, recorder, "claude", CHAT, {"messages": [_image(url)]})
+    assert (error.param, error.code) == (
+        "messages.[0].content.[0].image_url.url",
+        "invalid_value",
+    )
+    assert reason in error.message
+
+
+async def test_inline_data_reaches_the_deployment_decoded_and_unwrapped(harness, recorder) -> None:
+    """Data not marked base64 is percent-decoded before it is encoded; base64 wrapped in
+    lines (as some encoders write it) is sent without the line breaks."""
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png,hello%20world"}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO\nRw0K"}},
+            ],
+        }
+    ]
+    await harness.handle(
+        chat_request("claude", api=CHAT, body={"model": "claude", "messages": messages})
+    )
+    sources = [block["source"] for block in recorder.last.body["messages"][0]["content"]]
+    assert sources == [
+        {"type": "base64", "media_type": "image/png", "data": "aGVsbG8gd29ybGQ="},
+        {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"},
+    ]
+
+
+@pytest.mark.parametrize("kind", ["image", "document"])
+@pytest.mark.parametrize(
+    ("data", "reason"), [("!!!", "invalid base64 data"), (None, "Field required")]
+)
+async def test_an_anthropic_base64_source_that_is_not_base64_is_refused_in_its_words(
+    harness, recorder, kind, data, reason
+) -> None:
+    source = {"type": "base64", "media_type": "image/png" if kind == "image" else "application/pdf"}
+    if data is not None:
+        source["data"] = data
+    block = {"type": kind, "source": source}
+    body = {"max_tokens": 10, "messages": [{"role": "user", "content": [block]}]}
+    error = await refusal(harness, recorder, "gpt", MESSAGES, body)
+    assert error.message == f"messages.0.content.0.source.data: {reason}"
+
+
+@pytest.mark.parametrize(
+    ("part", "param"),
+    [
+        (
+            {"type": "input_image", "image_url": "ftp://example.com/x.png"},
+            "input[0].content[0].image_url",
+        ),
+        (
+            {"type": "input_image", "image_url": "data:image/png;base64,%%%"},
+            "input[0].content[0].image_url",
+        ),
+        ({"type": "input_file", "file_data": "not base64!"}, "input[0].content[0].file_data"),
+        (
+            {"type": "input_file", "file_data": "data:application/pdf;base64,@@"},
+            "input[0].content[0].file_data",
+        ),
+    ],
+)
+async def test_a_malformed_responses_image_or_file_is_refused_naming_it(
+    harness, recorder, part, param
+) -> None:
+    body = {"input": [{"role": "user", "content": [part]}]}
+    error = await refusal(harness, recorder, "claude", RESPONSES, body)
+    assert (error.param, error.code) == (param, "invalid_value")

@@ -26,8 +26,10 @@ either API into the complete reply it streams (the `response` of `chat.completed
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 import time
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -450,6 +452,12 @@ def _reasoning_effort_of_thinking(thinking: Any) -> str | None:
             raise _anthropic_refusal("thinking.budget_tokens", "Field required")
         if not isinstance(budget, int) or isinstance(budget, bool):
             raise _anthropic_refusal("thinking.budget_tokens", "Input should be a valid integer")
+        if budget < _MIN_THINKING_BUDGET:
+            # The Anthropic API's own floor: an OpenAI-protocol upstream has none to refuse.
+            raise _anthropic_refusal(
+                "thinking.budget_tokens",
+                f"Input should be greater than or equal to {_MIN_THINKING_BUDGET}",
+            )
         effort = "low"
         for name, lower in _EFFORT_BUDGETS:
             if budget >= lower:
@@ -515,12 +523,26 @@ def _system_text(system: Any, where: str) -> str:
     raise _anthropic_refusal(where, "Input should be a valid string or a list of text blocks")
 
 
+def _anthropic_base64(source: dict[str, Any], where: str) -> str:
+    """The `data` of a `base64` source at `where`, checked as the Anthropic API checks it
+    (a string of base64). Raises TranslationError in Anthropic's words otherwise: the
+    OpenAI-protocol upstream would refuse it naming its own fields."""
+    data = source.get("data")
+    if not isinstance(data, str):
+        raise _anthropic_refusal(f"{where}.source.data", "Field required")
+    checked = _checked_base64(data)
+    if not checked:
+        raise _anthropic_refusal(f"{where}.source.data", "invalid base64 data")
+    return checked
+
+
 def _anthropic_image_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
     source = block.get("source")
     if not isinstance(source, dict):
         raise _anthropic_refusal(f"{where}.source", "Field required")
     if source.get("type") == "base64":
-        url = f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
+        data = _anthropic_base64(source, where)
+        url = f"data:{source.get('media_type', 'image/png')};base64,{data}"
     elif source.get("type") == "url":
         url = source.get("url", "")
     else:
@@ -552,7 +574,7 @@ def _anthropic_document_to_openai(block: dict[str, Any], where: str) -> list[dic
             "type": "file",
             "file": {
                 "filename": block.get("title") or "document.pdf",
-                "file_data": f"data:{media_type};base64,{source.get('data', '')}",
+                "file_data": f"data:{media_type};base64,{_anthropic_base64(source, where)}",
             },
         }
         context = block.get("context")
@@ -1100,15 +1122,71 @@ def _current_turn_opens_with_thinking(turns: list[dict[str, Any]]) -> bool:
     )
 
 
-def _parse_data_url(url: str) -> tuple[str, str] | None:
-    """(media type, base64 data) of a `data:` URL, or None."""
+# A media type of a `data:` URL (RFC 2045, 5.1: type "/" subtype, tokens).
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")
+
+
+_WHITESPACE = re.compile(r"[ \t\r\n]+")
+
+
+def _checked_base64(data: str) -> str | None:
+    """`data` without the line breaks some encoders wrap base64 in, when the rest is
+    base64 (RFC 4648, 4: the standard alphabet, padded); None otherwise."""
+    if " " in data or "\n" in data or "\r" in data or "\t" in data:
+        data = _WHITESPACE.sub("", data)
+    try:
+        binascii.a2b_base64(data, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data
+
+
+def parse_data_url(url: str, where: str) -> tuple[str, str] | None:
+    """(media type, base64 data) of a `data:` URL (RFC 2397), or None for any other URL.
+    Data not marked `;base64` is percent-decoded, then base64-encoded. Raises
+    TranslationError (`invalid_value`, naming `where`) for a `data:` URL without a comma
+    before its data, with empty data, a malformed media type, or data marked base64 that
+    is not: the provider would refuse it in its own words, naming its own fields."""
     if not url.startswith("data:"):
         return None
-    header, _, data = url[5:].partition(",")
-    media_type, _, encoding = header.partition(";")
-    if encoding != "base64":
-        data = base64.b64encode(data.encode()).decode()
+    header, comma, data = url[5:].partition(",")
+    if not comma:
+        raise invalid_value(where, "a data URL needs a comma before its data.")
+    media_type, *parameters = header.split(";")
+    if media_type and not _MEDIA_TYPE.fullmatch(media_type):
+        raise invalid_value(where, f"the data URL's media type {media_type[:100]!r} is not valid.")
+    if parameters and parameters[-1] == "base64":
+        data = _checked_base64(data)
+        if data is None:
+            raise invalid_value(where, "the data URL's data is not valid base64.")
+    else:
+        data = base64.b64encode(urllib.parse.unquote_to_bytes(data)).decode()
+    if not data:
+        raise invalid_value(where, "the data URL holds no data.")
     return media_type or "application/octet-stream", data
+
+
+def base64_data(data: str, where: str) -> str:
+    """`data` when it is non-empty base64. Raises TranslationError (`invalid_value`,
+    naming `where`) otherwise."""
+    checked = _checked_base64(data)
+    if checked is None:
+        raise invalid_value(where, "expected a data URL or base64 data.")
+    if not checked:
+        raise invalid_value(where, "the file holds no data.")
+    return checked
+
+
+def image_source(url: str, where: str) -> dict[str, Any]:
+    """Anthropic's image `source` for an OpenAI image URL: `base64` for a `data:` URL
+    (`parse_data_url`), `url` for an http(s) one. Raises TranslationError
+    (`invalid_value`) for any other scheme or a malformed data URL."""
+    data_url = parse_data_url(url, where)
+    if data_url is not None:
+        return {"type": "base64", "media_type": data_url[0], "data": data_url[1]}
+    if not url.lower().startswith(("https://", "http://")):
+        raise invalid_value(where, "expected an http(s) URL or a data URL.")
+    return {"type": "url", "url": url}
 
 
 def text_of(part: dict[str, Any], where: str, field: str = "text") -> str:
@@ -1182,15 +1260,11 @@ def _openai_user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
                 raise missing_parameter(f"{part_where}.image_url.url")
             if not isinstance(url, str):
                 raise invalid_type(f"{part_where}.image_url.url", "a string", url)
-            data_url = _parse_data_url(url)
-            if data_url is not None:
-                source = {"type": "base64", "media_type": data_url[0], "data": data_url[1]}
-            else:
-                source = {"type": "url", "url": url}
+            source = image_source(url, f"{part_where}.image_url.url")
             blocks.append({"type": "image", "source": source})
         elif kind == "file":
             file = part.get("file") or {}
-            data_url = _parse_data_url(file.get("file_data") or "")
+            data_url = parse_data_url(file.get("file_data") or "", f"{part_where}.file.file_data")
             if data_url is None:
                 raise TranslationError(
                     f"'{part_where}.file': only inline files ('file_data') can be sent to this "

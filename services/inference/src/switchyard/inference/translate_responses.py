@@ -40,15 +40,17 @@ from switchyard.common.responses import response_object, upstream_item, usage_ob
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
     TranslationError,
-    _parse_data_url,
     _tool_input,
     add_anthropic_sampling,
     add_anthropic_thinking,
     anthropic_tool,
     anthropic_tool_choice,
+    base64_data,
+    image_source,
     invalid_type,
     missing_parameter,
     not_one_of,
+    parse_data_url,
     positive_integer,
     refuse_unknown,
     text_of,
@@ -738,12 +740,7 @@ def _anthropic_image(url: Any, where: str) -> dict[str, Any]:
         raise TranslationError(
             f"'{where}': only images given by 'image_url' can be sent to this model.", where
         )
-    data_url = _parse_data_url(url)
-    if data_url is not None:
-        source = {"type": "base64", "media_type": data_url[0], "data": data_url[1]}
-    else:
-        source = {"type": "url", "url": url}
-    return {"type": "image", "source": source}
+    return {"type": "image", "source": image_source(url, f"{where}.image_url")}
 
 
 def _anthropic_user_block(part: dict[str, Any], where: str) -> dict[str, Any]:
@@ -754,9 +751,10 @@ def _anthropic_user_block(part: dict[str, Any], where: str) -> dict[str, Any]:
         return _anthropic_image(part.get("image_url"), where)
     if kind == "input_file":
         if part.get("file_data") is not None:
-            data_url = _parse_data_url(part["file_data"])
+            data_url = parse_data_url(part["file_data"], f"{where}.file_data")
             if data_url is None:
-                data_url = ("application/pdf", part["file_data"])
+                # Plain base64 without a data URL's header: a PDF, as OpenAI reads it.
+                data_url = ("application/pdf", base64_data(part["file_data"], f"{where}.file_data"))
             block: dict[str, Any] = {
                 "type": "document",
                 "source": {"type": "base64", "media_type": data_url[0], "data": data_url[1]},
