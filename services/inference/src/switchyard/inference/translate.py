@@ -1156,9 +1156,10 @@ def parse_data_url(url: str, where: str) -> tuple[str, str] | None:
     if media_type and not _MEDIA_TYPE.fullmatch(media_type):
         raise invalid_value(where, f"the data URL's media type {media_type[:100]!r} is not valid.")
     if parameters and parameters[-1] == "base64":
-        data = _checked_base64(data)
-        if data is None:
+        checked = _checked_base64(data)
+        if checked is None:
             raise invalid_value(where, "the data URL's data is not valid base64.")
+        data = checked
     else:
         data = base64.b64encode(urllib.parse.unquote_to_bytes(data)).decode()
     if not data:
