@@ -129,13 +129,19 @@ def test_a_disabled_user_cannot_sign_in(client: TestClient, create_user, run_wit
 
 
 @pytest.mark.parametrize(
-    ("request_kwargs", "param", "message_part"),
+    ("request_kwargs", "param", "message_part", "code"),
     [
-        ({"json": {"grant_type": "password", "username": "a@b.c"}}, "password", "required"),
+        (
+            {"json": {"grant_type": "password", "username": "a@b.c"}},
+            "password",
+            "required",
+            "invalid_request",
+        ),
         (
             {"json": {"grant_type": "password", "username": 42, "password": "x"}},
             "username",
             "string",
+            "invalid_request",
         ),
         (
             {
@@ -144,24 +150,49 @@ def test_a_disabled_user_cannot_sign_in(client: TestClient, create_user, run_wit
             },
             None,
             "not valid JSON",
+            "invalid_json",
         ),
-        ({"json": ["grant_type", "password"]}, None, "dictionary"),
-        ({"data": {"grant_type": "password", "password": "x"}}, "username", "required"),
+        ({"json": ["grant_type", "password"]}, None, "must be a JSON object", "invalid_json"),
+        (
+            {"data": {"grant_type": "password", "password": "x"}},
+            "username",
+            "required",
+            "invalid_request",
+        ),
         (
             {"json": {"grant_type": "client_credentials", "username": "a", "password": "b"}},
             "grant_type",
             "Unsupported grant_type",
+            "unsupported_grant_type",
         ),
     ],
     ids=["missing-field", "wrong-type", "malformed-json", "not-an-object", "form-missing", "grant"],
 )
 def test_bad_token_requests_get_400_naming_the_problem(
-    client: TestClient, request_kwargs: dict, param: str | None, message_part: str
+    client: TestClient, request_kwargs: dict, param: str | None, message_part: str, code: str
 ) -> None:
     response = client.post("/v1/auth/token", **request_kwargs)
     error = assert_error(response, 400, "invalid_request_error")
     assert error["param"] == param
     assert message_part in error["message"]
+    # The codes every service answers with: invalid_json as on the gateway's model routes.
+    assert error["code"] == code
+    assert "PasswordGrant" not in error["message"]
+
+
+@pytest.mark.parametrize("body", [b"{bad", b"[1, 2]", b'"text"'])
+def test_a_body_that_is_not_a_json_object_is_invalid_json_on_every_route(
+    client: TestClient, create_user, body: bytes
+) -> None:
+    create_user()
+    headers = {
+        "content-type": "application/json",
+        "Authorization": f"Bearer {password_token(client)}",
+    }
+    for path in ("/v1/auth/token", "/v1/auth/refresh", "/v1/auth/logout", "/v1/api-keys"):
+        response = client.post(path, content=body, headers=headers)
+        error = assert_error(response, 400, "invalid_request_error")
+        assert error["code"] == "invalid_json", (path, error)
 
 
 def test_validation_errors_never_echo_the_password(client: TestClient) -> None:

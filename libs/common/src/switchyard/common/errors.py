@@ -149,6 +149,26 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     return text, param
 
 
+# Pydantic's error types for a value of the wrong kind where an object was expected
+# (https://docs.pydantic.dev/latest/errors/validation_errors/).
+_NOT_AN_OBJECT = frozenset({"model_type", "model_attributes_type", "dict_type"})
+
+
+def validation_error(errors: list[dict[str, Any]]) -> APIError:
+    """The 400 for FastAPI's request validation `errors` (`RequestValidationError.errors()`):
+    code `invalid_json` when the body is not JSON, or is JSON but not an object (as the
+    gateway's model routes answer, never naming the model class the body was checked
+    against), else `invalid_request` naming the first offending parameter
+    (`validation_message`)."""
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return APIError(400, "The request body is not valid JSON.", code="invalid_json")
+    if tuple(first.get("loc", ())) == ("body",) and first.get("type") in _NOT_AN_OBJECT:
+        return APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    message, param = validation_message(errors)
+    return APIError(400, message, param=param, code="invalid_request")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make `app` answer every error in OpenAI's error format: `APIError` as raised,
     request validation failures as 400 naming the field, and Starlette HTTP errors with their
@@ -160,8 +180,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-        message, param = validation_message(list(exc.errors()))
-        return error_response(APIError(400, message, param=param, code="invalid_request"))
+        return error_response(validation_error(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

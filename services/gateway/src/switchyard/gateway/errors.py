@@ -40,7 +40,7 @@ from switchyard.common.errorformat import (
     error_type,
     vendor_of,
 )
-from switchyard.common.errors import APIError, http_error_headers, validation_message
+from switchyard.common.errors import APIError, http_error_headers, validation_error
 from switchyard.common.events import ChatFailed, ClientAPI, ErrorInfo
 from switchyard.common.headers import REQUEST_ID_HEADER
 from switchyard.common.http import UnexpectedFaults as CommonUnexpectedFaults
@@ -234,8 +234,7 @@ def install_api_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        message, param = validation_message(list(exc.errors()))
-        return respond_to(request, APIError(400, message, param=param, code="invalid_request"))
+        return respond_to(request, validation_error(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

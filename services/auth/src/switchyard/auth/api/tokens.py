@@ -111,7 +111,7 @@ async def _read_fields(request: Request, *, required: bool = True) -> Any:
     try:
         return jsonbody.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise APIError(400, "The request body is not valid JSON.", code="invalid_request") from exc
+        raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from exc
     except jsonbody.JsonTooDeep as exc:
         raise APIError(400, str(exc), code="json_too_deep") from None
 
