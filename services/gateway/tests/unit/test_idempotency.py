@@ -293,6 +293,58 @@ async def test_jobs_are_idempotent_too(harness, history):
     assert len({response.json()["id"] for response in created}) == 1
 
 
+REPLAY = {"since": "1h", "to_model": "sim-large"}
+
+
+def replay_posts(history) -> list:
+    return [c for c in history.calls if c.method == "POST" and c.url.path == "/v1/replays"]
+
+
+async def test_a_retried_replay_is_created_once(harness, history):
+    history.answers["/v1/replays"] = (
+        201,
+        b'{"object": "replay", "id": "rp_1", "status": "running"}',
+        "application/json",
+    )
+    created = [
+        await harness.client.post("/v1/replays", json=REPLAY, headers=keyed("replay-1"))
+        for _ in range(3)
+    ]
+
+    assert [response.status_code for response in created] == [201] * 3
+    assert len(replay_posts(history)) == 1  # every recorded request is sent once, not thrice
+    assert len({response.content for response in created}) == 1
+    assert [r.headers.get("idempotent-replayed") for r in created] == [None, "true", "true"]
+
+
+async def test_a_refused_replay_is_not_kept_and_a_retry_runs(harness, history):
+    history.answers["/v1/replays"] = (
+        400,
+        b'{"error": {"message": "No recorded requests match.", "type": "invalid_request_error",'
+        b' "param": "since", "code": "invalid_selection"}}',
+        "application/json",
+    )
+    first = await harness.client.post("/v1/replays", json=REPLAY, headers=keyed("replay-2"))
+    second = await harness.client.post("/v1/replays", json=REPLAY, headers=keyed("replay-2"))
+
+    assert first.status_code == second.status_code == 400
+    assert len(replay_posts(history)) == 2
+    assert "idempotent-replayed" not in second.headers
+
+
+async def test_a_replay_key_of_a_caller_who_may_not_replay_claims_nothing(harness, history):
+    token = harness.auth.token(scopes=["chat"])
+    response = await harness.client.post(
+        "/v1/replays",
+        json=REPLAY,
+        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "replay-3"},
+    )
+
+    assert response.status_code == 403
+    assert history.claims == 0
+    assert replay_posts(history) == []
+
+
 async def test_an_oversized_body_with_a_key_is_still_413(harness, history):
     body = {**BODY, "messages": [{"role": "user", "content": "x" * 60_000}]}
     response = await harness.client.post("/v1/chat/completions", json=body, headers=keyed("big"))

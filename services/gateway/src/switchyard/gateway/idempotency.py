@@ -1,5 +1,6 @@
 """`Idempotency-Key` on every model request (`POST /v1/chat/completions`, `/v1/messages`,
-`/v1/messages/count_tokens`, `/v1/responses`, `/v1/embeddings`) and on `POST /v1/jobs`.
+`/v1/messages/count_tokens`, `/v1/responses`, `/v1/embeddings`), on `POST /v1/jobs` and
+on `POST /v1/replays` (a retried replay would send every recorded request again).
 
 A client that may retry a POST sends `Idempotency-Key: <up to 255 printable characters>`.
 Within 24 hours, for the same tenant:
@@ -56,7 +57,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from switchyard.common import jsonbody
+from switchyard.common import jsonbody, scopes
 from switchyard.common.errors import APIError
 from switchyard.common.headers import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
 from switchyard.gateway.api.deps import (
@@ -78,8 +79,13 @@ IDEMPOTENT_PATHS = frozenset(
         "/v1/responses",
         "/v1/embeddings",
         "/v1/jobs",
+        "/v1/replays",
     }
 )
+# Paths that create something other than a request (no x-request-id to tell that the
+# answer ran something): their answer is kept only when it created it (201), with the
+# model it would run on in this body field.
+CREATING_PATHS = {"/v1/replays": "to_model"}
 KEY_HEADER = IDEMPOTENCY_KEY_HEADER.encode()
 REQUEST_ID = REQUEST_ID_HEADER.encode()
 WAIT_HEADER = "idempotency-wait"
@@ -429,7 +435,8 @@ class IdempotencyMiddleware:
                 log.error("could not settle an idempotency claim", error=str(exc))
 
         def keep() -> bool:
-            return request_id is not None and _kept_status(status) and size <= max_bytes
+            ran = request_id is not None or (scope["path"] in CREATING_PATHS and status == 201)
+            return ran and _kept_status(status) and size <= max_bytes
 
         async def capturing_send(message: Message) -> None:
             nonlocal status, content_type, request_id, size
@@ -467,11 +474,14 @@ def _may_run(gateway: Any, principal: Principal, path: str, body: bytes) -> bool
     needed = required_scope(path, "POST")
     if needed is not None and needed not in principal.scopes:
         return False
+    # A replay reads the caller's history as well as running requests (its route checks).
+    if path in CREATING_PATHS and scopes.HISTORY_READ not in principal.scopes:
+        return False
     try:
         data = jsonbody.loads(body)
     except (orjson.JSONDecodeError, jsonbody.JsonTooDeep):
         return False
-    model = data.get("model") if isinstance(data, dict) else None
+    model = data.get(CREATING_PATHS.get(path, "model")) if isinstance(data, dict) else None
     return isinstance(model, str) and serves(gateway, principal, model)
 
 
