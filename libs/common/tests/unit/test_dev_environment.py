@@ -113,3 +113,42 @@ def test_only_the_gateway_listens_where_dev_is_asked_to(host, gateway, others) -
     assert service_host("gateway", host) == gateway
     for name in ("auth", "history", "inference", "simulator"):
         assert service_host(name, host) == others
+
+
+def test_the_databases_are_migrated_in_a_child_process(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alembic runs in a process of its own, on the databases `switchyard dev` uses (here
+    SQLite under the working directory's `.switchyard/`), never in the serving one."""
+    import sqlite3
+    import sys
+
+    from switchyard.common.dev import migrate_in_child, wait_for_migrations
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SWITCHYARD_DEV_DATABASE_URL", raising=False)
+    imported_before = "alembic" in sys.modules
+    child = migrate_in_child(None)
+    wait_for_migrations(child)
+
+    assert child.returncode == 0
+    assert ("alembic" in sys.modules) == imported_before  # this process imported nothing
+    for service, table in (("history", "history_requests"), ("auth", "auth_users")):
+        with sqlite3.connect(tmp_path / ".switchyard" / f"{service}.db") as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        assert table in tables, (service, sorted(tables))
+
+
+def test_a_failed_migration_is_reported_with_its_error(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from switchyard.common.dev import MigrationError, migrate_in_child, wait_for_migrations
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "not-a-directory").write_text("a file where the database's folder should be")
+    child = migrate_in_child("sqlite+aiosqlite:///not-a-directory/dev.db")
+
+    with pytest.raises(MigrationError) as refused:
+        wait_for_migrations(child)
+    assert child.returncode != 0
+    assert "not-a-directory" in str(refused.value)

@@ -19,6 +19,7 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ DEV_ENVIRONMENT = {
 }
 # The one explicit way to give the embedded services another database than SQLite.
 DEV_DATABASE_URL_ENV = "SWITCHYARD_DEV_DATABASE_URL"
+# The argument that makes `python -m switchyard.common.dev` migrate (`migrate_in_child`).
+MIGRATE_ARGUMENT = "--migrate-only"
 # Where embedded mode keeps its state (databases, keys), relative to the working directory.
 STATE_DIR = ".switchyard"
 # Logged below this only when SWITCHYARD_LOG_LEVEL asks: start-up chatter hides the banner.
@@ -148,6 +151,36 @@ def migrate_all(plugins: list[ServicePlugin]) -> None:
             )
 
 
+def migrate_in_child(database_url: str | None) -> subprocess.Popen[bytes]:
+    """Start this module as a child process that applies every installed plugin's
+    migrations to the databases `switchyard dev` uses (`apply_dev_environment`, with
+    `database_url` as `--database-url`), beside the rest of start-up; `wait_for_migrations`
+    waits for it. Alembic, its Mako templates and the migration scripts take some 15 MiB
+    that the serving process would otherwise keep for its whole life, for work done once."""
+    environment = dict(os.environ)
+    if database_url:
+        # Through the environment, never the command line other users can read.
+        environment[DEV_DATABASE_URL_ENV] = database_url
+    return subprocess.Popen(
+        [sys.executable, "-m", "switchyard.common.dev", MIGRATE_ARGUMENT],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for_migrations(child: subprocess.Popen[bytes]) -> None:
+    """Wait for the `migrate_in_child` process. Raises MigrationError with what it wrote
+    on stderr when it fails."""
+    _, stderr = child.communicate()
+    if child.returncode != 0:
+        raise MigrationError(stderr.decode(errors="replace").strip())
+
+
+class MigrationError(RuntimeError):
+    """The databases could not be migrated; the message is the migration's own error."""
+
+
 def _port_of(plugin: ServicePlugin) -> int:
     return int(getattr(plugin.settings(), "port", plugin.default_port))
 
@@ -196,32 +229,42 @@ def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
     from switchyard.common.settings import ServiceSettings
     from switchyard.common.tracing import configure_tracing
 
-    plugins = discover()
-    apply_dev_environment(plugins, database_url)
-    # Services find each other at the ports they really use (SWITCHYARD_AUTH_PORT moves
-    # auth, and the gateway follows), never at a URL meant for separate services.
-    for service in _planned_ports(plugins):
-        where = service_host(service.name, host)
-        where = "127.0.0.1" if where in ("0.0.0.0", "::", "") else where
-        where = f"[{where}]" if ":" in where else where
-        os.environ[f"SWITCHYARD_{service.name.upper()}_URL"] = f"http://{where}:{service.port}"
-    settings = ServiceSettings()
-    asked = "log_level" in settings.model_fields_set
-    configure_logging(
-        "dev",
-        settings.log_level if asked else DEV_LOG_LEVEL,
-        settings.log_format,
-        secrets=[settings.internal_token, os.environ.get("SWITCHYARD_DEV_API_KEY")],
-    )
-    configure_tracing("dev")
+    # Migrations run beside the rest of start-up, in a process of their own.
+    migrating = migrate_in_child(database_url)
     try:
+        plugins = discover()
+        apply_dev_environment(plugins, database_url)
+        # Services find each other at the ports they really use (SWITCHYARD_AUTH_PORT
+        # moves auth, and the gateway follows), never at a URL meant for separate services.
+        for service in _planned_ports(plugins):
+            where = service_host(service.name, host)
+            where = "127.0.0.1" if where in ("0.0.0.0", "::", "") else where
+            where = f"[{where}]" if ":" in where else where
+            os.environ[f"SWITCHYARD_{service.name.upper()}_URL"] = f"http://{where}:{service.port}"
+        settings = ServiceSettings()
+        asked = "log_level" in settings.model_fields_set
+        configure_logging(
+            "dev",
+            settings.log_level if asked else DEV_LOG_LEVEL,
+            settings.log_format,
+            secrets=[settings.internal_token, os.environ.get("SWITCHYARD_DEV_API_KEY")],
+        )
+        configure_tracing("dev")
         # The plugins' own ports first: the commonest conflict shows before any work.
         for sock in bind_all(host, _planned_ports(plugins)):
             sock.close()
-        _run_loop(run_embedded(host, plugins))
+        wait_for_migrations(migrating)
+        _run_loop(run_embedded(host, plugins, migrate=False))
     except PortInUseError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    except MigrationError as exc:
+        print(f"error: the databases could not be migrated:\n{exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    finally:
+        if migrating.poll() is None:
+            migrating.kill()
+            migrating.wait()
 
 
 def _run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
@@ -233,12 +276,16 @@ def _run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
     uvloop.run(coroutine)
 
 
-async def run_embedded(host: str = "127.0.0.1", plugins: list[ServicePlugin] | None = None) -> None:
+async def run_embedded(
+    host: str = "127.0.0.1", plugins: list[ServicePlugin] | None = None, migrate: bool = True
+) -> None:
     """Run every service plugin (default: all installed) in this event loop on `host`, on an
-    in-memory bus, until SIGINT or SIGTERM or a server stops. Migrates the databases first;
-    raises the start-up error of a service that fails to start."""
+    in-memory bus, until SIGINT or SIGTERM or a server stops. Migrates the databases first
+    unless `migrate` is False (they are already); raises the start-up error of a service
+    that fails to start."""
     plugins = plugins if plugins is not None else discover()
-    migrate_all(plugins)
+    if migrate:
+        migrate_all(plugins)
     contributions: list[DevContribution] = [
         plugin.prepare_dev() for plugin in plugins if plugin.prepare_dev is not None
     ]
@@ -332,3 +379,9 @@ def banner(host: str, services: list[EmbeddedService], contributions: list[DevCo
         lines += [f"  {message}" for message in contribution.messages]
     lines.append("Press Ctrl+C to stop.")
     return "\n".join(lines)
+
+
+if __name__ == "__main__" and sys.argv[1:] == [MIGRATE_ARGUMENT]:
+    _plugins = discover()
+    apply_dev_environment(_plugins)
+    migrate_all(_plugins)
