@@ -986,7 +986,7 @@ def test_system_messages_mid_conversation_keep_their_place_both_ways() -> None:
     ],
 )
 def test_thinking_becomes_reasoning_effort(thinking, effort) -> None:
-    body = {"model": "m", "max_tokens": 5, "messages": [], "thinking": thinking}
+    body = {"model": "m", "max_tokens": 64000, "messages": [], "thinking": thinking}
     assert messages_request_to_chat(body).get("reasoning_effort") == effort
 
 

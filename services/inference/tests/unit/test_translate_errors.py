@@ -536,3 +536,143 @@ async def test_a_malformed_responses_image_or_file_is_refused_naming_it(
     body = {"input": [{"role": "user", "content": [part]}]}
     error = await refusal(harness, recorder, "claude", RESPONSES, body)
     assert (error.param, error.code) == (param, "invalid_value")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "data:text/plain;base64,AAAA",
+        "data:application/pdf;base64,AAAA",
+        "data:;base64,AAAA",
+        "data:image/svg+xml;base64,AAAA",
+    ],
+)
+async def test_an_image_of_a_type_anthropic_does_not_take_is_refused(harness, recorder, url):
+    error = await refusal(harness, recorder, "claude", CHAT, {"messages": [_image(url)]})
+    assert (error.param, error.code) == ("messages.[0].content.[0].image_url.url", "invalid_value")
+    assert "image/png" in error.message
+
+
+async def test_the_base64_marker_and_media_type_are_read_in_any_case(harness, recorder) -> None:
+    """RFC 2397 and RFC 2045 tokens are case-insensitive: `;BASE64` is base64, not text
+    to encode a second time."""
+    url = "data:IMAGE/PNG;BASE64,iVBORw0KGgo="
+    await harness.handle(
+        chat_request("claude", api=CHAT, body={"model": "claude", "messages": [_image(url)]})
+    )
+    [block] = recorder.last.body["messages"][0]["content"]
+    assert block["source"] == {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+
+
+@pytest.mark.parametrize(
+    ("file", "param", "code"),
+    [
+        ("x", "messages.[0].content.[0].file", "invalid_type"),
+        ({"file_data": 123}, "messages.[0].content.[0].file.file_data", "invalid_type"),
+        ({"file_data": "!!!!"}, "messages.[0].content.[0].file.file_data", "invalid_value"),
+        (
+            {"file_data": "data:image/png;base64,AAAA"},
+            "messages.[0].content.[0].file.file_data",
+            "invalid_value",
+        ),
+    ],
+)
+async def test_a_malformed_chat_file_is_refused_naming_it(harness, recorder, file, param, code):
+    messages = [{"role": "user", "content": [{"type": "file", "file": file}]}]
+    error = await refusal(harness, recorder, "claude", CHAT, {"messages": messages})
+    assert (error.param, error.code) == (param, code)
+
+
+async def test_a_text_file_reaches_anthropic_as_a_text_document(harness, recorder) -> None:
+    file = {"file_data": "data:text/plain;base64,aMOpbGxv", "filename": "notes.txt"}
+    messages = [{"role": "user", "content": [{"type": "file", "file": file}]}]
+    await harness.handle(
+        chat_request("claude", api=CHAT, body={"model": "claude", "messages": messages})
+    )
+    [block] = recorder.last.body["messages"][0]["content"]
+    assert block == {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": "héllo"},
+        "title": "notes.txt",
+    }
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            {"type": "base64", "media_type": 123, "data": "AAAA"},
+            "messages.0.content.0.source.media_type: Input should be 'image/jpeg', "
+            "'image/png', 'image/gif' or 'image/webp'",
+        ),
+        (
+            {"type": "base64", "media_type": "text/plain", "data": "AAAA"},
+            "messages.0.content.0.source.media_type: Input should be 'image/jpeg', "
+            "'image/png', 'image/gif' or 'image/webp'",
+        ),
+        (
+            {"type": "url", "url": "file:///etc/passwd"},
+            "messages.0.content.0.source.url: Input should be an http(s) URL",
+        ),
+        (
+            {"type": "url", "url": 123},
+            "messages.0.content.0.source.url: Input should be a valid string",
+        ),
+    ],
+)
+async def test_an_anthropic_image_source_is_checked_before_it_is_sent(
+    harness, recorder, source, message
+) -> None:
+    body = {
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": [{"type": "image", "source": source}]}],
+    }
+    error = await refusal(harness, recorder, "gpt", MESSAGES, body)
+    assert error.message == message
+
+
+async def test_an_anthropic_pdf_of_another_type_is_refused(harness, recorder) -> None:
+    source = {"type": "base64", "media_type": "image/png", "data": "AAAA"}
+    body = {
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": [{"type": "document", "source": source}]}],
+    }
+    error = await refusal(harness, recorder, "gpt", MESSAGES, body)
+    assert (
+        error.message == "messages.0.content.0.source.media_type: Input should be 'application/pdf'"
+    )
+
+
+async def test_a_thinking_budget_must_leave_room_under_max_tokens(harness, recorder) -> None:
+    body = {
+        "max_tokens": 2000,
+        "messages": USER,
+        "thinking": {"type": "enabled", "budget_tokens": 2000},
+    }
+    error = await refusal(harness, recorder, "gpt", MESSAGES, body)
+    assert "`max_tokens` must be greater than `thinking.budget_tokens`" in error.message
+
+
+@pytest.mark.parametrize(
+    ("part", "param", "code"),
+    [
+        ({"type": "input_file", "file_data": 123}, "input[0].content[0].file_data", "invalid_type"),
+        ({"type": "input_file", "file_url": 123}, "input[0].content[0].file_url", "invalid_type"),
+        (
+            {"type": "input_file", "file_url": "file:///etc/passwd"},
+            "input[0].content[0].file_url",
+            "invalid_value",
+        ),
+        (
+            {"type": "input_image", "image_url": "data:text/html;base64,AAAA"},
+            "input[0].content[0].image_url",
+            "invalid_value",
+        ),
+    ],
+)
+async def test_a_responses_file_or_image_of_the_wrong_kind_is_refused(
+    harness, recorder, part, param, code
+) -> None:
+    body = {"input": [{"role": "user", "content": [part]}]}
+    error = await refusal(harness, recorder, "claude", RESPONSES, body)
+    assert (error.param, error.code) == (param, code)

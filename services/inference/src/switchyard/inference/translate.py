@@ -398,6 +398,12 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
         _refuse_what_thinking_refuses(body)
+        max_tokens = body.get("max_tokens")
+        if isinstance(max_tokens, int) and max_tokens <= thinking["budget_tokens"]:
+            # The Anthropic API's rule; an OpenAI-protocol upstream has no budget to check.
+            raise _anthropic_refusal(
+                "max_tokens", "`max_tokens` must be greater than `thinking.budget_tokens`"
+            )
     output_config = body.get("output_config")
     if output_config is not None:
         effort = _apply_output_config(output_config, result) or effort
@@ -523,17 +529,40 @@ def _system_text(system: Any, where: str) -> str:
     raise _anthropic_refusal(where, "Input should be a valid string or a list of text blocks")
 
 
-def _anthropic_base64(source: dict[str, Any], where: str) -> str:
-    """The `data` of a `base64` source at `where`, checked as the Anthropic API checks it
-    (a string of base64). Raises TranslationError in Anthropic's words otherwise: the
-    OpenAI-protocol upstream would refuse it naming its own fields."""
+# The media types the Anthropic API takes in a `base64` source (Messages API reference,
+# "image" and "document" content blocks).
+ANTHROPIC_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+ANTHROPIC_DOCUMENT_TYPES = ("application/pdf",)
+
+
+def _anthropic_base64(source: dict[str, Any], where: str, media_types: tuple[str, ...]) -> str:
+    """A `base64` source at `where` as a data URL, checked as the Anthropic API checks it:
+    `media_type` one of `media_types`, `data` a string of base64. Raises TranslationError
+    in Anthropic's words otherwise: the OpenAI-protocol upstream would refuse it naming
+    its own fields, or read the bytes as something else."""
+    media_type = source.get("media_type")
+    if media_type not in media_types:
+        words = [f"'{name}'" for name in media_types]
+        listed = f"{', '.join(words[:-1])} or {words[-1]}" if len(words) > 1 else words[0]
+        raise _anthropic_refusal(f"{where}.source.media_type", f"Input should be {listed}")
     data = source.get("data")
     if not isinstance(data, str):
         raise _anthropic_refusal(f"{where}.source.data", "Field required")
     checked = _checked_base64(data)
     if not checked:
         raise _anthropic_refusal(f"{where}.source.data", "invalid base64 data")
-    return checked
+    return f"data:{media_type};base64,{checked}"
+
+
+def _anthropic_url(source: dict[str, Any], where: str) -> str:
+    """The `url` of a `url` source at `where`: an http(s) URL. Raises TranslationError in
+    Anthropic's words otherwise."""
+    url = source.get("url")
+    if not isinstance(url, str):
+        raise _anthropic_refusal(f"{where}.source.url", "Input should be a valid string")
+    if not url.lower().startswith(("https://", "http://")):
+        raise _anthropic_refusal(f"{where}.source.url", "Input should be an http(s) URL")
+    return url
 
 
 def _anthropic_image_to_openai(block: dict[str, Any], where: str) -> dict[str, Any]:
@@ -541,10 +570,9 @@ def _anthropic_image_to_openai(block: dict[str, Any], where: str) -> dict[str, A
     if not isinstance(source, dict):
         raise _anthropic_refusal(f"{where}.source", "Field required")
     if source.get("type") == "base64":
-        data = _anthropic_base64(source, where)
-        url = f"data:{source.get('media_type', 'image/png')};base64,{data}"
+        url = _anthropic_base64(source, where, ANTHROPIC_IMAGE_TYPES)
     elif source.get("type") == "url":
-        url = source.get("url", "")
+        url = _anthropic_url(source, where)
     else:
         raise _anthropic_refusal(
             f"{where}.source.type",
@@ -569,12 +597,11 @@ def _anthropic_document_to_openai(block: dict[str, Any], where: str) -> list[dic
         value for value in (block.get("title"), block.get("context")) if isinstance(value, str)
     ]
     if kind == "base64":
-        media_type = source.get("media_type", "application/pdf")
         file = {
             "type": "file",
             "file": {
                 "filename": block.get("title") or "document.pdf",
-                "file_data": f"data:{media_type};base64,{_anthropic_base64(source, where)}",
+                "file_data": _anthropic_base64(source, where, ANTHROPIC_DOCUMENT_TYPES),
             },
         }
         context = block.get("context")
@@ -1155,7 +1182,9 @@ def parse_data_url(url: str, where: str) -> tuple[str, str] | None:
     media_type, *parameters = header.split(";")
     if media_type and not _MEDIA_TYPE.fullmatch(media_type):
         raise invalid_value(where, f"the data URL's media type {media_type[:100]!r} is not valid.")
-    if parameters and parameters[-1] == "base64":
+    # RFC 2397's tokens, like the media type's (RFC 2045, 5.1), are case-insensitive.
+    media_type = media_type.lower()
+    if parameters and parameters[-1].strip().lower() == "base64":
         checked = _checked_base64(data)
         if checked is None:
             raise invalid_value(where, "the data URL's data is not valid base64.")
@@ -1178,12 +1207,31 @@ def base64_data(data: str, where: str) -> str:
     return checked
 
 
+def document_source(media_type: str, data: str, where: str) -> dict[str, Any]:
+    """Anthropic's document `source` for a file's base64 `data` of `media_type`: `base64`
+    for a PDF, `text` for plain text (decoded; Anthropic takes text documents as text).
+    Raises TranslationError (`invalid_value`, naming `where`) for any other media type or
+    text that is not UTF-8."""
+    if media_type == "application/pdf":
+        return {"type": "base64", "media_type": media_type, "data": data}
+    if media_type == "text/plain":
+        try:
+            text = base64.b64decode(data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise invalid_value(where, "a text/plain file must be UTF-8 text.") from None
+        return {"type": "text", "media_type": media_type, "data": text}
+    raise not_one_of(where, media_type or "no media type", ("application/pdf", "text/plain"))
+
+
 def image_source(url: str, where: str) -> dict[str, Any]:
     """Anthropic's image `source` for an OpenAI image URL: `base64` for a `data:` URL
-    (`parse_data_url`), `url` for an http(s) one. Raises TranslationError
-    (`invalid_value`) for any other scheme or a malformed data URL."""
+    (`parse_data_url`) of one of `ANTHROPIC_IMAGE_TYPES`, `url` for an http(s) one.
+    Raises TranslationError (`invalid_value`) for any other scheme or media type, or a
+    malformed data URL."""
     data_url = parse_data_url(url, where)
     if data_url is not None:
+        if data_url[0] not in ANTHROPIC_IMAGE_TYPES:
+            raise not_one_of(where, data_url[0] or "no media type", ANTHROPIC_IMAGE_TYPES)
         return {"type": "base64", "media_type": data_url[0], "data": data_url[1]}
     if not url.lower().startswith(("https://", "http://")):
         raise invalid_value(where, "expected an http(s) URL or a data URL.")
@@ -1264,17 +1312,24 @@ def _openai_user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
             source = image_source(url, f"{part_where}.image_url.url")
             blocks.append({"type": "image", "source": source})
         elif kind == "file":
-            file = part.get("file") or {}
-            data_url = parse_data_url(file.get("file_data") or "", f"{part_where}.file.file_data")
-            if data_url is None:
+            file = part.get("file")
+            if not isinstance(file, dict):
+                raise invalid_type(f"{part_where}.file", "an object", file)
+            file_data = file.get("file_data")
+            if file_data is None or file_data == "":
                 raise TranslationError(
                     f"'{part_where}.file': only inline files ('file_data') can be sent to this "
                     "model.",
                     f"{part_where}.file",
                 )
+            if not isinstance(file_data, str):
+                raise invalid_type(f"{part_where}.file.file_data", "a string", file_data)
+            data_url = parse_data_url(file_data, f"{part_where}.file.file_data")
+            if data_url is None:
+                raise invalid_value(f"{part_where}.file.file_data", "expected a data URL.")
             document: dict[str, Any] = {
                 "type": "document",
-                "source": {"type": "base64", "media_type": data_url[0], "data": data_url[1]},
+                "source": document_source(*data_url, f"{part_where}.file.file_data"),
             }
             if file.get("filename"):
                 document["title"] = file["filename"]

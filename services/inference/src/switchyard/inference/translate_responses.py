@@ -46,8 +46,10 @@ from switchyard.inference.translate import (
     anthropic_tool,
     anthropic_tool_choice,
     base64_data,
+    document_source,
     image_source,
     invalid_type,
+    invalid_value,
     missing_parameter,
     not_one_of,
     parse_data_url,
@@ -750,17 +752,22 @@ def _anthropic_user_block(part: dict[str, Any], where: str) -> dict[str, Any]:
     if kind == "input_image":
         return _anthropic_image(part.get("image_url"), where)
     if kind == "input_file":
-        if part.get("file_data") is not None:
-            data_url = parse_data_url(part["file_data"], f"{where}.file_data")
+        file_data, file_url = part.get("file_data"), part.get("file_url")
+        if file_data is not None:
+            if not isinstance(file_data, str):
+                raise invalid_type(f"{where}.file_data", "a string", file_data)
+            data_url = parse_data_url(file_data, f"{where}.file_data")
             if data_url is None:
                 # Plain base64 without a data URL's header: a PDF, as OpenAI reads it.
-                data_url = ("application/pdf", base64_data(part["file_data"], f"{where}.file_data"))
-            block: dict[str, Any] = {
-                "type": "document",
-                "source": {"type": "base64", "media_type": data_url[0], "data": data_url[1]},
-            }
-        elif part.get("file_url") is not None:
-            block = {"type": "document", "source": {"type": "url", "url": part["file_url"]}}
+                data_url = ("application/pdf", base64_data(file_data, f"{where}.file_data"))
+            source = document_source(*data_url, f"{where}.file_data")
+            block: dict[str, Any] = {"type": "document", "source": source}
+        elif file_url is not None:
+            if not isinstance(file_url, str):
+                raise invalid_type(f"{where}.file_url", "a string", file_url)
+            if not file_url.lower().startswith(("https://", "http://")):
+                raise invalid_value(f"{where}.file_url", "expected an http(s) URL.")
+            block = {"type": "document", "source": {"type": "url", "url": file_url}}
         else:
             raise TranslationError(
                 f"'{where}': only files given inline ('file_data') or by 'file_url' can be "
