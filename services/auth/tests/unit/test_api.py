@@ -195,6 +195,21 @@ def test_a_body_that_is_not_a_json_object_is_invalid_json_on_every_route(
         assert error["code"] == "invalid_json", (path, error)
 
 
+def test_an_empty_body_is_invalid_json_where_a_body_is_required(
+    client: TestClient, create_user
+) -> None:
+    create_user()
+    headers = {
+        "content-type": "application/json",
+        "Authorization": f"Bearer {password_token(client)}",
+    }
+    for path in ("/v1/auth/token", "/v1/auth/refresh", "/v1/api-keys"):
+        response = client.post(path, content=b"", headers=headers)
+        error = assert_error(response, 400, "invalid_request_error")
+        assert error["code"] == "invalid_json", (path, error)
+        assert "empty" in error["message"]
+
+
 def test_validation_errors_never_echo_the_password(client: TestClient) -> None:
     secret = "p" * 2000  # too long: rejected by validation
     response = client.post(

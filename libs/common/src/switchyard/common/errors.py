@@ -156,15 +156,20 @@ _NOT_AN_OBJECT = frozenset({"model_type", "model_attributes_type", "dict_type"})
 
 def validation_error(errors: list[dict[str, Any]]) -> APIError:
     """The 400 for FastAPI's request validation `errors` (`RequestValidationError.errors()`):
-    code `invalid_json` when the body is not JSON, or is JSON but not an object (as the
+    code `invalid_json` when the body is empty, not JSON, or JSON but not an object (as the
     gateway's model routes answer, never naming the model class the body was checked
     against), else `invalid_request` naming the first offending parameter
     (`validation_message`)."""
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
         return APIError(400, "The request body is not valid JSON.", code="invalid_json")
-    if tuple(first.get("loc", ())) == ("body",) and first.get("type") in _NOT_AN_OBJECT:
-        return APIError(400, "The request body must be a JSON object.", code="invalid_json")
+    if tuple(first.get("loc", ())) == ("body",):
+        if first.get("type") in _NOT_AN_OBJECT:
+            return APIError(400, "The request body must be a JSON object.", code="invalid_json")
+        if first.get("type") == "missing":
+            return APIError(
+                400, "The request body is empty; send a JSON object.", code="invalid_json"
+            )
     message, param = validation_message(errors)
     return APIError(400, message, param=param, code="invalid_request")
 

@@ -106,7 +106,7 @@ async def _read_fields(request: Request, *, required: bool = True) -> Any:
         raise APIError(
             400,
             "The request body is empty; send the fields as JSON or form fields.",
-            code="invalid_request",
+            code="invalid_json",
         )
     try:
         return jsonbody.loads(body)
