@@ -108,6 +108,12 @@ async def test_admins_filter_by_user_and_never_see_other_tenants(service, record
         ({"status": "completed,bogus"}, "status"),
         ({"limit": "-1"}, "limit"),
         ({"limit": "101"}, "limit"),
+        # Digits int() reads but an integer parameter must not take: full-width,
+        # Arabic-Indic, an underscore, spaces.
+        ({"limit": "\uff13"}, "limit"),
+        ({"limit": "\u0663"}, "limit"),
+        ({"limit": "1_0"}, "limit"),
+        ({"limit": " 5 "}, "limit"),
         ({"cursor": "eyJhIjoxfQ"}, "cursor"),
         ({"model": "m" * 300}, "model"),
     ],

@@ -378,6 +378,7 @@ async def test_the_list_is_paged_newest_first_and_filtered_by_status(service, ev
         ("limit=0", "limit", "invalid_limit"),
         ("limit=101", "limit", "invalid_limit"),
         ("limit=ten", "limit", "invalid_limit"),
+        ("limit=%D9%A3", "limit", "invalid_limit"),  # an Arabic-Indic 3
         ("cursor=not-a-cursor", "cursor", "invalid_cursor"),
         ("status=bogus", "status", "invalid_status"),
         ("status=running,bogus", "status", "invalid_status"),
@@ -388,6 +389,19 @@ async def test_bad_list_parameters_are_400s_naming_them(service, query, param, c
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert (error["param"], error["code"]) == (param, code)
+
+
+@pytest.mark.parametrize("limit", ["-1", "1001", "ten", "%EF%BC%93"])
+async def test_a_reports_page_size_is_checked_like_every_lists(service, events, inference, limit):
+    await record_traffic(service, events, ["x"])
+    created = await replay(service)
+    response = await service.client.get(
+        f"/v1/replays/{created['id']}?limit={limit}", headers=service.headers()
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("limit", "invalid_limit")
+    assert "from 0 to 1000" in error["message"]
 
 
 class HeldRunner:

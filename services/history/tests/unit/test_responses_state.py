@@ -351,6 +351,7 @@ async def test_bad_paging_parameters_are_refused_naming_the_parameter(service):
         ("limit=0", "limit"),
         ("limit=101", "limit"),
         ("limit=ten", "limit"),
+        ("limit=%EF%BC%93", "limit"),  # a full-width 3
         ("order=sideways", "order"),
         ("after=msg_unknown", "after"),
         ("before=msg_unknown", "before"),

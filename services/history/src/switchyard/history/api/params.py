@@ -13,29 +13,32 @@ from switchyard.history.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from switchyard.history.timeparse import TimeFormatError, parse_instant
 
 
-def page_limit(
-    limit: Annotated[str | None, Query(description=f"Page size, 1 to {MAX_PAGE_SIZE}.")] = None,
-) -> int:
-    """The `limit` query parameter: a page size from 1 to `MAX_PAGE_SIZE` (default
-    `DEFAULT_PAGE_SIZE`).
+def parse_limit(value: str | None, maximum: int, default: int, minimum: int = 1) -> int:
+    """A `limit` query parameter: ASCII digits for an integer from `minimum` to `maximum`;
+    `default` when it is not given (int() alone would also read "３", "1_0" and " 5 ").
 
     Raises:
-        APIError: 400 `invalid_value` when it is not such an integer.
+        APIError: 400 `invalid_limit` when it is not such an integer.
     """
-    if limit is None:
-        return DEFAULT_PAGE_SIZE
-    try:
-        value = int(limit)
-    except ValueError:
-        value = None
-    if value is None or not 1 <= value <= MAX_PAGE_SIZE:
+    if value is None:
+        return default
+    number = int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else None
+    if number is None or not minimum <= number <= maximum:
         raise APIError(
             400,
-            f"Invalid value for 'limit': must be an integer from 1 to {MAX_PAGE_SIZE}.",
+            f"Invalid value for 'limit': must be an integer from {minimum} to {maximum}.",
             param="limit",
             code="invalid_limit",
         )
-    return value
+    return number
+
+
+def page_limit(
+    limit: Annotated[str | None, Query(description=f"Page size, 1 to {MAX_PAGE_SIZE}.")] = None,
+) -> int:
+    """The `limit` query parameter of the lists of requests, jobs and replays
+    (`parse_limit`: 1 to `MAX_PAGE_SIZE`, default `DEFAULT_PAGE_SIZE`)."""
+    return parse_limit(limit, MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE)
 
 
 def parse_time(value: str | None, param: str) -> datetime | None:

@@ -13,13 +13,14 @@ from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.common.jsonbody import BoundedJsonRoute
 from switchyard.history.api.dependencies import CallerDep, replay_store
-from switchyard.history.api.params import page_limit, parse_statuses, parse_time
+from switchyard.history.api.params import page_limit, parse_limit, parse_statuses, parse_time
 from switchyard.history.models import ReplayStatus
 from switchyard.history.queries import DEFAULT_PAGE_SIZE, InvalidCursorError
 from switchyard.history.replays import ReplayError, ReplaySpec, ReplayStore, Selection, parse_rate
 
 ReplaysDep = Annotated[ReplayStore, Depends(replay_store)]
 MAX_ITEMS_PAGE = 1000
+DEFAULT_ITEMS_PAGE = 100
 DEFAULT_RATE = "5/s"
 # What `GET /v1/replays?status=` accepts.
 REPLAY_STATUSES = tuple(status.value for status in ReplayStatus)
@@ -151,11 +152,15 @@ def replays_router(internal_token: str) -> APIRouter:
         replay_id: str,
         caller: CallerDep,
         store: ReplaysDep,
-        limit: Annotated[int, Query(ge=0, le=MAX_ITEMS_PAGE)] = 100,
+        limit: Annotated[
+            str | None,
+            Query(description=f"Pairs per page, 0 (totals only) to {MAX_ITEMS_PAGE}; 100."),
+        ] = None,
         after: Annotated[int, Query(ge=-1, description="`next_after` of the previous page.")] = -1,
     ) -> dict[str, Any]:
         """The replay: status, counts, totals and the paired requests."""
-        replay = await store.get(caller, replay_id, limit=limit, after=after)
+        pairs = parse_limit(limit, MAX_ITEMS_PAGE, DEFAULT_ITEMS_PAGE, minimum=0)
+        replay = await store.get(caller, replay_id, limit=pairs, after=after)
         if replay is None:
             raise APIError(
                 404,

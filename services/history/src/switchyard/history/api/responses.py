@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.history.api.dependencies import CallerDep, ComponentsDep, QueriesDep
+from switchyard.history.api.params import parse_limit
 from switchyard.history.responses import (
     DEFAULT_ITEMS_PAGE,
     MAX_ITEM_REFERENCES,
@@ -31,25 +32,9 @@ def items_limit(
         str | None, Query(description=f"Page size, 1 to {MAX_ITEMS_PAGE} (default 20).")
     ] = None,
 ) -> int:
-    """The `limit` query parameter of input item lists: 1 to `MAX_ITEMS_PAGE` (default 20).
-
-    Raises:
-        APIError: 400 `invalid_value` when it is not such an integer.
-    """
-    if limit is None:
-        return DEFAULT_ITEMS_PAGE
-    try:
-        value = int(limit)
-    except ValueError:
-        value = None
-    if value is None or not 1 <= value <= MAX_ITEMS_PAGE:
-        raise APIError(
-            400,
-            f"Invalid value for 'limit': must be an integer from 1 to {MAX_ITEMS_PAGE}.",
-            param="limit",
-            code="invalid_limit",
-        )
-    return value
+    """The `limit` query parameter of input item lists (`parse_limit`: 1 to
+    `MAX_ITEMS_PAGE`, default 20)."""
+    return parse_limit(limit, MAX_ITEMS_PAGE, DEFAULT_ITEMS_PAGE)
 
 
 def items_order(
