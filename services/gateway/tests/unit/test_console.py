@@ -825,3 +825,14 @@ async def test_a_405_page_names_the_methods_the_address_serves():
     assert response.headers["allow"] == "POST"
     assert revoke.status_code == 405
     assert revoke.headers["allow"] == "POST"
+
+
+async def test_a_filter_given_twice_is_refused_on_a_page():
+    async with console() as gw:
+        await sign_in(gw)
+        page = await gw.client.get("/ui/requests?model=nope&model=sim-small")
+        csv = await gw.client.get("/ui/usage.csv?since=1d&since=7d")
+    assert page.status_code == 400
+    assert page.headers["content-type"].startswith("text/html")
+    assert "&#39;model&#39; was given more than once" in page.text
+    assert csv.status_code == 400

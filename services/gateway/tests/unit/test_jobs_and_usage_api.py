@@ -279,6 +279,7 @@ async def test_a_list_parameter_given_repeatedly_is_forwarded_as_one_list(harnes
     ("path", "query", "param"),
     [
         ("/v1/usage", "since=7d&since=1d", "since"),
+        ("/v1/usage", "since=7d&since[]=1d", "since"),
         ("/v1/jobs", "limit=5&limit=500", "limit"),
         ("/v1/history", "cursor=a&cursor=b", "cursor"),
         ("/v1/models", "limit=1&limit=2", "limit"),

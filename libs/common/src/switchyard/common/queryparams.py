@@ -40,17 +40,19 @@ def merged_parameters(
     merged: list[tuple[str, str]] = []
     seen: set[str] = set()
     for raw_name, _ in request.query_params.multi_items():
-        name = raw_name.removesuffix("[]") if raw_name.removesuffix("[]") in lists else raw_name
-        if name in seen:
-            if name in lists:
+        # `since[]` names `since` too: given beside it, the parameter is given twice.
+        base = raw_name.removesuffix("[]")
+        name = base if base in lists else raw_name
+        if base in seen:
+            if base in lists:
                 continue
             raise APIError(
                 400,
-                f"The query parameter '{name}' was given more than once; it takes one value.",
-                param=name,
+                f"The query parameter '{base}' was given more than once; it takes one value.",
+                param=base,
                 code="invalid_request",
             )
-        seen.add(name)
+        seen.add(base)
         value = list_parameter(request, name) if name in lists else request.query_params[name]
         merged.append((name, value or ""))
     return tuple(merged)

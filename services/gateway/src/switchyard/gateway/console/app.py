@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from asgi_csrf import Errors, asgi_csrf
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -20,8 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from switchyard.common.errors import http_error_headers, validation_message
+from switchyard.common.errors import APIError, http_error_headers, validation_message
 from switchyard.common.http import FASTAPI_TELEMETRY
+from switchyard.common.queryparams import refuse_repeated_parameters
 from switchyard.common.settings import Environment
 from switchyard.gateway.bootstrap import Gateway
 from switchyard.gateway.console import views
@@ -164,7 +165,14 @@ def create_console(gateway: Gateway) -> ASGIApp:
     secure = settings.environment != Environment.DEVELOPMENT
     key = settings.console_signing_key()
     cookies = SessionCookies(key, ttl_s=settings.console_session_ttl_s, secure=secure)
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, telemetry=FASTAPI_TELEMETRY)
+    app = FastAPI(
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        telemetry=FASTAPI_TELEMETRY,
+        # A filter given twice (`?model=a&model=b`) is refused, as on the API.
+        dependencies=[Depends(refuse_repeated_parameters)],
+    )
     app.state.console = ConsoleState(
         backend=ConsoleBackend(gateway), cookies=cookies, templates=_templates(), refreshes={}
     )
@@ -190,6 +198,18 @@ def create_console(gateway: Gateway) -> ASGIApp:
             None,
             503 if exc.status >= 500 else exc.status,
             title="Something went wrong" if exc.status < 500 else "Temporarily unavailable",
+            message=exc.message,
+            back="/",
+        )
+
+    @app.exception_handler(APIError)
+    async def _refused(request: Request, exc: APIError) -> Response:
+        return render(
+            request,
+            "message.html",
+            None,
+            exc.status,
+            title="Not accepted",
             message=exc.message,
             back="/",
         )
