@@ -56,11 +56,11 @@ async def test_preflight_from_another_origin_is_refused() -> None:
         )
         assert response.status_code == 400
         assert "access-control-allow-origin" not in response.headers
-        disallowed_header = await gw.client.options(
+        disallowed_method = await gw.client.options(
             "/v1/chat/completions",
-            headers={**PREFLIGHT, "Access-Control-Request-Method": "PUT"},
+            headers={**PREFLIGHT, "Access-Control-Request-Method": "TRACE"},
         )
-        assert disallowed_header.status_code == 400
+        assert disallowed_method.status_code == 400
 
 
 async def test_outside_development_nothing_is_allowed_by_default() -> None:
@@ -141,3 +141,23 @@ async def test_an_unexpected_faults_500_carries_the_cors_headers_and_request_id(
         assert response.json()["error"]["type"] == "server_error"
         assert response.headers["access-control-allow-origin"] == "https://app.example.com"
         assert response.headers["x-request-id"]
+
+
+async def test_browsers_may_use_every_method_a_route_serves_by_default() -> None:
+    """The default `cors_allow_methods` covers each route's methods (a PUT on
+    /v1/history/settings was refused at the preflight although the route serves it)."""
+    settings = Settings(topic_prefix="unit-cors")
+    served = {"HEAD", "OPTIONS"}
+    async with gateway_with(settings=settings) as gw:
+        for operations in gw.app.openapi()["paths"].values():
+            served |= {method.upper() for method in operations}
+        preflight = await gw.client.options(
+            "/v1/history/settings",
+            headers={
+                **PREFLIGHT,
+                "Origin": "http://localhost:3000",
+                "Access-Control-Request-Method": "PUT",
+            },
+        )
+    assert served <= set(settings.cors_allow_methods), served - set(settings.cors_allow_methods)
+    assert preflight.status_code == 200, preflight.text

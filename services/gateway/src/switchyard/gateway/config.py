@@ -149,7 +149,8 @@ class Settings(ServiceSettings):
         default=None, description="Origins matching this regular expression are allowed too."
     )
     cors_allow_methods: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["GET", "POST", "PATCH", "DELETE", "OPTIONS"]
+        default_factory=lambda: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        description="Methods browsers may use (default: every method a route serves).",
     )
     cors_allow_headers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["*"], description="Request headers browsers may send."
