@@ -272,3 +272,23 @@ def test_a_prompt_past_the_tokenizers_one_call_limits_is_estimated() -> None:
         ],
     }
     assert estimate_input_tokens(body) > 210_000 + 1_200_000 // 8
+
+
+@pytest.mark.parametrize("budget", [1024, 2000, 60_000])
+async def test_an_estimate_counts_a_request_with_thinking(recorder, serve, budget):
+    """count_tokens takes no max_tokens: a thinking budget is never checked against one."""
+    harness = await serve(gpt(recorder))
+    body = {**BODY, "thinking": {"type": "enabled", "budget_tokens": budget}}
+    reply = await harness.handle(count(body))
+
+    assert isinstance(reply, ChatCompleted), reply
+    assert reply.data.response["input_tokens"] > 0
+
+
+async def test_an_estimate_still_refuses_a_thinking_budget_below_the_floor(recorder, serve):
+    harness = await serve(gpt(recorder))
+    body = {**BODY, "thinking": {"type": "enabled", "budget_tokens": 100}}
+    reply = await harness.handle(count(body))
+
+    assert isinstance(reply, ChatFailed), reply
+    assert "greater than or equal to 1024" in reply.data.error.message

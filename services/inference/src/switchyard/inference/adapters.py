@@ -558,8 +558,9 @@ class CountTokensEstimate(CountTokensPassThrough):
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
-        # The same checks as a message to this deployment (count_tokens has no max_tokens).
-        _translated(messages_request_to_chat, {**body, "max_tokens": 1})
+        # The same checks as a message to this deployment. count_tokens takes no
+        # max_tokens: one no thinking budget reaches stands in for it.
+        _translated(messages_request_to_chat, {**body, "max_tokens": 2**31 - 1})
 
         def estimate() -> dict[str, Any]:
             return {"input_tokens": estimate_input_tokens(body)}
