@@ -1107,7 +1107,10 @@ def test_documents_map_to_files_and_text() -> None:
                             "data": "JVBERi0x",
                         },
                     },
-                    {"type": "document", "source": {"type": "text", "data": "Plain."}},
+                    {
+                        "type": "document",
+                        "source": {"type": "text", "media_type": "text/plain", "data": "Plain."},
+                    },
                 ],
             }
         ],

@@ -411,7 +411,12 @@ async def test_a_text_part_that_is_not_a_string_is_refused_naming_it(
                 "messages": [
                     {
                         "role": "user",
-                        "content": [{"type": "document", "source": {"type": "text", "data": 5}}],
+                        "content": [
+                            {
+                                "type": "document",
+                                "source": {"type": "text", "media_type": "text/plain", "data": 5},
+                            }
+                        ],
                     }
                 ],
             },
@@ -673,6 +678,115 @@ async def test_a_thinking_budget_must_leave_room_under_max_tokens(harness, recor
 async def test_a_responses_file_or_image_of_the_wrong_kind_is_refused(
     harness, recorder, part, param, code
 ) -> None:
+    body = {"input": [{"role": "user", "content": [part]}]}
+    error = await refusal(harness, recorder, "claude", RESPONSES, body)
+    assert (error.param, error.code) == (param, code)
+
+
+@pytest.mark.parametrize(
+    ("part", "param", "code"),
+    [
+        (
+            {"type": "file", "file": {"file_data": "data:text/plain,hi", "filename": 123}},
+            "messages.[0].content.[0].file.filename",
+            "invalid_type",
+        ),
+        (
+            {"type": "image_url", "image_url": "https://x/cat.png"},
+            "messages.[0].content.[0].image_url",
+            "invalid_type",
+        ),
+        (
+            {"type": "image_url", "image_url": {"url": "https://x/cat.png", "detail": "bogus"}},
+            "messages.[0].content.[0].image_url.detail",
+            "invalid_value",
+        ),
+    ],
+)
+async def test_a_chat_parts_other_fields_are_checked_too(harness, recorder, part, param, code):
+    messages = [{"role": "user", "content": [part]}]
+    error = await refusal(harness, recorder, "claude", CHAT, {"messages": messages})
+    assert (error.param, error.code) == (param, code)
+
+
+async def test_a_data_url_scheme_is_read_in_any_case(harness, recorder) -> None:
+    url = "DATA:image/png;base64,iVBORw0KGgo="
+    await harness.handle(
+        chat_request("claude", api=CHAT, body={"model": "claude", "messages": [_image(url)]})
+    )
+    [block] = recorder.last.body["messages"][0]["content"]
+    assert block["source"]["type"] == "base64"
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        (
+            {
+                "type": "document",
+                "title": 5,
+                "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"},
+            },
+            "messages.0.content.0.title: Input should be a valid string",
+        ),
+        (
+            {"type": "document", "source": {"type": "text", "data": "x"}},
+            "messages.0.content.0.source.media_type: Input should be 'text/plain'",
+        ),
+        (
+            {"type": "document", "source": {"type": "content", "content": 5}},
+            "messages.0.content.0.source.content: Input should be a valid string or a list of blocks",
+        ),
+        (
+            {"type": "document", "source": {"type": "content"}},
+            "messages.0.content.0.source.content: Field required",
+        ),
+        (
+            {
+                "type": "document",
+                "source": {
+                    "type": "content",
+                    "content": [
+                        {
+                            "type": "image",
+                            "source": {"type": "base64", "media_type": "image/png", "data": "!!"},
+                        }
+                    ],
+                },
+            },
+            "messages.0.content.0.source.content.0: 'image' blocks in a document's content "
+            "cannot be sent to this model; only text blocks can.",
+        ),
+        (
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": 5}},
+            "messages.0.content.0.source.data: Input should be a valid string",
+        ),
+    ],
+)
+async def test_an_anthropic_documents_fields_are_checked_before_it_is_sent(
+    harness, recorder, block, message
+) -> None:
+    body = {"max_tokens": 10, "messages": [{"role": "user", "content": [block]}]}
+    error = await refusal(harness, recorder, "gpt", MESSAGES, body)
+    assert error.message == message
+
+
+@pytest.mark.parametrize(
+    ("part", "param", "code"),
+    [
+        (
+            {"type": "input_file", "file_data": "JVBERi0x", "filename": 7},
+            "input[0].content[0].filename",
+            "invalid_type",
+        ),
+        (
+            {"type": "input_image", "image_url": "https://x/cat.png", "detail": "bogus"},
+            "input[0].content[0].detail",
+            "invalid_value",
+        ),
+    ],
+)
+async def test_a_responses_parts_other_fields_are_checked_too(harness, recorder, part, param, code):
     body = {"input": [{"role": "user", "content": [part]}]}
     error = await refusal(harness, recorder, "claude", RESPONSES, body)
     assert (error.param, error.code) == (param, code)

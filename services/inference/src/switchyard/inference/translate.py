@@ -533,6 +533,8 @@ def _system_text(system: Any, where: str) -> str:
 # "image" and "document" content blocks).
 ANTHROPIC_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 ANTHROPIC_DOCUMENT_TYPES = ("application/pdf",)
+# An OpenAI image part's `detail` (Chat Completions reference, "image_url").
+IMAGE_DETAILS = ("auto", "low", "high")
 
 
 def _anthropic_base64(source: dict[str, Any], where: str, media_types: tuple[str, ...]) -> str:
@@ -546,8 +548,10 @@ def _anthropic_base64(source: dict[str, Any], where: str, media_types: tuple[str
         listed = f"{', '.join(words[:-1])} or {words[-1]}" if len(words) > 1 else words[0]
         raise _anthropic_refusal(f"{where}.source.media_type", f"Input should be {listed}")
     data = source.get("data")
-    if not isinstance(data, str):
+    if data is None:
         raise _anthropic_refusal(f"{where}.source.data", "Field required")
+    if not isinstance(data, str):
+        raise _anthropic_refusal(f"{where}.source.data", "Input should be a valid string")
     checked = _checked_base64(data)
     if not checked:
         raise _anthropic_refusal(f"{where}.source.data", "invalid base64 data")
@@ -586,6 +590,34 @@ def _text_parts(texts: list[str]) -> list[dict[str, Any]]:
     return [{"type": "text", "text": text} for text in texts]
 
 
+def _document_content_texts(content: Any, where: str) -> list[str]:
+    """The texts of a document's `content` source (a string, or a list of text blocks),
+    at `where`. Raises TranslationError in Anthropic's words for any other shape, and for
+    an image block, which a Chat Completions file part cannot carry (it was dropped)."""
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        if content is None:
+            raise _anthropic_refusal(where, "Field required")
+        raise _anthropic_refusal(where, "Input should be a valid string or a list of blocks")
+    texts = []
+    for index, block in enumerate(content):
+        if not isinstance(block, dict):
+            raise _anthropic_refusal(f"{where}.{index}", "Input should be a valid dictionary")
+        if block.get("type") != "text":
+            raise _anthropic_refusal(
+                f"{where}.{index}",
+                f"{block.get('type')!r} blocks in a document's content cannot be sent to this "
+                "model; only text blocks can.",
+                "unsupported_parameter",
+            )
+        text = block.get("text")
+        if not isinstance(text, str):
+            raise _anthropic_refusal(f"{where}.{index}.text", "Input should be a valid string")
+        texts.append(text)
+    return texts
+
+
 def _anthropic_document_to_openai(block: dict[str, Any], where: str) -> list[dict[str, Any]]:
     """The parts of a document block: a PDF as a `file` part (its `title` as filename), a
     text document as a text part, its `title` and `context` (what the document is, for
@@ -596,27 +628,28 @@ def _anthropic_document_to_openai(block: dict[str, Any], where: str) -> list[dic
     about = [
         value for value in (block.get("title"), block.get("context")) if isinstance(value, str)
     ]
+    title = block.get("title")
+    if title is not None and not isinstance(title, str):
+        raise _anthropic_refusal(f"{where}.title", "Input should be a valid string")
     if kind == "base64":
         file = {
             "type": "file",
             "file": {
-                "filename": block.get("title") or "document.pdf",
+                "filename": title or "document.pdf",
                 "file_data": _anthropic_base64(source, where, ANTHROPIC_DOCUMENT_TYPES),
             },
         }
         context = block.get("context")
         return [*_text_parts([context] if isinstance(context, str) else []), file]
     if kind == "text":
+        if source.get("media_type") != "text/plain":
+            raise _anthropic_refusal(f"{where}.source.media_type", "Input should be 'text/plain'")
         data = source.get("data")
         if not isinstance(data, str):
             raise _anthropic_refusal(f"{where}.source.data", "Input should be a valid string")
         texts = [data]
     elif kind == "content":
-        content = source.get("content")
-        if isinstance(content, list):
-            texts = [_text_of([part]) for part in content]
-        else:
-            texts = [_text_of(content)]
+        texts = _document_content_texts(source.get("content"), f"{where}.source.content")
     else:
         raise _anthropic_refusal(
             f"{where}.source.type",
@@ -1174,7 +1207,7 @@ def parse_data_url(url: str, where: str) -> tuple[str, str] | None:
     TranslationError (`invalid_value`, naming `where`) for a `data:` URL without a comma
     before its data, with empty data, a malformed media type, or data marked base64 that
     is not: the provider would refuse it in its own words, naming its own fields."""
-    if not url.startswith("data:"):
+    if url[:5].lower() != "data:":
         return None
     header, comma, data = url[5:].partition(",")
     if not comma:
@@ -1304,9 +1337,16 @@ def _openai_user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
                 blocks.append(_text_block(part, part_where))
         elif kind == "image_url":
             image = part.get("image_url")
-            url = image.get("url") if isinstance(image, dict) else image
+            if image is None:
+                raise missing_parameter(f"{part_where}.image_url")
+            if not isinstance(image, dict):
+                raise invalid_type(f"{part_where}.image_url", "an object", image)
+            url = image.get("url")
             if url is None:
                 raise missing_parameter(f"{part_where}.image_url.url")
+            detail = image.get("detail")
+            if detail is not None and detail not in IMAGE_DETAILS:
+                raise not_one_of(f"{part_where}.image_url.detail", detail, IMAGE_DETAILS)
             if not isinstance(url, str):
                 raise invalid_type(f"{part_where}.image_url.url", "a string", url)
             source = image_source(url, f"{part_where}.image_url.url")
@@ -1331,8 +1371,11 @@ def _openai_user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
                 "type": "document",
                 "source": document_source(*data_url, f"{part_where}.file.file_data"),
             }
-            if file.get("filename"):
-                document["title"] = file["filename"]
+            filename = file.get("filename")
+            if filename is not None and not isinstance(filename, str):
+                raise invalid_type(f"{part_where}.file.filename", "a string", filename)
+            if filename:
+                document["title"] = filename
             blocks.append(document)
         else:
             raise TranslationError(

@@ -39,6 +39,7 @@ from switchyard.common.events import TokenUsage, utcnow
 from switchyard.common.responses import response_object, upstream_item, usage_object
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
+    IMAGE_DETAILS,
     TranslationError,
     _tool_input,
     add_anthropic_sampling,
@@ -750,6 +751,9 @@ def _anthropic_user_block(part: dict[str, Any], where: str) -> dict[str, Any]:
     if kind in ("input_text", "text", "output_text"):
         return {"type": "text", "text": text_of(part, where)}
     if kind == "input_image":
+        detail = part.get("detail")
+        if detail is not None and detail not in IMAGE_DETAILS:
+            raise not_one_of(f"{where}.detail", detail, IMAGE_DETAILS)
         return _anthropic_image(part.get("image_url"), where)
     if kind == "input_file":
         file_data, file_url = part.get("file_data"), part.get("file_url")
@@ -774,8 +778,11 @@ def _anthropic_user_block(part: dict[str, Any], where: str) -> dict[str, Any]:
                 "sent to this model.",
                 where,
             )
-        if part.get("filename"):
-            block["title"] = part["filename"]
+        filename = part.get("filename")
+        if filename is not None and not isinstance(filename, str):
+            raise invalid_type(f"{where}.filename", "a string", filename)
+        if filename:
+            block["title"] = filename
         return block
     raise TranslationError(
         f"'{where}': content parts of type {kind!r} cannot be sent to this model.", where
