@@ -735,7 +735,8 @@ async def test_a_data_url_scheme_is_read_in_any_case(harness, recorder) -> None:
         ),
         (
             {"type": "document", "source": {"type": "content", "content": 5}},
-            "messages.0.content.0.source.content: Input should be a valid string or a list of blocks",
+            "messages.0.content.0.source.content: Input should be a valid string or a list of "
+            "blocks",
         ),
         (
             {"type": "document", "source": {"type": "content"}},
