@@ -832,7 +832,10 @@ async def test_a_filter_given_twice_is_refused_on_a_page():
         await sign_in(gw)
         page = await gw.client.get("/ui/requests?model=nope&model=sim-small")
         csv = await gw.client.get("/ui/usage.csv?since=1d&since=7d")
+        status = await gw.client.get("/ui/requests?status=completed&status=failed")
+        jobs = await gw.client.get("/ui/jobs?status[]=queued&status=failed")
     assert page.status_code == 400
+    assert status.status_code == jobs.status_code == 400
     assert page.headers["content-type"].startswith("text/html")
     assert "&#39;model&#39; was given more than once" in page.text
     assert csv.status_code == 400

@@ -10,7 +10,7 @@ one of the two.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from starlette.requests import Request
 
@@ -58,7 +58,17 @@ def merged_parameters(
     return tuple(merged)
 
 
-async def refuse_repeated_parameters(request: Request) -> None:
-    """A FastAPI dependency: raises `merged_parameters`'s APIError when a parameter that
-    takes one value is given more than once."""
-    merged_parameters(request)
+def refusing_repeated(
+    lists: Collection[str] = LIST_PARAMETERS,
+) -> Callable[[Request], Awaitable[None]]:
+    """A FastAPI dependency that raises `merged_parameters`'s APIError when a parameter
+    that takes one value (any not in `lists`) is given more than once."""
+
+    async def refuse_repeated(request: Request) -> None:
+        merged_parameters(request, lists)
+
+    return refuse_repeated
+
+
+# The APIs' dependency: `group_by`, `status` and `include` may be repeated.
+refuse_repeated_parameters = refusing_repeated()

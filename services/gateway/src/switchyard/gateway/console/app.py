@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from switchyard.common.errors import APIError, http_error_headers, validation_message
 from switchyard.common.http import FASTAPI_TELEMETRY
-from switchyard.common.queryparams import refuse_repeated_parameters
+from switchyard.common.queryparams import refusing_repeated
 from switchyard.common.settings import Environment
 from switchyard.gateway.bootstrap import Gateway
 from switchyard.gateway.console import views
@@ -170,8 +170,9 @@ def create_console(gateway: Gateway) -> ASGIApp:
         redoc_url=None,
         openapi_url=None,
         telemetry=FASTAPI_TELEMETRY,
-        # A filter given twice (`?model=a&model=b`) is refused, as on the API.
-        dependencies=[Depends(refuse_repeated_parameters)],
+        # A filter given twice (`?model=a&model=b`) is refused, as on the API; the pages
+        # take one value of each, `status` too.
+        dependencies=[Depends(refusing_repeated(lists=()))],
     )
     app.state.console = ConsoleState(
         backend=ConsoleBackend(gateway), cookies=cookies, templates=_templates(), refreshes={}
