@@ -151,4 +151,20 @@ def test_a_failed_migration_is_reported_with_its_error(
     with pytest.raises(MigrationError) as refused:
         wait_for_migrations(child)
     assert child.returncode != 0
+    # The error itself, one line, not the child's traceback.
     assert "not-a-directory" in str(refused.value)
+    assert "\n" not in str(refused.value) and "Traceback" not in str(refused.value)
+
+
+def test_ctrl_c_while_the_commands_load_exits_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT before a command handles it (the plugins still importing) is exit 130, not
+    a KeyboardInterrupt traceback."""
+    from switchyard.common import cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 130

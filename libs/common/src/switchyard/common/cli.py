@@ -269,8 +269,12 @@ def build() -> typer.Typer:
 
 
 def main() -> None:
-    """Entry point of the `switchyard` command: parse `sys.argv` and run the chosen subcommand."""
-    build()()
+    """Entry point of the `switchyard` command: parse `sys.argv` and run the chosen subcommand.
+    Ctrl+C before the command handles it (while the plugins load) exits with 130, quietly."""
+    try:
+        build()()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

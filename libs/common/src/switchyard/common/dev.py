@@ -170,11 +170,12 @@ def migrate_in_child(database_url: str | None) -> subprocess.Popen[bytes]:
 
 
 def wait_for_migrations(child: subprocess.Popen[bytes]) -> None:
-    """Wait for the `migrate_in_child` process. Raises MigrationError with what it wrote
-    on stderr when it fails."""
+    """Wait for the `migrate_in_child` process. Raises MigrationError with the last line
+    it wrote on stderr (the error, without the traceback before it) when it fails."""
     _, stderr = child.communicate()
     if child.returncode != 0:
-        raise MigrationError(stderr.decode(errors="replace").strip())
+        lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
+        raise MigrationError(lines[-1].strip() if lines else f"exit status {child.returncode}")
 
 
 class MigrationError(RuntimeError):
@@ -259,7 +260,7 @@ def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     except MigrationError as exc:
-        print(f"error: the databases could not be migrated:\n{exc}", file=sys.stderr, flush=True)
+        print(f"error: the databases could not be migrated: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     finally:
         if migrating.poll() is None:
