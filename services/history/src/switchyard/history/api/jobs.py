@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.history.api.dependencies import CallerDep, ComponentsDep, QueriesDep
-from switchyard.history.api.params import page_limit, parse_statuses
+from switchyard.history.api.params import cursor_refusal, page_limit, parse_statuses
 from switchyard.history.jobs import (
     JOB_STATUSES,
     cancellation_event,
@@ -76,9 +76,7 @@ def jobs_router(internal_token: str) -> APIRouter:
         try:
             page = await queries.list_jobs(caller, limit=limit, cursor=cursor, statuses=statuses)
         except InvalidCursorError as exc:
-            raise APIError(
-                400, f"Invalid value for 'cursor': {exc}", param="cursor", code="invalid_cursor"
-            ) from exc
+            raise cursor_refusal(exc) from exc
         return _json(
             {
                 "object": "list",

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Query
 
 from switchyard.common.errors import APIError
-from switchyard.history.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from switchyard.history.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, InvalidCursorError
 from switchyard.history.timeparse import TimeFormatError, parse_instant
 
 
@@ -39,6 +39,13 @@ def page_limit(
     """The `limit` query parameter of the lists of requests, jobs and replays
     (`parse_limit`: 1 to `MAX_PAGE_SIZE`, default `DEFAULT_PAGE_SIZE`)."""
     return parse_limit(limit, MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE)
+
+
+def cursor_refusal(exc: InvalidCursorError) -> APIError:
+    """The 400 `invalid_cursor` for a `cursor` query parameter this API did not issue."""
+    return APIError(
+        400, f"Invalid value for 'cursor': {exc}", param="cursor", code="invalid_cursor"
+    )
 
 
 def parse_time(value: str | None, param: str) -> datetime | None:

@@ -13,7 +13,13 @@ from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.common.jsonbody import BoundedJsonRoute
 from switchyard.history.api.dependencies import CallerDep, replay_store
-from switchyard.history.api.params import page_limit, parse_limit, parse_statuses, parse_time
+from switchyard.history.api.params import (
+    cursor_refusal,
+    page_limit,
+    parse_limit,
+    parse_statuses,
+    parse_time,
+)
 from switchyard.history.models import ReplayStatus
 from switchyard.history.queries import DEFAULT_PAGE_SIZE, InvalidCursorError
 from switchyard.history.replays import ReplayError, ReplaySpec, ReplayStore, Selection, parse_rate
@@ -142,9 +148,7 @@ def replays_router(internal_token: str) -> APIRouter:
         try:
             page = await store.list(caller, limit=limit, cursor=cursor, statuses=statuses)
         except InvalidCursorError as exc:
-            raise APIError(
-                400, f"Invalid value for 'cursor': {exc}", param="cursor", code="invalid_cursor"
-            ) from exc
+            raise cursor_refusal(exc) from exc
         return {"object": "list", "data": page.items, "next_cursor": page.next_cursor}
 
     @router.get("/{replay_id}")

@@ -12,7 +12,12 @@ from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.common.jsonbody import BoundedJsonRoute
 from switchyard.history.api.dependencies import CallerDep, QueriesDep, TenantsDep, user_filter
-from switchyard.history.api.params import page_limit, parse_statuses, parse_time_range
+from switchyard.history.api.params import (
+    cursor_refusal,
+    page_limit,
+    parse_statuses,
+    parse_time_range,
+)
 from switchyard.history.api.schemas import HistoryItem, HistoryList, history_item
 from switchyard.history.queries import (
     DEFAULT_PAGE_SIZE,
@@ -114,9 +119,7 @@ def history_router(internal_token: str) -> APIRouter:
         try:
             page = await queries.list_requests(caller, limit=limit, cursor=cursor, filters=filters)
         except InvalidCursorError as exc:
-            raise APIError(
-                400, f"Invalid value for 'cursor': {exc}", param="cursor", code="invalid_cursor"
-            ) from exc
+            raise cursor_refusal(exc) from exc
         return HistoryList(
             data=[history_item(row) for row in page.items], next_cursor=page.next_cursor
         )
