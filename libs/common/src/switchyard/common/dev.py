@@ -153,10 +153,11 @@ def migrate_all(plugins: list[ServicePlugin]) -> None:
 
 def migrate_in_child(database_url: str | None) -> subprocess.Popen[bytes]:
     """Start this module as a child process that applies every installed plugin's
-    migrations to the databases `switchyard dev` uses (`apply_dev_environment`, with
-    `database_url` as `--database-url`), beside the rest of start-up; `wait_for_migrations`
-    waits for it. Alembic, its Mako templates and the migration scripts take some 15 MiB
-    that the serving process would otherwise keep for its whole life, for work done once."""
+    migrations to the databases `switchyard dev` uses (`apply_dev_environment`; an explicit
+    `database_url` reaches it as SWITCHYARD_DEV_DATABASE_URL), beside the rest of
+    start-up; `wait_for_migrations` waits for it. Alembic, its Mako templates and the
+    migration scripts take some 15 MiB that the serving process would otherwise keep for
+    its whole life, for work done once."""
     environment = dict(os.environ)
     if database_url:
         # Through the environment, never the command line other users can read.
