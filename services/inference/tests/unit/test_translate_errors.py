@@ -648,14 +648,25 @@ async def test_an_anthropic_pdf_of_another_type_is_refused(harness, recorder) ->
     )
 
 
-async def test_a_thinking_budget_must_leave_room_under_max_tokens(harness, recorder) -> None:
+async def test_a_thinking_budget_above_max_tokens_is_sent(harness, recorder) -> None:
+    """Anthropic takes a budget above max_tokens with interleaved thinking (a beta
+    header): the translation, which does not see it, never refuses one."""
     body = {
+        "model": "gpt",
         "max_tokens": 2000,
         "messages": USER,
-        "thinking": {"type": "enabled", "budget_tokens": 2000},
+        "thinking": {"type": "enabled", "budget_tokens": 4000},
     }
-    error = await refusal(harness, recorder, "gpt", MESSAGES, body)
-    assert "`max_tokens` must be greater than `thinking.budget_tokens`" in error.message
+    await harness.handle(chat_request("gpt", api=MESSAGES, body=body))
+    assert recorder.last.body["reasoning_effort"] == "low"
+
+
+async def test_a_responses_image_may_ask_for_its_original_detail(harness, recorder) -> None:
+    part = {"type": "input_image", "image_url": "https://x/cat.png", "detail": "original"}
+    body = {"model": "claude", "input": [{"role": "user", "content": [part]}]}
+    await harness.handle(chat_request("claude", api=RESPONSES, body=body))
+    [block] = recorder.last.body["messages"][0]["content"]
+    assert block == {"type": "image", "source": {"type": "url", "url": "https://x/cat.png"}}
 
 
 @pytest.mark.parametrize(

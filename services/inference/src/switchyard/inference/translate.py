@@ -397,13 +397,9 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     effort = _reasoning_effort_of_thinking(body.get("thinking"))
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        # A budget at or above max_tokens is not refused: Anthropic takes one with
+        # interleaved thinking (a beta header this translation does not see).
         _refuse_what_thinking_refuses(body)
-        max_tokens = body.get("max_tokens")
-        if isinstance(max_tokens, int) and max_tokens <= thinking["budget_tokens"]:
-            # The Anthropic API's rule; an OpenAI-protocol upstream has no budget to check.
-            raise _anthropic_refusal(
-                "max_tokens", "`max_tokens` must be greater than `thinking.budget_tokens`"
-            )
     output_config = body.get("output_config")
     if output_config is not None:
         effort = _apply_output_config(output_config, result) or effort
@@ -533,8 +529,10 @@ def _system_text(system: Any, where: str) -> str:
 # "image" and "document" content blocks).
 ANTHROPIC_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 ANTHROPIC_DOCUMENT_TYPES = ("application/pdf",)
-# An OpenAI image part's `detail` (Chat Completions reference, "image_url").
+# An OpenAI image part's `detail`: Chat Completions' `image_url` (API reference), and the
+# Responses API's `input_image`, which also takes "original".
 IMAGE_DETAILS = ("auto", "low", "high")
+INPUT_IMAGE_DETAILS = ("auto", "low", "high", "original")
 
 
 def _anthropic_base64(source: dict[str, Any], where: str, media_types: tuple[str, ...]) -> str:

@@ -39,7 +39,7 @@ from switchyard.common.events import TokenUsage, utcnow
 from switchyard.common.responses import response_object, upstream_item, usage_object
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
-    IMAGE_DETAILS,
+    INPUT_IMAGE_DETAILS,
     TranslationError,
     _tool_input,
     add_anthropic_sampling,
@@ -752,8 +752,8 @@ def _anthropic_user_block(part: dict[str, Any], where: str) -> dict[str, Any]:
         return {"type": "text", "text": text_of(part, where)}
     if kind == "input_image":
         detail = part.get("detail")
-        if detail is not None and detail not in IMAGE_DETAILS:
-            raise not_one_of(f"{where}.detail", detail, IMAGE_DETAILS)
+        if detail is not None and detail not in INPUT_IMAGE_DETAILS:
+            raise not_one_of(f"{where}.detail", detail, INPUT_IMAGE_DETAILS)
         return _anthropic_image(part.get("image_url"), where)
     if kind == "input_file":
         file_data, file_url = part.get("file_data"), part.get("file_url")
