@@ -109,3 +109,17 @@ async def test_a_405_allows_every_method_served_at_the_path() -> None:
     assert cancel.headers["allow"] == "POST"
     assert mounted.status_code == 405
     assert mounted.headers["allow"] == "PATCH, PUT"
+
+
+async def test_a_405_of_mounted_static_files_never_says_no_method_is_allowed(tmp_path) -> None:
+    from starlette.staticfiles import StaticFiles
+
+    (tmp_path / "a.css").write_text("body {}")
+    app = FastAPI()
+    install_error_handlers(app)
+    app.mount("/static", StaticFiles(directory=tmp_path))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post("/static/a.css")
+    assert response.status_code == 405
+    assert response.headers.get("allow", "GET, HEAD") != ""

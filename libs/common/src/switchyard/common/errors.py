@@ -70,7 +70,10 @@ def http_error_headers(request: Request, exc: StarletteHTTPException) -> dict[st
     headers = getattr(exc, "headers", None)
     if exc.status_code != 405:
         return headers
-    return {**(headers or {}), "Allow": allowed_methods(request.scope)}
+    allowed = allowed_methods(request.scope)
+    # Nothing found: a 405 of a mounted app that is not a router (static files); its
+    # own headers stand, never an empty Allow, which would say no method is served.
+    return {**(headers or {}), "Allow": allowed} if allowed else headers
 
 
 def json_type(value: Any) -> str:
