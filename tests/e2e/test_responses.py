@@ -138,6 +138,47 @@ def test_a_conversation_chained_across_two_requests(system, model, route, upstre
     ]
 
 
+COUNTS = [
+    ("sim-small", {"/v1/responses/input_tokens": 1}, "openai.responses.input_tokens", "exact"),
+    ("sim-large", {}, None, "estimate"),
+    ("sim-claude", {"/v1/messages/count_tokens": 1}, "anthropic.count_tokens", "exact"),
+]
+
+
+@pytest.mark.parametrize(("model", "calls_made", "upstream_api", "kind"), COUNTS, ids=IDS)
+def test_input_tokens_of_a_chained_request(system, model, calls_made, upstream_api, kind):
+    client = openai_client(system)
+    first = client.responses.create(model=model, input="My name is Ada.")
+    with UpstreamCalls(system) as calls:
+        # At once, as in the chaining test: the count reads the same conversation.
+        raw = client.responses.input_tokens.with_raw_response.count(
+            model=model, input="What is my name?", previous_response_id=first.id
+        )
+    counted = raw.parse()
+
+    assert counted.object == "response.input_tokens"
+    assert raw.headers["x-switchyard-token-count"] == kind
+    assert calls.delta == calls_made  # the estimate calls nothing
+    if kind == "exact":
+        assert counted.input_tokens == 15  # what the continued response reports
+    row = stored(system, raw.headers["x-request-id"])
+    assert (row["api"], row["upstream_api"]) == ("openai.responses.input_tokens", upstream_api)
+    assert row["response"] == {
+        "object": "response.input_tokens",
+        "input_tokens": counted.input_tokens,
+    }
+    assert row["input_items"] is None  # a count is not a response: nothing to continue
+
+
+def test_an_input_token_count_refuses_what_it_does_not_take(system):
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client(system).responses.input_tokens.count(
+            model="sim-small", input="hi", extra_body={"stream": True}
+        )
+    assert refused.value.body["code"] == "unknown_parameter"
+    assert refused.value.body["param"] == "stream"
+
+
 def test_retrieve_and_delete_from_postgresql(system):
     client = openai_client(system)
     created = client.responses.create(model="sim-claude", input="Remember the milk.")

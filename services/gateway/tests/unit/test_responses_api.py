@@ -429,6 +429,106 @@ async def test_only_background_responses_can_be_cancelled(system):
 # --------------------------------------------------------------------------- bad input
 
 
+# --------------------------------------------------------------------------- input tokens
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+async def test_input_tokens_are_counted_on_every_kind_of_deployment(system, model):
+    raw = await system.client.responses.input_tokens.with_raw_response.count(
+        model=model, input="How many tokens is this?", instructions="Be brief."
+    )
+    counted = raw.parse()
+
+    assert counted.object == "response.input_tokens" and counted.input_tokens > 0
+    created = await system.client.responses.create(
+        model=model, input="How many tokens is this?", instructions="Be brief."
+    )
+    if model == "sim-large":
+        # No counting endpoint on a Chat-Completions-only deployment: a tokenizer's estimate.
+        assert raw.headers["x-switchyard-token-count"] == "estimate"
+    else:
+        assert raw.headers["x-switchyard-token-count"] == "exact"
+        assert counted.input_tokens == created.usage.input_tokens
+    published = await system.published_for(raw.headers["x-request-id"])
+    assert published.data.api is ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS
+    assert published.data.stream is False
+
+
+@pytest.mark.parametrize("model", MODELS, ids=IDS)
+async def test_input_tokens_count_the_conversation_a_response_continues(system, model):
+    first = await system.client.responses.create(model=model, input="My name is Ada.")
+    alone = await system.client.responses.input_tokens.count(model=model, input="What is my name?")
+    chained = await system.client.responses.input_tokens.count(
+        model=model, input="What is my name?", previous_response_id=first.id
+    )
+
+    assert chained.input_tokens > alone.input_tokens
+    if model != "sim-large":
+        # What the continued response itself reports (see the chaining test: 4 + 7 + 4).
+        assert chained.input_tokens == 15
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "code"),
+    [
+        ({"input": "hi", "stream": True}, 400, "stream", "unknown_parameter"),
+        ({"input": "hi", "store": False}, 400, "store", "unknown_parameter"),
+        ({"input": "hi", "background": True}, 400, "background", "unknown_parameter"),
+        ({"input": 5}, 400, "input", "invalid_type"),
+        ({"input": [{"type": "message"}]}, 400, "input[0].role", "missing_required_parameter"),
+        ({"input": "hi", "previous_response_id": 7}, 400, "previous_response_id", "invalid_type"),
+        (
+            {"input": "hi", "previous_response_id": "resp_unknown"},
+            404,
+            "previous_response_id",
+            "response_not_found",
+        ),
+        ({"input": [{"type": "item_reference", "id": "msg_x"}]}, 404, "input[0]", "item_not_found"),
+    ],
+)
+async def test_invalid_input_token_counts_are_refused_naming_the_field(
+    system, body, status, param, code
+):
+    answer = await system.http.post(
+        "/v1/responses/input_tokens", json={"model": "sim-small", **body}, headers=auth_headers()
+    )
+
+    assert answer.status_code == status, answer.text
+    error = error_of(answer)
+    assert (error["param"], error["code"]) == (param, code)
+    assert system.published == []
+
+
+async def test_an_input_token_count_without_a_model_or_body_is_refused(system):
+    for content, param, code in (
+        (b'{"input": "hi"}', "model", "missing_required_parameter"),
+        (b'{"model": "no-such-model", "input": "hi"}', "model", "model_not_found"),
+        (b"[1]", None, "invalid_json"),
+        (b"", None, "invalid_json"),
+    ):
+        answer = await system.http.post(
+            "/v1/responses/input_tokens",
+            content=content,
+            headers={**auth_headers(), "content-type": "application/json"},
+        )
+        assert answer.status_code in (400, 404), answer.text
+        assert (error_of(answer)["param"], error_of(answer)["code"]) == (param, code)
+    unauthenticated = await system.http.post(
+        "/v1/responses/input_tokens", json={"model": "sim-small", "input": "hi"}
+    )
+    assert unauthenticated.status_code == 401
+    assert system.published == []
+
+
+@pytest.mark.parametrize("model", ["sim-large", "sim-claude"])
+async def test_a_translated_count_refuses_what_the_response_would_refuse(system, model):
+    with pytest.raises(openai.BadRequestError) as refused:
+        await system.client.responses.input_tokens.count(
+            model=model, input="Search the news", tools=[{"type": "web_search"}]
+        )
+    assert refused.value.body["param"] == "tools[0]"
+
+
 async def test_an_unknown_previous_response_id_is_404_naming_the_parameter(system):
     for unknown in (
         "resp_nothing-like-ours",

@@ -305,6 +305,19 @@ async def test_anthropic_count_tokens_equals_the_input_a_message_reports(anthrop
         await anthropic_client.messages.count_tokens(model="sim-claude", messages=[])
 
 
+async def test_responses_input_tokens_equal_the_input_a_response_reports(openai_client):
+    body = {"instructions": "Be brief.", "input": "How many words are here?"}
+    counted = await openai_client.responses.input_tokens.count(model="sim-small", **body)
+    response = await openai_client.responses.create(model="sim-small", **body)
+    assert counted.object == "response.input_tokens"
+    assert counted.input_tokens == response.usage.input_tokens == 7
+    with pytest.raises(openai.BadRequestError) as refused:
+        await openai_client.responses.input_tokens.count(
+            model="sim-small", input="hi", extra_body={"max_output_tokens": 20}
+        )
+    assert refused.value.body["param"] == "max_output_tokens"
+
+
 # ------------------------------------------------------------------ control API
 
 

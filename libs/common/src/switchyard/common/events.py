@@ -72,6 +72,8 @@ class ClientAPI(StrEnum):
     OPENAI_CHAT_COMPLETIONS = "openai.chat_completions"
     OPENAI_EMBEDDINGS = "openai.embeddings"
     OPENAI_RESPONSES = "openai.responses"
+    # `POST /v1/responses/input_tokens`: the input tokens a Responses request would use.
+    OPENAI_RESPONSES_INPUT_TOKENS = "openai.responses.input_tokens"
     ANTHROPIC_MESSAGES = "anthropic.messages"
     ANTHROPIC_COUNT_TOKENS = "anthropic.count_tokens"
 

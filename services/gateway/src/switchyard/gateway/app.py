@@ -60,6 +60,7 @@ from switchyard.gateway.schemas import (
     ChatCompletionRequest,
     EmbeddingsRequest,
     JobRequest,
+    ResponsesInputTokensRequest,
     ResponsesRequest,
 )
 
@@ -250,6 +251,7 @@ def create_app(
         AnthropicCountTokensRequest,
         EmbeddingsRequest,
         ResponsesRequest,
+        ResponsesInputTokensRequest,
         JobRequest,
     )
     install_api_error_handlers(app)

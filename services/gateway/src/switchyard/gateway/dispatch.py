@@ -103,8 +103,9 @@ CANCELLED = Counter(
     ["action"],
 )
 
-# On a count_tokens answer: `exact` (the deployment counted) or `estimate` (a tokenizer did).
+# On a token count's answer: `exact` (the deployment counted) or `estimate` (a tokenizer did).
 TOKEN_COUNT_HEADER = "x-switchyard-token-count"
+COUNTING_APIS = (ClientAPI.ANTHROPIC_COUNT_TOKENS, ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS)
 # How long the cancellation of a request the bus never confirmed taking is retried while
 # the bus refuses it (seconds): well within the 600 s for which inference replicas remember
 # a cancellation of a request they have not seen, so a late-written request still meets it.
@@ -441,7 +442,7 @@ class Dispatch:
             if not self.stream:
                 completed = await self.completion(first)
                 headers = {REQUEST_ID_HEADER: self.request_id, **limits, **cache_headers}
-                if self.api is ClientAPI.ANTHROPIC_COUNT_TOKENS:
+                if self.api in COUNTING_APIS:
                     # No upstream API: inference estimated the count itself.
                     exact = completed.data.upstream_api is not None
                     headers[TOKEN_COUNT_HEADER] = "exact" if exact else "estimate"

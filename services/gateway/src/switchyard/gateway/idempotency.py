@@ -1,5 +1,6 @@
 """`Idempotency-Key` on every model request (`POST /v1/chat/completions`, `/v1/messages`,
-`/v1/messages/count_tokens`, `/v1/responses`, `/v1/embeddings`), on `POST /v1/jobs` and
+`/v1/messages/count_tokens`, `/v1/responses`, `/v1/responses/input_tokens`,
+`/v1/embeddings`), on `POST /v1/jobs` and
 on `POST /v1/replays` (a retried replay would send every recorded request again).
 
 A client that may retry a POST sends `Idempotency-Key: <up to 255 printable characters>`.
@@ -77,6 +78,7 @@ IDEMPOTENT_PATHS = frozenset(
         "/v1/messages",
         "/v1/messages/count_tokens",
         "/v1/responses",
+        "/v1/responses/input_tokens",
         "/v1/embeddings",
         "/v1/jobs",
         "/v1/replays",

@@ -3,7 +3,8 @@ check, admission against budgets and rate limits, the `chat.requested` event, an
 publication (or the refusal the client gets when the bus does not take it).
 
 Interactive requests (`Dispatch.start`: `/v1/chat/completions`, `/v1/messages`,
-`/v1/messages/count_tokens`, `/v1/embeddings`, `/v1/responses`) and batch-lane requests
+`/v1/messages/count_tokens`, `/v1/embeddings`, `/v1/responses`,
+`/v1/responses/input_tokens`) and batch-lane requests
 (`submit_batch`: `/v1/jobs` and background responses) take the same steps in the same
 order, with the same answers:
 
@@ -136,7 +137,11 @@ async def admit(
             api=client.api,
             # Neither generates output: nothing is reserved for one.
             embeddings=client.api
-            in (ClientAPI.OPENAI_EMBEDDINGS, ClientAPI.ANTHROPIC_COUNT_TOKENS),
+            in (
+                ClientAPI.OPENAI_EMBEDDINGS,
+                ClientAPI.ANTHROPIC_COUNT_TOKENS,
+                ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS,
+            ),
         )
     except Refused as refused:
         REJECTED.labels(refused.reason).inc()

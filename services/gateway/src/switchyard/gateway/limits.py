@@ -28,6 +28,7 @@ JOBS_PATH = "/v1/jobs"
 # Model API routes that jobs do not carry.
 OTHER_API_PATHS: dict[str, ClientAPI] = {
     "/v1/messages/count_tokens": ClientAPI.ANTHROPIC_COUNT_TOKENS,
+    "/v1/responses/input_tokens": ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS,
 }
 # The Responses API takes OpenAI's limit, like Chat Completions (not a job API here).
 RESPONSES_PATH = "/v1/responses"

@@ -126,6 +126,34 @@ class AnthropicCountTokensRequest(BaseModel):
     thinking: dict[str, Any] | None = None
 
 
+class ResponsesInputTokensRequest(BaseModel):
+    """OpenAI Responses input token count request: the body `POST /v1/responses` would
+    take, without `stream`, `store` and `background`. Fields not listed here pass through
+    unchanged to deployments offering the Responses API."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {"model": "sim-small", "input": "Hello", "instructions": "Answer briefly."}
+            ]
+        },
+    )
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = Field(
+        default=None, description="Count this stored response's conversation too."
+    )
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    truncation: str | None = None
+
+
 class EmbeddingsRequest(BaseModel):
     """OpenAI Embeddings request. Fields not listed here pass through unchanged."""
 

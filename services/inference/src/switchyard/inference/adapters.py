@@ -17,7 +17,9 @@ Completions for the other OpenAI-protocol ones, and to Messages for Anthropic on
 (`switchyard.inference.translate_responses`). Its adapters are made per request: every
 reply is named with the response id Switchyard gave the request, and
 `previous_response_id`, `background`, `store` and `metadata` are served by Switchyard,
-never by the upstream.
+never by the upstream. Its input token count (`openai.responses.input_tokens`) is
+passed through to the same deployments, counted by an Anthropic deployment's
+count_tokens on the translated request, and estimated here for the others.
 
 Adding a client API means adding its adapters here: a pass-through one for the protocol
 that serves it natively and translating ones for the others; nothing else in the service
@@ -37,7 +39,7 @@ from switchyard.common.events import ChatRequested, ClientAPI, StreamEvent, Toke
 from switchyard.common.responses import response_id
 from switchyard.common.routing import Deployment
 from switchyard.inference.errors import ProviderError, invalid_request
-from switchyard.inference.tokens import estimate_input_tokens
+from switchyard.inference.tokens import estimate_chat_input_tokens, estimate_input_tokens
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
     ChatChunksToMessageEvents,
@@ -568,6 +570,88 @@ class CountTokensEstimate(CountTokensPassThrough):
         return UpstreamCall(ClientAPI.ANTHROPIC_COUNT_TOKENS, "", {}, {}, local=estimate)
 
 
+# Fields of an Anthropic Messages body that its count_tokens takes
+# (https://docs.anthropic.com/en/api/messages-count-tokens); the others (`max_tokens`,
+# sampling, `stream`, `metadata`...) it refuses.
+_COUNT_TOKENS_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+
+
+def input_tokens_object(count: int) -> dict[str, Any]:
+    """OpenAI's answer to `POST /v1/responses/input_tokens`
+    (https://platform.openai.com/docs/api-reference/responses/input-tokens)."""
+    return {"object": "response.input_tokens", "input_tokens": count}
+
+
+class InputTokensPassThrough(_NotStreamed):
+    """OpenAI's Responses input token count to an OpenAI-protocol deployment offering the
+    Responses API: its own count (`POST /responses/input_tokens`), the body as
+    `POST /responses` would send it (the previous conversation's items before `input`,
+    `passthrough_body`). Nothing is billed."""
+
+    api = ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS
+    not_streamed = "Token counts are not streamed."
+
+    def __init__(self, request: ChatRequested) -> None:
+        self.previous_items = request.data.previous_items
+
+    @override
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        return UpstreamCall(
+            ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS,
+            "/responses/input_tokens",
+            passthrough_body(body, self.previous_items, deployment.model),
+            _forwarded(headers, OPENAI_HEADERS),
+        )
+
+    @override
+    def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
+        _require(native, "input_tokens", int, model)
+        return input_tokens_object(native["input_tokens"]), TokenUsage()
+
+    @override
+    def accumulator(self) -> Accumulator:
+        return CompletionAccumulator()
+
+
+class InputTokensViaMessages(InputTokensPassThrough):
+    """OpenAI's Responses input token count for an Anthropic-protocol deployment: the
+    request translated as `POST /v1/responses` would be (`responses_request_to_messages`,
+    refusing what it refuses), and counted by the deployment's own count_tokens (the
+    upstream client maps the path for Vertex AI and Bedrock)."""
+
+    @override
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        message = _translated(responses_request_to_messages, body, self.previous_items)
+        payload = {name: message[name] for name in _COUNT_TOKENS_FIELDS if name in message}
+        payload["model"] = deployment.model
+        return UpstreamCall(
+            ClientAPI.ANTHROPIC_COUNT_TOKENS, CountTokensPassThrough.path, payload, {}
+        )
+
+
+class InputTokensEstimate(InputTokensPassThrough):
+    """OpenAI's Responses input token count for an OpenAI-protocol deployment offering
+    Chat Completions only (no counting endpoint): the request translated as
+    `POST /v1/responses` would be (`responses_request_to_chat`, refusing what it refuses)
+    and estimated here with a tokenizer, without calling the deployment (`upstream_api`
+    None: the gateway answers `x-switchyard-token-count: estimate`)."""
+
+    @override
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        payload = _translated(responses_request_to_chat, body, self.previous_items)
+
+        def estimate() -> dict[str, Any]:
+            return input_tokens_object(estimate_chat_input_tokens(payload))
+
+        return UpstreamCall(ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS, "", {}, {}, local=estimate)
+
+
 # --------------------------------------------------------------------------- Responses API
 
 
@@ -833,4 +917,10 @@ class Adapters:
             if protocol == "anthropic":
                 return CountTokensPassThrough()
             return CountTokensEstimate()
+        if api is ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS and request is not None:
+            if protocol == "anthropic":
+                return InputTokensViaMessages(request)
+            if deployment.responses_api:
+                return InputTokensPassThrough(request)
+            return InputTokensEstimate(request)
         raise unsupported_api(api, deployment)

@@ -6,8 +6,9 @@ Source: the OpenTelemetry GenAI semantic conventions (attribute registry `gen_ai
 GenAI metrics and spans documents). Every call site labels the same way:
 
 - `gen_ai.operation.name`: `chat` for chat completions, Messages and Responses,
-  `embeddings` for embeddings; Anthropic's token counting, which none of the well-known
-  values describes, is the custom value `count_tokens`;
+  `embeddings` for embeddings; Anthropic's token counting and the Responses API's input
+  token count, which none of the well-known values describes, are the custom value
+  `count_tokens`;
 - `gen_ai.provider.name`: the well-known value of the deployment's provider kind
   (`openai`, `anthropic`, `azure.ai.openai`, `aws.bedrock`, `gcp.vertex_ai`, `gcp.gemini`);
 - `gen_ai.request.model`: the model the client asked for (Switchyard's public name), the
@@ -29,6 +30,7 @@ _OPERATIONS: dict[ClientAPI, str] = {
     ClientAPI.ANTHROPIC_MESSAGES: "chat",
     ClientAPI.OPENAI_EMBEDDINGS: "embeddings",
     ClientAPI.ANTHROPIC_COUNT_TOKENS: "count_tokens",
+    ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS: "count_tokens",
 }
 
 _PROVIDERS: dict[ProviderKind, str] = {

@@ -1,6 +1,7 @@
 """Token-count estimates for `POST /v1/messages/count_tokens` on deployments that have no
 token-counting endpoint of their own (every OpenAI-protocol kind: OpenAI, Azure OpenAI,
-Gemini, vLLM, Ollama...).
+Gemini, vLLM, Ollama...), and for `POST /v1/responses/input_tokens` on OpenAI-protocol
+deployments that offer Chat Completions only (counted on the translated request).
 
 Method (docs/protocols.md, "Token counting", states it with its error):
 - text is counted with the `o200k_base` BPE vocabulary (GPT-4o's and later OpenAI models'
@@ -112,4 +113,46 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
         if isinstance(tool, dict):
             described = {k: v for k, v in tool.items() if k != "cache_control"}
             total += count_text(_json(described))
+    return total
+
+
+def _chat_part_tokens(part: Any, count_text: Callable[[str], int]) -> int:
+    if isinstance(part, str):
+        return count_text(part)
+    if not isinstance(part, dict):
+        return 0
+    kind = part.get("type")
+    if kind in ("text", "refusal"):
+        return count_text(part.get(kind) or "")
+    if kind == "image_url":
+        return IMAGE_TOKENS
+    if kind == "file":
+        return PDF_PAGE_TOKENS
+    return count_text(_json(part))
+
+
+def estimate_chat_input_tokens(body: dict[str, Any]) -> int:
+    """Estimated input tokens of an OpenAI Chat Completions request body: each message's
+    content (text and refusal parts; an image `IMAGE_TOKENS`, a file `PDF_PAGE_TOKENS`),
+    its tool calls' names and arguments, and each tool definition's JSON, framed as
+    `estimate_input_tokens` frames an Anthropic request. Blocking."""
+    count_text = TokenCounter(exact_chars=EXACT_CHARS).count
+    total = REPLY_PRIMING_TOKENS
+    for message in body.get("messages") or ():
+        if not isinstance(message, dict):
+            continue
+        total += TOKENS_PER_MESSAGE
+        content = message.get("content")
+        if isinstance(content, list):
+            total += sum(_chat_part_tokens(part, count_text) for part in content)
+        elif isinstance(content, str):
+            total += count_text(content)
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                total += count_text(function.get("name") or "")
+                total += count_text(function.get("arguments") or "")
+    for tool in body.get("tools") or ():
+        if isinstance(tool, dict):
+            total += count_text(_json(tool))
     return total

@@ -1449,6 +1449,19 @@ class ResponsesReply:
         }
 
 
+# Parameters of `POST /v1/responses` that its input token count does not take
+# (https://platform.openai.com/docs/api-reference/responses/input-tokens).
+_NOT_COUNTED = (
+    "stream",
+    "store",
+    "background",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "metadata",
+)
+
+
 def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -> ResponsesReply:
     """The simulated reply to a Responses API request `body` (the JSON object as a
     dict). `cache` is the set of prompt-prefix hashes already seen (None: no prompt caching); it
@@ -1885,6 +1898,26 @@ class Simulator:
             lambda counted: {"input_tokens": counted},
         )
 
+    async def input_tokens(self, request: Request) -> Response:
+        """OpenAI's Responses input token count: the `input_tokens` a Responses call with
+        this body would report (one simulated token a word); a parameter the endpoint does
+        not take (`stream`, `store`, `background`, `max_output_tokens`, sampling) gets
+        OpenAI's 400 `unknown_parameter`, as the real API answers."""
+
+        def count(body: dict[str, Any]) -> int:
+            for name in _NOT_COUNTED:
+                if name in body:
+                    raise BadRequest(f"Unknown parameter: '{name}'.", name)
+            return build_responses_reply(body).input_tokens
+
+        return await self._serve(
+            request,
+            "/v1/responses/input_tokens",
+            openai_error,
+            count,
+            lambda counted: {"object": "response.input_tokens", "input_tokens": counted},
+        )
+
     async def responses(self, request: Request) -> Response:
         """POST /v1/responses: OpenAI Responses, JSON or SSE (`stream`), stateless; invalid
         bodies get OpenAI's 400 error."""
@@ -2011,6 +2044,7 @@ _SUMMARIES = {
     "/v1/messages": "Anthropic Messages (JSON or SSE streaming)",
     "/v1/messages/count_tokens": "Anthropic token counting",
     "/v1/responses": "OpenAI Responses (JSON or SSE streaming; stateless)",
+    "/v1/responses/input_tokens": "OpenAI Responses input token counting",
     "/v1/embeddings": "OpenAI Embeddings",
     "/v1/models": "The simulated models",
     "/_sim/faults": "Inject faults (POST) or clear them (DELETE)",
@@ -2071,6 +2105,7 @@ def create_simulator_app(latency_ms: float = 0) -> Starlette:
         Route("/v1/messages", simulator.messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", simulator.count_tokens, methods=["POST"]),
         Route("/v1/responses", simulator.responses, methods=["POST"]),
+        Route("/v1/responses/input_tokens", simulator.input_tokens, methods=["POST"]),
         Route("/v1/embeddings", simulator.embeddings, methods=["POST"]),
         Route("/v1/models", simulator.models, methods=["GET"]),
         Route("/_sim/faults", simulator.add_faults, methods=["POST"]),

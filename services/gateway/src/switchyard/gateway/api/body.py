@@ -354,11 +354,34 @@ def read_responses(body: dict[str, Any]) -> ClientRequest:
     return ClientRequest(ClientAPI.OPENAI_RESPONSES, body, model, stream)
 
 
+# Parameters of `POST /v1/responses` that its input token count does not take
+# (https://platform.openai.com/docs/api-reference/responses/input-tokens): each asks
+# Switchyard to do something (answer in a stream, keep the response, run it later) that
+# a count never does, so a client sending one is told rather than silently ignored.
+_NOT_COUNTED = ("stream", "store", "background")
+
+
+def read_responses_input_tokens(body: dict[str, Any]) -> ClientRequest:
+    """An OpenAI Responses input token count body: a Responses body, checked as
+    `read_responses` checks one, without the parameters a count does not take (400
+    `unknown_parameter` naming it, as OpenAI's API answers an unknown parameter); never
+    streamed."""
+    for name in _NOT_COUNTED:
+        if name in body:
+            raise APIError(
+                400, f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter"
+            )
+    checked = read_responses(body)
+    return ClientRequest(ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS, body, checked.model, False)
+
+
 def read_request(api: ClientAPI, raw: bytes) -> ClientRequest:
     """The request in `raw` (the HTTP body) for `api`; APIError 400 naming the field at
     fault if the gateway cannot route or answer it."""
     if api is ClientAPI.OPENAI_RESPONSES:
         return read_responses(parse_json_object(raw))
+    if api is ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS:
+        return read_responses_input_tokens(parse_json_object(raw))
     return READERS[api](parse_json_object(raw))
 
 

@@ -19,6 +19,8 @@ every model:
 - `store` (default true) and `metadata`: history keeps the response's input and output
   items under the tenant's own rules (metadata-only tenants keep none; retention purges
   them); `store: false` keeps none;
+- `POST /v1/responses/input_tokens` counts the input tokens a response would use, for
+  the same body and on the same path (previous items and item references resolved here);
 - `background: true`: answered at once with the `queued` response; the request runs in
   the batch lane (like a job, it is listed under `/v1/jobs` too); `GET
   /v1/responses/{id}` shows its progress and result, `POST /v1/responses/{id}/cancel`
@@ -69,7 +71,7 @@ from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
 from switchyard.gateway.dispatch import Dispatch
 from switchyard.gateway.intake import check_model, submit_batch
-from switchyard.gateway.schemas import ResponsesRequest
+from switchyard.gateway.schemas import ResponsesInputTokensRequest, ResponsesRequest
 
 log = structlog.get_logger("switchyard.gateway.responses")
 router = APIRouter(prefix="/v1/responses", tags=["responses"])
@@ -230,8 +232,47 @@ async def create_response(
     """Create a response; streams its typed Server-Sent Events when `stream` is true, or
     answers at once with the `queued` response when `background` is true. Continues a
     stored response with `previous_response_id` on any model."""
-    client = read_request(ClientAPI.OPENAI_RESPONSES, await request.body())
-    check_model(gateway, principal, client.model)  # before reading any history
+    client = await _conversation(
+        gateway, principal, read_request(ClientAPI.OPENAI_RESPONSES, await request.body())
+    )
+    if client.body.get("background") is True:
+        return await _start_background(gateway, request, principal, client)
+    dispatch = await Dispatch.start(gateway, request, principal, client)
+    return await dispatch.answer()
+
+
+@router.post(
+    "/input_tokens",
+    summary="Count the input tokens of a model response (OpenAI Responses API)",
+    openapi_extra=openapi_body(ResponsesInputTokensRequest),
+    response_model=None,
+)
+async def count_input_tokens(
+    request: Request, principal: CurrentPrincipal, gateway: GatewayDep
+) -> Response:
+    """The input tokens `POST /v1/responses` would use for this body,
+    `{"object": "response.input_tokens", "input_tokens": N}`: the deployment's own count
+    (a deployment offering the Responses API; an Anthropic one counts the translated
+    request), or a tokenizer's estimate for one offering Chat Completions only, which
+    `x-switchyard-token-count` says (`exact` or `estimate`). `previous_response_id` and
+    item references are resolved as for a response, so their items are counted too."""
+    client = await _conversation(
+        gateway,
+        principal,
+        read_request(ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS, await request.body()),
+    )
+    dispatch = await Dispatch.start(gateway, request, principal, client)
+    return await dispatch.answer()
+
+
+async def _conversation(
+    gateway: Gateway, principal: Principal, client: ClientRequest
+) -> ClientRequest:
+    """`client` with its item references replaced by the items (`resolve_item_references`)
+    and the conversation `previous_response_id` continues (`previous_items`), after the
+    caller's access to the model is checked (before reading any history). Raises
+    APIError as those do."""
+    check_model(gateway, principal, client.model)
     body = await resolve_item_references(gateway, principal, client.body)
     if body is not client.body:
         client = ClientRequest(client.api, body, client.model, client.stream)
@@ -239,10 +280,7 @@ async def create_response(
     if previous is not None:
         items = await previous_items(gateway, principal, previous)
         client = ClientRequest(client.api, client.body, client.model, client.stream, items)
-    if client.body.get("background") is True:
-        return await _start_background(gateway, request, principal, client)
-    dispatch = await Dispatch.start(gateway, request, principal, client)
-    return await dispatch.answer()
+    return client
 
 
 async def _start_background(
