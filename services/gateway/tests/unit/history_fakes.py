@@ -91,7 +91,9 @@ class FakeHistory:
                 request_id=body["request_id"],
                 status_code=body["status_code"],
                 content_type=body["content_type"],
-                body_b64=None if tenant in self.metadata_only else body["body_b64"],
+                body_b64=None
+                if tenant in self.metadata_only and body.get("holds_content", True)
+                else body["body_b64"],
             )
             return {"stored": True}
         if row is not None and row["token"] == body["claim_token"] and row["state"] != "completed":

@@ -317,6 +317,22 @@ async def test_a_retried_replay_is_created_once(harness, history):
     assert [r.headers.get("idempotent-replayed") for r in created] == [None, "true", "true"]
 
 
+async def test_a_retried_replay_of_a_metadata_only_tenant_gets_the_replay_back(harness, history):
+    # The replay object is Switchyard's (id, state), not content the tenant keeps private.
+    history.metadata_only.add("acme")
+    history.answers["/v1/replays"] = (
+        201,
+        b'{"object": "replay", "id": "rp_2", "status": "running"}',
+        "application/json",
+    )
+    first = await harness.client.post("/v1/replays", json=REPLAY, headers=keyed("replay-m"))
+    retry = await harness.client.post("/v1/replays", json=REPLAY, headers=keyed("replay-m"))
+
+    assert first.status_code == retry.status_code == 201, retry.text
+    assert retry.json()["id"] == "rp_2" and retry.headers["idempotent-replayed"] == "true"
+    assert len(replay_posts(history)) == 1
+
+
 async def test_a_refused_replay_is_not_kept_and_a_retry_runs(harness, history):
     history.answers["/v1/replays"] = (
         400,

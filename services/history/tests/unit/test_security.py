@@ -278,5 +278,35 @@ async def test_a_metadata_only_tenant_keeps_no_content_in_the_idempotency_store(
     )
 
 
+async def test_a_metadata_only_tenant_keeps_a_response_holding_no_content(service):
+    # A created replay's answer (its id and state): kept, so a retry gets it back.
+    admin = service.headers(user_id="root", role="admin")
+    await service.client.put("/v1/history/settings", json={"store_content": False}, headers=admin)
+    headers = service.headers()
+    claim = {"key": "k2", "endpoint": "/v1/replays", "fingerprint": "e" * 64, "lease_s": 60}
+    claimed = (
+        await service.client.post("/internal/v1/idempotency/claim", json=claim, headers=headers)
+    ).json()
+    answer = base64.b64encode(b'{"object": "replay", "id": "rp_1"}').decode()
+    await service.client.post(
+        "/internal/v1/idempotency/complete",
+        json={
+            "key": "k2",
+            "claim_token": claimed["claim_token"],
+            "request_id": None,
+            "status_code": 201,
+            "content_type": "application/json",
+            "body_b64": answer,
+            "holds_content": False,
+        },
+        headers=headers,
+    )
+    replay = (
+        await service.client.post("/internal/v1/idempotency/claim", json=claim, headers=headers)
+    ).json()
+
+    assert (replay["outcome"], replay["body_b64"]) == ("completed", answer)
+
+
 async def _now(value):
     return value

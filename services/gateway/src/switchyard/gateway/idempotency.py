@@ -29,7 +29,8 @@ have asked for it; such requests go on to the route, which refuses them as usual
 
 For a tenant storing metadata only, history keeps no response content: a retry gets 409
 `idempotency_response_not_stored` with the original `x-request-id` (it still never runs
-twice).
+twice). A created replay's answer holds no content (its id and state), so it is kept and
+replayed for such a tenant too.
 
 Claims live in the history service's database (`/internal/v1/idempotency/...`,
 INSERT ... ON CONFLICT), so they hold across every gateway replica. The replica that
@@ -195,8 +196,11 @@ class IdempotencyClient:
         status_code: int,
         content_type: str,
         body: bytes,
+        holds_content: bool = True,
     ) -> None:
-        """Record the response a claimed key answered (`body` bytes, sent base64).
+        """Record the response a claimed key answered (`body` bytes, sent base64;
+        `holds_content` false for an object Switchyard created, which history keeps even
+        for a tenant storing metadata only).
 
         Raises:
             IdempotencyUnavailable: history did not answer, or answered an error status.
@@ -211,6 +215,7 @@ class IdempotencyClient:
                 "status_code": status_code,
                 "content_type": content_type,
                 "body_b64": base64.b64encode(body).decode(),
+                "holds_content": holds_content,
             },
         )
 
@@ -429,6 +434,8 @@ class IdempotencyMiddleware:
                         status_code=status,
                         content_type=content_type,
                         body=b"".join(chunks),
+                        # A created replay's answer is its id and state, no content.
+                        holds_content=scope["path"] not in CREATING_PATHS,
                     )
                 else:
                     await client.release(principal, key, claim.claim_token)  # type: ignore[arg-type]

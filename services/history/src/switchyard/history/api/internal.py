@@ -3,7 +3,8 @@ token and the caller's identity required; keys are scoped to the caller's tenant
 
 Privacy settings apply here too: for a tenant storing metadata only, a completed claim
 keeps its status, content type and request id but no response body (a replay then gets
-`body_b64: null`, and the gateway says the response was not kept)."""
+`body_b64: null`, and the gateway says the response was not kept), unless the gateway
+says the response holds no content (`holds_content: false`: a replay's id and state)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ class CompleteBody(BaseModel):
     status_code: int = Field(ge=100, le=599)
     content_type: str = Field(max_length=128)
     body_b64: str
+    holds_content: bool = Field(
+        default=True,
+        description="Whether the response holds request or model content (false: an object "
+        "Switchyard created, e.g. a replay's id and state), which a metadata-only tenant "
+        "does not keep.",
+    )
 
 
 class ReleaseBody(BaseModel):
@@ -95,8 +102,9 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
         body: CompleteBody, caller: CallerDep, store: IdempotencyDep, tenants: TenantsDep
     ) -> dict[str, Any]:
         """Records the response a claimed key answered, so retries with the key get it back. A
-        tenant that keeps metadata only gets no body stored. 400 when `body_b64` is not base64,
-        413 when the response is larger than the service keeps."""
+        tenant that keeps metadata only gets no body stored, unless it holds no content.
+        400 when `body_b64` is not base64, 413 when the response is larger than the service
+        keeps."""
         content: bytes | None
         try:
             content = base64.b64decode(body.body_b64, validate=True)
@@ -104,7 +112,7 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
             raise APIError(400, "body_b64 is not base64", param="body_b64") from None
         if len(content) > max_body_bytes:
             raise APIError(413, f"responses over {max_body_bytes} bytes are not stored")
-        if not (await tenants.get(caller.tenant)).store_content:
+        if body.holds_content and not (await tenants.get(caller.tenant)).store_content:
             content = None
         stored = await store.complete(
             caller.tenant,
