@@ -81,6 +81,7 @@ class FakeHistory:
                     "status_code": row["status_code"],
                     "content_type": row["content_type"],
                     "body_b64": row["body_b64"],
+                    "headers": row["headers"] if row["body_b64"] is not None else None,
                 }
             return {"outcome": "in_progress"}
         if path.endswith("/complete"):
@@ -94,6 +95,7 @@ class FakeHistory:
                 body_b64=None
                 if tenant in self.metadata_only and body.get("holds_content", True)
                 else body["body_b64"],
+                headers=body.get("headers") or {},
             )
             return {"stored": True}
         if row is not None and row["token"] == body["claim_token"] and row["state"] != "completed":

@@ -14,6 +14,7 @@ from switchyard.common.testing.infra import async_wait_until
 
 from .conftest import API_KEY, chunk, completed_reply
 from .history_fakes import install
+from .test_count_tokens import answer_counts
 
 BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -392,3 +393,20 @@ async def test_every_model_request_honours_the_key(harness, history, path, body)
     assert again.headers["idempotent-replayed"] == "true"
     assert again.content == first.content
     assert other.status_code == 422
+
+
+async def test_a_replayed_token_count_still_says_whether_it_is_an_estimate(harness, history):
+    answer_counts(harness, 30, estimated=True)
+    headers = {
+        **keyed("count-1"),
+        "anthropic-version": "2023-06-01",
+    }
+    body = {"model": "sim-claude", "messages": [{"role": "user", "content": "Hello"}]}
+    first = await harness.client.post("/v1/messages/count_tokens", json=body, headers=headers)
+    retry = await harness.client.post("/v1/messages/count_tokens", json=body, headers=headers)
+
+    assert first.status_code == retry.status_code == 200, retry.text
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.headers["x-switchyard-token-count"] == "estimate"
+    assert retry.content == first.content
+    assert len(harness.requests) == 1

@@ -278,6 +278,47 @@ async def test_a_metadata_only_tenant_keeps_no_content_in_the_idempotency_store(
     )
 
 
+async def test_a_completed_key_keeps_the_headers_describing_its_body(service):
+    headers = service.headers()
+    claim = {"key": "k3", "endpoint": "/v1/messages/count_tokens", "fingerprint": "d" * 64}
+    claim["lease_s"] = 60
+    claimed = (
+        await service.client.post("/internal/v1/idempotency/claim", json=claim, headers=headers)
+    ).json()
+    complete = {
+        "key": "k3",
+        "claim_token": claimed["claim_token"],
+        "request_id": "req-3",
+        "status_code": 200,
+        "content_type": "application/json",
+        "body_b64": base64.b64encode(b'{"input_tokens": 3}').decode(),
+    }
+    refused = [
+        await service.client.post(
+            "/internal/v1/idempotency/complete",
+            json={**complete, "headers": bad},
+            headers=headers,
+        )
+        for bad in (
+            {"X-Upper": "v"},
+            {"x-ok": "line\r\nbreak"},
+            {f"x-{n}": "v" for n in range(9)},
+        )
+    ]
+    stored = await service.client.post(
+        "/internal/v1/idempotency/complete",
+        json={**complete, "headers": {"x-switchyard-token-count": "estimate"}},
+        headers=headers,
+    )
+    replay = (
+        await service.client.post("/internal/v1/idempotency/claim", json=claim, headers=headers)
+    ).json()
+
+    assert [answer.status_code for answer in refused] == [400, 400, 400]
+    assert stored.json() == {"stored": True}
+    assert replay["headers"] == {"x-switchyard-token-count": "estimate"}
+
+
 async def test_a_metadata_only_tenant_keeps_a_response_holding_no_content(service):
     # A created replay's answer (its id and state): kept, so a retry gets it back.
     admin = service.headers(user_id="root", role="admin")

@@ -7,8 +7,8 @@ A client that may retry a POST sends `Idempotency-Key: <up to 255 printable char
 Within 24 hours, for the same tenant:
 
 - the same key with the same body returns the original response, byte for byte (status,
-  body, `x-request-id`; streams are replayed whole), marked `Idempotent-Replayed: true`,
-  and nothing runs again;
+  body, `x-request-id` and the headers describing the body, `KEPT_HEADERS`; streams are
+  replayed whole), marked `Idempotent-Replayed: true`, and nothing runs again;
 - if the original is still running, the retry waits for its result (at most
   `SWITCHYARD_GATEWAY_IDEMPOTENCY_WAIT_S`, default the request timeout), or, with
   `Idempotency-Wait: false`, gets 409 `idempotency_key_in_use` at once;
@@ -48,7 +48,7 @@ import asyncio
 import base64
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import httpx
@@ -68,6 +68,8 @@ from switchyard.gateway.api.deps import (
     required_scope,
 )
 from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, Principal
+from switchyard.gateway.cache import CACHE_HEADER
+from switchyard.gateway.dispatch import TOKEN_COUNT_HEADER
 from switchyard.gateway.errors import respond
 from switchyard.gateway.intake import serves
 
@@ -90,6 +92,10 @@ IDEMPOTENT_PATHS = frozenset(
 # model it would run on in this body field.
 CREATING_PATHS = {"/v1/replays": "to_model"}
 KEY_HEADER = IDEMPOTENCY_KEY_HEADER.encode()
+# Response headers that describe the body (not the moment it was answered, as rate-limit
+# headers do), so a replay carries them with it: whether a token count is the model's own
+# or an estimate, and whether the answer came from the response cache.
+KEPT_HEADERS = frozenset({TOKEN_COUNT_HEADER.encode(), CACHE_HEADER.encode()})
 REQUEST_ID = REQUEST_ID_HEADER.encode()
 WAIT_HEADER = "idempotency-wait"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -132,6 +138,7 @@ class Claim:
     status_code: int | None = None
     content_type: str | None = None
     body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
     reason: str | None = None
 
 
@@ -183,6 +190,7 @@ class IdempotencyClient:
             status_code=data.get("status_code"),
             content_type=data.get("content_type"),
             body=base64.b64decode(body) if body is not None else None,
+            headers=data.get("headers") or {},
             reason=data.get("reason"),
         )
 
@@ -197,10 +205,11 @@ class IdempotencyClient:
         content_type: str,
         body: bytes,
         holds_content: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """Record the response a claimed key answered (`body` bytes, sent base64;
         `holds_content` false for an object Switchyard created, which history keeps even
-        for a tenant storing metadata only).
+        for a tenant storing metadata only; `headers`: those of `KEPT_HEADERS` it carried).
 
         Raises:
             IdempotencyUnavailable: history did not answer, or answered an error status.
@@ -216,6 +225,7 @@ class IdempotencyClient:
                 "content_type": content_type,
                 "body_b64": base64.b64encode(body).decode(),
                 "holds_content": holds_content,
+                "headers": headers or {},
             },
         )
 
@@ -415,6 +425,7 @@ class IdempotencyMiddleware:
         status = 0
         content_type = "application/json"
         request_id: str | None = None
+        kept_headers: dict[str, str] = {}
         chunks: list[bytes] = []
         size = 0
         settled = False
@@ -436,6 +447,7 @@ class IdempotencyMiddleware:
                         body=b"".join(chunks),
                         # A created replay's answer is its id and state, no content.
                         holds_content=scope["path"] not in CREATING_PATHS,
+                        headers=kept_headers,
                     )
                 else:
                     await client.release(principal, key, claim.claim_token)  # type: ignore[arg-type]
@@ -456,6 +468,8 @@ class IdempotencyMiddleware:
                         content_type = value.decode("latin-1")
                     elif name == REQUEST_ID:
                         request_id = value.decode("latin-1")
+                    elif name in KEPT_HEADERS:
+                        kept_headers[name.decode("latin-1")] = value.decode("latin-1")
             elif message["type"] == "http.response.body":
                 piece = message.get("body", b"")
                 size += len(piece)
@@ -527,6 +541,11 @@ async def _replay(claim: Claim, send: Send) -> None:
     ]
     if claim.request_id:
         headers.append((REQUEST_ID, claim.request_id.encode("latin-1")))
+    headers.extend(
+        (name.encode("latin-1"), value.encode("latin-1"))
+        for name, value in claim.headers.items()
+        if name.encode("latin-1") in KEPT_HEADERS
+    )
     await send(
         {"type": "http.response.start", "status": claim.status_code or 200, "headers": headers}
     )

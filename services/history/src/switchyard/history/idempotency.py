@@ -53,8 +53,9 @@ class ClaimRequest:
 class ClaimResult:
     """What a claim found. `outcome` is `claimed` (with the `claim_token` to complete or release
     it), `in_progress` (another request holds it; `request_id` when known), `completed` (the
-    recorded response: `status_code`, `content_type`, `body` bytes, None if its content is not kept)
-    or `mismatch` (the key was used for another request; `reason` says how)."""
+    recorded response: `status_code`, `content_type`, `body` bytes, None if its content is not kept,
+    and the `headers` describing the body) or `mismatch` (the key was used for another request;
+    `reason` says how)."""
 
     outcome: Outcome
     claim_token: str | None = None
@@ -62,6 +63,7 @@ class ClaimResult:
     status_code: int | None = None
     content_type: str | None = None
     body: bytes | None = None
+    headers: dict[str, str] | None = None
     reason: str | None = None
 
 
@@ -91,6 +93,7 @@ class IdempotencyStore:
             "status_code": None,
             "content_type": None,
             "response_body": None,
+            "response_headers": None,
             "created_at": now,
             "locked_until": now + timedelta(seconds=claim.lease_s),
             "completed_at": None,
@@ -131,6 +134,7 @@ class IdempotencyStore:
                     status_code=row["status_code"],
                     content_type=row["content_type"],
                     body=row["response_body"],
+                    headers=row["response_headers"],
                 )
             if row["locked_until"] <= now:
                 # The replica running the first attempt went away without an answer.
@@ -152,8 +156,10 @@ class IdempotencyStore:
         status_code: int,
         content_type: str,
         body: bytes | None,
+        headers: dict[str, str] | None = None,
     ) -> bool:
-        """Store the finished response of a claim (`body` None: its content is not kept)."""
+        """Store the finished response of a claim (`body` None: its content is not kept;
+        `headers`: those describing the body, replayed with it)."""
         keys = idempotency_table.c
         async with self._engine.begin() as connection:
             result = await connection.execute(
@@ -170,6 +176,7 @@ class IdempotencyStore:
                     status_code=status_code,
                     content_type=content_type,
                     response_body=body,
+                    response_headers=headers or None,
                     completed_at=datetime.now(UTC),
                 )
             )

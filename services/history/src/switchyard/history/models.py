@@ -329,6 +329,8 @@ class IdempotencyKey(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     content_type: Mapped[str | None] = mapped_column(String(128))
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The headers describing the body (migration 0009; NULL on keys recorded before it).
+    response_headers: Mapped[dict[str, str] | None] = mapped_column(JSONDocument)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     locked_until: Mapped[datetime] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

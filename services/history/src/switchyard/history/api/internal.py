@@ -13,7 +13,7 @@ import binascii
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
@@ -34,6 +34,12 @@ class ClaimBody(BaseModel):
     lease_s: float = Field(gt=0, le=86_400)
 
 
+# Response headers a completed key keeps (names and values as HTTP carries them).
+MAX_KEPT_HEADERS = 8
+HeaderName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,64}$")]
+HeaderValue = Annotated[str, StringConstraints(pattern=r"^[\x20-\x7e]{0,256}$")]
+
+
 class CompleteBody(BaseModel):
     """The response to record for a claimed key: HTTP status, content type and the body, base64. The
     `claim_token` returned by the claim proves the caller still holds it."""
@@ -44,6 +50,12 @@ class CompleteBody(BaseModel):
     status_code: int = Field(ge=100, le=599)
     content_type: str = Field(max_length=128)
     body_b64: str
+    headers: dict[HeaderName, HeaderValue] = Field(
+        default_factory=dict,
+        max_length=MAX_KEPT_HEADERS,
+        description="Response headers describing the body (lower-case names), replayed "
+        "with it, e.g. `x-switchyard-token-count`.",
+    )
     holds_content: bool = Field(
         default=True,
         description="Whether the response holds request or model content (false: an object "
@@ -94,6 +106,7 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
             "status_code": result.status_code,
             "content_type": result.content_type,
             "body_b64": base64.b64encode(result.body).decode() if result.body is not None else None,
+            "headers": result.headers if result.body is not None else None,
             "reason": result.reason,
         }
 
@@ -122,6 +135,7 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
             status_code=body.status_code,
             content_type=body.content_type,
             body=content,
+            headers=dict(body.headers) if content is not None else None,
         )
         return {"stored": stored}
 
