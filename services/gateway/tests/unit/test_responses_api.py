@@ -474,6 +474,9 @@ async def test_input_tokens_count_the_conversation_a_response_continues(system, 
         ({"input": "hi", "stream": True}, 400, "stream", "unknown_parameter"),
         ({"input": "hi", "store": False}, 400, "store", "unknown_parameter"),
         ({"input": "hi", "background": True}, 400, "background", "unknown_parameter"),
+        ({"input": "hi", "temperature": 0.5}, 400, "temperature", "unknown_parameter"),
+        ({"input": "hi", "max_output_tokens": 50}, 400, "max_output_tokens", "unknown_parameter"),
+        ({"input": "hi", "metadata": {"a": "b"}}, 400, "metadata", "unknown_parameter"),
         ({"input": 5}, 400, "input", "invalid_type"),
         ({"input": [{"type": "message"}]}, 400, "input[0].role", "missing_required_parameter"),
         ({"input": "hi", "previous_response_id": 7}, 400, "previous_response_id", "invalid_type"),
@@ -520,6 +523,35 @@ async def test_an_input_token_count_without_a_model_or_body_is_refused(system):
     assert system.published == []
 
 
+async def test_a_retried_count_is_replayed_with_its_estimate_header(system):
+    # Through the real history service: the kept header survives the store and the replay.
+    body = {"model": "sim-large", "input": "a b c"}
+    headers = {**auth_headers(), "Idempotency-Key": "count-key-1"}
+    first = await system.http.post("/v1/responses/input_tokens", json=body, headers=headers)
+    retry = await system.http.post("/v1/responses/input_tokens", json=body, headers=headers)
+
+    assert first.status_code == retry.status_code == 200, retry.text
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.headers["x-switchyard-token-count"] == "estimate"
+    assert retry.content == first.content
+    assert len(system.published) == 1
+
+
+async def test_other_methods_on_the_count_route_are_405_not_a_missing_response(system):
+    for method in ("GET", "DELETE", "HEAD", "PUT"):
+        answer = await system.http.request(
+            method, "/v1/responses/input_tokens", headers=auth_headers()
+        )
+        assert answer.status_code == 405, (method, answer.text)
+        assert answer.headers["allow"] == "POST"
+    # A response id is any other segment: still a 404 for one that does not exist.
+    missing = await system.http.get(
+        "/v1/responses/input_tokens/input_items", headers=auth_headers()
+    )
+    assert missing.status_code == 404
+    assert error_of(missing)["code"] == "response_not_found"
+
+
 @pytest.mark.parametrize("model", ["sim-large", "sim-claude"])
 async def test_a_translated_count_refuses_what_the_response_would_refuse(system, model):
     with pytest.raises(openai.BadRequestError) as refused:
@@ -527,6 +559,30 @@ async def test_a_translated_count_refuses_what_the_response_would_refuse(system,
             model=model, input="Search the news", tools=[{"type": "web_search"}]
         )
     assert refused.value.body["param"] == "tools[0]"
+
+
+def test_only_a_response_stamped_moments_ago_is_waited_for():
+    # A response id carries the time it was made: one made by no replica (stamped in the
+    # future, or long ago) is answered 404 at once, never held for the state wait.
+    from types import SimpleNamespace
+
+    from switchyard.gateway.api.responses import _may_still_arrive
+
+    gateway = SimpleNamespace(settings=Settings(request_timeout_s=15, responses_state_wait_s=10))
+    now = datetime.now(UTC)
+    stamped = {
+        offset: response_id("a" * 32, now + timedelta(seconds=offset))
+        for offset in (-3600, -5, 0, 2, 60, 3600 * 24 * 365 * 80)
+    }
+    assert [_may_still_arrive(gateway, stamped[o]) for o in sorted(stamped)] == [
+        False,
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert not _may_still_arrive(gateway, "resp_nothing-like-ours")
 
 
 async def test_an_unknown_previous_response_id_is_404_naming_the_parameter(system):

@@ -354,18 +354,42 @@ def read_responses(body: dict[str, Any]) -> ClientRequest:
     return ClientRequest(ClientAPI.OPENAI_RESPONSES, body, model, stream)
 
 
-# Parameters of `POST /v1/responses` that its input token count does not take
-# (https://platform.openai.com/docs/api-reference/responses/input-tokens): each asks
-# Switchyard to do something (answer in a stream, keep the response, run it later) that
-# a count never does, so a client sending one is told rather than silently ignored.
-_NOT_COUNTED = ("stream", "store", "background")
+# Parameters of `POST /v1/responses` that its input token count does not take (the
+# `openai` SDK's `responses.create` parameters missing from `responses.input_tokens.count`;
+# https://platform.openai.com/docs/api-reference/responses/input-tokens). OpenAI's API
+# refuses them; a deployment translating the request would ignore them, so the gateway
+# refuses them for every deployment alike. Parameters unknown here still pass through.
+_NOT_COUNTED = (
+    "access_programs",
+    "background",
+    "context_management",
+    "image",
+    "include",
+    "max_output_tokens",
+    "max_tool_calls",
+    "metadata",
+    "moderation",
+    "prompt",
+    "prompt_cache_key",
+    "prompt_cache_options",
+    "prompt_cache_retention",
+    "safety_identifier",
+    "service_tier",
+    "store",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_logprobs",
+    "top_p",
+    "user",
+)
 
 
 def read_responses_input_tokens(body: dict[str, Any]) -> ClientRequest:
     """An OpenAI Responses input token count body: a Responses body, checked as
-    `read_responses` checks one, without the parameters a count does not take (400
-    `unknown_parameter` naming it, as OpenAI's API answers an unknown parameter); never
-    streamed."""
+    `read_responses` checks one, without the parameters a count does not take
+    (`_NOT_COUNTED`: 400 `unknown_parameter` naming it, as OpenAI's API answers an unknown
+    parameter); never streamed."""
     for name in _NOT_COUNTED:
         if name in body:
             raise APIError(

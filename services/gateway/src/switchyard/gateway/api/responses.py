@@ -44,6 +44,7 @@ import httpx
 import orjson
 import structlog
 from fastapi import APIRouter, Request, Response
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from switchyard.common.errors import APIError
 from switchyard.common.events import (
@@ -74,10 +75,24 @@ from switchyard.gateway.intake import check_model, submit_batch
 from switchyard.gateway.schemas import ResponsesInputTokensRequest, ResponsesRequest
 
 log = structlog.get_logger("switchyard.gateway.responses")
+
+
+class ResponseIdConvertor(StringConvertor):
+    """A `{response_id}` path segment: any segment but `input_tokens` alone, which names
+    the count route, so `GET /v1/responses/input_tokens` is 405 (only POST is served
+    there), not a 404 for a response of that id."""
+
+    regex = r"(?!input_tokens$)[^/]+"
+
+
+register_url_convertor("response_id", ResponseIdConvertor())
 router = APIRouter(prefix="/v1/responses", tags=["responses"])
 
 # Statuses history answers while a response it should have is not recorded yet.
 _NOT_YET = {(404, "response_not_found"), (409, "response_in_progress")}
+# How far ahead of this replica's clock another replica's may run, in seconds: a response
+# id stamped later than that was made by no replica, and is not waited for.
+CLOCK_SKEW_S = 5.0
 
 
 def _not_found(value: str, param: str = "response_id") -> APIError:
@@ -88,12 +103,18 @@ def _not_found(value: str, param: str = "response_id") -> APIError:
 
 def _may_still_arrive(gateway: Gateway, value: str) -> bool:
     """Whether a response with this id may have been answered so recently that history
-    has not recorded it yet (its creation time is within a request's lifetime)."""
+    has not recorded it yet: its creation time is within a request's lifetime, and not in
+    the future (beyond `CLOCK_SKEW_S`: no replica made it, so nothing is waited for)."""
     ref = parse_response_id(value)
     if ref is None:
         return False
     window = gateway.settings.request_timeout_s + gateway.settings.responses_state_wait_s
-    return ref.created_at > datetime.now(UTC) - timedelta(seconds=window + 60)
+    now = datetime.now(UTC)
+    return (
+        now - timedelta(seconds=window + 60)
+        < ref.created_at
+        <= now + timedelta(seconds=CLOCK_SKEW_S)
+    )
 
 
 def _unfinished(answer: httpx.Response) -> bool:
@@ -304,7 +325,7 @@ async def _start_background(
     )
 
 
-@router.get("/{response_id}", summary="Retrieve a model response")
+@router.get("/{response_id:response_id}", summary="Retrieve a model response")
 async def get_response(
     response_id: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
@@ -326,7 +347,7 @@ async def get_response(
     return relay(await _wait_for(gateway, principal, response_id, path))
 
 
-@router.get("/{response_id}/input_items", summary="List a response's input items")
+@router.get("/{response_id:response_id}/input_items", summary="List a response's input items")
 async def list_input_items(
     response_id: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
@@ -340,7 +361,7 @@ async def list_input_items(
     return relay(await _wait_for(gateway, principal, response_id, path, request))
 
 
-@router.delete("/{response_id}", summary="Delete a model response")
+@router.delete("/{response_id:response_id}", summary="Delete a model response")
 async def delete_response(
     response_id: str, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
@@ -352,7 +373,7 @@ async def delete_response(
     return await forward(gateway, principal, f"/v1/responses/{response_id}", method="DELETE")
 
 
-@router.post("/{response_id}/cancel", summary="Cancel a background response")
+@router.post("/{response_id:response_id}/cancel", summary="Cancel a background response")
 async def cancel_response(
     response_id: str, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
