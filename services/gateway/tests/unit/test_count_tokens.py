@@ -99,6 +99,12 @@ async def test_other_answers_carry_no_token_count_header(harness):
         ({"model": "sim-claude"}, "messages"),
         ({"model": "sim-claude", "messages": []}, "messages"),
         ({"model": "sim-claude", "messages": "hello"}, "messages"),
+        # Messages parameters count_tokens does not take: refused whatever the deployment
+        # (an Anthropic one refuses them itself; an estimate would ignore them).
+        ({**BODY, "max_tokens": 5}, "max_tokens"),
+        ({**BODY, "temperature": 0.2}, "temperature"),
+        ({**BODY, "stream": True}, "stream"),
+        ({**BODY, "model": "sim-small", "stop_sequences": ["x"]}, "stop_sequences"),
     ],
 )
 async def test_bad_count_requests_get_400_in_anthropics_format(harness, body, param):

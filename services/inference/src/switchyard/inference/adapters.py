@@ -573,7 +573,15 @@ class CountTokensEstimate(CountTokensPassThrough):
 # Fields of an Anthropic Messages body that its count_tokens takes
 # (https://docs.anthropic.com/en/api/messages-count-tokens); the others (`max_tokens`,
 # sampling, `stream`, `metadata`...) it refuses.
-_COUNT_TOKENS_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+_COUNT_TOKENS_FIELDS = (
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "output_config",
+)
 
 
 def input_tokens_object(count: int) -> dict[str, Any]:

@@ -228,10 +228,39 @@ def read_messages(body: dict[str, Any]) -> ClientRequest:
     return ClientRequest(ClientAPI.ANTHROPIC_MESSAGES, body, model, stream)
 
 
+# Parameters of Anthropic's Messages that its count_tokens does not take (the `anthropic`
+# SDK's `messages.create` parameters missing from `messages.count_tokens`, and the
+# sampling ones; https://docs.anthropic.com/en/api/messages-count-tokens). Anthropic's
+# API refuses them ("Extra inputs are not permitted"); an estimate would ignore them, so
+# the gateway refuses them for every deployment alike.
+_NOT_TOKEN_COUNTED = (
+    "container",
+    "diagnostics",
+    "inference_geo",
+    "max_tokens",
+    "metadata",
+    "service_tier",
+    "stop_sequences",
+    "stream",
+    "temperature",
+    "top_k",
+    "top_p",
+)
+
+
 def read_count_tokens(body: dict[str, Any]) -> ClientRequest:
     """An Anthropic count_tokens request body (a Messages body without `max_tokens`;
-    never streamed)."""
+    never streamed). A Messages parameter count_tokens does not take
+    (`_NOT_TOKEN_COUNTED`) is a 400 in Anthropic's words naming it."""
     model, _ = _anthropic_checks(body, max_tokens=False)
+    for name in _NOT_TOKEN_COUNTED:
+        if name in body:
+            raise APIError(
+                400,
+                f"{name}: Extra inputs are not permitted",
+                param=name,
+                code="unknown_parameter",
+            )
     return ClientRequest(ClientAPI.ANTHROPIC_COUNT_TOKENS, body, model, False)
 
 
