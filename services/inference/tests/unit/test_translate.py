@@ -234,6 +234,62 @@ def test_server_tools_and_unknown_blocks_are_refused_with_the_field() -> None:
     assert caught.value.param == "messages.0.content.0"
 
 
+TOOL = {"name": "get_weather", "input_schema": WEATHER_SCHEMA}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("input_examples", [{"location": "Paris"}]),
+        ("allowed_callers", ["code_execution_20250825"]),
+        ("defer_loading", True),
+        ("some_future_option", 1),
+    ],
+)
+def test_tool_options_chat_completions_cannot_carry_are_refused_by_name(field, value) -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(TranslationError) as caught:
+        messages_request_to_chat({**body, "tools": [{**TOOL, field: value}]})
+    assert caught.value.param == f"tools.0.{field}"
+    assert caught.value.code == "unsupported_parameter"
+
+
+def test_tool_options_that_ask_for_nothing_are_translated() -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    tool = {
+        **TOOL,
+        "type": "custom",
+        "cache_control": {"type": "ephemeral"},
+        "eager_input_streaming": True,
+        "defer_loading": False,
+        "input_examples": [],
+        "allowed_callers": ["direct"],
+    }
+    translated = messages_request_to_chat({**body, "tools": [tool]})
+    assert translated["tools"] == [
+        {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_SCHEMA}}
+    ]
+
+
+def test_a_document_asking_for_citations_is_refused_not_stripped() -> None:
+    document = {
+        "type": "document",
+        "source": {"type": "text", "media_type": "text/plain", "data": "The grass is green."},
+    }
+    body = {"model": "m", "max_tokens": 5}
+    content = [{**document, "citations": {"enabled": True}}, {"type": "text", "text": "Colour?"}]
+    with pytest.raises(TranslationError) as caught:
+        messages_request_to_chat({**body, "messages": [{"role": "user", "content": content}]})
+    assert caught.value.param == "messages.0.content.0.citations"
+    assert caught.value.code == "unsupported_parameter"
+    # Not asking for them is translated as before.
+    content[0] = {**document, "citations": {"enabled": False}}
+    translated = messages_request_to_chat(
+        {**body, "messages": [{"role": "user", "content": content}]}
+    )
+    assert "The grass is green." in json.dumps(translated["messages"])
+
+
 def test_openai_request_hoists_system_merges_turns_and_defaults_max_tokens() -> None:
     body = {
         "model": "gpt-x",

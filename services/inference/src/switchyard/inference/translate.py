@@ -629,6 +629,19 @@ def _anthropic_document_to_openai(block: dict[str, Any], where: str) -> list[dic
     title = block.get("title")
     if title is not None and not isinstance(title, str):
         raise _anthropic_refusal(f"{where}.title", "Input should be a valid string")
+    citations = block.get("citations")
+    if citations is not None:
+        if not isinstance(citations, dict):
+            raise _anthropic_refusal(f"{where}.citations", "Input should be a valid dictionary")
+        if citations.get("enabled") is True:
+            # The reply's text would carry `citations` into this document; Chat
+            # Completions returns none, so asking for them cannot be honoured.
+            raise _anthropic_refusal(
+                f"{where}.citations",
+                "citations cannot be returned by this model: its deployment speaks OpenAI's "
+                "Chat Completions, which cites no documents.",
+                "unsupported_parameter",
+            )
     if kind == "base64":
         file = {
             "type": "file",
@@ -822,10 +835,34 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
     return messages
 
 
+# Fields of an Anthropic custom tool that Chat Completions carries (`cache_control` and
+# `eager_input_streaming` have no effect there: OpenAI caches by itself, and streams
+# tool arguments anyway), and the values of the others that ask for nothing (the
+# defaults): any other value is refused by name.
+_TRANSLATED_TOOL_FIELDS = frozenset(
+    {"type", "name", "description", "input_schema", "strict", "cache_control"}
+)
+_DEFAULT_TOOL_VALUES: dict[str, tuple[Any, ...]] = {
+    "eager_input_streaming": (None, False, True),
+    "defer_loading": (None, False),
+    "input_examples": (None, []),
+    "allowed_callers": (None, ["direct"]),
+}
+
+
 def _anthropic_tool_to_openai(tool: Any, index: int) -> dict[str, Any]:
     where = f"tools.{index}"
     if not isinstance(tool, dict):
         raise _anthropic_refusal(where, "Input should be a valid dictionary")
+    for name, value in tool.items():
+        if name in _TRANSLATED_TOOL_FIELDS or value in _DEFAULT_TOOL_VALUES.get(name, (None,)):
+            continue
+        raise _anthropic_refusal(
+            f"{where}.{name}",
+            f"'{name}' cannot be sent to this model: its deployment speaks OpenAI's Chat "
+            "Completions, whose function tools have no such option.",
+            "unsupported_parameter",
+        )
     kind = tool.get("type")
     if kind not in (None, "custom"):
         raise _anthropic_refusal(
