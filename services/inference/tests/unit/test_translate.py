@@ -271,6 +271,20 @@ def test_tool_options_that_ask_for_nothing_are_translated() -> None:
     ]
 
 
+def test_function_options_anthropic_tools_cannot_carry_are_refused_by_name() -> None:
+    function = {"name": "get_weather", "parameters": WEATHER_SCHEMA, "defer_loading": True}
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(TranslationError) as caught:
+        chat_request_to_messages({**body, "tools": [{"type": "function", "function": function}]})
+    assert caught.value.param == "tools[0].function.defer_loading"
+    # A null option asks for nothing: translated.
+    function["defer_loading"] = None
+    translated = chat_request_to_messages(
+        {**body, "tools": [{"type": "function", "function": function}]}
+    )
+    assert translated["tools"] == [{"name": "get_weather", "input_schema": WEATHER_SCHEMA}]
+
+
 def test_a_document_asking_for_citations_is_refused_not_stripped() -> None:
     document = {
         "type": "document",

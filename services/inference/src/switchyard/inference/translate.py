@@ -1555,16 +1555,29 @@ def _openai_tool_to_anthropic(tool: Any, index: int) -> dict[str, Any]:
     return anthropic_tool(function, f"{where}.function")
 
 
+# The fields of an OpenAI function definition Anthropic's tools carry (`type` is the
+# Responses API's function tool's own, `function`).
+_FUNCTION_FIELDS = frozenset({"type", "name", "description", "parameters", "strict"})
+
+
 def anthropic_tool(function: dict[str, Any], where: str) -> dict[str, Any]:
     """Anthropic's tool for an OpenAI function definition (`name`, `description`,
     `parameters`, `strict`): a Chat Completions tool's `function`, or a Responses function
     tool itself, at `where` in the client's request. No `parameters` is a tool taking an
-    empty object. Raises TranslationError (OpenAI's words) for a missing `name`."""
+    empty object. Raises TranslationError (OpenAI's words) for a missing `name`, and for
+    any other field (a tool option Anthropic's tools have no equivalent for)."""
     name = function.get("name")
     if name is None:
         raise missing_parameter(f"{where}.name")
     if not isinstance(name, str):
         raise invalid_type(f"{where}.name", "a string", name)
+    for field, value in function.items():
+        if field not in _FUNCTION_FIELDS and value is not None:
+            raise TranslationError(
+                f"'{where}.{field}' cannot be sent to this model: its deployment speaks "
+                "Anthropic's Messages API, whose tools have no such option.",
+                f"{where}.{field}",
+            )
     result: dict[str, Any] = {
         "name": name,
         "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
