@@ -276,7 +276,7 @@ def test_function_options_anthropic_tools_cannot_carry_are_refused_by_name() -> 
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
     with pytest.raises(TranslationError) as caught:
         chat_request_to_messages({**body, "tools": [{"type": "function", "function": function}]})
-    assert caught.value.param == "tools[0].function.defer_loading"
+    assert caught.value.param == "tools.[0].function.defer_loading"  # OpenAI's notation
     # A null option asks for nothing: translated.
     function["defer_loading"] = None
     translated = chat_request_to_messages(
