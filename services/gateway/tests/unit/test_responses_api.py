@@ -672,6 +672,14 @@ async def test_invalid_requests_are_400_naming_the_field(system, body, param, co
 
 
 @pytest.mark.parametrize("model", ["sim-large", "sim-claude"])
+async def test_a_function_tool_option_is_refused_on_translated_models(system, model):
+    tool = {**WEATHER_TOOL, "defer_loading": True}
+    with pytest.raises(openai.BadRequestError) as refused:
+        await system.client.responses.create(model=model, input="Weather?", tools=[tool])
+    assert refused.value.body["param"] == "tools[0].defer_loading"
+
+
+@pytest.mark.parametrize("model", ["sim-large", "sim-claude"])
 async def test_built_in_tools_are_refused_naming_the_tool_on_translated_models(system, model):
     with pytest.raises(openai.BadRequestError) as refused:
         await system.client.responses.create(

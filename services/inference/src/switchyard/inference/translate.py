@@ -1557,7 +1557,7 @@ def _openai_tool_to_anthropic(tool: Any, index: int) -> dict[str, Any]:
 
 # The fields of an OpenAI function definition Anthropic's tools carry (`type` is the
 # Responses API's function tool's own, `function`).
-_FUNCTION_FIELDS = frozenset({"type", "name", "description", "parameters", "strict"})
+FUNCTION_FIELDS = frozenset({"type", "name", "description", "parameters", "strict"})
 
 
 def anthropic_tool(function: dict[str, Any], where: str) -> dict[str, Any]:
@@ -1572,7 +1572,7 @@ def anthropic_tool(function: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(name, str):
         raise invalid_type(f"{where}.name", "a string", name)
     for field, value in function.items():
-        if field not in _FUNCTION_FIELDS and value is not None:
+        if field not in FUNCTION_FIELDS and value is not None:
             raise TranslationError(
                 f"'{where}.{field}' cannot be sent to this model: its deployment speaks "
                 "Anthropic's Messages API, whose tools have no such option.",

@@ -39,6 +39,7 @@ from switchyard.common.events import TokenUsage, utcnow
 from switchyard.common.responses import response_object, upstream_item, usage_object
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
+    FUNCTION_FIELDS,
     INPUT_IMAGE_DETAILS,
     TranslationError,
     _tool_input,
@@ -260,7 +261,8 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _function_tool(tool: Any, index: int) -> dict[str, Any]:
     """A Responses function tool's fields (name, description, parameters, strict); refused
-    in OpenAI's words when it is not an object, has no `type` or `name`, or is built in."""
+    in OpenAI's words when it is not an object, has no `type` or `name`, is built in, or
+    has another field (an option the translated tool cannot carry)."""
     where = f"tools[{index}]"
     if not isinstance(tool, dict):
         raise invalid_type(where, "an object", tool)
@@ -273,6 +275,13 @@ def _function_tool(tool: Any, index: int) -> dict[str, Any]:
         raise missing_parameter(f"{where}.name")
     if not isinstance(name, str):
         raise invalid_type(f"{where}.name", "a string", name)
+    for option, value in tool.items():
+        if option not in FUNCTION_FIELDS and value is not None:
+            raise TranslationError(
+                f"'{where}.{option}' cannot be sent to this model: its deployment's function "
+                "tools have no such option.",
+                f"{where}.{option}",
+            )
     return tool
 
 
