@@ -660,6 +660,16 @@ async def test_a_response_purged_by_retention_is_404_saying_so(system):
         ({"input": "hi", "background": True, "store": False}, "background", "invalid_value"),
         ({"input": "hi", "background": True, "stream": True}, "background", "invalid_value"),
         ({"input": "hi", "stream": "true"}, "stream", "invalid_type"),
+        # Switchyard keeps and echoes `metadata` on every deployment: checked here.
+        ({"input": "hi", "metadata": "x"}, "metadata", "invalid_type"),
+        ({"input": "hi", "metadata": {"a": 1}}, "metadata.a", "invalid_type"),
+        ({"input": "hi", "metadata": {"a": "x" * 513}}, "metadata.a", "string_above_max_length"),
+        ({"input": "hi", "metadata": {"k" * 65: "x"}}, "metadata", "string_above_max_length"),
+        (
+            {"input": "hi", "metadata": {str(n): "x" for n in range(17)}},
+            "metadata",
+            "object_above_max_properties",
+        ),
     ],
 )
 async def test_invalid_requests_are_400_naming_the_field(system, body, param, code):
@@ -669,6 +679,16 @@ async def test_invalid_requests_are_400_naming_the_field(system, body, param, co
     error = error_of(answer)
     assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
     assert system.published == []
+
+
+@pytest.mark.parametrize("model", ["sim-large", "sim-claude"])
+async def test_a_wrongly_typed_parallel_tool_calls_is_refused_on_translated_models(system, model):
+    answer = await post(system, {"model": model, "input": "hi", "parallel_tool_calls": "x"})
+    assert answer.status_code == 400
+    assert (error_of(answer)["param"], error_of(answer)["code"]) == (
+        "parallel_tool_calls",
+        "invalid_type",
+    )
 
 
 @pytest.mark.parametrize("model", ["sim-large", "sim-claude"])

@@ -214,6 +214,9 @@ def _items(body: dict[str, Any], previous_items: list[dict[str, Any]] | None) ->
 def _common_checks(body: dict[str, Any]) -> None:
     """Parameters both translations treat alike: accepted when they ask for nothing the
     target cannot do, refused by name otherwise."""
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise invalid_type("parallel_tool_calls", "a boolean", parallel)
     truncation = body.get("truncation")
     if truncation not in (None, "disabled"):
         raise TranslationError(

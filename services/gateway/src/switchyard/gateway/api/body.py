@@ -347,12 +347,59 @@ def _boolean(body: dict[str, Any], name: str) -> bool | None:
     return value
 
 
+# OpenAI's limits on `metadata` (the Responses API reference: at most 16 pairs, keys of at
+# most 64 characters, string values of at most 512).
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_LENGTH = 64
+MAX_METADATA_VALUE_LENGTH = 512
+
+
+def _metadata(body: dict[str, Any]) -> None:
+    """Check a Responses request's `metadata`, which Switchyard keeps and echoes itself on
+    every deployment: an object of at most 16 string values, in OpenAI's words."""
+    value = body.get("metadata")
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise invalid_type("metadata", "an object", value)
+    if len(value) > MAX_METADATA_PAIRS:
+        raise APIError(
+            400,
+            f"Invalid 'metadata': too many properties. Expected an object with at most "
+            f"{MAX_METADATA_PAIRS} properties, but got an object with {len(value)} properties "
+            "instead.",
+            param="metadata",
+            code="object_above_max_properties",
+        )
+    for key, item in value.items():
+        if len(key) > MAX_METADATA_KEY_LENGTH:
+            raise APIError(
+                400,
+                f"Invalid 'metadata': key too long. Expected a key with maximum length "
+                f"{MAX_METADATA_KEY_LENGTH}, but got a key with length {len(key)} instead.",
+                param="metadata",
+                code="string_above_max_length",
+            )
+        if not isinstance(item, str):
+            raise invalid_type(f"metadata.{key}", "a string", item)
+        if len(item) > MAX_METADATA_VALUE_LENGTH:
+            raise APIError(
+                400,
+                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum "
+                f"length {MAX_METADATA_VALUE_LENGTH}, but got a string with length "
+                f"{len(item)} instead.",
+                param=f"metadata.{key}",
+                code="string_above_max_length",
+            )
+
+
 def read_responses(body: dict[str, Any]) -> ClientRequest:
     """An OpenAI Responses request body: `input` a string or an array of items whose
     shape Switchyard can store and continue (messages with a role and content, function
     calls and their outputs with their `call_id`...; item references are refused),
-    `previous_response_id` a string, `store` and `background` booleans, a background
-    response stored and not streamed (as OpenAI requires)."""
+    `previous_response_id` a string, `store` and `background` booleans, `metadata` within
+    OpenAI's limits (`_metadata`: Switchyard keeps and echoes it), a background response
+    stored and not streamed (as OpenAI requires)."""
     model = _model(body)
     stream = _stream(body)
     value = body.get("input")
@@ -368,6 +415,7 @@ def read_responses(body: dict[str, Any]) -> ClientRequest:
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str | list):
         raise invalid_type("instructions", "a string or an array", instructions)
+    _metadata(body)
     store = _boolean(body, "store")
     if _boolean(body, "background"):
         if store is False:
