@@ -138,8 +138,12 @@ async def test_a_plain_chat_completions_job_is_an_openai_chat_completions_reques
         ({"url": "/v1/messages", "body": "text"}, 400, "body"),
         ({"url": "/v1/messages", "body": BODY}, 400, "body.max_tokens"),
         ({"url": "/v1/embeddings", "body": {"model": "sim-small"}}, 400, "body.input"),
-        ({"url": "/v1/chat/completions", "body": {**BODY, "stream": True}}, 400, "stream"),
-        ({"url": "/v1/chat/completions", "body": {**BODY, "model": "nope"}}, 404, "model"),
+        # Named where the caller wrote them: inside the request line's `body`.
+        ({"url": "/v1/chat/completions", "body": {**BODY, "stream": True}}, 400, "body.stream"),
+        ({"url": "/v1/chat/completions", "body": {**BODY, "model": "nope"}}, 404, "body.model"),
+        # A request line without its `url` is not taken for a Chat Completions body.
+        ({"body": BODY}, 400, "url"),
+        ({"custom_id": "a", "body": BODY}, 400, "url"),
         (
             {"url": "/v1/chat/completions", "body": BODY, "webhook": {"url": "https://a.b"}},
             400,

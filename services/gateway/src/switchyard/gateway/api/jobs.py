@@ -53,7 +53,7 @@ from switchyard.gateway.api.body import READERS, ClientRequest, openapi_body, pa
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.api.history import forward, looks_like_id, read_when_recorded, relay
 from switchyard.gateway.bootstrap import Gateway
-from switchyard.gateway.intake import submit_batch
+from switchyard.gateway.intake import check_model, submit_batch
 from switchyard.gateway.limits import API_PATHS, too_large_message
 from switchyard.gateway.recent_jobs import AcceptedJob
 from switchyard.gateway.schemas import JobRequest
@@ -101,6 +101,14 @@ def read_job(data: dict[str, Any]) -> ClientRequest:
     """The job's request, from either form of the jobs body (`webhook_url` already taken
     out). Raises APIError 400 naming the field at fault."""
     if "url" not in data:
+        if "body" in data or "custom_id" in data:
+            # A request line without its `url`: not a Chat Completions body.
+            raise APIError(
+                400,
+                "Missing required parameter: 'url'.",
+                param="url",
+                code="missing_required_parameter",
+            )
         return READERS[ClientAPI.OPENAI_CHAT_COMPLETIONS](data)
     for name in data:
         # A Batch API request line's own fields are taken; anything else is a mistake the
@@ -162,9 +170,11 @@ async def create_job(
             400,
             "Jobs cannot stream: their result is fetched with GET /v1/jobs/{id} or sent to the "
             "webhook. Remove 'stream' or set it to false.",
-            param="stream",
+            param="body.stream" if "url" in data else "stream",
             code="invalid_request",
         )
+    # Named where the caller wrote it (a request line's model is in its `body`).
+    check_model(gateway, principal, client.model, "body.model" if "url" in data else "model")
     # Jobs count against the same budgets and rate limits as interactive requests.
     submitted = await submit_batch(
         gateway, request, principal, client, webhook_url=webhook_url, what="job"
