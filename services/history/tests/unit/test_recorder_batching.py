@@ -165,6 +165,13 @@ def test_instants_and_durations():
             parse_instant(bad)
 
 
+@pytest.mark.parametrize("text", ["0001-01-01", "1969-12-31", "9999-12-31", "0001-01-01T00:00:00Z"])
+def test_a_valid_time_out_of_range_is_refused_as_out_of_range(text: str) -> None:
+    # Whether a date alone or a full instant, the reason is the range, not the format.
+    with pytest.raises(TimeFormatError, match="out of range"):
+        parse_instant(text)
+
+
 # Full-width, Arabic-Indic and Devanagari sevens.
 @pytest.mark.parametrize("text", ["\uff17d", "\u0667d", "\u0967h"])
 def test_a_duration_takes_ascii_digits_only(text: str) -> None:

@@ -63,8 +63,9 @@ def parse_instant(text: str, *, now: datetime | None = None) -> datetime:
     try:
         if len(value) == 10:
             day = date.fromisoformat(value)
-            return _within_range(datetime(day.year, day.month, day.day, tzinfo=UTC), text)
-        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+            parsed = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        else:
+            parsed = datetime.fromisoformat(value.replace("z", "Z"))
     except ValueError:
         raise TimeFormatError(
             f"'{text}' is not an ISO 8601 time (e.g. 2025-03-01T12:00:00Z or 2025-03-01)"
