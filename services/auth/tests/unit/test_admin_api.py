@@ -196,6 +196,16 @@ async def test_users_list_and_revoke_their_own_keys_only(auth_app, people) -> No
     assert response.status_code == 204
     event = await auth_app.wait_for_event("auth.api_key_revoked")
     assert event.data.key_id == key_id and event.data.reason == "owner"
+    # A revoked key authenticates nothing: changing its limits is refused, not recorded.
+    changed = await auth_app.client.patch(
+        f"/v1/api-keys/{key_id}", json={"rpm_limit": 5}, headers=headers
+    )
+    assert_error(changed, 409, "api_key_revoked")
+    admin = await token_for(auth_app, "admin@acme.test")
+    by_admin = await auth_app.client.patch(
+        f"/v1/admin/api-keys/{key_id}", json={"rpm_limit": 5}, headers=admin
+    )
+    assert_error(by_admin, 409, "api_key_revoked")
 
 
 async def narrowed_token(

@@ -35,6 +35,7 @@ from switchyard.auth.service import (
     AuthService,
     InvalidInput,
     IssuedApiKey,
+    KeyAlreadyRevoked,
     UserNotFound,
     _validate_models,
     printable,
@@ -533,7 +534,7 @@ class Governance:
         `apply_cache`); only the tenant's, or the user's own key. With `member` (a member
         changing their own key) the key stays in the member's team and its limits may only
         tighten: NotPermitted names the field otherwise. Raises ApiKeyNotFound,
-        TeamNotFound, InvalidInput (a bad value, a limit above a level's)."""
+        KeyAlreadyRevoked, TeamNotFound, InvalidInput (a bad value, a limit above a level's)."""
         now = datetime.now(UTC)
         async with self._sessions() as session:
             key = await session.get(ApiKey, key_id)
@@ -543,6 +544,9 @@ class Governance:
                 or (user_id is not None and key.user_id != user_id)
             ):
                 raise ApiKeyNotFound(f"No API key with id {key_id}.")
+            if key.revoked_at is not None:
+                # It authenticates nothing any more: a change would only mislead a reader.
+                raise KeyAlreadyRevoked(f"API key {key_id} is revoked.")
             user = await session.get(User, key.user_id)
             assert user is not None
             team = (

@@ -97,6 +97,12 @@ class ApiKeyNotFound(AuthError):
     pass
 
 
+class KeyAlreadyRevoked(AuthError):
+    """The API key was revoked: nothing about it can change any more; the API answers 409."""
+
+    pass
+
+
 class ExceedsCredential(AuthError):
     """A key or token asked for more than the credential (or user) creating it holds."""
 

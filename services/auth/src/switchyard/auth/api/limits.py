@@ -43,6 +43,7 @@ from switchyard.auth.service import (
     AuthError,
     ExceedsCredential,
     InvalidInput,
+    KeyAlreadyRevoked,
     UserNotFound,
     expiry_in_days,
 )
@@ -330,7 +331,10 @@ async def admin_create_api_key(
 @router.patch(
     "/v1/admin/api-keys/{key_id}",
     response_model=ApiKeyOut,
-    responses={404: {"description": "No such key in the caller's tenant."}},
+    responses={
+        404: {"description": "No such key in the caller's tenant."},
+        409: {"description": "The key is revoked."},
+    },
 )
 async def admin_update_api_key(
     key_id: str, body: UpdateApiKey, admin: AdminUser, governance: GovernanceDep
@@ -363,6 +367,10 @@ async def _update_key(
         raise not_permitted(exc) from None
     except ApiKeyNotFound:
         raise APIError(404, "No such API key.", code="api_key_not_found") from None
+    except KeyAlreadyRevoked:
+        raise APIError(
+            409, "This API key is revoked: it cannot be changed.", code="api_key_revoked"
+        ) from None
     except TeamNotFound:
         raise APIError(404, "No such team.", param="team_id", code="team_not_found") from None
     except InvalidInput as exc:
@@ -374,7 +382,10 @@ async def _update_key(
     "/v1/api-keys/{key_id}",
     response_model=ApiKeyOut,
     tags=["api-keys"],
-    responses={404: {"description": "No such key among the caller's keys."}},
+    responses={
+        404: {"description": "No such key among the caller's keys."},
+        409: {"description": "The key is revoked."},
+    },
 )
 async def update_own_api_key(
     key_id: str,
