@@ -393,3 +393,30 @@ async def test_a_messages_request_without_anthropic_version_is_refused_as_anthro
     assert body["error"]["message"] == "anthropic-version: header is required"
     assert body["request_id"] == response.headers["request-id"]
     assert harness.requests == []  # nothing reached the deployment with a version not chosen
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        (["garbage"], "garbage"),
+        (["2024-10-22"], "2024-10-22"),
+        (["2023-06-01", "2023-06-01"], "2023-06-01, 2023-06-01"),
+    ],
+)
+async def test_a_version_anthropic_does_not_have_is_refused_as_anthropic_refuses_it(
+    harness, path, sent, shown
+):
+    from .conftest import WITHOUT_ANTHROPIC_VERSION
+
+    headers = [("x-api-key", API_KEY), *(("anthropic-version", value) for value in sent)]
+    body = {**MESSAGE} if path == "/v1/messages" else {"model": "sim-small", "messages": []}
+    response = await harness.client.post(
+        path, json=body, headers=headers, extensions={WITHOUT_ANTHROPIC_VERSION: True}
+    )
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"] == f'anthropic-version: "{shown}" is not a valid version'
+    assert harness.requests == []

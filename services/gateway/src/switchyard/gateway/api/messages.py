@@ -25,14 +25,31 @@ from switchyard.gateway.schemas import AnthropicCountTokensRequest, AnthropicMes
 router = APIRouter(prefix="/v1", tags=["messages"])
 
 
+# The versions of Anthropic's API (https://docs.anthropic.com/en/api/versioning): any
+# other value is refused by the API, so it is here too, whatever deployment serves the
+# model (a translated request would otherwise ignore it).
+ANTHROPIC_VERSIONS = frozenset({"2023-06-01", "2023-01-01"})
+
+
 def require_anthropic_version(request: Request) -> None:
     """Refuse, as Anthropic's API does (https://docs.anthropic.com/en/api/versioning), a
-    request without `anthropic-version`: 400 `invalid_request_error`, "anthropic-version:
-    header is required". Passed on, it would reach the deployment with whatever version
-    its SDK defaults to, which the client never chose. Raises APIError."""
-    if not request.headers.get(ANTHROPIC_VERSION_HEADER, "").strip():
+    request without `anthropic-version` (400 `invalid_request_error`, "anthropic-version:
+    header is required") or with a version the API does not have (`"X" is not a valid
+    version`, also a header sent twice). Passed on without one, it would reach the
+    deployment with whatever version its SDK defaults to, which the client never chose.
+    Raises APIError."""
+    values = request.headers.getlist(ANTHROPIC_VERSION_HEADER)
+    version = ", ".join(value.strip() for value in values)
+    if not version:
         raise APIError(
             400, f"{ANTHROPIC_VERSION_HEADER}: header is required", type="invalid_request_error"
+        )
+    if version not in ANTHROPIC_VERSIONS:
+        shown = version[:64].replace("\\", "\\\\").replace('"', '\\"')
+        raise APIError(
+            400,
+            f'{ANTHROPIC_VERSION_HEADER}: "{shown}" is not a valid version',
+            type="invalid_request_error",
         )
 
 
