@@ -400,7 +400,7 @@ async def test_a_messages_request_without_anthropic_version_is_refused_as_anthro
     ("sent", "shown"),
     [
         (["garbage"], "garbage"),
-        (["2024-10-22"], "2024-10-22"),
+        (["06/01/2023"], "06/01/2023"),
         (["2023-06-01", "2023-06-01"], "2023-06-01, 2023-06-01"),
     ],
 )

@@ -12,6 +12,8 @@ itself, any other gets an estimate from a tokenizer, which the answer says in
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Request, Response
 
 from switchyard.common.errors import APIError
@@ -25,17 +27,18 @@ from switchyard.gateway.schemas import AnthropicCountTokensRequest, AnthropicMes
 router = APIRouter(prefix="/v1", tags=["messages"])
 
 
-# The versions of Anthropic's API (https://docs.anthropic.com/en/api/versioning): any
-# other value is refused by the API, so it is here too, whatever deployment serves the
-# model (a translated request would otherwise ignore it).
-ANTHROPIC_VERSIONS = frozenset({"2023-06-01", "2023-01-01"})
+# An Anthropic API version is a date (https://docs.anthropic.com/en/api/versioning:
+# `2023-06-01`; the SDKs move to newer ones as they are published). Anything else is
+# refused as the API refuses it, whatever deployment serves the model (a translated
+# request would otherwise ignore it); which dates exist is the API's to say.
+ANTHROPIC_VERSION_FORMAT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def require_anthropic_version(request: Request) -> None:
     """Refuse, as Anthropic's API does (https://docs.anthropic.com/en/api/versioning), a
     request without `anthropic-version` (400 `invalid_request_error`, "anthropic-version:
-    header is required") or with a version the API does not have (`"X" is not a valid
-    version`, also a header sent twice). Passed on without one, it would reach the
+    header is required") or with a value that is not a version (`"X" is not a valid
+    version`: not a date, or the header sent twice). Passed on without one, it would reach the
     deployment with whatever version its SDK defaults to, which the client never chose.
     Raises APIError."""
     values = request.headers.getlist(ANTHROPIC_VERSION_HEADER)
@@ -44,7 +47,7 @@ def require_anthropic_version(request: Request) -> None:
         raise APIError(
             400, f"{ANTHROPIC_VERSION_HEADER}: header is required", type="invalid_request_error"
         )
-    if version not in ANTHROPIC_VERSIONS:
+    if ANTHROPIC_VERSION_FORMAT.fullmatch(version) is None:
         shown = version[:64].replace("\\", "\\\\").replace('"', '\\"')
         raise APIError(
             400,
