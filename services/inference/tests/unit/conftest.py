@@ -1,16 +1,22 @@
 """Fixtures of the inference unit tests: a recording upstream served for real over HTTP on
 a free 127.0.0.1 port (in a background thread, so it outlives each test's event loop),
-cleared before every test. The provider simulator's fixtures (`simulator`,
+cleared before every test; `serve`, a handler routing model `m` to the deployments a test
+names. The provider simulator's fixtures (`simulator`,
 `simulator_server`) come from `switchyard.simulator.testing`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
+from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
 from switchyard.common.testing.servers import serve_app
-from switchyard.inference.testing import RecordingUpstream
+from switchyard.common.topics import Topics
+from switchyard.inference.providers import ProviderPool
+from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
+from switchyard.inference.testing import Harness, RecordingUpstream
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +35,28 @@ def recorder(recording_server: tuple[RecordingUpstream, str]) -> Iterator[Record
     recorder.root = root
     yield recorder
     recorder.script()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Any]:
+    """`await serve(*deployments)`: a handler (a `Harness` on its own in-memory bus)
+    routing model `m` to those deployments in order, with short backoffs; stopped, with
+    its provider clients, after the test."""
+    started: list[tuple[Harness, ProviderPool]] = []
+
+    async def start(*deployments: Deployment) -> Harness:
+        providers = ProviderPool()
+        harness = await Harness.start(
+            Topics("serve"),
+            routing=RoutingTable(models={"m": ModelRoute(name="m", deployments=list(deployments))}),
+            providers=providers,
+            backoff=Backoff(0.01, 0.02),
+            deployments=DeploymentStates(BreakerPolicy(failure_threshold=5, cooldown_s=60)),
+        )
+        started.append((harness, providers))
+        return harness
+
+    yield start
+    for harness, providers in started:
+        await harness.stop()
+        await providers.aclose()

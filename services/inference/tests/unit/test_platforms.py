@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import jwt
@@ -20,15 +19,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from switchyard.common.events import ChatCompleted, ChatFailed, ClientAPI
-from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
-from switchyard.common.topics import Topics
+from switchyard.common.routing import Deployment
 from switchyard.inference.providers import ProviderPool
-from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
-from switchyard.inference.testing import Harness, Scripted, chat_request
+from switchyard.inference.testing import Scripted, chat_request
 
 from .aws_wire import check_sigv4, chunk_frame, exception_frame
 
-TOPICS = Topics("platforms")
 MESSAGES = ClientAPI.ANTHROPIC_MESSAGES
 CHAT = ClientAPI.OPENAI_CHAT_COMPLETIONS
 COUNT = ClientAPI.ANTHROPIC_COUNT_TOKENS
@@ -114,29 +110,6 @@ def gemini(recorder) -> Deployment:
         api_key_env="T_GEMINI_KEY",
         max_retries=0,
     )
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Any]:
-    """`await serve(deployment)`: a handler routing model `m` to that deployment."""
-    started: list[tuple[Harness, ProviderPool]] = []
-
-    async def start(*deployments: Deployment) -> Harness:
-        providers = ProviderPool()
-        harness = await Harness.start(
-            TOPICS,
-            routing=RoutingTable(models={"m": ModelRoute(name="m", deployments=list(deployments))}),
-            providers=providers,
-            backoff=Backoff(0.01, 0.02),
-            deployments=DeploymentStates(BreakerPolicy(failure_threshold=5, cooldown_s=60)),
-        )
-        started.append((harness, providers))
-        return harness
-
-    yield start
-    for harness, providers in started:
-        await harness.stop()
-        await providers.aclose()
 
 
 def completion(text: str = "Hi") -> dict[str, Any]:

@@ -6,21 +6,16 @@ previous conversation's items are counted too; never billed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from switchyard.common.events import ChatCompleted, ChatFailed, ChatRequested, ClientAPI
-from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
+from switchyard.common.routing import Deployment
 from switchyard.common.tokenizer import count_text
-from switchyard.common.topics import Topics
 from switchyard.inference import tokens
-from switchyard.inference.providers import ProviderPool
-from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
-from switchyard.inference.testing import Harness, Scripted, chat_request
+from switchyard.inference.testing import Scripted, chat_request
 
-TOPICS = Topics("input-tokens")
 COUNT = ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS
 BODY = {"model": "m", "instructions": "Be terse.", "input": "How many tokens is this?"}
 PREVIOUS = [
@@ -64,28 +59,6 @@ def claude(recorder) -> Deployment:
         base_url=recorder.root,
         max_retries=0,
     )
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Any]:
-    started: list[tuple[Harness, ProviderPool]] = []
-
-    async def start(*deployments: Deployment) -> Harness:
-        providers = ProviderPool()
-        harness = await Harness.start(
-            TOPICS,
-            routing=RoutingTable(models={"m": ModelRoute(name="m", deployments=list(deployments))}),
-            providers=providers,
-            backoff=Backoff(0.01, 0.02),
-            deployments=DeploymentStates(BreakerPolicy(failure_threshold=5, cooldown_s=60)),
-        )
-        started.append((harness, providers))
-        return harness
-
-    yield start
-    for harness, providers in started:
-        await harness.stop()
-        await providers.aclose()
 
 
 def count(
