@@ -37,6 +37,19 @@ def responses_deployment(recorder) -> Deployment:
         model="gpt-up",
         base_url=f"{recorder.root}/v1",
         responses_api=True,
+        responses_input_tokens=True,
+        max_retries=0,
+    )
+
+
+def responses_without_count(recorder) -> Deployment:
+    # Azure OpenAI, vLLM, Ollama: the Responses API, but no count endpoint.
+    return Deployment(
+        name="responses-no-count",
+        provider="openai",
+        model="gpt-up",
+        base_url=f"{recorder.root}/v1",
+        responses_api=True,
         max_retries=0,
     )
 
@@ -125,6 +138,31 @@ async def test_a_chat_only_deployment_gets_an_estimate_without_being_called(reco
     )
     assert reply.data.response == {"object": "response.input_tokens", "input_tokens": expected}
     assert recorder.requests == []
+
+
+async def test_a_responses_deployment_without_a_count_gets_an_estimate_of_what_it_gets(
+    recorder, serve
+):
+    recorder.script(Scripted(json={"unexpected": True}))
+    harness = await serve(responses_without_count(recorder))
+    # A built-in tool reaches such a deployment as sent: counted, not refused.
+    body = {**BODY, "tools": [{"type": "web_search"}]}
+    reply = await harness.handle(count(body, previous=PREVIOUS))
+
+    assert isinstance(reply, ChatCompleted), reply
+    assert reply.data.upstream_api is None  # estimated here
+    assert recorder.requests == []
+    tool_tokens = count_text('{"type":"web_search"}')
+    expected = (
+        count_text("Be terse.")
+        + count_text("Hi")
+        + count_text("Hello!")
+        + count_text("How many tokens is this?")
+        + 4 * tokens.TOKENS_PER_MESSAGE
+        + tokens.REPLY_PRIMING_TOKENS
+        + tool_tokens
+    )
+    assert reply.data.response == {"object": "response.input_tokens", "input_tokens": expected}
 
 
 @pytest.mark.parametrize("which", ["anthropic", "chat"])

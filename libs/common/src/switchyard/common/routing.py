@@ -216,6 +216,13 @@ class Deployment(_Strict):
         "(`POST {base_url}/responses`), so Responses requests are passed through; without it "
         "they are translated to Chat Completions (vLLM, Ollama and most compatible servers).",
     )
+    responses_input_tokens: bool = Field(
+        default=False,
+        description="OpenAI-protocol deployments offering the Responses API: the server also "
+        "counts a request's input tokens (`POST {base_url}/responses/input_tokens`, OpenAI's "
+        "own API does), so `/v1/responses/input_tokens` is passed through; without it the "
+        "count is estimated (Azure OpenAI, vLLM and Ollama serve no such endpoint).",
+    )
 
     @model_validator(mode="after")
     def _fields_of_its_kind(self) -> Deployment:
@@ -447,6 +454,7 @@ def default_routing(simulator_url: str) -> RoutingTable:
                     model=name,
                     base_url=simulator_url,
                     responses_api=name in SIMULATOR_RESPONSES_MODELS,
+                    responses_input_tokens=name in SIMULATOR_RESPONSES_MODELS,
                 )
             ],
         )

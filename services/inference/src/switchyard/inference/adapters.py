@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import structlog
@@ -39,7 +40,11 @@ from switchyard.common.events import ChatRequested, ClientAPI, StreamEvent, Toke
 from switchyard.common.responses import response_id
 from switchyard.common.routing import Deployment
 from switchyard.inference.errors import ProviderError, invalid_request
-from switchyard.inference.tokens import estimate_chat_input_tokens, estimate_input_tokens
+from switchyard.inference.tokens import (
+    estimate_chat_input_tokens,
+    estimate_input_tokens,
+    estimate_responses_input_tokens,
+)
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
     ChatChunksToMessageEvents,
@@ -591,10 +596,11 @@ def input_tokens_object(count: int) -> dict[str, Any]:
 
 
 class InputTokensPassThrough(_NotStreamed):
-    """OpenAI's Responses input token count to an OpenAI-protocol deployment offering the
-    Responses API: its own count (`POST /responses/input_tokens`), the body as
-    `POST /responses` would send it (the previous conversation's items before `input`,
-    `passthrough_body`). Nothing is billed."""
+    """OpenAI's Responses input token count to an OpenAI-protocol deployment that counts
+    it (`responses_api` and `responses_input_tokens`): its own count
+    (`POST /responses/input_tokens`), the body as `POST /responses` would send it (the
+    previous conversation's items before `input`, `passthrough_body`). Nothing is
+    billed."""
 
     api = ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS
     not_streamed = "Token counts are not streamed."
@@ -642,20 +648,28 @@ class InputTokensViaMessages(InputTokensPassThrough):
 
 
 class InputTokensEstimate(InputTokensPassThrough):
-    """OpenAI's Responses input token count for an OpenAI-protocol deployment offering
-    Chat Completions only (no counting endpoint): the request translated as
-    `POST /v1/responses` would be (`responses_request_to_chat`, refusing what it refuses)
-    and estimated here with a tokenizer, without calling the deployment (`upstream_api`
-    None: the gateway answers `x-switchyard-token-count: estimate`)."""
+    """OpenAI's Responses input token count for an OpenAI-protocol deployment without a
+    counting endpoint, estimated here with a tokenizer without calling it (`upstream_api`
+    None: the gateway answers `x-switchyard-token-count: estimate`). What is counted is
+    what `POST /v1/responses` would send: to a Chat-Completions-only deployment the
+    translated request (`responses_request_to_chat`, refusing what it refuses), to one
+    offering the Responses API without `responses_input_tokens` the body it would pass
+    through (built-in tools and all)."""
 
     @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
-        payload = _translated(responses_request_to_chat, body, self.previous_items)
+        count: Callable[[], int]
+        if deployment.responses_api:
+            native = passthrough_body(body, self.previous_items, deployment.model)
+            count = partial(estimate_responses_input_tokens, native)
+        else:
+            payload = _translated(responses_request_to_chat, body, self.previous_items)
+            count = partial(estimate_chat_input_tokens, payload)
 
         def estimate() -> dict[str, Any]:
-            return input_tokens_object(estimate_chat_input_tokens(payload))
+            return input_tokens_object(count())
 
         return UpstreamCall(ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS, "", {}, {}, local=estimate)
 
@@ -928,7 +942,7 @@ class Adapters:
         if api is ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS and request is not None:
             if protocol == "anthropic":
                 return InputTokensViaMessages(request)
-            if deployment.responses_api:
+            if deployment.responses_api and deployment.responses_input_tokens:
                 return InputTokensPassThrough(request)
             return InputTokensEstimate(request)
         raise unsupported_api(api, deployment)

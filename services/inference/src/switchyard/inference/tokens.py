@@ -156,3 +156,65 @@ def estimate_chat_input_tokens(body: dict[str, Any]) -> int:
         if isinstance(tool, dict):
             total += count_text(_json(tool))
     return total
+
+
+def _responses_part_tokens(part: Any, count_text: Callable[[str], int]) -> int:
+    if isinstance(part, str):
+        return count_text(part)
+    if not isinstance(part, dict):
+        return 0
+    kind = part.get("type")
+    if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
+        return count_text(part.get("text") or "")
+    if kind == "refusal":
+        return count_text(part.get("refusal") or "")
+    if kind == "input_image":
+        return IMAGE_TOKENS
+    if kind == "input_file":
+        return PDF_PAGE_TOKENS
+    return count_text(_json(part))
+
+
+def _responses_content_tokens(content: Any, count_text: Callable[[str], int]) -> int:
+    if isinstance(content, str):
+        return count_text(content)
+    if isinstance(content, list):
+        return sum(_responses_part_tokens(part, count_text) for part in content)
+    return 0
+
+
+def estimate_responses_input_tokens(body: dict[str, Any]) -> int:
+    """Estimated input tokens of an OpenAI Responses request body as a deployment offering
+    the Responses API gets it (the previous conversation's items already before `input`):
+    `instructions`, each item (a message's content, a function call's name and
+    arguments, a call output, a reasoning item's summary; other items by their JSON) and
+    each tool's JSON, framed as `estimate_input_tokens` frames an Anthropic request.
+    Blocking."""
+    count_text = TokenCounter(exact_chars=EXACT_CHARS).count
+    total = REPLY_PRIMING_TOKENS
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        total += TOKENS_PER_MESSAGE + count_text(instructions)
+    items = body.get("input")
+    for item in [items] if isinstance(items, str) else items or ():
+        total += TOKENS_PER_MESSAGE
+        if isinstance(item, str):
+            total += count_text(item)
+        elif isinstance(item, dict):
+            kind = item.get("type", "message")
+            if kind == "message":
+                total += _responses_content_tokens(item.get("content"), count_text)
+            elif kind == "function_call":
+                total += count_text(item.get("name") or "") + count_text(
+                    item.get("arguments") or ""
+                )
+            elif kind == "function_call_output":
+                total += _responses_content_tokens(item.get("output"), count_text)
+            elif kind == "reasoning":
+                total += _responses_content_tokens(item.get("summary"), count_text)
+            else:
+                total += count_text(_json(item))
+    for tool in body.get("tools") or ():
+        if isinstance(tool, dict):
+            total += count_text(_json(tool))
+    return total

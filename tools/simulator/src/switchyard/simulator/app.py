@@ -1900,9 +1900,10 @@ class Simulator:
 
     async def input_tokens(self, request: Request) -> Response:
         """OpenAI's Responses input token count: the `input_tokens` a Responses call with
-        this body would report (one simulated token a word); a parameter the endpoint does
-        not take (`stream`, `store`, `background`, `max_output_tokens`, sampling) gets
-        OpenAI's 400 `unknown_parameter`, as the real API answers."""
+        this body would report (one simulated token a word); the commonest parameters the
+        endpoint does not take (`stream`, `store`, `background`, `max_output_tokens`,
+        sampling, `metadata`) get a 400 naming them, as the real API answers (the gateway
+        refuses the whole list before they would reach it)."""
 
         def count(body: dict[str, Any]) -> int:
             for name in _NOT_COUNTED:
