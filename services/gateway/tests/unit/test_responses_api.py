@@ -697,6 +697,10 @@ async def test_a_function_tool_option_is_refused_on_translated_models(system, mo
     with pytest.raises(openai.BadRequestError) as refused:
         await system.client.responses.create(model=model, input="Weather?", tools=[tool])
     assert refused.value.body["param"] == "tools[0].defer_loading"
+    # At OpenAI's defaults the options ask for nothing: served.
+    quiet = {**WEATHER_TOOL, "defer_loading": False, "allowed_callers": ["direct"]}
+    served = await system.client.responses.create(model=model, input="Weather?", tools=[quiet])
+    assert served.status == "completed"
 
 
 @pytest.mark.parametrize("model", ["sim-large", "sim-claude"])

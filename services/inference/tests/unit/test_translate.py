@@ -254,6 +254,15 @@ def test_tool_options_chat_completions_cannot_carry_are_refused_by_name(field, v
     assert caught.value.code == "unsupported_parameter"
 
 
+def test_a_server_tool_with_options_is_refused_as_a_server_tool() -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
+    tool = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+    with pytest.raises(TranslationError) as caught:
+        messages_request_to_chat({**body, "tools": [tool]})
+    assert caught.value.param == "tools.0"
+    assert "server tools" in str(caught.value)
+
+
 def test_tool_options_that_ask_for_nothing_are_translated() -> None:
     body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
     tool = {
@@ -277,12 +286,16 @@ def test_function_options_anthropic_tools_cannot_carry_are_refused_by_name() -> 
     with pytest.raises(TranslationError) as caught:
         chat_request_to_messages({**body, "tools": [{"type": "function", "function": function}]})
     assert caught.value.param == "tools.[0].function.defer_loading"  # OpenAI's notation
-    # A null option asks for nothing: translated.
-    function["defer_loading"] = None
-    translated = chat_request_to_messages(
-        {**body, "tools": [{"type": "function", "function": function}]}
-    )
-    assert translated["tools"] == [{"name": "get_weather", "input_schema": WEATHER_SCHEMA}]
+    # Options at the values that ask for nothing (null, OpenAI's defaults): translated.
+    for asks_nothing in (
+        {"defer_loading": None},
+        {"defer_loading": False, "allowed_callers": ["direct"], "output_schema": None},
+    ):
+        function = {"name": "get_weather", "parameters": WEATHER_SCHEMA, **asks_nothing}
+        translated = chat_request_to_messages(
+            {**body, "tools": [{"type": "function", "function": function}]}
+        )
+        assert translated["tools"] == [{"name": "get_weather", "input_schema": WEATHER_SCHEMA}]
 
 
 def test_a_document_asking_for_citations_is_refused_not_stripped() -> None:

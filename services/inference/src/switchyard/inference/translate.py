@@ -854,6 +854,14 @@ def _anthropic_tool_to_openai(tool: Any, index: int) -> dict[str, Any]:
     where = f"tools.{index}"
     if not isinstance(tool, dict):
         raise _anthropic_refusal(where, "Input should be a valid dictionary")
+    kind = tool.get("type")
+    if kind not in (None, "custom"):
+        raise _anthropic_refusal(
+            where,
+            f"server tools ({kind!r}) cannot be used with this model: its deployment speaks "
+            "OpenAI's Chat Completions, which runs no tools itself.",
+            "unsupported_parameter",
+        )
     for name, value in tool.items():
         if name in _TRANSLATED_TOOL_FIELDS or value in _DEFAULT_TOOL_VALUES.get(name, (None,)):
             continue
@@ -861,14 +869,6 @@ def _anthropic_tool_to_openai(tool: Any, index: int) -> dict[str, Any]:
             f"{where}.{name}",
             f"'{name}' cannot be sent to this model: its deployment speaks OpenAI's Chat "
             "Completions, whose function tools have no such option.",
-            "unsupported_parameter",
-        )
-    kind = tool.get("type")
-    if kind not in (None, "custom"):
-        raise _anthropic_refusal(
-            where,
-            f"server tools ({kind!r}) cannot be used with this model: its deployment speaks "
-            "OpenAI's Chat Completions, which runs no tools itself.",
             "unsupported_parameter",
         )
     function: dict[str, Any] = {
@@ -1558,6 +1558,26 @@ def _openai_tool_to_anthropic(tool: Any, index: int) -> dict[str, Any]:
 # The fields of an OpenAI function definition Anthropic's tools carry (`type` is the
 # Responses API's function tool's own, `function`).
 FUNCTION_FIELDS = frozenset({"type", "name", "description", "parameters", "strict"})
+# Options of an OpenAI function tool (`FunctionToolParam`) at the values that ask for
+# nothing; any other value of them, or any other field, is refused by name.
+_FUNCTION_DEFAULTS: dict[str, tuple[Any, ...]] = {
+    "defer_loading": (None, False),
+    "allowed_callers": (None, ["direct"]),
+}
+
+
+def refuse_function_options(function: dict[str, Any], where: str, target: str) -> None:
+    """Refuse (TranslationError naming `where.<field>`, OpenAI's words) the first field of
+    an OpenAI function definition beyond `FUNCTION_FIELDS` that asks for something: the
+    tools of `target`, the deployment's API, carry no such option in translation."""
+    for field, value in function.items():
+        if field in FUNCTION_FIELDS or value in _FUNCTION_DEFAULTS.get(field, (None,)):
+            continue
+        raise TranslationError(
+            f"'{where}.{field}' cannot be sent to this model: its deployment speaks {target}, "
+            "and the translated tool carries no such option.",
+            f"{where}.{field}",
+        )
 
 
 def anthropic_tool(function: dict[str, Any], where: str) -> dict[str, Any]:
@@ -1571,13 +1591,7 @@ def anthropic_tool(function: dict[str, Any], where: str) -> dict[str, Any]:
         raise missing_parameter(f"{where}.name")
     if not isinstance(name, str):
         raise invalid_type(f"{where}.name", "a string", name)
-    for field, value in function.items():
-        if field not in FUNCTION_FIELDS and value is not None:
-            raise TranslationError(
-                f"'{where}.{field}' cannot be sent to this model: its deployment speaks "
-                "Anthropic's Messages API, whose tools have no such option.",
-                f"{where}.{field}",
-            )
+    refuse_function_options(function, where, "Anthropic's Messages API")
     result: dict[str, Any] = {
         "name": name,
         "input_schema": function.get("parameters") or {"type": "object", "properties": {}},

@@ -39,7 +39,6 @@ from switchyard.common.events import TokenUsage, utcnow
 from switchyard.common.responses import response_object, upstream_item, usage_object
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
-    FUNCTION_FIELDS,
     INPUT_IMAGE_DETAILS,
     TranslationError,
     _tool_input,
@@ -56,6 +55,7 @@ from switchyard.inference.translate import (
     not_one_of,
     parse_data_url,
     positive_integer,
+    refuse_function_options,
     refuse_unknown,
     text_of,
     whole_json,
@@ -278,13 +278,7 @@ def _function_tool(tool: Any, index: int) -> dict[str, Any]:
         raise missing_parameter(f"{where}.name")
     if not isinstance(name, str):
         raise invalid_type(f"{where}.name", "a string", name)
-    for option, value in tool.items():
-        if option not in FUNCTION_FIELDS and value is not None:
-            raise TranslationError(
-                f"'{where}.{option}' cannot be sent to this model: its deployment's function "
-                "tools have no such option.",
-                f"{where}.{option}",
-            )
+    refuse_function_options(tool, where, "another API than OpenAI's Responses API")
     return tool
 
 
