@@ -410,3 +410,18 @@ async def test_a_replayed_token_count_still_says_whether_it_is_an_estimate(harne
     assert retry.headers["x-switchyard-token-count"] == "estimate"
     assert retry.content == first.content
     assert len(harness.requests) == 1
+
+
+async def test_a_metadata_only_tenant_gets_a_retried_token_count_back(harness, history):
+    # A count holds no content of the tenant's: kept, unlike a model's answer.
+    history.metadata_only.add("acme")
+    answer_counts(harness, 12, estimated=False)
+    headers = {**keyed("count-m"), "anthropic-version": "2023-06-01"}
+    body = {"model": "sim-claude", "messages": [{"role": "user", "content": "Hello"}]}
+    first = await harness.client.post("/v1/messages/count_tokens", json=body, headers=headers)
+    retry = await harness.client.post("/v1/messages/count_tokens", json=body, headers=headers)
+
+    assert first.status_code == retry.status_code == 200, retry.text
+    assert retry.json() == {"input_tokens": 12}
+    assert retry.headers["x-switchyard-token-count"] == "exact"
+    assert len(harness.requests) == 1

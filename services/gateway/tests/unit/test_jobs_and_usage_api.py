@@ -369,3 +369,27 @@ async def test_history_sees_an_admin_only_where_the_credential_holds_the_admin_s
 
     assert listed.status_code == 200
     assert history.calls[-1].headers["x-switchyard-role"] == role
+
+
+async def test_a_messages_job_with_a_value_that_is_not_a_version_is_refused(
+    harness, history, lanes
+):
+    body = {
+        "url": "/v1/messages",
+        "body": {
+            "model": "sim-small",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "x"}],
+        },
+    }
+    for value in ("garbage", "2023-06-01, 2023-06-01"):
+        response = await harness.client.post(
+            "/v1/jobs", json=body, headers={**AUTH, "anthropic-version": value}
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "anthropic-version"
+        assert "is not a valid version" in response.json()["error"]["message"]
+    accepted = await harness.client.post(
+        "/v1/jobs", json=body, headers={**AUTH, "anthropic-version": "2023-06-01"}
+    )
+    assert accepted.status_code == 202, accepted.text

@@ -29,8 +29,8 @@ have asked for it; such requests go on to the route, which refuses them as usual
 
 For a tenant storing metadata only, history keeps no response content: a retry gets 409
 `idempotency_response_not_stored` with the original `x-request-id` (it still never runs
-twice). A created replay's answer holds no content (its id and state), so it is kept and
-replayed for such a tenant too.
+twice). Answers holding no content (a created replay's id and state, a token count:
+`CONTENT_FREE_PATHS`) are kept and replayed for such a tenant too.
 
 Claims live in the history service's database (`/internal/v1/idempotency/...`,
 INSERT ... ON CONFLICT), so they hold across every gateway replica. The replica that
@@ -91,6 +91,11 @@ IDEMPOTENT_PATHS = frozenset(
 # answer ran something): their answer is kept only when it created it (201), with the
 # model it would run on in this body field.
 CREATING_PATHS = {"/v1/replays": "to_model"}
+# Paths whose answers hold no content of the tenant's (a replay's id and state, a token
+# count): kept for a tenant storing metadata only too, so its retries get them back.
+CONTENT_FREE_PATHS = frozenset(
+    {"/v1/replays", "/v1/messages/count_tokens", "/v1/responses/input_tokens"}
+)
 KEY_HEADER = IDEMPOTENCY_KEY_HEADER.encode()
 # Response headers that describe the body (not the moment it was answered, as rate-limit
 # headers do), so a replay carries them with it: whether a token count is the model's own
@@ -445,8 +450,7 @@ class IdempotencyMiddleware:
                         status_code=status,
                         content_type=content_type,
                         body=b"".join(chunks),
-                        # A created replay's answer is its id and state, no content.
-                        holds_content=scope["path"] not in CREATING_PATHS,
+                        holds_content=scope["path"] not in CONTENT_FREE_PATHS,
                         headers=kept_headers,
                     )
                 else:

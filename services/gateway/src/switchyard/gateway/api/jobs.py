@@ -48,10 +48,11 @@ from switchyard.common.events import (
     ChatCancelRequested,
     ClientAPI,
 )
-from switchyard.common.headers import REQUEST_ID_HEADER
+from switchyard.common.headers import ANTHROPIC_VERSION_HEADER, REQUEST_ID_HEADER
 from switchyard.gateway.api.body import READERS, ClientRequest, openapi_body, parse_json_object
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.api.history import forward, looks_like_id, read_when_recorded, relay
+from switchyard.gateway.api.messages import anthropic_version_refusal
 from switchyard.gateway.bootstrap import Gateway
 from switchyard.gateway.intake import check_model, submit_batch
 from switchyard.gateway.limits import API_PATHS, too_large_message
@@ -162,6 +163,12 @@ async def create_job(
     data = parse_json_object(raw)
     webhook_url = await _webhook_url(data.pop("webhook_url", None), gateway.webhook_policy)
     client = read_job(data)
+    if client.api is ClientAPI.ANTHROPIC_MESSAGES:
+        # Sent with the job when given (docs/protocols.md): checked as /v1/messages checks it.
+        refusal = anthropic_version_refusal(request.headers.getlist(ANTHROPIC_VERSION_HEADER))
+        if refusal is not None:
+            refusal.param = ANTHROPIC_VERSION_HEADER
+            raise refusal
     limit = gateway.settings.max_body_bytes_for(client.api)
     if len(raw) > limit:
         raise APIError(413, too_large_message(limit), code="request_too_large")

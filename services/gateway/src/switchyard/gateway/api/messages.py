@@ -34,6 +34,21 @@ router = APIRouter(prefix="/v1", tags=["messages"])
 ANTHROPIC_VERSION_FORMAT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
+def anthropic_version_refusal(values: list[str]) -> APIError | None:
+    """The refusal of the `anthropic-version` header `values` (each time it was sent), as
+    Anthropic's API words it, or None for one version: `"X" is not a valid version` for a
+    value that is not a date or a header sent twice; None also when it was not sent."""
+    version = ", ".join(value.strip() for value in values)
+    if not version or ANTHROPIC_VERSION_FORMAT.fullmatch(version) is not None:
+        return None
+    shown = version[:64].replace("\\", "\\\\").replace('"', '\\"')
+    return APIError(
+        400,
+        f'{ANTHROPIC_VERSION_HEADER}: "{shown}" is not a valid version',
+        type="invalid_request_error",
+    )
+
+
 def require_anthropic_version(request: Request) -> None:
     """Refuse, as Anthropic's API does (https://docs.anthropic.com/en/api/versioning), a
     request without `anthropic-version` (400 `invalid_request_error`, "anthropic-version:
@@ -42,18 +57,13 @@ def require_anthropic_version(request: Request) -> None:
     deployment with whatever version its SDK defaults to, which the client never chose.
     Raises APIError."""
     values = request.headers.getlist(ANTHROPIC_VERSION_HEADER)
-    version = ", ".join(value.strip() for value in values)
-    if not version:
+    if not "".join(values).strip():
         raise APIError(
             400, f"{ANTHROPIC_VERSION_HEADER}: header is required", type="invalid_request_error"
         )
-    if ANTHROPIC_VERSION_FORMAT.fullmatch(version) is None:
-        shown = version[:64].replace("\\", "\\\\").replace('"', '\\"')
-        raise APIError(
-            400,
-            f'{ANTHROPIC_VERSION_HEADER}: "{shown}" is not a valid version',
-            type="invalid_request_error",
-        )
+    refusal = anthropic_version_refusal(values)
+    if refusal is not None:
+        raise refusal
 
 
 @router.post(
