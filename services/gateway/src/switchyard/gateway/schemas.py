@@ -8,7 +8,7 @@ provider judges them. These models describe the common fields of each API.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -128,8 +128,9 @@ class AnthropicCountTokensRequest(BaseModel):
 
 class ResponsesInputTokensRequest(BaseModel):
     """OpenAI Responses input token count request: the body `POST /v1/responses` would
-    take, without `stream`, `store` and `background`. Fields not listed here pass through
-    unchanged to deployments offering the Responses API."""
+    take, without the parameters of a response itself (`ResponsesRequest` adds them).
+    Fields not listed here pass through unchanged to deployments offering the Responses
+    API."""
 
     model_config = ConfigDict(
         extra="allow",
@@ -169,27 +170,22 @@ class EmbeddingsRequest(BaseModel):
     user: str | None = Field(default=None, max_length=256)
 
 
-class ResponsesRequest(BaseModel):
-    """OpenAI Responses request. Fields not listed here pass through unchanged to
-    deployments offering the Responses API; translated deployments refuse, naming it, what
-    they cannot serve."""
+# OpenAI's limits on `metadata` keys and values (what the gateway checks, `api/body.py`).
+MetadataKey = Annotated[str, Field(max_length=64)]
+MetadataValue = Annotated[str, Field(max_length=512)]
 
-    model_config = ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [
-                {"model": "sim-small", "input": "Hello", "instructions": "Answer briefly."}
-            ]
-        },
-    )
 
-    model: str = Field(min_length=1, max_length=256)
+class ResponsesRequest(ResponsesInputTokensRequest):
+    """OpenAI Responses request: what its input token count takes, and the parameters of
+    a response itself. Fields not listed here pass through unchanged to deployments
+    offering the Responses API; translated deployments refuse, naming it, what they
+    cannot serve."""
+
     input: str | list[dict[str, Any]] | None = Field(
         default=None,
         description="Text, or input items: messages (`role`, `content`), `function_call` and "
         "`function_call_output` items, reasoning items...",
     )
-    instructions: str | None = None
     previous_response_id: str | None = Field(
         default=None, description="Continue this stored response's conversation (any model)."
     )
@@ -198,9 +194,6 @@ class ResponsesRequest(BaseModel):
         default=False, description="Answer at once with the queued response; run it later."
     )
     stream: bool = False
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
     text: dict[str, Any] | None = Field(
         default=None, examples=[{"format": {"type": "json_schema", "name": "x", "schema": {}}}]
     )
@@ -208,7 +201,9 @@ class ResponsesRequest(BaseModel):
     max_output_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    metadata: dict[str, str] | None = None
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(
+        default=None, max_length=16, description="At most 16 pairs, kept and echoed by Switchyard."
+    )
 
 
 class JobRequest(BaseModel):

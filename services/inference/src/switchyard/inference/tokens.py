@@ -116,19 +116,41 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
     return total
 
 
-def _chat_part_tokens(part: Any, count_text: Callable[[str], int]) -> int:
+# OpenAI content parts (Chat Completions and Responses name them differently): the field
+# holding a text part's text, and the parts counted at a flat rate.
+_OPENAI_TEXT_FIELDS = {
+    "text": "text",
+    "input_text": "text",
+    "output_text": "text",
+    "summary_text": "text",
+    "reasoning_text": "text",
+    "refusal": "refusal",
+}
+_OPENAI_IMAGE_PARTS = ("image_url", "input_image")
+_OPENAI_FILE_PARTS = ("file", "input_file")
+
+
+def _openai_part_tokens(part: Any, count_text: Callable[[str], int]) -> int:
     if isinstance(part, str):
         return count_text(part)
     if not isinstance(part, dict):
         return 0
     kind = part.get("type")
-    if kind in ("text", "refusal"):
-        return count_text(part.get(kind) or "")
-    if kind == "image_url":
+    if kind in _OPENAI_TEXT_FIELDS:
+        return count_text(part.get(_OPENAI_TEXT_FIELDS[kind]) or "")
+    if kind in _OPENAI_IMAGE_PARTS:
         return IMAGE_TOKENS
-    if kind == "file":
+    if kind in _OPENAI_FILE_PARTS:
         return PDF_PAGE_TOKENS
     return count_text(_json(part))
+
+
+def _openai_content_tokens(content: Any, count_text: Callable[[str], int]) -> int:
+    if isinstance(content, str):
+        return count_text(content)
+    if isinstance(content, list):
+        return sum(_openai_part_tokens(part, count_text) for part in content)
+    return 0
 
 
 def estimate_chat_input_tokens(body: dict[str, Any]) -> int:
@@ -142,11 +164,7 @@ def estimate_chat_input_tokens(body: dict[str, Any]) -> int:
         if not isinstance(message, dict):
             continue
         total += TOKENS_PER_MESSAGE
-        content = message.get("content")
-        if isinstance(content, list):
-            total += sum(_chat_part_tokens(part, count_text) for part in content)
-        elif isinstance(content, str):
-            total += count_text(content)
+        total += _openai_content_tokens(message.get("content"), count_text)
         for call in message.get("tool_calls") or ():
             function = call.get("function") if isinstance(call, dict) else None
             if isinstance(function, dict):
@@ -156,31 +174,6 @@ def estimate_chat_input_tokens(body: dict[str, Any]) -> int:
         if isinstance(tool, dict):
             total += count_text(_json(tool))
     return total
-
-
-def _responses_part_tokens(part: Any, count_text: Callable[[str], int]) -> int:
-    if isinstance(part, str):
-        return count_text(part)
-    if not isinstance(part, dict):
-        return 0
-    kind = part.get("type")
-    if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
-        return count_text(part.get("text") or "")
-    if kind == "refusal":
-        return count_text(part.get("refusal") or "")
-    if kind == "input_image":
-        return IMAGE_TOKENS
-    if kind == "input_file":
-        return PDF_PAGE_TOKENS
-    return count_text(_json(part))
-
-
-def _responses_content_tokens(content: Any, count_text: Callable[[str], int]) -> int:
-    if isinstance(content, str):
-        return count_text(content)
-    if isinstance(content, list):
-        return sum(_responses_part_tokens(part, count_text) for part in content)
-    return 0
 
 
 def estimate_responses_input_tokens(body: dict[str, Any]) -> int:
@@ -203,15 +196,15 @@ def estimate_responses_input_tokens(body: dict[str, Any]) -> int:
         elif isinstance(item, dict):
             kind = item.get("type", "message")
             if kind == "message":
-                total += _responses_content_tokens(item.get("content"), count_text)
+                total += _openai_content_tokens(item.get("content"), count_text)
             elif kind == "function_call":
                 total += count_text(item.get("name") or "") + count_text(
                     item.get("arguments") or ""
                 )
             elif kind == "function_call_output":
-                total += _responses_content_tokens(item.get("output"), count_text)
+                total += _openai_content_tokens(item.get("output"), count_text)
             elif kind == "reasoning":
-                total += _responses_content_tokens(item.get("summary"), count_text)
+                total += _openai_content_tokens(item.get("summary"), count_text)
             else:
                 total += count_text(_json(item))
     for tool in body.get("tools") or ():
