@@ -189,8 +189,11 @@ async def test_upstream_400_is_passed_through_with_the_upstream_message_and_para
     reply = await harness.handle(request)
 
     assert (reply.data.error.status, reply.data.error.type) == (400, "invalid_request_error")
-    assert "messages.0" in reply.data.error.message
-    assert reply.data.error.param == "messages.0"
+    assert "messages[0].role" in reply.data.error.message
+    assert (reply.data.error.param, reply.data.error.code) == (
+        "messages[0].role",
+        "missing_required_parameter",
+    )
 
 
 async def test_rate_limit_is_retried_on_the_same_deployment_when_it_allows(

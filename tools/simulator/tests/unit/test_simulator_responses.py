@@ -113,7 +113,8 @@ def test_invalid_items_are_refused_naming_the_field(client):
         client.responses.create(
             model="sim-small", input=[{"type": "function_call_output", "output": "x"}]
         )
-    assert refused.value.body["param"] == "input[0]"
+    assert refused.value.body["param"] == "input[0].call_id"
+    assert refused.value.body["code"] == "missing_required_parameter"
 
 
 def test_a_failure_mid_stream_is_a_response_failed_event(client, simulator):

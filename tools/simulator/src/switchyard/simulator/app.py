@@ -43,12 +43,17 @@ real APIs do that Switchyard must carry faithfully is simulated too:
   complete typed event stream with `sequence_number`. It keeps no state: a
   `previous_response_id` is refused as OpenAI refuses an id it does not know, so a test
   sees whether a caller relied on the upstream's store.
+Every route judges the types and ranges of its documented parameters as the real API does
+(`temperature`, `top_p`, `n`, `max_tokens`, `stop`, `thinking.budget_tokens`...; the table is
+`switchyard.simulator.parameters`) and refuses a broken one with that API's 400: OpenAI's
+names the `param` and its `code`, Anthropic's names the field in its message.
 A control API under `/_sim/` injects faults (error statuses, Retry-After, hangs, failures
 in the middle of a stream with a chosen error type), changes latency at run time and
 reports how many upstream calls were made and how many streams their client abandoned.
 
 Built on bare Starlette and orjson: the simulator must never be the bottleneck of a
-benchmark, so request bodies are read as plain dicts, never as pydantic models.
+benchmark, so request bodies are read as plain dicts, never as pydantic models; only their
+parameters go through validators built once per route.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ from starlette.routing import Route
 
 from switchyard.common import errorformat
 from switchyard.common.responses import response_object
+from switchyard.simulator import parameters
+from switchyard.simulator.parameters import BadRequest
 
 REPLY_PREFIX = "Simulated reply to: "
 DEFAULT_EMBEDDING_DIMENSIONS = 8
@@ -91,14 +98,6 @@ _OPENAI_ERROR_TYPES = {
     404: "invalid_request_error",
     429: "rate_limit_exceeded",
 }
-
-
-class BadRequest(Exception):
-    """Input the real provider would refuse with 400 (`param`: the field at fault)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 # --------------------------------------------------------------------------- state
@@ -200,31 +199,41 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def openai_error(
-    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+    code: str | None = None,
 ) -> Response:
     """An OpenAI error response: `{"error": {"message", "type", "param", "code"}}` with
-    `status`, the `type` OpenAI uses for that status (OpenAI API reference, "Error codes"), and
-    `headers` (header name to value) added to the response."""
+    `status`, the `type` OpenAI uses for that status (OpenAI API reference, "Error codes"),
+    `param` (the field at fault, None when none is), `code` (OpenAI's error code, e.g.
+    `invalid_value`; None when it has none) and `headers` (header name to value) added to the
+    response."""
     error_type = _OPENAI_ERROR_TYPES.get(
         status, "server_error" if status >= 500 else "invalid_request_error"
     )
     return _json(
-        {"error": {"message": message, "type": error_type, "param": param, "code": None}},
+        {"error": {"message": message, "type": error_type, "param": param, "code": code}},
         status,
         headers,
     )
 
 
 def anthropic_error(
-    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+    code: str | None = None,
 ) -> Response:
     """An Anthropic error response: `{"type": "error", "error": {"type", "message"}}` with
     `status`, the error type Anthropic documents for it ("Errors" in the Anthropic API
     reference, as `switchyard.common.errorformat` holds it: `invalid_request_error` for a
     4xx it does not list, `api_error` for any other status) and `headers` (header name to
     value).
-    Anthropic's error object names no parameter, so `param` (taken as every error writer of
-    the simulator takes it) is not sent."""
+    Anthropic's error object names no parameter and has no code, so `param` and `code` (taken
+    as every error writer of the simulator takes them) are not sent."""
     error_type = errorformat.error_type("anthropic", status)
     return _json(
         {"type": "error", "error": {"type": error_type, "message": message}}, status, headers
@@ -242,39 +251,28 @@ async def _read_object(request: Request) -> dict[str, Any]:
 
 
 def _require_model(body: dict[str, Any]) -> str:
+    # `parameters.check` words this for each API; a body built without it still gets a 400.
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise BadRequest("'model' is required and must be a non-empty string.")
+        raise BadRequest("you must provide a model parameter")
     return model
 
 
 def _require_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    # As `_require_model`: `parameters.check` has judged the list and its roles already.
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' is required and must be a non-empty array.", "messages")
+        raise BadRequest(
+            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+        )
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BadRequest(
-                f"'messages.{index}' must be an object with a 'role'.", f"messages.{index}"
+                f"Missing required parameter: 'messages[{index}].role'.",
+                f"messages[{index}].role",
+                "missing_required_parameter",
             )
     return messages
-
-
-def _check_sampling(body: dict[str, Any]) -> None:
-    """The parameter checks that clients most often trip over on the real API."""
-    temperature = body.get("temperature")
-    if temperature is not None and (
-        not isinstance(temperature, int | float)
-        or isinstance(temperature, bool)
-        or not 0 <= temperature <= 2
-    ):
-        raise BadRequest("'temperature' must be a number between 0 and 2.")
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = body.get(name)
-        if value is not None and (
-            not isinstance(value, int) or isinstance(value, bool) or value < 1
-        ):
-            raise BadRequest(f"'{name}' must be a positive integer.")
 
 
 def content_text(content: Any) -> str:
@@ -415,7 +413,6 @@ def cut_to_budget(text: str, budget: int, spent: int = 0) -> tuple[str, int, boo
 _ALTERNATIVE_TOKENS = tuple(
     " the| a| and| of| to| in| is| it| that|.|,| for| on| with| as| this| be| at| by| or".split("|")
 )
-MAX_TOP_LOGPROBS = 20
 
 
 def token_logprobs(token: str, top: int) -> dict[str, Any]:
@@ -598,10 +595,20 @@ def output_schema(fmt: Any, param: str) -> tuple[bool, dict[str, Any] | None]:
             (`param` names the field in the message)."""
     if fmt is None:
         return False, None
-    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+    if not isinstance(fmt, dict):
+        raise BadRequest(f"Invalid type for '{param}': expected an object.", param, "invalid_type")
+    if "type" not in fmt:
         raise BadRequest(
-            f"Invalid value for '{param}.type': expected 'text', 'json_object' or 'json_schema'.",
+            f"Missing required parameter: '{param}.type'.",
             f"{param}.type",
+            "missing_required_parameter",
+        )
+    if fmt["type"] not in ("text", "json_object", "json_schema"):
+        raise BadRequest(
+            f"Invalid value: {fmt['type']!r}. Supported values are: 'json_object', "
+            "'json_schema', and 'text'.",
+            f"{param}.type",
+            "invalid_value",
         )
     if fmt["type"] == "text":
         return False, None
@@ -612,7 +619,9 @@ def output_schema(fmt: Any, param: str) -> tuple[bool, dict[str, Any] | None]:
     schema = holder.get("schema", {})
     if not isinstance(schema, dict):
         raise BadRequest(
-            f"Invalid type for '{param}.schema': expected an object.", f"{param}.schema"
+            f"Invalid type for '{param}.schema': expected an object.",
+            f"{param}.schema",
+            "invalid_type",
         )
     return True, schema
 
@@ -782,33 +791,14 @@ class OpenAIReply:
 
 def _chat_options(body: dict[str, Any]) -> tuple[int, int | None, int | None]:
     """(n, the output token limit, top_logprobs or None without `logprobs`) of a Chat
-    Completions body, checked as OpenAI checks them."""
+    Completions body whose parameters `parameters.check` has judged."""
     n = body.get("n")
-    if n is None:
-        n = 1
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128:
-        raise BadRequest("Invalid value for 'n': expected an integer between 1 and 128.", "n")
     limit = body.get("max_completion_tokens")
     if limit is None:
         limit = body.get("max_tokens")
-    top = body.get("top_logprobs")
-    if top is not None and (
-        not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_TOP_LOGPROBS
-    ):
-        raise BadRequest(
-            f"Invalid value for 'top_logprobs': expected an integer between 0 and "
-            f"{MAX_TOP_LOGPROBS}.",
-            "top_logprobs",
-        )
     if body.get("logprobs") is not True:
-        if top is not None:
-            raise BadRequest(
-                "Invalid value for 'top_logprobs': 'logprobs' must be set to true when "
-                "'top_logprobs' is used.",
-                "top_logprobs",
-            )
-        return n, limit, None
-    return n, limit, top or 0
+        return n or 1, limit, None
+    return n or 1, limit, body.get("top_logprobs") or 0
 
 
 def build_openai_reply(body: dict[str, Any], cache: set[str] | None = None) -> OpenAIReply:
@@ -818,13 +808,13 @@ def build_openai_reply(body: dict[str, Any], cache: set[str] | None = None) -> O
     (`structured_text`); `max_completion_tokens`/`max_tokens` cut the text; `n` and
     `logprobs`/`top_logprobs` shape the choices.
 
+    The parameters' types and ranges are `parameters.check`'s to judge, before this.
+
     Raises:
-        BadRequest: the body is one the real API refuses (no model, no messages, sampling
-            parameters out of range, a tool without a name, a bad `response_format`, `n` or
-            `top_logprobs`)."""
+        BadRequest: the body is one the real API refuses (no model, no messages, a tool
+            without a name, a bad `response_format`)."""
     model = _require_model(body)
     messages = _require_messages(body)
-    _check_sampling(body)
     n, limit, top_logprobs = _chat_options(body)
     json_reply, schema = output_schema(body.get("response_format"), "response_format")
     fmt = body.get("response_format")
@@ -836,6 +826,7 @@ def build_openai_reply(body: dict[str, Any], cache: set[str] | None = None) -> O
         raise BadRequest(
             "Missing required parameter: 'response_format.json_schema.name'.",
             "response_format.json_schema.name",
+            "missing_required_parameter",
         )
     user_text = last_user_text(messages)
     prompt_tokens = prompt_words(messages)
@@ -856,7 +847,11 @@ def build_openai_reply(body: dict[str, Any], cache: set[str] | None = None) -> O
         tool = body["tools"][0]
         name = (tool.get("function") or {}).get("name") if isinstance(tool, dict) else None
         if not isinstance(name, str):
-            raise BadRequest("'tools.0.function.name' is required.")
+            raise BadRequest(
+                "Missing required parameter: 'tools[0].function.name'.",
+                "tools[0].function.name",
+                "missing_required_parameter",
+            )
         arguments = orjson.dumps({"location": weather_location(user_text)}).decode()
         tool_call = {
             "id": _short_id("call_"),
@@ -1116,14 +1111,25 @@ _DOCUMENT_SOURCES = ("base64", "text", "url", "content", "file")
 
 
 def _validate_anthropic(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    model = _require_model(body)
-    messages = _require_messages(body)
-    max_tokens = body.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise BadRequest("max_tokens: Field required (a positive integer).")
+    """(model, messages) of a Messages or count_tokens body, its messages checked as
+    Anthropic checks them (a `system` message is accepted, as documented above); the
+    parameters' types and ranges are `parameters.check`'s to judge, before this."""
+    model = body.get("model")
+    messages = body.get("messages")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model: Field required")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages: Field required")
     for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages.{index}: Input should be an object")
+        if "role" not in message:
+            raise BadRequest(f"messages.{index}.role: Field required")
         if message["role"] not in ("user", "assistant", "system"):
-            raise BadRequest(f"messages.{index}.role: Input should be 'user' or 'assistant'")
+            raise BadRequest(
+                f'messages: Unexpected role "{message["role"]}". Allowed roles are "user" or '
+                '"assistant"'
+            )
         content = message.get("content")
         if not isinstance(content, list):
             continue
@@ -1352,6 +1358,9 @@ _RESPONSES_ITEM_TYPES = (
 )
 
 
+_CALL_FIELDS = ("call_id", "name", "arguments")
+
+
 def _responses_items(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The request's input as items, checked as the real API checks them."""
     raw = body.get("input")
@@ -1360,33 +1369,55 @@ def _responses_items(body: dict[str, Any]) -> list[dict[str, Any]]:
     if isinstance(raw, str):
         return [{"type": "message", "role": "user", "content": raw}]
     if not isinstance(raw, list):
-        raise BadRequest("Invalid type for 'input': expected a string or an array.", "input")
+        raise BadRequest(
+            "Invalid type for 'input': expected one of a string or array of input items.",
+            "input",
+            "invalid_type",
+        )
     items = []
     for index, item in enumerate(raw):
         where = f"input[{index}]"
         if not isinstance(item, dict):
-            raise BadRequest(f"Invalid type for '{where}': expected an object.", where)
+            raise BadRequest(
+                f"Invalid type for '{where}': expected an object.", where, "invalid_type"
+            )
         kind = item.get("type", "message" if "role" in item else None)
         if kind not in _RESPONSES_ITEM_TYPES:
-            raise BadRequest(f"Invalid value for '{where}.type': {kind!r}.", f"{where}.type")
+            raise BadRequest(
+                f"Invalid value: {kind!r}. Supported values are: "
+                + ", ".join(repr(name) for name in _RESPONSES_ITEM_TYPES)
+                + ".",
+                f"{where}.type",
+                "invalid_value",
+            )
         if kind == "message":
-            if item.get("role") not in ("user", "assistant", "system", "developer"):
-                raise BadRequest(f"Invalid value for '{where}.role'.", f"{where}.role")
-            if not isinstance(item.get("content"), str | list):
-                raise BadRequest(f"Missing required parameter: '{where}.content'.", where)
-        elif kind == "function_call_output":
-            if not isinstance(item.get("call_id"), str) or "output" not in item:
+            roles = ("user", "assistant", "system", "developer")
+            if item.get("role") not in roles:
                 raise BadRequest(
-                    f"Missing required parameter: '{where}.call_id' or '{where}.output'.", where
+                    f"Invalid value: {item.get('role')!r}. Supported values are: 'assistant', "
+                    "'system', 'developer', and 'user'.",
+                    f"{where}.role",
+                    "invalid_value",
                 )
-        elif kind == "function_call":
-            for name in ("call_id", "name", "arguments"):
-                if not isinstance(item.get(name), str):
+            if not isinstance(item.get("content"), str | list):
+                raise BadRequest(
+                    f"Missing required parameter: '{where}.content'.",
+                    f"{where}.content",
+                    "missing_required_parameter",
+                )
+        elif kind in ("function_call_output", "function_call"):
+            required = ("call_id", "output") if kind == "function_call_output" else _CALL_FIELDS
+            for name in required:
+                # A function call's fields are strings; a tool's output may be content parts.
+                given = name in item if name == "output" else isinstance(item.get(name), str)
+                if not given:
                     raise BadRequest(
-                        f"Missing required parameter: '{where}.{name}'.", f"{where}.{name}"
+                        f"Missing required parameter: '{where}.{name}'.",
+                        f"{where}.{name}",
+                        "missing_required_parameter",
                     )
         elif kind == "item_reference":
-            raise BadRequest(f"Item with id {item.get('id')!r} not found.", where)
+            raise BadRequest(f"Item with id {item.get('id')!r} not found.", f"{where}.id")
         items.append({**item, "type": kind})
     return items
 
@@ -1467,6 +1498,8 @@ def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -
     dict). `cache` is the set of prompt-prefix hashes already seen (None: no prompt caching); it
     is updated.
 
+    The parameters' types and ranges are `parameters.check`'s to judge, before this.
+
     Raises:
         BadRequest: the body is one the real API refuses, including any
             `previous_response_id` (the simulator stores nothing) and an `item_reference`."""
@@ -1475,18 +1508,15 @@ def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -
         raise BadRequest(
             f"Previous response with id {body['previous_response_id']!r} not found.",
             "previous_response_id",
-        )
-    _check_sampling(body)
-    max_output = body.get("max_output_tokens")
-    if max_output is not None and (
-        not isinstance(max_output, int) or isinstance(max_output, bool) or max_output < 16
-    ):
-        raise BadRequest(
-            "Invalid 'max_output_tokens': integer below minimum value (16).", "max_output_tokens"
+            "previous_response_not_found",
         )
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str | list):
-        raise BadRequest("Invalid type for 'instructions'.", "instructions")
+        raise BadRequest(
+            "Invalid type for 'instructions': expected one of a string or array of input items.",
+            "instructions",
+            "invalid_type",
+        )
     text_config = body.get("text")
     json_reply, schema = output_schema(
         text_config.get("format") if isinstance(text_config, dict) else None, "text.format"
@@ -1524,7 +1554,11 @@ def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -
     ):
         tool = next(t for t in body["tools"] if t.get("type") == "function")
         if not isinstance(tool.get("name"), str):
-            raise BadRequest("Missing required parameter: 'tools[0].name'.", "tools[0].name")
+            raise BadRequest(
+                "Missing required parameter: 'tools[0].name'.",
+                "tools[0].name",
+                "missing_required_parameter",
+            )
         arguments = orjson.dumps({"location": weather_location(user_text)}).decode()
         output.append(
             {
@@ -1549,6 +1583,7 @@ def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -
     text = structured_text(schema, answered) if json_reply else REPLY_PREFIX + answered
     output_tokens = count_words(text) + reasoning_tokens
     incomplete = False
+    max_output = body.get("max_output_tokens")
     if max_output is not None:
         text, output_tokens, incomplete = cut_to_budget(text, max_output, reasoning_tokens)
     output.append(
@@ -1716,22 +1751,15 @@ def build_embeddings(body: dict[str, Any]) -> dict[str, Any]:
     floats (default 8) per input, as floats or little-endian float32 base64, and word-count
     usage.
 
+    `dimensions` and `encoding_format` are `parameters.check`'s to judge, before this.
+
     Raises:
-        BadRequest: no model, an input that is neither a string nor a list of strings, of
-            token ids or of lists of token ids, `dimensions` outside 1-4096, or an unknown
-            `encoding_format`."""
+        BadRequest: no model, or an input that is neither a string nor a list of strings, of
+            token ids or of lists of token ids."""
     model = _require_model(body)
     inputs = _embedding_inputs(body)
-    dimensions = body.get("dimensions", DEFAULT_EMBEDDING_DIMENSIONS)
-    if (
-        not isinstance(dimensions, int)
-        or isinstance(dimensions, bool)
-        or not 1 <= dimensions <= 4096
-    ):
-        raise BadRequest("'dimensions' must be an integer between 1 and 4096.")
+    dimensions = body.get("dimensions") or DEFAULT_EMBEDDING_DIMENSIONS
     encoding_format = body.get("encoding_format") or "float"
-    if encoding_format not in ("float", "base64"):
-        raise BadRequest("'encoding_format' must be 'float' or 'base64'.")
     data = [
         {
             "object": "embedding",
@@ -1826,7 +1854,8 @@ class Simulator:
     ) -> Response:
         """What every model route does: read the JSON object body, count the call under
         `route` and its model, answer the next injected fault for that model in the
-        route's error format (`error`), `build` the reply (a `BadRequest` becomes a 400),
+        route's error format (`error`), judge the parameters (`parameters.check`), `build` the
+        reply (a `BadRequest` of either becomes a 400),
         then answer it whole (`complete`, after the configured latency) or, when the body
         asks for `stream` and the route streams, as the events of `stream`."""
         try:
@@ -1837,9 +1866,10 @@ class Simulator:
             fault = await self._fault_response(request, model, error, streaming)
             if isinstance(fault, Response):
                 return fault
+            parameters.check(route, body)
             reply = build(body)
         except BadRequest as exc:
-            return error(400, str(exc), exc.param)
+            return error(400, str(exc), exc.param, code=exc.code)
         if stream is not None and streaming:
             call = Call(body)
             if fault is not None:
@@ -1887,7 +1917,7 @@ class Simulator:
         report (one simulated token a word), without `max_tokens`."""
 
         def count(body: dict[str, Any]) -> int:
-            _validate_anthropic({**body, "max_tokens": 1})
+            _validate_anthropic(body)
             return prompt_words(body["messages"], body.get("system"))
 
         return await self._serve(
@@ -1908,7 +1938,7 @@ class Simulator:
         def count(body: dict[str, Any]) -> int:
             for name in _NOT_COUNTED:
                 if name in body:
-                    raise BadRequest(f"Unknown parameter: '{name}'.", name)
+                    raise BadRequest(f"Unknown parameter: '{name}'.", name, "unknown_parameter")
             return build_responses_reply(body).input_tokens
 
         return await self._serve(
@@ -1967,7 +1997,7 @@ class Simulator:
             body = await _read_object(request)
             fault, count = _parse_fault(body)
         except BadRequest as exc:
-            return openai_error(400, str(exc))
+            return openai_error(400, str(exc), exc.param, code=exc.code)
         self.state.faults.extend(Fault(**vars(fault)) for _ in range(count))
         return _json({"faults_pending": len(self.state.faults)}, 201)
 
@@ -1985,7 +2015,9 @@ class Simulator:
             return openai_error(400, str(exc))
         latency = body.get("latency_ms")
         if not isinstance(latency, int | float) or isinstance(latency, bool) or latency < 0:
-            return openai_error(400, "'latency_ms' must be a number >= 0.", "latency_ms")
+            return openai_error(
+                400, "'latency_ms' must be a number >= 0.", "latency_ms", code="invalid_value"
+            )
         self.state.latency_ms = float(latency)
         return _json({"latency_ms": self.state.latency_ms})
 
@@ -2010,18 +2042,28 @@ def _parse_fault(body: dict[str, Any]) -> tuple[Fault, int]:
         or isinstance(stream_error_after, bool)
         or stream_error_after < 0
     ):
-        raise BadRequest("'stream_error_after' must be an integer >= 0, or null.")
+        raise BadRequest(
+            "'stream_error_after' must be an integer >= 0, or null.",
+            "stream_error_after",
+            "invalid_value",
+        )
     if not isinstance(status, int) or not 400 <= status <= 599:
-        raise BadRequest("'status' must be an HTTP error status (400-599).")
+        raise BadRequest(
+            "'status' must be an HTTP error status (400-599).", "status", "invalid_value"
+        )
     if not isinstance(count, int) or count < 1:
-        raise BadRequest("'count' must be a positive integer.")
+        raise BadRequest("'count' must be a positive integer.", "count", "invalid_value")
     if retry_after is not None and (not isinstance(retry_after, int | float) or retry_after < 0):
-        raise BadRequest("'retry_after' must be a number of seconds >= 0, or null.")
+        raise BadRequest(
+            "'retry_after' must be a number of seconds >= 0, or null.",
+            "retry_after",
+            "invalid_value",
+        )
     if model is not None and not isinstance(model, str):
-        raise BadRequest("'model' must be a string or null.")
+        raise BadRequest("'model' must be a string or null.", "model", "invalid_type")
     error_type = body.get("error_type")
     if error_type is not None and not isinstance(error_type, str):
-        raise BadRequest("'error_type' must be a string or null.")
+        raise BadRequest("'error_type' must be a string or null.", "error_type", "invalid_type")
     return Fault(
         status=status,
         retry_after=retry_after,

@@ -1,0 +1,403 @@
+"""The request parameters each simulated endpoint takes, the types and ranges the real API
+allows them, and the 400 error that API answers for a value outside them.
+
+One table (`RULES`, route to `Rules`) holds them all: each route's parameters as a pydantic
+`TypedDict` of constrained types (OpenAI API reference and Anthropic API reference ranges),
+plus the few rules that tie two parameters together. `check(route, body)` raises a
+`BadRequest` carrying the first broken rule, worded as that route's API words it:
+
+- OpenAI: `Invalid 'temperature': decimal above maximum value. Expected a value <= 2, but got
+  3 instead.` with `param` (`top_p`, `messages[0].role`...) and `code`
+  (`decimal_above_max_value`, `integer_below_min_value`, `invalid_type`, `invalid_value`,
+  `array_above_max_length`, `missing_required_parameter`...);
+- Anthropic: the field path, then pydantic's sentence (`max_tokens: Input should be greater
+  than or equal to 1`, `thinking.enabled.budget_tokens: ...`), or `temperature: range: 0..1`
+  for a parameter bounded on both sides; Anthropic's error object names no parameter.
+
+Only the parameters are read (pydantic ignores the other keys and returns no copy the caller
+uses), so checking costs microseconds and never touches message contents beyond their roles.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Required
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    with_config,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+# pydantic takes TypedDicts from typing_extensions before Python 3.12.
+from typing_extensions import TypedDict
+
+
+class BadRequest(Exception):
+    """Input the real provider refuses with 400. `param` is the field at fault as OpenAI
+    names it (`top_p`, `messages[0].role`; None where OpenAI names none) and `code` OpenAI's
+    error code for it (`invalid_value`, `integer_below_min_value`...; None where it has none).
+    Anthropic's error object carries neither: its message names the field."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+# Strict: a string is not a number and a boolean is not an integer, as both APIs judge them
+# (an integer is still a valid decimal).
+_STRICT = ConfigDict(strict=True)
+
+# --------------------------------------------------------------------------- OpenAI types
+
+# A decimal parameter's bounds are floats and an integer parameter's are ints: the error
+# code says which (`decimal_above_max_value` or `integer_above_max_value`), as OpenAI's does.
+Decimal = float
+
+
+def _stop(value: Any) -> Any:
+    # `stop` is a string or an array of strings: one string is judged as an array of one.
+    return [value] if isinstance(value, str) else value
+
+
+OpenAIStop = Annotated[list[str], BeforeValidator(_stop), Field(max_length=4)]
+
+
+@with_config(_STRICT)
+class _ChatMessage(TypedDict, total=False):
+    role: Required[Literal["system", "assistant", "user", "function", "tool", "developer"]]
+
+
+@with_config(_STRICT)
+class ChatCompletionsParameters(TypedDict, total=False):
+    """`POST /v1/chat/completions` (OpenAI API reference, "Create chat completion")."""
+
+    model: str
+    messages: Required[Annotated[list[_ChatMessage], Field(min_length=1)]]
+    frequency_penalty: Annotated[Decimal, Field(ge=-2.0, le=2.0)] | None
+    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None
+    logprobs: bool | None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None
+    max_tokens: Annotated[int, Field(ge=1)] | None
+    n: Annotated[int, Field(ge=1, le=128)] | None
+    parallel_tool_calls: bool | None
+    presence_penalty: Annotated[Decimal, Field(ge=-2.0, le=2.0)] | None
+    seed: int | None
+    stop: OpenAIStop | None
+    store: bool | None
+    stream: bool | None
+    temperature: Annotated[Decimal, Field(ge=0.0, le=2.0)] | None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None
+    top_p: Annotated[Decimal, Field(ge=0.0, le=1.0)] | None
+
+
+@with_config(_STRICT)
+class ResponsesInputTokensParameters(TypedDict, total=False):
+    """`POST /v1/responses/input_tokens` (OpenAI API reference, "Get input token counts")."""
+
+    model: str
+    parallel_tool_calls: bool | None
+    truncation: Literal["auto", "disabled"] | None
+
+
+@with_config(_STRICT)
+class ResponsesParameters(ResponsesInputTokensParameters, total=False):
+    """`POST /v1/responses` (OpenAI API reference, "Create a model response")."""
+
+    max_output_tokens: Annotated[int, Field(ge=16)] | None
+    store: bool | None
+    stream: bool | None
+    temperature: Annotated[Decimal, Field(ge=0.0, le=2.0)] | None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None
+    top_p: Annotated[Decimal, Field(ge=0.0, le=1.0)] | None
+
+
+@with_config(_STRICT)
+class EmbeddingsParameters(TypedDict, total=False):
+    """`POST /v1/embeddings` (OpenAI API reference, "Create embeddings"). The simulated
+    embedding models go up to 4096 dimensions."""
+
+    model: str
+    dimensions: Annotated[int, Field(ge=1, le=4096)] | None
+    encoding_format: Literal["float", "base64"] | None
+
+
+# --------------------------------------------------------------------------- Anthropic types
+
+
+def _range(low: float, high: float) -> AfterValidator:
+    """A bound on both sides, refused in Anthropic's words (`range: 0..1`)."""
+
+    def within(value: float) -> float:
+        if not low <= value <= high:
+            raise PydanticCustomError("range", "range: {low}..{high}", {"low": low, "high": high})
+        return value
+
+    return AfterValidator(within)
+
+
+def _some_messages(value: list[Any]) -> list[Any]:
+    if not value:
+        raise PydanticCustomError("too_short", "at least one message is required")
+    return value
+
+
+@with_config(_STRICT)
+class _ThinkingEnabled(TypedDict, total=False):
+    type: Required[Literal["enabled"]]
+    budget_tokens: Required[Annotated[int, Field(ge=1024)]]
+
+
+@with_config(_STRICT)
+class _ThinkingDisabled(TypedDict, total=False):
+    type: Required[Literal["disabled"]]
+
+
+@with_config(_STRICT)
+class _ThinkingAdaptive(TypedDict, total=False):
+    type: Required[Literal["adaptive"]]
+
+
+AnthropicThinking = Annotated[
+    _ThinkingEnabled | _ThinkingDisabled | _ThinkingAdaptive, Field(discriminator="type")
+]
+
+
+AnthropicModel = Annotated[str, Field(min_length=1)]
+AnthropicMessages = Annotated[list[Any], AfterValidator(_some_messages)]
+
+
+@with_config(_STRICT)
+class CountTokensParameters(TypedDict, total=False):
+    """`POST /v1/messages/count_tokens` (Anthropic API reference, "Count tokens")."""
+
+    model: Required[AnthropicModel]
+    messages: Required[AnthropicMessages]
+    thinking: AnthropicThinking
+
+
+@with_config(_STRICT)
+class MessagesParameters(TypedDict, total=False):
+    """`POST /v1/messages` (Anthropic API reference, "Messages"), in the order Anthropic
+    reports them."""
+
+    model: Required[AnthropicModel]
+    messages: Required[AnthropicMessages]
+    thinking: AnthropicThinking
+    max_tokens: Required[Annotated[int, Field(ge=1)]]
+    stop_sequences: list[str]
+    temperature: Annotated[float, _range(0, 1)]
+    top_k: Annotated[int, Field(ge=0)]
+    top_p: Annotated[float, _range(0, 1)]
+    stream: bool
+
+
+# --------------------------------------------------------------------------- rules across fields
+
+
+def _top_logprobs_need_logprobs(body: dict[str, Any]) -> None:
+    if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
+        raise BadRequest(
+            "The 'top_logprobs' parameter is only allowed when 'logprobs' is enabled.",
+            "top_logprobs",
+        )
+
+
+def _thinking_within_max_tokens(body: dict[str, Any]) -> None:
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        if thinking["budget_tokens"] >= body["max_tokens"]:
+            raise BadRequest(
+                "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+                "documentation at https://docs.claude.com/en/docs/build-with-claude/"
+                "extended-thinking#max-tokens-and-context-window-size"
+            )
+
+
+def _openai_model_given(body: dict[str, Any]) -> None:
+    # OpenAI names no parameter for this one.
+    if body.get("model") in (None, ""):
+        raise BadRequest("you must provide a model parameter")
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The rules of one route: `api` (`openai` or `anthropic`, whose error wording applies),
+    `first` (checks before the parameters'), the parameters' types and ranges (`schema`, a
+    TypedDict of constrained types) and `then` (rules tying parameters together, checked once
+    each parameter is valid). Every check takes the body and raises `BadRequest`."""
+
+    api: Literal["openai", "anthropic"]
+    schema: type
+    first: Sequence[Callable[[dict[str, Any]], None]] = ()
+    then: Sequence[Callable[[dict[str, Any]], None]] = ()
+    adapter: TypeAdapter[Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Built once per route: validating with it is what costs microseconds.
+        object.__setattr__(self, "adapter", TypeAdapter(self.schema))
+
+    def check(self, body: dict[str, Any]) -> None:
+        """Raise `BadRequest` for the first rule `body` (the request's JSON object) breaks."""
+        for rule in self.first:
+            rule(body)
+        try:
+            self.adapter.validate_python(body)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            raise (openai_bad_request if self.api == "openai" else anthropic_bad_request)(
+                error
+            ) from None
+        for rule in self.then:
+            rule(body)
+
+
+RULES: dict[str, Rules] = {
+    "/v1/chat/completions": Rules(
+        "openai",
+        ChatCompletionsParameters,
+        first=(_openai_model_given,),
+        then=(_top_logprobs_need_logprobs,),
+    ),
+    "/v1/responses": Rules("openai", ResponsesParameters, first=(_openai_model_given,)),
+    "/v1/responses/input_tokens": Rules(
+        "openai", ResponsesInputTokensParameters, first=(_openai_model_given,)
+    ),
+    "/v1/embeddings": Rules("openai", EmbeddingsParameters, first=(_openai_model_given,)),
+    "/v1/messages": Rules("anthropic", MessagesParameters, then=(_thinking_within_max_tokens,)),
+    "/v1/messages/count_tokens": Rules("anthropic", CountTokensParameters),
+}
+
+
+def check(route: str, body: dict[str, Any]) -> None:
+    """Judge the parameters of `body` (a request's JSON object) sent to `route` (a path of
+    `RULES`; any other route has no rules here) as the real API judges them.
+
+    Raises:
+        BadRequest: the first rule broken, in the words, `param` and `code` of the route's API.
+    """
+    rules = RULES.get(route)
+    if rules is not None:
+        rules.check(body)
+
+
+# --------------------------------------------------------------------------- error wording
+
+_JSON_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),  # before int: a boolean is an int in Python
+    (int, "an integer"),
+    (float, "a decimal number"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "an object"),
+)
+_EXPECTED = {
+    "float_type": "a decimal",
+    "int_type": "an integer",
+    "bool_type": "a boolean",
+    "string_type": "a string",
+    "list_type": "an array",
+    "dict_type": "an object",
+}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), "a value")
+
+
+def _openai_param(loc: tuple[int | str, ...]) -> str:
+    """OpenAI's name for a field: `messages[0].role`, `logit_bias.50256`."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
+    return path
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else json.dumps(value)
+
+
+def _choices(expected: str) -> str:
+    # pydantic lists "'a', 'b' or 'c'"; OpenAI "'a', 'b', and 'c'" ("'a' and 'b'" for two).
+    head, _, last = expected.rpartition(" or ")
+    return f"{head}, and {last}" if ", " in head else f"{head} and {last}"
+
+
+def openai_bad_request(error: ErrorDetails) -> BadRequest:
+    """The `BadRequest` OpenAI answers for one pydantic `error` of a parameter: its message,
+    `param` and `code` (the bound kinds of the OpenAI API's own errors)."""
+    param = _openai_param(error["loc"])
+    kind, value, ctx = error["type"], error["input"], error.get("ctx") or {}
+    if kind in ("greater_than_equal", "less_than_equal"):
+        below = kind == "greater_than_equal"
+        bound = ctx["ge" if below else "le"]
+        number = "decimal" if isinstance(bound, float) else "integer"
+        side = "below minimum" if below else "above maximum"
+        return BadRequest(
+            f"Invalid '{param}': {number} {side} value. Expected a value "
+            f"{'>=' if below else '<='} {_number(bound)}, but got {_number(value)} instead.",
+            param,
+            f"{number}_{'below_min' if below else 'above_max'}_value",
+        )
+    if kind == "too_long":
+        return BadRequest(
+            f"Invalid '{param}': array too long. Expected an array with maximum length "
+            f"{ctx['max_length']}, but got an array with length {ctx['actual_length']} instead.",
+            param,
+            "array_above_max_length",
+        )
+    if kind == "too_short":
+        return BadRequest(
+            f"Invalid '{param}': empty array. Expected an array with minimum length "
+            f"{ctx['min_length']}, but got an empty array instead.",
+            param,
+            "empty_array",
+        )
+    if kind == "missing":
+        return BadRequest(
+            f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
+        )
+    if kind == "literal_error" and isinstance(value, str):
+        return BadRequest(
+            f"Invalid value: '{value}'. Supported values are: {_choices(ctx['expected'])}.",
+            param,
+            "invalid_value",
+        )
+    expected = (
+        f"one of {ctx['expected']}" if kind == "literal_error" else _EXPECTED.get(kind, "a value")
+    )
+    return BadRequest(
+        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
+        param,
+        "invalid_type",
+    )
+
+
+# Anthropic's wording where it is not pydantic's own.
+_ANTHROPIC_MESSAGES = {
+    "list_type": "Input should be a valid array",
+    "dict_type": "Input should be an object",
+    "model_attributes_type": "Input should be an object",
+}
+
+
+def anthropic_bad_request(error: ErrorDetails) -> BadRequest:
+    """The `BadRequest` Anthropic answers for one pydantic `error` of a parameter: the dotted
+    field path, a colon, and the sentence (`thinking.enabled.budget_tokens: Input should be
+    greater than or equal to 1024`)."""
+    where = ".".join(str(part) for part in error["loc"])
+    message = _ANTHROPIC_MESSAGES.get(error["type"], error["msg"])
+    return BadRequest(f"{where}: {message}" if where else message)

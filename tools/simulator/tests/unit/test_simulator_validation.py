@@ -1,0 +1,377 @@
+"""The simulator judges the types and ranges of each endpoint's documented parameters as the
+real API does, and answers a broken one in that API's own error body: OpenAI's names the
+`param` and its `code`, Anthropic's names the field in its message. A value on the boundary
+of every range is accepted. Served in process: no network."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from switchyard.simulator.app import create_simulator_app
+
+CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+INPUT_TOKENS = "/v1/responses/input_tokens"
+EMBEDDINGS = "/v1/embeddings"
+MESSAGES = "/v1/messages"
+COUNT_TOKENS = "/v1/messages/count_tokens"
+
+# The smallest valid body of each route; a case adds its parameters to it.
+VALID: dict[str, dict[str, Any]] = {
+    CHAT: {"model": "sim-small", "messages": [{"role": "user", "content": "Hi"}]},
+    RESPONSES: {"model": "sim-small", "input": "Hi"},
+    INPUT_TOKENS: {"model": "sim-small", "input": "Hi"},
+    EMBEDDINGS: {"model": "sim-embed", "input": "Hi"},
+    MESSAGES: {
+        "model": "sim-small",
+        "max_tokens": 2048,
+        "messages": [{"role": "user", "content": "Hi"}],
+    },
+    COUNT_TOKENS: {"model": "sim-small", "messages": [{"role": "user", "content": "Hi"}]},
+}
+LOGPROBS = {"logprobs": True}
+FIVE_STOPS = ["a", "b", "c", "d", "e"]
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[TestClient]:
+    with TestClient(create_simulator_app()) as client:
+        yield client
+
+
+def post(http: TestClient, route: str, extra: dict[str, Any], drop: str | None = None) -> Any:
+    body = {**VALID[route], **extra}
+    if drop is not None:
+        del body[drop]
+    return http.post(route, json=body)
+
+
+class AnyString(str):
+    """Equal to any non-empty string: the message is asserted where it is the point."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and bool(other)
+
+    __hash__ = str.__hash__
+
+
+def openai_body(param: str | None, code: str | None, message: str | None = None) -> dict:
+    return {
+        "error": {
+            "message": AnyString() if message is None else message,
+            "type": "invalid_request_error",
+            "param": param,
+            "code": code,
+        }
+    }
+
+
+def anthropic_body(message: str) -> dict:
+    return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+
+
+# ------------------------------------------------------------------ OpenAI ranges and types
+
+# (route, parameter, refused value, OpenAI's code, a boundary value accepted, other params)
+OPENAI_RULES = [
+    (CHAT, "temperature", 2.01, "decimal_above_max_value", 2, {}),
+    (CHAT, "temperature", -0.01, "decimal_below_min_value", 0, {}),
+    (CHAT, "temperature", "hot", "invalid_type", 1.5, {}),
+    (CHAT, "temperature", True, "invalid_type", 0.0, {}),
+    (CHAT, "top_p", 2, "decimal_above_max_value", 1, {}),
+    (CHAT, "top_p", -0.5, "decimal_below_min_value", 0, {}),
+    (CHAT, "top_p", "wide", "invalid_type", 0.5, {}),
+    (CHAT, "presence_penalty", 2.5, "decimal_above_max_value", 2, {}),
+    (CHAT, "presence_penalty", -2.5, "decimal_below_min_value", -2, {}),
+    (CHAT, "frequency_penalty", 3, "decimal_above_max_value", 2.0, {}),
+    (CHAT, "frequency_penalty", -3, "decimal_below_min_value", -2.0, {}),
+    (CHAT, "n", 0, "integer_below_min_value", 1, {}),
+    (CHAT, "n", 129, "integer_above_max_value", 128, {}),
+    (CHAT, "n", 2.0, "invalid_type", 2, {}),
+    (CHAT, "n", True, "invalid_type", 3, {}),
+    (CHAT, "max_tokens", 0, "integer_below_min_value", 1, {}),
+    (CHAT, "max_tokens", "5", "invalid_type", 5, {}),
+    (CHAT, "max_completion_tokens", 0, "integer_below_min_value", 1, {}),
+    (CHAT, "max_completion_tokens", 1.5, "invalid_type", 2, {}),
+    (CHAT, "top_logprobs", 21, "integer_above_max_value", 20, LOGPROBS),
+    (CHAT, "top_logprobs", -1, "integer_below_min_value", 0, LOGPROBS),
+    (CHAT, "logprobs", "yes", "invalid_type", False, {}),
+    (CHAT, "seed", 1.5, "invalid_type", -7, {}),
+    (CHAT, "seed", "42", "invalid_type", 0, {}),
+    (CHAT, "stop", FIVE_STOPS, "array_above_max_length", FIVE_STOPS[:4], {}),
+    (CHAT, "stop", 7, "invalid_type", "ZZ", {}),
+    (CHAT, "stream", "yes", "invalid_type", False, {}),
+    (RESPONSES, "temperature", 2.5, "decimal_above_max_value", 2, {}),
+    (RESPONSES, "temperature", -1, "decimal_below_min_value", 0, {}),
+    (RESPONSES, "top_p", 1.5, "decimal_above_max_value", 1, {}),
+    (RESPONSES, "top_p", "x", "invalid_type", 0, {}),
+    (RESPONSES, "max_output_tokens", 15, "integer_below_min_value", 16, {}),
+    (RESPONSES, "max_output_tokens", 16.5, "invalid_type", 17, {}),
+    (RESPONSES, "top_logprobs", 21, "integer_above_max_value", 20, {}),
+    (RESPONSES, "top_logprobs", -1, "integer_below_min_value", 0, {}),
+    (RESPONSES, "truncation", "sometimes", "invalid_value", "disabled", {}),
+    (INPUT_TOKENS, "truncation", "sometimes", "invalid_value", "auto", {}),
+    (INPUT_TOKENS, "parallel_tool_calls", "yes", "invalid_type", True, {}),
+    (EMBEDDINGS, "dimensions", 0, "integer_below_min_value", 1, {}),
+    (EMBEDDINGS, "dimensions", "8", "invalid_type", 16, {}),
+    (EMBEDDINGS, "encoding_format", "hex", "invalid_value", "base64", {}),
+    (EMBEDDINGS, "encoding_format", 1, "invalid_type", "float", {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("route", "name", "refused", "code", "boundary", "others"),
+    OPENAI_RULES,
+    ids=[f"{route}-{name}-{refused!r}" for route, name, refused, *_ in OPENAI_RULES],
+)
+def test_openai_parameters_out_of_range_or_of_the_wrong_type_are_refused_naming_them(
+    http, route, name, refused, code, boundary, others
+):
+    response = post(http, route, {**others, name: refused})
+
+    assert response.status_code == 400
+    assert response.json() == openai_body(name, code)
+
+    assert post(http, route, {**others, name: boundary}).status_code == 200
+
+
+@pytest.mark.parametrize("route", [CHAT, RESPONSES, EMBEDDINGS])
+def test_a_null_openai_parameter_is_the_default(http, route):
+    assert post(http, route, {"temperature": None, "dimensions": None}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "code", "message"),
+    [
+        (
+            {"top_p": 2},
+            "top_p",
+            "decimal_above_max_value",
+            "Invalid 'top_p': decimal above maximum value. Expected a value <= 1, but got 2 "
+            "instead.",
+        ),
+        (
+            {"n": 0},
+            "n",
+            "integer_below_min_value",
+            "Invalid 'n': integer below minimum value. Expected a value >= 1, but got 0 instead.",
+        ),
+        (
+            {"temperature": "hot"},
+            "temperature",
+            "invalid_type",
+            "Invalid type for 'temperature': expected a decimal, but got a string instead.",
+        ),
+        (
+            {"stop": FIVE_STOPS},
+            "stop",
+            "array_above_max_length",
+            "Invalid 'stop': array too long. Expected an array with maximum length 4, but got "
+            "an array with length 5 instead.",
+        ),
+        (
+            {"logit_bias": {"50256": 101}},
+            "logit_bias.50256",
+            "integer_above_max_value",
+            "Invalid 'logit_bias.50256': integer above maximum value. Expected a value <= 100, "
+            "but got 101 instead.",
+        ),
+        (
+            {"top_logprobs": 2},
+            "top_logprobs",
+            None,
+            "The 'top_logprobs' parameter is only allowed when 'logprobs' is enabled.",
+        ),
+        (
+            {"messages": [{"role": "bogus", "content": "Hi"}]},
+            "messages[0].role",
+            "invalid_value",
+            "Invalid value: 'bogus'. Supported values are: 'system', 'assistant', 'user', "
+            "'function', 'tool', and 'developer'.",
+        ),
+        (
+            {"messages": [{"content": "Hi"}]},
+            "messages[0].role",
+            "missing_required_parameter",
+            "Missing required parameter: 'messages[0].role'.",
+        ),
+        (
+            {"messages": []},
+            "messages",
+            "empty_array",
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got "
+            "an empty array instead.",
+        ),
+        (
+            {"response_format": {"type": "xml"}},
+            "response_format.type",
+            "invalid_value",
+            "Invalid value: 'xml'. Supported values are: 'json_object', 'json_schema', and 'text'.",
+        ),
+    ],
+)
+def test_chat_completions_errors_are_worded_as_openai_words_them(http, extra, param, code, message):
+    response = post(http, CHAT, extra)
+
+    assert response.status_code == 400
+    assert response.json() == openai_body(param, code, message)
+
+
+def test_logit_bias_is_accepted_on_its_bounds(http):
+    assert post(http, CHAT, {"logit_bias": {"1": -100, "2": 100}}).status_code == 200
+    response = post(http, CHAT, {"logit_bias": {"1": -101}})
+    assert response.json() == openai_body("logit_bias.1", "integer_below_min_value")
+
+
+def test_a_missing_model_is_refused_without_a_param_as_openai_does(http):
+    response = post(http, CHAT, {}, drop="model")
+
+    assert response.status_code == 400
+    assert response.json() == openai_body(None, None, "you must provide a model parameter")
+
+
+def test_missing_messages_name_the_parameter(http):
+    response = post(http, CHAT, {}, drop="messages")
+
+    assert response.json() == openai_body(
+        "messages", "missing_required_parameter", "Missing required parameter: 'messages'."
+    )
+
+
+def test_a_parameter_the_token_count_does_not_take_is_an_unknown_parameter(http):
+    response = post(http, INPUT_TOKENS, {"temperature": 0.5})
+
+    assert response.json() == openai_body(
+        "temperature", "unknown_parameter", "Unknown parameter: 'temperature'."
+    )
+
+
+def test_invalid_responses_items_name_the_field_at_fault(http):
+    response = post(http, RESPONSES, {"input": [{"role": "robot", "content": "Hi"}]})
+    assert response.json() == openai_body("input[0].role", "invalid_value")
+
+    response = post(http, RESPONSES, {"input": [{"type": "message", "role": "user"}]})
+    assert response.json() == openai_body("input[0].content", "missing_required_parameter")
+
+
+@pytest.mark.parametrize(
+    ("fault", "param"),
+    [
+        ({"status": 200}, "status"),
+        ({"count": 0}, "count"),
+        ({"retry_after": -1}, "retry_after"),
+        ({"model": 7}, "model"),
+        ({"stream_error_after": -1}, "stream_error_after"),
+        ({"error_type": 7}, "error_type"),
+    ],
+)
+def test_control_api_errors_name_the_field_at_fault(http, fault, param):
+    response = http.post("/_sim/faults", json=fault)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+
+
+# ------------------------------------------------------------------ Anthropic ranges and types
+
+# (route, parameter, refused value, Anthropic's message, a boundary value accepted, others)
+ANTHROPIC_RULES = [
+    (MESSAGES, "max_tokens", 0, "max_tokens: Input should be greater than or equal to 1", 1, {}),
+    (MESSAGES, "max_tokens", "5", "max_tokens: Input should be a valid integer", 5, {}),
+    (MESSAGES, "max_tokens", True, "max_tokens: Input should be a valid integer", 2, {}),
+    (MESSAGES, "temperature", 1.01, "temperature: range: 0..1", 1, {}),
+    (MESSAGES, "temperature", -0.01, "temperature: range: 0..1", 0, {}),
+    (MESSAGES, "temperature", "x", "temperature: Input should be a valid number", 0.5, {}),
+    (MESSAGES, "temperature", None, "temperature: Input should be a valid number", 1.0, {}),
+    (MESSAGES, "top_p", 1.5, "top_p: range: 0..1", 1, {}),
+    (MESSAGES, "top_p", -1, "top_p: range: 0..1", 0, {}),
+    (MESSAGES, "top_k", -1, "top_k: Input should be greater than or equal to 0", 0, {}),
+    (MESSAGES, "top_k", 2.5, "top_k: Input should be a valid integer", 40, {}),
+    (MESSAGES, "stop_sequences", "ZZ", "stop_sequences: Input should be a valid array", [], {}),
+    (
+        MESSAGES,
+        "stop_sequences",
+        [1],
+        "stop_sequences.0: Input should be a valid string",
+        ["ZZ"],
+        {},
+    ),
+    (MESSAGES, "stream", "yes", "stream: Input should be a valid boolean", False, {}),
+    (
+        MESSAGES,
+        "thinking",
+        {"type": "enabled", "budget_tokens": 1023},
+        "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024",
+        {"type": "enabled", "budget_tokens": 1024},
+        {"max_tokens": 1025},
+    ),
+    (
+        MESSAGES,
+        "thinking",
+        {"type": "enabled", "budget_tokens": 1024},
+        "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+        "documentation at https://docs.claude.com/en/docs/build-with-claude/"
+        "extended-thinking#max-tokens-and-context-window-size",
+        {"type": "disabled"},
+        {"max_tokens": 1024},
+    ),
+    (MESSAGES, "thinking", "on", "thinking: Input should be an object", {"type": "adaptive"}, {}),
+    (
+        COUNT_TOKENS,
+        "thinking",
+        {"type": "enabled", "budget_tokens": 1000},
+        "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024",
+        {"type": "enabled", "budget_tokens": 1024},
+        {},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("route", "name", "refused", "message", "boundary", "others"),
+    ANTHROPIC_RULES,
+    ids=[f"{route}-{name}-{refused!r}" for route, name, refused, *_ in ANTHROPIC_RULES],
+)
+def test_anthropic_parameters_out_of_range_or_of_the_wrong_type_are_refused_naming_them(
+    http, route, name, refused, message, boundary, others
+):
+    response = post(http, route, {**others, name: refused})
+
+    assert response.status_code == 400
+    assert response.json() == anthropic_body(message)
+
+    assert post(http, route, {**others, name: boundary}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("drop", "extra", "message"),
+    [
+        ("max_tokens", {}, "max_tokens: Field required"),
+        ("model", {}, "model: Field required"),
+        ("messages", {}, "messages: Field required"),
+        (None, {"messages": []}, "messages: at least one message is required"),
+        (None, {"messages": "Hi"}, "messages: Input should be a valid array"),
+        (None, {"messages": [{"content": "Hi"}]}, "messages.0.role: Field required"),
+        (
+            None,
+            {"messages": [{"role": "robot", "content": "Hi"}]},
+            'messages: Unexpected role "robot". Allowed roles are "user" or "assistant"',
+        ),
+    ],
+)
+def test_anthropic_required_fields_are_worded_as_anthropic_words_them(http, drop, extra, message):
+    response = post(http, MESSAGES, extra, drop=drop)
+
+    assert response.status_code == 400
+    assert response.json() == anthropic_body(message)
+
+
+def test_count_tokens_takes_no_max_tokens(http):
+    response = post(http, COUNT_TOKENS, {})
+
+    assert response.status_code == 200
+    assert response.json() == {"input_tokens": 1}
