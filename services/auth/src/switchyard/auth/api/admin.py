@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from switchyard.auth.api.api_keys import ApiKeyList, ApiKeyOut
 from switchyard.auth.api.deps import AdminUser, Service
 from switchyard.auth.api.limit_fields import STRICT
+from switchyard.auth.api.routing import CredentialsFirstRoute
 from switchyard.auth.api.tokens import busy_hashing
 from switchyard.auth.metrics import REVOCATIONS
 from switchyard.auth.models import User
@@ -25,9 +26,8 @@ from switchyard.auth.service import (
     UserNotFound,
 )
 from switchyard.common.errors import APIError
-from switchyard.common.jsonbody import BoundedJsonRoute
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=BoundedJsonRoute)
+router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=CredentialsFirstRoute)
 
 _USER_NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such user in the caller's tenant."}

@@ -8,14 +8,15 @@ naming the field. Admins may do either on the admin routes."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from pydantic import BaseModel, Field
 
 from switchyard.auth import scopes as known_scopes
 from switchyard.auth.api.deps import AccessClaimsDep, CurrentUser, GovernanceDep, Service
 from switchyard.auth.api.limit_fields import CacheOut, LimitsIn, LimitsOut
+from switchyard.auth.api.routing import CredentialsFirstRoute
 from switchyard.auth.governance import NotPermitted, TeamNotFound
 from switchyard.auth.metrics import API_KEYS_CREATED, REVOCATIONS
 from switchyard.auth.models import ApiKey, User
@@ -28,9 +29,8 @@ from switchyard.auth.service import (
 )
 from switchyard.auth.tokens import AccessClaims
 from switchyard.common.errors import APIError
-from switchyard.common.jsonbody import BoundedJsonRoute
 
-router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"], route_class=BoundedJsonRoute)
+router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"], route_class=CredentialsFirstRoute)
 
 
 class CreateApiKey(LimitsIn):
@@ -139,6 +139,17 @@ def require_keys_scope(claims: AccessClaims) -> None:
         )
 
 
+async def keys_writer(claims: AccessClaimsDep) -> AccessClaims:
+    """The request's verified access token claims, which must hold the `keys:write` scope.
+    Raises APIError 401 as `get_access_claims` does, 403 (`insufficient_scope`) without the
+    scope. A dependency, so the scope is judged before the request body is."""
+    require_keys_scope(claims)
+    return claims
+
+
+KeysWriterClaims = Annotated[AccessClaims, Depends(keys_writer)]
+
+
 def is_member(user: User, claims: AccessClaims) -> bool:
     """Whether `user` is bound as a member on their own keys: any role but `admin`, and an
     admin whose access token lacks the `admin` scope (a narrowed token carries no admin
@@ -171,13 +182,12 @@ def created_key(issued: IssuedApiKey) -> CreatedApiKey:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=CreatedApiKey)
 async def create_api_key(
-    body: CreateApiKey, user: CurrentUser, claims: AccessClaimsDep, governance: GovernanceDep
+    body: CreateApiKey, user: CurrentUser, claims: KeysWriterClaims, governance: GovernanceDep
 ) -> CreatedApiKey:
     """Create an API key for the caller, with limits within their team's and their own;
     the response holds the secret, once. The key never holds more scopes or models than
     the access token creating it (403 `insufficient_scope`), and a member's key is in the
     member's team (another team or null: 403 `admin_only`)."""
-    require_keys_scope(claims)
     try:
         issued = await governance.create_api_key(
             user_id=user.id,
@@ -217,10 +227,9 @@ async def list_api_keys(user: CurrentUser, service: Service) -> ApiKeyList:
     responses={404: {"description": "No such key among the caller's keys."}},
 )
 async def revoke_api_key(
-    key_id: str, user: CurrentUser, claims: AccessClaimsDep, service: Service
+    key_id: str, user: CurrentUser, claims: KeysWriterClaims, service: Service
 ) -> Response:
     """Revoke one of the caller's keys; every gateway refuses it within a second."""
-    require_keys_scope(claims)
     try:
         await service.revoke_api_key(key_id, user_id=user.id, reason="owner")
     except ApiKeyNotFound:

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from switchyard.auth.api.deps import GovernanceDep, Service
+from switchyard.auth.api.routing import CredentialsFirstRoute
 from switchyard.auth.metrics import API_KEY_LOOKUPS
 from switchyard.auth.service import AuthError
 from switchyard.common.errors import APIError
 from switchyard.common.governance import Limits
 from switchyard.common.http import internal_token_dependency
-from switchyard.common.jsonbody import BoundedJsonRoute
 
 
 class ApiKeyLookup(BaseModel):
@@ -110,7 +110,7 @@ def internal_router(internal_token: str) -> APIRouter:
     router = APIRouter(
         prefix="/internal/v1",
         tags=["internal"],
-        route_class=BoundedJsonRoute,
+        route_class=CredentialsFirstRoute,
         dependencies=[Depends(internal_token_dependency(internal_token))],
     )
 

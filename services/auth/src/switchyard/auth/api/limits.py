@@ -28,13 +28,14 @@ from switchyard.auth.api.api_keys import (
     ApiKeyOut,
     CreateApiKey,
     CreatedApiKey,
+    KeysWriterClaims,
     created_key,
     is_member,
     not_permitted,
-    require_keys_scope,
 )
 from switchyard.auth.api.deps import AccessClaimsDep, AdminUser, CurrentUser, GovernanceDep
 from switchyard.auth.api.limit_fields import CacheIn, CacheOut, LimitsIn, LimitsOut
+from switchyard.auth.api.routing import CredentialsFirstRoute
 from switchyard.auth.governance import DuplicateTeam, NotPermitted, Policy, TeamNotFound
 from switchyard.auth.metrics import API_KEYS_CREATED
 from switchyard.auth.models import Team, Tenant
@@ -48,9 +49,8 @@ from switchyard.auth.service import (
     expiry_in_days,
 )
 from switchyard.common.errors import APIError
-from switchyard.common.jsonbody import BoundedJsonRoute
 
-router = APIRouter(tags=["teams and limits"], route_class=BoundedJsonRoute)
+router = APIRouter(tags=["teams and limits"], route_class=CredentialsFirstRoute)
 
 
 class CreateTeam(LimitsIn, CacheIn):
@@ -391,14 +391,13 @@ async def update_own_api_key(
     key_id: str,
     body: UpdateApiKey,
     user: CurrentUser,
-    claims: AccessClaimsDep,
+    claims: KeysWriterClaims,
     governance: GovernanceDep,
 ) -> ApiKeyOut:
     """Change the limits of one of the caller's keys, within their team's and their own. A
     member may only tighten them (lower a limit, or add one where none is set) and keep the
     key in their team: raising or removing a limit, changing a budget's period or naming
     another team (or null) is 403 `admin_only` naming the field."""
-    require_keys_scope(claims)
     if body.cache_patch():
         raise APIError(
             403,

@@ -245,8 +245,9 @@ async def logout(
 ) -> Response:
     """Sign out: the refresh token's session and the access token's session end, and the
     access token is refused from now on, here and at every gateway."""
-    body = _validate(LogoutRequest, await _read_fields(request, required=False))
     claims = None
+    # A presented access token is judged before the body: a bad one is a 401 whatever the
+    # body holds. Without one the body is the credential (the refresh token).
     if credentials is not None:
         try:
             claims = service.tokens.verify(credentials.credentials)
@@ -257,6 +258,7 @@ async def logout(
                 code="invalid_token",
                 headers=_BEARER_CHALLENGE,
             ) from None
+    body = _validate(LogoutRequest, await _read_fields(request, required=False))
     if claims is None and body.refresh_token is None:
         raise APIError(
             400,
