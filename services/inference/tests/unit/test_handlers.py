@@ -16,6 +16,7 @@ from switchyard.common.events import (
     ChatChunk,
     ChatCompleted,
     ChatFailed,
+    ClientAPI,
     UsageRecorded,
 )
 from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
@@ -632,3 +633,43 @@ async def test_a_reply_partition_the_topic_lacks_is_answered_on_the_requests_own
     finally:
         await harness.stop()
         await providers.aclose()
+
+
+@pytest.mark.parametrize(
+    ("api", "body", "upstream_param"),
+    [
+        # Messages translated to Chat Completions: 5 stop sequences become 5 `stop`
+        # strings, which OpenAI refuses as `stop`.
+        (
+            ClientAPI.ANTHROPIC_MESSAGES,
+            {
+                "model": "sim-small",
+                "max_tokens": 16,
+                "messages": [{"role": "user", "content": "hi"}],
+                "stop_sequences": ["a", "b", "c", "d", "e"],
+            },
+            "stop",
+        ),
+        # The same request in Chat Completions passes through: OpenAI's param is the
+        # client's own field.
+        (
+            ClientAPI.OPENAI_CHAT_COMPLETIONS,
+            {
+                "model": "sim-small",
+                "messages": [{"role": "user", "content": "hi"}],
+                "stop": ["a", "b", "c", "d", "e"],
+            },
+            "stop",
+        ),
+    ],
+)
+async def test_an_upstream_param_reaches_the_client_only_when_it_names_the_clients_field(
+    harness, api, body, upstream_param
+) -> None:
+    reply = await harness.handle(chat_request(api=api, body=body))
+
+    assert isinstance(reply, ChatFailed)
+    assert reply.data.error.status == 400
+    assert upstream_param in reply.data.error.message  # the upstream's words, kept
+    translated = api is not ClientAPI.OPENAI_CHAT_COMPLETIONS
+    assert reply.data.error.param == (None if translated else upstream_param)

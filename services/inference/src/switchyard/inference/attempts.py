@@ -185,6 +185,12 @@ class Attempts:
                     )
             except ProviderError as error:
                 run.end_call(run.failed_call_usage())
+                if error.vendor is not None and call.api is not data.api:
+                    # The upstream named a field of the request it got, translated from
+                    # the client's: a field the client never sent (`messages[0].content`
+                    # of a Chat Completions request made from a Messages or Responses
+                    # one). Its message still says which, in the upstream's words.
+                    error.param = None
                 if error.unhealthy:
                     state.breaker.failure()
                 else:
