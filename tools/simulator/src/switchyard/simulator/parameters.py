@@ -69,6 +69,10 @@ def _stop(value: Any) -> Any:
 
 
 OpenAIStop = Annotated[list[str], BeforeValidator(_stop), Field(max_length=4)]
+# The sampling parameters Chat Completions and Responses share, with the same ranges.
+OpenAITemperature = Annotated[Decimal, Field(ge=0.0, le=2.0)]
+OpenAITopP = Annotated[Decimal, Field(ge=0.0, le=1.0)]
+OpenAITopLogprobs = Annotated[int, Field(ge=0, le=20)]
 
 
 @with_config(_STRICT)
@@ -94,9 +98,9 @@ class ChatCompletionsParameters(TypedDict, total=False):
     stop: OpenAIStop | None
     store: bool | None
     stream: bool | None
-    temperature: Annotated[Decimal, Field(ge=0.0, le=2.0)] | None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None
-    top_p: Annotated[Decimal, Field(ge=0.0, le=1.0)] | None
+    temperature: OpenAITemperature | None
+    top_logprobs: OpenAITopLogprobs | None
+    top_p: OpenAITopP | None
 
 
 @with_config(_STRICT)
@@ -115,9 +119,9 @@ class ResponsesParameters(ResponsesInputTokensParameters, total=False):
     max_output_tokens: Annotated[int, Field(ge=16)] | None
     store: bool | None
     stream: bool | None
-    temperature: Annotated[Decimal, Field(ge=0.0, le=2.0)] | None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None
-    top_p: Annotated[Decimal, Field(ge=0.0, le=1.0)] | None
+    temperature: OpenAITemperature | None
+    top_logprobs: OpenAITopLogprobs | None
+    top_p: OpenAITopP | None
 
 
 @with_config(_STRICT)
