@@ -25,7 +25,7 @@ from switchyard.inference.handlers import ChatRequestHandler
 from switchyard.inference.pricing import Price, PriceTable
 from switchyard.inference.providers import ProviderPool
 from switchyard.inference.reliability import Backoff
-from switchyard.inference.testing import Harness, chat_request
+from switchyard.inference.testing import Harness, Scripted, chat_request
 from switchyard.inference.upstream import AnthropicUpstream, OpenAIUpstream, create_upstream
 
 TOPICS = Topics("test")
@@ -635,41 +635,42 @@ async def test_a_reply_partition_the_topic_lacks_is_answered_on_the_requests_own
         await providers.aclose()
 
 
+_OPENAI_REFUSAL = {
+    "error": {
+        "message": "Invalid 'messages[0].content': string too long.",
+        "type": "invalid_request_error",
+        "param": "messages[0].content",
+        "code": "string_above_max_length",
+    }
+}
+
+
 @pytest.mark.parametrize(
-    ("api", "body", "upstream_param"),
+    ("api", "body"),
     [
-        # Messages translated to Chat Completions: 5 stop sequences become 5 `stop`
-        # strings, which OpenAI refuses as `stop`.
+        (ClientAPI.OPENAI_CHAT_COMPLETIONS, {"messages": [{"role": "user", "content": "hi"}]}),
         (
             ClientAPI.ANTHROPIC_MESSAGES,
-            {
-                "model": "sim-small",
-                "max_tokens": 16,
-                "messages": [{"role": "user", "content": "hi"}],
-                "stop_sequences": ["a", "b", "c", "d", "e"],
-            },
-            "stop",
+            {"max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]},
         ),
-        # The same request in Chat Completions passes through: OpenAI's param is the
-        # client's own field.
-        (
-            ClientAPI.OPENAI_CHAT_COMPLETIONS,
-            {
-                "model": "sim-small",
-                "messages": [{"role": "user", "content": "hi"}],
-                "stop": ["a", "b", "c", "d", "e"],
-            },
-            "stop",
-        ),
+        (ClientAPI.OPENAI_RESPONSES, {"input": "hi"}),
     ],
 )
 async def test_an_upstream_param_reaches_the_client_only_when_it_names_the_clients_field(
-    harness, api, body, upstream_param
+    recorder, serve, api, body
 ) -> None:
-    reply = await harness.handle(chat_request(api=api, body=body))
+    # An OpenAI-protocol deployment without the Responses API: Chat Completions passes
+    # through, Messages and Responses are translated to it.
+    harness = await serve(
+        Deployment(name="gpt", provider="openai", model="gpt-up", base_url=f"{recorder.root}/v1")
+    )
+    recorder.script(Scripted(status=400, json=_OPENAI_REFUSAL))
+
+    reply = await harness.handle(chat_request("m", api=api, body={"model": "m", **body}))
 
     assert isinstance(reply, ChatFailed)
     assert reply.data.error.status == 400
-    assert upstream_param in reply.data.error.message  # the upstream's words, kept
-    translated = api is not ClientAPI.OPENAI_CHAT_COMPLETIONS
-    assert reply.data.error.param == (None if translated else upstream_param)
+    # The upstream's words are kept; its `param` only where it is the client's field.
+    assert reply.data.error.message == _OPENAI_REFUSAL["error"]["message"]
+    passed_through = api is ClientAPI.OPENAI_CHAT_COMPLETIONS
+    assert reply.data.error.param == ("messages[0].content" if passed_through else None)

@@ -106,6 +106,12 @@ async def test_a_responses_request_without_input_is_refused_naming_input(
             "but got -1 instead.",
         ),
         (
+            15,  # OpenAI's Responses API takes at least 16; the translated limits have no floor
+            "integer_below_min_value",
+            "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, "
+            "but got 15 instead.",
+        ),
+        (
             "many",
             "invalid_type",
             "Invalid type for 'max_output_tokens': expected an integer, but got a string instead.",
@@ -802,3 +808,31 @@ async def test_a_responses_parts_other_fields_are_checked_too(harness, recorder,
     body = {"input": [{"role": "user", "content": [part]}]}
     error = await refusal(harness, recorder, "claude", RESPONSES, body)
     assert (error.param, error.code) == (param, code)
+
+
+@pytest.mark.parametrize("model", ["claude", "gpt"])
+async def test_a_truncation_responses_does_not_take_is_refused_as_responses_refuses_it(
+    harness, recorder, model
+) -> None:
+    body = {"input": "x", "truncation": "bogus"}
+    error = await refusal(harness, recorder, model, RESPONSES, body)
+    assert (error.param, error.code) == ("truncation", "invalid_value")
+    assert "'bogus'" in error.message and "'auto' and 'disabled'" in error.message
+
+
+async def test_more_stop_sequences_than_openai_takes_are_refused_in_each_clients_words(
+    harness, recorder
+) -> None:
+    five = ["a", "b", "c", "d", "e"]
+    # A Chat Completions client: OpenAI's own limit, which Anthropic would not enforce.
+    error = await refusal(harness, recorder, "claude", CHAT, {"messages": USER, "stop": five})
+    assert error.message == (
+        "Invalid 'stop': array too long. Expected an array with maximum length 4, but got an "
+        "array with length 5 instead."
+    )
+    assert (error.param, error.code) == ("stop", "array_above_max_length")
+    # A Messages client: valid in its API, not expressible in the deployment's.
+    body = {"max_tokens": 16, "messages": USER, "stop_sequences": five}
+    error = await refusal(harness, recorder, "gpt", MESSAGES, body)
+    assert error.message.startswith("stop_sequences: at most 4")
+    assert (error.param, error.code) == ("stop_sequences", "unsupported_parameter")

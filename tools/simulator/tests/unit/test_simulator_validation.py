@@ -320,6 +320,23 @@ ANTHROPIC_RULES = [
         {"max_tokens": 1024},
     ),
     (MESSAGES, "thinking", "on", "thinking: Input should be an object", {"type": "adaptive"}, {}),
+    # With thinking on, sampling stays at its defaults (top_p may go down to 0.95).
+    (
+        MESSAGES,
+        "temperature",
+        0.5,
+        "temperature: may only be set to 1 when thinking is enabled.",
+        1,
+        {"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048},
+    ),
+    (
+        MESSAGES,
+        "top_p",
+        0.9,
+        "top_p: must be greater than or equal to 0.95 or unset when thinking is enabled.",
+        0.95,
+        {"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048},
+    ),
     (
         COUNT_TOKENS,
         "thinking",
@@ -375,3 +392,13 @@ def test_count_tokens_takes_no_max_tokens(http):
 
     assert response.status_code == 200
     assert response.json() == {"input_tokens": 1}
+
+
+def test_top_k_is_refused_with_thinking_enabled_and_taken_without(http):
+    thinking = {"thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048}
+    response = post(http, MESSAGES, {**thinking, "top_k": 5})
+
+    assert response.status_code == 400
+    assert response.json() == anthropic_body("top_k: must be unset when thinking is enabled.")
+    assert post(http, MESSAGES, thinking).status_code == 200
+    assert post(http, MESSAGES, {"top_k": 5}).status_code == 200

@@ -136,6 +136,10 @@ def positive_integer(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
+# Stop sequences OpenAI's Chat Completions API takes (its reference: "Up to 4 sequences").
+MAX_OPENAI_STOP = 4
+
+
 def _anthropic_refusal(path: str, reason: str, code: str = "invalid_value") -> TranslationError:
     """Anthropic's refusal: its messages start with the path of the field at fault
     (`messages.0.content: Field required`); its errors carry no `param`."""
@@ -354,6 +358,14 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
                 raise _anthropic_refusal(
                     f"stop_sequences.{index}", "Input should be a valid string"
                 )
+        if len(stop_sequences) > MAX_OPENAI_STOP:
+            # Valid in Anthropic's API; an OpenAI-protocol deployment takes at most four
+            # (another deployment of the model may take the request).
+            raise TranslationError(
+                f"stop_sequences: at most {MAX_OPENAI_STOP} can be sent to this model: its "
+                "deployment speaks OpenAI's Chat Completions API.",
+                "stop_sequences",
+            )
         if stop_sequences:
             result["stop"] = list(stop_sequences)
     for name in ("temperature", "top_p"):
@@ -1064,6 +1076,14 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
         for index, sequence in enumerate(stop):
             if not isinstance(sequence, str):
                 raise invalid_type(f"stop[{index}]", "a string", sequence)
+        if len(stop) > MAX_OPENAI_STOP:
+            # OpenAI's own limit, which Anthropic's API (no such limit) would not enforce.
+            raise TranslationError(
+                f"Invalid 'stop': array too long. Expected an array with maximum length "
+                f"{MAX_OPENAI_STOP}, but got an array with length {len(stop)} instead.",
+                "stop",
+                "array_above_max_length",
+            )
         if stop:
             result["stop_sequences"] = list(stop)
     elif stop is not None:

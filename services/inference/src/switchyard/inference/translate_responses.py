@@ -47,6 +47,7 @@ from switchyard.inference.translate import (
     anthropic_tool,
     anthropic_tool_choice,
     base64_data,
+    below_minimum,
     document_source,
     image_source,
     invalid_type,
@@ -211,6 +212,20 @@ def _items(body: dict[str, Any], previous_items: list[dict[str, Any]] | None) ->
     return items
 
 
+# OpenAI's floor for a Responses request's `max_output_tokens` (its API refuses less); the
+# translated request's own limit (`max_tokens`, `max_completion_tokens`) has none as high.
+MIN_MAX_OUTPUT_TOKENS = 16
+
+
+def max_output_tokens(body: dict[str, Any]) -> int | None:
+    """The client's `max_output_tokens` if set; TranslationError in OpenAI's words unless
+    it is an integer of at least `MIN_MAX_OUTPUT_TOKENS`."""
+    value = positive_integer(body, "max_output_tokens")
+    if value is not None and value < MIN_MAX_OUTPUT_TOKENS:
+        raise below_minimum("max_output_tokens", MIN_MAX_OUTPUT_TOKENS, value)
+    return value
+
+
 def _common_checks(body: dict[str, Any]) -> None:
     """Parameters both translations treat alike: accepted when they ask for nothing the
     target cannot do, refused by name otherwise."""
@@ -218,7 +233,9 @@ def _common_checks(body: dict[str, Any]) -> None:
     if parallel is not None and not isinstance(parallel, bool):
         raise invalid_type("parallel_tool_calls", "a boolean", parallel)
     truncation = body.get("truncation")
-    if truncation not in (None, "disabled"):
+    if truncation not in (None, "auto", "disabled"):
+        raise not_one_of("truncation", truncation, ("auto", "disabled"))
+    if truncation == "auto":
         raise TranslationError(
             "'truncation' = 'auto' cannot be served by this model's deployment: it does not "
             "truncate conversations. Use 'disabled'.",
@@ -432,9 +449,9 @@ def responses_request_to_chat(
         _item_to_chat(item, items.where(index), messages)
 
     result: dict[str, Any] = {"model": body.get("model"), "messages": messages}
-    max_output_tokens = positive_integer(body, "max_output_tokens")
-    if max_output_tokens is not None:
-        result["max_completion_tokens"] = max_output_tokens
+    limit = max_output_tokens(body)
+    if limit is not None:
+        result["max_completion_tokens"] = limit
     for name in (
         "temperature",
         "top_p",
@@ -696,7 +713,7 @@ def responses_request_to_messages(
             "its deployment speaks Anthropic's Messages API.",
             "input",
         )
-    max_tokens = positive_integer(body, "max_output_tokens")
+    max_tokens = max_output_tokens(body)
     result: dict[str, Any] = {
         "model": body.get("model"),
         "messages": turns,

@@ -226,6 +226,25 @@ def _thinking_within_max_tokens(body: dict[str, Any]) -> None:
             )
 
 
+def _thinking_takes_default_sampling(body: dict[str, Any]) -> None:
+    # Anthropic's API ("Extended thinking": thinking is not compatible with temperature or
+    # top_k modifications; top_p may be set between 0.95 and 1), in the words the gateway's
+    # translation of a Messages request uses for the same refusals.
+    thinking = body.get("thinking")
+    if not (isinstance(thinking, dict) and thinking.get("type") == "enabled"):
+        return
+    temperature = body.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise BadRequest("temperature: may only be set to 1 when thinking is enabled.")
+    top_p = body.get("top_p")
+    if top_p is not None and top_p < 0.95:
+        raise BadRequest(
+            "top_p: must be greater than or equal to 0.95 or unset when thinking is enabled."
+        )
+    if body.get("top_k") is not None:
+        raise BadRequest("top_k: must be unset when thinking is enabled.")
+
+
 def _openai_model_given(body: dict[str, Any]) -> None:
     # OpenAI names no parameter for this one.
     if body.get("model") in (None, ""):
@@ -279,7 +298,11 @@ RULES: dict[str, Rules] = {
         "openai", ResponsesInputTokensParameters, first=(_openai_model_given,)
     ),
     "/v1/embeddings": Rules("openai", EmbeddingsParameters, first=(_openai_model_given,)),
-    "/v1/messages": Rules("anthropic", MessagesParameters, then=(_thinking_within_max_tokens,)),
+    "/v1/messages": Rules(
+        "anthropic",
+        MessagesParameters,
+        then=(_thinking_within_max_tokens, _thinking_takes_default_sampling),
+    ),
     "/v1/messages/count_tokens": Rules("anthropic", CountTokensParameters),
 }
 
