@@ -105,6 +105,10 @@ OPENAI_RULES = [
     (CHAT, "stop", FIVE_STOPS, "array_above_max_length", FIVE_STOPS[:4], {}),
     (CHAT, "stop", 7, "invalid_type", "ZZ", {}),
     (CHAT, "stream", "yes", "invalid_type", False, {}),
+    (CHAT, "reasoning_effort", "bogus", "invalid_value", "xhigh", {}),
+    (CHAT, "service_tier", "bogus", "invalid_value", "flex", {}),
+    (CHAT, "verbosity", "loud", "invalid_value", "low", {}),
+    (RESPONSES, "service_tier", 1, "invalid_type", "priority", {}),
     (RESPONSES, "temperature", 2.5, "decimal_above_max_value", 2, {}),
     (RESPONSES, "temperature", -1, "decimal_below_min_value", 0, {}),
     (RESPONSES, "top_p", 1.5, "decimal_above_max_value", 1, {}),
@@ -402,3 +406,22 @@ def test_top_k_is_refused_with_thinking_enabled_and_taken_without(http):
     assert response.json() == anthropic_body("top_k: must be unset when thinking is enabled.")
     assert post(http, MESSAGES, thinking).status_code == 200
     assert post(http, MESSAGES, {"top_k": 5}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("field", "refused", "accepted"),
+    [
+        ("reasoning", {"effort": "bogus"}, {"effort": "minimal", "summary": "auto"}),
+        ("reasoning", {"summary": "long"}, {"summary": "detailed"}),
+        ("text", {"verbosity": "loud"}, {"verbosity": "high", "format": {"type": "text"}}),
+    ],
+)
+def test_a_responses_option_outside_its_values_is_refused_naming_its_path(
+    http, field, refused, accepted
+):
+    response = post(http, RESPONSES, {field: refused})
+
+    assert response.status_code == 400
+    (key,) = refused
+    assert response.json() == openai_body(f"{field}.{key}", "invalid_value")
+    assert post(http, RESPONSES, {field: accepted}).status_code == 200

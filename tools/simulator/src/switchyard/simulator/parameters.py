@@ -75,6 +75,25 @@ OpenAITopP = Annotated[Decimal, Field(ge=0.0, le=1.0)]
 OpenAITopLogprobs = Annotated[int, Field(ge=0, le=20)]
 
 
+# The values OpenAI's reference lists for the reasoning effort, the service tier and the
+# verbosity (Chat Completions' `reasoning_effort`, `service_tier`, `verbosity`; Responses'
+# `reasoning.effort`, `service_tier`, `text.verbosity`).
+OpenAIEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+OpenAIServiceTier = Literal["auto", "default", "flex", "scale", "priority"]
+OpenAIVerbosity = Literal["low", "medium", "high"]
+
+
+@with_config(_STRICT)
+class _Reasoning(TypedDict, total=False):
+    effort: OpenAIEffort | None
+    summary: Literal["auto", "concise", "detailed"] | None
+
+
+@with_config(_STRICT)
+class _Text(TypedDict, total=False):
+    verbosity: OpenAIVerbosity | None
+
+
 @with_config(_STRICT)
 class _ChatMessage(TypedDict, total=False):
     role: Required[Literal["system", "assistant", "user", "function", "tool", "developer"]]
@@ -94,13 +113,16 @@ class ChatCompletionsParameters(TypedDict, total=False):
     n: Annotated[int, Field(ge=1, le=128)] | None
     parallel_tool_calls: bool | None
     presence_penalty: Annotated[Decimal, Field(ge=-2.0, le=2.0)] | None
+    reasoning_effort: OpenAIEffort | None
     seed: int | None
+    service_tier: OpenAIServiceTier | None
     stop: OpenAIStop | None
     store: bool | None
     stream: bool | None
     temperature: OpenAITemperature | None
     top_logprobs: OpenAITopLogprobs | None
     top_p: OpenAITopP | None
+    verbosity: OpenAIVerbosity | None
 
 
 @with_config(_STRICT)
@@ -117,10 +139,13 @@ class ResponsesParameters(ResponsesInputTokensParameters, total=False):
     """`POST /v1/responses` (OpenAI API reference, "Create a model response")."""
 
     max_output_tokens: Annotated[int, Field(ge=16)] | None
+    reasoning: _Reasoning | None
+    service_tier: OpenAIServiceTier | None
     store: bool | None
     stream: bool | None
     temperature: OpenAITemperature | None
     top_logprobs: OpenAITopLogprobs | None
+    text: _Text | None
     top_p: OpenAITopP | None
 
 
