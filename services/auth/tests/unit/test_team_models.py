@@ -180,3 +180,38 @@ async def test_a_key_put_in_no_team_is_still_bounded_by_its_users_team(auth_app,
     )
     assert moved.status_code == 200, moved.text
     assert (await key_state(auth_app, inside))["allowed_models"] == ["sim-small"]
+
+
+async def test_a_members_own_key_follows_the_teams_models_as_they_change(auth_app, acme) -> None:
+    team_id = await small_team(auth_app, acme)
+    token = (await sign_in(auth_app, "carol@acme.test"))["access_token"]
+    created = await auth_app.client.post(
+        "/v1/api-keys", json={"name": "mine"}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert created.status_code == 201, created.text
+    key = created.json()
+    # Bounded by the team, not by a copy of its list.
+    assert key["allowed_models"] is None
+    assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small"]
+
+    widened = await auth_app.client.patch(
+        f"/v1/admin/teams/{team_id}",
+        json={"allowed_models": ["sim-small", "sim-large"]},
+        headers=acme["admin_headers"],
+    )
+    assert widened.status_code == 200, widened.text
+    assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small", "sim-large"]
+
+
+async def test_a_key_made_by_a_token_narrower_than_the_team_keeps_the_tokens_models(
+    auth_app, acme
+) -> None:
+    await small_team(auth_app, acme, ["sim-small", "sim-large"])
+    user = await auth_app.service.user_by_email("carol@acme.test")
+    narrow = auth_app.service.issue_access_token(user, allowed_models=["sim-small"])
+    created = await auth_app.client.post(
+        "/v1/api-keys", json={"name": "mine"}, headers={"Authorization": f"Bearer {narrow.token}"}
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["allowed_models"] == ["sim-small"]
+    assert (await lookup(auth_app, created.json()))["allowed_models"] == ["sim-small"]

@@ -528,6 +528,19 @@ async def test_a_budget_too_small_for_a_request_says_so_and_what_to_lower(harnes
     assert harness.requests == []
 
 
+async def test_a_budget_too_small_for_an_embedding_speaks_of_its_input_not_of_output(harness):
+    limited_auth(harness, max_budget_usd=1e-9)
+    response = await harness.client.post(
+        "/v1/embeddings",
+        json={"model": "sim-small", "input": "word " * 200},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert response.status_code == 429, response.text
+    message = response.json()["error"]["message"]
+    assert "may cost up to $" in message and "(its input)" in message
+    assert "max_tokens" not in message and "output" not in message
+
+
 async def test_a_request_too_costly_for_a_budget_does_not_refuse_a_smaller_one_after_it(harness):
     limited_auth(harness, max_budget_usd=0.01)
     headers = {"Authorization": f"Bearer {API_KEY}"}
@@ -876,3 +889,22 @@ async def test_a_long_prompt_under_a_token_limit_is_counted_off_the_event_loop(
     assert 10_000_000 - remaining > 30_000  # the long prompt was counted, and reserved
     assert after.status_code == 200
     assert threads == [False, True]
+
+
+@pytest.mark.parametrize(
+    "caps",
+    [
+        # Anthropic's Messages honours max_tokens; a Chat Completions cap sent beside it
+        # (which a lenient server may ignore) must not shrink the reservation.
+        {"max_tokens": 4096, "max_completion_tokens": 1},
+        {"max_completion_tokens": 4096, "max_tokens": 1},
+        {"max_output_tokens": 4096, "max_tokens": 1},
+    ],
+)
+def test_a_reservation_covers_the_largest_output_cap_a_request_sends(caps) -> None:
+    from switchyard.gateway.governance.estimate import estimate
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    alone = estimate("m", {**body, "max_tokens": 4096}, PRICES, embeddings=False)
+
+    assert estimate("m", {**body, **caps}, PRICES, embeddings=False) == alone

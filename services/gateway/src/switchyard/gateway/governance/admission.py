@@ -113,10 +113,12 @@ class Refused(APIError):
         headers: dict[str, str] | None = None,
         needed: float | None = None,
         left: float | None = None,
+        output: bool = True,
     ) -> None:
         """`needed` and `left` (a budget's unit, USD): what the request reserves at most
         and what the budget has left after what is spent and reserved, when known: a
-        budget not used up but too small for this request says so."""
+        budget not used up but too small for this request says so; `output`: whether
+        `needed` holds output (false for embeddings and token counts, which make none)."""
         self.level, self.scope_id, self.kind = level, scope_id, kind
         # The caller's team, for the refusal's record (set by `Admission.admit`).
         self.team_id: str | None = None
@@ -130,7 +132,13 @@ class Refused(APIError):
                 if reset_at is not None
                 else "it does not reset (a lifetime budget)"
             )
-            if needed is not None and left is not None and 0 < left < needed:
+            if needed is not None and left is not None and 0 < left < needed and not output:
+                message = (
+                    f"This request may cost up to {_usd(needed)} (its input), more than the "
+                    f"{_usd(left)} left of the {_usd(limit)} budget for the {who}; send less "
+                    f"input, or raise the budget; {when}."
+                )
+            elif needed is not None and left is not None and 0 < left < needed:
                 message = (
                     f"This request may cost up to {_usd(needed)} (its prompt, and its output "
                     f"at most as long as max_tokens allows), more than the {_usd(left)} left "
@@ -222,6 +230,7 @@ class _Need:
     period_end: float | None = None
     failure_mode: FailureMode = FailureMode.CLOSED
     uncounted: bool = False  # store down and the tenant fails open
+    output: bool = True  # `amount` holds an output reservation (not for embeddings, counts)
     counter: tuple[str, str] = ("", "")
 
     def __post_init__(self) -> None:
@@ -462,6 +471,7 @@ class Admission:
                         period_start=period_start,
                         period_end=period_end,
                         failure_mode=policy.budget_failure_mode,
+                        output=not embeddings,
                     )
                 )
         return needs
@@ -563,6 +573,7 @@ class Admission:
             now=now,
             needed=need.amount,
             left=left,
+            output=need.output,
         )
 
     async def _refill(self, missing: list[_Need]) -> None:

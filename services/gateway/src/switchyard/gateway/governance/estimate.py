@@ -113,12 +113,16 @@ def choices(body: dict[str, Any]) -> int:
 
 
 def output_cap(body: dict[str, Any], default: int) -> int:
-    """The most output tokens the request allows: its own cap, else `default`."""
-    for name in OUTPUT_FIELDS:
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return default
+    """The most output tokens the request allows: the largest of its own caps, else
+    `default`. The largest, whichever API was called: which field a deployment honours
+    depends on it (Anthropic's `max_tokens`, OpenAI's `max_completion_tokens`, a lenient
+    server's either), and a smaller one sent beside it must not shrink the reservation."""
+    caps = [
+        value
+        for name in OUTPUT_FIELDS
+        if isinstance(value := body.get(name), int) and not isinstance(value, bool) and value > 0
+    ]
+    return max(caps, default=default)
 
 
 @dataclass(frozen=True)
