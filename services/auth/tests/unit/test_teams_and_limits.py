@@ -94,6 +94,21 @@ async def test_bad_limits_are_400_naming_the_field(auth_app, acme, body, param) 
     assert error["param"] is not None and error["param"].endswith(param), error
 
 
+async def test_a_teams_name_cannot_be_removed_and_a_null_is_not_ignored(auth_app, acme) -> None:
+    team = await make_team(auth_app, acme)
+    response = await auth_app.client.patch(
+        f"/v1/admin/teams/{team['id']}", json={"name": None}, headers=acme["admin_headers"]
+    )
+    error = assert_error(response, 400)
+    assert error["param"] is not None and error["param"].endswith("name"), error
+    # Leaving it out still changes the rest only.
+    kept = await auth_app.client.patch(
+        f"/v1/admin/teams/{team['id']}", json={"rpm_limit": 5}, headers=acme["admin_headers"]
+    )
+    assert kept.status_code == 200, kept.text
+    assert kept.json()["name"] == "research"
+
+
 async def test_a_key_limit_above_its_teams_is_refused_naming_the_field(auth_app, acme) -> None:
     team = await make_team(auth_app, acme, rpm_limit=50, max_parallel_requests=4)
     moved = await auth_app.client.patch(

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from switchyard.auth.api.api_keys import (
     ApiKeyOut,
@@ -67,6 +67,14 @@ class UpdateTeam(LimitsIn, CacheIn):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     allowed_models: list[str] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_not_removed(cls, name: str | None) -> str:
+        # Run only on a name sent: null would remove it, and a team must keep one.
+        if name is None:
+            raise ValueError("a team's name cannot be removed; send a new name or leave it out")
+        return name
 
 
 class TeamOut(BaseModel):
