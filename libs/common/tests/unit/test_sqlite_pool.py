@@ -40,3 +40,10 @@ def test_an_in_memory_database_keeps_sqlalchemys_single_connection():
     # One in-memory database per connection: a pool of two would be two databases.
     engine = create_engine("sqlite:///:memory:")
     assert type(engine.pool).__name__ == "StaticPool"
+
+
+def test_a_callers_pool_class_is_given_no_pool_size(tmp_path: Path):
+    from sqlalchemy.pool import NullPool
+
+    unpooled = create_engine(f"sqlite:///{tmp_path / 'x.db'}", poolclass=NullPool)
+    assert type(unpooled.pool) is NullPool

@@ -215,3 +215,15 @@ async def test_a_key_made_by_a_token_narrower_than_the_team_keeps_the_tokens_mod
     assert created.status_code == 201, created.text
     assert created.json()["allowed_models"] == ["sim-small"]
     assert (await lookup(auth_app, created.json()))["allowed_models"] == ["sim-small"]
+
+
+async def test_a_member_cannot_give_a_key_models_beyond_the_token_making_it(auth_app, acme) -> None:
+    await small_team(auth_app, acme)
+    token = (await sign_in(auth_app, "carol@acme.test"))["access_token"]
+    created = await auth_app.client.post(
+        "/v1/api-keys",
+        json={"name": "wider", "allowed_models": ["sim-large"]},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert created.status_code == 403, created.text
+    assert created.json()["error"]["code"] == "insufficient_scope"

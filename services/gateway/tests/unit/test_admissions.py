@@ -107,9 +107,11 @@ class FakeAdmission:
 
     def __init__(self) -> None:
         self.admitted: list[tuple[Any, str]] = []
+        self.input_only: list[bool] = []  # per admit: whether no output was reserved
 
     async def admit(self, caller: Any, model: str, body: dict, *, embeddings: bool) -> FakeTicket:
         self.admitted.append((caller, model))
+        self.input_only.append(embeddings)
         return FakeTicket()
 
 
@@ -329,3 +331,23 @@ async def test_an_answer_fetched_across_an_auth_event_is_not_kept(gw: GatewayUnd
     auth.after_user_answer = enabled_meanwhile
     assert_refused(await admit(gw, payload(None, user_id="user-2")), 403, "user_disabled")
     assert (await admit(gw, payload(None, user_id="user-2"))).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("api", "input_only"),
+    [
+        ("openai.chat_completions", False),
+        ("anthropic.messages", False),
+        ("openai.embeddings", True),
+        ("anthropic.count_tokens", True),
+        ("openai.responses.input_tokens", True),
+    ],
+)
+async def test_a_job_reserves_output_only_for_apis_that_generate_it(
+    gw: GatewayUnderTest, api: str, input_only: bool
+) -> None:
+    admission = gw.gateway.admission = FakeAdmission()
+    record = gw.auth.add_api_key(allowed_models=["sim-large"])
+    response = await admit(gw, payload(record, api=api))
+    assert response.status_code == 200, response.text
+    assert admission.input_only == [input_only]

@@ -820,19 +820,23 @@ async def test_a_truncation_responses_does_not_take_is_refused_as_responses_refu
     assert "'bogus'" in error.message and "'auto' and 'disabled'" in error.message
 
 
-async def test_more_stop_sequences_than_openai_takes_are_refused_in_each_clients_words(
+async def test_more_stop_strings_than_openai_takes_are_refused_to_a_chat_client(
     harness, recorder
 ) -> None:
     five = ["a", "b", "c", "d", "e"]
-    # A Chat Completions client: OpenAI's own limit, which Anthropic would not enforce.
+    # OpenAI's own limit, which Anthropic would not enforce. (The other way, an OpenAI-
+    # compatible server may take more than four `stop_sequences`: they are sent on.)
     error = await refusal(harness, recorder, "claude", CHAT, {"messages": USER, "stop": five})
     assert error.message == (
         "Invalid 'stop': array too long. Expected an array with maximum length 4, but got an "
         "array with length 5 instead."
     )
     assert (error.param, error.code) == ("stop", "array_above_max_length")
-    # A Messages client: valid in its API, not expressible in the deployment's.
-    body = {"max_tokens": 16, "messages": USER, "stop_sequences": five}
+
+
+async def test_thinking_between_tools_is_refused_as_not_expressible_not_as_invalid(
+    harness, recorder
+) -> None:
+    body = {"max_tokens": 16, "messages": USER, "thinking": {"type": "between_tools"}}
     error = await refusal(harness, recorder, "gpt", MESSAGES, body)
-    assert error.message.startswith("stop_sequences: at most 4")
-    assert (error.param, error.code) == ("stop_sequences", "unsupported_parameter")
+    assert (error.param, error.code) == ("thinking.type", "unsupported_parameter")

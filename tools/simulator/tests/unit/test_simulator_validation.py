@@ -425,3 +425,19 @@ def test_a_responses_option_outside_its_values_is_refused_naming_its_path(
     (key,) = refused
     assert response.json() == openai_body(f"{field}.{key}", "invalid_value")
     assert post(http, RESPONSES, {field: accepted}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("route", "extra"),
+    [
+        # Values the installed official SDKs list (openai's `ReasoningEffort`, Chat
+        # Completions' and Responses' `service_tier`, anthropic's `ThinkingConfigParam`).
+        (CHAT, {"reasoning_effort": "max"}),
+        (CHAT, {"service_tier": "fast"}),
+        (RESPONSES, {"service_tier": "ultrafast"}),
+        (RESPONSES, {"reasoning": {"effort": "max"}}),
+        (MESSAGES, {"thinking": {"type": "between_tools"}}),
+    ],
+)
+def test_every_value_the_official_sdks_send_is_taken(http, route, extra):
+    assert post(http, route, extra).status_code == 200

@@ -136,9 +136,13 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
         _install_sqlite_close()
         connect_args = {"cached_statements": SQLITE_CACHED_STATEMENTS}
         options["connect_args"] = connect_args | options.get("connect_args", {})
-        if make_url(url).database not in (None, "", ":memory:"):
+        parsed = make_url(url)
+        in_memory = (
+            parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+        )
+        if not in_memory and "poolclass" not in options:
             # (An in-memory database is one per connection: SQLAlchemy keeps one, pooled
-            # its own way.)
+            # its own way; a pool class of the caller's may take no size.)
             options.setdefault("pool_size", SQLITE_POOL_SIZE)
             options.setdefault("max_overflow", SQLITE_MAX_OVERFLOW)
         engine = create_async_engine(url, **options)

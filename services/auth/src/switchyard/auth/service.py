@@ -451,18 +451,19 @@ class AuthService:
                 and (creator_scopes is None or scope in creator_scopes)
             ]
             scope_list = _bounded_scopes(scopes, allowed, known_scopes.DEFAULT_API_KEY_SCOPES)
+            models = _bounded_models(allowed_models, creator_models)
             team = _loaded_team(user)
             if (
-                creator_models is not None
+                allowed_models is None
+                and creator_models is not None
                 and team is not None
                 and team.allowed_models is not None
                 and sorted(creator_models) == sorted(team.allowed_models)
             ):
-                # The creating token is bounded by the user's team alone (its claim is the
-                # team's list): so is the key, by the team's list at every lookup
-                # (`effective_models`), not by a copy of today's.
-                creator_models = None
-            models = _bounded_models(allowed_models, creator_models)
+                # No list asked for, and the creating token is bounded by the user's team
+                # alone (its claim is the team's list): so is the key, by the team's list
+                # at every lookup (`effective_models`), not by a copy of today's.
+                models = None
             record = ApiKey(
                 user_id=user.id,
                 tenant=user.tenant,

@@ -48,7 +48,6 @@ from switchyard.common.events import (
     FORWARDED_HEADERS,
     ChatRequestData,
     ChatRequested,
-    ClientAPI,
     Priority,
     ReplyAddress,
     new_id,
@@ -57,7 +56,7 @@ from switchyard.common.events import (
 from switchyard.gateway.api.body import ClientRequest
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
-from switchyard.gateway.governance.admission import Refused, Ticket
+from switchyard.gateway.governance.admission import INPUT_ONLY_APIS, Refused, Ticket
 from switchyard.gateway.governance.refusals import admit_or_refuse
 from switchyard.gateway.recent_jobs import AcceptedJob
 from switchyard.gateway.request_id import request_id_of
@@ -135,13 +134,7 @@ async def admit(
             client.model,
             client.admission_body,
             api=client.api,
-            # Neither generates output: nothing is reserved for one.
-            embeddings=client.api
-            in (
-                ClientAPI.OPENAI_EMBEDDINGS,
-                ClientAPI.ANTHROPIC_COUNT_TOKENS,
-                ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS,
-            ),
+            embeddings=client.api in INPUT_ONLY_APIS,
         )
     except Refused as refused:
         REJECTED.labels(refused.reason).inc()

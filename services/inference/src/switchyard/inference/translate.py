@@ -358,14 +358,6 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
                 raise _anthropic_refusal(
                     f"stop_sequences.{index}", "Input should be a valid string"
                 )
-        if len(stop_sequences) > MAX_OPENAI_STOP:
-            # Valid in Anthropic's API; an OpenAI-protocol deployment takes at most four
-            # (another deployment of the model may take the request).
-            raise TranslationError(
-                f"stop_sequences: at most {MAX_OPENAI_STOP} can be sent to this model: its "
-                "deployment speaks OpenAI's Chat Completions API.",
-                "stop_sequences",
-            )
         if stop_sequences:
             result["stop"] = list(stop_sequences)
     for name in ("temperature", "top_p"):
@@ -479,8 +471,17 @@ def _reasoning_effort_of_thinking(thinking: Any) -> str | None:
         return effort
     if kind is None:
         raise _anthropic_refusal("thinking.type", "Field required")
+    if kind == "between_tools":
+        # Anthropic's own mode (the SDK's `ThinkingConfigBetweenToolsParam`), which no
+        # reasoning effort of Chat Completions expresses.
+        raise TranslationError(
+            "thinking.type: 'between_tools' cannot be sent to this model: its deployment "
+            "speaks OpenAI's Chat Completions API.",
+            "thinking.type",
+        )
     raise _anthropic_refusal(
-        "thinking.type", f"Input should be 'enabled', 'disabled' or 'adaptive', not {kind!r}"
+        "thinking.type",
+        f"Input should be 'enabled', 'disabled', 'adaptive' or 'between_tools', not {kind!r}",
     )
 
 

@@ -78,8 +78,10 @@ OpenAITopLogprobs = Annotated[int, Field(ge=0, le=20)]
 # The values OpenAI's reference lists for the reasoning effort, the service tier and the
 # verbosity (Chat Completions' `reasoning_effort`, `service_tier`, `verbosity`; Responses'
 # `reasoning.effort`, `service_tier`, `text.verbosity`).
-OpenAIEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
-OpenAIServiceTier = Literal["auto", "default", "flex", "scale", "priority"]
+OpenAIEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+OpenAIServiceTier = Literal["auto", "default", "flex", "scale", "priority", "fast"]
+# Responses takes one more tier than Chat Completions.
+ResponsesServiceTier = Literal["auto", "default", "flex", "scale", "priority", "fast", "ultrafast"]
 OpenAIVerbosity = Literal["low", "medium", "high"]
 
 
@@ -140,7 +142,7 @@ class ResponsesParameters(ResponsesInputTokensParameters, total=False):
 
     max_output_tokens: Annotated[int, Field(ge=16)] | None
     reasoning: _Reasoning | None
-    service_tier: OpenAIServiceTier | None
+    service_tier: ResponsesServiceTier | None
     store: bool | None
     stream: bool | None
     temperature: OpenAITemperature | None
@@ -195,8 +197,14 @@ class _ThinkingAdaptive(TypedDict, total=False):
     type: Required[Literal["adaptive"]]
 
 
+@with_config(_STRICT)
+class _ThinkingBetweenTools(TypedDict, total=False):
+    type: Required[Literal["between_tools"]]
+
+
 AnthropicThinking = Annotated[
-    _ThinkingEnabled | _ThinkingDisabled | _ThinkingAdaptive, Field(discriminator="type")
+    _ThinkingEnabled | _ThinkingDisabled | _ThinkingAdaptive | _ThinkingBetweenTools,
+    Field(discriminator="type"),
 ]
 
 

@@ -33,6 +33,7 @@ from switchyard.common.http import internal_token_dependency
 from switchyard.gateway.api.billed_identity import BilledIdentityCheck
 from switchyard.gateway.api.deps import GatewayDep
 from switchyard.gateway.bootstrap import Gateway
+from switchyard.gateway.governance.admission import INPUT_ONLY_APIS
 
 
 class AdmissionIn(BaseModel):
@@ -112,7 +113,7 @@ def admissions_router(internal_token: str) -> APIRouter:
             caller,
             payload.model,
             payload.body,
-            embeddings=payload.api is ClientAPI.OPENAI_EMBEDDINGS,
+            embeddings=payload.api in INPUT_ONLY_APIS,
         )
         ticket.attach(payload.request_id, payload.timeout_s)
         return AdmissionOut(team_id=ticket.team_id)

@@ -43,7 +43,7 @@ from prometheus_client import Counter, Histogram
 
 from switchyard.common import tokenizer
 from switchyard.common.errors import APIError
-from switchyard.common.events import Event, LimitsChanged, UsageRecorded
+from switchyard.common.events import ClientAPI, Event, LimitsChanged, UsageRecorded
 from switchyard.common.governance import LEVEL_NAMES, BudgetClock, FailureMode, scope_key
 from switchyard.common.pricing import PriceTable
 from switchyard.common.tasks import cancel_and_wait
@@ -91,6 +91,15 @@ LEASE_REQUESTS = 100
 EXHAUSTED_S = 0.05
 MAX_ROUNDS = 1000
 
+
+# The APIs whose requests generate no output: nothing is reserved for one.
+INPUT_ONLY_APIS = frozenset(
+    {
+        ClientAPI.OPENAI_EMBEDDINGS,
+        ClientAPI.ANTHROPIC_COUNT_TOKENS,
+        ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS,
+    }
+)
 
 # A refusal that passes later than this (seconds) is not worth an SDK's automatic retry:
 # the official SDKs retry a 429 within about a minute (or wait as long as Retry-After says).
