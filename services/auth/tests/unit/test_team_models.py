@@ -53,6 +53,16 @@ async def small_team(auth_app, acme, models: list[str] | None = None) -> str:
     return team.json()["id"]
 
 
+async def widen_team(auth_app, acme, team_id: str) -> None:
+    """The team now allows sim-small and sim-large."""
+    widened = await auth_app.client.patch(
+        f"/v1/admin/teams/{team_id}",
+        json={"allowed_models": ["sim-small", "sim-large"]},
+        headers=acme["admin_headers"],
+    )
+    assert widened.status_code == 200, widened.text
+
+
 async def admin_key(auth_app, acme, **body) -> dict:
     created = await auth_app.client.post(
         "/v1/admin/api-keys",
@@ -143,12 +153,7 @@ async def test_a_change_of_the_teams_models_reaches_the_next_lookup_and_refresh(
     signed_in = await sign_in(auth_app, "carol@acme.test")
     assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small"]
 
-    widened = await auth_app.client.patch(
-        f"/v1/admin/teams/{team_id}",
-        json={"allowed_models": ["sim-small", "sim-large"]},
-        headers=acme["admin_headers"],
-    )
-    assert widened.status_code == 200, widened.text
+    await widen_team(auth_app, acme, team_id)
     assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small", "sim-large"]
     refreshed = await auth_app.client.post(
         "/v1/auth/refresh", json={"refresh_token": signed_in["refresh_token"]}
@@ -194,12 +199,7 @@ async def test_a_members_own_key_follows_the_teams_models_as_they_change(auth_ap
     assert key["allowed_models"] is None
     assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small"]
 
-    widened = await auth_app.client.patch(
-        f"/v1/admin/teams/{team_id}",
-        json={"allowed_models": ["sim-small", "sim-large"]},
-        headers=acme["admin_headers"],
-    )
-    assert widened.status_code == 200, widened.text
+    await widen_team(auth_app, acme, team_id)
     assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small", "sim-large"]
 
 
