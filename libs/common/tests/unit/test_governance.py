@@ -43,6 +43,14 @@ def test_good_limits_are_normalised() -> None:
     assert Limits().empty and not limits.empty
 
 
+def test_a_negative_zero_budget_is_stored_as_zero() -> None:
+    # JSON's -0.0 passes the sign check; it is a budget of zero, shown as 0.0 ("-0.0" would
+    # read as a typo, and a float's sign survives a round trip through storage).
+    limits = check_limit_values({"max_budget_usd": -0.0})
+    assert limits.max_budget_usd == 0.0
+    assert str(limits.max_budget_usd) == "0.0"
+
+
 def test_a_child_limit_above_its_parent_names_the_field() -> None:
     team = Limits(rpm_limit=50, max_budget_usd=10, budget_period="30d")
     with pytest.raises(LimitError) as caught:

@@ -151,7 +151,8 @@ def check_limit_values(values: dict[str, Any]) -> Limits:
         if cleaned[name] is not None:
             cleaned[name] = int(cleaned[name])
     if cleaned["max_budget_usd"] is not None:
-        cleaned["max_budget_usd"] = float(cleaned["max_budget_usd"])
+        # + 0.0 makes -0.0 (a JSON `-0.0` passes the sign check) the zero it is.
+        cleaned["max_budget_usd"] = float(cleaned["max_budget_usd"]) + 0.0
     return Limits(**cleaned)
 
 
