@@ -48,10 +48,15 @@ DEV_ENVIRONMENT = {
     # hundred's (a thread hop per statement): a longer wait makes batches of many
     # requests, not one or two. An event is in the database at most this much later.
     "SWITCHYARD_HISTORY_MAX_BATCH_WAIT_MS": "200",
-    # ...but a batch is written without a pause in the loop's other work: after a burst,
-    # batches of 1,000 events held the next requests for up to half a second (p99 2.1-2.3x
-    # the steady one); of 200 (still about 65 requests each), 1.2-1.4x.
+    # ...but not too long a batch: written on the answering loop, batches of 1,000 events
+    # held the next requests after a burst for up to half a second (p99 2.1-2.3x the
+    # steady one); of 200 (still about 65 requests each), 1.2-1.4x. On the recorder's
+    # thread (below) a smaller batch still holds the interpreter for shorter stretches.
     "SWITCHYARD_HISTORY_MAX_BATCH": "200",
+    # ...and written from a thread of its own (its own loop and SQLite connection): on the
+    # one loop, batches got so few turns under load that the events history had not taken
+    # piled up in memory (c=64: peak RSS 207 against 193-195 MiB with the thread).
+    "SWITCHYARD_HISTORY_RECORDER_THREAD": "true",
     # Inference keeps recent outcomes to answer a redelivered request without running it
     # again. Kafka redelivers after a crash or a rebalance, up to the request timeout
     # later (hence 15 minutes and 64 MiB for the service); the in-memory bus only retries

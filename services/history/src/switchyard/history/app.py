@@ -46,6 +46,7 @@ from switchyard.history.api.routes import history_router
 from switchyard.history.api.usage import usage_router
 from switchyard.history.bootstrap import build
 from switchyard.history.config import Settings
+from switchyard.history.recorder_thread import RecorderThread
 from switchyard.history.replay_admission import GatewayAdmission
 
 log = structlog.get_logger("switchyard.history")
@@ -121,10 +122,19 @@ def create_app(
             # backoff for as long as that lasts, and offsets are committed only after it
             # commits. While it does, a failing batch is split to find the event that
             # fails alone; that one is dead-lettered after a few attempts (poison).
+            record = components.recorder.record
+            if settings.recorder_thread:
+                recorder_thread = RecorderThread(
+                    components.engine.url.render_as_string(hide_password=False)
+                )
+                await recorder_thread.start()
+                # Closed after the subscription stopped (and wrote what it held).
+                stack.push_async_callback(recorder_thread.close)
+                record = recorder_thread.record
             subscription = await event_bus.subscribe_batch(
                 consumed,
                 group=settings.group,
-                handler=components.recorder.record,
+                handler=record,
                 max_batch=settings.max_batch,
                 max_batch_wait_ms=settings.max_batch_wait_ms,
                 retry=RetryPolicy(max_attempts=settings.poison_attempts),

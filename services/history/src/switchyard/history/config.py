@@ -55,6 +55,14 @@ class Settings(ServiceSettings):
         "job looked at), not of the others: with one history replica, 200 costs reads "
         "nothing and takes CPU off every request.",
     )
+    recorder_thread: bool = Field(
+        default=False,
+        description="Write consumed events from a thread of their own, with their own event "
+        "loop and database connection: for a process where history shares its event loop "
+        "with the answering path (`switchyard dev` sets it), so that recording keeps pace "
+        "with the load instead of waiting for turns of the busy loop. Needs a database a "
+        "second connection reaches (not an in-memory SQLite database).",
+    )
     poison_attempts: int = Field(
         default=5,
         ge=1,
