@@ -1125,3 +1125,53 @@ async def test_text_beside_an_unfinished_call_waits_for_its_arguments(harness, r
     assert kinds.index("response.function_call_arguments.done") < kinds.index(
         "response.output_text.delta"
     )
+
+
+# A call of a tool without parameters, as Anthropic streams it: `input: {}` at the block's
+# start and an empty `partial_json` (https://docs.anthropic.com/en/docs/build-with-claude/
+# streaming#input-json-delta: the first delta may be empty).
+ANTHROPIC_CALL_WITHOUT_INPUT = [
+    anthropic(
+        "message_start",
+        message={
+            "id": "msg_n",
+            "type": "message",
+            "role": "assistant",
+            "model": "upstream-claude",
+            "content": [],
+            "usage": {"input_tokens": 10, "output_tokens": 1},
+        },
+    ),
+    anthropic(
+        "content_block_start",
+        index=0,
+        content_block={"type": "tool_use", "id": "toolu_n", "name": "now", "input": {}},
+    ),
+    anthropic(
+        "content_block_delta", index=0, delta={"type": "input_json_delta", "partial_json": ""}
+    ),
+    anthropic("content_block_stop", index=0),
+    anthropic(
+        "message_delta",
+        delta={"stop_reason": "tool_use", "stop_sequence": None},
+        usage={"output_tokens": 5},
+    ),
+    anthropic("message_stop"),
+]
+
+
+async def test_a_streamed_call_without_input_has_the_arguments_of_an_empty_object(
+    harness, recorder
+):
+    recorder.script(Scripted(events=ANTHROPIC_CALL_WITHOUT_INPUT))
+    tools = [{"type": "function", "name": "now", "parameters": {"type": "object"}}]
+    request = responses_request("claude", {"input": "time?", "tools": tools}, stream=True)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    events = harness.stream_of(request.request_id)
+    final = sdk_final_response(events)
+    assert [item.arguments for item in final.output if item.type == "function_call"] == ["{}"]
+    done = [e.data for e in events if e.event == "response.function_call_arguments.done"]
+    assert [data["arguments"] for data in done] == ["{}"]

@@ -992,6 +992,45 @@ def test_anthropic_stream_becomes_openai_chunks(include_usage: bool) -> None:
         assert completion.usage is None
 
 
+def test_a_streamed_call_without_input_has_the_arguments_of_an_empty_object() -> None:
+    # Anthropic streams a call of a tool without parameters as `input: {}` and an empty
+    # `partial_json` (or none); non-streamed, its arguments are "{}", and streamed too.
+    events = [
+        {"type": "message_start", "message": {"id": "msg_n", "usage": {"input_tokens": 3}}},
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_n", "name": "now", "input": {}},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": ""},
+        },
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "tool_use", "id": "toolu_m", "name": "w", "input": {}},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": '{"a": 1}'},
+        },
+        {"type": "content_block_stop", "index": 1},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {}},
+        {"type": "message_stop"},
+    ]
+    converter = MessageEventsToChatChunks("m")
+    state = ChatCompletionStreamState()
+    for event in events:
+        for chunk in converter.feed(event):
+            state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(chunk))
+    calls = state.get_final_completion().choices[0].message.tool_calls
+    assert [call.function.arguments for call in calls] == ["{}", '{"a": 1}']
+
+
 def test_accumulator_assembles_every_choice_and_tool_call() -> None:
     accumulator = CompletionAccumulator()
     for chunk in OPENAI_TOOL_STREAM:

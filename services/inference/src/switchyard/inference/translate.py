@@ -2008,6 +2008,10 @@ class MessageEventsToChatChunks:
         self.usage: dict[str, Any] = {}
         self.finish_reason: str | None = None
         self._tool_index_by_block: dict[int, int] = {}
+        # Tool blocks whose arguments have not had a piece yet: Anthropic streams a call
+        # without input as `input: {}` and an empty `partial_json` (or none), whose
+        # arguments in OpenAI's shape are "{}", as the non-streamed translation gives.
+        self._tool_without_arguments: set[int] = set()
         self._started = False
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
@@ -2051,6 +2055,8 @@ class MessageEventsToChatChunks:
                 tool_index = len(self._tool_index_by_block)
                 self._tool_index_by_block[event.get("index", 0)] = tool_index
                 arguments = _json_dumps(block["input"]) if block.get("input") else ""
+                if not arguments:
+                    self._tool_without_arguments.add(event.get("index", 0))
                 chunks.append(
                     self._chunk(
                         {
@@ -2077,6 +2083,7 @@ class MessageEventsToChatChunks:
                 chunks.append(self._chunk({"content": delta["text"]}))
             elif delta_type == "input_json_delta" and delta.get("partial_json"):
                 known_index = self._tool_index_by_block.get(event.get("index", 0))
+                self._tool_without_arguments.discard(event.get("index", 0))
                 if known_index is not None:
                     chunks.append(
                         self._chunk(
@@ -2091,6 +2098,22 @@ class MessageEventsToChatChunks:
                         )
                     )
             return chunks
+        if kind == "content_block_stop" and event.get("index", 0) in self._tool_without_arguments:
+            block_index = event.get("index", 0)
+            self._tool_without_arguments.discard(block_index)
+            return [
+                *self._role_chunk(),
+                self._chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": self._tool_index_by_block[block_index],
+                                "function": {"arguments": "{}"},
+                            }
+                        ]
+                    }
+                ),
+            ]
         if kind == "message_delta":
             usage = event.get("usage") or {}
             for name, value in usage.items():

@@ -1454,6 +1454,9 @@ class MessageEventsToResponseEvents:
         self.stop_reason: str | None = None
         self._message = 0
         self._blocks: dict[int, Any] = {}  # Anthropic block index -> writer key
+        # tool_use blocks no argument piece reached yet: a call without input streams as
+        # `input: {}` and an empty `partial_json` (or none); its arguments are "{}".
+        self._without_arguments: set[int] = set()
 
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """The Responses events (dicts with `type` and `sequence_number`) one Anthropic stream
@@ -1488,6 +1491,8 @@ class MessageEventsToResponseEvents:
                     )
                     if block.get("input"):
                         events += writer.arguments(key, _dumps(block["input"]))
+                    else:
+                        self._without_arguments.add(index)
         elif kind == "content_block_delta":
             key = self._blocks.get(event.get("index", 0))
             delta = event.get("delta") or {}
@@ -1500,10 +1505,16 @@ class MessageEventsToResponseEvents:
                 events += writer.reasoning_text(key, delta.get("thinking") or "")
             elif delta_type == "signature_delta":
                 writer.signature(key, delta.get("signature") or "")
-            elif delta_type == "input_json_delta":
-                events += writer.arguments(key, delta.get("partial_json") or "")
+            elif delta_type == "input_json_delta" and delta.get("partial_json"):
+                self._without_arguments.discard(event.get("index", 0))
+                events += writer.arguments(key, delta["partial_json"])
         elif kind == "content_block_stop":
-            key = self._blocks.get(event.get("index", 0))
+            index = event.get("index", 0)
+            key = self._blocks.get(index)
+            if index in self._without_arguments:
+                self._without_arguments.discard(index)
+                if key is not None:
+                    events += writer.arguments(key, "{}")
             if key is not None and key[0] == "block":
                 events += writer.close(key)
         elif kind == "message_delta":
