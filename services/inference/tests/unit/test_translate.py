@@ -21,6 +21,7 @@ from switchyard.inference.translate import (
     messages_request_to_chat,
     messages_usage_from_chat,
 )
+from switchyard.inference.translate_responses import responses_request_to_messages
 
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
@@ -1430,3 +1431,106 @@ def test_a_held_call_does_not_make_every_argument_piece_parse_the_whole_argument
 
     assert len(parsed) <= 3
     assert [event["type"] for event in events][-2:] == ["content_block_stop", "content_block_start"]
+
+
+@pytest.mark.parametrize("arguments", ['{"city": "Par', "[1, 2]", '"text"', "null", "7"])
+def test_tool_call_arguments_that_are_not_an_object_are_refused_not_replaced(arguments) -> None:
+    # OpenAI's APIs take any string as a call's arguments (a model's truncated JSON, sent
+    # back in the conversation); Anthropic's `input` is an object, and `{}` in its place
+    # would change the conversation without a word.
+    chat = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "get", "arguments": arguments},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        ],
+    }
+    with pytest.raises(TranslationError) as caught:
+        chat_request_to_messages(chat)
+    assert caught.value.param == "messages.[1].tool_calls.[0].function.arguments"
+    assert caught.value.code == "unsupported_parameter"
+
+    responses = {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "weather?"},
+            {"type": "function_call", "call_id": "c1", "name": "get", "arguments": arguments},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+        ],
+    }
+    with pytest.raises(TranslationError) as caught:
+        responses_request_to_messages(responses)
+    assert caught.value.param == "input[1].arguments"
+    assert caught.value.code == "unsupported_parameter"
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [("", {}), (None, {}), ('{"a": 1}', {"a": 1})])
+def test_tool_call_arguments_that_are_an_object_or_nothing_are_translated(
+    arguments, expected
+) -> None:
+    function = {"name": "get", **({} if arguments is None else {"arguments": arguments})}
+    chat = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "c1", "type": "function", "function": function}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        ],
+    }
+    assert chat_request_to_messages(chat)["messages"][1]["content"][0]["input"] == expected
+
+
+@pytest.mark.parametrize(
+    ("part", "param", "code"),
+    [
+        ({"type": "image_url", "image_url": {"url": "https://x/y.png"}}, "type", "invalid_value"),
+        ({"type": "text"}, "text", "missing_required_parameter"),
+        ({"type": "text", "text": 3}, "text", "invalid_type"),
+        ({"type": "refusal"}, "refusal", "missing_required_parameter"),
+    ],
+)
+def test_an_assistant_part_chat_completions_refuses_is_refused_not_dropped(
+    part, param, code
+) -> None:
+    # Assistant parts are text or refusal in Chat Completions; another part, or one
+    # without its text, was left out of the turn sent to Anthropic.
+    chat = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "text", "text": "ok"}, part]},
+            {"role": "user", "content": "and?"},
+        ],
+    }
+    with pytest.raises(TranslationError) as caught:
+        chat_request_to_messages(chat)
+    assert caught.value.code == code
+    assert caught.value.param == f"messages.[1].content.[1].{param}"
+
+
+def test_assistant_text_and_refusal_parts_each_become_a_text_block() -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": "refusal", "refusal": "no"}]
+    chat = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": parts},
+            {"role": "user", "content": "and?"},
+        ],
+    }
+    blocks = chat_request_to_messages(chat)["messages"][1]["content"]
+    assert blocks == [{"type": "text", "text": "a"}, {"type": "text", "text": "no"}]

@@ -174,7 +174,9 @@ def _json_dumps(value: Any) -> str:
 
 
 def _tool_input(arguments: Any) -> dict[str, Any]:
-    """Tool-call arguments (a JSON string in OpenAI) as Anthropic's `input` object."""
+    """Tool-call arguments (a JSON string in OpenAI) of a *reply* as Anthropic's `input`
+    object; arguments a model wrote that are not a JSON object become `{}` (a reply cannot
+    be refused; `tool_input_of_request` refuses them in a request)."""
     if isinstance(arguments, dict):
         return arguments
     if arguments is None or arguments == "":
@@ -184,6 +186,30 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
     except (orjson.JSONDecodeError, TypeError):
         return {}
     return parsed if isinstance(parsed, dict) else {}
+
+
+def tool_input_of_request(arguments: Any, where: str) -> dict[str, Any]:
+    """The arguments of a tool call a client sends back (a JSON string in OpenAI's APIs, at
+    `where`) as Anthropic's `input` object; none or an empty string is `{}`. Raises
+    TranslationError (`invalid_type` for a value that is not a string, else
+    `unsupported_parameter`) for arguments that are not a JSON object: OpenAI's APIs take
+    any string there (a model's truncated or malformed JSON replayed), Anthropic's `input`
+    only an object, and replacing them would change the conversation unseen."""
+    if arguments is None or arguments == "":
+        return {}
+    if not isinstance(arguments, str):
+        raise invalid_type(where, "a string", arguments)
+    try:
+        parsed = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise TranslationError(
+            f"'{where}' is not a JSON object ({arguments[:40]!r}); this model takes a tool "
+            "call's arguments only as an object.",
+            where,
+        )
+    return parsed
 
 
 def _text_of(content: Any) -> str:
@@ -1445,8 +1471,19 @@ def _openai_assistant_blocks(message: dict[str, Any], where: str) -> list[dict[s
     content = message.get("content")
     # Each text (or refusal) part its own text block: joined, their words would run
     # together.
-    parts = content if isinstance(content, list) else [content]
-    texts = [_text_of(part if isinstance(part, str) else [part]) for part in parts]
+    texts: list[str] = []
+    if isinstance(content, str):
+        texts.append(content)
+    elif content is not None:
+        for part_where, part in _openai_parts(content, f"{where}.content"):
+            # An assistant message's parts are text or refusal in Chat Completions: any
+            # other part is refused as OpenAI refuses it, never dropped from the turn.
+            kind = part.get("type")
+            if kind not in ("text", "refusal"):
+                raise not_one_of(f"{part_where}.type", kind, ("text", "refusal"))
+            if part.get(kind) is None:
+                raise missing_parameter(f"{part_where}.{kind}")
+            texts.append(text_of(part, part_where, kind))
     blocks: list[dict[str, Any]] = [{"type": "text", "text": text} for text in texts if text]
     calls: Any = message.get("tool_calls") or []
     if not isinstance(calls, list):
@@ -1489,7 +1526,7 @@ def _tool_use_block(call_id: Any, function: Any, where: str, id_where: str) -> d
         "type": "tool_use",
         "id": call_id,
         "name": name,
-        "input": _tool_input(function.get("arguments")),
+        "input": tool_input_of_request(function.get("arguments"), f"{function_where}.arguments"),
     }
 
 

@@ -41,7 +41,6 @@ from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
     INPUT_IMAGE_DETAILS,
     TranslationError,
-    _tool_input,
     add_anthropic_sampling,
     add_anthropic_thinking,
     anthropic_tool,
@@ -59,6 +58,7 @@ from switchyard.inference.translate import (
     refuse_function_options,
     refuse_unknown,
     text_of,
+    tool_input_of_request,
     whole_json,
 )
 
@@ -837,7 +837,7 @@ def _item_to_messages(item: Any, where: str) -> tuple[str, list[dict[str, Any]]]
                 "type": "tool_use",
                 "id": item.get("call_id") or _new_id("toolu"),
                 "name": item.get("name", ""),
-                "input": _tool_input(item.get("arguments")),
+                "input": tool_input_of_request(item.get("arguments"), f"{where}.arguments"),
             }
         ]
     if kind == "function_call_output":
