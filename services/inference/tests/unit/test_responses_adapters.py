@@ -1175,3 +1175,63 @@ async def test_a_streamed_call_without_input_has_the_arguments_of_an_empty_objec
     assert [item.arguments for item in final.output if item.type == "function_call"] == ["{}"]
     done = [e.data for e in events if e.event == "response.function_call_arguments.done"]
     assert [data["arguments"] for data in done] == ["{}"]
+
+
+# "the response body will include the service_tier value based on the processing mode
+# actually used to serve the request. This response value may be different from the
+# value set in the parameter" (the openai SDK's `Response.service_tier`).
+async def test_a_translated_response_reports_the_tier_that_served_it(harness, recorder):
+    completion = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "upstream-llama",
+        "service_tier": "default",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+    recorder.script(Scripted(json=completion))
+    request = responses_request("gpt-chat", {"input": "hi", "service_tier": "flex"})
+    reply = await harness.handle(request)
+    assert isinstance(reply, ChatCompleted), reply
+    assert reply.data.response["service_tier"] == "default"
+
+    recorder.script(
+        Scripted(
+            events=[
+                chat_chunk({"role": "assistant", "content": "Hi"}, service_tier="default"),
+                chat_chunk({}, "stop", service_tier="default"),
+            ]
+        )
+    )
+    request = responses_request("gpt-chat", {"input": "hi", "service_tier": "flex"}, stream=True)
+    reply = await harness.handle(request)
+    assert isinstance(reply, ChatCompleted), reply
+    events = harness.stream_of(request.request_id)
+    assert events[0].data["response"]["service_tier"] == "flex"  # echoed as asked
+    assert sdk_final_response(events).service_tier == "default"
+
+    # An upstream that names no tier: the one asked for, as before.
+    recorder.script(Scripted(json={k: v for k, v in completion.items() if k != "service_tier"}))
+    request = responses_request("gpt-chat", {"input": "hi", "service_tier": "flex"})
+    reply = await harness.handle(request)
+    assert reply.data.response["service_tier"] == "flex"
+
+
+async def test_an_anthropic_tier_is_reported_in_the_responses_api_names(harness, recorder):
+    message = {
+        "id": "msg_t",
+        "type": "message",
+        "role": "assistant",
+        "model": "upstream-claude",
+        "content": [{"type": "text", "text": "Hi"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 5, "output_tokens": 1, "service_tier": "priority"},
+    }
+    recorder.script(Scripted(json=message))
+    request = responses_request("claude", {"input": "hi"})
+    reply = await harness.handle(request)
+    assert isinstance(reply, ChatCompleted), reply
+    assert reply.data.response["service_tier"] == "priority"

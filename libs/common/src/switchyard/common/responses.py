@@ -174,10 +174,13 @@ def response_object(
     error: dict[str, Any] | None = None,
     incomplete_details: dict[str, Any] | None = None,
     completed_at: datetime | None = None,
+    service_tier: str | None = None,
 ) -> dict[str, Any]:
     """A Responses `response` object for request `body`: the request's parameters as the
     Responses API echoes them (defaults where the request left them out), with the given
-    status, output, usage and error."""
+    status, output, usage and error. `service_tier`: the tier the upstream says served the
+    request, which the response reports instead of the one asked for ("This response value
+    may be different from the value set in the parameter", OpenAI's `Response.service_tier`)."""
     metadata = body.get("metadata")
     return {
         "id": id,
@@ -198,7 +201,7 @@ def response_object(
         "prompt_cache_key": body.get("prompt_cache_key"),
         "reasoning": _reasoning(body),
         "safety_identifier": body.get("safety_identifier"),
-        "service_tier": body.get("service_tier") or "default",
+        "service_tier": service_tier or body.get("service_tier") or "default",
         "store": body.get("store") is not False,
         "temperature": body.get("temperature", 1.0),
         "text": _text(body),

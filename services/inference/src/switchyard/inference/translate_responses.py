@@ -925,7 +925,11 @@ _INCOMPLETE_BY_STOP = {
 
 
 def _finished(
-    ctx: ResponseContext, output: list[dict[str, Any]], usage: TokenUsage, reason: str | None
+    ctx: ResponseContext,
+    output: list[dict[str, Any]],
+    usage: TokenUsage,
+    reason: str | None,
+    service_tier: str | None = None,
 ) -> dict[str, Any]:
     if reason is not None:
         return ctx.response(
@@ -933,10 +937,32 @@ def _finished(
             output=output,
             usage=usage_object(usage),
             incomplete_details={"reason": reason},
+            service_tier=service_tier,
         )
     return ctx.response(
-        "completed", output=output, usage=usage_object(usage), completed_at=utcnow()
+        "completed",
+        output=output,
+        usage=usage_object(usage),
+        completed_at=utcnow(),
+        service_tier=service_tier,
     )
+
+
+# Anthropic's `usage.service_tier` as the Responses API names the tier that served it.
+_TIER_OF_ANTHROPIC = {"standard": "default", "priority": "priority"}
+
+
+def served_tier(reply: dict[str, Any]) -> str | None:
+    """The service tier an upstream says served a request: a Chat Completions reply's or
+    chunk's `service_tier`, or an Anthropic message's `usage.service_tier` (`standard` is
+    OpenAI's `default`); None when it says none (or one the Responses API has no name
+    for)."""
+    tier = reply.get("service_tier")
+    if isinstance(tier, str) and tier:
+        return tier
+    usage = reply.get("usage")
+    tier = usage.get("service_tier") if isinstance(usage, dict) else None
+    return _TIER_OF_ANTHROPIC.get(tier) if isinstance(tier, str) else None
 
 
 def chat_completion_to_response(
@@ -974,7 +1000,7 @@ def chat_completion_to_response(
             )
         )
     reason = _INCOMPLETE_BY_FINISH.get(choice.get("finish_reason") or "")
-    return _finished(ctx, output, usage, reason)
+    return _finished(ctx, output, usage, reason, served_tier(completion))
 
 
 def message_to_response(
@@ -1012,7 +1038,7 @@ def message_to_response(
                 )
             )
     reason = _INCOMPLETE_BY_STOP.get(message.get("stop_reason") or "")
-    return _finished(ctx, output, usage, reason)
+    return _finished(ctx, output, usage, reason, served_tier(message))
 
 
 # =========================================================================== streams
@@ -1046,6 +1072,9 @@ class ResponseEventWriter:
         self._finished = False
         self._items: dict[Any, _Open] = {}  # open items by the converter's key
         self._done: dict[int, dict[str, Any]] = {}  # closed items by output index
+        # The tier the upstream says served the request (`served_tier`), for the final
+        # response; the opening events echo the one asked for, as OpenAI's do.
+        self.service_tier: str | None = None
 
     @property
     def output(self) -> list[dict[str, Any]]:
@@ -1287,7 +1316,7 @@ class ResponseEventWriter:
         events = self.start()
         for key in sorted(self._items, key=lambda k: self._items[k].index):
             events += self.close(key)
-        response = _finished(self.ctx, self.output, usage, reason)
+        response = _finished(self.ctx, self.output, usage, reason, self.service_tier)
         kind = "response.incomplete" if reason is not None else "response.completed"
         events.append(self._event(kind, response=response))
         return events
@@ -1326,6 +1355,7 @@ class ChatChunksToResponseEvents:
         `chat.completion.chunk` dict produces; the first call opens the response."""
         writer = self.writer
         events = writer.start()
+        writer.service_tier = served_tier(chunk) or writer.service_tier
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
@@ -1464,6 +1494,9 @@ class MessageEventsToResponseEvents:
         writer = self.writer
         kind = event.get("type")
         if kind == "message_start":
+            message = event.get("message")
+            if isinstance(message, dict):
+                writer.service_tier = served_tier(message)
             return writer.start()
         events = writer.start()
         key: tuple[str, int] | None
