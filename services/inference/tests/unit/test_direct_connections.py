@@ -60,14 +60,15 @@ async def pair(kind: str, root: str) -> tuple[SDKUpstream, SDKUpstream]:
 
 async def outcome(upstream: SDKUpstream, *, stream: bool = False) -> Any:
     """What one call gives: ("ok", the reply or the events) or the ProviderError's
-    (status, code, retryable)."""
+    (status, code or Switchyard's kind of failure when the upstream sent no code,
+    retryable)."""
     path = PATHS[upstream.protocol]
     try:
         if stream:
             return "ok", [sse.data async for sse in upstream.stream(path, BODY, {}, 5)]
         return "ok", await upstream.send(path, BODY, {}, 5)
     except ProviderError as error:
-        return error.status, error.code, error.retryable
+        return error.status, error.metric_code, error.retryable
 
 
 async def test_the_request_head_is_byte_for_byte_the_sdks_cookies_included(kind: str) -> None:

@@ -311,7 +311,8 @@ async def test_a_text_error_from_anthropic_is_relayed_as_its_text(
             await upstream.send("/v1/messages", BODY, {}, 5)
     finally:
         await upstream.aclose()
-    assert (caught.value.status, caught.value.code) == (502, "upstream_error")
+    assert (caught.value.status, caught.value.code) == (502, None)  # it named none
+    assert caught.value.metric_code == "upstream_error"
     assert caught.value.message == "<html>Bad Gateway</html>"
     assert caught.value.retryable
 

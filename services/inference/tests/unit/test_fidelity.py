@@ -800,6 +800,22 @@ async def test_upstream_error_status_type_and_param_reach_a_client_of_the_same_a
     )
 
 
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_an_upstream_error_without_a_code_reaches_the_client_without_one(
+    harness, recorder, status
+) -> None:
+    # OpenAI's own server errors carry `"code": null`; a code Switchyard made up in its
+    # place would read as the provider's word.
+    error = {"message": "The server had an error.", "type": "server_error", "param": None}
+    recorder.script(Scripted(status=status, json={"error": {**error, "code": None}}))
+
+    reply = await harness.handle(chat_request(model="gpt"))
+
+    assert isinstance(reply, ChatFailed)
+    assert (reply.data.error.status, reply.data.error.code) == (status, None)
+    assert reply.data.error.message == "The server had an error."
+
+
 # The breaker stays closed after the first overloaded answer, so the second request
 # reaches the upstream too.
 @pytest.mark.parametrize("breaker_threshold", [5])

@@ -113,7 +113,7 @@ class Attempts:
             if run.events_sent:
                 return outcome  # part of the stream is out: no other deployment can resume it
             assert outcome.error is not None
-            metrics.FALLBACKS.labels(model, deployment.name, outcome.error.code or "error").inc()
+            metrics.FALLBACKS.labels(model, deployment.name, outcome.error.metric_code).inc()
             # A request this deployment cannot take as sent (a parameter its protocol
             # lacks) is the client's doing, not a failing deployment: no warning.
             client_side = outcome.error.code == "unsupported_parameter"
@@ -122,7 +122,7 @@ class Attempts:
                 model=model,
                 deployment=deployment.name,
                 status=outcome.error.status,
-                code=outcome.error.code,
+                code=outcome.error.metric_code,
             )
         if outcome is not None:
             return outcome
@@ -195,7 +195,7 @@ class Attempts:
                     state.breaker.failure()
                 else:
                     state.breaker.success()  # it answered; the request or its rate was the problem
-                observe_call(data.api, model, deployment, error.code or "error", started)
+                observe_call(data.api, model, deployment, error.metric_code, started)
                 if error.is_timeout and seconds_until(data.deadline) <= 0:
                     outcome = expired(
                         "The request's deadline passed while the upstream was answering."
@@ -209,13 +209,13 @@ class Attempts:
                     delay = self._backoff.delay(attempt, self._rng)
                 if delay >= seconds_until(data.deadline):
                     return outcome  # waiting would outlive the request
-                metrics.RETRIES.labels(model, deployment.name, error.code or "error").inc()
+                metrics.RETRIES.labels(model, deployment.name, error.metric_code).inc()
                 log.info(
                     "retrying deployment",
                     model=model,
                     deployment=deployment.name,
                     attempt=attempt,
-                    code=error.code,
+                    code=error.metric_code,
                     delay_s=round(delay, 3),
                 )
                 await asyncio.sleep(delay)

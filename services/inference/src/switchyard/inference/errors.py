@@ -32,7 +32,12 @@ class ProviderError(Exception):
       credentials), so the request falls back;
     - `retry_same`: retrying the same deployment after a backoff may succeed;
     - `unhealthy`: the failure counts against the deployment's circuit breaker (a rate
-      limit does not: the deployment is up, only busy).
+      limit does not: the deployment is up, only busy);
+    - `code`: the code the client gets: an upstream's own (None when it sent none, as
+      OpenAI's server errors do), or Switchyard's for its own errors;
+    - `kind`: Switchyard's name for an upstream failure whose code is None
+      (`upstream_error`, `upstream_rate_limited`...), for metrics and logs only
+      (`metric_code`).
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class ProviderError(Exception):
         retry_same: bool | None = None,
         unhealthy: bool | None = None,
         retry_after: float | None = None,
+        kind: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -60,6 +66,13 @@ class ProviderError(Exception):
         self.retry_same = retryable if retry_same is None else retry_same
         self.unhealthy = retryable if unhealthy is None else unhealthy
         self.retry_after = retry_after
+        self.kind = kind
+
+    @property
+    def metric_code(self) -> str:
+        """The failure's label in metrics and logs: its code, else its kind, else
+        `error`."""
+        return self.code or self.kind or "error"
 
     @property
     def is_timeout(self) -> bool:
