@@ -1534,3 +1534,60 @@ def test_assistant_text_and_refusal_parts_each_become_a_text_block() -> None:
     }
     blocks = chat_request_to_messages(chat)["messages"][1]["content"]
     assert blocks == [{"type": "text", "text": "a"}, {"type": "text", "text": "no"}]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "code"),
+    [
+        ({"n": 0}, "n", "integer_below_min_value"),
+        ({"n": 129}, "n", "integer_above_max_value"),
+        ({"n": "2"}, "n", "invalid_type"),
+        ({"n": True}, "n", "invalid_type"),
+        ({"logprobs": "yes"}, "logprobs", "invalid_type"),
+        ({"store": 1}, "store", "invalid_type"),
+        ({"presence_penalty": 5}, "presence_penalty", "decimal_above_max_value"),
+        ({"frequency_penalty": -2.5}, "frequency_penalty", "decimal_below_min_value"),
+        ({"presence_penalty": "0"}, "presence_penalty", "invalid_type"),
+        ({"service_tier": "fastest"}, "service_tier", "invalid_value"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages.[0].content.[0].text",
+            "missing_required_parameter",
+        ),
+        (
+            {"messages": [{"role": "system", "content": [{"type": "text"}]}]},
+            "messages.[0].content.[0].text",
+            "missing_required_parameter",
+        ),
+    ],
+)
+def test_values_openai_refuses_are_refused_in_its_words_not_as_untranslatable(
+    extra, param, code
+) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(TranslationError) as caught:
+        chat_request_to_messages(body)
+    assert (caught.value.param, caught.value.code) == (param, code)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"n": 2}, {"logprobs": True}, {"presence_penalty": 1.5}, {"service_tier": "flex"}],
+)
+def test_valid_values_messages_cannot_express_stay_unsupported(extra) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(TranslationError) as caught:
+        chat_request_to_messages(body)
+    assert caught.value.code == "unsupported_parameter"
+    assert caught.value.param == next(iter(extra))
+
+
+def test_a_responses_text_part_without_text_is_refused_in_openais_words() -> None:
+    body = {"model": "m", "input": [{"role": "user", "content": [{"type": "input_text"}]}]}
+    with pytest.raises(TranslationError) as caught:
+        responses_request_to_messages(body)
+    assert caught.value.code == "missing_required_parameter"
+    assert caught.value.param == "input[0].content[0].text"
+    with pytest.raises(TranslationError) as caught:
+        responses_request_to_messages({**body, "input": "hi", "service_tier": "fastest"})
+    assert (caught.value.param, caught.value.code) == ("service_tier", "invalid_value")

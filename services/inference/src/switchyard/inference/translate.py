@@ -971,6 +971,10 @@ _CHAT_FIELDS = frozenset(
         "prompt_cache_key",
     }
 )
+# OpenAI's bounds and values of fields read only for whether they ask for nothing
+# (the openai SDK's `CompletionCreateParams`; `n` "between 1 and 128" in its reference).
+MAX_OPENAI_N = 128
+OPENAI_SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")
 # Values that ask for nothing: accepted and not sent.
 _CHAT_NO_OPS: dict[str, tuple[Any, ...]] = {
     "n": (1,),
@@ -1005,10 +1009,40 @@ def chat_request_to_messages(
         raise
 
 
+def check_openai_values(body: dict[str, Any]) -> None:
+    """Refuse, as OpenAI's API does (its type and range codes), a value of a field the
+    translation reads only to see that it asks for nothing (`n`, `logprobs`, the penalties,
+    `store`, `service_tier`): a value OpenAI itself refuses is not "one this model cannot
+    take" (`unsupported_parameter`). Raises TranslationError."""
+    n = body.get("n")
+    if n is not None:
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise invalid_type("n", "an integer", n)
+        if n < 1:
+            raise below_minimum("n", 1, n)
+        if n > MAX_OPENAI_N:
+            raise TranslationError(
+                f"Invalid 'n': integer above maximum value. Expected a value <= "
+                f"{MAX_OPENAI_N}, but got {n} instead.",
+                "n",
+                "integer_above_max_value",
+            )
+    for name in ("logprobs", "store"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise invalid_type(name, "a boolean", value)
+    for name in ("presence_penalty", "frequency_penalty"):
+        _number_between(body, name, 2, -2)
+    tier = body.get("service_tier")
+    if tier is not None and tier not in OPENAI_SERVICE_TIERS:
+        raise not_one_of("service_tier", tier, OPENAI_SERVICE_TIERS)
+
+
 def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
     refuse_unknown(body, _CHAT_FIELDS, "Anthropic's Messages API")
+    check_openai_values(body)
     for name, no_ops in _CHAT_NO_OPS.items():
         value = body.get(name)
         if value is not None and value not in no_ops:
@@ -1365,8 +1399,17 @@ def text_of(part: dict[str, Any], where: str, field: str = "text") -> str:
     return value
 
 
+def required_text(part: dict[str, Any], where: str, field: str = "text") -> str:
+    """The text of a text part, which both OpenAI APIs require (`text_of`, but a part
+    without it is refused as OpenAI refuses it, `missing_required_parameter`, instead of
+    being left out). Raises TranslationError."""
+    if part.get(field) is None:
+        raise missing_parameter(f"{where}.{field}")
+    return text_of(part, where, field)
+
+
 def _text_block(part: dict[str, Any], where: str) -> dict[str, Any]:
-    block = {"type": "text", "text": text_of(part, where)}
+    block = {"type": "text", "text": required_text(part, where)}
     if part.get("cache_control") is not None:  # some OpenAI clients mark cache points
         block["cache_control"] = part["cache_control"]
     return block
@@ -1401,7 +1444,7 @@ def _openai_text_blocks(content: Any, where: str) -> list[dict[str, Any]]:
                 "here to this model.",
                 part_where,
             )
-        if text_of(part, part_where):
+        if required_text(part, part_where):
             blocks.append(_text_block(part, part_where))
     return blocks
 
@@ -1415,7 +1458,7 @@ def _openai_user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     for part_where, part in _openai_parts(content, f"{where}.content"):
         kind = part.get("type")
         if kind == "text":
-            if text_of(part, part_where):
+            if required_text(part, part_where):
                 blocks.append(_text_block(part, part_where))
         elif kind == "image_url":
             image = part.get("image_url")
@@ -1481,9 +1524,7 @@ def _openai_assistant_blocks(message: dict[str, Any], where: str) -> list[dict[s
             kind = part.get("type")
             if kind not in ("text", "refusal"):
                 raise not_one_of(f"{part_where}.type", kind, ("text", "refusal"))
-            if part.get(kind) is None:
-                raise missing_parameter(f"{part_where}.{kind}")
-            texts.append(text_of(part, part_where, kind))
+            texts.append(required_text(part, part_where, kind))
     blocks: list[dict[str, Any]] = [{"type": "text", "text": text} for text in texts if text]
     calls: Any = message.get("tool_calls") or []
     if not isinstance(calls, list):
@@ -1572,16 +1613,20 @@ def add_anthropic_sampling(body: dict[str, Any], result: dict[str, Any]) -> None
         result["metadata"] = {"user_id": user}
 
 
-def _number_between(body: dict[str, Any], name: str, maximum: int) -> int | float | None:
+def _number_between(
+    body: dict[str, Any], name: str, maximum: int, minimum: int = 0
+) -> int | float | None:
+    """The client's number `name` if set; TranslationError in OpenAI's words unless it is a
+    number within [minimum, maximum]."""
     value = body.get(name)
     if value is None:
         return None
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise invalid_type(name, "a number", value)
-    if value < 0:
+    if value < minimum:
         raise TranslationError(
-            f"Invalid '{name}': decimal below minimum value. Expected a value >= 0, but got "
-            f"{value} instead.",
+            f"Invalid '{name}': decimal below minimum value. Expected a value >= {minimum}, "
+            f"but got {value} instead.",
             name,
             "decimal_below_min_value",
         )

@@ -40,6 +40,7 @@ from switchyard.common.responses import response_object, upstream_item, usage_ob
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
     INPUT_IMAGE_DETAILS,
+    OPENAI_SERVICE_TIERS,
     TranslationError,
     add_anthropic_sampling,
     add_anthropic_thinking,
@@ -57,6 +58,7 @@ from switchyard.inference.translate import (
     positive_integer,
     refuse_function_options,
     refuse_unknown,
+    required_text,
     text_of,
     tool_input_of_request,
     whole_json,
@@ -519,7 +521,7 @@ def _chat_tool_choice(choice: Any) -> Any:
 def _chat_user_part(part: dict[str, Any], where: str) -> dict[str, Any]:
     kind = part.get("type")
     if kind in ("input_text", "text"):
-        return {"type": "text", "text": text_of(part, where)}
+        return {"type": "text", "text": required_text(part, where)}
     if kind == "input_image":
         url = part.get("image_url")
         if not isinstance(url, str):
@@ -666,6 +668,8 @@ def responses_request_to_messages(
     refuse_unknown(body, _TO_MESSAGES_FIELDS, "Anthropic's Messages API")
     _common_checks(body)
     service_tier = body.get("service_tier")
+    if service_tier is not None and service_tier not in OPENAI_SERVICE_TIERS:
+        raise not_one_of("service_tier", service_tier, OPENAI_SERVICE_TIERS)
     if service_tier not in (None, "auto", "default"):
         raise TranslationError(
             f"'service_tier' = {service_tier!r} cannot be sent to this model.", "service_tier"
@@ -772,7 +776,7 @@ def _anthropic_image(url: Any, where: str) -> dict[str, Any]:
 def _anthropic_user_block(part: dict[str, Any], where: str) -> dict[str, Any]:
     kind = part.get("type")
     if kind in ("input_text", "text", "output_text"):
-        return {"type": "text", "text": text_of(part, where)}
+        return {"type": "text", "text": required_text(part, where)}
     if kind == "input_image":
         detail = part.get("detail")
         if detail is not None and detail not in INPUT_IMAGE_DETAILS:
