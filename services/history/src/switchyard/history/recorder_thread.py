@@ -44,7 +44,7 @@ def in_memory(database_url: str) -> bool:
     memory (`:memory:`, an empty path, or `mode=memory`), which a second engine cannot
     reach."""
     url = make_url(database_url)
-    if not url.get_backend_name() == "sqlite":
+    if url.get_backend_name() != "sqlite":
         return False
     database = url.database or ""
     return database in ("", ":memory:") or "mode=memory" in str(url)
