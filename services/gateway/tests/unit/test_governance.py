@@ -859,6 +859,38 @@ async def test_an_upstreams_used_up_quota_is_relayed_without_a_retry_after(harne
     assert busy.headers["retry-after"] == "1" and "x-should-retry" not in busy.headers
 
 
+@pytest.mark.parametrize("should_retry", [True, False])
+async def test_an_upstreams_x_should_retry_reaches_the_client_of_either_api(harness, should_retry):
+    async def server_error(request):
+        return [failed_reply(request, 500, "api_error", "Boom.", should_retry=should_retry)]
+
+    harness.respond[0] = server_error
+    chat = await harness.client.post(
+        "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    messages = await harness.client.post(
+        "/v1/messages",
+        json={"model": CHAT["model"], "max_tokens": 8, "messages": CHAT["messages"]},
+        headers={"x-api-key": API_KEY, "anthropic-version": "2023-06-01"},
+    )
+
+    expected = "true" if should_retry else "false"
+    assert (chat.status_code, chat.headers["x-should-retry"]) == (500, expected)
+    assert (messages.status_code, messages.headers["x-should-retry"]) == (500, expected)
+
+
+async def test_an_error_without_x_should_retry_gets_none(harness):
+    async def server_error(request):
+        return [failed_reply(request, 500, "api_error", "Boom.")]
+
+    harness.respond[0] = server_error
+    response = await harness.client.post(
+        "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+
+    assert response.status_code == 500 and "x-should-retry" not in response.headers
+
+
 async def test_a_long_prompt_under_a_token_limit_is_counted_off_the_event_loop(
     harness, monkeypatch
 ):

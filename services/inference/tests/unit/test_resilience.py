@@ -108,6 +108,52 @@ async def test_retry_after_beyond_the_deadline_is_not_waited_for(simulator, make
     assert simulator.calls("up-long") == 1
 
 
+async def test_an_upstreams_x_should_retry_false_stops_retries_but_not_fallback(
+    simulator, make_harness
+) -> None:
+    harness = await make_harness(
+        table(
+            (
+                "m",
+                [
+                    sim(simulator, "first", "up-nr", max_retries=3, priority=0),
+                    sim(simulator, "second", "up-nr-2", max_retries=3, priority=1),
+                ],
+            )
+        )
+    )
+    simulator.fault(status=500, should_retry=False, model="up-nr")
+    simulator.fault(status=503, should_retry=False, model="up-nr-2")
+
+    reply = await harness.handle(chat_request(model="m"))
+
+    assert isinstance(reply, ChatFailed)
+    assert (reply.data.error.status, reply.data.error.should_retry) == (503, False)
+    assert (simulator.calls("up-nr"), simulator.calls("up-nr-2")) == (1, 1)
+
+
+async def test_an_upstreams_x_should_retry_true_on_a_client_error_is_relayed(
+    simulator, make_harness
+) -> None:
+    harness = await make_harness(table(("m", [sim(simulator, "d", "up-sr", max_retries=3)])))
+    simulator.fault(status=409, should_retry=True, model="up-sr")
+
+    reply = await harness.handle(chat_request(model="m"))
+
+    assert isinstance(reply, ChatFailed)
+    assert (reply.data.error.status, reply.data.error.should_retry) == (409, True)
+    assert simulator.calls("up-sr") == 1  # a 4xx is the client's to retry, not inference's
+
+
+async def test_an_error_without_x_should_retry_carries_none(simulator, make_harness) -> None:
+    harness = await make_harness(table(("m", [sim(simulator, "d", "up-ns")])))
+    simulator.fault(status=500, model="up-ns")
+
+    reply = await harness.handle(chat_request(model="m"))
+
+    assert isinstance(reply, ChatFailed) and reply.data.error.should_retry is None
+
+
 async def test_retries_exhausted_then_fallback_to_the_next_deployment(
     simulator, make_harness
 ) -> None:

@@ -323,13 +323,15 @@ async def test_responses_input_tokens_equal_the_input_a_response_reports(openai_
 
 async def test_faults_are_consumed_in_order_then_requests_succeed(openai_client, simulator) -> None:
     simulator.fault(status=429, count=1, retry_after=7)
-    simulator.fault(status=500, count=1)
+    simulator.fault(status=500, count=1, should_retry=False)
 
     with pytest.raises(openai.RateLimitError) as rate_limited:
         await openai_client.chat.completions.create(model="sim-small", messages=user("a"))
     assert rate_limited.value.response.headers["retry-after"] == "7"
-    with pytest.raises(openai.InternalServerError):
+    assert "x-should-retry" not in rate_limited.value.response.headers
+    with pytest.raises(openai.InternalServerError) as server_error:
         await openai_client.chat.completions.create(model="sim-small", messages=user("b"))
+    assert server_error.value.response.headers["x-should-retry"] == "false"
     ok = await openai_client.chat.completions.create(model="sim-small", messages=user("c"))
 
     assert ok.choices[0].message.content == "Simulated reply to: c"

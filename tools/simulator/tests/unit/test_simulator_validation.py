@@ -268,6 +268,7 @@ def test_invalid_responses_items_name_the_field_at_fault(http):
         ({"status": 200}, "status"),
         ({"count": 0}, "count"),
         ({"retry_after": -1}, "retry_after"),
+        ({"should_retry": "no"}, "should_retry"),
         ({"model": 7}, "model"),
         ({"stream_error_after": -1}, "stream_error_after"),
         ({"error_type": 7}, "error_type"),

@@ -155,6 +155,12 @@ class ErrorInfo(Contract):
         ge=0,
         description="When the client may retry (from the provider's Retry-After).",
     )
+    should_retry: bool | None = Field(
+        default=None,
+        description="The provider's `x-should-retry` answer header, when it sent one: "
+        "whether a client should retry this error on its own (the official OpenAI and "
+        "Anthropic SDKs read it before their own rules). Relayed to the client as sent.",
+    )
 
 
 class ChatRequestData(Contract):

@@ -137,6 +137,7 @@ class ReplyFailed(Exception):
             param=error.param,
             headers={**self.headers, REQUEST_ID_HEADER: self.failed.request_id},
             retry_after_s=error.retry_after_s,
+            should_retry=error.should_retry,
         )
 
 
@@ -150,14 +151,18 @@ def error_response(
     param: str | None = None,
     headers: Mapping[str, str] | None = None,
     retry_after_s: float | None = None,
+    should_retry: bool | None = None,
 ) -> Response:
     """The one HTTP error answer of the gateway: `error_body` in `vendor`'s format with
     `status`, and `Retry-After` (whole seconds) when the error is retryable and `headers`
     do not already carry it (`retry_after_s` given, or a 429/503/529); an empty
     `Retry-After` in `headers` means none is sent. A quota used up (`insufficient_quota`)
     without a given wait gets none, and `x-should-retry: false` (the official SDKs then do
-    not retry it)."""
+    not retry it). `should_retry` (an upstream's `x-should-retry`, relayed) is sent as
+    that header, `true` or `false`."""
     sent = dict(headers or {})
+    if should_retry is not None:
+        sent.setdefault("x-should-retry", "true" if should_retry else "false")
     if code == "insufficient_quota" and "Retry-After" not in sent and retry_after_s is None:
         # A quota used up (an upstream's, relayed) does not come back in a second: no
         # Retry-After, and the SDKs are told not to retry on their own.

@@ -31,6 +31,8 @@ class ProviderError(Exception):
     - `retryable`: another deployment may succeed (rate limit, outage, timeout, refused
       credentials), so the request falls back;
     - `retry_same`: retrying the same deployment after a backoff may succeed;
+    - `should_retry`: the upstream's `x-should-retry` header (None without one), relayed
+      to the client;
     - `unhealthy`: the failure counts against the deployment's circuit breaker (a rate
       limit does not: the deployment is up, only busy);
     - `code`: the code the client gets: an upstream's own (None when it sent none, as
@@ -53,6 +55,7 @@ class ProviderError(Exception):
         retry_same: bool | None = None,
         unhealthy: bool | None = None,
         retry_after: float | None = None,
+        should_retry: bool | None = None,
         kind: str | None = None,
     ) -> None:
         super().__init__(message)
@@ -66,6 +69,7 @@ class ProviderError(Exception):
         self.retry_same = retryable if retry_same is None else retry_same
         self.unhealthy = retryable if unhealthy is None else unhealthy
         self.retry_after = retry_after
+        self.should_retry = should_retry
         self.kind = kind
 
     @property
@@ -100,6 +104,7 @@ class ProviderError(Exception):
             param=self.param,
             message=self.message,
             retry_after_s=self.retry_after,
+            should_retry=self.should_retry,
         )
 
 

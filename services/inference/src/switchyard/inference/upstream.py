@@ -136,6 +136,16 @@ class Upstream(Protocol):
 # --------------------------------------------------------------------------- errors
 
 
+def should_retry(headers: Any) -> bool | None:
+    """The upstream's `x-should-retry` answer header as a bool (`true` or `false`, any
+    case), None when it sent none or another value. OpenAI's and Anthropic's APIs send it
+    to tell their SDKs whether to retry an error; the SDKs read it before their own rules."""
+    value = headers.get("x-should-retry")
+    if value is None:
+        return None
+    return {"true": True, "false": False}.get(value.strip().lower())
+
+
 def retry_after(headers: Any) -> float | None:
     """Seconds from `retry-after-ms`, `retry-after` (seconds or an HTTP date)."""
     value = headers.get("retry-after-ms")
@@ -302,6 +312,7 @@ def status_error(
     code = _str(error.get("code"))
     param = _str(error.get("param"))
     wait = retry_after(headers)
+    retry = should_retry(headers)
     if 300 <= status < 400:
         return ProviderError(
             502,
@@ -336,14 +347,24 @@ def status_error(
             param=param,
             vendor=protocol,
             retryable=True,
+            # The upstream's word that waiting will not help (a quota used up) holds for
+            # this deployment; another may still take the request.
+            retry_same=retry is not False,
             unhealthy=False,
             retry_after=wait,
+            should_retry=retry,
         )
     if status == 408:
         return timeout_error(name)
     if 400 <= status < 500:
         return ProviderError(
-            status, upstream_type, message, code=code, param=param, vendor=protocol
+            status,
+            upstream_type,
+            message,
+            code=code,
+            param=param,
+            vendor=protocol,
+            should_retry=retry,
         )
     return ProviderError(
         status,
@@ -354,7 +375,9 @@ def status_error(
         param=param,
         vendor=protocol,
         retryable=True,
+        retry_same=retry is not False,
         retry_after=wait,
+        should_retry=retry,
     )
 
 

@@ -109,10 +109,12 @@ class Fault:
 
     `status` is the HTTP error status answered (400-599); `retry_after` the Retry-After header
     in seconds (None: no header); `hang` holds the request open until faults are cleared or the
-    client gives up; `model` restricts the fault to requests for that model (None: any)."""
+    client gives up; `model` restricts the fault to requests for that model (None: any);
+    `should_retry` the `x-should-retry` header (None: no header)."""
 
     status: int = 500
     retry_after: float | None = None
+    should_retry: bool | None = None
     hang: bool = False
     model: str | None = None
     # Streaming requests: answer 200, send this many chunks (events), then an error event
@@ -1822,10 +1824,14 @@ class Simulator:
         if fault.hang:
             await self._hang(request)
             return error(503, "The simulated hang was released.")
-        headers = (
-            {"retry-after": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
+        headers = {}
+        if fault.retry_after is not None:
+            headers["retry-after"] = f"{fault.retry_after:g}"
+        if fault.should_retry is not None:
+            headers["x-should-retry"] = "true" if fault.should_retry else "false"
+        return error(
+            fault.status, f"Simulated fault: HTTP {fault.status}.", headers=headers or None
         )
-        return error(fault.status, f"Simulated fault: HTTP {fault.status}.", headers=headers)
 
     async def _hang(self, request: Request) -> None:
         release = self.state.release_hangs
@@ -1991,8 +1997,8 @@ class Simulator:
 
     async def add_faults(self, request: Request) -> Response:
         """POST /_sim/faults: queue `count` copies of the fault in the body (`status`,
-        `retry_after` seconds, `hang`, `model`, `stream_error_after`, `error_type`); answers 201
-        with `faults_pending`, or 400 for a bad fault."""
+        `retry_after` seconds, `should_retry`, `hang`, `model`, `stream_error_after`,
+        `error_type`); answers 201 with `faults_pending`, or 400 for a bad fault."""
         try:
             body = await _read_object(request)
             fault, count = _parse_fault(body)
@@ -2064,9 +2070,15 @@ def _parse_fault(body: dict[str, Any]) -> tuple[Fault, int]:
     error_type = body.get("error_type")
     if error_type is not None and not isinstance(error_type, str):
         raise BadRequest("'error_type' must be a string or null.", "error_type", "invalid_type")
+    should_retry = body.get("should_retry")
+    if should_retry is not None and not isinstance(should_retry, bool):
+        raise BadRequest(
+            "'should_retry' must be true, false or null.", "should_retry", "invalid_type"
+        )
     return Fault(
         status=status,
         retry_after=retry_after,
+        should_retry=should_retry,
         hang=bool(body.get("hang", False)),
         model=model,
         stream_error_after=stream_error_after,

@@ -46,7 +46,8 @@ class SimulatorHandle:
 
     def fault(self, **fault: Any) -> None:
         """Queue one fault; keyword arguments are the fields of `/_sim/faults` (`status`,
-        `count`, `retry_after` seconds, `hang`, `model`, `stream_error_after`, `error_type`)."""
+        `count`, `retry_after` seconds, `should_retry`, `hang`, `model`, `stream_error_after`,
+        `error_type`)."""
         self.control.post("/_sim/faults", json=fault).raise_for_status()
 
     def latency(self, latency_ms: float) -> None:
