@@ -1235,3 +1235,100 @@ async def test_an_anthropic_tier_is_reported_in_the_responses_api_names(harness,
     reply = await harness.handle(request)
     assert isinstance(reply, ChatCompleted), reply
     assert reply.data.response["service_tier"] == "priority"
+
+
+def _thinking_reply(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": "msg_omitted",
+        "type": "message",
+        "role": "assistant",
+        "model": "upstream-claude",
+        "content": [*blocks, {"type": "text", "text": "Cold."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 5, "output_tokens": 7},
+    }
+
+
+@pytest.mark.parametrize(
+    ("stream", "signed_at_start"), [(False, False), (True, False), (True, True)]
+)
+async def test_omitted_thinking_goes_back_as_thinking_and_redacted_as_redacted(
+    harness, recorder, stream, signed_at_start
+):
+    """Anthropic's "omitted" thinking display sends a thinking block with empty text and a
+    full signature; the reasoning item made of it must go back as that thinking block (a
+    signature is no redacted data), and a redacted block as redacted thinking."""
+    blocks = [
+        {"type": "thinking", "thinking": "", "signature": "SIG-OMITTED"},
+        {"type": "redacted_thinking", "data": "REDACTED-DATA"},
+    ]
+    if stream:
+        events = [
+            anthropic(
+                "message_start",
+                message={**_thinking_reply([]), "content": [], "stop_reason": None},
+            ),
+            anthropic(
+                "content_block_start",
+                index=0,
+                content_block=blocks[0]
+                if signed_at_start
+                else {"type": "thinking", "thinking": ""},
+            ),
+            *(
+                []
+                if signed_at_start
+                else [
+                    anthropic(
+                        "content_block_delta",
+                        index=0,
+                        delta={"type": "signature_delta", "signature": "SIG-OMITTED"},
+                    )
+                ]
+            ),
+            anthropic("content_block_stop", index=0),
+            anthropic("content_block_start", index=1, content_block=blocks[1]),
+            anthropic("content_block_stop", index=1),
+            anthropic("content_block_start", index=2, content_block={"type": "text", "text": ""}),
+            anthropic(
+                "content_block_delta", index=2, delta={"type": "text_delta", "text": "Cold."}
+            ),
+            anthropic("content_block_stop", index=2),
+            anthropic(
+                "message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 7}
+            ),
+            anthropic("message_stop"),
+        ]
+        recorder.script(Scripted(events=events))
+    else:
+        recorder.script(Scripted(json=_thinking_reply(blocks)))
+    first = responses_request("claude", {"input": "Weather?"}, stream=stream)
+
+    reply = await harness.handle(first)
+
+    assert isinstance(reply, ChatCompleted), reply
+    output = reply.data.response["output"]
+    assert [item["type"] for item in output] == ["reasoning", "reasoning", "message"]
+    recorder.script(Scripted(json=anthropic_text_reply("Still cold.")))
+    body = {"input": [*output, {"role": "user", "content": "And Oslo?"}]}
+
+    again = await harness.handle(responses_request("claude", body))
+
+    assert isinstance(again, ChatCompleted), again
+    assistant = recorder.last.body["messages"][0]
+    assert assistant["role"] == "assistant"
+    assert assistant["content"][:2] == [
+        {"type": "thinking", "thinking": "", "signature": "SIG-OMITTED"},
+        {"type": "redacted_thinking", "data": "REDACTED-DATA"},
+    ]
+
+
+async def test_a_text_block_whose_text_is_null_reads_as_empty(harness, recorder):
+    reply_body = _thinking_reply([{"type": "text", "text": None}])
+    recorder.script(Scripted(json=reply_body))
+
+    reply = await harness.handle(responses_request("claude", {"input": "Weather?"}))
+
+    assert isinstance(reply, ChatCompleted), reply
+    assert Response.model_validate(reply.data.response).output_text == "Cold."

@@ -1536,6 +1536,125 @@ def test_assistant_text_and_refusal_parts_each_become_a_text_block() -> None:
     assert blocks == [{"type": "text", "text": "a"}, {"type": "text", "text": "no"}]
 
 
+def test_an_assistant_messages_refusal_goes_back_as_what_it_said() -> None:
+    """A reply's message appended to the conversation as it came (`content` null, the
+    refusal in `refusal`) keeps its turn: before, the assistant turn vanished and the two
+    user turns around it merged."""
+    chat = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "refusal": "I can't help with that."},
+            {"role": "user", "content": "and?"},
+        ],
+    }
+    messages = chat_request_to_messages(chat)["messages"]
+    assert [message["role"] for message in messages] == ["user", "assistant", "user"]
+    assert messages[1]["content"] in (
+        "I can't help with that.",
+        [{"type": "text", "text": "I can't help with that."}],
+    )
+    with pytest.raises(TranslationError) as refused:
+        chat_request_to_messages(
+            {**chat, "messages": [{**chat["messages"][1], "refusal": 7}, chat["messages"][2]]}
+        )
+    assert refused.value.param == "messages.[0].refusal"
+
+
+def test_a_prefill_is_refused_for_a_chat_completions_deployment() -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "messages": [
+            {"role": "user", "content": "Colours as JSON"},
+            {"role": "assistant", "content": '{"colors": ['},
+        ],
+    }
+    with pytest.raises(TranslationError) as refused:
+        messages_request_to_chat(body)
+    assert refused.value.param == "messages.1"
+    assert str(refused.value).startswith("messages.1: a final assistant message (a prefill)")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"type": "text", "text": None}],
+        [{"type": "text"}],
+        [{"type": "text", "text": 5}],
+    ],
+)
+@pytest.mark.parametrize("role", ["user", "assistant"])
+def test_an_anthropic_text_block_without_a_string_text_is_refused(content, role) -> None:
+    messages = [{"role": "user", "content": "hi"}] if role == "assistant" else []
+    messages += [{"role": role, "content": content}]
+    if role == "assistant":
+        messages.append({"role": "user", "content": "go on"})
+    with pytest.raises(TranslationError) as refused:
+        messages_request_to_chat({"model": "m", "max_tokens": 5, "messages": messages})
+    assert (
+        refused.value.param
+        == f"messages.{len(messages) - 2 if role == 'assistant' else 0}.content.0.text"
+    )
+
+
+def test_null_members_of_an_anthropic_reply_read_as_absent() -> None:
+    """`"text": null` or `"citations": null` (the SDKs' types allow null) in a reply or a
+    stream: the stream accumulator (every pass-through stream goes through it) and the
+    translation to Chat Completions read them as empty, never fail on them."""
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude",
+        "content": [{"type": "text", "text": None}, {"type": "text", "text": "Hi."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": 2},
+    }
+    assert message_to_chat_completion(message, "m")["choices"][0]["message"]["content"] == "Hi."
+    citation = {
+        "type": "char_location",
+        "cited_text": "x",
+        "document_index": 0,
+        "document_title": None,
+        "start_char_index": 0,
+        "end_char_index": 1,
+    }
+    accumulator = MessageAccumulator()
+    for event in [
+        {"type": "message_start", "message": {**message, "content": [], "stop_reason": None}},
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "text", "text": None, "citations": None},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "citations_delta", "citation": citation},
+        },
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": None}},
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "thinking", "thinking": None, "signature": None},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "signature_delta", "signature": "S"},
+        },
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_stop", "index": 1},
+    ]:
+        accumulator.add(event)
+    blocks = accumulator.response()["content"]
+    assert blocks[0]["text"] == "Hi" and blocks[0]["citations"] == [citation]
+    assert blocks[1]["signature"] == "S"
+
+
 @pytest.mark.parametrize(
     ("extra", "param", "code"),
     [

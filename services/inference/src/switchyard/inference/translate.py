@@ -366,6 +366,17 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
         raise _anthropic_refusal("messages", "Input should be a valid list")
     for index, message in enumerate(raw_messages):
         messages.extend(_anthropic_message_to_openai(message, index))
+    if raw_messages and raw_messages[-1].get("role") == "assistant":
+        # A prefill: Anthropic continues the assistant's text where it stops; Chat
+        # Completions answers a trailing assistant message with a new message of its own,
+        # so the reply would not be the continuation the client asked for.
+        raise _anthropic_refusal(
+            f"messages.{len(raw_messages) - 1}",
+            "a final assistant message (a prefill) cannot be sent to this model: its "
+            "deployment speaks OpenAI's Chat Completions, which answers with a new message "
+            "instead of continuing it",
+            "unsupported_parameter",
+        )
 
     result: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     max_tokens = body.get("max_tokens")
@@ -730,7 +741,7 @@ def _tool_result_parts(
             raise _anthropic_refusal(block_where, "Input should be a valid dictionary")
         kind = block.get("type")
         if kind == "text":
-            texts.append({"type": "text", "text": block.get("text", "")})
+            texts.append({"type": "text", "text": _required_string(block, "text", block_where)})
         elif kind == "image":
             images.append(_anthropic_image_to_openai(block, block_where))
         elif kind == "document":
@@ -803,7 +814,7 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
                 raise _anthropic_refusal(block_where, "Input should be a valid dictionary")
             kind = block.get("type")
             if kind == "text":
-                texts.append(block.get("text", ""))
+                texts.append(_required_string(block, "text", block_where))
             elif kind == "tool_use":
                 tool_calls.append(
                     {
@@ -844,7 +855,7 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
             raise _anthropic_refusal(block_where, "Input should be a valid dictionary")
         kind = block.get("type")
         if kind == "text":
-            parts.append({"type": "text", "text": block.get("text", "")})
+            parts.append({"type": "text", "text": _required_string(block, "text", block_where)})
         elif kind == "image":
             parts.append(_anthropic_image_to_openai(block, block_where))
         elif kind == "document":
@@ -1525,6 +1536,14 @@ def _openai_assistant_blocks(message: dict[str, Any], where: str) -> list[dict[s
             if kind not in ("text", "refusal"):
                 raise not_one_of(f"{part_where}.type", kind, ("text", "refusal"))
             texts.append(required_text(part, part_where, kind))
+    # A refusal the model answered with (`"content": null, "refusal": "..."`, as a reply's
+    # message holds it) was its turn: it goes back as what the assistant said, like a
+    # refusal part, never left out of the conversation.
+    refusal = message.get("refusal")
+    if refusal is not None:
+        if not isinstance(refusal, str):
+            raise invalid_type(f"{where}.refusal", "a string", refusal)
+        texts.append(refusal)
     blocks: list[dict[str, Any]] = [{"type": "text", "text": text} for text in texts if text]
     calls: Any = message.get("tool_calls") or []
     if not isinstance(calls, list):
@@ -1766,7 +1785,7 @@ def message_to_chat_completion(message: dict[str, Any], model: str) -> dict[str,
     for block in message.get("content") or []:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            texts.append(block.get("text", ""))
+            texts.append(joined_text(None, block.get("text")))
         elif kind == "tool_use":
             tool_calls.append(
                 {
@@ -2334,6 +2353,12 @@ class CompletionAccumulator:
         return result
 
 
+def joined_text(text: Any, more: Any) -> str:
+    """`text` followed by `more`, either of them a string or missing (None or not a
+    string: an upstream's null): the text a stream's deltas add up to."""
+    return (text if isinstance(text, str) else "") + (more if isinstance(more, str) else "")
+
+
 class MessageAccumulator:
     """Assembles Anthropic stream events into the `message` they stream: text, thinking
     (with its signature), tool use (input parsed from its JSON pieces), citations, stop
@@ -2380,16 +2405,22 @@ class MessageAccumulator:
         block = self._blocks.setdefault(index, {"type": "text", "text": ""})
         kind = delta.get("type")
         self.deltas += 1
+        # A member the upstream sent as null (`"citations": null` on a text block, as the
+        # SDKs' own types allow) is as good as absent: never appended to as it is.
         if kind == "text_delta":
-            block["text"] = block.get("text", "") + delta.get("text", "")
+            block["text"] = joined_text(block.get("text"), delta.get("text"))
         elif kind == "input_json_delta":
-            self._json.setdefault(index, []).append(delta.get("partial_json", ""))
+            self._json.setdefault(index, []).append(joined_text(None, delta.get("partial_json")))
         elif kind == "thinking_delta":
-            block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
+            block["thinking"] = joined_text(block.get("thinking"), delta.get("thinking"))
         elif kind == "signature_delta":
-            block["signature"] = block.get("signature", "") + delta.get("signature", "")
+            block["signature"] = joined_text(block.get("signature"), delta.get("signature"))
         elif kind == "citations_delta":
-            block.setdefault("citations", []).append(delta.get("citation"))
+            citations = block.get("citations")
+            block["citations"] = [
+                *(citations if isinstance(citations, list) else ()),
+                delta.get("citation"),
+            ]
 
     def response(self) -> dict[str, Any]:
         """The `message` streamed so far."""

@@ -52,6 +52,7 @@ from switchyard.inference.translate import (
     image_source,
     invalid_type,
     invalid_value,
+    joined_text,
     missing_parameter,
     not_one_of,
     parse_data_url,
@@ -109,8 +110,16 @@ TRANSLATED_REASONING_PREFIX = "rs_sy"
 _OPENAI_ENCRYPTED_PREFIX = "gAAAA"
 
 
-def _reasoning_id() -> str:
-    return f"{TRANSLATED_REASONING_PREFIX}{uuid.uuid4().hex}"
+# The id prefix of those made from a thinking block (not a redacted one): its text may be
+# empty (Anthropic's "omitted" thinking display sends only the signature), and it must go
+# back as a thinking block, never as redacted thinking. `t` is no hexadecimal digit, so
+# ids made before it (`rs_sy` + hex) never start with it.
+_THINKING_ID_PREFIX = f"{TRANSLATED_REASONING_PREFIX}t"
+
+
+def _reasoning_id(*, thinking: bool = False) -> str:
+    prefix = _THINKING_ID_PREFIX if thinking else TRANSLATED_REASONING_PREFIX
+    return f"{prefix}{uuid.uuid4().hex}"
 
 
 def _encrypted(item: dict[str, Any]) -> str | None:
@@ -869,8 +878,9 @@ def _item_to_messages(item: Any, where: str) -> tuple[str, list[dict[str, Any]]]
         if not isinstance(signature, str) or not signature:
             return "assistant", []
         summary = item.get("summary") or []
-        text = "".join(part.get("text", "") for part in summary if isinstance(part, dict))
-        if text:
+        text = "".join(part.get("text") or "" for part in summary if isinstance(part, dict))
+        item_id = item.get("id")
+        if text or (isinstance(item_id, str) and item_id.startswith(_THINKING_ID_PREFIX)):
             return "assistant", [{"type": "thinking", "thinking": text, "signature": signature}]
         return "assistant", [{"type": "redacted_thinking", "data": signature}]
     raise _unsupported_item(kind, where)
@@ -1022,12 +1032,14 @@ def message_to_response(
             if text is None:
                 text = _output_text("")
                 output.append(_message_item(_new_id("msg"), [text], "completed"))
-            text["text"] += block.get("text", "")
+            text["text"] = joined_text(text["text"], block.get("text"))
             continue
         text = None
         if kind == "thinking":
             output.append(
-                _reasoning_item(_reasoning_id(), block.get("thinking"), block.get("signature"))
+                _reasoning_item(
+                    _reasoning_id(thinking=True), block.get("thinking"), block.get("signature")
+                )
             )
         elif kind == "redacted_thinking":
             output.append(_reasoning_item(_reasoning_id(), None, block.get("data")))
@@ -1218,7 +1230,7 @@ class ResponseEventWriter:
     def reasoning(self, key: Any) -> list[dict[str, Any]]:
         """Open a `reasoning` item for the converter's `key`, with an empty summary part; its
         opening events."""
-        item_id = _reasoning_id()
+        item_id = _reasoning_id(thinking=True)
         events = self._open(
             key, "reasoning", item_id, _reasoning_item(item_id, None, None, "in_progress")
         )
@@ -1520,6 +1532,8 @@ class MessageEventsToResponseEvents:
                 if block_type == "thinking":
                     events += writer.reasoning(key)
                     events += writer.reasoning_text(key, block.get("thinking") or "")
+                    if isinstance(block.get("signature"), str):
+                        writer.signature(key, block["signature"])  # whole at the start
                 elif block_type == "redacted_thinking":
                     events += writer.redacted_reasoning(key, block.get("data") or "")
                 elif block_type == "tool_use":
