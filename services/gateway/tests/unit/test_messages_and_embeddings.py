@@ -86,6 +86,42 @@ async def test_messages_stream_relays_anthropics_events(harness):
     assert harness.requests[0].data.stream is True
 
 
+BIG = 123456789012345678901234567890
+
+
+async def test_integers_beyond_64_bits_in_a_reply_reach_the_client_with_their_digits(harness):
+    """orjson cannot write them; the reply (and a stream's events) are the upstream's, so
+    their digits reach the client as inference relayed them."""
+
+    async def reply(request):
+        message = {
+            "id": "msg_big",
+            "type": "message",
+            "role": "assistant",
+            "model": request.data.model,
+            "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"n": BIG}}],
+            "stop_reason": "tool_use",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 2, "output_tokens": 2},
+        }
+        if not request.data.stream:
+            return [completed_reply(request, response=message)]
+        records = anthropic_stream(request, ["x"])
+        records[0].data.events[0].data["message"]["a_future_field"] = BIG
+        return [*records, completed_reply(request, response=message)]
+
+    harness.respond[0] = reply
+    headers = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
+    whole = await harness.client.post("/v1/messages", json=MESSAGE, headers=headers)
+    streamed = await harness.client.post(
+        "/v1/messages", json={**MESSAGE, "stream": True}, headers=headers
+    )
+
+    assert whole.status_code == 200, whole.text
+    assert str(BIG) in whole.text and whole.json()["content"][0]["input"]["n"] == BIG
+    assert streamed.status_code == 200 and f'"a_future_field":{BIG}' in streamed.text
+
+
 @pytest.mark.parametrize(
     ("kwargs", "exception", "status", "error_type"),
     [

@@ -238,3 +238,21 @@ async def test_a_request_takes_back_a_row_another_tenants_events_made_before_it(
         request.data.body,
     )
     assert row["response"] is None or "forged" not in str(row["response"])
+
+
+async def test_integers_beyond_64_bits_in_a_reply_are_stored_and_read_exactly(
+    recorder, tables, events
+):
+    """A reply may hold integers orjson cannot write (a model's tool input): history keeps
+    their digits instead of failing the batch on them."""
+    big = 123456789012345678901234567890
+    request = events.requested()
+    reply = events.completed(request, answer="4")
+    reply.data.response["choices"][0]["message"]["big"] = big
+
+    await recorder.record([request, reply])
+
+    row = await tables.request(request.request_id)
+    assert row["status"] == "completed"
+    assert row["response"]["choices"][0]["message"]["big"] == big
+    assert await tables.event_count() == 2

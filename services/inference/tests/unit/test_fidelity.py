@@ -14,7 +14,13 @@ from typing import Any
 import orjson
 import pytest
 
-from switchyard.common.events import ChatCompleted, ChatFailed, TokenUsage
+from switchyard.common.events import (
+    ChatCompleted,
+    ChatFailed,
+    TokenUsage,
+    decode_event,
+    encode_event,
+)
 from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.inference.providers import ProviderPool
@@ -964,3 +970,117 @@ async def test_anthropic_only_parameters_reach_an_anthropic_upstream_unchanged(
 
     assert isinstance(reply, ChatCompleted)
     assert without_model(recorder.last.body) == without_model(body)
+
+
+BIG = 123456789012345678901234567890
+
+
+def _tool_use_message(model: str) -> dict[str, Any]:
+    return {
+        "id": "msg_big",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"account": BIG}}
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 5, "output_tokens": 9},
+        "a_future_field": -(2**70),
+    }
+
+
+async def test_integers_beyond_64_bits_in_a_reply_keep_their_digits(harness, recorder) -> None:
+    """A reply is the upstream's to write: a model's tool input holding an integer orjson
+    cannot carry comes back with its digits, relayed, translated, and through the event."""
+    recorder.script(Scripted(json=_tool_use_message("upstream-claude")))
+    relayed = await harness.handle(chat_request(model="claude", api=MESSAGES))
+    recorder.script(Scripted(json=_tool_use_message("upstream-claude")))
+    translated = await harness.handle(chat_request(model="claude", api=CHAT))
+
+    assert relayed.data.response == _tool_use_message("claude")
+    decoded = decode_event(encode_event(relayed))
+    assert decoded.data.response["content"][0]["input"]["account"] == BIG
+    call = translated.data.response["choices"][0]["message"]["tool_calls"][0]
+    assert call["function"]["arguments"] == f'{{"account":{BIG}}}'
+
+
+async def test_integers_beyond_64_bits_in_openai_arguments_keep_their_digits(
+    harness, recorder
+) -> None:
+    completion = {
+        "id": "chatcmpl-big",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "upstream-gpt",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "lookup", "arguments": f'{{"account": {BIG}}}'},
+                        }
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14},
+    }
+    recorder.script(Scripted(json=completion))
+
+    reply = await harness.handle(chat_request(model="gpt", api=MESSAGES))
+
+    assert reply.data.response["content"][0]["input"] == {"account": BIG}
+
+
+async def test_integers_beyond_64_bits_in_a_stream_keep_their_digits(harness, recorder) -> None:
+    start = {**_tool_use_message("upstream-claude"), "content": [], "stop_reason": None}
+    events = [
+        ("message_start", {"type": "message_start", "message": start}),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {
+                    "type": "tool_use",
+                    "id": "toolu_1",
+                    "name": "lookup",
+                    "input": {},
+                },
+            },
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": f'{{"account": {BIG}}}'},
+            },
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                "usage": {"output_tokens": 9},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    recorder.script(Scripted(events=events))
+    request = chat_request(model="claude", api=MESSAGES, stream=True)
+
+    reply = await harness.handle(request)
+
+    relayed = harness.stream_of(request.request_id)
+    assert relayed[0].data["message"]["a_future_field"] == -(2**70)
+    assert reply.data.response["content"][0]["input"] == {"account": BIG}

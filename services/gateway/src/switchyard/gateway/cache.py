@@ -81,6 +81,7 @@ from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from switchyard.common import exactjson
 from switchyard.common.backoff import Backoff
 from switchyard.common.bus import Subscription
 from switchyard.common.errors import APIError
@@ -217,7 +218,7 @@ def cache_key(
     }
     if user is not None:
         document["user"] = user
-    return hashlib.sha256(orjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(exactjson.dumps(document, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def answer_owner(api: ClientAPI, body: dict[str, Any], user_id: str) -> str | None:
@@ -309,14 +310,14 @@ class CachedAnswer:
                 if block.startswith(b"event: "):  # then one `data:` line: JSON has no newline
                     head, _, block = block.partition(b"\n")
                     name = head[len(b"event: ") :].decode()
-                event = StreamEvent(event=name, data=orjson.loads(block[len(b"data: ") :]))
+                event = StreamEvent(event=name, data=exactjson.loads(block[len(b"data: ") :]))
                 if isinstance(inner := event.data.get("response"), dict):
                     event = StreamEvent(
                         event=event.event, data={**event.data, "response": renamed(inner)}
                     )
                 pieces.append(sse_event(event))
             stream = b"".join(pieces)
-        return replace(self, response=response, body=orjson.dumps(response), stream=stream)
+        return replace(self, response=response, body=exactjson.dumps(response), stream=stream)
 
     @classmethod
     def from_store(cls, data: dict[str, Any]) -> CachedAnswer:
@@ -336,7 +337,7 @@ class CachedAnswer:
             api=api,
             model=data["model"],
             response=data["response"],
-            body=orjson.dumps(data["response"]),
+            body=exactjson.dumps(data["response"]),
             stream=stream,
             source_request_id=data["source_request_id"],
             source_cost_usd=data.get("source_cost_usd"),
@@ -840,7 +841,7 @@ class ResponseCache:
         try:
             response = await self.gateway.http.put(
                 f"{self._base}/entries/{ticket.key}",
-                content=orjson.dumps(entry),
+                content=exactjson.dumps(entry),
                 headers={**self._headers(principal), "content-type": "application/json"},
                 timeout=STORE_TIMEOUT_S,
             )

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from switchyard.common import exactjson
 from switchyard.common.backoff import Backoff
 from switchyard.common.bus import BusUnavailableError
 from switchyard.common.errors import APIError
@@ -129,7 +129,7 @@ _LINE_SEPARATORS = (
 
 def json_line(data: dict[str, Any]) -> bytes:
     """`data` as JSON on one line, whatever line separators its strings hold."""
-    encoded = orjson.dumps(data)
+    encoded = exactjson.dumps(data)
     if b"\xe2\x80" in encoded or b"\xc2\x85" in encoded:
         for raw, escaped in _LINE_SEPARATORS:
             encoded = encoded.replace(raw, escaped)
@@ -447,7 +447,7 @@ class Dispatch:
                     exact = completed.data.upstream_api is not None
                     headers[TOKEN_COUNT_HEADER] = "exact" if exact else "estimate"
                 return Response(
-                    orjson.dumps(completed.data.response),
+                    exactjson.dumps(completed.data.response),
                     media_type="application/json",
                     headers=headers,
                 )

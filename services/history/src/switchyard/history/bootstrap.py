@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import orjson
 import structlog
 from sqlalchemy import literal, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.common import exactjson
 from switchyard.common.bus import EventBus
 from switchyard.common.db import create_engine
 from switchyard.common.egress import TargetPolicy, parse_networks
@@ -87,12 +87,15 @@ class HistoryComponents:
 
 
 def _json_dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return exactjson.dumps(value).decode()
 
 
 def history_engine(database_url: str) -> AsyncEngine:
-    """The history database, with JSON documents (de)serialised by orjson."""
-    return create_engine(database_url, json_serializer=_json_dumps, json_deserializer=orjson.loads)
+    """The history database, with JSON documents (de)serialised by orjson, every integer
+    kept exact (`exactjson`: a reply may hold integers beyond 64 bits)."""
+    return create_engine(
+        database_url, json_serializer=_json_dumps, json_deserializer=exactjson.loads
+    )
 
 
 def build(

@@ -58,6 +58,7 @@ import orjson
 from sqlalchemy import bindparam, delete, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from switchyard.common import exactjson
 from switchyard.common.db import dialect_insert
 from switchyard.common.events import ChatCompleted, EnvelopeFields
 from switchyard.history.models import (
@@ -76,7 +77,7 @@ HIT_DEPLOYMENT = "response-cache"
 def response_digest(response: dict[str, Any]) -> str:
     """SHA-256 (hex) of `response` as stable JSON (sorted keys): equal for equal answers,
     however their keys were ordered on the way."""
-    return hashlib.sha256(orjson.dumps(response, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(exactjson.dumps(response, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,8 @@ class CacheStore:
         """Store (or replace) the entry; returns when it expires."""
         now = now or datetime.now(UTC)
         expires_at = now + timedelta(seconds=ttl_s)
-        size = len(orjson.dumps(response)) + (
-            len(orjson.dumps(stream_events)) if stream_events is not None else 0
+        size = len(exactjson.dumps(response)) + (
+            len(exactjson.dumps(stream_events)) if stream_events is not None else 0
         )
         values = {
             "tenant": tenant,

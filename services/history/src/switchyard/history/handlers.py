@@ -60,6 +60,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import JSON
 from typing_extensions import override
 
+from switchyard.common import exactjson
 from switchyard.common.db import dialect_insert
 from switchyard.common.events import (
     ChatChunk,
@@ -327,7 +328,7 @@ def _without_chunks_and_repeats(events: list[Event]) -> list[EnvelopeFields]:
 
 def _event_row(event: EnvelopeFields, recorded_at: datetime, redact: bool) -> dict[str, Any]:
     if redact:
-        payload = orjson.dumps(redact_payload(event.model_dump(mode="json"))).decode()
+        payload = exactjson.dumps(redact_payload(event.model_dump(mode="json"))).decode()
     else:
         payload = event.model_dump_json()
     return {
@@ -623,8 +624,24 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 def _json_rows(rows: list[dict[str, Any]]) -> str:
     """`rows` as one JSON array for PostgreSQL, whose text and jsonb cannot hold NUL
-    characters: each is stored as U+FFFD; the six characters `\\u0000` a text holds stay."""
-    text = orjson.dumps(rows).decode()
+    characters: each is stored as U+FFFD; the six characters `\\u0000` a text holds stay.
+    A document holding an integer beyond 64 bits (a reply's, which orjson cannot write) is
+    written exactly by `exactjson` and embedded as it is."""
+    try:
+        text = orjson.dumps(rows).decode()
+    except TypeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        exact = [
+            {
+                name: orjson.Fragment(exactjson.dumps(value))
+                if isinstance(value, dict | list)
+                else value
+                for name, value in row.items()
+            }
+            for row in rows
+        ]
+        text = orjson.dumps(exact).decode()
     if "\\u0000" in text:
         text = _NUL_ESCAPE.sub(r"\1\\ufffd", text)
     return text

@@ -44,12 +44,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import orjson
 import structlog
 from prometheus_client import Counter
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.common import exactjson
 from switchyard.common.backoff import Backoff, poll_delay
 from switchyard.common.egress import (
     GuardedTransport,
@@ -320,7 +320,7 @@ class WebhookDispatcher:
             job = job_object(row)
             event_type = f"job.{job['status']}"
             delivery_id = f"whd_{row['request_id']}"
-            body = orjson.dumps(
+            body = exactjson.dumps(
                 {
                     "id": delivery_id,
                     "type": event_type,

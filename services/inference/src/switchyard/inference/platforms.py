@@ -32,9 +32,9 @@ from typing import Any, cast
 
 import httpx2
 import openai
-import orjson
 from typing_extensions import override
 
+from switchyard.common import exactjson
 from switchyard.common.routing import GEMINI_OPENAI_BASE_URL, Deployment, RoutingError
 from switchyard.inference.errors import ProviderError
 from switchyard.inference.upstream import (
@@ -304,7 +304,7 @@ class BedrockUpstream(_PlatformAnthropicUpstream):
         if betas:
             invoke.setdefault("anthropic_beta", [beta.strip() for beta in betas.split(",")])
         payload = {
-            "input": {"invokeModel": {"body": base64.b64encode(orjson.dumps(invoke)).decode()}}
+            "input": {"invokeModel": {"body": base64.b64encode(exactjson.dumps(invoke)).decode()}}
         }
         model = urllib.parse.quote(str(body.get("model") or self.deployment.model), safe=":")
         options = self._options({"content-type": "application/json"}, timeout_s)
@@ -313,7 +313,7 @@ class BedrockUpstream(_PlatformAnthropicUpstream):
             response = await self.client.post(
                 f"/model/{model}/count-tokens",
                 cast_to=httpx2.Response,
-                content=orjson.dumps(payload),
+                content=exactjson.dumps(payload),
                 options=options,
             )
             content = await response.aread()

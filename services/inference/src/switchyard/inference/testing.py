@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from switchyard.common import exactjson
 from switchyard.common.bus import InMemoryBus
 from switchyard.common.events import (
     ChatCancelRequested,
@@ -264,7 +265,7 @@ class RecordingUpstream:
         async def record(request: Request) -> Response:
             raw = await request.body()
             try:
-                body = orjson.loads(raw)
+                body = exactjson.loads(raw)
             except orjson.JSONDecodeError:
                 body = None
             self.requests.append(
@@ -296,7 +297,7 @@ class RecordingUpstream:
                 )
             if reply.events is None:
                 return Response(
-                    orjson.dumps(reply.json),
+                    exactjson.dumps(reply.json),
                     status_code=reply.status,
                     media_type="application/json",
                     headers=reply.headers,
@@ -304,7 +305,7 @@ class RecordingUpstream:
 
             async def stream() -> Any:
                 for name, data in reply.events or ():
-                    payload = data if isinstance(data, str) else orjson.dumps(data).decode()
+                    payload = data if isinstance(data, str) else exactjson.dumps(data).decode()
                     head = f"event: {name}\n" if name else ""
                     yield f"{head}data: {payload}\n\n".encode()
 

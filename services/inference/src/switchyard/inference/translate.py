@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from switchyard.common import exactjson
 from switchyard.common.errors import json_type
 
 # Anthropic requires max_tokens; OpenAI requests often leave it out.
@@ -170,7 +171,7 @@ def anthropic_stop_reason(finish_reason: str | None) -> str | None:
 
 
 def _json_dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return exactjson.dumps(value).decode()
 
 
 def _tool_input(arguments: Any) -> dict[str, Any]:
@@ -182,7 +183,7 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
     if arguments is None or arguments == "":
         return {}
     try:
-        parsed = orjson.loads(arguments)
+        parsed = exactjson.loads(arguments)
     except (orjson.JSONDecodeError, TypeError):
         return {}
     return parsed if isinstance(parsed, dict) else {}
@@ -200,7 +201,7 @@ def tool_input_of_request(arguments: Any, where: str) -> dict[str, Any]:
     if not isinstance(arguments, str):
         raise invalid_type(where, "a string", arguments)
     try:
-        parsed = orjson.loads(arguments)
+        parsed = exactjson.loads(arguments)
     except orjson.JSONDecodeError:
         parsed = None
     if not isinstance(parsed, dict):
@@ -2390,7 +2391,7 @@ class MessageAccumulator:
             block = self._blocks.get(index)
             if pieces is not None and block is not None:
                 try:
-                    block["input"] = orjson.loads("".join(pieces)) if pieces else {}
+                    block["input"] = exactjson.loads("".join(pieces)) if pieces else {}
                 except orjson.JSONDecodeError:
                     block["input"] = {}
         elif kind == "message_delta" and self.message is not None:

@@ -33,8 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
-
+from switchyard.common import exactjson
 from switchyard.common.events import TokenUsage, utcnow
 from switchyard.common.responses import response_object, upstream_item, usage_object
 from switchyard.inference.translate import (
@@ -153,7 +152,7 @@ def openai_reasoning(item: Any) -> bool:
 
 
 def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return exactjson.dumps(value).decode()
 
 
 # =========================================================================== requests

@@ -48,6 +48,7 @@ import yarl
 from aiohttp.http_exceptions import ContentEncodingError
 from httpx_sse import EventSource, SSEError
 
+from switchyard.common import exactjson
 from switchyard.common.errorformat import status_of
 from switchyard.common.routing import Deployment
 from switchyard.inference.errors import ProviderError, redact
@@ -533,7 +534,7 @@ def _secrets(deployment: Deployment) -> tuple[str, ...]:
 def parse_object(content: bytes | str, deployment: str) -> dict[str, Any]:
     """The JSON object in `content`; raises the invalid-reply ProviderError otherwise."""
     try:
-        parsed = orjson.loads(content)
+        parsed = exactjson.loads(content)
     except orjson.JSONDecodeError:
         parsed = None
     if not isinstance(parsed, dict):
@@ -737,7 +738,7 @@ class DirectRequests:
         `TimeoutError`), orjson's TypeError for a body it cannot serialise and a
         ValueError for a header the SDK refuses."""
         url, host = self.url(path)
-        content = orjson.dumps(body)
+        content = exactjson.dumps(body)
         # `host` first and `content-length` last, in lower case, as httpx sends them
         # (aiohttp would add its own, capitalised).
         request_headers = [("host", host), *self.headers(headers, timeout_s)]

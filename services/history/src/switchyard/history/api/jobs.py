@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Response
 
+from switchyard.common import exactjson
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.history.api.dependencies import CallerDep, ComponentsDep, QueriesDep
@@ -24,7 +24,7 @@ from switchyard.history.timeparse import isoformat_z
 
 
 def _json(data: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
+    return Response(exactjson.dumps(data), status_code=status_code, media_type="application/json")
 
 
 def _not_found(job_id: str) -> APIError:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from switchyard.common import exactjson
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.history.api.dependencies import CallerDep, ComponentsDep, QueriesDep
@@ -24,7 +24,7 @@ from switchyard.history.responses import (
 
 
 def _json(data: Any) -> Response:
-    return Response(orjson.dumps(data), media_type="application/json")
+    return Response(exactjson.dumps(data), media_type="application/json")
 
 
 def items_limit(

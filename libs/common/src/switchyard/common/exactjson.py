@@ -1,0 +1,60 @@
+"""JSON that keeps every integer's digits, at orjson's speed where it can.
+
+orjson reads an integer literal outside [-2**63, 2**64 - 1] as a float (changing its
+digits) and refuses to write a Python integer outside that range (`TypeError: Integer
+exceeds 64-bit range`). Clients' request bodies holding such integers are refused at the
+gateway (`api/body.py`), but an upstream's reply is not Switchyard's to refuse: a model may
+write `123456789012345678901234567890` into a tool call's input, and the client must get
+those digits back. Replies, and every document made of them (events, history rows, cache
+entries), go through `loads` and `dumps` here: orjson first, and Python's `json` module,
+which reads and writes integers of any size exactly, only for the rare document that needs
+it. pydantic's JSON (the event envelope) keeps such integers by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+from switchyard.common.jsonbody import scan_json
+
+# An integer beyond orjson's range has at least 19 digits (-2**63 has 19, 2**64 has 20);
+# a document without a run of 19 digits cannot hold one, and most documents are that.
+_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS_STR = re.compile(r"[0-9]{19}")
+
+
+def loads(raw: bytes | bytearray | str) -> Any:
+    """The JSON value in `raw`, every integer exact (Python's `json` reads the document
+    again when orjson has read an integer beyond 64 bits as a float). Raises
+    orjson.JSONDecodeError (a `json.JSONDecodeError`, a `ValueError`) for invalid JSON."""
+    value = orjson.loads(raw)
+    if isinstance(raw, str):
+        long_digits = _LONG_DIGITS_STR.search(raw) is not None
+    else:
+        long_digits = _LONG_DIGITS_BYTES.search(raw) is not None
+    if long_digits and scan_json(value, max_depth=1_000_000)[1]:
+        try:
+            return json.loads(raw)
+        except RecursionError:  # deeper than Python's parser goes: orjson's reading stands
+            return value
+    return value
+
+
+def dumps(value: Any, option: int | None = None) -> bytes:
+    """`value` as compact JSON (UTF-8 bytes), as `orjson.dumps(value, option=option)`
+    writes it; a value holding an integer beyond 64 bits, which orjson refuses, is written
+    by Python's `json` module instead, keys sorted when `option` has
+    `orjson.OPT_SORT_KEYS`. Raises TypeError for a value JSON cannot hold."""
+    try:
+        return orjson.dumps(value, option=option)
+    except TypeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+    sort_keys = bool(option and option & orjson.OPT_SORT_KEYS)
+    return json.dumps(
+        value, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys, allow_nan=False
+    ).encode()

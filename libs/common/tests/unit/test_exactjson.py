@@ -1,0 +1,47 @@
+"""`exactjson`: integers beyond 64 bits keep their digits both ways; everything else is
+what orjson reads and writes."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+
+from switchyard.common import exactjson
+
+BIG = 123456789012345678901234567890
+DOCUMENT = {"b": [1, {"account": BIG, "negative": -(2**70)}], "a": "x"}
+
+
+@pytest.mark.parametrize("raw", [json.dumps(DOCUMENT), json.dumps(DOCUMENT).encode()])
+def test_integers_beyond_64_bits_are_read_exactly(raw) -> None:
+    assert exactjson.loads(raw) == DOCUMENT
+    assert isinstance(exactjson.loads(raw)["b"][1]["account"], int)
+
+
+def test_a_document_within_64_bits_is_orjsons_reading() -> None:
+    raw = b'{"id": "1234567890123456789012345", "n": 18446744073709551615, "f": 1e300}'
+    assert exactjson.loads(raw) == orjson.loads(raw)
+    assert exactjson.loads(bytearray(raw)) == orjson.loads(raw)
+
+
+def test_invalid_json_raises_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        exactjson.loads(b'{"a": 1')
+
+
+def test_integers_beyond_64_bits_are_written_exactly_keys_sorted_when_asked() -> None:
+    assert (
+        exactjson.dumps(DOCUMENT)
+        == json.dumps(DOCUMENT, separators=(",", ":"), ensure_ascii=False).encode()
+    )
+    assert exactjson.dumps(DOCUMENT, option=orjson.OPT_SORT_KEYS).startswith(b'{"a":"x","b"')
+    assert exactjson.dumps({"é": 1}) == orjson.dumps({"é": 1})
+
+
+def test_what_json_cannot_hold_is_still_a_type_error() -> None:
+    with pytest.raises(TypeError):
+        exactjson.dumps({"a": object()})
+    with pytest.raises(TypeError):
+        exactjson.dumps({"a": object(), "b": BIG})
