@@ -5,6 +5,7 @@ recover from by itself (a producer with a sequence gap, a consumer whose loop fa
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -693,3 +694,194 @@ async def test_hurry_and_wait_returns_once_everything_published_before_is_handle
         assert set(published) <= set(handled)
     await bus.stop()
     assert min(waits) < 0.9, waits  # not the batch's whole wait
+
+
+# Writes records to one partition, the one at index `bad` with a header key that is not
+# UTF-8: Kafka takes any bytes there (other clients write them), aiokafka reads them
+# strictly. Its pure-Python record builder, unlike its C one, encodes the key through the
+# object's own `encode`, so a str subclass can hand over raw bytes. `batches` lists the
+# number of records of each record batch, in order (each batch written before the next).
+UNREADABLE_PRODUCER = textwrap.dedent("""
+    import asyncio, json, os, sys
+    os.environ["AIOKAFKA_NO_EXTENSIONS"] = "1"
+    from aiokafka import AIOKafkaProducer
+
+    class RawKey(str):
+        def encode(self, *args, **kwargs):
+            return b"bad\\xff\\xfekey"
+
+    async def main(servers, topic, values, bad, batches):
+        producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=100)
+        await producer.start()
+        index = 0
+        for size in batches:
+            sent = []
+            for value in values[index : index + size]:
+                headers = [(RawKey("x"), b"v")] if index == bad else [("ok", b"v")]
+                sent.append(await producer.send(topic, value, headers=headers, partition=0))
+                index += 1
+            for delivery in sent:
+                await delivery
+        await producer.stop()
+
+    servers, topic, bad, batches = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    values = [line.encode() for line in sys.stdin.read().split("\\n") if line]
+    asyncio.run(main(servers, topic, values, bad, json.loads(batches)))
+""")
+
+
+def produce_with_unreadable(
+    servers: str, topic: str, values: list[bytes], bad: int, batches: list[int] | None = None
+) -> None:
+    """`values` to partition 0 of `topic`, the one at `bad` unreadable; each in a record
+    batch of its own unless `batches` groups them."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            UNREADABLE_PRODUCER,
+            servers,
+            topic,
+            str(bad),
+            json.dumps(batches or [1] * len(values)),
+        ],
+        input=b"\n".join(values),
+        check=True,
+        timeout=60,
+    )
+
+
+def around_an_unreadable_one() -> list[bytes]:
+    """req-1 and req-2, an unreadable record (req-99), then req-3."""
+    return [encode_event(request(n)) for n in (1, 2, 99, 3)]
+
+
+@pytest.mark.parametrize("batch", [False, True])
+async def test_a_record_the_client_cannot_parse_is_parked_and_the_partition_moves_on(
+    kafka_servers, kafka_topics, batch
+):
+    """A header key that is not UTF-8 made aiokafka fail every poll of its partition, and
+    the replaced consumer reopened on it again, for ever: now the records before it
+    (fetched with it, and dropped with the error) are handled, it is parked as a stub with
+    its coordinates, and the ones after it follow."""
+    topic = kafka_topics.requests_interactive
+    produce_with_unreadable(kafka_servers, topic, around_an_unreadable_one(), bad=2)
+    bus = await started_bus(kafka_servers, kafka_topics)
+    handled: list[str] = []
+
+    async def handler(event):
+        handled.append(event.request_id)
+
+    async def batch_handler(events):
+        handled.extend(event.request_id for event in events)
+
+    group = "unreadable-batch" if batch else "unreadable"
+    try:
+        if batch:
+            await bus.subscribe_batch([topic], group, batch_handler)
+        else:
+            await bus.subscribe([topic], group, handler)
+        await async_wait_until(lambda: asyncio.sleep(0, len(handled) >= 3), timeout=30)
+        [dead] = await read_all(kafka_servers, kafka_topics.deadletter, 1, timeout=30)
+    finally:
+        await bus.stop()
+    assert handled == ["req-1", "req-2", "req-3"]
+    headers = dict(dead.headers)
+    assert (headers["deadletter.topic"], headers["deadletter.offset"]) == (topic.encode(), b"2")
+    assert b"unreadable" in headers["deadletter.reason"] and dead.value == b""
+    # Committed past it: the group, started again, reads nothing more.
+    again = await started_bus(kafka_servers, kafka_topics)
+    more: list[str] = []
+
+    async def late(event):
+        more.append(event.request_id)
+
+    async def late_batch(events):
+        more.extend(event.request_id for event in events)
+
+    try:
+        if batch:
+            await again.subscribe_batch([topic], group, late_batch)
+        else:
+            await again.subscribe([topic], group, late)
+        await asyncio.sleep(3)
+    finally:
+        await again.stop()
+    assert more == []
+    assert len(await read_all(kafka_servers, kafka_topics.deadletter, 2, timeout=3)) == 1
+
+
+async def test_what_follows_an_unreadable_record_in_its_batch_is_parked_with_it(
+    kafka_servers, kafka_topics
+):
+    """aiokafka parses a record batch from its start, so nothing after an unreadable record
+    in the same batch (one producer's) can be read: each is parked by its coordinates."""
+    topic = kafka_topics.requests_interactive
+    values = [encode_event(request(n)) for n in (1, 98, 99, 3)]
+    produce_with_unreadable(kafka_servers, topic, values, bad=1, batches=[1, 2, 1])
+    bus = await started_bus(kafka_servers, kafka_topics)
+    handled: list[str] = []
+
+    async def handler(event):
+        handled.append(event.request_id)
+
+    try:
+        await bus.subscribe([topic], "unreadable-run", handler)
+        await async_wait_until(lambda: asyncio.sleep(0, len(handled) >= 2), timeout=30)
+        dead = await read_all(kafka_servers, kafka_topics.deadletter, 2, timeout=30)
+    finally:
+        await bus.stop()
+    assert handled == ["req-1", "req-3"]
+    assert [dict(record.headers)["deadletter.offset"] for record in dead] == [b"1", b"2"]
+
+
+async def test_a_listener_skips_a_record_the_client_cannot_parse(kafka_servers, kafka_topics):
+    from switchyard.common.bus import metrics
+
+    topic = kafka_topics.replies
+    bus = await started_bus(kafka_servers, kafka_topics)
+    handled: list[str] = []
+
+    async def handler(event):
+        handled.append(event.request_id)
+
+    before = metrics.EVENTS_SKIPPED.labels(topic, "undecodable")._value.get()
+    try:
+        await bus.listen(topic, handler, partitions=[0])
+        await asyncio.sleep(1)  # the listener starts at the end of the partition
+        produce_with_unreadable(kafka_servers, topic, around_an_unreadable_one(), bad=2)
+        await async_wait_until(lambda: asyncio.sleep(0, len(handled) >= 3), timeout=30)
+    finally:
+        await bus.stop()
+    assert handled == ["req-1", "req-2", "req-3"]
+    assert metrics.EVENTS_SKIPPED.labels(topic, "undecodable")._value.get() == before + 1
+
+
+async def test_a_record_too_large_to_copy_is_parked_as_a_stub(kafka_servers, kafka_topics):
+    """A record just under the size limit fits its topic but its dead-letter copy, with
+    the added headers, does not: the copy was retried for ever, the partition stuck."""
+    bus = KafkaBus(
+        kafka_servers, deadletter_topic=kafka_topics.deadletter, max_message_bytes=64 * 1024
+    )
+    await bus.start()
+    topic = kafka_topics.requests_interactive
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_servers)
+    await producer.start()
+    await producer.send_and_wait(topic, b"x" * (64 * 1024 - 200), key=b"k", partition=0)
+    await producer.send_and_wait(topic, encode_event(request(5)), key=b"k", partition=0)
+    await producer.stop()
+    handled: list[str] = []
+
+    async def handler(event):
+        handled.append(event.request_id)
+
+    try:
+        await bus.subscribe([topic], "too-large", handler)
+        await async_wait_until(lambda: asyncio.sleep(0, handled), timeout=30)
+        [dead] = await read_all(kafka_servers, kafka_topics.deadletter, 1, timeout=30)
+    finally:
+        await bus.stop()
+    assert handled == ["req-5"]
+    headers = dict(dead.headers)
+    assert (dead.value, headers["deadletter.offset"]) == (b"", b"0")
+    assert b"the value (65336 bytes)" in headers["deadletter.left_out"]

@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar, cast
@@ -641,10 +641,10 @@ class KafkaBus(EventBus):
         raise BusUnavailableError(f"Kafka refused the event: {exc!r}") from exc
 
     async def dead_letter(self, record: ConsumerRecord, group: str, reason: str) -> None:
-        """Copy a record to the dead-letter topic with its coordinates; retried until it lands."""
-        metrics.EVENTS_DEADLETTERED.labels(
-            record.topic, group, "undecodable" if reason.startswith("undecodable") else "handler"
-        ).inc()
+        """Copy a record to the dead-letter topic with its coordinates; retried until it
+        lands. A copy the topic cannot take (the record was near the size limit, and the
+        `deadletter.*` headers push it over) is parked as a stub instead: its coordinates,
+        the reason and what was left out, never retried for ever."""
         log.error(
             "event dead-lettered",
             topic=record.topic,
@@ -653,22 +653,57 @@ class KafkaBus(EventBus):
             group=group,
             reason=reason[:2000],
         )
-        headers = list(record.headers or ()) + [
+        coordinates = [
             ("deadletter.topic", record.topic.encode()),
             ("deadletter.partition", str(record.partition).encode()),
             ("deadletter.offset", str(record.offset).encode()),
             ("deadletter.group", group.encode()),
             ("deadletter.reason", reason[:2000].encode()),
         ]
+        value = record.value or b""
+        copy = _Record(
+            self.deadletter_topic,
+            value,
+            record.key,
+            None,
+            list(record.headers or ()) + coordinates,
+        )
+
+        async def publish() -> None:
+            try:
+                await self._send([copy])
+            except EventRejectedError as exc:
+                left_out = (
+                    f"the value ({len(value)} bytes), the key and the record's headers: {exc}"
+                )
+                stub = _Record(
+                    self.deadletter_topic,
+                    b"",
+                    None,
+                    None,
+                    [*coordinates, ("deadletter.left_out", left_out[:2000].encode())],
+                )
+                await self._send([stub])
+
         await call_with_retry(
-            lambda: self._send(
-                [_Record(self.deadletter_topic, record.value or b"", record.key, None, headers)]
-            ),
+            publish,
             RetryPolicy(max_attempts=None, initial_backoff_s=0.2, max_backoff_s=5),
             lambda attempt, exc: log.warning(
                 "dead-letter publish failed, retrying", error=repr(exc)
             ),
         )
+        # Counted once it has landed.
+        metrics.EVENTS_DEADLETTERED.labels(
+            record.topic, group, "undecodable" if reason.startswith("undecodable") else "handler"
+        ).inc()
+
+    async def dead_letter_unreadable(
+        self, tp: TopicPartition, offset: int, group: str, error: BaseException
+    ) -> None:
+        """Leave a stub on the dead-letter topic for a record aiokafka could not parse: its
+        coordinates and the error (the record itself cannot be read to be copied)."""
+        stub = ConsumerRecord(tp.topic, tp.partition, offset, -1, 0, None, b"", None, -1, 0, ())
+        await self.dead_letter(stub, group, f"undecodable record (unreadable): {error!r}")
 
     @override
     async def partition_count(self, topic: str) -> int:
@@ -961,6 +996,85 @@ def _decode(record: ConsumerRecord) -> Event:
     return decode_event(record.value)
 
 
+def _unreadable_record(exc: BaseException) -> tuple[TopicPartition, int, int] | None:
+    """Where the record aiokafka failed to parse is, when `exc` came from parsing one (a
+    header key that is not UTF-8, which Kafka allows and aiokafka decodes strictly; a batch
+    whose CRC does not match): the partition, the offset its fetch had reached and the
+    offset after the record batch holding it, read from aiokafka's record iterator
+    (`PartitionRecords._unpack_records`) in the traceback. None for any other error."""
+    tb = exc.__traceback__
+    where = None
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "_unpack_records":
+            records = frame.f_locals.get("self")
+            tp = getattr(records, "_tp", None)
+            offset = getattr(records, "next_fetch_offset", None)
+            batch_end = getattr(frame.f_locals.get("next_batch"), "next_offset", None)
+            if isinstance(tp, TopicPartition) and isinstance(offset, int):
+                end = batch_end if isinstance(batch_end, int) and batch_end > offset else offset + 1
+                where = (tp, offset, end)
+        tb = tb.tb_next
+    return where
+
+
+UnreadableHandler = Callable[[TopicPartition, range, BaseException], Awaitable[None]]
+
+
+class _RecordReader:
+    """`consumer.getmany` that gets past a record aiokafka itself cannot parse. aiokafka
+    raises the error from `getmany` and drops the records of that fetch it had already
+    read, leaving the position where the fetch began, so every poll would fail on the
+    same record for ever (and a replaced consumer, reopened at the committed offset, too).
+    Here the partition is read one record at a time up to the unreadable one, those before
+    it returned as usual; then `on_unreadable(tp, offsets, error)` is awaited (a group
+    dead-letters their coordinates, a listener counts them) and the consumer seeks past
+    them. `offsets` runs from the unreadable record to the end of its record batch:
+    aiokafka parses a batch from its start, so it can read nothing after such a record in
+    the same batch (a batch is one producer's, the one that wrote the unreadable record)."""
+
+    def __init__(self, on_unreadable: UnreadableHandler) -> None:
+        self._on_unreadable = on_unreadable
+        # Partitions read one record at a time until their unreadable record is reached.
+        self._careful: set[TopicPartition] = set()
+
+    async def getmany(
+        self,
+        consumer: AIOKafkaConsumer,
+        *partitions: TopicPartition,
+        timeout_ms: int,
+        max_records: int | None = None,
+    ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """What `consumer.getmany(*partitions, ...)` gives, {} after stepping past (or up
+        to) an unreadable record. Raises what `getmany` raises for anything else."""
+        self._careful &= consumer.assignment()
+        careful = [tp for tp in self._careful if not partitions or tp in partitions]
+        try:
+            if careful:
+                return cast(
+                    dict[TopicPartition, list[ConsumerRecord]],
+                    await consumer.getmany(careful[0], timeout_ms=timeout_ms, max_records=1),
+                )
+            return cast(
+                dict[TopicPartition, list[ConsumerRecord]],
+                await consumer.getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records),
+            )
+        except Exception as exc:
+            where = _unreadable_record(exc)
+            if where is None:
+                raise
+            tp, offset, batch_end = where
+            if await consumer.position(tp) < offset:
+                # The records before it were read and dropped with the error: read them
+                # again, one at a time, so that only the unreadable ones are left out.
+                self._careful.add(tp)
+                return {}
+            self._careful.discard(tp)
+            await self._on_unreadable(tp, range(offset, batch_end), exc)
+            consumer.seek(tp, batch_end)
+            return {}
+
+
 class _SupervisedConsumer(Subscription):
     """One aiokafka consumer and the loop that reads it. If the loop fails, the consumer is
     closed and a new one opened (with backoff while Kafka is unreachable), resuming where
@@ -1089,6 +1203,7 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
         # it were published after this consumer owned the partition.
         self.first_new_offset: dict[TopicPartition, int] = {}
         self.opening: AIOKafkaConsumer | None = None
+        self.reader = _RecordReader(self._unreadable)
 
     async def _open(self) -> AIOKafkaConsumer:
         consumer = self.bus._consumer(
@@ -1113,13 +1228,13 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self.slot_freed.wait()
-                await consumer.getmany(timeout_ms=0)
+                await self.reader.getmany(consumer, timeout_ms=0)
                 self._polled()
                 await self._commit(due_only=True)
                 continue
             if consumer.paused():
                 consumer.resume(*consumer.paused())
-            batches = await consumer.getmany(timeout_ms=100, max_records=free)
+            batches = await self.reader.getmany(consumer, timeout_ms=100, max_records=free)
             self._polled()
             for tp, records in batches.items():
                 progress = self.progress.setdefault(tp, _PartitionProgress())
@@ -1133,6 +1248,14 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
             # A commit per poll would be one per event at low load: while events keep
             # coming, commit once per interval; an empty poll (idle) commits at once.
             await self._commit(due_only=bool(batches))
+
+    async def _unreadable(self, tp: TopicPartition, offsets: range, error: BaseException) -> None:
+        # Parked like undecodable events, and committed past like handled ones.
+        progress = self.progress.setdefault(tp, _PartitionProgress())
+        for offset in offsets:
+            await self.bus.dead_letter_unreadable(tp, offset, self.group, error)
+            progress.start(offset)
+            progress.finish(offset)
 
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         try:
@@ -1283,6 +1406,7 @@ class _BatchSubscription(_SupervisedConsumer):
         # gathered or handled); `_progress` is set, and replaced, after each batch.
         self._in_hand_from: dict[TopicPartition, int] = {}
         self._progress = asyncio.Event()
+        self.reader = _RecordReader(self._unreadable)
 
     @override
     def hurry(self) -> None:
@@ -1326,7 +1450,9 @@ class _BatchSubscription(_SupervisedConsumer):
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+            batches = await self.reader.getmany(
+                consumer, timeout_ms=200, max_records=self.max_batch
+            )
             self._polled()
             if not batches:
                 continue
@@ -1430,13 +1556,29 @@ class _BatchSubscription(_SupervisedConsumer):
             ]
             if not behind:
                 return
-            more = await consumer.getmany(
-                *behind, timeout_ms=left_ms, max_records=self.max_batch - count
+            more = await self.reader.getmany(
+                consumer, *behind, timeout_ms=left_ms, max_records=self.max_batch - count
             )
             self._polled()
             for tp, records in more.items():
                 batches.setdefault(tp, []).extend(records)
                 count += len(records)
+
+    async def _unreadable(self, tp: TopicPartition, offsets: range, error: BaseException) -> None:
+        # The records before them were handled and committed batch by batch (read one at a
+        # time): parked, they are committed past at once, so a restart does not park them
+        # again.
+        for offset in offsets:
+            await self.bus.dead_letter_unreadable(tp, offset, self.group, error)
+        consumer = self.consumer
+        if consumer is None:
+            return
+        try:
+            await consumer.commit({tp: OffsetAndMetadata(offsets.stop, "")})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the next batch's commit moves past it
+            log.warning("offset commit failed", group=self.group, error=repr(exc))
 
     async def _handle(self, items: list[tuple[ConsumerRecord, Event]]) -> None:
         # One child span per event, covering the batch write, so every request's trace
@@ -1491,6 +1633,7 @@ class _Listener(_SupervisedConsumer):
         self.carried = carried
         self.partitions = [TopicPartition(topic, p) for p in partitions]
         self.positions: dict[TopicPartition, int] = {}
+        self.reader = _RecordReader(self._unreadable)
         self.fetch_options: dict[str, int] = {"fetch_max_wait_ms": LISTENER_FETCH_MAX_WAIT_MS}
         if max_delay_ms is not None:
             self.fetch_options = {
@@ -1517,12 +1660,24 @@ class _Listener(_SupervisedConsumer):
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         while True:
-            batches = await consumer.getmany(timeout_ms=500)
+            batches = await self.reader.getmany(consumer, timeout_ms=500)
             self._polled()
             for tp, records in batches.items():
                 for record in records:
                     await self._handle(record)
                     self.positions[tp] = record.offset + 1
+
+    async def _unreadable(self, tp: TopicPartition, offsets: range, error: BaseException) -> None:
+        # The topic's group consumer parks them; a listener only skips them.
+        metrics.EVENTS_SKIPPED.labels(tp.topic, "undecodable").inc(len(offsets))
+        log.warning(
+            "listener skipped unreadable records",
+            topic=tp.topic,
+            partition=tp.partition,
+            offsets=f"{offsets.start}-{offsets.stop - 1}",
+            error=repr(error)[:500],
+        )
+        self.positions[tp] = offsets.stop
 
     async def _handle(self, record: ConsumerRecord) -> None:
         if (
