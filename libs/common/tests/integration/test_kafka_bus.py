@@ -832,7 +832,7 @@ async def test_what_follows_an_unreadable_record_in_its_batch_is_parked_with_it(
     finally:
         await bus.stop()
     assert handled == ["req-1", "req-3"]
-    assert [dict(record.headers)["deadletter.offset"] for record in dead] == [b"1", b"2"]
+    assert sorted(dict(record.headers)["deadletter.offset"] for record in dead) == [b"1", b"2"]
 
 
 async def test_a_listener_skips_a_record_the_client_cannot_parse(kafka_servers, kafka_topics):

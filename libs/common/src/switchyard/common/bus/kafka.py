@@ -1047,8 +1047,10 @@ class _RecordReader:
     ) -> dict[TopicPartition, list[ConsumerRecord]]:
         """What `consumer.getmany(*partitions, ...)` gives, {} after stepping past (or up
         to) an unreadable record. Raises what `getmany` raises for anything else."""
-        self._careful &= consumer.assignment()
-        careful = [tp for tp in self._careful if not partitions or tp in partitions]
+        careful: list[TopicPartition] = []
+        if self._careful:  # rare: only after an unreadable record
+            self._careful &= consumer.assignment()
+            careful = [tp for tp in self._careful if not partitions or tp in partitions]
         try:
             if careful:
                 return cast(
