@@ -84,6 +84,30 @@ async def test_nul_characters_and_unicode_survive(engine, events):
     assert row["response"]["choices"][0]["message"]["content"] == "ok\ufffd"
 
 
+async def test_token_counts_beyond_32_bits_are_recorded(engine, events):
+    """An upstream may report more tokens than a 32-bit column holds; the row's write
+    failed on them, parking the outcome and usage and leaving the request to expire."""
+    recorder = EventRecorder(engine)
+    request = events.requested()
+    huge = 3_000_000_000
+    big = 2**63 - 1
+    await recorder.record(
+        [
+            request,
+            events.completed(request, input_tokens=huge, output_tokens=big),
+            events.usage(request, input_tokens=huge, output_tokens=big, reasoning_tokens=huge),
+        ]
+    )
+
+    row = (await _rows(engine))[request.request_id]
+    assert row["status"] == "completed"
+    assert (row["input_tokens"], row["output_tokens"], row["reasoning_tokens"]) == (
+        huge,
+        big,
+        huge,
+    )
+
+
 async def test_metadata_only_on_postgres(engine, events):
     await TenantSettingsStore(engine).update("quiet", store_content=False)
     recorder = EventRecorder(engine)

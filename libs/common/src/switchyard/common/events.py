@@ -106,6 +106,11 @@ class ReplyAddress(Contract):
     instance_id: str = Field(description="Gateway replica waiting for the reply.")
 
 
+# The most tokens one count may say: a signed 64-bit integer, what every store of counts
+# holds (history's columns, PostgreSQL's bigint). An upstream reporting more is read as this.
+MAX_TOKEN_COUNT = 2**63 - 1
+
+
 class TokenUsage(Contract):
     """Tokens of one request, in the units the provider bills.
 
@@ -116,16 +121,26 @@ class TokenUsage(Contract):
     are the part of `output_tokens` spent on reasoning, where the provider reports it.
     """
 
-    input_tokens: int = Field(default=0, ge=0, description="All input tokens, cached included.")
-    output_tokens: int = Field(default=0, ge=0, description="All output tokens.")
+    input_tokens: int = Field(
+        default=0, ge=0, le=MAX_TOKEN_COUNT, description="All input tokens, cached included."
+    )
+    output_tokens: int = Field(
+        default=0, ge=0, le=MAX_TOKEN_COUNT, description="All output tokens."
+    )
     cache_read_input_tokens: int = Field(
-        default=0, ge=0, description="Input tokens read from the prompt cache."
+        default=0, ge=0, le=MAX_TOKEN_COUNT, description="Input tokens read from the prompt cache."
     )
     cache_creation_input_tokens: int = Field(
-        default=0, ge=0, description="Input tokens written to the prompt cache."
+        default=0,
+        ge=0,
+        le=MAX_TOKEN_COUNT,
+        description="Input tokens written to the prompt cache.",
     )
     reasoning_tokens: int = Field(
-        default=0, ge=0, description="Output tokens spent on reasoning (a part of output)."
+        default=0,
+        ge=0,
+        le=MAX_TOKEN_COUNT,
+        description="Output tokens spent on reasoning (a part of output).",
     )
 
     @property

@@ -19,11 +19,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from switchyard.common.events import TokenUsage
+from switchyard.common.events import MAX_TOKEN_COUNT, TokenUsage
 
 
 def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    """A count an upstream reported: a positive integer, at most MAX_TOKEN_COUNT (an absurd
+    count is read as the most a count may say, never failing the reply); else 0."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return min(value, MAX_TOKEN_COUNT)
+    return 0
+
+
+def _sum(*counts: int) -> int:
+    return min(sum(counts), MAX_TOKEN_COUNT)
 
 
 def _detail(usage: dict[str, Any], group: str, name: str) -> int:
@@ -54,7 +62,7 @@ def anthropic_usage(usage: Any) -> TokenUsage:
     cache_write = _count(usage.get("cache_creation_input_tokens"))
     output = _count(usage.get("output_tokens"))
     return TokenUsage(
-        input_tokens=_count(usage.get("input_tokens")) + cache_read + cache_write,
+        input_tokens=_sum(_count(usage.get("input_tokens")), cache_read, cache_write),
         output_tokens=output,
         cache_read_input_tokens=cache_read,
         cache_creation_input_tokens=cache_write,
@@ -65,12 +73,13 @@ def anthropic_usage(usage: Any) -> TokenUsage:
 def add_usage(first: TokenUsage, second: TokenUsage) -> TokenUsage:
     """The tokens of two upstream calls together."""
     return TokenUsage(
-        input_tokens=first.input_tokens + second.input_tokens,
-        output_tokens=first.output_tokens + second.output_tokens,
-        cache_read_input_tokens=first.cache_read_input_tokens + second.cache_read_input_tokens,
-        cache_creation_input_tokens=first.cache_creation_input_tokens
-        + second.cache_creation_input_tokens,
-        reasoning_tokens=first.reasoning_tokens + second.reasoning_tokens,
+        input_tokens=_sum(first.input_tokens, second.input_tokens),
+        output_tokens=_sum(first.output_tokens, second.output_tokens),
+        cache_read_input_tokens=_sum(first.cache_read_input_tokens, second.cache_read_input_tokens),
+        cache_creation_input_tokens=_sum(
+            first.cache_creation_input_tokens, second.cache_creation_input_tokens
+        ),
+        reasoning_tokens=_sum(first.reasoning_tokens, second.reasoning_tokens),
     )
 
 

@@ -1,0 +1,37 @@
+"""Token counts read from an upstream's `usage`: what is not a positive integer is 0, and
+an absurd count is read as the most a count may say (MAX_TOKEN_COUNT, a signed 64-bit
+integer, what every store holds) rather than failing the reply or its recording."""
+
+from __future__ import annotations
+
+import pytest
+
+from switchyard.common.events import MAX_TOKEN_COUNT, TokenUsage
+from switchyard.inference.usage import add_usage, anthropic_usage, openai_usage, responses_usage
+
+BEYOND = 2**70
+
+
+@pytest.mark.parametrize("value", [None, "12", True, -3, 1.5])
+def test_what_is_not_a_positive_integer_counts_nothing(value) -> None:
+    assert openai_usage({"prompt_tokens": value, "completion_tokens": 2}) == TokenUsage(
+        output_tokens=2
+    )
+
+
+def test_absurd_counts_are_read_as_the_most_a_count_may_say() -> None:
+    assert openai_usage({"prompt_tokens": BEYOND, "completion_tokens": 3_000_000_000}) == (
+        TokenUsage(input_tokens=MAX_TOKEN_COUNT, output_tokens=3_000_000_000)
+    )
+    anthropic = anthropic_usage(
+        {"input_tokens": MAX_TOKEN_COUNT, "cache_read_input_tokens": 5, "output_tokens": 1}
+    )
+    assert (anthropic.input_tokens, anthropic.cache_read_input_tokens) == (MAX_TOKEN_COUNT, 5)
+    assert responses_usage({"input_tokens": BEYOND}).input_tokens == MAX_TOKEN_COUNT
+    both = add_usage(anthropic, anthropic)
+    assert both.input_tokens == MAX_TOKEN_COUNT and both.output_tokens == 2
+
+
+def test_the_contract_refuses_a_count_beyond_64_bits() -> None:
+    with pytest.raises(ValueError):
+        TokenUsage(input_tokens=MAX_TOKEN_COUNT + 1)
