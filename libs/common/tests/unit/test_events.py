@@ -77,6 +77,16 @@ def test_wire_format_is_json_with_the_envelope():
         lambda wire: wire.pop("tenant"),
         lambda wire: wire["data"].update(deadline="not a date"),
         lambda wire: wire.update(time="2026-01-01T00:00:00"),  # naive timestamps are refused
+        # Instants no consumer can convert to UTC (year 0, year 10000), or no event has.
+        lambda wire: wire.update(time="0001-01-01T00:00:00+14:00"),
+        lambda wire: wire["data"].update(deadline="9999-12-31T23:59:59-14:00"),
+        lambda wire: wire.update(time="1969-12-31T23:59:59Z"),
+        # Ids and names every consumer keys on and stores: PostgreSQL's text holds no NUL.
+        lambda wire: wire.update(request_id="req\u0000-1"),
+        lambda wire: wire.update(tenant="acme\u0000"),
+        lambda wire: wire.update(id="\u0000"),
+        lambda wire: wire["data"].update(user_id="u\u00001"),
+        lambda wire: wire["data"].update(team_id="\u0000team"),
     ],
 )
 def test_invalid_or_unknown_events_are_refused(mutate):
@@ -84,6 +94,17 @@ def test_invalid_or_unknown_events_are_refused(mutate):
     mutate(wire)
     with pytest.raises(EventDecodeError):
         decode_event(json.dumps(wire))
+
+
+def test_times_at_the_edges_of_the_range_are_taken():
+    for time, deadline in [
+        ("1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z"),
+        ("1970-01-01T10:00:00+10:00", "9999-12-31T22:00:00-01:00"),
+    ]:
+        wire = json.loads(encode_event(a_request()))
+        wire["time"] = time
+        wire["data"]["deadline"] = deadline
+        assert decode_event(json.dumps(wire)).data.deadline.year == 9999
 
 
 def test_malformed_json_is_refused():

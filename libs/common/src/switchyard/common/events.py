@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, get_args
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 SCHEMA_VERSION: Final = 2
 SUPPORTED_SCHEMA_VERSIONS = (1, 2)
@@ -31,6 +31,38 @@ SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC (the envelope's `time` default)."""
     return datetime.now(UTC)
+
+
+# The instants an event may name: Python (and so every consumer) represents an aware time
+# only between the years 1 and 9999 in UTC, and `0001-01-01T00:00:00+14:00` is in year 0
+# there (`9999-12-31T23:59:59-14:00` in year 10000); a time a consumer cannot convert to UTC
+# would be stored, then fail every read of it. No event of Switchyard's is from before 1970.
+EARLIEST_EVENT_TIME: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _event_time(value: datetime) -> datetime:
+    try:
+        in_utc = value.astimezone(UTC)
+    except OverflowError:
+        in_utc = None
+    if in_utc is None or in_utc < EARLIEST_EVENT_TIME:
+        raise ValueError("must be an instant from 1970-01-01 to 9999-12-31 UTC")
+    return value
+
+
+# An aware instant from 1970 to the end of 9999 (UTC), as every time in the contract is.
+EventTime = Annotated[AwareDatetime, AfterValidator(_event_time)]
+
+
+def _identifier(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+# An id or name every consumer keys on and stores (PostgreSQL's text cannot hold NUL, and
+# one stored with a replacement would no longer match the events naming the original).
+Identifier = Annotated[str, AfterValidator(_identifier)]
 
 
 def new_id() -> str:
@@ -205,11 +237,11 @@ class ChatRequestData(Contract):
         "can be replayed as it ran.",
     )
     stream: bool = False
-    user_id: str = Field(description="Authenticated subject (user id).")
-    api_key_id: str | None = Field(default=None, description="API key used, if any.")
-    team_id: str | None = Field(default=None, description="Team of the caller, if any.")
+    user_id: Identifier = Field(description="Authenticated subject (user id).")
+    api_key_id: Identifier | None = Field(default=None, description="API key used, if any.")
+    team_id: Identifier | None = Field(default=None, description="Team of the caller, if any.")
     priority: Priority = Priority.INTERACTIVE
-    deadline: AwareDatetime = Field(description="After this instant nobody waits for the reply.")
+    deadline: EventTime = Field(description="After this instant nobody waits for the reply.")
     reply_to: ReplyAddress | None = Field(
         default=None, description="Absent for work no gateway waits for (jobs)."
     )
@@ -301,9 +333,9 @@ class UsageData(Contract):
     model: str = Field(description="Public model name.")
     provider: str | None = None
     deployment: str | None = None
-    user_id: str
-    api_key_id: str | None = None
-    team_id: str | None = None
+    user_id: Identifier
+    api_key_id: Identifier | None = None
+    team_id: Identifier | None = None
     status: TerminalStatus
     usage: TokenUsage = Field(
         description="Tokens of every upstream call the request made (a call whose reply "
@@ -346,7 +378,7 @@ class TokenRevokedData(Contract):
 
     jti: str = Field(description="`jti` claim of the revoked access token.")
     user_id: str
-    expires_at: AwareDatetime = Field(
+    expires_at: EventTime = Field(
         description="When the token expires anyway; consumers may forget the entry after it."
     )
 
@@ -360,7 +392,7 @@ class TokenFamilyRevokedData(Contract):
     )
     user_id: str
     reason: Literal["logout", "reuse_detected", "user_disabled", "admin"]
-    expires_at: AwareDatetime = Field(
+    expires_at: EventTime = Field(
         description="No access token of the family is valid after this instant."
     )
 
@@ -400,13 +432,15 @@ class EnvelopeFields(Contract):
     """The envelope every event shares: id, source, time, tenant, request id and schema
     version; each event class adds its `type` literal and its `data` payload."""
 
-    id: str = Field(
+    id: Identifier = Field(
         default_factory=new_id, description="Unique event id; consumers deduplicate on it."
     )
-    source: str = Field(description="Service that published the event.", examples=["gateway"])
-    time: AwareDatetime = Field(default_factory=utcnow, description="UTC, ISO 8601.")
-    tenant: str
-    request_id: str
+    source: Identifier = Field(
+        description="Service that published the event.", examples=["gateway"]
+    )
+    time: EventTime = Field(default_factory=utcnow, description="UTC, ISO 8601.")
+    tenant: Identifier
+    request_id: Identifier
     schema_version: Literal[2] = SCHEMA_VERSION
     if TYPE_CHECKING:
         # Every event class declares its own `type` literal; seen here by the type checker
