@@ -1009,29 +1009,16 @@ async def test_integers_beyond_64_bits_in_a_reply_keep_their_digits(harness, rec
 async def test_integers_beyond_64_bits_in_openai_arguments_keep_their_digits(
     harness, recorder
 ) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "lookup", "arguments": f'{{"account": {BIG}}}'},
+    }
+    [choice] = OPENAI_COMPLETION["choices"]
+    message = {**choice["message"], "content": None, "tool_calls": [call]}
     completion = {
-        "id": "chatcmpl-big",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "upstream-gpt",
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "call_1",
-                            "type": "function",
-                            "function": {"name": "lookup", "arguments": f'{{"account": {BIG}}}'},
-                        }
-                    ],
-                },
-                "finish_reason": "tool_calls",
-            }
-        ],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14},
+        **OPENAI_COMPLETION,
+        "choices": [{**choice, "message": message, "finish_reason": "tool_calls"}],
     }
     recorder.script(Scripted(json=completion))
 

@@ -30,29 +30,20 @@ COLUMNS = (
 )
 
 
-def upgrade() -> None:
-    """Widen every token count of `history_requests` to bigint."""
+def _retype(old: sa.types.TypeEngine[int], new: sa.types.TypeEngine[int]) -> None:
     if op.get_bind().dialect.name == "sqlite":
         return  # SQLite stores every integer in up to 8 bytes whatever its declared type
     for column in COLUMNS:
         op.alter_column(
-            "history_requests",
-            column,
-            type_=sa.BigInteger(),
-            existing_type=sa.Integer(),
-            existing_nullable=True,
+            "history_requests", column, type_=new, existing_type=old, existing_nullable=True
         )
+
+
+def upgrade() -> None:
+    """Widen every token count of `history_requests` to bigint."""
+    _retype(sa.Integer(), sa.BigInteger())
 
 
 def downgrade() -> None:
     """Narrow them back (fails if a row holds a count beyond 32 bits)."""
-    if op.get_bind().dialect.name == "sqlite":
-        return
-    for column in COLUMNS:
-        op.alter_column(
-            "history_requests",
-            column,
-            type_=sa.Integer(),
-            existing_type=sa.BigInteger(),
-            existing_nullable=True,
-        )
+    _retype(sa.BigInteger(), sa.Integer())
