@@ -86,6 +86,15 @@ class ConsoleHeaders:
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})
+        # The console knows its users by the session cookie only. An `Authorization: Bearer`
+        # header makes the CSRF layer (asgi_csrf) let a form through unchecked, taking it for
+        # an API call: no console request keeps one.
+        headers = scope.get("headers", [])
+        if any(name.lower() == b"authorization" for name, _ in headers):
+            scope = {
+                **scope,
+                "headers": [(n, v) for n, v in headers if n.lower() != b"authorization"],
+            }
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
