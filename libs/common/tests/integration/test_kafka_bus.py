@@ -756,6 +756,24 @@ def around_an_unreadable_one() -> list[bytes]:
     return [encode_event(request(n)) for n in (1, 2, 99, 3)]
 
 
+async def subscribe_noting(bus, topic: str, group: str, batch: bool) -> list[str]:
+    """Subscribe `group` to `topic`, one event or (`batch`) one batch at a time; the list
+    the request ids it handles are appended to."""
+    handled: list[str] = []
+
+    async def handler(event):
+        handled.append(event.request_id)
+
+    async def batch_handler(events):
+        handled.extend(event.request_id for event in events)
+
+    if batch:
+        await bus.subscribe_batch([topic], group, batch_handler)
+    else:
+        await bus.subscribe([topic], group, handler)
+    return handled
+
+
 @pytest.mark.parametrize("batch", [False, True])
 async def test_a_record_the_client_cannot_parse_is_parked_and_the_partition_moves_on(
     kafka_servers, kafka_topics, batch
@@ -766,21 +784,10 @@ async def test_a_record_the_client_cannot_parse_is_parked_and_the_partition_move
     its coordinates, and the ones after it follow."""
     topic = kafka_topics.requests_interactive
     produce_with_unreadable(kafka_servers, topic, around_an_unreadable_one(), bad=2)
-    bus = await started_bus(kafka_servers, kafka_topics)
-    handled: list[str] = []
-
-    async def handler(event):
-        handled.append(event.request_id)
-
-    async def batch_handler(events):
-        handled.extend(event.request_id for event in events)
-
     group = "unreadable-batch" if batch else "unreadable"
+    bus = await started_bus(kafka_servers, kafka_topics)
     try:
-        if batch:
-            await bus.subscribe_batch([topic], group, batch_handler)
-        else:
-            await bus.subscribe([topic], group, handler)
+        handled = await subscribe_noting(bus, topic, group, batch)
         await async_wait_until(lambda: asyncio.sleep(0, len(handled) >= 3), timeout=30)
         [dead] = await read_all(kafka_servers, kafka_topics.deadletter, 1, timeout=30)
     finally:
@@ -791,19 +798,8 @@ async def test_a_record_the_client_cannot_parse_is_parked_and_the_partition_move
     assert b"unreadable" in headers["deadletter.reason"] and dead.value == b""
     # Committed past it: the group, started again, reads nothing more.
     again = await started_bus(kafka_servers, kafka_topics)
-    more: list[str] = []
-
-    async def late(event):
-        more.append(event.request_id)
-
-    async def late_batch(events):
-        more.extend(event.request_id for event in events)
-
     try:
-        if batch:
-            await again.subscribe_batch([topic], group, late_batch)
-        else:
-            await again.subscribe([topic], group, late)
+        more = await subscribe_noting(again, topic, group, batch)
         await asyncio.sleep(3)
     finally:
         await again.stop()

@@ -35,6 +35,7 @@ import orjson
 import structlog
 from fastapi import APIRouter, Request, Response
 
+from switchyard.common import exactjson
 from switchyard.common.bus import BusUnavailableError
 from switchyard.common.egress import (
     InvalidTargetURL,
@@ -267,11 +268,11 @@ async def cancel_job(
 def _with_accepted_job(response: Response, accepted: AcceptedJob) -> Response:
     """History's answer for a job it has not seen yet, completed with what this replica
     knows of the job (model, creation time, webhook)."""
-    job = orjson.loads(response.body)
+    job = exactjson.loads(response.body)
     job.update(model=accepted.model, created_at=accepted.created_at)
     if accepted.webhook_url:
         job["webhook"] = {"url": accepted.webhook_url, "status": "pending"}
-    return Response(orjson.dumps(job), status_code=200, media_type="application/json")
+    return Response(exactjson.dumps(job), status_code=200, media_type="application/json")
 
 
 def _cancel_event(tenant: str, job_id: str) -> ChatCancelRequested:

@@ -46,6 +46,7 @@ import structlog
 from fastapi import APIRouter, Request, Response
 from starlette.convertors import StringConvertor, register_url_convertor
 
+from switchyard.common import exactjson
 from switchyard.common.errors import APIError
 from switchyard.common.events import (
     ClientAPI,
@@ -395,10 +396,10 @@ async def cancel_response(
         # cancellation now, and the request, when it arrives, finds it cancelled.
         answer = await forward(gateway, principal, path + "?accepted=true", method="POST")
         if answer.status_code == 200:
-            cancelled = orjson.loads(answer.body)
+            cancelled = exactjson.loads(answer.body)
             if not cancelled.get("model"):
                 cancelled["model"] = accepted.model
-            answer = Response(orjson.dumps(cancelled), media_type="application/json")
+            answer = Response(exactjson.dumps(cancelled), media_type="application/json")
     if answer.status_code == 200:
         request_cancellation(gateway, principal.tenant, ref.request_id)
     return answer
