@@ -24,6 +24,7 @@ def test_a_document_within_64_bits_is_orjsons_reading() -> None:
     raw = b'{"id": "1234567890123456789012345", "n": 18446744073709551615, "f": 1e300}'
     assert exactjson.loads(raw) == orjson.loads(raw)
     assert exactjson.loads(bytearray(raw)) == orjson.loads(raw)
+    assert exactjson.loads(memoryview(json.dumps(DOCUMENT).encode())) == DOCUMENT
 
 
 def test_invalid_json_raises_a_value_error() -> None:

@@ -27,10 +27,12 @@ _LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
 _LONG_DIGITS_STR = re.compile(r"[0-9]{19}")
 
 
-def loads(raw: bytes | bytearray | str) -> Any:
+def loads(raw: bytes | bytearray | memoryview | str) -> Any:
     """The JSON value in `raw`, every integer exact (Python's `json` reads the document
     again when orjson has read an integer beyond 64 bits as a float). Raises
     orjson.JSONDecodeError (a `json.JSONDecodeError`, a `ValueError`) for invalid JSON."""
+    if isinstance(raw, memoryview):  # a Starlette response's body may be one
+        raw = raw.tobytes()
     value = orjson.loads(raw)
     if isinstance(raw, str):
         long_digits = _LONG_DIGITS_STR.search(raw) is not None
