@@ -115,12 +115,28 @@ async def test_malformed_json_gets_400(harness):
         ({"model": 42, "messages": [{"role": "user", "content": "hi"}]}, "model", "invalid_type"),
         ({"model": "", "messages": [{"role": "user", "content": "hi"}]}, "model", "invalid_value"),
         ({**BODY, "stream": "yes"}, "stream", "invalid_type"),
+        # Inference rewrites `stream_options` (usage is always asked for): the provider
+        # never sees a wrong one, so the gateway refuses it as OpenAI's API would.
+        ({**BODY, "stream": True, "stream_options": "x"}, "stream_options", "invalid_type"),
+        ({**BODY, "stream": True, "stream_options": [1]}, "stream_options", "invalid_type"),
+        (
+            {**BODY, "stream": True, "stream_options": {"include_usage": "yes"}},
+            "stream_options.include_usage",
+            "invalid_type",
+        ),
+        (
+            {**BODY, "stream": True, "stream_options": {"include_usage": 1}},
+            "stream_options.include_usage",
+            "invalid_type",
+        ),
+        ({**BODY, "stream_options": {"include_usage": True}}, "stream_options", None),
+        ({**BODY, "stream": False, "stream_options": {}}, "stream_options", None),
     ],
 )
 async def test_fields_the_gateway_reads_get_400_naming_the_field(harness, body, param, code):
     response = await harness.client.post("/v1/chat/completions", json=body, headers=AUTH)
     error = assert_openai_error(response, 400, code)
-    assert error["param"] == param
+    assert (error["param"], error["code"]) == (param, code)
     assert error["type"] == "invalid_request_error"
     assert not harness.requests
 
@@ -135,7 +151,7 @@ async def test_fields_the_gateway_does_not_read_reach_inference_unchanged(harnes
             {"role": "wizard", "content": "hi", "x-custom": {"nested": [1, 2.5, None]}},
         ],
         "temperature": "hot",
-        "stream_options": {"include_usage": False, "include_obfuscation": True},
+        "logit_bias": {"50256": -100},
         "reasoning_effort": "minimal",
         "a_parameter_from_the_future": {"enabled": True},
     }

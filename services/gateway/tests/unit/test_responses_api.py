@@ -660,6 +660,12 @@ async def test_a_response_purged_by_retention_is_404_saying_so(system):
         ({"input": "hi", "background": True, "store": False}, "background", "invalid_value"),
         ({"input": "hi", "background": True, "stream": True}, "background", "invalid_value"),
         ({"input": "hi", "stream": "true"}, "stream", "invalid_type"),
+        ({"input": "hi", "stream": True, "stream_options": "x"}, "stream_options", "invalid_type"),
+        (
+            {"input": "hi", "stream": True, "stream_options": {"include_obfuscation": "no"}},
+            "stream_options.include_obfuscation",
+            "invalid_type",
+        ),
         # Switchyard keeps and echoes `metadata` on every deployment: checked here.
         ({"input": "hi", "metadata": "x"}, "metadata", "invalid_type"),
         ({"input": "hi", "metadata": {"a": 1}}, "metadata.a", "invalid_type"),

@@ -170,11 +170,37 @@ def _messages(body: dict[str, Any]) -> None:
         )
 
 
+def _stream_options(body: dict[str, Any], flag: str, *, streamed_only: bool) -> None:
+    """Check `stream_options`, which inference rewrites or drops when it translates a
+    request or records a stream's usage (so the provider never judges what the client
+    sent): an object whose `flag` is a boolean; with `streamed_only` (Chat Completions)
+    only on a streamed request, as OpenAI's API answers otherwise
+    (https://platform.openai.com/docs/api-reference/chat/create#chat-create-stream_options).
+    APIError 400 in OpenAI's words."""
+    options = body.get("stream_options")
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise invalid_type("stream_options", "an object", options)
+    value = options.get(flag)
+    if value is not None and not isinstance(value, bool):
+        raise invalid_type(f"stream_options.{flag}", "a boolean", value)
+    if streamed_only and not _stream(body):
+        raise APIError(
+            400,
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
+
+
 def read_chat_completions(body: dict[str, Any]) -> ClientRequest:
-    """An OpenAI Chat Completions request body."""
+    """An OpenAI Chat Completions request body; `stream_options` as `_stream_options`
+    checks it."""
     model = _model(body)
     _messages(body)
-    return ClientRequest(ClientAPI.OPENAI_CHAT_COMPLETIONS, body, model, _stream(body))
+    stream = _stream(body)
+    _stream_options(body, "include_usage", streamed_only=True)
+    return ClientRequest(ClientAPI.OPENAI_CHAT_COMPLETIONS, body, model, stream)
 
 
 # OpenAI's words for a JSON type -> Anthropic's (its errors are pydantic's:
@@ -402,6 +428,7 @@ def read_responses(body: dict[str, Any]) -> ClientRequest:
     stored and not streamed (as OpenAI requires)."""
     model = _model(body)
     stream = _stream(body)
+    _stream_options(body, "include_obfuscation", streamed_only=False)
     value = body.get("input")
     if value is not None:
         if not isinstance(value, str | list):
