@@ -145,6 +145,23 @@ async def test_an_invalid_max_output_tokens_is_refused_under_its_own_name(
             "missing_required_parameter",
         ),
         ({"text": {"format": {"type": "yaml"}}}, "text.format.type", "invalid_value"),
+        # OpenAI requires a json_schema format's name; a translation has no use for it,
+        # and never makes one up.
+        (
+            {"text": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
+            "text.format.name",
+            "missing_required_parameter",
+        ),
+        (
+            {"text": {"format": {"type": "json_schema", "name": 7, "schema": {}}}},
+            "text.format.name",
+            "invalid_type",
+        ),
+        (
+            {"text": {"format": {"type": "json_schema", "name": "a b", "schema": {}}}},
+            "text.format.name",
+            "invalid_value",
+        ),
         ({"input": []}, "input", "empty_array"),
         ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role", "invalid_value"),
     ],
@@ -252,6 +269,18 @@ async def test_an_invalid_chat_token_limit_is_refused_not_reported_missing(
             "response_format.type",
             "invalid_value",
             "yaml",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+            "response_format.json_schema.name",
+            "missing_required_parameter",
+            "response_format.json_schema.name",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x" * 65}}},
+            "response_format.json_schema.name",
+            "invalid_value",
+            "64 characters",
         ),
         (
             {"messages": [{"role": "system", "content": "Rules."}]},

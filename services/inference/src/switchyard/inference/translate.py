@@ -123,6 +123,28 @@ def not_one_of(path: str, value: Any, supported: tuple[str, ...]) -> Translation
     return invalid_value(path, f"{value!r} is not supported; supported values are {listed}.")
 
 
+# OpenAI's rule for a structured output format's `name` (its API reference: "a-z, A-Z,
+# 0-9, or contain underscores and dashes, with a maximum length of 64").
+_FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_format_name(fmt: dict[str, Any], path: str) -> None:
+    """Check the `name` of a `json_schema` output format at `path`
+    (`response_format.json_schema`, `text.format`), which OpenAI's API requires: a
+    deployment translating the format has no use for it, so it would otherwise take a
+    request OpenAI refuses. TranslationError in OpenAI's words."""
+    name = fmt.get("name")
+    if name is None:
+        raise missing_parameter(f"{path}.name")
+    if not isinstance(name, str):
+        raise invalid_type(f"{path}.name", "a string", name)
+    if _FORMAT_NAME.fullmatch(name) is None:
+        raise invalid_value(
+            f"{path}.name",
+            "it must be 1 to 64 characters among a-z, A-Z, 0-9, underscores and dashes.",
+        )
+
+
 def positive_integer(body: dict[str, Any], name: str) -> int | None:
     """The client's `name` (an OpenAI token limit) if set; TranslationError in OpenAI's
     words unless it is an integer of at least 1. Checked here rather than by the upstream,
@@ -1190,6 +1212,7 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
                 raise missing_parameter("response_format.json_schema")
             if not isinstance(json_schema, dict):
                 raise invalid_type("response_format.json_schema", "an object", json_schema)
+            check_format_name(json_schema, "response_format.json_schema")
             schema = json_schema.get("schema")
             if schema is None:
                 raise TranslationError(

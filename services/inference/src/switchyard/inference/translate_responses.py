@@ -47,6 +47,7 @@ from switchyard.inference.translate import (
     anthropic_tool_choice,
     base64_data,
     below_minimum,
+    check_format_name,
     document_source,
     image_source,
     invalid_type,
@@ -328,8 +329,10 @@ def _text_format(body: dict[str, Any]) -> dict[str, Any] | None:
         raise missing_parameter("text.format.type")
     if kind not in ("text", "json_schema", "json_object"):
         raise not_one_of("text.format.type", kind, ("text", "json_schema", "json_object"))
-    if kind == "json_schema" and fmt.get("schema") is None:
-        raise missing_parameter("text.format.schema")
+    if kind == "json_schema":
+        check_format_name(fmt, "text.format")
+        if fmt.get("schema") is None:
+            raise missing_parameter("text.format.schema")
     return fmt
 
 
@@ -484,7 +487,6 @@ def responses_request_to_chat(
         schema = {
             name: fmt[name] for name in ("name", "schema", "strict", "description") if name in fmt
         }
-        schema.setdefault("name", "output")
         result["response_format"] = {"type": "json_schema", "json_schema": schema}
     elif fmt is not None and fmt["type"] == "json_object":
         result["response_format"] = {"type": "json_object"}
