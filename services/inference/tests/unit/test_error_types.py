@@ -90,6 +90,29 @@ def test_an_openai_stream_error_gets_the_status_its_type_stands_for(kind: str, s
     assert (failure.status, failure.type) == (status, kind)
 
 
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        # OpenAI's rate-limit errors, as its 429s carry them, sent inside a stream.
+        ({"type": "requests", "code": "rate_limit_exceeded"}, 429),
+        ({"type": "tokens", "code": "rate_limit_exceeded"}, 429),
+        ({"type": "tokens"}, 429),
+        ({"type": "insufficient_quota", "code": "insufficient_quota"}, 429),
+        ({"type": None, "code": "rate_limit_exceeded"}, 429),
+        ({"type": "invalid_request_error", "code": "context_length_exceeded"}, 400),
+        ({"code": "made_up_code"}, 500),
+    ],
+)
+def test_an_openai_stream_error_gets_the_status_its_code_stands_for(
+    error: dict, status: int
+) -> None:
+    failure = stream_error(DEPLOYMENT, "openai", {**error, "message": "no"})
+
+    assert failure.status == status
+    assert failure.retryable is (status >= 500 or status == 429)
+    assert failure.unhealthy is (status >= 500)
+
+
 def test_openais_format_names_a_bad_key_and_a_server_failure_as_openai_does() -> None:
     assert error_type("openai", 401) == "invalid_request_error"
     assert error_type("openai", 500) == error_type("openai", 507) == "server_error"

@@ -398,6 +398,10 @@ RESPONSES_CODE_STATUS = {
 _CLIENT_CODE_PREFIXES = ("invalid_", "image_", "unsupported_", "empty_", "failed_to_download")
 
 
+# The error types of OpenAI's 429s (the limit hit: requests, tokens, the account's quota).
+_OPENAI_LIMIT_TYPES = {"requests": 429, "tokens": 429, "insufficient_quota": 429}
+
+
 def responses_code_status(code: str | None) -> int:
     """The HTTP status a Responses API error `code` stands for: 429, 400 or 504 as listed
     in RESPONSES_CODE_STATUS, 400 for a code naming a bad input, else 500."""
@@ -413,14 +417,20 @@ def stream_error(deployment: Deployment, protocol: Protocol_, error: Any) -> Pro
     """An error the upstream reported inside a stream (after its 200), with the status
     its type stands for (an Anthropic `overloaded_error` is a 529). A Responses API
     `error` event is the error itself (`type: "error"`, its `code`, `message`, `param`):
-    its status is the one its code stands for."""
+    its status is the one its code stands for. An OpenAI-protocol error whose code has a
+    status of its own (`rate_limit_exceeded` under the type `requests` or `tokens`, as
+    OpenAI's 429s carry it) has that status whatever its type says."""
     error = error if isinstance(error, dict) else {}
     kind = _str(error.get("type"))
+    code = _str(error.get("code"))
     if kind == "error":
         kind = None
-        status = responses_code_status(_str(error.get("code")))
+        status = responses_code_status(code)
     else:
-        status = (status_of(protocol, kind) if kind else None) or 500
+        by_code = None
+        if protocol == "openai":
+            by_code = RESPONSES_CODE_STATUS.get(code or "") or _OPENAI_LIMIT_TYPES.get(kind or "")
+        status = by_code or (status_of(protocol, kind) if kind else None) or 500
     if kind == "overloaded_error":
         status = 529
     if kind == "authentication_error":  # Anthropic's word, and many OpenAI-compatible servers'
@@ -433,7 +443,7 @@ def stream_error(deployment: Deployment, protocol: Protocol_, error: Any) -> Pro
         status,
         kind,
         message,
-        code=_str(error.get("code")),
+        code=code,
         kind="upstream_stream_error",
         param=_str(error.get("param")),
         vendor=protocol,
