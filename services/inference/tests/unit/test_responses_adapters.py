@@ -1332,3 +1332,97 @@ async def test_a_text_block_whose_text_is_null_reads_as_empty(harness, recorder)
 
     assert isinstance(reply, ChatCompleted), reply
     assert Response.model_validate(reply.data.response).output_text == "Cold."
+
+
+# ----------------------------------------------- what a Chat Completions reply carries
+
+
+CITATION = {"url": "https://example.org/oslo", "title": "Oslo", "start_index": 0, "end_index": 5}
+
+
+def _chat_reply(message: dict[str, Any], finish: str = "stop") -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-3",
+        "object": "chat.completion",
+        "model": "upstream-llama",
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+    }
+
+
+async def test_url_citations_of_a_chat_reply_become_output_text_annotations(harness, recorder):
+    message = {
+        "role": "assistant",
+        "content": "Sunny.",
+        "annotations": [{"type": "url_citation", "url_citation": CITATION}],
+    }
+    recorder.script(Scripted(json=_chat_reply(message)))
+
+    reply = await harness.handle(responses_request("gpt-chat", {"input": "Weather?"}))
+
+    assert isinstance(reply, ChatCompleted), reply
+    response = Response.model_validate(reply.data.response)
+    [part] = response.output[0].content
+    assert part.text == "Sunny."
+    assert [a.model_dump() for a in part.annotations] == [{"type": "url_citation", **CITATION}]
+
+
+async def test_url_citations_of_a_chat_stream_are_added_to_the_output_text(harness, recorder):
+    annotation = {"type": "url_citation", "url_citation": CITATION}
+    recorder.script(
+        Scripted(
+            events=[
+                chat_chunk({"role": "assistant", "content": "Sunny"}),
+                chat_chunk({"content": "."}),
+                chat_chunk({"annotations": [annotation]}),
+                chat_chunk({}, "stop"),
+                chat_chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 4}),
+            ]
+        )
+    )
+    request = responses_request("gpt-chat", {"input": "Weather?"}, stream=True)
+
+    reply = await harness.handle(request)
+
+    events = harness.stream_of(request.request_id)
+    [added] = [e.data for e in events if e.event == "response.output_text.annotation.added"]
+    assert (added["annotation_index"], added["content_index"]) == (0, 0)
+    assert added["annotation"] == {"type": "url_citation", **CITATION}
+    final = sdk_final_response(events)
+    [part] = final.output[0].content
+    assert (part.text, [a.url for a in part.annotations]) == ("Sunny.", [CITATION["url"]])
+    assert reply.data.response["output"] == events[-1].data["response"]["output"]
+
+
+LEGACY_CALL = {"name": "get_weather", "arguments": '{"location": "Oslo"}'}
+
+
+async def test_a_legacy_function_call_reply_becomes_a_function_call_item(harness, recorder):
+    message = {"role": "assistant", "content": None, "function_call": LEGACY_CALL}
+    recorder.script(Scripted(json=_chat_reply(message, "function_call")))
+
+    reply = await harness.handle(responses_request("gpt-chat", {"input": "Weather?"}))
+
+    [call] = Response.model_validate(reply.data.response).output
+    assert (call.type, call.name, call.arguments) == ("function_call", *LEGACY_CALL.values())
+    assert call.call_id.startswith("call_")
+
+
+async def test_a_streamed_legacy_function_call_becomes_a_function_call_item(harness, recorder):
+    recorder.script(
+        Scripted(
+            events=[
+                chat_chunk({"role": "assistant", "function_call": {"name": "get_weather"}}),
+                chat_chunk({"function_call": {"arguments": '{"location":'}}),
+                chat_chunk({"function_call": {"arguments": ' "Oslo"}'}}),
+                chat_chunk({}, "function_call"),
+                chat_chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 4}),
+            ]
+        )
+    )
+    request = responses_request("gpt-chat", {"input": "Weather?"}, stream=True)
+
+    await harness.handle(request)
+
+    [call] = sdk_final_response(harness.stream_of(request.request_id)).output
+    assert (call.name, call.arguments) == ("get_weather", '{"location": "Oslo"}')

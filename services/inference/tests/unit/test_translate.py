@@ -1710,3 +1710,54 @@ def test_a_responses_text_part_without_text_is_refused_in_openais_words() -> Non
     with pytest.raises(TranslationError) as caught:
         responses_request_to_messages({**body, "input": "hi", "service_tier": "fastest"})
     assert (caught.value.param, caught.value.code) == ("service_tier", "invalid_value")
+
+
+# A reply in OpenAI's deprecated functions API, as some servers still give it.
+LEGACY_CALL = {"name": "get_weather", "arguments": '{"location": "Oslo"}'}
+
+
+def test_a_legacy_function_call_reply_becomes_a_tool_use_block() -> None:
+    completion = {
+        "id": "chatcmpl-1",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": None, "function_call": LEGACY_CALL},
+                "finish_reason": "function_call",
+            }
+        ],
+    }
+
+    message = chat_completion_to_message(completion, "m")
+
+    [block] = message["content"]
+    assert (block["type"], block["name"], block["input"]) == (
+        "tool_use",
+        "get_weather",
+        {"location": "Oslo"},
+    )
+    assert block["id"] and message["stop_reason"] == "tool_use"
+
+
+def test_a_streamed_legacy_function_call_becomes_a_tool_use_block() -> None:
+    converter = ChatChunksToMessageEvents("m")
+    chunks = [
+        openai_chunk({"role": "assistant", "function_call": {"name": "get_weather"}}),
+        openai_chunk({"function_call": {"arguments": '{"location":'}}),
+        openai_chunk({"function_call": {"arguments": ' "Oslo"}'}}),
+        openai_chunk({}, "function_call"),
+    ]
+    events = [event for chunk in chunks for event in converter.feed(chunk)]
+    events += converter.finish()
+
+    snapshot, buffers = None, {}
+    for event in events:
+        STREAM_EVENT.validate_python(event)
+        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=buffers)
+    [block] = snapshot.content
+    assert (block.type, block.name, block.input) == (
+        "tool_use",
+        "get_weather",
+        {"location": "Oslo"},
+    )
+    assert snapshot.stop_reason == "tool_use"

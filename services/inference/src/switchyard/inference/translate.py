@@ -1853,6 +1853,20 @@ def _matched_stop_sequence(choice: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def tool_calls_of(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool calls of a Chat Completions reply `message` or stream `delta`: its
+    `tool_calls`, else its legacy `function_call` (OpenAI's deprecated functions API,
+    which some servers still answer with) as one call at index 0 without an id (the
+    translations make one up, as for any call without one)."""
+    calls = message.get("tool_calls")
+    if isinstance(calls, list) and calls:
+        return [call for call in calls if isinstance(call, dict)]
+    legacy = message.get("function_call")
+    if isinstance(legacy, dict):
+        return [{"index": 0, "type": "function", "function": legacy}]
+    return []
+
+
 def chat_completion_to_message(completion: dict[str, Any], model: str) -> dict[str, Any]:
     """An OpenAI `chat.completion` (its first choice) as an Anthropic `message`."""
     choices = completion.get("choices") or [{}]
@@ -1865,7 +1879,7 @@ def chat_completion_to_message(completion: dict[str, Any], model: str) -> dict[s
         content.append({"type": "text", "text": text})
     elif isinstance(refusal, str) and refusal:
         content.append({"type": "text", "text": refusal})
-    for call in message.get("tool_calls") or []:
+    for call in tool_calls_of(message):
         function = call.get("function") or {}
         content.append(
             {
@@ -2005,7 +2019,7 @@ class ChatChunksToMessageEvents:
                         "delta": {"type": "text_delta", "text": text},
                     }
                 )
-            for call in delta.get("tool_calls") or ():
+            for call in tool_calls_of(delta):
                 events += self._tool_delta(call)
             finish = choice.get("finish_reason")
             if finish:

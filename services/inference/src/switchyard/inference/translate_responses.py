@@ -61,6 +61,7 @@ from switchyard.inference.translate import (
     refuse_unknown,
     required_text,
     text_of,
+    tool_calls_of,
     tool_input_of_request,
     whole_json,
 )
@@ -900,8 +901,28 @@ def _message_item(item_id: str, content: list[dict[str, Any]], status: str) -> d
     }
 
 
-def _output_text(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _output_text(text: str, annotations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": annotations or [], "logprobs": []}
+
+
+def response_annotations(annotations: Any) -> list[dict[str, Any]]:
+    """A Chat Completions message's (or delta's) `annotations` as a Responses
+    `output_text` part's: a `url_citation` (Chat nests its `url`, `title`, `start_index`
+    and `end_index` under `url_citation`) flattened, as the Responses API gives it
+    (https://platform.openai.com/docs/api-reference/responses/object); an annotation of
+    another type as it came. Anything but an object is left out."""
+    if not isinstance(annotations, list):
+        return []
+    result: list[dict[str, Any]] = []
+    for annotation in annotations:
+        if not isinstance(annotation, dict):
+            continue
+        nested = annotation.get("url_citation")
+        if annotation.get("type") == "url_citation" and isinstance(nested, dict):
+            result.append({"type": "url_citation", **nested})
+        else:
+            result.append(annotation)
+    return result
 
 
 def _function_call_item(
@@ -996,14 +1017,15 @@ def chat_completion_to_response(
         output.append(_reasoning_item(_reasoning_id(), reasoning, None))
     content: list[dict[str, Any]] = []
     text = message.get("content")
-    if isinstance(text, str) and text:
-        content.append(_output_text(text))
+    annotations = response_annotations(message.get("annotations"))
+    if isinstance(text, str) and (text or annotations):
+        content.append(_output_text(text, annotations))
     refusal = message.get("refusal")
     if isinstance(refusal, str) and refusal:
         content.append({"type": "refusal", "refusal": refusal})
     if content:
         output.append(_message_item(_new_id("msg"), content, "completed"))
-    for call in message.get("tool_calls") or []:
+    for call in tool_calls_of(message):
         function = call.get("function") or {}
         output.append(
             _function_call_item(
@@ -1071,6 +1093,7 @@ class _Open:
     parts: list[dict[str, Any]] = field(default_factory=list)  # message content parts
     part_open: str | None = None  # "output_text" or "refusal"
     text: list[str] = field(default_factory=list)  # current part / summary / arguments
+    annotations: list[dict[str, Any]] = field(default_factory=list)  # of the current part
     call_id: str = ""
     name: str = ""
     signature: str = ""
@@ -1183,7 +1206,7 @@ class ResponseEventWriter:
         index = len(state.parts)
         common = {"item_id": state.item_id, "output_index": state.index, "content_index": index}
         if state.part_open == "output_text":
-            part = _output_text(full)
+            part = _output_text(full, state.annotations)
             events = [self._event("response.output_text.done", **common, text=full, logprobs=[])]
         else:
             part = {"type": "refusal", "refusal": full}
@@ -1192,6 +1215,25 @@ class ResponseEventWriter:
         state.parts.append(part)
         state.part_open = None
         state.text = []
+        state.annotations = []
+        return events
+
+    def annotation(self, key: Any, annotation: dict[str, Any]) -> list[dict[str, Any]]:
+        """`response.output_text.annotation.added` for the output text of message `key`
+        (the message and its text part opened when need be)."""
+        events = self.text(key, "", "output_text")
+        state = self._items[key]
+        events.append(
+            self._event(
+                "response.output_text.annotation.added",
+                item_id=state.item_id,
+                output_index=state.index,
+                content_index=len(state.parts),
+                annotation_index=len(state.annotations),
+                annotation=annotation,
+            )
+        )
+        state.annotations.append(annotation)
         return events
 
     # ---- function calls
@@ -1364,8 +1406,9 @@ class ChatChunksToResponseEvents:
         # Calls started while the live one was unfinished: key -> (call id, name, pieces).
         self._held: dict[tuple[str, int], tuple[str, str, list[str]]] = {}
         # Reasoning and message text that came while the live call was unfinished:
-        # (`reasoning`, `output_text` or `refusal`, the text).
-        self._text: list[tuple[str, str]] = []
+        # (`reasoning`, `output_text` or `refusal`, the text), and annotations of the
+        # message's text (`annotation`, the annotation).
+        self._text: list[tuple[str, Any]] = []
 
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         """The Responses events (dicts with `type` and `sequence_number`) one OpenAI
@@ -1378,9 +1421,8 @@ class ChatChunksToResponseEvents:
                 continue
             delta = choice.get("delta") or {}
             # A chunk's argument pieces before its text: text in the same chunk follows.
-            for call in delta.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    events += self._tool_delta(call)
+            for call in tool_calls_of(delta):
+                events += self._tool_delta(call)
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str) and reasoning:
                 self._text.append(("reasoning", reasoning))
@@ -1388,6 +1430,9 @@ class ChatChunksToResponseEvents:
                 text = delta.get(part)
                 if isinstance(text, str) and text:
                     self._text.append(("output_text" if part == "content" else "refusal", text))
+            # Annotations follow the text they point into (OpenAI streams them last).
+            for annotation in response_annotations(delta.get("annotations")):
+                self._text.append(("annotation", annotation))
             events += self._write_text(force=False)
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
@@ -1410,6 +1455,8 @@ class ChatChunksToResponseEvents:
                 if not writer.is_open("reasoning"):
                     events += writer.close("message") + writer.reasoning("reasoning")
                 events += writer.reasoning_text("reasoning", text)
+            elif part == "annotation":
+                events += writer.close("reasoning") + writer.annotation("message", text)
             else:
                 events += writer.close("reasoning") + writer.text("message", text, part)
         self._text.clear()
