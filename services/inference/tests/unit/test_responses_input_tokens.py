@@ -165,6 +165,27 @@ async def test_a_responses_deployment_without_a_count_gets_an_estimate_of_what_i
     assert reply.data.response == {"object": "response.input_tokens", "input_tokens": expected}
 
 
+async def test_a_count_without_input_is_estimated_from_the_instructions(recorder, serve):
+    # OpenAI's count takes no `input` (the `openai` SDK has it optional).
+    harness = await serve(chat_deployment(recorder))
+    reply = await harness.handle(count({"model": "m", "instructions": "Be terse."}))
+
+    assert isinstance(reply, ChatCompleted), reply
+    expected = count_text("Be terse.") + tokens.TOKENS_PER_MESSAGE + tokens.REPLY_PRIMING_TOKENS
+    assert reply.data.response == {"object": "response.input_tokens", "input_tokens": expected}
+
+
+async def test_an_anthropic_count_without_input_says_its_deployment_needs_one(recorder, serve):
+    harness = await serve(claude(recorder))
+    reply = await harness.handle(count({"model": "m", "instructions": "Be terse."}))
+
+    assert isinstance(reply, ChatFailed), reply
+    error = reply.data.error
+    assert (error.status, error.param, error.code) == (400, "input", "unsupported_parameter")
+    assert "Missing required" not in error.message and "messages:" not in error.message
+    assert recorder.requests == []
+
+
 @pytest.mark.parametrize("which", ["anthropic", "chat"])
 async def test_a_translated_count_refuses_what_the_response_would_refuse(recorder, serve, which):
     deployment = claude(recorder) if which == "anthropic" else chat_deployment(recorder)

@@ -639,6 +639,14 @@ class InputTokensViaMessages(InputTokensPassThrough):
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
+        if body.get("input") is None and not self.previous_items:
+            # OpenAI's count takes no `input`; Anthropic's counts messages, so at least one.
+            raise invalid_request(
+                "'input' is required by this model: its deployment speaks Anthropic's "
+                "Messages API, which counts only a conversation of at least one message.",
+                param="input",
+                code="unsupported_parameter",
+            )
         message = _translated(responses_request_to_messages, body, self.previous_items)
         payload = {name: message[name] for name in _COUNT_TOKENS_FIELDS if name in message}
         payload["model"] = deployment.model
@@ -665,7 +673,9 @@ class InputTokensEstimate(InputTokensPassThrough):
             native = passthrough_body(body, self.previous_items, deployment.model)
             count = partial(estimate_responses_input_tokens, native)
         else:
-            payload = _translated(responses_request_to_chat, body, self.previous_items)
+            payload = _translated(
+                responses_request_to_chat, body, self.previous_items, counting=True
+            )
             count = partial(estimate_chat_input_tokens, payload)
 
         def estimate() -> dict[str, Any]:

@@ -207,13 +207,19 @@ class _Items:
         return f"input[{index - self.previous}]"
 
 
-def _items(body: dict[str, Any], previous_items: list[dict[str, Any]] | None) -> _Items:
+def _items(
+    body: dict[str, Any], previous_items: list[dict[str, Any]] | None, *, counting: bool = False
+) -> _Items:
     """The items, refused in OpenAI's words when there are none (no `input`, and no
-    previous response to continue): the deployment's API would name its own field."""
+    previous response to continue): the deployment's API would name its own field. A
+    count (`counting`: `POST /v1/responses/input_tokens`, whose `input` is optional) may
+    have none."""
     previous = list(previous_items or [])
     items = _Items(previous + client_items(body.get("input")), len(previous))
     if not items.items:
         if body.get("input") is None:
+            if counting:
+                return items
             raise missing_parameter("input")
         raise TranslationError(
             "Invalid 'input': empty array. Expected an array with minimum length 1, but got "
@@ -444,14 +450,18 @@ _TO_CHAT_FIELDS = frozenset(
 
 
 def responses_request_to_chat(
-    body: dict[str, Any], previous_items: list[dict[str, Any]] | None = None
+    body: dict[str, Any],
+    previous_items: list[dict[str, Any]] | None = None,
+    *,
+    counting: bool = False,
 ) -> dict[str, Any]:
     """A Responses request (and the previous conversation's items) as a Chat Completions
-    request. Raises TranslationError naming the parameter Chat Completions cannot express
-    (built-in tools, `truncation: auto`, item references, ...)."""
+    request; for a count (`counting`) possibly without messages. Raises TranslationError
+    naming the parameter Chat Completions cannot express (built-in tools, `truncation:
+    auto`, item references, ...)."""
     refuse_unknown(body, _TO_CHAT_FIELDS, "OpenAI's Chat Completions")
     _common_checks(body)
-    items = _items(body, previous_items)
+    items = _items(body, previous_items, counting=counting)
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
     if isinstance(instructions, str):
