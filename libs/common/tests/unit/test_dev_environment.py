@@ -168,3 +168,140 @@ def test_ctrl_c_while_the_commands_load_exits_quietly(monkeypatch: pytest.Monkey
     with pytest.raises(SystemExit) as stopped:
         cli.main()
     assert stopped.value.code == 130
+
+
+# ------------------------------------------------------- configuration refused in one line
+
+
+def test_a_bad_setting_is_one_line_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first command a newcomer runs with a typo in a port: one line naming the
+    variable and exit status 1, never pydantic's traceback."""
+    import sys
+
+    from switchyard.common import cli
+
+    monkeypatch.setenv("SWITCHYARD_GATEWAY_PORT", "abc")
+    monkeypatch.setattr(sys, "argv", ["switchyard", "gateway"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+
+    assert stopped.value.code == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: SWITCHYARD_GATEWAY_PORT: ") and "integer" in line
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("SWITCHYARD_INFERENCE_PORT", "70000", "less than or equal to 65535"),
+        ("SWITCHYARD_SIMULATOR_URL", "http://127.0.0.1:99999/v1", "port from 1 to 65535"),
+        ("SWITCHYARD_ROUTING_FILE", "/no/such/routing.yaml", "cannot be read"),
+    ],
+)
+def test_bad_configuration_stops_a_service_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    words: str,
+) -> None:
+    import sys
+
+    from switchyard.common import cli
+
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setattr(sys, "argv", ["switchyard", "inference"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+
+    assert stopped.value.code == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: ") and words in line
+    assert variable in line or value in line
+
+
+def test_a_routing_file_that_is_not_yaml_is_one_line(tmp_path) -> None:
+    from switchyard.common.routing import RoutingError, load_routing
+
+    broken = tmp_path / "routing.yaml"
+    broken.write_text("models: [\n")
+    with pytest.raises(RoutingError) as refused:
+        load_routing(str(broken), "http://127.0.0.1:8099/v1")
+    assert "not valid YAML" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def _service(name: str, port: int) -> object:
+    from switchyard.common.dev import EmbeddedService
+
+    return EmbeddedService(name, None, port, f"SWITCHYARD_{name.upper()}_PORT")
+
+
+def test_two_services_on_one_port_are_refused_naming_both_settings() -> None:
+    """Both sockets would bind (neither listens yet) and one service would be missing."""
+    from switchyard.common.dev import bind_all
+    from switchyard.common.httpserver import PortInUseError
+    from switchyard.common.testing.processes import free_port
+
+    port = free_port()
+    with pytest.raises(PortInUseError) as refused:
+        bind_all("127.0.0.1", [_service("auth", port), _service("gateway", port)])  # type: ignore[list-item]
+    message = str(refused.value)
+    assert "SWITCHYARD_AUTH_PORT" in message and "SWITCHYARD_GATEWAY_PORT" in message
+
+
+def test_a_port_beyond_65535_is_refused_naming_its_setting() -> None:
+    from switchyard.common.httpserver import PortInUseError, bind
+
+    with pytest.raises(PortInUseError, match="SWITCHYARD_GATEWAY_PORT"):
+        bind("127.0.0.1", 70000, "gateway", "SWITCHYARD_GATEWAY_PORT")
+
+
+async def test_ctrl_c_while_the_services_start_stops_them_quietly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SIGINT while the apps are made is taken by the runner: nothing printed, nothing
+    left running, and False (so `switchyard dev` exits 130), not a KeyboardInterrupt
+    raised in the middle of a start-up."""
+    import signal
+
+    from fastapi import FastAPI
+
+    from switchyard.common.dev import run_embedded
+    from switchyard.common.plugins import ServicePlugin
+    from switchyard.common.settings import ServiceSettings
+    from switchyard.common.testing.processes import free_port
+
+    made: list[str] = []
+
+    def app(name: str) -> FastAPI:
+        made.append(name)
+        if name == "first":
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl+C while the first app is made
+        return FastAPI()
+
+    def plugin(name: str) -> ServicePlugin:
+        plugin = ServicePlugin(name, free_port(), name, ServiceSettings, factory="unused:x")
+        object.__setattr__(plugin, "create_app", lambda **_: app(name))
+        return plugin
+
+    assert await run_embedded("127.0.0.1", [plugin("first"), plugin("second")], False) is False
+    assert made == ["first"]
+    assert "Press Ctrl+C" not in capsys.readouterr().out
+
+
+def test_the_console_reads_the_circuit_breakers_where_inference_listens(
+    environ: dict[str, str],
+) -> None:
+    from switchyard.common.dev import wire_service_urls
+    from switchyard.common.plugins import discover
+
+    environ["SWITCHYARD_INFERENCE_PORT"] = "18633"
+    environ["SWITCHYARD_GATEWAY_CONSOLE_INFERENCE_METRICS_URLS"] = "http://elsewhere:8003/metrics"
+    wire_service_urls(discover(), "0.0.0.0")
+
+    assert environ["SWITCHYARD_INFERENCE_URL"] == "http://127.0.0.1:18633"
+    assert environ["SWITCHYARD_GATEWAY_CONSOLE_INFERENCE_METRICS_URLS"] == (
+        "http://127.0.0.1:18633/metrics"
+    )

@@ -7,11 +7,10 @@ import logging
 
 import pytest
 import structlog
-from pydantic import ValidationError
 
 from switchyard.common.errors import validation_message
 from switchyard.common.logging import bind_request_id, configure_logging, flush_logs
-from switchyard.common.settings import ServiceSettings
+from switchyard.common.settings import ServiceSettings, SettingsError
 
 
 def test_development_accepts_default_secrets():
@@ -19,7 +18,7 @@ def test_development_accepts_default_secrets():
 
 
 def test_production_refuses_default_internal_token():
-    with pytest.raises(ValidationError, match="SWITCHYARD_INTERNAL_TOKEN"):
+    with pytest.raises(SettingsError, match="SWITCHYARD_INTERNAL_TOKEN"):
         ServiceSettings(environment="production")
 
 

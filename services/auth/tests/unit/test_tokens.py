@@ -11,7 +11,6 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from pydantic import ValidationError
 
 from switchyard.auth.config import Settings
 from switchyard.auth.signing import (
@@ -23,6 +22,7 @@ from switchyard.auth.signing import (
     rsa_thumbprint,
 )
 from switchyard.auth.tokens import InvalidToken, TokenIssuer
+from switchyard.common.settings import SettingsError
 
 # RFC 7638 section 3.1: this RSA key's thumbprint is the `kid` below.
 RFC7638_N = (
@@ -113,9 +113,9 @@ def test_verify_refuses_expired_foreign_and_tampered_tokens(signing_key: Signing
 
 
 def test_settings_refuse_a_missing_signing_key_outside_development(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="SWITCHYARD_AUTH_SIGNING_KEY_FILE"):
+    with pytest.raises(SettingsError, match="SWITCHYARD_AUTH_SIGNING_KEY_FILE"):
         Settings(environment="production", internal_token="prod-secret", signing_key_file=None)
-    with pytest.raises(ValidationError, match="does not exist"):
+    with pytest.raises(SettingsError, match="does not exist"):
         Settings(
             environment="production",
             internal_token="prod-secret",
@@ -130,7 +130,7 @@ def test_settings_refuse_a_missing_signing_key_outside_development(tmp_path: Pat
 
 
 def test_refused_settings_do_not_print_secrets() -> None:
-    with pytest.raises(ValidationError) as refused:
+    with pytest.raises(SettingsError) as refused:
         Settings(environment="production", internal_token="very-secret-value")
     assert "very-secret-value" not in str(refused.value)
 
@@ -160,3 +160,11 @@ def test_unusable_key_files_are_refused_with_a_reason(tmp_path: Path) -> None:
     )
     with pytest.raises(SigningKeyError, match="not an RSA private key"):
         load_signing_key(Settings(environment="development", signing_key_file=ec_key))
+
+
+def test_a_chosen_dev_api_key_must_be_an_api_key() -> None:
+    """The gateway reads a credential without the key prefix as an access token: such a
+    dev key would be stored and printed, then refused on every request."""
+    with pytest.raises(SettingsError, match="SWITCHYARD_DEV_API_KEY"):
+        Settings(dev_api_key="my-own-dev-key-123")
+    assert Settings(dev_api_key="sk-sy-my-own-dev-key").dev_api_key == "sk-sy-my-own-dev-key"

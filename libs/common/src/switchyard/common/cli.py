@@ -114,6 +114,8 @@ def _run_service_command(plugin: ServicePlugin) -> Callable[..., None]:
         from switchyard.common.logging import configure_logging
 
         settings = plugin.settings()
+        if plugin.preflight is not None:
+            plugin.preflight()
         # The supervising process logs too (uvicorn's start-up lines), in the same format.
         configure_logging(
             plugin.name, settings.log_level, settings.log_format, secrets=[settings.internal_token]
@@ -270,11 +272,21 @@ def build() -> typer.Typer:
 
 def main() -> None:
     """Entry point of the `switchyard` command: parse `sys.argv` and run the chosen subcommand.
-    Ctrl+C before the command handles it (while the plugins load) exits with 130, quietly."""
+    Ctrl+C before the command handles it (while the plugins load) exits with 130, quietly;
+    configuration a command cannot start with (a setting, the routing or price file:
+    `ConfigurationError`) is one line on stderr and exit status 1."""
     try:
         build()()
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except ValueError as exc:
+        # Imported here, not above: Ctrl+C during that import is a KeyboardInterrupt too.
+        from switchyard.common.settings import ConfigurationError
+
+        if not isinstance(exc, ConfigurationError):
+            raise
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -208,7 +208,17 @@ def service_host(name: str, host: str) -> str:
 
 def bind_all(host: str, services: list[EmbeddedService]) -> list[socket.socket]:
     """One bound (not yet listening) socket per service, in order, on `service_host`.
-    Raises PortInUseError for the first port that is taken; no socket is left open then."""
+    Raises PortInUseError for two services set to one port (both sockets would bind, as
+    neither listens yet, and one service would silently be missing) and for the first port
+    that is taken; no socket is left open then."""
+    first: dict[int, EmbeddedService] = {}
+    for service in services:
+        other = first.setdefault(service.port, service)
+        if other is not service:
+            raise PortInUseError(
+                f"{other.name} and {service.name} are both set to port {service.port}: set "
+                f"{service.port_setting} (or {other.port_setting}) to another port"
+            )
     sockets: list[socket.socket] = []
     try:
         for service in services:
@@ -229,6 +239,21 @@ def _planned_ports(plugins: list[ServicePlugin]) -> list[EmbeddedService]:
     ]
 
 
+def wire_service_urls(plugins: list[ServicePlugin], host: str) -> None:
+    """Point every embedded service at the others where they really listen (their
+    `SWITCHYARD_<SERVICE>_URL`, and the inference `/metrics` the console reads circuit
+    breakers from), whatever a URL meant for separate services says: SWITCHYARD_AUTH_PORT
+    moves auth, and the gateway follows."""
+    for service in _planned_ports(plugins):
+        where = service_host(service.name, host)
+        where = "127.0.0.1" if where in ("0.0.0.0", "::", "") else where
+        where = f"[{where}]" if ":" in where else where
+        url = f"http://{where}:{service.port}"
+        os.environ[f"SWITCHYARD_{service.name.upper()}_URL"] = url
+        if service.name == "inference":
+            os.environ["SWITCHYARD_GATEWAY_CONSOLE_INFERENCE_METRICS_URLS"] = f"{url}/metrics"
+
+
 def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
     """`switchyard dev`: prepare the environment and run every service until Ctrl+C.
     Exits with status 1 and one line on stderr when a port cannot be bound."""
@@ -241,13 +266,10 @@ def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
     try:
         plugins = discover()
         apply_dev_environment(plugins, database_url)
-        # Services find each other at the ports they really use (SWITCHYARD_AUTH_PORT
-        # moves auth, and the gateway follows), never at a URL meant for separate services.
-        for service in _planned_ports(plugins):
-            where = service_host(service.name, host)
-            where = "127.0.0.1" if where in ("0.0.0.0", "::", "") else where
-            where = f"[{where}]" if ":" in where else where
-            os.environ[f"SWITCHYARD_{service.name.upper()}_URL"] = f"http://{where}:{service.port}"
+        wire_service_urls(plugins, host)
+        for plugin in plugins:
+            if plugin.preflight is not None:
+                plugin.preflight()
         settings = ServiceSettings()
         asked = "log_level" in settings.model_fields_set
         configure_logging(
@@ -261,7 +283,8 @@ def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
         for sock in bind_all(host, _planned_ports(plugins)):
             sock.close()
         wait_for_migrations(migrating)
-        _run_loop(run_embedded(host, plugins, migrate=False))
+        if not _run_loop(run_embedded(host, plugins, migrate=False)):
+            raise SystemExit(130)  # as Ctrl+C before the services run ends every command
     except PortInUseError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
@@ -274,22 +297,31 @@ def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
             migrating.wait()
 
 
-def _run_loop(coroutine: Coroutine[Any, Any, None]) -> None:
+def _run_loop(coroutine: Coroutine[Any, Any, bool]) -> bool:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(coroutine)
-        return
-    uvloop.run(coroutine)
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 async def run_embedded(
     host: str = "127.0.0.1", plugins: list[ServicePlugin] | None = None, migrate: bool = True
-) -> None:
+) -> bool:
     """Run every service plugin (default: all installed) in this event loop on `host`, on an
     in-memory bus, until SIGINT or SIGTERM or a server stops. Migrates the databases first
     unless `migrate` is False (they are already); raises the start-up error of a service
-    that fails to start."""
+    that fails to start. Returns False when a signal stopped it before every service was
+    up (nothing is printed then), True otherwise.
+
+    The signals are taken from the first moment, so Ctrl+C while the apps are made or the
+    servers start stops what started, quietly, instead of raising KeyboardInterrupt in the
+    middle of a start-up."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stopping.set)
     plugins = plugins if plugins is not None else discover()
     if migrate:
         migrate_all(plugins)
@@ -305,47 +337,51 @@ async def run_embedded(
     )
     await bus.start()
 
-    services = [
-        EmbeddedService(name, app, port, contribution.port_settings.get(name, "its port setting"))
-        for contribution in contributions
-        for name, app, port in contribution.extra_servers
-    ]
-    services += [
-        EmbeddedService(
-            plugin.name, plugin.create_app(bus=bus), _port_of(plugin), port_setting(plugin.name)
-        )
-        for plugin in plugins
-    ]
-    sockets = bind_all(host, services)
-
     servers: list[_EmbeddedServer] = []
+    sockets: list[socket.socket] = []
     frozen = False
     tasks: list[asyncio.Task[None]] = []
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stopping.set)
-
     try:
+        services = [
+            EmbeddedService(
+                name, app, port, contribution.port_settings.get(name, "its port setting")
+            )
+            for contribution in contributions
+            for name, app, port in contribution.extra_servers
+        ]
+        for plugin in plugins:
+            if await _signalled(stopping):
+                return False
+            app = plugin.create_app(bus=bus)
+            services.append(
+                EmbeddedService(plugin.name, app, _port_of(plugin), port_setting(plugin.name))
+            )
+        sockets = bind_all(host, services)
+
         # Start in order (consumers before the gateway) and wait for each to listen.
         for service, sock in zip(services, sockets, strict=True):
+            if stopping.is_set():
+                return False
             where = service_host(service.name, host)
             server = _EmbeddedServer(server_config(service.app, host=where, port=service.port))
             task = asyncio.create_task(server.serve(sockets=[sock]), name=f"serve-{service.name}")
+            servers.append(server)
+            tasks.append(task)
             while not server.started:
                 if task.done():
                     task.result()  # raises the start-up error
                     raise RuntimeError(f"{service.name} stopped during start-up")
+                if stopping.is_set():
+                    return False
                 await asyncio.sleep(0.02)
-            servers.append(server)
-            tasks.append(task)
             log.info("service listening", name=service.name, url=f"http://{where}:{service.port}")
 
         # Every service has started: their routes prepared before the first request, then
         # their start-up objects out of later full collections.
         for service in services:
             await warm_routes(service.app)
+        if stopping.is_set():
+            return False
         print(banner(host, services, contributions), flush=True)
         freeze_startup_heap()
         frozen = True
@@ -355,6 +391,7 @@ async def run_embedded(
             await asyncio.wait([done_or_stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
         finally:
             done_or_stop.cancel()  # a service ended first: its wait goes too
+        return True
     finally:
         if frozen:
             release_startup_heap()
@@ -367,6 +404,18 @@ async def run_embedded(
         for sock in sockets:
             sock.close()
         await bus.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+
+
+async def _signalled(stopping: asyncio.Event) -> bool:
+    """Whether `stopping` is set, after the event loop has run the handler of a signal
+    that came while it was busy (read from its wakeup pipe in one turn of the loop, the
+    handler run in the next)."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+    return stopping.is_set()
 
 
 def banner(host: str, services: list[EmbeddedService], contributions: list[DevContribution]) -> str:

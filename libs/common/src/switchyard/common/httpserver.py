@@ -331,6 +331,11 @@ def bind(host: str, port: int, name: str, setting: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+    except OverflowError:
+        sock.close()
+        raise PortInUseError(
+            f"port {port} ({name}) is not a TCP port: set {setting} to one from 1 to 65535"
+        ) from None
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:

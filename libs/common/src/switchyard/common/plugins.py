@@ -65,6 +65,10 @@ class ServicePlugin:
     commands: Callable[[], list[typer.Typer | Callable[..., Any]]] = field(default=lambda: [])
     # Called by `switchyard dev` after migrations and before the apps start.
     prepare_dev: Callable[[], DevContribution] | None = None
+    # Checks the service's configuration files (routing, prices) before it starts, raising
+    # a ConfigurationError the CLI prints as one line; without it, the error would come
+    # from the app's start-up, inside the server's own traceback.
+    preflight: Callable[[], None] | None = None
     # Order in which embedded mode starts services (consumers before producers).
     start_order: int = 50
     # (user ids, API key ids, team ids) -> their emails and names, from the service that

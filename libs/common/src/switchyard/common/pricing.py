@@ -31,10 +31,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from switchyard.common.settings import ConfigurationError
+
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
 
-class PriceError(ValueError):
+class PriceError(ConfigurationError):
     """The price file is unreadable or invalid; the message names the file and field."""
 
 
@@ -225,7 +227,8 @@ def load_prices(path: str | None) -> PriceTable:
     except OSError as exc:
         raise PriceError(f"price file {path}: cannot be read ({exc.strerror or exc})") from exc
     except yaml.YAMLError as exc:
-        raise PriceError(f"price file {path}: not valid YAML ({exc})") from exc
+        problem = " ".join(str(exc).split())  # one line: PyYAML's spans several
+        raise PriceError(f"price file {path}: not valid YAML ({problem})") from exc
     try:
         return PriceTable.model_validate(raw or {})
     except ValidationError as exc:

@@ -73,6 +73,8 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from switchyard.common.settings import ConfigurationError
+
 # The SDKs refuse to start without an API key; deployments that need none (the simulator,
 # a local vLLM or Ollama) get this placeholder.
 PLACEHOLDER_API_KEY = "sim"
@@ -126,7 +128,7 @@ _REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-class RoutingError(ValueError):
+class RoutingError(ConfigurationError):
     """The routing table is missing, unreadable or invalid; the message names file and field."""
 
 
@@ -503,7 +505,8 @@ def _load_file(path: Path) -> RoutingTable:
     except OSError as exc:
         raise RoutingError(f"routing file {path}: cannot be read ({exc.strerror or exc})") from exc
     except yaml.YAMLError as exc:
-        raise RoutingError(f"routing file {path}: not valid YAML ({exc})") from exc
+        problem = " ".join(str(exc).split())  # one line: PyYAML's spans several
+        raise RoutingError(f"routing file {path}: not valid YAML ({problem})") from exc
     if not isinstance(raw, dict):
         raise RoutingError(f"routing file {path}: expected a mapping with a 'models' key")
     try:

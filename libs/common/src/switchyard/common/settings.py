@@ -12,7 +12,7 @@ import socket
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from switchyard.common.egress import networks_setting
@@ -42,6 +42,69 @@ def env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+class ConfigurationError(ValueError):
+    """Configuration a service cannot start with (its settings, routing or price file);
+    the message says what and where on one line, and the `switchyard` command prints it
+    alone and exits with status 1."""
+
+
+class SettingsError(ConfigurationError):
+    """Settings from the environment (or `.env`) a service cannot start with; the message
+    names each variable at fault and says why."""
+
+
+def variable_of(settings: type[BaseSettings], field_name: str) -> str:
+    """The environment variable `field_name` of `settings` (or one of its aliases, as a
+    validation error names it) is read from: the first name of its validation alias,
+    else the class's `env_prefix` and the field's name, upper case
+    (`SWITCHYARD_GATEWAY_PORT`)."""
+    field = settings.model_fields.get(field_name)
+    if field is None:  # pydantic names a field read through an alias by that alias
+        return field_name.upper()
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        names = [choice for choice in alias.choices if isinstance(choice, str)]
+        if names:
+            return names[0].upper()
+    elif isinstance(alias, str):
+        return alias.upper()
+    return f"{settings.model_config.get('env_prefix', '')}{field_name}".upper()
+
+
+def describe_settings_error(settings: type[BaseSettings], exc: ValidationError) -> str:
+    """`exc` (refusing `settings`) as one line: `VARIABLE: why` for each problem (a
+    problem of no one field, such as a secret left at its default, as its message)."""
+    problems = []
+    for error in exc.errors():
+        location = error["loc"]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if location:
+            where = variable_of(settings, str(location[0]))
+            rest = "".join(f"[{part}]" for part in location[1:])
+            problems.append(f"{where}{rest}: {message}")
+        else:
+            problems.append(message)
+    return "; ".join(problems)
+
+
+def http_url(value: Any) -> Any:
+    """Check a setting holding an HTTP(S) base URL (as a field validator, mode "after"):
+    `http` or `https`, a host, and a port from 1 to 65535 when one is given. Raises
+    ValueError saying which."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str):
+        return value
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"not a URL with a port from 1 to 65535 ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host")
+    return value
+
+
 class ServiceSettings(BaseSettings):
     """Settings every service has.
 
@@ -59,6 +122,15 @@ class ServiceSettings(BaseSettings):
         # A refused start-up prints the validation error; never with the secrets in it.
         hide_input_in_errors=True,
     )
+
+    def __init__(self, **values: Any) -> None:
+        """Read the settings (keyword `values` first, then the environment and `.env`).
+        Raises SettingsError naming each variable at fault, never pydantic's multi-line
+        ValidationError: a refused start-up is one line."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(describe_settings_error(type(self), exc)) from None
 
     # Secret fields listed here must not keep their development default outside development.
     secret_defaults: ClassVar[dict[str, str]] = {"internal_token": DEV_INTERNAL_TOKEN}

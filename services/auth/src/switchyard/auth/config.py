@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from switchyard.auth.keys import API_KEY_PREFIX
 from switchyard.common.settings import Environment, ServiceSettings, env
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.switchyard/auth.db"
@@ -44,7 +45,7 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_AUTH_")
 
-    port: int = 8001
+    port: int = Field(default=8001, ge=1, le=65535)
     max_body_bytes: int = Field(
         default=64 * 1024,
         gt=0,
@@ -132,6 +133,18 @@ class Settings(ServiceSettings):
         default=Path(".switchyard/dev-password"),
         description="Development only: where the generated dev password is kept between restarts.",
     )
+
+    @field_validator("dev_api_key")
+    @classmethod
+    def _dev_api_key_is_an_api_key(cls, value: str | None) -> str | None:
+        # The gateway reads a credential as an API key by its prefix, any other as an
+        # access token: a chosen key without it would be stored, printed and refused.
+        if value and not value.startswith(API_KEY_PREFIX):
+            raise ValueError(
+                f"an API key starts with {API_KEY_PREFIX!r} (the gateway reads any other "
+                "credential as an access token)"
+            )
+        return value
 
     @field_validator("verification_key_files", mode="before")
     @classmethod

@@ -11,7 +11,7 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from switchyard.common.events import ClientAPI
-from switchyard.common.settings import Environment, ServiceSettings, env
+from switchyard.common.settings import Environment, ServiceSettings, env, http_url
 
 MIB = 1024 * 1024
 
@@ -48,7 +48,7 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_GATEWAY_")
 
-    port: int = 8000
+    port: int = Field(default=8000, ge=1, le=65535)
     auth_url: str = Field(
         default="http://127.0.0.1:8001", validation_alias=env("SWITCHYARD_AUTH_URL")
     )
@@ -66,6 +66,8 @@ class Settings(ServiceSettings):
     simulator_url: str = Field(
         default="http://127.0.0.1:8099/v1", validation_alias=env("SWITCHYARD_SIMULATOR_URL")
     )
+
+    _simulator_url = field_validator("simulator_url")(http_url)
     jwt_issuer: str = Field(
         default="switchyard-auth", validation_alias=env("SWITCHYARD_JWT_ISSUER")
     )

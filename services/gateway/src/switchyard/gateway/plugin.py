@@ -22,6 +22,14 @@ def _commands() -> list[Any]:
     return [spend, replay_app]
 
 
+def _preflight() -> None:
+    """Load the routing file as start-up will (RoutingError says what is wrong with it)."""
+    from switchyard.common.routing import load_routing
+
+    settings = Settings()
+    load_routing(settings.routing_file, settings.simulator_url)
+
+
 service = ServicePlugin(
     name="gateway",
     default_port=8000,
@@ -34,5 +42,6 @@ service = ServicePlugin(
         database_url=_database_url,
     ),
     commands=_commands,
+    preflight=_preflight,
     start_order=90,
 )

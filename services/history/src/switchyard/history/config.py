@@ -21,7 +21,7 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_HISTORY_")
 
-    port: int = 8002
+    port: int = Field(default=8002, ge=1, le=65535)
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024,
         gt=0,

@@ -3,10 +3,10 @@ and `.env`)."""
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from switchyard.common.settings import ServiceSettings, env
+from switchyard.common.settings import ServiceSettings, env, http_url
 from switchyard.common.topics import Topics
 
 
@@ -16,7 +16,7 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_INFERENCE_")
 
-    port: int = 8003
+    port: int = Field(default=8003, ge=1, le=65535)
     routing_file: str | None = Field(
         default=None,
         validation_alias=env("SWITCHYARD_ROUTING_FILE", "routing_file"),
@@ -39,6 +39,8 @@ class Settings(ServiceSettings):
         validation_alias=env("SWITCHYARD_SIMULATOR_URL", "simulator_url"),
         description="Base URL of the provider simulator used by the default routing table.",
     )
+
+    _simulator_url = field_validator("simulator_url")(http_url)
     interactive_concurrency: int = Field(
         default=64,
         ge=1,

@@ -48,6 +48,19 @@ def prepare_dev() -> DevContribution:
     )
 
 
+def preflight() -> None:
+    """Load the routing file (every deployment's credential variables set) and the price
+    file as start-up will; RoutingError or PriceError (ConfigurationErrors) say what is
+    wrong with them in one line."""
+    from switchyard.common.pricing import load_prices
+    from switchyard.common.routing import load_routing
+    from switchyard.inference.bootstrap import check_credentials
+
+    settings = Settings()
+    check_credentials(load_routing(settings.routing_file, settings.simulator_url))
+    load_prices(settings.prices_file)
+
+
 service = ServicePlugin(
     name="inference",
     default_port=8003,
@@ -55,5 +68,6 @@ service = ServicePlugin(
     settings=Settings,
     factory="switchyard.inference.app:create_app",
     prepare_dev=prepare_dev,
+    preflight=preflight,
     start_order=10,
 )
