@@ -267,7 +267,18 @@ def build() -> typer.Typer:
             app.add_typer(command)
         else:
             app.command(name=command.__name__.replace("_", "-"))(command)
+    _plain_help(app)
     return app
+
+
+def _plain_help(group: typer.Typer) -> None:
+    """Render the `--help` of `group` and of every group under it with Click's formatter:
+    Typer's Rich one labels on/off flags with a value (`--json <bool>`, `--help <bool>`)
+    that the flag does not take."""
+    group.rich_markup_mode = None
+    for info in group.registered_groups:
+        if info.typer_instance is not None:
+            _plain_help(info.typer_instance)
 
 
 def main() -> None:
