@@ -186,6 +186,42 @@ async def test_what_a_request_may_use_counts_token_ids_and_every_choice(
     assert refused.value.code == "insufficient_quota"
 
 
+@pytest.mark.parametrize(
+    ("limits", "body", "words"),
+    [
+        ({"tpm_limit": 1000}, {**BODY, "max_tokens": 4096}, "lower max_tokens"),
+        ({"tpm_limit": 3}, {"model": "m", "input": "many words " * 20}, "send less input"),
+        ({"rpm_limit": 0}, BODY, "may make no requests"),
+    ],
+    ids=["tokens", "input-tokens", "requests"],
+)
+async def test_a_request_larger_than_the_whole_rate_limit_invites_no_retry(
+    limits, body, words
+) -> None:
+    """No window will ever admit it: waiting for the reset (the SDKs retry a 429 on their
+    own after Retry-After) would only fail again."""
+    [limited] = replicas(MemoryLedger(), policy(**limits), count=1)
+    with pytest.raises(Refused) as refused:
+        await limited.admit(Caller(), "m", body, embeddings="input" in body)
+
+    assert refused.value.code == "rate_limit_exceeded"
+    assert words in refused.value.message
+    assert refused.value.headers is not None
+    assert refused.value.headers["x-should-retry"] == "false"
+    assert refused.value.headers["Retry-After"] == ""  # the error writer sends none
+
+
+async def test_a_request_within_the_rate_limit_is_told_when_to_retry() -> None:
+    [limited] = replicas(MemoryLedger(), policy(rpm_limit=1), count=1)
+    await limited.admit(Caller(), "m", BODY)
+    with pytest.raises(Refused) as refused:
+        await limited.admit(Caller(), "m", BODY)
+
+    assert refused.value.headers is not None
+    assert "x-should-retry" not in refused.value.headers
+    assert int(refused.value.headers["Retry-After"]) >= 1
+
+
 async def test_a_request_that_used_more_than_it_reserved_does_not_exhaust_a_budget_with_room():
     """A request may use more than its estimate (the estimate is a guess; a model without
     a price estimates nothing); the replica's allowance is then below zero. The next

@@ -124,10 +124,11 @@ class Refused(APIError):
         left: float | None = None,
         output: bool = True,
     ) -> None:
-        """`needed` and `left` (a budget's unit, USD): what the request reserves at most
-        and what the budget has left after what is spent and reserved, when known: a
-        budget not used up but too small for this request says so; `output`: whether
-        `needed` holds output (false for embeddings and token counts, which make none)."""
+        """`needed`: what the request reserves at most, in the limit's unit (USD, requests,
+        tokens); `left`: what a budget has left after what is spent and reserved, when
+        known. A budget not used up but too small for this request, and a rate limit
+        smaller than the request, say so and invite no retry; `output`: whether `needed`
+        holds output (false for embeddings and token counts, which make none)."""
         self.level, self.scope_id, self.kind = level, scope_id, kind
         # The caller's team, for the refusal's record (set by `Admission.admit`).
         self.team_id: str | None = None
@@ -176,6 +177,26 @@ class Refused(APIError):
             error_type = "tokens" if kind == "tokens" else "requests"
             code = "rate_limit_exceeded"
             all_headers["Retry-After"] = str(retry_after)
+            if needed is not None and needed > limit:
+                # More than the whole limit: no window will ever admit it, so no retry
+                # (no Retry-After, and the SDKs skip retrying on `x-should-retry`).
+                if kind != "tokens":
+                    message = f"The {who} may make no requests: its limit is {what}."
+                elif output:
+                    message = (
+                        f"Request too large: it may use up to {needed:g} tokens (its prompt, "
+                        f"and its output at most as long as max_tokens allows), more than the "
+                        f"whole limit of {what} for the {who}; set a lower max_tokens (or "
+                        "max_output_tokens), or raise the limit."
+                    )
+                else:
+                    message = (
+                        f"Request too large: its input is about {needed:g} tokens, more than "
+                        f"the whole limit of {what} for the {who}; send less input, or raise "
+                        "the limit."
+                    )
+                all_headers["Retry-After"] = ""
+                all_headers["x-should-retry"] = "false"
         super().__init__(429, message, type=error_type, code=code, headers=all_headers)
 
     def rate_headers(self, api: Any) -> dict[str, str]:
@@ -456,6 +477,7 @@ class Admission:
                         cost.tokens,
                         WINDOW_S,
                         failure_mode=rate_mode,
+                        output=not embeddings,
                     )
                 )
             if limits.max_parallel_requests is not None:
