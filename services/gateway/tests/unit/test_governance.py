@@ -510,6 +510,33 @@ async def test_answers_carry_rate_limit_headers_and_refusals_use_each_apis_shape
     assert len(harness.requests) == 2
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", CHAT),
+        ("/v1/messages", {**CHAT, "max_tokens": 16}),
+        ("/v1/responses", {"model": "sim-small", "input": "hi"}),
+        ("/v1/responses", {"model": "sim-small", "input": "hi", "background": True}),
+    ],
+    ids=["chat", "messages", "responses", "background-response"],
+)
+@pytest.mark.parametrize(
+    "bad", [{"X-Switchyard-Cache": "bogus"}, {"X-Switchyard-Cache-TTL": "abc"}], ids=["mode", "ttl"]
+)
+async def test_a_request_refused_for_its_headers_uses_none_of_the_rate_limit(
+    harness, path, body, bad
+):
+    """A 400 is a request not made: it must not count against requests per minute."""
+    limited_auth(harness, rpm_limit=1)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    for _ in range(2):
+        refused = await harness.client.post(path, json=body, headers={**headers, **bad})
+        assert refused.status_code == 400, refused.text
+        assert "invalid_cache_header" in refused.text
+    admitted = await harness.client.post(path, json=body, headers=headers)
+    assert admitted.status_code in (200, 202), admitted.text
+
+
 async def test_an_exhausted_budget_is_insufficient_quota_naming_the_level(harness):
     limited_auth(harness, max_budget_usd=0.0)
     response = await harness.client.post(

@@ -230,6 +230,9 @@ class Dispatch:
                 headers={"Retry-After": "1"},
             )
 
+        # A request refused for its own headers never reaches admission: it would count
+        # against the caller's requests per minute without being made.
+        gateway.cache.check_headers(request)
         request_id = request_id_of(request.scope) or new_id()
         ticket = await admit(gateway, principal, request_id, client)
         dispatch = cls(

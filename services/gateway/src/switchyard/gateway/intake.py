@@ -268,8 +268,11 @@ async def submit_batch(
     """Check the model, admit and publish a request to the batch lane, where no gateway
     waits for it (no reply address; deadline `job_timeout_s`), and remember it as
     accepted here so it can be cancelled at once (`RecentJobs`). Raises APIError (404
-    model, 413, 503) or `Refused` (429) as the module docstring says."""
+    model, 400 for a bad cache header, 413, 503) or `Refused` (429) as the module
+    docstring says."""
     check_model(gateway, principal, client.model)
+    # Not cached, but a bad cache header is the same 400 everywhere, and before admission.
+    gateway.cache.check_headers(request)
     client = replace(client, stream=False)  # its result is read later, never streamed
     request_id = request_id_of(request.scope) or new_id()
     ticket = await admit(gateway, principal, request_id, client)
