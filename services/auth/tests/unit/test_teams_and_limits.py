@@ -273,6 +273,49 @@ def test_operators_manage_teams_keys_and_tenants_from_the_cli(cli) -> None:
     assert cli("teams", "list").stdout.strip() == ""
 
 
+def test_a_tenant_limit_below_its_users_or_keys_is_refused_naming_the_field(cli) -> None:
+    """As a team's limit below its members' and keys' is: else every later edit of those
+    users and keys, of any field, is refused for a limit nobody touched."""
+    assert cli("users", "create", "--email", "u@acme.test", "--tenant", "acme", "--no-password")
+    assert cli("users", "update", "--email", "u@acme.test", "--rpm-limit", "50").exit_code == 0
+    key = cli("keys", "create", "--email", "u@acme.test", "--tpm-limit", "5000", "--json")
+    assert key.exit_code == 0, key.output
+
+    for flag, value, field in (
+        ("--rpm-limit", "10", "rpm_limit"),
+        ("--tpm-limit", "100", "tpm_limit"),
+    ):
+        refused = cli("tenants", "update", "--tenant", "acme", flag, value)
+        assert refused.exit_code == 1 and field in refused.output, refused.output
+    shown = json.loads(cli("tenants", "show", "--tenant", "acme").stdout)
+    assert (shown["rpm_limit"], shown["tpm_limit"]) == (None, None)
+    # A revoked key is no longer in the way.
+    assert cli("keys", "revoke", json.loads(key.stdout)["key_id"]).exit_code == 0
+    assert cli("tenants", "update", "--tenant", "acme", "--tpm-limit", "100").exit_code == 0
+    assert cli("tenants", "update", "--tenant", "acme", "--rpm-limit", "50").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("teams", "create", "--tenant", "", "--name", "zz"),
+        ("teams", "create", "--tenant", "no spaces", "--name", "zz"),
+        ("tenants", "update", "--tenant", "", "--rpm-limit", "5"),
+        ("keys", "create", "--email", "u@acme.test", "--expires-in-days", "100000000"),
+    ],
+    ids=["empty-tenant", "bad-tenant", "tenant-update", "expiry"],
+)
+def test_bad_cli_input_is_one_line_and_writes_nothing(cli, args) -> None:
+    assert cli("users", "create", "--email", "u@acme.test", "--tenant", "acme", "--no-password")
+    refused = cli(*args)
+
+    assert refused.exit_code == 1, refused.output
+    assert refused.exception is None or isinstance(refused.exception, SystemExit)
+    assert len(refused.output.strip().splitlines()) == 1, refused.output
+    assert cli("teams", "list").stdout.strip() == ""
+    assert cli("keys", "list", "--json").stdout.strip() == ""
+
+
 # Not among the cache opt-in tests: every test there runs the auth app (`acme`), whose
 # loop stands still while a synchronous test runs, so a transaction of its open at that
 # moment held the database's write lock against the commands for their busy timeout.

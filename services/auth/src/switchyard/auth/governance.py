@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -38,6 +38,7 @@ from switchyard.auth.service import (
     KeyAlreadyRevoked,
     UserNotFound,
     _validate_models,
+    check_tenant,
     printable,
 )
 from switchyard.common.events import LimitsChanged, LimitsChangedData
@@ -240,7 +241,10 @@ class Governance:
         rate_limit_failure_mode: str | None = None,
         budget_failure_mode: str | None = None,
     ) -> Tenant:
-        """Set a tenant's limits (a patch) and failure modes."""
+        """Set a tenant's limits (a patch) and failure modes. Raises InvalidInput naming
+        the field: a bad tenant name or value, or a limit below a team's, user's or active
+        key's of the tenant."""
+        check_tenant(tenant)
         for name, mode in (
             ("rate_limit_failure_mode", rate_limit_failure_mode),
             ("budget_failure_mode", budget_failure_mode),
@@ -256,6 +260,8 @@ class Governance:
             merged = _merged(row, limits)
             for team in await self._teams(session, tenant):
                 _within(limits_of(team), merged, "team", "tenant")
+            for level, above in await _above_tenant(session, tenant, merged):
+                _within(limits_of(above), merged, level, "tenant")
             _store(row, merged, now)
             if rate_limit_failure_mode is not None:
                 row.rate_limit_failure_mode = rate_limit_failure_mode
@@ -314,7 +320,9 @@ class Governance:
         cache: dict[str, Any] | None = None,
     ) -> Team:
         """A new team with its limits and response cache opt-in (`cache`, see
-        `apply_cache`); DuplicateTeam if the tenant has one of that name."""
+        `apply_cache`); DuplicateTeam if the tenant has one of that name, InvalidInput
+        for a bad tenant name or value."""
+        check_tenant(tenant)
         name = _team_name(name)
         models = _validate_models(allowed_models)
         now = datetime.now(UTC)
@@ -611,6 +619,37 @@ def _team_name(name: str) -> str:
     if not name or len(name) > 200 or not printable(name):
         raise InvalidInput("Team name must be 1-200 printable characters.", param="name")
     return name
+
+
+async def _above_tenant(
+    session: AsyncSession, tenant: str, limits: Limits
+) -> list[tuple[str, User | ApiKey]]:
+    """A user and an active key of `tenant` (level name, row) with a limit above the
+    same limit of `limits`, at most one of each per limit: what lowering the tenant's
+    limits to `limits` would leave above them. One indexed query per limit set, however
+    many users and keys the tenant has."""
+    found: list[tuple[str, User | ApiKey]] = []
+    models: tuple[tuple[str, type[User] | type[ApiKey]], ...] = (
+        ("user", User),
+        ("api_key", ApiKey),
+    )
+    for level, model in models:
+        for name in NUMERIC_LIMIT_FIELDS:
+            value = getattr(limits, name)
+            if value is None:
+                continue
+            column = getattr(model, name)
+            query = select(model).where(model.tenant == tenant, column > value)
+            if name == "max_budget_usd":  # budgets of one period only are compared
+                query = query.where(model.budget_period.is_not_distinct_from(limits.budget_period))
+            if model is ApiKey:
+                query = query.where(ApiKey.revoked_at.is_(None))
+            row = cast(
+                "User | ApiKey | None", (await session.execute(query.limit(1))).scalar_one_or_none()
+            )
+            if row is not None:
+                found.append((level, row))
+    return found
 
 
 async def _members(session: AsyncSession, team_id: str) -> Sequence[User]:

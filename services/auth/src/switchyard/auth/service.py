@@ -349,10 +349,7 @@ class AuthService:
         email = normalise_email(email)
         if role not in ROLES:
             raise InvalidInput(f"Role must be one of: {', '.join(ROLES)}.", param="role")
-        if not _TENANT.match(tenant):
-            raise InvalidInput(
-                "Tenant must be 1-128 letters, digits, '.', '_' or '-'.", param="tenant"
-            )
+        check_tenant(tenant)
         if password is not None and not password:
             raise InvalidInput("Password must not be empty.", param="password")
         password_hash = await self._passwords.hash_async(password) if password is not None else None
@@ -865,13 +862,27 @@ class AuthService:
         return event_class(source=EVENT_SOURCE, tenant=tenant, request_id=new_id(), data=data)
 
 
+# The longest a key may be made to last (ten years); longer, ask for no expiry.
+MAX_EXPIRY_DAYS = 3650
+
+
+def check_tenant(tenant: str) -> None:
+    """Raise InvalidInput (param `tenant`) unless `tenant` is a tenant name: 1 to 128
+    letters, digits, `.`, `_` or `-`, starting with a letter or digit."""
+    if not _TENANT.match(tenant):
+        raise InvalidInput("Tenant must be 1-128 letters, digits, '.', '_' or '-'.", param="tenant")
+
+
 def expiry_in_days(days: int | None) -> datetime | None:
     """The UTC instant `days` days from now, or None for None (no expiry). Raises InvalidInput
-    (param `expires_in_days`) unless `days` is positive."""
+    (param `expires_in_days`) unless `days` is from 1 to `MAX_EXPIRY_DAYS`."""
     if days is None:
         return None
-    if days <= 0:
-        raise InvalidInput("Expiry must be a positive number of days.", param="expires_in_days")
+    if not 0 < days <= MAX_EXPIRY_DAYS:
+        raise InvalidInput(
+            f"Expiry must be from 1 to {MAX_EXPIRY_DAYS} days (for none, leave it out).",
+            param="expires_in_days",
+        )
     return datetime.now(UTC) + timedelta(days=days)
 
 

@@ -21,6 +21,7 @@ from switchyard.auth.governance import NotPermitted, TeamNotFound
 from switchyard.auth.metrics import API_KEYS_CREATED, REVOCATIONS
 from switchyard.auth.models import ApiKey, User
 from switchyard.auth.service import (
+    MAX_EXPIRY_DAYS,
     ApiKeyNotFound,
     ExceedsCredential,
     InvalidInput,
@@ -53,7 +54,7 @@ class CreateApiKey(LimitsIn):
         description="Models this key may call, within the access token's own models; when "
         "omitted, the token's models (any model for an unrestricted token).",
     )
-    expires_in_days: int | None = Field(default=None, gt=0, le=3650)
+    expires_in_days: int | None = Field(default=None, gt=0, le=MAX_EXPIRY_DAYS)
 
 
 class CreatedApiKey(BaseModel):
