@@ -1174,40 +1174,27 @@ class ResponseEventWriter:
             empty = (
                 _output_text("") if part == "output_text" else {"type": "refusal", "refusal": ""}
             )
-            events.append(
-                self._event(
-                    "response.content_part.added",
-                    item_id=state.item_id,
-                    output_index=state.index,
-                    content_index=len(state.parts),
-                    part=empty,
-                )
-            )
+            events.append(self._part_event(state, "response.content_part.added", part=empty))
             state.part_open = part
         if delta:
             state.text.append(delta)
             if part == "output_text":
                 events.append(
-                    self._event(
-                        "response.output_text.delta",
-                        item_id=state.item_id,
-                        output_index=state.index,
-                        content_index=len(state.parts),
-                        delta=delta,
-                        logprobs=[],
-                    )
+                    self._part_event(state, "response.output_text.delta", delta=delta, logprobs=[])
                 )
             else:
-                events.append(
-                    self._event(
-                        "response.refusal.delta",
-                        item_id=state.item_id,
-                        output_index=state.index,
-                        content_index=len(state.parts),
-                        delta=delta,
-                    )
-                )
+                events.append(self._part_event(state, "response.refusal.delta", delta=delta))
         return events
+
+    def _part_event(self, state: _Open, kind: str, **data: Any) -> dict[str, Any]:
+        """Event `kind` of the content part message `state` has open (or opens next)."""
+        return self._event(
+            kind,
+            item_id=state.item_id,
+            output_index=state.index,
+            content_index=len(state.parts),
+            **data,
+        )
 
     def _close_part(self, state: _Open) -> list[dict[str, Any]]:
         if state.part_open is None:
@@ -1234,11 +1221,9 @@ class ResponseEventWriter:
         events = self.text(key, "", "output_text")
         state = self._items[key]
         events.append(
-            self._event(
+            self._part_event(
+                state,
                 "response.output_text.annotation.added",
-                item_id=state.item_id,
-                output_index=state.index,
-                content_index=len(state.parts),
                 annotation_index=len(state.annotations),
                 annotation=annotation,
             )
