@@ -197,6 +197,8 @@ def test_a_bad_setting_is_one_line_naming_its_variable(
     [
         ("SWITCHYARD_INFERENCE_PORT", "70000", "less than or equal to 65535"),
         ("SWITCHYARD_SIMULATOR_URL", "http://127.0.0.1:99999/v1", "port from 1 to 65535"),
+        ("SWITCHYARD_SIMULATOR_URL", "http://127.0.0.1:0/v1", "port from 1 to 65535"),
+        ("SWITCHYARD_SIMULATOR_URL", "127.0.0.1:8099/v1", "http:// or https://"),
         ("SWITCHYARD_ROUTING_FILE", "/no/such/routing.yaml", "cannot be read"),
     ],
 )

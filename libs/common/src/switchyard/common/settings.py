@@ -97,9 +97,11 @@ def http_url(value: Any) -> Any:
         return value
     try:
         parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+        port = parts.port  # ValueError for a port above 65535 or not a number
     except ValueError as exc:
         raise ValueError(f"not a URL with a port from 1 to 65535 ({exc})") from None
+    if port == 0:
+        raise ValueError("not a URL with a port from 1 to 65535 (port 0)")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an http:// or https:// URL with a host")
     return value
