@@ -224,6 +224,37 @@ def test_bad_configuration_stops_a_service_in_one_line(
     assert variable in line or value in line
 
 
+@pytest.mark.parametrize(
+    ("service", "variable", "value"),
+    [
+        ("gateway", "SWITCHYARD_AUTH_URL", "127.0.0.1:8001"),
+        ("gateway", "SWITCHYARD_HISTORY_URL", "http://127.0.0.1:80020"),
+        ("gateway", "SWITCHYARD_GATEWAY_CONSOLE_INFERENCE_METRICS_URLS", "inference:8003/metrics"),
+        ("history", "SWITCHYARD_HISTORY_GATEWAY_URL", "gateway:8000"),
+    ],
+)
+def test_a_service_url_that_is_not_one_is_named_at_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    service: str,
+    variable: str,
+    value: str,
+) -> None:
+    """Else it fails every call to that service later, far from the setting at fault."""
+    import sys
+
+    from switchyard.common import cli
+
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setattr(sys, "argv", ["switchyard", service])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+
+    assert stopped.value.code == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {variable}")
+
+
 def test_a_routing_file_that_is_not_yaml_is_one_line(tmp_path) -> None:
     from switchyard.common.routing import RoutingError, load_routing
 

@@ -67,7 +67,7 @@ class Settings(ServiceSettings):
         default="http://127.0.0.1:8099/v1", validation_alias=env("SWITCHYARD_SIMULATOR_URL")
     )
 
-    _simulator_url = field_validator("simulator_url")(http_url)
+    _urls = field_validator("auth_url", "history_url", "simulator_url")(http_url)
     jwt_issuer: str = Field(
         default="switchyard-auth", validation_alias=env("SWITCHYARD_JWT_ISSUER")
     )
@@ -294,6 +294,12 @@ class Settings(ServiceSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("console_inference_metrics_urls")
+    @classmethod
+    def _metrics_urls(cls, value: list[str]) -> list[str]:
+        """Each replica's /metrics URL is checked as the other service URLs are."""
+        return [http_url(url) for url in value]
 
     @model_validator(mode="after")
     def _check_cors(self) -> Settings:

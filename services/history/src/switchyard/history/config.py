@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from switchyard.common.settings import ServiceSettings
+from switchyard.common.settings import ServiceSettings, http_url
 from switchyard.common.topics import Topics
 
 # Shipped inside the package so `switchyard db upgrade` works from an installed wheel.
@@ -124,6 +124,12 @@ class Settings(ServiceSettings):
         description="A gateway, which admits each replayed request against the budgets and "
         "rate limits of whoever it is billed to; empty: replays are sent without admission.",
     )
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _gateway_url(cls, value: str) -> str:
+        """Empty turns admission of replays off; anything else must be an HTTP(S) URL."""
+        return value if value == "" else http_url(value)
 
     @model_validator(mode="after")
     def _default_group(self) -> Settings:
