@@ -442,3 +442,171 @@ def test_a_responses_option_outside_its_values_is_refused_naming_its_path(
 )
 def test_every_value_the_official_sdks_send_is_taken(http, route, extra):
     assert post(http, route, extra).status_code == 200
+
+
+# ------------------------------------------------------------------ shapes of structured fields
+
+# Values of every JSON type, and objects of the wrong shape inside the structured fields.
+WRONG_VALUES = [
+    5,
+    1.5,
+    "s",
+    True,
+    [],
+    [5],
+    [{}],
+    {},
+    {"type": 5},
+    {"type": "json_schema", "json_schema": "s"},
+    {"type": "json_schema", "json_schema": {"name": "a", "schema": "s"}},
+]
+STRUCTURED_FIELDS = {
+    CHAT: ["messages", "tools", "tool_choice", "response_format", "metadata", "stop"],
+    RESPONSES: ["input", "tools", "tool_choice", "text", "include", "instructions", "metadata"],
+    INPUT_TOKENS: ["input", "tools", "tool_choice", "text", "instructions", "conversation"],
+    EMBEDDINGS: ["input"],
+    MESSAGES: ["messages", "tools", "tool_choice", "system", "metadata", "stop_sequences"],
+    COUNT_TOKENS: ["messages", "tools", "tool_choice", "system"],
+}
+SHAPE_CASES = [
+    (route, name, value, stream)
+    for route, names in STRUCTURED_FIELDS.items()
+    for name in names
+    for value in WRONG_VALUES
+    for stream in ((False, True) if route in (CHAT, RESPONSES, MESSAGES) else (False,))
+]
+
+
+def test_no_shape_of_a_structured_field_makes_the_simulator_fail(http):
+    """A provider answers a malformed field with 400, never 500: a 500 would be counted
+    against the deployment's circuit breaker as the provider's own failure."""
+    failures = []
+    for route, name, value, stream in SHAPE_CASES:
+        body = {**VALID[route], name: value, **({"stream": True} if stream else {})}
+        response = http.post(route, json=body)
+        if response.status_code >= 500:
+            failures.append((route, name, value, stream, response.status_code))
+
+    assert failures == []
+
+
+@pytest.mark.parametrize(
+    ("route", "extra", "param", "code"),
+    [
+        (CHAT, {"tools": 5}, "tools", "invalid_type"),
+        (CHAT, {"tools": [{"type": "function", "function": {"name": "a b"}}]}, None, None),
+        (
+            CHAT,
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": "s"}}]},
+            "tools[0].function.parameters",
+            "invalid_type",
+        ),
+        (
+            CHAT,
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": 1}}},
+            "response_format.json_schema.schema",
+            "invalid_type",
+        ),
+        (CHAT, {"metadata": {"k": 5}}, "metadata.k", "invalid_type"),
+        (CHAT, {"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", None),
+        (CHAT, {"metadata": {"k": "v" * 513}}, "metadata.k", "string_above_max_length"),
+        (
+            CHAT,
+            {"max_tokens": 5, "max_completion_tokens": 6},
+            "max_tokens",
+            "invalid_parameter_combination",
+        ),
+        (
+            CHAT,
+            {
+                "tools": [{"type": "function", "function": {"name": "a"}}],
+                "tool_choice": {"type": "function", "function": {"name": "b"}},
+            },
+            "tool_choice",
+            "invalid_value",
+        ),
+        (RESPONSES, {"tools": 5}, "tools", "invalid_type"),
+        (RESPONSES, {"include": [{}]}, "include[0]", "invalid_type"),
+        (
+            RESPONSES,
+            {"text": {"format": {"type": "json_schema", "name": "a", "schema": "s"}}},
+            "text.format.schema",
+            "invalid_type",
+        ),
+        (
+            RESPONSES,
+            {"previous_response_id": "resp_1", "conversation": "conv_1"},
+            None,
+            "mutually_exclusive_parameters",
+        ),
+    ],
+)
+def test_malformed_openai_structured_fields_are_refused_naming_them(
+    http, route, extra, param, code
+):
+    response = post(http, route, extra)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    if param is not None:
+        assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    if param is None and code is None:
+        assert error["param"] == "tools[0].function.name"
+
+
+def test_openai_wording_of_the_metadata_limit():
+    response = TestClient(create_simulator_app()).post(
+        CHAT, json={**VALID[CHAT], "metadata": {f"k{i}": "v" for i in range(17)}}
+    )
+
+    assert response.json() == openai_body(
+        "metadata",
+        "object_above_max_properties",
+        "Invalid 'metadata': too many properties. Expected an object with at most 16 "
+        "properties, but got an object with 17 properties instead.",
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"tools": 5}, "tools: Input should be a valid array"),
+        ({"tools": [{"name": "a b", "input_schema": {}}]}, None),
+        ({"tools": [{"name": "f", "input_schema": "s"}]}, "tools.0.input_schema: "),
+        ({"stop_sequences": [" "]}, "stop_sequences.0: each stop sequence must contain"),
+        ({"stop_sequences": [""]}, "stop_sequences.0: each stop sequence must contain"),
+        ({"tool_choice": {"type": "tool"}}, "tool_choice.tool.name: Field required"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "A "},
+                ]
+            },
+            "messages: final assistant content cannot end with trailing whitespace",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": [{"type": "text", "text": "A\n"}]},
+                ]
+            },
+            "messages: final assistant content cannot end with trailing whitespace",
+        ),
+    ],
+)
+def test_malformed_anthropic_structured_fields_are_refused_naming_them(http, extra, message):
+    response = post(http, MESSAGES, extra)
+
+    assert response.status_code == 400
+    text = response.json()["error"]["message"]
+    assert text.startswith(message or "tools.0.name: String should match pattern")
+
+
+def test_a_prefill_without_trailing_whitespace_is_continued(http):
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "A"}]
+
+    assert post(http, MESSAGES, {"messages": messages}).status_code == 200

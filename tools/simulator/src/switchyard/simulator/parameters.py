@@ -85,6 +85,61 @@ ResponsesServiceTier = Literal["auto", "default", "flex", "scale", "priority", "
 OpenAIVerbosity = Literal["low", "medium", "high"]
 
 
+# OpenAI's function names (Chat Completions' `tools[].function.name`, Responses'
+# `tools[].name`): letters, digits, underscores and dashes, at most 64 characters.
+OpenAIToolName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]+$", max_length=64)]
+JsonObject = dict[str, Any]
+# OpenAI's `metadata` (Chat Completions and Responses): at most 16 pairs of string values of
+# at most 512 characters.
+OpenAIMetadata = Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=16)]
+
+
+@with_config(_STRICT)
+class _ChatFunction(TypedDict, total=False):
+    name: Required[OpenAIToolName]
+    description: str | None
+    parameters: JsonObject | None
+    strict: bool | None
+
+
+@with_config(_STRICT)
+class _ChatTool(TypedDict, total=False):
+    type: Required[str]
+    function: _ChatFunction
+
+
+@with_config(_STRICT)
+class _JsonSchema(TypedDict, total=False):
+    name: Required[str]
+    description: str | None
+    schema: JsonObject | None
+    strict: bool | None
+
+
+@with_config(_STRICT)
+class _ChatResponseFormat(TypedDict, total=False):
+    type: Required[Literal["json_object", "json_schema", "text"]]
+    json_schema: _JsonSchema
+
+
+@with_config(_STRICT)
+class _TextFormat(TypedDict, total=False):
+    type: Required[Literal["json_object", "json_schema", "text"]]
+    name: str
+    description: str | None
+    schema: JsonObject | None
+    strict: bool | None
+
+
+@with_config(_STRICT)
+class _ResponsesTool(TypedDict, total=False):
+    type: Required[str]
+    name: OpenAIToolName
+    description: str | None
+    parameters: JsonObject | None
+    strict: bool | None
+
+
 @with_config(_STRICT)
 class _Reasoning(TypedDict, total=False):
     effort: OpenAIEffort | None
@@ -93,6 +148,7 @@ class _Reasoning(TypedDict, total=False):
 
 @with_config(_STRICT)
 class _Text(TypedDict, total=False):
+    format: _TextFormat | None
     verbosity: OpenAIVerbosity | None
 
 
@@ -112,16 +168,19 @@ class ChatCompletionsParameters(TypedDict, total=False):
     logprobs: bool | None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None
     max_tokens: Annotated[int, Field(ge=1)] | None
+    metadata: OpenAIMetadata | None
     n: Annotated[int, Field(ge=1, le=128)] | None
     parallel_tool_calls: bool | None
     presence_penalty: Annotated[Decimal, Field(ge=-2.0, le=2.0)] | None
     reasoning_effort: OpenAIEffort | None
+    response_format: _ChatResponseFormat | None
     seed: int | None
     service_tier: OpenAIServiceTier | None
     stop: OpenAIStop | None
     store: bool | None
     stream: bool | None
     temperature: OpenAITemperature | None
+    tools: list[_ChatTool] | None
     top_logprobs: OpenAITopLogprobs | None
     top_p: OpenAITopP | None
     verbosity: OpenAIVerbosity | None
@@ -133,6 +192,9 @@ class ResponsesInputTokensParameters(TypedDict, total=False):
 
     model: str
     parallel_tool_calls: bool | None
+    previous_response_id: str | None
+    text: _Text | None
+    tools: list[_ResponsesTool] | None
     truncation: Literal["auto", "disabled"] | None
 
 
@@ -140,14 +202,15 @@ class ResponsesInputTokensParameters(TypedDict, total=False):
 class ResponsesParameters(ResponsesInputTokensParameters, total=False):
     """`POST /v1/responses` (OpenAI API reference, "Create a model response")."""
 
+    include: list[str] | None
     max_output_tokens: Annotated[int, Field(ge=16)] | None
+    metadata: OpenAIMetadata | None
     reasoning: _Reasoning | None
     service_tier: ResponsesServiceTier | None
     store: bool | None
     stream: bool | None
     temperature: OpenAITemperature | None
     top_logprobs: OpenAITopLogprobs | None
-    text: _Text | None
     top_p: OpenAITopP | None
 
 
@@ -208,6 +271,33 @@ AnthropicThinking = Annotated[
 ]
 
 
+def _has_non_whitespace(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("whitespace", "each stop sequence must contain non-whitespace")
+    return value
+
+
+@with_config(_STRICT)
+class _AnthropicTool(TypedDict, total=False):
+    # Client tools (`input_schema`) and server tools (`type`, e.g. `web_search_20250305`).
+    type: str | None
+    name: Required[Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,128}$")]]
+    description: str
+    input_schema: JsonObject
+
+
+@with_config(_STRICT)
+class _AnthropicToolChoice(TypedDict, total=False):
+    type: Required[Literal["auto", "any", "tool", "none"]]
+    name: str
+    disable_parallel_tool_use: bool
+
+
+@with_config(_STRICT)
+class _AnthropicMetadata(TypedDict, total=False):
+    user_id: Annotated[str, Field(max_length=256)] | None
+
+
 AnthropicModel = Annotated[str, Field(min_length=1)]
 AnthropicMessages = Annotated[list[Any], AfterValidator(_some_messages)]
 
@@ -219,6 +309,8 @@ class CountTokensParameters(TypedDict, total=False):
     model: Required[AnthropicModel]
     messages: Required[AnthropicMessages]
     thinking: AnthropicThinking
+    tools: list[_AnthropicTool]
+    tool_choice: _AnthropicToolChoice
 
 
 @with_config(_STRICT)
@@ -230,8 +322,11 @@ class MessagesParameters(TypedDict, total=False):
     messages: Required[AnthropicMessages]
     thinking: AnthropicThinking
     max_tokens: Required[Annotated[int, Field(ge=1)]]
-    stop_sequences: list[str]
+    metadata: _AnthropicMetadata
+    stop_sequences: list[Annotated[str, AfterValidator(_has_non_whitespace)]]
     temperature: Annotated[float, _range(0, 1)]
+    tool_choice: _AnthropicToolChoice
+    tools: list[_AnthropicTool]
     top_k: Annotated[int, Field(ge=0)]
     top_p: Annotated[float, _range(0, 1)]
     stream: bool
@@ -276,6 +371,89 @@ def _thinking_takes_default_sampling(body: dict[str, Any]) -> None:
         )
     if body.get("top_k") is not None:
         raise BadRequest("top_k: must be unset when thinking is enabled.")
+
+
+def _one_token_limit(body: dict[str, Any]) -> None:
+    # OpenAI's answer to a Chat Completions request setting both limits.
+    if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
+        raise BadRequest(
+            "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported.",
+            "max_tokens",
+            "invalid_parameter_combination",
+        )
+
+
+def _chat_tool_choice(body: dict[str, Any]) -> None:
+    # `tool_choice`: "none", "auto", "required", or an object naming a function of `tools`.
+    choice = body.get("tool_choice")
+    if choice is None or choice in ("none", "auto", "required"):
+        return
+    if isinstance(choice, str):
+        raise BadRequest(
+            f"Invalid value: '{choice}'. Supported values are: 'none', 'auto', and 'required'.",
+            "tool_choice",
+            "invalid_value",
+        )
+    if not isinstance(choice, dict):
+        raise BadRequest(
+            f"Invalid type for 'tool_choice': expected one of a string or an object, but got "
+            f"{_json_type(choice)} instead.",
+            "tool_choice",
+            "invalid_type",
+        )
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else choice.get("name")
+    if choice.get("type") == "function" and isinstance(name, str):
+        tools = body.get("tools") or []
+        names = {
+            (tool.get("function") or {}).get("name") if "function" in tool else tool.get("name")
+            for tool in tools
+        }
+        if name not in names:
+            raise BadRequest(
+                f"Invalid value for 'tool_choice': function '{name}' is not in 'tools'.",
+                "tool_choice",
+                "invalid_value",
+            )
+
+
+def _one_conversation_state(body: dict[str, Any]) -> None:
+    # A Responses request continues a stored response or a conversation, never both.
+    conversation = body.get("conversation")
+    if conversation is not None and not isinstance(conversation, str | dict):
+        raise BadRequest(
+            f"Invalid type for 'conversation': expected one of a string or an object, but got "
+            f"{_json_type(conversation)} instead.",
+            "conversation",
+            "invalid_type",
+        )
+    if conversation is not None and body.get("previous_response_id") is not None:
+        raise BadRequest(
+            "Mutually exclusive parameters: Ensure you are only providing one of: "
+            "'previous_response_id' or 'conversation'.",
+            None,
+            "mutually_exclusive_parameters",
+        )
+
+
+def _no_trailing_whitespace_prefill(body: dict[str, Any]) -> None:
+    # Anthropic continues a final assistant message (a prefill), which may not end in
+    # whitespace.
+    messages = body.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        return
+    content = last.get("content")
+    if isinstance(content, list) and content and isinstance(content[-1], dict):
+        content = content[-1].get("text") if content[-1].get("type") == "text" else None
+    if isinstance(content, str) and content != content.rstrip():
+        raise BadRequest("messages: final assistant content cannot end with trailing whitespace")
+
+
+def _anthropic_tool_choice_names_a_tool(body: dict[str, Any]) -> None:
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "tool" and "name" not in choice:
+        raise BadRequest("tool_choice.tool.name: Field required")
 
 
 def _openai_model_given(body: dict[str, Any]) -> None:
@@ -324,19 +502,34 @@ RULES: dict[str, Rules] = {
         "openai",
         ChatCompletionsParameters,
         first=(_openai_model_given,),
-        then=(_top_logprobs_need_logprobs,),
+        then=(_top_logprobs_need_logprobs, _one_token_limit, _chat_tool_choice),
     ),
-    "/v1/responses": Rules("openai", ResponsesParameters, first=(_openai_model_given,)),
+    "/v1/responses": Rules(
+        "openai",
+        ResponsesParameters,
+        first=(_openai_model_given,),
+        then=(_one_conversation_state, _chat_tool_choice),
+    ),
     "/v1/responses/input_tokens": Rules(
-        "openai", ResponsesInputTokensParameters, first=(_openai_model_given,)
+        "openai",
+        ResponsesInputTokensParameters,
+        first=(_openai_model_given,),
+        then=(_one_conversation_state, _chat_tool_choice),
     ),
     "/v1/embeddings": Rules("openai", EmbeddingsParameters, first=(_openai_model_given,)),
     "/v1/messages": Rules(
         "anthropic",
         MessagesParameters,
-        then=(_thinking_within_max_tokens, _thinking_takes_default_sampling),
+        then=(
+            _thinking_within_max_tokens,
+            _thinking_takes_default_sampling,
+            _no_trailing_whitespace_prefill,
+            _anthropic_tool_choice_names_a_tool,
+        ),
     ),
-    "/v1/messages/count_tokens": Rules("anthropic", CountTokensParameters),
+    "/v1/messages/count_tokens": Rules(
+        "anthropic", CountTokensParameters, then=(_anthropic_tool_choice_names_a_tool,)
+    ),
 }
 
 
@@ -411,6 +604,28 @@ def openai_bad_request(error: ErrorDetails) -> BadRequest:
             f"{'>=' if below else '<='} {_number(bound)}, but got {_number(value)} instead.",
             param,
             f"{number}_{'below_min' if below else 'above_max'}_value",
+        )
+    if kind == "too_long" and isinstance(value, dict):
+        return BadRequest(
+            f"Invalid '{param}': too many properties. Expected an object with at most "
+            f"{ctx['max_length']} properties, but got an object with {len(value)} "
+            "properties instead.",
+            param,
+            "object_above_max_properties",
+        )
+    if kind == "string_too_long":
+        return BadRequest(
+            f"Invalid '{param}': string too long. Expected a string with maximum length "
+            f"{ctx['max_length']}, but got a string with length {len(value)} instead.",
+            param,
+            "string_above_max_length",
+        )
+    if kind == "string_pattern_mismatch":
+        return BadRequest(
+            f"Invalid '{param}': string does not match pattern. Expected a string that "
+            f"matches the pattern '{ctx['pattern']}'.",
+            param,
+            "invalid_value",
         )
     if kind == "too_long":
         return BadRequest(
