@@ -131,6 +131,16 @@ async def test_malformed_json_gets_400(harness):
         ),
         ({**BODY, "stream_options": {"include_usage": True}}, "stream_options", None),
         ({**BODY, "stream": False, "stream_options": {}}, "stream_options", None),
+        # A deployment speaking another API drops `metadata`: OpenAI's limits are judged
+        # here, for every deployment alike.
+        ({**BODY, "metadata": ["x"]}, "metadata", "invalid_type"),
+        ({**BODY, "metadata": {"a": 1}}, "metadata.a", "invalid_type"),
+        ({**BODY, "metadata": {"a": "x" * 513}}, "metadata.a", "string_above_max_length"),
+        (
+            {**BODY, "metadata": {str(n): "x" for n in range(17)}},
+            "metadata",
+            "object_above_max_properties",
+        ),
     ],
 )
 async def test_fields_the_gateway_reads_get_400_naming_the_field(harness, body, param, code):
@@ -380,7 +390,7 @@ async def test_an_integer_beyond_64_bits_is_refused_not_sent_on_as_a_float(
 
 async def test_long_digit_strings_and_64_bit_integers_pass_unchanged(harness):
     raw = (
-        b'{"model": "sim-small", "seed": 18446744073709551615, "metadata": {"phone": '
+        b'{"model": "sim-small", "seed": 18446744073709551615, "x_custom": {"phone": '
         b'"123456789012345678901234567890", "low": -9223372036854775808, "big": 1e25}, '
         b'"messages": [{"role": "user", "content": "Hi"}]}'
     )
@@ -391,9 +401,9 @@ async def test_long_digit_strings_and_64_bit_integers_pass_unchanged(harness):
     assert response.status_code == 200, response.text
     [published] = harness.requests
     assert published.data.body["seed"] == 18446744073709551615
-    assert published.data.body["metadata"]["phone"] == "123456789012345678901234567890"
-    assert published.data.body["metadata"]["low"] == -9223372036854775808
-    assert published.data.body["metadata"]["big"] == 1e25  # a float as sent: accepted
+    assert published.data.body["x_custom"]["phone"] == "123456789012345678901234567890"
+    assert published.data.body["x_custom"]["low"] == -9223372036854775808
+    assert published.data.body["x_custom"]["big"] == 1e25  # a float as sent: accepted
 
 
 async def test_a_restarted_upstream_stream_is_never_spliced_into_the_first(harness):

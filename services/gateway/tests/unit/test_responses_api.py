@@ -656,6 +656,12 @@ async def test_a_response_purged_by_retention_is_404_saying_so(system):
         ),
         ({"input": [{"type": "item_reference"}]}, "input[0].id", "missing_required_parameter"),
         ({"input": "hi", "previous_response_id": 7}, "previous_response_id", "invalid_type"),
+        # Resolved by the gateway, so the provider would never see the pair OpenAI refuses.
+        (
+            {"input": "hi", "previous_response_id": "resp_1", "conversation": "conv_1"},
+            None,
+            "mutually_exclusive_parameters",
+        ),
         ({"input": "hi", "store": "yes"}, "store", "invalid_type"),
         ({"input": "hi", "background": True, "store": False}, "background", "invalid_value"),
         ({"input": "hi", "background": True, "stream": True}, "background", "invalid_value"),

@@ -64,8 +64,8 @@ async def test_an_over_deep_messages_body_is_refused_in_anthropic_format(harness
 
 
 async def test_a_body_at_the_bound_is_accepted(harness, history):
-    # The whole document nests MAX_JSON_DEPTH levels: {} -> "metadata" -> arrays.
-    body = orjson.dumps({**BODY, "metadata": {"k": nested(MAX_JSON_DEPTH - 2)}})
+    # The whole document nests MAX_JSON_DEPTH levels: {} -> "x_custom" -> arrays.
+    body = orjson.dumps({**BODY, "x_custom": {"k": nested(MAX_JSON_DEPTH - 2)}})
     response = await harness.client.post(
         "/v1/chat/completions", content=body, headers=AUTH | {"content-type": "application/json"}
     )

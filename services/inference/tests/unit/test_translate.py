@@ -363,13 +363,21 @@ def test_openai_request_hoists_system_merges_turns_and_defaults_max_tokens() -> 
     }
 
 
-def test_openai_max_completion_tokens_wins_over_max_tokens() -> None:
+def test_openai_token_limits_become_max_tokens_and_both_at_once_are_refused() -> None:
     messages = [{"role": "user", "content": "x"}]
     assert (
+        chat_request_to_messages({"model": "m", "messages": messages, "max_completion_tokens": 9})[
+            "max_tokens"
+        ]
+        == 9
+    )
+    with pytest.raises(TranslationError) as refused:
         chat_request_to_messages(
             {"model": "m", "messages": messages, "max_tokens": 5, "max_completion_tokens": 9}
-        )["max_tokens"]
-        == 9
+        )
+    assert (refused.value.param, refused.value.code) == (
+        "max_tokens",
+        "invalid_parameter_combination",
     )
     assert (
         chat_request_to_messages({"model": "m", "messages": messages, "max_tokens": 5})[
@@ -1761,3 +1769,38 @@ def test_a_streamed_legacy_function_call_becomes_a_tool_use_block() -> None:
         {"location": "Oslo"},
     )
     assert snapshot.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize(
+    ("final", "sent"),
+    [
+        ("It is ", "It is"),
+        ([{"type": "text", "text": "Line\n"}], "Line"),
+    ],
+)
+def test_a_final_assistant_message_is_sent_to_anthropic_without_trailing_whitespace(
+    final: Any, sent: str
+) -> None:
+    # Anthropic continues a final assistant turn and refuses one ending in whitespace.
+    user = {"role": "user", "content": "Weather?"}
+    chat = chat_request_to_messages(
+        {"model": "m", "messages": [user, {"role": "assistant", "content": final}]}
+    )
+    responses = responses_request_to_messages(
+        {"model": "m", "input": [user, {"role": "assistant", "content": final}]}
+    )
+
+    for request in (chat, responses):
+        last = request["messages"][-1]
+        assert last["role"] == "assistant"
+        text = last["content"] if isinstance(last["content"], str) else last["content"][-1]["text"]
+        assert text == sent
+
+
+def test_a_final_assistant_message_of_only_whitespace_is_not_sent() -> None:
+    user = {"role": "user", "content": "Weather?"}
+    request = chat_request_to_messages(
+        {"model": "m", "messages": [user, {"role": "assistant", "content": "  "}]}
+    )
+
+    assert [turn["role"] for turn in request["messages"]] == ["user"]

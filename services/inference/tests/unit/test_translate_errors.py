@@ -164,6 +164,23 @@ async def test_an_invalid_max_output_tokens_is_refused_under_its_own_name(
         ),
         ({"input": []}, "input", "empty_array"),
         ({"input": [{"role": "wizard", "content": "x"}]}, "input[0].role", "invalid_value"),
+        ({"include": [{}]}, "include[0]", "invalid_type"),
+        ({"include": "x"}, "include", "invalid_type"),
+        (
+            {"text": {"format": {"type": "json_schema", "name": "w", "schema": "s"}}},
+            "text.format.schema",
+            "invalid_type",
+        ),
+        (
+            {"tools": [{"type": "function", "name": "f", "parameters": "s"}]},
+            "tools[0].parameters",
+            "invalid_type",
+        ),
+        (
+            {"tools": [{"type": "function", "name": "get weather"}]},
+            "tools[0].name",
+            "invalid_value",
+        ),
     ],
 )
 async def test_invalid_responses_fields_are_refused_naming_the_clients_field(
@@ -180,6 +197,17 @@ async def test_a_responses_input_with_nothing_anthropic_can_send_names_input(
     error = await refusal(harness, recorder, "claude", RESPONSES, {"input": ""})
     assert (error.param, error.code) == ("input", "unsupported_parameter")
     assert "'input'" in error.message and "messages" not in error.message
+
+
+async def test_a_responses_tool_choice_naming_no_tool_is_refused(harness, recorder) -> None:
+    body = {
+        "input": "x",
+        "tools": [{"type": "function", "name": "f"}],
+        "tool_choice": {"type": "function", "name": "g"},
+    }
+    error = await refusal(harness, recorder, "claude", RESPONSES, body)
+    assert (error.param, error.code) == ("tool_choice.name", "invalid_value")
+    assert "'g'" in error.message
 
 
 async def test_a_responses_tool_choice_requiring_a_tool_needs_tools(harness, recorder) -> None:
@@ -288,6 +316,66 @@ async def test_an_invalid_chat_token_limit_is_refused_not_reported_missing(
             "unsupported_parameter",
             "messages",
         ),
+        # Anthropic refuses stop sequences of only whitespace; dropped, the reply would
+        # stop elsewhere.
+        ({"stop": " "}, "stop", "unsupported_parameter", "whitespace"),
+        ({"stop": ["END", "\n"]}, "stop.[1]", "unsupported_parameter", "whitespace"),
+        ({"stop": [""]}, "stop.[0]", "unsupported_parameter", "whitespace"),
+        (
+            {"max_tokens": 5, "max_completion_tokens": 6},
+            "max_tokens",
+            "invalid_parameter_combination",
+            "at the same time",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "a", "schema": "s"},
+                }
+            },
+            "response_format.json_schema.schema",
+            "invalid_type",
+            "expected an object",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": "s"}}]},
+            "tools.[0].function.parameters",
+            "invalid_type",
+            "tools[0].function.parameters",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "get weather"}}]},
+            "tools.[0].function.name",
+            "invalid_value",
+            "does not match pattern",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f" * 65}}]},
+            "tools.[0].function.name",
+            "string_above_max_length",
+            "maximum length 64",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "description": 5}}]},
+            "tools.[0].function.description",
+            "invalid_type",
+            "tools[0].function.description",
+        ),
+        (
+            {"tools": [TOOL], "parallel_tool_calls": "yes"},
+            "parallel_tool_calls",
+            "invalid_type",
+            "a boolean",
+        ),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+            "tool_choice.function.name",
+            "invalid_value",
+            "'g'",
+        ),
+        ({"reasoning_effort": ["low"]}, "reasoning_effort", "invalid_type", "a string"),
+        ({"reasoning_effort": {"a": 1}}, "reasoning_effort", "invalid_type", "an object"),
     ],
 )
 async def test_invalid_chat_fields_are_refused_naming_the_clients_field(

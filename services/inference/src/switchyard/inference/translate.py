@@ -1134,13 +1134,6 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": turn_role, "content": blocks})
-    if not turns:  # a system turn only ever follows another
-        raise TranslationError(
-            "'messages' has no user or assistant message with content, which this model "
-            "needs: its deployment speaks Anthropic's Messages API.",
-            "messages",
-        )
-
     for turn in turns:
         # Tool results must open a user turn; a plain string is the compact form.
         if turn["role"] == "user":
@@ -1148,10 +1141,24 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
         content = turn["content"]
         if len(content) == 1 and content[0].get("type") == "text" and len(content[0]) == 2:
             turn["content"] = content[0]["text"]
+    trim_prefill(turns)
+    if not turns:  # a system turn only ever follows another;
+        # a prefill of only whitespace is trimmed away
+        raise TranslationError(
+            "'messages' has no user or assistant message with content, which this model "
+            "needs: its deployment speaks Anthropic's Messages API.",
+            "messages",
+        )
 
-    # Both are checked (either may be the one set); `max_completion_tokens` wins.
     max_completion_tokens = positive_integer(body, "max_completion_tokens")
     max_tokens = positive_integer(body, "max_tokens")
+    if max_completion_tokens is not None and max_tokens is not None:
+        # OpenAI's own answer to both (its `invalid_parameter_combination`).
+        raise TranslationError(
+            "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported.",
+            "max_tokens",
+            "invalid_parameter_combination",
+        )
     if max_completion_tokens is not None:
         max_tokens = max_completion_tokens
     result: dict[str, Any] = {
@@ -1166,11 +1173,13 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
             result["system"] = system_blocks
     stop = body.get("stop")
     if isinstance(stop, str):
+        _check_stop_sequence(stop, "stop")
         result["stop_sequences"] = [stop]
     elif isinstance(stop, list):
         for index, sequence in enumerate(stop):
             if not isinstance(sequence, str):
                 raise invalid_type(f"stop[{index}]", "a string", sequence)
+            _check_stop_sequence(sequence, f"stop[{index}]")
         if len(stop) > MAX_OPENAI_STOP:
             # OpenAI's own limit, which Anthropic's API (no such limit) would not enforce.
             raise TranslationError(
@@ -1196,7 +1205,7 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
         body.get("tool_choice"),
         body.get("parallel_tool_calls"),
         function_name="function.name",
-        has_tools=bool(tools),
+        tools=result.get("tools", []),
     )
     if choice is not None and tools:
         result["tool_choice"] = choice
@@ -1214,6 +1223,8 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
                 raise invalid_type("response_format.json_schema", "an object", json_schema)
             check_format_name(json_schema, "response_format.json_schema")
             schema = json_schema.get("schema")
+            if schema is not None and not isinstance(schema, dict):
+                raise invalid_type("response_format.json_schema.schema", "an object", schema)
             if schema is None:
                 raise TranslationError(
                     "'response_format.json_schema.schema' is required by this model: its "
@@ -1230,6 +1241,8 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
         elif kind != "text":
             raise not_one_of("response_format.type", kind, ("text", "json_object", "json_schema"))
     effort = body.get("reasoning_effort")
+    if effort is not None and not isinstance(effort, str):
+        raise invalid_type("reasoning_effort", "a string", effort)
     if effort is not None and effort != "none":
         budget = _BUDGET_BY_EFFORT.get(effort)
         if budget is None:
@@ -1239,6 +1252,46 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
         capped = max_completion_tokens is not None or max_tokens is not None
         add_anthropic_thinking(result, budget, capped=capped, effort_param="reasoning_effort")
     return result
+
+
+def _check_stop_sequence(sequence: str, where: str) -> None:
+    """Refuse (TranslationError naming `where`) a stop sequence of only whitespace, or
+    empty: Anthropic's API refuses such a `stop_sequences` entry, and dropping it would
+    change where the reply stops."""
+    if not sequence.strip():
+        raise TranslationError(
+            f"'{where}' = {sequence!r} cannot be sent to this model: its deployment speaks "
+            "Anthropic's Messages API, whose stop sequences must contain a character other "
+            "than whitespace.",
+            where,
+        )
+
+
+def trim_prefill(turns: list[dict[str, Any]]) -> None:
+    """Strip the trailing whitespace of Anthropic `turns` ending in an assistant turn, in
+    place: Anthropic continues such a turn (a prefill) and refuses one whose last text ends
+    in whitespace ("final assistant content cannot end with trailing whitespace"); an
+    OpenAI client's final assistant message carries no such meaning. A text left empty is
+    removed (Anthropic refuses empty text blocks), and a turn left empty with it."""
+    if not turns or turns[-1]["role"] != "assistant":
+        return
+    last = turns[-1]
+    content = last["content"]
+    if isinstance(content, str):
+        last["content"] = content.rstrip()
+        if not last["content"]:
+            turns.pop()
+        return
+    if not content or content[-1].get("type") != "text":
+        return
+    block = content[-1]
+    text = block.get("text")
+    if isinstance(text, str):
+        block["text"] = text.rstrip()
+        if not block["text"]:
+            content.pop()
+            if not content:
+                turns.pop()
 
 
 # Anthropic's least `budget_tokens`; a client's output cap must also leave at least this
@@ -1732,14 +1785,10 @@ def anthropic_tool(function: dict[str, Any], where: str) -> dict[str, Any]:
     tool itself, at `where` in the client's request. No `parameters` is a tool taking an
     empty object. Raises TranslationError (OpenAI's words) for a missing `name`, and for
     any other field (a tool option Anthropic's tools have no equivalent for)."""
-    name = function.get("name")
-    if name is None:
-        raise missing_parameter(f"{where}.name")
-    if not isinstance(name, str):
-        raise invalid_type(f"{where}.name", "a string", name)
+    check_function(function, where)
     refuse_function_options(function, where, "Anthropic's Messages API")
     result: dict[str, Any] = {
-        "name": name,
+        "name": function["name"],
         "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
     }
     if function.get("description"):
@@ -1749,12 +1798,59 @@ def anthropic_tool(function: dict[str, Any], where: str) -> dict[str, Any]:
     return result
 
 
+def check_function(function: dict[str, Any], where: str) -> None:
+    """Refuse, in OpenAI's words (TranslationError naming the field under `where`), an
+    OpenAI function definition (a Chat Completions tool's `function`, or a Responses
+    function tool) OpenAI itself refuses and a translation would reshape: no `name`, a
+    name OpenAI does not take (`check_function_name`), `parameters` that is not an
+    object, a `description` that is not a string, a `strict` that is not a boolean."""
+    name = function.get("name")
+    if name is None:
+        raise missing_parameter(f"{where}.name")
+    if not isinstance(name, str):
+        raise invalid_type(f"{where}.name", "a string", name)
+    check_function_name(name, f"{where}.name")
+    for field, expected, kind in (
+        ("parameters", "an object", dict),
+        ("description", "a string", str),
+        ("strict", "a boolean", bool),
+    ):
+        value = function.get(field)
+        if value is not None and not isinstance(value, kind):
+            raise invalid_type(f"{where}.{field}", expected, value)
+
+
+# OpenAI's function names (its reference: "a-z, A-Z, 0-9, or contain underscores and
+# dashes, with a maximum length of 64"), which Anthropic's tool names also take.
+_FUNCTION_NAME = re.compile(r"[a-zA-Z0-9_-]+")
+MAX_FUNCTION_NAME_LENGTH = 64
+
+
+def check_function_name(name: str, where: str) -> None:
+    """Refuse, in OpenAI's words (TranslationError naming `where`), a function name OpenAI
+    refuses: a name outside `^[a-zA-Z0-9_-]+$` or longer than 64 characters."""
+    if len(name) > MAX_FUNCTION_NAME_LENGTH:
+        raise TranslationError(
+            f"Invalid '{where}': string too long. Expected a string with maximum length "
+            f"{MAX_FUNCTION_NAME_LENGTH}, but got a string with length {len(name)} instead.",
+            where,
+            "string_above_max_length",
+        )
+    if not _FUNCTION_NAME.fullmatch(name):
+        raise TranslationError(
+            f"Invalid '{where}': string does not match pattern. Expected a string that "
+            "matches the pattern '^[a-zA-Z0-9_-]+$'.",
+            where,
+            "invalid_value",
+        )
+
+
 # OpenAI's `tool_choice` words and Anthropic's `tool_choice.type` for each.
 _ANTHROPIC_TOOL_CHOICES = {"auto": "auto", "required": "any", "none": "none"}
 
 
 def anthropic_tool_choice(
-    choice: Any, parallel_tool_calls: Any, *, function_name: str, has_tools: bool
+    choice: Any, parallel_tool_calls: Any, *, function_name: str, tools: list[dict[str, Any]]
 ) -> dict[str, Any] | None:
     """Anthropic's `tool_choice` for OpenAI's `tool_choice` and `parallel_tool_calls` (of
     Chat Completions or Responses): None when neither asks for anything; `auto`,
@@ -1764,8 +1860,12 @@ def anthropic_tool_choice(
     `disable_parallel_tool_use` (never with `none`, where it means nothing).
 
     Raises TranslationError naming `tool_choice` in OpenAI's words: a choice other than
-    those (unsupported), a function choice without its name, or one that requires a tool
-    when the request has none (`has_tools` false), which OpenAI refuses too."""
+    those (unsupported), a function choice without its name or naming no tool of `tools`
+    (the request's tools, translated), or one that requires a tool when the request has
+    none, which OpenAI refuses too; and naming `parallel_tool_calls` when it is not a
+    boolean."""
+    if parallel_tool_calls is not None and not isinstance(parallel_tool_calls, bool):
+        raise invalid_type("parallel_tool_calls", "a boolean", parallel_tool_calls)
     result: dict[str, Any] | None
     if choice is None:
         result = None
@@ -1779,6 +1879,10 @@ def anthropic_tool_choice(
             raise missing_parameter(f"tool_choice.{function_name}")
         if not isinstance(node, str):
             raise invalid_type(f"tool_choice.{function_name}", "a string", node)
+        if tools and node not in {tool.get("name") for tool in tools}:
+            raise invalid_value(
+                f"tool_choice.{function_name}", f"no function named '{node}' is in 'tools'."
+            )
         result = {"type": "tool", "name": node}
     else:
         raise TranslationError(
@@ -1786,7 +1890,7 @@ def anthropic_tool_choice(
             "'required' or a function can.",
             "tool_choice",
         )
-    if result is not None and result["type"] in ("any", "tool") and not has_tools:
+    if result is not None and result["type"] in ("any", "tool") and not tools:
         raise invalid_value(
             "tool_choice", "'tool_choice' is only allowed when 'tools' are specified."
         )

@@ -48,6 +48,7 @@ from switchyard.inference.translate import (
     base64_data,
     below_minimum,
     check_format_name,
+    check_function,
     document_source,
     image_source,
     invalid_type,
@@ -63,6 +64,7 @@ from switchyard.inference.translate import (
     text_of,
     tool_calls_of,
     tool_input_of_request,
+    trim_prefill,
     whole_json,
 )
 
@@ -267,8 +269,10 @@ def _common_checks(body: dict[str, Any]) -> None:
     include = body.get("include")
     if include is not None:
         if not isinstance(include, list):
-            raise TranslationError("'include' must be an array.", "include")
+            raise invalid_type("include", "an array", include)
         for index, value in enumerate(include):
+            if not isinstance(value, str):
+                raise invalid_type(f"include[{index}]", "a string", value)
             if value in _INCLUDE_REFUSED:
                 raise TranslationError(
                     f"'include' value {value!r} cannot be served by this model's deployment.",
@@ -308,11 +312,7 @@ def _function_tool(tool: Any, index: int) -> dict[str, Any]:
         raise missing_parameter(f"{where}.type")
     if tool.get("type") != "function":
         raise _builtin_tool_error(tool, index)
-    name = tool.get("name")
-    if name is None:
-        raise missing_parameter(f"{where}.name")
-    if not isinstance(name, str):
-        raise invalid_type(f"{where}.name", "a string", name)
+    check_function(tool, where)
     refuse_function_options(tool, where, "another API than OpenAI's Responses API")
     return tool
 
@@ -338,8 +338,11 @@ def _text_format(body: dict[str, Any]) -> dict[str, Any] | None:
         raise not_one_of("text.format.type", kind, ("text", "json_schema", "json_object"))
     if kind == "json_schema":
         check_format_name(fmt, "text.format")
-        if fmt.get("schema") is None:
+        schema = fmt.get("schema")
+        if schema is None:
             raise missing_parameter("text.format.schema")
+        if not isinstance(schema, dict):
+            raise invalid_type("text.format.schema", "an object", schema)
     return fmt
 
 
@@ -731,6 +734,7 @@ def responses_request_to_messages(
             turn["content"].sort(
                 key=lambda block: block.get("type") not in ("thinking", "redacted_thinking")
             )
+    trim_prefill(turns)
 
     if not turns:
         raise TranslationError(
@@ -757,7 +761,7 @@ def responses_request_to_messages(
         body.get("tool_choice"),
         body.get("parallel_tool_calls"),
         function_name="name",
-        has_tools=bool(tools),
+        tools=result.get("tools", []),
     )
     if choice is not None and tools:
         result["tool_choice"] = choice

@@ -6,15 +6,16 @@ What the gateway checks, per API, is what it reads or what the API cannot do wit
 a JSON object, `model` (a string, to route), `stream` (a boolean, to answer), and the
 presence and type of the top-level fields the API requires (`messages` as a non-empty
 array; `max_tokens` as an integer on Anthropic's Messages, but not on its count_tokens;
-`input` on Embeddings). On OpenAI's Responses API Switchyard itself keeps the
-conversation state, so the gateway checks what it stores: `input` (a string, or items
-whose shape it can store and continue), `previous_response_id`, `store` and `background`,
-naming the field at fault in OpenAI's notation (`input[2].call_id`).
+`input` on Embeddings; OpenAI's `metadata` limits). On OpenAI's Responses API Switchyard
+itself keeps the conversation state, so the gateway checks what it stores: `input` (a
+string, or items whose shape it can store and continue), `previous_response_id` (never
+with `conversation`), `store` and `background`, naming the field at fault in OpenAI's
+notation (`input[2].call_id`).
 Everything else (content blocks, roles, a `system` message inside `messages`, unknown
 or brand-new parameters) is left to inference and the provider to judge, so a client
 gets what the provider itself would answer. A refusal is a 400 in the called API's
 error format naming the field, with OpenAI's error codes (`missing_required_parameter`,
-`invalid_type`, `empty_array`); a body nesting deeper than
+`invalid_type`, `empty_array`, `mutually_exclusive_parameters`); a body nesting deeper than
 `switchyard.common.jsonbody.MAX_JSON_DEPTH` is refused too (`json_too_deep`).
 
 The pydantic models in `schemas.py` only document the request bodies in Swagger
@@ -195,11 +196,13 @@ def _stream_options(body: dict[str, Any], flag: str, *, streamed_only: bool) -> 
 
 def read_chat_completions(body: dict[str, Any]) -> ClientRequest:
     """An OpenAI Chat Completions request body; `stream_options` as `_stream_options`
-    checks it."""
+    checks it, `metadata` within OpenAI's limits (`_metadata`: a deployment speaking
+    another API does not carry it, so the gateway judges it for every deployment alike)."""
     model = _model(body)
     _messages(body)
     stream = _stream(body)
     _stream_options(body, "include_usage", streamed_only=True)
+    _metadata(body)
     return ClientRequest(ClientAPI.OPENAI_CHAT_COMPLETIONS, body, model, stream)
 
 
@@ -381,8 +384,9 @@ MAX_METADATA_VALUE_LENGTH = 512
 
 
 def _metadata(body: dict[str, Any]) -> None:
-    """Check a Responses request's `metadata`, which Switchyard keeps and echoes itself on
-    every deployment: an object of at most 16 string values, in OpenAI's words."""
+    """Check an OpenAI request's `metadata` (Responses, which Switchyard keeps and echoes
+    itself on every deployment, and Chat Completions): an object of at most 16 string
+    values, in OpenAI's words."""
     value = body.get("metadata")
     if value is None:
         return
@@ -439,6 +443,15 @@ def read_responses(body: dict[str, Any]) -> ClientRequest:
     previous = body.get("previous_response_id")
     if previous is not None and not isinstance(previous, str):
         raise invalid_type("previous_response_id", "a string", previous)
+    if previous is not None and body.get("conversation") is not None:
+        # The gateway resolves `previous_response_id` itself, so the provider never sees
+        # the pair OpenAI's API refuses; refused here in its words.
+        raise APIError(
+            400,
+            "Mutually exclusive parameters: Ensure you are only providing one of: "
+            "'previous_response_id' or 'conversation'.",
+            code="mutually_exclusive_parameters",
+        )
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str | list):
         raise invalid_type("instructions", "a string or an array", instructions)
