@@ -424,6 +424,19 @@ async def test_invalid_chat_fields_are_refused_naming_the_clients_field(
             },
             "messages.1.content.0.id: Field required",
         ),
+        # What Anthropic refuses and OpenAI would take: refused as Anthropic refuses it.
+        ({"stop_sequences": ["END", " "]}, "stop_sequences.1: each stop sequence must contain"),
+        ({"stop_sequences": ["\n"]}, "stop_sequences.0: each stop sequence must contain"),
+        ({"tools": [{"name": "get weather"}]}, "tools.0.name: String should match pattern"),
+        ({"tools": [{"name": "f", "input_schema": "s"}]}, "tools.0.input_schema: Input should"),
+        ({"tools": [{"name": "f", "description": 5}]}, "tools.0.description: Input should"),
+        (
+            {"tools": [{"name": "f"}], "tool_choice": {"type": "tool", "name": "g"}},
+            "tool_choice.name: no tool named 'g'",
+        ),
+        # What Anthropic takes and OpenAI's Chat Completions cannot.
+        ({"stop_sequences": ["a", "b", "c", "d", "e"]}, "stop_sequences: 5 stop sequences"),
+        ({"tools": [{"name": "f" * 65}]}, "tools.0.name: a name of 65 characters"),
     ],
 )
 async def test_invalid_messages_fields_are_refused_in_anthropics_words(
@@ -431,7 +444,7 @@ async def test_invalid_messages_fields_are_refused_in_anthropics_words(
 ) -> None:
     body = {"max_tokens": 10, "messages": USER, **extra}
     error = await refusal(harness, recorder, "gpt", MESSAGES, body)
-    assert error.message == message
+    assert error.message.startswith(message)
     # Never the Chat Completions field it would have been sent as.
     for other in ("max_completion_tokens", "function", "stop'", "tool_call"):
         assert other not in error.message

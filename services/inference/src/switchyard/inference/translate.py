@@ -418,6 +418,18 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
                 raise _anthropic_refusal(
                     f"stop_sequences.{index}", "Input should be a valid string"
                 )
+            if not sequence.strip():  # Anthropic's own refusal, which OpenAI would not make
+                raise _anthropic_refusal(
+                    f"stop_sequences.{index}", "each stop sequence must contain non-whitespace"
+                )
+        if len(stop_sequences) > MAX_OPENAI_STOP:
+            raise _anthropic_refusal(
+                "stop_sequences",
+                f"{len(stop_sequences)} stop sequences cannot be sent to this model: its "
+                f"deployment speaks OpenAI's Chat Completions, which takes at most "
+                f"{MAX_OPENAI_STOP}.",
+                "unsupported_parameter",
+            )
         if stop_sequences:
             result["stop"] = list(stop_sequences)
     for name in ("temperature", "top_p"):
@@ -454,6 +466,12 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(tool_choice, dict):
             raise _anthropic_refusal("tool_choice", "Input should be a valid dictionary")
         choice = _anthropic_tool_choice_to_openai(tool_choice)
+        if isinstance(choice, dict) and result.get("tools"):
+            chosen = choice["function"]["name"]
+            if chosen not in {tool["function"]["name"] for tool in result["tools"]}:
+                raise _anthropic_refusal(
+                    "tool_choice.name", f"no tool named '{chosen}' is in 'tools'"
+                )
         if choice is not None:
             result["tool_choice"] = choice
         if tool_choice.get("disable_parallel_tool_use") and tools:
@@ -944,15 +962,38 @@ def _anthropic_tool_to_openai(tool: Any, index: int) -> dict[str, Any]:
             "Completions, whose function tools have no such option.",
             "unsupported_parameter",
         )
+    name = _required_string(tool, "name", where)
+    if not _ANTHROPIC_TOOL_NAME.fullmatch(name):
+        raise _anthropic_refusal(
+            f"{where}.name", "String should match pattern '^[a-zA-Z0-9_-]{1,128}$'"
+        )
+    if len(name) > MAX_FUNCTION_NAME_LENGTH:
+        raise _anthropic_refusal(
+            f"{where}.name",
+            f"a name of {len(name)} characters cannot be sent to this model: its deployment "
+            f"speaks OpenAI's Chat Completions, whose tool names have at most "
+            f"{MAX_FUNCTION_NAME_LENGTH}.",
+            "unsupported_parameter",
+        )
+    input_schema = tool.get("input_schema")
+    if input_schema is not None and not isinstance(input_schema, dict):
+        raise _anthropic_refusal(f"{where}.input_schema", "Input should be a valid dictionary")
+    description = tool.get("description")
+    if description is not None and not isinstance(description, str):
+        raise _anthropic_refusal(f"{where}.description", "Input should be a valid string")
     function: dict[str, Any] = {
-        "name": _required_string(tool, "name", where),
-        "parameters": tool.get("input_schema") or {"type": "object", "properties": {}},
+        "name": name,
+        "parameters": input_schema or {"type": "object", "properties": {}},
     }
     if tool.get("description"):
         function["description"] = tool["description"]
     if tool.get("strict") is not None:
         function["strict"] = tool["strict"]
     return {"type": "function", "function": function}
+
+
+# Anthropic's tool names (its Messages reference: `^[a-zA-Z0-9_-]{1,128}$`).
+_ANTHROPIC_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
 
 
 def _anthropic_tool_choice_to_openai(choice: dict[str, Any]) -> Any:
