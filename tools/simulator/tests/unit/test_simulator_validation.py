@@ -575,6 +575,7 @@ def test_openai_wording_of_the_metadata_limit():
         ({"tools": 5}, "tools: Input should be a valid array"),
         ({"tools": [{"name": "a b", "input_schema": {}}]}, None),
         ({"tools": [{"name": "f", "input_schema": "s"}]}, "tools.0.input_schema: "),
+        ({"tools": [{"input_schema": {}}]}, "tools.0.name: Field required"),
         ({"stop_sequences": [" "]}, "stop_sequences.0: each stop sequence must contain"),
         ({"stop_sequences": [""]}, "stop_sequences.0: each stop sequence must contain"),
         ({"tool_choice": {"type": "tool"}}, "tool_choice.tool.name: Field required"),
@@ -610,3 +611,9 @@ def test_a_prefill_without_trailing_whitespace_is_continued(http):
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "A"}]
 
     assert post(http, MESSAGES, {"messages": messages}).status_code == 200
+
+
+def test_a_server_tool_without_a_name_is_taken(http):
+    toolset = {"type": "mcp_toolset", "mcp_server_name": "docs"}
+
+    assert post(http, MESSAGES, {"tools": [toolset]}).status_code == 200

@@ -281,7 +281,8 @@ def _has_non_whitespace(value: str) -> str:
 class _AnthropicTool(TypedDict, total=False):
     # Client tools (`input_schema`) and server tools (`type`, e.g. `web_search_20250305`).
     type: str | None
-    name: Required[Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,128}$")]]
+    # Required of client tools (`_client_tools_named`); some server tools have none.
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,128}$")]
     description: str
     input_schema: JsonObject
 
@@ -450,6 +451,12 @@ def _no_trailing_whitespace_prefill(body: dict[str, Any]) -> None:
         raise BadRequest("messages: final assistant content cannot end with trailing whitespace")
 
 
+def _client_tools_named(body: dict[str, Any]) -> None:
+    for index, tool in enumerate(body.get("tools") or ()):
+        if tool.get("type") in (None, "custom") and "name" not in tool:
+            raise BadRequest(f"tools.{index}.name: Field required")
+
+
 def _anthropic_tool_choice_names_a_tool(body: dict[str, Any]) -> None:
     choice = body.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") == "tool" and "name" not in choice:
@@ -524,11 +531,14 @@ RULES: dict[str, Rules] = {
             _thinking_within_max_tokens,
             _thinking_takes_default_sampling,
             _no_trailing_whitespace_prefill,
+            _client_tools_named,
             _anthropic_tool_choice_names_a_tool,
         ),
     ),
     "/v1/messages/count_tokens": Rules(
-        "anthropic", CountTokensParameters, then=(_anthropic_tool_choice_names_a_tool,)
+        "anthropic",
+        CountTokensParameters,
+        then=(_client_tools_named, _anthropic_tool_choice_names_a_tool),
     ),
 }
 
