@@ -494,7 +494,12 @@ def test_no_shape_of_a_structured_field_makes_the_simulator_fail(http):
     ("route", "extra", "param", "code"),
     [
         (CHAT, {"tools": 5}, "tools", "invalid_type"),
-        (CHAT, {"tools": [{"type": "function", "function": {"name": "a b"}}]}, None, None),
+        (
+            CHAT,
+            {"tools": [{"type": "function", "function": {"name": "a b"}}]},
+            "tools[0].function.name",
+            "invalid_value",
+        ),
         (
             CHAT,
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": "s"}}]},
@@ -508,7 +513,12 @@ def test_no_shape_of_a_structured_field_makes_the_simulator_fail(http):
             "invalid_type",
         ),
         (CHAT, {"metadata": {"k": 5}}, "metadata.k", "invalid_type"),
-        (CHAT, {"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", None),
+        (
+            CHAT,
+            {"metadata": {f"k{i}": "v" for i in range(17)}},
+            "metadata",
+            "object_above_max_properties",
+        ),
         (CHAT, {"metadata": {"k": "v" * 513}}, "metadata.k", "string_above_max_length"),
         (
             CHAT,
@@ -548,18 +558,11 @@ def test_malformed_openai_structured_fields_are_refused_naming_them(
 
     assert response.status_code == 400
     error = response.json()["error"]
-    if param is not None:
-        assert error["param"] == param
-    if code is not None:
-        assert error["code"] == code
-    if param is None and code is None:
-        assert error["param"] == "tools[0].function.name"
+    assert (error["param"], error["code"]) == (param, code)
 
 
-def test_openai_wording_of_the_metadata_limit():
-    response = TestClient(create_simulator_app()).post(
-        CHAT, json={**VALID[CHAT], "metadata": {f"k{i}": "v" for i in range(17)}}
-    )
+def test_openai_wording_of_the_metadata_limit(http):
+    response = post(http, CHAT, {"metadata": {f"k{i}": "v" for i in range(17)}})
 
     assert response.json() == openai_body(
         "metadata",
