@@ -35,6 +35,12 @@ WEATHER_SCHEMA = {
     "properties": {"location": {"type": "string"}},
     "required": ["location"],
 }
+USER = [{"role": "user", "content": "x"}]
+# An assistant turn calling tool `t1`, which a tool result in the next turn answers.
+ASKED_T1 = {
+    "role": "assistant",
+    "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+}
 STREAM_EVENT = TypeAdapter(anthropic.types.RawMessageStreamEvent)
 
 
@@ -128,6 +134,12 @@ def test_anthropic_tool_use_and_results_become_tool_calls_and_tool_messages() ->
                         "name": "get_weather",
                         "input": {"location": "Paris"},
                     },
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_2",
+                        "name": "get_weather",
+                        "input": {"location": "Lyon"},
+                    },
                 ],
             },
             {
@@ -169,7 +181,12 @@ def test_anthropic_tool_use_and_results_become_tool_calls_and_tool_messages() ->
                     "id": "toolu_1",
                     "type": "function",
                     "function": {"name": "get_weather", "arguments": '{"location":"Paris"}'},
-                }
+                },
+                {
+                    "id": "toolu_2",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"location":"Lyon"}'},
+                },
             ],
         },
         {"role": "tool", "tool_call_id": "toolu_1", "content": "18C"},
@@ -1117,7 +1134,7 @@ def test_system_messages_mid_conversation_keep_their_place_both_ways() -> None:
     ],
 )
 def test_thinking_becomes_reasoning_effort(thinking, effort) -> None:
-    body = {"model": "m", "max_tokens": 64000, "messages": [], "thinking": thinking}
+    body = {"model": "m", "max_tokens": 64000, "messages": USER, "thinking": thinking}
     assert messages_request_to_chat(body).get("reasoning_effort") == effort
 
 
@@ -1138,7 +1155,7 @@ def test_output_config_format_and_effort_become_response_format_and_reasoning_ef
     body = {
         "model": "m",
         "max_tokens": 5,
-        "messages": [],
+        "messages": USER,
         "output_config": {
             "format": {"type": "json_schema", "schema": WEATHER_SCHEMA},
             "effort": "max",
@@ -1158,6 +1175,8 @@ def test_tool_result_images_follow_the_tool_message_in_a_user_message() -> None:
         "model": "m",
         "max_tokens": 5,
         "messages": [
+            *USER,
+            ASKED_T1,
             {
                 "role": "user",
                 "content": [
@@ -1168,10 +1187,10 @@ def test_tool_result_images_follow_the_tool_message_in_a_user_message() -> None:
                     },
                     {"type": "text", "text": "What do you see?"},
                 ],
-            }
+            },
         ],
     }
-    assert messages_request_to_chat(body)["messages"] == [
+    assert messages_request_to_chat(body)["messages"][2:] == [
         {"role": "tool", "tool_call_id": "t1", "content": "screenshot:"},
         {
             "role": "user",
@@ -1203,6 +1222,8 @@ def test_a_failed_tool_result_is_marked_whatever_its_content(content, sent) -> N
         "model": "m",
         "max_tokens": 5,
         "messages": [
+            *USER,
+            ASKED_T1,
             {
                 "role": "user",
                 "content": [
@@ -1213,10 +1234,10 @@ def test_a_failed_tool_result_is_marked_whatever_its_content(content, sent) -> N
                         "content": content,
                     }
                 ],
-            }
+            },
         ],
     }
-    assert messages_request_to_chat(body)["messages"] == [
+    assert messages_request_to_chat(body)["messages"][2:] == [
         {"role": "tool", "tool_call_id": "t1", "content": sent}
     ]
 
@@ -1602,7 +1623,7 @@ def test_an_anthropic_text_block_without_a_string_text_is_refused(content, role)
         messages_request_to_chat({"model": "m", "max_tokens": 5, "messages": messages})
     assert (
         refused.value.param
-        == f"messages.{len(messages) - 2 if role == 'assistant' else 0}.content.0.text"
+        == f"messages.{len(messages) - 2 if role == 'assistant' else 0}.content.0.text.text"
     )
 
 

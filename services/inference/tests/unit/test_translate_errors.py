@@ -26,6 +26,18 @@ CHAT = ClientAPI.OPENAI_CHAT_COMPLETIONS
 MESSAGES = ClientAPI.ANTHROPIC_MESSAGES
 RESPONSES = ClientAPI.OPENAI_RESPONSES
 USER = [{"role": "user", "content": "x"}]
+# An assistant turn calling tool `toolu_1`, and a user turn answering it.
+ASKED = {
+    "role": "assistant",
+    "content": [{"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}],
+}
+
+
+def answer(**fields: Any) -> dict[str, Any]:
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok", **fields}
+    return {"role": "user", "content": [result]}
+
+
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
 
 
@@ -395,25 +407,25 @@ async def test_invalid_chat_fields_are_refused_naming_the_clients_field(
         ({"max_tokens": -5}, "max_tokens: Input should be greater than or equal to 1"),
         ({"messages": [{"role": "user"}]}, "messages.0.content: Field required"),
         ({"messages": [{"content": "x"}]}, "messages.0.role: Field required"),
-        ({"tools": "x"}, "tools: Input should be a valid list"),
-        ({"tools": ["x"]}, "tools.0: Input should be a valid dictionary"),
+        ({"tools": "x"}, "tools: Input should be a valid array"),
+        ({"tools": ["x"]}, "tools.0: Input should be an object"),
         ({"tools": [{"input_schema": {"type": "object"}}]}, "tools.0.name: Field required"),
-        ({"tool_choice": "auto"}, "tool_choice: Input should be a valid dictionary"),
-        ({"tool_choice": {"type": "tool"}}, "tool_choice.name: Field required"),
-        ({"stop_sequences": "END"}, "stop_sequences: Input should be a valid list"),
-        ({"temperature": 1.5}, "temperature: Input should be less than or equal to 1"),
-        ({"thinking": {"type": "enabled"}}, "thinking.budget_tokens: Field required"),
+        ({"tool_choice": "auto"}, "tool_choice: Input should be an object"),
+        ({"tool_choice": {"type": "tool"}}, "tool_choice.tool.name: Field required"),
+        ({"stop_sequences": "END"}, "stop_sequences: Input should be a valid array"),
+        ({"temperature": 1.5}, "temperature: range: 0..1"),
+        ({"thinking": {"type": "enabled"}}, "thinking.enabled.budget_tokens: Field required"),
         (
             {"thinking": {"type": "enabled", "budget_tokens": -5}},
-            "thinking.budget_tokens: Input should be greater than or equal to 1024",
+            "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024",
         ),
         (
             {"thinking": {"type": "enabled", "budget_tokens": 1023}},
-            "thinking.budget_tokens: Input should be greater than or equal to 1024",
+            "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024",
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "tool_result", "content": "3C"}]}]},
-            "messages.0.content.0.tool_use_id: Field required",
+            "messages.0.content.0.tool_result.tool_use_id: Field required",
         ),
         (
             {
@@ -422,7 +434,7 @@ async def test_invalid_chat_fields_are_refused_naming_the_clients_field(
                     {"role": "assistant", "content": [{"type": "tool_use", "name": "f"}]},
                 ]
             },
-            "messages.1.content.0.id: Field required",
+            "messages.1.content.0.tool_use.id: Field required",
         ),
         # What Anthropic refuses and OpenAI would take: refused as Anthropic refuses it.
         ({"stop_sequences": ["END", " "]}, "stop_sequences.1: each stop sequence must contain"),
@@ -432,8 +444,58 @@ async def test_invalid_chat_fields_are_refused_naming_the_clients_field(
         ({"tools": [{"name": "f", "description": 5}]}, "tools.0.description: Input should"),
         (
             {"tools": [{"name": "f"}], "tool_choice": {"type": "tool", "name": "g"}},
-            "tool_choice.name: no tool named 'g'",
+            "tool_choice.name: Tool 'g' not found in provided tools",
         ),
+        # Content blocks and parameters of the wrong shape, named as the client sent them.
+        (
+            {"messages": [{"role": "user", "content": [{"type": "document", "source": "a"}]}]},
+            "messages.0.content.0.document.source: Input should be an object",
+        ),
+        (
+            {"messages": [*USER, ASKED, answer(is_error="false")]},
+            "messages.2.content.0.tool_result.is_error: Input should be a valid boolean",
+        ),
+        (
+            {
+                "messages": [
+                    *USER,
+                    {"role": "assistant", "content": [{**ASKED["content"][0], "input": "x"}]},
+                    answer(),
+                ]
+            },
+            "messages.1.content.0.tool_use.input: Input should be an object",
+        ),
+        (
+            {
+                "tools": [{"name": "f"}],
+                "tool_choice": {"type": "auto", "disable_parallel_tool_use": 1},
+            },
+            "tool_choice.disable_parallel_tool_use: Input should be a valid boolean",
+        ),
+        ({"metadata": {"user_id": 5}}, "metadata.user_id: Input should be a valid string"),
+        ({"metadata": {"user_id": "u" * 257}}, "metadata.user_id: String should have at most 256"),
+        (
+            {"thinking": {"type": "enabled", "budget_tokens": 1024, "x": 1}, "max_tokens": 4096},
+            "thinking.enabled.x: Extra inputs are not permitted",
+        ),
+        ({"tools": [{"name": "f"}, {"name": "f"}]}, "tools: Tool names must be unique."),
+        ({"tools": [{"name": "f", "strict": "yes"}]}, "tools.0.strict: Input should be a valid"),
+        (
+            {"output_config": {"format": {"type": "json_schema", "schema": "s"}}},
+            "output_config.format.schema: Input should be an object",
+        ),
+        ({"tool_choice": {"type": "any"}}, "tool_choice: tool_choice may only be specified"),
+        (
+            {"tool_choice": {"type": "tool", "name": "f"}},
+            "tool_choice: tool_choice may only be specified",
+        ),
+        ({"messages": [{"role": "user", "content": ""}]}, "messages.0: all messages must have"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": ""}]}]},
+            "messages: text content blocks must be non-empty",
+        ),
+        ({"messages": [*USER, ASKED, *USER]}, "messages.2: `tool_use` ids were found without"),
+        ({"messages": [answer()]}, "messages.0.content.0: unexpected `tool_use_id` found"),
         # What Anthropic takes and OpenAI's Chat Completions cannot.
         ({"stop_sequences": ["a", "b", "c", "d", "e"]}, "stop_sequences: 5 stop sequences"),
         ({"tools": [{"name": "f" * 65}]}, "tools.0.name: a name of 65 characters"),
@@ -556,7 +618,7 @@ async def test_a_text_part_that_is_not_a_string_is_refused_naming_it(
                     }
                 ],
             },
-            "messages.0.content.0.source.data",
+            "messages.0.content.0.document.source.text.data",
         ),
         (
             "claude",
@@ -650,7 +712,8 @@ async def test_an_anthropic_base64_source_that_is_not_base64_is_refused_in_its_w
     block = {"type": kind, "source": source}
     body = {"max_tokens": 10, "messages": [{"role": "user", "content": [block]}]}
     error = await refusal(harness, recorder, "gpt", MESSAGES, body)
-    assert error.message == f"messages.0.content.0.source.data: {reason}"
+    source_type = "image.source.base64" if kind == "image" else "document.source.base64"
+    assert error.message == f"messages.0.content.0.{source_type}.data: {reason}"
 
 
 @pytest.mark.parametrize(
@@ -743,21 +806,21 @@ async def test_a_text_file_reaches_anthropic_as_a_text_document(harness, recorde
     [
         (
             {"type": "base64", "media_type": 123, "data": "AAAA"},
-            "messages.0.content.0.source.media_type: Input should be 'image/jpeg', "
+            "messages.0.content.0.image.source.base64.media_type: Input should be 'image/jpeg', "
             "'image/png', 'image/gif' or 'image/webp'",
         ),
         (
             {"type": "base64", "media_type": "text/plain", "data": "AAAA"},
-            "messages.0.content.0.source.media_type: Input should be 'image/jpeg', "
+            "messages.0.content.0.image.source.base64.media_type: Input should be 'image/jpeg', "
             "'image/png', 'image/gif' or 'image/webp'",
         ),
         (
             {"type": "url", "url": "file:///etc/passwd"},
-            "messages.0.content.0.source.url: Input should be an http(s) URL",
+            "messages.0.content.0.image.source.url.url: Input should be an http(s) URL",
         ),
         (
             {"type": "url", "url": 123},
-            "messages.0.content.0.source.url: Input should be a valid string",
+            "messages.0.content.0.image.source.url.url: Input should be a valid string",
         ),
     ],
 )
@@ -780,20 +843,30 @@ async def test_an_anthropic_pdf_of_another_type_is_refused(harness, recorder) ->
     }
     error = await refusal(harness, recorder, "gpt", MESSAGES, body)
     assert (
-        error.message == "messages.0.content.0.source.media_type: Input should be 'application/pdf'"
+        error.message == "messages.0.content.0.document.source.base64.media_type: Input should be "
+        "'application/pdf'"
     )
 
 
-async def test_a_thinking_budget_above_max_tokens_is_sent(harness, recorder) -> None:
+async def test_a_thinking_budget_above_max_tokens_is_sent_with_interleaved_thinking(
+    harness, recorder
+) -> None:
     """Anthropic takes a budget above max_tokens with interleaved thinking (a beta
-    header): the translation, which does not see it, never refuses one."""
+    header), and refuses it without, in its own words."""
     body = {
         "model": "gpt",
         "max_tokens": 2000,
         "messages": USER,
         "thinking": {"type": "enabled", "budget_tokens": 4000},
     }
-    await harness.handle(chat_request("gpt", api=MESSAGES, body=body))
+    error = await refusal(harness, recorder, "gpt", MESSAGES, body)
+    assert error.param == "max_tokens"
+    assert error.message.startswith(
+        "max_tokens: must be greater than thinking.budget_tokens unless interleaved thinking"
+    )
+
+    beta = {"anthropic-beta": "claude-code-20250219, interleaved-thinking-2025-05-14"}
+    await harness.handle(chat_request("gpt", api=MESSAGES, body=body, headers=beta))
     assert recorder.last.body["reasoning_effort"] == "low"
 
 
@@ -874,20 +947,19 @@ async def test_a_data_url_scheme_is_read_in_any_case(harness, recorder) -> None:
                 "title": 5,
                 "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"},
             },
-            "messages.0.content.0.title: Input should be a valid string",
+            "messages.0.content.0.document.title: Input should be a valid string",
         ),
         (
             {"type": "document", "source": {"type": "text", "data": "x"}},
-            "messages.0.content.0.source.media_type: Input should be 'text/plain'",
+            "messages.0.content.0.document.source.text.media_type: Field required",
         ),
         (
             {"type": "document", "source": {"type": "content", "content": 5}},
-            "messages.0.content.0.source.content: Input should be a valid string or a list of "
-            "blocks",
+            "messages.0.content.0.document.source.content.content: Input should be a valid array",
         ),
         (
             {"type": "document", "source": {"type": "content"}},
-            "messages.0.content.0.source.content: Field required",
+            "messages.0.content.0.document.source.content.content: Field required",
         ),
         (
             {
@@ -907,7 +979,7 @@ async def test_a_data_url_scheme_is_read_in_any_case(harness, recorder) -> None:
         ),
         (
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": 5}},
-            "messages.0.content.0.source.data: Input should be a valid string",
+            "messages.0.content.0.image.source.base64.data: Input should be a valid string",
         ),
     ],
 )

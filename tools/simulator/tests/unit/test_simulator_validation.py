@@ -620,3 +620,172 @@ def test_a_server_tool_without_a_name_is_taken(http):
     toolset = {"type": "mcp_toolset", "mcp_server_name": "docs"}
 
     assert post(http, MESSAGES, {"tools": [toolset]}).status_code == 200
+
+
+# ------------------------------------------------------------------ shapes of content blocks
+
+PNG = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+# One valid block of each kind a user turn can hold, then those a tool result can hold.
+USER_BLOCKS: list[dict[str, Any]] = [
+    {"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}},
+    {"type": "image", "source": PNG},
+    {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}},
+    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "d"}},
+    {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "d"}]}},
+    {
+        "type": "search_result",
+        "source": "s",
+        "title": "t",
+        "content": [{"type": "text", "text": "x"}],
+    },
+]
+ASKED = {
+    "role": "assistant",
+    "content": [{"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}],
+}
+
+
+def _content_block_cases() -> list[tuple[str, dict[str, Any]]]:
+    """(where, body) of every block of `USER_BLOCKS` with one field (or its source's) set
+    to each of `WRONG_VALUES`: in a user turn, in a tool result and in `system`; and of a
+    tool use and tool result with each of their fields so set."""
+    cases = []
+
+    def broken(block: dict[str, Any]) -> list[dict[str, Any]]:
+        found = []
+        for name in block:
+            found += [{**block, name: value} for value in WRONG_VALUES]
+        if isinstance(block.get("source"), dict):
+            for name in block["source"]:
+                found += [
+                    {**block, "source": {**block["source"], name: value}} for value in WRONG_VALUES
+                ]
+        return found
+
+    for block in USER_BLOCKS:
+        for bad in broken(block):
+            turn = {"role": "user", "content": [bad]}
+            result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": [bad]}
+            cases += [
+                ("message", {"messages": [turn]}),
+                ("tool result", {"messages": [turn, ASKED, {"role": "user", "content": [result]}]}),
+                ("system", {"system": [bad]}),
+            ]
+    ask_and_answer = [
+        (ASKED["content"][0], 1),
+        ({"type": "tool_result", "tool_use_id": "toolu_1", "is_error": False, "content": "ok"}, 2),
+    ]
+    for block, index in ask_and_answer:
+        for bad in broken(block):
+            messages = [
+                {"role": "user", "content": "Hi"},
+                ASKED,
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1"}]},
+            ]
+            messages[index] = {**messages[index], "content": [bad]}
+            cases.append(("tool use", {"messages": messages}))
+    return cases
+
+
+CONTENT_BLOCK_CASES = _content_block_cases()
+
+
+@pytest.mark.parametrize("route", [MESSAGES, COUNT_TOKENS])
+def test_no_shape_of_a_content_block_makes_the_simulator_fail(http, route):
+    """A malformed block anywhere in the prompt gets Anthropic's 400 naming its path, never
+    a 500 (which a retrying client turns into an open circuit breaker for everyone)."""
+    failures = []
+    for where, extra in CONTENT_BLOCK_CASES:
+        response = post(http, route, extra)
+        if response.status_code >= 500 or (
+            response.status_code == 400
+            and response.json()["error"]["type"] != "invalid_request_error"
+        ):
+            failures.append((where, extra, response.status_code))
+
+    assert failures == []
+    assert len(CONTENT_BLOCK_CASES) > 500
+
+
+@pytest.mark.parametrize("route", [MESSAGES, COUNT_TOKENS])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"messages": [{"role": "user", "content": [{"type": "document", "source": "abc"}]}]},
+            "messages.0.content.0.document.source: Input should be an object",
+        ),
+        (
+            {"system": [{"type": "document", "source": "abc"}]},
+            "system.0.type: Input should be 'text'",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    ASKED,
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "tool_result", "tool_use_id": "toolu_1", "is_error": "false"}
+                        ],
+                    },
+                ]
+            },
+            "messages.2.content.0.tool_result.is_error: Input should be a valid boolean",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    ASKED,
+                    {"role": "user", "content": "Go"},
+                ]
+            },
+            "messages.2: `tool_use` ids were found without `tool_result` blocks immediately "
+            "after: toolu_1. Each `tool_use` block must have a corresponding `tool_result` block "
+            "in the next message.",
+        ),
+    ],
+)
+def test_a_malformed_block_is_refused_in_anthropics_words(http, route, extra, message):
+    response = post(http, route, extra)
+    assert response.status_code == 400
+    assert response.json() == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": message},
+    }
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        (MESSAGES, {"type": "error", "error": {"type": "api_error", "message": AnyString()}}),
+        (COUNT_TOKENS, {"type": "error", "error": {"type": "api_error", "message": AnyString()}}),
+        (
+            CHAT,
+            {
+                "error": {
+                    "type": "server_error",
+                    "message": AnyString(),
+                    "param": None,
+                    "code": None,
+                }
+            },
+        ),
+    ],
+)
+def test_a_fault_of_the_simulator_is_answered_in_the_called_apis_words(monkeypatch, route, body):
+    """A bug of the simulator is still a 500 its client can read: Anthropic's `api_error`
+    under /v1/messages, OpenAI's `server_error` elsewhere."""
+
+    def fail(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("simulated bug")
+
+    from switchyard.simulator import parameters
+
+    monkeypatch.setattr(parameters, "check", fail)
+    with TestClient(create_simulator_app(), raise_server_exceptions=False) as client:
+        response = post(client, route, {})
+    assert response.status_code == 500
+    assert response.json() == body

@@ -177,6 +177,13 @@ def _forwarded(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, 
     return {name: headers[name] for name in names if name in headers}
 
 
+def anthropic_betas(headers: Mapping[str, str]) -> frozenset[str]:
+    """The values of a request's `anthropic-beta` header (comma-separated, Anthropic's
+    "Beta headers"), as a set; empty when it has none."""
+    value = headers.get("anthropic-beta") or ""
+    return frozenset(beta.strip() for beta in value.split(",") if beta.strip())
+
+
 def _translated(build: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
     """`build(*args, **kwargs)`, a TranslationError raised as the 400 the client gets (its
     message, `param` and code). Any other error a translation raises comes from a shape
@@ -460,7 +467,7 @@ class MessagesViaChat(MessagesPassThrough):
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
-        payload = _translated(messages_request_to_chat, body)
+        payload = _translated(messages_request_to_chat, body, anthropic_betas(headers))
         payload["model"] = deployment.model
         if stream:
             payload["stream"] = True

@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 
 from switchyard.common import exactjson
+from switchyard.common.anthropic_request import AnthropicRequestError, check_messages_request
 from switchyard.common.errors import json_type
 
 # Anthropic requires max_tokens; OpenAI requests often leave it out.
@@ -366,8 +367,17 @@ _MESSAGES_FIELDS = frozenset(
 )
 
 
-def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
-    """An Anthropic Messages request as an OpenAI Chat Completions request.
+# The `anthropic-beta` value under which Anthropic takes a thinking budget at or above
+# `max_tokens` (its "Extended thinking" guide, "Interleaved thinking").
+INTERLEAVED_THINKING_BETA = "interleaved-thinking-2025-05-14"
+
+
+def messages_request_to_chat(
+    body: dict[str, Any], betas: frozenset[str] = frozenset({INTERLEAVED_THINKING_BETA})
+) -> dict[str, Any]:
+    """An Anthropic Messages request as an OpenAI Chat Completions request. `betas` are
+    the request's `anthropic-beta` values (the default, interleaved thinking, refuses no
+    thinking budget for its size).
 
     Raises TranslationError for what Chat Completions cannot express (`top_k`,
     `context_management`, server tools, URL documents...: the table is in
@@ -378,6 +388,12 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
     refuse_unknown(body, _MESSAGES_FIELDS, "OpenAI's Chat Completions")
+    try:
+        # Every type and rule Anthropic itself judges, before any is renamed or reshaped.
+        # A null stands for a field left out here, as everywhere in this translation.
+        check_messages_request({name: value for name, value in body.items() if value is not None})
+    except AnthropicRequestError as exc:
+        raise TranslationError(str(exc), exc.path or None, "invalid_value") from None
     messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system is not None:
@@ -479,9 +495,15 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     effort = _reasoning_effort_of_thinking(body.get("thinking"))
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
-        # A budget at or above max_tokens is not refused: Anthropic takes one with
-        # interleaved thinking (a beta header this translation does not see).
         _refuse_what_thinking_refuses(body)
+        budget = thinking["budget_tokens"]
+        if INTERLEAVED_THINKING_BETA not in betas and budget >= body["max_tokens"]:
+            # Anthropic's refusal, which it makes only without interleaved thinking.
+            raise _anthropic_refusal(
+                "max_tokens",
+                "must be greater than thinking.budget_tokens unless interleaved thinking "
+                f"is enabled (anthropic-beta: {INTERLEAVED_THINKING_BETA}).",
+            )
     output_config = body.get("output_config")
     if output_config is not None:
         effort = _apply_output_config(output_config, result) or effort
@@ -627,7 +649,8 @@ INPUT_IMAGE_DETAILS = ("auto", "low", "high", "original")
 
 
 def _anthropic_base64(source: dict[str, Any], where: str, media_types: tuple[str, ...]) -> str:
-    """A `base64` source at `where` as a data URL, checked as the Anthropic API checks it:
+    """A `base64` source of the block at `where` (its path and type:
+    `messages.0.content.1.image`) as a data URL, checked as the Anthropic API checks it:
     `media_type` one of `media_types`, `data` a string of base64. Raises TranslationError
     in Anthropic's words otherwise: the OpenAI-protocol upstream would refuse it naming
     its own fields, or read the bytes as something else."""
@@ -635,26 +658,26 @@ def _anthropic_base64(source: dict[str, Any], where: str, media_types: tuple[str
     if media_type not in media_types:
         words = [f"'{name}'" for name in media_types]
         listed = f"{', '.join(words[:-1])} or {words[-1]}" if len(words) > 1 else words[0]
-        raise _anthropic_refusal(f"{where}.source.media_type", f"Input should be {listed}")
+        raise _anthropic_refusal(f"{where}.source.base64.media_type", f"Input should be {listed}")
     data = source.get("data")
     if data is None:
-        raise _anthropic_refusal(f"{where}.source.data", "Field required")
+        raise _anthropic_refusal(f"{where}.source.base64.data", "Field required")
     if not isinstance(data, str):
-        raise _anthropic_refusal(f"{where}.source.data", "Input should be a valid string")
+        raise _anthropic_refusal(f"{where}.source.base64.data", "Input should be a valid string")
     checked = _checked_base64(data)
     if not checked:
-        raise _anthropic_refusal(f"{where}.source.data", "invalid base64 data")
+        raise _anthropic_refusal(f"{where}.source.base64.data", "invalid base64 data")
     return f"data:{media_type};base64,{checked}"
 
 
 def _anthropic_url(source: dict[str, Any], where: str) -> str:
-    """The `url` of a `url` source at `where`: an http(s) URL. Raises TranslationError in
-    Anthropic's words otherwise."""
+    """The `url` of a `url` source of the block at `where` (its path and type): an http(s)
+    URL. Raises TranslationError in Anthropic's words otherwise."""
     url = source.get("url")
     if not isinstance(url, str):
-        raise _anthropic_refusal(f"{where}.source.url", "Input should be a valid string")
+        raise _anthropic_refusal(f"{where}.source.url.url", "Input should be a valid string")
     if not url.lower().startswith(("https://", "http://")):
-        raise _anthropic_refusal(f"{where}.source.url", "Input should be an http(s) URL")
+        raise _anthropic_refusal(f"{where}.source.url.url", "Input should be an http(s) URL")
     return url
 
 
@@ -663,9 +686,9 @@ def _anthropic_image_to_openai(block: dict[str, Any], where: str) -> dict[str, A
     if not isinstance(source, dict):
         raise _anthropic_refusal(f"{where}.source", "Field required")
     if source.get("type") == "base64":
-        url = _anthropic_base64(source, where, ANTHROPIC_IMAGE_TYPES)
+        url = _anthropic_base64(source, f"{where}.image", ANTHROPIC_IMAGE_TYPES)
     elif source.get("type") == "url":
-        url = _anthropic_url(source, where)
+        url = _anthropic_url(source, f"{where}.image")
     else:
         raise _anthropic_refusal(
             f"{where}.source.type",
@@ -738,7 +761,9 @@ def _anthropic_document_to_openai(block: dict[str, Any], where: str) -> list[dic
             "type": "file",
             "file": {
                 "filename": title or "document.pdf",
-                "file_data": _anthropic_base64(source, where, ANTHROPIC_DOCUMENT_TYPES),
+                "file_data": _anthropic_base64(
+                    source, f"{where}.document", ANTHROPIC_DOCUMENT_TYPES
+                ),
             },
         }
         context = block.get("context")

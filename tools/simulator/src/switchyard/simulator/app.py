@@ -78,8 +78,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Scope
 
 from switchyard.common import errorformat
+from switchyard.common.http import ClientDisconnectGuard
 from switchyard.common.responses import response_object
 from switchyard.simulator import parameters
 from switchyard.simulator.parameters import BadRequest
@@ -1109,44 +1111,18 @@ class AnthropicReply:
         return [delta for _, deltas in self.stream_blocks() for delta in deltas]
 
 
-_DOCUMENT_SOURCES = ("base64", "text", "url", "content", "file")
-
-
 def _validate_anthropic(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    """(model, messages) of a Messages or count_tokens body, its messages checked as
-    Anthropic checks them (a `system` message is accepted, as documented above); the
-    parameters' types and ranges are `parameters.check`'s to judge, before this."""
-    model = body.get("model")
-    messages = body.get("messages")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("model: Field required")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages: Field required")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise BadRequest(f"messages.{index}: Input should be an object")
-        if "role" not in message:
-            raise BadRequest(f"messages.{index}.role: Field required")
+    """(model, messages) of a Messages or count_tokens body, its roles checked as Anthropic
+    checks them (a `system` message is accepted, as documented above). The parameters and
+    every content block are `parameters.check`'s to judge, before this."""
+    messages = body["messages"]
+    for message in messages:
         if message["role"] not in ("user", "assistant", "system"):
             raise BadRequest(
                 f'messages: Unexpected role "{message["role"]}". Allowed roles are "user" or '
                 '"assistant"'
             )
-        content = message.get("content")
-        if not isinstance(content, list):
-            continue
-        for position, block in enumerate(content):
-            where = f"messages.{index}.content.{position}"
-            if not isinstance(block, dict):
-                raise BadRequest(f"{where}: Input should be an object")
-            kind = block.get("type")
-            if kind == "thinking" and not block.get("signature"):
-                raise BadRequest(f"{where}.signature: Field required")
-            if kind == "document":
-                source = block.get("source") or {}
-                if source.get("type") not in _DOCUMENT_SOURCES:
-                    raise BadRequest(f"{where}.source: unknown document source")
-    return model, messages
+    return body["model"], messages
 
 
 def _cache_segments(body: dict[str, Any]) -> list[tuple[Any, bool]]:
@@ -2147,12 +2123,23 @@ def simulator_openapi(routes: list[Route]) -> dict[str, Any]:
     }
 
 
+class _Faults(ClientDisconnectGuard):
+    """`ClientDisconnectGuard` answering a fault of the simulator itself as the API called
+    answers one: Anthropic's 500 (`api_error`) under `/v1/messages`, OpenAI's elsewhere."""
+
+    def answer(self, scope: Scope) -> Response:
+        """The answer to a fault of the request in `scope`."""
+        message = "The simulator failed to answer this request."
+        if str(scope.get("path", "")).startswith("/v1/messages"):
+            return anthropic_error(500, message)
+        return openai_error(500, message)
+
+
 def create_simulator_app(latency_ms: float = 0) -> Starlette:
     """The simulator as a Starlette app: the provider routes, the `/_sim/` control API,
     `/metrics`, `/livez`, `/readyz`, `/openapi.json` and `/docs`. `latency_ms` is the initial
     base latency of every reply, in milliseconds."""
     from switchyard.common.docs import install_docs
-    from switchyard.common.http import ClientDisconnectGuard
 
     simulator = Simulator(latency_ms)
     routes = [
@@ -2188,5 +2175,5 @@ def create_simulator_app(latency_ms: float = 0) -> Starlette:
     app.state.simulator = simulator
     install_docs(app, "Switchyard provider simulator")
     # A client hanging up mid-request is one INFO line, not a traceback.
-    app.add_middleware(ClientDisconnectGuard)
+    app.add_middleware(_Faults)
     return app

@@ -11,11 +11,15 @@ plus the few rules that tie two parameters together. `check(route, body)` raises
   (`decimal_above_max_value`, `integer_below_min_value`, `invalid_type`, `invalid_value`,
   `array_above_max_length`, `missing_required_parameter`...);
 - Anthropic: the field path, then pydantic's sentence (`max_tokens: Input should be greater
-  than or equal to 1`, `thinking.enabled.budget_tokens: ...`), or `temperature: range: 0..1`
-  for a parameter bounded on both sides; Anthropic's error object names no parameter.
+  than or equal to 1`, `thinking.enabled.budget_tokens: ...`,
+  `messages.0.content.1.tool_result.is_error: Input should be a valid boolean`), or
+  `temperature: range: 0..1` for a parameter bounded on both sides; Anthropic's error object
+  names no parameter. Anthropic's types, content blocks included, and its rules across fields
+  are `switchyard.common.anthropic_request`'s, which the gateway's translation of a Messages
+  request judges with too.
 
 Only the parameters are read (pydantic ignores the other keys and returns no copy the caller
-uses), so checking costs microseconds and never touches message contents beyond their roles.
+uses), so checking costs microseconds; of OpenAI's messages only their roles are read.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Required
 
 from pydantic import (
-    AfterValidator,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -34,10 +37,17 @@ from pydantic import (
     ValidationError,
     with_config,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import ErrorDetails
 
 # pydantic takes TypedDicts from typing_extensions before Python 3.12.
 from typing_extensions import TypedDict
+
+from switchyard.common import anthropic_request
+from switchyard.common.anthropic_request import (
+    AnthropicRequestError,
+    CountTokensParameters,
+    MessagesParameters,
+)
 
 
 class BadRequest(Exception):
@@ -224,115 +234,6 @@ class EmbeddingsParameters(TypedDict, total=False):
     encoding_format: Literal["float", "base64"] | None
 
 
-# --------------------------------------------------------------------------- Anthropic types
-
-
-def _range(low: float, high: float) -> AfterValidator:
-    """A bound on both sides, refused in Anthropic's words (`range: 0..1`)."""
-
-    def within(value: float) -> float:
-        if not low <= value <= high:
-            raise PydanticCustomError("range", "range: {low}..{high}", {"low": low, "high": high})
-        return value
-
-    return AfterValidator(within)
-
-
-def _some_messages(value: list[Any]) -> list[Any]:
-    if not value:
-        raise PydanticCustomError("too_short", "at least one message is required")
-    return value
-
-
-@with_config(_STRICT)
-class _ThinkingEnabled(TypedDict, total=False):
-    type: Required[Literal["enabled"]]
-    budget_tokens: Required[Annotated[int, Field(ge=1024)]]
-
-
-@with_config(_STRICT)
-class _ThinkingDisabled(TypedDict, total=False):
-    type: Required[Literal["disabled"]]
-
-
-@with_config(_STRICT)
-class _ThinkingAdaptive(TypedDict, total=False):
-    type: Required[Literal["adaptive"]]
-
-
-@with_config(_STRICT)
-class _ThinkingBetweenTools(TypedDict, total=False):
-    type: Required[Literal["between_tools"]]
-
-
-AnthropicThinking = Annotated[
-    _ThinkingEnabled | _ThinkingDisabled | _ThinkingAdaptive | _ThinkingBetweenTools,
-    Field(discriminator="type"),
-]
-
-
-def _has_non_whitespace(value: str) -> str:
-    if not value.strip():
-        raise PydanticCustomError("whitespace", "each stop sequence must contain non-whitespace")
-    return value
-
-
-@with_config(_STRICT)
-class _AnthropicTool(TypedDict, total=False):
-    # Client tools (`input_schema`) and server tools (`type`, e.g. `web_search_20250305`).
-    type: str | None
-    # Required of client tools (`_client_tools_named`); some server tools have none.
-    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,128}$")]
-    description: str
-    input_schema: JsonObject
-
-
-@with_config(_STRICT)
-class _AnthropicToolChoice(TypedDict, total=False):
-    type: Required[Literal["auto", "any", "tool", "none"]]
-    name: str
-    disable_parallel_tool_use: bool
-
-
-@with_config(_STRICT)
-class _AnthropicMetadata(TypedDict, total=False):
-    user_id: Annotated[str, Field(max_length=256)] | None
-
-
-AnthropicModel = Annotated[str, Field(min_length=1)]
-AnthropicMessages = Annotated[list[Any], AfterValidator(_some_messages)]
-
-
-@with_config(_STRICT)
-class CountTokensParameters(TypedDict, total=False):
-    """`POST /v1/messages/count_tokens` (Anthropic API reference, "Count tokens")."""
-
-    model: Required[AnthropicModel]
-    messages: Required[AnthropicMessages]
-    thinking: AnthropicThinking
-    tools: list[_AnthropicTool]
-    tool_choice: _AnthropicToolChoice
-
-
-@with_config(_STRICT)
-class MessagesParameters(TypedDict, total=False):
-    """`POST /v1/messages` (Anthropic API reference, "Messages"), in the order Anthropic
-    reports them."""
-
-    model: Required[AnthropicModel]
-    messages: Required[AnthropicMessages]
-    thinking: AnthropicThinking
-    max_tokens: Required[Annotated[int, Field(ge=1)]]
-    metadata: _AnthropicMetadata
-    stop_sequences: list[Annotated[str, AfterValidator(_has_non_whitespace)]]
-    temperature: Annotated[float, _range(0, 1)]
-    tool_choice: _AnthropicToolChoice
-    tools: list[_AnthropicTool]
-    top_k: Annotated[int, Field(ge=0)]
-    top_p: Annotated[float, _range(0, 1)]
-    stream: bool
-
-
 # --------------------------------------------------------------------------- rules across fields
 
 
@@ -451,18 +352,6 @@ def _no_trailing_whitespace_prefill(body: dict[str, Any]) -> None:
         raise BadRequest("messages: final assistant content cannot end with trailing whitespace")
 
 
-def _client_tools_named(body: dict[str, Any]) -> None:
-    for index, tool in enumerate(body.get("tools") or ()):
-        if tool.get("type") in (None, "custom") and "name" not in tool:
-            raise BadRequest(f"tools.{index}.name: Field required")
-
-
-def _anthropic_tool_choice_names_a_tool(body: dict[str, Any]) -> None:
-    choice = body.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("type") == "tool" and "name" not in choice:
-        raise BadRequest("tool_choice.tool.name: Field required")
-
-
 def _openai_model_given(body: dict[str, Any]) -> None:
     # OpenAI names no parameter for this one.
     if body.get("model") in (None, ""):
@@ -500,8 +389,11 @@ class Rules:
             raise (openai_bad_request if self.api == "openai" else anthropic_bad_request)(
                 error
             ) from None
-        for rule in self.then:
-            rule(body)
+        try:
+            for rule in self.then:
+                rule(body)
+        except AnthropicRequestError as exc:
+            raise BadRequest(str(exc)) from None
 
 
 RULES: dict[str, Rules] = {
@@ -531,14 +423,13 @@ RULES: dict[str, Rules] = {
             _thinking_within_max_tokens,
             _thinking_takes_default_sampling,
             _no_trailing_whitespace_prefill,
-            _client_tools_named,
-            _anthropic_tool_choice_names_a_tool,
+            *anthropic_request.RULES_ACROSS_FIELDS,
         ),
     ),
     "/v1/messages/count_tokens": Rules(
         "anthropic",
         CountTokensParameters,
-        then=(_client_tools_named, _anthropic_tool_choice_names_a_tool),
+        then=anthropic_request.RULES_ACROSS_FIELDS,
     ),
 }
 
@@ -671,18 +562,8 @@ def openai_bad_request(error: ErrorDetails) -> BadRequest:
     )
 
 
-# Anthropic's wording where it is not pydantic's own.
-_ANTHROPIC_MESSAGES = {
-    "list_type": "Input should be a valid array",
-    "dict_type": "Input should be an object",
-    "model_attributes_type": "Input should be an object",
-}
-
-
 def anthropic_bad_request(error: ErrorDetails) -> BadRequest:
     """The `BadRequest` Anthropic answers for one pydantic `error` of a parameter: the dotted
     field path, a colon, and the sentence (`thinking.enabled.budget_tokens: Input should be
     greater than or equal to 1024`)."""
-    where = ".".join(str(part) for part in error["loc"])
-    message = _ANTHROPIC_MESSAGES.get(error["type"], error["msg"])
-    return BadRequest(f"{where}: {message}" if where else message)
+    return BadRequest(str(anthropic_request.error_of(error)))
