@@ -438,6 +438,8 @@ async def test_a_messages_request_without_anthropic_version_is_refused_as_anthro
         (["garbage"], "garbage"),
         (["06/01/2023"], "06/01/2023"),
         (["2023-06-01", "2023-06-01"], "2023-06-01, 2023-06-01"),
+        (["2023-02-30"], "2023-02-30"),  # no such day
+        (["2999-01-01"], "2999-01-01"),  # a day still to come
     ],
 )
 async def test_a_version_anthropic_does_not_have_is_refused_as_anthropic_refuses_it(
@@ -456,3 +458,38 @@ async def test_a_version_anthropic_does_not_have_is_refused_as_anthropic_refuses
     assert error["type"] == "invalid_request_error"
     assert error["message"] == f'anthropic-version: "{shown}" is not a valid version'
     assert harness.requests == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"authorization": f"Bearer {API_KEY}", "x-api-key": "sk-sy-" + "w" * 43},
+        {"authorization": f"Bearer {API_KEY}", "x-api-key": "not-a-key"},
+        {"authorization": "Bearer a.b.c", "x-api-key": API_KEY},
+    ],
+)
+async def test_two_credentials_that_differ_are_refused_whichever_is_good(harness, headers):
+    """An `x-api-key` beside a Bearer credential that differs from it is refused, never
+    ignored: which one a proxy in front judged is unknown."""
+    response = await harness.client.post(
+        "/v1/messages", json=MESSAGE, headers={**headers, "anthropic-version": "2023-06-01"}
+    )
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "conflicting_credentials")
+    assert harness.requests == []
+
+
+async def test_the_same_credential_in_both_headers_is_taken(harness):
+    response = await harness.client.post(
+        "/v1/messages/count_tokens",
+        json={"model": "sim-small", "messages": MESSAGE["messages"]},
+        headers={
+            "authorization": f"Bearer {API_KEY}",
+            "x-api-key": f" {API_KEY}",
+            "anthropic-version": "2023-06-01",
+        },
+    )
+    assert response.status_code != 400, response.text
+    assert response.status_code != 401, response.text

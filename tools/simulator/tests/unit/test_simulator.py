@@ -557,3 +557,89 @@ def test_the_switchyard_cli_runs_the_simulator_from_its_own_distribution() -> No
     assert "--latency-ms" in result.output
     # The inference service no longer carries it: its image has no simulator.
     assert by_name("inference").commands() == []
+
+
+# ------------------------------------------------------------------ tool_choice
+
+LOOKUP = {
+    "name": "lookup",
+    "description": "Find an order",
+    "schema": {
+        "type": "object",
+        "properties": {"order_id": {"type": "integer", "minimum": 7}},
+        "required": ["order_id"],
+    },
+}
+
+
+def _chat_tools() -> list[dict]:
+    return [
+        WEATHER_TOOL,
+        {
+            "type": "function",
+            "function": {"name": LOOKUP["name"], "parameters": LOOKUP["schema"]},
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "tool_choice", "called"),
+    [
+        ("Where is my order?", {"type": "function", "function": {"name": "lookup"}}, "lookup"),
+        ("Where is my order?", "required", "get_weather"),
+        ("Where is my order?", "auto", None),
+        ("What is the weather in Oslo?", "none", None),
+        ("What is the weather in Oslo?", "auto", "get_weather"),
+    ],
+)
+async def test_chat_follows_tool_choice(openai_client, text, tool_choice, called) -> None:
+    completion = await openai_client.chat.completions.create(
+        model="sim-small", messages=user(text), tools=_chat_tools(), tool_choice=tool_choice
+    )
+    calls = completion.choices[0].message.tool_calls or []
+    assert [call.function.name for call in calls] == ([called] if called else [])
+    if called == "lookup":
+        assert json.loads(calls[0].function.arguments) == {"order_id": 7}
+
+
+@pytest.mark.parametrize(
+    ("text", "tool_choice", "called"),
+    [
+        ("Where is my order?", {"type": "tool", "name": "lookup"}, "lookup"),
+        ("Where is my order?", {"type": "any"}, "get_weather"),
+        ("Where is my order?", {"type": "auto"}, None),
+        ("What is the weather in Oslo?", {"type": "none"}, None),
+    ],
+)
+async def test_messages_follow_tool_choice(anthropic_client, text, tool_choice, called) -> None:
+    tools = [
+        {"name": "get_weather", "input_schema": WEATHER_TOOL["function"]["parameters"]},
+        {"name": LOOKUP["name"], "input_schema": LOOKUP["schema"]},
+    ]
+    message = await anthropic_client.messages.create(
+        model="sim-small", max_tokens=64, messages=user(text), tools=tools, tool_choice=tool_choice
+    )
+    calls = [block for block in message.content if block.type == "tool_use"]
+    assert [call.name for call in calls] == ([called] if called else [])
+    assert message.stop_reason == ("tool_use" if called else "end_turn")
+    if called == "lookup":
+        assert calls[0].input == {"order_id": 7}
+
+
+async def test_responses_follow_a_named_tool_choice(openai_client) -> None:
+    tools = [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "parameters": WEATHER_TOOL["function"]["parameters"],
+        },
+        {"type": "function", "name": LOOKUP["name"], "parameters": LOOKUP["schema"]},
+    ]
+    response = await openai_client.responses.create(
+        model="sim-small",
+        input="Where is my order?",
+        tools=tools,
+        tool_choice={"type": "function", "name": "lookup"},
+    )
+    [call] = [item for item in response.output if item.type == "function_call"]
+    assert (call.name, json.loads(call.arguments)) == ("lookup", {"order_id": 7})

@@ -236,7 +236,7 @@ class Authenticator:
             AuthUnavailableError: it cannot be checked now (auth unreachable, revocations not
                 loaded).
         """
-        credential = _bearer(authorization) or (x_api_key or "").strip()
+        credential = bearer_credential(authorization) or (x_api_key or "").strip()
         if not credential or len(credential) > MAX_CREDENTIAL_LENGTH:
             raise AuthenticationError
         if credential.startswith(API_KEY_PREFIX):
@@ -480,7 +480,9 @@ class Authenticator:
             self._keys[secret_hash] = _CachedKey(deadline, None)
 
 
-def _bearer(authorization: str | None) -> str | None:
+def bearer_credential(authorization: str | None) -> str | None:
+    """The credential of an `Authorization: Bearer <credential>` header value; None for no
+    value, another scheme or an empty credential."""
     if not authorization:
         return None
     scheme, _, value = authorization.partition(" ")

@@ -630,14 +630,38 @@ def output_schema(fmt: Any, param: str) -> tuple[bool, dict[str, Any] | None]:
     return True, schema
 
 
-def wants_weather_tool(tools: Any, user_text: str) -> bool:
-    """Whether the simulated model answers with a tool call: `tools` (the request's
-    tool list) is non-empty and `user_text` asks about the weather."""
-    return (
-        isinstance(tools, list)
-        and bool(tools)
-        and re.search(r"\bweather\b", user_text, re.I) is not None
-    )
+def called_tool(
+    tools: list[dict[str, Any]],
+    choice: Any,
+    user_text: str,
+    name_of: Callable[[dict[str, Any]], Any],
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(tool, arguments) the simulated model calls from `tools` (the request's client tools,
+    in order), or None when it answers in text. `choice` is the request's `tool_choice` in
+    any of the three APIs' shapes: `none` (`"none"`, `{"type": "none"}`) never calls one; a
+    forced call (`"required"`, `{"type": "any"}`) calls the first tool and a named one
+    (`{"type": "function", "function": {"name"}}`, `{"type": "function", "name"}`,
+    `{"type": "tool", "name"}`) that tool; otherwise a weather question calls the first.
+    The arguments are `{"location": ...}` for a weather question, else an instance of the
+    tool's schema (`schema_instance`). `name_of(tool)` is a tool's name."""
+    kind = choice.get("type") if isinstance(choice, dict) else choice
+    if not tools or kind == "none":
+        return None
+    weather = re.search(r"\bweather\b", user_text, re.I) is not None
+    tool = tools[0]
+    if kind in ("function", "tool") and isinstance(choice, dict):
+        function = choice.get("function")
+        wanted = function.get("name") if isinstance(function, dict) else choice.get("name")
+        tool = next((t for t in tools if name_of(t) == wanted), tool)
+    elif kind not in ("required", "any") and not weather:
+        return None
+    if weather:
+        return tool, {"location": weather_location(user_text)}
+    function = tool.get("function")
+    schema = (function if isinstance(function, dict) else tool).get("parameters")
+    schema = schema or tool.get("input_schema")
+    instance = schema_instance(schema, user_text) if isinstance(schema, dict) else {}
+    return tool, instance if isinstance(instance, dict) else {}
 
 
 def weather_location(user_text: str) -> str:
@@ -847,16 +871,24 @@ def build_openai_reply(body: dict[str, Any], cache: set[str] | None = None) -> O
     # Tool results to answer (an agent loop's next turn): answered in text, as the
     # Messages and Responses simulations do, never by calling the tool again.
     tool_results = isinstance(last, dict) and last.get("role") == "tool"
-    if not tool_results and wants_weather_tool(body.get("tools"), user_text):
-        tool = body["tools"][0]
-        name = (tool.get("function") or {}).get("name") if isinstance(tool, dict) else None
+    call = None
+    if not tool_results:
+        call = called_tool(
+            body.get("tools") or [],
+            body.get("tool_choice"),
+            user_text,
+            lambda tool: (tool.get("function") or {}).get("name"),
+        )
+    if call is not None:
+        tool, tool_arguments = call
+        name = (tool.get("function") or {}).get("name")
         if not isinstance(name, str):
             raise BadRequest(
                 "Missing required parameter: 'tools[0].function.name'.",
                 "tools[0].function.name",
                 "missing_required_parameter",
             )
-        arguments = orjson.dumps({"location": weather_location(user_text)}).decode()
+        arguments = orjson.dumps(tool_arguments).decode()
         tool_call = {
             "id": _short_id("call_"),
             "type": "function",
@@ -1222,12 +1254,14 @@ def build_anthropic_reply(body: dict[str, Any], cache: set[str] | None = None) -
         "cache_creation_input_tokens": written,
         "cache_read_input_tokens": read,
     }
-    if wants_weather_tool(body.get("tools"), user_text):
-        tool = body["tools"][0]
-        name = tool.get("name") if isinstance(tool, dict) else None
-        if not isinstance(name, str):
-            raise BadRequest("tools.0.name: Field required")
-        tool_input = {"location": weather_location(user_text)}
+    client_tools = [t for t in body.get("tools") or () if t.get("type") in (None, "custom")]
+    call = called_tool(client_tools, body.get("tool_choice"), user_text, lambda t: t["name"])
+    last = messages[-1]["content"]
+    # Tool results to answer are answered in text, never by calling a tool again.
+    answering = isinstance(last, list) and any(b["type"] == "tool_result" for b in last)
+    if call is not None and not answering:
+        tool, tool_input = call
+        name = tool["name"]
         tool_use = {
             "type": "tool_use",
             "id": _short_id("toolu_"),
@@ -1526,18 +1560,21 @@ def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -
             summary = [{"type": "summary_text", "text": f"Considering: {user_text}"}]
         output.append({"id": _short_id("rs_"), "type": "reasoning", "summary": summary})
     last = items[-1] if items else {}
-    if last.get("type") != "function_call_output" and wants_weather_tool(
-        [t for t in body.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"],
-        user_text,
-    ):
-        tool = next(t for t in body["tools"] if t.get("type") == "function")
+    functions = [
+        t for t in body.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"
+    ]
+    call = None
+    if last.get("type") != "function_call_output":
+        call = called_tool(functions, body.get("tool_choice"), user_text, lambda t: t.get("name"))
+    if call is not None:
+        tool, tool_arguments = call
         if not isinstance(tool.get("name"), str):
             raise BadRequest(
                 "Missing required parameter: 'tools[0].name'.",
                 "tools[0].name",
                 "missing_required_parameter",
             )
-        arguments = orjson.dumps({"location": weather_location(user_text)}).decode()
+        arguments = orjson.dumps(tool_arguments).decode()
         output.append(
             {
                 "id": _short_id("fc_"),

@@ -21,7 +21,12 @@ from fastapi import Depends, Request
 
 from switchyard.common import scopes
 from switchyard.common.errors import APIError
-from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, Principal
+from switchyard.gateway.auth import (
+    AuthenticationError,
+    AuthUnavailableError,
+    Principal,
+    bearer_credential,
+)
 from switchyard.gateway.bootstrap import Gateway
 
 ANY_METHOD: frozenset[str] = frozenset()
@@ -80,10 +85,15 @@ class DuplicateCredentialsError(Exception):
     """A request sent the `Authorization` or `x-api-key` header more than once."""
 
 
+class ConflictingCredentialsError(DuplicateCredentialsError):
+    """A request sent a Bearer credential and an `x-api-key` that differ."""
+
+
 def credentials_of(raw_headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
     """The `Authorization` and `x-api-key` values of a request's ASGI `headers` (lower-case
     names, latin-1 values), each None when absent. Raises DuplicateCredentialsError when
-    either comes twice: which one counts is ambiguous (a proxy in front may have judged
+    either comes twice, and ConflictingCredentialsError when a Bearer credential and an
+    `x-api-key` differ: which one counts is ambiguous (a proxy in front may have judged
     the other), so neither does."""
     authorization = api_key = None
     for name, value in raw_headers:
@@ -95,14 +105,25 @@ def credentials_of(raw_headers: list[tuple[bytes, bytes]]) -> tuple[str | None, 
             if api_key is not None:
                 raise DuplicateCredentialsError("x-api-key")
             api_key = value.decode("latin-1")
+    bearer = bearer_credential(authorization)
+    if bearer is not None and api_key is not None and bearer != api_key.strip():
+        raise ConflictingCredentialsError("Authorization' and 'x-api-key")
     return authorization, api_key
 
 
 def single_credentials(request: Request) -> tuple[str | None, str | None]:
     """`credentials_of` the request. Raises APIError 400 `duplicate_credentials` naming
-    the header sent twice."""
+    the header sent twice, or `conflicting_credentials` for two credentials that differ."""
     try:
         return credentials_of(request.scope["headers"])
+    except ConflictingCredentialsError:
+        raise APIError(
+            400,
+            "The 'Authorization' and 'x-api-key' headers carry different credentials; send "
+            "one credential.",
+            param="x-api-key",
+            code="conflicting_credentials",
+        ) from None
     except DuplicateCredentialsError as exc:
         raise APIError(
             400,

@@ -12,6 +12,7 @@ itself, any other gets an estimate from a tokenizer, which the answer says in
 
 from __future__ import annotations
 
+import datetime
 import re
 
 from fastapi import APIRouter, Request, Response
@@ -30,16 +31,30 @@ router = APIRouter(prefix="/v1", tags=["messages"])
 # An Anthropic API version is a date (https://docs.anthropic.com/en/api/versioning:
 # `2023-06-01`; the SDKs move to newer ones as they are published). Anything else is
 # refused as the API refuses it, whatever deployment serves the model (a translated
-# request would otherwise ignore it); which dates exist is the API's to say.
+# request would otherwise ignore it): a value that is not a date, a day no calendar has,
+# and a day still to come, which no version can be yet. Which past dates are versions is
+# the API's to say.
 ANTHROPIC_VERSION_FORMAT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _is_version(version: str) -> bool:
+    if ANTHROPIC_VERSION_FORMAT.fullmatch(version) is None:
+        return False
+    try:
+        day = datetime.date.fromisoformat(version)
+    except ValueError:
+        return False
+    # A day of slack: the API's calendar may be ahead of this host's time zone.
+    return day <= datetime.datetime.now(datetime.UTC).date() + datetime.timedelta(days=1)
 
 
 def anthropic_version_refusal(values: list[str]) -> APIError | None:
     """The refusal of the `anthropic-version` header `values` (each time it was sent), as
     Anthropic's API words it, or None for one version: `"X" is not a valid version` for a
-    value that is not a date or a header sent twice; None also when it was not sent."""
+    value that is not a date, a day still to come or a header sent twice; None also when
+    it was not sent."""
     version = ", ".join(value.strip() for value in values)
-    if not version or ANTHROPIC_VERSION_FORMAT.fullmatch(version) is not None:
+    if not version or _is_version(version):
         return None
     shown = version[:64].replace("\\", "\\\\").replace('"', '\\"')
     return APIError(
