@@ -142,6 +142,7 @@ def refusal(body: dict[str, Any]) -> str:
             "tools: Tool names must be unique.",
         ),
         (body_with(USER, tool_choice={"type": "any"}), "tool_choice: tool_choice may only be"),
+        (body_with(USER, tools=[{"name": "f"}]), "tools.0.input_schema: Field required"),
         (
             body_with(
                 USER,
@@ -202,6 +203,22 @@ def test_a_request_anthropic_refuses_is_refused_with_its_path_and_sentence(
         body_with(USER, tools=[{"type": "web_search_20250305", "name": "web_search"}]),
         body_with(USER, tool_choice={"type": "auto"}),
         body_with(USER, metadata={"user_id": None}),
+        # Values the `anthropic` SDK's types allow.
+        body_with(USER, output_config={"effort": "xhigh"}),
+        body_with(USER, thinking={"type": "adaptive", "display": None}),
+        body_with(*answered({"type": "tool_reference", "tool_name": "f"})),
+        body_with(*answered({"type": "browser_state", "tabs": []})),
+        body_with(
+            user(
+                {
+                    "type": "search_result",
+                    "source": "s",
+                    "title": "t",
+                    "content": [{"type": "text", "text": "x"}],
+                    "citations": None,
+                }
+            )
+        ),
     ],
 )
 def test_a_request_anthropic_takes_is_taken(body: dict[str, Any]) -> None:

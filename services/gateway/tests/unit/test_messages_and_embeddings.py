@@ -481,13 +481,14 @@ async def test_two_credentials_that_differ_are_refused_whichever_is_good(harness
     assert harness.requests == []
 
 
-async def test_the_same_credential_in_both_headers_is_taken(harness):
+@pytest.mark.parametrize("x_api_key", [f" {API_KEY}", "", " "])
+async def test_the_same_credential_in_both_headers_or_an_empty_one_is_taken(harness, x_api_key):
     response = await harness.client.post(
         "/v1/messages/count_tokens",
         json={"model": "sim-small", "messages": MESSAGE["messages"]},
         headers={
             "authorization": f"Bearer {API_KEY}",
-            "x-api-key": f" {API_KEY}",
+            "x-api-key": x_api_key,
             "anthropic-version": "2023-06-01",
         },
     )

@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 
+from switchyard.common.anthropic_request import check_messages_request
 from switchyard.inference.translate import (
     ChatChunksToMessageEvents,
     CompletionAccumulator,
     MessageAccumulator,
     MessageEventsToChatChunks,
     TranslationError,
+    anthropic_tool_id,
     chat_completion_to_message,
     chat_request_to_messages,
     chat_usage_from_messages,
@@ -1825,3 +1827,90 @@ def test_a_final_assistant_message_of_only_whitespace_is_not_sent() -> None:
     )
 
     assert [turn["role"] for turn in request["messages"]] == ["user"]
+
+
+# --------------------------------------------------------------------------- OpenAI -> Anthropic,
+# judged as Anthropic judges it
+
+WEATHER_FUNCTION = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+
+
+def _chat_call(call_id: str, content: str | None = None) -> list[dict[str, Any]]:
+    """An assistant turn calling get_weather with `call_id` (beside `content`), and its
+    tool message."""
+    call = {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": "{}"},
+    }
+    return [
+        {"role": "assistant", "content": content, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call_id, "content": "sunny"},
+    ]
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        # The "\n\n" a model writes before its tool calls, sent back as it came.
+        [{"role": "user", "content": "weather?"}, *_chat_call("call_1", "\n\n")],
+        # Ids some servers give their calls, outside Anthropic's pattern.
+        [{"role": "user", "content": "weather?"}, *_chat_call("functions.get_weather:0")],
+        [
+            {"role": "user", "content": "weather?"},
+            *_chat_call("call.1"),
+            *_chat_call("call:1"),  # apart from the first once mapped
+            {"role": "user", "content": "thanks"},
+        ],
+        # Whitespace turns and parts, which OpenAI takes.
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "\n"},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "\n"}, {"type": "text", "text": "go"}],
+            },
+        ],
+        [{"role": "user", "content": " "}, {"role": "user", "content": "hi"}],
+    ],
+)
+def test_a_valid_openai_conversation_becomes_a_request_anthropic_takes(messages) -> None:
+    result = chat_request_to_messages(
+        {"model": "m", "messages": messages, "tools": [WEATHER_FUNCTION]}
+    )
+    check_messages_request(result)
+    ids = [
+        (block.get("id") or block.get("tool_use_id"))
+        for turn in result["messages"]
+        if isinstance(turn["content"], list)
+        for block in turn["content"]
+        if block["type"] in ("tool_use", "tool_result")
+    ]
+    # Every call is answered by the result of the same id, and distinct ids stay distinct.
+    assert len(set(ids)) * 2 == len(ids)
+
+
+def test_a_responses_conversation_with_foreign_call_ids_and_whitespace_is_taken() -> None:
+    body = {
+        "model": "m",
+        "tools": [{"type": "function", "name": "get_weather", "parameters": {}}],
+        "input": [
+            {"role": "user", "content": "weather?"},
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "\n"}],
+            },
+            {"type": "function_call", "call_id": "fc:1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "fc:1", "output": "sunny"},
+        ],
+    }
+    result = responses_request_to_messages(body)
+    check_messages_request(result)
+    [call] = [b for b in result["messages"][1]["content"] if b["type"] == "tool_use"]
+    assert call["id"] == anthropic_tool_id("fc:1") != "fc:1"
+
+
+def test_a_tool_id_anthropic_takes_is_kept() -> None:
+    assert anthropic_tool_id("call_Ab-9") == "call_Ab-9"
+    assert anthropic_tool_id("a.b") != anthropic_tool_id("a:b")

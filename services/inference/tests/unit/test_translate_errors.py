@@ -26,6 +26,7 @@ CHAT = ClientAPI.OPENAI_CHAT_COMPLETIONS
 MESSAGES = ClientAPI.ANTHROPIC_MESSAGES
 RESPONSES = ClientAPI.OPENAI_RESPONSES
 USER = [{"role": "user", "content": "x"}]
+F_TOOL = {"name": "f", "input_schema": {"type": "object"}}
 # An assistant turn calling tool `toolu_1`, and a user turn answering it.
 ASKED = {
     "role": "assistant",
@@ -410,6 +411,7 @@ async def test_invalid_chat_fields_are_refused_naming_the_clients_field(
         ({"tools": "x"}, "tools: Input should be a valid array"),
         ({"tools": ["x"]}, "tools.0: Input should be an object"),
         ({"tools": [{"input_schema": {"type": "object"}}]}, "tools.0.name: Field required"),
+        ({"tools": [{"name": "f"}]}, "tools.0.input_schema: Field required"),
         ({"tool_choice": "auto"}, "tool_choice: Input should be an object"),
         ({"tool_choice": {"type": "tool"}}, "tool_choice.tool.name: Field required"),
         ({"stop_sequences": "END"}, "stop_sequences: Input should be a valid array"),
@@ -443,7 +445,7 @@ async def test_invalid_chat_fields_are_refused_naming_the_clients_field(
         ({"tools": [{"name": "f", "input_schema": "s"}]}, "tools.0.input_schema: Input should"),
         ({"tools": [{"name": "f", "description": 5}]}, "tools.0.description: Input should"),
         (
-            {"tools": [{"name": "f"}], "tool_choice": {"type": "tool", "name": "g"}},
+            {"tools": [F_TOOL], "tool_choice": {"type": "tool", "name": "g"}},
             "tool_choice.name: Tool 'g' not found in provided tools",
         ),
         # Content blocks and parameters of the wrong shape, named as the client sent them.
@@ -478,7 +480,7 @@ async def test_invalid_chat_fields_are_refused_naming_the_clients_field(
             {"thinking": {"type": "enabled", "budget_tokens": 1024, "x": 1}, "max_tokens": 4096},
             "thinking.enabled.x: Extra inputs are not permitted",
         ),
-        ({"tools": [{"name": "f"}, {"name": "f"}]}, "tools: Tool names must be unique."),
+        ({"tools": [F_TOOL, F_TOOL]}, "tools: Tool names must be unique."),
         ({"tools": [{"name": "f", "strict": "yes"}]}, "tools.0.strict: Input should be a valid"),
         (
             {"output_config": {"format": {"type": "json_schema", "schema": "s"}}},
@@ -498,7 +500,7 @@ async def test_invalid_chat_fields_are_refused_naming_the_clients_field(
         ({"messages": [answer()]}, "messages.0.content.0: unexpected `tool_use_id` found"),
         # What Anthropic takes and OpenAI's Chat Completions cannot.
         ({"stop_sequences": ["a", "b", "c", "d", "e"]}, "stop_sequences: 5 stop sequences"),
-        ({"tools": [{"name": "f" * 65}]}, "tools.0.name: a name of 65 characters"),
+        ({"tools": [{**F_TOOL, "name": "f" * 65}]}, "tools.0.name: a name of 65 characters"),
     ],
 )
 async def test_invalid_messages_fields_are_refused_in_anthropics_words(

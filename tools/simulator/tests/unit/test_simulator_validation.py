@@ -789,3 +789,62 @@ def test_a_fault_of_the_simulator_is_answered_in_the_called_apis_words(monkeypat
         response = post(client, route, {})
     assert response.status_code == 500
     assert response.json() == body
+
+
+RECURSIVE = {
+    "type": "object",
+    "properties": {"value": {"type": "string"}, "next": {"$ref": "#"}},
+    "required": ["value", "next"],
+}
+
+
+@pytest.mark.parametrize(
+    ("route", "extra"),
+    [
+        (
+            MESSAGES,
+            {
+                "tools": [{"name": "g", "input_schema": RECURSIVE}],
+                "tool_choice": {"type": "tool", "name": "g"},
+            },
+        ),
+        (MESSAGES, {"output_config": {"format": {"type": "json_schema", "schema": RECURSIVE}}}),
+        (
+            CHAT,
+            {
+                "tools": [{"type": "function", "function": {"name": "g", "parameters": RECURSIVE}}],
+                "tool_choice": "required",
+            },
+        ),
+        (
+            CHAT,
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "r", "schema": {"$ref": "#"}},
+                }
+            },
+        ),
+    ],
+)
+def test_a_schema_with_no_finite_instance_still_gets_an_answer(http, route, extra):
+    """A recursive schema whose self-reference is required is answered (its value stops
+    at a depth), never a RecursionError's 500 that opens the deployment's breaker."""
+    assert post(http, route, extra).status_code == 200
+
+
+def test_thinking_with_a_forced_tool_is_refused_as_anthropic_refuses_it(http):
+    response = post(
+        http,
+        MESSAGES,
+        {
+            "max_tokens": 3000,
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "any"},
+        },
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        "tool_choice: Thinking may not be enabled when tool_choice forces tool use."
+    )

@@ -195,7 +195,7 @@ class _SearchResultBlock(TypedDict, total=False):
     source: Required[str]
     title: Required[str]
     content: Required[list[_TextBlock]]
-    citations: _Citations
+    citations: _Citations | None
     cache_control: CacheControl
 
 
@@ -221,10 +221,29 @@ class _ToolUseBlock(TypedDict, total=False):
     cache_control: CacheControl
 
 
+@with_config(_STRICT)
+class _ToolReferenceBlock(TypedDict, total=False):
+    type: Required[Literal["tool_reference"]]
+    tool_name: Required[str]
+    cache_control: CacheControl
+
+
+@with_config(_STRICT)
+class _BrowserStateBlock(TypedDict, total=False):
+    type: Required[Literal["browser_state"]]
+    tabs: Required[list[JsonObject]]
+    cache_control: CacheControl
+
+
 ToolResultContent = Annotated[
     list[
         Annotated[
-            _TextBlock | _ImageBlock | _DocumentBlock | _SearchResultBlock,
+            _TextBlock
+            | _ImageBlock
+            | _DocumentBlock
+            | _SearchResultBlock
+            | _ToolReferenceBlock
+            | _BrowserStateBlock,
             Field(discriminator="type"),
         ]
     ],
@@ -308,7 +327,7 @@ System = Annotated[list[_TextBlock], BeforeValidator(_string_or_blocks)]
 class _ThinkingEnabled(TypedDict, total=False):
     type: Required[Literal["enabled"]]
     budget_tokens: Required[Annotated[int, Field(ge=1024)]]
-    display: Literal["summarized", "omitted"]
+    display: Literal["summarized", "omitted"] | None
 
 
 @with_config(_CLOSED)
@@ -319,7 +338,7 @@ class _ThinkingDisabled(TypedDict, total=False):
 @with_config(_CLOSED)
 class _ThinkingAdaptive(TypedDict, total=False):
     type: Required[Literal["adaptive"]]
-    display: Literal["summarized", "omitted"]
+    display: Literal["summarized", "omitted"] | None
 
 
 @with_config(_CLOSED)
@@ -365,7 +384,7 @@ class _OutputFormat(TypedDict, total=False):
 
 @with_config(_STRICT)
 class _OutputConfig(TypedDict, total=False):
-    effort: Literal["low", "medium", "high", "max"] | None
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None
     format: _OutputFormat | None
 
 
@@ -497,8 +516,9 @@ def _tool_uses_answered(body: dict[str, Any]) -> None:
 def _client_tools_named(body: dict[str, Any]) -> None:
     names: set[str] = set()
     for index, tool in enumerate(body.get("tools") or ()):
-        if tool.get("type") in (None, "custom") and "name" not in tool:
-            raise AnthropicRequestError(f"tools.{index}.name", "Field required")
+        for required in ("name", "input_schema"):
+            if tool.get("type") in (None, "custom") and required not in tool:
+                raise AnthropicRequestError(f"tools.{index}.{required}", "Field required")
         name = tool.get("name")
         if name in names:
             raise AnthropicRequestError("tools", "Tool names must be unique.")

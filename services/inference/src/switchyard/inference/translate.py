@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import time
 import urllib.parse
@@ -61,7 +62,13 @@ _STOP_REASON_BY_FINISH = {
 # Anthropic thinking budgets and OpenAI reasoning efforts, each way (budget is the
 # lower bound of the effort's band).
 _EFFORT_BUDGETS = (("low", 1024), ("medium", 4096), ("high", 16384))
-_EFFORT_BY_OUTPUT_EFFORT = {"low": "low", "medium": "medium", "high": "high", "max": "xhigh"}
+_EFFORT_BY_OUTPUT_EFFORT = {
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "xhigh",
+    "max": "xhigh",
+}
 
 
 class TranslationError(ValueError):
@@ -607,7 +614,7 @@ def _apply_output_config(config: Any, result: dict[str, Any]) -> str | None:
             if value not in _EFFORT_BY_OUTPUT_EFFORT:
                 raise _anthropic_refusal(
                     "output_config.effort",
-                    f"Input should be 'low', 'medium', 'high' or 'max', not {value!r}",
+                    f"Input should be 'low', 'medium', 'high', 'xhigh' or 'max', not {value!r}",
                 )
             effort = _EFFORT_BY_OUTPUT_EFFORT[value]
         elif value is not None:
@@ -1194,6 +1201,7 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
             raise not_one_of(
                 f"{where}.role", role, ("system", "developer", "user", "assistant", "tool")
             )
+        blocks = anthropic_blocks(blocks)
         if not blocks:
             continue  # Anthropic refuses empty turns
         if turns and turns[-1]["role"] == turn_role:
@@ -1331,6 +1339,41 @@ def _check_stop_sequence(sequence: str, where: str) -> None:
             "than whitespace.",
             where,
         )
+
+
+# Anthropic's ids of tool uses (its Messages reference: `^[a-zA-Z0-9_-]+$`); OpenAI takes
+# any string (`functions.get_weather:0` from some servers).
+_ANTHROPIC_TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")
+_OUTSIDE_TOOL_ID = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+def anthropic_tool_id(call_id: str) -> str:
+    """`call_id`, an OpenAI tool call id, as an id Anthropic takes: itself when it fits
+    Anthropic's pattern, else its other characters replaced by `_` and a hash of it added
+    (the same id always gives the same one, so a call and its result stay paired, and two
+    ids differing only in those characters stay apart)."""
+    if _ANTHROPIC_TOOL_ID.fullmatch(call_id):
+        return call_id
+    digest = hashlib.sha256(call_id.encode()).hexdigest()[:12]
+    return f"{_OUTSIDE_TOOL_ID.sub('_', call_id)}_{digest}"
+
+
+def anthropic_blocks(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Anthropic content blocks translated from an OpenAI message, as Anthropic takes
+    them: a text of only whitespace left out (Anthropic refuses it; OpenAI takes it, as
+    the `"\n\n"` a model writes before its tool calls, which the client sends back) and
+    tool ids outside Anthropic's pattern mapped by `anthropic_tool_id`."""
+    fitted = []
+    for block in blocks:
+        kind = block.get("type")
+        if kind == "text" and isinstance(block.get("text"), str) and not block["text"].strip():
+            continue
+        if kind == "tool_use" and isinstance(block.get("id"), str):
+            block = {**block, "id": anthropic_tool_id(block["id"])}
+        elif kind == "tool_result" and isinstance(block.get("tool_use_id"), str):
+            block = {**block, "tool_use_id": anthropic_tool_id(block["tool_use_id"])}
+        fitted.append(block)
+    return fitted
 
 
 def trim_prefill(turns: list[dict[str, Any]]) -> None:

@@ -43,6 +43,7 @@ from switchyard.inference.translate import (
     TranslationError,
     add_anthropic_sampling,
     add_anthropic_thinking,
+    anthropic_blocks,
     anthropic_tool,
     anthropic_tool_choice,
     base64_data,
@@ -718,6 +719,7 @@ def responses_request_to_messages(
             elif text:
                 turns.append({"role": "system", "content": text})
             continue
+        blocks = anthropic_blocks(blocks)
         if not blocks:
             continue
         if turns and turns[-1]["role"] == role:

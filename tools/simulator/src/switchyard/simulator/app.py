@@ -451,6 +451,8 @@ def text_logprobs(text: str, top: int) -> list[dict[str, Any]]:
 # How deep schema_instance follows nested schemas before choosing the shortest instance (an
 # empty array, a null branch), so a recursive schema still ends.
 _SCHEMA_DEPTH = 12
+# Where it stops even so: past this depth a value is null.
+_SCHEMA_LIMIT = 64
 _STRING_FORMATS = {
     "date-time": "1970-01-01T00:00:00Z",
     "date": "1970-01-01",
@@ -492,6 +494,10 @@ def _resolve(ref: Any, root: dict[str, Any]) -> Any:
 def _instance(schema: Any, text: str, root: dict[str, Any], depth: int) -> Any:
     if not isinstance(schema, dict):
         return text  # `true` or a missing schema: anything goes
+    if depth > _SCHEMA_LIMIT:
+        # A schema with no finite instance (a required, non-nullable reference to itself):
+        # the value stops here rather than recursing until Python's stack runs out.
+        return None
     deep = depth > _SCHEMA_DEPTH
     if "$ref" in schema:
         merged = {
@@ -537,6 +543,10 @@ def _instance(schema: Any, text: str, root: dict[str, Any], depth: int) -> Any:
         properties = schema.get("properties")
         if not isinstance(properties, dict):
             return {}
+        if deep:  # past the depth to fill, only what the schema requires
+            required = schema.get("required")
+            wanted = set(required) if isinstance(required, list) else set()
+            properties = {name: sub for name, sub in properties.items() if name in wanted}
         return {name: _instance(sub, text, root, depth + 1) for name, sub in properties.items()}
     if kind == "array":
         low: int = schema["minItems"] if isinstance(schema.get("minItems"), int) else 0

@@ -257,12 +257,18 @@ def _thinking_within_max_tokens(body: dict[str, Any]) -> None:
 
 
 def _thinking_takes_default_sampling(body: dict[str, Any]) -> None:
-    # Anthropic's API ("Extended thinking": thinking is not compatible with temperature or
-    # top_k modifications; top_p may be set between 0.95 and 1), in the words the gateway's
+    # Anthropic's API ("Extended thinking": thinking is not compatible with a forced tool
+    # use, nor with temperature or top_k modifications; top_p may be set between 0.95 and
+    # 1), in the words the gateway's
     # translation of a Messages request uses for the same refusals.
     thinking = body.get("thinking")
     if not (isinstance(thinking, dict) and thinking.get("type") == "enabled"):
         return
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        raise BadRequest(
+            "tool_choice: Thinking may not be enabled when tool_choice forces tool use."
+        )
     temperature = body.get("temperature")
     if temperature is not None and temperature != 1:
         raise BadRequest("temperature: may only be set to 1 when thinking is enabled.")

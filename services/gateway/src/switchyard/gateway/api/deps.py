@@ -106,7 +106,8 @@ def credentials_of(raw_headers: list[tuple[bytes, bytes]]) -> tuple[str | None, 
                 raise DuplicateCredentialsError("x-api-key")
             api_key = value.decode("latin-1")
     bearer = bearer_credential(authorization)
-    if bearer is not None and api_key is not None and bearer != api_key.strip():
+    # An empty `x-api-key` is no credential, as authentication reads it.
+    if bearer is not None and api_key and api_key.strip() and bearer != api_key.strip():
         raise ConflictingCredentialsError("Authorization' and 'x-api-key")
     return authorization, api_key
 
