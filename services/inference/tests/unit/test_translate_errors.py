@@ -1044,3 +1044,72 @@ async def test_thinking_between_tools_is_refused_as_not_expressible_not_as_inval
     body = {"max_tokens": 16, "messages": USER, "thinking": {"type": "between_tools"}}
     error = await refusal(harness, recorder, "gpt", MESSAGES, body)
     assert (error.param, error.code) == ("thinking.type", "unsupported_parameter")
+
+
+# ------------------------------------------------------------------ calls and their answers
+
+
+def _called(call_id: str = "call_1", name: str = "f") -> dict[str, Any]:
+    function = {"name": name, "arguments": "{}"}
+    return {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": call_id, "type": "function", "function": function}],
+    }
+
+
+def _tool(call_id: str = "call_1") -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call_id, "content": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("messages", "param", "named"),
+    [
+        ([*USER, _called()], "messages.[1].role", "did not have response messages: call_1"),
+        ([*USER, _called(), *USER], "messages.[1].role", "did not have response messages"),
+        ([*USER, _tool()], "messages.[1].role", "must be a response to a preceeding message"),
+        ([*USER, _called(), _tool("call_9")], "messages.[2].tool_call_id", "'call_9' not found"),
+        ([*USER, _called(name="")], "messages.[1].tool_calls.[0].function.name", "empty string"),
+    ],
+)
+async def test_chat_tool_messages_that_do_not_answer_their_calls_are_refused_in_openais_words(
+    harness, recorder, messages, param, named
+) -> None:
+    """OpenAI refuses these; translated, Anthropic would refuse them naming its own
+    fields (`messages.2: tool_use ids were found without tool_result blocks`)."""
+    error = await refusal(harness, recorder, "claude", CHAT, {"messages": messages})
+    assert error.param == param
+    assert named in error.message
+
+
+def _call(call_id: Any = "call_1", **fields: Any) -> dict[str, Any]:
+    return {"type": "function_call", "call_id": call_id, "name": "f", "arguments": "{}", **fields}
+
+
+def _output(call_id: Any = "call_1", output: Any = "ok") -> dict[str, Any]:
+    return {"type": "function_call_output", "call_id": call_id, "output": output}
+
+
+@pytest.mark.parametrize("model", ["claude", "gpt"])
+@pytest.mark.parametrize(
+    ("items", "param", "code", "named"),
+    [
+        ([*USER, _call()], "input", "invalid_value", "No tool output found for function call"),
+        ([*USER, _output()], "input", "invalid_value", "No tool call found for function call"),
+        ([*USER, _call(5), _output(5)], "input[1].call_id", "invalid_type", "a string"),
+        (
+            [*USER, _call(arguments=None), _output()],
+            "input[1].arguments",
+            "missing_required_parameter",
+            "arguments",
+        ),
+        ([*USER, _call(name=""), _output()], "input[1].name", "empty_string", "empty string"),
+        ([*USER, _call(), _output(output=[5])], "input[2].output[0]", "invalid_type", "an object"),
+    ],
+)
+async def test_responses_calls_and_outputs_that_do_not_pair_are_refused_in_openais_words(
+    harness, recorder, model, items, param, code, named
+) -> None:
+    error = await refusal(harness, recorder, model, RESPONSES, {"input": items})
+    assert (error.param, error.code) == (param, code)
+    assert named in error.message

@@ -848,3 +848,60 @@ def test_thinking_with_a_forced_tool_is_refused_as_anthropic_refuses_it(http):
     assert response.json()["error"]["message"] == (
         "tool_choice: Thinking may not be enabled when tool_choice forces tool use."
     )
+
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+ASKED_CHAT = {"role": "assistant", "content": None, "tool_calls": [CALL]}
+HI = {"role": "user", "content": "Hi"}
+
+
+@pytest.mark.parametrize(
+    ("route", "extra", "param", "message"),
+    [
+        (CHAT, {"messages": [HI, ASKED_CHAT]}, "messages.[1].role", "did not have response"),
+        (CHAT, {"messages": [HI, ASKED_CHAT, HI]}, "messages.[1].role", "did not have response"),
+        (
+            CHAT,
+            {"messages": [HI, {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]},
+            "messages.[1].role",
+            "must be a response to a preceeding message with 'tool_calls'",
+        ),
+        (
+            CHAT,
+            {
+                "messages": [
+                    HI,
+                    ASKED_CHAT,
+                    {"role": "tool", "tool_call_id": "call_2", "content": "ok"},
+                ]
+            },
+            "messages.[2].tool_call_id",
+            "'call_2' not found",
+        ),
+        (
+            RESPONSES,
+            {"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}]},
+            "input",
+            "No tool output found for function call c.",
+        ),
+        (
+            RESPONSES,
+            {"input": [HI, {"type": "function_call_output", "call_id": "c", "output": "ok"}]},
+            "input",
+            "No tool call found for function call output with call_id c.",
+        ),
+    ],
+)
+def test_calls_and_answers_that_do_not_pair_are_refused_as_openai_refuses_them(
+    http, route, extra, param, message
+):
+    response = post(http, route, extra)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert message in error["message"]
+
+
+def test_a_tool_conversation_that_pairs_is_answered(http):
+    tool = {"role": "tool", "tool_call_id": "call_1", "content": "ok"}
+    assert post(http, CHAT, {"messages": [HI, ASKED_CHAT, tool, HI]}).status_code == 200

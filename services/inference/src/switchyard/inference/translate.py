@@ -119,6 +119,16 @@ def below_minimum(path: str, minimum: int, value: Any) -> TranslationError:
     )
 
 
+def empty_string(path: str) -> TranslationError:
+    """OpenAI's refusal of an empty string where one character at least is needed."""
+    return TranslationError(
+        f"Invalid '{path}': empty string. Expected a string with minimum length 1, but got "
+        "an empty string instead.",
+        path,
+        "empty_string",
+    )
+
+
 def invalid_value(path: str, reason: str) -> TranslationError:
     """OpenAI's refusal of a value its API does not take (`reason` says why)."""
     return TranslationError(f"Invalid value for '{path}': {reason}", path, "invalid_value")
@@ -1145,6 +1155,51 @@ def check_openai_values(body: dict[str, Any]) -> None:
         raise not_one_of("service_tier", tier, OPENAI_SERVICE_TIERS)
 
 
+def check_tool_messages(messages: list[dict[str, Any]]) -> None:
+    """Refuse, in OpenAI's words, Chat Completions `messages` (each an object, as the
+    translation has checked) whose tool messages do not answer the calls before them: a
+    tool message must follow an assistant message with `tool_calls` (or another tool
+    message answering it) and name one of its calls, and every call must be answered
+    before the next other message, as OpenAI's API requires. Translated, an unpaired one
+    would be refused by Anthropic under its own names (`tool_use` ids, `messages.2`).
+    Raises TranslationError."""
+    calls: list[str] = []
+    pending: list[str] = []
+    asked_at = 0
+    for index, message in enumerate(messages):
+        if message.get("role") == "tool":
+            call_id = message.get("tool_call_id")
+            if not calls:
+                raise TranslationError(
+                    "Invalid parameter: messages with role 'tool' must be a response to a "
+                    "preceeding message with 'tool_calls'.",
+                    f"messages[{index}].role",
+                    "invalid_value",
+                )
+            if call_id not in calls:
+                raise TranslationError(
+                    f"Invalid parameter: 'tool_call_id' of '{call_id}' not found in "
+                    "'tool_calls' of previous message.",
+                    f"messages[{index}].tool_call_id",
+                    "invalid_value",
+                )
+            pending = [pending_id for pending_id in pending if pending_id != call_id]
+            continue
+        if pending:
+            break
+        tool_calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+        calls = [call["id"] for call in tool_calls or () if isinstance(call.get("id"), str)]
+        pending, asked_at = list(calls), index
+    if pending:
+        raise TranslationError(
+            "An assistant message with 'tool_calls' must be followed by tool messages "
+            "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+            f"response messages: {', '.join(pending)}",
+            f"messages[{asked_at}].role",
+            "invalid_value",
+        )
+
+
 def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
@@ -1208,6 +1263,7 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": turn_role, "content": blocks})
+    check_tool_messages(raw_messages)
     for turn in turns:
         # Tool results must open a user turn; a plain string is the compact form.
         if turn["role"] == "user":
@@ -1768,6 +1824,8 @@ def _tool_use_block(call_id: Any, function: Any, where: str, id_where: str) -> d
         raise missing_parameter(f"{function_where}.name")
     if not isinstance(name, str):
         raise invalid_type(f"{function_where}.name", "a string", name)
+    if not name:  # Anthropic refuses a tool use without a name
+        raise empty_string(f"{function_where}.name")
     return {
         "type": "tool_use",
         "id": call_id,

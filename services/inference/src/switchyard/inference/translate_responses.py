@@ -51,6 +51,7 @@ from switchyard.inference.translate import (
     check_format_name,
     check_function,
     document_source,
+    empty_string,
     image_source,
     invalid_type,
     invalid_value,
@@ -230,7 +231,55 @@ def _items(
             "input",
             "empty_array",
         )
+    if not counting:
+        _check_calls_answered(items)
     return items
+
+
+def _required_string(item: dict[str, Any], name: str, where: str) -> str:
+    value = item.get(name)
+    if value is None:
+        raise missing_parameter(f"{where}.{name}")
+    if not isinstance(value, str):
+        raise invalid_type(f"{where}.{name}", "a string", value)
+    return value
+
+
+def _check_calls_answered(items: _Items) -> None:
+    """Refuse, in OpenAI's words, function calls and outputs that do not pair: each
+    `function_call` (its `call_id`, `name` and `arguments` strings) answered by a later
+    `function_call_output` of its `call_id`, and each output answering an earlier call, as
+    OpenAI's Responses API requires. Translated, an unpaired one would be refused by the
+    deployment's API under its own field names (Anthropic's tool use and result ids, Chat
+    Completions' tool messages)."""
+    calls: dict[str, int] = {}
+    answered: set[str] = set()
+    for index, item in enumerate(items.items):
+        if not isinstance(item, dict) or item.get("type") not in (
+            "function_call",
+            "function_call_output",
+        ):
+            continue
+        where = items.where(index)
+        call_id = _required_string(item, "call_id", where)
+        if item["type"] == "function_call":
+            if not _required_string(item, "name", where):
+                raise empty_string(f"{where}.name")
+            _required_string(item, "arguments", where)
+            calls.setdefault(call_id, index)
+        elif call_id not in calls:
+            raise TranslationError(
+                f"No tool call found for function call output with call_id {call_id}.",
+                "input",
+                "invalid_value",
+            )
+        else:
+            answered.add(call_id)
+    for call_id in calls:
+        if call_id not in answered:
+            raise TranslationError(
+                f"No tool output found for function call {call_id}.", "input", "invalid_value"
+            )
 
 
 # OpenAI's floor for a Responses request's `max_output_tokens` (its API refuses less); the
@@ -416,6 +465,9 @@ def _call_output(item: dict[str, Any], where: str) -> str | list[dict[str, Any]]
     if isinstance(output, str):
         return output
     if isinstance(output, list):
+        for position, part in enumerate(output):
+            if not isinstance(part, dict):
+                raise invalid_type(f"{where}.output[{position}]", "an object", part)
         return output
     if output is None:
         raise missing_parameter(f"{where}.output")
