@@ -681,7 +681,6 @@ async def test_responses_are_translated_once_for_an_anthropic_deployment(harness
                     },
                 ],
             },
-            {"role": "system", "content": "Use metric units."},
             {
                 "role": "user",
                 "content": [
@@ -693,6 +692,8 @@ async def test_responses_are_translated_once_for_an_anthropic_deployment(harness
                     },
                 ],
             },
+            # After the result its call awaited: Anthropic needs it in the very next turn.
+            {"role": "system", "content": "Use metric units."},
         ],
         "max_tokens": 8000,
         "thinking": {"type": "enabled", "budget_tokens": 4096},

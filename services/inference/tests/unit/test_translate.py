@@ -1914,3 +1914,27 @@ def test_a_responses_conversation_with_foreign_call_ids_and_whitespace_is_taken(
 def test_a_tool_id_anthropic_takes_is_kept() -> None:
     assert anthropic_tool_id("call_Ab-9") == "call_Ab-9"
     assert anthropic_tool_id("a.b") != anthropic_tool_id("a:b")
+
+
+def test_a_developer_item_between_a_call_and_its_output_follows_the_output() -> None:
+    """Anthropic needs a tool use's result in the very next turn: a developer item that
+    came between them is sent right after the result, never between."""
+    body = {
+        "model": "m",
+        "tools": [{"type": "function", "name": "get_weather", "parameters": {}}],
+        "input": [
+            {"role": "user", "content": "weather?"},
+            {
+                "type": "function_call",
+                "call_id": "call_1",
+                "name": "get_weather",
+                "arguments": "{}",
+            },
+            {"role": "developer", "content": "Tool results follow."},
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+        ],
+    }
+    result = responses_request_to_messages(body)
+    check_messages_request(result)
+    assert [turn["role"] for turn in result["messages"]] == ["user", "assistant", "user", "system"]
+    assert result["messages"][3]["content"] == "Tool results follow."

@@ -760,6 +760,10 @@ def responses_request_to_messages(
     elif instructions is not None:
         raise TranslationError("'instructions' must be a string.", "instructions")
     turns: list[dict[str, Any]] = []
+    # System or developer items that came while calls awaited their outputs: Anthropic
+    # needs a tool use's result in the very next turn, so they follow the results.
+    deferred: list[dict[str, Any]] = []
+    pending: set[str] = set()
     for index, item in enumerate(items.items):
         where = items.where(index)
         role, blocks = _item_to_messages(item, where)
@@ -769,15 +773,24 @@ def responses_request_to_messages(
             if not turns:
                 system.append(text)
             elif text:
-                turns.append({"role": "system", "content": text})
+                (deferred if pending else turns).append({"role": "system", "content": text})
             continue
         blocks = anthropic_blocks(blocks)
         if not blocks:
             continue
+        for block in blocks:
+            if block["type"] == "tool_use":
+                pending.add(block["id"])
+            elif block["type"] == "tool_result":
+                pending.discard(block["tool_use_id"])
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
             turns.append({"role": role, "content": blocks})
+        if not pending:
+            turns += deferred
+            deferred = []
+    turns += deferred
     for turn in turns:
         if turn["role"] == "user" and isinstance(turn["content"], list):
             # Tool results must open a user turn.
