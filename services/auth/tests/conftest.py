@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -119,11 +120,19 @@ class AuthHarness:
     def service(self) -> AuthService:
         return self.app.state.auth.service
 
-    async def wait_for_event(self, event_type: str, timeout: float = 1.0) -> Event:
+    async def wait_for_event(
+        self,
+        event_type: str,
+        timeout: float = 1.0,
+        match: Callable[[Any], bool] = lambda _: True,
+    ) -> Event:
+        """The first event of `event_type` published for which `match(event)` holds, waited
+        for up to `timeout` seconds (an event is published after the answer that caused
+        it, so one of an earlier request can still arrive)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for event in self.events:
-                if event.type == event_type:
+                if event.type == event_type and match(event):
                     return event
             await asyncio.sleep(0.005)
         raise AssertionError(

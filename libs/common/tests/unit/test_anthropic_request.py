@@ -152,6 +152,16 @@ def refusal(body: dict[str, Any]) -> str:
             "tool_choice.name: Tool 'g' not found in provided tools",
         ),
         (
+            body_with(
+                USER,
+                ASKED,
+                user({"type": "tool_result", "tool_use_id": "toolu_1"}),
+                ASKED,
+                user({"type": "tool_result", "tool_use_id": "toolu_1"}),
+            ),
+            "messages.3.content.0: `tool_use` ids must be unique",
+        ),
+        (
             body_with(USER, ASKED, USER),
             "messages.2: `tool_use` ids were found without `tool_result` blocks immediately "
             "after: toolu_1.",

@@ -436,6 +436,9 @@ async def test_responses_are_translated_once_for_a_chat_completions_server(harne
                     }
                 ],
             },
+            # The tool message right after its call, as Chat Completions requires; the
+            # user's message that came between them follows it.
+            {"role": "tool", "tool_call_id": "call_1", "content": "18C and sunny"},
             {
                 "role": "user",
                 "content": [
@@ -443,7 +446,6 @@ async def test_responses_are_translated_once_for_a_chat_completions_server(harne
                     {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
                 ],
             },
-            {"role": "tool", "tool_call_id": "call_1", "content": "18C and sunny"},
         ],
         "max_completion_tokens": 300,
         "temperature": 0.5,

@@ -23,7 +23,11 @@ from switchyard.inference.translate import (
     messages_request_to_chat,
     messages_usage_from_chat,
 )
-from switchyard.inference.translate_responses import responses_request_to_messages
+from switchyard.inference.translate_responses import (
+    responses_request_to_chat,
+    responses_request_to_messages,
+)
+from switchyard.simulator import parameters as openai_rules
 
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
@@ -1938,3 +1942,120 @@ def test_a_developer_item_between_a_call_and_its_output_follows_the_output() -> 
     check_messages_request(result)
     assert [turn["role"] for turn in result["messages"]] == ["user", "assistant", "user", "system"]
     assert result["messages"][3]["content"] == "Tool results follow."
+
+
+def _fc(call_id: str) -> dict[str, Any]:
+    return {"type": "function_call", "call_id": call_id, "name": "get_weather", "arguments": "{}"}
+
+
+def _fco(call_id: str, output: Any = "sunny") -> dict[str, Any]:
+    return {"type": "function_call_output", "call_id": call_id, "output": output}
+
+
+RESPONSES_TOOLS = [{"type": "function", "name": "get_weather", "parameters": {}}]
+IMAGE_PART = {"type": "input_image", "image_url": "https://example.com/x.png"}
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        # A developer, user or assistant item between a call and its output.
+        [
+            {"role": "user", "content": "hi"},
+            _fc("c1"),
+            {"role": "developer", "content": "n"},
+            _fco("c1"),
+        ],
+        [
+            {"role": "user", "content": "hi"},
+            _fc("c1"),
+            {"role": "user", "content": "and?"},
+            _fco("c1"),
+        ],
+        [
+            {"role": "user", "content": "hi"},
+            _fc("c1"),
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "wait"}],
+            },
+            _fco("c1"),
+        ],
+        # ... between two outputs of parallel calls.
+        [
+            {"role": "user", "content": "hi"},
+            _fc("c1"),
+            _fc("c2"),
+            _fco("c1"),
+            {"role": "developer", "content": "n"},
+            _fco("c2"),
+        ],
+        # A call id used again in a later turn, as some servers number each turn's calls.
+        [{"role": "user", "content": "hi"}, _fc("f:0"), _fco("f:0"), _fc("f:0"), _fco("f:0")],
+        # Whitespace: a system item mid-conversation, a text part of a tool's output.
+        [
+            {"role": "user", "content": "hi"},
+            _fc("c1"),
+            _fco("c1", [{"type": "input_text", "text": " "}]),
+            {"role": "system", "content": " "},
+            {"role": "user", "content": "go on"},
+        ],
+        # An image and a file a tool returned, beside its text.
+        [
+            {"role": "user", "content": "hi"},
+            _fc("c1"),
+            _fc("c2"),
+            _fco("c1", [{"type": "input_text", "text": "shot:"}, IMAGE_PART]),
+            _fco("c2", [{"type": "input_file", "file_data": "data:application/pdf;base64,JVBE"}]),
+        ],
+    ],
+)
+def test_a_valid_responses_input_becomes_a_request_each_api_takes(items) -> None:
+    body = {"model": "m", "input": items, "tools": RESPONSES_TOOLS}
+    check_messages_request(responses_request_to_messages(body))
+    chat = responses_request_to_chat(body)
+    openai_rules.check("/v1/chat/completions", chat)
+
+
+def test_a_tools_image_follows_the_turns_tool_messages_in_a_user_message() -> None:
+    body = {
+        "model": "m",
+        "tools": RESPONSES_TOOLS,
+        "input": [
+            {"role": "user", "content": "hi"},
+            _fc("c1"),
+            _fc("c2"),
+            _fco("c1", [{"type": "input_text", "text": "shot:"}, IMAGE_PART]),
+            _fco("c2"),
+        ],
+    }
+    messages = responses_request_to_chat(body)["messages"]
+    assert [message["role"] for message in messages] == [
+        "user",
+        "assistant",
+        "tool",
+        "tool",
+        "user",
+    ]
+    assert messages[2]["content"] == "shot:"
+    assert messages[4]["content"] == [
+        {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}}
+    ]
+
+
+def test_a_call_id_used_again_gets_an_id_of_its_own_with_its_result() -> None:
+    body = {
+        "model": "m",
+        "tools": [WEATHER_FUNCTION],
+        "messages": [
+            {"role": "user", "content": "hi"},
+            *_chat_call("functions.f:0"),
+            *_chat_call("functions.f:0"),
+        ],
+    }
+    turns = chat_request_to_messages(body)["messages"]
+    check_messages_request({"model": "m", "max_tokens": 5, "messages": turns})
+    first, second = turns[1]["content"][0]["id"], turns[3]["content"][0]["id"]
+    assert second == f"{first}_2"
+    assert turns[4]["content"][0]["tool_use_id"] == second

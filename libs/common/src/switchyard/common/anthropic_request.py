@@ -471,6 +471,19 @@ def _messages_not_empty(body: dict[str, Any]) -> None:
                 )
 
 
+def _tool_use_ids_unique(body: dict[str, Any]) -> None:
+    seen: set[str] = set()
+    for index, message in enumerate(body["messages"]):
+        content = message["content"]
+        for position, block in enumerate(content if isinstance(content, list) else ()):
+            if block["type"] == "tool_use":
+                if block["id"] in seen:
+                    raise AnthropicRequestError(
+                        f"messages.{index}.content.{position}", "`tool_use` ids must be unique"
+                    )
+                seen.add(block["id"])
+
+
 def _blocks_of(message: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     content = message["content"]
     return (
@@ -546,6 +559,7 @@ def _tool_choice_names_a_tool(body: dict[str, Any]) -> None:
 # Each takes a body whose types are valid and raises AnthropicRequestError.
 RULES_ACROSS_FIELDS = (
     _messages_not_empty,
+    _tool_use_ids_unique,
     _tool_uses_answered,
     _client_tools_named,
     _tool_choice_names_a_tool,

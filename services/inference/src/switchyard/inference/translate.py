@@ -1231,7 +1231,9 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
         if role in ("system", "developer", "user", "tool") and message.get("content") is None:
             raise missing_parameter(f"{where}.content")
         if role in ("system", "developer"):
-            blocks = _openai_text_blocks(message.get("content"), f"{where}.content")
+            blocks = anthropic_blocks(
+                _openai_text_blocks(message.get("content"), f"{where}.content")
+            )
             if not turns:
                 system_blocks += blocks
             elif blocks:
@@ -1264,6 +1266,7 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
         else:
             turns.append({"role": turn_role, "content": blocks})
     check_tool_messages(raw_messages)
+    unique_tool_use_ids(turns)
     for turn in turns:
         # Tool results must open a user turn; a plain string is the compact form.
         if turn["role"] == "user":
@@ -1428,8 +1431,44 @@ def anthropic_blocks(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
             block = {**block, "id": anthropic_tool_id(block["id"])}
         elif kind == "tool_result" and isinstance(block.get("tool_use_id"), str):
             block = {**block, "tool_use_id": anthropic_tool_id(block["tool_use_id"])}
+            content = block.get("content")
+            if isinstance(content, list):
+                # A result's parts, as the turn's blocks: no text of only whitespace.
+                content = anthropic_blocks(content)
+                block = {**block, "content": content}
+                if not content:
+                    del block["content"]
         fitted.append(block)
     return fitted
+
+
+def unique_tool_use_ids(turns: list[dict[str, Any]]) -> None:
+    """Give each `tool_use` of Anthropic `turns` an id no earlier one has, in place, its
+    results in the next turn following it: Anthropic refuses a conversation that uses an
+    id twice, which OpenAI takes (a server numbering each turn's calls from 0,
+    `functions.bash:0`, or an agent reusing ids), as it pairs a tool message only with the
+    message before it. A repeated id gets a `_2`, `_3`... suffix."""
+    seen: set[str] = set()
+    current: dict[str, str] = {}  # an id as sent -> the id of its latest tool use
+    for turn in turns:
+        content = turn["content"]
+        if not isinstance(content, list):
+            continue
+        for position, block in enumerate(content):
+            if block.get("type") == "tool_use" and isinstance(block.get("id"), str):
+                sent = block["id"]
+                unique, count = sent, 1
+                while unique in seen:
+                    count += 1
+                    unique = f"{sent}_{count}"
+                seen.add(unique)
+                current[sent] = unique
+                if unique != sent:
+                    content[position] = {**block, "id": unique}
+            elif block.get("type") == "tool_result" and block.get("tool_use_id") in current:
+                unique = current[block["tool_use_id"]]
+                if unique != block["tool_use_id"]:
+                    content[position] = {**block, "tool_use_id": unique}
 
 
 def trim_prefill(turns: list[dict[str, Any]]) -> None:

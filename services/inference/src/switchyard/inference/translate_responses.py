@@ -67,6 +67,7 @@ from switchyard.inference.translate import (
     tool_calls_of,
     tool_input_of_request,
     trim_prefill,
+    unique_tool_use_ids,
     whole_json,
 )
 
@@ -262,6 +263,8 @@ def _check_calls_answered(items: _Items) -> None:
             continue
         where = items.where(index)
         call_id = _required_string(item, "call_id", where)
+        if not call_id:
+            raise empty_string(f"{where}.call_id")
         if item["type"] == "function_call":
             if not _required_string(item, "name", where):
                 raise empty_string(f"{where}.name")
@@ -525,8 +528,24 @@ def responses_request_to_chat(
             messages.append({"role": "system", "content": instructions})
     elif instructions is not None:
         raise TranslationError("'instructions' must be a string.", "instructions")
+    # Items that came while calls awaited their outputs: Chat Completions needs a call's
+    # tool message right after the assistant message that made it, so they follow.
+    deferred: list[dict[str, Any]] = []
+    pending: set[str] = set()
     for index, item in enumerate(items.items):
-        _item_to_chat(item, items.where(index), messages)
+        kind = item.get("type") if isinstance(item, dict) else None
+        call = kind in ("function_call", "function_call_output")
+        # Images and files a call's output holds follow its tool message, as the user's.
+        deferred += _item_to_chat(
+            item, items.where(index), messages if call or not pending else deferred
+        )
+        call_id = item.get("call_id") if call else None
+        if isinstance(call_id, str):
+            (pending.add if kind == "function_call" else pending.discard)(call_id)
+        if not pending:
+            messages += deferred
+            deferred = []
+    messages += deferred
 
     result: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     limit = max_output_tokens(body)
@@ -656,7 +675,11 @@ def _chat_content(texts: list[str]) -> str | list[dict[str, Any]]:
     return [{"type": "text", "text": text} for text in texts]
 
 
-def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> None:
+def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Translate one Responses input `item` at `where` into Chat Completions `messages`
+    (appended, a function call joining the assistant message before it). Returns the
+    messages that must wait until the turn's tool messages are all sent: a user message
+    with the images and files a call's output holds."""
     kind = _kind(item, where)
     if kind == "message":
         role = item.get("role")
@@ -711,17 +734,31 @@ def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> None
             messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
     elif kind == "function_call_output":
         output = _call_output(item, where)
+        media: list[dict[str, Any]] = []
         if isinstance(output, list):
-            output = _chat_content(_texts(output, where, ("input_text", "text", "output_text")))
+            # Chat Completions' tool messages take text only: an image or file a tool gave
+            # goes to a user message after the tool messages of the turn.
+            text_parts = [
+                part for part in output if part.get("type") in ("input_text", "text", "output_text")
+            ]
+            media = [
+                _chat_user_part(part, f"{where}.output[{position}]")
+                for position, part in enumerate(output)
+                if part.get("type") not in ("input_text", "text", "output_text")
+            ]
+            output = _chat_content(_texts(text_parts, where, ("input_text", "text", "output_text")))
         messages.append(
             {"role": "tool", "tool_call_id": item.get("call_id", ""), "content": output}
         )
+        if media:
+            return [{"role": "user", "content": media}]
     elif kind == "reasoning":
         # Earlier reasoning: Chat Completions has no place for it, and a model reasons
         # afresh on every turn (OpenAI drops earlier turns' reasoning itself).
-        return
+        return []
     else:
         raise _unsupported_item(kind, where)
+    return []
 
 
 # ---------------------------------------------------------------- to Anthropic Messages
@@ -770,9 +807,11 @@ def responses_request_to_messages(
         if role == "system":
             # Apart, as the system blocks of an Anthropic request are joined for OpenAI.
             text = "\n\n".join(block["text"] for block in blocks)
+            if not text.strip():  # Anthropic refuses text of only whitespace
+                continue
             if not turns:
                 system.append(text)
-            elif text:
+            else:
                 (deferred if pending else turns).append({"role": "system", "content": text})
             continue
         blocks = anthropic_blocks(blocks)
@@ -791,6 +830,7 @@ def responses_request_to_messages(
             turns += deferred
             deferred = []
     turns += deferred
+    unique_tool_use_ids(turns)
     for turn in turns:
         if turn["role"] == "user" and isinstance(turn["content"], list):
             # Tool results must open a user turn.
