@@ -39,6 +39,7 @@ import orjson
 from switchyard.common import exactjson
 from switchyard.common.anthropic_request import AnthropicRequestError, check_messages_request
 from switchyard.common.errors import json_type
+from switchyard.common.openai_request import tool_message_fault
 
 # Anthropic requires max_tokens; OpenAI requests often leave it out.
 DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
@@ -1156,47 +1157,14 @@ def check_openai_values(body: dict[str, Any]) -> None:
 
 
 def check_tool_messages(messages: list[dict[str, Any]]) -> None:
-    """Refuse, in OpenAI's words, Chat Completions `messages` (each an object, as the
-    translation has checked) whose tool messages do not answer the calls before them: a
-    tool message must follow an assistant message with `tool_calls` (or another tool
-    message answering it) and name one of its calls, and every call must be answered
-    before the next other message, as OpenAI's API requires. Translated, an unpaired one
-    would be refused by Anthropic under its own names (`tool_use` ids, `messages.2`).
-    Raises TranslationError."""
-    calls: list[str] = []
-    pending: list[str] = []
-    asked_at = 0
-    for index, message in enumerate(messages):
-        if message.get("role") == "tool":
-            call_id = message.get("tool_call_id")
-            if not calls:
-                raise TranslationError(
-                    "Invalid parameter: messages with role 'tool' must be a response to a "
-                    "preceeding message with 'tool_calls'.",
-                    f"messages[{index}].role",
-                    "invalid_value",
-                )
-            if call_id not in calls:
-                raise TranslationError(
-                    f"Invalid parameter: 'tool_call_id' of '{call_id}' not found in "
-                    "'tool_calls' of previous message.",
-                    f"messages[{index}].tool_call_id",
-                    "invalid_value",
-                )
-            pending = [pending_id for pending_id in pending if pending_id != call_id]
-            continue
-        if pending:
-            break
-        tool_calls = message.get("tool_calls") if message.get("role") == "assistant" else None
-        calls = [call["id"] for call in tool_calls or () if isinstance(call.get("id"), str)]
-        pending, asked_at = list(calls), index
-    if pending:
+    """Refuse, in OpenAI's words, Chat Completions `messages` whose tool messages do not
+    answer the calls before them (`switchyard.common.openai_request`): translated, an
+    unpaired one would be refused by Anthropic under its own names (`tool_use` ids,
+    `messages.2`). Raises TranslationError."""
+    fault = tool_message_fault(messages)
+    if fault is not None:
         raise TranslationError(
-            "An assistant message with 'tool_calls' must be followed by tool messages "
-            "responding to each 'tool_call_id'. The following tool_call_ids did not have "
-            f"response messages: {', '.join(pending)}",
-            f"messages[{asked_at}].role",
-            "invalid_value",
+            fault.message, f"messages[{fault.index}].{fault.field}", "invalid_value"
         )
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from switchyard.common import exactjson
 from switchyard.common.events import TokenUsage, utcnow
+from switchyard.common.openai_request import function_call_fault
 from switchyard.common.responses import response_object, upstream_item, usage_object
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
@@ -247,14 +248,11 @@ def _required_string(item: dict[str, Any], name: str, where: str) -> str:
 
 
 def _check_calls_answered(items: _Items) -> None:
-    """Refuse, in OpenAI's words, function calls and outputs that do not pair: each
-    `function_call` (its `call_id`, `name` and `arguments` strings) answered by a later
-    `function_call_output` of its `call_id`, and each output answering an earlier call, as
-    OpenAI's Responses API requires. Translated, an unpaired one would be refused by the
-    deployment's API under its own field names (Anthropic's tool use and result ids, Chat
-    Completions' tool messages)."""
-    calls: dict[str, int] = {}
-    answered: set[str] = set()
+    """Refuse, in OpenAI's words, a `function_call` (whose `call_id`, `name` and
+    `arguments` must be strings, the first two not empty) or `function_call_output` that
+    do not pair (`switchyard.common.openai_request`): translated, an unpaired one would be
+    refused by the deployment's API under its own field names (Anthropic's tool use and
+    result ids, Chat Completions' tool messages)."""
     for index, item in enumerate(items.items):
         if not isinstance(item, dict) or item.get("type") not in (
             "function_call",
@@ -262,27 +260,15 @@ def _check_calls_answered(items: _Items) -> None:
         ):
             continue
         where = items.where(index)
-        call_id = _required_string(item, "call_id", where)
-        if not call_id:
+        if not _required_string(item, "call_id", where):
             raise empty_string(f"{where}.call_id")
         if item["type"] == "function_call":
             if not _required_string(item, "name", where):
                 raise empty_string(f"{where}.name")
             _required_string(item, "arguments", where)
-            calls.setdefault(call_id, index)
-        elif call_id not in calls:
-            raise TranslationError(
-                f"No tool call found for function call output with call_id {call_id}.",
-                "input",
-                "invalid_value",
-            )
-        else:
-            answered.add(call_id)
-    for call_id in calls:
-        if call_id not in answered:
-            raise TranslationError(
-                f"No tool output found for function call {call_id}.", "input", "invalid_value"
-            )
+    fault = function_call_fault(items.items)
+    if fault is not None:
+        raise TranslationError(fault, "input", "invalid_value")
 
 
 # OpenAI's floor for a Responses request's `max_output_tokens` (its API refuses less); the

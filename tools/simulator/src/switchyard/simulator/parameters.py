@@ -42,7 +42,7 @@ from pydantic_core import ErrorDetails
 # pydantic takes TypedDicts from typing_extensions before Python 3.12.
 from typing_extensions import TypedDict
 
-from switchyard.common import anthropic_request
+from switchyard.common import anthropic_request, openai_request
 from switchyard.common.anthropic_request import (
     AnthropicRequestError,
     CountTokensParameters,
@@ -326,68 +326,18 @@ def _chat_tool_choice(body: dict[str, Any]) -> None:
 
 
 def _chat_tool_messages_answer_calls(body: dict[str, Any]) -> None:
-    # OpenAI's rule: a tool message answers a call of the assistant message before it (or
-    # before the tool messages answering it), and every call is answered before the next
-    # other message.
-    calls: list[Any] = []
-    pending: list[Any] = []
-    asked_at = 0
-    for index, message in enumerate(body.get("messages") or ()):
-        if message.get("role") == "tool":
-            call_id = message.get("tool_call_id")
-            if not calls:
-                raise BadRequest(
-                    "Invalid parameter: messages with role 'tool' must be a response to a "
-                    "preceeding message with 'tool_calls'.",
-                    f"messages.[{index}].role",
-                )
-            if call_id not in calls:
-                raise BadRequest(
-                    f"Invalid parameter: 'tool_call_id' of '{call_id}' not found in "
-                    "'tool_calls' of previous message.",
-                    f"messages.[{index}].tool_call_id",
-                )
-            pending = [pending_id for pending_id in pending if pending_id != call_id]
-            continue
-        if pending:
-            break
-        tool_calls = message.get("tool_calls") if message.get("role") == "assistant" else None
-        calls = [call.get("id") for call in tool_calls or () if isinstance(call, dict)]
-        pending, asked_at = list(calls), index
-    if pending:
-        raise BadRequest(
-            "An assistant message with 'tool_calls' must be followed by tool messages "
-            "responding to each 'tool_call_id'. The following tool_call_ids did not have "
-            f"response messages: {', '.join(str(call_id) for call_id in pending)}",
-            f"messages.[{asked_at}].role",
-        )
+    fault = openai_request.tool_message_fault(body.get("messages") or ())
+    if fault is not None:
+        raise BadRequest(fault.message, f"messages.[{fault.index}].{fault.field}")
 
 
 def _responses_calls_answered(body: dict[str, Any]) -> None:
-    # OpenAI's Responses rule: every function call of the input has its output, and every
-    # output answers an earlier call (a stored response's calls are not known here: the
-    # simulator keeps no state, and refuses `previous_response_id` on its own).
+    # A stored response's calls are not known here: the simulator keeps no state, and
+    # refuses `previous_response_id` on its own.
     items = body.get("input")
-    if not isinstance(items, list):
-        return
-    calls: set[Any] = set()
-    answered: set[Any] = set()
-    for item in items:
-        # An item of the wrong shape is the item checks' to name (`input[0].call_id`).
-        if not isinstance(item, dict) or not isinstance(item.get("call_id"), str):
-            continue
-        if item.get("type") == "function_call":
-            calls.add(item.get("call_id"))
-        elif item.get("type") == "function_call_output":
-            if item.get("call_id") not in calls:
-                raise BadRequest(
-                    "No tool call found for function call output with call_id "
-                    f"{item.get('call_id')}.",
-                    "input",
-                )
-            answered.add(item.get("call_id"))
-    for call_id in calls - answered:
-        raise BadRequest(f"No tool output found for function call {call_id}.", "input")
+    fault = openai_request.function_call_fault(items) if isinstance(items, list) else None
+    if fault is not None:
+        raise BadRequest(fault, "input")
 
 
 def _one_conversation_state(body: dict[str, Any]) -> None:
