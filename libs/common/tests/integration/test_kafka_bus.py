@@ -165,6 +165,40 @@ async def test_consumer_killed_before_commit_gets_the_event_redelivered(
     await bus.stop()
 
 
+async def test_a_replayed_dead_letter_is_handled_as_a_delivery_that_may_repeat(
+    kafka_servers, kafka_topics
+):
+    """A record `switchyard deadletter replay` wrote (it carries `deadletter.replayed_from`)
+    may have been handled before: inference looks it up like a redelivery."""
+    from switchyard.common.bus.base import serialise
+    from switchyard.common.bus.kafka import REPLAYED_FROM_HEADER
+
+    topic, group = kafka_topics.requests_interactive, "replay-test"
+    bus = await started_bus(kafka_servers, kafka_topics)
+    may_repeat = {}
+
+    async def handler(event):
+        may_repeat[event.request_id] = delivery_may_repeat.get()
+
+    await bus.subscribe([topic], group, handler)
+    await bus.publish(topic, request(1))
+    await async_wait_until(lambda: asyncio.sleep(0, "req-1" in may_repeat), timeout=30)
+    replayed = request(2)
+    await bus.publish_raw(
+        topic,
+        serialise(replayed),
+        key=b"req-2",
+        partition=None,
+        headers=[("type", b"chat.requested"), (REPLAYED_FROM_HEADER, b"0:3")],
+    )
+    await async_wait_until(lambda: asyncio.sleep(0, "req-2" in may_repeat), timeout=30)
+    await bus.publish(topic, request(3))
+    await async_wait_until(lambda: asyncio.sleep(0, "req-3" in may_repeat), timeout=30)
+    # req-1 only shows the partition is owned (it may predate the assignment).
+    assert (may_repeat["req-2"], may_repeat["req-3"]) == (True, False)
+    await bus.stop()
+
+
 async def test_committed_events_are_not_redelivered(kafka_servers, kafka_topics):
     topic, group = kafka_topics.requests_interactive, "commit-test"
     bus = await started_bus(kafka_servers, kafka_topics)

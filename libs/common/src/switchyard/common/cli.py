@@ -7,6 +7,7 @@ commands (e.g. `switchyard users create` from auth), through `switchyard.common.
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,9 +35,16 @@ topics_app = typer.Typer(
     no_args_is_help=True,
 )
 events_app = typer.Typer(name="events", help="The published event contract.", no_args_is_help=True)
+deadletter_app = typer.Typer(
+    name="deadletter",
+    help="Kafka's dead-letter topic: list the events no consumer could handle, and replay "
+    "them to their topics once the cause is fixed.",
+    no_args_is_help=True,
+)
 app.add_typer(db_app)
 app.add_typer(topics_app)
 app.add_typer(events_app)
+app.add_typer(deadletter_app)
 
 
 def version_text() -> str:
@@ -243,6 +251,169 @@ def events_asyncapi(
     from switchyard.common.asyncapi import asyncapi_document
 
     _write_json(asyncapi_document(), output)
+
+
+_TOPIC_HELP = "Only letters from this topic (its full name, or the name after the prefix)."
+_GROUP_HELP = "Only letters this consumer group dead-lettered."
+
+
+def _dead_letters(topic: str | None) -> tuple[Any, Any, str | None]:
+    """The settings, every dead letter on the deployment's dead-letter topic, and `topic`
+    as a full name; exit status 1 with one line on stderr when Kafka cannot be read."""
+    from aiokafka.errors import KafkaError
+
+    from switchyard.common.deadletter import DeadLetterError, read_dead_letters
+    from switchyard.common.settings import ServiceSettings
+    from switchyard.common.topics import Topics
+
+    # The one-line error below says what failed; aiokafka's own connection warnings
+    # would only repeat it.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    settings = ServiceSettings()
+    topics = Topics(settings.topic_prefix)
+    if topic is not None and not topic.startswith(f"{topics.prefix}."):
+        topic = topics.name(topic)
+    try:
+        letters = asyncio.run(
+            read_dead_letters(
+                settings.kafka_bootstrap_servers,
+                topics.deadletter,
+                max_message_bytes=settings.kafka_max_message_bytes,
+            )
+        )
+    except (TimeoutError, KafkaError, DeadLetterError) as exc:
+        typer.echo(
+            f"error: cannot read {topics.deadletter} on {settings.kafka_bootstrap_servers}: "
+            f"{exc or type(exc).__name__}",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    return settings, letters, topic
+
+
+@deadletter_app.command("list")
+def deadletter_list(
+    topic: Annotated[str | None, typer.Option(help=_TOPIC_HELP)] = None,
+    group: Annotated[str | None, typer.Option(help=_GROUP_HELP)] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many, the newest.")] = 100,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per letter, one per line.")
+    ] = False,
+) -> None:
+    """List dead letters: id (dead-letter partition:offset, what `replay` takes), when, the
+    original topic, partition and offset, the group that gave up, the event type and
+    request id, whether it was replayed, and why it was dead-lettered."""
+    from switchyard.common.deadletter import select
+
+    _, letters, topic = _dead_letters(topic)
+    chosen = sorted(select(letters, topic=topic, group=group), key=lambda letter: letter.at)
+    for letter in chosen[-limit:]:
+        if as_json:
+            typer.echo(json.dumps(letter.summary(), sort_keys=True))
+            continue
+        where = f"{letter.topic or '?'}[{letter.source_partition}]@{letter.source_offset}"
+        replayed = f"replayed {len(letter.replays)}x" if letter.replays else "-"
+        if letter.left_out is not None:
+            replayed = "stub"
+        typer.echo(
+            "\t".join(
+                [
+                    letter.id,
+                    letter.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    where,
+                    letter.group or "?",
+                    letter.header("type") or "?",
+                    letter.header("request_id") or "?",
+                    replayed,
+                    " ".join(letter.reason.split())[:200],
+                ]
+            )
+        )
+    if not as_json:
+        typer.echo(f"{len(chosen)} dead letter(s)", err=True)
+
+
+@deadletter_app.command("replay")
+def deadletter_replay(
+    ids: Annotated[
+        list[str] | None,
+        typer.Argument(help="Letters to replay, as `list` prints them: <partition>:<offset>."),
+    ] = None,
+    replay_all: Annotated[
+        bool,
+        typer.Option("--all", help="Every letter not replayed yet (with --topic and --group)."),
+    ] = False,
+    topic: Annotated[str | None, typer.Option(help=_TOPIC_HELP)] = None,
+    group: Annotated[str | None, typer.Option(help=_GROUP_HELP)] = None,
+    again: Annotated[
+        bool, typer.Option("--again", help="Replay letters that were replayed before too.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be replayed; publish nothing.")
+    ] = False,
+) -> None:
+    """Publish dead letters again to the topics (and partitions) they came from, as they
+    were, once what made them fail is fixed. Every consumer takes an event twice without
+    harm, so a letter handled elsewhere meanwhile is not run again. Exit status 1 if any
+    chosen letter could not be replayed."""
+    from switchyard.common.bus.kafka import KafkaBus
+    from switchyard.common.deadletter import DeadLetterError, replay, select
+    from switchyard.common.topics import Topics
+
+    if bool(ids) == replay_all:
+        typer.echo(
+            "error: name the letters to replay (<partition>:<offset>) or pass --all", err=True
+        )
+        raise typer.Exit(2)
+    settings, letters, topic = _dead_letters(topic)
+    try:
+        chosen = select(letters, ids or (), topic=topic, group=group)
+    except DeadLetterError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if replay_all and not again:
+        chosen = [letter for letter in chosen if not letter.replays and letter.left_out is None]
+    deadletter_topic = Topics(settings.topic_prefix).deadletter
+
+    async def run() -> int:
+        bus = KafkaBus(
+            settings.kafka_bootstrap_servers,
+            client_id="switchyard-deadletter",
+            deadletter_topic=deadletter_topic,
+            max_message_bytes=settings.kafka_max_message_bytes,
+        )
+        failures = 0
+        if not dry_run:
+            await bus.start()
+        try:
+            for letter in chosen:
+                if dry_run:
+                    typer.echo(f"{letter.id}\twould go to {letter.topic}")
+                    continue
+                try:
+                    to = await replay(bus, letter, deadletter_topic, again=again)
+                except DeadLetterError as exc:
+                    failures += 1
+                    typer.echo(f"error: {exc}", err=True)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - the bus's refusal, said plainly
+                    failures += 1
+                    typer.echo(f"error: {letter.id} was not replayed: {exc}", err=True)
+                    continue
+                typer.echo(f"{letter.id}\treplayed to {to}")
+        finally:
+            if not dry_run:
+                await bus.stop()
+        return failures
+
+    failures = asyncio.run(run())
+    typer.echo(
+        f"{len(chosen) - failures} of {len(chosen)} dead letter(s) "
+        + ("would be replayed" if dry_run else "replayed"),
+        err=True,
+    )
+    if failures:
+        raise typer.Exit(1)
 
 
 def _write_json(document: dict[str, Any], output: Path | None) -> None:

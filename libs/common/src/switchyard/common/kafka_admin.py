@@ -91,6 +91,19 @@ async def list_topics(bootstrap_servers: str, prefix: str) -> dict[str, int]:
         await admin.close()
 
 
+async def partition_count(bootstrap_servers: str, topic: str) -> int | None:
+    """How many partitions `topic` has on the cluster, or None when it does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        await admin.start()
+        if topic not in await admin.list_topics():
+            return None
+        [described] = await admin.describe_topics([topic])
+        return len(described["partitions"]) or None
+    finally:
+        await admin.close()
+
+
 async def delete_topics(bootstrap_servers: str, names: list[str]) -> None:
     """Delete the topics in `names` that exist on the cluster at `bootstrap_servers`
     (a comma-separated host:port list); names that do not exist are skipped."""

@@ -640,6 +640,20 @@ class KafkaBus(EventBus):
             self._mark_broken(producer, repr(exc))
         raise BusUnavailableError(f"Kafka refused the event: {exc!r}") from exc
 
+    async def publish_raw(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None,
+        partition: int | None,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> None:
+        """Publish one record as it is, bytes for bytes (a dead letter replayed to the topic
+        it came from: `switchyard.common.deadletter`), with the same producer and guarantees
+        as `publish`. `partition` None lets the key choose. Raises what `publish` raises."""
+        await self._send([_Record(topic, value, key, partition, list(headers))])
+
     async def dead_letter(self, record: ConsumerRecord, group: str, reason: str) -> None:
         """Copy a record to the dead-letter topic with its coordinates; retried until it
         lands. A copy the topic cannot take (the record was near the size limit, and the
@@ -1021,6 +1035,14 @@ def _unreadable_record(exc: BaseException) -> tuple[TopicPartition, int, int] | 
 UnreadableHandler = Callable[[TopicPartition, range, BaseException], Awaitable[None]]
 
 
+REPLAYED_FROM_HEADER = "deadletter.replayed_from"
+"""Header of a dead letter replayed to its topic: `<dead-letter partition>:<offset>`."""
+
+
+def _replayed(record: ConsumerRecord) -> bool:
+    return any(name == REPLAYED_FROM_HEADER for name, _ in record.headers or ())
+
+
 class _RecordReader:
     """`consumer.getmany` that gets past a record aiokafka itself cannot parse. aiokafka
     raises the error from `getmany` and drops the records of that fetch it had already
@@ -1267,7 +1289,11 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
                 await self.bus.dead_letter(record, self.group, f"undecodable event: {exc}")
                 return
             first_new = self.first_new_offset.get(tp)
-            delivery_may_repeat.set(first_new is None or record.offset < first_new)
+            # A replayed dead letter may have been handled before it failed (by another
+            # group on its topic, or partly by this one): look it up like a redelivery.
+            delivery_may_repeat.set(
+                first_new is None or record.offset < first_new or _replayed(record)
+            )
             with _process_span(record, self.group, event):
                 error = await call_with_retry(
                     lambda: self.handler(event),

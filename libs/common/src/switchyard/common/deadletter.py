@@ -1,0 +1,316 @@
+"""The dead-letter topic on Kafka (`<prefix>.deadletter`): list what no consumer could
+handle, and replay chosen records to the topics they came from once the cause is fixed
+(`switchyard deadletter list` and `switchyard deadletter replay`).
+
+A dead letter is a copy of the original record (value, key, headers) with its coordinates
+added as headers by `KafkaBus.dead_letter`: `deadletter.topic`, `.partition`, `.offset`,
+`.group`, `.reason`, and `.left_out` for a stub whose record could not be copied whole.
+Replaying publishes the original value, key and headers (the `deadletter.*` ones taken
+off) to the original topic and partition (the key's partition if the topic has fewer
+partitions now), with `deadletter.replayed_from: <partition>:<offset>` added, and then a
+marker on the dead-letter topic (`deadletter.replay_of`, no value) so that the next
+listing shows the letter as replayed and `replay --all` passes over it.
+
+Every group on the topic receives the replayed record, not only the one that failed:
+that is safe because every consumer takes an event twice without harm (history stores an
+event id once; inference looks a request carrying `deadletter.replayed_from` up on its
+reply partition before running it, as it does a redelivery, and answers a request whose
+deadline has passed as expired without calling the upstream).
+
+Embedded mode's in-memory bus keeps its dead letters in memory only; this module speaks
+to Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from switchyard.common.bus.kafka import FETCH_MAX_BYTES, REPLAYED_FROM_HEADER
+from switchyard.common.kafka_admin import partition_count
+
+HEADER_PREFIX = "deadletter."
+REPLAY_OF_HEADER = "deadletter.replay_of"
+"""Header of a replay marker on the dead-letter topic: the replayed letter's id."""
+REPLAYED_TO_HEADER = "deadletter.replayed_to"
+"""Header of a replay marker: `<topic>` or `<topic>:<partition>` the letter went to."""
+
+_ID = re.compile(r"^(\d{1,9}):(\d{1,19})$")
+
+
+class RawPublisher(Protocol):
+    """What a replay needs of the bus (`KafkaBus` has both)."""
+
+    async def partition_count(self, topic: str) -> int:
+        """How many partitions `topic` has."""
+        ...
+
+    async def publish_raw(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None,
+        partition: int | None,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> None:
+        """Publish one record as it is, acknowledged by every in-sync replica."""
+        ...
+
+
+class DeadLetterError(Exception):
+    """A dead letter that cannot be replayed (a stub, unknown, replayed already) or an id
+    that is not `<partition>:<offset>`; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Replay:
+    """One earlier replay of a letter: where it went and when (UTC)."""
+
+    to: str
+    at: datetime
+
+
+@dataclass
+class DeadLetter:
+    """One record of the dead-letter topic.
+
+    `partition`/`offset`: where it sits on the dead-letter topic (its id: `"p:o"`).
+    `topic`/`source_partition`/`source_offset`: where the original record was (empty / None
+    when the headers lack them). `key`, `value` and `headers`: the original record's (its
+    headers without the `deadletter.*` ones). `left_out`: set for a stub, whose value was
+    not kept. `replays`: the replays recorded by markers, oldest first."""
+
+    partition: int
+    offset: int
+    at: datetime
+    topic: str
+    source_partition: int | None
+    source_offset: int | None
+    group: str
+    reason: str
+    left_out: str | None
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    replays: list[Replay] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        """`<partition>:<offset>` on the dead-letter topic."""
+        return f"{self.partition}:{self.offset}"
+
+    def header(self, name: str) -> str | None:
+        """The original record's header `name`, decoded (UTF-8, errors replaced)."""
+        for key, value in self.headers:
+            if key == name:
+                return value.decode(errors="replace")
+        return None
+
+    def replayable(self) -> str | None:
+        """Why this letter cannot be replayed (None if it can)."""
+        if self.left_out is not None:
+            return f"it is a stub, its record was not kept ({self.left_out})"
+        if not self.topic:
+            return "it does not say which topic it came from"
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready description (no value bytes): what `list --json` prints."""
+        return {
+            "id": self.id,
+            "dead_lettered_at": self.at.isoformat(),
+            "topic": self.topic,
+            "partition": self.source_partition,
+            "offset": self.source_offset,
+            "group": self.group,
+            "reason": self.reason,
+            "type": self.header("type"),
+            "request_id": self.header("request_id"),
+            "value_bytes": len(self.value),
+            "left_out": self.left_out,
+            "replays": [{"to": replay.to, "at": replay.at.isoformat()} for replay in self.replays],
+        }
+
+
+def parse_id(text: str) -> tuple[int, int]:
+    """`"<partition>:<offset>"` as two integers; raises DeadLetterError otherwise."""
+    match = _ID.match(text.strip())
+    if match is None:
+        raise DeadLetterError(
+            f"{text!r} is not a dead letter id: expected <partition>:<offset>, as "
+            "`switchyard deadletter list` prints it (e.g. 0:17)"
+        )
+    return int(match[1]), int(match[2])
+
+
+def _text(headers: dict[str, bytes], name: str) -> str | None:
+    value = headers.get(name)
+    return None if value is None else value.decode(errors="replace")
+
+
+def _number(headers: dict[str, bytes], name: str) -> int | None:
+    text = _text(headers, name)
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def from_records(records: Iterable[ConsumerRecord]) -> list[DeadLetter]:
+    """The dead letters among `records` of the dead-letter topic, in (partition, offset)
+    order, each with the replays its markers record. A marker naming no letter among
+    `records` is ignored."""
+    letters: dict[str, DeadLetter] = {}
+    markers: list[tuple[str, Replay]] = []
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        headers = list(record.headers or ())
+        coordinates = {name: value for name, value in headers if name.startswith(HEADER_PREFIX)}
+        at = datetime.fromtimestamp(max(record.timestamp, 0) / 1000, UTC)
+        replay_of = _text(coordinates, REPLAY_OF_HEADER)
+        if replay_of is not None:
+            markers.append((replay_of, Replay(_text(coordinates, REPLAYED_TO_HEADER) or "", at)))
+            continue
+        letter = DeadLetter(
+            partition=record.partition,
+            offset=record.offset,
+            at=at,
+            topic=_text(coordinates, "deadletter.topic") or "",
+            source_partition=_number(coordinates, "deadletter.partition"),
+            source_offset=_number(coordinates, "deadletter.offset"),
+            group=_text(coordinates, "deadletter.group") or "",
+            reason=_text(coordinates, "deadletter.reason") or "",
+            left_out=_text(coordinates, "deadletter.left_out"),
+            key=record.key,
+            value=record.value or b"",
+            headers=[
+                (name, value) for name, value in headers if not name.startswith(HEADER_PREFIX)
+            ],
+        )
+        letters[letter.id] = letter
+    for letter_id, replay in markers:
+        if letter_id in letters:
+            letters[letter_id].replays.append(replay)
+    return list(letters.values())
+
+
+async def read_dead_letters(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    max_message_bytes: int,
+    timeout_s: float = 30.0,
+    read_timeout_s: float = 600.0,
+) -> list[DeadLetter]:
+    """Every dead letter on `topic`, read from the beginning of each partition up to its
+    end when the read began, in (partition, offset) order. Raises TimeoutError when the
+    broker does not answer within `timeout_s` (or the read takes over `read_timeout_s`),
+    DeadLetterError when the topic does not exist, KafkaError when the broker refuses."""
+    async with asyncio.timeout(timeout_s):
+        partitions = await partition_count(bootstrap_servers, topic)
+    if partitions is None:
+        raise DeadLetterError(f"topic {topic} does not exist on {bootstrap_servers}")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        client_id="switchyard-deadletter",
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=max_message_bytes,
+        fetch_max_bytes=max(FETCH_MAX_BYTES, max_message_bytes),
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            await consumer.start()
+        async with asyncio.timeout(read_timeout_s):
+            assigned = [TopicPartition(topic, partition) for partition in range(partitions)]
+            consumer.assign(assigned)
+            ends = await consumer.end_offsets(assigned)
+            # An explicit seek: `seek_to_beginning` only asks for a reset, which can race
+            # the reset `assign` starts.
+            starts = await consumer.beginning_offsets(assigned)
+            for tp in assigned:
+                consumer.seek(tp, starts[tp])
+            records: list[ConsumerRecord] = []
+            remaining = {tp for tp in assigned if ends[tp] > starts[tp]}
+            while remaining:
+                for tp, batch in (await consumer.getmany(*remaining, timeout_ms=500)).items():
+                    records.extend(record for record in batch if record.offset < ends[tp])
+                    if batch and batch[-1].offset + 1 >= ends[tp]:
+                        remaining.discard(tp)
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return from_records(records)
+
+
+def select(
+    letters: Sequence[DeadLetter],
+    ids: Sequence[str] = (),
+    *,
+    topic: str | None = None,
+    group: str | None = None,
+) -> list[DeadLetter]:
+    """The letters named by `ids` (each `"p:o"`; every one must exist, else
+    DeadLetterError), or, with no ids, every letter; then only those of `topic` and
+    `group` when given."""
+    chosen: list[DeadLetter]
+    if ids:
+        by_id = {letter.id: letter for letter in letters}
+        chosen = []
+        for text in ids:
+            partition, offset = parse_id(text)
+            letter = by_id.get(f"{partition}:{offset}")
+            if letter is None:
+                raise DeadLetterError(f"no dead letter {partition}:{offset} on the topic")
+            if letter not in chosen:
+                chosen.append(letter)
+    else:
+        chosen = list(letters)
+    return [
+        letter
+        for letter in chosen
+        if (topic is None or letter.topic == topic) and (group is None or letter.group == group)
+    ]
+
+
+async def replay(
+    bus: RawPublisher, letter: DeadLetter, deadletter_topic: str, *, again: bool = False
+) -> str:
+    """Publish `letter`'s record to the topic it came from, then a marker of the replay on
+    `deadletter_topic`; return where it went (`<topic>:<partition>`, or `<topic>` when its
+    key chose). Raises DeadLetterError when the letter cannot be replayed (a stub, no
+    topic) or was replayed already and `again` is False; BusUnavailableError and the
+    bus's other errors when Kafka does not take it (then no marker is written)."""
+    refusal = letter.replayable()
+    if refusal is not None:
+        raise DeadLetterError(f"dead letter {letter.id} cannot be replayed: {refusal}")
+    if letter.replays and not again:
+        last = letter.replays[-1]
+        raise DeadLetterError(
+            f"dead letter {letter.id} was replayed already (to {last.to} at "
+            f"{last.at.isoformat()}); pass --again to replay it once more"
+        )
+    partition = letter.source_partition
+    if partition is not None and partition >= await bus.partition_count(letter.topic):
+        partition = None  # the topic has fewer partitions now: the key chooses
+    headers = [*letter.headers, (REPLAYED_FROM_HEADER, letter.id.encode())]
+    await bus.publish_raw(
+        letter.topic, letter.value, key=letter.key, partition=partition, headers=headers
+    )
+    to = letter.topic if partition is None else f"{letter.topic}:{partition}"
+    await bus.publish_raw(
+        deadletter_topic,
+        b"",
+        key=letter.key,
+        partition=letter.partition,
+        headers=[(REPLAY_OF_HEADER, letter.id.encode()), (REPLAYED_TO_HEADER, to.encode())],
+    )
+    letter.replays.append(Replay(to, datetime.now(UTC)))
+    return to

@@ -1,0 +1,234 @@
+"""Reading dead letters and replaying them (`switchyard.common.deadletter`) with a fake
+bus; the real-Kafka path is in tests/integration/test_deadletter_replay.py."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from aiokafka.structs import ConsumerRecord
+from typer.testing import CliRunner
+
+from switchyard.common.bus.kafka import REPLAYED_FROM_HEADER
+from switchyard.common.deadletter import (
+    REPLAY_OF_HEADER,
+    REPLAYED_TO_HEADER,
+    DeadLetterError,
+    from_records,
+    parse_id,
+    replay,
+    select,
+)
+
+DLQ = "sy.deadletter"
+
+
+def record(
+    partition: int,
+    offset: int,
+    headers: list[tuple[str, bytes]],
+    value: bytes | None = b'{"id":"e1"}',
+    key: bytes | None = b"req-1",
+    timestamp: int = 1_764_806_400_000,
+) -> ConsumerRecord:
+    return ConsumerRecord(
+        DLQ, partition, offset, timestamp, 0, key, value, None, -1, -1, tuple(headers)
+    )
+
+
+def letter_record(
+    partition: int = 0,
+    offset: int = 7,
+    *,
+    topic: str = "sy.requests.interactive",
+    source_partition: str = "2",
+    group: str = "sy.history",
+    extra: Sequence[tuple[str, bytes]] = (),
+    value: bytes | None = b'{"id":"e1"}',
+) -> ConsumerRecord:
+    return record(
+        partition,
+        offset,
+        [
+            ("type", b"chat.requested"),
+            ("request_id", b"req-1"),
+            ("traceparent", b"00-abc-def-01"),
+            ("deadletter.topic", topic.encode()),
+            ("deadletter.partition", source_partition.encode()),
+            ("deadletter.offset", b"41"),
+            ("deadletter.group", group.encode()),
+            ("deadletter.reason", b"handler failed: DataError('value too long')"),
+            *extra,
+        ],
+        value,
+    )
+
+
+class FakeBus:
+    def __init__(self, partitions: int = 3, fail: BaseException | None = None) -> None:
+        self.partitions = partitions
+        self.fail = fail
+        self.published: list[tuple[str, bytes, bytes | None, int | None, list]] = []
+
+    async def partition_count(self, topic: str) -> int:
+        return self.partitions
+
+    async def publish_raw(self, topic, value, *, key, partition, headers) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.published.append((topic, value, key, partition, list(headers)))
+
+
+def test_a_letter_keeps_the_original_record_and_its_coordinates_apart():
+    (letter,) = from_records([letter_record()])
+    assert letter.id == "0:7"
+    assert (letter.topic, letter.source_partition, letter.source_offset) == (
+        "sy.requests.interactive",
+        2,
+        41,
+    )
+    assert letter.group == "sy.history"
+    assert letter.reason.startswith("handler failed")
+    assert letter.headers == [
+        ("type", b"chat.requested"),
+        ("request_id", b"req-1"),
+        ("traceparent", b"00-abc-def-01"),
+    ]
+    assert letter.header("type") == "chat.requested"
+    assert letter.replayable() is None
+    summary = letter.summary()
+    assert summary["id"] == "0:7" and summary["request_id"] == "req-1"
+    assert summary["value_bytes"] == len(b'{"id":"e1"}') and summary["replays"] == []
+
+
+def test_markers_attach_to_their_letters_and_are_not_letters():
+    marker = record(
+        0,
+        9,
+        [(REPLAY_OF_HEADER, b"0:7"), (REPLAYED_TO_HEADER, b"sy.requests.interactive:2")],
+        value=b"",
+    )
+    stray = record(1, 3, [(REPLAY_OF_HEADER, b"1:1")], value=b"")
+    letters = from_records([marker, letter_record(), stray])
+    assert [letter.id for letter in letters] == ["0:7"]
+    assert [replay.to for replay in letters[0].replays] == ["sy.requests.interactive:2"]
+
+
+def test_a_stub_or_a_letter_without_a_topic_cannot_be_replayed():
+    stub = letter_record(extra=[("deadletter.left_out", b"the value (3000000 bytes)")], value=b"")
+    (letter,) = from_records([stub])
+    assert "stub" in (letter.replayable() or "")
+    (nameless,) = from_records([record(0, 1, [("deadletter.reason", b"x")])])
+    assert nameless.topic == "" and "which topic" in (nameless.replayable() or "")
+
+
+def test_header_values_that_are_not_utf8_or_numbers_do_not_break_reading():
+    (letter,) = from_records([letter_record(source_partition="two", extra=[("type", b"\xff\xfe")])])
+    assert letter.source_partition is None
+    assert letter.header("request_id") == "req-1"
+
+
+@pytest.mark.parametrize("text", ["", "7", "a:b", "0:-1", "0:1:2", " : ", "1.0:2"])
+def test_ids_that_are_not_partition_colon_offset_are_refused(text):
+    with pytest.raises(DeadLetterError, match="not a dead letter id"):
+        parse_id(text)
+
+
+def test_select_by_id_topic_and_group():
+    letters = from_records(
+        [
+            letter_record(0, 1),
+            letter_record(1, 1, topic="sy.replies", group="sy.history"),
+            letter_record(2, 5, group="sy.inference"),
+        ]
+    )
+    assert [x.id for x in select(letters, ["1:1", "0:1", "1:1"])] == ["1:1", "0:1"]
+    assert [x.id for x in select(letters, topic="sy.replies")] == ["1:1"]
+    assert [x.id for x in select(letters, group="sy.inference")] == ["2:5"]
+    with pytest.raises(DeadLetterError, match="no dead letter 0:99"):
+        select(letters, ["0:99"])
+
+
+async def test_replay_publishes_the_original_record_to_its_partition_then_a_marker():
+    (letter,) = from_records([letter_record()])
+    bus = FakeBus(partitions=3)
+    assert await replay(bus, letter, DLQ) == "sy.requests.interactive:2"
+    (topic, value, key, partition, headers), marker = bus.published
+    assert (topic, value, key, partition) == (
+        "sy.requests.interactive",
+        b'{"id":"e1"}',
+        b"req-1",
+        2,
+    )
+    assert headers == [*letter.headers[:3], (REPLAYED_FROM_HEADER, b"0:7")]
+    assert marker[0] == DLQ and marker[1] == b"" and marker[3] == 0
+    assert (REPLAY_OF_HEADER, b"0:7") in marker[4]
+    assert len(letter.replays) == 1
+
+
+async def test_a_replayed_letter_needs_again_and_a_topic_with_fewer_partitions_uses_the_key():
+    (letter,) = from_records([letter_record(source_partition="5")])
+    bus = FakeBus(partitions=3)
+    assert await replay(bus, letter, DLQ) == "sy.requests.interactive"
+    assert bus.published[0][3] is None
+    with pytest.raises(DeadLetterError, match="replayed already"):
+        await replay(bus, letter, DLQ)
+    assert len(bus.published) == 2
+    await replay(bus, letter, DLQ, again=True)
+    assert len(bus.published) == 4
+
+
+async def test_a_refused_publish_writes_no_marker():
+    (letter,) = from_records([letter_record()])
+    bus = FakeBus(fail=RuntimeError("broker gone"))
+    with pytest.raises(RuntimeError):
+        await replay(bus, letter, DLQ)
+    assert bus.published == [] and letter.replays == []
+
+
+async def test_a_stub_is_refused_before_anything_is_published():
+    (letter,) = from_records([letter_record(extra=[("deadletter.left_out", b"all")], value=b"")])
+    bus = FakeBus()
+    with pytest.raises(DeadLetterError, match="stub"):
+        await replay(bus, letter, DLQ)
+    assert bus.published == []
+
+
+def test_the_replay_command_needs_ids_or_all_and_refuses_a_bad_id(monkeypatch):
+    from switchyard.common import cli
+
+    runner = CliRunner()
+    app = cli.build()
+    result = runner.invoke(app, ["deadletter", "replay"])
+    assert result.exit_code == 2
+    assert "name the letters to replay" in result.output
+    result = runner.invoke(app, ["deadletter", "replay", "0:1", "--all"])
+    assert result.exit_code == 2
+
+    letters = from_records([letter_record()])
+    monkeypatch.setattr(cli, "_dead_letters", lambda topic: (object(), letters, topic))
+    result = runner.invoke(app, ["deadletter", "replay", "zero"])
+    assert result.exit_code == 1
+    assert "'zero' is not a dead letter id" in result.output
+
+
+def test_the_list_command_prints_one_line_per_letter(monkeypatch):
+    from switchyard.common import cli
+
+    letters = from_records(
+        [letter_record(0, 1), letter_record(1, 2, extra=[("deadletter.left_out", b"x")])]
+    )
+    monkeypatch.setattr(cli, "_dead_letters", lambda topic: (object(), letters, topic))
+    result = CliRunner().invoke(cli.build(), ["deadletter", "list"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line]
+    assert lines[0].split("\t")[:7] == [
+        "0:1",
+        "2025-12-04T00:00:00Z",
+        "sy.requests.interactive[2]@41",
+        "sy.history",
+        "chat.requested",
+        "req-1",
+        "-",
+    ]
+    assert lines[1].split("\t")[6] == "stub"
