@@ -342,6 +342,8 @@ def settings() -> Settings:
         messages_max_body_bytes=200_000,
         embeddings_max_body_bytes=20_000,
         topic_prefix="unit",
+        # Unit tests need no database: limits are counted in memory.
+        governance_store="memory",
     )
 
 

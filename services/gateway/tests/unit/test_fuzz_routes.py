@@ -19,7 +19,12 @@ from .history_fakes import HISTORY_PORT, FakeHistory
 
 
 async def serve_gateway(state: dict) -> object:
-    settings = Settings(request_timeout_s=2.0, topic_prefix="fuzz", max_body_bytes=200_000)
+    settings = Settings(
+        request_timeout_s=2.0,
+        topic_prefix="fuzz",
+        max_body_bytes=200_000,
+        governance_store="memory",
+    )
     bus = InMemoryBus()
     await bus.start()
     topics = Topics(settings.topic_prefix)

@@ -125,6 +125,7 @@ async def system(tmp_path, simulator: SimulatorHandle) -> AsyncIterator[System]:
         internal_token=TOKEN,
         history_url="http://history",
         responses_state_wait_s=3,
+        governance_store="memory",
     )
     auth = FakeAuth()
     gateway_http = httpx.AsyncClient(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from sqlalchemy.engine import make_url
 
 from switchyard.common.bus import EventBus, Subscription
 from switchyard.common.egress import TargetPolicy, parse_networks
@@ -176,15 +177,23 @@ def build(
 
 def build_ledger(settings: Settings) -> Ledger:
     """The limit ledger `settings.governance_store` asks for: PostgreSQL (shared by the
-    fleet) or this process's memory; `auto` picks PostgreSQL when `database_url` is a
-    PostgreSQL URL. Raises what SQLAlchemy raises for an unusable URL or driver."""
-    store = settings.governance_store
+    fleet), SQLite (shared by the processes of one machine, kept across restarts) or this
+    process's memory; `auto` picks the kind of `database_url` (memory for any other).
+    Raises what SQLAlchemy raises for an unusable URL or driver."""
+    store: str = settings.governance_store
     if store == "auto":
-        store = "postgres" if settings.database_url.startswith("postgresql") else "memory"
+        backend = make_url(settings.database_url).get_backend_name()
+        store = {"postgresql": "postgres", "sqlite": "sqlite"}.get(backend, "memory")
     if store == "postgres":
         from switchyard.gateway.governance.postgres import PostgresLedger
 
         return PostgresLedger.connect(
+            settings.database_url, timeout_s=settings.governance_store_timeout_s
+        )
+    if store == "sqlite":
+        from switchyard.gateway.governance.sqlite import SQLiteLedger
+
+        return SQLiteLedger.connect(
             settings.database_url, timeout_s=settings.governance_store_timeout_s
         )
     return MemoryLedger()

@@ -166,11 +166,12 @@ class Settings(ServiceSettings):
     )
     cors_max_age_s: int = Field(default=600, ge=0, description="How long preflights are cached.")
     database_url: str = database_url_field()
-    governance_store: Literal["auto", "postgres", "memory"] = Field(
+    governance_store: Literal["auto", "postgres", "sqlite", "memory"] = Field(
         default="auto",
         description="Where budgets and rate limits are counted: PostgreSQL (exact for the "
-        "whole fleet) or this process's memory (one process only). auto: PostgreSQL when "
-        "the database URL is PostgreSQL.",
+        "whole fleet), SQLite (exact for the gateway processes of one machine, and kept "
+        "across restarts) or this process's memory (one process only, forgotten at exit). "
+        "auto: the kind of the database URL.",
     )
     governance_store_timeout_s: float = Field(
         default=0.5,

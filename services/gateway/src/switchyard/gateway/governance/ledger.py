@@ -24,8 +24,10 @@ invariants, for the counter's current window:
 - `reap(stale_after_s)`: replicas that stopped sending heartbeats lose their leases;
   `committed -= held`.
 
-`MemoryLedger` is the in-process implementation (embedded mode and unit tests);
-`PostgresLedger` (`postgres.py`) the fleet's. Both have the same semantics.
+`MemoryLedger` is the in-process implementation (unit tests, `governance_store=memory`);
+`SQLiteLedger` (`sqlite.py`) keeps it in a SQLite file, shared by the processes of one
+machine and kept across restarts (embedded mode, `--workers N` without PostgreSQL);
+`PostgresLedger` (`postgres.py`) the fleet's. All have the same semantics.
 """
 
 from __future__ import annotations
@@ -110,6 +112,18 @@ class CounterState:
     limit: float
     committed: float
     spent: float
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    """What `replica` holds of the counter (`scope`, `kind`) in the window that started at
+    `window_start` (epoch seconds), in the kind's unit."""
+
+    replica: str
+    scope: str
+    kind: Kind
+    window_start: float
+    held: float
 
 
 # Counted in whole units (requests, tokens); spend is in dollars, to a millionth.
@@ -323,6 +337,29 @@ class MemoryLedger(Ledger):
             for (scope, kind), c in sorted(self._counters.items())
             if wanted is None or scope in wanted
         ]
+
+    def load(self, counters: Sequence[CounterState], leases: Sequence[LeaseRow]) -> None:
+        """Take `counters` and `leases` as this ledger's state (a store that keeps them
+        elsewhere, `SQLiteLedger`, runs each operation on them here)."""
+        for c in counters:
+            self._counters[(c.scope, c.kind)] = _Counter(
+                c.window_start, c.window_end, c.limit, c.committed, c.spent
+            )
+        for lease in leases:
+            key = (lease.replica, lease.scope, lease.kind)
+            self._leases[key] = (lease.window_start, lease.held)
+
+    def state(self) -> tuple[list[CounterState], list[LeaseRow]]:
+        """Every counter and lease this ledger holds, to be written back to a store."""
+        counters = [
+            CounterState(scope, kind, c.window_start, c.window_end, c.limit, c.committed, c.spent)
+            for (scope, kind), c in self._counters.items()
+        ]
+        leases = [
+            LeaseRow(replica, scope, kind, start, held)
+            for (replica, scope, kind), (start, held) in self._leases.items()
+        ]
+        return counters, leases
 
     def held(self, replica: str, scope: str, kind: str) -> float:
         """What `replica` holds of a counter (tests)."""

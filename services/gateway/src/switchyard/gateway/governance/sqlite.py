@@ -1,0 +1,295 @@
+"""The limit ledger in a SQLite file: the `governance_*` tables of the gateway's database
+(migration 0001), shared by every gateway process of one machine that opens the file
+(the workers of `switchyard gateway --workers N`, embedded mode) and kept across restarts,
+so a budget's spend is not forgotten when the gateway starts again.
+
+Each operation is one `BEGIN IMMEDIATE` transaction (`switchyard.common.db`): it takes the
+database's write lock, so operations of all processes run one after the other. Inside it
+the rows of the counters and leases the operation touches are read, `MemoryLedger` (the
+one statement of the ledger's rules) runs the operation on them, and what it left is
+written back. The processes share one clock (the machine's), as `MemoryLedger` assumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    insert,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from typing_extensions import override
+
+from switchyard.common.db import create_engine
+from switchyard.gateway.governance.ledger import (
+    CounterState,
+    Grant,
+    GrantRequest,
+    Kind,
+    LeaseChange,
+    LeaseRow,
+    Ledger,
+    LedgerUnavailable,
+    MemoryLedger,
+)
+
+_metadata = MetaData()
+counters_table = Table(
+    "governance_counters",
+    _metadata,
+    Column("scope", Text, primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("window_start", Float(53), nullable=False),
+    Column("window_end", Float(53)),
+    Column("limit_value", Float(53), nullable=False),
+    Column("committed", Float(53), nullable=False),
+    Column("spent", Float(53), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+leases_table = Table(
+    "governance_leases",
+    _metadata,
+    Column("replica", Text, primary_key=True),
+    Column("scope", Text, primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("window_start", Float(53), nullable=False),
+    Column("held", Float(53), nullable=False),
+)
+replicas_table = Table(
+    "governance_replicas",
+    _metadata,
+    Column("replica", Text, primary_key=True),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+)
+
+_T = TypeVar("_T")
+_Key = tuple[str, Kind]
+
+
+def _counter(row: Any) -> CounterState:
+    return CounterState(
+        row.scope,
+        row.kind,
+        row.window_start,
+        row.window_end,
+        row.limit_value,
+        row.committed,
+        row.spent,
+    )
+
+
+class SQLiteLedger(Ledger):
+    """The ledger in the `governance_*` tables of a SQLite database.
+
+    An operation on the request's path (a grant) taking longer than `timeout_s` raises
+    `LedgerUnavailable`, as any database failure does; the others (settlements, releases,
+    housekeeping, off the request's path) get `background_timeout_s`."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        timeout_s: float = 0.5,
+        background_timeout_s: float = 60.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._timeout_s = timeout_s
+        self._background_timeout_s = background_timeout_s
+        self._clock = clock
+        # One transaction of this process at a time: the write lock is the database's.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def connect(cls, database_url: str, *, timeout_s: float = 0.5) -> SQLiteLedger:
+        """A ledger on the SQLite database at `database_url` (its tables made by the
+        gateway's migrations); a grant taking longer than `timeout_s` seconds raises
+        `LedgerUnavailable`."""
+        return cls(create_engine(database_url), timeout_s=timeout_s)
+
+    async def _transaction(
+        self, work: Callable[[AsyncConnection], Awaitable[_T]], timeout_s: float | None = None
+    ) -> _T:
+        timeout_s = timeout_s if timeout_s is not None else self._background_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s), self._lock, self._engine.begin() as connection:
+                return await work(connection)
+        except TimeoutError as exc:
+            raise LedgerUnavailable(f"limit store did not answer in {timeout_s}s") from exc
+        except Exception as exc:  # noqa: BLE001 - any database failure means "unavailable"
+            raise LedgerUnavailable(repr(exc)) from exc
+
+    async def _on_rows(
+        self,
+        replica: str,
+        keys: set[_Key],
+        operation: Callable[[MemoryLedger], Awaitable[_T]],
+        timeout_s: float | None = None,
+    ) -> _T:
+        """Run `operation` on a `MemoryLedger` holding the counters `keys` and `replica`'s
+        leases of them, and write back what it left, in one transaction."""
+
+        async def work(connection: AsyncConnection) -> _T:
+            scopes = sorted({scope for scope, _ in keys})
+            counters = [
+                _counter(row)
+                for row in await connection.execute(
+                    select(counters_table).where(counters_table.c.scope.in_(scopes))
+                )
+                if (row.scope, row.kind) in keys
+            ]
+            leases = [
+                LeaseRow(row.replica, row.scope, row.kind, row.window_start, row.held)
+                for row in await connection.execute(
+                    select(leases_table).where(
+                        and_(leases_table.c.replica == replica, leases_table.c.scope.in_(scopes))
+                    )
+                )
+                if (row.scope, row.kind) in keys
+            ]
+            ledger = MemoryLedger() if self._clock is None else MemoryLedger(self._clock)
+            ledger.load(counters, leases)
+            result = await operation(ledger)
+            after_counters, after_leases = ledger.state()
+            now = datetime.now(UTC)
+            for counter in after_counters:
+                await connection.execute(
+                    delete(counters_table).where(
+                        and_(
+                            counters_table.c.scope == counter.scope,
+                            counters_table.c.kind == counter.kind,
+                        )
+                    )
+                )
+                await connection.execute(
+                    insert(counters_table).values(
+                        scope=counter.scope,
+                        kind=counter.kind,
+                        window_start=counter.window_start,
+                        window_end=counter.window_end,
+                        limit_value=counter.limit,
+                        committed=counter.committed,
+                        spent=counter.spent,
+                        updated_at=now,
+                    )
+                )
+            for lease in after_leases:
+                await connection.execute(
+                    delete(leases_table).where(
+                        and_(
+                            leases_table.c.replica == lease.replica,
+                            leases_table.c.scope == lease.scope,
+                            leases_table.c.kind == lease.kind,
+                        )
+                    )
+                )
+                await connection.execute(
+                    insert(leases_table).values(
+                        replica=lease.replica,
+                        scope=lease.scope,
+                        kind=lease.kind,
+                        window_start=lease.window_start,
+                        held=lease.held,
+                    )
+                )
+            return result
+
+        return await self._transaction(work, timeout_s)
+
+    @override
+    async def grant(self, replica: str, requests: Sequence[GrantRequest]) -> list[Grant]:
+        keys = {(request.scope, request.kind) for request in requests}
+        return await self._on_rows(
+            replica, keys, lambda ledger: ledger.grant(replica, requests), self._timeout_s
+        )
+
+    @override
+    async def release(self, replica: str, changes: Sequence[LeaseChange]) -> None:
+        if changes:
+            keys = {(change.scope, change.kind) for change in changes}
+            await self._on_rows(replica, keys, lambda ledger: ledger.release(replica, changes))
+
+    @override
+    async def settle(self, replica: str, changes: Sequence[LeaseChange]) -> None:
+        if changes:
+            keys = {(change.scope, change.kind) for change in changes}
+            await self._on_rows(replica, keys, lambda ledger: ledger.settle(replica, changes))
+
+    @override
+    async def heartbeat(self, replica: str) -> None:
+        async def work(connection: AsyncConnection) -> None:
+            await connection.execute(
+                delete(replicas_table).where(replicas_table.c.replica == replica)
+            )
+            await connection.execute(
+                insert(replicas_table).values(replica=replica, heartbeat_at=datetime.now(UTC))
+            )
+
+        await self._transaction(work)
+
+    @override
+    async def reap(self, stale_after_s: float) -> int:
+        async def work(connection: AsyncConnection) -> int:
+            now = datetime.now(UTC)
+            dead = [
+                row.replica
+                for row in await connection.execute(select(replicas_table))
+                if (now - _aware(row.heartbeat_at)).total_seconds() > stale_after_s
+            ]
+            for replica in dead:
+                for lease in await connection.execute(
+                    select(leases_table).where(leases_table.c.replica == replica)
+                ):
+                    where = and_(
+                        counters_table.c.scope == lease.scope,
+                        counters_table.c.kind == lease.kind,
+                        counters_table.c.window_start == lease.window_start,
+                    )
+                    row = (await connection.execute(select(counters_table).where(where))).first()
+                    if row is not None:
+                        await connection.execute(
+                            counters_table.update()
+                            .where(where)
+                            .values(committed=max(0.0, row.committed - lease.held))
+                        )
+                await connection.execute(
+                    delete(leases_table).where(leases_table.c.replica == replica)
+                )
+                await connection.execute(
+                    delete(replicas_table).where(replicas_table.c.replica == replica)
+                )
+            return len(dead)
+
+        return await self._transaction(work)
+
+    @override
+    async def counters(self, scopes: Sequence[str] | None = None) -> list[CounterState]:
+        async def work(connection: AsyncConnection) -> list[CounterState]:
+            query = select(counters_table).order_by(counters_table.c.scope, counters_table.c.kind)
+            if scopes is not None:
+                query = query.where(counters_table.c.scope.in_(list(scopes)))
+            return [_counter(row) for row in await connection.execute(query)]
+
+        return await self._transaction(work)
+
+    @override
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite gives back naive times; they were written in UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
