@@ -67,15 +67,18 @@ async def forward_to_auth(request: Request) -> Response:
     # Without the whitespace around a value (not part of it, RFC 9110 section 5.5), which
     # the HTTP client refuses to send: `Bearer ` and blanks reaches auth as `Bearer`, a
     # missing token (401), not as a failed call.
+    # As bytes: the value's own octets (Starlette decoded them as Latin-1), which may be
+    # any the client sent; as text the HTTP client would take only ASCII.
     headers = {
-        name: value.strip(" \t")
+        name.encode(): value.strip(" \t").encode("latin-1")
         for name, value in request.headers.items()
         if name.lower() in _FORWARDED_REQUEST_HEADERS
     }
     client = request.client.host if request.client is not None else None
     if client is not None:
         previous = request.headers.get("x-forwarded-for")
-        headers["x-forwarded-for"] = f"{previous}, {client}" if previous else client
+        forwarded_for = f"{previous}, {client}" if previous else client
+        headers[b"x-forwarded-for"] = forwarded_for.encode("latin-1")
     # The path as it reached us, still percent-encoded: decoding it (request.url.path)
     # would hand control characters or non-ASCII text to the URL parser.
     raw_path = request.scope.get("raw_path") or request.url.path.encode()

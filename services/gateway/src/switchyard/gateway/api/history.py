@@ -60,13 +60,22 @@ async def call(
     """History's answer to `method path` called as `principal` (with the query parameters
     and `accept` of `request`, if given). APIError 503 `history_unavailable` when history
     cannot be reached."""
-    headers = identity_headers(gateway, principal)
+    # As bytes: a client's value keeps its own octets (Starlette decoded them as Latin-1),
+    # which may be any the client sent; as text the HTTP client would take only ASCII.
+    headers = {
+        name.encode(): value.encode("latin-1")
+        for name, value in identity_headers(gateway, principal).items()
+    }
     if request is not None:
         headers.update(
-            {name: request.headers[name] for name in _PASSED_HEADERS if name in request.headers}
+            {
+                name.encode(): request.headers[name].encode("latin-1")
+                for name in _PASSED_HEADERS
+                if name in request.headers
+            }
         )
     if content is not None:
-        headers["content-type"] = "application/json"
+        headers[b"content-type"] = b"application/json"
     try:
         return await gateway.http.request(
             method,
@@ -77,6 +86,11 @@ async def call(
             content=content,
             timeout=10.0,
         )
+    except httpx.LocalProtocolError:
+        # A header value HTTP cannot carry (a control character): the request's fault.
+        raise APIError(
+            400, "A request header holds characters HTTP does not allow.", code="invalid_request"
+        ) from None
     except httpx.HTTPError as exc:
         log.error("history service unreachable", error=repr(exc))
         raise APIError(
