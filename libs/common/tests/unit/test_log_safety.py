@@ -72,6 +72,27 @@ def test_redaction_keeps_what_is_not_a_credential():
     assert API_KEY not in redact_text(f"'x-api-key': '{API_KEY}'")
 
 
+def test_refresh_tokens_and_webhook_secrets_are_redacted():
+    refresh = "sy-rt-" + "Q" * 43
+    webhook = "whsec_3-jxCJiwAbCdEfGhIjKlMnOpQrStUvWxYz0123456"
+    text = redact_text(f"('{webhook}', 'tenant-a') refresh {refresh}")
+    assert refresh not in text and webhook not in text
+    assert "whsec_[redacted]" in text and "sy-rt-[redacted]" in text
+
+
+def test_at_debug_no_database_driver_logs_statement_parameters(log_output):
+    stream = io.StringIO()
+    configure_logging("test", "DEBUG", "json", stream=stream)
+    # What aiosqlite and SQLAlchemy's engine log at DEBUG: each statement with its values.
+    for name in ("aiosqlite", "sqlalchemy.engine.Engine", "psycopg", "asyncpg"):
+        logging.getLogger(name).debug("executing %r with %r", "UPDATE t SET h=?", ("argon2-hash",))
+    structlog.get_logger("switchyard.test").debug("our own debug line")
+    flush_logs()
+    text = stream.getvalue()
+    assert "argon2-hash" not in text
+    assert "our own debug line" in text
+
+
 class BlockedStream(io.StringIO):
     """An output stream whose writes hang until released (a full pipe nobody reads)."""
 

@@ -49,6 +49,9 @@ _CREDENTIAL_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), REDACTED),
     # API keys of Switchyard (sk-sy-), OpenAI (sk-, sk-proj-) and Anthropic (sk-ant-)
     (re.compile(r"\bsk-[A-Za-z0-9_-]{12,}"), "sk-" + REDACTED),
+    # Switchyard's refresh tokens (sy-rt-) and webhook signing secrets (whsec_, also
+    # Standard Webhooks' and Stripe's prefix)
+    (re.compile(r"\b(sy-rt-|whsec_)[A-Za-z0-9_-]{8,}"), r"\1" + REDACTED),
     # Authorization header values: "Bearer <credential>", "Basic <credential>"
     (re.compile(r"\b(Bearer|Basic)\s+[^\s\"',;}\]]+", re.IGNORECASE), r"\1 " + REDACTED),
     # name=value / "name": "value" assignments of credential-like names (dict reprs in
@@ -274,8 +277,20 @@ def configure_logging(
     root.handlers[:] = [_writer]
     root.setLevel(level.upper())
     # Chatty libraries: their INFO lines (each outgoing HTTP call, each Alembic plugin)
-    # say nothing an operator needs; warnings and errors still come through.
-    for noisy in ("aiokafka", "kafka", "httpx", "httpcore", "alembic.runtime.plugins"):
+    # say nothing an operator needs; warnings and errors still come through. The database
+    # drivers' and SQLAlchemy's DEBUG lines carry every statement's parameters (password
+    # and key hashes, webhook secrets, prompts): never logged, whatever the level.
+    for noisy in (
+        "aiokafka",
+        "kafka",
+        "httpx",
+        "httpcore",
+        "alembic.runtime.plugins",
+        "aiosqlite",
+        "sqlalchemy",
+        "psycopg",
+        "asyncpg",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
