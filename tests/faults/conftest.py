@@ -169,6 +169,8 @@ def deployment() -> Iterator[Deployment]:
             "SWITCHYARD_HISTORY_URL": f"http://127.0.0.1:{ports['history']}",
             "SWITCHYARD_SIMULATOR_URL": f"http://127.0.0.1:{ports['counter']}/v1",
             "SWITCHYARD_GATEWAY_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
+            # Streams too: every request's deadline passes within a fault's duration.
+            "SWITCHYARD_GATEWAY_STREAM_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
             "SWITCHYARD_HISTORY_EXPIRY_GRACE_S": str(EXPIRY_GRACE_S),
             "SWITCHYARD_HISTORY_SWEEP_INTERVAL_S": "0.5",
             "SWITCHYARD_LOG_LEVEL": "INFO",

@@ -246,6 +246,7 @@ async def test_a_stream_past_its_deadline_ends_with_a_timeout_error_event(harnes
         return anthropic_stream(request, ["Hel"])[:3]
 
     harness.respond[0] = stalls
+    harness.settings.stream_timeout_s = 2.5  # a started stream's deadline
     _, raw = await raw_stream(harness, "/v1/messages", MESSAGE)
     name, data = (await parsed_events(raw))[-1]
     assert name == "error"

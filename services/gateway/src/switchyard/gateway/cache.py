@@ -628,7 +628,7 @@ class ResponseCache:
             if not marks:
                 del self._replacing[held]
         self._drops += 1
-        deadline = now + self.gateway.settings.request_timeout_s + STORE_TIMEOUT_S
+        deadline = now + self.gateway.settings.longest_request_s + STORE_TIMEOUT_S
         self._replacing.setdefault(key, {})[self._drops] = deadline
         self._front.pop(key, None)
         return self._drops

@@ -73,7 +73,18 @@ class Settings(ServiceSettings):
     )
     jwt_audience: str = Field(default="switchyard", validation_alias=env("SWITCHYARD_JWT_AUDIENCE"))
     request_timeout_s: float = Field(
-        default=120.0, gt=0, description="Deadline of a request; the client gets 504 after it."
+        default=120.0,
+        gt=0,
+        description="Deadline of a request; the client gets 504 after it. A stream must "
+        "start (its first event) within it, then has `stream_timeout_s`.",
+    )
+    stream_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Deadline of a streamed request that has started (OpenAI's and "
+        "Anthropic's SDKs wait 10 minutes by default): a long generation keeps streaming "
+        "past `request_timeout_s`; at this deadline the stream ends with a "
+        "`deadline_exceeded` error event.",
     )
     max_body_bytes: int = Field(
         default=1024 * 1024,
@@ -329,6 +340,20 @@ class Settings(ServiceSettings):
         if self.environment == Environment.DEVELOPMENT:
             return list(DEVELOPMENT_CORS_ORIGINS)
         return []
+
+    def timeout_for(self, stream: bool) -> float:
+        """A request's deadline in seconds from its arrival: `stream_timeout_s` for a stream
+        (never shorter than `request_timeout_s`), `request_timeout_s` otherwise."""
+        return (
+            max(self.request_timeout_s, self.stream_timeout_s)
+            if stream
+            else (self.request_timeout_s)
+        )
+
+    @property
+    def longest_request_s(self) -> float:
+        """The longest a request of either kind can run, in seconds."""
+        return self.timeout_for(stream=True)
 
     def max_body_bytes_for(self, api: ClientAPI) -> int:
         """The largest request body accepted for `api`, in bytes."""

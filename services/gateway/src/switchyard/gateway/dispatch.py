@@ -188,6 +188,8 @@ class Dispatch:
     request_id: str = field(default_factory=new_id)
     started: float = field(default_factory=time.perf_counter)
     deadline: float = 0.0
+    # By when the first reply must come (`perf_counter` time): `deadline` but for a stream.
+    start_deadline: float = float("inf")
     finished: bool = False
     # The body as published and when (a Responses stream's failure event echoes them).
     body: dict[str, Any] = field(default_factory=dict)
@@ -263,9 +265,12 @@ class Dispatch:
             ticket.settle(tokens=0, cost_usd=0.0)
             dispatch._closed = True  # nothing was opened
             return dispatch
-        timeout_s = gateway.settings.request_timeout_s
+        # A stream has `request_timeout_s` to start and `stream_timeout_s` in all: a long
+        # generation keeps streaming past the first.
+        timeout_s = gateway.settings.timeout_for(client.stream)
         ticket.attach(request_id, timeout_s)
         dispatch.deadline = dispatch.started + timeout_s
+        dispatch.start_deadline = dispatch.started + gateway.settings.request_timeout_s
         dispatch._queue = gateway.pending.open(dispatch.request_id, principal.tenant)
         gateway.in_flight += 1
         IN_FLIGHT.inc()
@@ -297,11 +302,12 @@ class Dispatch:
 
     # -- waiting -------------------------------------------------------------------------
 
-    async def _next(self) -> Reply:
-        """The next reply event; TimeoutError at the deadline; ClientDisconnected if the
-        client went away (after asking inference to stop, unless configured otherwise)."""
+    async def _next(self, deadline: float | None = None) -> Reply:
+        """The next reply event; TimeoutError at `deadline` (`perf_counter` time; the
+        request's own by default); ClientDisconnected if the client went away (after asking
+        inference to stop, unless configured otherwise)."""
         assert self._queue is not None
-        remaining = self.deadline - time.perf_counter()
+        remaining = (self.deadline if deadline is None else deadline) - time.perf_counter()
         if remaining <= 0:
             raise TimeoutError
         getter = asyncio.ensure_future(self._queue.get())
@@ -331,13 +337,17 @@ class Dispatch:
                 return
 
     async def first(self) -> Reply:
-        """The first reply: a chunk (streaming), the completion, or a failure (raised)."""
+        """The first reply: a chunk (streaming), the completion, or a failure (raised); a
+        504 when none came by `start_deadline`."""
         try:
-            reply = await self._next()
+            reply = await self._next(min(self.start_deadline, self.deadline))
         except TimeoutError:
             self.observe(504)
             if self.publish_unconfirmed:
                 raise self._unconfirmed_at_deadline() from None
+            if self.start_deadline < self.deadline:
+                # The request's own deadline is later (a stream's): inference would go on.
+                self._cancel_in_background()
             raise deadline_exceeded(self.request_id) from None
         if isinstance(reply, ChatFailed):
             self.observe(reply.data.error.status)
@@ -508,9 +518,13 @@ class Dispatch:
         action = self.gateway.settings.on_client_disconnect
         CANCELLED.labels(action).inc()
         if action == "cancel":
-            task = asyncio.ensure_future(self._publish_cancel())
-            self.gateway.background.add(task)
-            task.add_done_callback(self.gateway.background.discard)
+            self._cancel_in_background()
+
+    def _cancel_in_background(self) -> None:
+        """Ask inference to stop the request (best effort, not waited for)."""
+        task = asyncio.ensure_future(self._publish_cancel())
+        self.gateway.background.add(task)
+        task.add_done_callback(self.gateway.background.discard)
 
     def _unconfirmed_at_deadline(self) -> APIError:
         """The answer at the deadline to a request the bus never confirmed taking: 504

@@ -331,7 +331,7 @@ class IdempotencyMiddleware:
         print_ = fingerprint("POST", path, body)
         wait = headers.get(WAIT_HEADER, "true").strip().lower() not in ("false", "0", "no")
         wait_s = settings.idempotency_wait_s or settings.request_timeout_s
-        lease_s = settings.request_timeout_s + LEASE_MARGIN_S
+        lease_s = settings.longest_request_s + LEASE_MARGIN_S
         give_up_at = time.monotonic() + wait_s
         delay = 0.02
         waited = False
