@@ -67,7 +67,9 @@ async def test_a_stream_that_keeps_sending_runs_past_the_request_timeout(harness
     contents = [orjson.loads(line[6:])["choices"][0]["delta"]["content"] for line in lines[:-1]]
     assert contents == ["a", "b", "c", "d"]
     [request] = harness.requests
-    assert request.data.deadline - request.time == pytest.approx(timedelta(seconds=5), abs=timedelta(seconds=1))
+    assert request.data.deadline - request.time == pytest.approx(
+        timedelta(seconds=5), abs=timedelta(seconds=1)
+    )
 
 
 async def test_a_stream_that_never_starts_is_a_504_at_the_request_timeout(harness):
