@@ -43,6 +43,29 @@ def test_good_limits_are_normalised() -> None:
     assert Limits().empty and not limits.empty
 
 
+@pytest.mark.parametrize(
+    ("values", "echoed"),
+    [
+        ({"rpm_limit": -1}, "(got -1)"),
+        ({"max_budget_usd": -2}, "(got -2)"),
+        ({"max_budget_usd": -0.5}, "(got -0.5)"),
+        ({"tpm_limit": 10**12}, "(1000000000000)"),
+    ],
+)
+def test_a_refused_number_is_echoed_as_given(values: dict, echoed: str) -> None:
+    with pytest.raises(LimitError) as caught:
+        check_limit_values(values)
+    assert echoed in str(caught.value)
+
+
+@pytest.mark.parametrize("spelling", ["30D", " 30d ", "30d"])
+def test_budget_periods_are_read_in_any_case_as_none_is(spelling: str) -> None:
+    limits = check_limit_values({"max_budget_usd": 5, "budget_period": spelling})
+    assert limits.budget_period == "30d"
+    assert Limits(max_budget_usd=5, budget_period=spelling).budget_period == "30d"
+    assert check_limit_values({"max_budget_usd": 5, "budget_period": "NONE"}).budget_period is None
+
+
 def test_a_negative_zero_budget_is_stored_as_zero() -> None:
     # JSON's -0.0 passes the sign check; it is a budget of zero, shown as 0.0 ("-0.0" would
     # read as a typo, and a float's sign survives a round trip through storage).

@@ -97,3 +97,22 @@ def test_tokens_create_can_narrow_scopes_and_models(cli) -> None:
     assert "sid" not in claims
     bad = cli("tokens", "create", "--email", "dev@example.com", "--scopes", "root")
     assert bad.exit_code == 1 and "Unknown scope" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--scopes", ""),
+        ("--scopes", "chat,,models"),
+        ("--allowed-models", ""),
+        ("--allowed-models", "sim-small, "),
+    ],
+)
+def test_tokens_create_refuses_an_empty_list_or_entry(cli, option, value) -> None:
+    """An empty list would issue a token that can do nothing, and a dropped entry one other
+    than asked for: one line, exit 1, no token."""
+    cli("users", "create", "--email", "dev@example.com", "--no-password")
+    refused = cli("tokens", "create", "--email", "dev@example.com", option, value)
+    assert refused.exit_code == 1, refused.output
+    assert refused.stdout == ""
+    assert len(refused.output.strip().splitlines()) == 1 and option in refused.output

@@ -94,6 +94,28 @@ async def test_bad_limits_are_400_naming_the_field(auth_app, acme, body, param) 
     assert error["param"] is not None and error["param"].endswith(param), error
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "echoed"),
+    [
+        ("/v1/api-keys", {"name": "k", "rpm_limit": -1}, "(got -1)"),
+        ("/v1/api-keys", {"name": "k", "max_budget_usd": -3}, "(got -3)"),
+        ("/v1/admin/teams", {"name": "t", "tpm_limit": -7}, "(got -7)"),
+        ("/v1/admin/teams", {"name": "t", "max_parallel_requests": 2.5}, "(got 2.5)"),
+    ],
+)
+async def test_a_refused_limit_is_echoed_as_sent(auth_app, acme, path, body, echoed) -> None:
+    """A whole number is not shown as a float: the message quotes what the caller sent."""
+    response = await auth_app.client.post(path, json=body, headers=acme["admin_headers"])
+    error = assert_error(response, 400)
+    assert echoed in error["message"], error
+
+
+async def test_a_budget_period_is_read_in_any_case(auth_app, acme) -> None:
+    """As "NONE" always was; it is stored as the lower-case period."""
+    team = await make_team(auth_app, acme, max_budget_usd=5, budget_period="30D")
+    assert team["limits"]["budget_period"] == "30d", team
+
+
 async def test_a_teams_name_cannot_be_removed_and_a_null_is_not_ignored(auth_app, acme) -> None:
     team = await make_team(auth_app, acme)
     response = await auth_app.client.patch(
@@ -302,8 +324,29 @@ def test_a_tenant_limit_below_its_users_or_keys_is_refused_naming_the_field(cli)
         ("teams", "create", "--tenant", "no spaces", "--name", "zz"),
         ("tenants", "update", "--tenant", "", "--rpm-limit", "5"),
         ("keys", "create", "--email", "u@acme.test", "--expires-in-days", "100000000"),
+        # An empty list option would make a credential or team that can call nothing, and
+        # an empty entry would be dropped silently; the API refuses both.
+        ("keys", "create", "--email", "u@acme.test", "--allowed-models", ""),
+        ("keys", "create", "--email", "u@acme.test", "--allowed-models", "a,,b"),
+        ("keys", "create", "--email", "u@acme.test", "--allowed-models", "a, "),
+        ("keys", "create", "--email", "u@acme.test", "--scopes", ""),
+        ("keys", "create", "--email", "u@acme.test", "--scopes", "chat,"),
+        ("teams", "create", "--tenant", "acme", "--name", "zz", "--allowed-models", ""),
+        ("teams", "create", "--tenant", "acme", "--name", "zz", "--allowed-models", " , "),
     ],
-    ids=["empty-tenant", "bad-tenant", "tenant-update", "expiry"],
+    ids=[
+        "empty-tenant",
+        "bad-tenant",
+        "tenant-update",
+        "expiry",
+        "key-models-empty",
+        "key-models-empty-entry",
+        "key-models-trailing-blank",
+        "key-scopes-empty",
+        "key-scopes-trailing-comma",
+        "team-models-empty",
+        "team-models-blank-entries",
+    ],
 )
 def test_bad_cli_input_is_one_line_and_writes_nothing(cli, args) -> None:
     assert cli("users", "create", "--email", "u@acme.test", "--tenant", "acme", "--no-password")
@@ -314,6 +357,70 @@ def test_bad_cli_input_is_one_line_and_writes_nothing(cli, args) -> None:
     assert len(refused.output.strip().splitlines()) == 1, refused.output
     assert cli("teams", "list").stdout.strip() == ""
     assert cli("keys", "list", "--json").stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "field"),
+    [
+        ("keys", ("--rpm-limit", "5", "--clear", "rpm_limit"), "rpm_limit"),
+        ("keys", ("--clear", "tpm_limit", "--tpm-limit", "5"), "tpm_limit"),
+        ("keys", ("--max-budget-usd", "5", "--clear", "max_budget_usd"), "max_budget_usd"),
+        ("keys", ("--budget-period", "1d", "--clear", "max_budget_usd"), "budget_period"),
+        ("teams", ("--max-parallel", "2", "--clear", "max_parallel_requests"), "max_parallel"),
+        (
+            "teams",
+            ("--max-budget-usd", "5", "--budget-period", "1d", "--clear", "budget_period"),
+            "budget_period",
+        ),
+        ("teams", ("--cache-ttl", "60", "--clear", "cache_ttl_s"), "cache_ttl_s"),
+        ("users", ("--rpm-limit", "5", "--clear", "rpm_limit"), "rpm_limit"),
+        ("tenants", ("--rpm-limit", "5", "--clear", "rpm_limit"), "rpm_limit"),
+    ],
+)
+def test_setting_and_clearing_a_field_in_one_call_is_refused(cli, command, args, field) -> None:
+    """Applying either half would silently drop the other: exit 1, one line naming the
+    field, nothing changed."""
+    assert cli("users", "create", "--email", "u@acme.test", "--tenant", "acme", "--no-password")
+    created = cli(
+        "teams", "create", "--tenant", "acme", "--name", "ml", "--rpm-limit", "9", "--json"
+    )
+    key = cli("keys", "create", "--email", "u@acme.test", "--rpm-limit", "9", "--json")
+    assert created.exit_code == 0 and key.exit_code == 0, created.output + key.output
+    target = {
+        "keys": (json.loads(key.stdout)["key_id"],),
+        "teams": (json.loads(created.stdout)["id"],),
+        "users": ("--email", "u@acme.test"),
+        "tenants": ("--tenant", "acme"),
+    }[command]
+
+    refused = cli(command, "update", *target, *args)
+
+    assert refused.exit_code == 1, refused.output
+    assert len(refused.output.strip().splitlines()) == 1, refused.output
+    assert field in refused.output, refused.output
+    (team,) = [json.loads(line) for line in cli("teams", "list", "--json").stdout.splitlines()]
+    assert team["rpm_limit"] == 9 and team["cache_ttl_s"] is None
+    shown = json.loads(cli("tenants", "show", "--tenant", "acme").stdout)
+    assert shown["rpm_limit"] is None
+
+
+def test_budget_periods_are_read_in_any_case(cli) -> None:
+    """As "none" always was: "30D" is the 30-day period, stored as `30d`."""
+    created = cli(
+        "teams",
+        "create",
+        "--tenant",
+        "acme",
+        "--name",
+        "ml",
+        "--max-budget-usd",
+        "5",
+        "--budget-period",
+        " 30D ",
+        "--json",
+    )
+    assert created.exit_code == 0, created.output
+    assert json.loads(created.stdout)["budget_period"] == "30d"
 
 
 # Not among the cache opt-in tests: every test there runs the auth app (`acme`), whose

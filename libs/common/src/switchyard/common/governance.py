@@ -47,6 +47,19 @@ LIMIT_FIELDS = (
 NUMERIC_LIMIT_FIELDS = ("max_budget_usd", "rpm_limit", "tpm_limit", "max_parallel_requests")
 
 
+def normalise_period(value: Any) -> Any:
+    """A budget period as stored: `1d`, `7d` or `30d` in any case and with surrounding
+    spaces read as such, and none or null (any case) or blank as None; anything else
+    unchanged, for the caller to refuse."""
+    if not isinstance(value, str):
+        return value
+    # Every spelling is read in any case, not just "none": "30D" is as clearly meant as "NONE".
+    folded = value.strip().lower()
+    if folded in ("", "none", "null"):
+        return None
+    return folded if folded in BUDGET_PERIODS else value
+
+
 class LimitError(ValueError):
     """An invalid limit; `param` names the field, the message is safe to show."""
 
@@ -96,9 +109,7 @@ class Limits(BaseModel):
     @field_validator("budget_period", mode="before")
     @classmethod
     def _period(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
-            return None
-        return value
+        return normalise_period(value)
 
     @model_validator(mode="after")
     def _period_needs_budget(self) -> Limits:
@@ -135,9 +146,7 @@ def check_limit_values(values: dict[str, Any]) -> Limits:
         }[name]
         if value > ceiling:
             raise LimitError(f"'{name}' is absurdly large ({value}); at most {ceiling:g}.", name)
-    period = values.get("budget_period")
-    if isinstance(period, str) and period.strip().lower() in ("", "none", "null"):
-        period = None
+    period = normalise_period(values.get("budget_period"))
     if period is not None and period not in BUDGET_PERIODS:
         raise LimitError(
             f"'budget_period' must be one of {', '.join(BUDGET_PERIODS)} or none (got {period!r}).",

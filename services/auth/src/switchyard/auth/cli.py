@@ -130,11 +130,18 @@ def _limit_options(
     ):
         if value is not None:
             patch[name] = value
+    given = dict(patch)
     for name in clear or ():
         if name not in _CLEARABLE:
             raise _fail(f"--clear takes one of {', '.join(_CLEARABLE)}, not {name!r}")
+        # Both in one call is a contradiction; applying either would silently drop the other.
+        if name in given:
+            raise _fail(f"--clear {name} contradicts the value given for it")
         patch[name] = None
         if name == "max_budget_usd":
+            # Clearing a budget clears its period, so a period given too is set and cleared.
+            if "budget_period" in given:
+                raise _fail("--clear max_budget_usd also clears budget_period, given a value")
             patch["budget_period"] = None
     return patch
 
@@ -157,10 +164,18 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-def _split(value: str | None) -> list[str] | None:
+def _split(value: str | None, option: str) -> list[str] | None:
+    """A comma-separated list option (None when not given). An empty value or entry is
+    refused, as the API refuses it: an empty list would make a credential that can call
+    nothing, and a dropped entry one other than the operator typed."""
     if value is None:
         return None
-    return [part.strip() for part in value.split(",") if part.strip()]
+    parts = [part.strip() for part in value.split(",")]
+    if parts == [""]:
+        raise _fail(f"{option} must not be empty (leave the option out for the default)")
+    if "" in parts:
+        raise _fail(f"{option} has an empty entry in {value!r}")
+    return parts
 
 
 def run_with_service(action: Callable[[AuthService], Awaitable[T]], *, signing: bool = False) -> T:
@@ -311,6 +326,8 @@ def create_key(
 ) -> None:
     """Create an API key for a user and print it (it is shown only once)."""
     limits = _limit_options(rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel)
+    scope_list = _split(scopes, "--scopes")
+    model_list = _split(allowed_models, "--allowed-models")
 
     async def create(service: AuthService) -> Any:
         user = await service.user_by_email(email)
@@ -323,8 +340,8 @@ def create_key(
             limits=limits,
             team_id=team_id,
             name=name,
-            scopes=_split(scopes),
-            allowed_models=_split(allowed_models),
+            scopes=scope_list,
+            allowed_models=model_list,
             expires_at=expiry_in_days(expires_in_days),
         )
 
@@ -430,14 +447,14 @@ def create_token(
     ] = None,
 ) -> None:
     """Print an access token for a user, as the password grant would issue."""
+    scope_list = _split(scopes, "--scopes")
+    model_list = _split(allowed_models, "--allowed-models")
 
     async def issue(service: AuthService) -> Any:
         user = await service.user_by_email(email)
         if user.disabled:
             raise AuthError(f"User {user.email} is disabled.")
-        return service.issue_access_token(
-            user, scopes=_split(scopes), allowed_models=_split(allowed_models)
-        )
+        return service.issue_access_token(user, scopes=scope_list, allowed_models=model_list)
 
     token = run_with_service(issue, signing=True)
     typer.echo(token.token)
@@ -509,10 +526,11 @@ def create_team(
 ) -> None:
     """Create a team with its budget and rate limits."""
     limits = _limit_options(rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel)
+    model_list = _split(allowed_models, "--allowed-models")
 
     async def create(service: AuthService) -> Any:
         return await Governance(service).create_team(
-            tenant=tenant, name=name, limits=limits, allowed_models=_split(allowed_models)
+            tenant=tenant, name=name, limits=limits, allowed_models=model_list
         )
 
     team = run_with_service(create)

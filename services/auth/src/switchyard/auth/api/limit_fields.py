@@ -4,18 +4,28 @@ opt-in of teams and keys, shared by the key and admin routers."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidatorFunctionWrapHandler, WrapValidator
 
 from switchyard.auth.governance import CACHE_FIELDS, limits_of
 from switchyard.auth.models import LimitColumns
 from switchyard.common.governance import LIMIT_FIELDS
 
+
+def _integer_as_sent(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A strict float field's value, but an integer kept one: the messages of
+    `check_limit_values` then echo -1 as sent, not as -1.0."""
+    checked = handler(value)
+    # `type(...) is int`: a boolean is refused by the handler above anyway.
+    return value if type(value) is int else checked
+
+
 # Any JSON number (integers included): the range checks of `check_limit_values` answer with
 # a 400 that names the field and says what is wrong (negative, absurd, unknown period).
-# Never a boolean or a numeric string: the models below are strict.
-Number = float | None
+# Never a boolean or a numeric string: the models below are strict. Not `int | float`: a
+# union's errors name its member (`rpm_limit.int`), not the field.
+Number = Annotated[float | None, WrapValidator(_integer_as_sent)]
 # Request models take each field in its own JSON type only: pydantic's lax mode would store
 # `true` as 1 and `"60"` as 60. Strict floats still take JSON integers.
 # Unknown fields are refused, not dropped: a caller who misnames one learns of it.
