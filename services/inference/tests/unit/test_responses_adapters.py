@@ -1429,3 +1429,121 @@ async def test_a_streamed_legacy_function_call_becomes_a_function_call_item(harn
 
     [call] = sdk_final_response(harness.stream_of(request.request_id)).output
     assert (call.name, call.arguments) == ("get_weather", '{"location": "Oslo"}')
+
+
+# ------------------------------------------- a translated answer cut off is incomplete
+
+
+def _anthropic_stream_stopped_by(stop_reason: str) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        anthropic(
+            "message_start",
+            message={
+                "id": "msg_cut",
+                "type": "message",
+                "role": "assistant",
+                "model": "upstream-claude",
+                "content": [],
+                "usage": {"input_tokens": 4, "output_tokens": 1},
+            },
+        ),
+        anthropic("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+        anthropic("content_block_delta", index=0, delta={"type": "text_delta", "text": "Cut sh"}),
+        anthropic("content_block_stop", index=0),
+        anthropic(
+            "message_delta",
+            delta={"stop_reason": stop_reason, "stop_sequence": None},
+            usage={"output_tokens": 16},
+        ),
+        anthropic("message_stop"),
+    ]
+
+
+def _cut_off_replies(model: str, reason: str, *, stream: bool) -> Scripted:
+    """The upstream's answer to `model`, stopped by `reason` (a Chat finish reason or an
+    Anthropic stop reason), in JSON or as a stream."""
+    if model == "gpt-chat":
+        if stream:
+            return Scripted(
+                events=[
+                    chat_chunk({"role": "assistant", "content": "Cut sh"}),
+                    chat_chunk({}, reason),
+                    chat_chunk(None, usage={"prompt_tokens": 3, "completion_tokens": 16}),
+                ]
+            )
+        return Scripted(json=_chat_reply({"role": "assistant", "content": "Cut sh"}, reason))
+    if stream:
+        return Scripted(events=_anthropic_stream_stopped_by(reason))
+    return Scripted(json={**anthropic_text_reply("Cut sh"), "stop_reason": reason})
+
+
+@pytest.mark.parametrize(
+    ("model", "reason", "incomplete_reason"),
+    [
+        ("gpt-chat", "length", "max_output_tokens"),
+        ("gpt-chat", "content_filter", "content_filter"),
+        ("claude", "max_tokens", "max_output_tokens"),
+        ("claude", "refusal", "content_filter"),
+        ("claude", "model_context_window_exceeded", "max_output_tokens"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_the_message_of_a_translated_response_cut_off_is_incomplete_too(
+    harness, recorder, model, reason, incomplete_reason, stream
+):
+    recorder.script(_cut_off_replies(model, reason, stream=stream))
+    request = responses_request(
+        model, {"input": "Tell a long story", "max_output_tokens": 16}, stream=stream
+    )
+
+    reply = await harness.handle(request)
+
+    response = reply.data.response
+    assert response["status"] == "incomplete"
+    assert response["incomplete_details"] == {"reason": incomplete_reason}
+    # As a Responses server says it: the message the answer was cut off in is incomplete.
+    assert [(item["type"], item["status"]) for item in response["output"]] == [
+        ("message", "incomplete")
+    ]
+    if stream:
+        events = harness.stream_of(request.request_id)
+        done = [e.data["item"] for e in events if e.event == "response.output_item.done"]
+        assert [item["status"] for item in done] == ["incomplete"]
+        last = events[-1]
+        assert last.event == "response.incomplete"
+        assert last.data["response"]["output"][0]["status"] == "incomplete"
+
+
+async def test_only_the_item_cut_off_is_incomplete(harness, recorder):
+    message = {
+        "role": "assistant",
+        "content": "Checking.",
+        "tool_calls": [
+            {
+                "id": "call_7",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"loc'},
+            }
+        ],
+    }
+    recorder.script(Scripted(json=_chat_reply(message, "length")))
+
+    reply = await harness.handle(responses_request("gpt-chat", {"input": "Weather?"}))
+
+    response = reply.data.response
+    assert response["status"] == "incomplete"
+    # The message was whole when the call began; the call is what the limit cut.
+    assert [(item["type"], item["status"]) for item in response["output"]][0] == (
+        "message",
+        "completed",
+    )
+
+
+async def test_a_translated_response_that_completes_has_a_completed_message(harness, recorder):
+    recorder.script(Scripted(json=anthropic_text_reply("Cold.")))
+
+    reply = await harness.handle(responses_request("claude", {"input": "Weather?"}))
+
+    response = reply.data.response
+    assert response["status"] == "completed"
+    assert [item["status"] for item in response["output"]] == ["completed"]

@@ -112,14 +112,22 @@ async def test_a_responses_request_without_input_is_refused_naming_input(
 @pytest.mark.parametrize(
     ("value", "code", "message"),
     [
+        # OpenAI's Responses API takes at least 16, and says so for every integer below
+        # it, 0 and negatives included; the translated limits have no such floor.
         (
             -1,
             "integer_below_min_value",
-            "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 1, "
+            "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, "
             "but got -1 instead.",
         ),
         (
-            15,  # OpenAI's Responses API takes at least 16; the translated limits have no floor
+            0,
+            "integer_below_min_value",
+            "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, "
+            "but got 0 instead.",
+        ),
+        (
+            15,
             "integer_below_min_value",
             "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16, "
             "but got 15 instead.",

@@ -28,6 +28,7 @@ knows the shapes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -175,6 +176,28 @@ class Adapter(Protocol):
 
 def _forwarded(headers: Mapping[str, str], names: tuple[str, ...]) -> dict[str, str]:
     return {name: headers[name] for name in names if name in headers}
+
+
+def check_forwarded_headers(headers: Mapping[str, str]) -> None:
+    """Raises the 400 naming the header (`param`) when one of a request's provider
+    `headers` (`FORWARDED_HEADERS`, whichever the deployment's adapter sends on) has a
+    value beyond printable ASCII. HTTP carries such a byte only as opaque `obs-text`,
+    which the client's framework decoded as Latin-1: openai's SDK refuses to send it and
+    anthropic's re-encodes it as UTF-8 (other bytes than the client's). Checked for every
+    header and every deployment alike, so the answer does not depend on which deployment
+    of the model is tried first; no beta or version name has a use for such a character."""
+    for name in sorted(headers):
+        if not _HEADER_VALUE.fullmatch(headers[name]):
+            raise invalid_request(
+                f"The '{name}' header's value has a character HTTP headers cannot carry: "
+                "only printable ASCII is allowed.",
+                param=name,
+            )
+
+
+# A header value the upstream receives byte for byte as the client sent it: visible
+# ASCII, spaces and tabs.
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 def anthropic_betas(headers: Mapping[str, str]) -> frozenset[str]:

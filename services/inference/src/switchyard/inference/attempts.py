@@ -30,7 +30,7 @@ import structlog
 from switchyard.common.events import TerminalStatus, TokenUsage
 from switchyard.common.routing import Deployment, RoutingError, RoutingTable
 from switchyard.inference import metrics
-from switchyard.inference.adapters import Adapter, Adapters, UpstreamCall
+from switchyard.inference.adapters import Adapter, Adapters, UpstreamCall, check_forwarded_headers
 from switchyard.inference.calls import UpstreamCalls
 from switchyard.inference.errors import ProviderError
 from switchyard.inference.genai import observe_call
@@ -143,6 +143,7 @@ class Attempts:
     ) -> tuple[Adapter, UpstreamCall] | ProviderError:
         data = run.request.data
         try:
+            check_forwarded_headers(data.headers)
             adapter = self._adapters.adapter_for(data.api, deployment, run.request)
             call = adapter.request(data.body, data.headers, deployment, data.stream)
         except ProviderError as error:

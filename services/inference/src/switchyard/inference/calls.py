@@ -44,7 +44,25 @@ class UpstreamCalls:
         `run`, within the deployment's timeout and the request's deadline, counting it in
         `run`. Returns the client's reply (for a stream, what its events assemble to) and
         the tokens the upstream reported. Raises ProviderError: the upstream's error, a
-        timeout, or a reply of the wrong shape (502 `upstream_invalid_reply`)."""
+        timeout, or a reply of the wrong shape (502 `upstream_invalid_reply`), with the
+        deployment's credentials redacted from all its text."""
+        try:
+            return await self._call(run, deployment, upstream, adapter, call)
+        except ProviderError as error:
+            # Whichever part made it (the upstream client, or an adapter reading a failed
+            # Responses reply), an upstream's error holds its own text in message, type,
+            # code and param, and goes to the client, history, logs and metrics.
+            error.redact(deployment.secrets())
+            raise
+
+    async def _call(
+        self,
+        run: RequestRun,
+        deployment: Deployment,
+        upstream: Upstream,
+        adapter: Adapter,
+        call: UpstreamCall,
+    ) -> tuple[dict[str, Any], TokenUsage]:
         data = run.request.data
         timeout_s = min(deployment.timeout_s, max(0.001, seconds_until(data.deadline)))
         run.deployment = deployment

@@ -11,7 +11,11 @@ for 429...), both from `switchyard.common.errorformat`, the one table every serv
 answers with.
 
 `redact` removes credentials from text an upstream wrote, before it is relayed to a
-client or recorded (an upstream that echoes its request headers must not leak a key).
+client or recorded (an upstream that echoes its request headers must not leak a key);
+`ProviderError.redact` applies it to every string of an error an upstream wrote (its
+message, type, code and param). `metric_code` names a failure in metric labels and logs
+from a bounded set: an upstream's code outside it is `other`, so an upstream can neither
+create a new time series per answer nor put a secret into a label.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ class ProviderError(Exception):
     - `kind`: Switchyard's name for an upstream failure whose code is None
       (`upstream_error`, `upstream_rate_limited`...), for metrics and logs only
       (`metric_code`).
+
+    An upstream's `type`, `code` and `param` are its own text, as untrusted as its
+    message: `redact` removes credentials from all of them before the error is relayed,
+    recorded or logged.
     """
 
     def __init__(
@@ -75,8 +83,32 @@ class ProviderError(Exception):
     @property
     def metric_code(self) -> str:
         """The failure's label in metrics and logs: its code, else its kind, else
-        `error`."""
-        return self.code or self.kind or "error"
+        `error`. An upstream's code (`vendor` set) is used only when it is one of
+        `KNOWN_UPSTREAM_CODES`, else `other`: the label's values stay a bounded set, and
+        never hold what an upstream echoed (a key)."""
+        if self.code is None:
+            return self.kind or "error"
+        if self.vendor is None or self.code in KNOWN_UPSTREAM_CODES:
+            return self.code
+        return "other"
+
+    @property
+    def code_label(self) -> str:
+        """The client's code as a metric label: `metric_code` for an error with a code,
+        empty without one."""
+        return "" if self.code is None else self.metric_code
+
+    def redact(self, secrets: Iterable[str]) -> ProviderError:
+        """The error with `redact` applied to every string an upstream may have written
+        (message, type, code, param), `secrets` being the deployment's credentials; the
+        error itself, changed in place."""
+        secrets = tuple(secrets)
+        self.message = redact(self.message, secrets)
+        self.args = (self.message,)
+        self.type = _redacted(self.type, secrets)
+        self.code = _redacted(self.code, secrets)
+        self.param = _redacted(self.param, secrets)
+        return self
 
     @property
     def is_timeout(self) -> bool:
@@ -106,6 +138,68 @@ class ProviderError(Exception):
             retry_after_s=self.retry_after,
             should_retry=self.should_retry,
         )
+
+
+# The error codes OpenAI's and Anthropic's APIs document (and Google's canonical statuses,
+# which Vertex AI answers with where a code belongs): the only upstream codes metric
+# labels and logs name; any other is `other`.
+KNOWN_UPSTREAM_CODES = frozenset(
+    {
+        "rate_limit_exceeded",
+        "insufficient_quota",
+        "context_length_exceeded",
+        "invalid_prompt",
+        "invalid_api_key",
+        "invalid_request_error",
+        "invalid_value",
+        "invalid_type",
+        "invalid_image",
+        "invalid_image_format",
+        "invalid_base64_image",
+        "invalid_image_url",
+        "image_too_large",
+        "image_too_small",
+        "image_parse_error",
+        "image_content_policy_violation",
+        "image_file_too_large",
+        "unsupported_image_media_type",
+        "empty_image_file",
+        "failed_to_download_image",
+        "image_file_not_found",
+        "invalid_image_mode",
+        "unsupported_parameter",
+        "unsupported_value",
+        "missing_required_parameter",
+        "model_not_found",
+        "content_policy_violation",
+        "content_filter",
+        "server_error",
+        "vector_store_timeout",
+        "string_above_max_length",
+        "array_above_max_length",
+        "integer_above_max_value",
+        "integer_below_min_value",
+        "decimal_above_max_value",
+        "decimal_below_min_value",
+        # Google's canonical status names.
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    }
+)
 
 
 def invalid_request(
@@ -143,3 +237,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def _redacted(text: str | None, secrets: Iterable[str]) -> str | None:
+    return None if text is None else redact(text, secrets)

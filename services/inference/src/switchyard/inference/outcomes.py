@@ -238,7 +238,7 @@ class OutcomeEvents:
         model = request.data.model
         metrics.REQUESTS.labels(model, outcome.status.value).inc()
         if outcome.error is not None:
-            metrics.ERRORS.labels(model, str(outcome.error.status), outcome.error.code or "").inc()
+            metrics.ERRORS.labels(model, str(outcome.error.status), outcome.error.code_label).inc()
         deployment = outcome.deployment
         usage = outcome.usage
         if deployment is not None and usage.total_tokens:

@@ -278,11 +278,13 @@ MIN_MAX_OUTPUT_TOKENS = 16
 
 def max_output_tokens(body: dict[str, Any]) -> int | None:
     """The client's `max_output_tokens` if set; TranslationError in OpenAI's words unless
-    it is an integer of at least `MIN_MAX_OUTPUT_TOKENS`."""
-    value = positive_integer(body, "max_output_tokens")
-    if value is not None and value < MIN_MAX_OUTPUT_TOKENS:
+    it is an integer of at least `MIN_MAX_OUTPUT_TOKENS`. An integer below it (0 and
+    negatives included) gets the one refusal OpenAI gives every value under its floor,
+    not the generic one for a value that is not positive."""
+    value = body.get("max_output_tokens")
+    if isinstance(value, int) and not isinstance(value, bool) and value < MIN_MAX_OUTPUT_TOKENS:
         raise below_minimum("max_output_tokens", MIN_MAX_OUTPUT_TOKENS, value)
-    return value
+    return positive_integer(body, "max_output_tokens")
 
 
 def _common_checks(body: dict[str, Any]) -> None:
@@ -1067,6 +1069,15 @@ _INCOMPLETE_BY_STOP = {
 }
 
 
+def _cut_off(output: list[dict[str, Any]], reason: str | None) -> list[dict[str, Any]]:
+    """`output` with its last item, when it is a message, `incomplete` if the response is
+    (`reason` set): that message is the one the limit or the filter cut off, as OpenAI
+    marks it. Earlier items were whole when the next one began."""
+    if reason is not None and output and output[-1]["type"] == "message":
+        output[-1]["status"] = "incomplete"
+    return output
+
+
 def _finished(
     ctx: ResponseContext,
     output: list[dict[str, Any]],
@@ -1144,7 +1155,7 @@ def chat_completion_to_response(
             )
         )
     reason = _INCOMPLETE_BY_FINISH.get(choice.get("finish_reason") or "")
-    return _finished(ctx, output, usage, reason, served_tier(completion))
+    return _finished(ctx, _cut_off(output, reason), usage, reason, served_tier(completion))
 
 
 def message_to_response(
@@ -1184,7 +1195,7 @@ def message_to_response(
                 )
             )
     reason = _INCOMPLETE_BY_STOP.get(message.get("stop_reason") or "")
-    return _finished(ctx, output, usage, reason, served_tier(message))
+    return _finished(ctx, _cut_off(output, reason), usage, reason, served_tier(message))
 
 
 # =========================================================================== streams
@@ -1417,15 +1428,19 @@ class ResponseEventWriter:
 
     # ---- closing
 
-    def close(self, key: Any) -> list[dict[str, Any]]:
-        """The events that finish output item `key` (nothing if it is not open)."""
+    def close(self, key: Any, *, cut_off: bool = False) -> list[dict[str, Any]]:
+        """The events that finish output item `key` (nothing if it is not open); with
+        `cut_off`, a message item is `incomplete` (the response ends incomplete while it
+        is open: it is the one cut off)."""
         state = self._items.pop(key, None)
         if state is None:
             return []
         events: list[dict[str, Any]] = []
         if state.kind == "message":
             events += self._close_part(state)
-            item = _message_item(state.item_id, state.parts, "completed")
+            item = _message_item(
+                state.item_id, state.parts, "incomplete" if cut_off else "completed"
+            )
         elif state.kind == "function_call":
             arguments = "".join(state.text)
             events.append(
@@ -1466,7 +1481,7 @@ class ResponseEventWriter:
         self._finished = True
         events = self.start()
         for key in sorted(self._items, key=lambda k: self._items[k].index):
-            events += self.close(key)
+            events += self.close(key, cut_off=reason is not None)
         response = _finished(self.ctx, self.output, usage, reason, self.service_tier)
         kind = "response.incomplete" if reason is not None else "response.completed"
         events.append(self._event(kind, response=response))

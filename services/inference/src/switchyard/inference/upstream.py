@@ -44,6 +44,7 @@ import aiohttp
 import httpx2
 import openai
 import orjson
+import structlog
 import yarl
 from aiohttp.http_exceptions import ContentEncodingError
 from httpx_sse import EventSource, SSEError
@@ -55,6 +56,8 @@ from switchyard.inference.errors import ProviderError, redact
 
 if TYPE_CHECKING:
     import anthropic
+
+log = structlog.get_logger("switchyard.inference.upstream")
 
 Protocol_ = Literal["openai", "anthropic"]
 
@@ -191,6 +194,12 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _redacted_str(value: Any, secrets: tuple[str, ...]) -> str | None:
+    """`value` when it is a non-empty string, with credentials redacted; else None."""
+    text = _str(value)
+    return None if text is None else redact(text, secrets)
+
+
 def unreachable(deployment: str) -> ProviderError:
     """The 502 `upstream_unreachable` of a call to `deployment` (its name) whose
     connection failed: retryable."""
@@ -303,15 +312,15 @@ def status_error(
     (`APIStatusError.body`: JSON parsed, else text; see `sdk_error_body`), `sdk_message`
     being the message the SDK's exception carries (used when the body has none). The
     upstream's own type, code and param are kept for the statuses the client can act on;
-    credentials in the message are redacted."""
+    credentials in all four (not only the message: an upstream may echo its key in any
+    of them) are redacted."""
     name = deployment.name
     error = _error_object(body)
-    message = redact(
-        _str(error.get("message")) or sdk_message or f"HTTP {status}", _secrets(deployment)
-    )
-    upstream_type = _str(error.get("type"))
-    code = _str(error.get("code"))
-    param = _str(error.get("param"))
+    secrets = _secrets(deployment)
+    message = redact(_str(error.get("message")) or sdk_message or f"HTTP {status}", secrets)
+    upstream_type = _redacted_str(error.get("type"), secrets)
+    code = _redacted_str(error.get("code"), secrets)
+    param = _redacted_str(error.get("param"), secrets)
     wait = retry_after(headers)
     retry = should_retry(headers)
     if 300 <= status < 400:
@@ -437,15 +446,19 @@ def stream_error(deployment: Deployment, protocol: Protocol_, error: Any) -> Pro
         status = 401
     if kind in ("server_error", "api_error"):
         status = 500
-    message = redact(_str(error.get("message")) or "The stream failed.", _secrets(deployment))
     retryable = status >= 500 or status == 429
+    # Every string the upstream wrote is redacted, not only the message: it may echo its
+    # key in any of them. Its type and code are read unredacted above (a key never maps
+    # to a status).
+    secrets = _secrets(deployment)
+    message = redact(_str(error.get("message")) or "The stream failed.", secrets)
     return ProviderError(
         status,
-        kind,
+        _redacted_str(kind, secrets),
         message,
-        code=code,
+        code=_redacted_str(code, secrets),
         kind="upstream_stream_error",
-        param=_str(error.get("param")),
+        param=_redacted_str(error.get("param"), secrets),
         vendor=protocol,
         retryable=retryable,
         unhealthy=status >= 500,
@@ -960,8 +973,9 @@ class SDKUpstream:
 
     def _failure(self, exc: BaseException) -> BaseException:
         """The exception to raise for `exc` out of a call: SDK and transport failures
-        are mapped; TypeError/ValueError are the SDK refusing the arguments; anything
-        else is a bug and stays itself."""
+        are mapped; TypeError/ValueError are the SDK refusing the arguments (a 400 whose
+        message never holds the exception's text, which is Python's, not the client's
+        API's, and may quote what was sent); anything else is a bug and stays itself."""
         if isinstance(exc, ProviderError):
             return exc
         if isinstance(exc, TimeoutError):
@@ -977,7 +991,17 @@ class SDKUpstream:
         if isinstance(exc, SSEError):
             return invalid_reply(self.name)
         if isinstance(exc, TypeError | ValueError):
-            return ProviderError(400, None, f"Invalid request: {exc}", code="invalid_request")
+            log.warning(
+                "upstream client refused the request",
+                deployment=self.name,
+                error=redact(repr(exc), _secrets(self.deployment))[:300],
+            )
+            return ProviderError(
+                400,
+                None,
+                "Invalid request: it holds a value this model's upstream API cannot be sent.",
+                code="invalid_request",
+            )
         return exc
 
     async def _post(
