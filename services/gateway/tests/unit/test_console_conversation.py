@@ -1,11 +1,18 @@
 """How the request log turns stored bodies and replies of every client API into text:
 OpenAI Chat Completions (tool calls, tool results, content parts), Anthropic Messages
-(system blocks, thinking, tool_use and tool_result blocks, images), embeddings."""
+(system blocks, thinking, tool_use and tool_result blocks, images), embeddings; and that
+a body or reply of any other shape renders too, as its JSON text."""
 
 from __future__ import annotations
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from switchyard.gateway.console.conversation import (
+    Turn,
     declared_tools,
+    finish_reasons,
     parameters,
     request_turns,
     response_turns,
@@ -106,3 +113,191 @@ def test_replies_of_chat_completions_and_embeddings_and_unknown_blocks():
     odd = request_turns({"messages": [{"role": "user", "content": [{"type": "video", "x": 1}]}]})
     assert odd[0].parts[0].kind == "other" and '"video"' in odd[0].parts[0].text
     assert request_turns(None) == [] and response_turns(None) == []
+
+
+# ---------------------------------------------------------------- bodies of odd shapes
+
+ODD_VALUES = [5, 1.5, True, None, "x", [], {}, [5], ["x"], {"a": 1}, [{"function": "x"}]]
+
+
+def rendered(body, reply=None) -> None:
+    """Everything the request page reads from a body and a reply, as the page does."""
+    for turn in [*request_turns(body), *response_turns(reply)]:
+        assert isinstance(turn.role, str)
+        for part in turn.parts:
+            assert isinstance(part.text, str)
+    assert all(isinstance(name, str) for name in declared_tools(body))
+    assert isinstance(parameters(body), dict)
+    assert all(isinstance(reason, str) for reason in finish_reasons(reply))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": [{"role": "assistant", "tool_calls": 5}]},
+        {"messages": [{"role": "assistant", "tool_calls": [{"function": "x"}]}]},
+        {"messages": [{"role": "assistant", "tool_calls": ["x", 5, {"id": "c"}]}]},
+        {"messages": [{"role": "assistant", "function_call": "x"}]},
+        {"messages": [{"role": {"nested": True}, "content": 5}]},
+        {"messages": 5},
+        {"messages": {"role": "user"}},
+        {"tools": 5},
+        {"tools": "x"},
+        {"tools": [5, {"function": "x"}, {"name": 5}]},
+        {"messages": [{"role": "user", "content": [{"type": "document", "source": "abc"}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "document", "source": 5}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "image", "source": "abc"}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "image", "source": 5}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": [1]}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": {"a": 1}}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "tool_result", "content": 5}]}]},
+        {"system": 5, "input": {"a": 1}},
+        [1, 2],
+        "a string body",
+    ],
+)
+def test_a_body_of_an_unexpected_shape_renders_as_json_text(body):
+    rendered(body)
+
+
+def test_unknown_shapes_are_shown_as_their_json_text():
+    turns = request_turns({"messages": [{"role": "assistant", "tool_calls": 5}]})
+    assert [(part.kind, part.text) for part in turns[0].parts] == [("other", "5")]
+    bad_call = request_turns(
+        {"messages": [{"role": "assistant", "tool_calls": [{"function": "x"}]}]}
+    )
+    assert bad_call[0].parts[0].kind == "other" and '"function": "x"' in bad_call[0].parts[0].text
+    document = request_turns(
+        {"messages": [{"role": "user", "content": [{"type": "document", "source": "abc"}]}]}
+    )
+    assert document[0].parts[0].text == "document: abc"
+    assert declared_tools({"tools": 5}) == ["5"]
+    assert response_turns({"type": "message"}) == [Turn("assistant", [])]
+    assert kinds(response_turns({"choices": [5]})) == [("unknown", ["other"])]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"choices": 5},
+        {"choices": [5, {"message": 5}, {"message": {"tool_calls": 5}}]},
+        {"type": "message"},
+        {"type": "message", "content": 5, "role": 5},
+        {"content": [{"type": "document", "source": "abc"}]},
+        {"data": 5},
+        [1],
+    ],
+)
+def test_a_reply_of_an_unexpected_shape_renders(reply):
+    rendered({}, reply)
+
+
+# Any JSON value: what a stored body or reply may hold, at any depth.
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "type",
+                    "role",
+                    "content",
+                    "text",
+                    "thinking",
+                    "source",
+                    "image_url",
+                    "url",
+                    "media_type",
+                    "title",
+                    "input",
+                    "name",
+                    "id",
+                    "tool_calls",
+                    "function",
+                    "arguments",
+                    "function_call",
+                    "refusal",
+                    "tool_call_id",
+                    "tool_use_id",
+                    "messages",
+                    "system",
+                    "tools",
+                    "choices",
+                    "message",
+                    "data",
+                ]
+            )
+            | st.text(max_size=4),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=30,
+)
+BLOCK_TYPES = st.sampled_from(
+    [
+        "text",
+        "input_text",
+        "output_text",
+        "thinking",
+        "redacted_thinking",
+        "image_url",
+        "image",
+        "input_image",
+        "document",
+        "tool_use",
+        "server_tool_use",
+        "tool_result",
+        "message",
+    ]
+)
+# A content block of a known type with fields of any shape.
+BLOCK = st.builds(
+    lambda kind, rest: {**rest, "type": kind},
+    BLOCK_TYPES,
+    st.dictionaries(
+        st.sampled_from(["text", "thinking", "source", "image_url", "title", "input", "content"]),
+        JSON,
+        max_size=3,
+    ),
+)
+MESSAGE = st.dictionaries(
+    st.sampled_from(["role", "content", "tool_calls", "function_call", "refusal"]),
+    JSON | st.lists(BLOCK, max_size=3),
+    max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.dictionaries(
+        st.sampled_from(["messages", "system", "tools", "input", "temperature"]),
+        JSON | st.lists(MESSAGE | JSON, max_size=3) | st.lists(BLOCK, max_size=3),
+        max_size=4,
+    )
+    | JSON,
+    reply=st.dictionaries(
+        st.sampled_from(["type", "role", "content", "choices", "data"]),
+        JSON | st.lists(st.fixed_dictionaries({"message": MESSAGE}) | JSON, max_size=3),
+        max_size=4,
+    )
+    | JSON,
+)
+def test_any_json_body_and_reply_render(body, reply):
+    rendered(body, reply)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ({"choices": [{"finish_reason": "stop"}, {"finish_reason": "length"}]}, ["stop", "length"]),
+        ({"stop_reason": "end_turn"}, ["end_turn"]),
+        ({"choices": 5}, []),
+        ({"choices": [5, {"finish_reason": {"x": 1}}]}, ['{\n  "x": 1\n}']),
+        ({"stop_reason": 7}, ["7"]),
+        ("a reply that is text", []),
+    ],
+)
+def test_finish_reasons_of_any_reply(reply, expected):
+    assert finish_reasons(reply) == expected

@@ -78,6 +78,7 @@ def test_bad_options_exit_1_with_one_line(cli):
     for args in (
         ("report", "--since", "last tuesday"),
         ("report", "--group-by", "week"),
+        ("report", "--group-by", "day,,model"),
         ("report", "--format", "xml"),
     ):
         result = cli(usage_app, *args)
@@ -117,6 +118,24 @@ def test_tenant_settings_set_and_show(cli, database_url):
     )
     assert (rotated["store_content"], rotated["retention_days"]) == (True, None)
     assert rotated["webhook_secret"] != shown["webhook_secret"]
+
+
+def test_contradictory_retention_options_exit_1_and_change_nothing(cli, database_url):
+    cli(tenant_settings_app, "set", "--tenant", "acme", "--retention-days", "30")
+    result = cli(
+        tenant_settings_app,
+        "set",
+        "--tenant",
+        "acme",
+        "--default-retention",
+        "--retention-days",
+        "5",
+    )
+    shown = json.loads(cli(tenant_settings_app, "show", "--tenant", "acme").output)
+
+    assert result.exit_code == 1
+    assert result.output.startswith("error:") and "--retention-days" in result.output
+    assert shown["retention_days"] == 30
 
 
 def test_unreachable_database_is_one_line(monkeypatch):

@@ -288,6 +288,10 @@ async def test_usage_csv_cells_cannot_become_spreadsheet_formulas(service, recor
         ({"group_by": "day,hour"}, "group_by"),
         ({"group_by": "model,model"}, "group_by"),
         ({"group_by": "tenant"}, "group_by"),
+        # An empty name is a stray comma: not "no grouping" while an empty value is "by day".
+        ({"group_by": ",,"}, "group_by"),
+        ({"group_by": "day,"}, "group_by"),
+        ({"group_by": "model, ,user"}, "group_by"),
         ({"since": "soon"}, "since"),
         ({"since": "2025-03-02", "until": "2025-03-01"}, "until"),
         ({"group_by": "hour", "since": "365d"}, "since"),
@@ -376,6 +380,8 @@ async def test_failed_outcomes_are_counted_as_errors(service, recorder, events):
         ({"store_bodies": False}, "store_bodies"),  # a typo, never silently ignored
         ({"tenant": "other"}, "tenant"),
         ({"retention_days": "7"}, "retention_days"),  # a string, never converted
+        # Contradictory: neither is dropped silently.
+        ({"clear_retention": True, "retention_days": 5}, "clear_retention"),
     ],
 )
 async def test_settings_changes_the_body_does_not_have_are_refused_naming_them(
@@ -387,3 +393,10 @@ async def test_settings_changes_the_body_does_not_have_are_refused_naming_them(
     assert changed.status_code == 400
     assert changed.json()["error"]["param"] == param
     assert (await service.client.get("/v1/history/settings", headers=admin)).json() == before
+
+
+async def test_an_empty_group_by_is_the_default_grouping_by_day(service):
+    for params in ({}, {"group_by": ""}):
+        response = await service.client.get("/v1/usage", params=params, headers=service.headers())
+        assert response.status_code == 200, response.text
+        assert response.json()["group_by"] == ["day"]

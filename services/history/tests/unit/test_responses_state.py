@@ -332,6 +332,64 @@ async def test_a_response_cancelled_before_history_saw_it_stays_cancelled(servic
     assert (await get(service, f"/v1/responses/{rid(queued)}"))["status"] == "cancelled"
 
 
+def restamped(value: str, stamp: str) -> str:
+    """`value` (a response id) with other leading hex digits: its creation time."""
+    return value[: len("resp_")] + stamp + value[len("resp_") + len(stamp) :]
+
+
+async def test_only_the_exact_id_a_response_was_given_finds_it(service):
+    request = requested({"input": "mine"})
+    await answered(service, request)
+    real = rid(request)
+    one_second_off = response_id(request.request_id, request.time + timedelta(seconds=1))
+    for forged in (restamped(real, "ffffffff"), restamped(real, "00000000"), one_second_off):
+        assert forged != real
+        for path in ("", "/input_items", "/conversation"):
+            error = (await get(service, f"/v1/responses/{forged}{path}", 404))["error"]
+            assert error["code"] == "response_not_found", (forged, path)
+            assert forged in error["message"] and real not in error["message"]
+        deleted = await service.client.delete(f"/v1/responses/{forged}", headers=service.headers())
+        assert deleted.status_code == 404, deleted.text
+        cancelled = await service.client.post(
+            f"/v1/responses/{forged}/cancel", headers=service.headers()
+        )
+        assert cancelled.status_code == 404, cancelled.text
+    # The real one is untouched, and found under its own id only.
+    assert (await get(service, f"/v1/responses/{real}"))["id"] == real
+    assert len(await items(service, [f"msg_out_{request.request_id}"])) == 1
+
+
+async def test_a_forged_id_cancels_no_background_response(service):
+    queued = requested({"input": "long task", "background": True}, background=True)
+    await service.publish(queued)
+    await service.wait_for(queued.request_id, "pending")
+    forged = restamped(rid(queued), "ffffffff")
+
+    for query in ("", "?accepted=true"):
+        refused = await service.client.post(
+            f"/v1/responses/{forged}/cancel{query}", headers=service.headers()
+        )
+        assert refused.status_code == 404, refused.text
+        assert refused.json()["error"]["code"] == "response_not_found"
+    assert (await get(service, f"/v1/responses/{rid(queued)}"))["status"] == "queued"
+
+
+async def test_a_response_answered_under_another_stamp_is_found_by_that_id(service):
+    # A response cache hit is renamed the moment it is answered, which may be a second
+    # after its request was stamped: its stored response carries the id it was given.
+    request = requested({"input": "cached"})
+    given = response_id(request.request_id, request.time + timedelta(seconds=1))
+    reply = completed(request, "from the cache")
+    reply.data.response["id"] = given
+    await service.publish(request, reply, usage(request))
+    await service.wait_for(request.request_id, "completed")
+
+    assert (await get(service, f"/v1/responses/{given}"))["id"] == given
+    assert (await get(service, f"/v1/responses/{rid(request)}"))["id"] == given
+    other = (await get(service, f"/v1/responses/{restamped(given, 'ffffffff')}", 404))["error"]
+    assert other["code"] == "response_not_found"
+
+
 async def test_a_pending_response_cannot_be_continued_or_deleted_yet(service):
     pending = requested({"input": "still thinking"})
     await service.publish(pending)

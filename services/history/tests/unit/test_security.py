@@ -1,8 +1,8 @@
-"""History refusing what it must: instants and cursors that overflow, oversized and
-over-deep bodies, webhooks into private networks or to malformed URLs, receivers whose
-answers must not leak, slow receivers holding up other tenants, a job cancelled before
-its request is recorded, and content kept by the idempotency store of a metadata-only
-tenant."""
+"""History refusing what it must: instants and cursors that overflow (or whose time has
+no UTC equivalent), oversized and over-deep bodies, webhooks into private networks or to
+malformed URLs, receivers whose answers must not leak, slow receivers holding up other
+tenants, a job cancelled before its request is recorded, and content kept by the
+idempotency store of a metadata-only tenant."""
 
 from __future__ import annotations
 
@@ -117,6 +117,17 @@ async def test_a_deeply_nested_cursor_is_400(service, path):
     response = await service.client.get(path, params={"cursor": cursor}, headers=service.headers())
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "cursor"
+
+
+@pytest.mark.parametrize("path", ["/v1/history", "/v1/jobs", "/v1/replays"])
+@pytest.mark.parametrize("instant", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+async def test_a_cursor_whose_time_has_no_utc_equivalent_is_400(service, path, instant):
+    raw = f'["{instant}","x"]'.encode()
+    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    response = await service.client.get(path, params={"cursor": cursor}, headers=service.headers())
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("cursor", "invalid_cursor")
 
 
 async def test_bodies_over_the_limit_are_413_and_over_deep_ones_400(database_url, start_service):

@@ -94,6 +94,8 @@ async def test_an_admin_sees_the_tenant_by_deployment_and_never_another_tenant(s
     [
         ({"group_by": "color"}, "group_by"),
         ({"group_by": "day,hour"}, "group_by"),
+        ({"group_by": ",,"}, "group_by"),
+        ({"group_by": "minute,,model"}, "group_by"),
         ({"since": "yesterday-ish"}, "since"),
         ({"since": "2025-03-02T00:00:00Z"}, "until"),
         ({"since": "2024-01-01T00:00:00Z"}, "since"),

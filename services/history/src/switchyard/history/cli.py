@@ -271,6 +271,9 @@ def tenant_settings_set(
 ) -> None:
     """Change a tenant's settings; the others keep their values."""
     retention: Any = UNSET
+    if default_retention and retention_days is not None:
+        # Either would be dropped silently: the operator meant one of them.
+        raise _fail("--default-retention and --retention-days contradict each other; give one")
     if default_retention:
         retention = None
     elif retention_days is not None:

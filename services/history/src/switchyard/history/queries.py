@@ -110,12 +110,22 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_at_text, request_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
         created_at = datetime.fromisoformat(created_at_text)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+        # Converted here, not when the query binds it: an aware time at the edge of the
+        # calendar (0001-01-01T00:00+14:00) has no UTC equivalent (OverflowError).
+        utc = created_at.astimezone(UTC) if created_at.tzinfo is not None else None
+    except (
+        binascii.Error,
+        ValueError,
+        TypeError,
+        UnicodeDecodeError,
+        RecursionError,
+        OverflowError,
+    ) as exc:
         # RecursionError: a forged cursor of deeply nested JSON.
         raise InvalidCursorError("cursor is not one returned by this API") from exc
-    if created_at.tzinfo is None or not isinstance(request_id, str):
+    if utc is None or not isinstance(request_id, str):
         raise InvalidCursorError("cursor is not one returned by this API")
-    return created_at, request_id
+    return utc, request_id
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from switchyard.common.responses import (
     parse_response_id,
     response_object,
 )
+from switchyard.common.responses import response_id as issued_id
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.jobs import cancellation_event
 from switchyard.history.models import RequestStatus, events_table, requests_table
@@ -64,6 +65,19 @@ def _input_item_ref(item_id: str) -> tuple[str, int] | None:
     (`switchyard.common.responses.input_items`), None for any other id."""
     matched = _INPUT_ITEM_ID.match(item_id)
     return (matched[1], int(matched[2])) if matched else None
+
+
+def _issued_as(row: dict[str, Any], value: str) -> bool:
+    """Whether `value` is the very id this row's response was given, not merely one naming
+    its request id: the lookup goes by the request id alone, so the creation time in the id
+    must match too (else any leading digits would reach, and delete, the response). That
+    is the time its request was accepted (`issued_id`), or, for an answer given under
+    another stamp (a response cache hit is renamed at the moment it is answered), the id
+    its stored response carries."""
+    if issued_id(row["request_id"], row["created_at"]) == value:
+        return True
+    response = row["response"]
+    return isinstance(response, dict) and response.get("id") == value
 
 
 def not_found(
@@ -166,7 +180,7 @@ class ResponseStore:
                     "response_purged",
                 )
             raise not_found(response_id)
-        if row["api"] != ClientAPI.OPENAI_RESPONSES.value:
+        if row["api"] != ClientAPI.OPENAI_RESPONSES.value or not _issued_as(row, response_id):
             raise not_found(response_id)
         found = StoredResponse(response_id, ref, row)
         if row["response_deleted_at"] is not None:

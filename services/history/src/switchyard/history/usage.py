@@ -51,11 +51,19 @@ class UsageParameterError(ValueError):
 def parse_group_by(
     value: str | Sequence[str] | None, *, allow_tenant: bool = False
 ) -> tuple[str | None, tuple[str, ...]]:
-    """(time bucket or None, dimensions) from e.g. 'day,model'. Default: by day."""
+    """(time bucket or None, dimensions) from e.g. 'day,model'. Default (absent or
+    empty): by day. An empty name (`,,`, `day,`) is refused, not read as "no grouping"
+    while an empty value means by day."""
     if value is None or value == "" or value == []:
         return "day", ()
     parts = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
-    names = [part.strip() for part in parts if part.strip()]
+    names = [part.strip() for part in parts]
+    if "" in names:
+        raise UsageParameterError(
+            "group_by",
+            "Invalid value for 'group_by': an empty name (a stray comma); list names "
+            "separated by single commas, or leave it out to group by day.",
+        )
     allowed = list(TIME_BUCKETS) + [d for d in DIMENSIONS if allow_tenant or d != "tenant"]
     unknown = [name for name in names if name not in allowed]
     if unknown:

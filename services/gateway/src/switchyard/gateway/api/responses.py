@@ -24,14 +24,16 @@ every model:
 - `background: true`: answered at once with the `queued` response; the request runs in
   the batch lane (like a job, it is listed under `/v1/jobs` too); `GET
   /v1/responses/{id}` shows its progress and result, `POST /v1/responses/{id}/cancel`
-  cancels it.
+  cancels it. Refused (400 naming `background`) in a tenant keeping metadata only,
+  whose result history would never keep, as with `store: false`.
 
 `GET /v1/responses/{id}`, `GET /v1/responses/{id}/input_items` (cursor pages: `limit`,
 `order`, `after`, `before`), `DELETE /v1/responses/{id}` and the cancellation are served
 by history (`switchyard.history.responses`), for the caller's own responses (an admin:
 the tenant's). Reading a response, or its input items, right after it was answered
-waits like `previous_response_id` does until history has recorded it. Errors are
-OpenAI's error object, naming the field at fault.
+waits like `previous_response_id` does until history has recorded it. A response is
+found by its whole id (request id and creation time), never by the request id alone.
+Errors are OpenAI's error object, naming the field at fault.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from switchyard.gateway.api.history import (
     call,
     error_of,
     forward,
+    identity_headers,
     looks_like_id,
     read_when_recorded,
     relay,
@@ -73,6 +76,7 @@ from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
 from switchyard.gateway.dispatch import Dispatch
 from switchyard.gateway.intake import check_model, submit_batch
+from switchyard.gateway.recent_jobs import AcceptedJob
 from switchyard.gateway.schemas import ResponsesInputTokensRequest, ResponsesRequest
 
 log = structlog.get_logger("switchyard.gateway.responses")
@@ -109,13 +113,23 @@ def _may_still_arrive(gateway: Gateway, value: str) -> bool:
     ref = parse_response_id(value)
     if ref is None:
         return False
-    window = gateway.settings.request_timeout_s + gateway.settings.responses_state_wait_s
+    window = gateway.settings.longest_request_s + gateway.settings.responses_state_wait_s
     now = datetime.now(UTC)
     return (
         now - timedelta(seconds=window + 60)
         < ref.created_at
         <= now + timedelta(seconds=CLOCK_SKEW_S)
     )
+
+
+def _accepted_as(job: AcceptedJob, value: str) -> bool:
+    """Whether `value` is the very id the background response `job` was answered with (its
+    request id and its creation time), not merely one naming the same request."""
+    try:
+        created = datetime.fromisoformat(job.created_at)
+    except ValueError:
+        return False
+    return response_id(job.job_id, created) == value
 
 
 def _unfinished(answer: httpx.Response) -> bool:
@@ -310,7 +324,20 @@ async def _start_background(
 ) -> Response:
     """Publish a background response to the batch lane (no gateway waits for it) and
     answer with the `queued` response. Admitted against the same budgets and rate limits
-    as any request first (Refused: 429 in OpenAI's error shape, recorded as refused)."""
+    as any request first (Refused: 429 in OpenAI's error shape, recorded as refused).
+    Refused with 400 naming `background` in a tenant keeping metadata only, before
+    admission (a 400 is a request not made)."""
+    if not await _tenant_keeps_content(gateway, principal):
+        # Its result could never be retrieved: history keeps no content for the tenant,
+        # so GET /v1/responses/{id} would answer `response_content_not_stored` forever.
+        raise APIError(
+            400,
+            "Invalid value for 'background': this tenant's history keeps metadata only "
+            "(store_content is false), so a background response's result could never be "
+            "retrieved; create the response without 'background'.",
+            param="background",
+            code="invalid_value",
+        )
     submitted = await submit_batch(gateway, request, principal, client)
     queued = response_object(
         client.body,
@@ -326,6 +353,47 @@ async def _start_background(
     )
 
 
+_TRUE, _FALSE = ("true", "1"), ("false", "0")
+
+
+def _query_boolean(value: str, param: str) -> bool:
+    """A boolean query parameter (`true`/`false`, `1`/`0`, any case). APIError 400
+    `invalid_value` naming `param` for anything else: a typo is not read as false."""
+    lowered = value.strip().lower()
+    if lowered in _TRUE or lowered in _FALSE:
+        return lowered in _TRUE
+    raise APIError(
+        400,
+        f"Invalid value for '{param}': expected a boolean (true or false), got '{value[:64]}'.",
+        param=param,
+        code="invalid_value",
+    )
+
+
+# How long the tenant's `store_content` is waited for before a background response is
+# accepted without it (seconds).
+SETTINGS_TIMEOUT_S = 2.0
+
+
+async def _tenant_keeps_content(gateway: Gateway, principal: Principal) -> bool:
+    """Whether the caller's tenant keeps request content (history's `store_content`),
+    read from history now (the tenant's response cache settings, which carry it), not
+    from a cache: a tenant switching to metadata only is refused at once. True when
+    history cannot say: the request is then accepted as it would have been, not
+    refused for a reason that may not hold."""
+    try:
+        answer = await gateway.http.get(
+            gateway.settings.history_url.rstrip("/") + "/internal/v1/cache/settings",
+            headers=identity_headers(gateway, principal),
+            timeout=SETTINGS_TIMEOUT_S,
+        )
+        settings = answer.json() if answer.status_code == 200 else None
+    except (httpx.HTTPError, ValueError) as exc:
+        log.warning("tenant settings unavailable; background response accepted", error=repr(exc))
+        return True
+    return not (isinstance(settings, dict) and settings.get("store_content") is False)
+
+
 @router.get("/{response_id:response_id}", summary="Retrieve a model response")
 async def get_response(
     response_id: str, request: Request, principal: CurrentPrincipal, gateway: GatewayDep
@@ -337,7 +405,7 @@ async def get_response(
     offered."""
     if not looks_like_id(response_id):
         raise _not_found(response_id)
-    if request.query_params.get("stream") in ("true", "1"):
+    if any(_query_boolean(value, "stream") for value in request.query_params.getlist("stream")):
         raise APIError(
             400,
             "Streaming a stored response again is not supported; retrieve it without 'stream'.",
@@ -387,6 +455,9 @@ async def cancel_response(
     path = f"/v1/responses/{response_id}/cancel"
     answer = await forward(gateway, principal, path, method="POST")
     accepted = gateway.recent_jobs.get(ref.request_id, principal.tenant)
+    if accepted is not None and not _accepted_as(accepted, response_id):
+        # The request id matches, the creation time in the id does not: never issued.
+        accepted = None
     if (
         answer.status_code == 404
         and accepted is not None

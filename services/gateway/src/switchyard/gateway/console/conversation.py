@@ -2,7 +2,9 @@
 (role and parts), each part plain text, a tool call, a tool result, an image or other
 content — never HTML. Reads OpenAI Chat Completions and Embeddings bodies and Anthropic
 Messages bodies, and their replies (`chat.completion`, Anthropic `message`, embeddings
-lists), whatever the API the client called. Unknown shapes fall back to their JSON text.
+lists), whatever the API the client called. Unknown shapes fall back to their JSON text:
+a stored body is whatever JSON the client sent, so every reader checks a value's type
+(list, object, string) before it iterates it or looks inside it, and any JSON renders.
 """
 
 from __future__ import annotations
@@ -44,29 +46,53 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one (for optional nested fields)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _other(value: Any) -> Part:
+    return Part("other", _json_text(value))
+
+
+def _image_part(block: dict[str, Any]) -> Part:
+    source = block.get("image_url") or block.get("source") or {}
+    where = source.get("url") if isinstance(source, dict) else source
+    if isinstance(where, str) and where:
+        if where.startswith("data:"):
+            where = where.split(",", 1)[0] + ",…"
+        return Part("image", where)
+    media_type = _str(_dict(source).get("media_type"))
+    return Part("image", media_type or "image")
+
+
+def _document_part(block: dict[str, Any]) -> Part:
+    source = block.get("source")
+    label = _str(block.get("title")) or _str(_dict(source).get("url"))
+    if label is None:
+        label = _str(_dict(source).get("type")) or (
+            _json_text(source) if source is not None else ""
+        )
+    return Part("other", f"document: {label}")
+
+
 def _block_parts(block: Any) -> list[Part]:
     """Parts of one content block (OpenAI content part or Anthropic content block)."""
     if isinstance(block, str):
         return [Part("text", block)]
     if not isinstance(block, dict):
-        return [Part("other", _json_text(block))]
+        return [_other(block)]
     kind = block.get("type")
-    if kind in ("text", "input_text", "output_text"):
-        return [Part("text", str(block.get("text", "")))]
-    if kind == "thinking":
-        return [Part("thinking", str(block.get("thinking", "")))]
+    if kind in ("text", "input_text", "output_text") and isinstance(block.get("text"), str):
+        return [Part("text", block["text"])]
+    if kind == "thinking" and isinstance(block.get("thinking"), str):
+        return [Part("thinking", block["thinking"])]
     if kind == "redacted_thinking":
         return [Part("thinking", "(redacted thinking)")]
     if kind in ("image_url", "image", "input_image"):
-        source = block.get("image_url") or block.get("source") or {}
-        where = source.get("url") if isinstance(source, dict) else source
-        if isinstance(where, str) and where.startswith("data:"):
-            where = where.split(",", 1)[0] + ",…"
-        return [Part("image", str(where or source.get("media_type", "") or "image"))]
+        return [_image_part(block)]
     if kind == "document":
-        source = block.get("source") or {}
-        label = block.get("title") or (source.get("url") if isinstance(source, dict) else None)
-        return [Part("other", f"document: {label or source.get('type', '')}")]
+        return [_document_part(block)]
     if kind in ("tool_use", "server_tool_use"):
         return [
             Part(
@@ -77,10 +103,9 @@ def _block_parts(block: Any) -> list[Part]:
             )
         ]
     if kind == "tool_result":
-        content = block.get("content")
-        texts = [part.text for part in _content_parts(content)] if content is not None else []
+        texts = [part.text for part in _content_parts(block.get("content"))]
         return [Part("tool_result", "\n".join(texts), ref=_str(block.get("tool_use_id")))]
-    return [Part("other", _json_text(block))]
+    return [_other(block)]
 
 
 def _content_parts(content: Any) -> list[Part]:
@@ -90,28 +115,42 @@ def _content_parts(content: Any) -> list[Part]:
         return [Part("text", content)]
     if isinstance(content, list):
         return [part for block in content for part in _block_parts(block)]
-    return [Part("other", _json_text(content))]
+    return [_other(content)]
+
+
+def _tool_call_parts(calls: Any) -> list[Part]:
+    """An OpenAI message's `tool_calls`: each a call with its function's name and
+    arguments; a call (or a list) of another shape as its JSON text."""
+    if calls is None:
+        return []
+    if not isinstance(calls, list):
+        return [_other(calls)]
+    parts = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            parts.append(_other(call))
+            continue
+        parts.append(
+            Part(
+                "tool_call",
+                _json_text(function.get("arguments", "")),
+                name=_str(function.get("name")),
+                ref=_str(call.get("id")) if isinstance(call, dict) else None,
+            )
+        )
+    return parts
 
 
 def _message_turn(message: Any) -> Turn:
     if not isinstance(message, dict):
-        return Turn("unknown", [Part("other", _json_text(message))])
-    role = str(message.get("role") or "unknown")
+        return Turn("unknown", [_other(message)])
+    role = _str(message.get("role")) or "unknown"
     parts = _content_parts(message.get("content"))
     if role == "tool":
         text = "\n".join(part.text for part in parts)
         parts = [Part("tool_result", text, ref=_str(message.get("tool_call_id")))]
-    for call in message.get("tool_calls") or []:
-        if isinstance(call, dict):
-            function = call.get("function") or {}
-            parts.append(
-                Part(
-                    "tool_call",
-                    _json_text(function.get("arguments", "")),
-                    name=_str(function.get("name")),
-                    ref=_str(call.get("id")),
-                )
-            )
+    parts += _tool_call_parts(message.get("tool_calls"))
     legacy = message.get("function_call")
     if isinstance(legacy, dict):
         parts.append(
@@ -119,20 +158,25 @@ def _message_turn(message: Any) -> Turn:
                 "tool_call", _json_text(legacy.get("arguments", "")), name=_str(legacy.get("name"))
             )
         )
+    elif legacy is not None:
+        parts.append(_other(legacy))
     if isinstance(message.get("refusal"), str):
         parts.append(Part("text", message["refusal"]))
     return Turn(role, parts)
 
 
-def request_turns(body: dict[str, Any] | None) -> list[Turn]:
+def request_turns(body: Any) -> list[Turn]:
     """The conversation a request sent: system prompt, messages, or embeddings input."""
     if not isinstance(body, dict):
         return []
     turns: list[Turn] = []
     if "system" in body:
         turns.append(Turn("system", _content_parts(body["system"])))
-    for message in body.get("messages") or []:
-        turns.append(_message_turn(message))
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        turns += [_message_turn(message) for message in messages]
+    elif messages is not None:
+        turns.append(Turn("messages", [_other(messages)]))
     if "input" in body and "messages" not in body:
         value = body["input"]
         items = value if isinstance(value, list) else [value]
@@ -140,28 +184,37 @@ def request_turns(body: dict[str, Any] | None) -> list[Turn]:
     return turns
 
 
-def response_turns(response: dict[str, Any] | None) -> list[Turn]:
+def response_turns(response: Any) -> list[Turn]:
     """What the reply said: each choice's message, an Anthropic message's content
     blocks, or how many embedding vectors came back."""
     if not isinstance(response, dict):
         return []
-    if isinstance(response.get("choices"), list):
-        turns = []
-        for choice in response["choices"]:
-            if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
-                turns.append(_message_turn(choice["message"]))
-        return turns
+    choices = response.get("choices")
+    if isinstance(choices, list):
+        return [
+            _message_turn(choice["message"])
+            if isinstance(choice, dict) and isinstance(choice.get("message"), dict)
+            else Turn("unknown", [_other(choice)])
+            for choice in choices
+        ]
     if response.get("type") == "message" or isinstance(response.get("content"), list):
-        return [Turn(str(response.get("role") or "assistant"), _content_parts(response["content"]))]
+        role = _str(response.get("role")) or "assistant"
+        return [Turn(role, _content_parts(response.get("content")))]
     if isinstance(response.get("data"), list):
         return [Turn("embeddings", [Part("other", f"{len(response['data'])} vectors")])]
     return []
 
 
-def declared_tools(body: dict[str, Any] | None) -> list[str]:
-    """Names of the tools a request offered (OpenAI functions or Anthropic tools)."""
+def declared_tools(body: Any) -> list[str]:
+    """Names of the tools a request offered (OpenAI functions or Anthropic tools); a
+    `tools` that is not a list, as its JSON text."""
+    tools = body.get("tools") if isinstance(body, dict) else None
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        return [_json_text(tools)]
     names = []
-    for tool in (body or {}).get("tools") or []:
+    for tool in tools:
         if isinstance(tool, dict):
             function = tool.get("function")
             name = function.get("name") if isinstance(function, dict) else tool.get("name")
@@ -170,11 +223,31 @@ def declared_tools(body: dict[str, Any] | None) -> list[str]:
     return names
 
 
-def parameters(body: dict[str, Any] | None) -> dict[str, Any]:
+def parameters(body: Any) -> dict[str, Any]:
     """The request's scalar parameters (temperature, max_tokens, stream, ...)."""
+    if not isinstance(body, dict):
+        return {}
     skip = {"model", "messages", "system", "tools", "input", "redacted"}
     return {
         name: value
-        for name, value in (body or {}).items()
+        for name, value in body.items()
         if name not in skip and isinstance(value, str | int | float | bool)
     }
+
+
+def finish_reasons(response: Any) -> list[str]:
+    """Why a stored reply ended: each choice's `finish_reason` (Chat Completions) or the
+    `stop_reason` (Messages), as text; empty for a reply of another shape."""
+    reply = _dict(response)
+    choices = reply.get("choices")
+    reasons = [
+        _json_text(choice.get("finish_reason"))
+        if not isinstance(choice.get("finish_reason"), str)
+        else choice["finish_reason"]
+        for choice in (choices if isinstance(choices, list) else [])
+        if isinstance(choice, dict) and choice.get("finish_reason") is not None
+    ]
+    stop = reply.get("stop_reason")
+    if not reasons and stop:
+        reasons = [stop if isinstance(stop, str) else _json_text(stop)]
+    return reasons

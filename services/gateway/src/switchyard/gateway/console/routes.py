@@ -503,8 +503,9 @@ async def request_detail(request_id: str, request: Request, viewer: CurrentViewe
         if exc.status == 404:
             return render(request, "not_found.html", viewer, 404, what="request")
         raise
-    body = item.get("request") or {}
-    reply = item.get("response") or {}
+    # Stored as the client and the upstream sent them: any JSON, read defensively.
+    body = item.get("request") if isinstance(item.get("request"), dict) else {}
+    reply = item.get("response") if isinstance(item.get("response"), dict) else {}
     redacted = bool(body.get("redacted") or reply.get("redacted"))
     return render(
         request,
@@ -518,12 +519,7 @@ async def request_detail(request_id: str, request: Request, viewer: CurrentViewe
         reply_turns=[] if redacted else conversation.response_turns(reply),
         tools=conversation.declared_tools(body),
         parameters=conversation.parameters(body),
-        finish_reasons=[
-            choice.get("finish_reason")
-            for choice in reply.get("choices") or []
-            if isinstance(choice, dict)
-        ]
-        or ([reply["stop_reason"]] if reply.get("stop_reason") else []),
+        finish_reasons=conversation.finish_reasons(reply),
         attempts=item.get("attempts"),
     )
 

@@ -26,12 +26,15 @@ from switchyard.history.performance import (
 
 
 def _group_by(value: str | None) -> tuple[str | None, tuple[str, ...]]:
-    names = [part.strip() for part in (value or "").split(",") if part.strip()]
+    names = [part.strip() for part in value.split(",")] if value else []
     allowed = [*BUCKETS, *PERFORMANCE_DIMENSIONS]
     problem = None
     unknown = [name for name in names if name not in allowed]
     buckets = [name for name in names if name in BUCKETS]
-    if unknown:
+    if "" in names:
+        # As the usage report does: a stray comma is a mistake, not a way of saying none.
+        problem = "an empty name (a stray comma); list names separated by single commas"
+    elif unknown:
         problem = f"'{unknown[0][:64]}' is not one of {', '.join(allowed)}"
     elif len(set(names)) != len(names):
         problem = "a name is repeated"

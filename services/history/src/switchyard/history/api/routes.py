@@ -142,6 +142,16 @@ def history_router(internal_token: str) -> APIRouter:
         only, retention, the webhook signing secret and the response cache. Fields left out keep
         their value. Tenant admins only (403 otherwise)."""
         _require_admin(caller)
+        if body.clear_retention and body.retention_days is not None:
+            # Either would be dropped silently: the caller meant one of them.
+            raise APIError(
+                400,
+                "Invalid request: 'clear_retention' and 'retention_days' contradict each "
+                "other; send 'clear_retention: true' to go back to the service-wide "
+                "retention, or 'retention_days' to set one, not both.",
+                param="clear_retention",
+                code="invalid_request",
+            )
         changes: dict[str, Any] = {
             "store_content": body.store_content,
             "rotate_webhook_secret": body.rotate_webhook_secret,
