@@ -39,6 +39,7 @@ BODY = {
     "messages": [{"role": "user", "content": "Hello"}],
 }
 OPENAI = ClientAPI.OPENAI_CHAT_COMPLETIONS
+ANTHROPIC = ClientAPI.ANTHROPIC_MESSAGES
 
 
 @pytest.fixture
@@ -88,6 +89,84 @@ def test_key_ignores_field_order_identity_streaming_options_and_prompt_cache_mar
     }
     assert cache_key("acme", OPENAI, body, {}, False) == cache_key("acme", OPENAI, same, {}, False)
     assert "user" not in normalised_body(same) and "metadata" not in normalised_body(same)
+
+
+def test_every_prompt_caching_marker_is_left_out_of_the_key():
+    marker = {"type": "ephemeral"}
+    marked = {
+        "model": "m",
+        "cache_control": marker,
+        "system": [{"type": "text", "text": "Be brief.", "cache_control": marker}],
+        "tools": [{"name": "t", "input_schema": {"type": "object"}, "cache_control": marker}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": marker}]},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "c1", "name": "t", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "c1",
+                        "content": [{"type": "text", "text": "r", "cache_control": marker}],
+                        "cache_control": marker,
+                    }
+                ],
+            },
+        ],
+    }
+
+    def unmarked(value):
+        if isinstance(value, dict):
+            return {k: unmarked(v) for k, v in value.items() if k != "cache_control"}
+        return [unmarked(item) for item in value] if isinstance(value, list) else value
+
+    assert cache_key("acme", ANTHROPIC, marked, {}, False) == cache_key(
+        "acme", ANTHROPIC, unmarked(marked), {}, False
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # A JSON schema property, a tool call's input and a tool's schema named like the
+        # marker: the caller's data, which changes the answer.
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "h",
+                    "schema": {"type": "object", "properties": {"cache_control": {"type": "X"}}},
+                },
+            }
+        },
+        {
+            "messages": [
+                {
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "id": "c",
+                            "name": "t",
+                            "input": {"cache_control": "X"},
+                        }
+                    ],
+                }
+            ]
+        },
+        {"tools": [{"name": "t", "input_schema": {"properties": {"cache_control": "X"}}}]},
+    ],
+)
+def test_a_key_named_cache_control_in_the_callers_data_counts(body):
+    def variant(value):
+        return orjson.loads(orjson.dumps(value).replace(b'"X"', b'"Y"'))
+
+    assert cache_key("acme", OPENAI, body, {}, False) != cache_key(
+        "acme", OPENAI, variant(body), {}, False
+    )
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,9 @@ the model, whether the request streams (and, for a stream, `stream_options.inclu
 which changes its events), the provider headers (`anthropic-version`, `anthropic-beta`,
 `openai-beta`), and the body without what never changes the answer: `stream`,
 `stream_options`, `user`, `metadata`, `store`, `service_tier`, `prompt_cache_key`,
-`safety_identifier`, and every `cache_control` marker (Anthropic's prompt caching hints).
+`safety_identifier`, and the `cache_control` markers of Anthropic's prompt caching (top
+level, on `system` and message content blocks, a tool result's blocks and `tools`; the
+same key in a tool's input or a schema is the caller's data and counts).
 Integral sampling parameters count as the same number as their float (`0` = `0.0`). The
 tenant is part of the key, and entries are stored per tenant: never shared across tenants.
 
@@ -138,7 +140,9 @@ NON_OUTPUT_FIELDS = frozenset(
 )
 # Sampling parameters compared as numbers (a client sending 0 or 0.0 asks the same).
 NUMERIC_PARAMETERS = frozenset({"temperature", "top_p", "frequency_penalty", "presence_penalty"})
-KEY_VERSION = 1
+# 2: `cache_control` left out only where Anthropic takes it (1 left it out everywhere, so
+# entries stored under 1 may answer requests that differ; they are never looked up again).
+KEY_VERSION = 2
 # The answers' provider and deployment, as history records them.
 CACHE_PROVIDER = "switchyard"
 CACHE_DEPLOYMENT = "response-cache"
@@ -173,23 +177,37 @@ LISTEN_BACKOFF = Backoff(initial_s=0.25, max_s=5.0)
 # ------------------------------------------------------------------------------ keys
 
 
-def _without_cache_control(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_cache_control(v) for k, v in value.items() if k != "cache_control"}
-    if isinstance(value, list):
-        return [_without_cache_control(item) for item in value]
-    return value
+def _unmarked(block: Any) -> Any:
+    """A content block or tool without its `cache_control` marker, and so the blocks of a
+    `tool_result`'s content. Only where Anthropic takes the marker: the same key anywhere
+    else (a tool's input, a JSON schema's property) is the caller's data and stays."""
+    if not isinstance(block, dict):
+        return block
+    kept = {name: value for name, value in block.items() if name != "cache_control"}
+    if isinstance(kept.get("content"), list):
+        kept["content"] = [_unmarked(inner) for inner in kept["content"]]
+    return kept
+
+
+def _unmarked_message(message: Any) -> Any:
+    if isinstance(message, dict) and isinstance(message.get("content"), list):
+        return {**message, "content": [_unmarked(block) for block in message["content"]]}
+    return message
 
 
 def normalised_body(body: dict[str, Any]) -> dict[str, Any]:
     """What of `body` decides the answer (see the module docstring)."""
     kept: dict[str, Any] = {}
     for name, value in body.items():
-        if name in NON_OUTPUT_FIELDS:
+        if name in NON_OUTPUT_FIELDS or name == "cache_control":
             continue
         if name in NUMERIC_PARAMETERS and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        kept[name] = _without_cache_control(value)
+        if isinstance(value, list) and name in ("system", "tools"):
+            value = [_unmarked(item) for item in value]
+        elif isinstance(value, list) and name in ("messages", "input"):
+            value = [_unmarked_message(item) for item in value]
+        kept[name] = value
     return kept
 
 
