@@ -294,6 +294,22 @@ async def test_jobs_are_idempotent_too(harness, history):
     assert len({response.json()["id"] for response in created}) == 1
 
 
+async def test_a_job_given_as_a_batch_request_line_is_idempotent_too(harness, history):
+    line = {"url": "/v1/chat/completions", "body": BODY}
+    created = [
+        await harness.client.post("/v1/jobs", json=line, headers=keyed("job-line"))
+        for _ in range(3)
+    ]
+
+    assert [response.status_code for response in created] == [202] * 3
+    assert len({response.json()["id"] for response in created}) == 1
+    assert [r.headers.get("idempotent-replayed") for r in created] == [None, "true", "true"]
+    other = {"url": "/v1/chat/completions", "body": {**BODY, "max_tokens": 3}}
+    reused = await harness.client.post("/v1/jobs", json=other, headers=keyed("job-line"))
+    assert reused.status_code == 422
+    assert reused.json()["error"]["code"] == "idempotency_key_reused"
+
+
 REPLAY = {"since": "1h", "to_model": "sim-large"}
 
 

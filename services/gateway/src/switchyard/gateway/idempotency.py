@@ -91,6 +91,7 @@ IDEMPOTENT_PATHS = frozenset(
 # answer ran something): their answer is kept only when it created it (201), with the
 # model it would run on in this body field.
 CREATING_PATHS = {"/v1/replays": "to_model"}
+JOBS_PATH = "/v1/jobs"
 # Paths whose answers hold no content of the tenant's (a replay's id and state, a token
 # count): kept for a tenant storing metadata only too, so its retries get them back.
 CONTENT_FREE_PATHS = frozenset(
@@ -508,8 +509,20 @@ def _may_run(gateway: Any, principal: Principal, path: str, body: bytes) -> bool
         data = jsonbody.loads(body)
     except (orjson.JSONDecodeError, jsonbody.JsonTooDeep):
         return False
-    model = data.get(CREATING_PATHS.get(path, "model")) if isinstance(data, dict) else None
+    model = _model_of(path, data) if isinstance(data, dict) else None
     return isinstance(model, str) and serves(gateway, principal, model)
+
+
+def _model_of(path: str, data: dict[str, Any]) -> Any:
+    """The model a request body names: a replay's `to_model`; in a job given as a batch
+    request line (`{"url": ..., "body": {...}}`), its body's `model`; else `model`."""
+    if path in CREATING_PATHS:
+        return data.get(CREATING_PATHS[path])
+    if path == JOBS_PATH and "url" in data:
+        inner = data.get("body")
+        return inner.get("model") if isinstance(inner, dict) else None
+    return data.get("model")
+
 
 
 async def _read_body(receive: Receive) -> bytes:
