@@ -54,6 +54,26 @@ async def test_cache_api_stores_nothing_for_metadata_only_tenants(service):
     assert refused.json()["stored"] is False
 
 
+async def test_an_entry_keeps_the_headers_describing_its_body(service):
+    headers = service.headers()
+    url = f"/internal/v1/cache/entries/{KEY}"
+    kept = {**ENTRY, "headers": {"x-switchyard-token-count": "exact"}}
+    assert (await service.client.put(url, json=kept, headers=headers)).json()["stored"] is True
+    found = (await service.client.get(url, headers=headers)).json()
+    assert found["headers"] == {"x-switchyard-token-count": "exact"}
+    # Without any, the entry reads as before: no `headers` member.
+    await service.client.put(url, json=ENTRY, headers=headers)
+    assert "headers" not in (await service.client.get(url, headers=headers)).json()
+    for bad in (
+        {"X-Upper": "v"},
+        {"x-control": "a\r\nb"},
+        {f"x-{n}": "v" for n in range(9)},
+        {"x-long": "v" * 257},
+    ):
+        refused = await service.client.put(url, json={**ENTRY, "headers": bad}, headers=headers)
+        assert refused.status_code == 400, bad
+
+
 async def test_cache_api_refuses_bad_keys_and_ttls(service):
     headers = service.headers()
     assert (

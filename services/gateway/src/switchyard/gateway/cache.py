@@ -27,7 +27,16 @@ request header > key > team > tenant > default (off).
   whether or not the cache is on for the caller.
 - A tenant storing metadata only (history's privacy setting) has nothing cached.
 Every opted-in answer carries `X-Switchyard-Cache: hit`, `miss`, `refresh` or `bypass`
-(not cacheable, or asked off); a hit carries `Age` (seconds since it was stored) too.
+(not cacheable, or asked off; a background response, never cached, is a `bypass` too); a
+hit carries `Age` (seconds since it was stored) too, and the headers describing the body
+that its fresh answer carried (`x-switchyard-token-count` of a token count), stored with
+it (`headers` in the entry). A token count stored without it (before they were kept, or
+by a store that drops them) is answered as a miss, whose answer replaces it.
+
+A Responses API hit is a new response (`CachedAnswer.as_new_response`): its own id and
+creation time, each output item under a new id (the stored one and the request id), in
+the JSON answer and in every stream event alike, and the request's own `metadata`,
+`user`, `store`, `service_tier`, `prompt_cache_key` and `safety_identifier`.
 
 The key (`cache_key`) is the SHA-256 of stable JSON (sorted keys) of: the tenant, the API,
 the model, whether the request streams (and, for a stream, `stream_options.include_usage`,
@@ -143,6 +152,16 @@ NUMERIC_PARAMETERS = frozenset({"temperature", "top_p", "frequency_penalty", "pr
 # 2: `cache_control` left out only where Anthropic takes it (1 left it out everywhere, so
 # entries stored under 1 may answer requests that differ; they are never looked up again).
 KEY_VERSION = 2
+# The headers describing the body a fresh answer carries (`answer_headers`), stored with
+# it and given back on a hit; and those every answer of an API carries, without which a
+# stored answer is a miss (`CachedAnswer.complete`). Spelled here, as `dispatch` imports
+# this module: they are `dispatch.TOKEN_COUNT_HEADER` and `COUNTING_APIS` (a test checks).
+TOKEN_COUNT_HEADER = "x-switchyard-token-count"
+COUNTING_APIS = frozenset(
+    {ClientAPI.ANTHROPIC_COUNT_TOKENS, ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS}
+)
+STORED_HEADERS = frozenset({TOKEN_COUNT_HEADER})
+REQUIRED_HEADERS = {api: (TOKEN_COUNT_HEADER,) for api in COUNTING_APIS}
 # The answers' provider and deployment, as history records them.
 CACHE_PROVIDER = "switchyard"
 CACHE_DEPLOYMENT = "response-cache"
@@ -154,7 +173,8 @@ LOOKUPS = Counter(
 )
 SKIPPED = Counter(
     "switchyard_gateway_cache_bypassed_total",
-    "Opted-in requests not looked up, by reason (off, refresh, nondeterministic, metadata_only).",
+    "Opted-in requests not looked up, by reason (off, refresh, nondeterministic, metadata_only, "
+    "uncacheable: a background response).",
     ["reason"],
 )
 STORES = Counter(
@@ -285,6 +305,15 @@ class CachedAnswer:
     local_until: float = 0.0
     # whose answer it is (set when kept in memory; a purge names tenants)
     tenant: str = ""
+    # The headers describing the body that the fresh answer carried (`answer_headers`),
+    # given back with it; empty for an answer stored before they were kept.
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Whether this answer carries every header a fresh answer of its API carries; one
+        that does not (stored before they were kept) is answered as a miss, and replaced."""
+        return all(name in self.headers for name in REQUIRED_HEADERS.get(self.api, ()))
 
     @property
     def size(self) -> int:
@@ -295,25 +324,49 @@ class CachedAnswer:
         """This Responses API answer as the new response that request `request_id` (with
         request `body`) creates at `now`: a `responses.create` makes a new object every
         time, so the reused output goes out under the request's own response id and
-        creation time, echoing the request's parameters the key leaves out (`metadata`,
-        `user`, `store`, `prompt_cache_key`, `safety_identifier`), in the JSON answer and
-        in every stream event that carries the `response`. History records it under that
-        id, which `GET /v1/responses/{id}` and `previous_response_id` then find."""
+        creation time, each output item under an id of its own (`_new_item_id`), echoing
+        the request's parameters the key leaves out (`metadata`, `user`, `store`,
+        `service_tier`, `prompt_cache_key`, `safety_identifier`), in the JSON answer and
+        in every stream event (the `response` it carries, its `item` and its `item_id`).
+        History records it under that id, which `GET /v1/responses/{id}`,
+        `previous_response_id` and `item_reference` then find: never the original's
+        items, which keep their own ids."""
         from switchyard.gateway.dispatch import sse_event
 
         new_id = response_id(request_id, now)
         metadata = body.get("metadata")
 
+        def item(value: Any) -> Any:
+            if isinstance(value, dict) and _renamed_item(value.get("type"), value.get("id")):
+                return {**value, "id": _new_item_id(value["id"], request_id)}
+            return value
+
         def renamed(response: dict[str, Any]) -> dict[str, Any]:
             response = {**response, "id": new_id, "created_at": int(now.timestamp())}
             if response.get("completed_at") is not None:
                 response["completed_at"] = int(now.timestamp())
+            if isinstance(response.get("output"), list):
+                response["output"] = [item(value) for value in response["output"]]
             response["metadata"] = metadata if isinstance(metadata, dict) else {}
             response["store"] = body.get("store") is not False
+            if "service_tier" in response or "service_tier" in body:
+                # No upstream served a hit: the tier asked for, as `response_object` says
+                # when the upstream names none.
+                response["service_tier"] = body.get("service_tier") or "default"
             for name in ("user", "prompt_cache_key", "safety_identifier"):
                 if name in response or name in body:
                     response[name] = body.get(name)
             return response
+
+        def event_data(data: dict[str, Any]) -> dict[str, Any]:
+            data = dict(data)
+            if isinstance(inner := data.get("response"), dict):
+                data["response"] = renamed(inner)
+            if "item" in data:  # response.output_item.added / done
+                data["item"] = item(data["item"])
+            if _renamed_item(None, data.get("item_id")):
+                data["item_id"] = _new_item_id(data["item_id"], request_id)
+            return data
 
         response = renamed(self.response)
         stream = self.stream
@@ -328,20 +381,18 @@ class CachedAnswer:
                 if block.startswith(b"event: "):  # then one `data:` line: JSON has no newline
                     head, _, block = block.partition(b"\n")
                     name = head[len(b"event: ") :].decode()
-                event = StreamEvent(event=name, data=exactjson.loads(block[len(b"data: ") :]))
-                if isinstance(inner := event.data.get("response"), dict):
-                    event = StreamEvent(
-                        event=event.event, data={**event.data, "response": renamed(inner)}
-                    )
-                pieces.append(sse_event(event))
+                data = exactjson.loads(block[len(b"data: ") :])
+                if isinstance(data, dict):
+                    data = event_data(data)
+                pieces.append(sse_event(StreamEvent(event=name, data=data)))
             stream = b"".join(pieces)
         return replace(self, response=response, body=exactjson.dumps(response), stream=stream)
 
     @classmethod
     def from_store(cls, data: dict[str, Any]) -> CachedAnswer:
         """An answer from history's stored form (a dict with `api`, `body`, `stream_events`,
-        timestamps); the stream is rebuilt as SSE bytes. Raises KeyError or ValidationError
-        on a malformed record."""
+        timestamps, and `headers` when it was stored with them); the stream is rebuilt as
+        SSE bytes. Raises KeyError or ValidationError on a malformed record."""
         from switchyard.gateway.dispatch import DONE, sse_event
 
         api = ClientAPI(data["api"])
@@ -361,7 +412,55 @@ class CachedAnswer:
             source_cost_usd=data.get("source_cost_usd"),
             created_at=datetime.fromisoformat(data["created_at"]),
             expires_at=datetime.fromisoformat(data["expires_at"]),
+            headers=_kept_headers(data.get("headers")),
         )
+
+
+# The id prefix of reasoning items Switchyard makes when it translates another API's
+# reply (`switchyard.inference.translate_responses.TRANSLATED_REASONING_PREFIX`).
+_SWITCHYARD_REASONING_PREFIX = "rs_sy"
+
+
+def _renamed_item(kind: Any, item_id: Any) -> bool:
+    """Whether a reused output item gets a new id: every one but a reasoning item an
+    OpenAI upstream made (`rs_` not Switchyard's), which a later turn may send back to
+    that upstream by id, where only the original id is known."""
+    if not isinstance(item_id, str) or not item_id:
+        return False
+    upstream_reasoning = item_id.startswith("rs_") and not item_id.startswith(
+        _SWITCHYARD_REASONING_PREFIX
+    )
+    return not (upstream_reasoning and kind in (None, "reasoning"))
+
+
+def _new_item_id(item_id: str, request_id: str) -> str:
+    """The id a reused output item gets in the response of request `request_id`: the
+    stored one (so its kind prefix stays: `msg_`, `fc_`, `rs_`, Switchyard's `rs_sy` of a
+    translated reasoning item) and the request id, unique as response ids are. A function
+    of both, so the JSON answer, every stream event and history name the item alike."""
+    return f"{item_id}_{request_id}"
+
+
+def _kept_headers(value: Any) -> dict[str, str]:
+    """The stored headers of an entry that are `STORED_HEADERS` (lowercase names, string
+    values); none for an entry stored without them."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        str(name).lower(): text
+        for name, text in value.items()
+        if str(name).lower() in STORED_HEADERS and isinstance(text, str)
+    }
+
+
+def answer_headers(api: ClientAPI, reply: ChatCompleted) -> dict[str, str]:
+    """The headers describing the body that `Dispatch.answer` sets on the fresh answer of
+    `reply` (besides the request id, rate limits and the cache's own): stored with it, so
+    that a hit carries them too. A token count's `x-switchyard-token-count` (`exact`: a
+    deployment counted; `estimate`: no upstream API, inference estimated it)."""
+    if api in COUNTING_APIS:
+        return {TOKEN_COUNT_HEADER: "exact" if reply.data.upstream_api is not None else "estimate"}
+    return {}
 
 
 @dataclass(frozen=True)
@@ -582,6 +681,10 @@ class ResponseCache:
             ticket.hit = None  # cannot happen with the API in the key; never answer wrongly
         if ticket.hit is not None and client.stream and ticket.hit.stream is None:
             ticket.hit = None
+        if ticket.hit is not None and not ticket.hit.complete:
+            # Stored without a header its fresh answer carries (before they were kept, or
+            # by a store that does not keep them): a miss, whose answer replaces it.
+            ticket.hit = None
         ticket.status = "hit" if ticket.hit is not None else "miss"
         LOOKUPS.labels(client.api.value, ticket.status).inc()
         return ticket
@@ -591,6 +694,19 @@ class ResponseCache:
         request the cache does not answer (a job): the same mistake is the same error on
         every route."""
         self._read_headers(request)
+
+    async def bypass(self, request: Request, principal: Principal) -> CacheTicket | None:
+        """The ticket of a request the cache never answers nor stores (a background
+        response, whose result is read later): None when the caller did not opt in (no
+        header, and their key, team and tenant leave it off), else a `bypass`, which
+        every opted-in answer carries. Raises APIError 400 as `check_headers` does."""
+        mode, _, _ = self._read_headers(request)
+        if mode is None:
+            if not (await self.caller_settings(principal)).enabled:
+                return None
+            mode = "use"
+        SKIPPED.labels("off" if mode == "off" else "uncacheable").inc()
+        return CacheTicket(None, mode, "bypass")
 
     def _read_headers(self, request: Request) -> tuple[str | None, int | None, bool]:
         """The cache headers of `request`: the mode (`use`, `off`, `refresh`; None when
@@ -727,6 +843,7 @@ class ResponseCache:
         headers = {
             "x-request-id": dispatch.request_id,
             **dispatch.rate_limit_headers(),
+            **hit.headers,
             **ticket.response_headers(),
         }
         dispatch.finished = True
@@ -855,6 +972,9 @@ class ResponseCache:
             "source_request_id": request_id,
             "ttl_s": ticket.ttl_s,
         }
+        # Only where there are some: other entries are stored as they always were.
+        if headers := answer_headers(client.api, reply):
+            entry["headers"] = headers
         drops = self._drops
         try:
             response = await self.gateway.http.put(

@@ -524,7 +524,6 @@ def _model_of(path: str, data: dict[str, Any]) -> Any:
     return data.get("model")
 
 
-
 async def _read_body(receive: Receive) -> bytes:
     parts: list[bytes] = []
     while True:

@@ -94,6 +94,8 @@ class CachedAnswer:
     source_cost_usd: float | None
     created_at: datetime
     expires_at: datetime
+    # Response headers describing the body (`x-switchyard-token-count`), None if none kept.
+    headers: dict[str, str] | None = None
 
     def public(self) -> dict[str, Any]:
         """The entry as the internal cache API returns it (JSON-ready; times in ISO 8601)."""
@@ -106,6 +108,7 @@ class CachedAnswer:
             "source_cost_usd": self.source_cost_usd,
             "created_at": self.created_at.isoformat(),
             "expires_at": self.expires_at.isoformat(),
+            **({"headers": self.headers} if self.headers else {}),
         }
 
 
@@ -128,6 +131,7 @@ class CacheStore:
                 c.source_request_id,
                 c.created_at,
                 c.expires_at,
+                c.headers,
                 r.cost_usd,
             )
             .select_from(
@@ -148,6 +152,7 @@ class CacheStore:
             source_cost_usd=row.cost_usd,
             created_at=row.created_at,
             expires_at=row.expires_at,
+            headers=row.headers or None,
         )
 
     async def put(
@@ -161,9 +166,11 @@ class CacheStore:
         stream_events: list[dict[str, Any]] | None,
         source_request_id: str,
         ttl_s: float,
+        headers: dict[str, str] | None = None,
         now: datetime | None = None,
     ) -> datetime:
-        """Store (or replace) the entry; returns when it expires."""
+        """Store (or replace) the entry, with the response `headers` describing its body;
+        returns when it expires."""
         now = now or datetime.now(UTC)
         expires_at = now + timedelta(seconds=ttl_s)
         size = len(exactjson.dumps(response)) + (
@@ -178,6 +185,7 @@ class CacheStore:
             "stream_events": stream_events,
             "source_request_id": source_request_id,
             "response_digest": response_digest(response),
+            "headers": headers or None,
             "size_bytes": size,
             "created_at": now,
             "expires_at": expires_at,

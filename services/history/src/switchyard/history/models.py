@@ -424,6 +424,8 @@ class CacheEntry(Base):
     # SHA-256 of `response` as stable JSON: how a hit's reply finds the entry it came from
     # (migration 0008; NULL on entries stored before it).
     response_digest: Mapped[str | None] = mapped_column(String(64))
+    # Response headers describing the body (migration 0011; NULL on entries before it).
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSONDocument)
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

@@ -325,6 +325,8 @@ async def _start_background(
     """Publish a background response to the batch lane (no gateway waits for it) and
     answer with the `queued` response. Admitted against the same budgets and rate limits
     as any request first (Refused: 429 in OpenAI's error shape, recorded as refused).
+    Never answered from the response cache nor stored there: an opted-in request gets
+    `X-Switchyard-Cache: bypass`.
     Refused with 400 naming `background` in a tenant keeping metadata only, before
     admission (a 400 is a request not made)."""
     if not await _tenant_keeps_content(gateway, principal):
@@ -339,6 +341,9 @@ async def _start_background(
             code="invalid_value",
         )
     submitted = await submit_batch(gateway, request, principal, client)
+    # Never cached (its result is read later), but an opted-in answer says what the cache
+    # did: `bypass`, as for any request it cannot answer.
+    cache = await gateway.cache.bypass(request, principal)
     queued = response_object(
         client.body,
         id=response_id(submitted.request_id, submitted.created),
@@ -349,7 +354,11 @@ async def _start_background(
     return Response(
         orjson.dumps(queued),
         media_type="application/json",
-        headers={REQUEST_ID_HEADER: submitted.request_id, **submitted.ticket.openai_headers()},
+        headers={
+            REQUEST_ID_HEADER: submitted.request_id,
+            **submitted.ticket.openai_headers(),
+            **(cache.response_headers() if cache is not None else {}),
+        },
     )
 
 

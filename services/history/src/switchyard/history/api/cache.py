@@ -18,6 +18,7 @@ from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.common.jsonbody import BoundedJsonRoute
 from switchyard.history.api.dependencies import CacheDep, CallerDep, TenantsDep
+from switchyard.history.api.internal import MAX_KEPT_HEADERS, HeaderName, HeaderValue
 
 # Keys are SHA-256 digests in hex.
 KEY_PATTERN = r"^[0-9a-f]{64}$"
@@ -39,6 +40,12 @@ class CacheEntryBody(BaseModel):
     stream_events: list[dict[str, Any]] | None = None
     source_request_id: str = Field(min_length=1, max_length=64)
     ttl_s: float = Field(gt=0, le=MAX_TTL_S)
+    headers: dict[HeaderName, HeaderValue] | None = Field(
+        default=None,
+        max_length=MAX_KEPT_HEADERS,
+        description="Response headers describing the body (lower-case names), given back "
+        "with it on a hit, e.g. `x-switchyard-token-count`.",
+    )
 
 
 def cache_router(internal_token: str) -> APIRouter:
@@ -85,6 +92,7 @@ def cache_router(internal_token: str) -> APIRouter:
             stream_events=body.stream_events,
             source_request_id=body.source_request_id,
             ttl_s=body.ttl_s,
+            headers=dict(body.headers) if body.headers else None,
         )
         return {"stored": True, "expires_at": expires_at.isoformat()}
 
