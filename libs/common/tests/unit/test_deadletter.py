@@ -232,3 +232,27 @@ def test_the_list_command_prints_one_line_per_letter(monkeypatch):
         "-",
     ]
     assert lines[1].split("\t")[6] == "stub"
+
+
+async def test_a_marker_that_cannot_be_written_says_the_letter_went(monkeypatch):
+    from switchyard.common import deadletter
+
+    async def no_wait(_seconds):
+        return None
+
+    monkeypatch.setattr(deadletter.asyncio, "sleep", no_wait)
+
+    class MarkerFails(FakeBus):
+        async def publish_raw(self, topic, value, *, key, partition, headers) -> None:
+            if topic == DLQ:
+                self.fail_count = getattr(self, "fail_count", 0) + 1
+                raise RuntimeError("broker gone")
+            await super().publish_raw(topic, value, key=key, partition=partition, headers=headers)
+
+    (letter,) = from_records([letter_record()])
+    bus = MarkerFails()
+    with pytest.raises(deadletter.MarkerNotWrittenError, match="was replayed to .* do not"):
+        await replay(bus, letter, DLQ)
+    assert len(bus.published) == 1  # the record, once
+    assert bus.fail_count == deadletter.MARKER_ATTEMPTS
+    assert len(letter.replays) == 1

@@ -11,6 +11,7 @@ import pytest
 
 from switchyard.common.events import ChatFailed, ChatFailedData, ErrorInfo, TerminalStatus
 from switchyard.common.testing.infra import async_wait_until
+from switchyard.gateway.idempotency import LEASE_MARGIN_S
 
 from .conftest import API_KEY, chunk, completed_reply
 from .history_fakes import install
@@ -432,3 +433,21 @@ async def test_a_retried_token_count_is_replayed_saying_whether_it_is_an_estimat
     assert retry.json() == {"input_tokens": 12} and retry.content == first.content
     assert retry.headers["x-switchyard-token-count"] == ("estimate" if estimated else "exact")
     assert len(harness.requests) == 1
+
+
+async def test_a_claim_lasts_as_long_as_its_request_may_run(harness, history):
+    settings = harness.app.state.gateway.settings
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("plain"))
+    await harness.client.post(
+        "/v1/chat/completions", json={**BODY, "stream": True}, headers=keyed("streamed")
+    )
+    leases = [
+        orjson.loads(call.content)["lease_s"]
+        for call in history.calls
+        if call.url.path.endswith("/idempotency/claim")
+    ]
+    # A stream's deadline is longer than a JSON answer's; neither holds a key beyond it.
+    assert leases == [
+        settings.request_timeout_s + LEASE_MARGIN_S,
+        settings.timeout_for(True) + LEASE_MARGIN_S,
+    ]

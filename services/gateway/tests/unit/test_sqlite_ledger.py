@@ -231,3 +231,31 @@ async def test_a_database_that_cannot_be_used_is_the_ledger_being_unavailable(
             await ledger.counters()
     finally:
         await ledger.close()
+
+
+async def test_a_write_lock_held_elsewhere_fails_a_grant_within_its_bound(
+    ledger_url: str, tmp_path: Path
+) -> None:
+    import sqlite3
+    import time
+
+    ledger = SQLiteLedger.connect(ledger_url, timeout_s=0.5)
+    # A connection opened and pooled first, as in a running gateway.
+    await ledger.grant("gw", [GrantRequest("user:v", "requests", 10, 1, 2, window_s=60)])
+    holder = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process writing, for longer than a grant waits
+    try:
+        started = time.monotonic()
+        with pytest.raises(LedgerUnavailable):
+            await ledger.grant("gw", [GrantRequest("user:u", "requests", 10, 1, 2, window_s=60)])
+        assert time.monotonic() - started < 2.0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    try:
+        [granted] = await ledger.grant(
+            "gw", [GrantRequest("user:u", "requests", 10, 1, 2, window_s=60)]
+        )
+        assert granted.amount == 2.0  # the lock gone, the ledger answers again
+    finally:
+        await ledger.close()

@@ -46,9 +46,12 @@ async def test_a_stream_that_keeps_sending_runs_past_the_request_timeout(harness
 
     async def slow_stream(request):
         async def send():
-            for sequence, piece in enumerate(["a", "b", "c", "d"]):
+            # The first pause is longer than the request timeout (0.5 s) on its own.
+            for sequence, (piece, pause) in enumerate(
+                [("a", 0.8), ("b", 0.3), ("c", 0.3), ("d", 0.0)]
+            ):
                 await publish(request, chunk(request, sequence, piece))
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(pause)
             await publish(request, completed_reply(request, "abcd"))
 
         asyncio.get_running_loop().create_task(send())
@@ -62,7 +65,7 @@ async def test_a_stream_that_keeps_sending_runs_past_the_request_timeout(harness
     ) as response:
         assert response.status_code == 200
         lines = [line async for line in response.aiter_lines() if line]
-    assert loop.time() - started > 1.0  # twice the request timeout
+    assert loop.time() - started > 1.3  # well past the request timeout
     assert lines[-1] == "data: [DONE]"
     contents = [orjson.loads(line[6:])["choices"][0]["delta"]["content"] for line in lines[:-1]]
     assert contents == ["a", "b", "c", "d"]

@@ -392,7 +392,7 @@ def deadletter_replay(
                     continue
                 try:
                     to = await replay(bus, letter, deadletter_topic, again=again)
-                except DeadLetterError as exc:
+                except DeadLetterError as exc:  # MarkerNotWrittenError too: it says so
                     failures += 1
                     typer.echo(f"error: {exc}", err=True)
                     continue

@@ -15,7 +15,9 @@ Every group on the topic receives the replayed record, not only the one that fai
 that is safe because every consumer takes an event twice without harm (history stores an
 event id once; inference looks a request carrying `deadletter.replayed_from` up on its
 reply partition before running it, as it does a redelivery, and answers a request whose
-deadline has passed as expired without calling the upstream).
+deadline has passed as expired without calling the upstream; a gateway drops a reply or
+usage event of a request it no longer waits for). Two operators replaying the same letter
+at the same moment both publish it; that is safe for the same reason.
 
 Embedded mode's in-memory bus keeps its dead letters in memory only; this module speaks
 to Kafka.
@@ -43,6 +45,8 @@ REPLAYED_TO_HEADER = "deadletter.replayed_to"
 """Header of a replay marker: `<topic>` or `<topic>:<partition>` the letter went to."""
 
 _ID = re.compile(r"^(\d{1,9}):(\d{1,19})$")
+# Attempts at writing a replay's marker once its record went.
+MARKER_ATTEMPTS = 3
 
 
 class RawPublisher(Protocol):
@@ -68,6 +72,11 @@ class RawPublisher(Protocol):
 class DeadLetterError(Exception):
     """A dead letter that cannot be replayed (a stub, unknown, replayed already) or an id
     that is not `<partition>:<offset>`; the message says which and why."""
+
+
+class MarkerNotWrittenError(DeadLetterError):
+    """A letter was replayed, but the marker recording it could not be written: the next
+    listing will not show the replay, so it must not be replayed again by hand."""
 
 
 @dataclass(frozen=True)
@@ -284,10 +293,12 @@ async def replay(
     bus: RawPublisher, letter: DeadLetter, deadletter_topic: str, *, again: bool = False
 ) -> str:
     """Publish `letter`'s record to the topic it came from, then a marker of the replay on
-    `deadletter_topic`; return where it went (`<topic>:<partition>`, or `<topic>` when its
-    key chose). Raises DeadLetterError when the letter cannot be replayed (a stub, no
-    topic) or was replayed already and `again` is False; BusUnavailableError and the
-    bus's other errors when Kafka does not take it (then no marker is written)."""
+    `deadletter_topic` (tried `MARKER_ATTEMPTS` times); return where it went
+    (`<topic>:<partition>`, or `<topic>` when its key chose). Raises DeadLetterError when
+    the letter cannot be replayed (a stub, no topic) or was replayed already and `again`
+    is False; BusUnavailableError and the bus's other errors when Kafka does not take the
+    record (nothing was replayed); MarkerNotWrittenError when the record went but its
+    marker could not be written."""
     refusal = letter.replayable()
     if refusal is not None:
         raise DeadLetterError(f"dead letter {letter.id} cannot be replayed: {refusal}")
@@ -305,12 +316,19 @@ async def replay(
         letter.topic, letter.value, key=letter.key, partition=partition, headers=headers
     )
     to = letter.topic if partition is None else f"{letter.topic}:{partition}"
-    await bus.publish_raw(
-        deadletter_topic,
-        b"",
-        key=letter.key,
-        partition=letter.partition,
-        headers=[(REPLAY_OF_HEADER, letter.id.encode()), (REPLAYED_TO_HEADER, to.encode())],
-    )
     letter.replays.append(Replay(to, datetime.now(UTC)))
-    return to
+    marker = [(REPLAY_OF_HEADER, letter.id.encode()), (REPLAYED_TO_HEADER, to.encode())]
+    for attempt in range(1, MARKER_ATTEMPTS + 1):
+        try:
+            await bus.publish_raw(
+                deadletter_topic, b"", key=letter.key, partition=letter.partition, headers=marker
+            )
+            return to
+        except Exception as exc:  # noqa: BLE001 - the record went: say so, whatever failed
+            if attempt == MARKER_ATTEMPTS:
+                raise MarkerNotWrittenError(
+                    f"dead letter {letter.id} was replayed to {to}, but the marker recording "
+                    f"it could not be written ({exc!r}): do not replay it again"
+                ) from exc
+            await asyncio.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -81,10 +81,13 @@ class Settings(ServiceSettings):
     stream_timeout_s: float = Field(
         default=600.0,
         gt=0,
+        # Inference remembers a cancellation of a request it has not seen for an hour: a
+        # stream cancelled before it started must not outlive that memory.
+        le=3600,
         description="Deadline of a streamed request that has started (OpenAI's and "
         "Anthropic's SDKs wait 10 minutes by default): a long generation keeps streaming "
         "past `request_timeout_s`; at this deadline the stream ends with a "
-        "`deadline_exceeded` error event.",
+        "`deadline_exceeded` error event. At most 3600.",
     )
     max_body_bytes: int = Field(
         default=1024 * 1024,

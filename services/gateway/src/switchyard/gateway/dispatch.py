@@ -107,7 +107,7 @@ CANCELLED = Counter(
 TOKEN_COUNT_HEADER = "x-switchyard-token-count"
 COUNTING_APIS = (ClientAPI.ANTHROPIC_COUNT_TOKENS, ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS)
 # How long the cancellation of a request the bus never confirmed taking is retried while
-# the bus refuses it (seconds): well within the 600 s for which inference replicas remember
+# the bus refuses it (seconds): well within the hour for which inference replicas remember
 # a cancellation of a request they have not seen, so a late-written request still meets it.
 UNCONFIRMED_CANCEL_RETRY_S = 300.0
 _CANCEL_BACKOFF = Backoff(initial_s=0.5, max_s=10.0)

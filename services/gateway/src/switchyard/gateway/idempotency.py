@@ -332,7 +332,8 @@ class IdempotencyMiddleware:
         print_ = fingerprint("POST", path, body)
         wait = headers.get(WAIT_HEADER, "true").strip().lower() not in ("false", "0", "no")
         wait_s = settings.idempotency_wait_s or settings.request_timeout_s
-        lease_s = settings.longest_request_s + LEASE_MARGIN_S
+        # The request's own deadline: a stream's is longer (`Settings.timeout_for`).
+        lease_s = settings.timeout_for(_streams(body)) + LEASE_MARGIN_S
         give_up_at = time.monotonic() + wait_s
         delay = 0.02
         waited = False
@@ -511,6 +512,15 @@ def _may_run(gateway: Any, principal: Principal, path: str, body: bytes) -> bool
         return False
     model = _model_of(path, data) if isinstance(data, dict) else None
     return isinstance(model, str) and serves(gateway, principal, model)
+
+
+def _streams(body: bytes) -> bool:
+    """Whether the request body asks for a stream (`"stream": true`)."""
+    try:
+        data = jsonbody.loads(body)
+    except (orjson.JSONDecodeError, jsonbody.JsonTooDeep):
+        return False
+    return isinstance(data, dict) and data.get("stream") is True
 
 
 def _model_of(path: str, data: dict[str, Any]) -> Any:

@@ -80,7 +80,10 @@ class RunningRequests:
     reach them. A cancellation for a request not (yet) here is remembered for a while, in
     case the request arrives after it (a backlog, a redelivery)."""
 
-    def __init__(self, remember: int = 10_000, ttl_s: float = 600.0) -> None:
+    # An hour: no shorter than an interactive request's deadline (a stream's is at most an
+    # hour, `SWITCHYARD_GATEWAY_STREAM_TIMEOUT_S`), so one cancelled before it arrives
+    # never runs.
+    def __init__(self, remember: int = 10_000, ttl_s: float = 3600.0) -> None:
         self._running: dict[str, tuple[RequestRun, asyncio.Task[Outcome]]] = {}
         # Cancellations that came first: when, and the tenant they named.
         self._early: OrderedDict[str, tuple[float, str | None]] = OrderedDict()

@@ -62,8 +62,8 @@ async def call(
     cannot be reached."""
     # As bytes: a client's value keeps its own octets (Starlette decoded them as Latin-1),
     # which may be any the client sent; as text the HTTP client would take only ASCII.
-    headers = {
-        name.encode(): value.encode("latin-1")
+    headers = {  # Switchyard's own values: UTF-8, whatever they hold
+        name.encode(): value.encode()
         for name, value in identity_headers(gateway, principal).items()
     }
     if request is not None:

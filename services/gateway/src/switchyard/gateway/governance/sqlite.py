@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     and_,
     delete,
+    event,
     insert,
     select,
 )
@@ -118,7 +119,19 @@ class SQLiteLedger(Ledger):
         """A ledger on the SQLite database at `database_url` (its tables made by the
         gateway's migrations); a grant taking longer than `timeout_s` seconds raises
         `LedgerUnavailable`."""
-        return cls(create_engine(database_url), timeout_s=timeout_s)
+        engine = create_engine(database_url)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _short_busy_wait(dbapi_connection: Any, _: Any) -> None:  # pragma: no cover
+            # After the engine's own 15 s (registered first): SQLite itself gives up on a
+            # write lock held elsewhere within the grant's bound. Cancelling the await
+            # cannot: the driver's thread would sit in the busy handler, and the rollback
+            # behind it, for the full 15 s. A settlement refused so is retried later.
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout={max(1, int(timeout_s * 1000))}")
+            cursor.close()
+
+        return cls(engine, timeout_s=timeout_s)
 
     async def _transaction(
         self, work: Callable[[AsyncConnection], Awaitable[_T]], timeout_s: float | None = None
