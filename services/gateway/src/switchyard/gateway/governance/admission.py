@@ -123,12 +123,16 @@ class Refused(APIError):
         needed: float | None = None,
         left: float | None = None,
         output: bool = True,
+        spent: float | None = None,
     ) -> None:
         """`needed`: what the request reserves at most, in the limit's unit (USD, requests,
         tokens); `left`: what a budget has left after what is spent and reserved, when
-        known. A budget not used up but too small for this request, and a rate limit
-        smaller than the request, say so and invite no retry; `output`: whether `needed`
-        holds output (false for embeddings and token counts, which make none)."""
+        known; `spent`: what it has spent, when known. A budget not used up but too small
+        for this request, and a rate limit smaller than the request, say so and invite no
+        retry; a budget that would take the request once the requests in progress settle
+        (they reserve their most, and usually use less) says that and invites one;
+        `output`: whether `needed` holds output (false for embeddings and token counts,
+        which make none)."""
         self.level, self.scope_id, self.kind = level, scope_id, kind
         # The caller's team, for the refusal's record (set by `Admission.admit`).
         self.team_id: str | None = None
@@ -136,6 +140,29 @@ class Refused(APIError):
         who = f"{LEVEL_NAMES.get(level, level)} {scope_id}"
         retry_after = max(1, math.ceil(reset_at - now)) if reset_at is not None else 1
         all_headers = dict(headers or {})
+        held = (
+            kind == "spend"
+            and spent is not None
+            and needed is not None
+            and spent + needed <= limit + 1e-9
+        )
+        if held:
+            assert spent is not None
+            resets = (
+                f"it resets at {_iso(reset_at)}" if reset_at is not None else "it does not reset"
+            )
+            message = (
+                f"The {_usd(limit)} budget for the {who} is held by requests in progress "
+                f"({_usd(spent)} spent so far); retry when they finish ({resets})."
+            )
+            super().__init__(
+                429,
+                message,
+                type="insufficient_quota",
+                code="insufficient_quota",
+                headers={**all_headers, "Retry-After": "1"},
+            )
+            return
         if kind == "spend":
             when = (
                 f"it resets at {_iso(reset_at)}"
@@ -595,7 +622,9 @@ class Admission:
         elif need.kind == "spend":
             reset_at = need.period_end
         left = self._left(need, grant) if need.kind == "spend" and grant is not None else None
+        spent = grant.spent if need.kind == "spend" and grant is not None else None
         return Refused(
+            spent=spent,
             level=need.level.level,
             scope_id=need.level.scope_id,
             kind=need.kind,
