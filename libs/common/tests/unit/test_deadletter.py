@@ -4,6 +4,7 @@ bus; the real-Kafka path is in tests/integration/test_deadletter_replay.py."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import pytest
 from aiokafka.structs import ConsumerRecord
@@ -206,7 +207,9 @@ def test_the_replay_command_needs_ids_or_all_and_refuses_a_bad_id(monkeypatch):
     assert result.exit_code == 2
 
     letters = from_records([letter_record()])
-    monkeypatch.setattr(cli, "_dead_letters", lambda topic: (object(), letters, topic))
+    monkeypatch.setattr(
+        cli, "_dead_letters", lambda topic, group=None: (object(), letters, topic, group)
+    )
     result = runner.invoke(app, ["deadletter", "replay", "zero"])
     assert result.exit_code == 1
     assert "'zero' is not a dead letter id" in result.output
@@ -218,7 +221,9 @@ def test_the_list_command_prints_one_line_per_letter(monkeypatch):
     letters = from_records(
         [letter_record(0, 1), letter_record(1, 2, extra=[("deadletter.left_out", b"x")])]
     )
-    monkeypatch.setattr(cli, "_dead_letters", lambda topic: (object(), letters, topic))
+    monkeypatch.setattr(
+        cli, "_dead_letters", lambda topic, group=None: (object(), letters, topic, group)
+    )
     result = CliRunner().invoke(cli.build(), ["deadletter", "list"])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if line]
@@ -256,3 +261,52 @@ async def test_a_marker_that_cannot_be_written_says_the_letter_went(monkeypatch)
     assert len(bus.published) == 1  # the record, once
     assert bus.fail_count == deadletter.MARKER_ATTEMPTS
     assert len(letter.replays) == 1
+
+
+def test_a_dry_run_applies_the_rules_of_a_real_one(monkeypatch):
+    from switchyard.common import cli
+
+    marker = record(0, 9, [(REPLAY_OF_HEADER, b"0:1"), (REPLAYED_TO_HEADER, b"t:2")], b"")
+    letters = from_records(
+        [
+            letter_record(0, 1),
+            letter_record(1, 2, extra=[("deadletter.left_out", b"x")], value=b""),
+            letter_record(2, 3),
+            marker,
+        ]
+    )
+    settings = SimpleNamespace(
+        topic_prefix="sy", kafka_bootstrap_servers="127.0.0.1:1", kafka_max_message_bytes=1000
+    )
+    monkeypatch.setattr(
+        cli, "_dead_letters", lambda topic, group=None: (settings, letters, topic, group)
+    )
+    runner = CliRunner()
+    named = runner.invoke(cli.build(), ["deadletter", "replay", "0:1", "1:2", "2:3", "--dry-run"])
+    assert named.exit_code == 1
+    assert "2:3\twould go to sy.requests.interactive" in named.stdout
+    assert "0:1 was replayed already" in named.stderr and "1:2 cannot be replayed" in named.stderr
+    # --all passes over stubs, with --again too; replayed ones only without --again.
+    every = runner.invoke(cli.build(), ["deadletter", "replay", "--all", "--again", "--dry-run"])
+    assert every.exit_code == 0, every.output
+    assert [line.split("\t")[0] for line in every.stdout.splitlines()] == ["0:1", "2:3"]
+
+
+def test_a_long_reason_keeps_its_end_on_the_list():
+    from switchyard.common.cli import _short_reason
+
+    reason = (
+        "undecodable event: 1 validation error for tagged-union[" + "X," * 200 + "] Invalid JSON"
+    )
+    short = _short_reason(reason)
+    assert len(short) <= 200 and short.endswith("Invalid JSON") and " … " in short
+
+
+async def test_a_topic_that_does_not_answer_is_a_clear_refusal():
+    class Gone(FakeBus):
+        async def partition_count(self, topic: str) -> int:
+            raise TimeoutError
+
+    (letter,) = from_records([letter_record()])
+    with pytest.raises(DeadLetterError, match="gave no partitions in time"):
+        await replay(Gone(), letter, DLQ)

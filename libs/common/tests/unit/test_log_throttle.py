@@ -98,3 +98,16 @@ def test_structured_retry_warnings_differing_only_in_details_are_counted():
     ]
     assert "suppressed" not in lines[0]
     structlog.contextvars.clear_contextvars()
+
+
+def test_every_dead_letter_is_logged_with_its_coordinates():
+    out = io.StringIO()
+    configure_logging("history", "INFO", "json", stream=out)
+    log = structlog.get_logger("switchyard.bus.kafka")
+    for offset in range(20):
+        log.error("event dead-lettered", topic="t", partition=0, offset=offset, reason="bad")
+    flush_logs()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["offset"] for line in lines] == list(range(20))
+    assert all("suppressed" not in line for line in lines)
+    structlog.contextvars.clear_contextvars()

@@ -257,9 +257,12 @@ _TOPIC_HELP = "Only letters from this topic (its full name, or the name after th
 _GROUP_HELP = "Only letters this consumer group dead-lettered."
 
 
-def _dead_letters(topic: str | None) -> tuple[Any, Any, str | None]:
+def _dead_letters(
+    topic: str | None, group: str | None = None
+) -> tuple[Any, Any, str | None, str | None]:
     """The settings, every dead letter on the deployment's dead-letter topic, and `topic`
-    as a full name; exit status 1 with one line on stderr when Kafka cannot be read."""
+    and `group` as full names (the prefix added to a name without it); exit status 1 with
+    one line on stderr when Kafka cannot be read."""
     from aiokafka.errors import KafkaError
 
     from switchyard.common.deadletter import DeadLetterError, read_dead_letters
@@ -273,6 +276,8 @@ def _dead_letters(topic: str | None) -> tuple[Any, Any, str | None]:
     topics = Topics(settings.topic_prefix)
     if topic is not None and not topic.startswith(f"{topics.prefix}."):
         topic = topics.name(topic)
+    if group is not None and not group.startswith(f"{topics.prefix}."):
+        group = topics.group(group)
     try:
         letters = asyncio.run(
             read_dead_letters(
@@ -288,7 +293,16 @@ def _dead_letters(topic: str | None) -> tuple[Any, Any, str | None]:
             err=True,
         )
         raise typer.Exit(1) from None
-    return settings, letters, topic
+    return settings, letters, topic, group
+
+
+def _short_reason(reason: str, width: int = 200) -> str:
+    """`reason` on one line, at most `width` characters: its start and its end, where a
+    validation error says what was wrong."""
+    text = " ".join(reason.split())
+    if len(text) <= width:
+        return text
+    return f"{text[: width // 3]} … {text[-(width - width // 3 - 3) :]}"
 
 
 @deadletter_app.command("list")
@@ -305,9 +319,10 @@ def deadletter_list(
     request id, whether it was replayed, and why it was dead-lettered."""
     from switchyard.common.deadletter import select
 
-    _, letters, topic = _dead_letters(topic)
+    _, letters, topic, group = _dead_letters(topic, group)
     chosen = sorted(select(letters, topic=topic, group=group), key=lambda letter: letter.at)
-    for letter in chosen[-limit:]:
+    shown = chosen[-limit:]
+    for letter in shown:
         if as_json:
             typer.echo(json.dumps(letter.summary(), sort_keys=True))
             continue
@@ -325,12 +340,12 @@ def deadletter_list(
                     letter.header("type") or "?",
                     letter.header("request_id") or "?",
                     replayed,
-                    " ".join(letter.reason.split())[:200],
+                    _short_reason(letter.reason),
                 ]
             )
         )
     if not as_json:
-        typer.echo(f"{len(chosen)} dead letter(s)", err=True)
+        typer.echo(f"{len(shown)} of {len(chosen)} dead letter(s)", err=True)
 
 
 @deadletter_app.command("replay")
@@ -357,7 +372,7 @@ def deadletter_replay(
     harm, so a letter handled elsewhere meanwhile is not run again. Exit status 1 if any
     chosen letter could not be replayed."""
     from switchyard.common.bus.kafka import KafkaBus
-    from switchyard.common.deadletter import DeadLetterError, replay, select
+    from switchyard.common.deadletter import DeadLetterError, refused, replay, select
     from switchyard.common.topics import Topics
 
     if bool(ids) == replay_all:
@@ -365,14 +380,19 @@ def deadletter_replay(
             "error: name the letters to replay (<partition>:<offset>) or pass --all", err=True
         )
         raise typer.Exit(2)
-    settings, letters, topic = _dead_letters(topic)
+    settings, letters, topic, group = _dead_letters(topic, group)
     try:
         chosen = select(letters, ids or (), topic=topic, group=group)
     except DeadLetterError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    if replay_all and not again:
-        chosen = [letter for letter in chosen if not letter.replays and letter.left_out is None]
+    if replay_all:
+        # Every letter that can be replayed: stubs never, replayed ones with --again only.
+        chosen = [
+            letter
+            for letter in sorted(chosen, key=lambda letter: letter.at)
+            if letter.replayable() is None and (again or not letter.replays)
+        ]
     deadletter_topic = Topics(settings.topic_prefix).deadletter
 
     async def run() -> int:
@@ -388,7 +408,12 @@ def deadletter_replay(
         try:
             for letter in chosen:
                 if dry_run:
-                    typer.echo(f"{letter.id}\twould go to {letter.topic}")
+                    refusal = refused(letter, again=again)
+                    if refusal is not None:
+                        failures += 1
+                        typer.echo(f"error: {refusal}", err=True)
+                    else:
+                        typer.echo(f"{letter.id}\twould go to {letter.topic}")
                     continue
                 try:
                     to = await replay(bus, letter, deadletter_topic, again=again)
@@ -398,7 +423,7 @@ def deadletter_replay(
                     continue
                 except Exception as exc:  # noqa: BLE001 - the bus's refusal, said plainly
                     failures += 1
-                    typer.echo(f"error: {letter.id} was not replayed: {exc}", err=True)
+                    typer.echo(f"error: {letter.id} was not replayed: {exc!r}", err=True)
                     continue
                 typer.echo(f"{letter.id}\treplayed to {to}")
         finally:

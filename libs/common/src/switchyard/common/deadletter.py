@@ -106,6 +106,8 @@ class DeadLetter:
     group: str
     reason: str
     left_out: str | None
+    # The letter this record was replayed from, when it failed again after a replay.
+    replayed_from: str | None
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
@@ -145,6 +147,7 @@ class DeadLetter:
             "request_id": self.header("request_id"),
             "value_bytes": len(self.value),
             "left_out": self.left_out,
+            "replayed_from": self.replayed_from,
             "replays": [{"to": replay.to, "at": replay.at.isoformat()} for replay in self.replays],
         }
 
@@ -194,6 +197,7 @@ def from_records(records: Iterable[ConsumerRecord]) -> list[DeadLetter]:
             group=_text(coordinates, "deadletter.group") or "",
             reason=_text(coordinates, "deadletter.reason") or "",
             left_out=_text(coordinates, "deadletter.left_out"),
+            replayed_from=_text(coordinates, REPLAYED_FROM_HEADER),
             key=record.key,
             value=record.value or b"",
             headers=[
@@ -289,6 +293,21 @@ def select(
     ]
 
 
+def refused(letter: DeadLetter, *, again: bool = False) -> str | None:
+    """Why `replay` would refuse `letter` (a stub, no topic, replayed already without
+    `again`), or None."""
+    refusal = letter.replayable()
+    if refusal is not None:
+        return f"dead letter {letter.id} cannot be replayed: {refusal}"
+    if letter.replays and not again:
+        last = letter.replays[-1]
+        return (
+            f"dead letter {letter.id} was replayed already (to {last.to} at "
+            f"{last.at.isoformat()}); pass --again to replay it once more"
+        )
+    return None
+
+
 async def replay(
     bus: RawPublisher, letter: DeadLetter, deadletter_topic: str, *, again: bool = False
 ) -> str:
@@ -299,17 +318,18 @@ async def replay(
     is False; BusUnavailableError and the bus's other errors when Kafka does not take the
     record (nothing was replayed); MarkerNotWrittenError when the record went but its
     marker could not be written."""
-    refusal = letter.replayable()
+    refusal = refused(letter, again=again)
     if refusal is not None:
-        raise DeadLetterError(f"dead letter {letter.id} cannot be replayed: {refusal}")
-    if letter.replays and not again:
-        last = letter.replays[-1]
+        raise DeadLetterError(refusal)
+    try:
+        count = await bus.partition_count(letter.topic)
+    except TimeoutError:
         raise DeadLetterError(
-            f"dead letter {letter.id} was replayed already (to {last.to} at "
-            f"{last.at.isoformat()}); pass --again to replay it once more"
-        )
+            f"dead letter {letter.id} cannot be replayed: its topic {letter.topic} gave no "
+            "partitions in time (does it exist?)"
+        ) from None
     partition = letter.source_partition
-    if partition is not None and partition >= await bus.partition_count(letter.topic):
+    if partition is not None and partition >= count:
         partition = None  # the topic has fewer partitions now: the key chooses
     headers = [*letter.headers, (REPLAYED_FROM_HEADER, letter.id.encode())]
     await bus.publish_raw(

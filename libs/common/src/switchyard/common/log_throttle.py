@@ -43,6 +43,16 @@ def _key(record: logging.LogRecord) -> tuple[Any, ...]:
     return (record.name, record.levelno, record.getMessage())
 
 
+# Lines that each record something that happened once to one event (its coordinates are
+# in the line): always written, never counted as a repeat of another event's line.
+AUDIT_EVENTS = frozenset({"event dead-lettered"})
+
+
+def _audit(record: logging.LogRecord) -> bool:
+    message = record.msg
+    return isinstance(message, dict) and message.get("event") in AUDIT_EVENTS
+
+
 def _count_on(record: logging.LogRecord, count: int) -> None:
     """Write `count` (identical lines dropped before this one) onto `record`."""
     if isinstance(record.msg, dict):
@@ -83,7 +93,7 @@ class RepeatFilter(logging.Filter):
         write = True
         summaries: list[logging.LogRecord] = []
         with self._lock:
-            if record.levelno >= logging.WARNING:
+            if record.levelno >= logging.WARNING and not _audit(record):
                 write = self._admit(_key(record), record, now, summaries)
             summaries += self._sweep(now)
         self._write(summaries)
