@@ -199,7 +199,14 @@ class Refused(APIError):
                 "tokens": f"{limit:g} tokens per minute",
                 "parallel": f"{limit:g} requests in progress at once",
             }[kind]
-            when = f"retry after {_iso(reset_at)}" if reset_at is not None else "retry shortly"
+            if reset_at is not None:
+                when = f"retry after {_iso(reset_at)}"
+            elif kind == "parallel":
+                # A slot frees when a request ends (or, if its outcome never comes, at its
+                # deadline plus a minute): not necessarily shortly.
+                when = "retry when one of them ends"
+            else:
+                when = "retry shortly"
             message = f"Rate limit of {what} reached for the {who}; {when}."
             error_type = "tokens" if kind == "tokens" else "requests"
             code = "rate_limit_exceeded"
