@@ -185,44 +185,27 @@ class SQLiteLedger(Ledger):
             after_counters, after_leases = ledger.state()
             now = datetime.now(UTC)
             for counter in after_counters:
-                await connection.execute(
-                    delete(counters_table).where(
-                        and_(
-                            counters_table.c.scope == counter.scope,
-                            counters_table.c.kind == counter.kind,
-                        )
-                    )
-                )
-                await connection.execute(
-                    insert(counters_table).values(
-                        scope=counter.scope,
-                        kind=counter.kind,
-                        window_start=counter.window_start,
-                        window_end=counter.window_end,
-                        limit_value=counter.limit,
-                        committed=counter.committed,
-                        spent=counter.spent,
-                        updated_at=now,
-                    )
+                await _replace(
+                    connection,
+                    counters_table,
+                    scope=counter.scope,
+                    kind=counter.kind,
+                    window_start=counter.window_start,
+                    window_end=counter.window_end,
+                    limit_value=counter.limit,
+                    committed=counter.committed,
+                    spent=counter.spent,
+                    updated_at=now,
                 )
             for lease in after_leases:
-                await connection.execute(
-                    delete(leases_table).where(
-                        and_(
-                            leases_table.c.replica == lease.replica,
-                            leases_table.c.scope == lease.scope,
-                            leases_table.c.kind == lease.kind,
-                        )
-                    )
-                )
-                await connection.execute(
-                    insert(leases_table).values(
-                        replica=lease.replica,
-                        scope=lease.scope,
-                        kind=lease.kind,
-                        window_start=lease.window_start,
-                        held=lease.held,
-                    )
+                await _replace(
+                    connection,
+                    leases_table,
+                    replica=lease.replica,
+                    scope=lease.scope,
+                    kind=lease.kind,
+                    window_start=lease.window_start,
+                    held=lease.held,
                 )
             return result
 
@@ -250,11 +233,8 @@ class SQLiteLedger(Ledger):
     @override
     async def heartbeat(self, replica: str) -> None:
         async def work(connection: AsyncConnection) -> None:
-            await connection.execute(
-                delete(replicas_table).where(replicas_table.c.replica == replica)
-            )
-            await connection.execute(
-                insert(replicas_table).values(replica=replica, heartbeat_at=datetime.now(UTC))
+            await _replace(
+                connection, replicas_table, replica=replica, heartbeat_at=datetime.now(UTC)
             )
 
         await self._transaction(work)
@@ -307,6 +287,12 @@ class SQLiteLedger(Ledger):
     @override
     async def close(self) -> None:
         await self._engine.dispose()
+
+
+async def _replace(connection: AsyncConnection, table: Table, **values: Any) -> None:
+    """Write the row `values` into `table`, replacing the one with its primary key
+    (SQLite's `INSERT OR REPLACE`)."""
+    await connection.execute(insert(table).prefix_with("OR REPLACE").values(**values))
 
 
 def _aware(value: datetime) -> datetime:
