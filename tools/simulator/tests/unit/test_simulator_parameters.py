@@ -273,3 +273,25 @@ def test_embeddings_of_several_token_id_arrays_get_one_vector_each(client):
     assert [(item.index, len(item.embedding)) for item in result.data] == [(0, 4), (1, 4)]
     assert result.data[0].embedding != result.data[1].embedding
     assert result.usage.prompt_tokens == 5
+
+
+@pytest.mark.parametrize(
+    ("input_", "user_", "param"),
+    [
+        ("", None, "input"),
+        (["a", ""], None, "input"),
+        (["a"] * 2049, None, "input"),
+        ("a", 5, "user"),
+    ],
+    ids=["empty-string", "empty-item", "too-many", "user-not-a-string"],
+)
+def test_embeddings_refuse_what_openai_refuses(client, input_, user_, param):
+    extra = {} if user_ is None else {"user": user_}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model="sim-embed", input=input_, extra_body=extra)
+    assert refused.value.body["param"] == param
+
+
+def test_embeddings_take_2048_inputs_and_a_user(client):
+    result = client.embeddings.create(model="sim-embed", input=["a"] * 2048, user="u1")
+    assert len(result.data) == 2048

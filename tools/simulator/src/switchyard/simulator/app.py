@@ -1740,8 +1740,20 @@ def embedding_vector(text: str, dimensions: int) -> list[float]:
     return [round(value / norm, 6) for value in values]
 
 
+# OpenAI's API reference (Create embeddings, `input`): no empty string, and at most 2048
+# inputs in an array.
+MAX_EMBEDDING_INPUTS = 2048
+
+
 def _embedding_inputs(body: dict[str, Any]) -> list[str]:
     raw = body.get("input")
+    if isinstance(raw, list) and len(raw) > MAX_EMBEDDING_INPUTS:
+        raise BadRequest(
+            f"'input' holds {len(raw)} inputs; at most {MAX_EMBEDDING_INPUTS} are allowed.",
+            "input",
+        )
+    if raw == "" or (isinstance(raw, list) and "" in raw):
+        raise BadRequest("'input' cannot be an empty string.", "input")
     if isinstance(raw, str):
         return [raw]
     if isinstance(raw, list) and raw and all(isinstance(item, str) for item in raw):

@@ -232,6 +232,7 @@ class EmbeddingsParameters(TypedDict, total=False):
     model: str
     dimensions: Annotated[int, Field(ge=1, le=4096)] | None
     encoding_format: Literal["float", "base64"] | None
+    user: str | None
 
 
 # --------------------------------------------------------------------------- rules across fields
