@@ -266,9 +266,13 @@ def _dead_letters(
     from aiokafka.errors import KafkaError
 
     from switchyard.common.deadletter import DeadLetterError, read_dead_letters
+    from switchyard.common.logging import configure_logging
     from switchyard.common.settings import ServiceSettings
     from switchyard.common.topics import Topics
 
+    # Standard output is the command's answer (`--json` is read by programs): the bus's
+    # own lines go to standard error, warnings and errors only.
+    configure_logging("deadletter", "WARNING", "console", stream=sys.stderr)
     # The one-line error below says what failed; aiokafka's own connection warnings
     # would only repeat it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -373,6 +377,7 @@ def deadletter_replay(
     chosen letter could not be replayed."""
     from switchyard.common.bus.kafka import KafkaBus
     from switchyard.common.deadletter import DeadLetterError, refused, replay, select
+    from switchyard.common.logging import flush_logs
     from switchyard.common.topics import Topics
 
     if bool(ids) == replay_all:
@@ -429,6 +434,7 @@ def deadletter_replay(
         finally:
             if not dry_run:
                 await bus.stop()
+            flush_logs()
         return failures
 
     failures = asyncio.run(run())
