@@ -143,7 +143,7 @@ async def test_a_budget_is_never_overspent_and_settlement_frees_the_unused_reser
     assert "team team-1" in refused[0].message and "resets at" in refused[0].message
     # Nothing is spent yet: the requests in progress hold it, and a retry may fit.
     assert "held by requests in progress" in refused[0].message
-    assert refused[0].headers["Retry-After"] == "1"
+    assert 1 <= int(refused[0].headers["Retry-After"]) <= 86_400  # at the latest, the reset
     assert "x-should-retry" not in refused[0].headers
 
     # The requests ran and cost a third of their reservation: room for more opens up.

@@ -155,12 +155,16 @@ class Refused(APIError):
                 f"The {_usd(limit)} budget for the {who} is held by requests in progress "
                 f"({_usd(spent)} spent so far); retry when they finish ({resets})."
             )
+            # A retry may fit once they finish, which is not known here: at the latest the
+            # period's reset (a lifetime budget has none: a second, then refused again as
+            # used up once their usage is settled). Never `x-should-retry: false`.
+            wait = str(retry_after) if reset_at is not None else "1"
             super().__init__(
                 429,
                 message,
                 type="insufficient_quota",
                 code="insufficient_quota",
-                headers={**all_headers, "Retry-After": "1"},
+                headers={**all_headers, "Retry-After": wait},
             )
             return
         if kind == "spend":
