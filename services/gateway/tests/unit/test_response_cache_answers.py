@@ -317,13 +317,23 @@ async def test_a_background_response_says_the_cache_was_bypassed(
     assert not history.cache
 
 
+WEB_SEARCH = {
+    "type": "web_search_call",
+    "id": "ws_67c9",
+    "status": "completed",
+    "action": {"type": "search", "query": "weather"},
+}
+
+
 async def test_a_reasoning_item_an_upstream_made_keeps_its_id_on_a_hit(harness, history):
-    """An OpenAI upstream finds its reasoning items by id when a later turn sends them
-    back: a renamed one would be unknown there. Switchyard's own (`rs_sy`) are renamed."""
+    """An OpenAI upstream finds its reasoning items and its built-in tools' calls by id
+    when a later turn sends them back: a renamed one would be unknown there. Switchyard's
+    own reasoning items (`rs_sy`) are renamed."""
     output = [
         {"type": "reasoning", "id": "rs_upstream1", "summary": []},
         {"type": "reasoning", "id": "rs_sy0123", "summary": []},
         *OUTPUT[-1:],
+        WEB_SEARCH,
     ]
 
     async def answer(request):
@@ -338,3 +348,33 @@ async def test_a_reasoning_item_an_upstream_made_keeps_its_id_on_a_hit(harness, 
     assert reused[0]["id"] == made[0]["id"] == "rs_upstream1"
     assert reused[1]["id"] != made[1]["id"] and reused[1]["id"].startswith("rs_sy0123")
     assert reused[2]["id"] != made[2]["id"]
+    assert reused[3]["id"] == made[3]["id"] == "ws_67c9"
+
+
+async def test_a_streamed_hit_keeps_a_built_in_call_s_id_in_every_event(harness, history):
+    async def stream(request):
+        done = _responses_answer(request, output=[WEB_SEARCH])
+        events = [
+            ("response.output_item.added", {"output_index": 0, "item": WEB_SEARCH}),
+            ("response.web_search_call.completed", {"output_index": 0, "item_id": "ws_67c9"}),
+            ("response.completed", {"response": done}),
+        ]
+        return [
+            record(
+                request,
+                0,
+                [
+                    StreamEvent(event=name, data={"type": name, "sequence_number": n, **data})
+                    for n, (name, data) in enumerate(events)
+                ],
+            ),
+            completed_reply(request, response=done),
+        ]
+
+    harness.respond[0] = stream
+    body = {**RESPONSES_BODY, "stream": True}
+    await harness.client.post("/v1/responses", json=body, headers=ON)
+    await async_wait_until(lambda: history.cache, timeout=5)
+    again = await harness.client.post("/v1/responses", json=body, headers=ON)
+    assert again.headers["x-switchyard-cache"] == "hit"
+    assert again.content.count(b'"ws_67c9"') == 3, again.text

@@ -1007,6 +1007,37 @@ async def test_reasoning_of_another_responses_server_still_reaches_it(harness, r
     assert recorder.last.body["input"][0] == own
 
 
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"type": "web_search_call", "id": "ws_67c9", "status": "completed", "action": {}},
+        {"type": "file_search_call", "id": "fs_1", "status": "completed", "queries": ["q"]},
+        {"type": "mcp_list_tools", "id": "mcpl_1", "server_label": "s", "tools": []},
+    ],
+    ids=lambda item: item["type"],
+)
+async def test_a_built_in_tool_s_item_goes_back_to_its_upstream_with_its_id(
+    harness, recorder, item
+):
+    """The items of the tools an OpenAI upstream runs itself carry an id its API requires
+    when a later turn sends them back (`previous_response_id`): kept, as a reasoning
+    item's is; a message's and a function call's, which history may have given, are not."""
+    recorder.script(Scripted(json=native_response()))
+    previous = [
+        {"type": "message", "id": "msg_user_0", "role": "user", "content": "Search."},
+        item,
+        {**PREVIOUS_ITEMS[2], "id": "msg_answer"},
+    ]
+    body = {"input": [{"role": "user", "content": "And Oslo?"}]}
+
+    reply = await harness.handle(with_previous(responses_request("gpt-resp", body), previous))
+
+    assert isinstance(reply, ChatCompleted), reply
+    sent = recorder.last.body["input"]
+    assert sent[1] == item
+    assert "id" not in sent[0] and "id" not in sent[2]
+
+
 async def test_openai_reasoning_sent_back_without_its_id_is_not_sent_to_anthropic(
     harness, recorder
 ):
@@ -1324,6 +1355,48 @@ async def test_omitted_thinking_goes_back_as_thinking_and_redacted_as_redacted(
     assert assistant["content"][:2] == [
         {"type": "thinking", "thinking": "", "signature": "SIG-OMITTED"},
         {"type": "redacted_thinking", "data": "REDACTED-DATA"},
+    ]
+
+
+async def test_thinking_interleaved_with_tool_use_goes_back_in_its_order(harness, recorder):
+    """Anthropic requires thinking blocks back unmodified and in their order: thinking
+    between tool calls (interleaved thinking) stays between them."""
+    blocks = [
+        {"type": "thinking", "thinking": "T1", "signature": "S1"},
+        {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "a"}},
+        {"type": "thinking", "thinking": "T2", "signature": "S2"},
+        {"type": "text", "text": "Checking b too."},
+        {"type": "tool_use", "id": "toolu_2", "name": "lookup", "input": {"q": "b"}},
+    ]
+    recorder.script(Scripted(json={**_thinking_reply([]), "content": blocks}))
+    reply = await harness.handle(responses_request("claude", {"input": "Look a and b up."}))
+    assert isinstance(reply, ChatCompleted), reply
+    output = reply.data.response["output"]
+    results = [
+        {"type": "function_call_output", "call_id": item["call_id"], "output": "ok"}
+        for item in output
+        if item["type"] == "function_call"
+    ]
+    recorder.script(Scripted(json=anthropic_text_reply("Done.")))
+
+    again = await harness.handle(
+        responses_request(
+            "claude",
+            {"input": [{"role": "user", "content": "Look a and b up."}, *output, *results]},
+        )
+    )
+
+    assert isinstance(again, ChatCompleted), again
+    assistant = recorder.last.body["messages"][1]
+    assert [
+        (block["type"], block.get("thinking") or block.get("text") or block.get("id"))
+        for block in assistant["content"]
+    ] == [
+        ("thinking", "T1"),
+        ("tool_use", "toolu_1"),
+        ("thinking", "T2"),
+        ("text", "Checking b too."),
+        ("tool_use", "toolu_2"),
     ]
 
 

@@ -117,12 +117,35 @@ def input_items(value: Any, request_id: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- responses
 
 
+# Items of the tools an OpenAI upstream runs itself that are not `*_call`s (OpenAI's
+# Responses reference, the output item types).
+_UPSTREAM_TOOL_ITEMS = frozenset({"mcp_list_tools", "mcp_approval_request"})
+# The calls whose ids a client or Switchyard may give (the caller's own tools).
+_CALLER_CALLS = frozenset({"function_call", "custom_tool_call"})
+
+
+def upstream_named(kind: Any) -> bool:
+    """Whether an output item of type `kind` carries an id only its upstream could give
+    and its API requires when the item is sent back: a reasoning item, and the items of
+    the tools an OpenAI upstream runs itself (`web_search_call`, `file_search_call`,
+    `computer_call`, `code_interpreter_call`, `image_generation_call`, `mcp_call`,
+    `mcp_list_tools`... any `*_call` but `function_call` and `custom_tool_call`)."""
+    if not isinstance(kind, str):
+        return False
+    return (
+        kind == "reasoning"
+        or kind in _UPSTREAM_TOOL_ITEMS
+        or (kind.endswith("_call") and kind not in _CALLER_CALLS)
+    )
+
+
 def upstream_item(item: dict[str, Any]) -> dict[str, Any]:
     """A stored Responses item (of a previous response, or named by an `item_reference`)
     as an upstream Responses API gets it: without the id Switchyard's store gave it (an
     upstream would look it up in its own store and not find it), nor a message's `status`;
-    reasoning items keep theirs (the API requires a reasoning item's id)."""
-    if item.get("type") == "reasoning":
+    the items whose ids the upstream gave and requires (`upstream_named`: reasoning, its
+    built-in tools' calls) are kept whole."""
+    if upstream_named(item.get("type")):
         return item
     return {
         name: value

@@ -112,7 +112,7 @@ from switchyard.common.events import (
     UsageRecorded,
     utcnow,
 )
-from switchyard.common.responses import response_id
+from switchyard.common.responses import response_id, upstream_named
 from switchyard.gateway.governance.policy import CacheOptIn, PolicyUnavailable
 from switchyard.gateway.hit_events import HitEvents, HitRecord
 
@@ -335,6 +335,13 @@ class CachedAnswer:
 
         new_id = response_id(request_id, now)
         metadata = body.get("metadata")
+        output = self.response.get("output")
+        # Stream events name an item by its id alone: the output says of which type it is.
+        kinds = {
+            value.get("id"): value.get("type")
+            for value in (output if isinstance(output, list) else ())
+            if isinstance(value, dict)
+        }
 
         def item(value: Any) -> Any:
             if isinstance(value, dict) and _renamed_item(value.get("type"), value.get("id")):
@@ -364,8 +371,9 @@ class CachedAnswer:
                 data["response"] = renamed(inner)
             if "item" in data:  # response.output_item.added / done
                 data["item"] = item(data["item"])
-            if _renamed_item(None, data.get("item_id")):
-                data["item_id"] = _new_item_id(data["item_id"], request_id)
+            item_id = data.get("item_id")
+            if isinstance(item_id, str) and _renamed_item(kinds.get(item_id, "reasoning"), item_id):
+                data["item_id"] = _new_item_id(item_id, request_id)
             return data
 
         response = renamed(self.response)
@@ -422,15 +430,15 @@ _SWITCHYARD_REASONING_PREFIX = "rs_sy"
 
 
 def _renamed_item(kind: Any, item_id: Any) -> bool:
-    """Whether a reused output item gets a new id: every one but a reasoning item an
-    OpenAI upstream made (`rs_` not Switchyard's), which a later turn may send back to
-    that upstream by id, where only the original id is known."""
+    """Whether a reused output item of type `kind` gets a new id: every one but those
+    whose id an OpenAI upstream gave and requires back (`upstream_named`: a reasoning item
+    it made, `rs_` not Switchyard's `rs_sy`; its built-in tools' calls), which a later
+    turn may send back to that upstream by id, where only the original id is known."""
     if not isinstance(item_id, str) or not item_id:
         return False
-    upstream_reasoning = item_id.startswith("rs_") and not item_id.startswith(
-        _SWITCHYARD_REASONING_PREFIX
-    )
-    return not (upstream_reasoning and kind in (None, "reasoning"))
+    if kind == "reasoning":
+        return item_id.startswith(_SWITCHYARD_REASONING_PREFIX) or not item_id.startswith("rs_")
+    return not upstream_named(kind)
 
 
 def _new_item_id(item_id: str, request_id: str) -> str:

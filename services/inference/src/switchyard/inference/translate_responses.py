@@ -69,6 +69,7 @@ from switchyard.inference.translate import (
     tool_input_of_request,
     trim_prefill,
     unique_tool_use_ids,
+    unusable_tool_choice,
     whole_json,
 )
 
@@ -584,6 +585,26 @@ def _chat_tool(tool: dict[str, Any]) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
+_THINKING = ("thinking", "redacted_thinking")
+
+
+def _thinking_first(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An assistant message's `blocks` opened by thinking when it has any (Anthropic's
+    rule; a client may list a reasoning item after a message item of the same turn): the
+    first run of thinking blocks moved to the front, every other block in its place.
+    Thinking interleaved with tool use (`[thinking, tool_use, thinking, text]`) goes back
+    in the order the model wrote it, which Anthropic requires."""
+    if not blocks or blocks[0].get("type") in _THINKING:
+        return blocks
+    start = next((i for i, block in enumerate(blocks) if block.get("type") in _THINKING), None)
+    if start is None:
+        return blocks
+    end = start
+    while end < len(blocks) and blocks[end].get("type") in _THINKING:
+        end += 1
+    return [*blocks[start:end], *blocks[:start], *blocks[end:]]
+
+
 def _chat_tool_choice(choice: Any) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
@@ -595,11 +616,7 @@ def _chat_tool_choice(choice: Any) -> Any:
         if not isinstance(name, str):
             raise invalid_type("tool_choice.name", "a string", name)
         return {"type": "function", "function": {"name": name}}
-    raise TranslationError(
-        "'tool_choice' cannot be used with this model as sent: only 'auto', 'none', "
-        "'required' or a function can.",
-        "tool_choice",
-    )
+    raise unusable_tool_choice(choice)
 
 
 def _chat_user_part(part: dict[str, Any], where: str) -> dict[str, Any]:
@@ -824,11 +841,7 @@ def responses_request_to_messages(
             # Tool results must open a user turn.
             turn["content"].sort(key=lambda block: block.get("type") != "tool_result")
         elif turn["role"] == "assistant":
-            # Thinking must open an assistant message that has any (a reasoning item
-            # may come after a message item of the same turn).
-            turn["content"].sort(
-                key=lambda block: block.get("type") not in ("thinking", "redacted_thinking")
-            )
+            turn["content"] = _thinking_first(turn["content"])
     trim_prefill(turns)
 
     if not turns:
