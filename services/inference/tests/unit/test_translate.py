@@ -1085,6 +1085,36 @@ def test_accumulator_assembles_every_choice_and_tool_call() -> None:
     assert accumulator.deltas == 6
 
 
+# Azure OpenAI's first chunk: no id, no model, no choices, its content filter's verdict.
+AZURE_PROLOGUE = {
+    "id": "",
+    "object": "",
+    "created": 0,
+    "model": "",
+    "choices": [],
+    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}],
+}
+
+
+def test_azure_s_first_chunk_gives_neither_message_nor_completion_an_empty_id() -> None:
+    chunks = [AZURE_PROLOGUE, *OPENAI_TOOL_STREAM]
+    converter = ChatChunksToMessageEvents("m")
+    events = [event for chunk in chunks for event in converter.feed(chunk)]
+    events += converter.finish()
+    accumulator = CompletionAccumulator()
+    for chunk in chunks:
+        accumulator.add(chunk)
+
+    starts = [event for event in events if event["type"] == "message_start"]
+    assert [start["message"]["id"] for start in starts] == ["chatcmpl-s"]
+    completion = accumulator.response()
+    assert (completion["id"], completion["model"], completion["created"]) == (
+        "chatcmpl-s",
+        "gpt-x",
+        1,
+    )
+
+
 def test_stream_translations_compose_back_to_the_original_reply() -> None:
     """OpenAI chunks -> Anthropic events -> OpenAI chunks keeps text, calls and stop."""
     to_anthropic = ChatChunksToMessageEvents("m")
@@ -2059,3 +2089,37 @@ def test_a_call_id_used_again_gets_an_id_of_its_own_with_its_result() -> None:
     first, second = turns[1]["content"][0]["id"], turns[3]["content"][0]["id"]
     assert second == f"{first}_2"
     assert turns[4]["content"][0]["tool_use_id"] == second
+
+
+TOOLS_CHAT = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+TOOLS_RESPONSES = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
+TOOL_CHOICE_TRANSLATIONS = {
+    "chat->messages": lambda choice: chat_request_to_messages(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS_CHAT}
+        | {"tool_choice": choice}
+    ),
+    "responses->chat": lambda choice: responses_request_to_chat(
+        {"model": "m", "input": "hi", "tools": TOOLS_RESPONSES, "tool_choice": choice}
+    ),
+    "responses->messages": lambda choice: responses_request_to_messages(
+        {"model": "m", "input": "hi", "tools": TOOLS_RESPONSES, "tool_choice": choice}
+    ),
+}
+
+
+@pytest.mark.parametrize("path", list(TOOL_CHOICE_TRANSLATIONS))
+@pytest.mark.parametrize(
+    ("choice", "code"),
+    [
+        ("sometimes", "invalid_value"),
+        (5, "invalid_type"),
+        ({"type": "allowed_tools", "mode": "auto", "tools": []}, "unsupported_parameter"),
+    ],
+    ids=["unknown-mode", "number", "allowed-tools"],
+)
+def test_a_tool_choice_no_translation_takes_is_refused_with_openai_s_code(
+    path: str, choice: Any, code: str
+) -> None:
+    with pytest.raises(TranslationError) as caught:
+        TOOL_CHOICE_TRANSLATIONS[path](choice)
+    assert (caught.value.param, caught.value.code) == ("tool_choice", code)

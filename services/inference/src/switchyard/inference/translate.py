@@ -142,6 +142,26 @@ def not_one_of(path: str, value: Any, supported: tuple[str, ...]) -> Translation
     return invalid_value(path, f"{value!r} is not supported; supported values are {listed}.")
 
 
+# The `tool_choice` strings of OpenAI's APIs (Chat Completions and Responses).
+TOOL_CHOICE_MODES = ("none", "auto", "required")
+
+
+def unusable_tool_choice(choice: Any) -> TranslationError:
+    """The refusal of an OpenAI `tool_choice` a translation cannot send: a string other
+    than TOOL_CHOICE_MODES is OpenAI's `invalid_value`, a value neither a string nor an
+    object its `invalid_type`, and an object of a kind the translation does not carry
+    (`allowed_tools`, `custom`, a built-in tool) `unsupported_parameter`."""
+    if isinstance(choice, str):
+        return not_one_of("tool_choice", choice, TOOL_CHOICE_MODES)
+    if not isinstance(choice, dict):
+        return invalid_type("tool_choice", "a string or an object", choice)
+    return TranslationError(
+        "'tool_choice' cannot be used with this model as sent: only 'auto', 'none', "
+        "'required' or a function can.",
+        "tool_choice",
+    )
+
+
 # OpenAI's rule for a structured output format's `name` (its API reference: "a-z, A-Z,
 # 0-9, or contain underscores and dashes, with a maximum length of 64").
 _FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -2059,11 +2079,7 @@ def anthropic_tool_choice(
             )
         result = {"type": "tool", "name": node}
     else:
-        raise TranslationError(
-            "'tool_choice' cannot be used with this model as sent: only 'auto', 'none', "
-            "'required' or a function can.",
-            "tool_choice",
-        )
+        raise unusable_tool_choice(choice)
     if result is not None and result["type"] in ("any", "tool") and not tools:
         raise invalid_value(
             "tool_choice", "'tool_choice' is only allowed when 'tools' are specified."
@@ -2202,6 +2218,13 @@ def whole_json(pieces: list[str]) -> bool:
     return True
 
 
+def _prologue(chunk: dict[str, Any]) -> bool:
+    """Whether `chunk` only precedes the message (Azure OpenAI's first chunk: an empty
+    `id`, no choices, its `prompt_filter_results`): nothing to relay, and the message's
+    id comes with the next chunk."""
+    return not chunk.get("id") and not chunk.get("choices") and chunk.get("usage") is None
+
+
 class ChatChunksToMessageEvents:
     """Turns OpenAI `chat.completion.chunk` dicts into Anthropic stream events (dicts
     with their `type`; the SSE event name is that type).
@@ -2233,7 +2256,7 @@ class ChatChunksToMessageEvents:
     def _start(self, chunk: dict[str, Any] | None) -> list[dict[str, Any]]:
         self._started = True
         chunk_id = chunk.get("id") if chunk else None
-        self.message_id = chunk_id if isinstance(chunk_id, str) else _new_id("msg_")
+        self.message_id = chunk_id if isinstance(chunk_id, str) and chunk_id else _new_id("msg_")
         return [
             {
                 "type": "message_start",
@@ -2270,6 +2293,8 @@ class ChatChunksToMessageEvents:
         dict produces, possibly none; `message_start` comes with the first. Nothing after
         `finish()`."""
         if self._finished:
+            return []
+        if not self._started and _prologue(chunk):
             return []
         events = [] if self._started else self._start(chunk)
         usage = chunk.get("usage")
@@ -2574,10 +2599,14 @@ class CompletionAccumulator:
     def add(self, chunk: dict[str, Any]) -> None:
         """Take the next OpenAI `chat.completion.chunk` dict: its id, model and usage, and each
         choice's content, refusal, tool-call pieces and finish reason."""
-        if self.id is None:
-            self.id = chunk.get("id")
-            self.created = chunk.get("created")
-            self.model = chunk.get("model")
+        # Each taken from the first chunk that has it: Azure's first chunk (its
+        # `prompt_filter_results`) has an empty id, no model and `created` 0.
+        if not self.id:
+            self.id = chunk.get("id") or None
+        if not self.created:
+            self.created = chunk.get("created") or None
+        if not self.model:
+            self.model = chunk.get("model") or None
         if chunk.get("system_fingerprint"):
             self.system_fingerprint = chunk["system_fingerprint"]
         if isinstance(chunk.get("usage"), dict):
