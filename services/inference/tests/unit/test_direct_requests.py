@@ -301,6 +301,68 @@ async def test_an_upstream_error_reaches_the_client_with_its_own_status_type_and
     }
 
 
+# Error replies of servers that do not follow OpenAI's shape (vLLM, FastAPI apps, plain
+# text), and the message and code the client must get from each.
+ODD_ERRORS = {
+    "string-error": (
+        Scripted(json={"error": "model 'x' not found"}, status=400),
+        ("model 'x' not found", None),
+    ),
+    "fastapi-detail": (
+        Scripted(
+            json={"detail": [{"loc": ["body", "model"], "msg": "field required"}]}, status=422
+        ),
+        ("body.model: field required", None),
+    ),
+    "detail-string": (Scripted(json={"detail": "Not Found"}, status=404), ("Not Found", None)),
+    "numeric-code": (
+        Scripted(json={"object": "error", "message": "too long", "code": 400}, status=400),
+        ("too long", "400"),
+    ),
+    "plain-text": (
+        Scripted(chunks=[b"model is loading\n"], status=400, media_type="text/plain"),
+        ("model is loading", None),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("answer", list(ODD_ERRORS), ids=list(ODD_ERRORS))
+async def test_an_error_in_another_shape_keeps_its_message_and_code(
+    recorder: RecordingUpstream, kind: str, answer: str
+) -> None:
+    scripted, (message, code) = ODD_ERRORS[answer]
+    upstream = create_upstream(deployment(kind, recorder.root))
+    recorder.script(scripted)
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await upstream.send(PATHS[kind], BODY, {}, 5)
+    finally:
+        await upstream.aclose()
+    assert (caught.value.status, caught.value.message, caught.value.code) == (
+        scripted.status,
+        message,
+        code,
+    )
+
+
+async def test_an_upstream_408_reaches_the_client_as_it_was_after_the_retries(
+    recorder: RecordingUpstream,
+) -> None:
+    upstream = create_upstream(deployment("openai", recorder.root))
+    recorder.script(
+        Scripted(json={"error": {"message": "took too long", "type": "timeout"}}, status=408)
+    )
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await upstream.send("/chat/completions", BODY, {}, 5)
+    finally:
+        await upstream.aclose()
+    failure = caught.value
+    assert (failure.status, failure.type, failure.message) == (408, "timeout", "took too long")
+    assert failure.retryable  # another attempt, or another deployment, may answer
+
+
 async def test_a_text_error_from_anthropic_is_relayed_as_its_text(
     recorder: RecordingUpstream,
 ) -> None:

@@ -172,22 +172,64 @@ def retry_after(headers: Any) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+# The longest text error body kept whole as an error's message (characters).
+_TEXT_MESSAGE_MAX = 1000
+
+
 def _error_object(body: object) -> dict[str, Any]:
     """The upstream's error object in `body`, the error reply as the SDK keeps it
     (`APIStatusError.body`: OpenAI's SDK keeps the inner object, Anthropic's the whole
     `{"type": "error", "error": {...}}`). Google's APIs (Gemini's OpenAI-compatible
     endpoint, Vertex AI) may wrap theirs in a list,
     `[{"error": {"code": 400, "message", "status": "INVALID_ARGUMENT"}}]`, with a numeric
-    `code` and the error's name in `status`: that name is taken as the `code`."""
+    `code` and the error's name in `status`: that name is taken as the `code`. Servers
+    that do not follow OpenAI's shape keep their message elsewhere: a string `error`
+    (`{"error": "model 'x' not found"}`), FastAPI's `detail` (a string, or a list of
+    `{"loc": [...], "msg": ...}`), a numeric `code` (vLLM's `"code": 400`); each is
+    read as the message or the code it is. A body that is text (OpenAI's SDK keeps a
+    string `error` member so, and any reply that is not JSON) is the message, unless it is
+    markup (an HTML error page says nothing a client can use) or longer than
+    `_TEXT_MESSAGE_MAX` characters (then cut there)."""
     if isinstance(body, list) and body and isinstance(body[0], dict):
         body = body[0]
-    if isinstance(body, dict):
-        inner = body.get("error")
-        error = inner if isinstance(inner, dict) else body
-        if not isinstance(error.get("code"), str) and isinstance(error.get("status"), str):
+    if isinstance(body, str):
+        text = body.strip()
+        if not text or text.startswith("<"):
+            return {}
+        if len(text) > _TEXT_MESSAGE_MAX:
+            text = text[:_TEXT_MESSAGE_MAX] + "…"
+        return {"message": text}
+    if not isinstance(body, dict):
+        return {}
+    inner = body.get("error")
+    error = inner if isinstance(inner, dict) else dict(body)
+    if not _str(error.get("message")):
+        found = _str(inner) or _detail_message(body.get("detail"))
+        if found is not None:
+            error = {**error, "message": found}
+    code = error.get("code")
+    if not isinstance(code, str):
+        if isinstance(error.get("status"), str):
             error = {**error, "code": error["status"]}
-        return error
-    return {}
+        elif isinstance(code, int) and not isinstance(code, bool):
+            error = {**error, "code": str(code)}
+    return error
+
+
+def _detail_message(detail: object) -> str | None:
+    """The message of FastAPI's `detail`: the string itself, or each validation error of
+    the list as `loc: msg`, joined by "; "; None for anything else."""
+    if isinstance(detail, str):
+        return _str(detail)
+    if not isinstance(detail, list):
+        return None
+    parts = []
+    for item in detail:
+        if isinstance(item, dict) and _str(item.get("msg")):
+            loc = item.get("loc")
+            where = ".".join(str(part) for part in loc) if isinstance(loc, list) else ""
+            parts.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
+    return "; ".join(parts) or None
 
 
 def _str(value: Any) -> str | None:
@@ -365,7 +407,20 @@ def status_error(
             should_retry=retry,
         )
     if status == 408:
-        return timeout_error(name)
+        # The upstream gave up waiting for the request: retried and fallen back from as a
+        # timeout is, but what reaches the client is the upstream's own answer.
+        return ProviderError(
+            408,
+            upstream_type,
+            message,
+            code=code,
+            param=param,
+            vendor=protocol,
+            retryable=True,
+            retry_same=retry is not False,
+            retry_after=wait,
+            should_retry=retry,
+        )
     if 400 <= status < 500:
         return ProviderError(
             status,
