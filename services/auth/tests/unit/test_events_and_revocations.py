@@ -26,7 +26,7 @@ from switchyard.auth.signing import (
 )
 from switchyard.auth.tokens import TokenIssuer
 from switchyard.common.bus import BusUnavailableError, InMemoryBus
-from switchyard.common.events import Event, SigningKeyRotated
+from switchyard.common.events import MAX_JWT_LEEWAY_S, Event, SigningKeyRotated
 
 TOPIC = "test.auth.events"
 
@@ -148,8 +148,16 @@ async def test_the_revocation_snapshot_holds_what_gateways_must_refuse(
     (_, session_expiry) = snapshot.revoked_sessions[0]
     assert session_expiry <= datetime.now(UTC) + timedelta(minutes=15, seconds=1)
 
-    # Once the access tokens have expired anyway, nothing about them needs remembering.
-    later = datetime.now(UTC) + timedelta(minutes=16)
+    # Just after the tokens expire a gateway may still accept them for clock skew: the
+    # revocations are still listed, and kept.
+    skewed = datetime.now(UTC) + timedelta(minutes=16)
+    assert await service.purge_expired(now=skewed) == 0
+    still = await service.revocations(now=skewed)
+    assert [jti for jti, _ in still.revoked_tokens] == [pair.access.jti]
+    assert [sid for sid, _ in still.revoked_sessions] == [pair.session_id]
+
+    # Once no skew accepts the access tokens, nothing about them needs remembering.
+    later = datetime.now(UTC) + timedelta(minutes=16, seconds=MAX_JWT_LEEWAY_S)
     expired = await service.revocations(now=later)
     assert expired.revoked_tokens == [] and expired.revoked_sessions == []
     assert expired.revoked_api_keys == [dead.record.id]

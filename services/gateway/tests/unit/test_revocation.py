@@ -237,6 +237,26 @@ def test_entries_are_forgotten_once_their_tokens_have_expired() -> None:
     assert state.revoked_tokens == {} and state.revoked_sessions == {}
 
 
+def test_a_revoked_token_is_remembered_while_the_leeway_would_still_accept_it() -> None:
+    """The authenticator accepts a token `jwt_leeway_s` past its `exp`: a revoked one must
+    stay refused that long, not valid again for the leeway's length."""
+    now = [1_000_000.0]
+    state = RevocationState(clock=lambda: now[0], grace_s=10)
+    expires = datetime.fromtimestamp(now[0] + 60, UTC)
+    state.apply(event(TokenRevoked, TokenRevokedData(jti="j", user_id="u", expires_at=expires)))
+    data = TokenFamilyRevokedData(family_id="f", user_id="u", reason="logout", expires_at=expires)
+    state.apply(event(TokenFamilyRevoked, data))
+    state.load_snapshot(
+        {"revoked_tokens": [], "revoked_sessions": [], "revoked_api_keys": [], "disabled_users": []}
+    )
+    now[0] += 65  # expired 5 s ago: inside the leeway
+    state.prune()
+    assert state.is_revoked(user_id="u", jti="j") and state.is_revoked(user_id="u", session_id="f")
+    now[0] += 6
+    state.prune()
+    assert state.revoked_tokens == {} and state.revoked_sessions == {}
+
+
 def test_other_events_are_ignored() -> None:
     state = RevocationState()
     state.apply(ChatCompleted.model_construct(type="chat.completed"))

@@ -373,13 +373,20 @@ class UserStatusData(Contract):
     user_id: str
 
 
+# The most clock skew a verifier accepts on an access token's `exp` (seconds): the
+# gateway's `jwt_leeway_s` is bounded by it, and auth keeps revocations this long past the
+# tokens' expiry, so a revoked token accepted late for skew is still refused.
+MAX_JWT_LEEWAY_S = 300.0
+
+
 class TokenRevokedData(Contract):
     """The access token (`jti`) now refused, its owner, and when it would have expired."""
 
     jti: str = Field(description="`jti` claim of the revoked access token.")
     user_id: str
     expires_at: EventTime = Field(
-        description="When the token expires anyway; consumers may forget the entry after it."
+        description="When the token expires anyway; consumers may forget the entry once "
+        "it is older than the clock skew they accept on `exp`."
     )
 
 
@@ -393,7 +400,8 @@ class TokenFamilyRevokedData(Contract):
     user_id: str
     reason: Literal["logout", "reuse_detected", "user_disabled", "admin"]
     expires_at: EventTime = Field(
-        description="No access token of the family is valid after this instant."
+        description="No access token of the family is valid after this instant, but for "
+        "the clock skew a verifier accepts on `exp`."
     )
 
 

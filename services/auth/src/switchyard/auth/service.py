@@ -42,6 +42,7 @@ from switchyard.auth.tokens import (
     hash_refresh_token,
 )
 from switchyard.common.events import (
+    MAX_JWT_LEEWAY_S,
     ApiKeyRevoked,
     ApiKeyRevokedData,
     AuthEvent,
@@ -800,10 +801,13 @@ class AuthService:
         yet expired, and disabled users."""
         now = now or _utcnow()
         access_ttl = self._access_ttl()
+        # A gateway accepts a token for some clock skew past its expiry: a revocation
+        # matters that much longer.
+        skew = timedelta(seconds=MAX_JWT_LEEWAY_S)
         async with self._sessions() as session:
             store = AuthStore(session)
-            tokens = await store.revoked_tokens(now)
-            families = await store.families_revoked_since(now - access_ttl)
+            tokens = await store.revoked_tokens(now - skew)
+            families = await store.families_revoked_since(now - access_ttl - skew)
             keys = await store.revoked_api_key_ids(now)
             disabled = await store.disabled_user_ids()
         return RevocationSnapshot(
@@ -853,7 +857,10 @@ class AuthService:
         day. Returns how many rows were deleted."""
         now = now or _utcnow()
         async with self._sessions() as session:
-            removed = await AuthStore(session).purge(now, now - self._access_ttl())
+            # Blocklist entries and revoked sessions outlive their tokens by the clock skew
+            # a gateway may accept (`revocations`).
+            skew = timedelta(seconds=MAX_JWT_LEEWAY_S)
+            removed = await AuthStore(session).purge(now - skew, now - self._access_ttl() - skew)
             await session.commit()
         return removed
 

@@ -133,7 +133,7 @@ def build(
         leeway_s=settings.jwt_leeway_s,
         token_cache_size=settings.jwt_cache_size,
         lookup_concurrency=settings.api_key_lookup_concurrency,
-        revocations=RevocationState(),
+        revocations=RevocationState(grace_s=settings.jwt_leeway_s),
     )
     topics = Topics(settings.topic_prefix)
     revocations = RevocationSync(

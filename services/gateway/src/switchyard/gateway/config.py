@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from switchyard.common.events import ClientAPI
+from switchyard.common.events import MAX_JWT_LEEWAY_S, ClientAPI
 from switchyard.common.settings import Environment, ServiceSettings, env, http_url
 
 MIB = 1024 * 1024
@@ -151,7 +151,10 @@ class Settings(ServiceSettings):
     )
     jwks_refresh_min_interval_s: float = Field(default=30.0, ge=0)
     jwt_leeway_s: float = Field(
-        default=10.0, ge=0, le=300, description="Clock skew tolerated on exp, nbf and iat."
+        default=10.0,
+        ge=0,
+        le=MAX_JWT_LEEWAY_S,
+        description="Clock skew tolerated on exp, nbf and iat.",
     )
     jwt_cache_size: int = Field(
         default=10_000, ge=0, description="Verified access tokens remembered (skips RSA)."

@@ -74,8 +74,12 @@ class RevocationState:
 
     prune_interval_s = 60.0
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, grace_s: float = 0.0) -> None:
+        """`clock` gives the time (epoch seconds); `grace_s` is how long past its expiry a
+        revoked token is still remembered: the clock skew the authenticator accepts on
+        `exp` (its leeway), during which the token would otherwise be valid again."""
         self._clock = clock
+        self._grace_s = grace_s
         self.revoked_tokens: dict[str, float] = {}  # jti -> when the token expires anyway
         self.revoked_sessions: dict[str, float] = {}  # sid -> when its tokens expire anyway
         self.revoked_keys: set[str] = set()
@@ -154,11 +158,13 @@ class RevocationState:
         self.prune()
 
     def prune(self) -> None:
-        """Forget revoked tokens and sessions whose tokens have expired anyway."""
+        """Forget revoked tokens and sessions whose tokens have expired anyway, the grace
+        for clock skew included."""
         now = self._clock()
         self._pruned_at = now
         for entries in (self.revoked_tokens, self.revoked_sessions):
-            for key in [key for key, expires in entries.items() if expires <= now]:
+            gone = [key for key, expires in entries.items() if expires + self._grace_s <= now]
+            for key in gone:
                 del entries[key]
 
 
