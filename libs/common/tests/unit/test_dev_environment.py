@@ -324,3 +324,32 @@ def test_the_console_reads_the_circuit_breakers_where_inference_listens(
     assert environ["SWITCHYARD_GATEWAY_CONSOLE_INFERENCE_METRICS_URLS"] == (
         "http://127.0.0.1:18633/metrics"
     )
+
+
+def test_embedded_state_and_sqlite_databases_are_readable_by_their_owner_only(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`.switchyard/` holds every tenant's prompts, password and key hashes and the
+    development secrets: never readable by other users, even under umask 022."""
+    import stat
+
+    from switchyard.common.db import ensure_sqlite_dir
+    from switchyard.common.dev import STATE_DIR, private_state_dir
+
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        (tmp_path / STATE_DIR).mkdir(mode=0o755)  # made by an earlier version
+        private_state_dir()
+        ensure_sqlite_dir(f"sqlite+aiosqlite:///{STATE_DIR}/history.db")
+        ensure_sqlite_dir(f"sqlite:///{tmp_path}/elsewhere/new/auth.db")
+    finally:
+        os.umask(old)
+
+    def mode(path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(tmp_path / STATE_DIR) == 0o700
+    assert mode(tmp_path / STATE_DIR / "history.db") == 0o600
+    assert mode(tmp_path / "elsewhere" / "new") == 0o700
+    assert mode(tmp_path / "elsewhere" / "new" / "auth.db") == 0o600

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,11 +44,19 @@ def sync_url(url: str) -> str:
 
 
 def ensure_sqlite_dir(url: str) -> None:
-    """Create the directory of a file-based SQLite database `url`; other databases are left
+    """Create the directory of a file-based SQLite database `url` (readable by its owner
+    only, mode 0700, when it is made here) and the database file itself (mode 0600: it
+    holds prompts, replies and credential hashes; SQLite gives its journal and WAL files
+    the database's mode); an existing file or directory, and other databases, are left
     alone."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(parsed.database)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if parsed.query.get("uri"):  # a `file:` URI names the file in its own way
+            return
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 # Prepared statements each SQLite connection keeps (Python's default is 128). A batch

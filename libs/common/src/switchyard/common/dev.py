@@ -23,6 +23,7 @@ import subprocess
 import sys
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -116,6 +117,18 @@ def _in_dotenv(name: str) -> bool:
     from dotenv import dotenv_values
 
     return bool(dotenv_values(".env").get(name))
+
+
+def private_state_dir() -> None:
+    """Make STATE_DIR (created if missing) readable by its owner only, mode 0700: it holds
+    the databases (every tenant's prompts and replies, password and key hashes) and the
+    development secrets. A directory this process cannot change is left as it is; what
+    then fails to be written there says so itself."""
+    path = Path(STATE_DIR)
+    with contextlib.suppress(OSError):
+        path.mkdir(mode=0o700, exist_ok=True)
+        if path.stat().st_uid == os.getuid():
+            path.chmod(0o700)
 
 
 def apply_dev_environment(
@@ -261,6 +274,7 @@ def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
     from switchyard.common.settings import ServiceSettings
     from switchyard.common.tracing import configure_tracing
 
+    private_state_dir()
     # Migrations run beside the rest of start-up, in a process of their own.
     migrating = migrate_in_child(database_url)
     try:
