@@ -11,7 +11,7 @@ from switchyard.common.bus import BusUnavailableError
 from switchyard.common.events import ChatCancelRequested, ChatRequested
 from switchyard.common.testing.infra import async_wait_until
 
-from .conftest import API_KEY
+from .conftest import API_KEY, TEST_KEY_IDENTITY
 from .history_fakes import install
 
 BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "Summarise this"}]}
@@ -344,6 +344,37 @@ async def test_usage_needs_the_history_scope(harness, history):
     token = harness.auth.token(scopes=["chat"])
     response = await harness.client.get("/v1/usage", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("key_scopes", "narrowed"),
+    [
+        (["chat"], True),  # made to generate: reads back only what it made itself
+        (["history:read"], False),  # reads the user's jobs, as history
+        (["chat", "history:read"], False),
+    ],
+    ids=["chat", "history-read", "both"],
+)
+async def test_a_key_without_history_read_reads_back_only_its_own_jobs_and_responses(
+    harness, history, monkeypatch, key_scopes, narrowed
+):
+    history.answers["/v1/jobs"] = (200, b'{"object": "list", "data": []}', "application/json")
+    monkeypatch.setitem(TEST_KEY_IDENTITY, "scopes", key_scopes)
+
+    for path in ("/v1/jobs", "/v1/jobs/job-1"):
+        answer = await harness.client.get(path, headers={"x-api-key": API_KEY})
+        assert answer.status_code != 403, (path, answer.text)
+        sent = history.calls[-1].headers
+        assert sent.get("x-switchyard-api-key-only") == ("key-1" if narrowed else None)
+
+
+async def test_a_token_without_history_read_cannot_read_jobs(harness, history):
+    """An access token names no key history could narrow its reads to."""
+    token = harness.auth.token(scopes=["chat"])
+    for path in ("/v1/jobs", "/v1/jobs/job-1"):
+        answer = await harness.client.get(path, headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 403, answer.text
+        assert answer.json()["error"]["code"] == "insufficient_scope"
 
 
 async def _async(value):

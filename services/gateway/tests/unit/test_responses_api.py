@@ -604,7 +604,7 @@ async def test_an_unknown_previous_response_id_is_404_naming_the_parameter(syste
 
 async def test_another_tenants_response_is_not_found(system):
     created = await system.client.responses.create(model="sim-small", input="acme's secret")
-    other = system.auth.token(tenant="globex", sub="intruder", scopes=["chat"])
+    other = system.auth.token(tenant="globex", sub="intruder", scopes=["chat", "history:read"])
 
     chained = await system.http.post(
         "/v1/responses",

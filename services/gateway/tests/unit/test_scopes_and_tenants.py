@@ -28,7 +28,10 @@ def test_route_scopes_come_from_the_shared_definition() -> None:
         ("POST", "/v1/chat/completions", "chat"),
         ("POST", "/v1/messages", "chat"),
         ("POST", "/v1/embeddings", "chat"),
-        ("GET", "/v1/jobs/{job_id}", "chat"),
+        ("GET", "/v1/jobs/{job_id}", "history:read"),  # or a key's own, with chat
+        ("GET", "/v1/responses/{response_id}", "history:read"),
+        ("POST", "/v1/jobs", "chat"),
+        ("DELETE", "/v1/responses/{response_id}", "chat"),
         ("POST", "/v1/jobs/{job_id}/cancel", "chat"),
         ("GET", "/v1/history", "history:read"),
         ("GET", "/v1/history/{request_id}", "history:read"),

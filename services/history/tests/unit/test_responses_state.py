@@ -477,3 +477,26 @@ async def test_item_references_are_bounded_and_checked(service):
         "/v1/responses/items", json={"ids": "msg_1"}, headers=service.headers()
     )
     assert response.status_code == 400
+
+
+async def test_a_caller_narrowed_to_one_api_key_sees_only_what_that_key_made(service):
+    """The gateway narrows a key without `history:read` to its own requests: another key
+    of the same user reads, lists, continues and deletes none of them."""
+    request = requested({"input": "Hello"})  # made with key-1
+    await answered(service, request)
+    path = f"/v1/responses/{rid(request)}"
+
+    def narrowed(key: str) -> dict[str, str]:
+        return {**service.headers(), "x-switchyard-api-key-only": key}
+
+    own = await service.client.get(path, headers=narrowed("key-1"))
+    assert own.status_code == 200, own.text
+    for other in (
+        await service.client.get(path, headers=narrowed("key-2")),
+        await service.client.get(path + "/input_items", headers=narrowed("key-2")),
+        await service.client.delete(path, headers=narrowed("key-2")),
+    ):
+        assert other.status_code == 404, other.text
+    listed = await service.client.get("/v1/history", headers=narrowed("key-2"))
+    assert listed.json()["data"] == []
+    assert (await service.client.get(path, headers=service.headers())).status_code == 200

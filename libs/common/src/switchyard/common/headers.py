@@ -17,6 +17,9 @@ TENANT_HEADER = "x-switchyard-tenant"
 USER_ID_HEADER = "x-switchyard-user-id"
 ROLE_HEADER = "x-switchyard-role"
 IDENTITY_HEADERS = (TENANT_HEADER, USER_ID_HEADER, ROLE_HEADER)
+# Sent with the identity when the caller's API key lacks `history:read`: history then shows
+# (and lets it cancel or delete) only what that key itself made, its jobs and responses.
+API_KEY_ONLY_HEADER = "x-switchyard-api-key-only"
 
 # The id of a request, on every gateway response (the id its events and history row carry).
 REQUEST_ID_HEADER = "x-request-id"

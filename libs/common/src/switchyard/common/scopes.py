@@ -1,9 +1,10 @@
 """Scopes carried by access tokens and API keys: one definition shared by auth (which
 hands them out) and the gateway (which decides what each one allows).
 
-- `chat`: chat completions, messages, embeddings and jobs through the gateway (creating
-  and cancelling jobs included);
-- `history:read`: the caller's own request history, usage and jobs;
+- `chat`: chat completions, messages, embeddings, responses and jobs through the gateway,
+  and reading back, cancelling or deleting the jobs and stored responses the same
+  credential made (an API key without `history:read` sees no other key's);
+- `history:read`: the caller's own request history, usage, jobs and stored responses;
 - `history:write`: change the tenant's history settings (content storage, retention;
   the admin role and the `admin` scope are needed besides);
 - `admin`: the tenant's administration — auth's admin API (`/v1/admin/*`: users, teams,

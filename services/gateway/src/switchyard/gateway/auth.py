@@ -43,6 +43,7 @@ from jwt.algorithms import RSAAlgorithm
 from switchyard.common import scopes
 from switchyard.common.events import ApiKeyRevoked, Event, UserDisabled, UserEnabled
 from switchyard.common.headers import (
+    API_KEY_ONLY_HEADER,
     INTERNAL_TOKEN_HEADER,
     ROLE_HEADER,
     TENANT_HEADER,
@@ -103,20 +104,32 @@ class Principal:
         key or token narrowed to other scopes acts as a member."""
         return self.role == ADMIN_ROLE and scopes.ADMIN in self.scopes
 
+    @property
+    def own_key_only(self) -> str | None:
+        """The API key whose own jobs and responses are all this caller may read, cancel
+        or delete: its key when that key lacks `history:read` (a key made to generate
+        must not read what the user's other keys stored); None for every other caller."""
+        if self.api_key_id is not None and scopes.HISTORY_READ not in self.scopes:
+            return self.api_key_id
+        return None
+
     def internal_headers(self, internal_token: str) -> dict[str, str]:
         """The headers of a call to history on this caller's behalf: the internal token and
         the verified identity (tenant, user id, role) history scopes everything to; the
         role is `admin` only where the credential holds the `admin` scope
-        (`is_tenant_admin`)."""
+        (`is_tenant_admin`); and `own_key_only`, when set, narrows it to one key."""
         role = self.role
         if role == ADMIN_ROLE and not self.is_tenant_admin:
             role = MEMBER_ROLE
-        return {
+        headers = {
             INTERNAL_TOKEN_HEADER: internal_token,
             TENANT_HEADER: self.tenant,
             USER_ID_HEADER: self.user_id,
             ROLE_HEADER: role,
         }
+        if self.own_key_only is not None:
+            headers[API_KEY_ONLY_HEADER] = self.own_key_only
+        return headers
 
 
 class JwksCache:

@@ -300,6 +300,7 @@ async def submit_batch(
             created_at=submitted.created_at,
             webhook_url=webhook_url,
             accepted_at=time.monotonic(),
+            api_key_id=principal.api_key_id,
         )
     )
     return submitted

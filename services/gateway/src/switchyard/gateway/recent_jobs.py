@@ -7,12 +7,17 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from switchyard.gateway.auth import Principal
 
 
 @dataclass(frozen=True)
 class AcceptedJob:
-    """A job this replica answered: who created it, the model, its `created_at` as answered (ISO
-    8601), its webhook URL and when it was accepted (monotonic seconds)."""
+    """A job this replica answered: who created it (user, and API key if one), the model,
+    its `created_at` as answered (ISO 8601), its webhook URL and when it was accepted
+    (monotonic seconds)."""
 
     job_id: str
     tenant: str
@@ -21,6 +26,16 @@ class AcceptedJob:
     created_at: str  # ISO 8601, as the job was answered
     webhook_url: str | None
     accepted_at: float  # monotonic seconds
+    api_key_id: str | None = None
+
+    def visible_to(self, principal: Principal) -> bool:
+        """Whether `principal` may see (and cancel) this job, as history would let them
+        once it is recorded: its creator or a tenant admin, and with a key narrowed to its
+        own jobs (`Principal.own_key_only`) only the key that made it."""
+        if principal.user_id != self.user_id and not principal.is_tenant_admin:
+            return False
+        only = principal.own_key_only
+        return only is None or only == self.api_key_id
 
 
 class RecentJobs:

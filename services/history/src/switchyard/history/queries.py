@@ -70,11 +70,14 @@ USAGE_FILTERS = ("user_id", "model", "api_key_id", "team_id")
 
 @dataclass(frozen=True)
 class Caller:
-    """The identity the gateway verified and passed on."""
+    """The identity the gateway verified and passed on; `api_key_id`, when set, narrows it
+    to the requests that API key made (a key without `history:read` reading back its own
+    jobs and responses)."""
 
     tenant: str
     user_id: str
     role: str
+    api_key_id: str | None = None
 
     @property
     def sees_whole_tenant(self) -> bool:
@@ -192,6 +195,8 @@ class HistoryQueries:
         )
         if not caller.sees_whole_tenant:
             query = query.where(requests_table.c.user_id == caller.user_id)
+        if caller.api_key_id is not None:
+            query = query.where(requests_table.c.api_key_id == caller.api_key_id)
         return query
 
     async def _page(self, query: AnySelect, limit: int, cursor: str | None) -> Page:

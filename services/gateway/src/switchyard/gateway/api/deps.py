@@ -40,8 +40,12 @@ ROUTE_SCOPES: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("/v1/completions", scopes.CHAT, ANY_METHOD),
     ("/v1/messages", scopes.CHAT, ANY_METHOD),
     ("/v1/embeddings", scopes.CHAT, ANY_METHOD),
+    # Reading jobs and stored responses is reading history; a `chat` key may still read
+    # back what it made itself (READ_BACK).
+    ("/v1/jobs", scopes.HISTORY_READ, READS),
     ("/v1/jobs", scopes.CHAT, ANY_METHOD),
     ("/v1/batches", scopes.CHAT, ANY_METHOD),
+    ("/v1/responses", scopes.HISTORY_READ, READS),
     ("/v1/responses", scopes.CHAT, ANY_METHOD),
     ("/v1/history", scopes.HISTORY_READ, READS),
     ("/v1/history", scopes.HISTORY_WRITE, ANY_METHOD),
@@ -61,6 +65,13 @@ async def get_gateway(request: Request) -> Gateway:
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+# Reads an API key without `history:read` may still make with `chat`: those of the jobs
+# and stored responses it made itself (history narrows them to its key: see
+# `Principal.own_key_only`), as a client polls the job or background response it created.
+# An access token has no key to narrow to: it needs `history:read`.
+READ_BACK: tuple[str, ...] = ("/v1/jobs", "/v1/responses")
 
 
 def required_scope(path: str, method: str = "GET") -> str | None:
@@ -166,9 +177,17 @@ async def authenticate(request: Request) -> Principal:
     Raises APIError 401, 403 `insufficient_scope` or 503."""
     principal = await authenticated_principal(request)
     route = request.scope.get("route")
-    scope = required_scope(getattr(route, "path", None) or request.url.path, request.method)
+    path = getattr(route, "path", None) or request.url.path
+    scope = required_scope(path, request.method)
     if scope is not None and scope not in principal.scopes:
-        raise insufficient_scope(scope)
+        reads_back = (
+            scope == scopes.HISTORY_READ
+            and principal.own_key_only is not None  # an API key: history narrows it
+            and scopes.CHAT in principal.scopes
+            and path.startswith(READ_BACK)
+        )
+        if not reads_back:
+            raise insufficient_scope(scope)
     return principal
 
 

@@ -229,9 +229,7 @@ async def get_job(
         raise _not_found(job_id)
     path = f"/v1/jobs/{job_id}"
     accepted = gateway.recent_jobs.get(job_id, principal.tenant)
-    if accepted is None or (
-        accepted.user_id != principal.user_id and not principal.is_tenant_admin
-    ):
+    if accepted is None or not accepted.visible_to(principal):
         return await forward(gateway, principal, path, request)
     answer = await read_when_recorded(
         gateway, principal, path, request, not_yet=lambda answer: answer.status_code == 404
@@ -249,11 +247,7 @@ async def cancel_job(
     path = f"/v1/jobs/{job_id}/cancel"
     response = await forward(gateway, principal, path, None, method="POST")
     accepted = gateway.recent_jobs.get(job_id, principal.tenant)
-    if (
-        response.status_code == 404
-        and accepted is not None
-        and (accepted.user_id == principal.user_id or principal.is_tenant_admin)
-    ):
+    if response.status_code == 404 and accepted is not None and accepted.visible_to(principal):
         # Accepted here moments ago, not yet recorded by history: history records the
         # cancellation now, and the job's request, when it arrives, finds it cancelled.
         response = await forward(gateway, principal, path + "?accepted=true", None, method="POST")

@@ -467,11 +467,7 @@ async def cancel_response(
     if accepted is not None and not _accepted_as(accepted, response_id):
         # The request id matches, the creation time in the id does not: never issued.
         accepted = None
-    if (
-        answer.status_code == 404
-        and accepted is not None
-        and (accepted.user_id == principal.user_id or principal.is_tenant_admin)
-    ):
+    if answer.status_code == 404 and accepted is not None and accepted.visible_to(principal):
         # Accepted here moments ago, not recorded by history yet: history records the
         # cancellation now, and the request, when it arrives, finds it cancelled.
         answer = await forward(gateway, principal, path + "?accepted=true", method="POST")

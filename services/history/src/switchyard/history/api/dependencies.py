@@ -7,7 +7,12 @@ from typing import Annotated, cast
 from fastapi import Depends, Header, Request
 
 from switchyard.common.errors import APIError
-from switchyard.common.headers import ROLE_HEADER, TENANT_HEADER, USER_ID_HEADER
+from switchyard.common.headers import (
+    API_KEY_ONLY_HEADER,
+    ROLE_HEADER,
+    TENANT_HEADER,
+    USER_ID_HEADER,
+)
 from switchyard.history.bootstrap import HistoryComponents
 from switchyard.history.cache import CacheStore
 from switchyard.history.idempotency import IdempotencyStore
@@ -20,8 +25,10 @@ async def caller_identity(
     tenant: Annotated[str | None, Header(alias=TENANT_HEADER)] = None,
     user_id: Annotated[str | None, Header(alias=USER_ID_HEADER)] = None,
     role: Annotated[str | None, Header(alias=ROLE_HEADER)] = None,
+    api_key_only: Annotated[str | None, Header(alias=API_KEY_ONLY_HEADER)] = None,
 ) -> Caller:
-    """The identity the gateway verified; without it nobody's history can be scoped."""
+    """The identity the gateway verified; without it nobody's history can be scoped. With
+    `x-switchyard-api-key-only`, only what that API key made is the caller's."""
     missing = [
         name
         for name, value in (
@@ -37,7 +44,12 @@ async def caller_identity(
             f"caller identity required: missing header {', '.join(missing)}",
             code="missing_identity",
         )
-    return Caller(tenant=tenant, user_id=user_id, role=role)  # type: ignore[arg-type]
+    return Caller(
+        tenant=tenant,  # type: ignore[arg-type]
+        user_id=user_id,  # type: ignore[arg-type]
+        role=role,  # type: ignore[arg-type]
+        api_key_id=api_key_only or None,
+    )
 
 
 def user_filter(caller: Caller, user_id: str | None) -> str | None:
