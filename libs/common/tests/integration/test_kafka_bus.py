@@ -5,7 +5,6 @@ recover from by itself (a producer with a sequence gap, a consumer whose loop fa
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from switchyard.common.bus import (
 from switchyard.common.bus.kafka import KafkaBus
 from switchyard.common.events import ChatRequestData, ChatRequested, ClientAPI, encode_event
 from switchyard.common.testing.infra import async_wait_until
+from switchyard.common.testing.kafka_records import produce_with_unreadable
 
 pytestmark = pytest.mark.integration
 
@@ -730,61 +730,6 @@ async def test_hurry_and_wait_returns_once_everything_published_before_is_handle
     assert min(waits) < 0.9, waits  # not the batch's whole wait
 
 
-# Writes records to one partition, the one at index `bad` with a header key that is not
-# UTF-8: Kafka takes any bytes there (other clients write them), aiokafka reads them
-# strictly. Its pure-Python record builder, unlike its C one, encodes the key through the
-# object's own `encode`, so a str subclass can hand over raw bytes. `batches` lists the
-# number of records of each record batch, in order (each batch written before the next).
-UNREADABLE_PRODUCER = textwrap.dedent("""
-    import asyncio, json, os, sys
-    os.environ["AIOKAFKA_NO_EXTENSIONS"] = "1"
-    from aiokafka import AIOKafkaProducer
-
-    class RawKey(str):
-        def encode(self, *args, **kwargs):
-            return b"bad\\xff\\xfekey"
-
-    async def main(servers, topic, values, bad, batches):
-        producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=100)
-        await producer.start()
-        index = 0
-        for size in batches:
-            sent = []
-            for value in values[index : index + size]:
-                headers = [(RawKey("x"), b"v")] if index == bad else [("ok", b"v")]
-                sent.append(await producer.send(topic, value, headers=headers, partition=0))
-                index += 1
-            for delivery in sent:
-                await delivery
-        await producer.stop()
-
-    servers, topic, bad, batches = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    values = [line.encode() for line in sys.stdin.read().split("\\n") if line]
-    asyncio.run(main(servers, topic, values, bad, json.loads(batches)))
-""")
-
-
-def produce_with_unreadable(
-    servers: str, topic: str, values: list[bytes], bad: int, batches: list[int] | None = None
-) -> None:
-    """`values` to partition 0 of `topic`, the one at `bad` unreadable; each in a record
-    batch of its own unless `batches` groups them."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            UNREADABLE_PRODUCER,
-            servers,
-            topic,
-            str(bad),
-            json.dumps(batches or [1] * len(values)),
-        ],
-        input=b"\n".join(values),
-        check=True,
-        timeout=60,
-    )
-
-
 def around_an_unreadable_one() -> list[bytes]:
     """req-1 and req-2, an unreadable record (req-99), then req-3."""
     return [encode_event(request(n)) for n in (1, 2, 99, 3)]
@@ -839,6 +784,54 @@ async def test_a_record_the_client_cannot_parse_is_parked_and_the_partition_move
         await again.stop()
     assert more == []
     assert len(await read_all(kafka_servers, kafka_topics.deadletter, 2, timeout=3)) == 1
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["group", "batch-group"])
+async def test_an_unreadable_record_loses_nothing_fetched_with_it_from_other_partitions(
+    kafka_servers, kafka_topics, batch
+):
+    """aiokafka takes each partition's fetched records in turn, moving its position, and
+    lost those it had taken when a later partition's record failed to parse: a group
+    starting on a backlog (a restart) skipped real events and committed past them. Every
+    one is handled now, the unreadable one parked once, and a restart parks it no more."""
+    topic = kafka_topics.requests_interactive
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_servers)
+    await producer.start()
+    try:
+        for partition in (1, 2):  # the test topics have 3 partitions
+            for n in range(10):
+                number = 100 * partition + n
+                await producer.send_and_wait(
+                    topic, encode_event(request(number)), partition=partition
+                )
+    finally:
+        await producer.stop()
+    produce_with_unreadable(kafka_servers, topic, around_an_unreadable_one(), bad=2)
+    expected = {f"req-{100 * p + n}" for p in (1, 2) for n in range(10)} | {
+        "req-1",
+        "req-2",
+        "req-3",
+    }
+    group = "unreadable-others-batch" if batch else "unreadable-others"
+    bus = await started_bus(kafka_servers, kafka_topics)
+    try:
+        handled = await subscribe_noting(bus, topic, group, batch)
+        await async_wait_until(
+            lambda: asyncio.sleep(0, set(handled) >= expected), timeout=30, message="every event"
+        )
+        await asyncio.sleep(1)  # its commit
+    finally:
+        await bus.stop()
+    assert set(handled) == expected
+    again = await started_bus(kafka_servers, kafka_topics)
+    try:
+        more = await subscribe_noting(again, topic, group, batch)
+        await asyncio.sleep(3)
+    finally:
+        await again.stop()
+    assert more == []
+    dead = await read_all(kafka_servers, kafka_topics.deadletter, 2, timeout=3)
+    assert len(dead) == 1  # parked once, not again by the restarted group
 
 
 async def test_what_follows_an_unreadable_record_in_its_batch_is_parked_with_it(
@@ -915,3 +908,20 @@ async def test_a_record_too_large_to_copy_is_parked_as_a_stub(kafka_servers, kaf
     headers = dict(dead.headers)
     assert (dead.value, headers["deadletter.offset"]) == (b"", b"0")
     assert b"the value (65336 bytes)" in headers["deadletter.left_out"]
+
+
+async def test_the_dead_letter_listing_steps_over_a_record_it_cannot_parse(
+    kafka_servers, kafka_topics
+):
+    """One unreadable record on the dead-letter topic made `switchyard deadletter list`
+    and `replay --all` fail on every run: it is left out, the others listed."""
+    from switchyard.common.deadletter import read_dead_letters
+
+    values = [b"first", b"unreadable", b"third"]
+    produce_with_unreadable(kafka_servers, kafka_topics.deadletter, values, bad=1)
+
+    letters = await read_dead_letters(
+        kafka_servers, kafka_topics.deadletter, max_message_bytes=1_048_576, timeout_s=30
+    )
+
+    assert [(letter.partition, letter.offset) for letter in letters] == [(0, 0), (0, 2)]

@@ -93,6 +93,40 @@ async def test_a_replica_started_later_answers_a_redelivered_request_from_the_lo
     assert len(usages) == 2 and usages[0] == usages[1]  # the one the reply's record carried
 
 
+async def test_a_record_the_client_cannot_parse_on_the_reply_partition_is_stepped_over(
+    kafka_servers, kafka_topics, bus, simulator, providers
+) -> None:
+    """An unreadable record on a reply partition made every lookup there fail as if Kafka
+    were down (the request retried for the whole lookback, 15 minutes): it is stepped
+    over, and a redelivered request is answered from the log, never run twice."""
+    from switchyard.common.testing.kafka_records import produce_with_unreadable
+
+    for partition in range(await bus.partition_count(kafka_topics.replies)):
+        produce_with_unreadable(
+            kafka_servers, kafka_topics.replies, [b"x"], bad=0, partition=partition
+        )
+
+    async def publish(topic, event, *, key=None, partition=None, headers=None) -> None:
+        await bus.publish(topic, event, key=key, partition=partition, headers=headers)
+
+    def replica(log: KafkaReplyLog) -> ChatRequestHandler:
+        return ChatRequestHandler(
+            publish=publish,
+            topics=kafka_topics,
+            routing=routing(simulator),
+            providers=providers,
+            outcomes=log,
+        )
+
+    request = chat_request(model="m", reply_to=False)
+    async with running_log(kafka_servers, kafka_topics.replies, bus) as first_log:
+        await replica(first_log)(request)
+    async with running_log(kafka_servers, kafka_topics.replies, bus) as second_log:
+        await asyncio.wait_for(replica(second_log)(request), timeout=30)
+
+    assert simulator.calls("up-m") == 1
+
+
 async def test_a_lookup_sees_a_record_written_just_before_it(
     kafka_servers, kafka_topics, bus
 ) -> None:

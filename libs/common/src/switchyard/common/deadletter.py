@@ -32,11 +32,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from switchyard.common.bus.kafka import FETCH_MAX_BYTES, REPLAYED_FROM_HEADER
+from switchyard.common.bus.kafka import FETCH_MAX_BYTES, REPLAYED_FROM_HEADER, RecordReader
 from switchyard.common.kafka_admin import partition_count
+
+log = structlog.get_logger("switchyard.common.deadletter")
 
 HEADER_PREFIX = "deadletter."
 REPLAY_OF_HEADER = "deadletter.replay_of"
@@ -250,8 +253,12 @@ async def read_dead_letters(
                 consumer.seek(tp, starts[tp])
             records: list[ConsumerRecord] = []
             remaining = {tp for tp in assigned if ends[tp] > starts[tp]}
+            # A record the Kafka client cannot parse (a header key that is not UTF-8) is
+            # left out with a warning, never the end of the listing.
+            reader = RecordReader(_skip_unreadable)
             while remaining:
-                for tp, batch in (await consumer.getmany(*remaining, timeout_ms=500)).items():
+                batches = await reader.getmany(consumer, *remaining, timeout_ms=500)
+                for tp, batch in batches.items():
                     records.extend(record for record in batch if record.offset < ends[tp])
                     if batch and batch[-1].offset + 1 >= ends[tp]:
                         remaining.discard(tp)
@@ -261,6 +268,15 @@ async def read_dead_letters(
     finally:
         await consumer.stop()
     return from_records(records)
+
+
+async def _skip_unreadable(tp: TopicPartition, offsets: range, error: BaseException) -> None:
+    log.warning(
+        "dead-letter records the Kafka client cannot read were left out",
+        partition=tp.partition,
+        offsets=f"{offsets.start}-{offsets.stop - 1}",
+        error=repr(error)[:300],
+    )
 
 
 def select(

@@ -1032,6 +1032,27 @@ def _unreadable_record(exc: BaseException) -> tuple[TopicPartition, int, int] | 
     return where
 
 
+def _drained_before(exc: BaseException) -> dict[TopicPartition, list[ConsumerRecord]]:
+    """The records of other partitions aiokafka's `Fetcher.fetched_records` had taken in the
+    call that failed with `exc` before it reached the unreadable record: it takes each
+    partition's records in turn (moving that partition's position past them) and loses
+    them when a later partition's records fail to parse. Read from that frame's `drained`
+    in the traceback, as `_unreadable_record` reads its own; {} when there are none."""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "fetched_records":
+            drained = frame.f_locals.get("drained")
+            if isinstance(drained, dict):
+                return {
+                    tp: list(records)
+                    for tp, records in drained.items()
+                    if isinstance(tp, TopicPartition) and records
+                }
+        tb = tb.tb_next
+    return {}
+
+
 UnreadableHandler = Callable[[TopicPartition, range, BaseException], Awaitable[None]]
 
 
@@ -1043,7 +1064,7 @@ def _replayed(record: ConsumerRecord) -> bool:
     return any(name == REPLAYED_FROM_HEADER for name, _ in record.headers or ())
 
 
-class _RecordReader:
+class RecordReader:
     """`consumer.getmany` that gets past a record aiokafka itself cannot parse. aiokafka
     raises the error from `getmany` and drops the records of that fetch it had already
     read, leaving the position where the fetch began, so every poll would fail on the
@@ -1087,16 +1108,19 @@ class _RecordReader:
             where = _unreadable_record(exc)
             if where is None:
                 raise
+            # Records of other partitions the same call had already taken (their positions
+            # moved past them): returned, or they would never be handled.
+            drained = _drained_before(exc)
             tp, offset, batch_end = where
             if await consumer.position(tp) < offset:
                 # The records before it were read and dropped with the error: read them
                 # again, one at a time, so that only the unreadable ones are left out.
                 self._careful.add(tp)
-                return {}
+                return drained
             self._careful.discard(tp)
             await self._on_unreadable(tp, range(offset, batch_end), exc)
             consumer.seek(tp, batch_end)
-            return {}
+            return drained
 
 
 class _SupervisedConsumer(Subscription):
@@ -1227,7 +1251,7 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
         # it were published after this consumer owned the partition.
         self.first_new_offset: dict[TopicPartition, int] = {}
         self.opening: AIOKafkaConsumer | None = None
-        self.reader = _RecordReader(self._unreadable)
+        self.reader = RecordReader(self._unreadable)
 
     async def _open(self) -> AIOKafkaConsumer:
         consumer = self.bus._consumer(
@@ -1433,8 +1457,11 @@ class _BatchSubscription(_SupervisedConsumer):
         # The first offset, per partition, of the batch this member holds now (being
         # gathered or handled); `_progress` is set, and replaced, after each batch.
         self._in_hand_from: dict[TopicPartition, int] = {}
+        # Where unreadable records parked while a batch of their partition was in hand
+        # leave the partition: committed with the batch, never before it is handled.
+        self._parked_to: dict[TopicPartition, int] = {}
         self._progress = asyncio.Event()
-        self.reader = _RecordReader(self._unreadable)
+        self.reader = RecordReader(self._unreadable)
 
     @override
     def hurry(self) -> None:
@@ -1504,9 +1531,12 @@ class _BatchSubscription(_SupervisedConsumer):
                 self._in_hand_from = {}
                 self._progress.set()
                 self._progress = asyncio.Event()
-            offsets = {
-                tp: OffsetAndMetadata(recs[-1].offset + 1, "") for tp, recs in batches.items()
-            }
+            ends = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
+            for tp, parked_to in self._parked_to.items():
+                # Never below a record parked meanwhile: a restart would park it again.
+                ends[tp] = max(ends.get(tp, 0), parked_to)
+            self._parked_to = {}
+            offsets = {tp: OffsetAndMetadata(end, "") for tp, end in ends.items()}
             for tp, meta in offsets.items():
                 _record_lag(consumer, tp, meta.offset, self.group)
             try:
@@ -1593,11 +1623,16 @@ class _BatchSubscription(_SupervisedConsumer):
                 count += len(records)
 
     async def _unreadable(self, tp: TopicPartition, offsets: range, error: BaseException) -> None:
-        # The records before them were handled and committed batch by batch (read one at a
-        # time): parked, they are committed past at once, so a restart does not park them
-        # again.
+        # Parked, they are committed past, so a restart does not park them again: at once
+        # when nothing of their partition is in hand (the records before them were handled
+        # and committed batch by batch, read one at a time), else with the batch in hand
+        # once it is handled (committing now would pass records not yet handled, and the
+        # batch's own commit, lower, would then move the group back before them).
         for offset in offsets:
             await self.bus.dead_letter_unreadable(tp, offset, self.group, error)
+        if tp in self._in_hand_from:
+            self._parked_to[tp] = max(self._parked_to.get(tp, 0), offsets.stop)
+            return
         consumer = self.consumer
         if consumer is None:
             return
@@ -1661,7 +1696,7 @@ class _Listener(_SupervisedConsumer):
         self.carried = carried
         self.partitions = [TopicPartition(topic, p) for p in partitions]
         self.positions: dict[TopicPartition, int] = {}
-        self.reader = _RecordReader(self._unreadable)
+        self.reader = RecordReader(self._unreadable)
         self.fetch_options: dict[str, int] = {"fetch_max_wait_ms": LISTENER_FETCH_MAX_WAIT_MS}
         if max_delay_ms is not None:
             self.fetch_options = {
