@@ -184,3 +184,23 @@ async def test_a_request_takes_back_a_row_another_tenants_events_made_first(engi
     row = await row_of(engine, request.request_id)
     assert (row["tenant"], row["cost_usd"], row["status"]) == ("acme", None, "pending")
     assert row["request_body"] is not None
+
+
+async def test_a_forged_outcome_of_another_tenant_never_stands_in_for_the_requests_own(
+    engine, events
+):
+    """An outcome written under another tenant before the request arrived made history
+    drop the request's own reply as a second outcome: the row stayed pending, then
+    expired, though the client had its answer."""
+    recorder = EventRecorder(engine)
+    request = events.requested()
+    forged = events.completed(request, answer="forged").model_copy(
+        update={"tenant": "intruder", "id": "forged-reply"}
+    )
+    await recorder.record([forged])
+
+    await recorder.record([request, events.completed(request, answer="4")])
+
+    row = await row_of(engine, request.request_id)
+    assert (row["tenant"], row["status"]) == ("acme", "completed")
+    assert row["response"]["choices"][0]["message"]["content"] == "4"

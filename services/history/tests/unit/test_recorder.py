@@ -198,27 +198,32 @@ async def test_events_naming_another_tenant_do_not_change_a_requests_row(
     assert row["response"]["choices"][0]["message"]["content"] == "4"
 
 
-@pytest.mark.parametrize("together", [False, True], ids=["apart", "in-one-batch"])
+@pytest.mark.parametrize(
+    "batches",
+    [[0, 1, 1, 1], [0, 0, 0, 0], [0, 1, 2, 2]],
+    ids=["apart", "in-one-batch", "reply-later"],
+)
 async def test_a_request_takes_back_a_row_another_tenants_events_made_before_it(
-    recorder, tables, events, together
+    recorder, tables, events, batches
 ):
     """Events of another tenant under a request id that arrive before the request make a
     row; the request, when it comes, makes the row its own: nothing the other tenant's
-    events said (answer, cost) is shown as the request's. (Its own reply, coming after a
-    forged outcome, is still taken for a second outcome and not recorded: the row stays
-    pending until the sweeper expires it.) A second request under that id from another
-    tenant changes nothing."""
+    events said (answer, cost) is shown as the request's, and its own reply is its
+    outcome (a forged outcome under another tenant never stands in for it). A second
+    request under that id from another tenant changes nothing."""
     request = events.requested()
     forged = [
         events.usage(request, cost_usd=99.0).model_copy(update={"tenant": "intruder"}),
         events.completed(request, answer="forged").model_copy(update={"tenant": "intruder"}),
     ]
     own = [request, events.completed(request, answer="4"), events.usage(request, cost_usd=0.01)]
-    if together:
-        await recorder.record([*forged, *own])
-    else:
-        await recorder.record(forged)
-        await recorder.record(own)
+    # `batches`: the batch each of [the forged events, the request, its reply, its usage]
+    # is recorded in.
+    grouped: dict[int, list] = {}
+    for index, chunk in zip(batches, [forged, [own[0]], [own[1]], [own[2]]], strict=True):
+        grouped.setdefault(index, []).extend(chunk)
+    for index in sorted(grouped):
+        await recorder.record(grouped[index])
     await recorder.record(
         [
             events.requested().model_copy(
@@ -232,12 +237,13 @@ async def test_a_request_takes_back_a_row_another_tenants_events_made_before_it(
     )
 
     row = await tables.request(request.request_id)
-    assert (row["tenant"], row["cost_usd"], row["request_body"]) == (
+    assert (row["tenant"], row["status"], row["cost_usd"], row["request_body"]) == (
         "acme",
+        "completed",
         0.01,
         request.data.body,
     )
-    assert row["response"] is None or "forged" not in str(row["response"])
+    assert row["response"]["choices"][0]["message"]["content"] == "4"
 
 
 async def test_integers_beyond_64_bits_in_a_reply_are_stored_and_read_exactly(

@@ -216,26 +216,33 @@ class EventRecorder:
         self,
         connection: AsyncConnection,
         events: list[EnvelopeFields],
-        outcomes: dict[str, tuple[str, bool | None]],
+        outcomes: dict[str, Outcome],
     ) -> tuple[list[EnvelopeFields], set[str]]:
         """The events to store, without the terminal events of requests that already have
         their outcome; and the requests whose provisional expiry a real outcome replaces.
 
-        `outcomes`: the stored (status, outcome_provisional) of the batch's requests, read
-        by `_Writer.read_state` with their rows locked (in request id order, the order the
-        upsert takes them in, so concurrent consumers cannot deadlock), so that no other
-        transaction records an outcome for them until this one commits. Empty for a batch
-        without terminal events, which needs no lock."""
+        `outcomes`: the stored (status, outcome_provisional, tenant) of the batch's
+        requests, read by `_Writer.read_state` with their rows locked (in request id order,
+        the order the upsert takes them in, so concurrent consumers cannot deadlock), so
+        that no other transaction records an outcome for them until this one commits.
+        Empty for a batch without terminal events, which needs no lock. An outcome stored
+        under another tenant is not this request's (only a producer writing under another
+        tenant's request id makes one: `projection.same_tenant`), and never stands in for
+        it: outcomes are told apart by (tenant, request id)."""
         terminal = [e for e in events if isinstance(e, ChatCompleted | ChatFailed)]
         if not terminal:
             return events, set()
-        # request id -> True: a real outcome; False: history's provisional expiry.
-        known: dict[str, bool] = {
-            request_id: not provisional
-            for request_id, (status, provisional) in outcomes.items()
+
+        def key(event: EnvelopeFields) -> tuple[str | None, str]:
+            return (event.tenant, event.request_id)
+
+        # (tenant, request id) -> True: a real outcome; False: history's provisional expiry.
+        known: dict[tuple[str | None, str], bool] = {
+            (owner, request_id): not provisional
+            for request_id, (status, provisional, owner) in outcomes.items()
             if status != PENDING
         }
-        pending_rows = {e.request_id for e in terminal} - set(known)
+        pending_rows = {key(e) for e in terminal} - set(known)
         replaced: set[str] = set()
         dropped: list[tuple[EnvelopeFields, str]] = []
         kept: list[EnvelopeFields] = []
@@ -243,13 +250,13 @@ class EventRecorder:
             if not isinstance(event, ChatCompleted | ChatFailed):
                 kept.append(event)
                 continue
-            request_id = event.request_id
-            real = known.get(request_id)
+            request_id, owner = event.request_id, key(event)
+            real = known.get(owner)
             if is_history_expiry(event):
                 # Only for a request that is still pending (it may have been answered since
                 # the sweeper looked), and never for one this batch answers.
-                if real is None and request_id in pending_rows:
-                    known[request_id] = False
+                if real is None and owner in pending_rows:
+                    known[owner] = False
                     kept.append(event)
                 else:
                     dropped.append((event, "replied"))
@@ -259,7 +266,7 @@ class EventRecorder:
                 continue
             if real is False:
                 replaced.add(request_id)
-            known[request_id] = True
+            known[owner] = True
             kept.append(event)
         if dropped:
             await self._count_superseded(connection, dropped)
@@ -358,8 +365,8 @@ def _webhook_row(event: ChatRequested, now: datetime) -> dict[str, Any]:
 
 # What the projection upsert returns of each row it wrote: for the usage rollup's marks.
 _WRITTEN = (requests_table.c.tenant, requests_table.c.created_at)
-# The stored outcome of a request: (status, outcome_provisional).
-Outcome = tuple[str, bool | None]
+# The stored outcome of a request: (status, outcome_provisional, the row's tenant).
+Outcome = tuple[str, bool | None, str | None]
 
 
 class _Writer:
@@ -377,7 +384,7 @@ class _Writer:
             settings.store_content.is_(False),
         )
         self._lock_outcomes = (
-            select(r.request_id, r.status, r.outcome_provisional)
+            select(r.request_id, r.status, r.outcome_provisional, r.tenant)
             .where(r.request_id.in_(bindparam("lock", expanding=True)))
             .order_by(r.request_id)
             .with_for_update()
@@ -396,7 +403,9 @@ class _Writer:
         outcomes: dict[str, Outcome] = {}
         if lock:
             rows = await connection.execute(self._lock_outcomes, {"lock": lock})
-            outcomes = {row.request_id: (row.status, row.outcome_provisional) for row in rows}
+            outcomes = {
+                row.request_id: (row.status, row.outcome_provisional, row.tenant) for row in rows
+            }
         return metadata_only, outcomes
 
     async def insert_events(
@@ -467,7 +476,7 @@ class _PostgresWriter(_Writer):
         r, settings = requests_table.c, tenant_settings_table.c
         # FOR UPDATE is not allowed on a UNION's branches, but is inside a subquery.
         locked = (
-            select(r.request_id, r.status, r.outcome_provisional)
+            select(r.request_id, r.status, r.outcome_provisional, r.tenant)
             .where(r.request_id == any_(bindparam("lock", type_=ARRAY(String()))))
             .order_by(r.request_id)
             .with_for_update()
@@ -479,12 +488,14 @@ class _PostgresWriter(_Writer):
                 locked.c.request_id.label("key"),
                 locked.c.status,
                 locked.c.outcome_provisional,
+                locked.c.tenant,
             ),
             select(
                 literal("tenant"),
                 settings.tenant,
                 cast(null(), String()),
                 cast(null(), Boolean()),
+                cast(null(), String()),
             ).where(
                 settings.tenant == any_(bindparam("tenants", type_=ARRAY(String()))),
                 settings.store_content.is_(False),
@@ -526,11 +537,11 @@ class _PostgresWriter(_Writer):
         )
         metadata_only: set[str] = set()
         outcomes: dict[str, Outcome] = {}
-        for kind, key, status, provisional in result:
+        for kind, key, status, provisional, owner in result:
             if kind == "tenant":
                 metadata_only.add(key)
             else:
-                outcomes[key] = (status, provisional)
+                outcomes[key] = (status, provisional, owner)
         return metadata_only, outcomes
 
     @override
