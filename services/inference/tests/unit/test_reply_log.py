@@ -78,7 +78,7 @@ class FakeConsumer:
     async def position(self, tp) -> int:
         return self.positions[tp]
 
-    async def getmany(self, tp, timeout_ms: int):
+    async def getmany(self, tp, timeout_ms: int, max_records: int | None = None):
         records = self.partitions[tp.partition]
         at = self.positions[tp]
         if self.stall_at is not None and at >= self.stall_at:
@@ -179,7 +179,7 @@ async def test_a_read_that_keeps_going_is_not_cut_short_by_the_read_timeout() ->
 class SlowConsumer(FakeConsumer):
     """A consumer whose every poll takes 20 ms."""
 
-    async def getmany(self, tp, timeout_ms: int):
+    async def getmany(self, tp, timeout_ms: int, max_records: int | None = None):
         await asyncio.sleep(0.02)
         return await super().getmany(tp, timeout_ms)
 

@@ -5,6 +5,7 @@ produces events with the same ids and consumers deduplicate them."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -154,9 +155,16 @@ class OutcomeEvents:
 
     def envelope(self, request: ChatRequested, suffix: str) -> dict[str, Any]:
         """The envelope fields of the event `suffix` (`reply`, `usage`) of `request`: its id is
-        the request event's id and the suffix, so a redelivery produces the same ids."""
+        the request event's id, the suffix and a digest of the request's tenant and request
+        id, so a redelivery produces the same ids, and an event that copies the request's
+        event id under another request (a producer with access to the topics) makes ids
+        of its own, never those of the real request's reply and usage, which history
+        would then take for copies already stored."""
+        owner = hashlib.blake2b(
+            f"{request.tenant}\0{request.request_id}".encode(), digest_size=8
+        ).hexdigest()
         return {
-            "id": f"{request.id}.{suffix}",
+            "id": f"{request.id}.{suffix}.{owner}",
             "source": SOURCE,
             "tenant": request.tenant,
             "request_id": request.request_id,
