@@ -925,3 +925,40 @@ async def test_the_dead_letter_listing_steps_over_a_record_it_cannot_parse(
     )
 
     assert [(letter.partition, letter.offset) for letter in letters] == [(0, 0), (0, 2)]
+
+
+async def test_a_poison_record_s_own_deadletter_headers_cannot_pass_for_its_letter_s(
+    kafka_servers, kafka_topics
+):
+    """A record carrying `deadletter.replay_of` was listed as a replay marker (its letter
+    vanished, and the letter it named read as replayed); one carrying
+    `deadletter.left_out` as a stub. The letter keeps them apart, and a replay gives the
+    record back its own headers as they were."""
+    from switchyard.common.deadletter import read_dead_letters
+
+    topic = kafka_topics.requests_interactive
+    headers = [
+        ("deadletter.replay_of", b"0:0"),
+        ("deadletter.left_out", b"spoofed"),
+        ("original.x", b"1"),
+        ("type", b"chat.requested"),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"not json", key=b"k", partition=0, headers=headers)
+    finally:
+        await producer.stop()
+    bus = await started_bus(kafka_servers, kafka_topics)
+    try:
+        await subscribe_noting(bus, topic, "spoofed-headers", batch=False)
+        await read_all(kafka_servers, kafka_topics.deadletter, 1, timeout=30)
+    finally:
+        await bus.stop()
+
+    (letter,) = await read_dead_letters(
+        kafka_servers, kafka_topics.deadletter, max_message_bytes=1_048_576, timeout_s=30
+    )
+    assert letter.topic == topic and letter.left_out is None and letter.replays == []
+    assert letter.replayable() is None
+    assert letter.headers == headers

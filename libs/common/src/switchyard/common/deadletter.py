@@ -36,7 +36,12 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from switchyard.common.bus.kafka import FETCH_MAX_BYTES, REPLAYED_FROM_HEADER, RecordReader
+from switchyard.common.bus.kafka import (
+    FETCH_MAX_BYTES,
+    REPLAYED_FROM_HEADER,
+    RecordReader,
+    unescape_deadletter_header,
+)
 from switchyard.common.kafka_admin import partition_count
 
 log = structlog.get_logger("switchyard.common.deadletter")
@@ -204,7 +209,9 @@ def from_records(records: Iterable[ConsumerRecord]) -> list[DeadLetter]:
             key=record.key,
             value=record.value or b"",
             headers=[
-                (name, value) for name, value in headers if not name.startswith(HEADER_PREFIX)
+                (unescape_deadletter_header(name), value)
+                for name, value in headers
+                if not name.startswith(HEADER_PREFIX)
             ],
         )
         letters[letter.id] = letter

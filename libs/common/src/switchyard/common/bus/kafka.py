@@ -680,7 +680,7 @@ class KafkaBus(EventBus):
             value,
             record.key,
             None,
-            list(record.headers or ()) + coordinates,
+            [escape_deadletter_header(name, v) for name, v in record.headers or ()] + coordinates,
         )
 
         async def publish() -> None:
@@ -1058,6 +1058,27 @@ UnreadableHandler = Callable[[TopicPartition, range, BaseException], Awaitable[N
 
 REPLAYED_FROM_HEADER = "deadletter.replayed_from"
 """Header of a dead letter replayed to its topic: `<dead-letter partition>:<offset>`."""
+
+DEADLETTER_HEADER_PREFIX = "deadletter."
+# What a dead-lettered record's own `deadletter.*` headers are kept under on its letter,
+# so that none can pass for the letter's coordinates or a replay marker.
+ESCAPED_HEADER_PREFIX = "original."
+
+
+def escape_deadletter_header(name: str, value: bytes) -> tuple[str, bytes]:
+    """A header of a record being dead-lettered as its letter keeps it: one named like the
+    letter's own (`deadletter.*`, but the `deadletter.replayed_from` a replay put there) or
+    like an escaped one gets ESCAPED_HEADER_PREFIX before its name; `unescape` reverses it."""
+    if (
+        name.startswith(DEADLETTER_HEADER_PREFIX) and name != REPLAYED_FROM_HEADER
+    ) or name.startswith(ESCAPED_HEADER_PREFIX):
+        return ESCAPED_HEADER_PREFIX + name, value
+    return name, value
+
+
+def unescape_deadletter_header(name: str) -> str:
+    """The name a letter's header had on the original record (`escape_deadletter_header`)."""
+    return name[len(ESCAPED_HEADER_PREFIX) :] if name.startswith(ESCAPED_HEADER_PREFIX) else name
 
 
 def _replayed(record: ConsumerRecord) -> bool:
