@@ -270,6 +270,34 @@ async def test_usage_rollup_matches_the_requests_while_both_are_written(engine, 
     assert sum(row.requests for row in before[0]) == 200
 
 
+async def test_an_hour_that_cannot_be_rolled_up_holds_back_no_other(engine, events):
+    """Two requests of the most tokens the contract allows in one hour overflow the
+    rollup's sums: that hour failed every refresh, in the transaction of every other
+    tenant's hours, which were never rolled up either. It is put off alone now."""
+    from switchyard.history import rollup
+
+    recorder = EventRecorder(engine)
+    hour = datetime(2025, 4, 1, 10, tzinfo=UTC)
+    big = 2**63 - 1
+    batch = []
+    for _ in range(2):
+        request = events.requested(at=hour, tenant="overflowing")
+        batch += [request, events.usage(request, input_tokens=big)]
+    for minute in range(3):
+        request = events.requested(at=hour + timedelta(minutes=minute), tenant="acme")
+        batch += [request, events.completed(request), events.usage(request)]
+    await recorder.record(batch)
+
+    await rollup.refresh(engine, settle=timedelta(0))
+
+    async with engine.connect() as connection:
+        dirty = (await connection.execute(text("SELECT tenant FROM history_usage_dirty"))).scalars()
+        assert list(dirty) == ["overflowing"]  # put off, to be tried again later
+    queries = HistoryQueries(engine)
+    report = UsageQuery(since=hour, until=hour + timedelta(hours=1), tenant="acme", bucket="hour")
+    assert sum(row.requests for row in await queries.usage(report)) == 3
+
+
 async def test_latency_percentiles_on_postgres_match_the_python_computation(engine, events):
     from switchyard.history.performance import PerformanceQueries, PerformanceQuery, percentile
 

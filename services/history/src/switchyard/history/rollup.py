@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import (
     ColumnElement,
     Label,
@@ -47,7 +48,9 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from switchyard.common.db import dialect_insert
@@ -60,6 +63,8 @@ from switchyard.history.models import (
     usage_hourly_models_table,
     usage_hourly_table,
 )
+
+log = structlog.get_logger("switchyard.history.rollup")
 
 HOUR = timedelta(hours=1)
 
@@ -194,6 +199,38 @@ def grain_for(dimensions: Sequence[str], filtered: Sequence[str]) -> Table:
     return usage_hourly_table
 
 
+# How long an hour whose roll-up failed waits before it is tried again.
+FAILED_HOUR_RETRY = timedelta(minutes=10)
+
+
+async def _roll_up(connection: AsyncConnection, tenant: str, hour: datetime) -> None:
+    """Replace `tenant`'s rows of `hour` in every grain by the sums of its requests."""
+    r = requests_table.c
+    for table, columns in GRAINS:
+        await connection.execute(
+            delete(table).where(table.c.tenant == tenant, table.c.hour == hour)
+        )
+        dimensions = [func.coalesce(r[name], "").label(name) for name in columns]
+        aggregated = (
+            select(
+                literal(tenant).label("tenant"),
+                literal(hour, UTCDateTime()).label("hour"),
+                *dimensions,
+                *request_aggregates(),
+            )
+            .where(
+                r.tenant == tenant,
+                r.created_at >= hour,
+                r.created_at < hour_end(hour),
+                shown(r),
+            )
+            .group_by(*[r[name] for name in columns])
+        )
+        await connection.execute(
+            table.insert().from_select(["tenant", "hour", *columns, *METRIC_COLUMNS], aggregated)
+        )
+
+
 async def refresh(
     engine: AsyncEngine,
     *,
@@ -203,7 +240,7 @@ async def refresh(
 ) -> int:
     """Recompute dirty hours that have been quiet for `settle`; returns how many."""
     dialect = engine.dialect.name
-    d, r = usage_dirty_table.c, requests_table.c
+    d = usage_dirty_table.c
     cutoff = (now or datetime.now(UTC)) - settle
     due = select(d.tenant, d.hour, d.marked_at).where(d.marked_at <= cutoff).order_by(d.hour)
     done = 0
@@ -215,36 +252,29 @@ async def refresh(
         async with engine.begin() as connection:
             marks = (await connection.execute(query)).all()
             for tenant, hour, marked_at in marks:
-                for table, columns in GRAINS:
+                try:
+                    # One hour that cannot be rolled up (sums beyond the columns' range,
+                    # from token counts the contract allows) must not hold back the others.
+                    async with connection.begin_nested():
+                        await _roll_up(connection, tenant, hour)
+                        await connection.execute(
+                            delete(usage_dirty_table).where(
+                                d.tenant == tenant, d.hour == hour, d.marked_at <= marked_at
+                            )
+                        )
+                except DBAPIError as exc:
+                    log.error(
+                        "usage hour not rolled up; retried later",
+                        tenant=tenant,
+                        hour=hour.isoformat(),
+                        error=repr(exc.orig)[:500],
+                    )
+                    later = (now or datetime.now(UTC)) + FAILED_HOUR_RETRY
                     await connection.execute(
-                        delete(table).where(table.c.tenant == tenant, table.c.hour == hour)
+                        update(usage_dirty_table)
+                        .where(d.tenant == tenant, d.hour == hour)
+                        .values(marked_at=later)
                     )
-                    dimensions = [func.coalesce(r[name], "").label(name) for name in columns]
-                    aggregated = (
-                        select(
-                            literal(tenant).label("tenant"),
-                            literal(hour, UTCDateTime()).label("hour"),
-                            *dimensions,
-                            *request_aggregates(),
-                        )
-                        .where(
-                            r.tenant == tenant,
-                            r.created_at >= hour,
-                            r.created_at < hour_end(hour),
-                            shown(r),
-                        )
-                        .group_by(*[r[name] for name in columns])
-                    )
-                    await connection.execute(
-                        table.insert().from_select(
-                            ["tenant", "hour", *columns, *METRIC_COLUMNS], aggregated
-                        )
-                    )
-                await connection.execute(
-                    delete(usage_dirty_table).where(
-                        d.tenant == tenant, d.hour == hour, d.marked_at <= marked_at
-                    )
-                )
         done += len(marks)
         if not marks:
             break
