@@ -161,6 +161,33 @@ async def test_a_full_batch_is_handled_without_waiting():
     assert batches == {TP0: [1, 2, 3]} and consumer.calls == [] and consumer.pauses == []
 
 
+class Sized(int):
+    """A record of the fake (its offset) whose value has `size` bytes."""
+
+    def __new__(cls, offset: int, size: int) -> Sized:
+        record = super().__new__(cls, offset)
+        record.value = b"x" * size
+        return record
+
+
+async def test_a_batch_holds_so_many_bytes_at_most(monkeypatch):
+    """Events near the size limit held by the thousand would take gigabytes: a batch
+    stops growing at MAX_BATCH_BYTES of values (the first fetch brings what it brings)."""
+    monkeypatch.setattr(kafka, "MAX_BATCH_BYTES", 1000)
+    big = {TP0: [Sized(1, 1000)]}
+    consumer = FakeConsumer([{TP0: [Sized(2, 10)]}], ends={TP0: 9, TP1: 7})
+    await subscription(max_batch=100, max_wait_ms=10_000)._fill(consumer, big)
+    assert big == {TP0: [1]} and consumer.calls == [] and consumer.pauses == []
+
+    consumer = FakeConsumer(
+        [{TP0: [Sized(2, 600)]}, {TP0: [Sized(3, 600)]}, {TP0: [Sized(4, 1)]}],
+        ends={TP0: 9, TP1: 7},
+    )
+    batches = {TP0: [Sized(1, 10)]}
+    await subscription(max_batch=100, max_wait_ms=50)._fill(consumer, batches)
+    assert batches == {TP0: [1, 2, 3]}  # the third fetch would pass the bound
+
+
 async def test_partitions_taken_away_during_the_wait_are_not_resumed():
     consumer = FakeConsumer([{TP0: [2]}], ends={TP0: 3, TP1: 7})
 

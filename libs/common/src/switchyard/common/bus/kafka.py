@@ -114,6 +114,11 @@ DELAYED_LISTENER_FETCH_MIN_BYTES = 1024 * 1024
 # fetches that bring what arrived during the batch wait (the log end offsets it read then).
 # Only a slow broker takes that long; what it has not brought by then joins the next batch.
 RESUMED_FETCH_MAX_WAIT_MS = 1000
+# The bytes of record values a batch consumer gathers into one batch at most, beyond the
+# first fetch (which brings at least one record, however large): a batch is bounded by its
+# count of events, but events near the size limit (tens of MB each) held by the thousand
+# would take gigabytes, decoded copies included.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
 # Default of `commit_interval_s`: how often, at most, a busy group consumer commits.
 DEFAULT_COMMIT_INTERVAL_S = 1.0
 
@@ -1032,6 +1037,15 @@ def _unreadable_record(exc: BaseException) -> tuple[TopicPartition, int, int] | 
     return where
 
 
+def _batch_bytes(batches: dict[TopicPartition, list[ConsumerRecord]]) -> int:
+    """The bytes of the record values in `batches`."""
+    return sum(_value_bytes(record) for records in batches.values() for record in records)
+
+
+def _value_bytes(record: ConsumerRecord) -> int:
+    return len(getattr(record, "value", None) or b"")
+
+
 def _drained_before(exc: BaseException) -> dict[TopicPartition, list[ConsumerRecord]]:
     """The records of other partitions aiokafka's `Fetcher.fetched_records` had taken in the
     call that failed with `exc` before it reached the unreadable record: it takes each
@@ -1587,7 +1601,8 @@ class _BatchSubscription(_SupervisedConsumer):
         fetch until an event arrives)."""
         count = sum(len(records) for records in batches.values())
         hurried = asyncio.get_running_loop().time() < self._hurried_until
-        if count >= self.max_batch or self.max_wait_ms <= 0 or hurried:
+        full = count >= self.max_batch or _batch_bytes(batches) >= MAX_BATCH_BYTES
+        if full or self.max_wait_ms <= 0 or hurried:
             return
         self._hurried.clear()
         paused = consumer.assignment()
@@ -1625,7 +1640,12 @@ class _BatchSubscription(_SupervisedConsumer):
         except KafkaError as exc:  # the offsets could not be read: the next batch has it
             log.debug("log end offsets unread after a batch wait", error=repr(exc))
             return
-        while count < self.max_batch and (left_ms := int((deadline - loop.time()) * 1000)) > 0:
+        size = _batch_bytes(batches)
+        while (
+            count < self.max_batch
+            and size < MAX_BATCH_BYTES
+            and (left_ms := int((deadline - loop.time()) * 1000)) > 0
+        ):
             behind = [
                 tp
                 for tp, end in ends.items()
@@ -1642,6 +1662,7 @@ class _BatchSubscription(_SupervisedConsumer):
             for tp, records in more.items():
                 batches.setdefault(tp, []).extend(records)
                 count += len(records)
+                size += sum(_value_bytes(record) for record in records)
 
     async def _unreadable(self, tp: TopicPartition, offsets: range, error: BaseException) -> None:
         # Parked, they are committed past, so a restart does not park them again: at once
