@@ -6,10 +6,11 @@ commands (e.g. `switchyard users create` from auth), through `switchyard.common.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -88,7 +89,11 @@ def main_options(
 @app.command()
 def dev(
     host: Annotated[
-        str, typer.Option(help="Interface every embedded service binds to.")
+        str,
+        typer.Option(
+            help="Interface the gateway (the one service clients call) binds to; auth, "
+            "history, inference and the simulator stay on 127.0.0.1."
+        ),
     ] = "127.0.0.1",
     database_url: Annotated[
         str | None,
@@ -119,9 +124,11 @@ def _run_service_command(plugin: ServicePlugin) -> Callable[..., None]:
         import os
 
         from switchyard.common.http import SERVICE_ENV, serve
+        from switchyard.common.httpserver import configured_limits
         from switchyard.common.logging import configure_logging
 
         settings = plugin.settings()
+        configured_limits()  # SWITCHYARD_HTTP_*: refused here, not by every connection
         if plugin.preflight is not None:
             plugin.preflight()
         # The supervising process logs too (uvicorn's start-up lines), in the same format.
@@ -137,6 +144,7 @@ def _run_service_command(plugin: ServicePlugin) -> Callable[..., None]:
             factory=True,
             name=plugin.name,
             port_setting=f"SWITCHYARD_{plugin.name.upper()}_PORT (or pass --port)",
+            host_setting="SWITCHYARD_HOST (or pass --host)",
         )
 
     run_service.__doc__ = f"Run the {plugin.name} service. {plugin.summary}"
@@ -152,13 +160,7 @@ def db_upgrade(
     from switchyard.common.db import upgrade
 
     for plugin in _migrating_plugins(service):
-        assert plugin.migrations is not None
-        upgrade(
-            plugin.migrations.script_location,
-            plugin.migrations.database_url(),
-            plugin.migrations.version_table,
-            revision,
-        )
+        _migrate(plugin, upgrade, revision)
         typer.echo(f"{plugin.name}: database at {revision}")
 
 
@@ -171,14 +173,87 @@ def db_downgrade(
     from switchyard.common.db import downgrade
 
     for plugin in _migrating_plugins(service):
-        assert plugin.migrations is not None
-        downgrade(
-            plugin.migrations.script_location,
-            plugin.migrations.database_url(),
-            plugin.migrations.version_table,
-            revision,
-        )
+        _migrate(plugin, downgrade, revision)
         typer.echo(f"{plugin.name}: database at {revision}")
+
+
+def database_variables(service: str) -> str:
+    """The variables a service's database URL is read from, as an error names them: the
+    one set in the environment, else both (`SWITCHYARD_AUTH_DATABASE_URL or
+    DATABASE_URL`)."""
+    import os
+
+    own = f"SWITCHYARD_{service.upper()}_DATABASE_URL"
+    if os.environ.get(own):
+        return own
+    if os.environ.get("DATABASE_URL"):
+        return "DATABASE_URL"
+    return f"{own} or DATABASE_URL"
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why SQLAlchemy cannot use `url` (not a URL, or no such database driver), or None
+    when it can."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url).get_dialect()
+    except ArgumentError as exc:  # NoSuchModuleError too
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def describe_database_error(exc: BaseException) -> str:
+    """One line for a failure to reach or use a database: the driver's own message
+    without SQLAlchemy's wrapping and background link, a refused connection as
+    `connection refused at host:port`."""
+    import re
+
+    orig = getattr(exc, "orig", None) or exc
+    text = " ".join(str(orig).split())
+    refused = re.search(
+        r'server at "([^"]+)"(?: \([^)]*\))?, port (\d+) failed: Connection refused', text
+    )
+    if refused:
+        return f"connection refused at {refused.group(1)}:{refused.group(2)}"
+    text = re.sub(r"\s*\(Background on this error at: [^)]*\)", "", text)
+    return text or type(orig).__name__
+
+
+_BAD_URL_ADVICE = (
+    "use e.g. postgresql+psycopg://user:password@host:5432/db or "
+    "sqlite+aiosqlite:///path/to/file.db"
+)
+
+
+def _migrate(plugin: ServicePlugin, migrate: Callable[..., None], revision: str) -> None:
+    """Run `migrate` (`db.upgrade` or `db.downgrade`) on `plugin`'s database to
+    `revision`. An unusable URL, a database that cannot be reached or migrated, or a
+    revision Alembic cannot find is one line on stderr (naming the service and its
+    variable) and exit status 1."""
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    assert plugin.migrations is not None
+    url = plugin.migrations.database_url()
+    variables = database_variables(plugin.name)
+    problem = database_url_problem(url)
+    if problem is not None:
+        typer.echo(
+            f"error: {variables} is not a database URL ({problem}); {_BAD_URL_ADVICE}", err=True
+        )
+        raise typer.Exit(1)
+    try:
+        migrate(plugin.migrations.script_location, url, plugin.migrations.version_table, revision)
+    except (SQLAlchemyError, OSError, CommandError) as exc:
+        # CommandError: Alembic's own refusal, e.g. a --revision it cannot find.
+        typer.echo(
+            f"error: the {plugin.name} database ({variables}) could not be migrated: "
+            f"{describe_database_error(exc)}",
+            err=True,
+        )
+        raise typer.Exit(1) from None
 
 
 def _migrating_plugins(only: str | None) -> list[ServicePlugin]:
@@ -204,15 +279,16 @@ def topics_create(
     from switchyard.common.topics import Topics
 
     settings = ServiceSettings()
-    created = asyncio.run(
-        create_topics(
-            settings.kafka_bootstrap_servers,
-            Topics(settings.topic_prefix),
-            replication_factor=replication_factor,
-            partitions_override=partitions,
-            max_message_bytes=settings.kafka_max_message_bytes,
+    with _kafka_errors(settings.kafka_bootstrap_servers, "cannot create topics"):
+        created = asyncio.run(
+            create_topics(
+                settings.kafka_bootstrap_servers,
+                Topics(settings.topic_prefix),
+                replication_factor=replication_factor,
+                partitions_override=partitions,
+                max_message_bytes=settings.kafka_max_message_bytes,
+            )
         )
-    )
     typer.echo(f"created {len(created)} topic(s): {', '.join(created) or 'none needed'}")
 
 
@@ -223,10 +299,26 @@ def topics_list() -> None:
     from switchyard.common.settings import ServiceSettings
 
     settings = ServiceSettings()
-    for name, count in sorted(
-        asyncio.run(list_topics(settings.kafka_bootstrap_servers, settings.topic_prefix)).items()
-    ):
+    with _kafka_errors(settings.kafka_bootstrap_servers, "cannot list topics"):
+        counts = asyncio.run(list_topics(settings.kafka_bootstrap_servers, settings.topic_prefix))
+    for name, count in sorted(counts.items()):
         typer.echo(f"{name}\t{count}")
+
+
+@contextlib.contextmanager
+def _kafka_errors(servers: str, what: str) -> Iterator[None]:
+    """Turn Kafka failing (unreachable, timing out, refusing) inside the block into one
+    line on stderr, `error: <what> on <servers>: <why>`, and exit status 1."""
+    from aiokafka.errors import KafkaError
+
+    # The one-line error says what failed; aiokafka's own connection lines would only
+    # repeat it (without logging configured they reach stderr as bare text).
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        yield
+    except (TimeoutError, KafkaError, OSError) as exc:
+        typer.echo(f"error: {what} on {servers}: {exc or type(exc).__name__}", err=True)
+        raise typer.Exit(1) from None
 
 
 @events_app.command("schema")
@@ -448,11 +540,21 @@ def deadletter_replay(
 
 
 def _write_json(document: dict[str, Any], output: Path | None) -> None:
+    """Write `document` as indented JSON to `output` (None: stdout). A file that cannot be
+    written is one line on stderr naming it, and exit status 1."""
     text = json.dumps(document, indent=2, sort_keys=True) + "\n"
     if output is None:
         sys.stdout.write(text)
-    else:
+        return
+    try:
         output.write_text(text)
+    except OSError as exc:
+        typer.echo(
+            f"error: cannot write --output {output}: {exc.strerror or exc}; "
+            "name a file in a directory that exists and is writable",
+            err=True,
+        )
+        raise typer.Exit(1) from None
 
 
 def build() -> typer.Typer:
@@ -487,19 +589,42 @@ def main() -> None:
     """Entry point of the `switchyard` command: parse `sys.argv` and run the chosen subcommand.
     Ctrl+C before the command handles it (while the plugins load) exits with 130, quietly;
     configuration a command cannot start with (a setting, the routing or price file:
-    `ConfigurationError`) is one line on stderr and exit status 1."""
+    `ConfigurationError`) is one line on stderr and exit status 1, and so is a database
+    URL SQLAlchemy cannot use, whichever command reads it."""
     try:
         build()()
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    except ValueError as exc:
-        # Imported here, not above: Ctrl+C during that import is a KeyboardInterrupt too.
-        from switchyard.common.settings import ConfigurationError
-
-        if not isinstance(exc, ConfigurationError):
+    except Exception as exc:
+        problem = _one_line_error(exc)
+        if problem is None:
             raise
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {problem}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+
+
+def _one_line_error(exc: Exception) -> str | None:
+    """`exc` as one line when it says a database URL cannot be used (SQLAlchemy cannot
+    parse it, or has no driver for it) or the configuration is refused
+    (`ConfigurationError`); None for anything else."""
+    # Imported here, not above: Ctrl+C during that import is a KeyboardInterrupt too.
+    from switchyard.common.settings import ConfigurationError
+
+    if isinstance(exc, ConfigurationError):
+        return str(exc)
+    if type(exc).__module__ != "sqlalchemy.exc":
+        return None
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, NoSuchModuleError) or (
+        isinstance(exc, ArgumentError) and "SQLAlchemy URL" in text
+    ):
+        return (
+            f"a database URL (DATABASE_URL, or the service's SWITCHYARD_<SERVICE>_DATABASE_URL) "
+            f"is not usable ({text}); {_BAD_URL_ADVICE}"
+        )
+    return None
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import secrets
 import signal
@@ -189,12 +190,27 @@ def migrate_in_child(database_url: str | None) -> subprocess.Popen[bytes]:
 
 
 def wait_for_migrations(child: subprocess.Popen[bytes]) -> None:
-    """Wait for the `migrate_in_child` process. Raises MigrationError with the last line
-    it wrote on stderr (the error, without the traceback before it) when it fails."""
+    """Wait for the `migrate_in_child` process. Raises MigrationError with the error it
+    wrote on stderr (`failure_line`) when it fails."""
     _, stderr = child.communicate()
     if child.returncode != 0:
-        lines = [line for line in stderr.decode(errors="replace").splitlines() if line.strip()]
-        raise MigrationError(lines[-1].strip() if lines else f"exit status {child.returncode}")
+        raise MigrationError(
+            failure_line(stderr.decode(errors="replace")) or f"exit status {child.returncode}"
+        )
+
+
+def failure_line(stderr: str) -> str | None:
+    """The line of a failed process's `stderr` that says what went wrong: the last one
+    that is neither a traceback's frame or source (indented), a continuation of a
+    message (indented too), nor SQLAlchemy's "(Background on this error at: ...)" link,
+    which names no cause; None when there is none."""
+    for line in reversed(stderr.splitlines()):
+        if not line.strip() or line[:1].isspace():
+            continue
+        if line.startswith("(Background on this error at:"):
+            continue
+        return line.strip()
+    return None
 
 
 class MigrationError(RuntimeError):
@@ -236,7 +252,7 @@ def bind_all(host: str, services: list[EmbeddedService]) -> list[socket.socket]:
     try:
         for service in services:
             where = service_host(service.name, host)
-            sockets.append(bind(where, service.port, service.name, service.port_setting))
+            sockets.append(bind(where, service.port, service.name, service.port_setting, "--host"))
     except PortInUseError:
         for sock in sockets:
             sock.close()
@@ -269,11 +285,17 @@ def wire_service_urls(plugins: list[ServicePlugin], host: str) -> None:
 
 def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
     """`switchyard dev`: prepare the environment and run every service until Ctrl+C.
-    Exits with status 1 and one line on stderr when a port cannot be bound."""
+    Exits with status 1 and one line on stderr when a port cannot be bound or the
+    databases cannot be migrated; raises SettingsError (`ConfigurationError`, one line
+    from the `switchyard` command) for settings it cannot start with."""
+    from switchyard.common.httpserver import configured_limits
     from switchyard.common.logging import configure_logging
     from switchyard.common.settings import ServiceSettings
     from switchyard.common.tracing import configure_tracing
 
+    # Every server reads these per connection: a bad value stops start-up instead
+    # (SettingsError, which the `switchyard` command prints as one line).
+    configured_limits()
     private_state_dir()
     # Migrations run beside the rest of start-up, in a process of their own.
     migrating = migrate_in_child(database_url)
@@ -340,7 +362,9 @@ async def run_embedded(
     if migrate:
         migrate_all(plugins)
     contributions: list[DevContribution] = [
-        plugin.prepare_dev() for plugin in plugins if plugin.prepare_dev is not None
+        targeting_embedded(plugin, plugin.prepare_dev())
+        for plugin in plugins
+        if plugin.prepare_dev is not None
     ]
 
     topics = Topics(os.environ.get("SWITCHYARD_TOPIC_PREFIX", "switchyard"))
@@ -432,6 +456,46 @@ async def _signalled(stopping: asyncio.Event) -> bool:
     return stopping.is_set()
 
 
+# How a contribution's banner lines suggest a command (`uv run switchyard tokens create`).
+CLI_COMMAND = "uv run switchyard "
+
+
+def embedded_database_prefix(plugin: ServicePlugin) -> str:
+    """`SWITCHYARD_<SERVICE>_DATABASE_URL=<url> `: what makes a `switchyard` command act on
+    the database embedded mode gives `plugin` (`apply_dev_environment`) whatever
+    DATABASE_URL or `.env` say (the service's own variable comes first, and these commands
+    read no other). Empty for a service without a database. A URL with a password is not
+    printed: `<your --database-url>` stands for it."""
+    import shlex
+
+    from sqlalchemy.engine import make_url
+
+    if plugin.migrations is None:
+        return ""
+    variable = database_variable(plugin.name)
+    url = os.environ.get(variable) or f"sqlite+aiosqlite:///{STATE_DIR}/{plugin.name}.db"
+    try:
+        secret = make_url(url).password is not None
+    except Exception:  # noqa: BLE001 - not for SQLAlchemy to judge here; never print it
+        secret = True
+    value = "'<your --database-url>'" if secret else shlex.quote(url)
+    return f"{variable}={value} "
+
+
+def targeting_embedded(plugin: ServicePlugin, contribution: DevContribution) -> DevContribution:
+    """`contribution` with every `switchyard` command its banner lines suggest
+    (`CLI_COMMAND`) prefixed by `embedded_database_prefix(plugin)`: run as printed, it
+    acts on this instance's database, not on the one DATABASE_URL names (which embedded
+    mode ignores, and the command alone would read)."""
+    prefix = embedded_database_prefix(plugin)
+    if not prefix:
+        return contribution
+    messages = [
+        message.replace(CLI_COMMAND, prefix + CLI_COMMAND) for message in contribution.messages
+    ]
+    return dataclasses.replace(contribution, messages=messages)
+
+
 def banner(host: str, services: list[EmbeddedService], contributions: list[DevContribution]) -> str:
     """What a person starting embedded mode reads: where to point a client, the key."""
     gateway_port = next((s.port for s in services if s.name == "gateway"), None)
@@ -451,7 +515,32 @@ def banner(host: str, services: list[EmbeddedService], contributions: list[DevCo
     return "\n".join(lines)
 
 
+def _migrate_main() -> None:
+    """`python -m switchyard.common.dev --migrate-only` (`migrate_in_child`): migrate,
+    and on failure write the cause as the last line of stderr, for `wait_for_migrations`
+    (a URL SQLAlchemy cannot use, naming the option; a database that cannot be reached
+    or migrated, as its driver says it), and exit with status 1."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from switchyard.common.cli import database_url_problem, describe_database_error
+
+    plugins = discover()
+    explicit = apply_dev_environment(plugins)
+    if explicit is not None:
+        problem = database_url_problem(explicit)
+        if problem is not None:
+            print(
+                f"--database-url ({DEV_DATABASE_URL_ENV}) is not a database URL ({problem})",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(1)
+    try:
+        migrate_all(plugins)
+    except (SQLAlchemyError, OSError) as exc:
+        print(describe_database_error(exc), file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__" and sys.argv[1:] == [MIGRATE_ARGUMENT]:
-    _plugins = discover()
-    apply_dev_environment(_plugins)
-    migrate_all(_plugins)
+    _migrate_main()

@@ -166,15 +166,21 @@ def serve(
     factory: bool = False,
     name: str = "server",
     port_setting: str = "--port",
+    host_setting: str = "--host",
 ) -> None:
     """Run an app with uvicorn until it is stopped. A port that cannot be bound is one
-    line on stderr naming `port_setting`, and exit status 1."""
+    line on stderr naming `port_setting` (an address that is not this machine's,
+    `host_setting`), and exit status 1. Raises SettingsError (which the `switchyard`
+    command prints as one line) for invalid `SWITCHYARD_HTTP_*` limits."""
     import sys
 
-    from switchyard.common.httpserver import PortInUseError, bind
+    from switchyard.common.httpserver import PortInUseError, bind, configured_limits
 
+    # Read before listening: read later, by each connection, a bad value would fail
+    # every request instead of the start-up.
+    configured_limits()
     try:
-        bind(host, port, name, port_setting).close()
+        bind(host, port, name, port_setting, host_setting).close()
     except PortInUseError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

@@ -60,8 +60,18 @@ class HttpLimits(BaseSettings):
 
 @functools.cache
 def configured_limits() -> HttpLimits:
-    """The HTTP limits from the environment (`SWITCHYARD_HTTP_*`), read once per process."""
-    return HttpLimits()
+    """The HTTP limits from the environment (`SWITCHYARD_HTTP_*`), read once per process.
+    Raises SettingsError naming each variable at fault (one line, as every refused
+    setting): every command that serves HTTP calls this before it listens, so a bad
+    value stops start-up instead of failing every connection later."""
+    from pydantic import ValidationError
+
+    from switchyard.common.settings import SettingsError, describe_settings_error
+
+    try:
+        return HttpLimits()
+    except ValidationError as exc:
+        raise SettingsError(describe_settings_error(HttpLimits, exc)) from None
 
 
 def refusal_body(status: int, message: str, code: str, path: str, request_id: str) -> bytes:
@@ -320,12 +330,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 
 class PortInUseError(Exception):
-    """A server's port cannot be bound; the message names the setting that changes it."""
+    """A server's port (or address) cannot be bound; the message names the setting that
+    changes it."""
 
 
-def bind(host: str, port: int, name: str, setting: str) -> socket.socket:
+def bind(
+    host: str, port: int, name: str, setting: str, host_setting: str = "--host"
+) -> socket.socket:
     """A socket bound to host:port as uvicorn binds it (SO_REUSEADDR), not yet listening.
-    Raises PortInUseError with one readable line when the port is taken or refused."""
+    Raises PortInUseError with one readable line when the port is taken or refused
+    (naming `setting`, which moves the port), or when `host` is not an address of this
+    machine or cannot be resolved (naming `host_setting`, which sets the address)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -342,6 +357,13 @@ def bind(host: str, port: int, name: str, setting: str) -> socket.socket:
             raise PortInUseError(
                 f"port {port} ({name}) is already in use on {host}: stop what uses it, "
                 f"or set {setting} to a free port"
+            ) from None
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            # The address is at fault, not the port: another port would fail alike.
+            raise PortInUseError(
+                f"cannot listen on {host}:{port} ({name}): {exc.strerror or exc}; {host} is "
+                f"not an address of this machine: give {host_setting} one that is "
+                "(e.g. 127.0.0.1, or 0.0.0.0 for every interface)"
             ) from None
         raise PortInUseError(
             f"cannot listen on {host}:{port} ({name}): {exc.strerror or exc}; "

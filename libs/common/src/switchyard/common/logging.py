@@ -216,6 +216,26 @@ def _close_writer() -> None:
 atexit.register(_close_writer)
 
 
+# The levels `SWITCHYARD_LOG_LEVEL` takes (any case), as the standard library names them.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(value: str, setting: str = "SWITCHYARD_LOG_LEVEL") -> str:
+    """`value` as a level name the standard library knows (upper case). Raises
+    SettingsError (a `ConfigurationError`: one line from the `switchyard` command) naming
+    `setting` and the levels it takes (`LOG_LEVELS`) when the standard library knows no
+    such level."""
+    from switchyard.common.settings import SettingsError
+
+    level = value.strip().upper()
+    # Every name the standard library knows is taken (WARN, NOTSET too), as before.
+    if level not in logging.getLevelNamesMapping():
+        raise SettingsError(
+            f"{setting}: unknown log level {value!r}; use one of {', '.join(LOG_LEVELS)}"
+        )
+    return level
+
+
 def configure_logging(
     service: str,
     level: str = "INFO",
@@ -226,8 +246,11 @@ def configure_logging(
 ) -> None:
     """Send every log line of this process (structlog and the standard library) to
     `stream` (stdout) as JSON (`fmt="json"`) or readable console lines, at `level` and
-    above. `secrets` (e.g. the internal token) are masked wherever they appear."""
+    above. `secrets` (e.g. the internal token) are masked wherever they appear. Raises
+    SettingsError naming SWITCHYARD_LOG_LEVEL for a level that is not one (`log_level`),
+    before anything is changed."""
     global _known_secrets, _writer
+    level = log_level(level)
     # Longest first, so a secret containing another is masked whole.
     _known_secrets = tuple(sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True))
     shared: list[Any] = [
@@ -275,7 +298,7 @@ def configure_logging(
     _writer.addFilter(RepeatFilter(_writer))  # repeated warnings and errors: once, with a count
     root = logging.getLogger()
     root.handlers[:] = [_writer]
-    root.setLevel(level.upper())
+    root.setLevel(level)
     # Chatty libraries: their INFO lines (each outgoing HTTP call, each Alembic plugin)
     # say nothing an operator needs; warnings and errors still come through. The database
     # drivers' and SQLAlchemy's DEBUG lines carry every statement's parameters (password

@@ -71,7 +71,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from switchyard.common.settings import ConfigurationError
 
@@ -126,6 +134,17 @@ _REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "vertex": ("project_id", "region"),
     "gemini": ("api_key_env",),
 }
+
+
+# The fields of a deployment that name an environment variable holding a credential.
+CREDENTIAL_FIELDS = (
+    "api_key_env",
+    "azure_ad_token_env",
+    "aws_access_key_id_env",
+    "aws_secret_access_key_env",
+    "aws_session_token_env",
+    "access_token_env",
+)
 
 
 class RoutingError(ConfigurationError):
@@ -226,6 +245,10 @@ class Deployment(_Strict):
         "count is estimated (Azure OpenAI, vLLM and Ollama serve no such endpoint).",
     )
 
+    # Where it was read from (routing file, model, index), set by the loader; errors
+    # name it (`where`). None: built in.
+    _origin: tuple[str, str, int] | None = PrivateAttr(default=None)
+
     @model_validator(mode="after")
     def _fields_of_its_kind(self) -> Deployment:
         for field, kinds in _KIND_FIELDS.items():
@@ -281,26 +304,36 @@ class Deployment(_Strict):
 
     def secret(self, variable: str) -> str:
         """The value of the environment variable `variable`, which this deployment names
-        for a credential. Raises RoutingError when it is unset or empty."""
+        for a credential. Raises RoutingError when it is unset or empty, naming the
+        routing file and the field that names the variable (`where`)."""
         value = os.environ.get(variable)
         if not value:
+            field = next(
+                (name for name in CREDENTIAL_FIELDS if getattr(self, name) == variable),
+                "api_key_env",
+            )
             raise RoutingError(
-                f"deployment {self.name!r} needs the environment variable {variable}"
+                f"{self.where(field)}: deployment {self.name!r} needs the environment "
+                f"variable {variable}, which is unset or empty; set it, or remove the "
+                "deployment"
             )
         return value
+
+    def where(self, field: str) -> str:
+        """Where `field` of this deployment is configured, as routing errors name it:
+        `routing file <path>: models.<model>.deployments[<i>].<field>` for a deployment
+        read from a routing file, else `built-in routing: deployment '<name>'.<field>`."""
+        if self._origin is None:
+            return f"built-in routing: deployment {self.name!r}.{field}"
+        path, model, index = self._origin
+        return f"routing file {path}: models.{model}.deployments[{index}].{field}"
 
     def credential_variables(self) -> list[str]:
         """The environment variables this deployment reads credentials from (it cannot
         work while one of them is unset)."""
-        fields = (
-            "api_key_env",
-            "azure_ad_token_env",
-            "aws_access_key_id_env",
-            "aws_secret_access_key_env",
-            "aws_session_token_env",
-            "access_token_env",
-        )
-        return [getattr(self, field) for field in fields if getattr(self, field) is not None]
+        return [
+            getattr(self, field) for field in CREDENTIAL_FIELDS if getattr(self, field) is not None
+        ]
 
     def secrets(self) -> tuple[str, ...]:
         """The credential values currently set for this deployment (to redact them from
@@ -510,9 +543,14 @@ def _load_file(path: Path) -> RoutingTable:
     if not isinstance(raw, dict):
         raise RoutingError(f"routing file {path}: expected a mapping with a 'models' key")
     try:
-        return RoutingTable.model_validate(raw)
+        table = RoutingTable.model_validate(raw)
     except ValidationError as exc:
         raise RoutingError(f"routing file {path}: {_describe(exc)}") from exc
+    for model, route in table.models.items():
+        for index, deployment in enumerate(route.deployments):
+            # Errors found later (an unset credential variable) name the file and field.
+            deployment._origin = (str(path), model, index)
+    return table
 
 
 def _describe(exc: ValidationError) -> str:

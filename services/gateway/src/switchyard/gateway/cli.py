@@ -1,16 +1,20 @@
 """`switchyard spend`: spend against budget in the current budget period of every key,
-user, team or tenant that has a budget, from the fleet's limit ledger (the database named
-by `SWITCHYARD_GATEWAY_DATABASE_URL` or `DATABASE_URL`). Spend of any period and of
-levels without a budget is in `switchyard usage report`."""
+user, team or tenant that has a budget, from the gateway's limit ledger where the gateway
+keeps it (`SWITCHYARD_GATEWAY_GOVERNANCE_STORE`, `auto` by default: PostgreSQL or the
+SQLite file named by `SWITCHYARD_GATEWAY_DATABASE_URL` or `DATABASE_URL`; without either,
+embedded mode's `.switchyard/gateway.db`). Spend of any period and of levels without a
+budget is in `switchyard usage report`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import typer
+from pydantic import Field
 
 from switchyard.gateway.config import DatabaseSettings
 
@@ -23,12 +27,58 @@ def _iso(epoch: float | None) -> str | None:
     return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
-async def spend_rows(database_url: str, level: str) -> list[dict[str, Any]]:
-    """The budget spend counters of `level` (`key`, `user`, `team` or `tenant`) in the fleet's
-    ledger at `database_url`, one dict per counter (ids, USD amounts, period)."""
-    from switchyard.gateway.governance.postgres import PostgresLedger
+class LedgerSettings(DatabaseSettings):
+    """Where the gateway keeps its limit ledger: its database URL and
+    `SWITCHYARD_GATEWAY_GOVERNANCE_STORE` (no secrets)."""
 
-    ledger = PostgresLedger.connect(database_url, timeout_s=10.0)
+    governance_store: Literal["auto", "postgres", "sqlite", "memory"] = Field(default="auto")
+
+
+def ledger_store(store: str, database_url: str) -> str:
+    """The kind of ledger (`postgres`, `sqlite` or `memory`) the gateway keeps with
+    `governance_store` = `store` and `database_url`, as `bootstrap.build_ledger` picks it
+    (`auto`: the kind of the URL, memory for any other). Raises what SQLAlchemy raises
+    for a URL it cannot parse (`switchyard.common.cli.database_url_problem` says it)."""
+    from sqlalchemy.engine import make_url
+
+    if store != "auto":
+        return store
+    backend = make_url(database_url).get_backend_name()
+    return {"postgresql": "postgres", "sqlite": "sqlite"}.get(backend, "memory")
+
+
+def store_name(store: str) -> str:
+    """How errors name the ledger of kind `store`."""
+    return {"postgres": "PostgreSQL", "sqlite": "SQLite"}.get(store, store)
+
+
+def sqlite_file(database_url: str) -> Path | None:
+    """The file of a file-based SQLite `database_url`; None for an in-memory one."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(database_url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+async def spend_rows(
+    database_url: str, level: str, store: str = "postgres"
+) -> list[dict[str, Any]]:
+    """The budget spend counters of `level` (`key`, `user`, `team` or `tenant`) in the
+    ledger at `database_url` (`store`: `postgres`, the fleet's, or `sqlite`, one
+    machine's), one dict per counter (ids, USD amounts, period)."""
+    from switchyard.gateway.governance.ledger import Ledger
+
+    ledger: Ledger
+    if store == "sqlite":
+        from switchyard.gateway.governance.sqlite import SQLiteLedger
+
+        ledger = SQLiteLedger.connect(database_url, timeout_s=10.0)
+    else:
+        from switchyard.gateway.governance.postgres import PostgresLedger
+
+        ledger = PostgresLedger.connect(database_url, timeout_s=10.0)
     try:
         counters = await ledger.counters()
     finally:
@@ -58,22 +108,58 @@ def spend(
     ] = "team",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
-    """Spend against budget in the current period, by key, user, team or tenant."""
+    """Spend against budget in the current period, by key, user, team or tenant, from the
+    ledger the gateway keeps (PostgreSQL, or the SQLite file of embedded mode and of a
+    gateway on SQLite)."""
     if group_by not in LEVEL_OPTIONS:
         typer.echo(f"error: --group-by takes one of {', '.join(LEVEL_OPTIONS)}", err=True)
         raise typer.Exit(code=1)
-    database_url = DatabaseSettings().database_url
-    if not database_url.startswith("postgresql"):
+    from switchyard.common.cli import database_url_problem
+
+    settings = LedgerSettings()
+    database_url = settings.database_url
+    problem = database_url_problem(database_url)
+    if problem is not None:
         typer.echo(
-            "error: the limit ledger lives in PostgreSQL (SWITCHYARD_GATEWAY_DATABASE_URL or "
-            "DATABASE_URL); embedded mode keeps it in the gateway's memory",
+            f"error: SWITCHYARD_GATEWAY_DATABASE_URL (or DATABASE_URL) is not a database URL "
+            f"({problem}); use e.g. postgresql+psycopg://user:password@host:5432/db",
             err=True,
         )
         raise typer.Exit(code=1)
+    store = ledger_store(settings.governance_store, database_url)
+    if store == "memory":
+        why = (
+            "SWITCHYARD_GATEWAY_GOVERNANCE_STORE is memory"
+            if settings.governance_store == "memory"
+            else "its database URL is neither PostgreSQL nor SQLite"
+        )
+        typer.echo(
+            f"error: the gateway keeps its limit ledger in its own memory ({why}), where "
+            "no other process can read it; see spend in the console or at GET /v1/spend",
+            err=True,
+        )
+        raise typer.Exit(code=1)
+    if store == "sqlite":
+        path = sqlite_file(database_url)
+        # Opening a missing file would create an empty one, and then fail on its tables.
+        if path is not None and not path.is_file():
+            typer.echo(
+                f"error: no limit ledger at {path} (SWITCHYARD_GATEWAY_DATABASE_URL or "
+                "DATABASE_URL, default: embedded mode's); run this where the gateway runs "
+                "(`make run`: the repository root), or set the variable to its database",
+                err=True,
+            )
+            raise typer.Exit(code=1)
     try:
-        rows = asyncio.run(spend_rows(database_url, LEVEL_OPTIONS[group_by]))
+        rows = asyncio.run(spend_rows(database_url, LEVEL_OPTIONS[group_by], store))
     except Exception as exc:  # noqa: BLE001 - one line for the operator, no traceback
-        typer.echo(f"error: cannot read the limit ledger ({exc})", err=True)
+        from switchyard.common.cli import describe_database_error
+
+        # The ledger wraps the database's failure (LedgerUnavailable): say the cause.
+        reason = describe_database_error(exc.__cause__ or exc)
+        typer.echo(
+            f"error: cannot read the limit ledger at {store_name(store)} ({reason})", err=True
+        )
         raise typer.Exit(code=1) from None
     for row in rows:
         if as_json:

@@ -1,0 +1,130 @@
+"""`switchyard spend` reads the limit ledger where the gateway keeps it: the SQLite file of
+embedded mode (and of a gateway on SQLite) as well as PostgreSQL; a ledger kept in the
+gateway's memory is said to be so, truly."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from switchyard.gateway.cli import spend
+
+VARIABLES = (
+    "SWITCHYARD_GATEWAY_DATABASE_URL",
+    "DATABASE_URL",
+    "SWITCHYARD_GATEWAY_GOVERNANCE_STORE",
+)
+
+
+@pytest.fixture
+def run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """`switchyard spend ARGS` in `tmp_path` (where embedded mode keeps `.switchyard/`),
+    with no database variable set unless the test sets one."""
+    monkeypatch.chdir(tmp_path)
+    for variable in VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    app = typer.Typer()
+    app.command()(spend)
+
+    def invoke(*args: str):
+        return CliRunner().invoke(app, list(args))
+
+    return invoke
+
+
+def _embedded_ledger(tmp_path: Path) -> Path:
+    """Embedded mode's gateway database, migrated, with one team's budget counter."""
+    from switchyard.common.db import upgrade
+    from switchyard.gateway.plugin import service
+
+    assert service.migrations is not None
+    path = tmp_path / ".switchyard" / "gateway.db"
+    upgrade(
+        service.migrations.script_location,
+        f"sqlite+aiosqlite:///{path}",
+        service.migrations.version_table,
+    )
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO governance_counters (scope, kind, window_start, window_end, "
+            "limit_value, committed, spent, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            ("team:research", "spend", 0.0, None, 500.0, 12.5, 10.25, "2026-01-01 00:00:00"),
+        )
+    return path
+
+
+def test_spend_reads_embedded_modes_sqlite_ledger(run, tmp_path: Path) -> None:
+    _embedded_ledger(tmp_path)
+    result = run("--group-by", "team", "--json")
+    assert result.exit_code == 0, result.output
+    [row] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert row["level"] == "team" and row["id"] == "research"
+    assert row["spent_usd"] == 10.25 and row["reserved_usd"] == 2.25
+    assert row["max_budget_usd"] == 500.0 and row["resets_at"] is None
+
+
+def test_spend_without_the_embedded_database_says_where_it_looked(run, tmp_path: Path) -> None:
+    result = run("--group-by", "team")
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: no limit ledger at .switchyard/gateway.db ")
+    assert not (tmp_path / ".switchyard" / "gateway.db").exists()  # none made empty
+
+
+def test_a_ledger_in_the_gateways_memory_is_said_to_be(
+    run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SWITCHYARD_GATEWAY_GOVERNANCE_STORE", "memory")
+    result = run()
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert "in its own memory (SWITCHYARD_GATEWAY_GOVERNANCE_STORE is memory)" in line
+    assert "PostgreSQL" not in line
+
+
+def test_a_database_of_another_kind_means_a_memory_ledger(
+    run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://u@127.0.0.1/x")
+    result = run()
+    assert result.exit_code == 1
+    assert "neither PostgreSQL nor SQLite" in result.stderr
+
+
+def test_an_unreachable_postgres_ledger_is_one_line(run, monkeypatch: pytest.MonkeyPatch) -> None:
+    from switchyard.gateway import cli
+
+    async def refused(database_url: str, level: str, store: str = "postgres"):
+        from sqlalchemy.exc import OperationalError
+
+        from switchyard.gateway.governance.ledger import LedgerUnavailable
+
+        cause = OperationalError(
+            "SELECT 1",
+            {},
+            Exception('connection to server at "127.0.0.1", port 18773 failed: Connection refused'),
+        )
+        raise LedgerUnavailable(repr(cause)) from cause
+
+    monkeypatch.setattr(cli, "spend_rows", refused)
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u:p@127.0.0.1:18773/db")
+    result = run()
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "error: cannot read the limit ledger at PostgreSQL (connection refused at 127.0.0.1:18773)"
+    ]
+
+
+def test_a_url_of_no_driver_names_the_variable(run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "bogus://x")
+    result = run()
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(
+        "error: SWITCHYARD_GATEWAY_DATABASE_URL (or DATABASE_URL) is not a database URL ("
+    )
