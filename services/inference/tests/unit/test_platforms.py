@@ -800,3 +800,23 @@ async def test_every_upstream_client_shares_the_one_tls_context(monkeypatch) -> 
     finally:
         await providers.aclose()
         upstream.tls_context.cache_clear()
+
+
+def test_a_credentials_file_that_is_no_key_is_named_where_it_is_configured(tmp_path):
+    from switchyard.common.routing import RoutingError
+    from switchyard.inference.platforms import VertexUpstream
+
+    bad = tmp_path / "not-a-key.json"
+    bad.write_text("{}")
+    deployment = Deployment(
+        name="vertex",
+        provider="vertex",
+        model="m",
+        project_id="p",
+        region="us-east5",
+        credentials_file=str(bad),
+    )
+    with pytest.raises(RoutingError) as refused:
+        VertexUpstream.create(deployment)
+    assert str(refused.value).startswith(deployment.where("credentials_file"))
+    assert str(bad) in str(refused.value)

@@ -349,7 +349,7 @@ class VertexUpstream(_PlatformAnthropicUpstream):
                 )
             except (OSError, ValueError) as exc:
                 raise RoutingError(
-                    f"deployment {deployment.name!r}: credentials_file "
+                    f"{deployment.where('credentials_file')}: deployment {deployment.name!r}: "
                     f"{deployment.credentials_file} is not a service-account key "
                     f"({type(exc).__name__})"
                 ) from None
