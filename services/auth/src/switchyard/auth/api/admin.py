@@ -1,7 +1,9 @@
 """The admin API of a tenant: create, list, disable and enable users; list and revoke any
 key of the tenant. Only the admin role may call it (403 for members), and only on its own
 tenant: anything of another tenant is answered 404, exactly like something that does not
-exist, so tenants never learn about each other."""
+exist. One thing is shared by every tenant: emails, since signing in names the email
+alone. Creating a user with an email any tenant uses is refused with 409 `user_exists`,
+which tells the admin that the email is taken (not by whom)."""
 
 from __future__ import annotations
 
