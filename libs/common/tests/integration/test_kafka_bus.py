@@ -753,6 +753,18 @@ async def subscribe_noting(bus, topic: str, group: str, batch: bool) -> list[str
     return handled
 
 
+async def handled_after_a_restart(servers, topics, topic: str, group: str, batch: bool) -> list:
+    """What `group`, started again on a new bus, handles of `topic` within 3 s: nothing,
+    once it has committed past everything."""
+    again = await started_bus(servers, topics)
+    try:
+        more = await subscribe_noting(again, topic, group, batch)
+        await asyncio.sleep(3)
+    finally:
+        await again.stop()
+    return more
+
+
 @pytest.mark.parametrize("batch", [False, True])
 async def test_a_record_the_client_cannot_parse_is_parked_and_the_partition_moves_on(
     kafka_servers, kafka_topics, batch
@@ -776,13 +788,7 @@ async def test_a_record_the_client_cannot_parse_is_parked_and_the_partition_move
     assert (headers["deadletter.topic"], headers["deadletter.offset"]) == (topic.encode(), b"2")
     assert b"unreadable" in headers["deadletter.reason"] and dead.value == b""
     # Committed past it: the group, started again, reads nothing more.
-    again = await started_bus(kafka_servers, kafka_topics)
-    try:
-        more = await subscribe_noting(again, topic, group, batch)
-        await asyncio.sleep(3)
-    finally:
-        await again.stop()
-    assert more == []
+    assert await handled_after_a_restart(kafka_servers, kafka_topics, topic, group, batch) == []
     assert len(await read_all(kafka_servers, kafka_topics.deadletter, 2, timeout=3)) == 1
 
 
@@ -823,13 +829,7 @@ async def test_an_unreadable_record_loses_nothing_fetched_with_it_from_other_par
     finally:
         await bus.stop()
     assert set(handled) == expected
-    again = await started_bus(kafka_servers, kafka_topics)
-    try:
-        more = await subscribe_noting(again, topic, group, batch)
-        await asyncio.sleep(3)
-    finally:
-        await again.stop()
-    assert more == []
+    assert await handled_after_a_restart(kafka_servers, kafka_topics, topic, group, batch) == []
     dead = await read_all(kafka_servers, kafka_topics.deadletter, 2, timeout=3)
     assert len(dead) == 1  # parked once, not again by the restarted group
 

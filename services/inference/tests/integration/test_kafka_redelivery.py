@@ -60,23 +60,32 @@ async def running_log(
         await log.stop()
 
 
-async def test_a_replica_started_later_answers_a_redelivered_request_from_the_log(
-    kafka_servers, kafka_topics, bus, simulator, providers
-) -> None:
-    published: list = []
+def replicas(bus, topics, simulator, providers, published: list | None = None):
+    """Makes an inference replica's request handler for a reply log: it publishes on
+    `bus` (noting each (topic, event) in `published`) and calls the simulator."""
 
     async def publish(topic, event, *, key=None, partition=None, headers=None) -> None:
-        published.append((topic, event))
+        if published is not None:
+            published.append((topic, event))
         await bus.publish(topic, event, key=key, partition=partition, headers=headers)
 
     def replica(log: KafkaReplyLog) -> ChatRequestHandler:
         return ChatRequestHandler(
             publish=publish,
-            topics=kafka_topics,
+            topics=topics,
             routing=routing(simulator),
             providers=providers,
             outcomes=log,
         )
+
+    return replica
+
+
+async def test_a_replica_started_later_answers_a_redelivered_request_from_the_log(
+    kafka_servers, kafka_topics, bus, simulator, providers
+) -> None:
+    published: list = []
+    replica = replicas(bus, kafka_topics, simulator, providers, published)
 
     request = chat_request(model="m", reply_to=False)  # the test's topics are smaller
     async with running_log(kafka_servers, kafka_topics.replies, bus) as first_log:
@@ -106,18 +115,7 @@ async def test_a_record_the_client_cannot_parse_on_the_reply_partition_is_steppe
             kafka_servers, kafka_topics.replies, [b"x"], bad=0, partition=partition
         )
 
-    async def publish(topic, event, *, key=None, partition=None, headers=None) -> None:
-        await bus.publish(topic, event, key=key, partition=partition, headers=headers)
-
-    def replica(log: KafkaReplyLog) -> ChatRequestHandler:
-        return ChatRequestHandler(
-            publish=publish,
-            topics=kafka_topics,
-            routing=routing(simulator),
-            providers=providers,
-            outcomes=log,
-        )
-
+    replica = replicas(bus, kafka_topics, simulator, providers)
     request = chat_request(model="m", reply_to=False)
     async with running_log(kafka_servers, kafka_topics.replies, bus) as first_log:
         await replica(first_log)(request)
