@@ -8,7 +8,8 @@ import asyncio
 import pytest
 
 from switchyard.common.bus import BusUnavailableError
-from switchyard.common.events import ChatCancelRequested, ChatRequested
+from switchyard.common.events import ChatCancelRequested, ChatRequested, new_id, utcnow
+from switchyard.common.responses import response_id
 from switchyard.common.testing.infra import async_wait_until
 
 from .conftest import API_KEY, TEST_KEY_IDENTITY
@@ -424,3 +425,60 @@ async def test_a_messages_job_with_a_value_that_is_not_a_version_is_refused(
         "/v1/jobs", json=body, headers={**AUTH, "anthropic-version": "2023-06-01"}
     )
     assert accepted.status_code == 202, accepted.text
+
+
+def _stored_actions() -> list[tuple[str, str, dict | None]]:
+    """Every way a request acts on something stored: (method, path, JSON body)."""
+    stored = response_id(new_id(), utcnow())
+    chat = {"model": "sim-small", "input": "go on"}
+    reference = {"type": "item_reference", "id": "msg_" + "a" * 32}
+    return [
+        ("POST", "/v1/responses", {**chat, "previous_response_id": stored}),
+        ("POST", "/v1/responses", {**chat, "input": [reference]}),
+        ("POST", "/v1/responses/input_tokens", {**chat, "previous_response_id": stored}),
+        ("POST", "/v1/responses/input_tokens", {**chat, "input": [reference]}),
+        ("DELETE", f"/v1/responses/{stored}", None),
+        ("POST", f"/v1/responses/{stored}/cancel", None),
+        ("POST", "/v1/jobs/job-1/cancel", None),
+        ("POST", "/v1/replays/replay-1/stop", None),
+        ("POST", "/v1/replays/replay-1/resume", None),
+    ]
+
+
+async def test_a_token_without_history_read_cannot_act_on_what_is_stored(harness, history):
+    """Continuing, naming, deleting or cancelling a stored response, cancelling a job or
+    stopping a replay reads or changes what the user's other credentials made: an access
+    token made only to generate has no key history could narrow that to."""
+    token = {"Authorization": f"Bearer {harness.auth.token(scopes=['chat'])}"}
+    for method, path, body in _stored_actions():
+        history.calls.clear()
+        answer = await harness.client.request(method, path, json=body, headers=token)
+        assert answer.status_code == 403, (method, path, answer.text)
+        error = answer.json()["error"]
+        assert error["code"] == "insufficient_scope" and "'history:read'" in error["message"]
+        assert not [call for call in history.calls if "/internal/" not in call.url.path], path
+
+
+async def test_a_token_with_history_read_may_act_on_what_is_stored(harness, history):
+    token = {"Authorization": f"Bearer {harness.auth.token(scopes=['chat', 'history:read'])}"}
+    for method, path, body in _stored_actions():
+        answer = await harness.client.request(method, path, json=body, headers=token)
+        assert answer.status_code != 403, (method, path, answer.text)
+
+
+async def test_a_chat_key_acts_only_on_its_own_and_never_on_replays(harness, history, monkeypatch):
+    """An API key without `history:read` reaches history narrowed to what it made; a
+    replay needs `history:read` to make, so such a key never made one."""
+    monkeypatch.setitem(TEST_KEY_IDENTITY, "scopes", ["chat"])
+    for method, path, body in _stored_actions():
+        history.calls.clear()
+        answer = await harness.client.request(
+            method, path, json=body, headers={"x-api-key": API_KEY}
+        )
+        if path.startswith("/v1/replays"):
+            assert answer.status_code == 403, (path, answer.text)
+            continue
+        assert answer.status_code != 403, (method, path, answer.text)
+        forwarded = [call for call in history.calls if "/internal/" not in call.url.path]
+        assert forwarded, path
+        assert all(c.headers.get("x-switchyard-api-key-only") == "key-1" for c in forwarded)

@@ -271,8 +271,9 @@ async def test_only_the_accepting_tenant_can_cancel_a_job_history_has_not_seen(h
     created = await harness.client.post("/v1/jobs", json=BODY, headers=AUTH)
     job_id = created.json()["id"]
     history.answers[f"/v1/jobs/{job_id}/cancel"] = (404, b'{"error": {}}', "application/json")
-    other_tenant = bearer(harness.auth.token(sub="user-1", tenant="globex", scopes=["chat"]))
-    colleague = bearer(harness.auth.token(sub="user-2", scopes=["chat"]))
+    readers = ["chat", "history:read"]
+    other_tenant = bearer(harness.auth.token(sub="user-1", tenant="globex", scopes=readers))
+    colleague = bearer(harness.auth.token(sub="user-2", scopes=readers))
 
     assert (
         await harness.client.post(f"/v1/jobs/{job_id}/cancel", headers=other_tenant)

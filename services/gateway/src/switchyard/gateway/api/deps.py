@@ -4,12 +4,15 @@ caller with the scope the route needs.
 Which scope a route needs is decided here, in one table, by the route's path and method:
 generating anything (chat, messages, embeddings, jobs) needs `chat`; reading history and
 usage needs `history:read`, changing anything under them `history:write`; reading replays
-`history:read`, creating, stopping or resuming them `chat` (and creating also
-`history:read`); listing models
-needs only valid credentials. Secrets need `admin` besides (the history settings route
-checks that itself: the webhook signing secret is shown, and rotated, only with it). A
-valid credential without the scope gets 403; missing or invalid credentials get 401;
-neither echoes the credential.
+`history:read`, creating, stopping or resuming them `chat` and `history:read`; listing
+models needs only valid credentials. Acting on what is stored (continuing, naming,
+deleting or cancelling a stored response, cancelling a job, stopping or resuming a
+replay) needs `history:read` as reading it does: an API key without it may still act on
+what it made itself, an access token without it may not (ACTS_ON_STORED,
+`check_reads_stored`). Secrets need `admin` besides (the history settings route checks
+that itself: the webhook signing secret is shown, and rotated, only with it). A valid
+credential without the scope gets 403; missing or invalid credentials get 401; neither
+echoes the credential.
 """
 
 from __future__ import annotations
@@ -73,6 +76,22 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 # An access token has no key to narrow to: it needs `history:read`.
 READ_BACK: tuple[str, ...] = ("/v1/jobs", "/v1/responses")
 
+# Routes that act on something stored (delete or cancel a stored response, cancel a job,
+# stop or resume a replay), by method and route path: besides the scope ROUTE_SCOPES
+# gives them they need `history:read`, as reading it does, with the same READ_BACK
+# allowance: a credential made only to generate must not touch what its user's other
+# credentials made. A body naming stored items (`previous_response_id`,
+# `item_reference`) is checked by its route (`check_reads_stored`).
+ACTS_ON_STORED: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("DELETE", "/v1/responses/{response_id:response_id}"),
+        ("POST", "/v1/responses/{response_id:response_id}/cancel"),
+        ("POST", "/v1/jobs/{job_id}/cancel"),
+        ("POST", "/v1/replays/{replay_id}/stop"),
+        ("POST", "/v1/replays/{replay_id}/resume"),
+    }
+)
+
 
 def required_scope(path: str, method: str = "GET") -> str | None:
     """The scope a `method` request to `path` needs (None: valid credentials suffice)."""
@@ -83,13 +102,35 @@ def required_scope(path: str, method: str = "GET") -> str | None:
     return None
 
 
-def insufficient_scope(scope: str) -> APIError:
-    """The 403 `insufficient_scope` error for credentials without `scope`."""
+def insufficient_scope(scope: str, param: str | None = None) -> APIError:
+    """The 403 `insufficient_scope` error for credentials without `scope`; `param` names
+    the request field that needs it, when one does."""
     return APIError(
         403,
         f"These credentials lack the '{scope}' scope this operation needs.",
+        param=param,
         code="insufficient_scope",
     )
+
+
+def reads_stored(principal: Principal, path: str) -> bool:
+    """Whether `principal` may read or act on what is stored under `path`: it holds
+    `history:read`, or it is an API key with `chat` whose reads history narrows to what
+    that key made itself (`Principal.own_key_only`) and `path` is one of READ_BACK."""
+    if scopes.HISTORY_READ in principal.scopes:
+        return True
+    return (
+        principal.own_key_only is not None
+        and scopes.CHAT in principal.scopes
+        and path.startswith(READ_BACK)
+    )
+
+
+def check_reads_stored(principal: Principal, path: str, param: str | None = None) -> None:
+    """Raise APIError 403 `insufficient_scope` (`history:read`, naming `param`) unless
+    `principal` `reads_stored` under `path`."""
+    if not reads_stored(principal, path):
+        raise insufficient_scope(scopes.HISTORY_READ, param)
 
 
 class DuplicateCredentialsError(Exception):
@@ -180,14 +221,10 @@ async def authenticate(request: Request) -> Principal:
     path = getattr(route, "path", None) or request.url.path
     scope = required_scope(path, request.method)
     if scope is not None and scope not in principal.scopes:
-        reads_back = (
-            scope == scopes.HISTORY_READ
-            and principal.own_key_only is not None  # an API key: history narrows it
-            and scopes.CHAT in principal.scopes
-            and path.startswith(READ_BACK)
-        )
-        if not reads_back:
+        if scope != scopes.HISTORY_READ or not reads_stored(principal, path):
             raise insufficient_scope(scope)
+    if (request.method, path) in ACTS_ON_STORED:
+        check_reads_stored(principal, path)
     return principal
 
 

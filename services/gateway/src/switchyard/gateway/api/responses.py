@@ -61,7 +61,7 @@ from switchyard.common.responses import (
     upstream_item,
 )
 from switchyard.gateway.api.body import ClientRequest, openapi_body, read_request
-from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
+from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, check_reads_stored
 from switchyard.gateway.api.history import (
     call,
     error_of,
@@ -194,6 +194,18 @@ MAX_ITEM_REFERENCES = 1000
 MAX_ITEM_ID_LENGTH = 256
 
 
+def _references_items(body: dict[str, Any]) -> list[Any]:
+    """The ids of `body`'s `item_reference` input items, in order (empty for none)."""
+    items = body.get("input")
+    if not isinstance(items, list):
+        return []
+    return [
+        item["id"]
+        for item in items
+        if isinstance(item, dict) and item.get("type") == "item_reference"
+    ]
+
+
 async def resolve_item_references(
     gateway: Gateway, principal: Principal, body: dict[str, Any]
 ) -> dict[str, Any]:
@@ -203,16 +215,10 @@ async def resolve_item_references(
     the ids Switchyard gave them (`upstream_item`); the
     body unchanged when it has none. APIError 404 `item_not_found` naming the first item
     not found, 400 for more than `MAX_ITEM_REFERENCES`, 503 when history cannot be read."""
-    items = body.get("input")
-    if not isinstance(items, list):
-        return body
-    references = [
-        item["id"]
-        for item in items
-        if isinstance(item, dict) and item.get("type") == "item_reference"
-    ]
+    references = _references_items(body)
     if not references:
         return body
+    items = body["input"]
     if len(references) > MAX_ITEM_REFERENCES:
         raise APIError(
             400,
@@ -309,6 +315,12 @@ async def _conversation(
     caller's access to the model is checked (before reading any history). Raises
     APIError as those do."""
     check_model(gateway, principal, client.model)
+    # Continuing a stored response, or naming its items, reads them: only a credential
+    # that may read them back may (`check_reads_stored`).
+    if client.body.get("previous_response_id") is not None:
+        check_reads_stored(principal, router.prefix, "previous_response_id")
+    if _references_items(client.body):
+        check_reads_stored(principal, router.prefix, "input")
     body = await resolve_item_references(gateway, principal, client.body)
     if body is not client.body:
         client = ClientRequest(client.api, body, client.model, client.stream)
