@@ -26,6 +26,14 @@ def keyed(key: str, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture
+def settings(settings):
+    """No test here waits for a request's deadline: a longer one keeps a loaded machine's
+    slow answer from turning into a 504 the test did not ask for."""
+    settings.request_timeout_s = 10.0
+    return settings
+
+
+@pytest.fixture
 async def history(harness):
     return await install(harness)
 
