@@ -40,6 +40,7 @@ from switchyard.common.bus.kafka import (
     FETCH_MAX_BYTES,
     REPLAYED_FROM_HEADER,
     RecordReader,
+    skipping_unreadable,
     unescape_deadletter_header,
 )
 from switchyard.common.kafka_admin import partition_count
@@ -277,13 +278,9 @@ async def read_dead_letters(
     return from_records(records)
 
 
-async def _skip_unreadable(tp: TopicPartition, offsets: range, error: BaseException) -> None:
-    log.warning(
-        "dead-letter records the Kafka client cannot read were left out",
-        partition=tp.partition,
-        offsets=f"{offsets.start}-{offsets.stop - 1}",
-        error=repr(error)[:300],
-    )
+_skip_unreadable = skipping_unreadable(
+    log, "dead-letter records the Kafka client cannot read were left out"
+)
 
 
 def select(

@@ -531,12 +531,14 @@ class KafkaReplyLog(OutcomeLog):
         records keyed `key` also go to `own`."""
         if begin >= stop:
             return
-        from switchyard.common.bus.kafka import RecordReader
+        from switchyard.common.bus.kafka import RecordReader, skipping_unreadable
 
         loop = asyncio.get_running_loop()
         # A record the Kafka client cannot parse (a header key that is not UTF-8) is no
         # outcome of ours: stepped over, never the end of every lookup on its partition.
-        reader = RecordReader(self._skip_unreadable)
+        reader = RecordReader(
+            skipping_unreadable(log, "reply records the Kafka client cannot read were skipped")
+        )
         consumer.assign([tp])
         consumer.seek(tp, begin)
         try:
@@ -550,15 +552,6 @@ class KafkaReplyLog(OutcomeLog):
                     deadline.reschedule(loop.time() + self.read_timeout_s)
         finally:
             consumer.unsubscribe()  # fetch nothing until the next lookup
-
-    async def _skip_unreadable(self, tp: Any, offsets: range, error: BaseException) -> None:
-        log.warning(
-            "reply records the Kafka client cannot read were skipped",
-            topic=tp.topic,
-            partition=tp.partition,
-            offsets=f"{offsets.start}-{offsets.stop - 1}",
-            error=repr(error)[:300],
-        )
 
     def _index(self, record: Any, partition: int, key: bytes, own: OutcomeIndex) -> None:
         """Index one record (an aiokafka ConsumerRecord); nothing is decoded here: every

@@ -1070,6 +1070,31 @@ def _drained_before(exc: BaseException) -> dict[TopicPartition, list[ConsumerRec
 UnreadableHandler = Callable[[TopicPartition, range, BaseException], Awaitable[None]]
 
 
+def log_unreadable(
+    logger: Any, message: str, tp: TopicPartition, offsets: range, error: BaseException
+) -> None:
+    """Warn with `message` that the records at `offsets` of `tp` could not be parsed: the
+    topic, partition, the offsets as `first-last`, and the error (cut to 500 characters,
+    since aiokafka's can quote a record's bytes)."""
+    logger.warning(
+        message,
+        topic=tp.topic,
+        partition=tp.partition,
+        offsets=f"{offsets.start}-{offsets.stop - 1}",
+        error=repr(error)[:500],
+    )
+
+
+def skipping_unreadable(logger: Any, message: str) -> UnreadableHandler:
+    """An UnreadableHandler for a reader that only passes over what it cannot parse (a
+    lookup or a listing, not a group that must dead-letter it): `log_unreadable`."""
+
+    async def on_unreadable(tp: TopicPartition, offsets: range, error: BaseException) -> None:
+        log_unreadable(logger, message, tp, offsets, error)
+
+    return on_unreadable
+
+
 REPLAYED_FROM_HEADER = "deadletter.replayed_from"
 """Header of a dead letter replayed to its topic: `<dead-letter partition>:<offset>`."""
 
@@ -1775,13 +1800,7 @@ class _Listener(_SupervisedConsumer):
     async def _unreadable(self, tp: TopicPartition, offsets: range, error: BaseException) -> None:
         # The topic's group consumer parks them; a listener only skips them.
         metrics.EVENTS_SKIPPED.labels(tp.topic, "undecodable").inc(len(offsets))
-        log.warning(
-            "listener skipped unreadable records",
-            topic=tp.topic,
-            partition=tp.partition,
-            offsets=f"{offsets.start}-{offsets.stop - 1}",
-            error=repr(error)[:500],
-        )
+        log_unreadable(log, "listener skipped unreadable records", tp, offsets, error)
         self.positions[tp] = offsets.stop
 
     async def _handle(self, record: ConsumerRecord) -> None:
