@@ -72,7 +72,7 @@ class SharedLog:
     async def lookup(self, request) -> Recorded | None:
         if self.unreadable:
             raise BusUnavailableError("the replies topic cannot be read")
-        return self.index.get(request.request_id)
+        return self.index.get(request.request_id, request.tenant)
 
 
 @pytest.fixture
@@ -203,7 +203,7 @@ def test_the_index_forgets_outcomes_older_than_its_lookback() -> None:
     index.add(marker)
     index.add(marker.model_copy(update={"request_id": "other"}))
 
-    assert index.get(request.request_id) is None
+    assert index.get(request.request_id, request.tenant) is None
 
 
 def test_the_index_keeps_its_memory_within_its_byte_budget_oldest_first() -> None:
@@ -217,8 +217,8 @@ def test_the_index_keeps_its_memory_within_its_byte_budget_oldest_first() -> Non
 
     assert index.bytes <= 20_000
     assert 0 < len(index) < 100
-    assert index.get(ids[0]) is None  # the oldest went first
-    newest = index.get(ids[-1])
+    assert index.get(ids[0], request.tenant) is None  # the oldest went first
+    newest = index.get(ids[-1], request.tenant)
     assert newest is not None and newest.stream_started is not None  # decoded on lookup
     assert newest.stream_started.request_id == ids[-1]
 
@@ -293,3 +293,82 @@ async def test_an_event_the_bus_knows_is_new_skips_the_outcomes_lookup(
         delivery_may_repeat.reset(token)
     assert simulator.calls("up-m") == 1
     assert isinstance(log.on(TOPICS.replies)[-1], ChatCompleted)
+
+
+def _of_another_tenant(event, request):
+    """`event` as a bad producer would copy it under `request`'s id for another tenant."""
+    return event.model_copy(update={"tenant": "globex", "request_id": request.request_id})
+
+
+async def _forge_under(log: SharedLog, request, routing, providers, *, stream: bool) -> None:
+    """Write under `request`'s key what a run of another tenant's request left on its
+    reply partition: a chunk (when `stream`) and a terminal record carrying its usage."""
+    other = chat_request(model="m", text="one two", stream=stream).model_copy(
+        update={"tenant": "globex"}
+    )
+    forged = SharedLog()
+    await replica(forged, routing, providers)(other)
+    for topic, event in forged.published:
+        if topic != TOPICS.replies:
+            continue
+        copy = _of_another_tenant(event, request)
+        usage = None
+        if not isinstance(event, ChatChunk):
+            usage = encode_event(_of_another_tenant(forged.on(TOPICS.usage)[0], request))
+        log.index.add_record(request.request_id, copy.type.encode(), encode_event(copy), usage)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["reply", "chunk-and-reply"])
+async def test_records_of_another_tenant_under_the_requests_key_do_not_answer_it(
+    simulator, routing, providers, stream
+) -> None:
+    """A bad producer's records under a request's id, written before it is delivered
+    again, are not its outcome (nor a sign its stream started): it runs, and its own
+    reply and usage are published, never the forged ones."""
+    log = SharedLog()
+    request = chat_request(model="m")
+    await _forge_under(log, request, routing, providers, stream=stream)
+    log.published.clear()
+    calls = simulator.calls("up-m")
+
+    await replica(log, routing, providers)(request)
+
+    assert simulator.calls("up-m") == calls + 1
+    [reply], [usage] = log.on(TOPICS.replies), log.on(TOPICS.usage)
+    assert isinstance(reply, ChatCompleted)
+    for event in (reply, usage):
+        assert (event.tenant, event.request_id) == (request.tenant, request.request_id)
+
+
+async def test_a_forged_record_after_the_requests_own_does_not_hide_it(
+    simulator, routing, providers
+) -> None:
+    log = SharedLog()
+    request = chat_request(model="m")
+    await replica(log, routing, providers)(request)
+    own_reply = log.on(TOPICS.replies)[0]
+    await _forge_under(log, request, routing, providers, stream=False)
+    calls = simulator.calls("up-m")
+
+    await replica(log, routing, providers)(request)
+
+    assert simulator.calls("up-m") == calls  # answered from its own record
+    assert log.on(TOPICS.replies)[-1] == own_reply
+
+
+async def test_a_request_event_copying_anothers_id_is_not_answered_with_its_outcome(
+    simulator, routing, providers
+) -> None:
+    """The replica that answered a request remembers its outcome by the request event's
+    id: a request of another tenant under that id runs on its own."""
+    log = SharedLog()
+    handler = replica(log, routing, providers)
+    request = chat_request(model="m")
+    await handler(request)
+    copy = chat_request(model="m").model_copy(update={"id": request.id, "tenant": "globex"})
+
+    await handler(copy)
+
+    assert simulator.calls("up-m") == 2
+    reply = log.on(TOPICS.replies)[-1]
+    assert (reply.tenant, reply.request_id) == ("globex", copy.request_id)

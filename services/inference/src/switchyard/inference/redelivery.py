@@ -19,6 +19,14 @@ terminal event cannot be resumed (the client's stream ends when another run begi
 it ends as `chat.failed` 502 `stream_interrupted`, which is what the client saw; anything
 else runs normally (its client has received nothing yet).
 
+A record on the reply partition is the request's only when its event, and the usage event
+it carries, name the request's own tenant and request id: a record a bad producer wrote
+under the request's key (another tenant's reply, a chunk) is passed over, and so is a
+reply carrying such a usage event. Up to `MAX_CANDIDATES` chunk and terminal records are
+kept per request id, each checked only when the request is looked up, so records written
+there before the request's own cannot hide it (beyond that many, the request runs again,
+as when nothing was recorded).
+
 Nothing is written for this beyond the reply itself: the record the client waits for is
 the record. Only a request the bus says an earlier owner of its partition may have
 handled (`delivery_may_repeat`) is looked up, so the partition is read only after a
@@ -88,20 +96,38 @@ class Recorded:
 # Per indexed request, beyond its records' bytes: the dict slot, the id and the entry.
 _ENTRY_OVERHEAD_BYTES = 300
 
+# How many chunk records, and how many terminal records, are kept per request id: the
+# request's own is told apart from what others wrote under its key only when it is
+# looked up (decoding every record read would cost the consumer far more).
+MAX_CANDIDATES = 4
+
 
 # One request's records as their encoded bytes (decoded only when looked up), in a plain
-# tuple: the first chunk record, the terminal record, its usage record (each None until
-# read), when the first of them was read (`time.monotonic()`), then where they were read:
-# partition, highest offset, partition, highest offset... (none when this process told
-# them). CPython's collector stops tracking a tuple of bytes and numbers at its first
-# collection, where an object stays tracked for life: a full index holds tens of
-# thousands of entries, which every full collection would otherwise walk.
+# tuple: its chunk records (the first `MAX_CANDIDATES`, one per producer's run at most
+# matters), its terminal records and the usage records they carry (the first
+# `MAX_CANDIDATES`, as parallel tuples; a usage record may be None), when the first of
+# them was read (`time.monotonic()`), then where they were read: partition, highest
+# offset, partition, highest offset... (none when this process told them). CPython's
+# collector stops tracking a tuple of bytes and numbers at its first collection, where an
+# object stays tracked for life: a full index holds tens of thousands of entries, which
+# every full collection would otherwise walk.
 _Entry = tuple[Any, ...]
 _STREAM_STARTED, _REPLY, _USAGE, _SEEN_AT, _OFFSETS = range(5)
 
 
 def _entry_size(entry: _Entry) -> int:
-    return _ENTRY_OVERHEAD_BYTES + sum(len(r) for r in entry[:_SEEN_AT] if r is not None)
+    return _ENTRY_OVERHEAD_BYTES + sum(
+        len(record) for records in entry[:_SEEN_AT] for record in records if record is not None
+    )
+
+
+def _owned(event: Any, request_id: str, tenant: str) -> bool:
+    """Whether `event` (decoded, or None) names the request `request_id` of `tenant`."""
+    return (
+        event is not None
+        and getattr(event, "request_id", None) == request_id
+        and getattr(event, "tenant", None) == tenant
+    )
 
 
 def _entry_offsets(entry: _Entry) -> dict[int, int]:
@@ -140,9 +166,9 @@ class OutcomeIndex:
         return len(self._entries)
 
     def stream_started(self, request_id: str) -> bool:
-        """True when a `chat.chunk` record of `request_id` is kept."""
+        """True when a `chat.chunk` record under `request_id` is kept."""
         entry = self._entries.get(request_id)
-        return entry is not None and entry[_STREAM_STARTED] is not None
+        return entry is not None and bool(entry[_STREAM_STARTED])
 
     def add(self, event: EnvelopeFields, usage: EnvelopeFields | None = None) -> None:
         """Index one event written to a reply partition (encoded here), with the usage
@@ -172,51 +198,76 @@ class OutcomeIndex:
         """Index one record of a reply partition as it is on the topic: the request id
         (its key), the event type (its `type` header), its value and its `USAGE_HEADER`,
         and where it was read (`partition`, `offset`). Records of other types are
-        ignored; of a request's chunks, the first is kept."""
+        ignored; of a request id's chunk records and terminal records, the first
+        `MAX_CANDIDATES` of each are kept (whose they are is judged by `get`)."""
         is_chunk = event_type == _CHUNK
         if not is_chunk and event_type not in _TERMINAL:
             return
         entry = self._entries.get(request_id)
+        chunks: tuple[bytes, ...]
+        replies: tuple[bytes, ...]
+        usages: tuple[bytes | None, ...]
         if entry is None:
-            stream_started = reply = usage_raw = None
+            chunks = replies = usages = ()
             seen_at, offsets = time.monotonic(), {}
         else:
             self.bytes -= _entry_size(entry)
-            stream_started, reply, usage_raw, seen_at = entry[:_OFFSETS]
+            chunks, replies, usages, seen_at = entry[:_OFFSETS]
             offsets = _entry_offsets(entry)
         if is_chunk:
-            stream_started = stream_started or raw
-        else:
-            reply, usage_raw = raw, usage
+            if len(chunks) < MAX_CANDIDATES:
+                chunks = (*chunks, raw)
+        elif len(replies) < MAX_CANDIDATES:
+            replies, usages = (*replies, raw), (*usages, usage)
         if partition is not None:
             offsets[partition] = max(offsets.get(partition, -1), offset)
-        entry = (stream_started, reply, usage_raw, seen_at, *chain.from_iterable(offsets.items()))
+        entry = (chunks, replies, usages, seen_at, *chain.from_iterable(offsets.items()))
         self._entries[request_id] = entry
         self.bytes += _entry_size(entry)
         self._prune()
 
-    def get(self, request_id: str) -> Recorded | None:
-        """What is recorded for `request_id`, decoded (None: nothing kept)."""
+    def get(self, request_id: str, tenant: str) -> Recorded | None:
+        """What is recorded for the request `request_id` of `tenant`, decoded: its first
+        chunk record, and its first terminal record with the usage event it carries, of
+        those kept whose events name that tenant and request id (a record another
+        producer wrote under the key is passed over, and logged). None: nothing kept."""
         entry = self._entries.get(request_id)
         if entry is None:
             return None
 
-        def decoded(raw: bytes | None) -> Any:
+        def owned(raw: bytes | None) -> Any:
             if raw is None:
                 return None
             try:
-                return decode_event(raw)
+                event = decode_event(raw)
             except EventDecodeError as exc:
                 # A record under the request's key that is no event (a bad producer):
                 # as if it were not there, never a reason to fail the request.
                 log.warning("reply log skipped an undecodable record", error=str(exc)[:300])
                 return None
+            if _owned(event, request_id, tenant):
+                return event
+            log.warning(
+                "reply log skipped a record of another request under its key",
+                request_id=request_id,
+                event_type=event.type,
+                event_request_id=event.request_id[:64],
+            )
+            return None
 
+        stream_started = next(filter(None, map(owned, entry[_STREAM_STARTED])), None)
+        reply = usage = None
+        for raw_reply, raw_usage in zip(entry[_REPLY], entry[_USAGE], strict=True):
+            reply = owned(raw_reply)
+            if reply is not None:
+                # A reply carrying a usage event that is not its own is the request's
+                # outcome all the same, but not one that can be published again as it is.
+                usage = owned(raw_usage)
+                break
+        if stream_started is None and reply is None:
+            return None
         return Recorded(
-            stream_started=decoded(entry[_STREAM_STARTED]),
-            reply=decoded(entry[_REPLY]),
-            usage=decoded(entry[_USAGE]),
-            seen_at=entry[_SEEN_AT],
+            stream_started=stream_started, reply=reply, usage=usage, seen_at=entry[_SEEN_AT]
         )
 
     def _prune(self) -> None:
@@ -285,7 +336,7 @@ class LocalOutcomeLog(OutcomeLog):
 
     @override
     async def lookup(self, request: ChatRequested) -> Recorded | None:
-        return self.index.get(request.request_id)
+        return self.index.get(request.request_id, request.tenant)
 
 
 @dataclass
@@ -467,7 +518,7 @@ class KafkaReplyLog(OutcomeLog):
             if consumer is not None and consumer is self._consumer:
                 self._broken.set()
             raise BusUnavailableError(f"the replies topic cannot be read: {exc!r}") from exc
-        return _merged(found, self.index.get(request.request_id))
+        return _merged(found, self.index.get(request.request_id, request.tenant))
 
     async def _read(
         self,
@@ -513,7 +564,7 @@ class KafkaReplyLog(OutcomeLog):
                         del self._scanned[partition]
                     raise
             await self._read_range(consumer, tp, scanned.position, end, key, own, scanned, deadline)
-        return own.get(request.request_id)
+        return own.get(request.request_id, request.tenant)
 
     async def _read_range(
         self,

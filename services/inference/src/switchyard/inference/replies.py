@@ -102,7 +102,12 @@ class ReplyPublisher:
         started stream ended as `stream_interrupted`), False if it must run. Raises what
         the outcomes log's lookup raises (`BusUnavailableError` while it cannot be read)."""
         done = self.published.get(request.id)
-        if done is not None:
+        # Only the request's own: a request event copying another's event id (a bad
+        # producer) must not be answered with that request's outcome.
+        if done is not None and all(
+            event.tenant == request.tenant and event.request_id == request.request_id
+            for event in done
+        ):
             log.info("request delivered again after its outcome was published; republishing")
             await self._republish(request, *done)
             return True
