@@ -787,6 +787,8 @@ async def test_a_record_the_client_cannot_parse_is_parked_and_the_partition_move
     headers = dict(dead.headers)
     assert (headers["deadletter.topic"], headers["deadletter.offset"]) == (topic.encode(), b"2")
     assert b"unreadable" in headers["deadletter.reason"] and dead.value == b""
+    # A stub, never replayed as if it were the record.
+    assert b"could not parse" in headers["deadletter.left_out"]
     # Committed past it: the group, started again, reads nothing more.
     assert await handled_after_a_restart(kafka_servers, kafka_topics, topic, group, batch) == []
     assert len(await read_all(kafka_servers, kafka_topics.deadletter, 2, timeout=3)) == 1

@@ -123,6 +123,36 @@ def test_a_stub_or_a_letter_without_a_topic_cannot_be_replayed():
     assert nameless.topic == "" and "which topic" in (nameless.replayable() or "")
 
 
+def test_the_stub_of_an_unreadable_record_cannot_be_replayed_even_when_unmarked():
+    """Letters for records the Kafka client could not parse were once written without
+    `deadletter.left_out`: their empty value is no record to replay either."""
+    unreadable = [("deadletter.reason", b"undecodable record (unreadable): CorruptRecordError()")]
+    (letter,) = from_records([letter_record(extra=unreadable, value=b"")])
+    assert "stub" in (letter.replayable() or "")
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["__consumer_offsets", "other.requests.interactive", DLQ, "sy.requests.interactive.x"],
+)
+def test_a_letter_naming_a_topic_outside_its_deployment_cannot_be_replayed(topic):
+    """Every service writes the dead-letter topic: the topic a letter names is not trusted
+    beyond the deployment's own topics."""
+    (letter,) = from_records([letter_record(topic=topic)], DLQ)
+    refusal = letter.replayable() or ""
+    assert "not a topic of this deployment" in refusal and "sy.usage" in refusal
+    (own,) = from_records([letter_record(topic="sy.auth.events")], DLQ)
+    assert own.replayable() is None
+
+
+async def test_a_replay_to_a_topic_outside_the_deployment_publishes_nothing():
+    bus = FakeBus()
+    (letter,) = from_records([letter_record(topic="__consumer_offsets")], DLQ)
+    with pytest.raises(DeadLetterError, match="not a topic of this deployment"):
+        await replay(bus, letter, DLQ)
+    assert bus.published == []
+
+
 def test_header_values_that_are_not_utf8_or_numbers_do_not_break_reading():
     (letter,) = from_records([letter_record(source_partition="two", extra=[("type", b"\xff\xfe")])])
     assert letter.source_partition is None

@@ -39,11 +39,13 @@ from aiokafka.structs import ConsumerRecord
 from switchyard.common.bus.kafka import (
     FETCH_MAX_BYTES,
     REPLAYED_FROM_HEADER,
+    UNREADABLE_REASON,
     RecordReader,
     skipping_unreadable,
     unescape_deadletter_header,
 )
 from switchyard.common.kafka_admin import partition_count
+from switchyard.common.topics import TOPIC_SPECS, Topics
 
 log = structlog.get_logger("switchyard.common.deadletter")
 
@@ -121,6 +123,10 @@ class DeadLetter:
     value: bytes
     headers: list[tuple[str, bytes]]
     replays: list[Replay] = field(default_factory=list)
+    # The topics a letter of this deployment may be replayed to (empty: not checked):
+    # the dead-letter topic is written by every service, so the topic a letter names is
+    # only as trustworthy as the least of them.
+    replay_targets: frozenset[str] = frozenset()
 
     @property
     def id(self) -> str:
@@ -138,8 +144,16 @@ class DeadLetter:
         """Why this letter cannot be replayed (None if it can)."""
         if self.left_out is not None:
             return f"it is a stub, its record was not kept ({self.left_out})"
+        if self.reason.startswith(UNREADABLE_REASON) and not self.value:
+            # Written before stubs of unreadable records said so.
+            return "it is a stub, its record was not kept (the Kafka client could not read it)"
         if not self.topic:
             return "it does not say which topic it came from"
+        if self.replay_targets and self.topic not in self.replay_targets:
+            return (
+                f"it names {self.topic!r}, which is not a topic of this deployment "
+                f"({', '.join(sorted(self.replay_targets))})"
+            )
         return None
 
     def summary(self) -> dict[str, Any]:
@@ -182,10 +196,24 @@ def _number(headers: dict[str, bytes], name: str) -> int | None:
     return int(text) if text is not None and text.isdigit() else None
 
 
-def from_records(records: Iterable[ConsumerRecord]) -> list[DeadLetter]:
+def replay_targets(deadletter_topic: str) -> frozenset[str]:
+    """The topics a letter of the dead-letter topic `deadletter_topic` may be replayed to:
+    every topic of its deployment (the prefix it carries) but the dead-letter topic."""
+    prefix = deadletter_topic.removesuffix(".deadletter")
+    topics = Topics(prefix)
+    return frozenset(
+        topics.name(spec.suffix) for spec in TOPIC_SPECS if spec.suffix != "deadletter"
+    )
+
+
+def from_records(
+    records: Iterable[ConsumerRecord], deadletter_topic: str | None = None
+) -> list[DeadLetter]:
     """The dead letters among `records` of the dead-letter topic, in (partition, offset)
     order, each with the replays its markers record. A marker naming no letter among
-    `records` is ignored."""
+    `records` is ignored. Given the `deadletter_topic` they were read from, a letter
+    naming a topic outside its deployment cannot be replayed (`replay_targets`)."""
+    targets = replay_targets(deadletter_topic) if deadletter_topic else frozenset()
     letters: dict[str, DeadLetter] = {}
     markers: list[tuple[str, Replay]] = []
     for record in sorted(records, key=lambda r: (r.partition, r.offset)):
@@ -214,6 +242,7 @@ def from_records(records: Iterable[ConsumerRecord]) -> list[DeadLetter]:
                 for name, value in headers
                 if not name.startswith(HEADER_PREFIX)
             ],
+            replay_targets=targets,
         )
         letters[letter.id] = letter
     for letter_id, replay in markers:
@@ -275,7 +304,7 @@ async def read_dead_letters(
                         remaining.discard(tp)
     finally:
         await consumer.stop()
-    return from_records(records)
+    return from_records(records, topic)
 
 
 _skip_unreadable = skipping_unreadable(

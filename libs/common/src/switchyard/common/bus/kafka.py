@@ -659,11 +659,15 @@ class KafkaBus(EventBus):
         as `publish`. `partition` None lets the key choose. Raises what `publish` raises."""
         await self._send([_Record(topic, value, key, partition, list(headers))])
 
-    async def dead_letter(self, record: ConsumerRecord, group: str, reason: str) -> None:
+    async def dead_letter(
+        self, record: ConsumerRecord, group: str, reason: str, *, left_out: str | None = None
+    ) -> None:
         """Copy a record to the dead-letter topic with its coordinates; retried until it
         lands. A copy the topic cannot take (the record was near the size limit, and the
         `deadletter.*` headers push it over) is parked as a stub instead: its coordinates,
-        the reason and what was left out, never retried for ever."""
+        the reason and what was left out, never retried for ever. `left_out`, when given,
+        parks a stub at once, saying what of the record it lacks (one that could not be
+        read): a stub is never replayed as if it were the record."""
         log.error(
             "event dead-lettered",
             topic=record.topic,
@@ -688,21 +692,24 @@ class KafkaBus(EventBus):
             [escape_deadletter_header(name, v) for name, v in record.headers or ()] + coordinates,
         )
 
+        def stub(missing: str) -> _Record:
+            return _Record(
+                self.deadletter_topic,
+                b"",
+                None,
+                None,
+                [*coordinates, ("deadletter.left_out", missing[:2000].encode())],
+            )
+
         async def publish() -> None:
+            if left_out is not None:
+                await self._send([stub(left_out)])
+                return
             try:
                 await self._send([copy])
             except EventRejectedError as exc:
-                left_out = (
-                    f"the value ({len(value)} bytes), the key and the record's headers: {exc}"
-                )
-                stub = _Record(
-                    self.deadletter_topic,
-                    b"",
-                    None,
-                    None,
-                    [*coordinates, ("deadletter.left_out", left_out[:2000].encode())],
-                )
-                await self._send([stub])
+                kept = f"the value ({len(value)} bytes), the key and the record's headers"
+                await self._send([stub(f"{kept}: {exc}")])
 
         await call_with_retry(
             publish,
@@ -722,7 +729,13 @@ class KafkaBus(EventBus):
         """Leave a stub on the dead-letter topic for a record aiokafka could not parse: its
         coordinates and the error (the record itself cannot be read to be copied)."""
         stub = ConsumerRecord(tp.topic, tp.partition, offset, -1, 0, None, b"", None, -1, 0, ())
-        await self.dead_letter(stub, group, f"undecodable record (unreadable): {error!r}")
+        await self.dead_letter(
+            stub,
+            group,
+            f"{UNREADABLE_REASON}: {error!r}",
+            left_out="the whole record: the Kafka client could not parse it, or a record "
+            "before it in its record batch",
+        )
 
     @override
     async def partition_count(self, topic: str) -> int:
@@ -1094,6 +1107,9 @@ def skipping_unreadable(logger: Any, message: str) -> UnreadableHandler:
 
     return on_unreadable
 
+
+# How the reason of a dead letter left for a record the Kafka client could not parse begins.
+UNREADABLE_REASON = "undecodable record (unreadable)"
 
 REPLAYED_FROM_HEADER = "deadletter.replayed_from"
 """Header of a dead letter replayed to its topic: `<dead-letter partition>:<offset>`."""
