@@ -220,7 +220,7 @@ def test_db_upgrade_with_a_url_of_no_driver_names_the_variable(
     result = CliRunner().invoke(cli.build(), ["db", "upgrade"])
     assert result.exit_code == 1
     [line] = result.stderr.splitlines()
-    assert line.startswith("error: DATABASE_URL is not a database URL (")
+    assert line.startswith("error: DATABASE_URL is not a usable database URL (")
     assert "bogus" in line
 
 
@@ -259,7 +259,8 @@ def test_db_downgrade_to_an_unknown_revision_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / ".switchyard").mkdir()  # where the history database's file is made
+    (tmp_path / ".switchyard").mkdir()
+    (tmp_path / ".switchyard" / "history.db").touch()  # an (empty) database to revert
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("SWITCHYARD_HISTORY_DATABASE_URL", raising=False)
     result = CliRunner().invoke(
@@ -365,7 +366,7 @@ def test_embedded_mode_with_a_url_of_no_driver_names_the_option(
     with pytest.raises(MigrationError) as refused:
         wait_for_migrations(migrate_in_child("bogus://x"))
     assert str(refused.value).startswith(
-        "--database-url (SWITCHYARD_DEV_DATABASE_URL) is not a database URL ("
+        "--database-url (SWITCHYARD_DEV_DATABASE_URL) is not a usable database URL ("
     )
     assert "bogus" in str(refused.value)
 

@@ -87,13 +87,46 @@ def test_a_ledger_in_the_gateways_memory_is_said_to_be(
     assert "PostgreSQL" not in line
 
 
-def test_a_database_of_another_kind_means_a_memory_ledger(
+def test_a_database_of_another_kind_is_refused_as_the_gateway_refuses_it(
     run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The gateway no longer keeps such a ledger in memory, silently: it refuses to start
+    with the same line."""
     monkeypatch.setenv("DATABASE_URL", "mysql://u@127.0.0.1/x")
     result = run()
     assert result.exit_code == 1
-    assert "neither PostgreSQL nor SQLite" in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(
+        "error: DATABASE_URL is not a usable database URL for the limit ledger (a mysql database"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://u:p@127.0.0.1:18773/db",
+        "postgresql://u:p@127.0.0.1:18773/db",
+        "postgresql+psycopg://u:p@127.0.0.1:18773/db",
+    ],
+)
+def test_every_postgres_alias_reads_the_postgres_ledger(
+    run, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """`postgres://` used to be "not a database URL" here while the gateway kept its
+    ledger in memory; both now take it for PostgreSQL."""
+    from switchyard.gateway import cli
+
+    asked: list[tuple[str, str]] = []
+
+    async def rows(database_url: str, level: str, store: str = "postgres"):
+        asked.append((database_url, store))
+        return []
+
+    monkeypatch.setattr(cli, "spend_rows", rows)
+    monkeypatch.setenv("DATABASE_URL", url)
+    result = run()
+    assert result.exit_code == 0, result.output
+    assert asked == [(url, "postgres")]
 
 
 def test_an_unreachable_postgres_ledger_is_one_line(run, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,5 +159,5 @@ def test_a_url_of_no_driver_names_the_variable(run, monkeypatch: pytest.MonkeyPa
     assert result.exit_code == 1
     [line] = result.stderr.splitlines()
     assert line.startswith(
-        "error: SWITCHYARD_GATEWAY_DATABASE_URL (or DATABASE_URL) is not a database URL ("
+        "error: DATABASE_URL is not a usable database URL for the limit ledger ("
     )

@@ -178,30 +178,20 @@ def db_downgrade(
 
 
 def database_variables(service: str) -> str:
-    """The variables a service's database URL is read from, as an error names them: the
-    one set in the environment, else both (`SWITCHYARD_AUTH_DATABASE_URL or
-    DATABASE_URL`)."""
-    import os
+    """The variables a service's database URL is read from, as an error names them
+    (`switchyard.common.db.database_variables`)."""
+    from switchyard.common.db import database_variables as variables
 
-    own = f"SWITCHYARD_{service.upper()}_DATABASE_URL"
-    if os.environ.get(own):
-        return own
-    if os.environ.get("DATABASE_URL"):
-        return "DATABASE_URL"
-    return f"{own} or DATABASE_URL"
+    return variables(service)
 
 
 def database_url_problem(url: str) -> str | None:
-    """Why SQLAlchemy cannot use `url` (not a URL, or no such database driver), or None
-    when it can."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    """Why no service can use the database at `url` (not a URL, not PostgreSQL or SQLite,
+    no such driver installed), or None when it can
+    (`switchyard.common.db.database_url_problem`)."""
+    from switchyard.common.db import database_url_problem as problem
 
-    try:
-        make_url(url).get_dialect()
-    except ArgumentError as exc:  # NoSuchModuleError too
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return None
+    return problem(url)
 
 
 def describe_database_error(exc: BaseException) -> str:
@@ -224,7 +214,7 @@ def describe_database_error(exc: BaseException) -> str:
 _BAD_URL_ADVICE = (
     "use e.g. postgresql+psycopg://user:password@host:5432/db or "
     "sqlite+aiosqlite:///path/to/file.db"
-)
+)  # as `switchyard.common.db.DATABASE_URL_ADVICE`, without importing SQLAlchemy here
 
 
 def _migrate(plugin: ServicePlugin, migrate: Callable[..., None], revision: str) -> None:
@@ -235,17 +225,35 @@ def _migrate(plugin: ServicePlugin, migrate: Callable[..., None], revision: str)
     from alembic.util import CommandError
     from sqlalchemy.exc import SQLAlchemyError
 
+    from switchyard.common.db import NoDatabaseError
+    from switchyard.common.settings import ConfigurationError
+
     assert plugin.migrations is not None
-    url = plugin.migrations.database_url()
+    try:
+        url = plugin.migrations.database_url()
+    except ConfigurationError as exc:  # the service's own settings refuse it, in one line
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     variables = database_variables(plugin.name)
     problem = database_url_problem(url)
     if problem is not None:
         typer.echo(
-            f"error: {variables} is not a database URL ({problem}); {_BAD_URL_ADVICE}", err=True
+            f"error: {variables} is not a usable database URL ({problem}); {_BAD_URL_ADVICE}",
+            err=True,
         )
         raise typer.Exit(1)
     try:
         migrate(plugin.migrations.script_location, url, plugin.migrations.version_table, revision)
+    except NoDatabaseError as exc:
+        # Only a downgrade raises it: an upgrade creates the database.
+        typer.echo(
+            f"error: no {plugin.name} database to downgrade: the SQLite {exc} (from "
+            f"{variables}; by default embedded mode's, under .switchyard/ of the current "
+            "directory); run this in the directory where `switchyard dev` ran, or set the "
+            "variable to the database's URL",
+            err=True,
+        )
+        raise typer.Exit(1) from None
     except (SQLAlchemyError, OSError, CommandError) as exc:
         # CommandError: Alembic's own refusal, e.g. a --revision it cannot find.
         typer.echo(

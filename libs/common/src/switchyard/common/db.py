@@ -35,6 +35,73 @@ def async_url(url: str) -> str:
     return url
 
 
+# The databases services keep their tables in (by SQLAlchemy's backend name), and the
+# advice every refusal of a database URL ends with.
+DATABASE_KINDS = {"postgresql": "postgres", "sqlite": "sqlite"}
+DATABASE_URL_ADVICE = (
+    "use e.g. postgresql+psycopg://user:password@host:5432/db or "
+    "sqlite+aiosqlite:///path/to/file.db"
+)
+
+
+def database_kind(url: str) -> str | None:
+    """The kind of database `url` names, `postgres` or `sqlite`, whichever alias or driver
+    it spells (`postgres://`, `postgresql://` and `postgresql+psycopg2://` are PostgreSQL,
+    as `async_url` reads them); None for any other kind. Raises SQLAlchemy's
+    ArgumentError for text that is not a database URL."""
+    return DATABASE_KINDS.get(make_url(async_url(url)).get_backend_name())
+
+
+def database_url_problem(url: str) -> str | None:
+    """Why no service can use the database at `url`, as a phrase (not a URL, a kind of
+    database other than PostgreSQL and SQLite, a driver not installed or not
+    asynchronous), or None when `create_engine` can use it. Whether the database answers
+    is not asked."""
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(async_url(url))
+        # The dialect `create_async_engine` takes (psycopg's async one for psycopg).
+        dialect = parsed.get_dialect().get_async_dialect_cls(parsed)
+    except ArgumentError as exc:  # NoSuchModuleError too: no such dialect
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except ValueError as exc:  # a port that is not a number
+        return f"not a URL SQLAlchemy can parse: {exc}"
+    backend = parsed.get_backend_name()
+    if backend not in DATABASE_KINDS:
+        return f"a {backend} database; Switchyard keeps its tables in PostgreSQL or SQLite"
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        return f"its driver {parsed.get_driver_name()} is not installed ({exc})"
+    if not getattr(dialect, "is_async", False):
+        return f"its driver {parsed.get_driver_name()} is not asynchronous"
+    return None
+
+
+def database_variables(service: str) -> str:
+    """The variables `service`'s database URL is read from, as an error names them: the
+    one set in the environment, else both (`SWITCHYARD_AUTH_DATABASE_URL or
+    DATABASE_URL`)."""
+    own = f"SWITCHYARD_{service.upper()}_DATABASE_URL"
+    if os.environ.get(own):
+        return own
+    if os.environ.get("DATABASE_URL"):
+        return "DATABASE_URL"
+    return f"{own} or DATABASE_URL"
+
+
+def check_database_url(service: str, url: str) -> None:
+    """Refuse a database URL `service` cannot use, as a settings validator does: raises
+    ValueError of one line naming its variable, the cause and an example."""
+    problem = database_url_problem(url)
+    if problem is not None:
+        raise ValueError(
+            f"{database_variables(service)} is not a usable database URL ({problem}); "
+            f"{DATABASE_URL_ADVICE}"
+        )
+
+
 def sync_url(url: str) -> str:
     """The same database through a synchronous driver (for Alembic)."""
     parsed = make_url(async_url(url))
@@ -207,11 +274,40 @@ def upgrade(script_location: str, url: str, version_table: str, revision: str = 
     command.upgrade(alembic_config(script_location, url, version_table), revision)
 
 
+class NoDatabaseError(FileNotFoundError):
+    """The SQLite file a migration would revert does not exist: `path` is that file, or
+    the first directory on the way to it that is missing (`directory` True)."""
+
+    def __init__(self, path: Path, *, directory: bool) -> None:
+        super().__init__(f"{'directory' if directory else 'file'} {path} does not exist")
+        self.path = path
+        self.directory = directory
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a file-based SQLite database `url`; None for an in-memory one, one named
+    by a `file:` URI, or another kind of database."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if parsed.query.get("uri") or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
 def downgrade(script_location: str, url: str, version_table: str, revision: str) -> None:
     """Revert one service's Alembic migrations (in `script_location`, recorded in table
-    `version_table`) on database `url` down to `revision`."""
+    `version_table`) on database `url` down to `revision`. Raises NoDatabaseError for a
+    SQLite file that does not exist (opening it would make an empty one to revert)."""
     from alembic import command
 
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():
+        missing = path
+        while not missing.parent.is_dir() and missing.parent != missing:
+            missing = missing.parent
+        raise NoDatabaseError(missing, directory=missing != path)
     command.downgrade(alembic_config(script_location, url, version_table), revision)
 
 

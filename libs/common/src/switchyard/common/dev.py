@@ -283,6 +283,30 @@ def wire_service_urls(plugins: list[ServicePlugin], host: str) -> None:
             os.environ["SWITCHYARD_GATEWAY_CONSOLE_INFERENCE_METRICS_URLS"] = f"{url}/metrics"
 
 
+def _check_settings(plugins: list[ServicePlugin], host: str, database_url: str | None) -> None:
+    """Point the environment at the embedded services (`apply_dev_environment`,
+    `wire_service_urls`) and read every service's settings, before anything is made or
+    started: a setting no service can start with raises SettingsError (one line from
+    the `switchyard` command), and an explicit database URL no service can use is one
+    line naming the option, and exit status 1."""
+    from switchyard.common.db import database_url_problem
+
+    explicit = apply_dev_environment(plugins, database_url)
+    if explicit is not None:
+        problem = database_url_problem(explicit)
+        if problem is not None:
+            print(
+                f"error: --database-url ({DEV_DATABASE_URL_ENV}) is not a usable database "
+                f"URL ({problem})",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(1)
+    wire_service_urls(plugins, host)
+    for plugin in plugins:
+        plugin.settings()
+
+
 def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
     """`switchyard dev`: prepare the environment and run every service until Ctrl+C.
     Exits with status 1 and one line on stderr when a port cannot be bound or the
@@ -296,13 +320,12 @@ def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
     # Every server reads these per connection: a bad value stops start-up instead
     # (SettingsError, which the `switchyard` command prints as one line).
     configured_limits()
+    plugins = discover()
+    _check_settings(plugins, host, database_url)
     private_state_dir()
     # Migrations run beside the rest of start-up, in a process of their own.
     migrating = migrate_in_child(database_url)
     try:
-        plugins = discover()
-        apply_dev_environment(plugins, database_url)
-        wire_service_urls(plugins, host)
         for plugin in plugins:
             if plugin.preflight is not None:
                 plugin.preflight()
@@ -530,7 +553,7 @@ def _migrate_main() -> None:
         problem = database_url_problem(explicit)
         if problem is not None:
             print(
-                f"--database-url ({DEV_DATABASE_URL_ENV}) is not a database URL ({problem})",
+                f"--database-url ({DEV_DATABASE_URL_ENV}) is not a usable database URL ({problem})",
                 file=sys.stderr,
                 flush=True,
             )

@@ -28,18 +28,19 @@ from typing import Any
 
 import httptools
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from typing_extensions import override
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from switchyard.common.errorformat import error_body, error_type, vendor_of
 from switchyard.common.events import new_id
+from switchyard.common.settings import DAY_S, MIB, CheckedSettings
 
 PROTOCOL_PATH = "switchyard.common.httpserver:GuardedHttpToolsProtocol"
 _HEAD_END = b"\r\n\r\n"
 
 
-class HttpLimits(BaseSettings):
+class HttpLimits(CheckedSettings):
     """Request head limits and read timeouts of every HTTP server (`SWITCHYARD_HTTP_*`)."""
 
     model_config = SettingsConfigDict(
@@ -47,14 +48,25 @@ class HttpLimits(BaseSettings):
     )
 
     max_header_bytes: int = Field(
-        default=32 * 1024, gt=0, description="Request line plus headers, in bytes; more: 431."
+        default=32 * 1024,
+        gt=0,
+        le=MIB,
+        description="Request line plus headers, in bytes; more: 431. At most 1 MiB.",
     )
-    max_headers: int = Field(default=100, gt=0, description="Header fields; more: 431.")
+    max_headers: int = Field(
+        default=100, gt=0, le=10_000, description="Header fields; more: 431. At most 10000."
+    )
     header_timeout_s: float = Field(
-        default=15.0, gt=0, description="Seconds to send the request head; then 408."
+        default=15.0,
+        gt=0,
+        le=DAY_S,
+        description="Seconds to send the request head; then 408. At most a day.",
     )
     body_timeout_s: float = Field(
-        default=60.0, gt=0, description="Seconds to send the body once the head is in; then 408."
+        default=60.0,
+        gt=0,
+        le=DAY_S,
+        description="Seconds to send the body once the head is in; then 408. At most a day.",
     )
 
 
@@ -64,14 +76,7 @@ def configured_limits() -> HttpLimits:
     Raises SettingsError naming each variable at fault (one line, as every refused
     setting): every command that serves HTTP calls this before it listens, so a bad
     value stops start-up instead of failing every connection later."""
-    from pydantic import ValidationError
-
-    from switchyard.common.settings import SettingsError, describe_settings_error
-
-    try:
-        return HttpLimits()
-    except ValidationError as exc:
-        raise SettingsError(describe_settings_error(HttpLimits, exc)) from None
+    return HttpLimits()
 
 
 def refusal_body(status: int, message: str, code: str, path: str, request_id: str) -> bytes:

@@ -22,6 +22,21 @@ DEV_INTERNAL_TOKEN = "dev-internal-token-change-me"
 # Anthropic's Messages, 50 MiB for OpenAI's), plus the envelope.
 DEFAULT_KAFKA_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
+# Upper bounds of numeric settings (docs/configuration.md lists each): far above what a
+# deployment sets, low enough that no value overflows a timer, a date or an allocation
+# (a 20-digit TTL fails every token's expiry date; a huge concurrency preallocates).
+HOUR_S = 3600
+DAY_S = 24 * HOUR_S
+YEAR_S = 365 * DAY_S
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+# A request body, an event on Kafka, a stored response.
+MAX_BYTES = GIB
+# Work one process runs at once (handlers, lookups).
+MAX_CONCURRENCY = 4096
+# Attempts, thresholds, failures counted before acting.
+MAX_ATTEMPTS = 1000
+
 
 class Environment(StrEnum):
     """Where a service runs (`SWITCHYARD_ENVIRONMENT`): only `development` accepts the
@@ -55,17 +70,32 @@ class SettingsError(ConfigurationError):
 
 def variable_of(settings: type[BaseSettings], field_name: str) -> str:
     """The environment variable `field_name` of `settings` (or one of its aliases, as a
-    validation error names it) is read from: the first name of its validation alias,
-    else the class's `env_prefix` and the field's name, upper case
-    (`SWITCHYARD_GATEWAY_PORT`)."""
+    validation error names it) is read from: of the names of its validation alias, the
+    first one set in the environment, else the first; else the class's `env_prefix` and
+    the field's name, upper case (`SWITCHYARD_GATEWAY_PORT`)."""
+    import os
+
     field = settings.model_fields.get(field_name)
     if field is None:  # pydantic names a field read through an alias by that alias
-        return field_name.upper()
+        field = next(
+            (
+                candidate
+                for candidate in settings.model_fields.values()
+                if isinstance(candidate.validation_alias, AliasChoices)
+                and field_name.upper()
+                in (str(choice).upper() for choice in candidate.validation_alias.choices)
+            ),
+            None,
+        )
+        if field is None:
+            return field_name.upper()
     alias = field.validation_alias
     if isinstance(alias, AliasChoices):
-        names = [choice for choice in alias.choices if isinstance(choice, str)]
+        names = [choice.upper() for choice in alias.choices if isinstance(choice, str)]
         if names:
-            return names[0].upper()
+            # Variable names are matched regardless of case, as pydantic-settings reads them.
+            present = {name.upper() for name in os.environ}
+            return next((name for name in names if name in present), names[0])
     elif isinstance(alias, str):
         return alias.upper()
     return f"{settings.model_config.get('env_prefix', '')}{field_name}".upper()
@@ -107,7 +137,24 @@ def http_url(value: Any) -> Any:
     return value
 
 
-class ServiceSettings(BaseSettings):
+class CheckedSettings(BaseSettings):
+    """Settings read from the environment (and `.env`) that refuse a float that is not
+    finite (`1e309`, `nan`) and whose refusal is a SettingsError of one line naming each
+    variable at fault, never pydantic's multi-line ValidationError: every Settings class a
+    command reads derives from it."""
+
+    model_config = SettingsConfigDict(allow_inf_nan=False)
+
+    def __init__(self, **values: Any) -> None:
+        """Read the settings (keyword `values` first, then the environment and `.env`).
+        Raises SettingsError naming each variable at fault."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(describe_settings_error(type(self), exc)) from None
+
+
+class ServiceSettings(CheckedSettings):
     """Settings every service has.
 
     Shared fields read `SWITCHYARD_<FIELD>` (e.g. `SWITCHYARD_BUS`); each service's own
@@ -123,16 +170,8 @@ class ServiceSettings(BaseSettings):
         populate_by_name=True,
         # A refused start-up prints the validation error; never with the secrets in it.
         hide_input_in_errors=True,
+        allow_inf_nan=False,
     )
-
-    def __init__(self, **values: Any) -> None:
-        """Read the settings (keyword `values` first, then the environment and `.env`).
-        Raises SettingsError naming each variable at fault, never pydantic's multi-line
-        ValidationError: a refused start-up is one line."""
-        try:
-            super().__init__(**values)
-        except ValidationError as exc:
-            raise SettingsError(describe_settings_error(type(self), exc)) from None
 
     # Secret fields listed here must not keep their development default outside development.
     secret_defaults: ClassVar[dict[str, str]] = {"internal_token": DEV_INTERNAL_TOKEN}
@@ -154,13 +193,16 @@ class ServiceSettings(BaseSettings):
     kafka_max_message_bytes: int = Field(
         default=DEFAULT_KAFKA_MAX_MESSAGE_BYTES,
         gt=0,
+        le=MAX_BYTES,
         validation_alias=env("SWITCHYARD_KAFKA_MAX_MESSAGE_BYTES"),
         description="Largest event published or fetched, and the `max.message.bytes` of the "
-        "topics `switchyard topics create` makes. The broker must accept it too.",
+        "topics `switchyard topics create` makes. The broker must accept it too. At most "
+        "1 GiB.",
     )
     kafka_commit_interval_ms: int = Field(
         default=1000,
         ge=0,
+        le=HOUR_S * 1000,
         validation_alias=env("SWITCHYARD_KAFKA_COMMIT_INTERVAL_MS"),
         description="While events keep arriving, a consumer group member commits the offsets "
         "it has handled at most this often (0: after every poll); it commits at once when a "
@@ -188,8 +230,9 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024,
         gt=0,
+        le=MAX_BYTES,
         description="Request bodies larger than this get 413 before they are read "
-        "(SWITCHYARD_<SERVICE>_MAX_BODY_BYTES).",
+        "(SWITCHYARD_<SERVICE>_MAX_BODY_BYTES); at most 1 GiB.",
     )
     webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

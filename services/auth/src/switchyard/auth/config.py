@@ -12,10 +12,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from switchyard.auth.keys import API_KEY_PREFIX
-from switchyard.common.settings import Environment, ServiceSettings, env
+from switchyard.common.db import check_database_url
+from switchyard.common.settings import (
+    DAY_S,
+    HOUR_S,
+    MAX_BYTES,
+    YEAR_S,
+    CheckedSettings,
+    Environment,
+    ServiceSettings,
+    env,
+)
+
+# Sign-in attempts and failures counted before a lock-out.
+MAX_COUNT = 1_000_000
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///.switchyard/auth.db"
 
@@ -30,7 +43,7 @@ def _database_url_field() -> Any:
     )
 
 
-class DatabaseSettings(BaseSettings):
+class DatabaseSettings(CheckedSettings):
     """Just the database location: what `switchyard db upgrade` and the CLI need."""
 
     model_config = SettingsConfigDict(
@@ -38,6 +51,12 @@ class DatabaseSettings(BaseSettings):
     )
 
     database_url: str = _database_url_field()
+
+    @model_validator(mode="after")
+    def _usable_database_url(self) -> DatabaseSettings:
+        # One line for every command (users, keys, teams...), not a driver's traceback.
+        check_database_url("auth", self.database_url)
+        return self
 
 
 class Settings(ServiceSettings):
@@ -49,6 +68,7 @@ class Settings(ServiceSettings):
     max_body_bytes: int = Field(
         default=64 * 1024,
         gt=0,
+        le=MAX_BYTES,
         description="Request bodies larger than this get 413 before they are read (sign-in, "
         "keys and admin bodies are small).",
     )
@@ -63,9 +83,14 @@ class Settings(ServiceSettings):
         validation_alias=env("SWITCHYARD_JWT_AUDIENCE", "jwt_audience"),
         description="`aud` claim of every access token.",
     )
-    access_token_ttl_s: int = Field(default=900, gt=0, description="Lifetime of an access token.")
+    access_token_ttl_s: int = Field(
+        default=900, gt=0, le=YEAR_S, description="Lifetime of an access token."
+    )
     refresh_token_ttl_s: int = Field(
-        default=30 * 24 * 3600, gt=0, description="Lifetime of a refresh token (each rotation)."
+        default=30 * 24 * 3600,
+        gt=0,
+        le=YEAR_S,
+        description="Lifetime of a refresh token (each rotation).",
     )
     signing_key_file: Path | None = Field(
         default=None,
@@ -82,22 +107,30 @@ class Settings(ServiceSettings):
     login_max_failures_per_account: int = Field(
         default=5,
         gt=0,
+        le=MAX_COUNT,
         description="Failed sign-ins of one account from one client address before that "
         "address is locked out of it (the account's owner, from another address, is not).",
     )
     login_max_failures_per_account_all_addresses: int = Field(
         default=100,
         gt=0,
+        le=MAX_COUNT,
         description="Failed sign-ins of one account from all addresses together before it "
         "is locked out for everyone (a guessing campaign spread over many addresses).",
     )
     login_account_window_s: float = Field(
-        default=300.0, gt=0, description="Window (and lock-out) of the per-account limits."
+        default=300.0,
+        gt=0,
+        le=DAY_S,
+        description="Window (and lock-out) of the per-account limits.",
     )
     login_max_attempts_per_address: int = Field(
-        default=30, gt=0, description="Sign-in attempts from one client address per window."
+        default=30,
+        gt=0,
+        le=MAX_COUNT,
+        description="Sign-in attempts from one client address per window.",
     )
-    login_address_window_s: float = Field(default=60.0, gt=0)
+    login_address_window_s: float = Field(default=60.0, gt=0, le=DAY_S)
     trust_forwarded_for: bool = Field(
         default=False,
         description=(
@@ -108,6 +141,7 @@ class Settings(ServiceSettings):
     outbox_poll_interval_s: float = Field(
         default=0.5,
         gt=0,
+        le=HOUR_S,
         description="How often events written by other processes (the CLI) are looked for.",
     )
     dev_key_file: Path = Field(
@@ -152,6 +186,12 @@ class Settings(ServiceSettings):
         if isinstance(value, str):
             return [Path(part.strip()) for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _usable_database_url(self) -> Settings:
+        # Refused here, before the server starts, not by the lifespan's first connection.
+        check_database_url("auth", self.database_url)
+        return self
 
     @model_validator(mode="after")
     def _require_signing_key_outside_development(self) -> Settings:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from switchyard.auth.bootstrap import build_database_service
 from switchyard.auth.config import Settings
@@ -29,7 +29,7 @@ from switchyard.auth.keys import generate_api_key, hash_api_key
 from switchyard.auth.service import AuthService
 from switchyard.common.plugins import DevContribution
 from switchyard.common.scopes import API_KEY_SCOPES
-from switchyard.common.settings import Environment
+from switchyard.common.settings import CheckedSettings, Environment
 
 DEV_EMAIL = "dev@switchyard.local"
 DEV_TENANT = "default"
@@ -120,7 +120,7 @@ async def ensure_dev_identity(service: AuthService, settings: Settings) -> DevKe
     return DevKey(key)
 
 
-class _EnvironmentOnly(BaseSettings):
+class _EnvironmentOnly(CheckedSettings):
     """Just the environment (from the environment or `.env`), readable in any mode."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from sqlalchemy.engine import make_url
 
 from switchyard.common.bus import EventBus, Subscription
 from switchyard.common.egress import TargetPolicy, parse_networks
@@ -25,7 +24,7 @@ from switchyard.common.pricing import PriceSource
 from switchyard.common.routing import RoutingSource, RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.gateway.auth import Authenticator
-from switchyard.gateway.config import Settings
+from switchyard.gateway.config import Settings, ledger_kind
 from switchyard.gateway.governance.admission import Admission
 from switchyard.gateway.governance.ledger import Ledger, MemoryLedger
 from switchyard.gateway.governance.policy import PolicySource
@@ -178,12 +177,10 @@ def build(
 def build_ledger(settings: Settings) -> Ledger:
     """The limit ledger `settings.governance_store` asks for: PostgreSQL (shared by the
     fleet), SQLite (shared by the processes of one machine, kept across restarts) or this
-    process's memory; `auto` picks the kind of `database_url` (memory for any other).
-    Raises what SQLAlchemy raises for an unusable URL or driver."""
-    store: str = settings.governance_store
-    if store == "auto":
-        backend = make_url(settings.database_url).get_backend_name()
-        store = {"postgresql": "postgres", "sqlite": "sqlite"}.get(backend, "memory")
+    process's memory (only when asked for); `auto` picks the kind of `database_url`.
+    Raises ValueError (`config.ledger_kind`) for a URL the ledger cannot use; `Settings`
+    already refused it."""
+    store = ledger_kind(settings.governance_store, settings.database_url)
     if store == "postgres":
         from switchyard.gateway.governance.postgres import PostgresLedger
 

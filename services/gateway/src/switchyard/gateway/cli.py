@@ -37,14 +37,11 @@ class LedgerSettings(DatabaseSettings):
 def ledger_store(store: str, database_url: str) -> str:
     """The kind of ledger (`postgres`, `sqlite` or `memory`) the gateway keeps with
     `governance_store` = `store` and `database_url`, as `bootstrap.build_ledger` picks it
-    (`auto`: the kind of the URL, memory for any other). Raises what SQLAlchemy raises
-    for a URL it cannot parse (`switchyard.common.cli.database_url_problem` says it)."""
-    from sqlalchemy.engine import make_url
+    (`config.ledger_kind`). Raises ValueError of one line, as the gateway refuses to
+    start, for a URL the ledger cannot use."""
+    from switchyard.gateway.config import ledger_kind
 
-    if store != "auto":
-        return store
-    backend = make_url(database_url).get_backend_name()
-    return {"postgresql": "postgres", "sqlite": "sqlite"}.get(backend, "memory")
+    return ledger_kind(store, database_url)
 
 
 def store_name(store: str) -> str:
@@ -114,28 +111,18 @@ def spend(
     if group_by not in LEVEL_OPTIONS:
         typer.echo(f"error: --group-by takes one of {', '.join(LEVEL_OPTIONS)}", err=True)
         raise typer.Exit(code=1)
-    from switchyard.common.cli import database_url_problem
-
     settings = LedgerSettings()
     database_url = settings.database_url
-    problem = database_url_problem(database_url)
-    if problem is not None:
-        typer.echo(
-            f"error: SWITCHYARD_GATEWAY_DATABASE_URL (or DATABASE_URL) is not a database URL "
-            f"({problem}); use e.g. postgresql+psycopg://user:password@host:5432/db",
-            err=True,
-        )
-        raise typer.Exit(code=1)
-    store = ledger_store(settings.governance_store, database_url)
+    try:
+        store = ledger_store(settings.governance_store, database_url)
+    except ValueError as exc:  # what stops the gateway from starting stops this too
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from None
     if store == "memory":
-        why = (
-            "SWITCHYARD_GATEWAY_GOVERNANCE_STORE is memory"
-            if settings.governance_store == "memory"
-            else "its database URL is neither PostgreSQL nor SQLite"
-        )
         typer.echo(
-            f"error: the gateway keeps its limit ledger in its own memory ({why}), where "
-            "no other process can read it; see spend in the console or at GET /v1/spend",
+            "error: the gateway keeps its limit ledger in its own memory "
+            "(SWITCHYARD_GATEWAY_GOVERNANCE_STORE is memory), where no other process can "
+            "read it; see spend in the console or at GET /v1/spend",
             err=True,
         )
         raise typer.Exit(code=1)

@@ -8,10 +8,28 @@ import json
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
+from switchyard.common.db import (
+    DATABASE_URL_ADVICE,
+    database_kind,
+    database_url_problem,
+    database_variables,
+)
 from switchyard.common.events import MAX_JWT_LEEWAY_S, ClientAPI
-from switchyard.common.settings import Environment, ServiceSettings, env, http_url
+from switchyard.common.settings import (
+    DAY_S,
+    GIB,
+    HOUR_S,
+    MAX_BYTES,
+    MAX_CONCURRENCY,
+    YEAR_S,
+    CheckedSettings,
+    Environment,
+    ServiceSettings,
+    env,
+    http_url,
+)
 
 MIB = 1024 * 1024
 
@@ -31,7 +49,35 @@ def database_url_field() -> Any:
     )
 
 
-class DatabaseSettings(BaseSettings):
+def ledger_kind(governance_store: str, database_url: str) -> str:
+    """Where the gateway keeps its limit ledger, `postgres`, `sqlite` or `memory`, with
+    `SWITCHYARD_GATEWAY_GOVERNANCE_STORE` = `governance_store` and the database URL
+    `database_url` (`auto`: the kind of the URL, its `postgres://` and `postgresql://`
+    aliases included). Memory only when asked for, never in place of a database the URL
+    cannot give: raises ValueError of one line naming the variables and the cause for a
+    URL that is not usable, of another kind, or of a kind other than the store asked."""
+    if governance_store == "memory":
+        return "memory"
+    variables = database_variables("gateway")
+    problem = database_url_problem(database_url)
+    if problem is not None:
+        raise ValueError(
+            f"{variables} is not a usable database URL for the limit ledger ({problem}); "
+            f"{DATABASE_URL_ADVICE}, or set SWITCHYARD_GATEWAY_GOVERNANCE_STORE=memory to "
+            "count limits in each gateway process's memory"
+        )
+    kind = database_kind(database_url)
+    assert kind is not None  # a URL of another kind is a problem above
+    if governance_store not in ("auto", kind):
+        raise ValueError(
+            f"SWITCHYARD_GATEWAY_GOVERNANCE_STORE is {governance_store} but {variables} "
+            f"names a {'PostgreSQL' if kind == 'postgres' else 'SQLite'} database; set it "
+            "to auto (the database's kind) or to a URL of that kind"
+        )
+    return kind
+
+
+class DatabaseSettings(CheckedSettings):
     """Just the ledger's database: what `switchyard db upgrade` and `switchyard spend` need
     (no internal token or other secrets)."""
 
@@ -59,6 +105,7 @@ class Settings(ServiceSettings):
     routing_reload_interval_s: float = Field(
         default=5.0,
         ge=0,
+        le=DAY_S,
         description="How often the routing file is checked for changes, as inference does "
         "(0: never after start-up): /v1/models and the unknown-model check follow an edit "
         "within this interval.",
@@ -75,6 +122,7 @@ class Settings(ServiceSettings):
     request_timeout_s: float = Field(
         default=120.0,
         gt=0,
+        le=DAY_S,
         description="Deadline of a request; the client gets 504 after it. A stream must "
         "start (its first event) within it, then has `stream_timeout_s`.",
     )
@@ -92,6 +140,7 @@ class Settings(ServiceSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024,
         gt=0,
+        le=MAX_BYTES,
         description="Largest request body of the routes without a limit of their own "
         "(history settings, job cancellation...); larger ones get 413.",
     )
@@ -100,25 +149,33 @@ class Settings(ServiceSettings):
     # documents 50 MB per request (images and vision guide) and no other limit, so its
     # Embeddings API gets the same. The event bus must carry them (see `kafka_max_message_bytes`).
     chat_completions_max_body_bytes: int = Field(
-        default=50 * MIB, gt=0, description="Largest body of POST /v1/chat/completions."
+        default=50 * MIB,
+        gt=0,
+        le=MAX_BYTES,
+        description="Largest body of POST /v1/chat/completions.",
     )
     messages_max_body_bytes: int = Field(
-        default=32 * MIB, gt=0, description="Largest body of POST /v1/messages."
+        default=32 * MIB, gt=0, le=MAX_BYTES, description="Largest body of POST /v1/messages."
     )
     embeddings_max_body_bytes: int = Field(
-        default=50 * MIB, gt=0, description="Largest body of POST /v1/embeddings."
+        default=50 * MIB, gt=0, le=MAX_BYTES, description="Largest body of POST /v1/embeddings."
     )
     max_in_flight: int = Field(
-        default=2048, gt=0, description="Requests in progress beyond this get 429, never a queue."
+        default=2048,
+        gt=0,
+        le=100_000,
+        description="Requests in progress beyond this get 429, never a queue.",
     )
     job_timeout_s: float = Field(
         default=86_400.0,
         gt=0,
+        le=YEAR_S,
         description="Deadline of an async job (POST /v1/jobs): after it, the job expires.",
     )
     responses_state_wait_s: float = Field(
         default=10.0,
         ge=0,
+        le=HOUR_S,
         description="How long a Responses request naming a `previous_response_id` (and "
         "GET /v1/responses/{id}) waits for history to record a response just answered "
         "(its events may still be on the bus) before answering 404 or 409.",
@@ -126,12 +183,14 @@ class Settings(ServiceSettings):
     idempotency_wait_s: float | None = Field(
         default=None,
         gt=0,
+        le=DAY_S,
         description="How long a retry with the Idempotency-Key of a request still running "
         "waits for its result before 409 (default: the request timeout).",
     )
     idempotency_max_response_bytes: int = Field(
         default=4 * 1024 * 1024,
         gt=0,
+        le=MAX_BYTES,
         description="Responses larger than this are not kept for Idempotency-Key replays.",
     )
     on_client_disconnect: Literal["cancel", "complete"] = Field(
@@ -142,14 +201,18 @@ class Settings(ServiceSettings):
     api_key_cache_ttl_s: float = Field(
         default=30.0,
         ge=0,
+        le=YEAR_S,
         description="How long a looked-up API key is trusted without asking auth again "
         "(revocations apply at once through the auth events; this bounds a missed one).",
     )
-    api_key_negative_cache_ttl_s: float = Field(default=5.0, ge=0)
+    api_key_negative_cache_ttl_s: float = Field(default=5.0, ge=0, le=YEAR_S)
     api_key_lookup_concurrency: int = Field(
-        default=32, gt=0, description="API key lookups at auth in flight at once, at most."
+        default=32,
+        gt=0,
+        le=MAX_CONCURRENCY,
+        description="API key lookups at auth in flight at once, at most.",
     )
-    jwks_refresh_min_interval_s: float = Field(default=30.0, ge=0)
+    jwks_refresh_min_interval_s: float = Field(default=30.0, ge=0, le=DAY_S)
     jwt_leeway_s: float = Field(
         default=10.0,
         ge=0,
@@ -157,7 +220,10 @@ class Settings(ServiceSettings):
         description="Clock skew tolerated on exp, nbf and iat.",
     )
     jwt_cache_size: int = Field(
-        default=10_000, ge=0, description="Verified access tokens remembered (skips RSA)."
+        default=10_000,
+        ge=0,
+        le=10_000_000,
+        description="Verified access tokens remembered (skips RSA).",
     )
     cors_allow_origins: Annotated[list[str] | None, NoDecode] = Field(
         default=None,
@@ -181,7 +247,9 @@ class Settings(ServiceSettings):
     cors_allow_credentials: bool = Field(
         default=False, description="Allow cookies and HTTP auth (never with '*' origins)."
     )
-    cors_max_age_s: int = Field(default=600, ge=0, description="How long preflights are cached.")
+    cors_max_age_s: int = Field(
+        default=600, ge=0, le=YEAR_S, description="How long preflights are cached."
+    )
     database_url: str = database_url_field()
     governance_store: Literal["auto", "postgres", "sqlite", "memory"] = Field(
         default="auto",
@@ -193,26 +261,30 @@ class Settings(ServiceSettings):
     governance_store_timeout_s: float = Field(
         default=0.5,
         gt=0,
+        le=HOUR_S,
         description="A limit store call slower than this counts as the store being down "
         "(then each tenant's failure mode decides: refuse or admit).",
     )
     governance_lease_idle_s: float = Field(
         default=2.0,
         gt=0,
+        le=DAY_S,
         description="Unused allowance a replica has not touched for this long goes back "
         "to the fleet.",
     )
     governance_heartbeat_s: float = Field(
-        default=2.0, gt=0, description="How often a replica tells the ledger it is alive."
+        default=2.0, gt=0, le=DAY_S, description="How often a replica tells the ledger it is alive."
     )
     governance_reap_after_s: float = Field(
         default=15.0,
         gt=0,
+        le=DAY_S,
         description="A replica silent this long loses its leases to the others.",
     )
     policy_cache_ttl_s: float = Field(
         default=60.0,
         ge=0,
+        le=YEAR_S,
         description="How long the limits of a caller are trusted without asking auth "
         "(changes apply at once through the auth events; this bounds a missed one).",
     )
@@ -232,6 +304,7 @@ class Settings(ServiceSettings):
     budget_day_s: float = Field(
         default=86_400.0,
         gt=0,
+        le=DAY_S,
         validation_alias=env("SWITCHYARD_BUDGET_DAY_S", "budget_day_s"),
         description="Length of a day for budget periods (tests shorten it).",
     )
@@ -258,6 +331,7 @@ class Settings(ServiceSettings):
     cache_default_ttl_s: float = Field(
         default=3600.0,
         gt=0,
+        le=7 * DAY_S,
         description="How long a cached answer is reused when neither the request nor the "
         "tenant says.",
     )
@@ -270,19 +344,24 @@ class Settings(ServiceSettings):
     cache_local_ttl_s: float = Field(
         default=10.0,
         ge=0,
+        le=DAY_S,
         description="How long a replica serves a cached answer from memory before asking "
         "the shared store again (a purge reaches every replica at once through the bus; "
         "were that event lost, within this).",
     )
     cache_local_max_bytes: int = Field(
-        default=64 * MIB, ge=0, description="Memory for cached answers per gateway process."
+        default=64 * MIB,
+        ge=0,
+        le=64 * GIB,
+        description="Memory for cached answers per gateway process.",
     )
     cache_settings_ttl_s: float = Field(
-        default=10.0, gt=0, description="How long a tenant's cache settings are trusted."
+        default=10.0, gt=0, le=DAY_S, description="How long a tenant's cache settings are trusted."
     )
     cache_lookup_timeout_s: float = Field(
         default=1.0,
         gt=0,
+        le=HOUR_S,
         description="A lookup in the shared store taking longer is answered as a miss.",
     )
     cache_hit_events_linger_ms: float = Field(
@@ -318,6 +397,13 @@ class Settings(ServiceSettings):
     def _metrics_urls(cls, value: list[str]) -> list[str]:
         """Each replica's /metrics URL is checked as the other service URLs are."""
         return [http_url(url) for url in value]
+
+    @model_validator(mode="after")
+    def _usable_ledger(self) -> Settings:
+        # Refused here, before the server starts: a URL the ledger cannot use must never
+        # leave limits silently counted in one process's memory.
+        ledger_kind(self.governance_store, self.database_url)
+        return self
 
     @model_validator(mode="after")
     def _check_cors(self) -> Settings:

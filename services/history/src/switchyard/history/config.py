@@ -5,15 +5,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from switchyard.common.settings import ServiceSettings, http_url
+from switchyard.common.db import check_database_url
+from switchyard.common.settings import (
+    DAY_S,
+    HOUR_S,
+    MAX_ATTEMPTS,
+    MAX_BYTES,
+    YEAR_S,
+    CheckedSettings,
+    ServiceSettings,
+    http_url,
+)
 from switchyard.common.topics import Topics
 
 # Shipped inside the package so `switchyard db upgrade` works from an installed wheel.
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
 # Each service keeps its own Alembic version table, so several can share one database.
 VERSION_TABLE = "alembic_version_history"
+# Longest retention: a century (a cut-off date further back is not a date).
+MAX_RETENTION_DAYS = 36_500
 
 
 class Settings(ServiceSettings):
@@ -25,6 +37,7 @@ class Settings(ServiceSettings):
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024,
         gt=0,
+        le=MAX_BYTES,
         description="Request bodies larger than this get 413 before they are read; must hold "
         "a stored Idempotency-Key response (base64, so 4/3 of idempotency_max_body_bytes).",
     )
@@ -66,43 +79,54 @@ class Settings(ServiceSettings):
     poison_attempts: int = Field(
         default=5,
         ge=1,
+        le=MAX_ATTEMPTS,
         description="Times an event that fails alone, while the database takes writes, is "
         "tried before it goes to the dead-letter topic.",
     )
     expiry_grace_s: float = Field(
         default=60.0,
         ge=0,
+        le=DAY_S,
         description="A request still pending this long after its deadline is marked expired.",
     )
     sweep_interval_s: float = Field(
-        default=5.0, gt=0, description="How often expired requests are looked for."
+        default=5.0, gt=0, le=HOUR_S, description="How often expired requests are looked for."
     )
     retention_days: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_RETENTION_DAYS,
         description="Requests older than this are purged (tenants may set their own); "
         "unset: kept forever.",
     )
     purge_interval_s: float = Field(
-        default=3600.0, gt=0, description="How often the retention purge runs."
+        default=3600.0, gt=0, le=DAY_S, description="How often the retention purge runs."
     )
     webhook_poll_interval_s: float = Field(
-        default=0.5, gt=0, description="How often due job webhooks are looked for."
+        default=0.5, gt=0, le=HOUR_S, description="How often due job webhooks are looked for."
     )
     webhook_max_attempts: int = Field(
-        default=10, ge=1, description="Delivery attempts of a job webhook before giving up."
+        default=10,
+        ge=1,
+        le=MAX_ATTEMPTS,
+        description="Delivery attempts of a job webhook before giving up.",
     )
     webhook_initial_backoff_s: float = Field(
         default=1.0,
         gt=0,
+        le=DAY_S,
         description="Longest wait before the second attempt (full jitter: the wait is "
         "drawn between 0 and it); doubles each time up to webhook_max_backoff_s.",
     )
-    webhook_max_backoff_s: float = Field(default=600.0, gt=0)
-    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Per delivery attempt.")
+    webhook_max_backoff_s: float = Field(default=600.0, gt=0, le=DAY_S)
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, le=HOUR_S, description="Per delivery attempt."
+    )
     idempotency_max_body_bytes: int = Field(
         default=4 * 1024 * 1024,
         gt=0,
+        # Stored base64 in a request body (4/3 of it), which MAX_BODY_BYTES must hold.
+        le=MAX_BYTES // 2,
         description="Largest response stored to replay for an Idempotency-Key.",
     )
 
@@ -113,10 +137,13 @@ class Settings(ServiceSettings):
         description="Most requests one replay may select without a limit or sample.",
     )
     replay_request_timeout_s: float = Field(
-        default=3600.0, gt=0, description="Deadline of each replayed request (batch lane)."
+        default=3600.0,
+        gt=0,
+        le=YEAR_S,
+        description="Deadline of each replayed request (batch lane).",
     )
     replay_poll_interval_s: float = Field(
-        default=0.5, gt=0, description="How often running replays are looked for."
+        default=0.5, gt=0, le=HOUR_S, description="How often running replays are looked for."
     )
     gateway_url: str = Field(
         default="http://127.0.0.1:8000",
@@ -130,6 +157,12 @@ class Settings(ServiceSettings):
     def _gateway_url(cls, value: str) -> str:
         """Empty turns admission of replays off; anything else must be an HTTP(S) URL."""
         return value if value == "" else http_url(value)
+
+    @model_validator(mode="after")
+    def _usable_database_url(self) -> Settings:
+        # Refused here, before the server starts, not by the lifespan's first connection.
+        check_database_url("history", self.database_url)
+        return self
 
     @model_validator(mode="after")
     def _default_group(self) -> Settings:
@@ -149,7 +182,7 @@ class Settings(ServiceSettings):
         return self
 
 
-class DatabaseSettings(BaseSettings):
+class DatabaseSettings(CheckedSettings):
     """Only what the CLI and migrations need: the history database (and the default
     retention), without the service's secrets."""
 
@@ -161,4 +194,10 @@ class DatabaseSettings(BaseSettings):
         default="sqlite+aiosqlite:///.switchyard/history.db",
         validation_alias=AliasChoices("SWITCHYARD_HISTORY_DATABASE_URL", "DATABASE_URL"),
     )
-    retention_days: int | None = Field(default=None, ge=1)
+    retention_days: int | None = Field(default=None, ge=1, le=MAX_RETENTION_DAYS)
+
+    @model_validator(mode="after")
+    def _usable_database_url(self) -> DatabaseSettings:
+        # One line for every command (usage, retention...), not a driver's traceback.
+        check_database_url("history", self.database_url)
+        return self

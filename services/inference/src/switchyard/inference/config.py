@@ -6,7 +6,15 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from switchyard.common.settings import ServiceSettings, env, http_url
+from switchyard.common.settings import (
+    DAY_S,
+    HOUR_S,
+    MAX_ATTEMPTS,
+    MAX_CONCURRENCY,
+    ServiceSettings,
+    env,
+    http_url,
+)
 from switchyard.common.topics import Topics
 
 
@@ -26,6 +34,7 @@ class Settings(ServiceSettings):
     routing_reload_interval_s: float = Field(
         default=5.0,
         ge=0,
+        le=DAY_S,
         description="How often the routing file is checked for changes (0: only on SIGHUP).",
     )
     prices_file: str | None = Field(
@@ -44,6 +53,7 @@ class Settings(ServiceSettings):
     interactive_concurrency: int = Field(
         default=64,
         ge=1,
+        le=MAX_CONCURRENCY,
         validation_alias=env(
             "SWITCHYARD_INFERENCE_INTERACTIVE_CONCURRENCY",
             "SWITCHYARD_INFERENCE_CONSUMER_CONCURRENCY",
@@ -53,7 +63,10 @@ class Settings(ServiceSettings):
         description="Interactive requests handled at once by one replica (each waits on I/O).",
     )
     batch_concurrency: int = Field(
-        default=8, ge=1, description="Batch-lane requests handled at once by one replica."
+        default=8,
+        ge=1,
+        le=MAX_CONCURRENCY,
+        description="Batch-lane requests handled at once by one replica.",
     )
     batch_yield_ratio: float = Field(
         default=0.5,
@@ -73,20 +86,33 @@ class Settings(ServiceSettings):
         "`<topic prefix>.inference-batch`.",
     )
     retry_initial_backoff_s: float = Field(
-        default=0.25, gt=0, description="First retry waits up to this long (full jitter)."
+        default=0.25,
+        gt=0,
+        le=HOUR_S,
+        description="First retry waits up to this long (full jitter).",
     )
     retry_max_backoff_s: float = Field(
-        default=8.0, gt=0, description="Ceiling of the exponential backoff between retries."
+        default=8.0,
+        gt=0,
+        le=HOUR_S,
+        description="Ceiling of the exponential backoff between retries.",
     )
     breaker_failure_threshold: int = Field(
-        default=5, ge=1, description="Consecutive failures that open a deployment's circuit."
+        default=5,
+        ge=1,
+        le=MAX_ATTEMPTS,
+        description="Consecutive failures that open a deployment's circuit.",
     )
     breaker_cooldown_s: float = Field(
-        default=30.0, gt=0, description="Time an open circuit waits before a half-open probe."
+        default=30.0,
+        gt=0,
+        le=DAY_S,
+        description="Time an open circuit waits before a half-open probe.",
     )
     redelivery_lookback_s: float = Field(
         default=900.0,
         gt=0,
+        le=DAY_S,
         description="How far back a redelivered request's reply partition is read for what "
         "its client was already sent, and how long what was read is kept in memory for the "
         "next redelivery; a redelivery older than this runs again. At least the longest "
@@ -111,6 +137,7 @@ class Settings(ServiceSettings):
     anthropic_default_max_tokens: int = Field(
         default=4096,
         ge=1,
+        le=1_000_000,
         description="max_tokens sent to Anthropic deployments when the request has none.",
     )
 
