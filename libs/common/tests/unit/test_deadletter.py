@@ -269,6 +269,33 @@ def test_the_list_command_prints_one_line_per_letter(monkeypatch):
     assert lines[1].split("\t")[6] == "stub"
 
 
+def test_the_list_prints_what_headers_say_escaped(monkeypatch):
+    """A letter's headers are any producer's: a line break, tab, NUL or escape sequence in
+    them is shown escaped, never a line, column or terminal command of its own."""
+    from switchyard.common import cli
+
+    forged = record(
+        0,
+        1,
+        [
+            ("request_id", b"req-1\n9:999\tFAKE-LINE\x00\x1b[2J"),
+            ("deadletter.topic", b"sy.requests.interactive"),
+            ("deadletter.group", b"g\x1b]0;x\x07"),
+        ],
+    )
+    letters = from_records([forged])
+    monkeypatch.setattr(
+        cli, "_dead_letters", lambda topic, group=None: (object(), letters, topic, group)
+    )
+    result = CliRunner().invoke(cli.build(), ["deadletter", "list"])
+    assert result.exit_code == 0, result.output
+    [line] = [line for line in result.stdout.splitlines() if line]
+    fields = line.split("\t")
+    assert len(fields) == 8
+    assert fields[3] == "g\\x1b]0;x\\x07"
+    assert "FAKE-LINE" in fields[5] and "\x00" not in line and "\x1b" not in line
+
+
 async def test_a_marker_that_cannot_be_written_says_the_letter_went(monkeypatch):
     from switchyard.common import deadletter
 

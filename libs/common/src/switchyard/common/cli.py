@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from switchyard.common.plugins import ServicePlugin, discover, discover_commands
+from switchyard.common.text import terminal_safe
 
 app = typer.Typer(
     name="switchyard",
@@ -434,17 +435,22 @@ def deadletter_list(
         replayed = f"replayed {len(letter.replays)}x" if letter.replays else "-"
         if letter.left_out is not None:
             replayed = "stub"
+        # Every field but the id and time comes from a header any producer could write:
+        # escaped, so that none can add lines or drive the terminal.
+        fields = [
+            where,
+            letter.group or "?",
+            letter.header("type") or "?",
+            letter.header("request_id") or "?",
+            replayed,
+            _short_reason(letter.reason),
+        ]
         typer.echo(
             "\t".join(
                 [
                     letter.id,
                     letter.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    where,
-                    letter.group or "?",
-                    letter.header("type") or "?",
-                    letter.header("request_id") or "?",
-                    replayed,
-                    _short_reason(letter.reason),
+                    *(terminal_safe(field) for field in fields),
                 ]
             )
         )
@@ -514,23 +520,24 @@ def deadletter_replay(
             for letter in chosen:
                 if dry_run:
                     refusal = refused(letter, again=again)
+                    # What a letter says of itself is header text: escaped.
                     if refusal is not None:
                         failures += 1
-                        typer.echo(f"error: {refusal}", err=True)
+                        typer.echo(f"error: {terminal_safe(refusal)}", err=True)
                     else:
-                        typer.echo(f"{letter.id}\twould go to {letter.topic}")
+                        typer.echo(f"{letter.id}\twould go to {terminal_safe(letter.topic)}")
                     continue
                 try:
                     to = await replay(bus, letter, deadletter_topic, again=again)
                 except DeadLetterError as exc:  # MarkerNotWrittenError too: it says so
                     failures += 1
-                    typer.echo(f"error: {exc}", err=True)
+                    typer.echo(f"error: {terminal_safe(exc)}", err=True)
                     continue
                 except Exception as exc:  # noqa: BLE001 - the bus's refusal, said plainly
                     failures += 1
                     typer.echo(f"error: {letter.id} was not replayed: {exc!r}", err=True)
                     continue
-                typer.echo(f"{letter.id}\treplayed to {to}")
+                typer.echo(f"{letter.id}\treplayed to {terminal_safe(to)}")
         finally:
             if not dry_run:
                 await bus.stop()
