@@ -111,6 +111,38 @@ async def test_three_replicas_admit_exactly_the_rpm_limit_of_simultaneous_reques
     assert "anthropic-ratelimit-requests-reset" in error.rate_headers("anthropic")
 
 
+async def test_a_budget_used_up_by_settled_requests_is_not_said_to_be_held() -> None:
+    """The ledger learns what this replica's requests spent only when it flushes: a
+    refusal in between must count it, not tell the client that requests in progress hold
+    the budget and that a retry may fit."""
+    ledger = MemoryLedger()
+    [admission] = replicas(
+        ledger, policy(anchor=0.0, max_budget_usd=0.05, budget_period="1d"), count=1
+    )
+    admitted = []
+    with pytest.raises(Refused):
+        while True:
+            admitted.append(await admission.admit(Caller(), "m", BODY))
+    for n, ticket in enumerate(admitted):  # each used what it reserved; none flushed yet
+        ticket.attach(f"r{n}")
+        admission.on_usage(usage_event(f"r{n}", ticket.reservations[0].amount))
+
+    with pytest.raises(Refused) as refused:
+        await admission.admit(Caller(), "m", BODY)
+
+    message = refused.value.message
+    assert "held by requests in progress" not in message, message
+    assert "more than the" in message and "left of the $0.05 budget" in message
+    assert refused.value.headers["x-should-retry"] == "false"
+
+
+def test_a_refusal_never_shows_the_cost_and_what_is_left_as_the_same_amount() -> None:
+    from switchyard.gateway.governance.admission import _usd_apart
+
+    assert _usd_apart(0.0000184, 0.0000181) == ("$0.0000184", "$0.0000181")
+    assert _usd_apart(0.25, 0.125) == ("$0.25", "$0.125")
+
+
 async def test_admitted_requests_carry_the_remaining_requests_and_tokens() -> None:
     ledger = MemoryLedger()
     [admission] = replicas(ledger, policy(rpm_limit=10, tpm_limit=1000), count=1)

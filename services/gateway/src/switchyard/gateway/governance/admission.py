@@ -174,15 +174,17 @@ class Refused(APIError):
                 else "it does not reset (a lifetime budget)"
             )
             if needed is not None and left is not None and 0 < left < needed and not output:
+                most, rest = _usd_apart(needed, left)
                 message = (
-                    f"This request may cost up to {_usd(needed)} (its input), more than the "
-                    f"{_usd(left)} left of the {_usd(limit)} budget for the {who}; send less "
+                    f"This request may cost up to {most} (its input), more than the "
+                    f"{rest} left of the {_usd(limit)} budget for the {who}; send less "
                     f"input, or raise the budget; {when}."
                 )
             elif needed is not None and left is not None and 0 < left < needed:
+                most, rest = _usd_apart(needed, left)
                 message = (
-                    f"This request may cost up to {_usd(needed)} (its prompt, and its output "
-                    f"at most as long as max_tokens allows), more than the {_usd(left)} left "
+                    f"This request may cost up to {most} (its prompt, and its output "
+                    f"at most as long as max_tokens allows), more than the {rest} left "
                     f"of the {_usd(limit)} budget for the {who}; set a lower max_tokens (or "
                     f"max_output_tokens), or raise the budget; {when}."
                 )
@@ -251,9 +253,21 @@ class Refused(APIError):
         return f"{word[self.kind]}:{self.level}"
 
 
-def _usd(amount: float) -> str:
-    """An amount of USD as people read it: `$0.01`, `$12.5`, `$0.000007` (never `4.5e-06`)."""
-    return "$" + (f"{amount:,.6f}".rstrip("0").rstrip(".") or "0")
+def _usd(amount: float, places: int = 6) -> str:
+    """An amount of USD as people read it: `$0.01`, `$12.5`, `$0.000007` (never `4.5e-06`),
+    to at most `places` decimals."""
+    return "$" + (f"{amount:,.{places}f}".rstrip("0").rstrip(".") or "0")
+
+
+def _usd_apart(first: float, second: float) -> tuple[str, str]:
+    """`_usd` of two amounts that differ, with as many decimals (6 to 12) as they need to
+    read differently: a request "may cost up to $0.000018, more than the $0.000018 left"
+    would contradict itself."""
+    for places in range(6, 13):
+        shown = _usd(first, places), _usd(second, places)
+        if shown[0] != shown[1]:
+            return shown
+    return shown
 
 
 def _iso(epoch: float) -> str:
@@ -625,6 +639,15 @@ class Admission:
         )
         return max(0.0, need.limit - grant.committed) + unused
 
+    def _unflushed(self, counter: tuple[str, str], window_start: float) -> float:
+        """What this replica's requests used of `counter` in the window starting at
+        `window_start` and settled, not yet written to the ledger (`flush`)."""
+        return sum(
+            change.amount
+            for change in self._settlements
+            if (change.scope, change.kind) == counter and change.window_start == window_start
+        )
+
     def _refusal(self, need: _Need, now: float, grant: Grant | None) -> Refused:
         REFUSED.labels(need.level.level, need.kind).inc()
         reset_at = None
@@ -633,7 +656,12 @@ class Admission:
         elif need.kind == "spend":
             reset_at = need.period_end
         left = self._left(need, grant) if need.kind == "spend" and grant is not None else None
-        spent = grant.spent if need.kind == "spend" and grant is not None else None
+        spent = None
+        if need.kind == "spend" and grant is not None:
+            # The ledger's spend lacks what this replica's requests settled since its last
+            # flush: without it, a budget those used up reads as held by requests in
+            # progress (and invites retries that cannot fit).
+            spent = grant.spent + self._unflushed(need.counter, grant.window_start)
         return Refused(
             spent=spent,
             level=need.level.level,
