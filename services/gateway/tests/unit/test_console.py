@@ -849,3 +849,31 @@ async def test_a_filter_given_twice_is_refused_on_a_page():
     assert page.headers["content-type"].startswith("text/html")
     assert "&#39;model&#39; was given more than once" in page.text
     assert csv.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("/ui/requests?range=24h&model=a//b", "/ui/requests?range=24h&model=a//b"),
+        ("/ui/keys", "/ui/keys"),
+        ("/ui/../..//evil.com", "/ui/"),
+        ("/ui/%2e%2e/%2E%2E//evil.com", "/ui/"),
+        ("/ui/./keys", "/ui/"),
+        ("/ui//evil.com", "/ui/"),
+        ("//evil.com/ui/", "/ui/"),
+        ("https://evil.com/ui/", "/ui/"),
+        ("/ui/\\evil.com", "/ui/"),
+        ("/ui/keys\n", "/ui/"),
+        ("/elsewhere", "/ui/"),
+        (None, "/ui/"),
+    ],
+)
+def test_after_sign_in_only_console_paths_are_followed(value, expected):
+    """`next` is followed only to a path that stays in the console once a browser resolves
+    its dot segments (`%2e` included)."""
+    from starlette.requests import Request
+
+    from switchyard.gateway.console.routes import safe_next
+
+    request = Request({"type": "http", "root_path": "/ui", "path": "/ui/login", "headers": []})
+    assert safe_next(request, value) == expected

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, cast
+from urllib.parse import unquote, urlsplit
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.templating import Jinja2Templates
@@ -148,17 +149,25 @@ def redirect(request: Request, path: str) -> RedirectResponse:
 
 
 def safe_next(request: Request, value: str | None) -> str:
-    """Where to go after signing in: a console path only (never another site)."""
+    """Where to go after signing in: a console path only (never another site, nor a path
+    that leaves the console once a browser resolves it); the console's home otherwise."""
     base = base_path(request)
+    if not isinstance(value, str) or len(value) >= 2000 or not value.isprintable():
+        return base + "/"
+    parts = urlsplit(value)
+    # A browser resolves `.` and `..` segments (`%2e` too, by the URL standard) before it
+    # follows a redirect: `/ui/../..//evil.com` is not a console path.
+    dots = any(unquote(segment) in (".", "..") for segment in parts.path.split("/"))
     if (
-        isinstance(value, str)
-        and value.startswith(base + "/")
-        and not value.startswith("//")
-        and "\\" not in value
-        and len(value) < 2000
+        parts.scheme
+        or parts.netloc
+        or not parts.path.startswith(base + "/")
+        or "//" in parts.path
+        or "\\" in value
+        or dots
     ):
-        return value
-    return base + "/"
+        return base + "/"
+    return value
 
 
 def backend_of(request: Request) -> ConsoleBackend:
