@@ -141,6 +141,9 @@ async def test_an_admin_may_still_count_a_members_key_against_no_team(auth_app, 
     [
         ({"max_budget_usd": None, "budget_period": None, "rpm_limit": None}, "max_budget_usd"),
         ({"rpm_limit": None}, "rpm_limit"),
+        # Removing the budget alone leaves its period without one: still a removal (403),
+        # not a combination to correct (400).
+        ({"max_budget_usd": None}, "max_budget_usd"),
         ({"rpm_limit": 61}, "rpm_limit"),
         ({"tpm_limit": None}, "tpm_limit"),
         ({"max_budget_usd": 100, "budget_period": "1d"}, "max_budget_usd"),

@@ -109,6 +109,22 @@ def _store(row: LimitColumns, limits: Limits, now: datetime) -> None:
         row.budget_anchor_at = now
 
 
+def _removal(name: str, old: float) -> NotPermitted:
+    return NotPermitted(
+        f"Only an admin of the tenant can remove '{name}' from a key (now {old:g}); "
+        "you may lower it.",
+        param=name,
+    )
+
+
+def _not_removed(before: Limits, patch: dict[str, Any] | None) -> None:
+    """Raise NotPermitted naming the first limit of `before` that `patch` sets to None."""
+    for name in NUMERIC_LIMIT_FIELDS:
+        old = getattr(before, name)
+        if old is not None and name in (patch or {}) and (patch or {})[name] is None:
+            raise _removal(name, old)
+
+
 def _not_loosened(before: Limits, after: Limits) -> None:
     """Raise NotPermitted naming the first limit that `after` raises or removes from
     `before`, or the budget period if `after` changes the period of a budget `before` has.
@@ -118,11 +134,7 @@ def _not_loosened(before: Limits, after: Limits) -> None:
         if old is None:
             continue
         if new is None:
-            raise NotPermitted(
-                f"Only an admin of the tenant can remove '{name}' from a key (now {old:g}); "
-                "you may lower it.",
-                param=name,
-            )
+            raise _removal(name, old)
         if new > old:
             raise NotPermitted(
                 f"Only an admin of the tenant can raise '{name}' of a key (now {old:g}, "
@@ -562,6 +574,10 @@ class Governance:
                 if team_id is False or team_id == key.team_id  # unchanged: nothing to decide
                 else await self._key_team(session, user, team_id, member=member)
             )
+            if member:
+                # A removal is refused as such before the rest is judged: removing a budget
+                # alone leaves its period without one, which is not what to tell a member.
+                _not_removed(limits_of(key), limits)
             merged = _merged(key, limits)
             if member:
                 _not_loosened(limits_of(key), merged)
