@@ -207,6 +207,44 @@ def test_kafka_unreachable_is_one_line_for_topics(
     assert "Unable to bootstrap" in line
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["topics", "create"],
+        ["topics", "list"],
+        ["deadletter", "list"],
+        ["deadletter", "replay", "--all"],
+    ],
+)
+def test_kafka_commands_touch_no_broker_none_was_named_for(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    """Embedded mode has no topics: with neither `SWITCHYARD_BUS=kafka` nor a bootstrap
+    variable, the default broker (anybody's, on a shared machine) is never contacted."""
+    from switchyard.common import deadletter, kafka_admin
+
+    async def contacted(*_: object, **__: object) -> object:
+        raise AssertionError("a broker was contacted")
+
+    for module, name in (
+        (kafka_admin, "create_topics"),
+        (kafka_admin, "list_topics"),
+        (deadletter, "read_dead_letters"),
+    ):
+        monkeypatch.setattr(module, name, contacted)
+    for variable in (
+        "SWITCHYARD_BUS",
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "SWITCHYARD_KAFKA_BOOTSTRAP_SERVERS",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    result = CliRunner().invoke(cli.app, argv)
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: `switchyard ") and "no broker is named" in line
+    assert "KAFKA_BOOTSTRAP_SERVERS" in line and "SWITCHYARD_BUS=kafka" in line
+
+
 # --------------------------------------------------------------------------- databases
 
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -288,6 +289,7 @@ def topics_create(
     from switchyard.common.topics import Topics
 
     settings = ServiceSettings()
+    _require_named_broker(settings, "topics create")
     with _kafka_errors(settings.kafka_bootstrap_servers, "cannot create topics"):
         created = asyncio.run(
             create_topics(
@@ -308,10 +310,33 @@ def topics_list() -> None:
     from switchyard.common.settings import ServiceSettings
 
     settings = ServiceSettings()
+    _require_named_broker(settings, "topics list")
     with _kafka_errors(settings.kafka_bootstrap_servers, "cannot list topics"):
         counts = asyncio.run(list_topics(settings.kafka_bootstrap_servers, settings.topic_prefix))
     for name, count in sorted(counts.items()):
         typer.echo(f"{name}\t{count}")
+
+
+# The variables that name Kafka mode's broker (`ServiceSettings.kafka_bootstrap_servers`).
+BROKER_VARIABLES = ("SWITCHYARD_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS")
+
+
+def _require_named_broker(settings: Any, command: str) -> None:
+    """Exit status 1 with one line unless a broker was chosen for the Kafka command
+    `command`: `SWITCHYARD_BUS=kafka` (its default broker is then meant) or a variable of
+    BROKER_VARIABLES. Otherwise the default, 127.0.0.1:9092, may be anybody's broker on
+    a shared machine, and embedded mode, which has no topics, would create or read some
+    there."""
+    if settings.bus == "kafka" or any(os.environ.get(name) for name in BROKER_VARIABLES):
+        return
+    typer.echo(
+        f"error: `switchyard {command}` works on Kafka mode's topics and no broker is named "
+        '(embedded mode has none): set KAFKA_BOOTSTRAP_SERVERS (`eval "$(deploy/local/'
+        'infra.sh env)"` for the local one), or SWITCHYARD_BUS=kafka to use '
+        f"{settings.kafka_bootstrap_servers}",
+        err=True,
+    )
+    raise typer.Exit(1)
 
 
 @contextlib.contextmanager
@@ -378,6 +403,7 @@ def _dead_letters(
     # would only repeat it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     settings = ServiceSettings()
+    _require_named_broker(settings, "deadletter")
     topics = Topics(settings.topic_prefix)
     if topic is not None and not topic.startswith(f"{topics.prefix}."):
         topic = topics.name(topic)
