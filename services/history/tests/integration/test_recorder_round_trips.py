@@ -112,9 +112,10 @@ async def test_a_batch_mixing_stored_and_new_events_projects_only_the_new_ones(e
     assert rows[answered.request_id]["cost_usd"] == pytest.approx(0.0021)
     assert rows[fresh.request_id]["status"] == "pending"
     assert late.id not in stored and fresh.id in stored
-    # The redelivered events are found out by the event store: the projection is then
+    # The redelivered events are found out by the event store, and their ids alone looked
+    # up (the same events, or another tenant's under their ids?): the projection is then
     # written on its own, for the new events only.
-    assert sent[-2:] == ["WITH", "WITH"]
+    assert sent[-3:] == ["WITH", "SELECT", "WITH"]
 
 
 async def test_a_tenant_switched_to_metadata_only_is_honoured_by_the_next_batch(engine, events):
@@ -204,3 +205,70 @@ async def test_a_forged_outcome_of_another_tenant_never_stands_in_for_the_reques
     row = await row_of(engine, request.request_id)
     assert (row["tenant"], row["status"]) == ("acme", "completed")
     assert row["response"]["choices"][0]["message"]["content"] == "4"
+
+
+async def events_of(engine: AsyncEngine, *request_ids: str) -> list[tuple[str, str]]:
+    """The (tenant, type) of the stored events of `request_ids`."""
+    async with engine.connect() as connection:
+        result = await connection.execute(
+            select(events_table.c.tenant, events_table.c.type).where(
+                events_table.c.request_id.in_(request_ids)
+            )
+        )
+        return sorted((tenant, kind) for tenant, kind in result)
+
+
+@pytest.mark.parametrize("forgery", ["failed", "usage"])
+async def test_a_request_after_another_tenants_events_keeps_its_own_reply_and_usage(
+    engine, events, forgery
+):
+    """Another tenant's event first, then the request's own reply and usage, then the
+    request: the row ends completed with its answer and cost (not pending, then expired)."""
+    recorder = EventRecorder(engine)
+    request = events.requested()
+    made_by = (
+        events.failed(request) if forgery == "failed" else events.usage(request, cost_usd=99.0)
+    ).model_copy(update={"tenant": "intruder"})
+    await recorder.record([made_by])
+    await recorder.record(
+        [events.completed(request, answer="4"), events.usage(request, cost_usd=0.01)]
+    )
+
+    await recorder.record([request])
+
+    row = await row_of(engine, request.request_id)
+    assert (row["tenant"], row["status"], row["cost_usd"]) == ("acme", "completed", 0.01)
+    assert row["response"]["choices"][0]["message"]["content"] == "4"
+
+
+@pytest.mark.parametrize("same_request", [True, False], ids=["same-request", "other-request"])
+async def test_events_under_the_ids_of_a_requests_reply_and_usage_do_not_replace_them(
+    engine, events, same_request
+):
+    """Another tenant's events written under the ids of the request's coming reply and
+    usage: stored, and so are the real ones, which complete the row; redelivered, every
+    event is a copy (stored once)."""
+    recorder = EventRecorder(engine)
+    request = events.requested()
+    reply = events.completed(request, answer="4")
+    usage = events.usage(request, cost_usd=0.01)
+    victim = request if same_request else events.requested()
+    forgeries = [
+        events.failed(victim).model_copy(update={"tenant": "intruder", "id": reply.id}),
+        events.usage(victim).model_copy(update={"tenant": "intruder", "id": usage.id}),
+    ]
+    await recorder.record([request])
+    await recorder.record(forgeries)
+    await recorder.record([reply, usage])
+    await recorder.record([usage, *forgeries, reply])
+
+    row = await row_of(engine, request.request_id)
+    assert (row["tenant"], row["status"], row["cost_usd"]) == ("acme", "completed", 0.01)
+    assert row["response"]["choices"][0]["message"]["content"] == "4"
+    assert await events_of(engine, request.request_id, victim.request_id) == [
+        ("acme", "chat.completed"),
+        ("acme", "chat.requested"),
+        ("acme", "usage.recorded"),
+        ("intruder", "chat.failed"),
+        ("intruder", "usage.recorded"),
+    ]

@@ -2,9 +2,18 @@
 
 `EventRecorder.record` gets a batch of events and, in one transaction, stores each event
 not seen before in `history_events` and merges exactly those into the request projection
-(`projection.py`). Redelivered or replayed events are skipped by their event id, so a
-batch can be retried any number of times and the tables end up the same. The bus commits
-its offsets only after `record` returns, i.e. after the database commit.
+(`projection.py`). Redelivered or replayed events are skipped as copies of stored ones
+(the same event id for the same tenant and request), so a batch can be retried any number
+of times and the tables end up the same. Event ids are public, so an event whose id is
+already stored for another tenant or request is not a copy: it is stored under an id
+derived from its own (`collision_id`), counted in
+`switchyard_history_event_id_collisions_total`. The bus commits its offsets only after
+`record` returns, i.e. after the database commit.
+
+A request arriving at a row another tenant's events made before it takes the row back
+(`projection.reclaims`) with its own reply and usage stored meanwhile, which that row had
+ignored (`EventRecorder._reclaimed`): an event naming another tenant never changes, nor
+makes history drop, anything of a request.
 
 One outcome per request: a request's terminal events (`chat.completed`, `chat.failed`)
 are stored only while it has no outcome yet, so history never holds two. The request rows
@@ -28,11 +37,14 @@ which is in-process and cheap there.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from functools import reduce
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -41,6 +53,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     any_,
     bindparam,
     cast,
@@ -50,6 +63,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     null,
+    or_,
     select,
     union_all,
 )
@@ -69,7 +83,10 @@ from switchyard.common.events import (
     ChatRequested,
     EnvelopeFields,
     Event,
+    EventDecodeError,
     UsageRecorded,
+    decode_event,
+    new_id,
 )
 from switchyard.history import metrics
 from switchyard.history.cache import link_hits
@@ -151,31 +168,42 @@ class EventRecorder:
         self, connection: AsyncConnection, events: list[EnvelopeFields]
     ) -> list[EnvelopeFields]:
         terminal = any(isinstance(e, ChatCompleted | ChatFailed) for e in events)
-        # Only a batch that may record an outcome locks its requests' rows (see below).
-        lock = sorted({e.request_id for e in events if _projected(e)}) if terminal else []
-        metadata_only, outcomes = await self._writer.read_state(
+        # A batch that may record an outcome locks its requests' rows (see below); a request
+        # locks its row too, which exists before it only when its reply or usage came first
+        # (or another tenant's events made it: see `_reclaimed`).
+        lock = sorted(
+            {
+                e.request_id
+                for e in events
+                if isinstance(e, ChatRequested) or (terminal and _projected(e))
+            }
+        )
+        metadata_only, stored_rows = await self._writer.read_state(
             connection, {e.tenant for e in events}, lock
         )
         events, expiries_replaced = await self._one_outcome_per_request(
-            connection, events, outcomes
+            connection, events, stored_rows
         )
         if not events:
             return []
+        own_stored, reclaimed_from = await self._reclaimed(connection, events, stored_rows)
         recorded_at = datetime.now(UTC)
-        # Sorted by key so concurrent consumers take row locks in the same order (no deadlock).
-        ordered = sorted(events, key=lambda event: event.id)
-        inserted, projected = await self._writer.insert_events(
+        new_events, projected = await self._insert_new(
             connection,
-            [_event_row(event, recorded_at, event.tenant in metadata_only) for event in ordered],
+            events,
+            recorded_at,
+            metadata_only,
             # What the projection becomes if every event is new (the usual case), for a
             # writer that writes it with the events, in the same statement.
-            self._contributions(events, metadata_only) if self._writer.combines else [],
+            self._contributions(events, metadata_only, own_stored) if self._writer.combines else [],
         )
-        new_events = [event for event in events if event.id in inserted]
         if not projected:
-            rows = self._contributions(new_events, metadata_only)
+            rows = self._contributions(new_events, metadata_only, own_stored)
             if rows:
                 await self._writer.upsert_requests(connection, rows)
+        if reclaimed_from and any(isinstance(e, ChatRequested) for e in new_events):
+            # The other tenant's usage no longer counts the row it lost.
+            await mark_dirty(connection, self._dialect, reclaimed_from)
         await self._settle_cache_hits(connection, new_events)
         webhooks = [
             _webhook_row(event, recorded_at)
@@ -189,19 +217,145 @@ class EventRecorder:
             await connection.execute(insert, webhooks)
         replaced = sorted(
             {
-                expiry_event_id(event.request_id)
+                (event.tenant, event.request_id)
                 for event in new_events
                 if isinstance(event, ChatCompleted | ChatFailed)
                 and event.request_id in expiries_replaced
             }
         )
         if replaced:
-            await connection.execute(
-                delete(events_table).where(events_table.c.event_id.in_(replaced))
-            )
+            # The expiry under its id, or the one derived from it if that was taken.
+            e = events_table.c
+            expiries = [
+                and_(e.tenant == tenant, e.request_id == request_id, e.event_id.in_(ids))
+                for tenant, request_id in replaced
+                for expiry in [expiry_event_id(request_id)]
+                for ids in [[expiry, collision_id(expiry, tenant, request_id)]]
+            ]
+            await connection.execute(delete(events_table).where(or_(*expiries)))
             metrics.OUTCOMES_SUPERSEDED.labels("expiry_replaced").inc(len(replaced))
             log.info("history's expiry replaced by the real outcome", requests=len(replaced))
         return new_events
+
+    async def _insert_new(
+        self,
+        connection: AsyncConnection,
+        events: list[EnvelopeFields],
+        recorded_at: datetime,
+        metadata_only: set[str],
+        contributions: list[dict[str, Any]],
+    ) -> tuple[list[EnvelopeFields], bool]:
+        """Store the events not stored yet; return the new ones (in arrival order) and
+        whether the projection's `contributions` were written with them
+        (`_Writer.insert_events`).
+
+        An event is a copy of a stored one only if it is the same event: the same id for
+        the same tenant and request. Event ids are public (every event is on the topics, and
+        inference derives a reply's and a usage record's from their request's), so a
+        producer can write an event under the id another tenant's event will come with;
+        that event is then stored under an id derived from its id, tenant and request
+        (`collision_id`), where a redelivered copy of it finds it again. Only ids that
+        conflicted are looked up: a batch of new events costs nothing more."""
+        ids = [event.id for event in events]
+        rows = {
+            index: _event_row(event, recorded_at, event.tenant in metadata_only)
+            for index, event in enumerate(events)
+        }
+        # Events of a batch under one id (another tenant's or request's: copies are gone)
+        # are stored one after another, as if they had come in batches of their own.
+        first, later = _one_per_id(range(len(events)), ids)
+        inserted, projected = await self._writer.insert_events(
+            connection, [rows[index] for index in first], [] if later else contributions
+        )
+        new = {index for index in first if ids[index] in inserted}
+        conflicted = [index for index in first if index not in new] + later
+        taken_by: dict[int, tuple[str, str]] = {}
+        for attempt in range(_COLLISION_ATTEMPTS):
+            if not conflicted:
+                break
+            owners = await _owners(connection, sorted({ids[index] for index in conflicted}))
+            retry: list[int] = []
+            for index in conflicted:
+                event, owner = events[index], owners.get(ids[index])
+                if owner == (event.tenant, event.request_id):
+                    continue  # a copy of a stored event: the usual redelivery
+                if owner is not None:
+                    taken_by.setdefault(index, owner)
+                    # A chain of derived ids a producer has filled as well ends in a random
+                    # one: the event is then stored again if redelivered, but never lost.
+                    base = ids[index] if attempt < _COLLISION_ATTEMPTS - 1 else new_id()
+                    ids[index] = collision_id(base, event.tenant, event.request_id)
+                retry.append(index)  # (an id whose event was deleted meanwhile is free again)
+            retry, conflicted = _one_per_id(retry, ids)
+            for index in retry:
+                rows[index]["event_id"] = ids[index]
+            if retry:
+                inserted, _ = await self._writer.insert_events(
+                    connection, [rows[index] for index in retry], []
+                )
+                new.update(index for index in retry if ids[index] in inserted)
+                conflicted += [index for index in retry if ids[index] not in inserted]
+        if conflicted:
+            log.error("events not stored: their ids kept colliding", events=len(conflicted))
+        for index in sorted(new):
+            if ids[index] != events[index].id:
+                _count_collision(events[index], ids[index], taken_by.get(index))
+        return [events[index] for index in sorted(new)], projected
+
+    async def _reclaimed(
+        self,
+        connection: AsyncConnection,
+        events: list[EnvelopeFields],
+        stored_rows: dict[str, StoredRow],
+    ) -> tuple[dict[tuple[str, str], list[EnvelopeFields]], list[tuple[str, datetime]]]:
+        """For each request of the batch that takes back a row another tenant's events made
+        before it (`projection.reclaims`): the events of its own tenant already stored for
+        it, which that row ignored (another tenant owned it) and which the request's row
+        must now hold (its reply and usage may well come before it); and the (tenant,
+        created_at) of the rows taken back, whose usage hours change. Read only for such
+        rows, locked by `read_state` until the transaction ends, so no event of the
+        request is recorded meanwhile by another consumer."""
+        reclaiming = {
+            (event.tenant, event.request_id)
+            for event in events
+            if isinstance(event, ChatRequested)
+            and (row := stored_rows.get(event.request_id)) is not None
+            and row.tenant is not None
+            and row.tenant != event.tenant
+            and not row.has_request
+        }
+        if not reclaiming:
+            return {}, []
+        e = events_table.c
+        result = await connection.execute(
+            select(e.tenant, e.request_id, e.payload)
+            .where(
+                e.request_id.in_(sorted({request_id for _, request_id in reclaiming})),
+                e.tenant.in_(sorted({tenant for tenant, _ in reclaiming})),
+            )
+            .order_by(e.recorded_at, e.time, e.event_id)
+        )
+        own: dict[tuple[str, str], list[EnvelopeFields]] = {}
+        for tenant, request_id, payload in result:
+            if (tenant, request_id) not in reclaiming:
+                continue
+            try:
+                event = decode_event(exactjson.dumps(payload))
+            except EventDecodeError:
+                log.warning("stored event not readable", request_id=request_id)
+                continue
+            own.setdefault((tenant, request_id), []).append(event)
+        taken = []
+        for _, request_id in sorted(reclaiming):
+            row = stored_rows[request_id]
+            if row.tenant is not None and row.created_at is not None:
+                taken.append((row.tenant, row.created_at))
+        log.info(
+            "requests took back rows another tenant's events made",
+            requests=len(reclaiming),
+            own_events=sum(len(found) for found in own.values()),
+        )
+        return own, taken
 
     async def _settle_cache_hits(
         self, connection: AsyncConnection, new_events: list[EnvelopeFields]
@@ -216,16 +370,16 @@ class EventRecorder:
         self,
         connection: AsyncConnection,
         events: list[EnvelopeFields],
-        outcomes: dict[str, Outcome],
+        outcomes: dict[str, StoredRow],
     ) -> tuple[list[EnvelopeFields], set[str]]:
         """The events to store, without the terminal events of requests that already have
         their outcome; and the requests whose provisional expiry a real outcome replaces.
 
-        `outcomes`: the stored (status, outcome_provisional, tenant) of the batch's
-        requests, read by `_Writer.read_state` with their rows locked (in request id order,
-        the order the upsert takes them in, so concurrent consumers cannot deadlock), so
-        that no other transaction records an outcome for them until this one commits.
-        Empty for a batch without terminal events, which needs no lock. An outcome stored
+        `outcomes`: the stored rows of the batch's requests (`StoredRow`), read by
+        `_Writer.read_state` with their rows locked (in request id order, the order the
+        upsert takes them in, so concurrent consumers cannot deadlock), so that no other
+        transaction records an outcome for them until this one commits. Only the
+        requests' own for a batch without terminal events (which returns at once). An outcome stored
         under another tenant is not this request's (only a producer writing under another
         tenant's request id makes one: `projection.same_tenant`), and never stands in for
         it: outcomes are told apart by (tenant, request id)."""
@@ -238,9 +392,9 @@ class EventRecorder:
 
         # (tenant, request id) -> True: a real outcome; False: history's provisional expiry.
         known: dict[tuple[str | None, str], bool] = {
-            (owner, request_id): not provisional
-            for request_id, (status, provisional, owner) in outcomes.items()
-            if status != PENDING
+            (row.tenant, request_id): not row.outcome_provisional
+            for request_id, row in outcomes.items()
+            if row.status != PENDING
         }
         pending_rows = {key(e) for e in terminal} - set(known)
         replaced: set[str] = set()
@@ -275,17 +429,16 @@ class EventRecorder:
     async def _count_superseded(
         self, connection: AsyncConnection, dropped: list[tuple[EnvelopeFields, str]]
     ) -> None:
-        # A redelivered copy of the stored outcome is a duplicate, not a second outcome.
-        ids = [event.id for event, _ in dropped]
-        stored = set(
-            (
-                await connection.execute(
-                    select(events_table.c.event_id).where(events_table.c.event_id.in_(ids))
-                )
-            ).scalars()
+        # A redelivered copy of the stored outcome is a duplicate, not a second outcome: the
+        # same event, stored under its id or, if that was taken, the id derived from it.
+        def ids_of(event: EnvelopeFields) -> tuple[str, str]:
+            return event.id, collision_id(event.id, event.tenant, event.request_id)
+
+        owners = await _owners(
+            connection, sorted({i for event, _ in dropped for i in ids_of(event)})
         )
         for event, reason in dropped:
-            if event.id in stored:
+            if any(owners.get(i) == (event.tenant, event.request_id) for i in ids_of(event)):
                 continue
             metrics.OUTCOMES_SUPERSEDED.labels(reason).inc()
             log.info(
@@ -299,15 +452,25 @@ class EventRecorder:
 
     @staticmethod
     def _contributions(
-        events: list[EnvelopeFields], metadata_only: set[str]
+        events: list[EnvelopeFields],
+        metadata_only: set[str],
+        own_stored: dict[tuple[str, str], list[EnvelopeFields]],
     ) -> list[dict[str, Any]]:
         """The events' contributions to their requests' rows, one per request (folded in
-        arrival order), sorted by request id (the order the upsert locks them in)."""
+        arrival order), sorted by request id (the order the upsert locks them in). A
+        request taking back its row (`_reclaimed`) brings its own events stored before it
+        (`own_stored`): they came first."""
         merged: dict[str, dict[str, Any]] = {}
         for event in events:
             row = contribution(event, redact=event.tenant in metadata_only)
             if row is None:
                 continue
+            if isinstance(event, ChatRequested):
+                earlier = (
+                    contribution(stored, redact=event.tenant in metadata_only)
+                    for stored in own_stored.get((event.tenant, event.request_id), [])
+                )
+                row = reduce(merge, [*(c for c in earlier if c is not None), row])
             # A batch often holds a request with its reply and usage: folded in arrival
             # order with the upsert's own rules, the row is written once, not three times.
             previous = merged.get(event.request_id)
@@ -322,15 +485,71 @@ def _projected(event: EnvelopeFields) -> bool:
 
 def _without_chunks_and_repeats(events: list[Event]) -> list[EnvelopeFields]:
     """Stream chunks are transient (the reply holds the whole answer); a batch may also hold
-    the same event twice after a redelivery."""
-    seen: set[str] = set()
+    the same event twice after a redelivery (the same id for the same tenant and request:
+    another event under its id is not a copy of it)."""
+    seen: set[tuple[str, str, str]] = set()
     kept: list[EnvelopeFields] = []
     for event in events:
-        if isinstance(event, ChatChunk) or event.id in seen:
+        key = (event.id, event.tenant, event.request_id)
+        if isinstance(event, ChatChunk) or key in seen:
             continue
-        seen.add(event.id)
+        seen.add(key)
         kept.append(event)
     return kept
+
+
+# How many derived ids an event whose id is taken tries (`EventRecorder._insert_new`).
+_COLLISION_ATTEMPTS = 4
+
+
+def collision_id(event_id: str, tenant: str, request_id: str) -> str:
+    """The id an event of `tenant` and `request_id` is stored under when `event_id` is
+    already taken by another tenant's or request's event: deterministic, so a redelivered
+    copy finds it, and within `history_events.event_id` (64 characters)."""
+    digest = hashlib.blake2b(
+        f"{tenant}\0{request_id}\0{event_id}".encode(), digest_size=16
+    ).hexdigest()
+    return f"collision-{digest}"
+
+
+def _one_per_id(indexes: Iterable[int], ids: list[str]) -> tuple[list[int], list[int]]:
+    """`indexes` (of events whose ids are `ids`) split into the first of each id, sorted by
+    id (the order concurrent consumers take row locks in: no deadlock), and the others."""
+    first: dict[str, int] = {}
+    others: list[int] = []
+    for index in indexes:
+        if ids[index] in first:
+            others.append(index)
+        else:
+            first[ids[index]] = index
+    return [first[event_id] for event_id in sorted(first)], others
+
+
+def _count_collision(event: EnvelopeFields, stored_as: str, owner: tuple[str, str] | None) -> None:
+    """Count and log an event stored under a derived id (`owner`: whose event has its id,
+    None for one of its own batch)."""
+    metrics.EVENT_ID_COLLISIONS.labels(event.type).inc()
+    log.warning(
+        "event id already taken by another tenant's or request's event; stored under an id "
+        "derived from it",
+        event_id=event.id,
+        stored_as=stored_as,
+        event_type=event.type,
+        tenant=event.tenant,
+        request_id=event.request_id,
+        source=event.source,
+        taken_by_tenant=owner[0] if owner else None,
+        taken_by_request_id=owner[1] if owner else None,
+    )
+
+
+async def _owners(connection: AsyncConnection, ids: list[str]) -> dict[str, tuple[str, str]]:
+    """The (tenant, request id) of the stored events among `ids`."""
+    e = events_table.c
+    result = await connection.execute(
+        select(e.event_id, e.tenant, e.request_id).where(e.event_id.in_(ids))
+    )
+    return {event_id: (tenant, request_id) for event_id, tenant, request_id in result}
 
 
 def _event_row(event: EnvelopeFields, recorded_at: datetime, redact: bool) -> dict[str, Any]:
@@ -339,6 +558,8 @@ def _event_row(event: EnvelopeFields, recorded_at: datetime, redact: bool) -> di
     else:
         payload = event.model_dump_json()
     return {
+        # The event's id, unless that was taken (then `EventRecorder._insert_new` derives
+        # another: `collision_id`); the payload keeps the id the event came with.
         "event_id": event.id,
         "type": event.type,
         "request_id": event.request_id,
@@ -365,8 +586,28 @@ def _webhook_row(event: ChatRequested, now: datetime) -> dict[str, Any]:
 
 # What the projection upsert returns of each row it wrote: for the usage rollup's marks.
 _WRITTEN = (requests_table.c.tenant, requests_table.c.created_at)
-# The stored outcome of a request: (status, outcome_provisional, the row's tenant).
-Outcome = tuple[str, bool | None, str | None]
+
+
+class StoredRow(NamedTuple):
+    """What the recorder reads of a request's stored row before writing its events."""
+
+    status: str
+    outcome_provisional: bool | None
+    tenant: str | None
+    # Whether its `chat.requested` is there (a row a reply or usage record made has none).
+    has_request: bool | None
+    created_at: datetime | None
+
+
+# What `StoredRow` reads, after the request id.
+_STORED_ROW = (
+    requests_table.c.request_id,
+    requests_table.c.status,
+    requests_table.c.outcome_provisional,
+    requests_table.c.tenant,
+    requests_table.c.request_body.is_not(None).label("has_request"),
+    requests_table.c.created_at,
+)
 
 
 class _Writer:
@@ -384,7 +625,7 @@ class _Writer:
             settings.store_content.is_(False),
         )
         self._lock_outcomes = (
-            select(r.request_id, r.status, r.outcome_provisional, r.tenant)
+            select(*_STORED_ROW)
             .where(r.request_id.in_(bindparam("lock", expanding=True)))
             .order_by(r.request_id)
             .with_for_update()
@@ -392,20 +633,18 @@ class _Writer:
 
     async def read_state(
         self, connection: AsyncConnection, tenants: set[str], lock: list[str]
-    ) -> tuple[set[str], dict[str, Outcome]]:
+    ) -> tuple[set[str], dict[str, StoredRow]]:
         """The tenants among `tenants` that asked for metadata only, and the stored
-        outcomes of the requests in `lock` (sorted ids; may be empty), their rows locked
+        rows of the requests in `lock` (sorted ids; may be empty), locked
         until the transaction ends. Both read in the batch's transaction, so a settings
         change committed before it is honoured by this batch."""
         metadata_only = set(
             (await connection.execute(self._metadata_only, {"tenants": sorted(tenants)})).scalars()
         )
-        outcomes: dict[str, Outcome] = {}
+        outcomes: dict[str, StoredRow] = {}
         if lock:
             rows = await connection.execute(self._lock_outcomes, {"lock": lock})
-            outcomes = {
-                row.request_id: (row.status, row.outcome_provisional, row.tenant) for row in rows
-            }
+            outcomes = {request_id: StoredRow(*stored) for request_id, *stored in rows}
         return metadata_only, outcomes
 
     async def insert_events(
@@ -476,7 +715,7 @@ class _PostgresWriter(_Writer):
         r, settings = requests_table.c, tenant_settings_table.c
         # FOR UPDATE is not allowed on a UNION's branches, but is inside a subquery.
         locked = (
-            select(r.request_id, r.status, r.outcome_provisional, r.tenant)
+            select(*_STORED_ROW)
             .where(r.request_id == any_(bindparam("lock", type_=ARRAY(String()))))
             .order_by(r.request_id)
             .with_for_update()
@@ -489,6 +728,8 @@ class _PostgresWriter(_Writer):
                 locked.c.status,
                 locked.c.outcome_provisional,
                 locked.c.tenant,
+                locked.c.has_request,
+                locked.c.created_at,
             ),
             select(
                 literal("tenant"),
@@ -496,6 +737,8 @@ class _PostgresWriter(_Writer):
                 cast(null(), String()),
                 cast(null(), Boolean()),
                 cast(null(), String()),
+                cast(null(), Boolean()),
+                cast(null(), UTCDateTime()),
             ).where(
                 settings.tenant == any_(bindparam("tenants", type_=ARRAY(String()))),
                 settings.store_content.is_(False),
@@ -531,17 +774,17 @@ class _PostgresWriter(_Writer):
     @override
     async def read_state(
         self, connection: AsyncConnection, tenants: set[str], lock: list[str]
-    ) -> tuple[set[str], dict[str, Outcome]]:
+    ) -> tuple[set[str], dict[str, StoredRow]]:
         result = await connection.execute(
             self._read_state, {"tenants": sorted(tenants), "lock": lock}
         )
         metadata_only: set[str] = set()
-        outcomes: dict[str, Outcome] = {}
-        for kind, key, status, provisional, owner in result:
+        outcomes: dict[str, StoredRow] = {}
+        for kind, key, *stored in result:
             if kind == "tenant":
                 metadata_only.add(key)
             else:
-                outcomes[key] = (status, provisional, owner)
+                outcomes[key] = StoredRow(*stored)
         return metadata_only, outcomes
 
     @override
@@ -552,7 +795,8 @@ class _PostgresWriter(_Writer):
         contributions: list[dict[str, Any]],
     ) -> tuple[set[str], bool]:
         for row in rows:
-            row["payload"] = orjson.Fragment(row["payload"])
+            if isinstance(row["payload"], str):  # (not yet, if retried under another id)
+                row["payload"] = orjson.Fragment(row["payload"])
         if not contributions:
             result = await connection.execute(self._insert_events, {"events": _json_rows(rows)})
             return set(result.scalars().all()), False

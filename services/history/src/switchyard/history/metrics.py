@@ -34,3 +34,9 @@ OUTCOMES_SUPERSEDED = Counter(
     "('expiry_replaced').",
     ["reason"],
 )
+EVENT_ID_COLLISIONS = Counter(
+    "switchyard_history_event_id_collisions_total",
+    "Events whose id was already taken by an event of another tenant or request (a producer "
+    "writing under ids it predicted or copied): stored under an id derived from theirs.",
+    ["type"],
+)

@@ -16,7 +16,9 @@ independent of the order contributions are applied in:
   request carries the request's tenant; only a producer writing under another tenant's
   request id makes one differ), with one exception: the request itself, arriving at a row
   that has no request yet, makes the row its own again (what the other tenant's events
-  put there is dropped; they stay in the event store). These rules make the result
+  put there is dropped; they stay in the event store), bringing its own events stored
+  before it, which the row had ignored (the recorder folds them into the request's
+  contribution: `handlers.EventRecorder._reclaimed`). These rules make the result
   depend on order only when two tenants write under one request id;
 - the status leaves 'pending' once, to the first terminal status applied; the reply,
   error and completion time travel with that status and are never overwritten. One
