@@ -389,6 +389,10 @@ async def test_embeddings_on_an_anthropic_only_model_are_refused_clearly(harness
     reply = await harness.handle(chat_request(model="claude", api="openai.embeddings"))
     assert isinstance(reply, ChatFailed)
     assert (reply.data.error.status, reply.data.error.code) == (400, "unsupported_operation")
+    # In the client's words: the route it called, never the operator's deployment name.
+    message = reply.data.error.message
+    assert "does not offer POST /v1/embeddings" in message and "(anthropic)" in message
+    assert "openai.embeddings" not in message
 
 
 async def test_a_request_anthropic_cannot_express_is_refused_before_calling_it(

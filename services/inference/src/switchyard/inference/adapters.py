@@ -934,12 +934,26 @@ class ResponsesViaMessages(ResponsesPassThrough):
         return _ResponsesFromMessagesStream(self.ctx)
 
 
+# Each client API by the route a client calls it on: what a refusal names.
+API_ROUTES = {
+    ClientAPI.OPENAI_CHAT_COMPLETIONS: "POST /v1/chat/completions",
+    ClientAPI.OPENAI_EMBEDDINGS: "POST /v1/embeddings",
+    ClientAPI.OPENAI_RESPONSES: "POST /v1/responses",
+    ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS: "POST /v1/responses/input_tokens",
+    ClientAPI.ANTHROPIC_MESSAGES: "POST /v1/messages",
+    ClientAPI.ANTHROPIC_COUNT_TOKENS: "POST /v1/messages/count_tokens",
+}
+
+
 def unsupported_api(api: ClientAPI, deployment: Deployment) -> ProviderError:
-    """Another deployment of the model may offer it: retryable, not unhealthy."""
+    """Another deployment of the model may offer it: retryable, not unhealthy. The message
+    names the route the client called and the kind of provider, not the deployment (an
+    operator's name, which clients have no use for)."""
     return ProviderError(
         400,
         None,
-        f"Deployment {deployment.name!r} ({deployment.provider}) does not offer {api.value}.",
+        f"This model does not offer {API_ROUTES.get(api, api.value)}: its deployment "
+        f"({deployment.provider}) has no such API. Use a model that offers it.",
         code="unsupported_operation",
         retryable=True,
         retry_same=False,
