@@ -70,7 +70,11 @@ def test_duplicate_email_and_unknown_user_fail_cleanly(cli) -> None:
     assert "No user with email ghost@example.com" in unknown.output
 
     bad_role = cli("users", "create", "--email", "b@example.com", "--role", "root", "--no-password")
-    assert bad_role.exit_code == 1 and "Role must be one of" in bad_role.output
+    assert bad_role.exit_code == 1 and "--role must be one of: admin, member" in bad_role.output
+    # Refused before the password prompt: nothing is asked for a command that will fail.
+    prompted = cli("users", "create", "--email", "c@example.com", "--role", "wizard", input="")
+    assert prompted.exit_code == 1 and "Password" not in prompted.output
+    assert "--role must be one of" in prompted.output
 
 
 def test_keys_create_json_prints_a_working_key_once(cli, run_with_service) -> None:

@@ -68,6 +68,21 @@ def test_spend_reads_embedded_modes_sqlite_ledger(run, tmp_path: Path) -> None:
     assert row["max_budget_usd"] == 500.0 and row["resets_at"] is None
 
 
+def test_spend_prints_amounts_as_they_were_given_and_says_when_nothing_counts(
+    run, tmp_path: Path
+) -> None:
+    path = _embedded_ledger(tmp_path)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE governance_counters SET limit_value = 0.00001")
+    shown = run("--group-by", "team")
+    assert shown.exit_code == 0, shown.output
+    assert "of $0.00001 " in shown.stdout and "e-05" not in shown.stdout
+    # No key has a budget: an empty answer would read as "nothing spent".
+    empty = run("--group-by", "key")
+    assert empty.exit_code == 0 and empty.stdout == ""
+    assert "No key has a budget" in empty.stderr and "usage report" in empty.stderr
+
+
 def test_spend_without_the_embedded_database_says_where_it_looked(run, tmp_path: Path) -> None:
     result = run("--group-by", "team")
     assert result.exit_code == 1

@@ -31,6 +31,7 @@ from switchyard.auth.governance import (
     TeamNotFound,
     limits_of,
 )
+from switchyard.auth.models import ROLES
 from switchyard.auth.service import AuthError, AuthService, expiry_in_days
 from switchyard.auth.signing import SigningKeyError
 from switchyard.common.text import terminal_safe as safe
@@ -227,6 +228,9 @@ def create_user(
     """Create a user."""
     if sum((password is not None, password_stdin, no_password)) > 1:
         raise _fail("use only one of --password, --password-stdin and --no-password")
+    if role not in ROLES:
+        # Before the password is asked for: a typo must not cost the operator a prompt.
+        raise _fail(f"--role must be one of: {', '.join(ROLES)} (got {role!r})")
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif password is None and not no_password:

@@ -148,13 +148,23 @@ def spend(
             f"error: cannot read the limit ledger at {store_name(store)} ({reason})", err=True
         )
         raise typer.Exit(code=1) from None
+    if not rows and not as_json:
+        # Nothing printed would read as "no spend": say what is counted here.
+        typer.echo(
+            f"No {group_by} has a budget with spend in its current period: spend is counted "
+            "here only against budgets (--max-budget-usd of keys, users, teams and "
+            "tenants). The usage of every request: `switchyard usage report`.",
+            err=True,
+        )
     for row in rows:
         if as_json:
             typer.echo(json.dumps(row))
         else:
             resets = row["resets_at"] or "never"
+            # Fixed-point, as the budget was given: never `$1e-05`.
+            limit = f"{row['max_budget_usd']:,.6f}".rstrip("0").rstrip(".")
             typer.echo(
                 f"{row['level']}:{row['id']}  ${row['spent_usd']:.6f} of "
-                f"${row['max_budget_usd']:g}  (reserved ${row['reserved_usd']:.6f}, "
+                f"${limit}  (reserved ${row['reserved_usd']:.6f}, "
                 f"resets {resets})"
             )
