@@ -301,3 +301,24 @@ def test_any_json_body_and_reply_render(body, reply):
 )
 def test_finish_reasons_of_any_reply(reply, expected):
     assert finish_reasons(reply) == expected
+
+
+def test_a_huge_conversation_is_shown_cut_with_what_was_left_out():
+    """A stored request may be tens of MB: the page shows a bounded part of it."""
+    from switchyard.gateway.console.conversation import request_turns, shown
+    from switchyard.gateway.console.views import MAX_JSON_CHARS, json_text
+
+    body = {
+        "messages": [{"role": "user", "content": "x" * 1_000_000}]
+        + [{"role": "assistant", "content": "y" * 10_000} for _ in range(500)]
+    }
+    turns = shown(request_turns(body))
+    text = sum(len(part.text) for turn in turns for part in turn.parts)
+    assert text < 250_000
+    assert "980,000 more characters not shown here" in turns[0].parts[0].text
+    assert turns[-1].role == "…" and "more turn(s) not shown here" in turns[-1].parts[0].text
+    raw = json_text(body)
+    assert len(raw) < MAX_JSON_CHARS + 200 and "more characters not shown here" in raw
+    small = {"messages": [{"role": "user", "content": "hi"}]}
+    assert shown(request_turns(small)) == request_turns(small)
+    assert "not shown" not in json_text(small)

@@ -10,8 +10,10 @@ a stored body is whatever JSON the client sent, so every reader checks a value's
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
+
+from switchyard.gateway.console.views import cut
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,28 @@ def response_turns(response: Any) -> list[Turn]:
     if isinstance(response.get("data"), list):
         return [Turn("embeddings", [Part("other", f"{len(response['data'])} vectors")])]
     return []
+
+
+def shown(turns: list[Turn], part_chars: int = 20_000, total_chars: int = 200_000) -> list[Turn]:
+    """`turns` as the request page shows them: each part's text cut at `part_chars`, and
+    the parts after `total_chars` in all left out, with a last turn saying how many turns
+    were (a stored request may be tens of MB)."""
+    kept: list[Turn] = []
+    left = total_chars
+    for index, turn in enumerate(turns):
+        if left <= 0:
+            more = len(turns) - index
+            kept.append(Turn("…", [Part("other", f"{more:,} more turn(s) not shown here")]))
+            break
+        parts = []
+        for part in turn.parts:
+            limit = min(part_chars, max(left, 0))
+            if len(part.text) > limit:
+                part = replace(part, text=cut(part.text, limit))
+            left -= len(part.text)
+            parts.append(part)
+        kept.append(Turn(turn.role, parts))
+    return kept
 
 
 def declared_tools(body: Any) -> list[str]:

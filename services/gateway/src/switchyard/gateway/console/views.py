@@ -174,11 +174,27 @@ def fill_buckets(
     return filled
 
 
+# How much of a stored body's JSON the request page shows: a request may be tens of MB,
+# which the page would carry whole (and a browser struggle with). The API has it all.
+MAX_JSON_CHARS = 200_000
+
+
+def cut(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters and a line saying how many were left out."""
+    if len(text) <= limit:
+        return text
+    return (
+        f"{text[:limit]}\n… {len(text) - limit:,} more characters not shown here "
+        "(the whole record: GET /v1/history/{id})"
+    )
+
+
 def json_text(value: Any) -> str:
-    """Indented JSON as plain text (escaped by the template like any other text)."""
+    """Indented JSON as plain text (escaped by the template like any other text), cut at
+    MAX_JSON_CHARS."""
     import json
 
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    return cut(json.dumps(value, indent=2, ensure_ascii=False, default=str), MAX_JSON_CHARS)
 
 
 def budget_period(
