@@ -835,6 +835,29 @@ async def test_built_in_tools_are_refused_naming_the_tool_unless_passed_through(
     assert recorder.last.body["tools"][1] == {"type": tool}
 
 
+@pytest.mark.parametrize("model", ["gpt-chat", "claude"])
+@pytest.mark.parametrize(
+    ("tool", "code", "param"),
+    [
+        ({"type": "zzz"}, "invalid_value", "tools[0].type"),
+        ({"type": 5}, "invalid_type", "tools[0].type"),
+    ],
+)
+async def test_a_tool_type_openai_does_not_know_is_refused_as_openai_refuses_it(
+    harness, recorder, model, tool, code, param
+):
+    """A typo is not a built-in tool this deployment lacks: it is an invalid value."""
+    refused = await harness.handle(responses_request(model, {"input": "hi", "tools": [tool]}))
+
+    assert isinstance(refused, ChatFailed)
+    error = refused.data.error
+    assert (error.status, error.code, error.param) == (400, code, param)
+    assert "built-in tool" not in error.message
+    if code == "invalid_value":
+        assert "'zzz'" in error.message and "'web_search'" in error.message
+    assert recorder.requests == []
+
+
 @pytest.mark.parametrize(
     ("body", "previous", "param"),
     [

@@ -27,6 +27,8 @@ text, refusal, reasoning summary and function-call argument events), then
 
 from __future__ import annotations
 
+import functools
+import typing
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -322,8 +324,36 @@ def _common_checks(body: dict[str, Any]) -> None:
                 )
 
 
+@functools.cache
+def responses_tool_types() -> frozenset[str]:
+    """The `tools[].type` values OpenAI's Responses API takes, from the `openai` SDK's own
+    `Tool` union (read once, when a tool other than a function is first met)."""
+    from openai.types.responses.tool import Tool
+
+    members = typing.get_args(Tool)
+    if typing.get_origin(Tool) is typing.Annotated:
+        members = typing.get_args(members[0])
+    types: set[str] = set()
+    for member in members:
+        field = getattr(member, "model_fields", {}).get("type")
+        if field is not None:
+            types.update(typing.get_args(field.annotation))
+    return frozenset(types)
+
+
 def _builtin_tool_error(tool: Any, index: int) -> TranslationError:
     kind = tool.get("type") if isinstance(tool, dict) else None
+    if not isinstance(kind, str):
+        return invalid_type(f"tools[{index}].type", "a string", kind)
+    known = responses_tool_types()
+    if known and kind not in known:
+        # Refused as OpenAI refuses it: a typo is no built-in tool this deployment lacks.
+        return TranslationError(
+            f"Invalid value: {kind[:64]!r}. Supported values are: "
+            f"{', '.join(repr(name) for name in sorted(known))}.",
+            f"tools[{index}].type",
+            code="invalid_value",
+        )
     return TranslationError(
         f"The built-in tool {kind!r} (tools[{index}]) is run by OpenAI's Responses API; this "
         "model's deployment does not offer it. Use function tools, or a model whose "
