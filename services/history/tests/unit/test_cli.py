@@ -189,7 +189,7 @@ def test_usage_report_by_team_shows_team_names_and_keeps_ids_in_csv(cli, history
     assert lines[0].split()[:2] == ["team", "requests"]
     # One request of team-1 (shown by name), one of no team, and the total.
     assert lines[2].split()[:2] == ["research", "1"]
-    assert lines[3].split()[:1] == ["1"]
+    assert lines[3].split()[:3] == ["(no", "team)", "1"]
 
     result = cli(
         usage_app,

@@ -162,6 +162,10 @@ def _names(rows: list[UsageRow], query: UsageQuery) -> dict[str, dict[str, str]]
     return {"user": found.emails, "api_key": found.key_names, "team": found.team_names}
 
 
+# What the table shows for a dimension a request has none of.
+NONE_LABELS = {"user": "(no user)", "api_key": "(no API key)", "team": "(no team)"}
+
+
 def _readable(report: dict[str, Any]) -> dict[str, Any]:
     """The table shows who, not ids: email, key name and team name replace the ids
     (falling back to the id when unknown); every cell is printed terminal-safe (see
@@ -170,6 +174,10 @@ def _readable(report: dict[str, Any]) -> dict[str, Any]:
         for dimension, name_column in NAME_COLUMNS.items():
             if name_column in item:
                 item[dimension] = item.pop(name_column) or item[dimension]
+            if dimension in item and item[dimension] is None:
+                # Requests of no team (or made with an access token: no key) are a row of
+                # their own, which a blank cell would not say.
+                item[dimension] = NONE_LABELS[dimension]
     return report
 
 
