@@ -289,9 +289,19 @@ def test_operators_manage_teams_keys_and_tenants_from_the_cli(cli) -> None:
     wrong_mode = cli("tenants", "update", "--tenant", "acme", "--budgets-when-store-down", "ajar")
     assert wrong_mode.exit_code == 1
 
+    # A team may be named as well as given by id (its name is within a tenant).
+    by_name = cli("teams", "update", "ml", "--tenant", "acme", "--rpm-limit", "50")
+    assert by_name.exit_code == 0, by_name.output
+    assert f"(id {team['id']})" in by_name.stdout and "rpm_limit=50" in by_name.stdout
+    elsewhere = cli("teams", "update", "ml", "--rpm-limit", "50")  # not in tenant default
+    assert elsewhere.exit_code == 1
+    assert "nor named so in tenant 'default'" in elsewhere.output
+
     listed = cli("teams", "list", "--json")
     assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["ml"]
-    assert cli("teams", "delete", team["id"]).exit_code == 0
+    deleted = cli("teams", "delete", "ml", "--tenant", "acme")
+    assert deleted.exit_code == 0, deleted.output
+    assert "no longer have its limits" in deleted.stdout
     assert cli("teams", "list").stdout.strip() == ""
 
 

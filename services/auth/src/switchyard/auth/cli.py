@@ -563,9 +563,32 @@ def list_teams(
             typer.echo(f"{team.id}  {team.tenant}  {team.name}  {_describe(team)}")
 
 
+TeamArgument = Annotated[
+    str, typer.Argument(help="The team's id (see `teams list`), or its name in --tenant.")
+]
+TeamTenantOption = Annotated[
+    str, typer.Option("--tenant", help="The tenant whose team a name names.")
+]
+
+
+async def _named_team(governance: Governance, team: str, tenant: str) -> str:
+    """The id of the team given as its id (any tenant's) or as its name in `tenant`.
+    Raises TeamNotFound naming both ways it looked."""
+    try:
+        return (await governance.team(team)).id
+    except TeamNotFound:
+        try:
+            return (await governance.team_by_name(tenant, team)).id
+        except TeamNotFound:
+            raise TeamNotFound(
+                f"No team with id {team!r}, nor named so in tenant {tenant!r} (another "
+                "tenant's: pass --tenant)."
+            ) from None
+
+
 @teams_app.command("update")
 def update_team(
-    team_id: Annotated[str, typer.Argument(help="Id of the team (see `teams list`).")],
+    team_id: TeamArgument,
     name: Annotated[str | None, typer.Option(help="A new name.")] = None,
     rpm_limit: RpmOption = None,
     tpm_limit: TpmOption = None,
@@ -575,6 +598,7 @@ def update_team(
     clear: ClearOption = None,
     cache: CacheOption = None,
     cache_ttl: CacheTtlOption = None,
+    tenant: TeamTenantOption = "default",
 ) -> None:
     """Rename a team or change its limits and response cache opt-in; every gateway applies
     them within a second."""
@@ -584,9 +608,9 @@ def update_team(
     )
 
     async def update(service: AuthService) -> Any:
-        return await Governance(service).update_team(
-            team_id, name=name, limits=limits, cache=cache_patch
-        )
+        governance = Governance(service)
+        found = await _named_team(governance, team_id, tenant)
+        return await governance.update_team(found, name=name, limits=limits, cache=cache_patch)
 
     team = run_with_service(update)
     typer.echo(
@@ -595,16 +619,21 @@ def update_team(
 
 
 @teams_app.command("delete")
-def delete_team(
-    team_id: Annotated[str, typer.Argument(help="Id of the team (see `teams list`).")],
-) -> None:
-    """Delete a team; its members and keys stay, without a team."""
+def delete_team(team_id: TeamArgument, tenant: TeamTenantOption = "default") -> None:
+    """Delete a team; its members and keys stay, without a team (and without its limits
+    and model list)."""
 
     async def delete(service: AuthService) -> Any:
-        await Governance(service).delete_team(team_id)
+        governance = Governance(service)
+        found = await _named_team(governance, team_id, tenant)
+        await governance.delete_team(found)
+        return found
 
-    run_with_service(delete)
-    typer.echo(f"Deleted team {team_id}.")
+    found = run_with_service(delete)
+    typer.echo(
+        f"Deleted team {safe(team_id)} (id {found}); its members and keys no longer have its "
+        "limits or model list."
+    )
 
 
 @tenants_app.command("update")
