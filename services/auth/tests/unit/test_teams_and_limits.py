@@ -231,6 +231,21 @@ def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch):
     return lambda *args: runner.invoke(app, list(args))
 
 
+def test_a_tenant_nobody_is_in_is_taken_for_a_typo(cli) -> None:
+    """An operator naming a tenant no user or team is in gets told so, and nothing is
+    made: a typo would otherwise be a tenant of its own."""
+    assert cli("users", "create", "--email", "a@acme.test", "--tenant", "acme", "--no-password")
+    for command in (
+        ("teams", "create", "--tenant", "acmee", "--name", "t1"),
+        ("tenants", "update", "--tenant", "acmee", "--rpm-limit", "5"),
+    ):
+        refused = cli(*command)
+        assert refused.exit_code == 1, refused.output
+        assert "No user or team is in tenant 'acmee'" in refused.output
+    assert cli("teams", "list").stdout.strip() == ""
+    assert cli("teams", "create", "--tenant", "acme", "--name", "t1").exit_code == 0
+
+
 def test_operators_manage_teams_keys_and_tenants_from_the_cli(cli) -> None:
     assert cli("users", "create", "--email", "ops@acme.test", "--tenant", "acme", "--no-password")
     created = cli(
@@ -416,6 +431,7 @@ def test_setting_and_clearing_a_field_in_one_call_is_refused(cli, command, args,
 
 def test_budget_periods_are_read_in_any_case(cli) -> None:
     """As "none" always was: "30D" is the 30-day period, stored as `30d`."""
+    assert cli("users", "create", "--email", "a@acme.test", "--tenant", "acme", "--no-password")
     created = cli(
         "teams",
         "create",

@@ -32,7 +32,7 @@ from switchyard.auth.governance import (
     limits_of,
 )
 from switchyard.auth.models import ROLES
-from switchyard.auth.service import AuthError, AuthService, expiry_in_days
+from switchyard.auth.service import AuthError, AuthService, InvalidInput, expiry_in_days
 from switchyard.auth.signing import SigningKeyError
 from switchyard.common.text import terminal_safe as safe
 
@@ -533,6 +533,7 @@ def create_team(
     model_list = _split(allowed_models, "--allowed-models")
 
     async def create(service: AuthService) -> Any:
+        await _known_tenant(service, tenant)
         return await Governance(service).create_team(
             tenant=tenant, name=name, limits=limits, allowed_models=model_list
         )
@@ -569,6 +570,18 @@ TeamArgument = Annotated[
 TeamTenantOption = Annotated[
     str, typer.Option("--tenant", help="The tenant whose team a name names.")
 ]
+
+
+async def _known_tenant(service: AuthService, tenant: str) -> None:
+    """Raise InvalidInput unless a user or a team is in `tenant`: an operator's typo would
+    otherwise make a tenant of its own, with limits or teams nobody is under."""
+    if await service.list_users(tenant) or await Governance(service).list_teams(tenant):
+        return
+    raise InvalidInput(
+        f"No user or team is in tenant {tenant!r} (a typo?); a tenant begins with its "
+        f"first user: `switchyard users create --tenant {tenant} --email ...`.",
+        param="tenant",
+    )
 
 
 async def _named_team(governance: Governance, team: str, tenant: str) -> str:
@@ -660,6 +673,7 @@ def update_tenant(
     )
 
     async def update(service: AuthService) -> Any:
+        await _known_tenant(service, tenant)
         return await Governance(service).update_tenant(
             tenant,
             limits,
