@@ -363,7 +363,7 @@ async def test_an_upstream_408_reaches_the_client_as_it_was_after_the_retries(
     assert failure.retryable  # another attempt, or another deployment, may answer
 
 
-async def test_a_text_error_from_anthropic_is_relayed_as_its_text(
+async def test_an_html_error_page_from_anthropic_is_not_relayed_as_its_message(
     recorder: RecordingUpstream,
 ) -> None:
     upstream = create_upstream(deployment("anthropic", recorder.root))
@@ -375,7 +375,8 @@ async def test_a_text_error_from_anthropic_is_relayed_as_its_text(
         await upstream.aclose()
     assert (caught.value.status, caught.value.code) == (502, None)  # it named none
     assert caught.value.metric_code == "upstream_error"
-    assert caught.value.message == "<html>Bad Gateway</html>"
+    # Markup says nothing a client can use: the status and its reason do.
+    assert caught.value.message == "HTTP 502 Bad Gateway"
     assert caught.value.retryable
 
 

@@ -30,6 +30,7 @@ import codecs
 import contextlib
 import email.utils
 import functools
+import http
 import json
 import ssl
 import sys
@@ -172,64 +173,119 @@ def retry_after(headers: Any) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-# The longest text error body kept whole as an error's message (characters).
+# The longest error message kept whole (characters): a longer one is cut there.
 _TEXT_MESSAGE_MAX = 1000
+# How deep an error body's objects are looked into for its message and fields.
+_ERROR_DEPTH = 4
+# A body decoded with more than this share of its characters undecodable (U+FFFD) or
+# control characters is binary, not text: it is no message.
+_GARBLED_SHARE = 0.1
+# The members an error object keeps its message in, by the servers that send them:
+# OpenAI's and Anthropic's `message`, FastAPI's `detail`, Pydantic's `msg`, and a string
+# `error` (`{"error": "model 'x' not found"}`).
+_MESSAGE_MEMBERS = ("message", "detail", "msg", "error")
 
 
 def _error_object(body: object) -> dict[str, Any]:
     """The upstream's error object in `body`, the error reply as the SDK keeps it
     (`APIStatusError.body`: OpenAI's SDK keeps the inner object, Anthropic's the whole
-    `{"type": "error", "error": {...}}`). Google's APIs (Gemini's OpenAI-compatible
+    `{"type": "error", "error": {...}}`), with a `message` only when one was found.
+
+    Error objects nested in `error` members are unwrapped (Anthropic's envelope, a proxy
+    wrapping an upstream's whole reply: `{"error": {"error": {...}}}`); `type`, `code`
+    and `param` are the innermost object's. Google's APIs (Gemini's OpenAI-compatible
     endpoint, Vertex AI) may wrap theirs in a list,
     `[{"error": {"code": 400, "message", "status": "INVALID_ARGUMENT"}}]`, with a numeric
-    `code` and the error's name in `status`: that name is taken as the `code`. Servers
-    that do not follow OpenAI's shape keep their message elsewhere: a string `error`
-    (`{"error": "model 'x' not found"}`), FastAPI's `detail` (a string, or a list of
-    `{"loc": [...], "msg": ...}`), a numeric `code` (vLLM's `"code": 400`); each is
-    read as the message or the code it is. A body that is text (OpenAI's SDK keeps a
-    string `error` member so, and any reply that is not JSON) is the message, unless it is
-    markup (an HTML error page says nothing a client can use) or longer than
-    `_TEXT_MESSAGE_MAX` characters (then cut there)."""
+    `code` and the error's name in `status`: that name is taken as the `code`; a numeric
+    `code` alone (vLLM's `"code": 400`) is its text. The message is the first readable
+    one from the innermost object outwards (`_message_of`: NestJS's list `message`,
+    FastAPI's `detail` string, object or validation list...). A body that is text (any
+    reply that is not JSON) is the message when it reads as one (`_text_message`)."""
     if isinstance(body, list) and body and isinstance(body[0], dict):
         body = body[0]
     if isinstance(body, str):
-        text = body.strip()
-        if not text or text.startswith("<"):
-            return {}
-        if len(text) > _TEXT_MESSAGE_MAX:
-            text = text[:_TEXT_MESSAGE_MAX] + "…"
-        return {"message": text}
+        text = _text_message(body)
+        return {} if text is None else {"message": text}
     if not isinstance(body, dict):
         return {}
-    inner = body.get("error")
-    error = inner if isinstance(inner, dict) else dict(body)
-    if not _str(error.get("message")):
-        found = _str(inner) or _detail_message(body.get("detail"))
-        if found is not None:
-            error = {**error, "message": found}
+    levels = [body]
+    while len(levels) < _ERROR_DEPTH and isinstance(levels[-1].get("error"), dict):
+        levels.append(levels[-1]["error"])
+    error = dict(levels[-1])
+    error.pop("message", None)
+    message = next(
+        (found for level in reversed(levels) if (found := _message_of(level)) is not None),
+        None,
+    )
+    if message is not None:
+        error["message"] = message
     code = error.get("code")
     if not isinstance(code, str):
         if isinstance(error.get("status"), str):
-            error = {**error, "code": error["status"]}
+            error["code"] = error["status"]
         elif isinstance(code, int) and not isinstance(code, bool):
-            error = {**error, "code": str(code)}
+            error["code"] = str(code)
     return error
 
 
-def _detail_message(detail: object) -> str | None:
-    """The message of FastAPI's `detail`: the string itself, or each validation error of
-    the list as `loc: msg`, joined by "; "; None for anything else."""
-    if isinstance(detail, str):
-        return _str(detail)
-    if not isinstance(detail, list):
+def _message_of(value: object, depth: int = 0) -> str | None:
+    """The readable message in a JSON `value` of an error body, None when it holds none:
+    a string (cleaned, `_clean`); a list's messages joined by "; " (NestJS's list of
+    strings, FastAPI's validation errors, each as `loc: msg`); an object's first message
+    member (`_MESSAGE_MEMBERS`). Numbers, booleans and null are no message."""
+    if depth > _ERROR_DEPTH:
         return None
-    parts = []
-    for item in detail:
-        if isinstance(item, dict) and _str(item.get("msg")):
-            loc = item.get("loc")
-            where = ".".join(str(part) for part in loc) if isinstance(loc, list) else ""
-            parts.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
-    return "; ".join(parts) or None
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, list):
+        parts = [part for item in value[:50] if (part := _message_of(item, depth + 1)) is not None]
+        return _clean("; ".join(parts)) if parts else None
+    if not isinstance(value, dict):
+        return None
+    for member in _MESSAGE_MEMBERS:
+        found = _message_of(value.get(member), depth + 1)
+        if found is not None:
+            loc = value.get("loc")
+            if member == "msg" and isinstance(loc, list) and loc:
+                found = _clean(".".join(str(part) for part in loc) + f": {found}")
+            return found
+    return None
+
+
+def _clean(text: str) -> str | None:
+    """`text` as a message: runs of whitespace made one space, characters that do not
+    print (control and format characters, lone surrogates) dropped, cut at
+    `_TEXT_MESSAGE_MAX` characters; None when nothing is left."""
+    text = " ".join(text[: _TEXT_MESSAGE_MAX * 4].split())
+    if not text.isprintable():
+        text = "".join(char for char in text if char.isprintable())
+    if len(text) > _TEXT_MESSAGE_MAX:
+        text = text[:_TEXT_MESSAGE_MAX] + "…"
+    return text or None
+
+
+def _text_message(text: str) -> str | None:
+    """A reply's text as a message, None when it is none: empty, markup (an HTML error
+    page says nothing a client can use), JSON the parser refused (nested too deep), or
+    binary (more than `_GARBLED_SHARE` of it undecodable or control characters)."""
+    text = text.strip()
+    if not text or text.startswith(("<", "{", "[")):
+        return None
+    sample = text[: _TEXT_MESSAGE_MAX * 4]
+    garbled = sum(
+        1 for char in sample if char == "\ufffd" or (not char.isprintable() and not char.isspace())
+    )
+    if garbled > len(sample) * _GARBLED_SHARE:
+        return None
+    return _clean(sample)
+
+
+def _reason(status: int) -> str:
+    """The message of an error reply that holds none: its status and reason phrase."""
+    try:
+        return f"HTTP {status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
 
 
 def _str(value: Any) -> str | None:
@@ -278,10 +334,17 @@ def map_sdk_error(
             retryable=True,
         )
     status = cast("openai.APIStatusError | anthropic.APIStatusError", exc)
+    body = status.body
+    try:
+        # The whole reply, as direct requests read it: OpenAI's SDK keeps only its
+        # `error` member (`sdk_error_body`).
+        body, _ = sdk_error_body(status.status_code, status.response.text, protocol)
+    except httpx2.ResponseNotRead:
+        pass  # a body never read: the SDK's (None) is all there is
     return status_error(
         status.status_code,
         status.response.headers,
-        status.body,
+        body,
         status.message,
         deployment,
         protocol,
@@ -318,19 +381,23 @@ def _connection_failure_under(exc: BaseException) -> bool:
 
 
 def sdk_error_body(status: int, text: str, protocol: Protocol_) -> tuple[object, str]:
-    """The `body` and `message` the SDK of `protocol` gives the `APIStatusError` of an
-    error reply with HTTP `status` whose text is `text` (the SDKs'
-    `_make_status_error_from_response`): the body is the JSON parsed (OpenAI's SDK keeps
-    its `error` member when there is one), else the text stripped; the message starts
-    `Error code: <status>`, followed by the upstream's message (OpenAI) or the body
-    (Anthropic, which gives a text reply as it is)."""
+    """The `body` of an error reply with HTTP `status` whose text is `text`, and the
+    `message` the SDK of `protocol` gives its `APIStatusError` (the SDKs'
+    `_make_status_error_from_response`). The body is the whole reply, JSON parsed, else
+    the text stripped, as Anthropic's SDK keeps it: OpenAI's SDK keeps only an `error`
+    member, which loses a message kept beside it (NestJS's `{"message": [...], "error":
+    "Bad Request"}`) and `{"error": null}` whole. The message starts `Error code:
+    <status>`, followed by the upstream's message (OpenAI) or the body (Anthropic, which
+    gives a text reply as it is)."""
     text = text.strip()
     head = f"Error code: {status}"
     try:
         # The stdlib's parser, as the SDKs use: the same body (and message) as through
         # the SDK for any reply, even one orjson reads otherwise (integers beyond 64 bits).
         parsed = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser goes, which the SDKs, whose
+        # `except Exception` catches it, keep as text too.
         return text, (text or head) if protocol == "anthropic" else head
     if protocol == "anthropic":
         return parsed, f"{head} - {parsed}"
@@ -338,7 +405,7 @@ def sdk_error_body(status: int, text: str, protocol: Protocol_) -> tuple[object,
     message = error.get("message") if isinstance(error, dict) else None
     if isinstance(message, str) and message:
         head = f"{head} - {message}"
-    return (error if isinstance(parsed, dict) else parsed), head
+    return parsed, head
 
 
 def status_error(
@@ -352,14 +419,18 @@ def status_error(
     """What the client gets for an upstream's answer with HTTP `status` >= 300 (never
     followed), its response `headers` (for `retry-after`) and `body` as the SDK keeps it
     (`APIStatusError.body`: JSON parsed, else text; see `sdk_error_body`), `sdk_message`
-    being the message the SDK's exception carries (used when the body has none). The
-    upstream's own type, code and param are kept for the statuses the client can act on;
-    credentials in all four (not only the message: an upstream may echo its key in any
-    of them) are redacted."""
+    being the message the SDK's exception carries. That message is never relayed: the
+    anthropic SDK's is the body's Python repr (`{'foo': 1}`), OpenAI's only `Error code:
+    <status>` when the body names no message; the client gets the body's own message
+    (`_error_object`), else the status and its reason (`_reason`), the same whichever
+    protocol and path (SDK or direct) carried it. The upstream's own type, code and param
+    are kept for the statuses the client can act on; credentials in all four (not only
+    the message: an upstream may echo its key in any of them) are redacted."""
+    del sdk_message  # kept in the signature: it is what an SDK's exception carries
     name = deployment.name
     error = _error_object(body)
     secrets = _secrets(deployment)
-    message = redact(_str(error.get("message")) or sdk_message or f"HTTP {status}", secrets)
+    message = redact(_str(error.get("message")) or _reason(status), secrets)
     upstream_type = _redacted_str(error.get("type"), secrets)
     code = _redacted_str(error.get("code"), secrets)
     param = _redacted_str(error.get("param"), secrets)
@@ -406,22 +477,7 @@ def status_error(
             retry_after=wait,
             should_retry=retry,
         )
-    if status == 408:
-        # The upstream gave up waiting for the request: retried and fallen back from as a
-        # timeout is, but what reaches the client is the upstream's own answer.
-        return ProviderError(
-            408,
-            upstream_type,
-            message,
-            code=code,
-            param=param,
-            vendor=protocol,
-            retryable=True,
-            retry_same=retry is not False,
-            retry_after=wait,
-            should_retry=retry,
-        )
-    if 400 <= status < 500:
+    if 400 <= status < 500 and status != 408:
         return ProviderError(
             status,
             upstream_type,
@@ -431,6 +487,9 @@ def status_error(
             vendor=protocol,
             should_retry=retry,
         )
+    # A server error, or a 408 (the upstream gave up waiting for the request): retried
+    # and fallen back from, as a timeout is, but what reaches the client is the
+    # upstream's own answer.
     return ProviderError(
         status,
         upstream_type,
