@@ -83,6 +83,31 @@ async def test_signing_in_sets_an_httponly_lax_signed_session_cookie_and_goes_on
         assert page.status_code == 200 and "alice@acme.test" in page.text
 
 
+async def test_signing_in_gives_a_new_csrf_token():
+    """A CSRF token known before sign-in (anybody able to plant a cookie could have set
+    it) protects nothing of the session: it is dropped, and the next page issues another."""
+    from switchyard.gateway.console.session import CSRF_COOKIE
+
+    async with console() as gw:
+        before = gw.client.cookies.get(CSRF_COOKIE) or (
+            await gw.client.get("/ui/login")
+        ).cookies.get(CSRF_COOKIE)
+        response = await sign_in(gw)
+        assert response.status_code == 303
+        dropped = [
+            value
+            for value in response.headers.get_list("set-cookie")
+            if value.startswith(CSRF_COOKIE + "=")
+        ]
+        assert dropped and "max-age=0; path=/ui" in dropped[0].lower()
+        page = await gw.client.get("/ui/keys")
+        assert page.status_code == 200
+        after = gw.client.cookies.get(CSRF_COOKIE)
+        assert before and after and after != before
+        # The new token works for the session's forms.
+        assert csrf_of(page.text)
+
+
 def test_outside_development_the_session_cookie_is_secure():
     from starlette.responses import Response
 

@@ -34,10 +34,9 @@ from switchyard.gateway.console.routes import (
     render,
     router,
 )
-from switchyard.gateway.console.session import SessionCookies
+from switchyard.gateway.console.session import COOKIE_PATH, CSRF_COOKIE, SessionCookies
 
 HERE = Path(__file__).parent
-CSRF_COOKIE = "switchyard_csrf"
 
 # Scripts and styles from the console's own static files only: no inline script, no
 # eval, nothing from another origin. Pico's icons are data: images.
@@ -253,7 +252,7 @@ def create_console(gateway: Gateway) -> ASGIApp:
         signing_secret=key.hex(),
         signing_namespace="switchyard.console.csrf",
         always_protect=_EveryPath(),
-        cookie_path="/ui",
+        cookie_path=COOKIE_PATH,
         cookie_secure=secure,
         cookie_samesite="Lax",
         send_csrf_failed=_csrf_refused,

@@ -230,6 +230,7 @@ async def login(
     session = Session(pair.access_token, pair.refresh_token, email.strip(), time.time())
     response = RedirectResponse(target, status_code=303)
     state(request).cookies.set(response, session)
+    state(request).cookies.drop_csrf_token(response)
     return response
 
 

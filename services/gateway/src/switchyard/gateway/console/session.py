@@ -17,6 +17,8 @@ from starlette.responses import Response
 
 COOKIE_NAME = "switchyard_console"
 COOKIE_PATH = "/ui"
+# The CSRF layer's double-submit cookie (asgi-csrf), under the same path.
+CSRF_COOKIE = "switchyard_csrf"
 _SALT = "switchyard.console.session"
 
 
@@ -78,6 +80,12 @@ class SessionCookies:
             samesite="lax",
             secure=self.secure,
         )
+
+    def drop_csrf_token(self, response: Response) -> None:
+        """Delete the CSRF cookie on `response`, so that the next page issues a new token
+        (at sign-in: a token known before it, which anybody able to plant a cookie could
+        have set, then protects nothing of the session)."""
+        response.delete_cookie(CSRF_COOKIE, path=COOKIE_PATH, samesite="lax", secure=self.secure)
 
     def clear(self, response: Response) -> None:
         """Delete the session cookie on `response` (sign-out)."""
