@@ -76,3 +76,39 @@ def test_an_sdk_refusing_the_arguments_never_shows_its_exception_text(recorder, 
     assert isinstance(failure, ProviderError)
     assert failure.status == 400
     assert "codec" not in failure.message
+
+
+@pytest.mark.parametrize("api", [CHAT, RESPONSES, ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS])
+async def test_a_client_of_another_api_reaches_an_anthropic_deployment_with_its_betas(
+    recorder, serve, api
+) -> None:
+    """A Chat Completions or Responses client may ask an Anthropic model for a beta (a
+    longer context window): the translated request carries it, and only it (the version is
+    the upstream client's, for the body the translation builds; `openai-beta` is not
+    Anthropic's)."""
+    native = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "upstream-model",
+        "content": [{"type": "text", "text": "Hello!"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 3},
+    }
+    counting = api is ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS
+    recorder.script(Scripted(json={"input_tokens": 10} if counting else native))
+    harness = await serve(deployment(recorder, "anthropic"))
+    headers = {
+        "anthropic-beta": "context-1m-2025-08-07",
+        "anthropic-version": "1999-01-01",
+        "openai-beta": "assistants=v2",
+    }
+    body = {"model": "m", "input": "Hello"} if api is not CHAT else None
+
+    reply = await harness.handle(chat_request("m", api=api, body=body, headers=headers))
+
+    assert not isinstance(reply, ChatFailed), reply
+    sent = recorder.last.headers
+    assert sent["anthropic-beta"] == "context-1m-2025-08-07"
+    assert sent["anthropic-version"] != "1999-01-01" and "openai-beta" not in sent

@@ -76,6 +76,10 @@ from switchyard.inference.usage import anthropic_usage, openai_usage, responses_
 log = structlog.get_logger("switchyard.inference.adapters")
 
 ANTHROPIC_HEADERS = ("anthropic-version", "anthropic-beta")
+# What a request translated to Anthropic's Messages API takes of the client's headers:
+# its betas (a client of another API may ask for one, e.g. a longer context window); the
+# version is the upstream client's own, for the body the translation builds.
+TRANSLATED_ANTHROPIC_HEADERS = ("anthropic-beta",)
 
 
 def _event(name: str | None, data: dict[str, Any]) -> StreamEvent:
@@ -433,7 +437,12 @@ class ChatViaMessages(ChatPassThrough):
             payload["stream"] = True
         else:
             payload.pop("stream", None)
-        return UpstreamCall(ClientAPI.ANTHROPIC_MESSAGES, "/v1/messages", payload, {})
+        return UpstreamCall(
+            ClientAPI.ANTHROPIC_MESSAGES,
+            "/v1/messages",
+            payload,
+            _forwarded(headers, TRANSLATED_ANTHROPIC_HEADERS),
+        )
 
     @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
@@ -681,7 +690,10 @@ class InputTokensViaMessages(InputTokensPassThrough):
         payload = {name: message[name] for name in _COUNT_TOKENS_FIELDS if name in message}
         payload["model"] = deployment.model
         return UpstreamCall(
-            ClientAPI.ANTHROPIC_COUNT_TOKENS, CountTokensPassThrough.path, payload, {}
+            ClientAPI.ANTHROPIC_COUNT_TOKENS,
+            CountTokensPassThrough.path,
+            payload,
+            _forwarded(headers, TRANSLATED_ANTHROPIC_HEADERS),
         )
 
 
@@ -921,7 +933,12 @@ class ResponsesViaMessages(ResponsesPassThrough):
             payload["stream"] = True
         else:
             payload.pop("stream", None)
-        return UpstreamCall(ClientAPI.ANTHROPIC_MESSAGES, "/v1/messages", payload, {})
+        return UpstreamCall(
+            ClientAPI.ANTHROPIC_MESSAGES,
+            "/v1/messages",
+            payload,
+            _forwarded(headers, TRANSLATED_ANTHROPIC_HEADERS),
+        )
 
     @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
