@@ -52,7 +52,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 from typing_extensions import override
@@ -103,21 +103,52 @@ MAX_CANDIDATES = 4
 
 
 # One request's records as their encoded bytes (decoded only when looked up), in a plain
-# tuple: its chunk records (the first `MAX_CANDIDATES`, one per producer's run at most
-# matters), its terminal records and the usage records they carry (the first
-# `MAX_CANDIDATES`, as parallel tuples; a usage record may be None), when the first of
-# them was read (`time.monotonic()`), then where they were read: partition, highest
-# offset, partition, highest offset... (none when this process told them). CPython's
-# collector stops tracking a tuple of bytes and numbers at its first collection, where an
-# object stays tracked for life: a full index holds tens of thousands of entries, which
-# every full collection would otherwise walk.
+# tuple: its chunk records, its terminal records and the usage records they carry (each
+# field None, one record, or a tuple of up to `MAX_CANDIDATES` in the rare case there are
+# more: see `_candidates`; a usage record may be None), when the first of them was read
+# (`time.monotonic()`), then where they were read: partition, highest offset, partition,
+# highest offset... (none when this process told them). CPython's collector stops
+# tracking a tuple of bytes and numbers at its first collection, where an object stays
+# tracked for life: a full index holds tens of thousands of entries, which every full
+# collection would otherwise walk (a tuple within the tuple would keep it tracked longer).
 _Entry = tuple[Any, ...]
 _STREAM_STARTED, _REPLY, _USAGE, _SEEN_AT, _OFFSETS = range(5)
 
 
+def _candidates(field: Any, count: int) -> tuple[Any, ...]:
+    """The `count` records an entry's field holds: one is kept bare, more as a tuple."""
+    if count == 0:
+        return ()
+    return (field,) if count == 1 else cast(tuple[Any, ...], field)
+
+
+def _field(records: tuple[Any, ...]) -> Any:
+    """`records` as an entry's field keeps them (`_candidates` reads them back)."""
+    if not records:
+        return None
+    return records[0] if len(records) == 1 else records
+
+
+def _count(field: Any) -> int:
+    """How many records a chunk or terminal field holds (never None among them)."""
+    if field is None:
+        return 0
+    return len(field) if isinstance(field, tuple) else 1
+
+
+def _entry_records(entry: _Entry) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]:
+    """An entry's chunk, terminal and usage records, each as a tuple."""
+    replies = _count(entry[_REPLY])
+    return (
+        _candidates(entry[_STREAM_STARTED], _count(entry[_STREAM_STARTED])),
+        _candidates(entry[_REPLY], replies),
+        _candidates(entry[_USAGE], replies),
+    )
+
+
 def _entry_size(entry: _Entry) -> int:
     return _ENTRY_OVERHEAD_BYTES + sum(
-        len(record) for records in entry[:_SEEN_AT] for record in records if record is not None
+        len(record) for records in _entry_records(entry) for record in records if record is not None
     )
 
 
@@ -168,7 +199,7 @@ class OutcomeIndex:
     def stream_started(self, request_id: str) -> bool:
         """True when a `chat.chunk` record under `request_id` is kept."""
         entry = self._entries.get(request_id)
-        return entry is not None and bool(entry[_STREAM_STARTED])
+        return entry is not None and entry[_STREAM_STARTED] is not None
 
     def add(self, event: EnvelopeFields, usage: EnvelopeFields | None = None) -> None:
         """Index one event written to a reply partition (encoded here), with the usage
@@ -212,7 +243,8 @@ class OutcomeIndex:
             seen_at, offsets = time.monotonic(), {}
         else:
             self.bytes -= _entry_size(entry)
-            chunks, replies, usages, seen_at = entry[:_OFFSETS]
+            chunks, replies, usages = _entry_records(entry)
+            seen_at = entry[_SEEN_AT]
             offsets = _entry_offsets(entry)
         if is_chunk:
             if len(chunks) < MAX_CANDIDATES:
@@ -221,7 +253,13 @@ class OutcomeIndex:
             replies, usages = (*replies, raw), (*usages, usage)
         if partition is not None:
             offsets[partition] = max(offsets.get(partition, -1), offset)
-        entry = (chunks, replies, usages, seen_at, *chain.from_iterable(offsets.items()))
+        entry = (
+            _field(chunks),
+            _field(replies),
+            _field(usages),
+            seen_at,
+            *chain.from_iterable(offsets.items()),
+        )
         self._entries[request_id] = entry
         self.bytes += _entry_size(entry)
         self._prune()
@@ -255,9 +293,10 @@ class OutcomeIndex:
             )
             return None
 
-        stream_started = next(filter(None, map(owned, entry[_STREAM_STARTED])), None)
+        chunks, replies, usages = _entry_records(entry)
+        stream_started = next(filter(None, map(owned, chunks)), None)
         reply = usage = None
-        for raw_reply, raw_usage in zip(entry[_REPLY], entry[_USAGE], strict=True):
+        for raw_reply, raw_usage in zip(replies, usages, strict=True):
             reply = owned(raw_reply)
             if reply is not None:
                 # A reply carrying a usage event that is not its own is the request's
