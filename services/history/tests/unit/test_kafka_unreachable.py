@@ -5,38 +5,18 @@ its start-up with a traceback."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 import pytest
 
-from switchyard.common.backoff import Backoff
-from switchyard.common.bus import InMemoryBus
 from switchyard.common.testing.infra import async_wait_until
-from switchyard.history import app as history_app
+from switchyard.common.testing.unreachable_bus import UnreachableBus, quick_retries
 from switchyard.history.app import create_app
 from switchyard.history.config import Settings
 
 
-class UnreachableBus(InMemoryBus):
-    """An in-memory bus whose first `failures` subscriptions fail as aiokafka's do when
-    no broker answers."""
-
-    def __init__(self, failures: int) -> None:
-        super().__init__()
-        self.failures = failures
-        self.attempts = 0
-
-    async def subscribe_batch(self, *args: Any, **kwargs: Any) -> Any:
-        self.attempts += 1
-        if self.attempts <= self.failures:
-            raise ConnectionError("Unable to bootstrap from [('127.0.0.1', 1)]")
-        return await super().subscribe_batch(*args, **kwargs)
-
-
 @pytest.fixture(autouse=True)
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(history_app, "STARTUP_BACKOFF", Backoff(initial_s=0.01, max_s=0.05))
+def _quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    quick_retries(monkeypatch)
 
 
 async def _ready(client: httpx.AsyncClient) -> bool:
@@ -58,7 +38,7 @@ async def test_history_starts_and_subscribes_once_the_bus_answers(
             lambda: _ready(client), timeout=10, interval=0.01, message="history ready"
         )
         assert bus.attempts == 4
-        assert app.state.consumer.subscription is not None
+        assert app.state.consumer.consuming()
     await bus.stop()
 
 

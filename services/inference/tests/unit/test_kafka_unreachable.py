@@ -11,33 +11,15 @@ from typing import Any
 import httpx
 import pytest
 
-from switchyard.common.backoff import Backoff
-from switchyard.common.bus import InMemoryBus
 from switchyard.common.testing.infra import async_wait_until
-from switchyard.inference import app as inference_app
+from switchyard.common.testing.unreachable_bus import UnreachableBus, quick_retries
 from switchyard.inference.app import create_app
 from switchyard.inference.config import Settings
 
 
-class UnreachableBus(InMemoryBus):
-    """An in-memory bus whose first `failures` subscriptions fail as aiokafka's do when
-    no broker answers."""
-
-    def __init__(self, failures: int) -> None:
-        super().__init__()
-        self.failures = failures
-        self.attempts = 0
-
-    async def subscribe(self, *args: Any, **kwargs: Any) -> Any:
-        self.attempts += 1
-        if self.attempts <= self.failures:
-            raise ConnectionError("Unable to bootstrap from [('127.0.0.1', 1)]")
-        return await super().subscribe(*args, **kwargs)
-
-
 @pytest.fixture(autouse=True)
-def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(inference_app, "STARTUP_BACKOFF", Backoff(initial_s=0.01, max_s=0.05))
+def _quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    quick_retries(monkeypatch)
 
 
 def _settings(simulator: Any, tmp_path: Path) -> Settings:

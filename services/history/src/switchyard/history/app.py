@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from switchyard.common.backoff import Backoff
 from switchyard.common.bus import EventBus, RetryPolicy, Subscription, enter_bus
+from switchyard.common.bus.retrying import RetriedSubscriptions
 from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import (
@@ -61,55 +61,6 @@ READ_AFTER_WRITE_WAIT_S = 1.0
 # reads while history lags (a backlog, a slow database), which then answer with what is
 # written (the gateway asks again for an answer given moments ago).
 READ_AFTER_PUBLISH_WAIT_S = 0.25
-
-# Between attempts to subscribe while Kafka is away (as the gateway's listeners retry).
-STARTUP_BACKOFF = Backoff(initial_s=0.25, max_s=5.0)
-
-
-class Consumer:
-    """The consumer of everything history records: subscribed at start-up if the bus
-    takes it then, else retried in the background (a warning each time, with the error
-    and the wait) until it does, so an unreachable broker is waited for, never a failed
-    start-up. `subscription` is None until then."""
-
-    def __init__(self, subscribe: Callable[[], Awaitable[Subscription]]) -> None:
-        self._subscribe = subscribe
-        self.subscription: Subscription | None = None
-        self._retrying: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Subscribe once now; on failure, keep trying in the background."""
-        try:
-            self.subscription = await self._subscribe()
-        except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
-            delay = _retrying_in(exc, 1)
-            self._retrying = asyncio.create_task(self._retry(delay), name="history-subscribe")
-
-    async def _retry(self, delay: float) -> None:
-        attempt = 1
-        while self.subscription is None:
-            await asyncio.sleep(delay)
-            attempt += 1
-            try:
-                self.subscription = await self._subscribe()
-            except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
-                delay = _retrying_in(exc, attempt)
-        log.info("history consuming events", attempts=attempt)
-
-    async def stop(self) -> None:
-        """Stop trying, and stop consuming."""
-        if self._retrying is not None:
-            await cancel_and_wait(self._retrying)
-        if self.subscription is not None:
-            await self.subscription.stop()
-
-
-def _retrying_in(exc: Exception, attempt: int) -> float:
-    """Log that subscribing failed (attempt number `attempt`); the wait before the next."""
-    delay = STARTUP_BACKOFF.delay(attempt)
-    log.warning("cannot consume events yet; retrying", error=repr(exc), retry_in_s=delay)
-    return delay
-
 
 # Errors beyond those derived from each route (400 for input, 401 for the internal token
 # and the caller's identity, 404 for an id in the path), for the OpenAPI document.
@@ -195,7 +146,7 @@ def create_app(
 
             # Kafka may not be reachable yet: as the gateway does, history then serves
             # (readiness failing) and keeps trying in the background, never exits.
-            consumer = Consumer(subscribe)
+            consumer = RetriedSubscriptions([subscribe], "events")
             stack.push_async_callback(consumer.stop)
             await consumer.start()
             app.state.consumer = consumer
@@ -203,9 +154,7 @@ def create_app(
             async def caught_up() -> bool:
                 # The sweeper expires only requests whose answer this group would have
                 # recorded: never before the group consumes.
-                return consumer.subscription is not None and await event_bus.caught_up(
-                    settings.group, consumed
-                )
+                return consumer.consuming() and await event_bus.caught_up(settings.group, consumed)
 
             components.sweeper.caught_up = caught_up
 
@@ -213,9 +162,9 @@ def create_app(
                 # A read often wants what was just answered (a chained Responses turn, a
                 # job looked at after it finished): the batch gathering now is written at
                 # once instead of after its wait, and the read waits for it.
-                if consumer.subscription is None:
+                if not consumer.consuming():
                     return False
-                await consumer.subscription.hurry_and_wait(READ_AFTER_PUBLISH_WAIT_S)
+                await consumer.subscriptions[0].hurry_and_wait(READ_AFTER_PUBLISH_WAIT_S)
                 return await event_bus.settled(settings.group, READ_AFTER_WRITE_WAIT_S)
 
             app.state.read_barrier = read_barrier
@@ -262,11 +211,11 @@ def create_app(
 
     async def bus_ready() -> bool:
         event_bus = getattr(app.state, "bus", None)
-        consumer: Consumer | None = getattr(app.state, "consumer", None)
+        consumer: RetriedSubscriptions | None = getattr(app.state, "consumer", None)
         return (
             event_bus is not None
             and consumer is not None
-            and consumer.subscription is not None
+            and consumer.consuming()
             and await event_bus.healthy()
         )
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
 
-from switchyard.common.backoff import Backoff
 from switchyard.common.bus import EventBus, Handler, RetryPolicy, Subscription, create_bus
+from switchyard.common.bus.retrying import RetriedSubscriptions
 from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import (
@@ -50,8 +50,6 @@ log = structlog.get_logger("switchyard.inference")
 # 5 such attempts it goes to the dead-letter topic. Failures while the bus is down never
 # count; they are retried until it is back.
 HANDLER_RETRY = RetryPolicy(max_attempts=5, max_backoff_s=5.0)
-# Between attempts to subscribe while Kafka is away (as the gateway's listeners retry).
-STARTUP_BACKOFF = Backoff(initial_s=0.25, max_s=5.0)
 
 
 def create_app(
@@ -111,7 +109,7 @@ def create_app(
             ]
             # Kafka may not be reachable yet: as the gateway does, inference then serves
             # (readiness failing) and keeps trying in the background, never exits.
-            consumers = LaneConsumers(lanes)
+            consumers = RetriedSubscriptions(lanes, "requests")
             stack.push_async_callback(consumers.stop)
             await consumers.start()
             app.state.consumers = consumers
@@ -157,7 +155,7 @@ def create_app(
 
     async def bus_ready() -> bool:
         active_bus: EventBus | None = app.state.bus
-        consumers: LaneConsumers | None = getattr(app.state, "consumers", None)
+        consumers: RetriedSubscriptions | None = getattr(app.state, "consumers", None)
         return (
             active_bus is not None
             and consumers is not None
@@ -182,59 +180,6 @@ def _forget(app: FastAPI) -> None:
     app.state.bus = None
     app.state.outcomes = None
     app.state.consumers = None
-
-
-class LaneConsumers:
-    """The consumers of the request lanes: subscribed at start-up if the bus takes them
-    then, else retried in the background (a warning each time, with the error and the
-    wait) until it does, so an unreachable broker is waited for, never a failed start-up.
-    Each lane is subscribed once, in order."""
-
-    def __init__(self, lanes: Sequence[Callable[[], Awaitable[Subscription]]]) -> None:
-        self._lanes = lanes
-        self.subscriptions: list[Subscription] = []
-        self._retrying: asyncio.Task[None] | None = None
-
-    def consuming(self) -> bool:
-        """Whether every lane is subscribed."""
-        return len(self.subscriptions) == len(self._lanes)
-
-    async def _subscribe_rest(self) -> None:
-        while not self.consuming():
-            self.subscriptions.append(await self._lanes[len(self.subscriptions)]())
-
-    async def start(self) -> None:
-        """Subscribe every lane now; on failure, keep trying in the background."""
-        try:
-            await self._subscribe_rest()
-        except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
-            delay = _retrying_in(exc, 1)
-            self._retrying = asyncio.create_task(self._retry(delay), name="inference-subscribe")
-
-    async def _retry(self, delay: float) -> None:
-        attempt = 1
-        while not self.consuming():
-            await asyncio.sleep(delay)
-            attempt += 1
-            try:
-                await self._subscribe_rest()
-            except Exception as exc:  # noqa: BLE001 - Kafka down or topic missing: retried
-                delay = _retrying_in(exc, attempt)
-        log.info("inference consuming requests", attempts=attempt)
-
-    async def stop(self) -> None:
-        """Stop trying, and stop consuming (the lanes in reverse order)."""
-        if self._retrying is not None:
-            await cancel_and_wait(self._retrying)
-        for subscription in reversed(self.subscriptions):
-            await subscription.stop()
-
-
-def _retrying_in(exc: Exception, attempt: int) -> float:
-    """Log that subscribing failed (attempt number `attempt`); the wait before the next."""
-    delay = STARTUP_BACKOFF.delay(attempt)
-    log.warning("cannot consume requests yet; retrying", error=repr(exc), retry_in_s=delay)
-    return delay
 
 
 class ControlListener:
