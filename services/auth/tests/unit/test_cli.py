@@ -72,9 +72,14 @@ def test_duplicate_email_and_unknown_user_fail_cleanly(cli) -> None:
     bad_role = cli("users", "create", "--email", "b@example.com", "--role", "root", "--no-password")
     assert bad_role.exit_code == 1 and "--role must be one of: admin, member" in bad_role.output
     # Refused before the password prompt: nothing is asked for a command that will fail.
-    prompted = cli("users", "create", "--email", "c@example.com", "--role", "wizard", input="")
-    assert prompted.exit_code == 1 and "Password" not in prompted.output
-    assert "--role must be one of" in prompted.output
+    for bad, said in (
+        (("--email", "c@example.com", "--role", "wizard"), "--role must be one of"),
+        (("--email", "not-an-email"), "is not a valid email address"),
+        (("--email", "d@example.com", "--tenant", "bad!tenant"), "Tenant must be"),
+    ):
+        prompted = cli("users", "create", *bad, input="")
+        assert prompted.exit_code == 1 and "Password" not in prompted.output, prompted.output
+        assert said in prompted.output
 
 
 def test_keys_create_json_prints_a_working_key_once(cli, run_with_service) -> None:

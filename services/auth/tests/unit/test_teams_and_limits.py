@@ -308,6 +308,10 @@ def test_operators_manage_teams_keys_and_tenants_from_the_cli(cli) -> None:
     by_name = cli("teams", "update", "ml", "--tenant", "acme", "--rpm-limit", "50")
     assert by_name.exit_code == 0, by_name.output
     assert f"(id {team['id']})" in by_name.stdout and "rpm_limit=50" in by_name.stdout
+    # A budget is shown as an operator writes one, never with an exponent.
+    tiny = cli("teams", "update", "ml", "--tenant", "acme", "--max-budget-usd", "0.0000001")
+    assert tiny.exit_code == 0, tiny.output
+    assert "max_budget_usd=0.0000001" in tiny.stdout and "e-07" not in tiny.stdout
     elsewhere = cli("teams", "update", "ml", "--rpm-limit", "50")  # not in tenant default
     assert elsewhere.exit_code == 1
     assert "nor named so in tenant 'default'" in elsewhere.output

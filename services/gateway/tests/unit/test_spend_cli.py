@@ -81,6 +81,8 @@ def test_spend_prints_amounts_as_they_were_given_and_says_when_nothing_counts(
     empty = run("--group-by", "key")
     assert empty.exit_code == 0 and empty.stdout == ""
     assert "No key has a budget" in empty.stderr and "usage report" in empty.stderr
+    as_json = run("--group-by", "key", "--json")
+    assert as_json.stdout == "" and "No key has a budget" in as_json.stderr
 
 
 def test_spend_without_the_embedded_database_says_where_it_looked(run, tmp_path: Path) -> None:

@@ -12,3 +12,12 @@ def terminal_safe(text: object) -> str:
     if value.isprintable():
         return value
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in value)
+
+
+def fixed_point(value: float) -> str:
+    """`value` in fixed-point notation with the digits it has, never an exponent: `1e-07`
+    is `0.0000001`, `12.5` stays `12.5`, `5.0` is `5` (how an operator wrote a budget)."""
+    from decimal import Decimal
+
+    text = format(Decimal(repr(float(value))), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text

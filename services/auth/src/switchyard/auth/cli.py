@@ -32,8 +32,16 @@ from switchyard.auth.governance import (
     limits_of,
 )
 from switchyard.auth.models import ROLES
-from switchyard.auth.service import AuthError, AuthService, InvalidInput, expiry_in_days
+from switchyard.auth.service import (
+    AuthError,
+    AuthService,
+    InvalidInput,
+    check_tenant,
+    expiry_in_days,
+    normalise_email,
+)
 from switchyard.auth.signing import SigningKeyError
+from switchyard.common.text import fixed_point
 from switchyard.common.text import terminal_safe as safe
 
 T = TypeVar("T")
@@ -149,7 +157,11 @@ def _limit_options(
 
 def _describe(row: Any) -> str:
     limits = limits_of(row).model_dump(exclude_none=True)
-    return ", ".join(f"{name}={value}" for name, value in limits.items()) or "no limits"
+    shown = {
+        name: fixed_point(value) if isinstance(value, float) else value
+        for name, value in limits.items()
+    }
+    return ", ".join(f"{name}={value}" for name, value in shown.items()) or "no limits"
 
 
 async def _team_id(governance: Governance, tenant: str, team: str) -> str:
@@ -228,9 +240,16 @@ def create_user(
     """Create a user."""
     if sum((password is not None, password_stdin, no_password)) > 1:
         raise _fail("use only one of --password, --password-stdin and --no-password")
+    # What can be judged without the database is judged before the password is asked
+    # for: a typo must not cost the operator a prompt (an email already taken is known
+    # only once the user is created).
     if role not in ROLES:
-        # Before the password is asked for: a typo must not cost the operator a prompt.
         raise _fail(f"--role must be one of: {', '.join(ROLES)} (got {role!r})")
+    try:
+        normalise_email(email)
+        check_tenant(tenant)
+    except AuthError as exc:
+        raise _fail(str(exc)) from None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif password is None and not no_password:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import typer
 from pydantic import Field
 
+from switchyard.common.text import fixed_point
 from switchyard.gateway.config import DatabaseSettings
 
 LEVEL_OPTIONS = {"key": "api_key", "user": "user", "team": "team", "tenant": "tenant"}
@@ -148,7 +149,7 @@ def spend(
             f"error: cannot read the limit ledger at {store_name(store)} ({reason})", err=True
         )
         raise typer.Exit(code=1) from None
-    if not rows and not as_json:
+    if not rows:
         # Nothing printed would read as "no spend": say what is counted here.
         typer.echo(
             f"No {group_by} has a budget with spend in its current period: spend is counted "
@@ -162,7 +163,7 @@ def spend(
         else:
             resets = row["resets_at"] or "never"
             # Fixed-point, as the budget was given: never `$1e-05`.
-            limit = f"{row['max_budget_usd']:,.6f}".rstrip("0").rstrip(".")
+            limit = fixed_point(row["max_budget_usd"])
             typer.echo(
                 f"{row['level']}:{row['id']}  ${row['spent_usd']:.6f} of "
                 f"${limit}  (reserved ${row['reserved_usd']:.6f}, "
