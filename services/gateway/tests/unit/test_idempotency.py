@@ -244,6 +244,23 @@ async def test_messages_endpoint_is_idempotent_with_anthropic_errors(harness, hi
     assert other.json()["error"]["type"] == "invalid_request_error"
 
 
+async def test_a_credential_without_history_read_replays_only_what_it_made(harness, history):
+    """A credential made only to generate reads back nothing its user's other credentials
+    made: the same key and body from it runs, and its own retry replays its own answer."""
+    await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("mine"))
+    narrowed = {
+        "Authorization": f"Bearer {harness.auth.token(sub='user-1', scopes=['chat'])}",
+        "Idempotency-Key": "mine",
+    }
+
+    ran = await harness.client.post("/v1/chat/completions", json=BODY, headers=narrowed)
+    again = await harness.client.post("/v1/chat/completions", json=BODY, headers=narrowed)
+
+    assert ran.status_code == 200 and "idempotent-replayed" not in ran.headers
+    assert again.headers["idempotent-replayed"] == "true" and again.content == ran.content
+    assert len(harness.requests) == 2
+
+
 async def test_keys_are_scoped_per_tenant(harness, history):
     await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("shared"))
     token = harness.auth.token(tenant="globex", scopes=["chat"])

@@ -13,7 +13,10 @@ Within 24 hours, for the same tenant:
   `SWITCHYARD_GATEWAY_IDEMPOTENCY_WAIT_S`, default the request timeout), or, with
   `Idempotency-Wait: false`, gets 409 `idempotency_key_in_use` at once;
 - the same key with a different body (or on another endpoint, or from another user of
-  the tenant) gets 422 `idempotency_key_reused`.
+  the tenant) gets 422 `idempotency_key_reused`;
+- a credential without `history:read` (which reads back only what it made itself) has
+  keys of its own (`claimed_key`): the same key from another of its user's credentials
+  is another key.
 
 Responses that ran nothing — invalid bodies, unknown models, a full gateway, the bus
 being down, a client that went away — are not kept: the key is released and a retry runs.
@@ -325,6 +328,7 @@ class IdempotencyMiddleware:
             await self.app(scope, replay_receive, send)  # the route refuses it properly
             return
 
+        key = claimed_key(principal, key)
         client = IdempotencyClient(
             gateway.http, gateway.settings.history_url, gateway.settings.internal_token
         )
@@ -494,6 +498,19 @@ class IdempotencyMiddleware:
                 # The response never finished (the client went away, or an error): the
                 # request is given up on, and a retry may run it.
                 await asyncio.shield(settle(False))
+
+
+def claimed_key(principal: Principal, key: str) -> str:
+    """The key a claim is made under: the client's, or for a credential without
+    `history:read` (which may read back only what it made itself) the client's within
+    that credential (its API key, or an access token's sign-in), as a digest that fits
+    the store's 255 characters: a retry by another credential of the user never gets the
+    answer stored for this one, nor this one its."""
+    if scopes.HISTORY_READ in principal.scopes:
+        return key
+    credential = principal.api_key_id or principal.session_id or principal.token_id or ""
+    digest = hashlib.blake2b(f"{credential}\0{key}".encode(), digest_size=24).hexdigest()
+    return f"credential:{digest}"
 
 
 def _may_run(gateway: Any, principal: Principal, path: str, body: bytes) -> bool:
