@@ -136,6 +136,32 @@ async def test_a_budget_used_up_by_settled_requests_is_not_said_to_be_held() -> 
     assert refused.value.headers["x-should-retry"] == "false"
 
 
+async def test_a_model_priced_through_its_deployments_is_reserved_at_their_dearest() -> None:
+    """Inference prices a request by the deployment that served it (its upstream model):
+    a public model with no price of its own was reserved at $0, so concurrent requests
+    all passed a budget each of them could overrun."""
+    from switchyard.common.routing import Deployment
+
+    def deployment(name: str, upstream: str) -> Deployment:
+        return Deployment(name=name, provider="openai", model=upstream, base_url="http://x/v1")
+
+    routes = {"alias": [deployment("cheap", "unpriced"), deployment("dear", "m")]}
+    [admission] = replicas(
+        MemoryLedger(),
+        policy(anchor=0.0, max_budget_usd=0.05, budget_period="1d"),
+        count=1,
+        deployments_of=lambda model: routes.get(model, ()),
+    )
+    body = {**BODY, "model": "alias"}
+
+    ticket = await admission.admit(Caller(), "alias", body)
+    priced = await admission.admit(Caller(), "m", BODY)
+
+    [reservation] = [r for r in ticket.reservations if r.kind == "spend"]
+    [reference] = [r for r in priced.reservations if r.kind == "spend"]
+    assert reservation.amount == pytest.approx(reference.amount) and reservation.amount > 0
+
+
 def test_a_refusal_never_shows_the_cost_and_what_is_left_as_the_same_amount() -> None:
     from switchyard.gateway.governance.admission import _usd_apart
 

@@ -11,6 +11,7 @@ unknown-model check and inference agree again within that interval, without a re
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from switchyard.common.egress import TargetPolicy, parse_networks
 from switchyard.common.governance import BudgetClock
 from switchyard.common.http import inject_trace_headers
 from switchyard.common.pricing import PriceSource
-from switchyard.common.routing import RoutingSource, RoutingTable
+from switchyard.common.routing import Deployment, RoutingSource, RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.gateway.auth import Authenticator
 from switchyard.gateway.config import Settings, ledger_kind
@@ -165,6 +166,8 @@ def build(
             ttl_s=settings.policy_cache_ttl_s,
         ),
         prices=PriceSource(settings.prices_file).table,
+        # Read at each request: the routing file is reloaded when it changes.
+        deployments_of=lambda model: _route_deployments(gateway.routing, model),
         replica=settings.instance_id,
         budget_clock=budget_clock or BudgetClock(day_s=settings.budget_day_s),
         lease_idle_s=settings.governance_lease_idle_s,
@@ -172,6 +175,12 @@ def build(
         reap_after_s=settings.governance_reap_after_s,
     )
     return gateway
+
+
+def _route_deployments(routing: RoutingTable, model: str) -> Sequence[Deployment]:
+    """The deployments routing sends public model `model` to (none for an unknown one)."""
+    route = routing.models.get(model)
+    return route.deployments if route is not None else ()
 
 
 def build_ledger(settings: Settings) -> Ledger:

@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +46,7 @@ from switchyard.common.errors import APIError
 from switchyard.common.events import ClientAPI, Event, LimitsChanged, UsageRecorded
 from switchyard.common.governance import LEVEL_NAMES, BudgetClock, FailureMode, scope_key
 from switchyard.common.pricing import PriceTable
+from switchyard.common.routing import Deployment
 from switchyard.common.tasks import cancel_and_wait
 from switchyard.gateway.governance.estimate import Estimate, estimate, estimate_without_blocking
 from switchyard.gateway.governance.ledger import (
@@ -420,10 +421,14 @@ class Admission:
         heartbeat_s: float = 2.0,
         reap_after_s: float = 15.0,
         clock: Callable[[], float] = time.time,
+        deployments_of: Callable[[str], Sequence[Deployment]] | None = None,
     ) -> None:
         self.ledger = ledger
         self.policies = policies
         self.prices = prices
+        # A public model's deployments (its route's), which price a request as inference
+        # will (`estimate`); none known: the public model's own price.
+        self.deployments_of = deployments_of or (lambda model: ())
         self.replica = replica
         self.budget_clock = budget_clock or BudgetClock()
         self.lease_idle_s = lease_idle_s
@@ -475,7 +480,13 @@ class Admission:
             await tokenizer.load()
         cost = None
         if policy.counts_tokens:
-            cost = await estimate_without_blocking(model, body, self.prices, embeddings=embeddings)
+            cost = await estimate_without_blocking(
+                model,
+                body,
+                self.prices,
+                embeddings=embeddings,
+                deployments=self.deployments_of(model),
+            )
         needs = self._needs(policy, model, body, embeddings, cost)
         # Each round either admits, refuses (a refill found the counter exhausted), or
         # waits for a refill that granted something, which other waiting requests may
@@ -520,7 +531,13 @@ class Admission:
                     _Need(level, "requests", limits.rpm_limit, 1, WINDOW_S, failure_mode=rate_mode)
                 )
             if limits.tpm_limit is not None:
-                cost = cost or estimate(model, body, self.prices, embeddings=embeddings)
+                cost = cost or estimate(
+                    model,
+                    body,
+                    self.prices,
+                    embeddings=embeddings,
+                    deployments=self.deployments_of(model),
+                )
                 needs.append(
                     _Need(
                         level,
@@ -543,7 +560,13 @@ class Admission:
                     )
                 )
             if limits.max_budget_usd is not None:
-                cost = cost or estimate(model, body, self.prices, embeddings=embeddings)
+                cost = cost or estimate(
+                    model,
+                    body,
+                    self.prices,
+                    embeddings=embeddings,
+                    deployments=self.deployments_of(model),
+                )
                 period_start, period_end = self._period(level, now)
                 needs.append(
                     _Need(

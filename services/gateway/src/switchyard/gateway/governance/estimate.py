@@ -16,10 +16,13 @@ counted too, which makes the estimate a little high: safe for a reservation. Tok
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from switchyard.common.pricing import PriceTable
+from switchyard.common.routing import Deployment
 from switchyard.common.tokenizer import TokenCounter, encoding
 
 # Per message: the tokens chat formats add around each message (OpenAI's cookbook: 3-4).
@@ -133,22 +136,46 @@ class Estimate:
     cost_usd: float
 
 
-def estimate(model: str, body: dict[str, Any], prices: PriceTable, *, embeddings: bool) -> Estimate:
-    """The reservation for one request to `model`. Blocking (`prompt_tokens`): see
+def estimate(
+    model: str,
+    body: dict[str, Any],
+    prices: PriceTable,
+    *,
+    embeddings: bool,
+    deployments: Sequence[Deployment] = (),
+) -> Estimate:
+    """The reservation for one request to `model`, served by one of `deployments` (its
+    route's): priced as inference will price it (`PriceTable.price` with the deployment,
+    its upstream model and provider), at the dearest of them, since any may serve it; the
+    public model's own price when none is given. Blocking (`prompt_tokens`): see
     `estimate_without_blocking`."""
     prompt = prompt_tokens(body)
     output = 0 if embeddings else output_cap(body, prices.max_output_tokens(model)) * choices(body)
-    price = prices.price(model)
-    cost = price.cost(prompt, output) if price is not None else 0.0
+    candidates = [
+        prices.price(model, deployment=d.name, upstream_model=d.model, provider=d.provider)
+        for d in deployments
+    ] or [prices.price(model)]
+    cost = max(
+        (price.cost(prompt, output) for price in candidates if price is not None), default=0.0
+    )
     return Estimate(tokens=prompt + output, cost_usd=cost)
 
 
 async def estimate_without_blocking(
-    model: str, body: dict[str, Any], prices: PriceTable, *, embeddings: bool
+    model: str,
+    body: dict[str, Any],
+    prices: PriceTable,
+    *,
+    embeddings: bool,
+    deployments: Sequence[Deployment] = (),
 ) -> Estimate:
     """`estimate`, on the event loop for a body of up to INLINE_CHARS characters of text,
     in a worker thread for a larger one (counting a 40 MB body's tokens on the loop held
     every other request for seconds)."""
     if prompt_chars(body) <= INLINE_CHARS:
-        return estimate(model, body, prices, embeddings=embeddings)
-    return await asyncio.to_thread(estimate, model, body, prices, embeddings=embeddings)
+        return estimate(model, body, prices, embeddings=embeddings, deployments=deployments)
+    return await asyncio.to_thread(
+        functools.partial(
+            estimate, model, body, prices, embeddings=embeddings, deployments=deployments
+        )
+    )
