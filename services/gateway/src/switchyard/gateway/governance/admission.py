@@ -513,6 +513,14 @@ class Admission:
                         self._demand.pop(need.counter, None)
         raise self._refusal(missing[0], self._clock(), None)
 
+    def _estimate(self, model: str, body: dict[str, Any], embeddings: bool) -> Estimate:
+        """`estimate` of a request to `model`, priced by its route's deployments, on the
+        event loop: only for a need `admit` did not estimate first (it does, off the loop
+        for a large body, whenever a level limits tokens or spend)."""
+        return estimate(
+            model, body, self.prices, embeddings=embeddings, deployments=self.deployments_of(model)
+        )
+
     def _needs(
         self,
         policy: Policy,
@@ -531,13 +539,7 @@ class Admission:
                     _Need(level, "requests", limits.rpm_limit, 1, WINDOW_S, failure_mode=rate_mode)
                 )
             if limits.tpm_limit is not None:
-                cost = cost or estimate(
-                    model,
-                    body,
-                    self.prices,
-                    embeddings=embeddings,
-                    deployments=self.deployments_of(model),
-                )
+                cost = cost or self._estimate(model, body, embeddings)
                 needs.append(
                     _Need(
                         level,
@@ -560,13 +562,7 @@ class Admission:
                     )
                 )
             if limits.max_budget_usd is not None:
-                cost = cost or estimate(
-                    model,
-                    body,
-                    self.prices,
-                    embeddings=embeddings,
-                    deployments=self.deployments_of(model),
-                )
+                cost = cost or self._estimate(model, body, embeddings)
                 period_start, period_end = self._period(level, now)
                 needs.append(
                     _Need(
