@@ -85,7 +85,7 @@ async def test_signing_in_sets_an_httponly_lax_signed_session_cookie_and_goes_on
 
 async def test_signing_in_gives_a_new_csrf_token():
     """A CSRF token known before sign-in (anybody able to plant a cookie could have set
-    it) protects nothing of the session: it is dropped, and the next page issues another."""
+    it) protects nothing of the session: sign-in sets a new one, which the pages carry."""
     from switchyard.gateway.console.session import CSRF_COOKIE
 
     async with console() as gw:
@@ -94,18 +94,68 @@ async def test_signing_in_gives_a_new_csrf_token():
         ).cookies.get(CSRF_COOKIE)
         response = await sign_in(gw)
         assert response.status_code == 303
+        issued = response.cookies.get(CSRF_COOKIE)
+        assert before and issued and issued != before
+        page = await gw.client.get("/ui/keys")
+        assert page.status_code == 200
+        assert csrf_of(page.text) == issued == gw.client.cookies.get(CSRF_COOKIE)
+
+
+async def test_a_planted_csrf_cookie_neither_opens_nor_breaks_the_sessions_forms():
+    """The CSRF token is bound to the session. A CSRF cookie set by somebody else (a
+    sibling subdomain, a plain-http response), holding a token validly signed for a visit
+    of theirs, does not let their form through, and the session's own forms still work."""
+    from switchyard.gateway.console.session import CSRF_COOKIE
+
+    async with console() as gw:
+        # The attacker's own visit: a token the console signed, and a form carrying it.
+        planted = (await gw.client.get("/ui/login")).cookies.get(CSRF_COOKIE)
+        assert planted
+        await sign_in(gw)
+        own = csrf_of((await gw.client.get("/ui/keys")).text)
+        assert own != planted
+        gw.client.cookies.set(CSRF_COOKIE, planted, path="/ui")
+        forged = await gw.client.post("/ui/keys", data={"csrftoken": planted, "name": "forged"})
+        assert forged.status_code == 403
+        assert "CSRF token" in forged.text
+        page = await gw.client.get("/ui/keys")
+        assert csrf_of(page.text) == own  # the session's token, not the planted one
+        made = await gw.client.post("/ui/keys", data={"csrftoken": own, "name": "mine"})
+        assert made.status_code == 201, made.text
+        assert "forged" not in (await gw.client.get("/ui/keys")).text
+
+
+async def test_signing_out_drops_the_sessions_csrf_token():
+    from switchyard.gateway.console.session import CSRF_COOKIE
+
+    async with console() as gw:
+        await sign_in(gw)
+        token = csrf_of((await gw.client.get("/ui/keys")).text)
+        response = await gw.client.post("/ui/logout", data={"csrftoken": token})
+        assert response.status_code == 303
         dropped = [
             value
             for value in response.headers.get_list("set-cookie")
             if value.startswith(CSRF_COOKIE + "=")
         ]
         assert dropped and "max-age=0; path=/ui" in dropped[0].lower()
-        page = await gw.client.get("/ui/keys")
-        assert page.status_code == 200
-        after = gw.client.cookies.get(CSRF_COOKIE)
-        assert before and after and after != before
-        # The new token works for the session's forms.
-        assert csrf_of(page.text)
+        login = await gw.client.get("/ui/login")
+        assert csrf_of(login.text) != token
+
+
+def test_a_session_cookie_without_its_csrf_token_is_no_session():
+    """Cookies from before sessions carried their CSRF token: sign in again."""
+    from itsdangerous import URLSafeTimedSerializer
+
+    key = b"k" * 32
+    old = URLSafeTimedSerializer(key, salt="switchyard.console.session").dumps(
+        ["a", "r", "e@x.test", time.time()]
+    )
+    cookies = SessionCookies(key, ttl_s=60, secure=False)
+    assert cookies.decode(old) is None
+    assert cookies.decode(cookies.encode(Session("a", "r", "e", time.time(), ""))) is None
+    kept = Session("a", "r", "e", time.time(), cookies.new_csrf_token())
+    assert cookies.decode(cookies.encode(kept)) == kept
 
 
 def test_outside_development_the_session_cookie_is_secure():
@@ -113,7 +163,7 @@ def test_outside_development_the_session_cookie_is_secure():
 
     response = Response()
     SessionCookies(b"k" * 32, ttl_s=60, secure=True).set(
-        response, Session("a", "r", "e@x.test", time.time())
+        response, Session("a", "r", "e@x.test", time.time(), "t")
     )
     assert "secure" in response.headers["set-cookie"].lower()
 
@@ -155,10 +205,10 @@ async def test_a_tampered_expired_or_foreign_cookie_is_no_session():
         for forged in (
             value[:-2] + ("AA" if not value.endswith("AA") else "BB"),
             SessionCookies(b"another key", ttl_s=60, secure=False).encode(
-                Session("a", "r", "x", time.time())
+                Session("a", "r", "x", time.time(), "t")
             ),
             SessionCookies(gw.settings.console_signing_key(), ttl_s=60, secure=False).encode(
-                Session("a", "r", "x", time.time() - 3600)  # signed in long ago
+                Session("a", "r", "x", time.time() - 3600, "t")  # signed in long ago
             ),
         ):
             gw.client.cookies.clear()
@@ -416,7 +466,15 @@ async def test_an_expired_access_token_is_refreshed_once_and_the_cookie_renewed(
         )
         gw.client.cookies.set(
             COOKIE_NAME,
-            cookies.encode(Session(expired, session.refresh_token, session.email, time.time())),
+            cookies.encode(
+                Session(
+                    expired,
+                    session.refresh_token,
+                    session.email,
+                    time.time(),
+                    session.csrf_token,
+                )
+            ),
             path="/ui",
         )
         response = await gw.client.get("/ui/keys")

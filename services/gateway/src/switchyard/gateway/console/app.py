@@ -3,7 +3,8 @@
 Layers, outermost first: security headers (a Content-Security-Policy without inline
 scripts, no framing, no sniffing, no caching of pages) and the renewed session cookie;
 CSRF protection (asgi-csrf: a signed double-submit token, checked on every request that
-is not GET/HEAD/OPTIONS, cookies or not); then the pages and static files.
+is not GET/HEAD/OPTIONS, cookies or not; while a session lasts, the token is the one its
+session cookie carries, see `session`); then the pages and static files.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import cookie_parser
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,7 +36,13 @@ from switchyard.gateway.console.routes import (
     render,
     router,
 )
-from switchyard.gateway.console.session import COOKIE_PATH, CSRF_COOKIE, SessionCookies
+from switchyard.gateway.console.session import (
+    COOKIE_NAME,
+    COOKIE_PATH,
+    CSRF_COOKIE,
+    CSRF_NAMESPACE,
+    SessionCookies,
+)
 
 HERE = Path(__file__).parent
 
@@ -71,9 +79,34 @@ class _EveryPath:
         return True
 
 
+def _session_bound(
+    headers: list[tuple[bytes, bytes]], cookies: SessionCookies
+) -> list[tuple[bytes, bytes]]:
+    """`headers` with the CSRF cookie replaced by the session's token when they carry a
+    valid session cookie; unchanged otherwise. The CSRF layer then reads the session's
+    token as the cookie, renders it into forms and checks forms against it, whatever CSRF
+    cookie the browser sent (a planted one included)."""
+    sent = [value for name, value in headers if name.lower() == b"cookie"]
+    if not sent:
+        return headers
+    pairs = [
+        pair.strip()
+        for value in sent
+        for pair in value.decode("latin-1").split(";")
+        if pair.strip()
+    ]
+    session = cookies.decode(cookie_parser("; ".join(pairs)).get(COOKIE_NAME))
+    if session is None:
+        return headers
+    kept = [pair for pair in pairs if pair.partition("=")[0].strip() != CSRF_COOKIE]
+    cookie = "; ".join([*kept, f"{CSRF_COOKIE}={session.csrf_token}"]).encode("latin-1")
+    return [(n, v) for n, v in headers if n.lower() != b"cookie"] + [(b"cookie", cookie)]
+
+
 class ConsoleHeaders:
     """Adds the security headers to every console response, `Cache-Control: no-store` to
-    pages, and the session cookie when a page renewed the user's tokens."""
+    pages, and the session cookie when a page renewed the user's tokens; binds the CSRF
+    token to the session (`_session_bound`)."""
 
     def __init__(self, app: ASGIApp, cookies: SessionCookies) -> None:
         self.app = app
@@ -89,11 +122,8 @@ class ConsoleHeaders:
         # header makes the CSRF layer (asgi_csrf) let a form through unchecked, taking it for
         # an API call: no console request keeps one.
         headers = scope.get("headers", [])
-        if any(name.lower() == b"authorization" for name, _ in headers):
-            scope = {
-                **scope,
-                "headers": [(n, v) for n, v in headers if n.lower() != b"authorization"],
-            }
+        kept = [(n, v) for n, v in headers if n.lower() != b"authorization"]
+        scope = {**scope, "headers": _session_bound(kept, self.cookies)}
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -249,8 +279,8 @@ def create_console(gateway: Gateway) -> ASGIApp:
     protected: Any = asgi_csrf(
         app,
         cookie_name=CSRF_COOKIE,
-        signing_secret=key.hex(),
-        signing_namespace="switchyard.console.csrf",
+        signing_secret=cookies.csrf_secret,
+        signing_namespace=CSRF_NAMESPACE,
         always_protect=_EveryPath(),
         cookie_path=COOKIE_PATH,
         cookie_secure=secure,

@@ -227,10 +227,19 @@ async def login(
         if status == 429 and exc.retry_after:
             page.headers["Retry-After"] = exc.retry_after  # auth's: when to try again
         return page
-    session = Session(pair.access_token, pair.refresh_token, email.strip(), time.time())
+    cookies = state(request).cookies
+    # A new CSRF token for the new session: one known before sign-in (anybody able to plant
+    # a cookie could have set it) protects nothing of the session.
+    session = Session(
+        pair.access_token,
+        pair.refresh_token,
+        email.strip(),
+        time.time(),
+        cookies.new_csrf_token(),
+    )
     response = RedirectResponse(target, status_code=303)
-    state(request).cookies.set(response, session)
-    state(request).cookies.drop_csrf_token(response)
+    cookies.set(response, session)
+    cookies.set_csrf_token(response, session)
     return response
 
 
@@ -246,6 +255,7 @@ async def logout(request: Request) -> Response:
             pass  # expired or already ended: the cookie goes anyway
     response = redirect(request, "/login")
     console.cookies.clear(response)
+    console.cookies.drop_csrf_token(response)
     return response
 
 
