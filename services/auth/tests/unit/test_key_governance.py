@@ -250,6 +250,29 @@ async def test_a_team_name_with_control_characters_is_a_400_naming_it(auth_app, 
     assert sorted(team["name"] for team in listed.json()["data"]) == ["research", "sales"]
 
 
+async def test_a_team_name_in_the_form_of_a_team_id_is_a_400_naming_it(auth_app, acme) -> None:
+    """Teams are taken by id or by name, the id first: a team named with another team's id
+    would make that string name the other team."""
+    other = acme["teams"]["research"]
+    for name in (other, other.upper(), "0" * 32):
+        created = await auth_app.client.post(
+            "/v1/admin/teams", json={"name": name}, headers=acme["admin_headers"]
+        )
+        error = assert_error(created, 400, "invalid_request")
+        assert error["param"] == "name" and "team id" in error["message"]
+        renamed = await auth_app.client.patch(
+            f"/v1/admin/teams/{acme['teams']['sales']}",
+            json={"name": name},
+            headers=acme["admin_headers"],
+        )
+        assert assert_error(renamed, 400, "invalid_request")["param"] == "name"
+    # A name of other lengths or letters is a name.
+    made = await auth_app.client.post(
+        "/v1/admin/teams", json={"name": "0" * 31 + "g"}, headers=acme["admin_headers"]
+    )
+    assert made.status_code == 201, made.text
+
+
 async def test_a_user_whose_keys_exceed_a_teams_limits_cannot_be_moved_into_it(
     auth_app, acme
 ) -> None:

@@ -19,6 +19,7 @@ request header > key > team > tenant > default (the gateway's cache.py).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -628,12 +629,21 @@ def _default_modes() -> dict[str, str]:
     }
 
 
+_ID_FORM = re.compile(r"[0-9a-fA-F]{32}")
+
+
 def _team_name(name: str) -> str:
     name = name.strip()
     # Printable only, like key names: team names reach terminals and logs, and PostgreSQL
     # refuses a NUL in text (which would be a 500 rather than this 400).
     if not name or len(name) > 200 or not printable(name):
         raise InvalidInput("Team name must be 1-200 printable characters.", param="name")
+    # The CLI and the user options take a team by id or by name, the id first: a name in
+    # the form of an id (`new_id`) could name another tenant's team there.
+    if _ID_FORM.fullmatch(name):
+        raise InvalidInput(
+            "Team name must not be 32 hexadecimal digits, the form of a team id.", param="name"
+        )
     return name
 
 
