@@ -190,3 +190,26 @@ async def test_pagination_on_postgres_neither_skips_nor_repeats(engine, events):
         requests, key=lambda request: (request.time, request.request_id), reverse=True
     )
     assert seen == [request.request_id for request in expected]
+
+
+async def test_a_page_on_postgres_ends_before_its_documents_pass_the_byte_bound(
+    engine, events, monkeypatch
+):
+    """The bound counts a document's JSON text, not its compressed storage: a repetitive
+    prompt that PostgreSQL compresses a hundredfold still counts at its full size."""
+    from switchyard.history import queries as history_queries
+
+    monkeypatch.setattr(history_queries, "PAGE_BYTES", 100_000)
+    requests = [events.requested(f"rep-{index}", prompt="a" * 40_000) for index in range(5)]
+    await EventRecorder(engine).record(requests)
+    queries = HistoryQueries(engine)
+    caller = Caller(tenant="acme", user_id="alice", role="user")
+
+    pages, cursor = [], None
+    while True:
+        page = await queries.list_requests(caller, limit=100, cursor=cursor)
+        pages.append([row["request_id"] for row in page.items])
+        if (cursor := page.next_cursor) is None:
+            break
+
+    assert pages == [["rep-4", "rep-3"], ["rep-2", "rep-1"], ["rep-0"]]

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 
 from switchyard.common.bus import InMemoryBus
 from switchyard.common.db import upgrade
+from switchyard.common.events import Priority
 from switchyard.common.testing.infra import async_wait_until
 from switchyard.history.app import create_app
 from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE, Settings
@@ -116,6 +117,59 @@ async def test_default_page_is_twenty(service, events):
 
     assert len(body["data"]) == 20
     assert body["next_cursor"] is not None
+
+
+async def _pages(service, path: str, limit: int) -> list[list[str]]:
+    pages, cursor = [], None
+    while True:
+        params = {"limit": limit} | ({"cursor": cursor} if cursor else {})
+        response = await service.client.get(path, params=params, headers=service.headers())
+        assert response.status_code == 200, response.text
+        pages.append([item["id"] for item in response.json()["data"]])
+        if (cursor := response.json()["next_cursor"]) is None:
+            return pages
+
+
+async def test_a_page_ends_before_its_stored_documents_pass_the_byte_bound(
+    service, events, monkeypatch
+):
+    """Requests can hold tens of megabytes: a page of a hundred read at once would hold
+    gigabytes. A page stops before its documents pass `PAGE_BYTES`, one request at least,
+    and the cursor goes on from there, on lists of requests and of jobs alike."""
+    from switchyard.history import queries
+
+    monkeypatch.setattr(queries, "PAGE_BYTES", 10_000)
+    shared_instant = events.tick()
+    requests = [
+        events.requested(f"big-{index}", prompt="x" * 3_000, priority=Priority.BATCH)
+        for index in range(4)
+    ]
+    # Three share one timestamp: the cut must neither skip nor repeat them.
+    requests += [
+        events.requested(
+            f"same-{index}", prompt="y" * 3_000, at=shared_instant, priority=Priority.BATCH
+        )
+        for index in range(3)
+    ]
+    # One alone is over the bound: it is a page of its own.
+    requests.append(events.requested("huge", prompt="z" * 12_000, priority=Priority.BATCH))
+    await service.publish(*requests)
+    await service.wait_for("huge", "pending")
+    await service.wait_for("same-2", "pending")
+
+    expected = [
+        request.request_id
+        for request in sorted(
+            requests, key=lambda request: (request.time, request.request_id), reverse=True
+        )
+    ]
+    for path in ("/v1/history", "/v1/jobs"):
+        pages = await _pages(service, path, limit=100)
+        assert [item for page in pages for item in page] == expected, path
+        assert pages[0] == ["huge"], path
+        assert [len(page) for page in pages[1:]] == [3, 3, 1], path
+        # The bound never makes a page longer than `limit`.
+        assert [len(page) for page in await _pages(service, path, limit=2)] == [1, 2, 2, 2, 1]
 
 
 async def test_other_tenants_and_other_users_see_nothing(service, events):

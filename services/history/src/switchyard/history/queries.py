@@ -9,7 +9,9 @@ at admission (which never had one), once its refusal is (`models.shown`).
 
 Pagination is keyset-based on (created_at, request_id), newest first, with an opaque
 cursor, so pages stay stable while new requests arrive; every filter has an index that
-keeps it an index scan in that order (migration 0002).
+keeps it an index scan in that order (migration 0002). A page also ends before its stored
+documents pass `PAGE_BYTES` (at least one request per page): a request may hold tens of
+megabytes, and a hundred of them read at once would hold gigabytes in memory.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from sqlalchemy import (
     ColumnCollection,
     ColumnElement,
     Label,
+    LargeBinary,
     Row,
     Select,
+    Text,
+    cast,
     func,
     select,
     tuple_,
@@ -48,6 +53,11 @@ from switchyard.history.models import (
 ADMIN_ROLE = "admin"
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+# About how many bytes of stored documents (request, response, input items, error: their
+# JSON text) one page of requests or jobs reads; a page ends before passing it.
+PAGE_BYTES = 16 * 1024 * 1024
+# The columns whose size `PAGE_BYTES` bounds.
+_DOCUMENTS = ("request_body", "response", "input_items", "error")
 # A SELECT whose row shape the caller does not fix (columns chosen at run time).
 AnySelect = Select[*tuple[Any, ...]]
 # The columns of a table (`table.c`): requests or one of the usage rollups.
@@ -199,22 +209,52 @@ class HistoryQueries:
             query = query.where(requests_table.c.api_key_id == caller.api_key_id)
         return query
 
+    def _documents_size(self) -> ColumnElement[Any]:
+        """The bytes of a request row's stored documents as JSON text (0 for a null one).
+        On PostgreSQL this is the text of the JSONB value, not its compressed storage,
+        which a repetitive document shrinks a thousandfold."""
+        r = requests_table.c
+        sizes: list[ColumnElement[Any]] = []
+        for name in _DOCUMENTS:
+            if self._dialect == "postgresql":
+                size = func.octet_length(cast(r[name], Text))
+            else:  # SQLite keeps JSON as text; a BLOB's length is in bytes
+                size = func.length(cast(r[name], LargeBinary))
+            sizes.append(func.coalesce(size, 0))
+        return sum(sizes[1:], sizes[0])
+
     async def _page(self, query: AnySelect, limit: int, cursor: str | None) -> Page:
+        """Up to `limit` rows of `query`, newest first, after `cursor`, ending before their
+        stored documents pass `PAGE_BYTES` (one row at least); `next_cursor` when more
+        follow. The rows' keys and sizes are read first, then the rows of the page."""
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
-        order_key = tuple_(requests_table.c.created_at, requests_table.c.request_id)
+        r = requests_table.c
+        order_key = tuple_(r.created_at, r.request_id)
         if cursor is not None:
             # A plain tuple on the right takes the column types (UTC handling on SQLite).
             query = query.where(order_key < decode_cursor(cursor))
+        query = query.order_by(r.created_at.desc(), r.request_id.desc())
         # One extra row tells whether there is a next page without a count query.
-        query = query.order_by(
-            requests_table.c.created_at.desc(), requests_table.c.request_id.desc()
+        sized = query.with_only_columns(
+            r.created_at, r.request_id, self._documents_size().label("size")
         ).limit(limit + 1)
         async with self._engine.connect() as connection:
-            rows = [dict(row) for row in (await connection.execute(query)).mappings()]
-        page, more = rows[:limit], len(rows) > limit
+            keys = (await connection.execute(sized)).all()
+            taken, total = 0, 0
+            for _, _, size in keys[:limit]:
+                total += int(size or 0)
+                if taken and total > PAGE_BYTES:
+                    break
+                taken += 1
+            if not taken:
+                return Page(items=[], next_cursor=None)
+            last = keys[taken - 1]
+            page_query = query.where(order_key >= (last[0], last[1])).limit(taken)
+            page = [dict(row) for row in (await connection.execute(page_query)).mappings()]
+        more = len(keys) > taken
         next_cursor = (
-            encode_cursor(page[-1]["created_at"], page[-1]["request_id"]) if more else None
+            encode_cursor(page[-1]["created_at"], page[-1]["request_id"]) if more and page else None
         )
         return Page(items=page, next_cursor=next_cursor)
 

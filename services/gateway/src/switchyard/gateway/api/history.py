@@ -174,12 +174,14 @@ async def list_history(
 ) -> Response:
     """The caller's requests with their replies, newest first (admins: the whole tenant).
 
-    Query parameters: `limit` (1-100, default 20), `cursor` (the previous page's
-    `next_cursor`), `since` and `until` (ISO 8601, e.g. `2025-03-01T00:00:00Z`, a date, or
-    relative like `7d`), `model`, `status` (comma-separated: pending, completed, failed,
-    cancelled, expired, refused), `api_key_id`, `team_id`, and for admins `user_id`. Each
-    request is shown in the API the client called (`api`), with its team and its usage:
-    input, output, cache-read, cache-creation and reasoning tokens."""
+    Query parameters: `limit` (1-100, default 20; a page ends sooner, one request at least,
+    before its requests and replies pass about 16 MB), `cursor` (the previous page's
+    `next_cursor`, set whenever more follow), `since` and `until` (ISO 8601, e.g.
+    `2025-03-01T00:00:00Z`, a date, or relative like `7d`), `model`, `status`
+    (comma-separated: pending, completed, failed, cancelled, expired, refused),
+    `api_key_id`, `team_id`, and for admins `user_id`. Each request is shown in the API the
+    client called (`api`), with its team and its usage: input, output, cache-read,
+    cache-creation and reasoning tokens."""
     return await forward(gateway, principal, "/v1/history", request)
 
 

@@ -214,7 +214,8 @@ async def create_job(
 
 @router.get("", summary="List your jobs, newest first")
 async def list_jobs(request: Request, principal: CurrentPrincipal, gateway: GatewayDep) -> Response:
-    """Query parameters: `limit` (1-100), `cursor`, `status` (comma-separated: queued,
+    """Query parameters: `limit` (1-100; a page ends sooner, one job at least, before its
+    requests and replies pass about 16 MB), `cursor`, `status` (comma-separated: queued,
     completed, failed, cancelled, expired, refused). Admins see their whole tenant's jobs."""
     return await forward(gateway, principal, "/v1/jobs", request)
 

@@ -105,7 +105,8 @@ def history_router(internal_token: str) -> APIRouter:
             Query(max_length=128, description="Only requests made as a member of this team."),
         ] = None,
     ) -> HistoryList:
-        """The caller's requests (the whole tenant's for admins), newest first."""
+        """The caller's requests (the whole tenant's for admins), newest first, at most
+        `limit` a page and fewer when their stored documents would pass `PAGE_BYTES`."""
         time_from, time_to = parse_time_range(since, until)
         filters = HistoryFilters(
             since=time_from,
