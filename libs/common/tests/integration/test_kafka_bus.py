@@ -16,14 +16,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from switchyard.common.bus import (
-    USAGE_HEADER,
     BusUnavailableError,
-    Carried,
     RetryPolicy,
     delivery_may_repeat,
 )
 from switchyard.common.bus.kafka import KafkaBus
 from switchyard.common.events import ChatRequestData, ChatRequested, ClientAPI, encode_event
+from switchyard.common.testing.bus_contract import carried_events_are_handed_over_first
 from switchyard.common.testing.infra import async_wait_until
 from switchyard.common.testing.kafka_records import produce_with_unreadable
 
@@ -373,60 +372,10 @@ async def test_a_listener_hands_over_the_events_records_carry_in_a_header_first(
     kafka_servers, kafka_topics
 ):
     bus = await started_bus(kafka_servers, kafka_topics)
-    seen: list[str] = []
-    wanted_carried = {"req-1", "req-3"}
-
-    async def on_reply(event):
-        seen.append(f"reply {event.request_id}")
-
-    async def on_carried(event):
-        seen.append(f"carried {event.request_id}")
-
-    replies = kafka_topics.replies
-    await bus.listen(
-        replies,
-        on_reply,
-        partitions=[0],
-        key_filter=lambda key: key != "req-9",
-        carried=Carried(USAGE_HEADER, on_carried, key_filter=wanted_carried.__contains__),
-    )
-
-    def carrying(n: int) -> dict[str, bytes]:
-        # The record's own request's event (another event of the same request id).
-        return {USAGE_HEADER: encode_event(request(n).model_copy(update={"id": f"carried-{n}"}))}
-
-    from switchyard.common.bus import metrics
-
-    skipped = metrics.EVENTS_SKIPPED.labels(replies, "carried")
-    before = skipped._value.get()
-    await bus.publish(replies, request(1), key="req-1", partition=0, headers=carrying(1))
-    await bus.publish(replies, request(2), key="req-2", partition=0, headers=carrying(2))
-    # A header that does not decode is skipped; the record's own event is handled.
-    await bus.publish(
-        replies, request(3), key="req-3", partition=0, headers={USAGE_HEADER: b"{not json"}
-    )
-    # So is an event of another request: a record carries its own request's only.
-    wanted_carried.add("req-5")
-    await bus.publish(
-        replies,
-        request(5),
-        key="req-5",
-        partition=0,
-        headers={USAGE_HEADER: encode_event(request(1).model_copy(update={"id": "forged"}))},
-    )
-    await bus.publish(replies, request(9), key="req-9", partition=0, headers=carrying(9))
-    await bus.publish(replies, request(4), key="req-4", partition=0)  # carries nothing
-    await async_wait_until(lambda: asyncio.sleep(0, "reply req-4" in seen), timeout=30)
-    assert seen == [
-        "carried req-1",
-        "reply req-1",
-        "reply req-2",  # its carried event is not wanted: never decoded
-        "reply req-3",
-        "reply req-5",
-        "reply req-4",
-    ]
-    assert skipped._value.get() == before + 2
-    await bus.stop()
+    try:
+        await carried_events_are_handed_over_first(bus, kafka_topics.replies)
+    finally:
+        await bus.stop()
 
 
 async def test_a_listener_that_accepts_a_delay_gets_every_event_within_it(

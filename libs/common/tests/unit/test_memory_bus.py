@@ -20,6 +20,7 @@ from switchyard.common.bus import (
 )
 from switchyard.common.bus.base import handle_batch_isolating, is_outage, serialise
 from switchyard.common.events import ChatRequestData, ChatRequested
+from switchyard.common.testing.bus_contract import carried_events_are_handed_over_first
 from switchyard.common.testing.infra import async_wait_until
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -641,3 +642,13 @@ async def test_dead_letters_kept_in_memory_are_bounded(monkeypatch):
         )
     )
     await bus.stop()
+
+
+async def test_a_listener_hands_over_the_events_records_carry_in_a_header_first():
+    """As on Kafka: embedded mode's gateway settles a reply's usage from the reply itself,
+    before its client has the answer, not moments later from the usage topic."""
+    bus = InMemoryBus()
+    try:
+        await carried_events_are_handed_over_first(bus, "replies", timeout=5)
+    finally:
+        await bus.stop()

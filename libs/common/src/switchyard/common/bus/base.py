@@ -30,7 +30,14 @@ from typing import Generic, TypeVar
 import structlog
 
 from switchyard.common.backoff import Backoff
-from switchyard.common.events import EnvelopeFields, Event, encode_event
+from switchyard.common.bus import metrics
+from switchyard.common.events import (
+    EnvelopeFields,
+    Event,
+    EventDecodeError,
+    decode_event,
+    encode_event,
+)
 
 Handler = Callable[[Event], Awaitable[None]]
 BatchHandler = Callable[[list[Event]], Awaitable[None]]
@@ -56,6 +63,34 @@ class Carried:
     header: str
     handler: Handler
     key_filter: KeyFilter | None = None
+
+    async def hand_over(self, raw: bytes, key: str | None, topic: str, **where: object) -> None:
+        """Decode `raw` (the header's value on a record of `topic` keyed `key`) and give
+        it to `handler`, unless `key_filter` refuses the key (then not even decoded). An
+        event that does not decode, is of another request than the record's key, or that
+        the handler fails on is counted (`switchyard_bus_events_skipped_total`, reason
+        `carried`), logged with `where` (the record's coordinates) and skipped: a carried
+        event is extra, and the record's own event is handled anyway."""
+        if self.key_filter is not None and key is not None and not self.key_filter(key):
+            return
+        try:
+            event = decode_event(raw)
+            if key is not None and event.request_id != key:
+                # A record carries its own request's event, never another's (a bad
+                # producer's header would otherwise settle some other request).
+                raise EventDecodeError(
+                    f"carried event of request {event.request_id!r} on a record of {key!r}"
+                )
+            await self.handler(event)
+        except Exception as exc:  # noqa: BLE001 - a carried event is extra: never fatal
+            metrics.EVENTS_SKIPPED.labels(topic, "carried").inc()
+            log.warning(
+                "listener skipped a carried event",
+                topic=topic,
+                header=self.header,
+                error=repr(exc)[:500],
+                **where,
+            )
 
 
 @dataclass(frozen=True)
@@ -202,8 +237,9 @@ class EventBus(abc.ABC):
     ) -> None:
         """Publish and wait until the bus has durably accepted the event.
         `headers`: record headers written with the event, in the same record (so they
-        are stored, or not, together with it); Kafka keeps them, the in-memory bus, whose
-        records live no longer than the process, keeps none.
+        are stored, or not, together with it); Kafka keeps them in the record, the
+        in-memory bus hands them to listeners with the event (its consumer groups, whose
+        events live no longer than the process, see none).
         Raises BusUnavailableError if it cannot within its timeout."""
 
     async def publish_in_order(self, publications: Sequence[Publication]) -> None:
@@ -273,8 +309,8 @@ class EventBus(abc.ABC):
         a listener interested in a few requests skips the others without decoding them.
         An event published without a key is handled (the filter cannot tell).
 
-        `carried`: the events a record carries in that header go to its handler first
-        (a bus that keeps no headers, the in-memory one, never calls it).
+        `carried`: the events a record carries in that header go to its handler first,
+        on either bus (`Carried.hand_over`).
 
         `max_delay_ms`: events may reach `handler` up to this many ms after they were
         published, so that the bus reads them in fewer, fuller batches (Kafka: the broker

@@ -1854,29 +1854,9 @@ class _Listener(_SupervisedConsumer):
 
     async def _handle_carried(self, record: ConsumerRecord, carried: Carried) -> None:
         """Give the event `record` carries in the header `carried.header`, if any, to
-        `carried.handler`; one that does not decode, or that the handler fails on, is
-        logged and skipped (the event itself is handled anyway)."""
+        `carried.handler` (`Carried.hand_over`)."""
         raw = next((value for name, value in record.headers if name == carried.header), None)
         if raw is None:
             return
         key = record.key.decode(errors="replace") if record.key is not None else None
-        if carried.key_filter is not None and key is not None and not carried.key_filter(key):
-            return  # not wanted: not even decoded
-        try:
-            event = decode_event(raw)
-            if key is not None and event.request_id != key:
-                # A record carries its own request's event, never another's (a bad
-                # producer's header would otherwise settle some other request).
-                raise EventDecodeError(
-                    f"carried event of request {event.request_id!r} on a record of {key!r}"
-                )
-            await carried.handler(event)
-        except Exception as exc:  # noqa: BLE001 - a carried event is extra: never fatal
-            metrics.EVENTS_SKIPPED.labels(record.topic, "carried").inc()
-            log.warning(
-                "listener skipped a carried event",
-                topic=record.topic,
-                offset=record.offset,
-                header=carried.header,
-                error=repr(exc)[:500],
-            )
+        await carried.hand_over(raw, key, record.topic, offset=record.offset)

@@ -55,6 +55,9 @@ MAX_DEAD_LETTERS = 1000
 # The publisher's W3C trace context in one string: `traceparent`, and after a newline
 # `tracestate` when there is one; None while tracing is off or there is none.
 Carrier = str | None
+# What a listener is handed: the event's bytes, the trace carrier, the record key and the
+# record headers (what `Carried` reads; only listeners see them).
+_Delivery = tuple[bytes, Carrier, str | None, Mapping[str, bytes] | None]
 
 
 def _carrier() -> Carrier:
@@ -206,15 +209,11 @@ class InMemoryBus(EventBus):
         self.publish_wait_s = publish_wait_s
         self._groups: dict[str, _Group] = {}
         self._topic_groups: dict[str, set[str]] = defaultdict(set)
-        # topic -> (queue of (event bytes, trace carrier, key), partitions listened to)
+        # topic -> (queue of (event bytes, trace carrier, key, record headers), partitions
+        # listened to)
         self._listeners: dict[
             str,
-            list[
-                tuple[
-                    asyncio.Queue[tuple[bytes, Carrier, str | None]],
-                    frozenset[int] | None,
-                ]
-            ],
+            list[tuple[asyncio.Queue[_Delivery], frozenset[int] | None]],
         ] = defaultdict(list)
         self._subscriptions: list[Subscription] = []
         # Bounded: a process that dead-letters event after event (a store refusing every
@@ -254,7 +253,7 @@ class InMemoryBus(EventBus):
         for queue, wanted in self._listeners.get(topic, ()):
             if wanted is None or partition is None or partition in wanted:
                 # Kafka's record key: the request id unless the publisher names another.
-                queue.put_nowait((raw, carrier, key or event.request_id))
+                queue.put_nowait((raw, carrier, key or event.request_id, headers))
 
     @override
     async def wait_for_room(self, topic: str) -> None:
@@ -508,18 +507,21 @@ class InMemoryBus(EventBus):
         carried: Carried | None = None,
         max_delay_ms: int | None = None,
     ) -> Subscription:
-        # This bus keeps no record headers (`carried` never has anything to hand over)
-        # and hands every event over at once (`max_delay_ms` needs no batching).
-        queue: asyncio.Queue[tuple[bytes, Carrier, str | None]] = asyncio.Queue()
+        # This bus hands every event over at once (`max_delay_ms` needs no batching).
+        queue: asyncio.Queue[_Delivery] = asyncio.Queue()
         entry = (queue, frozenset(partitions) if partitions is not None else None)
         self._listeners[topic].append(entry)
 
         async def worker() -> None:
             # One worker per listener keeps events in publication order (stream chunks).
             while True:
-                raw, carrier, key = await queue.get()
+                raw, carrier, key, headers = await queue.get()
                 if key_filter is not None and key is not None and not key_filter(key):
                     continue  # as on Kafka: asked when read, skipped without decoding
+                if carried is not None and headers and carried.header in headers:
+                    # As on Kafka: the carried event first (a reply's usage settles the
+                    # request's reservation before the reply reaches its client).
+                    await carried.hand_over(headers[carried.header], key, topic)
                 event = self._decode(topic, raw)
                 if event is None:
                     continue

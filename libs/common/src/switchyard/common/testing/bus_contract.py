@@ -1,0 +1,87 @@
+"""Checks of the `EventBus` contract that both buses must pass, for tests: each takes a
+started bus and a topic of its own, so the in-memory bus's unit tests and the Kafka bus's
+integration tests run the same scenario."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from switchyard.common.bus import USAGE_HEADER, Carried, EventBus, metrics
+from switchyard.common.events import ChatRequestData, ChatRequested, ClientAPI, encode_event
+from switchyard.common.testing.infra import async_wait_until
+
+
+def _request(n: int, event_id: str | None = None) -> ChatRequested:
+    event = ChatRequested(
+        source="test",
+        tenant="acme",
+        request_id=f"req-{n}",
+        data=ChatRequestData(
+            api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
+            model="sim-small",
+            body={"n": n},
+            user_id="u",
+            deadline=datetime.now(UTC) + timedelta(seconds=60),
+        ),
+    )
+    return event if event_id is None else event.model_copy(update={"id": event_id})
+
+
+async def carried_events_are_handed_over_first(
+    bus: EventBus, topic: str, timeout: float = 30
+) -> None:
+    """A listener with `carried` gets the event a record carries in that header before the
+    record's own event, for the keys both filters accept. A header that does not decode,
+    or that carries another request's event, is skipped and counted; the record's own
+    event is handled anyway. Raises AssertionError when the bus does otherwise."""
+    seen: list[str] = []
+    wanted_carried = {"req-1", "req-3"}
+
+    async def on_reply(event: object) -> None:
+        seen.append(f"reply {getattr(event, 'request_id', '?')}")
+
+    async def on_carried(event: object) -> None:
+        seen.append(f"carried {getattr(event, 'request_id', '?')}")
+
+    await bus.listen(
+        topic,
+        on_reply,
+        partitions=[0],
+        key_filter=lambda key: key != "req-9",
+        carried=Carried(USAGE_HEADER, on_carried, key_filter=wanted_carried.__contains__),
+    )
+
+    def carrying(n: int) -> dict[str, bytes]:
+        # The record's own request's event (another event of the same request id).
+        return {USAGE_HEADER: encode_event(_request(n, f"carried-{n}"))}
+
+    skipped = metrics.EVENTS_SKIPPED.labels(topic, "carried")
+    before = skipped._value.get()
+    await bus.publish(topic, _request(1), key="req-1", partition=0, headers=carrying(1))
+    await bus.publish(topic, _request(2), key="req-2", partition=0, headers=carrying(2))
+    # A header that does not decode is skipped; the record's own event is handled.
+    await bus.publish(
+        topic, _request(3), key="req-3", partition=0, headers={USAGE_HEADER: b"{not json"}
+    )
+    # So is an event of another request: a record carries its own request's only.
+    wanted_carried.add("req-5")
+    await bus.publish(
+        topic,
+        _request(5),
+        key="req-5",
+        partition=0,
+        headers={USAGE_HEADER: encode_event(_request(1, "forged"))},
+    )
+    await bus.publish(topic, _request(9), key="req-9", partition=0, headers=carrying(9))
+    await bus.publish(topic, _request(4), key="req-4", partition=0)  # carries nothing
+    await async_wait_until(lambda: asyncio.sleep(0, "reply req-4" in seen), timeout=timeout)
+    assert seen == [
+        "carried req-1",
+        "reply req-1",
+        "reply req-2",  # its carried event is not wanted: never decoded
+        "reply req-3",
+        "reply req-5",
+        "reply req-4",
+    ]
+    assert skipped._value.get() == before + 2
