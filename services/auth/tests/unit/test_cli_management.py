@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from switchyard.auth.cli import keys_app, tokens_app, users_app
+from switchyard.auth.cli import keys_app, teams_app, tokens_app, users_app
 from switchyard.auth.config import Settings
 from switchyard.auth.models import OutboxEvent
 from switchyard.auth.service import AuthService
@@ -22,7 +22,7 @@ def cli(settings: Settings, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SWITCHYARD_AUTH_SIGNING_KEY_FILE", str(settings.signing_key_file))
     monkeypatch.setenv("SWITCHYARD_ENVIRONMENT", "development")
     app = typer.Typer()
-    for group in (users_app, keys_app, tokens_app):
+    for group in (users_app, keys_app, tokens_app, teams_app):
         app.add_typer(group)
     runner = CliRunner()
 
@@ -61,6 +61,34 @@ def test_keys_list_and_revoke(cli, run_with_service) -> None:
 
     unknown = cli("keys", "revoke", "no-such-key")
     assert unknown.exit_code == 1 and "No API key" in unknown.output
+
+
+def test_the_plain_listings_have_a_header_row_and_aligned_columns(cli) -> None:
+    """`users list`, `keys list` and `teams list` print a header, a rule and one row per
+    item, each column starting where its header does (what `--json` does not need)."""
+    cli("users", "create", "--email", "a@acme.test", "--tenant", "acme", "--no-password")
+    cli("users", "create", "--email", "longer.name@acme.test", "--tenant", "acme", "--no-password")
+    for email in ("a@acme.test", "longer.name@acme.test"):
+        assert cli("keys", "create", "--email", email, "--name", f"key of {email}").exit_code == 0
+    assert cli("teams", "create", "--tenant", "acme", "--name", "research").exit_code == 0
+
+    for command, header in (
+        ("users", ["id", "email", "tenant", "role", "status"]),
+        ("keys", ["key_id", "prefix", "name", "tenant", "status"]),
+        ("teams", ["id", "tenant", "name", "limits"]),
+    ):
+        listed = cli(command, "list")
+        assert listed.exit_code == 0, listed.output
+        lines = listed.stdout.splitlines()
+        assert lines[0].split() == header, command
+        assert set(lines[1].replace(" ", "")) == {"-"}, command
+        rows = lines[2:]
+        assert len(rows) == (1 if command == "teams" else 2), command
+        starts = [lines[0].index(name) for name in header]
+        for row in rows:
+            for start in starts[1:]:
+                # Every column begins after two spaces, where its header does.
+                assert row[start - 2 : start] == "  " and row[start] != " ", (command, row)
 
 
 def test_users_list_disable_and_enable(cli, run_with_service) -> None:

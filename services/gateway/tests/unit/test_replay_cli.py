@@ -155,7 +155,7 @@ def run(*args: str):
 
 def _table(output: str) -> tuple[list[str], list[dict[str, str]]]:
     """The table's titles and rows as a reader lines them up: each column starts where its
-    title starts in the header line."""
+    title starts in the header line, and a rule of dashes under it starts every column."""
     lines = output.splitlines()
     header = lines[0]
     titles = [t for t in header.split("  ") if t.strip()]
@@ -166,7 +166,10 @@ def _table(output: str) -> tuple[list[str], list[dict[str, str]]]:
         starts.append(position)
         position += len(title.strip())
     ends = [*starts[1:], None]
-    body = lines[1 : lines.index("")]
+    rule = lines[1]
+    assert set(rule.replace(" ", "")) == {"-"}, rule
+    assert [rule.index("-", s) for s in starts] == starts, "a column starts off its rule"
+    body = lines[2 : lines.index("")]
     rows = [
         {t.strip(): line[s:e].strip() for t, s, e in zip(titles, starts, ends, strict=True)}
         for line in body

@@ -1,6 +1,9 @@
-"""Text from users (emails, key names, model names) made safe to print on a terminal."""
+"""Text for a terminal: what users wrote (emails, key names, model names) made safe to
+print, numbers as operators wrote them, and listings in aligned columns."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 def terminal_safe(text: object) -> str:
@@ -21,3 +24,20 @@ def fixed_point(value: float) -> str:
 
     text = format(Decimal(repr(float(value))), "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def columns(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """`rows` as plain-text lines under a header row and a rule of dashes, each column
+    left-aligned to its widest cell, two spaces apart (tabulate's `simple` format, no
+    number alignment or parsing: cells print as given, None as empty). Cells are shown
+    through `terminal_safe`; a row per line, so `grep` and `awk` still read it."""
+    from tabulate import tabulate
+
+    shown = [["" if cell is None else terminal_safe(cell) for cell in row] for row in rows]
+    return tabulate(
+        shown,
+        headers=list(headers),
+        tablefmt="simple",
+        disable_numparse=True,
+        stralign="left",
+    )

@@ -41,7 +41,7 @@ from switchyard.auth.service import (
     normalise_email,
 )
 from switchyard.auth.signing import SigningKeyError
-from switchyard.common.text import fixed_point
+from switchyard.common.text import columns, fixed_point
 from switchyard.common.text import terminal_safe as safe
 
 T = TypeVar("T")
@@ -275,20 +275,28 @@ def list_users(
     async def list_all(service: AuthService) -> Any:
         return await service.list_users(tenant)
 
-    for user in run_with_service(list_all):
-        fields = {
-            "id": user.id,
-            "email": user.email,
-            "tenant": user.tenant,
-            "role": user.role,
-            "disabled": user.disabled,
-            "created_at": user.created_at.isoformat(),
-        }
-        if as_json:
+    users = run_with_service(list_all)
+    if as_json:
+        for user in users:
+            fields = {
+                "id": user.id,
+                "email": user.email,
+                "tenant": user.tenant,
+                "role": user.role,
+                "disabled": user.disabled,
+                "created_at": user.created_at.isoformat(),
+            }
             typer.echo(json.dumps(fields))
-        else:
-            state = "disabled" if user.disabled else "active"
-            typer.echo(f"{user.id}  {safe(user.email)}  {safe(user.tenant)}  {user.role}  {state}")
+    elif users:
+        typer.echo(
+            columns(
+                ("id", "email", "tenant", "role", "status"),
+                [
+                    (u.id, u.email, u.tenant, u.role, "disabled" if u.disabled else "active")
+                    for u in users
+                ],
+            )
+        )
 
 
 def _set_disabled(email: str, disabled: bool) -> None:
@@ -393,6 +401,7 @@ def list_keys(
         return await service.list_api_keys(tenant=tenant, user_id=user_id)
 
     now = datetime.now(UTC)
+    rows = []
     for key in run_with_service(list_all):
         if key.revoked_at is not None:
             state = "revoked"
@@ -414,9 +423,9 @@ def list_keys(
         if as_json:
             typer.echo(json.dumps(fields))
         else:
-            typer.echo(
-                f"{key.id}  {safe(key.prefix)}...  {safe(key.name)}  {safe(key.tenant)}  {state}"
-            )
+            rows.append((key.id, f"{key.prefix}...", key.name, key.tenant, state))
+    if rows:
+        typer.echo(columns(("key_id", "prefix", "name", "tenant", "status"), rows))
 
 
 @keys_app.command("revoke")
@@ -576,11 +585,17 @@ def list_teams(
     async def list_all(service: AuthService) -> Any:
         return await Governance(service).list_teams(tenant)
 
-    for team in run_with_service(list_all):
-        if as_json:
+    teams = run_with_service(list_all)
+    if as_json:
+        for team in teams:
             typer.echo(json.dumps(_team_fields(team)))
-        else:
-            typer.echo(f"{team.id}  {team.tenant}  {team.name}  {_describe(team)}")
+    elif teams:
+        typer.echo(
+            columns(
+                ("id", "tenant", "name", "limits"),
+                [(team.id, team.tenant, team.name, _describe(team)) for team in teams],
+            )
+        )
 
 
 TeamArgument = Annotated[

@@ -28,7 +28,7 @@ from urllib.parse import quote
 import httpx
 import typer
 
-from switchyard.common.text import terminal_safe
+from switchyard.common.text import columns, terminal_safe
 
 replay_app = typer.Typer(
     name="replay",
@@ -353,10 +353,8 @@ def report_table(report: dict[str, Any]) -> list[list[str]]:
 
 
 def _print_table(report: dict[str, Any]) -> None:
-    table = report_table(report)
-    widths = [max(len(row[i]) for row in table) for i in range(len(TABLE_COLUMNS))]
-    for row in table:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    titles, *cells = report_table(report)
+    typer.echo(columns(titles, cells))
     totals = report["totals"]
     original, replay = totals["original"], totals["replay"]
     counts = report["counts"]

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.bus import BusUnavailableError
 from switchyard.common.plugins import lookup_principal_names
-from switchyard.common.text import terminal_safe
+from switchyard.common.text import columns, terminal_safe
 from switchyard.history.bootstrap import history_engine
 from switchyard.history.config import DatabaseSettings
 from switchyard.history.queries import HistoryQueries, UsageQuery, UsageRow
@@ -186,13 +186,8 @@ def _print_table(report: dict[str, Any]) -> None:
     if not report["data"]:
         typer.echo(f"no requests between {report['since']} and {report['until']}")
         return
-    columns = list(report["data"][0])
-    widths = {c: max(len(c), *(len(_fmt(row.get(c))) for row in data)) for c in columns}
-    line = "  ".join(c.ljust(widths[c]) for c in columns)
-    typer.echo(line)
-    typer.echo("  ".join("-" * widths[c] for c in columns))
-    for row in data:
-        typer.echo("  ".join(_fmt(row.get(c)).ljust(widths[c]) for c in columns))
+    names = list(report["data"][0])
+    typer.echo(columns(names, [[_fmt(row.get(name)) for name in names] for row in data]))
 
 
 def _total_label(report: dict[str, Any]) -> dict[str, str]:
