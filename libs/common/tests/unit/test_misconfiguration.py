@@ -7,13 +7,12 @@ where there is no database."""
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from switchyard.common import cli, dev
+from switchyard.common import dev
 from switchyard.common.httpserver import configured_limits
 
 
@@ -40,21 +39,6 @@ def clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     configured_limits.cache_clear()
     yield
     configured_limits.cache_clear()
-
-
-def _main_fails(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str
-) -> str:
-    """Run `switchyard *argv` as the console script does; the one line it printed."""
-    monkeypatch.setattr(sys, "argv", ["switchyard", *argv])
-    with pytest.raises(SystemExit) as stopped:
-        cli.main()
-    assert stopped.value.code == 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    [line] = err.splitlines()
-    assert line.startswith("error: ")
-    return line
 
 
 # (command, variable, value): each kind of number a service took, then failed on.
@@ -86,13 +70,13 @@ OUT_OF_BOUNDS = [
 @pytest.mark.parametrize(("argv", "variable", "value"), OUT_OF_BOUNDS)
 def test_a_number_out_of_bounds_stops_the_command_in_one_line(
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    main_fails: Callable[..., str],
     argv: tuple[str, ...],
     variable: str,
     value: str,
 ) -> None:
     monkeypatch.setenv(variable, value)
-    line = _main_fails(monkeypatch, capsys, *argv)
+    line = main_fails(*argv)
     assert line.startswith(f"error: {variable}: "), line
 
 
@@ -111,24 +95,24 @@ BAD_URLS = [
 )
 def test_a_database_url_no_service_can_use_stops_start_up_in_one_line(
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    main_fails: Callable[..., str],
     argv: tuple[str, ...],
     url: str,
     why: str,
 ) -> None:
     """It used to start the server, whose lifespan failed with a traceback (exit 3)."""
     monkeypatch.setenv("DATABASE_URL", url)
-    line = _main_fails(monkeypatch, capsys, *argv)
+    line = main_fails(*argv)
     assert line.startswith("error: DATABASE_URL is not a usable database URL ("), line
     assert why in line
     assert "secret" not in line
 
 
 def test_the_service_variable_is_named_when_it_is_the_one_set(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, main_fails: Callable[..., str]
 ) -> None:
     monkeypatch.setenv("SWITCHYARD_HISTORY_DATABASE_URL", "bogus://x")
-    line = _main_fails(monkeypatch, capsys, "history", "--port", "18725")
+    line = main_fails("history", "--port", "18725")
     assert line.startswith("error: SWITCHYARD_HISTORY_DATABASE_URL is not a usable database URL")
 
 
@@ -159,54 +143,51 @@ def test_every_alias_of_a_usable_database_is_accepted(url: str) -> None:
     ],
 )
 def test_the_gateway_refuses_a_url_its_ledger_cannot_use_instead_of_memory(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str, why: str
+    monkeypatch: pytest.MonkeyPatch, main_fails: Callable[..., str], url: str, why: str
 ) -> None:
     """It used to keep limits in one process's memory, saying nothing."""
     monkeypatch.setenv("DATABASE_URL", url)
-    line = _main_fails(monkeypatch, capsys, "gateway", "--port", "18726")
+    line = main_fails("gateway", "--port", "18726")
     assert line.startswith("error: DATABASE_URL is not a usable database URL for the limit ledger")
     assert why in line and "SWITCHYARD_GATEWAY_GOVERNANCE_STORE=memory" in line
 
 
 @pytest.mark.parametrize(("argv"), [("gateway", "--port", "18726"), ("spend",)])
 def test_a_ledger_store_and_a_url_of_different_kinds_are_refused(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+    monkeypatch: pytest.MonkeyPatch, main_fails: Callable[..., str], argv: tuple[str, ...]
 ) -> None:
     monkeypatch.setenv("SWITCHYARD_GATEWAY_GOVERNANCE_STORE", "postgres")
     monkeypatch.setenv("DATABASE_URL", "sqlite+aiosqlite:///x.db")
-    line = _main_fails(monkeypatch, capsys, *argv)
+    line = main_fails(*argv)
     assert "SWITCHYARD_GATEWAY_GOVERNANCE_STORE is postgres but DATABASE_URL names a SQLite" in line
 
 
 def test_spend_with_an_unknown_ledger_store_is_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, main_fails: Callable[..., str]
 ) -> None:
     """It used to print pydantic's ValidationError as a traceback."""
     monkeypatch.setenv("SWITCHYARD_GATEWAY_GOVERNANCE_STORE", "bogus")
-    line = _main_fails(monkeypatch, capsys, "spend")
+    line = main_fails("spend")
     assert line.startswith("error: SWITCHYARD_GATEWAY_GOVERNANCE_STORE: Input should be 'auto'")
 
 
 def test_spend_with_a_number_out_of_bounds_elsewhere_still_reads_the_ledger_settings(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, main_fails: Callable[..., str]
 ) -> None:
     """`switchyard spend` reads only the ledger's settings, so it says what is missing."""
     monkeypatch.setenv("SWITCHYARD_GATEWAY_REQUEST_TIMEOUT_S", "1e309")
-    line = _main_fails(monkeypatch, capsys, "spend")
+    line = main_fails("spend")
     assert line.startswith("error: no limit ledger at .switchyard/gateway.db ")
 
 
 @pytest.mark.parametrize("service", ["auth", "history", "gateway"])
 def test_db_downgrade_without_the_state_directory_says_what_is_missing(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    main_fails: Callable[..., str],
     tmp_path: Path,
     service: str,
 ) -> None:
     """It used to say only `unable to open database file`."""
-    line = _main_fails(
-        monkeypatch, capsys, "db", "downgrade", "--service", service, "--revision", "-1"
-    )
+    line = main_fails("db", "downgrade", "--service", service, "--revision", "-1")
     assert line.startswith(f"error: no {service} database to downgrade: the SQLite directory ")
     assert ".switchyard does not exist" in line
     assert f"SWITCHYARD_{service.upper()}_DATABASE_URL or DATABASE_URL" in line
@@ -215,11 +196,9 @@ def test_db_downgrade_without_the_state_directory_says_what_is_missing(
 
 
 def test_db_downgrade_of_a_missing_file_names_the_file(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    main_fails: Callable[..., str], tmp_path: Path
 ) -> None:
     (tmp_path / ".switchyard").mkdir()
-    line = _main_fails(
-        monkeypatch, capsys, "db", "downgrade", "--service", "auth", "--revision", "base"
-    )
+    line = main_fails("db", "downgrade", "--service", "auth", "--revision", "base")
     assert "the SQLite file .switchyard/auth.db does not exist" in line
     assert not (tmp_path / ".switchyard" / "auth.db").exists()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,21 +22,6 @@ def fresh_limits() -> Iterator[None]:
     configured_limits.cache_clear()
     yield
     configured_limits.cache_clear()
-
-
-def _main_fails(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str
-) -> str:
-    """Run `switchyard *argv` as the console script does; the one line it printed."""
-    monkeypatch.setattr(sys, "argv", ["switchyard", *argv])
-    with pytest.raises(SystemExit) as stopped:
-        cli.main()
-    assert stopped.value.code == 1
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    [line] = err.splitlines()
-    assert line.startswith("error: ")
-    return line
 
 
 # ------------------------------------------------------------- SWITCHYARD_HTTP_* limits
@@ -56,7 +41,7 @@ BAD_LIMITS = [
 )
 def test_a_bad_http_limit_stops_start_up_naming_its_variable(
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    main_fails: Callable[..., str],
     tmp_path: Path,
     argv: tuple[str, ...],
     variable: str,
@@ -76,7 +61,7 @@ def test_a_bad_http_limit_stops_start_up_naming_its_variable(
     monkeypatch.setattr(uvicorn, "run", never)
     # Nor does embedded mode start: it would make its state directory first.
     monkeypatch.setattr(dev, "private_state_dir", never)
-    line = _main_fails(monkeypatch, capsys, *argv)
+    line = main_fails(*argv)
     assert line.startswith(f"error: {variable}: ") and words in line
 
 
@@ -105,10 +90,10 @@ def test_known_log_levels_of_any_case_are_taken(level: str) -> None:
 
 
 def test_a_service_with_an_unknown_log_level_stops_in_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, main_fails: Callable[..., str]
 ) -> None:
     monkeypatch.setenv("SWITCHYARD_LOG_LEVEL", "bogus")
-    line = _main_fails(monkeypatch, capsys, "history", "--port", "18757")
+    line = main_fails("history", "--port", "18757")
     assert line.startswith("error: SWITCHYARD_LOG_LEVEL: unknown log level 'bogus'")
 
 
@@ -318,7 +303,7 @@ def test_describe_database_error_drops_the_background_link() -> None:
 
 
 def test_a_url_of_no_driver_anywhere_is_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, main_fails: Callable[..., str]
 ) -> None:
     """`users list` (auth's command) opens its engine in shared code: the entry point turns
     SQLAlchemy's refusal of the URL into one line."""
@@ -328,7 +313,7 @@ def test_a_url_of_no_driver_anywhere_is_one_line(
         make_url("bogus://x").get_dialect()
 
     monkeypatch.setattr(cli, "build", lambda: command)
-    line = _main_fails(monkeypatch, capsys)
+    line = main_fails()
     assert "DATABASE_URL" in line and "sqlalchemy.dialects:bogus" in line
 
 

@@ -2,7 +2,8 @@
 a free 127.0.0.1 port (in a background thread, so it outlives each test's event loop),
 cleared before every test; `serve`, a handler routing model `m` to the deployments a test
 names. The provider simulator's fixtures (`simulator`,
-`simulator_server`) come from `switchyard.simulator.testing`."""
+`simulator_server`) come from `switchyard.simulator.testing`. `anthropic_message` builds
+an upstream Anthropic reply for the tests that import it."""
 
 from __future__ import annotations
 
@@ -60,3 +61,19 @@ async def serve() -> AsyncIterator[Any]:
     for harness, providers in started:
         await harness.stop()
         await providers.aclose()
+
+
+def anthropic_message(**overrides: Any) -> dict[str, Any]:
+    """A complete Anthropic Messages reply (one text block, `end_turn`), with `overrides`
+    replacing its top-level fields."""
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-x",
+        "content": [{"type": "text", "text": "Hello!"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 3},
+    }
+    return {**message, **overrides}

@@ -14,6 +14,8 @@ from switchyard.inference.errors import ProviderError
 from switchyard.inference.testing import RecordingUpstream, Scripted, chat_request
 from switchyard.inference.upstream import create_upstream
 
+from .conftest import anthropic_message
+
 CHAT = ClientAPI.OPENAI_CHAT_COMPLETIONS
 MESSAGES = ClientAPI.ANTHROPIC_MESSAGES
 RESPONSES = ClientAPI.OPENAI_RESPONSES
@@ -86,16 +88,7 @@ async def test_a_client_of_another_api_reaches_an_anthropic_deployment_with_its_
     longer context window): the translated request carries it, and only it (the version is
     the upstream client's, for the body the translation builds; `openai-beta` is not
     Anthropic's)."""
-    native = {
-        "id": "msg_1",
-        "type": "message",
-        "role": "assistant",
-        "model": "upstream-model",
-        "content": [{"type": "text", "text": "Hello!"}],
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
-        "usage": {"input_tokens": 10, "output_tokens": 3},
-    }
+    native = anthropic_message(model="upstream-model")
     counting = api is ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS
     recorder.script(Scripted(json={"input_tokens": 10} if counting else native))
     harness = await serve(deployment(recorder, "anthropic"))

@@ -8,11 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from switchyard.common.testing.infra import async_wait_until
-from switchyard.common.testing.unreachable_bus import UnreachableBus, quick_retries
+from switchyard.common.testing.unreachable_bus import UnreachableBus, quick_retries, started
 from switchyard.inference.app import create_app
 from switchyard.inference.config import Settings
 
@@ -34,31 +32,15 @@ def _settings(simulator: Any, tmp_path: Path) -> Settings:
     )
 
 
-async def _ready(client: httpx.AsyncClient) -> bool:
-    return (await client.get("/readyz")).status_code == 200
-
-
-async def _attempted(bus: UnreachableBus, count: int) -> bool:
-    return bus.attempts >= count
-
-
 async def test_inference_starts_and_subscribes_both_lanes_once_the_bus_answers(
     simulator: Any, tmp_path: Path
 ) -> None:
     bus = UnreachableBus(failures=3)
     app = create_app(_settings(simulator, tmp_path), bus=bus)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://inference") as client,
-    ):
-        assert (await client.get("/livez")).status_code == 200
-        await async_wait_until(
-            lambda: _ready(client), timeout=10, interval=0.01, message="inference ready"
-        )
+    async with started(app, bus, "inference") as service:
+        await service.assert_live_then_ready()
         assert bus.attempts == 5  # three refused, then each lane once
         assert len(app.state.consumers.subscriptions) == 2
-    await bus.stop()
 
 
 async def test_inference_not_ready_while_the_bus_never_answers_and_stops_cleanly(
@@ -66,15 +48,5 @@ async def test_inference_not_ready_while_the_bus_never_answers_and_stops_cleanly
 ) -> None:
     bus = UnreachableBus(failures=10**6)
     app = create_app(_settings(simulator, tmp_path), bus=bus)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://inference") as client,
-    ):
-        await async_wait_until(
-            lambda: _attempted(bus, 3), timeout=10, interval=0.01, message="three attempts"
-        )
-        ready = await client.get("/readyz")
-        assert ready.status_code == 503
-        assert ready.json()["checks"]["bus"] is False
-    await bus.stop()
+    async with started(app, bus, "inference") as service:
+        await service.assert_not_ready()

@@ -27,6 +27,8 @@ from switchyard.inference.testing import Harness, RecordingUpstream, Scripted, c
 from switchyard.inference.translate import TranslationError, chat_request_to_messages
 from switchyard.inference.translate_responses import responses_request_to_messages
 
+from .conftest import anthropic_message
+
 TOPICS = Topics("responses")
 RESPONSES = ClientAPI.OPENAI_RESPONSES
 OPENAI_KEY = "sk-proj-RESPONSESSECRETKEY1"
@@ -1277,16 +1279,12 @@ async def test_a_translated_response_reports_the_tier_that_served_it(harness, re
 
 
 async def test_an_anthropic_tier_is_reported_in_the_responses_api_names(harness, recorder):
-    message = {
-        "id": "msg_t",
-        "type": "message",
-        "role": "assistant",
-        "model": "upstream-claude",
-        "content": [{"type": "text", "text": "Hi"}],
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
-        "usage": {"input_tokens": 5, "output_tokens": 1, "service_tier": "priority"},
-    }
+    message = anthropic_message(
+        id="msg_t",
+        model="upstream-claude",
+        content=[{"type": "text", "text": "Hi"}],
+        usage={"input_tokens": 5, "output_tokens": 1, "service_tier": "priority"},
+    )
     recorder.script(Scripted(json=message))
     request = responses_request("claude", {"input": "hi"})
     reply = await harness.handle(request)

@@ -29,6 +29,8 @@ from switchyard.inference.translate_responses import (
 )
 from switchyard.simulator import parameters as openai_rules
 
+from .conftest import anthropic_message
+
 openai = pytest.importorskip("openai")
 anthropic = pytest.importorskip("anthropic")
 
@@ -627,20 +629,6 @@ def test_requests_survive_a_round_trip_through_the_other_api() -> None:
 
 
 # =========================================================================== responses
-
-
-def anthropic_message(**overrides: Any) -> dict[str, Any]:
-    message = {
-        "id": "msg_1",
-        "type": "message",
-        "role": "assistant",
-        "model": "claude-x",
-        "content": [{"type": "text", "text": "Hello!"}],
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
-        "usage": {"input_tokens": 10, "output_tokens": 3},
-    }
-    return {**message, **overrides}
 
 
 @pytest.mark.parametrize(
