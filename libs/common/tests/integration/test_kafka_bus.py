@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -21,28 +20,18 @@ from switchyard.common.bus import (
     delivery_may_repeat,
 )
 from switchyard.common.bus.kafka import KafkaBus
-from switchyard.common.events import ChatRequestData, ChatRequested, ClientAPI, encode_event
-from switchyard.common.testing.bus_contract import carried_events_are_handed_over_first
+from switchyard.common.events import encode_event
+from switchyard.common.testing.bus_contract import (
+    carried_events_are_handed_over_first,
+    numbered_request,
+)
 from switchyard.common.testing.infra import async_wait_until
 from switchyard.common.testing.kafka_records import produce_with_unreadable
 
 pytestmark = pytest.mark.integration
 
 
-def request(n: int, **data) -> ChatRequested:
-    return ChatRequested(
-        source="test",
-        tenant="acme",
-        request_id=f"req-{n}",
-        data=ChatRequestData(
-            api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
-            model="sim-small",
-            body={"n": n},
-            user_id="u",
-            deadline=datetime.now(UTC) + timedelta(seconds=60),
-            **data,
-        ),
-    )
+request = numbered_request
 
 
 async def started_bus(servers, topics) -> KafkaBus:

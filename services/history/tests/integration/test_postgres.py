@@ -171,20 +171,24 @@ async def test_concurrent_consumers_agree_on_one_terminal_state(engine, events):
         assert (row["error"] is not None) == (row["status"] == "failed")
 
 
+async def _pages(engine, limit: int) -> list[list[str]]:
+    """Alice's requests, page after page, as request ids."""
+    queries = HistoryQueries(engine)
+    caller = Caller(tenant="acme", user_id="alice", role="user")
+    pages, cursor = [], None
+    while True:
+        page = await queries.list_requests(caller, limit=limit, cursor=cursor)
+        pages.append([row["request_id"] for row in page.items])
+        if (cursor := page.next_cursor) is None:
+            return pages
+
+
 async def test_pagination_on_postgres_neither_skips_nor_repeats(engine, events):
     shared_instant = events.tick()
     requests = [events.requested(f"req-{index:02d}") for index in range(7)]
     requests += [events.requested(f"same-{index}", at=shared_instant) for index in range(4)]
     await EventRecorder(engine).record(requests)
-    queries = HistoryQueries(engine)
-    caller = Caller(tenant="acme", user_id="alice", role="user")
-
-    seen, cursor = [], None
-    while True:
-        page = await queries.list_requests(caller, limit=3, cursor=cursor)
-        seen += [row["request_id"] for row in page.items]
-        if (cursor := page.next_cursor) is None:
-            break
+    seen = [item for page in await _pages(engine, limit=3) for item in page]
 
     expected = sorted(
         requests, key=lambda request: (request.time, request.request_id), reverse=True
@@ -202,14 +206,4 @@ async def test_a_page_on_postgres_ends_before_its_documents_pass_the_byte_bound(
     monkeypatch.setattr(history_queries, "PAGE_BYTES", 100_000)
     requests = [events.requested(f"rep-{index}", prompt="a" * 40_000) for index in range(5)]
     await EventRecorder(engine).record(requests)
-    queries = HistoryQueries(engine)
-    caller = Caller(tenant="acme", user_id="alice", role="user")
-
-    pages, cursor = [], None
-    while True:
-        page = await queries.list_requests(caller, limit=100, cursor=cursor)
-        pages.append([row["request_id"] for row in page.items])
-        if (cursor := page.next_cursor) is None:
-            break
-
-    assert pages == [["rep-4", "rep-3"], ["rep-2", "rep-1"], ["rep-0"]]
+    assert await _pages(engine, limit=100) == [["rep-4", "rep-3"], ["rep-2", "rep-1"], ["rep-0"]]

@@ -12,7 +12,9 @@ from switchyard.common.events import ChatRequestData, ChatRequested, ClientAPI, 
 from switchyard.common.testing.infra import async_wait_until
 
 
-def _request(n: int, event_id: str | None = None) -> ChatRequested:
+def numbered_request(n: int, event_id: str | None = None, **data: object) -> ChatRequested:
+    """A `chat.requested` event of tenant `acme` for request `req-<n>` (body `{"n": n}`),
+    with `event_id` as its id if given and `data` added to its `ChatRequestData`."""
     event = ChatRequested(
         source="test",
         tenant="acme",
@@ -23,6 +25,7 @@ def _request(n: int, event_id: str | None = None) -> ChatRequested:
             body={"n": n},
             user_id="u",
             deadline=datetime.now(UTC) + timedelta(seconds=60),
+            **data,
         ),
     )
     return event if event_id is None else event.model_copy(update={"id": event_id})
@@ -54,27 +57,27 @@ async def carried_events_are_handed_over_first(
 
     def carrying(n: int) -> dict[str, bytes]:
         # The record's own request's event (another event of the same request id).
-        return {USAGE_HEADER: encode_event(_request(n, f"carried-{n}"))}
+        return {USAGE_HEADER: encode_event(numbered_request(n, f"carried-{n}"))}
 
     skipped = metrics.EVENTS_SKIPPED.labels(topic, "carried")
     before = skipped._value.get()
-    await bus.publish(topic, _request(1), key="req-1", partition=0, headers=carrying(1))
-    await bus.publish(topic, _request(2), key="req-2", partition=0, headers=carrying(2))
+    await bus.publish(topic, numbered_request(1), key="req-1", partition=0, headers=carrying(1))
+    await bus.publish(topic, numbered_request(2), key="req-2", partition=0, headers=carrying(2))
     # A header that does not decode is skipped; the record's own event is handled.
     await bus.publish(
-        topic, _request(3), key="req-3", partition=0, headers={USAGE_HEADER: b"{not json"}
+        topic, numbered_request(3), key="req-3", partition=0, headers={USAGE_HEADER: b"{not json"}
     )
     # So is an event of another request: a record carries its own request's only.
     wanted_carried.add("req-5")
     await bus.publish(
         topic,
-        _request(5),
+        numbered_request(5),
         key="req-5",
         partition=0,
-        headers={USAGE_HEADER: encode_event(_request(1, "forged"))},
+        headers={USAGE_HEADER: encode_event(numbered_request(1, "forged"))},
     )
-    await bus.publish(topic, _request(9), key="req-9", partition=0, headers=carrying(9))
-    await bus.publish(topic, _request(4), key="req-4", partition=0)  # carries nothing
+    await bus.publish(topic, numbered_request(9), key="req-9", partition=0, headers=carrying(9))
+    await bus.publish(topic, numbered_request(4), key="req-4", partition=0)  # carries nothing
     await async_wait_until(lambda: asyncio.sleep(0, "reply req-4" in seen), timeout=timeout)
     assert seen == [
         "carried req-1",
