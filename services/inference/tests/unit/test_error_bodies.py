@@ -1,8 +1,8 @@
 """Whatever an upstream (or a proxy in front of it) answers an error with, the client gets
 the upstream's status and a clear, bounded, printable message: the body's own message
 wherever its server keeps it (OpenAI's and Anthropic's `error.message`, NestJS's list
-`message`, FastAPI's `detail` object or validation list, an error object a proxy wrapped
-in another), else the status and its reason (`HTTP 503 Service Unavailable`), never the
+`message`, FastAPI's `detail` object or validation list, GraphQL's and Cloudflare's
+`errors` list, an error object a proxy wrapped in another), else the status and its reason (`HTTP 503 Service Unavailable`), never the
 body's Python repr, markup, control bytes or JSON the parser refused. Both protocols give
 the same message for every body, through direct requests and through the SDK's `post`."""
 
@@ -57,6 +57,20 @@ BODIES: dict[str, tuple[Scripted, str, str | None]] = {
             status=422,
         ),
         "body.model: field required; body.n: not an int",
+        None,
+    ),
+    "graphql-errors-list": (
+        Scripted(
+            json={"errors": [{"message": "quota exceeded"}, {"message": "retry"}]}, status=429
+        ),
+        "quota exceeded; retry",
+        None,
+    ),
+    "cloudflare-errors-list": (
+        Scripted(
+            json={"success": False, "errors": [{"code": 7003, "message": "No route"}]}, status=404
+        ),
+        "No route",
         None,
     ),
     "error-null": (

@@ -183,7 +183,8 @@ _GARBLED_SHARE = 0.1
 # The members an error object keeps its message in, by the servers that send them:
 # OpenAI's and Anthropic's `message`, FastAPI's `detail`, Pydantic's `msg`, and a string
 # `error` (`{"error": "model 'x' not found"}`).
-_MESSAGE_MEMBERS = ("message", "detail", "msg", "error")
+# `errors`: GraphQL's list of error objects, as Cloudflare's API and gateways answer.
+_MESSAGE_MEMBERS = ("message", "detail", "msg", "error", "errors")
 
 
 def _error_object(body: object) -> dict[str, Any]:
