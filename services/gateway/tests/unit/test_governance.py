@@ -35,6 +35,11 @@ from .history_fakes import install as install_history
 
 PRICES = PriceTable(models={"m": Price(input_per_1m=1_000.0, output_per_1m=1_000.0)})
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+# A JSON schema of some 2,000 tokens (its description alone).
+SCHEMA = {
+    "name": "report",
+    "schema": {"type": "object", "description": "word " * 2000, "properties": {}},
+}
 
 
 @dataclass(frozen=True)
@@ -226,8 +231,24 @@ async def test_a_budget_is_never_overspent_and_settlement_frees_the_unused_reser
         ({"model": "m", "input": [[1, 2, 3]] * 400}, 1200),
         # n completions may each use the whole output cap.
         ({**BODY, "max_tokens": 200, "n": 128}, 200 * 128),
+        # A structured output's schema is prompt, in each API's field for it.
+        ({**BODY, "response_format": {"type": "json_schema", "json_schema": SCHEMA}}, 2000),
+        (
+            {"model": "m", "input": "hi", "max_output_tokens": 16, "text": {"format": SCHEMA}},
+            2000,
+        ),
+        ({**BODY, "output_format": {"type": "json_schema", "schema": SCHEMA["schema"]}}, 2000),
+        ({**BODY, "output_config": {"format": {"type": "json_schema", **SCHEMA}}}, 2000),
     ],
-    ids=["token-ids", "many-token-id-arrays", "n-choices"],
+    ids=[
+        "token-ids",
+        "many-token-id-arrays",
+        "n-choices",
+        "chat-response-format",
+        "responses-text-format",
+        "anthropic-output-format",
+        "anthropic-output-config",
+    ],
 )
 async def test_what_a_request_may_use_counts_token_ids_and_every_choice(
     body, reserved_at_least

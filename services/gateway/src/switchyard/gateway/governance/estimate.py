@@ -6,11 +6,11 @@ table), and the price of both. Reservations use these; the usage event settles t
 
 The counter reads every text of the request wherever the API puts it (Chat Completions'
 `messages`, Anthropic's `system` and `messages`, the Responses API's `instructions` and
-`input`, embeddings' `input`, tool definitions) so it is right for both APIs and for the
-native bodies of the version 2 contract. Roles, ids and other short identifiers are
-counted too, which makes the estimate a little high: safe for a reservation. Token ids
-(embeddings' `input` as arrays of integers) count one token each, and a request asking for
-`n` completions reserves the output cap `n` times.
+`input`, embeddings' `input`, tool definitions, structured outputs' JSON schemas) so it
+is right for both APIs and for the native bodies of the version 2 contract. Roles, ids
+and other short identifiers are counted too, which makes the estimate a little high: safe
+for a reservation. Token ids (embeddings' `input` as arrays of integers) count one token
+each, and a request asking for `n` completions reserves the output cap `n` times.
 """
 
 from __future__ import annotations
@@ -29,7 +29,21 @@ from switchyard.common.tokenizer import TokenCounter, encoding
 MESSAGE_OVERHEAD = 4
 # An image part: a low-detail image costs 85 tokens at OpenAI; larger ones are settled.
 IMAGE_TOKENS = 85
-TEXT_FIELDS = ("messages", "system", "input", "instructions", "prompt", "tools", "functions")
+TEXT_FIELDS = (
+    "messages",
+    "system",
+    "input",
+    "instructions",
+    "prompt",
+    "tools",
+    "functions",
+    # Structured outputs: the schema is prompt too (Chat Completions' `response_format`,
+    # the Responses API's `text.format`, Anthropic's `output_format` and `output_config`).
+    "response_format",
+    "text",
+    "output_format",
+    "output_config",
+)
 OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 # Characters of a request's texts counted exactly (about a tenth of a second of CPU), the
 # rest estimated: a reservation is settled by the real usage anyway.
