@@ -157,6 +157,30 @@ async def test_purge_deletes_old_requests_with_their_events(recorder, tables, ev
     assert await tables.event_count() == 2
 
 
+async def test_purging_a_tenants_request_keeps_another_tenants_events_under_its_id(
+    recorder, tables, events, engine
+):
+    """Another tenant's events written under a request's id are theirs: purging the
+    request (its tenant's retention) deletes its own events only; the others go with
+    their own tenant's retention, as events of no request."""
+    old = events.requested(tenant="short", at=datetime(2024, 1, 1, tzinfo=UTC))
+    other = events.completed(old).model_copy(
+        update={"tenant": "long", "time": datetime(2024, 1, 1, tzinfo=UTC)}
+    )
+    await recorder.record([old, events.completed(old), other])
+    assert await tables.event_count() == 3
+    cutoff = datetime(2025, 1, 1, tzinfo=UTC)
+
+    counted = await purge(engine, cutoff, tenant="short", dry_run=True)
+    deleted = await purge(engine, cutoff, tenant="short")
+
+    assert (counted.requests, counted.events) == (1, 2)
+    assert (deleted.requests, deleted.events) == (1, 2)
+    assert await tables.event_count() == 1  # the other tenant's, kept
+    assert (await purge(engine, cutoff, tenant="long")).events == 1
+    assert await tables.event_count() == 0
+
+
 async def test_retention_per_tenant_and_by_default(recorder, tables, events, engine):
     now = datetime(2025, 6, 1, tzinfo=UTC)
     rows = {

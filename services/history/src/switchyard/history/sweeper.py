@@ -112,7 +112,9 @@ async def purge(
     dry_run: bool = False,
 ) -> PurgeResult:
     """Delete requests created before `cutoff` (their events and webhooks too), and events
-    older than it that belong to no request (e.g. auth events)."""
+    older than it that belong to no request (e.g. auth events). A request's events are
+    those of its id and its tenant: another tenant's events under the same id (history
+    keeps them, see `EventRecorder`) follow that tenant's retention, as loose events."""
     r, e, w = requests_table.c, events_table.c, webhooks_table.c
 
     def scoped(query: AnySelect, tenant_column: ColumnElement[str]) -> AnySelect:
@@ -122,7 +124,7 @@ async def purge(
             query = query.where(tenant_column.not_in(sorted(exclude_tenants)))
         return query
 
-    old_requests = scoped(select(r.request_id).where(r.created_at < cutoff), r.tenant)
+    old_requests = scoped(select(r.request_id, r.tenant).where(r.created_at < cutoff), r.tenant)
     loose_events = scoped(
         select(e.event_id).where(
             e.time < cutoff,
@@ -136,9 +138,14 @@ async def purge(
             result.requests = (
                 await connection.execute(select(func.count()).select_from(old_requests.subquery()))
             ).scalar_one()
+            old = old_requests.subquery()
             result.events = (
                 await connection.execute(
-                    select(func.count()).where(e.request_id.in_(old_requests.scalar_subquery()))
+                    select(func.count())
+                    .select_from(events_table)
+                    .where(
+                        exists().where(old.c.request_id == e.request_id, old.c.tenant == e.tenant)
+                    )
                 )
             ).scalar_one() + (
                 await connection.execute(select(func.count()).select_from(loose_events.subquery()))
@@ -146,12 +153,19 @@ async def purge(
         return result
     while True:
         async with engine.begin() as connection:
-            ids = list((await connection.execute(old_requests.limit(batch))).scalars())
-            if not ids:
+            rows = (await connection.execute(old_requests.limit(batch))).all()
+            if not rows:
                 break
-            result.events += (
-                await connection.execute(delete(events_table).where(e.request_id.in_(ids)))
-            ).rowcount or 0
+            ids = [request_id for request_id, _ in rows]
+            by_tenant: dict[str, list[str]] = {}
+            for request_id, owner in rows:
+                by_tenant.setdefault(owner, []).append(request_id)
+            for owner, owned in by_tenant.items():
+                result.events += (
+                    await connection.execute(
+                        delete(events_table).where(e.request_id.in_(owned), e.tenant == owner)
+                    )
+                ).rowcount or 0
             result.webhooks += (
                 await connection.execute(delete(webhooks_table).where(w.request_id.in_(ids)))
             ).rowcount or 0
