@@ -207,3 +207,26 @@ async def test_a_page_on_postgres_ends_before_its_documents_pass_the_byte_bound(
     requests = [events.requested(f"rep-{index}", prompt="a" * 40_000) for index in range(5)]
     await EventRecorder(engine).record(requests)
     assert await _pages(engine, limit=100) == [["rep-4", "rep-3"], ["rep-2", "rep-1"], ["rep-0"]]
+
+
+async def test_the_purge_on_postgres_keeps_another_tenants_events_under_a_requests_id(
+    engine, events
+):
+    from datetime import UTC, datetime
+
+    from switchyard.history.sweeper import purge
+
+    async def stored() -> list[str]:
+        async with engine.connect() as connection:
+            rows = await connection.execute(select(events_table.c.tenant))
+            return sorted(tenant for (tenant,) in rows)
+
+    long_ago = datetime(2024, 1, 1, tzinfo=UTC)
+    old = events.requested(tenant="short", at=long_ago)
+    theirs = events.usage(old).model_copy(update={"tenant": "long", "time": long_ago})
+    await EventRecorder(engine).record([old, events.completed(old), theirs])
+    cutoff = datetime(2025, 1, 1, tzinfo=UTC)
+
+    assert (await purge(engine, cutoff, tenant="short", dry_run=True)).events == 2
+    assert (await purge(engine, cutoff, tenant="short")).events == 2
+    assert await stored() == ["long"]
