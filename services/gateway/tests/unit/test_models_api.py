@@ -158,6 +158,21 @@ async def test_bad_paging_parameters_get_400_in_anthropics_format(harness, query
     assert body["error"]["param"] == param
 
 
+@pytest.mark.parametrize("path", ["/v1/models/%00", "/v1/models/a%00b", "/v1/models?after_id=%00"])
+async def test_a_nul_in_a_models_url_is_a_400_in_the_callers_format(harness, path):
+    """The URL check runs before any route, and answers as the route would: Anthropic's
+    format to a caller sending `anthropic-version`, OpenAI's otherwise."""
+    anthropic_style = await harness.client.get(path, headers=ANTHROPIC)
+    assert anthropic_style.status_code == 400
+    assert anthropic_style.json()["type"] == "error"
+    assert anthropic_style.json()["error"]["type"] == "invalid_request_error"
+    assert "NUL" in anthropic_style.json()["error"]["message"]
+    openai_style = await harness.client.get(path, headers=AUTH)
+    assert openai_style.status_code == 400
+    assert "type" not in openai_style.json()
+    assert openai_style.json()["error"]["code"] == "invalid_request"
+
+
 async def test_missing_credentials_on_models_get_401_in_the_callers_format(harness):
     anthropic_style = await harness.client.get(
         "/v1/models", headers={"anthropic-version": "2023-06-01"}

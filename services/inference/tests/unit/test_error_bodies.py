@@ -2,9 +2,10 @@
 the upstream's status and a clear, bounded, printable message: the body's own message
 wherever its server keeps it (OpenAI's and Anthropic's `error.message`, NestJS's list
 `message`, FastAPI's `detail` object or validation list, GraphQL's and Cloudflare's
-`errors` list, an error object a proxy wrapped in another), else the status and its reason (`HTTP 503 Service Unavailable`), never the
-body's Python repr, markup, control bytes or JSON the parser refused. Both protocols give
-the same message for every body, through direct requests and through the SDK's `post`."""
+`errors` list, an error object a proxy wrapped in another), else the status and its
+reason (`HTTP 503 Service Unavailable`), never the body's Python repr, markup, control
+bytes or JSON the parser refused. Both protocols give the same message for every body,
+through direct requests and through the SDK's `post`."""
 
 from __future__ import annotations
 

@@ -21,11 +21,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from switchyard.common.errors import OPENAI_TYPES, error_body
 
-# (request path, status, message, code) -> the error body in the API's format.
-ErrorRenderer = Callable[[str, int, str, str], bytes]
+# (the request's ASGI scope, status, message, code) -> the error body in the format of
+# the API called (its path, and on some routes its headers, say which).
+ErrorRenderer = Callable[[Scope, int, str, str], bytes]
 
 
-def _openai_error(_: str, status: int, message: str, code: str) -> bytes:
+def _openai_error(_: Scope, status: int, message: str, code: str) -> bytes:
     return error_body(message, OPENAI_TYPES.get(status, "invalid_request_error"), code)
 
 
@@ -139,7 +140,7 @@ class BodySizeLimit:
         headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         # The body is left unread: the connection is closed after the answer.
-        body = self.render(scope["path"], status, message, code)
+        body = self.render(scope, status, message, code)
         await send(
             {
                 "type": "http.response.start",

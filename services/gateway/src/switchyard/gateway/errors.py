@@ -65,18 +65,11 @@ __all__ = [
     "unknown_route_message",
     "vendor_of",
     "vendor_of_api",
-    "vendor_of_path",
     "vendor_of_request",
 ]
 
 # Statuses a client may retry after a moment, which always carry Retry-After.
 RETRYABLE_STATUSES = frozenset({429, 503, 529})
-
-
-def vendor_of_path(path: str) -> Vendor:
-    """Whose format a route at `path` answers in when the request's headers are not at
-    hand (the body size limit): `vendor_of` without headers."""
-    return vendor_of(path)
 
 
 def vendor_of_request(request: Request, *, unrouted: bool = False) -> Vendor:

@@ -1,7 +1,7 @@
 """The gateway's request body limits: the shared `BodySizeLimit`, with the limit of each
 model API's route following the provider's own API (`Settings.max_body_bytes_for`), and
 answering in the format of the API that was called (Anthropic's error shape on
-`/v1/messages`).
+`/v1/messages`, and on `/v1/models` to a request with `anthropic-version`).
 
 `/v1/jobs`, which carries any of the model APIs, has the largest of their limits (the
 job's own API's limit is checked once the body says which it is); every other route has
@@ -10,14 +10,15 @@ job's own API's limit is checked once the body says which it is); every other ro
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Scope
 
 from switchyard.common.errorformat import current_request_id
 from switchyard.common.events import ClientAPI
 from switchyard.common.limits import BodySizeLimit as _SharedBodySizeLimit
 from switchyard.common.limits import too_large_message
 from switchyard.gateway.config import Settings
-from switchyard.gateway.errors import error_body, error_type, vendor_of_path
+from switchyard.gateway.errors import error_body, error_type, vendor_of
 
 API_PATHS: dict[str, ClientAPI] = {
     "/v1/chat/completions": ClientAPI.OPENAI_CHAT_COMPLETIONS,
@@ -45,8 +46,9 @@ def path_limits(settings: Settings) -> dict[str, int]:
     return limits
 
 
-def _render(path: str, status: int, message: str, code: str) -> bytes:
-    vendor = vendor_of_path(path)
+def _render(scope: Scope, status: int, message: str, code: str) -> bytes:
+    # The headers too: `/v1/models` answers in Anthropic's format to `anthropic-version`.
+    vendor = vendor_of(scope["path"], Headers(scope=scope))
     return error_body(
         vendor,
         type=error_type(vendor, status),
