@@ -172,6 +172,39 @@ async def test_a_page_ends_before_its_stored_documents_pass_the_byte_bound(
         assert [len(page) for page in await _pages(service, path, limit=2)] == [1, 2, 2, 2, 1]
 
 
+async def test_rows_deleted_between_a_pages_two_reads_never_end_the_list(
+    service, events, monkeypatch
+):
+    """A page's rows are sized first, then read: rows deleted in between (a purge, a
+    deleted response) shorten the page, and one they emptied is read again further on,
+    never ending the list early."""
+    from sqlalchemy import event
+
+    from switchyard.history import queries
+
+    monkeypatch.setattr(queries, "PAGE_BYTES", 10_000)
+    requests = [events.requested(f"r-{index}", prompt="x" * 3_000) for index in range(6)]
+    await service.publish(*requests)
+    await service.wait_for("r-5", "pending")
+
+    def delete_the_first_page(connection, cursor, statement, parameters, context, many):
+        if "AS size" in statement and not deleted:
+            deleted.append(True)
+            connection.exec_driver_sql(
+                "DELETE FROM history_requests WHERE request_id IN ('r-5', 'r-4', 'r-3')"
+            )
+
+    deleted: list[bool] = []
+    engine = service.components.engine
+    event.listen(engine.sync_engine, "after_cursor_execute", delete_the_first_page)
+    try:
+        pages = await _pages(service, "/v1/history", limit=100)
+    finally:
+        event.remove(engine.sync_engine, "after_cursor_execute", delete_the_first_page)
+    assert deleted
+    assert pages == [["r-2", "r-1", "r-0"]]
+
+
 async def test_other_tenants_and_other_users_see_nothing(service, events):
     mine = events.requested(tenant="acme", user_id="alice")
     colleagues = events.requested(tenant="acme", user_id="bob")

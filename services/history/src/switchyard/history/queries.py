@@ -226,33 +226,39 @@ class HistoryQueries:
     async def _page(self, query: AnySelect, limit: int, cursor: str | None) -> Page:
         """Up to `limit` rows of `query`, newest first, after `cursor`, ending before their
         stored documents pass `PAGE_BYTES` (one row at least); `next_cursor` when more
-        follow. The rows' keys and sizes are read first, then the rows of the page."""
+        follow. The rows' keys and sizes are read first, then the rows of the page; rows
+        deleted in between (a purge, a deleted response) shorten the page, and a page they
+        emptied is read again further on, so an empty page always ends the list."""
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
         r = requests_table.c
         order_key = tuple_(r.created_at, r.request_id)
-        if cursor is not None:
-            # A plain tuple on the right takes the column types (UTC handling on SQLite).
-            query = query.where(order_key < decode_cursor(cursor))
+        # A plain tuple on the right takes the column types (UTC handling on SQLite).
+        after = decode_cursor(cursor) if cursor is not None else None
         query = query.order_by(r.created_at.desc(), r.request_id.desc())
-        # One extra row tells whether there is a next page without a count query.
-        sized = query.with_only_columns(
-            r.created_at, r.request_id, self._documents_size().label("size")
-        ).limit(limit + 1)
         async with self._engine.connect() as connection:
-            keys = (await connection.execute(sized)).all()
-            taken, total = 0, 0
-            for _, _, size in keys[:limit]:
-                total += int(size or 0)
-                if taken and total > PAGE_BYTES:
+            while True:
+                here = query if after is None else query.where(order_key < after)
+                # One extra row tells whether there is a next page without a count query.
+                sized = here.with_only_columns(
+                    r.created_at, r.request_id, self._documents_size().label("size")
+                ).limit(limit + 1)
+                keys = (await connection.execute(sized)).all()
+                taken, total = 0, 0
+                for _, _, size in keys[:limit]:
+                    total += int(size or 0)
+                    if taken and total > PAGE_BYTES:
+                        break
+                    taken += 1
+                if not taken:
+                    return Page(items=[], next_cursor=None)
+                last = (keys[taken - 1][0], keys[taken - 1][1])
+                page_query = here.where(order_key >= last).limit(taken)
+                page = [dict(row) for row in (await connection.execute(page_query)).mappings()]
+                more = len(keys) > taken
+                if page or not more:
                     break
-                taken += 1
-            if not taken:
-                return Page(items=[], next_cursor=None)
-            last = keys[taken - 1]
-            page_query = query.where(order_key >= (last[0], last[1])).limit(taken)
-            page = [dict(row) for row in (await connection.execute(page_query)).mappings()]
-        more = len(keys) > taken
+                after = last
         next_cursor = (
             encode_cursor(page[-1]["created_at"], page[-1]["request_id"]) if more and page else None
         )
