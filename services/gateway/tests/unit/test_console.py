@@ -20,6 +20,7 @@ from switchyard.gateway.console.session import COOKIE_NAME, Session, SessionCook
 from .auth_double import gateway_with
 from .console_double import ConsoleDouble
 
+FORM = "application/x-www-form-urlencoded"
 XSS = [
     "<script>window.__xss=1</script>",
     '<img src=x onerror="window.__xss=2">',
@@ -123,6 +124,75 @@ async def test_a_planted_csrf_cookie_neither_opens_nor_breaks_the_sessions_forms
         made = await gw.client.post("/ui/keys", data={"csrftoken": own, "name": "mine"})
         assert made.status_code == 201, made.text
         assert "forged" not in (await gw.client.get("/ui/keys")).text
+
+
+# Cookies a planter could set beside the session's (the CSRF layer's cookie parser,
+# `http.cookies.SimpleCookie`, reads whitespace as a separator and stops at a pair it
+# cannot parse), and ones an unrelated app on the host could set.
+PLANTED = {
+    "in-another-pair": 'x=1 {csrf}={token} "z',
+    "after-an-unclosed-quote": 'a="b; {csrf}={token}',
+    "nameless-then-csrf": "junk; {csrf}={token}",
+    "path-attribute-first": "path=/; {csrf}={token}",
+}
+UNRELATED = ["junk", 'a="b', "path=/", "a=x\\y", "a=\u00e9"]
+
+
+@pytest.mark.parametrize("shape", sorted(PLANTED))
+async def test_a_csrf_token_smuggled_in_another_cookie_does_not_pass(shape):
+    from switchyard.gateway.console.session import CSRF_COOKIE
+
+    async with console() as gw:
+        planted = (await gw.client.get("/ui/login")).cookies.get(CSRF_COOKIE)
+        await sign_in(gw)
+        session = gw.client.cookies.get(COOKIE_NAME, path="/ui")
+        own = csrf_of((await gw.client.get("/ui/keys")).text)
+        cookie = PLANTED[shape].format(csrf=CSRF_COOKIE, token=planted)
+        for header in (f"{cookie}; {COOKIE_NAME}={session}", f"{COOKIE_NAME}={session}; {cookie}"):
+            gw.client.cookies.clear()
+            forged = await gw.client.post(
+                "/ui/keys",
+                content=f"csrftoken={planted}&name=forged",
+                headers={"content-type": FORM, "cookie": header},
+            )
+            assert forged.status_code == 403, (shape, header)
+            mine = await gw.client.post(
+                "/ui/keys",
+                content=f"csrftoken={own}&name=mine",
+                headers={"content-type": FORM, "cookie": header},
+            )
+            assert mine.status_code == 201, (shape, header, mine.text)
+
+
+@pytest.mark.parametrize("unrelated", UNRELATED)
+async def test_other_cookies_on_the_host_never_break_the_sessions_forms(unrelated):
+    async with console() as gw:
+        await sign_in(gw)
+        session = gw.client.cookies.get(COOKIE_NAME, path="/ui")
+        own = csrf_of((await gw.client.get("/ui/keys")).text)
+        gw.client.cookies.clear()
+        for header in (
+            f"{unrelated}; {COOKIE_NAME}={session}",
+            f"{COOKIE_NAME}={session}; {unrelated}",
+        ):
+            made = await gw.client.post(
+                "/ui/keys",
+                content=f"csrftoken={own}&name=k",
+                headers={"content-type": FORM, "cookie": header.encode()},
+            )
+            assert made.status_code == 201, (unrelated, made.text)
+
+
+async def test_a_cookie_that_is_not_utf8_is_no_failure():
+    async with console() as gw:
+        page = await gw.client.get("/ui/login", headers={"cookie": b"a=\xff"})
+        assert page.status_code == 200
+        refused = await gw.client.post(
+            "/ui/login",
+            content="email=a%40b.test&password=x",
+            headers={"content-type": FORM, "cookie": b"a=\xff"},
+        )
+        assert refused.status_code == 403
 
 
 async def test_signing_out_drops_the_sessions_csrf_token():

@@ -9,6 +9,7 @@ session cookie carries, see `session`); then the pages and static files.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -79,34 +80,71 @@ class _EveryPath:
         return True
 
 
-def _session_bound(
-    headers: list[tuple[bytes, bytes]], cookies: SessionCookies
-) -> list[tuple[bytes, bytes]]:
-    """`headers` with the CSRF cookie replaced by the session's token when they carry a
-    valid session cookie; unchanged otherwise. The CSRF layer then reads the session's
-    token as the cookie, renders it into forms and checks forms against it, whatever CSRF
-    cookie the browser sent (a planted one included)."""
-    sent = [value for name, value in headers if name.lower() == b"cookie"]
+# Where `ConsoleHeaders` keeps the request's own Cookie headers while the CSRF layer reads
+# the one it is given (`_CookiesRestored` puts them back for the pages).
+_SENT_COOKIES = "switchyard.console.sent_cookies"
+# A CSRF token as asgi-csrf makes them (itsdangerous, URL-safe base64 and dots).
+_TOKEN_FORM = re.compile(r"[A-Za-z0-9_\-.]{1,512}")
+
+
+def _csrf_token_of(headers: list[tuple[bytes, bytes]], cookies: SessionCookies) -> str | None:
+    """The CSRF token the CSRF layer checks a request's form against: the session's while
+    a valid session cookie is sent (whatever CSRF cookie comes with it, a planted one
+    included); without one, the browser's CSRF cookie (the first, Starlette's reading of
+    the header, RFC 6265's most specific path first) if it has a token's form; else
+    None. Cookie headers are read as Latin-1 bytes: a value that is not UTF-8 is
+    nobody's token, never a failure."""
+    sent = "; ".join(value.decode("latin-1") for name, value in headers if name == b"cookie")
     if not sent:
-        return headers
-    pairs = [
-        pair.strip()
-        for value in sent
-        for pair in value.decode("latin-1").split(";")
-        if pair.strip()
-    ]
-    session = cookies.decode(cookie_parser("; ".join(pairs)).get(COOKIE_NAME))
-    if session is None:
-        return headers
-    kept = [pair for pair in pairs if pair.partition("=")[0].strip() != CSRF_COOKIE]
-    cookie = "; ".join([*kept, f"{CSRF_COOKIE}={session.csrf_token}"]).encode("latin-1")
-    return [(n, v) for n, v in headers if n.lower() != b"cookie"] + [(b"cookie", cookie)]
+        return None
+    jar = cookie_parser(sent)
+    session = cookies.decode(jar.get(COOKIE_NAME))
+    if session is not None:
+        return session.csrf_token
+    token = jar.get(CSRF_COOKIE, "")
+    return token if _TOKEN_FORM.fullmatch(token) else None
+
+
+def _for_the_csrf_layer(
+    scope: Scope, cookies: SessionCookies
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """The request's headers as the CSRF layer is to see them, and its own Cookie headers.
+
+    asgi-csrf parses the Cookie header with `http.cookies.SimpleCookie`, which reads
+    whitespace as a separator and stops at the first pair it cannot parse: a planted
+    `x=1 switchyard_csrf=<token> "z` would hand it a token of the planter's, and any
+    unparsable pair before the CSRF cookie hides it (every form then refused). So it is
+    shown one Cookie header holding only `switchyard_csrf=<token>` (`_csrf_token_of`), or
+    none; the pages get the request's own headers back (`_CookiesRestored`)."""
+    headers = [(name.lower(), value) for name, value in scope.get("headers", [])]
+    own = [(name, value) for name, value in headers if name == b"cookie"]
+    shown = [(name, value) for name, value in headers if name != b"cookie"]
+    token = _csrf_token_of(own, cookies)
+    if token is not None:
+        shown.append((b"cookie", f"{CSRF_COOKIE}={token}".encode("ascii")))
+    return shown, own
+
+
+class _CookiesRestored:
+    """Inside the CSRF layer: gives the pages the Cookie headers the request sent (which
+    `ConsoleHeaders` kept aside), in place of the one the CSRF layer was shown."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: restore the request's Cookie headers, then call the app."""
+        own = scope.get(_SENT_COOKIES)
+        if own is not None:
+            headers = [(n, v) for n, v in scope["headers"] if n != b"cookie"]
+            scope = {**scope, "headers": headers + own}
+        await self.app(scope, receive, send)
 
 
 class ConsoleHeaders:
     """Adds the security headers to every console response, `Cache-Control: no-store` to
-    pages, and the session cookie when a page renewed the user's tokens; binds the CSRF
-    token to the session (`_session_bound`)."""
+    pages, and the session cookie when a page renewed the user's tokens; shows the CSRF
+    layer the session's token (`_for_the_csrf_layer`)."""
 
     def __init__(self, app: ASGIApp, cookies: SessionCookies) -> None:
         self.app = app
@@ -121,9 +159,12 @@ class ConsoleHeaders:
         # The console knows its users by the session cookie only. An `Authorization: Bearer`
         # header makes the CSRF layer (asgi_csrf) let a form through unchecked, taking it for
         # an API call: no console request keeps one.
-        headers = scope.get("headers", [])
-        kept = [(n, v) for n, v in headers if n.lower() != b"authorization"]
-        scope = {**scope, "headers": _session_bound(kept, self.cookies)}
+        shown, own = _for_the_csrf_layer(scope, self.cookies)
+        scope = {
+            **scope,
+            "headers": [(n, v) for n, v in shown if n != b"authorization"],
+            _SENT_COOKIES: own,
+        }
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -277,7 +318,7 @@ def create_console(gateway: Gateway) -> ASGIApp:
         )
 
     protected: Any = asgi_csrf(
-        app,
+        _CookiesRestored(app),
         cookie_name=CSRF_COOKIE,
         signing_secret=cookies.csrf_secret,
         signing_namespace=CSRF_NAMESPACE,
