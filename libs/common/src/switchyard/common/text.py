@@ -28,9 +28,11 @@ def fixed_point(value: float) -> str:
 
 def columns(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """`rows` as plain-text lines under a header row and a rule of dashes, each column
-    left-aligned to its widest cell, two spaces apart (tabulate's `simple` format, no
-    number alignment or parsing: cells print as given, None as empty). Cells are shown
-    through `terminal_safe`; a row per line, so `grep` and `awk` still read it."""
+    left-aligned to its widest cell as a terminal shows it (wide characters count two,
+    through wcwidth), two spaces apart (tabulate's `simple` format, no number alignment
+    or parsing: cells print as given, None as empty, surrounding spaces dropped). Cells
+    are shown through `terminal_safe`; a row per line, so `grep` finds a row (`--json`
+    is for programs: a cell may hold spaces)."""
     from tabulate import tabulate
 
     shown = [["" if cell is None else terminal_safe(cell) for cell in row] for row in rows]
