@@ -172,12 +172,33 @@ async def test_a_page_ends_before_its_stored_documents_pass_the_byte_bound(
         assert [len(page) for page in await _pages(service, path, limit=2)] == [1, 2, 2, 2, 1]
 
 
-async def test_rows_deleted_between_a_pages_two_reads_never_end_the_list(
-    service, events, monkeypatch
+# What happens to the table between a page's two reads (its sizes, then its rows), and
+# the pages a client then reads, newest first.
+BETWEEN_THE_READS = {
+    # A purge or a deleted response: the page they emptied is read again further on.
+    "deleted": (
+        ["DELETE FROM history_requests WHERE request_id IN ('r-5', 'r-4', 'r-3')"],
+        [["r-2", "r-1", "r-0"]],
+    ),
+    # A request recorded meanwhile is newer than the page: it does not push a row out.
+    "inserted": (
+        [
+            "CREATE TEMP TABLE copied AS SELECT * FROM history_requests WHERE request_id = 'r-5'",
+            "UPDATE copied SET request_id = 'new', created_at = '2999-01-01 00:00:00.000000'",
+            "INSERT INTO history_requests SELECT * FROM copied",
+        ],
+        [["r-5", "r-4", "r-3"], ["r-2", "r-1", "r-0"]],
+    ),
+}
+
+
+@pytest.mark.parametrize("change", sorted(BETWEEN_THE_READS))
+async def test_rows_changed_between_a_pages_two_reads_are_neither_lost_nor_repeated(
+    service, events, monkeypatch, change
 ):
-    """A page's rows are sized first, then read: rows deleted in between (a purge, a
-    deleted response) shorten the page, and one they emptied is read again further on,
-    never ending the list early."""
+    """A page's rows are sized first, then read by the keys sized: rows deleted in between
+    shorten the page (one they emptied is read again further on), and a row recorded in
+    between never pushes a sized one off the page or out of the list."""
     from sqlalchemy import event
 
     from switchyard.history import queries
@@ -186,23 +207,23 @@ async def test_rows_deleted_between_a_pages_two_reads_never_end_the_list(
     requests = [events.requested(f"r-{index}", prompt="x" * 3_000) for index in range(6)]
     await service.publish(*requests)
     await service.wait_for("r-5", "pending")
+    statements, expected = BETWEEN_THE_READS[change]
 
-    def delete_the_first_page(connection, cursor, statement, parameters, context, many):
-        if "AS size" in statement and not deleted:
-            deleted.append(True)
-            connection.exec_driver_sql(
-                "DELETE FROM history_requests WHERE request_id IN ('r-5', 'r-4', 'r-3')"
-            )
+    def change_the_table(connection, cursor, statement, parameters, context, many):
+        if "AS size" in statement and not changed:
+            changed.append(True)
+            for sql in statements:
+                connection.exec_driver_sql(sql)
 
-    deleted: list[bool] = []
+    changed: list[bool] = []
     engine = service.components.engine
-    event.listen(engine.sync_engine, "after_cursor_execute", delete_the_first_page)
+    event.listen(engine.sync_engine, "after_cursor_execute", change_the_table)
     try:
         pages = await _pages(service, "/v1/history", limit=100)
     finally:
-        event.remove(engine.sync_engine, "after_cursor_execute", delete_the_first_page)
-    assert deleted
-    assert pages == [["r-2", "r-1", "r-0"]]
+        event.remove(engine.sync_engine, "after_cursor_execute", change_the_table)
+    assert changed
+    assert pages == expected
 
 
 async def test_other_tenants_and_other_users_see_nothing(service, events):

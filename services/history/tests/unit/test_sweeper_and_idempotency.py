@@ -161,8 +161,9 @@ async def test_purging_a_tenants_request_keeps_another_tenants_events_under_its_
     recorder, tables, events, engine
 ):
     """Another tenant's events written under a request's id are theirs: purging the
-    request (its tenant's retention) deletes its own events only; the others go with
-    their own tenant's retention, as events of no request."""
+    request (its tenant's retention) deletes its own events only, and theirs go with
+    their own tenant's retention, as events of no request, whether or not the request is
+    still kept."""
     old = events.requested(tenant="short", at=datetime(2024, 1, 1, tzinfo=UTC))
     other = events.completed(old).model_copy(
         update={"tenant": "long", "time": datetime(2024, 1, 1, tzinfo=UTC)}
@@ -179,6 +180,15 @@ async def test_purging_a_tenants_request_keeps_another_tenants_events_under_its_
     assert await tables.event_count() == 1  # the other tenant's, kept
     assert (await purge(engine, cutoff, tenant="long")).events == 1
     assert await tables.event_count() == 0
+
+    # The other way round: the request's tenant keeps it longer than the other's events.
+    kept = events.requested(tenant="long", at=datetime(2024, 1, 1, tzinfo=UTC))
+    theirs = events.completed(kept).model_copy(
+        update={"tenant": "short", "time": datetime(2024, 1, 1, tzinfo=UTC)}
+    )
+    await recorder.record([kept, theirs])
+    assert (await purge(engine, cutoff, tenant="short")).events == 1
+    assert await tables.event_count() == 1 and list(await tables.requests()) == [kept.request_id]
 
 
 async def test_retention_per_tenant_and_by_default(recorder, tables, events, engine):

@@ -226,9 +226,10 @@ class HistoryQueries:
     async def _page(self, query: AnySelect, limit: int, cursor: str | None) -> Page:
         """Up to `limit` rows of `query`, newest first, after `cursor`, ending before their
         stored documents pass `PAGE_BYTES` (one row at least); `next_cursor` when more
-        follow. The rows' keys and sizes are read first, then the rows of the page; rows
+        follow. The rows' keys and sizes are read first, then the rows of those keys; rows
         deleted in between (a purge, a deleted response) shorten the page, and a page they
-        emptied is read again further on, so an empty page always ends the list."""
+        emptied is read again further on, so an empty page always ends the list. The bound
+        is the sizes read first: a row answered in between is read at its new size."""
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
         r = requests_table.c
@@ -253,7 +254,11 @@ class HistoryQueries:
                 if not taken:
                     return Page(items=[], next_cursor=None)
                 last = (keys[taken - 1][0], keys[taken - 1][1])
-                page_query = here.where(order_key >= last).limit(taken)
+                # Exactly the rows sized: a row recorded in between is not let in, where it
+                # would push one of them off the page (and, on the last page, out of the
+                # list); it is newer than the cursor, as with any keyset page.
+                sized_keys = [(created_at, request_id) for created_at, request_id, _ in keys]
+                page_query = here.where(order_key.in_(sized_keys[:taken]))
                 page = [dict(row) for row in (await connection.execute(page_query)).mappings()]
                 more = len(keys) > taken
                 if page or not more:

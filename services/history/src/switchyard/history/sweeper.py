@@ -114,7 +114,8 @@ async def purge(
     """Delete requests created before `cutoff` (their events and webhooks too), and events
     older than it that belong to no request (e.g. auth events). A request's events are
     those of its id and its tenant: another tenant's events under the same id (history
-    keeps them, see `EventRecorder`) follow that tenant's retention, as loose events."""
+    keeps them, see `EventRecorder`) are events of no request of theirs, and follow their
+    own tenant's retention."""
     r, e, w = requests_table.c, events_table.c, webhooks_table.c
 
     def scoped(query: AnySelect, tenant_column: ColumnElement[str]) -> AnySelect:
@@ -128,7 +129,9 @@ async def purge(
     loose_events = scoped(
         select(e.event_id).where(
             e.time < cutoff,
-            not_(exists().where(r.request_id == e.request_id)),
+            # Of no request of its own tenant: another tenant's row under the same id
+            # does not keep it past its tenant's retention.
+            not_(exists().where(r.request_id == e.request_id, r.tenant == e.tenant)),
         ),
         e.tenant,
     )
