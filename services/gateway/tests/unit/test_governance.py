@@ -35,10 +35,15 @@ from .history_fakes import install as install_history
 
 PRICES = PriceTable(models={"m": Price(input_per_1m=1_000.0, output_per_1m=1_000.0)})
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
-# A JSON schema of some 2,000 tokens (its description alone).
+# A JSON schema of some 2,000 tokens or more, property names and types alone (as most
+# schemas are), and a number no 64-bit integer holds.
 SCHEMA = {
     "name": "report",
-    "schema": {"type": "object", "description": "word " * 2000, "properties": {}},
+    "schema": {
+        "type": "object",
+        "properties": {f"field_{n}": {"type": "string"} for n in range(400)},
+        "maximum": 10**30,
+    },
 }
 
 
@@ -239,6 +244,15 @@ async def test_a_budget_is_never_overspent_and_settlement_frees_the_unused_reser
         ),
         ({**BODY, "output_format": {"type": "json_schema", "schema": SCHEMA["schema"]}}, 2000),
         ({**BODY, "output_config": {"format": {"type": "json_schema", **SCHEMA}}}, 2000),
+        (
+            {
+                **BODY,
+                "tools": [
+                    {"type": "function", "function": {"name": "f", "parameters": SCHEMA["schema"]}}
+                ],
+            },
+            2000,
+        ),
     ],
     ids=[
         "token-ids",
@@ -248,6 +262,7 @@ async def test_a_budget_is_never_overspent_and_settlement_frees_the_unused_reser
         "responses-text-format",
         "anthropic-output-format",
         "anthropic-output-config",
+        "tool-parameters",
     ],
 )
 async def test_what_a_request_may_use_counts_token_ids_and_every_choice(

@@ -6,8 +6,8 @@ table), and the price of both. Reservations use these; the usage event settles t
 
 The counter reads every text of the request wherever the API puts it (Chat Completions'
 `messages`, Anthropic's `system` and `messages`, the Responses API's `instructions` and
-`input`, embeddings' `input`, tool definitions, structured outputs' JSON schemas) so it
-is right for both APIs and for the native bodies of the version 2 contract. Roles, ids
+`input`, embeddings' `input`; tool definitions and structured outputs' JSON schemas as
+their JSON text, property names included) so it is right for both APIs and for the native bodies of the version 2 contract. Roles, ids
 and other short identifiers are counted too, which makes the estimate a little high: safe
 for a reservation. Token ids (embeddings' `input` as arrays of integers) count one token
 each, and a request asking for `n` completions reserves the output cap `n` times.
@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from switchyard.common.pricing import PriceTable
 from switchyard.common.routing import Deployment
@@ -29,21 +32,12 @@ from switchyard.common.tokenizer import TokenCounter, encoding
 MESSAGE_OVERHEAD = 4
 # An image part: a low-detail image costs 85 tokens at OpenAI; larger ones are settled.
 IMAGE_TOKENS = 85
-TEXT_FIELDS = (
-    "messages",
-    "system",
-    "input",
-    "instructions",
-    "prompt",
-    "tools",
-    "functions",
-    # Structured outputs: the schema is prompt too (Chat Completions' `response_format`,
-    # the Responses API's `text.format`, Anthropic's `output_format` and `output_config`).
-    "response_format",
-    "text",
-    "output_format",
-    "output_config",
-)
+TEXT_FIELDS = ("messages", "system", "input", "instructions", "prompt")
+# Definitions the model reads as JSON: tool definitions and structured outputs' schemas
+# (Chat Completions' `response_format`, the Responses API's `text.format`, Anthropic's
+# `output_format` and `output_config`). A schema is mostly property names and types, so
+# these count as their compact JSON text, keys included, not as the strings they hold.
+SCHEMA_FIELDS = ("tools", "functions", "response_format", "text", "output_format", "output_config")
 OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 # Characters of a request's texts counted exactly (about a tenth of a second of CPU), the
 # rest estimated: a reservation is settled by the real usage anyway.
@@ -90,6 +84,15 @@ def _texts(value: Any, out: list[str], parts: _Parts) -> None:
             _texts(item, out, parts)
 
 
+def _json_text(value: Any) -> str:
+    """`value` as compact JSON text (orjson; the standard library's for what orjson cannot
+    write, such as an integer wider than 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def _prompt(body: dict[str, Any]) -> tuple[list[str], int]:
     """A request body's texts, and the tokens of the rest of its prompt: each token id it
     sends as one token, an image part as IMAGE_TOKENS, and each message's overhead."""
@@ -99,6 +102,10 @@ def _prompt(body: dict[str, Any]) -> tuple[list[str], int]:
         value = body.get(name)
         if value is not None:
             _texts(value, texts, parts)
+    for name in SCHEMA_FIELDS:
+        value = body.get(name)
+        if value is not None:
+            texts.append(_json_text(value))
     messages = body.get("messages")
     overhead = MESSAGE_OVERHEAD * len(messages) if isinstance(messages, list) else 0
     return texts, parts.token_ids + overhead + parts.images * IMAGE_TOKENS
