@@ -283,15 +283,29 @@ async def test_a_body_sent_after_its_answer_leaves_an_idle_connection_that_is_cl
     assert b"without reading the body" in rest
 
 
-@pytest.mark.parametrize("path", [b"/v1/messages", b"/v1/chat/completions"])
-async def test_an_upgrade_with_a_body_is_refused_in_the_format_of_the_api_called(server, path):
+@pytest.mark.parametrize(
+    ("path", "version", "anthropic"),
+    [
+        (b"/v1/messages", b"", True),
+        (b"/v1/chat/completions", b"", False),
+        # `/v1/models` answers in the format its caller speaks, as its route does.
+        (b"/v1/models", b"anthropic-version: 2023-06-01\r\n", True),
+        (b"/v1/models", b"", False),
+    ],
+)
+async def test_an_upgrade_with_a_body_is_refused_in_the_format_of_the_api_called(
+    server, path, version, anthropic
+):
     request = (
-        b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
-        b"Content-Length: 2\r\n\r\n{}"
+        b"POST "
+        + path
+        + b" HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+        + version
+        + b"Content-Length: 2\r\n\r\n{}"
     )
     status, body = status_and_body(await exchange(server, request))
     assert status == 400
-    assert_in_format_of(path, body, "invalid_request_error")
+    assert_in_format_of(b"/v1/messages" if anthropic else path, body, "invalid_request_error")
     assert "protocol upgrade" in body["error"]["message"]
 
 

@@ -24,11 +24,13 @@ import asyncio
 import errno
 import functools
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 import httptools
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+from starlette.datastructures import Headers
 from typing_extensions import override
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -79,12 +81,20 @@ def configured_limits() -> HttpLimits:
     return HttpLimits()
 
 
-def refusal_body(status: int, message: str, code: str, path: str, request_id: str) -> bytes:
+def refusal_body(
+    status: int,
+    message: str,
+    code: str,
+    path: str,
+    request_id: str,
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
     """The JSON error body of a refusal the server writes itself, in the format of the API
     at `path` (the request target's path, no query) that `errorformat.vendor_of` chooses
-    from the path alone, as the head may not be parsed; `request_id`: the id its
-    `x-request-id` header gives it."""
-    vendor = vendor_of(path)
+    from the path and, once the head is parsed, its `headers` (lower-case names:
+    `anthropic-version` on `/v1/models`); `request_id`: the id its `x-request-id` header
+    gives it."""
+    vendor = vendor_of(path, headers)
     return error_body(
         vendor, type=error_type(vendor, status), message=message, code=code, request_id=request_id
     )
@@ -117,6 +127,7 @@ async def refuse_upgrade_with_body(scope: dict[str, Any], receive: Any, send: An
         "upgrade_with_body",
         scope["path"],
         request_id,
+        Headers(scope=scope),
     )
     headers = [
         (b"content-type", b"application/json"),
