@@ -7,10 +7,11 @@ table), and the price of both. Reservations use these; the usage event settles t
 The counter reads every text of the request wherever the API puts it (Chat Completions'
 `messages`, Anthropic's `system` and `messages`, the Responses API's `instructions` and
 `input`, embeddings' `input`; tool definitions and structured outputs' JSON schemas as
-their JSON text, property names included) so it is right for both APIs and for the native bodies of the version 2 contract. Roles, ids
-and other short identifiers are counted too, which makes the estimate a little high: safe
-for a reservation. Token ids (embeddings' `input` as arrays of integers) count one token
-each, and a request asking for `n` completions reserves the output cap `n` times.
+their JSON text, property names included) so it is right for both APIs and for the
+native bodies of the version 2 contract. Roles, ids and other short identifiers are
+counted too, which makes the estimate a little high: safe for a reservation. Token ids
+(embeddings' `input` as arrays of integers) count one token each, and a request asking
+for `n` completions reserves the output cap `n` times.
 """
 
 from __future__ import annotations
