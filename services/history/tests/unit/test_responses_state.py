@@ -470,6 +470,32 @@ async def test_item_references_skip_responses_not_stored_or_deleted(service):
     assert await items(service, [f"msg_{deleted.request_id}_0"]) == []
 
 
+async def test_item_references_read_large_responses_a_few_at_a_time(service, monkeypatch):
+    """Looking for an item among recent responses reads their sizes first, and no more
+    responses at once than fit in `PAGE_BYTES` (one at least): a request naming an
+    unknown id must not load fifty responses of megabytes each together."""
+    from switchyard.history import queries
+
+    monkeypatch.setattr(queries, "PAGE_BYTES", 10_000)
+    oldest = requested({"input": "first"})
+    await answered(service, oldest, "a" * 4_000)
+    for n in range(4):
+        await answered(service, requested({"input": f"next {n}"}), "b" * 4_000)
+    read: list[int] = []
+    original = queries.HistoryQueries.recent_response_outputs
+
+    async def counted(self, caller, **options):
+        rows = await original(self, caller, **options)
+        read.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(queries.HistoryQueries, "recent_response_outputs", counted)
+    found = await items(service, [f"msg_out_{oldest.request_id}", "msg_nowhere"])
+    assert [item["id"] for item in found] == [f"msg_out_{oldest.request_id}"]
+    assert found[0]["content"][0]["text"] == "a" * 4_000
+    assert read and max(read) == 2 and sum(read) == 5
+
+
 async def test_item_references_are_bounded_and_checked(service):
     assert (await items(service, [], 400))["error"]["param"] == "ids"
     assert (await items(service, ["x"] * 1001, 400))["error"]["param"] == "ids"

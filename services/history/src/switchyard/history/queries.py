@@ -107,6 +107,18 @@ class Page:
     next_cursor: str | None
 
 
+def _within_page_bytes(sizes: Sequence[int | None]) -> int:
+    """How many of the rows of these `sizes` (bytes, in page order) a page takes: as many
+    as stay within `PAGE_BYTES` together, one at least when there is one."""
+    taken, total = 0, 0
+    for size in sizes:
+        total += int(size or 0)
+        if taken and total > PAGE_BYTES:
+            break
+        taken += 1
+    return taken
+
+
 def encode_cursor(created_at: datetime, request_id: str) -> str:
     """An opaque page cursor (unpadded URL-safe base64 of JSON) after the row with these keys."""
     raw = json.dumps([created_at.isoformat(), request_id], separators=(",", ":")).encode()
@@ -209,13 +221,13 @@ class HistoryQueries:
             query = query.where(requests_table.c.api_key_id == caller.api_key_id)
         return query
 
-    def _documents_size(self) -> ColumnElement[Any]:
-        """The bytes of a request row's stored documents as JSON text (0 for a null one).
-        On PostgreSQL this is the text of the JSONB value, not its compressed storage,
-        which a repetitive document shrinks a thousandfold."""
+    def _documents_size(self, names: Sequence[str] = _DOCUMENTS) -> ColumnElement[Any]:
+        """The bytes of a request row's stored documents `names` as JSON text (0 for a
+        null one). On PostgreSQL this is the text of the JSONB value, not its compressed
+        storage, which a repetitive document shrinks a thousandfold."""
         r = requests_table.c
         sizes: list[ColumnElement[Any]] = []
-        for name in _DOCUMENTS:
+        for name in names:
             if self._dialect == "postgresql":
                 size = func.octet_length(cast(r[name], Text))
             else:  # SQLite keeps JSON as text; a BLOB's length is in bytes
@@ -245,12 +257,7 @@ class HistoryQueries:
                     r.created_at, r.request_id, self._documents_size().label("size")
                 ).limit(limit + 1)
                 keys = (await connection.execute(sized)).all()
-                taken, total = 0, 0
-                for _, _, size in keys[:limit]:
-                    total += int(size or 0)
-                    if taken and total > PAGE_BYTES:
-                        break
-                    taken += 1
+                taken = _within_page_bytes([size for _, _, size in keys[:limit]])
                 if not taken:
                     return Page(items=[], next_cursor=None)
                 last = (keys[taken - 1][0], keys[taken - 1][1])
@@ -297,7 +304,8 @@ class HistoryQueries:
         """The caller's `limit` most recent completed Responses API requests whose content
         is stored (not `store: false`, deleted or metadata only: their input items are
         kept), newest first, before `before` (a `(created_at, request_id)` key) when given:
-        each row's `request_id`, `created_at` and `response`."""
+        each row's `request_id`, `created_at` and `response`. Fewer (one at least) when
+        their responses would pass `PAGE_BYTES`: the sizes are read first, as for a page."""
         r = requests_table.c
         query = self._visible_to(caller, r.request_id, r.created_at, r.response).where(
             r.api == ClientAPI.OPENAI_RESPONSES.value,
@@ -308,9 +316,18 @@ class HistoryQueries:
         order_key = tuple_(r.created_at, r.request_id)
         if before is not None:
             query = query.where(order_key < before)
-        query = query.order_by(r.created_at.desc(), r.request_id.desc()).limit(limit)
+        query = query.order_by(r.created_at.desc(), r.request_id.desc())
+        sized = query.with_only_columns(
+            r.created_at, r.request_id, self._documents_size(("response",)).label("size")
+        ).limit(limit)
         async with self._engine.connect() as connection:
-            return [dict(row) for row in (await connection.execute(query)).mappings()]
+            keys = (await connection.execute(sized)).all()
+            taken = _within_page_bytes([size for _, _, size in keys])
+            if not taken:
+                return []
+            chosen = [(created_at, request_id) for created_at, request_id, _ in keys[:taken]]
+            rows = await connection.execute(query.where(order_key.in_(chosen)))
+            return [dict(row) for row in rows.mappings()]
 
     # -- jobs ----------------------------------------------------------------------------
 
