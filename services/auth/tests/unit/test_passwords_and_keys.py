@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
 
 import argon2
 import pytest
@@ -49,6 +50,42 @@ def test_a_hasher_is_made_without_hashing(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(argon2.PasswordHasher, "hash", no_hash)
     assert not PasswordHasher().verify(None, "anything")
+
+
+def test_the_start_up_password_check_runs_in_a_child_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Embedded mode checks the dev password at every start: in this process, the hash's
+    # 64 MiB would be the server's high-water mark (196 against 152 MiB idle).
+    hasher = PasswordHasher(profiles.CHEAPEST)
+    stored = hasher.hash("dev password")
+
+    def not_here(*_args: object) -> object:
+        raise AssertionError("hashed in the serving process")
+
+    monkeypatch.setattr(argon2.PasswordHasher, "hash", not_here)
+    monkeypatch.setattr(argon2.PasswordHasher, "verify", not_here)
+    assert hasher.hash_unless_matches(stored, "dev password") is None
+    changed = hasher.hash_unless_matches(stored, "another password")
+    first = hasher.hash_unless_matches(None, "dev password")
+    monkeypatch.undo()
+    assert changed is not None and first is not None
+    for new_hash, password in ((changed, "another password"), (first, "dev password")):
+        assert extract_parameters(new_hash) == profiles.CHEAPEST, "the hasher's parameters"
+        assert hasher.verify(new_hash, password)
+
+
+def test_the_password_check_runs_here_when_the_child_cannot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_child(*_args: object, **_kwargs: object) -> object:
+        raise OSError("no processes left")
+
+    monkeypatch.setattr(subprocess, "run", no_child)
+    hasher = PasswordHasher(profiles.CHEAPEST)
+    stored = hasher.hash_unless_matches(None, "pw")
+    assert stored is not None and hasher.verify(stored, "pw")
+    assert hasher.hash_unless_matches(stored, "pw") is None
 
 
 def test_weaker_hashes_are_flagged_for_rehash() -> None:

@@ -6,23 +6,39 @@ hashes, so the threads hash in parallel while the loop keeps serving). The pool'
 is bounded: when `max_pending` hashes are already waiting or running, the next caller
 gets `HashingBusy` at once (answered 429), so a burst of sign-ins sheds load instead of
 delaying everything the service serves.
+
+A hash or check holds `memory_cost` KiB (64 MiB by default) while it runs. Where a process
+checks one password at start-up and then serves (embedded mode makes sure of the dev
+user's password at every start), `hash_unless_matches` does that in a short-lived child
+process (`python -m switchyard.auth.passwords`), so the server's high-water mark never
+includes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from argon2 import Parameters, profiles
+from argon2 import Parameters, Type, profiles
 from argon2 import PasswordHasher as _Argon2Hasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.low_level import ARGON2_VERSION
 
 T = TypeVar("T")
+
+# The argument that makes `python -m switchyard.auth.passwords` answer one
+# `hash_unless_matches` request (read from stdin, answered on stdout).
+CHILD_ARGUMENT = "--hash-unless-matches"
+# How long the child may take: a Python start and one Argon2 check and hash.
+CHILD_TIMEOUT_S = 60.0
 
 
 class HashingBusy(Exception):
@@ -61,6 +77,7 @@ class PasswordHasher:
         workers: int | None = None,
         max_pending: int = 64,
     ) -> None:
+        self._parameters = parameters
         self._argon2 = _Argon2Hasher.from_parameters(parameters)
         # Checked when the user does not exist, so a wrong email costs as much time as a
         # wrong password and response times do not reveal which emails are registered.
@@ -85,6 +102,44 @@ class PasswordHasher:
             )
         except (VerificationError, InvalidHashError):
             return False
+
+    def hash_unless_matches(self, password_hash: str | None, password: str) -> str | None:
+        """None when `password_hash` is a hash of `password`, else a new hash of `password`.
+        Computed in a child process (`CHILD_ARGUMENT`) with this hasher's parameters, so
+        this process never holds the hash's memory; in this process when the child cannot
+        run or answer (the same result, only the memory differs). Blocks until done."""
+        request = {
+            "parameters": _parameters_json(self._parameters),
+            "hash": password_hash,
+            "password": password,
+        }
+        try:
+            # The password goes through a pipe, never the command line others can read;
+            # -P: no module of the working directory is imported in its stead.
+            done = subprocess.run(
+                [sys.executable, "-P", "-m", "switchyard.auth.passwords", CHILD_ARGUMENT],
+                input=json.dumps(request).encode(),
+                capture_output=True,
+                timeout=CHILD_TIMEOUT_S,
+                check=True,
+            )
+            answer = json.loads(done.stdout)["hash"]
+            if answer is None or isinstance(answer, str):
+                return answer
+            raise ValueError("the answer is not a hash")
+        except (OSError, ValueError, KeyError, TypeError, subprocess.SubprocessError) as exc:
+            # Imported here: the child imports this module, and starts faster without it.
+            import structlog
+
+            structlog.get_logger("switchyard.auth.passwords").warning(
+                "password check run in this process", reason=type(exc).__name__
+            )
+        return self._hash_unless_matches_here(password_hash, password)
+
+    def _hash_unless_matches_here(self, password_hash: str | None, password: str) -> str | None:
+        if password_hash and self.verify(password_hash, password):
+            return None
+        return self.hash(password)
 
     def needs_rehash(self, password_hash: str) -> bool:
         """Whether `password_hash` was made with other parameters than this hasher's (then rehash
@@ -120,3 +175,24 @@ class PasswordHasher:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def _parameters_json(parameters: Parameters) -> dict[str, Any]:
+    fields = dataclasses.asdict(parameters)
+    fields["type"] = parameters.type.value
+    return fields
+
+
+def _child_main() -> None:
+    """`python -m switchyard.auth.passwords --hash-unless-matches` (`hash_unless_matches`):
+    read {"parameters", "hash", "password"} from stdin, write {"hash": new hash or null}."""
+    request = json.loads(sys.stdin.buffer.read())
+    fields = dict(request["parameters"])
+    fields["type"] = Type(fields["type"])
+    hasher = PasswordHasher(Parameters(**fields), workers=1)
+    answer = hasher._hash_unless_matches_here(request["hash"], request["password"])
+    sys.stdout.write(json.dumps({"hash": answer}))
+
+
+if __name__ == "__main__" and sys.argv[1:] == [CHILD_ARGUMENT]:
+    _child_main()

@@ -9,6 +9,7 @@ published if and only if the change is committed (see `outbox.py`).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -771,16 +772,24 @@ class AuthService:
 
     async def ensure_password(self, email: str, password: str) -> None:
         """Make `password` the user's password unless it already is (development set-up:
-        the dev user's password follows SWITCHYARD_DEV_PASSWORD). Raises UserNotFound."""
+        the dev user's password follows SWITCHYARD_DEV_PASSWORD). Raises UserNotFound.
+        The check and the hash run in a child process (`hash_unless_matches`): embedded
+        mode calls this at every start, and the serving process keeps no trace of the
+        hash's memory."""
         if not password:
             raise InvalidInput("Password must not be empty.", param="password")
         async with self._sessions() as session:
             user = await AuthStore(session).user_by_email(normalise_email(email))
             if user is None:
                 raise UserNotFound(f"No user with email {email.strip().lower()}.")
-            if user.password_hash and self._passwords.verify(user.password_hash, password):
+            # Off the event loop: a Python start and an Argon2 check take a fraction of a
+            # second, and a slow machine's more.
+            new_hash = await asyncio.to_thread(
+                self._passwords.hash_unless_matches, user.password_hash, password
+            )
+            if new_hash is None:
                 return
-            user.password_hash = self._passwords.hash(password)
+            user.password_hash = new_hash
             await session.commit()
 
     async def ensure_user(self, *, email: str, tenant: str, role: str) -> User:
