@@ -268,9 +268,11 @@ def test_list_stop_and_resume(gateway):
     resumed = run("resume", "rp1", "--format", "csv")
 
     assert listed.exit_code == stopped.exit_code == resumed.exit_code == 0
-    assert [line.split() for line in listed.stdout.splitlines()] == [
-        ["rp1", "completed", "4", "->", "sim-large", "2026-01-01T00:00:00Z"],
-        ["rp0", "stopped", "4", "->", "sim-large", "2026-01-01T00:00:00Z"],
+    titles, rows = _table(listed.stdout + "\n")
+    assert titles == ["id", "status", "requests", "to_model", "created_at"]
+    assert [list(row.values()) for row in rows] == [
+        ["rp1", "completed", "4", "sim-large", "2026-01-01T00:00:00Z"],
+        ["rp0", "stopped", "4", "sim-large", "2026-01-01T00:00:00Z"],
     ]
     assert stopped.stdout == "replay rp1 stopped\n"
     assert "replay rp1 running" in resumed.stderr

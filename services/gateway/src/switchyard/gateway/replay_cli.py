@@ -243,21 +243,20 @@ def list_replays(
         str | None, typer.Option(help="Only these statuses: running, stopped, completed.")
     ] = None,
 ) -> None:
-    """Your replays, newest first (every page)."""
+    """Your replays, newest first (every page), under a header row."""
     client = Client(url, api_key)
     params: dict[str, str] = {"limit": "100"} | ({"status": status} if status else {})
+    rows = []
     while True:
         page = client.call("GET", "/v1/replays", params=params)
-        for replay in page["data"]:
-            typer.echo(
-                terminal_safe(
-                    f"{replay['id']}  {replay['status']:<9}  {replay['total']:>6}  "
-                    f"-> {replay['to_model']}  {replay['created_at']}"
-                )
-            )
+        rows += [
+            (r["id"], r["status"], r["total"], r["to_model"], r["created_at"]) for r in page["data"]
+        ]
         if not page.get("next_cursor"):
-            return
+            break
         params["cursor"] = page["next_cursor"]
+    if rows:
+        typer.echo(columns(("id", "status", "requests", "to_model", "created_at"), rows))
 
 
 def _finish(client: Client, replay_id: str, output_format: str, wait: bool) -> None:
