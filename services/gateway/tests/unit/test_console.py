@@ -183,6 +183,26 @@ async def test_other_cookies_on_the_host_never_break_the_sessions_forms(unrelate
             assert made.status_code == 201, (unrelated, made.text)
 
 
+async def test_before_sign_in_the_first_csrf_cookie_sent_is_the_one_checked():
+    """RFC 6265 sends the cookie of the most specific path first: the sign-in form is
+    checked against that one, whatever follows it."""
+    from switchyard.gateway.console.session import CSRF_COOKIE
+
+    async with console() as gw:
+        first = (await gw.client.get("/ui/login")).cookies.get(CSRF_COOKIE)
+        gw.client.cookies.clear()
+        other = (await gw.client.get("/ui/login")).cookies.get(CSRF_COOKIE)
+        gw.client.cookies.clear()
+        header = f"{CSRF_COOKIE}={first}; {CSRF_COOKIE}={other}"
+        for token, refused in ((first, False), (other, True)):
+            answer = await gw.client.post(
+                "/ui/login",
+                content=f"csrftoken={token}&email=a%40b.test&password=wrong",
+                headers={"content-type": FORM, "cookie": header},
+            )
+            assert (answer.status_code == 403) is refused, (token, answer.status_code)
+
+
 async def test_a_cookie_that_is_not_utf8_is_no_failure():
     async with console() as gw:
         page = await gw.client.get("/ui/login", headers={"cookie": b"a=\xff"})

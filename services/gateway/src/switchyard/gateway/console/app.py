@@ -89,20 +89,25 @@ _TOKEN_FORM = re.compile(r"[A-Za-z0-9_\-.]{1,512}")
 
 def _csrf_token_of(headers: list[tuple[bytes, bytes]], cookies: SessionCookies) -> str | None:
     """The CSRF token the CSRF layer checks a request's form against: the session's while
-    a valid session cookie is sent (whatever CSRF cookie comes with it, a planted one
-    included); without one, the browser's CSRF cookie (the first, Starlette's reading of
-    the header, RFC 6265's most specific path first) if it has a token's form; else
-    None. Cookie headers are read as Latin-1 bytes: a value that is not UTF-8 is
-    nobody's token, never a failure."""
+    a valid session cookie is sent (the session cookie as the pages read it, Starlette's
+    `cookie_parser`), whatever CSRF cookie comes with it, a planted one included.
+    Without a session (the sign-in form), the first CSRF cookie sent, which RFC 6265
+    (5.4) orders first when its path is the most specific, if it has a token's form;
+    else None. Before sign-in this stays a double-submit check against the browser's
+    cookie, which somebody able to plant cookies can choose. Cookie headers are read
+    as Latin-1 bytes: a value that is not UTF-8 is nobody's token, never a failure."""
     sent = "; ".join(value.decode("latin-1") for name, value in headers if name == b"cookie")
     if not sent:
         return None
-    jar = cookie_parser(sent)
-    session = cookies.decode(jar.get(COOKIE_NAME))
+    session = cookies.decode(cookie_parser(sent).get(COOKIE_NAME))
     if session is not None:
         return session.csrf_token
-    token = jar.get(CSRF_COOKIE, "")
-    return token if _TOKEN_FORM.fullmatch(token) else None
+    for pair in sent.split(";"):
+        name, _, value = pair.partition("=")
+        if name.strip() == CSRF_COOKIE:
+            token = value.strip()
+            return token if _TOKEN_FORM.fullmatch(token) else None
+    return None
 
 
 def _for_the_csrf_layer(
