@@ -57,7 +57,9 @@ MAX_DEAD_LETTERS = 1000
 Carrier = str | None
 # What a listener is handed: the event's bytes, the trace carrier, the record key and the
 # record headers (what `Carried` reads; only listeners see them).
-_Delivery = tuple[bytes, Carrier, str | None, Mapping[str, bytes] | None]
+# Headers as a tuple of pairs rather than the publisher's dict: tuples of strings and
+# bytes leave the garbage collector's tracking, as `_carrier` explains.
+_Delivery = tuple[bytes, Carrier, str | None, tuple[tuple[str, bytes], ...]]
 
 
 def _carrier() -> Carrier:
@@ -250,10 +252,11 @@ class InMemoryBus(EventBus):
             state = self._groups[group]
             state.enqueued += 1
             state.queue.put_nowait((topic, raw, carrier))
+        record_headers = tuple(headers.items()) if headers else ()
         for queue, wanted in self._listeners.get(topic, ()):
             if wanted is None or partition is None or partition in wanted:
                 # Kafka's record key: the request id unless the publisher names another.
-                queue.put_nowait((raw, carrier, key or event.request_id, headers))
+                queue.put_nowait((raw, carrier, key or event.request_id, record_headers))
 
     @override
     async def wait_for_room(self, topic: str) -> None:
@@ -518,10 +521,11 @@ class InMemoryBus(EventBus):
                 raw, carrier, key, headers = await queue.get()
                 if key_filter is not None and key is not None and not key_filter(key):
                     continue  # as on Kafka: asked when read, skipped without decoding
-                if carried is not None and headers and carried.header in headers:
+                value = next((v for k, v in headers if carried and k == carried.header), None)
+                if carried is not None and value is not None:
                     # As on Kafka: the carried event first (a reply's usage settles the
                     # request's reservation before the reply reaches its client).
-                    await carried.hand_over(headers[carried.header], key, topic)
+                    await carried.hand_over(value, key, topic)
                 event = self._decode(topic, raw)
                 if event is None:
                     continue
