@@ -106,20 +106,27 @@ async def test_events_published_in_order_are_written_unless_one_before_is_refuse
         for topic in heard:
             await bus.listen(topic, on(topic))
         await asyncio.sleep(1)  # listeners start at the end of their topics
+        # One partition per topic: Kafka orders records within a partition only, and the
+        # last event read proves the ones before it in its partition were read (or never
+        # written).
         await bus.publish_in_order(
             [
-                Publication(kafka_topics.replies, large_request("first", 10)),
-                Publication(kafka_topics.usage, large_request("second", 10)),
+                Publication(kafka_topics.replies, large_request("first", 10), partition=0),
+                Publication(kafka_topics.usage, large_request("second", 10), partition=0),
             ]
         )
         with pytest.raises(EventTooLargeError):
             await bus.publish_in_order(
                 [
-                    Publication(kafka_topics.replies, large_request("refused", 2 * MIB)),
-                    Publication(kafka_topics.usage, large_request("after-refused", 10)),
+                    Publication(
+                        kafka_topics.replies, large_request("refused", 2 * MIB), partition=0
+                    ),
+                    Publication(
+                        kafka_topics.usage, large_request("after-refused", 10), partition=0
+                    ),
                 ]
             )
-        await bus.publish(kafka_topics.usage, large_request("last", 10))
+        await bus.publish(kafka_topics.usage, large_request("last", 10), partition=0)
         await async_wait_until(
             lambda: asyncio.sleep(0, "last" in heard[kafka_topics.usage]),
             timeout=30,
