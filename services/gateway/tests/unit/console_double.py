@@ -47,6 +47,8 @@ class ConsoleDouble(AuthDouble):
     team_spend: dict[str, float] = field(default_factory=dict)  # usage by team
     usage_csv: bytes = b"model,requests\nsim-small,3\n"
     metrics: str = ""
+    # Rows of history's `GET /v1/usage/performance` (the models page's last hour).
+    performance: list[dict[str, Any]] = field(default_factory=list)
     recorded: list[httpx.Request] = field(default_factory=list)
     # Seconds auth asks a throttled sign-in to wait; None: sign-ins are not throttled.
     sign_in_throttled_s: int | None = None
@@ -317,7 +319,9 @@ class ConsoleDouble(AuthDouble):
                 },
             )
         if path == "/v1/usage/performance":
-            return self._json(200, {"object": "usage.performance", "data": [], "totals": {}})
+            return self._json(
+                200, {"object": "usage.performance", "data": self.performance, "totals": {}}
+            )
         if path == "/v1/jobs":
             return self._json(200, {"object": "list", "data": [], "next_cursor": None})
         return self._error(404, "Not Found")

@@ -867,6 +867,31 @@ async def test_models_page_shows_routing_and_circuit_breaker_states():
         assert "<code>sim-large</code>" in page
 
 
+async def test_models_page_shows_server_errors_not_the_errors_requests_caused():
+    """A deployment's health: 5xx failures and expired requests, not the 4xx a request
+    itself caused (history's `server_error_rate`)."""
+    double = ConsoleDouble(
+        performance=[
+            {
+                "model": "sim-small",
+                "deployment": "simulator",
+                "requests": 8,
+                "errors": 4,
+                "error_rate": 0.5,
+                "server_errors": 1,
+                "server_error_rate": 0.125,
+                "latency_ms_p50": 12.0,
+                "latency_ms_p95": 30.0,
+            }
+        ]
+    )
+    async with console(double) as gw:
+        await sign_in(gw)
+        page = (await gw.client.get("/ui/models")).text
+        assert "Server errors</abbr>" in page
+        assert "12.5%" in page and "50.0%" not in page
+
+
 async def test_cancelling_a_job_records_it_at_history_and_tells_inference():
     double = ConsoleDouble()
     async with console(double) as gw:

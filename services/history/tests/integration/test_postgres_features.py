@@ -313,7 +313,17 @@ async def test_latency_percentiles_on_postgres_match_the_python_computation(engi
         )
         batch += [request, completed]
     failed = events.requested(at=start + timedelta(minutes=30))
-    batch += [failed, events.failed(failed)]
+    batch += [failed, events.failed(failed)]  # a 502: a server error
+    refused = events.requested(at=start + timedelta(minutes=31))
+    invalid = events.failed(refused)
+    invalid = invalid.model_copy(
+        update={
+            "data": invalid.data.model_copy(
+                update={"error": invalid.data.error.model_copy(update={"status": 400})}
+            )
+        }
+    )
+    batch += [refused, invalid]  # a 400 the request caused: an error, not a server error
     await EventRecorder(engine).record(batch)
     rows = await PerformanceQueries(engine).performance(
         PerformanceQuery(
@@ -327,7 +337,7 @@ async def test_latency_percentiles_on_postgres_match_the_python_computation(engi
     assert len(rows) == 1
     row = rows[0]
     assert row.bucket == start and row.groups == {"model": "sim-small"}
-    assert (row.requests, row.errors) == (7, 1)
+    assert (row.requests, row.errors, row.server_errors) == (8, 2, 1)
     assert row.latency_ms_p50 == pytest.approx(percentile(latencies, 0.5))
     assert row.latency_ms_p95 == pytest.approx(percentile(latencies, 0.95))
 

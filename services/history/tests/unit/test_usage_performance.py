@@ -89,6 +89,43 @@ async def test_an_admin_sees_the_tenant_by_deployment_and_never_another_tenant(s
     assert (report["totals"]["requests"], report["totals"]["errors"]) == (13, 2)
 
 
+async def test_server_errors_leave_out_the_errors_a_request_caused(service, recorder, events):
+    """A deployment's health: failures with a 5xx status and expired requests are server
+    errors; a 4xx the request caused (invalid, over the provider's rate limit) is an error
+    but not a server error."""
+    from switchyard.common.events import TerminalStatus
+
+    start = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    batch = []
+    for index, (status, code) in enumerate(
+        [
+            (None, None),
+            (None, None),
+            ("failed", 400),
+            ("failed", 429),
+            ("failed", 503),
+            ("expired", 504),
+        ]
+    ):
+        request = events.requested(at=start + timedelta(minutes=index))
+        if status is None:
+            batch += [request, _completed(events, request, 10.0)]
+            continue
+        failed = events.failed(request, status=TerminalStatus(status))
+        error = failed.data.error.model_copy(update={"status": code})
+        batch += [
+            request,
+            failed.model_copy(update={"data": failed.data.model_copy(update={"error": error})}),
+        ]
+    await recorder.record(batch)
+
+    report = await _report(service, group_by="deployment")
+    [row] = report["data"]
+    assert (row["requests"], row["errors"], row["server_errors"]) == (6, 4, 2)
+    assert row["server_error_rate"] == pytest.approx(2 / 6, abs=1e-6)
+    assert report["totals"]["server_errors"] == 2
+
+
 @pytest.mark.parametrize(
     ("params", "param"),
     [

@@ -8,7 +8,11 @@ requests themselves (through the tenant/created_at index) over a bounded range: 
 PostgreSQL with `percentile_cont` in one query; on SQLite (embedded mode) the latencies
 are read and the percentiles computed here, with the same linear interpolation. Latency
 is that of requests that completed (a refused or failed request's latency says little
-about the deployment's speed); errors are failed and expired requests, as in usage.
+about the deployment's speed); errors are failed and expired requests, as in usage, and
+server errors those of them the client could not have avoided: failed with a 5xx status
+(the provider's or Switchyard's failure, a timeout, an overload) or expired (no answer in
+time), not a 4xx the request itself caused (invalid, refused by the provider's policy,
+over a rate limit).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Label, case, func, select, within_group
+from sqlalchemy import ColumnElement, Label, and_, case, func, select, within_group
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.history.models import RequestStatus, requests_table
@@ -33,6 +37,19 @@ _SQLITE_PREFIX = {"day": 10, "hour": 13, "minute": 16}
 PERFORMANCE_DIMENSIONS = {"model": "model", "deployment": "deployment"}
 PERCENTILES = (0.5, 0.95)
 _ERRORS = (RequestStatus.FAILED.value, RequestStatus.EXPIRED.value)
+# The lowest status of an error the client could not have avoided (5xx).
+SERVER_ERROR_STATUS = 500
+
+
+def is_server_error(status: str, error: Any) -> bool:
+    """Whether a request of this `status` and stored `error` object (`ErrorInfo` as JSON)
+    is a server error: expired, or failed with a 5xx status (or none recorded)."""
+    if status == RequestStatus.EXPIRED.value:
+        return True
+    if status != RequestStatus.FAILED.value:
+        return False
+    code = error.get("status") if isinstance(error, dict) else None
+    return not isinstance(code, int) or code >= SERVER_ERROR_STATUS
 
 
 @dataclass(frozen=True)
@@ -51,13 +68,15 @@ class PerformanceQuery:
 
 @dataclass
 class PerformanceRow:
-    """One bucket and group of a performance report: request and error counts, tokens, cost (USD)
-    and the p50/p95 latency (milliseconds; None without completed requests)."""
+    """One bucket and group of a performance report: request, error and server error counts
+    (`is_server_error`), tokens, cost (USD) and the p50/p95 latency (milliseconds; None
+    without completed requests)."""
 
     bucket: datetime | None
     groups: dict[str, str | None] = field(default_factory=dict)
     requests: int = 0
     errors: int = 0
+    server_errors: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
@@ -74,6 +93,10 @@ class PerformanceRow:
             requests=self.requests,
             errors=self.errors,
             error_rate=round(self.errors / self.requests, 6) if self.requests else 0.0,
+            server_errors=self.server_errors,
+            server_error_rate=(
+                round(self.server_errors / self.requests, 6) if self.requests else 0.0
+            ),
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             total_tokens=self.input_tokens + self.output_tokens,
@@ -162,6 +185,20 @@ class PerformanceQueries:
             *keys,
             func.count().label("requests"),
             func.sum(case((r.status.in_(_ERRORS), 1), else_=0)).label("errors"),
+            func.sum(
+                case(
+                    (r.status == RequestStatus.EXPIRED.value, 1),
+                    (
+                        and_(
+                            r.status == RequestStatus.FAILED.value,
+                            func.coalesce(r.error["status"].as_integer(), SERVER_ERROR_STATUS)
+                            >= SERVER_ERROR_STATUS,
+                        ),
+                        1,
+                    ),
+                    else_=0,
+                )
+            ).label("server_errors"),
             func.coalesce(func.sum(r.input_tokens), 0).label("input_tokens"),
             func.coalesce(func.sum(r.output_tokens), 0).label("output_tokens"),
             func.coalesce(func.sum(r.cost_usd), 0.0).label("cost_usd"),
@@ -180,6 +217,7 @@ class PerformanceQueries:
                 groups={name: row[name] for name in query.dimensions},
                 requests=int(row["requests"]),
                 errors=int(row["errors"] or 0),
+                server_errors=int(row["server_errors"] or 0),
                 input_tokens=int(row["input_tokens"]),
                 output_tokens=int(row["output_tokens"]),
                 cost_usd=float(row["cost_usd"]),
@@ -194,7 +232,7 @@ class PerformanceQueries:
         r = requests_table.c
         keys = self._keys(query)
         statement = select(
-            *keys, r.status, r.latency_ms, r.input_tokens, r.output_tokens, r.cost_usd
+            *keys, r.status, r.error, r.latency_ms, r.input_tokens, r.output_tokens, r.cost_usd
         ).where(*self._conditions(query))
         groups: dict[tuple[Any, ...], tuple[PerformanceRow, list[float]]] = {}
         async with self._engine.connect() as connection:
@@ -209,6 +247,7 @@ class PerformanceQueries:
                 aggregate.requests += 1
                 if row["status"] in _ERRORS:
                     aggregate.errors += 1
+                    aggregate.server_errors += is_server_error(row["status"], row["error"])
                 aggregate.input_tokens += row["input_tokens"] or 0
                 aggregate.output_tokens += row["output_tokens"] or 0
                 aggregate.cost_usd += row["cost_usd"] or 0.0
@@ -229,6 +268,7 @@ def report_json(rows: list[PerformanceRow], query: PerformanceQuery) -> dict[str
     for row in rows:
         totals["requests"] += row.requests
         totals["errors"] += row.errors
+        totals["server_errors"] += row.server_errors
         totals["input_tokens"] += row.input_tokens
         totals["output_tokens"] += row.output_tokens
         totals["cost_usd"] += row.cost_usd
@@ -241,6 +281,7 @@ def report_json(rows: list[PerformanceRow], query: PerformanceQuery) -> dict[str
         "totals": {
             "requests": totals["requests"],
             "errors": totals["errors"],
+            "server_errors": totals["server_errors"],
             "input_tokens": totals["input_tokens"],
             "output_tokens": totals["output_tokens"],
             "cost_usd": round(totals["cost_usd"], 8),
