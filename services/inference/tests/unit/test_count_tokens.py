@@ -231,6 +231,64 @@ def test_estimate_tolerates_odd_shapes_without_failing():
     assert tokens.estimate_input_tokens(odd) > 0
 
 
+# A schema of property names and types (as most are), with a number no 64-bit integer
+# holds (a client's JSON may: it is passed through exactly).
+SCHEMA = {
+    "type": "object",
+    "properties": {f"field_{n}": {"type": "string"} for n in range(200)},
+    "maximum": 10**30,
+}
+
+
+@pytest.mark.parametrize(
+    ("estimator", "body"),
+    [
+        (
+            tokens.estimate_input_tokens,
+            {"output_format": {"type": "json_schema", "schema": SCHEMA}},
+        ),
+        (
+            tokens.estimate_input_tokens,
+            {"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}},
+        ),
+        (tokens.estimate_input_tokens, {"tools": [{"name": "f", "input_schema": SCHEMA}]}),
+        (
+            tokens.estimate_chat_input_tokens,
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "r", "schema": SCHEMA},
+                }
+            },
+        ),
+        (
+            tokens.estimate_chat_input_tokens,
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": SCHEMA}}]},
+        ),
+        (
+            tokens.estimate_responses_input_tokens,
+            {"text": {"format": {"type": "json_schema", "name": "r", "schema": SCHEMA}}},
+        ),
+    ],
+    ids=[
+        "anthropic-output-format",
+        "anthropic-output-config",
+        "anthropic-tool",
+        "chat-response-format",
+        "chat-tool",
+        "responses-text-format",
+    ],
+)
+def test_estimates_count_schemas_whole_and_any_number_in_them(estimator, body):
+    """Tools and structured outputs are read as JSON: their schema counts with its property
+    names, and an integer wider than 64 bits is counted, not a failure."""
+    messages = {"messages": [{"role": "user", "content": "hi"}]}
+    if estimator is tokens.estimate_responses_input_tokens:
+        messages = {"input": "hi"}
+    alone = estimator(messages)
+    assert estimator({**messages, **body}) - alone > count_text("field_0") * 200
+
+
 def test_a_prompt_past_the_tokenizers_one_call_limits_is_estimated() -> None:
     # One text over 200,000 tokens, another over a million characters: the tokenizer
     # library refuses either in one call, which answered count_tokens with a 500.

@@ -11,11 +11,18 @@ counts tokens never pays the memory.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import warnings
 from typing import Any
 
+import orjson
+
 ENCODING = "o200k_base"
+# Request fields a model reads as JSON besides its tools: structured outputs' schemas
+# (Chat Completions' `response_format`, the Responses API's `text` with its `format`,
+# Anthropic's `output_format` and `output_config`).
+SCHEMA_FIELDS = ("response_format", "text", "output_format", "output_config")
 
 _lock = threading.Lock()
 _encoding: Any = None
@@ -145,3 +152,16 @@ def count_text(text: str) -> int:
     """Tokens of `text` (special-token markers in it count as plain text), exactly, at any
     length. Blocking."""
     return TokenCounter(exact_chars=len(text)).count(text)
+
+
+def json_text(value: Any) -> str:
+    """`value` (parsed JSON: a tool definition, a schema) as the compact JSON text whose
+    tokens stand for it, property names included; "" for None. orjson, or the standard
+    library for what orjson cannot write (an integer wider than 64 bits, which a
+    client's JSON may hold)."""
+    if value is None:
+        return ""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)

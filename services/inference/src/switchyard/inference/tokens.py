@@ -9,7 +9,7 @@ Method (docs/protocols.md, "Token counting", states it with its error):
   is downloaded at run time);
 - what is text: the system prompt, text and thinking blocks, document text, tool results,
   a `tool_use` block's name and JSON input, each tool definition's name, description and
-  JSON schema;
+  JSON schema, a structured output's schema (`SCHEMA_FIELDS`, as JSON text);
 - framing, as OpenAI counts a chat prompt: 3 tokens per message and 3 that prime the reply;
 - an image counts `IMAGE_TOKENS` (about what Claude charges for an image of 1.15
   megapixels, the size it scales larger ones down to), a PDF page `PDF_PAGE_TOKENS`.
@@ -26,9 +26,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
-from switchyard.common.tokenizer import TokenCounter
+from switchyard.common.tokenizer import SCHEMA_FIELDS, TokenCounter, json_text
 
 TOKENS_PER_MESSAGE = 3
 REPLY_PRIMING_TOKENS = 3
@@ -43,10 +41,6 @@ _PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
 # Characters of one request's text counted exactly (about half a second of a worker
 # thread); past them, the tokens of the rest are estimated at the ratio measured.
 EXACT_CHARS = 4_000_000
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode() if value is not None else ""
 
 
 def _pdf_pages(data: Any) -> int:
@@ -81,11 +75,11 @@ def _block_tokens(block: Any, count_text: Callable[[str], int]) -> int:
             return PDF_PAGE_TOKENS * _pdf_pages(source.get("data"))
         return PDF_PAGE_TOKENS
     if kind in ("tool_use", "server_tool_use"):
-        return count_text(block.get("name") or "") + count_text(_json(block.get("input")))
+        return count_text(block.get("name") or "") + count_text(json_text(block.get("input")))
     if isinstance(kind, str) and (kind == "tool_result" or kind.endswith("_tool_result")):
         return _content_tokens(block.get("content"), count_text)
     # Other blocks (redacted thinking, search results...): their JSON, a rough stand-in.
-    return count_text(_json({k: v for k, v in block.items() if k != "cache_control"}))
+    return count_text(json_text({k: v for k, v in block.items() if k != "cache_control"}))
 
 
 def _content_tokens(content: Any, count_text: Callable[[str], int]) -> int:
@@ -94,6 +88,11 @@ def _content_tokens(content: Any, count_text: Callable[[str], int]) -> int:
     if isinstance(content, list):
         return sum(_block_tokens(block, count_text) for block in content)
     return 0
+
+
+def _schema_tokens(body: dict[str, Any], count_text: Callable[[str], int]) -> int:
+    """Tokens of the request's structured-output schemas (`SCHEMA_FIELDS`), as JSON text."""
+    return sum(count_text(json_text(body.get(name))) for name in SCHEMA_FIELDS if body.get(name))
 
 
 def estimate_input_tokens(body: dict[str, Any]) -> int:
@@ -112,8 +111,8 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
     for tool in body.get("tools") or ():
         if isinstance(tool, dict):
             described = {k: v for k, v in tool.items() if k != "cache_control"}
-            total += count_text(_json(described))
-    return total
+            total += count_text(json_text(described))
+    return total + _schema_tokens(body, count_text)
 
 
 # OpenAI content parts (Chat Completions and Responses name them differently): the field
@@ -142,7 +141,7 @@ def _openai_part_tokens(part: Any, count_text: Callable[[str], int]) -> int:
         return IMAGE_TOKENS
     if kind in _OPENAI_FILE_PARTS:
         return PDF_PAGE_TOKENS
-    return count_text(_json(part))
+    return count_text(json_text(part))
 
 
 def _openai_content_tokens(content: Any, count_text: Callable[[str], int]) -> int:
@@ -172,8 +171,8 @@ def estimate_chat_input_tokens(body: dict[str, Any]) -> int:
                 total += count_text(function.get("arguments") or "")
     for tool in body.get("tools") or ():
         if isinstance(tool, dict):
-            total += count_text(_json(tool))
-    return total
+            total += count_text(json_text(tool))
+    return total + _schema_tokens(body, count_text)
 
 
 def estimate_responses_input_tokens(body: dict[str, Any]) -> int:
@@ -206,8 +205,8 @@ def estimate_responses_input_tokens(body: dict[str, Any]) -> int:
             elif kind == "reasoning":
                 total += _openai_content_tokens(item.get("summary"), count_text)
             else:
-                total += count_text(_json(item))
+                total += count_text(json_text(item))
     for tool in body.get("tools") or ():
         if isinstance(tool, dict):
-            total += count_text(_json(tool))
-    return total
+            total += count_text(json_text(tool))
+    return total + _schema_tokens(body, count_text)

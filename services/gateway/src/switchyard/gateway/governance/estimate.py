@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from switchyard.common.pricing import PriceTable
 from switchyard.common.routing import Deployment
-from switchyard.common.tokenizer import TokenCounter, encoding
+from switchyard.common.tokenizer import SCHEMA_FIELDS, TokenCounter, encoding, json_text
 
 # Per message: the tokens chat formats add around each message (OpenAI's cookbook: 3-4).
 MESSAGE_OVERHEAD = 4
@@ -35,10 +32,9 @@ MESSAGE_OVERHEAD = 4
 IMAGE_TOKENS = 85
 TEXT_FIELDS = ("messages", "system", "input", "instructions", "prompt")
 # Definitions the model reads as JSON: tool definitions and structured outputs' schemas
-# (Chat Completions' `response_format`, the Responses API's `text.format`, Anthropic's
-# `output_format` and `output_config`). A schema is mostly property names and types, so
-# these count as their compact JSON text, keys included, not as the strings they hold.
-SCHEMA_FIELDS = ("tools", "functions", "response_format", "text", "output_format", "output_config")
+# (`tokenizer.SCHEMA_FIELDS`). A schema is mostly property names and types, so these
+# count as their compact JSON text, keys included, not as the strings they hold.
+JSON_FIELDS = ("tools", "functions", *SCHEMA_FIELDS)
 OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 # Characters of a request's texts counted exactly (about a tenth of a second of CPU), the
 # rest estimated: a reservation is settled by the real usage anyway.
@@ -85,15 +81,6 @@ def _texts(value: Any, out: list[str], parts: _Parts) -> None:
             _texts(item, out, parts)
 
 
-def _json_text(value: Any) -> str:
-    """`value` as compact JSON text (orjson; the standard library's for what orjson cannot
-    write, such as an integer wider than 64 bits)."""
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
 def _prompt(body: dict[str, Any]) -> tuple[list[str], int]:
     """A request body's texts, and the tokens of the rest of its prompt: each token id it
     sends as one token, an image part as IMAGE_TOKENS, and each message's overhead."""
@@ -103,10 +90,10 @@ def _prompt(body: dict[str, Any]) -> tuple[list[str], int]:
         value = body.get(name)
         if value is not None:
             _texts(value, texts, parts)
-    for name in SCHEMA_FIELDS:
+    for name in JSON_FIELDS:
         value = body.get(name)
         if value is not None:
-            texts.append(_json_text(value))
+            texts.append(json_text(value))
     messages = body.get("messages")
     overhead = MESSAGE_OVERHEAD * len(messages) if isinstance(messages, list) else 0
     return texts, parts.token_ids + overhead + parts.images * IMAGE_TOKENS
