@@ -1,10 +1,12 @@
 """Fixtures of the common unit tests: `main_fails`, which runs the `switchyard` command as
-its console script does and returns the one error line it printed."""
+its console script does and returns the one error line it printed, and the process
+environment restored after every test."""
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -31,3 +33,16 @@ def main_fails(
         return line
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def environment_restored() -> Iterator[None]:
+    """Put the process environment back as it was after each test: `switchyard dev` run
+    in-process (`main_fails("dev", ...)`) writes its defaults into `os.environ`
+    (`apply_dev_environment`: a fresh internal token, the memory bus, SQLite URLs), which
+    would otherwise reach every later test of the worker."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
