@@ -830,6 +830,19 @@ def block_deltas_between_start_and_stop(events: list[dict]) -> None:
             tool_call(0, ' "Oslo"}'),
             tool_call(1, 'ion": "Rome"}'),
         ],
+        [  # the first call's whole arguments, then whitespace after the second started
+            tool_call(0, '{"location": "Oslo"}', "call_a"),
+            tool_call(1, '{"location":', "call_b"),
+            tool_call(0, "\n"),
+            tool_call(1, ' "Rome"}'),
+            tool_call(0, "  "),
+        ],
+        [  # whitespace for the first call while the second is held, then after release
+            tool_call(0, '{"location":', "call_a"),
+            tool_call(1, '{"location": "Rome"}', "call_b"),
+            tool_call(0, ' "Oslo"}'),
+            tool_call(0, "\n "),
+        ],
         [  # three calls, all interleaved, the last one finishing first
             tool_call(0, '{"location":', "call_a"),
             tool_call(1, '{"location":', "call_b"),
@@ -838,7 +851,7 @@ def block_deltas_between_start_and_stop(events: list[dict]) -> None:
             tool_call(0, ' "Oslo"}'),
         ],
     ],
-    ids=["two", "three"],
+    ids=["two", "whitespace after a whole call", "whitespace after a held release", "three"],
 )
 def test_interleaved_parallel_tool_calls_become_whole_blocks_one_after_another(chunks) -> None:
     converter = ChatChunksToMessageEvents("m")

@@ -2363,9 +2363,15 @@ class ChatChunksToMessageEvents:
         if arguments:
             if self._open == ("tool", key):
                 self._arguments.append(arguments)
-            # Arguments of a call whose block was closed (more after a whole JSON value)
-            # still go to the block they belong to: Anthropic blocks cannot be reopened.
-            events.append(self._arguments_delta(key, arguments))
+                events.append(self._arguments_delta(key, arguments))
+            elif arguments.strip():
+                # More than whitespace after a whole JSON value (a malformed call): it
+                # still goes to the block it belongs to, closed as it is, since Anthropic
+                # blocks cannot be reopened and dropping it would change the call.
+                events.append(self._arguments_delta(key, arguments))
+            # Whitespace after a call's whole JSON value (servers send a trailing newline
+            # as a piece of its own) means nothing in JSON: once its block is closed it is
+            # dropped, so that no delta reaches a block after its `content_block_stop`.
         if self._held and self._whole_arguments():
             events += self._release_held(until_incomplete=True)
         return events
