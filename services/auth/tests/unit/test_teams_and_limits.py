@@ -4,6 +4,7 @@ read, the events that tell them about changes, and the operator commands."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 import typer
@@ -11,6 +12,8 @@ from typer.testing import CliRunner
 
 from switchyard.auth.cli import keys_app, teams_app, tenants_app, users_app
 from switchyard.auth.config import Settings
+from switchyard.auth.governance import Governance, TeamNotFound
+from switchyard.auth.models import Team
 from switchyard.common.events import LimitsChanged
 
 from .test_admin_api import PASSWORD, assert_error, token_for
@@ -485,3 +488,67 @@ def test_operators_opt_keys_and_teams_in_from_the_cli(cli) -> None:
     assert contradiction.exit_code == 1 and "cache_enabled" in contradiction.output
     unknown = cli("keys", "update", "no-such-key", "--cache")
     assert unknown.exit_code == 1 and "no-such-key" in unknown.output
+
+
+async def test_team_names_are_one_name_whatever_their_case(auth_app, acme) -> None:
+    """`Research` and `research` are one team to the people and the CLI that name it, so
+    a second team of the same name in another case is refused, on creation and on rename,
+    and a name given in another case finds the team (Unicode case folding, so `Straße` is
+    `STRASSE` on SQLite too)."""
+    headers = acme["admin_headers"]
+    team = await make_team(auth_app, acme)
+    for name in ("Research", "RESEARCH", " research "):
+        again = await auth_app.client.post("/v1/admin/teams", json={"name": name}, headers=headers)
+        assert_error(again, 409, "team_exists")
+    other = await make_team(auth_app, acme, name="Straße")
+    assert_error(
+        await auth_app.client.post("/v1/admin/teams", json={"name": "STRASSE"}, headers=headers),
+        409,
+        "team_exists",
+    )
+    renamed = await auth_app.client.patch(
+        f"/v1/admin/teams/{other['id']}", json={"name": "ReSearch"}, headers=headers
+    )
+    assert_error(renamed, 409, "team_exists")
+    # A team may change the case of its own name.
+    recased = await auth_app.client.patch(
+        f"/v1/admin/teams/{team['id']}", json={"name": "Research"}, headers=headers
+    )
+    assert recased.status_code == 200, recased.text
+    assert recased.json()["name"] == "Research"
+    # Another tenant keeps its own names.
+    elsewhere = await auth_app.client.post(
+        "/v1/admin/teams", json={"name": "research"}, headers=acme["other_headers"]
+    )
+    assert elsewhere.status_code == 201, elsewhere.text
+
+    governance = Governance(auth_app.service)
+    assert (await governance.team_by_name("acme", "research")).id == team["id"]
+    assert (await governance.team_by_name("acme", "strasse")).id == other["id"]
+    with pytest.raises(TeamNotFound):
+        await governance.team_by_name("acme", "researchers")
+
+
+async def test_teams_named_alike_before_are_told_apart_by_exact_name_or_id(auth_app, acme) -> None:
+    """Teams created when names were compared exactly can differ only in case: the exact
+    name still finds each, and a name matching several only ignoring case is refused
+    naming them, rather than one picked at random."""
+    async with auth_app.service.sessions() as session:
+        for name in ("Ops", "OPS"):
+            session.add(Team(tenant="acme", name=name, created_at=datetime.now(UTC)))
+        await session.commit()
+    governance = Governance(auth_app.service)
+    assert (await governance.team_by_name("acme", "Ops")).name == "Ops"
+    assert (await governance.team_by_name("acme", "OPS")).name == "OPS"
+    with pytest.raises(TeamNotFound, match="'Ops'.*'OPS'|'OPS'.*'Ops'"):
+        await governance.team_by_name("acme", "ops")
+
+
+def test_the_cli_finds_a_team_named_in_another_case(cli) -> None:
+    assert cli("users", "create", "--email", "ops@acme.test", "--tenant", "acme", "--no-password")
+    assert cli("teams", "create", "--tenant", "acme", "--name", "ML").exit_code == 0
+    moved = cli("users", "update", "--email", "ops@acme.test", "--team", "ml")
+    assert moved.exit_code == 0, moved.output
+    again = cli("teams", "create", "--tenant", "acme", "--name", "ml")
+    assert again.exit_code == 1
+    assert "already has a team named 'ML'" in again.output

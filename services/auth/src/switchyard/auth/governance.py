@@ -313,15 +313,24 @@ class Governance:
             return await self._team(session, team_id, tenant)
 
     async def team_by_name(self, tenant: str, name: str) -> Team:
-        """The team called `name` in `tenant`. Raises TeamNotFound."""
+        """The team called `name` in `tenant`: the one of exactly that name, else the one
+        whose name matches it ignoring case (`str.casefold`). Raises TeamNotFound when none
+        does, or when several teams named before names were compared ignoring case match
+        it only that way (their ids tell them apart)."""
         async with self._sessions() as session:
-            result = await session.execute(
-                select(Team).where(Team.tenant == tenant, Team.name == name)
+            teams = await _tenant_teams(session, tenant)
+        exact = [team for team in teams if team.name == name]
+        if exact:
+            return exact[0]
+        matches = _same_name(teams, name)
+        if len(matches) > 1:
+            raise TeamNotFound(
+                f"Several teams of tenant {tenant} are named {name!r} ignoring case "
+                f"({', '.join(repr(team.name) for team in matches)}); name one by its id."
             )
-            team = result.scalar_one_or_none()
-        if team is None:
+        if not matches:
             raise TeamNotFound(f"No team named {name!r} in tenant {tenant}.")
-        return team
+        return matches[0]
 
     async def create_team(
         self,
@@ -342,6 +351,7 @@ class Governance:
         async with self._sessions() as session:
             merged = _merged(None, limits)
             _within(merged, limits_of(await session.get(Tenant, tenant)), "team", "tenant")
+            await _refuse_taken_name(session, tenant, name)
             team = Team(tenant=tenant, name=name, allowed_models=models, created_at=now)
             apply_cache(team, cache)
             _store(team, merged, now)
@@ -379,7 +389,9 @@ class Governance:
             apply_cache(team, cache)
             _store(team, merged, now)
             if name is not None:
-                team.name = _team_name(name)
+                name = _team_name(name)
+                await _refuse_taken_name(session, team.tenant, name, renaming=team)
+                team.name = name
             if allowed_models is not False:
                 team.allowed_models = _validate_models(allowed_models)  # type: ignore[arg-type]
             try:
@@ -676,6 +688,35 @@ async def _above_tenant(
             if row is not None:
                 found.append((level, row))
     return found
+
+
+async def _tenant_teams(session: AsyncSession, tenant: str) -> Sequence[Team]:
+    """Every team of `tenant` (one indexed query; a tenant has tens of teams, not
+    thousands)."""
+    return (await session.execute(select(Team).where(Team.tenant == tenant))).scalars().all()
+
+
+def _same_name(teams: Sequence[Team], name: str) -> list[Team]:
+    """The teams of `teams` whose name is `name` ignoring case. Compared in Python with
+    `str.casefold` rather than SQL's `lower()`, which SQLite applies to ASCII letters
+    only: `Straße` and `STRASSE` are one name on every database."""
+    folded = name.casefold()
+    return [team for team in teams if team.name.casefold() == folded]
+
+
+async def _refuse_taken_name(
+    session: AsyncSession, tenant: str, name: str, *, renaming: Team | None = None
+) -> None:
+    """Raise DuplicateTeam when another team of `tenant` than `renaming` is called `name`
+    ignoring case: people and the CLI take `Research` and `research` for one team, and
+    `team_by_name` could not tell them apart. The database's unique constraint on the
+    exact name stays the last word against two creations at the same moment."""
+    for team in _same_name(await _tenant_teams(session, tenant), name):
+        if renaming is None or team.id != renaming.id:
+            raise DuplicateTeam(
+                f"Tenant {tenant} already has a team named {team.name!r} (names are "
+                "compared ignoring case)."
+            )
 
 
 async def _members(session: AsyncSession, team_id: str) -> Sequence[User]:
