@@ -194,6 +194,62 @@ async def test_admitted_requests_carry_the_remaining_requests_and_tokens() -> No
     assert int(first.anthropic_headers()["anthropic-ratelimit-requests-remaining"]) == 9
 
 
+async def test_a_request_refused_for_tokens_still_learns_its_requests_budget() -> None:
+    """As OpenAI and Anthropic do, a 429 of a rate limit carries both kinds' headers: the
+    tokens limit it hit with nothing left, and the requests limit with what it has left
+    (the refused request took none of it)."""
+    [admission] = replicas(MemoryLedger(), policy(rpm_limit=10, tpm_limit=30), count=1)
+    await admission.admit(Caller(), "m", BODY)  # reserves its prompt plus 10 tokens
+    with pytest.raises(Refused) as refused:
+        await admission.admit(Caller(), "m", {**BODY, "max_tokens": 25})
+
+    assert (refused.value.kind, refused.value.code) == ("tokens", "rate_limit_exceeded")
+    openai = refused.value.rate_headers("openai")
+    assert openai["x-ratelimit-limit-tokens"] == "30"
+    assert openai["x-ratelimit-remaining-tokens"] == "0"
+    assert openai["x-ratelimit-reset-tokens"].endswith("s")
+    assert openai["x-ratelimit-limit-requests"] == "10"
+    assert openai["x-ratelimit-remaining-requests"] == "9"
+    assert openai["x-ratelimit-reset-requests"].endswith("s")
+    anthropic = refused.value.rate_headers("anthropic")
+    assert anthropic["anthropic-ratelimit-tokens-remaining"] == "0"
+    assert anthropic["anthropic-ratelimit-requests-limit"] == "10"
+    assert anthropic["anthropic-ratelimit-requests-remaining"] == "9"
+    assert anthropic["anthropic-ratelimit-requests-reset"].endswith("Z")
+
+
+async def test_a_request_refused_for_requests_still_learns_its_tokens_budget() -> None:
+    [admission] = replicas(MemoryLedger(), policy(rpm_limit=1, tpm_limit=1000), count=1)
+    admitted = await admission.admit(Caller(), "m", BODY)
+    with pytest.raises(Refused) as refused:
+        await admission.admit(Caller(), "m", BODY)
+
+    assert refused.value.kind == "requests"
+    openai = refused.value.rate_headers("openai")
+    assert openai["x-ratelimit-remaining-requests"] == "0"
+    # What the admitted request left: the refused one reserved nothing.
+    left = admitted.openai_headers()["x-ratelimit-remaining-tokens"]
+    assert openai["x-ratelimit-limit-tokens"] == "1000"
+    assert openai["x-ratelimit-remaining-tokens"] == left
+    assert openai["x-ratelimit-reset-tokens"].endswith("s")
+    anthropic = refused.value.rate_headers("anthropic")
+    assert anthropic["anthropic-ratelimit-requests-remaining"] == "0"
+    assert anthropic["anthropic-ratelimit-tokens-remaining"] == left
+
+
+async def test_a_used_up_budget_carries_the_requests_and_tokens_headers_too() -> None:
+    [admission] = replicas(
+        MemoryLedger(), policy(anchor=0.0, max_budget_usd=0.0, rpm_limit=5, tpm_limit=1000), count=1
+    )
+    with pytest.raises(Refused) as refused:
+        await admission.admit(Caller(), "m", BODY)
+
+    assert refused.value.kind == "spend"
+    headers = refused.value.rate_headers("openai")
+    assert headers["x-ratelimit-remaining-requests"] == "5"
+    assert headers["x-ratelimit-remaining-tokens"] == "1000"
+
+
 async def test_a_budget_is_never_overspent_and_settlement_frees_the_unused_reservation() -> None:
     ledger = MemoryLedger()
     admissions = replicas(
@@ -606,6 +662,65 @@ async def test_answers_carry_rate_limit_headers_and_refusals_use_each_apis_shape
     assert anthropic_refused.headers["anthropic-ratelimit-requests-remaining"] == "0"
     # Refused before any upstream call: inference saw only the two admitted requests.
     assert len(harness.requests) == 2
+
+
+def ratelimit_names(path: str) -> dict[str, str]:
+    """`requests-limit` etc. to the rate-limit header of that name of `path`'s API."""
+    return {
+        f"{kind}-{field}": (
+            f"anthropic-ratelimit-{kind}-{field}"
+            if path == "/v1/messages"
+            else f"x-ratelimit-{field}-{kind}"
+        )
+        for kind in ("requests", "tokens")
+        for field in ("limit", "remaining", "reset")
+    }
+
+
+API_CALLS = pytest.mark.parametrize(
+    ("path", "body", "headers"),
+    [
+        ("/v1/chat/completions", CHAT, {"Authorization": f"Bearer {API_KEY}"}),
+        ("/v1/messages", {**CHAT, "max_tokens": 16}, {"x-api-key": API_KEY}),
+    ],
+    ids=["openai", "anthropic"],
+)
+
+
+@API_CALLS
+async def test_a_requests_refusal_carries_the_tokens_headers_too(harness, path, body, headers):
+    """Refused for requests per minute, the client still learns its tokens budget, in its
+    API's own headers, as OpenAI and Anthropic tell it on their 429s."""
+    names = ratelimit_names(path)
+    limited_auth(harness, rpm_limit=1, tpm_limit=100_000)
+    admitted = await harness.client.post(path, json=body, headers=headers)
+    assert admitted.status_code == 200, admitted.text
+    refused = await harness.client.post(path, json=body, headers=headers)
+    assert refused.status_code == 429, refused.text
+    assert refused.headers[names["requests-limit"]] == "1"
+    assert refused.headers[names["requests-remaining"]] == "0"
+    assert refused.headers[names["requests-reset"]]
+    assert refused.headers[names["tokens-limit"]] == "100000"
+    # What the admitted request left, or more once its usage gave back the unused part.
+    left = int(admitted.headers[names["tokens-remaining"]])
+    assert left <= int(refused.headers[names["tokens-remaining"]]) < 100_000
+    assert refused.headers[names["tokens-reset"]]
+
+
+@API_CALLS
+async def test_a_tokens_refusal_carries_the_requests_headers_too(harness, path, body, headers):
+    names = ratelimit_names(path)
+    limited_auth(harness, rpm_limit=3, tpm_limit=5)
+    refused = await harness.client.post(path, json=body, headers=headers)
+    assert refused.status_code == 429, refused.text
+    assert refused.headers[names["tokens-limit"]] == "5"
+    assert refused.headers[names["tokens-remaining"]] == "0"
+    assert refused.headers[names["tokens-reset"]]
+    assert refused.headers[names["requests-limit"]] == "3"
+    # The refused request took none of it.
+    assert refused.headers[names["requests-remaining"]] == "3"
+    assert refused.headers[names["requests-reset"]]
+    assert harness.requests == []
 
 
 @pytest.mark.parametrize(

@@ -138,6 +138,13 @@ class Refused(APIError):
         # The caller's team, for the refusal's record (set by `Admission.admit`).
         self.team_id: str | None = None
         self.limit, self.reset_at = limit, reset_at
+        # The snapshots of the rate-limit headers (`rate_headers`): the limit refused here
+        # has nothing left; `Admission` adds the tightest other requests and tokens limits
+        # it knows of, so a client refused for one kind still learns its other budget.
+        self.requests: RateSnapshot | None = None
+        self.tokens: RateSnapshot | None = None
+        if kind in ("requests", "tokens"):
+            setattr(self, kind, RateSnapshot(limit=limit, remaining=0, reset_at=reset_at))
         who = f"{LEVEL_NAMES.get(level, level)} {scope_id}"
         retry_after = max(1, math.ceil(reset_at - now)) if reset_at is not None else 1
         all_headers = dict(headers or {})
@@ -241,11 +248,15 @@ class Refused(APIError):
         super().__init__(429, message, type=error_type, code=code, headers=all_headers)
 
     def rate_headers(self, api: Any) -> dict[str, str]:
-        """The rate-limit headers of this refusal (remaining 0) in the API's own names."""
-        if self.kind not in ("requests", "tokens"):
-            return {}
-        snapshot = RateSnapshot(limit=self.limit, remaining=0, reset_at=self.reset_at)
-        return Ticket(**{self.kind: snapshot}).headers_for(api)  # type: ignore[arg-type]
+        """The rate-limit headers of this refusal for a client of `api` (see
+        `Ticket.headers_for`), like an admitted request's: the requests or tokens limit it
+        hit with `remaining` 0, and the other kind's tightest limit with what it has left,
+        as `Admission` knew it when refusing. A budget or parallel refusal carries the
+        requests and tokens limits known then. A limit this replica holds nothing of in
+        the current window is left out (learning it would cost a round trip to the
+        ledger); a refusal made outside `Admission` carries only the limit it hit. Empty
+        when no requests or tokens limit is known."""
+        return Ticket(requests=self.requests, tokens=self.tokens).headers_for(api)
 
     @property
     def reason(self) -> str:
@@ -499,7 +510,7 @@ class Admission:
             for need in missing:
                 refused = self._exhausted_refusal(need, now)
                 if refused is not None:
-                    raise refused
+                    raise self._with_rates(refused, needs, now)
             for need in missing:
                 self._demand[need.counter] = self._demand.get(need.counter, 0.0) + need.amount
             try:
@@ -511,7 +522,8 @@ class Admission:
                         self._demand[need.counter] = left
                     else:
                         self._demand.pop(need.counter, None)
-        raise self._refusal(missing[0], self._clock(), None)
+        now = self._clock()
+        raise self._with_rates(self._refusal(missing[0], now, None), needs, now)
 
     def _estimate(self, model: str, body: dict[str, Any], embeddings: bool) -> Estimate:
         """`estimate` of a request to `model`, priced by its route's deployments, on the
@@ -622,15 +634,42 @@ class Admission:
                     Reservation(need.counter[0], need.kind, allowance.window_start, need.amount)
                 )
             if need.kind in ("requests", "tokens"):
-                snapshot = RateSnapshot(
-                    limit=need.limit,
-                    remaining=max(0.0, need.limit - allowance.committed) + allowance.unused,
-                    reset_at=allowance.window_end,
-                )
+                snapshot = self._snapshot(need, allowance)
                 current = getattr(ticket, need.kind)
                 if current is None or snapshot.remaining < current.remaining:
                     setattr(ticket, need.kind, snapshot)
         return ticket
+
+    @staticmethod
+    def _snapshot(need: _Need, allowance: _Allowance) -> RateSnapshot:
+        """The rate-limit headers' view of the limit of `need` (requests or tokens) given
+        its counter's `allowance`: what the fleet had left when this replica last heard
+        from the ledger, plus what this replica holds unused."""
+        return RateSnapshot(
+            limit=need.limit,
+            remaining=max(0.0, need.limit - allowance.committed) + allowance.unused,
+            reset_at=allowance.window_end,
+        )
+
+    def _with_rates(self, refused: Refused, needs: list[_Need], now: float) -> Refused:
+        """`refused` (of one of `needs`) with the tightest requests and tokens limits of
+        `needs` for its rate-limit headers, as `_take` gives an admitted request's (nothing
+        was taken: `remaining` is before this request); the limit it hit keeps `remaining`
+        0. From this replica's allowances only: a refusal makes no round trip to the
+        ledger, so a limit it holds nothing of in the current window is left out."""
+        for need in needs:
+            # The kind refused shows the limit that refused, even if another level's
+            # allowance reads lower (overrun by requests that used more than reserved).
+            if need.kind not in ("requests", "tokens") or need.kind == refused.kind:
+                continue
+            allowance = self._allowances.get(need.counter)
+            if allowance is None or not self._valid(allowance, need, now):
+                continue
+            snapshot = self._snapshot(need, allowance)
+            current = getattr(refused, need.kind)
+            if current is None or snapshot.remaining < current.remaining:
+                setattr(refused, need.kind, snapshot)
+        return refused
 
     def _exhausted_refusal(self, need: _Need, now: float) -> Refused | None:
         seen = self._exhausted.get(need.counter)
