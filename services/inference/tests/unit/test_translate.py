@@ -875,6 +875,18 @@ def test_interleaved_parallel_tool_calls_become_whole_blocks_one_after_another(c
     assert inputs_at_stop == expected[: len(inputs_at_stop)]
 
 
+def test_only_jsons_whitespace_after_a_whole_call_is_dropped() -> None:
+    """A piece after a call's whole arguments that is more than JSON's whitespace (here a
+    no-break space, which JSON does not allow there) still reaches its block: dropping it
+    would turn a malformed call into another call."""
+    converter = ChatChunksToMessageEvents("m")
+    converter.feed(tool_call(0, '{"location": "Oslo"}', "call_a"))
+    converter.feed(tool_call(1, '{"loc', "call_b"))
+    assert converter.feed(tool_call(0, " \t\r\n")) == []
+    late = converter.feed(tool_call(0, "\u00a0"))
+    assert [(event["type"], event["index"]) for event in late] == [("content_block_delta", 0)]
+
+
 def test_a_call_after_a_finished_one_streams_at_once() -> None:
     converter = ChatChunksToMessageEvents("m")
     converter.feed(tool_call(0, '{"location": "Oslo"}', "call_a"))

@@ -2204,11 +2204,23 @@ def chat_completion_to_message(completion: dict[str, Any], model: str) -> dict[s
 # =========================================================================== streams
 
 
+# The whitespace JSON allows around a value (RFC 8259, section 2); `str.strip()` alone
+# would also take Unicode spaces, which are not JSON's.
+JSON_WHITESPACE = " \t\n\r"
+
+
 def whole_json(pieces: list[str]) -> bool:
     """Whether a tool call's argument pieces so far join into one whole JSON value. Only
     parsed when they end as an object or array can (arguments are a JSON object), so a
     long call streamed in small pieces is not parsed again with every piece."""
-    last = next((piece.rstrip() for piece in reversed(pieces) if piece.strip()), "")
+    last = next(
+        (
+            piece.rstrip(JSON_WHITESPACE)
+            for piece in reversed(pieces)
+            if piece.strip(JSON_WHITESPACE)
+        ),
+        "",
+    )
     if not last.endswith(("}", "]")):
         return False
     try:
@@ -2364,7 +2376,7 @@ class ChatChunksToMessageEvents:
             if self._open == ("tool", key):
                 self._arguments.append(arguments)
                 events.append(self._arguments_delta(key, arguments))
-            elif arguments.strip():
+            elif arguments.strip(JSON_WHITESPACE):
                 # More than whitespace after a whole JSON value (a malformed call): it
                 # still goes to the block it belongs to, closed as it is, since Anthropic
                 # blocks cannot be reopened and dropping it would change the call.
