@@ -26,6 +26,9 @@ help: ## List every target
 install: ## Install uv (if missing) and every package of the workspace into .venv (bytecode compiled)
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	@$(UV) sync --all-packages --quiet --compile-bytecode
+	@# The workspace's own packages are installed editable, which uv does not compile; where
+	@# PYTHONDONTWRITEBYTECODE is set, Python would compile them at every start.
+	@$(UV) run --no-sync python -m compileall -q libs/*/src services/*/src >/dev/null
 
 .PHONY: run
 run: install ## Run Switchyard embedded: all services in one process, in-memory bus, SQLite (never Kafka or Postgres)
