@@ -677,6 +677,14 @@ def ratelimit_names(path: str) -> dict[str, str]:
     }
 
 
+def assert_used_up(headers, names: dict[str, str], kind: str, *, limit: str) -> None:
+    """The refusing limit of `kind` (`requests` or `tokens`) reads `limit`, nothing left,
+    and a reset."""
+    assert headers[names[f"{kind}-limit"]] == limit
+    assert headers[names[f"{kind}-remaining"]] == "0"
+    assert headers[names[f"{kind}-reset"]]
+
+
 API_CALLS = pytest.mark.parametrize(
     ("path", "body", "headers"),
     [
@@ -697,9 +705,7 @@ async def test_a_requests_refusal_carries_the_tokens_headers_too(harness, path, 
     assert admitted.status_code == 200, admitted.text
     refused = await harness.client.post(path, json=body, headers=headers)
     assert refused.status_code == 429, refused.text
-    assert refused.headers[names["requests-limit"]] == "1"
-    assert refused.headers[names["requests-remaining"]] == "0"
-    assert refused.headers[names["requests-reset"]]
+    assert_used_up(refused.headers, names, "requests", limit="1")
     assert refused.headers[names["tokens-limit"]] == "100000"
     # What the admitted request left, or more once its usage gave back the unused part.
     left = int(admitted.headers[names["tokens-remaining"]])
@@ -713,9 +719,7 @@ async def test_a_tokens_refusal_carries_the_requests_headers_too(harness, path, 
     limited_auth(harness, rpm_limit=3, tpm_limit=5)
     refused = await harness.client.post(path, json=body, headers=headers)
     assert refused.status_code == 429, refused.text
-    assert refused.headers[names["tokens-limit"]] == "5"
-    assert refused.headers[names["tokens-remaining"]] == "0"
-    assert refused.headers[names["tokens-reset"]]
+    assert_used_up(refused.headers, names, "tokens", limit="5")
     assert refused.headers[names["requests-limit"]] == "3"
     # The refused request took none of it.
     assert refused.headers[names["requests-remaining"]] == "3"
