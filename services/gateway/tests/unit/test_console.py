@@ -203,6 +203,81 @@ async def test_before_sign_in_the_first_csrf_cookie_sent_is_the_one_checked():
             assert (answer.status_code == 403) is refused, (token, answer.status_code)
 
 
+# What a browser says of a form another site sent: Fetch Metadata, or (without it) the
+# Origin. A sibling subdomain, able to plant cookies for the host, is `same-site`.
+FROM_ANOTHER_SITE = [
+    {"sec-fetch-site": "cross-site"},
+    {"sec-fetch-site": "same-site"},
+    {"sec-fetch-site": "same-site", "origin": "http://gateway"},
+    {"sec-fetch-site": "something-new"},
+    {"origin": "http://evil.test"},
+    {"origin": "http://sub.gateway"},
+    {"origin": "http://gateway:8443"},
+    {"origin": "null"},
+]
+FROM_THIS_SITE = [
+    {"sec-fetch-site": "same-origin", "origin": "http://gateway"},
+    {"sec-fetch-site": "none"},
+    {"origin": "http://gateway"},
+    {"origin": "https://gateway"},  # TLS ended by a proxy: the scheme is not compared
+    {},  # no browser: a script, which meets the CSRF token like everybody
+]
+
+
+async def test_a_sign_in_form_from_another_site_is_refused_even_with_a_planted_cookie():
+    """Login CSRF: before sign-in the token is checked against the browser's CSRF cookie,
+    which a planter chooses. A form carrying the planter's own token pair (one valid
+    visit of theirs) still gets no session when the browser says it came from elsewhere;
+    from the console's own page, the same pair signs in."""
+    from switchyard.gateway.console.session import CSRF_COOKIE
+
+    async with console() as gw:
+        account = gw.auth.account("alice@acme.test")
+        planted = (await gw.client.get("/ui/login")).cookies.get(CSRF_COOKIE)
+        gw.client.cookies.clear()
+        form = f"csrftoken={planted}&email=alice%40acme.test&password={account.password}"
+        for where, refused in [(h, True) for h in FROM_ANOTHER_SITE] + [
+            (h, False) for h in FROM_THIS_SITE
+        ]:
+            answer = await gw.client.post(
+                "/ui/login",
+                content=form,
+                headers={"content-type": FORM, "cookie": f"{CSRF_COOKIE}={planted}", **where},
+            )
+            signed_in = COOKIE_NAME + "=" in answer.headers.get("set-cookie", "")
+            if refused:
+                assert answer.status_code == 403, (where, answer.status_code)
+                assert "sent from another site" in answer.text
+                assert not signed_in, where
+                assert answer.headers["x-frame-options"] == "DENY"
+            else:
+                assert answer.status_code == 303, (where, answer.status_code)
+                assert signed_in, where
+        assert len(gw.auth.calls_to("/v1/auth/token", "POST")) == len(FROM_THIS_SITE)
+
+
+async def test_a_sessions_form_from_another_site_is_refused_with_its_own_token():
+    """Every form, not only sign-in: a cross-site post with the session's cookie and even
+    its right token (leaked, say) changes nothing; GETs from anywhere are links."""
+    async with console() as gw:
+        await sign_in(gw)
+        own = csrf_of((await gw.client.get("/ui/keys")).text)
+        for where in FROM_ANOTHER_SITE:
+            answer = await gw.client.post(
+                "/ui/keys", data={"csrftoken": own, "name": "forged"}, headers=where
+            )
+            assert answer.status_code == 403, where
+        linked = await gw.client.get("/ui/keys", headers={"sec-fetch-site": "cross-site"})
+        assert linked.status_code == 200 and "forged" not in linked.text
+        assert not gw.auth.calls_to("/v1/api-keys", "POST")
+        made = await gw.client.post(
+            "/ui/keys",
+            data={"csrftoken": own, "name": "mine"},
+            headers={"sec-fetch-site": "same-origin", "origin": "http://gateway"},
+        )
+        assert made.status_code == 201, made.text
+
+
 async def test_a_cookie_that_is_not_utf8_is_no_failure():
     async with console() as gw:
         page = await gw.client.get("/ui/login", headers={"cookie": b"a=\xff"})

@@ -2,8 +2,11 @@
 
 Layers, outermost first: security headers (a Content-Security-Policy without inline
 scripts, no framing, no sniffing, no caching of pages) and the renewed session cookie;
-CSRF protection (asgi-csrf: a signed double-submit token, checked on every request that
-is not GET/HEAD/OPTIONS, cookies or not; while a session lasts, the token is the one its
+cross-site refusal (asgi-cross-origin-protection, Go's `CrossOriginProtection` method: a
+request that is not GET/HEAD/OPTIONS is refused when the browser says it comes from
+another site, by `Sec-Fetch-Site`, or else by an `Origin` other than the host's); CSRF
+protection (asgi-csrf: a signed double-submit token, checked on every request that is
+not GET/HEAD/OPTIONS, cookies or not; while a session lasts, the token is the one its
 session cookie carries, see `session`); then the pages and static files.
 """
 
@@ -13,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from asgi_cross_origin_protection import CrossOriginProtection
 from asgi_csrf import Errors, asgi_csrf
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -222,6 +226,17 @@ async def _csrf_refused(scope: Scope, send: Send, reason: Errors) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _cross_site_refused(scope: Scope, receive: Receive, send: Send) -> None:
+    """The page for a form the browser says another site sent (403)."""
+    refused = HTMLResponse(
+        "<!doctype html><title>Request refused</title><h1>Request refused</h1>"
+        "<p>This form was sent from another site. Open the console and send it from "
+        "there.</p>",
+        status_code=403,
+    )
+    await refused(scope, receive, send)
+
+
 def _templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     environment = templates.env
@@ -333,4 +348,10 @@ def create_console(gateway: Gateway) -> ASGIApp:
         cookie_samesite="Lax",
         send_csrf_failed=_csrf_refused,
     )
-    return ConsoleHeaders(protected, cookies)
+    # Before sign-in the CSRF token can only be checked against the browser's own cookie,
+    # which somebody able to plant cookies for the host (a sibling subdomain) can choose:
+    # the browser's word on where the form came from is what stops a forged sign-in
+    # (login CSRF). A sibling subdomain is `same-site`, refused like `cross-site`.
+    # Clients that send neither header (scripts, older browsers) meet the token check.
+    same_origin = CrossOriginProtection(protected, deny_app=_cross_site_refused)
+    return ConsoleHeaders(same_origin, cookies)
