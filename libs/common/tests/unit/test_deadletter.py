@@ -20,6 +20,7 @@ from switchyard.common.deadletter import (
     replay,
     select,
 )
+from switchyard.common.testing.tables import table_cells
 
 DLQ = "sy.deadletter"
 
@@ -245,7 +246,7 @@ def test_the_replay_command_needs_ids_or_all_and_refuses_a_bad_id(monkeypatch):
     assert "'zero' is not a dead letter id" in result.output
 
 
-def test_the_list_command_prints_one_line_per_letter(monkeypatch):
+def test_the_list_command_prints_a_header_row_and_a_row_per_letter(monkeypatch):
     from switchyard.common import cli
 
     letters = from_records(
@@ -256,17 +257,22 @@ def test_the_list_command_prints_one_line_per_letter(monkeypatch):
     )
     result = CliRunner().invoke(cli.build(), ["deadletter", "list"])
     assert result.exit_code == 0, result.output
-    lines = [line for line in result.stdout.splitlines() if line]
-    assert lines[0].split("\t")[:7] == [
-        "0:1",
-        "2025-12-04T00:00:00Z",
-        "sy.requests.interactive[2]@41",
-        "sy.history",
-        "chat.requested",
-        "req-1",
-        "-",
+    header = result.stdout.splitlines()[0].split()
+    assert header == list(cli.DEAD_LETTER_COLUMNS)
+    rows = table_cells(result.stdout)
+    assert [list(row.values())[:7] for row in rows[:1]] == [
+        [
+            "0:1",
+            "2025-12-04T00:00:00Z",
+            "sy.requests.interactive[2]@41",
+            "sy.history",
+            "chat.requested",
+            "req-1",
+            "-",
+        ]
     ]
-    assert lines[1].split("\t")[6] == "stub"
+    assert rows[1]["replayed"] == "stub"
+    assert "2 of 2 dead letter(s)" in result.stderr
 
 
 def test_the_list_prints_what_headers_say_escaped(monkeypatch):
@@ -289,11 +295,11 @@ def test_the_list_prints_what_headers_say_escaped(monkeypatch):
     )
     result = CliRunner().invoke(cli.build(), ["deadletter", "list"])
     assert result.exit_code == 0, result.output
-    [line] = [line for line in result.stdout.splitlines() if line]
-    fields = line.split("\t")
-    assert len(fields) == 8
-    assert fields[3] == "g\\x1b]0;x\\x07"
-    assert "FAKE-LINE" in fields[5] and "\x00" not in line and "\x1b" not in line
+    [row] = table_cells(result.stdout)
+    assert len(result.stdout.splitlines()) == 3  # header, rule, the letter
+    assert row["group"] == "g\\x1b]0;x\\x07"
+    assert "FAKE-LINE" in row["request_id"]
+    assert "\x00" not in result.stdout and "\x1b" not in result.stdout
 
 
 async def test_a_marker_that_cannot_be_written_says_the_letter_went(monkeypatch):

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from switchyard.common.plugins import ServicePlugin, discover, discover_commands
-from switchyard.common.text import terminal_safe
+from switchyard.common.text import columns, terminal_safe
 
 app = typer.Typer(
     name="switchyard",
@@ -304,8 +304,12 @@ def topics_create(
 
 
 @topics_app.command("list")
-def topics_list() -> None:
-    """List Switchyard topics and their partition counts."""
+def topics_list(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per topic, one per line.")
+    ] = False,
+) -> None:
+    """List Switchyard topics and their partition counts, under a header row."""
     from switchyard.common.kafka_admin import list_topics
     from switchyard.common.settings import ServiceSettings
 
@@ -313,8 +317,12 @@ def topics_list() -> None:
     _require_named_broker(settings, "topics list")
     with _kafka_errors(settings.kafka_bootstrap_servers, "cannot list topics"):
         counts = asyncio.run(list_topics(settings.kafka_bootstrap_servers, settings.topic_prefix))
-    for name, count in sorted(counts.items()):
-        typer.echo(f"{name}\t{count}")
+    rows = sorted(counts.items())
+    if as_json:
+        for name, count in rows:
+            typer.echo(json.dumps({"topic": name, "partitions": count}))
+    elif rows:
+        typer.echo(columns(("topic", "partitions"), rows))
 
 
 # The variables that name Kafka mode's broker (`ServiceSettings.kafka_bootstrap_servers`).
@@ -436,6 +444,10 @@ def _short_reason(reason: str, width: int = 200) -> str:
     return f"{text[: width // 3]} … {text[-(width - width // 3 - 3) :]}"
 
 
+# `deadletter list`'s header row.
+DEAD_LETTER_COLUMNS = ("id", "at", "from", "group", "type", "request_id", "replayed", "reason")
+
+
 @deadletter_app.command("list")
 def deadletter_list(
     topic: Annotated[str | None, typer.Option(help=_TOPIC_HELP)] = None,
@@ -453,35 +465,33 @@ def deadletter_list(
     _, letters, topic, group = _dead_letters(topic, group)
     chosen = sorted(select(letters, topic=topic, group=group), key=lambda letter: letter.at)
     shown = chosen[-limit:]
-    for letter in shown:
-        if as_json:
+    if as_json:
+        for letter in shown:
             typer.echo(json.dumps(letter.summary(), sort_keys=True))
-            continue
+        return
+    rows = []
+    for letter in shown:
         where = f"{letter.topic or '?'}[{letter.source_partition}]@{letter.source_offset}"
         replayed = f"replayed {len(letter.replays)}x" if letter.replays else "-"
         if letter.left_out is not None:
             replayed = "stub"
         # Every field but the id and time comes from a header any producer could write:
-        # escaped, so that none can add lines or drive the terminal.
-        fields = [
-            where,
-            letter.group or "?",
-            letter.header("type") or "?",
-            letter.header("request_id") or "?",
-            replayed,
-            _short_reason(letter.reason),
-        ]
-        typer.echo(
-            "\t".join(
-                [
-                    letter.id,
-                    letter.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    *(terminal_safe(field) for field in fields),
-                ]
+        # `columns` escapes each cell, so that none can add lines or drive the terminal.
+        rows.append(
+            (
+                letter.id,
+                letter.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                where,
+                letter.group or "?",
+                letter.header("type") or "?",
+                letter.header("request_id") or "?",
+                replayed,
+                _short_reason(letter.reason),
             )
         )
-    if not as_json:
-        typer.echo(f"{len(shown)} of {len(chosen)} dead letter(s)", err=True)
+    if rows:
+        typer.echo(columns(DEAD_LETTER_COLUMNS, rows))
+    typer.echo(f"{len(shown)} of {len(chosen)} dead letter(s)", err=True)
 
 
 @deadletter_app.command("replay")
