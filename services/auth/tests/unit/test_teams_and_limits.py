@@ -77,6 +77,48 @@ async def test_an_admin_creates_a_team_with_limits_and_gateways_hear_of_changes(
     assert_error(duplicate, 409, "team_exists")
 
 
+async def test_deleting_a_team_with_members_or_keys_takes_force(auth_app, acme) -> None:
+    """A team's budget and model list keep its members in check: deleting it would free
+    them silently. Refused (409 `team_not_empty`) while it has members or unrevoked keys;
+    `force=true` deletes it and they stay, without a team. An emptied team goes as before."""
+    admin = acme["admin_headers"]
+    team = await make_team(auth_app, acme, max_budget_usd=10, allowed_models=["m"])
+    moved = await auth_app.client.patch(
+        f"/v1/admin/users/{acme['member'].id}", json={"team_id": team["id"]}, headers=admin
+    )
+    assert moved.status_code == 200, moved.text
+
+    refused = await auth_app.client.delete(f"/v1/admin/teams/{team['id']}", headers=admin)
+    assert_error(refused, 409, "team_not_empty")
+    assert refused.json()["error"]["param"] == "force"
+    assert "1 member(s)" in refused.json()["error"]["message"]
+    assert (
+        await auth_app.client.get(f"/v1/admin/teams/{team['id']}", headers=admin)
+    ).status_code == 200
+    for junk in ("maybe", "2"):
+        bad = await auth_app.client.delete(
+            f"/v1/admin/teams/{team['id']}", params={"force": junk}, headers=admin
+        )
+        assert bad.status_code == 400, (junk, bad.text)
+    # Another tenant's admin learns nothing of it, forced or not.
+    elsewhere = await auth_app.client.delete(
+        f"/v1/admin/teams/{team['id']}", params={"force": "true"}, headers=acme["other_headers"]
+    )
+    assert_error(elsewhere, 404, "team_not_found")
+
+    forced = await auth_app.client.delete(
+        f"/v1/admin/teams/{team['id']}", params={"force": "true"}, headers=admin
+    )
+    assert forced.status_code == 204, forced.text
+    user = await auth_app.service.user_by_id(acme["member"].id)
+    assert user is not None and user.team_id is None
+
+    # A team whose members left goes without force.
+    empty = await auth_app.client.post("/v1/admin/teams", json={"name": "empty"}, headers=admin)
+    gone = await auth_app.client.delete(f"/v1/admin/teams/{empty.json()['id']}", headers=admin)
+    assert gone.status_code == 204, gone.text
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -321,7 +363,12 @@ def test_operators_manage_teams_keys_and_tenants_from_the_cli(cli) -> None:
 
     listed = cli("teams", "list", "--json")
     assert [json.loads(line)["name"] for line in listed.stdout.splitlines()] == ["ml"]
-    deleted = cli("teams", "delete", "ml", "--tenant", "acme")
+    # The team has a member and a key: deleting it would free them from its limits.
+    refused = cli("teams", "delete", "ml", "--tenant", "acme")
+    assert refused.exit_code == 1
+    assert "1 member(s) and 1 unrevoked key(s)" in refused.output
+    assert "ml" in cli("teams", "list").stdout
+    deleted = cli("teams", "delete", "ml", "--tenant", "acme", "--force")
     assert deleted.exit_code == 0, deleted.output
     assert "no longer have its limits" in deleted.stdout
     assert cli("teams", "list").stdout.strip() == ""

@@ -666,14 +666,25 @@ def update_team(
 
 
 @teams_app.command("delete")
-def delete_team(team_id: TeamArgument, tenant: TeamTenantOption = "default") -> None:
-    """Delete a team; its members and keys stay, without a team (and without its limits
-    and model list)."""
+def delete_team(
+    team_id: TeamArgument,
+    tenant: TeamTenantOption = "default",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Delete it although it has members or unrevoked keys (they stay, without "
+            "a team, its limits and its model list).",
+        ),
+    ] = False,
+) -> None:
+    """Delete a team. One with members or unrevoked keys is refused unless --force: they
+    would stay, without its limits and model list."""
 
     async def delete(service: AuthService) -> Any:
         governance = Governance(service)
         found = await _named_team(governance, team_id, tenant)
-        await governance.delete_team(found)
+        await governance.delete_team(found, force=force)
         return found
 
     found = run_with_service(delete)

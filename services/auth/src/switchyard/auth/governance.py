@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -64,6 +64,16 @@ class DuplicateTeam(AuthError):
     """The tenant already has a team of that name; the API answers 409."""
 
     pass
+
+
+class TeamNotEmpty(AuthError):
+    """A team still has members or unrevoked keys, which deleting it would free from its
+    limits and model list; deleting it anyway needs `force`. The API answers 409."""
+
+    def __init__(self, message: str, *, members: int, keys: int) -> None:
+        super().__init__(message)
+        self.members = members
+        self.keys = keys
 
 
 class NotPermitted(AuthError):
@@ -402,10 +412,33 @@ class Governance:
             await self._auth._commit_with_events(session)
             return team
 
-    async def delete_team(self, team_id: str, *, tenant: str | None = None) -> None:
-        """Delete a team; its members and keys stay, without a team."""
+    async def delete_team(
+        self, team_id: str, *, tenant: str | None = None, force: bool = False
+    ) -> None:
+        """Delete a team; its members and keys stay, without a team, and so without its
+        limits and model list. Raises TeamNotFound, and TeamNotEmpty when the team still
+        has members or unrevoked keys and `force` is False (a team's budget and model list
+        are what keeps its members' spending and reach in check: lifting them takes an
+        explicit choice)."""
         async with self._sessions() as session:
             team = await self._team(session, team_id, tenant)
+            if not force:
+                members = await session.scalar(
+                    select(func.count()).select_from(User).where(User.team_id == team.id)
+                )
+                keys = await session.scalar(
+                    select(func.count())
+                    .select_from(ApiKey)
+                    .where(ApiKey.team_id == team.id, ApiKey.revoked_at.is_(None))
+                )
+                if members or keys:
+                    raise TeamNotEmpty(
+                        f"Team {team.name!r} has {members or 0} member(s) and {keys or 0} "
+                        "unrevoked key(s); deleting it frees them from its limits and model "
+                        "list. Move them to another team first, or delete it with force.",
+                        members=members or 0,
+                        keys=keys or 0,
+                    )
             for model in (User, ApiKey):
                 await session.execute(
                     update(model)

@@ -19,9 +19,9 @@ Only admins set a key's cache opt-in: the self-service `PATCH /v1/api-keys/{id}`
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, Field, field_validator
 
 from switchyard.auth.api.api_keys import (
@@ -36,7 +36,13 @@ from switchyard.auth.api.api_keys import (
 from switchyard.auth.api.deps import AccessClaimsDep, AdminUser, CurrentUser, GovernanceDep
 from switchyard.auth.api.limit_fields import CacheIn, CacheOut, LimitsIn, LimitsOut
 from switchyard.auth.api.routing import CredentialsFirstRoute
-from switchyard.auth.governance import DuplicateTeam, NotPermitted, Policy, TeamNotFound
+from switchyard.auth.governance import (
+    DuplicateTeam,
+    NotPermitted,
+    Policy,
+    TeamNotEmpty,
+    TeamNotFound,
+)
 from switchyard.auth.metrics import API_KEYS_CREATED
 from switchyard.auth.models import Team, Tenant
 from switchyard.auth.service import (
@@ -255,14 +261,31 @@ async def update_team(
     "/v1/admin/teams/{team_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=_TEAM_404,
+    responses={
+        **_TEAM_404,
+        409: {"description": "The team has members or unrevoked keys, and `force` is not set."},
+    },
 )
-async def delete_team(team_id: str, admin: AdminUser, governance: GovernanceDep) -> Response:
-    """Delete a team; its members and keys stay, without a team."""
+async def delete_team(
+    team_id: str,
+    admin: AdminUser,
+    governance: GovernanceDep,
+    force: Annotated[
+        bool,
+        Query(
+            description="Delete the team although it has members or unrevoked keys, which "
+            "then have no team, and so none of its limits and model list."
+        ),
+    ] = False,
+) -> Response:
+    """Delete a team. One with members or unrevoked keys is refused (409 `team_not_empty`)
+    unless `force=true`: they would stay, without a team's limits and model list."""
     try:
-        await governance.delete_team(team_id, tenant=admin.tenant)
+        await governance.delete_team(team_id, tenant=admin.tenant, force=force)
     except TeamNotFound:
         raise APIError(404, "No such team.", code="team_not_found") from None
+    except TeamNotEmpty as exc:
+        raise APIError(409, str(exc), param="force", code="team_not_empty") from None
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
