@@ -1121,3 +1121,181 @@ async def test_responses_calls_and_outputs_that_do_not_pair_are_refused_in_opena
     error = await refusal(harness, recorder, model, RESPONSES, {"input": items})
     assert (error.param, error.code) == (param, code)
     assert named in error.message
+
+
+# ------------------------------------------- tool choices and tool history across the APIs
+# What one API takes without tools and the other refuses: Chat Completions refuses
+# `tool_choice` and `parallel_tool_calls` without `tools`; Anthropic refuses `tool_use` and
+# `tool_result` blocks in a request that defines no tools.
+
+NO_TOOLS: list[dict[str, Any]] = [{}, {"tools": []}]
+
+
+@pytest.mark.parametrize("tools", NO_TOOLS)
+@pytest.mark.parametrize(
+    "choice",
+    [
+        {"type": "auto"},
+        {"type": "none"},
+        {"type": "auto", "disable_parallel_tool_use": True},
+        {"type": "none", "disable_parallel_tool_use": True},
+    ],
+)
+async def test_an_anthropic_tool_choice_without_tools_reaches_chat_completions_as_nothing(
+    harness, recorder, tools, choice
+) -> None:
+    body = {"model": "gpt", "max_tokens": 9, "messages": USER, "tool_choice": choice, **tools}
+    await harness.handle(chat_request("gpt", api=MESSAGES, body=body))
+    sent = recorder.last.body
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(sent), sent
+
+
+@pytest.mark.parametrize("tools", NO_TOOLS)
+@pytest.mark.parametrize("choice", [{"type": "any"}, {"type": "tool", "name": "f"}])
+async def test_an_anthropic_tool_choice_needing_a_tool_without_tools_is_refused(
+    harness, recorder, tools, choice
+) -> None:
+    body = {"max_tokens": 9, "messages": USER, "tool_choice": choice, **tools}
+    error = await refusal(harness, recorder, "gpt", MESSAGES, body)
+    # Anthropic's own words.
+    assert error.message == "tool_choice: tool_choice may only be specified while providing tools."
+
+
+@pytest.mark.parametrize("tools", NO_TOOLS)
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"tool_choice": "auto"},
+        {"tool_choice": "none"},
+        {"parallel_tool_calls": True},
+        {"parallel_tool_calls": False},
+        {"tool_choice": "auto", "parallel_tool_calls": False},
+    ],
+)
+async def test_a_responses_tool_choice_without_tools_reaches_chat_completions_as_nothing(
+    harness, recorder, tools, fields
+) -> None:
+    body = {"model": "gpt", "input": "x", **fields, **tools}
+    await harness.handle(chat_request("gpt", api=RESPONSES, body=body))
+    sent = recorder.last.body
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(sent), sent
+
+
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "name": "f"}], ids=["required", "named"]
+)
+async def test_a_responses_tool_choice_needing_a_tool_is_refused_for_chat_completions(
+    harness, recorder, choice
+) -> None:
+    error = await refusal(
+        harness, recorder, "gpt", RESPONSES, {"input": "x", "tool_choice": choice}
+    )
+    assert (error.param, error.code) == ("tool_choice", "invalid_value")
+    assert "'tools'" in error.message
+
+
+async def test_responses_tools_and_choices_still_reach_chat_completions() -> None:
+    """With tools, the choice and `parallel_tool_calls` go on as the client sent them."""
+    from switchyard.inference.translate_responses import responses_request_to_chat
+
+    sent = responses_request_to_chat(
+        {
+            "model": "gpt",
+            "input": "x",
+            "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+            "tool_choice": "required",
+            "parallel_tool_calls": False,
+        }
+    )
+    assert sent["tool_choice"] == "required" and sent["parallel_tool_calls"] is False
+    assert [tool["function"]["name"] for tool in sent["tools"]] == ["f"]
+
+
+CHAT_TOOL_HISTORY = [
+    {"role": "user", "content": "Weather in Paris and Lyon?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            },
+            {
+                "id": "call_2",
+                "type": "function",
+                "function": {"name": "get_time", "arguments": "{}"},
+            },
+            {
+                "id": "call_3",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Lyon"}'},
+            },
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    {"role": "tool", "tool_call_id": "call_2", "content": "noon"},
+    {"role": "tool", "tool_call_id": "call_3", "content": "20C"},
+    {"role": "user", "content": "Summarise."},
+]
+RESPONSES_TOOL_HISTORY = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+    {"type": "function_call_output", "call_id": "call_1", "output": "18C"},
+    {"role": "user", "content": "Summarise."},
+]
+
+
+def history_tools(sent: dict[str, Any]) -> list[str]:
+    """The tools offered with `sent`, checking each is a history tool the model may not
+    call."""
+    from switchyard.inference.translate import HISTORY_TOOL_DESCRIPTION
+
+    assert sent["tool_choice"] == {"type": "none"}
+    for tool in sent["tools"]:
+        assert tool["input_schema"] == {"type": "object"}
+        assert tool["description"] == HISTORY_TOOL_DESCRIPTION
+    return [tool["name"] for tool in sent["tools"]]
+
+
+async def test_a_chat_tool_history_without_tools_reaches_anthropic_with_its_tools(
+    harness, recorder
+) -> None:
+    body = {"model": "claude", "messages": CHAT_TOOL_HISTORY}
+    await harness.handle(chat_request("claude", api=CHAT, body=body))
+    sent = recorder.last.body
+    assert history_tools(sent) == ["get_weather", "get_time"]
+    kinds = [
+        block["type"]
+        for turn in sent["messages"]
+        if isinstance(turn["content"], list)
+        for block in turn["content"]
+    ]
+    assert (kinds.count("tool_use"), kinds.count("tool_result")) == (3, 3)
+
+
+async def test_a_responses_tool_history_without_tools_reaches_anthropic_with_its_tools(
+    harness, recorder
+) -> None:
+    body = {"model": "claude", "input": RESPONSES_TOOL_HISTORY}
+    await harness.handle(chat_request("claude", api=RESPONSES, body=body))
+    assert history_tools(recorder.last.body) == ["get_weather"]
+
+
+async def test_a_tool_history_with_tools_reaches_anthropic_with_the_clients_tools_only(
+    harness, recorder
+) -> None:
+    body = {
+        "model": "claude",
+        "messages": CHAT_TOOL_HISTORY,
+        "tools": [TOOL],
+        "tool_choice": "auto",
+    }
+    await harness.handle(chat_request("claude", api=CHAT, body=body))
+    sent = recorder.last.body
+    assert [tool["name"] for tool in sent["tools"]] == ["f"]
+    assert sent["tool_choice"] == {"type": "auto"}
+    plain = {"model": "claude", "messages": USER}
+    await harness.handle(chat_request("claude", api=CHAT, body=plain))
+    assert "tools" not in recorder.last.body and "tool_choice" not in recorder.last.body

@@ -520,16 +520,17 @@ def messages_request_to_chat(
         if not isinstance(tool_choice, dict):
             raise _anthropic_refusal("tool_choice", "Input should be a valid dictionary")
         choice = _anthropic_tool_choice_to_openai(tool_choice)
-        if isinstance(choice, dict) and result.get("tools"):
+        offered = {tool["function"]["name"] for tool in result.get("tools", ())}
+        if isinstance(choice, dict) and offered and choice["function"]["name"] not in offered:
             chosen = choice["function"]["name"]
-            if chosen not in {tool["function"]["name"] for tool in result["tools"]}:
-                raise _anthropic_refusal(
-                    "tool_choice.name", f"no tool named '{chosen}' is in 'tools'"
-                )
-        if choice is not None:
+            raise _anthropic_refusal("tool_choice.name", f"no tool named '{chosen}' is in 'tools'")
+        # Without tools (`any` and `tool` were refused then, as Anthropic does), `auto` and
+        # `none` ask nothing the model could do otherwise, and Chat Completions refuses
+        # `tool_choice` and `parallel_tool_calls` without tools.
+        if offered:
             result["tool_choice"] = choice
-        if tool_choice.get("disable_parallel_tool_use") and tools:
-            result["parallel_tool_calls"] = False
+            if tool_choice.get("disable_parallel_tool_use"):
+                result["parallel_tool_calls"] = False
     effort = _reasoning_effort_of_thinking(body.get("thinking"))
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") == "enabled":
@@ -1330,6 +1331,7 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
     )
     if choice is not None and tools:
         result["tool_choice"] = choice
+    offer_history_tools(result)
 
     response_format = body.get("response_format")
     if response_format is not None and not isinstance(response_format, dict):
@@ -2037,6 +2039,42 @@ def check_function_name(name: str, where: str) -> None:
             where,
             "invalid_value",
         )
+
+
+# What a tool of `offer_history_tools` says of itself to the model.
+HISTORY_TOOL_DESCRIPTION = "A tool called earlier in this conversation; not offered now."
+
+
+def offer_history_tools(request: dict[str, Any]) -> None:
+    """Give an Anthropic Messages `request` without `tools` whose turns hold `tool_use`
+    blocks (a tool-calling conversation continued without its tools, which OpenAI's APIs
+    take) a tool of each name those blocks call, in the order first called, with
+    `tool_choice: none`: Anthropic refuses `tool_use` and `tool_result` blocks in a
+    request that defines no tools, and without tools the model may call none, as in the
+    OpenAI request. Each tool takes any object (`input_schema: {"type": "object"}`).
+    Changes `request` in place; a request with tools, or no `tool_use`, is left as it is."""
+    if request.get("tools"):
+        return
+    names: dict[str, None] = {}
+    for turn in request.get("messages", ()):
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if not isinstance(content, list):
+            continue
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                name = block.get("name")
+                if isinstance(name, str) and name:
+                    names.setdefault(name, None)
+    if names:
+        request["tools"] = [
+            {
+                "name": name,
+                "description": HISTORY_TOOL_DESCRIPTION,
+                "input_schema": {"type": "object"},
+            }
+            for name in names
+        ]
+        request["tool_choice"] = {"type": "none"}
 
 
 # OpenAI's `tool_choice` words and Anthropic's `tool_choice.type` for each.

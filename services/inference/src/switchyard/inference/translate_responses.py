@@ -61,6 +61,7 @@ from switchyard.inference.translate import (
     joined_text,
     missing_parameter,
     not_one_of,
+    offer_history_tools,
     parse_data_url,
     positive_integer,
     refuse_function_options,
@@ -573,7 +574,6 @@ def responses_request_to_chat(
     for name in (
         "temperature",
         "top_p",
-        "parallel_tool_calls",
         "user",
         "safety_identifier",
         "prompt_cache_key",
@@ -585,8 +585,20 @@ def responses_request_to_chat(
     tools = _tools(body)
     if tools:
         result["tools"] = [_chat_tool(tool) for tool in tools]
-    if body.get("tool_choice") is not None:
-        result["tool_choice"] = _chat_tool_choice(body["tool_choice"])
+    choice = body.get("tool_choice")
+    if choice is not None:
+        choice = _chat_tool_choice(choice)
+    if tools:
+        if choice is not None:
+            result["tool_choice"] = choice
+        if body.get("parallel_tool_calls") is not None:
+            result["parallel_tool_calls"] = body["parallel_tool_calls"]
+    elif choice not in (None, "auto", "none"):
+        # Chat Completions refuses `tool_choice` and `parallel_tool_calls` without tools;
+        # without tools `auto` and `none` ask nothing the model could do otherwise.
+        raise invalid_value(
+            "tool_choice", "'tool_choice' is only allowed when 'tools' are specified."
+        )
     fmt = _text_format(body)
     if fmt is not None and fmt["type"] == "json_schema":
         schema = {
@@ -903,6 +915,7 @@ def responses_request_to_messages(
     )
     if choice is not None and tools:
         result["tool_choice"] = choice
+    offer_history_tools(result)
     fmt = _text_format(body)
     if fmt is not None and fmt["type"] == "json_schema":
         schema = fmt.get("schema")
