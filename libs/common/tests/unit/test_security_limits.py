@@ -33,10 +33,16 @@ from switchyard.common.events import (
 )
 from switchyard.common.jsonbody import (
     MAX_JSON_DEPTH,
+    MAX_JSON_VALUES,
+    OFF_LOOP_BYTES,
     BoundedJsonRoute,
     JsonTooDeep,
+    JsonTooManyValues,
+    check_value_count,
     json_depth_exceeds,
     loads,
+    loads_off_loop,
+    scan_json,
 )
 from switchyard.common.limits import BodySizeLimit
 
@@ -54,6 +60,76 @@ def test_the_depth_bound_counts_levels_of_the_whole_document():
     assert not json_depth_exceeds("scalar") and not json_depth_exceeds({})
     with pytest.raises(JsonTooDeep):
         loads(b"[" * 100_000 + b"]" * 100_000)  # iterative: no RecursionError either
+
+
+def array_of(count: int, item: bytes) -> bytes:
+    """A JSON object holding an array of `count` copies of `item`."""
+    return b'{"x": [' + b",".join([item] * count) + b"]}"
+
+
+@pytest.mark.parametrize(
+    ("item", "values"),
+    [(b"{}", 1), (b"[ ]", 1), (b"1", 1), (b'""', 1), (b"1.5", 1), (b'{"a": 1}', 2)],
+)
+def test_a_body_of_more_values_than_the_bound_is_refused_before_it_is_parsed(
+    item, values, monkeypatch
+):
+    """A 50 MiB body of `{},{},...` was 16 million dicts once parsed (gigabytes, and a
+    minute of walking them on the event loop). Refused on its bytes, never parsed."""
+    count = (MAX_JSON_VALUES - 2) // values
+    at_bound = array_of(count, item)
+    over = array_of(count + 1, item)
+    assert len(loads(at_bound)["x"]) == count
+    import switchyard.common.jsonbody as jsonbody
+
+    def never(_: bytes) -> None:
+        raise AssertionError("parsed")
+
+    monkeypatch.setattr(jsonbody.orjson, "loads", never)
+    with pytest.raises(JsonTooManyValues, match="1,000,000 JSON values"):
+        loads(over)
+
+
+def test_separators_inside_strings_do_not_count_as_values():
+    """A prompt may hold a CSV or JSON file: its commas and brackets are text."""
+    csv = "a,b,[c],{d}\n" * (MAX_JSON_VALUES // 2)
+    body = orjson.dumps({"messages": [{"role": "user", "content": csv}]})
+    check_value_count(body)
+    assert loads(body)["messages"][0]["content"] == csv
+    # Escaped quotes inside strings end nothing.
+    quoted = orjson.dumps({"content": '"a", "b", ' * MAX_JSON_VALUES})
+    check_value_count(quoted)
+    # Strings are values too: more strings than the bound is refused.
+    with pytest.raises(JsonTooManyValues):
+        check_value_count(array_of(MAX_JSON_VALUES, b'"a,b"'))
+
+
+def test_the_walk_counts_values_and_stops_at_the_bound():
+    value = {"x": [{"a": [1, 2]}] * 10}
+    # The root, "x", 10 objects, their 10 lists, 20 numbers.
+    assert scan_json(value, max_values=42) == (False, False, False)
+    assert scan_json(value, max_values=41) == (False, False, True)
+    assert scan_json(value) == (False, False, False)  # no bound unless given
+
+
+async def test_a_large_body_is_parsed_off_the_event_loop(monkeypatch):
+    """Parsing and checking a large body shares the interpreter with the event loop
+    instead of holding it; a small one is parsed at once."""
+    import switchyard.common.jsonbody as jsonbody
+
+    threads: list[str] = []
+    real = jsonbody.loads
+
+    def recorded(raw: bytes) -> object:
+        threads.append(threading.current_thread().name)
+        return real(raw)
+
+    monkeypatch.setattr(jsonbody, "loads", recorded)
+    large = orjson.dumps({"content": "x" * OFF_LOOP_BYTES})
+    assert (await loads_off_loop(large))["content"] == "x" * OFF_LOOP_BYTES
+    assert (await loads_off_loop(b'{"a": 1}')) == {"a": 1}
+    main = threading.main_thread().name
+    assert threads[0] != main and threads[1] == main
 
 
 def test_a_body_at_the_bound_survives_every_serialiser_downstream():

@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from switchyard.common.egress import TargetPolicy
-from switchyard.common.jsonbody import MAX_JSON_DEPTH
+from switchyard.common.jsonbody import MAX_JSON_DEPTH, MAX_JSON_VALUES
+from switchyard.gateway.config import Settings
 
 from .conftest import API_KEY
 from .history_fakes import install
@@ -52,6 +53,103 @@ async def test_a_body_nested_too_deep_is_400_and_never_published(harness, histor
     error = response.json()["error"]
     assert error["code"] == "json_too_deep" and str(MAX_JSON_DEPTH) in error["message"]
     assert harness.requests == []
+
+
+def crowded_body(values: int = MAX_JSON_VALUES) -> bytes:
+    # More values than the bound: a few bytes each, a walk of millions once parsed.
+    return orjson.dumps(BODY)[:-1] + b', "x": [' + b",".join([b"{}"] * values) + b"]}"
+
+
+class TestLargeBodies:
+    """Bodies within the size limits whose parsing and checks would cost seconds of the
+    event loop: too many values refused before parsing, the rest read off the loop."""
+
+    @pytest.fixture
+    def settings(self) -> Settings:
+        large = 16 << 20
+        return Settings(
+            request_timeout_s=2.0,
+            max_body_bytes=large,
+            chat_completions_max_body_bytes=large,
+            messages_max_body_bytes=large,
+            embeddings_max_body_bytes=large,
+            topic_prefix="unit",
+            governance_store="memory",
+        )
+
+    @pytest.mark.parametrize(
+        "path",
+        ["/v1/chat/completions", "/v1/jobs", "/v1/embeddings", "/v1/responses", "/v1/replays"],
+    )
+    async def test_a_body_of_too_many_values_is_400_and_never_published(
+        self, harness, history, path
+    ):
+        for extra in ({}, {"Idempotency-Key": "crowded-1"}):
+            response = await harness.client.post(
+                path,
+                content=crowded_body(),
+                headers=AUTH | {"content-type": "application/json"} | extra,
+            )
+            assert response.status_code == 400, (path, extra, response.text)
+            error = response.json()["error"]
+            assert error["code"] == "json_too_many_values", error
+            assert "1,000,000 JSON values" in error["message"]
+        assert harness.requests == []
+
+    async def test_too_many_values_are_refused_in_anthropic_format(self, harness, history):
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):
+            response = await harness.client.post(
+                path,
+                content=crowded_body(),
+                headers=AUTH
+                | {"content-type": "application/json", "anthropic-version": "2023-06-01"},
+            )
+            assert response.status_code == 400, (path, response.text)
+            assert response.json()["type"] == "error"
+            assert response.json()["error"]["type"] == "invalid_request_error"
+            assert "1,000,000 JSON values" in response.json()["error"]["message"]
+
+    async def test_a_huge_float_alone_is_not_read_twice(self, harness, history, monkeypatch):
+        """A float beyond 64-bit integers, without a run of 19 digits anywhere, cannot be
+        an integer orjson read inexactly: the body is not read a second time (which walked
+        every value building its path, a minute for a large body)."""
+        from switchyard.gateway.api import body as body_module
+
+        def never(_: bytes) -> None:
+            raise AssertionError("read twice")
+
+        monkeypatch.setattr(body_module, "_oversized_integer", never)
+        raw = orjson.dumps({**BODY, "x": [{}] * 1000 + [1e30], "seed": 12345})
+        response = await harness.client.post(
+            "/v1/chat/completions",
+            content=raw,
+            headers=AUTH | {"content-type": "application/json"},
+        )
+        assert response.status_code == 200, response.text
+
+    async def test_a_large_request_is_read_off_the_event_loop(self, harness, history, monkeypatch):
+        import threading
+
+        from switchyard.gateway.api import body as body_module
+
+        threads: list[str] = []
+        real = body_module.read_request
+
+        def recorded(api, raw):
+            threads.append(threading.current_thread().name)
+            return real(api, raw)
+
+        monkeypatch.setattr(body_module, "read_request", recorded)
+        large = {**BODY, "messages": [{"role": "user", "content": "x" * (2 << 20)}]}
+        for body in (large, BODY):
+            response = await harness.client.post(
+                "/v1/chat/completions",
+                content=orjson.dumps(body),
+                headers=AUTH | {"content-type": "application/json"},
+            )
+            assert response.status_code == 200, response.text
+        assert threads[0] != threading.main_thread().name
+        assert threads[1] == threading.main_thread().name
 
 
 async def test_an_over_deep_messages_body_is_refused_in_anthropic_format(harness, history):

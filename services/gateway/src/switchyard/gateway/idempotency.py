@@ -247,12 +247,27 @@ class IdempotencyClient:
         await self._post(principal, "release", {"key": key, "claim_token": claim_token})
 
 
-def fingerprint(method: str, path: str, body: bytes) -> str:
-    """What 'the same request' means: method, path and the JSON body with keys sorted (so
-    a client re-serialising its body in another key order still matches)."""
+# What `_parsed` gives for a body that is not JSON within the bounds.
+_UNPARSED = object()
+
+
+def _parsed(body: bytes) -> Any:
+    """The JSON in `body` (`jsonbody.loads`, its bounds included), or `_UNPARSED`."""
     try:
-        canonical = orjson.dumps(jsonbody.loads(body), option=orjson.OPT_SORT_KEYS)
-    except (orjson.JSONDecodeError, orjson.JSONEncodeError, jsonbody.JsonTooDeep):
+        return jsonbody.loads(body)
+    except (orjson.JSONDecodeError, jsonbody.JsonTooDeep, jsonbody.JsonTooManyValues):
+        return _UNPARSED
+
+
+def fingerprint(method: str, path: str, body: bytes, data: Any = _UNPARSED) -> str:
+    """What 'the same request' means: method, path and the JSON body with keys sorted (so
+    a client re-serialising its body in another key order still matches). `data` is the
+    body parsed (`_parsed`), when the caller has it."""
+    if data is _UNPARSED:
+        data = _parsed(body)
+    try:
+        canonical = body if data is _UNPARSED else orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
         canonical = body
     digest = hashlib.sha256()
     for part in (method.encode(), b"\n", path.encode(), b"\n", canonical):
@@ -324,7 +339,9 @@ class IdempotencyMiddleware:
             principal = await gateway.authenticator.authenticate(*credentials_of(scope["headers"]))
         except (AuthenticationError, AuthUnavailableError, DuplicateCredentialsError):
             principal = None
-        if principal is None or not _may_run(gateway, principal, path, body):
+        # Parsed once for every use here, a large body off the event loop.
+        data = None if principal is None else await jsonbody.off_loop(_parsed, body)
+        if principal is None or not _may_run(gateway, principal, path, data):
             await self.app(scope, replay_receive, send)  # the route refuses it properly
             return
 
@@ -333,11 +350,11 @@ class IdempotencyMiddleware:
             gateway.http, gateway.settings.history_url, gateway.settings.internal_token
         )
         settings = gateway.settings
-        print_ = fingerprint("POST", path, body)
+        print_ = fingerprint("POST", path, body, data)
         wait = headers.get(WAIT_HEADER, "true").strip().lower() not in ("false", "0", "no")
         wait_s = settings.idempotency_wait_s or settings.request_timeout_s
         # The request's own deadline: a stream's is longer (`Settings.timeout_for`).
-        lease_s = settings.timeout_for(_streams(body)) + LEASE_MARGIN_S
+        lease_s = settings.timeout_for(_streams(data)) + LEASE_MARGIN_S
         give_up_at = time.monotonic() + wait_s
         delay = 0.02
         waited = False
@@ -513,30 +530,23 @@ def claimed_key(principal: Principal, key: str) -> str:
     return f"credential:{digest}"
 
 
-def _may_run(gateway: Any, principal: Principal, path: str, body: bytes) -> bool:
-    """Whether the route would accept this caller with this body as far as access goes:
-    the route's scope, a JSON object within the nesting bound, and a model the credential
-    may use. Otherwise nothing is claimed or replayed (the route gives the refusal)."""
+def _may_run(gateway: Any, principal: Principal, path: str, data: Any) -> bool:
+    """Whether the route would accept this caller with this body (`data`, parsed by
+    `_parsed`) as far as access goes: the route's scope, a JSON object within the bounds,
+    and a model the credential may use. Otherwise nothing is claimed or replayed (the
+    route gives the refusal)."""
     needed = required_scope(path, "POST")
     if needed is not None and needed not in principal.scopes:
         return False
     # A replay reads the caller's history as well as running requests (its route checks).
     if path in CREATING_PATHS and scopes.HISTORY_READ not in principal.scopes:
         return False
-    try:
-        data = jsonbody.loads(body)
-    except (orjson.JSONDecodeError, jsonbody.JsonTooDeep):
-        return False
     model = _model_of(path, data) if isinstance(data, dict) else None
     return isinstance(model, str) and serves(gateway, principal, model)
 
 
-def _streams(body: bytes) -> bool:
-    """Whether the request body asks for a stream (`"stream": true`)."""
-    try:
-        data = jsonbody.loads(body)
-    except (orjson.JSONDecodeError, jsonbody.JsonTooDeep):
-        return False
+def _streams(data: Any) -> bool:
+    """Whether the request body (`data`, parsed) asks for a stream (`"stream": true`)."""
     return isinstance(data, dict) and data.get("stream") is True
 
 

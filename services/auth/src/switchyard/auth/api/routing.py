@@ -60,6 +60,9 @@ class _DeferredJsonRequest(Request):
             except jsonbody.JsonTooDeep as exc:
                 self.body_error = jsonbody.JsonBodyTooDeep(exc.max_depth)
                 self._json = _UNDECODABLE
+            except jsonbody.JsonTooManyValues as exc:
+                self.body_error = jsonbody.JsonBodyTooManyValues(exc.max_values)
+                self._json = _UNDECODABLE
         return self._json
 
 

@@ -114,6 +114,8 @@ async def _read_fields(request: Request, *, required: bool = True) -> Any:
         raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from exc
     except jsonbody.JsonTooDeep as exc:
         raise APIError(400, str(exc), code="json_too_deep") from None
+    except jsonbody.JsonTooManyValues as exc:
+        raise APIError(400, str(exc), code="json_too_many_values") from None
 
 
 def _validate(model: type[M], fields: Any) -> M:

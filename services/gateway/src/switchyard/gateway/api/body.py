@@ -24,7 +24,9 @@ The pydantic models in `schemas.py` only document the request bodies in Swagger
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +37,15 @@ from pydantic import BaseModel
 
 from switchyard.common.errors import APIError, json_type
 from switchyard.common.events import ClientAPI
-from switchyard.common.jsonbody import MAX_JSON_DEPTH, JsonTooDeep, scan_json
+from switchyard.common.jsonbody import (
+    MAX_JSON_DEPTH,
+    MAX_JSON_VALUES,
+    JsonTooDeep,
+    JsonTooManyValues,
+    check_value_count,
+    off_loop,
+    scan_json,
+)
 
 # Longest model name accepted (history stores it in a column of this size).
 MAX_MODEL_LENGTH = 256
@@ -68,9 +78,26 @@ class ClientRequest:
 _INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson (and so every event) carries exactly
 
 
-def _oversized_integer(value: Any) -> str | None:
-    """The path (OpenAI's notation, `messages[0].content`) of the first integer in `value`
-    outside 64 bits, or None."""
+# An integer beyond 64 bits has at least 19 digits (-2**63 has 19, 2**64 has 20).
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _oversized_integer(raw: bytes) -> str | None:
+    """The path (OpenAI's notation, `messages[0].content`) of the first integer in JSON
+    `raw` outside 64 bits, or None. Reads `raw` exactly (Python's `json`), and walks it
+    for the path only when it holds such an integer."""
+    oversized = False
+
+    def integer(literal: str) -> int:
+        nonlocal oversized
+        value = int(literal)
+        if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+            oversized = True
+        return value
+
+    value = json.loads(raw, parse_int=integer)
+    if not oversized:
+        return None
     stack: list[tuple[Any, str]] = [(value, "")]
     while stack:
         item, path = stack.pop()
@@ -86,20 +113,31 @@ def _oversized_integer(value: Any) -> str | None:
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """The JSON object in `raw`; APIError 400 if it is not valid JSON or not an object, or
-    holds an integer beyond 64 bits (orjson would read it as a float, changing its digits;
-    such a body is refused rather than sent on altered)."""
+    """The JSON object in `raw`; APIError 400 if it is not valid JSON or not an object,
+    holds more than `MAX_JSON_VALUES` values (judged before parsing, `check_value_count`),
+    nests deeper than `MAX_JSON_DEPTH`, or holds an integer beyond 64 bits (orjson would
+    read it as a float, changing its digits; such a body is refused rather than sent on
+    altered). Blocking, and a few milliseconds a megabyte: `parse_json_object_off_loop`
+    keeps a large body off the event loop."""
+    try:
+        check_value_count(raw)
+    except JsonTooManyValues as exc:
+        raise APIError(400, str(exc), code="json_too_many_values") from None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
-    too_deep, huge_float = scan_json(data)
+    too_deep, huge_float, too_many = scan_json(data, max_values=MAX_JSON_VALUES)
     if too_deep:
         raise APIError(400, str(JsonTooDeep(MAX_JSON_DEPTH)), code="json_too_deep")
-    if huge_float:  # rare: only then is the body read a second time, exactly
-        path = _oversized_integer(json.loads(raw))
+    if too_many:
+        raise APIError(400, str(JsonTooManyValues(MAX_JSON_VALUES)), code="json_too_many_values")
+    # Rare: only a float beyond 64-bit integers and a run of 19 digits can be an integer
+    # orjson read inexactly; only then is the body read a second time, exactly.
+    if huge_float and _LONG_DIGITS.search(raw):
+        path = _oversized_integer(raw)
         if path is not None:
             raise APIError(
                 400,
@@ -108,6 +146,11 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
                 code="invalid_value",
             )
     return data
+
+
+async def parse_json_object_off_loop(raw: bytes) -> dict[str, Any]:
+    """`parse_json_object(raw)`, in a worker thread when `raw` is large (`off_loop`)."""
+    return await off_loop(parse_json_object, raw)
 
 
 def _missing(param: str) -> APIError:
@@ -518,12 +561,19 @@ def read_responses_input_tokens(body: dict[str, Any]) -> ClientRequest:
 
 def read_request(api: ClientAPI, raw: bytes) -> ClientRequest:
     """The request in `raw` (the HTTP body) for `api`; APIError 400 naming the field at
-    fault if the gateway cannot route or answer it."""
+    fault if the gateway cannot route or answer it. Blocking: `read_request_off_loop`
+    keeps a large body's parsing and checks off the event loop."""
     if api is ClientAPI.OPENAI_RESPONSES:
         return read_responses(parse_json_object(raw))
     if api is ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS:
         return read_responses_input_tokens(parse_json_object(raw))
     return READERS[api](parse_json_object(raw))
+
+
+async def read_request_off_loop(api: ClientAPI, raw: bytes) -> ClientRequest:
+    """`read_request(api, raw)`, in a worker thread when `raw` is large (`off_loop`), so
+    that one large body's parsing and checks do not hold up every other request."""
+    return await off_loop(functools.partial(read_request, api), raw)
 
 
 def openapi_body(model: type[BaseModel]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from switchyard.common.events import ClientAPI
-from switchyard.gateway.api.body import openapi_body, read_request
+from switchyard.gateway.api.body import openapi_body, read_request_off_loop
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.dispatch import Dispatch
 from switchyard.gateway.schemas import ChatCompletionRequest
@@ -25,6 +25,6 @@ async def create_chat_completion(
     request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
     """Create a chat completion; streams Server-Sent Events when `stream` is true."""
-    client = read_request(ClientAPI.OPENAI_CHAT_COMPLETIONS, await request.body())
+    client = await read_request_off_loop(ClientAPI.OPENAI_CHAT_COMPLETIONS, await request.body())
     dispatch = await Dispatch.start(gateway, request, principal, client)
     return await dispatch.answer()

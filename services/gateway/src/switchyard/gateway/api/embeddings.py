@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from switchyard.common.events import ClientAPI
-from switchyard.gateway.api.body import openapi_body, read_request
+from switchyard.gateway.api.body import openapi_body, read_request_off_loop
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.dispatch import Dispatch
 from switchyard.gateway.schemas import EmbeddingsRequest
@@ -23,6 +23,6 @@ async def create_embeddings(
     request: Request, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
     """Embed one input or a list of inputs."""
-    client = read_request(ClientAPI.OPENAI_EMBEDDINGS, await request.body())
+    client = await read_request_off_loop(ClientAPI.OPENAI_EMBEDDINGS, await request.body())
     dispatch = await Dispatch.start(gateway, request, principal, client)
     return await dispatch.answer()

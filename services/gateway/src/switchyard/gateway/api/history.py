@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request, Response
 from switchyard.common import scopes
 from switchyard.common.errors import APIError
 from switchyard.common.queryparams import merged_parameters
-from switchyard.gateway.api.body import parse_json_object
+from switchyard.gateway.api.body import parse_json_object_off_loop
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, insufficient_scope
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
@@ -214,7 +214,7 @@ async def put_settings(
     `retention_days`, `clear_retention`, `rotate_webhook_secret` (needs the `admin`
     scope), `cache_enabled` and `cache_ttl_s` (the response cache for every request of
     the tenant). Needs the `history:write` scope."""
-    changes = parse_json_object(await request.body())
+    changes = await parse_json_object_off_loop(await request.body())
     if changes.get("rotate_webhook_secret") and scopes.ADMIN not in principal.scopes:
         raise insufficient_scope(scopes.ADMIN)
     response = await forward(

@@ -50,7 +50,13 @@ from switchyard.common.events import (
     ClientAPI,
 )
 from switchyard.common.headers import ANTHROPIC_VERSION_HEADER, REQUEST_ID_HEADER
-from switchyard.gateway.api.body import READERS, ClientRequest, openapi_body, parse_json_object
+from switchyard.common.jsonbody import off_loop
+from switchyard.gateway.api.body import (
+    READERS,
+    ClientRequest,
+    openapi_body,
+    parse_json_object_off_loop,
+)
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.api.history import forward, looks_like_id, read_when_recorded, relay
 from switchyard.gateway.api.messages import anthropic_version_refusal
@@ -161,9 +167,10 @@ async def create_job(
     `GET /v1/jobs/{id}` for the result."""
     gateway.cache.check_headers(request)  # jobs are not cached; a bad header is still a 400
     raw = await request.body()
-    data = parse_json_object(raw)
+    data = await parse_json_object_off_loop(raw)
     webhook_url = await _webhook_url(data.pop("webhook_url", None), gateway.webhook_policy)
-    client = read_job(data)
+    # The request's checks walk its body: a large one's off the event loop, as its parsing.
+    client = await off_loop(lambda _: read_job(data), raw)
     if client.api is ClientAPI.ANTHROPIC_MESSAGES:
         # Sent with the job when given (docs/protocols.md): checked as /v1/messages checks it.
         refusal = anthropic_version_refusal(request.headers.getlist(ANTHROPIC_VERSION_HEADER))

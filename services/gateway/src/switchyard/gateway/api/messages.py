@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request, Response
 from switchyard.common.errors import APIError
 from switchyard.common.events import ClientAPI
 from switchyard.common.headers import ANTHROPIC_VERSION_HEADER
-from switchyard.gateway.api.body import openapi_body, read_request
+from switchyard.gateway.api.body import openapi_body, read_request_off_loop
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.dispatch import Dispatch
 from switchyard.gateway.schemas import AnthropicCountTokensRequest, AnthropicMessagesRequest
@@ -92,7 +92,7 @@ async def create_message(
 ) -> Response:
     """Create a message; streams Anthropic's Server-Sent Events when `stream` is true."""
     require_anthropic_version(request)
-    client = read_request(ClientAPI.ANTHROPIC_MESSAGES, await request.body())
+    client = await read_request_off_loop(ClientAPI.ANTHROPIC_MESSAGES, await request.body())
     dispatch = await Dispatch.start(gateway, request, principal, client)
     return await dispatch.answer()
 
@@ -109,6 +109,6 @@ async def count_message_tokens(
     """Count the input tokens of a Messages request, `{"input_tokens": N}`: the model's own
     count, or an estimate (`x-switchyard-token-count: estimate`)."""
     require_anthropic_version(request)
-    client = read_request(ClientAPI.ANTHROPIC_COUNT_TOKENS, await request.body())
+    client = await read_request_off_loop(ClientAPI.ANTHROPIC_COUNT_TOKENS, await request.body())
     dispatch = await Dispatch.start(gateway, request, principal, client)
     return await dispatch.answer()

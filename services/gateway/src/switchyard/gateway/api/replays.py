@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request, Response
 
 from switchyard.common import scopes
 from switchyard.common.errors import APIError
-from switchyard.gateway.api.body import invalid_type, parse_json_object
+from switchyard.gateway.api.body import invalid_type, parse_json_object_off_loop
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, insufficient_scope
 from switchyard.gateway.api.history import forward, looks_like_id
 from switchyard.gateway.intake import check_model
@@ -41,7 +41,7 @@ async def create_replay(
     `team_id`, `limit` or `sample`) and re-send each to `to_model` at `rate`."""
     if scopes.HISTORY_READ not in principal.scopes:
         raise insufficient_scope(scopes.HISTORY_READ)
-    body = parse_json_object(await request.body())
+    body = await parse_json_object_off_loop(await request.body())
     target = body.get("to_model")
     if target is not None and target != "" and not isinstance(target, str):
         raise invalid_type("to_model", "a string", target)

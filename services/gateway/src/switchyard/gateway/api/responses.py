@@ -60,7 +60,7 @@ from switchyard.common.responses import (
     response_object,
     upstream_item,
 )
-from switchyard.gateway.api.body import ClientRequest, openapi_body, read_request
+from switchyard.gateway.api.body import ClientRequest, openapi_body, read_request_off_loop
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, check_reads_stored
 from switchyard.gateway.api.history import (
     call,
@@ -275,7 +275,9 @@ async def create_response(
     answers at once with the `queued` response when `background` is true. Continues a
     stored response with `previous_response_id` on any model."""
     client = await _conversation(
-        gateway, principal, read_request(ClientAPI.OPENAI_RESPONSES, await request.body())
+        gateway,
+        principal,
+        await read_request_off_loop(ClientAPI.OPENAI_RESPONSES, await request.body()),
     )
     if client.body.get("background") is True:
         return await _start_background(gateway, request, principal, client)
@@ -301,7 +303,7 @@ async def count_input_tokens(
     client = await _conversation(
         gateway,
         principal,
-        read_request(ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS, await request.body()),
+        await read_request_off_loop(ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS, await request.body()),
     )
     dispatch = await Dispatch.start(gateway, request, principal, client)
     return await dispatch.answer()
