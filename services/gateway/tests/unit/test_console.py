@@ -927,6 +927,53 @@ async def test_the_detail_view_renders_tool_calls_usage_latency_and_deployment()
         assert "11 in · 7 out · 18 total" in page and "tool_calls" in page
 
 
+def tool_call_request(arguments: str) -> dict:
+    return {
+        "model": "sim-small",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": arguments},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "ok"},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        "[" * 100_000 + "]" * 100_000,  # too deep for Python's JSON reader
+        "[" * 5_000 + "]" * 5_000,  # short enough to be read, still too deep
+        "[" + "{}," * 500_000 + "{}]",  # long: shown as written, never read and indented
+    ],
+    ids=["deep", "deep-and-short", "long"],
+)
+async def test_a_stored_request_with_any_tool_arguments_can_be_opened(arguments):
+    """A member's request whose tool call's arguments are too deep to read made its page a
+    500 for the member and every admin; long ones were read and indented by Python's
+    `json` on the event loop (seconds, at every view). Both are shown as written, cut."""
+    double = ConsoleDouble()
+    item = double.add_item(
+        double.account("alice@acme.test"), request=tool_call_request(arguments), response={}
+    )
+    async with console(double) as gw:
+        await sign_in(gw)
+        page = await gw.client.get(f"/ui/requests/{item['id']}")
+        assert page.status_code == 200, page.text[:500]
+        assert "Tool call <code>f</code>" in page.text
+        assert arguments[:200] in page.text
+        assert ("more characters not shown here" in page.text) is (len(arguments) > 20_000)
+
+
 async def test_models_page_shows_routing_and_circuit_breaker_states():
     double = ConsoleDouble(
         metrics="# TYPE switchyard_inference_circuit_state gauge\n"

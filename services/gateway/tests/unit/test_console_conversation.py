@@ -322,3 +322,38 @@ def test_a_huge_conversation_is_shown_cut_with_what_was_left_out():
     small = {"messages": [{"role": "user", "content": "hi"}]}
     assert shown(request_turns(small)) == request_turns(small)
     assert "not shown" not in json_text(small)
+
+
+def test_indented_json_is_written_by_orjson_and_falls_back_for_what_it_refuses():
+    import json
+
+    from switchyard.gateway.console.views import indented_json
+
+    value = {"a": [1, 2.5, None, True], "b": {"c": "é"}, "d": [], "e": {}}
+    assert indented_json(value) == json.dumps(value, indent=2, ensure_ascii=False)
+    huge = {"n": 123456789012345678901234567890}  # beyond 64 bits: Python's json
+    assert indented_json(huge) == json.dumps(huge, indent=2)
+    deep: object = 1
+    for _ in range(300):  # beyond orjson's 254 levels
+        deep = [deep]
+    assert indented_json(deep) == json.dumps(deep, indent=2)
+
+
+def test_long_tool_arguments_are_shown_as_written_not_read(monkeypatch):
+    from switchyard.gateway.console import conversation
+
+    def never(_: str) -> None:
+        raise AssertionError("read")
+
+    arguments = '{"k": "' + "v" * conversation.INDENTED_CHARS + '"}'
+    monkeypatch.setattr(conversation.json, "loads", never)
+    body = {
+        "messages": [
+            {
+                "role": "assistant",
+                "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": arguments}}],
+            }
+        ]
+    }
+    [turn] = request_turns(body)
+    assert turn.parts[0].text == arguments

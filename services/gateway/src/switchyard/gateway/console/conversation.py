@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
-from switchyard.gateway.console.views import cut
+from switchyard.gateway.console.views import cut, indented_json
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,23 @@ class Turn:
     parts: list[Part] = field(default_factory=list)
 
 
+# Longest string (a tool call's arguments...) shown indented when it is JSON: one longer
+# is cut by `shown` at a part's length anyway, and is shown as it was written.
+INDENTED_CHARS = 20_000
+
+
 def _json_text(value: Any) -> str:
+    """`value` as indented JSON text; a string holding JSON (a tool call's arguments) as
+    that JSON indented, unless it is longer than INDENTED_CHARS or not JSON (nesting too
+    deep to read included), which is shown as it was written."""
     if isinstance(value, str):
+        if len(value) > INDENTED_CHARS:
+            return value
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return cast(str, value)
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+    return indented_json(value)
 
 
 def _str(value: Any) -> str | None:

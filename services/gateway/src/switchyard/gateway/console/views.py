@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
+
 from switchyard.common.governance import BudgetClock
 
 
@@ -189,12 +191,29 @@ def cut(text: str, limit: int) -> str:
     )
 
 
+def indented_json(value: Any) -> str:
+    """`value` as JSON indented by two spaces. Written by orjson (a stored request may be
+    tens of MB: Python's `json` module takes seconds to indent that, on the event loop that
+    answers every request); by Python's `json` only for what orjson refuses (an integer
+    beyond 64 bits, nesting beyond 254 levels). Values JSON has no form for are written as
+    their `str`."""
+    try:
+        return orjson.dumps(
+            value, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+        ).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        import json
+
+        try:
+            return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+        except (ValueError, RecursionError):
+            return str(value)
+
+
 def json_text(value: Any) -> str:
     """Indented JSON as plain text (escaped by the template like any other text), cut at
     MAX_JSON_CHARS."""
-    import json
-
-    return cut(json.dumps(value, indent=2, ensure_ascii=False, default=str), MAX_JSON_CHARS)
+    return cut(indented_json(value), MAX_JSON_CHARS)
 
 
 def budget_period(
