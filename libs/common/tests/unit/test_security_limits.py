@@ -283,11 +283,21 @@ def test_malformed_target_urls_are_refused(url):
         "127.0.0.1", "127.1", "2130706433", "0x7f000001", "[::1]", "[::ffff:127.0.0.1]",
         "10.0.0.1", "172.16.0.1", "192.168.0.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
         "224.0.0.1", "255.255.255.255", "[fe80::1]", "[fc00::1]", "240.0.0.1",
+        # IPv6 carrying a private IPv4 address (6to4, NAT64, Teredo), and site-local.
+        "[2002:7f00:1::]", "[2002:a9fe:a9fe::]", "[2002:0a00:0001::1]", "[64:ff9b::7f00:1]",
+        "[64:ff9b::a9fe:a9fe]", "[2001:0:4136:e378:8000:63bf:80ff:fffe]", "[fec0::1]",
+        "[::ffff:a9fe:a9fe]", "[::127.0.0.1]",
     ],
 )  # fmt: skip
 async def test_non_public_addresses_are_refused(host):
     with pytest.raises(RefusedDestination):
         await TargetPolicy().check_url(f"http://{host}/hook")
+
+
+@pytest.mark.parametrize("host", ["8.8.8.8", "[2606:4700::1111]", "[2002:0808:0808::1]"])
+async def test_public_addresses_pass(host):
+    """6to4 carrying a public IPv4 address is as public as that address."""
+    await TargetPolicy().check_url(f"http://{host}/hook")
 
 
 async def test_names_are_judged_by_every_address_they_resolve_to():

@@ -106,10 +106,33 @@ def _literal_address(host: str) -> IPAddress | None:
     return None
 
 
+# IPv6 prefixes whose addresses end in an IPv4 address a translator reaches (RFC 6052's
+# well-known NAT64 prefix; the local-use one, RFC 8215, is not global anyway).
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 `address` carries and reaches: IPv4-mapped, 6to4
+    (`2002::/16`, RFC 3056), Teredo's server and client (`2001::/32`, RFC 4380) and NAT64
+    (`64:ff9b::/96`)."""
+    found = [found for found in (address.ipv4_mapped, address.sixtofour) if found is not None]
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    if address in _NAT64:
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
 def is_public_address(address: IPAddress) -> bool:
-    """Whether `address` is a globally routable unicast address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Whether `address` is a globally routable unicast address. An IPv6 address carrying
+    an IPv4 address (`_embedded_ipv4`: 6to4 and NAT64 reach it through a relay) is public
+    only if that IPv4 address is; deprecated site-local IPv6 (`fec0::/10`) is not."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if address.ipv4_mapped is not None:
+            return is_public_address(address.ipv4_mapped)
+        if address.is_site_local or not all(is_public_address(inner) for inner in embedded):
+            return False
     return address.is_global and not (
         address.is_multicast
         or address.is_private
