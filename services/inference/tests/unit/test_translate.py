@@ -875,6 +875,56 @@ def test_interleaved_parallel_tool_calls_become_whole_blocks_one_after_another(c
     assert inputs_at_stop == expected[: len(inputs_at_stop)]
 
 
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ('{"city": "Paris", "unit": "cel', {"city": "Paris"}),
+        ('{"city": "Paris", "days": [1, 2', {"city": "Paris", "days": [1, 2]}),
+        ('{"city": "Par', {}),
+    ],
+)
+def test_arguments_cut_off_read_the_same_in_a_reply_as_in_its_stream(arguments, expected):
+    """A call cut off by the token limit: the JSON reply's `input` is what the anthropic
+    SDK makes of the same arguments streamed (jiter's partial mode), not `{}`."""
+    completion = {
+        "id": "chatcmpl-t",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-x",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "length",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "w", "arguments": arguments},
+                        }
+                    ],
+                },
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+    message = chat_completion_to_message(completion, "m")
+    assert message["stop_reason"] == "max_tokens"
+    [block] = message["content"]
+    assert block["input"] == expected
+
+    converter = ChatChunksToMessageEvents("m")
+    chunks = [tool_call(0, arguments, "call_1"), openai_chunk({}, "length")]
+    events = [event for chunk in chunks for event in converter.feed(chunk)]
+    events += converter.finish()
+    snapshot, buffers = None, {}
+    for event in events:
+        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=buffers)
+    assert snapshot is not None and snapshot.content[0].input == expected
+
+
 def test_only_jsons_whitespace_after_a_whole_call_is_dropped() -> None:
     """A piece after a call's whole arguments that is more than JSON's whitespace (here a
     no-break space, which JSON does not allow there) still reaches its block: dropping it

@@ -34,6 +34,7 @@ import urllib.parse
 import uuid
 from typing import Any
 
+import jiter
 import orjson
 
 from switchyard.common import exactjson
@@ -237,8 +238,11 @@ def _json_dumps(value: Any) -> str:
 
 def _tool_input(arguments: Any) -> dict[str, Any]:
     """Tool-call arguments (a JSON string in OpenAI) of a *reply* as Anthropic's `input`
-    object; arguments a model wrote that are not a JSON object become `{}` (a reply cannot
-    be refused; `tool_input_of_request` refuses them in a request)."""
+    object. Arguments cut off by the token limit (`{"city": "Paris", "unit": "cel`) keep
+    what they hold whole (`{"city": "Paris"}`), as the anthropic SDK reads a streamed tool
+    input (jiter's partial mode), so a reply reads the same streamed or not; arguments
+    that are not a JSON object otherwise become `{}` (a reply cannot be refused;
+    `tool_input_of_request` refuses them in a request)."""
     if isinstance(arguments, dict):
         return arguments
     if arguments is None or arguments == "":
@@ -246,7 +250,12 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
     try:
         parsed = exactjson.loads(arguments)
     except (orjson.JSONDecodeError, TypeError):
-        return {}
+        if not isinstance(arguments, str):
+            return {}
+        try:
+            parsed = jiter.from_json(arguments.encode(), partial_mode=True)
+        except ValueError:
+            return {}
     return parsed if isinstance(parsed, dict) else {}
 
 
