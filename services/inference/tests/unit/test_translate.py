@@ -1169,13 +1169,27 @@ def test_azure_s_first_chunk_gives_neither_message_nor_completion_an_empty_id() 
         accumulator.add(chunk)
 
     starts = [event for event in events if event["type"] == "message_start"]
-    assert [start["message"]["id"] for start in starts] == ["chatcmpl-s"]
+    assert [start["message"]["id"] for start in starts] == ["msg_s"]
     completion = accumulator.response()
     assert (completion["id"], completion["model"], completion["created"]) == (
         "chatcmpl-s",
         "gpt-x",
         1,
     )
+
+
+def test_a_translated_reply_has_its_client_api_s_id_form() -> None:
+    """An Anthropic client gets `msg_...` ids, an OpenAI client `chatcmpl-...` ones; the
+    upstream's id stays readable in it."""
+    events = ChatChunksToMessageEvents("m").feed(openai_chunk({"content": "x"}))
+    assert events[0]["message"]["id"] == "msg_s"
+    completion = {
+        "id": "chatcmpl-abc",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}}],
+    }
+    assert chat_completion_to_message(completion, "m")["id"] == "msg_abc"
+    assert message_to_chat_completion(anthropic_message(), "m")["id"] == "chatcmpl-1"
+    assert chat_completion_to_message({"choices": []}, "m")["id"].startswith("msg_")
 
 
 def test_stream_translations_compose_back_to_the_original_reply() -> None:

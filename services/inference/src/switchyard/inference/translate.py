@@ -305,6 +305,22 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:24]}"
 
 
+# The id prefixes of a reply in each API: an Anthropic message's, an OpenAI chat
+# completion's.
+MESSAGE_ID_PREFIX, COMPLETION_ID_PREFIX = "msg_", "chatcmpl-"
+
+
+def _recast_id(upstream_id: Any, prefix: str, other_prefix: str) -> str:
+    """A reply id in the client's API form, `prefix` + the upstream's id without the other
+    API's `other_prefix` (`chatcmpl-abc` as `msg_abc`: the upstream's id stays readable in
+    it); a new one when the upstream gave none."""
+    if not isinstance(upstream_id, str) or not upstream_id:
+        return _new_id(prefix)
+    if upstream_id.startswith(prefix):
+        return upstream_id
+    return prefix + upstream_id.removeprefix(other_prefix)
+
+
 # Fields the other API lacks whose empty value (`{}` or `[]`) asks for nothing: no
 # biases, no MCP servers, no legacy functions. Not so everywhere: an empty
 # `web_search_options` turns OpenAI's web search on.
@@ -2171,7 +2187,7 @@ def message_to_chat_completion(message: dict[str, Any], model: str) -> dict[str,
     if tool_calls:
         reply["tool_calls"] = tool_calls
     return {
-        "id": message.get("id") or _new_id("chatcmpl-"),
+        "id": _recast_id(message.get("id"), COMPLETION_ID_PREFIX, MESSAGE_ID_PREFIX),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
@@ -2237,7 +2253,7 @@ def chat_completion_to_message(completion: dict[str, Any], model: str) -> dict[s
     if not text and isinstance(refusal, str) and refusal:
         stop_reason = "refusal"
     return {
-        "id": completion.get("id") or _new_id("msg_"),
+        "id": _recast_id(completion.get("id"), MESSAGE_ID_PREFIX, COMPLETION_ID_PREFIX),
         "type": "message",
         "role": "assistant",
         "model": model,
@@ -2315,7 +2331,7 @@ class ChatChunksToMessageEvents:
     def _start(self, chunk: dict[str, Any] | None) -> list[dict[str, Any]]:
         self._started = True
         chunk_id = chunk.get("id") if chunk else None
-        self.message_id = chunk_id if isinstance(chunk_id, str) and chunk_id else _new_id("msg_")
+        self.message_id = _recast_id(chunk_id, MESSAGE_ID_PREFIX, COMPLETION_ID_PREFIX)
         return [
             {
                 "type": "message_start",
