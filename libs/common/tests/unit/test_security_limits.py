@@ -102,6 +102,9 @@ def test_separators_inside_strings_do_not_count_as_values():
     # Strings are values too: more strings than the bound is refused.
     with pytest.raises(JsonTooManyValues):
         check_value_count(array_of(MAX_JSON_VALUES, b'"a,b"'))
+    # Keys are not: an object of 600,000 string pairs holds 600,001 values.
+    pairs = {f"k{i}": "v" for i in range(600_000)}
+    check_value_count(orjson.dumps(pairs))
 
 
 def test_the_walk_counts_values_and_stops_at_the_bound():

@@ -87,16 +87,17 @@ def check_value_count(raw: bytes | str, max_values: int = MAX_JSON_VALUES) -> No
     """Raise JsonTooManyValues when JSON `raw` holds more than `max_values` values, judged
     on its bytes without parsing them. When the plain count of separators passes the bound
     (a prompt may hold a CSV file), the strings are taken out and the separators counted
-    again; a body with more strings than the bound is refused before that (the strings
-    are values, or keys, each a Python object once parsed). Invalid JSON is left to the
-    parser."""
+    again; a body with more than twice as many strings as the bound (keys and string
+    values) is refused before that. Invalid JSON is left to the parser."""
     data = raw.encode() if isinstance(raw, str) else raw
     if _values_bound(data) <= max_values:
         return
     # Quotes that open or close a string: all but escaped ones (an escaped backslash
     # before a closing quote is miscounted as an escape, which only lowers this count).
     quotes = data.count(b'"') - data.count(b'\\"')
-    if quotes // 2 > max_values:
+    # Each value has at most one key: more than twice as many strings as the bound means
+    # more values than the bound.
+    if quotes // 2 > 2 * max_values:
         raise JsonTooManyValues(max_values)
     # Outside strings, and without whitespace, the count is exact: an empty container
     # holds no first value.
