@@ -1299,3 +1299,32 @@ async def test_a_tool_history_with_tools_reaches_anthropic_with_the_clients_tool
     plain = {"model": "claude", "messages": USER}
     await harness.handle(chat_request("claude", api=CHAT, body=plain))
     assert "tools" not in recorder.last.body and "tool_choice" not in recorder.last.body
+
+
+async def test_a_large_request_is_translated_off_the_event_loop(harness, recorder, monkeypatch):
+    """Translating walks every message: a request of thousands is built in a worker
+    thread (one of 300,000 took over a second of the event loop), a small one where it
+    is; both reach the deployment whole."""
+    import threading
+
+    from switchyard.inference import attempts
+    from switchyard.inference.attempts import LARGE_REQUEST_ITEMS
+
+    threads: list[str] = []
+    real = attempts.Attempts._prepare
+
+    def recorded(self, run, deployment):
+        threads.append(threading.current_thread().name)
+        return real(self, run, deployment)
+
+    monkeypatch.setattr(attempts.Attempts, "_prepare", recorded)
+    turns = [
+        {"role": "user" if index % 2 == 0 else "assistant", "content": f"turn {index}"}
+        for index in range(LARGE_REQUEST_ITEMS + 1)
+    ]
+    for messages in (turns, USER):
+        body = {"model": "claude", "messages": messages}
+        await harness.handle(chat_request("claude", api=CHAT, body=body))
+        assert len(recorder.last.body["messages"]) == len(messages)
+    main = threading.main_thread().name
+    assert threads[0] != main and threads[1] == main

@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -60,6 +60,34 @@ class FixedRouting:
     """A routing table that never changes (tests, embedded set-ups given a table)."""
 
     table: RoutingTable
+
+
+# Items (messages, input items, tools, content parts) past which building a request's
+# upstream call, a translation walking every one of them, runs in a worker thread: a body
+# of 300,000 short messages took over a second to translate, on the event loop every
+# other request of the process waits on.
+LARGE_REQUEST_ITEMS = 2_000
+
+
+def is_large_request(body: dict[str, Any], previous_items: list[Any] | None = None) -> bool:
+    """Whether `body` (and the conversation it continues) holds more than
+    LARGE_REQUEST_ITEMS messages, input items, tools and content parts in all. Looks at
+    no more than that many of them, so the answer itself is cheap."""
+    total = len(previous_items or ())
+    for name in ("messages", "input", "tools", "system"):
+        value = body.get(name)
+        if not isinstance(value, list):
+            continue
+        total += len(value)
+        if total > LARGE_REQUEST_ITEMS:
+            return True
+        for item in value:
+            content = item.get("content") if isinstance(item, dict) else None
+            if isinstance(content, list):
+                total += len(content)
+                if total > LARGE_REQUEST_ITEMS:
+                    return True
+    return total > LARGE_REQUEST_ITEMS
 
 
 class Attempts:
@@ -159,7 +187,12 @@ class Attempts:
         """Call one deployment, retrying it with backoff while that may help."""
         data = run.request.data
         model = data.model
-        prepared = self._prepare(run, deployment)
+        if is_large_request(data.body, data.previous_items):
+            # Translating it walks every item: off the event loop, like a large body's
+            # parsing at the gateway.
+            prepared = await asyncio.to_thread(self._prepare, run, deployment)
+        else:
+            prepared = self._prepare(run, deployment)
         if isinstance(prepared, ProviderError):
             state.breaker.release()
             return self._failed(run, prepared, deployment)
