@@ -1211,32 +1211,26 @@ async def test_responses_tools_and_choices_still_reach_chat_completions() -> Non
     assert [tool["function"]["name"] for tool in sent["tools"]] == ["f"]
 
 
+def function_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    """A Chat Completions assistant message's tool call."""
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
 CHAT_TOOL_HISTORY = [
     {"role": "user", "content": "Weather in Paris and Lyon?"},
     {
         "role": "assistant",
         "content": None,
         "tool_calls": [
-            {
-                "id": "call_1",
-                "type": "function",
-                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-            },
-            {
-                "id": "call_2",
-                "type": "function",
-                "function": {"name": "get_time", "arguments": "{}"},
-            },
-            {
-                "id": "call_3",
-                "type": "function",
-                "function": {"name": "get_weather", "arguments": '{"city": "Lyon"}'},
-            },
+            function_call("call_1", "get_weather", '{"city": "Paris"}'),
+            function_call("call_2", "get_time", "{}"),
+            function_call("call_3", "get_weather", '{"city": "Lyon"}'),
         ],
     },
-    {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
-    {"role": "tool", "tool_call_id": "call_2", "content": "noon"},
-    {"role": "tool", "tool_call_id": "call_3", "content": "20C"},
+    *(
+        {"role": "tool", "tool_call_id": call_id, "content": content}
+        for call_id, content in (("call_1", "18C"), ("call_2", "noon"), ("call_3", "20C"))
+    ),
     {"role": "user", "content": "Summarise."},
 ]
 RESPONSES_TOOL_HISTORY = [
