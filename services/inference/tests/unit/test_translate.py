@@ -1070,7 +1070,7 @@ def test_anthropic_stream_becomes_openai_chunks(include_usage: bool) -> None:
         state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(chunk))
     completion = state.get_final_completion()
     choice = completion.choices[0]
-    assert completion.model == "public-claude" and completion.id == "msg_1"
+    assert completion.model == "public-claude" and completion.id == "chatcmpl-1"
     assert choice.message.content == "On it."
     assert choice.finish_reason == "tool_calls"
     call = choice.message.tool_calls[0]

@@ -49,8 +49,11 @@ MAX_JSON_VALUES = 1_000_000
 OFF_LOOP_BYTES = 1 << 20
 
 _T = TypeVar("_T")
-# A JSON string (RFC 8259: quotes around anything but quotes and backslashes, and escapes).
-_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+# A JSON string (RFC 8259: quotes around anything but quotes and backslashes, and escapes),
+# or an unterminated one up to the end: every match from a quote succeeds, so the scan is
+# linear in the body's length whatever it holds (a failed match from each of many escaped
+# quotes made it quadratic).
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.?)*+(?:"|\Z)', re.S)
 
 
 class JsonTooDeep(ValueError):

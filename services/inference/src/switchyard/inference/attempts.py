@@ -190,7 +190,11 @@ class Attempts:
         if is_large_request(data.body, data.previous_items):
             # Translating it walks every item: off the event loop, like a large body's
             # parsing at the gateway.
-            prepared = await asyncio.to_thread(self._prepare, run, deployment)
+            try:
+                prepared = await asyncio.to_thread(self._prepare, run, deployment)
+            except BaseException:  # cancelled meanwhile: the breaker's slot is given back
+                state.breaker.release()
+                raise
         else:
             prepared = self._prepare(run, deployment)
         if isinstance(prepared, ProviderError):

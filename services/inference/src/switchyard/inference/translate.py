@@ -2566,7 +2566,7 @@ class MessageEventsToChatChunks:
         if kind == "message_start":
             message = event.get("message") or {}
             if isinstance(message.get("id"), str):
-                self.id = message["id"]
+                self.id = _recast_id(message["id"], COMPLETION_ID_PREFIX, MESSAGE_ID_PREFIX)
             self.usage = dict(message.get("usage") or {})
             return self._role_chunk()
         if kind == "content_block_start":
