@@ -23,6 +23,7 @@ from switchyard.common.bus.kafka import KafkaBus
 from switchyard.common.events import encode_event
 from switchyard.common.testing.bus_contract import (
     carried_events_are_handed_over_first,
+    large_events_are_decoded_off_the_loop,
     numbered_request,
 )
 from switchyard.common.testing.infra import async_wait_until
@@ -363,6 +364,14 @@ async def test_a_listener_hands_over_the_events_records_carry_in_a_header_first(
     bus = await started_bus(kafka_servers, kafka_topics)
     try:
         await carried_events_are_handed_over_first(bus, kafka_topics.replies)
+    finally:
+        await bus.stop()
+
+
+async def test_a_large_event_is_decoded_off_the_event_loop(kafka_servers, kafka_topics):
+    bus = await started_bus(kafka_servers, kafka_topics)
+    try:
+        await large_events_are_decoded_off_the_loop(bus, kafka_topics.requests_interactive)
     finally:
         await bus.stop()
 

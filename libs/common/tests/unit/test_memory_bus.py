@@ -20,7 +20,10 @@ from switchyard.common.bus import (
 )
 from switchyard.common.bus.base import handle_batch_isolating, is_outage, serialise
 from switchyard.common.events import ChatRequestData, ChatRequested
-from switchyard.common.testing.bus_contract import carried_events_are_handed_over_first
+from switchyard.common.testing.bus_contract import (
+    carried_events_are_handed_over_first,
+    large_events_are_decoded_off_the_loop,
+)
 from switchyard.common.testing.infra import async_wait_until
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -650,5 +653,13 @@ async def test_a_listener_hands_over_the_events_records_carry_in_a_header_first(
     bus = InMemoryBus()
     try:
         await carried_events_are_handed_over_first(bus, "replies", timeout=5)
+    finally:
+        await bus.stop()
+
+
+async def test_a_large_event_is_decoded_off_the_event_loop():
+    bus = InMemoryBus()
+    try:
+        await large_events_are_decoded_off_the_loop(bus, "requests", timeout=5)
     finally:
         await bus.stop()

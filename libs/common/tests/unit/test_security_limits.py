@@ -34,7 +34,6 @@ from switchyard.common.events import (
 from switchyard.common.jsonbody import (
     MAX_JSON_DEPTH,
     MAX_JSON_VALUES,
-    OFF_LOOP_BYTES,
     BoundedJsonRoute,
     JsonTooDeep,
     JsonTooManyValues,
@@ -45,6 +44,7 @@ from switchyard.common.jsonbody import (
     scan_json,
 )
 from switchyard.common.limits import BodySizeLimit
+from switchyard.common.offloop import OFF_LOOP_BYTES
 
 
 def nested(depth: int) -> object:

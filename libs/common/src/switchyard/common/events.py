@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, get_args
 import orjson
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
+from switchyard.common.offloop import off_loop
+
 SCHEMA_VERSION: Final = 2
 SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 
@@ -617,6 +619,14 @@ def decode_event(raw: bytes | str) -> Event:
         return _event_adapter.validate_python(_upcast_v1(document))
     except Exception as exc:  # noqa: BLE001 - a version 1 shape of any kind
         raise EventDecodeError(f"version 1 event: {type(exc).__name__}: {exc}") from exc
+
+
+async def decode_event_off_loop(raw: bytes | str) -> Event:
+    """`decode_event(raw)`, in a worker thread when `raw` is over `OFF_LOOP_BYTES` (a
+    request event carrying a prompt of megabytes, a reply of thousands of embeddings), so
+    that its decoding shares the interpreter with the consumer's event loop instead of
+    holding it throughout (`offloop`). Raises EventDecodeError, as `decode_event`."""
+    return await off_loop(decode_event, raw)
 
 
 _V1_API = {

@@ -26,12 +26,12 @@ most 300,000 tokens a request, as token arrays one value each).
 
 `loads` parses a body and applies the bounds; `BoundedJsonRoute` makes FastAPI parse the
 bodies of a router's routes the same way; `loads_off_loop` parses a large body in a worker
-thread, so that its cost does not hold up the event loop answering other requests.
+thread (`offloop`), so that less of its cost holds up the event loop answering other
+requests.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -42,11 +42,10 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from typing_extensions import override
 
+from switchyard.common.offloop import off_loop
+
 MAX_JSON_DEPTH = 64
 MAX_JSON_VALUES = 1_000_000
-# Bodies larger than this are parsed in a worker thread by `loads_off_loop`; smaller ones
-# take well under a millisecond, less than the hand-off to a thread.
-OFF_LOOP_BYTES = 1 << 20
 
 _T = TypeVar("_T")
 # A JSON string (RFC 8259: quotes around anything but quotes and backslashes, and escapes),
@@ -181,15 +180,6 @@ def loads(
     if too_many:
         raise JsonTooManyValues(max_values)
     return value
-
-
-async def off_loop(function: Callable[[bytes], _T], raw: bytes) -> _T:
-    """`function(raw)`, called in a worker thread when `raw` is larger than
-    `OFF_LOOP_BYTES` (parsing and checking a large body then shares the interpreter with
-    the event loop instead of holding it), else here. Raises what `function` raises."""
-    if len(raw) > OFF_LOOP_BYTES:
-        return await asyncio.to_thread(function, raw)
-    return function(raw)
 
 
 async def loads_off_loop(raw: bytes) -> Any:

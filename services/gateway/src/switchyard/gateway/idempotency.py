@@ -65,6 +65,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from switchyard.common import jsonbody, scopes
 from switchyard.common.errors import APIError
 from switchyard.common.headers import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
+from switchyard.common.offloop import off_loop
 from switchyard.gateway.api.deps import (
     DuplicateCredentialsError,
     credentials_of,
@@ -340,7 +341,7 @@ class IdempotencyMiddleware:
         except (AuthenticationError, AuthUnavailableError, DuplicateCredentialsError):
             principal = None
         # Parsed once for every use here, a large body off the event loop.
-        data = None if principal is None else await jsonbody.off_loop(_parsed, body)
+        data = None if principal is None else await off_loop(_parsed, body)
         if principal is None or not _may_run(gateway, principal, path, data):
             await self.app(scope, replay_receive, send)  # the route refuses it properly
             return

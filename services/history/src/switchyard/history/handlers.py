@@ -85,7 +85,7 @@ from switchyard.common.events import (
     Event,
     EventDecodeError,
     UsageRecorded,
-    decode_event,
+    decode_event_off_loop,
     new_id,
 )
 from switchyard.history import metrics
@@ -340,7 +340,7 @@ class EventRecorder:
             if (tenant, request_id) not in reclaiming:
                 continue
             try:
-                event = decode_event(exactjson.dumps(payload))
+                event = await decode_event_off_loop(exactjson.dumps(payload))
             except EventDecodeError:
                 log.warning("stored event not readable", request_id=request_id)
                 continue

@@ -35,7 +35,7 @@ from switchyard.common.events import (
     EnvelopeFields,
     Event,
     EventDecodeError,
-    decode_event,
+    decode_event_off_loop,
     encode_event,
 )
 
@@ -74,7 +74,7 @@ class Carried:
         if self.key_filter is not None and key is not None and not self.key_filter(key):
             return
         try:
-            event = decode_event(raw)
+            event = await decode_event_off_loop(raw)
             if key is not None and event.request_id != key:
                 # A record carries its own request's event, never another's (a bad
                 # producer's header would otherwise settle some other request).

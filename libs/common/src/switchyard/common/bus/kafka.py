@@ -82,7 +82,12 @@ from switchyard.common.bus.base import (
     handle_batch_isolating,
     serialise,
 )
-from switchyard.common.events import EnvelopeFields, Event, EventDecodeError, decode_event
+from switchyard.common.events import (
+    EnvelopeFields,
+    Event,
+    EventDecodeError,
+    decode_event_off_loop,
+)
 from switchyard.common.settings import DEFAULT_KAFKA_MAX_MESSAGE_BYTES
 from switchyard.common.tasks import cancel_and_wait
 
@@ -1022,10 +1027,12 @@ def _record_lag(
         )
 
 
-def _decode(record: ConsumerRecord) -> Event:
+async def _decode(record: ConsumerRecord) -> Event:
+    """The event in `record` (`decode_event_off_loop`: a large one in a worker thread).
+    Raises EventDecodeError for a record without a value or not a valid event."""
     if record.value is None:
         raise EventDecodeError("record has no value")
-    return decode_event(record.value)
+    return await decode_event_off_loop(record.value)
 
 
 def _unreadable_record(exc: BaseException) -> tuple[TopicPartition, int, int] | None:
@@ -1384,7 +1391,7 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
     async def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         try:
             try:
-                event = _decode(record)
+                event = await _decode(record)
             except EventDecodeError as exc:
                 await self.bus.dead_letter(record, self.group, f"undecodable event: {exc}")
                 return
@@ -1596,7 +1603,7 @@ class _BatchSubscription(_SupervisedConsumer):
                 for records_of_partition in batches.values():
                     for record in records_of_partition:
                         try:
-                            items.append((record, _decode(record)))
+                            items.append((record, await _decode(record)))
                         except EventDecodeError as exc:
                             await self.bus.dead_letter(
                                 record, self.group, f"undecodable event: {exc}"
@@ -1829,7 +1836,7 @@ class _Listener(_SupervisedConsumer):
         if self.carried is not None:
             await self._handle_carried(record, self.carried)
         try:
-            event = _decode(record)
+            event = await _decode(record)
         except EventDecodeError as exc:
             # The topic's group consumer dead-letters it; a listener only skips it.
             metrics.EVENTS_SKIPPED.labels(record.topic, "undecodable").inc()

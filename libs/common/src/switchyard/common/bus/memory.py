@@ -42,7 +42,12 @@ from switchyard.common.bus.base import (
     handle_batch_isolating,
     serialise,
 )
-from switchyard.common.events import EnvelopeFields, Event, EventDecodeError, decode_event
+from switchyard.common.events import (
+    EnvelopeFields,
+    Event,
+    EventDecodeError,
+    decode_event_off_loop,
+)
 from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.bus.memory")
@@ -350,11 +355,11 @@ class InMemoryBus(EventBus):
         )
         self.dead_letters.append(DeadLetter(topic, event, repr(error), raw))
 
-    def _decode(self, topic: str, raw: bytes) -> Event | None:
+    async def _decode(self, topic: str, raw: bytes) -> Event | None:
         """The event in `raw`, or None after dead-lettering bytes that do not decode (as
         the Kafka consumer does with an undecodable record)."""
         try:
-            return decode_event(raw)
+            return await decode_event_off_loop(raw)
         except EventDecodeError as exc:
             self._dead_letter(topic, None, exc, raw)
             return None
@@ -381,7 +386,7 @@ class InMemoryBus(EventBus):
             while True:
                 topic, raw, carrier = await state.queue.get()
                 try:
-                    event = self._decode(topic, raw)
+                    event = await self._decode(topic, raw)
                     if event is None:
                         continue
                     with tracing.process_span(topic, group, event, _context(carrier)):
@@ -458,7 +463,7 @@ class InMemoryBus(EventBus):
                     decoded = [
                         (topic, event, carrier)
                         for topic, raw, carrier in items
-                        if (event := self._decode(topic, raw)) is not None
+                        if (event := await self._decode(topic, raw)) is not None
                     ]
                     if not decoded:
                         continue
@@ -526,7 +531,7 @@ class InMemoryBus(EventBus):
                     # As on Kafka: the carried event first (a reply's usage settles the
                     # request's reservation before the reply reaches its client).
                     await carried.hand_over(value, key, topic)
-                event = self._decode(topic, raw)
+                event = await self._decode(topic, raw)
                 if event is None:
                     continue
                 try:

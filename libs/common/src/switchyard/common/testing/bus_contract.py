@@ -5,10 +5,15 @@ integration tests run the same scenario."""
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
+from switchyard.common import events
 from switchyard.common.bus import USAGE_HEADER, Carried, EventBus, metrics
 from switchyard.common.events import ChatRequestData, ChatRequested, ClientAPI, encode_event
+from switchyard.common.offloop import OFF_LOOP_BYTES
 from switchyard.common.testing.infra import async_wait_until
 
 
@@ -88,3 +93,56 @@ async def carried_events_are_handed_over_first(
         "reply req-4",
     ]
     assert skipped._value.get() == before + 2
+
+
+async def large_events_are_decoded_off_the_loop(
+    bus: EventBus, topic: str, timeout: float = 30
+) -> None:
+    """A group member, a batch subscriber and a listener (with the event its record
+    carries) decode an event larger than `OFF_LOOP_BYTES` in a worker thread, and a small
+    one on the event loop's thread; every one arrives whole. Raises AssertionError when
+    the bus does otherwise."""
+    large = numbered_request(1)
+    large = large.model_copy(
+        update={"data": large.data.model_copy(update={"body": {"prompt": "x" * OFF_LOOP_BYTES}})}
+    )
+    small = numbered_request(2)
+    got: dict[str, list[ChatRequested]] = {"group": [], "batch": [], "listener": [], "carried": []}
+    # (was the input large, was it decoded on the loop's thread), one per decoding.
+    decoded: list[tuple[bool, bool]] = []
+    loop_thread = threading.current_thread()
+    real = events.decode_event
+
+    def recorded(raw: bytes | str) -> events.Event:
+        decoded.append((len(raw) > OFF_LOOP_BYTES, threading.current_thread() is loop_thread))
+        return real(raw)
+
+    def collect(into: str) -> Callable[[object], Awaitable[None]]:
+        async def handler(event: object) -> None:
+            assert isinstance(event, ChatRequested)
+            got[into].append(event)
+
+        return handler
+
+    async def collect_batch(batch: list[events.Event]) -> None:
+        for event in batch:
+            await collect("batch")(event)
+
+    with mock.patch.object(events, "decode_event", recorded):
+        await bus.subscribe([topic], "off-loop-group", collect("group"))
+        await bus.subscribe_batch([topic], "off-loop-batch", collect_batch, max_batch=1)
+        await bus.listen(
+            topic, collect("listener"), carried=Carried(USAGE_HEADER, collect("carried"))
+        )
+        await bus.publish(topic, large, headers={USAGE_HEADER: encode_event(large)})
+        await bus.publish(topic, small)
+        await async_wait_until(
+            lambda: asyncio.sleep(
+                0, all(len(got[name]) == 2 for name in ("group", "batch", "listener"))
+            ),
+            timeout=timeout,
+        )
+    for name in ("group", "batch", "listener"):
+        assert sorted(got[name], key=lambda event: event.request_id) == [large, small], name
+    assert got["carried"] == [large]
+    assert sorted(decoded) == [(False, True)] * 3 + [(True, False)] * 4

@@ -43,9 +43,9 @@ from switchyard.common.jsonbody import (
     JsonTooDeep,
     JsonTooManyValues,
     check_value_count,
-    off_loop,
     scan_json,
 )
+from switchyard.common.offloop import off_loop
 
 # Longest model name accepted (history stores it in a column of this size).
 MAX_MODEL_LENGTH = 256

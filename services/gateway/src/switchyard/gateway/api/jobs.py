@@ -50,7 +50,7 @@ from switchyard.common.events import (
     ClientAPI,
 )
 from switchyard.common.headers import ANTHROPIC_VERSION_HEADER, REQUEST_ID_HEADER
-from switchyard.common.jsonbody import off_loop
+from switchyard.common.offloop import off_loop
 from switchyard.gateway.api.body import (
     READERS,
     ClientRequest,
