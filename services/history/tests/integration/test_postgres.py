@@ -230,3 +230,24 @@ async def test_the_purge_on_postgres_keeps_another_tenants_events_under_a_reques
     assert (await purge(engine, cutoff, tenant="short", dry_run=True)).events == 2
     assert (await purge(engine, cutoff, tenant="short")).events == 2
     assert await stored() == ["long"]
+
+
+async def test_documents_read_from_postgres_come_back_exactly_as_stored(engine, events):
+    """History reads a request's documents as the text of their JSONB values and decodes
+    them itself (a large one in a worker thread): integers beyond 64 bits, floats,
+    escapes and characters outside the BMP come back as stored."""
+    from switchyard.common.offloop import OFF_LOOP_BYTES
+
+    request = events.requested("exact-pg", prompt="\u00e9\U0001f680 " + "x" * OFF_LOOP_BYTES)
+    body = {**request.data.body, "seed": 2**70, "temperature": 0.1, "stop": ['a\\"b', "\n"]}
+    request = request.model_copy(update={"data": request.data.model_copy(update={"body": body})})
+    await EventRecorder(engine).record([request, events.completed(request)])
+    queries = HistoryQueries(engine)
+    caller = Caller(tenant="acme", user_id="alice", role="user")
+
+    row = await queries.get_request(caller, "exact-pg")
+    assert row is not None and row["request_body"] == body
+    assert row["response"]["choices"][0]["message"]["content"] == "Hi there!"
+    assert row["input_items"] is None and row["error"] is None
+    [listed] = (await queries.list_requests(caller, limit=5)).items
+    assert listed["request_body"] == body

@@ -11,11 +11,15 @@ Pagination is keyset-based on (created_at, request_id), newest first, with an op
 cursor, so pages stay stable while new requests arrive; every filter has an index that
 keeps it an index scan in that order (migration 0002). A page also ends before its stored
 documents pass `PAGE_BYTES` (at least one request per page): a request may hold tens of
-megabytes, and a hundred of them read at once would hold gigabytes in memory.
+megabytes, and a hundred of them read at once would hold gigabytes in memory. Those
+documents are read as JSON text and decoded here, in a worker thread when they come to
+more than `OFF_LOOP_BYTES` (`offloop`), rather than by the database driver on the event
+loop that answers every other request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -40,7 +44,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.common import exactjson
 from switchyard.common.events import ClientAPI
+from switchyard.common.offloop import OFF_LOOP_BYTES
 from switchyard.history import rollup
 from switchyard.history.models import (
     RequestStatus,
@@ -58,6 +64,12 @@ MAX_PAGE_SIZE = 100
 PAGE_BYTES = 16 * 1024 * 1024
 # The columns whose size `PAGE_BYTES` bounds.
 _DOCUMENTS = ("request_body", "response", "input_items", "error")
+# A request row's columns as the readers select them: the documents as their JSON text,
+# under their own names, for `_decoded` to decode.
+_ROW_COLUMNS = tuple(
+    cast(column, Text).label(column.name) if column.name in _DOCUMENTS else column
+    for column in requests_table.columns
+)
 # A SELECT whose row shape the caller does not fix (columns chosen at run time).
 AnySelect = Select[*tuple[Any, ...]]
 # The columns of a table (`table.c`): requests or one of the usage rollups.
@@ -117,6 +129,27 @@ def _within_page_bytes(sizes: Sequence[int | None]) -> int:
             break
         taken += 1
     return taken
+
+
+def _decode_documents(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for row in rows:
+        for name in _DOCUMENTS:
+            text = row.get(name)
+            if isinstance(text, str):
+                row[name] = exactjson.loads(text)
+    return rows
+
+
+async def _decoded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` (request rows read with `_ROW_COLUMNS`) with their documents' JSON text
+    decoded in place (`exactjson`), in a worker thread when the texts come to more than
+    `OFF_LOOP_BYTES` characters in all. Raises ValueError for text that is not JSON."""
+    size = sum(
+        len(text) for row in rows for name in _DOCUMENTS if isinstance(text := row.get(name), str)
+    )
+    if size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(_decode_documents, rows)
+    return _decode_documents(rows)
 
 
 def encode_cursor(created_at: datetime, request_id: str) -> str:
@@ -211,7 +244,7 @@ class HistoryQueries:
         self._dialect = engine.dialect.name
 
     def _visible_to(self, caller: Caller, *columns: Any) -> AnySelect:
-        query = select(*(columns or (requests_table,))).where(
+        query = select(*(columns or _ROW_COLUMNS)).where(
             requests_table.c.tenant == caller.tenant,
             shown(),
         )
@@ -267,6 +300,7 @@ class HistoryQueries:
                 sized_keys = [(created_at, request_id) for created_at, request_id, _ in keys]
                 page_query = here.where(order_key.in_(sized_keys[:taken]))
                 page = [dict(row) for row in (await connection.execute(page_query)).mappings()]
+                page = await _decoded(page)
                 more = len(keys) > taken
                 if page or not more:
                     break
@@ -296,7 +330,7 @@ class HistoryQueries:
         query = self._visible_to(caller).where(requests_table.c.request_id == request_id)
         async with self._engine.connect() as connection:
             row = (await connection.execute(query)).mappings().first()
-        return dict(row) if row is not None else None
+        return (await _decoded([dict(row)]))[0] if row is not None else None
 
     async def recent_response_outputs(
         self, caller: Caller, *, limit: int, before: tuple[datetime, str] | None = None
@@ -307,7 +341,8 @@ class HistoryQueries:
         each row's `request_id`, `created_at` and `response`. Fewer (one at least) when
         their responses would pass `PAGE_BYTES`: the sizes are read first, as for a page."""
         r = requests_table.c
-        query = self._visible_to(caller, r.request_id, r.created_at, r.response).where(
+        response = cast(r.response, Text).label("response")
+        query = self._visible_to(caller, r.request_id, r.created_at, response).where(
             r.api == ClientAPI.OPENAI_RESPONSES.value,
             r.status == RequestStatus.COMPLETED.value,
             r.response_deleted_at.is_(None),
@@ -327,7 +362,7 @@ class HistoryQueries:
                 return []
             chosen = [(created_at, request_id) for created_at, request_id, _ in keys[:taken]]
             rows = await connection.execute(query.where(order_key.in_(chosen)))
-            return [dict(row) for row in rows.mappings()]
+            return await _decoded([dict(row) for row in rows.mappings()])
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -336,7 +371,7 @@ class HistoryQueries:
         return (
             self._visible_to(
                 caller,
-                requests_table,
+                *_ROW_COLUMNS,
                 webhooks.url.label("webhook_url"),
                 webhooks.status.label("webhook_status"),
                 webhooks.attempts.label("webhook_attempts"),
@@ -376,7 +411,7 @@ class HistoryQueries:
         query = self._jobs_visible_to(caller).where(requests_table.c.request_id == job_id)
         async with self._engine.connect() as connection:
             row = (await connection.execute(query)).mappings().first()
-        return dict(row) if row is not None else None
+        return (await _decoded([dict(row)]))[0] if row is not None else None
 
     # -- usage ---------------------------------------------------------------------------
 
