@@ -46,3 +46,26 @@ def test_what_json_cannot_hold_is_still_a_type_error() -> None:
         exactjson.dumps({"a": object()})
     with pytest.raises(TypeError):
         exactjson.dumps({"a": object(), "b": BIG})
+
+
+async def test_a_large_document_is_decoded_off_the_event_loop(monkeypatch):
+    """A document over `OFF_LOOP_BYTES` is decoded in a worker thread, exactly; a small
+    one at once on the loop's thread."""
+    import threading
+
+    from switchyard.common.offloop import OFF_LOOP_BYTES
+
+    threads: list[bool] = []
+    real = exactjson.loads
+    loop_thread = threading.current_thread()
+
+    def recorded(raw):
+        threads.append(threading.current_thread() is loop_thread)
+        return real(raw)
+
+    monkeypatch.setattr(exactjson, "loads", recorded)
+    big = 2**70
+    large = b'{"n": %d, "text": "%s"}' % (big, b"x" * OFF_LOOP_BYTES)
+    assert (await exactjson.loads_off_loop(large))["n"] == big
+    assert await exactjson.loads_off_loop(f'{{"n": {big}}}') == {"n": big}
+    assert threads == [False, True]

@@ -234,6 +234,42 @@ async def test_chaining_with_previous_response_id_works_on_every_model(system, m
     assert published.data.body["previous_response_id"] == first.id
 
 
+async def test_a_large_conversation_is_decoded_off_the_event_loop(system, monkeypatch):
+    """Continuing a conversation of megabytes: neither the gateway (reading the items from
+    history) nor history (reading the stored response) decodes a document of more than
+    `OFF_LOOP_BYTES` on the event loop's thread."""
+    import threading
+
+    from switchyard.common import exactjson
+    from switchyard.common.offloop import OFF_LOOP_BYTES
+
+    decoded: list[tuple[int, bool]] = []
+    real = exactjson.loads
+    loop_thread = threading.current_thread()
+
+    real_json = httpx.Response.json
+
+    def recorded(raw):
+        decoded.append((len(raw), threading.current_thread() is loop_thread))
+        return real(raw)
+
+    def recorded_json(response, **kwargs):  # a service's answer decoded by httpx
+        decoded.append((len(response.content), threading.current_thread() is loop_thread))
+        return real_json(response, **kwargs)
+
+    prompt = "x" * OFF_LOOP_BYTES
+    first = await system.client.responses.create(model="sim-small", input=prompt)
+    monkeypatch.setattr(exactjson, "loads", recorded)
+    monkeypatch.setattr(httpx.Response, "json", recorded_json)
+    second = await system.client.responses.create(
+        model="sim-small", input="How long was that?", previous_response_id=first.id
+    )
+
+    assert second.status == "completed"
+    large = [on_loop for size, on_loop in decoded if size > OFF_LOOP_BYTES]
+    assert large and not any(large), decoded
+
+
 @pytest.mark.parametrize("model", MODELS, ids=IDS)
 async def test_item_references_are_resolved_from_stored_responses_on_every_model(system, model):
     # As the Vercel AI SDK continues a stored conversation: earlier output items by id.

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from switchyard.common.jsonbody import scan_json
+from switchyard.common.offloop import off_loop
 
 # An integer beyond orjson's range has at least 19 digits (-2**63 has 19, 2**64 has 20);
 # a document without a run of 19 digits cannot hold one, and most documents are that.
@@ -44,6 +45,13 @@ def loads(raw: bytes | bytearray | memoryview | str) -> Any:
         except RecursionError:  # deeper than Python's parser goes: orjson's reading stands
             return value
     return value
+
+
+async def loads_off_loop(raw: bytes | str) -> Any:
+    """`loads(raw)`, in a worker thread when `raw` is over `OFF_LOOP_BYTES` (`offloop`):
+    for a large document another service answered (a conversation's items, a cached reply,
+    a page of history). Raises as `loads`."""
+    return await off_loop(loads, raw)
 
 
 def dumps(value: Any, option: int | None = None) -> bytes:

@@ -819,7 +819,7 @@ class ResponseCache:
                 log.warning("cache lookup failed", status=response.status_code)
             return None
         try:
-            answer = CachedAnswer.from_store(response.json())
+            answer = CachedAnswer.from_store(await exactjson.loads_off_loop(response.content))
         except (ValueError, KeyError) as exc:
             log.warning("unreadable cache entry: answered as a miss", error=repr(exc))
             return None

@@ -62,7 +62,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from switchyard.common import jsonbody, scopes
+from switchyard.common import exactjson, jsonbody, scopes
 from switchyard.common.errors import APIError
 from switchyard.common.headers import IDEMPOTENCY_KEY_HEADER, REQUEST_ID_HEADER
 from switchyard.common.offloop import off_loop
@@ -177,7 +177,7 @@ class IdempotencyClient:
             raise IdempotencyUnavailable(repr(exc)) from None
         if response.status_code != 200:
             raise IdempotencyUnavailable(f"history answered {response.status_code}")
-        return cast(dict[str, Any], response.json())
+        return cast(dict[str, Any], await exactjson.loads_off_loop(response.content))
 
     async def claim(
         self, principal: Principal, key: str, endpoint: str, fingerprint: str, lease_s: float

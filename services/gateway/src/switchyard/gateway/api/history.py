@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -148,7 +148,7 @@ async def read_when_recorded(
     path: str,
     request: Request | None = None,
     *,
-    not_yet: Callable[[httpx.Response], bool],
+    not_yet: Callable[[httpx.Response], Awaitable[bool]],
 ) -> httpx.Response:
     """History's answer to `GET path` for something accepted moments ago, whose events may
     still be on their way to history: while `not_yet(answer)` says it is not recorded yet
@@ -159,7 +159,7 @@ async def read_when_recorded(
     delay = 0.005
     while True:
         answer = await call(gateway, principal, path, request)
-        if not not_yet(answer):
+        if not await not_yet(answer):
             return answer
         left = deadline - time.monotonic()
         if left <= 0:

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 from typing import Any, cast
 
+import httpx
 import orjson
 import structlog
 from fastapi import APIRouter, Request, Response
@@ -239,9 +240,11 @@ async def get_job(
     accepted = gateway.recent_jobs.get(job_id, principal.tenant)
     if accepted is None or not accepted.visible_to(principal):
         return await forward(gateway, principal, path, request)
-    answer = await read_when_recorded(
-        gateway, principal, path, request, not_yet=lambda answer: answer.status_code == 404
-    )
+
+    async def not_yet(answer: httpx.Response) -> bool:
+        return answer.status_code == 404
+
+    answer = await read_when_recorded(gateway, principal, path, request, not_yet=not_yet)
     return relay(answer)
 
 

@@ -132,10 +132,11 @@ def _accepted_as(job: AcceptedJob, value: str) -> bool:
     return response_id(job.job_id, created) == value
 
 
-def _unfinished(answer: httpx.Response) -> bool:
-    """Whether history's 200 answer shows a response still `queued` or `in_progress`."""
+async def _unfinished(answer: httpx.Response) -> bool:
+    """Whether history's 200 answer shows a response still `queued` or `in_progress` (a
+    large answer read in a worker thread: `exactjson.loads_off_loop`)."""
     try:
-        body = answer.json()
+        body = await exactjson.loads_off_loop(answer.content)
     except ValueError:
         return False
     return isinstance(body, dict) and body.get("status") in ("queued", "in_progress")
@@ -153,10 +154,10 @@ async def _wait_for(
     still in progress there (also a 200 showing `in_progress` for a response this replica
     relayed to its end: the client has its outcome, history is about to)."""
 
-    def not_yet(answer: httpx.Response) -> bool:
+    async def not_yet(answer: httpx.Response) -> bool:
         if answer.status_code == 200:
             # Recorded, but maybe not yet its outcome, which this replica's client has.
-            return value in gateway.answered_responses and _unfinished(answer)
+            return value in gateway.answered_responses and await _unfinished(answer)
         return (answer.status_code, error_of(answer).get("code")) in _NOT_YET and _may_still_arrive(
             gateway, value
         )
@@ -175,7 +176,7 @@ async def previous_items(
         raise _not_found(previous, "previous_response_id")
     answer = await _wait_for(gateway, principal, previous, f"/v1/responses/{previous}/conversation")
     if answer.status_code == 200:
-        return cast(list[dict[str, Any]], answer.json()["data"])
+        return cast(list[dict[str, Any]], (await exactjson.loads_off_loop(answer.content))["data"])
     error = error_of(answer)
     raise APIError(
         answer.status_code if answer.status_code < 500 else 503,
@@ -245,7 +246,9 @@ async def resolve_item_references(
                 param="input",
                 code=error.get("code"),
             )
-        found.update((item["id"], item) for item in answer.json()["data"])
+        found.update(
+            (item["id"], item) for item in (await exactjson.loads_off_loop(answer.content))["data"]
+        )
     resolved = []
     for position, item in enumerate(items):
         if isinstance(item, dict) and item.get("type") == "item_reference":

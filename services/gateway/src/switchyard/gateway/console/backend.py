@@ -22,6 +22,7 @@ import httpx
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
+from switchyard.common import exactjson
 from switchyard.gateway.api.history import identity_headers
 from switchyard.gateway.api.jobs import request_cancellation
 from switchyard.gateway.auth import Principal
@@ -171,7 +172,7 @@ class ConsoleBackend:
     ) -> Any:
         """The decoded JSON body of a history call (see `history_response`)."""
         response = await self.history_response(principal, path, params, method=method)
-        return response.json()
+        return await exactjson.loads_off_loop(response.content)
 
     async def history_response(
         self,
