@@ -69,3 +69,26 @@ async def test_a_large_document_is_decoded_off_the_event_loop(monkeypatch):
     assert (await exactjson.loads_off_loop(large))["n"] == big
     assert await exactjson.loads_off_loop(f'{{"n": {big}}}') == {"n": big}
     assert threads == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"n": 1234567890123456789}', True),  # 19 digits
+        (b'{"n": 123456789012345678}', False),  # 18
+        (b'{"n": 123456789.0123456789}', False),  # 9 and 10, split by the point
+        (b'{"s": "x9999999999999999999x"}', True),  # in a string too: only a pre-check
+        (bytearray(b"[" + b"1234567890," * 1000 + b"0]"), False),
+        ('{"é\U0001f680": 12345678901234567890}', True),
+        ('{"lone \ud800": 1}', False),
+        (b"", False),
+    ],
+)
+def test_a_run_of_nineteen_digits_is_found_wherever_it_is(raw, expected) -> None:
+    assert exactjson.has_long_digit_run(raw) is expected
+
+
+def test_a_document_of_floats_is_read_as_orjson_reads_it() -> None:
+    document = {"data": [{"embedding": [0.0123456789, -1.5e-7, 3.0] * 100}] * 10}
+    raw = orjson.dumps(document)
+    assert exactjson.loads(raw) == orjson.loads(raw) == document

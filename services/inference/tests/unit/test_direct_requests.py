@@ -112,6 +112,38 @@ async def test_the_headers_path_and_body_reaching_the_provider_are_the_sdks_own(
     assert recorder.requests[0].body == BODY == recorder.requests[1].body
 
 
+async def test_a_large_reply_is_parsed_off_the_event_loop(
+    pair: tuple[SDKUpstream, SDKUpstream],
+    recorder: RecordingUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reply over `OFF_LOOP_BYTES` (embeddings of many inputs) is parsed in a worker
+    thread, a small one at once, by both ways of sending; both come back whole."""
+    import threading
+
+    from switchyard.common.offloop import OFF_LOOP_BYTES
+    from switchyard.inference import upstream as upstream_module
+
+    parsed_on_loop: list[tuple[bool, bool]] = []
+    real = upstream_module.parse_object
+    loop_thread = threading.current_thread()
+
+    def recorded(content: bytes | str, deployment: str) -> dict[str, Any]:
+        on_loop = threading.current_thread() is loop_thread
+        parsed_on_loop.append((len(content) > OFF_LOOP_BYTES, on_loop))
+        return real(content, deployment)
+
+    monkeypatch.setattr(upstream_module, "parse_object", recorded)
+    upstream, through_sdk = pair
+    path = PATHS[upstream.protocol]
+    large = {"data": [{"embedding": [0.0123456789] * 1024, "index": i} for i in range(80)]}
+    for sender in (upstream, through_sdk):
+        recorder.script(Scripted(json=large), Scripted(json={"id": "x"}))
+        assert await sender.send(path, BODY, {}, 7.5) == large
+        assert await sender.send(path, BODY, {}, 7.5) == {"id": "x"}
+    assert parsed_on_loop == [(True, False), (False, True)] * 2
+
+
 async def test_an_anthropic_request_carries_its_key_version_betas_and_the_sdks_user_agent(
     recorder: RecordingUpstream,
 ) -> None:

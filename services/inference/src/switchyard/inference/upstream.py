@@ -52,6 +52,7 @@ from httpx_sse import EventSource, SSEError
 
 from switchyard.common import exactjson
 from switchyard.common.errorformat import status_of
+from switchyard.common.offloop import off_loop
 from switchyard.common.routing import Deployment
 from switchyard.inference.errors import ProviderError, redact
 
@@ -1179,7 +1180,8 @@ class SDKUpstream:
             if failure is exc:
                 raise
             raise failure from exc
-        return parse_object(content, self.name)
+        # A large reply (embeddings of thousands of inputs) is parsed in a worker thread.
+        return await off_loop(functools.partial(parse_object, deployment=self.name), content)
 
     async def stream(
         self, path: str, body: dict[str, Any], headers: Mapping[str, str], timeout_s: float

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +36,7 @@ from pydantic import BaseModel
 
 from switchyard.common.errors import APIError, json_type
 from switchyard.common.events import ClientAPI
+from switchyard.common.exactjson import has_long_digit_run
 from switchyard.common.jsonbody import (
     MAX_JSON_DEPTH,
     MAX_JSON_VALUES,
@@ -76,10 +76,6 @@ class ClientRequest:
 
 
 _INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson (and so every event) carries exactly
-
-
-# An integer beyond 64 bits has at least 19 digits (-2**63 has 19, 2**64 has 20).
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 def _oversized_integer(raw: bytes) -> str | None:
@@ -136,7 +132,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise APIError(400, str(JsonTooManyValues(MAX_JSON_VALUES)), code="json_too_many_values")
     # Rare: only a float beyond 64-bit integers and a run of 19 digits can be an integer
     # orjson read inexactly; only then is the body read a second time, exactly.
-    if huge_float and _LONG_DIGITS.search(raw):
+    if huge_float and has_long_digit_run(raw):
         path = _oversized_integer(raw)
         if path is not None:
             raise APIError(
