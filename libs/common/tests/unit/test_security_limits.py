@@ -107,6 +107,14 @@ def test_separators_inside_strings_do_not_count_as_values():
     check_value_count(orjson.dumps(pairs))
 
 
+def test_a_text_body_is_counted_whatever_characters_it_holds():
+    """A `str` body is counted as its UTF-8 bytes, a lone surrogate (which JSON's `\\ud800`
+    escape stands for, and Python's `json` makes) included: never a UnicodeEncodeError."""
+    check_value_count('{"content": "lone \ud800 and \U0001f680"}')
+    with pytest.raises(JsonTooManyValues):
+        check_value_count("[" + "\ud800," * 5 + "1]", max_values=3)
+
+
 def test_the_string_scan_is_linear_on_invalid_json():
     """Many escaped quotes in an unterminated string made every failed match from a quote
     scan to the end: 3,000 of them took 6 s in a 1 MB body. Counted here, not timed:

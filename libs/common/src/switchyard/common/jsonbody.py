@@ -91,7 +91,7 @@ def check_value_count(raw: bytes | str, max_values: int = MAX_JSON_VALUES) -> No
     (a prompt may hold a CSV file), the strings are taken out and the separators counted
     again; a body with more than twice as many strings as the bound (keys and string
     values) is refused before that. Invalid JSON is left to the parser."""
-    data = raw.encode() if isinstance(raw, str) else raw
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     if _values_bound(data) <= max_values:
         return
     # Quotes that open or close a string: all but escaped ones (an escaped backslash
