@@ -23,6 +23,7 @@ from switchyard.common.bus.kafka import KafkaBus
 from switchyard.common.events import encode_event
 from switchyard.common.testing.bus_contract import (
     carried_events_are_handed_over_first,
+    handled_events_are_let_go,
     large_events_are_decoded_off_the_loop,
     numbered_request,
 )
@@ -372,6 +373,14 @@ async def test_a_large_event_is_decoded_off_the_event_loop(kafka_servers, kafka_
     bus = await started_bus(kafka_servers, kafka_topics)
     try:
         await large_events_are_decoded_off_the_loop(bus, kafka_topics.requests_interactive)
+    finally:
+        await bus.stop()
+
+
+async def test_no_consumer_keeps_an_event_it_handled(kafka_servers, kafka_topics):
+    bus = await started_bus(kafka_servers, kafka_topics)
+    try:
+        await handled_events_are_let_go(bus, kafka_topics.requests_interactive)
     finally:
         await bus.stop()
 

@@ -22,6 +22,7 @@ from switchyard.common.bus.base import handle_batch_isolating, is_outage, serial
 from switchyard.common.events import ChatRequestData, ChatRequested
 from switchyard.common.testing.bus_contract import (
     carried_events_are_handed_over_first,
+    handled_events_are_let_go,
     large_events_are_decoded_off_the_loop,
 )
 from switchyard.common.testing.infra import async_wait_until
@@ -661,5 +662,13 @@ async def test_a_large_event_is_decoded_off_the_event_loop():
     bus = InMemoryBus()
     try:
         await large_events_are_decoded_off_the_loop(bus, "requests", timeout=5)
+    finally:
+        await bus.stop()
+
+
+async def test_no_worker_keeps_an_event_it_handled_while_it_waits_for_the_next():
+    bus = InMemoryBus()
+    try:
+        await handled_events_are_let_go(bus, "requests", timeout=5)
     finally:
         await bus.stop()

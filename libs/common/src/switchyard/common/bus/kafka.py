@@ -1365,20 +1365,30 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
                 continue
             if consumer.paused():
                 consumer.resume(*consumer.paused())
-            batches = await self.reader.getmany(consumer, timeout_ms=100, max_records=free)
+            # Records are their tasks' alone (`_start`): none stays referenced here while
+            # the next poll waits (a request of megabytes, for every full collection to walk).
+            polled = self._start(
+                consumer, await self.reader.getmany(consumer, timeout_ms=100, max_records=free)
+            )
             self._polled()
-            for tp, records in batches.items():
-                progress = self.progress.setdefault(tp, _PartitionProgress())
-                tasks = self.tasks.setdefault(tp, set())
-                for record in records:
-                    progress.start(record.offset)
-                    task = asyncio.create_task(self._handle(tp, record))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                _record_lag(consumer, tp, records[-1].offset + 1, self.group)
             # A commit per poll would be one per event at low load: while events keep
             # coming, commit once per interval; an empty poll (idle) commits at once.
-            await self._commit(due_only=bool(batches))
+            await self._commit(due_only=polled)
+
+    def _start(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> bool:
+        """Start a task handling each record of `batches`; whether there was any."""
+        for tp, records in batches.items():
+            progress = self.progress.setdefault(tp, _PartitionProgress())
+            tasks = self.tasks.setdefault(tp, set())
+            for record in records:
+                progress.start(record.offset)
+                task = asyncio.create_task(self._handle(tp, record))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            _record_lag(consumer, tp, records[-1].offset + 1, self.group)
+        return bool(batches)
 
     async def _unreadable(self, tp: TopicPartition, offsets: range, error: BaseException) -> None:
         # Parked like undecodable events, and committed past like handled ones.
@@ -1594,27 +1604,10 @@ class _BatchSubscription(_SupervisedConsumer):
             self._polled()
             if not batches:
                 continue
-            self._in_hand_from = {tp: records[0].offset for tp, records in batches.items()}
-            try:
-                await self._fill(consumer, batches)
-                for tp, records in batches.items():  # partitions `_fill` added
-                    self._in_hand_from.setdefault(tp, records[0].offset)
-                items: list[tuple[ConsumerRecord, Event]] = []
-                for records_of_partition in batches.values():
-                    for record in records_of_partition:
-                        try:
-                            items.append((record, await _decode(record)))
-                        except EventDecodeError as exc:
-                            await self.bus.dead_letter(
-                                record, self.group, f"undecodable event: {exc}"
-                            )
-                if items:
-                    await self._handle(items)
-            finally:
-                self._in_hand_from = {}
-                self._progress.set()
-                self._progress = asyncio.Event()
-            ends = {tp: recs[-1].offset + 1 for tp, recs in batches.items()}
+            ends = await self._take(consumer, batches)
+            # Nothing of the batch stays referenced while the next poll waits (a request
+            # of megabytes, for every full garbage collection to walk).
+            del batches
             for tp, parked_to in self._parked_to.items():
                 # Never below a record parked meanwhile: a restart would park it again.
                 ends[tp] = max(ends.get(tp, 0), parked_to)
@@ -1633,6 +1626,32 @@ class _BatchSubscription(_SupervisedConsumer):
                     error=repr(exc),
                 )
             self._polled()
+
+    async def _take(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> dict[TopicPartition, int]:
+        """Fill `batches` (`_fill`), decode their records (dead-lettering those that do not
+        decode) and hand the events to the handler; the offset after each partition's
+        last record. Raises what the handler raises."""
+        self._in_hand_from = {tp: records[0].offset for tp, records in batches.items()}
+        try:
+            await self._fill(consumer, batches)
+            for tp, records in batches.items():  # partitions `_fill` added
+                self._in_hand_from.setdefault(tp, records[0].offset)
+            items: list[tuple[ConsumerRecord, Event]] = []
+            for records_of_partition in batches.values():
+                for record in records_of_partition:
+                    try:
+                        items.append((record, await _decode(record)))
+                    except EventDecodeError as exc:
+                        await self.bus.dead_letter(record, self.group, f"undecodable event: {exc}")
+            if items:
+                await self._handle(items)
+        finally:
+            self._in_hand_from = {}
+            self._progress.set()
+            self._progress = asyncio.Event()
+        return {tp: records[-1].offset + 1 for tp, records in batches.items()}
 
     async def _fill(
         self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
@@ -1813,12 +1832,16 @@ class _Listener(_SupervisedConsumer):
 
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         while True:
-            batches = await self.reader.getmany(consumer, timeout_ms=500)
-            self._polled()
-            for tp, records in batches.items():
-                for record in records:
-                    await self._handle(record)
-                    self.positions[tp] = record.offset + 1
+            # Handled in `_handle_all`: no record stays referenced here while the next
+            # poll waits (a reply of megabytes, for every full collection to walk).
+            await self._handle_all(await self.reader.getmany(consumer, timeout_ms=500))
+
+    async def _handle_all(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        self._polled()
+        for tp, records in batches.items():
+            for record in records:
+                await self._handle(record)
+                self.positions[tp] = record.offset + 1
 
     async def _unreadable(self, tp: TopicPartition, offsets: range, error: BaseException) -> None:
         # The topic's group consumer parks them; a listener only skips them.

@@ -382,30 +382,35 @@ class InMemoryBus(EventBus):
     ) -> Subscription:
         state = self._join(topics, group)
 
+        async def handle(delivery: tuple[str, bytes, Carrier]) -> None:
+            topic, raw, carrier = delivery
+            try:
+                event = await self._decode(topic, raw)
+                if event is None:
+                    return
+                with tracing.process_span(topic, group, event, _context(carrier)):
+                    error = await call_with_retry(
+                        lambda: handler(event),
+                        retry,
+                        lambda attempt, exc: log.warning(
+                            "handler failed, retrying",
+                            topic=topic,
+                            event_id=event.id,
+                            attempt=attempt,
+                            error=repr(exc),
+                        ),
+                        healthy,
+                    )
+                if error is not None:
+                    self._dead_letter(topic, event, error)
+            finally:
+                state.mark_handled([topic])
+
         async def worker() -> None:
+            # Each delivery in its own frame: what it held (the raw bytes, the event) is
+            # let go once handled, not kept while the worker waits for the next one.
             while True:
-                topic, raw, carrier = await state.queue.get()
-                try:
-                    event = await self._decode(topic, raw)
-                    if event is None:
-                        continue
-                    with tracing.process_span(topic, group, event, _context(carrier)):
-                        error = await call_with_retry(
-                            lambda: handler(event),
-                            retry,
-                            lambda attempt, exc: log.warning(
-                                "handler failed, retrying",
-                                topic=topic,
-                                event_id=event.id,
-                                attempt=attempt,
-                                error=repr(exc),
-                            ),
-                            healthy,
-                        )
-                    if error is not None:
-                        self._dead_letter(topic, event, error)
-                finally:
-                    state.mark_handled([topic])
+                await handle(await state.queue.get())
 
         return self._track([asyncio.create_task(worker()) for _ in range(max(1, concurrency))])
 
@@ -440,49 +445,54 @@ class InMemoryBus(EventBus):
         async def dead_letter(item: tuple[str, Event, Carrier], error: BaseException) -> None:
             self._dead_letter(item[0], item[1], error)
 
-        async def worker() -> None:
+        async def handle(first: tuple[str, bytes, Carrier]) -> None:
             nonlocal busy
+            items = [first]
+            busy = True
+            try:
+                # Let a batch gather for a moment: one transaction for many events is
+                # what keeps a store (history on SQLite) from costing a commit per event.
+                # Not when a full batch is waiting already (as Kafka's fetch returns at
+                # once): lingering then would cap the group at `max_batch` events per
+                # linger, and a busier producer would pile events up in memory.
+                lingering = asyncio.get_running_loop().time() >= hurried_until
+                if state.queue.qsize() < max_batch - 1 and lingering:
+                    hurried.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(linger_s):
+                            await _first(stopping, hurried)
+                while len(items) < max_batch and not state.queue.empty():
+                    items.append(state.queue.get_nowait())
+                state.room.set()  # publishers held back look again
+                decoded = [
+                    (topic, event, carrier)
+                    for topic, raw, carrier in items
+                    if (event := await self._decode(topic, raw)) is not None
+                ]
+                if not decoded:
+                    return
+                await handle_batch_isolating(
+                    decoded,
+                    lambda chunk: handler([event for _, event, _ in chunk]),
+                    retry,
+                    healthy=healthy,
+                    dead_letter=dead_letter,
+                    on_retry=lambda tries, size, exc: log.warning(
+                        "batch handler failed, retrying",
+                        size=size,
+                        attempt=tries,
+                        error=repr(exc),
+                    ),
+                )
+            finally:
+                busy = False
+                state.mark_handled([topic for topic, _, _ in items])
+
+        async def worker() -> None:
+            # Each batch in its own frame: its events are let go once handled, not kept
+            # while the worker waits for the next one.
             while True:
-                items = [await state.queue.get()]
-                busy = True
-                try:
-                    # Let a batch gather for a moment: one transaction for many events is
-                    # what keeps a store (history on SQLite) from costing a commit per event.
-                    # Not when a full batch is waiting already (as Kafka's fetch returns at
-                    # once): lingering then would cap the group at `max_batch` events per
-                    # linger, and a busier producer would pile events up in memory.
-                    lingering = asyncio.get_running_loop().time() >= hurried_until
-                    if state.queue.qsize() < max_batch - 1 and lingering:
-                        hurried.clear()
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(linger_s):
-                                await _first(stopping, hurried)
-                    while len(items) < max_batch and not state.queue.empty():
-                        items.append(state.queue.get_nowait())
-                    state.room.set()  # publishers held back look again
-                    decoded = [
-                        (topic, event, carrier)
-                        for topic, raw, carrier in items
-                        if (event := await self._decode(topic, raw)) is not None
-                    ]
-                    if not decoded:
-                        continue
-                    await handle_batch_isolating(
-                        decoded,
-                        lambda chunk: handler([event for _, event, _ in chunk]),
-                        retry,
-                        healthy=healthy,
-                        dead_letter=dead_letter,
-                        on_retry=lambda tries, size, exc: log.warning(
-                            "batch handler failed, retrying",
-                            size=size,
-                            attempt=tries,
-                            error=repr(exc),
-                        ),
-                    )
-                finally:
-                    busy = False
-                    state.mark_handled([topic for topic, _, _ in items])
+                await handle(await state.queue.get())
 
         async def drain() -> None:
             # Stopping while a batch waits for more events writes what it holds (and what
@@ -520,25 +530,29 @@ class InMemoryBus(EventBus):
         entry = (queue, frozenset(partitions) if partitions is not None else None)
         self._listeners[topic].append(entry)
 
+        async def handle(delivery: _Delivery) -> None:
+            raw, carrier, key, headers = delivery
+            if key_filter is not None and key is not None and not key_filter(key):
+                return  # as on Kafka: asked when read, skipped without decoding
+            value = next((v for k, v in headers if carried and k == carried.header), None)
+            if carried is not None and value is not None:
+                # As on Kafka: the carried event first (a reply's usage settles the
+                # request's reservation before the reply reaches its client).
+                await carried.hand_over(value, key, topic)
+            event = await self._decode(topic, raw)
+            if event is None:
+                return
+            try:
+                with tracing.process_span(topic, None, event, _context(carrier)):
+                    await handler(event)
+            except Exception as exc:  # noqa: BLE001 - a listener error must not stop the listener
+                log.error("listener failed", topic=topic, event_id=event.id, error=repr(exc))
+
         async def worker() -> None:
-            # One worker per listener keeps events in publication order (stream chunks).
+            # One worker per listener keeps events in publication order (stream chunks);
+            # each in its own frame, let go once handled.
             while True:
-                raw, carrier, key, headers = await queue.get()
-                if key_filter is not None and key is not None and not key_filter(key):
-                    continue  # as on Kafka: asked when read, skipped without decoding
-                value = next((v for k, v in headers if carried and k == carried.header), None)
-                if carried is not None and value is not None:
-                    # As on Kafka: the carried event first (a reply's usage settles the
-                    # request's reservation before the reply reaches its client).
-                    await carried.hand_over(value, key, topic)
-                event = await self._decode(topic, raw)
-                if event is None:
-                    continue
-                try:
-                    with tracing.process_span(topic, None, event, _context(carrier)):
-                        await handler(event)
-                except Exception as exc:  # noqa: BLE001 - a listener error must not stop the listener
-                    log.error("listener failed", topic=topic, event_id=event.id, error=repr(exc))
+                await handle(await queue.get())
 
         subscription = _TaskSubscription(
             [asyncio.create_task(worker())], on_stop=lambda: self._listeners[topic].remove(entry)

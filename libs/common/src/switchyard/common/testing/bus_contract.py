@@ -146,3 +146,35 @@ async def large_events_are_decoded_off_the_loop(
         assert sorted(got[name], key=lambda event: event.request_id) == [large, small], name
     assert got["carried"] == [large]
     assert sorted(decoded) == [(False, True)] * 3 + [(True, False)] * 4
+
+
+async def handled_events_are_let_go(bus: EventBus, topic: str, timeout: float = 30) -> None:
+    """A group member, a batch subscriber and a listener let go of an event once handled:
+    while they wait for the next, nothing of theirs refers to it (a request of megabytes
+    kept by each idle worker is memory, and work for every full garbage collection).
+    Raises AssertionError when the bus keeps one."""
+    import gc
+
+    seen: dict[str, list[events.Event]] = {"group": [], "batch": [], "listener": []}
+
+    def collect(into: str) -> Callable[[events.Event], Awaitable[None]]:
+        async def handler(event: events.Event) -> None:
+            seen[into].append(event)
+
+        return handler
+
+    async def collect_batch(batch: list[events.Event]) -> None:
+        seen["batch"].extend(batch)
+
+    await bus.subscribe([topic], "let-go-group", collect("group"), concurrency=2)
+    await bus.subscribe_batch([topic], "let-go-batch", collect_batch, max_batch=10)
+    await bus.listen(topic, collect("listener"))
+    await bus.publish(topic, numbered_request(1))
+    await async_wait_until(
+        lambda: asyncio.sleep(0, all(len(got) == 1 for got in seen.values())), timeout=timeout
+    )
+    await asyncio.sleep(0.3)  # every worker back at its queue or poll
+    gc.collect()
+    for name, [event] in seen.items():
+        holders = [holder for holder in gc.get_referrers(event) if holder is not seen[name]]
+        assert holders == [], (name, holders)
