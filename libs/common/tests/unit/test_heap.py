@@ -19,8 +19,11 @@ from switchyard.common.heap import freezing_after_startup
 def nothing_frozen(monkeypatch):
     gc.unfreeze()
     monkeypatch.setattr(heap, "_holders", 0)
+    monkeypatch.setattr(heap, "_thresholds", None)
+    before = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*before)
 
 
 def app_recording_startup(seen: list[str]) -> FastAPI:
@@ -48,6 +51,20 @@ async def test_the_heap_is_frozen_after_the_apps_own_startup_and_unfrozen_at_shu
         assert gc.is_tracked(made_while_serving)
     assert seen[-1] == "stopped"
     assert gc.get_freeze_count() == 0
+
+
+async def test_a_server_collects_its_youngest_generation_less_often_while_it_serves():
+    """A request of a million values set off several full collections (each holding the
+    event loop) at CPython's 700; while a server serves, the youngest generation is
+    collected every `GEN0_THRESHOLD` allocations, and the thresholds come back after."""
+    before = gc.get_threshold()
+    first = freezing_after_startup(app_recording_startup([]))
+    second = freezing_after_startup(app_recording_startup([]))
+    async with first.router.lifespan_context(first):
+        async with second.router.lifespan_context(second):
+            assert gc.get_threshold() == (heap.GEN0_THRESHOLD, before[1], before[2])
+        assert gc.get_threshold() == (heap.GEN0_THRESHOLD, before[1], before[2])
+    assert gc.get_threshold() == before
 
 
 async def test_the_heap_stays_frozen_until_the_last_app_in_the_process_stops():
