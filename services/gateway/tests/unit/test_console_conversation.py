@@ -357,3 +357,46 @@ def test_long_tool_arguments_are_shown_as_written_not_read(monkeypatch):
     }
     [turn] = request_turns(body)
     assert turn.parts[0].text == arguments
+
+
+def test_a_request_of_many_short_messages_builds_only_the_turns_shown():
+    """330,000 messages of two characters each took 3 to 5 s of the event loop to build
+    and render: only `MAX_SHOWN_TURNS` are built, and a last turn counts the rest."""
+    from switchyard.gateway.console import conversation
+
+    body = {"system": "s", "messages": [{"role": "user", "content": "hi"}] * 330_000}
+    built = 0
+
+    def counted():
+        nonlocal built
+        for turn in conversation.iter_request_turns(body):
+            built += 1
+            yield turn
+
+    count = conversation.request_turn_count(body)
+    assert count == len(conversation.request_turns(body)) == 330_001
+    turns = conversation.shown(counted(), count=count)
+    assert len(turns) == conversation.MAX_SHOWN_TURNS + 1
+    assert built == conversation.MAX_SHOWN_TURNS + 1  # the one that found the bound
+    assert turns[-1].parts[0].text == "329,501 more turn(s) not shown here"
+    assert [turn.role for turn in turns[:2]] == ["system", "user"]
+
+
+def test_a_turn_of_many_parts_and_a_request_of_many_tools_are_cut():
+    from switchyard.gateway.console import conversation
+
+    reply = {
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "text", "text": "a"}] * 50_000,
+    }
+    [turn] = conversation.shown(conversation.response_turns(reply))
+    assert len(turn.parts) == conversation.MAX_SHOWN_PARTS + 1
+    assert turn.parts[-1].text == "49,500 more part(s) not shown here"
+    tools = [{"type": "function", "function": {"name": f"t{n}"}} for n in range(48_000)]
+    names = conversation.declared_tools({"tools": tools})
+    assert names[0] == "t0" and len(names) == conversation.MAX_SHOWN_TOOLS + 1
+    assert names[-1] == "… 47,500 more"
+    for count in (0, 1, 2):
+        body = {"input": ["x"] * count} if count else {"input": "x"}
+        assert conversation.request_turn_count(body) == len(conversation.request_turns(body))

@@ -10,10 +10,18 @@ a stored body is whatever JSON the client sent, so every reader checks a value's
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from switchyard.gateway.console.views import cut, indented_json
+
+# What the request page shows of one request at most: a stored request may hold a million
+# short messages, content blocks or tools, each a Python object to build and a template
+# fragment to render on the event loop (330,000 messages took 3 to 5 s).
+MAX_SHOWN_TURNS = 500
+MAX_SHOWN_PARTS = 500
+MAX_SHOWN_TOOLS = 500
 
 
 @dataclass(frozen=True)
@@ -177,23 +185,40 @@ def _message_turn(message: Any) -> Turn:
     return Turn(role, parts)
 
 
-def request_turns(body: Any) -> list[Turn]:
-    """The conversation a request sent: system prompt, messages, or embeddings input."""
+def iter_request_turns(body: Any) -> Iterator[Turn]:
+    """The conversation a request sent, turn by turn as they are read (system prompt,
+    messages, or embeddings input): a page showing the first few builds only those."""
     if not isinstance(body, dict):
-        return []
-    turns: list[Turn] = []
+        return
     if "system" in body:
-        turns.append(Turn("system", _content_parts(body["system"])))
+        yield Turn("system", _content_parts(body["system"]))
     messages = body.get("messages")
     if isinstance(messages, list):
-        turns += [_message_turn(message) for message in messages]
+        yield from (_message_turn(message) for message in messages)
     elif messages is not None:
-        turns.append(Turn("messages", [_other(messages)]))
+        yield Turn("messages", [_other(messages)])
     if "input" in body and "messages" not in body:
         value = body["input"]
         items = value if isinstance(value, list) else [value]
-        turns.append(Turn("input", [Part("text", _json_text(item)) for item in items]))
-    return turns
+        yield Turn("input", [Part("text", _json_text(item)) for item in items])
+
+
+def request_turns(body: Any) -> list[Turn]:
+    """The conversation a request sent: system prompt, messages, or embeddings input."""
+    return list(iter_request_turns(body))
+
+
+def request_turn_count(body: Any) -> int:
+    """How many turns `request_turns(body)` has, without building them."""
+    if not isinstance(body, dict):
+        return 0
+    messages = body.get("messages")
+    count = int("system" in body)
+    if isinstance(messages, list):
+        count += len(messages)
+    elif messages is not None:
+        count += 1
+    return count + int("input" in body and "messages" not in body)
 
 
 def response_turns(response: Any) -> list[Turn]:
@@ -217,24 +242,39 @@ def response_turns(response: Any) -> list[Turn]:
     return []
 
 
-def shown(turns: list[Turn], part_chars: int = 20_000, total_chars: int = 200_000) -> list[Turn]:
-    """`turns` as the request page shows them: each part's text cut at `part_chars`, and
-    the parts after `total_chars` in all left out, with a last turn saying how many turns
-    were (a stored request may be tens of MB)."""
+def shown(
+    turns: Iterable[Turn],
+    part_chars: int = 20_000,
+    total_chars: int = 200_000,
+    *,
+    count: int | None = None,
+    max_turns: int = MAX_SHOWN_TURNS,
+    max_parts: int = MAX_SHOWN_PARTS,
+) -> list[Turn]:
+    """`turns` as the request page shows them: each part's text cut at `part_chars`, at
+    most `max_parts` parts a turn and `max_turns` turns, and the parts after
+    `total_chars` in all left out, with a last part or turn saying how many were (a
+    stored request may be tens of MB, or a million short messages). `count`: how many
+    turns there are, when `turns` is an iterator (else its length)."""
+    if count is None and isinstance(turns, list):
+        count = len(turns)
     kept: list[Turn] = []
     left = total_chars
     for index, turn in enumerate(turns):
-        if left <= 0:
-            more = len(turns) - index
-            kept.append(Turn("…", [Part("other", f"{more:,} more turn(s) not shown here")]))
+        if left <= 0 or index >= max_turns:
+            more = f"{count - index:,}" if count is not None else "More"
+            kept.append(Turn("…", [Part("other", f"{more} more turn(s) not shown here")]))
             break
         parts = []
-        for part in turn.parts:
+        for part in turn.parts[:max_parts]:
             limit = min(part_chars, max(left, 0))
             if len(part.text) > limit:
                 part = replace(part, text=cut(part.text, limit))
             left -= len(part.text)
             parts.append(part)
+        if len(turn.parts) > max_parts:
+            more_parts = len(turn.parts) - max_parts
+            parts.append(Part("other", f"{more_parts:,} more part(s) not shown here"))
         kept.append(Turn(turn.role, parts))
     return kept
 
@@ -248,12 +288,14 @@ def declared_tools(body: Any) -> list[str]:
     if not isinstance(tools, list):
         return [_json_text(tools)]
     names = []
-    for tool in tools:
+    for tool in tools[:MAX_SHOWN_TOOLS]:
         if isinstance(tool, dict):
             function = tool.get("function")
             name = function.get("name") if isinstance(function, dict) else tool.get("name")
             if isinstance(name, str):
                 names.append(name)
+    if len(tools) > MAX_SHOWN_TOOLS:
+        names.append(f"… {len(tools) - MAX_SHOWN_TOOLS:,} more")
     return names
 
 

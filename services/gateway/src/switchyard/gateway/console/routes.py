@@ -535,7 +535,12 @@ async def request_detail(request_id: str, request: Request, viewer: CurrentViewe
         item=item,
         labels=labels,
         redacted=redacted,
-        request_turns=[] if redacted else conversation.shown(conversation.request_turns(body)),
+        request_turns=[]
+        if redacted
+        else conversation.shown(
+            conversation.iter_request_turns(body),
+            count=conversation.request_turn_count(body),
+        ),
         reply_turns=[] if redacted else conversation.shown(conversation.response_turns(reply)),
         tools=conversation.declared_tools(body),
         parameters=conversation.parameters(body),
