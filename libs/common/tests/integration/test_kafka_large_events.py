@@ -82,7 +82,7 @@ async def test_an_event_over_the_limit_is_refused_as_too_large(kafka_servers, ka
         started = time.monotonic()
         with pytest.raises(EventTooLargeError):
             await bus.publish(kafka_topics.requests_interactive, large_request("big", 2 * MIB))
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 10  # refused at once, not after the producer's retries
     finally:
         await bus.stop()
 

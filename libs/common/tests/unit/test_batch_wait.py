@@ -140,7 +140,7 @@ async def test_a_broker_that_never_brings_what_arrived_holds_the_batch_only_so_l
     batches = {TP0: [1]}
     started = time.monotonic()
     await subscription(max_batch=100, max_wait_ms=50)._fill(consumer, batches)
-    assert 0.2 <= time.monotonic() - started < 1.0
+    assert 0.2 <= time.monotonic() - started < 5.0
     assert batches == {TP0: [1]}
 
 
@@ -157,7 +157,7 @@ async def test_a_full_batch_is_handled_without_waiting():
     batches = {TP0: [1, 2, 3]}
     started = time.monotonic()
     await subscription(max_batch=3, max_wait_ms=10_000)._fill(consumer, batches)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5.0
     assert batches == {TP0: [1, 2, 3]} and consumer.calls == [] and consumer.pauses == []
 
 
@@ -206,7 +206,7 @@ async def test_partitions_taken_away_during_the_wait_are_not_resumed():
 async def test_the_wait_is_bounded_and_zero_means_no_wait():
     started = time.monotonic()
     await subscription(max_batch=100, max_wait_ms=60)._fill(FakeConsumer([]), {TP0: [1]})
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5.0
     consumer = FakeConsumer([{TP0: [2]}])
     batches = {TP0: [1]}
     await subscription(max_batch=100, max_wait_ms=0)._fill(consumer, batches)

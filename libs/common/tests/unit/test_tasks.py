@@ -27,7 +27,7 @@ async def test_a_task_that_swallows_one_cancellation_is_still_stopped():
 
     assert await cancel_and_wait(task, timeout_s=5)
     assert task.cancelled() and len(cancellations) == 2
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 4  # not the 5 s bound
 
 
 async def test_a_task_that_never_stops_is_given_up_on_at_the_bound():
@@ -45,7 +45,7 @@ async def test_a_task_that_never_stops_is_given_up_on_at_the_bound():
     started = time.monotonic()
 
     assert not await cancel_and_wait(task, timeout_s=1.2)
-    assert 1.0 < time.monotonic() - started < 2.5
+    assert 1.0 < time.monotonic() - started < 5.0
     stop.set()
     task.cancel()
     await asyncio.wait([task], timeout=1)

@@ -1012,7 +1012,8 @@ async def test_stopping_ends_the_housekeeping_task_however_its_cancellation_land
     async with asyncio.timeout(10):
         await admission.stop()
     assert task.done()
-    assert asyncio.get_running_loop().time() - started < 1.0
+    # Far short of the 60 s heartbeat the loop would otherwise sleep through.
+    assert asyncio.get_running_loop().time() - started < 5.0
 
 
 @pytest.fixture

@@ -112,7 +112,7 @@ async def test_a_write_lock_held_elsewhere_fails_a_grant_within_its_bound(
         started = time.monotonic()
         with pytest.raises(LedgerUnavailable):
             await ledger.grant("gw", [GrantRequest("user:u", "requests", 10, 1, 2, window_s=60)])
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 4.0  # SQLite's own default wait is 5 s
     finally:
         holder.execute("ROLLBACK")
         holder.close()

@@ -104,7 +104,7 @@ async def test_retry_after_beyond_the_deadline_is_not_waited_for(simulator, make
 
     assert isinstance(reply, ChatFailed)
     assert (reply.data.error.status, reply.data.error.retry_after_s) == (429, 30)
-    assert time.perf_counter() - started < 1
+    assert time.perf_counter() - started < 4  # answered before the 5 s deadline, not at it
     assert simulator.calls("up-long") == 1
 
 
