@@ -162,6 +162,22 @@ def test_a_ledger_store_and_a_url_of_different_kinds_are_refused(
     assert "SWITCHYARD_GATEWAY_GOVERNANCE_STORE is postgres but DATABASE_URL names a SQLite" in line
 
 
+@pytest.mark.parametrize("dev_url", [None, "sqlite+aiosqlite:///elsewhere.db"])
+def test_in_embedded_mode_a_ledger_store_of_another_kind_names_what_sets_the_database(
+    monkeypatch: pytest.MonkeyPatch, main_fails: Callable[..., str], dev_url: str | None
+) -> None:
+    """Embedded mode ignores SWITCHYARD_GATEWAY_DATABASE_URL and DATABASE_URL, so naming
+    them sent people to change a variable that changes nothing."""
+    monkeypatch.setenv("SWITCHYARD_GATEWAY_GOVERNANCE_STORE", "postgres")
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u@127.0.0.1:1/db")
+    if dev_url is not None:
+        monkeypatch.setenv("SWITCHYARD_DEV_DATABASE_URL", dev_url)
+    line = main_fails("dev")
+    assert "SWITCHYARD_GATEWAY_GOVERNANCE_STORE is postgres but " in line, line
+    assert "SWITCHYARD_DEV_DATABASE_URL" in line and "--database-url" in line
+    assert "DATABASE_URL names" not in line.replace("SWITCHYARD_DEV_DATABASE_URL", "")
+
+
 def test_spend_with_an_unknown_ledger_store_is_one_line(
     monkeypatch: pytest.MonkeyPatch, main_fails: Callable[..., str]
 ) -> None:

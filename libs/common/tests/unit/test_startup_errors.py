@@ -431,9 +431,33 @@ def test_the_banners_commands_act_on_the_embedded_database(
         auth,  # type: ignore[arg-type]
         DevContribution(messages=["access token: uv run switchyard tokens create --email a@b"]),
     )
+    # Absolute, so the command works from any directory.
     assert said.messages == [
-        "access token: SWITCHYARD_AUTH_DATABASE_URL=sqlite+aiosqlite:///.switchyard/auth.db "
-        "uv run switchyard tokens create --email a@b"
+        f"access token: SWITCHYARD_AUTH_DATABASE_URL=sqlite+aiosqlite:///{Path.cwd()}"
+        "/.switchyard/auth.db uv run switchyard tokens create --email a@b"
+    ]
+
+
+def test_the_banners_commands_name_the_running_executable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started as a `switchyard` executable (`make run`), the banner names it by its
+    absolute path: `uv` need not be on PATH, nor the repository the current directory."""
+    from switchyard.common.dev import targeting_embedded
+    from switchyard.common.plugins import DevContribution
+
+    executable = tmp_path / "venv bin" / "switchyard"
+    executable.parent.mkdir()
+    executable.write_text("#!/bin/sh\n")
+    monkeypatch.setattr(sys, "argv", [str(executable), "dev"])
+    monkeypatch.setenv("SWITCHYARD_AUTH_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/auth.db")
+    said = targeting_embedded(
+        _plugin("auth"),  # type: ignore[arg-type]
+        DevContribution(messages=["access token: uv run switchyard tokens create"]),
+    )
+    assert said.messages == [
+        f"access token: SWITCHYARD_AUTH_DATABASE_URL=sqlite+aiosqlite:///{tmp_path}/auth.db "
+        f"'{executable}' tokens create"
     ]
 
 

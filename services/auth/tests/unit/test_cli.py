@@ -126,13 +126,65 @@ def test_tokens_create_prints_a_token_signed_with_the_service_key(cli, settings:
     assert claims["tenant"] == "acme"
 
 
+def test_tokens_create_never_signs_with_a_development_key_of_its_own(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run where the instance's generated key is not, a key made on the spot would sign a
+    token no running service accepts: refused, naming where the key was looked for."""
+    cli("users", "create", "--email", "ops@example.com", "--no-password")
+    monkeypatch.delenv("SWITCHYARD_AUTH_SIGNING_KEY_FILE")
+    monkeypatch.setenv("SWITCHYARD_AUTH_DEV_KEY_FILE", str(tmp_path / "elsewhere" / "key.pem"))
+    result = cli("tokens", "create", "--email", "ops@example.com")
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"error: no development signing key at {tmp_path}/elsewhere/key.pem"
+    )
+    assert "Traceback" not in result.output and not (tmp_path / "elsewhere").exists()
+
+
+def test_the_dev_banner_names_the_key_the_instance_signs_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from switchyard.auth.dev import signing_key_variable
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SWITCHYARD_AUTH_SIGNING_KEY_FILE", raising=False)
+    monkeypatch.setenv("SWITCHYARD_ENVIRONMENT", "development")
+    generated = Settings(database_url="sqlite+aiosqlite:///x.db")
+    assert signing_key_variable(generated) == (
+        f"SWITCHYARD_AUTH_DEV_KEY_FILE={tmp_path}/.switchyard/auth-signing-key.pem "
+    )
+    given = Settings(database_url="sqlite+aiosqlite:///x.db", signing_key_file=Path("k.pem"))
+    assert signing_key_variable(given) == f"SWITCHYARD_AUTH_SIGNING_KEY_FILE={tmp_path}/k.pem "
+
+
 def test_commands_on_an_unmigrated_database_say_what_to_do(
     cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    (tmp_path / "empty.db").touch()
     monkeypatch.setenv("SWITCHYARD_AUTH_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/empty.db")
     result = cli("users", "create", "--email", "a@example.com", "--no-password")
     assert result.exit_code == 1
     assert "switchyard db upgrade" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", [("tokens", "create"), ("users", "list"), ("keys", "list")])
+def test_commands_run_away_from_the_database_name_it_and_create_nothing(
+    cli, command: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Embedded mode's relative default run from another directory: one line saying where
+    the database was looked for and what to do, and no stray empty database left behind."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SWITCHYARD_AUTH_DATABASE_URL", "sqlite+aiosqlite:///.switchyard/auth.db")
+    result = (
+        cli(*command, "--email", "dev@switchyard.local")
+        if command[0] == "tokens"
+        else cli(*command)
+    )
+    assert result.exit_code == 1
+    assert f"no auth database at {tmp_path}/.switchyard/auth.db" in result.output
+    assert "SWITCHYARD_AUTH_DATABASE_URL" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / ".switchyard").exists()
 
 
 def test_other_services_reports_get_emails_key_names_and_team_names_by_id(

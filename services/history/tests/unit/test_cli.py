@@ -149,6 +149,19 @@ def test_unreachable_database_is_one_line(monkeypatch):
     assert result.output.startswith("error: database error")
 
 
+def test_a_missing_sqlite_database_is_named_and_not_created(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(
+        "SWITCHYARD_HISTORY_DATABASE_URL", "sqlite+aiosqlite:///.switchyard/history.db"
+    )
+    root = typer.Typer()
+    root.add_typer(usage_app)
+    result = CliRunner().invoke(root, ["usage", "report"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: no history database at {tmp_path}/.switchyard/")
+    assert not (tmp_path / ".switchyard").exists()
+
+
 def test_usage_report_shows_emails_and_key_names_and_keeps_ids_in_csv(cli, history, monkeypatch):
     from switchyard.common.plugins import PrincipalNames
     from switchyard.history import cli as history_cli

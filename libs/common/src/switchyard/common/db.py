@@ -79,10 +79,26 @@ def database_url_problem(url: str) -> str | None:
     return None
 
 
+# The one explicit way to give the embedded services (`switchyard dev`) another database
+# than SQLite; `--database-url` sets it too.
+DEV_DATABASE_URL_ENV = "SWITCHYARD_DEV_DATABASE_URL"
+# Set by embedded mode: the services (comma-separated) whose database URL it chose, from
+# DEV_DATABASE_URL_ENV or its own SQLite files, whatever their own variables said.
+EMBEDDED_DATABASES_ENV = "SWITCHYARD_EMBEDDED_DATABASES"
+
+
 def database_variables(service: str) -> str:
     """The variables `service`'s database URL is read from, as an error names them: the
     one set in the environment, else both (`SWITCHYARD_AUTH_DATABASE_URL or
-    DATABASE_URL`)."""
+    DATABASE_URL`). In embedded mode, what sets it there instead: SWITCHYARD_DEV_DATABASE_URL
+    (`switchyard dev --database-url`), or the SQLite file it defaults to."""
+    if service in os.environ.get(EMBEDDED_DATABASES_ENV, "").split(","):
+        if os.environ.get(DEV_DATABASE_URL_ENV):
+            return f"{DEV_DATABASE_URL_ENV} (`switchyard dev --database-url`)"
+        return (
+            f"embedded mode's database (SQLite in .switchyard/; {DEV_DATABASE_URL_ENV} or "
+            "`switchyard dev --database-url` names another)"
+        )
     own = f"SWITCHYARD_{service.upper()}_DATABASE_URL"
     if os.environ.get(own):
         return own
@@ -294,6 +310,22 @@ def sqlite_file(url: str) -> Path | None:
     if parsed.query.get("uri") or database.startswith("file:"):
         return None
     return Path(database)
+
+
+def missing_database(service: str, url: str) -> str | None:
+    """A one-line error for an operator command of `service` whose database `url` names a
+    SQLite file that does not exist (opening it would create an empty file wherever the
+    command ran, then fail on its missing tables); None when the file exists or `url` names
+    another kind of database."""
+    path = sqlite_file(url)
+    if path is None or path.exists():
+        return None
+    return (
+        f"no {service} database at {path.absolute()} ({database_variables(service)}): run "
+        "this from the directory `make run` (`switchyard dev`) keeps its `.switchyard/` in, "
+        f"or set the variable to the database (`switchyard db upgrade --service {service}` "
+        "creates a new one)"
+    )
 
 
 def downgrade(script_location: str, url: str, version_table: str, revision: str) -> None:

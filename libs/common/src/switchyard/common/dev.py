@@ -31,7 +31,12 @@ import structlog
 import uvicorn
 
 from switchyard.common.bus import InMemoryBus
-from switchyard.common.db import upgrade
+from switchyard.common.db import (
+    DEV_DATABASE_URL_ENV,
+    EMBEDDED_DATABASES_ENV,
+    sqlite_file,
+    upgrade,
+)
 from switchyard.common.heap import freeze_startup_heap, release_startup_heap
 from switchyard.common.http import server_config, warm_routes
 from switchyard.common.httpserver import PortInUseError, bind
@@ -71,8 +76,6 @@ DEV_ENVIRONMENT = {
     # login limits, and a few failures lock everyone out.
     "SWITCHYARD_AUTH_TRUST_FORWARDED_FOR": "true",
 }
-# The one explicit way to give the embedded services another database than SQLite.
-DEV_DATABASE_URL_ENV = "SWITCHYARD_DEV_DATABASE_URL"
 # The argument that makes `python -m switchyard.common.dev` migrate (`migrate_in_child`).
 MIGRATE_ARGUMENT = "--migrate-only"
 # Where embedded mode keeps its state (databases, keys), relative to the working directory.
@@ -151,11 +154,18 @@ def apply_dev_environment(
     # Environment variables win over `.env`, so these also override a `.env` file.
     os.environ["SWITCHYARD_BUS"] = "memory"
     explicit = database_url or os.environ.get(DEV_DATABASE_URL_ENV) or None
+    chosen = []
     for plugin in plugins if plugins is not None else discover():
         if plugin.migrations is not None:
             os.environ[database_variable(plugin.name)] = (
                 explicit or f"sqlite+aiosqlite:///{STATE_DIR}/{plugin.name}.db"
             )
+            chosen.append(plugin.name)
+    # An error about one of these databases names what sets it here, not the service's own
+    # variable (`database_variables`), which embedded mode overrides.
+    os.environ[EMBEDDED_DATABASES_ENV] = ",".join(chosen)
+    if explicit is not None:
+        os.environ[DEV_DATABASE_URL_ENV] = explicit
     return explicit
 
 
@@ -483,6 +493,18 @@ async def _signalled(stopping: asyncio.Event) -> bool:
 CLI_COMMAND = "uv run switchyard "
 
 
+def cli_command() -> str:
+    """How to run `switchyard` from any directory, ending in a space: the absolute path of
+    the `switchyard` executable this process was started as (so neither `uv` on PATH nor
+    the repository as the current directory is needed), else `CLI_COMMAND`."""
+    import shlex
+
+    started_as = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if started_as is not None and started_as.name == "switchyard" and started_as.is_file():
+        return shlex.quote(str(started_as.absolute())) + " "
+    return CLI_COMMAND
+
+
 def embedded_database_prefix(plugin: ServicePlugin) -> str:
     """`SWITCHYARD_<SERVICE>_DATABASE_URL=<url> `: what makes a `switchyard` command act on
     the database embedded mode gives `plugin` (`apply_dev_environment`) whatever
@@ -498,7 +520,12 @@ def embedded_database_prefix(plugin: ServicePlugin) -> str:
     variable = database_variable(plugin.name)
     url = os.environ.get(variable) or f"sqlite+aiosqlite:///{STATE_DIR}/{plugin.name}.db"
     try:
-        secret = make_url(url).password is not None
+        parsed = make_url(url)
+        secret = parsed.password is not None
+        path = sqlite_file(url)
+        if path is not None and not path.is_absolute():
+            # The command may be run from another directory than this instance's.
+            url = parsed.set(database=str(path.absolute())).render_as_string()
     except Exception:  # noqa: BLE001 - not for SQLAlchemy to judge here; never print it
         secret = True
     value = "'<your --database-url>'" if secret else shlex.quote(url)
@@ -513,9 +540,8 @@ def targeting_embedded(plugin: ServicePlugin, contribution: DevContribution) -> 
     prefix = embedded_database_prefix(plugin)
     if not prefix:
         return contribution
-    messages = [
-        message.replace(CLI_COMMAND, prefix + CLI_COMMAND) for message in contribution.messages
-    ]
+    command = prefix + cli_command()
+    messages = [message.replace(CLI_COMMAND, command) for message in contribution.messages]
     return dataclasses.replace(contribution, messages=messages)
 
 

@@ -54,12 +54,13 @@ class AuthContext:
         await self.engine.dispose()
 
 
-def build_token_issuer(settings: Settings) -> TokenIssuer:
+def build_token_issuer(settings: Settings, *, generate_dev_key: bool = True) -> TokenIssuer:
     """The access-token issuer: the signing key and the retired keys tokens may still be
-    verified with, from `settings`. Raises `SigningKeyError` when no usable signing key is
-    configured outside development."""
+    verified with, from `settings` (`generate_dev_key`: as `load_signing_key` takes it).
+    Raises `SigningKeyError` when no usable signing key is configured outside development,
+    or the development key is missing and not to be generated."""
     return TokenIssuer(
-        load_signing_key(settings),
+        load_signing_key(settings, generate_dev_key=generate_dev_key),
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         ttl_s=settings.access_token_ttl_s,

@@ -41,6 +41,7 @@ from switchyard.auth.service import (
     normalise_email,
 )
 from switchyard.auth.signing import SigningKeyError
+from switchyard.common.db import missing_database
 from switchyard.common.text import columns, fixed_point
 from switchyard.common.text import terminal_safe as safe
 
@@ -194,13 +195,21 @@ def _split(value: str | None, option: str) -> list[str] | None:
 def run_with_service(action: Callable[[AuthService], Awaitable[T]], *, signing: bool = False) -> T:
     """Run `action` against the configured database, turning expected failures into exit 1."""
     try:
-        if signing:
-            settings = Settings()
-            database_url, tokens = settings.database_url, build_token_issuer(settings)
-        else:
-            database_url, tokens = DatabaseSettings().database_url, None
-    except (ValueError, SigningKeyError) as exc:
+        database_url = DatabaseSettings().database_url
+    except ValueError as exc:
         raise _fail(f"invalid settings: {exc}") from None
+    # Before the signing key is read: nothing is made on the way to this error.
+    missing = missing_database("auth", database_url)
+    if missing is not None:
+        raise _fail(missing)
+    tokens = None
+    if signing:
+        try:
+            tokens = build_token_issuer(Settings(), generate_dev_key=False)
+        except ValueError as exc:
+            raise _fail(f"invalid settings: {exc}") from None
+        except SigningKeyError as exc:
+            raise _fail(str(exc)) from None
 
     async def run() -> T:
         engine: AsyncEngine

@@ -130,6 +130,19 @@ class _EnvironmentOnly(CheckedSettings):
     )
 
 
+def signing_key_variable(settings: Settings) -> str:
+    """`SWITCHYARD_AUTH_..._KEY_FILE=<absolute path> `: what makes `switchyard tokens
+    create`, run from any directory, sign with the key this instance's auth service signs
+    with (its `signing_key_file`, else the development key it generates at `dev_key_file`)."""
+    import shlex
+
+    if settings.signing_key_file is not None:
+        variable, path = "SWITCHYARD_AUTH_SIGNING_KEY_FILE", settings.signing_key_file
+    else:
+        variable, path = "SWITCHYARD_AUTH_DEV_KEY_FILE", settings.dev_key_file
+    return f"{variable}={shlex.quote(str(path.absolute()))} "
+
+
 def prepare_dev() -> DevContribution:
     """Auth's part of `switchyard dev`: in the development environment, the built-in admin
     key and password (created once, then reused) and the banner lines naming them; in any
@@ -163,7 +176,8 @@ def prepare_dev() -> DevContribution:
         messages=[
             first,
             f"Dev user: {DEV_EMAIL} (tenant {DEV_TENANT}, role {DEV_ROLE}); "
-            f"access token: uv run switchyard tokens create --email {DEV_EMAIL}",
+            f"access token: {signing_key_variable(settings)}"
+            f"uv run switchyard tokens create --email {DEV_EMAIL}",
             f"Console sign-in: {DEV_EMAIL} / {password}",
         ]
     )

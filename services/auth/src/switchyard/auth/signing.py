@@ -160,13 +160,23 @@ def _create_dev_key_file(path: Path) -> None:
         os.unlink(temporary)
 
 
-def load_signing_key(settings: Settings) -> SigningKey:
-    """The key from `signing_key_file`, or in development the (generated) dev key."""
+def load_signing_key(settings: Settings, *, generate_dev_key: bool = True) -> SigningKey:
+    """The key from `signing_key_file`, or in development the dev key at `dev_key_file`,
+    generated there first when missing unless `generate_dev_key` is False (an operator
+    command: a key of its own would sign tokens no running service accepts). Raises
+    SigningKeyError when the key cannot be read or, not generated, does not exist."""
     if settings.signing_key_file is not None:
         path = settings.signing_key_file
     elif settings.environment == Environment.DEVELOPMENT:
         path = settings.dev_key_file
         if not path.exists():
+            if not generate_dev_key:
+                raise SigningKeyError(
+                    f"no development signing key at {path.absolute()} "
+                    "(SWITCHYARD_AUTH_DEV_KEY_FILE): the auth service generates it when it "
+                    "first starts (`make run`); run this from the directory it runs in, or "
+                    "set the variable (or SWITCHYARD_AUTH_SIGNING_KEY_FILE) to its key"
+                )
             _create_dev_key_file(path)
     else:  # Settings refuses this already; kept so the function is safe on its own.
         raise SigningKeyError("SWITCHYARD_AUTH_SIGNING_KEY_FILE is required outside development")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import Field
 
+from switchyard.common.db import sqlite_file
 from switchyard.common.text import fixed_point
 from switchyard.gateway.config import DatabaseSettings
 
@@ -48,16 +48,6 @@ def ledger_store(store: str, database_url: str) -> str:
 def store_name(store: str) -> str:
     """How errors name the ledger of kind `store`."""
     return {"postgres": "PostgreSQL", "sqlite": "SQLite"}.get(store, store)
-
-
-def sqlite_file(database_url: str) -> Path | None:
-    """The file of a file-based SQLite `database_url`; None for an in-memory one."""
-    from sqlalchemy.engine import make_url
-
-    database = make_url(database_url).database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
 
 
 async def spend_rows(

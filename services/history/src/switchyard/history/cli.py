@@ -28,6 +28,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.bus import BusUnavailableError
+from switchyard.common.db import missing_database
 from switchyard.common.plugins import lookup_principal_names
 from switchyard.common.text import columns, terminal_safe
 from switchyard.history.bootstrap import history_engine
@@ -68,6 +69,9 @@ def _fail(message: str) -> typer.Exit:
 
 def _run(action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     database_url = DatabaseSettings().database_url
+    missing = missing_database("history", database_url)
+    if missing is not None:
+        raise _fail(missing)
 
     async def run() -> T:
         engine = history_engine(database_url)
