@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.util.concurrency import greenlet_spawn
 
-from switchyard.common.db import _set_wal, create_engine
+from switchyard.common.db import _set_wal, create_engine, dispose_engine
 
 
 async def test_a_graceful_close_cancelled_before_its_worker_answers_ends(tmp_path: Path) -> None:
@@ -87,3 +91,66 @@ async def test_wal_mode_is_tried_again_while_the_database_is_briefly_locked() ->
     with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
         await greenlet_spawn(_set_wal, other)
     assert other.calls == 1
+
+
+def _run_in_a_loop_then_close_it(main: Any) -> list[BaseException]:
+    """Run `main()` in a new event loop (closed after, as `asyncio.run` does), wait for
+    every SQLite worker thread to end, and return what those threads raised."""
+    raised: list[BaseException] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda args: raised.append(args.exc_value)  # type: ignore[assignment]
+    try:
+        asyncio.run(main())
+        for thread in threading.enumerate():
+            if "_connection_worker_thread" in thread.name:
+                thread.join(5)
+    finally:
+        threading.excepthook = previous
+    return raised
+
+
+def test_a_connection_whose_open_was_cancelled_ends_before_the_loop_closes(
+    tmp_path: Path,
+) -> None:
+    # A service stopping during its first statement: the task opening the engine's first
+    # connection is cancelled while aiosqlite's thread opens it. The thread then opens and
+    # closes that connection on its own and hands both results to the loop; a loop already
+    # closed made the thread die with "Event loop is closed" (seen in the gateway's
+    # tests as an unhandled thread exception). `dispose_engine` waits for it.
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+
+    async def main() -> None:
+        engine = create_engine(url)
+
+        async def first_statement() -> None:
+            async with engine.begin() as connection:
+                await connection.execute(text("SELECT 1"))
+
+        task = asyncio.create_task(first_statement())
+        await asyncio.sleep(0)  # the open is on its way to the worker thread
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await dispose_engine(engine)
+
+    for _ in range(5):
+        assert _run_in_a_loop_then_close_it(main) == []
+
+
+def test_disposing_waits_only_as_long_as_a_connection_checked_out_elsewhere_allows(
+    tmp_path: Path,
+) -> None:
+    # A connection still in use when its engine is disposed keeps its thread: the wait is
+    # bounded, and the engine's other connections are closed meanwhile.
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+
+    async def main() -> None:
+        engine = create_engine(url)
+        connection = await engine.connect()
+        await connection.execute(text("SELECT 1"))
+        started = time.monotonic()
+        await dispose_engine(engine, wait_s=0.3)
+        assert 0.25 < time.monotonic() - started < 4
+        await connection.close()
+        await dispose_engine(engine)
+
+    assert _run_in_a_loop_then_close_it(main) == []

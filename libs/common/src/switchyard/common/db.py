@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
+import threading
+import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -215,6 +219,72 @@ def _install_sqlite_close() -> None:
     AsyncAdapt_aiosqlite_connection._terminate_graceful_close = _stop_sqlite_connection  # type: ignore[method-assign]
 
 
+# How long `dispose_engine` waits for the worker threads of an SQLite engine's
+# connections to end once the engine is disposed: a connection whose opening was
+# cancelled closes itself on its thread after the open finishes (milliseconds).
+SQLITE_THREADS_WAIT_S = 2.0
+
+
+class _WorkerThreads:
+    """The worker threads of one SQLite engine's connections (aiosqlite runs one per
+    connection) and how many opens have not reached theirs yet: `dispose_engine` waits for
+    both. `opening` is counted up on the event loop when SQLAlchemy starts an open and down
+    on the worker thread when the open runs, hence the condition's lock."""
+
+    def __init__(self) -> None:
+        self.threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+        self.opening = 0
+        self.changed = threading.Condition()
+
+    def wait(self, timeout_s: float) -> None:
+        """Block until no open is on its way to its thread and every thread has ended, or
+        `timeout_s` seconds have passed (run off the event loop: it blocks)."""
+        deadline = time.monotonic() + timeout_s
+        with self.changed:
+            self.changed.wait_for(lambda: self.opening == 0, timeout_s)
+        for thread in list(self.threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def connection_class(self) -> type:
+        """A `sqlite3.Connection` class (`sqlite3.connect`'s `factory`) recording the thread
+        that opens it, aiosqlite's worker thread for that connection. The open runs on that
+        thread even when the task awaiting it was cancelled, so a connection that never
+        reached the pool is counted too."""
+        workers = self
+
+        class ThreadRecordingConnection(sqlite3.Connection):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                with workers.changed:
+                    workers.threads.add(threading.current_thread())
+                    workers.opening = max(0, workers.opening - 1)
+                    workers.changed.notify_all()
+                super().__init__(*args, **kwargs)
+
+        return ThreadRecordingConnection
+
+
+# Each SQLite engine's worker threads, by the engine (`create_engine` registers them).
+_engine_threads: weakref.WeakKeyDictionary[Any, _WorkerThreads] = weakref.WeakKeyDictionary()
+
+
+async def dispose_engine(engine: AsyncEngine, wait_s: float = SQLITE_THREADS_WAIT_S) -> None:
+    """Close every pooled connection of `engine` (`AsyncEngine.dispose`) and, for an SQLite
+    engine from `create_engine`, wait up to `wait_s` seconds for its connections' worker
+    threads to end, keeping the event loop running meanwhile.
+
+    Why: aiosqlite opens and closes a connection on its own thread and hands the result to
+    the event loop that asked. A task cancelled while a connection opens (a service
+    stopping during its first statement) leaves that thread opening, then closing, the
+    connection; if the loop is closed before it finishes, the thread dies with "Event loop
+    is closed" at exit. Connections still checked out elsewhere keep their threads: the
+    wait then ends at `wait_s`. Raises what `AsyncEngine.dispose` raises."""
+    await engine.dispose()
+    workers = _engine_threads.get(engine.sync_engine)
+    if workers is not None:
+        # Off the loop: the threads hand their last results to this loop, which must run.
+        await asyncio.to_thread(workers.wait, wait_s)
+
+
 def create_engine(url: str, **options: Any) -> AsyncEngine:
     """An async SQLAlchemy engine for database `url` (a sync URL is turned into its async
     driver). SQLite gets WAL, a 15 s busy timeout, `BEGIN IMMEDIATE` transactions, a
@@ -226,7 +296,11 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
     ensure_sqlite_dir(url)
     if make_url(url).get_backend_name() == "sqlite":
         _install_sqlite_close()
-        connect_args = {"cached_statements": SQLITE_CACHED_STATEMENTS}
+        workers = _WorkerThreads()
+        connect_args = {
+            "cached_statements": SQLITE_CACHED_STATEMENTS,
+            "factory": workers.connection_class(),
+        }
         options["connect_args"] = connect_args | options.get("connect_args", {})
         parsed = make_url(url)
         in_memory = (
@@ -238,6 +312,12 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
             options.setdefault("pool_size", SQLITE_POOL_SIZE)
             options.setdefault("max_overflow", SQLITE_MAX_OVERFLOW)
         engine = create_async_engine(url, **options)
+        _engine_threads[engine.sync_engine] = workers
+
+        @event.listens_for(engine.sync_engine, "do_connect")
+        def _count_open(*_: Any) -> None:  # pragma: no cover - trivial
+            with workers.changed:
+                workers.opening += 1
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:  # pragma: no cover

@@ -23,7 +23,7 @@ from switchyard.auth.service import AuthService
 from switchyard.auth.signing import load_signing_key, load_verification_keys
 from switchyard.auth.tokens import TokenIssuer
 from switchyard.common.bus import EventBus
-from switchyard.common.db import create_engine, session_factory
+from switchyard.common.db import create_engine, dispose_engine, session_factory
 from switchyard.common.topics import Topics
 
 
@@ -51,7 +51,7 @@ class AuthContext:
 
     async def close(self) -> None:
         """Dispose of the engine (given or built), closing its pooled connections."""
-        await self.engine.dispose()
+        await dispose_engine(self.engine)
 
 
 def build_token_issuer(settings: Settings, *, generate_dev_key: bool = True) -> TokenIssuer:

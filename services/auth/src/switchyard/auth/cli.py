@@ -41,7 +41,7 @@ from switchyard.auth.service import (
     normalise_email,
 )
 from switchyard.auth.signing import SigningKeyError
-from switchyard.common.db import missing_database
+from switchyard.common.db import dispose_engine, missing_database
 from switchyard.common.text import columns, fixed_point
 from switchyard.common.text import terminal_safe as safe
 
@@ -217,7 +217,7 @@ def run_with_service(action: Callable[[AuthService], Awaitable[T]], *, signing: 
         try:
             return await action(service)
         finally:
-            await engine.dispose()
+            await dispose_engine(engine)
 
     try:
         return asyncio.run(run())

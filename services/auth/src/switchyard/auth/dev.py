@@ -27,6 +27,7 @@ from switchyard.auth.bootstrap import build_database_service
 from switchyard.auth.config import Settings
 from switchyard.auth.keys import generate_api_key, hash_api_key
 from switchyard.auth.service import AuthService
+from switchyard.common.db import dispose_engine
 from switchyard.common.plugins import DevContribution
 from switchyard.common.scopes import API_KEY_SCOPES
 from switchyard.common.settings import CheckedSettings, Environment
@@ -164,7 +165,7 @@ def prepare_dev() -> DevContribution:
             dev_key = await ensure_dev_identity(service, settings)
             return dev_key, await ensure_dev_password(service, settings)
         finally:
-            await engine.dispose()
+            await dispose_engine(engine)
 
     dev_key, password = _run(prepare())
     first = (

@@ -39,7 +39,7 @@ async def _principal_names(
     from sqlalchemy import select
 
     from switchyard.auth.models import ApiKey, Team, User
-    from switchyard.common.db import create_engine
+    from switchyard.common.db import create_engine, dispose_engine
 
     engine = create_engine(_database_url())
     try:
@@ -78,7 +78,7 @@ async def _principal_names(
                 else {}
             )
     finally:
-        await engine.dispose()
+        await dispose_engine(engine)
     return PrincipalNames(emails=emails, key_names=names, team_names=teams)
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common import exactjson
 from switchyard.common.bus import EventBus
-from switchyard.common.db import create_engine
+from switchyard.common.db import create_engine, dispose_engine
 from switchyard.common.egress import TargetPolicy, parse_networks
 from switchyard.common.topics import Topics
 from switchyard.history.cache import CacheStore
@@ -83,7 +83,7 @@ class HistoryComponents:
         """Close the admission client `build` made, then dispose of the engine."""
         if self.owned_admission is not None:
             await self.owned_admission.close()
-        await self.engine.dispose()
+        await dispose_engine(self.engine)
 
 
 def _json_dumps(value: Any) -> str:

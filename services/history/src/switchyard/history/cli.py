@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.bus import BusUnavailableError
-from switchyard.common.db import missing_database
+from switchyard.common.db import dispose_engine, missing_database
 from switchyard.common.plugins import lookup_principal_names
 from switchyard.common.text import columns, terminal_safe
 from switchyard.history.bootstrap import history_engine
@@ -78,7 +78,7 @@ def _run(action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
         try:
             return await action(engine)
         finally:
-            await engine.dispose()
+            await dispose_engine(engine)
 
     try:
         return asyncio.run(run())

@@ -29,6 +29,7 @@ import structlog
 from sqlalchemy import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from switchyard.common.db import dispose_engine
 from switchyard.common.events import Event
 from switchyard.history.bootstrap import history_engine
 from switchyard.history.handlers import EventRecorder
@@ -118,7 +119,7 @@ class RecorderThread:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
             if engine is not None:
-                await engine.dispose()
+                await dispose_engine(engine)
 
         try:
             await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(shut_down(), loop))

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import override
 
-from switchyard.common.db import create_engine
+from switchyard.common.db import create_engine, dispose_engine
 from switchyard.gateway.governance.ledger import (
     CounterState,
     Grant,
@@ -249,7 +249,7 @@ class PostgresLedger(Ledger):
 
     @override
     async def close(self) -> None:
-        await self._engine.dispose()
+        await dispose_engine(self._engine)
 
 
 GRANT_FUNCTION = """

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typing_extensions import override
 
-from switchyard.common.db import create_engine
+from switchyard.common.db import create_engine, dispose_engine
 from switchyard.gateway.governance.ledger import (
     CounterState,
     Grant,
@@ -286,7 +286,7 @@ class SQLiteLedger(Ledger):
 
     @override
     async def close(self) -> None:
-        await self._engine.dispose()
+        await dispose_engine(self._engine)
 
 
 async def _replace(connection: AsyncConnection, table: Table, **values: Any) -> None:
