@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from switchyard.common.bus import BusUnavailableError, InMemoryBus
 from switchyard.common.events import (
@@ -372,3 +373,61 @@ async def test_a_request_event_copying_anothers_id_is_not_answered_with_its_outc
     assert simulator.calls("up-m") == 2
     reply = log.on(TOPICS.replies)[-1]
     assert (reply.tenant, reply.request_id) == ("globex", copy.request_id)
+
+
+def _joined() -> float:
+    return (
+        REGISTRY.get_sample_value("switchyard_inference_redelivered_total", {"action": "joined"})
+        or 0.0
+    )
+
+
+async def test_a_copy_delivered_while_this_replica_still_streams_it_joins_that_run(
+    simulator, routing, providers
+) -> None:
+    """A rebalance revokes every partition of every member; a handler still running past
+    the grace keeps running, and its partition may come straight back to this member,
+    which then gets the request again. The copy waits for the run: the stream goes on and
+    the request gets one outcome, not `stream_interrupted` besides the reply."""
+    simulator.latency(200)
+    log = SharedLog()
+    handler = replica(log, routing, providers)
+    request = chat_request(model="m", text="one two three four five six", stream=True)
+    joined = _joined()
+    first = asyncio.create_task(handler(request))
+    await asyncio.wait_for(log.replied.wait(), timeout=10)  # the stream has started
+
+    await asyncio.wait_for(asyncio.gather(first, handler(request)), timeout=30)
+
+    assert simulator.calls("up-m") == 1
+    terminals = [e for e in log.on(TOPICS.replies) if not isinstance(e, ChatChunk)]
+    assert [type(e) for e in terminals] == [ChatCompleted]
+    assert len(log.on(TOPICS.usage)) == 1
+    assert _joined() == joined + 1
+
+
+async def test_a_copy_whose_run_ends_without_an_outcome_is_answered_in_its_place(
+    simulator, routing, providers
+) -> None:
+    """The run the copy waits for is cancelled (its member's partition went elsewhere,
+    or the service stops) before its outcome is out: the copy does not take the run's
+    end for an answer, and ends the started stream as `stream_interrupted` itself."""
+    simulator.latency(200)
+    log = SharedLog()
+    handler = replica(log, routing, providers)
+    request = chat_request(model="m", text="one two three four five six", stream=True)
+    first = asyncio.create_task(handler(request))
+    await asyncio.wait_for(log.replied.wait(), timeout=10)
+    copy = asyncio.create_task(handler(request))
+    await asyncio.sleep(0.05)  # the copy is waiting for the run
+    assert not copy.done()
+
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(copy, timeout=10)
+
+    assert simulator.calls("up-m") == 1
+    terminals = [e for e in log.on(TOPICS.replies) if not isinstance(e, ChatChunk)]
+    assert len(terminals) == 1 and isinstance(terminals[0], ChatFailed)
+    assert terminals[0].data.error.code == "stream_interrupted"

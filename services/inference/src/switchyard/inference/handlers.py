@@ -23,7 +23,9 @@ Semantics the gateway relies on:
   in its reply partition first (`redelivery`): a reply found there is published again with
   the usage event its record carries, instead of calling the upstream, and a stream its
   client already partly received ends as `chat.failed` 502 `stream_interrupted` instead
-  of running again.
+  of running again. A copy delivered while this replica still handles the request (its
+  partition was revoked past the grace and handed back) waits for that run and publishes
+  nothing of its own: the stream goes on, and the request gets one outcome.
 - a `chat.cancel_requested` on the control topic stops the request on whichever replica
   runs it: the upstream call is cancelled, and `chat.failed` (status `cancelled`, error
   408 `client_disconnected`) and the usage so far are published.
@@ -192,6 +194,10 @@ class ChatRequestHandler:
             publisher_of=self._replies.chunk_publisher,
         )
         self.running = RunningRequests()
+        # The request events being handled here, by event id: each one's event and a
+        # future set once it is handled (True: its outcome is on the bus; False: it
+        # ended without one, raising or cancelled).
+        self._handling: dict[str, tuple[ChatRequested, asyncio.Future[bool]]] = {}
 
     @property
     def routing(self) -> RoutingTable:
@@ -230,12 +236,37 @@ class ChatRequestHandler:
             return  # other event types on these topics are not ours to answer
         with structlog.contextvars.bound_contextvars(request_id=event.request_id):
             event = await self._addressable(event)
-            if await self._replies.answer_again(event):
-                return
-            run = RequestRun(event)
-            outcome = await self._outcome(run)
-            outcome.latency_ms = (time.perf_counter() - run.started) * 1000
-            await self._replies.publish_outcome(run, outcome)
+            while (earlier := self._handling.get(event.id)) is not None:
+                first, handled = earlier
+                if (first.tenant, first.request_id) != (event.tenant, event.request_id):
+                    # Another request's event id (a bad producer): not the same request.
+                    await self._handle(event)
+                    return
+                log.info("request delivered again while it is handled here; joining that run")
+                metrics.REDELIVERED.labels("joined").inc()
+                await asyncio.wait([handled])
+                if handled.result():
+                    return
+                # That run ended without an outcome: this copy is handled in its place.
+            handled = asyncio.get_running_loop().create_future()
+            self._handling[event.id] = (event, handled)
+            try:
+                await self._handle(event)
+            except BaseException:
+                handled.set_result(False)
+                raise
+            finally:
+                del self._handling[event.id]
+            handled.set_result(True)
+
+    async def _handle(self, event: ChatRequested) -> None:
+        """Answer `event` (again, if it was answered before), publishing its outcome."""
+        if await self._replies.answer_again(event):
+            return
+        run = RequestRun(event)
+        outcome = await self._outcome(run)
+        outcome.latency_ms = (time.perf_counter() - run.started) * 1000
+        await self._replies.publish_outcome(run, outcome)
 
     async def _addressable(self, request: ChatRequested) -> ChatRequested:
         """`request`, without its reply address when the replies topic has no such

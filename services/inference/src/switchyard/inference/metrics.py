@@ -62,7 +62,8 @@ REDELIVERED = Counter(
     "switchyard_inference_redelivered_total",
     "Requests delivered again after their outcome, or part of their stream, was recorded "
     "in their reply partition, by what was done instead of running them again (`republished`, "
-    "`stream_interrupted`).",
+    "`stream_interrupted`), or while this replica still ran them (`joined`: the copy waited "
+    "for that run).",
     ["action"],
 )
 COST_USD = Counter(

@@ -31,6 +31,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -1328,6 +1329,12 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
         self.next_commit_at = 0.0
         self.progress: dict[TopicPartition, _PartitionProgress] = {}
         self.tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        # Handlers still running when their partition was revoked (past the grace):
+        # their events go to the partition's next owner. Kept until the new assignment
+        # is known: one of a partition handed back to this member runs on (its handler
+        # meets the copy delivered again); one of a partition now another member's is
+        # cancelled, so that two members never answer the same event at once.
+        self.orphans: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         self.slot_freed = asyncio.Event()
         # Per assigned partition, the end offset when it was assigned: events below it may
         # have been handled by an earlier owner (`delivery_may_repeat`); events at or past
@@ -1336,9 +1343,22 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
         self.opening: AIOKafkaConsumer | None = None
         self.reader = RecordReader(self._unreadable)
 
+    @property
+    def rebalance_timeout_ms(self) -> int:
+        """How long the group coordinator waits for this member to rejoin at a rebalance,
+        in ms: past its revocation (the grace its handlers get, then an offset commit
+        bounded by the close timeout), with 5 s to spare. aiokafka's default (the session
+        timeout, 10 s) is no longer than the grace: a member that waited it out was
+        dropped from the group, its commit refused and every partition of it delivered
+        again."""
+        return int((self.revoke_grace_s + self.bus.close_timeout_s + 5.0) * 1000)
+
     async def _open(self) -> AIOKafkaConsumer:
         consumer = self.bus._consumer(
-            group=self.group, auto_offset_reset="earliest", max_poll_interval_ms=300_000
+            group=self.group,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=300_000,
+            rebalance_timeout_ms=self.rebalance_timeout_ms,
         )
         consumer.subscribe(self.topics, listener=self)
         # The group may assign partitions before `start` or the supervisor stores it.
@@ -1384,7 +1404,7 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
             tasks = self.tasks.setdefault(tp, set())
             for record in records:
                 progress.start(record.offset)
-                task = asyncio.create_task(self._handle(tp, record))
+                task = asyncio.create_task(self._handle(tp, record, progress))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             _record_lag(consumer, tp, records[-1].offset + 1, self.group)
@@ -1398,7 +1418,11 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
             progress.start(offset)
             progress.finish(offset)
 
-    async def _handle(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+    async def _handle(
+        self, tp: TopicPartition, record: ConsumerRecord, progress: _PartitionProgress
+    ) -> None:
+        """Handle `record` of `tp`, then mark its offset finished in `progress`: the
+        progress it was started in, not a later owner's of the same partition."""
         try:
             try:
                 event = await _decode(record)
@@ -1431,9 +1455,7 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
             if error is not None:
                 await self.bus.dead_letter(record, self.group, f"handler failed: {error!r}")
         finally:
-            progress = self.progress.get(tp)
-            if progress is not None:
-                progress.finish(record.offset)
+            progress.finish(record.offset)
             self.slot_freed.set()
 
     async def _commit(
@@ -1477,17 +1499,48 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
 
     async def _cancel_handlers(self) -> None:
         pending = [task for tasks in self.tasks.values() for task in tasks]
+        pending += [task for tasks in self.orphans.values() for task in tasks]
         if pending:
             await asyncio.gather(
                 *(cancel_and_wait(task, self.bus.close_timeout_s) for task in pending)
             )
         self.tasks.clear()
+        self.orphans.clear()
         self.progress.clear()
+
+    async def _cancel_orphans(self, keep: set[TopicPartition]) -> None:
+        """Cancel the handlers left running from revoked partitions not in `keep` (the
+        partitions this member owns again), and wait for them (each up to the bus's
+        close timeout); those of partitions in `keep` run on."""
+        cancelled = [
+            task
+            for tp in [tp for tp in self.orphans if tp not in keep]
+            for task in self.orphans.pop(tp)
+            if not task.done()
+        ]
+        if cancelled:
+            log.warning(
+                "handlers of partitions now owned by another member cancelled",
+                group=self.group,
+                handlers=len(cancelled),
+            )
+            await asyncio.gather(
+                *(cancel_and_wait(task, self.bus.close_timeout_s) for task in cancelled)
+            )
+
+    def _orphan_done(self, tp: TopicPartition, task: asyncio.Task[None]) -> None:
+        orphans = self.orphans.get(tp)
+        if orphans is not None:
+            orphans.discard(task)
+            if not orphans:
+                del self.orphans[tp]
 
     async def _after_failure(self) -> None:
         # Their offsets cannot be committed any more, so they will be redelivered; let them
         # finish first rather than run twice at the same time.
-        pending = [task for tasks in self.tasks.values() for task in tasks]
+        pending = [
+            task for tasks in [*self.tasks.values(), *self.orphans.values()] for task in tasks
+        ]
         if pending:
             await asyncio.wait(pending, timeout=self.revoke_grace_s)
         await self._cancel_handlers()
@@ -1503,11 +1556,15 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
             await self._drain(revoked, self.revoke_grace_s)
         for tp in revoked:
             self.progress.pop(tp, None)
-            self.tasks.pop(tp, None)
+            for task in self.tasks.pop(tp, ()):
+                if not task.done():
+                    self.orphans.setdefault(tp, set()).add(task)
+                    task.add_done_callback(functools.partial(self._orphan_done, tp))
             self.first_new_offset.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = list(assigned)
+        await self._cancel_orphans(keep=set(assigned))
         consumer = self.consumer or self.opening
         if not assigned or consumer is None:
             return

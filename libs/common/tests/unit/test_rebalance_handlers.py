@@ -1,0 +1,175 @@
+"""A Kafka group member whose partitions are revoked while a handler is still running past
+the revocation grace (aiokafka rebalances eagerly: every member gives up every partition
+at each rebalance, and gets its share back at once): the handler runs on while the
+partition comes back to this member, and is cancelled once the partition is another
+member's, so that two members never answer one event at the same time. The consumer
+here is a fake; no broker is needed."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from switchyard.common.bus.base import RetryPolicy
+from switchyard.common.bus.kafka import KafkaBus, _GroupSubscription
+from switchyard.common.events import (
+    ChatRequestData,
+    ChatRequested,
+    ClientAPI,
+    Event,
+    encode_event,
+    new_id,
+)
+
+TP = TopicPartition("requests", 0)
+OTHER = TopicPartition("requests", 1)
+
+
+def record(offset: int) -> ConsumerRecord:
+    now = datetime.now(UTC)
+    event = ChatRequested(
+        source="gateway",
+        tenant="t",
+        request_id=new_id(),
+        time=now,
+        data=ChatRequestData(
+            api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
+            model="m",
+            body={"model": "m", "messages": []},
+            user_id="u",
+            api_key_id="k",
+            deadline=now + timedelta(seconds=60),
+        ),
+    )
+    value = encode_event(event)
+    return ConsumerRecord(
+        TP.topic, TP.partition, offset, 0, 0, None, value, None, 0, len(value), []
+    )
+
+
+class FakeConsumer:
+    """What the member asks of its consumer around a rebalance; records every commit."""
+
+    def __init__(self) -> None:
+        self.commits: list[dict] = []
+
+    async def commit(self, offsets: dict) -> None:
+        self.commits.append(offsets)
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict:
+        return {tp: 1 for tp in partitions}
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None
+
+    def subscribe(self, topics: list[str], listener: object) -> None:
+        self.listener = listener
+
+
+class Member:
+    """A group member with one handler that runs until `release` is set."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.cancelled = False
+
+        async def handler(event: Event) -> None:
+            self.started.set()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+
+        async def healthy() -> bool:
+            return True
+
+        self.consumer = FakeConsumer()
+        self.sub = _GroupSubscription(
+            KafkaBus("127.0.0.1:1"),
+            ["requests"],
+            "g",
+            handler,
+            concurrency=4,
+            retry=RetryPolicy(),
+            dependencies=healthy,
+        )
+        self.sub.revoke_grace_s = 0.05
+        self.sub.consumer = self.consumer  # type: ignore[assignment]
+
+    async def handling_past_a_revocation(self) -> asyncio.Task[None]:
+        """Start the handler of offset 0, then revoke its partition; the running task."""
+        self.sub._start(self.consumer, {TP: [record(0)]})  # type: ignore[arg-type]
+        (task,) = self.sub.tasks[TP]
+        await asyncio.wait_for(self.started.wait(), timeout=5)
+        await self.sub.on_partitions_revoked([TP])
+        assert not task.done()  # past the grace, still running
+        assert TP not in self.sub.tasks and TP not in self.sub.progress
+        return task
+
+
+async def test_a_handler_whose_partition_comes_back_runs_on():
+    member = Member()
+    task = await member.handling_past_a_revocation()
+
+    await member.sub.on_partitions_assigned([TP, OTHER])
+
+    await asyncio.sleep(0.05)
+    assert not task.done()  # the copy delivered again finds it running (its handler joins it)
+    member.release.set()
+    await asyncio.wait_for(task, timeout=5)
+    assert not member.cancelled
+    assert member.sub.orphans == {}
+    # It finished in the progress it started in: nothing of the new owner's is committed.
+    assert all(p.committable() is None for p in member.sub.progress.values())
+    assert member.consumer.commits == []
+
+
+async def test_a_handler_whose_partition_went_to_another_member_is_cancelled():
+    member = Member()
+    task = await member.handling_past_a_revocation()
+
+    await member.sub.on_partitions_assigned([OTHER])
+
+    assert task.done() and member.cancelled
+    assert member.sub.orphans == {}
+
+
+async def test_handlers_left_from_a_revocation_are_cancelled_when_the_member_closes():
+    member = Member()
+    task = await member.handling_past_a_revocation()
+
+    await member.sub._before_close()
+
+    assert task.done() and member.cancelled
+    assert member.sub.orphans == {}
+
+
+async def test_the_group_waits_for_a_member_through_its_revocation_grace():
+    """The coordinator drops a member that has not rejoined within the rebalance timeout:
+    it must outlast the grace the member's handlers get plus the commit after it, or a
+    member that waited for its handlers loses every partition it had (aiokafka's default
+    is the 10 s session timeout, no longer than the 10 s grace)."""
+    member = Member()
+    sub = member.sub
+    sub.revoke_grace_s = _GroupSubscription.revoke_grace_s  # the real grace
+    opened: dict = {}
+
+    def consumer(*topics: str, group: str | None, **options) -> FakeConsumer:
+        opened.update(options, group=group)
+        return FakeConsumer()
+
+    async def start(consumer: FakeConsumer) -> None:
+        return None
+
+    sub.bus._consumer = consumer  # type: ignore[method-assign,assignment]
+    sub.bus._start_consumer = start  # type: ignore[method-assign,assignment]
+
+    await sub._open()
+
+    revocation_s = sub.revoke_grace_s + sub.bus.close_timeout_s
+    assert opened["group"] == "g"
+    assert opened["rebalance_timeout_ms"] > revocation_s * 1000
