@@ -32,21 +32,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from switchyard.common.bus import kafka
 from switchyard.common.bus.kafka import KafkaBus
-from switchyard.common.events import (
-    ChatRequestData,
-    ChatRequested,
-    ClientAPI,
-    Event,
-    encode_event,
-    new_id,
-)
+from switchyard.common.events import ChatRequested, Event, encode_event
+from switchyard.common.testing.events import chat_requested
 from switchyard.common.testing.infra import unique_prefix
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -67,21 +60,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 def request_event() -> ChatRequested:
-    now = datetime.now(UTC)
     body = {"model": "bench-model", "messages": [{"role": "user", "content": "Say hi."}]}
-    return ChatRequested(
-        source="gateway",
-        tenant="bench",
-        request_id=new_id(),
-        time=now,
-        data=ChatRequestData(
-            api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
-            model="bench-model",
-            body=body,
-            user_id="user-1",
-            api_key_id="key-1",
-            deadline=now + timedelta(seconds=60),
-        ),
+    return chat_requested(
+        tenant="bench", model="bench-model", body=body, user_id="user-1", api_key_id="key-1"
     )
 
 

@@ -8,45 +8,20 @@ here is a fake; no broker is needed."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from switchyard.common.bus.base import RetryPolicy
 from switchyard.common.bus.kafka import KafkaBus, _GroupSubscription
-from switchyard.common.events import (
-    ChatRequestData,
-    ChatRequested,
-    ClientAPI,
-    Event,
-    encode_event,
-    new_id,
-)
+from switchyard.common.events import Event
+from switchyard.common.testing.events import chat_requested, consumer_record
 
 TP = TopicPartition("requests", 0)
 OTHER = TopicPartition("requests", 1)
 
 
 def record(offset: int) -> ConsumerRecord:
-    now = datetime.now(UTC)
-    event = ChatRequested(
-        source="gateway",
-        tenant="t",
-        request_id=new_id(),
-        time=now,
-        data=ChatRequestData(
-            api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
-            model="m",
-            body={"model": "m", "messages": []},
-            user_id="u",
-            api_key_id="k",
-            deadline=now + timedelta(seconds=60),
-        ),
-    )
-    value = encode_event(event)
-    return ConsumerRecord(
-        TP.topic, TP.partition, offset, 0, 0, None, value, None, 0, len(value), []
-    )
+    return consumer_record(TP.topic, TP.partition, offset, chat_requested())
 
 
 class FakeConsumer:

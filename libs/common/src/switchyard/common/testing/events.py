@@ -3,7 +3,59 @@ filled in."""
 
 from __future__ import annotations
 
-from switchyard.common.events import TokenUsage, UsageData, UsageRecorded
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiokafka.structs import ConsumerRecord
+
+from switchyard.common.events import (
+    ChatRequestData,
+    ChatRequested,
+    ClientAPI,
+    Event,
+    TokenUsage,
+    UsageData,
+    UsageRecorded,
+    encode_event,
+    new_id,
+)
+
+
+def chat_requested(
+    *,
+    tenant: str = "t",
+    model: str = "m",
+    body: dict[str, Any] | None = None,
+    user_id: str = "u",
+    api_key_id: str = "k",
+    deadline_s: float = 60.0,
+) -> ChatRequested:
+    """A gateway's `chat.requested` event for a new request id: a Chat Completions `body`
+    (default: `model` and no messages) due within `deadline_s` seconds from now."""
+    now = datetime.now(UTC)
+    return ChatRequested(
+        source="gateway",
+        tenant=tenant,
+        request_id=new_id(),
+        time=now,
+        data=ChatRequestData(
+            api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
+            model=model,
+            body={"model": model, "messages": []} if body is None else body,
+            user_id=user_id,
+            api_key_id=api_key_id,
+            deadline=now + timedelta(seconds=deadline_s),
+        ),
+    )
+
+
+def consumer_record(topic: str, partition: int, offset: int, event: Event) -> ConsumerRecord:
+    """`event`, encoded as on the topic, as aiokafka's consumer hands it over from
+    `offset` of `partition` of `topic` (no key, no headers)."""
+    value = encode_event(event)
+    # topic, partition, offset, timestamp, timestamp_type, key, value, checksum,
+    # serialized_key_size, serialized_value_size, headers
+    return ConsumerRecord(topic, partition, offset, 0, 0, None, value, None, 0, len(value), [])
 
 
 def usage_recorded(
