@@ -43,6 +43,13 @@ class FakeConsumer:
         self.listener = listener
 
 
+class Coordinator:
+    """aiokafka's group coordinator, as far as the member reads it."""
+
+    def __init__(self, member_id: str) -> None:
+        self.member_id = member_id
+
+
 class Member:
     """A group member with one handler that runs until `release` is set."""
 
@@ -94,13 +101,27 @@ async def test_a_handler_whose_partition_comes_back_runs_on():
 
     await asyncio.sleep(0.05)
     assert not task.done()  # the copy delivered again finds it running (its handler joins it)
+    # The copy of offset 0, delivered again, waits in the new progress of the partition.
+    copy_started = asyncio.Event()
+    copy_release = asyncio.Event()
+
+    async def copy_handler(event: Event) -> None:
+        copy_started.set()
+        await copy_release.wait()
+
+    member.sub.handler = copy_handler
+    member.sub._start(member.consumer, {TP: [record(0)]})  # type: ignore[arg-type]
+    await asyncio.wait_for(copy_started.wait(), timeout=5)
     member.release.set()
     await asyncio.wait_for(task, timeout=5)
     assert not member.cancelled
     assert member.sub.orphans == {}
-    # It finished in the progress it started in: nothing of the new owner's is committed.
-    assert all(p.committable() is None for p in member.sub.progress.values())
-    assert member.consumer.commits == []
+    # The first run finished in the progress it started in, not in the copy's.
+    assert member.sub.progress[TP].committable() is None
+    copy_release.set()
+    (copy,) = member.sub.tasks[TP]
+    await asyncio.wait_for(copy, timeout=5)
+    assert member.sub.progress[TP].committable() == 1
 
 
 async def test_a_handler_whose_partition_went_to_another_member_is_cancelled():
@@ -108,6 +129,37 @@ async def test_a_handler_whose_partition_went_to_another_member_is_cancelled():
     task = await member.handling_past_a_revocation()
 
     await member.sub.on_partitions_assigned([OTHER])
+
+    assert member.sub.orphans == {}
+    await asyncio.wait([task], timeout=5)  # cancelled without holding up the callback
+    assert task.done() and member.cancelled
+
+
+async def test_a_dropped_member_stops_its_handlers_at_once():
+    """A member the coordinator no longer counts (it rejoined too late, its session
+    expired) learns it at its revocation: its partitions are already other members', so
+    its handlers get no grace and are not kept for an assignment."""
+    member = Member()
+    member.sub.revoke_grace_s = 30.0  # would hold the test up, were it given
+    member.consumer._coordinator = Coordinator(member_id="")  # type: ignore[attr-defined]
+    member.sub._start(member.consumer, {TP: [record(0)]})  # type: ignore[arg-type]
+    (task,) = member.sub.tasks[TP]
+    await asyncio.wait_for(member.started.wait(), timeout=5)
+
+    await asyncio.wait_for(member.sub.on_partitions_revoked([TP]), timeout=5)
+
+    assert task.done() and member.cancelled
+    assert member.sub.orphans == {}
+
+
+async def test_handlers_kept_with_no_assignment_in_time_are_cancelled():
+    """No assignment follows the revocation within the rebalance timeout: the group went on
+    without this member, and its kept handlers stop."""
+    member = Member()
+    member.sub.orphan_timeout_s = 0.1
+    task = await member.handling_past_a_revocation()
+
+    await asyncio.wait([task], timeout=5)
 
     assert task.done() and member.cancelled
     assert member.sub.orphans == {}
@@ -121,6 +173,18 @@ async def test_handlers_left_from_a_revocation_are_cancelled_when_the_member_clo
 
     assert task.done() and member.cancelled
     assert member.sub.orphans == {}
+
+
+async def test_a_kept_handler_gets_the_grace_when_the_member_closes():
+    member = Member()
+    task = await member.handling_past_a_revocation()
+    await member.sub.on_partitions_assigned([TP])
+    member.sub.revoke_grace_s = 5.0
+    asyncio.get_running_loop().call_later(0.2, member.release.set)
+
+    await member.sub._before_close()
+
+    assert task.done() and not member.cancelled
 
 
 async def test_the_group_waits_for_a_member_through_its_revocation_grace():

@@ -55,6 +55,7 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     UnknownProducerId,
 )
+from aiokafka.protocol.group import JoinGroupRequest
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry import context as otel_context
 from opentelemetry.trace import Span, SpanKind
@@ -1335,6 +1336,12 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
         # meets the copy delivered again); one of a partition now another member's is
         # cancelled, so that two members never answer the same event at once.
         self.orphans: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        # Orphans still running this long (s) after their revocation, with no assignment
+        # since, are cancelled: the group has gone on without this member.
+        self.orphan_timeout_s = self.rebalance_timeout_ms / 1000
+        self._orphan_deadline: asyncio.TimerHandle | None = None
+        # Orphans cancelled at an assignment, until they have ended (awaited at close).
+        self._reaping: set[asyncio.Task[bool]] = set()
         self.slot_freed = asyncio.Event()
         # Per assigned partition, the end offset when it was assigned: events below it may
         # have been handled by an earlier owner (`delivery_may_repeat`); events at or past
@@ -1347,11 +1354,13 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
     def rebalance_timeout_ms(self) -> int:
         """How long the group coordinator waits for this member to rejoin at a rebalance,
         in ms: past its revocation (the grace its handlers get, then an offset commit
-        bounded by the close timeout), with 5 s to spare. aiokafka's default (the session
-        timeout, 10 s) is no longer than the grace: a member that waited it out was
-        dropped from the group, its commit refused and every partition of it delivered
-        again."""
-        return int((self.revoke_grace_s + self.bus.close_timeout_s + 5.0) * 1000)
+        bounded by the close timeout), with 15 s to spare for the heartbeat interval
+        (3 s: a member learns of a rebalance at its next heartbeat), the JoinGroup round
+        trip and a busy event loop. aiokafka's default (the session timeout, 10 s) is no
+        longer than the grace: a member that waited it out was dropped from the group,
+        its commit refused and every partition of it delivered again. Stays below the
+        consumer's request timeout (40 s), which bounds the JoinGroup call."""
+        return int((self.revoke_grace_s + self.bus.close_timeout_s + 15.0) * 1000)
 
     async def _open(self) -> AIOKafkaConsumer:
         consumer = self.bus._consumer(
@@ -1489,8 +1498,16 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
             if tp in self.progress:
                 self.progress[tp].committed = meta.offset
 
-    async def _drain(self, partitions: set[TopicPartition], grace_s: float) -> None:
+    async def _drain(
+        self,
+        partitions: set[TopicPartition],
+        grace_s: float,
+        also: Iterable[asyncio.Task[None]] = (),
+    ) -> None:
+        """Wait up to `grace_s` for the handlers of `partitions` (and the tasks `also`)
+        to end, then commit what `partitions` have handled."""
         pending = [task for tp in partitions for task in self.tasks.get(tp, ())]
+        pending += [task for task in also if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=grace_s)
         with contextlib.suppress(TimeoutError):
@@ -1498,8 +1515,12 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
                 await self._commit(only=partitions)
 
     async def _cancel_handlers(self) -> None:
-        pending = [task for tasks in self.tasks.values() for task in tasks]
+        pending: list[asyncio.Task[Any]] = [t for tasks in self.tasks.values() for t in tasks]
         pending += [task for tasks in self.orphans.values() for task in tasks]
+        pending += self._reaping
+        if self._orphan_deadline is not None:
+            self._orphan_deadline.cancel()
+            self._orphan_deadline = None
         if pending:
             await asyncio.gather(
                 *(cancel_and_wait(task, self.bus.close_timeout_s) for task in pending)
@@ -1508,25 +1529,30 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
         self.orphans.clear()
         self.progress.clear()
 
-    async def _cancel_orphans(self, keep: set[TopicPartition]) -> None:
+    def _cancel_orphans(self, keep: set[TopicPartition] | None = None) -> None:
         """Cancel the handlers left running from revoked partitions not in `keep` (the
-        partitions this member owns again), and wait for them (each up to the bus's
-        close timeout); those of partitions in `keep` run on."""
+        partitions this member owns again; None: all of them); those of partitions in
+        `keep` run on. Returns at once: the rebalance callback this runs in holds up the
+        member's heartbeats, and the new owner does not wait for these handlers either;
+        each is cancelled again until it ends (`cancel_and_wait`, up to the close
+        timeout), and waited for at close."""
         cancelled = [
             task
-            for tp in [tp for tp in self.orphans if tp not in keep]
+            for tp in [tp for tp in self.orphans if keep is None or tp not in keep]
             for task in self.orphans.pop(tp)
             if not task.done()
         ]
-        if cancelled:
-            log.warning(
-                "handlers of partitions now owned by another member cancelled",
-                group=self.group,
-                handlers=len(cancelled),
-            )
-            await asyncio.gather(
-                *(cancel_and_wait(task, self.bus.close_timeout_s) for task in cancelled)
-            )
+        if not cancelled:
+            return
+        log.warning(
+            "handlers of partitions this member no longer owns cancelled",
+            group=self.group,
+            handlers=len(cancelled),
+        )
+        for task in cancelled:
+            reaper = asyncio.create_task(cancel_and_wait(task, self.bus.close_timeout_s))
+            self._reaping.add(reaper)
+            reaper.add_done_callback(self._reaping.discard)
 
     def _orphan_done(self, tp: TopicPartition, task: asyncio.Task[None]) -> None:
         orphans = self.orphans.get(tp)
@@ -1546,13 +1572,32 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
         await self._cancel_handlers()
 
     async def _before_close(self) -> None:
-        await self._drain(set(self.tasks), self.revoke_grace_s)
+        # Orphans kept for a partition that came back get the same grace as the rest.
+        orphans = [task for tasks in self.orphans.values() for task in tasks]
+        await self._drain(set(self.tasks), self.revoke_grace_s, also=orphans)
         await self._cancel_handlers()
+
+    def _dropped_from_group(self) -> bool:
+        """Whether the group coordinator no longer counts this member (it rejoined too
+        late, or its session expired): its partitions are then already other members'.
+        Read from aiokafka's coordinator, which exposes the member id nowhere else;
+        False when it cannot tell."""
+        consumer = self.consumer or self.opening
+        member_id = getattr(getattr(consumer, "_coordinator", None), "member_id", None)
+        return bool(member_id == JoinGroupRequest.UNKNOWN_MEMBER_ID)
 
     # ConsumerRebalanceListener
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         revoked = set(revoked)
-        if revoked:
+        if revoked and self._dropped_from_group():
+            # Other members own these partitions already (and a commit would be refused):
+            # their handlers stop now rather than answer what the new owners answer.
+            log.warning("dropped from the consumer group; its handlers stop", group=self.group)
+            pending = [task for tp in revoked for task in self.tasks.get(tp, ())]
+            await asyncio.gather(
+                *(cancel_and_wait(task, self.bus.close_timeout_s) for task in pending)
+            )
+        elif revoked:
             await self._drain(revoked, self.revoke_grace_s)
         for tp in revoked:
             self.progress.pop(tp, None)
@@ -1561,10 +1606,21 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
                     self.orphans.setdefault(tp, set()).add(task)
                     task.add_done_callback(functools.partial(self._orphan_done, tp))
             self.first_new_offset.pop(tp, None)
+        if self.orphans and self._orphan_deadline is None:
+            self._orphan_deadline = asyncio.get_running_loop().call_later(
+                self.orphan_timeout_s, self._orphans_expired
+            )
+
+    def _orphans_expired(self) -> None:
+        self._orphan_deadline = None
+        self._cancel_orphans()
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = list(assigned)
-        await self._cancel_orphans(keep=set(assigned))
+        if self._orphan_deadline is not None:
+            self._orphan_deadline.cancel()
+            self._orphan_deadline = None
+        self._cancel_orphans(keep=set(assigned))
         consumer = self.consumer or self.opening
         if not assigned or consumer is None:
             return
