@@ -2,7 +2,7 @@
 the revocation grace (aiokafka rebalances eagerly: every member gives up every partition
 at each rebalance, and gets its share back at once): the handler runs on while the
 partition comes back to this member, and is cancelled once the partition is another
-member's, so that two members never answer one event at the same time. The consumer
+member's, so that two members do not go on answering one event. The consumer
 here is a fake; no broker is needed."""
 
 from __future__ import annotations

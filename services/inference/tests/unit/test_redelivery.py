@@ -431,3 +431,28 @@ async def test_a_copy_whose_run_ends_without_an_outcome_is_answered_in_its_place
     terminals = [e for e in log.on(TOPICS.replies) if not isinstance(e, ChatChunk)]
     assert len(terminals) == 1 and isinstance(terminals[0], ChatFailed)
     assert terminals[0].data.error.code == "stream_interrupted"
+
+
+async def test_another_tenants_request_under_a_running_events_id_does_not_join_it(
+    simulator, routing, providers
+) -> None:
+    """A request event of another tenant copying the id of one still running here (a bad
+    producer) runs on its own: it neither waits for that run nor takes its outcome."""
+    simulator.latency(200)
+    log = SharedLog()
+    handler = replica(log, routing, providers)
+    request = chat_request(model="m", text="one two three four five six", stream=True)
+    joined = _joined()
+    first = asyncio.create_task(handler(request))
+    await asyncio.wait_for(log.replied.wait(), timeout=10)
+    forged = chat_request(model="m").model_copy(update={"id": request.id, "tenant": "globex"})
+
+    await asyncio.wait_for(asyncio.gather(first, handler(forged)), timeout=30)
+
+    assert simulator.calls("up-m") == 2
+    assert _joined() == joined
+    terminals = [e for e in log.on(TOPICS.replies) if not isinstance(e, ChatChunk)]
+    assert sorted((e.tenant, e.request_id) for e in terminals) == sorted(
+        [(request.tenant, request.request_id), ("globex", forged.request_id)]
+    )
+    assert all(isinstance(e, ChatCompleted) for e in terminals)

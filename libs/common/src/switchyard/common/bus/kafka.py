@@ -1334,7 +1334,7 @@ class _GroupSubscription(_SupervisedConsumer, ConsumerRebalanceListener):  # typ
         # their events go to the partition's next owner. Kept until the new assignment
         # is known: one of a partition handed back to this member runs on (its handler
         # meets the copy delivered again); one of a partition now another member's is
-        # cancelled, so that two members never answer the same event at once.
+        # cancelled, so that two members do not go on answering the same event.
         self.orphans: dict[TopicPartition, set[asyncio.Task[None]]] = {}
         # Orphans still running this long (s) after their revocation, with no assignment
         # since, are cancelled: the group has gone on without this member.
