@@ -86,7 +86,7 @@ DEV_LOG_LEVEL = "WARNING"
 
 class _EmbeddedServer(uvicorn.Server):
     """A uvicorn server that leaves signal handling to the embedded runner, which stops
-    every server together."""
+    the servers one after another (`stop_order`)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -385,12 +385,22 @@ async def run_embedded(
 
     The signals are taken from the first moment, so Ctrl+C while the apps are made or the
     servers start stops what started, quietly, instead of raising KeyboardInterrupt in the
-    middle of a start-up."""
+    middle of a start-up. Once running, the servers stop one after another (`stop_order`):
+    the gateway first, once the requests it holds are answered by the services still
+    running behind it; a second signal ends those requests at once instead."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    # Set by a second signal: the requests still in flight are ended, not waited for.
+    cut_short = asyncio.Event()
+
+    def on_signal() -> None:
+        if stopping.is_set():
+            cut_short.set()
+        stopping.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stopping.set)
+            loop.add_signal_handler(sig, on_signal)
     plugins = plugins if plugins is not None else discover()
     if migrate:
         migrate_all(plugins)
@@ -408,6 +418,8 @@ async def run_embedded(
     )
     await bus.start()
 
+    extras = sum(len(contribution.extra_servers) for contribution in contributions)
+    services: list[EmbeddedService] = []
     servers: list[_EmbeddedServer] = []
     sockets: list[socket.socket] = []
     frozen = False
@@ -466,18 +478,83 @@ async def run_embedded(
     finally:
         if frozen:
             release_startup_heap()
-        # Stop the gateway first so no new work arrives, then the rest.
-        for server in reversed(servers):
-            server.should_exit = True
-        for task in tasks:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task
+        for index in stop_order(len(servers), extras):
+            # An extra server's callers have stopped by its turn: what it still holds
+            # (a simulated reply inference gave up on) is nobody's.
+            wait = index >= extras
+            await _stop_server(
+                services[index].name, servers[index], tasks[index], cut_short, wait=wait
+            )
         for sock in sockets:
             sock.close()
         await bus.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.remove_signal_handler(sig)
+
+
+def stop_order(started: int, extras: int) -> list[int]:
+    """The order in which embedded mode stops the first `started` of its servers (indexes
+    into the start order: `extras` extra servers, then the services by `start_order`).
+
+    The last started (the gateway, the front door) stops first and waits for the requests
+    it holds, while the services answering them still run; then the services in the
+    order they started, so each consumer stops before the services that record what it
+    publishes (inference before history); the extra servers (the provider simulator the
+    consumers call) last."""
+    if started == 0:
+        return []
+    front = started - 1
+    return [front, *range(extras, front), *range(min(extras, front))]
+
+
+async def _stop_server(
+    name: str,
+    server: uvicorn.Server,
+    task: asyncio.Task[None],
+    cut_short: asyncio.Event,
+    *,
+    wait: bool = True,
+) -> None:
+    """Stop one embedded server: it stops accepting connections, lets the requests it
+    holds finish (their own deadlines bound them), then runs its app's shutdown. Once
+    `cut_short` is set (a second Ctrl+C), the requests it still holds are ended at once
+    (their connections closed, their tasks cancelled) and the shutdown goes on, so the
+    services after it still stop cleanly; `wait` False ends them at once. Never raises: a
+    server that failed has nothing left to stop."""
+    server.should_exit = True
+    if not wait:
+        _end_requests(server)
+    cut = asyncio.create_task(cut_short.wait())
+    try:
+        # uvicorn closes idle connections at once: a server with none left in a moment
+        # stops without a word.
+        done, _ = await asyncio.wait([task, cut], timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+        if not done and server.server_state.connections:
+            log.warning(
+                "waiting for the requests in flight to finish; Ctrl+C again ends them",
+                service=name,
+                connections=len(server.server_state.connections),
+            )
+        await asyncio.wait([task, cut], return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            _end_requests(server)
+    finally:
+        cut.cancel()
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await task
+
+
+def _end_requests(server: uvicorn.Server) -> None:
+    """Close every connection `server` holds (aborted: a client that reads nothing does
+    not hold the close up) and cancel the tasks of its requests. uvicorn's own forced
+    exit would skip the app's shutdown instead."""
+    for connection in list(server.server_state.connections):
+        transport = getattr(connection, "transport", None)
+        if transport is not None:
+            transport.abort()
+    for request in list(server.server_state.tasks):
+        request.cancel()
 
 
 async def _signalled(stopping: asyncio.Event) -> bool:
