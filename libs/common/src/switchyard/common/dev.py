@@ -64,6 +64,9 @@ DEV_ENVIRONMENT = {
     # one loop, batches got so few turns under load that the events history had not taken
     # piled up in memory (c=64: peak RSS 207 against 193-195 MiB with the thread).
     "SWITCHYARD_HISTORY_RECORDER_THREAD": "true",
+    # The in-memory bus forgets the batch lane at every stop: history, which recorded each
+    # job, publishes the unfinished ones again at the next start.
+    "SWITCHYARD_HISTORY_RESUME_BATCH_LANE": "true",
     # Inference keeps recent outcomes to answer a redelivered request without running it
     # again. Kafka redelivers after a crash or a rebalance, up to the request timeout
     # later (hence 15 minutes and 64 MiB for the service); the in-memory bus only retries

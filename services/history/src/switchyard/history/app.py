@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
 
 import structlog
 from fastapi import FastAPI
@@ -49,6 +50,7 @@ from switchyard.history.bootstrap import build
 from switchyard.history.config import Settings
 from switchyard.history.recorder_thread import RecorderThread
 from switchyard.history.replay_admission import GatewayAdmission
+from switchyard.history.resume import resume_unfinished
 
 log = structlog.get_logger("switchyard.history")
 
@@ -179,6 +181,30 @@ def create_app(
                 cancel_and_wait, asyncio.create_task(warm_read_barrier(), name="warm-reads")
             )
             app.state.replay_runner = components.runner
+            if settings.resume_batch_lane:
+                started = datetime.now(UTC)
+
+                async def resume() -> None:
+                    # In the background: the services after history start meanwhile, and
+                    # only requests made before `started` are taken, never this run's own.
+                    try:
+                        await resume_unfinished(
+                            components.engine,
+                            lambda event: event_bus.publish(
+                                topics.requests_batch, event, key=event.request_id
+                            ),
+                            made_before=started,
+                            now=started,
+                        )
+                    except Exception as exc:  # noqa: BLE001 - they expire, as without this
+                        log.error(
+                            "unfinished batch-lane requests could not be published again",
+                            error=repr(exc),
+                        )
+
+                stack.push_async_callback(
+                    cancel_and_wait, asyncio.create_task(resume(), name="resume")
+                )
             for name, work in (
                 ("sweeper", components.sweeper.run(settings.sweep_interval_s)),
                 ("webhooks", components.webhooks.run(settings.webhook_poll_interval_s)),

@@ -76,6 +76,13 @@ class Settings(ServiceSettings):
         "with the load instead of waiting for turns of the busy loop. Needs a database a "
         "second connection reaches (not an in-memory SQLite database).",
     )
+    resume_batch_lane: bool = Field(
+        default=False,
+        description="At start-up, publish again the batch-lane requests (jobs, background "
+        "Responses, replays) an earlier run accepted and never finished, whose deadline has "
+        "not passed: for a bus that keeps nothing across restarts (`switchyard dev` sets "
+        "it). With Kafka, leave it off: the broker delivers unfinished requests again.",
+    )
     poison_attempts: int = Field(
         default=5,
         ge=1,
