@@ -2200,3 +2200,26 @@ def test_a_tool_choice_no_translation_takes_is_refused_with_openai_s_code(
     with pytest.raises(TranslationError) as caught:
         TOOL_CHOICE_TRANSLATIONS[path](choice)
     assert (caught.value.param, caught.value.code) == ("tool_choice", code)
+
+
+def test_a_refused_value_is_quoted_as_json_not_as_python() -> None:
+    """The message quoted `'logprobs' = True`: the client sent `true`."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "logprobs": True}
+    with pytest.raises(TranslationError) as caught:
+        chat_request_to_messages(body)
+    assert "'logprobs' = true cannot be sent" in caught.value.message
+
+
+def test_error_messages_quote_values_in_json_spelling() -> None:
+    from switchyard.common.errors import json_value
+
+    assert [json_value(v) for v in (True, None, 2, 1.5, {"a": [1]}, "auto")] == [
+        "true",
+        "null",
+        "2",
+        "1.5",
+        '{"a":[1]}',
+        "'auto'",
+    ]
+    assert json_value("x" * 100) == repr("x" * 64 + "...")
+    assert json_value(list(range(100)), limit=10) == "[0,1,2,3,4..."

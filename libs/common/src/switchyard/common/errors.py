@@ -92,6 +92,19 @@ def json_type(value: Any) -> str:
     return "an object"
 
 
+def json_value(value: Any, limit: int = 64) -> str:
+    """A parsed JSON `value` as an error message quotes it: a string as OpenAI's messages
+    do (`'auto'`), anything else as compact JSON (`true`, `null`, `3`, `{"a":1}`), never
+    Python's spelling (`True`, `None`); cut to `limit` characters, then `...`."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= limit else value[:limit] + "...")
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:  # not JSON (a caller's own object): its JSON type
+        text = json_type(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class APIError(Exception):
     """Raise anywhere in a request to answer with this status and error object."""
 

@@ -39,7 +39,7 @@ import orjson
 
 from switchyard.common import exactjson
 from switchyard.common.anthropic_request import AnthropicRequestError, check_messages_request
-from switchyard.common.errors import json_type
+from switchyard.common.errors import json_type, json_value
 from switchyard.common.openai_request import tool_message_fault
 
 # Anthropic requires max_tokens; OpenAI requests often leave it out.
@@ -140,7 +140,9 @@ def not_one_of(path: str, value: Any, supported: tuple[str, ...]) -> Translation
     """OpenAI's refusal of a value outside the `supported` ones."""
     words = [f"'{word}'" for word in supported]
     listed = f"{', '.join(words[:-1])} and {words[-1]}" if len(words) > 1 else words[0]
-    return invalid_value(path, f"{value!r} is not supported; supported values are {listed}.")
+    return invalid_value(
+        path, f"{json_value(value)} is not supported; supported values are {listed}."
+    )
 
 
 # The `tool_choice` strings of OpenAI's APIs (Chat Completions and Responses).
@@ -645,7 +647,8 @@ def _reasoning_effort_of_thinking(thinking: Any) -> str | None:
         )
     raise _anthropic_refusal(
         "thinking.type",
-        f"Input should be 'enabled', 'disabled', 'adaptive' or 'between_tools', not {kind!r}",
+        "Input should be 'enabled', 'disabled', 'adaptive' or 'between_tools', not "
+        f"{json_value(kind)}",
     )
 
 
@@ -671,7 +674,8 @@ def _apply_output_config(config: Any, result: dict[str, Any]) -> str | None:
             if value not in _EFFORT_BY_OUTPUT_EFFORT:
                 raise _anthropic_refusal(
                     "output_config.effort",
-                    f"Input should be 'low', 'medium', 'high', 'xhigh' or 'max', not {value!r}",
+                    "Input should be 'low', 'medium', 'high', 'xhigh' or 'max', not "
+                    f"{json_value(value)}",
                 )
             effort = _EFFORT_BY_OUTPUT_EFFORT[value]
         elif value is not None:
@@ -1223,8 +1227,8 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
         value = body.get(name)
         if value is not None and value not in no_ops:
             raise TranslationError(
-                f"'{name}' = {value!r} cannot be sent to this model: its deployment speaks "
-                "Anthropic's Messages API, which has no equivalent.",
+                f"'{name}' = {json_value(value)} cannot be sent to this model: its deployment "
+                "speaks Anthropic's Messages API, which has no equivalent.",
                 name,
             )
     raw_messages = body.get("messages")
