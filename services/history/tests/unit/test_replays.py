@@ -343,8 +343,12 @@ async def test_unknown_replays_are_404_and_other_users_cannot_see_them(service, 
     other = service.headers(user_id="mallory")
     for path in (f"/v1/replays/{created['id']}", "/v1/replays/nope"):
         assert (await service.client.get(path, headers=other)).status_code == 404
-    stop = await service.client.post("/v1/replays/nope/stop", headers=service.headers())
-    assert stop.status_code == 404
+    for action in ("stop", "resume"):
+        refused = await service.client.post(f"/v1/replays/nope/{action}", headers=service.headers())
+        assert refused.status_code == 404
+        # The same error as the read's, naming the path parameter (it named none).
+        assert refused.json()["error"]["param"] == "replay_id"
+        assert refused.json()["error"]["code"] == "replay_not_found"
 
 
 async def test_the_list_is_paged_newest_first_and_filtered_by_status(service, events, inference):

@@ -625,7 +625,7 @@ class ReplayStore:
             raise ReplayError(
                 404,
                 f"No replay found with id '{replay_id[:64]}'.",
-                param=None,
+                param="replay_id",
                 code="replay_not_found",
             )
         if row["status"] == ReplayStatus.COMPLETED.value:
