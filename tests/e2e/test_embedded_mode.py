@@ -3,8 +3,9 @@ directory, with the test suite's DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS export
 
 It must run on SQLite and the in-memory bus and never open a connection to the database
 or the broker it was handed; start up showing the banner and nothing else; serve Swagger UI
-on every service without the internet; shrug off clients that hang up mid-upload; and
-show a request as completed in the history as soon as its answer came back.
+on every service without the internet; shrug off clients that hang up mid-upload; show
+a request as completed in the history as soon as its answer came back; answer the
+requests in flight when stopped, and finish the jobs one run left in the next.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -395,3 +397,57 @@ def test_a_port_in_use_is_one_line_naming_the_setting_that_changes_it(tmp_path):
     assert returncode != 0
     assert len(lines) == 1, process.output()
     assert str(port) in lines[0] and "SWITCHYARD_GATEWAY_PORT" in lines[0]
+
+
+def test_ctrl_c_answers_the_request_in_flight_and_the_next_run_finishes_the_jobs_left(tmp_path):
+    """Ctrl+C used to stop every service at once: inference stopped while the gateway
+    waited for its reply, whose client got 504 two minutes later, and the jobs the run held
+    stayed `queued` for a day in the next run."""
+    workdir = tmp_path / "restarted"
+    first = make_run(workdir, {})
+    try:
+        wait_for_banner(first)
+        simulator, gateway = first.url("simulator"), first.url("gateway")
+        headers = {"Authorization": f"Bearer {first.api_key}"}
+        with httpx.Client(timeout=30) as client:
+
+            def upstream_calls() -> int:
+                return client.get(f"{simulator}/_sim/stats").json()["total"]
+
+            client.put(f"{simulator}/_sim/latency", json={"latency_ms": 120_000})
+            jobs = []
+            for index in range(3):
+                created = client.post(
+                    f"{gateway}/v1/jobs",
+                    headers=headers,
+                    json={
+                        "model": "sim-small",
+                        "messages": [{"role": "user", "content": f"j{index}"}],
+                    },
+                )
+                assert created.status_code == 202, created.text
+                jobs.append(created.json()["id"])
+            wait_until(lambda: upstream_calls() == 3, timeout=30, message="the jobs running")
+            client.put(f"{simulator}/_sim/latency", json={"latency_ms": 1500})
+            with ThreadPoolExecutor(1) as pool:
+                in_flight = pool.submit(chat, first, "in flight")
+                wait_until(lambda: upstream_calls() == 4, timeout=30, message="the chat running")
+                os.killpg(first.popen.pid, signal.SIGINT)
+                assert in_flight.result(timeout=60) == "Simulated reply to: in flight"
+        first.popen.wait(timeout=30)
+    finally:
+        first.stop()
+
+    second = make_run(workdir, {})
+    try:
+        wait_for_banner(second)
+        headers = {"Authorization": f"Bearer {second.api_key}"}
+        with httpx.Client(base_url=second.url("gateway"), headers=headers, timeout=30) as client:
+
+            def finished() -> list[str]:
+                states = [client.get(f"/v1/jobs/{job}").json()["status"] for job in jobs]
+                return states if "queued" not in states else []
+
+            assert wait_until(finished, timeout=60, message="the jobs") == ["completed"] * 3
+    finally:
+        second.stop()

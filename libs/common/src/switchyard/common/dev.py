@@ -85,6 +85,10 @@ MIGRATE_ARGUMENT = "--migrate-only"
 STATE_DIR = ".switchyard"
 # Logged below this only when SWITCHYARD_LOG_LEVEL asks: start-up chatter hides the banner.
 DEV_LOG_LEVEL = "WARNING"
+# A signal this soon after the first is the same Ctrl+C: `uv run` (as `make run` starts
+# the process) forwards the SIGINT the terminal already sent the whole process group, so
+# one Ctrl+C arrives twice, moments apart. Only a later one ends the requests in flight.
+REPEATED_SIGNAL_S = 0.5
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -395,9 +399,14 @@ async def run_embedded(
     stopping = asyncio.Event()
     # Set by a second signal: the requests still in flight are ended, not waited for.
     cut_short = asyncio.Event()
+    first_signal_at: float | None = None
 
     def on_signal() -> None:
-        if stopping.is_set():
+        nonlocal first_signal_at
+        now = loop.time()
+        if first_signal_at is None:
+            first_signal_at = now
+        elif now - first_signal_at >= REPEATED_SIGNAL_S:
             cut_short.set()
         stopping.set()
 
