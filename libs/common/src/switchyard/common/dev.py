@@ -38,7 +38,7 @@ from switchyard.common.db import (
     upgrade,
 )
 from switchyard.common.heap import freeze_startup_heap, release_startup_heap
-from switchyard.common.http import server_config, warm_routes
+from switchyard.common.http import REPEATED_SIGNAL_S, server_config, warm_routes
 from switchyard.common.httpserver import PortInUseError, bind
 from switchyard.common.plugins import DevContribution, ServicePlugin, discover
 from switchyard.common.topics import Topics
@@ -85,10 +85,6 @@ MIGRATE_ARGUMENT = "--migrate-only"
 STATE_DIR = ".switchyard"
 # Logged below this only when SWITCHYARD_LOG_LEVEL asks: start-up chatter hides the banner.
 DEV_LOG_LEVEL = "WARNING"
-# A signal this soon after the first is the same Ctrl+C: `uv run` (as `make run` starts
-# the process) forwards the SIGINT the terminal already sent the whole process group, so
-# one Ctrl+C arrives twice, moments apart. Only a later one ends the requests in flight.
-REPEATED_SIGNAL_S = 0.5
 
 
 class _EmbeddedServer(uvicorn.Server):

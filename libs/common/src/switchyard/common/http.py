@@ -3,8 +3,10 @@ the uvicorn runner."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -152,6 +154,34 @@ SERVER_OPTIONS: dict[str, Any] = {
 }
 
 
+# A signal this soon after the first is the same Ctrl+C: `uv run` (as `make run` and the
+# README start services) forwards the SIGINT the terminal already sent the whole process
+# group, so one Ctrl+C arrives twice, moments apart.
+REPEATED_SIGNAL_S = 0.5
+# uvicorn's exit status when the app did not start.
+STARTUP_FAILURE = 3
+
+
+class OneSignalServer(uvicorn.Server):
+    """uvicorn's server, taking a signal repeated within `REPEATED_SIGNAL_S` as the first
+    one: to uvicorn a second SIGINT is a forced exit, which skips the app's shutdown (the
+    requests in flight, consumers stopped, offsets committed). A later one still forces."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._first_signal_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """uvicorn's signal handler: the first signal stops the server gracefully; one
+        repeated within `REPEATED_SIGNAL_S` is ignored; a later SIGINT forces the exit."""
+        now = time.monotonic()
+        if self._first_signal_at is None:
+            self._first_signal_at = now
+        elif now - self._first_signal_at < REPEATED_SIGNAL_S:
+            return
+        super().handle_exit(sig, frame)
+
+
 def server_config(app: Any, *, host: str, port: int) -> uvicorn.Config:
     """The uvicorn Config of one in-process server (embedded mode, tests)."""
     return uvicorn.Config(app, host=host, port=port, lifespan="on", **SERVER_OPTIONS)
@@ -188,7 +218,19 @@ def serve(
     # ends as signalled: the default action would kill it before the log writer's thread
     # has written the last lines (the shutdown's among them).
     signal.signal(signal.SIGTERM, _flush_logs_then_die)
-    uvicorn.run(app, host=host, port=port, workers=workers, factory=factory, **SERVER_OPTIONS)
+    if workers > 1:
+        # Each worker process builds its own uvicorn server: a Ctrl+C under `uv run`
+        # still reaches them twice (OneSignalServer is for a single process).
+        uvicorn.run(app, host=host, port=port, workers=workers, factory=factory, **SERVER_OPTIONS)
+        return
+    # What uvicorn.run does for one worker, on a server that takes one Ctrl+C as one.
+    server = OneSignalServer(
+        uvicorn.Config(app, host=host, port=port, factory=factory, **SERVER_OPTIONS)
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        raise SystemExit(STARTUP_FAILURE)
 
 
 def _flush_logs_then_die(signum: int, _frame: Any) -> None:
