@@ -154,3 +154,36 @@ def test_disposing_waits_only_as_long_as_a_connection_checked_out_elsewhere_allo
         await dispose_engine(engine)
 
     assert _run_in_a_loop_then_close_it(main) == []
+
+
+async def test_closing_a_connection_with_a_statement_under_way_releases_its_locks(
+    tmp_path: Path,
+) -> None:
+    # A task cancelled while its SELECT runs leaves the cursor stepped but never fetched
+    # nor closed, and SQLAlchemy terminates the connection. sqlite3 closing a connection
+    # with a statement under way keeps the database open, with the lock of that statement
+    # and its transaction, until the cursor is garbage-collected: every other connection
+    # waited out its busy timeout (15 s), longer than shutdown waits for the threads.
+    path = tmp_path / "db.sqlite"
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE t (x INTEGER)"))
+            await connection.execute(text("INSERT INTO t VALUES (1), (2), (3)"))
+        async with engine.connect() as connection:
+            await connection.begin()  # BEGIN IMMEDIATE: the write lock
+            raw = await connection.get_raw_connection()
+            driver = raw.driver_connection  # aiosqlite.Connection
+            cursor = await driver.cursor()
+            await cursor.execute("SELECT x FROM t")  # one row stepped, the rest pending
+            await connection.invalidate()  # what a cancelled task's connection gets
+            await asyncio.to_thread(driver._thread.join, 5)
+            other = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")  # "database is locked" while held
+                other.execute("COMMIT")
+            finally:
+                other.close()
+            del cursor
+    finally:
+        await dispose_engine(engine)

@@ -259,6 +259,22 @@ class _WorkerThreads:
                     workers.opening = max(0, workers.opening - 1)
                     workers.changed.notify_all()
                 super().__init__(*args, **kwargs)
+                self._cursors: weakref.WeakSet[sqlite3.Cursor] = weakref.WeakSet()
+
+            def cursor(self, *args: Any, **kwargs: Any) -> Any:
+                cursor = super().cursor(*args, **kwargs)
+                self._cursors.add(cursor)
+                return cursor
+
+            def close(self) -> None:
+                # A statement still under way (its task cancelled before the rows were
+                # fetched) would keep the database open, holding its lock and its
+                # transaction's, until its cursor is garbage-collected: sqlite3 closes a
+                # connection with unfinished statements only when they are finalized.
+                for cursor in list(self._cursors):
+                    with contextlib.suppress(sqlite3.Error):
+                        cursor.close()
+                super().close()
 
         return ThreadRecordingConnection
 
