@@ -219,8 +219,9 @@ def serve(
     # has written the last lines (the shutdown's among them).
     signal.signal(signal.SIGTERM, _flush_logs_then_die)
     if workers > 1:
-        # Each worker process builds its own uvicorn server: a Ctrl+C under `uv run`
-        # still reaches them twice (OneSignalServer is for a single process).
+        # uvicorn's supervisor takes the signals (a repeated one changes nothing there)
+        # and stops each worker with SIGTERM; a worker gets the process group's one
+        # SIGINT besides, never uv's copy, so none is forced out of its shutdown.
         uvicorn.run(app, host=host, port=port, workers=workers, factory=factory, **SERVER_OPTIONS)
         return
     # What uvicorn.run does for one worker, on a server that takes one Ctrl+C as one.
