@@ -9,10 +9,10 @@ import asyncio
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from switchyard.common.bus.base import RetryPolicy
-from switchyard.common.bus.kafka import KafkaBus, _GroupSubscription
+from switchyard.common.bus.kafka import _GroupSubscription
 from switchyard.common.events import Event
 from switchyard.common.testing.events import chat_requested, consumer_record
+from switchyard.common.testing.group_member import group_member
 from switchyard.common.testing.infra import async_wait_until
 
 TP = TopicPartition("requests", 0)
@@ -52,21 +52,7 @@ def subscription(consumer: FakeConsumer, handled: list[str], interval_s: float):
     async def handler(event: Event) -> None:
         handled.append(event.request_id)
 
-    async def healthy() -> bool:
-        return True
-
-    sub = _GroupSubscription(
-        KafkaBus("127.0.0.1:1"),
-        ["requests"],
-        "g",
-        handler,
-        concurrency=4,
-        retry=RetryPolicy(),
-        dependencies=healthy,
-        commit_interval_s=interval_s,
-    )
-    sub.consumer = consumer  # type: ignore[assignment]
-    return sub
+    return group_member(consumer, handler, commit_interval_s=interval_s)
 
 
 async def run_until_committed(

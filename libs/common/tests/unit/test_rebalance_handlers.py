@@ -11,10 +11,10 @@ import asyncio
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from switchyard.common.bus.base import RetryPolicy
-from switchyard.common.bus.kafka import KafkaBus, _GroupSubscription
+from switchyard.common.bus.kafka import _GroupSubscription
 from switchyard.common.events import Event
 from switchyard.common.testing.events import chat_requested, consumer_record
+from switchyard.common.testing.group_member import group_member
 
 TP = TopicPartition("requests", 0)
 OTHER = TopicPartition("requests", 1)
@@ -66,21 +66,9 @@ class Member:
                 self.cancelled = True
                 raise
 
-        async def healthy() -> bool:
-            return True
-
         self.consumer = FakeConsumer()
-        self.sub = _GroupSubscription(
-            KafkaBus("127.0.0.1:1"),
-            ["requests"],
-            "g",
-            handler,
-            concurrency=4,
-            retry=RetryPolicy(),
-            dependencies=healthy,
-        )
+        self.sub = group_member(self.consumer, handler)
         self.sub.revoke_grace_s = 0.05
-        self.sub.consumer = self.consumer  # type: ignore[assignment]
 
     async def handling_past_a_revocation(self) -> asyncio.Task[None]:
         """Start the handler of offset 0, then revoke its partition; the running task."""

@@ -382,6 +382,18 @@ def _joined() -> float:
     )
 
 
+async def _streaming(simulator, routing, providers):
+    """A replica streaming a request (200 ms upstream) whose first chunk is out: its log,
+    handler, the request and the task running it."""
+    simulator.latency(200)
+    log = SharedLog()
+    handler = replica(log, routing, providers)
+    request = chat_request(model="m", text="one two three four five six", stream=True)
+    first = asyncio.create_task(handler(request))
+    await asyncio.wait_for(log.replied.wait(), timeout=10)  # the stream has started
+    return log, handler, request, first
+
+
 async def test_a_copy_delivered_while_this_replica_still_streams_it_joins_that_run(
     simulator, routing, providers
 ) -> None:
@@ -389,13 +401,8 @@ async def test_a_copy_delivered_while_this_replica_still_streams_it_joins_that_r
     the grace keeps running, and its partition may come straight back to this member,
     which then gets the request again. The copy waits for the run: the stream goes on and
     the request gets one outcome, not `stream_interrupted` besides the reply."""
-    simulator.latency(200)
-    log = SharedLog()
-    handler = replica(log, routing, providers)
-    request = chat_request(model="m", text="one two three four five six", stream=True)
     joined = _joined()
-    first = asyncio.create_task(handler(request))
-    await asyncio.wait_for(log.replied.wait(), timeout=10)  # the stream has started
+    log, handler, request, first = await _streaming(simulator, routing, providers)
 
     await asyncio.wait_for(asyncio.gather(first, handler(request)), timeout=30)
 
@@ -412,12 +419,7 @@ async def test_a_copy_whose_run_ends_without_an_outcome_is_answered_in_its_place
     """The run the copy waits for is cancelled (its member's partition went elsewhere,
     or the service stops) before its outcome is out: the copy does not take the run's
     end for an answer, and ends the started stream as `stream_interrupted` itself."""
-    simulator.latency(200)
-    log = SharedLog()
-    handler = replica(log, routing, providers)
-    request = chat_request(model="m", text="one two three four five six", stream=True)
-    first = asyncio.create_task(handler(request))
-    await asyncio.wait_for(log.replied.wait(), timeout=10)
+    log, handler, request, first = await _streaming(simulator, routing, providers)
     copy = asyncio.create_task(handler(request))
     await asyncio.sleep(0.05)  # the copy is waiting for the run
     assert not copy.done()
@@ -438,13 +440,8 @@ async def test_another_tenants_request_under_a_running_events_id_does_not_join_i
 ) -> None:
     """A request event of another tenant copying the id of one still running here (a bad
     producer) runs on its own: it neither waits for that run nor takes its outcome."""
-    simulator.latency(200)
-    log = SharedLog()
-    handler = replica(log, routing, providers)
-    request = chat_request(model="m", text="one two three four five six", stream=True)
     joined = _joined()
-    first = asyncio.create_task(handler(request))
-    await asyncio.wait_for(log.replied.wait(), timeout=10)
+    log, handler, request, first = await _streaming(simulator, routing, providers)
     forged = chat_request(model="m").model_copy(update={"id": request.id, "tenant": "globex"})
 
     await asyncio.wait_for(asyncio.gather(first, handler(forged)), timeout=30)
