@@ -193,6 +193,8 @@ async def _stop_sqlite_connection(self: Any) -> None:
 
 # Attempts at `PRAGMA journal_mode=WAL` when SQLite answers "database is locked" at once.
 SQLITE_WAL_ATTEMPTS = 20
+# How long a statement waits for another connection's lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_S = 15
 
 
 def _set_wal(cursor: Any) -> None:
@@ -339,7 +341,7 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:  # pragma: no cover
             cursor = dbapi_connection.cursor()
             # First, so that the statements below wait for a lock like any other.
-            cursor.execute("PRAGMA busy_timeout=15000")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
             # WAL lets the embedded services read while another writes.
             _set_wal(cursor)
             cursor.close()
@@ -383,7 +385,21 @@ def upgrade(script_location: str, url: str, version_table: str, revision: str = 
     from alembic import command
 
     ensure_sqlite_dir(sync_url(url))
+    _persist_wal(url)
     command.upgrade(alembic_config(script_location, url, version_table), revision)
+
+
+def _persist_wal(url: str) -> None:
+    """Put the SQLite file of `url` in WAL mode before its migrations run. The mode is kept
+    in the file, so the services' connections find it set: the first of them no longer
+    switches a rollback-journal database over, which takes an exclusive lock and could
+    meet another connection opening it (`_set_wal` retries that). In-memory databases,
+    `file:` URIs and other kinds of database are left alone."""
+    path = sqlite_file(url)
+    if path is None:
+        return
+    with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
 
 
 class NoDatabaseError(FileNotFoundError):
