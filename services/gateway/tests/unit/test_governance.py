@@ -1160,6 +1160,29 @@ async def test_an_upstreams_x_should_retry_reaches_the_client_of_either_api(harn
     assert (messages.status_code, messages.headers["x-should-retry"]) == (500, expected)
 
 
+@pytest.mark.parametrize("status", [429, 503, 529])
+@pytest.mark.parametrize("retry_after_s", [None, 7])
+async def test_an_upstream_saying_not_to_retry_gets_only_the_wait_it_gave(
+    harness, status, retry_after_s
+):
+    async def told_not_to(request):
+        details = {"should_retry": False, "retry_after_s": retry_after_s}
+        return [failed_reply(request, status, "overloaded_error", "No.", **details)]
+
+    harness.respond[0] = told_not_to
+    anthropic = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
+    body = {"model": CHAT["model"], "max_tokens": 8, "messages": CHAT["messages"]}
+    chat = await harness.client.post(
+        "/v1/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    messages = await harness.client.post("/v1/messages", json=body, headers=anthropic)
+
+    for response in (chat, messages):
+        assert response.status_code == status
+        assert response.headers["x-should-retry"] == "false"
+        assert response.headers.get("retry-after") == (None if retry_after_s is None else "7")
+
+
 async def test_an_error_without_x_should_retry_gets_none(harness):
     async def server_error(request):
         return [failed_reply(request, 500, "api_error", "Boom.")]

@@ -152,7 +152,8 @@ def error_response(
     `Retry-After` in `headers` means none is sent. A quota used up (`insufficient_quota`)
     without a given wait gets none, and `x-should-retry: false` (the official SDKs then do
     not retry it). `should_retry` (an upstream's `x-should-retry`, relayed) is sent as
-    that header, `true` or `false`."""
+    that header, `true` or `false`; with `false`, a 429/503/529 gets no default
+    `Retry-After` (only `retry_after_s`, when given)."""
     sent = dict(headers or {})
     if should_retry is not None:
         sent.setdefault("x-should-retry", "true" if should_retry else "false")
@@ -161,7 +162,12 @@ def error_response(
         # Retry-After, and the SDKs are told not to retry on their own.
         sent.setdefault("x-should-retry", "false")
     elif "Retry-After" not in sent:
-        wait = retry_after(status, retry_after_s)
+        # Told not to retry (an upstream's `x-should-retry: false`, relayed), the client
+        # gets no default wait to retry after: only one the error itself gave.
+        told_not_to = any(
+            name.lower() == "x-should-retry" and value == "false" for name, value in sent.items()
+        )
+        wait = None if told_not_to and retry_after_s is None else retry_after(status, retry_after_s)
         if wait is not None:
             sent["Retry-After"] = wait
     elif not sent["Retry-After"]:
