@@ -712,7 +712,12 @@ async def test_responses_are_translated_once_for_an_anthropic_deployment(harness
             }
         ],
         "tool_choice": {"type": "auto", "disable_parallel_tool_use": True},
-        "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+        "output_config": {
+            "format": {
+                "type": "json_schema",
+                "schema": {"type": "object", "additionalProperties": False},
+            }
+        },
     }
     parsed = Response.model_validate(reply.data.response)
     assert parsed.status == "completed"
@@ -1641,3 +1646,21 @@ async def test_a_translated_response_that_completes_has_a_completed_message(harn
     response = reply.data.response
     assert response["status"] == "completed"
     assert [item["status"] for item in response["output"]] == ["completed"]
+
+
+def test_a_responses_json_mode_reaches_anthropic_without_a_format_and_a_schema_closed():
+    # Anthropic has no schema-less JSON mode, and refuses an object schema left open.
+    body = {
+        "model": "claude",
+        "input": "Answer in JSON.",
+        "text": {"format": {"type": "json_object"}},
+    }
+    assert "output_config" not in responses_request_to_messages(body)
+
+    schema = {"type": "object", "properties": {"a": {"type": "object"}}}
+    body["text"] = {"format": {"type": "json_schema", "name": "w", "schema": schema}}
+    assert responses_request_to_messages(body)["output_config"]["format"]["schema"] == {
+        "type": "object",
+        "properties": {"a": {"type": "object", "additionalProperties": False}},
+        "additionalProperties": False,
+    }

@@ -544,8 +544,74 @@ def test_openai_json_schema_response_format_becomes_output_config() -> None:
         },
     }
     assert chat_request_to_messages(body)["output_config"] == {
-        "format": {"type": "json_schema", "schema": WEATHER_SCHEMA}
+        "format": {
+            "type": "json_schema",
+            "schema": {**WEATHER_SCHEMA, "additionalProperties": False},
+        }
     }
+
+
+def test_a_non_strict_schema_has_its_objects_closed_for_anthropic() -> None:
+    # Anthropic refuses an object schema without `additionalProperties: false`, which
+    # OpenAI's non-strict mode allows; an explicit value is the client's and is kept.
+    address = {"type": "object", "properties": {"city": {"type": "string"}}}
+    tags = {"type": "object", "additionalProperties": {"type": "string"}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "home": address,
+            "trips": {"type": "array", "items": {"$ref": "#/$defs/trip"}},
+            "tags": tags,
+            "either": {"anyOf": [{"type": "null"}, {"type": ["object", "null"]}]},
+        },
+        "$defs": {"trip": {"type": "object", "properties": {"to": address}}},
+    }
+    body = {
+        "model": "m",
+        "messages": USER,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "w", "schema": schema, "strict": False},
+        },
+    }
+
+    sent = chat_request_to_messages(body)["output_config"]["format"]["schema"]
+
+    closed = {**address, "additionalProperties": False}
+    assert sent == {
+        "type": "object",
+        "properties": {
+            "home": closed,
+            "trips": {"type": "array", "items": {"$ref": "#/$defs/trip"}},
+            "tags": tags,
+            "either": {
+                "anyOf": [
+                    {"type": "null"},
+                    {"type": ["object", "null"], "additionalProperties": False},
+                ]
+            },
+        },
+        "$defs": {
+            "trip": {"type": "object", "properties": {"to": closed}, "additionalProperties": False}
+        },
+        "additionalProperties": False,
+    }
+    assert "additionalProperties" not in address  # the client's body is not changed
+
+
+def test_json_mode_is_sent_to_anthropic_without_a_format() -> None:
+    # Anthropic has no schema-less JSON mode: `{"type": "object"}` is refused there (open),
+    # and closed it allows only `{}`.
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "Answer in JSON."}],
+        "response_format": {"type": "json_object"},
+    }
+
+    result = chat_request_to_messages(body)
+
+    assert "output_config" not in result
+    assert result["messages"] == [{"role": "user", "content": "Answer in JSON."}]
 
 
 @pytest.mark.parametrize(
@@ -1277,9 +1343,61 @@ def test_output_config_format_and_effort_become_response_format_and_reasoning_ef
     result = messages_request_to_chat(body)
     assert result["response_format"]["json_schema"]["schema"] == WEATHER_SCHEMA
     assert result["reasoning_effort"] == "xhigh"
+    # Anthropic enforces every format; OpenAI's strict mode takes only a schema closed at
+    # every object and requiring all of its properties.
+    closed = {**WEATHER_SCHEMA, "additionalProperties": False}
+    body["output_config"]["format"]["schema"] = closed
+    assert messages_request_to_chat(body)["response_format"]["json_schema"]["strict"] is True
     with pytest.raises(TranslationError) as caught:
         messages_request_to_chat({**body, "output_config": {"task_budget": 3}})
     assert caught.value.param == "output_config.task_budget"
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        # An optional property, which Anthropic allows and OpenAI's strict mode refuses.
+        {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        # A nested object left open.
+        {
+            "type": "object",
+            "properties": {"home": {"type": "object", "properties": {}}},
+            "required": ["home"],
+            "additionalProperties": False,
+        },
+    ],
+)
+def test_a_schema_openai_strict_mode_refuses_is_sent_non_strict(schema) -> None:
+    tool = {"name": "f", "input_schema": schema, "strict": True}
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": USER,
+        "output_config": {"format": {"type": "json_schema", "schema": schema}},
+        "tools": [tool],
+    }
+
+    result = messages_request_to_chat(body)
+
+    assert result["response_format"]["json_schema"] == {
+        "name": "output",
+        "schema": schema,
+        "strict": False,
+    }
+    assert result["tools"][0]["function"]["strict"] is False
+    closed = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    strict_tool = messages_request_to_chat({**body, "tools": [{**tool, "input_schema": closed}]})
+    assert strict_tool["tools"][0]["function"]["strict"] is True
 
 
 def test_tool_result_images_follow_the_tool_message_in_a_user_message() -> None:

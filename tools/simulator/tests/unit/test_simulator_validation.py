@@ -808,7 +808,17 @@ RECURSIVE = {
                 "tool_choice": {"type": "tool", "name": "g"},
             },
         ),
-        (MESSAGES, {"output_config": {"format": {"type": "json_schema", "schema": RECURSIVE}}}),
+        (
+            MESSAGES,
+            {
+                "output_config": {
+                    "format": {
+                        "type": "json_schema",
+                        "schema": {**RECURSIVE, "additionalProperties": False},
+                    }
+                }
+            },
+        ),
         (
             CHAT,
             {
@@ -905,3 +915,63 @@ def test_calls_and_answers_that_do_not_pair_are_refused_as_openai_refuses_them(
 def test_a_tool_conversation_that_pairs_is_answered(http):
     tool = {"role": "tool", "tool_call_id": "call_1", "content": "ok"}
     assert post(http, CHAT, {"messages": [HI, ASKED_CHAT, tool, HI]}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "object"},
+        {
+            "type": "object",
+            "properties": {"home": {"type": "object", "properties": {}}},
+            "additionalProperties": False,
+        },
+    ],
+)
+def test_anthropic_refuses_an_object_schema_left_open(http, schema):
+    """Anthropic's structured outputs take an object schema only with
+    `additionalProperties: false` (its own message, field first)."""
+    response = post(
+        http, MESSAGES, {"output_config": {"format": {"type": "json_schema", "schema": schema}}}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "output_config.format.schema: For 'object' type, 'additionalProperties' "
+        "must be explicitly set to false",
+    }
+
+
+OPTIONAL_ZIP = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_openai_strict_mode_refuses_a_property_left_out_of_required(http, strict):
+    """OpenAI's strict mode needs every property in `required`; without `strict` the same
+    schema is followed."""
+    fmt = {"name": "place", "schema": OPTIONAL_ZIP, "strict": strict}
+    chat = post(http, CHAT, {"response_format": {"type": "json_schema", "json_schema": fmt}})
+    responses = post(http, RESPONSES, {"text": {"format": {"type": "json_schema", **fmt}}})
+
+    if not strict:
+        assert (chat.status_code, responses.status_code) == (200, 200)
+        return
+    message = (
+        "Invalid schema for response_format 'place': In context=(), 'required' is required to "
+        "be supplied and to be an array including every key in properties. Missing 'zip'."
+    )
+    assert chat.status_code == responses.status_code == 400
+    assert chat.json()["error"] == {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": "response_format",
+        "code": None,
+    }
+    assert responses.json()["error"]["param"] == "text.format.schema"
+    assert responses.json()["error"]["code"] == "invalid_json_schema"

@@ -41,6 +41,7 @@ from switchyard.common import exactjson
 from switchyard.common.anthropic_request import AnthropicRequestError, check_messages_request
 from switchyard.common.errors import json_type, json_value
 from switchyard.common.openai_request import tool_message_fault
+from switchyard.common.output_schema import close_objects, strict_violation
 
 # Anthropic requires max_tokens; OpenAI requests often leave it out.
 DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
@@ -666,9 +667,14 @@ def _apply_output_config(config: Any, result: dict[str, Any]) -> str | None:
                 )
             if value.get("schema") is None:
                 raise _anthropic_refusal("output_config.format.schema", "Field required")
+            schema = value.get("schema")
             result["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": "output", "schema": value.get("schema"), "strict": True},
+                "json_schema": {
+                    "name": "output",
+                    "schema": schema,
+                    "strict": _openai_strict(True, schema),
+                },
             }
         elif key == "effort" and value is not None:
             if value not in _EFFORT_BY_OUTPUT_EFFORT:
@@ -1081,8 +1087,19 @@ def _anthropic_tool_to_openai(tool: Any, index: int) -> dict[str, Any]:
     if tool.get("description"):
         function["description"] = tool["description"]
     if tool.get("strict") is not None:
-        function["strict"] = tool["strict"]
+        function["strict"] = _openai_strict(tool["strict"], function["parameters"])
     return {"type": "function", "function": function}
+
+
+def _openai_strict(strict: Any, schema: Any) -> Any:
+    """The `strict` of an OpenAI function or `json_schema` format for a schema Anthropic
+    takes strictly (`strict`: the tool's flag; True for `output_config.format`, which is
+    always enforced): False for a schema OpenAI's strict mode refuses (a property left out
+    of `required`, which Anthropic allows, or an object not closed), since OpenAI would
+    answer 400 for a request Anthropic's API accepts; otherwise `strict` as it came."""
+    if strict is True and isinstance(schema, dict) and strict_violation(schema) is not None:
+        return False
+    return strict
 
 
 # Anthropic's tool names (its Messages reference: `^[a-zA-Z0-9_-]{1,128}$`).
@@ -1384,10 +1401,9 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
                     "with its schema.",
                     "response_format.json_schema.schema",
                 )
-            result["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+            result["output_config"] = anthropic_output_config(schema)
         elif kind == "json_object":
-            any_object = {"type": "json_schema", "schema": {"type": "object"}}
-            result["output_config"] = {"format": any_object}
+            pass  # see `anthropic_output_config`: the prompt asks for JSON (OpenAI requires it)
         elif kind is None:
             raise missing_parameter("response_format.type")
         elif kind != "text":
@@ -1404,6 +1420,19 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
         capped = max_completion_tokens is not None or max_tokens is not None
         add_anthropic_thinking(result, budget, capped=capped, effort_param="reasoning_effort")
     return result
+
+
+def anthropic_output_config(schema: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic's `output_config` for an OpenAI `json_schema` format's `schema`: its object
+    schemas closed (`close_objects`), since Anthropic refuses an object schema without
+    `additionalProperties: false`, which OpenAI's non-strict mode allows.
+
+    OpenAI's JSON mode (`json_object`: any JSON object, no schema) has no counterpart: every
+    Anthropic format is a schema, and a schema of any object would have to leave its
+    properties open, which Anthropic refuses (closed, it allows only `{}`). Such a request is
+    sent without a format; OpenAI takes JSON mode only from a prompt that asks for JSON in
+    words, which the model then reads."""
+    return {"format": {"type": "json_schema", "schema": close_objects(schema)}}
 
 
 def _check_stop_sequence(sequence: str, where: str) -> None:

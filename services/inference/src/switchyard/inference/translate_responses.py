@@ -47,6 +47,7 @@ from switchyard.inference.translate import (
     add_anthropic_sampling,
     add_anthropic_thinking,
     anthropic_blocks,
+    anthropic_output_config,
     anthropic_tool,
     anthropic_tool_choice,
     base64_data,
@@ -918,10 +919,8 @@ def responses_request_to_messages(
     offer_history_tools(result)
     fmt = _text_format(body)
     if fmt is not None and fmt["type"] == "json_schema":
-        schema = fmt.get("schema")
-        result["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
-    elif fmt is not None and fmt["type"] == "json_object":
-        result["output_config"] = {"format": {"type": "json_schema", "schema": {"type": "object"}}}
+        # JSON mode (`json_object`) has no Anthropic counterpart: see `anthropic_output_config`.
+        result["output_config"] = anthropic_output_config(fmt["schema"])
     text_options = body.get("text")
     if isinstance(text_options, dict) and text_options.get("verbosity") not in (None, "medium"):
         raise TranslationError(

@@ -24,7 +24,10 @@ real APIs do that Switchyard must carry faithfully is simulated too:
   deterministic JSON instance of the schema (every property, strings the user's words fitted
   to `format`/`minLength`/`maxLength`, numbers 0 or their `minimum`, `enum`/`const` first
   value, arrays of `minItems` items but at least one, first `anyOf`/`oneOf` branch, `$ref`
-  to `$defs`/`definitions`); `json_object` makes it `{"text": <user's words>}`;
+  to `$defs`/`definitions`); `json_object` makes it `{"text": <user's words>}`. A schema
+  is refused as each real API refuses it: by Anthropic when an object schema lacks
+  `additionalProperties: false`, by OpenAI in strict mode (`strict: true`) when an object
+  is not closed that way or leaves a property out of `required`;
 - output token limits: `max_tokens`/`max_completion_tokens` (Chat), `max_output_tokens`
   (Responses) and `max_tokens` (Messages) cut a longer text reply to that many simulated
   tokens, reasoning and thinking tokens counted, and report it as the APIs do
@@ -82,6 +85,7 @@ from starlette.types import Scope
 
 from switchyard.common import errorformat
 from switchyard.common.http import ClientDisconnectGuard
+from switchyard.common.output_schema import open_object, strict_violation
 from switchyard.common.responses import response_object
 from switchyard.simulator import parameters
 from switchyard.simulator.parameters import BadRequest
@@ -636,6 +640,16 @@ def output_schema(fmt: Any, param: str) -> tuple[bool, dict[str, Any] | None]:
             f"Invalid type for '{param}.schema': expected an object.",
             f"{param}.schema",
             "invalid_type",
+        )
+    violation = strict_violation(schema) if holder.get("strict") is True else None
+    if violation is not None:
+        # OpenAI's strict mode (Chat names the whole format, Responses its schema).
+        chat = isinstance(nested, dict)
+        raise BadRequest(
+            f"Invalid schema for response_format {holder.get('name')!r}: In context=(), "
+            f"{violation}",
+            param if chat else f"{param}.schema",
+            None if chat else "invalid_json_schema",
         )
     return True, schema
 
@@ -1234,6 +1248,11 @@ def _anthropic_output_format(body: dict[str, Any]) -> tuple[bool, dict[str, Any]
         raise BadRequest(f"{param}.type: Input should be 'json_schema'")
     if not isinstance(fmt.get("schema"), dict):
         raise BadRequest(f"{param}.schema: Field required")
+    if open_object(fmt["schema"]) is not None:
+        raise BadRequest(
+            f"{param}.schema: For 'object' type, 'additionalProperties' must be explicitly "
+            "set to false"
+        )
     return True, fmt["schema"]
 
 
