@@ -81,6 +81,8 @@ class AuthDouble:
     calls: list[str] = field(default_factory=list)
     # Users auth no longer knows (GET /internal/v1/users/{id} answers 404).
     missing_users: set[str] = field(default_factory=set)
+    # Auth unreachable: every call fails to connect.
+    down: bool = False
 
     def count(self, path: str) -> int:
         return sum(1 for call in self.calls if call == path)
@@ -127,6 +129,8 @@ class AuthDouble:
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         self.calls.append(path)
+        if self.down:
+            raise httpx.ConnectError("connection refused", request=request)
         if request.url.host not in ("127.0.0.1", "localhost"):
             return httpx.Response(599)  # anything else would be an SSRF
         if path == "/.well-known/jwks.json":

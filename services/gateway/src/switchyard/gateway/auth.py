@@ -18,7 +18,15 @@
 - Revocations (token ids, sign-ins, API keys, disabled users) come from the auth events
   topic into `RevocationState`, which is checked on every request and purges the caches.
   Until that state is loaded from auth, JWTs get 503 (a revoked one could otherwise pass);
-  API keys are looked up fresh, so they need no history.
+  API keys are looked up fresh, so they need no history. So do JWTs while auth's signing
+  keys have never been fetched, or a token names a key auth cannot be asked about.
+- Auth unreachable (or answering 5xx) is not a reason to refuse a caller it vouched for
+  lately: a key or user whose cached answer has run out is served from that answer for up
+  to `stale_if_error_s` more (RFC 5861's stale-if-error), while each expiry check and
+  revocation still applies (revocations come from the events topic, not from auth's HTTP
+  API). Auth is asked again every `STALE_RETRY_S` meanwhile; an answer given is cached as
+  usual. A key revoked (or expired, or its user disabled) stays refused meanwhile; one auth
+  did not know, or never saw, waits for auth (503 `auth_unavailable`): it may be new.
 
 Every refusal is the same AuthenticationError: nothing about the credential is echoed.
 """
@@ -39,6 +47,7 @@ import httpx
 import jwt
 import structlog
 from jwt.algorithms import RSAAlgorithm
+from prometheus_client import Counter
 
 from switchyard.common import scopes
 from switchyard.common.events import ApiKeyRevoked, Event, UserDisabled, UserEnabled
@@ -63,6 +72,16 @@ MAX_CREDENTIAL_LENGTH = 8192
 MAX_CACHED_KEYS = 100_000
 # Latest instant a time claim may name (9999-12-31T23:59:59Z).
 MAX_TIMESTAMP = 253_402_300_799
+# While auth cannot be reached, how often (s) a caller served from a stale answer has auth
+# asked again: one lookup per caller at most this often, not one per request.
+STALE_RETRY_S = 5.0
+
+STALE_ANSWERS = Counter(
+    "switchyard_gateway_auth_stale_answers_total",
+    "Callers admitted on a cached answer of auth past its TTL, because auth could not be "
+    "asked (stale-if-error), by what was looked up (api_key, user, policy).",
+    ["lookup"],
+)
 
 
 class AuthenticationError(Exception):
@@ -71,6 +90,24 @@ class AuthenticationError(Exception):
 
 class AuthUnavailableError(Exception):
     """The caller cannot be checked right now (auth unreachable, revocations not loaded)."""
+
+
+@dataclass(frozen=True)
+class StaleIfError:
+    """An answer of auth, cached: fresh until `fresh_until`, and usable while auth cannot be
+    asked until `stale_until` (monotonic seconds, both)."""
+
+    fresh_until: float
+    stale_until: float
+
+    def fresh(self, now: float) -> bool:
+        """Whether the answer may be used without asking auth."""
+        return self.fresh_until > now
+
+    def retried(self, now: float) -> StaleIfError:
+        """The same answer once auth could not be asked at `now`: used without asking again
+        for `STALE_RETRY_S` (never past `stale_until`)."""
+        return StaleIfError(min(now + STALE_RETRY_S, self.stale_until), self.stale_until)
 
 
 # The roles of a tenant's users (auth's `ROLES`).
@@ -143,6 +180,8 @@ class JwksCache:
         self._min_interval_s = min_interval_s
         self._keys: dict[str, Any] = {}
         self._fetched_at = float("-inf")
+        # Whether the last fetch succeeded: a kid unknown after a failed one may be auth's.
+        self._current = False
         # Incremented whenever the set of keys changes, so verified tokens are re-checked.
         self.version = 0
 
@@ -156,9 +195,11 @@ class JwksCache:
         # After a failed fetch, allow the next attempt a second later rather than after the
         # full interval, so a gateway started before auth does not refuse JWTs for long.
         self._fetched_at = time.monotonic() - self._min_interval_s + 1.0
+        self._current = False
         response = await self._client.get(self._url, timeout=2.0)
         response.raise_for_status()
         self._fetched_at = time.monotonic()
+        self._current = True
         keys = {}
         for jwk in response.json().get("keys", []):
             if not isinstance(jwk, dict) or jwk.get("kty") != "RSA":
@@ -175,19 +216,30 @@ class JwksCache:
 
     async def key(self, kid: str) -> Any | None:
         """The public key for `kid`, refreshing the set first when `kid` is unknown and the last
-        fetch is at least `min_interval_s` seconds old; None if auth does not know it either."""
+        fetch is at least `min_interval_s` seconds old; None if auth does not know it either.
+
+        Raises:
+            AuthUnavailableError: `kid` is unknown and the last fetch failed (or none was
+                made): auth may know it, so the token cannot be judged now.
+        """
         if kid not in self._keys and time.monotonic() - self._fetched_at >= self._min_interval_s:
             try:
                 await self.refresh()
             except httpx.HTTPError as exc:
                 log.warning("could not refresh JWKS", error=repr(exc))
-        return self._keys.get(kid)
+        key = self._keys.get(kid)
+        if key is None and not self._current:
+            raise AuthUnavailableError("auth's signing keys could not be fetched")
+        return key
 
 
 @dataclass(frozen=True)
 class _CachedKey:
-    deadline: float  # monotonic
+    expiry: StaleIfError
     principal: Principal | None
+    # A refusal for a known reason (the key revoked or expired, its user disabled), which
+    # auth being unreachable does not make uncertain, unlike "auth did not know the key".
+    revoked: bool = False
 
 
 def _string_list(value: Any) -> tuple[str, ...] | None:
@@ -216,6 +268,7 @@ class Authenticator:
         token_cache_size: int = 10_000,
         lookup_concurrency: int = 32,
         revocations: RevocationState | None = None,
+        stale_if_error_s: float = 0.0,
     ) -> None:
         self._client = client
         self._auth_url = auth_url.rstrip("/")
@@ -225,6 +278,7 @@ class Authenticator:
         self._audience = audience
         self._key_ttl_s = key_ttl_s
         self._negative_ttl_s = negative_ttl_s
+        self._stale_if_error_s = stale_if_error_s
         self._leeway_s = leeway_s
         self.jwks = JwksCache(client, auth_url, jwks_min_interval_s)
         self.revocations = revocations or RevocationState()
@@ -235,8 +289,8 @@ class Authenticator:
         self._token_cache_size = token_cache_size
         self._lookups: dict[str, asyncio.Task[Principal | None]] = {}
         self._lookup_slots = asyncio.Semaphore(lookup_concurrency)
-        # user id -> (monotonic deadline, exists and enabled)
-        self._users: dict[str, tuple[float, bool]] = {}
+        # user id -> (when to ask auth again, exists and enabled)
+        self._users: dict[str, tuple[StaleIfError, bool]] = {}
         self._user_lookups: dict[str, asyncio.Task[bool]] = {}
 
     async def authenticate(self, authorization: str | None, x_api_key: str | None) -> Principal:
@@ -287,10 +341,26 @@ class Authenticator:
         return principal
 
     async def _user_active(self, user_id: str) -> bool:
-        """Whether the user exists and is enabled, as auth last said (cached)."""
+        """Whether the user exists and is enabled, as auth last said (cached; an active user's
+        answer served stale while auth cannot be asked, see the module's docstring).
+
+        Raises:
+            AuthUnavailableError: auth cannot be asked and holds no usable answer.
+        """
         cached = self._users.get(user_id)
-        if cached is not None and cached[0] > time.monotonic():
+        now = time.monotonic()
+        if cached is not None and cached[0].fresh(now):
             return cached[1]
+        try:
+            return await self._looked_up_user(user_id)
+        except AuthUnavailableError:
+            if cached is None or not cached[1] or cached[0].stale_until <= now:
+                raise
+            self._users[user_id] = (cached[0].retried(now), True)
+            STALE_ANSWERS.labels("user").inc()
+            return True
+
+    async def _looked_up_user(self, user_id: str) -> bool:
         task = self._user_lookups.get(user_id)
         if task is None:
             task = asyncio.create_task(self._lookup_user(user_id))
@@ -323,8 +393,13 @@ class Authenticator:
         ttl = self._key_ttl_s if active else self._negative_ttl_s
         if len(self._users) >= MAX_CACHED_KEYS:
             self._users.clear()
-        self._users[user_id] = (time.monotonic() + ttl, active)
+        self._users[user_id] = (self._expiry(ttl), active)
         return active
+
+    def _expiry(self, ttl_s: float) -> StaleIfError:
+        """When an answer cached now for `ttl_s` seconds runs out, and its stale use ends."""
+        fresh_until = time.monotonic() + ttl_s
+        return StaleIfError(fresh_until, fresh_until + self._stale_if_error_s)
 
     async def _verify(self, token: str) -> Principal:
         try:
@@ -389,10 +464,22 @@ class Authenticator:
     async def _api_key(self, key: str) -> Principal:
         secret_hash = hashlib.sha256(key.encode()).hexdigest()
         cached = self._keys.get(secret_hash)
-        if cached is not None and cached.deadline > time.monotonic():
+        now = time.monotonic()
+        if cached is not None and cached.expiry.fresh(now):
             principal = cached.principal
         else:
-            principal = await self._lookup_once(secret_hash)
+            try:
+                principal = await self._lookup_once(secret_hash)
+            except AuthUnavailableError:
+                if cached is None or cached.expiry.stale_until <= now:
+                    raise
+                if cached.principal is None:
+                    if cached.revoked:
+                        raise AuthenticationError from None
+                    raise
+                principal = cached.principal
+                self._keys[secret_hash] = _CachedKey(cached.expiry.retried(now), principal)
+                STALE_ANSWERS.labels("api_key").inc()
         if principal is None:
             raise AuthenticationError
         if (
@@ -401,7 +488,7 @@ class Authenticator:
             user_id=principal.user_id, api_key_id=principal.api_key_id
         ):
             # Remembered as refused, so a client retrying a dead key does not reach auth.
-            self._keys[secret_hash] = _CachedKey(time.monotonic() + self._key_ttl_s, None)
+            self._keys[secret_hash] = _CachedKey(self._expiry(self._key_ttl_s), None, True)
             raise AuthenticationError
         return principal
 
@@ -427,7 +514,7 @@ class Authenticator:
         ttl = self._key_ttl_s if principal is not None else self._negative_ttl_s
         if len(self._keys) >= MAX_CACHED_KEYS:  # bound memory under a flood of random keys
             self._keys.clear()
-        self._keys[secret_hash] = _CachedKey(time.monotonic() + ttl, principal)
+        self._keys[secret_hash] = _CachedKey(self._expiry(ttl), principal)
         return principal
 
     async def _lookup(self, secret_hash: str) -> Principal | None:
@@ -488,9 +575,9 @@ class Authenticator:
                 del self._keys[secret_hash]
 
     def _refuse_keys(self, matches: Callable[[Principal | None], bool]) -> None:
-        deadline = time.monotonic() + self._key_ttl_s
+        expiry = self._expiry(self._key_ttl_s)
         for secret_hash in [h for h, entry in self._keys.items() if matches(entry.principal)]:
-            self._keys[secret_hash] = _CachedKey(deadline, None)
+            self._keys[secret_hash] = _CachedKey(expiry, None, True)
 
 
 def bearer_credential(authorization: str | None) -> str | None:

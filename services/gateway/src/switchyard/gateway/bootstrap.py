@@ -134,6 +134,7 @@ def build(
         token_cache_size=settings.jwt_cache_size,
         lookup_concurrency=settings.api_key_lookup_concurrency,
         revocations=RevocationState(grace_s=settings.jwt_leeway_s),
+        stale_if_error_s=settings.auth_stale_if_error_s,
     )
     topics = Topics(settings.topic_prefix)
     revocations = RevocationSync(
@@ -164,6 +165,7 @@ def build(
             auth_url=settings.auth_url,
             internal_token=settings.internal_token,
             ttl_s=settings.policy_cache_ttl_s,
+            stale_if_error_s=settings.auth_stale_if_error_s,
         ),
         prices=PriceSource(settings.prices_file).table,
         # Read at each request: the routing file is reloaded when it changes.

@@ -206,6 +206,14 @@ class Settings(ServiceSettings):
         "(revocations apply at once through the auth events; this bounds a missed one).",
     )
     api_key_negative_cache_ttl_s: float = Field(default=5.0, ge=0, le=YEAR_S)
+    auth_stale_if_error_s: float = Field(
+        default=3600.0,
+        ge=0,
+        le=YEAR_S,
+        description="While auth cannot be reached (or answers 5xx), how long past its TTL a "
+        "cached answer for an API key, a user or a policy still admits its caller "
+        "(revocations and expiry still apply; a refusal is never reused). 0: none.",
+    )
     api_key_lookup_concurrency: int = Field(
         default=32,
         gt=0,

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, cast
 
+import structlog
 from fastapi import Depends, Request
 
 from switchyard.common import scopes
@@ -31,6 +32,9 @@ from switchyard.gateway.auth import (
     bearer_credential,
 )
 from switchyard.gateway.bootstrap import Gateway
+from switchyard.gateway.intake import REJECTED
+
+log = structlog.get_logger("switchyard.gateway.api.deps")
 
 ANY_METHOD: frozenset[str] = frozenset()
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -204,7 +208,11 @@ async def authenticated_principal(request: Request) -> Principal:
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         ) from None
-    except AuthUnavailableError:
+    except AuthUnavailableError as exc:
+        # Counted and logged (repeats are folded by the log filter): an operator sees an
+        # auth outage the callers feel, not only the callers.
+        REJECTED.labels("auth_unavailable").inc()
+        log.warning("refused a caller: auth cannot be asked", error=str(exc))
         raise APIError(
             503,
             "Authentication is temporarily unavailable; retry shortly.",

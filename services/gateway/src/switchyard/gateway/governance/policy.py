@@ -24,6 +24,7 @@ import httpx
 
 from switchyard.common.governance import LEVELS, FailureMode, Limits
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
+from switchyard.gateway.auth import STALE_ANSWERS, StaleIfError
 
 
 class PolicyUnavailable(Exception):
@@ -129,7 +130,9 @@ NO_LIMITS = Policy(tenant="", team_id=None)
 
 class PolicySource:
     """The callers' limit policies from auth, cached `ttl_s` seconds per (user, key), with one
-    fetch in flight per caller however many requests wait for it."""
+    fetch in flight per caller however many requests wait for it. While auth cannot be asked,
+    a policy past its TTL is used for up to `stale_if_error_s` more (asking auth again every
+    `STALE_RETRY_S`); an invalidated one never is."""
 
     def __init__(
         self,
@@ -138,14 +141,16 @@ class PolicySource:
         auth_url: str,
         internal_token: str,
         ttl_s: float = 60.0,
+        stale_if_error_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._url = auth_url.rstrip("/") + "/internal/v1/policy"
         self._internal_token = internal_token
         self._ttl_s = ttl_s
+        self._stale_if_error_s = stale_if_error_s
         self._clock = clock
-        self._cache: dict[tuple[str, str | None], tuple[float, Policy]] = {}
+        self._cache: dict[tuple[str, str | None], tuple[StaleIfError, Policy]] = {}
         self._fetches: dict[tuple[str, str | None], asyncio.Task[Policy]] = {}
         # Bumped by every invalidation, so a fetch that started before it is not cached.
         self._generation = 0
@@ -158,14 +163,25 @@ class PolicySource:
         """
         key = (user_id, api_key_id)
         cached = self._cache.get(key)
-        if cached is not None and cached[0] > self._clock():
+        now = self._clock()
+        if cached is not None and cached[0].fresh(now):
             return cached[1]
+        generation = self._generation
         task = self._fetches.get(key)
         if task is None:
             task = asyncio.create_task(self._fetch(key))
             self._fetches[key] = task
             task.add_done_callback(lambda _: self._fetches.pop(key, None))
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except PolicyUnavailable:
+            # An entry not invalidated meanwhile (limits changed), within its stale bound.
+            stale = cached is None or cached[0].stale_until <= now
+            if stale or generation != self._generation:
+                raise
+            self._cache[key] = (cached[0].retried(now), cached[1])
+            STALE_ANSWERS.labels("policy").inc()
+            return cached[1]
 
     async def _fetch(self, key: tuple[str, str | None]) -> Policy:
         generation = self._generation
@@ -188,7 +204,9 @@ class PolicySource:
         else:
             policy = parse_policy(response.json())
         if generation == self._generation:
-            self._cache[key] = (self._clock() + self._ttl_s, policy)
+            fresh_until = self._clock() + self._ttl_s
+            expiry = StaleIfError(fresh_until, fresh_until + self._stale_if_error_s)
+            self._cache[key] = (expiry, policy)
         return policy
 
     def invalidate(self, level: str | None = None, scope_id: str | None = None) -> None:

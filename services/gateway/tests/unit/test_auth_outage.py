@@ -1,0 +1,135 @@
+"""Auth unreachable: callers it vouched for lately keep being served from the gateway's
+cached answers past their TTL (stale-if-error, `SWITCHYARD_GATEWAY_AUTH_STALE_IF_ERROR_S`),
+while revocations and refusals still apply; callers it never vouched for get a 503 the
+operator can see (a counter and a log line); a gateway started with auth down answers a
+token 503, never 401."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from prometheus_client import REGISTRY
+
+from switchyard.common.events import ApiKeyRevoked, ApiKeyRevokedData, new_id
+from switchyard.gateway.config import Settings
+
+from .auth_double import AuthDouble, gateway_with
+
+BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "Hello"}]}
+TTL_S = 0.05
+
+
+def settings(stale_s: float) -> Settings:
+    return Settings(
+        request_timeout_s=2.0,
+        topic_prefix="unit-auth-outage",
+        api_key_cache_ttl_s=TTL_S,
+        policy_cache_ttl_s=TTL_S,
+        auth_stale_if_error_s=stale_s,
+    )
+
+
+async def status_of(gw, credential: str) -> int:
+    response = await gw.client.post(
+        "/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {credential}"}
+    )
+    return response.status_code
+
+
+def counted(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_callers_auth_vouched_for_are_served_while_it_is_down() -> None:
+    auth = AuthDouble()
+    async with gateway_with(auth, settings(stale_s=60)) as gw:
+        known, revoked, unseen = auth.add_api_key(), auth.add_api_key(), auth.add_api_key()
+        token = auth.token()
+        for credential in (known.key, revoked.key, token):
+            assert await status_of(gw, credential) == 200
+        stale_before = {
+            lookup: counted("switchyard_gateway_auth_stale_answers_total", lookup=lookup)
+            for lookup in ("api_key", "user", "policy")
+        }
+        refused_before = counted(
+            "switchyard_gateway_requests_rejected_total", reason="auth_unavailable"
+        )
+
+        auth.down = True
+        await asyncio.sleep(TTL_S * 2)  # every cached answer is past its TTL
+        await gw.publish_auth_event(
+            ApiKeyRevoked(
+                source="auth",
+                tenant="acme",
+                request_id=new_id(),
+                data=ApiKeyRevokedData(key_id=revoked.key_id, user_id=revoked.user_id),
+            )
+        )
+        deadline = time.monotonic() + 5
+        while await status_of(gw, revoked.key) != 401:  # revocations still apply
+            assert time.monotonic() < deadline, "the revocation never applied"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(TTL_S * 2)  # and the refusal's own TTL is past
+        assert await status_of(gw, revoked.key) == 401
+
+        assert await status_of(gw, known.key) == 200
+        assert await status_of(gw, token) == 200
+        assert await status_of(gw, unseen.key) == 503  # never vouched for: not guessed
+        # Auth is asked again at most every few seconds per caller, not on each request.
+        calls = len(auth.calls)
+        for _ in range(5):
+            assert await status_of(gw, known.key) == 200
+        assert len(auth.calls) == calls
+
+        for lookup in ("api_key", "user", "policy"):
+            now = counted("switchyard_gateway_auth_stale_answers_total", lookup=lookup)
+            assert now > stale_before[lookup], lookup
+        refused = counted("switchyard_gateway_requests_rejected_total", reason="auth_unavailable")
+        assert refused == refused_before + 1
+
+        auth.down = False
+        new_key = auth.add_api_key()
+        assert await status_of(gw, new_key.key) == 200
+
+
+async def test_stale_answers_end_at_their_bound() -> None:
+    auth = AuthDouble()
+    async with gateway_with(auth, settings(stale_s=0.3)) as gw:
+        known = auth.add_api_key()
+        assert await status_of(gw, known.key) == 200
+        auth.down = True
+        await asyncio.sleep(TTL_S * 2)
+        assert await status_of(gw, known.key) == 200
+        deadline = time.monotonic() + 5
+        while await status_of(gw, known.key) == 200:
+            assert time.monotonic() < deadline, "a stale answer outlived its bound"
+            await asyncio.sleep(0.05)
+        assert await status_of(gw, known.key) == 503
+
+
+async def test_without_a_stale_bound_an_expired_answer_waits_for_auth() -> None:
+    auth = AuthDouble()
+    async with gateway_with(auth, settings(stale_s=0)) as gw:
+        known = auth.add_api_key()
+        assert await status_of(gw, known.key) == 200
+        auth.down = True
+        await asyncio.sleep(TTL_S * 2)
+        assert await status_of(gw, known.key) == 503
+
+
+async def test_a_gateway_started_while_auth_is_down_answers_a_token_503_not_401() -> None:
+    auth = AuthDouble(down=True)
+    async with gateway_with(auth, settings(stale_s=60)) as gw:
+        token = auth.token()
+        response = await gw.client.post(
+            "/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "auth_unavailable"
+
+        auth.down = False
+        deadline = time.monotonic() + 10
+        while await status_of(gw, token) != 200:
+            assert time.monotonic() < deadline, "the token was never accepted"
+            await asyncio.sleep(0.1)
