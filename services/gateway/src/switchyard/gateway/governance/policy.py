@@ -176,8 +176,7 @@ class PolicySource:
             return await asyncio.shield(task)
         except PolicyUnavailable:
             # An entry not invalidated meanwhile (limits changed), within its stale bound.
-            stale = cached is None or cached[0].stale_until <= now
-            if stale or generation != self._generation:
+            if cached is None or cached[0].stale_until <= now or generation != self._generation:
                 raise
             self._cache[key] = (cached[0].retried(now), cached[1])
             STALE_ANSWERS.labels("policy").inc()
