@@ -1,12 +1,19 @@
 """What every service's outer middleware does: a fault of the service's own (an exception
 nothing handled) before its answer started is answered like every other error, in
-OpenAI's error format, not with the server's bare text/plain 500; HEAD is answered as GET
-without the body."""
+OpenAI's error format, not with the server's bare text/plain 500 (a database out of reach
+is a 503 to retry, not a fault); HEAD is answered as GET without the body."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+
 import httpx
+import psycopg
+import pytest
 from fastapi import FastAPI
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from switchyard.common.errors import install_error_handlers
 from switchyard.common.http import ClientDisconnectGuard
@@ -123,3 +130,77 @@ async def test_a_405_of_mounted_static_files_never_says_no_method_is_allowed(tmp
         response = await client.post("/static/a.css")
     assert response.status_code == 405
     assert response.headers.get("allow", "GET, HEAD") != ""
+
+
+def _database_error(kind: type, orig: BaseException) -> BaseException:
+    return kind("SELECT 1", {}, orig)
+
+
+def _sqlite_missing_table() -> BaseException:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_engine("sqlite://")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT * FROM missing"))
+    except OperationalError as exc:
+        return exc
+    finally:
+        engine.dispose()
+    raise AssertionError("the query should have failed")
+
+
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [
+        # PostgreSQL refusing connections (psycopg gives no SQLSTATE for that).
+        (lambda: _database_error(OperationalError, psycopg.OperationalError("refused")), 503),
+        # PostgreSQL shutting down under a session (57P01 admin_shutdown).
+        (lambda: _database_error(OperationalError, psycopg.errors.AdminShutdown()), 503),
+        (
+            lambda: _database_error(
+                OperationalError, sqlite3.OperationalError("database is locked")
+            ),
+            503,
+        ),
+        (lambda: sa_exc.TimeoutError("QueuePool limit reached"), 503),
+        # Defects, not outages: a statement or a schema that is wrong.
+        (lambda: _database_error(ProgrammingError, psycopg.errors.SyntaxError()), 500),
+        (_sqlite_missing_table, 500),
+    ],
+)
+async def test_a_database_out_of_reach_is_a_503_to_retry_a_defect_a_500(fault, status) -> None:
+    response = await call(service(fault()))
+
+    assert response.status_code == status
+    error = response.json()["error"]
+    if status == 503:
+        assert error["code"] == "database_unavailable"
+        assert response.headers["retry-after"] == "2"
+    else:
+        assert error["type"] == "server_error"
+        assert "retry-after" not in response.headers
+
+
+async def test_readiness_fails_a_check_that_hangs_instead_of_hanging_with_it(monkeypatch) -> None:
+    from switchyard.common import http
+
+    monkeypatch.setattr(http, "READINESS_CHECK_TIMEOUT_S", 0.1)
+
+    async def hangs() -> bool:
+        await asyncio.sleep(3600)
+        return True
+
+    async def answers() -> bool:
+        return True
+
+    app = FastAPI()
+    app.include_router(http.health_router({"database": hangs, "bus": answers}))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with asyncio.timeout(5):
+            ready = await client.get("/readyz")
+
+    assert ready.status_code == 503
+    assert ready.json()["checks"] == {"database": False, "bus": True}

@@ -3,12 +3,13 @@ the uvicorn runner."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import uvicorn
@@ -20,6 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 from switchyard.common.httpserver import PROTOCOL_PATH
 
+if TYPE_CHECKING:
+    from switchyard.common.errors import APIError
+
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
 # What every service passes to `FastAPI(telemetry=...)`: FastAPI's own OpenTelemetry
@@ -30,10 +34,25 @@ ReadinessCheck = Callable[[], Awaitable[bool]]
 FASTAPI_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
+# How long a readiness check may take before it counts as failed: a dependency that hangs
+# (a database whose host stopped answering) must not hang `/readyz` with it; the
+# deployments' probes give up after 3 s.
+READINESS_CHECK_TIMEOUT_S = 2.0
+
+
 def health_router(checks: dict[str, ReadinessCheck] | None = None) -> APIRouter:
-    """`/livez` (the process answers) and `/readyz` (its dependencies answer)."""
+    """`/livez` (the process answers) and `/readyz` (its dependencies answer): the `checks`
+    run side by side, each one failed when it takes longer than
+    `READINESS_CHECK_TIMEOUT_S`."""
     router = APIRouter(tags=["operations"])
     readiness = checks or {}
+
+    async def bounded(check: ReadinessCheck) -> bool:
+        try:
+            async with asyncio.timeout(READINESS_CHECK_TIMEOUT_S):
+                return await check()
+        except TimeoutError:
+            return False
 
     @router.get("/livez")
     async def livez() -> dict[str, str]:
@@ -43,7 +62,8 @@ def health_router(checks: dict[str, ReadinessCheck] | None = None) -> APIRouter:
     @router.get("/readyz")
     async def readyz(response: Response) -> dict[str, object]:
         """Readiness: every dependency (bus, database) answers."""
-        results = {name: await check() for name, check in readiness.items()}
+        answers = await asyncio.gather(*(bounded(check) for check in readiness.values()))
+        results = dict(zip(readiness, answers, strict=True))
         ready = all(results.values())
         if not ready:
             response.status_code = 503
@@ -264,11 +284,12 @@ class UnexpectedFaults:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    def answer(self, scope: Scope) -> Response:
-        """The answer to a fault of the request in `scope`."""
-        from switchyard.common.errors import APIError, error_response
+    def answer(self, scope: Scope, error: APIError) -> Response:
+        """The answer `error` (what `fault` made of the exception) to the request in
+        `scope`."""
+        from switchyard.common.errors import error_response
 
-        return error_response(APIError(500, "The service failed to answer this request."))
+        return error_response(error)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point (class docstring)."""
@@ -290,10 +311,54 @@ class UnexpectedFaults:
                 raise
             import structlog
 
-            structlog.get_logger("switchyard.http").exception(
-                "unexpected error answering a request", path=scope.get("path")
-            )
-            await self.answer(scope)(scope, receive, send)
+            from switchyard.common.errors import APIError
+
+            logger = structlog.get_logger("switchyard.http")
+            if database_unreachable(exc):
+                # An outage, not a defect: no traceback, and an answer the client may retry.
+                logger.warning(
+                    "database unavailable answering a request",
+                    path=scope.get("path"),
+                    error=repr(getattr(exc, "orig", None) or exc)[:300],
+                )
+                error = APIError(
+                    503,
+                    "A database this service needs is unavailable; retry shortly.",
+                    code="database_unavailable",
+                    headers={"Retry-After": "2"},
+                )
+            else:
+                logger.exception("unexpected error answering a request", path=scope.get("path"))
+                error = APIError(500, "The service failed to answer this request.")
+            await self.answer(scope, error)(scope, receive, send)
+
+
+# SQLSTATE classes of a database unreachable or refusing work for now (PostgreSQL's
+# appendix A): 08 connection exception, 53 insufficient resources, 57 operator
+# intervention (a shutdown or restart under way).
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (raised by SQLAlchemy) says the database cannot be reached or cannot
+    take work right now (refused or dropped connections, a server shutting down, a pool
+    with no connection to give, SQLite's lock timeout) rather than that a statement or the
+    schema is wrong (an SQLite "no such table" is a missing migration: a defect)."""
+    from sqlalchemy import exc as sa
+
+    if isinstance(exc, sa.TimeoutError):  # the pool had no connection to give in time
+        return True
+    if not isinstance(exc, sa.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    # No SQLSTATE: psycopg's connection failures, and SQLite's (which has none at all).
+    return isinstance(exc, sa.OperationalError | sa.InterfaceError) and "no such " not in str(
+        exc.orig
+    )
 
 
 class ClientDisconnectGuard(UnexpectedFaults):

@@ -280,11 +280,11 @@ class UnexpectedFaults(CommonUnexpectedFaults):
     browser can read it, and `x-request-id` names it)."""
 
     @override
-    def answer(self, scope: Scope) -> Response:
+    def answer(self, scope: Scope, error: APIError) -> Response:
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
         }
-        return respond(
-            scope["path"], APIError(500, "The gateway failed to answer this request."), headers
-        )
+        if error.status == 500:
+            error = APIError(500, "The gateway failed to answer this request.")
+        return respond(scope["path"], error, headers)

@@ -84,6 +84,7 @@ from starlette.routing import Route
 from starlette.types import Scope
 
 from switchyard.common import errorformat
+from switchyard.common.errors import APIError
 from switchyard.common.http import ClientDisconnectGuard
 from switchyard.common.output_schema import open_object, strict_violation
 from switchyard.common.responses import response_object
@@ -2205,8 +2206,9 @@ class _Faults(ClientDisconnectGuard):
     """`ClientDisconnectGuard` answering a fault of the simulator itself as the API called
     answers one: Anthropic's 500 (`api_error`) under `/v1/messages`, OpenAI's elsewhere."""
 
-    def answer(self, scope: Scope) -> Response:
-        """The answer to a fault of the request in `scope`."""
+    def answer(self, scope: Scope, error: APIError) -> Response:
+        """The answer to a fault of the request in `scope` (the simulator has no database:
+        every `error` is a 500 of its own)."""
         message = "The simulator failed to answer this request."
         if str(scope.get("path", "")).startswith("/v1/messages"):
             return anthropic_error(500, message)

@@ -103,10 +103,10 @@ async def call(
 
 def relay(upstream: httpx.Response) -> Response:
     """History's answer as the client gets it: status, body, content type (and a download's
-    `content-disposition`)."""
+    `content-disposition`, a refusal's `retry-after`)."""
     relayed = {
         name: upstream.headers[name]
-        for name in ("content-disposition",)
+        for name in ("content-disposition", "retry-after")
         if name in upstream.headers
     }
     return Response(
