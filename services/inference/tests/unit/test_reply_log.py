@@ -227,3 +227,41 @@ def test_kept_records_are_no_work_for_the_garbage_collector() -> None:
     assert not [entry for entry in entries if gc.is_tracked(entry)]
     assert index.get("r7", "acme") is None  # b"{}" is no event
     assert index.stream_started("r7") and not index.stream_started("told")
+
+
+async def test_a_consumer_that_failed_to_start_is_stopped_before_the_next_is_made() -> None:
+    """While the broker is away each attempt's consumer fails to start; each is stopped (it
+    holds a client and connections), not left to the garbage collector's warning."""
+
+    class Unstartable(FakeConsumer):
+        made: list[Unstartable] = []
+        second = asyncio.Event()
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stopped = False
+            Unstartable.made.append(self)
+            if len(Unstartable.made) == 2:
+                Unstartable.second.set()
+
+        async def start(self) -> None:
+            raise OSError("broker unreachable")
+
+        async def stop(self) -> None:
+            self.stopped = True
+
+    log = KafkaReplyLog(
+        "unused:9092",
+        TOPIC,
+        lambda topic: asyncio.sleep(0, 2),
+        lookback_s=600,
+        consumer_factory=Unstartable,
+    )
+    await log.start()
+    try:
+        async with asyncio.timeout(10):
+            await Unstartable.second.wait()
+    finally:
+        await log.stop()
+
+    assert all(consumer.stopped for consumer in Unstartable.made)

@@ -498,7 +498,15 @@ class KafkaReplyLog(OutcomeLog):
 
     async def _open(self) -> None:
         consumer = self._consumer_factory()
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            # A consumer that did not start still holds its client and connections: closed
+            # here, or each failed attempt while the broker is away leaves one behind.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                async with asyncio.timeout(5):
+                    await consumer.stop()
+            raise
         self._consumer = consumer
         self._ready.set()
 
