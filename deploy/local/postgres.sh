@@ -15,7 +15,15 @@ set -euo pipefail
 
 PGPORT=${PGPORT:-5432}
 PG_START_TIMEOUT=${PG_START_TIMEOUT:-60}
-CLUSTER=${PG_CLUSTER:-main}
+# The machine-wide "main" cluster serves the default port; another port gets a cluster of
+# its own, so that asking for one never moves (and restarts) the server others use.
+if [ -n "${PG_CLUSTER:-}" ]; then
+    CLUSTER=$PG_CLUSTER
+elif [ "$PGPORT" = 5432 ]; then
+    CLUSTER=main
+else
+    CLUSTER=switchyard-$PGPORT
+fi
 DB_USER=switchyard
 DB_PASSWORD=switchyard
 DB_NAME=switchyard
