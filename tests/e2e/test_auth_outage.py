@@ -1,6 +1,7 @@
 """Auth down in a deployment on Kafka and PostgreSQL: a gateway keeps serving the keys auth
-vouched for, past their cache TTL (stale-if-error), refuses a key it never saw with a
-counted 503, and takes new keys again once auth is back, without a restart."""
+vouched for, past their cache TTL (stale-if-error), refuses one the operator revokes with
+the CLI meanwhile (the command publishes the revocation itself), refuses a key it never saw
+with a counted 503, and takes new keys again once auth is back, without a restart."""
 
 from __future__ import annotations
 
@@ -40,12 +41,22 @@ def test_a_gateway_serves_known_keys_while_its_auth_is_down(system):
 
     restarted = None
     try:
+        doomed = json.loads(system.cli("keys", "create", "--email", system.email, "--json"))
         assert chat(system.api_key).status_code == 200
+        assert chat(doomed["key"]).status_code == 200
         auth.popen.kill()
         auth.popen.wait()
         time.sleep(2)  # past both TTLs
 
         assert [chat(system.api_key).status_code for _ in range(5)] == [200] * 5
+        assert chat(doomed["key"]).status_code == 200
+        # Revoked by the operator while auth is down: the command publishes the event
+        # itself, so the gateway serving cached answers refuses the key at once.
+        system.cli("keys", "revoke", doomed["key_id"])
+        deadline = time.monotonic() + 5
+        while (status := chat(doomed["key"]).status_code) != 401:
+            assert status == 200 and time.monotonic() < deadline, status
+            time.sleep(0.2)
         created = system.cli("keys", "create", "--email", system.email, "--json")
         new_key = json.loads(created)["key"]
         refused = chat(new_key)

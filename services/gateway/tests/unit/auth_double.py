@@ -83,6 +83,8 @@ class AuthDouble:
     missing_users: set[str] = field(default_factory=set)
     # Auth unreachable: every call fails to connect.
     down: bool = False
+    # Every call answered with this status instead (a 503 outage, a 401 misconfiguration).
+    answer_status: int | None = None
 
     def count(self, path: str) -> int:
         return sum(1 for call in self.calls if call == path)
@@ -131,6 +133,8 @@ class AuthDouble:
         self.calls.append(path)
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
+        if self.answer_status is not None:
+            return httpx.Response(self.answer_status, json={"error": {"message": "no"}})
         if request.url.host not in ("127.0.0.1", "localhost"):
             return httpx.Response(599)  # anything else would be an SSRF
         if path == "/.well-known/jwks.json":

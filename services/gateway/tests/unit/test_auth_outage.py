@@ -12,6 +12,7 @@ import time
 from prometheus_client import REGISTRY
 
 from switchyard.common.events import ApiKeyRevoked, ApiKeyRevokedData, new_id
+from switchyard.gateway import auth as gateway_auth
 from switchyard.gateway.config import Settings
 
 from .auth_double import AuthDouble, gateway_with
@@ -133,3 +134,23 @@ async def test_a_gateway_started_while_auth_is_down_answers_a_token_503_not_401(
         while await status_of(gw, token) != 200:
             assert time.monotonic() < deadline, "the token was never accepted"
             await asyncio.sleep(0.1)
+
+
+async def test_an_auth_answering_503_is_ridden_out_but_not_one_answering_401(
+    monkeypatch,
+) -> None:
+    """429 and 5xx are an outage; any other status (a wrong internal token: 401) is a
+    misconfiguration that stale answers must not hide."""
+    monkeypatch.setattr(gateway_auth, "STALE_RETRY_S", 0.2)
+    auth = AuthDouble()
+    async with gateway_with(auth, settings(stale_s=60)) as gw:
+        known = auth.add_api_key()
+        assert await status_of(gw, known.key) == 200
+
+        auth.answer_status = 503
+        await asyncio.sleep(TTL_S * 2)
+        assert await status_of(gw, known.key) == 200
+
+        auth.answer_status = 401
+        await asyncio.sleep(0.3)  # past the outage's retry window: auth is asked again
+        assert await status_of(gw, known.key) == 503

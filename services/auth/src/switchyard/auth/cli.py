@@ -1,8 +1,12 @@
 """`switchyard users|keys|tokens ...`: operator commands working directly on the auth
 database named by the settings (the same one the service uses).
 
-Revocations (`keys revoke`, `users disable`) write their event to the outbox table; the
-running auth service publishes it to every gateway within its poll interval (0.5 s).
+Revocations (`keys revoke`, `users disable`) and limit changes write their event to the
+outbox table. On Kafka (`SWITCHYARD_BUS=kafka`) the command then publishes what it wrote
+itself, so every gateway applies it within a second even while no auth service runs (a
+gateway serving cached answers through an auth outage learns of it only from the topic);
+otherwise, or when the broker cannot take it within 10 s, the running auth service
+publishes it within its poll interval (0.5 s).
 
 Errors an operator can fix (unknown user, duplicate email, tables not migrated) print one
 line to stderr and exit with status 1, without a traceback.
@@ -11,6 +15,7 @@ line to stderr and exit with status 1, without a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -32,6 +37,7 @@ from switchyard.auth.governance import (
     limits_of,
 )
 from switchyard.auth.models import ROLES
+from switchyard.auth.outbox import OutboxRelay
 from switchyard.auth.service import (
     AuthError,
     AuthService,
@@ -41,9 +47,13 @@ from switchyard.auth.service import (
     normalise_email,
 )
 from switchyard.auth.signing import SigningKeyError
+from switchyard.auth.store import AuthStore
+from switchyard.common.bus import create_bus
 from switchyard.common.db import dispose_engine, missing_database
+from switchyard.common.settings import ServiceSettings
 from switchyard.common.text import columns, fixed_point
 from switchyard.common.text import terminal_safe as safe
+from switchyard.common.topics import Topics
 
 T = TypeVar("T")
 
@@ -192,6 +202,43 @@ def _split(value: str | None, option: str) -> list[str] | None:
     return parts
 
 
+# How long a command waits to publish the events it wrote before leaving them to the
+# running auth service.
+CLI_PUBLISH_TIMEOUT_S = 10.0
+
+
+async def _publish_written_events(service: AuthService) -> None:
+    """Publish the auth events still pending in the outbox (those the command wrote) to the
+    auth events topic, when the bus is Kafka, as the auth service's relay does (the same
+    relay: in order, under its lock). Best effort: on failure one warning line says the
+    auth service will publish them; the command has succeeded either way."""
+    try:
+        settings = ServiceSettings()
+    except ValueError:
+        return  # the command needs no bus settings; the service reads them when it runs
+    if settings.bus != "kafka":
+        return
+    async with service.sessions() as session:
+        if not await AuthStore(session).pending_events(1):
+            return
+    bus = create_bus(settings, client_id="auth-cli")
+    relay = OutboxRelay(service.sessions, bus, Topics(settings.topic_prefix).auth_events)
+    try:
+        async with asyncio.timeout(CLI_PUBLISH_TIMEOUT_S):
+            await bus.start()
+            await relay.publish_pending()
+    except Exception as exc:  # noqa: BLE001 - the auth service publishes them later
+        typer.echo(
+            f"warning: the change is saved, but its event could not be published now "
+            f"({type(exc).__name__}); the auth service publishes it when it runs",
+            err=True,
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await bus.stop()
+
+
 def run_with_service(action: Callable[[AuthService], Awaitable[T]], *, signing: bool = False) -> T:
     """Run `action` against the configured database, turning expected failures into exit 1."""
     try:
@@ -215,7 +262,9 @@ def run_with_service(action: Callable[[AuthService], Awaitable[T]], *, signing: 
         engine: AsyncEngine
         engine, service = build_database_service(database_url, tokens=tokens)
         try:
-            return await action(service)
+            result = await action(service)
+            await _publish_written_events(service)
+            return result
         finally:
             await dispose_engine(engine)
 

@@ -20,13 +20,16 @@
   Until that state is loaded from auth, JWTs get 503 (a revoked one could otherwise pass);
   API keys are looked up fresh, so they need no history. So do JWTs while auth's signing
   keys have never been fetched, or a token names a key auth cannot be asked about.
-- Auth unreachable (or answering 5xx) is not a reason to refuse a caller it vouched for
-  lately: a key or user whose cached answer has run out is served from that answer for up
-  to `stale_if_error_s` more (RFC 5861's stale-if-error), while each expiry check and
-  revocation still applies (revocations come from the events topic, not from auth's HTTP
-  API). Auth is asked again every `STALE_RETRY_S` meanwhile; an answer given is cached as
-  usual. A key revoked (or expired, or its user disabled) stays refused meanwhile; one auth
-  did not know, or never saw, waits for auth (503 `auth_unavailable`): it may be new.
+- Auth unreachable (no connection, a timeout, 429 or 5xx: `AuthUnreachableError`) is not
+  a reason to refuse a caller it vouched for lately: a key or user whose cached answer has
+  run out is served from that answer for up to `stale_if_error_s` more (RFC 5861's
+  stale-if-error), once the revocations are loaded, while each expiry check and revocation
+  still applies (revocations come from the events topic, which the auth CLI also publishes
+  to, not from auth's HTTP API). Once a call has failed, such answers are served without
+  asking auth for `STALE_RETRY_S` (`AuthOutage`), so a hung auth does not hold every
+  request for its timeout; an answer given is cached as usual. A key revoked (or expired,
+  or its user disabled) stays refused meanwhile; one auth did not know, or never saw,
+  waits for auth (503 `auth_unavailable`): it may be new.
 
 Every refusal is the same AuthenticationError: nothing about the credential is echoed.
 """
@@ -90,6 +93,38 @@ class AuthenticationError(Exception):
 
 class AuthUnavailableError(Exception):
     """The caller cannot be checked right now (auth unreachable, revocations not loaded)."""
+
+
+class AuthUnreachableError(AuthUnavailableError):
+    """Auth could not be asked: no connection, a timeout, or a 429 or 5xx answer (an
+    outage, which stale answers may ride out; another status is a misconfiguration, which
+    they must not hide)."""
+
+
+def unreachable_status(status: int) -> bool:
+    """Whether auth answering `status` means it cannot be asked now (429 or 5xx)."""
+    return status == 429 or status >= 500
+
+
+class AuthOutage:
+    """Whether auth was found unreachable within the last `STALE_RETRY_S` seconds: while it
+    was, an answer past its TTL but within its stale bound is served at once, without
+    asking auth first, so a hung auth (each call waiting out its timeout) slows only the
+    first requests of each `STALE_RETRY_S`, not every request."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._until = float("-inf")
+
+    def failed(self) -> float:
+        """Record a failed call now; returns now (monotonic seconds)."""
+        now = self._clock()
+        self._until = now + STALE_RETRY_S
+        return now
+
+    def ongoing(self, now: float) -> bool:
+        """Whether a call failed within `STALE_RETRY_S` seconds before `now`."""
+        return now < self._until
 
 
 @dataclass(frozen=True)
@@ -291,6 +326,7 @@ class Authenticator:
         self._lookup_slots = asyncio.Semaphore(lookup_concurrency)
         # user id -> (when to ask auth again, exists and enabled)
         self._users: dict[str, tuple[StaleIfError, bool]] = {}
+        self._outage = AuthOutage()
         self._user_lookups: dict[str, asyncio.Task[bool]] = {}
 
     async def authenticate(self, authorization: str | None, x_api_key: str | None) -> Principal:
@@ -351,12 +387,17 @@ class Authenticator:
         now = time.monotonic()
         if cached is not None and cached[0].fresh(now):
             return cached[1]
+        usable = cached is not None and cached[1] and cached[0].stale_until > now
+        if usable and self._outage.ongoing(now):
+            STALE_ANSWERS.labels("user").inc()
+            return True
         try:
             return await self._looked_up_user(user_id)
-        except AuthUnavailableError:
-            if cached is None or not cached[1] or cached[0].stale_until <= now:
+        except AuthUnreachableError:
+            failed_at = self._outage.failed()
+            if cached is None or not usable:
                 raise
-            self._users[user_id] = (cached[0].retried(now), True)
+            self._users[user_id] = (cached[0].retried(failed_at), True)
             STALE_ANSWERS.labels("user").inc()
             return True
 
@@ -383,11 +424,13 @@ class Authenticator:
                     timeout=2.0,
                 )
             except httpx.HTTPError as exc:
-                raise AuthUnavailableError(repr(exc)) from exc
+                raise AuthUnreachableError(repr(exc)) from exc
         if response.status_code == 404:
             active = False
         elif response.status_code == 200:
             active = response.json().get("active") is True
+        elif unreachable_status(response.status_code):
+            raise AuthUnreachableError(f"auth answered {response.status_code}")
         else:
             raise AuthUnavailableError(f"auth answered {response.status_code}")
         ttl = self._key_ttl_s if active else self._negative_ttl_s
@@ -465,20 +508,31 @@ class Authenticator:
         secret_hash = hashlib.sha256(key.encode()).hexdigest()
         cached = self._keys.get(secret_hash)
         now = time.monotonic()
+        # An answer past its TTL is served only with the revocations known (they are what
+        # still refuses a key auth cannot be asked about).
+        stale = (
+            cached is not None
+            and cached.expiry.stale_until > now
+            and (cached.principal is not None or cached.revoked)
+            and self.revocations.loaded
+        )
         if cached is not None and cached.expiry.fresh(now):
             principal = cached.principal
+        elif stale and self._outage.ongoing(now):
+            assert cached is not None
+            principal = cached.principal
+            STALE_ANSWERS.labels("api_key").inc()
         else:
             try:
                 principal = await self._lookup_once(secret_hash)
-            except AuthUnavailableError:
-                if cached is None or cached.expiry.stale_until <= now:
-                    raise
-                if cached.principal is None:
-                    if cached.revoked:
-                        raise AuthenticationError from None
+            except AuthUnreachableError:
+                failed_at = self._outage.failed()
+                if cached is None or not stale:
                     raise
                 principal = cached.principal
-                self._keys[secret_hash] = _CachedKey(cached.expiry.retried(now), principal)
+                self._keys[secret_hash] = _CachedKey(
+                    cached.expiry.retried(failed_at), principal, cached.revoked
+                )
                 STALE_ANSWERS.labels("api_key").inc()
         if principal is None:
             raise AuthenticationError
@@ -526,9 +580,11 @@ class Authenticator:
                 timeout=2.0,
             )
         except httpx.HTTPError as exc:
-            raise AuthUnavailableError(repr(exc)) from exc
+            raise AuthUnreachableError(repr(exc)) from exc
         if response.status_code == 404:
             return None
+        if unreachable_status(response.status_code):
+            raise AuthUnreachableError(f"auth answered {response.status_code}")
         if response.status_code != 200:
             raise AuthUnavailableError(f"auth answered {response.status_code}")
         data = response.json()

@@ -210,9 +210,10 @@ class Settings(ServiceSettings):
         default=3600.0,
         ge=0,
         le=YEAR_S,
-        description="While auth cannot be reached (or answers 5xx), how long past its TTL a "
-        "cached answer for an API key, a user or a policy still admits its caller "
-        "(revocations and expiry still apply; a refusal is never reused). 0: none.",
+        description="While auth cannot be reached (no connection, a timeout, 429 or 5xx), "
+        "how long past its TTL a cached answer for an API key, a user or a policy still "
+        "admits its caller (revocations and expiry still apply; a key auth did not know "
+        "waits for auth). 0: none.",
     )
     api_key_lookup_concurrency: int = Field(
         default=32,

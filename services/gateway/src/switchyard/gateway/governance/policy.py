@@ -24,11 +24,16 @@ import httpx
 
 from switchyard.common.governance import LEVELS, FailureMode, Limits
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
-from switchyard.gateway.auth import STALE_ANSWERS, StaleIfError
+from switchyard.gateway.auth import STALE_ANSWERS, AuthOutage, StaleIfError, unreachable_status
 
 
 class PolicyUnavailable(Exception):
-    """Auth did not answer; the caller's limits are unknown."""
+    """Auth did not answer; the caller's limits are unknown. `unreachable`: it could not be
+    asked (no connection, a timeout, 429 or 5xx), an outage a cached policy may ride out."""
+
+    def __init__(self, message: str, *, unreachable: bool = True) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,7 @@ class PolicySource:
         self._stale_if_error_s = stale_if_error_s
         self._clock = clock
         self._cache: dict[tuple[str, str | None], tuple[StaleIfError, Policy]] = {}
+        self._outage = AuthOutage(clock)
         self._fetches: dict[tuple[str, str | None], asyncio.Task[Policy]] = {}
         # Bumped by every invalidation, so a fetch that started before it is not cached.
         self._generation = 0
@@ -166,6 +172,9 @@ class PolicySource:
         now = self._clock()
         if cached is not None and cached[0].fresh(now):
             return cached[1]
+        if cached is not None and cached[0].stale_until > now and self._outage.ongoing(now):
+            STALE_ANSWERS.labels("policy").inc()
+            return cached[1]
         generation = self._generation
         task = self._fetches.get(key)
         if task is None:
@@ -174,11 +183,14 @@ class PolicySource:
             task.add_done_callback(lambda _: self._fetches.pop(key, None))
         try:
             return await asyncio.shield(task)
-        except PolicyUnavailable:
+        except PolicyUnavailable as exc:
+            if not exc.unreachable:
+                raise
+            failed_at = self._outage.failed()
             # An entry not invalidated meanwhile (limits changed), within its stale bound.
             if cached is None or cached[0].stale_until <= now or generation != self._generation:
                 raise
-            self._cache[key] = (cached[0].retried(now), cached[1])
+            self._cache[key] = (cached[0].retried(failed_at), cached[1])
             STALE_ANSWERS.labels("policy").inc()
             return cached[1]
 
@@ -199,7 +211,10 @@ class PolicySource:
         if response.status_code == 404:
             policy = NO_LIMITS
         elif response.status_code != 200:
-            raise PolicyUnavailable(f"auth answered {response.status_code}")
+            raise PolicyUnavailable(
+                f"auth answered {response.status_code}",
+                unreachable=unreachable_status(response.status_code),
+            )
         else:
             policy = parse_policy(response.json())
         if generation == self._generation:
