@@ -136,19 +136,28 @@ def _database_error(kind: type, orig: BaseException) -> BaseException:
     return kind("SELECT 1", {}, orig)
 
 
-def _sqlite_missing_table() -> BaseException:
+def _sqlite_error(statement: str) -> BaseException:
+    """The error SQLAlchemy raises for `statement` on an SQLite database holding table
+    `t (a)`."""
     from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DBAPIError
 
     engine = create_engine("sqlite://")
     try:
         with engine.connect() as connection:
-            connection.execute(text("SELECT * FROM missing"))
-    except OperationalError as exc:
+            connection.execute(text("CREATE TABLE t (a)"))
+            connection.execute(text(statement))
+    except DBAPIError as exc:
         return exc
     finally:
         engine.dispose()
-    raise AssertionError("the query should have failed")
+    raise AssertionError("the statement should have failed")
+
+
+def _sqlite_locked() -> BaseException:
+    error = sqlite3.OperationalError("database is locked")
+    error.sqlite_errorcode = 5  # SQLITE_BUSY, as sqlite3 sets it
+    return _database_error(OperationalError, error)
 
 
 @pytest.mark.parametrize(
@@ -158,16 +167,16 @@ def _sqlite_missing_table() -> BaseException:
         (lambda: _database_error(OperationalError, psycopg.OperationalError("refused")), 503),
         # PostgreSQL shutting down under a session (57P01 admin_shutdown).
         (lambda: _database_error(OperationalError, psycopg.errors.AdminShutdown()), 503),
-        (
-            lambda: _database_error(
-                OperationalError, sqlite3.OperationalError("database is locked")
-            ),
-            503,
-        ),
+        (_sqlite_locked, 503),
         (lambda: sa_exc.TimeoutError("QueuePool limit reached"), 503),
         # Defects, not outages: a statement or a schema that is wrong.
         (lambda: _database_error(ProgrammingError, psycopg.errors.SyntaxError()), 500),
-        (_sqlite_missing_table, 500),
+        (lambda: _sqlite_error("SELECT * FROM missing"), 500),
+        (lambda: _sqlite_error("INSERT INTO t (b) VALUES (1)"), 500),  # a migration missing
+        (lambda: _sqlite_error("SELEC 1"), 500),
+        (lambda: _sqlite_error("SELECT (SELECT a, a FROM t)"), 500),
+        # A statement cancelled by its own timeout (57014) is not an outage.
+        (lambda: _database_error(OperationalError, psycopg.errors.QueryCanceled()), 500),
     ],
 )
 async def test_a_database_out_of_reach_is_a_503_to_retry_a_defect_a_500(fault, status) -> None:

@@ -333,17 +333,23 @@ class UnexpectedFaults:
             await self.answer(scope, error)(scope, receive, send)
 
 
-# SQLSTATE classes of a database unreachable or refusing work for now (PostgreSQL's
-# appendix A): 08 connection exception, 53 insufficient resources, 57 operator
-# intervention (a shutdown or restart under way).
-_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+# PostgreSQL's SQLSTATEs of a database unreachable or refusing work for now (its appendix
+# A): class 08 connection exception and class 53 insufficient resources, whole; from class
+# 57 the server shutting down or starting (57P01 admin_shutdown, 57P02 crash_shutdown,
+# 57P03 cannot_connect_now), not a statement cancelled by its own timeout (57014).
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53"})
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+# SQLite's primary result codes of the same (https://sqlite.org/rescode.html): BUSY,
+# LOCKED, NOMEM, IOERR, FULL, CANTOPEN; never ERROR (a wrong statement or a table or
+# column missing), READONLY or CORRUPT, which retrying does not cure.
+_UNAVAILABLE_SQLITE_CODES = frozenset({5, 6, 7, 10, 13, 14})
 
 
 def database_unreachable(exc: BaseException) -> bool:
     """Whether `exc` (raised by SQLAlchemy) says the database cannot be reached or cannot
     take work right now (refused or dropped connections, a server shutting down, a pool
-    with no connection to give, SQLite's lock timeout) rather than that a statement or the
-    schema is wrong (an SQLite "no such table" is a missing migration: a defect)."""
+    with no connection to give, SQLite's lock timeout, a full disk) rather than that a
+    statement or the schema is wrong (a defect, answered 500 with its traceback)."""
     from sqlalchemy import exc as sa
 
     if isinstance(exc, sa.TimeoutError):  # the pool had no connection to give in time
@@ -352,13 +358,15 @@ def database_unreachable(exc: BaseException) -> bool:
         return False
     if exc.connection_invalidated:
         return True
-    sqlstate = getattr(exc.orig, "sqlstate", None)
+    orig = exc.orig
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _UNAVAILABLE_SQLITE_CODES
+    sqlstate = getattr(orig, "sqlstate", None)
     if isinstance(sqlstate, str) and sqlstate:
-        return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
-    # No SQLSTATE: psycopg's connection failures, and SQLite's (which has none at all).
-    return isinstance(exc, sa.OperationalError | sa.InterfaceError) and "no such " not in str(
-        exc.orig
-    )
+        return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES or sqlstate in _UNAVAILABLE_SQLSTATES
+    # No SQLSTATE: psycopg's failures to connect or to keep a connection.
+    return isinstance(exc, sa.OperationalError | sa.InterfaceError)
 
 
 class ClientDisconnectGuard(UnexpectedFaults):
