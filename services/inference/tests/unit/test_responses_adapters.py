@@ -712,12 +712,7 @@ async def test_responses_are_translated_once_for_an_anthropic_deployment(harness
             }
         ],
         "tool_choice": {"type": "auto", "disable_parallel_tool_use": True},
-        "output_config": {
-            "format": {
-                "type": "json_schema",
-                "schema": {"type": "object", "additionalProperties": False},
-            }
-        },
+        "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
     }
     parsed = Response.model_validate(reply.data.response)
     assert parsed.status == "completed"
@@ -1656,11 +1651,14 @@ def test_a_responses_json_mode_reaches_anthropic_without_a_format_and_a_schema_c
         "text": {"format": {"type": "json_object"}},
     }
     assert "output_config" not in responses_request_to_messages(body)
+    with pytest.raises(TranslationError) as refused:  # as OpenAI refuses it
+        responses_request_to_messages({**body, "input": "Answer."})
+    assert refused.value.param == "input"
 
-    schema = {"type": "object", "properties": {"a": {"type": "object"}}}
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {}}}}
     body["text"] = {"format": {"type": "json_schema", "name": "w", "schema": schema}}
     assert responses_request_to_messages(body)["output_config"]["format"]["schema"] == {
         "type": "object",
-        "properties": {"a": {"type": "object", "additionalProperties": False}},
+        "properties": {"a": {"type": "object", "properties": {}, "additionalProperties": False}},
         "additionalProperties": False,
     }

@@ -553,7 +553,8 @@ def test_openai_json_schema_response_format_becomes_output_config() -> None:
 
 def test_a_non_strict_schema_has_its_objects_closed_for_anthropic() -> None:
     # Anthropic refuses an object schema without `additionalProperties: false`, which
-    # OpenAI's non-strict mode allows; an explicit value is the client's and is kept.
+    # OpenAI's non-strict mode allows; an explicit value is the client's and is kept, and
+    # so is an object declaring no properties.
     address = {"type": "object", "properties": {"city": {"type": "string"}}}
     tags = {"type": "object", "additionalProperties": {"type": "string"}}
     schema = {
@@ -562,7 +563,9 @@ def test_a_non_strict_schema_has_its_objects_closed_for_anthropic() -> None:
             "home": address,
             "trips": {"type": "array", "items": {"$ref": "#/$defs/trip"}},
             "tags": tags,
-            "either": {"anyOf": [{"type": "null"}, {"type": ["object", "null"]}]},
+            "either": {"anyOf": [{"type": "null"}, {"type": ["object", "null"], "properties": {}}]},
+            "free": {"type": "object"},
+            "both": {"allOf": [address]},
         },
         "$defs": {"trip": {"type": "object", "properties": {"to": address}}},
     }
@@ -587,9 +590,13 @@ def test_a_non_strict_schema_has_its_objects_closed_for_anthropic() -> None:
             "either": {
                 "anyOf": [
                     {"type": "null"},
-                    {"type": ["object", "null"], "additionalProperties": False},
+                    {"type": ["object", "null"], "properties": {}, "additionalProperties": False},
                 ]
             },
+            # A free-form map is not narrowed to `{}` (Anthropic refuses it in its words),
+            # nor is a branch of `allOf` closed (that would change what the whole takes).
+            "free": {"type": "object"},
+            "both": {"allOf": [address]},
         },
         "$defs": {
             "trip": {"type": "object", "properties": {"to": closed}, "additionalProperties": False}
@@ -597,6 +604,17 @@ def test_a_non_strict_schema_has_its_objects_closed_for_anthropic() -> None:
         "additionalProperties": False,
     }
     assert "additionalProperties" not in address  # the client's body is not changed
+
+
+def test_json_mode_without_the_word_json_is_refused_as_openai_refuses_it() -> None:
+    body = {"model": "m", "messages": USER, "response_format": {"type": "json_object"}}
+
+    with pytest.raises(TranslationError) as refused:
+        chat_request_to_messages(body)
+
+    assert refused.value.param == "messages"
+    assert refused.value.code != "unsupported_parameter"  # the client's API refuses it too
+    assert "must contain the word 'json'" in refused.value.message
 
 
 def test_json_mode_is_sent_to_anthropic_without_a_format() -> None:
@@ -1331,23 +1349,22 @@ def test_reasoning_effort_becomes_a_thinking_budget_within_max_tokens() -> None:
 
 
 def test_output_config_format_and_effort_become_response_format_and_reasoning_effort() -> None:
+    closed = {**WEATHER_SCHEMA, "additionalProperties": False}
     body = {
         "model": "m",
         "max_tokens": 5,
         "messages": USER,
         "output_config": {
-            "format": {"type": "json_schema", "schema": WEATHER_SCHEMA},
+            "format": {"type": "json_schema", "schema": closed},
             "effort": "max",
         },
     }
     result = messages_request_to_chat(body)
-    assert result["response_format"]["json_schema"]["schema"] == WEATHER_SCHEMA
+    assert result["response_format"]["json_schema"]["schema"] == closed
+    # Anthropic enforces every format; OpenAI's strict mode takes this one (every object
+    # closed, every property required).
+    assert result["response_format"]["json_schema"]["strict"] is True
     assert result["reasoning_effort"] == "xhigh"
-    # Anthropic enforces every format; OpenAI's strict mode takes only a schema closed at
-    # every object and requiring all of its properties.
-    closed = {**WEATHER_SCHEMA, "additionalProperties": False}
-    body["output_config"]["format"]["schema"] = closed
-    assert messages_request_to_chat(body)["response_format"]["json_schema"]["strict"] is True
     with pytest.raises(TranslationError) as caught:
         messages_request_to_chat({**body, "output_config": {"task_budget": 3}})
     assert caught.value.param == "output_config.task_budget"
@@ -1356,14 +1373,7 @@ def test_output_config_format_and_effort_become_response_format_and_reasoning_ef
 @pytest.mark.parametrize(
     "schema",
     [
-        # An optional property, which Anthropic allows and OpenAI's strict mode refuses.
-        {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-        # A nested object left open.
+        WEATHER_SCHEMA,
         {
             "type": "object",
             "properties": {"home": {"type": "object", "properties": {}}},
@@ -1372,7 +1382,32 @@ def test_output_config_format_and_effort_become_response_format_and_reasoning_ef
         },
     ],
 )
-def test_a_schema_openai_strict_mode_refuses_is_sent_non_strict(schema) -> None:
+def test_an_output_format_anthropic_refuses_is_refused_in_its_words(schema) -> None:
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": USER,
+        "output_config": {"format": {"type": "json_schema", "schema": schema}},
+    }
+
+    with pytest.raises(TranslationError) as refused:
+        messages_request_to_chat(body)
+
+    assert refused.value.message == (
+        "output_config.format.schema: For 'object' type, 'additionalProperties' must be "
+        "explicitly set to false"
+    )
+    assert refused.value.code != "unsupported_parameter"
+
+
+def test_a_schema_openai_strict_mode_refuses_is_sent_non_strict() -> None:
+    # An optional property, which Anthropic allows and OpenAI's strict mode refuses.
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "zip": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
     tool = {"name": "f", "input_schema": schema, "strict": True}
     body = {
         "model": "m",

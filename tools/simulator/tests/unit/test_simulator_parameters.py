@@ -93,9 +93,23 @@ def test_a_streamed_structured_output_parses_too(client):
 
 def test_json_mode_replies_with_a_json_object(client):
     completion = client.chat.completions.create(
-        model="sim-small", messages=user("Hello"), response_format={"type": "json_object"}
+        model="sim-small", messages=user("Hello in JSON"), response_format={"type": "json_object"}
     )
-    assert json.loads(completion.choices[0].message.content) == {"text": "Hello"}
+    assert json.loads(completion.choices[0].message.content) == {"text": "Hello in JSON"}
+
+
+def test_json_mode_without_the_word_json_is_refused_as_openai_refuses_it(client):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="sim-small", messages=user("Hello"), response_format={"type": "json_object"}
+        )
+    assert refused.value.body["param"] == "messages"
+    assert "must contain the word 'json'" in refused.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(
+            model="sim-small", input="Hello", text={"format": {"type": "json_object"}}
+        )
+    assert refused.value.body["param"] == "input"
 
 
 def test_responses_parse_gets_an_instance_of_the_pydantic_model(client):

@@ -59,23 +59,37 @@ def object_schemas(schema: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from object_schemas(inner)
 
 
+# Keywords whose schemas describe parts of the value itself (not conditions on it):
+# where `close_objects` looks for objects to close.
+_STRUCTURAL_ONE = ("items",)
+_STRUCTURAL_LISTS = ("anyOf", "oneOf", "prefixItems", "items")
+_STRUCTURAL_MAPPINGS = ("properties", "$defs", "definitions")
+
+
 def close_objects(schema: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `schema` in which every object schema without `additionalProperties` has
-    `additionalProperties: false`, as Anthropic's structured outputs require. An explicit
-    value (`true`, a schema) is kept: the provider judges it, and narrowing a contract the
-    client wrote down would change what its output may hold. `schema` is not changed."""
+    """A copy of `schema` in which every object schema that declares its `properties` and
+    names no `additionalProperties` has `additionalProperties: false`, as Anthropic's
+    structured outputs require. Left as written: an explicit value (`true`, a schema: the
+    client's contract), an object declaring no properties (a free-form map, which closing
+    would narrow to `{}`; Anthropic refuses it in its own words), and whatever sits under
+    `allOf`, `not`, `if`/`then`/`else` or `contains` (closing a branch there changes what
+    the whole accepts). `schema` is not changed."""
     copied = {key: _closed_value(key, value) for key, value in schema.items()}
-    if is_object_schema(copied) and "additionalProperties" not in copied:
+    if (
+        is_object_schema(copied)
+        and isinstance(copied.get("properties"), dict)
+        and "additionalProperties" not in copied
+    ):
         copied["additionalProperties"] = False
     return copied
 
 
 def _closed_value(key: str, value: Any) -> Any:
-    if key in _ONE and isinstance(value, dict):
+    if key in _STRUCTURAL_ONE and isinstance(value, dict):
         return close_objects(value)
-    if key in _LISTS and isinstance(value, list):
+    if key in _STRUCTURAL_LISTS and isinstance(value, list):
         return [close_objects(item) if isinstance(item, dict) else item for item in value]
-    if key in _MAPPINGS and isinstance(value, dict):
+    if key in _STRUCTURAL_MAPPINGS and isinstance(value, dict):
         return {
             name: close_objects(item) if isinstance(item, dict) else item
             for name, item in value.items()
@@ -120,3 +134,24 @@ def strict_violation(schema: dict[str, Any]) -> str | None:
                 f"key in properties. Missing '{missing[0]}'."
             )
     return None
+
+
+# OpenAI's refusals of JSON mode without the word "json" in the prompt (its Chat
+# Completions and Responses APIs; the model is told to answer JSON only by the prompt).
+JSON_MODE_CHAT_MESSAGE = (
+    "'messages' must contain the word 'json' in some form, to use 'response_format' of "
+    "type 'json_object'."
+)
+JSON_MODE_RESPONSES_MESSAGE = (
+    "Response input messages must contain the word 'json' in some form to use "
+    "'text.format' of type 'json_object'."
+)
+
+
+def mentions_json(*prompt: Any) -> bool:
+    """Whether any part of `prompt` (messages, input items, instructions: JSON values as
+    parsed) holds the word "json" in any case, which OpenAI requires of a JSON-mode
+    request."""
+    from switchyard.common import exactjson
+
+    return any(b"json" in exactjson.dumps(part).lower() for part in prompt if part is not None)

@@ -41,7 +41,13 @@ from switchyard.common import exactjson
 from switchyard.common.anthropic_request import AnthropicRequestError, check_messages_request
 from switchyard.common.errors import json_type, json_value
 from switchyard.common.openai_request import tool_message_fault
-from switchyard.common.output_schema import close_objects, strict_violation
+from switchyard.common.output_schema import (
+    JSON_MODE_CHAT_MESSAGE,
+    close_objects,
+    mentions_json,
+    open_object,
+    strict_violation,
+)
 
 # Anthropic requires max_tokens; OpenAI requests often leave it out.
 DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
@@ -668,6 +674,13 @@ def _apply_output_config(config: Any, result: dict[str, Any]) -> str | None:
             if value.get("schema") is None:
                 raise _anthropic_refusal("output_config.format.schema", "Field required")
             schema = value.get("schema")
+            if isinstance(schema, dict) and open_object(schema) is not None:
+                # Refused as Anthropic refuses it, rather than sent to a model that would
+                # follow it without Anthropic's guarantee.
+                raise _anthropic_refusal(
+                    "output_config.format.schema",
+                    "For 'object' type, 'additionalProperties' must be explicitly set to false",
+                )
             result["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {
@@ -1403,7 +1416,10 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
                 )
             result["output_config"] = anthropic_output_config(schema)
         elif kind == "json_object":
-            pass  # see `anthropic_output_config`: the prompt asks for JSON (OpenAI requires it)
+            # No format to send (see `anthropic_output_config`): the prompt asks for JSON,
+            # as OpenAI requires of JSON mode, and is refused as OpenAI refuses it if not.
+            if not mentions_json(body.get("messages")):
+                raise TranslationError(JSON_MODE_CHAT_MESSAGE, "messages", "invalid_value")
         elif kind is None:
             raise missing_parameter("response_format.type")
         elif kind != "text":
@@ -1431,7 +1447,8 @@ def anthropic_output_config(schema: dict[str, Any]) -> dict[str, Any]:
     Anthropic format is a schema, and a schema of any object would have to leave its
     properties open, which Anthropic refuses (closed, it allows only `{}`). Such a request is
     sent without a format; OpenAI takes JSON mode only from a prompt that asks for JSON in
-    words, which the model then reads."""
+    words (the translators refuse one that does not, in OpenAI's words), which the model
+    then reads."""
     return {"format": {"type": "json_schema", "schema": close_objects(schema)}}
 
 

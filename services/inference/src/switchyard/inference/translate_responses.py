@@ -38,6 +38,7 @@ from typing import Any
 from switchyard.common import exactjson
 from switchyard.common.events import TokenUsage, utcnow
 from switchyard.common.openai_request import function_call_fault
+from switchyard.common.output_schema import JSON_MODE_RESPONSES_MESSAGE, mentions_json
 from switchyard.common.responses import response_object, upstream_item, usage_object
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
@@ -919,8 +920,12 @@ def responses_request_to_messages(
     offer_history_tools(result)
     fmt = _text_format(body)
     if fmt is not None and fmt["type"] == "json_schema":
-        # JSON mode (`json_object`) has no Anthropic counterpart: see `anthropic_output_config`.
         result["output_config"] = anthropic_output_config(fmt["schema"])
+    elif fmt is not None and fmt["type"] == "json_object":
+        # No Anthropic counterpart (see `anthropic_output_config`): the prompt asks for
+        # JSON, as OpenAI requires, and is refused in OpenAI's words if not.
+        if not mentions_json(body.get("input"), body.get("instructions"), previous_items):
+            raise TranslationError(JSON_MODE_RESPONSES_MESSAGE, "input", "invalid_value")
     text_options = body.get("text")
     if isinstance(text_options, dict) and text_options.get("verbosity") not in (None, "medium"):
         raise TranslationError(

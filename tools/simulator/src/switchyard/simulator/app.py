@@ -24,7 +24,8 @@ real APIs do that Switchyard must carry faithfully is simulated too:
   deterministic JSON instance of the schema (every property, strings the user's words fitted
   to `format`/`minLength`/`maxLength`, numbers 0 or their `minimum`, `enum`/`const` first
   value, arrays of `minItems` items but at least one, first `anyOf`/`oneOf` branch, `$ref`
-  to `$defs`/`definitions`); `json_object` makes it `{"text": <user's words>}`. A schema
+  to `$defs`/`definitions`); `json_object` makes it `{"text": <user's words>}` (refused,
+  as OpenAI refuses it, when the prompt does not say "json"). A schema
   is refused as each real API refuses it: by Anthropic when an object schema lacks
   `additionalProperties: false`, by OpenAI in strict mode (`strict: true`) when an object
   is not closed that way or leaves a property out of `required`;
@@ -86,7 +87,13 @@ from starlette.types import Scope
 from switchyard.common import errorformat
 from switchyard.common.errors import APIError
 from switchyard.common.http import ClientDisconnectGuard
-from switchyard.common.output_schema import open_object, strict_violation
+from switchyard.common.output_schema import (
+    JSON_MODE_CHAT_MESSAGE,
+    JSON_MODE_RESPONSES_MESSAGE,
+    mentions_json,
+    open_object,
+    strict_violation,
+)
 from switchyard.common.responses import response_object
 from switchyard.simulator import parameters
 from switchyard.simulator.parameters import BadRequest
@@ -870,6 +877,8 @@ def build_openai_reply(body: dict[str, Any], cache: set[str] | None = None) -> O
     messages = _require_messages(body)
     n, limit, top_logprobs = _chat_options(body)
     json_reply, schema = output_schema(body.get("response_format"), "response_format")
+    if json_reply and schema is None and not mentions_json(messages):
+        raise BadRequest(JSON_MODE_CHAT_MESSAGE, "messages")
     fmt = body.get("response_format")
     if (
         isinstance(fmt, dict)
@@ -1563,6 +1572,8 @@ def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -
     json_reply, schema = output_schema(
         text_config.get("format") if isinstance(text_config, dict) else None, "text.format"
     )
+    if json_reply and schema is None and not mentions_json(body.get("input"), instructions):
+        raise BadRequest(JSON_MODE_RESPONSES_MESSAGE, "input")
     items = _responses_items(body)
     texts = [_item_text(item) for item in items]
     input_tokens = count_words(" ".join([*texts, content_text(instructions)]))
