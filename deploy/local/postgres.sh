@@ -15,11 +15,13 @@ set -euo pipefail
 
 PGPORT=${PGPORT:-5432}
 PG_START_TIMEOUT=${PG_START_TIMEOUT:-60}
-# The machine-wide "main" cluster serves the default port; another port gets a cluster of
-# its own, so that asking for one never moves (and restarts) the server others use.
+# The machine-wide "main" cluster serves the default port (or the port it was already
+# moved to); another port gets a cluster of its own, so that asking for one never moves
+# (and restarts) the server others use.
+main_port() { pg_lsclusters -h 2>/dev/null | awk '$2 == "main" { print $3; exit }'; }
 if [ -n "${PG_CLUSTER:-}" ]; then
     CLUSTER=$PG_CLUSTER
-elif [ "$PGPORT" = 5432 ]; then
+elif [ "$PGPORT" = 5432 ] || [ "$(main_port)" = "$PGPORT" ]; then
     CLUSTER=main
 else
     CLUSTER=switchyard-$PGPORT
