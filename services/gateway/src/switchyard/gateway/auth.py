@@ -508,32 +508,10 @@ class Authenticator:
         secret_hash = hashlib.sha256(key.encode()).hexdigest()
         cached = self._keys.get(secret_hash)
         now = time.monotonic()
-        # An answer past its TTL is served only with the revocations known (they are what
-        # still refuses a key auth cannot be asked about).
-        stale = (
-            cached is not None
-            and cached.expiry.stale_until > now
-            and (cached.principal is not None or cached.revoked)
-            and self.revocations.loaded
-        )
         if cached is not None and cached.expiry.fresh(now):
             principal = cached.principal
-        elif stale and self._outage.ongoing(now):
-            assert cached is not None
-            principal = cached.principal
-            STALE_ANSWERS.labels("api_key").inc()
         else:
-            try:
-                principal = await self._lookup_once(secret_hash)
-            except AuthUnreachableError:
-                failed_at = self._outage.failed()
-                if cached is None or not stale:
-                    raise
-                principal = cached.principal
-                self._keys[secret_hash] = _CachedKey(
-                    cached.expiry.retried(failed_at), principal, cached.revoked
-                )
-                STALE_ANSWERS.labels("api_key").inc()
+            principal = await self._expired_key(secret_hash, cached, now)
         if principal is None:
             raise AuthenticationError
         if (
@@ -545,6 +523,38 @@ class Authenticator:
             self._keys[secret_hash] = _CachedKey(self._expiry(self._key_ttl_s), None, True)
             raise AuthenticationError
         return principal
+
+    async def _expired_key(
+        self, secret_hash: str, cached: _CachedKey | None, now: float
+    ) -> Principal | None:
+        """Auth's answer for a key not cached, or cached past its TTL (`cached`): asked
+        again, or, while auth cannot be asked, the cached answer within its stale bound.
+
+        Raises:
+            AuthUnavailableError: auth cannot be asked and no cached answer may stand in.
+        """
+        # An answer past its TTL is served only with the revocations known (they are what
+        # still refuses a key auth cannot be asked about).
+        stale = (
+            cached is not None
+            and cached.expiry.stale_until > now
+            and (cached.principal is not None or cached.revoked)
+            and self.revocations.loaded
+        )
+        if cached is not None and stale and self._outage.ongoing(now):
+            STALE_ANSWERS.labels("api_key").inc()
+            return cached.principal
+        try:
+            return await self._lookup_once(secret_hash)
+        except AuthUnreachableError:
+            failed_at = self._outage.failed()
+            if cached is None or not stale:
+                raise
+            self._keys[secret_hash] = _CachedKey(
+                cached.expiry.retried(failed_at), cached.principal, cached.revoked
+            )
+            STALE_ANSWERS.labels("api_key").inc()
+            return cached.principal
 
     async def _lookup_once(self, secret_hash: str) -> Principal | None:
         """One lookup at auth per key, however many requests wait for it. The lookup runs
