@@ -15,17 +15,6 @@ set -euo pipefail
 
 PGPORT=${PGPORT:-5432}
 PG_START_TIMEOUT=${PG_START_TIMEOUT:-60}
-# The machine-wide "main" cluster serves the default port (or the port it was already
-# moved to); another port gets a cluster of its own, so that asking for one never moves
-# (and restarts) the server others use.
-main_port() { pg_lsclusters -h 2>/dev/null | awk '$2 == "main" { print $3; exit }'; }
-if [ -n "${PG_CLUSTER:-}" ]; then
-    CLUSTER=$PG_CLUSTER
-elif [ "$PGPORT" = 5432 ] || [ "$(main_port)" = "$PGPORT" ]; then
-    CLUSTER=main
-else
-    CLUSTER=switchyard-$PGPORT
-fi
 DB_USER=switchyard
 DB_PASSWORD=switchyard
 DB_NAME=switchyard
@@ -38,6 +27,20 @@ pg_version() {
         [ -x "$d" ] && basename "$(dirname "$(dirname "$d")")"
     done | sort -n | tail -1
 }
+
+# The machine-wide "main" cluster (of the version used) serves the default port, or the
+# port it was already moved to; another port gets a cluster of its own, so that asking
+# for one never moves (and restarts) the server others use.
+main_port() {
+    pg_lsclusters -h 2>/dev/null | awk -v v="$(pg_version)" '$1 == v && $2 == "main" { print $3; exit }'
+}
+if [ -n "${PG_CLUSTER:-}" ]; then
+    CLUSTER=$PG_CLUSTER
+elif [ "$PGPORT" = 5432 ] || [ "$(main_port)" = "$PGPORT" ]; then
+    CLUSTER=main
+else
+    CLUSTER=switchyard-$PGPORT
+fi
 
 ensure_installed() {
     if ! command -v pg_ctlcluster >/dev/null || [ -z "$(pg_version)" ]; then

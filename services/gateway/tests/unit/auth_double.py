@@ -6,6 +6,7 @@ that an attack caused no lookup at all."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -29,6 +30,8 @@ from switchyard.gateway.config import Settings
 from .conftest import completed_reply
 
 ISSUER, AUDIENCE = "switchyard-auth", "switchyard"
+# The paths auth serves (the double also plays history).
+AUTH_PATHS = ("/internal/v1/api-keys", "/internal/v1/users", "/internal/v1/policy", "/.well-known")
 
 
 def new_rsa_key() -> rsa.RSAPrivateKey:
@@ -85,6 +88,8 @@ class AuthDouble:
     down: bool = False
     # Every call answered with this status instead (a 503 outage, a 401 misconfiguration).
     answer_status: int | None = None
+    # Auth hung: every call times out after this many seconds.
+    hang_s: float | None = None
 
     def count(self, path: str) -> int:
         return sum(1 for call in self.calls if call == path)
@@ -128,9 +133,11 @@ class AuthDouble:
             keys.append(jwk)
         return {"keys": keys}
 
-    def handle(self, request: httpx.Request) -> httpx.Response:
+    def handle(self, request: httpx.Request) -> Any:
         path = request.url.path
         self.calls.append(path)
+        if self.hang_s is not None and path.startswith(AUTH_PATHS):
+            return self._hung(request, self.hang_s)
         if self.down:
             raise httpx.ConnectError("connection refused", request=request)
         if self.answer_status is not None:
@@ -164,6 +171,11 @@ class AuthDouble:
         if path == "/v1/history":
             return httpx.Response(200, json={"object": "list", "data": []})
         return httpx.Response(404)
+
+    @staticmethod
+    async def _hung(request: httpx.Request, seconds: float) -> httpx.Response:
+        await asyncio.sleep(seconds)
+        raise httpx.ReadTimeout("auth did not answer", request=request)
 
 
 @dataclass

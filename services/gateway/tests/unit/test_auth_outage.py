@@ -154,3 +154,25 @@ async def test_an_auth_answering_503_is_ridden_out_but_not_one_answering_401(
         auth.answer_status = 401
         await asyncio.sleep(0.3)  # past the outage's retry window: auth is asked again
         assert await status_of(gw, known.key) == 503
+
+
+async def test_a_hung_auth_holds_a_caller_it_vouched_for_at_most_briefly() -> None:
+    """Auth not answering (each call waits out its timeout): a caller with a cached answer
+    is served it after `STALE_WAIT_S`, not after auth's timeout, and later ones at once."""
+    auth = AuthDouble()
+    async with gateway_with(auth, settings(stale_s=60)) as gw:
+        known = auth.add_api_key()
+        assert await status_of(gw, known.key) == 200
+        auth.hang_s = 2.0
+        await asyncio.sleep(TTL_S * 2)
+
+        started = time.monotonic()
+        assert await status_of(gw, known.key) == 200
+        first = time.monotonic() - started
+        await asyncio.sleep(2.1)  # the hung lookup times out: auth is known to be down
+        started = time.monotonic()
+        assert await status_of(gw, known.key) == 200
+        later = time.monotonic() - started
+
+        assert first < 1.5, first
+        assert later < 0.4, later

@@ -149,9 +149,23 @@ JSON_MODE_RESPONSES_MESSAGE = (
 
 
 def mentions_json(*prompt: Any) -> bool:
-    """Whether any part of `prompt` (messages, input items, instructions: JSON values as
+    """Whether the text of `prompt` (messages, input items, instructions: JSON values as
     parsed) holds the word "json" in any case, which OpenAI requires of a JSON-mode
-    request."""
-    from switchyard.common import exactjson
+    request. Text is a string given whole, or under `content`, `text` or `instructions`;
+    names, ids, tool arguments and image data are not read."""
+    return any("json" in text.lower() for part in prompt for text in _texts(part, None))
 
-    return any(b"json" in exactjson.dumps(part).lower() for part in prompt if part is not None)
+
+_TEXT_KEYS = frozenset({"content", "text", "instructions"})
+
+
+def _texts(value: Any, key: str | None) -> Iterator[str]:
+    if isinstance(value, str):
+        if key is None or key in _TEXT_KEYS:
+            yield value
+    elif isinstance(value, dict):
+        for name, inner in value.items():
+            yield from _texts(inner, name)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _texts(inner, key)

@@ -2,11 +2,11 @@
 database named by the settings (the same one the service uses).
 
 Revocations (`keys revoke`, `users disable`) and limit changes write their event to the
-outbox table. On Kafka (`SWITCHYARD_BUS=kafka`) the command then publishes what it wrote
-itself, so every gateway applies it within a second even while no auth service runs (a
-gateway serving cached answers through an auth outage learns of it only from the topic);
-otherwise, or when the broker cannot take it within 10 s, the running auth service
-publishes it within its poll interval (0.5 s).
+outbox table. On Kafka (`SWITCHYARD_BUS=kafka`) with PostgreSQL the command then publishes
+what it wrote itself, so every gateway applies it within a second even while no auth
+service runs (a gateway serving cached answers through an auth outage learns of it only
+from the topic); otherwise, or when the broker cannot take it within 10 s, the running
+auth service publishes it within its poll interval (0.5 s).
 
 Errors an operator can fix (unknown user, duplicate email, tables not migrated) print one
 line to stderr and exit with status 1, without a traceback.
@@ -15,14 +15,15 @@ line to stderr and exit with status 1, without a traceback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import typer
+from sqlalchemy import func, make_url, select
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -36,7 +37,7 @@ from switchyard.auth.governance import (
     TeamNotFound,
     limits_of,
 )
-from switchyard.auth.models import ROLES
+from switchyard.auth.models import ROLES, OutboxEvent
 from switchyard.auth.outbox import OutboxRelay
 from switchyard.auth.service import (
     AuthError,
@@ -47,9 +48,9 @@ from switchyard.auth.service import (
     normalise_email,
 )
 from switchyard.auth.signing import SigningKeyError
-from switchyard.auth.store import AuthStore
 from switchyard.common.bus import create_bus
-from switchyard.common.db import dispose_engine, missing_database
+from switchyard.common.db import dispose_engine, missing_database, sync_url
+from switchyard.common.logging import configure_logging
 from switchyard.common.settings import ServiceSettings
 from switchyard.common.text import columns, fixed_point
 from switchyard.common.text import terminal_safe as safe
@@ -203,40 +204,70 @@ def _split(value: str | None, option: str) -> list[str] | None:
 
 
 # How long a command waits to publish the events it wrote before leaving them to the
-# running auth service.
+# running auth service (connecting, publishing and closing, all told).
 CLI_PUBLISH_TIMEOUT_S = 10.0
 
 
-async def _publish_written_events(service: AuthService) -> None:
-    """Publish the auth events still pending in the outbox (those the command wrote) to the
-    auth events topic, when the bus is Kafka, as the auth service's relay does (the same
-    relay: in order, under its lock). Best effort: on failure one warning line says the
-    auth service will publish them; the command has succeeded either way."""
+class _BusSettings(ServiceSettings):
+    """The bus settings of the services, read by a command that publishes: a command calls
+    no other service, so it needs none of their secrets (the internal token)."""
+
+    secret_defaults: ClassVar[dict[str, str]] = {}
+
+
+async def _last_outbox_id(service: AuthService) -> int:
+    async with service.sessions() as session:
+        return int(await session.scalar(select(func.max(OutboxEvent.id))) or 0)
+
+
+async def _publish_written_events(service: AuthService, before: int) -> None:
+    """Publish the auth events the command wrote (outbox rows after id `before`) to the
+    auth events topic, with any still pending before them, as the auth service's relay does
+    (the same relay: in order, under its PostgreSQL lock), when the bus is Kafka. Not on
+    SQLite, which has no lock to keep a running service's relay from publishing the same
+    rows (the caller publishes only on PostgreSQL). Best effort, within
+    `CLI_PUBLISH_TIMEOUT_S`: on failure one warning line says the auth service will publish
+    them; the command has succeeded either way."""
+    if await _last_outbox_id(service) <= before:
+        return  # the command wrote no event
     try:
-        settings = ServiceSettings()
-    except ValueError:
-        return  # the command needs no bus settings; the service reads them when it runs
+        settings = _BusSettings()
+    except ValueError as exc:
+        typer.echo(
+            f"warning: the change is saved, but its event was not published now (bus "
+            f"settings: {exc}); the auth service publishes it when it runs",
+            err=True,
+        )
+        return
     if settings.bus != "kafka":
         return
-    async with service.sessions() as session:
-        if not await AuthStore(session).pending_events(1):
-            return
+    # Standard output is the command's answer (`--json` is read by programs), and the bus's
+    # own retry lines would bury the one warning that matters here: errors only, to
+    # standard error.
+    configure_logging("auth", "ERROR", "console", stream=sys.stderr)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     bus = create_bus(settings, client_id="auth-cli")
     relay = OutboxRelay(service.sessions, bus, Topics(settings.topic_prefix).auth_events)
     try:
         async with asyncio.timeout(CLI_PUBLISH_TIMEOUT_S):
-            await bus.start()
-            await relay.publish_pending()
+            try:
+                await bus.start()
+                # The producer connects in the background; a publish before it has would be
+                # refused at once.
+                connected = getattr(bus, "can_publish", lambda: True)
+                for _ in range(int(CLI_PUBLISH_TIMEOUT_S / 0.05)):
+                    if connected():
+                        break
+                    await asyncio.sleep(0.05)
+                await relay.publish_pending()
+            finally:
+                await bus.stop()
     except Exception as exc:  # noqa: BLE001 - the auth service publishes them later
         typer.echo(
             f"warning: the change is saved, but its event could not be published now "
             f"({type(exc).__name__}); the auth service publishes it when it runs",
             err=True,
         )
-    finally:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
-                await bus.stop()
 
 
 def run_with_service(action: Callable[[AuthService], Awaitable[T]], *, signing: bool = False) -> T:
@@ -262,8 +293,12 @@ def run_with_service(action: Callable[[AuthService], Awaitable[T]], *, signing: 
         engine: AsyncEngine
         engine, service = build_database_service(database_url, tokens=tokens)
         try:
+            # Only PostgreSQL's lock lets a command publish beside a running service.
+            publishes = make_url(sync_url(database_url)).get_backend_name() == "postgresql"
+            before = await _last_outbox_id(service) if publishes else 0
             result = await action(service)
-            await _publish_written_events(service)
+            if publishes:
+                await _publish_written_events(service, before)
             return result
         finally:
             await dispose_engine(engine)

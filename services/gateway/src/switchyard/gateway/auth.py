@@ -25,9 +25,10 @@
   run out is served from that answer for up to `stale_if_error_s` more (RFC 5861's
   stale-if-error), once the revocations are loaded, while each expiry check and revocation
   still applies (revocations come from the events topic, which the auth CLI also publishes
-  to, not from auth's HTTP API). Once a call has failed, such answers are served without
-  asking auth for `STALE_RETRY_S` (`AuthOutage`), so a hung auth does not hold every
-  request for its timeout; an answer given is cached as usual. A key revoked (or expired,
+  to, not from auth's HTTP API). A caller holding such an answer waits for auth's fresh one
+  at most `STALE_WAIT_S`, and once a call has failed, auth is not asked for
+  `STALE_RETRY_S` (`AuthOutage`): a hung auth never holds such a caller for its timeout;
+  an answer given is cached as usual. A key revoked (or expired,
   or its user disabled) stays refused meanwhile; one auth did not know, or never saw,
   waits for auth (503 `auth_unavailable`): it may be new.
 
@@ -78,6 +79,10 @@ MAX_TIMESTAMP = 253_402_300_799
 # While auth cannot be reached, how often (s) a caller served from a stale answer has auth
 # asked again: one lookup per caller at most this often, not one per request.
 STALE_RETRY_S = 5.0
+# How long a caller with a usable stale answer waits for auth's fresh one before being
+# served the stale one (the lookup goes on and caches what it gets): a hung auth, or
+# lookups queued for a slot, never hold such a caller longer.
+STALE_WAIT_S = 0.5
 
 STALE_ANSWERS = Counter(
     "switchyard_gateway_auth_stale_answers_total",
@@ -99,6 +104,12 @@ class AuthUnreachableError(AuthUnavailableError):
     """Auth could not be asked: no connection, a timeout, or a 429 or 5xx answer (an
     outage, which stale answers may ride out; another status is a misconfiguration, which
     they must not hide)."""
+
+
+async def finished_within(task: asyncio.Future[Any], timeout_s: float) -> bool:
+    """Whether `task` is done within `timeout_s` seconds (it is never cancelled here)."""
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    return bool(done)
 
 
 def unreachable_status(status: int) -> bool:
@@ -326,7 +337,8 @@ class Authenticator:
         self._lookup_slots = asyncio.Semaphore(lookup_concurrency)
         # user id -> (when to ask auth again, exists and enabled)
         self._users: dict[str, tuple[StaleIfError, bool]] = {}
-        self._outage = AuthOutage()
+        # When auth last failed to answer; shared with the policy source.
+        self.outage = AuthOutage()
         self._user_lookups: dict[str, asyncio.Task[bool]] = {}
 
     async def authenticate(self, authorization: str | None, x_api_key: str | None) -> Principal:
@@ -388,20 +400,27 @@ class Authenticator:
         if cached is not None and cached[0].fresh(now):
             return cached[1]
         usable = cached is not None and cached[1] and cached[0].stale_until > now
-        if usable and self._outage.ongoing(now):
+        if usable and self.outage.ongoing(now):
+            STALE_ANSWERS.labels("user").inc()
+            return True
+        task = self._user_lookup(user_id)
+        if usable and not await finished_within(task, STALE_WAIT_S):
+            self.outage.failed()  # auth this slow is not asked again for a while
             STALE_ANSWERS.labels("user").inc()
             return True
         try:
-            return await self._looked_up_user(user_id)
+            return await asyncio.shield(task)
         except AuthUnreachableError:
-            failed_at = self._outage.failed()
+            failed_at = self.outage.failed()
             if cached is None or not usable:
                 raise
             self._users[user_id] = (cached[0].retried(failed_at), True)
             STALE_ANSWERS.labels("user").inc()
             return True
 
-    async def _looked_up_user(self, user_id: str) -> bool:
+    def _user_lookup(self, user_id: str) -> asyncio.Task[bool]:
+        """The lookup of `user_id` at auth in flight, started if none is: one per user,
+        however many requests wait for it."""
         task = self._user_lookups.get(user_id)
         if task is None:
             task = asyncio.create_task(self._lookup_user(user_id))
@@ -413,7 +432,7 @@ class Authenticator:
                     finished.exception()
 
             task.add_done_callback(done)
-        return await asyncio.shield(task)
+        return task
 
     async def _lookup_user(self, user_id: str) -> bool:
         async with self._lookup_slots:
@@ -541,13 +560,18 @@ class Authenticator:
             and (cached.principal is not None or cached.revoked)
             and self.revocations.loaded
         )
-        if cached is not None and stale and self._outage.ongoing(now):
+        if cached is not None and stale and self.outage.ongoing(now):
+            STALE_ANSWERS.labels("api_key").inc()
+            return cached.principal
+        task = self._lookup_task(secret_hash)
+        if cached is not None and stale and not await finished_within(task, STALE_WAIT_S):
+            self.outage.failed()  # auth this slow is not asked again for a while
             STALE_ANSWERS.labels("api_key").inc()
             return cached.principal
         try:
-            return await self._lookup_once(secret_hash)
+            return await asyncio.shield(task)
         except AuthUnreachableError:
-            failed_at = self._outage.failed()
+            failed_at = self.outage.failed()
             if cached is None or not stale:
                 raise
             self._keys[secret_hash] = _CachedKey(
@@ -556,9 +580,10 @@ class Authenticator:
             STALE_ANSWERS.labels("api_key").inc()
             return cached.principal
 
-    async def _lookup_once(self, secret_hash: str) -> Principal | None:
-        """One lookup at auth per key, however many requests wait for it. The lookup runs
-        as its own task, so a client that disconnects does not cancel it for the others."""
+    def _lookup_task(self, secret_hash: str) -> asyncio.Task[Principal | None]:
+        """The lookup of a key at auth in flight, started if none is: one per key, however
+        many requests wait for it. It runs as its own task, so a client that disconnects
+        does not cancel it for the others."""
         task = self._lookups.get(secret_hash)
         if task is None:
             task = asyncio.create_task(self._lookup_and_cache(secret_hash))
@@ -570,7 +595,7 @@ class Authenticator:
                     finished.exception()  # retrieved, so an unawaited failure logs nothing
 
             task.add_done_callback(done)
-        return await asyncio.shield(task)
+        return task
 
     async def _lookup_and_cache(self, secret_hash: str) -> Principal | None:
         async with self._lookup_slots:

@@ -166,6 +166,7 @@ def build(
             internal_token=settings.internal_token,
             ttl_s=settings.policy_cache_ttl_s,
             stale_if_error_s=settings.auth_stale_if_error_s,
+            outage=authenticator.outage,
         ),
         prices=PriceSource(settings.prices_file).table,
         # Read at each request: the routing file is reloaded when it changes.

@@ -24,7 +24,14 @@ import httpx
 
 from switchyard.common.governance import LEVELS, FailureMode, Limits
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
-from switchyard.gateway.auth import STALE_ANSWERS, AuthOutage, StaleIfError, unreachable_status
+from switchyard.gateway.auth import (
+    STALE_ANSWERS,
+    STALE_WAIT_S,
+    AuthOutage,
+    StaleIfError,
+    finished_within,
+    unreachable_status,
+)
 
 
 class PolicyUnavailable(Exception):
@@ -136,8 +143,8 @@ NO_LIMITS = Policy(tenant="", team_id=None)
 class PolicySource:
     """The callers' limit policies from auth, cached `ttl_s` seconds per (user, key), with one
     fetch in flight per caller however many requests wait for it. While auth cannot be asked,
-    a policy past its TTL is used for up to `stale_if_error_s` more (asking auth again every
-    `STALE_RETRY_S`); an invalidated one never is."""
+    a policy past its TTL is used for up to `stale_if_error_s` more (see the authenticator's
+    `AuthOutage`, which `outage` shares); an invalidated one never is."""
 
     def __init__(
         self,
@@ -147,6 +154,7 @@ class PolicySource:
         internal_token: str,
         ttl_s: float = 60.0,
         stale_if_error_s: float = 0.0,
+        outage: AuthOutage | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
@@ -156,7 +164,9 @@ class PolicySource:
         self._stale_if_error_s = stale_if_error_s
         self._clock = clock
         self._cache: dict[tuple[str, str | None], tuple[StaleIfError, Policy]] = {}
-        self._outage = AuthOutage(clock)
+        # Shared with the authenticator (`outage`), so one failed call to auth spares the
+        # callers both waits.
+        self._outage = outage if outage is not None else AuthOutage(clock)
         self._fetches: dict[tuple[str, str | None], asyncio.Task[Policy]] = {}
         # Bumped by every invalidation, so a fetch that started before it is not cached.
         self._generation = 0
@@ -181,6 +191,13 @@ class PolicySource:
             task = asyncio.create_task(self._fetch(key))
             self._fetches[key] = task
             task.add_done_callback(lambda _: self._fetches.pop(key, None))
+        usable = cached is not None and cached[0].stale_until > now
+        if usable and not await finished_within(task, STALE_WAIT_S):
+            assert cached is not None
+            if generation == self._generation:  # not invalidated while it waited
+                self._outage.failed()  # auth this slow is not asked again for a while
+                STALE_ANSWERS.labels("policy").inc()
+                return cached[1]
         try:
             return await asyncio.shield(task)
         except PolicyUnavailable as exc:
