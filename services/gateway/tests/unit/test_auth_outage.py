@@ -94,29 +94,31 @@ async def test_callers_auth_vouched_for_are_served_while_it_is_down() -> None:
         assert await status_of(gw, new_key.key) == 200
 
 
+async def known_key_past_its_ttl(gw, auth: AuthDouble) -> str:
+    """A key auth vouched for, with auth gone down since and the answer past its TTL."""
+    known = auth.add_api_key()
+    assert await status_of(gw, known.key) == 200
+    auth.down = True
+    await asyncio.sleep(TTL_S * 2)
+    return known.key
+
+
 async def test_stale_answers_end_at_their_bound() -> None:
     auth = AuthDouble()
     async with gateway_with(auth, settings(stale_s=0.3)) as gw:
-        known = auth.add_api_key()
-        assert await status_of(gw, known.key) == 200
-        auth.down = True
-        await asyncio.sleep(TTL_S * 2)
-        assert await status_of(gw, known.key) == 200
+        key = await known_key_past_its_ttl(gw, auth)
+        assert await status_of(gw, key) == 200
         deadline = time.monotonic() + 5
-        while await status_of(gw, known.key) == 200:
+        while await status_of(gw, key) == 200:
             assert time.monotonic() < deadline, "a stale answer outlived its bound"
             await asyncio.sleep(0.05)
-        assert await status_of(gw, known.key) == 503
+        assert await status_of(gw, key) == 503
 
 
 async def test_without_a_stale_bound_an_expired_answer_waits_for_auth() -> None:
     auth = AuthDouble()
     async with gateway_with(auth, settings(stale_s=0)) as gw:
-        known = auth.add_api_key()
-        assert await status_of(gw, known.key) == 200
-        auth.down = True
-        await asyncio.sleep(TTL_S * 2)
-        assert await status_of(gw, known.key) == 503
+        assert await status_of(gw, await known_key_past_its_ttl(gw, auth)) == 503
 
 
 async def test_a_gateway_started_while_auth_is_down_answers_a_token_503_not_401() -> None:

@@ -41,10 +41,10 @@ import asyncio
 import hashlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -65,6 +65,8 @@ from switchyard.common.headers import (
 from switchyard.gateway.revocations import RevocationState
 
 log = structlog.get_logger("switchyard.gateway.auth")
+
+_T = TypeVar("_T")
 
 ALLOWED_ALGORITHMS = ["RS256"]
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
@@ -110,6 +112,25 @@ async def finished_within(task: asyncio.Future[Any], timeout_s: float) -> bool:
     """Whether `task` is done within `timeout_s` seconds (it is never cancelled here)."""
     done, _ = await asyncio.wait({task}, timeout=timeout_s)
     return bool(done)
+
+
+def shared_task(
+    tasks: dict[str, asyncio.Task[_T]], key: str, start: Callable[[], Coroutine[Any, Any, _T]]
+) -> asyncio.Task[_T]:
+    """The task `tasks` holds under `key`, or one started from `start()` and held there until
+    it ends (its failure retrieved then, so one nobody awaited logs nothing)."""
+    task = tasks.get(key)
+    if task is None:
+        task = asyncio.create_task(start())
+        tasks[key] = task
+
+        def done(finished: asyncio.Task[_T]) -> None:
+            tasks.pop(key, None)
+            if not finished.cancelled():
+                finished.exception()
+
+        task.add_done_callback(done)
+    return task
 
 
 def unreachable_status(status: int) -> bool:
@@ -421,18 +442,7 @@ class Authenticator:
     def _user_lookup(self, user_id: str) -> asyncio.Task[bool]:
         """The lookup of `user_id` at auth in flight, started if none is: one per user,
         however many requests wait for it."""
-        task = self._user_lookups.get(user_id)
-        if task is None:
-            task = asyncio.create_task(self._lookup_user(user_id))
-            self._user_lookups[user_id] = task
-
-            def done(finished: asyncio.Task[bool]) -> None:
-                self._user_lookups.pop(user_id, None)
-                if not finished.cancelled():
-                    finished.exception()
-
-            task.add_done_callback(done)
-        return task
+        return shared_task(self._user_lookups, user_id, lambda: self._lookup_user(user_id))
 
     async def _lookup_user(self, user_id: str) -> bool:
         async with self._lookup_slots:
@@ -584,18 +594,7 @@ class Authenticator:
         """The lookup of a key at auth in flight, started if none is: one per key, however
         many requests wait for it. It runs as its own task, so a client that disconnects
         does not cancel it for the others."""
-        task = self._lookups.get(secret_hash)
-        if task is None:
-            task = asyncio.create_task(self._lookup_and_cache(secret_hash))
-            self._lookups[secret_hash] = task
-
-            def done(finished: asyncio.Task[Principal | None]) -> None:
-                self._lookups.pop(secret_hash, None)
-                if not finished.cancelled():
-                    finished.exception()  # retrieved, so an unawaited failure logs nothing
-
-            task.add_done_callback(done)
-        return task
+        return shared_task(self._lookups, secret_hash, lambda: self._lookup_and_cache(secret_hash))
 
     async def _lookup_and_cache(self, secret_hash: str) -> Principal | None:
         async with self._lookup_slots:
