@@ -9,8 +9,11 @@ import json
 import time
 
 import httpx
+import pytest
 
 from switchyard.common.testing.processes import free_port
+
+pytestmark = pytest.mark.e2e
 
 BODY = {"model": "sim-small", "messages": [{"role": "user", "content": "auth outage"}]}
 
