@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+import httpx
+import pytest
 from prometheus_client import REGISTRY
 
 from switchyard.common.events import ApiKeyRevoked, ApiKeyRevokedData, new_id
 from switchyard.gateway import auth as gateway_auth
 from switchyard.gateway.config import Settings
+from switchyard.gateway.governance.policy import PolicySource, PolicyUnavailable
 
 from .auth_double import AuthDouble, gateway_with
 
@@ -94,11 +97,13 @@ async def test_callers_auth_vouched_for_are_served_while_it_is_down() -> None:
         assert await status_of(gw, new_key.key) == 200
 
 
-async def known_key_past_its_ttl(gw, auth: AuthDouble) -> str:
-    """A key auth vouched for, with auth gone down since and the answer past its TTL."""
+async def known_key_past_its_ttl(gw, auth: AuthDouble, **failure) -> str:
+    """A key auth vouched for, with auth failing since as `failure` sets the double (by
+    default: down) and the answer past its TTL."""
     known = auth.add_api_key()
     assert await status_of(gw, known.key) == 200
-    auth.down = True
+    for name, value in (failure or {"down": True}).items():
+        setattr(auth, name, value)
     await asyncio.sleep(TTL_S * 2)
     return known.key
 
@@ -146,16 +151,12 @@ async def test_an_auth_answering_503_is_ridden_out_but_not_one_answering_401(
     monkeypatch.setattr(gateway_auth, "STALE_RETRY_S", 0.2)
     auth = AuthDouble()
     async with gateway_with(auth, settings(stale_s=60)) as gw:
-        known = auth.add_api_key()
-        assert await status_of(gw, known.key) == 200
-
-        auth.answer_status = 503
-        await asyncio.sleep(TTL_S * 2)
-        assert await status_of(gw, known.key) == 200
+        key = await known_key_past_its_ttl(gw, auth, answer_status=503)
+        assert await status_of(gw, key) == 200
 
         auth.answer_status = 401
         await asyncio.sleep(0.3)  # past the outage's retry window: auth is asked again
-        assert await status_of(gw, known.key) == 503
+        assert await status_of(gw, key) == 503
 
 
 async def test_a_hung_auth_holds_a_caller_it_vouched_for_at_most_briefly() -> None:
@@ -163,18 +164,48 @@ async def test_a_hung_auth_holds_a_caller_it_vouched_for_at_most_briefly() -> No
     is served it after `STALE_WAIT_S`, not after auth's timeout, and later ones at once."""
     auth = AuthDouble()
     async with gateway_with(auth, settings(stale_s=60)) as gw:
-        known = auth.add_api_key()
-        assert await status_of(gw, known.key) == 200
-        auth.hang_s = 2.0
-        await asyncio.sleep(TTL_S * 2)
+        key = await known_key_past_its_ttl(gw, auth, hang_s=2.0)
 
         started = time.monotonic()
-        assert await status_of(gw, known.key) == 200
+        assert await status_of(gw, key) == 200
         first = time.monotonic() - started
         await asyncio.sleep(2.1)  # the hung lookup times out: auth is known to be down
         started = time.monotonic()
-        assert await status_of(gw, known.key) == 200
+        assert await status_of(gw, key) == 200
         later = time.monotonic() - started
 
         assert first < 1.5, first
         assert later < 0.4, later
+
+
+async def test_a_policy_invalidated_by_a_limit_change_is_not_served_stale() -> None:
+    """Auth down: a caller's policy past its TTL stands in for auth's answer, unless a limit
+    change (an auth event) invalidated it; then its limits are unknown (PolicyUnavailable,
+    503 `limits_unavailable`), never the old ones."""
+    down = False
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if down:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(404)  # no limits for this caller
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    policies = PolicySource(
+        lambda: client,
+        auth_url="http://127.0.0.1:1",
+        internal_token="t",
+        ttl_s=TTL_S,
+        stale_if_error_s=60,
+    )
+    try:
+        first = await policies.get("u1", "k1")
+        await policies.get("u2", "k2")
+        down = True
+        await asyncio.sleep(TTL_S * 2)
+
+        assert await policies.get("u1", "k1") is first  # stale, within its bound
+        policies.invalidate("user", "u2")
+        with pytest.raises(PolicyUnavailable):
+            await policies.get("u2", "k2")
+    finally:
+        await client.aclose()

@@ -41,7 +41,7 @@ import asyncio
 import hashlib
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -67,6 +67,7 @@ from switchyard.gateway.revocations import RevocationState
 log = structlog.get_logger("switchyard.gateway.auth")
 
 _T = TypeVar("_T")
+_K = TypeVar("_K", bound=Hashable)
 
 ALLOWED_ALGORITHMS = ["RS256"]
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
@@ -78,8 +79,8 @@ MAX_CREDENTIAL_LENGTH = 8192
 MAX_CACHED_KEYS = 100_000
 # Latest instant a time claim may name (9999-12-31T23:59:59Z).
 MAX_TIMESTAMP = 253_402_300_799
-# While auth cannot be reached, how often (s) a caller served from a stale answer has auth
-# asked again: one lookup per caller at most this often, not one per request.
+# Once a call to auth failed (or took longer than `STALE_WAIT_S`), for how long (s) callers
+# holding a usable stale answer are served it without asking auth at all.
 STALE_RETRY_S = 5.0
 # How long a caller with a usable stale answer waits for auth's fresh one before being
 # served the stale one (the lookup goes on and caches what it gets): a hung auth, or
@@ -115,7 +116,7 @@ async def finished_within(task: asyncio.Future[Any], timeout_s: float) -> bool:
 
 
 def shared_task(
-    tasks: dict[str, asyncio.Task[_T]], key: str, start: Callable[[], Coroutine[Any, Any, _T]]
+    tasks: dict[_K, asyncio.Task[_T]], key: _K, start: Callable[[], Coroutine[Any, Any, _T]]
 ) -> asyncio.Task[_T]:
     """The task `tasks` holds under `key`, or one started from `start()` and held there until
     it ends (its failure retrieved then, so one nobody awaited logs nothing)."""
@@ -138,11 +139,22 @@ def unreachable_status(status: int) -> bool:
     return status == 429 or status >= 500
 
 
+class Stale:
+    """`AuthOutage.answer`'s result when a cached answer is to stand in for auth's."""
+
+
+STALE = Stale()
+
+
+def _unreachable(exc: Exception) -> bool:
+    return isinstance(exc, AuthUnreachableError)
+
+
 class AuthOutage:
-    """Whether auth was found unreachable within the last `STALE_RETRY_S` seconds: while it
-    was, an answer past its TTL but within its stale bound is served at once, without
-    asking auth first, so a hung auth (each call waiting out its timeout) slows only the
-    first requests of each `STALE_RETRY_S`, not every request."""
+    """Whether auth failed to answer (or was slow) within the last `STALE_RETRY_S` seconds,
+    and the one way a cached answer past its TTL stands in for auth's (`answer`): while auth
+    is out, such an answer is served at once, without asking auth first, so a hung auth
+    (each call waiting out its timeout) holds no caller for its timeout."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -157,6 +169,48 @@ class AuthOutage:
     def ongoing(self, now: float) -> bool:
         """Whether a call failed within `STALE_RETRY_S` seconds before `now`."""
         return now < self._until
+
+    async def answer(
+        self,
+        start: Callable[[], asyncio.Future[_T]],
+        *,
+        lookup: str,
+        usable: Callable[[], bool],
+        keep_stale: Callable[[float], None],
+        unreachable: Callable[[Exception], bool] = _unreachable,
+    ) -> _T | Stale:
+        """Auth's answer from the lookup `start()` begins, or `STALE` when the caller's
+        cached answer is to stand in for it: `usable()` says one may (within its stale
+        bound, not revoked or invalidated), and auth failed lately (it is not asked at all),
+        takes longer than `STALE_WAIT_S` (the lookup goes on and caches what it gets), or
+        fails in a way `unreachable` says is an outage (then `keep_stale(now)` keeps the
+        cached answer for `STALE_RETRY_S`). Each stale answer is counted under `lookup`
+        (`api_key`, `user`, `policy`).
+
+        Raises:
+            Whatever the lookup raises when no cached answer may stand in.
+        """
+        if usable() and self.ongoing(self._clock()):
+            return self._stale(lookup)
+        task = start()
+        if usable() and not await finished_within(task, STALE_WAIT_S):
+            self.failed()
+            return self._stale(lookup)
+        try:
+            return await asyncio.shield(task)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            failed_at = self.failed()
+            if not usable():
+                raise
+            keep_stale(failed_at)
+            return self._stale(lookup)
+
+    @staticmethod
+    def _stale(lookup: str) -> Stale:
+        STALE_ANSWERS.labels(lookup).inc()
+        return STALE
 
 
 @dataclass(frozen=True)
@@ -420,24 +474,19 @@ class Authenticator:
         now = time.monotonic()
         if cached is not None and cached[0].fresh(now):
             return cached[1]
-        usable = cached is not None and cached[1] and cached[0].stale_until > now
-        if usable and self.outage.ongoing(now):
-            STALE_ANSWERS.labels("user").inc()
-            return True
-        task = self._user_lookup(user_id)
-        if usable and not await finished_within(task, STALE_WAIT_S):
-            self.outage.failed()  # auth this slow is not asked again for a while
-            STALE_ANSWERS.labels("user").inc()
-            return True
-        try:
-            return await asyncio.shield(task)
-        except AuthUnreachableError:
-            failed_at = self.outage.failed()
-            if cached is None or not usable:
-                raise
-            self._users[user_id] = (cached[0].retried(failed_at), True)
-            STALE_ANSWERS.labels("user").inc()
-            return True
+        stale = cached[0] if cached is not None and cached[1] else None
+
+        def keep_stale(failed_at: float) -> None:
+            assert stale is not None
+            self._users[user_id] = (stale.retried(failed_at), True)
+
+        answer = await self.outage.answer(
+            lambda: self._user_lookup(user_id),
+            lookup="user",
+            usable=lambda: stale is not None and stale.stale_until > now,
+            keep_stale=keep_stale,
+        )
+        return True if isinstance(answer, Stale) else answer
 
     def _user_lookup(self, user_id: str) -> asyncio.Task[bool]:
         """The lookup of `user_id` at auth in flight, started if none is: one per user,
@@ -565,30 +614,29 @@ class Authenticator:
         # An answer past its TTL is served only with the revocations known (they are what
         # still refuses a key auth cannot be asked about).
         stale = (
-            cached is not None
+            cached
+            if cached is not None
             and cached.expiry.stale_until > now
             and (cached.principal is not None or cached.revoked)
             and self.revocations.loaded
+            else None
         )
-        if cached is not None and stale and self.outage.ongoing(now):
-            STALE_ANSWERS.labels("api_key").inc()
-            return cached.principal
-        task = self._lookup_task(secret_hash)
-        if cached is not None and stale and not await finished_within(task, STALE_WAIT_S):
-            self.outage.failed()  # auth this slow is not asked again for a while
-            STALE_ANSWERS.labels("api_key").inc()
-            return cached.principal
-        try:
-            return await asyncio.shield(task)
-        except AuthUnreachableError:
-            failed_at = self.outage.failed()
-            if cached is None or not stale:
-                raise
-            self._keys[secret_hash] = _CachedKey(
-                cached.expiry.retried(failed_at), cached.principal, cached.revoked
-            )
-            STALE_ANSWERS.labels("api_key").inc()
-            return cached.principal
+
+        def keep_stale(failed_at: float) -> None:
+            assert stale is not None
+            retried = stale.expiry.retried(failed_at)
+            self._keys[secret_hash] = _CachedKey(retried, stale.principal, stale.revoked)
+
+        answer = await self.outage.answer(
+            lambda: self._lookup_task(secret_hash),
+            lookup="api_key",
+            usable=lambda: stale is not None,
+            keep_stale=keep_stale,
+        )
+        if isinstance(answer, Stale):
+            assert stale is not None
+            return stale.principal
+        return answer
 
     def _lookup_task(self, secret_hash: str) -> asyncio.Task[Principal | None]:
         """The lookup of a key at auth in flight, started if none is: one per key, however

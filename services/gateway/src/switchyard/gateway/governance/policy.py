@@ -25,11 +25,10 @@ import httpx
 from switchyard.common.governance import LEVELS, FailureMode, Limits
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 from switchyard.gateway.auth import (
-    STALE_ANSWERS,
-    STALE_WAIT_S,
     AuthOutage,
+    Stale,
     StaleIfError,
-    finished_within,
+    shared_task,
     unreachable_status,
 )
 
@@ -182,34 +181,31 @@ class PolicySource:
         now = self._clock()
         if cached is not None and cached[0].fresh(now):
             return cached[1]
-        if cached is not None and cached[0].stale_until > now and self._outage.ongoing(now):
-            STALE_ANSWERS.labels("policy").inc()
-            return cached[1]
         generation = self._generation
-        task = self._fetches.get(key)
-        if task is None:
-            task = asyncio.create_task(self._fetch(key))
-            self._fetches[key] = task
-            task.add_done_callback(lambda _: self._fetches.pop(key, None))
-        usable = cached is not None and cached[0].stale_until > now
-        if usable and not await finished_within(task, STALE_WAIT_S):
+
+        def usable() -> bool:
+            # Within its stale bound, and not invalidated (limits changed) meanwhile.
+            return (
+                cached is not None
+                and cached[0].stale_until > now
+                and generation == self._generation
+            )
+
+        def keep_stale(failed_at: float) -> None:
             assert cached is not None
-            if generation == self._generation:  # not invalidated while it waited
-                self._outage.failed()  # auth this slow is not asked again for a while
-                STALE_ANSWERS.labels("policy").inc()
-                return cached[1]
-        try:
-            return await asyncio.shield(task)
-        except PolicyUnavailable as exc:
-            if not exc.unreachable:
-                raise
-            failed_at = self._outage.failed()
-            # An entry not invalidated meanwhile (limits changed), within its stale bound.
-            if cached is None or cached[0].stale_until <= now or generation != self._generation:
-                raise
             self._cache[key] = (cached[0].retried(failed_at), cached[1])
-            STALE_ANSWERS.labels("policy").inc()
+
+        answer = await self._outage.answer(
+            lambda: shared_task(self._fetches, key, lambda: self._fetch(key)),
+            lookup="policy",
+            usable=usable,
+            keep_stale=keep_stale,
+            unreachable=lambda exc: isinstance(exc, PolicyUnavailable) and exc.unreachable,
+        )
+        if isinstance(answer, Stale):
+            assert cached is not None
             return cached[1]
+        return answer
 
     async def _fetch(self, key: tuple[str, str | None]) -> Policy:
         generation = self._generation
