@@ -209,3 +209,17 @@ async def test_a_policy_invalidated_by_a_limit_change_is_not_served_stale() -> N
             await policies.get("u2", "k2")
     finally:
         await client.aclose()
+
+
+async def test_a_flood_of_unknown_keys_evicts_no_known_caller(monkeypatch) -> None:
+    monkeypatch.setattr(gateway_auth, "MAX_CACHED_UNKNOWN_KEYS", 8)
+    auth = AuthDouble()
+    async with gateway_with(auth, settings(stale_s=60)) as gw:
+        known = auth.add_api_key()
+        assert await status_of(gw, known.key) == 200
+        for n in range(3 * 8):  # three times what the unknown keys' cache holds
+            assert await status_of(gw, f"{gateway_auth.API_KEY_PREFIX}random-{n}") == 401
+        assert auth.count("/internal/v1/api-keys/lookup") == 1 + 3 * 8
+        auth.down = True
+        await asyncio.sleep(TTL_S * 2)
+        assert await status_of(gw, known.key) == 200  # its answer outlived the flood

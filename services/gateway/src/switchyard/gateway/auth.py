@@ -9,7 +9,10 @@
 - API keys are hashed (sha256) and looked up in a local cache; a key never seen is looked
   up at auth once (concurrent requests for it share that lookup, and the number of
   lookups in flight is bounded), positive answers are kept `key_ttl_s` and negative ones
-  `negative_ttl_s`.
+  `negative_ttl_s`. Keys auth did not know are cached apart from the keys it vouched for
+  or refused, each bounded (least recently used out first), so a flood of random keys
+  evicts only other unknown keys and never a known caller's answer (which an outage of
+  auth would otherwise find gone).
 - A token's claims are all required: one without `scopes` (or with a non-numeric time
   claim) is refused, never taken as "no scopes". Its user must still exist: the first
   request of a user not seen lately asks auth (`/internal/v1/users/{id}`, one call per
@@ -50,6 +53,7 @@ from urllib.parse import quote
 import httpx
 import jwt
 import structlog
+from cachetools import LRUCache
 from jwt.algorithms import RSAAlgorithm
 from prometheus_client import Counter
 
@@ -76,7 +80,10 @@ API_KEY_PREFIX = "sk-sy-"
 # this alphabet is refused before any lookup, so a kid can never reach a file, query or URL.
 KID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 MAX_CREDENTIAL_LENGTH = 8192
+# Bounds of the key caches (entries, each well under 1 KiB): keys auth vouched for or
+# refused, and keys it did not know (`Authenticator`).
 MAX_CACHED_KEYS = 100_000
+MAX_CACHED_UNKNOWN_KEYS = 100_000
 # Latest instant a time claim may name (9999-12-31T23:59:59Z).
 MAX_TIMESTAMP = 253_402_300_799
 # Once a call to auth failed (or took longer than `STALE_WAIT_S`), for how long (s) callers
@@ -404,14 +411,17 @@ class Authenticator:
         self.jwks = JwksCache(client, auth_url, jwks_min_interval_s)
         self.revocations = revocations or RevocationState()
         self.revocations.add_hook(self._on_auth_event)
-        self._keys: dict[str, _CachedKey] = {}
+        # Answers for keys auth vouched for or refused, and for keys it did not know: apart,
+        # so unknown keys (any client can send millions) evict only each other.
+        self._keys: LRUCache[str, _CachedKey] = LRUCache(MAX_CACHED_KEYS)
+        self._unknown_keys: LRUCache[str, _CachedKey] = LRUCache(MAX_CACHED_UNKNOWN_KEYS)
         self._tokens: dict[str, Principal] = {}
         self._tokens_version = self.jwks.version
         self._token_cache_size = token_cache_size
         self._lookups: dict[str, asyncio.Task[Principal | None]] = {}
         self._lookup_slots = asyncio.Semaphore(lookup_concurrency)
         # user id -> (when to ask auth again, exists and enabled)
-        self._users: dict[str, tuple[StaleIfError, bool]] = {}
+        self._users: LRUCache[str, tuple[StaleIfError, bool]] = LRUCache(MAX_CACHED_KEYS)
         # When auth last failed to answer; shared with the policy source.
         self.outage = AuthOutage()
         self._user_lookups: dict[str, asyncio.Task[bool]] = {}
@@ -512,8 +522,6 @@ class Authenticator:
         else:
             raise AuthUnavailableError(f"auth answered {response.status_code}")
         ttl = self._key_ttl_s if active else self._negative_ttl_s
-        if len(self._users) >= MAX_CACHED_KEYS:
-            self._users.clear()
         self._users[user_id] = (self._expiry(ttl), active)
         return active
 
@@ -584,7 +592,7 @@ class Authenticator:
 
     async def _api_key(self, key: str) -> Principal:
         secret_hash = hashlib.sha256(key.encode()).hexdigest()
-        cached = self._keys.get(secret_hash)
+        cached = self._keys.get(secret_hash) or self._unknown_keys.get(secret_hash)
         now = time.monotonic()
         if cached is not None and cached.expiry.fresh(now):
             principal = cached.principal
@@ -647,10 +655,12 @@ class Authenticator:
     async def _lookup_and_cache(self, secret_hash: str) -> Principal | None:
         async with self._lookup_slots:
             principal = await self._lookup(secret_hash)
-        ttl = self._key_ttl_s if principal is not None else self._negative_ttl_s
-        if len(self._keys) >= MAX_CACHED_KEYS:  # bound memory under a flood of random keys
-            self._keys.clear()
-        self._keys[secret_hash] = _CachedKey(self._expiry(ttl), principal)
+        if principal is None:
+            self._keys.pop(secret_hash, None)
+            self._unknown_keys[secret_hash] = _CachedKey(self._expiry(self._negative_ttl_s), None)
+        else:
+            self._unknown_keys.pop(secret_hash, None)
+            self._keys[secret_hash] = _CachedKey(self._expiry(self._key_ttl_s), principal)
         return principal
 
     async def _lookup(self, secret_hash: str) -> Principal | None:
@@ -711,6 +721,7 @@ class Authenticator:
             # Refusals cached while the user was disabled are stale now: ask auth again.
             for secret_hash in [h for h, entry in self._keys.items() if entry.principal is None]:
                 del self._keys[secret_hash]
+            self._unknown_keys.clear()
 
     def _refuse_keys(self, matches: Callable[[Principal | None], bool]) -> None:
         expiry = self._expiry(self._key_ttl_s)
