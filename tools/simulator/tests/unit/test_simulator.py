@@ -509,7 +509,10 @@ async def test_openai_prompt_cache_reports_cached_tokens_from_the_second_request
 
 
 async def test_images_in_tool_results_are_seen_by_the_anthropic_protocol(anthropic_client) -> None:
-    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iV"}}
+    image = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+    }
     message = await anthropic_client.messages.create(
         model="sim-claude",
         max_tokens=10,

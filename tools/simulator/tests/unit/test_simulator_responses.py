@@ -1,7 +1,8 @@
 """The simulator's `/v1/responses`, driven by the official `openai` SDK as a client of
 OpenAI itself would drive it: JSON and streamed responses the SDK's own stream reader
 accepts, function calls and their outputs, reasoning summaries, `max_output_tokens`
-cutting a reply short, mid-stream failures, and no state kept between calls."""
+cutting a reply short, log probabilities asked for with `include`, mid-stream failures, and
+no state kept between calls."""
 
 from __future__ import annotations
 
@@ -59,6 +60,28 @@ def test_a_streamed_response_is_the_complete_typed_event_sequence(client):
     assert final.output_text == REPLY_PREFIX + "Stream it"
     assert final.output[0].type == "reasoning"
     assert final.usage.output_tokens_details.reasoning_tokens == 8
+
+
+def test_logprobs_asked_for_come_with_each_streamed_text_event_and_the_final_text(client):
+    with client.responses.stream(
+        model="sim-small",
+        input="Weigh every word",
+        include=["message.output_text.logprobs"],
+        top_logprobs=3,
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+
+    deltas = [event for event in events if event.type == "response.output_text.delta"]
+    assert deltas
+    for delta in deltas:
+        assert "".join(logprob.token for logprob in delta.logprobs) == delta.delta
+        assert all(len(logprob.top_logprobs) == 3 for logprob in delta.logprobs)
+    (done,) = [event for event in events if event.type == "response.output_text.done"]
+    assert [p.token for p in done.logprobs] == [p.token for d in deltas for p in d.logprobs]
+    text = final.output[0].content[0]
+    assert "".join(logprob.token for logprob in text.logprobs) == text.text
+    assert [p.logprob for p in text.logprobs] == [p.logprob for p in done.logprobs]
 
 
 def test_a_function_call_and_its_output(client):

@@ -1,7 +1,9 @@
 """The simulator judges the types and ranges of each endpoint's documented parameters as the
 real API does, and answers a broken one in that API's own error body: OpenAI's names the
 `param` and its `code`, Anthropic's names the field in its message. A value on the boundary
-of every range is accepted. Served in process: no network."""
+of every range is accepted. What the APIs refuse of a well-typed body is refused too: a
+field Anthropic does not know, base64 image data that does not decode, an output limit above
+the model's, an argument Embeddings does not take. Served in process: no network."""
 
 from __future__ import annotations
 
@@ -975,3 +977,279 @@ def test_openai_strict_mode_refuses_a_property_left_out_of_required(http, strict
     }
     assert responses.json()["error"]["param"] == "text.format.schema"
     assert responses.json()["error"]["code"] == "invalid_json_schema"
+
+
+# ------------------------------------------------------------------ fields Anthropic does not know
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"extra_body": {}}, "extra_body: Extra inputs are not permitted"),
+        ({"response_format": {"type": "text"}}, "response_format: Extra inputs are not permitted"),
+        ({"user": "u1"}, "user: Extra inputs are not permitted"),
+        (
+            {"metadata": {"user_id": "u1", "tenant": "t"}},
+            "metadata.tenant: Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_a_messages_field_anthropic_does_not_know_is_refused_naming_it(http, extra, message):
+    response = post(http, MESSAGES, extra)
+
+    assert response.status_code == 400
+    assert response.json() == anthropic_body(message)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"metadata": {"user_id": "u1"}},
+        {"metadata": {}},
+        {"service_tier": "auto"},
+        {"cache_control": {"type": "ephemeral"}},
+        {"top_k": 5, "top_p": 0.9, "temperature": 0.5, "stop_sequences": ["ZZ"]},
+        {"output_config": {"effort": "low"}},
+    ],
+)
+def test_the_fields_of_the_official_sdk_are_taken(http, extra):
+    assert post(http, MESSAGES, extra).status_code == 200
+
+
+# ------------------------------------------------------------------ base64 data of images
+
+BAD_BASE64 = "not base64!"
+
+
+def _anthropic_image(data: str) -> dict[str, Any]:
+    return {"type": "image", "source": {**PNG, "data": data}}
+
+
+def _pdf(data: str) -> dict[str, Any]:
+    return {
+        "type": "document",
+        "source": {"type": "base64", "media_type": "application/pdf", "data": data},
+    }
+
+
+def _in_tool_result(block: dict[str, Any]) -> dict[str, Any]:
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": [block]}
+    return {"messages": [HI, ASKED, {"role": "user", "content": [result]}]}
+
+
+def _in_user_turn(block: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, block]}]}
+
+
+@pytest.mark.parametrize("route", [MESSAGES, COUNT_TOKENS])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            _in_user_turn(_anthropic_image(BAD_BASE64)),
+            "messages.0.content.1.image.source.base64: invalid base64 data",
+        ),
+        (
+            _in_user_turn(_anthropic_image("iVBORw0KGgo")),  # padding left out
+            "messages.0.content.1.image.source.base64: invalid base64 data",
+        ),
+        (
+            _in_user_turn(_anthropic_image("")),
+            "messages.0.content.1.image.source.base64: image cannot be empty",
+        ),
+        (
+            _in_tool_result(_anthropic_image(BAD_BASE64)),
+            "messages.2.content.0.tool_result.content.0.image.source.base64: invalid base64 data",
+        ),
+        (
+            _in_user_turn(_pdf(BAD_BASE64)),
+            "messages.0.content.1.document.source.base64: invalid base64 data",
+        ),
+    ],
+)
+def test_anthropic_refuses_base64_data_that_does_not_decode(http, route, extra, message):
+    response = post(http, route, extra)
+
+    assert response.status_code == 400
+    assert response.json() == anthropic_body(message)
+
+
+@pytest.mark.parametrize("route", [MESSAGES, COUNT_TOKENS])
+def test_anthropic_takes_base64_data_that_decodes(http, route):
+    for extra in (
+        _in_user_turn(_anthropic_image(PNG["data"])),
+        _in_tool_result(_anthropic_image(PNG["data"])),
+        _in_user_turn(_pdf("JVBERi0xLjQK")),
+    ):
+        assert post(http, route, extra).status_code == 200, extra
+
+
+def _chat_image(url: str) -> dict[str, Any]:
+    part = {"type": "image_url", "image_url": {"url": url}}
+    return {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}, part]}]}
+
+
+def _responses_image(url: str) -> dict[str, Any]:
+    part = {"type": "input_image", "image_url": url}
+    return {"input": [{"role": "user", "content": [{"type": "input_text", "text": "Hi"}, part]}]}
+
+
+@pytest.mark.parametrize("data", [BAD_BASE64, "iVBORw0KGgo", ""])
+def test_chat_completions_refuses_a_data_url_whose_base64_does_not_decode(http, data):
+    response = post(http, CHAT, _chat_image(f"data:image/png;base64,{data}"))
+
+    assert response.status_code == 400
+    assert response.json() == openai_body(
+        "messages[0].content[1].image_url.url", "invalid_value", "Invalid base64 image_url."
+    )
+
+
+@pytest.mark.parametrize("route", [RESPONSES, INPUT_TOKENS])
+def test_the_responses_api_refuses_a_data_url_whose_base64_does_not_decode(http, route):
+    param = "input[0].content[1].image_url"
+    response = post(http, route, _responses_image(f"data:image/png;base64,{BAD_BASE64}"))
+    assert response.status_code == 400
+    assert response.json() == openai_body(param, "invalid_value", "Invalid base64 image_url.")
+
+    response = post(http, route, _responses_image("data:image/png;base64,"))
+    assert response.status_code == 400
+    assert response.json() == openai_body(
+        param,
+        "invalid_value",
+        f"Invalid '{param}'. Expected a base64-encoded data URL with an image MIME type (e.g. "
+        "'data:image/png;base64,aW1nIGJ5dGVzIGhlcmU='), but got empty base64-encoded bytes.",
+    )
+
+
+@pytest.mark.parametrize("url", ["data:image/png;base64,iVBORw0KGgo=", "https://example.com/a.png"])
+def test_openai_takes_a_data_url_that_decodes_and_a_web_url(http, url):
+    assert post(http, CHAT, _chat_image(url)).status_code == 200
+    assert post(http, RESPONSES, _responses_image(url)).status_code == 200
+
+
+# ------------------------------------------------------------------ output limits of the models
+
+HUGE = 10**15
+
+
+@pytest.mark.parametrize(
+    ("model", "limit"),
+    [
+        ("sim-small", 128000),
+        ("sim-claude", 128000),
+        ("gpt-4o-mini", 16384),
+        ("gpt-4-turbo-2024-04-09", 4096),
+        ("gpt-4-0613", 8192),
+        ("gpt-4.1-nano", 32768),
+        ("o1-mini", 65536),
+        ("claude-3-5-haiku-latest", 8192),
+        ("claude-opus-4-20250514", 32000),
+        ("claude-opus-4-5-20251101", 64000),
+        ("claude-sonnet-4-5", 64000),
+    ],
+)
+def test_a_model_takes_the_output_limit_of_its_family(model, limit):
+    from switchyard.simulator.parameters import max_output_tokens
+
+    assert max_output_tokens(model) == limit
+
+
+@pytest.mark.parametrize(
+    ("route", "model", "name", "limit", "kind"),
+    [
+        (CHAT, "sim-small", "max_tokens", 128000, "completion"),
+        (CHAT, "sim-large", "max_completion_tokens", 128000, "completion"),
+        (CHAT, "gpt-4o", "max_tokens", 16384, "completion"),
+        (CHAT, "gpt-4o", "max_completion_tokens", 16384, "completion"),
+        (RESPONSES, "sim-small", "max_output_tokens", 128000, "output"),
+        (RESPONSES, "gpt-4.1", "max_output_tokens", 32768, "output"),
+    ],
+)
+def test_openai_refuses_an_output_limit_above_the_models(http, route, model, name, limit, kind):
+    for refused in (limit + 1, HUGE):
+        response = post(http, route, {"model": model, name: refused})
+        assert response.status_code == 400
+        assert response.json() == openai_body(
+            name,
+            "invalid_value",
+            f"{name} is too large: {refused}. This model supports at most {limit} {kind} "
+            f"tokens, whereas you provided {refused}.",
+        )
+
+    assert post(http, route, {"model": model, name: limit}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("model", "limit"),
+    [("sim-claude", 128000), ("claude-3-7-sonnet-20250219", 64000), ("claude-3-haiku", 4096)],
+)
+def test_anthropic_refuses_max_tokens_above_the_models(http, model, limit):
+    for refused in (limit + 1, HUGE):
+        response = post(http, MESSAGES, {"model": model, "max_tokens": refused})
+        assert response.status_code == 400
+        assert response.json() == anthropic_body(
+            f"max_tokens: {refused} > {limit}, which is the maximum allowed number of output "
+            f"tokens for {model}"
+        )
+
+    assert post(http, MESSAGES, {"model": model, "max_tokens": limit}).status_code == 200
+
+
+# ------------------------------------------------------------------ Responses without input
+
+
+def test_a_response_without_input_is_answered_as_openais_reference_has_input_optional(http):
+    """`input` is optional in OpenAI's reference ("Create a model response"): a request may
+    carry its prompt in `instructions` or a stored `prompt` instead."""
+    response = post(http, RESPONSES, {"instructions": "Say hi."}, drop="input")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "completed"
+
+
+# ------------------------------------------------------------------ log probabilities
+
+
+def test_responses_logprobs_come_when_include_asks_for_them(http):
+    include = {"include": ["message.output_text.logprobs"]}
+    part = post(http, RESPONSES, {**include, "top_logprobs": 2}).json()["output"][0]["content"][0]
+
+    assert part["logprobs"]
+    assert "".join(entry["token"] for entry in part["logprobs"]) == part["text"]
+    for entry in part["logprobs"]:
+        assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert entry["bytes"] == list(entry["token"].encode())
+        assert -0.1 <= entry["logprob"] <= 0
+        assert [alt["token"] for alt in entry["top_logprobs"]][0] == entry["token"]
+        assert len(entry["top_logprobs"]) == 2
+
+    without_top = post(http, RESPONSES, include).json()["output"][0]["content"][0]
+    assert without_top["logprobs"] and all(not e["top_logprobs"] for e in without_top["logprobs"])
+
+
+def test_responses_logprobs_are_empty_unless_include_asks_for_them(http):
+    part = post(http, RESPONSES, {"top_logprobs": 5}).json()["output"][0]["content"][0]
+
+    assert part["logprobs"] == []
+
+
+# ------------------------------------------------------------------ embeddings arguments
+
+
+@pytest.mark.parametrize(
+    "extra", [{"stream": True}, {"temperature": 0.5}, {"stream": False}, {"max_tokens": 5}]
+)
+def test_embeddings_refuse_an_argument_they_do_not_take(http, extra):
+    response = post(http, EMBEDDINGS, extra)
+
+    assert response.status_code == 400
+    (name,) = extra
+    assert response.json() == openai_body(
+        None, None, f"Unrecognized request argument supplied: {name}"
+    )
+
+
+def test_embeddings_take_their_own_arguments(http):
+    extra = {"user": "u1", "dimensions": 4, "encoding_format": "float"}
+
+    assert post(http, EMBEDDINGS, extra).status_code == 200

@@ -44,13 +44,17 @@ real APIs do that Switchyard must carry faithfully is simulated too:
 - OpenAI's Responses API (`/v1/responses`): a string or item list `input`, `instructions`,
   function tools (the weather question calls the first one; a `function_call_output`
   last in the input is answered with its output), reasoning items and summaries, and the
-  complete typed event stream with `sequence_number`. It keeps no state: a
-  `previous_response_id` is refused as OpenAI refuses an id it does not know, so a test
-  sees whether a caller relied on the upstream's store.
+  complete typed event stream with `sequence_number`; with `include:
+  ["message.output_text.logprobs"]`, the text's log probabilities (`top_logprobs`
+  alternatives each, as in Chat) in its `output_text` part and text events. It keeps no
+  state: a `previous_response_id` is refused as OpenAI refuses an id it does not know, so
+  a test sees whether a caller relied on the upstream's store.
 Every route judges the types and ranges of its documented parameters as the real API does
 (`temperature`, `top_p`, `n`, `max_tokens`, `stop`, `thinking.budget_tokens`...; the table is
 `switchyard.simulator.parameters`) and refuses a broken one with that API's 400: OpenAI's
-names the `param` and its `code`, Anthropic's names the field in its message.
+names the `param` and its `code`, Anthropic's names the field in its message. It refuses
+the same way a field Anthropic does not know, base64 image data that does not decode, an
+output limit above the model's and an argument the Embeddings API does not take.
 A control API under `/_sim/` injects faults (error statuses, Retry-After, hangs, failures
 in the middle of a stream with a chosen error type), changes latency at run time and
 reports how many upstream calls were made and how many streams their client abandoned.
@@ -1492,6 +1496,9 @@ class ResponsesReply:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
     incomplete: bool = False
+    # `top_logprobs` of the text's log probabilities, None when `include` does not ask for
+    # them (`message.output_text.logprobs`).
+    top_logprobs: int | None = None
     id: str = field(default_factory=lambda: _short_id("resp_"))
     created_at: int = field(default_factory=lambda: int(time.time()))
 
@@ -1642,13 +1649,17 @@ def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -
     max_output = body.get("max_output_tokens")
     if max_output is not None:
         text, output_tokens, incomplete = cut_to_budget(text, max_output, reasoning_tokens)
+    top_logprobs = _responses_top_logprobs(body)
+    logprobs = text_logprobs(text, top_logprobs) if top_logprobs is not None else []
     output.append(
         {
             "id": _short_id("msg_"),
             "type": "message",
             "status": "incomplete" if incomplete else "completed",
             "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+            "content": [
+                {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
+            ],
         }
     )
     return ResponsesReply(
@@ -1660,7 +1671,37 @@ def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -
         cached,
         reasoning_tokens,
         incomplete,
+        top_logprobs,
     )
+
+
+def _responses_top_logprobs(body: dict[str, Any]) -> int | None:
+    """How many alternatives each token's log probability lists (`top_logprobs`, default 0)
+    when `include` asks for the text's log probabilities; None when it does not (OpenAI's
+    `output_text.logprobs` is then empty)."""
+    include = body.get("include")
+    if not isinstance(include, list) or "message.output_text.logprobs" not in include:
+        return None
+    top = body.get("top_logprobs")
+    return top if isinstance(top, int) else 0
+
+
+def _event_logprobs(text: str, top: int | None) -> list[dict[str, Any]]:
+    """The `logprobs` of a streamed text event (`response.output_text.delta` and `.done`):
+    those of the text without their `bytes`, which these events do not carry; empty when the
+    request did not ask for them."""
+    if top is None:
+        return []
+    return [
+        {
+            "token": entry["token"],
+            "logprob": entry["logprob"],
+            "top_logprobs": [
+                {"token": alt["token"], "logprob": alt["logprob"]} for alt in entry["top_logprobs"]
+            ],
+        }
+        for entry in text_logprobs(text, top)
+    ]
 
 
 def responses_stream_events(reply: ResponsesReply) -> list[bytes]:
@@ -1681,10 +1722,30 @@ def responses_stream_events(reply: ResponsesReply) -> list[bytes]:
                 item={**item, "status": "in_progress", "content": []},
             )
             part = item["content"][0]
-            add("response.content_part.added", **at, content_index=0, part={**part, "text": ""})
+            add(
+                "response.content_part.added",
+                **at,
+                content_index=0,
+                part={**part, "text": "", "logprobs": []},
+            )
+            top = reply.top_logprobs
             for piece in split_pieces(part["text"]):
-                add("response.output_text.delta", **at, content_index=0, delta=piece, logprobs=[])
-            add("response.output_text.done", **at, content_index=0, text=part["text"], logprobs=[])
+                logprobs = _event_logprobs(piece, top)
+                add(
+                    "response.output_text.delta",
+                    **at,
+                    content_index=0,
+                    delta=piece,
+                    logprobs=logprobs,
+                )
+            logprobs = _event_logprobs(part["text"], top)
+            add(
+                "response.output_text.done",
+                **at,
+                content_index=0,
+                text=part["text"],
+                logprobs=logprobs,
+            )
             add("response.content_part.done", **at, content_index=0, part=part)
         elif item["type"] == "function_call":
             add(

@@ -18,14 +18,22 @@ plus the few rules that tie two parameters together. `check(route, body)` raises
   are `switchyard.common.anthropic_request`'s, which the gateway's translation of a Messages
   request judges with too.
 
+Beyond the types, the rules across fields hold what each API refuses of a well-typed body:
+a field Anthropic's Messages does not know, an image whose base64 data does not decode, an
+output limit beyond the model's (`OUTPUT_LIMITS`), an argument the Embeddings API does not
+take.
+
 Only the parameters are read (pydantic ignores the other keys and returns no copy the caller
-uses), so checking costs microseconds; of OpenAI's messages only their roles are read.
+uses), so checking costs microseconds; of OpenAI's messages only their roles, and the data of
+their `data:` image URLs, are read.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Required
 
@@ -380,6 +388,239 @@ def _openai_model_given(body: dict[str, Any]) -> None:
         raise BadRequest("you must provide a model parameter")
 
 
+# --------------------------------------------------------------------------- output limits
+
+# The most output tokens each model family may be asked for, by model-name prefix (the longest
+# that matches wins): OpenAI's model pages ("Max output tokens",
+# https://platform.openai.com/docs/models) and Anthropic's models overview ("Max output",
+# https://docs.anthropic.com/en/docs/about-claude/models/overview). Claude 3.7 Sonnet takes
+# 128000 under the `output-128k-2025-02-19` beta header, which the simulator does not read.
+OUTPUT_LIMITS: dict[str, int] = {
+    "gpt-3.5-turbo": 4096,
+    "gpt-4": 8192,
+    "gpt-4-turbo": 4096,
+    "gpt-4o": 16384,
+    "gpt-4.1": 32768,
+    "gpt-5": 128000,
+    "o1": 100000,
+    "o1-mini": 65536,
+    "o3": 100000,
+    "o4-mini": 100000,
+    "claude-3-haiku": 4096,
+    "claude-3-sonnet": 4096,
+    "claude-3-opus": 4096,
+    "claude-3-5-haiku": 8192,
+    "claude-3-5-sonnet": 8192,
+    "claude-3-7-sonnet": 64000,
+    "claude-sonnet-4": 64000,
+    "claude-haiku-4": 64000,
+    "claude-opus-4": 32000,
+    "claude-opus-4-5": 64000,
+    "claude-opus-4-6": 128000,
+    "claude-opus-4-7": 128000,
+}
+# Any other model, the simulated ones (`sim-small`, `sim-large`, `sim-claude`) included: the
+# largest limit of the tables above, so the simulator refuses no limit a real model takes.
+DEFAULT_OUTPUT_LIMIT = 128000
+_BY_LENGTH = sorted(OUTPUT_LIMITS, key=len, reverse=True)
+
+
+def max_output_tokens(model: str) -> int:
+    """The most output tokens `model` (a model name as sent upstream) may be asked for."""
+    prefix = next((name for name in _BY_LENGTH if model.startswith(name)), None)
+    return DEFAULT_OUTPUT_LIMIT if prefix is None else OUTPUT_LIMITS[prefix]
+
+
+def _openai_output_limit(names: Sequence[str], kind: str) -> Callable[[dict[str, Any]], None]:
+    # OpenAI's refusal of a limit above the model's, e.g. "max_tokens is too large: 20480.
+    # This model supports at most 16384 completion tokens, whereas you provided 20480."
+    # (param `max_tokens`, code `invalid_value`).
+    def check(body: dict[str, Any]) -> None:
+        most = max_output_tokens(body["model"])
+        for name in names:
+            value = body.get(name)
+            if value is not None and value > most:
+                raise BadRequest(
+                    f"{name} is too large: {value}. This model supports at most {most} "
+                    f"{kind} tokens, whereas you provided {value}.",
+                    name,
+                    "invalid_value",
+                )
+
+    return check
+
+
+def _anthropic_output_limit(body: dict[str, Any]) -> None:
+    # Anthropic's refusal: "max_tokens: 128000 > 64000, which is the maximum allowed number
+    # of output tokens for claude-3-7-sonnet-20250219".
+    most = max_output_tokens(body["model"])
+    if body["max_tokens"] > most:
+        raise BadRequest(
+            f"max_tokens: {body['max_tokens']} > {most}, which is the maximum allowed number "
+            f"of output tokens for {body['model']}"
+        )
+
+
+# --------------------------------------------------------------------------- unknown fields
+
+# Every body field of Anthropic's `POST /v1/messages`: those the official SDK sends (its
+# `MessageCreateParams`, beta ones included, `betas` aside, which it sends as a header), the
+# sampling parameters and the older `output_format`. Anthropic refuses any other with
+# "<field>: Extra inputs are not permitted".
+MESSAGES_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_k",
+        "top_p",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "output_config",
+        "output_format",
+        "cache_control",
+        "container",
+        "context_management",
+        "mcp_servers",
+        "service_tier",
+        "inference_geo",
+        "speed",
+        "diagnostics",
+        "compaction",
+        "fallbacks",
+        "fallback_credit_token",
+        "billing_policy",
+        "thread",
+        "user_profile_id",
+        "workspace_id",
+    }
+)
+_EXTRA = "Extra inputs are not permitted"
+
+
+def _messages_fields_known(body: dict[str, Any]) -> None:
+    # Anthropic's `metadata` takes only `user_id` (its Messages reference), refused likewise.
+    for name in body:
+        if name not in MESSAGES_FIELDS:
+            raise BadRequest(f"{name}: {_EXTRA}")
+    for name in body.get("metadata") or ():
+        if name != "user_id":
+            raise BadRequest(f"metadata.{name}: {_EXTRA}")
+
+
+# The arguments of OpenAI's `POST /v1/embeddings` (API reference, "Create embeddings").
+EMBEDDINGS_ARGUMENTS = frozenset({"model", "input", "dimensions", "encoding_format", "user"})
+
+
+def _embeddings_arguments_known(body: dict[str, Any]) -> None:
+    # OpenAI's answer to any other (`stream`, `temperature`...), naming no param; a null
+    # stands for an argument left out, as everywhere in the simulator.
+    for name, value in body.items():
+        if name not in EMBEDDINGS_ARGUMENTS and value is not None:
+            raise BadRequest(f"Unrecognized request argument supplied: {name}")
+
+
+# --------------------------------------------------------------------------- base64 data
+
+
+def _decodes(data: str) -> bool:
+    """Whether `data` is standard base64 (RFC 4648 alphabet, padded), as both APIs decode it."""
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _anthropic_sources(blocks: Any, where: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(path, block type, source) of every image and document block in `blocks` (a content
+    list at `where`, e.g. `messages.0.content`), those inside tool results and content
+    documents included."""
+    for index, block in enumerate(blocks if isinstance(blocks, list) else ()):
+        at = f"{where}.{index}"
+        kind = block["type"]
+        if kind == "tool_result":
+            yield from _anthropic_sources(block.get("content"), f"{at}.tool_result.content")
+        elif kind in ("image", "document"):
+            source = block["source"]
+            yield f"{at}.{kind}", kind, source
+            if source["type"] == "content":
+                yield from _anthropic_sources(source["content"], f"{at}.document.source.content")
+
+
+def _anthropic_base64_decodes(body: dict[str, Any]) -> None:
+    # Anthropic's refusals: "messages.2.content.0.tool_result.content.0.image.source.base64:
+    # invalid base64 data" and "messages.118.content.4.image.source.base64: image cannot be
+    # empty" (as its API answered them, quoted in anthropics/anthropic-sdk-typescript#603 and
+    # anthropics/claude-code#12750).
+    for index, message in enumerate(body["messages"]):
+        found = _anthropic_sources(message["content"], f"messages.{index}.content")
+        for path, kind, source in found:
+            if source["type"] != "base64":
+                continue
+            if kind == "image" and not source["data"]:
+                raise BadRequest(f"{path}.source.base64: image cannot be empty")
+            if not _decodes(source["data"]):
+                raise BadRequest(f"{path}.source.base64: invalid base64 data")
+
+
+def _data_url_payload(url: Any) -> str | None:
+    """The base64 part of a `data:<type>;base64,<data>` URL, None for any other value."""
+    if not isinstance(url, str) or not url.startswith("data:"):
+        return None
+    head, comma, data = url.partition(",")
+    return data if comma and head.endswith(";base64") else None
+
+
+def _chat_image_data_decodes(body: dict[str, Any]) -> None:
+    # OpenAI answers a `data:` image URL whose base64 does not decode (or is empty) with
+    # "Invalid base64 image_url."; the param and code are those of its other refusals of an
+    # image URL (`messages[0].content[1].image_url.url`, `invalid_value`).
+    for index, message in enumerate(body["messages"]):
+        content = message.get("content")
+        for position, part in enumerate(content if isinstance(content, list) else ()):
+            image = part.get("image_url") if isinstance(part, dict) else None
+            data = _data_url_payload(image.get("url") if isinstance(image, dict) else None)
+            if data is not None and (not data or not _decodes(data)):
+                raise BadRequest(
+                    "Invalid base64 image_url.",
+                    f"messages[{index}].content[{position}].image_url.url",
+                    "invalid_value",
+                )
+
+
+def _responses_image_data_decodes(body: dict[str, Any]) -> None:
+    # The Responses API's refusal of an `input_image` whose data URL holds no bytes is
+    # "Invalid 'input[101].content[1].image_url'. Expected a base64-encoded data URL with an
+    # image MIME type (e.g. 'data:image/png;base64,aW1nIGJ5dGVzIGhlcmU='), but got empty
+    # base64-encoded bytes."; base64 that does not decode gets OpenAI's "Invalid base64
+    # image_url.", as in Chat Completions.
+    items = body.get("input")
+    for index, item in enumerate(items if isinstance(items, list) else ()):
+        parts = item.get("content") if isinstance(item, dict) else None
+        if isinstance(item, dict) and item.get("type") == "function_call_output":
+            parts = item.get("output")
+        for position, part in enumerate(parts if isinstance(parts, list) else ()):
+            data = _data_url_payload(part.get("image_url") if isinstance(part, dict) else None)
+            param = f"input[{index}].content[{position}].image_url"
+            if data == "":
+                raise BadRequest(
+                    f"Invalid '{param}'. Expected a base64-encoded data URL with an image MIME "
+                    "type (e.g. 'data:image/png;base64,aW1nIGJ5dGVzIGhlcmU='), but got empty "
+                    "base64-encoded bytes.",
+                    param,
+                    "invalid_value",
+                )
+            if data is not None and not _decodes(data):
+                raise BadRequest("Invalid base64 image_url.", param, "invalid_value")
+
+
 # --------------------------------------------------------------------------- the table
 
 
@@ -426,37 +667,52 @@ RULES: dict[str, Rules] = {
         then=(
             _top_logprobs_need_logprobs,
             _one_token_limit,
+            _openai_output_limit(("max_completion_tokens", "max_tokens"), "completion"),
             _chat_tool_choice,
             _chat_tool_messages_answer_calls,
+            _chat_image_data_decodes,
         ),
     ),
     "/v1/responses": Rules(
         "openai",
         ResponsesParameters,
         first=(_openai_model_given,),
-        then=(_one_conversation_state, _chat_tool_choice, _responses_calls_answered),
+        then=(
+            _one_conversation_state,
+            _openai_output_limit(("max_output_tokens",), "output"),
+            _chat_tool_choice,
+            _responses_calls_answered,
+            _responses_image_data_decodes,
+        ),
     ),
     "/v1/responses/input_tokens": Rules(
         "openai",
         ResponsesInputTokensParameters,
         first=(_openai_model_given,),
-        then=(_one_conversation_state, _chat_tool_choice),
+        then=(_one_conversation_state, _chat_tool_choice, _responses_image_data_decodes),
     ),
-    "/v1/embeddings": Rules("openai", EmbeddingsParameters, first=(_openai_model_given,)),
+    "/v1/embeddings": Rules(
+        "openai",
+        EmbeddingsParameters,
+        first=(_openai_model_given, _embeddings_arguments_known),
+    ),
     "/v1/messages": Rules(
         "anthropic",
         MessagesParameters,
         then=(
+            _messages_fields_known,
+            _anthropic_output_limit,
             _thinking_within_max_tokens,
             _thinking_takes_default_sampling,
             _no_trailing_whitespace_prefill,
             *anthropic_request.RULES_ACROSS_FIELDS,
+            _anthropic_base64_decodes,
         ),
     ),
     "/v1/messages/count_tokens": Rules(
         "anthropic",
         CountTokensParameters,
-        then=anthropic_request.RULES_ACROSS_FIELDS,
+        then=(*anthropic_request.RULES_ACROSS_FIELDS, _anthropic_base64_decodes),
     ),
 }
 
