@@ -96,6 +96,25 @@ async def test_every_error_has_its_own_request_id(harness):
         for _ in range(5)
     }
     assert len(ids) == 5
+    made = harness.app.state.gateway.request_ids
+    for request_id in ids:  # 32 lowercase hex digits, each one the gateways recognise
+        assert len(request_id) == 32 and int(request_id, 16) >= 0 and request_id.islower()
+        assert made.made_here(request_id)
+
+
+def test_request_ids_are_recognised_by_every_replica_sharing_the_internal_token():
+    from switchyard.gateway.config import Settings
+    from switchyard.gateway.request_id import RequestIds
+
+    ours = RequestIds(Settings(internal_token="t" * 40).request_id_key())
+    replica = RequestIds(Settings(internal_token="t" * 40).request_id_key())
+    other = RequestIds(Settings(internal_token="u" * 40).request_id_key())
+    made = ours.new()
+    assert replica.made_here(made)
+    assert not other.made_here(made)
+    assert not ours.made_here(made[:-1])
+    assert not ours.made_here(made[:-1] + format((int(made[-1], 16) + 1) % 16, "x"))
+    assert not ours.made_here("Z" * 32)
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,11 @@ def settings() -> Settings:
     )
 
 
+def made_by_gateway(harness) -> str:
+    """A request id as the gateway makes them (one whose responses it waits for)."""
+    return harness.app.state.gateway.request_ids.new()
+
+
 def with_history(harness, history: LaggingHistory) -> None:
     auth = harness.auth.handle
 
@@ -70,7 +75,7 @@ def with_history(harness, history: LaggingHistory) -> None:
 async def test_a_response_answered_moments_ago_is_read_once_history_records_it(harness, suffix):
     history = LaggingHistory(lag=3, code="response_not_found")
     with_history(harness, history)
-    just_answered = response_id(new_id(), utcnow())
+    just_answered = response_id(made_by_gateway(harness), utcnow())
 
     answer = await harness.client.get(
         f"/v1/responses/{just_answered}{suffix}", params={"limit": "2"}, headers=AUTH
@@ -105,7 +110,7 @@ async def test_a_response_this_replica_finished_is_read_finished(harness):
     # waits for history to record the completion instead of showing it in progress.
     history = UnfinishedHistory(lag=3)
     with_history(harness, history)  # type: ignore[arg-type]
-    finished_here = response_id(new_id(), utcnow())
+    finished_here = response_id(made_by_gateway(harness), utcnow())
     harness.app.state.gateway.answered_responses.add(finished_here)
 
     answer = await harness.client.get(f"/v1/responses/{finished_here}", headers=AUTH)
@@ -120,7 +125,7 @@ async def test_a_response_in_progress_elsewhere_is_shown_in_progress(harness):
     # current state is the answer, at once.
     history = UnfinishedHistory(lag=3)
     with_history(harness, history)  # type: ignore[arg-type]
-    running = response_id(new_id(), utcnow())
+    running = response_id(made_by_gateway(harness), utcnow())
 
     answer = await harness.client.get(f"/v1/responses/{running}", headers=AUTH)
 
@@ -131,7 +136,7 @@ async def test_a_response_in_progress_elsewhere_is_shown_in_progress(harness):
 async def test_an_old_response_is_not_waited_for(harness):
     history = LaggingHistory(lag=3, code="response_not_found")
     with_history(harness, history)
-    long_ago = response_id(new_id(), utcnow() - timedelta(days=2))
+    long_ago = response_id(made_by_gateway(harness), utcnow() - timedelta(days=2))
 
     answer = await harness.client.get(f"/v1/responses/{long_ago}/input_items", headers=AUTH)
 
@@ -143,7 +148,7 @@ async def test_an_old_response_is_not_waited_for(harness):
 async def test_the_wait_for_a_response_history_never_records_is_bounded(harness):
     history = LaggingHistory(lag=10_000, code="response_not_found")
     with_history(harness, history)
-    just_answered = response_id(new_id(), utcnow())
+    just_answered = response_id(made_by_gateway(harness), utcnow())
 
     answer = await harness.client.get(f"/v1/responses/{just_answered}/input_items", headers=AUTH)
 
@@ -151,6 +156,22 @@ async def test_the_wait_for_a_response_history_never_records_is_bounded(harness)
     reads = history.reads[f"/v1/responses/{just_answered}/input_items"]
     # Backoff from 5 ms doubling to 500 ms within WAIT_S: a handful of reads, not a flood.
     assert 2 <= len(reads) <= 10
+
+
+@pytest.mark.parametrize("suffix", ["/input_items", ""], ids=["input_items", "retrieve"])
+async def test_a_made_up_response_id_is_not_waited_for(harness, suffix):
+    # Stamped now, but its request id is none a gateway made: answered at once, so made-up
+    # ids cannot hold requests open (and history busy) for the state wait.
+    history = LaggingHistory(lag=3, code="response_not_found")
+    with_history(harness, history)
+    genuine = made_by_gateway(harness)
+    tampered = genuine[:-1] + ("0" if genuine[-1] != "0" else "1")
+
+    for request_id in (new_id(), tampered, "a" * 31):
+        forged = response_id(request_id, utcnow())
+        answer = await harness.client.get(f"/v1/responses/{forged}{suffix}", headers=AUTH)
+        assert answer.status_code == 404
+        assert len(history.reads[f"/v1/responses/{forged}{suffix}"]) == 1
 
 
 async def test_a_job_read_right_after_it_was_created_is_found(harness):

@@ -605,10 +605,14 @@ def test_only_a_response_stamped_moments_ago_is_waited_for():
 
     from switchyard.gateway.api.responses import _may_still_arrive
 
-    gateway = SimpleNamespace(settings=Settings(request_timeout_s=15, responses_state_wait_s=10))
+    from switchyard.gateway.request_id import RequestIds
+
+    settings = Settings(request_timeout_s=15, responses_state_wait_s=10)
+    gateway = SimpleNamespace(settings=settings, request_ids=RequestIds(settings.request_id_key()))
     now = datetime.now(UTC)
+    request_id = gateway.request_ids.new()
     stamped = {
-        offset: response_id("a" * 32, now + timedelta(seconds=offset))
+        offset: response_id(request_id, now + timedelta(seconds=offset))
         for offset in (-3600, -5, 0, 2, 60, 3600 * 24 * 365 * 80)
     }
     assert [_may_still_arrive(gateway, stamped[o]) for o in sorted(stamped)] == [
@@ -620,6 +624,7 @@ def test_only_a_response_stamped_moments_ago_is_waited_for():
         False,
     ]
     assert not _may_still_arrive(gateway, "resp_nothing-like-ours")
+    assert not _may_still_arrive(gateway, response_id("a" * 32, now))  # no gateway made it
 
 
 async def test_an_unknown_previous_response_id_is_404_naming_the_parameter(system):

@@ -53,7 +53,7 @@ from switchyard.gateway.idempotency import IdempotencyMiddleware
 from switchyard.gateway.limits import BodySizeLimit, path_limits
 from switchyard.gateway.openapi import GATEWAY_DOCS
 from switchyard.gateway.replies import reply_partition
-from switchyard.gateway.request_id import RequestIdMiddleware
+from switchyard.gateway.request_id import RequestIdMiddleware, RequestIds
 from switchyard.gateway.schemas import (
     AnthropicCountTokensRequest,
     AnthropicMessagesRequest,
@@ -262,7 +262,7 @@ def create_app(
     app.add_middleware(UnexpectedFaults)
     install_cors(app, settings)  # outside the refusals, so they carry CORS headers too
     # Outside everything that answers, so every response carries x-request-id.
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, ids=RequestIds(settings.request_id_key()))
     app.include_router(chat.router)
     app.include_router(messages.router)
     app.include_router(embeddings.router)

@@ -31,6 +31,7 @@ from switchyard.gateway.governance.ledger import Ledger, MemoryLedger
 from switchyard.gateway.governance.policy import PolicySource
 from switchyard.gateway.recent_jobs import RecentIds, RecentJobs
 from switchyard.gateway.replies import PendingReplies
+from switchyard.gateway.request_id import RequestIds
 from switchyard.gateway.revocations import RevocationState, RevocationSync
 
 if TYPE_CHECKING:
@@ -70,11 +71,14 @@ class Gateway:
     answered_responses: RecentIds = field(default_factory=RecentIds)
     # The exact-match response cache (cache.py).
     cache: ResponseCache = field(init=False)
+    # Recognises the request ids the gateways made (request_id.py).
+    request_ids: RequestIds = field(init=False)
 
     def __post_init__(self) -> None:
         from switchyard.gateway.cache import ResponseCache
 
         self.cache = ResponseCache(self)
+        self.request_ids = RequestIds(self.settings.request_id_key())
 
     @property
     def routing(self) -> RoutingTable:

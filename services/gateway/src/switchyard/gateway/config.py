@@ -433,6 +433,13 @@ class Settings(ServiceSettings):
             self.internal_token.encode(), b"switchyard.gateway.console", hashlib.sha256
         ).digest()
 
+    def request_id_key(self) -> bytes:
+        """The key of the HMAC in request ids (`request_id.RequestIds`): derived from the
+        internal token with a fixed label, so every replica recognises the others' ids."""
+        return hmac.new(
+            self.internal_token.encode(), b"switchyard.gateway.request-id", hashlib.sha256
+        ).digest()
+
     def effective_cors_origins(self) -> list[str]:
         """The configured origins; unset means any in development and none otherwise
         (deny by default: browsers then refuse cross-origin calls)."""

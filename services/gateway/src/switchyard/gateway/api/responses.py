@@ -108,10 +108,11 @@ def _not_found(value: str, param: str = "response_id") -> APIError:
 
 def _may_still_arrive(gateway: Gateway, value: str) -> bool:
     """Whether a response with this id may have been answered so recently that history
-    has not recorded it yet: its creation time is within a request's lifetime, and not in
-    the future (beyond `CLOCK_SKEW_S`: no replica made it, so nothing is waited for)."""
+    has not recorded it yet: its request id is one a gateway made (`RequestIds`: an id
+    made up is answered at once, never waited for), and its creation time is within a
+    request's lifetime, and not in the future (beyond `CLOCK_SKEW_S`)."""
     ref = parse_response_id(value)
-    if ref is None:
+    if ref is None or not gateway.request_ids.made_here(ref.request_id):
         return False
     window = gateway.settings.longest_request_s + gateway.settings.responses_state_wait_s
     now = datetime.now(UTC)
