@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -167,6 +167,31 @@ def _within(child: Limits, parent: Limits, child_level: str, parent_level: str) 
         raise InvalidInput(str(exc), param=exc.param) from None
 
 
+def _not_raised_above(
+    before: Limits, after: Limits, parent: Limits, child_level: str, parent_level: str
+) -> None:
+    """InvalidInput naming the field when changing a level's limits from `before` to `after`
+    sets or raises one above its `parent`'s (a budget whose period changes counts as set).
+
+    Only what the change raises is judged: a limit left as it was, or lowered, stands even
+    above the parent's, which an admin may have lowered since. Such a limit is inert (every
+    request is admitted against every level, so the lowest one holds), and refusing every
+    later edit of the level for it, or refusing the parent's tightening because of it,
+    would let any member's key keep an admin from tightening a team in an incident."""
+    period_changed = after.budget_period != before.budget_period
+    kept = {
+        name: None
+        for name in NUMERIC_LIMIT_FIELDS
+        if getattr(after, name) is None
+        or (
+            getattr(before, name) is not None
+            and getattr(after, name) <= getattr(before, name)
+            and not (name == "max_budget_usd" and period_changed)
+        )
+    }
+    _within(after.model_copy(update=kept), parent, child_level, parent_level)
+
+
 # A cached answer lives at most a week in history's store, whatever is asked.
 MAX_CACHE_TTL_S = 7 * 86_400
 CACHE_FIELDS = ("cache_enabled", "cache_ttl_s")
@@ -265,8 +290,8 @@ class Governance:
         budget_failure_mode: str | None = None,
     ) -> Tenant:
         """Set a tenant's limits (a patch) and failure modes. Raises InvalidInput naming
-        the field: a bad tenant name or value, or a limit below a team's, user's or active
-        key's of the tenant."""
+        the field (a bad tenant name or value). Limits of its teams, users and keys above the
+        new ones stay as they are, inert (`_not_raised_above`)."""
         check_tenant(tenant)
         for name, mode in (
             ("rate_limit_failure_mode", rate_limit_failure_mode),
@@ -281,10 +306,6 @@ class Governance:
                 row = Tenant(tenant=tenant, **_default_modes())
                 session.add(row)
             merged = _merged(row, limits)
-            for team in await self._teams(session, tenant):
-                _within(limits_of(team), merged, "team", "tenant")
-            for level, above in await _above_tenant(session, tenant, merged):
-                _within(limits_of(above), merged, level, "tenant")
             _store(row, merged, now)
             if rate_limit_failure_mode is not None:
                 row.rate_limit_failure_mode = rate_limit_failure_mode
@@ -296,12 +317,6 @@ class Governance:
             return row
 
     # -- teams ----------------------------------------------------------------------
-
-    async def _teams(self, session: AsyncSession, tenant: str) -> Sequence[Team]:
-        result = await session.execute(
-            select(Team).where(Team.tenant == tenant).order_by(Team.created_at, Team.id)
-        )
-        return result.scalars().all()
 
     async def list_teams(self, tenant: str | None = None) -> list[Team]:
         """Every team (only those of `tenant` when given), oldest first."""
@@ -386,16 +401,14 @@ class Governance:
     ) -> Team:
         """Rename a team, patch its limits and its response cache opt-in (`cache`, see
         `apply_cache`) and (unless `allowed_models` is False) replace its allowed models.
-        Members' and keys' limits above the new ones are refused."""
+        A limit may not be raised above the tenant's (InvalidInput naming it); members' and
+        keys' limits above the new ones stay as they are, inert (`_not_raised_above`)."""
         now = datetime.now(UTC)
         async with self._sessions() as session:
             team = await self._team(session, team_id, tenant)
             merged = _merged(team, limits)
-            _within(merged, limits_of(await session.get(Tenant, team.tenant)), "team", "tenant")
-            for user in await _members(session, team.id):
-                _within(limits_of(user), merged, "user", "team")
-            for key in await _team_keys(session, team.id):
-                _within(limits_of(key), merged, "api_key", "team")
+            tenant_limits = limits_of(await session.get(Tenant, team.tenant))
+            _not_raised_above(limits_of(team), merged, tenant_limits, "team", "tenant")
             apply_cache(team, cache)
             _store(team, merged, now)
             if name is not None:
@@ -469,9 +482,10 @@ class Governance:
         limits: dict[str, Any] | None = None,
     ) -> User:
         """Move a user into a team (`team_id`; None: out of any; False: unchanged) and patch
-        their limits. Their keys follow them into the new team, whose limits their active
-        keys' must be within (as when a team's limits are lowered). Raises UserNotFound,
-        TeamNotFound, InvalidInput naming the field (a bad value, a limit above a level's)."""
+        their limits. Their keys follow them into the new team; their limits and their keys'
+        above the team's stay as they are, inert (as when a team's limits are lowered;
+        `_not_raised_above`). Raises UserNotFound, TeamNotFound, InvalidInput naming the
+        field (a bad value, a limit raised above a level's)."""
         now = datetime.now(UTC)
         async with self._sessions() as session:
             user = await session.get(User, user_id)
@@ -481,9 +495,7 @@ class Governance:
             # have taken one out of the team).
             if team_id is not False and team_id != user.team_id:
                 if team_id is not None:
-                    team = await self._team(session, team_id, user.tenant)
-                    for key in await _user_keys(session, user.id):
-                        _within(limits_of(key), limits_of(team), "api_key", "team")
+                    await self._team(session, team_id, user.tenant)
                 user.team_id = team_id
                 await session.execute(
                     update(ApiKey)
@@ -492,21 +504,21 @@ class Governance:
                     .execution_options(synchronize_session=False)
                 )
             merged = _merged(user, limits)
-            await self._check_user(session, user, merged)
+            await self._check_user(session, user, limits_of(user), merged)
             _store(user, merged, now)
             self._changed(session, user.tenant, "user", user.id)
             await self._auth._commit_with_events(session)
             return user
 
-    async def _check_user(self, session: AsyncSession, user: User, limits: Limits) -> None:
-        _within(limits, limits_of(await session.get(Tenant, user.tenant)), "user", "tenant")
+    async def _check_user(
+        self, session: AsyncSession, user: User, before: Limits, after: Limits
+    ) -> None:
+        """InvalidInput when the change raises a user's limit above its tenant's or team's."""
+        tenant_limits = limits_of(await session.get(Tenant, user.tenant))
+        _not_raised_above(before, after, tenant_limits, "user", "tenant")
         if user.team_id is not None:
-            _within(limits, limits_of(await session.get(Team, user.team_id)), "user", "team")
-        for key in (
-            await session.execute(select(ApiKey).where(ApiKey.user_id == user.id))
-        ).scalars():
-            if key.revoked_at is None:
-                _within(limits_of(key), limits, "api_key", "user")
+            team_limits = limits_of(await session.get(Team, user.team_id))
+            _not_raised_above(before, after, team_limits, "user", "team")
 
     # -- API keys -------------------------------------------------------------------
 
@@ -529,7 +541,7 @@ class Governance:
                 raise UserNotFound(f"No user with id {user_id}.")
             team = await self._key_team(session, user, team_id, member=member)
             merged = _merged(None, limits)
-            await self._check_key(session, user, team, merged)
+            await self._check_key(session, user, team, Limits(), merged)
             return merged, team
 
     async def _key_team(
@@ -561,12 +573,21 @@ class Governance:
         return team_id
 
     async def _check_key(
-        self, session: AsyncSession, user: User, team_id: str | None, limits: Limits
+        self,
+        session: AsyncSession,
+        user: User,
+        team_id: str | None,
+        before: Limits,
+        after: Limits,
     ) -> None:
-        _within(limits, limits_of(user), "api_key", "user")
+        """InvalidInput when a key's limits going from `before` (a new key: none) to `after`
+        raise one above its user's, team's or tenant's (`_not_raised_above`)."""
+        _not_raised_above(before, after, limits_of(user), "api_key", "user")
         if team_id is not None:
-            _within(limits, limits_of(await session.get(Team, team_id)), "api_key", "team")
-        _within(limits, limits_of(await session.get(Tenant, user.tenant)), "api_key", "tenant")
+            team_limits = limits_of(await session.get(Team, team_id))
+            _not_raised_above(before, after, team_limits, "api_key", "team")
+        tenant_limits = limits_of(await session.get(Tenant, user.tenant))
+        _not_raised_above(before, after, tenant_limits, "api_key", "tenant")
 
     async def create_api_key(
         self,
@@ -627,7 +648,7 @@ class Governance:
             merged = _merged(key, limits)
             if member:
                 _not_loosened(limits_of(key), merged)
-            await self._check_key(session, user, team, merged)
+            await self._check_key(session, user, team, limits_of(key), merged)
             apply_cache(key, cache)
             key.team_id = team
             _store(key, merged, now)
@@ -692,37 +713,6 @@ def _team_name(name: str) -> str:
     return name
 
 
-async def _above_tenant(
-    session: AsyncSession, tenant: str, limits: Limits
-) -> list[tuple[str, User | ApiKey]]:
-    """A user and an active key of `tenant` (level name, row) with a limit above the
-    same limit of `limits`, at most one of each per limit: what lowering the tenant's
-    limits to `limits` would leave above them. One indexed query per limit set, however
-    many users and keys the tenant has."""
-    found: list[tuple[str, User | ApiKey]] = []
-    models: tuple[tuple[str, type[User] | type[ApiKey]], ...] = (
-        ("user", User),
-        ("api_key", ApiKey),
-    )
-    for level, model in models:
-        for name in NUMERIC_LIMIT_FIELDS:
-            value = getattr(limits, name)
-            if value is None:
-                continue
-            column = getattr(model, name)
-            query = select(model).where(model.tenant == tenant, column > value)
-            if name == "max_budget_usd":  # budgets of one period only are compared
-                query = query.where(model.budget_period.is_not_distinct_from(limits.budget_period))
-            if model is ApiKey:
-                query = query.where(ApiKey.revoked_at.is_(None))
-            row = cast(
-                "User | ApiKey | None", (await session.execute(query.limit(1))).scalar_one_or_none()
-            )
-            if row is not None:
-                found.append((level, row))
-    return found
-
-
 async def _tenant_teams(session: AsyncSession, tenant: str) -> Sequence[Team]:
     """Every team of `tenant` (one indexed query; a tenant has tens of teams, not
     thousands)."""
@@ -750,21 +740,3 @@ async def _refuse_taken_name(
                 f"Tenant {tenant} already has a team named {team.name!r} (names are "
                 "compared ignoring case)."
             )
-
-
-async def _members(session: AsyncSession, team_id: str) -> Sequence[User]:
-    return (await session.execute(select(User).where(User.team_id == team_id))).scalars().all()
-
-
-async def _user_keys(session: AsyncSession, user_id: str) -> Sequence[ApiKey]:
-    result = await session.execute(
-        select(ApiKey).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
-    )
-    return result.scalars().all()
-
-
-async def _team_keys(session: AsyncSession, team_id: str) -> Sequence[ApiKey]:
-    result = await session.execute(
-        select(ApiKey).where(ApiKey.team_id == team_id, ApiKey.revoked_at.is_(None))
-    )
-    return result.scalars().all()
