@@ -108,10 +108,14 @@ class FakeAdmission:
     def __init__(self) -> None:
         self.admitted: list[tuple[Any, str]] = []
         self.input_only: list[bool] = []  # per admit: whether no output was reserved
+        self.billed: list[bool] = []  # per admit: whether budgets and TPM apply
 
-    async def admit(self, caller: Any, model: str, body: dict, *, embeddings: bool) -> FakeTicket:
+    async def admit(
+        self, caller: Any, model: str, body: dict, *, embeddings: bool, billed: bool
+    ) -> FakeTicket:
         self.admitted.append((caller, model))
         self.input_only.append(embeddings)
+        self.billed.append(billed)
         return FakeTicket()
 
 
@@ -334,20 +338,21 @@ async def test_an_answer_fetched_across_an_auth_event_is_not_kept(gw: GatewayUnd
 
 
 @pytest.mark.parametrize(
-    ("api", "input_only"),
+    ("api", "input_only", "billed"),
     [
-        ("openai.chat_completions", False),
-        ("anthropic.messages", False),
-        ("openai.embeddings", True),
-        ("anthropic.count_tokens", True),
-        ("openai.responses.input_tokens", True),
+        ("openai.chat_completions", False, True),
+        ("anthropic.messages", False, True),
+        ("openai.embeddings", True, True),
+        ("anthropic.count_tokens", True, False),
+        ("openai.responses.input_tokens", True, False),
     ],
 )
 async def test_a_job_reserves_output_only_for_apis_that_generate_it(
-    gw: GatewayUnderTest, api: str, input_only: bool
+    gw: GatewayUnderTest, api: str, input_only: bool, billed: bool
 ) -> None:
     admission = gw.gateway.admission = FakeAdmission()
     record = gw.auth.add_api_key(allowed_models=["sim-large"])
     response = await admit(gw, payload(record, api=api))
     assert response.status_code == 200, response.text
     assert admission.input_only == [input_only]
+    assert admission.billed == [billed]

@@ -1244,3 +1244,26 @@ def test_a_reservation_covers_the_largest_output_cap_a_request_sends(caps) -> No
     alone = estimate("m", {**body, "max_tokens": 4096}, PRICES, embeddings=False)
 
     assert estimate("m", {**body, **caps}, PRICES, embeddings=False) == alone
+
+
+async def test_token_counts_cost_nothing_so_only_request_limits_apply(harness):
+    # The providers charge nothing for counting tokens: a used-up budget or a token limit
+    # below the prompt refuses no count, while the request limits hold as for any call.
+    limited_auth(harness, max_budget_usd=0.0, tpm_limit=1, rpm_limit=2)
+    anthropic_headers = {"Authorization": f"Bearer {API_KEY}", "anthropic-version": "2023-06-01"}
+    count = {"model": "sim-claude", "messages": [{"role": "user", "content": "word " * 200}]}
+    counted = await harness.client.post(
+        "/v1/messages/count_tokens", json=count, headers=anthropic_headers
+    )
+    assert counted.status_code == 200, counted.text
+    responses_count = await harness.client.post(
+        "/v1/responses/input_tokens",
+        json={"model": "sim-small", "input": "word " * 200},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    assert responses_count.status_code == 200, responses_count.text
+    third = await harness.client.post(
+        "/v1/messages/count_tokens", json=count, headers=anthropic_headers
+    )
+    assert third.status_code == 429, third.text
+    assert third.json()["error"]["type"] == "rate_limit_error"

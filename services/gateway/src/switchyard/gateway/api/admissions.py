@@ -33,7 +33,7 @@ from switchyard.common.http import internal_token_dependency
 from switchyard.gateway.api.billed_identity import BilledIdentityCheck
 from switchyard.gateway.api.deps import GatewayDep
 from switchyard.gateway.bootstrap import Gateway
-from switchyard.gateway.governance.admission import INPUT_ONLY_APIS
+from switchyard.gateway.governance.admission import INPUT_ONLY_APIS, UNBILLED_APIS
 
 
 class AdmissionIn(BaseModel):
@@ -114,6 +114,7 @@ def admissions_router(internal_token: str) -> APIRouter:
             payload.model,
             payload.body,
             embeddings=payload.api in INPUT_ONLY_APIS,
+            billed=payload.api not in UNBILLED_APIS,
         )
         ticket.attach(payload.request_id, payload.timeout_s)
         return AdmissionOut(team_id=ticket.team_id)

@@ -102,6 +102,16 @@ INPUT_ONLY_APIS = frozenset(
     }
 )
 
+# The APIs whose requests are never billed (they count tokens, the provider charges nothing
+# for them: Anthropic's "Token counting" guide, OpenAI's input token counts): they count
+# against request limits (`rpm_limit`, `max_parallel_requests`) only, never a budget or TPM.
+UNBILLED_APIS = frozenset(
+    {
+        ClientAPI.ANTHROPIC_COUNT_TOKENS,
+        ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS,
+    }
+)
+
 # A refusal that passes later than this (seconds) is not worth an SDK's automatic retry:
 # the official SDKs retry a 429 within about a minute (or wait as long as Retry-After says).
 SDK_RETRY_WAIT_S = 60
@@ -461,10 +471,18 @@ class Admission:
     # -- admitting -------------------------------------------------------------------
 
     async def admit(
-        self, principal: Any, model: str, body: dict[str, Any], *, embeddings: bool = False
+        self,
+        principal: Any,
+        model: str,
+        body: dict[str, Any],
+        *,
+        embeddings: bool = False,
+        billed: bool = True,
     ) -> Ticket:
         """A ticket for the request, or Refused (429) naming the level over its limit;
-        APIError 503 when limits cannot be checked and the tenant fails closed."""
+        APIError 503 when limits cannot be checked and the tenant fails closed.
+        `embeddings`: the request generates no output (none is reserved); `billed` False:
+        it costs nothing (`UNBILLED_APIS`), so only request limits apply to it."""
         try:
             policy = await self.policies.get(principal.user_id, principal.api_key_id)
         except PolicyUnavailable:
@@ -477,20 +495,21 @@ class Admission:
         if not policy.limited:
             return Ticket(team_id=policy.team_id)
         try:
-            return await self._admit_limited(policy, model, body, embeddings)
+            return await self._admit_limited(policy, model, body, embeddings, billed)
         except Refused as refused:
             refused.team_id = policy.team_id  # recorded with the refusal
             raise
 
     async def _admit_limited(
-        self, policy: Policy, model: str, body: dict[str, Any], embeddings: bool
+        self, policy: Policy, model: str, body: dict[str, Any], embeddings: bool, billed: bool
     ) -> Ticket:
-        if policy.counts_tokens and not tokenizer.loaded():
+        counts_tokens = billed and policy.counts_tokens
+        if counts_tokens and not tokenizer.loaded():
             # The first such request loads the vocabulary in a thread (the estimate below
             # would load it on the event loop, blocking every other request for a second).
             await tokenizer.load()
         cost = None
-        if policy.counts_tokens:
+        if counts_tokens:
             cost = await estimate_without_blocking(
                 model,
                 body,
@@ -498,7 +517,7 @@ class Admission:
                 embeddings=embeddings,
                 deployments=self.deployments_of(model),
             )
-        needs = self._needs(policy, model, body, embeddings, cost)
+        needs = self._needs(policy, model, body, embeddings, cost, billed=billed)
         # Each round either admits, refuses (a refill found the counter exhausted), or
         # waits for a refill that granted something, which other waiting requests may
         # have taken first; so rounds end, but a busy replica may need several.
@@ -540,6 +559,8 @@ class Admission:
         body: dict[str, Any],
         embeddings: bool,
         cost: Estimate | None = None,
+        *,
+        billed: bool = True,
     ) -> list[_Need]:
         now = self._clock()
         needs = []
@@ -550,7 +571,7 @@ class Admission:
                 needs.append(
                     _Need(level, "requests", limits.rpm_limit, 1, WINDOW_S, failure_mode=rate_mode)
                 )
-            if limits.tpm_limit is not None:
+            if limits.tpm_limit is not None and billed:
                 cost = cost or self._estimate(model, body, embeddings)
                 needs.append(
                     _Need(
@@ -573,7 +594,7 @@ class Admission:
                         failure_mode=rate_mode,
                     )
                 )
-            if limits.max_budget_usd is not None:
+            if limits.max_budget_usd is not None and billed:
                 cost = cost or self._estimate(model, body, embeddings)
                 period_start, period_end = self._period(level, now)
                 needs.append(

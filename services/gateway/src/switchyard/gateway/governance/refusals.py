@@ -23,7 +23,7 @@ from switchyard.common.events import (
     UsageData,
     UsageRecorded,
 )
-from switchyard.gateway.governance.admission import Refused, Ticket
+from switchyard.gateway.governance.admission import UNBILLED_APIS, Refused, Ticket
 
 log = structlog.get_logger("switchyard.gateway.governance")
 
@@ -110,7 +110,10 @@ async def admit_or_refuse(
         return Ticket()
     try:
         return cast(
-            Ticket, await gateway.admission.admit(principal, model, body, embeddings=embeddings)
+            Ticket,
+            await gateway.admission.admit(
+                principal, model, body, embeddings=embeddings, billed=api not in UNBILLED_APIS
+            ),
         )
     except Refused as refused:
         refused.headers = {**(refused.headers or {}), **refused.rate_headers(api)}
