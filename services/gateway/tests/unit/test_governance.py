@@ -803,6 +803,7 @@ async def test_a_budget_too_small_for_a_request_says_so_and_what_to_lower(harnes
     error = response.json()["error"]
     assert error["code"] == "insufficient_quota"
     assert "may cost up to $" in error["message"] and "max_tokens" in error["message"]
+    assert "the $0.0000001 budget" in error["message"]  # a tiny budget never reads "$0"
     assert "used up" not in error["message"]
     assert "retry-after" not in response.headers
     assert harness.requests == []

@@ -604,7 +604,6 @@ def test_only_a_response_stamped_moments_ago_is_waited_for():
     from types import SimpleNamespace
 
     from switchyard.gateway.api.responses import _may_still_arrive
-
     from switchyard.gateway.request_id import RequestIds
 
     settings = Settings(request_timeout_s=15, responses_state_wait_s=10)

@@ -277,8 +277,13 @@ class Refused(APIError):
 
 def _usd(amount: float, places: int = 6) -> str:
     """An amount of USD as people read it: `$0.01`, `$12.5`, `$0.000007` (never `4.5e-06`),
-    to at most `places` decimals."""
-    return "$" + (f"{amount:,.{places}f}".rstrip("0").rstrip(".") or "0")
+    to at most `places` decimals; more (up to 12) for an amount above zero that would read
+    `$0`, and below that `less than $0.000000000001`."""
+    for shown_places in range(places, max(places, 12) + 1):
+        shown = f"{amount:,.{shown_places}f}".rstrip("0").rstrip(".") or "0"
+        if shown != "0" or amount <= 0:
+            return "$" + shown
+    return "less than $0.000000000001"
 
 
 def _usd_apart(first: float, second: float) -> tuple[str, str]:
