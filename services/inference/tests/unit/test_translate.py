@@ -1676,6 +1676,53 @@ def test_message_accumulator_assembles_thinking_tools_stop_and_usage() -> None:
     assert parsed.stop_reason == "tool_use" and parsed.usage.output_tokens == 9
 
 
+def test_message_accumulator_joins_pieces_as_they_stand_at_every_read() -> None:
+    # Pieces are kept and joined when read: a read in the middle of the stream shows the
+    # text so far, later deltas go on from it, and nulls and a block's own start count.
+    accumulator = MessageAccumulator()
+    accumulator.add({"type": "message_start", "message": anthropic_message(content=[])})
+    accumulator.add(
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "text", "text": "Be", "citations": None},
+        }
+    )
+    for piece in ("gin", None, " and"):
+        accumulator.add(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": piece},
+            }
+        )
+    citation = {"type": "char_location", "cited_text": "x", "document_index": 0}
+    accumulator.add(
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "citations_delta", "citation": citation},
+        }
+    )
+    middle = accumulator.response()
+    assert middle["content"][0]["text"] == "Begin and"
+    assert middle["content"][0]["citations"] == [citation]
+    for n in range(1000):
+        accumulator.add(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": f" {n}"},
+            }
+        )
+    accumulator.add({"type": "content_block_stop", "index": 0})
+    final = accumulator.response()["content"][0]
+    assert final["text"] == "Begin and" + "".join(f" {n}" for n in range(1000))
+    assert final["citations"] == [citation]
+    assert middle["content"][0]["text"] == "Begin and"  # an earlier read is not changed
+    assert accumulator.deltas == 1004
+
+
 def test_a_streamed_refusal_stops_for_refusal_as_a_whole_reply_does() -> None:
     converter = ChatChunksToMessageEvents("m")
     events = converter.feed(openai_chunk({"role": "assistant", "refusal": "I can't"}))
