@@ -26,6 +26,7 @@ from switchyard.common.testing.bus_contract import (
     handled_events_are_let_go,
     large_events_are_decoded_off_the_loop,
     numbered_request,
+    skipped_types_are_passed_over_unread,
 )
 from switchyard.common.testing.infra import async_wait_until
 from switchyard.common.testing.kafka_records import produce_with_unreadable
@@ -381,6 +382,14 @@ async def test_no_consumer_keeps_an_event_it_handled(kafka_servers, kafka_topics
     bus = await started_bus(kafka_servers, kafka_topics)
     try:
         await handled_events_are_let_go(bus, kafka_topics.requests_interactive)
+    finally:
+        await bus.stop()
+
+
+async def test_a_batch_group_passes_over_the_types_it_skips_unread(kafka_servers, kafka_topics):
+    bus = await started_bus(kafka_servers, kafka_topics)
+    try:
+        await skipped_types_are_passed_over_unread(bus, kafka_topics.replies)
     finally:
         await bus.stop()
 

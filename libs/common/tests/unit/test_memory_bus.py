@@ -24,6 +24,7 @@ from switchyard.common.testing.bus_contract import (
     carried_events_are_handed_over_first,
     handled_events_are_let_go,
     large_events_are_decoded_off_the_loop,
+    skipped_types_are_passed_over_unread,
 )
 from switchyard.common.testing.infra import async_wait_until
 
@@ -670,5 +671,14 @@ async def test_no_worker_keeps_an_event_it_handled_while_it_waits_for_the_next()
     bus = InMemoryBus()
     try:
         await handled_events_are_let_go(bus, "requests", timeout=5)
+    finally:
+        await bus.stop()
+
+
+async def test_a_batch_group_passes_over_the_types_it_skips_unread():
+    bus = InMemoryBus()
+    try:
+        await skipped_types_are_passed_over_unread(bus, "replies", timeout=5)
+        assert await bus.settled("skipping-batch", timeout=1)
     finally:
         await bus.stop()

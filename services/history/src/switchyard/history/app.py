@@ -27,6 +27,7 @@ from switchyard.common.bus import EventBus, RetryPolicy, Subscription, enter_bus
 from switchyard.common.bus.retrying import RetriedSubscriptions
 from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
+from switchyard.common.events import ChatChunk
 from switchyard.common.http import (
     FASTAPI_TELEMETRY,
     ClientDisconnectGuard,
@@ -144,6 +145,9 @@ def create_app(
                     max_batch_wait_ms=settings.max_batch_wait_ms,
                     retry=RetryPolicy(max_attempts=settings.poison_attempts),
                     healthy=components.database_writable,
+                    # Stream chunks are transient (the reply holds the whole answer): a
+                    # long stream's are never decoded, nor held in memory by a batch.
+                    skip_types=(ChatChunk.model_fields["type"].default,),
                 )
 
             # Kafka may not be reachable yet: as the gateway does, history then serves

@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -285,11 +285,17 @@ class EventBus(abc.ABC):
         max_batch_wait_ms: int | None = None,
         retry: RetryPolicy = RetryPolicy(),
         healthy: HealthCheck | None = None,
+        skip_types: Collection[str] = (),
     ) -> Subscription:
         """Join consumer group `group` and receive events in batches (one at a time) of at
         most `max_batch` events. Once a first event is there, a batch waits up to
         `max_batch_wait_ms` milliseconds to fill (None: the bus's default), trading that
-        much latency for fewer handler calls, transactions and offset commits."""
+        much latency for fewer handler calls, transactions and offset commits.
+
+        Events whose `type` is in `skip_types` are passed over unread: never decoded nor
+        handed to `handler`, but acknowledged with the rest (offsets committed, counted as
+        handled), so a group that has no use for a kind of event (history and the stream
+        chunks on the replies topic) pays neither the decoding nor the memory of it."""
 
     @abc.abstractmethod
     async def listen(

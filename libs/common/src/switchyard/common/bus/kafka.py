@@ -34,7 +34,7 @@ import contextlib
 import functools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar, cast
@@ -947,6 +947,7 @@ class KafkaBus(EventBus):
         max_batch_wait_ms: int | None = None,
         retry: RetryPolicy = RetryPolicy(),
         healthy: HealthCheck | None = None,
+        skip_types: Collection[str] = (),
     ) -> Subscription:
         subscription = _BatchSubscription(
             self,
@@ -957,6 +958,7 @@ class KafkaBus(EventBus):
             retry,
             self._dependencies(healthy),
             max_wait_ms=max_batch_wait_ms or 0,
+            skip_types=frozenset(skip_types),
         )
         return await self._started(subscription)
 
@@ -1027,6 +1029,14 @@ def _record_lag(
         metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition), group).set(
             max(0, highwater - next_offset)
         )
+
+
+def _record_type(record: ConsumerRecord) -> bytes | None:
+    """The event type a record's `type` header names (the producer writes it), if any."""
+    for name, value in record.headers or ():
+        if name == "type":
+            return cast(bytes, value)
+    return None
 
 
 async def _decode(record: ConsumerRecord) -> Event:
@@ -1649,12 +1659,15 @@ class _BatchSubscription(_SupervisedConsumer):
         retry: RetryPolicy,
         dependencies: HealthCheck,
         max_wait_ms: int = 0,
+        skip_types: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(bus, f"consume-batch-{group}")
         self.topics, self.group, self.handler = topics, group, handler
         self.max_batch, self.retry = max_batch, retry
         self.dependencies = dependencies
         self.max_wait_ms = max_wait_ms
+        # Told apart by the record's `type` header, before anything is decoded.
+        self._skip_types = frozenset(kind.encode() for kind in skip_types)
         # Set by `hurry`: the batch being gathered stops waiting, and none waits until
         # `_hurried_until` (loop time): a request's events come a few milliseconds apart,
         # and the reader wants all of them written.
@@ -1754,6 +1767,8 @@ class _BatchSubscription(_SupervisedConsumer):
             items: list[tuple[ConsumerRecord, Event]] = []
             for records_of_partition in batches.values():
                 for record in records_of_partition:
+                    if self._skip_types and _record_type(record) in self._skip_types:
+                        continue  # committed with the batch, never decoded
                     try:
                         items.append((record, await _decode(record)))
                     except EventDecodeError as exc:

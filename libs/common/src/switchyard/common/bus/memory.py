@@ -118,6 +118,10 @@ class _Group:
     # since (its "committed offset" is their sum).
     joined_at: Counter[str] = field(default_factory=Counter)
     handled: Counter[str] = field(default_factory=Counter)
+    # Per topic: events passed over unread (`subscribe_batch`'s `skip_types`), part of
+    # the committed offset but neither queued nor handled.
+    skipped: Counter[str] = field(default_factory=Counter)
+    skip_types: frozenset[str] = frozenset()
     # Events put in the queue since the group joined: see `settled`.
     enqueued: int = 0
     progress: asyncio.Event = field(default_factory=asyncio.Event)
@@ -255,6 +259,9 @@ class InMemoryBus(EventBus):
         carrier = _carrier()
         for group in self._topic_groups.get(topic, ()):
             state = self._groups[group]
+            if event.type in state.skip_types:
+                state.skipped[topic] += 1
+                continue
             state.enqueued += 1
             state.queue.put_nowait((topic, raw, carrier))
         record_headers = tuple(headers.items()) if headers else ()
@@ -308,7 +315,11 @@ class InMemoryBus(EventBus):
         state = self._groups.get(group)
         lag = 0
         for topic in topics:
-            position = 0 if state is None else state.joined_at[topic] + state.handled[topic]
+            position = (
+                0
+                if state is None
+                else state.joined_at[topic] + state.handled[topic] + state.skipped[topic]
+            )
             lag += max(0, ends.get((topic, 0), 0) - position)
         return lag
 
@@ -425,9 +436,11 @@ class InMemoryBus(EventBus):
         max_batch_wait_ms: int | None = None,
         retry: RetryPolicy = RetryPolicy(),
         healthy: HealthCheck | None = None,
+        skip_types: Collection[str] = (),
     ) -> Subscription:
         state = self._join(topics, group)
         state.batch = True
+        state.skip_types = frozenset(skip_types)
         linger_s = self.batch_linger_s if max_batch_wait_ms is None else max_batch_wait_ms / 1000
         # Set by `stop`: the batch being gathered is handled at once, not dropped.
         stopping = asyncio.Event()

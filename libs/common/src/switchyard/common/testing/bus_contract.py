@@ -178,3 +178,45 @@ async def handled_events_are_let_go(bus: EventBus, topic: str, timeout: float = 
     for name, [event] in seen.items():
         holders = [holder for holder in gc.get_referrers(event) if holder is not seen[name]]
         assert holders == [], (name, holders)
+
+
+async def skipped_types_are_passed_over_unread(
+    bus: EventBus, topic: str, timeout: float = 30
+) -> None:
+    """A batch subscriber given `skip_types` never sees, nor decodes, an event of those
+    types, and its group is not behind for them: they are acknowledged with the rest.
+    Raises AssertionError when the bus does otherwise."""
+    from switchyard.common.events import ChatChunk, ChatChunkData, StreamEvent
+
+    chunk = ChatChunk(
+        source="test",
+        tenant="acme",
+        request_id="req-2",
+        data=ChatChunkData(sequence=0, run="r", events=[StreamEvent(data={"n": 2})]),
+    )
+    got: list[events.Event] = []
+    decoded: list[str] = []
+    real = events.decode_event
+
+    def recorded(raw: bytes | str) -> events.Event:
+        event = real(raw)
+        decoded.append(event.type)
+        return event
+
+    async def collect_batch(batch: list[events.Event]) -> None:
+        got.extend(batch)
+
+    with mock.patch.object(events, "decode_event", recorded):
+        await bus.subscribe_batch(
+            [topic], "skipping-batch", collect_batch, max_batch=10, skip_types=[chunk.type]
+        )
+        for event in (numbered_request(1), chunk, chunk, numbered_request(3)):
+            await bus.publish(topic, event)
+        await async_wait_until(lambda: asyncio.sleep(0, len(got) == 2), timeout=timeout)
+
+        async def caught_up() -> bool:
+            return await bus.consumer_lag("skipping-batch", [topic]) == 0
+
+        await async_wait_until(caught_up, timeout=timeout)
+    assert [event.request_id for event in got] == ["req-1", "req-3"]
+    assert chunk.type not in decoded
