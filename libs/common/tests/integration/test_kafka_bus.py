@@ -360,36 +360,26 @@ async def test_a_listener_with_a_key_filter_decodes_only_the_keys_it_accepts(
     await bus.stop()
 
 
-async def test_a_listener_hands_over_the_events_records_carry_in_a_header_first(
-    kafka_servers, kafka_topics
+@pytest.mark.parametrize(
+    ("check", "topic"),
+    [
+        # A listener hands over the events records carry in a header first.
+        (carried_events_are_handed_over_first, "replies"),
+        # A large event is decoded off the event loop.
+        (large_events_are_decoded_off_the_loop, "requests_interactive"),
+        # No consumer keeps an event it handled.
+        (handled_events_are_let_go, "requests_interactive"),
+        # A batch group passes over the types it skips, unread.
+        (skipped_types_are_passed_over_unread, "replies"),
+    ],
+    ids=["carried-first", "large-off-loop", "let-go", "skip-types"],
+)
+async def test_the_bus_contract_shared_with_the_in_memory_bus(
+    kafka_servers, kafka_topics, check, topic
 ):
     bus = await started_bus(kafka_servers, kafka_topics)
     try:
-        await carried_events_are_handed_over_first(bus, kafka_topics.replies)
-    finally:
-        await bus.stop()
-
-
-async def test_a_large_event_is_decoded_off_the_event_loop(kafka_servers, kafka_topics):
-    bus = await started_bus(kafka_servers, kafka_topics)
-    try:
-        await large_events_are_decoded_off_the_loop(bus, kafka_topics.requests_interactive)
-    finally:
-        await bus.stop()
-
-
-async def test_no_consumer_keeps_an_event_it_handled(kafka_servers, kafka_topics):
-    bus = await started_bus(kafka_servers, kafka_topics)
-    try:
-        await handled_events_are_let_go(bus, kafka_topics.requests_interactive)
-    finally:
-        await bus.stop()
-
-
-async def test_a_batch_group_passes_over_the_types_it_skips_unread(kafka_servers, kafka_topics):
-    bus = await started_bus(kafka_servers, kafka_topics)
-    try:
-        await skipped_types_are_passed_over_unread(bus, kafka_topics.replies)
+        await check(bus, getattr(kafka_topics, topic))
     finally:
         await bus.stop()
 
