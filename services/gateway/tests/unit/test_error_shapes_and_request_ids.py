@@ -115,6 +115,7 @@ def test_request_ids_are_recognised_by_every_replica_sharing_the_internal_token(
     assert not ours.made_here(made[:-1])
     assert not ours.made_here(made[:-1] + format((int(made[-1], 16) + 1) % 16, "x"))
     assert not ours.made_here("Z" * 32)
+    assert not ours.made_here(made[:22] + "é" * 10)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ the request's events are still on their way."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import httpx
@@ -156,6 +157,30 @@ async def test_the_wait_for_a_response_history_never_records_is_bounded(harness)
     reads = history.reads[f"/v1/responses/{just_answered}/input_items"]
     # Backoff from 5 ms doubling to 500 ms within WAIT_S: a handful of reads, not a flood.
     assert 2 <= len(reads) <= 10
+
+
+async def test_only_a_few_reads_of_one_user_wait_at_once(harness):
+    # Ids a gateway made, but history records none of them: the first reads wait their
+    # bound, the ones beyond the user's share get history's answer at once, so one client
+    # cannot hold any number of requests open (each asking history again and again).
+    from switchyard.gateway.api.history import MAX_WAITING_READS_PER_USER
+
+    history = LaggingHistory(lag=10_000, code="response_not_found")
+    with_history(harness, history)
+    ids = [
+        response_id(made_by_gateway(harness), utcnow())
+        for _ in range(MAX_WAITING_READS_PER_USER + 4)
+    ]
+
+    answers = await asyncio.gather(
+        *(harness.client.get(f"/v1/responses/{value}", headers=AUTH) for value in ids)
+    )
+
+    assert all(answer.status_code == 404 for answer in answers)
+    reads = [len(history.reads[f"/v1/responses/{value}"]) for value in ids]
+    assert sum(1 for count in reads if count > 1) == MAX_WAITING_READS_PER_USER
+    assert sum(1 for count in reads if count == 1) == 4
+    assert not harness.app.state.gateway.waiting_reads  # every share given back
 
 
 @pytest.mark.parametrize("suffix", ["/input_items", ""], ids=["input_items", "retrieve"])

@@ -810,6 +810,26 @@ async def test_an_anthropic_stream_becomes_the_complete_typed_event_sequence(har
     assert reply.data.response == events[-1].data["response"]
 
 
+async def test_a_signature_streamed_in_pieces_is_sent_back_whole(harness, recorder):
+    pieces = [
+        anthropic("content_block_delta", index=0, delta={"type": "signature_delta", "signature": p})
+        for p in ("S", "", "3")
+    ]
+    at = next(
+        n
+        for n, event in enumerate(ANTHROPIC_STREAM)
+        if event[1].get("delta", {}).get("type") == "signature_delta"
+    )
+    recorder.script(Scripted(events=[*ANTHROPIC_STREAM[:at], *pieces, *ANTHROPIC_STREAM[at + 1 :]]))
+    request = responses_request("claude", {"input": "Weather in Oslo?"}, stream=True)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    final = sdk_final_response(harness.stream_of(request.request_id))
+    assert final.output[0].encrypted_content == "S3"
+
+
 # --------------------------------------------------------------------------- refusals
 
 

@@ -1723,6 +1723,27 @@ def test_message_accumulator_joins_pieces_as_they_stand_at_every_read() -> None:
     assert accumulator.deltas == 1004
 
 
+def test_a_block_started_again_at_its_index_replaces_its_pieces() -> None:
+    accumulator = MessageAccumulator()
+    accumulator.add({"type": "message_start", "message": anthropic_message(content=[])})
+    for start, piece in (("old-start+", "old"), ("new-start+", "new")):
+        accumulator.add(
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": start},
+            }
+        )
+        accumulator.add(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": piece},
+            }
+        )
+    assert accumulator.response()["content"][0]["text"] == "new-start+new"
+
+
 def test_a_streamed_refusal_stops_for_refusal_as_a_whole_reply_does() -> None:
     converter = ChatChunksToMessageEvents("m")
     events = converter.feed(openai_chunk({"role": "assistant", "refusal": "I can't"}))

@@ -66,3 +66,30 @@ def test_text_parts_stay_apart_towards_anthropic() -> None:
         text("text", "First paragraph."),
         text("text", "Second paragraph."),
     ]
+
+
+def test_consecutive_anthropic_text_blocks_make_one_output_text() -> None:
+    # Joined once at the end, not block by block (a reply of many blocks stays linear).
+    from datetime import UTC, datetime
+
+    from switchyard.common.events import TokenUsage
+    from switchyard.inference.translate_responses import ResponseContext, message_to_response
+
+    ctx = ResponseContext({"model": "m", "input": "hi"}, "resp_1", datetime.now(UTC), "m")
+    message = {
+        "content": [
+            text("text", "One, "),
+            text("text", "two, "),
+            {"type": "text", "text": None},
+            text("text", "three."),
+            {"type": "thinking", "thinking": "Hm", "signature": "S"},
+            text("text", "Four."),
+            *[text("text", "x") for _ in range(5000)],
+        ],
+        "stop_reason": "end_turn",
+    }
+    response = message_to_response(message, ctx, TokenUsage())
+    output = response["output"]
+    assert [item["type"] for item in output] == ["message", "reasoning", "message"]
+    assert output[0]["content"][0]["text"] == "One, two, three."
+    assert output[2]["content"][0]["text"] == "Four." + "x" * 5000

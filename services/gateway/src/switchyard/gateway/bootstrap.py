@@ -11,6 +11,7 @@ unknown-model check and inference agree again within that interval, without a re
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,9 @@ class Gateway:
     # Responses this replica relayed to their end lately: a GET right after waits for
     # history to record the outcome (api/responses.py).
     answered_responses: RecentIds = field(default_factory=RecentIds)
+    # Reads waiting for history to record what they name, per "tenant/user"
+    # (api/history.py `read_when_recorded`).
+    waiting_reads: Counter[str] = field(default_factory=Counter)
     # The exact-match response cache (cache.py).
     cache: ResponseCache = field(init=False)
     # Recognises the request ids the gateways made (request_id.py).

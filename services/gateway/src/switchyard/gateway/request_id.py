@@ -58,8 +58,8 @@ class RequestIds:
 
     def made_here(self, request_id: str) -> bool:
         """Whether `request_id` is one `new` made, here or on a replica sharing the key."""
-        if len(request_id) != _RANDOM_DIGITS + _MAC_DIGITS:
-            return False
+        if len(request_id) != _RANDOM_DIGITS + _MAC_DIGITS or not request_id.isascii():
+            return False  # (compare_digest takes ASCII strings only)
         random_part, mac = request_id[:_RANDOM_DIGITS], request_id[_RANDOM_DIGITS:]
         return hmac.compare_digest(self._mac(random_part), mac)
 

@@ -2865,7 +2865,12 @@ class MessageAccumulator:
         elif kind == "content_block_start":
             block = event.get("content_block")
             if isinstance(block, dict):
-                self._blocks[event.get("index", len(self._blocks))] = dict(block)
+                index = event.get("index", len(self._blocks))
+                self._blocks[index] = dict(block)
+                # A block started again at an index replaces what was there, pieces too.
+                self._pieces.pop(index, None)
+                self._citations.pop(index, None)
+                self._json.pop(index, None)
         elif kind == "content_block_delta":
             self._add_delta(event.get("index", 0), event.get("delta") or {})
         elif kind == "content_block_stop":

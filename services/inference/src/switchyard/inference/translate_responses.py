@@ -1226,14 +1226,17 @@ def message_to_response(
     blocks as one message, tool_use blocks as function_call items; `max_tokens` and
     `refusal` stops make the response `incomplete`."""
     output: list[dict[str, Any]] = []
-    text: dict[str, Any] | None = None  # the output_text part consecutive text blocks fill
+    text: list[str] | None = None  # the pieces of the part consecutive text blocks fill
+    # Each output_text part with its pieces, joined at the end (once, not per block).
+    parts: list[tuple[dict[str, Any], list[str]]] = []
     for block in message.get("content") or []:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
             if text is None:
-                text = _output_text("")
-                output.append(_message_item(_new_id("msg"), [text], "completed"))
-            text["text"] = joined_text(text["text"], block.get("text"))
+                part, text = _output_text(""), []
+                parts.append((part, text))
+                output.append(_message_item(_new_id("msg"), [part], "completed"))
+            text.append(joined_text(None, block.get("text")))
             continue
         text = None
         if kind == "thinking":
@@ -1254,6 +1257,8 @@ def message_to_response(
                     "completed",
                 )
             )
+    for part, pieces in parts:
+        part["text"] = "".join(pieces)
     reason = _INCOMPLETE_BY_STOP.get(message.get("stop_reason") or "")
     return _finished(ctx, _cut_off(output, reason), usage, reason, served_tier(message))
 
@@ -1274,7 +1279,8 @@ class _Open:
     annotations: list[dict[str, Any]] = field(default_factory=list)  # of the current part
     call_id: str = ""
     name: str = ""
-    signature: str = ""
+    # A reasoning item's signature, in the pieces it came in (joined once, at its close).
+    signature: list[str] = field(default_factory=list)
 
 
 class ResponseEventWriter:
@@ -1474,7 +1480,7 @@ class ResponseEventWriter:
         signature, kept so the reasoning can be sent back); no event."""
         state = self._items.get(key)
         if state is not None:
-            state.signature += signature
+            state.signature.append(signature)
 
     def redacted_reasoning(self, key: Any, data: str) -> list[dict[str, Any]]:
         """A reasoning item with nothing readable (Anthropic's redacted thinking)."""
@@ -1482,7 +1488,7 @@ class ResponseEventWriter:
         events = self._open(
             key, "reasoning", item_id, _reasoning_item(item_id, None, None, "in_progress")
         )
-        self._items[key].signature = data
+        self._items[key].signature = [data]
         self._items[key].kind = "redacted_reasoning"
         return events + self.close(key)
 
@@ -1525,9 +1531,9 @@ class ResponseEventWriter:
                     part={"type": "summary_text", "text": text},
                 )
             )
-            item = _reasoning_item(state.item_id, text, state.signature or None)
+            item = _reasoning_item(state.item_id, text, "".join(state.signature) or None)
         else:  # redacted reasoning
-            item = _reasoning_item(state.item_id, None, state.signature or None)
+            item = _reasoning_item(state.item_id, None, "".join(state.signature) or None)
         done = self._event("response.output_item.done", output_index=state.index, item=item)
         events.append(done)
         self._done[state.index] = item

@@ -293,9 +293,11 @@ class EventBus(abc.ABC):
         much latency for fewer handler calls, transactions and offset commits.
 
         Events whose `type` is in `skip_types` are passed over unread: never decoded nor
-        handed to `handler`, but acknowledged with the rest (offsets committed, counted as
-        handled), so a group that has no use for a kind of event (history and the stream
-        chunks on the replies topic) pays neither the decoding nor the memory of it."""
+        handed to `handler`, but acknowledged with the rest (their offsets committed with
+        the batch; not counted in the handled-events metric), so a group that has no use
+        for a kind of event (history and the stream chunks on the replies topic) pays
+        neither the decoding nor the objects it would make. (Kafka still fetches their
+        bytes, and counts them towards a batch's size.)"""
 
     @abc.abstractmethod
     async def listen(

@@ -142,6 +142,11 @@ def error_of(answer: httpx.Response) -> dict[str, Any]:
     return error if isinstance(error, dict) else {}
 
 
+# How many reads of one user may wait for history at once on a replica
+# (`read_when_recorded`); a read beyond them gets history's first answer.
+MAX_WAITING_READS_PER_USER = 8
+
+
 async def read_when_recorded(
     gateway: Gateway,
     principal: Principal,
@@ -154,18 +159,33 @@ async def read_when_recorded(
     still be on their way to history: while `not_yet(answer)` says it is not recorded yet
     (e.g. a 404 for an id this gateway just answered), asked again with backoff (5 ms
     doubling to 500 ms), for at most `responses_state_wait_s` seconds; then the last
-    answer, whatever it is. APIError 503 when history cannot be reached."""
-    deadline = time.monotonic() + gateway.settings.responses_state_wait_s
-    delay = 0.005
-    while True:
-        answer = await call(gateway, principal, path, request)
-        if not await not_yet(answer):
-            return answer
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return answer
-        await asyncio.sleep(min(delay, left))
-        delay = min(delay * 2, 0.5)
+    answer, whatever it is. At most `MAX_WAITING_READS_PER_USER` reads of one user wait
+    at once: a client reading what it just made waits for one or a few, while one reading
+    ids it did not make (or made long ago) could otherwise hold any number of requests
+    open, each asking history again and again. APIError 503 when history cannot be
+    reached."""
+    answer = await call(gateway, principal, path, request)
+    waiting = gateway.waiting_reads
+    user = f"{principal.tenant}/{principal.user_id}"
+    if waiting[user] >= MAX_WAITING_READS_PER_USER or not await not_yet(answer):
+        return answer
+    waiting[user] += 1
+    try:
+        deadline = time.monotonic() + gateway.settings.responses_state_wait_s
+        delay = 0.005
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return answer
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 0.5)
+            answer = await call(gateway, principal, path, request)
+            if not await not_yet(answer):
+                return answer
+    finally:
+        waiting[user] -= 1
+        if waiting[user] <= 0:
+            del waiting[user]
 
 
 @router.get("", summary="List your requests, newest first")
