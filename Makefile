@@ -85,12 +85,13 @@ console-assets: ## Refresh the console's vendored htmx, Chart.js and Pico CSS fr
 	services/gateway/scripts/vendor-console-assets.sh
 
 .PHONY: bench
-bench: install infra-up ## Every benchmark: gateway throughput and latency (needs Go), cache hits, auth, history, budgets and rate limits
+bench: install infra-up ## Every benchmark: gateway throughput and latency (needs Go), cache hits, auth, history, budgets and rate limits, stream accumulators
 	$(UV) run --no-sync python tests/bench/run.py
 	$(UV) run --no-sync python tests/bench/bench_cache.py
 	$(UV) run --no-sync python tests/bench/bench_auth.py
 	$(UV) run --no-sync python tests/bench/bench_history.py
 	$(UV) run --no-sync python tests/bench/bench_governance.py
+	$(UV) run --no-sync python tests/bench/bench_stream_accumulators.py
 
 .PHONY: bench-gateway
 bench-gateway: install infra-up ## Throughput and latency: simulator direct vs embedded vs Kafka mode
