@@ -85,13 +85,14 @@ console-assets: ## Refresh the console's vendored htmx, Chart.js and Pico CSS fr
 	services/gateway/scripts/vendor-console-assets.sh
 
 .PHONY: bench
-bench: install infra-up ## Every benchmark: gateway throughput and latency (needs Go), cache hits, auth, history, budgets and rate limits, stream accumulators
+bench: install infra-up ## Every benchmark: gateway throughput and latency (needs Go), cache hits, auth, history, budgets and rate limits, long streams
 	$(UV) run --no-sync python tests/bench/run.py
 	$(UV) run --no-sync python tests/bench/bench_cache.py
 	$(UV) run --no-sync python tests/bench/bench_auth.py
 	$(UV) run --no-sync python tests/bench/bench_history.py
 	$(UV) run --no-sync python tests/bench/bench_governance.py
 	$(UV) run --no-sync python tests/bench/bench_stream_accumulators.py
+	$(UV) run --no-sync python tests/bench/bench_long_streams.py
 
 .PHONY: bench-gateway
 bench-gateway: install infra-up ## Throughput and latency: simulator direct vs embedded vs Kafka mode
@@ -101,6 +102,11 @@ bench-gateway: install infra-up ## Throughput and latency: simulator direct vs e
 bench-peers: install infra-up ## Side by side with LiteLLM (wrk, nginx upstream; direct, LiteLLM, embedded, Kafka) and the burst-stall check: one table
 	tests/bench/peers/setup.sh
 	$(UV) run --no-sync python tests/bench/peers/run.py
+
+.PHONY: bench-streams
+bench-streams: install ## Long streams only: embedded mode, 50,000 and 200,000 chunks per protocol; event-loop stalls, CPU, GC, memory
+	$(UV) run --no-sync python tests/bench/bench_stream_accumulators.py
+	$(UV) run --no-sync python tests/bench/bench_long_streams.py
 
 .PHONY: bench-burst
 bench-burst: install ## Burst-stall check only: embedded mode, 10 s at c=64, then p99 of 100 requests at c=1 vs steady, /livez throughout
