@@ -3,9 +3,11 @@ admin API, the self-service key API and the CLI, and the policy gateways enforce
 
 Tenant → teams → users → API keys. A user belongs to at most one team; a key belongs to
 its user and (by default) to the user's team. Every level may carry `Limits`; a limit of
-a key may not exceed the same limit of its user, team or tenant, nor a team's or a user's
-the tenant's (a 400 naming the field). Each change writes `auth.limits_changed` to the
-outbox in its transaction, so every gateway applies it within a second.
+a key may not be set or raised above the same limit of its user, team or tenant, nor a
+team's or a user's above the tenant's (a 400 naming the field). Lowering a level's limits
+is always taken; a lower level's limits left above them stay, inert (`_not_raised_above`).
+Each change writes `auth.limits_changed` to the outbox in its transaction, so every
+gateway applies it within a second.
 
 A member managing their own keys (`member=True`) is bound by what admins decide: their
 key stays in their team, and they may only tighten its limits (lower one, or add one where
