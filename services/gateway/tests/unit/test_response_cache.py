@@ -1080,3 +1080,25 @@ async def test_a_streamed_responses_hit_names_its_own_response_in_every_event(ha
     # The deltas are the stored ones, naming the hit's own item (a new id).
     assert {**reused[1], "item_id": None} == {**made[1], "item_id": None}
     assert reused[1]["item_id"] != made[1]["item_id"]
+
+
+def test_a_streamed_miss_keeps_its_events_as_bytes_the_collector_never_walks():
+    # A stream of many events, kept whole to store with its answer: as their JSON, not as
+    # an object graph per event that every garbage collection would walk while it lasts.
+    import gc
+
+    from switchyard.common.events import StreamEvent
+    from switchyard.gateway.cache import CacheTicket
+
+    ticket = CacheTicket(key="k", mode="use", status="miss")
+    events = [
+        StreamEvent(event="content_block_delta", data={"delta": {"text": f"{n} "}, "n": n})
+        for n in range(10_000)
+    ]
+    huge = StreamEvent(data={"id": 2**70})  # beyond 64 bits: kept exact
+    for start in range(0, len(events), 100):
+        ticket.collect(events[start : start + 100])
+    ticket.collect([huge])
+
+    assert ticket.events is not None and not any(gc.is_tracked(raw) for raw in ticket.events)
+    assert ticket.stream_events() == [event.model_dump() for event in [*events, huge]]

@@ -82,7 +82,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import orjson
@@ -500,8 +500,9 @@ class CacheTicket:
     status: str  # hit, miss, refresh, bypass
     ttl_s: float = 0.0
     hit: CachedAnswer | None = None
-    # A miss's stream events, kept to store with its answer.
-    events: list[dict[str, Any]] | None = None
+    # A miss's stream events, kept to store with its answer: each as its JSON (bytes hold
+    # no references, so a long stream leaves the garbage collector nothing to walk).
+    events: list[bytes] | None = None
     principal: Principal | None = None
     client: ClientRequest | None = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -528,7 +529,14 @@ class CacheTicket:
         if self.stores:
             if self.events is None:
                 self.events = []
-            self.events.extend(event.model_dump() for event in events)
+            self.events.extend(event.model_dump_json().encode() for event in events)
+
+    def stream_events(self) -> list[dict[str, Any]]:
+        """The stream events `collect` kept, as `StreamEvent` dicts (`event`, `data`)."""
+        # One document, read at once: far cheaper than one read per event.
+        return cast(
+            list[dict[str, Any]], exactjson.loads(b"[" + b",".join(self.events or ()) + b"]")
+        )
 
 
 # ------------------------------------------------------------------------------ the cache
@@ -976,7 +984,7 @@ class ResponseCache:
             "api": client.api.value,
             "model": client.model,
             "response": reply.data.response,
-            "stream_events": ticket.events if client.stream else None,
+            "stream_events": ticket.stream_events() if client.stream else None,
             "source_request_id": request_id,
             "ttl_s": ticket.ttl_s,
         }
