@@ -294,7 +294,8 @@ class EventBus(abc.ABC):
 
         Events whose `type` is in `skip_types` are passed over unread: never decoded nor
         handed to `handler`, but acknowledged with the rest (their offsets committed with
-        the batch; not counted in the handled-events metric), so a group that has no use
+        the batch; counted in `switchyard_bus_events_skipped_total{reason="unread_type"}`,
+        not as handled), so a group that has no use
         for a kind of event (history and the stream chunks on the replies topic) pays
         neither the decoding nor the objects it would make. (Kafka still fetches their
         bytes, and counts them towards a batch's size.)"""

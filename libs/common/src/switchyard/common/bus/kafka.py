@@ -1768,7 +1768,9 @@ class _BatchSubscription(_SupervisedConsumer):
             for records_of_partition in batches.values():
                 for record in records_of_partition:
                     if self._skip_types and _record_type(record) in self._skip_types:
-                        continue  # committed with the batch, never decoded
+                        # Committed with the batch, never decoded.
+                        metrics.EVENTS_SKIPPED.labels(record.topic, "unread_type").inc()
+                        continue
                     try:
                         items.append((record, await _decode(record)))
                     except EventDecodeError as exc:

@@ -27,6 +27,7 @@ from opentelemetry import context as otel_context
 from typing_extensions import override
 
 from switchyard.common import tracing
+from switchyard.common.bus import metrics
 from switchyard.common.bus.base import (
     BatchHandler,
     BusUnavailableError,
@@ -261,6 +262,7 @@ class InMemoryBus(EventBus):
             state = self._groups[group]
             if event.type in state.skip_types:
                 state.skipped[topic] += 1
+                metrics.EVENTS_SKIPPED.labels(topic, "unread_type").inc()
                 continue
             state.enqueued += 1
             state.queue.put_nowait((topic, raw, carrier))

@@ -16,9 +16,10 @@ EVENTS_DEADLETTERED = Counter(
 )
 EVENTS_SKIPPED = Counter(
     "switchyard_bus_events_skipped_total",
-    "Records a listener (no consumer group: the topic's group dead-letters them) skipped "
-    "without handling, by why: undecodable, or a carried event that did not decode or "
-    "whose handler failed.",
+    "Records skipped without handling, by why: by a listener (no consumer group: the "
+    "topic's group dead-letters them), undecodable, or a carried event that did not decode "
+    "or whose handler failed; by a batch consumer group, a type it passes over unread "
+    "(unread_type: history and the stream chunks).",
     ["topic", "reason"],
 )
 CONSUMER_LAG = Gauge(

@@ -206,6 +206,8 @@ async def skipped_types_are_passed_over_unread(
     async def collect_batch(batch: list[events.Event]) -> None:
         got.extend(batch)
 
+    skipped = metrics.EVENTS_SKIPPED.labels(topic, "unread_type")
+    skipped_before = skipped._value.get()
     with mock.patch.object(events, "decode_event", recorded):
         await bus.subscribe_batch(
             [topic], "skipping-batch", collect_batch, max_batch=10, skip_types=[chunk.type]
@@ -220,3 +222,4 @@ async def skipped_types_are_passed_over_unread(
         await async_wait_until(caught_up, timeout=timeout)
     assert [event.request_id for event in got] == ["req-1", "req-3"]
     assert chunk.type not in decoded
+    assert skipped._value.get() == skipped_before + 2  # counted, as skipped by design
