@@ -429,16 +429,17 @@ class Settings(ServiceSettings):
         secret to distribute."""
         if self.console_secret_key:
             return self.console_secret_key.encode()
-        return hmac.new(
-            self.internal_token.encode(), b"switchyard.gateway.console", hashlib.sha256
-        ).digest()
+        return self._derived_key(b"switchyard.gateway.console")
 
     def request_id_key(self) -> bytes:
         """The key of the HMAC in request ids (`request_id.RequestIds`): derived from the
         internal token with a fixed label, so every replica recognises the others' ids."""
-        return hmac.new(
-            self.internal_token.encode(), b"switchyard.gateway.request-id", hashlib.sha256
-        ).digest()
+        return self._derived_key(b"switchyard.gateway.request-id")
+
+    def _derived_key(self, label: bytes) -> bytes:
+        """A key of its own for `label`'s use (32 bytes): HMAC-SHA256 of the label under the
+        internal token, which every replica shares, so no new secret is distributed."""
+        return hmac.new(self.internal_token.encode(), label, hashlib.sha256).digest()
 
     def effective_cors_origins(self) -> list[str]:
         """The configured origins; unset means any in development and none otherwise
