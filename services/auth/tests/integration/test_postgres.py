@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,7 +16,7 @@ from switchyard.auth.keys import hash_api_key
 from switchyard.auth.models import Base
 from switchyard.auth.passwords import PasswordHasher
 from switchyard.auth.plugin import MIGRATIONS_DIR
-from switchyard.auth.service import DuplicateEmail
+from switchyard.auth.service import AuthService, DuplicateEmail, TooManyApiKeys
 from switchyard.common.db import downgrade, sync_url, upgrade
 
 pytestmark = pytest.mark.integration
@@ -89,5 +90,31 @@ async def test_users_keys_and_lookup_on_postgres(postgres_url: str) -> None:
 
         await service.revoke_api_key(issued.record.id)
         assert await service.lookup_api_key(hash_api_key(issued.key)) is None
+    finally:
+        await engine.dispose()
+
+
+async def test_concurrent_key_creations_stop_at_the_users_cap_on_postgres(
+    postgres_url: str,
+) -> None:
+    """The user's row is locked while the keys are counted, so concurrent creations on
+    separate connections cannot all see room for one more."""
+    upgrade(str(MIGRATIONS_DIR), postgres_url, VERSION_TABLE)
+    engine, uncapped = build_database_service(
+        postgres_url, passwords=PasswordHasher(profiles.CHEAPEST)
+    )
+    service = AuthService(
+        uncapped.sessions, PasswordHasher(profiles.CHEAPEST), max_api_keys_per_user=4
+    )
+    try:
+        user = await service.create_user(email="cap@example.com", tenant="acme", password="pw")
+        outcomes = await asyncio.gather(
+            *(service.create_api_key(user_id=user.id, name=f"k{n}") for n in range(12)),
+            return_exceptions=True,
+        )
+        made = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
+        refused = [outcome for outcome in outcomes if isinstance(outcome, TooManyApiKeys)]
+        assert (len(made), len(refused)) == (4, 8), outcomes
+        assert len(await service.list_api_keys(user_id=user.id)) == 4
     finally:
         await engine.dispose()

@@ -91,6 +91,7 @@ def build(
         passwords or PasswordHasher(),
         build_token_issuer(settings),
         refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_s),
+        max_api_keys_per_user=settings.max_api_keys_per_user,
     )
     login_limits = LoginRateLimiter(
         account=SlidingWindowLimiter(

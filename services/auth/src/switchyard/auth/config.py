@@ -138,6 +138,14 @@ class Settings(ServiceSettings):
             "(only behind a proxy that sets it)."
         ),
     )
+    max_api_keys_per_user: int = Field(
+        default=1000,
+        gt=0,
+        le=MAX_COUNT,
+        description="Live API keys (neither revoked nor expired) one user may hold; "
+        "creating one more through the API answers 409 `too_many_api_keys`. Bounds what "
+        "one member can make and what gateways must keep in their key caches.",
+    )
     outbox_poll_interval_s: float = Field(
         default=0.5,
         gt=0,

@@ -105,6 +105,12 @@ class KeyAlreadyRevoked(AuthError):
     pass
 
 
+class TooManyApiKeys(AuthError):
+    """The user already holds as many live API keys as allowed (the API answers 409)."""
+
+    pass
+
+
 class ExceedsCredential(AuthError):
     """A key or token asked for more than the credential (or user) creating it holds."""
 
@@ -286,7 +292,8 @@ class AuthService:
 
     `passwords` hashes and checks passwords; `tokens` signs access tokens (None where nothing
     is signed, e.g. the CLI's user and key commands); `refresh_ttl` is how long a sign-in
-    session's refresh tokens last. Methods raise the `AuthError` subclasses, whose messages
+    session's refresh tokens last; `max_api_keys_per_user` caps a user's live keys (None:
+    no cap). Methods raise the `AuthError` subclasses, whose messages
     are safe to show the caller."""
 
     def __init__(
@@ -296,8 +303,11 @@ class AuthService:
         tokens: TokenIssuer | None = None,
         *,
         refresh_ttl: timedelta = DEFAULT_REFRESH_TTL,
+        max_api_keys_per_user: int | None = None,
     ) -> None:
         self._sessions = sessions
+        # None: no cap (the operator's own commands); the service caps what users make.
+        self._max_api_keys_per_user = max_api_keys_per_user
         self._passwords = passwords
         # None where nothing signs tokens (user and key commands), so they need no signing key.
         self._tokens = tokens
@@ -427,7 +437,8 @@ class AuthService:
         user's role grants and, when given, `creator_scopes` (the creating token's); its
         models within `creator_models` when given (a key created without a model list by
         a credential limited to some models gets that list). Anything beyond raises
-        ExceedsCredential; unknown scopes and bad names raise InvalidInput. `team_id`
+        ExceedsCredential; unknown scopes and bad names raise InvalidInput; a user who
+        already holds the service's cap of live keys raises TooManyApiKeys. `team_id`
         False puts the key in its user's team; `limits` must have been checked against
         the levels above (`Governance.create_api_key` does)."""
         name = name.strip()
@@ -438,11 +449,18 @@ class AuthService:
         secret = key or generate_api_key()
         async with self._sessions() as session:
             store = AuthStore(session)
-            user = await store.user_by_id(user_id)
+            # Locked (PostgreSQL), so concurrent creations count each other's keys.
+            user = await store.user_by_id(user_id, for_update=True)
             if user is None:
                 raise UserNotFound(f"No user with id {user_id}.")
             if user.disabled:
                 raise InvalidInput(f"User {user.email} is disabled.", param="user")
+            cap = self._max_api_keys_per_user
+            if cap is not None and await store.live_api_key_count(user.id, _utcnow()) >= cap:
+                raise TooManyApiKeys(
+                    f"User {user.email} already holds {cap} live API keys, the most allowed; "
+                    "revoke one they no longer use first."
+                )
             allowed = [
                 scope
                 for scope in known_scopes.token_scopes(user.role)

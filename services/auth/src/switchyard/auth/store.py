@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, or_, select, update
+from sqlalchemy import CursorResult, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 
@@ -41,9 +41,15 @@ class AuthStore:
         await self.session.flush()
         return user
 
-    async def user_by_id(self, user_id: str) -> User | None:
-        """The user with id `user_id` and their team, or None."""
-        return await self.session.get(User, user_id, options=[joinedload(User.team)])
+    async def user_by_id(self, user_id: str, *, for_update: bool = False) -> User | None:
+        """The user with id `user_id` and their team, or None; `for_update` locks the
+        user's row until the transaction ends (PostgreSQL; SQLite serialises writers)."""
+        return await self.session.get(
+            User,
+            user_id,
+            options=[joinedload(User.team)],
+            with_for_update={"of": User} if for_update else None,
+        )
 
     async def user_by_email(self, email: str) -> User | None:
         """The user with this (already normalised) email and their team, or None."""
@@ -105,6 +111,19 @@ class AuthStore:
         if user_id is not None:
             query = query.where(ApiKey.user_id == user_id)
         return (await self.session.execute(query)).scalars().all()
+
+    async def live_api_key_count(self, user_id: str, now: datetime) -> int:
+        """How many of the user's keys are neither revoked nor expired at `now`."""
+        query = (
+            select(func.count())
+            .select_from(ApiKey)
+            .where(
+                ApiKey.user_id == user_id,
+                ApiKey.revoked_at.is_(None),
+                or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+            )
+        )
+        return int((await self.session.execute(query)).scalar_one())
 
     async def revoked_api_key_ids(self, now: datetime) -> list[str]:
         """Revoked keys that would otherwise still be valid (not yet expired)."""

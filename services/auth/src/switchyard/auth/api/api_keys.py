@@ -26,6 +26,7 @@ from switchyard.auth.service import (
     ExceedsCredential,
     InvalidInput,
     IssuedApiKey,
+    TooManyApiKeys,
     expiry_in_days,
 )
 from switchyard.auth.tokens import AccessClaims
@@ -163,6 +164,11 @@ def not_permitted(exc: NotPermitted) -> APIError:
     return APIError(403, str(exc), param=exc.param, code="admin_only")
 
 
+def too_many_keys(exc: TooManyApiKeys) -> APIError:
+    """The 409 (`too_many_api_keys`) of a key its user has no room for."""
+    return APIError(409, str(exc), code="too_many_api_keys")
+
+
 def created_key(issued: IssuedApiKey) -> CreatedApiKey:
     """The create response of a newly issued key: its secret and its record's fields."""
     record = issued.record
@@ -181,7 +187,12 @@ def created_key(issued: IssuedApiKey) -> CreatedApiKey:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=CreatedApiKey)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CreatedApiKey,
+    responses={409: {"description": "The caller holds the most live keys allowed."}},
+)
 async def create_api_key(
     body: CreateApiKey, user: CurrentUser, claims: KeysWriterClaims, governance: GovernanceDep
 ) -> CreatedApiKey:
@@ -210,6 +221,8 @@ async def create_api_key(
         raise APIError(400, str(exc), param=exc.param, code="invalid_request") from None
     except ExceedsCredential as exc:
         raise APIError(403, str(exc), param=exc.param, code="insufficient_scope") from None
+    except TooManyApiKeys as exc:
+        raise too_many_keys(exc) from None
     API_KEYS_CREATED.inc()
     return created_key(issued)
 

@@ -32,6 +32,7 @@ from switchyard.auth.api.api_keys import (
     created_key,
     is_member,
     not_permitted,
+    too_many_keys,
 )
 from switchyard.auth.api.deps import AccessClaimsDep, AdminUser, CurrentUser, GovernanceDep
 from switchyard.auth.api.limit_fields import CacheIn, CacheOut, LimitsIn, LimitsOut
@@ -51,6 +52,7 @@ from switchyard.auth.service import (
     ExceedsCredential,
     InvalidInput,
     KeyAlreadyRevoked,
+    TooManyApiKeys,
     UserNotFound,
     expiry_in_days,
 )
@@ -325,7 +327,10 @@ async def update_user(
     "/v1/admin/api-keys",
     status_code=status.HTTP_201_CREATED,
     response_model=CreatedApiKey,
-    responses={404: {"description": "No such user or team in the caller's tenant."}},
+    responses={
+        404: {"description": "No such user or team in the caller's tenant."},
+        409: {"description": "The user holds the most live keys allowed."},
+    },
 )
 async def admin_create_api_key(
     body: AdminCreateApiKey, admin: AdminUser, claims: AccessClaimsDep, governance: GovernanceDep
@@ -355,6 +360,8 @@ async def admin_create_api_key(
         raise _bad_request(exc) from None
     except ExceedsCredential as exc:
         raise APIError(403, str(exc), param=exc.param, code="insufficient_scope") from None
+    except TooManyApiKeys as exc:
+        raise too_many_keys(exc) from None
     API_KEYS_CREATED.inc()
     return created_key(issued)
 
