@@ -5,6 +5,7 @@ content falls back without the client seeing it; every upstream call's tokens co
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,15 +20,17 @@ from switchyard.common.bus import (
 from switchyard.common.events import ChatChunk, ChatCompleted, ChatFailed, UsageRecorded
 from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
 from switchyard.common.topics import Topics
+from switchyard.inference import calls
 from switchyard.inference.handlers import ChatRequestHandler
 from switchyard.inference.providers import ProviderPool
 from switchyard.inference.publishing import (
+    ChunkPublisher,
     PublicationRejectedError,
     PublishRetry,
     ReliablePublisher,
 )
 from switchyard.inference.reliability import Backoff
-from switchyard.inference.testing import Harness, chat_request
+from switchyard.inference.testing import Harness, Scripted, chat_request
 
 TOPICS = Topics("delivery")
 
@@ -258,3 +261,72 @@ async def test_in_order_names_the_publication_the_bus_refuses() -> None:
     assert refused.value.index == 1
     # Found one at a time after the attempt together: the first again, never the third.
     assert taken == ["taken", "taken"]
+
+
+class SlowChunkBus(FlakyBus):
+    """Takes each `chat.chunk` record 2 ms after it is published: a bus slower than the
+    upstream."""
+
+    async def _take(self, topic, event, key, partition) -> None:
+        if isinstance(event, ChatChunk):
+            await asyncio.sleep(0.002)
+        await super()._take(topic, event, key, partition)
+
+
+def buffered_openai_stream(pieces: int) -> bytes:
+    """A whole OpenAI chat stream of `pieces` one-character deltas, as one body."""
+    head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "up"}
+    chunks = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
+    chunks += [
+        {**head, "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}]}
+        for _ in range(pieces)
+    ]
+    chunks.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    lines = [f"data: {json.dumps(chunk)}\n\n".encode() for chunk in chunks]
+    return b"".join(lines) + b"data: [DONE]\n\n"
+
+
+@pytest.mark.parametrize("backlog", [300, 10**9], ids=["bounded", "unbounded"])
+async def test_an_upstream_faster_than_the_bus_is_read_no_faster_than_the_bus_takes_it(
+    recorder, providers, monkeypatch, backlog
+) -> None:
+    """A stream the upstream sends at once, to a bus that takes a record every 2 ms: the
+    events waiting for the bus stay within the backlog (the reader stops reading until
+    the bus catches up), and every event still arrives, in order. Unbounded (the old
+    behaviour), thousands wait."""
+    monkeypatch.setattr(calls, "MAX_BACKLOG", backlog)
+    waiting: list[int] = []
+    send = ChunkPublisher.send
+
+    def counting_send(self: ChunkPublisher, event: Any) -> None:
+        send(self, event)
+        waiting.append(self.backlog)
+
+    monkeypatch.setattr(ChunkPublisher, "send", counting_send)
+    pieces = 6000
+    recorder.script(
+        Scripted(chunks=[buffered_openai_stream(pieces)], media_type="text/event-stream")
+    )
+    deployment = Deployment(
+        name="d", provider="openai", model="up", base_url=f"{recorder.root}/v1", max_retries=0
+    )
+    routing = RoutingTable(models={"m": ModelRoute(name="m", deployments=[deployment])})
+    bus = SlowChunkBus(failing=set())
+    handler = handler_on(bus, routing, providers)
+
+    await asyncio.wait_for(handler(chat_request(model="m", stream=True)), timeout=60)
+
+    chunks = [event for event in bus.published if isinstance(event, ChatChunk)]
+    assert [chunk.data.sequence for chunk in chunks] == list(range(len(chunks)))
+    text = "".join(
+        event.data["choices"][0]["delta"].get("content") or ""
+        for chunk in chunks
+        for event in chunk.data.events
+        if event.data.get("choices")
+    )
+    assert text == "x" * pieces
+    assert isinstance(bus.published[-2], ChatCompleted)
+    if backlog == 300:
+        assert max(waiting) <= 300 + 2, max(waiting)
+    else:
+        assert max(waiting) > 1000, max(waiting)

@@ -2,11 +2,15 @@
 attributes): the deployment answers in one JSON reply, translated by the adapter, or in
 a stream whose client events go to the run's `ChunkPublisher` as they arrive. Events that
 only open a stream are held back until the first content, so a stream failing before any
-content can still be retried or fall back without the client seeing it. Returns the
-client's reply and the call's usage; raises the upstream's ProviderError."""
+content can still be retried or fall back without the client seeing it. An upstream
+faster than the bus is read no faster than the publisher takes its events (at most
+`MAX_BACKLOG` waiting), and a buffered stream yields to the loop every `YIELD_EVERY`
+events. Returns the client's reply and the call's usage; raises the upstream's
+ProviderError."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -20,9 +24,13 @@ from switchyard.common.routing import Deployment
 from switchyard.inference import genai, metrics
 from switchyard.inference.adapters import Adapter, UpstreamCall
 from switchyard.inference.errors import ProviderError
-from switchyard.inference.publishing import ChunkPublisher
+from switchyard.inference.publishing import MAX_BACKLOG, ChunkPublisher
 from switchyard.inference.runs import RequestRun, seconds_until
 from switchyard.inference.upstream import Upstream, invalid_reply
+
+# Upstream events read between two yields to the event loop when they arrive faster
+# than the loop would otherwise switch (a buffered stream).
+YIELD_EVERY = 64
 
 
 class UpstreamCalls:
@@ -130,8 +138,16 @@ class UpstreamCalls:
         stream = upstream.stream(call.path, call.body, call.headers, timeout_s)
         try:
             async with contextlib.aclosing(stream):
+                read = 0
                 async for sse in stream:
                     emit(translation.feed(sse))
+                    read += 1
+                    if publisher.backlog > MAX_BACKLOG:
+                        await publisher.room(MAX_BACKLOG)
+                    elif read % YIELD_EVERY == 0:
+                        # Events already buffered are read without a pause: let the pump
+                        # and the other requests on this loop run between them.
+                        await asyncio.sleep(0)
             emit(translation.finish())
             for opening in held:  # a stream with no content at all still opens and closes
                 publisher.send(opening)

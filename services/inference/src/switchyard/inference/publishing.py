@@ -9,7 +9,8 @@ retried, since it never could be taken: the error is raised for the caller to de
 `ChunkPublisher` publishes a stream's events in order without making the stream wait
 for each publish: events queue up while one record is on its way, and one pump task
 publishes them, several per `chat.chunk` record when the bus is slower than the
-upstream (a stream never falls behind by more than one publish). Sequence numbers are
+upstream (a stream never falls behind by more than one publish). A reader that awaits
+`room()` between reads holds at most `MAX_BACKLOG` events waiting. Sequence numbers are
 given at publication, so they stay consecutive.
 """
 
@@ -33,6 +34,11 @@ log = structlog.get_logger("switchyard.inference.publishing")
 
 # Most stream events in one chat.chunk record (a record stays far below Kafka's limit).
 MAX_EVENTS_PER_RECORD = 256
+# Most events a stream may have waiting for the bus before its reader stops reading the
+# upstream (`ChunkPublisher.room`): 32 records, minutes of a model's output, so a broker
+# outage of that long never pauses a real stream, while an upstream faster than the bus
+# is held back by its connection instead of growing the queue without bound.
+MAX_BACKLOG = 32 * MAX_EVENTS_PER_RECORD
 
 
 class Publish(Protocol):
@@ -182,6 +188,8 @@ class ChunkPublisher:
         self._record = record
         self._queue: deque[StreamEvent] = deque()
         self._task: asyncio.Task[None] | None = None
+        # Set by the pump after each record it publishes, for `room` to look again.
+        self._progress = asyncio.Event()
         self.sent = 0  # events accepted (they will all reach the client)
         self.published = 0  # records published
 
@@ -199,6 +207,24 @@ class ChunkPublisher:
             batch = [queue.popleft() for _ in range(min(len(queue), MAX_EVENTS_PER_RECORD))]
             await self._publish(self._record(self.published, batch))
             self.published += 1
+            self._progress.set()
+
+    @property
+    def backlog(self) -> int:
+        """How many sent events are not yet on their way to the bus."""
+        return len(self._queue)
+
+    async def room(self, backlog: int = MAX_BACKLOG) -> None:
+        """Wait while more than `backlog` events wait for the bus, so a reader that awaits
+        this between reads holds at most that many (plus one record in flight). Returns at
+        once when the pump has stopped (a failed publish: `flush` raises it)."""
+        while len(self._queue) > backlog and self._task is not None and not self._task.done():
+            self._progress.clear()
+            waiter = asyncio.ensure_future(self._progress.wait())
+            try:
+                await asyncio.wait((waiter, self._task), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
 
     async def flush(self) -> None:
         """Wait until every event sent so far is published."""
