@@ -55,6 +55,37 @@ async def test_a_body_nested_too_deep_is_400_and_never_published(harness, histor
     assert harness.requests == []
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/chat/completions",
+        "/v1/jobs",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+    ],
+)
+async def test_a_body_beyond_the_parsers_own_nesting_bound_is_too_deep_not_invalid(
+    harness, history, path
+):
+    """Beyond 1,024 levels the parser itself stops: still the nesting message, in the
+    called API's format, never "not valid JSON"."""
+    response = await harness.client.post(
+        path, content=deep_body(1100), headers=AUTH | {"content-type": "application/json"}
+    )
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert str(MAX_JSON_DEPTH) in error["message"] and "nests" in error["message"]
+    if path.startswith("/v1/messages"):
+        assert response.json()["type"] == "error"
+        assert error["type"] == "invalid_request_error"
+    else:
+        assert error["code"] == "json_too_deep"
+    assert harness.requests == []
+
+
 def crowded_body(values: int = MAX_JSON_VALUES) -> bytes:
     # More values than the bound: a few bytes each, a walk of millions once parsed.
     return orjson.dumps(BODY)[:-1] + b', "x": [' + b",".join([b"{}"] * values) + b"]}"

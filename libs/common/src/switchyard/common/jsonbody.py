@@ -161,6 +161,19 @@ def check_json_depth(value: _T, max_depth: int = MAX_JSON_DEPTH) -> _T:
     return value
 
 
+def parse(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """`orjson.loads(raw)`, without the bounds `loads` applies, but a document beyond
+    orjson's own nesting bound (1,024 levels) raises JsonTooDeep(`max_depth`) as one
+    beyond `max_depth` does after parsing, not the JSONDecodeError of invalid JSON.
+    Raises orjson.JSONDecodeError for anything else that is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):
+            raise JsonTooDeep(max_depth) from None
+        raise
+
+
 def loads(
     raw: bytes | str, max_depth: int = MAX_JSON_DEPTH, max_values: int = MAX_JSON_VALUES
 ) -> Any:
@@ -168,12 +181,7 @@ def loads(
     `json.JSONDecodeError`) for invalid JSON, JsonTooManyValues for a body of too many
     values (before parsing it) and JsonTooDeep for over-deep JSON."""
     check_value_count(raw, max_values)
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        if str(exc).startswith("depth limit exceeded"):  # orjson's own bound (1024)
-            raise JsonTooDeep(max_depth) from None
-        raise
+    value = parse(raw, max_depth)
     too_deep, _, too_many = scan_json(value, max_depth, max_values)
     if too_deep:
         raise JsonTooDeep(max_depth)

@@ -34,6 +34,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from switchyard.common import jsonbody
 from switchyard.common.errors import APIError, json_type
 from switchyard.common.events import ClientAPI
 from switchyard.common.exactjson import has_long_digit_run
@@ -120,7 +121,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     except JsonTooManyValues as exc:
         raise APIError(400, str(exc), code="json_too_many_values") from None
     try:
-        data = orjson.loads(raw)
+        data = jsonbody.parse(raw)
+    except JsonTooDeep as exc:
+        raise APIError(400, str(exc), code="json_too_deep") from None
     except orjson.JSONDecodeError:
         raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(data, dict):
