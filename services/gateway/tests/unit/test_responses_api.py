@@ -456,6 +456,33 @@ async def test_a_background_response_can_be_cancelled_until_it_finishes(system, 
     assert finished.value.body["code"] == "response_not_cancellable"
 
 
+@pytest.mark.parametrize(
+    ("status", "model", "code"),
+    [
+        (400, "sim-claude", "invalid_prompt"),  # Anthropic's 400 carries no code
+        (400, "sim-large", "invalid_prompt"),
+        (429, "sim-large", "rate_limit_exceeded"),
+        (500, "sim-claude", "server_error"),
+    ],
+)
+async def test_a_background_response_the_upstream_refuses_fails_with_its_kind_of_error(
+    system, simulator, status, model, code
+):
+    """OpenAI names a failed response's error with few codes: a refused prompt is
+    `invalid_prompt`, never `server_error`, and the upstream's message stays."""
+    simulator.fault(status=status, count=5, model=model)
+    queued = await system.client.responses.create(model=model, input="refused", background=True)
+
+    async def ended():
+        response = await system.client.responses.retrieve(queued.id)
+        return response if response.status not in ("queued", "in_progress") else None
+
+    failed = await async_wait_until(ended, timeout=15, message="background response to fail")
+    assert failed.status == "failed"
+    assert failed.error is not None and failed.error.code == code
+    assert failed.error.message
+
+
 async def test_only_background_responses_can_be_cancelled(system):
     created = await system.client.responses.create(model="sim-small", input="now")
     with pytest.raises(openai.BadRequestError) as refused:

@@ -240,11 +240,16 @@ def response_object(
 
 
 def error_object(status: int, message: str, code: str | None = None) -> dict[str, Any]:
-    """The `error` of a failed response: OpenAI names few codes there
-    (`server_error`, `rate_limit_exceeded`, `invalid_prompt`...); a refused request keeps
-    its own code."""
+    """The `error` ({"code", "message"}) of a failed response, from the failure's HTTP
+    `status`, `message` and `code`. OpenAI's Responses API names few codes there
+    (`ResponseError.code`: `server_error`, `rate_limit_exceeded`, `invalid_prompt` and
+    image-specific ones): a 429 is `rate_limit_exceeded`, any 5xx `server_error`, a
+    refused request (4xx) keeps its own code, or is `invalid_prompt` without one (an
+    upstream's 400 `invalid_request_error` carries no code)."""
     if status == 429:
         code = "rate_limit_exceeded"
-    elif code is None or status >= 500:
+    elif status >= 500:
         code = "server_error"
+    elif code is None:
+        code = "invalid_prompt"
     return {"code": code, "message": message}
