@@ -47,6 +47,7 @@ from switchyard.common.http import UnexpectedFaults as CommonUnexpectedFaults
 
 __all__ = [
     "ANTHROPIC_PATHS",
+    "FINAL_STATUSES",
     "RETRYABLE_STATUSES",
     "UnexpectedFaults",
     "SHARED_PATHS",
@@ -70,6 +71,11 @@ __all__ = [
 
 # Statuses a client may retry after a moment, which always carry Retry-After.
 RETRYABLE_STATUSES = frozenset({429, 503, 529})
+# The gateway's own refusals that the same request can never get past: answered with
+# `x-should-retry: false`, which both official SDKs read before their status rules, so
+# clients that retry more than the SDKs do (Claude Code retries a 401, to refresh its
+# sign-in) stop at once, as with the providers' own APIs.
+FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 413, 415, 422})
 
 
 def vendor_of_request(request: Request, *, unrouted: bool = False) -> Vendor:
@@ -197,7 +203,8 @@ def _named_request_id(headers: Mapping[str, str]) -> str | None:
 
 def api_error_response(vendor: Vendor, exc: APIError) -> Response:
     """The answer to an error the gateway raised itself, in `vendor`'s format (its `type`
-    in that API's vocabulary for the status)."""
+    in that API's vocabulary for the status); a refusal no retry can get past
+    (`FINAL_STATUSES`) says `x-should-retry: false` unless its headers say otherwise."""
     return error_response(
         vendor,
         exc.status,
@@ -206,6 +213,7 @@ def api_error_response(vendor: Vendor, exc: APIError) -> Response:
         code=exc.code,
         param=exc.param,
         headers=exc.headers,
+        should_retry=False if exc.status in FINAL_STATUSES else None,
     )
 
 

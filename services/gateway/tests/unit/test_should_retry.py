@@ -1,0 +1,61 @@
+"""The gateway's own refusals tell clients whether retrying could help, as the providers'
+APIs do with `x-should-retry`: a bad credential, a bad body, an unknown model or route
+never gets past on a retry (`false`: Claude Code, which retries a 401 unless told, stops
+at once), while a rate limit within its window or a gateway short of capacity keeps the
+SDKs' own retry (no `false`)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from .conftest import API_KEY
+from .test_governance import CHAT, limited_auth
+
+OPENAI = {"Authorization": f"Bearer {API_KEY}"}
+ANTHROPIC = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
+MESSAGE = {"model": "sim-small", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "status"),
+    [
+        ("/v1/messages", MESSAGE, {"x-api-key": "sk-sy-not-a-key"}, 401),
+        ("/v1/chat/completions", CHAT, {"Authorization": "Bearer sk-sy-not-a-key"}, 401),
+        ("/v1/messages", {**MESSAGE, "max_tokens": "many"}, ANTHROPIC, 400),
+        ("/v1/chat/completions", b'{"model": "sim-small", "messages": [', OPENAI, 400),
+        ("/v1/chat/completions", {**CHAT, "model": "no-such-model"}, OPENAI, 404),
+        ("/v1/messages", {**MESSAGE, "model": "no-such-model"}, ANTHROPIC, 404),
+        ("/v1/no-such-route", CHAT, OPENAI, 404),
+    ],
+    ids=[
+        "messages-401",
+        "chat-401",
+        "messages-400",
+        "chat-400",
+        "chat-unknown-model",
+        "messages-unknown-model",
+        "unknown-route",
+    ],
+)
+async def test_a_refusal_no_retry_can_pass_says_so(harness, path, body, headers, status):
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    answer = await harness.client.post(
+        path, content=content, headers={**headers, "content-type": "application/json"}
+    )
+
+    assert answer.status_code == status, answer.text
+    assert answer.headers["x-should-retry"] == "false"
+    assert "retry-after" not in answer.headers
+    assert harness.requests == []
+
+
+async def test_a_rate_limit_within_its_window_leaves_the_retry_to_the_client(harness):
+    limited_auth(harness, rpm_limit=1)
+    assert (await harness.client.post("/v1/chat/completions", json=CHAT, headers=OPENAI)).is_success
+
+    refused = await harness.client.post("/v1/chat/completions", json=CHAT, headers=OPENAI)
+
+    assert refused.status_code == 429
+    assert refused.headers.get("x-should-retry") != "false"
+    assert int(refused.headers["retry-after"]) >= 1
