@@ -699,6 +699,25 @@ async def test_openai_request_is_translated_once_for_an_anthropic_upstream(
         (
             "gpt",
             MESSAGES,
+            {"context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]}},
+            "context_management",
+        ),
+        (
+            "gpt",
+            MESSAGES,
+            {
+                "context_management": {
+                    "edits": [
+                        {"type": "clear_thinking_20251015", "keep": "all"},
+                        {"type": "clear_tool_uses_20250919"},
+                    ]
+                }
+            },
+            "context_management",
+        ),
+        (
+            "gpt",
+            MESSAGES,
             {"mcp_servers": [{"type": "url", "url": "https://mcp.example/sse", "name": "x"}]},
             "mcp_servers",
         ),
@@ -720,6 +739,37 @@ async def test_parameters_the_other_protocol_cannot_express_are_refused_by_name(
     assert (error.status, error.type, error.param) == (400, "invalid_request_error", param)
     assert param.split(".")[0] in error.message
     assert recorder.requests == []  # refused before any upstream call
+
+
+@pytest.mark.parametrize(
+    "edits",
+    [
+        [{"type": "clear_thinking_20251015", "keep": "all"}],
+        [{"type": "clear_thinking_20251015", "keep": {"type": "thinking_turns", "value": 1}}],
+    ],
+)
+async def test_clearing_thinking_reaches_an_openai_upstream_as_nothing(
+    harness, recorder, edits
+) -> None:
+    """Claude Code sends `context_management` clearing thinking whenever thinking is on;
+    earlier thinking never reaches an OpenAI-protocol upstream, so the edit changes
+    nothing sent and is accepted."""
+    recorder.script(Scripted(json=OPENAI_COMPLETION))
+    request = chat_request(model="gpt", api=MESSAGES)
+    body = {
+        **request.data.body,
+        "thinking": {"type": "enabled", "budget_tokens": 2048},
+        "max_tokens": 4096,
+        "context_management": {"edits": edits},
+    }
+    request = request.model_copy(update={"data": request.data.model_copy(update={"body": body})})
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    sent = recorder.last.body
+    assert "context_management" not in sent
+    assert sent["reasoning_effort"] == "low"
 
 
 async def test_url_documents_cannot_reach_an_openai_upstream_and_are_refused_by_name(

@@ -444,6 +444,28 @@ _MESSAGES_FIELDS = frozenset(
 INTERLEAVED_THINKING_BETA = "interleaved-thinking-2025-05-14"
 
 
+def _only_clears_thinking(context_management: Any) -> bool:
+    """Whether Anthropic's `context_management` holds nothing but `clear_thinking_*`
+    edits (`{"edits": [{"type": "clear_thinking_20251015", "keep": ...}]}`, which Claude
+    Code sends whenever thinking is on). Earlier turns' thinking is never sent to an
+    OpenAI-protocol deployment (it cannot take Anthropic's thinking blocks), so which of
+    them to keep changes nothing sent: such a field is accepted and not sent. Any other
+    edit (`clear_tool_uses_*`, which would change the messages sent) is refused by name."""
+    if not isinstance(context_management, dict) or set(context_management) != {"edits"}:
+        return False
+    edits = context_management["edits"]
+    return (
+        isinstance(edits, list)
+        and bool(edits)
+        and all(
+            isinstance(edit, dict)
+            and isinstance(edit.get("type"), str)
+            and edit["type"].startswith("clear_thinking_")
+            for edit in edits
+        )
+    )
+
+
 def messages_request_to_chat(
     body: dict[str, Any], betas: frozenset[str] = frozenset({INTERLEAVED_THINKING_BETA})
 ) -> dict[str, Any]:
@@ -452,13 +474,16 @@ def messages_request_to_chat(
     thinking budget for its size).
 
     Raises TranslationError for what Chat Completions cannot express (`top_k`,
-    `context_management`, server tools, URL documents...: the table is in
+    `context_management` other than clearing thinking, server tools, URL documents...:
+    the table is in
     docs/protocols.md), and for what Anthropic itself refuses in a field the translation
     renames or reshapes (a `max_tokens` below 1, a tool without a name, thinking with a
     forced tool or a `temperature` other than 1...): the message starts with the path of
     the client's field, as Anthropic's do."""
     if not isinstance(body, dict):
         raise TranslationError("The request body must be a JSON object.")
+    if _only_clears_thinking(body.get("context_management")):
+        body = {name: value for name, value in body.items() if name != "context_management"}
     refuse_unknown(body, _MESSAGES_FIELDS, "OpenAI's Chat Completions")
     try:
         # Every type and rule Anthropic itself judges, before any is renamed or reshaped.
