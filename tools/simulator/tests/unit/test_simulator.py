@@ -442,10 +442,23 @@ async def test_mid_stream_fault_fails_an_openai_stream_after_some_chunks(
         async for chunk in stream:
             received.append(chunk)
     assert len(received) == 2
-    # A non-streaming request taking the same kind of fault gets its status instead.
-    simulator.fault(status=503, stream_error_after=2)
-    with pytest.raises(openai.InternalServerError):
-        await openai_client.chat.completions.create(model="sim-small", messages=user("x"))
+
+
+async def test_a_mid_stream_fault_waits_for_a_streaming_request(openai_client, simulator) -> None:
+    """ "Streaming requests only": a request that is not streamed passes the fault by,
+    and the next streamed one takes it."""
+    simulator.fault(status=503, stream_error_after=1)
+    answered = await openai_client.chat.completions.create(model="sim-small", messages=user("x"))
+    assert answered.choices[0].message.content
+    assert simulator.stats()["faults_pending"] == 1
+
+    stream = await openai_client.chat.completions.create(
+        model="sim-small", messages=user("a b c d"), stream=True
+    )
+    with pytest.raises(openai.APIError, match="mid-stream"):
+        async for _ in stream:
+            pass
+    assert simulator.stats()["faults_pending"] == 0
 
 
 async def test_mid_stream_fault_sends_an_anthropic_error_event(anthropic_client, simulator) -> None:

@@ -142,8 +142,12 @@ class Fault:
     # The error `type` of that event (default: overloaded_error, server_error for OpenAI).
     error_type: str | None = None
 
-    def applies_to(self, model: str | None) -> bool:
-        """Whether this fault is for a request naming `model` (None when the request names none)."""
+    def applies_to(self, model: str | None, streaming: bool = False) -> bool:
+        """Whether this fault is for a request naming `model` (None when the request names
+        none) that is `streaming`: a mid-stream fault (`stream_error_after`) waits for a
+        streaming request, and requests that are not streamed pass it by."""
+        if self.stream_error_after is not None and not streaming:
+            return False
         return self.model is None or self.model == model
 
 
@@ -170,11 +174,11 @@ class SimulatorState:
         if model:
             self.requests_by_model[model] += 1
 
-    def take_fault(self, model: str | None) -> Fault | None:
-        """Remove and return the first pending fault that applies to `model`, or None
-        when no fault applies."""
+    def take_fault(self, model: str | None, streaming: bool = False) -> Fault | None:
+        """Remove and return the first pending fault that applies to a request for `model`,
+        `streaming` or not (`Fault.applies_to`), or None when no fault applies."""
         for fault in self.faults:
-            if fault.applies_to(model):
+            if fault.applies_to(model, streaming):
                 self.faults.remove(fault)
                 self.faults_served += 1
                 return fault
@@ -1943,10 +1947,10 @@ class Simulator:
     ) -> Response | Fault | None:
         """The response of the next injected fault matching `model`, if any; for a
         mid-stream fault on a streaming request, the fault itself."""
-        fault = self.state.take_fault(model)
+        fault = self.state.take_fault(model, streaming)
         if fault is None:
             return None
-        if fault.stream_error_after is not None and streaming:
+        if fault.stream_error_after is not None:
             return fault
         if fault.hang:
             await self._hang(request)
