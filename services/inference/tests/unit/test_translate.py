@@ -1210,6 +1210,84 @@ def test_a_streamed_call_without_input_has_the_arguments_of_an_empty_object() ->
     assert [call.function.arguments for call in calls] == ["{}", '{"a": 1}']
 
 
+def _tool_block(index: int) -> list[dict]:
+    return [
+        {
+            "type": "content_block_start",
+            "index": index,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}},
+        },
+        {
+            "type": "content_block_delta",
+            "index": index,
+            "delta": {"type": "input_json_delta", "partial_json": '{"city": "Paris"}'},
+        },
+        {"type": "content_block_stop", "index": index},
+    ]
+
+
+THINKING_BLOCK = [
+    {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "thinking", "thinking": ""},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "thinking_delta", "thinking": "hm"},
+    },
+    {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "signature_delta", "signature": "s"},
+    },
+    {"type": "content_block_stop", "index": 0},
+]
+TEXT_BLOCK = [
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}},
+    {"type": "content_block_stop", "index": 0},
+]
+
+
+@pytest.mark.parametrize(
+    ("blocks", "first_delta"),
+    [
+        (_tool_block(0), {"role": "assistant", "content": None, "tool_calls": "..."}),
+        (
+            THINKING_BLOCK + _tool_block(1),
+            {"role": "assistant", "content": None, "tool_calls": "..."},
+        ),
+        (TEXT_BLOCK, {"role": "assistant", "content": ""}),
+        (THINKING_BLOCK + TEXT_BLOCK, {"role": "assistant", "content": ""}),
+    ],
+    ids=["tool-only", "thinking-then-tool", "text", "thinking-then-text"],
+)
+def test_the_first_chunk_opens_what_the_reply_starts_with(blocks, first_delta) -> None:
+    """As OpenAI's streams do: `content: ""` before text, `content: null` with the first
+    tool call (an empty string would open a text part that never comes)."""
+    start = {"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 3}}}
+    end = [{"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {}}]
+    converter = MessageEventsToChatChunks("m")
+    chunks = [chunk for event in [start, *blocks, *end] for chunk in converter.feed(event)]
+
+    first = chunks[0]["choices"][0]["delta"]
+    assert {key: ("..." if key == "tool_calls" else value) for key, value in first.items()} == (
+        first_delta
+    )
+    assert sum("role" in chunk["choices"][0]["delta"] for chunk in chunks) == 1
+    state = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(chunk))
+    message = state.get_final_completion().choices[0].message
+    if "tool_calls" in first_delta:
+        assert message.content is None
+        assert message.tool_calls[0].function.arguments == '{"city": "Paris"}'
+    else:
+        assert message.content == "Hi" and not message.tool_calls
+
+
 def test_accumulator_assembles_every_choice_and_tool_call() -> None:
     accumulator = CompletionAccumulator()
     for chunk in OPENAI_TOOL_STREAM:

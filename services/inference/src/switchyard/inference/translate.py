@@ -2634,6 +2634,15 @@ class MessageEventsToChatChunks:
         self._started = True
         return [self._chunk({"role": "assistant", "content": ""})]
 
+    def _tool_call_chunk(self, call: dict[str, Any]) -> dict[str, Any]:
+        """The chunk opening a tool call; the stream's first (a reply that starts with a
+        tool call) carries the role and `content: null`, as OpenAI's do: an empty string
+        there would open a text part that never comes."""
+        if self._started:
+            return self._chunk({"tool_calls": [call]})
+        self._started = True
+        return self._chunk({"role": "assistant", "content": None, "tool_calls": [call]})
+
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """The OpenAI `chat.completion.chunk` dicts one Anthropic stream event (a dict with
         `type`) produces, possibly none; the first carries the assistant role."""
@@ -2643,39 +2652,35 @@ class MessageEventsToChatChunks:
             if isinstance(message.get("id"), str):
                 self.id = _recast_id(message["id"], COMPLETION_ID_PREFIX, MESSAGE_ID_PREFIX)
             self.usage = dict(message.get("usage") or {})
-            return self._role_chunk()
+            # The role comes with the first block: its content is "" before text and
+            # null before a tool call, which only the block tells.
+            return []
         if kind == "content_block_start":
             block = event.get("content_block") or {}
-            chunks = self._role_chunk()
-            if block.get("type") == "text" and block.get("text"):
-                chunks.append(self._chunk({"content": block["text"]}))
-            elif block.get("type") == "tool_use":
+            if block.get("type") == "tool_use":
                 tool_index = len(self._tool_index_by_block)
                 self._tool_index_by_block[event.get("index", 0)] = tool_index
                 arguments = _json_dumps(block["input"]) if block.get("input") else ""
                 if not arguments:
                     self._tool_without_arguments.add(event.get("index", 0))
-                chunks.append(
-                    self._chunk(
-                        {
-                            "tool_calls": [
-                                {
-                                    "index": tool_index,
-                                    "id": block.get("id", ""),
-                                    "type": "function",
-                                    "function": {
-                                        "name": block.get("name", ""),
-                                        "arguments": arguments,
-                                    },
-                                }
-                            ]
-                        }
-                    )
-                )
+                call = {
+                    "index": tool_index,
+                    "id": block.get("id", ""),
+                    "type": "function",
+                    "function": {"name": block.get("name", ""), "arguments": arguments},
+                }
+                return [self._tool_call_chunk(call)]
+            if block.get("type") != "text":
+                return []  # thinking, which a Chat Completions stream does not carry
+            chunks = self._role_chunk()
+            if block.get("text"):
+                chunks.append(self._chunk({"content": block["text"]}))
             return chunks
         if kind == "content_block_delta":
             delta = event.get("delta") or {}
             delta_type = delta.get("type")
+            if delta_type not in ("text_delta", "input_json_delta"):
+                return []  # thinking, signatures and citations: not in a Chat stream
             chunks = self._role_chunk()
             if delta_type == "text_delta" and delta.get("text"):
                 chunks.append(self._chunk({"content": delta["text"]}))
