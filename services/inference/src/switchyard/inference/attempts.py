@@ -32,6 +32,7 @@ from switchyard.common.routing import Deployment, RoutingError, RoutingTable
 from switchyard.inference import metrics
 from switchyard.inference.adapters import Adapter, Adapters, UpstreamCall, check_forwarded_headers
 from switchyard.inference.calls import UpstreamCalls
+from switchyard.inference.client_names import in_client_terms
 from switchyard.inference.errors import ProviderError
 from switchyard.inference.genai import observe_call
 from switchyard.inference.outcomes import Outcome, expired, failed
@@ -225,10 +226,10 @@ class Attempts:
                 run.end_call(run.failed_call_usage())
                 if error.vendor is not None and call.api is not data.api:
                     # The upstream named a field of the request it got, translated from
-                    # the client's: a field the client never sent (`messages[0].content`
-                    # of a Chat Completions request made from a Messages or Responses
-                    # one). Its message still says which, in the upstream's words.
-                    error.param = None
+                    # the client's: in the client's terms where the translation renamed
+                    # it (`max_completion_tokens` of a Messages request is its
+                    # `max_tokens`), else a field the client never sent: no `param`.
+                    in_client_terms(error, data.api, call.api, data.body)
                 if error.unhealthy:
                     state.breaker.failure()
                 else:
