@@ -330,3 +330,38 @@ async def test_an_upstream_faster_than_the_bus_is_read_no_faster_than_the_bus_ta
         assert max(waiting) <= 300 + 2, max(waiting)
     else:
         assert max(waiting) > 1000, max(waiting)
+
+
+class RefusingOneChunkBus(SlowChunkBus):
+    """Refuses the `chat.chunk` record with sequence 1 as larger than it takes (a record
+    of a huge delta), taking every other record."""
+
+    async def _take(self, topic, event, key, partition) -> None:
+        if isinstance(event, ChatChunk) and event.data.sequence == 1:
+            raise EventTooLargeError("the record is larger than the topic accepts")
+        await super()._take(topic, event, key, partition)
+
+
+async def test_a_stream_record_the_bus_refuses_ends_the_stream_without_a_gap(
+    recorder, providers
+) -> None:
+    """The refused record is never skipped: the client has the records before it, then a
+    502 `response_too_large`; no record after it is published, and nothing is lost
+    silently (the stream does not end as completed)."""
+    recorder.script(Scripted(chunks=[buffered_openai_stream(3000)], media_type="text/event-stream"))
+    deployment = Deployment(
+        name="d", provider="openai", model="up", base_url=f"{recorder.root}/v1", max_retries=0
+    )
+    routing = RoutingTable(models={"m": ModelRoute(name="m", deployments=[deployment])})
+    bus = RefusingOneChunkBus(failing=set())
+    handler = handler_on(bus, routing, providers)
+
+    await asyncio.wait_for(handler(chat_request(model="m", stream=True)), timeout=60)
+
+    chunks = [event for event in bus.published if isinstance(event, ChatChunk)]
+    assert [chunk.data.sequence for chunk in chunks] == [0]
+    reply, usage = bus.published[-2:]
+    assert isinstance(reply, ChatFailed), reply
+    assert (reply.data.error.status, reply.data.error.code) == (502, "response_too_large")
+    assert isinstance(usage, UsageRecorded) and usage.data.upstream_calls == 1
+    assert len(recorder.requests) == 1  # not called again

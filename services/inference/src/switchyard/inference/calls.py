@@ -19,6 +19,7 @@ from typing import Any
 from opentelemetry.trace import SpanKind
 
 from switchyard.common import tracing
+from switchyard.common.bus import EventRejectedError
 from switchyard.common.events import StreamEvent, TokenUsage
 from switchyard.common.routing import Deployment
 from switchyard.inference import genai, metrics
@@ -31,6 +32,19 @@ from switchyard.inference.upstream import Upstream, invalid_reply
 # Upstream events read between two yields to the event loop when they arrive faster
 # than the loop would otherwise switch (a buffered stream).
 YIELD_EVERY = 64
+
+
+def undeliverable_stream(reason: EventRejectedError) -> ProviderError:
+    """The error ending a stream the bus refused a record of (larger than it carries):
+    the client has the events before it and this 502 `response_too_large`, never a
+    stream with a gap in it."""
+    return ProviderError(
+        502,
+        None,
+        f"The upstream's stream could not be delivered whole: part of it is larger than "
+        f"Switchyard carries ({reason}).",
+        code="response_too_large",
+    )
 
 
 class UpstreamCalls:
@@ -152,9 +166,17 @@ class UpstreamCalls:
             for opening in held:  # a stream with no content at all still opens and closes
                 publisher.send(opening)
         except ProviderError:
-            await publisher.flush()  # what arrived reaches the client before the error
+            with contextlib.suppress(EventRejectedError):  # raised below, in its place
+                await publisher.flush()  # what arrived reaches the client before the error
+            if publisher.failure is not None:
+                raise undeliverable_stream(publisher.failure) from None
             raise
-        await publisher.flush()
+        except EventRejectedError as exc:
+            raise undeliverable_stream(exc) from None
+        try:
+            await publisher.flush()
+        except EventRejectedError as exc:
+            raise undeliverable_stream(exc) from None
         usage = translation.usage()
         if not usage.total_tokens:
             # A whole stream without usage (its usage chunk lost, or never sent): estimated

@@ -177,7 +177,9 @@ class ReliablePublisher:
 
 
 class ChunkPublisher:
-    """Publishes the events of one stream as `chat.chunk` records, in order."""
+    """Publishes the events of one stream as `chat.chunk` records, in order, with no gap:
+    once the bus refuses a record (`EventRejectedError`: it can never take it), nothing
+    after it is published, and `send` and `flush` raise that error."""
 
     def __init__(
         self,
@@ -192,10 +194,15 @@ class ChunkPublisher:
         self._progress = asyncio.Event()
         self.sent = 0  # events accepted (they will all reach the client)
         self.published = 0  # records published
+        # The refusal that stopped the stream's publication, if one did.
+        self.failure: EventRejectedError | None = None
 
     def send(self, event: StreamEvent) -> None:
         """Queue one client stream event; it is published in order, in the next record the pump
-        sends. Needs a running event loop."""
+        sends. Needs a running event loop. Raises the bus's EventRejectedError once it
+        refused a record of this stream: a later event would leave a gap."""
+        if self.failure is not None:
+            raise self.failure
         self._queue.append(event)
         self.sent += 1
         if self._task is None or self._task.done():
@@ -205,7 +212,15 @@ class ChunkPublisher:
         queue = self._queue
         while queue:
             batch = [queue.popleft() for _ in range(min(len(queue), MAX_EVENTS_PER_RECORD))]
-            await self._publish(self._record(self.published, batch))
+            try:
+                await self._publish(self._record(self.published, batch))
+            except EventRejectedError as exc:
+                # Never retried (it could not succeed), and never skipped: the stream's
+                # publication ends here, and its reader learns it from `send` or `flush`.
+                self.failure = exc
+                queue.clear()
+                self._progress.set()
+                return
             self.published += 1
             self._progress.set()
 
@@ -217,7 +232,7 @@ class ChunkPublisher:
     async def room(self, backlog: int = MAX_BACKLOG) -> None:
         """Wait while more than `backlog` events wait for the bus, so a reader that awaits
         this between reads holds at most that many (plus one record in flight). Returns at
-        once when the pump has stopped (a failed publish: `flush` raises it)."""
+        once when the pump has stopped (a refused record: `send` and `flush` raise it)."""
         while len(self._queue) > backlog and self._task is not None and not self._task.done():
             self._progress.clear()
             waiter = asyncio.ensure_future(self._progress.wait())
@@ -227,9 +242,12 @@ class ChunkPublisher:
                 waiter.cancel()
 
     async def flush(self) -> None:
-        """Wait until every event sent so far is published."""
+        """Wait until every event sent so far is published. Raises the bus's
+        EventRejectedError when it refused a record of this stream."""
         while self._task is not None and not self._task.done():
             await asyncio.shield(self._task)
+        if self.failure is not None:
+            raise self.failure
 
     async def aclose(self) -> None:
         """Stop publishing (what is still queued is dropped)."""
