@@ -1,8 +1,8 @@
 """The gateway's own refusals tell clients whether retrying could help, as the providers'
-APIs do with `x-should-retry`: a bad credential, a bad body, an unknown model or route
-never gets past on a retry (`false`: Claude Code, which retries a 401 unless told, stops
-at once), while a rate limit within its window or a gateway short of capacity keeps the
-SDKs' own retry (no `false`)."""
+APIs do with `x-should-retry`: a bad body, an unknown model or route never gets past on a
+retry (`false`). A 401 leaves the retry to the client (Claude Code then asks its
+`apiKeyHelper` for a fresh credential), as do a rate limit within its window and a
+gateway short of capacity (no `false`)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ MESSAGE = {"model": "sim-small", "max_tokens": 16, "messages": [{"role": "user",
 @pytest.mark.parametrize(
     ("path", "body", "headers", "status"),
     [
-        ("/v1/messages", MESSAGE, {"x-api-key": "sk-sy-not-a-key"}, 401),
-        ("/v1/chat/completions", CHAT, {"Authorization": "Bearer sk-sy-not-a-key"}, 401),
         ("/v1/messages", {**MESSAGE, "max_tokens": "many"}, ANTHROPIC, 400),
         ("/v1/chat/completions", b'{"model": "sim-small", "messages": [', OPENAI, 400),
         ("/v1/chat/completions", {**CHAT, "model": "no-such-model"}, OPENAI, 404),
@@ -29,8 +27,6 @@ MESSAGE = {"model": "sim-small", "max_tokens": 16, "messages": [{"role": "user",
         ("/v1/no-such-route", CHAT, OPENAI, 404),
     ],
     ids=[
-        "messages-401",
-        "chat-401",
         "messages-400",
         "chat-400",
         "chat-unknown-model",
@@ -48,6 +44,23 @@ async def test_a_refusal_no_retry_can_pass_says_so(harness, path, body, headers,
     assert answer.headers["x-should-retry"] == "false"
     assert "retry-after" not in answer.headers
     assert harness.requests == []
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/v1/messages", {"x-api-key": "sk-sy-not-a-key"}),
+        ("/v1/chat/completions", {"Authorization": "Bearer sk-sy-not-a-key"}),
+        ("/v1/chat/completions", {"Authorization": "Bearer not.a.jwt"}),
+    ],
+)
+async def test_a_401_leaves_the_retry_to_the_client(harness, path, headers):
+    """A client with a credential helper retries a 401 with a fresh credential."""
+    body = MESSAGE if path == "/v1/messages" else CHAT
+    answer = await harness.client.post(path, json=body, headers=headers)
+
+    assert answer.status_code == 401, answer.text
+    assert "x-should-retry" not in answer.headers
 
 
 async def test_a_rate_limit_within_its_window_leaves_the_retry_to_the_client(harness):

@@ -72,10 +72,10 @@ __all__ = [
 # Statuses a client may retry after a moment, which always carry Retry-After.
 RETRYABLE_STATUSES = frozenset({429, 503, 529})
 # The gateway's own refusals that the same request can never get past: answered with
-# `x-should-retry: false`, which both official SDKs read before their status rules, so
-# clients that retry more than the SDKs do (Claude Code retries a 401, to refresh its
-# sign-in) stop at once, as with the providers' own APIs.
-FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 413, 415, 422})
+# `x-should-retry: false`, which both official SDKs read before their status rules.
+# Not a 401: Claude Code answers one by asking its `apiKeyHelper` for a fresh credential
+# and retrying, which a rotated key or an expired access token needs.
+FINAL_STATUSES = frozenset({400, 403, 404, 405, 413, 415, 422})
 
 
 def vendor_of_request(request: Request, *, unrouted: bool = False) -> Vendor:
