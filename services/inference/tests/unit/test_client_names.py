@@ -35,7 +35,7 @@ def with_body(request, **fields: Any):
 
 
 @pytest.mark.parametrize(
-    ("model", "api", "fields", "scripted", "param", "words", "not_words"),
+    ("model", "api", "fields", "scripted", "param", "message", "unused"),
     [
         (
             "gpt",
@@ -47,8 +47,10 @@ def with_body(request, **fields: Any):
                 "16384 completion tokens.",
             ),
             "max_tokens",
-            "max_tokens is too large",
-            "max_completion_tokens",
+            "max_completion_tokens is too large: 10000000. This model supports at most 16384 "
+            "completion tokens. (Here 'max_completion_tokens' is your 'max_tokens': the "
+            "model's deployment speaks OpenAI's Chat Completions.)",
+            None,
         ),
         (
             "gpt",
@@ -56,8 +58,10 @@ def with_body(request, **fields: Any):
             {"max_output_tokens": 10_000_000},
             openai_refusal("max_completion_tokens", "Invalid 'max_completion_tokens': too large."),
             "max_output_tokens",
-            "Invalid 'max_output_tokens'",
-            "max_completion_tokens",
+            "Invalid 'max_completion_tokens': too large. (Here 'max_completion_tokens' is "
+            "your 'max_output_tokens': the model's deployment speaks OpenAI's Chat "
+            "Completions.)",
+            None,
         ),
         (
             "gpt",
@@ -66,7 +70,7 @@ def with_body(request, **fields: Any):
             openai_refusal("messages[1].content", "Invalid 'messages[1].content': empty."),
             None,  # messages are not the client's input items one for one
             "Invalid 'messages[1].content': empty.",
-            "input",
+            None,
         ),
         (
             "claude",
@@ -74,8 +78,10 @@ def with_body(request, **fields: Any):
             {"max_completion_tokens": 10_000_000},
             anthropic_refusal("max_tokens: 10000000 > 64000, the most for this model"),
             None,
-            "max_completion_tokens: 10000000 > 64000",
-            "max_tokens:",
+            "max_tokens: 10000000 > 64000, the most for this model (Here 'max_tokens' is "
+            "your 'max_completion_tokens': the model's deployment speaks Anthropic's "
+            "Messages API.)",
+            None,
         ),
         (
             "claude",
@@ -83,8 +89,8 @@ def with_body(request, **fields: Any):
             {"max_tokens": 10_000_000},
             anthropic_refusal("max_tokens: 10000000 > 64000, the most for this model"),
             None,
-            "max_tokens: 10000000 > 64000",
-            "max_completion_tokens",
+            "max_tokens: 10000000 > 64000, the most for this model",
+            None,
         ),
         (
             "gpt",
@@ -92,8 +98,8 @@ def with_body(request, **fields: Any):
             {},
             openai_refusal("messages[0].role", "Invalid 'messages[0].role'."),
             None,
-            "messages[0].role",
-            "max_completion_tokens",
+            "Invalid 'messages[0].role'.",
+            None,
         ),
     ],
     ids=[
@@ -113,8 +119,8 @@ async def test_a_translated_requests_refusal_names_the_clients_fields(
     fields,
     scripted,
     param,
-    words,
-    not_words,
+    message,
+    unused,
 ) -> None:
     recorder.script(scripted)
     body = {"model": model, "input": "hi"} if api == RESPONSES else None
@@ -125,26 +131,57 @@ async def test_a_translated_requests_refusal_names_the_clients_fields(
     assert isinstance(reply, ChatFailed), reply
     error = reply.data.error
     assert error.status == 400
-    assert words in error.message
-    assert not_words not in error.message
+    assert error.message == message
     assert error.param == param
     assert len(recorder.requests) == 1
 
 
-def test_a_param_below_a_renamed_field_keeps_its_path() -> None:
+def test_a_param_below_a_renamed_field_of_another_shape_names_the_clients_field() -> None:
     error = ProviderError(
         400,
         "invalid_request_error",
-        "Invalid 'response_format.json_schema.schema'.",
+        "Invalid schema for response_format 'x': In context=('properties', 'max_completion_tokens').",
         param="response_format.json_schema.schema",
         vendor="openai",
     )
     in_client_terms(
         error, ClientAPI.OPENAI_RESPONSES, ClientAPI.OPENAI_CHAT_COMPLETIONS, {"input": "x"}
     )
-    assert error.param == "text.format.json_schema.schema"
-    assert error.message == "Invalid 'text.format.json_schema.schema'."
+    # Responses keeps its schema at `text.format.schema`: the field itself is named.
+    assert error.param == "text.format"
+    # The client's own data quoted in the message is left as it is, and only the field
+    # the refusal is about is explained.
+    assert error.message == (
+        "Invalid schema for response_format 'x': In context=('properties', "
+        "'max_completion_tokens'). (Here 'response_format' is your 'text.format': the "
+        "model's deployment speaks OpenAI's Chat Completions.)"
+    )
     assert str(error) == error.message
+
+
+def test_a_path_below_a_field_of_the_same_shape_is_kept() -> None:
+    error = ProviderError(
+        400, "invalid_request_error", "Invalid 'stop[5]'.", param="stop[5]", vendor="openai"
+    )
+    in_client_terms(error, ClientAPI.ANTHROPIC_MESSAGES, ClientAPI.OPENAI_CHAT_COMPLETIONS, {})
+    assert error.param == "stop_sequences[5]"
+    assert error.message == "Invalid 'stop[5]'."  # a plain word: no note
+
+
+def test_a_deployment_refusing_the_renamed_field_itself_keeps_its_words() -> None:
+    """The operator's to fix (the deployment does not take the field the translation
+    chose): its words stay, and the client learns which of its fields it is."""
+    error = ProviderError(
+        400,
+        "invalid_request_error",
+        "Unrecognized request argument supplied: max_completion_tokens",
+        param="max_completion_tokens",
+        vendor="openai",
+    )
+    in_client_terms(error, ClientAPI.ANTHROPIC_MESSAGES, ClientAPI.OPENAI_CHAT_COMPLETIONS, {})
+    assert error.message.startswith(
+        "Unrecognized request argument supplied: max_completion_tokens (Here"
+    )
 
 
 def test_a_messages_clients_effort_is_named_as_it_sent_it() -> None:
@@ -157,4 +194,5 @@ def test_a_messages_clients_effort_is_named_as_it_sent_it() -> None:
         vendor="openai",
     )
     in_client_terms(error, ClientAPI.ANTHROPIC_MESSAGES, ClientAPI.OPENAI_CHAT_COMPLETIONS, body)
-    assert error.message == "Unsupported value: 'output_config.effort' xhigh."
+    assert error.param == "output_config.effort"
+    assert "'reasoning_effort' is your 'output_config.effort'" in error.message

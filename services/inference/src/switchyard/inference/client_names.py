@@ -2,18 +2,20 @@
 
 A translation renames fields (a Messages request's `max_tokens` reaches an OpenAI
 deployment as `max_completion_tokens`), so the upstream's refusal names a field the
-client never sent: `param` and the message say `max_completion_tokens`. For the fields
-a translation renames (the tables of docs/protocols.md), `in_client_terms` gives the
-error the client's name in `param` and in its message; a `param` naming anything else
-is dropped, since it names a field of the translated request only.
+client never sent. For the fields a translation renames (the tables of
+docs/protocols.md), `in_client_terms` gives `param` the client's name and adds to the
+message which of the client's fields the upstream's name stands for; the upstream's own
+words are kept as they are (they may quote the client's data, or say that the
+deployment does not take the renamed field at all, which is the operator's to fix). A
+`param` naming anything else is dropped: it names a field of the translated request.
 
 Messages and input items are not renamed: a translation adds and merges messages (a
 system prompt becomes the first, a Responses function call joins the assistant message
-before it), so `messages[1]` upstream is not the client's `input[1]`.
-
-Only distinctive names are rewritten in messages (with an underscore or a dot, such as
-`max_completion_tokens` or `output_config.format`): plain words such as `stop` or
-`user` are left as the upstream wrote them.
+before it), so `messages[1]` upstream is not the client's `input[1]`. Below a renamed
+field, `param` keeps its path only where both shapes are one (`stop[1]` is
+`stop_sequences[1]`); elsewhere it names the client's field itself
+(`response_format.json_schema.schema` is a Responses client's `text.format`, whose schema
+sits elsewhere).
 """
 
 from __future__ import annotations
@@ -69,13 +71,20 @@ def _renames(client: ClientAPI, upstream: ClientAPI, body: Mapping[str, Any]) ->
     return names
 
 
+# Renamed fields of the same shape on both sides: a path below one maps one for one.
+_SAME_SHAPE = frozenset({"stop", "stop_sequences"})
+_API_NAMES = {_CHAT: "OpenAI's Chat Completions", _MESSAGES: "Anthropic's Messages API"}
+
+
 def _client_param(param: str, names: Mapping[str, str]) -> str | None:
     for upstream_name, client_name in names.items():
         if param == upstream_name:
             return client_name
         for separator in (".", "["):
             if param.startswith(upstream_name + separator):
-                return client_name + param[len(upstream_name) :]
+                if upstream_name in _SAME_SHAPE:
+                    return client_name + param[len(upstream_name) :]
+                return client_name
     return None
 
 
@@ -87,16 +96,34 @@ def in_client_terms(
     error: ProviderError, client: ClientAPI, upstream: ClientAPI, body: Mapping[str, Any]
 ) -> ProviderError:
     """`error`, an upstream's refusal of a request of the `client` API translated to the
-    `upstream` API from the client's `body`, changed in place: `param` renamed to the
-    client's field when the translation renamed it, else None; distinctive renamed
-    field names in the message replaced by the client's. Returns the error."""
+    `upstream` API from the client's `body`, changed in place: `param` the client's field
+    where the translation renamed it, else None; when the message names a renamed field
+    (a distinctive name: with an underscore or a dot; only the one `param` names, when
+    it names one), a sentence added saying which of the client's fields it is. Returns
+    the error."""
     names = _renames(client, upstream, body)
-    error.param = _client_param(error.param, names) if error.param else None
-    message = error.message
-    for upstream_name, client_name in names.items():
-        if upstream_name != client_name and _distinctive(upstream_name):
-            message = re.sub(rf"(?<![\w.]){re.escape(upstream_name)}(?!\w)", client_name, message)
-    if message != error.message:
-        error.message = message
-        error.args = (message,)
+    upstream_param = error.param
+    error.param = _client_param(upstream_param, names) if upstream_param else None
+    if error.param is not None and upstream_param is not None:
+        # The field the refusal is about: only it is explained, whatever else the
+        # message quotes (a property of the client's schema may share a field's name).
+        names = {
+            name: client_name
+            for name, client_name in names.items()
+            if _client_param(upstream_param, {name: client_name}) is not None
+        }
+    named = [
+        f"'{upstream_name}' is your '{client_name}'"
+        for upstream_name, client_name in names.items()
+        if upstream_name != client_name
+        and _distinctive(upstream_name)
+        and re.search(rf"(?<![\w.]){re.escape(upstream_name)}(?!\w)", error.message)
+    ]
+    if named:
+        api = _API_NAMES.get(upstream, upstream.value)
+        error.message = (
+            f"{error.message.rstrip()} (Here {', and '.join(named)}: the model's deployment "
+            f"speaks {api}.)"
+        )
+        error.args = (error.message,)
     return error
