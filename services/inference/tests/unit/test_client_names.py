@@ -140,7 +140,8 @@ def test_a_param_below_a_renamed_field_of_another_shape_names_the_clients_field(
     error = ProviderError(
         400,
         "invalid_request_error",
-        "Invalid schema for response_format 'x': In context=('properties', 'max_completion_tokens').",
+        "Invalid schema for response_format 'x': "
+        "In context=('properties', 'max_completion_tokens').",
         param="response_format.json_schema.schema",
         vendor="openai",
     )
