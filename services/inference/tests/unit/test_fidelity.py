@@ -715,6 +715,22 @@ async def test_openai_request_is_translated_once_for_an_anthropic_upstream(
             },
             "context_management",
         ),
+        *(
+            ("gpt", MESSAGES, {"context_management": {"edits": [edit]}}, "context_management")
+            for edit in (
+                {"type": "clear_thinking_bogus"},
+                {
+                    "type": "clear_thinking_20251015",
+                    "keep": {"type": "thinking_turns", "value": -5},
+                },
+                {
+                    "type": "clear_thinking_20251015",
+                    "keep": {"type": "thinking_turns", "value": True},
+                },
+                {"type": "clear_thinking_20251015", "keep": "some"},
+                {"type": "clear_thinking_20251015", "keep": "all", "extra": 1},
+            )
+        ),
         (
             "gpt",
             MESSAGES,
@@ -746,6 +762,7 @@ async def test_parameters_the_other_protocol_cannot_express_are_refused_by_name(
     [
         [{"type": "clear_thinking_20251015", "keep": "all"}],
         [{"type": "clear_thinking_20251015", "keep": {"type": "thinking_turns", "value": 1}}],
+        [{"type": "clear_thinking_20251015"}],
     ],
 )
 async def test_clearing_thinking_reaches_an_openai_upstream_as_nothing(

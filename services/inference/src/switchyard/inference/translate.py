@@ -444,13 +444,34 @@ _MESSAGES_FIELDS = frozenset(
 INTERLEAVED_THINKING_BETA = "interleaved-thinking-2025-05-14"
 
 
+# The thinking-clearing edit of Anthropic's context editing ("Context editing", Thinking
+# block clearing): `{"type": "clear_thinking_20251015", "keep": ...}`.
+CLEAR_THINKING_EDIT = "clear_thinking_20251015"
+
+
+def _is_thinking_kept(keep: Any) -> bool:
+    """Whether `keep` is a valid `keep` of the thinking-clearing edit: `"all"`, or
+    `{"type": "thinking_turns", "value": n}` with n at least 1."""
+    if keep == "all":
+        return True
+    return (
+        isinstance(keep, dict)
+        and set(keep) == {"type", "value"}
+        and keep["type"] == "thinking_turns"
+        and isinstance(keep["value"], int)
+        and not isinstance(keep["value"], bool)
+        and keep["value"] >= 1
+    )
+
+
 def _only_clears_thinking(context_management: Any) -> bool:
-    """Whether Anthropic's `context_management` holds nothing but `clear_thinking_*`
-    edits (`{"edits": [{"type": "clear_thinking_20251015", "keep": ...}]}`, which Claude
-    Code sends whenever thinking is on). Earlier turns' thinking is never sent to an
-    OpenAI-protocol deployment (it cannot take Anthropic's thinking blocks), so which of
-    them to keep changes nothing sent: such a field is accepted and not sent. Any other
-    edit (`clear_tool_uses_*`, which would change the messages sent) is refused by name."""
+    """Whether Anthropic's `context_management` holds nothing but valid thinking-clearing
+    edits (`{"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}`, which Claude
+    Code sends whenever thinking is on; `keep` may be left out). Earlier turns' thinking is
+    never sent to an OpenAI-protocol deployment (it cannot take Anthropic's thinking
+    blocks), so which of it to keep changes nothing sent: such a field is accepted and not
+    sent. Anything else (another edit, such as `clear_tool_uses_20250919`, which would
+    change the messages sent; an unknown type, field or `keep`) is refused by name."""
     if not isinstance(context_management, dict) or set(context_management) != {"edits"}:
         return False
     edits = context_management["edits"]
@@ -459,8 +480,9 @@ def _only_clears_thinking(context_management: Any) -> bool:
         and bool(edits)
         and all(
             isinstance(edit, dict)
-            and isinstance(edit.get("type"), str)
-            and edit["type"].startswith("clear_thinking_")
+            and edit.get("type") == CLEAR_THINKING_EDIT
+            and set(edit) <= {"type", "keep"}
+            and ("keep" not in edit or _is_thinking_kept(edit["keep"]))
             for edit in edits
         )
     )
