@@ -1,7 +1,8 @@
-"""A user holds at most `SWITCHYARD_AUTH_MAX_API_KEYS_PER_USER` live API keys: one more,
-made by the user or by an admin for them, is a 409 `too_many_api_keys` in OpenAI's error
-format and makes nothing. Revoked and expired keys leave room; other users are not
-affected; the operator's own commands are not capped."""
+"""A user holds at most `SWITCHYARD_AUTH_MAX_API_KEYS_PER_USER` live API keys, and creates
+at most that many a day: one more, made by the user or by an admin for them, is a 409
+`too_many_api_keys` in OpenAI's error format and makes nothing. Revoked and expired keys
+leave room among the live ones; other users are not affected; the operator's own
+commands are not capped."""
 
 from __future__ import annotations
 
@@ -88,6 +89,7 @@ async def test_revoked_and_expired_keys_leave_room(capped) -> None:
 
     revoked = await capped.client.delete(f"/v1/api-keys/{ids[0]}", headers=capped.member_headers)
     assert revoked.status_code == 204
+    await made_yesterday(capped)  # out of the day's creations: only the live count binds
     assert (await create_own(capped)).status_code == 201
     assert_too_many(await create_own(capped))
 
@@ -99,8 +101,45 @@ async def test_revoked_and_expired_keys_leave_room(capped) -> None:
             .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
         await session.commit()
+    await made_yesterday(capped)
     assert (await create_own(capped)).status_code == 201
     assert_too_many(await create_own(capped))
+
+
+async def made_yesterday(app) -> None:
+    """Every key as if created more than a day ago."""
+    async with app.service.sessions() as session:
+        await session.execute(
+            update(ApiKey).values(created_at=datetime.now(UTC) - timedelta(days=1, seconds=1))
+        )
+        await session.commit()
+
+
+async def test_creating_and_revoking_in_a_loop_is_bounded_by_the_day(capped) -> None:
+    """Revoked keys stay on record and in every gateway's revocation list: at most the cap
+    of keys a day, however many are revoked."""
+    for _ in range(CAP):
+        created = await create_own(capped)
+        assert created.status_code == 201, created.text
+        key_id = created.json()["key_id"]
+        revoked = await capped.client.delete(
+            f"/v1/api-keys/{key_id}", headers=capped.member_headers
+        )
+        assert revoked.status_code == 204
+    assert await live_keys(capped) == []
+
+    refused = await create_own(capped)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "too_many_api_keys"
+    assert "in the last 24 hours" in refused.json()["error"]["message"]
+
+    # A day later there is room again.
+    async with capped.service.sessions() as session:
+        await session.execute(
+            update(ApiKey).values(created_at=datetime.now(UTC) - timedelta(days=1, seconds=1))
+        )
+        await session.commit()
+    assert (await create_own(capped)).status_code == 201
 
 
 async def test_concurrent_creations_stop_at_the_cap(capped) -> None:

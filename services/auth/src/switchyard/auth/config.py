@@ -142,9 +142,10 @@ class Settings(ServiceSettings):
         default=1000,
         gt=0,
         le=MAX_COUNT,
-        description="Live API keys (neither revoked nor expired) one user may hold; "
-        "creating one more through the API answers 409 `too_many_api_keys`. Bounds what "
-        "one member can make and what gateways must keep in their key caches.",
+        description="Live API keys (neither revoked nor expired) one user may hold, and "
+        "keys they may create in 24 hours; one more through the API answers 409 "
+        "`too_many_api_keys`. Bounds what one member can make, and how fast revoked keys "
+        "(kept on record, and in every gateway's revocation list) can pile up.",
     )
     outbox_poll_interval_s: float = Field(
         default=0.5,

@@ -66,6 +66,8 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 EVENT_SOURCE = "auth"
 DEFAULT_REFRESH_TTL = timedelta(days=30)
+# A user creates at most their cap of live keys within this window (see create_api_key).
+KEY_CREATION_WINDOW = timedelta(days=1)
 
 
 class AuthError(Exception):
@@ -292,9 +294,9 @@ class AuthService:
 
     `passwords` hashes and checks passwords; `tokens` signs access tokens (None where nothing
     is signed, e.g. the CLI's user and key commands); `refresh_ttl` is how long a sign-in
-    session's refresh tokens last; `max_api_keys_per_user` caps a user's live keys (None:
-    no cap). Methods raise the `AuthError` subclasses, whose messages
-    are safe to show the caller."""
+    session's refresh tokens last; `max_api_keys_per_user` caps a user's live keys, and
+    the keys they create in a day (None: no cap). Methods raise the `AuthError`
+    subclasses, whose messages are safe to show the caller."""
 
     def __init__(
         self,
@@ -438,7 +440,8 @@ class AuthService:
         models within `creator_models` when given (a key created without a model list by
         a credential limited to some models gets that list). Anything beyond raises
         ExceedsCredential; unknown scopes and bad names raise InvalidInput; a user who
-        already holds the service's cap of live keys raises TooManyApiKeys. `team_id`
+        already holds the service's cap of live keys, or created that many in the last 24
+        hours, raises TooManyApiKeys. `team_id`
         False puts the key in its user's team; `limits` must have been checked against
         the levels above (`Governance.create_api_key` does)."""
         name = name.strip()
@@ -456,11 +459,20 @@ class AuthService:
             if user.disabled:
                 raise InvalidInput(f"User {user.email} is disabled.", param="user")
             cap = self._max_api_keys_per_user
-            if cap is not None and await store.live_api_key_count(user.id, _utcnow()) >= cap:
-                raise TooManyApiKeys(
-                    f"User {user.email} already holds {cap} live API keys, the most allowed; "
-                    "revoke one they no longer use first."
-                )
+            if cap is not None:
+                now = _utcnow()
+                if await store.live_api_key_count(user.id, now) >= cap:
+                    raise TooManyApiKeys(
+                        f"User {user.email} already holds {cap} live API keys, the most "
+                        "allowed; revoke one they no longer use first."
+                    )
+                # Revoked keys stay on record (and in every gateway's revocation list):
+                # creating and revoking in a loop is bounded by the day.
+                if await store.api_keys_created_since(user.id, now - KEY_CREATION_WINDOW) >= cap:
+                    raise TooManyApiKeys(
+                        f"User {user.email} created {cap} API keys in the last 24 hours, the "
+                        "most allowed; try again later."
+                    )
             allowed = [
                 scope
                 for scope in known_scopes.token_scopes(user.role)

@@ -125,6 +125,15 @@ class AuthStore:
         )
         return int((await self.session.execute(query)).scalar_one())
 
+    async def api_keys_created_since(self, user_id: str, since: datetime) -> int:
+        """How many keys the user created at or after `since`, in any state."""
+        query = (
+            select(func.count())
+            .select_from(ApiKey)
+            .where(ApiKey.user_id == user_id, ApiKey.created_at >= since)
+        )
+        return int((await self.session.execute(query)).scalar_one())
+
     async def revoked_api_key_ids(self, now: datetime) -> list[str]:
         """Revoked keys that would otherwise still be valid (not yet expired)."""
         result = await self.session.execute(
