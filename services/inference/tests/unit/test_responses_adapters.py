@@ -859,6 +859,67 @@ async def test_built_in_tools_are_refused_naming_the_tool_unless_passed_through(
 
 @pytest.mark.parametrize("model", ["gpt-chat", "claude"])
 @pytest.mark.parametrize(
+    "tool",
+    [
+        {"type": "namespace", "name": "agents", "tools": [{"type": "function", "name": "f"}]},
+        {"type": "custom", "name": "patch"},
+    ],
+)
+async def test_tools_the_client_runs_but_only_responses_shapes_are_refused_as_such(
+    harness, recorder, model, tool
+):
+    """A namespace of functions or a free-form tool is not OpenAI's to run: the refusal
+    says it is a shape the deployment does not take, not a built-in tool."""
+    refused = await harness.handle(responses_request(model, {"input": "hi", "tools": [tool]}))
+
+    assert isinstance(refused, ChatFailed)
+    error = refused.data.error
+    assert (error.status, error.param) == (400, "tools[0]")
+    assert "built-in tool" not in error.message
+    assert f"Tools of type '{tool['type']}'" in error.message
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize("model", ["gpt-chat", "claude"])
+async def test_client_metadata_is_accepted_and_not_sent_to_a_translated_deployment(
+    harness, recorder, model
+):
+    """Codex sends its session and turn ids in `client_metadata` on every request: no
+    model reads them, so a translated deployment is sent nothing of them; a Responses
+    deployment gets them as sent."""
+    metadata = {"session_id": "s-1", "x-codex-turn-metadata": '{"turn_id": "t-1"}'}
+    body = {"input": "hi", "client_metadata": metadata}
+    if model == "claude":
+        recorder.script(Scripted(json=anthropic_text_reply("Hello")))
+    else:
+        recorder.script(Scripted(json=_chat_reply({"role": "assistant", "content": "Hello"})))
+
+    answered = await harness.handle(responses_request(model, body))
+
+    assert isinstance(answered, ChatCompleted), answered
+    assert "client_metadata" not in recorder.last.body
+    assert "s-1" not in recorder.last.raw.decode()
+
+    recorder.script(Scripted(json=native_response()))
+    passed = await harness.handle(responses_request("gpt-resp", body))
+    assert isinstance(passed, ChatCompleted)
+    assert recorder.last.body["client_metadata"] == metadata
+
+
+@pytest.mark.parametrize("model", ["gpt-chat", "claude"])
+async def test_client_metadata_that_is_not_an_object_is_refused(harness, recorder, model):
+    refused = await harness.handle(
+        responses_request(model, {"input": "hi", "client_metadata": "s-1"})
+    )
+    assert isinstance(refused, ChatFailed)
+    assert (refused.data.error.param, refused.data.error.code) == (
+        "client_metadata",
+        "invalid_type",
+    )
+
+
+@pytest.mark.parametrize("model", ["gpt-chat", "claude"])
+@pytest.mark.parametrize(
     ("tool", "code", "param"),
     [
         ({"type": "zzz"}, "invalid_value", "tools[0].type"),

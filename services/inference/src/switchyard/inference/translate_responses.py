@@ -299,6 +299,9 @@ def _common_checks(body: dict[str, Any]) -> None:
     parallel = body.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
         raise invalid_type("parallel_tool_calls", "a boolean", parallel)
+    client_metadata = body.get("client_metadata")
+    if client_metadata is not None and not isinstance(client_metadata, dict):
+        raise invalid_type("client_metadata", "an object", client_metadata)
     truncation = body.get("truncation")
     if truncation not in (None, "auto", "disabled"):
         raise not_one_of("truncation", truncation, ("auto", "disabled"))
@@ -344,6 +347,12 @@ def responses_tool_types() -> frozenset[str]:
     return frozenset(types)
 
 
+# Tool types the client runs, other than plain functions: a group of functions
+# (`namespace`) and free-form input (`custom`). Not OpenAI's to run, but no other API
+# has their shape.
+_CLIENT_RUN_TOOL_TYPES = frozenset({"namespace", "custom"})
+
+
 def _builtin_tool_error(tool: Any, index: int) -> TranslationError:
     kind = tool.get("type") if isinstance(tool, dict) else None
     if not isinstance(kind, str):
@@ -356,6 +365,13 @@ def _builtin_tool_error(tool: Any, index: int) -> TranslationError:
             f"{', '.join(repr(name) for name in sorted(known))}.",
             f"tools[{index}].type",
             code="invalid_value",
+        )
+    if kind in _CLIENT_RUN_TOOL_TYPES:
+        return TranslationError(
+            f"Tools of type {kind!r} (tools[{index}]) cannot be sent to this model: its "
+            "deployment takes plain function tools only. Use function tools, or a model "
+            "whose deployment passes Responses requests through.",
+            f"tools[{index}]",
         )
     return TranslationError(
         f"The built-in tool {kind!r} (tools[{index}]) is run by OpenAI's Responses API; this "
@@ -525,6 +541,8 @@ _TO_CHAT_FIELDS = frozenset(
         "truncation",
         "top_logprobs",
         "max_tool_calls",
+        # What a client says of itself (Codex's session and turn ids): no model reads it.
+        "client_metadata",
         *SERVED_FIELDS,
     }
 )
