@@ -659,3 +659,28 @@ async def test_responses_follow_a_named_tool_choice(openai_client) -> None:
     )
     [call] = [item for item in response.output if item.type == "function_call"]
     assert (call.name, json.loads(call.arguments)) == ("lookup", {"order_id": 7})
+
+
+async def test_a_message_thread_is_refused_as_the_sdks_recover_from(anthropic_client) -> None:
+    """The simulator keeps no conversation between requests: `thread` is refused with
+    `error.details.error_code` `thread_unsupported_request`, and the SDK's tool runner
+    (which threads by default) goes on with the whole conversation and no thread."""
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await anthropic_client.beta.messages.create(
+            model="sim-claude", max_tokens=16, messages=user("hi"), thread={"type": "create"}
+        )
+    assert refused.value.body["error"]["details"] == {"error_code": "thread_unsupported_request"}
+
+    @anthropic.beta_async_tool
+    async def weather(location: str) -> str:
+        """The weather at `location`."""
+        return "Sunny"
+
+    runner = anthropic_client.beta.messages.tool_runner(
+        model="sim-claude",
+        max_tokens=64,
+        messages=user("What is the weather in Paris?"),
+        tools=[weather],
+    )
+    last = await runner.until_done()
+    assert last.stop_reason == "end_turn"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -109,17 +109,22 @@ def error_body(
     code: str | None = None,
     param: str | None = None,
     request_id: str | None = None,
+    details: dict[str, Any] | None = None,
 ) -> bytes:
     """The JSON error object (UTF-8 bytes) of `vendor`'s API. Anthropic's carries
     `request_id` when given (a whole error answer: the API's do; its streams' `error`
-    events do not); OpenAI's error object has no such field (its id travels in the
-    `x-request-id` header only)."""
+    events do not), and `details` when given (Anthropic's machine-readable part,
+    `{"error_code": ...}`, which its SDKs read to recover, e.g. from
+    `thread_unsupported_request`); OpenAI's error object has neither (its id travels in
+    the `x-request-id` header only)."""
     if vendor == "anthropic":
-        error: dict[str, str] = {"type": type, "message": message}
+        error: dict[str, Any] = {"type": type, "message": message}
         if code is not None:
             error["code"] = code
         if param is not None:
             error["param"] = param
+        if details is not None:
+            error["details"] = details
         if request_id is None:
             return orjson.dumps({"type": "error", "error": error})
         return orjson.dumps({"type": "error", "error": error, "request_id": request_id})

@@ -117,9 +117,13 @@ class APIError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
+        # Anthropic's machine-readable part of the error (`{"error_code": ...}`), sent in
+        # its format only (`errorformat.error_body`).
+        self.details = details
         self.message = message
         self.type = type or OPENAI_TYPES.get(
             status, "invalid_request_error" if 400 <= status < 500 else "server_error"

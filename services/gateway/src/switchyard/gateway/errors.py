@@ -23,6 +23,7 @@ Two sources of errors:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -151,6 +152,7 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     retry_after_s: float | None = None,
     should_retry: bool | None = None,
+    details: dict[str, Any] | None = None,
 ) -> Response:
     """The one HTTP error answer of the gateway: `error_body` in `vendor`'s format with
     `status`, and `Retry-After` (whole seconds) when the error is retryable and `headers`
@@ -188,6 +190,7 @@ def error_response(
             # The id the answer's headers name (an Idempotency-Key refusal names the
             # original request), else this request's.
             request_id=_named_request_id(sent) or current_request_id.get(),
+            details=details,
         ),
         status_code=status,
         media_type="application/json",
@@ -214,6 +217,7 @@ def api_error_response(vendor: Vendor, exc: APIError) -> Response:
         param=exc.param,
         headers=exc.headers,
         should_retry=False if exc.status in FINAL_STATUSES else None,
+        details=exc.details,
     )
 
 

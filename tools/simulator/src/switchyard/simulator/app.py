@@ -250,18 +250,23 @@ def anthropic_error(
     param: str | None = None,
     headers: dict[str, str] | None = None,
     code: str | None = None,
+    details: dict[str, Any] | None = None,
 ) -> Response:
     """An Anthropic error response: `{"type": "error", "error": {"type", "message"}}` with
     `status`, the error type Anthropic documents for it ("Errors" in the Anthropic API
     reference, as `switchyard.common.errorformat` holds it: `invalid_request_error` for a
-    4xx it does not list, `api_error` for any other status) and `headers` (header name to
+    4xx it does not list, `api_error` for any other status), `details` when given
+    (`{"error_code": ...}`, which Anthropic's SDKs read) and `headers` (header name to
     value).
     Anthropic's error object names no parameter and has no code, so `param` and `code` (taken
     as every error writer of the simulator takes them) are not sent."""
-    error_type = errorformat.error_type("anthropic", status)
-    return _json(
-        {"type": "error", "error": {"type": error_type, "message": message}}, status, headers
-    )
+    error: dict[str, Any] = {
+        "type": errorformat.error_type("anthropic", status),
+        "message": message,
+    }
+    if details is not None:
+        error["details"] = details
+    return _json({"type": "error", "error": error}, status, headers)
 
 
 async def _read_object(request: Request) -> dict[str, Any]:
@@ -2006,6 +2011,8 @@ class Simulator:
             parameters.check(route, body)
             reply = build(body)
         except BadRequest as exc:
+            if exc.details is not None:
+                return error(400, str(exc), exc.param, code=exc.code, details=exc.details)
             return error(400, str(exc), exc.param, code=exc.code)
         if stream is not None and streaming:
             call = Call(body)

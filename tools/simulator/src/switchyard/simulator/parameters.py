@@ -64,10 +64,18 @@ class BadRequest(Exception):
     error code for it (`invalid_value`, `integer_below_min_value`...; None where it has none).
     Anthropic's error object carries neither: its message names the field."""
 
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.param = param
         self.code = code
+        # Anthropic's machine-readable part (`{"error_code": ...}`), sent in its format only.
+        self.details = details
 
 
 # Strict: a string is not a number and a boolean is not an integer, as both APIs judge them
@@ -509,6 +517,15 @@ def _messages_fields_known(body: dict[str, Any]) -> None:
     for name in body:
         if name not in MESSAGES_FIELDS:
             raise BadRequest(f"{name}: {_EXTRA}")
+    if body.get("thread") is not None:
+        # The simulator keeps no conversation between requests: it refuses a message
+        # thread as a surface without threads does, in the form Anthropic's SDKs recover
+        # from (they send the whole conversation again without `thread`).
+        raise BadRequest(
+            "thread: this deployment does not hold message threads; send the whole "
+            "conversation without `thread`.",
+            details={"error_code": "thread_unsupported_request"},
+        )
     for name in body.get("metadata") or ():
         if name != "user_id":
             raise BadRequest(f"metadata.{name}: {_EXTRA}")
