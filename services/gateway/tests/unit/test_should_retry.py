@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from .conftest import API_KEY
+from .conftest import API_KEY, failed_reply
 from .test_governance import CHAT, limited_auth
 
 OPENAI = {"Authorization": f"Bearer {API_KEY}"}
@@ -72,3 +72,27 @@ async def test_a_rate_limit_within_its_window_leaves_the_retry_to_the_client(har
     assert refused.status_code == 429
     assert refused.headers.get("x-should-retry") != "false"
     assert int(refused.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize(
+    ("status", "should_retry", "header"),
+    [(400, None, "false"), (404, None, "false"), (400, True, "true"), (500, None, None)],
+)
+async def test_a_failed_request_says_so_unless_its_upstream_said_otherwise(
+    harness, status, should_retry, header
+):
+    """A translation's or an upstream's refusal of the request itself will be refused
+    again; an upstream's own `x-should-retry` wins; a server error is left to the client."""
+
+    async def refuse(request):
+        return [
+            failed_reply(
+                request, status, "invalid_request_error", "refused", should_retry=should_retry
+            )
+        ]
+
+    harness.respond[0] = refuse
+    answer = await harness.client.post("/v1/chat/completions", json=CHAT, headers=OPENAI)
+
+    assert answer.status_code == status, answer.text
+    assert answer.headers.get("x-should-retry") == header

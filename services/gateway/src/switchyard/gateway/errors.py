@@ -137,7 +137,13 @@ class ReplyFailed(Exception):
             param=error.param,
             headers={**self.headers, REQUEST_ID_HEADER: self.failed.request_id},
             retry_after_s=error.retry_after_s,
-            should_retry=error.should_retry,
+            # The upstream's own word when it gave one; else, as for the gateway's own
+            # refusals, a request refused for what it is will be refused again.
+            should_retry=(
+                error.should_retry
+                if error.should_retry is not None
+                else (False if error.status in FINAL_STATUSES else None)
+            ),
         )
 
 
