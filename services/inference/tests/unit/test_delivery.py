@@ -154,6 +154,19 @@ async def test_when_publishing_together_fails_each_event_is_retried_alone_in_ord
     assert bus.attempts == 5 and handler.publish_failures == 3
 
 
+def streamed_text(bus: FlakyBus) -> str:
+    """The text of the OpenAI chunks the bus took, checking the records' sequence numbers
+    run without a gap."""
+    chunks = [event for event in bus.published if isinstance(event, ChatChunk)]
+    assert [chunk.data.sequence for chunk in chunks] == list(range(len(chunks)))
+    return "".join(
+        event.data["choices"][0]["delta"].get("content") or ""
+        for chunk in chunks
+        for event in chunk.data.events
+        if event.data.get("choices")
+    )
+
+
 class RefusingBus(FlakyBus):
     """Refuses every `chat.completed` as too large for the bus, as a broker would a record
     over its `max.message.bytes`; takes everything else."""
@@ -194,15 +207,7 @@ async def test_stream_records_that_cannot_be_published_are_retried_in_order(
     await handler(request)
 
     assert simulator.calls("up-m") == 1
-    chunks = [event for event in bus.published if isinstance(event, ChatChunk)]
-    assert [chunk.data.sequence for chunk in chunks] == list(range(len(chunks)))
-    text = "".join(
-        event.data["choices"][0]["delta"].get("content") or ""
-        for chunk in chunks
-        for event in chunk.data.events
-        if event.data["choices"]
-    )
-    assert text == "Simulated reply to: one two three four"
+    assert streamed_text(bus) == "Simulated reply to: one two three four"
     assert isinstance(bus.published[-2], ChatCompleted)
     assert isinstance(bus.published[-1], UsageRecorded)
 
@@ -273,6 +278,14 @@ class SlowChunkBus(FlakyBus):
         await super()._take(topic, event, key, partition)
 
 
+def recorder_routing(recorder) -> RoutingTable:
+    """Model `m` served by one OpenAI deployment: the recording upstream, no retries."""
+    deployment = Deployment(
+        name="d", provider="openai", model="up", base_url=f"{recorder.root}/v1", max_retries=0
+    )
+    return RoutingTable(models={"m": ModelRoute(name="m", deployments=[deployment])})
+
+
 def buffered_openai_stream(pieces: int) -> bytes:
     """A whole OpenAI chat stream of `pieces` one-character deltas, as one body."""
     head = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "up"}
@@ -307,24 +320,12 @@ async def test_an_upstream_faster_than_the_bus_is_read_no_faster_than_the_bus_ta
     recorder.script(
         Scripted(chunks=[buffered_openai_stream(pieces)], media_type="text/event-stream")
     )
-    deployment = Deployment(
-        name="d", provider="openai", model="up", base_url=f"{recorder.root}/v1", max_retries=0
-    )
-    routing = RoutingTable(models={"m": ModelRoute(name="m", deployments=[deployment])})
     bus = SlowChunkBus(failing=set())
-    handler = handler_on(bus, routing, providers)
+    handler = handler_on(bus, recorder_routing(recorder), providers)
 
     await asyncio.wait_for(handler(chat_request(model="m", stream=True)), timeout=60)
 
-    chunks = [event for event in bus.published if isinstance(event, ChatChunk)]
-    assert [chunk.data.sequence for chunk in chunks] == list(range(len(chunks)))
-    text = "".join(
-        event.data["choices"][0]["delta"].get("content") or ""
-        for chunk in chunks
-        for event in chunk.data.events
-        if event.data.get("choices")
-    )
-    assert text == "x" * pieces
+    assert streamed_text(bus) == "x" * pieces
     assert isinstance(bus.published[-2], ChatCompleted)
     if backlog == 300:
         assert max(waiting) <= 300 + 2, max(waiting)
@@ -349,12 +350,8 @@ async def test_a_stream_record_the_bus_refuses_ends_the_stream_without_a_gap(
     502 `response_too_large`; no record after it is published, and nothing is lost
     silently (the stream does not end as completed)."""
     recorder.script(Scripted(chunks=[buffered_openai_stream(3000)], media_type="text/event-stream"))
-    deployment = Deployment(
-        name="d", provider="openai", model="up", base_url=f"{recorder.root}/v1", max_retries=0
-    )
-    routing = RoutingTable(models={"m": ModelRoute(name="m", deployments=[deployment])})
     bus = RefusingOneChunkBus(failing=set())
-    handler = handler_on(bus, routing, providers)
+    handler = handler_on(bus, recorder_routing(recorder), providers)
 
     await asyncio.wait_for(handler(chat_request(model="m", stream=True)), timeout=60)
 
