@@ -10,7 +10,7 @@ import anthropic
 import pytest
 from anthropic import beta_async_tool
 
-from .conftest import API_KEY
+from .conftest import API_KEY, completed_reply, failed_reply
 from .test_messages_and_embeddings import anthropic_client
 
 MESSAGE = {"max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
@@ -77,3 +77,39 @@ async def test_the_refusal_reaches_a_direct_sdk_call_with_its_details(harness):
             model="sim-small", thread={"type": "create"}, **MESSAGE
         )
     assert refused.value.body["error"]["details"]["error_code"] == "thread_unsupported_request"
+
+
+async def test_an_upstreams_thread_refusal_reaches_the_sdk_with_its_details(harness):
+    """A real Anthropic deployment's `thread_not_found` (or the simulator's
+    `thread_unsupported_request`) is relayed with its `details`, which the SDK recovers
+    by; the tool runner then finishes."""
+    calls = []
+
+    async def refuse_threads(request):
+        calls.append(request.data.body.get("thread"))
+        if request.data.body.get("thread") is not None:
+            return [
+                failed_reply(
+                    request,
+                    400,
+                    "invalid_request_error",
+                    "thread: this deployment does not hold message threads",
+                    details={"error_code": "thread_unsupported_request"},
+                )
+            ]
+        return [completed_reply(request)]
+
+    harness.respond[0] = refuse_threads
+
+    @beta_async_tool
+    async def weather(location: str) -> str:
+        """The weather at `location`."""
+        return "Sunny"
+
+    runner = anthropic_client(harness).beta.messages.tool_runner(
+        model="sim-claude", tools=[weather], **MESSAGE
+    )
+    await runner.until_done()
+
+    assert calls[0] == {"type": "create"}
+    assert calls[-1] is None

@@ -197,3 +197,59 @@ def test_a_messages_clients_effort_is_named_as_it_sent_it() -> None:
     in_client_terms(error, ClientAPI.ANTHROPIC_MESSAGES, ClientAPI.OPENAI_CHAT_COMPLETIONS, body)
     assert error.param == "output_config.effort"
     assert "'reasoning_effort' is your 'output_config.effort'" in error.message
+
+
+async def test_an_anthropic_upstreams_error_details_reach_the_client(
+    harness,  # noqa: F811
+    recorder,
+) -> None:
+    """Anthropic's SDKs recover from some refusals by their `details` (a lost thread:
+    `thread_not_found`): relayed as sent, credentials redacted."""
+    error = {
+        "type": "not_found_error",
+        "message": "thread not found",
+        "details": {
+            "error_code": "thread_not_found",
+            "note": "key sk-ant-api03-SECRETSECRETSECRET",
+        },
+    }
+    recorder.script(Scripted(status=404, json={"type": "error", "error": error}))
+    request = with_body(
+        chat_request(model="claude", api="anthropic.messages"),
+        thread={"type": "continue", "previous_message_id": "msg_1"},
+    )
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatFailed), reply
+    details = reply.data.error.details
+    assert details is not None and details["error_code"] == "thread_not_found"
+    assert "SECRET" not in str(details)
+    assert recorder.last.body["thread"] == {"type": "continue", "previous_message_id": "msg_1"}
+
+
+async def test_a_thread_on_an_openai_deployment_is_refused_as_anthropics_sdks_recover_from(
+    harness,  # noqa: F811
+    recorder,
+) -> None:
+    request = with_body(
+        chat_request(model="gpt", api="anthropic.messages"), thread={"type": "create"}
+    )
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatFailed), reply
+    error = reply.data.error
+    assert (error.status, error.param) == (400, "thread")
+    assert error.details == {"error_code": "thread_unsupported_request"}
+    assert recorder.requests == []
+
+
+def test_details_too_large_or_not_an_object_are_not_relayed() -> None:
+    from switchyard.inference.errors import MAX_DETAILS_BYTES, redacted_details
+
+    assert redacted_details({"error_code": "x" * MAX_DETAILS_BYTES}) is None
+    assert redacted_details(["thread_not_found"]) is None
+    assert redacted_details({"error_code": "thread_not_found"}) == {
+        "error_code": "thread_not_found"
+    }

@@ -342,3 +342,15 @@ def test_every_credential_variable_must_be_set_at_start_up(
         check_credentials(load_routing(path, SIM_URL))
     assert "UNSET_SECRET" in str(caught.value) and "UNSET_TOKEN" in str(caught.value)
     assert "SET_KEY_ID" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "simulator_url", ["http://127.0.0.1:8099/v1", "http://127.0.0.1:8099", "http://127.0.0.1:8099/"]
+)
+def test_the_simulators_url_with_or_without_v1_serves_every_simulated_model(simulator_url):
+    """The OpenAI SDK adds its routes to `/v1`, Anthropic's SDK `/v1/messages` to the root:
+    either spelling of `SWITCHYARD_SIMULATOR_URL` gives each the right base."""
+    table = load_routing(None, simulator_url)
+    bases = {name: table.route(name).deployments[0].base_url for name in table.model_names()}
+    assert bases["sim-small"] == bases["sim-large"] == "http://127.0.0.1:8099/v1"
+    assert bases["sim-claude"] == "http://127.0.0.1:8099"

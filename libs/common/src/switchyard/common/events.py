@@ -210,6 +210,14 @@ class ErrorInfo(Contract):
         "whether a client should retry this error on its own (the official OpenAI and "
         "Anthropic SDKs read it before their own rules). Relayed to the client as sent.",
     )
+    details: dict[str, Any] | None = Field(
+        default=None,
+        description="The machine-readable part of an Anthropic-format error "
+        '(`error.details`, e.g. `{"error_code": "thread_not_found"}`), which '
+        "Anthropic's SDKs read to recover; relayed as the upstream sent it (credentials "
+        "redacted), and sent to clients of Anthropic's API only.",
+        examples=[{"error_code": "thread_unsupported_request"}],
+    )
 
 
 class ChatRequestData(Contract):

@@ -476,7 +476,8 @@ def simulator_root(simulator_url: str) -> str:
 
 def default_routing(simulator_url: str) -> RoutingTable:
     """The routing table used without a routing file: every simulated model served by the
-    provider simulator at `simulator_url` (its OpenAI-compatible base URL)."""
+    provider simulator at `simulator_url` (its OpenAI-compatible base URL; its root, without
+    `/v1`, is read the same way)."""
     # The simulator serves the Responses API too; `sim-large` stands for a server that
     # offers Chat Completions only (Responses requests to it are translated).
     routes = [
@@ -487,7 +488,9 @@ def default_routing(simulator_url: str) -> RoutingTable:
                     name="simulator",
                     provider="openai",
                     model=name,
-                    base_url=simulator_url,
+                    # Given as the root (`http://127.0.0.1:8099`), as the simulator's
+                    # own flag reads it, the OpenAI SDK would miss the `/v1` of its routes.
+                    base_url=f"{simulator_root(simulator_url)}/v1",
                     responses_api=name in SIMULATOR_RESPONSES_MODELS,
                     responses_input_tokens=name in SIMULATOR_RESPONSES_MODELS,
                 )

@@ -102,7 +102,12 @@ def sse_error_event(vendor: Vendor, error: ErrorInfo) -> bytes:
     """The Server-Sent Event ending a stream with `error`: OpenAI streams a data-only
     `{"error": ...}`; Anthropic an `error` event with its error object."""
     body = error_body(
-        vendor, type=error.type, message=error.message, code=error.code, param=error.param
+        vendor,
+        type=error.type,
+        message=error.message,
+        code=error.code,
+        param=error.param,
+        details=error.details,
     )
     if vendor == "anthropic":
         return b"event: error\ndata: " + body + b"\n\n"
@@ -144,6 +149,7 @@ class ReplyFailed(Exception):
                 if error.should_retry is not None
                 else (False if error.status in FINAL_STATUSES else None)
             ),
+            details=error.details,
         )
 
 

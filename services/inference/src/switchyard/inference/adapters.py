@@ -220,7 +220,9 @@ def _translated(build: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any)
     try:
         return build(*args, **kwargs)
     except TranslationError as exc:
-        raise invalid_request(exc.message, param=exc.param, code=exc.code) from exc
+        raise invalid_request(
+            exc.message, param=exc.param, code=exc.code, details=exc.details
+        ) from exc
     except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
         log.warning("request body of an unexpected shape", error=repr(exc), exc_info=True)
         raise invalid_request(

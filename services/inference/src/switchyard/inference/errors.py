@@ -20,8 +20,10 @@ create a new time series per answer nor put a secret into a label.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from switchyard.common.errorformat import error_type
 from switchyard.common.events import ClientAPI, ErrorInfo
@@ -65,6 +67,7 @@ class ProviderError(Exception):
         retry_after: float | None = None,
         should_retry: bool | None = None,
         kind: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -79,6 +82,7 @@ class ProviderError(Exception):
         self.retry_after = retry_after
         self.should_retry = should_retry
         self.kind = kind
+        self.details = details
 
     @property
     def metric_code(self) -> str:
@@ -108,6 +112,7 @@ class ProviderError(Exception):
         self.type = _redacted(self.type, secrets)
         self.code = _redacted(self.code, secrets)
         self.param = _redacted(self.param, secrets)
+        self.details = redacted_details(self.details, secrets)
         return self
 
     @property
@@ -137,6 +142,7 @@ class ProviderError(Exception):
             message=self.message,
             retry_after_s=self.retry_after,
             should_retry=self.should_retry,
+            details=self.details,
         )
 
 
@@ -203,11 +209,15 @@ KNOWN_UPSTREAM_CODES = frozenset(
 
 
 def invalid_request(
-    message: str, *, param: str | None = None, code: str | None = None
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    details: dict[str, Any] | None = None,
 ) -> ProviderError:
     """A request refused before any upstream call (400): nothing another deployment of
     the same protocol could do differently."""
-    return ProviderError(400, None, message, code=code, param=param)
+    return ProviderError(400, None, message, code=code, param=param, details=details)
 
 
 # --------------------------------------------------------------------------- redaction
@@ -241,3 +251,27 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 def _redacted(text: str | None, secrets: Iterable[str]) -> str | None:
     return None if text is None else redact(text, secrets)
+
+
+# An Anthropic error's `details` larger than this (encoded) is not relayed: the SDKs read
+# a code and a short list from it.
+MAX_DETAILS_BYTES = 4096
+
+
+def redacted_details(details: Any, secrets: Iterable[str] = ()) -> dict[str, Any] | None:
+    """An upstream error's `details` object with `redact` applied to its whole text, or
+    None when it is not an object, is larger than MAX_DETAILS_BYTES encoded, or is no
+    longer JSON once redacted."""
+    if not isinstance(details, dict):
+        return None
+    try:
+        text = json.dumps(details, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return None
+    if len(text.encode()) > MAX_DETAILS_BYTES:
+        return None
+    try:
+        cleaned = json.loads(redact(text, secrets))
+    except ValueError:
+        return None
+    return cleaned if isinstance(cleaned, dict) else None

@@ -91,12 +91,18 @@ class TranslationError(ValueError):
     answers it as that API would instead of letting the other API name its own fields."""
 
     def __init__(
-        self, message: str, param: str | None = None, code: str = "unsupported_parameter"
+        self,
+        message: str,
+        param: str | None = None,
+        code: str = "unsupported_parameter",
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code
+        # Anthropic's machine-readable part of the refusal, for an Anthropic client.
+        self.details = details
 
 
 # ---- refusals in OpenAI's words (`path` as its messages write it: `input[0].content`)
@@ -488,6 +494,19 @@ def _only_clears_thinking(context_management: Any) -> bool:
     )
 
 
+def thread_unsupported(target: str) -> TranslationError:
+    """The refusal of Anthropic's `thread` (a message thread, which only Anthropic holds)
+    by a deployment speaking `target`: `unsupported_parameter` (another deployment of the
+    model may take it) with the details Anthropic's SDKs recover from
+    (`thread_unsupported_request`: they send the whole conversation without `thread`)."""
+    return TranslationError(
+        f"'thread' cannot be sent to this model: its deployment speaks {target}, which "
+        "holds no message threads. Send the whole conversation without `thread`.",
+        "thread",
+        details={"error_code": "thread_unsupported_request"},
+    )
+
+
 def messages_request_to_chat(
     body: dict[str, Any], betas: frozenset[str] = frozenset({INTERLEAVED_THINKING_BETA})
 ) -> dict[str, Any]:
@@ -506,6 +525,8 @@ def messages_request_to_chat(
         raise TranslationError("The request body must be a JSON object.")
     if _only_clears_thinking(body.get("context_management")):
         body = {name: value for name, value in body.items() if name != "context_management"}
+    if body.get("thread") is not None:
+        raise thread_unsupported("OpenAI's Chat Completions")
     refuse_unknown(body, _MESSAGES_FIELDS, "OpenAI's Chat Completions")
     try:
         # Every type and rule Anthropic itself judges, before any is renamed or reshaped.

@@ -54,7 +54,7 @@ from switchyard.common import exactjson
 from switchyard.common.errorformat import status_of
 from switchyard.common.offloop import off_loop
 from switchyard.common.routing import Deployment
-from switchyard.inference.errors import ProviderError, redact
+from switchyard.inference.errors import ProviderError, redact, redacted_details
 
 if TYPE_CHECKING:
     import anthropic
@@ -436,6 +436,8 @@ def status_error(
     upstream_type = _redacted_str(error.get("type"), secrets)
     code = _redacted_str(error.get("code"), secrets)
     param = _redacted_str(error.get("param"), secrets)
+    # Anthropic's machine-readable part (`thread_not_found`...), which its SDKs recover by.
+    details = redacted_details(error.get("details"), secrets)
     wait = retry_after(headers)
     retry = should_retry(headers)
     if 300 <= status < 400:
@@ -478,6 +480,7 @@ def status_error(
             unhealthy=False,
             retry_after=wait,
             should_retry=retry,
+            details=details,
         )
     if 400 <= status < 500 and status != 408:
         return ProviderError(
@@ -488,6 +491,7 @@ def status_error(
             param=param,
             vendor=protocol,
             should_retry=retry,
+            details=details,
         )
     # A server error, or a 408 (the upstream gave up waiting for the request): retried
     # and fallen back from, as a timeout is, but what reaches the client is the
@@ -504,6 +508,7 @@ def status_error(
         retry_same=retry is not False,
         retry_after=wait,
         should_retry=retry,
+        details=details,
     )
 
 
