@@ -362,3 +362,30 @@ async def test_a_stream_record_the_bus_refuses_ends_the_stream_without_a_gap(
     assert (reply.data.error.status, reply.data.error.code) == (502, "response_too_large")
     assert isinstance(usage, UsageRecorded) and usage.data.upstream_calls == 1
     assert len(recorder.requests) == 1  # not called again
+
+
+class SmallRecordsBus(SlowChunkBus):
+    """Refuses a `chat.chunk` record of more than 20 events as larger than it takes, as a
+    bus refuses one over its byte limit when the events are large."""
+
+    async def _take(self, topic, event, key, partition) -> None:
+        if isinstance(event, ChatChunk) and len(event.data.events) > 20:
+            raise EventTooLargeError("the record is larger than the topic accepts")
+        await super()._take(topic, event, key, partition)
+
+
+async def test_a_record_of_many_events_the_bus_refuses_is_sent_in_smaller_records(
+    recorder, providers
+) -> None:
+    """Records are cut by count: one the bus refuses for its size is split until each
+    part fits, and the stream arrives whole, in order."""
+    recorder.script(Scripted(chunks=[buffered_openai_stream(3000)], media_type="text/event-stream"))
+    bus = SmallRecordsBus(failing=set())
+    handler = handler_on(bus, recorder_routing(recorder), providers)
+
+    await asyncio.wait_for(handler(chat_request(model="m", stream=True)), timeout=60)
+
+    assert streamed_text(bus) == "x" * 3000
+    chunks = [event for event in bus.published if isinstance(event, ChatChunk)]
+    assert max(len(chunk.data.events) for chunk in chunks) <= 20
+    assert isinstance(bus.published[-2], ChatCompleted)

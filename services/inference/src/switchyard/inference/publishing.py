@@ -178,8 +178,9 @@ class ReliablePublisher:
 
 class ChunkPublisher:
     """Publishes the events of one stream as `chat.chunk` records, in order, with no gap:
-    once the bus refuses a record (`EventRejectedError`: it can never take it), nothing
-    after it is published, and `send` and `flush` raise that error."""
+    a record of several events the bus refuses is sent again in halves; once it refuses a
+    single event (`EventRejectedError`: it can never take it), nothing after it is
+    published, and `send` and `flush` raise that error."""
 
     def __init__(
         self,
@@ -213,7 +214,7 @@ class ChunkPublisher:
         while queue:
             batch = [queue.popleft() for _ in range(min(len(queue), MAX_EVENTS_PER_RECORD))]
             try:
-                await self._publish(self._record(self.published, batch))
+                await self._publish_batch(batch)
             except EventRejectedError as exc:
                 # Never retried (it could not succeed), and never skipped: the stream's
                 # publication ends here, and its reader learns it from `send` or `flush`.
@@ -221,8 +222,23 @@ class ChunkPublisher:
                 queue.clear()
                 self._progress.set()
                 return
-            self.published += 1
             self._progress.set()
+
+    async def _publish_batch(self, batch: list[StreamEvent]) -> None:
+        """Publish `batch` in one record, or, when the bus refuses a record of several
+        events (too large: records are cut by count, and events may be large), in two
+        halves, each the same way. Raises EventRejectedError for a single event the bus
+        refuses."""
+        try:
+            await self._publish(self._record(self.published, batch))
+        except EventRejectedError:
+            if len(batch) == 1:
+                raise
+            half = len(batch) // 2
+            await self._publish_batch(batch[:half])
+            await self._publish_batch(batch[half:])
+            return
+        self.published += 1
 
     @property
     def backlog(self) -> int:
