@@ -108,7 +108,8 @@ class KeyAlreadyRevoked(AuthError):
 
 
 class TooManyApiKeys(AuthError):
-    """The user already holds as many live API keys as allowed (the API answers 409)."""
+    """The user already holds as many live API keys as allowed, or created that many in
+    the last 24 hours (the API answers 409)."""
 
     pass
 
@@ -441,9 +442,9 @@ class AuthService:
         a credential limited to some models gets that list). Anything beyond raises
         ExceedsCredential; unknown scopes and bad names raise InvalidInput; a user who
         already holds the service's cap of live keys, or created that many in the last 24
-        hours, raises TooManyApiKeys. `team_id`
-        False puts the key in its user's team; `limits` must have been checked against
-        the levels above (`Governance.create_api_key` does)."""
+        hours, raises TooManyApiKeys. `team_id` False puts the key in its user's team;
+        `limits` must have been checked against the levels above
+        (`Governance.create_api_key` does)."""
         name = name.strip()
         if not name or len(name) > 200 or not printable(name):
             raise InvalidInput("Key name must be 1-200 printable characters.", param="name")

@@ -24,7 +24,7 @@ from switchyard.common.events import StreamEvent, TokenUsage
 from switchyard.common.routing import Deployment
 from switchyard.inference import genai, metrics
 from switchyard.inference.adapters import Adapter, UpstreamCall
-from switchyard.inference.errors import ProviderError
+from switchyard.inference.errors import ProviderError, response_too_large
 from switchyard.inference.publishing import MAX_BACKLOG, ChunkPublisher
 from switchyard.inference.runs import RequestRun, seconds_until
 from switchyard.inference.upstream import Upstream, invalid_reply
@@ -35,16 +35,10 @@ YIELD_EVERY = 64
 
 
 def undeliverable_stream(reason: EventRejectedError) -> ProviderError:
-    """The error ending a stream the bus refused a record of (larger than it carries):
-    the client has the events before it and this 502 `response_too_large`, never a
-    stream with a gap in it."""
-    return ProviderError(
-        502,
-        None,
-        f"The upstream's stream could not be delivered whole: part of it is larger than "
-        f"Switchyard carries ({reason}).",
-        code="response_too_large",
-    )
+    """The error ending a stream the bus refused an event of (larger than it carries): the
+    client has the events before it and this 502 `response_too_large`, never a stream
+    with a gap in it."""
+    return response_too_large(reason, "stream")
 
 
 class UpstreamCalls:

@@ -220,6 +220,18 @@ def invalid_request(
     return ProviderError(400, None, message, code=code, param=param, details=details)
 
 
+def response_too_large(reason: BaseException, what: str = "reply") -> ProviderError:
+    """The 502 `response_too_large` of an upstream's `what` (its reply, or part of its
+    stream) that the bus refuses to carry (`reason`): no retry could deliver it."""
+    return ProviderError(
+        502,
+        None,
+        f"The upstream's {what} could not be delivered: it is larger than Switchyard "
+        f"carries ({reason}).",
+        code="response_too_large",
+    )
+
+
 # --------------------------------------------------------------------------- redaction
 
 _SECRET_PATTERNS = (

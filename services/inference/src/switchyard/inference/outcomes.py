@@ -25,7 +25,7 @@ from switchyard.common.events import (
 )
 from switchyard.common.routing import Deployment
 from switchyard.inference import genai, metrics
-from switchyard.inference.errors import ProviderError
+from switchyard.inference.errors import ProviderError, response_too_large
 from switchyard.inference.pricing import PriceTable, request_cost
 
 SOURCE = "inference"
@@ -115,13 +115,7 @@ def undeliverable(outcome: Outcome, reason: BaseException) -> Outcome:
     carries): a 502 `response_too_large`, billed with the tokens of every upstream call."""
     return Outcome(
         TerminalStatus.FAILED,
-        error=ProviderError(
-            502,
-            None,
-            "The upstream's reply could not be delivered: it is larger than Switchyard "
-            f"carries ({reason}).",
-            code="response_too_large",
-        ),
+        error=response_too_large(reason),
         deployment=outcome.deployment,
         upstream_api=outcome.upstream_api,
         usage=outcome.usage,
