@@ -48,7 +48,6 @@ from switchyard.common.events import (
     FORWARDED_HEADERS,
     ChatRequestData,
     ChatRequested,
-    ClientAPI,
     Priority,
     ReplyAddress,
     new_id,
@@ -105,29 +104,6 @@ def check_model(gateway: Gateway, principal: Principal, model: str, param: str =
     """Raise `model_not_found` (APIError 404) unless `serves(gateway, principal, model)`."""
     if not serves(gateway, principal, model):
         raise model_not_found(model, param)
-
-
-def check_thread(gateway: Gateway, client: ClientRequest) -> None:
-    """Refuse a Messages request asking for a message thread (Anthropic's `thread`, which
-    the SDKs' tool runners send by default) when no deployment of its model speaks
-    Anthropic's protocol: only Anthropic holds threads, and a translated request would
-    lose the conversation the thread stands for. The refusal is the one Anthropic's SDKs
-    recover from (400 with `error.details.error_code` `thread_unsupported_request`): they
-    send the turn again, and every later one, with the whole conversation and no
-    `thread`. Models with an Anthropic deployment get `thread` sent on."""
-    if client.api is not ClientAPI.ANTHROPIC_MESSAGES or client.body.get("thread") is None:
-        return
-    route = gateway.routing.route(client.model)
-    if route is None or any(d.protocol == "anthropic" for d in route.deployments):
-        return
-    raise APIError(
-        400,
-        f"thread: the model '{client.model[:256]}' does not hold message threads here (its "
-        "deployments do not speak Anthropic's API). Send the whole conversation without "
-        "`thread`.",
-        param="thread",
-        details={"error_code": "thread_unsupported_request"},
-    )
 
 
 def too_large_for_bus() -> APIError:
@@ -295,7 +271,6 @@ async def submit_batch(
     model, 400 for a bad cache header, 413, 503) or `Refused` (429) as the module
     docstring says."""
     check_model(gateway, principal, client.model)
-    check_thread(gateway, client)
     # Not cached, but a bad cache header is the same 400 everywhere, and before admission.
     gateway.cache.check_headers(request)
     client = replace(client, stream=False)  # its result is read later, never streamed
