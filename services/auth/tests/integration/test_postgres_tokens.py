@@ -5,6 +5,7 @@ sharing one outbox without publishing an event twice."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from argon2 import profiles
@@ -122,6 +123,13 @@ async def test_logout_blocklist_and_disabled_users_in_the_snapshot(service) -> N
     assert [jti for jti, _ in snapshot.revoked_tokens] == [claims.jti]
     assert snapshot.revoked_api_keys == [key.record.id]
     assert snapshot.disabled_users == [alice.id]
+    # timestamptz against an aware instant: a gateway asks only as far back as it needs.
+    just_before = datetime.now(UTC) - timedelta(minutes=1)
+    assert (await service.revocations(api_keys_revoked_since=just_before)).revoked_api_keys == [
+        key.record.id
+    ]
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert (await service.revocations(api_keys_revoked_since=later)).revoked_api_keys == []
 
 
 async def test_two_relays_publish_each_event_once_and_in_order(service) -> None:

@@ -185,6 +185,37 @@ async def test_the_internal_revocations_endpoint_needs_the_internal_token(auth_a
     }
 
 
+async def test_the_snapshot_names_only_keys_revoked_since_the_instant_asked(
+    service: AuthService, auth_app
+) -> None:
+    alice = await service.create_user(email="alice@example.com", password="pw")
+    old = await service.create_api_key(user_id=alice.id, name="old")
+    await service.revoke_api_key(old.record.id)
+    cut = datetime.now(UTC)
+    recent = await service.create_api_key(user_id=alice.id, name="recent")
+    await service.revoke_api_key(recent.record.id)
+
+    snapshot = await service.revocations(api_keys_revoked_since=cut)
+    assert snapshot.revoked_api_keys == [recent.record.id]
+    assert sorted((await service.revocations()).revoked_api_keys) == sorted(
+        [old.record.id, recent.record.id]
+    )
+
+    headers = {"x-switchyard-internal-token": auth_app.settings.internal_token}
+    since = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    response = await auth_app.client.get(
+        "/internal/v1/revocations", params={"api_keys_revoked_since": since}, headers=headers
+    )
+    assert response.status_code == 200
+    # A naive instant or a non-date is refused, never read as some time zone.
+    for bad in ("2026-01-01T00:00:00", "yesterday"):
+        refused = await auth_app.client.get(
+            "/internal/v1/revocations", params={"api_keys_revoked_since": bad}, headers=headers
+        )
+        assert refused.status_code == 400, bad
+        assert refused.json()["error"]["param"] == "api_keys_revoked_since"
+
+
 # -- signing keys ---------------------------------------------------------------------
 
 

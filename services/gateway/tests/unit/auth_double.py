@@ -79,6 +79,8 @@ class AuthDouble:
     )
     # How many snapshot requests fail (503) before one succeeds.
     snapshot_failures: int = 0
+    # The query of each snapshot request.
+    snapshot_queries: list[dict[str, str]] = field(default_factory=list)
     # GET /v1/history/{id}: request id -> owning tenant.
     history_items: dict[str, str] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
@@ -159,6 +161,7 @@ class AuthDouble:
                 )
             return httpx.Response(200, json={"user_id": user_id, "tenant": "acme", "active": True})
         if path == "/internal/v1/revocations":
+            self.snapshot_queries.append(dict(request.url.params))
             if self.snapshot_failures > 0:
                 self.snapshot_failures -= 1
                 return httpx.Response(503)

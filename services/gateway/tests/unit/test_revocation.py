@@ -257,6 +257,58 @@ def test_a_revoked_token_is_remembered_while_the_leeway_would_still_accept_it() 
     assert state.revoked_tokens == {} and state.revoked_sessions == {}
 
 
+def test_a_revoked_key_is_remembered_for_its_retention_then_forgotten() -> None:
+    """Auth refuses a revoked key at every lookup, so the set only has to outlive an answer
+    cached just before the revocation; it does not grow for good."""
+    now = [1_000_000.0]
+    state = RevocationState(clock=lambda: now[0], grace_s=10, key_retention_s=3_700)
+    state.load_snapshot(
+        {
+            "revoked_tokens": [],
+            "revoked_sessions": [],
+            "revoked_api_keys": ["k-snapshot"],
+            "disabled_users": [],
+        }
+    )
+    revoked = event(ApiKeyRevoked, ApiKeyRevokedData(key_id="k-event", user_id="u"))
+    # Published an hour ago and applied only now (a replica that fell behind): remembered
+    # from now, since an answer cached before it may still be served.
+    revoked = revoked.model_copy(update={"time": datetime.fromtimestamp(now[0] - 3_600, UTC)})
+    state.apply(revoked)
+    now[0] += 3_699
+    state.prune()
+    assert state.is_revoked(user_id="u", api_key_id="k-snapshot")
+    assert state.is_revoked(user_id="u", api_key_id="k-event")
+    now[0] += 1
+    state.prune()
+    assert state.revoked_keys == {}
+    assert state.api_keys_revoked_since() == datetime.fromtimestamp(now[0] - 3_710, UTC)
+
+
+def test_without_a_retention_revoked_keys_are_kept_and_all_asked_for() -> None:
+    now = [1_000_000.0]
+    state = RevocationState(clock=lambda: now[0])
+    state.apply(event(ApiKeyRevoked, ApiKeyRevokedData(key_id="k", user_id="u")))
+    now[0] += 10 * 365 * 86_400
+    state.prune()
+    assert state.is_revoked(user_id="u", api_key_id="k")
+    assert state.api_keys_revoked_since() is None
+
+
+async def test_the_snapshot_asks_only_for_keys_revoked_within_the_retention() -> None:
+    auth = AuthDouble()
+    settings = Settings(
+        topic_prefix="unit-retention", api_key_cache_ttl_s=30, auth_stale_if_error_s=600
+    )
+    before = datetime.now(UTC)
+    async with gateway_with(auth, settings) as gw:
+        assert (await gw.client.get("/readyz")).status_code == 200
+    since = datetime.fromisoformat(auth.snapshot_queries[-1]["api_keys_revoked_since"])
+    # TTL, stale-if-error, the lookup's timeout, slack and the clock-skew leeway.
+    expected = before - timedelta(seconds=30 + 600 + 2 + 60 + settings.jwt_leeway_s)
+    assert timedelta(0) <= since - expected < timedelta(seconds=5)
+
+
 def test_other_events_are_ignored() -> None:
     state = RevocationState()
     state.apply(ChatCompleted.model_construct(type="chat.completed"))

@@ -145,7 +145,7 @@ class Settings(ServiceSettings):
         description="Live API keys (neither revoked nor expired) one user may hold, and "
         "keys they may create in 24 hours; one more through the API answers 409 "
         "`too_many_api_keys`. Bounds what one member can make, and how fast revoked keys "
-        "(kept on record, and in every gateway's revocation list) can pile up.",
+        "(kept on record) can pile up.",
     )
     outbox_poll_interval_s: float = Field(
         default=0.5,

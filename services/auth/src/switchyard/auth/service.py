@@ -467,8 +467,8 @@ class AuthService:
                         f"User {user.email} already holds {cap} live API keys, the most "
                         "allowed; revoke one they no longer use first."
                     )
-                # Revoked keys stay on record (and in every gateway's revocation list):
-                # creating and revoking in a loop is bounded by the day.
+                # Revoked keys stay on record: creating and revoking in a loop is bounded
+                # by the day.
                 if await store.api_keys_created_since(user.id, now - KEY_CREATION_WINDOW) >= cap:
                     raise TooManyApiKeys(
                         f"User {user.email} created {cap} API keys in the last 24 hours, the "
@@ -835,10 +835,14 @@ class AuthService:
 
     # -- what gateways start from ---------------------------------------------------
 
-    async def revocations(self, now: datetime | None = None) -> RevocationSnapshot:
+    async def revocations(
+        self, now: datetime | None = None, api_keys_revoked_since: datetime | None = None
+    ) -> RevocationSnapshot:
         """Everything a gateway must refuse at `now` (default: the current time): revoked access
         tokens and sign-in sessions with the instant each stops mattering, revoked API keys not
-        yet expired, and disabled users."""
+        yet expired (only those revoked at or after `api_keys_revoked_since` when given: a
+        gateway looks every key up at auth before it trusts it, so it needs only the keys
+        an answer it may still hold predates), and disabled users."""
         now = now or _utcnow()
         access_ttl = self._access_ttl()
         # A gateway accepts a token for some clock skew past its expiry: a revocation
@@ -848,7 +852,7 @@ class AuthService:
             store = AuthStore(session)
             tokens = await store.revoked_tokens(now - skew)
             families = await store.families_revoked_since(now - access_ttl - skew)
-            keys = await store.revoked_api_key_ids(now)
+            keys = await store.revoked_api_key_ids(now, api_keys_revoked_since)
             disabled = await store.disabled_user_ids()
         return RevocationSnapshot(
             generated_at=now,

@@ -134,14 +134,18 @@ class AuthStore:
         )
         return int((await self.session.execute(query)).scalar_one())
 
-    async def revoked_api_key_ids(self, now: datetime) -> list[str]:
-        """Revoked keys that would otherwise still be valid (not yet expired)."""
-        result = await self.session.execute(
-            select(ApiKey.id).where(
-                ApiKey.revoked_at.is_not(None),
-                or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
-            )
+    async def revoked_api_key_ids(
+        self, now: datetime, revoked_since: datetime | None = None
+    ) -> list[str]:
+        """Revoked keys that would otherwise still be valid (not yet expired), only those
+        revoked at or after `revoked_since` when it is given."""
+        query = select(ApiKey.id).where(
+            ApiKey.revoked_at.is_not(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
         )
+        if revoked_since is not None:
+            query = query.where(ApiKey.revoked_at >= revoked_since)
+        result = await self.session.execute(query)
         return list(result.scalars())
 
     # -- refresh-token families -----------------------------------------------------

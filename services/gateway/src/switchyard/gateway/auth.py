@@ -93,6 +93,11 @@ STALE_RETRY_S = 5.0
 # served the stale one (the lookup goes on and caches what it gets): a hung auth, or
 # lookups queued for a slot, never hold such a caller longer.
 STALE_WAIT_S = 0.5
+# How long a key or user lookup at auth may take (s).
+LOOKUP_TIMEOUT_S = 2.0
+# Slack (s) on how long a revoked key is remembered past the last answer about it that
+# may predate its revocation: a loop busy for a while before it caches the answer.
+REVOKED_KEY_SLACK_S = 60.0
 
 STALE_ANSWERS = Counter(
     "switchyard_gateway_auth_stale_answers_total",
@@ -509,7 +514,7 @@ class Authenticator:
                 response = await self._client.get(
                     f"{self._auth_url}/internal/v1/users/{quote(user_id, safe='')}",
                     headers={INTERNAL_TOKEN_HEADER: self._internal_token},
-                    timeout=2.0,
+                    timeout=LOOKUP_TIMEOUT_S,
                 )
             except httpx.HTTPError as exc:
                 raise AuthUnreachableError(repr(exc)) from exc
@@ -669,7 +674,7 @@ class Authenticator:
                 self._lookup_url,
                 json={"secret_hash": secret_hash},
                 headers={INTERNAL_TOKEN_HEADER: self._internal_token},
-                timeout=2.0,
+                timeout=LOOKUP_TIMEOUT_S,
             )
         except httpx.HTTPError as exc:
             raise AuthUnreachableError(repr(exc)) from exc
@@ -695,9 +700,12 @@ class Authenticator:
     # -- revocation state -----------------------------------------------------------
 
     async def fetch_revocations(self) -> dict[str, Any]:
-        """The current revocation state from auth (the gateway's start-up snapshot)."""
+        """The current revocation state from auth (the gateway's start-up snapshot), with
+        the API keys revoked as far back as the revocation state remembers them."""
+        since = self.revocations.api_keys_revoked_since()
         response = await self._client.get(
             self._auth_url + "/internal/v1/revocations",
+            params={} if since is None else {"api_keys_revoked_since": since.isoformat()},
             headers={INTERNAL_TOKEN_HEADER: self._internal_token},
             timeout=5.0,
         )
@@ -727,6 +735,13 @@ class Authenticator:
         expiry = self._expiry(self._key_ttl_s)
         for secret_hash in [h for h, entry in self._keys.items() if matches(entry.principal)]:
             self._keys[secret_hash] = _CachedKey(expiry, None, True)
+
+
+def revoked_key_retention_s(key_ttl_s: float, stale_if_error_s: float) -> float:
+    """How long (s) a gateway must remember a revoked API key: an answer about it looked up
+    just before the revocation is cached `key_ttl_s`, served stale for `stale_if_error_s`
+    more while auth is down, and may arrive a lookup's timeout late."""
+    return key_ttl_s + stale_if_error_s + LOOKUP_TIMEOUT_S + REVOKED_KEY_SLACK_S
 
 
 def bearer_credential(authorization: str | None) -> str | None:

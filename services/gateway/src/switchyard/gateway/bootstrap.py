@@ -25,7 +25,7 @@ from switchyard.common.http import inject_trace_headers
 from switchyard.common.pricing import PriceSource
 from switchyard.common.routing import Deployment, RoutingSource, RoutingTable
 from switchyard.common.topics import Topics
-from switchyard.gateway.auth import Authenticator
+from switchyard.gateway.auth import Authenticator, revoked_key_retention_s
 from switchyard.gateway.config import Settings, ledger_kind
 from switchyard.gateway.governance.admission import Admission
 from switchyard.gateway.governance.ledger import Ledger, MemoryLedger
@@ -141,7 +141,12 @@ def build(
         leeway_s=settings.jwt_leeway_s,
         token_cache_size=settings.jwt_cache_size,
         lookup_concurrency=settings.api_key_lookup_concurrency,
-        revocations=RevocationState(grace_s=settings.jwt_leeway_s),
+        revocations=RevocationState(
+            grace_s=settings.jwt_leeway_s,
+            key_retention_s=revoked_key_retention_s(
+                settings.api_key_cache_ttl_s, settings.auth_stale_if_error_s
+            ),
+        ),
         stale_if_error_s=settings.auth_stale_if_error_s,
     )
     topics = Topics(settings.topic_prefix)

@@ -213,7 +213,9 @@ class Settings(ServiceSettings):
         description="While auth cannot be reached (no connection, a timeout, 429 or 5xx), "
         "how long past its TTL a cached answer for an API key, a user or a policy still "
         "admits its caller (revocations and expiry still apply; a key auth did not know "
-        "waits for auth). 0: none.",
+        "waits for auth). 0: none. A gateway remembers a revoked API key this long plus the "
+        "key cache's TTL and about a minute, then forgets it (auth refuses it at every "
+        "lookup).",
     )
     api_key_lookup_concurrency: int = Field(
         default=32,

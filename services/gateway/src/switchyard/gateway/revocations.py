@@ -16,9 +16,10 @@ event newer than the snapshot always wins and nothing falls between the two.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -74,15 +75,28 @@ class RevocationState:
 
     prune_interval_s = 60.0
 
-    def __init__(self, clock: Callable[[], float] = time.time, grace_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        grace_s: float = 0.0,
+        key_retention_s: float | None = None,
+    ) -> None:
         """`clock` gives the time (epoch seconds); `grace_s` is how long past its expiry a
         revoked token is still remembered: the clock skew the authenticator accepts on
-        `exp` (its leeway), during which the token would otherwise be valid again."""
+        `exp` (its leeway), during which the token would otherwise be valid again.
+
+        `key_retention_s` is how long a revoked API key is remembered (None: for good).
+        Every key is looked up at auth before it is trusted, and auth refuses a revoked
+        one, so the set only has to outlive an answer looked up just before the
+        revocation: the key cache's TTL, its stale-if-error bound and the lookup's
+        timeout."""
         self._clock = clock
         self._grace_s = grace_s
+        self._key_retention_s = key_retention_s
         self.revoked_tokens: dict[str, float] = {}  # jti -> when the token expires anyway
         self.revoked_sessions: dict[str, float] = {}  # sid -> when its tokens expire anyway
-        self.revoked_keys: set[str] = set()
+        # key id -> until when it is remembered (epoch seconds; inf: for good)
+        self.revoked_keys: dict[str, float] = {}
         self.disabled_users: set[str] = set()
         self.loaded = False
         # Events received before the snapshot, replayed on top of it.
@@ -129,7 +143,10 @@ class RevocationState:
 
     def _apply(self, event: Event) -> None:
         if isinstance(event, ApiKeyRevoked):
-            self.revoked_keys.add(event.data.key_id)
+            # From when this replica learnt of it, if later than the revocation: an answer
+            # looked up before it may be cached until then.
+            since = max(event.time.timestamp(), self._clock())
+            self._remember_key(event.data.key_id, since)
         elif isinstance(event, UserDisabled):
             self.disabled_users.add(event.data.user_id)
         elif isinstance(event, UserEnabled):
@@ -148,7 +165,9 @@ class RevocationState:
         # Revocations only ever grow, so a union is right; disabled is a state, replaced.
         self.revoked_tokens.update(tokens)
         self.revoked_sessions.update(sessions)
-        self.revoked_keys.update(str(key) for key in snapshot["revoked_api_keys"])
+        loaded_at = self._clock()
+        for key in snapshot["revoked_api_keys"]:
+            self._remember_key(str(key), loaded_at)
         self.disabled_users = {str(user) for user in snapshot["disabled_users"]}
         for event in self._pending or ():
             self._apply(event)
@@ -157,15 +176,30 @@ class RevocationState:
         STATE_LOADED.set(1)
         self.prune()
 
+    def api_keys_revoked_since(self) -> datetime | None:
+        """How far back the snapshot must name revoked API keys (None: all of them): the
+        key retention and the clock skew between this replica and auth."""
+        if self._key_retention_s is None:
+            return None
+        return datetime.fromtimestamp(
+            self._clock() - self._key_retention_s - self._grace_s, tz=UTC
+        )
+
+    def _remember_key(self, key_id: str, since: float) -> None:
+        until = math.inf if self._key_retention_s is None else since + self._key_retention_s
+        self.revoked_keys[key_id] = max(until, self.revoked_keys.get(key_id, until))
+
     def prune(self) -> None:
         """Forget revoked tokens and sessions whose tokens have expired anyway, the grace
-        for clock skew included."""
+        for clock skew included, and revoked API keys past their retention."""
         now = self._clock()
         self._pruned_at = now
         for entries in (self.revoked_tokens, self.revoked_sessions):
             gone = [key for key, expires in entries.items() if expires + self._grace_s <= now]
             for key in gone:
                 del entries[key]
+        for key in [key for key, until in self.revoked_keys.items() if until <= now]:
+            del self.revoked_keys[key]
 
 
 class RevocationSync:

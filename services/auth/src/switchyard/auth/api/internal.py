@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, Query
+from pydantic import AwareDatetime, BaseModel, Field
 
 from switchyard.auth.api.deps import GovernanceDep, Service
 from switchyard.auth.api.routing import CredentialsFirstRoute
@@ -174,10 +175,21 @@ def internal_router(internal_token: str) -> APIRouter:
         )
 
     @router.get("/revocations", response_model=RevocationsOut)
-    async def revocations(service: Service) -> RevocationsOut:
+    async def revocations(
+        service: Service,
+        api_keys_revoked_since: Annotated[
+            AwareDatetime | None,
+            Query(
+                description="Only API keys revoked at or after this instant (with its time "
+                "zone); all revoked keys not yet expired when absent."
+            ),
+        ] = None,
+    ) -> RevocationsOut:
         """Current revocations: a gateway loads them at start-up, after it has started
-        listening to the auth events topic, so nothing falls between the two."""
-        snapshot = await service.revocations()
+        listening to the auth events topic, so nothing falls between the two. It names how
+        far back it needs revoked API keys: only as far as an answer about a key it may
+        still hold from before a revocation, so the list does not grow for good."""
+        snapshot = await service.revocations(api_keys_revoked_since=api_keys_revoked_since)
         return RevocationsOut(
             generated_at=snapshot.generated_at,
             revoked_tokens=[
