@@ -181,9 +181,7 @@ class RevocationState:
         key retention and the clock skew between this replica and auth."""
         if self._key_retention_s is None:
             return None
-        return datetime.fromtimestamp(
-            self._clock() - self._key_retention_s - self._grace_s, tz=UTC
-        )
+        return datetime.fromtimestamp(self._clock() - self._key_retention_s - self._grace_s, tz=UTC)
 
     def _remember_key(self, key_id: str, since: float) -> None:
         until = math.inf if self._key_retention_s is None else since + self._key_retention_s
