@@ -214,20 +214,23 @@ def test_a_background_response_runs_in_the_batch_lane(system):
     assert done.output_text == REPLY_PREFIX + "In the background"
 
 
-def test_responses_not_stored_are_404_saying_why(system):
+def test_responses_not_stored_cannot_be_continued_saying_why(system):
     client = openai_client(system)
-    with pytest.raises(openai.NotFoundError) as unknown:
+    with pytest.raises(openai.BadRequestError) as unknown:
         client.responses.create(
             model="sim-small", input="hi", previous_response_id="resp_00000000" + "0" * 32
         )
     assert unknown.value.body["param"] == "previous_response_id"
-    assert unknown.value.body["code"] == "response_not_found"
+    assert unknown.value.body["code"] == "previous_response_not_found"
 
     unstored = client.responses.create(model="sim-small", input="forget it", store=False)
-    with pytest.raises(openai.NotFoundError) as not_stored:
+    with pytest.raises(openai.BadRequestError) as not_stored:
         client.responses.create(model="sim-large", input="and?", previous_response_id=unstored.id)
-    assert not_stored.value.body["code"] == "response_not_stored"
+    assert not_stored.value.body["code"] == "previous_response_not_found"
     assert "store: false" in not_stored.value.message
+    with pytest.raises(openai.NotFoundError) as retrieved:
+        client.responses.retrieve(unstored.id)
+    assert retrieved.value.body["code"] == "response_not_stored"
 
 
 def test_responses_are_admitted_against_the_keys_rate_limit(system):

@@ -384,10 +384,12 @@ async def test_retrieve_input_items_and_delete(system):
     with pytest.raises(openai.NotFoundError) as gone:
         await system.client.responses.retrieve(created.id)
     assert gone.value.body["code"] == "response_deleted"
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError) as continued:
         await system.client.responses.create(
             model="sim-small", input="again", previous_response_id=created.id
         )
+    assert continued.value.body["code"] == "previous_response_not_found"
+    assert "was deleted" in continued.value.message
 
 
 async def test_a_response_stored_with_store_false_cannot_be_retrieved_or_continued(system):
@@ -395,11 +397,17 @@ async def test_a_response_stored_with_store_false_cannot_be_retrieved_or_continu
     with pytest.raises(openai.NotFoundError) as missing:
         await system.client.responses.retrieve(created.id)
     assert "store: false" in missing.value.message
-    with pytest.raises(openai.NotFoundError) as chained:
+    # OpenAI's refusal (400 `previous_response_not_found`), which Codex recovers from by
+    # sending the whole conversation; the message says why.
+    with pytest.raises(openai.BadRequestError) as chained:
         await system.client.responses.create(
             model="sim-small", input="y", previous_response_id=created.id
         )
     assert chained.value.body["param"] == "previous_response_id"
+    assert chained.value.body["code"] == "previous_response_not_found"
+    assert chained.value.body["message"].startswith(
+        f"Previous response with id '{created.id}' not found."
+    )
     assert "store: false" in chained.value.message
 
 
@@ -546,9 +554,9 @@ async def test_input_tokens_count_the_conversation_a_response_continues(system, 
         ({"input": "hi", "previous_response_id": 7}, 400, "previous_response_id", "invalid_type"),
         (
             {"input": "hi", "previous_response_id": "resp_unknown"},
-            404,
+            400,
             "previous_response_id",
-            "response_not_found",
+            "previous_response_not_found",
         ),
         ({"input": [{"type": "item_reference", "id": "msg_x"}]}, 404, "input[0]", "item_not_found"),
     ],
@@ -653,7 +661,8 @@ def test_only_a_response_stamped_moments_ago_is_waited_for():
     assert not _may_still_arrive(gateway, response_id("a" * 32, now))  # no gateway made it
 
 
-async def test_an_unknown_previous_response_id_is_404_naming_the_parameter(system):
+async def test_an_unknown_previous_response_id_is_refused_as_openai_does(system):
+    """400 `previous_response_not_found` naming the parameter, OpenAI's own refusal."""
     for unknown in (
         "resp_nothing-like-ours",
         response_id("0" * 32, datetime(2020, 1, 1, tzinfo=UTC)),
@@ -661,11 +670,14 @@ async def test_an_unknown_previous_response_id_is_404_naming_the_parameter(syste
         answer = await post(
             system, {"model": "sim-small", "input": "hi", "previous_response_id": unknown}
         )
-        assert answer.status_code == 404
+        assert answer.status_code == 400
         error = error_of(answer)
-        assert error["param"] == "previous_response_id"
-        assert error["code"] == "response_not_found"
-        assert error["type"] == "invalid_request_error"
+        assert error == {
+            "message": f"Previous response with id '{unknown}' not found.",
+            "type": "invalid_request_error",
+            "param": "previous_response_id",
+            "code": "previous_response_not_found",
+        }
     assert system.published == []
 
 
@@ -680,12 +692,15 @@ async def test_another_tenants_response_is_not_found(system):
     )
     retrieved = await system.http.get(f"/v1/responses/{created.id}", headers=auth_headers(other))
 
-    assert chained.status_code == retrieved.status_code == 404
-    assert error_of(chained)["code"] == error_of(retrieved)["code"] == "response_not_found"
+    assert (chained.status_code, retrieved.status_code) == (400, 404)
+    assert error_of(chained)["code"] == "previous_response_not_found"
+    assert error_of(retrieved)["code"] == "response_not_found"
+    # The same answer as for an id that never existed: nothing says it does elsewhere.
+    assert error_of(chained)["message"] == f"Previous response with id '{created.id}' not found."
     assert "acme's secret" not in chained.text + retrieved.text
 
 
-async def test_a_response_purged_by_retention_is_404_saying_so(system):
+async def test_a_response_purged_by_retention_is_not_found_saying_so(system):
     await system.history_app.state.history.tenants.update("acme", retention_days=30)
     purged = response_id("f" * 32, datetime.now(UTC) - timedelta(days=45))
 
@@ -693,9 +708,9 @@ async def test_a_response_purged_by_retention_is_404_saying_so(system):
         system, {"model": "sim-large", "input": "continue", "previous_response_id": purged}
     )
 
-    assert answer.status_code == 404
+    assert answer.status_code == 400
     error = error_of(answer)
-    assert error["code"] == "response_purged"
+    assert error["code"] == "previous_response_not_found"
     assert "retention period (30 days)" in error["message"]
 
 

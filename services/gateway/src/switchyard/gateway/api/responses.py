@@ -166,24 +166,42 @@ async def _wait_for(
     return await read_when_recorded(gateway, principal, path, request, not_yet=not_yet)
 
 
+def _previous_not_found(previous: str, why: str | None = None) -> APIError:
+    """OpenAI's refusal of a `previous_response_id` it holds no state for: 400
+    `previous_response_not_found` (clients such as Codex recover from it by sending the
+    whole conversation), `why` appended when the id is known but cannot be continued."""
+    message = f"Previous response with id '{previous[:64]}' not found."
+    return APIError(
+        400,
+        f"{message} {why}" if why else message,
+        param="previous_response_id",
+        code="previous_response_not_found",
+    )
+
+
 async def previous_items(
     gateway: Gateway, principal: Principal, previous: str
 ) -> list[dict[str, Any]]:
     """The conversation `previous_response_id` continues (its input items, then its output
     items), from history. APIError naming `previous_response_id` when it cannot be
-    continued: 404 unknown, another tenant's, not stored, purged or deleted (the message
-    says which); 409 still in progress; 400 not completed."""
+    continued: 400 `previous_response_not_found` as OpenAI answers for one unknown,
+    another tenant's, not stored, purged or deleted (the message says which); 409 still
+    in progress; 400 not completed; 503 history unreachable."""
     if not looks_like_id(previous):
-        raise _not_found(previous, "previous_response_id")
+        raise _previous_not_found(previous)
     answer = await _wait_for(gateway, principal, previous, f"/v1/responses/{previous}/conversation")
     if answer.status_code == 200:
         return cast(list[dict[str, Any]], (await exactjson.loads_off_loop(answer.content))["data"])
     error = error_of(answer)
+    code = error.get("code")
+    if answer.status_code == 404:
+        why = None if code == "response_not_found" else error.get("message")
+        raise _previous_not_found(previous, why)
     raise APIError(
         answer.status_code if answer.status_code < 500 else 503,
         error.get("message") or "The previous response could not be read.",
         param="previous_response_id",
-        code=error.get("code"),
+        code=code,
     )
 
 
