@@ -941,6 +941,27 @@ async def test_a_tool_type_openai_does_not_know_is_refused_as_openai_refuses_it(
     assert recorder.requests == []
 
 
+@pytest.mark.parametrize("model", ["gpt-chat", "claude"])
+async def test_an_include_value_openai_does_not_know_is_refused_as_openai_refuses_it(
+    harness, recorder, model
+):
+    """A typo in `include` is not silently ignored: OpenAI's own 400 `invalid_value`
+    naming the entry, while the values OpenAI takes and a translation can ignore pass."""
+    body = {"input": "hi", "include": ["reasoning.encrypted_content", "bogus"]}
+    refused = await harness.handle(responses_request(model, body))
+
+    assert isinstance(refused, ChatFailed)
+    error = refused.data.error
+    assert (error.status, error.code, error.param) == (400, "invalid_value", "include[1]")
+    assert "'bogus'" in error.message and "'reasoning.encrypted_content'" in error.message
+    assert recorder.requests == []
+
+    known = {"input": "hi", "include": ["reasoning.encrypted_content", "web_search_call.results"]}
+    await harness.handle(responses_request(model, known))
+    assert len(recorder.requests) == 1, "translated and sent"
+    assert "include" not in recorder.requests[0].body
+
+
 @pytest.mark.parametrize(
     ("body", "previous", "param"),
     [

@@ -323,11 +323,32 @@ def _common_checks(body: dict[str, Any]) -> None:
         for index, value in enumerate(include):
             if not isinstance(value, str):
                 raise invalid_type(f"include[{index}]", "a string", value)
+            known = responses_includable()
+            if known and value not in known:
+                # Refused as OpenAI refuses it: a typo never passes as a no-op.
+                raise TranslationError(
+                    f"Invalid value: {value[:64]!r}. Supported values are: "
+                    f"{', '.join(repr(name) for name in sorted(known))}.",
+                    f"include[{index}]",
+                    code="invalid_value",
+                )
             if value in _INCLUDE_REFUSED:
                 raise TranslationError(
                     f"'include' value {value!r} cannot be served by this model's deployment.",
                     f"include[{index}]",
                 )
+
+
+@functools.cache
+def responses_includable() -> frozenset[str]:
+    """The `include[]` values OpenAI's Responses API takes, from the `openai` SDK's own
+    `ResponseIncludable` (read once, when an `include` is first met; empty if the SDK
+    no longer names them, and then none is refused for being unknown)."""
+    try:
+        from openai.types.responses.response_includable import ResponseIncludable
+    except ImportError:
+        return frozenset()
+    return frozenset(typing.get_args(ResponseIncludable))
 
 
 @functools.cache
