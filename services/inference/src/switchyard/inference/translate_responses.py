@@ -326,17 +326,23 @@ def _common_checks(body: dict[str, Any]) -> None:
             known = responses_includable()
             if known and value not in known:
                 # Refused as OpenAI refuses it: a typo never passes as a no-op.
-                raise TranslationError(
-                    f"Invalid value: {value[:64]!r}. Supported values are: "
-                    f"{', '.join(repr(name) for name in sorted(known))}.",
-                    f"include[{index}]",
-                    code="invalid_value",
-                )
+                raise _unknown_value(value, known, f"include[{index}]")
             if value in _INCLUDE_REFUSED:
                 raise TranslationError(
                     f"'include' value {value!r} cannot be served by this model's deployment.",
                     f"include[{index}]",
                 )
+
+
+def _unknown_value(value: str, known: frozenset[str], param: str) -> TranslationError:
+    """OpenAI's refusal of an enumerated value it does not take: 400 `invalid_value`
+    naming `param` and listing the `known` ones."""
+    return TranslationError(
+        f"Invalid value: {value[:64]!r}. Supported values are: "
+        f"{', '.join(repr(name) for name in sorted(known))}.",
+        param,
+        code="invalid_value",
+    )
 
 
 @functools.cache
@@ -381,12 +387,7 @@ def _builtin_tool_error(tool: Any, index: int) -> TranslationError:
     known = responses_tool_types()
     if known and kind not in known:
         # Refused as OpenAI refuses it: a typo is no built-in tool this deployment lacks.
-        return TranslationError(
-            f"Invalid value: {kind[:64]!r}. Supported values are: "
-            f"{', '.join(repr(name) for name in sorted(known))}.",
-            f"tools[{index}].type",
-            code="invalid_value",
-        )
+        return _unknown_value(kind, known, f"tools[{index}].type")
     if kind in _CLIENT_RUN_TOOL_TYPES:
         return TranslationError(
             f"Tools of type {kind!r} (tools[{index}]) cannot be sent to this model: its "
