@@ -941,6 +941,56 @@ async def test_a_tool_type_openai_does_not_know_is_refused_as_openai_refuses_it(
     assert recorder.requests == []
 
 
+REASONING_ITEM = {"type": "reasoning", "id": "rs_1", "encrypted_content": "abc"}
+
+
+@pytest.mark.parametrize("model", ["gpt-chat", "claude"])
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        ({"reasoning": {"effort": ["low"]}}, "reasoning.effort", "invalid_value"),
+        ({"reasoning": {"effort": {"level": "low"}}}, "reasoning.effort", "invalid_value"),
+        ({"reasoning": {"summary": 5}}, "reasoning.summary", "invalid_value"),
+        (
+            {"reasoning": {"generate_summary": "long"}},
+            "reasoning.generate_summary",
+            "invalid_value",
+        ),
+        (
+            {"input": [{**REASONING_ITEM, "summary": 5}, "hi"]},
+            "input[0].summary",
+            "invalid_type",
+        ),
+        (
+            {"input": [{**REASONING_ITEM, "summary": ["x"]}, "hi"]},
+            "input[0].summary[0]",
+            "invalid_type",
+        ),
+        (
+            {"input": [{**REASONING_ITEM, "summary": [{"type": "summary_text", "text": 7}]}]},
+            "input[0].summary[0].text",
+            "invalid_type",
+        ),
+        (
+            {"input": [{**REASONING_ITEM, "summary": [], "encrypted_content": 7}]},
+            "input[0].encrypted_content",
+            "invalid_type",
+        ),
+    ],
+)
+async def test_reasoning_of_the_wrong_shape_is_refused_naming_the_field(
+    harness, recorder, model, body, param, code
+):
+    """Each is OpenAI's 400 naming the field, never the catch-all for a body the
+    translation could not read."""
+    refused = await harness.handle(responses_request(model, {"input": "hi", **body}))
+
+    assert isinstance(refused, ChatFailed)
+    error = refused.data.error
+    assert (error.status, error.param, error.code) == (400, param, code), error
+    assert recorder.requests == []
+
+
 @pytest.mark.parametrize("model", ["gpt-chat", "claude"])
 async def test_an_include_value_openai_does_not_know_is_refused_as_openai_refuses_it(
     harness, recorder, model

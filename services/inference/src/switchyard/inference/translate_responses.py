@@ -84,6 +84,8 @@ SERVED_FIELDS = ("previous_response_id", "background", "store", "metadata")
 # the request through to OpenAI's Responses API can offer them.
 _EFFORT_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
 _INCLUDE_REFUSED = frozenset({"message.output_text.logprobs"})
+# `reasoning.summary` (and its older name `generate_summary`) as OpenAI takes it.
+_SUMMARY_MODES = ("auto", "concise", "detailed")
 
 
 @dataclass(frozen=True)
@@ -471,11 +473,36 @@ def _effort(body: dict[str, Any]) -> str | None:
                 f"'reasoning.{key}' cannot be sent to this model.", f"reasoning.{key}"
             )
     effort = reasoning.get("effort")
-    if effort is not None and effort != "none" and effort not in _EFFORT_BUDGETS:
+    if effort is not None and (
+        not isinstance(effort, str) or (effort != "none" and effort not in _EFFORT_BUDGETS)
+    ):
         raise not_one_of(
             "reasoning.effort", effort, ("none", "minimal", "low", "medium", "high", "xhigh")
         )
+    for key in ("summary", "generate_summary"):
+        summary = reasoning.get(key)
+        if summary is not None and summary not in _SUMMARY_MODES:
+            raise not_one_of(f"reasoning.{key}", summary, _SUMMARY_MODES)
     return effort
+
+
+def _check_reasoning_item(item: dict[str, Any], where: str) -> None:
+    """Refuse, naming the field, a `reasoning` input item of the wrong shape (OpenAI's
+    `ResponseReasoningItemParam`: `summary` a list of `{"type": "summary_text", "text"}`,
+    `encrypted_content` a string or null), whichever way it is translated."""
+    summary = item.get("summary")
+    if summary is not None:
+        if not isinstance(summary, list):
+            raise invalid_type(f"{where}.summary", "an array", summary)
+        for position, part in enumerate(summary):
+            part_where = f"{where}.summary[{position}]"
+            if not isinstance(part, dict):
+                raise invalid_type(part_where, "an object", part)
+            if not isinstance(part.get("text"), str):
+                raise invalid_type(f"{part_where}.text", "a string", part.get("text"))
+    encrypted = item.get("encrypted_content")
+    if encrypted is not None and not isinstance(encrypted, str):
+        raise invalid_type(f"{where}.encrypted_content", "a string", encrypted)
 
 
 def _parts(content: Any, where: str) -> list[dict[str, Any]]:
@@ -844,6 +871,7 @@ def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> list
     elif kind == "reasoning":
         # Earlier reasoning: Chat Completions has no place for it, and a model reasons
         # afresh on every turn (OpenAI drops earlier turns' reasoning itself).
+        _check_reasoning_item(item, where)
         return []
     else:
         raise _unsupported_item(kind, where)
@@ -1079,6 +1107,7 @@ def _item_to_messages(item: Any, where: str) -> tuple[str, list[dict[str, Any]]]
             result["content"] = blocks
         return "user", [result]
     if kind == "reasoning":
+        _check_reasoning_item(item, where)
         # Thinking Switchyard returned as reasoning goes back with its signature (Anthropic
         # needs it to continue a turn that used tools); reasoning without one is not sent
         # (Anthropic ignores earlier turns' thinking anyway), nor is an OpenAI model's
