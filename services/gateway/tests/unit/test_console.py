@@ -1110,7 +1110,18 @@ async def test_a_missing_asset_gets_the_not_found_page_with_the_consoles_own_lin
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_budget_usd", "nan"), ("max_budget_usd", "inf"), ("budget_period", "bogus")],
+    [
+        ("max_budget_usd", "nan"),
+        ("max_budget_usd", "inf"),
+        ("max_budget_usd", "1_000"),
+        ("max_budget_usd", "1e3"),
+        ("rpm_limit", "\uff11"),  # a full-width digit: int() takes it, the API would not
+        ("tpm_limit", "1_000"),
+        ("max_parallel_requests", "1.5"),
+        ("expires_in_days", "\u0663"),  # an Arabic-Indic digit
+        ("expires_in_days", "0x10"),
+        ("budget_period", "bogus"),
+    ],
 )
 async def test_a_key_form_with_a_value_the_api_cannot_take_is_a_form_error(field, value):
     async with console() as gw:

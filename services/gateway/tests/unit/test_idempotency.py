@@ -77,6 +77,40 @@ async def test_twenty_concurrent_requests_with_one_key_execute_once(harness, his
     assert sum("idempotent-replayed" in r.headers for r in responses) == 19
 
 
+@pytest.mark.parametrize("value", ["maybe", "", "false, true"])
+@pytest.mark.parametrize(
+    ("path", "body", "shape"),
+    [
+        ("/v1/chat/completions", BODY, "openai"),
+        (
+            "/v1/messages",
+            {"model": "sim-small", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+            "anthropic",
+        ),
+    ],
+)
+async def test_an_idempotency_wait_it_cannot_read_is_a_400_naming_it(
+    harness, history, value, path, body, shape
+):
+    """Refused, not guessed (as waiting): in the called API's own error format, before
+    anything is claimed or run."""
+    answer = await harness.client.post(
+        path,
+        json=body,
+        headers=keyed("w", **{"Idempotency-Wait": value, "anthropic-version": "2023-06-01"}),
+    )
+
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "Idempotency-Wait" in error["message"]
+    if shape == "openai":
+        assert (error["param"], error["code"]) == ("Idempotency-Wait", "invalid_idempotency_wait")
+    else:
+        assert answer.json()["type"] == "error"
+    assert harness.requests == []
+
+
 async def test_same_key_with_another_body_is_422(harness, history):
     first = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("k"))
     other = await harness.client.post(

@@ -151,6 +151,9 @@ async def test_a_plain_chat_completions_job_is_an_openai_chat_completions_reques
             "webhook",
         ),
         ({"url": "/v1/chat/completions", "body": BODY, "method": "GET"}, 400, "method"),
+        # OpenAI's batch lines take a string.
+        ({"url": "/v1/chat/completions", "body": BODY, "custom_id": 123}, 400, "custom_id"),
+        ({"url": "/v1/chat/completions", "body": BODY, "custom_id": ["r1"]}, 400, "custom_id"),
     ],
 )
 async def test_bad_jobs_of_any_api_are_refused(harness, history, lanes, body, status, param):

@@ -126,6 +126,16 @@ async def test_server_errors_leave_out_the_errors_a_request_caused(service, reco
     assert report["totals"]["server_errors"] == 2
 
 
+async def test_a_since_in_the_future_without_until_is_400_naming_since(service):
+    response = await service.client.get(
+        "/v1/usage/performance",
+        params={"since": "2999-01-01T00:00:00Z"},
+        headers=service.headers(),
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "since"
+
+
 @pytest.mark.parametrize(
     ("params", "param"),
     [

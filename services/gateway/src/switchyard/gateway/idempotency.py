@@ -332,10 +332,24 @@ class IdempotencyMiddleware:
             await response(scope, receive, send)
             return
 
+        headers = Headers(scope=scope)
+        if wait_for_running(headers) is None:
+            response = _error(
+                path,
+                APIError(
+                    400,
+                    "Invalid value for the Idempotency-Wait header: use 'true' (wait for a "
+                    "request still running with this key, the default) or 'false' (answer "
+                    "409 at once).",
+                    param="Idempotency-Wait",
+                    code="invalid_idempotency_wait",
+                ),
+            )
+            await response(scope, receive, send)
+            return
         body = await _read_body(receive)
         replay_receive = _replaying(body, receive)
         gateway = scope["app"].state.gateway
-        headers = Headers(scope=scope)
         try:
             principal = await gateway.authenticator.authenticate(*credentials_of(scope["headers"]))
         except (AuthenticationError, AuthUnavailableError, DuplicateCredentialsError):
@@ -352,7 +366,7 @@ class IdempotencyMiddleware:
         )
         settings = gateway.settings
         print_ = fingerprint("POST", path, body, data)
-        wait = headers.get(WAIT_HEADER, "true").strip().lower() not in ("false", "0", "no")
+        wait = wait_for_running(headers)
         wait_s = settings.idempotency_wait_s or settings.request_timeout_s
         # The request's own deadline: a stream's is longer (`Settings.timeout_for`).
         lease_s = settings.timeout_for(_streams(data)) + LEASE_MARGIN_S
@@ -516,6 +530,22 @@ class IdempotencyMiddleware:
                 # The response never finished (the client went away, or an error): the
                 # request is given up on, and a retry may run it.
                 await asyncio.shield(settle(False))
+
+
+def wait_for_running(headers: Headers) -> bool | None:
+    """Whether a retry finding its key's request still running waits for its result
+    (`Idempotency-Wait: true`, or no header) or is answered 409 at once (`false`); None for
+    any other value (or the header sent twice), which is refused rather than guessed."""
+    values = headers.getlist(WAIT_HEADER)
+    if not values:
+        return True
+    if len(values) > 1:
+        return None
+    return _WAIT_VALUES.get(values[0].strip().lower())
+
+
+# The values of `Idempotency-Wait` (any case) and whether each waits.
+_WAIT_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def claimed_key(principal: Principal, key: str) -> str:

@@ -81,6 +81,12 @@ def parse_group_by(
     return (buckets[0] if buckets else None), tuple(n for n in names if n not in TIME_BUCKETS)
 
 
+# The refusal of a `since` later than now when no `until` was sent (it defaults to now).
+SINCE_IN_THE_FUTURE = (
+    "Invalid value for 'since': it must be before 'until', which is now when not given."
+)
+
+
 def time_range(
     since: datetime | None, until: datetime | None, bucket: str | None
 ) -> tuple[datetime, datetime]:
@@ -90,9 +96,12 @@ def time_range(
         UsageParameterError: `until` is not after `since`, or an hourly report spans more than
             93 days.
     """
+    given_until = until is not None
     until = until or datetime.now(UTC)
     since = since or until - DEFAULT_RANGE
     if since >= until:
+        if not given_until:  # the client sent no `until`: its `since` is in the future
+            raise UsageParameterError("since", SINCE_IN_THE_FUTURE)
         raise UsageParameterError("until", "Invalid value for 'until': it must be after 'since'.")
     if bucket == "hour" and until - since > MAX_HOURLY_RANGE:
         raise UsageParameterError(

@@ -126,6 +126,14 @@ def read_job(data: dict[str, Any]) -> ClientRequest:
             raise APIError(
                 400, f"Unknown parameter: '{name[:64]}'.", param=name[:64], code="unknown_parameter"
             )
+    custom_id = data.get("custom_id")
+    if custom_id is not None and not isinstance(custom_id, str):
+        raise APIError(
+            400,
+            "Invalid type for 'custom_id': expected a string.",
+            param="custom_id",
+            code="invalid_type",
+        )
     if data.get("method", "POST") != "POST":
         raise APIError(
             400, "Invalid value for 'method': must be 'POST'.", param="method", code="invalid_value"

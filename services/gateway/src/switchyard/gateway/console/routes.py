@@ -5,7 +5,7 @@ simply not found (history and auth decide, exactly as for the API)."""
 from __future__ import annotations
 
 import asyncio
-import math
+import re
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -375,6 +375,22 @@ def _usage_window(span: views.Range) -> dict[str, str]:
     return {"since": f"{int(span.span.total_seconds() // 3600)}h"}
 
 
+# A number as the key form's fields take it: ASCII digits, a sign, and (for amounts) a
+# decimal point. int() and float() would also take "1_000", other scripts' digits, "1e3",
+# "nan" and "inf", none of which the form offers or the JSON API could be sent.
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,18}")
+_DECIMAL_NUMBER = re.compile(r"-?[0-9]{1,18}(\.[0-9]{1,18})?")
+
+
+def _form_number(raw: str, *, decimal: bool) -> int | float | None:
+    """`raw` (a form field) as a whole number, or a decimal one when `decimal`; None when
+    it is neither."""
+    text = raw.strip()
+    if not (_DECIMAL_NUMBER if decimal else _WHOLE_NUMBER).fullmatch(text):
+        return None
+    return float(text) if decimal else int(text)
+
+
 @router.get("/usage")
 async def usage(request: Request, viewer: CurrentViewer) -> Response:
     """Usage and spend grouped by day, hour, model, user, key or team: chart and table."""
@@ -604,10 +620,11 @@ async def create_key(
     body: dict[str, Any] = {"name": name.strip() or "default"}
     problem = None
     if expires_in_days.strip():
-        try:
-            body["expires_in_days"] = int(expires_in_days)
-        except ValueError:
+        days = _form_number(expires_in_days, decimal=False)
+        if days is None:
             problem = "Expires in (days) must be a whole number."
+        else:
+            body["expires_in_days"] = days
     for field, raw, label in (
         ("max_budget_usd", max_budget_usd, "Budget (USD)"),
         ("rpm_limit", rpm_limit, "Requests per minute"),
@@ -615,12 +632,8 @@ async def create_key(
         ("max_parallel_requests", max_parallel_requests, "Parallel requests"),
     ):
         if raw.strip():
-            try:
-                value = float(raw) if field == "max_budget_usd" else int(raw)
-            except ValueError:
-                problem = f"{label} must be a number."
-                continue
-            if not math.isfinite(value):  # float() takes "nan" and "inf": JSON has neither
+            value = _form_number(raw, decimal=field == "max_budget_usd")
+            if value is None:
                 problem = f"{label} must be a number."
                 continue
             body[field] = value

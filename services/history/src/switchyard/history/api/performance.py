@@ -23,6 +23,7 @@ from switchyard.history.performance import (
     PerformanceQuery,
     report_json,
 )
+from switchyard.history.usage import SINCE_IN_THE_FUTURE
 
 
 def _group_by(value: str | None) -> tuple[str | None, tuple[str, ...]]:
@@ -85,6 +86,8 @@ def performance_router(internal_token: str) -> APIRouter:
         until_at = parse_time(until, "until") or datetime.now(UTC)
         since_at = parse_time(since, "since") or until_at - DEFAULT_RANGE
         if since_at >= until_at:
+            if until is None:  # no `until` sent: the `since` sent is in the future
+                raise APIError(400, SINCE_IN_THE_FUTURE, param="since", code="invalid_request")
             raise APIError(
                 400,
                 "Invalid value for 'until': it must be after 'since'.",
