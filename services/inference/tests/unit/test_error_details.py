@@ -6,6 +6,8 @@ with the details the SDKs recover from."""
 
 from __future__ import annotations
 
+import pytest
+
 from switchyard.common.events import ChatFailed
 from switchyard.common.routing import Deployment
 from switchyard.inference.errors import MAX_DETAILS_BYTES, redacted_details
@@ -58,6 +60,36 @@ async def test_a_thread_on_an_openai_deployment_is_refused_as_anthropics_sdks_re
     error = reply.data.error
     assert (error.status, error.param) == (400, "thread")
     assert error.details == {"error_code": "thread_unsupported_request"}
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize(
+    ("thread", "param"),
+    [
+        (False, "thread"),
+        ({}, "thread.type"),
+        ({"type": "fork"}, "thread.type"),
+        ({"type": "create", "previous_message_id": "msg_1"}, "thread.create.previous_message_id"),
+        ({"type": "continue"}, "thread.continue.previous_message_id"),
+        ({"type": "continue", "previous_message_id": 5}, "thread.continue.previous_message_id"),
+    ],
+)
+async def test_a_malformed_thread_is_refused_as_a_malformed_field_not_as_unsupported(
+    harness,  # noqa: F811
+    recorder,
+    thread,
+    param,
+) -> None:
+    """Anthropic's SDKs drop `thread` and resend on `thread_unsupported_request`; a
+    malformed thread is the client's mistake, named, and carries no such details."""
+    request = with_body(chat_request(model="gpt", api="anthropic.messages"), thread=thread)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatFailed), reply
+    error = reply.data.error
+    assert (error.status, error.param, error.details) == (400, param, None)
+    assert error.message.startswith(f"{param}: ")
     assert recorder.requests == []
 
 

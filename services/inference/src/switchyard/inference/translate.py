@@ -507,6 +507,29 @@ def thread_unsupported(target: str) -> TranslationError:
     )
 
 
+def _check_thread(thread: Any) -> None:
+    """Refuse, as Anthropic does, a `thread` that is no thread parameter at all (the SDK's
+    `BetaMessageThreadParam`: `{"type": "create"}` or `{"type": "continue",
+    "previous_message_id": "..."}`): a malformed one is the client's mistake to hear of,
+    not a thread this deployment cannot hold."""
+    if not isinstance(thread, dict):
+        raise _anthropic_refusal("thread", "Input should be a valid dictionary")
+    kind = thread.get("type")
+    if kind not in ("create", "continue"):
+        raise _anthropic_refusal("thread.type", "Input should be 'create' or 'continue'")
+    fields = {"type"} if kind == "create" else {"type", "previous_message_id"}
+    for name in thread:
+        if name not in fields:
+            raise _anthropic_refusal(f"thread.{kind}.{name}", "Extra inputs are not permitted")
+    if kind == "continue" and not isinstance(thread.get("previous_message_id"), str):
+        reason = (
+            "Field required"
+            if "previous_message_id" not in thread
+            else "Input should be a valid string"
+        )
+        raise _anthropic_refusal("thread.continue.previous_message_id", reason)
+
+
 def messages_request_to_chat(
     body: dict[str, Any], betas: frozenset[str] = frozenset({INTERLEAVED_THINKING_BETA})
 ) -> dict[str, Any]:
@@ -526,6 +549,7 @@ def messages_request_to_chat(
     if _only_clears_thinking(body.get("context_management")):
         body = {name: value for name, value in body.items() if name != "context_management"}
     if body.get("thread") is not None:
+        _check_thread(body["thread"])
         raise thread_unsupported("OpenAI's Chat Completions")
     refuse_unknown(body, _MESSAGES_FIELDS, "OpenAI's Chat Completions")
     try:
