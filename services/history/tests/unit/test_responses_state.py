@@ -263,7 +263,7 @@ async def test_deleting_a_response_removes_its_content_and_keeps_its_usage(servi
     deleted = await service.client.delete(
         f"/v1/responses/{rid(request)}", headers=service.headers()
     )
-    assert deleted.json() == {"id": rid(request), "object": "response", "deleted": True}
+    assert deleted.json() == {"id": rid(request), "object": "response.deleted", "deleted": True}
     error = (await get(service, f"/v1/responses/{rid(request)}", 404))["error"]
     assert error["code"] == "response_deleted"
     again = await service.client.delete(f"/v1/responses/{rid(request)}", headers=service.headers())

@@ -355,7 +355,7 @@ class ResponseStore:
                     .where(e.event_id == event_id)
                     .values(payload=redact_payload(payload))
                 )
-        return {"id": response_id, "object": "response", "deleted": True}
+        return {"id": response_id, "object": "response.deleted", "deleted": True}
 
     async def cancel(self, caller: Caller, response_id: str, *, accepted: bool) -> dict[str, Any]:
         """Cancel a background response that has not finished: history records the
