@@ -8,6 +8,7 @@ import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 from switchyard.common.events import (
@@ -26,7 +27,7 @@ from switchyard.common.events import (
     new_id,
 )
 from switchyard.gateway.config import Settings
-from switchyard.gateway.revocations import RevocationState
+from switchyard.gateway.revocations import SNAPSHOT_SKEW_S, RevocationState
 
 from .auth_double import AuthDouble, gateway_with, new_rsa_key
 
@@ -259,9 +260,13 @@ def test_a_revoked_token_is_remembered_while_the_leeway_would_still_accept_it() 
 
 def test_a_revoked_key_is_remembered_for_its_retention_then_forgotten() -> None:
     """Auth refuses a revoked key at every lookup, so the set only has to outlive an answer
-    cached just before the revocation; it does not grow for good."""
-    now = [1_000_000.0]
-    state = RevocationState(clock=lambda: now[0], grace_s=10, key_retention_s=3_700)
+    cached just before the revocation; it does not grow for good. The retention is counted
+    on the monotonic clock, as the key caches are: a step of the wall clock (NTP, a
+    resumed VM) does not end it early."""
+    wall, steady = [1_000_000.0], [50.0]
+    state = RevocationState(
+        clock=lambda: wall[0], grace_s=10, key_retention_s=3_700, monotonic=lambda: steady[0]
+    )
     state.load_snapshot(
         {
             "revoked_tokens": [],
@@ -273,16 +278,28 @@ def test_a_revoked_key_is_remembered_for_its_retention_then_forgotten() -> None:
     revoked = event(ApiKeyRevoked, ApiKeyRevokedData(key_id="k-event", user_id="u"))
     # Published an hour ago and applied only now (a replica that fell behind): remembered
     # from now, since an answer cached before it may still be served.
-    revoked = revoked.model_copy(update={"time": datetime.fromtimestamp(now[0] - 3_600, UTC)})
+    revoked = revoked.model_copy(update={"time": datetime.fromtimestamp(wall[0] - 3_600, UTC)})
     state.apply(revoked)
-    now[0] += 3_699
+    # Auth's clock 100 s ahead of this replica's: remembered that much longer.
+    ahead = event(ApiKeyRevoked, ApiKeyRevokedData(key_id="k-ahead", user_id="u"))
+    state.apply(ahead.model_copy(update={"time": datetime.fromtimestamp(wall[0] + 100, UTC)}))
+
+    wall[0] += 86_400  # the wall clock steps a day ahead: nothing is forgotten for it
     state.prune()
-    assert state.is_revoked(user_id="u", api_key_id="k-snapshot")
-    assert state.is_revoked(user_id="u", api_key_id="k-event")
-    now[0] += 1
+    assert set(state.revoked_keys) == {"k-snapshot", "k-event", "k-ahead"}
+    steady[0] += 3_699
+    state.prune()
+    assert set(state.revoked_keys) == {"k-snapshot", "k-event", "k-ahead"}
+    steady[0] += 1
+    state.prune()
+    assert set(state.revoked_keys) == {"k-ahead"}
+    steady[0] += 100
     state.prune()
     assert state.revoked_keys == {}
-    assert state.api_keys_revoked_since() == datetime.fromtimestamp(now[0] - 3_710, UTC)
+    # Asked of auth: the retention, and ten minutes for auth's clock lagging this one's.
+    assert state.api_keys_revoked_since() == datetime.fromtimestamp(
+        wall[0] - 3_700 - SNAPSHOT_SKEW_S, UTC
+    )
 
 
 def test_without_a_retention_revoked_keys_are_kept_and_all_asked_for() -> None:
@@ -304,8 +321,8 @@ async def test_the_snapshot_asks_only_for_keys_revoked_within_the_retention() ->
     async with gateway_with(auth, settings) as gw:
         assert (await gw.client.get("/readyz")).status_code == 200
     since = datetime.fromisoformat(auth.snapshot_queries[-1]["api_keys_revoked_since"])
-    # TTL, stale-if-error, the lookup's timeout, slack and the clock-skew leeway.
-    expected = before - timedelta(seconds=30 + 600 + 2 + 60 + settings.jwt_leeway_s)
+    # TTL, stale-if-error, the lookup's timeout, slack and the clock-skew allowance.
+    expected = before - timedelta(seconds=30 + 600 + 2 + 60 + SNAPSHOT_SKEW_S)
     assert timedelta(0) <= since - expected < timedelta(seconds=5)
 
 
@@ -355,3 +372,91 @@ async def test_readiness_reports_revocation_state(path: str) -> None:
         response = await gw.client.get(path)
         assert response.status_code == 200
         assert response.json()["checks"]["revocations"] is True
+
+
+def _authenticator(handler, state: RevocationState):
+    from switchyard.gateway.auth import Authenticator
+
+    return Authenticator(
+        httpx.AsyncClient(transport=httpx.MockTransport(handler)),
+        auth_url="http://auth.test",
+        internal_token="t" * 32,
+        issuer="switchyard-auth",
+        audience="switchyard",
+        key_ttl_s=30,
+        negative_ttl_s=5,
+        jwks_min_interval_s=30,
+        revocations=state,
+        stale_if_error_s=3_600,
+    )
+
+
+EMPTY_SNAPSHOT = {
+    "revoked_tokens": [],
+    "revoked_sessions": [],
+    "revoked_api_keys": [],
+    "disabled_users": [],
+}
+KEY = "sk-sy-" + "a" * 43
+IDENTITY = {
+    "key_id": "key-1",
+    "user_id": "user-1",
+    "tenant": "acme",
+    "role": "member",
+    "scopes": ["chat"],
+    "allowed_models": None,
+    "expires_at": None,
+}
+
+
+async def test_an_answer_fetched_across_a_revocation_is_cached_as_the_refusal_it_is() -> None:
+    """Auth read the key as valid, the key was revoked, then the answer arrived, with no
+    request left to refuse it (its client went away): it is cached as refused, so once the
+    revocation is forgotten the key is still refused, and auth is not asked again."""
+    from switchyard.gateway.auth import AuthenticationError
+
+    release, lookups = asyncio.Event(), []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        lookups.append(request.url.path)
+        await release.wait()
+        return httpx.Response(200, json=IDENTITY)
+
+    state = RevocationState(key_retention_s=100)
+    state.load_snapshot(EMPTY_SNAPSHOT)
+    authenticator = _authenticator(handler, state)
+    waiting = asyncio.create_task(authenticator.authenticate(f"Bearer {KEY}", None))
+    await asyncio.sleep(0.05)
+    waiting.cancel()  # the client goes away; the shared lookup goes on
+    state.apply(event(ApiKeyRevoked, ApiKeyRevokedData(key_id="key-1", user_id="user-1")))
+    release.set()
+    await asyncio.sleep(0.05)
+
+    state.revoked_keys.clear()  # the retention ended (or was cut short)
+    with pytest.raises(AuthenticationError):
+        await authenticator.authenticate(f"Bearer {KEY}", None)
+    assert len(lookups) == 1
+
+
+async def test_keys_vouched_for_before_the_state_loaded_are_asked_about_again() -> None:
+    """A key revoked while this replica could not hear of it (the events topic unreachable
+    at start-up) and left out of the snapshot: the answer cached before the state loaded
+    is dropped, and auth's refusal is what counts."""
+    from switchyard.gateway.auth import AuthenticationError
+
+    revoked = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if revoked:
+            return httpx.Response(404)
+        return httpx.Response(200, json=IDENTITY)
+
+    state = RevocationState(key_retention_s=100)
+    authenticator = _authenticator(handler, state)
+    principal = await authenticator.authenticate(f"Bearer {KEY}", None)  # looked up fresh
+    assert principal.api_key_id == "key-1"
+    revoked.append(True)  # revoked at auth; the event never reached this replica
+    state.load_snapshot(EMPTY_SNAPSHOT)  # nor did the snapshot name it
+
+    with pytest.raises(AuthenticationError):
+        await authenticator.authenticate(f"Bearer {KEY}", None)

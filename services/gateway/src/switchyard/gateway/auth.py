@@ -416,6 +416,7 @@ class Authenticator:
         self.jwks = JwksCache(client, auth_url, jwks_min_interval_s)
         self.revocations = revocations or RevocationState()
         self.revocations.add_hook(self._on_auth_event)
+        self.revocations.add_loaded_hook(self._on_revocations_loaded)
         # Answers for keys auth vouched for or refused, and for keys it did not know: apart,
         # so unknown keys (any client can send millions) evict only each other.
         self._keys: LRUCache[str, _CachedKey] = LRUCache(MAX_CACHED_KEYS)
@@ -663,6 +664,14 @@ class Authenticator:
         if principal is None:
             self._keys.pop(secret_hash, None)
             self._unknown_keys[secret_hash] = _CachedKey(self._expiry(self._negative_ttl_s), None)
+        elif self.revocations.is_revoked(
+            user_id=principal.user_id, api_key_id=principal.api_key_id
+        ):
+            # Auth's answer predates a revocation applied while it was on the way: cached
+            # as the refusal it now is, never as valid (no request may be left to refuse
+            # it, and the revocation itself is only remembered for so long).
+            self._unknown_keys.pop(secret_hash, None)
+            self._keys[secret_hash] = _CachedKey(self._expiry(self._key_ttl_s), None, True)
         else:
             self._unknown_keys.pop(secret_hash, None)
             self._keys[secret_hash] = _CachedKey(self._expiry(self._key_ttl_s), principal)
@@ -730,6 +739,13 @@ class Authenticator:
             for secret_hash in [h for h, entry in self._keys.items() if entry.principal is None]:
                 del self._keys[secret_hash]
             self._unknown_keys.clear()
+
+    def _on_revocations_loaded(self) -> None:
+        """Forget the keys auth vouched for before the revocation state was loaded: one
+        revoked while this replica could not hear of it (the events topic unreachable at
+        start-up) would otherwise stay valid here, so each is asked about once more."""
+        for secret_hash in [h for h, entry in self._keys.items() if entry.principal is not None]:
+            del self._keys[secret_hash]
 
     def _refuse_keys(self, matches: Callable[[Principal | None], bool]) -> None:
         expiry = self._expiry(self._key_ttl_s)

@@ -60,6 +60,10 @@ STATE_LOADED = Gauge(
     "1 once this replica has loaded the revocation state from auth and listens for changes.",
 )
 
+# How far auth's clock may lag this replica's when the snapshot is asked for the keys
+# revoked since an instant (s): a wider window only lists more keys.
+SNAPSHOT_SKEW_S = 600.0
+
 Snapshot = dict[str, Any]
 Hook = Callable[[Event], None]
 
@@ -80,33 +84,43 @@ class RevocationState:
         clock: Callable[[], float] = time.time,
         grace_s: float = 0.0,
         key_retention_s: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """`clock` gives the time (epoch seconds); `grace_s` is how long past its expiry a
         revoked token is still remembered: the clock skew the authenticator accepts on
         `exp` (its leeway), during which the token would otherwise be valid again.
 
-        `key_retention_s` is how long a revoked API key is remembered (None: for good).
-        Every key is looked up at auth before it is trusted, and auth refuses a revoked
-        one, so the set only has to outlive an answer looked up just before the
-        revocation: the key cache's TTL, its stale-if-error bound and the lookup's
-        timeout."""
+        `key_retention_s` is how long a revoked API key is remembered (None: for good),
+        counted on `monotonic` (seconds), as the key caches count, so a step of the wall
+        clock cannot end it early. Every key is looked up at auth before it is trusted,
+        auth refuses a revoked one, and no answer fetched before a revocation outlives its
+        event in the authenticator's caches, so the set is a second line only: it has to
+        outlive an answer looked up just before the revocation (the key cache's TTL, its
+        stale-if-error bound and the lookup's timeout)."""
         self._clock = clock
+        self._monotonic = monotonic
         self._grace_s = grace_s
         self._key_retention_s = key_retention_s
         self.revoked_tokens: dict[str, float] = {}  # jti -> when the token expires anyway
         self.revoked_sessions: dict[str, float] = {}  # sid -> when its tokens expire anyway
-        # key id -> until when it is remembered (epoch seconds; inf: for good)
+        # key id -> until when it is remembered (`monotonic` seconds; inf: for good)
         self.revoked_keys: dict[str, float] = {}
         self.disabled_users: set[str] = set()
         self.loaded = False
         # Events received before the snapshot, replayed on top of it.
         self._pending: list[Event] | None = []
         self._hooks: list[Hook] = []
+        self._loaded_hooks: list[Callable[[], None]] = []
         self._pruned_at = clock()
 
     def add_hook(self, hook: Hook) -> None:
         """Call `hook(event)` after each applied event (e.g. to purge a cache)."""
         self._hooks.append(hook)
+
+    def add_loaded_hook(self, hook: Callable[[], None]) -> None:
+        """Call `hook()` once the snapshot is loaded (e.g. to drop answers cached before
+        this replica could know of revocations)."""
+        self._loaded_hooks.append(hook)
 
     def is_revoked(
         self,
@@ -143,10 +157,10 @@ class RevocationState:
 
     def _apply(self, event: Event) -> None:
         if isinstance(event, ApiKeyRevoked):
-            # From when this replica learnt of it, if later than the revocation: an answer
-            # looked up before it may be cached until then.
-            since = max(event.time.timestamp(), self._clock())
-            self._remember_key(event.data.key_id, since)
+            # From when this replica learnt of it (an answer looked up before it may be
+            # cached until then), or from the revocation if auth's clock runs ahead.
+            ahead_s = max(0.0, event.time.timestamp() - self._clock())
+            self._remember_key(event.data.key_id, ahead_s)
         elif isinstance(event, UserDisabled):
             self.disabled_users.add(event.data.user_id)
         elif isinstance(event, UserEnabled):
@@ -165,9 +179,8 @@ class RevocationState:
         # Revocations only ever grow, so a union is right; disabled is a state, replaced.
         self.revoked_tokens.update(tokens)
         self.revoked_sessions.update(sessions)
-        loaded_at = self._clock()
         for key in snapshot["revoked_api_keys"]:
-            self._remember_key(str(key), loaded_at)
+            self._remember_key(str(key))
         self.disabled_users = {str(user) for user in snapshot["disabled_users"]}
         for event in self._pending or ():
             self._apply(event)
@@ -175,16 +188,24 @@ class RevocationState:
         self.loaded = True
         STATE_LOADED.set(1)
         self.prune()
+        for hook in self._loaded_hooks:
+            hook()
 
     def api_keys_revoked_since(self) -> datetime | None:
         """How far back the snapshot must name revoked API keys (None: all of them): the
-        key retention and the clock skew between this replica and auth."""
+        key retention, and `SNAPSHOT_SKEW_S` or the JWT leeway, whichever is longer, for
+        the clock skew between this replica and auth (auth compares on its own clock)."""
         if self._key_retention_s is None:
             return None
-        return datetime.fromtimestamp(self._clock() - self._key_retention_s - self._grace_s, tz=UTC)
+        skew_s = max(self._grace_s, SNAPSHOT_SKEW_S)
+        return datetime.fromtimestamp(self._clock() - self._key_retention_s - skew_s, tz=UTC)
 
-    def _remember_key(self, key_id: str, since: float) -> None:
-        until = math.inf if self._key_retention_s is None else since + self._key_retention_s
+    def _remember_key(self, key_id: str, extra_s: float = 0.0) -> None:
+        """Remember `key_id` as revoked for the retention from now, plus `extra_s`."""
+        if self._key_retention_s is None:
+            until = math.inf
+        else:
+            until = self._monotonic() + self._key_retention_s + extra_s
         self.revoked_keys[key_id] = max(until, self.revoked_keys.get(key_id, until))
 
     def prune(self) -> None:
@@ -196,7 +217,8 @@ class RevocationState:
             gone = [key for key, expires in entries.items() if expires + self._grace_s <= now]
             for key in gone:
                 del entries[key]
-        for key in [key for key, until in self.revoked_keys.items() if until <= now]:
+        steady = self._monotonic()
+        for key in [key for key, until in self.revoked_keys.items() if until <= steady]:
             del self.revoked_keys[key]
 
 
