@@ -413,7 +413,7 @@ async def test_invalid_chat_fields_are_refused_naming_the_clients_field(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"max_tokens": -5}, "max_tokens: Input should be greater than or equal to 1"),
+        ({"max_tokens": -5}, "max_tokens: Input should be greater than or equal to 0"),
         ({"messages": [{"role": "user"}]}, "messages.0.content: Field required"),
         ({"messages": [{"content": "x"}]}, "messages.0.role: Field required"),
         ({"tools": "x"}, "tools: Input should be a valid array"),
@@ -520,6 +520,16 @@ async def test_invalid_messages_fields_are_refused_in_anthropics_words(
     # Never the Chat Completions field it would have been sent as.
     for other in ("max_completion_tokens", "function", "stop'", "tool_call"):
         assert other not in error.message
+
+
+async def test_max_tokens_zero_is_refused_as_what_chat_completions_cannot_do(
+    harness, recorder
+) -> None:
+    """`max_tokens: 0` pre-warms Anthropic's prompt cache: valid in the client's API, so
+    `unsupported_parameter` (another deployment may take it), never "invalid"."""
+    error = await refusal(harness, recorder, "gpt", MESSAGES, {"max_tokens": 0, "messages": USER})
+    assert error.message.startswith("max_tokens: `max_tokens: 0` (pre-warming")
+    assert error.code == "unsupported_parameter"
 
 
 async def test_server_tools_are_refused_naming_the_tool(harness, recorder) -> None:

@@ -287,7 +287,7 @@ def test_control_api_errors_name_the_field_at_fault(http, fault, param):
 
 # (route, parameter, refused value, Anthropic's message, a boundary value accepted, others)
 ANTHROPIC_RULES = [
-    (MESSAGES, "max_tokens", 0, "max_tokens: Input should be greater than or equal to 1", 1, {}),
+    (MESSAGES, "max_tokens", -1, "max_tokens: Input should be greater than or equal to 0", 0, {}),
     (MESSAGES, "max_tokens", "5", "max_tokens: Input should be a valid integer", 5, {}),
     (MESSAGES, "max_tokens", True, "max_tokens: Input should be a valid integer", 2, {}),
     (MESSAGES, "temperature", 1.01, "temperature: range: 0..1", 1, {}),
@@ -1253,3 +1253,62 @@ def test_embeddings_take_their_own_arguments(http):
     extra = {"user": "u1", "dimensions": 4, "encoding_format": "float"}
 
     assert post(http, EMBEDDINGS, extra).status_code == 200
+
+
+LONG_SYSTEM = [
+    {"type": "text", "text": "rules " * 300, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+]
+
+
+def test_max_tokens_zero_warms_the_prompt_cache_and_generates_nothing(http):
+    """Anthropic's pre-warming: the prompt is read and cached, nothing is generated."""
+    warmed = post(http, MESSAGES, {"max_tokens": 0, "system": LONG_SYSTEM})
+    assert warmed.status_code == 200, warmed.text
+    message = warmed.json()
+    assert message["content"] == [] and message["stop_reason"] == "max_tokens"
+    usage = message["usage"]
+    assert usage["output_tokens"] == 0 and usage["cache_creation_input_tokens"] > 0
+    assert usage["cache_creation"] == {
+        "ephemeral_5m_input_tokens": 0,
+        "ephemeral_1h_input_tokens": usage["cache_creation_input_tokens"],
+    }
+    assert usage["service_tier"] == "standard"
+    read = post(http, MESSAGES, {"max_tokens": 50, "system": LONG_SYSTEM})
+    assert read.json()["usage"]["cache_read_input_tokens"] == usage["cache_creation_input_tokens"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "conflict"),
+    [
+        ({"stream": True}, "streaming"),
+        ({"thinking": {"type": "adaptive"}}, "thinking"),
+        (
+            {
+                "output_config": {
+                    "format": {
+                        "type": "json_schema",
+                        "schema": {"type": "object", "additionalProperties": False},
+                    }
+                }
+            },
+            "output_config.format",
+        ),
+    ],
+)
+def test_max_tokens_zero_cannot_stream_think_or_follow_a_format(http, extra, conflict):
+    refused = post(http, MESSAGES, {"max_tokens": 0, **extra})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"].startswith("max_tokens: ")
+    assert conflict in refused.json()["error"]["message"]
+
+
+def test_interleaved_thinking_takes_a_budget_above_max_tokens(http):
+    body = {
+        **VALID[MESSAGES],
+        "max_tokens": 2000,
+        "thinking": {"type": "enabled", "budget_tokens": 4000},
+    }
+    assert http.post(MESSAGES, json=body).status_code == 400
+    beta = {"anthropic-beta": "context-1m-2025-08-07, interleaved-thinking-2025-05-14"}
+    answered = http.post(MESSAGES, json=body, headers=beta)
+    assert answered.status_code == 200, answered.text

@@ -40,6 +40,8 @@ from typing_extensions import TypedDict
 
 __all__ = [
     "AnthropicRequestError",
+    "INTERLEAVED_THINKING_BETA",
+    "MESSAGES_RULES",
     "CountTokensParameters",
     "MessagesParameters",
     "RULES_ACROSS_FIELDS",
@@ -47,6 +49,11 @@ __all__ = [
     "check_messages_request",
     "error_of",
 ]
+
+
+# The `anthropic-beta` value under which Anthropic takes a thinking budget at or above
+# `max_tokens` (its "Extended thinking" guide, "Interleaved thinking").
+INTERLEAVED_THINKING_BETA = "interleaved-thinking-2025-05-14"
 
 
 class AnthropicRequestError(ValueError):
@@ -413,7 +420,8 @@ class MessagesParameters(TypedDict, total=False):
     messages: Required[AnthropicMessages]
     system: System
     thinking: AnthropicThinking
-    max_tokens: Required[Annotated[int, Field(ge=1)]]
+    # 0 warms the prompt cache without generating (`PREWARM_RULES`).
+    max_tokens: Required[Annotated[int, Field(ge=0)]]
     metadata: _Metadata
     stop_sequences: list[Annotated[str, AfterValidator(_has_non_whitespace)]]
     temperature: Annotated[float, _range(0, 1)]
@@ -564,6 +572,32 @@ RULES_ACROSS_FIELDS = (
     _client_tools_named,
     _tool_choice_names_a_tool,
 )
+
+
+def _prewarm_generates_nothing(body: dict[str, Any]) -> None:
+    """`max_tokens: 0` writes the prompt cache and generates nothing (Anthropic's "Prompt
+    caching", pre-warming the cache), so it cannot stream, think or follow an output
+    format."""
+    if body.get("max_tokens") != 0:
+        return
+    thinking = body.get("thinking")
+    output_config = body.get("output_config")
+    if body.get("stream") is True:
+        conflict = "streaming"
+    elif isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
+        conflict = "thinking"
+    elif isinstance(output_config, dict) and output_config.get("format") is not None:
+        conflict = "output_config.format"
+    else:
+        return
+    raise AnthropicRequestError(
+        "max_tokens",
+        f"`max_tokens: 0` (pre-warming the prompt cache) cannot be used with {conflict}",
+    )
+
+
+# Each takes a valid `POST /v1/messages` body and raises AnthropicRequestError.
+MESSAGES_RULES = (_prewarm_generates_nothing,)
 _MESSAGES_ADAPTER: TypeAdapter[Any] = TypeAdapter(MessagesParameters)
 _COUNT_TOKENS_ADAPTER: TypeAdapter[Any] = TypeAdapter(CountTokensParameters)
 
@@ -586,6 +620,8 @@ def check_messages_request(body: dict[str, Any]) -> None:
         AnthropicRequestError: the first rule broken, with Anthropic's path and sentence.
     """
     _check(_MESSAGES_ADAPTER, body)
+    for rule in MESSAGES_RULES:
+        rule(body)
 
 
 def check_count_tokens_request(body: dict[str, Any]) -> None:

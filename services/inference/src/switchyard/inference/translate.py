@@ -38,7 +38,11 @@ import jiter
 import orjson
 
 from switchyard.common import exactjson
-from switchyard.common.anthropic_request import AnthropicRequestError, check_messages_request
+from switchyard.common.anthropic_request import (
+    INTERLEAVED_THINKING_BETA,
+    AnthropicRequestError,
+    check_messages_request,
+)
 from switchyard.common.errors import json_type, json_value
 from switchyard.common.openai_request import tool_message_fault
 from switchyard.common.output_schema import (
@@ -445,11 +449,6 @@ _MESSAGES_FIELDS = frozenset(
 )
 
 
-# The `anthropic-beta` value under which Anthropic takes a thinking budget at or above
-# `max_tokens` (its "Extended thinking" guide, "Interleaved thinking").
-INTERLEAVED_THINKING_BETA = "interleaved-thinking-2025-05-14"
-
-
 # The thinking-clearing edit of Anthropic's context editing ("Context editing", Thinking
 # block clearing): `{"type": "clear_thinking_20251015", "keep": ...}`.
 CLEAR_THINKING_EDIT = "clear_thinking_20251015"
@@ -586,8 +585,16 @@ def messages_request_to_chat(
     if max_tokens is not None:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
             raise _anthropic_refusal("max_tokens", "Input should be a valid integer")
-        if max_tokens < 1:
-            raise _anthropic_refusal("max_tokens", "Input should be greater than or equal to 1")
+        if max_tokens == 0:
+            raise _anthropic_refusal(
+                "max_tokens",
+                "`max_tokens: 0` (pre-warming Anthropic's prompt cache) cannot be sent to "
+                "this model: its deployment speaks OpenAI's Chat Completions, which has no "
+                "prompt cache to warm and always generates",
+                "unsupported_parameter",
+            )
+        if max_tokens < 0:
+            raise _anthropic_refusal("max_tokens", "Input should be greater than or equal to 0")
         result["max_completion_tokens"] = max_tokens
     stop_sequences = body.get("stop_sequences")
     if stop_sequences is not None:

@@ -1085,6 +1085,8 @@ class AnthropicReply:
     cache_read_input_tokens: int = 0
     # `max_tokens` cut the text.
     truncated: bool = False
+    # Of `cache_creation_input_tokens`, those written for an hour (the rest for 5 minutes).
+    cache_creation_1h_input_tokens: int = 0
     id: str = field(default_factory=lambda: _short_id("msg_"))
 
     @property
@@ -1114,17 +1116,25 @@ class AnthropicReply:
             blocks.append(
                 {"type": "thinking", "thinking": self.thinking, "signature": self.signature}
             )
+        if self.tool_use is None and self.output_tokens == 0 and not blocks:
+            return blocks  # `max_tokens: 0`: nothing generated, no block at all
         blocks.append(self.tool_use or {"type": "text", "text": self.text or ""})
         return blocks
 
     def usage(self, output_tokens: int) -> dict[str, Any]:
         """The `usage` object of the Messages API with `output_tokens` as given (streams
         report 1 at `message_start`), thinking tokens detailed when thinking is on."""
+        hour = self.cache_creation_1h_input_tokens
         usage: dict[str, Any] = {
             "input_tokens": self.input_tokens,
             "cache_creation_input_tokens": self.cache_creation_input_tokens,
             "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": self.cache_creation_input_tokens - hour,
+                "ephemeral_1h_input_tokens": hour,
+            },
             "output_tokens": output_tokens,
+            "service_tier": "standard",
         }
         if self.thinking is not None:
             usage["output_tokens_details"] = {"thinking_tokens": self.thinking_tokens}
@@ -1240,21 +1250,41 @@ def _segment_words(segment: Any) -> int:
     return len(text.split())
 
 
-def _anthropic_cache(body: dict[str, Any], model: str, cache: set[str] | None) -> tuple[int, int]:
-    """(tokens written to, tokens read from) the simulated prompt cache."""
+def _anthropic_cache(
+    body: dict[str, Any], model: str, cache: set[str] | None
+) -> tuple[int, int, int]:
+    """(tokens written to, tokens read from, tokens of those written for an hour) the
+    simulated prompt cache. Written tokens up to the last breakpoint asking for `ttl: 1h`
+    are an hour's, the rest five minutes' (Anthropic's `usage.cache_creation`)."""
     if cache is None:
-        return 0, 0
+        return 0, 0, 0
     segments = _cache_segments(body)
-    last = max((i for i, (_, marked) in enumerate(segments) if marked), default=None)
-    if last is None:
-        return 0, 0
+    marked = [i for i, (_, is_point) in enumerate(segments) if is_point]
+    if not marked:
+        return 0, 0, 0
+    last = marked[-1]
     prefix = [segment for segment, _ in segments[: last + 1]]
     words = sum(_segment_words(segment) for segment in prefix)
     key = _prefix_key("anthropic", model, prefix)
     if key in cache:
-        return 0, words
+        return 0, words, 0
     cache.add(key)
-    return words, 0
+    hour_points = [i for i in marked if _cache_ttl(segments[i][0], body) == "1h"]
+    hour = (
+        sum(_segment_words(segment) for segment, _ in segments[: hour_points[-1] + 1])
+        if hour_points
+        else 0
+    )
+    return words, 0, hour
+
+
+def _cache_ttl(segment: Any, body: dict[str, Any]) -> str:
+    """The `ttl` of the cache point on `segment` (or of the request's automatic one)."""
+    control = segment.get("cache_control") if isinstance(segment, dict) else None
+    if not isinstance(control, dict):
+        control = body.get("cache_control")
+    ttl = control.get("ttl") if isinstance(control, dict) else None
+    return ttl if isinstance(ttl, str) else "5m"
 
 
 def _anthropic_output_format(body: dict[str, Any]) -> tuple[bool, dict[str, Any] | None]:
@@ -1279,6 +1309,16 @@ def _anthropic_output_format(body: dict[str, Any]) -> tuple[bool, dict[str, Any]
     return True, fmt["schema"]
 
 
+def _betas(request: Request) -> frozenset[str]:
+    """The request's `anthropic-beta` values (comma-separated, on one or several lines)."""
+    return frozenset(
+        value.strip()
+        for line in request.headers.getlist("anthropic-beta")
+        for value in line.split(",")
+        if value.strip()
+    )
+
+
 def build_anthropic_reply(body: dict[str, Any], cache: set[str] | None = None) -> AnthropicReply:
     """The simulated reply to a Messages request `body` (the JSON object as a dict).
     `cache` is the set of prompt-prefix hashes already seen (None: no prompt caching); it is
@@ -1293,9 +1333,10 @@ def build_anthropic_reply(body: dict[str, Any], cache: set[str] | None = None) -
     json_reply, schema = _anthropic_output_format(body)
     user_text = last_user_text(messages)
     total = prompt_words(messages, body.get("system"))
-    written, read = _anthropic_cache(body, model, cache)
+    written, read, hour = _anthropic_cache(body, model, cache)
     cached = min(total, written + read)
     written, read = min(written, cached), min(read, cached - min(written, cached))
+    hour = min(hour, written)
     thinking_config = body.get("thinking")
     thinking = None
     if isinstance(thinking_config, dict) and thinking_config.get("type") in ("enabled", "adaptive"):
@@ -1306,6 +1347,21 @@ def build_anthropic_reply(body: dict[str, Any], cache: set[str] | None = None) -
         "cache_creation_input_tokens": written,
         "cache_read_input_tokens": read,
     }
+    if body["max_tokens"] == 0:
+        # Pre-warming the prompt cache: the prompt is read (and cached), nothing generated.
+        return AnthropicReply(
+            model,
+            "",
+            None,
+            usage["input_tokens"],
+            0,
+            None,
+            None,
+            written,
+            read,
+            truncated=True,
+            cache_creation_1h_input_tokens=hour,
+        )
     client_tools = [t for t in body.get("tools") or () if t.get("type") in (None, "custom")]
     call = called_tool(client_tools, body.get("tool_choice"), user_text, lambda t: t["name"])
     last = messages[-1]["content"]
@@ -1322,7 +1378,16 @@ def build_anthropic_reply(body: dict[str, Any], cache: set[str] | None = None) -
         }
         output = count_words(orjson.dumps(tool_input).decode()) + thinking_words
         return AnthropicReply(
-            model, None, tool_use, usage["input_tokens"], output, thinking, None, written, read
+            model,
+            None,
+            tool_use,
+            usage["input_tokens"],
+            output,
+            thinking,
+            None,
+            written,
+            read,
+            cache_creation_1h_input_tokens=hour,
         )
     text = structured_text(schema, user_text) if json_reply else reply_text(messages)
     text, stop = apply_stop(text, body.get("stop_sequences"))
@@ -1338,6 +1403,7 @@ def build_anthropic_reply(body: dict[str, Any], cache: set[str] | None = None) -
         written,
         read,
         truncated=cut,
+        cache_creation_1h_input_tokens=hour,
     )
 
 
@@ -2008,7 +2074,7 @@ class Simulator:
             fault = await self._fault_response(request, model, error, streaming)
             if isinstance(fault, Response):
                 return fault
-            parameters.check(route, body)
+            parameters.check(route, body, _betas(request))
             reply = build(body)
         except BadRequest as exc:
             if exc.details is not None:

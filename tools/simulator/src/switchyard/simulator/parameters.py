@@ -658,8 +658,9 @@ class Rules:
         # Built once per route: validating with it is what costs microseconds.
         object.__setattr__(self, "adapter", TypeAdapter(self.schema))
 
-    def check(self, body: dict[str, Any]) -> None:
-        """Raise `BadRequest` for the first rule `body` (the request's JSON object) breaks."""
+    def check(self, body: dict[str, Any], betas: frozenset[str] = frozenset()) -> None:
+        """Raise `BadRequest` for the first rule `body` (the request's JSON object) breaks;
+        a rule an `anthropic-beta` of `betas` lifts (`_LIFTED_BY`) is not applied."""
         for rule in self.first:
             rule(body)
         try:
@@ -671,10 +672,17 @@ class Rules:
             ) from None
         try:
             for rule in self.then:
-                rule(body)
+                if not betas & _LIFTED_BY.get(rule, frozenset()):
+                    rule(body)
         except AnthropicRequestError as exc:
             raise BadRequest(str(exc)) from None
 
+
+# Rules an `anthropic-beta` value lifts: interleaved thinking takes a budget at or above
+# `max_tokens` (Anthropic's "Extended thinking" guide).
+_LIFTED_BY: dict[Callable[[dict[str, Any]], None], frozenset[str]] = {
+    _thinking_within_max_tokens: frozenset({anthropic_request.INTERLEAVED_THINKING_BETA}),
+}
 
 RULES: dict[str, Rules] = {
     "/v1/chat/completions": Rules(
@@ -723,6 +731,7 @@ RULES: dict[str, Rules] = {
             _thinking_takes_default_sampling,
             _no_trailing_whitespace_prefill,
             *anthropic_request.RULES_ACROSS_FIELDS,
+            *anthropic_request.MESSAGES_RULES,
             _anthropic_base64_decodes,
         ),
     ),
@@ -734,16 +743,17 @@ RULES: dict[str, Rules] = {
 }
 
 
-def check(route: str, body: dict[str, Any]) -> None:
+def check(route: str, body: dict[str, Any], betas: frozenset[str] = frozenset()) -> None:
     """Judge the parameters of `body` (a request's JSON object) sent to `route` (a path of
-    `RULES`; any other route has no rules here) as the real API judges them.
+    `RULES`; any other route has no rules here) as the real API judges them, under the
+    request's `anthropic-beta` values (`betas`).
 
     Raises:
         BadRequest: the first rule broken, in the words, `param` and `code` of the route's API.
     """
     rules = RULES.get(route)
     if rules is not None:
-        rules.check(body)
+        rules.check(body, betas)
 
 
 # --------------------------------------------------------------------------- error wording
