@@ -292,7 +292,7 @@ def test_an_upstream_refusal_reaches_each_client_in_its_own_format(system):
     # The simulator refuses these as the providers do; nothing retries a 400.
     with pytest.raises(anthropic.BadRequestError) as anthropic_refusal:
         anthropic_client(system).messages.create(
-            model=ANTHROPIC_MODEL, max_tokens=0, messages=[{"role": "user", "content": "hi"}]
+            model=ANTHROPIC_MODEL, max_tokens=-1, messages=[{"role": "user", "content": "hi"}]
         )
     with pytest.raises(openai.BadRequestError) as openai_refusal:
         openai_client(system).chat.completions.create(

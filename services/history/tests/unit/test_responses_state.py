@@ -14,6 +14,8 @@ from switchyard.common.events import (
     ChatCompletedData,
     ChatRequestData,
     ChatRequested,
+    ChatStarted,
+    ChatStartedData,
     ClientAPI,
     Priority,
     TokenUsage,
@@ -22,7 +24,9 @@ from switchyard.common.events import (
     new_id,
 )
 from switchyard.common.responses import response_id
+from switchyard.common.testing.infra import async_wait_until
 from switchyard.history.models import events_table
+from switchyard.history.projection import contribution, merge
 from switchyard.history.sweeper import purge_by_retention
 
 RESPONSES = ClientAPI.OPENAI_RESPONSES
@@ -318,6 +322,65 @@ async def test_a_background_response_can_be_cancelled_until_it_finishes(service)
     )
     assert refused.status_code == 400
     assert "background" in refused.json()["error"]["message"]
+
+
+def started(request: ChatRequested, at: datetime | None = None) -> ChatStarted:
+    return ChatStarted(
+        source="inference",
+        tenant=request.tenant,
+        request_id=request.request_id,
+        time=at or datetime.now(UTC),
+        data=ChatStartedData(priority=Priority.BATCH),
+    )
+
+
+async def test_a_background_response_is_queued_until_inference_starts_it(service):
+    """OpenAI's lifecycle: `queued` while it waits in the batch lane, `in_progress` once
+    inference begins it (`chat.started`), then its outcome."""
+    queued = requested({"input": "long task", "background": True}, background=True)
+    await service.publish(queued)
+    await service.wait_for(queued.request_id, "pending")
+    assert (await get(service, f"/v1/responses/{rid(queued)}"))["status"] == "queued"
+
+    await service.publish(started(queued))
+
+    async def running() -> bool:
+        view = await get(service, f"/v1/responses/{rid(queued)}")
+        return view["status"] == "in_progress"
+
+    await async_wait_until(running, timeout=10, message="in_progress")
+    await answered(service, queued, "Done")
+    assert (await get(service, f"/v1/responses/{rid(queued)}"))["status"] == "completed"
+
+
+async def test_a_start_recorded_before_its_request_still_counts(service):
+    """Topics are not ordered with each other: `chat.started` (replies) may be recorded
+    before `chat.requested` (requests); the first start is kept either way."""
+    early = requested({"input": "early", "background": True}, background=True)
+    first = datetime.now(UTC)
+    await service.publish(started(early, first))
+    await service.publish(started(early, first + timedelta(seconds=5)))
+    await service.publish(early)
+    await service.wait_for(early.request_id, "pending")
+
+    async def running() -> bool:
+        view = await get(service, f"/v1/responses/{rid(early)}")
+        return view["status"] == "in_progress"
+
+    await async_wait_until(running, timeout=10, message="in_progress")
+
+
+def test_the_first_start_is_kept_whatever_order_the_events_come_in():
+    request = requested({"input": "x", "background": True}, background=True)
+    first, later = datetime.now(UTC), datetime.now(UTC) + timedelta(seconds=5)
+    rows = [contribution(event) for event in (started(request, first), request)]
+    rows.append(contribution(started(request, later)))
+    merged = rows[0]
+    for row in rows[1:]:
+        assert row is not None
+        merged = merge(merged, row)
+    assert merged["started_at"] == first
+    assert merged["request_body"] == request.data.body
 
 
 async def test_a_response_cancelled_before_history_saw_it_stays_cancelled(service):

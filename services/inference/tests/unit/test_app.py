@@ -20,6 +20,8 @@ from switchyard.common.events import (
     ChatFailed,
     ChatRequestData,
     ChatRequested,
+    ChatStarted,
+    Priority,
     ReplyAddress,
     utcnow,
 )
@@ -90,8 +92,17 @@ async def test_app_answers_requests_from_both_lanes_and_reports_health(
         metrics = await client.get("/metrics")
         live = await client.get("/livez")
 
-    assert {reply.request_id for reply in replies} == {"req-interactive", "req-batch"}
-    assert all(isinstance(reply, ChatCompleted) for reply in replies)
+    # The batch lane's request is announced when it starts (`chat.started`), then answered.
+    started = [reply for reply in replies if isinstance(reply, ChatStarted)]
+    assert [(event.request_id, event.data.priority) for event in started] == [
+        ("req-batch", Priority.BATCH)
+    ]
+    answers = [reply for reply in replies if not isinstance(reply, ChatStarted)]
+    assert {reply.request_id for reply in answers} == {"req-interactive", "req-batch"}
+    assert all(isinstance(reply, ChatCompleted) for reply in answers)
+    assert replies.index(started[0]) < next(
+        i for i, reply in enumerate(replies) if reply.request_id == "req-batch" and reply in answers
+    )
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"bus": True, "outcomes": True}
     assert live.status_code == 200
@@ -103,7 +114,7 @@ async def test_app_answers_requests_from_both_lanes_and_reports_health(
 
 
 async def _done(replies: list, count: int) -> bool:
-    return len(replies) >= count
+    return sum(not isinstance(reply, ChatStarted) for reply in replies) >= count
 
 
 async def test_readiness_is_503_before_the_bus_is_started(simulator, tmp_path: Path) -> None:

@@ -330,6 +330,12 @@ class ChatChunkData(Contract):
     )
 
 
+class ChatStartedData(Contract):
+    """The lane a request waited in before inference began to run it."""
+
+    priority: Priority = Field(description="The lane: `batch` for jobs and background work.")
+
+
 class CancelRequestData(Contract):
     """Why a request is cancelled (`client_disconnected` when the client went away)."""
 
@@ -497,6 +503,14 @@ class ChatChunk(EnvelopeFields):
     data: ChatChunkData
 
 
+class ChatStarted(EnvelopeFields):
+    """Inference began to run a request that waited in the batch lane (a job, a background
+    response): history shows it `in_progress` rather than `queued` from then on."""
+
+    type: Literal["chat.started"] = "chat.started"
+    data: ChatStartedData
+
+
 class UsageRecorded(EnvelopeFields):
     """What one finished request cost (tokens, USD, latency): history aggregates it for usage and
     budgets."""
@@ -590,6 +604,7 @@ Event = Annotated[
     | ChatCompleted
     | ChatFailed
     | ChatChunk
+    | ChatStarted
     | UsageRecorded
     | ChatCancelRequested
     | AuthEvent

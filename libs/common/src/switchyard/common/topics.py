@@ -58,8 +58,9 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
         "request again (its previous replica died before committing the offset) reads the "
         "request's partition back to answer it from there instead of calling the upstream "
         "again: keep it at least `SWITCHYARD_INFERENCE_REDELIVERY_LOOKBACK_S` (the broker's "
-        "default retention, a week, is far more).",
-        ("chat.chunk", "chat.completed", "chat.failed", "chat.requested"),
+        "default retention, a week, is far more). `chat.started` marks when a request of "
+        "the batch lane began to run.",
+        ("chat.chunk", "chat.completed", "chat.failed", "chat.requested", "chat.started"),
         ("inference", "gateway"),
     ),
     TopicSpec(

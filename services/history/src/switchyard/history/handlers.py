@@ -81,6 +81,7 @@ from switchyard.common.events import (
     ChatCompleted,
     ChatFailed,
     ChatRequested,
+    ChatStarted,
     EnvelopeFields,
     Event,
     EventDecodeError,
@@ -480,7 +481,9 @@ class EventRecorder:
 
 def _projected(event: EnvelopeFields) -> bool:
     """Whether the event changes its request's row in the projection."""
-    return isinstance(event, ChatRequested | ChatCompleted | ChatFailed | UsageRecorded)
+    return isinstance(
+        event, ChatRequested | ChatCompleted | ChatFailed | ChatStarted | UsageRecorded
+    )
 
 
 def _without_chunks_and_repeats(events: list[Event]) -> list[EnvelopeFields]:

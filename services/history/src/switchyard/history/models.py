@@ -181,6 +181,9 @@ class HistoryRequest(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     deadline: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When inference began to run a request of the batch lane (`chat.started`, migration
+    # 0012): a background response is `queued` before, `in_progress` after.
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Answered from the gateways' response cache (no upstream call), and what the answer
     # it reused had cost (migration 0004).
     cache_hit: Mapped[bool | None] = mapped_column(Boolean)

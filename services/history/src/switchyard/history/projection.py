@@ -52,6 +52,7 @@ from switchyard.common.events import (
     ChatFailed,
     ChatRequestData,
     ChatRequested,
+    ChatStarted,
     ClientAPI,
     EnvelopeFields,
     TokenUsage,
@@ -126,6 +127,8 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
             latency_ms=failed.latency_ms,
             completed_at=event.time,
         )
+    elif isinstance(event, ChatStarted):
+        row.update(started_at=event.time)
     elif isinstance(event, UsageRecorded):
         recorded = event.data
         row.update(
@@ -191,6 +194,8 @@ MERGE_RULES: dict[str, tuple[str, str]] = {
             "response_deleted_at",
             # Set only by the recorder once the row is written (cache.link_hits): kept.
             "cache_source_request_id",
+            # The first `chat.started` wins (a request carries none): kept.
+            "started_at",
         )
     },
     "created_at": ("replace", REQUEST_ARRIVES),

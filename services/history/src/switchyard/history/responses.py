@@ -122,7 +122,9 @@ class StoredResponse:
             return self.row["response"]
         fields: dict[str, Any] = {}
         if status == RequestStatus.PENDING.value:
-            shown = "queued" if self.background else "in_progress"
+            # A background response waits in the batch lane until inference begins it.
+            waiting = self.background and self.row.get("started_at") is None
+            shown = "queued" if waiting else "in_progress"
         elif status == RequestStatus.CANCELLED.value:
             shown = "cancelled"
         else:

@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from switchyard.common.bus import BusUnavailableError
-from switchyard.common.events import ChatCancelRequested, ChatRequested, Event
+from switchyard.common.events import ChatCancelRequested, ChatRequested, Event, Priority
 from switchyard.common.routing import RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.inference import metrics
@@ -354,6 +354,9 @@ class ChatRequestHandler:
             async with asyncio.timeout(remaining) as deadline:
                 async with self._lanes.slot(data.priority):
                     run.in_lane = True
+                    if data.priority is Priority.BATCH:
+                        # Nobody waits on it: a poll shows it running from now on.
+                        await self._replies.announce_start(run)
                     return await self._attempts.serve(run)
         except TimeoutError:
             if not deadline.expired():

@@ -15,13 +15,21 @@ same events again, without calling the upstream, for a request delivered again.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 
 import structlog
 
-from switchyard.common.bus import USAGE_HEADER, Publication, delivery_may_repeat
+from switchyard.common.bus import (
+    USAGE_HEADER,
+    EventRejectedError,
+    Publication,
+    delivery_may_repeat,
+)
 from switchyard.common.events import (
     ChatRequested,
+    ChatStarted,
+    ChatStartedData,
     ClientAPI,
     EnvelopeFields,
     encode_event,
@@ -29,6 +37,7 @@ from switchyard.common.events import (
 from switchyard.common.topics import Topics
 from switchyard.inference import metrics
 from switchyard.inference.outcomes import (
+    SOURCE,
     Outcome,
     OutcomeEvents,
     stream_interrupted,
@@ -44,6 +53,10 @@ from switchyard.inference.redelivery import OutcomeLog, Recorded
 from switchyard.inference.runs import RequestRun
 
 log = structlog.get_logger("switchyard.inference.replies")
+
+# How long announcing that a batch-lane request began (`chat.started`) may hold it up (s):
+# the announcement only changes what a poll shows, never what is answered.
+START_ANNOUNCE_TIMEOUT_S = 2.0
 
 
 class PublishedOutcomes:
@@ -181,6 +194,25 @@ class ReplyPublisher:
                 Publication(self._topics.usage, usage, key=request.request_id),
             ]
         )
+
+    async def announce_start(self, run: RequestRun) -> None:
+        """Publish `chat.started` for `run`, a request inference begins after it waited in
+        its lane, to its reply partition: history then shows it running (a background
+        response `in_progress`, no longer `queued`). Best effort: a bus that does not take
+        it within `START_ANNOUNCE_TIMEOUT_S`, or refuses it, is logged and the request
+        runs all the same."""
+        request = run.request
+        event = ChatStarted(
+            source=SOURCE,
+            tenant=request.tenant,
+            request_id=request.request_id,
+            data=ChatStartedData(priority=request.data.priority),
+        )
+        try:
+            async with asyncio.timeout(START_ANNOUNCE_TIMEOUT_S):
+                await self._publish_reply(request, event)
+        except (TimeoutError, EventRejectedError) as exc:
+            log.warning("could not announce that the request started", error=repr(exc))
 
     async def _publish_reply(self, request: ChatRequested, event: EnvelopeFields) -> None:
         """Publish the stream record `event` to the client's reply partition."""
