@@ -302,6 +302,20 @@ def test_the_list_prints_what_headers_say_escaped(monkeypatch):
     assert "\x00" not in result.stdout and "\x1b" not in result.stdout
 
 
+def test_an_empty_list_still_prints_its_header_row(monkeypatch):
+    from switchyard.common import cli
+
+    letters = from_records([])
+    monkeypatch.setattr(
+        cli, "_dead_letters", lambda topic, group=None: (object(), letters, topic, group)
+    )
+    result = CliRunner().invoke(cli.build(), ["deadletter", "list", "--topic", "control"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == list(cli.DEAD_LETTER_COLUMNS) and len(lines) == 2
+    assert "0 of 0 dead letter(s)" in result.stderr
+
+
 async def test_a_marker_that_cannot_be_written_says_the_letter_went(monkeypatch):
     from switchyard.common import deadletter
 

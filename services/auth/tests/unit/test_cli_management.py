@@ -63,6 +63,16 @@ def test_keys_list_and_revoke(cli, run_with_service) -> None:
     assert unknown.exit_code == 1 and "No API key" in unknown.output
 
 
+def test_an_empty_listing_still_prints_its_header_row(cli) -> None:
+    """A script reading the listing finds the header whether or not there are rows."""
+    for command, first in (("users", "id"), ("keys", "key_id"), ("teams", "id")):
+        listed = cli(command, "list", "--tenant", "nobody")
+        assert listed.exit_code == 0, listed.output
+        lines = listed.stdout.splitlines()
+        assert lines[0].split()[0] == first and set(lines[1].replace(" ", "")) == {"-"}
+        assert len(lines) == 2, command
+
+
 def test_the_plain_listings_have_a_header_row_and_aligned_columns(cli) -> None:
     """`users list`, `keys list` and `teams list` print a header, a rule and one row per
     item, each column starting where its header does (what `--json` does not need)."""

@@ -121,6 +121,8 @@ def gateway(monkeypatch) -> list[httpx.Request]:
         if request.method == "POST" and path == "/v1/replays":
             return httpx.Response(201, json={**REPORT, "status": "running", "data": []})
         if path == "/v1/replays" and request.method == "GET":
+            if request.url.params.get("status") == "expired":  # none in that state
+                return httpx.Response(200, json={"object": "list", "data": [], "next_cursor": None})
             # Two pages: the second after the first's cursor.
             if request.url.params.get("cursor") == "page-2":
                 later = {**REPORT, "id": "rp0", "status": "stopped"}
@@ -281,6 +283,15 @@ def test_list_stop_and_resume(gateway):
         "POST /v1/replays/rp1/resume",
         "GET /v1/replays/rp1",
     ]
+
+
+def test_an_empty_list_still_prints_its_header_row(gateway):
+    listed = run("list", "--status", "expired")
+
+    assert listed.exit_code == 0
+    titles, rows = _table(listed.stdout + "\n")
+    assert titles == ["id", "status", "requests", "to_model", "created_at"]
+    assert rows == []
 
 
 def test_an_unknown_replay_is_one_line_on_stderr_and_exit_1(gateway):

@@ -324,3 +324,11 @@ def test_cache_purge_in_embedded_mode_publishes_nothing(cli, cached, monkeypatch
     assert result.exit_code == 0, result.output
     assert "deleted 1 cached answer(s)" in result.output
     assert "embedded mode" in result.output
+
+
+def test_csv_cells_write_small_amounts_positionally_and_defuse_formulas():
+    from switchyard.history.usage import _cell
+
+    assert _cell(1.95e-05) == "0.0000195"  # never `1.95e-05`, text to some spreadsheets
+    assert (_cell(2.0), _cell(12.5), _cell(7), _cell(None)) == ("2.0", "12.5", 7, "")
+    assert _cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"

@@ -321,7 +321,7 @@ def topics_list(
     if as_json:
         for name, count in rows:
             typer.echo(json.dumps({"topic": name, "partitions": count}))
-    elif rows:
+    else:  # the header row even when there is no topic: scripts read it
         typer.echo(columns(("topic", "partitions"), rows))
 
 
@@ -489,8 +489,8 @@ def deadletter_list(
                 _short_reason(letter.reason),
             )
         )
-    if rows:
-        typer.echo(columns(DEAD_LETTER_COLUMNS, rows))
+    # The header row even when there is no letter: scripts read it.
+    typer.echo(columns(DEAD_LETTER_COLUMNS, rows))
     typer.echo(f"{len(shown)} of {len(chosen)} dead letter(s)", err=True)
 
 

@@ -140,7 +140,7 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(health_router({"database": database_ready}))
-    app.include_router(metrics_router(token=settings.metrics_token))
+    app.include_router(metrics_router(token=settings.metrics_token, service="auth"))
     app.include_router(jwks.router)
     app.include_router(tokens.router)
     app.include_router(api_keys.router)

@@ -380,7 +380,7 @@ def list_users(
                 "created_at": user.created_at.isoformat(),
             }
             typer.echo(json.dumps(fields))
-    elif users:
+    else:  # the header row even when there is no user: scripts read it
         typer.echo(
             columns(
                 ("id", "email", "tenant", "role", "status"),
@@ -517,7 +517,7 @@ def list_keys(
             typer.echo(json.dumps(fields))
         else:
             rows.append((key.id, f"{key.prefix}...", key.name, key.tenant, state))
-    if rows:
+    if not as_json:  # the header row even when there is no key: scripts read it
         typer.echo(columns(("key_id", "prefix", "name", "tenant", "status"), rows))
 
 
@@ -682,7 +682,7 @@ def list_teams(
     if as_json:
         for team in teams:
             typer.echo(json.dumps(_team_fields(team)))
-    elif teams:
+    else:  # the header row even when there is no team: scripts read it
         typer.echo(
             columns(
                 ("id", "tenant", "name", "limits"),

@@ -284,7 +284,7 @@ def create_app(
             }
         )
     )
-    app.include_router(metrics_router(token=settings.metrics_token))
+    app.include_router(metrics_router(token=settings.metrics_token, service="gateway"))
     install_docs(app, "Switchyard gateway", GATEWAY_DOCS)
     # Mounted after every API and docs route, so its own handling never touches them.
     if settings.console_enabled:

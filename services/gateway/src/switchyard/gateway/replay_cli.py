@@ -255,8 +255,8 @@ def list_replays(
         if not page.get("next_cursor"):
             break
         params["cursor"] = page["next_cursor"]
-    if rows:
-        typer.echo(columns(("id", "status", "requests", "to_model", "created_at"), rows))
+    # The header row even when there is no replay: scripts read it.
+    typer.echo(columns(("id", "status", "requests", "to_model", "created_at"), rows))
 
 
 def _finish(client: Client, replay_id: str, output_format: str, wait: bool) -> None:

@@ -250,7 +250,7 @@ def create_app(
         )
 
     app.include_router(health_router({"database": database_ready, "bus": bus_ready}))
-    app.include_router(metrics_router(token=settings.metrics_token))
+    app.include_router(metrics_router(token=settings.metrics_token, service="history"))
     app.include_router(history_router(settings.internal_token))
     app.include_router(usage_router(settings.internal_token))
     app.include_router(performance_router(settings.internal_token))

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from switchyard.history.queries import DIMENSIONS, TIME_BUCKETS, UsageQuery, UsageRow
@@ -175,6 +177,10 @@ def _cell(value: Any) -> Any:
     # Spreadsheets run cells starting with these as formulas (CSV injection).
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
+    if isinstance(value, float) and math.isfinite(value):
+        # Positional, with the float's own shortest digits: `0.0000195`, never `1.95e-05`,
+        # which some spreadsheets and scripts read as text.
+        return format(Decimal(repr(value)), "f")
     return "" if value is None else value
 
 

@@ -201,6 +201,9 @@ async def authenticated_principal(request: Request) -> Principal:
     try:
         return await gateway.authenticator.authenticate(authorization, api_key)
     except AuthenticationError:
+        # Counted, not logged: a key-stuffing flood or a revoked key still in use shows
+        # on the dashboards without one log line per attempt.
+        REJECTED.labels("invalid_credentials").inc()
         raise APIError(
             401,
             "Invalid or missing credentials. Send an API key as 'x-api-key: <key>' or "
