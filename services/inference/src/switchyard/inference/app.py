@@ -165,7 +165,7 @@ def create_app(
 
     install_error_handlers(app)
     app.include_router(health_router({"bus": bus_ready, "outcomes": outcomes_ready}))
-    app.include_router(metrics_router(token=settings.metrics_token))
+    app.include_router(metrics_router(token=settings.metrics_token, service="inference"))
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(TracingMiddleware)
