@@ -361,6 +361,35 @@ async def test_events_received_while_the_database_is_unusable_are_stored_once_it
     assert not dead_letters
 
 
+async def test_a_schema_behind_this_version_is_an_outage_not_bad_events(
+    tmp_path, events, start_service
+):
+    """New code on a database the previous version migrated (its `switchyard db upgrade`
+    not run yet, one column missing): not ready, and the batches that need the column are
+    retried, never dead-lettered, until the upgrade runs."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'behind.db'}"
+    await asyncio.to_thread(upgrade, MIGRATIONS_DIR, url, VERSION_TABLE, "0011")
+    request = events.requested()
+    settings = Settings(database_url=url, internal_token=TOKEN, topic_prefix="t3")
+    async with start_service(settings) as service:
+        ready = await service.client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["database"] is False
+        failures_before = _persist_failures()
+        await service.publish(request, events.completed(request))
+        await async_wait_until(
+            lambda: _async(_persist_failures() > failures_before),
+            timeout=10,
+            message="the first write to fail",
+        )
+        await asyncio.to_thread(upgrade, MIGRATIONS_DIR, url, VERSION_TABLE)
+        item = await service.wait_for(request.request_id, "completed")
+        dead_letters = service.bus.dead_letters
+        assert (await service.client.get("/readyz")).status_code == 200
+
+    assert item["status"] == "completed"
+    assert not dead_letters
+
+
 def _persist_failures() -> float:
     return REGISTRY.get_sample_value("switchyard_history_persist_failures_total") or 0.0
 

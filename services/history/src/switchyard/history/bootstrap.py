@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import literal, select, text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common import exactjson
@@ -55,23 +55,34 @@ class HistoryComponents:
     owned_admission: GatewayAdmission | None = None
 
     async def database_ready(self) -> bool:
-        """True when the database answers `SELECT 1` (readiness); False on any error."""
+        """True when the database answers and has every table and column this version
+        writes (readiness); False on any error. A schema behind the code (an upgrade whose
+        `switchyard db upgrade` has not run) is logged as such: the replica stays out of
+        service rather than failing the batches that need the new columns."""
         try:
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
+                try:
+                    await _probe_schema(connection)
+                except Exception as exc:  # noqa: BLE001 - a table or column missing
+                    log.error(
+                        "the database schema is behind this version of history: run "
+                        "`switchyard db upgrade`",
+                        error=repr(exc)[:300],
+                    )
+                    return False
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
             log.warning("database not ready", error=repr(exc))
             return False
         return True
 
     async def database_writable(self) -> bool:
-        """The database answers, has history's tables (migrated) and accepts writes (a
-        standby or a read-only server does not): while it is false, a failing batch is an
-        outage, never a bad event."""
+        """The database answers, has history's tables and columns (migrated) and accepts
+        writes (a standby or a read-only server does not): while it is false, a failing
+        batch is an outage, never a bad event."""
         try:
             async with self.engine.connect() as connection:
-                for table in Base.metadata.sorted_tables:  # every table a batch may write
-                    await connection.execute(select(literal(1)).select_from(table).limit(0))
+                await _probe_schema(connection)
                 if self.engine.dialect.name == "postgresql":
                     setting = text("SELECT current_setting('transaction_read_only')")
                     return bool((await connection.execute(setting)).scalar_one() == "off")
@@ -84,6 +95,13 @@ class HistoryComponents:
         if self.owned_admission is not None:
             await self.owned_admission.close()
         await dispose_engine(self.engine)
+
+
+async def _probe_schema(connection: Any) -> None:
+    """Read no row, but every column, of every table a batch may write: raises when one is
+    missing (a database migrated by an older version)."""
+    for table in Base.metadata.sorted_tables:
+        await connection.execute(select(*table.columns).limit(0))
 
 
 def _json_dumps(value: Any) -> str:
