@@ -347,6 +347,25 @@ def test_readiness_fails_when_the_database_is_unreachable(settings: Settings) ->
     assert response.status_code == 503 and response.json()["checks"] == {"database": False}
 
 
+def test_readiness_fails_while_the_schema_is_behind_this_version(
+    settings: Settings, tmp_path
+) -> None:
+    """A database the previous version migrated (`switchyard db upgrade` not run yet): the
+    replica stays out of service rather than answering 500s on the missing column."""
+    from switchyard.auth.plugin import MIGRATIONS_DIR
+    from switchyard.common.db import upgrade
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'behind.db'}"
+    upgrade(str(MIGRATIONS_DIR), url, "alembic_version_auth", "0003")
+    behind = settings.model_copy(update={"database_url": url})
+    with TestClient(create_app(behind)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503 and response.json()["checks"] == {"database": False}
+    upgrade(str(MIGRATIONS_DIR), url, "alembic_version_auth")
+    with TestClient(create_app(behind)) as client:
+        assert client.get("/readyz").status_code == 200
+
+
 def test_internal_key_by_id_tells_the_state_of_any_key_and_needs_the_internal_token(
     client: TestClient, create_user, run_with_service, internal: dict[str, str]
 ) -> None:

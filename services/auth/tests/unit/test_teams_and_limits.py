@@ -329,7 +329,7 @@ def test_a_tenant_nobody_is_in_is_taken_for_a_typo(cli) -> None:
         refused = cli(*command)
         assert refused.exit_code == 1, refused.output
         assert "No user or team is in tenant 'acmee'" in refused.output
-    assert cli("teams", "list").stdout.strip() == ""
+    assert cli("teams", "list", "--json").stdout.strip() == ""
     assert cli("teams", "create", "--tenant", "acme", "--name", "t1").exit_code == 0
 
 
@@ -413,7 +413,7 @@ def test_operators_manage_teams_keys_and_tenants_from_the_cli(cli) -> None:
     deleted = cli("teams", "delete", "ml", "--tenant", "acme", "--force")
     assert deleted.exit_code == 0, deleted.output
     assert "no longer have its limits" in deleted.stdout
-    assert cli("teams", "list").stdout.strip() == ""
+    assert cli("teams", "list", "--json").stdout.strip() == ""
 
 
 def test_a_tenant_limit_below_its_users_or_keys_applies_and_leaves_them_editable(cli) -> None:
@@ -473,7 +473,7 @@ def test_bad_cli_input_is_one_line_and_writes_nothing(cli, args) -> None:
     assert refused.exit_code == 1, refused.output
     assert refused.exception is None or isinstance(refused.exception, SystemExit)
     assert len(refused.output.strip().splitlines()) == 1, refused.output
-    assert cli("teams", "list").stdout.strip() == ""
+    assert cli("teams", "list", "--json").stdout.strip() == ""
     assert cli("keys", "list", "--json").stdout.strip() == ""
 
 

@@ -455,6 +455,21 @@ def downgrade(script_location: str, url: str, version_table: str, revision: str)
     command.downgrade(alembic_config(script_location, url, version_table), revision)
 
 
+async def probe_schema(connection: Any, metadata: Any) -> None:
+    """Read no row, but every column, of every table of `metadata` (SQLAlchemy's
+    `MetaData`) on `connection` (an async connection). Raises what the database raises when
+    one is missing: a database migrated by an older version than the code's, whose
+    `switchyard db upgrade` has not run."""
+    from sqlalchemy import select
+
+    for table in metadata.sorted_tables:
+        await connection.execute(select(*table.columns).limit(0))
+
+
+# What a service logs while its database's schema is behind its code.
+SCHEMA_BEHIND = "the database schema is behind this version: run `switchyard db upgrade`"
+
+
 def dialect_insert(table: Any, dialect_name: str) -> PgInsert | SqliteInsert:
     """The dialect's INSERT, which has `on_conflict_do_nothing` / `on_conflict_do_update`
     on both PostgreSQL and SQLite."""

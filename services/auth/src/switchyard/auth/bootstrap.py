@@ -11,11 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.auth.config import Settings
 from switchyard.auth.governance import Governance
+from switchyard.auth.models import Base
 from switchyard.auth.outbox import OutboxRelay
 from switchyard.auth.passwords import PasswordHasher
 from switchyard.auth.ratelimit import LoginRateLimiter, SlidingWindowLimiter
@@ -23,8 +25,16 @@ from switchyard.auth.service import AuthService
 from switchyard.auth.signing import load_signing_key, load_verification_keys
 from switchyard.auth.tokens import TokenIssuer
 from switchyard.common.bus import EventBus
-from switchyard.common.db import create_engine, dispose_engine, session_factory
+from switchyard.common.db import (
+    SCHEMA_BEHIND,
+    create_engine,
+    dispose_engine,
+    probe_schema,
+    session_factory,
+)
 from switchyard.common.topics import Topics
+
+log = structlog.get_logger("switchyard.auth.bootstrap")
 
 
 @dataclass
@@ -41,10 +51,17 @@ class AuthContext:
     outbox: OutboxRelay
 
     async def database_ready(self) -> bool:
-        """True when the database answers `SELECT 1` (readiness); False on any error."""
+        """True when the database answers and has every table and column this version
+        uses (readiness); False on any error, a schema behind the code (its `switchyard
+        db upgrade` not run) logged as such."""
         try:
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
+                try:
+                    await probe_schema(connection, Base.metadata)
+                except Exception as exc:  # noqa: BLE001 - a table or column missing
+                    log.error(SCHEMA_BEHIND, error=repr(exc)[:300])
+                    return False
             return True
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             return False

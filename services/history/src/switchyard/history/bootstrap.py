@@ -12,12 +12,12 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common import exactjson
 from switchyard.common.bus import EventBus
-from switchyard.common.db import create_engine, dispose_engine
+from switchyard.common.db import SCHEMA_BEHIND, create_engine, dispose_engine, probe_schema
 from switchyard.common.egress import TargetPolicy, parse_networks
 from switchyard.common.topics import Topics
 from switchyard.history.cache import CacheStore
@@ -63,13 +63,9 @@ class HistoryComponents:
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
                 try:
-                    await _probe_schema(connection)
+                    await probe_schema(connection, Base.metadata)
                 except Exception as exc:  # noqa: BLE001 - a table or column missing
-                    log.error(
-                        "the database schema is behind this version of history: run "
-                        "`switchyard db upgrade`",
-                        error=repr(exc)[:300],
-                    )
+                    log.error(SCHEMA_BEHIND, error=repr(exc)[:300])
                     return False
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
             log.warning("database not ready", error=repr(exc))
@@ -82,7 +78,7 @@ class HistoryComponents:
         batch is an outage, never a bad event."""
         try:
             async with self.engine.connect() as connection:
-                await _probe_schema(connection)
+                await probe_schema(connection, Base.metadata)
                 if self.engine.dialect.name == "postgresql":
                     setting = text("SELECT current_setting('transaction_read_only')")
                     return bool((await connection.execute(setting)).scalar_one() == "off")
@@ -95,13 +91,6 @@ class HistoryComponents:
         if self.owned_admission is not None:
             await self.owned_admission.close()
         await dispose_engine(self.engine)
-
-
-async def _probe_schema(connection: Any) -> None:
-    """Read no row, but every column, of every table a batch may write: raises when one is
-    missing (a database migrated by an older version)."""
-    for table in Base.metadata.sorted_tables:
-        await connection.execute(select(*table.columns).limit(0))
 
 
 def _json_dumps(value: Any) -> str:
