@@ -335,27 +335,33 @@ async def test_not_ready_while_the_database_is_unreachable(events):
     assert response.json()["checks"]["database"] is False
 
 
+async def _stored_once_migrated(service, events, url: str) -> tuple[dict, list]:
+    """Publish a request and its reply, wait for their first write to fail, migrate the
+    database to head, and return the request's history item and the dead letters."""
+    request = events.requested()
+    failures_before = _persist_failures()
+    await service.publish(request, events.completed(request))
+    await async_wait_until(
+        lambda: _async(_persist_failures() > failures_before),
+        timeout=10,
+        message="the first write to fail",
+    )
+    # Off the event loop: a retry of the service may be holding SQLite's write lock,
+    # which it releases only when the loop runs on (blocked, the migration would wait
+    # for it until "database is locked").
+    await asyncio.to_thread(upgrade, MIGRATIONS_DIR, url, VERSION_TABLE)
+    item = await service.wait_for(request.request_id, "completed")
+    return item, service.bus.dead_letters
+
+
 async def test_events_received_while_the_database_is_unusable_are_stored_once_it_recovers(
     tmp_path, events, start_service
 ):
     # The tables do not exist yet, so every write fails until the migration has run.
     url = f"sqlite+aiosqlite:///{tmp_path / 'late.db'}"
-    request = events.requested()
     settings = Settings(database_url=url, internal_token=TOKEN, topic_prefix="t2")
     async with start_service(settings) as service:
-        failures_before = _persist_failures()
-        await service.publish(request, events.completed(request))
-        await async_wait_until(
-            lambda: _async(_persist_failures() > failures_before),
-            timeout=10,
-            message="the first write to fail",
-        )
-        # Off the event loop: a retry of the service may be holding SQLite's write lock,
-        # which it releases only when the loop runs on (blocked, the migration would wait
-        # for it until "database is locked").
-        await asyncio.to_thread(upgrade, MIGRATIONS_DIR, url, VERSION_TABLE)
-        item = await service.wait_for(request.request_id, "completed")
-        dead_letters = service.bus.dead_letters
+        item, dead_letters = await _stored_once_migrated(service, events, url)
 
     assert item["response"]["choices"][0]["message"]["content"] == "Hi there!"
     assert not dead_letters
@@ -369,21 +375,11 @@ async def test_a_schema_behind_this_version_is_an_outage_not_bad_events(
     retried, never dead-lettered, until the upgrade runs."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'behind.db'}"
     await asyncio.to_thread(upgrade, MIGRATIONS_DIR, url, VERSION_TABLE, "0011")
-    request = events.requested()
     settings = Settings(database_url=url, internal_token=TOKEN, topic_prefix="t3")
     async with start_service(settings) as service:
         ready = await service.client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["database"] is False
-        failures_before = _persist_failures()
-        await service.publish(request, events.completed(request))
-        await async_wait_until(
-            lambda: _async(_persist_failures() > failures_before),
-            timeout=10,
-            message="the first write to fail",
-        )
-        await asyncio.to_thread(upgrade, MIGRATIONS_DIR, url, VERSION_TABLE)
-        item = await service.wait_for(request.request_id, "completed")
-        dead_letters = service.bus.dead_letters
+        item, dead_letters = await _stored_once_migrated(service, events, url)
         assert (await service.client.get("/readyz")).status_code == 200
 
     assert item["status"] == "completed"
