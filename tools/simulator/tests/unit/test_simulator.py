@@ -502,9 +502,18 @@ def test_simulator_exposes_prometheus_metrics():
 
     from switchyard.simulator.app import create_simulator_app
 
+    from prometheus_client import Gauge
+
+    # A service module imported into the same process registers its metrics at zero:
+    # the simulator's scrape must not report them as its own.
+    try:
+        Gauge("switchyard_auth_simulator_probe", "an auth metric imported by the process")
+    except ValueError:
+        pass  # registered by an earlier run in this process
     response = TestClient(create_simulator_app()).get("/metrics")
     assert response.status_code == 200
     assert "process_cpu_seconds_total" in response.text or "python_gc_objects" in response.text
+    assert "switchyard_auth_" not in response.text
 
 
 async def test_openai_prompt_cache_reports_cached_tokens_from_the_second_request(

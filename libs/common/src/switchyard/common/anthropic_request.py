@@ -420,7 +420,7 @@ class MessagesParameters(TypedDict, total=False):
     messages: Required[AnthropicMessages]
     system: System
     thinking: AnthropicThinking
-    # 0 warms the prompt cache without generating (`PREWARM_RULES`).
+    # 0 warms the prompt cache without generating (`MESSAGES_RULES` bound what goes with it).
     max_tokens: Required[Annotated[int, Field(ge=0)]]
     metadata: _Metadata
     stop_sequences: list[Annotated[str, AfterValidator(_has_non_whitespace)]]

@@ -2291,10 +2291,15 @@ def _parse_fault(body: dict[str, Any]) -> tuple[Fault, int]:
 
 
 async def _metrics(_: Request) -> Response:
-    """Prometheus exposition of the simulator process (so a scrape config can include it)."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    """Prometheus exposition of the simulator process (so a scrape config can include it),
+    without the services' metric families its process may have registered by importing
+    them (`OwnFamilies`)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    from switchyard.common.metrics import OwnFamilies
+
+    own = OwnFamilies(REGISTRY, "simulator")
+    return Response(generate_latest(own), media_type=CONTENT_TYPE_LATEST)
 
 
 # What each simulator route is for, in its OpenAPI document.
