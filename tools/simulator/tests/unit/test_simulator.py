@@ -498,11 +498,10 @@ def test_invalid_mid_stream_fault_is_refused(simulator) -> None:
 
 
 def test_simulator_exposes_prometheus_metrics():
+    from prometheus_client import Gauge
     from starlette.testclient import TestClient
 
     from switchyard.simulator.app import create_simulator_app
-
-    from prometheus_client import Gauge
 
     # A service module imported into the same process registers its metrics at zero:
     # the simulator's scrape must not report them as its own.
