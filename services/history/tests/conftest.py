@@ -21,6 +21,8 @@ from switchyard.common.events import (
     ChatFailedData,
     ChatRequestData,
     ChatRequested,
+    ChatStarted,
+    ChatStartedData,
     ClientAPI,
     ErrorInfo,
     Priority,
@@ -133,6 +135,16 @@ class EventFactory:
                 ),
                 latency_ms=42.5,
             ),
+        )
+
+    def started(self, request: ChatRequested) -> ChatStarted:
+        """Inference began to run `request` (the batch lane)."""
+        return ChatStarted(
+            source="inference",
+            tenant=request.tenant,
+            request_id=request.request_id,
+            time=self.tick(),
+            data=ChatStartedData(priority=Priority.BATCH),
         )
 
     def failed(

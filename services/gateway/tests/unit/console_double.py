@@ -49,6 +49,8 @@ class ConsoleDouble(AuthDouble):
     metrics: str = ""
     # Rows of history's `GET /v1/usage/performance` (the models page's last hour).
     performance: list[dict[str, Any]] = field(default_factory=list)
+    # Jobs of history's `GET /v1/jobs` (the jobs page).
+    jobs: list[dict[str, Any]] = field(default_factory=list)
     recorded: list[httpx.Request] = field(default_factory=list)
     # Seconds auth asks a throttled sign-in to wait; None: sign-ins are not throttled.
     sign_in_throttled_s: int | None = None
@@ -323,5 +325,5 @@ class ConsoleDouble(AuthDouble):
                 200, {"object": "usage.performance", "data": self.performance, "totals": {}}
             )
         if path == "/v1/jobs":
-            return self._json(200, {"object": "list", "data": [], "next_cursor": None})
+            return self._json(200, {"object": "list", "data": self.jobs, "next_cursor": None})
         return self._error(404, "Not Found")

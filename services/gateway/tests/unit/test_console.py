@@ -1049,6 +1049,36 @@ async def test_cancelling_a_job_records_it_at_history_and_tells_inference():
         assert seen[0].request_id == "job1" and seen[0].tenant == "acme"
 
 
+async def test_the_jobs_page_offers_cancel_for_unfinished_jobs_only():
+    def job(job_id: str, status: str) -> dict:
+        return {
+            "id": job_id,
+            "object": "job",
+            "status": status,
+            "model": "sim-small",
+            "created_at": "2026-01-01T00:00:00Z",
+            "started_at": None,
+            "completed_at": None,
+            "error": None,
+            "webhook": None,
+        }
+
+    double = ConsoleDouble()
+    double.jobs = [
+        job("jobqueued", "queued"),
+        job("jobrunning", "in_progress"),
+        job("jobdone", "completed"),
+    ]
+    async with console(double) as gw:
+        await sign_in(gw)
+        page = (await gw.client.get("/ui/jobs")).text
+    assert 'action="/ui/jobs/jobqueued/cancel"' in page
+    assert 'action="/ui/jobs/jobrunning/cancel"' in page
+    assert "jobdone/cancel" not in page
+    assert 'class="status status-in_progress"' in page
+    assert '<option value="in_progress"' in page
+
+
 async def test_the_request_log_pages_with_history_cursors_and_keeps_the_filters():
     double = ConsoleDouble()
     double.add_item(double.account("alice@acme.test"))

@@ -140,6 +140,46 @@ async def test_jobs_list_holds_only_jobs_and_filters_by_status(service, recorder
     assert (await _job(service, interactive.request_id))[0] == 404
 
 
+async def test_a_job_is_in_progress_once_inference_starts_it(service, recorder, events):
+    """`queued` while it waits in the batch lane, `in_progress` (with `started_at`) once
+    inference says it began (`chat.started`); `?status=` tells the two apart, and a job in
+    progress can still be cancelled."""
+    waiting, running, done = job_request(events), job_request(events), job_request(events)
+    await recorder.record([waiting, running, done])
+    await recorder.record([events.started(running), events.started(done)])
+    await recorder.record([events.completed(done), events.usage(done)])
+
+    async def listed(status: str) -> list[str]:
+        response = await service.client.get(
+            "/v1/jobs", params={"status": status}, headers=service.headers()
+        )
+        assert response.status_code == 200, response.text
+        return [job["id"] for job in response.json()["data"]]
+
+    _, shown = await _job(service, running.request_id)
+    assert (shown["status"], shown["result"], shown["error"]) == ("in_progress", None, None)
+    assert shown["started_at"] is not None and shown["completed_at"] is None
+    _, still_waiting = await _job(service, waiting.request_id)
+    assert (still_waiting["status"], still_waiting["started_at"]) == ("queued", None)
+    _, finished = await _job(service, done.request_id)
+    assert finished["status"] == "completed" and finished["started_at"] is not None
+    assert await listed("queued") == [waiting.request_id]
+    assert await listed("in_progress") == [running.request_id]
+    assert await listed("queued,in_progress") == [running.request_id, waiting.request_id]
+    assert await listed("completed") == [done.request_id]
+
+    cancelled = await service.client.post(
+        f"/v1/jobs/{running.request_id}/cancel", headers=service.headers()
+    )
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    refused = await service.client.post(
+        f"/v1/jobs/{done.request_id}/cancel", headers=service.headers()
+    )
+    assert refused.status_code == 409
+    assert "queued or in progress" in refused.json()["error"]["message"]
+
+
 async def test_cancelling_a_queued_job_records_its_terminal_state_once(
     service, recorder, tables, events
 ):

@@ -16,7 +16,15 @@ from switchyard.gateway.idempotency import IDEMPOTENT_PATHS
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 REQUEST_STATUSES = ("pending", "completed", "failed", "cancelled", "expired", "refused")
-JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired", "refused")
+JOB_STATUSES = (
+    "queued",
+    "in_progress",
+    "completed",
+    "failed",
+    "cancelled",
+    "expired",
+    "refused",
+)
 REPLAY_STATUSES = ("running", "stopped", "completed")
 TIME_HELP = (
     "ISO 8601 instant (2025-03-01T00:00:00Z), a date (2025-03-01) or relative to now (7d, 12h)."

@@ -23,7 +23,10 @@ from switchyard.history.timeparse import isoformat_z
 # Namespace of the ids of events history derives from a request id.
 _HISTORY_EVENTS = uuid.UUID("1b1f3c5e-5d0e-4a8e-9a43-6c1e2b9b1f00")
 
-JOB_STATUSES = ("queued", "completed", "failed", "cancelled", "expired", "refused")
+# `queued` and `in_progress` are both a pending request: `in_progress` once inference said it
+# began to run it (`chat.started`, recorded as `started_at`).
+JOB_STATUSES = ("queued", "in_progress", "completed", "failed", "cancelled", "expired", "refused")
+UNFINISHED_JOB_STATUSES = ("queued", "in_progress")
 
 
 def derived_event_id(kind: str, request_id: str) -> str:
@@ -37,16 +40,12 @@ def expiry_event_id(request_id: str) -> str:
     return derived_event_id("expired", request_id)
 
 
-def job_status(request_status: str) -> str:
-    """The job status shown for a request status: `queued` for `pending`, otherwise the same."""
-    return "queued" if request_status == RequestStatus.PENDING.value else request_status
-
-
-def request_statuses(job_statuses: list[str]) -> list[str]:
-    """The request statuses behind job statuses (`queued` becomes `pending`)."""
-    return [
-        RequestStatus.PENDING.value if status == "queued" else status for status in job_statuses
-    ]
+def job_status(row: dict[str, Any]) -> str:
+    """The job status shown for a request row: a `pending` request is `queued` until inference
+    began to run it (`started_at`), then `in_progress`; any other status is shown as it is."""
+    if row["status"] != RequestStatus.PENDING.value:
+        return str(row["status"])
+    return "in_progress" if row.get("started_at") is not None else "queued"
 
 
 def cancellation_event(tenant: str, request_id: str, user_id: str) -> ChatFailed:
@@ -105,7 +104,7 @@ def expiry_event(tenant: str, request_id: str) -> ChatFailed:
 
 def job_object(row: dict[str, Any]) -> dict[str, Any]:
     """The jobs API's view of a request row (with its webhook columns, if any)."""
-    status = job_status(row["status"])
+    status = job_status(row)
     webhook = None
     if row.get("webhook_url"):
         delivered_at = row.get("webhook_delivered_at")
@@ -117,6 +116,7 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
             "last_error": row.get("webhook_last_error"),
         }
     completed_at = row.get("completed_at")
+    started_at = row.get("started_at")
     return {
         "id": row["request_id"],
         "object": "job",
@@ -124,9 +124,12 @@ def job_object(row: dict[str, Any]) -> dict[str, Any]:
         "api": row.get("api"),
         "model": row.get("model"),
         "created_at": isoformat_z(row["created_at"]),
+        "started_at": isoformat_z(started_at) if started_at else None,
         "completed_at": isoformat_z(completed_at) if completed_at else None,
         "result": row.get("response") if status == "completed" else None,
-        "error": row.get("error") if status not in ("queued", "completed") else None,
+        "error": row.get("error")
+        if status not in (*UNFINISHED_JOB_STATUSES, "completed")
+        else None,
         "usage": history_usage(row).model_dump(),
         "cost_usd": row.get("cost_usd"),
         "deployment": row.get("deployment"),

@@ -37,8 +37,10 @@ from sqlalchemy import (
     Row,
     Select,
     Text,
+    and_,
     cast,
     func,
+    or_,
     select,
     tuple_,
 )
@@ -150,6 +152,16 @@ async def _decoded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if size > OFF_LOOP_BYTES:
         return await asyncio.to_thread(_decode_documents, rows)
     return _decode_documents(rows)
+
+
+def _job_status_is(status: str) -> ColumnElement[bool]:
+    """The condition for a request row to show the job status `status` (`jobs.job_status`)."""
+    c = requests_table.c
+    if status == "queued":
+        return and_(c.status == RequestStatus.PENDING.value, c.started_at.is_(None))
+    if status == "in_progress":
+        return and_(c.status == RequestStatus.PENDING.value, c.started_at.is_not(None))
+    return c.status == status
 
 
 def encode_cursor(created_at: datetime, request_id: str) -> str:
@@ -395,7 +407,8 @@ class HistoryQueries:
         statuses: Sequence[str] = (),
     ) -> Page:
         """A page of the caller's jobs (batch-lane requests), newest first, optionally only those
-        with the given request statuses.
+        with the given job statuses (`jobs.JOB_STATUSES`: `queued` and `in_progress` are a
+        pending request before and after `started_at`, the rest request statuses).
 
         Raises:
             ValueError: `limit` outside 1 to `MAX_PAGE_SIZE`.
@@ -403,7 +416,7 @@ class HistoryQueries:
         """
         query = self._jobs_visible_to(caller)
         if statuses:
-            query = query.where(requests_table.c.status.in_(list(statuses)))
+            query = query.where(or_(*(_job_status_is(status) for status in statuses)))
         return await self._page(query, limit, cursor)
 
     async def get_job(self, caller: Caller, job_id: str) -> dict[str, Any] | None:

@@ -9,10 +9,11 @@ forwarded headers (`anthropic-version`...), as a `chat.requested` with priority 
 on the batch topic — no gateway waits for it, so it has no reply address — and the
 answer is 202 at once with the job id. Inference serves the batch lane only with
 capacity interactive traffic leaves free. History records the job like any request;
-`GET /v1/jobs/{id}` shows its status (queued, completed, failed, cancelled, expired,
-refused) and, once done, its result in the job's API; `GET /v1/jobs` lists them;
-`POST /v1/jobs/{id}/cancel` cancels one that has not finished: history records the
-cancellation (the job's terminal state) and the gateway tells inference to skip it.
+`GET /v1/jobs/{id}` shows its status (queued, in_progress once inference began to run
+it, completed, failed, cancelled, expired, refused) and, once done, its result in the
+job's API; `GET /v1/jobs` lists them; `POST /v1/jobs/{id}/cancel` cancels one that has
+not finished: history records the cancellation (the job's terminal state) and the gateway
+tells inference to skip or stop it.
 
 A job that asked for a webhook is POSTed to it when it finishes, signed with the
 tenant's secret (see the history service's `webhooks` module for the format). The URL is
@@ -211,6 +212,7 @@ async def create_job(
         "api": client.api.value,
         "model": client.model,
         "created_at": created_at,
+        "started_at": None,
         "completed_at": None,
         "result": None,
         "error": None,
@@ -232,7 +234,8 @@ async def create_job(
 async def list_jobs(request: Request, principal: CurrentPrincipal, gateway: GatewayDep) -> Response:
     """Query parameters: `limit` (1-100; a page ends sooner, one job at least, before its
     requests and replies pass about 16 MB), `cursor`, `status` (comma-separated: queued,
-    completed, failed, cancelled, expired, refused). Admins see their whole tenant's jobs."""
+    in_progress, completed, failed, cancelled, expired, refused). Admins see their whole
+    tenant's jobs."""
     return await forward(gateway, principal, "/v1/jobs", request)
 
 

@@ -787,7 +787,8 @@ async def teams(request: Request, viewer: CurrentViewer) -> Response:
 
 @router.get("/jobs")
 async def jobs(request: Request, viewer: CurrentViewer) -> Response:
-    """Asynchronous jobs with their status; queued ones can be cancelled."""
+    """Asynchronous jobs with their status; unfinished ones (queued, in progress) can be
+    cancelled."""
     query = request.query_params
     status = views.choice(query.get("status"), views.JOB_STATUSES, "")
     cursor = (query.get("cursor") or "")[:512]
@@ -813,7 +814,7 @@ async def jobs(request: Request, viewer: CurrentViewer) -> Response:
 
 @router.post("/jobs/{job_id}/cancel")
 async def cancel_job(job_id: str, request: Request, viewer: CurrentViewer) -> Response:
-    """Cancel a queued job (a finished one cannot be: the page says why)."""
+    """Cancel an unfinished job (a finished one cannot be: the page says why)."""
     if not (1 <= len(job_id) <= 64 and job_id.replace("-", "").replace("_", "").isalnum()):
         return render(request, "not_found.html", viewer, 404, what="job")
     try:

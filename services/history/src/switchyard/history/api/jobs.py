@@ -12,12 +12,7 @@ from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.history.api.dependencies import CallerDep, ComponentsDep, QueriesDep
 from switchyard.history.api.params import cursor_refusal, page_limit, parse_statuses
-from switchyard.history.jobs import (
-    JOB_STATUSES,
-    cancellation_event,
-    job_object,
-    request_statuses,
-)
+from switchyard.history.jobs import JOB_STATUSES, cancellation_event, job_object
 from switchyard.history.models import RequestStatus
 from switchyard.history.queries import DEFAULT_PAGE_SIZE, InvalidCursorError
 from switchyard.history.timeparse import isoformat_z
@@ -40,6 +35,7 @@ def _cancelled_before_recorded(job_id: str, event: Any) -> dict[str, Any]:
         "status": "cancelled",
         "model": None,
         "created_at": now,
+        "started_at": None,
         "completed_at": now,
         "result": None,
         "error": event.data.error.model_dump(mode="json"),
@@ -72,7 +68,7 @@ def jobs_router(internal_token: str) -> APIRouter:
         """Lists the caller's asynchronous jobs, newest first (a tenant admin sees every user's),
         a page at a time: pass `next_cursor` as `cursor` for the next page. 400 for an invalid
         `limit`, `cursor` or `status`."""
-        statuses = request_statuses(parse_statuses(status, JOB_STATUSES))
+        statuses = parse_statuses(status, JOB_STATUSES)
         try:
             page = await queries.list_jobs(caller, limit=limit, cursor=cursor, statuses=statuses)
         except InvalidCursorError as exc:
@@ -108,7 +104,8 @@ def jobs_router(internal_token: str) -> APIRouter:
         ] = False,
     ) -> Response:
         """Records the cancellation (the job's terminal state becomes `cancelled`); the
-        gateway then tells inference to skip or stop it. A finished job gets 409."""
+        gateway then tells inference to skip it (`queued`) or stop it (`in_progress`). A finished
+        job gets 409."""
         queries = components.queries
         row = await queries.get_job(caller, job_id)
         if row is None and accepted:
@@ -131,7 +128,7 @@ def jobs_router(internal_token: str) -> APIRouter:
             raise APIError(
                 409,
                 f"Job '{job_id}' already finished with status '{row['status']}'; "
-                "only a queued job can be cancelled.",
+                "only a job that is queued or in progress can be cancelled.",
                 param="job_id",
                 code="job_not_cancellable",
             )
