@@ -120,3 +120,50 @@ def test_sigterm_on_a_gateway_finishes_the_requests_it_holds(system):
     for text, response in results:
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["message"]["content"] == f"Simulated reply to: {text}"
+
+
+def test_sigterm_on_a_gateway_ends_a_stream_past_its_drain_with_an_error_event(system):
+    """A stream that outlasts the gateway's drain period (`SWITCHYARD_GATEWAY_SHUTDOWN_DRAIN_S`)
+    ends with a `gateway_shutting_down` error event instead of a dropped connection; the
+    gateway then exits by itself, and inference still finishes the request, which history
+    records as completed."""
+    from .test_protocols import recorded
+
+    port = free_port()
+    gateway = system.start_service(
+        "gateway-drain", "gateway", port=port, env={"SWITCHYARD_GATEWAY_SHUTDOWN_DRAIN_S": "1.5"}
+    )
+    body = {
+        "model": "sim-small",
+        "stream": True,
+        "messages": [{"role": "user", "content": "a long answer " + uuid.uuid4().hex}],
+    }
+    with simulator_at(system.url("simulator")) as simulator, simulator.slowed(8000):
+        lines: list[str] = []
+        with (
+            httpx.Client(timeout=60) as client,
+            client.stream(
+                "POST",
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {system.api_key}"},
+                json=body,
+            ) as response,
+        ):
+            assert response.status_code == 200
+            request_id = response.headers["x-request-id"]
+            for line in response.iter_lines():
+                if not line:
+                    continue
+                lines.append(line)
+                if len(lines) == 1:
+                    gateway.popen.send_signal(signal.SIGTERM)
+                    signalled = time.monotonic()
+        ended_after = time.monotonic() - signalled
+        exit_code = gateway.popen.wait(timeout=30)
+        assert_graceful_exit(gateway, exit_code)
+        assert 1.0 <= ended_after < 6.0, ended_after
+        last = lines[-1]
+        assert last.startswith("data: ") and "gateway_shutting_down" in last, lines[-3:]
+        assert "[DONE]" not in "".join(lines)
+        row = recorded(system, request_id)
+    assert row["status"] == "completed"

@@ -7,9 +7,11 @@ the migration's upgrade and downgrade."""
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 
-from switchyard.common.db import downgrade, upgrade
+from switchyard.common.db import create_engine, dispose_engine, downgrade, upgrade
 from switchyard.gateway.governance import ledger_checks
+from switchyard.gateway.governance.ledger import LedgerUnavailable
 from switchyard.gateway.governance.postgres import PostgresLedger
 from switchyard.gateway.plugin import MIGRATIONS_DIR
 
@@ -52,3 +54,34 @@ def test_the_ledger_migration_upgrades_and_downgrades(postgres_url: str) -> None
     upgrade(str(MIGRATIONS_DIR), postgres_url, VERSION_TABLE)
     downgrade(str(MIGRATIONS_DIR), postgres_url, VERSION_TABLE, "base")
     upgrade(str(MIGRATIONS_DIR), postgres_url, VERSION_TABLE)
+
+
+async def test_the_schema_check_sees_a_database_behind_and_a_store_that_is_down(
+    postgres_url: str,
+) -> None:
+    """Readiness's check (`schema_current`): no tables, or tables without migration 0001's
+    function, is a schema behind (False); a server that does not answer is a store down
+    (LedgerUnavailable), which the limits' failure modes handle instead."""
+    downgrade(str(MIGRATIONS_DIR), postgres_url, VERSION_TABLE, "base")
+    ledger = PostgresLedger.connect(postgres_url)
+    try:
+        assert await ledger.schema_current(5.0) is False
+        upgrade(str(MIGRATIONS_DIR), postgres_url, VERSION_TABLE)
+        assert await ledger.schema_current(5.0) is True
+        engine = create_engine(postgres_url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text("DROP FUNCTION governance_grant(text, jsonb)"))
+        finally:
+            await dispose_engine(engine)
+        assert await ledger.schema_current(5.0) is False
+    finally:
+        await ledger.close()
+        downgrade(str(MIGRATIONS_DIR), postgres_url, VERSION_TABLE, "base")
+        upgrade(str(MIGRATIONS_DIR), postgres_url, VERSION_TABLE)
+    down = PostgresLedger.connect("postgresql+psycopg://switchyard@127.0.0.1:1/none")
+    try:
+        with pytest.raises(LedgerUnavailable):
+            await down.schema_current(5.0)
+    finally:
+        await down.close()

@@ -208,6 +208,9 @@ async def gateway_with(
     a fake inference answering every chat request."""
     auth = auth or AuthDouble()
     settings = settings or Settings(request_timeout_s=2.0, topic_prefix="unit-auth")
+    if "governance_store" not in settings.model_fields_set:
+        # Unit tests need no database: limits are counted in memory unless a test asks.
+        settings.governance_store = "memory"
     bus = InMemoryBus()
     await bus.start()
     topics = Topics(settings.topic_prefix)

@@ -47,14 +47,21 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_each_request_is_one_server_span_of_switchyards_own() -> None:
+def test_each_request_is_one_server_span_of_switchyards_own(tmp_path) -> None:
     env = {
         name: value
         for name, value in os.environ.items()
         if name not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")
     }
+    # In a directory of its own: each service's default database is under `.switchyard/`
+    # of the current directory.
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.strip().splitlines()[-1])

@@ -13,6 +13,7 @@ import pytest
 
 from switchyard.common.db import upgrade
 from switchyard.common.testing.events import usage_recorded
+from switchyard.gateway.config import Settings
 from switchyard.gateway.governance import ledger_checks
 from switchyard.gateway.governance.admission import Admission, Refused
 from switchyard.gateway.governance.ledger import GrantRequest, LedgerUnavailable
@@ -25,6 +26,8 @@ from switchyard.gateway.governance.ledger_checks import (
 )
 from switchyard.gateway.governance.sqlite import SQLiteLedger
 from switchyard.gateway.plugin import MIGRATIONS_DIR
+
+from .auth_double import gateway_with
 
 VERSION_TABLE = "alembic_version_gateway"
 
@@ -123,3 +126,38 @@ async def test_a_write_lock_held_elsewhere_fails_a_grant_within_its_bound(
         assert granted.amount == 2.0  # the lock gone, the ledger answers again
     finally:
         await ledger.close()
+
+
+class _StoreDown(SQLiteLedger):
+    async def schema_current(self, timeout_s: float) -> bool:
+        raise LedgerUnavailable("the store does not answer")
+
+
+async def test_readiness_fails_while_the_ledger_database_is_not_migrated(
+    tmp_path: Path,
+) -> None:
+    """A gateway whose database was never migrated would count no budget or rate limit:
+    `/readyz` says so (`limit_store`) until `switchyard db upgrade` has run. A store that
+    does not answer keeps the replica ready: each limit's failure mode handles that."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    settings = Settings(
+        request_timeout_s=2.0,
+        topic_prefix="unit-ledger-ready",
+        database_url=url,
+        governance_store="sqlite",
+    )
+    async with gateway_with(settings=settings) as gw:
+        behind = await gw.client.get("/readyz")
+        assert behind.status_code == 503
+        assert behind.json()["checks"]["limit_store"] is False
+        upgrade(str(MIGRATIONS_DIR), url, VERSION_TABLE)
+        ready = await gw.client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"]["limit_store"] is True
+        admission = gw.app.state.gateway.admission
+        admission.ledger = _StoreDown.connect(url)
+        try:
+            down = await gw.client.get("/readyz")
+            assert down.status_code == 200 and down.json()["checks"]["limit_store"] is True
+        finally:
+            await admission.ledger.close()

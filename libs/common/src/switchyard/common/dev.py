@@ -41,6 +41,7 @@ from switchyard.common.heap import freeze_startup_heap, release_startup_heap
 from switchyard.common.http import REPEATED_SIGNAL_S, server_config, warm_routes
 from switchyard.common.httpserver import PortInUseError, bind
 from switchyard.common.plugins import DevContribution, ServicePlugin, discover
+from switchyard.common.stopping import stop_signalled
 from switchyard.common.topics import Topics
 
 log = structlog.get_logger("switchyard.dev")
@@ -402,6 +403,8 @@ async def run_embedded(
         now = loop.time()
         if first_signal_at is None:
             first_signal_at = now
+            # The gateway bounds its wait for the requests it holds from now on.
+            stop_signalled()
         elif now - first_signal_at >= REPEATED_SIGNAL_S:
             cut_short.set()
         stopping.set()

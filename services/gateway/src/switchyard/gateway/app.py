@@ -27,6 +27,7 @@ from switchyard.common.http import (
 )
 from switchyard.common.metrics import metrics_router
 from switchyard.common.queryparams import refuse_repeated_parameters
+from switchyard.common.stopping import on_stop_signal
 from switchyard.common.tasks import cancel_and_wait
 from switchyard.gateway.api import (
     admin,
@@ -107,9 +108,23 @@ async def _start(stack: AsyncExitStack, gateway: Gateway, owned_bus: EventBus | 
         # In a thread, so that the first limited request does not wait for it.
         warming = asyncio.get_running_loop().run_in_executor(None, warm_up)
         stack.push_async_callback(_settle, warming)
+    # The drain is bounded from the signal on: uvicorn waits for the open connections
+    # before this stack unwinds.
+    loop = asyncio.get_running_loop()
+
+    def stop_signalled() -> None:
+        loop.call_soon_threadsafe(gateway.begin_drain)
+
+    stack.callback(on_stop_signal(stop_signalled))
+    stack.callback(_cancel_drain_timer, gateway)
     await asyncio.wait({connecting, syncing, governing}, timeout=3)
     with contextlib.suppress(Exception):
         await gateway.authenticator.jwks.refresh()
+
+
+def _cancel_drain_timer(gateway: Gateway) -> None:
+    if gateway.drain_timer is not None:
+        gateway.drain_timer.cancel()
 
 
 async def _stop_replies_listener(gateway: Gateway) -> None:
@@ -281,6 +296,7 @@ def create_app(
                 "bus": the_bus.healthy,
                 "replies": gateway.listening_for_replies,
                 "revocations": gateway.revocations_loaded,
+                "limit_store": gateway.limit_store_current,
             }
         )
     )

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import structlog
 
 from switchyard.common.bus import EventBus, Subscription
+from switchyard.common.db import SCHEMA_BEHIND
 from switchyard.common.egress import TargetPolicy, parse_networks
 from switchyard.common.governance import BudgetClock
 from switchyard.common.http import inject_trace_headers
@@ -28,7 +30,7 @@ from switchyard.common.topics import Topics
 from switchyard.gateway.auth import Authenticator, revoked_key_retention_s
 from switchyard.gateway.config import Settings, ledger_kind
 from switchyard.gateway.governance.admission import Admission
-from switchyard.gateway.governance.ledger import Ledger, MemoryLedger
+from switchyard.gateway.governance.ledger import Ledger, LedgerUnavailable, MemoryLedger
 from switchyard.gateway.governance.policy import PolicySource
 from switchyard.gateway.recent_jobs import RecentIds, RecentJobs
 from switchyard.gateway.replies import PendingReplies
@@ -37,6 +39,13 @@ from switchyard.gateway.revocations import RevocationState, RevocationSync
 
 if TYPE_CHECKING:
     from switchyard.gateway.cache import ResponseCache
+
+log = structlog.get_logger("switchyard.gateway")
+
+# How long readiness waits for the limit store: within `/readyz`'s own bound, so a store
+# that does not answer reads as down (ready: the limits' failure modes handle it), never
+# as a failed check.
+LIMIT_STORE_PROBE_TIMEOUT_S = 1.5
 
 
 @dataclass
@@ -77,6 +86,8 @@ class Gateway:
     cache: ResponseCache = field(init=False)
     # Recognises the request ids the gateways made (request_id.py).
     request_ids: RequestIds = field(init=False)
+    # Set by `begin_drain`: ends the requests still held once the drain period is over.
+    drain_timer: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
         from switchyard.gateway.cache import ResponseCache
@@ -96,6 +107,51 @@ class Gateway:
     async def revocations_loaded(self) -> bool:
         """Readiness: True once the revocation state has been loaded from auth."""
         return self.revocations is not None and await self.revocations.ready()
+
+    def begin_drain(self) -> None:
+        """The process was asked to stop (`switchyard.common.stopping`): the server takes no
+        new connection and waits for the requests it holds. Those still waiting for their
+        replies `shutdown_drain_s` from now are ended then (`end_held_requests`), so that
+        wait ends before the orchestrator's kill would cut them silently. Call on the event
+        loop; a second call changes nothing."""
+        if self.drain_timer is not None:
+            return
+        drain_s = self.settings.shutdown_drain_s
+        log.info("stopping: waiting for the requests held", held=len(self.pending), drain_s=drain_s)
+        loop = asyncio.get_running_loop()
+        self.drain_timer = loop.call_later(drain_s, self.end_held_requests)
+
+    def end_held_requests(self) -> int:
+        """End every request still waiting for its reply with 503 `gateway_shutting_down`
+        (a JSON error, or a stream's error event, in its API's format). Inference still
+        answers each and history records it. Returns how many were ended."""
+        ended = self.pending.fail_all(
+            503,
+            "gateway_shutting_down",
+            "The gateway answering this request is shutting down and could not wait for its "
+            "end. The request still runs to its end and is recorded under its request id "
+            "(GET /v1/history/{request_id}); a retry runs it again unless it carries the "
+            "same Idempotency-Key.",
+        )
+        if ended:
+            log.warning("stopping: requests ended before their replies", ended=ended)
+        return ended
+
+    async def limit_store_current(self) -> bool:
+        """Readiness: False while the limit store's database lacks a table, column or
+        function this version uses (its `switchyard db upgrade --service gateway` not run;
+        logged as such), so a rollout stops at this replica instead of serving with no
+        budget or rate limit counted. True otherwise, also while the store does not answer:
+        each limit's `failure_mode` decides, request by request, what an outage means."""
+        if self.admission is None:
+            return True
+        try:
+            current = await self.admission.ledger.schema_current(LIMIT_STORE_PROBE_TIMEOUT_S)
+        except LedgerUnavailable:
+            return True
+        if not current:
+            log.error(SCHEMA_BEHIND, store="limit ledger (governance_*)")
+        return current
 
 
 def build_http_client() -> httpx.AsyncClient:

@@ -137,6 +137,17 @@ class Settings(ServiceSettings):
         "past `request_timeout_s`; at this deadline the stream ends with a "
         "`deadline_exceeded` error event. At most 3600.",
     )
+    shutdown_drain_s: float = Field(
+        default=140.0,
+        ge=0,
+        le=DAY_S,
+        description="On SIGTERM (or Ctrl+C), how long the gateway waits for the requests it "
+        "holds before ending those still waiting with 503 `gateway_shutting_down` (a stream "
+        "with that error event in its API's format), so each client learns its answer was "
+        "cut instead of seeing its connection drop at the kill. Keep it below the "
+        "orchestrator's grace period (150 s in the manifests). The requests still run to "
+        "their end in inference and are recorded in history.",
+    )
     max_body_bytes: int = Field(
         default=1024 * 1024,
         gt=0,

@@ -271,7 +271,9 @@ class Dispatch:
         ticket.attach(request_id, timeout_s)
         dispatch.deadline = dispatch.started + timeout_s
         dispatch.start_deadline = dispatch.started + gateway.settings.request_timeout_s
-        dispatch._queue = gateway.pending.open(dispatch.request_id, principal.tenant)
+        dispatch._queue = gateway.pending.open(
+            dispatch.request_id, principal.tenant, dispatch.vendor
+        )
         gateway.in_flight += 1
         IN_FLIGHT.inc()
         event = request_event(

@@ -9,7 +9,16 @@ import zlib
 
 import structlog
 
-from switchyard.common.events import ChatChunk, ChatCompleted, ChatFailed, Event
+from switchyard.common.errorformat import Vendor, error_type
+from switchyard.common.events import (
+    ChatChunk,
+    ChatCompleted,
+    ChatFailed,
+    ChatFailedData,
+    ErrorInfo,
+    Event,
+    TerminalStatus,
+)
 
 Reply = ChatChunk | ChatCompleted | ChatFailed
 
@@ -28,17 +37,22 @@ class PendingReplies:
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Queue[Reply]] = {}
         self._tenants: dict[str, str] = {}
+        self._vendors: dict[str, Vendor] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def open(self, request_id: str, tenant: str | None = None) -> asyncio.Queue[Reply]:
+    def open(
+        self, request_id: str, tenant: str | None = None, vendor: Vendor = "openai"
+    ) -> asyncio.Queue[Reply]:
         """Start collecting the replies of `request_id` (of `tenant`: a reply naming
-        another tenant is not this request's, whatever wrote it); returns their queue."""
+        another tenant is not this request's, whatever wrote it; asked in the API of
+        `vendor`); returns their queue."""
         queue: asyncio.Queue[Reply] = asyncio.Queue()
         self._waiting[request_id] = queue
         if tenant is not None:
             self._tenants[request_id] = tenant
+        self._vendors[request_id] = vendor
         return queue
 
     def waiting_for(self, request_id: str) -> bool:
@@ -50,6 +64,32 @@ class PendingReplies:
         """Stop collecting the replies of `request_id` (later ones are dropped)."""
         self._waiting.pop(request_id, None)
         self._tenants.pop(request_id, None)
+        self._vendors.pop(request_id, None)
+
+    def fail_all(self, status: int, code: str, message: str) -> int:
+        """End every request still waiting as failed here, without its reply: each gets a
+        `chat.failed` (source `gateway`, never published: inference still answers it and
+        history records that) with an error of HTTP `status`, `code` and `message`, typed
+        in its API's own words. Returns how many were waiting."""
+        for request_id, queue in self._waiting.items():
+            vendor = self._vendors.get(request_id, "openai")
+            queue.put_nowait(
+                ChatFailed(
+                    source="gateway",
+                    tenant=self._tenants.get(request_id, "unknown"),
+                    request_id=request_id,
+                    data=ChatFailedData(
+                        status=TerminalStatus.FAILED,
+                        error=ErrorInfo(
+                            status=status,
+                            type=error_type(vendor, status),
+                            code=code,
+                            message=message,
+                        ),
+                    ),
+                )
+            )
+        return len(self._waiting)
 
     async def deliver(self, event: Event) -> None:
         """Bus listener: route a reply to its waiting request; ignore anything else

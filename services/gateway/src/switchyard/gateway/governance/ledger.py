@@ -180,6 +180,15 @@ class Ledger(abc.ABC):
     async def counters(self, scopes: Sequence[str] | None = None) -> list[CounterState]:
         """Current counters (of `scopes`, or all), for spend reports."""
 
+    async def schema_current(self, timeout_s: float) -> bool:
+        """Whether the store holds everything this version uses (readiness): False for a
+        database its migration has not reached. A store in memory always does.
+
+        Raises:
+            LedgerUnavailable: the store did not answer within `timeout_s` seconds.
+        """
+        return True
+
     async def close(self) -> None:
         """Release the store's connections."""
         return None

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import override
 
 from switchyard.common.db import create_engine, dispose_engine
+from switchyard.gateway.governance import tables
 from switchyard.gateway.governance.ledger import (
     CounterState,
     Grant,
@@ -32,6 +33,8 @@ from switchyard.gateway.governance.ledger import (
 )
 
 _GRANT = text("SELECT governance_grant(:replica, CAST(:items AS jsonb))")
+# NULL when migration 0001's function is missing.
+_GRANT_FUNCTION_PRESENT = text("SELECT to_regprocedure('governance_grant(text, jsonb)')")
 _RELEASE = text(
     """
     WITH items AS (
@@ -246,6 +249,10 @@ class PostgresLedger(Ledger):
             )
             for row in rows
         ]
+
+    @override
+    async def schema_current(self, timeout_s: float) -> bool:
+        return await tables.schema_current(self._engine, timeout_s, _GRANT_FUNCTION_PRESENT)
 
     @override
     async def close(self) -> None:

@@ -18,13 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    Column,
-    DateTime,
-    Float,
-    MetaData,
-    String,
     Table,
-    Text,
     and_,
     delete,
     event,
@@ -35,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typing_extensions import override
 
 from switchyard.common.db import create_engine, dispose_engine
+from switchyard.gateway.governance import tables
 from switchyard.gateway.governance.ledger import (
     CounterState,
     Grant,
@@ -46,35 +41,7 @@ from switchyard.gateway.governance.ledger import (
     LedgerUnavailable,
     MemoryLedger,
 )
-
-_metadata = MetaData()
-counters_table = Table(
-    "governance_counters",
-    _metadata,
-    Column("scope", Text, primary_key=True),
-    Column("kind", String(16), primary_key=True),
-    Column("window_start", Float(53), nullable=False),
-    Column("window_end", Float(53)),
-    Column("limit_value", Float(53), nullable=False),
-    Column("committed", Float(53), nullable=False),
-    Column("spent", Float(53), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-)
-leases_table = Table(
-    "governance_leases",
-    _metadata,
-    Column("replica", Text, primary_key=True),
-    Column("scope", Text, primary_key=True),
-    Column("kind", String(16), primary_key=True),
-    Column("window_start", Float(53), nullable=False),
-    Column("held", Float(53), nullable=False),
-)
-replicas_table = Table(
-    "governance_replicas",
-    _metadata,
-    Column("replica", Text, primary_key=True),
-    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
-)
+from switchyard.gateway.governance.tables import counters_table, leases_table, replicas_table
 
 _T = TypeVar("_T")
 _Key = tuple[str, Kind]
@@ -283,6 +250,10 @@ class SQLiteLedger(Ledger):
             return [_counter(row) for row in await connection.execute(query)]
 
         return await self._transaction(work)
+
+    @override
+    async def schema_current(self, timeout_s: float) -> bool:
+        return await tables.schema_current(self._engine, timeout_s)
 
     @override
     async def close(self) -> None:
