@@ -446,8 +446,69 @@ def test_ctrl_c_answers_the_request_in_flight_and_the_next_run_finishes_the_jobs
 
             def finished() -> list[str]:
                 states = [client.get(f"/v1/jobs/{job}").json()["status"] for job in jobs]
-                return states if "queued" not in states else []
+                unfinished = {"queued", "in_progress"}
+                return states if not unfinished & set(states) else []
 
             assert wait_until(finished, timeout=60, message="the jobs") == ["completed"] * 3
+    finally:
+        second.stop()
+
+
+def test_a_job_answered_202_survives_a_kill_moments_later(tmp_path):
+    """The in-memory bus keeps nothing across a crash, so a job answered 202 while it was
+    only in the bus (history writes every 200 ms) was lost to a SIGKILL right after, and a
+    retry with its Idempotency-Key got the lost job's id back. A job, or a background
+    response, is now answered once history shows it, and the next run finishes it."""
+    workdir = tmp_path / "killed"
+    first = make_run(workdir, {})
+    try:
+        wait_for_banner(first)
+        simulator, gateway = first.url("simulator"), first.url("gateway")
+        headers = {"Authorization": f"Bearer {first.api_key}"}
+        with httpx.Client(timeout=30) as client:
+            client.put(f"{simulator}/_sim/latency", json={"latency_ms": 3000})
+            jobs = []
+            for index in range(5):
+                created = client.post(
+                    f"{gateway}/v1/jobs",
+                    headers={**headers, "Idempotency-Key": f"killed-{index}"},
+                    json={
+                        "model": "sim-small",
+                        "messages": [{"role": "user", "content": f"k{index}"}],
+                    },
+                )
+                assert created.status_code == 202, created.text
+                jobs.append(created.json()["id"])
+            background = client.post(
+                f"{gateway}/v1/responses",
+                headers=headers,
+                json={"model": "sim-small", "input": "kept", "background": True},
+            )
+            assert background.status_code == 200, background.text
+        os.killpg(first.popen.pid, signal.SIGKILL)
+        first.popen.wait(timeout=30)
+    finally:
+        first.stop()
+
+    second = make_run(workdir, {})
+    try:
+        wait_for_banner(second)
+        headers = {"Authorization": f"Bearer {second.api_key}"}
+        with httpx.Client(base_url=second.url("gateway"), headers=headers, timeout=30) as client:
+
+            def finished() -> list[str]:
+                states = [client.get(f"/v1/jobs/{job}").json().get("status") for job in jobs]
+                states.append(
+                    client.get(f"/v1/responses/{background.json()['id']}").json().get("status")
+                )
+                return states if set(states) == {"completed"} else []
+
+            assert wait_until(finished, timeout=90, message="the jobs") == ["completed"] * 6
+            retried = client.post(
+                "/v1/jobs",
+                headers={"Idempotency-Key": "killed-0"},
+                json={"model": "sim-small", "messages": [{"role": "user", "content": "k0"}]},
+            )
+            assert retried.status_code == 202 and retried.json()["id"] == jobs[0]
     finally:
         second.stop()

@@ -257,6 +257,52 @@ async def test_streams_are_replayed_whole(harness, history):
     assert len(harness.requests) == 1
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {**BODY, "stream": True}),
+        ("/v1/messages", {**BODY, "max_tokens": 16, "stream": True}),
+        ("/v1/responses", {"model": "sim-small", "input": "Hello", "stream": True}),
+    ],
+)
+async def test_a_stream_failing_midway_with_a_retryable_error_lets_a_retry_run(
+    harness, history, path, body
+):
+    """A stream is answered 200 before it runs: one that failed midway (an upstream error
+    event) was kept under its key and replayed as that failure for a day."""
+
+    async def fails_midway(request):
+        [failed] = await failing(500, "server_error")(request)
+        return [chunk(request, 0, "Hel"), failed]
+
+    harness.respond[0] = fails_midway
+    first = await harness.client.post(path, json=body, headers=keyed(f"mid{path}"))
+    harness.respond[0] = lambda request: asyncio.sleep(0, [completed_reply(request, "ok now")])
+    again = await harness.client.post(path, json=body, headers=keyed(f"mid{path}"))
+
+    assert first.status_code == 200 and b"server_error" in first.content
+    assert "idempotent-replayed" not in again.headers
+    assert b"server_error" not in again.content
+    assert len(harness.requests) == 2
+
+
+async def test_a_stream_failing_midway_with_a_final_error_is_replayed_as_it_failed(
+    harness, history
+):
+    async def refused_midway(request):
+        [failed] = await failing(400, "invalid_request_error")(request)
+        return [chunk(request, 0, "Hel"), failed]
+
+    harness.respond[0] = refused_midway
+    body = {**BODY, "stream": True}
+    first = await harness.client.post("/v1/chat/completions", json=body, headers=keyed("m4"))
+    again = await harness.client.post("/v1/chat/completions", json=body, headers=keyed("m4"))
+
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert len(harness.requests) == 1
+
+
 async def test_messages_endpoint_is_idempotent_with_anthropic_errors(harness, history):
     body = {
         "model": "sim-small",

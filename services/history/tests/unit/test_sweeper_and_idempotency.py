@@ -265,11 +265,16 @@ async def test_idempotency_mismatches_and_scoping(engine):
     other_body = await store.claim(claim(fingerprint="0" * 64))
     other_endpoint = await store.claim(claim(endpoint="/v1/jobs"))
     other_user = await store.claim(claim(user_id="bob"))
+    # Another caller learns that the key was used, never what for.
+    other_user_elsewhere = await store.claim(claim(user_id="bob", endpoint="/v1/messages"))
     other_tenant = await store.claim(claim(tenant="globex"))
 
     assert other_body.outcome == "mismatch" and "different request body" in other_body.reason
     assert other_endpoint.outcome == "mismatch" and "/v1/chat/completions" in other_endpoint.reason
     assert other_user.outcome == "mismatch"
+    assert other_user_elsewhere.outcome == "mismatch"
+    assert "another caller" in other_user_elsewhere.reason
+    assert "/v1/" not in other_user_elsewhere.reason
     assert other_tenant.outcome == "claimed"  # keys are per tenant
 
 

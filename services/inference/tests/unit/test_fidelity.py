@@ -682,8 +682,13 @@ async def test_openai_request_is_translated_once_for_an_anthropic_upstream(
         "prompt_tokens": 23012,
         "completion_tokens": 40,
         "total_tokens": 23052,
-        "prompt_tokens_details": {"cached_tokens": 20000},
-        "completion_tokens_details": {"reasoning_tokens": 10},
+        "prompt_tokens_details": {"cached_tokens": 20000, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 10,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
     assert reply.data.usage.cache_creation_input_tokens == 3000
 

@@ -154,6 +154,15 @@ def sdk_final_response(events) -> Response:
     return state._completed_response
 
 
+# A function's parameters as OpenAI's strict mode takes them (closed, all required).
+STRICT_LOCATION = {
+    "type": "object",
+    "properties": {"location": {"type": "string"}},
+    "required": ["location"],
+    "additionalProperties": False,
+}
+
+
 def native_response(**overrides: Any) -> dict[str, Any]:
     response = {
         "id": "resp_upstream_123",
@@ -233,6 +242,8 @@ async def test_passthrough_sends_the_body_as_sent_with_the_conversation_before_i
     assert sent.body == expected
     response = reply.data.response
     assert response["id"] == response_id(request.request_id, request.time)
+    # When the gateway accepted it, as its id says (the upstream's is when inference began).
+    assert response["created_at"] == int(request.time.timestamp()) != 1_700_000_000
     assert response["model"] == "gpt-resp"
     assert response["previous_response_id"] == "resp_6700000000previous"
     assert response["a_new_field"] == {"kept": True}
@@ -302,7 +313,11 @@ async def test_passthrough_stream_relays_every_event_with_switchyards_response_i
         expected = copy.deepcopy(sent)
         if "response" in expected:
             expected["response"].update(
-                id=ours, model="gpt-resp", previous_response_id=None, background=False
+                id=ours,
+                created_at=int(request.time.timestamp()),
+                model="gpt-resp",
+                previous_response_id=None,
+                background=False,
             )
         assert event.data == expected
     final = sdk_final_response(relayed)
@@ -354,7 +369,7 @@ def translated_body() -> dict[str, Any]:
                 "type": "function",
                 "name": "get_weather",
                 "description": "Weather of a city",
-                "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+                "parameters": STRICT_LOCATION,
                 "strict": True,
             }
         ],
@@ -459,10 +474,7 @@ async def test_responses_are_translated_once_for_a_chat_completions_server(harne
                 "function": {
                     "name": "get_weather",
                     "description": "Weather of a city",
-                    "parameters": {
-                        "type": "object",
-                        "properties": {"location": {"type": "string"}},
-                    },
+                    "parameters": STRICT_LOCATION,
                     "strict": True,
                 },
             }
@@ -706,7 +718,7 @@ async def test_responses_are_translated_once_for_an_anthropic_deployment(harness
         "tools": [
             {
                 "name": "get_weather",
-                "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}},
+                "input_schema": STRICT_LOCATION,
                 "description": "Weather of a city",
                 "strict": True,
             }

@@ -43,6 +43,8 @@ WEATHER_SCHEMA = {
     "properties": {"location": {"type": "string"}},
     "required": ["location"],
 }
+# What OpenAI's strict mode takes: every object closed, every property required.
+STRICT_WEATHER_SCHEMA = {**WEATHER_SCHEMA, "additionalProperties": False}
 USER = [{"role": "user", "content": "x"}]
 # An assistant turn calling tool `t1`, which a tool result in the next turn answers.
 ASKED_T1 = {
@@ -453,7 +455,7 @@ def test_openai_tool_calls_and_results_become_tool_use_and_tool_result_blocks() 
                 "function": {
                     "name": "get_weather",
                     "description": "Weather now",
-                    "parameters": WEATHER_SCHEMA,
+                    "parameters": STRICT_WEATHER_SCHEMA,
                     "strict": True,
                 },
             }
@@ -466,7 +468,7 @@ def test_openai_tool_calls_and_results_become_tool_use_and_tool_result_blocks() 
     assert result["tools"] == [
         {
             "name": "get_weather",
-            "input_schema": WEATHER_SCHEMA,
+            "input_schema": STRICT_WEATHER_SCHEMA,
             "description": "Weather now",
             "strict": True,
         }
@@ -1692,13 +1694,26 @@ def test_cache_usage_maps_both_ways_and_is_never_counted_twice() -> None:
         "prompt_tokens": 160,
         "completion_tokens": 7,
         "total_tokens": 167,
-        "prompt_tokens_details": {"cached_tokens": 100},
-        "completion_tokens_details": {"reasoning_tokens": 3},
+        "prompt_tokens_details": {"cached_tokens": 100, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 3,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
     back = messages_usage_from_chat(openai_usage)
     # OpenAI has no cache writes: they come back as plain input, the total is kept.
     assert back["input_tokens"] + back["cache_read_input_tokens"] == 160
     assert (back["cache_read_input_tokens"], back["output_tokens"]) == (100, 7)
+
+
+def test_usage_without_thinking_still_has_openais_details() -> None:
+    """OpenAI always sends both details objects; LangChain read `{}` as the output's
+    details of a translated reply without thinking."""
+    usage = chat_usage_from_messages({"input_tokens": 4, "output_tokens": 2})
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 0
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 0, "audio_tokens": 0}
 
 
 def test_a_stop_sequence_reported_by_an_openai_compatible_server_is_kept() -> None:
@@ -2522,3 +2537,48 @@ def test_error_messages_quote_values_in_json_spelling() -> None:
     ]
     assert json_value("x" * 100) == repr("x" * 64 + "...")
     assert json_value(list(range(100)), limit=10) == "[0,1,2,3,4..."
+
+
+OPTIONAL_NICK = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "nick": {"type": "string"}},
+    "required": ["name"],
+    "additionalProperties": False,
+}
+
+
+def test_a_strict_schema_openai_refuses_is_refused_in_its_words_for_a_claude_model() -> None:
+    """Anthropic takes optional properties in a strict schema; OpenAI's strict mode does not,
+    and a client on OpenAI's API learned of it only on OpenAI-protocol models."""
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    with pytest.raises(TranslationError) as caught:
+        chat_request_to_messages(
+            {
+                **chat,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "person", "schema": OPTIONAL_NICK, "strict": True},
+                },
+            }
+        )
+    assert (caught.value.param, caught.value.code) == ("response_format", None)
+    assert caught.value.message == (
+        "Invalid schema for response_format 'person': In context=(), 'required' is required "
+        "to be supplied and to be an array including every key in properties. Missing 'nick'."
+    )
+    tool = {"name": "lookup", "parameters": OPTIONAL_NICK, "strict": True}
+    with pytest.raises(TranslationError) as caught:
+        chat_request_to_messages({**chat, "tools": [{"type": "function", "function": tool}]})
+    assert (caught.value.param, caught.value.code) == (
+        "tools.[0].function.parameters",  # Chat Completions' notation
+        "invalid_function_parameters",
+    )
+    assert "Invalid schema for function 'lookup'" in caught.value.message
+    with pytest.raises(TranslationError) as caught:
+        responses_request_to_messages(
+            {"model": "m", "input": "x", "tools": [{"type": "function", **tool}]}
+        )
+    assert caught.value.param == "tools[0].parameters"
+    # Not strict: OpenAI takes it, and so does the translation.
+    relaxed = {**tool, "strict": False}
+    chat_request_to_messages({**chat, "tools": [{"type": "function", "function": relaxed}]})

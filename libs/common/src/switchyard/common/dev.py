@@ -68,6 +68,9 @@ DEV_ENVIRONMENT = {
     # The in-memory bus forgets the batch lane at every stop: history, which recorded each
     # job, publishes the unfinished ones again at the next start.
     "SWITCHYARD_HISTORY_RESUME_BATCH_LANE": "true",
+    # ...which it can only do for the jobs it recorded: a job (or background response) is
+    # answered 202 once history shows it, never while it is only in the bus's memory.
+    "SWITCHYARD_GATEWAY_BATCH_ACCEPT_WHEN_RECORDED": "true",
     # Inference keeps recent outcomes to answer a redelivered request without running it
     # again. Kafka redelivers after a crash or a rebalance, up to the request timeout
     # later (hence 15 minutes and 64 MiB for the service); the in-memory bus only retries

@@ -130,8 +130,7 @@ class Gateway:
             "gateway_shutting_down",
             "The gateway answering this request is shutting down and could not wait for its "
             "end. The request still runs to its end and is recorded under its request id "
-            "(GET /v1/history/{request_id}); a retry runs it again unless it carries the "
-            "same Idempotency-Key.",
+            "(GET /v1/history/{request_id}); a retry runs it again.",
         )
         if ended:
             log.warning("stopping: requests ended before their replies", ended=ended)

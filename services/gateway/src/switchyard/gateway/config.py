@@ -137,6 +137,14 @@ class Settings(ServiceSettings):
         "past `request_timeout_s`; at this deadline the stream ends with a "
         "`deadline_exceeded` error event. At most 3600.",
     )
+    batch_accept_when_recorded: bool = Field(
+        default=False,
+        description="Answer a job or a background response (202) only once history shows it "
+        "(waiting at most `responses_state_wait_s`). Embedded mode turns it on: its "
+        "in-memory bus keeps nothing across a crash, so history's database is the only "
+        "copy of an accepted job. On Kafka the broker's acknowledgement (acks=all) already "
+        "keeps it.",
+    )
     shutdown_drain_s: float = Field(
         default=140.0,
         ge=0,

@@ -80,6 +80,10 @@ from switchyard.gateway.intake import (
 from switchyard.gateway.replies import Reply
 from switchyard.gateway.request_id import request_id_of
 
+# Key in an ASGI scope's `state`: the HTTP status of the error a stream answered 200 ended
+# with (`Dispatch._stream_failure`), for the middlewares that look at the outcome.
+STREAM_FAILED_STATUS = "switchyard.stream_failed_status"
+
 log = structlog.get_logger("switchyard.gateway.dispatch")
 
 REQUEST_SECONDS = Histogram(
@@ -602,7 +606,10 @@ class Dispatch:
         """The event ending a stream that failed after it began, in the API's format: a
         Responses stream ends with `response.failed` (the response's id, the next
         `sequence_number`, `error` with its code and message), the others with their
-        API's error event."""
+        API's error event. Notes the failure's status in the request's scope
+        (`STREAM_FAILED_STATUS`): the stream's own HTTP status, 200, says nothing of it,
+        and an Idempotency-Key must not keep a failure the client is told to retry."""
+        self.request.scope.setdefault("state", {})[STREAM_FAILED_STATUS] = error.status
         if self.api is not ClientAPI.OPENAI_RESPONSES:
             return sse_error_event(self.vendor, error)
         accepted_at = self.accepted_at or utcnow()

@@ -21,7 +21,8 @@ Within 24 hours, for the same tenant:
 Responses that ran nothing — invalid bodies, unknown models, a full gateway, the bus
 being down, a client that went away — are not kept: the key is released and a retry runs.
 Nor are failures the client is told to retry (408, 429, 5xx: a rate limit, an upstream
-down or timing out): a retry with the key runs the request again. Other failures (a 400
+down or timing out), also when a stream answered 200 ends with one as its error event: a
+retry with the key runs the request again. Other failures (a 400
 from the upstream, say) are replayed as they failed.
 Without the header nothing changes, and the check costs one scan of the request headers.
 
@@ -73,7 +74,7 @@ from switchyard.gateway.api.deps import (
 )
 from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, Principal
 from switchyard.gateway.cache import CACHE_HEADER
-from switchyard.gateway.dispatch import TOKEN_COUNT_HEADER
+from switchyard.gateway.dispatch import STREAM_FAILED_STATUS, TOKEN_COUNT_HEADER
 from switchyard.gateway.errors import respond
 from switchyard.gateway.intake import serves
 
@@ -499,7 +500,11 @@ class IdempotencyMiddleware:
 
         def keep() -> bool:
             ran = request_id is not None or (scope["path"] in CREATING_PATHS and status == 201)
-            return ran and _kept_status(status) and size <= max_bytes
+            # A stream is answered 200 before it runs: one that then failed says so only
+            # in its last event, whose status decides as a JSON answer's would.
+            failed = scope.get("state", {}).get(STREAM_FAILED_STATUS)
+            outcome = failed if isinstance(failed, int) else status
+            return ran and _kept_status(status) and _kept_status(outcome) and size <= max_bytes
 
         async def capturing_send(message: Message) -> None:
             nonlocal status, content_type, request_id, size

@@ -29,6 +29,7 @@ Each refusal here is counted in `switchyard_gateway_requests_rejected_total{reas
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -290,6 +291,8 @@ async def submit_batch(
         webhook_url=webhook_url,
     )
     await publish(gateway, gateway.topics.requests_batch, event, ticket, what=what)
+    if gateway.settings.batch_accept_when_recorded:
+        await _until_recorded(gateway, principal, request_id)
     submitted = Submitted(request_id, event.time, ticket)
     gateway.recent_jobs.add(
         AcceptedJob(
@@ -304,3 +307,29 @@ async def submit_batch(
         )
     )
     return submitted
+
+
+async def _until_recorded(gateway: Gateway, principal: Principal, request_id: str) -> None:
+    """Return once history shows the batch-lane request `request_id` (`GET /v1/jobs/{id}`
+    as its submitter), asking again with backoff (5 ms doubling to 200 ms) for at most
+    `responses_state_wait_s` seconds; past that, log a warning and return. Where the bus
+    keeps nothing across a crash (embedded mode's in-memory bus), history's database is the
+    only copy of an accepted job: a 202 given before it is recorded could name a job a
+    crash moments later loses, while history republishes recorded ones at start-up."""
+    from switchyard.gateway.api.history import call
+
+    deadline = time.monotonic() + gateway.settings.responses_state_wait_s
+    delay = 0.005
+    while True:
+        try:
+            answer = await call(gateway, principal, f"/v1/jobs/{request_id}")
+            if answer.status_code != 404:
+                return
+        except APIError:
+            pass  # history unreachable for now: asked again until the deadline
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.warning("accepted before history recorded it", request_id=request_id)
+            return
+        await asyncio.sleep(min(delay, left))
+        delay = min(delay * 2, 0.2)

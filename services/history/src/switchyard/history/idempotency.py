@@ -208,13 +208,15 @@ class IdempotencyStore:
 
 
 def _mismatch_reason(row: RowMapping, claim: ClaimRequest) -> str:
+    """Why `claim` cannot use the key `row` holds. Another caller's use is said first and
+    alone: what the key was used for (its endpoint) is that caller's business."""
+    if row["user_id"] != claim.user_id:
+        return "This Idempotency-Key was already used by another caller of your organisation."
     if row["endpoint"] != claim.endpoint:
         return (
             f"This Idempotency-Key was already used for {row['endpoint']}; "
             "use a new key for a different request."
         )
-    if row["user_id"] != claim.user_id:
-        return "This Idempotency-Key was already used by another caller of your organisation."
     return (
         "This Idempotency-Key was already used with a different request body; "
         "a retry must send exactly the same body, or use a new key."

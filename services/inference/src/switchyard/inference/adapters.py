@@ -744,9 +744,12 @@ def response_context(request: ChatRequested) -> ResponseContext:
 
 def _as_switchyards(response: dict[str, Any], ctx: ResponseContext) -> None:
     """An upstream's response renamed as the client's: Switchyard's id (retrieving and
-    chaining go through Switchyard), the public model, and the parameters Switchyard
-    served instead of the upstream."""
+    chaining go through Switchyard) and creation time (when the gateway accepted it, as
+    its id says and as a queued background response showed it: the upstream's is when
+    inference reached it), the public model, and the parameters Switchyard served
+    instead of the upstream."""
     response["id"] = ctx.response_id
+    response["created_at"] = int(ctx.created_at.timestamp())
     response["model"] = ctx.model
     response["previous_response_id"] = ctx.body.get("previous_response_id")
     response["background"] = ctx.body.get("background") is True

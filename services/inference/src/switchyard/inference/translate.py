@@ -98,7 +98,7 @@ class TranslationError(ValueError):
         self,
         message: str,
         param: str | None = None,
-        code: str = "unsupported_parameter",
+        code: str | None = "unsupported_parameter",
         details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
@@ -386,23 +386,29 @@ def refuse_unknown(body: dict[str, Any], known: frozenset[str], target: str) -> 
 
 def chat_usage_from_messages(usage: Any) -> dict[str, Any]:
     """OpenAI usage from Anthropic usage: `prompt_tokens` counts every input token
-    (Anthropic reports uncached, cache-read and cache-write input separately)."""
+    (Anthropic reports uncached, cache-read and cache-write input separately). Both
+    details objects are always there, as OpenAI always sends them (clients read
+    `completion_tokens_details.reasoning_tokens` without checking): no audio and no
+    predicted output here, so those counts are 0."""
     usage = usage if isinstance(usage, dict) else {}
     cache_read = usage.get("cache_read_input_tokens") or 0
     cache_write = usage.get("cache_creation_input_tokens") or 0
     prompt = (usage.get("input_tokens") or 0) + cache_read + cache_write
     completion = usage.get("output_tokens") or 0
-    result: dict[str, Any] = {
+    details = usage.get("output_tokens_details")
+    thinking = details.get("thinking_tokens") if isinstance(details, dict) else None
+    return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cache_read},
+        "prompt_tokens_details": {"cached_tokens": cache_read, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": thinking if isinstance(thinking, int) else 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
-    details = usage.get("output_tokens_details")
-    thinking = details.get("thinking_tokens") if isinstance(details, dict) else None
-    if isinstance(thinking, int):
-        result["completion_tokens_details"] = {"reasoning_tokens": thinking}
-    return result
 
 
 def messages_usage_from_chat(usage: Any) -> dict[str, Any]:
@@ -1513,6 +1519,7 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
                     "with its schema.",
                     "response_format.json_schema.schema",
                 )
+            check_strict_format(json_schema, "response_format", None)
             result["output_config"] = anthropic_output_config(schema)
         elif kind == "json_object":
             # No format to send (see `anthropic_output_config`): the prompt asks for JSON,
@@ -2188,6 +2195,37 @@ def check_function(function: dict[str, Any], where: str) -> None:
         value = function.get(field)
         if value is not None and not isinstance(value, kind):
             raise invalid_type(f"{where}.{field}", expected, value)
+    parameters = function.get("parameters")
+    if function.get("strict") is True and isinstance(parameters, dict):
+        # OpenAI checks a strict schema itself; the other API (Anthropic's takes optional
+        # properties) would not, and the client would learn of it only from OpenAI.
+        violation = strict_violation(parameters)
+        if violation is not None:
+            raise TranslationError(
+                f"Invalid schema for function '{name}': In context=(), {violation}",
+                f"{where}.parameters",
+                "invalid_function_parameters",
+            )
+
+
+def check_strict_format(fmt: dict[str, Any], param: str, code: str | None) -> None:
+    """Refuse, in OpenAI's words, a `json_schema` format (`fmt`: Chat Completions'
+    `response_format.json_schema`, or the Responses API's `text.format`) with
+    `strict: true` whose schema OpenAI's strict mode refuses (`strict_violation`): an
+    object not closed, or a property not required. TranslationError with `param` and
+    `code` as OpenAI answers them (Chat Completions names `response_format`, no code;
+    the Responses API `text.format.schema`, `invalid_json_schema`)."""
+    schema = fmt.get("schema")
+    if fmt.get("strict") is not True or not isinstance(schema, dict):
+        return
+    violation = strict_violation(schema)
+    if violation is not None:
+        raise TranslationError(
+            f"Invalid schema for response_format '{fmt.get('name')}': In context=(), "
+            f"{violation}",
+            param,
+            code,
+        )
 
 
 # OpenAI's function names (its reference: "a-z, A-Z, 0-9, or contain underscores and
