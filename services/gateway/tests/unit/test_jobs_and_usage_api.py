@@ -49,7 +49,29 @@ async def test_a_job_is_accepted_and_published_to_the_batch_lane(harness, histor
     assert response.status_code == 202, response.text
     job = response.json()
     assert (job["object"], job["status"], job["model"]) == ("job", "queued", "sim-small")
-    assert job["webhook"] == {"url": "https://hooks.example.com/sy", "status": "pending"}
+    assert job["webhook"] == {
+        "url": "https://hooks.example.com/sy",
+        "status": "pending",
+        "attempts": 0,
+        "delivered_at": None,
+        "last_error": None,
+    }
+    # The shape GET /v1/jobs/{id} shows (history's `job_object`), field for field.
+    from datetime import UTC, datetime
+
+    from switchyard.history.jobs import job_object
+
+    shown = job_object(
+        {
+            "request_id": job["id"],
+            "status": "pending",
+            "created_at": datetime.now(UTC),
+            "webhook_url": "https://hooks.example.com/sy",
+        }
+    )
+    assert set(job) == set(shown) and set(job["webhook"]) == set(shown["webhook"])
+    assert set(job["usage"]) == set(shown["usage"])
+    assert job["usage"]["total_tokens"] == 0 and job["cost_usd"] is None
     assert response.headers["location"] == f"/v1/jobs/{job['id']}"
     [event] = await async_wait_until(
         lambda: _async(lanes["batch"]), timeout=5, message="the job on the batch topic"

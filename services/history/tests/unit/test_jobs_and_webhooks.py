@@ -180,6 +180,24 @@ async def test_a_job_is_in_progress_once_inference_starts_it(service, recorder, 
     assert "queued or in progress" in refused.json()["error"]["message"]
 
 
+async def test_a_query_parameter_the_api_does_not_read_is_refused(service):
+    """`after` (OpenAI's way of paging) was ignored: each page was the first one again."""
+    refused = await service.client.get(
+        "/v1/jobs", params={"after": "job-1", "limit": 1}, headers=service.headers()
+    )
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert (error["param"], error["code"]) == ("after", "unknown_parameter")
+    assert "cursor" in error["message"]
+    listed = await service.client.get(
+        "/v1/jobs", params={"status[]": "queued", "limit": 1}, headers=service.headers()
+    )
+    assert listed.status_code == 200, listed.text
+    for path in ("/v1/history", "/v1/usage"):
+        answer = await service.client.get(path, params={"bogus": "1"}, headers=service.headers())
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "bogus"
+
+
 async def test_cancelling_a_queued_job_records_its_terminal_state_once(
     service, recorder, tables, events
 ):

@@ -429,6 +429,8 @@ async def run_embedded(
     bus = InMemoryBus(
         partitions={topics.replies: 1},
         admission_topics=(topics.requests_interactive, topics.requests_batch),
+        # A second signal ends the handlers still draining at once, as it ends the requests.
+        cut_short=cut_short,
     )
     await bus.start()
 

@@ -5,12 +5,14 @@ ways: comma-separated once (`group_by=model,day`), repeated (`group_by=model&gro
 or repeated with brackets (`include[]=a&include[]=b`, how the official OpenAI and
 Anthropic SDKs write an array). All three mean the same list. Every other parameter takes
 one value: given twice, the request is refused naming it, where frameworks silently keep
-one of the two.
+one of the two. A parameter the endpoint does not read at all is refused too
+(`refuse_unknown_parameters`, Switchyard's own APIs), where frameworks ignore it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
+from typing import Any
 
 from starlette.requests import Request
 
@@ -72,3 +74,37 @@ def refusing_repeated(
 
 # The APIs' dependency: `group_by`, `status` and `include` may be repeated.
 refuse_repeated_parameters = refusing_repeated()
+
+
+def _declared(dependant: Any) -> set[str]:
+    """The query parameter names (aliases) a FastAPI `Dependant` and its sub-dependencies
+    read."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _declared(sub)
+    return names
+
+
+async def refuse_unknown_parameters(request: Request) -> None:
+    """A FastAPI dependency refusing a query parameter the matched route does not read:
+    frameworks ignore it, so a client paging with a parameter of another API (`after`,
+    OpenAI's) would get the first page again and again. List parameters may carry `[]`.
+
+    Raises:
+        APIError: 400 `unknown_parameter` naming the first such parameter and the route's own.
+    """
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    declared = _declared(dependant)
+    for raw_name in request.query_params:
+        name = raw_name.removesuffix("[]") if raw_name.endswith("[]") else raw_name
+        if name not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            raise APIError(
+                400,
+                f"Unrecognized query parameter: '{raw_name}'. This endpoint takes: {known}.",
+                param=raw_name,
+                code="unknown_parameter",
+            )

@@ -20,7 +20,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 
 import structlog
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.bus import EventBus, RetryPolicy, Subscription, enter_bus
@@ -37,6 +37,7 @@ from switchyard.common.http import (
 )
 from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
+from switchyard.common.queryparams import refuse_unknown_parameters
 from switchyard.common.tasks import cancel_and_wait
 from switchyard.common.topics import Topics
 from switchyard.history.api.cache import cache_router
@@ -251,13 +252,19 @@ def create_app(
 
     app.include_router(health_router({"database": database_ready, "bus": bus_ready}))
     app.include_router(metrics_router(token=settings.metrics_token, service="history"))
-    app.include_router(history_router(settings.internal_token))
-    app.include_router(usage_router(settings.internal_token))
-    app.include_router(performance_router(settings.internal_token))
-    app.include_router(jobs_router(settings.internal_token))
-    app.include_router(replays_router(settings.internal_token))
-    app.include_router(cache_router(settings.internal_token))
-    app.include_router(responses_router(settings.internal_token))
+    # On the APIs: a query parameter no route reads is refused, not ignored (`after` on a
+    # list would otherwise give its first page again and again).
+    strict_queries = [Depends(refuse_unknown_parameters)]
+    for router in (
+        history_router(settings.internal_token),
+        usage_router(settings.internal_token),
+        performance_router(settings.internal_token),
+        jobs_router(settings.internal_token),
+        replays_router(settings.internal_token),
+        cache_router(settings.internal_token),
+        responses_router(settings.internal_token),
+    ):
+        app.include_router(router, dependencies=strict_queries)
     app.include_router(
         idempotency_router(settings.internal_token, settings.idempotency_max_body_bytes)
     )

@@ -6,6 +6,12 @@ then dead-lettered (only failures while its dependencies work count, and a faili
 is split to isolate the event that fails alone), and `consumer_lag` counts what a group
 has not finished (an event is "committed" once its handler is done with it).
 
+Stopping is what the Kafka bus does at a clean shutdown: a consumer group member stops
+taking events, lets the handlers in progress finish (up to `HANDLER_DRAIN_S`, the Kafka
+consumer's `revoke_grace_s`) and only then cancels what still runs, so that a SIGTERM in
+embedded mode does not cut a provider call short for it to run again after the restart;
+a batch group writes what it holds (`STOP_DRAIN_S`); a listener stops at once.
+
 Events travel as the bytes Kafka would carry: `publish` serialises each event with the bus
 codec (`serialise`, refusing what Kafka's publish refuses with EventRejectedError) and
 every consumer group and listener decodes its own copy with `decode_event`, as a Kafka
@@ -55,6 +61,13 @@ log = structlog.get_logger("switchyard.bus.memory")
 
 # Longest a stopping batch subscription spends handling the events it already holds.
 STOP_DRAIN_S = 2.0
+# Longest a stopping consumer group member (`subscribe`) waits for the handlers in
+# progress before cancelling them: the Kafka consumer's grace (`_GroupSubscription.
+# revoke_grace_s` in `kafka.py`, not imported here: Kafka is imported only when used),
+# "event handlers in progress get 10 s" (docs/operations.md, "Graceful shutdown").
+HANDLER_DRAIN_S = 10.0
+# After this long (s) a stopping member still waiting for its handlers says so.
+DRAIN_QUIET_S = 0.5
 # Dead letters an in-memory bus keeps (the oldest go first); Kafka's are on their topic.
 MAX_DEAD_LETTERS = 1000
 
@@ -152,6 +165,22 @@ async def _first(*events: asyncio.Event) -> None:
             wait.cancel()
 
 
+async def _wait_unless(
+    tasks: Collection[asyncio.Task[None]], timeout_s: float, cut_short: asyncio.Event
+) -> None:
+    """Wait up to `timeout_s` seconds for every one of `tasks` to end; no longer once
+    `cut_short` is set (not at all if it is already)."""
+    if not tasks or cut_short.is_set():
+        return
+    ended = asyncio.ensure_future(asyncio.wait(tasks))
+    cut = asyncio.ensure_future(cut_short.wait())
+    try:
+        await asyncio.wait([ended, cut], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ended.cancel()  # only the wait: the tasks run on
+        cut.cancel()
+
+
 class _TaskSubscription(Subscription):
     def __init__(
         self,
@@ -178,7 +207,13 @@ class _TaskSubscription(Subscription):
             return
         self._stopped = True
         if self._drain is not None:
-            await self._drain()
+            try:
+                await self._drain()
+            except asyncio.CancelledError:
+                for task in self._tasks:  # the stop itself is cancelled: nothing runs on
+                    task.cancel()
+                raise
+        # What the drain did not see end (a handler past its grace) is cancelled.
         for task in self._tasks:
             await cancel_and_wait(task)
         if self._on_stop:
@@ -191,6 +226,9 @@ class InMemoryBus(EventBus):
 
     `partitions` maps a topic to its partition count (default 1); `batch_linger_s` is how
     long (seconds) `subscribe_batch` waits for a batch to fill when not told otherwise.
+    A stopping `subscribe` member waits up to `handler_drain_s` seconds for its handlers in
+    progress (the Kafka consumer's grace); once `cut_short` is set (embedded mode's second
+    Ctrl+C), a stopping subscription waits for nothing: what still runs is cancelled.
     Events pass through the same serialisation as on Kafka; the latest `MAX_DEAD_LETTERS`
     dead-lettered events are kept in `dead_letters` (each is also logged), and `published`
     counts events per topic.
@@ -213,8 +251,12 @@ class InMemoryBus(EventBus):
         admission_topics: Collection[str] = (),
         max_pending: int = 50_000,
         publish_wait_s: float = 5.0,
+        handler_drain_s: float = HANDLER_DRAIN_S,
+        cut_short: asyncio.Event | None = None,
     ) -> None:
         self._partitions = partitions or {}
+        self.handler_drain_s = handler_drain_s
+        self._cut_short = cut_short if cut_short is not None else asyncio.Event()
         self.batch_linger_s = batch_linger_s
         self.admission_topics = frozenset(admission_topics)
         self.max_pending = max_pending
@@ -377,11 +419,6 @@ class InMemoryBus(EventBus):
             self._dead_letter(topic, None, exc, raw)
             return None
 
-    def _track(self, tasks: list[asyncio.Task[None]]) -> Subscription:
-        subscription = _TaskSubscription(tasks, on_stop=None)
-        self._subscriptions.append(subscription)
-        return subscription
-
     @override
     async def subscribe(
         self,
@@ -394,8 +431,15 @@ class InMemoryBus(EventBus):
         healthy: HealthCheck | None = None,
     ) -> Subscription:
         state = self._join(topics, group)
+        # Set by `stop`: no worker takes another event.
+        stopping = False
+        # The workers handling an event now (the others wait for one).
+        handling: set[asyncio.Task[None]] = set()
 
-        async def handle(delivery: tuple[str, bytes, Carrier]) -> None:
+        async def handle(delivery: tuple[str, bytes, Carrier], by: asyncio.Task[None]) -> None:
+            # Marked before the first suspension: a worker is either waiting for an event
+            # or in `handling`, never in between.
+            handling.add(by)
             topic, raw, carrier = delivery
             try:
                 event = await self._decode(topic, raw)
@@ -417,15 +461,53 @@ class InMemoryBus(EventBus):
                 if error is not None:
                     self._dead_letter(topic, event, error)
             finally:
+                handling.discard(by)
                 state.mark_handled([topic])
 
         async def worker() -> None:
+            me = asyncio.current_task()
+            assert me is not None
             # Each delivery in its own frame: what it held (the raw bytes, the event) is
             # let go once handled, not kept while the worker waits for the next one.
-            while True:
-                await handle(await state.queue.get())
+            while not stopping:
+                await handle(await state.queue.get(), me)
 
-        return self._track([asyncio.create_task(worker()) for _ in range(max(1, concurrency))])
+        workers = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
+
+        async def drain() -> None:
+            # As the Kafka consumer stops: no new event is taken (a worker waiting for one
+            # ends now; the event it was just woken for stays queued), and those being
+            # handled get `handler_drain_s` to finish; `stop` cancels what still runs.
+            nonlocal stopping
+            stopping = True
+            for task in workers:
+                if task not in handling:
+                    task.cancel()
+            busy = set(handling)
+            quiet_s = min(self.handler_drain_s, DRAIN_QUIET_S)
+            await _wait_unless(busy, quiet_s, self._cut_short)
+            busy = {task for task in busy if not task.done()}
+            if busy and not self._cut_short.is_set() and self.handler_drain_s > quiet_s:
+                # A shutdown that seems to hang says why.
+                log.warning(
+                    "waiting for the event handlers in progress to finish",
+                    group=group,
+                    handlers=len(busy),
+                    up_to_s=self.handler_drain_s,
+                )
+                await _wait_unless(busy, self.handler_drain_s - quiet_s, self._cut_short)
+                busy = {task for task in busy if not task.done()}
+            if busy:
+                log.warning(
+                    "event handlers still running at stop cancelled; their events may be "
+                    "handled again",
+                    group=group,
+                    handlers=len(busy),
+                )
+
+        subscription = _TaskSubscription(workers, drain=drain)
+        self._subscriptions.append(subscription)
+        return subscription
 
     @override
     async def subscribe_batch(
@@ -515,8 +597,8 @@ class InMemoryBus(EventBus):
             stopping.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STOP_DRAIN_S):
-                    while busy or not state.queue.empty():
-                        await state.progress.wait()
+                    while (busy or not state.queue.empty()) and not self._cut_short.is_set():
+                        await _first(state.progress, self._cut_short)
 
         def stopped() -> None:
             # A stopped store holds nobody back any more.

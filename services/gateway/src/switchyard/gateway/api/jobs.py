@@ -216,7 +216,26 @@ async def create_job(
         "completed_at": None,
         "result": None,
         "error": None,
-        "webhook": {"url": webhook_url, "status": "pending"} if webhook_url else None,
+        # The shape GET /v1/jobs/{id} shows, with what a job holds before it runs.
+        "usage": {
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "total_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "reasoning_tokens": 0,
+        },
+        "cost_usd": None,
+        "deployment": None,
+        "webhook": {
+            "url": webhook_url,
+            "status": "pending",
+            "attempts": 0,
+            "delivered_at": None,
+            "last_error": None,
+        }
+        if webhook_url
+        else None,
     }
     return Response(
         orjson.dumps(job),

@@ -24,7 +24,11 @@ How it stays exact for the fleet and fast for one request (docs/governance.md):
 
 When the ledger does not answer within its timeout, each tenant's failure mode decides:
 rate limits fail open by default (admitted without counting), budgets fail closed
-(refused with 503).
+(refused with 503). Every request waiting on the refill that failed gets its failure
+mode at once, and the store then counts as down: for `STORE_BACKOFF_S` a request that
+needs it follows its failure mode without asking it; after that one grant at a time (a
+probe) asks it, until one succeeds. So no request waits more than about one timeout
+however many arrive together, and a store that is back is used again within a back-off.
 """
 
 from __future__ import annotations
@@ -91,6 +95,16 @@ LEASE_REQUESTS = 100
 # A counter found exhausted is not asked again for this long (refusals stay cheap).
 EXHAUSTED_S = 0.05
 MAX_ROUNDS = 1000
+# After a grant fails (the store down, or slower than its timeout), requests that need
+# the store follow their failure mode for this long without asking it: asking it for
+# each would make each wait its own timeout, queued behind the others' (the SQLite ledger
+# takes one transaction at a time, a PostgreSQL pool a few), so latency would grow with
+# the number of requests, and a struggling database would get more work. Then the next
+# request that needs a grant asks (a probe; the others still do not while it is on its
+# way): a failure starts another back-off, a success ends the outage. A second: a store
+# that is back is used again within about that long, which is also the Retry-After a
+# tenant failing closed is given.
+STORE_BACKOFF_S = 1.0
 
 
 # The APIs whose requests generate no output: nothing is reserved for one.
@@ -448,6 +462,7 @@ class Admission:
         reap_after_s: float = 15.0,
         clock: Callable[[], float] = time.time,
         deployments_of: Callable[[str], Sequence[Deployment]] | None = None,
+        store_backoff_s: float = STORE_BACKOFF_S,
     ) -> None:
         self.ledger = ledger
         self.policies = policies
@@ -463,7 +478,15 @@ class Admission:
         self._clock = clock
         self._allowances: dict[tuple[str, str], _Allowance] = {}
         self._exhausted: dict[tuple[str, str], tuple[float, Grant]] = {}
-        self._refills: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # The refill on its way for each counter; its result is the store's failure, if
+        # it failed, which every request waiting on it then shares (`_refill`).
+        self._refills: dict[tuple[str, str], asyncio.Future[LedgerUnavailable | None]] = {}
+        # While the store counts as down: until when (monotonic) nothing asks it; 0 when
+        # it is up (`STORE_BACKOFF_S`).
+        self.store_backoff_s = store_backoff_s
+        self._down_until = 0.0
+        # Grants on their way to the store: while it counts as down, at most one (a probe).
+        self._granting = 0
         # What the requests waiting for each counter need in all (asked for when short).
         self._demand: dict[tuple[str, str], float] = {}
         self._pending: dict[str, Ticket] = {}
@@ -761,27 +784,59 @@ class Admission:
 
     async def _refill(self, missing: list[_Need]) -> None:
         """Ask the ledger for more of every missing counter (one round trip; requests
-        that need a counter already being refilled wait for that refill)."""
-        waits = []
+        that need a counter already being refilled wait for that refill).
+
+        A refill that fails gives every request waiting on it its failure mode at once
+        (`_store_down`), as it does the request that asked. While the store counts as
+        down, a request follows its failure mode without asking or waiting, during the
+        back-off (`STORE_BACKOFF_S`) and while a grant is on its way; after the back-off,
+        with none on its way, its grant is the probe."""
+        if self._down_until and (self._granting or time.monotonic() < self._down_until):
+            self._store_down(missing)
+            return
+        waits: list[tuple[asyncio.Future[LedgerUnavailable | None], _Need]] = []
         asks: list[_Need] = []
         for need in missing:
             running = self._refills.get(need.counter)
             if running is not None:
-                waits.append(running)
+                waits.append((running, need))
             elif need.counter not in {ask.counter for ask in asks}:
                 asks.append(need)
+        failed: list[_Need] = []
         if asks:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[LedgerUnavailable | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            asked = {need.counter for need in asks}
             for need in asks:
                 self._refills[need.counter] = future
+            error: LedgerUnavailable | None = None
+            self._granting += 1
             try:
                 await self._grant(asks)
+            except LedgerUnavailable as exc:
+                error = exc
+                failed = [need for need in missing if need.counter in asked]
+                if not self._down_until:  # once an outage, not once per probe
+                    log.warning(
+                        "limit store unavailable", error=repr(exc), backoff_s=self.store_backoff_s
+                    )
+                self._down_until = time.monotonic() + self.store_backoff_s
+            else:
+                if self._down_until:
+                    log.info("limit store answers again")
+                self._down_until = 0.0
             finally:
+                self._granting -= 1
                 for need in asks:
                     self._refills.pop(need.counter, None)
-                future.set_result(None)
-        for running in waits:
-            await asyncio.shield(running)
+                # Cancelled or failed otherwise: None, and the waiting requests ask again.
+                future.set_result(error)
+        for running, need in waits:
+            if await asyncio.shield(running) is not None:
+                failed.append(need)
+        if failed:
+            self._store_down(failed)
 
     async def _grant(self, asks: list[_Need]) -> None:
         requests = []
@@ -821,9 +876,6 @@ class Admission:
         started = time.perf_counter()
         try:
             grants = await self.ledger.grant(self.replica, requests)
-        except LedgerUnavailable as exc:
-            self._store_down(asks, exc)
-            return
         finally:
             GRANTS.observe(time.perf_counter() - started)
         touched = time.monotonic()
@@ -862,9 +914,11 @@ class Admission:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _store_down(self, asks: list[_Need], error: Exception) -> None:
-        closed = [need for need in asks if need.failure_mode == FailureMode.CLOSED]
-        log.warning("limit store unavailable", error=repr(error), failing_closed=bool(closed))
+    def _store_down(self, needs: list[_Need]) -> None:
+        """The store could not grant `needs` (of one request): APIError 503 if any of them
+        fails closed, else each is admitted uncounted (counted by `STORE_FAILURES`; the
+        outage is logged once, by `_refill`, not once per request)."""
+        closed = [need for need in needs if need.failure_mode == FailureMode.CLOSED]
         if closed:
             STORE_FAILURES.labels("refused").inc()
             raise APIError(
@@ -874,7 +928,7 @@ class Admission:
                 headers={"Retry-After": "1"},
             )
         STORE_FAILURES.labels("admitted_uncounted").inc()
-        for need in asks:
+        for need in needs:
             need.uncounted = True
 
     def _undo(self, ticket: Ticket) -> None:
