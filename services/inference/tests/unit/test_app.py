@@ -435,3 +435,37 @@ async def test_a_lane_that_cannot_be_subscribed_is_retried_and_stopped_with_the_
 
     assert stopped_by_the_app == [f"consumer {topics.requests_interactive}", "outcomes"]
     assert app.state.bus is None and app.state.outcomes is None
+
+
+async def test_a_job_whose_deadline_passed_in_its_lane_is_not_said_to_have_reached_the_upstream(
+    simulator, tmp_path: Path
+) -> None:
+    """A batch request that waited in its lane past its deadline was reported expired
+    "while the upstream was answering", though it never reached it."""
+    simulator.latency(600)
+    topics = Topics("apptest")
+    bus = InMemoryBus()
+    replies: list = []
+
+    async def collect(event) -> None:
+        replies.append(event)
+
+    await bus.listen(topics.replies, collect)
+    app = create_app(settings_for(simulator, tmp_path, batch_concurrency=1), bus=bus)
+    first = request_for("sim-small", "batch", request_id="batch-first")
+    late = request_for("sim-small", "batch", request_id="batch-late")
+    late = late.model_copy(
+        update={
+            "data": late.data.model_copy(update={"deadline": utcnow() + timedelta(seconds=0.3)})
+        }
+    )
+    async with app.router.lifespan_context(app):
+        await bus.publish(topics.requests_batch, first)
+        await bus.publish(topics.requests_batch, late)
+        await async_wait_until(
+            lambda: _done(replies, 2), timeout=10, interval=0.01, message="two outcomes"
+        )
+    [outcome] = [r for r in replies if r.request_id == "batch-late" and isinstance(r, ChatFailed)]
+    assert outcome.data.error.code == "deadline_exceeded"
+    assert "while the upstream was answering" not in outcome.data.error.message
+    assert simulator.calls("sim-small") == 1  # the late one never reached it

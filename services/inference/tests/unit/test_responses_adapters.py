@@ -154,6 +154,8 @@ def sdk_final_response(events) -> Response:
     return state._completed_response
 
 
+# An output format's schema as OpenAI's strict mode takes it (closed).
+STRICT_EMPTY = {"type": "object", "properties": {}, "additionalProperties": False}
 # A function's parameters as OpenAI's strict mode takes them (closed, all required).
 STRICT_LOCATION = {
     "type": "object",
@@ -379,7 +381,7 @@ def translated_body() -> dict[str, Any]:
             "format": {
                 "type": "json_schema",
                 "name": "weather",
-                "schema": {"type": "object"},
+                "schema": STRICT_EMPTY,
                 "strict": True,
             }
         },
@@ -482,7 +484,7 @@ async def test_responses_are_translated_once_for_a_chat_completions_server(harne
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
         "response_format": {
             "type": "json_schema",
-            "json_schema": {"name": "weather", "schema": {"type": "object"}, "strict": True},
+            "json_schema": {"name": "weather", "schema": STRICT_EMPTY, "strict": True},
         },
         "reasoning_effort": "low",
     }

@@ -2579,6 +2579,13 @@ def test_a_strict_schema_openai_refuses_is_refused_in_its_words_for_a_claude_mod
             {"model": "m", "input": "x", "tools": [{"type": "function", **tool}]}
         )
     assert caught.value.param == "tools[0].parameters"
+    strict_format = {"type": "json_schema", "name": "person", "schema": OPTIONAL_NICK}
+    with pytest.raises(TranslationError) as caught:
+        responses_request_to_messages(
+            {"model": "m", "input": "x", "text": {"format": {**strict_format, "strict": True}}}
+        )
+    assert (caught.value.param, caught.value.code) == ("text.format.schema", "invalid_json_schema")
+    assert caught.value.message.startswith("Invalid schema for response_format 'person'")
     # Not strict: OpenAI takes it, and so does the translation.
     relaxed = {**tool, "strict": False}
     chat_request_to_messages({**chat, "tools": [{"type": "function", "function": relaxed}]})

@@ -143,6 +143,53 @@ async def test_openai_tool_results_are_answered_not_called_for_again(openai_clie
     assert choice.message.content == "Simulated reply to: sunny 20C"
 
 
+async def test_a_forced_tool_choice_calls_a_tool_even_after_tool_results(
+    openai_client, anthropic_client
+) -> None:
+    """A forced `tool_choice` makes the real APIs call a tool on every turn, also one
+    answering tool results; the Vercel AI SDK's structured output over Anthropic's API (its
+    `json` tool forced with `any`) relies on it."""
+    asked = user("What's the weather in Paris?")
+    first = await openai_client.chat.completions.create(
+        model="sim-small", messages=asked, tools=[WEATHER_TOOL]
+    )
+    call = first.choices[0].message.tool_calls[0]
+    second = await openai_client.chat.completions.create(
+        model="sim-small",
+        messages=[
+            *asked,
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny 20C"},
+        ],
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+    )
+    assert second.choices[0].finish_reason == "tool_calls"
+    tool = {
+        "name": "json",
+        "input_schema": {"type": "object", "properties": {"answer": {"type": "string"}}},
+    }
+    reply = await anthropic_client.messages.create(
+        model="sim-claude",
+        max_tokens=64,
+        messages=[
+            {"role": "user", "content": "What's the weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t1", "name": "json", "input": {}}],
+            },
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "sunny"}],
+            },
+        ],
+        tools=[tool],
+        tool_choice={"type": "any"},
+    )
+    assert reply.stop_reason == "tool_use"
+    assert [block.type for block in reply.content][-1] == "tool_use"
+
+
 async def test_openai_streamed_tool_call_reassembles_to_valid_arguments(openai_client) -> None:
     stream = await openai_client.chat.completions.create(
         model="sim-small", messages=user("weather for Lyon"), tools=[WEATHER_TOOL], stream=True

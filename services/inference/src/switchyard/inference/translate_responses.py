@@ -28,6 +28,7 @@ text, refusal, reasoning summary and function-call argument events), then
 from __future__ import annotations
 
 import functools
+import time
 import typing
 import uuid
 from collections.abc import Callable
@@ -55,6 +56,7 @@ from switchyard.inference.translate import (
     below_minimum,
     check_format_name,
     check_function,
+    check_strict_format,
     document_source,
     empty_string,
     image_source,
@@ -458,6 +460,7 @@ def _text_format(body: dict[str, Any]) -> dict[str, Any] | None:
             raise missing_parameter("text.format.schema")
         if not isinstance(schema, dict):
             raise invalid_type("text.format.schema", "an object", schema)
+        check_strict_format(fmt, "text.format.schema", "invalid_json_schema")
     return fmt
 
 
@@ -1109,8 +1112,10 @@ def _item_to_messages(item: Any, where: str) -> tuple[str, list[dict[str, Any]]]
     if kind == "reasoning":
         _check_reasoning_item(item, where)
         # Thinking Switchyard returned as reasoning goes back with its signature (Anthropic
-        # needs it to continue a turn that used tools); reasoning without one is not sent
-        # (Anthropic ignores earlier turns' thinking anyway), nor is an OpenAI model's
+        # needs it to continue a turn that used tools); sent back by id alone, the gateway
+        # completed it from the stored item, or refused it when not found (a thinking
+        # block's). Reasoning without one is not sent (a Chat Completions server's text:
+        # Anthropic ignores earlier turns' thinking anyway), nor is an OpenAI model's
         # (its encrypted content is OpenAI's, which Anthropic would refuse as a signature).
         if openai_reasoning(item):
             return "assistant", []
@@ -1350,15 +1355,35 @@ class _Open:
     name: str = ""
     # A reasoning item's signature, in the pieces it came in (joined once, at its close).
     signature: list[str] = field(default_factory=list)
+    # The events of a reasoning item held until its signature is whole (`hold`), from its
+    # `response.output_item.added` on, each (type, data) without its `sequence_number`:
+    # numbered when released; None once released (or never held).
+    held: list[tuple[str, dict[str, Any]]] | None = None
+    held_since: float = 0.0
+
+
+# At most how long (seconds) a reasoning item's events are held for its signature: a
+# stream shows nothing of them meanwhile, and a gateway ends a stream that has not
+# started by its request timeout (120 s by default); a longer thinking streams live from
+# then on, its signature in `response.output_item.done` (and the stored response) only.
+REASONING_HOLD_S = 20.0
 
 
 class ResponseEventWriter:
     """Writes a Responses event stream: every event numbered (`sequence_number` from 0),
     output items opened and closed with their full event sequence, and the final
-    response assembled from the items it closed. The stream converters below drive it."""
+    response assembled from the items it closed. The stream converters below drive it.
 
-    def __init__(self, ctx: ResponseContext) -> None:
+    A reasoning item opened with `hold` (an Anthropic thinking block, whose signature
+    comes last) is announced only once its signature is whole, at its close: its
+    `response.output_item.added` carries `encrypted_content` as OpenAI's does (clients
+    such as langchain-openai read reasoning items from that event only), followed by
+    its summary events, all numbered in order then. `clock` (seconds) times the hold
+    (`REASONING_HOLD_S`)."""
+
+    def __init__(self, ctx: ResponseContext, clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
+        self._clock = clock
         self._sequence = 0
         self._next_index = 0
         self._started = False
@@ -1391,13 +1416,47 @@ class ResponseEventWriter:
         ]
 
     def _open(
-        self, key: Any, kind: str, item_id: str, item: dict[str, Any]
+        self, key: Any, kind: str, item_id: str, item: dict[str, Any], *, hold: bool = False
     ) -> list[dict[str, Any]]:
+        # An item held before this one is announced first: output items follow one another.
+        events = [*self.start(), *self._release_all()]
         state = _Open(kind, self._next_index, item_id)
         self._next_index += 1
         self._items[key] = state
+        if hold:
+            state.held, state.held_since = [], self._clock()
+            return events
         added = self._event("response.output_item.added", output_index=state.index, item=item)
-        return [*self.start(), added]
+        return [*events, added]
+
+    def _item_event(self, state: _Open, kind: str, **data: Any) -> list[dict[str, Any]]:
+        """Event `kind` of the open item `state`: numbered now, or held with the item's
+        others while it is held (then none; all of them once the hold lasted
+        `REASONING_HOLD_S`)."""
+        if state.held is None:
+            return [self._event(kind, **data)]
+        state.held.append((kind, data))
+        if self._clock() - state.held_since >= REASONING_HOLD_S:
+            return self._release(state)
+        return []
+
+    def _release(self, state: _Open) -> list[dict[str, Any]]:
+        """The held reasoning item `state`'s events, numbered now: its
+        `response.output_item.added` (with the signature so far as `encrypted_content`),
+        then those that came since; none when it is not held."""
+        held, state.held = state.held, None
+        if held is None:
+            return []
+        signature = "".join(state.signature) or None
+        item = _reasoning_item(state.item_id, None, signature, "in_progress")
+        events = [self._event("response.output_item.added", output_index=state.index, item=item)]
+        return events + [self._event(kind, **data) for kind, data in held]
+
+    def _release_all(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        for state in sorted(self._items.values(), key=lambda s: s.index):
+            events += self._release(state)
+        return events
 
     def is_open(self, key: Any) -> bool:
         """Whether the converter's item `key` is open (its events may still come)."""
@@ -1508,24 +1567,32 @@ class ResponseEventWriter:
 
     # ---- reasoning
 
-    def reasoning(self, key: Any) -> list[dict[str, Any]]:
+    def reasoning(
+        self, key: Any, *, hold: bool = False, signature: str | None = None
+    ) -> list[dict[str, Any]]:
         """Open a `reasoning` item for the converter's `key`, with an empty summary part; its
-        opening events."""
+        opening events. With `hold`, and no `signature` yet, its events are held until
+        its signature is whole (at its close), so that `response.output_item.added`
+        carries it."""
         item_id = _reasoning_id(thinking=True)
         events = self._open(
-            key, "reasoning", item_id, _reasoning_item(item_id, None, None, "in_progress")
+            key,
+            "reasoning",
+            item_id,
+            _reasoning_item(item_id, None, signature, "in_progress"),
+            hold=hold and not signature,
         )
         state = self._items[key]
-        events.append(
-            self._event(
-                "response.reasoning_summary_part.added",
-                item_id=item_id,
-                output_index=state.index,
-                summary_index=0,
-                part={"type": "summary_text", "text": ""},
-            )
+        if signature:
+            state.signature.append(signature)
+        return events + self._item_event(
+            state,
+            "response.reasoning_summary_part.added",
+            item_id=item_id,
+            output_index=state.index,
+            summary_index=0,
+            part={"type": "summary_text", "text": ""},
         )
-        return events
 
     def reasoning_text(self, key: Any, delta: str) -> list[dict[str, Any]]:
         """A piece of the reasoning `key`'s summary text:
@@ -1534,15 +1601,14 @@ class ResponseEventWriter:
         if state is None or not delta:
             return []
         state.text.append(delta)
-        return [
-            self._event(
-                "response.reasoning_summary_text.delta",
-                item_id=state.item_id,
-                output_index=state.index,
-                summary_index=0,
-                delta=delta,
-            )
-        ]
+        return self._item_event(
+            state,
+            "response.reasoning_summary_text.delta",
+            item_id=state.item_id,
+            output_index=state.index,
+            summary_index=0,
+            delta=delta,
+        )
 
     def signature(self, key: Any, signature: str) -> None:
         """Add to the reasoning item `key`'s `encrypted_content` (an Anthropic thinking
@@ -1552,10 +1618,11 @@ class ResponseEventWriter:
             state.signature.append(signature)
 
     def redacted_reasoning(self, key: Any, data: str) -> list[dict[str, Any]]:
-        """A reasoning item with nothing readable (Anthropic's redacted thinking)."""
+        """A reasoning item with nothing readable (Anthropic's redacted thinking), its data
+        as `encrypted_content` from `response.output_item.added` on."""
         item_id = _reasoning_id()
         events = self._open(
-            key, "reasoning", item_id, _reasoning_item(item_id, None, None, "in_progress")
+            key, "reasoning", item_id, _reasoning_item(item_id, None, data or None, "in_progress")
         )
         self._items[key].signature = [data]
         self._items[key].kind = "redacted_reasoning"
@@ -1570,7 +1637,7 @@ class ResponseEventWriter:
         state = self._items.pop(key, None)
         if state is None:
             return []
-        events: list[dict[str, Any]] = []
+        events = self._release(state)  # a held item is announced with its whole signature
         if state.kind == "message":
             events += self._close_part(state)
             item = _message_item(
@@ -1778,14 +1845,22 @@ class MessageEventsToResponseEvents:
     """Anthropic stream events -> the Responses event sequence.
 
     Text blocks become one message (a new one after a tool call), thinking blocks
-    reasoning items (thinking as summary text, the signature as `encrypted_content`),
-    redacted thinking a reasoning item with only `encrypted_content`, tool_use blocks
-    function_call items (`input_json_delta` as argument deltas). `message_stop` ends the
-    stream (`response.completed`, or `response.incomplete` after a `max_tokens` or
-    `refusal` stop)."""
+    reasoning items (thinking as summary text, the signature as `encrypted_content`:
+    the item's events are held until the block ends, when its signature is whole, so
+    that `response.output_item.added` carries it as OpenAI's does; see
+    `ResponseEventWriter`), redacted thinking a reasoning item with only
+    `encrypted_content`, tool_use blocks function_call items (`input_json_delta` as
+    argument deltas). `message_stop` ends the stream (`response.completed`, or
+    `response.incomplete` after a `max_tokens` or `refusal` stop). `clock` times the
+    hold of a thinking block's events (`REASONING_HOLD_S`)."""
 
-    def __init__(self, ctx: ResponseContext, usage: Callable[[], TokenUsage]) -> None:
-        self.writer = ResponseEventWriter(ctx)
+    def __init__(
+        self,
+        ctx: ResponseContext,
+        usage: Callable[[], TokenUsage],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.writer = ResponseEventWriter(ctx, clock)
         self._usage = usage
         self.stop_reason: str | None = None
         self._message = 0
@@ -1820,10 +1895,13 @@ class MessageEventsToResponseEvents:
                 key = ("block", index)
                 self._blocks[index] = key
                 if block_type == "thinking":
-                    events += writer.reasoning(key)
+                    # Held until its signature is whole (it comes last, as a
+                    # `signature_delta`), unless it is whole at the start.
+                    signature = block.get("signature")
+                    events += writer.reasoning(
+                        key, hold=True, signature=signature if isinstance(signature, str) else None
+                    )
                     events += writer.reasoning_text(key, block.get("thinking") or "")
-                    if isinstance(block.get("signature"), str):
-                        writer.signature(key, block["signature"])  # whole at the start
                 elif block_type == "redacted_thinking":
                     events += writer.redacted_reasoning(key, block.get("data") or "")
                 elif block_type == "tool_use":

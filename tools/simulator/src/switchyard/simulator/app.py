@@ -709,6 +709,17 @@ def called_tool(
     return tool, instance if isinstance(instance, dict) else {}
 
 
+def forces_tool(choice: Any) -> bool:
+    """Whether `tool_choice` (any of the three APIs' shapes) makes the model call a tool:
+    `required`, Anthropic's `any`, or a named tool. Then a turn answering tool results
+    calls one again, as the real APIs do (an SDK's structured output over a forced tool
+    relies on it); otherwise such a turn is answered in text."""
+    kind = choice.get("type") if isinstance(choice, dict) else choice
+    return kind in ("required", "any") or (
+        kind in ("function", "tool") and isinstance(choice, dict)
+    )
+
+
 def weather_location(user_text: str) -> str:
     """The place named after "in", "for" or "at" in `user_text`, used as the tool call's
     `location` argument; "unknown" when there is none."""
@@ -919,7 +930,7 @@ def build_openai_reply(body: dict[str, Any], cache: set[str] | None = None) -> O
     # Messages and Responses simulations do, never by calling the tool again.
     tool_results = isinstance(last, dict) and last.get("role") == "tool"
     call = None
-    if not tool_results:
+    if not tool_results or forces_tool(body.get("tool_choice")):
         call = called_tool(
             body.get("tools") or [],
             body.get("tool_choice"),
@@ -1367,7 +1378,7 @@ def build_anthropic_reply(body: dict[str, Any], cache: set[str] | None = None) -
     last = messages[-1]["content"]
     # Tool results to answer are answered in text, never by calling a tool again.
     answering = isinstance(last, list) and any(b["type"] == "tool_result" for b in last)
-    if call is not None and not answering:
+    if call is not None and (not answering or forces_tool(body.get("tool_choice"))):
         tool, tool_input = call
         name = tool["name"]
         tool_use = {
@@ -1687,7 +1698,7 @@ def build_responses_reply(body: dict[str, Any], cache: set[str] | None = None) -
         t for t in body.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"
     ]
     call = None
-    if last.get("type") != "function_call_output":
+    if last.get("type") != "function_call_output" or forces_tool(body.get("tool_choice")):
         call = called_tool(functions, body.get("tool_choice"), user_text, lambda t: t.get("name"))
     if call is not None:
         tool, tool_arguments = call

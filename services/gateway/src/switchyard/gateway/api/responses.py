@@ -19,6 +19,11 @@ every model:
 - `store` (default true) and `metadata`: history keeps the response's input and output
   items under the tenant's own rules (metadata-only tenants keep none; retention purges
   them); `store: false` keeps none;
+- `item_reference` input items are replaced by the stored items they name, and a
+  `reasoning` item Switchyard made (an Anthropic model's thinking) sent back by its id
+  alone, without `encrypted_content` (as clients of a stored conversation do, such as
+  LangChain), gets it from the stored item (`resolve_item_references`): the model's
+  thinking must go back to it within a tool loop;
 - `POST /v1/responses/input_tokens` counts the input tokens a response would use, for
   the same body and on the same path (previous items and item references resolved here);
 - `background: true`: answered at once with the `queued` response; the request runs in
@@ -61,7 +66,12 @@ from switchyard.common.responses import (
     upstream_item,
 )
 from switchyard.gateway.api.body import ClientRequest, openapi_body, read_request_off_loop
-from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, check_reads_stored
+from switchyard.gateway.api.deps import (
+    CurrentPrincipal,
+    GatewayDep,
+    check_reads_stored,
+    reads_stored,
+)
 from switchyard.gateway.api.history import (
     call,
     error_of,
@@ -226,32 +236,69 @@ def _references_items(body: dict[str, Any]) -> list[Any]:
     ]
 
 
-async def resolve_item_references(
-    gateway: Gateway, principal: Principal, body: dict[str, Any]
-) -> dict[str, Any]:
-    """`body` with each `item_reference` input item (`{"type": "item_reference", "id"}`)
-    replaced by the stored item it names, from history (the output and input items of the
-    caller's stored responses), so that every deployment gets the items themselves, without
-    the ids Switchyard gave them (`upstream_item`); the
-    body unchanged when it has none. APIError 404 `item_not_found` naming the first item
-    not found, 400 for more than `MAX_ITEM_REFERENCES`, 503 when history cannot be read."""
-    references = _references_items(body)
-    if not references:
-        return body
-    items = body["input"]
-    if len(references) > MAX_ITEM_REFERENCES:
-        raise APIError(
-            400,
-            f"Invalid 'input': at most {MAX_ITEM_REFERENCES} item references per request.",
-            param="input",
-            code="invalid_value",
+# The id prefix of the reasoning items Switchyard makes from another API's reply
+# (`switchyard.inference.translate_responses.TRANSLATED_REASONING_PREFIX`), and of those
+# made from an Anthropic thinking block, which always had a signature as their
+# `encrypted_content` (`rs_syt`; `rs_sy` + hexadecimal digits: redacted thinking, with its
+# data, or a Chat Completions server's reasoning text, with none).
+_SWITCHYARD_REASONING_PREFIX = "rs_sy"
+_SWITCHYARD_THINKING_PREFIX = "rs_syt"
+
+
+def _reasoning_by_id(item: Any) -> str | None:
+    """The id of a `reasoning` input item Switchyard made that came back by its id alone,
+    without `encrypted_content` (the thinking's signature, which an Anthropic model needs
+    again within a tool loop): the stored item has it. None for any other item (an OpenAI
+    upstream's reasoning is its own to look up)."""
+    if not isinstance(item, dict) or item.get("type") != "reasoning":
+        return None
+    item_id = item.get("id")
+    if item.get("encrypted_content") not in (None, ""):  # given (or invalid: refused later)
+        return None
+    if not isinstance(item_id, str) or not item_id.startswith(_SWITCHYARD_REASONING_PREFIX):
+        return None
+    return item_id if len(item_id) <= MAX_ITEM_ID_LENGTH else None
+
+
+def _reasoning_items(body: dict[str, Any]) -> list[str]:
+    """The ids of `body`'s reasoning input items to complete from the store
+    (`_reasoning_by_id`), in order."""
+    items = body.get("input")
+    if not isinstance(items, list):
+        return []
+    return [item_id for item_id in map(_reasoning_by_id, items) if item_id is not None]
+
+
+def _thinking(item_id: str) -> bool:
+    """Whether a reasoning item of Switchyard's was made from a thinking block, so had a
+    signature: the model's thinking is lost unless the stored item gives it back."""
+    return item_id.startswith(_SWITCHYARD_THINKING_PREFIX)
+
+
+def _item_not_found(item_id: Any, position: int, body: dict[str, Any]) -> APIError:
+    """OpenAI's 404 for an input item naming a stored item by id that is not found (its
+    words for a request with `store: false`, whose items are never kept)."""
+    message = f"Item with id '{str(item_id)[:MAX_ITEM_ID_LENGTH]}' not found."
+    if body.get("store") is False:
+        message += (
+            " Items are not persisted when `store` is set to false. Try again with `store` "
+            "set to true, or remove this item from your input."
         )
-    # No id Switchyard stores is empty or longer: those are simply not found.
-    ids = [i for i in dict.fromkeys(references) if 0 < len(i) <= MAX_ITEM_ID_LENGTH]
+    return APIError(404, message, param=f"input[{position}]", code="item_not_found")
+
+
+async def _stored_items(
+    gateway: Gateway, principal: Principal, ids: list[str], required: set[str]
+) -> dict[str, dict[str, Any]]:
+    """The stored items of the caller that `ids` name, by id, from history (the output and
+    input items of the caller's stored responses). History is asked again, after
+    `ITEM_REFERENCE_RETRIES_S`, while an id of `required` is not found (an item answered
+    moments ago); one merely completed if found is not waited for. APIError 503 (or
+    history's status) when history cannot be read."""
     found: dict[str, dict[str, Any]] = {}
     for wait in (0.0, *ITEM_REFERENCE_RETRIES_S):
         missing = [i for i in ids if i not in found]
-        if not missing:
+        if not missing or (wait and not required.intersection(missing)):
             break
         await asyncio.sleep(wait)
         answer = await call(
@@ -268,18 +315,58 @@ async def resolve_item_references(
         found.update(
             (item["id"], item) for item in (await exactjson.loads_off_loop(answer.content))["data"]
         )
+    return found
+
+
+async def resolve_item_references(
+    gateway: Gateway, principal: Principal, body: dict[str, Any], *, reasoning: bool = True
+) -> dict[str, Any]:
+    """`body` with each `item_reference` input item (`{"type": "item_reference", "id"}`)
+    replaced by the stored item it names, from history (the output and input items of the
+    caller's stored responses), so that every deployment gets the items themselves, without
+    the ids Switchyard gave them (`upstream_item`); the body unchanged when it has none.
+
+    With `reasoning`, so is each reasoning item Switchyard made that came back by its id
+    without `encrypted_content` (`_reasoning_by_id`), as the Responses API resolves a
+    stored reasoning item sent so: replaced by the stored item, with its
+    `encrypted_content` (the thinking's signature), when found with one. One made from a
+    thinking block (`rs_syt`) that is not found (never stored, `store: false`, deleted,
+    purged, another caller's) is a 404, as OpenAI answers, never dropped unsaid; one of
+    another kind (a Chat Completions server's reasoning has no encrypted content) goes as
+    it came.
+
+    APIError 404 `item_not_found` naming the first item not found, 400 for more than
+    `MAX_ITEM_REFERENCES` ids, 503 when history cannot be read."""
+    references = _references_items(body)
+    by_id = _reasoning_items(body) if reasoning else []
+    if not references and not by_id:
+        return body
+    items = body["input"]
+    if len(references) + len(by_id) > MAX_ITEM_REFERENCES:
+        raise APIError(
+            400,
+            f"Invalid 'input': at most {MAX_ITEM_REFERENCES} item references per request.",
+            param="input",
+            code="invalid_value",
+        )
+    # No id Switchyard stores is empty or longer: those are simply not found.
+    ids = [i for i in dict.fromkeys([*references, *by_id]) if 0 < len(i) <= MAX_ITEM_ID_LENGTH]
+    required = {*references, *filter(_thinking, by_id)}
+    found = await _stored_items(gateway, principal, ids, required)
     resolved = []
     for position, item in enumerate(items):
         if isinstance(item, dict) and item.get("type") == "item_reference":
             stored = found.get(item["id"])
             if stored is None:
-                raise APIError(
-                    404,
-                    f"Item with id '{str(item['id'])[:MAX_ITEM_ID_LENGTH]}' not found.",
-                    param=f"input[{position}]",
-                    code="item_not_found",
-                )
+                raise _item_not_found(item["id"], position, body)
             item = upstream_item(stored)
+        elif reasoning and (item_id := _reasoning_by_id(item)) is not None:
+            stored = found.get(item_id)
+            encrypted = stored.get("encrypted_content") if stored is not None else None
+            if stored is not None and stored.get("type") == "reasoning" and encrypted:
+                item = upstream_item(stored)  # whole, with its id
+            elif _thinking(item_id):
+                raise _item_not_found(item_id, position, body)
         resolved.append(item)
     return {**body, "input": resolved}
 
@@ -334,8 +421,9 @@ async def count_input_tokens(
 async def _conversation(
     gateway: Gateway, principal: Principal, client: ClientRequest
 ) -> ClientRequest:
-    """`client` with its item references replaced by the items (`resolve_item_references`)
-    and the conversation `previous_response_id` continues (`previous_items`), after the
+    """`client` with its item references replaced by the items, and its reasoning items
+    sent back by id completed from the store (`resolve_item_references`), and the
+    conversation `previous_response_id` continues (`previous_items`), after the
     caller's access to the model is checked (before reading any history). Raises
     APIError as those do."""
     check_model(gateway, principal, client.model)
@@ -343,9 +431,13 @@ async def _conversation(
     # that may read them back may (`check_reads_stored`).
     if client.body.get("previous_response_id") is not None:
         check_reads_stored(principal, router.prefix, "previous_response_id")
-    if _references_items(client.body):
+    # So does a reasoning item sent back by id alone, when it must be found (a thinking
+    # block's); any other is completed only for a credential that may read it.
+    if _references_items(client.body) or any(map(_thinking, _reasoning_items(client.body))):
         check_reads_stored(principal, router.prefix, "input")
-    body = await resolve_item_references(gateway, principal, client.body)
+    body = await resolve_item_references(
+        gateway, principal, client.body, reasoning=reads_stored(principal, router.prefix)
+    )
     if body is not client.body:
         client = ClientRequest(client.api, body, client.model, client.stream)
     previous = client.body.get("previous_response_id")
