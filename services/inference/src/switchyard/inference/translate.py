@@ -2221,8 +2221,7 @@ def check_strict_format(fmt: dict[str, Any], param: str, code: str | None) -> No
     violation = strict_violation(schema)
     if violation is not None:
         raise TranslationError(
-            f"Invalid schema for response_format '{fmt.get('name')}': In context=(), "
-            f"{violation}",
+            f"Invalid schema for response_format '{fmt.get('name')}': In context=(), {violation}",
             param,
             code,
         )
