@@ -399,6 +399,33 @@ def test_a_port_in_use_is_one_line_naming_the_setting_that_changes_it(tmp_path):
     assert str(port) in lines[0] and "SWITCHYARD_GATEWAY_PORT" in lines[0]
 
 
+def submit_jobs(
+    client: httpx.Client,
+    gateway: str,
+    headers: dict[str, str],
+    count: int,
+    prefix: str,
+    *,
+    keyed: bool = False,
+) -> list[str]:
+    """Create `count` chat jobs (prompts `<prefix><n>`, each with `Idempotency-Key:
+    <prefix><n>` when `keyed`), each answered 202; their ids in order."""
+    ids = []
+    for index in range(count):
+        key = {"Idempotency-Key": f"{prefix}{index}"} if keyed else {}
+        created = client.post(
+            f"{gateway}/v1/jobs",
+            headers={**headers, **key},
+            json={
+                "model": "sim-small",
+                "messages": [{"role": "user", "content": f"{prefix}{index}"}],
+            },
+        )
+        assert created.status_code == 202, created.text
+        ids.append(created.json()["id"])
+    return ids
+
+
 def test_ctrl_c_answers_the_request_in_flight_and_the_next_run_finishes_the_jobs_left(tmp_path):
     """Ctrl+C used to stop every service at once: inference stopped while the gateway
     waited for its reply, whose client got 504 two minutes later, and the jobs the run held
@@ -415,18 +442,7 @@ def test_ctrl_c_answers_the_request_in_flight_and_the_next_run_finishes_the_jobs
                 return client.get(f"{simulator}/_sim/stats").json()["total"]
 
             client.put(f"{simulator}/_sim/latency", json={"latency_ms": 120_000})
-            jobs = []
-            for index in range(3):
-                created = client.post(
-                    f"{gateway}/v1/jobs",
-                    headers=headers,
-                    json={
-                        "model": "sim-small",
-                        "messages": [{"role": "user", "content": f"j{index}"}],
-                    },
-                )
-                assert created.status_code == 202, created.text
-                jobs.append(created.json()["id"])
+            jobs = submit_jobs(client, gateway, headers, 3, "j")
             wait_until(lambda: upstream_calls() == 3, timeout=30, message="the jobs running")
             client.put(f"{simulator}/_sim/latency", json={"latency_ms": 1500})
             with ThreadPoolExecutor(1) as pool:
@@ -467,18 +483,7 @@ def test_a_job_answered_202_survives_a_kill_moments_later(tmp_path):
         headers = {"Authorization": f"Bearer {first.api_key}"}
         with httpx.Client(timeout=30) as client:
             client.put(f"{simulator}/_sim/latency", json={"latency_ms": 3000})
-            jobs = []
-            for index in range(5):
-                created = client.post(
-                    f"{gateway}/v1/jobs",
-                    headers={**headers, "Idempotency-Key": f"killed-{index}"},
-                    json={
-                        "model": "sim-small",
-                        "messages": [{"role": "user", "content": f"k{index}"}],
-                    },
-                )
-                assert created.status_code == 202, created.text
-                jobs.append(created.json()["id"])
+            jobs = submit_jobs(client, gateway, headers, 5, "k", keyed=True)
             background = client.post(
                 f"{gateway}/v1/responses",
                 headers=headers,
@@ -506,7 +511,7 @@ def test_a_job_answered_202_survives_a_kill_moments_later(tmp_path):
             assert wait_until(finished, timeout=90, message="the jobs") == ["completed"] * 6
             retried = client.post(
                 "/v1/jobs",
-                headers={"Idempotency-Key": "killed-0"},
+                headers={"Idempotency-Key": "k0"},
                 json={"model": "sim-small", "messages": [{"role": "user", "content": "k0"}]},
             )
             assert retried.status_code == 202 and retried.json()["id"] == jobs[0]

@@ -15,6 +15,7 @@ from switchyard.common.errorformat import error_type
 from switchyard.common.stopping import stop_signalled
 
 from .conftest import API_KEY, chunk, completed_reply
+from .test_stream_deadline import publisher
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]}
@@ -25,17 +26,6 @@ MESSAGES = {**CHAT, "max_tokens": 16}
 def settings(settings):
     settings.shutdown_drain_s = 0.3
     return settings
-
-
-def publisher(harness):
-    topics = harness.app.state.gateway.topics
-
-    async def publish(request, reply):
-        await harness.bus.publish(
-            topics.replies, reply, key=request.request_id, partition=request.data.reply_to.partition
-        )
-
-    return publish
 
 
 async def _held(harness, count: int) -> None:

@@ -9,6 +9,7 @@ import json
 import struct
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anthropic
 import httpx
@@ -122,14 +123,15 @@ async def test_openai_weather_question_with_tools_gets_a_tool_call(openai_client
     assert json.loads(call.function.arguments) == {"location": "Paris"}
 
 
-async def test_openai_tool_results_are_answered_not_called_for_again(openai_client) -> None:
-    # An agent loop's second turn: the tool's result ends the loop with a text answer.
+async def _after_tool_results(openai_client, **options: Any) -> Any:
+    """The reply to an agent loop's second turn: a weather question, the simulated model's
+    call of the weather tool, and the tool's result."""
     asked = user("What's the weather in Paris?")
     first = await openai_client.chat.completions.create(
         model="sim-small", messages=asked, tools=[WEATHER_TOOL]
     )
     call = first.choices[0].message.tool_calls[0]
-    second = await openai_client.chat.completions.create(
+    return await openai_client.chat.completions.create(
         model="sim-small",
         messages=[
             *asked,
@@ -137,7 +139,13 @@ async def test_openai_tool_results_are_answered_not_called_for_again(openai_clie
             {"role": "tool", "tool_call_id": call.id, "content": "sunny 20C"},
         ],
         tools=[WEATHER_TOOL],
+        **options,
     )
+
+
+async def test_openai_tool_results_are_answered_not_called_for_again(openai_client) -> None:
+    # An agent loop's second turn: the tool's result ends the loop with a text answer.
+    second = await _after_tool_results(openai_client)
     choice = second.choices[0]
     assert choice.finish_reason == "stop"
     assert choice.message.content == "Simulated reply to: sunny 20C"
@@ -149,21 +157,7 @@ async def test_a_forced_tool_choice_calls_a_tool_even_after_tool_results(
     """A forced `tool_choice` makes the real APIs call a tool on every turn, also one
     answering tool results; the Vercel AI SDK's structured output over Anthropic's API (its
     `json` tool forced with `any`) relies on it."""
-    asked = user("What's the weather in Paris?")
-    first = await openai_client.chat.completions.create(
-        model="sim-small", messages=asked, tools=[WEATHER_TOOL]
-    )
-    call = first.choices[0].message.tool_calls[0]
-    second = await openai_client.chat.completions.create(
-        model="sim-small",
-        messages=[
-            *asked,
-            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
-            {"role": "tool", "tool_call_id": call.id, "content": "sunny 20C"},
-        ],
-        tools=[WEATHER_TOOL],
-        tool_choice="required",
-    )
+    second = await _after_tool_results(openai_client, tool_choice="required")
     assert second.choices[0].finish_reason == "tool_calls"
     tool = {
         "name": "json",
