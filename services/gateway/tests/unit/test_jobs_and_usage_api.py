@@ -4,6 +4,7 @@ settings through the gateway: authentication, validation and what history is sen
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -195,6 +196,31 @@ async def test_a_job_gets_the_body_limit_of_its_own_api(harness, history, lanes)
     )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+
+
+async def test_a_job_is_held_to_its_requests_limit_not_to_its_envelopes(harness, history, lanes):
+    """A Chat Completions body just under its route's limit (50,000 bytes here) was refused
+    as a job once the job's own fields around it passed the limit."""
+
+    def chat(size: int) -> dict:
+        body = {"model": "sim-small", "messages": [{"role": "user", "content": ""}]}
+        body["messages"][0]["content"] = "x" * (size - len(json.dumps(body)))
+        return body
+
+    envelope = {
+        "url": "/v1/chat/completions",
+        "custom_id": "c" * 500,
+        "webhook_url": "https://hooks.example.com/" + "p" * 1500,
+    }
+    fits = await harness.client.post(
+        "/v1/jobs", json={**envelope, "body": chat(49_900)}, headers=AUTH
+    )
+    assert fits.status_code == 202, fits.text
+    over = await harness.client.post(
+        "/v1/jobs", json={**envelope, "body": chat(50_100)}, headers=AUTH
+    )
+    assert over.status_code == 413
+    assert over.json()["error"]["code"] == "request_too_large"
 
 
 async def test_jobs_need_credentials_and_the_bus(harness, history, monkeypatch):

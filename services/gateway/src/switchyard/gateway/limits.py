@@ -3,9 +3,9 @@ model API's route following the provider's own API (`Settings.max_body_bytes_for
 answering in the format of the API that was called (Anthropic's error shape on
 `/v1/messages`, and on `/v1/models` to a request with `anthropic-version`).
 
-`/v1/jobs`, which carries any of the model APIs, has the largest of their limits (the
-job's own API's limit is checked once the body says which it is); every other route has
-`max_body_bytes`.
+`/v1/jobs`, which carries any of the model APIs, has the largest of their limits plus room
+for the job's own fields (the model request's own API's limit is checked once the body
+says which it is, on the model request alone); every other route has `max_body_bytes`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ API_PATHS: dict[str, ClientAPI] = {
     "/v1/embeddings": ClientAPI.OPENAI_EMBEDDINGS,
 }
 JOBS_PATH = "/v1/jobs"
+# Room for what a job adds around its model request (`url`, `method`, `custom_id`,
+# `webhook_url`): the request itself is held to its own API's limit once it is read.
+JOB_ENVELOPE_BYTES = 16 * 1024
 # Model API routes that jobs do not carry.
 OTHER_API_PATHS: dict[str, ClientAPI] = {
     "/v1/messages/count_tokens": ClientAPI.ANTHROPIC_COUNT_TOKENS,
@@ -40,7 +43,7 @@ __all__ = ["API_PATHS", "JOBS_PATH", "BodySizeLimit", "path_limits", "too_large_
 def path_limits(settings: Settings) -> dict[str, int]:
     """The body limit of each path that has its own, in bytes."""
     limits = {path: settings.max_body_bytes_for(api) for path, api in API_PATHS.items()}
-    limits[JOBS_PATH] = max(limits.values())
+    limits[JOBS_PATH] = max(limits.values()) + JOB_ENVELOPE_BYTES
     limits.update({path: settings.max_body_bytes_for(api) for path, api in OTHER_API_PATHS.items()})
     limits[RESPONSES_PATH] = settings.max_body_bytes_for(ClientAPI.OPENAI_RESPONSES)
     return limits

@@ -162,6 +162,12 @@ def read_job(data: dict[str, Any]) -> ClientRequest:
         raise
 
 
+def _model_request(data: dict[str, Any]) -> Any:
+    """The model request a job carries: a request line's `body`, else the job itself (a
+    plain Chat Completions body, its `webhook_url` already taken out)."""
+    return data.get("body") if "url" in data else data
+
+
 @router.post(
     "",
     status_code=202,
@@ -188,7 +194,9 @@ async def create_job(
             refusal.param = ANTHROPIC_VERSION_HEADER
             raise refusal
     limit = gateway.settings.max_body_bytes_for(client.api)
-    if len(raw) > limit:
+    # The model request is measured, not the job around it (`url`, `custom_id`,
+    # `webhook_url`): a body its own route takes is taken as a job.
+    if len(raw) > limit and len(await off_loop(orjson.dumps, _model_request(data))) > limit:
         raise APIError(413, too_large_message(limit), code="request_too_large")
     if client.stream:
         raise APIError(
