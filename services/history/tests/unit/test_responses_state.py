@@ -157,6 +157,11 @@ async def test_input_items_are_listed_newest_first_in_cursor_pages(service):
     assert [item["content"][0]["text"] for item in last["data"]] == ["question 0"]
     assert last["has_more"] is False
 
+    # OpenAI's `include` is taken (the `openai` SDK sends it as `include[]`), and a
+    # parameter the Responses API does not have is refused.
+    included = await get(service, f"{path}?limit=2&include[]=message.input_image.image_url")
+    assert included["data"] == first["data"]
+    await get(service, f"{path}?starting_after=x", expect=400)
     ascending = await get(service, f"{path}?order=asc&limit=3")
     assert [item["content"][0]["text"] for item in ascending["data"]] == [
         "question 0",

@@ -119,10 +119,18 @@ def responses_router(internal_token: str) -> APIRouter:
         order: Annotated[Literal["asc", "desc"], Depends(items_order)] = "desc",
         after: Annotated[str | None, Query(max_length=256)] = None,
         before: Annotated[str | None, Query(max_length=256)] = None,
+        include: Annotated[
+            str | None,
+            Query(
+                description="Taken as the Responses API takes it; the items are stored whole, "
+                "so every field it can ask for is already there."
+            ),
+        ] = None,
     ) -> Response:
         """Lists the input items a stored response was generated from, a page at a time, in the
         Responses API's list shape. 400 for an invalid `limit` or `order`, 404 when the caller
         has no such response."""
+        del include  # every includable field is in the stored items already
         page = await responses.input_items(
             caller, response_id, limit=limit, order=order, after=after, before=before
         )
