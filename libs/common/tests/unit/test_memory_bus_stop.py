@@ -11,7 +11,6 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable
-from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -20,25 +19,15 @@ from fastapi import FastAPI
 from switchyard.common.bus import EventBus, InMemoryBus, memory
 from switchyard.common.bus.kafka import _GroupSubscription
 from switchyard.common.dev import run_embedded
-from switchyard.common.events import ChatRequestData, ChatRequested, Event
+from switchyard.common.events import ChatRequested, Event
 from switchyard.common.plugins import ServicePlugin
 from switchyard.common.settings import ServiceSettings
+from switchyard.common.testing.events import chat_requested
 from switchyard.common.testing.processes import free_port
 
 
 def request(n: int) -> ChatRequested:
-    return ChatRequested(
-        source="test",
-        tenant="t",
-        request_id=f"r{n}",
-        data=ChatRequestData(
-            api="openai.chat_completions",
-            model="m",
-            body={},
-            user_id="u",
-            deadline=datetime.now(UTC) + timedelta(seconds=60),
-        ),
-    )
+    return chat_requested(request_id=f"r{n}")
 
 
 class SlowHandler:

@@ -99,7 +99,7 @@ async def refuse_unknown_parameters(request: Request) -> None:
         return
     declared = _declared(dependant)
     for raw_name in request.query_params:
-        name = raw_name.removesuffix("[]") if raw_name.endswith("[]") else raw_name
+        name = raw_name.removesuffix("[]")
         if name not in declared:
             known = ", ".join(sorted(declared)) or "none"
             raise APIError(

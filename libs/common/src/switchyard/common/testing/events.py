@@ -29,14 +29,16 @@ def chat_requested(
     user_id: str = "u",
     api_key_id: str = "k",
     deadline_s: float = 60.0,
+    request_id: str | None = None,
 ) -> ChatRequested:
-    """A gateway's `chat.requested` event for a new request id: a Chat Completions `body`
-    (default: `model` and no messages) due within `deadline_s` seconds from now."""
+    """A gateway's `chat.requested` event for `request_id` (default: a new one): a Chat
+    Completions `body` (default: `model` and no messages) due within `deadline_s` seconds
+    from now."""
     now = datetime.now(UTC)
     return ChatRequested(
         source="gateway",
         tenant=tenant,
-        request_id=new_id(),
+        request_id=request_id or new_id(),
         time=now,
         data=ChatRequestData(
             api=ClientAPI.OPENAI_CHAT_COMPLETIONS,
