@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from switchyard.common.responses import parse_response_id
+from switchyard.common.responses import ENCRYPTED_REASONING, parse_response_id
 
 from .test_responses_api import WEATHER_TOOL, auth_headers, error_of, post, system
 
@@ -23,21 +23,24 @@ QUESTION = {"role": "user", "content": "What is the weather in Paris?"}
 
 
 async def ask(system, **extra: Any) -> dict[str, Any]:
-    """The first turn of the tool loop: Claude thinks, then calls `get_weather`."""
-    answer = await post(
-        system,
-        {
-            "model": "sim-claude",
-            "input": [QUESTION],
-            "tools": [WEATHER_TOOL],
-            "reasoning": REASONING,
-            **extra,
-        },
-    )
+    """The first turn of the tool loop: Claude thinks, then calls `get_weather`; the
+    thinking's signature is asked for (`include`) unless `extra` says otherwise."""
+    body = {
+        "model": "sim-claude",
+        "input": [QUESTION],
+        "tools": [WEATHER_TOOL],
+        "reasoning": REASONING,
+        "include": [ENCRYPTED_REASONING],
+        **extra,
+    }
+    answer = await post(system, body)
     assert answer.status_code == 200, answer.text
     first = answer.json()
     assert [item["type"] for item in first["output"]] == ["reasoning", "function_call"]
-    assert first["output"][0]["encrypted_content"]
+    if ENCRYPTED_REASONING in body["include"]:
+        assert first["output"][0]["encrypted_content"]
+    else:
+        assert "encrypted_content" not in first["output"][0]
     return first
 
 
@@ -93,6 +96,7 @@ async def test_a_streamed_reasoning_item_is_added_with_its_encrypted_content(sys
         "input": [QUESTION],
         "tools": [WEATHER_TOOL],
         "reasoning": REASONING,
+        "include": [ENCRYPTED_REASONING],
         "stream": True,
     }
     async with system.client.responses.stream(
@@ -236,3 +240,43 @@ async def test_a_chained_tool_loop_keeps_claudes_thinking(system):
     assert [i for i in previous if i["type"] == "reasoning"][0]["encrypted_content"] == (
         first["output"][0]["encrypted_content"]
     )
+
+
+async def test_encrypted_content_is_shown_only_when_included_as_openai_does(system):
+    # OpenAI fills `encrypted_content` only for `include: ["reasoning.encrypted_content"]`;
+    # the stored response keeps it, so the item sent back by id still carries the thinking.
+    first = await ask(system, include=[])
+    reasoning = first["output"][0]
+    path = f"/v1/responses/{first['id']}"
+
+    retrieved = await system.http.get(path, headers=auth_headers())
+    included = await system.http.get(
+        path, params={"include[]": ENCRYPTED_REASONING}, headers=auth_headers()
+    )
+    answer = await post(system, continuation(first, by_id(reasoning)))
+
+    assert retrieved.status_code == included.status_code == 200, retrieved.text
+    assert "encrypted_content" not in retrieved.json()["output"][0]
+    assert retrieved.json()["output"][0]["summary"] == reasoning["summary"]
+    signature = included.json()["output"][0]["encrypted_content"]
+    assert signature
+    assert answer.status_code == 200, answer.text
+    assert kinds(answer.json()) == ["reasoning", "message"]
+    published = await system.published_for(parse_response_id(answer.json()["id"]).request_id)
+    assert published.data.body["input"][1]["encrypted_content"] == signature
+
+
+async def test_a_stream_shows_no_encrypted_content_unless_included(system):
+    async with system.client.responses.stream(
+        model="sim-claude", input=[QUESTION], tools=[WEATHER_TOOL], reasoning=REASONING
+    ) as stream:
+        events = [event.model_dump(mode="json", exclude_unset=True) async for event in stream]
+
+    assert any(e["type"] == "response.output_item.added" for e in events)
+    for event in events:
+        for item in [event.get("item"), *(event.get("response") or {}).get("output", [])]:
+            assert item is None or "encrypted_content" not in item, event["type"]
+    final = next(e for e in events if e["type"] == "response.completed")["response"]
+    answer = await post(system, continuation(final, by_id(final["output"][0])))
+    assert answer.status_code == 200, answer.text
+    assert kinds(answer.json()) == ["reasoning", "message"]

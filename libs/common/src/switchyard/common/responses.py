@@ -154,6 +154,50 @@ def upstream_item(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The `include` value asking for reasoning items' `encrypted_content` (OpenAI's Responses
+# reference: "populated when a response is generated with reasoning.encrypted_content in
+# the include parameter").
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
+
+
+def includes_encrypted_reasoning(include: Any) -> bool:
+    """Whether `include` (a request body's array, or a query parameter's comma-separated
+    values) asks for reasoning items' `encrypted_content`."""
+    if isinstance(include, str):
+        return ENCRYPTED_REASONING in include.split(",")
+    return isinstance(include, list) and ENCRYPTED_REASONING in include
+
+
+def _without_encrypted(item: Any) -> Any:
+    if isinstance(item, dict) and item.get("type") == "reasoning" and "encrypted_content" in item:
+        return {name: value for name, value in item.items() if name != "encrypted_content"}
+    return item
+
+
+def without_encrypted_reasoning(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (a `response` object, or a Responses stream event's data: its `item` or its
+    `response`) with its reasoning items' `encrypted_content` left out, as OpenAI shows
+    them to a request that did not include `reasoning.encrypted_content`. Returns `data`
+    itself when it holds none, a shallow copy otherwise (`data` is never changed)."""
+    changed: dict[str, Any] = {}
+    item = data.get("item")
+    if isinstance(item, dict):
+        stripped = _without_encrypted(item)
+        if stripped is not item:
+            changed["item"] = stripped
+    output = data.get("output")
+    if isinstance(output, list):
+        items = [_without_encrypted(entry) for entry in output]
+        if any(new is not old for new, old in zip(items, output, strict=True)):
+            changed["output"] = items
+    response = data.get("response")
+    if isinstance(response, dict):
+        shown = without_encrypted_reasoning(response)
+        if shown is not response:
+            changed["response"] = shown
+    return {**data, **changed} if changed else data
+
+
 def usage_object(usage: TokenUsage) -> dict[str, Any]:
     """A Responses `usage` object from Switchyard's TokenUsage (input counts cached
     tokens too; `cached_tokens` and `cache_write_tokens` say how many; reasoning is a

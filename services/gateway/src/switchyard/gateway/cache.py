@@ -112,7 +112,12 @@ from switchyard.common.events import (
     UsageRecorded,
     utcnow,
 )
-from switchyard.common.responses import response_id, upstream_named
+from switchyard.common.responses import (
+    includes_encrypted_reasoning,
+    response_id,
+    upstream_named,
+    without_encrypted_reasoning,
+)
 from switchyard.gateway.governance.policy import CacheOptIn, PolicyUnavailable
 from switchyard.gateway.hit_events import HitEvents, HitRecord
 
@@ -330,8 +335,12 @@ class CachedAnswer:
         in every stream event (the `response` it carries, its `item` and its `item_id`).
         History records it under that id, which `GET /v1/responses/{id}`,
         `previous_response_id` and `item_reference` then find: never the original's
-        items, which keep their own ids."""
+        items, which keep their own ids. The answer (`body`, `stream`) shows reasoning items
+        without `encrypted_content` unless the request includes
+        `reasoning.encrypted_content`; `response`, which history records, keeps it."""
         from switchyard.gateway.dispatch import sse_event
+
+        hides = not includes_encrypted_reasoning(body.get("include"))
 
         new_id = response_id(request_id, now)
         metadata = body.get("metadata")
@@ -392,9 +401,12 @@ class CachedAnswer:
                 data = exactjson.loads(block[len(b"data: ") :])
                 if isinstance(data, dict):
                     data = event_data(data)
+                    if hides:
+                        data = without_encrypted_reasoning(data)
                 pieces.append(sse_event(StreamEvent(event=name, data=data)))
             stream = b"".join(pieces)
-        return replace(self, response=response, body=exactjson.dumps(response), stream=stream)
+        shown = without_encrypted_reasoning(response) if hides else response
+        return replace(self, response=response, body=exactjson.dumps(shown), stream=stream)
 
     @classmethod
     def from_store(cls, data: dict[str, Any]) -> CachedAnswer:

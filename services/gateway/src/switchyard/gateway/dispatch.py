@@ -53,7 +53,13 @@ from switchyard.common.events import (
     utcnow,
 )
 from switchyard.common.headers import REQUEST_ID_HEADER
-from switchyard.common.responses import error_object, response_id, response_object
+from switchyard.common.responses import (
+    error_object,
+    includes_encrypted_reasoning,
+    response_id,
+    response_object,
+    without_encrypted_reasoning,
+)
 from switchyard.gateway.api.body import ClientRequest
 from switchyard.gateway.auth import Principal
 from switchyard.gateway.bootstrap import Gateway
@@ -152,6 +158,13 @@ def sse_event(event: StreamEvent) -> bytes:
     return b"event: " + name.encode() + b"\n" + data
 
 
+def _shown(event: StreamEvent) -> StreamEvent:
+    """A Responses stream event without its reasoning items' `encrypted_content`
+    (`without_encrypted_reasoning`); `event` itself when it holds none."""
+    data = without_encrypted_reasoning(event.data)
+    return event if data is event.data else StreamEvent(event=event.event, data=data)
+
+
 def deadline_exceeded(request_id: str) -> APIError:
     """The 504 `deadline_exceeded` error for a request with no reply by its deadline; it names
     the request in `x-request-id`."""
@@ -208,6 +221,10 @@ class Dispatch:
     _client_left: bool = False
     # Responses streams: the `sequence_number` the next event would carry.
     _next_sequence_number: int = 0
+    # A Responses request that did not include `reasoning.encrypted_content`: its reasoning
+    # items are shown without it, as OpenAI shows them. The reply keeps it (history stores
+    # and chains from the reply: a Claude model's thinking must go back with its signature).
+    hides_encrypted_reasoning: bool = False
 
     @property
     def vendor(self) -> Vendor:
@@ -252,6 +269,10 @@ class Dispatch:
             body=client.body,
         )
         dispatch.ticket = ticket
+        dispatch.hides_encrypted_reasoning = (
+            client.api is ClientAPI.OPENAI_RESPONSES
+            and not includes_encrypted_reasoning(client.body.get("include"))
+        )
         headers = forwarded_headers(request)
         # The response cache, after admission: a hit counts as a request against rate
         # limits (requests per minute) but uses no tokens and costs nothing upstream, so
@@ -465,8 +486,11 @@ class Dispatch:
                     # No upstream API: inference estimated the count itself.
                     exact = completed.data.upstream_api is not None
                     headers[TOKEN_COUNT_HEADER] = "exact" if exact else "estimate"
+                response = completed.data.response
+                if self.hides_encrypted_reasoning:
+                    response = without_encrypted_reasoning(response)
                 return Response(
-                    exactjson.dumps(completed.data.response),
+                    exactjson.dumps(response),
                     media_type="application/json",
                     headers=headers,
                 )
@@ -600,6 +624,8 @@ class Dispatch:
                 number = event.data.get("sequence_number")
                 if isinstance(number, int):
                     self._next_sequence_number = number + 1
+            if self.hides_encrypted_reasoning:
+                events = [_shown(event) for event in events]
         return b"".join([sse_event(event) for event in events])
 
     def _stream_failure(self, error: ErrorInfo) -> bytes:

@@ -59,11 +59,14 @@ from switchyard.common.events import (
     ClientAPI,
 )
 from switchyard.common.headers import REQUEST_ID_HEADER
+from switchyard.common.queryparams import list_parameter
 from switchyard.common.responses import (
+    includes_encrypted_reasoning,
     parse_response_id,
     response_id,
     response_object,
     upstream_item,
+    without_encrypted_reasoning,
 )
 from switchyard.gateway.api.body import ClientRequest, openapi_body, read_request_off_loop
 from switchyard.gateway.api.deps import (
@@ -539,7 +542,8 @@ async def get_response(
     `completed`, `failed`, `cancelled`). 404 says why a response is not there: unknown,
     created with `store: false` or while the tenant stored metadata only, purged by
     retention, or deleted. Streaming a stored response again (`stream=true`) is not
-    offered."""
+    offered. Reasoning items are shown without `encrypted_content` unless `include` asks
+    for `reasoning.encrypted_content`."""
     if not looks_like_id(response_id):
         raise _not_found(response_id)
     if any(_query_boolean(value, "stream") for value in request.query_params.getlist("stream")):
@@ -550,7 +554,20 @@ async def get_response(
             code="unsupported_parameter",
         )
     path = f"/v1/responses/{response_id}"
-    return relay(await _wait_for(gateway, principal, response_id, path))
+    answer = await _wait_for(gateway, principal, response_id, path)
+    if (
+        answer.status_code == 200
+        and b'"encrypted_content"' in answer.content
+        and not includes_encrypted_reasoning(list_parameter(request, "include"))
+    ):
+        # Shown as OpenAI shows it to a retrieval without `include`; stored whole.
+        stored = await exactjson.loads_off_loop(answer.content)
+        if isinstance(stored, dict):
+            return Response(
+                exactjson.dumps(without_encrypted_reasoning(stored)),
+                media_type="application/json",
+            )
+    return relay(answer)
 
 
 @router.get("/{response_id:response_id}/input_items", summary="List a response's input items")
