@@ -280,3 +280,35 @@ async def test_a_stream_shows_no_encrypted_content_unless_included(system):
     answer = await post(system, continuation(final, by_id(final["output"][0])))
     assert answer.status_code == 200, answer.text
     assert kinds(answer.json()) == ["reasoning", "message"]
+
+
+async def test_an_item_given_twice_is_refused_as_openai_refuses_it(system):
+    # Once by `previous_response_id` and again by id in `input`: the model would read
+    # the thinking twice. So is an item sent twice within `input`, or referenced twice.
+    first = await ask(system)
+    reasoning, call = first["output"]
+    output = {"type": "function_call_output", "call_id": call["call_id"], "output": "18C"}
+    bodies = [
+        ({"previous_response_id": first["id"], "input": [by_id(reasoning), output]}, 0),
+        ({"previous_response_id": first["id"], "input": [reasoning, output]}, 0),
+        (
+            {
+                "previous_response_id": first["id"],
+                "input": [{"type": "item_reference", "id": call["id"]}, output],
+            },
+            0,
+        ),
+        ({"input": [QUESTION, reasoning, reasoning, output]}, 2),
+    ]
+    published = len(system.published)
+
+    for extra, position in bodies:
+        body = {"model": "sim-claude", "tools": [WEATHER_TOOL], "reasoning": REASONING, **extra}
+        answer = await post(system, body)
+        assert answer.status_code == 400, answer.text
+        error = error_of(answer)
+        assert error["param"] == f"input[{position}]"
+        assert error["message"].startswith("Duplicate item found with id ")
+        assert error["type"] == "invalid_request_error"
+
+    assert len(system.published) == published

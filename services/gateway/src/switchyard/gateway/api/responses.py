@@ -430,6 +430,8 @@ async def _conversation(
     caller's access to the model is checked (before reading any history). Raises
     APIError as those do."""
     check_model(gateway, principal, client.model)
+    sent = client.body
+    _refuse_duplicate_items(sent, [])  # before reading anything
     # Continuing a stored response, or naming its items, reads them: only a credential
     # that may read them back may (`check_reads_stored`).
     if client.body.get("previous_response_id") is not None:
@@ -444,10 +446,37 @@ async def _conversation(
     if body is not client.body:
         client = ClientRequest(client.api, body, client.model, client.stream)
     previous = client.body.get("previous_response_id")
+    items: list[dict[str, Any]] = []
     if previous is not None:
         items = await previous_items(gateway, principal, previous)
         client = ClientRequest(client.api, client.body, client.model, client.stream, items)
+    if items:
+        _refuse_duplicate_items(sent, items)
     return client
+
+
+def _refuse_duplicate_items(body: dict[str, Any], previous: list[dict[str, Any]]) -> None:
+    """Refuse an input item of `body` (as the client sent it: an `item_reference` is the
+    item it names) whose id an earlier input item, or an item of the conversation
+    `previous_response_id` continues (`previous`, stored items with their ids), already
+    has, as OpenAI refuses it: the model would read it twice. Raises APIError 400 naming
+    the item's position in `input`."""
+    items = body.get("input")
+    if not isinstance(items, list):
+        return
+    seen = {item.get("id") for item in previous if isinstance(item, dict)}
+    for position, item in enumerate(items):
+        item_id = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(item_id, str):
+            continue
+        if item_id in seen:
+            raise APIError(
+                400,
+                f"Duplicate item found with id {item_id[:MAX_ITEM_ID_LENGTH]}. Remove "
+                "duplicate items from your input and try again.",
+                param=f"input[{position}]",
+            )
+        seen.add(item_id)
 
 
 async def _start_background(
