@@ -37,7 +37,6 @@ CHAT_UNSET = {
 }
 MESSAGES_UNSET = {
     "service_tier": "auto",
-    "top_k": None,
     "container": None,
     "mcp_servers": [],
     "inference_geo": None,

@@ -48,6 +48,7 @@ from switchyard.inference.tokens import (
 )
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
+    AnthropicToolIds,
     ChatChunksToMessageEvents,
     CompletionAccumulator,
     MessageAccumulator,
@@ -57,6 +58,7 @@ from switchyard.inference.translate import (
     chat_request_to_messages,
     message_to_chat_completion,
     messages_request_to_chat,
+    tool_use_ids,
 )
 from switchyard.inference.translate_responses import (
     ChatChunksToResponseEvents,
@@ -353,8 +355,8 @@ class _ChatFromMessagesStream:
 class _MessagesFromChatStream:
     """Chat Completions upstream chunks -> Anthropic events."""
 
-    def __init__(self, model: str) -> None:
-        self._converter = ChatChunksToMessageEvents(model)
+    def __init__(self, model: str, tool_ids: AnthropicToolIds) -> None:
+        self._converter = ChatChunksToMessageEvents(model, tool_ids)
         self._usage = TokenUsage()
 
     def feed(self, sse: SSE) -> list[StreamEvent]:
@@ -495,7 +497,12 @@ class MessagesPassThrough(Adapter):
 
 
 class MessagesViaChat(MessagesPassThrough):
-    """Anthropic Messages to an OpenAI-protocol deployment (translated)."""
+    """Anthropic Messages to an OpenAI-protocol deployment (translated). `taken`: the
+    `tool_use` ids of the request's conversation, which the reply's tool calls must not
+    reuse (`AnthropicToolIds`)."""
+
+    def __init__(self, taken: frozenset[str] = frozenset()) -> None:
+        self._taken = taken
 
     @override
     def request(
@@ -514,11 +521,12 @@ class MessagesViaChat(MessagesPassThrough):
     @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
         _require(native, "choices", list, model)
-        return chat_completion_to_message(native, model), openai_usage(native.get("usage"))
+        message = chat_completion_to_message(native, model, AnthropicToolIds(self._taken))
+        return message, openai_usage(native.get("usage"))
 
     @override
     def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
-        return _MessagesFromChatStream(model)
+        return _MessagesFromChatStream(model, AnthropicToolIds(self._taken))
 
 
 class _NotStreamed(Adapter):
@@ -1009,7 +1017,8 @@ class Adapters:
         if api is ClientAPI.ANTHROPIC_MESSAGES:
             if protocol == "anthropic":
                 return MessagesPassThrough()
-            return MessagesViaChat()
+            taken = tool_use_ids(request.data.body) if request is not None else set()
+            return MessagesViaChat(frozenset(taken))
         if api is ClientAPI.OPENAI_EMBEDDINGS and protocol == "openai":
             return EmbeddingsPassThrough()
         if api is ClientAPI.ANTHROPIC_COUNT_TOKENS:

@@ -134,16 +134,82 @@ class ProviderError(Exception):
             kind = self.type
         else:
             kind = error_type(client, status)
+        code, param, message = self.code, self.param, self.message
+        if self.vendor is not None and self.vendor != client and status == 400:
+            overflow = context_overflow(self.vendor, code, message)
+            if overflow is not None:
+                code, param, message = overflow.words(api)
         return ErrorInfo(
             status=status,
             type=kind,
-            code=self.code,
-            param=self.param,
-            message=self.message,
+            code=code,
+            param=param,
+            message=message,
             retry_after_s=self.retry_after,
             should_retry=self.should_retry,
             details=self.details,
         )
+
+
+# A request longer than the model's context window, as each API words it: OpenAI's 400
+# `context_length_exceeded` ("This model's maximum context length is 128000 tokens.
+# However, your messages resulted in 130000 tokens...", vLLM's "...you requested 5000
+# tokens (4000 in the messages, 1000 in the completion)..."), Anthropic's 400
+# `invalid_request_error` "prompt is too long: 210000 tokens > 200000 maximum". Clients
+# act on them (Claude Code compacts the conversation on Anthropic's words; OpenAI's SDK
+# users and Codex on the code), so a client of the other API gets its own API's words.
+_OPENAI_OVERFLOW_CODE = "context_length_exceeded"
+_OPENAI_LIMIT = re.compile(r"maximum context length is (\d+) tokens")
+_OPENAI_ASKED = re.compile(r"(?:resulted in|requested) (\d+) tokens")
+_ANTHROPIC_OVERFLOW = re.compile(r"^prompt is too long(?:: (\d+) tokens > (\d+) maximum)?")
+
+
+class ContextOverflow:
+    """A context-window overflow an upstream reported: the tokens asked for and the
+    model's limit, where its message said them (None where not)."""
+
+    def __init__(self, asked: int | None, limit: int | None, message: str) -> None:
+        self.asked = asked
+        self.limit = limit
+        self.message = message
+
+    def words(self, api: ClientAPI) -> tuple[str | None, str | None, str]:
+        """(code, param, message) of this overflow in the words of `api`'s vendor."""
+        if api.vendor == "anthropic":
+            if self.asked is not None and self.limit is not None:
+                return None, None, f"prompt is too long: {self.asked} tokens > {self.limit} maximum"
+            return None, None, f"prompt is too long: {self.message}"
+        param = "messages" if api is ClientAPI.OPENAI_CHAT_COMPLETIONS else "input"
+        if self.asked is not None and self.limit is not None:
+            message = (
+                f"This model's maximum context length is {self.limit} tokens. However, your "
+                f"messages resulted in {self.asked} tokens. Please reduce the length of the "
+                "messages."
+            )
+        else:
+            message = f"This model's maximum context length was exceeded: {self.message}"
+        return _OPENAI_OVERFLOW_CODE, param, message
+
+
+def context_overflow(vendor: str, code: str | None, message: str) -> ContextOverflow | None:
+    """The context-window overflow a 400 of `vendor` (`openai`, `anthropic`) with `code`
+    and `message` reports, None for any other error."""
+    if vendor == "openai" and code == _OPENAI_OVERFLOW_CODE:
+        limit = _OPENAI_LIMIT.search(message)
+        asked = _OPENAI_ASKED.search(message)
+        return ContextOverflow(
+            int(asked.group(1)) if asked else None,
+            int(limit.group(1)) if limit else None,
+            message,
+        )
+    if vendor == "anthropic":
+        matched = _ANTHROPIC_OVERFLOW.match(message)
+        if matched is not None:
+            tokens, most = matched.groups()
+            return ContextOverflow(
+                int(tokens) if tokens else None, int(most) if most else None, message
+            )
+    return None
 
 
 # The error codes OpenAI's and Anthropic's APIs document (and Google's canonical statuses,

@@ -32,6 +32,7 @@ import re
 import time
 import urllib.parse
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import jiter
@@ -558,9 +559,10 @@ def messages_request_to_chat(
         raise thread_unsupported("OpenAI's Chat Completions")
     refuse_unknown(body, _MESSAGES_FIELDS, "OpenAI's Chat Completions")
     try:
-        # Every type and rule Anthropic itself judges, before any is renamed or reshaped.
-        # A null stands for a field left out here, as everywhere in this translation.
-        check_messages_request({name: value for name, value in body.items() if value is not None})
+        # Every type and rule Anthropic itself judges, before any is renamed or reshaped;
+        # a null too, where Anthropic refuses it (`temperature: null`: "Input should be a
+        # valid number"), so a body is judged alike on every model.
+        check_messages_request(body)
     except AnthropicRequestError as exc:
         raise TranslationError(str(exc), exc.path or None, "invalid_value") from None
     messages: list[dict[str, Any]] = []
@@ -1588,6 +1590,48 @@ def anthropic_tool_id(call_id: str) -> str:
     return f"{_OUTSIDE_TOOL_ID.sub('_', call_id)}_{digest}"
 
 
+class AnthropicToolIds:
+    """The `tool_use` ids of an Anthropic reply translated from an OpenAI one, each an id
+    the client may send back: OpenAI-protocol servers name calls as they like
+    (`functions.get_weather:0`, the same `call_0` for two parallel calls, or again in the
+    next turn), while Anthropic takes only ids matching `^[a-zA-Z0-9_-]+$`, unique in the
+    whole conversation. An upstream id is mapped by `anthropic_tool_id`; one already
+    `taken` (by a `tool_use` of the request's conversation, or earlier in this reply) gets
+    `_2`, `_3`... added; a call without one gets a new `toolu_` id. The id given is the
+    one the client sends back, and what the upstream then gets for that call and its
+    result, so the pair stays matched."""
+
+    def __init__(self, taken: Iterable[str] = ()) -> None:
+        self._taken = set(taken)
+
+    def give(self, call_id: Any) -> str:
+        """The id of the reply's next `tool_use`, for the upstream's `call_id` (any JSON
+        value: one that is not a non-empty string gets a new id)."""
+        if isinstance(call_id, str) and call_id:
+            base = anthropic_tool_id(call_id)
+        else:
+            base = _new_id("toolu_")
+        given, suffix = base, 2
+        while given in self._taken:
+            given, suffix = f"{base}_{suffix}", suffix + 1
+        self._taken.add(given)
+        return given
+
+
+def tool_use_ids(body: dict[str, Any]) -> set[str]:
+    """The ids of the `tool_use` blocks in an Anthropic request `body`'s messages."""
+    ids: set[str] = set()
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else ():
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                block_id = block.get("id")
+                if isinstance(block_id, str):
+                    ids.add(block_id)
+    return ids
+
+
 def anthropic_blocks(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Anthropic content blocks translated from an OpenAI message, as Anthropic takes
     them: a text of only whitespace left out (Anthropic refuses it; OpenAI takes it, as
@@ -2410,8 +2454,13 @@ def tool_calls_of(message: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
-def chat_completion_to_message(completion: dict[str, Any], model: str) -> dict[str, Any]:
-    """An OpenAI `chat.completion` (its first choice) as an Anthropic `message`."""
+def chat_completion_to_message(
+    completion: dict[str, Any], model: str, tool_ids: AnthropicToolIds | None = None
+) -> dict[str, Any]:
+    """An OpenAI `chat.completion` (its first choice) as an Anthropic `message`, its tool
+    calls' ids given by `tool_ids` (the request's own `tool_use` ids taken: see
+    `AnthropicToolIds`; none taken when not given)."""
+    tool_ids = tool_ids if tool_ids is not None else AnthropicToolIds()
     choices = completion.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
@@ -2427,7 +2476,7 @@ def chat_completion_to_message(completion: dict[str, Any], model: str) -> dict[s
         content.append(
             {
                 "type": "tool_use",
-                "id": call.get("id") or _new_id("toolu_"),
+                "id": tool_ids.give(call.get("id")),
                 "name": function.get("name", ""),
                 "input": _tool_input(function.get("arguments")),
             }
@@ -2496,8 +2545,10 @@ class ChatChunksToMessageEvents:
     only at its end, so `message_start` cannot carry them) and `message_stop`. Only the
     first choice is translated (Anthropic has no `n`)."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, tool_ids: AnthropicToolIds | None = None) -> None:
         self.model = model
+        # The ids of the tool_use blocks (see `AnthropicToolIds`).
+        self._tool_ids = tool_ids if tool_ids is not None else AnthropicToolIds()
         self.message_id: str | None = None
         self.usage: dict[str, Any] = {}
         self.stop_reason: str | None = None
@@ -2613,7 +2664,7 @@ class ChatChunksToMessageEvents:
         if key not in self._tool_blocks:
             block: dict[str, Any] = {
                 "type": "tool_use",
-                "id": call.get("id") or _new_id("toolu_"),
+                "id": self._tool_ids.give(call.get("id")),
                 "name": function.get("name") or "",
                 "input": {},
             }
