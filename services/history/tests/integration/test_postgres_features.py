@@ -8,6 +8,7 @@ import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 from sqlalchemy import func, select, text
 
@@ -17,6 +18,7 @@ from switchyard.history.bootstrap import history_engine
 from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import ClaimRequest, IdempotencyStore
+from switchyard.history.jobs import cancellation_event
 from switchyard.history.models import events_table, requests_table
 from switchyard.history.queries import Caller, HistoryFilters, HistoryQueries, UsageQuery
 from switchyard.history.tenants import TenantSettingsStore
@@ -188,6 +190,78 @@ async def test_two_dispatchers_claim_each_webhook_once(engine, events):
             await connection.execute(text("SELECT sum(attempts) FROM history_webhooks"))
         ).scalar_one()
     assert attempts == 10
+
+
+class _Receiver:
+    """A webhook receiver answering 204, keeping (delivery id, event) of each delivery."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[str, str]] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.deliveries.append(
+            (request.headers["Switchyard-Webhook-Id"], request.headers["Switchyard-Event"])
+        )
+        return httpx.Response(204)
+
+
+async def test_webhooks_follow_replaced_and_early_outcomes_on_postgres(engine, events):
+    """The real outcome replacing a delivered expiry goes out under a new id; a job cancelled
+    before its request was recorded gets its webhook; a request naming another tenant
+    under a job's id gets none."""
+    recorder, receiver = EventRecorder(engine), _Receiver()
+    url = "https://hooks.example.com/x"
+    expired = events.requested(priority=Priority.BATCH, webhook_url=url)
+    cancelled = events.requested(priority=Priority.BATCH, webhook_url=url)
+    await recorder.record([expired, cancellation_event("acme", cancelled.request_id, "alice")])
+    assert await recorder.expire_overdue(datetime.now(UTC)) == 1
+    await recorder.record([cancelled])
+    forged = events.requested(
+        expired.request_id,
+        tenant="intruder",
+        priority=Priority.BATCH,
+        webhook_url="https://x.example/",
+    )
+    await recorder.record([forged])
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receiver.handle)) as client:
+        hooks = WebhookDispatcher(engine, TenantSettingsStore(engine), WebhookPolicy(), http=client)
+        assert await hooks.deliver_due() == 2
+        await recorder.record([events.completed(expired)])
+        assert await hooks.deliver_due() == 1
+
+    assert sorted(receiver.deliveries) == sorted(
+        [
+            (f"whd_{expired.request_id}", "job.expired"),
+            (f"whd_{cancelled.request_id}", "job.cancelled"),
+            (f"whd_{expired.request_id}.1", "job.completed"),
+        ]
+    )
+    async with engine.connect() as connection:
+        rows = (
+            await connection.execute(text("SELECT tenant, status, revision FROM history_webhooks"))
+        ).all()
+    assert sorted(tuple(row) for row in rows) == [
+        ("acme", "delivered", 0),
+        ("acme", "delivered", 1),
+    ]
+
+
+async def test_a_replaced_expiry_holds_its_webhook_until_the_real_outcome_commits(engine, events):
+    """While the transaction recording the real outcome is open, no dispatcher claims the
+    job's webhook (it would read the expiry still committed, and deliver only that, though
+    no attempt had been made): it is claimed afterwards, with the real outcome."""
+    recorder = EventRecorder(engine)
+    job = events.requested(priority=Priority.BATCH, webhook_url="https://hooks.example.com/x")
+    await recorder.record([job])
+    assert await recorder.expire_overdue(datetime.now(UTC)) == 1
+    hooks = WebhookDispatcher(engine, TenantSettingsStore(engine), WebhookPolicy())
+
+    async with engine.begin() as connection:
+        assert await recorder._record_in(connection, [events.completed(job)])
+        assert await hooks._claim() == []
+    [claimed] = await hooks._claim()
+
+    assert (claimed["status"], claimed["webhook_revision"]) == ("completed", 0)
 
 
 async def test_a_thousand_requests_cost_few_statements(engine, events):

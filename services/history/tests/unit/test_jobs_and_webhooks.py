@@ -9,6 +9,7 @@ import json
 import random
 import threading
 import time
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -336,6 +337,65 @@ async def test_no_webhook_before_the_job_ends(service, recorder, events, receive
     await recorder.record([job])
     await service.components.webhooks.deliver_due()
     assert hook.deliveries == []
+
+
+async def test_a_reply_after_history_expired_the_job_is_delivered_too(
+    service, recorder, events, receiver
+):
+    """The receiver got `job.expired` (history's provisional expiry); the reply arriving
+    afterwards replaces it, and is delivered as well, under an id of its own."""
+    hook = receiver()
+    job = job_request(events, webhook_url=hook.url)
+    await recorder.record([job])
+    assert await recorder.expire_overdue(datetime.now(UTC)) == 1
+    await async_wait_until(
+        lambda: _webhook_status(service, job.request_id, "delivered"), timeout=10, message="expiry"
+    )
+
+    await recorder.record([events.completed(job, answer="Late."), events.usage(job)])
+    await async_wait_until(
+        lambda: _async(len(hook.deliveries) == 2), timeout=10, message="the real outcome"
+    )
+    await async_wait_until(
+        lambda: _webhook_status(service, job.request_id, "delivered"), timeout=10, message="state"
+    )
+
+    sent = [(headers, json.loads(body)) for headers, body in hook.deliveries]
+    assert [(h["Switchyard-Webhook-Id"], h["Switchyard-Event"]) for h, _ in sent] == [
+        (f"whd_{job.request_id}", "job.expired"),
+        (f"whd_{job.request_id}.1", "job.completed"),
+    ]
+    assert sent[1][1]["data"]["result"]["choices"][0]["message"]["content"] == "Late."
+    _, view = await _job(service, job.request_id)
+    assert view["status"] == "completed"
+    assert (view["webhook"]["status"], view["webhook"]["attempts"]) == ("delivered", 1)
+
+
+async def test_a_job_cancelled_before_its_request_was_recorded_gets_its_webhook(
+    service, events, receiver
+):
+    """The gateway vouches for a job history has not recorded yet (`accepted`): the
+    cancellation is recorded first, and the request, arriving afterwards, still brings the
+    job's webhook, which delivers `job.cancelled`."""
+    hook = receiver()
+    job = job_request(events, webhook_url=hook.url)
+    cancelled = await service.client.post(
+        f"/v1/jobs/{job.request_id}/cancel",
+        params={"accepted": "true"},
+        headers=service.headers(),
+    )
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+
+    await service.publish(job)
+    await async_wait_until(
+        lambda: _async(len(hook.deliveries) == 1), timeout=10, message="the webhook"
+    )
+    headers, body = hook.deliveries[0]
+    assert headers["Switchyard-Event"] == "job.cancelled"
+    assert json.loads(body)["data"]["error"]["code"] == "job_cancelled"
+    await async_wait_until(
+        lambda: _webhook_status(service, job.request_id, "delivered"), timeout=5, message="state"
+    )
 
 
 def test_signatures_bind_the_timestamp():

@@ -20,7 +20,8 @@ are stored only while it has no outcome yet, so history never holds two. The req
 are locked first, so the expiry sweeper and the consumer cannot both record one. History's
 own expiry is provisional: it is stored only for a request still pending, and a real
 outcome arriving later replaces it (the expiry event is deleted, the row takes the real
-outcome), because a late reply is what the client got.
+outcome), because a late reply is what the client got; a job's webhook then delivers the
+real outcome too, even if it delivered the expiry already (`_write_webhooks`).
 
 Throughput: a batch costs a handful of statements whatever its size. On PostgreSQL a
 batch of new events is two statements between BEGIN and COMMIT, each one round trip:
@@ -56,6 +57,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     cast,
     column,
     delete,
@@ -66,6 +68,7 @@ from sqlalchemy import (
     or_,
     select,
     union_all,
+    update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import JSON as PG_JSON
@@ -206,16 +209,6 @@ class EventRecorder:
             # The other tenant's usage no longer counts the row it lost.
             await mark_dirty(connection, self._dialect, reclaimed_from)
         await self._settle_cache_hits(connection, new_events)
-        webhooks = [
-            _webhook_row(event, recorded_at)
-            for event in new_events
-            if isinstance(event, ChatRequested) and event.data.webhook_url
-        ]
-        if webhooks:
-            insert = dialect_insert(webhooks_table, self._dialect).on_conflict_do_nothing(
-                index_elements=[webhooks_table.c.request_id]
-            )
-            await connection.execute(insert, webhooks)
         replaced = sorted(
             {
                 (event.tenant, event.request_id)
@@ -224,6 +217,7 @@ class EventRecorder:
                 and event.request_id in expiries_replaced
             }
         )
+        await self._write_webhooks(connection, new_events, replaced, recorded_at)
         if replaced:
             # The expiry under its id, or the one derived from it if that was taken.
             e = events_table.c
@@ -237,6 +231,86 @@ class EventRecorder:
             metrics.OUTCOMES_SUPERSEDED.labels("expiry_replaced").inc(len(replaced))
             log.info("history's expiry replaced by the real outcome", requests=len(replaced))
         return new_events
+
+    async def _write_webhooks(
+        self,
+        connection: AsyncConnection,
+        new_events: list[EnvelopeFields],
+        replaced: list[tuple[str, str]],
+        recorded_at: datetime,
+    ) -> None:
+        """Keep the job webhooks in step with the rows just written: register the webhook
+        of each new request that asked for one, and deliver the real outcome of the jobs
+        whose provisional expiry it replaced (`replaced`: (tenant, request id)).
+
+        A request's webhook is registered whatever its row holds already: an outcome may be
+        recorded before its request (a reply overtaking it, or a cancellation recorded
+        first), and is then delivered as soon as the request is. It is registered only if
+        the row is the request's own: a request naming another tenant than the row's
+        leaves it unchanged (`projection.same_tenant`) and must not have the row's job
+        POSTed to its address.
+
+        A replaced expiry may have been delivered already (or be on its way: any attempt
+        made), so the webhook starts again for the real outcome under a new revision: its
+        delivery id differs from the expiry's, which a receiver deduplicating on ids would
+        otherwise drop, and an attempt still carrying the expiry cannot settle it
+        (`WebhookDispatcher._settle`). The update takes the webhook's row lock whether
+        or not an attempt was made, so a delivery claimed meanwhile either sees the real
+        outcome or counts as an attempt made."""
+        requested = [
+            event
+            for event in new_events
+            if isinstance(event, ChatRequested) and event.data.webhook_url
+        ]
+        if requested:
+            r = requests_table.c
+            owners = dict(
+                (
+                    await connection.execute(
+                        select(r.request_id, r.tenant).where(
+                            r.request_id.in_(sorted({e.request_id for e in requested}))
+                        )
+                    )
+                ).all()
+            )
+            rows = [
+                _webhook_row(event, recorded_at)
+                for event in requested
+                if owners.get(event.request_id) == event.tenant
+            ]
+            if len(rows) < len(requested):
+                log.warning(
+                    "webhook of a request naming another tenant than its row's not registered",
+                    requests=len(requested) - len(rows),
+                )
+            if rows:
+                insert = dialect_insert(webhooks_table, self._dialect).on_conflict_do_nothing(
+                    index_elements=[webhooks_table.c.request_id]
+                )
+                await connection.execute(insert, rows)
+        if replaced:
+            w = webhooks_table.c
+            await connection.execute(
+                update(webhooks_table)
+                .where(
+                    or_(
+                        *(
+                            and_(w.tenant == tenant, w.request_id == request_id)
+                            for tenant, request_id in replaced
+                        )
+                    )
+                )
+                .values(
+                    revision=case((w.attempts > 0, w.revision + 1), else_=w.revision),
+                    status=WebhookStatus.PENDING.value,
+                    attempts=0,
+                    next_attempt_at=recorded_at,
+                    last_attempt_at=None,
+                    last_status_code=None,
+                    last_error=None,
+                    delivered_at=None,
+                )
+            )
 
     async def _insert_new(
         self,

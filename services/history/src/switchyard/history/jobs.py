@@ -7,7 +7,8 @@ History records such a transition as an event of its own (`chat.failed` from sou
 from the request id, so two replicas (or a retry) record it once. A cancellation is final
 (the client asked for it and was told so): "the first terminal status wins" decides any
 race with inference's own reply. An expiry is provisional: a real outcome from inference
-that arrives after it replaces it (projection.py, handlers.py).
+that arrives after it replaces it (projection.py, handlers.py), and a job's webhook then
+delivers the real outcome as well (webhooks.py).
 """
 
 from __future__ import annotations

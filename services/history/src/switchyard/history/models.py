@@ -280,6 +280,11 @@ class HistoryWebhook(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Bumped when the job's outcome changes after a delivery of the old one may have gone
+    # out (history's expiry replaced by the real outcome): the new outcome is delivered
+    # afresh, under a delivery id of its own, and an attempt still carrying the old one
+    # cannot settle the new delivery.
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         Index(

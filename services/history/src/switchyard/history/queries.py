@@ -391,8 +391,13 @@ class HistoryQueries:
                 webhooks.last_error.label("webhook_last_error"),
             )
             .select_from(
+                # A webhook row naming another tenant is not the job's (webhooks.py).
                 requests_table.outerjoin(
-                    webhooks_table, webhooks.request_id == requests_table.c.request_id
+                    webhooks_table,
+                    and_(
+                        webhooks.request_id == requests_table.c.request_id,
+                        webhooks.tenant == requests_table.c.tenant,
+                    ),
                 )
             )
             .where(requests_table.c.priority == BATCH_PRIORITY)

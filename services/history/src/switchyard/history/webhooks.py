@@ -26,6 +26,15 @@ connected to as checked; redirects are not followed. A malformed or refused URL 
 delivery at once; what the job's owner sees of a failure is its kind (`receiver answered
 500`, `timed out`, `could not connect`), never what the receiver sent.
 
+One outcome can still change after it was delivered: history's own expiry (the sweeper's,
+`job.expired`) stands only until a real outcome arrives, which replaces it. The webhook then
+starts again and delivers the real outcome (`job.completed`, say) under the id
+`whd_<job id>.1`, which supersedes `whd_<job id>` (an attempt of the expiry already in
+flight may still land after it: the revision after the dot, not the arrival order, says
+which is final). A job whose expiry no attempt had reached yet gets only its real outcome,
+under `whd_<job id>`. An outcome recorded before its request (a reply overtaking it, a
+cancellation recorded first) is delivered as soon as the request is.
+
 Deliveries are claimed with a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL), so several
 history replicas share the work and a replica dying mid-delivery only delays it: the
 delivery is at least once.
@@ -46,7 +55,7 @@ from typing import Any
 import httpx
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common import exactjson
@@ -83,6 +92,23 @@ DELIVERIES = Counter(
     "Webhook delivery attempts, by outcome (delivered, retry, failed).",
     ["outcome"],
 )
+
+
+# A webhook row is its job's only when both name the same tenant: a request naming another
+# tenant than its row's gets none (`EventRecorder._write_webhooks`), and a row registered
+# before that rule must not have another tenant's job POSTed to its address.
+_of_its_job = and_(
+    webhooks_table.c.request_id == requests_table.c.request_id,
+    webhooks_table.c.tenant == requests_table.c.tenant,
+)
+
+
+def delivery_id_of(request_id: str, revision: int) -> str:
+    """The `Switchyard-Webhook-Id` of a job's webhook: `whd_<job id>`, the same for every
+    attempt; once the job's outcome changed after it may have been delivered (history's
+    expiry replaced by the real outcome), `whd_<job id>.<revision>`, so a receiver that
+    deduplicates on ids takes the new outcome."""
+    return f"whd_{request_id}" if not revision else f"whd_{request_id}.{revision}"
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -254,7 +280,7 @@ class WebhookDispatcher:
         w, r = webhooks_table.c, requests_table.c
         candidates = (
             select(w.request_id, w.tenant)
-            .join_from(webhooks_table, requests_table, r.request_id == w.request_id)
+            .join_from(webhooks_table, requests_table, _of_its_job)
             .where(
                 w.status == WebhookStatus.PENDING.value,
                 w.next_attempt_at <= now,
@@ -305,8 +331,9 @@ class WebhookDispatcher:
                         w.attempts.label("webhook_attempts"),
                         w.delivered_at.label("webhook_delivered_at"),
                         w.last_error.label("webhook_last_error"),
+                        w.revision.label("webhook_revision"),
                     )
-                    .join_from(requests_table, webhooks_table, r.request_id == w.request_id)
+                    .join_from(requests_table, webhooks_table, _of_its_job)
                     .where(w.request_id.in_(ids))
                 )
             ).mappings()
@@ -319,7 +346,7 @@ class WebhookDispatcher:
         try:
             job = job_object(row)
             event_type = f"job.{job['status']}"
-            delivery_id = f"whd_{row['request_id']}"
+            delivery_id = delivery_id_of(row["request_id"], row["webhook_revision"])
             body = exactjson.dumps(
                 {
                     "id": delivery_id,
@@ -397,7 +424,12 @@ class WebhookDispatcher:
             async with self._engine.begin() as connection:
                 await connection.execute(
                     update(webhooks_table)
-                    .where(w.request_id == row["request_id"], w.status == "pending")
+                    .where(
+                        w.request_id == row["request_id"],
+                        w.status == WebhookStatus.PENDING.value,
+                        # An attempt carrying an outcome since replaced settles nothing.
+                        w.revision == row["webhook_revision"],
+                    )
                     .values(values)
                 )
         except Exception as exc:  # noqa: BLE001 - the lease runs out and it is tried again
