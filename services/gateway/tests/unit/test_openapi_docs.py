@@ -65,6 +65,14 @@ async def test_swagger_ui_is_served_from_local_assets(harness):
     assert (await harness.client.get("/docs/assets/index.html")).status_code == 404
 
 
+async def test_no_other_site_may_frame_the_docs_page(harness):
+    # It takes an API key (Authorize) and sends requests with it: clickjacking's target.
+    page = await harness.client.get("/docs")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert page.headers["x-content-type-options"] == "nosniff"
+
+
 async def test_every_api_route_declares_both_credentials_for_the_authorize_button(harness):
     spec = await spec_of(harness)
     schemes = spec["components"]["securitySchemes"]

@@ -338,11 +338,23 @@ def document(spec: dict[str, Any], docs: ApiDocs) -> dict[str, Any]:
     return spec
 
 
+# Headers of the Swagger UI page: it takes an API key (Authorize) and sends requests with
+# it, so no other site may frame it (clickjacking); `frame-ancestors` alone, as the page's
+# own inline script must still run.
+DOCS_PAGE_HEADERS = {
+    "x-frame-options": "DENY",
+    "content-security-policy": "frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+
+
 def swagger_ui_page(title: str, openapi_url: str = OPENAPI_PATH) -> HTMLResponse:
-    """FastAPI's Swagger UI page, loading its script, style and icon from ASSETS_PATH."""
+    """FastAPI's Swagger UI page, loading its script, style and icon from ASSETS_PATH,
+    with `DOCS_PAGE_HEADERS`."""
     from fastapi.openapi.docs import get_swagger_ui_html
 
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url=openapi_url,
         title=f"{title} - Swagger UI",
         swagger_js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js",
@@ -351,6 +363,8 @@ def swagger_ui_page(title: str, openapi_url: str = OPENAPI_PATH) -> HTMLResponse
         oauth2_redirect_url=f"{ASSETS_PATH}/oauth2-redirect.html",
         swagger_ui_parameters={"persistAuthorization": True, "displayRequestDuration": True},
     )
+    page.headers.update(DOCS_PAGE_HEADERS)
+    return page
 
 
 async def _asset(request: Request) -> Response:

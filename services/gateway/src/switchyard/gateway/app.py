@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 import httpx
 import structlog
 from fastapi import Depends, FastAPI
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from switchyard.common.backoff import Backoff
 from switchyard.common.bus import USAGE_HEADER, Carried, EventBus, create_bus
@@ -309,4 +310,9 @@ def create_app(
     app.add_middleware(TracingMiddleware)
     app.add_middleware(HeadAsGet)
     app.add_middleware(ClientDisconnectGuard)
+    if settings.forwarded_allow_ips:
+        # Outside everything: each part of the gateway sees the client a trusted proxy
+        # names (uvicorn's middleware takes the last X-Forwarded-For entry no trusted
+        # proxy added), never one a client wrote for itself.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     return app

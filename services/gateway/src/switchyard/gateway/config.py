@@ -16,6 +16,7 @@ from switchyard.common.db import (
     database_url_problem,
     database_variables,
 )
+from switchyard.common.egress import networks_setting
 from switchyard.common.events import MAX_JWT_LEEWAY_S, ClientAPI
 from switchyard.common.settings import (
     DAY_S,
@@ -255,6 +256,14 @@ class Settings(ServiceSettings):
         le=10_000_000,
         description="Verified access tokens remembered (skips RSA).",
     )
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated addresses or networks (CIDR) of the proxies in front of "
+        "the gateway (an Ingress, a load balancer) whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed: a request from one of them is taken as from the "
+        "address its proxy names, for sign-in limits and logs. Empty: none, every request "
+        "is from its TCP peer (behind a proxy, all clients share its address).",
+    )
     cors_allow_origins: Annotated[list[str] | None, NoDecode] = Field(
         default=None,
         description="Comma-separated origins browsers may call from ('*' for any). Unset: "
@@ -421,6 +430,13 @@ class Settings(ServiceSettings):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _proxy_networks(cls, value: Any) -> Any:
+        """Each entry an address or a network, validated ('*' is not taken: a client
+        could then name any address it likes)."""
+        return networks_setting(value)
 
     @field_validator("console_inference_metrics_urls")
     @classmethod
