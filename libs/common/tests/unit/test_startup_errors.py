@@ -526,3 +526,56 @@ def test_a_credential_of_the_built_in_routing_says_so(monkeypatch: pytest.Monkey
     with pytest.raises(RoutingError) as refused:
         deployment.secret("UNSET_TOKEN")
     assert str(refused.value).startswith("built-in routing: deployment 'v'.access_token_env: ")
+
+
+# ------------------------------------------------------------ the public development token
+
+
+@pytest.mark.parametrize("argv", [("history", "--host", "0.0.0.0"), ("dev", "--host", "0.0.0.0")])
+def test_the_development_token_is_refused_beyond_loopback(
+    monkeypatch: pytest.MonkeyPatch,
+    main_fails: Callable[..., str],
+    tmp_path: Path,
+    argv: tuple[str, ...],
+) -> None:
+    """It is in the source: a service listening beyond this machine with it would take
+    internal calls (the gateway's admissions among them) from anyone who can connect."""
+    import uvicorn
+
+    from switchyard.common.settings import DEV_INTERNAL_TOKEN
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SWITCHYARD_INTERNAL_TOKEN", DEV_INTERNAL_TOKEN)
+
+    def never(*_: object, **__: object) -> None:  # pragma: no cover - the fault
+        raise AssertionError("the server started with the public token")
+
+    monkeypatch.setattr(uvicorn, "run", never)
+    monkeypatch.setattr(dev, "private_state_dir", never)
+    line = main_fails(*argv)
+    assert line.startswith("error: SWITCHYARD_INTERNAL_TOKEN still has its development default")
+    assert "0.0.0.0" in line
+
+
+def test_the_development_token_is_taken_on_loopback_and_a_real_one_anywhere() -> None:
+    from switchyard.common.settings import (
+        DEV_INTERNAL_TOKEN,
+        ConfigurationError,
+        check_internal_token_for,
+    )
+
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"):
+        check_internal_token_for(host, DEV_INTERNAL_TOKEN)
+    for host in ("0.0.0.0", "::", "10.0.0.5", "gateway.internal", ""):
+        check_internal_token_for(host, "a-random-token")
+        with pytest.raises(ConfigurationError):
+            check_internal_token_for(host, DEV_INTERNAL_TOKEN)
+
+
+def test_an_empty_internal_token_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # It would match a call sending an empty header.
+    from switchyard.common.settings import ServiceSettings, SettingsError
+
+    monkeypatch.setenv("SWITCHYARD_INTERNAL_TOKEN", "")
+    with pytest.raises(SettingsError, match="SWITCHYARD_INTERNAL_TOKEN"):
+        ServiceSettings()

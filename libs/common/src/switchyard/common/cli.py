@@ -128,8 +128,10 @@ def _run_service_command(plugin: ServicePlugin) -> Callable[..., None]:
         from switchyard.common.http import SERVICE_ENV, serve
         from switchyard.common.httpserver import configured_limits
         from switchyard.common.logging import configure_logging
+        from switchyard.common.settings import check_internal_token_for
 
         settings = plugin.settings()
+        check_internal_token_for(host or settings.host, settings.internal_token)
         configured_limits()  # SWITCHYARD_HTTP_*: refused here, not by every connection
         if plugin.preflight is not None:
             plugin.preflight()

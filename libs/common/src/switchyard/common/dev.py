@@ -307,6 +307,7 @@ def _check_settings(plugins: list[ServicePlugin], host: str, database_url: str |
     the `switchyard` command), and an explicit database URL no service can use is one
     line naming the option, and exit status 1."""
     from switchyard.common.db import database_url_problem
+    from switchyard.common.settings import check_internal_token_for
 
     explicit = apply_dev_environment(plugins, database_url)
     if explicit is not None:
@@ -321,7 +322,7 @@ def _check_settings(plugins: list[ServicePlugin], host: str, database_url: str |
             raise SystemExit(1)
     wire_service_urls(plugins, host)
     for plugin in plugins:
-        plugin.settings()
+        check_internal_token_for(host, plugin.settings().internal_token)
 
 
 def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:

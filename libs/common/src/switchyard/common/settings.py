@@ -7,6 +7,7 @@ are refused at start-up, so a deployment can never run with a secret that is in 
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import socket
 from enum import StrEnum
@@ -36,6 +37,34 @@ MAX_BYTES = GIB
 MAX_CONCURRENCY = 4096
 # Attempts, thresholds, failures counted before acting.
 MAX_ATTEMPTS = 1000
+
+
+def loopback(host: str) -> bool:
+    """Whether `host` (an interface to bind: an address or a name) is this machine's
+    loopback interface only (`127.0.0.0/8`, `::1`, `localhost`)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_internal_token_for(host: str, internal_token: str) -> None:
+    """Refuse to listen beyond the loopback interface (`host`) with the development
+    internal token, in every environment: it is public, and a service's internal routes
+    (the gateway's admissions among them) would take it from anyone who can connect.
+
+    Raises:
+        ConfigurationError: naming SWITCHYARD_INTERNAL_TOKEN and the interface.
+    """
+    if internal_token == DEV_INTERNAL_TOKEN and not loopback(host):
+        raise ConfigurationError(
+            f"SWITCHYARD_INTERNAL_TOKEN still has its development default, which is public, "
+            f"and the service would listen on {host} (beyond this machine): set "
+            "SWITCHYARD_INTERNAL_TOKEN to a random value shared by every service (e.g. "
+            "`openssl rand -hex 32`), or listen on 127.0.0.1"
+        )
 
 
 class Environment(StrEnum):
@@ -221,6 +250,8 @@ class ServiceSettings(CheckedSettings):
     internal_token: str = Field(
         validation_alias=env("SWITCHYARD_INTERNAL_TOKEN"),
         default=DEV_INTERNAL_TOKEN,
+        # An empty token would match a call sending an empty header.
+        min_length=1,
         description="Secret carried by service-to-service calls (x-switchyard-internal-token); "
         "`switchyard dev` makes a random one for each run unless it is set.",
     )
