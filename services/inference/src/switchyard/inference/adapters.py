@@ -58,7 +58,9 @@ from switchyard.inference.translate import (
     chat_request_to_messages,
     message_to_chat_completion,
     messages_request_to_chat,
+    thinking_enabled,
     tool_use_ids,
+    without_translated_thinking,
 )
 from switchyard.inference.translate_responses import (
     ChatChunksToResponseEvents,
@@ -355,8 +357,8 @@ class _ChatFromMessagesStream:
 class _MessagesFromChatStream:
     """Chat Completions upstream chunks -> Anthropic events."""
 
-    def __init__(self, model: str, tool_ids: AnthropicToolIds) -> None:
-        self._converter = ChatChunksToMessageEvents(model, tool_ids)
+    def __init__(self, model: str, tool_ids: AnthropicToolIds, thinking: bool) -> None:
+        self._converter = ChatChunksToMessageEvents(model, tool_ids, thinking=thinking)
         self._usage = TokenUsage()
 
     def feed(self, sse: SSE) -> list[StreamEvent]:
@@ -467,7 +469,8 @@ class MessagesPassThrough(Adapter):
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
-        payload = {**body, "model": deployment.model}
+        # Thinking made from another server's reasoning goes to no Anthropic model.
+        payload = {**without_translated_thinking(body), "model": deployment.model}
         if stream:
             payload["stream"] = True
         return UpstreamCall(
@@ -499,10 +502,12 @@ class MessagesPassThrough(Adapter):
 class MessagesViaChat(MessagesPassThrough):
     """Anthropic Messages to an OpenAI-protocol deployment (translated). `taken`: the
     `tool_use` ids of the request's conversation, which the reply's tool calls must not
-    reuse (`AnthropicToolIds`)."""
+    reuse (`AnthropicToolIds`); `thinking`: the request enabled thinking, so the server's
+    reasoning text reaches the client as thinking blocks."""
 
-    def __init__(self, taken: frozenset[str] = frozenset()) -> None:
+    def __init__(self, taken: frozenset[str] = frozenset(), *, thinking: bool = False) -> None:
         self._taken = taken
+        self._thinking = thinking
 
     @override
     def request(
@@ -521,12 +526,14 @@ class MessagesViaChat(MessagesPassThrough):
     @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
         _require(native, "choices", list, model)
-        message = chat_completion_to_message(native, model, AnthropicToolIds(self._taken))
+        message = chat_completion_to_message(
+            native, model, AnthropicToolIds(self._taken), thinking=self._thinking
+        )
         return message, openai_usage(native.get("usage"))
 
     @override
     def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
-        return _MessagesFromChatStream(model, AnthropicToolIds(self._taken))
+        return _MessagesFromChatStream(model, AnthropicToolIds(self._taken), self._thinking)
 
 
 class _NotStreamed(Adapter):
@@ -591,6 +598,13 @@ class CountTokensPassThrough(_NotStreamedPassThrough):
     not_streamed = "Token counts are not streamed."
     path = "/v1/messages/count_tokens"
     forwarded_headers = ANTHROPIC_HEADERS
+
+    @override
+    def request(
+        self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
+    ) -> UpstreamCall:
+        # Counted as the message would be sent (`MessagesPassThrough`).
+        return super().request(without_translated_thinking(body), headers, deployment, stream)
 
     @override
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
@@ -1017,8 +1031,10 @@ class Adapters:
         if api is ClientAPI.ANTHROPIC_MESSAGES:
             if protocol == "anthropic":
                 return MessagesPassThrough()
-            taken = tool_use_ids(request.data.body) if request is not None else set()
-            return MessagesViaChat(frozenset(taken))
+            if request is None:
+                return MessagesViaChat()
+            body = request.data.body
+            return MessagesViaChat(frozenset(tool_use_ids(body)), thinking=thinking_enabled(body))
         if api is ClientAPI.OPENAI_EMBEDDINGS and protocol == "openai":
             return EmbeddingsPassThrough()
         if api is ClientAPI.ANTHROPIC_COUNT_TOKENS:

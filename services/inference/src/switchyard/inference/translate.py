@@ -1590,6 +1590,50 @@ def anthropic_tool_id(call_id: str) -> str:
     return f"{_OUTSIDE_TOOL_ID.sub('_', call_id)}_{digest}"
 
 
+# The signature of a `thinking` block made from an OpenAI-compatible server's reasoning text
+# (`reasoning_content`, vLLM's and DeepSeek's; `reasoning`): Anthropic's SDKs require one,
+# and no Anthropic model would take it back (it is not Anthropic's), so such a block is
+# left out of a request to an Anthropic deployment (`without_translated_thinking`), as it
+# is towards a Chat Completions one (thinking is never sent there).
+TRANSLATED_THINKING_SIGNATURE = "switchyard.reasoning.v1"
+
+
+def reasoning_text(message: dict[str, Any]) -> str | None:
+    """The reasoning text an OpenAI-compatible server put in a reply's `message` or a
+    stream's `delta` (`reasoning_content`, else `reasoning`), None for none."""
+    for name in ("reasoning_content", "reasoning"):
+        value = message.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def without_translated_thinking(body: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic request `body` without the `thinking` blocks Switchyard made from
+    another server's reasoning (`TRANSLATED_THINKING_SIGNATURE`), which an Anthropic model
+    refuses ("Invalid signature"); `body` itself when it holds none."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return body
+
+    def translated(block: Any) -> bool:
+        return (
+            isinstance(block, dict)
+            and block.get("type") == "thinking"
+            and block.get("signature") == TRANSLATED_THINKING_SIGNATURE
+        )
+
+    kept: list[Any] = []
+    changed = False
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(map(translated, content)):
+            message = {**message, "content": [b for b in content if not translated(b)]}
+            changed = True
+        kept.append(message)
+    return {**body, "messages": kept} if changed else body
+
+
 class AnthropicToolIds:
     """The `tool_use` ids of an Anthropic reply translated from an OpenAI one, each an id
     the client may send back: OpenAI-protocol servers name calls as they like
@@ -1616,6 +1660,13 @@ class AnthropicToolIds:
             given, suffix = f"{base}_{suffix}", suffix + 1
         self._taken.add(given)
         return given
+
+
+def thinking_enabled(body: dict[str, Any]) -> bool:
+    """Whether an Anthropic request `body` lets the model think (`thinking.type` `enabled`
+    or `adaptive`), so its reply may hold thinking blocks."""
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
 
 
 def tool_use_ids(body: dict[str, Any]) -> set[str]:
@@ -2455,16 +2506,27 @@ def tool_calls_of(message: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def chat_completion_to_message(
-    completion: dict[str, Any], model: str, tool_ids: AnthropicToolIds | None = None
+    completion: dict[str, Any],
+    model: str,
+    tool_ids: AnthropicToolIds | None = None,
+    *,
+    thinking: bool = False,
 ) -> dict[str, Any]:
     """An OpenAI `chat.completion` (its first choice) as an Anthropic `message`, its tool
     calls' ids given by `tool_ids` (the request's own `tool_use` ids taken: see
-    `AnthropicToolIds`; none taken when not given)."""
+    `AnthropicToolIds`; none taken when not given). With `thinking` (the request enabled
+    it), the server's reasoning text (`reasoning_text`) comes first as a `thinking` block;
+    without, it is left out, as Anthropic sends no thinking unless asked."""
     tool_ids = tool_ids if tool_ids is not None else AnthropicToolIds()
     choices = completion.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
+    reasoning = reasoning_text(message) if thinking else None
+    if reasoning is not None:
+        content.append(
+            {"type": "thinking", "thinking": reasoning, "signature": TRANSLATED_THINKING_SIGNATURE}
+        )
     text = _text_of(message.get("content"))
     refusal = message.get("refusal")
     if text:
@@ -2545,8 +2607,12 @@ class ChatChunksToMessageEvents:
     only at its end, so `message_start` cannot carry them) and `message_stop`. Only the
     first choice is translated (Anthropic has no `n`)."""
 
-    def __init__(self, model: str, tool_ids: AnthropicToolIds | None = None) -> None:
+    def __init__(
+        self, model: str, tool_ids: AnthropicToolIds | None = None, *, thinking: bool = False
+    ) -> None:
         self.model = model
+        # The request enabled thinking: reasoning text streams as a thinking block.
+        self._thinking = thinking
         # The ids of the tool_use blocks (see `AnthropicToolIds`).
         self._tool_ids = tool_ids if tool_ids is not None else AnthropicToolIds()
         self.message_id: str | None = None
@@ -2556,7 +2622,8 @@ class ChatChunksToMessageEvents:
         self._started = False
         self._finished = False
         self._next_index = 0
-        self._open: tuple[str, int] | None = None  # ("text", index) or ("tool", tool index)
+        # ("text", index), ("thinking", index) or ("tool", tool index)
+        self._open: tuple[str, int] | None = None
         self._tool_blocks: dict[int, int] = {}  # OpenAI tool_call index -> block index
         self._arguments: list[str] = []  # the open tool call's arguments so far
         # A reply that is a refusal alone stops for `refusal`, as a whole reply does.
@@ -2589,9 +2656,15 @@ class ChatChunksToMessageEvents:
         if self._open is None:
             return []
         kind, key = self._open
-        index = key if kind == "text" else self._tool_blocks[key]
+        index = self._tool_blocks[key] if kind == "tool" else key
         self._open = None
-        return [{"type": "content_block_stop", "index": index}]
+        events: list[dict[str, Any]] = []
+        if kind == "thinking":
+            # As Anthropic ends a thinking block: its signature, then the stop.
+            signature = {"type": "signature_delta", "signature": TRANSLATED_THINKING_SIGNATURE}
+            events.append({"type": "content_block_delta", "index": index, "delta": signature})
+        events.append({"type": "content_block_stop", "index": index})
+        return events
 
     def _open_block(self, block: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
         events = self._close_block()
@@ -2616,6 +2689,22 @@ class ChatChunksToMessageEvents:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            reasoning = reasoning_text(delta) if self._thinking else None
+            if reasoning is not None:
+                events += self._release_held(until_incomplete=False)
+                if self._open is None or self._open[0] != "thinking":
+                    index, opened = self._open_block(
+                        {"type": "thinking", "thinking": "", "signature": ""}
+                    )
+                    events += opened
+                    self._open = ("thinking", index)
+                events.append(
+                    {
+                        "type": "content_block_delta",
+                        "index": self._open[1],
+                        "delta": {"type": "thinking_delta", "thinking": reasoning},
+                    }
+                )
             text = delta.get("content") or delta.get("refusal")
             if delta.get("content"):
                 self._content_seen = True
