@@ -682,7 +682,11 @@ async def test_openai_request_is_translated_once_for_an_anthropic_upstream(
         "prompt_tokens": 23012,
         "completion_tokens": 40,
         "total_tokens": 23052,
-        "prompt_tokens_details": {"cached_tokens": 20000, "audio_tokens": 0},
+        "prompt_tokens_details": {
+            "cached_tokens": 20000,
+            "cache_write_tokens": 3000,
+            "audio_tokens": 0,
+        },
         "completion_tokens_details": {
             "reasoning_tokens": 10,
             "audio_tokens": 0,

@@ -263,6 +263,42 @@ def test_a_chat_completions_servers_reasoning_streams_live():
     assert "response.reasoning_summary_text.delta" in [e["type"] for e in events]
 
 
+def test_a_chat_completions_servers_reasoning_is_not_named_as_thinking():
+    # Its id says it was no thinking block: sent back by id alone, it needs nothing found
+    # (the gateway looks up `rs_syt` items, for their signature), as the reply not
+    # streamed names it.
+    converter = ChatChunksToResponseEvents(CTX, usage)
+    chunk = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"reasoning_content": "Thinking."}}],
+    }
+
+    events = converter.feed(chunk)
+    events += converter.feed({**chunk, "choices": [{"index": 0, "delta": {"content": "4"}}]})
+
+    [added] = [e for e in events if e["type"] == "response.output_item.added"][:1]
+    item_id = added["item"]["id"]
+    assert item_id.startswith(translate_responses.TRANSLATED_REASONING_PREFIX)
+    assert not item_id.startswith("rs_syt")
+    whole = translate_responses.chat_completion_to_response(
+        {
+            "id": "c1",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "4", "reasoning_content": "T."},
+                    "finish_reason": "stop",
+                }
+            ],
+        },
+        CTX,
+        usage(),
+    )
+    assert not whole["output"][0]["id"].startswith("rs_syt")
+
+
 @pytest.mark.parametrize("signature", ["SIG-6", None])
 def test_the_reply_not_streamed_has_the_signature_too(signature):
     block: dict[str, Any] = {"type": "thinking", "thinking": "Hmm."}

@@ -1694,7 +1694,11 @@ def test_cache_usage_maps_both_ways_and_is_never_counted_twice() -> None:
         "prompt_tokens": 160,
         "completion_tokens": 7,
         "total_tokens": 167,
-        "prompt_tokens_details": {"cached_tokens": 100, "audio_tokens": 0},
+        "prompt_tokens_details": {
+            "cached_tokens": 100,
+            "cache_write_tokens": 50,
+            "audio_tokens": 0,
+        },
         "completion_tokens_details": {
             "reasoning_tokens": 3,
             "audio_tokens": 0,
@@ -1703,9 +1707,10 @@ def test_cache_usage_maps_both_ways_and_is_never_counted_twice() -> None:
         },
     }
     back = messages_usage_from_chat(openai_usage)
-    # OpenAI has no cache writes: they come back as plain input, the total is kept.
-    assert back["input_tokens"] + back["cache_read_input_tokens"] == 160
-    assert (back["cache_read_input_tokens"], back["output_tokens"]) == (100, 7)
+    # OpenAI's `cache_write_tokens` are the cache writes: every count comes back.
+    assert {k: back[k] for k in anthropic_usage if k != "output_tokens_details"} == {
+        k: v for k, v in anthropic_usage.items() if k != "output_tokens_details"
+    }
 
 
 def test_usage_without_thinking_still_has_openais_details() -> None:
@@ -1713,7 +1718,11 @@ def test_usage_without_thinking_still_has_openais_details() -> None:
     details of a translated reply without thinking."""
     usage = chat_usage_from_messages({"input_tokens": 4, "output_tokens": 2})
     assert usage["completion_tokens_details"]["reasoning_tokens"] == 0
-    assert usage["prompt_tokens_details"] == {"cached_tokens": 0, "audio_tokens": 0}
+    assert usage["prompt_tokens_details"] == {
+        "cached_tokens": 0,
+        "cache_write_tokens": 0,
+        "audio_tokens": 0,
+    }
 
 
 def test_a_stop_sequence_reported_by_an_openai_compatible_server_is_kept() -> None:

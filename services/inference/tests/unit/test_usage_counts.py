@@ -35,3 +35,21 @@ def test_absurd_counts_are_read_as_the_most_a_count_may_say() -> None:
 def test_the_contract_refuses_a_count_beyond_64_bits() -> None:
     with pytest.raises(ValueError):
         TokenUsage(input_tokens=MAX_TOKEN_COUNT + 1)
+
+
+def test_an_openai_servers_cache_writes_are_counted_and_shown() -> None:
+    # `prompt_tokens_details.cache_write_tokens` (OpenAI's usage, as the `openai` SDK types
+    # it): billed at the cache-write price, and shown to a Responses client.
+    from switchyard.common.responses import usage_object
+
+    usage = openai_usage(
+        {
+            "prompt_tokens": 100,
+            "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 40, "cache_write_tokens": 6},
+        }
+    )
+
+    assert (usage.input_tokens, usage.cache_read_input_tokens) == (100, 40)
+    assert usage.cache_creation_input_tokens == 6
+    assert usage_object(usage)["input_tokens_details"]["cache_write_tokens"] == 6

@@ -402,7 +402,11 @@ def chat_usage_from_messages(usage: Any) -> dict[str, Any]:
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cache_read, "audio_tokens": 0},
+        "prompt_tokens_details": {
+            "cached_tokens": cache_read,
+            "cache_write_tokens": cache_write,
+            "audio_tokens": 0,
+        },
         "completion_tokens_details": {
             "reasoning_tokens": thinking if isinstance(thinking, int) else 0,
             "audio_tokens": 0,
@@ -413,15 +417,18 @@ def chat_usage_from_messages(usage: Any) -> dict[str, Any]:
 
 
 def messages_usage_from_chat(usage: Any) -> dict[str, Any]:
-    """Anthropic usage from OpenAI usage (cached prompt tokens are cache reads; OpenAI
-    reports no cache writes)."""
+    """Anthropic usage from OpenAI usage: `prompt_tokens_details.cached_tokens` are cache
+    reads, its `cache_write_tokens` cache writes, the rest of `prompt_tokens` uncached
+    input."""
     usage = usage if isinstance(usage, dict) else {}
     details = usage.get("prompt_tokens_details")
-    cached = (details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    details = details if isinstance(details, dict) else {}
+    cached = details.get("cached_tokens") or 0
+    written = details.get("cache_write_tokens") or 0
     prompt = usage.get("prompt_tokens") or 0
     result: dict[str, Any] = {
-        "input_tokens": max(0, prompt - cached),
-        "cache_creation_input_tokens": 0,
+        "input_tokens": max(0, prompt - cached - written),
+        "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
         "output_tokens": usage.get("completion_tokens") or 0,
     }

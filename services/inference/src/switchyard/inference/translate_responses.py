@@ -1568,13 +1568,20 @@ class ResponseEventWriter:
     # ---- reasoning
 
     def reasoning(
-        self, key: Any, *, hold: bool = False, signature: str | None = None
+        self,
+        key: Any,
+        *,
+        thinking: bool,
+        hold: bool = False,
+        signature: str | None = None,
     ) -> list[dict[str, Any]]:
         """Open a `reasoning` item for the converter's `key`, with an empty summary part; its
-        opening events. With `hold`, and no `signature` yet, its events are held until
-        its signature is whole (at its close), so that `response.output_item.added`
-        carries it."""
-        item_id = _reasoning_id(thinking=True)
+        opening events. `thinking`: made from an Anthropic thinking block (its id says so,
+        `rs_syt`: sent back by id alone, it must be found to give its signature back),
+        else from a server's reasoning text (`rs_sy`, which needs nothing found). With
+        `hold`, and no `signature` yet, its events are held until its signature is whole
+        (at its close), so that `response.output_item.added` carries it."""
+        item_id = _reasoning_id(thinking=thinking)
         events = self._open(
             key,
             "reasoning",
@@ -1762,7 +1769,9 @@ class ChatChunksToResponseEvents:
         for part, text in self._text:
             if part == "reasoning":
                 if not writer.is_open("reasoning"):
-                    events += writer.close("message") + writer.reasoning("reasoning")
+                    events += writer.close("message") + writer.reasoning(
+                        "reasoning", thinking=False
+                    )
                 events += writer.reasoning_text("reasoning", text)
             elif part == "annotation":
                 events += writer.close("reasoning") + writer.annotation("message", text)
@@ -1899,7 +1908,10 @@ class MessageEventsToResponseEvents:
                     # `signature_delta`), unless it is whole at the start.
                     signature = block.get("signature")
                     events += writer.reasoning(
-                        key, hold=True, signature=signature if isinstance(signature, str) else None
+                        key,
+                        thinking=True,
+                        hold=True,
+                        signature=signature if isinstance(signature, str) else None,
                     )
                     events += writer.reasoning_text(key, block.get("thinking") or "")
                 elif block_type == "redacted_thinking":

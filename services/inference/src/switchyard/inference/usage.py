@@ -40,7 +40,9 @@ def _detail(usage: dict[str, Any], group: str, name: str) -> int:
 
 
 def openai_usage(usage: Any) -> TokenUsage:
-    """TokenUsage of an OpenAI `usage` object (absent or malformed: zeros)."""
+    """TokenUsage of an OpenAI Chat Completions `usage` object (absent or malformed:
+    zeros): `prompt_tokens` counts cached tokens too, `prompt_tokens_details.cached_tokens`
+    of them read from the cache and `cache_write_tokens` written to it."""
     if not isinstance(usage, dict):
         return TokenUsage()
     output = _count(usage.get("completion_tokens"))
@@ -48,6 +50,7 @@ def openai_usage(usage: Any) -> TokenUsage:
         input_tokens=_count(usage.get("prompt_tokens")),
         output_tokens=output,
         cache_read_input_tokens=_detail(usage, "prompt_tokens_details", "cached_tokens"),
+        cache_creation_input_tokens=_detail(usage, "prompt_tokens_details", "cache_write_tokens"),
         reasoning_tokens=min(
             output, _detail(usage, "completion_tokens_details", "reasoning_tokens")
         ),
