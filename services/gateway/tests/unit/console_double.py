@@ -180,6 +180,12 @@ class ConsoleDouble(AuthDouble):
                 return self._error(401, "Invalid refresh token.", "invalid_grant")
             return self._tokens(account)
         if path == "/v1/auth/logout":
+            # As auth: a presented access token is judged first (an expired one is a 401
+            # whatever the body holds); the refresh token's sign-in then ends.
+            if "authorization" in request.headers and self._caller(request) is None:
+                return self._error(401, "The access token is invalid or expired.", "invalid_token")
+            body = json.loads(request.read() or b"{}")
+            self.refresh_tokens.pop(body.get("refresh_token") or "", None)
             return httpx.Response(204)
         if path.startswith(("/v1/api-keys", "/v1/admin/", "/v1/me")):
             return self._auth_api(request, path, method)

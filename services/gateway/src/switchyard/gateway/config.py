@@ -352,7 +352,8 @@ class Settings(ServiceSettings):
     )
     console_secret_key: str | None = Field(
         default=None,
-        description="Signs the console's session and CSRF cookies; the same on every replica. "
+        description="Encrypts the console's session cookie and signs its CSRF tokens; the "
+        "same on every replica. "
         "Unset: derived from the internal token (itself required outside development).",
     )
     console_session_ttl_s: int = Field(

@@ -286,9 +286,16 @@ def create_console(gateway: Gateway) -> ASGIApp:
             + "/login"
             + views.query_string({"next": request.url.path if request.method == "GET" else None})
         )
+        response: Response
         if request.headers.get("hx-request"):
-            return Response(status_code=204, headers={"hx-redirect": target})
-        return RedirectResponse(target, status_code=303)
+            response = Response(status_code=204, headers={"hx-redirect": target})
+        else:
+            response = RedirectResponse(target, status_code=303)
+        if request.cookies.get(COOKIE_NAME) is not None:
+            # An altered, ended or older-format cookie, or one of a sign-in auth ended:
+            # the browser stops sending it.
+            cookies.clear(response)
+        return response
 
     @app.exception_handler(BackendError)
     async def _backend_failed(request: Request, exc: BackendError) -> Response:

@@ -133,13 +133,30 @@ class ConsoleBackend:
         return TokenPair(body["access_token"], body["refresh_token"])
 
     async def sign_out(self, access_token: str, refresh_token: str) -> None:
-        """End the sign-in at auth (every gateway then refuses its tokens)."""
+        """End the sign-in at auth (every gateway then refuses its tokens): its refresh
+        token's family, and the access token itself while it is valid."""
+        url = f"{self._auth_url}/v1/auth/logout"
+        body = {"refresh_token": refresh_token}
+        try:
+            await self._call(
+                "auth", "POST", url, json=body, headers={"authorization": f"Bearer {access_token}"}
+            )
+        except BackendError as exc:
+            if exc.status != 401:
+                raise
+            # Auth refuses an expired access token before it reads the body; the refresh
+            # token alone still ends the family, and with it every access token of the
+            # sign-in (their `sid`).
+            await self.end_sign_in(refresh_token)
+
+    async def end_sign_in(self, refresh_token: str) -> None:
+        """End a sign-in at auth by its refresh token alone (a session whose lifetime is
+        over: its access token has no use left)."""
         await self._call(
             "auth",
             "POST",
             f"{self._auth_url}/v1/auth/logout",
             json={"refresh_token": refresh_token},
-            headers={"authorization": f"Bearer {access_token}"},
         )
 
     async def principal(self, access_token: str) -> Principal:

@@ -94,8 +94,14 @@ async def current_viewer(request: Request) -> Viewer:
     """The user of the session cookie, refreshing an expired access token; NotSignedIn
     when there is no session or it has ended (signed out, revoked, user disabled)."""
     console = state(request)
-    session = console.cookies.decode(request.cookies.get(COOKIE_NAME))
+    value = request.cookies.get(COOKIE_NAME)
+    session = console.cookies.decode(value)
     if session is None:
+        ended = console.cookies.ended(value)
+        if ended is not None:
+            # Nothing refreshes this sign-in any more: end it at auth too, rather than
+            # leave its refresh token valid there for the rest of its own lifetime.
+            await _end_at_auth(console, ended)
         raise NotSignedIn
     try:
         return Viewer(await console.backend.principal(session.access_token), session)
@@ -114,7 +120,20 @@ async def current_viewer(request: Request) -> Viewer:
     try:
         return Viewer(await console.backend.principal(session.access_token), session)
     except AuthenticationError:
+        request.state.renewed_session = None  # the sign-in page drops the cookie instead
         raise NotSignedIn from None
+
+
+async def _end_at_auth(console: ConsoleState, session: Session, *, live: bool = False) -> None:
+    """End `session`'s sign-in at auth, with its access token too while the session is
+    `live`; an expired or already ended sign-in, or auth unreachable, changes nothing here."""
+    try:
+        if live:
+            await console.backend.sign_out(session.access_token, session.refresh_token)
+        else:
+            await console.backend.end_sign_in(session.refresh_token)
+    except BackendError:
+        pass
 
 
 CurrentViewer = Annotated[Viewer, Depends(current_viewer)]
@@ -247,12 +266,14 @@ async def login(
 async def logout(request: Request) -> Response:
     """End the sign-in at auth and drop the cookie."""
     console = state(request)
-    session = console.cookies.decode(request.cookies.get(COOKIE_NAME))
+    value = request.cookies.get(COOKIE_NAME)
+    session = console.cookies.decode(value)
     if session is not None:
-        try:
-            await console.backend.sign_out(session.access_token, session.refresh_token)
-        except BackendError:
-            pass  # expired or already ended: the cookie goes anyway
+        await _end_at_auth(console, session, live=True)
+    else:
+        ended = console.cookies.ended(value)
+        if ended is not None:
+            await _end_at_auth(console, ended)
     response = redirect(request, "/login")
     console.cookies.clear(response)
     console.cookies.drop_csrf_token(response)

@@ -1,10 +1,15 @@
 """The console's session: the auth service's access and refresh tokens of a signed-in
-user, in one HttpOnly, SameSite=Lax cookie (Secure outside development), signed and
-timestamped with itsdangerous so it expires after `console_session_ttl_s` whatever the
-tokens say.
+user, in one HttpOnly, SameSite=Lax cookie (Secure outside development), encrypted and
+authenticated with Fernet (AES-128-CBC and HMAC-SHA256, from `cryptography`) under a key
+derived from the console's secret, so every replica reads every replica's cookies. The
+session ends `console_session_ttl_s` after sign-in whatever the tokens say.
 
-The signature only keeps the cookie from being altered or kept past its lifetime; who
-the user is, is decided by the access token inside it, verified like any API caller's
+The cookie is a bearer credential for the console until then, but it gives away nothing
+inside it: whoever copies it (a log, a proxy, a shared machine) cannot read the refresh
+token to mint access tokens at auth, nor the access token or the email. Altering it, or a
+cookie of an earlier format (itsdangerous' signed, readable value), is no session.
+
+Who the user is, is decided by the access token inside it, verified like any API caller's
 (RS256 against auth's JWKS, revocations included).
 
 The session also carries the CSRF token issued at sign-in. While a session lasts, the
@@ -15,11 +20,16 @@ plain-http response) neither replaces it nor opens the session's forms to its ow
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 import time
 from dataclasses import dataclass
 
-from itsdangerous import BadSignature, URLSafeSerializer, URLSafeTimedSerializer
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from itsdangerous import URLSafeSerializer
 from starlette.responses import Response
 
 COOKIE_NAME = "switchyard_console"
@@ -28,7 +38,11 @@ COOKIE_PATH = "/ui"
 CSRF_COOKIE = "switchyard_csrf"
 # asgi-csrf's signing namespace (its itsdangerous salt) for the console's tokens.
 CSRF_NAMESPACE = "switchyard.console.csrf"
-_SALT = "switchyard.console.session"
+# HKDF's label for the session cookie's key: a key of its own, whatever else the console
+# secret keys (the CSRF tokens).
+_KEY_INFO = b"switchyard.console.session.fernet"
+# Browsers keep no cookie over 4096 bytes: a value twice that long is refused undecrypted.
+_MAX_VALUE = 8192
 
 
 @dataclass(frozen=True)
@@ -44,12 +58,20 @@ class Session:
     csrf_token: str
 
 
+def _fernet_key(key: bytes) -> bytes:
+    """The session cookie's Fernet key (32 bytes, URL-safe base64): HKDF-SHA256 of the
+    console secret, which may be any string an operator set."""
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KEY_INFO).derive(key)
+    return base64.urlsafe_b64encode(derived)
+
+
 class SessionCookies:
     """Encodes sessions into the cookie value and back; `secure` adds the Secure flag.
-    `key` signs the session cookie and, as `csrf_secret` (its hex), the CSRF tokens."""
+    `key` is the console secret: the session cookie is encrypted under a key derived from
+    it, and the CSRF tokens are signed with its hex (`csrf_secret`)."""
 
     def __init__(self, key: bytes, *, ttl_s: int, secure: bool) -> None:
-        self._serializer = URLSafeTimedSerializer(key, salt=_SALT)
+        self._fernet = Fernet(_fernet_key(key))
         self.csrf_secret = key.hex()
         self._csrf_signer = URLSafeSerializer(self.csrf_secret)
         self.ttl_s = ttl_s
@@ -62,38 +84,57 @@ class SessionCookies:
         return self._csrf_signer.dumps(secrets.token_hex(16), salt=CSRF_NAMESPACE)
 
     def encode(self, session: Session) -> str:
-        """The signed, timestamped cookie value for `session` (itsdangerous, URL-safe)."""
-        return self._serializer.dumps(
-            [
-                session.access_token,
-                session.refresh_token,
-                session.email,
-                session.started_at,
-                session.csrf_token,
-            ]
-        )
+        """The encrypted cookie value for `session`: a Fernet token without its base64
+        padding (`=` would make the cookie a quoted string)."""
+        fields = [
+            session.access_token,
+            session.refresh_token,
+            session.email,
+            session.started_at,
+            session.csrf_token,
+        ]
+        token = self._fernet.encrypt(json.dumps(fields, separators=(",", ":")).encode())
+        return token.decode("ascii").rstrip("=")
 
     def decode(self, value: str | None) -> Session | None:
-        """The session in a cookie value; None if absent, altered, malformed or expired (a
-        cookie from before sessions carried their CSRF token is malformed: sign in again)."""
-        if not value:
+        """The session in a cookie value; None if absent, altered, of another format or key,
+        or ended."""
+        session = self._open(value)
+        if session is None or self._ended(session):
+            return None
+        return session
+
+    def ended(self, value: str | None) -> Session | None:
+        """The session in a genuine cookie value whose lifetime is over (to end its sign-in
+        at auth); None for anything else, a live session included."""
+        session = self._open(value)
+        return session if session is not None and self._ended(session) else None
+
+    def _ended(self, session: Session) -> bool:
+        return session.started_at + self.ttl_s <= time.time()
+
+    def _open(self, value: str | None) -> Session | None:
+        """Decrypt and check a cookie value, however old the session in it. Fernet's own
+        age check is not used: it refuses a token stamped more than a minute ahead of this
+        replica's clock, and the session's age is `started_at`'s, inside the token."""
+        if not value or len(value) > _MAX_VALUE:
             return None
         try:
-            fields = self._serializer.loads(value, max_age=self.ttl_s)
-        except BadSignature:  # also SignatureExpired
+            plain = self._fernet.decrypt(value + "=" * (-len(value) % 4))
+            fields = json.loads(plain)
+        except (InvalidToken, ValueError):
+            # ValueError: a value that is not ASCII (base64), or not JSON once decrypted.
             return None
         if (
             not isinstance(fields, list)
             or len(fields) != 5
             or not all(isinstance(field, str) for field in (*fields[:3], fields[4]))
+            or isinstance(fields[3], bool)
             or not isinstance(fields[3], int | float)
             or not fields[4]
         ):
             return None
-        session = Session(*fields)
-        if session.started_at + self.ttl_s <= time.time():
-            return None
-        return session
+        return Session(*fields)
 
     def set(self, response: Response, session: Session) -> None:
         """Set the session cookie on `response`: HttpOnly, SameSite=Lax, expiring when the
