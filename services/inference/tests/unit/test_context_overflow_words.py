@@ -1,5 +1,6 @@
-"""A request longer than the model's context window reaches a client of the other API in
-its own API's words: Anthropic's "prompt is too long: N tokens > M maximum" (which Claude
+"""An upstream's error reaches a client of the other API in its own API's words. A rate
+limit: OpenAI's code `rate_limit_exceeded`. A request longer than the model's context
+window: Anthropic's "prompt is too long: N tokens > M maximum" (which Claude
 Code compacts the conversation on), OpenAI's 400 `context_length_exceeded` (which the
 `openai` SDK's users and Codex act on). A client of the upstream's own API gets the
 upstream's error unchanged, and no other error is reworded."""
@@ -97,3 +98,13 @@ def test_other_errors_are_not_reworded():
     assert info.code == "invalid_value"
     quoted = anthropic_overflow("messages.0: the prompt is too long for this tool")
     assert quoted.to_error_info(ClientAPI.OPENAI_CHAT_COMPLETIONS).code is None
+
+
+def test_an_anthropic_rate_limit_reaches_an_openai_client_with_openais_code():
+    body = {"type": "error", "error": {"type": "rate_limit_error", "message": "Slow down."}}
+    failure = status_error(429, {}, body, "", ANTHROPIC, "anthropic")
+
+    for api in (ClientAPI.OPENAI_CHAT_COMPLETIONS, ClientAPI.OPENAI_RESPONSES):
+        info = failure.to_error_info(api)
+        assert (info.status, info.code, info.message) == (429, "rate_limit_exceeded", "Slow down.")
+    assert failure.to_error_info(ClientAPI.ANTHROPIC_MESSAGES).code is None

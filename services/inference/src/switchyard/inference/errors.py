@@ -139,6 +139,10 @@ class ProviderError(Exception):
             overflow = context_overflow(self.vendor, code, message)
             if overflow is not None:
                 code, param, message = overflow.words(api)
+        if client == "openai" and self.vendor == "anthropic" and status == 429 and code is None:
+            # OpenAI's code for a rate limit, which OpenAI's clients branch on (Anthropic
+            # has no codes); an upstream's own code, where it gave one, is kept.
+            code = "rate_limit_exceeded"
         return ErrorInfo(
             status=status,
             type=kind,

@@ -321,6 +321,20 @@ def _text_of(content: Any) -> str:
     return "".join(texts)
 
 
+def empty_array(param: str) -> TranslationError:
+    """OpenAI's refusal of an empty array where it takes one of at least one item
+    (`tools`, an assistant message's `tool_calls`): 400 `empty_array` naming `param`
+    (`messages.[1].tool_calls`, written `messages[1].tool_calls` in the message, as
+    OpenAI writes them)."""
+    return TranslationError(
+        f"Invalid '{param.replace('.[', '[')}': empty array. Expected an array with minimum "
+        "length 1, but got "
+        "an empty array instead.",
+        param,
+        "empty_array",
+    )
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:24]}"
 
@@ -1494,6 +1508,8 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise invalid_type("tools", "an array", tools)
+    if tools == []:
+        raise empty_array("tools")
     if tools:
         result["tools"] = [_openai_tool_to_anthropic(tool, i) for i, tool in enumerate(tools)]
     choice = anthropic_tool_choice(
@@ -2099,7 +2115,10 @@ def _openai_assistant_blocks(message: dict[str, Any], where: str) -> list[dict[s
             raise invalid_type(f"{where}.refusal", "a string", refusal)
         texts.append(refusal)
     blocks: list[dict[str, Any]] = [{"type": "text", "text": text} for text in texts if text]
-    calls: Any = message.get("tool_calls") or []
+    calls: Any = message.get("tool_calls")
+    if calls == []:
+        raise empty_array(f"{where}.tool_calls")
+    calls = calls or []
     if not isinstance(calls, list):
         raise invalid_type(f"{where}.tool_calls", "an array", calls)
     for position, call in enumerate(calls):

@@ -206,7 +206,8 @@ class ChatCompletionsParameters(TypedDict, total=False):
     store: bool | None
     stream: bool | None
     temperature: OpenAITemperature | None
-    tools: list[_ChatTool] | None
+    # OpenAI refuses an empty `tools` ("Invalid 'tools': empty array...").
+    tools: Annotated[list[_ChatTool], Field(min_length=1)] | None
     top_logprobs: OpenAITopLogprobs | None
     top_p: OpenAITopP | None
     verbosity: OpenAIVerbosity | None
