@@ -426,12 +426,14 @@ async def run_embedded(
     ]
 
     topics = Topics(os.environ.get("SWITCHYARD_TOPIC_PREFIX", "switchyard"))
-    # Memory is the only buffer: new requests wait (then get 503) while history is far behind.
+    # New requests wait (then get 503) while history is far behind; the backlog it has not
+    # taken yet waits in the state directory beyond a few batches, not in memory.
     bus = InMemoryBus(
         partitions={topics.replies: 1},
         admission_topics=(topics.requests_interactive, topics.requests_batch),
         # A second signal ends the handlers still draining at once, as it ends the requests.
         cut_short=cut_short,
+        spill_dir=STATE_DIR,
     )
     await bus.start()
 

@@ -27,6 +27,7 @@ import contextlib
 from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 from opentelemetry import context as otel_context
@@ -49,6 +50,7 @@ from switchyard.common.bus.base import (
     handle_batch_isolating,
     serialise,
 )
+from switchyard.common.bus.spill import SpillingQueue
 from switchyard.common.events import (
     EnvelopeFields,
     Event,
@@ -70,6 +72,9 @@ HANDLER_DRAIN_S = 10.0
 DRAIN_QUIET_S = 0.5
 # Dead letters an in-memory bus keeps (the oldest go first); Kafka's are on their topic.
 MAX_DEAD_LETTERS = 1000
+# Events of a batch group's backlog kept in memory when the bus has a `spill_dir`: a few
+# batches' worth (history takes 500 at a time), so the store never waits on the file.
+SPILL_AFTER = 2000
 
 # The publisher's W3C trace context in one string: `traceparent`, and after a newline
 # `tracestate` when there is one; None while tracing is off or there is none.
@@ -126,7 +131,9 @@ class DeadLetter:
 class _Group:
     # (topic, the serialised event, trace context of the publisher): only strings, bytes
     # and tuples, see `_carrier`.
-    queue: asyncio.Queue[tuple[str, bytes, Carrier]] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[tuple[str, bytes, Carrier]] | SpillingQueue = field(
+        default_factory=asyncio.Queue
+    )
     members: int = 0
     # Per topic: events published before the group joined, and events it finished handling
     # since (its "committed offset" is their sum).
@@ -233,7 +240,10 @@ class InMemoryBus(EventBus):
     dead-lettered events are kept in `dead_letters` (each is also logged), and `published`
     counts events per topic.
 
-    Memory is the only buffer here. New work is held back when a store falls behind:
+    Memory is the buffer here, but for a batch group's backlog with `spill_dir`: beyond
+    `spill_after` events it goes to a temporary file there (`SpillingQueue`; embedded mode
+    gives its state directory), in order, as lasting as memory and a kilobyte an event
+    lighter on it. New work is held back when a store falls behind:
     publishing to one of `admission_topics` (where requests enter) waits while a batch
     group reading it (a store such as history) holds `max_pending` events or more it has
     not taken yet, and raises BusUnavailableError after `publish_wait_s` seconds, as the
@@ -253,8 +263,12 @@ class InMemoryBus(EventBus):
         publish_wait_s: float = 5.0,
         handler_drain_s: float = HANDLER_DRAIN_S,
         cut_short: asyncio.Event | None = None,
+        spill_dir: str | Path | None = None,
+        spill_after: int = SPILL_AFTER,
     ) -> None:
         self._partitions = partitions or {}
+        self._spill_dir = spill_dir
+        self._spill_after = spill_after
         self.handler_drain_s = handler_drain_s
         self._cut_short = cut_short if cut_short is not None else asyncio.Event()
         self.batch_linger_s = batch_linger_s
@@ -284,6 +298,9 @@ class InMemoryBus(EventBus):
         for subscription in list(self._subscriptions):
             await subscription.stop()
         self._subscriptions.clear()
+        for state in self._groups.values():
+            if isinstance(state.queue, SpillingQueue):
+                state.queue.close()
 
     @override
     async def publish(
@@ -523,6 +540,8 @@ class InMemoryBus(EventBus):
         skip_types: Collection[str] = (),
     ) -> Subscription:
         state = self._join(topics, group)
+        if self._spill_dir is not None and state.queue.empty():
+            state.queue = SpillingQueue(self._spill_after, self._spill_dir)
         state.batch = True
         state.skip_types = frozenset(skip_types)
         linger_s = self.batch_linger_s if max_batch_wait_ms is None else max_batch_wait_ms / 1000
