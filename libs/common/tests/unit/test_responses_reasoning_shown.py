@@ -50,5 +50,6 @@ def test_data_without_it_is_returned_itself():
 def test_include_given_as_a_body_array_or_a_query_value():
     assert includes_encrypted_reasoning([ENCRYPTED_REASONING])
     assert includes_encrypted_reasoning(f"message.output_text.logprobs,{ENCRYPTED_REASONING}")
+    assert includes_encrypted_reasoning(f"message.output_text.logprobs, {ENCRYPTED_REASONING}")
     for value in (None, [], ["message.output_text.logprobs"], "", 3, {"a": ENCRYPTED_REASONING}):
         assert not includes_encrypted_reasoning(value)

@@ -550,7 +550,10 @@ def test_the_development_token_is_refused_beyond_loopback(
     def never(*_: object, **__: object) -> None:  # pragma: no cover - the fault
         raise AssertionError("the server started with the public token")
 
+    from switchyard.common import http
+
     monkeypatch.setattr(uvicorn, "run", never)
+    monkeypatch.setattr(http, "serve", never)  # one worker: not through uvicorn.run
     monkeypatch.setattr(dev, "private_state_dir", never)
     line = main_fails(*argv)
     assert line.startswith("error: SWITCHYARD_INTERNAL_TOKEN still has its development default")

@@ -312,3 +312,38 @@ async def test_an_item_given_twice_is_refused_as_openai_refuses_it(system):
         assert error["type"] == "invalid_request_error"
 
     assert len(system.published) == published
+
+
+async def test_a_continued_responses_input_items_show_no_encrypted_content_unless_included(
+    system,
+):
+    # The items it continued are its input items: the earlier thinking among them.
+    first = await ask(system)
+    call = first["output"][1]
+    second = await post(
+        system,
+        {
+            "model": "sim-claude",
+            "previous_response_id": first["id"],
+            "input": [
+                {"type": "function_call_output", "call_id": call["call_id"], "output": "18C"}
+            ],
+            "tools": [WEATHER_TOOL],
+            "reasoning": REASONING,
+        },
+    )
+    assert second.status_code == 200, second.text
+    path = f"/v1/responses/{second.json()['id']}/input_items"
+
+    plain = await system.http.get(path, headers=auth_headers())
+    included = await system.http.get(
+        path, params={"include": ENCRYPTED_REASONING}, headers=auth_headers()
+    )
+
+    assert plain.status_code == included.status_code == 200, plain.text
+
+    def reasoning(page):
+        return [item for item in page.json()["data"] if item["type"] == "reasoning"]
+
+    assert reasoning(plain) and "encrypted_content" not in reasoning(plain)[0]
+    assert reasoning(included)[0]["encrypted_content"] == first["output"][0]["encrypted_content"]

@@ -41,6 +41,18 @@ def openai_overflow(message: str = OPENAI_WORDS, code: str | None = "context_len
     return status_error(400, {}, body, "", OPENAI, "openai")
 
 
+def vllm_overflow(message: str = VLLM_WORDS):
+    """vLLM's answer: OpenAI's words, but its own error object (`code` the status)."""
+    body = {
+        "object": "error",
+        "message": message,
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+    }
+    return status_error(400, {}, body, "", OPENAI, "openai")
+
+
 def anthropic_overflow(message: str = "prompt is too long: 210000 tokens > 200000 maximum"):
     body = {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
     return status_error(400, {}, body, "", ANTHROPIC, "anthropic")
@@ -59,6 +71,24 @@ def test_an_openai_overflow_reaches_an_anthropic_client_in_anthropics_words(mess
 
     assert (info.status, info.type, info.message) == (400, "invalid_request_error", words)
     assert info.code is None and info.param is None
+
+
+def test_vllms_overflow_without_openais_code_is_reworded_too():
+    info = vllm_overflow().to_error_info(ClientAPI.ANTHROPIC_MESSAGES)
+    assert info.message == "prompt is too long: 5000 tokens > 4096 maximum"
+
+
+def test_anthropics_overflow_with_max_tokens_reaches_openai_clients_as_one():
+    words = (
+        "input length and `max_tokens` exceed context limit: 195000 + 8192 > 200000, "
+        "decrease input length or `max_tokens` and try again"
+    )
+    info = anthropic_overflow(words).to_error_info(ClientAPI.OPENAI_CHAT_COMPLETIONS)
+    assert info.code == "context_length_exceeded"
+    assert info.message.startswith(
+        "This model's maximum context length is 200000 tokens. However, your messages "
+        "resulted in 203192 tokens."
+    )
 
 
 @pytest.mark.parametrize(

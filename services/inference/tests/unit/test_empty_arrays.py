@@ -38,13 +38,15 @@ def test_the_translation_refuses_it_as_openai_does(body, param):
     assert refused.value.param == param
     assert refused.value.code == "empty_array"
     assert str(refused.value) == (
-        f"Invalid '{param.replace('.[', '[')}': empty array. Expected an array with minimum length 1, but got "
-        "an empty array instead."
+        f"Invalid '{param.replace('.[', '[')}': empty array. Expected an array with minimum "
+        "length 1, but got an empty array instead."
     )
 
 
-def test_the_simulator_refuses_empty_tools_as_openai_does():
+@pytest.mark.parametrize(("body", "param"), BODIES, ids=["tools", "tool_calls"])
+def test_the_simulator_refuses_it_as_openai_does(body, param):
     with pytest.raises(BadRequest) as refused:
-        check("/v1/chat/completions", BODIES[0][0])
-    assert str(refused.value).startswith("Invalid 'tools': empty array.")
-    assert (refused.value.param, refused.value.code) == ("tools", "empty_array")
+        check("/v1/chat/completions", body)
+    written = param.replace(".[", "[")
+    assert str(refused.value).startswith(f"Invalid '{written}': empty array.")
+    assert refused.value.code == "empty_array"

@@ -164,7 +164,7 @@ def includes_encrypted_reasoning(include: Any) -> bool:
     """Whether `include` (a request body's array, or a query parameter's comma-separated
     values) asks for reasoning items' `encrypted_content`."""
     if isinstance(include, str):
-        return ENCRYPTED_REASONING in include.split(",")
+        return ENCRYPTED_REASONING in (value.strip() for value in include.split(","))
     return isinstance(include, list) and ENCRYPTED_REASONING in include
 
 
@@ -179,22 +179,22 @@ def without_encrypted_reasoning(data: dict[str, Any]) -> dict[str, Any]:
     `response`) with its reasoning items' `encrypted_content` left out, as OpenAI shows
     them to a request that did not include `reasoning.encrypted_content`. Returns `data`
     itself when it holds none, a shallow copy otherwise (`data` is never changed)."""
-    changed: dict[str, Any] = {}
+    changed: dict[str, Any] | None = None
     item = data.get("item")
     if isinstance(item, dict):
         stripped = _without_encrypted(item)
         if stripped is not item:
-            changed["item"] = stripped
+            changed = {"item": stripped}
     output = data.get("output")
     if isinstance(output, list):
         items = [_without_encrypted(entry) for entry in output]
         if any(new is not old for new, old in zip(items, output, strict=True)):
-            changed["output"] = items
+            changed = {**(changed or {}), "output": items}
     response = data.get("response")
     if isinstance(response, dict):
         shown = without_encrypted_reasoning(response)
         if shown is not response:
-            changed["response"] = shown
+            changed = {**(changed or {}), "response": shown}
     return {**data, **changed} if changed else data
 
 

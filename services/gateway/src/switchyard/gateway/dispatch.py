@@ -158,6 +158,22 @@ def sse_event(event: StreamEvent) -> bytes:
     return b"event: " + name.encode() + b"\n" + data
 
 
+# The Responses stream events that carry output items (an `item`, or a `response` with its
+# `output`): the only ones a reasoning item's `encrypted_content` can be in.
+_EVENTS_WITH_ITEMS = frozenset(
+    {
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.created",
+        "response.queued",
+        "response.in_progress",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+    }
+)
+
+
 def _shown(event: StreamEvent) -> StreamEvent:
     """A Responses stream event without its reasoning items' `encrypted_content`
     (`without_encrypted_reasoning`); `event` itself when it holds none."""
@@ -624,7 +640,9 @@ class Dispatch:
                 number = event.data.get("sequence_number")
                 if isinstance(number, int):
                     self._next_sequence_number = number + 1
-            if self.hides_encrypted_reasoning:
+            if self.hides_encrypted_reasoning and any(
+                event.event in _EVENTS_WITH_ITEMS for event in events
+            ):
                 events = [_shown(event) for event in events]
         return b"".join([sse_event(event) for event in events])
 

@@ -166,6 +166,10 @@ _OPENAI_OVERFLOW_CODE = "context_length_exceeded"
 _OPENAI_LIMIT = re.compile(r"maximum context length is (\d+) tokens")
 _OPENAI_ASKED = re.compile(r"(?:resulted in|requested) (\d+) tokens")
 _ANTHROPIC_OVERFLOW = re.compile(r"^prompt is too long(?:: (\d+) tokens > (\d+) maximum)?")
+# Anthropic's words when the input fits but not with `max_tokens` on top.
+_ANTHROPIC_WITH_OUTPUT = re.compile(
+    r"^input length and `?max_tokens`? exceed context limit: (\d+) \+ (\d+) > (\d+)"
+)
 
 
 class ContextOverflow:
@@ -198,8 +202,9 @@ class ContextOverflow:
 def context_overflow(vendor: str, code: str | None, message: str) -> ContextOverflow | None:
     """The context-window overflow a 400 of `vendor` (`openai`, `anthropic`) with `code`
     and `message` reports, None for any other error."""
-    if vendor == "openai" and code == _OPENAI_OVERFLOW_CODE:
-        limit = _OPENAI_LIMIT.search(message)
+    limit = _OPENAI_LIMIT.search(message) if vendor == "openai" else None
+    # vLLM answers with OpenAI's words but no such code (`"code": 400`).
+    if vendor == "openai" and (code == _OPENAI_OVERFLOW_CODE or limit is not None):
         asked = _OPENAI_ASKED.search(message)
         return ContextOverflow(
             int(asked.group(1)) if asked else None,
@@ -207,6 +212,10 @@ def context_overflow(vendor: str, code: str | None, message: str) -> ContextOver
             message,
         )
     if vendor == "anthropic":
+        with_output = _ANTHROPIC_WITH_OUTPUT.match(message)
+        if with_output is not None:
+            prompt, output, window = (int(group) for group in with_output.groups())
+            return ContextOverflow(prompt + output, window, message)
         matched = _ANTHROPIC_OVERFLOW.match(message)
         if matched is not None:
             tokens, most = matched.groups()

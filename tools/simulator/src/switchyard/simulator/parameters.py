@@ -181,6 +181,8 @@ class _Text(TypedDict, total=False):
 @with_config(_STRICT)
 class _ChatMessage(TypedDict, total=False):
     role: Required[Literal["system", "assistant", "user", "function", "tool", "developer"]]
+    # OpenAI refuses an empty `tool_calls` as it refuses an empty `tools`.
+    tool_calls: Annotated[list[dict[str, Any]], Field(min_length=1)] | None
 
 
 @with_config(_STRICT)

@@ -583,20 +583,30 @@ async def get_response(
             code="unsupported_parameter",
         )
     path = f"/v1/responses/{response_id}"
-    answer = await _wait_for(gateway, principal, response_id, path)
+    return await _shown_without_encrypted_reasoning(
+        await _wait_for(gateway, principal, response_id, path), request
+    )
+
+
+async def _shown_without_encrypted_reasoning(answer: httpx.Response, request: Request) -> Response:
+    """History's answer with a response's (or a page of items') reasoning items shown
+    without `encrypted_content`, as OpenAI shows them to a read whose `include` does not
+    ask for `reasoning.encrypted_content`; stored whole, and relayed as it is otherwise."""
     if (
-        answer.status_code == 200
-        and b'"encrypted_content"' in answer.content
-        and not includes_encrypted_reasoning(list_parameter(request, "include"))
+        answer.status_code != 200
+        or b'"encrypted_content"' not in answer.content
+        or includes_encrypted_reasoning(list_parameter(request, "include"))
     ):
-        # Shown as OpenAI shows it to a retrieval without `include`; stored whole.
-        stored = await exactjson.loads_off_loop(answer.content)
-        if isinstance(stored, dict):
-            return Response(
-                exactjson.dumps(without_encrypted_reasoning(stored)),
-                media_type="application/json",
-            )
-    return relay(answer)
+        return relay(answer)
+    stored = await exactjson.loads_off_loop(answer.content)
+    if not isinstance(stored, dict):
+        return relay(answer)
+    data = stored.get("data")
+    if isinstance(data, list):  # a page of items: each is an item
+        shown = {**stored, "data": [without_encrypted_reasoning({"item": i})["item"] for i in data]}
+    else:
+        shown = without_encrypted_reasoning(stored)
+    return Response(exactjson.dumps(shown), media_type="application/json")
 
 
 @router.get("/{response_id:response_id}/input_items", summary="List a response's input items")
@@ -610,7 +620,8 @@ async def list_input_items(
         raise _not_found(response_id)
     # A response answered moments ago may not be recorded yet: waited for, like GET.
     path = f"/v1/responses/{response_id}/input_items"
-    return relay(await _wait_for(gateway, principal, response_id, path, request))
+    answer = await _wait_for(gateway, principal, response_id, path, request)
+    return await _shown_without_encrypted_reasoning(answer, request)
 
 
 @router.delete("/{response_id:response_id}", summary="Delete a model response")
