@@ -154,6 +154,19 @@ def upstream_item(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# The Responses stream events carrying the whole `response` (OpenAI's Responses streaming
+# reference: its lifecycle events).
+LIFECYCLE_EVENTS = frozenset(
+    {
+        "response.created",
+        "response.queued",
+        "response.in_progress",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+    }
+)
+
 # The `include` value asking for reasoning items' `encrypted_content` (OpenAI's Responses
 # reference: "populated when a response is generated with reasoning.encrypted_content in
 # the include parameter").

@@ -54,6 +54,7 @@ from switchyard.common.events import (
 )
 from switchyard.common.headers import REQUEST_ID_HEADER
 from switchyard.common.responses import (
+    LIFECYCLE_EVENTS,
     error_object,
     includes_encrypted_reasoning,
     response_id,
@@ -160,18 +161,7 @@ def sse_event(event: StreamEvent) -> bytes:
 
 # The Responses stream events that carry output items (an `item`, or a `response` with its
 # `output`): the only ones a reasoning item's `encrypted_content` can be in.
-_EVENTS_WITH_ITEMS = frozenset(
-    {
-        "response.output_item.added",
-        "response.output_item.done",
-        "response.created",
-        "response.queued",
-        "response.in_progress",
-        "response.completed",
-        "response.incomplete",
-        "response.failed",
-    }
-)
+_EVENTS_WITH_ITEMS = LIFECYCLE_EVENTS | {"response.output_item.added", "response.output_item.done"}
 
 
 def _shown(event: StreamEvent) -> StreamEvent:

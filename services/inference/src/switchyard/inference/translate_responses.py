@@ -40,7 +40,12 @@ from switchyard.common import exactjson
 from switchyard.common.events import TokenUsage, utcnow
 from switchyard.common.openai_request import function_call_fault
 from switchyard.common.output_schema import JSON_MODE_RESPONSES_MESSAGE, mentions_json
-from switchyard.common.responses import response_object, upstream_item, usage_object
+from switchyard.common.responses import (
+    LIFECYCLE_EVENTS,
+    response_object,
+    upstream_item,
+    usage_object,
+)
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
     INPUT_IMAGE_DETAILS,
@@ -1971,16 +1976,7 @@ class ResponseAccumulator:
     the last lifecycle event (`response.completed` carries the whole of it), with the
     output items `response.output_item.done` gave when that response has none."""
 
-    LIFECYCLE = frozenset(
-        {
-            "response.created",
-            "response.queued",
-            "response.in_progress",
-            "response.completed",
-            "response.incomplete",
-            "response.failed",
-        }
-    )
+    LIFECYCLE = LIFECYCLE_EVENTS
     DELTAS = frozenset(
         {
             "response.output_text.delta",
