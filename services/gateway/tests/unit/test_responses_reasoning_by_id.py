@@ -65,6 +65,22 @@ def continuation(first: dict[str, Any], reasoning: dict[str, Any], **extra: Any)
     }
 
 
+async def chained(system, first: dict[str, Any]):
+    """The tool loop's second turn by `previous_response_id`: the call's output only."""
+    call = first["output"][1]
+    output = {"type": "function_call_output", "call_id": call["call_id"], "output": "18C"}
+    return await post(
+        system,
+        {
+            "model": "sim-claude",
+            "previous_response_id": first["id"],
+            "input": [output],
+            "tools": [WEATHER_TOOL],
+            "reasoning": REASONING,
+        },
+    )
+
+
 def kinds(response: dict[str, Any]) -> list[str]:
     return [item["type"] for item in response["output"]]
 
@@ -217,20 +233,8 @@ async def test_other_reasoning_items_without_encrypted_content_go_as_before(syst
 async def test_a_chained_tool_loop_keeps_claudes_thinking(system):
     # `previous_response_id`: the stored output items, with their encrypted content.
     first = await ask(system)
-    call = first["output"][1]
 
-    answer = await post(
-        system,
-        {
-            "model": "sim-claude",
-            "previous_response_id": first["id"],
-            "input": [
-                {"type": "function_call_output", "call_id": call["call_id"], "output": "18C"}
-            ],
-            "tools": [WEATHER_TOOL],
-            "reasoning": REASONING,
-        },
-    )
+    answer = await chained(system, first)
 
     assert answer.status_code == 200, answer.text
     assert kinds(answer.json()) == ["reasoning", "message"]
@@ -319,19 +323,7 @@ async def test_a_continued_responses_input_items_show_no_encrypted_content_unles
 ):
     # The items it continued are its input items: the earlier thinking among them.
     first = await ask(system)
-    call = first["output"][1]
-    second = await post(
-        system,
-        {
-            "model": "sim-claude",
-            "previous_response_id": first["id"],
-            "input": [
-                {"type": "function_call_output", "call_id": call["call_id"], "output": "18C"}
-            ],
-            "tools": [WEATHER_TOOL],
-            "reasoning": REASONING,
-        },
-    )
+    second = await chained(system, first)
     assert second.status_code == 200, second.text
     path = f"/v1/responses/{second.json()['id']}/input_items"
 

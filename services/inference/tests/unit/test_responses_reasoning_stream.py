@@ -248,15 +248,19 @@ def test_a_thinking_held_too_long_streams_live_from_then_on(monkeypatch):
     assert sdk_final(events).output[0].encrypted_content == "SIG-5"
 
 
+# A Chat Completions server's reasoning text (vLLM's, DeepSeek's), streamed.
+REASONING_CHUNK = {
+    "id": "c1",
+    "object": "chat.completion.chunk",
+    "model": "m",
+    "choices": [{"index": 0, "delta": {"reasoning_content": "Thinking."}}],
+}
+
+
 def test_a_chat_completions_servers_reasoning_streams_live():
     # No signature ever comes: nothing to hold.
     converter = ChatChunksToResponseEvents(CTX, usage)
-    chunk = {
-        "id": "c1",
-        "object": "chat.completion.chunk",
-        "model": "m",
-        "choices": [{"index": 0, "delta": {"reasoning_content": "Thinking."}}],
-    }
+    chunk = REASONING_CHUNK
 
     events = converter.feed(chunk)
 
@@ -268,12 +272,7 @@ def test_a_chat_completions_servers_reasoning_is_not_named_as_thinking():
     # (the gateway looks up `rs_syt` items, for their signature), as the reply not
     # streamed names it.
     converter = ChatChunksToResponseEvents(CTX, usage)
-    chunk = {
-        "id": "c1",
-        "object": "chat.completion.chunk",
-        "model": "m",
-        "choices": [{"index": 0, "delta": {"reasoning_content": "Thinking."}}],
-    }
+    chunk = REASONING_CHUNK
 
     events = converter.feed(chunk)
     events += converter.feed({**chunk, "choices": [{"index": 0, "delta": {"content": "4"}}]})

@@ -181,7 +181,9 @@ def includes_encrypted_reasoning(include: Any) -> bool:
     return isinstance(include, list) and ENCRYPTED_REASONING in include
 
 
-def _without_encrypted(item: Any) -> Any:
+def item_without_encrypted_reasoning(item: Any) -> Any:
+    """A Responses item without `encrypted_content` if it is a reasoning item holding one
+    (a shallow copy); `item` itself otherwise."""
     if isinstance(item, dict) and item.get("type") == "reasoning" and "encrypted_content" in item:
         return {name: value for name, value in item.items() if name != "encrypted_content"}
     return item
@@ -195,12 +197,12 @@ def without_encrypted_reasoning(data: dict[str, Any]) -> dict[str, Any]:
     changed: dict[str, Any] | None = None
     item = data.get("item")
     if isinstance(item, dict):
-        stripped = _without_encrypted(item)
+        stripped = item_without_encrypted_reasoning(item)
         if stripped is not item:
             changed = {"item": stripped}
     output = data.get("output")
     if isinstance(output, list):
-        items = [_without_encrypted(entry) for entry in output]
+        items = [item_without_encrypted_reasoning(entry) for entry in output]
         if any(new is not old for new, old in zip(items, output, strict=True)):
             changed = {**(changed or {}), "output": items}
     response = data.get("response")

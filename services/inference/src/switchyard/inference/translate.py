@@ -2717,38 +2717,14 @@ class ChatChunksToMessageEvents:
             delta = choice.get("delta") or {}
             reasoning = reasoning_text(delta) if self._thinking else None
             if reasoning is not None:
-                events += self._release_held(until_incomplete=False)
-                if self._open is None or self._open[0] != "thinking":
-                    index, opened = self._open_block(
-                        {"type": "thinking", "thinking": "", "signature": ""}
-                    )
-                    events += opened
-                    self._open = ("thinking", index)
-                events.append(
-                    {
-                        "type": "content_block_delta",
-                        "index": self._open[1],
-                        "delta": {"type": "thinking_delta", "thinking": reasoning},
-                    }
-                )
+                events += self._piece("thinking", reasoning)
             text = delta.get("content") or delta.get("refusal")
             if delta.get("content"):
                 self._content_seen = True
             elif text:
                 self._refusal_seen = True
             if text:
-                events += self._release_held(until_incomplete=False)
-                if self._open is None or self._open[0] != "text":
-                    index, opened = self._open_block({"type": "text", "text": ""})
-                    events += opened
-                    self._open = ("text", index)
-                events.append(
-                    {
-                        "type": "content_block_delta",
-                        "index": self._open[1],
-                        "delta": {"type": "text_delta", "text": text},
-                    }
-                )
+                events += self._piece("text", text)
             for call in tool_calls_of(delta):
                 events += self._tool_delta(call)
             finish = choice.get("finish_reason")
@@ -2759,6 +2735,22 @@ class ChatChunksToMessageEvents:
                     self.stop_reason = "stop_sequence"
                 events += self._release_held(until_incomplete=False)
                 events += self._close_block()
+        return events
+
+    def _piece(self, kind: str, piece: str) -> list[dict[str, Any]]:
+        """The events of a piece of text or thinking (`kind`): the calls held released, its
+        block opened unless it is the open one, then its delta (`text_delta`,
+        `thinking_delta`)."""
+        events = self._release_held(until_incomplete=False)
+        if self._open is None or self._open[0] != kind:
+            block = {"type": kind, kind: ""}
+            if kind == "thinking":
+                block["signature"] = ""
+            index, opened = self._open_block(block)
+            events += opened
+            self._open = (kind, index)
+        delta = {"type": f"{kind}_delta", kind: piece}
+        events.append({"type": "content_block_delta", "index": self._open[1], "delta": delta})
         return events
 
     def _tool_delta(self, call: dict[str, Any]) -> list[dict[str, Any]]:

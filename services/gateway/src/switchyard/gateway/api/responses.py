@@ -62,6 +62,7 @@ from switchyard.common.headers import REQUEST_ID_HEADER
 from switchyard.common.queryparams import list_parameter
 from switchyard.common.responses import (
     includes_encrypted_reasoning,
+    item_without_encrypted_reasoning,
     parse_response_id,
     response_id,
     response_object,
@@ -603,7 +604,7 @@ async def _shown_without_encrypted_reasoning(answer: httpx.Response, request: Re
         return relay(answer)
     data = stored.get("data")
     if isinstance(data, list):  # a page of items: each is an item
-        shown = {**stored, "data": [without_encrypted_reasoning({"item": i})["item"] for i in data]}
+        shown = {**stored, "data": [item_without_encrypted_reasoning(item) for item in data]}
     else:
         shown = without_encrypted_reasoning(stored)
     return Response(exactjson.dumps(shown), media_type="application/json")
