@@ -17,7 +17,12 @@ from switchyard.common.events import ClientAPI
 from switchyard.common.routing import Deployment
 from switchyard.common.testing.events import chat_requested
 from switchyard.inference.adapters import Adapters
-from switchyard.inference.translate import AnthropicToolIds, ChatChunksToMessageEvents
+from switchyard.inference.translate import (
+    AnthropicToolIds,
+    ChatChunksToMessageEvents,
+    messages_request_to_chat,
+    upstream_tool_id,
+)
 from switchyard.inference.upstream import SSE
 
 from .test_translate import openai_chunk
@@ -138,8 +143,56 @@ def test_ids_that_fit_are_kept_and_a_mapped_id_is_the_same_every_time():
     assert AnthropicToolIds().give("call_abc") == "call_abc"
     first = AnthropicToolIds().give("functions.get_weather:0")
     assert first == AnthropicToolIds().give("functions.get_weather:0")
-    assert first.startswith("functions_get_weather_0_")
-    assert AnthropicToolIds({"call_abc"}).give("call_abc") == "call_abc_2"
+    assert first == "toolu_sy_ZnVuY3Rpb25zLmdldF93ZWF0aGVyOjA"
+    assert AnthropicToolIds({"call_abc"}).give("call_abc") == "toolu_sy2_Y2FsbF9hYmM"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize(
+    ("earlier", "upstream_ids"),
+    [
+        ([], ("functions.get_weather:0", "functions.get_weather:1")),
+        (["toolu_sy_ZnVuY3Rpb25zLmdldF93ZWF0aGVyOjA"], ("functions.get_weather:0",)),
+        ([], ("call_0", "call_0")),
+        (["call_0"], ("call_0",)),
+        ([], ("aB3dE5gH7",)),
+        ([], ("id with spaces/and ünïcode",)),
+        ([], ("toolu_sy_Y2FsbF8w",)),
+    ],
+    ids=[
+        "kimi",
+        "kimi-next-turn",
+        "parallel-repeat",
+        "earlier-turn",
+        "mistral",
+        "any",
+        "lookalike",
+    ],
+)
+def test_the_upstream_gets_its_own_ids_back_in_the_next_turn(earlier, upstream_ids, stream):
+    """Servers that read their ids (Kimi-K2's template parses `functions.NAME:INDEX`;
+    Mistral's are 9 letters and digits) get each call and its result under the id they
+    gave it, whatever the client had to be given."""
+    history = [
+        *(_turn(list(earlier)) if earlier else []),
+        *_turn(_reply_ids(_request(_turn(earlier) if earlier else []), upstream_ids, stream)),
+    ]
+    body = _request(history)
+    check_messages_request(body)
+
+    chat = messages_request_to_chat(body)
+    last_calls = [m for m in chat["messages"] if m.get("tool_calls")][-1]["tool_calls"]
+    results = [m["tool_call_id"] for m in chat["messages"] if m["role"] == "tool"]
+    assert [call["id"] for call in last_calls] == list(upstream_ids)
+    assert results[-len(upstream_ids) :] == list(upstream_ids)
+
+
+@pytest.mark.parametrize(
+    "client_id",
+    ["toolu_sy_", "toolu_sy_!!", "toolu_sy_Y2FsbF8w=", "toolu_sy_Y2FsbF8x_", "toolu_01AbC", "x"],
+)
+def test_a_client_id_that_only_looks_translated_is_sent_as_it_is(client_id):
+    assert upstream_tool_id(client_id) == client_id
 
 
 def test_the_converter_without_ids_given_still_keeps_a_reply_unique():
@@ -147,4 +200,4 @@ def test_the_converter_without_ids_given_still_keeps_a_reply_unique():
     events = converter.feed(openai_chunk({"tool_calls": [_call(0, "c"), _call(1, "c")]}))
     events += converter.finish()
     ids = [e["content_block"]["id"] for e in events if e["type"] == "content_block_start"]
-    assert ids == ["c", "c_2"]
+    assert ids == ["c", "toolu_sy2_Yw"]

@@ -1099,7 +1099,7 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
             elif kind == "tool_use":
                 tool_calls.append(
                     {
-                        "id": _required_string(block, "id", block_where),
+                        "id": upstream_tool_id(_required_string(block, "id", block_where)),
                         "type": "function",
                         "function": {
                             "name": _required_string(block, "name", block_where),
@@ -1142,7 +1142,7 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
         elif kind == "document":
             parts += _anthropic_document_to_openai(block, block_where)
         elif kind == "tool_result":
-            tool_use_id = _required_string(block, "tool_use_id", block_where)
+            tool_use_id = upstream_tool_id(_required_string(block, "tool_use_id", block_where))
             result_content, images = _tool_result_parts(
                 block.get("content"), f"{block_where}.content"
             )
@@ -1657,16 +1657,51 @@ def without_translated_thinking(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "messages": kept} if changed else body
 
 
+# The id of a `tool_use` given to an Anthropic client for an upstream's call id that Anthropic
+# would refuse (outside its pattern, or used before in the conversation): the upstream's id,
+# base64url without padding, after `toolu_sy` and the copy's number (none for the first).
+# `upstream_tool_id` reads it back, so the upstream gets its own id in the next turn.
+_TRANSLATED_TOOL_ID = re.compile(r"toolu_sy([0-9]*)_([A-Za-z0-9_-]+)")
+
+
+def _tool_id_base64(call_id: str) -> str:
+    return base64.urlsafe_b64encode(call_id.encode()).rstrip(b"=").decode()
+
+
+def _translated_tool_id(call_id: str, copy: int) -> str:
+    return f"toolu_sy{copy if copy > 1 else ''}_{_tool_id_base64(call_id)}"
+
+
+def upstream_tool_id(tool_use_id: str) -> str:
+    """The upstream's own id for `tool_use_id`, an id an Anthropic client sends back (a
+    `tool_use` block's `id`, a `tool_result`'s `tool_use_id`): the one `AnthropicToolIds`
+    translated it from, else `tool_use_id` itself. Servers that read their ids (Kimi-K2's
+    chat template parses `functions.NAME:INDEX`) get them back unchanged."""
+    match = _TRANSLATED_TOOL_ID.fullmatch(tool_use_id)
+    if match is None:
+        return tool_use_id
+    encoded = match.group(2)
+    try:
+        decoded = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return tool_use_id
+    # Only an id this module wrote (the same encoding back) is read: a client's own id
+    # that happens to look like one is kept.
+    if not decoded or _tool_id_base64(decoded) != encoded:
+        return tool_use_id
+    return decoded
+
+
 class AnthropicToolIds:
     """The `tool_use` ids of an Anthropic reply translated from an OpenAI one, each an id
     the client may send back: OpenAI-protocol servers name calls as they like
     (`functions.get_weather:0`, the same `call_0` for two parallel calls, or again in the
     next turn), while Anthropic takes only ids matching `^[a-zA-Z0-9_-]+$`, unique in the
-    whole conversation. An upstream id is mapped by `anthropic_tool_id`; one already
-    `taken` (by a `tool_use` of the request's conversation, or earlier in this reply) gets
-    `_2`, `_3`... added; a call without one gets a new `toolu_` id. The id given is the
-    one the client sends back, and what the upstream then gets for that call and its
-    result, so the pair stays matched."""
+    whole conversation. An upstream id that fits and is not `taken` (by a `tool_use` of
+    the request's conversation, or earlier in this reply) is kept; another is written
+    `toolu_sy[N]_<base64url of it>`, which `upstream_tool_id` reads back, so the upstream
+    gets its own id for the call and its result in the next turn; a call without one gets
+    a new `toolu_` id."""
 
     def __init__(self, taken: Iterable[str] = ()) -> None:
         self._taken = set(taken)
@@ -1674,13 +1709,20 @@ class AnthropicToolIds:
     def give(self, call_id: Any) -> str:
         """The id of the reply's next `tool_use`, for the upstream's `call_id` (any JSON
         value: one that is not a non-empty string gets a new id)."""
-        if isinstance(call_id, str) and call_id:
-            base = anthropic_tool_id(call_id)
+        if not isinstance(call_id, str) or not call_id:
+            given = _new_id("toolu_")
+            self._taken.add(given)
+            return given
+        if _ANTHROPIC_TOOL_ID.fullmatch(call_id) and not _TRANSLATED_TOOL_ID.fullmatch(
+            call_id
+        ):
+            given = call_id
         else:
-            base = _new_id("toolu_")
-        given, suffix = base, 2
+            given = _translated_tool_id(call_id, 1)
+        copy = 1
         while given in self._taken:
-            given, suffix = f"{base}_{suffix}", suffix + 1
+            copy += 1
+            given = _translated_tool_id(call_id, copy)
         self._taken.add(given)
         return given
 
