@@ -339,3 +339,37 @@ async def test_a_continued_responses_input_items_show_no_encrypted_content_unles
 
     assert reasoning(plain) and "encrypted_content" not in reasoning(plain)[0]
     assert reasoning(included)[0]["encrypted_content"] == first["output"][0]["encrypted_content"]
+
+
+@pytest.mark.parametrize("suffix", ["", "/input_items"], ids=["retrieve", "input-items"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"include": "reasoning.encrypted_contnet"},
+        {"include[]": [ENCRYPTED_REASONING, "bogus"]},
+        {"include": f"{ENCRYPTED_REASONING},bogus"},
+    ],
+    ids=["typo", "second-of-two", "comma-separated"],
+)
+async def test_a_read_with_an_include_value_openai_does_not_take_is_refused(
+    system, suffix, params
+):
+    # As a create request's `include` is refused: a typo would otherwise pass as a no-op,
+    # and the client would never see the signature it asked for.
+    first = await ask(system)
+    path = f"/v1/responses/{first['id']}{suffix}"
+
+    answer = await system.http.get(path, params=params, headers=auth_headers())
+    known = await system.http.get(
+        path,
+        params={"include": ["message.output_text.logprobs", ENCRYPTED_REASONING, ""]},
+        headers=auth_headers(),
+    )
+
+    assert answer.status_code == 400, answer.text
+    error = error_of(answer)
+    assert error["code"] == "invalid_value"
+    assert error["param"] == "include"
+    assert error["message"].startswith("Invalid value: '")
+    assert f"'{ENCRYPTED_REASONING}'" in error["message"]
+    assert known.status_code == 200, known.text

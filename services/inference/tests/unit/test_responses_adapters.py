@@ -1828,3 +1828,15 @@ def test_a_responses_json_mode_reaches_anthropic_without_a_format_and_a_schema_c
         "properties": {"a": {"type": "object", "properties": {}, "additionalProperties": False}},
         "additionalProperties": False,
     }
+
+
+def test_the_include_values_taken_are_the_openai_sdks():
+    # Kept by hand in `common` for services without the SDK; a newer SDK naming another
+    # value shows here.
+    import typing
+
+    from openai.types.responses.response_includable import ResponseIncludable
+
+    from switchyard.common.responses import RESPONSE_INCLUDABLE
+
+    assert frozenset(typing.get_args(ResponseIncludable)) == RESPONSE_INCLUDABLE

@@ -172,6 +172,32 @@ LIFECYCLE_EVENTS = frozenset(
 # the include parameter").
 ENCRYPTED_REASONING = "reasoning.encrypted_content"
 
+# The `include` values OpenAI's Responses API takes (its API reference, `include`; the
+# `openai` SDK's `ResponseIncludable`, which a test compares this with), in a create
+# request's array and a retrieve's query alike. Services without the SDK read them here.
+RESPONSE_INCLUDABLE = frozenset(
+    {
+        "file_search_call.results",
+        "web_search_call.results",
+        "web_search_call.action.sources",
+        "message.input_image.image_url",
+        "computer_call_output.output.image_url",
+        "code_interpreter_call.outputs",
+        ENCRYPTED_REASONING,
+        "message.output_text.logprobs",
+    }
+)
+
+
+def unknown_includable(include: str) -> str | None:
+    """The first value of `include`, a query parameter's comma-separated values, that is
+    not in `RESPONSE_INCLUDABLE`; None when all are known (an empty value asks for
+    nothing, as an empty array does)."""
+    for value in include.split(","):
+        if value.strip() and value.strip() not in RESPONSE_INCLUDABLE:
+            return value
+    return None
+
 
 def includes_encrypted_reasoning(include: Any) -> bool:
     """Whether `include` (a request body's array, or a query parameter's comma-separated

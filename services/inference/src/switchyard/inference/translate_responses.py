@@ -42,6 +42,7 @@ from switchyard.common.openai_request import function_call_fault
 from switchyard.common.output_schema import JSON_MODE_RESPONSES_MESSAGE, mentions_json
 from switchyard.common.responses import (
     LIFECYCLE_EVENTS,
+    RESPONSE_INCLUDABLE,
     response_object,
     upstream_item,
     usage_object,
@@ -332,10 +333,9 @@ def _common_checks(body: dict[str, Any]) -> None:
         for index, value in enumerate(include):
             if not isinstance(value, str):
                 raise invalid_type(f"include[{index}]", "a string", value)
-            known = responses_includable()
-            if known and value not in known:
+            if value not in RESPONSE_INCLUDABLE:
                 # Refused as OpenAI refuses it: a typo never passes as a no-op.
-                raise _unknown_value(value, known, f"include[{index}]")
+                raise _unknown_value(value, RESPONSE_INCLUDABLE, f"include[{index}]")
             if value in _INCLUDE_REFUSED:
                 raise TranslationError(
                     f"'include' value {value!r} cannot be served by this model's deployment.",
@@ -352,18 +352,6 @@ def _unknown_value(value: str, known: frozenset[str], param: str) -> Translation
         param,
         code="invalid_value",
     )
-
-
-@functools.cache
-def responses_includable() -> frozenset[str]:
-    """The `include[]` values OpenAI's Responses API takes, from the `openai` SDK's own
-    `ResponseIncludable` (read once, when an `include` is first met; empty if the SDK
-    no longer names them, and then none is refused for being unknown)."""
-    try:
-        from openai.types.responses.response_includable import ResponseIncludable
-    except ImportError:
-        return frozenset()
-    return frozenset(typing.get_args(ResponseIncludable))
 
 
 @functools.cache

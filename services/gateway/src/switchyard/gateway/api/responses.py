@@ -61,11 +61,13 @@ from switchyard.common.events import (
 from switchyard.common.headers import REQUEST_ID_HEADER
 from switchyard.common.queryparams import list_parameter
 from switchyard.common.responses import (
+    RESPONSE_INCLUDABLE,
     includes_encrypted_reasoning,
     item_without_encrypted_reasoning,
     parse_response_id,
     response_id,
     response_object,
+    unknown_includable,
     upstream_item,
     without_encrypted_reasoning,
 )
@@ -583,10 +585,27 @@ async def get_response(
             param="stream",
             code="unsupported_parameter",
         )
+    _check_include(request)
     path = f"/v1/responses/{response_id}"
     return await _shown_without_encrypted_reasoning(
         await _wait_for(gateway, principal, response_id, path), request
     )
+
+
+def _check_include(request: Request) -> None:
+    """Refuse a read whose `include` query parameter names a value the Responses API does
+    not take, as a create request's `include` is refused: a typo never passes as a no-op.
+    Raises APIError 400 `invalid_value` naming `include` and listing the values taken."""
+    include = list_parameter(request, "include")
+    unknown = None if include is None else unknown_includable(include)
+    if unknown is not None:
+        raise APIError(
+            400,
+            f"Invalid value: {unknown[:64]!r}. Supported values are: "
+            f"{', '.join(repr(name) for name in sorted(RESPONSE_INCLUDABLE))}.",
+            param="include",
+            code="invalid_value",
+        )
 
 
 async def _shown_without_encrypted_reasoning(answer: httpx.Response, request: Request) -> Response:
@@ -619,6 +638,7 @@ async def list_input_items(
     `order` (`asc` or `desc`), `after` / `before` (an item id of the previous page)."""
     if not looks_like_id(response_id):
         raise _not_found(response_id)
+    _check_include(request)
     # A response answered moments ago may not be recorded yet: waited for, like GET.
     path = f"/v1/responses/{response_id}/input_items"
     answer = await _wait_for(gateway, principal, response_id, path, request)
