@@ -1725,19 +1725,31 @@ def test_usage_without_thinking_still_has_openais_details() -> None:
     }
 
 
-def test_a_stop_sequence_reported_by_an_openai_compatible_server_is_kept() -> None:
+@pytest.mark.parametrize(
+    ("reported", "expected"),
+    [
+        ({"stop_reason": "END"}, ("stop_sequence", "END")),  # vLLM
+        ({"matched_stop": "END"}, ("stop_sequence", "END")),  # SGLang
+        ({"matched_stop": 151645}, ("end_turn", None)),  # SGLang: the end-of-text token
+        ({"stop_reason": None}, ("end_turn", None)),
+    ],
+    ids=["vllm", "sglang", "token-id", "none"],
+)
+def test_a_stop_sequence_reported_by_an_openai_compatible_server_is_kept(
+    reported, expected
+) -> None:
     completion = {
         "choices": [
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": "a"},
                 "finish_reason": "stop",
-                "stop_reason": "END",
+                **reported,
             }
         ]
     }
     message = chat_completion_to_message(completion, "m")
-    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "END")
+    assert (message["stop_reason"], message["stop_sequence"]) == expected
 
 
 def test_message_accumulator_assembles_thinking_tools_stop_and_usage() -> None:

@@ -2554,9 +2554,13 @@ def message_to_chat_completion(message: dict[str, Any], model: str) -> dict[str,
 
 def _matched_stop_sequence(choice: dict[str, Any]) -> str | None:
     """The stop sequence an OpenAI-compatible server says it stopped on (vLLM reports it
-    as the choice's `stop_reason`; OpenAI itself does not say)."""
-    value = choice.get("stop_reason")
-    return value if isinstance(value, str) and value else None
+    as the choice's `stop_reason`, SGLang as its `matched_stop`; either may be a token id
+    instead, an end of text rather than a sequence; OpenAI itself does not say)."""
+    for name in ("stop_reason", "matched_stop"):
+        value = choice.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def tool_calls_of(message: dict[str, Any]) -> list[dict[str, Any]]:
