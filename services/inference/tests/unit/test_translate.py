@@ -2053,6 +2053,22 @@ def test_a_prefill_is_refused_for_a_chat_completions_deployment() -> None:
     assert str(refused.value).startswith("messages.1: a final assistant message (a prefill)")
 
 
+@pytest.mark.parametrize("content", ["", []], ids=["empty-string", "no-blocks"])
+def test_an_empty_final_assistant_message_is_no_prefill(content) -> None:
+    # Anthropic takes it (only as the final message) and continues nothing: the model
+    # answers as if it were not sent, so the Chat request leaves it out.
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": content},
+        ],
+    }
+    check_messages_request(body)
+    assert messages_request_to_chat(body)["messages"] == [{"role": "user", "content": "Hi"}]
+
+
 @pytest.mark.parametrize(
     "content",
     [

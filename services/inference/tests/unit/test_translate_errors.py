@@ -1332,3 +1332,23 @@ async def test_a_large_request_is_translated_off_the_event_loop(harness, recorde
         assert len(recorder.last.body["messages"]) == len(messages)
     main = threading.main_thread().name
     assert threads[0] != main and threads[1] == main
+
+
+@pytest.mark.parametrize(
+    ("tool", "name"),
+    [
+        ("bash_20250124", "bash"),
+        ("text_editor_20250728", "str_replace_based_edit_tool"),
+        ("computer_20250124", "computer"),
+        ("memory_20250818", "memory"),
+    ],
+)
+async def test_anthropic_defined_client_tools_are_refused_as_such(
+    harness, recorder, tool, name
+) -> None:
+    # The client runs these; only their schema is Anthropic's: never called server tools.
+    body = {"max_tokens": 10, "messages": USER, "tools": [{"type": tool, "name": name}]}
+    error = await refusal(harness, recorder, "gpt", MESSAGES, body)
+    assert error.message.startswith(f"tools.0: Anthropic-defined tools ('{tool}')")
+    assert "custom tool with an input_schema" in error.message
+    assert error.code == "unsupported_parameter"

@@ -597,7 +597,15 @@ def messages_request_to_chat(
         raise _anthropic_refusal("messages", "Input should be a valid list")
     for index, message in enumerate(raw_messages):
         messages.extend(_anthropic_message_to_openai(message, index))
-    if raw_messages and raw_messages[-1].get("role") == "assistant":
+    if (
+        raw_messages
+        and raw_messages[-1].get("role") == "assistant"
+        and raw_messages[-1].get("content") in ("", [])
+    ):
+        # An empty final assistant message, which Anthropic takes (and only there):
+        # nothing to continue, so the model answers as if it were not sent.
+        messages.pop()
+    elif raw_messages and raw_messages[-1].get("role") == "assistant":
         # A prefill: Anthropic continues the assistant's text where it stops; Chat
         # Completions answers a trailing assistant message with a new message of its own,
         # so the reply would not be the continuation the client asked for.
@@ -1181,11 +1189,26 @@ _DEFAULT_TOOL_VALUES: dict[str, tuple[Any, ...]] = {
 }
 
 
+# Anthropic-defined tools the client runs (its tool use docs: bash, the text editor,
+# computer use, memory), each versioned by date (`bash_20250124`), unlike server tools
+# (web search, code execution...), which Anthropic runs.
+_ANTHROPIC_CLIENT_TOOL_PREFIXES = ("bash_", "text_editor_", "computer_", "memory_")
+
+
 def _anthropic_tool_to_openai(tool: Any, index: int) -> dict[str, Any]:
     where = f"tools.{index}"
     if not isinstance(tool, dict):
         raise _anthropic_refusal(where, "Input should be a valid dictionary")
     kind = tool.get("type")
+    if isinstance(kind, str) and kind.startswith(_ANTHROPIC_CLIENT_TOOL_PREFIXES):
+        raise _anthropic_refusal(
+            where,
+            f"Anthropic-defined tools ({kind!r}) cannot be used with this model: the client "
+            "runs them, but their schema is built into Claude's models, and this model's "
+            "deployment speaks OpenAI's Chat Completions. Define the tool as a custom tool "
+            "with an input_schema.",
+            "unsupported_parameter",
+        )
     if kind not in (None, "custom"):
         raise _anthropic_refusal(
             where,
