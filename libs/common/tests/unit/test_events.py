@@ -87,6 +87,17 @@ def test_wire_format_is_json_with_the_envelope():
         lambda wire: wire.update(id="\u0000"),
         lambda wire: wire["data"].update(user_id="u\u00001"),
         lambda wire: wire["data"].update(team_id="\u0000team"),
+        # Longer than history stores them: taken, answered, then refused by history's
+        # database, the request was recorded as expired and its usage dead-lettered.
+        lambda wire: wire.update(id="e" * 65),
+        lambda wire: wire.update(request_id="r" * 65),
+        lambda wire: wire.update(source="s" * 65),
+        lambda wire: wire.update(tenant="t" * 129),
+        lambda wire: wire["data"].update(user_id="u" * 129),
+        lambda wire: wire["data"].update(model="m" * 257),
+        lambda wire: wire["data"].update(replay_of="r" * 65),
+        # Dated after every report's range: stored, never reported.
+        lambda wire: wire.update(time="9000-01-01T00:00:00Z"),
     ],
 )
 def test_invalid_or_unknown_events_are_refused(mutate):
@@ -105,6 +116,64 @@ def test_times_at_the_edges_of_the_range_are_taken():
         wire["time"] = time
         wire["data"]["deadline"] = deadline
         assert decode_event(json.dumps(wire)).data.deadline.year == 9999
+
+
+def test_ids_and_names_at_the_most_history_stores_are_taken():
+    wire = json.loads(encode_event(a_request()))
+    wire.update(id="e" * 64, request_id="r" * 64, source="s" * 64, tenant="t" * 128)
+    wire["data"].update(user_id="u" * 128, model="m" * 256, replay_of="r" * 64)
+    wire["time"] = "8999-12-31T23:59:59Z"
+    assert decode_event(json.dumps(wire)).request_id == "r" * 64
+
+
+@pytest.mark.parametrize("number", ["1e309", "-1e309", "Infinity", "NaN"])
+@pytest.mark.parametrize(
+    "field",
+    ["cost_usd", "latency_ms", "time_to_first_token_ms", "saved_cost_usd"],
+)
+def test_no_number_an_event_carries_is_infinite_or_nan(field, number):
+    # JSON has no such number: stored as null, it broke the event store's copy, the
+    # projection's "first usage wins", and every sum and rounding reading it.
+    usage = {
+        "id": "e1",
+        "type": "usage.recorded",
+        "source": "inference",
+        "time": "2026-01-01T00:00:00Z",
+        "tenant": "acme",
+        "request_id": "r1",
+        "schema_version": 2,
+        "data": {"model": "m", "user_id": "u1", "status": "completed", "usage": {}},
+    }
+    raw = json.dumps(usage).replace('"usage": {}', f'"usage": {{}}, "{field}": {number}')
+    with pytest.raises(EventDecodeError):
+        decode_event(raw)
+    assert decode_event(raw.replace(number, "1.5")).data.model_dump()[field] == 1.5
+
+
+def test_a_cost_or_duration_beyond_any_real_one_is_refused():
+    from pydantic import ValidationError
+
+    from switchyard.common.events import MAX_COST_USD, MAX_DURATION_MS, UsageData
+
+    base = {"model": "m", "user_id": "u1", "status": "completed", "usage": {}}
+    UsageData(**base, cost_usd=MAX_COST_USD, latency_ms=MAX_DURATION_MS)
+    for field, value in [("cost_usd", 1.7e308), ("latency_ms", 1e300)]:
+        with pytest.raises(ValidationError):
+            UsageData(**base, **{field: value})
+
+
+@pytest.mark.parametrize("length", [1, 32, 33, 64])
+def test_a_derived_event_id_fits_history_and_is_the_same_every_time(length):
+    from switchyard.common.events import MAX_EVENT_ID_LENGTH, derived_event_id
+
+    event_id = "e" * length
+    reply = derived_event_id(event_id, "reply.0123456789abcdef")
+    chunk = derived_event_id(event_id, "0123456789abcdef.chunk-12345678")
+    assert len(reply) <= MAX_EVENT_ID_LENGTH and len(chunk) <= MAX_EVENT_ID_LENGTH
+    assert reply == derived_event_id(event_id, "reply.0123456789abcdef")
+    assert reply != derived_event_id("f" * length, "reply.0123456789abcdef")
+    if length <= 32:  # Switchyard's own ids: kept readable, and as they were
+        assert reply == f"{event_id}.reply.0123456789abcdef"
 
 
 def test_malformed_json_is_refused():

@@ -419,3 +419,20 @@ async def test_a_405_names_every_method_the_path_serves(harness):
     assert messages.status_code == 405
     assert messages.headers["allow"] == "POST"
     assert messages.json()["type"] == "error"  # Anthropic's format on its own path
+
+
+@pytest.mark.parametrize(
+    ("status", "seconds", "header"),
+    [
+        (429, 2.4, "2"),
+        (429, 0.0, "1"),
+        (429, 1e300, "86400"),  # a wait no client would keep: a day
+        (429, float("inf"), "1"),  # from a producer on the topics: no 500, a retryable 429
+        (503, float("nan"), "1"),
+        (400, float("inf"), None),
+    ],
+)
+def test_a_retry_after_header_is_whole_seconds_from_1_to_a_day(status, seconds, header):
+    from switchyard.gateway.errors import retry_after
+
+    assert retry_after(status, seconds) == header

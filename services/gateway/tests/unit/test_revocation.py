@@ -460,3 +460,47 @@ async def test_keys_vouched_for_before_the_state_loaded_are_asked_about_again() 
 
     with pytest.raises(AuthenticationError):
         await authenticator.authenticate(f"Bearer {KEY}", None)
+
+
+async def test_a_burst_of_rotations_makes_one_more_fetch_not_one_each() -> None:
+    # A producer on the auth topic (or a key rotated many times over) must not make the
+    # gateway call auth once per event: one fetch at a time, and one more after it for
+    # the rotations that came during it.
+    from switchyard.gateway.revocations import RevocationSync
+
+    fetches: list[int] = []
+    release = asyncio.Event()
+
+    async def fetch_jwks() -> None:
+        fetches.append(len(fetches))
+        if len(fetches) == 1:
+            await release.wait()
+
+    async def no_snapshot():
+        raise AssertionError("not asked")
+
+    sync = RevocationSync(
+        None,  # type: ignore[arg-type]  # handle() publishes nothing
+        "auth.events",
+        RevocationState(),
+        no_snapshot,
+        on_signing_key_rotated=fetch_jwks,
+    )
+
+    def rotated(n: int) -> SigningKeyRotated:
+        data = SigningKeyRotatedData(kid=f"kid-{n}", previous_kid="kid-1", published_kids=[])
+        return event(SigningKeyRotated, data, tenant="*")
+
+    await sync.handle(rotated(0))
+    await asyncio.sleep(0)
+    for n in range(1, 200):
+        await sync.handle(rotated(n))
+    release.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+    assert fetches == [0, 1]
+    await sync.handle(rotated(500))  # a later rotation fetches again
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert fetches == [0, 1, 2]

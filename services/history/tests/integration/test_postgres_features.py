@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text
 
+from switchyard.common import exactjson
 from switchyard.common.db import upgrade
 from switchyard.common.events import Priority
 from switchyard.history.bootstrap import history_engine
@@ -22,6 +23,7 @@ from switchyard.history.jobs import cancellation_event
 from switchyard.history.models import events_table, requests_table
 from switchyard.history.queries import Caller, HistoryFilters, HistoryQueries, UsageQuery
 from switchyard.history.tenants import TenantSettingsStore
+from switchyard.history.usage import report_json
 from switchyard.history.webhooks import WebhookDispatcher, WebhookPolicy
 
 pytestmark = pytest.mark.integration
@@ -370,6 +372,13 @@ async def test_an_hour_that_cannot_be_rolled_up_holds_back_no_other(engine, even
     queries = HistoryQueries(engine)
     report = UsageQuery(since=hour, until=hour + timedelta(hours=1), tenant="acme", bucket="hour")
     assert sum(row.requests for row in await queries.usage(report)) == 3
+    # Its report, read live, sums beyond 64 bits: written exactly (the API answered 500,
+    # orjson refusing the integer).
+    overflowing = UsageQuery(since=hour, until=hour + timedelta(hours=1), tenant="overflowing")
+    document = exactjson.loads(
+        exactjson.dumps(report_json(await queries.usage(overflowing), overflowing))
+    )
+    assert document["totals"]["input_tokens"] == 2 * big
 
 
 async def test_latency_percentiles_on_postgres_match_the_python_computation(engine, events):

@@ -210,11 +210,11 @@ async def test_a_refresh_waits_until_an_hour_is_quiet(recorder, engine, events):
 async def test_a_request_dated_in_the_last_hour_there_is_stops_no_other_hour(
     recorder, engine, events
 ):
-    # A bad producer's date: the rollup of that hour and of every other goes on.
+    # A bad producer's date, stored before the contract refused the year 9000 on: the
+    # rollup of that hour and of every other goes on.
     last_hour = datetime(9999, 12, 31, 23, 30, tzinfo=UTC)
-    await recorder.record(
-        [events.requested(at=last_hour), events.requested(at=START + timedelta(minutes=5))]
-    )
+    dated = events.requested(at=START).model_copy(update={"time": last_hour})
+    await recorder.record([dated, events.requested(at=START + timedelta(minutes=5))])
     assert await rollup.refresh(engine, settle=timedelta(0)) == 2
 
 

@@ -19,3 +19,47 @@ def test_a_request_copying_another_s_event_id_gets_ids_of_its_own() -> None:
     assert ids == {s: outcomes.envelope(redelivered, s)["id"] for s in ("reply", "usage")}
     assert all(outcomes.envelope(copy, s)["id"] != ids[s] for s in ("reply", "usage"))
     assert all(len(value) <= 64 for value in ids.values())  # history's event id column
+
+
+def test_the_ids_of_a_request_with_the_longest_ids_fit_history() -> None:
+    # A request event id of 64 characters (the most the contract takes) made reply and
+    # usage ids of 87, which history's database refused: answered, recorded as expired.
+    from switchyard.common.events import StreamEvent
+    from switchyard.inference.publishing import chunk_records
+
+    outcomes = OutcomeEvents(FixedPrices(PriceTable()))
+    request = chat_request().model_copy(update={"id": "e" * 64, "request_id": "r" * 64})
+
+    ids = [outcomes.envelope(request, suffix)["id"] for suffix in ("reply", "usage")]
+    chunks = chunk_records(request.request_id, request.id, request.tenant, "0123456789abcdef")
+
+    assert all(len(value) <= 64 for value in ids)
+    assert len(ids[0]) == len(ids[1]) and ids[0] != ids[1]
+    assert len(chunks(99_999_999, [StreamEvent(data={})]).id) <= 64
+
+
+def test_a_cost_beyond_what_an_event_says_is_the_most_it_says() -> None:
+    # The most tokens an upstream may report at a custom price: never a usage record
+    # refused by the contract (lost), the most a cost may say instead.
+    from switchyard.common.events import MAX_COST_USD, MAX_TOKEN_COUNT, TerminalStatus, TokenUsage
+    from switchyard.common.pricing import Price
+    from switchyard.common.routing import Deployment
+    from switchyard.inference.outcomes import Outcome
+
+    prices = PriceTable(deployments={"d": Price(input_per_1m=1e300, output_per_1m=1e300)})
+    outcomes = OutcomeEvents(FixedPrices(prices))
+    request = chat_request()
+    deployment = Deployment(
+        name="d", provider="openai", model="m", base_url="http://127.0.0.1:9/v1"
+    )
+    outcome = Outcome(
+        TerminalStatus.COMPLETED,
+        response={"choices": []},
+        deployment=deployment,
+        usage=TokenUsage(input_tokens=MAX_TOKEN_COUNT, output_tokens=MAX_TOKEN_COUNT),
+    )
+
+    cost = outcomes.cost(request, outcome)
+
+    assert cost == MAX_COST_USD
+    assert outcomes.usage(request, outcome, cost, None).data.cost_usd == MAX_COST_USD

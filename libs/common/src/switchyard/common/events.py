@@ -16,6 +16,7 @@ request speaks another protocol (see docs/protocols.md).
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -40,6 +41,10 @@ def utcnow() -> datetime:
 # there (`9999-12-31T23:59:59-14:00` in year 10000); a time a consumer cannot convert to UTC
 # would be stored, then fail every read of it. No event of Switchyard's is from before 1970.
 EARLIEST_EVENT_TIME: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# The latest instant an event may have happened at: the history API's reports take times
+# before the year 9000 only, so an event dated later would be stored and never reported.
+# (An expiry or a deadline may be later: a token's `exp` may name any year to 9999.)
+LATEST_OCCURRENCE: Final = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def _event_time(value: datetime) -> datetime:
@@ -52,8 +57,16 @@ def _event_time(value: datetime) -> datetime:
     return value
 
 
+def _occurrence(value: datetime) -> datetime:
+    if value >= LATEST_OCCURRENCE:
+        raise ValueError("must be an instant before 9000-01-01 UTC")
+    return value
+
+
 # An aware instant from 1970 to the end of 9999 (UTC), as every time in the contract is.
 EventTime = Annotated[AwareDatetime, AfterValidator(_event_time)]
+# When an event happened: an `EventTime` before the year 9000.
+OccurredAt = Annotated[EventTime, AfterValidator(_occurrence)]
 
 
 def _identifier(value: str) -> str:
@@ -62,9 +75,32 @@ def _identifier(value: str) -> str:
     return value
 
 
-# An id or name every consumer keys on and stores (PostgreSQL's text cannot hold NUL, and
-# one stored with a replacement would no longer match the events naming the original).
-Identifier = Annotated[str, AfterValidator(_identifier)]
+# The longest ids and names history stores (its columns' sizes): a longer one would be
+# taken by inference, which would answer it, and then refused by history's database, so
+# the request would be answered but recorded as expired, its usage dead-lettered.
+MAX_EVENT_ID_LENGTH: Final = 64  # event ids, request ids, sources
+MAX_NAME_LENGTH: Final = 128  # tenants, users, API keys, teams, providers
+MAX_MODEL_LENGTH: Final = 256  # model and deployment names
+
+# A name every consumer keys on and stores (PostgreSQL's text cannot hold NUL, and one
+# stored with a replacement would no longer match the events naming the original).
+Identifier = Annotated[str, Field(max_length=MAX_NAME_LENGTH), AfterValidator(_identifier)]
+# An event or request id, or a source, as `Identifier`, stored in 64 characters.
+EventId = Annotated[str, Field(max_length=MAX_EVENT_ID_LENGTH), AfterValidator(_identifier)]
+ModelName = Annotated[str, Field(max_length=MAX_MODEL_LENGTH)]
+ProviderName = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
+
+
+def derived_event_id(event_id: str, suffix: str) -> str:
+    """The id of an event made from the event `event_id` (a reply's, a usage record's, a
+    stream chunk's), `<base>.<suffix>`, within `MAX_EVENT_ID_LENGTH` for a `suffix` of up
+    to 31 characters: the base is `event_id` itself when it has at most 32 characters
+    (Switchyard's own ids have 32), else a 32-hex digest of it, the same every time so a
+    redelivery derives the same id."""
+    base = event_id
+    if len(base) > 32:
+        base = hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()
+    return f"{base}.{suffix}"
 
 
 def new_id() -> str:
@@ -75,7 +111,9 @@ def new_id() -> str:
 class Contract(BaseModel):
     """Base of every contract model: immutable, and strict about unknown fields."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No infinite or NaN number: JSON has none (PostgreSQL's JSON would store `null`),
+    # and sums and roundings of one fail wherever they are read.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Priority(StrEnum):
@@ -143,6 +181,11 @@ class ReplyAddress(Contract):
 # The most tokens one count may say: a signed 64-bit integer, what every store of counts
 # holds (history's columns, PostgreSQL's bigint). An upstream reporting more is read as this.
 MAX_TOKEN_COUNT = 2**63 - 1
+# The most a cost may say (USD): more than any count of tokens at any price, and far from
+# a float's range, so a sum of costs never overflows one (PostgreSQL's `float8` sums fail).
+MAX_COST_USD: Final = 1e20
+# The longest duration an event may name (milliseconds, about 115 days).
+MAX_DURATION_MS: Final = 1e10
 
 
 class TokenUsage(Contract):
@@ -224,7 +267,7 @@ class ChatRequestData(Contract):
     """A request to a model, as the client sent it."""
 
     api: ClientAPI = Field(description="The API the client called; the reply is shaped for it.")
-    model: str = Field(description="Public model name the client asked for.")
+    model: ModelName = Field(description="Public model name the client asked for.")
     body: dict[str, Any] = Field(
         description="The client's request body in its API's own shape, as received (unknown "
         "fields included). Inference replaces only `model` with the deployment's model, "
@@ -261,7 +304,7 @@ class ChatRequestData(Contract):
         description="Jobs only: where history POSTs the job's result (HMAC-signed) once it "
         "reaches a terminal state.",
     )
-    replay_of: str | None = Field(
+    replay_of: EventId | None = Field(
         default=None,
         description="Set on a replayed request: the request id of the recorded original.",
     )
@@ -276,8 +319,8 @@ class ChatCompletedData(Contract):
         description="The reply body in the client's API: a `chat.completion`, an Anthropic "
         "`message`, an embeddings `list`, a Responses `response`..."
     )
-    provider: str
-    deployment: str
+    provider: ProviderName
+    deployment: ModelName
     upstream_api: ClientAPI | None = Field(
         default=None,
         description="The API the deployment was called with; equal to `api` when the "
@@ -285,7 +328,9 @@ class ChatCompletedData(Contract):
         "deployment was called (a token count Switchyard estimated itself).",
     )
     usage: TokenUsage
-    latency_ms: float = Field(ge=0, description="Time spent calling the upstream, in ms.")
+    latency_ms: float = Field(
+        ge=0, le=MAX_DURATION_MS, description="Time spent calling the upstream, in ms."
+    )
 
 
 class ChatFailedData(Contract):
@@ -299,9 +344,9 @@ class ChatFailedData(Contract):
         TerminalStatus.REFUSED,
     ]
     error: ErrorInfo
-    provider: str | None = None
-    deployment: str | None = None
-    latency_ms: float = Field(default=0, ge=0)
+    provider: ProviderName | None = None
+    deployment: ModelName | None = None
+    latency_ms: float = Field(default=0, ge=0, le=MAX_DURATION_MS)
 
 
 class StreamEvent(Contract):
@@ -346,9 +391,9 @@ class UsageData(Contract):
     """What one request cost, published once when it reaches its terminal state."""
 
     api: ClientAPI | None = Field(default=None, description="The API the client called.")
-    model: str = Field(description="Public model name.")
-    provider: str | None = None
-    deployment: str | None = None
+    model: ModelName = Field(description="Public model name.")
+    provider: ProviderName | None = None
+    deployment: ModelName | None = None
     user_id: Identifier
     api_key_id: Identifier | None = None
     team_id: Identifier | None = None
@@ -357,9 +402,9 @@ class UsageData(Contract):
         description="Tokens of every upstream call the request made (a call whose reply "
         "could not be delivered was still billed, and counts)."
     )
-    cost_usd: float = Field(default=0, ge=0)
-    latency_ms: float = Field(default=0, ge=0)
-    time_to_first_token_ms: float | None = Field(default=None, ge=0)
+    cost_usd: float = Field(default=0, ge=0, le=MAX_COST_USD)
+    latency_ms: float = Field(default=0, ge=0, le=MAX_DURATION_MS)
+    time_to_first_token_ms: float | None = Field(default=None, ge=0, le=MAX_DURATION_MS)
     upstream_calls: int = Field(default=1, ge=0, description="Upstream calls made.")
     cache_hit: bool = Field(
         default=False, description="Answered from Switchyard's response cache (no upstream)."
@@ -367,10 +412,11 @@ class UsageData(Contract):
     saved_cost_usd: float = Field(
         default=0,
         ge=0,
+        le=MAX_COST_USD,
         description="For a cache hit: what the reused answer cost when it was made (USD), "
         "i.e. what the hit saved. 0 otherwise.",
     )
-    replay_of: str | None = Field(default=None, description="Original request, for a replay.")
+    replay_of: EventId | None = Field(default=None, description="Original request, for a replay.")
 
 
 class ApiKeyRevokedData(Contract):
@@ -456,15 +502,13 @@ class EnvelopeFields(Contract):
     """The envelope every event shares: id, source, time, tenant, request id and schema
     version; each event class adds its `type` literal and its `data` payload."""
 
-    id: Identifier = Field(
+    id: EventId = Field(
         default_factory=new_id, description="Unique event id; consumers deduplicate on it."
     )
-    source: Identifier = Field(
-        description="Service that published the event.", examples=["gateway"]
-    )
-    time: EventTime = Field(default_factory=utcnow, description="UTC, ISO 8601.")
+    source: EventId = Field(description="Service that published the event.", examples=["gateway"])
+    time: OccurredAt = Field(default_factory=utcnow, description="UTC, ISO 8601.")
     tenant: Identifier
-    request_id: Identifier
+    request_id: EventId
     schema_version: Literal[2] = SCHEMA_VERSION
     if TYPE_CHECKING:
         # Every event class declares its own `type` literal; seen here by the type checker

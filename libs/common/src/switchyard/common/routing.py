@@ -81,6 +81,7 @@ from pydantic import (
     model_validator,
 )
 
+from switchyard.common.events import MAX_MODEL_LENGTH
 from switchyard.common.settings import ConfigurationError
 
 # The SDKs refuse to start without an API key; deployments that need none (the simulator,
@@ -158,7 +159,11 @@ class _Strict(BaseModel):
 class Deployment(_Strict):
     """One upstream endpoint able to serve a model."""
 
-    name: str = Field(min_length=1, description="Label used in events, logs and metrics.")
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_MODEL_LENGTH,  # as events carry it
+        description="Label used in events, logs and metrics.",
+    )
     provider: ProviderKind
     model: str = Field(
         min_length=1,
@@ -346,7 +351,7 @@ class ModelRoute(_Strict):
     """A public model name and its deployments: the first is tried first, the others are
     fallbacks."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=MAX_MODEL_LENGTH)  # as events carry it
     deployments: list[Deployment] = Field(min_length=1)
     display_name: str | None = Field(
         default=None,

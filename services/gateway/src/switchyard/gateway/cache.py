@@ -110,6 +110,7 @@ from switchyard.common.events import (
     TokenUsage,
     UsageData,
     UsageRecorded,
+    derived_event_id,
     utcnow,
 )
 from switchyard.common.responses import (
@@ -913,7 +914,7 @@ class ResponseCache:
                 topics.replies,
                 ChatRequested(
                     **envelope,
-                    id=f"{dispatch.request_id}.request",
+                    id=derived_event_id(dispatch.request_id, "request"),
                     time=now,
                     data=ChatRequestData(
                         api=client.api,
@@ -933,7 +934,7 @@ class ResponseCache:
                 topics.replies,
                 ChatCompleted(
                     **envelope,
-                    id=f"{dispatch.request_id}.reply",
+                    id=derived_event_id(dispatch.request_id, "reply"),
                     time=now,
                     data=ChatCompletedData(
                         api=client.api,
@@ -949,7 +950,7 @@ class ResponseCache:
                 topics.usage,
                 UsageRecorded(
                     **envelope,
-                    id=f"{dispatch.request_id}.usage",
+                    id=derived_event_id(dispatch.request_id, "usage"),
                     time=now,
                     data=UsageData(
                         api=client.api,

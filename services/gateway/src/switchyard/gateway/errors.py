@@ -22,6 +22,7 @@ Two sources of errors:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,9 +91,9 @@ def vendor_of_api(api: ClientAPI) -> Vendor:
 
 
 def retry_after(status: int, retry_after_s: float | None) -> str | None:
-    """The Retry-After header value (whole seconds, at least 1) for an error, if any."""
-    if retry_after_s is not None:
-        return str(max(1, round(retry_after_s)))
+    """The Retry-After header value (whole seconds, 1 to a day) for an error, if any."""
+    if retry_after_s is not None and math.isfinite(retry_after_s):
+        return str(min(max(1, round(retry_after_s)), 86_400))
     if status in RETRYABLE_STATUSES:
         return "1"
     return None

@@ -244,18 +244,38 @@ class RevocationSync:
         self._backoff = Backoff(min(0.25, max_retry_delay_s), max_retry_delay_s)
         self.listener: Subscription | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # One JWKS refresh at a time: rotations arriving during it (a burst of them, real
+        # or forged by a producer on the topic) make one more fetch after it, not one each.
+        self._refreshing = False
+        self._rotated_since: str | None = None
 
     async def handle(self, event: Event) -> None:
         """Apply a consumed auth event; a signing key rotation also refreshes the JWKS in the
         background."""
         self.state.apply(event)
         if isinstance(event, SigningKeyRotated) and self._on_rotation is not None:
+            if self._refreshing:
+                self._rotated_since = event.data.kid
+                return
             # Fetched beside the listener, so later events are not held up by it.
+            self._refreshing = True
             task = asyncio.create_task(self._refresh_keys(event.data.kid))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
     async def _refresh_keys(self, kid: str) -> None:
+        assert self._on_rotation is not None
+        try:
+            while True:
+                await self._refresh_once(kid)
+                if self._rotated_since is None:
+                    return
+                # Another rotation came during the fetch: its key may not have been in it.
+                kid, self._rotated_since = self._rotated_since, None
+        finally:
+            self._refreshing = False
+
+    async def _refresh_once(self, kid: str) -> None:
         assert self._on_rotation is not None
         for attempt in range(1, 6):
             try:

@@ -6,10 +6,12 @@ produces events with the same ids and consumers deduplicate them."""
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from switchyard.common.events import (
+    MAX_COST_USD,
     ChatCompleted,
     ChatCompletedData,
     ChatFailed,
@@ -22,6 +24,7 @@ from switchyard.common.events import (
     TokenUsage,
     UsageData,
     UsageRecorded,
+    derived_event_id,
 )
 from switchyard.common.routing import Deployment
 from switchyard.inference import genai, metrics
@@ -158,7 +161,7 @@ class OutcomeEvents:
             f"{request.tenant}\0{request.request_id}".encode(), digest_size=8
         ).hexdigest()
         return {
-            "id": f"{request.id}.{suffix}.{owner}",
+            "id": derived_event_id(request.id, f"{suffix}.{owner}"),
             "source": SOURCE,
             "tenant": request.tenant,
             "request_id": request.request_id,
@@ -203,9 +206,12 @@ class OutcomeEvents:
         """USD of the tokens of every upstream call the request made."""
         if not outcome.usage.total_tokens:
             return 0.0
-        return request_cost(
+        cost = request_cost(
             self._prices.table, request.data.model, outcome.deployment, outcome.usage
         )
+        # An absurd count (up to MAX_TOKEN_COUNT) at a custom price may cost more than an
+        # event says: the most it may say, never a usage record refused for it.
+        return min(cost, MAX_COST_USD) if math.isfinite(cost) else MAX_COST_USD
 
     def usage(
         self, request: ChatRequested, outcome: Outcome, cost: float, ttft_ms: float | None

@@ -27,7 +27,13 @@ import structlog
 
 from switchyard.common.backoff import Backoff
 from switchyard.common.bus import EventRejectedError, Publication
-from switchyard.common.events import ChatChunk, ChatChunkData, EnvelopeFields, StreamEvent
+from switchyard.common.events import (
+    ChatChunk,
+    ChatChunkData,
+    EnvelopeFields,
+    StreamEvent,
+    derived_event_id,
+)
 from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.inference.publishing")
@@ -277,7 +283,7 @@ def chunk_records(
 ) -> Callable[[int, list[StreamEvent]], ChatChunk]:
     """A factory of the `chat.chunk` records of one run of one request."""
     envelope = {"source": "inference", "tenant": tenant, "request_id": request_id}
-    prefix = f"{event_id}.{run}.chunk-"
+    prefix = derived_event_id(event_id, f"{run}.chunk-")
 
     def record(sequence: int, events: list[StreamEvent]) -> ChatChunk:
         return ChatChunk(

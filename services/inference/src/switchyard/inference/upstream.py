@@ -32,6 +32,7 @@ import email.utils
 import functools
 import http
 import json
+import math
 import ssl
 import sys
 import time
@@ -152,26 +153,40 @@ def should_retry(headers: Any) -> bool | None:
     return {"true": True, "false": False}.get(value.strip().lower())
 
 
+# The longest wait a provider's Retry-After is taken for (seconds, a day): a longer one
+# (`1e400`, `inf`, a date years ahead) is a day; `nan` is no answer.
+MAX_RETRY_AFTER_S = 86_400.0
+
+
+def _wait(seconds: float) -> float | None:
+    if math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
+
+
 def retry_after(headers: Any) -> float | None:
-    """Seconds from `retry-after-ms`, `retry-after` (seconds or an HTTP date)."""
+    """Seconds from `retry-after-ms`, `retry-after` (seconds or an HTTP date), from 0 to
+    `MAX_RETRY_AFTER_S`; None when neither says a number."""
     value = headers.get("retry-after-ms")
     if value is not None:
         try:
-            return max(0.0, float(value) / 1000)
+            wait = _wait(float(value) / 1000)
         except ValueError:
-            pass
+            wait = None
+        if wait is not None:
+            return wait
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        return _wait(float(value))
     except ValueError:
         pass
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return _wait(when.timestamp() - time.time())
 
 
 # The longest error message kept whole (characters): a longer one is cut there.

@@ -3,9 +3,9 @@ service, as JSON or CSV (`Accept: text/csv` or `format=csv`)."""
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request, Response
 
+from switchyard.common import exactjson
 from switchyard.gateway.api.admin import budget_spend
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep
 from switchyard.gateway.api.history import forward
@@ -36,6 +36,6 @@ async def get_usage(request: Request, principal: CurrentPrincipal, gateway: Gate
         budgets = await budget_spend(gateway, principal)
     except LookupError:
         return response  # the report stands on its own; budgets come back with the ledger
-    report = orjson.loads(response.body)
+    report = exactjson.loads(response.body)  # sums beyond 64 bits kept exact
     report["budgets"] = [budget.model_dump() for budget in budgets.data]
-    return Response(orjson.dumps(report), media_type="application/json")
+    return Response(exactjson.dumps(report), media_type="application/json")

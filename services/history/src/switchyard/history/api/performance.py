@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from switchyard.common import exactjson
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.history.api.dependencies import CallerDep, user_filter
@@ -115,6 +115,8 @@ def performance_router(internal_token: str) -> APIRouter:
         )
         engine = request.app.state.history.engine
         rows = await PerformanceQueries(engine).performance(query)
-        return Response(orjson.dumps(report_json(rows, query)), media_type="application/json")
+        # Sums may pass 64 bits (each count may say up to 2**63 - 1), which orjson
+        # refuses to write: written exactly, as a reply's big integers are.
+        return Response(exactjson.dumps(report_json(rows, query)), media_type="application/json")
 
     return router

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends, Header, Query, Response
 
+from switchyard.common import exactjson
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.history.api.dependencies import CallerDep, QueriesDep, user_filter
@@ -91,6 +91,8 @@ def usage_router(internal_token: str) -> APIRouter:
                 media_type="text/csv; charset=utf-8",
                 headers={"Content-Disposition": 'attachment; filename="usage.csv"'},
             )
-        return Response(orjson.dumps(report_json(rows, query)), media_type="application/json")
+        # Sums may pass 64 bits (each count may say up to 2**63 - 1), which orjson
+        # refuses to write: written exactly, as a reply's big integers are.
+        return Response(exactjson.dumps(report_json(rows, query)), media_type="application/json")
 
     return router
