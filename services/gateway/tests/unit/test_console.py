@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from switchyard.common.statuses import JOB_STATUSES
 from switchyard.gateway.config import Settings
 from switchyard.gateway.console.session import COOKIE_NAME, Session, SessionCookies
 
@@ -1076,7 +1077,9 @@ async def test_the_jobs_page_offers_cancel_for_unfinished_jobs_only():
     assert 'action="/ui/jobs/jobrunning/cancel"' in page
     assert "jobdone/cancel" not in page
     assert 'class="status status-in_progress"' in page
-    assert '<option value="in_progress"' in page
+    # Every status history records is offered, `refused` (a budget or rate limit) too.
+    for status in JOB_STATUSES:
+        assert f'<option value="{status}"' in page
 
 
 async def test_the_request_log_pages_with_history_cursors_and_keeps_the_filters():

@@ -351,9 +351,7 @@ async def test_a_continued_responses_input_items_show_no_encrypted_content_unles
     ],
     ids=["typo", "second-of-two", "comma-separated"],
 )
-async def test_a_read_with_an_include_value_openai_does_not_take_is_refused(
-    system, suffix, params
-):
+async def test_a_read_with_an_include_value_openai_does_not_take_is_refused(system, suffix, params):
     # As a create request's `include` is refused: a typo would otherwise pass as a no-op,
     # and the client would never see the signature it asked for.
     first = await ask(system)

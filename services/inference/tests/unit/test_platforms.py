@@ -820,3 +820,21 @@ def test_a_credentials_file_that_is_no_key_is_named_where_it_is_configured(tmp_p
         VertexUpstream.create(deployment)
     assert str(refused.value).startswith(deployment.where("credentials_file"))
     assert str(bad) in str(refused.value)
+
+
+async def test_an_api_a_deployment_does_not_offer_is_no_deployment_failure(recorder, serve):
+    # Embeddings on a model served by Anthropic: the client's 400 unsupported_operation,
+    # logged as what the deployment cannot take, never as a failing deployment (a
+    # warning an operator would chase).
+    deployment = Deployment(
+        name="claude", provider="anthropic", model="claude-x", base_url=recorder.root
+    )
+    harness = await serve(deployment)
+    with structlog.testing.capture_logs() as logs:
+        reply = await harness.handle(chat_request("m", api=ClientAPI.OPENAI_EMBEDDINGS))
+
+    assert isinstance(reply, ChatFailed)
+    assert (reply.data.error.status, reply.data.error.code) == (400, "unsupported_operation")
+    assert not [entry for entry in logs if entry["log_level"] == "warning"], logs
+    assert any(entry["event"] == "deployment cannot take the request" for entry in logs)
+    assert recorder.requests == []

@@ -7,6 +7,7 @@ relays their query strings, so FastAPI cannot see them). Applied once, app-wide,
 from __future__ import annotations
 
 from switchyard.common.docs import API_KEY_HEADER, BEARER, ApiDocs, QueryParameter
+from switchyard.common.statuses import JOB_STATUSES, REPLAY_STATUSES, REQUEST_STATUSES
 from switchyard.gateway.api.admin import AUTH_ROUTES
 from switchyard.gateway.api.deps import required_scope
 from switchyard.gateway.errors import ANTHROPIC_PATHS
@@ -15,17 +16,6 @@ from switchyard.gateway.idempotency import IDEMPOTENT_PATHS
 # Page sizes and statuses history accepts (history's `queries`, `jobs` and `models`).
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
-REQUEST_STATUSES = ("pending", "completed", "failed", "cancelled", "expired", "refused")
-JOB_STATUSES = (
-    "queued",
-    "in_progress",
-    "completed",
-    "failed",
-    "cancelled",
-    "expired",
-    "refused",
-)
-REPLAY_STATUSES = ("running", "stopped", "completed")
 TIME_HELP = (
     "ISO 8601 instant (2025-03-01T00:00:00Z), a date (2025-03-01) or relative to now (7d, 12h)."
 )

@@ -33,7 +33,7 @@ def _preflight() -> None:
 service = ServicePlugin(
     name="gateway",
     default_port=8000,
-    summary="The public OpenAI-compatible API.",
+    summary="The public API: OpenAI's and Anthropic's, the console, history and usage.",
     settings=Settings,
     factory="switchyard.gateway.app:create_app",
     migrations=Migrations(

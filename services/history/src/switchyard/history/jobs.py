@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 from switchyard.common.events import ChatFailed, ChatFailedData, ErrorInfo, TerminalStatus
+from switchyard.common.statuses import UNFINISHED_JOB_STATUSES
 from switchyard.history.api.schemas import history_usage
 from switchyard.history.models import RequestStatus
 from switchyard.history.timeparse import isoformat_z
@@ -26,8 +27,6 @@ _HISTORY_EVENTS = uuid.UUID("1b1f3c5e-5d0e-4a8e-9a43-6c1e2b9b1f00")
 
 # `queued` and `in_progress` are both a pending request: `in_progress` once inference said it
 # began to run it (`chat.started`, recorded as `started_at`).
-JOB_STATUSES = ("queued", "in_progress", "completed", "failed", "cancelled", "expired", "refused")
-UNFINISHED_JOB_STATUSES = ("queued", "in_progress")
 
 
 def derived_event_id(kind: str, request_id: str) -> str:

@@ -144,8 +144,10 @@ class Attempts:
             assert outcome.error is not None
             metrics.FALLBACKS.labels(model, deployment.name, outcome.error.metric_code).inc()
             # A request this deployment cannot take as sent (a parameter its protocol
-            # lacks) is the client's doing, not a failing deployment: no warning.
-            client_side = outcome.error.code == "unsupported_parameter"
+            # lacks, an API its provider does not offer: a 400 that says nothing of the
+            # deployment's health) is the client's doing, not a failing deployment: no
+            # warning.
+            client_side = outcome.error.status == 400 and not outcome.error.unhealthy
             (log.info if client_side else log.warning)(
                 "deployment cannot take the request" if client_side else "deployment failed",
                 model=model,

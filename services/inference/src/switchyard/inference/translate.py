@@ -1736,9 +1736,7 @@ class AnthropicToolIds:
             given = _new_id("toolu_")
             self._taken.add(given)
             return given
-        if _ANTHROPIC_TOOL_ID.fullmatch(call_id) and not _TRANSLATED_TOOL_ID.fullmatch(
-            call_id
-        ):
+        if _ANTHROPIC_TOOL_ID.fullmatch(call_id) and not _TRANSLATED_TOOL_ID.fullmatch(call_id):
             given = call_id
         else:
             given = _translated_tool_id(call_id, 1)

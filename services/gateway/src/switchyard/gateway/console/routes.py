@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.templating import Jinja2Templates
 from starlette.responses import RedirectResponse, Response
 
+from switchyard.common.statuses import JOB_STATUSES, REQUEST_STATUSES
 from switchyard.gateway.api.admin import budget_spend
 from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, Principal
 from switchyard.gateway.console import conversation, views
@@ -498,7 +499,7 @@ async def request_log(request: Request, viewer: CurrentViewer) -> Response:
     filters = {
         "range": views.choice(query.get("range"), views.LOG_RANGES, ""),
         "model": (query.get("model") or "")[:256],
-        "status": views.choice(query.get("status"), views.REQUEST_STATUSES, ""),
+        "status": views.choice(query.get("status"), REQUEST_STATUSES, ""),
         "api_key_id": (query.get("api_key_id") or "")[:128],
         "user_id": (query.get("user_id") or "")[:128] if viewer.is_admin else "",
     }
@@ -535,7 +536,7 @@ async def request_log(request: Request, viewer: CurrentViewer) -> Response:
         items=page["data"],
         filters=filters,
         ranges=views.LOG_RANGES,
-        statuses=views.REQUEST_STATUSES,
+        statuses=REQUEST_STATUSES,
         models=backend.gateway.routing.model_names(),
         labels=labels,
         next_link=next_link,
@@ -811,7 +812,7 @@ async def jobs(request: Request, viewer: CurrentViewer) -> Response:
     """Asynchronous jobs with their status; unfinished ones (queued, in progress) can be
     cancelled."""
     query = request.query_params
-    status = views.choice(query.get("status"), views.JOB_STATUSES, "")
+    status = views.choice(query.get("status"), JOB_STATUSES, "")
     cursor = (query.get("cursor") or "")[:512]
     page = await backend_of(request).history(
         viewer.principal,
@@ -825,7 +826,7 @@ async def jobs(request: Request, viewer: CurrentViewer) -> Response:
         section="jobs",
         jobs=page["data"],
         status=status,
-        statuses=views.JOB_STATUSES,
+        statuses=JOB_STATUSES,
         next_link=views.query_string({"status": status, "cursor": page["next_cursor"]})
         if page.get("next_cursor")
         else None,

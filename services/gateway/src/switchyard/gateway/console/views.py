@@ -55,8 +55,6 @@ USAGE_GROUPS = {
 }
 # Budget periods as the governance API names them, in days.
 BUDGET_PERIODS = {"1d": 1, "7d": 7, "30d": 30}
-REQUEST_STATUSES = ("pending", "completed", "failed", "cancelled", "expired", "refused")
-JOB_STATUSES = ("queued", "in_progress", "completed", "failed", "cancelled", "expired")
 
 
 def choice(value: str | None, allowed: Any, default: str) -> str:

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Depends, Query, Response
 from switchyard.common import exactjson
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
+from switchyard.common.statuses import JOB_STATUSES
 from switchyard.history.api.dependencies import CallerDep, ComponentsDep, QueriesDep
 from switchyard.history.api.params import cursor_refusal, page_limit, parse_statuses
-from switchyard.history.jobs import JOB_STATUSES, cancellation_event, job_object
+from switchyard.history.jobs import cancellation_event, job_object
 from switchyard.history.models import RequestStatus
 from switchyard.history.queries import DEFAULT_PAGE_SIZE, InvalidCursorError
 from switchyard.history.timeparse import isoformat_z
