@@ -103,6 +103,31 @@ def test_a_letter_keeps_the_original_record_and_its_coordinates_apart():
     assert summary["value_bytes"] == len(b'{"id":"e1"}') and summary["replays"] == []
 
 
+def test_a_letter_without_headers_names_its_event_from_its_value():
+    # A record published with no `type` or `request_id` header (another producer's):
+    # `deadletter list` showed `?` though the JSON said which event it was.
+    value = b'{"type":"usage.recorded","request_id":"req-9","id":"e9"}'
+    headerless = record(
+        0,
+        8,
+        [
+            ("deadletter.topic", b"sy.usage"),
+            ("deadletter.partition", b"0"),
+            ("deadletter.offset", b"3"),
+            ("deadletter.group", b"sy.history"),
+            ("deadletter.reason", b"undecodable"),
+        ],
+        value,
+    )
+    (letter,) = from_records([headerless])
+    assert (letter.named("type"), letter.named("request_id")) == ("usage.recorded", "req-9")
+    assert letter.summary()["request_id"] == "req-9"
+    (garbage,) = from_records([record(0, 9, list(headerless.headers), b"\xff not json")])
+    assert garbage.named("request_id") is None
+    (listed,) = from_records([letter_record()])
+    assert listed.named("request_id") == "req-1"  # the header first
+
+
 def test_markers_attach_to_their_letters_and_are_not_letters():
     marker = record(
         0,
@@ -370,12 +395,12 @@ def test_a_dry_run_applies_the_rules_of_a_real_one(monkeypatch):
 
 
 def test_a_long_reason_keeps_its_end_on_the_list():
-    from switchyard.common.cli import _short_reason
+    from switchyard.common.cli import _one_line
 
     reason = (
         "undecodable event: 1 validation error for tagged-union[" + "X," * 200 + "] Invalid JSON"
     )
-    short = _short_reason(reason)
+    short = _one_line(reason)
     assert len(short) <= 200 and short.endswith("Invalid JSON") and " … " in short
 
 

@@ -437,9 +437,9 @@ def _dead_letters(
     return settings, letters, topic, group
 
 
-def _short_reason(reason: str, width: int = 200) -> str:
-    """`reason` on one line, at most `width` characters: its start and its end, where a
-    validation error says what was wrong."""
+def _one_line(reason: str, width: int = 200) -> str:
+    """`reason` (a reason, an id) on one line, at most `width` characters: its start and
+    its end, where a validation error says what was wrong."""
     text = " ".join(reason.split())
     if len(text) <= width:
         return text
@@ -485,10 +485,10 @@ def deadletter_list(
                 letter.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 where,
                 letter.group or "?",
-                letter.header("type") or "?",
-                letter.header("request_id") or "?",
+                _one_line(letter.named("type") or "?", 40),
+                _one_line(letter.named("request_id") or "?", 40),
                 replayed,
-                _short_reason(letter.reason),
+                _one_line(letter.reason),
             )
         )
     # The header row even when there is no letter: scripts read it.

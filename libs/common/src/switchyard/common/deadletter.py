@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -127,6 +128,8 @@ class DeadLetter:
     # the dead-letter topic is written by every service, so the topic a letter names is
     # only as trustworthy as the least of them.
     replay_targets: frozenset[str] = frozenset()
+    # The value read as JSON, once `named` needed it ({} when it is not an object).
+    _document: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def id(self) -> str:
@@ -139,6 +142,22 @@ class DeadLetter:
             if key == name:
                 return value.decode(errors="replace")
         return None
+
+    def named(self, name: str) -> str | None:
+        """The original record's `name` (`type`, `request_id`): its header, else the field
+        of its JSON value (a record published without headers still says which event it
+        was), None when neither says it as a string."""
+        value = self.header(name)
+        if value is not None:
+            return value
+        if self._document is None:
+            try:
+                document = orjson.loads(self.value) if self.value else None
+            except orjson.JSONDecodeError:
+                document = None
+            self._document = document if isinstance(document, dict) else {}
+        field_value = self._document.get(name)
+        return field_value if isinstance(field_value, str) else None
 
     def replayable(self) -> str | None:
         """Why this letter cannot be replayed (None if it can)."""
@@ -166,8 +185,8 @@ class DeadLetter:
             "offset": self.source_offset,
             "group": self.group,
             "reason": self.reason,
-            "type": self.header("type"),
-            "request_id": self.header("request_id"),
+            "type": self.named("type"),
+            "request_id": self.named("request_id"),
             "value_bytes": len(self.value),
             "left_out": self.left_out,
             "replayed_from": self.replayed_from,
