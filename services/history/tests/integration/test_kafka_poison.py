@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from switchyard.common.bus.kafka import KafkaBus
 from switchyard.common.db import upgrade
@@ -26,10 +26,36 @@ pytestmark = pytest.mark.integration
 
 
 def poison_request(events) -> ChatRequested:
-    """A valid event (it decodes) that the store can never write: its request id is longer
-    than the column that holds it, so PostgreSQL refuses every batch that contains it."""
+    """A valid event (it decodes) that the store can never write: the database refuses
+    its request id (`REFUSE_POISON`), so PostgreSQL fails every batch that contains it.
+    (An event the contract lets through and the schema cannot hold, such as an id longer
+    than its column, is refused when it is read, before any store: `test_events`.)"""
     valid = events.requested(at=datetime.now(UTC))
-    return valid.model_copy(update={"request_id": "r" * 100})
+    return valid.model_copy(update={"request_id": f"poison-{valid.request_id}"})
+
+
+# A database that refuses one kind of event, as a constraint or a corrupt index would.
+REFUSE_POISON = [
+    """CREATE OR REPLACE FUNCTION refuse_poison() RETURNS trigger AS $$
+    BEGIN
+        IF NEW.request_id LIKE 'poison-%' THEN
+            RAISE EXCEPTION 'this store refuses poison events';
+        END IF;
+        RETURN NEW;
+    END $$ LANGUAGE plpgsql""",
+    "DROP TRIGGER IF EXISTS refuse_poison ON history_events",
+    """CREATE TRIGGER refuse_poison BEFORE INSERT ON history_events
+    FOR EACH ROW EXECUTE FUNCTION refuse_poison()""",
+]
+
+
+async def _refusing_poison(engine, refuse: bool) -> None:
+    async with engine.begin() as connection:
+        if refuse:
+            for statement in REFUSE_POISON:
+                await connection.execute(text(statement))
+        else:
+            await connection.execute(text("DROP TRIGGER IF EXISTS refuse_poison ON history_events"))
 
 
 async def _dead_letters(servers: str, topic: str, expected: int, timeout: float = 60) -> list:
@@ -58,6 +84,7 @@ async def test_a_poison_event_amid_traffic_is_dead_lettered_and_everything_else_
 ):
     upgrade(MIGRATIONS_DIR, postgres_url, VERSION_TABLE)
     engine = history_engine(postgres_url)
+    await _refusing_poison(engine, True)
     bus = KafkaBus(kafka_servers, deadletter_topic=kafka_topics.deadletter)
     await bus.start()
     settings = Settings(
@@ -97,6 +124,7 @@ async def test_a_poison_event_amid_traffic_is_dead_lettered_and_everything_else_
             ready = await app.state.bus.healthy()
     finally:
         await bus.stop()
+        await _refusing_poison(engine, False)
         await engine.dispose()
 
     headers = dict(dead.headers)
@@ -104,7 +132,7 @@ async def test_a_poison_event_amid_traffic_is_dead_lettered_and_everything_else_
     assert headers["deadletter.partition"] == b"0"
     assert headers["deadletter.offset"] == b"30"  # its place among the requests
     assert headers["deadletter.group"] == f"{kafka_topics.prefix}.history".encode()
-    assert b"StringDataRightTruncation" in headers["deadletter.reason"]
+    assert b"this store refuses poison events" in headers["deadletter.reason"]
     assert dead.key == poison.request_id.encode()
     assert stored == stored_events and rows == 60  # every other event, once
     assert poisoned_rows == 0
