@@ -38,7 +38,7 @@ import structlog
 from typing_extensions import override
 
 from switchyard.common.events import ChatRequested, ClientAPI, StreamEvent, TokenUsage
-from switchyard.common.responses import response_id
+from switchyard.common.responses import response_id, usage_object
 from switchyard.common.routing import Deployment
 from switchyard.inference.errors import ProviderError, invalid_request
 from switchyard.inference.tokens import (
@@ -58,6 +58,7 @@ from switchyard.inference.translate import (
     chat_request_to_messages,
     message_to_chat_completion,
     messages_request_to_chat,
+    messages_usage_from_chat,
     thinking_enabled,
     tool_use_ids,
     without_translated_thinking,
@@ -75,7 +76,12 @@ from switchyard.inference.translate_responses import (
     responses_request_to_messages,
 )
 from switchyard.inference.upstream import SSE, invalid_reply, responses_code_status
-from switchyard.inference.usage import anthropic_usage, openai_usage, responses_usage
+from switchyard.inference.usage import (
+    anthropic_usage,
+    estimate_prompt_tokens,
+    openai_usage,
+    responses_usage,
+)
 
 log = structlog.get_logger("switchyard.inference.adapters")
 
@@ -354,23 +360,77 @@ class _ChatFromMessagesStream:
         return self._usage.usage()
 
 
+class _UsageEstimate:
+    """The usage of a translated stream whose upstream reported none (a server that
+    ignores `stream_options.include_usage`): the client is told, and billed, the estimate
+    inference bills a stream stopped before its usage by (`estimate_prompt_tokens` of
+    the client's `body`, a token for each content delta the client got), never 0 tokens."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self._body = body
+        self.deltas = 0
+        self.given: TokenUsage | None = None
+
+    def count(self, events: list[dict[str, Any]], delta_types: tuple[str, ...]) -> None:
+        """Count the content deltas among the client's `events`."""
+        self.deltas += sum(1 for event in events if event.get("type") in delta_types)
+
+    def usage(self) -> TokenUsage:
+        """The estimate, as given to the client (and kept for `usage()`)."""
+        self.given = TokenUsage(
+            input_tokens=estimate_prompt_tokens(self._body), output_tokens=self.deltas
+        )
+        return self.given
+
+
+# The Messages events that are content deltas, as `MessageAccumulator` counts them.
+_MESSAGES_DELTAS = ("content_block_delta",)
+# The Responses events that are content deltas.
+_RESPONSES_DELTAS = (
+    "response.output_text.delta",
+    "response.refusal.delta",
+    "response.function_call_arguments.delta",
+    "response.reasoning_summary_text.delta",
+    "response.reasoning_text.delta",
+)
+
+
 class _MessagesFromChatStream:
     """Chat Completions upstream chunks -> Anthropic events."""
 
-    def __init__(self, model: str, tool_ids: AnthropicToolIds, thinking: bool) -> None:
+    def __init__(
+        self, model: str, tool_ids: AnthropicToolIds, thinking: bool, body: dict[str, Any]
+    ) -> None:
         self._converter = ChatChunksToMessageEvents(model, tool_ids, thinking=thinking)
         self._usage = TokenUsage()
+        self._estimate = _UsageEstimate(body)
 
     def feed(self, sse: SSE) -> list[StreamEvent]:
         usage = sse.data.get("usage")
         if isinstance(usage, dict):
             self._usage = openai_usage(usage)
-        return [_event(e["type"], e) for e in self._converter.feed(sse.data)]
+        events = self._converter.feed(sse.data)
+        self._estimate.count(events, _MESSAGES_DELTAS)
+        return [_event(e["type"], e) for e in events]
 
     def finish(self) -> list[StreamEvent]:
-        return [_event(e["type"], e) for e in self._converter.finish()]
+        events = self._converter.finish()
+        if not self._usage.total_tokens:
+            self._estimate.count(events, _MESSAGES_DELTAS)  # a thinking block's signature
+            estimate = self._estimate.usage()
+            for event in events:
+                if event["type"] == "message_delta":
+                    event["usage"] = messages_usage_from_chat(
+                        {
+                            "prompt_tokens": estimate.input_tokens,
+                            "completion_tokens": estimate.output_tokens,
+                        }
+                    )
+        return [_event(e["type"], e) for e in events]
 
     def usage(self) -> TokenUsage:
+        if not self._usage.total_tokens and self._estimate.given is not None:
+            return self._estimate.given
         return self._usage
 
 
@@ -533,7 +593,7 @@ class MessagesViaChat(MessagesPassThrough):
 
     @override
     def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
-        return _MessagesFromChatStream(model, AnthropicToolIds(self._taken), self._thinking)
+        return _MessagesFromChatStream(model, AnthropicToolIds(self._taken), self._thinking, body)
 
 
 class _NotStreamed(Adapter):
@@ -830,19 +890,36 @@ class _ResponsesFromChatStream:
 
     def __init__(self, ctx: ResponseContext) -> None:
         self._usage = TokenUsage()
+        self._estimate = _UsageEstimate(ctx.body)
         self._converter = ChatChunksToResponseEvents(ctx, lambda: self._usage)
 
     def feed(self, sse: SSE) -> list[StreamEvent]:
         usage = sse.data.get("usage")
         if isinstance(usage, dict):
             self._usage = openai_usage(usage)
-        return [_event(e["type"], e) for e in self._converter.feed(sse.data)]
+        events = self._converter.feed(sse.data)
+        self._estimate.count(events, _RESPONSES_DELTAS)
+        return [_event(e["type"], e) for e in events]
 
     def finish(self) -> list[StreamEvent]:
-        return [_event(e["type"], e) for e in self._converter.finish()]
+        events = self._converter.finish()
+        if not self._usage.total_tokens:
+            self._estimate.count(events, _RESPONSES_DELTAS)  # text and calls held till now
+            estimate = usage_object(self._estimate.usage())
+            for event in events:
+                response = event.get("response")
+                if event["type"] in _RESPONSE_ENDS and isinstance(response, dict):
+                    response["usage"] = estimate
+        return [_event(e["type"], e) for e in events]
 
     def usage(self) -> TokenUsage:
+        if not self._usage.total_tokens and self._estimate.given is not None:
+            return self._estimate.given
         return self._usage
+
+
+# The events that end a Responses stream with the response and its usage.
+_RESPONSE_ENDS = ("response.completed", "response.incomplete")
 
 
 class _ResponsesFromMessagesStream:

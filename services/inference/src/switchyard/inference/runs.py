@@ -4,52 +4,20 @@ the one in flight included (what a cancelled or expired request is billed)."""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from switchyard.common.events import ChatRequested, TokenUsage, new_id, utcnow
 from switchyard.common.routing import Deployment
 from switchyard.inference.adapters import Accumulator, StreamTranslation
 from switchyard.inference.publishing import ChunkPublisher
-from switchyard.inference.usage import add_usage
+from switchyard.inference.usage import add_usage, estimate_prompt_tokens
 
 
 def seconds_until(deadline: datetime) -> float:
     """Seconds from now until `deadline` (an aware UTC datetime); negative once it passed."""
     return (deadline - utcnow()).total_seconds()
-
-
-def _text_length(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(
-            len(part["text"])
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
-    return 0
-
-
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """A rough prompt size (4 characters a token, plus a few per message), for calls
-    stopped before the upstream reported usage."""
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        chars = sum(_text_length(m.get("content")) for m in messages if isinstance(m, dict))
-        chars += _text_length(body.get("system"))
-        return math.ceil(chars / 4) + 3 * len(messages)
-    embedding_input = body.get("input")
-    if isinstance(embedding_input, str):
-        return math.ceil(len(embedding_input) / 4)
-    if isinstance(embedding_input, list):
-        return sum(
-            math.ceil(len(item) / 4) if isinstance(item, str) else 1 for item in embedding_input
-        )
-    return 0
 
 
 @dataclass

@@ -17,6 +17,7 @@ included; cache reads and writes and reasoning tokens are parts of input and out
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from switchyard.common.events import MAX_TOKEN_COUNT, TokenUsage
@@ -101,3 +102,49 @@ def responses_usage(usage: Any) -> TokenUsage:
         cache_creation_input_tokens=_detail(usage, "input_tokens_details", "cache_write_tokens"),
         reasoning_tokens=min(output, _detail(usage, "output_tokens_details", "reasoning_tokens")),
     )
+
+
+def _text_length(content: Any) -> int:
+    """Characters of a message's `content` (a string, or parts with `text`)."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(
+            len(part["text"])
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return 0
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """A rough prompt size of a client's request `body` (4 characters a token, plus a few
+    per message or item), for a call the upstream reported no usage of (stopped before
+    it, or a server that ignores `stream_options.include_usage`): Chat Completions' and
+    Anthropic's `messages` and `system`, the Responses API's `instructions` and `input`
+    items, embeddings' `input` (strings, or token ids counted one each)."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        chars = sum(_text_length(m.get("content")) for m in messages if isinstance(m, dict))
+        chars += _text_length(body.get("system"))
+        return math.ceil(chars / 4) + 3 * len(messages)
+    given = body.get("input")
+    chars = _text_length(body.get("instructions"))
+    if isinstance(given, str):
+        return math.ceil((len(given) + chars) / 4)
+    if not isinstance(given, list):
+        return math.ceil(chars / 4)
+    tokens = 0
+    for item in given:
+        if isinstance(item, str):
+            tokens += math.ceil(len(item) / 4)
+        elif isinstance(item, list):  # an embedding input of token ids
+            tokens += len(item)
+        elif isinstance(item, dict):  # a Responses item: a message, a call or its output
+            chars += _text_length(item.get("content")) + _text_length(item.get("output"))
+            arguments = item.get("arguments")
+            chars += len(arguments) if isinstance(arguments, str) else 0
+            tokens += 3
+        else:  # a token id
+            tokens += 1
+    return tokens + math.ceil(chars / 4)

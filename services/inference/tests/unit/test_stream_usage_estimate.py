@@ -1,0 +1,93 @@
+"""A translated stream whose upstream reports no usage (a server that ignores
+`stream_options.include_usage`): the client is told the estimate it is billed by, never
+0 tokens. An Anthropic client's `message_delta.usage` said 0 in and 0 out (Claude Code
+tracks its context by it) while the usage record billed an estimate; a Responses
+client's `response.completed` did the same."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from switchyard.common.events import ChatCompleted, ClientAPI
+from switchyard.common.routing import Deployment
+from switchyard.inference.testing import Scripted, chat_request
+from switchyard.inference.usage import estimate_prompt_tokens
+
+from .test_translate import openai_chunk
+
+PROMPT = "What is the weather in Paris today? " * 20
+
+
+def _upstream(*, usage: bool) -> list[tuple[str | None, Any]]:
+    chunks = [
+        openai_chunk({"role": "assistant", "content": ""}),
+        *(openai_chunk({"content": piece}) for piece in ("Sunny", " and", " mild", ".")),
+        openai_chunk({}, "stop"),
+    ]
+    if usage:
+        chunks.append(
+            openai_chunk(
+                None, usage={"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}
+            )
+        )
+    return [(None, chunk) for chunk in chunks] + [(None, "[DONE]")]
+
+
+def _deployment(recorder) -> Deployment:
+    return Deployment(name="gpt", provider="openai", model="gpt-x", base_url=f"{recorder.root}/v1")
+
+
+BODIES = {
+    ClientAPI.ANTHROPIC_MESSAGES: {
+        "model": "m",
+        "max_tokens": 100,
+        "stream": True,
+        "messages": [{"role": "user", "content": PROMPT}],
+    },
+    ClientAPI.OPENAI_RESPONSES: {"model": "m", "stream": True, "input": PROMPT},
+}
+
+
+def _told(api: ClientAPI, events) -> dict[str, Any]:
+    """The usage the client's stream ends with, as input and output tokens."""
+    if api is ClientAPI.ANTHROPIC_MESSAGES:
+        (delta,) = [e.data for e in events if e.event == "message_delta"]
+        usage = delta["usage"]
+        return {"input": usage["input_tokens"], "output": usage["output_tokens"]}
+    (done,) = [e.data for e in events if e.event == "response.completed"]
+    usage = done["response"]["usage"]
+    return {"input": usage["input_tokens"], "output": usage["output_tokens"]}
+
+
+@pytest.mark.parametrize("api", list(BODIES), ids=["messages", "responses"])
+async def test_a_stream_without_usage_tells_the_client_the_estimate_it_is_billed(
+    recorder, serve, api
+):
+    recorder.script(Scripted(events=_upstream(usage=False)))
+    harness = await serve(_deployment(recorder))
+    request = chat_request("m", api=api, body=BODIES[api], stream=True)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    told = _told(api, harness.stream_of(request.request_id))
+    billed = (await harness.usage_of(request.request_id)).data.usage
+    assert told == {"input": billed.input_tokens, "output": billed.output_tokens}
+    assert told["input"] == estimate_prompt_tokens(BODIES[api]) > 100
+    assert told["output"] >= 4  # a token for each piece of text at least
+    assert reply.data.usage.output_tokens == told["output"]
+
+
+@pytest.mark.parametrize("api", list(BODIES), ids=["messages", "responses"])
+async def test_a_stream_with_usage_tells_what_the_upstream_reported(recorder, serve, api):
+    recorder.script(Scripted(events=_upstream(usage=True)))
+    harness = await serve(_deployment(recorder))
+    request = chat_request("m", api=api, body=BODIES[api], stream=True)
+
+    await harness.handle(request)
+
+    assert _told(api, harness.stream_of(request.request_id)) == {"input": 7, "output": 4}
+    billed = (await harness.usage_of(request.request_id)).data.usage
+    assert (billed.input_tokens, billed.output_tokens) == (7, 4)
