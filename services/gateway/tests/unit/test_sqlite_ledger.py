@@ -7,6 +7,7 @@ file never holds a grant past its bound."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -150,7 +151,10 @@ async def test_readiness_fails_while_the_ledger_database_is_not_migrated(
         behind = await gw.client.get("/readyz")
         assert behind.status_code == 503
         assert behind.json()["checks"]["limit_store"] is False
-        upgrade(str(MIGRATIONS_DIR), url, VERSION_TABLE)
+        # In a thread, as an operator's `switchyard db upgrade` runs beside the gateway:
+        # on the gateway's own loop, a ledger connection holding the file's lock could
+        # not finish while the migration waited for it ("database is locked").
+        await asyncio.to_thread(upgrade, str(MIGRATIONS_DIR), url, VERSION_TABLE)
         ready = await gw.client.get("/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"]["limit_store"] is True
