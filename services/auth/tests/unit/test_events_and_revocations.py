@@ -345,3 +345,24 @@ def test_allowed_models_and_sid_claims_round_trip() -> None:
     assert claims.session_id == "family-1" and claims.allowed_models == ["gpt-4o"]
     plain = issuer.verify(issuer.issue(user_id="u", tenant="t", role="m", scopes=[]).token)
     assert plain.session_id is None and plain.allowed_models is None
+
+
+async def test_a_body_without_the_internal_token_is_refused_before_it_is_read(auth_app) -> None:
+    # A caller without the token must not make auth decode its JSON first (as FastAPI
+    # does before the route's dependencies): answered 401 at once.
+    read: list[bool] = []
+
+    async def body():
+        read.append(True)
+        yield b"[" * 50_000
+
+    refused = await auth_app.client.post("/internal/v1/api-keys/lookup", content=body())
+    assert refused.status_code == 401
+    assert refused.json()["error"]["message"] == "internal token required"
+    assert not read
+    judged = await auth_app.client.post(
+        "/internal/v1/api-keys/lookup",
+        content=b"{bad",
+        headers={"x-switchyard-internal-token": auth_app.settings.internal_token},
+    )
+    assert judged.status_code == 400

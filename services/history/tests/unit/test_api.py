@@ -405,3 +405,31 @@ async def test_a_request_read_right_after_its_answer_is_already_completed(servic
         )
         assert response.status_code == 200
         assert response.json()["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/replays", "/v1/jobs/x/cancel", "/internal/v1/idempotency/claim"]
+)
+async def test_a_body_without_the_internal_token_is_refused_before_it_is_read(service, path):
+    # FastAPI decodes a JSON body before the route's dependencies: a caller without the
+    # token made history decode megabytes of JSON for each 401 (seconds of the loop the
+    # gateway's reads wait on). It is answered first now, whatever the body.
+    headers = service.headers()
+    del headers["x-switchyard-internal-token"]
+    read: list[bool] = []
+
+    async def body():
+        read.append(True)
+        yield b"{" * 50_000
+
+    refused = await service.client.post(path, headers=headers, content=body())
+    wrong = await service.client.post(
+        path, headers=headers | {"x-switchyard-internal-token": "guess"}, content=b"{bad"
+    )
+    judged = await service.client.post(path, headers=service.headers(), content=b"{bad")
+
+    for response in (refused, wrong):
+        assert response.status_code == 401, response.text
+        assert response.json()["error"]["message"] == "internal token required"
+    assert not read
+    assert judged.status_code in (400, 404)  # with the token, the request itself is judged

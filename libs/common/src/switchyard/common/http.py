@@ -18,6 +18,7 @@ from fastapi.telemetry import TelemetryConfig
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from switchyard.common.errors import APIError, error_response
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 from switchyard.common.httpserver import PROTOCOL_PATH
 
@@ -82,6 +83,34 @@ def internal_token_dependency(expected: str) -> Callable[[str | None], Awaitable
             raise HTTPException(status_code=401, detail="internal token required")
 
     return require_internal_token
+
+
+class InternalTokenFirst:
+    """Refuse a request to a path under one of `prefixes` (history's `/v1/` API, the
+    `/internal/` routes of every service) without the shared internal token before its
+    body is read: FastAPI decodes a JSON body before it solves the route's dependencies,
+    so a caller without the token could make a service decode megabytes of JSON for each
+    401 it gets (seconds of the loop that answers the gateway). The answer is the one the
+    route's own `internal_token_dependency` gives, in OpenAI's error format
+    (`install_error_handlers`): 401 "internal token required". The routes keep that
+    dependency; this only answers first."""
+
+    def __init__(self, app: ASGIApp, token: str, prefixes: tuple[str, ...]) -> None:
+        self.app = app
+        self._expected = token.encode()
+        self._prefixes = prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point: answer 401 at once for a request under the prefixes without
+        the token; pass everything else through."""
+        if scope["type"] == "http" and scope["path"].startswith(self._prefixes):
+            name = INTERNAL_TOKEN_HEADER.lower().encode()
+            given = next((value for key, value in scope["headers"] if key == name), None)
+            if given is None or not hmac.compare_digest(given, self._expected):
+                response = error_response(APIError(401, "internal token required"))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 # A path no route serves: matching it against a router tries every route there is.

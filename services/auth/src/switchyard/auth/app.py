@@ -34,6 +34,7 @@ from switchyard.common.http import (
     FASTAPI_TELEMETRY,
     ClientDisconnectGuard,
     HeadAsGet,
+    InternalTokenFirst,
     TracingMiddleware,
     health_router,
 )
@@ -148,6 +149,9 @@ def create_app(
     app.include_router(limits.router)
     app.include_router(internal_router(settings.internal_token))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # A caller of the service-to-service API without the internal token is answered
+    # before its body is read (InternalTokenFirst).
+    app.add_middleware(InternalTokenFirst, token=settings.internal_token, prefixes=("/internal/",))
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(TracingMiddleware)
     app.add_middleware(HeadAsGet)

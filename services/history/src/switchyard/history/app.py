@@ -32,6 +32,7 @@ from switchyard.common.http import (
     FASTAPI_TELEMETRY,
     ClientDisconnectGuard,
     HeadAsGet,
+    InternalTokenFirst,
     TracingMiddleware,
     health_router,
 )
@@ -269,6 +270,11 @@ def create_app(
         idempotency_router(settings.internal_token, settings.idempotency_max_body_bytes)
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Every API route takes the internal token: a caller without it is answered before
+    # its body is read (InternalTokenFirst).
+    app.add_middleware(
+        InternalTokenFirst, token=settings.internal_token, prefixes=("/v1/", "/internal/")
+    )
     # Outermost, so the server span covers everything else the request goes through.
     app.add_middleware(TracingMiddleware)
     app.add_middleware(HeadAsGet)

@@ -29,7 +29,7 @@ _HISTORY_EVENTS = uuid.UUID("1b1f3c5e-5d0e-4a8e-9a43-6c1e2b9b1f00")
 # began to run it (`chat.started`, recorded as `started_at`).
 
 
-def derived_event_id(kind: str, request_id: str) -> str:
+def history_event_id(kind: str, request_id: str) -> str:
     """A deterministic event id (hex UUIDv5) for the event of `kind` history derives for a request,
     so publishing it again is recorded once."""
     return uuid.uuid5(_HISTORY_EVENTS, f"{kind}:{request_id}").hex
@@ -37,7 +37,7 @@ def derived_event_id(kind: str, request_id: str) -> str:
 
 def expiry_event_id(request_id: str) -> str:
     """The id of the `chat.failed` (expired) event history publishes for an overdue request."""
-    return derived_event_id("expired", request_id)
+    return history_event_id("expired", request_id)
 
 
 def job_status(row: dict[str, Any]) -> str:
@@ -52,7 +52,7 @@ def cancellation_event(tenant: str, request_id: str, user_id: str) -> ChatFailed
     """The `chat.failed` event (status `cancelled`, HTTP 408 `job_cancelled`) recording that
     `user_id` cancelled the request."""
     return ChatFailed(
-        id=derived_event_id("cancelled", request_id),
+        id=history_event_id("cancelled", request_id),
         source="history",
         tenant=tenant,
         request_id=request_id,
