@@ -27,7 +27,7 @@ from switchyard.common.bus import EventBus, RetryPolicy, Subscription, enter_bus
 from switchyard.common.bus.retrying import RetriedSubscriptions
 from switchyard.common.docs import ApiDocs, install_docs
 from switchyard.common.errors import install_error_handlers
-from switchyard.common.events import ChatChunk
+from switchyard.common.events import CancelRequestData, ChatCancelRequested, ChatChunk
 from switchyard.common.http import (
     FASTAPI_TELEMETRY,
     ClientDisconnectGuard,
@@ -165,6 +165,21 @@ def create_app(
                 return consumer.consuming() and await event_bus.caught_up(settings.group, consumed)
 
             components.sweeper.caught_up = caught_up
+
+            async def cancel_request(tenant: str, request_id: str) -> None:
+                # As the gateway tells inference of a caller's cancellation.
+                await event_bus.publish(
+                    topics.control,
+                    ChatCancelRequested(
+                        source="history",
+                        tenant=tenant,
+                        request_id=request_id,
+                        data=CancelRequestData(reason="credentials_revoked"),
+                    ),
+                    key=request_id,
+                )
+
+            components.sweeper.cancel_request = cancel_request
 
             async def read_barrier() -> bool:
                 # A read often wants what was just answered (a chained Responses turn, a

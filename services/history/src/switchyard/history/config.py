@@ -97,7 +97,11 @@ class Settings(ServiceSettings):
         description="A request still pending this long after its deadline is marked expired.",
     )
     sweep_interval_s: float = Field(
-        default=5.0, gt=0, le=HOUR_S, description="How often expired requests are looked for."
+        default=5.0,
+        gt=0,
+        le=HOUR_S,
+        description="How often expired requests, and the unfinished jobs of revoked "
+        "keys and disabled users, are looked for.",
     )
     retention_days: int | None = Field(
         default=None,

@@ -43,6 +43,7 @@ from switchyard.history.models import (
     webhooks_table,
 )
 from switchyard.history.queries import AnySelect
+from switchyard.history.revoked_work import CancelRequest, cancel_revoked_work
 from switchyard.history.tenants import TenantSettingsStore
 
 log = structlog.get_logger("switchyard.history.sweeper")
@@ -255,6 +256,8 @@ class Sweeper:
         self.purge_interval_s = purge_interval_s
         self.rollup_settle = rollup_settle
         self.caught_up = caught_up
+        # Tells inference to skip or stop a cancelled request (set once the bus runs).
+        self.cancel_request: CancelRequest | None = None
         self._last_purge = float("-inf")
 
     async def recorded_up_to(self) -> datetime | None:
@@ -286,6 +289,11 @@ class Sweeper:
             await self._step(
                 "expiry", expire_overdue(self.engine, self.recorder, self.grace, now=recorded)
             )
+        # Queued jobs of a key revoked, or a user disabled, since they were accepted.
+        await self._step(
+            "revoked credentials",
+            cancel_revoked_work(self.engine, self.recorder, self.cancel_request),
+        )
         # Cache hits whose source's cost is now recorded get their hours marked first, so
         # this round's refresh (or a later one, once the marks are quiet) counts it.
         await self._step("cache hits", resolve_pending_hits(self.engine))
