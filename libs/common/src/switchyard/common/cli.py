@@ -13,12 +13,15 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from switchyard.common.plugins import ServicePlugin, discover, discover_commands
 from switchyard.common.text import columns, terminal_safe
+
+if TYPE_CHECKING:
+    from switchyard.common.settings import ServiceSettings
 
 app = typer.Typer(
     name="switchyard",
@@ -287,10 +290,9 @@ def topics_create(
 ) -> None:
     """Create every Switchyard topic that does not exist yet."""
     from switchyard.common.kafka_admin import create_topics
-    from switchyard.common.settings import ServiceSettings
     from switchyard.common.topics import Topics
 
-    settings = ServiceSettings()
+    settings = _kafka_settings()
     _require_named_broker(settings, "topics create")
     with _kafka_errors(settings.kafka_bootstrap_servers, "cannot create topics"):
         created = asyncio.run(
@@ -313,9 +315,8 @@ def topics_list(
 ) -> None:
     """List Switchyard topics and their partition counts, under a header row."""
     from switchyard.common.kafka_admin import list_topics
-    from switchyard.common.settings import ServiceSettings
 
-    settings = ServiceSettings()
+    settings = _kafka_settings()
     _require_named_broker(settings, "topics list")
     with _kafka_errors(settings.kafka_bootstrap_servers, "cannot list topics"):
         counts = asyncio.run(list_topics(settings.kafka_bootstrap_servers, settings.topic_prefix))
@@ -403,7 +404,6 @@ def _dead_letters(
 
     from switchyard.common.deadletter import DeadLetterError, read_dead_letters
     from switchyard.common.logging import configure_logging
-    from switchyard.common.settings import ServiceSettings
     from switchyard.common.topics import Topics
 
     # Standard output is the command's answer (`--json` is read by programs): the bus's
@@ -412,7 +412,7 @@ def _dead_letters(
     # The one-line error below says what failed; aiokafka's own connection warnings
     # would only repeat it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    settings = ServiceSettings()
+    settings = _kafka_settings()
     _require_named_broker(settings, "deadletter")
     topics = Topics(settings.topic_prefix)
     if topic is not None and not topic.startswith(f"{topics.prefix}."):
@@ -435,6 +435,17 @@ def _dead_letters(
         )
         raise typer.Exit(1) from None
     return settings, letters, topic, group
+
+
+def _kafka_settings() -> "ServiceSettings":
+    """The settings of a command that talks to Kafka, its connection security applied to
+    every client it makes. Raises ConfigurationError for unusable security settings."""
+    from switchyard.common import kafka_security as security
+    from switchyard.common.settings import ServiceSettings, kafka_security
+
+    settings = ServiceSettings()
+    security.use(kafka_security(settings))
+    return settings
 
 
 def _one_line(reason: str, width: int = 200) -> str:

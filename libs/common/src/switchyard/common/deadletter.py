@@ -46,6 +46,7 @@ from switchyard.common.bus.kafka import (
     unescape_deadletter_header,
 )
 from switchyard.common.kafka_admin import partition_count
+from switchyard.common.kafka_security import client_options
 from switchyard.common.topics import TOPIC_SPECS, Topics
 
 log = structlog.get_logger("switchyard.common.deadletter")
@@ -287,6 +288,7 @@ async def read_dead_letters(
     if partitions is None:
         raise DeadLetterError(f"topic {topic} does not exist on {bootstrap_servers}")
     consumer = AIOKafkaConsumer(
+        **client_options(),
         bootstrap_servers=bootstrap_servers,
         client_id="switchyard-deadletter",
         group_id=None,

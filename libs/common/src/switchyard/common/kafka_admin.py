@@ -10,6 +10,7 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from switchyard.common.kafka_security import client_options
 from switchyard.common.settings import DEFAULT_KAFKA_MAX_MESSAGE_BYTES
 from switchyard.common.topics import Topics
 
@@ -27,7 +28,7 @@ async def create_topics(
     """Create missing topics; return the names created. Existing topics are left alone.
     `max_message_bytes` sets each new topic's `max.message.bytes` (Kafka's default is
     about 1 MB, less than a model request may be)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -81,7 +82,7 @@ async def _wait_for_leaders(
 
 async def list_topics(bootstrap_servers: str, prefix: str) -> dict[str, int]:
     """Topics under `prefix` and their partition counts."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options())
     await admin.start()
     try:
         names = [name for name in await admin.list_topics() if name.startswith(prefix + ".")]
@@ -93,7 +94,7 @@ async def list_topics(bootstrap_servers: str, prefix: str) -> dict[str, int]:
 
 async def partition_count(bootstrap_servers: str, topic: str) -> int | None:
     """How many partitions `topic` has on the cluster, or None when it does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options())
     try:
         await admin.start()
         if topic not in await admin.list_topics():
@@ -107,7 +108,7 @@ async def partition_count(bootstrap_servers: str, topic: str) -> int | None:
 async def delete_topics(bootstrap_servers: str, names: list[str]) -> None:
     """Delete the topics in `names` that exist on the cluster at `bootstrap_servers`
     (a comma-separated host:port list); names that do not exist are skipped."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -11,7 +11,7 @@ import ipaddress
 import secrets
 import socket
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -65,6 +65,10 @@ def check_internal_token_for(host: str, internal_token: str) -> None:
             "SWITCHYARD_INTERNAL_TOKEN to a random value shared by every service (e.g. "
             "`openssl rand -hex 32`), or listen on 127.0.0.1"
         )
+
+
+if TYPE_CHECKING:
+    from switchyard.common.kafka_security import KafkaSecurity
 
 
 class Environment(StrEnum):
@@ -238,6 +242,44 @@ class ServiceSettings(CheckedSettings):
         "poll comes back empty and on every rebalance and shutdown. A crash redelivers up to "
         "this much more of what was already handled (answered again from its reply partition).",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        validation_alias=env("SWITCHYARD_KAFKA_SECURITY_PROTOCOL"),
+        description="How every Kafka client connects (Kafka's `security.protocol`): "
+        "SASL_SSL for managed Kafka (Confluent Cloud, Amazon MSK, Aiven).",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN",
+        validation_alias=env("SWITCHYARD_KAFKA_SASL_MECHANISM"),
+        description="The SASL mechanism of SASL_PLAINTEXT and SASL_SSL.",
+    )
+    kafka_sasl_username: str = Field(
+        default="",
+        validation_alias=env("SWITCHYARD_KAFKA_SASL_USERNAME"),
+        description="The SASL username (required by the SASL protocols).",
+    )
+    kafka_sasl_password: str = Field(
+        default="",
+        validation_alias=env("SWITCHYARD_KAFKA_SASL_PASSWORD"),
+        description="The SASL password (required by the SASL protocols).",
+        repr=False,
+    )
+    kafka_ssl_cafile: str = Field(
+        default="",
+        validation_alias=env("SWITCHYARD_KAFKA_SSL_CAFILE"),
+        description="PEM file of the CA the broker's certificate is verified by (SSL, "
+        "SASL_SSL); empty: the system's CAs.",
+    )
+    kafka_ssl_certfile: str = Field(
+        default="",
+        validation_alias=env("SWITCHYARD_KAFKA_SSL_CERTFILE"),
+        description="PEM client certificate for brokers that require one (with the key).",
+    )
+    kafka_ssl_keyfile: str = Field(
+        default="",
+        validation_alias=env("SWITCHYARD_KAFKA_SSL_KEYFILE"),
+        description="PEM private key of the client certificate.",
+    )
     topic_prefix: str = Field(
         validation_alias=env("SWITCHYARD_TOPIC_PREFIX"),
         default="switchyard",
@@ -309,3 +351,22 @@ class ServiceSettings(CheckedSettings):
                 value = "***"
             masked[name] = value
         return masked
+
+
+def kafka_security(settings: ServiceSettings) -> KafkaSecurity:
+    """The Kafka connection security `settings` name. Raises ConfigurationError for a SASL
+    protocol without credentials, or a client certificate without its key."""
+    from switchyard.common.kafka_security import KafkaSecurity
+
+    try:
+        return KafkaSecurity(
+            protocol=settings.kafka_security_protocol,
+            mechanism=settings.kafka_sasl_mechanism,
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password,
+            cafile=settings.kafka_ssl_cafile,
+            certfile=settings.kafka_ssl_certfile,
+            keyfile=settings.kafka_ssl_keyfile,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None

@@ -69,6 +69,7 @@ from switchyard.common.events import (
     decode_event,
     encode_event,
 )
+from switchyard.common.kafka_security import client_options
 from switchyard.common.tasks import cancel_and_wait
 
 _CHUNK = b"chat.chunk"
@@ -488,6 +489,7 @@ class KafkaReplyLog(OutcomeLog):
         from aiokafka import AIOKafkaConsumer
 
         return AIOKafkaConsumer(
+            **client_options(),
             bootstrap_servers=self.bootstrap_servers,
             client_id=self.client_id,
             group_id=None,

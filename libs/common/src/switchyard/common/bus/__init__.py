@@ -55,8 +55,11 @@ def create_bus(settings: ServiceSettings, client_id: str) -> EventBus:
     """The bus the settings ask for. Kafka is imported only when used."""
     topics = Topics(settings.topic_prefix)
     if settings.bus == "kafka":
+        from switchyard.common import kafka_security as security
         from switchyard.common.bus.kafka import KafkaBus
+        from switchyard.common.settings import kafka_security
 
+        security.use(kafka_security(settings))
         return KafkaBus(
             settings.kafka_bootstrap_servers,
             client_id=client_id,

@@ -90,6 +90,7 @@ from switchyard.common.events import (
     EventDecodeError,
     decode_event_off_loop,
 )
+from switchyard.common.kafka_security import client_options
 from switchyard.common.settings import DEFAULT_KAFKA_MAX_MESSAGE_BYTES
 from switchyard.common.tasks import cancel_and_wait
 
@@ -347,6 +348,7 @@ class KafkaBus(EventBus):
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
+            **client_options(),
             bootstrap_servers=self.bootstrap_servers,
             client_id=self.client_id,
             enable_idempotence=True,
@@ -828,7 +830,9 @@ class KafkaBus(EventBus):
     ) -> dict[TopicPartition, OffsetAndMetadata]:
         if self._offsets_admin is None:
             admin = AIOKafkaAdminClient(
-                bootstrap_servers=self.bootstrap_servers, client_id=f"{self.client_id}-offsets"
+                **client_options(),
+                bootstrap_servers=self.bootstrap_servers,
+                client_id=f"{self.client_id}-offsets",
             )
             try:
                 await admin.start()
@@ -866,6 +870,7 @@ class KafkaBus(EventBus):
     def _consumer(self, *topics: str, group: str | None, **options: Any) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
             *topics,
+            **client_options(),
             bootstrap_servers=self.bootstrap_servers,
             client_id=self.client_id,
             group_id=group,
