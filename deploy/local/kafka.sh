@@ -15,6 +15,9 @@ set -euo pipefail
 
 KAFKA_PORT=${KAFKA_PORT:-9092}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+# A second listener taking SASL/PLAIN (user `switchyard`, password `switchyard-sasl`), so
+# the services' SASL settings are tried against a real broker; empty: none.
+KAFKA_SASL_PORT=${KAFKA_SASL_PORT-9094}
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}
 KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
 KAFKA_STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
@@ -139,15 +142,24 @@ share.coordinator.state.topic.min.isr=1"
     # Rewritten on every start so port changes take effect. A static voter
     # list (controller.quorum.voters) keeps "format" free of --standalone and
     # works the same on 3.9 and 4.x.
+    local sasl_listener="" sasl_advertised="" sasl_config=""
+    if [ -n "$KAFKA_SASL_PORT" ]; then
+        sasl_listener=",SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
+        sasl_advertised=$sasl_listener
+        sasl_config="sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_switchyard=\"switchyard-sasl\";"
+    fi
     cat >"$STATE_DIR/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT$sasl_listener,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT$sasl_advertised
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+$sasl_config
 log.dirs=$STATE_DIR/data
 num.partitions=3
 default.replication.factor=1

@@ -58,6 +58,7 @@ class Broker:
             **os.environ,
             "KAFKA_PORT": str(self.port),
             "KAFKA_CONTROLLER_PORT": str(self.controller_port),
+            "KAFKA_SASL_PORT": "",  # the SASL listener is the shared broker's only
             "SWITCHYARD_STATE_DIR": str(state_root),
             "KAFKA_HEAP_OPTS": "-Xms256m -Xmx768m",
             "KAFKA_START_TIMEOUT": "240",
