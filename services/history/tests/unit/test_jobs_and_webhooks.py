@@ -276,6 +276,8 @@ async def test_webhook_is_signed_and_verifiable_by_the_receiver(
     assert payload["type"] == "job.completed"
     assert payload["id"] == headers["Switchyard-Webhook-Id"] == f"whd_{job.request_id}"
     assert payload["data"]["id"] == job.request_id
+    # Signed with the address it was made for, which a receiver checks is its own.
+    assert payload["data"]["webhook"] == {"url": hook.url}
     assert payload["data"]["result"]["choices"][0]["message"]["content"] == "Forty-two"
     # The helper agrees, and refuses tampering, other secrets and replays of old requests.
     verify_signature(secret, body, headers)

@@ -352,7 +352,10 @@ class WebhookDispatcher:
                     "id": delivery_id,
                     "type": event_type,
                     "created_at": isoformat_z(datetime.now(UTC)),
-                    "data": {**job, "webhook": None},
+                    # The address this delivery was made for, signed with it: a receiver
+                    # refuses one made for another (the secret is the tenant's, so any
+                    # member could send one made for their own receiver elsewhere).
+                    "data": {**job, "webhook": {"url": row["webhook_url"]}},
                 }
             )
             check_target_url(row["webhook_url"])
