@@ -51,20 +51,28 @@ def job_status(row: dict[str, Any]) -> str:
 def cancellation_event(tenant: str, request_id: str, user_id: str) -> ChatFailed:
     """The `chat.failed` event (status `cancelled`, HTTP 408 `job_cancelled`) recording that
     `user_id` cancelled the request."""
+    return cancelled_event(
+        tenant,
+        request_id,
+        ErrorInfo(
+            status=408,
+            type="request_cancelled",
+            code="job_cancelled",
+            message=f"The job was cancelled by {user_id} before it finished.",
+        ),
+    )
+
+
+def cancelled_event(tenant: str, request_id: str, error: ErrorInfo) -> ChatFailed:
+    """The `chat.failed` event (status `cancelled`) history records for a request it
+    cancelled, with the `error` its caller sees. One id per request, whoever cancelled
+    it, so a request is cancelled once."""
     return ChatFailed(
         id=history_event_id("cancelled", request_id),
         source="history",
         tenant=tenant,
         request_id=request_id,
-        data=ChatFailedData(
-            status=TerminalStatus.CANCELLED,
-            error=ErrorInfo(
-                status=408,
-                type="request_cancelled",
-                code="job_cancelled",
-                message=f"The job was cancelled by {user_id} before it finished.",
-            ),
-        ),
+        data=ChatFailedData(status=TerminalStatus.CANCELLED, error=error),
     )
 
 

@@ -26,13 +26,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.events import (
     ChatFailed,
-    ChatFailedData,
     ErrorInfo,
     Event,
-    TerminalStatus,
 )
 from switchyard.history.handlers import EventRecorder
-from switchyard.history.jobs import history_event_id
+from switchyard.history.jobs import cancelled_event
 from switchyard.history.models import (
     CREDENTIAL_CHANGE_TYPES,
     RequestStatus,
@@ -49,22 +47,6 @@ WINDOW = timedelta(days=7)
 
 # Tells inference to skip or stop a request: (tenant, request id).
 CancelRequest = Callable[[str, str], Awaitable[None]]
-
-
-def revocation_event(tenant: str, request_id: str, code: str, message: str) -> ChatFailed:
-    """The `chat.failed` (status `cancelled`, HTTP 403 `code`) recording that a request was
-    cancelled because its credential may no longer run it. Its id is the one a caller's
-    cancellation would have, so the request is cancelled once."""
-    return ChatFailed(
-        id=history_event_id("cancelled", request_id),
-        source="history",
-        tenant=tenant,
-        request_id=request_id,
-        data=ChatFailedData(
-            status=TerminalStatus.CANCELLED,
-            error=ErrorInfo(status=403, type="permission_error", code=code, message=message),
-        ),
-    )
 
 
 async def _revoked(
@@ -130,7 +112,8 @@ async def cancel_revoked_work(
         else:
             continue
         message = f"The job was cancelled before it finished: {why[1]}"
-        cancelled.append(revocation_event(tenant, request_id, why[0], message))
+        error = ErrorInfo(status=403, type="permission_error", code=why[0], message=message)
+        cancelled.append(cancelled_event(tenant, request_id, error))
     if not cancelled:
         return 0
     await recorder.record(list[Event](cancelled))
