@@ -305,6 +305,24 @@ async def test_admissions_need_the_internal_token(gw: GatewayUnderTest) -> None:
     assert response.status_code == 401
 
 
+async def test_a_body_without_the_internal_token_is_refused_before_it_is_read(
+    gw: GatewayUnderTest,
+) -> None:
+    # On the gateway's public port: a caller without the token must not make it decode
+    # JSON first (as FastAPI does before a route's dependencies).
+    read: list[bool] = []
+
+    async def body():
+        read.append(True)
+        yield b"[" * 50_000
+
+    response = await gw.client.post("/internal/v1/admissions", content=body())
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "internal token required"
+    assert response.headers["x-request-id"]
+    assert not read
+
+
 async def test_a_404_that_does_not_say_what_is_missing_is_503_not_a_refusal(
     gw: GatewayUnderTest,
 ) -> None:

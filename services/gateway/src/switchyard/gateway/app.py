@@ -23,6 +23,7 @@ from switchyard.common.http import (
     FASTAPI_TELEMETRY,
     ClientDisconnectGuard,
     HeadAsGet,
+    InternalTokenFirst,
     TracingMiddleware,
     health_router,
 )
@@ -274,6 +275,9 @@ def create_app(
     # Inside the body limit: Idempotency-Key claims and replays (idempotency.py).
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(BodySizeLimit, settings=settings)
+    # The internal admissions API answers a caller without the internal token before it
+    # reads the body, as history's and auth's internal APIs do.
+    app.add_middleware(InternalTokenFirst, token=settings.internal_token, prefixes=("/internal/",))
     # Inside CORS and the request id, so that a fault's 500 carries their headers too.
     app.add_middleware(UnexpectedFaults)
     install_cors(app, settings)  # outside the refusals, so they carry CORS headers too
