@@ -27,6 +27,7 @@ from switchyard.auth.signing import (
 from switchyard.auth.tokens import TokenIssuer
 from switchyard.common.bus import BusUnavailableError, InMemoryBus
 from switchyard.common.events import MAX_JWT_LEEWAY_S, Event, SigningKeyRotated
+from switchyard.common.testing.bodies import WatchedBody
 
 TOPIC = "test.auth.events"
 
@@ -350,16 +351,12 @@ def test_allowed_models_and_sid_claims_round_trip() -> None:
 async def test_a_body_without_the_internal_token_is_refused_before_it_is_read(auth_app) -> None:
     # A caller without the token must not make auth decode its JSON first (as FastAPI
     # does before the route's dependencies): answered 401 at once.
-    read: list[bool] = []
+    body = WatchedBody()
 
-    async def body():
-        read.append(True)
-        yield b"[" * 50_000
-
-    refused = await auth_app.client.post("/internal/v1/api-keys/lookup", content=body())
+    refused = await auth_app.client.post("/internal/v1/api-keys/lookup", content=body.stream())
     assert refused.status_code == 401
     assert refused.json()["error"]["message"] == "internal token required"
-    assert not read
+    assert not body.read
     judged = await auth_app.client.post(
         "/internal/v1/api-keys/lookup",
         content=b"{bad",

@@ -22,6 +22,7 @@ from switchyard.common.events import (
     UserStatusData,
     new_id,
 )
+from switchyard.common.testing.bodies import WatchedBody
 
 from .auth_double import ApiKeyRecord, AuthDouble, GatewayUnderTest, gateway_with
 
@@ -310,17 +311,13 @@ async def test_a_body_without_the_internal_token_is_refused_before_it_is_read(
 ) -> None:
     # On the gateway's public port: a caller without the token must not make it decode
     # JSON first (as FastAPI does before a route's dependencies).
-    read: list[bool] = []
+    body = WatchedBody()
 
-    async def body():
-        read.append(True)
-        yield b"[" * 50_000
-
-    response = await gw.client.post("/internal/v1/admissions", content=body())
+    response = await gw.client.post("/internal/v1/admissions", content=body.stream())
     assert response.status_code == 401
     assert response.json()["error"]["message"] == "internal token required"
     assert response.headers["x-request-id"]
-    assert not read
+    assert not body.read
 
 
 async def test_a_404_that_does_not_say_what_is_missing_is_503_not_a_refusal(

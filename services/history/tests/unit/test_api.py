@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from switchyard.common.bus import InMemoryBus
 from switchyard.common.db import upgrade
 from switchyard.common.events import Priority
+from switchyard.common.testing.bodies import WatchedBody
 from switchyard.common.testing.infra import async_wait_until
 from switchyard.history.app import create_app
 from switchyard.history.config import MIGRATIONS_DIR, VERSION_TABLE, Settings
@@ -416,13 +417,9 @@ async def test_a_body_without_the_internal_token_is_refused_before_it_is_read(se
     # gateway's reads wait on). It is answered first now, whatever the body.
     headers = service.headers()
     del headers["x-switchyard-internal-token"]
-    read: list[bool] = []
+    body = WatchedBody()
 
-    async def body():
-        read.append(True)
-        yield b"{" * 50_000
-
-    refused = await service.client.post(path, headers=headers, content=body())
+    refused = await service.client.post(path, headers=headers, content=body.stream())
     wrong = await service.client.post(
         path, headers=headers | {"x-switchyard-internal-token": "guess"}, content=b"{bad"
     )
@@ -431,5 +428,5 @@ async def test_a_body_without_the_internal_token_is_refused_before_it_is_read(se
     for response in (refused, wrong):
         assert response.status_code == 401, response.text
         assert response.json()["error"]["message"] == "internal token required"
-    assert not read
+    assert not body.read
     assert judged.status_code in (400, 404)  # with the token, the request itself is judged
