@@ -7,7 +7,8 @@ import asyncio
 import pytest
 from starlette.datastructures import Headers
 
-from switchyard.auth.ratelimit import LoginRateLimiter, SlidingWindowLimiter
+from switchyard.auth.ratelimit import LoginRateLimiter
+from switchyard.common.sliding_window import SlidingWindowLimiter
 
 from ..conftest import running_auth
 

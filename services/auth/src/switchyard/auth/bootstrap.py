@@ -20,7 +20,7 @@ from switchyard.auth.governance import Governance
 from switchyard.auth.models import Base
 from switchyard.auth.outbox import OutboxRelay
 from switchyard.auth.passwords import PasswordHasher
-from switchyard.auth.ratelimit import LoginRateLimiter, SlidingWindowLimiter
+from switchyard.auth.ratelimit import LoginRateLimiter
 from switchyard.auth.service import AuthService
 from switchyard.auth.signing import load_signing_key, load_verification_keys
 from switchyard.auth.tokens import TokenIssuer
@@ -32,6 +32,7 @@ from switchyard.common.db import (
     probe_schema,
     session_factory,
 )
+from switchyard.common.sliding_window import SlidingWindowLimiter
 from switchyard.common.topics import Topics
 
 log = structlog.get_logger("switchyard.auth.bootstrap")

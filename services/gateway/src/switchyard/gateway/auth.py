@@ -13,6 +13,14 @@
   or refused, each bounded (least recently used out first), so a flood of random keys
   evicts only other unknown keys and never a known caller's answer (which an outage of
   auth would otherwise find gone).
+- Lookups of keys not known to be valid are limited per client address
+  (`failed_lookups`, a sliding window of failures; an IPv6 client counted per /64): an
+  address whose keys auth did not know that many times in the window gets
+  `TooManyFailedLookupsError` for any further key it would need auth for, until the
+  oldest failure leaves the window. A lookup counts as failed from its start until auth
+  vouches for the key, so keys sent at once get no more lookups than keys sent one after
+  another. Keys cached as valid, and every other address, are unaffected: a flood of
+  random keys from one client neither reaches auth nor holds up anyone else's lookup.
 - A token's claims are all required: one without `scopes` (or with a non-numeric time
   claim) is refused, never taken as "no scopes". Its user must still exist: the first
   request of a user not seen lately asks auth (`/internal/v1/users/{id}`, one call per
@@ -42,9 +50,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 import time
-from collections.abc import Callable, Coroutine, Hashable
+from collections.abc import Callable, Coroutine, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -66,6 +75,7 @@ from switchyard.common.headers import (
     TENANT_HEADER,
     USER_ID_HEADER,
 )
+from switchyard.common.sliding_window import SlidingWindowLimiter, client_key
 from switchyard.gateway.revocations import RevocationState
 
 log = structlog.get_logger("switchyard.gateway.auth")
@@ -109,6 +119,24 @@ STALE_ANSWERS = Counter(
 
 class AuthenticationError(Exception):
     """No valid credentials were presented."""
+
+
+def request_client_key(scope: Mapping[str, Any]) -> str | None:
+    """The key an ASGI request's client address is counted under (`client_key`: behind a
+    trusted proxy, the address it forwarded, as uvicorn's ProxyHeadersMiddleware set it),
+    or None when the server knows no client address (a Unix socket)."""
+    client = scope.get("client")
+    return client_key(client[0]) if client else None
+
+
+class TooManyFailedLookupsError(AuthenticationError):
+    """This client address sent too many keys auth did not know lately: a key that would
+    need a lookup is refused without one. `retry_after_s`: whole seconds until the oldest
+    counted failure leaves the window (at least 1)."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(retry_after_s)
+        self.retry_after_s = retry_after_s
 
 
 class AuthUnavailableError(Exception):
@@ -384,7 +412,8 @@ def _string_list(value: Any) -> tuple[str, ...] | None:
 class Authenticator:
     """Turns the credentials of a request (an API key or a JWT access token from auth) into a
     `Principal`, caching API key lookups (`key_ttl_s`, `negative_ttl_s`, seconds) and verified
-    tokens, and honouring revocations."""
+    tokens, and honouring revocations. `failed_lookups` (None: no limit) counts the lookups
+    of unknown keys per client key (`switchyard.common.sliding_window.client_key`)."""
 
     def __init__(
         self,
@@ -402,8 +431,10 @@ class Authenticator:
         lookup_concurrency: int = 32,
         revocations: RevocationState | None = None,
         stale_if_error_s: float = 0.0,
+        failed_lookups: SlidingWindowLimiter | None = None,
     ) -> None:
         self._client = client
+        self.failed_lookups = failed_lookups
         self._auth_url = auth_url.rstrip("/")
         self._lookup_url = self._auth_url + "/internal/v1/api-keys/lookup"
         self._internal_token = internal_token
@@ -432,11 +463,16 @@ class Authenticator:
         self.outage = AuthOutage()
         self._user_lookups: dict[str, asyncio.Task[bool]] = {}
 
-    async def authenticate(self, authorization: str | None, x_api_key: str | None) -> Principal:
+    async def authenticate(
+        self, authorization: str | None, x_api_key: str | None, *, client: str | None = None
+    ) -> Principal:
         """The principal behind the `Authorization: Bearer` credential, or `x-api-key`
-        (Anthropic's header) when there is none.
+        (Anthropic's header) when there is none. `client`: the key the caller's address is
+        counted under for the failed-lookup limit (`client_key`; None: not counted).
 
         Raises:
+            TooManyFailedLookupsError: an API key that needs a lookup, from a client over
+                the failed-lookup limit (a subclass of AuthenticationError).
             AuthenticationError: no credential, or one that is malformed, unknown, expired or
                 revoked.
             AuthUnavailableError: it cannot be checked now (auth unreachable, revocations not
@@ -446,7 +482,7 @@ class Authenticator:
         if not credential or len(credential) > MAX_CREDENTIAL_LENGTH:
             raise AuthenticationError
         if credential.startswith(API_KEY_PREFIX):
-            return await self._api_key(credential)
+            return await self._api_key(credential, client)
         if credential.count(".") == 2:
             return await self._jwt(credential)
         raise AuthenticationError
@@ -596,14 +632,16 @@ class Authenticator:
 
     # -- API keys -------------------------------------------------------------------
 
-    async def _api_key(self, key: str) -> Principal:
+    async def _api_key(self, key: str, client: str | None) -> Principal:
         secret_hash = hashlib.sha256(key.encode()).hexdigest()
         cached = self._keys.get(secret_hash) or self._unknown_keys.get(secret_hash)
         now = time.monotonic()
         if cached is not None and cached.expiry.fresh(now):
             principal = cached.principal
+        elif cached is not None and cached.principal is not None:
+            principal = await self._expired_key(secret_hash, cached, now)  # a known caller
         else:
-            principal = await self._expired_key(secret_hash, cached, now)
+            principal = await self._counted_lookup(secret_hash, cached, now, client)
         if principal is None:
             raise AuthenticationError
         if (
@@ -614,6 +652,33 @@ class Authenticator:
             # Remembered as refused, so a client retrying a dead key does not reach auth.
             self._keys[secret_hash] = _CachedKey(self._expiry(self._key_ttl_s), None, True)
             raise AuthenticationError
+        return principal
+
+    async def _counted_lookup(
+        self, secret_hash: str, cached: _CachedKey | None, now: float, client: str | None
+    ) -> Principal | None:
+        """`_expired_key` for a key not known to be valid, counted against `client`'s
+        failed lookups: a failure from the start, taken back once auth vouches for the key
+        or could not say.
+
+        Raises:
+            TooManyFailedLookupsError: `client` is over the limit (auth is not asked).
+            AuthUnavailableError: as `_expired_key`.
+        """
+        limiter = self.failed_lookups
+        if limiter is None or client is None:
+            return await self._expired_key(secret_hash, cached, now)
+        wait = limiter.retry_after(client)
+        if wait is not None:
+            raise TooManyFailedLookupsError(max(1, math.ceil(wait)))
+        limiter.hit(client)
+        try:
+            principal = await self._expired_key(secret_hash, cached, now)
+        except BaseException:
+            limiter.unhit(client)
+            raise
+        if principal is not None:
+            limiter.unhit(client)
         return principal
 
     async def _expired_key(

@@ -26,6 +26,7 @@ from switchyard.common.governance import BudgetClock
 from switchyard.common.http import inject_trace_headers
 from switchyard.common.pricing import PriceSource
 from switchyard.common.routing import Deployment, RoutingSource, RoutingTable
+from switchyard.common.sliding_window import SlidingWindowLimiter
 from switchyard.common.topics import Topics
 from switchyard.gateway.auth import Authenticator, revoked_key_retention_s
 from switchyard.gateway.config import Settings, ledger_kind
@@ -203,6 +204,14 @@ def build(
             ),
         ),
         stale_if_error_s=settings.auth_stale_if_error_s,
+        failed_lookups=(
+            SlidingWindowLimiter(
+                settings.api_key_failed_lookups_per_address,
+                settings.api_key_failed_lookups_window_s,
+            )
+            if settings.api_key_failed_lookups_per_address > 0
+            else None
+        ),
     )
     topics = Topics(settings.topic_prefix)
     revocations = RevocationSync(

@@ -243,6 +243,16 @@ class Settings(ServiceSettings):
         le=MAX_CONCURRENCY,
         description="API key lookups at auth in flight at once, at most.",
     )
+    api_key_failed_lookups_per_address: int = Field(
+        default=30,
+        ge=0,
+        le=1_000_000,
+        description="Keys auth did not know that one client address (an IPv6 client: its "
+        "/64) may send in `api_key_failed_lookups_window_s` before any further key it would "
+        "need auth for is refused with 429 without asking auth (keys already known to be "
+        "valid still pass). Counted per gateway process. 0: no limit.",
+    )
+    api_key_failed_lookups_window_s: float = Field(default=60.0, gt=0, le=DAY_S)
     jwks_refresh_min_interval_s: float = Field(default=30.0, ge=0, le=DAY_S)
     jwt_leeway_s: float = Field(
         default=10.0,

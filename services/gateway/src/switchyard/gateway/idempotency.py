@@ -72,7 +72,12 @@ from switchyard.gateway.api.deps import (
     credentials_of,
     required_scope,
 )
-from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, Principal
+from switchyard.gateway.auth import (
+    AuthenticationError,
+    AuthUnavailableError,
+    Principal,
+    request_client_key,
+)
 from switchyard.gateway.cache import CACHE_HEADER
 from switchyard.gateway.dispatch import STREAM_FAILED_STATUS, TOKEN_COUNT_HEADER
 from switchyard.gateway.errors import respond
@@ -352,7 +357,9 @@ class IdempotencyMiddleware:
         replay_receive = _replaying(body, receive)
         gateway = scope["app"].state.gateway
         try:
-            principal = await gateway.authenticator.authenticate(*credentials_of(scope["headers"]))
+            principal = await gateway.authenticator.authenticate(
+                *credentials_of(scope["headers"]), client=request_client_key(scope)
+            )
         except (AuthenticationError, AuthUnavailableError, DuplicateCredentialsError):
             principal = None
         # Parsed once for every use here, a large body off the event loop.

@@ -15,6 +15,7 @@ from switchyard.auth.models import User
 from switchyard.auth.service import AuthService
 from switchyard.auth.tokens import AccessClaims, InvalidToken
 from switchyard.common.errors import APIError
+from switchyard.common.sliding_window import client_key
 
 _BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
@@ -123,13 +124,14 @@ def client_address(request: Request, context: Annotated[AuthContext, Depends(get
     """The caller's address for the login limits: the peer, or behind a trusted proxy the
     last X-Forwarded-For entry (the one that proxy appended), across every such header
     line: a proxy may add its own line instead of extending the client's (RFC 9110:
-    repeated fields are one comma-separated list)."""
+    repeated fields are one comma-separated list). An IPv6 address is given as its /64
+    (`client_key`)."""
     if context.settings.trust_forwarded_for:
         forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
         entries = [entry.strip() for entry in forwarded.split(",") if entry.strip()]
         if entries:
-            return entries[-1]
-    return request.client.host if request.client is not None else "unknown"
+            return client_key(entries[-1])
+    return client_key(request.client.host) if request.client is not None else "unknown"
 
 
 ClientAddress = Annotated[str, Depends(client_address)]

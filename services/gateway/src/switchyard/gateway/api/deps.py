@@ -29,7 +29,9 @@ from switchyard.gateway.auth import (
     AuthenticationError,
     AuthUnavailableError,
     Principal,
+    TooManyFailedLookupsError,
     bearer_credential,
+    request_client_key,
 )
 from switchyard.gateway.bootstrap import Gateway
 from switchyard.gateway.intake import REJECTED
@@ -193,13 +195,25 @@ def single_credentials(request: Request) -> tuple[str | None, str | None]:
 async def authenticated_principal(request: Request) -> Principal:
     """The caller behind the credentials (the `Authorization` or `x-api-key` header),
     whatever the route. Raises APIError 400 `duplicate_credentials` (a header sent twice),
-    401 `invalid_api_key` or 503 `auth_unavailable`."""
+    401 `invalid_api_key`, 429 `too_many_failed_authentications` (this address sent too many
+    unknown keys lately) or 503 `auth_unavailable`."""
     # The headers are read here rather than declared as `Header` parameters: every
     # parameter and sub-dependency FastAPI solves costs CPU on each model request.
     gateway = cast(Gateway, request.app.state.gateway)
     authorization, api_key = single_credentials(request)
     try:
-        return await gateway.authenticator.authenticate(authorization, api_key)
+        return await gateway.authenticator.authenticate(
+            authorization, api_key, client=request_client_key(request.scope)
+        )
+    except TooManyFailedLookupsError as exc:
+        REJECTED.labels("failed_authentications").inc()
+        raise APIError(
+            429,
+            "Too many requests with unknown API keys from this address; retry after "
+            f"{exc.retry_after_s} seconds.",
+            code="too_many_failed_authentications",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        ) from None
     except AuthenticationError:
         # Counted, not logged: a key-stuffing flood or a revoked key still in use shows
         # on the dashboards without one log line per attempt.
