@@ -18,6 +18,12 @@ KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 # A second listener taking SASL/PLAIN (user `switchyard`, password `switchyard-sasl`), so
 # the services' SASL settings are tried against a real broker; empty: none.
 KAFKA_SASL_PORT=${KAFKA_SASL_PORT-9094}
+# A listener taking SASL/PLAIN over TLS (SASL_SSL, what managed Kafka takes; same user)
+# and one taking TLS with a client certificate (SSL, mutual TLS), so the services' TLS
+# settings are tried against a real broker too. Their certificates are made once by
+# openssl under the state dir's kafka/tls (see write_certificates); empty: none.
+KAFKA_SASL_SSL_PORT=${KAFKA_SASL_SSL_PORT-9095}
+KAFKA_SSL_PORT=${KAFKA_SSL_PORT-9096}
 KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}
 KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-90}
 KAFKA_STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
@@ -31,6 +37,7 @@ DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 STATE_DIR=$STATE_ROOT/kafka
 BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 PID_FILE=$STATE_DIR/kafka.pid
+TLS_DIR=$STATE_DIR/tls
 PROBE=$LOCAL_DIR/kafka_probe.py
 
 # ---------------------------------------------------------------- jars
@@ -132,6 +139,39 @@ ensure_java() {
 
 # ---------------------------------------------------------------- config
 
+# A CA of this broker's own, the broker's certificate (for 127.0.0.1 and localhost) in a
+# PKCS#12 keystore, and a client certificate (client.pem, client-key.pem) for the mutual
+# TLS listener, all signed by that CA (ca.pem: what clients trust). Made once; a new
+# state dir makes new ones. For local tests only: the keys are unencrypted and the
+# keystore's password is in server.properties.
+write_certificates() {
+    [ -f "$TLS_DIR/broker.p12" ] && [ -f "$TLS_DIR/client-key.pem" ] && return 0
+    command -v openssl >/dev/null || apt_install openssl
+    local work
+    work=$(mktemp -d "$STATE_DIR/tls.XXXXXX")
+    (
+        cd "$work"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Switchyard local Kafka CA" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            -keyout ca-key.pem -out ca.pem
+        sign() { # name subject extensions
+            openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$1-key.pem" -out "$1.csr"
+            printf '%s\n' "$3" "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid" >"$1.ext"
+            openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
+                -days 3650 -sha256 -extfile "$1.ext" -out "$1.pem"
+        }
+        sign broker "/CN=localhost" "subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth"
+        sign client "/CN=switchyard" "extendedKeyUsage=clientAuth"
+        openssl pkcs12 -export -in broker.pem -inkey broker-key.pem -certfile ca.pem \
+            -name broker -passout pass:switchyard-tls -out broker.p12
+        rm -f ./*.csr ./*.ext ./*.srl
+    ) >"$work.log" 2>&1 || { cat "$work.log" >&2; rm -rf "$work" "$work.log"; die "openssl could not make the broker's certificates"; }
+    rm -f "$work.log"
+    rm -rf "$TLS_DIR"
+    mv "$work" "$TLS_DIR"
+}
+
 write_config() {
     mkdir -p "$STATE_DIR/data" "$STATE_DIR/logs"
     local share=""
@@ -142,24 +182,47 @@ share.coordinator.state.topic.min.isr=1"
     # Rewritten on every start so port changes take effect. A static voter
     # list (controller.quorum.voters) keeps "format" free of --standalone and
     # works the same on 3.9 and 4.x.
-    local sasl_listener="" sasl_advertised="" sasl_config=""
+    local extra="" extra_config="" jaas
+    jaas='org.apache.kafka.common.security.plain.PlainLoginModule required user_switchyard="switchyard-sasl";'
     if [ -n "$KAFKA_SASL_PORT" ]; then
-        sasl_listener=",SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
-        sasl_advertised=$sasl_listener
-        sasl_config="sasl.enabled.mechanisms=PLAIN
-listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
-listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_switchyard=\"switchyard-sasl\";"
+        extra=",SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT"
+        extra_config="listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=$jaas"
+    fi
+    if [ -n "$KAFKA_SASL_SSL_PORT$KAFKA_SSL_PORT" ]; then
+        write_certificates
+        extra_config="$extra_config
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS_DIR/broker.p12
+ssl.keystore.password=switchyard-tls
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem"
+    fi
+    if [ -n "$KAFKA_SASL_SSL_PORT" ]; then
+        extra="$extra,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT"
+        extra_config="$extra_config
+listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_ssl.plain.sasl.jaas.config=$jaas"
+    fi
+    if [ -n "$KAFKA_SSL_PORT" ]; then
+        extra="$extra,SSL://127.0.0.1:$KAFKA_SSL_PORT"
+        extra_config="$extra_config
+listener.name.ssl.ssl.client.auth=required"
+    fi
+    if [ -n "$KAFKA_SASL_PORT$KAFKA_SASL_SSL_PORT" ]; then
+        extra_config="sasl.enabled.mechanisms=PLAIN
+$extra_config"
     fi
     cat >"$STATE_DIR/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT$sasl_listener,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT$sasl_advertised
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT$extra,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT$extra
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
-$sasl_config
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
+$extra_config
 log.dirs=$STATE_DIR/data
 num.partitions=3
 default.replication.factor=1

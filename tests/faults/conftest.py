@@ -58,7 +58,10 @@ class Broker:
             **os.environ,
             "KAFKA_PORT": str(self.port),
             "KAFKA_CONTROLLER_PORT": str(self.controller_port),
-            "KAFKA_SASL_PORT": "",  # the SASL listener is the shared broker's only
+            # The SASL and TLS listeners are the shared broker's only.
+            "KAFKA_SASL_PORT": "",
+            "KAFKA_SASL_SSL_PORT": "",
+            "KAFKA_SSL_PORT": "",
             "SWITCHYARD_STATE_DIR": str(state_root),
             "KAFKA_HEAP_OPTS": "-Xms256m -Xmx768m",
             "KAFKA_START_TIMEOUT": "240",
