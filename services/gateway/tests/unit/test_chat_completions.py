@@ -232,6 +232,34 @@ async def test_failed_reply_keeps_its_status_type_code_and_param(harness):
     assert response.headers["x-request-id"] == harness.requests[0].request_id
 
 
+@pytest.mark.parametrize(
+    ("wait_s", "header", "header_ms"),
+    [(2.5, "3", "2500"), (1.4, "2", "1400"), (0.2, "1", "200"), (7, "7", "7000")],
+)
+async def test_an_upstream_wait_is_rounded_up_and_given_exactly_in_milliseconds(
+    harness, wait_s, header, header_ms
+):
+    # Rounded down (or to even), a client would retry before the upstream's wait is over.
+    async def rate_limited(request):
+        return [
+            failed_reply(request, 429, "rate_limit_exceeded", "slow down", retry_after_s=wait_s)
+        ]
+
+    harness.respond[0] = rate_limited
+    for path, body, headers in (
+        ("/v1/chat/completions", BODY, AUTH),
+        (
+            "/v1/messages",
+            {**BODY, "max_tokens": 5},
+            {**AUTH, "anthropic-version": "2023-06-01"},
+        ),
+    ):
+        response = await harness.client.post(path, json=body, headers=headers)
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == header
+        assert response.headers["retry-after-ms"] == header_ms
+
+
 async def test_bus_unavailable_gets_503_quickly(harness):
     async def refuse(*_args, **_kwargs):
         raise BusUnavailableError("down")

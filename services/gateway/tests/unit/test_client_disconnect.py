@@ -1,10 +1,13 @@
 """A client that goes away mid-reply makes the gateway ask inference to stop (or, when
-configured, lets the request complete), on a real HTTP server."""
+configured, lets the request complete), on a real HTTP server; so does one that stops
+reading its stream, whose stream is cut instead of held in memory."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import socket
 
 import httpx
 import pytest
@@ -139,3 +142,84 @@ async def test_a_stream_the_client_left_leaves_no_wait_for_replies_behind(harnes
             timeout=2,
             message="no task left waiting for replies",
         )
+
+
+async def _read_to_end(sock, timeout_s: float) -> bytes:
+    """Everything the gateway sends on `sock` until the chunked body ends or it closes."""
+    loop = asyncio.get_running_loop()
+    received = bytearray()
+    async with asyncio.timeout(timeout_s):
+        while not received.endswith(b"0\r\n\r\n"):
+            data = await loop.sock_recv(sock, 65536)
+            if not data:
+                break
+            received += data
+    return bytes(received)
+
+
+@pytest.mark.parametrize("api", ["chat", "messages"])
+async def test_a_client_that_stops_reading_has_its_stream_cut(harness, api):
+    # A stream far larger than the sockets' buffers, to a client that reads nothing: past
+    # `max_buffered_events` the gateway drops what waits instead of holding the whole
+    # stream, asks inference to stop, and ends the stream with the API's error event.
+    gateway = harness.app.state.gateway
+    gateway.pending.max_buffered_events = 64
+    seen = await cancellations(harness)
+    text = "x" * 4000
+    background: list[asyncio.Task] = []
+
+    async def floods(request):
+        # As a fast model streams: the first record at once, then 3,000 more (12 MB) in
+        # runs of 50, each published as the one before it is.
+        async def rest():
+            for start in range(1, 3001, 50):
+                for sequence in range(start, start + 50):
+                    await harness.bus.publish(
+                        gateway.topics.replies,
+                        chunk(request, sequence, text),
+                        key=request.request_id,
+                        partition=request.data.reply_to.partition,
+                    )
+                await asyncio.sleep(0.005)
+
+        background.append(asyncio.create_task(rest()))
+        return [chunk(request, 0, text)]
+
+    harness.respond[0] = floods
+    path, body = (
+        ("/v1/chat/completions", {**BODY, "stream": True})
+        if api == "chat"
+        else ("/v1/messages", {**BODY, "max_tokens": 5, "stream": True})
+    )
+    raw = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {API_KEY}\r\n"
+        "anthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(raw)}\r\n\r\n"
+    ).encode()
+    loop = asyncio.get_running_loop()
+    async with serving(harness.app) as url:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", int(url.rsplit(":", 1)[1])))
+            await loop.sock_sendall(sock, head + raw)
+            await async_wait_until(
+                lambda: asyncio.sleep(0, seen), timeout=10, message="the stream to be cut"
+            )
+            received = await _read_to_end(sock, timeout_s=10)
+        await async_wait_until(
+            lambda: asyncio.sleep(0, gateway.in_flight == 0),
+            timeout=5,
+            message="the request to be released",
+        )
+    for task in background:
+        task.cancel()
+    [cancel] = seen
+    assert cancel.request_id == harness.requests[0].request_id
+    assert received.startswith(b"HTTP/1.1 200")
+    assert received.endswith(b"0\r\n\r\n")  # the stream ended, not just the connection
+    assert b"client_too_slow" in received
+    if api == "messages":
+        assert b"event: error" in received
+    assert len(received) < 6_000_000  # most of the 12 MB was dropped, not relayed

@@ -1,10 +1,21 @@
 """Replies reach the request waiting for them only: a reply naming another tenant than
-the request's (not inference's: a bad producer's) is not relayed."""
+the request's (not inference's: a bad producer's) is not relayed. A client reading its
+stream too slowly has it cut, with its API's error, instead of holding the stream in
+memory."""
 
 from __future__ import annotations
 
-from switchyard.common.events import ChatCompleted, ChatCompletedData, ClientAPI, TokenUsage
-from switchyard.gateway.replies import PendingReplies
+from switchyard.common.events import (
+    ChatChunk,
+    ChatChunkData,
+    ChatCompleted,
+    ChatCompletedData,
+    ChatFailed,
+    ClientAPI,
+    StreamEvent,
+    TokenUsage,
+)
+from switchyard.gateway.replies import HARD_LIMIT_FACTOR, READER_STALL_S, PendingReplies
 
 
 def completed(request_id: str, tenant: str, text: str) -> ChatCompleted:
@@ -35,3 +46,104 @@ async def test_a_reply_naming_another_tenant_is_not_relayed() -> None:
     pending.close("r1")
     await pending.deliver(completed("r1", "acme", "late"))  # nobody waits: dropped
     assert queue.qsize() == 0
+
+
+def chunk_of(request_id: str, sequence: int, events: int = 1) -> ChatChunk:
+    return ChatChunk(
+        source="inference",
+        tenant="acme",
+        request_id=request_id,
+        data=ChatChunkData(
+            sequence=sequence,
+            run="run-1",
+            events=[StreamEvent(data={"n": sequence, "i": i}) for i in range(events)],
+        ),
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_client_that_takes_nothing_has_its_stream_cut() -> None:
+    clock = Clock()
+    pending = PendingReplies(max_buffered_events=16, clock=clock)
+    cut: list[str] = []
+    queue = pending.open("r1", "acme", "anthropic", on_overflow=lambda: cut.append("r1"))
+
+    for sequence in range(20):
+        await pending.deliver(chunk_of("r1", sequence))
+    # More than may wait, but the client took nothing for less than READER_STALL_S yet.
+    assert queue.qsize() == 20 and queue.events == 20 and cut == []
+    clock.now += READER_STALL_S
+    await pending.deliver(chunk_of("r1", 20))
+
+    assert cut == ["r1"]
+    assert queue.qsize() == 1 and queue.events == 0
+    failure = queue.get_nowait()
+    assert isinstance(failure, ChatFailed)
+    assert failure.source == "gateway"
+    assert failure.data.error.status == 408
+    assert failure.data.error.code == "client_too_slow"
+    assert failure.data.error.type == "timeout_error"  # Anthropic's word for a 408
+    # Nothing more is kept for it, nor is the cut told twice.
+    assert not pending.waiting_for("r1")
+    await pending.deliver(chunk_of("r1", 21))
+    await pending.deliver(completed("r1", "acme", "late"))
+    assert queue.qsize() == 0 and cut == ["r1"]
+
+
+async def test_a_client_reading_more_slowly_than_the_stream_comes_is_cut_at_the_hard_limit() -> (
+    None
+):
+    clock = Clock()
+    pending = PendingReplies(max_buffered_events=16, clock=clock)
+    cut: list[str] = []
+    queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
+    sequence = 0
+    while not cut:
+        for _ in range(10):
+            await pending.deliver(chunk_of("r1", sequence))
+            sequence += 1
+        clock.now += 1.0
+        if not cut:
+            queue.get_nowait()  # one taken a second: never stalled, always behind
+    assert queue.events == 0
+    assert 16 * HARD_LIMIT_FACTOR < sequence <= 16 * HARD_LIMIT_FACTOR + 20
+    assert queue.get_nowait().data.error.code == "client_too_slow"
+
+
+async def test_events_are_counted_not_records() -> None:
+    clock = Clock()
+    pending = PendingReplies(max_buffered_events=16, clock=clock)
+    cut: list[str] = []
+    queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
+    await pending.deliver(chunk_of("r1", 0, events=10))
+    clock.now += READER_STALL_S
+    await pending.deliver(chunk_of("r1", 1, events=10))
+    assert cut == ["r1"]
+    assert queue.get_nowait().data.error.code == "client_too_slow"
+
+
+async def test_a_client_that_keeps_up_is_never_cut_however_long_the_stream() -> None:
+    clock = Clock()
+    pending = PendingReplies(max_buffered_events=16, clock=clock)
+    cut: list[str] = []
+    queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
+    # A burst landing at once, far over the soft limit, is not a slow client.
+    for sequence in range(40):
+        await pending.deliver(chunk_of("r1", sequence))
+    while not queue.empty():
+        queue.get_nowait()
+    for sequence in range(40, 2000):
+        await pending.deliver(chunk_of("r1", sequence, events=3))
+        if sequence % 4 == 0:
+            clock.now += 1.0
+            while not queue.empty():
+                queue.get_nowait()
+    assert cut == []
+    assert queue.events == sum(len(queue.get_nowait().data.events) for _ in range(queue.qsize()))

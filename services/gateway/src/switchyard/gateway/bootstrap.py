@@ -229,6 +229,7 @@ def build(
         routing_source=RoutingSource(settings.routing_file, settings.simulator_url),
         http=http,
         revocations=revocations,
+        pending=PendingReplies(settings.stream_max_buffered_events),
         webhook_policy=TargetPolicy(
             parse_networks(settings.webhook_allowed_networks), resolve_timeout_s=2.0
         ),

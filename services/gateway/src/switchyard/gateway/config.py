@@ -215,8 +215,18 @@ class Settings(ServiceSettings):
     )
     on_client_disconnect: Literal["cancel", "complete"] = Field(
         default="cancel",
-        description="When a client goes away: stop the upstream call, or let it finish "
-        "(usage is recorded either way).",
+        description="When a client goes away, or its stream is cut because it reads too "
+        "slowly: stop the upstream call, or let it finish (usage is recorded either way).",
+    )
+    stream_max_buffered_events: int = Field(
+        default=1024,
+        ge=16,
+        le=10_000_000,
+        description="Stream events that may wait for one client that reads more slowly than "
+        "its stream arrives (each a few KiB in memory). Past it the stream is cut: what "
+        "waits is dropped, the client gets its API's error event (408 `client_too_slow`) "
+        "when it reads again, and the request is handled as one whose client went away "
+        "(`SWITCHYARD_GATEWAY_ON_CLIENT_DISCONNECT`).",
     )
     api_key_cache_ttl_s: float = Field(
         default=30.0,
@@ -290,7 +300,13 @@ class Settings(ServiceSettings):
         default_factory=lambda: ["*"], description="Request headers browsers may send."
     )
     cors_expose_headers: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["x-request-id", "request-id", "retry-after", "x-should-retry"],
+        default_factory=lambda: [
+            "x-request-id",
+            "request-id",
+            "retry-after",
+            "retry-after-ms",
+            "x-should-retry",
+        ],
         description="Response headers browser code may read.",
     )
     cors_allow_credentials: bool = Field(

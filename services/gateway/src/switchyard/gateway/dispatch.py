@@ -303,7 +303,10 @@ class Dispatch:
         dispatch.deadline = dispatch.started + timeout_s
         dispatch.start_deadline = dispatch.started + gateway.settings.request_timeout_s
         dispatch._queue = gateway.pending.open(
-            dispatch.request_id, principal.tenant, dispatch.vendor
+            dispatch.request_id,
+            principal.tenant,
+            dispatch.vendor,
+            on_overflow=dispatch.client_disconnected,
         )
         gateway.in_flight += 1
         IN_FLIGHT.inc()
@@ -546,8 +549,9 @@ class Dispatch:
         )
 
     def client_disconnected(self) -> None:
-        """The client went away before the end: by default, ask inference to stop (once,
-        however many of the stream's watchers noticed)."""
+        """The client went away before the end, or its stream was cut because it read too
+        slowly (`PendingReplies`): by default, ask inference to stop (once, however many
+        of the stream's watchers noticed)."""
         if self.finished or self._client_left:
             return
         self._client_left = True

@@ -91,9 +91,10 @@ def vendor_of_api(api: ClientAPI) -> Vendor:
 
 
 def retry_after(status: int, retry_after_s: float | None) -> str | None:
-    """The Retry-After header value (whole seconds, 1 to a day) for an error, if any."""
+    """The Retry-After header value (whole seconds, 1 to a day) for an error, if any: a
+    given wait rounded up, so a client never retries before it is over."""
     if retry_after_s is not None and math.isfinite(retry_after_s):
-        return str(min(max(1, round(retry_after_s)), 86_400))
+        return str(min(max(1, math.ceil(retry_after_s)), 86_400))
     if status in RETRYABLE_STATUSES:
         return "1"
     return None
@@ -168,8 +169,9 @@ def error_response(
     details: dict[str, Any] | None = None,
 ) -> Response:
     """The one HTTP error answer of the gateway: `error_body` in `vendor`'s format with
-    `status`, and `Retry-After` (whole seconds) when the error is retryable and `headers`
-    do not already carry it (`retry_after_s` given, or a 429/503/529); an empty
+    `status`, and `Retry-After` (whole seconds, rounded up) when the error is retryable and
+    `headers` do not already carry it (`retry_after_s` given, or a 429/503/529), with
+    `retry-after-ms` (the exact wait in milliseconds) when `retry_after_s` is given; an empty
     `Retry-After` in `headers` means none is sent. A quota used up (`insufficient_quota`)
     without a given wait gets none, and `x-should-retry: false` (the official SDKs then do
     not retry it). `should_retry` (an upstream's `x-should-retry`, relayed) is sent as
@@ -191,6 +193,9 @@ def error_response(
         wait = None if told_not_to and retry_after_s is None else retry_after(status, retry_after_s)
         if wait is not None:
             sent["Retry-After"] = wait
+        if retry_after_s is not None and math.isfinite(retry_after_s) and retry_after_s >= 0:
+            # The exact wait, which both official SDKs read before Retry-After.
+            sent.setdefault("retry-after-ms", str(min(round(retry_after_s * 1000), 86_400_000)))
     elif not sent["Retry-After"]:
         del sent["Retry-After"]  # the error said retrying would not help (an empty value)
     return Response(

@@ -1,13 +1,31 @@
 """Replies waiting for their requests: the gateway replica that published a request
 listens to its own partition of the replies topic and hands each reply, or each stream
-chunk, to the HTTP request waiting for it."""
+chunk, to the HTTP request waiting for it.
+
+A stream's records wait in its queue until its client takes them. A client that reads
+more slowly than the upstream writes (or not at all, holding its connection open) would
+make that queue grow with the whole stream, a few KiB per stream event: so its stream is
+cut once more than `max_buffered_events` stream events wait for it and it has taken none
+for `READER_STALL_S`, or once more than `HARD_LIMIT_FACTOR` times that many wait (a
+client that reads, but more slowly than the stream comes). A client that keeps up is never
+cut by a burst: records that land at once (a fetch after a pause) are taken within
+milliseconds. What waits is
+dropped, the stream ends with an error (408 `client_too_slow`, in its API's format) when
+the client reads again, later records are not kept, and the request is treated as one
+whose client left (`on_overflow`: inference is asked to stop it, by default). A slow
+reader, like a slow upload, cannot hold the gateway's memory: the same reason Redis
+closes a client past its output buffer limit.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
+from collections.abc import Callable
 
 import structlog
+from prometheus_client import Counter
 
 from switchyard.common.errorformat import Vendor, error_type
 from switchyard.common.events import (
@@ -24,6 +42,65 @@ Reply = ChatChunk | ChatCompleted | ChatFailed
 
 log = structlog.get_logger("switchyard.gateway.replies")
 
+# Stream events that may wait for one client before its stream is cut (the default of
+# `SWITCHYARD_GATEWAY_STREAM_MAX_BUFFERED_EVENTS`): about ten seconds of a fast model's
+# output, a few MiB (four times that, the hard limit, about 10 MiB).
+DEFAULT_MAX_BUFFERED_EVENTS = 1024
+# How long (s) a client with more than that waiting may take nothing before its stream is
+# cut, and how many times that many may wait however it reads.
+READER_STALL_S = 5.0
+HARD_LIMIT_FACTOR = 4
+
+SLOW_CLIENT_STREAMS = Counter(
+    "switchyard_gateway_slow_client_streams_total",
+    "Streams cut because their client read too slowly: more stream events waited for it "
+    "than SWITCHYARD_GATEWAY_STREAM_MAX_BUFFERED_EVENTS.",
+)
+
+
+def _events_in(reply: Reply) -> int:
+    return len(reply.data.events) if isinstance(reply, ChatChunk) else 0
+
+
+class ReplyQueue(asyncio.Queue[Reply]):
+    """One request's reply events, in arrival order, counting the stream events they hold
+    (`events`) and noting when one was last taken (`taken_at`, `clock()` seconds; its
+    creation until then)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.events = 0
+        self._clock = clock
+        self.taken_at = clock()
+
+    def _put(self, item: Reply) -> None:
+        super()._put(item)
+        self.events += _events_in(item)
+
+    def _get(self) -> Reply:
+        item = super()._get()
+        self.events -= _events_in(item)
+        self.taken_at = self._clock()
+        return item
+
+
+def gateway_failure(
+    request_id: str, tenant: str, vendor: Vendor, status: int, code: str, message: str
+) -> ChatFailed:
+    """A `chat.failed` the gateway ends a request with itself (source `gateway`, never
+    published), its error of HTTP `status`, `code` and `message` typed in `vendor`'s words."""
+    return ChatFailed(
+        source="gateway",
+        tenant=tenant,
+        request_id=request_id,
+        data=ChatFailedData(
+            status=TerminalStatus.FAILED,
+            error=ErrorInfo(
+                status=status, type=error_type(vendor, status), code=code, message=message
+            ),
+        ),
+    )
+
 
 def reply_partition(instance_id: str, partitions: int) -> int:
     """The replies partition this replica reads; stable for its instance id."""
@@ -34,25 +111,39 @@ class PendingReplies:
     """The requests of this replica waiting for replies, by request id, each with a queue of its
     reply events (chunks, then a completed or failed event)."""
 
-    def __init__(self) -> None:
-        self._waiting: dict[str, asyncio.Queue[Reply]] = {}
+    def __init__(
+        self,
+        max_buffered_events: int = DEFAULT_MAX_BUFFERED_EVENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_buffered_events = max_buffered_events
+        self._clock = clock
+        self._waiting: dict[str, ReplyQueue] = {}
         self._tenants: dict[str, str] = {}
         self._vendors: dict[str, Vendor] = {}
+        self._on_overflow: dict[str, Callable[[], None]] = {}
 
     def __len__(self) -> int:
         return len(self._waiting)
 
     def open(
-        self, request_id: str, tenant: str | None = None, vendor: Vendor = "openai"
-    ) -> asyncio.Queue[Reply]:
+        self,
+        request_id: str,
+        tenant: str | None = None,
+        vendor: Vendor = "openai",
+        on_overflow: Callable[[], None] | None = None,
+    ) -> ReplyQueue:
         """Start collecting the replies of `request_id` (of `tenant`: a reply naming
         another tenant is not this request's, whatever wrote it; asked in the API of
-        `vendor`); returns their queue."""
-        queue: asyncio.Queue[Reply] = asyncio.Queue()
+        `vendor`); returns their queue. `on_overflow` is called once if the request's
+        stream is cut because its client reads too slowly."""
+        queue = ReplyQueue(self._clock)
         self._waiting[request_id] = queue
         if tenant is not None:
             self._tenants[request_id] = tenant
         self._vendors[request_id] = vendor
+        if on_overflow is not None:
+            self._on_overflow[request_id] = on_overflow
         return queue
 
     def waiting_for(self, request_id: str) -> bool:
@@ -65,6 +156,7 @@ class PendingReplies:
         self._waiting.pop(request_id, None)
         self._tenants.pop(request_id, None)
         self._vendors.pop(request_id, None)
+        self._on_overflow.pop(request_id, None)
 
     def fail_all(self, status: int, code: str, message: str) -> int:
         """End every request still waiting as failed here, without its reply: each gets a
@@ -72,24 +164,18 @@ class PendingReplies:
         history records that) with an error of HTTP `status`, `code` and `message`, typed
         in its API's own words. Returns how many were waiting."""
         for request_id, queue in self._waiting.items():
-            vendor = self._vendors.get(request_id, "openai")
-            queue.put_nowait(
-                ChatFailed(
-                    source="gateway",
-                    tenant=self._tenants.get(request_id, "unknown"),
-                    request_id=request_id,
-                    data=ChatFailedData(
-                        status=TerminalStatus.FAILED,
-                        error=ErrorInfo(
-                            status=status,
-                            type=error_type(vendor, status),
-                            code=code,
-                            message=message,
-                        ),
-                    ),
-                )
-            )
+            queue.put_nowait(self._failure(request_id, status, code, message))
         return len(self._waiting)
+
+    def _failure(self, request_id: str, status: int, code: str, message: str) -> ChatFailed:
+        return gateway_failure(
+            request_id,
+            self._tenants.get(request_id, "unknown"),
+            self._vendors.get(request_id, "openai"),
+            status,
+            code,
+            message,
+        )
 
     async def deliver(self, event: Event) -> None:
         """Bus listener: route a reply to its waiting request; ignore anything else
@@ -109,3 +195,40 @@ class PendingReplies:
                 )
                 return
             queue.put_nowait(event)
+            if queue.events > self.max_buffered_events and self._too_slow(queue):
+                self._cut(event.request_id, queue)
+
+    def _too_slow(self, queue: ReplyQueue) -> bool:
+        """Whether the client of `queue`, which holds more than `max_buffered_events`,
+        reads too slowly (the module's docstring)."""
+        return queue.qsize() > 1 and (
+            queue.events > HARD_LIMIT_FACTOR * self.max_buffered_events
+            or self._clock() - queue.taken_at >= READER_STALL_S
+        )
+
+    def _cut(self, request_id: str, queue: ReplyQueue) -> None:
+        """End the stream of `request_id`, whose client leaves more than
+        `max_buffered_events` waiting: drop what waits, queue the failure its client gets
+        when it reads again, keep no later record, and call its `on_overflow`."""
+        buffered = queue.events
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(
+            self._failure(
+                request_id,
+                408,
+                "client_too_slow",
+                "The stream was ended because the client read it too slowly: more than "
+                f"{self.max_buffered_events} stream events were waiting for it.",
+            )
+        )
+        on_overflow = self._on_overflow.get(request_id)
+        self.close(request_id)
+        SLOW_CLIENT_STREAMS.inc()
+        log.warning(
+            "stream cut: its client reads too slowly",
+            request_id=request_id,
+            buffered_events=buffered,
+        )
+        if on_overflow is not None:
+            on_overflow()
