@@ -146,3 +146,97 @@ def test_sent_back_it_reaches_no_model():
     assert body["messages"][1]["content"][0] is made  # the client's body is not changed
     translated = messages_request_to_chat(body)
     assert "Six times seven." not in str(translated["messages"])
+
+
+MADE = {
+    "type": "thinking",
+    "thinking": "Call the tool.",
+    "signature": TRANSLATED_THINKING_SIGNATURE,
+}
+TOOL_USE = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}
+TOOL_RESULT = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "Sunny."}
+CLEARING = {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}
+
+
+def _sent_to_claude(body: dict[str, Any]) -> dict[str, Any]:
+    adapter = Adapters().adapter_for(
+        ClientAPI.ANTHROPIC_MESSAGES, CLAUDE, _request(ClientAPI.ANTHROPIC_MESSAGES, body)
+    )
+    return adapter.request(body, {}, CLAUDE, False).body
+
+
+def test_a_tool_loop_that_opened_with_made_thinking_goes_to_claude_without_thinking():
+    # A conversation moved from an OpenAI-protocol model to Claude mid tool loop: its turn
+    # opens with thinking only Switchyard made, which goes; Anthropic refuses thinking on
+    # for a turn in progress that does not open with a thinking block, so it goes too,
+    # with the thinking-clearing edit that needs it.
+    body = {
+        "model": "m",
+        "max_tokens": 2048,
+        "thinking": THINKING,
+        "context_management": CLEARING,
+        "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": [MADE, TOOL_USE]},
+            {"role": "user", "content": [TOOL_RESULT]},
+        ],
+    }
+    sent = _sent_to_claude(body)
+    assert sent["messages"][1]["content"] == [TOOL_USE]
+    assert "thinking" not in sent
+    assert "context_management" not in sent
+    assert body["thinking"] == THINKING  # the client's body is not changed
+
+
+def test_other_context_edits_stay_when_thinking_goes():
+    other = {"type": "clear_tool_uses_20250919"}
+    body = {
+        "model": "m",
+        "max_tokens": 2048,
+        "thinking": THINKING,
+        "context_management": {"edits": [CLEARING["edits"][0], other]},
+        "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": [MADE, TOOL_USE]},
+            {"role": "user", "content": [TOOL_RESULT]},
+        ],
+    }
+    assert _sent_to_claude(body)["context_management"] == {"edits": [other]}
+
+
+def test_a_message_of_made_thinking_alone_is_left_out_and_a_new_turn_keeps_thinking():
+    body = {
+        "model": "m",
+        "max_tokens": 2048,
+        "thinking": THINKING,
+        "context_management": CLEARING,
+        "messages": [
+            {"role": "user", "content": "6*7?"},
+            {"role": "assistant", "content": [MADE]},
+            {"role": "user", "content": "And 6*8?"},
+        ],
+    }
+    sent = _sent_to_claude(body)
+    assert [m["role"] for m in sent["messages"]] == ["user", "user"]
+    # A new user message: no turn in progress, so thinking may stay on.
+    assert sent["thinking"] == THINKING
+    assert sent["context_management"] == CLEARING
+
+
+def test_a_turn_opening_with_claudes_own_thinking_keeps_thinking():
+    claudes = {"type": "thinking", "thinking": "Mine.", "signature": "EqQBCkgIAR..."}
+    body = {
+        "model": "m",
+        "max_tokens": 2048,
+        "thinking": THINKING,
+        "messages": [
+            {"role": "user", "content": "6*7?"},
+            {"role": "assistant", "content": [MADE, {"type": "text", "text": "42."}]},
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": [claudes, TOOL_USE]},
+            {"role": "user", "content": [TOOL_RESULT]},
+        ],
+    }
+    sent = _sent_to_claude(body)
+    assert sent["thinking"] == THINKING
+    assert sent["messages"][1]["content"] == [{"type": "text", "text": "42."}]

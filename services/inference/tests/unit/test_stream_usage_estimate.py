@@ -2,7 +2,9 @@
 `stream_options.include_usage`): the client is told the estimate it is billed by, never
 0 tokens. An Anthropic client's `message_delta.usage` said 0 in and 0 out (Claude Code
 tracks its context by it) while the usage record billed an estimate; a Responses
-client's `response.completed` did the same."""
+client's `response.completed` did the same. A whole (not streamed) reply without usage
+was billed 0 tokens: it is billed the same kind of estimate, and a translated one tells
+its client so."""
 
 from __future__ import annotations
 
@@ -89,5 +91,81 @@ async def test_a_stream_with_usage_tells_what_the_upstream_reported(recorder, se
     await harness.handle(request)
 
     assert _told(api, harness.stream_of(request.request_id)) == {"input": 7, "output": 4}
+    billed = (await harness.usage_of(request.request_id)).data.usage
+    assert (billed.input_tokens, billed.output_tokens) == (7, 4)
+
+
+COMPLETION_WITHOUT_USAGE = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-x",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Sunny and mild, about 21 degrees."},
+            "finish_reason": "stop",
+        }
+    ],
+}
+
+WHOLE_BODIES = {
+    ClientAPI.ANTHROPIC_MESSAGES: {
+        "model": "m",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": PROMPT}],
+    },
+    ClientAPI.OPENAI_RESPONSES: {"model": "m", "input": PROMPT},
+    ClientAPI.OPENAI_CHAT_COMPLETIONS: {
+        "model": "m",
+        "messages": [{"role": "user", "content": PROMPT}],
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "api", list(WHOLE_BODIES), ids=["messages", "responses", "chat (relayed as sent)"]
+)
+async def test_a_whole_reply_without_usage_is_billed_an_estimate_not_nothing(recorder, serve, api):
+    recorder.script(Scripted(json=dict(COMPLETION_WITHOUT_USAGE)))
+    harness = await serve(_deployment(recorder))
+    request = chat_request("m", api=api, body=WHOLE_BODIES[api])
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    billed = (await harness.usage_of(request.request_id)).data.usage
+    assert billed.input_tokens == estimate_prompt_tokens(WHOLE_BODIES[api]) > 100
+    assert billed.output_tokens == 9  # 33 characters of text, 4 a token
+    assert reply.data.usage == billed
+    usage = reply.data.response.get("usage")
+    if api is ClientAPI.ANTHROPIC_MESSAGES:
+        # A translated reply tells its client the estimate it is billed by.
+        assert (usage["input_tokens"], usage["output_tokens"]) == (
+            billed.input_tokens,
+            billed.output_tokens,
+        )
+    elif api is ClientAPI.OPENAI_RESPONSES:
+        assert (usage["input_tokens"], usage["output_tokens"], usage["total_tokens"]) == (
+            billed.input_tokens,
+            billed.output_tokens,
+            billed.input_tokens + billed.output_tokens,
+        )
+    else:
+        assert usage is None  # a relayed reply stays as the upstream sent it
+
+
+async def test_a_whole_reply_with_usage_is_billed_what_the_upstream_reported(recorder, serve):
+    usage = {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}
+    recorder.script(Scripted(json={**COMPLETION_WITHOUT_USAGE, "usage": usage}))
+    harness = await serve(_deployment(recorder))
+    body = WHOLE_BODIES[ClientAPI.ANTHROPIC_MESSAGES]
+    request = chat_request("m", api=ClientAPI.ANTHROPIC_MESSAGES, body=body)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    told = reply.data.response["usage"]
+    assert (told["input_tokens"], told["output_tokens"]) == (7, 4)
     billed = (await harness.usage_of(request.request_id)).data.usage
     assert (billed.input_tokens, billed.output_tokens) == (7, 4)

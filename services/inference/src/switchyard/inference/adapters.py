@@ -434,6 +434,28 @@ class _MessagesFromChatStream:
         return self._usage
 
 
+def with_estimated_usage(
+    reply: dict[str, Any], api: ClientAPI, usage: TokenUsage
+) -> dict[str, Any]:
+    """A translated whole `reply` in the client's `api` whose upstream reported no usage,
+    telling the client the estimate `usage` it is billed by (as a translated stream's
+    last event does): Chat Completions' `usage`, Anthropic's `usage`, the Responses API's
+    `usage`. `reply` is changed in place and returned."""
+    if api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
+        reply["usage"] = {
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+        }
+    elif api is ClientAPI.ANTHROPIC_MESSAGES:
+        reply["usage"] = messages_usage_from_chat(
+            {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens}
+        )
+    elif api is ClientAPI.OPENAI_RESPONSES:
+        reply["usage"] = usage_object(usage)
+    return reply
+
+
 # --------------------------------------------------------------------------- adapters
 
 

@@ -20,14 +20,15 @@ from opentelemetry.trace import SpanKind
 
 from switchyard.common import tracing
 from switchyard.common.bus import EventRejectedError
-from switchyard.common.events import StreamEvent, TokenUsage
+from switchyard.common.events import ClientAPI, StreamEvent, TokenUsage
 from switchyard.common.routing import Deployment
 from switchyard.inference import genai, metrics
-from switchyard.inference.adapters import Adapter, UpstreamCall
+from switchyard.inference.adapters import Adapter, UpstreamCall, with_estimated_usage
 from switchyard.inference.errors import ProviderError, response_too_large
 from switchyard.inference.publishing import MAX_BACKLOG, ChunkPublisher
 from switchyard.inference.runs import RequestRun, seconds_until
 from switchyard.inference.upstream import Upstream, invalid_reply
+from switchyard.inference.usage import estimate_output_tokens, estimate_prompt_tokens
 
 # Upstream events read between two yields to the event loop when they arrive faster
 # than the loop would otherwise switch (a buffered stream).
@@ -39,6 +40,17 @@ def undeliverable_stream(reason: EventRejectedError) -> ProviderError:
     client has the events before it and this 502 `response_too_large`, never a stream
     with a gap in it."""
     return response_too_large(reason, "stream")
+
+
+# The APIs whose calls are billed by their tokens (token counting is free).
+BILLED_APIS = frozenset(
+    {
+        ClientAPI.OPENAI_CHAT_COMPLETIONS,
+        ClientAPI.ANTHROPIC_MESSAGES,
+        ClientAPI.OPENAI_RESPONSES,
+        ClientAPI.OPENAI_EMBEDDINGS,
+    }
+)
 
 
 class UpstreamCalls:
@@ -105,6 +117,16 @@ class UpstreamCalls:
                     if error.code == "upstream_invalid_reply":
                         raise invalid_reply(deployment.name) from error
                     raise
+                if not usage.total_tokens and data.api in BILLED_APIS:
+                    # A reply without usage (a server that leaves it out) is estimated, as
+                    # a stream without it is: never billed as nothing. A translated reply
+                    # tells its client the estimate; a relayed one stays as it was sent.
+                    usage = TokenUsage(
+                        input_tokens=estimate_prompt_tokens(data.body),
+                        output_tokens=estimate_output_tokens(response),
+                    )
+                    if call.api is not data.api:
+                        response = with_estimated_usage(response, data.api, usage)
             if span is not None:
                 span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
                 span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)

@@ -1657,7 +1657,14 @@ def reasoning_text(message: dict[str, Any]) -> str | None:
 def without_translated_thinking(body: dict[str, Any]) -> dict[str, Any]:
     """An Anthropic request `body` without the `thinking` blocks Switchyard made from
     another server's reasoning (`TRANSLATED_THINKING_SIGNATURE`), which an Anthropic model
-    refuses ("Invalid signature"); `body` itself when it holds none."""
+    refuses ("Invalid signature"); `body` itself when it holds none.
+
+    What their removal would leave Anthropic to refuse goes with them: a message that
+    held nothing else (empty content), and, when the assistant turn in progress (a tool
+    loop) opened with such a block, `thinking` itself (Anthropic refuses thinking on for
+    a turn in progress that does not open with a thinking block, and lets a turn go
+    without it, as a Chat Completions client's turn is sent) with the thinking-clearing
+    edits of `context_management`, which need thinking on."""
     messages = body.get("messages")
     if not isinstance(messages, list):
         return body
@@ -1674,10 +1681,49 @@ def without_translated_thinking(body: dict[str, Any]) -> dict[str, Any]:
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list) and any(map(translated, content)):
-            message = {**message, "content": [b for b in content if not translated(b)]}
             changed = True
+            left = [block for block in content if not translated(block)]
+            if not left:
+                continue  # it held nothing else: an empty message would be refused
+            message = {**message, "content": left}
         kept.append(message)
-    return {**body, "messages": kept} if changed else body
+    if not changed:
+        return body
+    result = {**body, "messages": kept}
+    thinking = body.get("thinking")
+    if (
+        isinstance(thinking, dict)
+        and thinking.get("type") != "disabled"
+        and not _current_turn_opens_with_thinking([m for m in kept if isinstance(m, dict)])
+    ):
+        del result["thinking"]
+        context_management = _without_thinking_clearing(body.get("context_management"))
+        if context_management is None:
+            result.pop("context_management", None)
+        else:
+            result["context_management"] = context_management
+    return result
+
+
+def _without_thinking_clearing(context_management: Any) -> Any:
+    """Anthropic's `context_management` without its thinking-clearing edits; None when
+    nothing is left of it. Anything not shaped as expected is kept as it is (Anthropic
+    judges it)."""
+    if not isinstance(context_management, dict):
+        return context_management
+    edits = context_management.get("edits")
+    if not isinstance(edits, list):
+        return context_management
+    others = [
+        edit
+        for edit in edits
+        if not (isinstance(edit, dict) and edit.get("type") == CLEAR_THINKING_EDIT)
+    ]
+    if len(others) == len(edits):
+        return context_management
+    if not others and set(context_management) == {"edits"}:
+        return None
+    return {**context_management, "edits": others}
 
 
 # The id of a `tool_use` given to an Anthropic client for an upstream's call id that Anthropic

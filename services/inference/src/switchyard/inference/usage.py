@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import orjson
+
 from switchyard.common.events import MAX_TOKEN_COUNT, TokenUsage
 
 
@@ -148,3 +150,31 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
         else:  # a token id
             tokens += 1
     return tokens + math.ceil(chars / 4)
+
+
+# Reply fields whose text a model generated (the signature of a thinking block, ids and
+# the usage itself are not counted).
+_GENERATED_TEXT = frozenset(
+    {"text", "content", "arguments", "thinking", "reasoning_content", "refusal", "input"}
+)
+
+
+def _generated_chars(value: Any, key: str | None = None) -> int:
+    """Characters of generated text in `value`, found under the field `key`."""
+    if isinstance(value, str):
+        return len(value) if key in _GENERATED_TEXT else 0
+    if isinstance(value, list):
+        return sum(_generated_chars(item) for item in value)
+    if isinstance(value, dict):
+        if key == "input":  # a tool call's arguments, as Anthropic gives them: an object
+            return len(orjson.dumps(value))
+        return sum(_generated_chars(item, name) for name, item in value.items() if name != "usage")
+    return 0
+
+
+def estimate_output_tokens(reply: dict[str, Any]) -> int:
+    """A rough size of what a model generated in a whole (not streamed) `reply` of any
+    API (4 characters a token): the text, thinking, refusals and tool call arguments of
+    Chat Completions' `choices`, Anthropic's `content` blocks and the Responses API's
+    `output` items, for a reply whose server reported no usage."""
+    return math.ceil(_generated_chars(reply) / 4)
