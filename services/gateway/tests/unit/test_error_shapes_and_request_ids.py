@@ -424,7 +424,7 @@ async def test_a_405_names_every_method_the_path_serves(harness):
 @pytest.mark.parametrize(
     ("status", "seconds", "header"),
     [
-        (429, 2.4, "2"),
+        (429, 2.4, "3"),  # rounded up: never before the wait is over
         (429, 0.0, "1"),
         (429, 1e300, "86400"),  # a wait no client would keep: a day
         (429, float("inf"), "1"),  # from a producer on the topics: no 500, a retryable 429
