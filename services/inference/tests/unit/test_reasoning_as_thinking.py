@@ -1,8 +1,10 @@
 """Reasoning text of an OpenAI-compatible server (`reasoning_content`, vLLM's and
 DeepSeek's; `reasoning`) reaches an Anthropic client that enabled thinking as a `thinking`
 block, whole or streamed (as Anthropic streams one: `thinking_delta`s, then its
-`signature_delta`), and no other client; sent back, it goes to no model: Chat Completions
-is never sent thinking, and an Anthropic deployment would refuse its signature, so a
+`signature_delta`), and no other client. Sent back, it goes to the server it came from as
+its `reasoning_content` (signed for that server's origin: DeepSeek's and Kimi's thinking
+models refuse a tool loop without it), and to no other model: other Chat Completions
+servers refuse the field, and an Anthropic deployment would refuse its signature, so a
 request (or a token count) to one leaves it out."""
 
 from __future__ import annotations
@@ -22,8 +24,14 @@ from switchyard.inference.translate import (
     chat_completion_to_message,
     messages_request_to_chat,
 )
+from switchyard.inference.upstream import SSE
 
 from .test_translate import openai_chunk
+
+
+def _sse(data: dict[str, Any]) -> SSE:
+    return SSE(None, data)
+
 
 OPENAI = Deployment(
     name="up", provider="openai", model="m", base_url="http://127.0.0.1:9/v1", max_retries=0
@@ -240,3 +248,222 @@ def test_a_turn_opening_with_claudes_own_thinking_keeps_thinking():
     sent = _sent_to_claude(body)
     assert sent["thinking"] == THINKING
     assert sent["messages"][1]["content"] == [{"type": "text", "text": "42."}]
+
+
+DEEPSEEK = Deployment(
+    name="deepseek", provider="openai", model="d", base_url="http://127.0.0.1:9/v1", max_retries=0
+)
+OTHER = Deployment(
+    name="other", provider="openai", model="o", base_url="http://127.0.0.2:9/v1", max_retries=0
+)
+
+
+def _messages_adapter(deployment: Deployment, body: dict[str, Any]):
+    return Adapters().adapter_for(
+        ClientAPI.ANTHROPIC_MESSAGES, deployment, _request(ClientAPI.ANTHROPIC_MESSAGES, body)
+    )
+
+
+def _tool_loop(thinking_block: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": "m",
+        "max_tokens": 2048,
+        "thinking": THINKING,
+        "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": [thinking_block, TOOL_USE]},
+            {"role": "user", "content": [TOOL_RESULT]},
+        ],
+    }
+
+
+def _reply_with_call() -> dict[str, Any]:
+    completion = _completion()
+    completion["choices"][0]["message"]["tool_calls"] = [
+        {
+            "id": "toolu_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        }
+    ]
+    return completion
+
+
+def test_a_servers_reasoning_goes_back_to_it_as_reasoning_content_in_a_tool_loop():
+    # DeepSeek's and Kimi's thinking models refuse a tool loop whose assistant message
+    # lacks the reasoning_content they gave: the thinking block made from it is signed
+    # for its server, and goes back to that server as the message's reasoning_content.
+    first = _tool_loop({})["messages"][:1]
+    adapter = _messages_adapter(DEEPSEEK, {**_tool_loop({}), "messages": first})
+    message, _ = adapter.reply(_reply_with_call(), "m")
+    made = message["content"][0]
+    assert made["type"] == "thinking" and made["thinking"] == "Six times seven."
+    assert made["signature"].startswith(TRANSLATED_THINKING_SIGNATURE + ".")
+
+    body = _tool_loop(made)
+    sent = _messages_adapter(DEEPSEEK, body).request(body, {}, DEEPSEEK, False).body
+    assistant = sent["messages"][1]
+    assert assistant["role"] == "assistant"
+    assert assistant["reasoning_content"] == "Six times seven."
+    assert assistant["tool_calls"][0]["id"] == "toolu_1"
+
+    # To another server, or to Claude, it goes nowhere: they would refuse the field.
+    sent = _messages_adapter(OTHER, body).request(body, {}, OTHER, False).body
+    assert "reasoning_content" not in sent["messages"][1]
+    assert "Six times seven." not in str(_sent_to_claude(body)["messages"])
+
+
+def test_a_streamed_thinking_block_is_signed_for_its_server_too():
+    adapter = _messages_adapter(DEEPSEEK, {**_tool_loop({}), "stream": True})
+    translation = adapter.stream({}, "m")
+    chunks = [
+        openai_chunk({"role": "assistant", "reasoning_content": "Six "}),
+        openai_chunk({"reasoning_content": "times seven."}),
+        openai_chunk({"content": "42."}),
+        openai_chunk({}, "stop"),
+    ]
+    events = []
+    for chunk in chunks:
+        events += translation.feed(_sse(chunk))
+    events += translation.finish()
+    (signature,) = [
+        e.data["delta"]["signature"]
+        for e in events
+        if e.data.get("delta", {}).get("type") == "signature_delta"
+    ]
+    made = adapter.reply(_completion(), "m")[0]["content"][0]
+    assert signature == made["signature"] != TRANSLATED_THINKING_SIGNATURE
+
+
+def test_a_block_signed_before_servers_were_named_goes_back_to_none():
+    body = _tool_loop(MADE)  # the bare `switchyard.reasoning.v1`
+    sent = _messages_adapter(DEEPSEEK, body).request(body, {}, DEEPSEEK, False).body
+    assert "reasoning_content" not in sent["messages"][1]
+
+
+def test_a_forged_signature_of_another_server_is_not_sent():
+    body = _tool_loop({**MADE, "signature": TRANSLATED_THINKING_SIGNATURE + ".0123456789abcdef"})
+    sent = messages_request_to_chat(body, reasoning_origin="127.0.0.1:9")
+    assert "reasoning_content" not in sent["messages"][1]
+
+
+def _responses_adapter(deployment: Deployment, body: dict[str, Any]):
+    return Adapters().adapter_for(
+        ClientAPI.OPENAI_RESPONSES, deployment, _request(ClientAPI.OPENAI_RESPONSES, body)
+    )
+
+
+def test_a_servers_reasoning_goes_back_to_it_from_a_responses_client_too():
+    first = {"model": "m", "input": "Weather in Oslo?"}
+    response, _ = _responses_adapter(DEEPSEEK, first).reply(_reply_with_call(), "m")
+    reasoning, call = [item for item in response["output"] if item["type"] != "message"]
+    assert reasoning["type"] == "reasoning"
+    assert reasoning["encrypted_content"].startswith(TRANSLATED_THINKING_SIGNATURE + ".")
+    assert call["type"] == "function_call"
+
+    second = {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            reasoning,
+            call,
+            {"type": "function_call_output", "call_id": call["call_id"], "output": "Sunny."},
+        ],
+    }
+    sent = _responses_adapter(DEEPSEEK, second).request(second, {}, DEEPSEEK, False).body
+    assistant = sent["messages"][1]
+    assert assistant["role"] == "assistant"
+    assert assistant["reasoning_content"] == "Six times seven."
+    assert assistant["tool_calls"][0]["id"] == call["call_id"]
+    assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "tool"]
+
+    other = _responses_adapter(OTHER, second).request(second, {}, OTHER, False).body
+    assert all("reasoning_content" not in m for m in other["messages"])
+    to_claude = _responses_adapter(CLAUDE, second).request(second, {}, CLAUDE, False).body
+    assert "Six times seven." not in str(to_claude["messages"])
+
+
+def test_a_streamed_reasoning_item_is_signed_for_its_server():
+    adapter = _responses_adapter(DEEPSEEK, {"model": "m", "input": "6*7?", "stream": True})
+    translation = adapter.stream({}, "m")
+    events = []
+    for chunk in (
+        openai_chunk({"role": "assistant", "reasoning_content": "Six times seven."}),
+        openai_chunk({"content": "42."}),
+        openai_chunk({}, "stop"),
+    ):
+        events += translation.feed(_sse(chunk))
+    events += translation.finish()
+    (done,) = [
+        e.data["item"]
+        for e in events
+        if e.event == "response.output_item.done" and e.data["item"]["type"] == "reasoning"
+    ]
+    made, _ = adapter.reply(_completion(), "m")
+    assert done["encrypted_content"] == made["output"][0]["encrypted_content"]
+    assert done["summary"][0]["text"] == "Six times seven."
+
+
+def test_reasoning_followed_by_text_becomes_one_assistant_message():
+    sign = _responses_adapter(DEEPSEEK, {"model": "m", "input": "x"}).ctx.reasoning_signature
+    body = {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "6*7?"},
+            {
+                "type": "reasoning",
+                "summary": [{"type": "summary_text", "text": "Six times seven."}],
+                "encrypted_content": sign,
+            },
+            {"role": "assistant", "content": [{"type": "output_text", "text": "42."}]},
+            {"role": "user", "content": "And 6*8?"},
+        ],
+    }
+    sent = _responses_adapter(DEEPSEEK, body).request(body, {}, DEEPSEEK, False).body
+    assert sent["messages"][1] == {
+        "role": "assistant",
+        "content": "42.",
+        "reasoning_content": "Six times seven.",
+    }
+    assert len(sent["messages"]) == 3
+
+
+GEMINI = Deployment(
+    name="gemini",
+    provider="gemini",
+    model="gemini-3-pro-preview",
+    base_url="http://127.0.0.1:9/v1beta/openai",
+    api_key_env="T_GEMINI_KEY",
+    max_retries=0,
+)
+
+
+def test_a_tool_loop_translated_for_gemini_gives_each_call_a_thought_signature():
+    # Gemini 3 refuses a tool loop whose calls lack their thought signature, which neither
+    # an Anthropic nor a Responses client can keep: Google's documented value stands in.
+    body = _tool_loop(MADE)
+    sent = _messages_adapter(GEMINI, body).request(body, {}, GEMINI, False).body
+    (call,) = sent["messages"][1]["tool_calls"]
+    assert call["extra_content"] == {
+        "google": {"thought_signature": "skip_thought_signature_validator"}
+    }
+
+    responses_body = {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "Sunny."},
+        ],
+    }
+    sent = (
+        _responses_adapter(GEMINI, responses_body).request(responses_body, {}, GEMINI, False).body
+    )
+    (call,) = sent["messages"][1]["tool_calls"]
+    assert (
+        call["extra_content"]["google"]["thought_signature"] == "skip_thought_signature_validator"
+    )
+
+    # No other deployment gets the field.
+    sent = _messages_adapter(DEEPSEEK, body).request(body, {}, DEEPSEEK, False).body
+    assert "extra_content" not in sent["messages"][1]["tool_calls"][0]

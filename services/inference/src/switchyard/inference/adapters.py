@@ -28,7 +28,9 @@ knows the shapes.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -48,6 +50,7 @@ from switchyard.inference.tokens import (
 )
 from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
+    TRANSLATED_THINKING_SIGNATURE,
     AnthropicToolIds,
     ChatChunksToMessageEvents,
     CompletionAccumulator,
@@ -59,6 +62,7 @@ from switchyard.inference.translate import (
     message_to_chat_completion,
     messages_request_to_chat,
     messages_usage_from_chat,
+    reasoning_signature,
     thinking_enabled,
     tool_use_ids,
     without_translated_thinking,
@@ -399,9 +403,16 @@ class _MessagesFromChatStream:
     """Chat Completions upstream chunks -> Anthropic events."""
 
     def __init__(
-        self, model: str, tool_ids: AnthropicToolIds, thinking: bool, body: dict[str, Any]
+        self,
+        model: str,
+        tool_ids: AnthropicToolIds,
+        thinking: bool,
+        body: dict[str, Any],
+        signature: str = TRANSLATED_THINKING_SIGNATURE,
     ) -> None:
-        self._converter = ChatChunksToMessageEvents(model, tool_ids, thinking=thinking)
+        self._converter = ChatChunksToMessageEvents(
+            model, tool_ids, thinking=thinking, signature=signature
+        )
         self._usage = TokenUsage()
         self._estimate = _UsageEstimate(body)
 
@@ -432,6 +443,42 @@ class _MessagesFromChatStream:
         if not self._usage.total_tokens and self._estimate.given is not None:
             return self._estimate.given
         return self._usage
+
+
+# Google's documented value for a function call whose thought signature is not at hand
+# ("Thought signatures": a conversation moved from another model, or whose signatures a
+# client could not keep): Gemini 3 refuses with 400 a tool loop whose calls lack one.
+GEMINI_SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+
+def with_gemini_signatures(payload: dict[str, Any], deployment: Deployment) -> dict[str, Any]:
+    """A Chat Completions request translated from another API (`payload`, changed in
+    place and returned), for a `gemini` deployment: every assistant tool call without
+    `extra_content.google.thought_signature` gets `GEMINI_SKIP_SIGNATURE`. Anthropic's
+    and the Responses API's clients have no place to keep Gemini's signatures, so their
+    tool loops would otherwise be refused from the second turn on. Other deployments'
+    requests are returned as they are."""
+    if deployment.provider != "gemini":
+        return payload
+    for message in payload.get("messages") or ():
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        for call in message.get("tool_calls") or ():
+            extra = call.setdefault("extra_content", {})
+            if isinstance(extra, dict):
+                google = extra.setdefault("google", {})
+                if isinstance(google, dict):
+                    google.setdefault("thought_signature", GEMINI_SKIP_SIGNATURE)
+    return payload
+
+
+def reasoning_origin(deployment: Deployment) -> str:
+    """Where `deployment`'s reasoning text comes from, for `reasoning_signature`: the host
+    and port of its base URL, lower-cased (two deployments of one server share it), or
+    its provider kind when it has none."""
+    if not deployment.base_url:
+        return deployment.provider
+    return urllib.parse.urlsplit(deployment.base_url).netloc.lower() or deployment.provider
 
 
 def with_estimated_usage(
@@ -587,15 +634,30 @@ class MessagesViaChat(MessagesPassThrough):
     reuse (`AnthropicToolIds`); `thinking`: the request enabled thinking, so the server's
     reasoning text reaches the client as thinking blocks."""
 
-    def __init__(self, taken: frozenset[str] = frozenset(), *, thinking: bool = False) -> None:
+    def __init__(
+        self,
+        taken: frozenset[str] = frozenset(),
+        *,
+        thinking: bool = False,
+        origin: str | None = None,
+    ) -> None:
         self._taken = taken
         self._thinking = thinking
+        # Thinking blocks made from the deployment's reasoning are signed for its origin,
+        # so they go back to it (and to no other server) as `reasoning_content`.
+        self._signature = reasoning_signature(origin)
 
     @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
-        payload = _translated(messages_request_to_chat, body, anthropic_betas(headers))
+        payload = _translated(
+            messages_request_to_chat,
+            body,
+            anthropic_betas(headers),
+            reasoning_origin=reasoning_origin(deployment),
+        )
+        with_gemini_signatures(payload, deployment)
         payload["model"] = deployment.model
         if stream:
             payload["stream"] = True
@@ -609,13 +671,19 @@ class MessagesViaChat(MessagesPassThrough):
     def reply(self, native: dict[str, Any], model: str) -> tuple[dict[str, Any], TokenUsage]:
         _require(native, "choices", list, model)
         message = chat_completion_to_message(
-            native, model, AnthropicToolIds(self._taken), thinking=self._thinking
+            native,
+            model,
+            AnthropicToolIds(self._taken),
+            thinking=self._thinking,
+            signature=self._signature,
         )
         return message, openai_usage(native.get("usage"))
 
     @override
     def stream(self, body: dict[str, Any], model: str) -> StreamTranslation:
-        return _MessagesFromChatStream(model, AnthropicToolIds(self._taken), self._thinking, body)
+        return _MessagesFromChatStream(
+            model, AnthropicToolIds(self._taken), self._thinking, body, self._signature
+        )
 
 
 class _NotStreamed(Adapter):
@@ -1008,13 +1076,24 @@ class ResponsesPassThrough(Adapter):
 
 class ResponsesViaChat(ResponsesPassThrough):
     """Responses to an OpenAI-protocol deployment offering Chat Completions only
-    (translated)."""
+    (translated). `origin`: the deployment's (`reasoning_origin`), whose reasoning text
+    becomes reasoning items signed for it, which go back to it."""
+
+    def __init__(self, request: ChatRequested, origin: str | None = None) -> None:
+        super().__init__(request)
+        self.ctx = dataclasses.replace(self.ctx, reasoning_signature=reasoning_signature(origin))
 
     @override
     def request(
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
-        payload = _translated(responses_request_to_chat, body, self.previous_items)
+        payload = _translated(
+            responses_request_to_chat,
+            body,
+            self.previous_items,
+            reasoning_origin=reasoning_origin(deployment),
+        )
+        with_gemini_signatures(payload, deployment)
         payload["model"] = deployment.model
         if stream:
             payload["stream"] = True
@@ -1122,7 +1201,7 @@ class Adapters:
                 return ResponsesViaMessages(request, self.anthropic_max_tokens)
             if deployment.responses_api:
                 return ResponsesPassThrough(request)
-            return ResponsesViaChat(request)
+            return ResponsesViaChat(request, reasoning_origin(deployment))
         if api is ClientAPI.OPENAI_CHAT_COMPLETIONS:
             if protocol == "anthropic":
                 return ChatViaMessages(self.anthropic_max_tokens)
@@ -1133,7 +1212,11 @@ class Adapters:
             if request is None:
                 return MessagesViaChat()
             body = request.data.body
-            return MessagesViaChat(frozenset(tool_use_ids(body)), thinking=thinking_enabled(body))
+            return MessagesViaChat(
+                frozenset(tool_use_ids(body)),
+                thinking=thinking_enabled(body),
+                origin=reasoning_origin(deployment),
+            )
         if api is ClientAPI.OPENAI_EMBEDDINGS and protocol == "openai":
             return EmbeddingsPassThrough()
         if api is ClientAPI.ANTHROPIC_COUNT_TOKENS:

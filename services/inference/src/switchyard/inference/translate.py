@@ -558,11 +558,17 @@ def _check_thread(thread: Any) -> None:
 
 
 def messages_request_to_chat(
-    body: dict[str, Any], betas: frozenset[str] = frozenset({INTERLEAVED_THINKING_BETA})
+    body: dict[str, Any],
+    betas: frozenset[str] = frozenset({INTERLEAVED_THINKING_BETA}),
+    *,
+    reasoning_origin: str | None = None,
 ) -> dict[str, Any]:
     """An Anthropic Messages request as an OpenAI Chat Completions request. `betas` are
     the request's `anthropic-beta` values (the default, interleaved thinking, refuses no
-    thinking budget for its size).
+    thinking budget for its size). `reasoning_origin`: the origin of the deployment it
+    goes to (`reasoning_origin`): an assistant message's thinking blocks made from that
+    server's reasoning (`reasoning_signature`) go back to it as the message's
+    `reasoning_content`; any other thinking is left out.
 
     Raises TranslationError for what Chat Completions cannot express (`top_k`,
     `context_management` other than clearing thinking, server tools, URL documents...:
@@ -596,7 +602,7 @@ def messages_request_to_chat(
     if not isinstance(raw_messages, list):
         raise _anthropic_refusal("messages", "Input should be a valid list")
     for index, message in enumerate(raw_messages):
-        messages.extend(_anthropic_message_to_openai(message, index))
+        messages.extend(_anthropic_message_to_openai(message, index, reasoning_origin))
     if (
         raw_messages
         and raw_messages[-1].get("role") == "assistant"
@@ -1075,7 +1081,9 @@ def _required_string(block: dict[str, Any], name: str, where: str) -> str:
     return value
 
 
-def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any]]:
+def _anthropic_message_to_openai(
+    message: Any, index: int, reasoning_origin: str | None = None
+) -> list[dict[str, Any]]:
     where = f"messages.{index}"
     if not isinstance(message, dict):
         raise _anthropic_refusal(where, "Input should be a valid dictionary")
@@ -1097,6 +1105,8 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
     if role == "assistant":
         texts: list[str] = []
         tool_calls: list[dict[str, Any]] = []
+        reasoning: list[str] = []
+        own_signature = reasoning_signature(reasoning_origin) if reasoning_origin else None
         for position, block in enumerate(content):
             block_where = f"{where}.content.{position}"
             if not isinstance(block, dict):
@@ -1117,7 +1127,13 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
                 )
             elif kind in ("thinking", "redacted_thinking"):
                 # Signed reasoning only the model that wrote it can verify; Anthropic
-                # itself ignores it in earlier turns. Chat Completions cannot carry it.
+                # itself ignores it in earlier turns. Chat Completions cannot carry it,
+                # except the reasoning text of the server it goes to, given back as it
+                # gave it (DeepSeek's and Kimi's thinking models need it in a tool loop).
+                if own_signature is not None and block.get("signature") == own_signature:
+                    text = block.get("thinking")
+                    if isinstance(text, str) and text:
+                        reasoning.append(text)
                 continue
             else:
                 raise _unsupported_block(kind, block_where, "Assistant content")
@@ -1132,6 +1148,8 @@ def _anthropic_message_to_openai(message: Any, index: int) -> list[dict[str, Any
             result["tool_calls"] = tool_calls
         elif result["content"] is None:
             result["content"] = ""
+        if reasoning:
+            result["reasoning_content"] = "".join(reasoning)
         return [result]
 
     # user: tool results become tool messages (first, right after the assistant's calls)
@@ -1644,6 +1662,31 @@ def anthropic_tool_id(call_id: str) -> str:
 TRANSLATED_THINKING_SIGNATURE = "switchyard.reasoning.v1"
 
 
+def reasoning_signature(origin: str | None) -> str:
+    """The signature of a `thinking` block made from the reasoning text of the server at
+    `origin` (`reasoning_origin`): `TRANSLATED_THINKING_SIGNATURE`, then a 16-hex digest
+    of the origin. Sent back to a deployment of the same origin, the block goes as that
+    server's `reasoning_content` (DeepSeek's and Kimi's thinking models refuse a tool loop
+    without it; other servers refuse the field, so it goes to no other). None: no origin
+    (the block is never sent back)."""
+    if origin is None:
+        return TRANSLATED_THINKING_SIGNATURE
+    digest = hashlib.sha256(origin.encode()).hexdigest()[:16]
+    return f"{TRANSLATED_THINKING_SIGNATURE}.{digest}"
+
+
+def is_translated_thinking(block: Any) -> bool:
+    """Whether `block` is a `thinking` block Switchyard made from another server's
+    reasoning text (its signature is `reasoning_signature`'s, of any origin)."""
+    if not isinstance(block, dict) or block.get("type") != "thinking":
+        return False
+    signature = block.get("signature")
+    return isinstance(signature, str) and (
+        signature == TRANSLATED_THINKING_SIGNATURE
+        or signature.startswith(TRANSLATED_THINKING_SIGNATURE + ".")
+    )
+
+
 def reasoning_text(message: dict[str, Any]) -> str | None:
     """The reasoning text an OpenAI-compatible server put in a reply's `message` or a
     stream's `delta` (`reasoning_content`, else `reasoning`), None for none."""
@@ -1669,12 +1712,7 @@ def without_translated_thinking(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(messages, list):
         return body
 
-    def translated(block: Any) -> bool:
-        return (
-            isinstance(block, dict)
-            and block.get("type") == "thinking"
-            and block.get("signature") == TRANSLATED_THINKING_SIGNATURE
-        )
+    translated = is_translated_thinking
 
     kept: list[Any] = []
     changed = False
@@ -2650,12 +2688,14 @@ def chat_completion_to_message(
     tool_ids: AnthropicToolIds | None = None,
     *,
     thinking: bool = False,
+    signature: str = TRANSLATED_THINKING_SIGNATURE,
 ) -> dict[str, Any]:
     """An OpenAI `chat.completion` (its first choice) as an Anthropic `message`, its tool
     calls' ids given by `tool_ids` (the request's own `tool_use` ids taken: see
     `AnthropicToolIds`; none taken when not given). With `thinking` (the request enabled
     it), the server's reasoning text (`reasoning_text`) comes first as a `thinking` block;
-    without, it is left out, as Anthropic sends no thinking unless asked."""
+    without, it is left out, as Anthropic sends no thinking unless asked. `signature`:
+    that block's (`reasoning_signature` of the server's origin)."""
     tool_ids = tool_ids if tool_ids is not None else AnthropicToolIds()
     choices = completion.get("choices") or [{}]
     choice = choices[0] if isinstance(choices[0], dict) else {}
@@ -2663,9 +2703,7 @@ def chat_completion_to_message(
     content: list[dict[str, Any]] = []
     reasoning = reasoning_text(message) if thinking else None
     if reasoning is not None:
-        content.append(
-            {"type": "thinking", "thinking": reasoning, "signature": TRANSLATED_THINKING_SIGNATURE}
-        )
+        content.append({"type": "thinking", "thinking": reasoning, "signature": signature})
     text = _text_of(message.get("content"))
     refusal = message.get("refusal")
     if text:
@@ -2747,11 +2785,18 @@ class ChatChunksToMessageEvents:
     first choice is translated (Anthropic has no `n`)."""
 
     def __init__(
-        self, model: str, tool_ids: AnthropicToolIds | None = None, *, thinking: bool = False
+        self,
+        model: str,
+        tool_ids: AnthropicToolIds | None = None,
+        *,
+        thinking: bool = False,
+        signature: str = TRANSLATED_THINKING_SIGNATURE,
     ) -> None:
         self.model = model
-        # The request enabled thinking: reasoning text streams as a thinking block.
+        # The request enabled thinking: reasoning text streams as a thinking block, signed
+        # `signature` (`reasoning_signature` of the server's origin).
         self._thinking = thinking
+        self._signature = signature
         # The ids of the tool_use blocks (see `AnthropicToolIds`).
         self._tool_ids = tool_ids if tool_ids is not None else AnthropicToolIds()
         self.message_id: str | None = None
@@ -2800,7 +2845,7 @@ class ChatChunksToMessageEvents:
         events: list[dict[str, Any]] = []
         if kind == "thinking":
             # As Anthropic ends a thinking block: its signature, then the stop.
-            signature = {"type": "signature_delta", "signature": TRANSLATED_THINKING_SIGNATURE}
+            signature = {"type": "signature_delta", "signature": self._signature}
             events.append({"type": "content_block_delta", "index": index, "delta": signature})
         events.append({"type": "content_block_stop", "index": index})
         return events

@@ -68,12 +68,14 @@ from switchyard.inference.translate import (
     image_source,
     invalid_type,
     invalid_value,
+    is_translated_thinking,
     joined_text,
     missing_parameter,
     not_one_of,
     offer_history_tools,
     parse_data_url,
     positive_integer,
+    reasoning_signature,
     refuse_function_options,
     refuse_unknown,
     required_text,
@@ -105,6 +107,10 @@ class ResponseContext:
     response_id: str
     created_at: datetime
     model: str
+    # The `encrypted_content` of reasoning items made from a Chat Completions server's
+    # reasoning text (`reasoning_signature` of its origin), so they go back to it as
+    # `reasoning_content`; None: they have none.
+    reasoning_signature: str | None = None
 
     def response(self, status: str, **fields: Any) -> dict[str, Any]:
         """The OpenAI `response` object of this request with `status` (`in_progress`,
@@ -598,11 +604,15 @@ def responses_request_to_chat(
     previous_items: list[dict[str, Any]] | None = None,
     *,
     counting: bool = False,
+    reasoning_origin: str | None = None,
 ) -> dict[str, Any]:
     """A Responses request (and the previous conversation's items) as a Chat Completions
-    request; for a count (`counting`) possibly without messages. Raises TranslationError
-    naming the parameter Chat Completions cannot express (built-in tools, `truncation:
-    auto`, item references, ...)."""
+    request; for a count (`counting`) possibly without messages. `reasoning_origin`: the
+    origin of the deployment it goes to (`reasoning_origin`): reasoning items made from
+    that server's reasoning text (`reasoning_signature`) go back to it as the next
+    assistant message's `reasoning_content`; other reasoning is left out. Raises
+    TranslationError naming the parameter Chat Completions cannot express (built-in
+    tools, `truncation: auto`, item references, ...)."""
     refuse_unknown(body, _TO_CHAT_FIELDS, "OpenAI's Chat Completions")
     _common_checks(body)
     items = _items(body, previous_items, counting=counting)
@@ -617,12 +627,16 @@ def responses_request_to_chat(
     # tool message right after the assistant message that made it, so they follow.
     deferred: list[dict[str, Any]] = []
     pending: set[str] = set()
+    own_signature = reasoning_signature(reasoning_origin) if reasoning_origin else None
     for index, item in enumerate(items.items):
         kind = item.get("type") if isinstance(item, dict) else None
         call = kind in ("function_call", "function_call_output")
         # Images and files a call's output holds follow its tool message, as the user's.
         deferred += _item_to_chat(
-            item, items.where(index), messages if call or not pending else deferred
+            item,
+            items.where(index),
+            messages if call or not pending else deferred,
+            own_signature,
         )
         call_id = item.get("call_id") if call else None
         if isinstance(call_id, str):
@@ -631,6 +645,10 @@ def responses_request_to_chat(
             messages += deferred
             deferred = []
     messages += deferred
+    for message in messages:
+        if message["role"] == "assistant" and message.get("content") is None:
+            if not message.get("tool_calls"):
+                message["content"] = ""  # reasoning alone: a message needs content or calls
 
     result: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     limit = max_output_tokens(body)
@@ -779,6 +797,17 @@ def _texts(parts: list[dict[str, Any]], where: str, kinds: tuple[str, ...]) -> l
     return texts
 
 
+def _reasoning_only(message: dict[str, Any]) -> bool:
+    """Whether a Chat Completions `message` being built is an assistant's reasoning alone
+    (what follows it in the same turn joins it)."""
+    return (
+        message["role"] == "assistant"
+        and "reasoning_content" in message
+        and message.get("content") is None
+        and not message.get("tool_calls")
+    )
+
+
 def _chat_content(texts: list[str]) -> str | list[dict[str, Any]]:
     """Chat Completions `content` for texts: a string for one (or none), text parts for
     several."""
@@ -787,11 +816,15 @@ def _chat_content(texts: list[str]) -> str | list[dict[str, Any]]:
     return [{"type": "text", "text": text} for text in texts]
 
 
-def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _item_to_chat(
+    item: Any, where: str, messages: list[dict[str, Any]], own_signature: str | None = None
+) -> list[dict[str, Any]]:
     """Translate one Responses input `item` at `where` into Chat Completions `messages`
-    (appended, a function call joining the assistant message before it). Returns the
-    messages that must wait until the turn's tool messages are all sent: a user message
-    with the images and files a call's output holds."""
+    (appended, a function call joining the assistant message before it, an assistant
+    message or call joining the reasoning before it). Returns the messages that must wait
+    until the turn's tool messages are all sent: a user message with the images and files
+    a call's output holds. `own_signature`: the `encrypted_content` of reasoning made from
+    the receiving server's own text, which goes back to it as `reasoning_content`."""
     kind = _kind(item, where)
     if kind == "message":
         role = item.get("role")
@@ -828,7 +861,11 @@ def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> list
             }
             if refusals:
                 message["refusal"] = "\n\n".join(refusal for refusal in refusals if refusal)
-            messages.append(message)
+            last = messages[-1] if messages else None
+            if last is not None and _reasoning_only(last):
+                last.update(message)  # the reasoning before it is this message's
+            else:
+                messages.append(message)
         else:
             raise _invalid_role(role, where)
     elif kind == "function_call":
@@ -866,8 +903,24 @@ def _item_to_chat(item: Any, where: str, messages: list[dict[str, Any]]) -> list
             return [{"role": "user", "content": media}]
     elif kind == "reasoning":
         # Earlier reasoning: Chat Completions has no place for it, and a model reasons
-        # afresh on every turn (OpenAI drops earlier turns' reasoning itself).
+        # afresh on every turn (OpenAI drops earlier turns' reasoning itself); but the
+        # receiving server's own reasoning text goes back to it, as it gave it (DeepSeek's
+        # and Kimi's thinking models refuse a tool loop without it).
         _check_reasoning_item(item, where)
+        if own_signature is not None and item.get("encrypted_content") == own_signature:
+            text = "".join(
+                part.get("text") or ""
+                for part in item.get("summary") or ()
+                if isinstance(part, dict)
+            )
+            if text:
+                last = messages[-1] if messages else None
+                if last is not None and _reasoning_only(last):
+                    last["reasoning_content"] += text
+                else:
+                    messages.append(
+                        {"role": "assistant", "content": None, "reasoning_content": text}
+                    )
         return []
     else:
         raise _unsupported_item(kind, where)
@@ -1115,6 +1168,8 @@ def _item_to_messages(item: Any, where: str) -> tuple[str, list[dict[str, Any]]]
         signature = item.get("encrypted_content")
         if not isinstance(signature, str) or not signature:
             return "assistant", []
+        if is_translated_thinking({"type": "thinking", "signature": signature}):
+            return "assistant", []  # a Chat Completions server's text, signed by Switchyard
         summary = item.get("summary") or []
         text = "".join(part.get("text") or "" for part in summary if isinstance(part, dict))
         item_id = item.get("id")
@@ -1259,7 +1314,7 @@ def chat_completion_to_response(
     output: list[dict[str, Any]] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
-        output.append(_reasoning_item(_reasoning_id(), reasoning, None))
+        output.append(_reasoning_item(_reasoning_id(), reasoning, ctx.reasoning_signature))
     content: list[dict[str, Any]] = []
     text = message.get("content")
     annotations = response_annotations(message.get("annotations"))
@@ -1707,6 +1762,7 @@ class ChatChunksToResponseEvents:
 
     def __init__(self, ctx: ResponseContext, usage: Callable[[], TokenUsage]) -> None:
         self.writer = ResponseEventWriter(ctx)
+        self._signature = ctx.reasoning_signature
         self._usage = usage
         self.finish_reason: str | None = None
         self._call: tuple[str, int] | None = None  # the function call streaming live
@@ -1763,7 +1819,7 @@ class ChatChunksToResponseEvents:
             if part == "reasoning":
                 if not writer.is_open("reasoning"):
                     events += writer.close("message") + writer.reasoning(
-                        "reasoning", thinking=False
+                        "reasoning", thinking=False, signature=self._signature
                     )
                 events += writer.reasoning_text("reasoning", text)
             elif part == "annotation":
