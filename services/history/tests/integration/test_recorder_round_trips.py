@@ -272,3 +272,32 @@ async def test_events_under_the_ids_of_a_requests_reply_and_usage_do_not_replace
         ("intruder", "chat.failed"),
         ("intruder", "usage.recorded"),
     ]
+
+
+async def test_usage_records_of_two_runs_add_up_and_copies_count_once(engine, events):
+    # One request ended by a replica that never called the upstream (0 tokens) while its
+    # first run went on and billed its call: two usage records with ids of their own.
+    recorder = EventRecorder(engine)
+    request = events.requested()
+    taken_over = events.usage(request, input_tokens=0, output_tokens=0, cost_usd=0.0)
+    real = events.usage(request, input_tokens=8, output_tokens=1, cost_usd=0.25)
+
+    await recorder.record([request, taken_over])  # one batch: the combined statement
+    await recorder.record([events.failed(request), real])
+    await recorder.record([real, taken_over])  # copies: no change
+    await recorder.record([request, events.failed(request), real])  # a mixed batch
+
+    row = await row_of(engine, request.request_id)
+    assert (row["input_tokens"], row["output_tokens"]) == (8, 1)
+    assert row["cost_usd"] == pytest.approx(0.25)
+    both = events.requested()
+    await recorder.record(
+        [
+            both,
+            events.usage(both, input_tokens=3, output_tokens=2, cost_usd=0.5),
+            events.usage(both, input_tokens=4, output_tokens=5, cost_usd=0.25),
+        ]
+    )
+    row = await row_of(engine, both.request_id)
+    assert (row["input_tokens"], row["output_tokens"]) == (7, 7)
+    assert row["cost_usd"] == pytest.approx(0.75)

@@ -98,6 +98,42 @@ async def test_any_delivery_order_and_batching_gives_the_same_row(tmp_path, even
     assert reference["cost_usd"] == pytest.approx(0.0021)
 
 
+async def test_usage_records_of_two_runs_add_up_in_any_order(tmp_path, events):
+    # A run ended by another replica (0 tokens: it never called the upstream) while the
+    # first run, frozen, went on and billed its call: two records with ids of their own.
+    # The first to arrive used to win, dropping the real tokens.
+    request = events.requested()
+    taken_over = events.usage(request, input_tokens=0, output_tokens=0, cost_usd=0.0)
+    real = events.usage(
+        request, input_tokens=8, output_tokens=1, cost_usd=0.25, cache_read_input_tokens=2
+    )
+    reply = events.failed(request)
+    reference = None
+    for index, order in enumerate(itertools.permutations([request, reply, taken_over, real])):
+        one_by_one = await _row_after(tmp_path, f"runs-{index}", [[event] for event in order])
+        one_batch = await _row_after(tmp_path, f"runs-batch-{index}", [list(order)])
+        assert one_by_one == one_batch, [event.type for event in order]
+        reference = reference or one_by_one
+        assert one_by_one == reference, [event.type for event in order]
+    assert reference is not None
+    assert (reference["input_tokens"], reference["output_tokens"]) == (8, 1)
+    assert reference["cache_read_input_tokens"] == 2
+    assert reference["cost_usd"] == pytest.approx(0.25)
+
+
+async def test_a_copy_of_a_usage_record_is_counted_once(recorder, tables, events):
+    request = events.requested()
+    first = events.usage(request, input_tokens=7, output_tokens=9, cost_usd=0.5)
+    second = events.usage(request, input_tokens=1, output_tokens=1, cost_usd=0.25)
+    await recorder.record([request, first, second])
+    await recorder.record([first, second, first])
+    await recorder.record([second])
+
+    row = await tables.request(request.request_id)
+    assert (row["input_tokens"], row["output_tokens"]) == (8, 10)
+    assert row["cost_usd"] == pytest.approx(0.75)
+
+
 async def test_replaying_every_event_changes_nothing(recorder, tables, events):
     first, second = events.requested(), events.requested(user_id="bob")
     history = [first, events.completed(first), events.usage(first), second, events.failed(second)]

@@ -63,3 +63,27 @@ def test_a_cost_beyond_what_an_event_says_is_the_most_it_says() -> None:
 
     assert cost == MAX_COST_USD
     assert outcomes.usage(request, outcome, cost, None).data.cost_usd == MAX_COST_USD
+
+
+def test_each_run_of_a_request_has_a_usage_id_of_its_own() -> None:
+    # A replica frozen mid-run, its request ended meanwhile by another (0 tokens, it never
+    # called the upstream), wrote its real usage under the same id when it resumed:
+    # history kept the first record and dropped the real tokens as a copy.
+    from switchyard.common.events import TerminalStatus, TokenUsage
+    from switchyard.inference.outcomes import Outcome
+    from switchyard.inference.runs import RequestRun
+
+    outcomes = OutcomeEvents(FixedPrices(PriceTable()))
+    request = chat_request().model_copy(update={"id": "e" * 64, "request_id": "r" * 64})
+    first, takeover = RequestRun(request), RequestRun(request)
+    outcome = Outcome(TerminalStatus.COMPLETED, usage=TokenUsage(input_tokens=8))
+
+    ids = {
+        run.run_id: outcomes.usage(request, outcome, 0.0, None, run.run_id).id
+        for run in (first, takeover)
+    }
+    again = outcomes.usage(request, outcome, 0.0, None, first.run_id).id
+
+    assert len(set(ids.values())) == 2
+    assert again == ids[first.run_id]  # the same run's record is the same event
+    assert all(len(value) <= 64 for value in ids.values())

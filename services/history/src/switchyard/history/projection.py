@@ -26,7 +26,10 @@ independent of the order contributions are applied in:
   a real outcome from inference arrives, which replaces it: what inference answered is
   what the client got, and an expiry must never win over it;
 - tokens (input, output, cache read and written, reasoning), cost and latency come from
-  `usage.recorded` when it is there, otherwise from the reply; so do `cache_hit` and
+  `usage.recorded` when it is there, otherwise from the reply; tokens and cost add up
+  over a request's usage records (one per run: a request run again, or ended by another
+  replica while its first run went on, is billed every upstream call it made; a copy of
+  a stored record is never applied twice); so do `cache_hit` and
   `saved_cost_usd` (a request answered from the response cache: what the gateway knew it
   saved; the request it reused, `cache_source_request_id`, is linked by the recorder, see
   cache.py), while `replay_of` (a replayed request) comes with the request.
@@ -170,6 +173,8 @@ def _tokens(usage: TokenUsage) -> dict[str, int]:
 #   ("prefer_new", condition): the arriving value when `condition` holds (it is the
 #       authoritative source), else the stored one; either falls back on the other;
 #   ("replace", condition): the arriving value when `condition` holds, else the stored one;
+#   ("sum", USAGE_ARRIVES): as "prefer_new", but when a usage record arrives at a row that
+#       has one already, the two values added;
 # Conditions: a request body arrives; a terminal status arrives on a pending row, or a real
 # (not provisional) one on a row history expired itself; a usage record (which always
 # carries a cost, 0 when free; a reply never does) arrives.
@@ -209,9 +214,13 @@ MERGE_RULES: dict[str, tuple[str, str]] = {
     "provider": ("prefer_new", TERMINAL_ARRIVES),
     "deployment": ("prefer_new", TERMINAL_ARRIVES),
     "upstream_api": ("prefer_new", TERMINAL_ARRIVES),
+    # Tokens and cost add up over the request's usage records: each is one run's (a
+    # request run again, or ended by another replica while its first run went on, has
+    # one per run, with ids of their own); a copy of a stored record is never applied.
+    **{name: ("sum", USAGE_ARRIVES) for name in (*TOKEN_COLUMNS, "cost_usd")},
     **{
         name: ("prefer_new", USAGE_ARRIVES)
-        for name in (*TOKEN_COLUMNS, "cost_usd", "latency_ms", "cache_hit", "saved_cost_usd")
+        for name in ("latency_ms", "cache_hit", "saved_cost_usd")
     },
 }
 
@@ -255,10 +264,13 @@ def merge(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     if not same_tenant(existing, new):
         merged.update((name, existing[name]) for name in MERGE_RULES)
         return merged
+    both_usage = existing["cost_usd"] is not None and new["cost_usd"] is not None
     for name, (kind, condition) in MERGE_RULES.items():
         old_value, new_value = existing[name], new[name]
         if kind == "replace":
             merged[name] = new_value if holds[condition] else old_value
+        elif kind == "sum" and both_usage:
+            merged[name] = (old_value or 0) + (new_value or 0)
         elif holds[condition]:
             merged[name] = new_value if new_value is not None else old_value
         else:
@@ -289,10 +301,17 @@ def upsert_statement(
         ),
         USAGE_ARRIVES: and_(existing.cost_usd.is_(None), new.cost_usd.is_not(None)),
     }
+    both_usage = and_(existing.cost_usd.is_not(None), new.cost_usd.is_not(None))
     updates: dict[str, Any] = {}
     for name, (kind, condition) in MERGE_RULES.items():
         if kind == "replace":
             updates[name] = case((conditions[condition], new[name]), else_=existing[name])
+        elif kind == "sum":
+            updates[name] = case(
+                (both_usage, func.coalesce(existing[name], 0) + func.coalesce(new[name], 0)),
+                (conditions[condition], func.coalesce(new[name], existing[name])),
+                else_=func.coalesce(existing[name], new[name]),
+            )
         else:
             updates[name] = case(
                 (conditions[condition], func.coalesce(new[name], existing[name])),

@@ -150,16 +150,20 @@ class OutcomeEvents:
     def __init__(self, prices: CurrentPrices) -> None:
         self._prices = prices
 
-    def envelope(self, request: ChatRequested, suffix: str) -> dict[str, Any]:
+    def envelope(
+        self, request: ChatRequested, suffix: str, run_id: str | None = None
+    ) -> dict[str, Any]:
         """The envelope fields of the event `suffix` (`reply`, `usage`) of `request`: its id is
         the request event's id, the suffix and a digest of the request's tenant and request
-        id, so a redelivery produces the same ids, and an event that copies the request's
-        event id under another request (a producer with access to the topics) makes ids
-        of its own, never those of the real request's reply and usage, which history
-        would then take for copies already stored."""
-        owner = hashlib.blake2b(
-            f"{request.tenant}\0{request.request_id}".encode(), digest_size=8
-        ).hexdigest()
+        id (and `run_id`, the run that made it, when given), so a redelivery produces the
+        same ids, and an event that copies the request's event id under another request (a
+        producer with access to the topics) makes ids of its own, never those of the real
+        request's reply and usage, which history would then take for copies already
+        stored."""
+        owned_by = f"{request.tenant}\0{request.request_id}"
+        if run_id is not None:
+            owned_by += f"\0{run_id}"
+        owner = hashlib.blake2b(owned_by.encode(), digest_size=8).hexdigest()
         return {
             "id": derived_event_id(request.id, f"{suffix}.{owner}"),
             "source": SOURCE,
@@ -214,14 +218,23 @@ class OutcomeEvents:
         return min(cost, MAX_COST_USD) if math.isfinite(cost) else MAX_COST_USD
 
     def usage(
-        self, request: ChatRequested, outcome: Outcome, cost: float, ttft_ms: float | None
+        self,
+        request: ChatRequested,
+        outcome: Outcome,
+        cost: float,
+        ttft_ms: float | None,
+        run_id: str | None = None,
     ) -> UsageRecorded:
-        """The `usage.recorded` event of `request`: the tokens of every upstream call
-        (`outcome.usage`), `cost` in USD, latency and `ttft_ms` (time to first content, in
-        milliseconds, None if not streamed)."""
+        """The `usage.recorded` event of `request` as its run `run_id` ended: the tokens of
+        every upstream call of that run (`outcome.usage`), `cost` in USD, latency and
+        `ttft_ms` (time to first content, in milliseconds, None if not streamed). Each run
+        has an id of its own (the same for a copy of it): a request ended by one replica
+        while another's run went on (frozen, then resumed) has a record of each, and
+        history adds them up, where one id would keep the first and drop the other's
+        tokens."""
         data = request.data
         return UsageRecorded(
-            **self.envelope(request, "usage"),
+            **self.envelope(request, "usage", run_id),
             data=UsageData(
                 api=data.api,
                 model=data.model,

@@ -162,7 +162,7 @@ class ReplyPublisher:
         request = run.request
         cost = self._events.cost(request, outcome)
         reply = self._events.terminal(request, outcome)
-        usage = self._events.usage(request, outcome, cost, run.ttft_ms)
+        usage = self._events.usage(request, outcome, cost, run.ttft_ms, run.run_id)
         try:
             await self._publish_terminal(request, reply, usage)
         except PublicationRejectedError as exc:
@@ -174,7 +174,7 @@ class ReplyPublisher:
             log.error("the reply cannot be published; answering an error", error=repr(exc))
             outcome = undeliverable(outcome, exc)
             reply = self._events.terminal(request, outcome)
-            usage = self._events.usage(request, outcome, cost, run.ttft_ms)
+            usage = self._events.usage(request, outcome, cost, run.ttft_ms, run.run_id)
             await self._publish_terminal(request, reply, usage)
         self._events.record_metrics(request, outcome, cost)
         if request.data.api is not ClientAPI.OPENAI_EMBEDDINGS:
