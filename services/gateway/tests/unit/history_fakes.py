@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -29,6 +30,8 @@ class FakeHistory:
     # The response cache: (tenant, key) -> entry, and tenants with the cache turned on.
     cache: dict[tuple[str, str], dict] = field(default_factory=dict)
     cache_enabled: set[str] = field(default_factory=set)
+    # The recorded status of requests (request id -> status), for keys awaiting an outcome.
+    request_statuses: dict[str, str] = field(default_factory=dict)
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         if self.down:
@@ -74,6 +77,15 @@ class FakeHistory:
                     "reason": "This Idempotency-Key was already used"
                     " with a different request body.",
                 }
+            if row["state"] == "awaiting":
+                status = self.request_statuses.get(row["request_id"])
+                if status == "completed":
+                    return {"outcome": "answered_late", "request_id": row["request_id"]}
+                if status not in (None, "pending") or row["lease_until"] <= time.monotonic():
+                    token = secrets.token_hex(8)
+                    row.update(state="in_progress", token=token, request_id=None)
+                    return {"outcome": "claimed", "claim_token": token}
+                return {"outcome": "in_progress", "request_id": row["request_id"]}
             if row["state"] == "completed":
                 return {
                     "outcome": "completed",
@@ -98,7 +110,20 @@ class FakeHistory:
                 headers=body.get("headers") or {},
             )
             return {"stored": True}
-        if row is not None and row["token"] == body["claim_token"] and row["state"] != "completed":
+        if path.endswith("/await-outcome"):
+            if row is None or row["token"] != body["claim_token"] or row["state"] != "in_progress":
+                return {"held": False}
+            row.update(
+                state="awaiting",
+                request_id=body["request_id"],
+                lease_until=time.monotonic() + body["lease_s"],
+            )
+            return {"held": True}
+        if (
+            row is not None
+            and row["token"] == body["claim_token"]
+            and row["state"] == "in_progress"
+        ):
             del self.keys[slot]
             return {"released": True}
         return {"released": False}

@@ -556,3 +556,49 @@ async def test_a_claim_lasts_as_long_as_its_request_may_run(harness, history):
         settings.request_timeout_s + LEASE_MARGIN_S,
         settings.timeout_for(True) + LEASE_MARGIN_S,
     ]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "retry_status", "runs"),
+    [("pending", 409, 1), ("completed", 409, 1), ("failed", 200, 2), ("expired", 200, 2)],
+)
+async def test_a_request_whose_reply_missed_its_deadline_holds_its_key_for_its_outcome(
+    harness, history, outcome, retry_status, runs
+):
+    # The reply was held up (the broker down while inference published it): the client
+    # got 504, yet the request ran. Released, the key let a retry run it again.
+    harness.settings.request_timeout_s = 0.3
+    harness.respond[0] = lambda request: asyncio.sleep(0, [])  # no reply by the deadline
+    first = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("late"))
+    assert first.status_code == 504
+    request_id = first.headers["x-request-id"]
+    assert history.keys[("acme", "late")]["state"] == "awaiting"
+
+    history.request_statuses[request_id] = outcome
+    harness.respond[0] = lambda request: asyncio.sleep(0, [completed_reply(request, "ok")])
+    retry = await harness.client.post(
+        "/v1/chat/completions", json=BODY, headers=keyed("late", **{"Idempotency-Wait": "false"})
+    )
+
+    assert retry.status_code == retry_status
+    assert len(harness.requests) == runs
+    if outcome == "completed":
+        error = retry.json()["error"]
+        assert error["code"] == "idempotency_answered_late"
+        assert retry.headers["x-request-id"] == request_id
+    elif outcome == "pending":
+        assert retry.json()["error"]["code"] == "idempotency_key_in_use"
+
+
+async def test_a_key_awaiting_an_outcome_that_never_comes_is_freed_by_its_lease(harness, history):
+    harness.settings.request_timeout_s = 0.3
+    harness.respond[0] = lambda request: asyncio.sleep(0, [])
+    first = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("gone"))
+    assert first.status_code == 504
+    history.keys[("acme", "gone")]["lease_until"] = 0.0  # the lease ran out
+    harness.respond[0] = lambda request: asyncio.sleep(0, [completed_reply(request, "ok")])
+
+    retry = await harness.client.post("/v1/chat/completions", json=BODY, headers=keyed("gone"))
+
+    assert retry.status_code == 200
+    assert len(harness.requests) == 2

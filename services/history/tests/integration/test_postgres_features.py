@@ -492,3 +492,35 @@ async def test_item_references_are_found_on_postgres(engine):
     found = await store.items(Caller("acme", "alice", "member"), ["msg_out_0", "msg_out_59"])
     assert found == {"msg_out_0": outputs[0], "msg_out_59": outputs[59]}
     assert await store.items(Caller("acme", "bob", "member"), ["msg_out_0"]) == {}
+
+
+async def test_a_key_awaiting_its_requests_outcome_on_postgres(engine, events):
+    # The claim row is locked (FOR UPDATE) while the request's row is read and the key
+    # claimed anew or answered from it, as on SQLite.
+    store = IdempotencyStore(engine)
+    recorder = EventRecorder(engine)
+
+    def claim(key: str) -> ClaimRequest:
+        return ClaimRequest(
+            tenant="acme",
+            key=key,
+            user_id="alice",
+            endpoint="/v1/chat/completions",
+            fingerprint="f" * 64,
+            lease_s=60,
+        )
+
+    done, failed = events.requested(), events.requested()
+    for key, request in (("done", done), ("failed", failed)):
+        first = await store.claim(claim(key))
+        assert await store.await_outcome(
+            "acme", key, first.claim_token, request_id=request.request_id, lease_s=60
+        )
+    assert (await store.claim(claim("done"))).outcome == "in_progress"
+    await recorder.record([done, events.completed(done), failed, events.failed(failed)])
+
+    late = await store.claim(claim("done"))
+    retries = await asyncio.gather(*(store.claim(claim("failed")) for _ in range(4)))
+
+    assert (late.outcome, late.request_id) == ("answered_late", done.request_id)
+    assert sorted(retry.outcome for retry in retries) == ["claimed"] + ["in_progress"] * 3

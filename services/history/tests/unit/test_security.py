@@ -362,3 +362,48 @@ async def test_a_metadata_only_tenant_keeps_a_response_holding_no_content(servic
 
 async def _now(value):
     return value
+
+
+async def test_a_key_awaiting_an_outcome_through_the_internal_api(service):
+    headers = service.headers()
+    claim = {"key": "k4", "endpoint": "/v1/chat/completions", "fingerprint": "9" * 64}
+    claim["lease_s"] = 60
+    claimed = (
+        await service.client.post("/internal/v1/idempotency/claim", json=claim, headers=headers)
+    ).json()
+    body = {"key": "k4", "claim_token": claimed["claim_token"], "request_id": "req-4"}
+    refused = [
+        await service.client.post(
+            "/internal/v1/idempotency/await-outcome", json=bad, headers=headers
+        )
+        for bad in (
+            body,  # no lease
+            {**body, "lease_s": 0},
+            {**body, "lease_s": 1e9},
+            {**body, "lease_s": 60, "request_id": ""},
+            {**body, "lease_s": 60, "request_id": "r" * 65},
+            {**body, "lease_s": "soon"},
+        )
+    ]
+    unauthorised = await service.client.post(
+        "/internal/v1/idempotency/await-outcome", json={**body, "lease_s": 60}
+    )
+    stale = await service.client.post(
+        "/internal/v1/idempotency/await-outcome",
+        json={**body, "claim_token": "not-it", "lease_s": 60},
+        headers=headers,
+    )
+    held = await service.client.post(
+        "/internal/v1/idempotency/await-outcome", json={**body, "lease_s": 60}, headers=headers
+    )
+    retry = (
+        await service.client.post("/internal/v1/idempotency/claim", json=claim, headers=headers)
+    ).json()
+
+    assert all(answer.status_code in (400, 422) for answer in refused), [
+        answer.status_code for answer in refused
+    ]
+    assert unauthorised.status_code == 401
+    assert stale.json() == {"held": False}
+    assert held.json() == {"held": True}
+    assert (retry["outcome"], retry["request_id"]) == ("in_progress", "req-4")

@@ -362,3 +362,60 @@ async def test_a_failing_sweep_step_stops_none_of_the_others(
 
     assert await _status(service, request.request_id) == "expired"
     assert purged == [True]
+
+
+async def test_a_key_waits_for_the_outcome_of_a_request_its_replica_stopped_waiting_for(
+    recorder, events, engine
+):
+    # The gateway answered 504 at the deadline of a request it had published (its reply
+    # held up by the broker): the request may have run, so a retry must not run it again.
+    store = IdempotencyStore(engine)
+    request = events.requested(timeout_s=1)
+    first = await store.claim(claim("late"))
+    assert not await store.await_outcome(
+        "acme", "late", "not-the-token", request_id=request.request_id, lease_s=60
+    )
+    assert await store.await_outcome(
+        "acme", "late", first.claim_token, request_id=request.request_id, lease_s=60
+    )
+
+    unknown = await store.claim(claim("late"))  # not recorded yet
+    await recorder.record([request])
+    pending = await store.claim(claim("late"))
+    await expire_overdue(engine, recorder, GRACE, now=datetime(2030, 1, 1, tzinfo=UTC))
+    provisional = await store.claim(claim("late"))  # the sweeper's expiry may be replaced
+    await recorder.record([events.completed(request)])
+    late = await store.claim(claim("late"))
+
+    assert [unknown.outcome, pending.outcome, provisional.outcome] == ["in_progress"] * 3
+    assert pending.request_id == request.request_id
+    assert (late.outcome, late.request_id) == ("answered_late", request.request_id)
+    # Another tenant's key naming the request is not answered from it.
+    other = await store.claim(claim("late", tenant="globex"))
+    assert other.outcome == "claimed"
+
+
+@pytest.mark.parametrize("status", [TerminalStatus.FAILED, TerminalStatus.CANCELLED])
+async def test_a_key_whose_request_failed_is_claimed_anew(recorder, events, engine, status):
+    store = IdempotencyStore(engine)
+    request = events.requested()
+    first = await store.claim(claim("failed"))
+    await store.await_outcome(
+        "acme", "failed", first.claim_token, request_id=request.request_id, lease_s=60
+    )
+    await recorder.record([request, events.failed(request, status=status)])
+
+    again = await store.claim(claim("failed"))
+
+    assert again.outcome == "claimed" and again.claim_token != first.claim_token
+
+
+async def test_a_key_whose_request_never_arrives_is_freed_by_its_lease(engine):
+    store = IdempotencyStore(engine)
+    first = await store.claim(claim("lost"))
+    await store.await_outcome(
+        "acme", "lost", first.claim_token, request_id="never-published", lease_s=0.05
+    )
+    assert (await store.claim(claim("lost"))).outcome == "in_progress"
+    await asyncio.sleep(0.1)
+    assert (await store.claim(claim("lost"))).outcome == "claimed"

@@ -90,6 +90,9 @@ from switchyard.gateway.request_id import request_id_of
 # Key in an ASGI scope's `state`: the HTTP status of the error a stream answered 200 ended
 # with (`Dispatch._stream_failure`), for the middlewares that look at the outcome.
 STREAM_FAILED_STATUS = "switchyard.stream_failed_status"
+# Set (True) in a request's scope state when it was published and its reply did not come
+# by its deadline: it may have run (`idempotency` keeps its key for that outcome).
+OUTCOME_UNKNOWN = "switchyard.outcome_unknown"
 
 log = structlog.get_logger("switchyard.gateway.dispatch")
 
@@ -379,6 +382,7 @@ class Dispatch:
             reply = await self._next(min(self.start_deadline, self.deadline))
         except TimeoutError:
             self.observe(504)
+            self._outcome_unknown()
             if self.publish_unconfirmed:
                 raise self._unconfirmed_at_deadline() from None
             if self.start_deadline < self.deadline:
@@ -398,6 +402,7 @@ class Dispatch:
                 reply = await self._next()
         except TimeoutError:
             self.observe(504)
+            self._outcome_unknown()
             raise deadline_exceeded(self.request_id) from None
         if isinstance(reply, ChatFailed):
             self.observe(reply.data.error.status)
@@ -432,6 +437,7 @@ class Dispatch:
                 try:
                     reply = await self._next()
                 except TimeoutError:
+                    self._outcome_unknown()
                     yield self._stream_failure(self._deadline_error())
                     return
             if isinstance(reply, ChatChunk):
@@ -668,6 +674,11 @@ class Dispatch:
             },
         )
         return sse_event(event)
+
+    def _outcome_unknown(self) -> None:
+        """Note in the request's scope that it was published and no outcome came by its
+        deadline (`OUTCOME_UNKNOWN`)."""
+        self.request.scope.setdefault("state", {})[OUTCOME_UNKNOWN] = True
 
     def _deadline_error(self) -> ErrorInfo:
         return ErrorInfo(

@@ -23,7 +23,13 @@ being down, a client that went away — are not kept: the key is released and a 
 Nor are failures the client is told to retry (408, 429, 5xx: a rate limit, an upstream
 down or timing out), also when a stream answered 200 ends with one as its error event: a
 retry with the key runs the request again. Other failures (a 400
-from the upstream, say) are replayed as they failed.
+from the upstream, say) are replayed as they failed. One 504 is neither: a request
+published whose reply did not come by its deadline (`deadline_exceeded`,
+`publish_outcome_unknown`) may have run, its reply held up by the broker. Its key then
+waits for that request's recorded outcome (history's `await_outcome`): a retry waits (or
+gets 409) while it is unknown, gets 409 `idempotency_answered_late` with its
+`x-request-id` if it completed, and runs if it failed, or once the key's lease (the
+request timeout plus a margin) has run out without an outcome.
 Without the header nothing changes, and the check costs one scan of the request headers.
 
 The caller is checked before anything is claimed or replayed — credentials, the route's
@@ -79,7 +85,7 @@ from switchyard.gateway.auth import (
     request_client_key,
 )
 from switchyard.gateway.cache import CACHE_HEADER
-from switchyard.gateway.dispatch import STREAM_FAILED_STATUS, TOKEN_COUNT_HEADER
+from switchyard.gateway.dispatch import OUTCOME_UNKNOWN, STREAM_FAILED_STATUS, TOKEN_COUNT_HEADER
 from switchyard.gateway.errors import respond
 from switchyard.gateway.intake import serves
 
@@ -133,7 +139,7 @@ def _kept_status(status: int) -> bool:
 OUTCOMES = Counter(
     "switchyard_gateway_idempotency_total",
     "Requests with an Idempotency-Key, by outcome (claimed, replayed, waited, conflict, "
-    "mismatch, not_stored, unavailable).",
+    "mismatch, not_stored, answered_late, unavailable).",
     ["outcome"],
 )
 
@@ -242,6 +248,27 @@ class IdempotencyClient:
                 "body_b64": base64.b64encode(body).decode(),
                 "holds_content": holds_content,
                 "headers": headers or {},
+            },
+        )
+
+    async def await_outcome(
+        self, principal: Principal, key: str, claim_token: str, request_id: str, lease_s: float
+    ) -> None:
+        """Tie a claim to `request_id`, published, whose outcome this replica stopped
+        waiting for (its deadline passed): a retry is answered from that request's
+        recorded outcome, for `lease_s` seconds at most while it is unknown.
+
+        Raises:
+            IdempotencyUnavailable: history did not answer, or answered an error status.
+        """
+        await self._post(
+            principal,
+            "await-outcome",
+            {
+                "key": key,
+                "claim_token": claim_token,
+                "request_id": request_id,
+                "lease_s": lease_s,
             },
         )
 
@@ -401,7 +428,26 @@ class IdempotencyMiddleware:
                 return
             if claim.outcome == "claimed":
                 OUTCOMES.labels("claimed").inc()
-                await self._run(scope, replay_receive, send, client, principal, key, claim)
+                await self._run(scope, replay_receive, send, client, principal, key, claim, lease_s)
+                return
+            if claim.outcome == "answered_late":
+                # Its request completed after the replica running it answered 504: it is
+                # never run again, and its answer is in its record.
+                OUTCOMES.labels("answered_late").inc()
+                response = _error(
+                    path,
+                    APIError(
+                        409,
+                        "This Idempotency-Key's request completed after the gateway stopped "
+                        "waiting for it (it answered 504); it is not run again. Its answer is "
+                        "recorded: GET /v1/history/{x-request-id}. Use a new key to run it "
+                        "again.",
+                        param="Idempotency-Key",
+                        code="idempotency_answered_late",
+                        headers={REQUEST_ID_HEADER: claim.request_id} if claim.request_id else None,
+                    ),
+                )
+                await response(scope, receive, send)
                 return
             if claim.outcome == "completed" and claim.body is None:
                 # The tenant keeps metadata only: the request ran, its answer was not kept.
@@ -469,8 +515,11 @@ class IdempotencyMiddleware:
         principal: Principal,
         key: str,
         claim: Claim,
+        lease_s: float,
     ) -> None:
-        """Run the request, keeping a copy of the response to store with the claim."""
+        """Run the request, keeping a copy of the response to store with the claim. A
+        request published whose outcome the route stopped waiting for (`OUTCOME_UNKNOWN`)
+        ties the claim to its request for `lease_s` seconds, instead of giving it back."""
         assert claim.claim_token is not None
         max_bytes = scope["app"].state.gateway.settings.idempotency_max_response_bytes
         status = 0
@@ -498,6 +547,16 @@ class IdempotencyMiddleware:
                         body=b"".join(chunks),
                         holds_content=scope["path"] not in CONTENT_FREE_PATHS,
                         headers=kept_headers,
+                    )
+                elif request_id is not None and scope.get("state", {}).get(OUTCOME_UNKNOWN):
+                    # Published and maybe run: a retry must not run it again while its
+                    # outcome may still come (the broker or inference held it up).
+                    await client.await_outcome(
+                        principal,
+                        key,
+                        claim.claim_token,  # type: ignore[arg-type]
+                        request_id,
+                        lease_s,
                     )
                 else:
                     await client.release(principal, key, claim.claim_token)  # type: ignore[arg-type]

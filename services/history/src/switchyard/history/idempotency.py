@@ -16,6 +16,20 @@ The replica that claimed a key stores the response with `complete` (or gives the
 with `release` when nothing ran, e.g. the request was invalid or refused before it was
 published). Both need the claim token, so a replica whose lease was taken over cannot
 overwrite the new owner's result.
+
+A replica that stopped waiting for its request (the request's deadline passed after it
+was published: the broker may have it, inference may have run it) neither stores its
+504 nor gives the key back: `await_outcome` ties the key to the request, whose outcome
+history records. A retry then finds (`claim`), from the request's row:
+
+- completed: `answered_late`, with its request id (the gateway answers 409: it never runs
+  twice, and the answer is in the request's record);
+- failed, cancelled, refused or expired by inference: the key is claimed anew, as a
+  released one (a failure is retried);
+- not recorded yet, pending, or expired by history's sweeper (which a late real outcome
+  may still replace): `in_progress` until the key's lease, renewed by `await_outcome`,
+  runs out; then the key is claimed anew, so it is never held for good by a request
+  that never arrived.
 """
 
 from __future__ import annotations
@@ -26,14 +40,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import RowMapping, delete, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from switchyard.common.db import dialect_insert
-from switchyard.history.models import IdempotencyState, idempotency_table
+from switchyard.history.models import (
+    IdempotencyState,
+    RequestStatus,
+    idempotency_table,
+    requests_table,
+)
 
 KEY_LIFETIME = timedelta(hours=24)
 
-Outcome = Literal["claimed", "in_progress", "completed", "mismatch"]
+Outcome = Literal["claimed", "in_progress", "completed", "mismatch", "answered_late"]
 
 
 @dataclass(frozen=True)
@@ -54,8 +73,9 @@ class ClaimResult:
     """What a claim found. `outcome` is `claimed` (with the `claim_token` to complete or release
     it), `in_progress` (another request holds it; `request_id` when known), `completed` (the
     recorded response: `status_code`, `content_type`, `body` bytes, None if its content is not kept,
-    and the `headers` describing the body) or `mismatch` (the key was used for another request;
-    `reason` says how)."""
+    and the `headers` describing the body), `answered_late` (the request `request_id` completed
+    after its replica stopped waiting for it) or `mismatch` (the key was used for another
+    request; `reason` says how)."""
 
     outcome: Outcome
     claim_token: str | None = None
@@ -136,6 +156,19 @@ class IdempotencyStore:
                     body=row["response_body"],
                     headers=row["response_headers"],
                 )
+            if row["state"] == IdempotencyState.AWAITING_OUTCOME.value:
+                status, provisional = await _request_status(
+                    connection, claim.tenant, row["request_id"]
+                )
+                if status == RequestStatus.COMPLETED.value:
+                    return ClaimResult("answered_late", request_id=row["request_id"])
+                ended = status not in (None, RequestStatus.PENDING.value) and not provisional
+                if ended or row["locked_until"] <= now:
+                    await connection.execute(
+                        update(idempotency_table).where(*this_key).values(values)
+                    )
+                    return ClaimResult("claimed", claim_token=token)
+                return ClaimResult("in_progress", request_id=row["request_id"])
             if row["locked_until"] <= now:
                 # The replica running the first attempt went away without an answer.
                 await connection.execute(
@@ -182,6 +215,31 @@ class IdempotencyStore:
             )
         return result.rowcount == 1
 
+    async def await_outcome(
+        self, tenant: str, key: str, claim_token: str, *, request_id: str, lease_s: float
+    ) -> bool:
+        """Tie an in-progress claim held with `claim_token` to its request `request_id`, whose
+        replica stopped waiting for it (see the module's docstring), held `lease_s` more
+        seconds at most while the request's outcome is unknown. Returns whether the claim
+        was still held."""
+        keys = idempotency_table.c
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                update(idempotency_table)
+                .where(
+                    keys.tenant == tenant,
+                    keys.key == key,
+                    keys.claim_token == claim_token,
+                    keys.state == IdempotencyState.IN_PROGRESS.value,
+                )
+                .values(
+                    state=IdempotencyState.AWAITING_OUTCOME.value,
+                    request_id=request_id,
+                    locked_until=datetime.now(UTC) + timedelta(seconds=lease_s),
+                )
+            )
+        return result.rowcount == 1
+
     async def release(self, tenant: str, key: str, claim_token: str) -> bool:
         """Drop an in-progress claim held with `claim_token`; returns whether there was one."""
         keys = idempotency_table.c
@@ -205,6 +263,26 @@ class IdempotencyStore:
                 )
             )
         return result.rowcount or 0
+
+
+async def _request_status(
+    connection: AsyncConnection, tenant: str, request_id: str | None
+) -> tuple[str | None, bool]:
+    """The recorded status of the request `request_id` of `tenant` (None: not recorded yet)
+    and whether it is history's own provisional expiry."""
+    if request_id is None:
+        return None, False
+    requests = requests_table.c
+    row = (
+        await connection.execute(
+            select(requests.status, requests.outcome_provisional).where(
+                requests.request_id == request_id, requests.tenant == tenant
+            )
+        )
+    ).first()
+    if row is None:
+        return None, False
+    return row.status, bool(row.outcome_provisional)
 
 
 def _mismatch_reason(row: RowMapping, claim: ClaimRequest) -> str:

@@ -336,6 +336,9 @@ class IdempotencyState(StrEnum):
 
     IN_PROGRESS = "in_progress"
     COMPLETED = "completed"
+    # The replica running the request stopped waiting for it (its deadline passed, the
+    # request published): the key waits for the request's own outcome, as recorded.
+    AWAITING_OUTCOME = "awaiting"
 
 
 class IdempotencyKey(Base):

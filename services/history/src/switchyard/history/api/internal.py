@@ -72,6 +72,17 @@ class ReleaseBody(BaseModel):
     claim_token: str = Field(min_length=1, max_length=64)
 
 
+class AwaitOutcomeBody(BaseModel):
+    """Tie a claim to its published request, whose outcome the gateway stopped waiting
+    for: a retry with the key answers from that outcome (`IdempotencyStore.await_outcome`),
+    for `lease_s` seconds at most while it is unknown."""
+
+    key: Annotated[str, KEY]
+    claim_token: str = Field(min_length=1, max_length=64)
+    request_id: str = Field(min_length=1, max_length=64)
+    lease_s: float = Field(gt=0, le=86_400)
+
+
 def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
     """The internal idempotency API (`/internal/v1/idempotency`): claim a key, record its response,
     release it. For the gateway only (internal token, else 401); bodies are capped at
@@ -138,6 +149,23 @@ def idempotency_router(internal_token: str, max_body_bytes: int) -> APIRouter:
             headers=dict(body.headers) if content is not None else None,
         )
         return {"stored": stored}
+
+    @router.post("/await-outcome")
+    async def await_outcome(
+        body: AwaitOutcomeBody, caller: CallerDep, store: IdempotencyDep
+    ) -> dict[str, Any]:
+        """Ties a claim to the request the gateway published and stopped waiting for (its
+        deadline passed): a retry with the key is answered from that request's recorded
+        outcome instead of running it again. `held` is false when the claim was no longer
+        held."""
+        held = await store.await_outcome(
+            caller.tenant,
+            body.key,
+            body.claim_token,
+            request_id=body.request_id,
+            lease_s=body.lease_s,
+        )
+        return {"held": held}
 
     @router.post("/release")
     async def release(
