@@ -195,6 +195,27 @@ def test_a_body_that_is_not_a_json_object_is_invalid_json_on_every_route(
         assert error["code"] == "invalid_json", (path, error)
 
 
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "text/plain; charset=utf-8", "application/xml"]
+)
+def test_a_json_object_sent_as_another_media_type_is_told_to_send_json(
+    client: TestClient, create_user, content_type: str
+) -> None:
+    # It was answered "must be a JSON object", which it is.
+    create_user()
+    headers = {
+        "content-type": content_type,
+        "Authorization": f"Bearer {password_token(client)}",
+    }
+    for path, body in (("/v1/api-keys", b'{"name": "ci"}'),):
+        response = client.post(path, content=body, headers=headers)
+        assert response.status_code == 415, (path, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "unsupported_media_type"
+        assert "application/json" in error["message"]
+        assert content_type.split(";")[0] in error["message"]
+
+
 def test_an_empty_body_is_invalid_json_where_a_body_is_required(
     client: TestClient, create_user
 ) -> None:

@@ -27,6 +27,22 @@ async def test_emails_are_case_insensitive_and_unique(service: AuthService) -> N
     assert (await service.user_by_email("ALICE@EXAMPLE.COM")).id == user.id
 
 
+async def test_an_email_is_one_address_however_its_characters_are_composed(
+    service: AuthService,
+) -> None:
+    # `josé@` with a composed `é` or with `e` and a combining accent look alike: two users
+    # under them could be told apart by nobody (RFC 6532 compares the NFC form).
+    user = await service.create_user(
+        email="jose\u0301@example.com", tenant="acme", password="s3cret!"
+    )
+    assert user.email == "jos\u00e9@example.com"
+    with pytest.raises(DuplicateEmail):
+        await service.create_user(email="JOS\u00c9@example.com")
+    assert (await service.user_by_email("jos\u00e9@example.com")).id == user.id
+    signed_in = await service.authenticate("jose\u0301@EXAMPLE.com", "s3cret!")
+    assert signed_in.id == user.id
+
+
 async def test_bad_user_input_is_refused_with_a_reason(service: AuthService) -> None:
     with pytest.raises(InvalidInput, match="valid email"):
         await service.create_user(email="not-an-email")

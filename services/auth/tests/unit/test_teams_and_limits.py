@@ -615,6 +615,27 @@ async def test_team_names_are_one_name_whatever_their_case(auth_app, acme) -> No
         await governance.team_by_name("acme", "researchers")
 
 
+async def test_team_names_are_one_name_however_their_characters_are_composed(
+    auth_app, acme
+) -> None:
+    """`café` with a composed `é` and with `e` and a combining accent look alike: one name
+    (Unicode's NFC), stored composed, found either way."""
+    headers = acme["admin_headers"]
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    team = await make_team(auth_app, acme, name=decomposed)
+    assert team["name"] == composed
+    again = await auth_app.client.post("/v1/admin/teams", json={"name": composed}, headers=headers)
+    assert_error(again, 409, "team_exists")
+    upper = await auth_app.client.post(
+        "/v1/admin/teams", json={"name": "CAFE\u0301"}, headers=headers
+    )
+    assert_error(upper, 409, "team_exists")
+
+    governance = Governance(auth_app.service)
+    assert (await governance.team_by_name("acme", composed)).id == team["id"]
+    assert (await governance.team_by_name("acme", decomposed)).id == team["id"]
+
+
 async def test_teams_named_alike_before_are_told_apart_by_exact_name_or_id(auth_app, acme) -> None:
     """Teams created when names were compared exactly can differ only in case: the exact
     name still finds each, and a name matching several only ignoring case is refused

@@ -174,16 +174,25 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
 _NOT_AN_OBJECT = frozenset({"model_type", "model_attributes_type", "dict_type"})
 
 
-def validation_error(errors: list[dict[str, Any]]) -> APIError:
+def validation_error(errors: list[dict[str, Any]], content_type: str | None = None) -> APIError:
     """The 400 for FastAPI's request validation `errors` (`RequestValidationError.errors()`):
     code `invalid_json` when the body is empty, not JSON, or JSON but not an object (as the
     gateway's model routes answer, never naming the model class the body was checked
     against), else `invalid_request` naming the first offending parameter
-    (`validation_message`)."""
+    (`validation_message`). A body sent with a `content_type` other than JSON (which FastAPI
+    does not read as JSON) is 415 `unsupported_media_type` saying to send JSON, rather
+    than told it is no JSON object."""
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
         return APIError(400, "The request body is not valid JSON.", code="invalid_json")
     if tuple(first.get("loc", ())) == ("body",):
+        if content_type and not _is_json(content_type) and first.get("type") != "missing":
+            return APIError(
+                415,
+                f"The request body was sent as {content_type.split(';')[0].strip()!r}; send "
+                "it as JSON, with 'Content-Type: application/json'.",
+                code="unsupported_media_type",
+            )
         if first.get("type") in _NOT_AN_OBJECT:
             return APIError(400, "The request body must be a JSON object.", code="invalid_json")
         if first.get("type") == "missing":
@@ -192,6 +201,12 @@ def validation_error(errors: list[dict[str, Any]]) -> APIError:
             )
     message, param = validation_message(errors)
     return APIError(400, message, param=param, code="invalid_request")
+
+
+def _is_json(content_type: str) -> bool:
+    """Whether `content_type` is JSON's (`application/json`, or a `+json` type)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -204,8 +219,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
-        return error_response(validation_error(list(exc.errors())))
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        content_type = request.headers.get("content-type")
+        return error_response(validation_error(list(exc.errors()), content_type))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -22,6 +22,7 @@ request header > key > team > tenant > default (the gateway's cache.py).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -701,7 +702,8 @@ _ID_FORM = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def _team_name(name: str) -> str:
-    name = name.strip()
+    # Composed (NFC), so `café` typed either way is one name (`_same_name` compares so too).
+    name = unicodedata.normalize("NFC", name.strip())
     # Printable only, like key names: team names reach terminals and logs, and PostgreSQL
     # refuses a NUL in text (which would be a 500 rather than this 400).
     if not name or len(name) > 200 or not printable(name):
@@ -721,12 +723,18 @@ async def _tenant_teams(session: AsyncSession, tenant: str) -> Sequence[Team]:
     return (await session.execute(select(Team).where(Team.tenant == tenant))).scalars().all()
 
 
+def _folded(name: str) -> str:
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+
+
 def _same_name(teams: Sequence[Team], name: str) -> list[Team]:
-    """The teams of `teams` whose name is `name` ignoring case. Compared in Python with
-    `str.casefold` rather than SQL's `lower()`, which SQLite applies to ASCII letters
-    only: `Straße` and `STRASSE` are one name on every database."""
-    folded = name.casefold()
-    return [team for team in teams if team.name.casefold() == folded]
+    """The teams of `teams` whose name is `name` ignoring case and how its characters are
+    composed. Compared in Python with `str.casefold` rather than SQL's `lower()`, which
+    SQLite applies to ASCII letters only: `Straße` and `STRASSE` are one name on every
+    database, and so are `café` with a composed `é` and with `e` and a combining accent
+    (Unicode's NFC), which look alike."""
+    folded = _folded(name)
+    return [team for team in teams if _folded(team.name) == folded]
 
 
 async def _refuse_taken_name(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -200,9 +201,11 @@ def printable(text: str) -> bool:
 
 
 def normalise_email(email: str) -> str:
-    """The email trimmed and lower-cased. Raises InvalidInput (param `email`) when it holds
-    control characters, is not `local@domain`, or is longer than 320 characters."""
-    email = email.strip().lower()
+    """The email trimmed, in Unicode's composed form (NFC: `é` typed as one character or
+    as `e` and a combining accent is one address, as mail systems take it, RFC 6532) and
+    lower-cased. Raises InvalidInput (param `email`) when it holds control characters, is
+    not `local@domain`, or is longer than 320 characters."""
+    email = unicodedata.normalize("NFC", email.strip()).lower()
     if not printable(email):
         raise InvalidInput("The email address must not contain control characters.", param="email")
     if not _EMAIL.match(email) or len(email) > 320:

@@ -268,7 +268,8 @@ def install_api_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return respond_to(request, validation_error(list(exc.errors())))
+        content_type = request.headers.get("content-type")
+        return respond_to(request, validation_error(list(exc.errors()), content_type))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -12,6 +12,7 @@ No error ever contains a password or token.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -191,7 +192,8 @@ async def issue_token(
     except RequestValidationError:
         TOKEN_REQUESTS.labels("invalid_request").inc()
         raise
-    account = grant.username.strip().lower()
+    # As sign-in reads it (`normalise_email`): one account however its name is typed.
+    account = unicodedata.normalize("NFC", grant.username.strip()).lower()
     limits = context.login_limits
     throttled = limits.check(account, address)
     if throttled is not None:

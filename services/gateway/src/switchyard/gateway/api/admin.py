@@ -166,8 +166,10 @@ def install_auth_routes(app: FastAPI) -> None:
 
 class BudgetSpend(BaseModel):
     """One budget and what it has spent: `level` (key, user, team or tenant) and `id` name its
-    owner; amounts in USD; `budget_period` as configured (None: never resets); `period_start` and
-    `resets_at` in ISO 8601."""
+    owner; amounts in USD; `reserved_usd`, what the gateway replicas hold of it beyond the
+    spend (requests in flight at their worst case, and allowance taken ahead in blocks);
+    `budget_period` as configured (None: never resets); `period_start` and `resets_at` in
+    ISO 8601."""
 
     level: str
     id: str
