@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from switchyard.common.sliding_window import SlidingWindowLimiter, client_key
+from switchyard.common.testing.infra import async_wait_until
 from switchyard.gateway.config import Settings
 
 from .auth_double import AuthDouble, GatewayUnderTest, gateway_with
@@ -185,3 +186,37 @@ def test_the_limit_setting_is_checked(value: str, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("SWITCHYARD_GATEWAY_API_KEY_FAILED_LOOKUPS_PER_ADDRESS", value)
     with pytest.raises(ValueError):
         Settings()
+
+
+async def test_one_new_valid_key_sent_many_times_at_once_is_one_lookup_never_refused() -> None:
+    # Requests waiting for the same key's lookup share it: one lookup, one count at most,
+    # taken back when auth vouches for the key (after a deploy, every key is new).
+    auth = AuthDouble()
+    async with gateway_with(auth, settings(limit=3)) as gw:
+        fresh = auth.add_api_key()
+        async with client_from(gw, ATTACKER) as client:
+            answers = await asyncio.gather(*(chat(client, fresh.key) for _ in range(40)))
+    assert [answer.status_code for answer in answers] == [200] * 40
+    assert auth.count(LOOKUP) == 1
+
+
+async def test_a_client_that_hangs_up_during_its_lookups_is_still_counted() -> None:
+    # The lookup goes on for whoever else waits for the key, and its verdict counts
+    # against the address whatever became of the request that started it.
+    auth = AuthDouble()
+    async with gateway_with(auth, settings(limit=3)) as gw:
+        authenticator = gw.gateway.authenticator
+        calls = [
+            asyncio.ensure_future(
+                authenticator.authenticate(f"Bearer {unknown_key()}", None, client=ATTACKER)
+            )
+            for _ in range(3)
+        ]
+        await asyncio.sleep(0)
+        for call in calls:
+            call.cancel()
+        await async_wait_until(lambda: asyncio.sleep(0, not authenticator._lookups), timeout=5)
+        async with client_from(gw, ATTACKER) as client:
+            refused = await chat(client, unknown_key())
+    assert refused.status_code == 429
+    assert auth.count(LOOKUP) == 3

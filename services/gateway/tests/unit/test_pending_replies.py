@@ -5,6 +5,8 @@ memory."""
 
 from __future__ import annotations
 
+import asyncio
+
 from switchyard.common.events import (
     ChatChunk,
     ChatChunkData,
@@ -147,3 +149,48 @@ async def test_a_client_that_keeps_up_is_never_cut_however_long_the_stream() -> 
                 queue.get_nowait()
     assert cut == []
     assert queue.events == sum(len(queue.get_nowait().data.events) for _ in range(queue.qsize()))
+
+
+async def test_a_burst_landing_while_the_reader_waits_is_never_cut() -> None:
+    # One fetch hands its records over back to back, without letting the reader run:
+    # after a long first token (a reasoning model), or more than the hard limit at once.
+    clock = Clock()
+    pending = PendingReplies(max_buffered_events=16, clock=clock)
+    cut: list[str] = []
+    queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
+    reader = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)  # the reader waits for the first record
+    clock.now += 60.0
+    for sequence in range(16 * HARD_LIMIT_FACTOR + 10):
+        await pending.deliver(chunk_of("r1", sequence))
+
+    assert cut == []
+    assert (await reader).data.sequence == 0
+
+
+async def test_the_stall_is_counted_from_when_records_began_to_wait() -> None:
+    # An empty queue is no stall: a client idle through a long pause in the stream is
+    # not cut when the stream resumes.
+    clock = Clock()
+    pending = PendingReplies(max_buffered_events=16, clock=clock)
+    cut: list[str] = []
+    queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
+    clock.now += 60.0
+    for sequence in range(20):
+        await pending.deliver(chunk_of("r1", sequence))
+    assert cut == [] and queue.qsize() == 20
+    clock.now += READER_STALL_S
+    await pending.deliver(chunk_of("r1", 20))
+    assert cut == ["r1"]
+
+
+async def test_a_final_reply_never_cuts_a_stream() -> None:
+    clock = Clock()
+    pending = PendingReplies(max_buffered_events=16, clock=clock)
+    cut: list[str] = []
+    queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
+    for sequence in range(20):
+        await pending.deliver(chunk_of("r1", sequence))
+    clock.now += READER_STALL_S
+    await pending.deliver(completed("r1", "acme", "done"))
+    assert cut == [] and queue.qsize() == 21

@@ -301,3 +301,22 @@ async def test_usage_records_of_two_runs_add_up_and_copies_count_once(engine, ev
     row = await row_of(engine, both.request_id)
     assert (row["input_tokens"], row["output_tokens"]) == (7, 7)
     assert row["cost_usd"] == pytest.approx(0.75)
+
+
+async def test_usage_sums_stop_at_what_a_record_may_say_on_postgres(engine, events):
+    # A sum past a BIGINT would fail the statement, and the batch with it, on every retry.
+    from switchyard.common.events import MAX_COST_USD, MAX_TOKEN_COUNT
+
+    recorder = EventRecorder(engine)
+    request = events.requested()
+    huge = [
+        events.usage(request, input_tokens=MAX_TOKEN_COUNT, output_tokens=1, cost_usd=MAX_COST_USD)
+        for _ in range(3)
+    ]
+    await recorder.record([request, *huge[:2]])  # one batch: the combined statement
+    await recorder.record(huge[2:])  # then the upsert alone
+
+    row = await row_of(engine, request.request_id)
+    assert row["input_tokens"] == MAX_TOKEN_COUNT
+    assert row["output_tokens"] == 3
+    assert row["cost_usd"] == MAX_COST_USD

@@ -121,6 +121,23 @@ async def test_usage_records_of_two_runs_add_up_in_any_order(tmp_path, events):
     assert reference["cost_usd"] == pytest.approx(0.25)
 
 
+async def test_usage_records_adding_up_past_what_a_record_may_say_stop_at_it(tmp_path, events):
+    # Each record is within the contract's bounds; their sum was not, and failed the batch
+    # (on every retry: history stalled for every tenant).
+    from switchyard.common.events import MAX_COST_USD, MAX_TOKEN_COUNT
+
+    request = events.requested()
+    huge = [
+        events.usage(request, input_tokens=MAX_TOKEN_COUNT, output_tokens=1, cost_usd=MAX_COST_USD)
+        for _ in range(2)
+    ]
+    for name, batches in (("one", [[request, *huge]]), ("apart", [[request], huge[:1], huge[1:]])):
+        row = await _row_after(tmp_path, f"huge-{name}", batches)
+        assert row["input_tokens"] == MAX_TOKEN_COUNT and isinstance(row["input_tokens"], int)
+        assert row["output_tokens"] == 2
+        assert row["cost_usd"] == MAX_COST_USD
+
+
 async def test_a_copy_of_a_usage_record_is_counted_once(recorder, tables, events):
     request = events.requested()
     first = events.usage(request, input_tokens=7, output_tokens=9, cost_usd=0.5)

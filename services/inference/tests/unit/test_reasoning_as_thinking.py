@@ -33,6 +33,16 @@ def _sse(data: dict[str, Any]) -> SSE:
     return SSE(None, data)
 
 
+def _streamed(adapter, *deltas: dict[str, Any]) -> list:
+    """The client's stream events an adapter's translation makes of chunks with `deltas`,
+    then a `stop`."""
+    translation = adapter.stream({}, "m")
+    events = []
+    for chunk in (*(openai_chunk(delta) for delta in deltas), openai_chunk({}, "stop")):
+        events += translation.feed(_sse(chunk))
+    return events + translation.finish()
+
+
 OPENAI = Deployment(
     name="up", provider="openai", model="m", base_url="http://127.0.0.1:9/v1", max_retries=0
 )
@@ -315,17 +325,12 @@ def test_a_servers_reasoning_goes_back_to_it_as_reasoning_content_in_a_tool_loop
 
 def test_a_streamed_thinking_block_is_signed_for_its_server_too():
     adapter = _messages_adapter(DEEPSEEK, {**_tool_loop({}), "stream": True})
-    translation = adapter.stream({}, "m")
-    chunks = [
-        openai_chunk({"role": "assistant", "reasoning_content": "Six "}),
-        openai_chunk({"reasoning_content": "times seven."}),
-        openai_chunk({"content": "42."}),
-        openai_chunk({}, "stop"),
-    ]
-    events = []
-    for chunk in chunks:
-        events += translation.feed(_sse(chunk))
-    events += translation.finish()
+    events = _streamed(
+        adapter,
+        {"role": "assistant", "reasoning_content": "Six "},
+        {"reasoning_content": "times seven."},
+        {"content": "42."},
+    )
     (signature,) = [
         e.data["delta"]["signature"]
         for e in events
@@ -385,15 +390,9 @@ def test_a_servers_reasoning_goes_back_to_it_from_a_responses_client_too():
 
 def test_a_streamed_reasoning_item_is_signed_for_its_server():
     adapter = _responses_adapter(DEEPSEEK, {"model": "m", "input": "6*7?", "stream": True})
-    translation = adapter.stream({}, "m")
-    events = []
-    for chunk in (
-        openai_chunk({"role": "assistant", "reasoning_content": "Six times seven."}),
-        openai_chunk({"content": "42."}),
-        openai_chunk({}, "stop"),
-    ):
-        events += translation.feed(_sse(chunk))
-    events += translation.finish()
+    events = _streamed(
+        adapter, {"role": "assistant", "reasoning_content": "Six times seven."}, {"content": "42."}
+    )
     (done,) = [
         e.data["item"]
         for e in events
@@ -467,3 +466,54 @@ def test_a_tool_loop_translated_for_gemini_gives_each_call_a_thought_signature()
     # No other deployment gets the field.
     sent = _messages_adapter(DEEPSEEK, body).request(body, {}, DEEPSEEK, False).body
     assert "extra_content" not in sent["messages"][1]["tool_calls"][0]
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_reasoning_goes_back_in_the_field_its_server_wrote_it_in(field):
+    # A server writing `reasoning` (OpenRouter, Groq) may refuse `reasoning_content`.
+    completion = _reply_with_call()
+    message = completion["choices"][0]["message"]
+    message[field] = message.pop("reasoning_content")
+    first = {**_tool_loop({}), "messages": _tool_loop({})["messages"][:1]}
+    made = _messages_adapter(DEEPSEEK, first).reply(completion, "m")[0]["content"][0]
+    body = _tool_loop(made)
+    sent = _messages_adapter(DEEPSEEK, body).request(body, {}, DEEPSEEK, False).body
+    assistant = sent["messages"][1]
+    assert assistant[field] == "Six times seven."
+    assert [name for name in ("reasoning_content", "reasoning") if name in assistant] == [field]
+
+    response, _ = _responses_adapter(DEEPSEEK, {"model": "m", "input": "x"}).reply(completion, "m")
+    reasoning, call = [item for item in response["output"] if item["type"] != "message"]
+    second = {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            reasoning,
+            call,
+            {"type": "function_call_output", "call_id": call["call_id"], "output": "Sunny."},
+        ],
+    }
+    sent = _responses_adapter(DEEPSEEK, second).request(second, {}, DEEPSEEK, False).body
+    assert sent["messages"][1][field] == "Six times seven."
+
+
+def test_a_streamed_reasonings_field_is_kept_in_its_signature():
+    adapter = _messages_adapter(DEEPSEEK, {**_tool_loop({}), "stream": True})
+    events = _streamed(
+        adapter, {"role": "assistant", "reasoning": "Six times seven."}, {"content": "42."}
+    )
+    (signature,) = [
+        e.data["delta"]["signature"]
+        for e in events
+        if e.data.get("delta", {}).get("type") == "signature_delta"
+    ]
+    assert signature.endswith(".r")
+
+    responses = _responses_adapter(DEEPSEEK, {"model": "m", "input": "6*7?", "stream": True})
+    events = _streamed(responses, {"role": "assistant", "reasoning": "Six times seven."})
+    (done,) = [
+        e.data["item"]
+        for e in events
+        if e.event == "response.output_item.done" and e.data["item"]["type"] == "reasoning"
+    ]
+    assert done["encrypted_content"] == signature

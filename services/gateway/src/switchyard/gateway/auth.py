@@ -657,32 +657,23 @@ class Authenticator:
     async def _counted_lookup(
         self, secret_hash: str, cached: _CachedKey | None, now: float, client: str | None
     ) -> Principal | None:
-        """`_expired_key` for a key not known to be valid, counted against `client`'s
-        failed lookups: a failure from the start, taken back once auth vouches for the key
-        or could not say.
+        """`_expired_key` for a key not known to be valid, whose lookup at auth, if one
+        starts, counts against `client`'s failed lookups (`_lookup_task`). Joining a lookup
+        of the same key already in flight costs auth nothing and is never refused.
 
         Raises:
             TooManyFailedLookupsError: `client` is over the limit (auth is not asked).
             AuthUnavailableError: as `_expired_key`.
         """
         limiter = self.failed_lookups
-        if limiter is None or client is None:
-            return await self._expired_key(secret_hash, cached, now)
-        wait = limiter.retry_after(client)
-        if wait is not None:
-            raise TooManyFailedLookupsError(max(1, math.ceil(wait)))
-        limiter.hit(client)
-        try:
-            principal = await self._expired_key(secret_hash, cached, now)
-        except BaseException:
-            limiter.unhit(client)
-            raise
-        if principal is not None:
-            limiter.unhit(client)
-        return principal
+        if limiter is not None and client is not None and secret_hash not in self._lookups:
+            wait = limiter.retry_after(client)
+            if wait is not None:
+                raise TooManyFailedLookupsError(max(1, math.ceil(wait)))
+        return await self._expired_key(secret_hash, cached, now, client)
 
     async def _expired_key(
-        self, secret_hash: str, cached: _CachedKey | None, now: float
+        self, secret_hash: str, cached: _CachedKey | None, now: float, client: str | None = None
     ) -> Principal | None:
         """Auth's answer for a key not cached, or cached past its TTL (`cached`): asked
         again, or, while auth cannot be asked, the cached answer within its stale bound.
@@ -707,7 +698,7 @@ class Authenticator:
             self._keys[secret_hash] = _CachedKey(retried, stale.principal, stale.revoked)
 
         answer = await self.outage.answer(
-            lambda: self._lookup_task(secret_hash),
+            lambda: self._lookup_task(secret_hash, client),
             lookup="api_key",
             usable=lambda: stale is not None,
             keep_stale=keep_stale,
@@ -717,11 +708,33 @@ class Authenticator:
             return stale.principal
         return answer
 
-    def _lookup_task(self, secret_hash: str) -> asyncio.Task[Principal | None]:
+    def _lookup_task(
+        self, secret_hash: str, client: str | None = None
+    ) -> asyncio.Task[Principal | None]:
         """The lookup of a key at auth in flight, started if none is: one per key, however
         many requests wait for it. It runs as its own task, so a client that disconnects
-        does not cancel it for the others."""
-        return shared_task(self._lookups, secret_hash, lambda: self._lookup_and_cache(secret_hash))
+        does not cancel it for the others. One started for `client` (a key not known to be
+        valid) counts as a failed lookup of that address from its start, so keys sent at
+        once get no more lookups than keys sent one after another, and is taken back when
+        the lookup ends otherwise than with auth not knowing the key (`_settle_count`),
+        whatever became of the requests waiting for it."""
+        started = secret_hash not in self._lookups
+        task = shared_task(self._lookups, secret_hash, lambda: self._lookup_and_cache(secret_hash))
+        limiter = self.failed_lookups
+        if started and limiter is not None and client is not None:
+            limiter.hit(client)
+            task.add_done_callback(lambda finished: self._settle_count(finished, client))
+        return task
+
+    def _settle_count(self, lookup: asyncio.Task[Principal | None], client: str) -> None:
+        """Take back the failed lookup counted for `client` unless `lookup` ended with auth
+        not knowing the key (a principal, an error or a cancellation: no verdict against
+        the client)."""
+        limiter = self.failed_lookups
+        if limiter is None:
+            return
+        if lookup.cancelled() or lookup.exception() is not None or lookup.result() is not None:
+            limiter.unhit(client)
 
     async def _lookup_and_cache(self, secret_hash: str) -> Principal | None:
         async with self._lookup_slots:

@@ -5,11 +5,12 @@ chunk, to the HTTP request waiting for it.
 A stream's records wait in its queue until its client takes them. A client that reads
 more slowly than the upstream writes (or not at all, holding its connection open) would
 make that queue grow with the whole stream, a few KiB per stream event: so its stream is
-cut once more than `max_buffered_events` stream events wait for it and it has taken none
-for `READER_STALL_S`, or once more than `HARD_LIMIT_FACTOR` times that many wait (a
-client that reads, but more slowly than the stream comes). A client that keeps up is never
-cut by a burst: records that land at once (a fetch after a pause) are taken within
-milliseconds. What waits is
+cut once more than `max_buffered_events` stream events wait for it and what waits has
+waited `READER_STALL_S` without it taking any, or once more than `HARD_LIMIT_FACTOR` times
+that many wait (a client that reads, but more slowly than the stream comes); only when a
+stream record arrives and its reader is not waiting for one. A client that keeps up is
+never cut by a burst: records that land at once (one fetch after a pause, or a long first
+token) land while its reader waits, and are taken as soon as it runs. What waits is
 dropped, the stream ends with an error (408 `client_too_slow`, in its API's format) when
 the client reads again, later records are not kept, and the request is treated as one
 whose client left (`on_overflow`: inference is asked to stop it, by default). A slow
@@ -64,23 +65,37 @@ def _events_in(reply: Reply) -> int:
 
 class ReplyQueue(asyncio.Queue[Reply]):
     """One request's reply events, in arrival order, counting the stream events they hold
-    (`events`) and noting when one was last taken (`taken_at`, `clock()` seconds; its
-    creation until then)."""
+    (`events`), noting since when what waits in it has waited without one being taken
+    (`stalled_since`, `clock()` seconds: the later of the last take and the moment it
+    stopped being empty), and whether its reader waits in `get` (`reader_waiting`: records
+    landing then are a burst it will take as soon as the event loop lets it run, not a
+    client that stopped reading)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.events = 0
+        self.reader_waiting = False
         self._clock = clock
-        self.taken_at = clock()
+        self.stalled_since = clock()
+
+    async def get(self) -> Reply:
+        """The next reply, waiting for one (asyncio.Queue's), noted in `reader_waiting`."""
+        self.reader_waiting = True
+        try:
+            return await super().get()
+        finally:
+            self.reader_waiting = False
 
     def _put(self, item: Reply) -> None:
+        if not self.qsize():
+            self.stalled_since = self._clock()  # nothing waited before it
         super()._put(item)
         self.events += _events_in(item)
 
     def _get(self) -> Reply:
         item = super()._get()
         self.events -= _events_in(item)
-        self.taken_at = self._clock()
+        self.stalled_since = self._clock()
         return item
 
 
@@ -195,15 +210,24 @@ class PendingReplies:
                 )
                 return
             queue.put_nowait(event)
-            if queue.events > self.max_buffered_events and self._too_slow(queue):
+            if (
+                isinstance(event, ChatChunk)
+                and queue.events > self.max_buffered_events
+                and self._too_slow(queue)
+            ):
                 self._cut(event.request_id, queue)
 
     def _too_slow(self, queue: ReplyQueue) -> bool:
         """Whether the client of `queue`, which holds more than `max_buffered_events`,
-        reads too slowly (the module's docstring)."""
-        return queue.qsize() > 1 and (
-            queue.events > HARD_LIMIT_FACTOR * self.max_buffered_events
-            or self._clock() - queue.taken_at >= READER_STALL_S
+        reads too slowly (the module's docstring): never while its reader waits for the
+        next record, since what landed meanwhile is a burst it is about to take."""
+        return (
+            not queue.reader_waiting
+            and queue.qsize() > 1
+            and (
+                queue.events > HARD_LIMIT_FACTOR * self.max_buffered_events
+                or self._clock() - queue.stalled_since >= READER_STALL_S
+            )
         )
 
     def _cut(self, request_id: str, queue: ReplyQueue) -> None:

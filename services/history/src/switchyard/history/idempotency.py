@@ -193,27 +193,18 @@ class IdempotencyStore:
     ) -> bool:
         """Store the finished response of a claim (`body` None: its content is not kept;
         `headers`: those describing the body, replayed with it)."""
-        keys = idempotency_table.c
-        async with self._engine.begin() as connection:
-            result = await connection.execute(
-                update(idempotency_table)
-                .where(
-                    keys.tenant == tenant,
-                    keys.key == key,
-                    keys.claim_token == claim_token,
-                    keys.state == IdempotencyState.IN_PROGRESS.value,
-                )
-                .values(
-                    state=IdempotencyState.COMPLETED.value,
-                    request_id=request_id,
-                    status_code=status_code,
-                    content_type=content_type,
-                    response_body=body,
-                    response_headers=headers or None,
-                    completed_at=datetime.now(UTC),
-                )
-            )
-        return result.rowcount == 1
+        return await self._update_held(
+            tenant,
+            key,
+            claim_token,
+            state=IdempotencyState.COMPLETED.value,
+            request_id=request_id,
+            status_code=status_code,
+            content_type=content_type,
+            response_body=body,
+            response_headers=headers or None,
+            completed_at=datetime.now(UTC),
+        )
 
     async def await_outcome(
         self, tenant: str, key: str, claim_token: str, *, request_id: str, lease_s: float
@@ -222,6 +213,18 @@ class IdempotencyStore:
         replica stopped waiting for it (see the module's docstring), held `lease_s` more
         seconds at most while the request's outcome is unknown. Returns whether the claim
         was still held."""
+        return await self._update_held(
+            tenant,
+            key,
+            claim_token,
+            state=IdempotencyState.AWAITING_OUTCOME.value,
+            request_id=request_id,
+            locked_until=datetime.now(UTC) + timedelta(seconds=lease_s),
+        )
+
+    async def _update_held(self, tenant: str, key: str, claim_token: str, **values: object) -> bool:
+        """Set `values` on the in-progress claim of `key` held with `claim_token`; returns
+        whether there was one."""
         keys = idempotency_table.c
         async with self._engine.begin() as connection:
             result = await connection.execute(
@@ -232,11 +235,7 @@ class IdempotencyStore:
                     keys.claim_token == claim_token,
                     keys.state == IdempotencyState.IN_PROGRESS.value,
                 )
-                .values(
-                    state=IdempotencyState.AWAITING_OUTCOME.value,
-                    request_id=request_id,
-                    locked_until=datetime.now(UTC) + timedelta(seconds=lease_s),
-                )
+                .values(**values)
             )
         return result.rowcount == 1
 

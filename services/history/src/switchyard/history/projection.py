@@ -51,6 +51,8 @@ from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
 from switchyard.common.db import dialect_insert
 from switchyard.common.events import (
+    MAX_COST_USD,
+    MAX_TOKEN_COUNT,
     ChatCompleted,
     ChatFailed,
     ChatRequestData,
@@ -168,6 +170,13 @@ def _tokens(usage: TokenUsage) -> dict[str, int]:
     return {name: getattr(usage, name) for name in TOKEN_COLUMNS}
 
 
+# The most a summed column may hold: what one usage record may say of it.
+_SUM_BOUNDS: dict[str, float] = {
+    **{name: MAX_TOKEN_COUNT for name in TOKEN_COLUMNS},
+    "cost_usd": MAX_COST_USD,
+}
+
+
 # The merge rules, as data, so that the SQL statement and the in-memory merge of one
 # batch's contributions (`merge`) cannot disagree. Each column is either
 #   ("prefer_new", condition): the arriving value when `condition` holds (it is the
@@ -270,7 +279,7 @@ def merge(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         if kind == "replace":
             merged[name] = new_value if holds[condition] else old_value
         elif kind == "sum" and both_usage:
-            merged[name] = (old_value or 0) + (new_value or 0)
+            merged[name] = min((old_value or 0) + (new_value or 0), _SUM_BOUNDS[name])
         elif holds[condition]:
             merged[name] = new_value if new_value is not None else old_value
         else:
@@ -307,8 +316,13 @@ def upsert_statement(
         if kind == "replace":
             updates[name] = case((conditions[condition], new[name]), else_=existing[name])
         elif kind == "sum":
+            old_value, new_value = func.coalesce(existing[name], 0), func.coalesce(new[name], 0)
+            # Bounded as each record is (what the contract takes), compared before adding:
+            # a sum past a BIGINT would fail the statement, and with it the batch, for ever.
+            bound = _SUM_BOUNDS[name]
             updates[name] = case(
-                (both_usage, func.coalesce(existing[name], 0) + func.coalesce(new[name], 0)),
+                (and_(both_usage, old_value > bound - new_value), bound),
+                (both_usage, old_value + new_value),
                 (conditions[condition], func.coalesce(new[name], existing[name])),
                 else_=func.coalesce(existing[name], new[name]),
             )

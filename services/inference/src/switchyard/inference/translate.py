@@ -1105,8 +1105,7 @@ def _anthropic_message_to_openai(
     if role == "assistant":
         texts: list[str] = []
         tool_calls: list[dict[str, Any]] = []
-        reasoning: list[str] = []
-        own_signature = reasoning_signature(reasoning_origin) if reasoning_origin else None
+        reasoning: dict[str, list[str]] = {}
         for position, block in enumerate(content):
             block_where = f"{where}.content.{position}"
             if not isinstance(block, dict):
@@ -1130,10 +1129,10 @@ def _anthropic_message_to_openai(
                 # itself ignores it in earlier turns. Chat Completions cannot carry it,
                 # except the reasoning text of the server it goes to, given back as it
                 # gave it (DeepSeek's and Kimi's thinking models need it in a tool loop).
-                if own_signature is not None and block.get("signature") == own_signature:
-                    text = block.get("thinking")
-                    if isinstance(text, str) and text:
-                        reasoning.append(text)
+                field = reasoning_field_for(block.get("signature"), reasoning_origin)
+                text = block.get("thinking")
+                if field is not None and isinstance(text, str) and text:
+                    reasoning.setdefault(field, []).append(text)
                 continue
             else:
                 raise _unsupported_block(kind, block_where, "Assistant content")
@@ -1148,8 +1147,8 @@ def _anthropic_message_to_openai(
             result["tool_calls"] = tool_calls
         elif result["content"] is None:
             result["content"] = ""
-        if reasoning:
-            result["reasoning_content"] = "".join(reasoning)
+        for field, pieces in reasoning.items():
+            result[field] = "".join(pieces)
         return [result]
 
     # user: tool results become tool messages (first, right after the assistant's calls)
@@ -1687,13 +1686,51 @@ def is_translated_thinking(block: Any) -> bool:
     )
 
 
-def reasoning_text(message: dict[str, Any]) -> str | None:
+# The fields OpenAI-compatible servers put their reasoning text in: vLLM's, DeepSeek's
+# and Kimi's `reasoning_content`; `reasoning` (OpenRouter's, Groq's, newer vLLM's).
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+# What a signature adds for reasoning read from `reasoning` (none for `reasoning_content`),
+# so it goes back under the field its server wrote it in (`signed_for`).
+_FIELD_MARKS = {"reasoning_content": "", "reasoning": ".r"}
+
+
+def reasoning_of(message: dict[str, Any]) -> tuple[str, str] | None:
     """The reasoning text an OpenAI-compatible server put in a reply's `message` or a
-    stream's `delta` (`reasoning_content`, else `reasoning`), None for none."""
-    for name in ("reasoning_content", "reasoning"):
+    stream's `delta`, with the field it came in (`REASONING_FIELDS`, the first with
+    text), as (field, text); None for none."""
+    for name in REASONING_FIELDS:
         value = message.get(name)
         if isinstance(value, str) and value:
-            return value
+            return name, value
+    return None
+
+
+def reasoning_text(message: dict[str, Any]) -> str | None:
+    """The reasoning text of `reasoning_of`, without its field; None for none."""
+    found = reasoning_of(message)
+    return found[1] if found is not None else None
+
+
+def signed_for(signature: str, field: str) -> str:
+    """`signature` (`reasoning_signature` of a server's origin) for reasoning that server
+    wrote in `field`: the field's mark added, so the text goes back in that field
+    (`reasoning_field_for`). The bare `TRANSLATED_THINKING_SIGNATURE` (no origin) stays
+    as it is: such reasoning goes back to no server."""
+    if signature == TRANSLATED_THINKING_SIGNATURE:
+        return signature
+    return signature + _FIELD_MARKS.get(field, "")
+
+
+def reasoning_field_for(signature: Any, origin: str | None) -> str | None:
+    """The field (`REASONING_FIELDS`) that reasoning signed `signature` goes back in to a
+    server at `origin`: the one its server wrote it in, when that server was of `origin`;
+    None otherwise (another server's, none's, or no origin given)."""
+    if origin is None or not isinstance(signature, str):
+        return None
+    own = reasoning_signature(origin)
+    for field, mark in _FIELD_MARKS.items():
+        if signature == own + mark:
+            return field
     return None
 
 
@@ -2701,9 +2738,12 @@ def chat_completion_to_message(
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
-    reasoning = reasoning_text(message) if thinking else None
+    reasoning = reasoning_of(message) if thinking else None
     if reasoning is not None:
-        content.append({"type": "thinking", "thinking": reasoning, "signature": signature})
+        field, text = reasoning
+        content.append(
+            {"type": "thinking", "thinking": text, "signature": signed_for(signature, field)}
+        )
     text = _text_of(message.get("content"))
     refusal = message.get("refusal")
     if text:
@@ -2797,6 +2837,8 @@ class ChatChunksToMessageEvents:
         # `signature` (`reasoning_signature` of the server's origin).
         self._thinking = thinking
         self._signature = signature
+        # The field the server's reasoning came in (the first delta's).
+        self._reasoning_field: str | None = None
         # The ids of the tool_use blocks (see `AnthropicToolIds`).
         self._tool_ids = tool_ids if tool_ids is not None else AnthropicToolIds()
         self.message_id: str | None = None
@@ -2845,7 +2887,8 @@ class ChatChunksToMessageEvents:
         events: list[dict[str, Any]] = []
         if kind == "thinking":
             # As Anthropic ends a thinking block: its signature, then the stop.
-            signature = {"type": "signature_delta", "signature": self._signature}
+            signed = signed_for(self._signature, self._reasoning_field or REASONING_FIELDS[0])
+            signature = {"type": "signature_delta", "signature": signed}
             events.append({"type": "content_block_delta", "index": index, "delta": signature})
         events.append({"type": "content_block_stop", "index": index})
         return events
@@ -2873,9 +2916,10 @@ class ChatChunksToMessageEvents:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            reasoning = reasoning_text(delta) if self._thinking else None
+            reasoning = reasoning_of(delta) if self._thinking else None
             if reasoning is not None:
-                events += self._piece("thinking", reasoning)
+                self._reasoning_field = self._reasoning_field or reasoning[0]
+                events += self._piece("thinking", reasoning[1])
             text = delta.get("content") or delta.get("refusal")
             if delta.get("content"):
                 self._content_seen = True

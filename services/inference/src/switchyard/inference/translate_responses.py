@@ -51,6 +51,7 @@ from switchyard.inference.translate import (
     DEFAULT_ANTHROPIC_MAX_TOKENS,
     INPUT_IMAGE_DETAILS,
     OPENAI_SERVICE_TIERS,
+    REASONING_FIELDS,
     TranslationError,
     add_anthropic_sampling,
     add_anthropic_thinking,
@@ -75,10 +76,12 @@ from switchyard.inference.translate import (
     offer_history_tools,
     parse_data_url,
     positive_integer,
-    reasoning_signature,
+    reasoning_field_for,
+    reasoning_of,
     refuse_function_options,
     refuse_unknown,
     required_text,
+    signed_for,
     text_of,
     tool_calls_of,
     tool_input_of_request,
@@ -627,7 +630,6 @@ def responses_request_to_chat(
     # tool message right after the assistant message that made it, so they follow.
     deferred: list[dict[str, Any]] = []
     pending: set[str] = set()
-    own_signature = reasoning_signature(reasoning_origin) if reasoning_origin else None
     for index, item in enumerate(items.items):
         kind = item.get("type") if isinstance(item, dict) else None
         call = kind in ("function_call", "function_call_output")
@@ -636,7 +638,7 @@ def responses_request_to_chat(
             item,
             items.where(index),
             messages if call or not pending else deferred,
-            own_signature,
+            reasoning_origin,
         )
         call_id = item.get("call_id") if call else None
         if isinstance(call_id, str):
@@ -802,7 +804,7 @@ def _reasoning_only(message: dict[str, Any]) -> bool:
     (what follows it in the same turn joins it)."""
     return (
         message["role"] == "assistant"
-        and "reasoning_content" in message
+        and any(field in message for field in REASONING_FIELDS)
         and message.get("content") is None
         and not message.get("tool_calls")
     )
@@ -817,14 +819,15 @@ def _chat_content(texts: list[str]) -> str | list[dict[str, Any]]:
 
 
 def _item_to_chat(
-    item: Any, where: str, messages: list[dict[str, Any]], own_signature: str | None = None
+    item: Any, where: str, messages: list[dict[str, Any]], reasoning_origin: str | None = None
 ) -> list[dict[str, Any]]:
     """Translate one Responses input `item` at `where` into Chat Completions `messages`
     (appended, a function call joining the assistant message before it, an assistant
     message or call joining the reasoning before it). Returns the messages that must wait
     until the turn's tool messages are all sent: a user message with the images and files
-    a call's output holds. `own_signature`: the `encrypted_content` of reasoning made from
-    the receiving server's own text, which goes back to it as `reasoning_content`."""
+    a call's output holds. `reasoning_origin`: the receiving server's origin, whose own
+    reasoning text (`reasoning_field_for` its `encrypted_content`) goes back to it in the
+    field it came in."""
     kind = _kind(item, where)
     if kind == "message":
         role = item.get("role")
@@ -907,20 +910,16 @@ def _item_to_chat(
         # receiving server's own reasoning text goes back to it, as it gave it (DeepSeek's
         # and Kimi's thinking models refuse a tool loop without it).
         _check_reasoning_item(item, where)
-        if own_signature is not None and item.get("encrypted_content") == own_signature:
-            text = "".join(
-                part.get("text") or ""
-                for part in item.get("summary") or ()
-                if isinstance(part, dict)
-            )
+        field = reasoning_field_for(item.get("encrypted_content"), reasoning_origin)
+        if field is not None:
+            summary = item.get("summary") or ()
+            text = "".join(part.get("text") or "" for part in summary if isinstance(part, dict))
             if text:
                 last = messages[-1] if messages else None
                 if last is not None and _reasoning_only(last):
-                    last["reasoning_content"] += text
+                    last[field] = last.get(field, "") + text
                 else:
-                    messages.append(
-                        {"role": "assistant", "content": None, "reasoning_content": text}
-                    )
+                    messages.append({"role": "assistant", "content": None, field: text})
         return []
     else:
         raise _unsupported_item(kind, where)
@@ -1312,9 +1311,15 @@ def chat_completion_to_response(
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
     output: list[dict[str, Any]] = []
-    reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if isinstance(reasoning, str) and reasoning:
-        output.append(_reasoning_item(_reasoning_id(), reasoning, ctx.reasoning_signature))
+    reasoning = reasoning_of(message)
+    if reasoning is not None:
+        field, thought = reasoning
+        signature = ctx.reasoning_signature
+        output.append(
+            _reasoning_item(
+                _reasoning_id(), thought, signed_for(signature, field) if signature else None
+            )
+        )
     content: list[dict[str, Any]] = []
     text = message.get("content")
     annotations = response_annotations(message.get("annotations"))
@@ -1763,6 +1768,7 @@ class ChatChunksToResponseEvents:
     def __init__(self, ctx: ResponseContext, usage: Callable[[], TokenUsage]) -> None:
         self.writer = ResponseEventWriter(ctx)
         self._signature = ctx.reasoning_signature
+        self._reasoning_field: str | None = None  # the field the reasoning came in
         self._usage = usage
         self.finish_reason: str | None = None
         self._call: tuple[str, int] | None = None  # the function call streaming live
@@ -1788,9 +1794,10 @@ class ChatChunksToResponseEvents:
             # A chunk's argument pieces before its text: text in the same chunk follows.
             for call in tool_calls_of(delta):
                 events += self._tool_delta(call)
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                self._text.append(("reasoning", reasoning))
+            reasoning = reasoning_of(delta)
+            if reasoning is not None:
+                self._reasoning_field = self._reasoning_field or reasoning[0]
+                self._text.append(("reasoning", reasoning[1]))
             for part in ("content", "refusal"):
                 text = delta.get(part)
                 if isinstance(text, str) and text:
@@ -1819,7 +1826,11 @@ class ChatChunksToResponseEvents:
             if part == "reasoning":
                 if not writer.is_open("reasoning"):
                     events += writer.close("message") + writer.reasoning(
-                        "reasoning", thinking=False, signature=self._signature
+                        "reasoning",
+                        thinking=False,
+                        signature=signed_for(self._signature, self._reasoning_field or "")
+                        if self._signature
+                        else None,
                     )
                 events += writer.reasoning_text("reasoning", text)
             elif part == "annotation":
