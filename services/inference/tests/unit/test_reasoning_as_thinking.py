@@ -352,6 +352,20 @@ def test_a_forged_signature_of_another_server_is_not_sent():
     assert "reasoning_content" not in sent["messages"][1]
 
 
+def _responses_tool_loop(reasoning: dict[str, Any], call: dict[str, Any]) -> dict[str, Any]:
+    """A Responses request sending back a reasoning item and its function call, with the
+    call's output."""
+    return {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            reasoning,
+            call,
+            {"type": "function_call_output", "call_id": call["call_id"], "output": "Sunny."},
+        ],
+    }
+
+
 def _responses_adapter(deployment: Deployment, body: dict[str, Any]):
     return Adapters().adapter_for(
         ClientAPI.OPENAI_RESPONSES, deployment, _request(ClientAPI.OPENAI_RESPONSES, body)
@@ -366,15 +380,7 @@ def test_a_servers_reasoning_goes_back_to_it_from_a_responses_client_too():
     assert reasoning["encrypted_content"].startswith(TRANSLATED_THINKING_SIGNATURE + ".")
     assert call["type"] == "function_call"
 
-    second = {
-        "model": "m",
-        "input": [
-            {"role": "user", "content": "Weather in Oslo?"},
-            reasoning,
-            call,
-            {"type": "function_call_output", "call_id": call["call_id"], "output": "Sunny."},
-        ],
-    }
+    second = _responses_tool_loop(reasoning, call)
     sent = _responses_adapter(DEEPSEEK, second).request(second, {}, DEEPSEEK, False).body
     assistant = sent["messages"][1]
     assert assistant["role"] == "assistant"
@@ -484,15 +490,7 @@ def test_reasoning_goes_back_in_the_field_its_server_wrote_it_in(field):
 
     response, _ = _responses_adapter(DEEPSEEK, {"model": "m", "input": "x"}).reply(completion, "m")
     reasoning, call = [item for item in response["output"] if item["type"] != "message"]
-    second = {
-        "model": "m",
-        "input": [
-            {"role": "user", "content": "Weather in Oslo?"},
-            reasoning,
-            call,
-            {"type": "function_call_output", "call_id": call["call_id"], "output": "Sunny."},
-        ],
-    }
+    second = _responses_tool_loop(reasoning, call)
     sent = _responses_adapter(DEEPSEEK, second).request(second, {}, DEEPSEEK, False).body
     assert sent["messages"][1][field] == "Six times seven."
 

@@ -19,8 +19,10 @@
   `TooManyFailedLookupsError` for any further key it would need auth for, until the
   oldest failure leaves the window. A lookup counts as failed from its start until auth
   vouches for the key, so keys sent at once get no more lookups than keys sent one after
-  another. Keys cached as valid, and every other address, are unaffected: a flood of
-  random keys from one client neither reaches auth nor holds up anyone else's lookup.
+  another; requests sharing one key's lookup count once, and the lookup counts whatever
+  became of the request that started it. Keys cached as valid, and every other address,
+  are unaffected: a flood of random keys from one client neither reaches auth nor holds
+  up anyone else's lookup.
 - A token's claims are all required: one without `scopes` (or with a non-numeric time
   claim) is refused, never taken as "no scopes". Its user must still exist: the first
   request of a user not seen lately asks auth (`/internal/v1/users/{id}`, one call per
