@@ -70,6 +70,9 @@ class SharedLog:
     def written(self, event, usage=None) -> None:
         return None  # read back from the topic, as on Kafka
 
+    def settled(self, request_id: str) -> None:
+        return None  # another replica may yet be handed the request, as on Kafka
+
     async def lookup(self, request) -> Recorded | None:
         if self.unreadable:
             raise BusUnavailableError("the replies topic cannot be read")
@@ -224,21 +227,62 @@ def test_the_index_keeps_its_memory_within_its_byte_budget_oldest_first() -> Non
     assert newest.stream_started.request_id == ids[-1]
 
 
-async def test_the_local_log_answers_a_request_this_process_already_answered(
+async def test_the_local_log_answers_a_retry_after_the_reply_was_written(
     simulator, routing, providers
 ):
+    """A handler stopped after its reply was written (here while its usage event's
+    publish hangs) is not done with its event: the in-memory bus hands it over again, and
+    that attempt publishes the recorded outcome again instead of calling the upstream."""
+    bus = InMemoryBus()
+    outcomes = LocalOutcomeLog(lookback_s=600)
+    hang_usage = True
+    usage_waiting = asyncio.Event()
+
+    async def publish(topic, event, *, key=None, partition=None, headers=None) -> None:
+        if topic == TOPICS.usage and hang_usage:
+            usage_waiting.set()
+            await asyncio.Event().wait()
+        await bus.publish(topic, event, key=key, partition=partition, headers=headers)
+
+    def handler() -> ChatRequestHandler:
+        # A handler of its own per attempt: nothing but the log remembers the first one.
+        return ChatRequestHandler(
+            publish=publish, topics=TOPICS, routing=routing, providers=providers, outcomes=outcomes
+        )
+
+    request = chat_request(model="m")
+    running = asyncio.create_task(handler()(request))
+    await asyncio.wait_for(usage_waiting.wait(), timeout=10)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    recorded = await outcomes.lookup(request)
+    assert recorded is not None and recorded.answered
+    hang_usage = False
+
+    await handler()(request)
+
+    assert simulator.calls("up-m") == 1
+    assert len(outcomes.index) == 0  # handled now: forgotten
+
+
+async def test_the_local_log_forgets_a_request_once_it_is_handled(simulator, routing, providers):
+    """Nothing can ask the in-memory bus for a handled event again: its records go at
+    once, so embedded mode's memory does not grow with traffic. A copy of the event
+    delivered all the same is answered from what the handler published lately."""
     bus = InMemoryBus()
     outcomes = LocalOutcomeLog(lookback_s=600)
     handler = ChatRequestHandler(
         publish=bus.publish, topics=TOPICS, routing=routing, providers=providers, outcomes=outcomes
     )
-    request = chat_request(model="m")
-    await handler(request)
+    requests = [chat_request(model="m", stream=index % 2 == 0) for index in range(6)]
+    for request in requests:
+        await handler(request)
 
-    recorded = await outcomes.lookup(request)
-
-    assert recorded is not None and recorded.answered
-    assert recorded.usage is not None and recorded.usage.request_id == request.request_id
+    assert len(outcomes.index) == 0 and outcomes.index.bytes == 0
+    assert await outcomes.lookup(requests[0]) is None
+    await handler(requests[0])
+    assert simulator.calls("up-m") == len(requests)
 
 
 async def test_the_local_log_ends_a_stream_retried_after_it_started_as_interrupted(

@@ -74,8 +74,8 @@ DEV_ENVIRONMENT = {
     # Inference keeps recent outcomes to answer a redelivered request without running it
     # again. Kafka redelivers after a crash or a rebalance, up to the request timeout
     # later (hence 15 minutes and 64 MiB for the service); the in-memory bus only retries
-    # a failing handler, within about 2 s (5 attempts). 8 MiB holds some 4,000 requests'
-    # records, over 10 s at embedded mode's highest rate, and keeps the one process small.
+    # a failing handler, so embedded mode keeps a request's records only until it is
+    # handled (`LocalOutcomeLog.settled`). 8 MiB bounds what requests being retried hold.
     "SWITCHYARD_INFERENCE_REDELIVERY_INDEX_MAX_MB": "8",
     # Sign-ins reach auth through the gateway, which appends the caller's address to
     # X-Forwarded-For; auth listens on the loopback interface only (`service_host`), so

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -198,6 +198,9 @@ class ChatRequestHandler:
         # future set once it is handled (True: its outcome is on the bus; False: it
         # ended without one, raising or cancelled).
         self._handling: dict[str, tuple[ChatRequested, asyncio.Future[bool]]] = {}
+        # How many of those events each request id has (the outcomes log forgets a
+        # request only when none of its events is being handled).
+        self._handling_requests: Counter[str] = Counter()
 
     @property
     def routing(self) -> RoutingTable:
@@ -250,6 +253,7 @@ class ChatRequestHandler:
                 # That run ended without an outcome: this copy is handled in its place.
             handled = asyncio.get_running_loop().create_future()
             self._handling[event.id] = (event, handled)
+            self._handling_requests[event.request_id] += 1
             try:
                 await self._handle(event)
             except BaseException:
@@ -257,7 +261,12 @@ class ChatRequestHandler:
                 raise
             finally:
                 del self._handling[event.id]
+                self._handling_requests[event.request_id] -= 1
+                if not self._handling_requests[event.request_id]:
+                    del self._handling_requests[event.request_id]
             handled.set_result(True)
+            if event.request_id not in self._handling_requests:
+                self._replies.settled(event.request_id)
 
     async def _handle(self, event: ChatRequested) -> None:
         """Answer `event` (again, if it was answered before), publishing its outcome."""

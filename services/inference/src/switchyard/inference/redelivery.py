@@ -40,7 +40,8 @@ written by a replica that died a moment ago is never missed), and keeps what it 
 later lookup reads only what its own range lacks and the redeliveries of one rebalance
 read each partition about once.
 `LocalOutcomeLog` is told what this process writes (the in-memory bus of embedded mode and
-tests, where one process holds every request).
+tests, where one process holds every request), and keeps it only until the request is
+handled (`settled`): that bus delivers an event again only to retry a failing handler.
 """
 
 from __future__ import annotations
@@ -310,6 +311,18 @@ class OutcomeIndex:
             stream_started=stream_started, reply=reply, usage=usage, seen_at=entry[_SEEN_AT]
         )
 
+    def discard(self, request_id: str) -> None:
+        """Forget what is kept of `request_id` (nothing if nothing is)."""
+        dropped = self._entries.pop(request_id, None)
+        if dropped is not None:
+            self._dropped(dropped)
+
+    def _dropped(self, dropped: _Entry) -> None:
+        self.bytes -= _entry_size(dropped)
+        if self._on_evict is not None:
+            for partition, offset in _entry_offsets(dropped).items():
+                self._on_evict(partition, offset)
+
     def _prune(self) -> None:
         cutoff = time.monotonic() - self.lookback_s
         while self._entries:
@@ -317,10 +330,7 @@ class OutcomeIndex:
             if oldest[_SEEN_AT] >= cutoff and self.bytes <= self.max_bytes:
                 return
             _, dropped = self._entries.popitem(last=False)
-            self.bytes -= _entry_size(dropped)
-            if self._on_evict is not None:
-                for partition, offset in _entry_offsets(dropped).items():
-                    self._on_evict(partition, offset)
+            self._dropped(dropped)
 
 
 class OutcomeLog(Protocol):
@@ -350,6 +360,14 @@ class OutcomeLog(Protocol):
         any outage)."""
         ...
 
+    def settled(self, request_id: str) -> None:
+        """Told when no event of the request `request_id` is being handled here any more
+        and the last one's handler returned (its outcome is on the bus, which will not
+        deliver that event again): a log of what this process wrote may forget it. A log
+        that reads the partitions itself ignores it (another replica may yet be handed
+        the request)."""
+        ...
+
 
 class LocalOutcomeLog(OutcomeLog):
     """What this process wrote to reply partitions, as it told it (`written`): enough where
@@ -377,6 +395,14 @@ class LocalOutcomeLog(OutcomeLog):
     @override
     async def lookup(self, request: ChatRequested) -> Recorded | None:
         return self.index.get(request.request_id, request.tenant)
+
+    @override
+    def settled(self, request_id: str) -> None:
+        # The in-memory bus delivers an event again only while its handler fails (a
+        # retry) or after a restart (when this memory is gone): once handled, nothing here
+        # can ask for the request again, so its records go now rather than fill the
+        # index (embedded mode's peak memory).
+        self.index.discard(request_id)
 
 
 @dataclass
@@ -469,6 +495,10 @@ class KafkaReplyLog(OutcomeLog):
     @override
     def written(self, event: EnvelopeFields, usage: EnvelopeFields | None = None) -> None:
         return None  # read back from the partition itself
+
+    @override
+    def settled(self, request_id: str) -> None:
+        return None  # a rebalance may hand the request to another replica, which reads it
 
     def _evicted(self, partition: int, offset: int) -> None:
         scanned = self._scanned.get(partition)

@@ -131,6 +131,11 @@ class ReplyPublisher:
         recorded = await self.outcomes.lookup(request)
         return recorded is not None and await self._answer_recorded(request, recorded)
 
+    def settled(self, request_id: str) -> None:
+        """Tell the outcomes log that the request `request_id` is handled (`OutcomeLog.settled`)."""
+        if self.outcomes is not None:
+            self.outcomes.settled(request_id)
+
     async def _answer_recorded(self, request: ChatRequested, recorded: Recorded) -> bool:
         if recorded.answered:
             assert recorded.reply is not None and recorded.usage is not None
