@@ -543,6 +543,79 @@ async def test_the_usage_a_reply_carries_settles_its_request_once() -> None:
         await admission.admit(Caller(), "m", BODY)  # and only once
 
 
+async def _spent(ledger: MemoryLedger, kind: str) -> float:
+    return sum(c.spent for c in await ledger.counters() if c.kind == kind)
+
+
+async def test_the_usage_of_another_run_of_a_settled_request_counts_against_budgets() -> None:
+    """An inference replica that stalled while it ran a request, and finished it after
+    another replica had taken the request over, bills both runs (history adds their usage
+    events up): the budget counts both, and each usage event once however often it is
+    read (from the reply, from the usage topic, republished)."""
+    ledger = MemoryLedger()
+    [admission] = replicas(
+        ledger,
+        policy(
+            "team", "team-1", anchor=0.0, max_budget_usd=5.0, budget_period="1d", tpm_limit=10_000
+        ),
+        count=1,
+    )
+    ticket = await admission.admit(Caller(), "m", BODY)
+    ticket.attach("r1")
+    taken_over = usage_recorded("r1", 0.01, input_tokens=7)
+    await admission.on_reply_usage(taken_over)
+    await admission.on_event(taken_over)
+    stalled = usage_recorded("r1", 0.02, input_tokens=11, output_tokens=2)
+    await admission.on_event(stalled)
+    await admission.on_event(stalled)  # republished with the same id: counted once
+    await admission.flush()
+
+    assert await _spent(ledger, "spend") == pytest.approx(0.03)
+    assert await _spent(ledger, "tokens") == 7 + 13
+    # Committed beyond the leases: no replica is granted what the late run used.
+    await admission.release_idle(everything=True)
+    [spend] = [c for c in await ledger.counters() if c.kind == "spend"]
+    assert spend.committed == pytest.approx(0.03)
+
+
+async def test_the_usage_of_a_request_whose_ticket_expired_still_counts() -> None:
+    ledger = MemoryLedger()
+    [admission] = replicas(
+        ledger, policy(anchor=0.0, max_budget_usd=5.0, budget_period="1d"), count=1
+    )
+    ticket = await admission.admit(Caller(), "m", BODY)
+    ticket.attach("slow", deadline_s=0.0)
+    ticket.expires_at = 1.0  # long past (monotonic seconds)
+    await admission.release_idle()
+    assert not admission.settles("slow")
+
+    admission.on_usage(usage_recorded("slow", 0.04))
+    await admission.flush()
+
+    assert await _spent(ledger, "spend") == pytest.approx(0.04)
+
+
+async def test_only_the_most_recent_settled_requests_are_remembered() -> None:
+    ledger = MemoryLedger()
+    [admission] = replicas(
+        ledger,
+        policy(anchor=0.0, max_budget_usd=5.0, budget_period="1d"),
+        count=1,
+        settled_remembered=2,
+    )
+    for name in ("a", "b", "c"):
+        ticket = await admission.admit(Caller(), "m", BODY)
+        ticket.attach(name)
+        admission.on_usage(usage_recorded(name, 0.01))
+    await admission.flush()
+    for name in ("a", "b", "c"):  # a second run of each: "a" is forgotten
+        admission.on_usage(usage_recorded(name, 0.1))
+    admission.on_usage(usage_recorded("never-admitted-here", 0.1))
+    await admission.flush()
+
+    assert await _spent(ledger, "spend") == pytest.approx(0.03 + 0.2)
+
+
 async def test_a_changed_limit_applies_to_the_next_request_on_every_replica() -> None:
     ledger = MemoryLedger()
     admissions = replicas(ledger, policy(rpm_limit=1000), count=3)

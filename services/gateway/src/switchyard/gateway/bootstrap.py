@@ -254,6 +254,7 @@ def build(
         lease_idle_s=settings.governance_lease_idle_s,
         heartbeat_s=settings.governance_heartbeat_s,
         reap_after_s=settings.governance_reap_after_s,
+        settled_remembered=settings.governance_settled_remembered,
     )
     return gateway
 

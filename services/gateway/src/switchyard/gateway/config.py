@@ -346,6 +346,15 @@ class Settings(ServiceSettings):
         le=DAY_S,
         description="A replica silent this long loses its leases to the others.",
     )
+    governance_settled_remembered: int = Field(
+        default=10_000,
+        ge=0,
+        le=1_000_000,
+        description="How many settled requests with token or spend limits a replica "
+        "remembers (the most recent, about 0.5 KB each), so the usage of another run of one "
+        "of them (a run taken over from an inference replica that stalled, which then "
+        "finished) still counts against budgets; 0 forgets them at once.",
+    )
     policy_cache_ttl_s: float = Field(
         default=60.0,
         ge=0,

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -86,6 +87,11 @@ STORE_FAILURES = Counter(
     "switchyard_gateway_governance_store_failures_total",
     "Limit store calls that failed or timed out, by what the failure mode did.",
     ["outcome"],
+)
+LATE_USAGE = Counter(
+    "switchyard_gateway_governance_late_usage_total",
+    "Usage events of another run of a request already settled (a run taken over from a "
+    "replica that stalled, then finished), added to the budgets' spend.",
 )
 
 # How much a refill asks for beyond what the request needs: a tenth of the limit, at
@@ -381,6 +387,21 @@ class Reservation:
     amount: float
 
 
+# A counter a settled request's usage went to: (scope, kind, window_start).
+_Counted = tuple[str, Kind, float]
+
+
+def _used(event: UsageRecorded) -> dict[str, float]:
+    """What the run `event` reports used, by counter kind: tokens (input plus output),
+    spend (USD) and parallel slots (none: a slot is given back, never spent)."""
+    usage = event.data.usage
+    return {
+        "tokens": float(usage.input_tokens + usage.output_tokens),
+        "spend": float(event.data.cost_usd),
+        "parallel": 0.0,
+    }
+
+
 @dataclass
 class Ticket:
     """An admitted request's reservations, its team and its rate-limit headers."""
@@ -463,7 +484,10 @@ class Admission:
         clock: Callable[[], float] = time.time,
         deployments_of: Callable[[str], Sequence[Deployment]] | None = None,
         store_backoff_s: float = STORE_BACKOFF_S,
+        settled_remembered: int = 10_000,
     ) -> None:
+        """`settled_remembered`: how many settled requests this replica remembers (the
+        most recent), so that the usage of another run of one of them still counts."""
         self.ledger = ledger
         self.policies = policies
         self.prices = prices
@@ -490,6 +514,15 @@ class Admission:
         # What the requests waiting for each counter need in all (asked for when short).
         self._demand: dict[tuple[str, str], float] = {}
         self._pending: dict[str, Ticket] = {}
+        # The requests settled (or expired) lately, by request id: the ids of the usage
+        # events counted for each, and the counters its tokens and spend went to
+        # (`_settle_late`). Each run of a request has a usage event of its own: a run
+        # taken over after its replica stalled, and the stalled run finishing later, are
+        # both billed (history adds them up), so both count against the budgets.
+        self.settled_remembered = settled_remembered
+        self._settled: OrderedDict[str, tuple[tuple[str, ...], tuple[_Counted, ...]]] = (
+            OrderedDict()
+        )
         self._periods: dict[tuple[str | None, float | None], tuple[float, float | None]] = {}
         self._settlements: list[LeaseChange] = []
         self._wake = asyncio.Event()
@@ -949,17 +982,60 @@ class Admission:
 
     def on_usage(self, event: UsageRecorded) -> None:
         """Settle the reservations of one of this replica's requests with its real usage:
-        tokens and cost to the ledger, the unused rest back to this replica's allowance."""
+        tokens and cost to the ledger, the unused rest back to this replica's allowance.
+        The usage of another run of a request settled already (a new usage event id) is
+        added to the spend of the counters it settled (`_settle_late`); the same usage
+        event again (read from the reply and from the usage topic, or republished) is
+        not."""
         ticket = self._pending.pop(event.request_id, None)
         if ticket is None or ticket.settled:
+            self._settle_late(event)
             return
-        usage = event.data.usage
-        used = {
-            "tokens": float(usage.input_tokens + usage.output_tokens),
-            "spend": float(event.data.cost_usd),
-            "parallel": 0.0,
-        }
-        self._settle(ticket, used)
+        self._settle(ticket, _used(event))
+        self._remember_settled(ticket, (event.id,))
+
+    def _remember_settled(self, ticket: Ticket, usage_ids: tuple[str, ...]) -> None:
+        """Keep what a later run of `ticket`'s request needs to be counted (bounded)."""
+        if self.settled_remembered <= 0 or ticket.request_id is None:
+            return
+        counted = tuple(
+            (reservation.scope, reservation.kind, reservation.window_start)
+            for reservation in ticket.reservations
+            if reservation.kind in ("tokens", "spend")
+        )
+        if not counted:
+            return
+        self._settled[ticket.request_id] = (usage_ids, counted)
+        self._settled.move_to_end(ticket.request_id)
+        while len(self._settled) > self.settled_remembered:
+            self._settled.popitem(last=False)
+
+    def _settle_late(self, event: UsageRecorded) -> None:
+        """Count the usage of a run of a request settled before (its tokens and cost
+        committed as used at once: there is no reservation left to take them from);
+        nothing for a request this replica did not admit or no longer remembers."""
+        remembered = self._settled.get(event.request_id)
+        if remembered is None:
+            return
+        usage_ids, counted = remembered
+        if event.id in usage_ids:
+            return
+        self._settled[event.request_id] = ((*usage_ids, event.id), counted)
+        used = _used(event)
+        for scope, kind, window_start in counted:
+            spent = used[kind]
+            if spent > 0:
+                # All of it an overrun: the ledger commits it, and no lease is touched.
+                self._settlements.append(LeaseChange(scope, kind, window_start, spent, spent))
+        LATE_USAGE.inc()
+        log.info(
+            "usage of another run of a settled request counted",
+            request_id=event.request_id,
+            tokens=used["tokens"],
+            cost_usd=used["spend"],
+        )
+        if len(self._settlements) >= 500:
+            self._wake.set()
 
     def _settle(self, ticket: Ticket, used: dict[str, float]) -> None:
         """Settle `ticket` with what it used, by kind (`tokens`, `spend`, `parallel`)."""
@@ -1120,6 +1196,8 @@ class Admission:
             if ticket.expires_at and ticket.expires_at < monotonic:
                 del self._pending[request_id]
                 ticket.settled = True
+                # Its usage may still come (a replica that stalled): counted then.
+                self._remember_settled(ticket, ())
                 for reservation in ticket.reservations:
                     held = self._allowances.get((reservation.scope, reservation.kind))
                     if (
