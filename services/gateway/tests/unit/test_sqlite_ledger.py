@@ -58,6 +58,10 @@ async def test_usage_beyond_a_lease_in_sqlite_is_committed_for_the_fleet(ledger_
     await ledger_checks.usage_beyond_a_lease_is_committed_for_the_fleet(connect(ledger_url))
 
 
+async def test_a_late_run_in_sqlite_is_committed_for_the_fleet(ledger_url: str) -> None:
+    await ledger_checks.a_late_run_is_committed_for_the_fleet(connect(ledger_url))
+
+
 async def test_windows_restart_and_silent_replicas_are_reaped(ledger_url: str) -> None:
     await ledger_checks.windows_restart_and_silent_replicas_are_reaped(connect(ledger_url))
 

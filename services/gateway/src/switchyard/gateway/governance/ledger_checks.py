@@ -166,6 +166,37 @@ async def usage_beyond_a_lease_is_committed_for_the_fleet(connect: Connect) -> N
             await ledger.close()
 
 
+async def a_late_run_is_committed_for_the_fleet(connect: Connect) -> None:
+    """The usage of a second run of a settled request (taken over from a stalled
+    inference replica, which then finished): spent, and committed for every replica."""
+    ledgers = [connect() for _ in range(2)]
+    policies = FixedPolicies(key_policy(max_budget_usd=10.0, budget_period="30d"))
+    first, second = (
+        Admission(ledger=ledger, policies=policies, prices=PRICES, replica=f"gw-{n}")
+        for n, ledger in enumerate(ledgers)
+    )
+    try:
+        ticket = await first.admit(Caller(), "m", BODY)
+        ticket.attach("r1")
+        first.on_usage(usage_recorded("r1", 1.0))
+        first.on_usage(usage_recorded("r1", 4.0))  # the stalled run's own usage event
+        await first.flush()
+        await first.release_idle(everything=True)
+        [counter] = [c for c in await ledgers[0].counters(["api_key:k1"]) if c.kind == "spend"]
+        assert math.isclose(counter.spent, 5.0, rel_tol=1e-6), counter
+        assert math.isclose(counter.committed, 5.0, rel_tol=1e-6), counter
+        try:  # about $6 at most: more than the $5 left
+            await second.admit(Caller(), "m", {**BODY, "max_tokens": 6000})
+        except Refused:
+            pass
+        else:
+            raise AssertionError("granted what the late run had used")
+        assert await second.admit(Caller(), "m", {**BODY, "max_tokens": 4000})
+    finally:
+        for ledger in ledgers:
+            await ledger.close()
+
+
 async def windows_restart_and_silent_replicas_are_reaped(connect: Connect) -> None:
     """Fair shares, a window that ends starting from nothing, and a silent replica's
     leases reaped."""
