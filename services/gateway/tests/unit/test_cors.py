@@ -88,6 +88,26 @@ async def test_development_allows_any_origin_by_default() -> None:
         assert response.headers["access-control-allow-origin"] == "*"
 
 
+@pytest.mark.parametrize("environment", ["development", "production"])
+async def test_the_console_answers_no_other_origin_whatever_the_api_allows(environment) -> None:
+    """The console's pages and forms are for its own origin: a browser on another origin
+    may call the API (as configured) but not read or post to the console."""
+    options = PRODUCTION if environment == "production" else {"environment": environment}
+    settings = Settings(
+        **options, topic_prefix="unit-cors", cors_allow_origins="http://localhost:5173"
+    )
+    origin = {"Origin": "http://localhost:5173"}
+    async with gateway_with(settings=settings) as gw:
+        api = await gw.client.options("/v1/models", headers={**PREFLIGHT, **origin})
+        assert api.headers["access-control-allow-origin"] == "http://localhost:5173"
+        for path in ("/ui", "/ui/", "/ui/login", "/ui/static/app.css"):
+            page = await gw.client.get(path, headers=origin)
+            assert "access-control-allow-origin" not in page.headers, path
+            preflight = await gw.client.options(path, headers={**PREFLIGHT, **origin})
+            assert "access-control-allow-origin" not in preflight.headers, path
+            assert preflight.status_code != 200, path
+
+
 async def test_origins_may_be_given_as_a_regular_expression() -> None:
     settings = Settings(
         **PRODUCTION,

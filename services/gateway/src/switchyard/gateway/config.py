@@ -286,8 +286,9 @@ class Settings(ServiceSettings):
     )
     cors_allow_origins: Annotated[list[str] | None, NoDecode] = Field(
         default=None,
-        description="Comma-separated origins browsers may call from ('*' for any). Unset: "
-        "any origin in development, none otherwise.",
+        description="Comma-separated origins browsers may call the API from ('*' for any). "
+        "Unset: any origin in development, none otherwise. Never the console (`/ui`), which "
+        "serves its own origin only.",
     )
     cors_allow_origin_regex: str | None = Field(
         default=None, description="Origins matching this regular expression are allowed too."
