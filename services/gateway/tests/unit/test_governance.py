@@ -543,6 +543,30 @@ async def test_the_usage_a_reply_carries_settles_its_request_once() -> None:
         await admission.admit(Caller(), "m", BODY)  # and only once
 
 
+async def test_a_budget_not_all_spent_asks_for_a_smaller_request_not_says_used_up() -> None:
+    """Requests in progress hold what is left, but some of the budget is not spent: a
+    request that cannot fit even once they settle is told how much is not spent and to
+    lower max_tokens, not that the budget is used up."""
+    ledger = MemoryLedger()
+    [admission] = replicas(
+        ledger, policy(anchor=0.0, max_budget_usd=0.05, budget_period="1d"), count=1
+    )
+    done = await admission.admit(Caller(), "m", BODY)
+    running = await admission.admit(Caller(), "m", BODY)
+    done.attach("done")
+    running.attach("running")
+    admission.on_usage(usage_recorded("done", 0.04))
+    await admission.flush()
+
+    with pytest.raises(Refused) as refused:
+        await admission.admit(Caller(), "m", BODY)
+
+    message = refused.value.message
+    assert "used up" not in message, message
+    assert "not yet spent" in message and "set a lower max_tokens" in message, message
+    assert refused.value.headers["x-should-retry"] == "false"
+
+
 async def _spent(ledger: MemoryLedger, kind: str) -> float:
     return sum(c.spent for c in await ledger.counters() if c.kind == kind)
 

@@ -211,18 +211,28 @@ class Refused(APIError):
                 if reset_at is not None
                 else "it does not reset (a lifetime budget)"
             )
-            if needed is not None and left is not None and 0 < left < needed and not output:
+            # What a smaller request could still have: what is left beyond the requests
+            # in progress or, with nothing left beyond them, what is not spent yet (they
+            # reserve their most and usually use less). None: the budget is used up.
+            room: str | None = None
+            if needed is not None and left is not None and 0 < left < needed:
+                room = "left"
+            elif needed is not None and spent is not None and spent < limit - 1e-9:
+                left, room = limit - spent, "not yet spent"
+            if room is not None and not output:
+                assert needed is not None and left is not None
                 most, rest = _usd_apart(needed, left)
                 message = (
                     f"This request may cost up to {most} (its input), more than the "
-                    f"{rest} left of the {_usd(limit)} budget for the {who}; send less "
+                    f"{rest} {room} of the {_usd(limit)} budget for the {who}; send less "
                     f"input, or raise the budget; {when}."
                 )
-            elif needed is not None and left is not None and 0 < left < needed:
+            elif room is not None:
+                assert needed is not None and left is not None
                 most, rest = _usd_apart(needed, left)
                 message = (
                     f"This request may cost up to {most} (its prompt, and its output "
-                    f"at most as long as max_tokens allows), more than the {rest} left "
+                    f"at most as long as max_tokens allows), more than the {rest} {room} "
                     f"of the {_usd(limit)} budget for the {who}; set a lower max_tokens (or "
                     f"max_output_tokens), or raise the budget; {when}."
                 )
@@ -232,7 +242,7 @@ class Refused(APIError):
             # Retrying helps only once the period resets: no Retry-After for a lifetime
             # budget (an empty value tells the error writer to send none).
             all_headers["Retry-After"] = str(retry_after) if reset_at is not None else ""
-            too_big = needed is not None and left is not None and 0 < left < needed
+            too_big = room is not None
             if reset_at is None or retry_after > SDK_RETRY_WAIT_S or too_big:
                 # The SDKs retry a 429 on their own within a minute; this one would fail
                 # the same way, and they skip retrying on this header.
