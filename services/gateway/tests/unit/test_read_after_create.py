@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from switchyard.common.events import new_id, utcnow
+from switchyard.common.headers import RECORDED_HEADER
 from switchyard.common.responses import response_id
 from switchyard.gateway.config import Settings
 
@@ -27,9 +28,10 @@ WAIT_S = 1.0
 class LaggingHistory:
     """History that has not recorded anything for its first `lag` reads of each path."""
 
-    def __init__(self, lag: int, code: str) -> None:
+    def __init__(self, lag: int, code: str, headers: dict[str, str] | None = None) -> None:
         self.lag = lag
         self.code = code
+        self.headers = headers
         self.reads: dict[str, list[httpx.Request]] = {}
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -37,7 +39,9 @@ class LaggingHistory:
         reads.append(request)
         if len(reads) <= self.lag:
             return httpx.Response(
-                404, json={"error": {"message": "not found", "type": "x", "code": self.code}}
+                404,
+                json={"error": {"message": "not found", "type": "x", "code": self.code}},
+                headers=self.headers,
             )
         if request.url.path.endswith("/input_items"):
             return httpx.Response(
@@ -88,6 +92,33 @@ async def test_a_response_answered_moments_ago_is_read_once_history_records_it(h
     if suffix:  # the page the client asked for, on every read
         assert all(read.url.params["limit"] == "2" for read in reads)
         assert answer.json()["data"] == [{"id": "msg_1"}]
+
+
+@pytest.mark.parametrize(
+    "read", ["", "/input_items", "previous_response_id"], ids=["retrieve", "items", "chained"]
+)
+async def test_another_callers_response_is_not_found_at_once(harness, read):
+    """History knows the id's request but not as the caller's (another tenant's or user's):
+    404 at once, as for an id never made, never after the wait for a response still on
+    its way (which would tell the two apart, and hold the client for nothing)."""
+    history = LaggingHistory(lag=1000, code="response_not_found", headers={RECORDED_HEADER: "true"})
+    with_history(harness, history)
+    someone_elses = response_id(made_by_gateway(harness), utcnow())
+
+    if read == "previous_response_id":
+        answer = await harness.client.post(
+            "/v1/responses",
+            json={"model": "sim-small", "input": "hi", "previous_response_id": someone_elses},
+            headers=AUTH,
+        )
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == "previous_response_not_found"
+    else:
+        answer = await harness.client.get(f"/v1/responses/{someone_elses}{read}", headers=AUTH)
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["error"]["code"] == "response_not_found"
+    assert RECORDED_HEADER not in answer.headers
+    assert sum(len(reads) for reads in history.reads.values()) == 1
 
 
 class UnfinishedHistory:

@@ -23,6 +23,7 @@ from switchyard.common.events import (
     UsageRecorded,
     new_id,
 )
+from switchyard.common.headers import RECORDED_HEADER
 from switchyard.common.responses import response_id
 from switchyard.common.testing.infra import async_wait_until
 from switchyard.history.models import events_table
@@ -212,6 +213,29 @@ async def test_unknown_and_other_tenants_responses_are_not_found(service):
     assert (await get(service, f"/v1/responses/{not_a_response}", 404))["error"][
         "code"
     ] == "response_not_found"
+
+
+async def test_the_gateway_alone_learns_that_another_callers_response_is_recorded(service):
+    """Another tenant's or user's response, or the response's request under another time,
+    is told apart (a header for the gateway, which then does not wait for it to be
+    recorded); the body is the one an id never made gets, and an id never made has no
+    such header."""
+    request = requested({"input": "secret plans"})
+    await answered(service, request)
+    later = response_id(request.request_id, request.time + timedelta(seconds=1))
+    paths = [f"/v1/responses/{rid(request)}", f"/v1/responses/{rid(request)}/input_items"]
+    for path, identity in [
+        *((path, {"tenant": "globex"}) for path in paths),
+        *((path, {"user_id": "bob"}) for path in paths),
+        (f"/v1/responses/{later}", {}),
+    ]:
+        answer = await service.client.get(path, headers=service.headers(**identity))
+        assert answer.status_code == 404, (path, identity)
+        assert answer.headers[RECORDED_HEADER] == "true", (path, identity)
+        assert answer.json()["error"]["code"] == "response_not_found"
+    never = response_id(new_id(), request.time)
+    answer = await service.client.get(f"/v1/responses/{never}", headers=service.headers())
+    assert answer.status_code == 404 and RECORDED_HEADER not in answer.headers
 
 
 async def test_a_response_created_with_store_false_is_not_found_and_says_why(service):

@@ -21,6 +21,12 @@ IDENTITY_HEADERS = (TENANT_HEADER, USER_ID_HEADER, ROLE_HEADER)
 # (and lets it cancel or delete) only what that key itself made, its jobs and responses.
 API_KEY_ONLY_HEADER = "x-switchyard-api-key-only"
 
+# On history's 404 for a response id whose request is recorded but is not the caller's to
+# see (another tenant's or user's), or is not under that id: nothing more will be recorded
+# for it, so the gateway answers at once instead of waiting for the response to be
+# recorded. Between the services only: the gateway never relays it to a client.
+RECORDED_HEADER = "x-switchyard-recorded"
+
 # The id of a request, on every gateway response (the id its events and history row carry).
 REQUEST_ID_HEADER = "x-request-id"
 # A client's key for a POST that must never run twice (the gateway's idempotency).

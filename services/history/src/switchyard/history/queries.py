@@ -344,6 +344,15 @@ class HistoryQueries:
             row = (await connection.execute(query)).mappings().first()
         return (await _decoded([dict(row)]))[0] if row is not None else None
 
+    async def recorded(self, request_id: str) -> bool:
+        """Whether a request `request_id` is recorded, whoever may see it (only for telling
+        the gateway not to wait for it: never shown to a caller)."""
+        query = select(requests_table.c.request_id).where(
+            requests_table.c.request_id == request_id
+        )
+        async with self._engine.connect() as connection:
+            return (await connection.execute(query)).first() is not None
+
     async def recent_response_outputs(
         self, caller: Caller, *, limit: int, before: tuple[datetime, str] | None = None
     ) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.errors import APIError
 from switchyard.common.events import ClientAPI
+from switchyard.common.headers import RECORDED_HEADER
 from switchyard.common.responses import (
     ResponseRef,
     error_object,
@@ -81,14 +82,21 @@ def _issued_as(row: dict[str, Any], value: str) -> bool:
 
 
 def not_found(
-    response_id: str, message: str | None = None, code: str = "response_not_found"
+    response_id: str,
+    message: str | None = None,
+    code: str = "response_not_found",
+    *,
+    recorded: bool = False,
 ) -> APIError:
-    """The 404 `APIError` for a response the caller cannot see (or that was deleted)."""
+    """The 404 `APIError` for a response the caller cannot see (or that was deleted);
+    `recorded`: its request is recorded all the same (`RECORDED_HEADER`, for the gateway
+    alone: the body is the same as for an id never made)."""
     return APIError(
         404,
         message or f"Response with id '{response_id}' not found.",
         param="response_id",
         code=code,
+        headers={RECORDED_HEADER: "true"} if recorded else None,
     )
 
 
@@ -181,9 +189,10 @@ class ResponseStore:
                     f"({days} days): its stored state was purged.",
                     "response_purged",
                 )
-            raise not_found(response_id)
+            # Another tenant's or user's: recorded, so the gateway need not wait for it.
+            raise not_found(response_id, recorded=await self._queries.recorded(ref.request_id))
         if row["api"] != ClientAPI.OPENAI_RESPONSES.value or not _issued_as(row, response_id):
-            raise not_found(response_id)
+            raise not_found(response_id, recorded=True)
         found = StoredResponse(response_id, ref, row)
         if row["response_deleted_at"] is not None:
             raise not_found(

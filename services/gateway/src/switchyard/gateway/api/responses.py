@@ -58,7 +58,7 @@ from switchyard.common.errors import APIError
 from switchyard.common.events import (
     ClientAPI,
 )
-from switchyard.common.headers import REQUEST_ID_HEADER
+from switchyard.common.headers import RECORDED_HEADER, REQUEST_ID_HEADER
 from switchyard.common.queryparams import list_parameter
 from switchyard.common.responses import (
     RESPONSE_INCLUDABLE,
@@ -175,6 +175,8 @@ async def _wait_for(
         if answer.status_code == 200:
             # Recorded, but maybe not yet its outcome, which this replica's client has.
             return value in gateway.answered_responses and await _unfinished(answer)
+        if answer.headers.get(RECORDED_HEADER) == "true":
+            return False  # another caller's, or not under this id: nothing more will come
         return (answer.status_code, error_of(answer).get("code")) in _NOT_YET and _may_still_arrive(
             gateway, value
         )
