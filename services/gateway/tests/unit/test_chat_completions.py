@@ -399,6 +399,15 @@ async def test_body_that_is_not_an_object_gets_400(harness):
         # Just beyond 64 bits, with 19 digits and with 20.
         ("/v1/chat/completions", b'{"seed": -9223372036854775809, ', "seed"),
         ("/v1/chat/completions", b'{"seed": 18446744073709551616, ', "seed"),
+        # Beyond a double (orjson refuses to read it), and beyond the 4,300 digits Python
+        # turns into an integer: still valid JSON, refused for the same reason.
+        ("/v1/responses", b'{"input": "x", "metadata": {"k": ' + b"7" * 400 + b"}, ", "metadata.k"),
+        (
+            "/v1/messages",
+            b'{"max_tokens": 5, "metadata": {"k": ' + b"1" * 5001 + b"}, ",
+            "metadata.k",
+        ),
+        ("/v1/chat/completions", b'{"temperature": 1e999, ', "temperature"),
     ],
 )
 async def test_an_integer_beyond_64_bits_is_refused_not_sent_on_as_a_float(
@@ -412,7 +421,8 @@ async def test_an_integer_beyond_64_bits_is_refused_not_sent_on_as_a_float(
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert (error["param"], error["type"]) == (param, "invalid_request_error")
-    assert "64 bits" in error["message"]
+    assert "64 bits" in error["message"] or "64-bit float" in error["message"]
+    assert "not valid JSON" not in error["message"]
     assert not harness.requests
 
 

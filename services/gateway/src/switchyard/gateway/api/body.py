@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,21 +80,43 @@ class ClientRequest:
 _INT_RANGE = (-(2**63), 2**64 - 1)  # what orjson (and so every event) carries exactly
 
 
-def _oversized_integer(raw: bytes) -> str | None:
-    """The path (OpenAI's notation, `messages[0].content`) of the first integer in JSON
-    `raw` outside 64 bits, or None. Reads `raw` exactly (Python's `json`), and walks it
-    for the path only when it holds such an integer."""
-    oversized = False
+# Read in place of a number no 64-bit integer or float holds (`_out_of_range_number`).
+_TOO_LONG_INTEGER = object()
+_INFINITE_FLOAT = object()
 
-    def integer(literal: str) -> int:
-        nonlocal oversized
+
+def _out_of_range_number(raw: bytes) -> tuple[str, bool] | None:
+    """Where the first number in JSON `raw` that 64 bits cannot hold is (OpenAI's
+    notation, `messages[0].content`), and whether it is an integer (else a float beyond a
+    double's range, such as `1e999`); None when there is none, or when `raw` is not JSON
+    at all. Reads `raw` exactly (Python's `json`, never converting an integer literal
+    longer than 20 digits, which Python refuses beyond 4,300), and walks it for the path
+    only when it holds such a number."""
+    found = False
+
+    def integer(literal: str) -> Any:
+        nonlocal found
+        if len(literal.lstrip("-")) > 20:
+            found = True
+            return _TOO_LONG_INTEGER
         value = int(literal)
         if not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
-            oversized = True
+            found = True
         return value
 
-    value = json.loads(raw, parse_int=integer)
-    if not oversized:
+    def number(literal: str) -> Any:
+        nonlocal found
+        value = float(literal)
+        if math.isinf(value):
+            found = True
+            return _INFINITE_FLOAT
+        return value
+
+    try:
+        value = json.loads(raw, parse_int=integer, parse_float=number)
+    except (ValueError, RecursionError):
+        return None
+    if not found:
         return None
     stack: list[tuple[Any, str]] = [(value, "")]
     while stack:
@@ -104,9 +127,28 @@ def _oversized_integer(raw: bytes) -> str | None:
             )
         elif isinstance(item, list):
             stack.extend((child, f"{path}[{index}]") for index, child in enumerate(item))
-        elif isinstance(item, int) and not _INT_RANGE[0] <= item <= _INT_RANGE[1]:
-            return path
+        elif item is _TOO_LONG_INTEGER or (
+            isinstance(item, int) and not _INT_RANGE[0] <= item <= _INT_RANGE[1]
+        ):
+            return path, True
+        elif item is _INFINITE_FLOAT:
+            return path, False
     return None
+
+
+def _number_out_of_range(raw: bytes) -> APIError | None:
+    """The 400 naming the first number in `raw` that 64 bits cannot hold, if any."""
+    found = _out_of_range_number(raw)
+    if found is None:
+        return None
+    path, integer = found
+    what = "integers beyond 64 bits" if integer else "numbers beyond a 64-bit float's range"
+    return APIError(
+        400,
+        f"Invalid value for '{path}': {what} are not supported.",
+        param=path or None,
+        code="invalid_value",
+    )
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -124,7 +166,12 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         data = jsonbody.parse(raw)
     except JsonTooDeep as exc:
         raise APIError(400, str(exc), code="json_too_deep") from None
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        # Valid JSON all the same when orjson only refuses a number beyond a double (its
+        # message says so): that number is named, as an integer beyond 64 bits is.
+        out_of_range = _number_out_of_range(raw) if "number is infinity" in str(exc) else None
+        if out_of_range is not None:
+            raise out_of_range from None
         raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
@@ -136,14 +183,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     # Rare: only a float beyond 64-bit integers and a run of 19 digits can be an integer
     # orjson read inexactly; only then is the body read a second time, exactly.
     if huge_float and has_long_digit_run(raw):
-        path = _oversized_integer(raw)
-        if path is not None:
-            raise APIError(
-                400,
-                f"Invalid value for '{path}': integers beyond 64 bits are not supported.",
-                param=path,
-                code="invalid_value",
-            )
+        out_of_range = _number_out_of_range(raw)
+        if out_of_range is not None:
+            raise out_of_range
     return data
 
 
