@@ -43,7 +43,20 @@ async def test_preflight_from_an_allowed_origin_is_answered() -> None:
         )
         assert refused.status_code == 401
         assert refused.headers["access-control-allow-origin"] == "https://app.example.com"
-        assert "x-request-id" in refused.headers["access-control-expose-headers"].lower()
+        exposed = [
+            name.strip()
+            for name in refused.headers["access-control-expose-headers"].lower().split(",")
+        ]
+        # What a browser client needs to read: the request id, when to retry, its rate
+        # limits in either API's names, whether a token count is exact.
+        for name in (
+            "x-request-id",
+            "retry-after-ms",
+            "x-ratelimit-remaining-tokens",
+            "anthropic-ratelimit-requests-reset",
+            "x-switchyard-token-count",
+        ):
+            assert name in exposed, name
 
 
 async def test_preflight_from_another_origin_is_refused() -> None:

@@ -307,6 +307,19 @@ class Settings(ServiceSettings):
             "retry-after",
             "retry-after-ms",
             "x-should-retry",
+            # The rate limits an answer carries (OpenAI's and Anthropic's names), and
+            # whether a token count is exact.
+            *(
+                f"x-ratelimit-{field}-{kind}"
+                for kind in ("requests", "tokens")
+                for field in ("limit", "remaining", "reset")
+            ),
+            *(
+                f"anthropic-ratelimit-{kind}-{field}"
+                for kind in ("requests", "tokens")
+                for field in ("limit", "remaining", "reset")
+            ),
+            "x-switchyard-token-count",
         ],
         description="Response headers browser code may read.",
     )
