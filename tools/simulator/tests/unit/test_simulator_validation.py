@@ -1127,6 +1127,60 @@ def test_openai_takes_a_data_url_that_decodes_and_a_web_url(http, url):
     assert post(http, RESPONSES, _responses_image(url)).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("route", "extra", "param", "listed"),
+    [
+        (
+            CHAT,
+            {"messages": [{"role": "user", "content": [{"type": "bogus", "x": 1}]}]},
+            "messages[0].content[0].type",
+            "'text', 'image_url', 'input_audio', 'file', and 'refusal'",
+        ),
+        *(
+            (
+                route,
+                {
+                    "input": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "input_text", "text": "a"},
+                                {"type": "text", "text": "b"},
+                            ],
+                        }
+                    ]
+                },
+                "input[0].content[1].type",
+                "'input_text', 'input_image'",
+            )
+            for route in (RESPONSES, INPUT_TOKENS)
+        ),
+    ],
+)
+def test_openai_refuses_a_content_part_of_an_unknown_type(http, route, extra, param, listed):
+    response = post(http, route, extra)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, "invalid_value")
+    assert error["message"].startswith("Invalid value: '")
+    assert listed in error["message"]
+
+
+def test_openai_takes_every_content_part_type_it_documents(http):
+    chat = [
+        {"type": "text", "text": "Hi"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+    ]
+    assert post(http, CHAT, {"messages": [{"role": "user", "content": chat}]}).status_code == 200
+    items = [
+        {"role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "Hello"}]},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "And?"}]},
+    ]
+    assert post(http, RESPONSES, {"input": items}).status_code == 200
+
+
 # ------------------------------------------------------------------ output limits of the models
 
 HUGE = 10**15

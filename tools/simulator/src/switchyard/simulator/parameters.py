@@ -598,6 +598,52 @@ def _data_url_payload(url: Any) -> str | None:
     return data if comma and head.endswith(";base64") else None
 
 
+# The content part types each API takes (OpenAI API reference: Chat Completions' message
+# content parts; the Responses API's input message content and output message content).
+_CHAT_PART_TYPES = ("text", "image_url", "input_audio", "file", "refusal")
+_RESPONSES_PART_TYPES = (
+    "input_text",
+    "input_image",
+    "input_file",
+    "input_audio",
+    "output_text",
+    "refusal",
+    "summary_text",
+    "reasoning_text",
+    "computer_screenshot",
+)
+
+
+def _unknown_part_type(part: Any, taken: Sequence[str], param: str) -> None:
+    """Refuse a content part whose `type` is a string not in `taken`, as OpenAI words it:
+    "Invalid value: 'x'. Supported values are: 'a', 'b', and 'c'."."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if isinstance(kind, str) and kind not in taken:
+        listed = ", ".join(f"'{name}'" for name in taken[:-1]) + f", and '{taken[-1]}'"
+        raise BadRequest(
+            f"Invalid value: '{kind[:64]}'. Supported values are: {listed}.",
+            f"{param}.type",
+            "invalid_value",
+        )
+
+
+def _chat_part_types_known(body: dict[str, Any]) -> None:
+    for index, message in enumerate(body["messages"]):
+        content = message.get("content")
+        for position, part in enumerate(content if isinstance(content, list) else ()):
+            _unknown_part_type(part, _CHAT_PART_TYPES, f"messages[{index}].content[{position}]")
+
+
+def _responses_part_types_known(body: dict[str, Any]) -> None:
+    items = body.get("input")
+    for index, item in enumerate(items if isinstance(items, list) else ()):
+        if not isinstance(item, dict) or item.get("type", "message") != "message":
+            continue
+        parts = item.get("content")
+        for position, part in enumerate(parts if isinstance(parts, list) else ()):
+            _unknown_part_type(part, _RESPONSES_PART_TYPES, f"input[{index}].content[{position}]")
+
+
 def _chat_image_data_decodes(body: dict[str, Any]) -> None:
     # OpenAI answers a `data:` image URL whose base64 does not decode (or is empty) with
     # "Invalid base64 image_url."; the param and code are those of its other refusals of an
@@ -698,6 +744,7 @@ RULES: dict[str, Rules] = {
             _openai_output_limit(("max_completion_tokens", "max_tokens"), "completion"),
             _chat_tool_choice,
             _chat_tool_messages_answer_calls,
+            _chat_part_types_known,
             _chat_image_data_decodes,
         ),
     ),
@@ -710,6 +757,7 @@ RULES: dict[str, Rules] = {
             _openai_output_limit(("max_output_tokens",), "output"),
             _chat_tool_choice,
             _responses_calls_answered,
+            _responses_part_types_known,
             _responses_image_data_decodes,
         ),
     ),
@@ -717,7 +765,12 @@ RULES: dict[str, Rules] = {
         "openai",
         ResponsesInputTokensParameters,
         first=(_openai_model_given,),
-        then=(_one_conversation_state, _chat_tool_choice, _responses_image_data_decodes),
+        then=(
+            _one_conversation_state,
+            _chat_tool_choice,
+            _responses_part_types_known,
+            _responses_image_data_decodes,
+        ),
     ),
     "/v1/embeddings": Rules(
         "openai",
