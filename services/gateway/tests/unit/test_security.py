@@ -149,7 +149,7 @@ class TestLargeBodies:
         def never(_: bytes) -> None:
             raise AssertionError("read twice")
 
-        monkeypatch.setattr(body_module, "_oversized_integer", never)
+        monkeypatch.setattr(body_module, "_out_of_range_number", never)
         raw = orjson.dumps({**BODY, "x": [{}] * 1000 + [1e30], "seed": 12345})
         response = await harness.client.post(
             "/v1/chat/completions",

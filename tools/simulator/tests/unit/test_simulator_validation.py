@@ -1181,6 +1181,86 @@ def test_openai_takes_every_content_part_type_it_documents(http):
     assert post(http, RESPONSES, {"input": items}).status_code == 200
 
 
+NOT_A_SCHEMA = {"type": "object", "properties": {"a": {"type": "nonsense"}}}
+
+
+@pytest.mark.parametrize(
+    ("route", "extra", "param", "code"),
+    [
+        (
+            CHAT,
+            {
+                "tools": [
+                    {"type": "function", "function": {"name": "f", "parameters": NOT_A_SCHEMA}}
+                ]
+            },
+            "tools[0].function.parameters",
+            "invalid_function_parameters",
+        ),
+        (
+            RESPONSES,
+            {"tools": [{"type": "function", "name": "f", "parameters": NOT_A_SCHEMA}]},
+            "tools[0].parameters",
+            "invalid_function_parameters",
+        ),
+        (
+            CHAT,
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "r", "schema": NOT_A_SCHEMA},
+                }
+            },
+            "response_format",
+            "invalid_json_schema",
+        ),
+        (
+            RESPONSES,
+            {"text": {"format": {"type": "json_schema", "name": "r", "schema": NOT_A_SCHEMA}}},
+            "text.format.schema",
+            "invalid_json_schema",
+        ),
+    ],
+)
+def test_openai_refuses_a_schema_that_is_no_json_schema(http, route, extra, param, code):
+    response = post(http, route, extra)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, code)
+    assert error["message"].startswith("Invalid schema for ")
+    assert "In context=('properties', 'a', 'type')" in error["message"]
+
+
+@pytest.mark.parametrize("route", [MESSAGES, COUNT_TOKENS])
+def test_anthropic_refuses_a_tool_schema_that_is_no_json_schema(http, route):
+    tools = [
+        {"name": "f", "input_schema": {"type": "object"}},
+        {"name": "g", "input_schema": NOT_A_SCHEMA},
+    ]
+    response = post(http, route, {"tools": tools})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith(
+        "tools.1.custom.input_schema: JSON schema is invalid."
+    )
+
+
+def test_valid_schemas_are_taken(http):
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": ["string", "null"]}, "b": {"$ref": "#/$defs/b"}},
+        "$defs": {"b": {"type": "integer", "minimum": 0}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    assert post(http, CHAT, {"tools": [tool]}).status_code == 200
+    assert (
+        post(http, MESSAGES, {"tools": [{"name": "f", "input_schema": schema}]}).status_code == 200
+    )
+
+
 # ------------------------------------------------------------------ output limits of the models
 
 HUGE = 10**15

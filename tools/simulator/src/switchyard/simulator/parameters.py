@@ -598,6 +598,70 @@ def _data_url_payload(url: Any) -> str | None:
     return data if comma and head.endswith(";base64") else None
 
 
+def _schema_problem(schema: Any) -> str | None:
+    """Why `schema` (a tool's parameters, a structured output's schema) is no valid JSON
+    Schema (draft 2020-12, whose meta-schema both APIs check against), in OpenAI's words
+    ("In context=('properties', 'a'), ..."); None when it is one, or is no object (its
+    type is judged with the other parameters')."""
+    if not isinstance(schema, dict):
+        return None
+    # Imported only when a request carries a schema: most requests carry none.
+    import jsonschema_rs
+
+    try:
+        jsonschema_rs.meta.validate(schema)
+    except jsonschema_rs.ValidationError as exc:
+        return f"In context={tuple(exc.instance_path)}, {exc.message}"
+    except Exception as exc:  # noqa: BLE001 - a schema the validator cannot even read
+        return str(exc)
+    return None
+
+
+def _openai_schemas_valid(body: dict[str, Any]) -> None:
+    # OpenAI: 400 "Invalid schema for function 'f': In context=(...), ...", code
+    # `invalid_function_parameters`, naming the tool's parameters; a structured output's
+    # schema likewise ("Invalid schema for response_format 'name': ...").
+    tools = body.get("tools")
+    for index, tool in enumerate(tools if isinstance(tools, list) else ()):
+        if not isinstance(tool, dict):
+            continue
+        function = tool.get("function")
+        nested = isinstance(function, dict)
+        holder = function if isinstance(function, dict) else tool
+        problem = _schema_problem(holder.get("parameters"))
+        if problem is not None:
+            raise BadRequest(
+                f"Invalid schema for function '{str(holder.get('name'))[:64]}': {problem}",
+                f"tools[{index}].function.parameters" if nested else f"tools[{index}].parameters",
+                "invalid_function_parameters",
+            )
+    formats = (
+        ("response_format", (body.get("response_format") or {}).get("json_schema")),
+        ("text.format.schema", (body.get("text") or {}).get("format")),
+    )
+    for param, holder in formats:
+        problem = _schema_problem(holder.get("schema")) if isinstance(holder, dict) else None
+        if problem is not None:
+            raise BadRequest(
+                f"Invalid schema for response_format '{str(holder.get('name'))[:64]}': {problem}",
+                param,
+                "invalid_json_schema",
+            )
+
+
+def _anthropic_tool_schemas_valid(body: dict[str, Any]) -> None:
+    # Anthropic: "tools.0.custom.input_schema: JSON schema is invalid. It must match JSON
+    # Schema draft 2020-12 (https://json-schema.org/draft/2020-12)...".
+    tools = body.get("tools")
+    for index, tool in enumerate(tools if isinstance(tools, list) else ()):
+        if isinstance(tool, dict) and _schema_problem(tool.get("input_schema")) is not None:
+            raise BadRequest(
+                f"tools.{index}.custom.input_schema: JSON schema is invalid. It must match "
+                "JSON Schema draft 2020-12 (https://json-schema.org/draft/2020-12). Learn "
+                "more about tool use at https://docs.claude.com/en/docs/tool-use."
+            )
+
+
 # The content part types each API takes (OpenAI API reference: Chat Completions' message
 # content parts; the Responses API's input message content and output message content).
 _CHAT_PART_TYPES = ("text", "image_url", "input_audio", "file", "refusal")
@@ -746,6 +810,7 @@ RULES: dict[str, Rules] = {
             _chat_tool_messages_answer_calls,
             _chat_part_types_known,
             _chat_image_data_decodes,
+            _openai_schemas_valid,
         ),
     ),
     "/v1/responses": Rules(
@@ -759,6 +824,7 @@ RULES: dict[str, Rules] = {
             _responses_calls_answered,
             _responses_part_types_known,
             _responses_image_data_decodes,
+            _openai_schemas_valid,
         ),
     ),
     "/v1/responses/input_tokens": Rules(
@@ -770,6 +836,7 @@ RULES: dict[str, Rules] = {
             _chat_tool_choice,
             _responses_part_types_known,
             _responses_image_data_decodes,
+            _openai_schemas_valid,
         ),
     ),
     "/v1/embeddings": Rules(
@@ -789,12 +856,17 @@ RULES: dict[str, Rules] = {
             *anthropic_request.RULES_ACROSS_FIELDS,
             *anthropic_request.MESSAGES_RULES,
             _anthropic_base64_decodes,
+            _anthropic_tool_schemas_valid,
         ),
     ),
     "/v1/messages/count_tokens": Rules(
         "anthropic",
         CountTokensParameters,
-        then=(*anthropic_request.RULES_ACROSS_FIELDS, _anthropic_base64_decodes),
+        then=(
+            *anthropic_request.RULES_ACROSS_FIELDS,
+            _anthropic_base64_decodes,
+            _anthropic_tool_schemas_valid,
+        ),
     ),
 }
 
