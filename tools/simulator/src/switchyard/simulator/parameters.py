@@ -639,11 +639,13 @@ def _openai_schemas_valid(body: dict[str, Any]) -> None:
         ("response_format", (body.get("response_format") or {}).get("json_schema")),
         ("text.format.schema", (body.get("text") or {}).get("format")),
     )
-    for param, holder in formats:
-        problem = _schema_problem(holder.get("schema")) if isinstance(holder, dict) else None
+    for param, format_ in formats:
+        if not isinstance(format_, dict):
+            continue
+        problem = _schema_problem(format_.get("schema"))
         if problem is not None:
             raise BadRequest(
-                f"Invalid schema for response_format '{str(holder.get('name'))[:64]}': {problem}",
+                f"Invalid schema for response_format '{str(format_.get('name'))[:64]}': {problem}",
                 param,
                 "invalid_json_schema",
             )
