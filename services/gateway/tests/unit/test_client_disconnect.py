@@ -144,6 +144,53 @@ async def test_a_stream_the_client_left_leaves_no_wait_for_replies_behind(harnes
         )
 
 
+def watchers_left() -> list[asyncio.Task]:
+    """Tasks still watching a request's connection for the client to go."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done()
+        and getattr(task.get_coro(), "__qualname__", "").endswith("Dispatch._client_gone")
+    ]
+
+
+async def test_a_client_leaving_a_stream_whose_records_all_wait_is_seen_to_go(harness):
+    """Records that are all there already are relayed without a wait per record: the
+    client's going is still seen (by the one watcher each request has), inference is asked
+    to stop, and nothing is left watching once the request is released."""
+    seen = await cancellations(harness)
+    text = "y" * 2000
+
+    async def all_at_once(request):
+        return [chunk(request, sequence, text) for sequence in range(3000)]
+
+    harness.respond[0] = all_at_once
+    async with serving(harness.app) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
+        async with client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={**BODY, "stream": True},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    break  # first chunk seen; hang up
+        await async_wait_until(
+            lambda: asyncio.sleep(0, seen), timeout=5, message="a cancellation on the control topic"
+        )
+        await async_wait_until(
+            lambda: asyncio.sleep(0, harness.app.state.gateway.in_flight == 0),
+            timeout=5,
+            message="the request to be released",
+        )
+        await async_wait_until(
+            lambda: asyncio.sleep(0, not watchers_left()),
+            timeout=2,
+            message="no task left watching the connection",
+        )
+    assert [cancel.request_id for cancel in seen] == [harness.requests[0].request_id]
+
+
 async def _read_to_end(sock, timeout_s: float) -> bytes:
     """Everything the gateway sends on `sock` until the chunked body ends or it closes."""
     loop = asyncio.get_running_loop()

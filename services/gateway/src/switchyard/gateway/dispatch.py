@@ -226,6 +226,9 @@ class Dispatch:
     # The response cache's part (cache.py): None unless the request opted in.
     cache: CacheTicket | None = None
     _queue: asyncio.Queue[Reply] | None = None
+    # Watches for the client to go while replies are relayed: one per request, started by
+    # the first `_next`, cancelled by `close`.
+    _watcher: asyncio.Future[None] | None = None
     _closed: bool = False
     _client_left: bool = False
     # Responses streams: the `sequence_number` the next event would carry.
@@ -345,25 +348,42 @@ class Dispatch:
         """The next reply event; TimeoutError at `deadline` (`perf_counter` time; the
         request's own by default); ClientDisconnected if the client went away (after asking
         inference to stop, unless configured otherwise)."""
-        assert self._queue is not None
+        queue = self._queue
+        assert queue is not None
         remaining = (self.deadline if deadline is None else deadline) - time.perf_counter()
         if remaining <= 0:
             raise TimeoutError
-        getter = asyncio.ensure_future(self._queue.get())
-        watcher = asyncio.ensure_future(self._client_gone())
+        watcher = self._watcher
+        if watcher is None:
+            watcher = self._watcher = asyncio.ensure_future(self._client_gone())
+        elif watcher.done() and not watcher.cancelled():
+            self.client_disconnected()
+            raise ClientDisconnected
+        if queue.qsize():
+            # A reply is here already (a stream's records arriving faster than they are
+            # written): taken without a task to wait with. The watcher, which runs from
+            # the first call on, still says when the client has gone.
+            return queue.get_nowait()
+        getter = asyncio.ensure_future(queue.get())
+        waited: set[asyncio.Future[Any]] = {getter, watcher}
+        done: set[asyncio.Future[Any]]
         try:
             done, _ = await asyncio.wait(
-                {getter, watcher}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                waited, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
             )
+            if watcher in done and watcher.cancelled():
+                # Closed meanwhile (`close`): the reply alone is waited for, until the
+                # deadline, as when nothing watches.
+                left = (self.deadline if deadline is None else deadline) - time.perf_counter()
+                done, _ = await asyncio.wait(waited - {watcher}, timeout=max(0.0, left))
         finally:
-            # Both, also when this wait is cancelled (the client left a stream): a task
-            # left pending is destroyed unawaited.
-            watcher.cancel()
+            # Also when this wait is cancelled (the client left a stream): a task left
+            # pending is destroyed unawaited. The watcher goes at `close`.
             if not getter.done():
                 getter.cancel()
         if getter in done:
             return getter.result()
-        if watcher in done:
+        if watcher in done and not watcher.cancelled():
             self.client_disconnected()
             raise ClientDisconnected
         raise TimeoutError
@@ -625,6 +645,8 @@ class Dispatch:
 
     def close(self) -> None:
         """Stop waiting for replies and leave the in-flight count; safe to call twice."""
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self._closed:
             return
         self._closed = True
