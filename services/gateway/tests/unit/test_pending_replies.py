@@ -17,7 +17,12 @@ from switchyard.common.events import (
     StreamEvent,
     TokenUsage,
 )
-from switchyard.gateway.replies import HARD_LIMIT_FACTOR, READER_STALL_S, PendingReplies
+from switchyard.gateway.replies import (
+    ABSOLUTE_LIMIT_FACTOR,
+    HARD_LIMIT_FACTOR,
+    READER_STALL_S,
+    PendingReplies,
+)
 
 
 def completed(request_id: str, tenant: str, text: str) -> ChatCompleted:
@@ -116,6 +121,29 @@ async def test_a_client_reading_more_slowly_than_the_stream_comes_is_cut_at_the_
             queue.get_nowait()  # one taken a second: never stalled, always behind
     assert queue.events == 0
     assert 16 * HARD_LIMIT_FACTOR < sequence <= 16 * HARD_LIMIT_FACTOR + 20
+    assert queue.get_nowait().data.error.code == "client_too_slow"
+
+
+async def test_a_stream_faster_than_a_busy_relay_is_not_cut_while_it_is_relayed_steadily() -> None:
+    """A stream that comes faster than the gateway relays it (a synthetic upstream, a busy
+    replica): the reader takes far more than `max_buffered_events` per `READER_STALL_S`
+    but falls behind all the same. Not a slow client: it passes the hard limit, and only
+    the absolute bound on one stream's memory cuts it."""
+    clock = Clock()
+    pending = PendingReplies(max_buffered_events=16, clock=clock)
+    cut: list[str] = []
+    queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
+    sequence = most_waiting = 0
+    while not cut:
+        for _ in range(40):  # 40 arrive every 10 ms, 30 are taken: 3,000 a second
+            most_waiting = max(most_waiting, queue.events)
+            await pending.deliver(chunk_of("r1", sequence))
+            sequence += 1
+        clock.now += 0.01
+        for _ in range(30):
+            if not cut:
+                queue.get_nowait()
+    assert most_waiting == 16 * ABSOLUTE_LIMIT_FACTOR > 16 * HARD_LIMIT_FACTOR
     assert queue.get_nowait().data.error.code == "client_too_slow"
 
 

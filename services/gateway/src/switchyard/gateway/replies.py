@@ -7,8 +7,12 @@ more slowly than the upstream writes (or not at all, holding its connection open
 make that queue grow with the whole stream, a few KiB per stream event: so its stream is
 cut once more than `max_buffered_events` stream events wait for it and what waits has
 waited `READER_STALL_S` without it taking any, or once more than `HARD_LIMIT_FACTOR` times
-that many wait (a client that reads, but more slowly than the stream comes); only when a
-stream record arrives and its reader is not waiting for one. A client that keeps up is
+that many wait while it takes fewer than `max_buffered_events` in `READER_STALL_S` (a
+client that reads, but slowly), or once more than `ABSOLUTE_LIMIT_FACTOR` times that many
+wait however fast it reads; only when a stream record arrives and its reader is not
+waiting for one. A stream that comes faster than a busy gateway relays it (a reader
+taking thousands a second, behind all the same) is not cut at the hard limit. A client
+that keeps up is
 never cut by a burst: records that land at once (one fetch after a pause, or a long first
 token) land while its reader waits, and are taken as soon as it runs. What waits is
 dropped, the stream ends with an error (408 `client_too_slow`, in its API's format) when
@@ -51,6 +55,10 @@ DEFAULT_MAX_BUFFERED_EVENTS = 1024
 # cut, and how many times that many may wait however it reads.
 READER_STALL_S = 5.0
 HARD_LIMIT_FACTOR = 4
+# How many times `max_buffered_events` may wait for a client that reads steadily (at least
+# `max_buffered_events` per `READER_STALL_S`) but falls behind all the same: the bound on
+# one stream's memory whoever is slow, the client or the gateway's relay.
+ABSOLUTE_LIMIT_FACTOR = 16
 
 SLOW_CLIENT_STREAMS = Counter(
     "switchyard_gateway_slow_client_streams_total",
@@ -77,6 +85,11 @@ class ReplyQueue(asyncio.Queue[Reply]):
         self.reader_waiting = False
         self._clock = clock
         self.stalled_since = clock()
+        # Stream events taken since the queue opened, and the reader's pace: the window
+        # it is judged over starts `READER_STALL_S` to twice that ago (`clock()` seconds,
+        # events taken by then), its successor now or more recently.
+        self.taken = 0
+        self._pace_from = self._pace_next = (self.stalled_since, 0)
 
     async def get(self) -> Reply:
         """The next reply, waiting for one (asyncio.Queue's), noted in `reader_waiting`."""
@@ -94,9 +107,20 @@ class ReplyQueue(asyncio.Queue[Reply]):
 
     def _get(self) -> Reply:
         item = super()._get()
-        self.events -= _events_in(item)
-        self.stalled_since = self._clock()
+        events = _events_in(item)
+        self.events -= events
+        self.taken += events
+        now = self.stalled_since = self._clock()
+        if now - self._pace_next[0] >= READER_STALL_S:
+            self._pace_from, self._pace_next = self._pace_next, (now, self.taken)
         return item
+
+    def reads_at_least(self, events: int) -> bool:
+        """Whether the reader has taken `events` stream events or more per
+        `READER_STALL_S` lately (over the last one to two `READER_STALL_S`)."""
+        since, taken_then = self._pace_from
+        elapsed = self._clock() - since
+        return (self.taken - taken_then) * READER_STALL_S >= events * elapsed
 
 
 def gateway_failure(
@@ -221,11 +245,13 @@ class PendingReplies:
         """Whether the client of `queue`, which holds more than `max_buffered_events`,
         reads too slowly (the module's docstring): never while its reader waits for the
         next record, since what landed meanwhile is a burst it is about to take."""
+        limit = self.max_buffered_events
         return (
             not queue.reader_waiting
             and queue.qsize() > 1
             and (
-                queue.events > HARD_LIMIT_FACTOR * self.max_buffered_events
+                queue.events > ABSOLUTE_LIMIT_FACTOR * limit
+                or (queue.events > HARD_LIMIT_FACTOR * limit and not queue.reads_at_least(limit))
                 or self._clock() - queue.stalled_since >= READER_STALL_S
             )
         )
