@@ -149,8 +149,7 @@ def watchers_left() -> list[asyncio.Task]:
     return [
         task
         for task in asyncio.all_tasks()
-        if not task.done()
-        and getattr(task.get_coro(), "__qualname__", "").endswith("Dispatch._client_gone")
+        if not task.done() and getattr(task.get_coro(), "__qualname__", "") == "_client_gone"
     ]
 
 

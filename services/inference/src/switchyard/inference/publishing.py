@@ -276,6 +276,10 @@ class ChunkPublisher:
         self._queue.clear()
         if self._task is not None and not self._task.done():
             await cancel_and_wait(self._task)
+        # A cancelled pump keeps its CancelledError, whose traceback holds the pump's frame
+        # and so this publisher: let go of it, or the two stay in a cycle only the cyclic
+        # collector frees.
+        self._task = None
 
 
 def chunk_records(
