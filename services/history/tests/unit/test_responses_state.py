@@ -238,6 +238,26 @@ async def test_the_gateway_alone_learns_that_another_callers_response_is_recorde
     assert answer.status_code == 404 and RECORDED_HEADER not in answer.headers
 
 
+async def test_a_reply_that_overtook_its_request_is_not_said_recorded(service, tables):
+    """A reply and its usage stored before their `chat.requested` (which says whose the
+    request is) do not make the request recorded: its owner's gateway, reading it right
+    after creating it, keeps waiting for it instead of answering 404."""
+    request = requested({"input": "hello"})
+    await service.publish(completed(request, "Hi"), usage(request))
+
+    async def row_stored() -> bool:
+        return request.request_id in await tables.requests()
+
+    await async_wait_until(row_stored, timeout=10, message="the reply's row")
+    answer = await service.client.get(f"/v1/responses/{rid(request)}", headers=service.headers())
+    assert answer.status_code == 404
+    assert RECORDED_HEADER not in answer.headers
+
+    await service.publish(request)
+    await service.wait_for(request.request_id, "completed")
+    assert (await get(service, f"/v1/responses/{rid(request)}"))["id"] == rid(request)
+
+
 async def test_a_response_created_with_store_false_is_not_found_and_says_why(service):
     request = requested({"input": "Do not keep this", "store": False})
     await service.publish(request, completed(request, "ok"))

@@ -346,9 +346,11 @@ class HistoryQueries:
 
     async def recorded(self, request_id: str) -> bool:
         """Whether a request `request_id` is recorded, whoever may see it (only for telling
-        the gateway not to wait for it: never shown to a caller)."""
+        the gateway not to wait for it: never shown to a caller). A row holding only a
+        reply or usage that overtook its request does not count: its `chat.requested`,
+        which says whose it is, is still on its way."""
         query = select(requests_table.c.request_id).where(
-            requests_table.c.request_id == request_id
+            requests_table.c.request_id == request_id, shown()
         )
         async with self._engine.connect() as connection:
             return (await connection.execute(query)).first() is not None
