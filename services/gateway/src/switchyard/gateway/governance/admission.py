@@ -533,6 +533,10 @@ class Admission:
         self._settled: OrderedDict[str, tuple[tuple[str, ...], tuple[_Counted, ...]]] = (
             OrderedDict()
         )
+        # Tickets whose usage had not come by their deadline plus a minute (their parallel
+        # slot given back, their tokens and spend still reserved), by request id, the most
+        # recent `settled_remembered`: a usage that comes later settles them as usual.
+        self._expired: OrderedDict[str, Ticket] = OrderedDict()
         self._periods: dict[tuple[str | None, float | None], tuple[float, float | None]] = {}
         self._settlements: list[LeaseChange] = []
         self._wake = asyncio.Event()
@@ -999,8 +1003,11 @@ class Admission:
         not."""
         ticket = self._pending.pop(event.request_id, None)
         if ticket is None or ticket.settled:
-            self._settle_late(event)
-            return
+            # A ticket that expired waiting still holds its tokens and spend: settled now.
+            ticket = self._expired.pop(event.request_id, None)
+            if ticket is None:
+                self._settle_late(event)
+                return
         self._settle(ticket, _used(event))
         self._remember_settled(ticket, (event.id,))
 
@@ -1206,8 +1213,6 @@ class Admission:
             if ticket.expires_at and ticket.expires_at < monotonic:
                 del self._pending[request_id]
                 ticket.settled = True
-                # Its usage may still come (a replica that stalled): counted then.
-                self._remember_settled(ticket, ())
                 for reservation in ticket.reservations:
                     held = self._allowances.get((reservation.scope, reservation.kind))
                     if (
@@ -1216,6 +1221,13 @@ class Admission:
                         and held.window_start == reservation.window_start
                     ):
                         held.unused += reservation.amount
+                # Its usage may still come (a replica that stalled): settled then, without
+                # the parallel slot given back here.
+                ticket.reservations = [r for r in ticket.reservations if r.kind != "parallel"]
+                if self.settled_remembered > 0 and ticket.reservations:
+                    self._expired[request_id] = ticket
+                    while len(self._expired) > self.settled_remembered:
+                        self._expired.popitem(last=False)
 
     async def _run(self) -> None:
         last_heartbeat = last_reap = 0.0
