@@ -1246,6 +1246,29 @@ def test_anthropic_refuses_a_tool_schema_that_is_no_json_schema(http, route):
     )
 
 
+def test_a_schemas_own_dollar_schema_is_never_fetched(http):
+    """A schema is judged against draft 2020-12's meta-schema as data: the URI in its
+    `$schema` is not retrieved (no request to an address a client chose, no wait)."""
+    import socket
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    schema = {"$schema": f"http://127.0.0.1:{port}/meta", "type": "object"}
+    started = time.monotonic()
+    try:
+        tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+        assert post(http, CHAT, {"tools": [tool]}).status_code == 200
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        listener.close()
+    assert time.monotonic() - started < 5
+
+
 def test_valid_schemas_are_taken(http):
     schema = {
         "type": "object",

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -598,22 +599,36 @@ def _data_url_payload(url: Any) -> str | None:
     return data if comma and head.endswith(";base64") else None
 
 
+# Draft 2020-12's meta-schema, bundled with jsonschema-rs (its `$ref` resolves without the
+# network), built at the first schema a request carries (`_meta_validator`).
+_META_SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _refuse_retrieval(uri: str) -> Any:
+    raise ValueError(f"{uri} is not fetched")
+
+
+@functools.cache
+def _meta_validator() -> Any:
+    """A validator of JSON Schemas against draft 2020-12's meta-schema that fetches
+    nothing: a schema is judged as data, so its own `$schema` (any URI a client wrote) is
+    never retrieved."""
+    import jsonschema_rs  # only when a request carries a schema: most carry none
+
+    return jsonschema_rs.Draft202012Validator(
+        {"$ref": _META_SCHEMA_URI}, retriever=_refuse_retrieval
+    )
+
+
 def _schema_problem(schema: Any) -> str | None:
     """Why `schema` (a tool's parameters, a structured output's schema) is no valid JSON
-    Schema (draft 2020-12, whose meta-schema both APIs check against), in OpenAI's words
-    ("In context=('properties', 'a'), ..."); None when it is one, or is no object (its
-    type is judged with the other parameters')."""
+    Schema (draft 2020-12, whose meta-schema both APIs check against, whatever `$schema`
+    says), in OpenAI's words ("In context=('properties', 'a'), ..."); None when it is one,
+    or is no object (its type is judged with the other parameters')."""
     if not isinstance(schema, dict):
         return None
-    # Imported only when a request carries a schema: most requests carry none.
-    import jsonschema_rs
-
-    try:
-        jsonschema_rs.meta.validate(schema)
-    except jsonschema_rs.ValidationError as exc:
-        return f"In context={tuple(exc.instance_path)}, {exc.message}"
-    except Exception as exc:  # noqa: BLE001 - a schema the validator cannot even read
-        return str(exc)
+    for error in _meta_validator().iter_errors(schema):
+        return f"In context={tuple(error.instance_path)}, {error.message}"
     return None
 
 
