@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from switchyard.common.events import (
     ChatChunk,
     ChatChunkData,
@@ -124,16 +126,25 @@ async def test_a_client_reading_more_slowly_than_the_stream_comes_is_cut_at_the_
     assert queue.get_nowait().data.error.code == "client_too_slow"
 
 
-async def test_a_stream_faster_than_a_busy_relay_is_not_cut_while_it_is_relayed_steadily() -> None:
+@pytest.mark.parametrize("first_token_s", [0.0, 30.0])
+async def test_a_stream_faster_than_a_busy_relay_is_not_cut_while_it_is_relayed_steadily(
+    first_token_s,
+) -> None:
     """A stream that comes faster than the gateway relays it (a synthetic upstream, a busy
     replica): the reader takes far more than `max_buffered_events` per `READER_STALL_S`
     but falls behind all the same. Not a slow client: it passes the hard limit, and only
-    the absolute bound on one stream's memory cuts it."""
+    the absolute bound on one stream's memory cuts it; so after a long first token too,
+    which the reader spent waiting."""
     clock = Clock()
     pending = PendingReplies(max_buffered_events=16, clock=clock)
     cut: list[str] = []
     queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
-    sequence = most_waiting = 0
+    reader = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    clock.now += first_token_s
+    await pending.deliver(chunk_of("r1", 0))
+    await reader
+    sequence, most_waiting = 1, 0
     while not cut:
         for _ in range(40):  # 40 arrive every 10 ms, 30 are taken: 3,000 a second
             most_waiting = max(most_waiting, queue.events)

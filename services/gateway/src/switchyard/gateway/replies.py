@@ -92,12 +92,19 @@ class ReplyQueue(asyncio.Queue[Reply]):
         self._pace_from = self._pace_next = (self.stalled_since, 0)
 
     async def get(self) -> Reply:
-        """The next reply, waiting for one (asyncio.Queue's), noted in `reader_waiting`."""
+        """The next reply, waiting for one (asyncio.Queue's), noted in `reader_waiting`.
+        A reader that had to wait (nothing was there) was waiting for the stream, not the
+        other way round: its pace is judged from then on (`reads_at_least`), not over a
+        long first token or a pause in the stream."""
+        waited = self.empty()
         self.reader_waiting = True
         try:
-            return await super().get()
+            item = await super().get()
         finally:
             self.reader_waiting = False
+        if waited:
+            self._pace_from = self._pace_next = (self._clock(), self.taken)
+        return item
 
     def _put(self, item: Reply) -> None:
         if not self.qsize():
@@ -117,7 +124,8 @@ class ReplyQueue(asyncio.Queue[Reply]):
 
     def reads_at_least(self, events: int) -> bool:
         """Whether the reader has taken `events` stream events or more per
-        `READER_STALL_S` lately (over the last one to two `READER_STALL_S`)."""
+        `READER_STALL_S` lately: over the last one to two `READER_STALL_S`, or since it
+        last had to wait for the stream when that is more recent."""
         since, taken_then = self._pace_from
         elapsed = self._clock() - since
         return (self.taken - taken_then) * READER_STALL_S >= events * elapsed
