@@ -23,6 +23,9 @@ class APICORSMiddleware(CORSMiddleware):
     @override
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]  # behind a path prefix, the app's own path
         if path == MOUNT_PATH or path.startswith(MOUNT_PATH + "/"):
             await self.app(scope, receive, send)
             return

@@ -266,6 +266,9 @@ class ChatRequestHandler:
                     del self._handling_requests[event.request_id]
             handled.set_result(True)
             if event.request_id not in self._handling_requests:
+                # A copy of this event delivered later is answered from what this replica
+                # published lately (`PublishedOutcomes`, by event id); nothing sends a copy
+                # of a handled request under another event id.
                 self._replies.settled(event.request_id)
 
     async def _handle(self, event: ChatRequested) -> None:
