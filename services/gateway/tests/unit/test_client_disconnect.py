@@ -49,6 +49,20 @@ async def cancellations(harness) -> list[ChatCancelRequested]:
     return seen
 
 
+async def hang_up_after_the_first_event(client, path="/v1/chat/completions", body=None) -> None:
+    """Stream `body` (a streamed chat completion by default) from `path`, read up to its
+    first `data:` line, and hang up."""
+    async with client.stream(
+        "POST",
+        path,
+        json=body or {**BODY, "stream": True},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("data:"):
+                break
+
+
 async def never_finishes(request):
     return [chunk(request, 0, "first words")]  # then silence: the stream stays open
 
@@ -59,15 +73,7 @@ async def test_disconnect_publishes_a_cancellation(harness, stream):
     harness.respond[0] = never_finishes
     async with serving(harness.app) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
         if stream:
-            async with client.stream(
-                "POST",
-                "/v1/chat/completions",
-                json={**BODY, "stream": True},
-                headers={"Authorization": f"Bearer {API_KEY}"},
-            ) as response:
-                async for line in response.aiter_lines():
-                    if line.startswith("data:"):
-                        break  # first chunk seen; hang up
+            await hang_up_after_the_first_event(client)
         else:
             request = client.post(
                 "/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {API_KEY}"}
@@ -88,15 +94,7 @@ async def test_disconnect_can_be_configured_to_let_the_request_complete(harness)
     seen = await cancellations(harness)
     harness.respond[0] = never_finishes
     async with serving(harness.app) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
-        async with client.stream(
-            "POST",
-            "/v1/chat/completions",
-            json={**BODY, "stream": True},
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        ) as response:
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    break
+        await hang_up_after_the_first_event(client)
         await async_wait_until(
             lambda: asyncio.sleep(0, harness.app.state.gateway.in_flight == 0),
             timeout=5,
@@ -126,12 +124,7 @@ async def test_a_stream_the_client_left_leaves_no_wait_for_replies_behind(harnes
         else ("/v1/messages", {**BODY, "model": "sim-small", "max_tokens": 5, "stream": True})
     )
     async with serving(harness.app) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
-        async with client.stream(
-            "POST", path, json=body, headers={"Authorization": f"Bearer {API_KEY}"}
-        ) as response:
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    break  # first event seen; hang up
+        await hang_up_after_the_first_event(client, path, body)
         await async_wait_until(
             lambda: asyncio.sleep(0, harness.app.state.gateway.in_flight == 0),
             timeout=5,
@@ -165,15 +158,7 @@ async def test_a_client_leaving_a_stream_whose_records_all_wait_is_seen_to_go(ha
 
     harness.respond[0] = all_at_once
     async with serving(harness.app) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
-        async with client.stream(
-            "POST",
-            "/v1/chat/completions",
-            json={**BODY, "stream": True},
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        ) as response:
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    break  # first chunk seen; hang up
+        await hang_up_after_the_first_event(client)
         await async_wait_until(
             lambda: asyncio.sleep(0, seen), timeout=5, message="a cancellation on the control topic"
         )

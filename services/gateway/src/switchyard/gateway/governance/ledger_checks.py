@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import httpx
@@ -136,50 +136,21 @@ async def a_budget_holds_under_concurrency_and_settles(connect: Connect, ledger_
             await ledger.close()
 
 
-async def usage_beyond_a_lease_is_committed_for_the_fleet(connect: Connect) -> None:
-    """A request that used far more than its replica held: no replica is granted it."""
-    # A request used far more than its replica held, and that replica asks for nothing
-    # again: the overrun is committed with its settlement, so no replica is granted it.
-    ledgers = [connect() for _ in range(2)]
-    policies = FixedPolicies(key_policy(max_budget_usd=10.0, budget_period="30d"))
-    first, second = (
-        Admission(ledger=ledger, policies=policies, prices=PRICES, replica=f"gw-{n}")
-        for n, ledger in enumerate(ledgers)
+async def _five_dollars_are_committed_for_the_fleet(
+    connect: Connect, costs: Sequence[float], what: str
+) -> None:
+    """One replica's request reports usage events costing `costs` (USD, $5 in all)
+    against a $10 budget: the ledger counts $5 spent and committed once the replica gives
+    back what it holds, and another replica is granted a request of $4 at most but not
+    one of $6 (`what` used that much)."""
+    ledgers, (first, second) = _replicas(
+        connect, key_policy(max_budget_usd=10.0, budget_period="30d"), 2
     )
     try:
         ticket = await first.admit(Caller(), "m", BODY)
         ticket.attach("r1")
-        first.on_usage(usage_recorded("r1", 5.0))
-        await first.flush()
-        [counter] = [c for c in await ledgers[0].counters(["api_key:k1"]) if c.kind == "spend"]
-        assert math.isclose(counter.spent, 5.0, rel_tol=1e-6)
-        assert counter.committed >= counter.spent
-        try:
-            await second.admit(Caller(), "m", {**BODY, "max_tokens": 6000})
-        except Refused:
-            pass
-        else:
-            raise AssertionError("granted what the overrun had used")
-        assert await second.admit(Caller(), "m", {**BODY, "max_tokens": 4000})
-    finally:
-        for ledger in ledgers:
-            await ledger.close()
-
-
-async def a_late_run_is_committed_for_the_fleet(connect: Connect) -> None:
-    """The usage of a second run of a settled request (taken over from a stalled
-    inference replica, which then finished): spent, and committed for every replica."""
-    ledgers = [connect() for _ in range(2)]
-    policies = FixedPolicies(key_policy(max_budget_usd=10.0, budget_period="30d"))
-    first, second = (
-        Admission(ledger=ledger, policies=policies, prices=PRICES, replica=f"gw-{n}")
-        for n, ledger in enumerate(ledgers)
-    )
-    try:
-        ticket = await first.admit(Caller(), "m", BODY)
-        ticket.attach("r1")
-        first.on_usage(usage_recorded("r1", 1.0))
-        first.on_usage(usage_recorded("r1", 4.0))  # the stalled run's own usage event
+        for cost in costs:
+            first.on_usage(usage_recorded("r1", cost))
         await first.flush()
         await first.release_idle(everything=True)
         [counter] = [c for c in await ledgers[0].counters(["api_key:k1"]) if c.kind == "spend"]
@@ -190,11 +161,24 @@ async def a_late_run_is_committed_for_the_fleet(connect: Connect) -> None:
         except Refused:
             pass
         else:
-            raise AssertionError("granted what the late run had used")
+            raise AssertionError(f"granted what {what} had used")
         assert await second.admit(Caller(), "m", {**BODY, "max_tokens": 4000})
     finally:
         for ledger in ledgers:
             await ledger.close()
+
+
+async def usage_beyond_a_lease_is_committed_for_the_fleet(connect: Connect) -> None:
+    """A request that used far more than its replica held, a replica that asks for
+    nothing again: the overrun is committed with its settlement, so no replica is granted
+    it."""
+    await _five_dollars_are_committed_for_the_fleet(connect, [5.0], "the overrun")
+
+
+async def a_late_run_is_committed_for_the_fleet(connect: Connect) -> None:
+    """The usage of a second run of a settled request (taken over from a stalled
+    inference replica, which then finished): spent, and committed for every replica."""
+    await _five_dollars_are_committed_for_the_fleet(connect, [1.0, 4.0], "the late run")
 
 
 async def windows_restart_and_silent_replicas_are_reaped(connect: Connect) -> None:
