@@ -125,16 +125,20 @@ async def test_a_stream_the_client_left_leaves_no_wait_for_replies_behind(harnes
     )
     async with serving(harness.app) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
         await hang_up_after_the_first_event(client, path, body)
-        await async_wait_until(
-            lambda: asyncio.sleep(0, harness.app.state.gateway.in_flight == 0),
-            timeout=5,
-            message="the request to be released",
-        )
-        await async_wait_until(
-            lambda: asyncio.sleep(0, not waits_for_replies()),
-            timeout=2,
-            message="no task left waiting for replies",
-        )
+        await released_leaving_no(harness, waits_for_replies, "task waiting for replies")
+
+
+async def released_leaving_no(harness, tasks, what: str) -> None:
+    """Wait until the gateway has released the request, then until `tasks()` (the tasks
+    of a kind still pending) is empty."""
+    await async_wait_until(
+        lambda: asyncio.sleep(0, harness.app.state.gateway.in_flight == 0),
+        timeout=5,
+        message="the request to be released",
+    )
+    await async_wait_until(
+        lambda: asyncio.sleep(0, not tasks()), timeout=2, message=f"no {what} left"
+    )
 
 
 def watchers_left() -> list[asyncio.Task]:
@@ -162,16 +166,7 @@ async def test_a_client_leaving_a_stream_whose_records_all_wait_is_seen_to_go(ha
         await async_wait_until(
             lambda: asyncio.sleep(0, seen), timeout=5, message="a cancellation on the control topic"
         )
-        await async_wait_until(
-            lambda: asyncio.sleep(0, harness.app.state.gateway.in_flight == 0),
-            timeout=5,
-            message="the request to be released",
-        )
-        await async_wait_until(
-            lambda: asyncio.sleep(0, not watchers_left()),
-            timeout=2,
-            message="no task left watching the connection",
-        )
+        await released_leaving_no(harness, watchers_left, "task watching the connection")
     assert [cancel.request_id for cancel in seen] == [harness.requests[0].request_id]
 
 

@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from switchyard.common.errorformat import Vendor
 from switchyard.common.events import (
     ChatChunk,
     ChatChunkData,
@@ -24,6 +25,7 @@ from switchyard.gateway.replies import (
     HARD_LIMIT_FACTOR,
     READER_STALL_S,
     PendingReplies,
+    ReplyQueue,
 )
 
 
@@ -78,11 +80,18 @@ class Clock:
         return self.now
 
 
-async def test_a_client_that_takes_nothing_has_its_stream_cut() -> None:
+def one_stream(vendor: Vendor = "openai") -> tuple[Clock, PendingReplies, list[str], ReplyQueue]:
+    """A stream "r1" whose client may leave 16 events waiting, on a clock the test moves:
+    the clock, the replies, the ids cut (as `on_overflow` reports them) and its queue."""
     clock = Clock()
     pending = PendingReplies(max_buffered_events=16, clock=clock)
     cut: list[str] = []
-    queue = pending.open("r1", "acme", "anthropic", on_overflow=lambda: cut.append("r1"))
+    queue = pending.open("r1", "acme", vendor, on_overflow=lambda: cut.append("r1"))
+    return clock, pending, cut, queue
+
+
+async def test_a_client_that_takes_nothing_has_its_stream_cut() -> None:
+    clock, pending, cut, queue = one_stream("anthropic")
 
     for sequence in range(20):
         await pending.deliver(chunk_of("r1", sequence))
@@ -109,10 +118,7 @@ async def test_a_client_that_takes_nothing_has_its_stream_cut() -> None:
 async def test_a_client_reading_more_slowly_than_the_stream_comes_is_cut_at_the_hard_limit() -> (
     None
 ):
-    clock = Clock()
-    pending = PendingReplies(max_buffered_events=16, clock=clock)
-    cut: list[str] = []
-    queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
+    clock, pending, cut, queue = one_stream()
     sequence = 0
     while not cut:
         for _ in range(10):
@@ -135,10 +141,7 @@ async def test_a_stream_faster_than_a_busy_relay_is_not_cut_while_it_is_relayed_
     but falls behind all the same. Not a slow client: it passes the hard limit, and only
     the absolute bound on one stream's memory cuts it; so after a long first token too,
     which the reader spent waiting."""
-    clock = Clock()
-    pending = PendingReplies(max_buffered_events=16, clock=clock)
-    cut: list[str] = []
-    queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
+    clock, pending, cut, queue = one_stream()
     reader = asyncio.ensure_future(queue.get())
     await asyncio.sleep(0)
     clock.now += first_token_s
@@ -159,10 +162,7 @@ async def test_a_stream_faster_than_a_busy_relay_is_not_cut_while_it_is_relayed_
 
 
 async def test_events_are_counted_not_records() -> None:
-    clock = Clock()
-    pending = PendingReplies(max_buffered_events=16, clock=clock)
-    cut: list[str] = []
-    queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
+    clock, pending, cut, queue = one_stream()
     await pending.deliver(chunk_of("r1", 0, events=10))
     clock.now += READER_STALL_S
     await pending.deliver(chunk_of("r1", 1, events=10))
@@ -171,10 +171,7 @@ async def test_events_are_counted_not_records() -> None:
 
 
 async def test_a_client_that_keeps_up_is_never_cut_however_long_the_stream() -> None:
-    clock = Clock()
-    pending = PendingReplies(max_buffered_events=16, clock=clock)
-    cut: list[str] = []
-    queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
+    clock, pending, cut, queue = one_stream()
     # A burst landing at once, far over the soft limit, is not a slow client.
     for sequence in range(40):
         await pending.deliver(chunk_of("r1", sequence))
@@ -193,10 +190,7 @@ async def test_a_client_that_keeps_up_is_never_cut_however_long_the_stream() -> 
 async def test_a_burst_landing_while_the_reader_waits_is_never_cut() -> None:
     # One fetch hands its records over back to back, without letting the reader run:
     # after a long first token (a reasoning model), or more than the hard limit at once.
-    clock = Clock()
-    pending = PendingReplies(max_buffered_events=16, clock=clock)
-    cut: list[str] = []
-    queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
+    clock, pending, cut, queue = one_stream()
     reader = asyncio.ensure_future(queue.get())
     await asyncio.sleep(0)  # the reader waits for the first record
     clock.now += 60.0
@@ -210,10 +204,7 @@ async def test_a_burst_landing_while_the_reader_waits_is_never_cut() -> None:
 async def test_the_stall_is_counted_from_when_records_began_to_wait() -> None:
     # An empty queue is no stall: a client idle through a long pause in the stream is
     # not cut when the stream resumes.
-    clock = Clock()
-    pending = PendingReplies(max_buffered_events=16, clock=clock)
-    cut: list[str] = []
-    queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
+    clock, pending, cut, queue = one_stream()
     clock.now += 60.0
     for sequence in range(20):
         await pending.deliver(chunk_of("r1", sequence))
@@ -224,10 +215,7 @@ async def test_the_stall_is_counted_from_when_records_began_to_wait() -> None:
 
 
 async def test_a_final_reply_never_cuts_a_stream() -> None:
-    clock = Clock()
-    pending = PendingReplies(max_buffered_events=16, clock=clock)
-    cut: list[str] = []
-    queue = pending.open("r1", "acme", on_overflow=lambda: cut.append("r1"))
+    clock, pending, cut, queue = one_stream()
     for sequence in range(20):
         await pending.deliver(chunk_of("r1", sequence))
     clock.now += READER_STALL_S
