@@ -241,6 +241,34 @@ async def test_bodies_over_the_limit_are_413_even_when_streamed_into_a_model_rou
     assert fine.json() == {"name": "ok"}
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'{"name": "\\ud800"}',
+            "The request body is not valid JSON: no low surrogate in string at character 10.",
+        ),
+        (
+            b'{"name": "x",}',
+            "The request body is not valid JSON: trailing comma is not allowed at character 12.",
+        ),
+    ],
+)
+async def test_a_body_that_is_not_json_is_told_what_the_parser_refused_and_where(body, message):
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(small_app(1000)), base_url="http://t"
+    ) as c:
+        refused = await c.post("/items", content=body, headers={"content-type": "application/json"})
+
+    assert refused.status_code == 400
+    assert refused.json()["error"] == {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_json",
+    }
+
+
 @pytest.mark.parametrize("encoding", ["gzip", "br", "zstd", "deflate", "GZIP, identity"])
 async def test_compressed_bodies_are_415_never_read_as_they_are(encoding):
     import gzip

@@ -86,6 +86,49 @@ async def test_a_body_beyond_the_parsers_own_nesting_bound_is_too_deep_not_inval
     assert harness.requests == []
 
 
+MODEL_ROUTES = [
+    "/v1/chat/completions",
+    "/v1/jobs",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/responses/input_tokens",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+]
+
+
+@pytest.mark.parametrize("path", MODEL_ROUTES)
+@pytest.mark.parametrize(
+    ("body", "reason", "position"),
+    [
+        # A lone UTF-16 surrogate escape: JSON's grammar allows it, Unicode does not.
+        (b'{"model": "sim-small", "input": "\\ud800 x"}', "surrogate", 33),
+        (b'{"model": "sim-small", "max_tokens": 5,}', "trailing comma", 38),
+        (b'{"model": "sim-small", "stream": tru}', "true", 33),
+    ],
+    ids=["lone-surrogate", "trailing-comma", "bad-literal"],
+)
+async def test_a_body_that_is_not_json_is_told_what_and_where(
+    harness, history, path, body, reason, position
+):
+    """A client is told what the parser refused and at which character, in the called
+    API's format, and nothing is published."""
+    response = await harness.client.post(
+        path, content=body, headers=AUTH | {"content-type": "application/json"}
+    )
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["message"].startswith("The request body is not valid JSON: "), error
+    assert reason in error["message"] and f"at character {position}." in error["message"]
+    if path.startswith("/v1/messages"):
+        assert response.json()["type"] == "error"
+        assert error["type"] == "invalid_request_error"
+    else:
+        assert error["code"] == "invalid_json"
+    assert harness.requests == []
+
+
 def crowded_body(values: int = MAX_JSON_VALUES) -> bytes:
     # More values than the bound: a few bytes each, a walk of millions once parsed.
     return orjson.dumps(BODY)[:-1] + b', "x": [' + b",".join([b"{}"] * values) + b"]}"

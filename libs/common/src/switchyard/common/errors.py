@@ -5,6 +5,7 @@ naming the offending field."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -154,14 +155,46 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+def not_json_message(reason: str | None = None, position: int | None = None) -> str:
+    """The message for a body that is not valid JSON, with what the parser refused
+    (`reason`, such as orjson's `JSONDecodeError.msg`: "trailing comma is not allowed",
+    "no low surrogate in string") and where (`position`, its 0-based character offset),
+    when known: a client told only "not valid JSON" cannot find a lone `\\ud800` escape or
+    a stray comma in a long body."""
+    if not reason:
+        return "The request body is not valid JSON."
+    where = f" at character {position}" if isinstance(position, int) else ""
+    return f"The request body is not valid JSON: {reason}{where}."
+
+
+def invalid_json(exc: ValueError) -> APIError:
+    """The 400 `invalid_json` for a body a JSON parser refused with `exc` (a
+    `json.JSONDecodeError`, which orjson's error is, gives its reason and position)."""
+    if isinstance(exc, json.JSONDecodeError):
+        message = not_json_message(exc.msg, exc.pos)
+    else:
+        message = not_json_message()
+    return APIError(400, message, code="invalid_json")
+
+
+def _not_json(error: dict[str, Any]) -> str:
+    """`not_json_message` for one of FastAPI's `json_invalid` validation errors (its
+    `ctx.error` is the parser's reason, its `loc` ends with the position)."""
+    ctx = error.get("ctx")
+    reason = ctx.get("error") if isinstance(ctx, dict) else None
+    loc = tuple(error.get("loc", ()))
+    position = loc[-1] if len(loc) > 1 else None
+    return not_json_message(str(reason) if reason else None, position)
+
+
 def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     """A readable one-line message and the first offending parameter."""
     if not errors:
         return "Invalid request.", None
     first = errors[0]
-    param = _location(tuple(first.get("loc", ()))) or None
     if first.get("type") == "json_invalid":
-        return "The request body is not valid JSON.", None
+        return _not_json(first), None
+    param = _location(tuple(first.get("loc", ()))) or None
     message = first.get("msg", "Invalid value")
     text = f"Invalid value for '{param}': {message}" if param else f"Invalid request: {message}"
     if len(errors) > 1:
@@ -184,7 +217,7 @@ def validation_error(errors: list[dict[str, Any]], content_type: str | None = No
     than told it is no JSON object."""
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
-        return APIError(400, "The request body is not valid JSON.", code="invalid_json")
+        return APIError(400, _not_json(first), code="invalid_json")
     if tuple(first.get("loc", ())) == ("body",):
         if content_type and not _is_json(content_type) and first.get("type") != "missing":
             return APIError(

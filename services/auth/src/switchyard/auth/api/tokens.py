@@ -27,7 +27,7 @@ from switchyard.auth.passwords import HashingBusy
 from switchyard.auth.service import AuthService, InvalidCredentials, InvalidGrant, TokenPair
 from switchyard.auth.tokens import InvalidToken
 from switchyard.common import jsonbody
-from switchyard.common.errors import APIError
+from switchyard.common.errors import APIError, invalid_json
 
 router = APIRouter(prefix="/v1/auth", tags=["tokens"])
 
@@ -112,7 +112,7 @@ async def _read_fields(request: Request, *, required: bool = True) -> Any:
     try:
         return jsonbody.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from exc
+        raise invalid_json(exc) from exc
     except jsonbody.JsonTooDeep as exc:
         raise APIError(400, str(exc), code="json_too_deep") from None
     except jsonbody.JsonTooManyValues as exc:

@@ -36,7 +36,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from switchyard.common import jsonbody
-from switchyard.common.errors import APIError, json_type
+from switchyard.common.errors import APIError, invalid_json, json_type
 from switchyard.common.events import ClientAPI
 from switchyard.common.exactjson import has_long_digit_run
 from switchyard.common.jsonbody import (
@@ -172,7 +172,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         out_of_range = _number_out_of_range(raw) if "number is infinity" in str(exc) else None
         if out_of_range is not None:
             raise out_of_range from None
-        raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
+        raise invalid_json(exc) from None
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
     too_deep, huge_float, too_many = scan_json(data, max_values=MAX_JSON_VALUES)
