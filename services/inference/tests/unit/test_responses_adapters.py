@@ -17,10 +17,11 @@ from openai._types import omit
 from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 
-from switchyard.common.events import ChatCompleted, ChatFailed, ClientAPI, TokenUsage
-from switchyard.common.responses import response_id
+from switchyard.common.events import ChatCompleted, ChatFailed, ClientAPI, TokenUsage, new_id
+from switchyard.common.responses import input_items, response_id, switchyard_item_id
 from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
 from switchyard.common.topics import Topics
+from switchyard.inference import translate_responses
 from switchyard.inference.providers import ProviderPool
 from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
 from switchyard.inference.testing import Harness, RecordingUpstream, Scripted, chat_request
@@ -36,7 +37,7 @@ OPENAI_KEY = "sk-proj-RESPONSESSECRETKEY1"
 # The conversation a previous_response_id named, as history stores it.
 PREVIOUS_ITEMS = [
     {
-        "id": "msg_req1_0",
+        "id": "msg_" + "e" * 32 + "_0",  # Switchyard's: the request's id, the position
         "type": "message",
         "role": "user",
         "status": "completed",
@@ -49,7 +50,7 @@ PREVIOUS_ITEMS = [
         "encrypted_content": "SIGNATURE-1",
     },
     {
-        "id": "fc_abc",
+        "id": "fc_" + "c" * 32,  # Switchyard's, of the same translated reply
         "type": "function_call",
         "status": "completed",
         "call_id": "call_1",
@@ -59,11 +60,12 @@ PREVIOUS_ITEMS = [
 ]
 
 
-# The same conversation had an OpenAI model reasoned in it (an id of OpenAI's own).
+# The same conversation had an OpenAI model reasoned in it (the reasoning and the call
+# after it with ids of OpenAI's own).
 OPENAI_PREVIOUS_ITEMS = [
     PREVIOUS_ITEMS[0],
-    {**PREVIOUS_ITEMS[1], "id": "rs_" + "ab" * 24, "encrypted_content": "gAAAA-OPENAI"},
-    PREVIOUS_ITEMS[2],
+    {**PREVIOUS_ITEMS[1], "id": "rs_" + "ab" * 25, "encrypted_content": "gAAAA-OPENAI"},
+    {**PREVIOUS_ITEMS[2], "id": "fc_" + "cd" * 25},
 ]
 
 
@@ -231,14 +233,15 @@ async def test_passthrough_sends_the_body_as_sent_with_the_conversation_before_i
     expected["model"] = "upstream-gpt"
     expected["input"] = [
         # Switchyard's item ids are not sent (the upstream would look them up in its own
-        # store); reasoning items keep theirs, which the API requires.
+        # store); the upstream's are, which the API requires to pair a reasoning item
+        # with the item after it.
         {
             "type": "message",
             "role": "user",
             "content": [{"type": "input_text", "text": "What is the weather in Paris?"}],
         },
         OPENAI_PREVIOUS_ITEMS[1],
-        {k: v for k, v in PREVIOUS_ITEMS[2].items() if k != "id"},
+        OPENAI_PREVIOUS_ITEMS[2],
         body["input"][0],
     ]
     assert sent.body == expected
@@ -1212,12 +1215,12 @@ async def test_a_built_in_tool_s_item_goes_back_to_its_upstream_with_its_id(
 ):
     """The items of the tools an OpenAI upstream runs itself carry an id its API requires
     when a later turn sends them back (`previous_response_id`): kept, as a reasoning
-    item's is; a message's and a function call's, which history may have given, are not."""
+    item's is; a message's and a function call's that Switchyard gave are not."""
     recorder.script(Scripted(json=native_response()))
     previous = [
-        {"type": "message", "id": "msg_user_0", "role": "user", "content": "Search."},
+        {"type": "message", "id": "msg_" + "1" * 32 + "_0", "role": "user", "content": "Search."},
         item,
-        {**PREVIOUS_ITEMS[2], "id": "msg_answer"},
+        {**PREVIOUS_ITEMS[2], "id": "fc_" + "2" * 32},
     ]
     body = {"input": [{"role": "user", "content": "And Oslo?"}]}
 
@@ -1227,6 +1230,76 @@ async def test_a_built_in_tool_s_item_goes_back_to_its_upstream_with_its_id(
     sent = recorder.last.body["input"]
     assert sent[1] == item
     assert "id" not in sent[0] and "id" not in sent[2]
+
+
+async def test_an_upstreams_reasoning_and_the_items_after_it_go_back_with_their_ids(
+    harness, recorder
+):
+    """A reasoning model's turn of parallel calls, chained with `previous_response_id` at
+    the same kind of upstream: every item of its reply goes back with the id the upstream
+    gave it, as a client of OpenAI sends them. OpenAI pairs the reasoning item with the
+    item after it by their ids, and refuses a reasoning item "without its required
+    following item" when that item's id is missing. The user's message, whose id
+    Switchyard gave, goes without one."""
+    recorder.script(Scripted(json=native_response()))
+    upstream_output = [
+        {
+            "id": "rs_" + "0a" * 25,
+            "type": "reasoning",
+            "summary": [],
+            "encrypted_content": "gAAAA-OPENAI",
+        },
+        *(
+            {
+                "id": f"fc_{n}" + "0b" * 25,
+                "type": "function_call",
+                "status": "completed",
+                "call_id": f"call_{n}",
+                "name": "get_weather",
+                "arguments": "{}",
+            }
+            for n in (1, 2)
+        ),
+        {
+            "id": "msg_" + "0c" * 25,
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": "Looking.", "annotations": []}],
+        },
+    ]
+    previous = [PREVIOUS_ITEMS[0], *upstream_output]
+    body = {
+        "input": [
+            {"type": "function_call_output", "call_id": f"call_{n}", "output": "18C"}
+            for n in (1, 2)
+        ]
+    }
+
+    reply = await harness.handle(with_previous(responses_request("gpt-resp", body), previous))
+
+    assert isinstance(reply, ChatCompleted), reply
+    sent = recorder.last.body["input"]
+    assert "id" not in sent[0]
+    assert [item.get("id") for item in sent[1:5]] == [item["id"] for item in upstream_output]
+    assert sent[1:4] == upstream_output[:3]
+    assert sent[5:] == body["input"]
+
+
+def test_the_ids_switchyard_gives_items_are_told_from_an_upstreams():
+    """What `upstream_item` strips is exactly what Switchyard makes: the ids of a
+    translated reply's items and of input items sent without one, never OpenAI's."""
+    made = [translate_responses._new_id(prefix) for prefix in ("msg", "fc", "ctc")]
+    made += [
+        item["id"]
+        for item in input_items(
+            [{"role": "user", "content": "x"}, {"type": "function_call"}], new_id()
+        )
+    ]
+    made += [item["id"] for item in input_items("Hello", new_id())]
+    assert all(map(switchyard_item_id, made)), made
+    upstreams = ["fc_" + "0b" * 25, "msg_" + "0c" * 25, "fc_abc", "msg_1", "call_1", None, 7]
+    assert not any(map(switchyard_item_id, upstreams))
 
 
 async def test_openai_reasoning_sent_back_without_its_id_is_not_sent_to_anthropic(

@@ -18,6 +18,7 @@ OpenAI's own ids are opaque, these are Switchyard's.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -139,18 +140,35 @@ def upstream_named(kind: Any) -> bool:
     )
 
 
+# The ids Switchyard gives Responses items: `<prefix>_<request id>_<position>` for an
+# input item sent without one (`input_items`; request ids are 32 hex digits), and
+# `<prefix>_<32 hex digits>` for an item of a reply it translated from another API.
+_SWITCHYARD_ITEM_ID = re.compile(r"[a-z]+_[0-9a-f]{32}(?:_[0-9]+)?")
+
+
+def switchyard_item_id(value: Any) -> bool:
+    """Whether `value` is an item id Switchyard made (`_SWITCHYARD_ITEM_ID`), as opposed
+    to one an upstream or the client gave (OpenAI's are longer: `fc_` and 50 hex
+    digits)."""
+    return isinstance(value, str) and _SWITCHYARD_ITEM_ID.fullmatch(value) is not None
+
+
 def upstream_item(item: dict[str, Any]) -> dict[str, Any]:
     """A stored Responses item (of a previous response, or named by an `item_reference`)
-    as an upstream Responses API gets it: without the id Switchyard's store gave it (an
-    upstream would look it up in its own store and not find it), nor a message's `status`;
-    the items whose ids the upstream gave and requires (`upstream_named`: reasoning, its
+    as an upstream Responses API gets it: without an id Switchyard made
+    (`switchyard_item_id`: the upstream would look it up in its own store and not find
+    it), nor a message's `status`. An id the upstream gave stays: OpenAI pairs a
+    reasoning item with the item after it by their ids, and refuses the reasoning "without
+    its required following item" when the function call or message after it comes back
+    without its own. The items only an upstream makes (`upstream_named`: reasoning, its
     built-in tools' calls) are kept whole."""
     if upstream_named(item.get("type")):
         return item
     return {
         name: value
         for name, value in item.items()
-        if name != "id" and not (name == "status" and item.get("type", "message") == "message")
+        if not (name == "id" and switchyard_item_id(value))
+        and not (name == "status" and item.get("type", "message") == "message")
     }
 
 
