@@ -1847,29 +1847,124 @@ async def test_the_message_of_a_translated_response_cut_off_is_incomplete_too(
         assert last.data["response"]["output"][0]["status"] == "incomplete"
 
 
-async def test_only_the_item_cut_off_is_incomplete(harness, recorder):
-    message = {
-        "role": "assistant",
-        "content": "Checking.",
-        "tool_calls": [
-            {
-                "id": "call_7",
-                "type": "function",
-                "function": {"name": "get_weather", "arguments": '{"loc'},
-            }
-        ],
-    }
-    recorder.script(Scripted(json=_chat_reply(message, "length")))
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_only_the_item_cut_off_is_incomplete(harness, recorder, stream):
+    calls = [
+        {
+            "index": n,
+            "id": f"call_{n}",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": arguments},
+        }
+        for n, arguments in enumerate(['{"loc": "Oslo"}', '{"loc'])
+    ]
+    message = {"role": "assistant", "content": "Checking.", "tool_calls": calls}
+    if stream:
+        recorder.script(
+            Scripted(
+                events=[
+                    chat_chunk({"role": "assistant", "content": "Checking."}),
+                    *(chat_chunk({"tool_calls": [call]}) for call in calls),
+                    chat_chunk({}, "length"),
+                ]
+            )
+        )
+    else:
+        recorder.script(Scripted(json=_chat_reply(message, "length")))
 
-    reply = await harness.handle(responses_request("gpt-chat", {"input": "Weather?"}))
+    reply = await harness.handle(
+        responses_request("gpt-chat", {"input": "Weather?"}, stream=stream)
+    )
 
     response = reply.data.response
     assert response["status"] == "incomplete"
     # The message was whole when the call began; the call is what the limit cut.
-    assert [(item["type"], item["status"]) for item in response["output"]][0] == (
-        "message",
-        "completed",
-    )
+    assert [(item["type"], item["status"]) for item in response["output"]] == [
+        ("message", "completed"),
+        ("function_call", "completed"),
+        ("function_call", "incomplete"),
+    ]
+
+
+def _anthropic_calls_stopped_by(stop_reason: str) -> list[tuple[str, dict[str, Any]]]:
+    """An Anthropic stream of two tool calls, the second's input cut at `{"q": "b`, then
+    `stop_reason`."""
+    events = [
+        anthropic(
+            "message_start",
+            message={
+                "id": "msg_calls",
+                "type": "message",
+                "role": "assistant",
+                "model": "upstream-claude",
+                "content": [],
+                "usage": {"input_tokens": 4, "output_tokens": 1},
+            },
+        )
+    ]
+    for index, arguments in enumerate(['{"q": "a"}', '{"q": "b']):
+        block = {"type": "tool_use", "id": f"toolu_{index}", "name": "lookup", "input": {}}
+        events += [
+            anthropic("content_block_start", index=index, content_block=block),
+            anthropic(
+                "content_block_delta",
+                index=index,
+                delta={"type": "input_json_delta", "partial_json": arguments},
+            ),
+            anthropic("content_block_stop", index=index),
+        ]
+    return [
+        *events,
+        anthropic(
+            "message_delta",
+            delta={"stop_reason": stop_reason, "stop_sequence": None},
+            usage={"output_tokens": 16},
+        ),
+        anthropic("message_stop"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "statuses"),
+    [("max_tokens", ["completed", "incomplete"]), ("tool_use", ["completed", "completed"])],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_call_an_anthropic_limit_cut_off_is_incomplete(
+    harness, recorder, stop_reason, statuses, stream
+):
+    """A tool call whose input the limit cut (no whole JSON) is `incomplete`, in the
+    stream's `response.output_item.done` as in the final response, so an agent loop does
+    not run it; the call before it, whole, is `completed`. Anthropic's stop reason comes
+    after the block's end, so the item is closed when the next block starts or the stream
+    ends."""
+    if stream:
+        recorder.script(Scripted(events=_anthropic_calls_stopped_by(stop_reason)))
+    else:
+        content = [
+            {"type": "tool_use", "id": "toolu_0", "name": "lookup", "input": {"q": "a"}},
+            {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}},
+        ]
+        reply = {**anthropic_text_reply(""), "content": content, "stop_reason": stop_reason}
+        recorder.script(Scripted(json=reply))
+    request = responses_request("claude", {"input": "Look both up"}, stream=stream)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatCompleted), reply
+    output = reply.data.response["output"]
+    assert [(item["type"], item["status"]) for item in output] == [
+        ("function_call", status) for status in statuses
+    ]
+    if stream:
+        events = harness.stream_of(request.request_id)
+        done = [e.data["item"] for e in events if e.event == "response.output_item.done"]
+        assert [item["status"] for item in done] == statuses
+        assert [item["arguments"] for item in done] == ['{"q": "a"}', '{"q": "b']
+        assert [e.event for e in events][-3:] == [
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.incomplete" if stop_reason == "max_tokens" else "response.completed",
+        ]
 
 
 async def test_a_translated_response_that_completes_has_a_completed_message(harness, recorder):

@@ -1250,11 +1250,18 @@ _INCOMPLETE_BY_STOP = {
 }
 
 
+# The output items a limit or a filter can cut off midway, which then say so (`status`
+# "incomplete", as OpenAI marks them): a call's arguments may be no whole JSON, and an
+# agent loop must not run it as if they were.
+_CUT_OFF_KINDS = frozenset({"message", "function_call"})
+
+
 def _cut_off(output: list[dict[str, Any]], reason: str | None) -> list[dict[str, Any]]:
-    """`output` with its last item, when it is a message, `incomplete` if the response is
-    (`reason` set): that message is the one the limit or the filter cut off, as OpenAI
-    marks it. Earlier items were whole when the next one began."""
-    if reason is not None and output and output[-1]["type"] == "message":
+    """`output` with its last item, when it is a message or a function call
+    (`_CUT_OFF_KINDS`), `incomplete` if the response is (`reason` set): that item is the
+    one the limit or the filter cut off. Earlier items were whole when the next one
+    began."""
+    if reason is not None and output and output[-1]["type"] in _CUT_OFF_KINDS:
         output[-1]["status"] = "incomplete"
     return output
 
@@ -1690,10 +1697,15 @@ class ResponseEventWriter:
 
     # ---- closing
 
+    def is_call(self, key: Any) -> bool:
+        """Whether `key` is an open function call item."""
+        state = self._items.get(key)
+        return state is not None and state.kind == "function_call"
+
     def close(self, key: Any, *, cut_off: bool = False) -> list[dict[str, Any]]:
         """The events that finish output item `key` (nothing if it is not open); with
-        `cut_off`, a message item is `incomplete` (the response ends incomplete while it
-        is open: it is the one cut off)."""
+        `cut_off`, a message or function call item is `incomplete` (the response ends
+        incomplete while it is the last open: it is the one cut off)."""
         state = self._items.pop(key, None)
         if state is None:
             return []
@@ -1714,7 +1726,11 @@ class ResponseEventWriter:
                 )
             )
             item = _function_call_item(
-                state.item_id, state.call_id, state.name, arguments, "completed"
+                state.item_id,
+                state.call_id,
+                state.name,
+                arguments,
+                "incomplete" if cut_off else "completed",
             )
         elif state.kind == "reasoning":
             text = "".join(state.text)
@@ -1742,8 +1758,11 @@ class ResponseEventWriter:
             return []
         self._finished = True
         events = self.start()
-        for key in sorted(self._items, key=lambda k: self._items[k].index):
-            events += self.close(key, cut_off=reason is not None)
+        keys = sorted(self._items, key=lambda k: self._items[k].index)
+        for position, key in enumerate(keys, start=1):
+            # Only the last open item is the one cut off: the others were whole when it
+            # began (`_cut_off`).
+            events += self.close(key, cut_off=reason is not None and position == len(keys))
         response = _finished(self.ctx, self.output, usage, reason, self.service_tier)
         kind = "response.incomplete" if reason is not None else "response.completed"
         events.append(self._event(kind, response=response))
@@ -1937,6 +1956,10 @@ class MessageEventsToResponseEvents:
         # tool_use blocks no argument piece reached yet: a call without input streams as
         # `input: {}` and an empty `partial_json` (or none); its arguments are "{}".
         self._without_arguments: set[int] = set()
+        # The tool_use block that ended last, whose item is closed when the next block
+        # starts or the stream finishes: a `max_tokens` stop comes after the block's
+        # `content_block_stop`, and the call it cut off is then `incomplete`.
+        self._ended_call: Any = None
 
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """The Responses events (dicts with `type` and `sequence_number`) one Anthropic stream
@@ -1951,6 +1974,9 @@ class MessageEventsToResponseEvents:
         events = writer.start()
         key: tuple[str, int] | None
         if kind == "content_block_start":
+            if self._ended_call is not None:
+                events += writer.close(self._ended_call)  # whole: another block follows
+                self._ended_call = None
             index = event.get("index", 0)
             block = event.get("content_block") or {}
             block_type = block.get("type")
@@ -2007,7 +2033,10 @@ class MessageEventsToResponseEvents:
                 if key is not None:
                     events += writer.arguments(key, "{}")
             if key is not None and key[0] == "block":
-                events += writer.close(key)
+                if writer.is_call(key):
+                    self._ended_call = key
+                else:
+                    events += writer.close(key)
         elif kind == "message_delta":
             stop = (event.get("delta") or {}).get("stop_reason")
             if stop is not None:
