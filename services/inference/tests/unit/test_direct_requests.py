@@ -23,6 +23,7 @@ from switchyard.inference.errors import ProviderError
 from switchyard.inference.testing import SSE_HEAD, RawReply, RawServer, RecordingUpstream, Scripted
 from switchyard.inference.upstream import (
     AnthropicUpstream,
+    DirectRequests,
     OpenAIUpstream,
     SDKUpstream,
     StreamEnd,
@@ -661,3 +662,20 @@ async def test_only_plain_openai_and_anthropic_deployments_skip_the_sdks_request
     for upstream in (*plain, gemini):
         await upstream.aclose()
     assert isinstance(gemini, SDKUpstream) and gemini.direct is None
+
+
+async def test_connecting_is_bounded_by_the_deployments_timeout_however_long_a_reply_is_awaited(
+    pair: tuple[SDKUpstream, SDKUpstream],
+) -> None:
+    """A non-streamed call waits for its reply up to `response_timeout_s`; connecting to
+    an unreachable upstream is still given up after `timeout_s`, through the SDK's client
+    and through direct requests alike."""
+    upstream, through_sdk = pair
+    sdk_timeout = through_sdk._options({}, 600.0)["timeout"]
+    direct_timeout = DirectRequests.timeout(600.0, upstream._connect_s(600.0))
+
+    assert (sdk_timeout.connect, sdk_timeout.read) == (5, 600.0)
+    assert (direct_timeout.sock_connect, direct_timeout.connect) == (5, 5)
+    assert direct_timeout.sock_read == 600.0 and direct_timeout.total is None
+    # A call allowed less than the deployment's timeout connects within it too.
+    assert upstream._connect_s(0.5) == 0.5

@@ -55,7 +55,16 @@ def routing_for(simulator) -> RoutingTable:
         ),
         ModelRoute(
             name="quick-timeout",
-            deployments=[deployment(simulator, "sim", "upstream-quick", timeout_s=0.3)],
+            deployments=[
+                deployment(
+                    simulator, "sim", "upstream-quick", timeout_s=0.3, response_timeout_s=0.3
+                )
+            ],
+        ),
+        ModelRoute(
+            # Quick to give up on a silent stream, patient with a reply being generated.
+            name="patient-reply",
+            deployments=[deployment(simulator, "sim", "upstream-patient-reply", timeout_s=0.3)],
         ),
         ModelRoute(
             name="with-fallback",
@@ -242,6 +251,25 @@ async def test_hanging_upstream_fails_with_504_after_the_deployment_timeout(
         504,
         "upstream_timeout",
     )
+    assert asyncio.get_running_loop().time() - started < 3
+
+
+async def test_a_non_streamed_reply_is_waited_for_beyond_the_read_timeout(
+    harness, simulator
+) -> None:
+    """A non-streamed reply comes once the upstream has generated all of it: it is waited
+    for up to `response_timeout_s` (600 s by default), not cut at `timeout_s` (and
+    generated again by a retry); a stream that long silent times out at `timeout_s`."""
+    with simulator.slowed(800):
+        reply = await harness.handle(chat_request(model="patient-reply"))
+        simulator.fault(hang=True)
+        started = asyncio.get_running_loop().time()
+        streamed = await harness.handle(chat_request(model="patient-reply", stream=True))
+
+    assert isinstance(reply, ChatCompleted), reply
+    assert simulator.calls("upstream-patient-reply") == 2
+    assert isinstance(streamed, ChatFailed)
+    assert (streamed.data.error.status, streamed.data.error.code) == (504, "upstream_timeout")
     assert asyncio.get_running_loop().time() - started < 3
 
 

@@ -204,7 +204,14 @@ async def test_timeouts_are_retried_then_fall_back(simulator, make_harness) -> N
             (
                 "m",
                 [
-                    sim(simulator, "slow", "up-hang", timeout_s=0.2, max_retries=1),
+                    sim(
+                        simulator,
+                        "slow",
+                        "up-hang",
+                        timeout_s=0.2,
+                        response_timeout_s=0.2,
+                        max_retries=1,
+                    ),
                     sim(simulator, "fast", "up-fast"),
                 ],
             )

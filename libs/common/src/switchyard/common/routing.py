@@ -215,7 +215,18 @@ class Deployment(_Strict):
         description="vertex: variable holding an OAuth 2.0 access token, read at each call.",
     )
     timeout_s: float = Field(
-        default=60, gt=0, description="Per upstream call: connect, and each read of the reply."
+        default=60,
+        gt=0,
+        description="Per upstream call: connecting, and each read of a streamed reply (the "
+        "longest silence between two events).",
+    )
+    response_timeout_s: float = Field(
+        default=600,
+        gt=0,
+        le=86400,
+        description="A non-streamed call: how long its reply is waited for (the upstream "
+        "answers once it has generated all of it); within the request's deadline. "
+        "Connecting is still bounded by timeout_s.",
     )
     max_retries: int = Field(
         default=2,

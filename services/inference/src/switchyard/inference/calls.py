@@ -92,7 +92,11 @@ class UpstreamCalls:
         call: UpstreamCall,
     ) -> tuple[dict[str, Any], TokenUsage]:
         data = run.request.data
-        timeout_s = min(deployment.timeout_s, max(0.001, seconds_until(data.deadline)))
+        # A non-streamed reply comes whole once the upstream has generated all of it: its
+        # wait is the generation's length, bounded by `response_timeout_s`; a stream's
+        # reads by `timeout_s`, the longest silence between two events.
+        limit = deployment.timeout_s if data.stream else deployment.response_timeout_s
+        timeout_s = min(limit, max(0.001, seconds_until(data.deadline)))
         run.deployment = deployment
         run.upstream_calls += 1
         run.calling = True

@@ -859,11 +859,13 @@ class DirectRequests:
         return headers
 
     @staticmethod
-    def timeout(timeout_s: float) -> aiohttp.ClientTimeout:
-        """`timeout_s` for connecting, each read and waiting for a pooled connection, as the
-        SDK's transport maps httpx's timeout (no total: a stream may last longer)."""
+    def timeout(timeout_s: float, connect_s: float | None = None) -> aiohttp.ClientTimeout:
+        """`timeout_s` for each read, and `connect_s` (`timeout_s` when None) for
+        connecting and waiting for a pooled connection, as the SDK's transport maps
+        httpx's timeout (no total: a stream may last longer)."""
+        connect = timeout_s if connect_s is None else connect_s
         return aiohttp.ClientTimeout(
-            total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
+            total=None, connect=connect, sock_connect=connect, sock_read=timeout_s
         )
 
     def session(self) -> aiohttp.ClientSession:
@@ -891,8 +893,10 @@ class DirectRequests:
         timeout_s: float,
         *,
         stream: bool,
+        connect_s: float | None = None,
     ) -> DirectResponse:
         """POST the JSON `body` to `path`; the response, its body read unless `stream`.
+        `timeout_s` bounds each read, `connect_s` (`timeout_s` when None) connecting.
         Redirects are not followed. Raises what aiohttp raises (`aiohttp.ClientError`,
         `TimeoutError`), orjson's TypeError for a body it cannot serialise and a
         ValueError for a header the SDK refuses."""
@@ -906,7 +910,7 @@ class DirectRequests:
             url,
             data=content,
             headers=request_headers,
-            timeout=self.timeout(timeout_s),
+            timeout=self.timeout(timeout_s, connect_s),
             allow_redirects=False,
         )
         reply = DirectResponse(response, self._drains)
@@ -1101,8 +1105,15 @@ class SDKUpstream:
         """The deployment's name, as errors and logs give it."""
         return self.deployment.name
 
+    def _connect_s(self, timeout_s: float) -> float:
+        """How long connecting may take on a call whose reads may take `timeout_s`: the
+        deployment's `timeout_s` at most, however long a non-streamed reply is waited
+        for, so that an unreachable upstream is left as soon as for a stream."""
+        return min(self.deployment.timeout_s, timeout_s)
+
     def _options(self, headers: Mapping[str, str], timeout_s: float) -> dict[str, Any]:
-        options: dict[str, Any] = {"timeout": timeout_s, "follow_redirects": False}
+        timeout = httpx2.Timeout(timeout_s, connect=self._connect_s(timeout_s))
+        options: dict[str, Any] = {"timeout": timeout, "follow_redirects": False}
         if headers:
             options["headers"] = dict(headers)
         return options
@@ -1163,7 +1174,9 @@ class SDKUpstream:
             )
             return response
         try:
-            response = await self.direct.post(path, body, headers, timeout_s, stream=stream)
+            response = await self.direct.post(
+                path, body, headers, timeout_s, stream=stream, connect_s=self._connect_s(timeout_s)
+            )
         except TRANSPORT_ERRORS as exc:
             raise self._failure(exc) from exc
         if response.is_success:
