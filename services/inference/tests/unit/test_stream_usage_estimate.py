@@ -8,6 +8,7 @@ its client so."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -80,6 +81,28 @@ async def test_a_stream_without_usage_tells_the_client_the_estimate_it_is_billed
     assert told["input"] == estimate_prompt_tokens(BODIES[api]) > 100
     assert told["output"] >= 4  # a token for each piece of text at least
     assert reply.data.usage.output_tokens == told["output"]
+
+
+@pytest.mark.parametrize("api", list(BODIES), ids=["messages", "responses"])
+async def test_the_estimate_counts_the_text_of_long_deltas(recorder, serve, api):
+    """A server whose deltas each carry many tokens (Gemini's, vLLM's batched ones): the
+    estimate is the text's (4 characters a token), not a token a delta."""
+    pieces = ["Sunny and mild all day, with a light breeze from the west. " * 4] * 3
+    chunks = [
+        openai_chunk({"role": "assistant", "content": ""}),
+        *(openai_chunk({"content": piece}) for piece in pieces),
+        openai_chunk({}, "stop"),
+    ]
+    recorder.script(Scripted(events=[(None, chunk) for chunk in chunks] + [(None, "[DONE]")]))
+    harness = await serve(_deployment(recorder))
+    request = chat_request("m", api=api, body=BODIES[api], stream=True)
+
+    await harness.handle(request)
+
+    told = _told(api, harness.stream_of(request.request_id))
+    assert told["output"] == math.ceil(len("".join(pieces)) / 4) == 177
+    billed = (await harness.usage_of(request.request_id)).data.usage
+    assert billed.output_tokens == told["output"]
 
 
 @pytest.mark.parametrize("api", list(BODIES), ids=["messages", "responses"])

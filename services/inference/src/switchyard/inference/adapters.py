@@ -82,7 +82,9 @@ from switchyard.inference.translate_responses import (
 from switchyard.inference.upstream import SSE, invalid_reply, responses_code_status
 from switchyard.inference.usage import (
     anthropic_usage,
+    delta_chars,
     estimate_prompt_tokens,
+    estimate_streamed_tokens,
     openai_usage,
     responses_usage,
 )
@@ -368,21 +370,27 @@ class _UsageEstimate:
     """The usage of a translated stream whose upstream reported none (a server that
     ignores `stream_options.include_usage`): the client is told, and billed, the estimate
     inference bills a stream stopped before its usage by (`estimate_prompt_tokens` of
-    the client's `body`, a token for each content delta the client got), never 0 tokens."""
+    the client's `body`; the text of the content deltas the client got, 4 characters a
+    token and at least a token a delta, `estimate_streamed_tokens`), never 0 tokens."""
 
     def __init__(self, body: dict[str, Any]) -> None:
         self._body = body
         self.deltas = 0
+        self.chars = 0
         self.given: TokenUsage | None = None
 
     def count(self, events: list[dict[str, Any]], delta_types: tuple[str, ...]) -> None:
-        """Count the content deltas among the client's `events`."""
-        self.deltas += sum(1 for event in events if event.get("type") in delta_types)
+        """Count the content deltas among the client's `events`, and their text."""
+        for event in events:
+            if event.get("type") in delta_types:
+                self.deltas += 1
+                self.chars += delta_chars(event)
 
     def usage(self) -> TokenUsage:
         """The estimate, as given to the client (and kept for `usage()`)."""
         self.given = TokenUsage(
-            input_tokens=estimate_prompt_tokens(self._body), output_tokens=self.deltas
+            input_tokens=estimate_prompt_tokens(self._body),
+            output_tokens=estimate_streamed_tokens(self.chars, self.deltas),
         )
         return self.given
 

@@ -12,7 +12,7 @@ from switchyard.common.events import ChatRequested, TokenUsage, new_id, utcnow
 from switchyard.common.routing import Deployment
 from switchyard.inference.adapters import Accumulator, StreamTranslation
 from switchyard.inference.publishing import ChunkPublisher
-from switchyard.inference.usage import add_usage, estimate_prompt_tokens
+from switchyard.inference.usage import add_usage, estimate_output_tokens, estimate_prompt_tokens
 
 
 def seconds_until(deadline: datetime) -> float:
@@ -73,8 +73,13 @@ class RequestRun:
         reported = self.translation.usage() if self.translation is not None else TokenUsage()
         input_tokens = reported.input_tokens or estimate_prompt_tokens(self.request.data.body)
         output_tokens = reported.output_tokens
-        if not output_tokens and self.accumulator is not None:
-            output_tokens = self.accumulator.deltas
+        if self.accumulator is not None and self.accumulator.deltas:
+            # A stream stopped before its usage (the client gone, the upstream failed):
+            # what the client got, by its text (`estimate_output_tokens`, 4 characters a
+            # token) and at least a token a delta. What the upstream reported so far may
+            # be a placeholder (Anthropic's `message_start` says 1 or a few tokens out).
+            streamed = estimate_output_tokens(self.accumulator.response())
+            output_tokens = max(output_tokens, self.accumulator.deltas, streamed)
         return reported.model_copy(
             update={"input_tokens": input_tokens, "output_tokens": output_tokens}
         )

@@ -172,6 +172,30 @@ def _generated_chars(value: Any, key: str | None = None) -> int:
     return 0
 
 
+def delta_chars(event: dict[str, Any]) -> int:
+    """Characters of generated text in one client stream event that is a content delta:
+    a Responses `*.delta` event's string `delta`, or the `text`, `thinking` or
+    `partial_json` (a tool call's arguments) of a Messages `content_block_delta`; 0 for
+    anything else (a signature, a citation)."""
+    delta = event.get("delta")
+    if isinstance(delta, str):
+        return len(delta)
+    if isinstance(delta, dict):
+        return sum(
+            len(value)
+            for name in ("text", "thinking", "partial_json")
+            if isinstance(value := delta.get(name), str)
+        )
+    return 0
+
+
+def estimate_streamed_tokens(chars: int, deltas: int) -> int:
+    """The output tokens of a stream whose upstream reported none, from the `chars` of
+    generated text its `deltas` content deltas carried: 4 characters a token, as
+    `estimate_output_tokens` counts a whole reply, and never fewer than a token a delta."""
+    return max(deltas, math.ceil(chars / 4))
+
+
 def estimate_output_tokens(reply: dict[str, Any]) -> int:
     """A rough size of what a model generated in a whole (not streamed) `reply` of any
     API (4 characters a token): the text, thinking, refusals and tool call arguments of
