@@ -54,6 +54,8 @@ class ConsoleDouble(AuthDouble):
     recorded: list[httpx.Request] = field(default_factory=list)
     # Seconds auth asks a throttled sign-in to wait; None: sign-ins are not throttled.
     sign_in_throttled_s: int | None = None
+    # Claims every access token carries besides the usual ones (`allowed_models`...).
+    token_claims: dict[str, Any] = field(default_factory=dict)
 
     # -- helpers for tests -------------------------------------------------------------
 
@@ -68,6 +70,7 @@ class ConsoleDouble(AuthDouble):
             # As auth signs users in: an admin's token also holds history:write and admin.
             "scopes": list(token_scopes(account.role)),
             "exp": int(time.time()) + self.access_ttl_s,
+            **self.token_claims,
             **overrides,
         }
         return self.token(**claims)

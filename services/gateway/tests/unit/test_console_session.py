@@ -2,7 +2,8 @@
 tokens and the email cannot be read out of it by any decoding, an altered or older-format
 cookie is no session (and is dropped), every replica with the same secret reads it, and
 a sign-in the console lets go of (sign-out, or the session's lifetime over) is ended at
-auth, so its refresh token mints nothing afterwards."""
+auth, so its refresh token mints nothing afterwards. A session too large for one cookie
+is split over several and read back whole."""
 
 from __future__ import annotations
 
@@ -15,10 +16,18 @@ import zlib
 
 import pytest
 from itsdangerous import URLSafeTimedSerializer
+from starlette.responses import Response
 
 from switchyard.gateway.config import Settings
-from switchyard.gateway.console.session import COOKIE_NAME, Session, SessionCookies
+from switchyard.gateway.console.session import (
+    COOKIE_NAME,
+    Session,
+    SessionCookies,
+    chunk_name,
+    cookie_value,
+)
 
+from .console_double import ConsoleDouble
 from .test_console import console, csrf_of, sign_in
 
 
@@ -269,3 +278,52 @@ async def test_after_sign_out_the_sessions_refresh_token_mints_nothing():
         refused = await gw.client.get("/ui/keys")
         assert refused.status_code == 303 and _dropped(refused)
         assert len(gw.auth.calls_to("/v1/auth/refresh")) == 1
+
+
+async def test_a_session_too_large_for_one_cookie_is_split_and_read_back_whole():
+    """An access token naming a team's many allowed models makes a session larger than
+    the 4,096 bytes a browser keeps in one cookie (which it would drop without a word,
+    sending the user back to sign in): it is set in parts, each within that, read back
+    whole on the next page, and every part is dropped at sign-out."""
+    models = [f"bedrock-anthropic-claude-model-{n:03d}-v2" for n in range(101)]
+    async with console(ConsoleDouble(token_claims={"allowed_models": models})) as gw:
+        signed_in = await sign_in(gw)
+        parts = [
+            value
+            for value in signed_in.headers.get_list("set-cookie")
+            if value.startswith(COOKIE_NAME)
+        ]
+        assert len(parts) > 1 and all(len(value) < 4096 for value in parts)
+
+        page = await gw.client.get("/ui/keys")
+
+        assert page.status_code == 200, page.headers
+        jar = {c.name: c.value for c in gw.client.cookies.jar if c.path == "/ui"}
+        session = _cookies(gw).decode(cookie_value(jar))
+        assert session is not None and session.email == "alice@acme.test"
+
+        page = await gw.client.get("/ui/keys")
+        signed_out = await gw.client.post("/ui/logout", data={"csrftoken": csrf_of(page.text)})
+        dropped = [
+            value.split("=", 1)[0]
+            for value in signed_out.headers.get_list("set-cookie")
+            if "max-age=0" in value.lower()
+        ]
+        assert set(dropped) >= {chunk_name(i) for i in range(len(parts))}
+
+
+def test_a_split_session_missing_a_part_or_miscounted_is_no_session():
+    cookies = SessionCookies(b"k" * 32, ttl_s=60, secure=False)
+    session = Session("a" * 9000, "refresh", "a@b.test", time.time(), "csrf")
+    carrier = Response()
+    cookies.set(carrier, session)
+    jar = dict(
+        header.split(";", 1)[0].split("=", 1) for header in carrier.headers.getlist("set-cookie")
+    )
+    assert len(jar) >= 3 and jar[COOKIE_NAME].startswith(f"{len(jar)}*")
+    assert cookies.decode(cookie_value(jar)) == session
+
+    assert cookie_value({k: v for k, v in jar.items() if k != chunk_name(1)}) is None
+    for count in ("2", "9", "x", ""):
+        miscounted = {**jar, COOKIE_NAME: count + jar[COOKIE_NAME][1:]}
+        assert cookies.decode(cookie_value(miscounted)) is None

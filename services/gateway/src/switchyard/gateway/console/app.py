@@ -47,6 +47,7 @@ from switchyard.gateway.console.session import (
     CSRF_COOKIE,
     CSRF_NAMESPACE,
     SessionCookies,
+    cookie_value,
 )
 
 HERE = Path(__file__).parent
@@ -103,7 +104,7 @@ def _csrf_token_of(headers: list[tuple[bytes, bytes]], cookies: SessionCookies) 
     sent = "; ".join(value.decode("latin-1") for name, value in headers if name == b"cookie")
     if not sent:
         return None
-    session = cookies.decode(cookie_parser(sent).get(COOKIE_NAME))
+    session = cookies.decode(cookie_value(cookie_parser(sent)))
     if session is not None:
         return session.csrf_token
     for pair in sent.split(";"):
@@ -294,7 +295,7 @@ def create_console(gateway: Gateway) -> ASGIApp:
         if request.cookies.get(COOKIE_NAME) is not None:
             # An altered, ended or older-format cookie, or one of a sign-in auth ended:
             # the browser stops sending it.
-            cookies.clear(response)
+            cookies.clear(response, request.cookies)
         return response
 
     @app.exception_handler(BackendError)

@@ -21,7 +21,7 @@ from switchyard.gateway.api.admin import budget_spend
 from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, Principal
 from switchyard.gateway.console import conversation, views
 from switchyard.gateway.console.backend import BackendError, ConsoleBackend, TokenPair
-from switchyard.gateway.console.session import COOKIE_NAME, Session, SessionCookies
+from switchyard.gateway.console.session import Session, SessionCookies, cookie_value
 
 router = APIRouter()
 
@@ -95,7 +95,7 @@ async def current_viewer(request: Request) -> Viewer:
     """The user of the session cookie, refreshing an expired access token; NotSignedIn
     when there is no session or it has ended (signed out, revoked, user disabled)."""
     console = state(request)
-    value = request.cookies.get(COOKIE_NAME)
+    value = cookie_value(request.cookies)
     session = console.cookies.decode(value)
     if session is None:
         ended = console.cookies.ended(value)
@@ -267,7 +267,7 @@ async def login(
 async def logout(request: Request) -> Response:
     """End the sign-in at auth and drop the cookie."""
     console = state(request)
-    value = request.cookies.get(COOKIE_NAME)
+    value = cookie_value(request.cookies)
     session = console.cookies.decode(value)
     if session is not None:
         await _end_at_auth(console, session, live=True)
@@ -276,7 +276,7 @@ async def logout(request: Request) -> Response:
         if ended is not None:
             await _end_at_auth(console, ended)
     response = redirect(request, "/login")
-    console.cookies.clear(response)
+    console.cookies.clear(response, request.cookies)
     console.cookies.drop_csrf_token(response)
     return response
 

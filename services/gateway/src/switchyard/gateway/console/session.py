@@ -12,6 +12,12 @@ cookie of an earlier format (itsdangerous' signed, readable value), is no sessio
 Who the user is, is decided by the access token inside it, verified like any API caller's
 (RS256 against auth's JWKS, revocations included).
 
+A session too large for one cookie (an access token naming many allowed models) is
+split over several: browsers keep no cookie over 4,096 bytes, and would silently drop
+it, sending the user back to the sign-in page. The first cookie says how many there are
+(`<count>*<first part>`, `*` being no character of a Fernet token); a session that fits
+in one is one cookie, as it always was (`cookie_value` reassembles either).
+
 The session also carries the CSRF token issued at sign-in. While a session lasts, the
 console's CSRF layer (asgi-csrf, a signed double-submit token) is shown that token in place
 of whatever CSRF cookie the browser sent, so the token is bound to the session: a CSRF
@@ -24,6 +30,7 @@ import base64
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -41,8 +48,37 @@ CSRF_NAMESPACE = "switchyard.console.csrf"
 # HKDF's label for the session cookie's key: a key of its own, whatever else the console
 # secret keys (the CSRF tokens).
 _KEY_INFO = b"switchyard.console.session.fernet"
-# Browsers keep no cookie over 4096 bytes: a value twice that long is refused undecrypted.
-_MAX_VALUE = 8192
+# Browsers keep no cookie over 4096 bytes (RFC 6265 6.1: at least that, name and
+# attributes included): a session is cut into parts of at most `CHUNK_CHARS` characters,
+# at most `MAX_CHUNKS` of them (about 30 KB, within the 32 KiB of a request's head).
+CHUNK_CHARS = 3800
+MAX_CHUNKS = 8
+_MAX_VALUE = CHUNK_CHARS * MAX_CHUNKS
+_COUNT_SEPARATOR = "*"
+
+
+def chunk_name(index: int) -> str:
+    """The name of the session cookie holding part `index` (0: the first)."""
+    return COOKIE_NAME if index == 0 else f"{COOKIE_NAME}.{index}"
+
+
+def cookie_value(cookies: Mapping[str, str]) -> str | None:
+    """The session cookie's value as `SessionCookies.encode` made it, from the cookies a
+    request sent (name to value): one cookie's value, or the parts the first one counts
+    joined; None when there is none, or a part is missing or the count is not one."""
+    first = cookies.get(COOKIE_NAME)
+    if first is None or _COUNT_SEPARATOR not in first:
+        return first
+    count, _, head = first.partition(_COUNT_SEPARATOR)
+    if not count.isdigit() or not 2 <= int(count) <= MAX_CHUNKS:
+        return None
+    parts = [head]
+    for index in range(1, int(count)):
+        part = cookies.get(chunk_name(index))
+        if part is None:
+            return None
+        parts.append(part)
+    return "".join(parts)
 
 
 @dataclass(frozen=True)
@@ -137,18 +173,26 @@ class SessionCookies:
         return Session(*fields)
 
     def set(self, response: Response, session: Session) -> None:
-        """Set the session cookie on `response`: HttpOnly, SameSite=Lax, expiring when the
-        session ends (at least one second)."""
+        """Set the session cookie on `response`, in as many parts as it needs (module
+        docstring): HttpOnly, SameSite=Lax, expiring when the session ends (at least one
+        second). Raises ValueError for a session beyond `MAX_CHUNKS` parts."""
         remaining = max(1, int(session.started_at + self.ttl_s - time.time()))
-        response.set_cookie(
-            COOKIE_NAME,
-            self.encode(session),
-            max_age=remaining,
-            path=COOKIE_PATH,
-            httponly=True,
-            samesite="lax",
-            secure=self.secure,
-        )
+        value = self.encode(session)
+        parts = [value[i : i + CHUNK_CHARS] for i in range(0, len(value), CHUNK_CHARS)]
+        if len(parts) > MAX_CHUNKS:
+            raise ValueError(f"a console session of {len(value)} characters is too large")
+        if len(parts) > 1:
+            parts[0] = f"{len(parts)}{_COUNT_SEPARATOR}{parts[0]}"
+        for index, part in enumerate(parts):
+            response.set_cookie(
+                chunk_name(index),
+                part,
+                max_age=remaining,
+                path=COOKIE_PATH,
+                httponly=True,
+                samesite="lax",
+                secure=self.secure,
+            )
 
     def set_csrf_token(self, response: Response, session: Session) -> None:
         """Set the CSRF cookie on `response` to the session's token, as asgi-csrf would set
@@ -164,8 +208,12 @@ class SessionCookies:
         kept as the next visitor's)."""
         response.delete_cookie(CSRF_COOKIE, path=COOKIE_PATH, samesite="lax", secure=self.secure)
 
-    def clear(self, response: Response) -> None:
-        """Delete the session cookie on `response` (sign-out)."""
-        response.delete_cookie(
-            COOKIE_NAME, path=COOKIE_PATH, httponly=True, samesite="lax", secure=self.secure
-        )
+    def clear(self, response: Response, sent: Mapping[str, str] | None = None) -> None:
+        """Delete the session cookie on `response` (sign-out): its first part, and the
+        other parts among the cookies `sent` (every possible one when not given)."""
+        for index in range(MAX_CHUNKS):
+            name = chunk_name(index)
+            if index == 0 or sent is None or name in sent:
+                response.delete_cookie(
+                    name, path=COOKIE_PATH, httponly=True, samesite="lax", secure=self.secure
+                )
