@@ -110,6 +110,29 @@ async def test_a_key_with_its_own_models_answers_those_its_team_allows_in_its_or
     assert (await key_state(auth_app, key))["allowed_models"] == ["sim-medium", "sim-small"]
 
 
+async def test_a_key_of_no_model_its_team_allows_is_refused_naming_the_field(
+    auth_app, acme
+) -> None:
+    """A key could never call a model its team does not allow: one whose list holds none
+    the team allows would answer 404 to every request, so it is not made."""
+    await small_team(auth_app, acme, ["sim-small"])
+
+    refused = await auth_app.client.post(
+        "/v1/admin/api-keys",
+        json={"user_id": acme["member"].id, "name": "c3", "allowed_models": ["sim-large"]},
+        headers=acme["admin_headers"],
+    )
+
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["param"] == "allowed_models"
+    assert "sim-large" in error["message"] and "smallonly" in error["message"]
+    listed = await auth_app.client.get(
+        "/v1/admin/api-keys", params={"user_id": acme["member"].id}, headers=acme["admin_headers"]
+    )
+    assert "c3" not in [key["name"] for key in listed.json()["data"]]
+
+
 async def test_keys_and_tokens_of_a_user_without_a_team_are_unchanged(auth_app, acme) -> None:
     any_model = await admin_key(auth_app, acme)
     own = await admin_key(auth_app, acme, allowed_models=["sim-large"])

@@ -276,6 +276,27 @@ def effective_models(own: Sequence[str] | None, team: Team | None) -> list[str] 
     return [model for model in own if model in team_models]
 
 
+def _check_team_models(models: Sequence[str], teams: Sequence[Team | None]) -> None:
+    """Raise InvalidInput when none of `models` (a new key's list, not empty) is one that
+    `teams` (the key's and its user's) allow: the key's models are always bounded by both
+    (`effective_models`), so it could call nothing and would answer 404 to every request.
+    Some beyond a team's models are kept: the key gets those its teams allow, and the
+    others should a team's list grow."""
+    if not models:
+        return
+    callable_models: list[str] | None = list(models)
+    for team in teams:
+        callable_models = effective_models(callable_models, team)
+    if callable_models:
+        return
+    names = sorted({team.name for team in teams if team is not None})
+    raise InvalidInput(
+        f"None of the models {', '.join(models)} is among those team {', '.join(names)} may "
+        "use: the key could call no model.",
+        param="allowed_models",
+    )
+
+
 def _loaded_team(user: User) -> Team | None:
     """The team `user` was loaded with (every user this module's store loads comes with
     it). Raises RuntimeError for a user in a team loaded without it, rather than issue a
@@ -486,6 +507,11 @@ class AuthService:
             scope_list = _bounded_scopes(scopes, allowed, known_scopes.DEFAULT_API_KEY_SCOPES)
             models = _bounded_models(allowed_models, creator_models)
             team = _loaded_team(user)
+            if models is not None:
+                key_team = team
+                if team_id is not False and team_id != user.team_id:
+                    key_team = await session.get(Team, team_id) if team_id else None
+                _check_team_models(models, (team, key_team))
             if (
                 allowed_models is None
                 and creator_models is not None
