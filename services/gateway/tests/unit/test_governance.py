@@ -121,6 +121,32 @@ async def test_three_replicas_admit_exactly_the_rpm_limit_of_simultaneous_reques
     assert "anthropic-ratelimit-requests-reset" in error.rate_headers("anthropic")
 
 
+@pytest.mark.parametrize(
+    ("limits", "body", "said"),
+    [
+        ({"max_parallel_requests": 1}, BODY, "1 request in progress at once"),
+        ({"rpm_limit": 1}, BODY, "1 request per minute"),
+        (
+            {"tpm_limit": 1_000_000_000},
+            {**BODY, "max_tokens": 2_000_000_000},
+            "whole limit of 1,000,000,000 tokens per minute",
+        ),
+    ],
+    ids=["parallel", "rpm", "tpm"],
+)
+async def test_a_refusal_states_the_limit_as_people_read_it(limits, body, said) -> None:
+    """"1 request", never "1 requests"; a billion as digits, never "1e+09"."""
+    [admission] = replicas(MemoryLedger(), policy(**limits), count=1)
+    if "tpm_limit" not in limits:  # the one request the limit allows, in progress
+        (await admission.admit(Caller(), "m", body)).attach("first")
+
+    with pytest.raises(Refused) as refused:
+        await admission.admit(Caller(), "m", body)
+
+    assert said in refused.value.message, refused.value.message
+    assert "e+" not in refused.value.message
+
+
 async def test_a_budget_used_up_by_settled_requests_is_not_said_to_be_held() -> None:
     """The ledger learns what this replica's requests spent only when it flushes: a
     refusal in between must count it, not tell the client that requests in progress hold

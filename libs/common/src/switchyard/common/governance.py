@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from switchyard.common.text import quantity
+
 # The levels, from the narrowest to the widest; a request is checked at each it has.
 LEVELS = ("api_key", "user", "team", "tenant")
 Level = Literal["api_key", "user", "team", "tenant"]
@@ -145,7 +147,9 @@ def check_limit_values(values: dict[str, Any]) -> Limits:
             "max_parallel_requests": MAX_PARALLEL,
         }[name]
         if value > ceiling:
-            raise LimitError(f"'{name}' is absurdly large ({value}); at most {ceiling:g}.", name)
+            raise LimitError(
+                f"'{name}' is absurdly large ({value}); at most {quantity(ceiling)}.", name
+            )
     period = normalise_period(values.get("budget_period"))
     if period is not None and period not in BUDGET_PERIODS:
         raise LimitError(
@@ -175,9 +179,11 @@ def check_within(child: Limits, parent: Limits, child_level: str, parent_level: 
         if name == "max_budget_usd" and child.budget_period != parent.budget_period:
             continue
         if mine > theirs:
+            lower = LEVEL_NAMES.get(child_level, child_level)
+            upper = LEVEL_NAMES.get(parent_level, parent_level)
             raise LimitError(
-                f"'{name}' of the {LEVEL_NAMES.get(child_level, child_level)} ({mine:g}) "
-                f"exceeds its {LEVEL_NAMES.get(parent_level, parent_level)}'s ({theirs:g}).",
+                f"'{name}' of the {lower} ({quantity(mine)}) exceeds its {upper}'s "
+                f"({quantity(theirs)}).",
                 name,
             )
 

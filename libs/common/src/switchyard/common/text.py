@@ -1,5 +1,6 @@
-"""Text for a terminal: what users wrote (emails, key names, model names) made safe to
-print, numbers as operators wrote them, and listings in aligned columns."""
+"""Text for a terminal or a message: what users wrote (emails, key names, model names)
+made safe to print, numbers as operators wrote them or as people read them, and listings
+in aligned columns."""
 
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ def fixed_point(value: float) -> str:
 
     text = format(Decimal(repr(float(value))), "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def quantity(value: float) -> str:
+    """`value` as people read a count or a limit in a message: `fixed_point`'s digits with
+    the whole part grouped by thousands, never an exponent (`1e9` is `1,000,000,000`,
+    `2.5` stays `2.5`)."""
+    whole, dot, fraction = fixed_point(value).partition(".")
+    return f"{int(whole):,}{dot}{fraction}"
 
 
 def columns(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -55,6 +55,7 @@ from switchyard.common.governance import (
     check_limit_values,
     check_within,
 )
+from switchyard.common.text import quantity
 
 
 class TeamNotFound(AuthError):
@@ -125,7 +126,7 @@ def _store(row: LimitColumns, limits: Limits, now: datetime) -> None:
 
 def _removal(name: str, old: float) -> NotPermitted:
     return NotPermitted(
-        f"Only an admin of the tenant can remove '{name}' from a key (now {old:g}); "
+        f"Only an admin of the tenant can remove '{name}' from a key (now {quantity(old)}); "
         "you may lower it.",
         param=name,
     )
@@ -151,8 +152,8 @@ def _not_loosened(before: Limits, after: Limits) -> None:
             raise _removal(name, old)
         if new > old:
             raise NotPermitted(
-                f"Only an admin of the tenant can raise '{name}' of a key (now {old:g}, "
-                f"asked {new:g}); you may lower it.",
+                f"Only an admin of the tenant can raise '{name}' of a key (now {quantity(old)}, "
+                f"asked {quantity(new)}); you may lower it.",
                 param=name,
             )
     if before.max_budget_usd is not None and after.budget_period != before.budget_period:

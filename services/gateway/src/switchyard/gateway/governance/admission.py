@@ -53,6 +53,7 @@ from switchyard.common.governance import LEVEL_NAMES, BudgetClock, FailureMode, 
 from switchyard.common.pricing import PriceTable
 from switchyard.common.routing import Deployment
 from switchyard.common.tasks import cancel_and_wait
+from switchyard.common.text import quantity
 from switchyard.gateway.governance.estimate import Estimate, estimate, estimate_without_blocking
 from switchyard.gateway.governance.ledger import (
     WHOLE_KINDS,
@@ -237,7 +238,7 @@ class Refused(APIError):
                     f"max_output_tokens), or raise the budget; {when}."
                 )
             else:
-                message = f"Budget of ${limit:g} for the {who} is used up; {when}."
+                message = f"Budget of {_usd(limit)} for the {who} is used up; {when}."
             error_type, code = "insufficient_quota", "insufficient_quota"
             # Retrying helps only once the period resets: no Retry-After for a lifetime
             # budget (an empty value tells the error writer to send none).
@@ -248,10 +249,11 @@ class Refused(APIError):
                 # the same way, and they skip retrying on this header.
                 all_headers["x-should-retry"] = "false"
         else:
+            count, s = quantity(limit), "" if limit == 1 else "s"
             what = {
-                "requests": f"{limit:g} requests per minute",
-                "tokens": f"{limit:g} tokens per minute",
-                "parallel": f"{limit:g} requests in progress at once",
+                "requests": f"{count} request{s} per minute",
+                "tokens": f"{count} token{s} per minute",
+                "parallel": f"{count} request{s} in progress at once",
             }[kind]
             if reset_at is not None:
                 when = f"retry after {_iso(reset_at)}"
@@ -272,15 +274,15 @@ class Refused(APIError):
                     message = f"The {who} may make no requests: its limit is {what}."
                 elif output:
                     message = (
-                        f"Request too large: it may use up to {needed:g} tokens (its prompt, "
-                        f"and its output at most as long as max_tokens allows), more than the "
-                        f"whole limit of {what} for the {who}; set a lower max_tokens (or "
+                        f"Request too large: it may use up to {quantity(needed)} tokens (its "
+                        "prompt, and its output at most as long as max_tokens allows), more than "
+                        f"the whole limit of {what} for the {who}; set a lower max_tokens (or "
                         "max_output_tokens), or raise the limit."
                     )
                 else:
                     message = (
-                        f"Request too large: its input is about {needed:g} tokens, more than "
-                        f"the whole limit of {what} for the {who}; send less input, or raise "
+                        f"Request too large: its input is about {quantity(needed)} tokens, more "
+                        f"than the whole limit of {what} for the {who}; send less input, or raise "
                         "the limit."
                     )
                 all_headers["Retry-After"] = ""
