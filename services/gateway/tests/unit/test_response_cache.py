@@ -1102,3 +1102,20 @@ def test_a_streamed_miss_keeps_its_events_as_bytes_the_collector_never_walks():
 
     assert ticket.events is not None and not any(gc.is_tracked(raw) for raw in ticket.events)
     assert ticket.stream_events() == [event.model_dump() for event in [*events, huge]]
+
+
+def test_an_item_a_hit_renamed_goes_back_to_its_upstream_under_its_first_id():
+    """An upstream's item reused by a hit is renamed for the new response; chained later
+    (`previous_response_id`, `item_reference`), it goes back to the upstream under the id
+    the upstream gave it, which the upstream knows (and pairs reasoning by); an item whose
+    first id Switchyard made goes back without one."""
+    from switchyard.common.responses import upstream_item
+    from switchyard.gateway.cache import _new_item_id
+
+    request_id = "0123456789abcdef0123456789abcdef"
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    upstreams = {**call, "id": _new_item_id("fc_" + "0b" * 25, request_id)}
+    translated = {**call, "id": _new_item_id("fc_" + "e" * 32, request_id)}
+
+    assert upstream_item(upstreams)["id"] == "fc_" + "0b" * 25
+    assert "id" not in upstream_item(translated)

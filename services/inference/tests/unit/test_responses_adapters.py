@@ -18,7 +18,12 @@ from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 
 from switchyard.common.events import ChatCompleted, ChatFailed, ClientAPI, TokenUsage, new_id
-from switchyard.common.responses import input_items, response_id, switchyard_item_id
+from switchyard.common.responses import (
+    input_items,
+    response_id,
+    switchyard_item_id,
+    upstream_item_id,
+)
 from switchyard.common.routing import Deployment, ModelRoute, RoutingTable
 from switchyard.common.topics import Topics
 from switchyard.inference import translate_responses
@@ -1300,6 +1305,12 @@ def test_the_ids_switchyard_gives_items_are_told_from_an_upstreams():
     assert all(map(switchyard_item_id, made)), made
     upstreams = ["fc_" + "0b" * 25, "msg_" + "0c" * 25, "fc_abc", "msg_1", "call_1", None, 7]
     assert not any(map(switchyard_item_id, upstreams))
+    # What is sent for each: nothing for Switchyard's, the upstream's as it gave it, and
+    # for an item a cached answer reused under `<id>_<request id>`, the id it first had.
+    assert [upstream_item_id(item_id) for item_id in made] == [None] * len(made)
+    assert upstream_item_id("fc_" + "0b" * 25) == "fc_" + "0b" * 25
+    reused = [f"{item_id}_{new_id()}" for item_id in ("fc_" + "0b" * 25, made[0], made[-1])]
+    assert [upstream_item_id(item_id) for item_id in reused] == ["fc_" + "0b" * 25, None, None]
 
 
 async def test_openai_reasoning_sent_back_without_its_id_is_not_sent_to_anthropic(

@@ -153,23 +153,44 @@ def switchyard_item_id(value: Any) -> bool:
     return isinstance(value, str) and _SWITCHYARD_ITEM_ID.fullmatch(value) is not None
 
 
+# An item of a cached answer reused for another request is renamed `<its id>_<that
+# request's id>` (the gateway's response cache, `cache._new_item_id`).
+_REUSED_ITEM_ID = re.compile(r"(?P<original>.+)_[0-9a-f]{32}")
+
+
+def upstream_item_id(value: Any) -> str | None:
+    """The id an upstream may be sent for a stored item's id `value`: `value` itself when
+    an upstream or the client gave it; for an item a cached answer reused
+    (`<id>_<request id>`), the id it was first given, when that one is; None for an id
+    Switchyard made (`switchyard_item_id`), or none at all."""
+    if not isinstance(value, str) or not value or switchyard_item_id(value):
+        return None
+    reused = _REUSED_ITEM_ID.fullmatch(value)
+    if reused is None:
+        return value
+    original = reused["original"]
+    return None if switchyard_item_id(original) else original
+
+
 def upstream_item(item: dict[str, Any]) -> dict[str, Any]:
     """A stored Responses item (of a previous response, or named by an `item_reference`)
     as an upstream Responses API gets it: without an id Switchyard made
-    (`switchyard_item_id`: the upstream would look it up in its own store and not find
-    it), nor a message's `status`. An id the upstream gave stays: OpenAI pairs a
+    (`upstream_item_id`: the upstream would look it up in its own store and not find
+    it), nor a message's `status`. An id the upstream gave stays (the first one, for an
+    item a cached answer reused under another), first among its fields: OpenAI pairs a
     reasoning item with the item after it by their ids, and refuses the reasoning "without
     its required following item" when the function call or message after it comes back
     without its own. The items only an upstream makes (`upstream_named`: reasoning, its
     built-in tools' calls) are kept whole."""
     if upstream_named(item.get("type")):
         return item
-    return {
+    sent = {
         name: value
         for name, value in item.items()
-        if not (name == "id" and switchyard_item_id(value))
-        and not (name == "status" and item.get("type", "message") == "message")
+        if name != "id" and not (name == "status" and item.get("type", "message") == "message")
     }
+    item_id = upstream_item_id(item.get("id"))
+    return sent if item_id is None else {"id": item_id, **sent}
 
 
 # The Responses stream events carrying the whole `response` (OpenAI's Responses streaming
