@@ -192,3 +192,64 @@ async def test_a_whole_reply_with_usage_is_billed_what_the_upstream_reported(rec
     assert (told["input_tokens"], told["output_tokens"]) == (7, 4)
     billed = (await harness.usage_of(request.request_id)).data.usage
     assert (billed.input_tokens, billed.output_tokens) == (7, 4)
+
+
+def _open_item_events(api: ClientAPI, pieces: list[str]) -> list[dict[str, Any]]:
+    """The client events of a stream cut while its one item is still open: every piece a
+    content delta, no item or stream end."""
+    if api is ClientAPI.OPENAI_RESPONSES:
+        return [
+            {"type": "response.output_text.delta", "item_id": "m", "output_index": 0, "delta": p}
+            for p in pieces
+        ]
+    if api is ClientAPI.ANTHROPIC_MESSAGES:
+        start = {
+            "type": "message_start",
+            "message": {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "usage": {"input_tokens": 9, "output_tokens": 1},
+            },
+        }
+        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}
+        return [start, block] + [
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
+            for p in pieces
+        ]
+    return [
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}],
+        }
+        for p in pieces
+    ]
+
+
+@pytest.mark.parametrize(
+    "api",
+    [ClientAPI.OPENAI_RESPONSES, ClientAPI.ANTHROPIC_MESSAGES, ClientAPI.OPENAI_CHAT_COMPLETIONS],
+    ids=["responses", "messages", "chat"],
+)
+def test_a_stream_cut_while_its_item_is_open_is_billed_the_text_streamed(api) -> None:
+    """Cut (the client gone) after 30 deltas of 40 characters, before the item ended: the
+    output billed is the text's 300 tokens, whatever the accumulated reply holds yet (a
+    Responses item counts only once done) and whatever the upstream said so far (an
+    Anthropic `message_start` says 1)."""
+    from switchyard.inference.runs import RequestRun
+    from switchyard.inference.translate import CompletionAccumulator, MessageAccumulator
+    from switchyard.inference.translate_responses import ResponseAccumulator
+
+    run = RequestRun(chat_request("m", api=api, body=BODIES.get(api, {"model": "m"})))
+    run.accumulator = {
+        ClientAPI.OPENAI_RESPONSES: ResponseAccumulator,
+        ClientAPI.ANTHROPIC_MESSAGES: MessageAccumulator,
+        ClientAPI.OPENAI_CHAT_COMPLETIONS: CompletionAccumulator,
+    }[api]()
+    run.calling = True
+    for event in _open_item_events(api, ["x" * 40] * 30):
+        run.accumulator.add(event)
+
+    assert run.in_flight_usage().output_tokens == 300

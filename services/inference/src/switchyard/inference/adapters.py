@@ -140,9 +140,11 @@ class StreamTranslation(Protocol):
 class Accumulator(Protocol):
     """Assembles the events of one stream in the client's API (their JSON `data`) into
     the reply the same request would have got unstreamed. `deltas` counts the content
-    deltas added: the output-token estimate of a stream stopped before its usage."""
+    deltas added and `chars` the characters of generated text they carried: the
+    output-token estimate of a stream stopped before its usage (`estimate_streamed_tokens`)."""
 
     deltas: int
+    chars: int
 
     def add(self, data: dict[str, Any]) -> None:
         """Take the next stream event's `data` (in the client's API)."""
@@ -384,7 +386,7 @@ class _UsageEstimate:
         for event in events:
             if event.get("type") in delta_types:
                 self.deltas += 1
-                self.chars += delta_chars(event)
+                self.chars += delta_chars(event.get("delta"))
 
     def usage(self) -> TokenUsage:
         """The estimate, as given to the client (and kept for `usage()`)."""

@@ -12,7 +12,7 @@ from switchyard.common.events import ChatRequested, TokenUsage, new_id, utcnow
 from switchyard.common.routing import Deployment
 from switchyard.inference.adapters import Accumulator, StreamTranslation
 from switchyard.inference.publishing import ChunkPublisher
-from switchyard.inference.usage import add_usage, estimate_output_tokens, estimate_prompt_tokens
+from switchyard.inference.usage import add_usage, estimate_prompt_tokens, estimate_streamed_tokens
 
 
 def seconds_until(deadline: datetime) -> float:
@@ -75,11 +75,11 @@ class RequestRun:
         output_tokens = reported.output_tokens
         if self.accumulator is not None and self.accumulator.deltas:
             # A stream stopped before its usage (the client gone, the upstream failed):
-            # what the client got, by its text (`estimate_output_tokens`, 4 characters a
-            # token) and at least a token a delta. What the upstream reported so far may
-            # be a placeholder (Anthropic's `message_start` says 1 or a few tokens out).
-            streamed = estimate_output_tokens(self.accumulator.response())
-            output_tokens = max(output_tokens, self.accumulator.deltas, streamed)
+            # what the client got, by the text its deltas carried (4 characters a token,
+            # at least a token a delta). What the upstream reported so far may be a
+            # placeholder (Anthropic's `message_start` says 1 or a few tokens out).
+            streamed = estimate_streamed_tokens(self.accumulator.chars, self.accumulator.deltas)
+            output_tokens = max(output_tokens, streamed)
         return reported.model_copy(
             update={"input_tokens": input_tokens, "output_tokens": output_tokens}
         )

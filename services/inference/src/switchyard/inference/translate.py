@@ -53,6 +53,7 @@ from switchyard.common.output_schema import (
     open_object,
     strict_violation,
 )
+from switchyard.inference.usage import delta_chars
 
 # Anthropic requires max_tokens; OpenAI requests often leave it out.
 DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
@@ -3226,6 +3227,7 @@ class CompletionAccumulator:
         self.system_fingerprint: str | None = None
         self.usage: dict[str, Any] | None = None
         self.deltas = 0  # content and tool-argument pieces: a token estimate without usage
+        self.chars = 0  # the characters they carried (and reasoning text's)
         self._choices: dict[int, dict[str, Any]] = {}
 
     def add(self, chunk: dict[str, Any]) -> None:
@@ -3259,10 +3261,14 @@ class CompletionAccumulator:
                 state["role"] = delta["role"]
             if delta.get("content"):
                 state["content"].append(delta["content"])
-                self.deltas += 1
+                self._count(delta["content"])
             if delta.get("refusal"):
                 state["refusal"].append(delta["refusal"])
-                self.deltas += 1
+                self._count(delta["refusal"])
+            for name in ("reasoning_content", "reasoning"):
+                # Generated and billed as output, though not part of the reply.
+                if isinstance(delta.get(name), str) and delta[name]:
+                    self._count(delta[name])
             for call in delta.get("tool_calls") or ():
                 self._add_tool_call(state["tool_calls"], call)
             if choice.get("finish_reason"):
@@ -3282,7 +3288,12 @@ class CompletionAccumulator:
             state["name"].append(function["name"])
         if function.get("arguments"):
             state["arguments"].append(function["arguments"])
-            self.deltas += 1
+            self._count(function["arguments"])
+
+    def _count(self, piece: Any) -> None:
+        """Count one content delta and its characters (`str` pieces only)."""
+        self.deltas += 1
+        self.chars += len(piece) if isinstance(piece, str) else 0
 
     def response(self) -> dict[str, Any]:
         """The `chat.completion` streamed so far."""
@@ -3349,6 +3360,7 @@ class MessageAccumulator:
     def __init__(self) -> None:
         self.message: dict[str, Any] | None = None
         self.deltas = 0
+        self.chars = 0  # the characters of generated text the deltas carried
         self._blocks: dict[int, dict[str, Any]] = {}
         self._json: dict[int, list[str]] = {}
         # block index -> "text" | "thinking" | "signature" -> the pieces of that string
@@ -3395,6 +3407,7 @@ class MessageAccumulator:
         block = self._blocks.setdefault(index, {"type": "text", "text": ""})
         kind = delta.get("type")
         self.deltas += 1
+        self.chars += delta_chars(delta)
         # A member the upstream sent as null (`"citations": null` on a text block, as the
         # SDKs' own types allow) is as good as absent: never appended to as it is.
         if kind == "text_delta":

@@ -90,6 +90,7 @@ from switchyard.inference.translate import (
     unusable_tool_choice,
     whole_json,
 )
+from switchyard.inference.usage import delta_chars
 
 # Fields Switchyard serves itself: never sent upstream.
 SERVED_FIELDS = ("previous_response_id", "background", "store", "metadata")
@@ -2073,6 +2074,7 @@ class ResponseAccumulator:
 
     def __init__(self) -> None:
         self.deltas = 0
+        self.chars = 0  # the characters of generated text the deltas carried
         self.latest: dict[str, Any] | None = None
         self._items: dict[int, dict[str, Any]] = {}
 
@@ -2082,6 +2084,7 @@ class ResponseAccumulator:
         kind = data.get("type")
         if kind in self.DELTAS:
             self.deltas += 1
+            self.chars += delta_chars(data.get("delta"))
         elif kind in self.LIFECYCLE and isinstance(data.get("response"), dict):
             self.latest = data["response"]
         elif kind == "response.output_item.done" and isinstance(data.get("item"), dict):

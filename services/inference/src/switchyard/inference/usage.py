@@ -172,12 +172,11 @@ def _generated_chars(value: Any, key: str | None = None) -> int:
     return 0
 
 
-def delta_chars(event: dict[str, Any]) -> int:
-    """Characters of generated text in one client stream event that is a content delta:
-    a Responses `*.delta` event's string `delta`, or the `text`, `thinking` or
-    `partial_json` (a tool call's arguments) of a Messages `content_block_delta`; 0 for
-    anything else (a signature, a citation)."""
-    delta = event.get("delta")
+def delta_chars(delta: Any) -> int:
+    """Characters of generated text in the `delta` of one client stream event that is a
+    content delta: a Responses `*.delta` event's string, or the `text`, `thinking` or
+    `partial_json` (a tool call's arguments) of a Messages `content_block_delta`'s object;
+    0 for anything else (a signature, a citation)."""
     if isinstance(delta, str):
         return len(delta)
     if isinstance(delta, dict):
