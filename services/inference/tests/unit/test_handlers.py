@@ -274,6 +274,25 @@ async def test_a_non_streamed_reply_is_waited_for_beyond_the_read_timeout(
     assert asyncio.get_running_loop().time() - started < 3
 
 
+async def test_an_embedding_that_hangs_times_out_at_the_read_timeout(harness, simulator) -> None:
+    """An embedding generates no text: its reply is bounded by `timeout_s`, never waited
+    for the 600 s a generation may take, so a hung upstream is left at once."""
+    simulator.fault(hang=True)
+    started = asyncio.get_running_loop().time()
+
+    reply = await harness.handle(
+        chat_request(
+            model="patient-reply",
+            api=ClientAPI.OPENAI_EMBEDDINGS,
+            body={"model": "patient-reply", "input": "hi"},
+        )
+    )
+
+    assert isinstance(reply, ChatFailed), reply
+    assert (reply.data.error.status, reply.data.error.code) == (504, "upstream_timeout")
+    assert asyncio.get_running_loop().time() - started < 3
+
+
 async def test_hanging_upstream_past_the_request_deadline_expires(harness, simulator) -> None:
     simulator.fault(hang=True)
 

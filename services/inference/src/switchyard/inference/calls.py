@@ -52,6 +52,14 @@ BILLED_APIS = frozenset(
     }
 )
 
+# The APIs whose calls generate text: a non-streamed reply of theirs comes only once all
+# of it is generated, and is waited for up to `response_timeout_s`. Embeddings and token
+# counts generate nothing: `timeout_s` bounds them, so a hung upstream is left for the
+# next deployment.
+GENERATING_APIS = frozenset(
+    {ClientAPI.OPENAI_CHAT_COMPLETIONS, ClientAPI.ANTHROPIC_MESSAGES, ClientAPI.OPENAI_RESPONSES}
+)
+
 
 class UpstreamCalls:
     """Makes the upstream calls of request runs; `publisher_of(run)` gives the publisher
@@ -95,7 +103,8 @@ class UpstreamCalls:
         # A non-streamed reply comes whole once the upstream has generated all of it: its
         # wait is the generation's length, bounded by `response_timeout_s`; a stream's
         # reads by `timeout_s`, the longest silence between two events.
-        limit = deployment.timeout_s if data.stream else deployment.response_timeout_s
+        generated_whole = not data.stream and data.api in GENERATING_APIS
+        limit = deployment.response_timeout_s if generated_whole else deployment.timeout_s
         timeout_s = min(limit, max(0.001, seconds_until(data.deadline)))
         run.deployment = deployment
         run.upstream_calls += 1
