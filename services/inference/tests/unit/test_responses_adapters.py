@@ -1935,6 +1935,27 @@ def _anthropic_calls_stopped_by(stop_reason: str) -> list[tuple[str, dict[str, A
     ]
 
 
+async def test_a_whole_call_is_done_before_an_error_that_follows_it(harness, recorder):
+    """A tool call whose arguments are whole is closed when its block ends: a stream that
+    fails right after still gave the client the call's `response.output_item.done`."""
+    events = _anthropic_calls_stopped_by("tool_use")[:4]  # the first call, whole
+    error = {"type": "overloaded_error", "message": "Overloaded"}
+    recorder.script(Scripted(events=[*events, anthropic("error", error=error)]))
+    request = responses_request("claude", {"input": "Look it up"}, stream=True)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatFailed), reply
+    done = [
+        e.data["item"]
+        for e in harness.stream_of(request.request_id)
+        if e.event == "response.output_item.done"
+    ]
+    assert [(item["type"], item["status"], item["arguments"]) for item in done] == [
+        ("function_call", "completed", '{"q": "a"}')
+    ]
+
+
 @pytest.mark.parametrize(
     ("stop_reason", "statuses"),
     [("max_tokens", ["completed", "incomplete"]), ("tool_use", ["completed", "completed"])],

@@ -1698,10 +1698,15 @@ class ResponseEventWriter:
 
     # ---- closing
 
-    def is_call(self, key: Any) -> bool:
-        """Whether `key` is an open function call item."""
+    def is_unfinished_call(self, key: Any) -> bool:
+        """Whether `key` is an open function call item whose arguments so far are no
+        whole JSON (a limit may have cut them)."""
         state = self._items.get(key)
-        return state is not None and state.kind == "function_call"
+        return (
+            state is not None
+            and state.kind == "function_call"
+            and not whole_json("".join(state.text))
+        )
 
     def close(self, key: Any, *, cut_off: bool = False) -> list[dict[str, Any]]:
         """The events that finish output item `key` (nothing if it is not open); with
@@ -1957,9 +1962,11 @@ class MessageEventsToResponseEvents:
         # tool_use blocks no argument piece reached yet: a call without input streams as
         # `input: {}` and an empty `partial_json` (or none); its arguments are "{}".
         self._without_arguments: set[int] = set()
-        # The tool_use block that ended last, whose item is closed when the next block
-        # starts or the stream finishes: a `max_tokens` stop comes after the block's
-        # `content_block_stop`, and the call it cut off is then `incomplete`.
+        # The tool_use block that ended last with arguments that are no whole JSON, whose
+        # item is closed when the next block starts or the stream finishes: a
+        # `max_tokens` stop comes after the block's `content_block_stop`, and the call it
+        # cut off is then `incomplete`. A call whose arguments are whole is closed at
+        # once (a stream failing after it still has it whole).
         self._ended_call: Any = None
 
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
@@ -2034,7 +2041,7 @@ class MessageEventsToResponseEvents:
                 if key is not None:
                     events += writer.arguments(key, "{}")
             if key is not None and key[0] == "block":
-                if writer.is_call(key):
+                if writer.is_unfinished_call(key):
                     self._ended_call = key
                 else:
                     events += writer.close(key)
