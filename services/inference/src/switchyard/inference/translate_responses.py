@@ -1705,7 +1705,7 @@ class ResponseEventWriter:
         return (
             state is not None
             and state.kind == "function_call"
-            and not whole_json("".join(state.text))
+            and not whole_json(state.text)
         )
 
     def close(self, key: Any, *, cut_off: bool = False) -> list[dict[str, Any]]:
