@@ -327,3 +327,19 @@ def test_a_split_session_missing_a_part_or_miscounted_is_no_session():
     for count in ("2", "9", "x", ""):
         miscounted = {**jar, COOKIE_NAME: count + jar[COOKIE_NAME][1:]}
         assert cookies.decode(cookie_value(miscounted)) is None
+
+
+async def test_a_sign_in_too_large_for_every_cookie_is_told_so_not_a_failure():
+    """Beyond what the session's cookies hold, the sign-in page says why (a 400 naming the
+    team's models), never a 500 and never a sign-in page coming back without a word."""
+    models = [f"bedrock-anthropic-claude-model-{n:04d}-v2" for n in range(1200)]
+    async with console(ConsoleDouble(token_claims={"allowed_models": models})) as gw:
+        refused = await sign_in(gw)
+
+        assert refused.status_code == 400
+        assert "too large" in refused.text and "models" in refused.text
+        assert not [
+            value
+            for value in refused.headers.get_list("set-cookie")
+            if value.startswith(COOKIE_NAME)
+        ]

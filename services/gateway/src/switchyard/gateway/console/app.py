@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import structlog
 from asgi_cross_origin_protection import CrossOriginProtection
 from asgi_csrf import Errors, asgi_csrf
 from fastapi import Depends, FastAPI, Request
@@ -47,6 +48,7 @@ from switchyard.gateway.console.session import (
     CSRF_COOKIE,
     CSRF_NAMESPACE,
     SessionCookies,
+    SessionTooLarge,
     cookie_value,
 )
 
@@ -75,6 +77,8 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"same-origin"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
+
+log = structlog.get_logger("switchyard.gateway.console")
 
 
 class _EveryPath:
@@ -187,7 +191,12 @@ class ConsoleHeaders:
                 renewed = scope["state"].get("renewed_session")
                 if renewed is not None:
                     carrier = Response()
-                    self.cookies.set(carrier, renewed)
+                    try:
+                        self.cookies.set(carrier, renewed)
+                    except SessionTooLarge:
+                        # The page is answered; the old cookie stays, and its tokens are
+                        # renewed again on the next page.
+                        log.warning("renewed console session too large for its cookies")
                     headers += [h for h in carrier.raw_headers if h[0] == b"set-cookie"]
                 message = {**message, "headers": headers}
             await send(message)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 from urllib.parse import unquote, urlsplit
 
+import structlog
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.templating import Jinja2Templates
 from starlette.responses import RedirectResponse, Response
@@ -21,7 +22,12 @@ from switchyard.gateway.api.admin import budget_spend
 from switchyard.gateway.auth import AuthenticationError, AuthUnavailableError, Principal
 from switchyard.gateway.console import conversation, views
 from switchyard.gateway.console.backend import BackendError, ConsoleBackend, TokenPair
-from switchyard.gateway.console.session import Session, SessionCookies, cookie_value
+from switchyard.gateway.console.session import (
+    Session,
+    SessionCookies,
+    SessionTooLarge,
+    cookie_value,
+)
 
 router = APIRouter()
 
@@ -29,6 +35,8 @@ LOG_PAGE_SIZE = 25
 # A refreshed token pair is reused for this long by requests that present the same
 # refresh token at once (auth treats a refresh token used twice as stolen).
 _REFRESH_REUSE_S = 30.0
+
+log = structlog.get_logger("switchyard.gateway.console")
 
 
 class NotSignedIn(Exception):
@@ -258,7 +266,21 @@ async def login(
         cookies.new_csrf_token(),
     )
     response = RedirectResponse(target, status_code=303)
-    cookies.set(response, session)
+    try:
+        cookies.set(response, session)
+    except SessionTooLarge:
+        # Nothing the browser would keep: said here, not a sign-in page coming back.
+        log.warning("console sign-in too large for its session cookies")
+        return render(
+            request,
+            "login.html",
+            None,
+            400,
+            next=target,
+            email=email,
+            error="Your sign-in is too large for the console to keep (your team allows "
+            "very many models). Ask an admin to shorten the team's list, or use the API.",
+        )
     cookies.set_csrf_token(response, session)
     return response
 

@@ -50,9 +50,10 @@ CSRF_NAMESPACE = "switchyard.console.csrf"
 _KEY_INFO = b"switchyard.console.session.fernet"
 # Browsers keep no cookie over 4096 bytes (RFC 6265 6.1: at least that, name and
 # attributes included): a session is cut into parts of at most `CHUNK_CHARS` characters,
-# at most `MAX_CHUNKS` of them (about 30 KB, within the 32 KiB of a request's head).
+# at most `MAX_CHUNKS` of them (about 22 KB, leaving a third of the 32 KiB a request's
+# head may take to the browser's other headers and cookies).
 CHUNK_CHARS = 3800
-MAX_CHUNKS = 8
+MAX_CHUNKS = 6
 _MAX_VALUE = CHUNK_CHARS * MAX_CHUNKS
 _COUNT_SEPARATOR = "*"
 
@@ -99,6 +100,11 @@ def _fernet_key(key: bytes) -> bytes:
     console secret, which may be any string an operator set."""
     derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_KEY_INFO).derive(key)
     return base64.urlsafe_b64encode(derived)
+
+
+class SessionTooLarge(ValueError):
+    """A session larger than `MAX_CHUNKS` cookies hold (an access token naming thousands
+    of allowed models)."""
 
 
 class SessionCookies:
@@ -175,12 +181,12 @@ class SessionCookies:
     def set(self, response: Response, session: Session) -> None:
         """Set the session cookie on `response`, in as many parts as it needs (module
         docstring): HttpOnly, SameSite=Lax, expiring when the session ends (at least one
-        second). Raises ValueError for a session beyond `MAX_CHUNKS` parts."""
+        second). Raises SessionTooLarge, setting nothing, for one beyond `MAX_CHUNKS`."""
         remaining = max(1, int(session.started_at + self.ttl_s - time.time()))
         value = self.encode(session)
         parts = [value[i : i + CHUNK_CHARS] for i in range(0, len(value), CHUNK_CHARS)]
         if len(parts) > MAX_CHUNKS:
-            raise ValueError(f"a console session of {len(value)} characters is too large")
+            raise SessionTooLarge(f"a console session of {len(value)} characters is too large")
         if len(parts) > 1:
             parts[0] = f"{len(parts)}{_COUNT_SEPARATOR}{parts[0]}"
         for index, part in enumerate(parts):
