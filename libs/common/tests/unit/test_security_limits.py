@@ -252,6 +252,10 @@ async def test_bodies_over_the_limit_are_413_even_when_streamed_into_a_model_rou
             b'{"name": "x",}',
             "The request body is not valid JSON: trailing comma is not allowed at character 12.",
         ),
+        (
+            '{"name": "café"}'.encode("latin-1"),
+            "The request body is not valid JSON: it is not UTF-8 text, as JSON must be.",
+        ),
     ],
 )
 async def test_a_body_that_is_not_json_is_told_what_the_parser_refused_and_where(body, message):

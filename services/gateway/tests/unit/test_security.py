@@ -105,8 +105,9 @@ MODEL_ROUTES = [
         (b'{"model": "sim-small", "input": "\\ud800 x"}', "surrogate", 33),
         (b'{"model": "sim-small", "max_tokens": 5,}', "trailing comma", 38),
         (b'{"model": "sim-small", "stream": tru}', "true", 33),
+        ('{"model": "sim-small", "input": "café"}'.encode("latin-1"), "not UTF-8 text", None),
     ],
-    ids=["lone-surrogate", "trailing-comma", "bad-literal"],
+    ids=["lone-surrogate", "trailing-comma", "bad-literal", "latin-1"],
 )
 async def test_a_body_that_is_not_json_is_told_what_and_where(
     harness, history, path, body, reason, position
@@ -120,7 +121,9 @@ async def test_a_body_that_is_not_json_is_told_what_and_where(
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["message"].startswith("The request body is not valid JSON: "), error
-    assert reason in error["message"] and f"at character {position}." in error["message"]
+    assert reason in error["message"], error
+    if position is not None:
+        assert f"at character {position}." in error["message"]
     if path.startswith("/v1/messages"):
         assert response.json()["type"] == "error"
         assert error["type"] == "invalid_request_error"

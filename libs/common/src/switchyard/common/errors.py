@@ -163,6 +163,10 @@ def not_json_message(reason: str | None = None, position: int | None = None) -> 
     a stray comma in a long body."""
     if not reason:
         return "The request body is not valid JSON."
+    if "not valid UTF-8" in reason:
+        # orjson's "str is not valid UTF-8: surrogates not allowed" names no place in the
+        # body (its position is 0) and speaks of Python's str.
+        return "The request body is not valid JSON: it is not UTF-8 text, as JSON must be."
     where = f" at character {position}" if isinstance(position, int) else ""
     return f"The request body is not valid JSON: {reason}{where}."
 

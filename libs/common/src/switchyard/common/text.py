@@ -4,6 +4,7 @@ in aligned columns."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -31,8 +32,11 @@ def quantity(value: float) -> str:
     """`value` as people read a count or a limit in a message: `fixed_point`'s digits with
     the whole part grouped by thousands, never an exponent (`1e9` is `1,000,000,000`,
     `2.5` stays `2.5`)."""
-    whole, dot, fraction = fixed_point(value).partition(".")
-    return f"{int(whole):,}{dot}{fraction}"
+    if not math.isfinite(value):
+        return str(value)  # `inf`, `nan`: nothing to group
+    sign = "-" if value < 0 else ""
+    whole, dot, fraction = fixed_point(abs(value)).partition(".")
+    return f"{sign}{int(whole):,}{dot}{fraction}"
 
 
 def columns(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
