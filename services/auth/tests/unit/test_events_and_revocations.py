@@ -237,7 +237,7 @@ def key_file(tmp_path: Path, name: str, *, public: bool = False) -> Path:
 async def test_the_first_start_and_each_rotation_are_announced_once(
     auth_app, settings: Settings, tmp_path: Path
 ) -> None:
-    first = await auth_app.wait_for_event("auth.signing_key_rotated")
+    first = await auth_app.wait_for_event("auth.signing_key_rotated", timeout=5.0)
     assert isinstance(first, SigningKeyRotated)
     service = auth_app.service
     assert first.data.kid == service.tokens.signing_key.kid and first.data.previous_kid is None
@@ -253,7 +253,13 @@ async def test_the_first_start_and_each_rotation_are_announced_once(
     new_service.on_events_written = auth_app.app.state.outbox.notify
     assert await new_service.record_signing_key() is True
     assert await new_service.record_signing_key() is False
-    await asyncio.sleep(0.05)
+    # The outbox relays in the background: wait for the rotation's announcement, then
+    # give a second one (of the repeated call) time to arrive before counting.
+    new_kid = new_service.tokens.signing_key.kid
+    await auth_app.wait_for_event(
+        "auth.signing_key_rotated", timeout=5.0, match=lambda e: e.data.kid == new_kid
+    )
+    await asyncio.sleep(0.2)
     announcements = [e for e in auth_app.events if e.type == "auth.signing_key_rotated"]
     assert len(announcements) == 2
     latest = announcements[-1].data
