@@ -129,6 +129,15 @@ def ends_being_read(upstream: SDKUpstream) -> dict[asyncio.Task[None], Any]:
     return upstream.direct._drains if upstream.direct is not None else upstream._ends
 
 
+async def ended(upstream: SDKUpstream) -> None:
+    """Wait (up to 5 s) until every stream's end being read in the background was read:
+    its connection is then back in the pool, or closed."""
+    ends = list(ends_being_read(upstream))
+    if ends:
+        _, reading = await asyncio.wait(ends, timeout=5)
+        assert not reading, "a stream's end was still being read after 5 s"
+
+
 DONE = [b'data: {"choices": []}\n\n', b"data: [DONE]\n\n"]
 
 
@@ -143,7 +152,7 @@ async def test_a_streams_connection_is_reused_when_its_end_comes_after_done(
                 "ok",
                 [{"choices": [{"delta": {"content": "a"}}]}],
             )
-            await asyncio.sleep(0.05)  # the stream's end arrives meanwhile
+            await ended(upstream)  # the stream's end arrives after `[DONE]`
     assert len(server.heads) == 3
     assert server.connections == 1
 
@@ -168,7 +177,7 @@ async def test_events_after_done_are_read_to_the_bodys_end_and_never_passed_on(
     async with streaming(client_path, reply) as (server, upstream):
         for _ in range(2):
             assert await outcome(upstream, stream=True) == ("ok", [{"choices": []}])
-            await asyncio.sleep(0.05)
+            await ended(upstream)
     assert server.connections == 1
 
 
