@@ -7,12 +7,14 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select, update
 
 from switchyard.common.bus import BusUnavailableError
 from switchyard.common.events import TerminalStatus
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import ClaimRequest, IdempotencyStore
 from switchyard.history.jobs import expiry_event
+from switchyard.history.models import idempotency_table
 from switchyard.history.sweeper import expire_overdue, purge, purge_by_retention
 from switchyard.history.tenants import TenantSettingsStore
 
@@ -413,9 +415,22 @@ async def test_a_key_whose_request_failed_is_claimed_anew(recorder, events, engi
 async def test_a_key_whose_request_never_arrives_is_freed_by_its_lease(engine):
     store = IdempotencyStore(engine)
     first = await store.claim(claim("lost"))
+    handed_over = datetime.now(UTC)
     await store.await_outcome(
-        "acme", "lost", first.claim_token, request_id="never-published", lease_s=0.05
+        "acme", "lost", first.claim_token, request_id="never-published", lease_s=600
     )
     assert (await store.claim(claim("lost"))).outcome == "in_progress"
-    await asyncio.sleep(0.1)
+    # The lease is held `lease_s` from the hand-over (not the claim's 60 s); its end is
+    # moved into the past rather than waited for, so no database work races a short lease.
+    this_key = (idempotency_table.c.tenant == "acme", idempotency_table.c.key == "lost")
+    async with engine.begin() as connection:
+        query = select(idempotency_table.c.locked_until).where(*this_key)
+        assert (await connection.execute(query)).scalar_one() >= handed_over + timedelta(
+            seconds=600
+        )
+        await connection.execute(
+            update(idempotency_table)
+            .where(*this_key)
+            .values(locked_until=datetime.now(UTC) - timedelta(seconds=1))
+        )
     assert (await store.claim(claim("lost"))).outcome == "claimed"
