@@ -33,7 +33,9 @@ from switchyard.gateway.plugin import MIGRATIONS_DIR
 from .test_governance import BODY, PRICES, Caller, FixedPolicies, policy, usage_event
 
 # The store's timeout in these tests (production's is 0.5 s): a grant answers no sooner.
-TIMEOUT_S = 0.3
+# Long enough that what a test does while a grant hangs (admissions racing a probe) is
+# done before it gives up, even on a loaded machine.
+TIMEOUT_S = 1.0
 # Generous: every request should finish in about one timeout; before the fix the last of
 # N waited N timeouts.
 BOUND_S = 3 * TIMEOUT_S
@@ -167,8 +169,9 @@ async def test_requests_sharing_a_refill_that_fails_closed_are_refused_together(
     assert ledger.grants == 1
 
 
-# Short enough for a test to wait it out.
-BACKOFF_S = 0.2
+# Short enough for a test to wait it out, long enough that the admissions a test makes
+# during it are all made before it ends, even on a loaded machine.
+BACKOFF_S = 1.0
 
 
 async def start_probe(
