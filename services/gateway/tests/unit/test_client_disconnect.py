@@ -75,11 +75,23 @@ async def test_disconnect_publishes_a_cancellation(harness, stream):
         if stream:
             await hang_up_after_the_first_event(client)
         else:
-            request = client.post(
-                "/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {API_KEY}"}
+            request = asyncio.ensure_future(
+                client.post(
+                    "/v1/chat/completions",
+                    json=BODY,
+                    headers={"Authorization": f"Bearer {API_KEY}"},
+                )
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(request, timeout=0.5)
+            # Hang up once the request was published (inference has it): before that
+            # there is nothing to cancel.
+            await async_wait_until(
+                lambda: asyncio.sleep(0, harness.requests),
+                timeout=5,
+                message="the request to be published",
+            )
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
         await async_wait_until(
             lambda: asyncio.sleep(0, seen), timeout=5, message="a cancellation on the control topic"
         )
