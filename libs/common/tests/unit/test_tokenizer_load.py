@@ -29,14 +29,30 @@ def slow_vocabulary(monkeypatch) -> list[str]:
     return loads
 
 
-async def test_concurrent_callers_share_one_load_in_a_thread_while_the_loop_runs(slow_vocabulary):
+async def test_concurrent_callers_share_one_load_in_a_thread_while_the_loop_runs(
+    slow_vocabulary, monkeypatch
+):
     ticks = 0
+    ticked = threading.Event()  # set by the loop's 10th tick
+    waited: list[bool] = []
+
+    def load() -> object:
+        slow_vocabulary.append(threading.current_thread().name)
+        # The load ends only once the loop has ticked 10 times meanwhile: it does only if
+        # the load does not block it.
+        waited.append(ticked.wait(timeout=5))
+        tokenizer._encoding = "vocabulary"
+        return tokenizer._encoding
+
+    monkeypatch.setattr(tokenizer, "encoding", load)
 
     async def tick() -> None:
         nonlocal ticks
         while True:
             await asyncio.sleep(0.01)
             ticks += 1
+            if ticks == 10:
+                ticked.set()
 
     ticker = asyncio.create_task(tick())
     try:
@@ -45,8 +61,7 @@ async def test_concurrent_callers_share_one_load_in_a_thread_while_the_loop_runs
         ticker.cancel()
     assert loaded == ["vocabulary"] * 20
     assert len(slow_vocabulary) == 1 and slow_vocabulary[0] != threading.main_thread().name
-    # The loop went on while the thread loaded: about 30 ticks of 10 ms in 0.3 s.
-    assert ticks >= 10
+    assert waited == [True]  # the loop went on while the thread loaded
     assert tokenizer.loaded()
     assert await tokenizer.load() == "vocabulary" and len(slow_vocabulary) == 1
 
