@@ -24,6 +24,7 @@ from switchyard.common.events import (
     UsageRecorded,
     new_id,
 )
+from switchyard.common.testing.infra import async_wait_until as wait_for
 from switchyard.common.topics import Topics
 from switchyard.gateway import hit_events as hit_events_module
 from switchyard.gateway.cache import cache_key, is_deterministic, normalised_body
@@ -64,9 +65,7 @@ async def async_wait_until(check, timeout: float = 5.0) -> None:
     async def checked():
         return check()
 
-    from switchyard.common.testing.infra import async_wait_until as wait
-
-    await wait(checked, timeout=timeout, interval=0.02)
+    await wait_for(checked, timeout=timeout, interval=0.02)
 
 
 # -- keys ------------------------------------------------------------------------------
@@ -712,7 +711,15 @@ async def test_a_hit_counts_against_requests_per_minute_but_costs_nothing_agains
         ),
         key=miss.headers["x-request-id"],
     )
-    await async_wait_until(lambda: not gateway.admission._pending, timeout=5)
+
+    async def miss_counted() -> bool:
+        counters = await gateway.admission.ledger.counters()
+        return any(c.kind == "spend" and c.spent == 0.25 for c in counters)
+
+    # The usage topic is read in batches and settlements reach the ledger in the
+    # background: the hits go once the miss's cost is counted there.
+    await wait_for(miss_counted, timeout=10, interval=0.02, message="the miss's cost counted")
+    assert not gateway.admission._pending
 
     first_hit = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
     # One request in progress at most: a hit holds no slot once answered.
