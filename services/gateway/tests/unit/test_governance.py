@@ -541,6 +541,33 @@ async def test_parallel_requests_free_their_slot_when_their_usage_arrives() -> N
     assert await admissions[0].admit(Caller(), "m", BODY)
 
 
+class SlowSettlingLedger(MemoryLedger):
+    """A ledger whose settlements take 50 ms to be written (a database round trip)."""
+
+    async def settle(self, replica, changes) -> None:
+        await asyncio.sleep(0.05)
+        await super().settle(replica, changes)
+
+
+async def test_a_flush_returns_once_a_write_another_flush_began_is_done() -> None:
+    """`GET /v1/spend` flushes, then reads the ledger: while the background flush is still
+    writing a settlement it took, the reader's flush waits for that write, so the request
+    just answered is in what it reads."""
+    ledger = SlowSettlingLedger()
+    [admission] = replicas(ledger, policy(max_budget_usd=10.0), count=1)
+    ticket = await admission.admit(Caller(), "m", BODY)
+    ticket.attach("r1")
+    admission.on_usage(usage_event("r1", 0.25))
+
+    background = asyncio.ensure_future(admission.flush())
+    await asyncio.sleep(0)  # the background flush has taken the settlement
+    await admission.flush()
+
+    [spend] = [c for c in await ledger.counters() if c.kind == "spend"]
+    assert spend.spent == pytest.approx(0.25)
+    await background
+
+
 async def test_the_usage_a_reply_carries_settles_its_request_once() -> None:
     [admission] = replicas(MemoryLedger(), policy(max_parallel_requests=1), count=1)
     first = await admission.admit(Caller(), "m", BODY)

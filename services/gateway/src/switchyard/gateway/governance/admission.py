@@ -541,6 +541,8 @@ class Admission:
         self._expired: OrderedDict[str, Ticket] = OrderedDict()
         self._periods: dict[tuple[str | None, float | None], tuple[float, float | None]] = {}
         self._settlements: list[LeaseChange] = []
+        # Settlement writes under way (`flush`).
+        self._writes: set[asyncio.Future[None]] = set()
         self._wake = asyncio.Event()
         self._background: set[asyncio.Future[None]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -1181,16 +1183,25 @@ class Admission:
                     LeaseChange(scope, kind, allowance.window_start, 0.0, -allowance.unused)  # type: ignore[arg-type]
                 )
                 allowance.unused = 0.0
-        if not self._settlements and not overruns:
-            return
-        batch, self._settlements = overruns + self._settlements, []
-        try:
-            # Shielded: stopping the background task while a settlement is on its way must
-            # not lose it (the write goes on; trying it again could count it twice).
-            await asyncio.shield(self.ledger.settle(self.replica, batch))
-        except LedgerUnavailable:
-            self._settlements = batch + self._settlements
-            raise
+        # Writes another flush (the background one) took its batch for and has not
+        # finished: waited for too, so that a caller reading the ledger right after this
+        # (`GET /v1/spend`) sees every settlement made before it.
+        earlier = [write for write in self._writes if not write.done()]
+        if self._settlements or overruns:
+            batch, self._settlements = overruns + self._settlements, []
+            write = asyncio.ensure_future(self.ledger.settle(self.replica, batch))
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
+            try:
+                # Shielded: stopping the background task while a settlement is on its way
+                # must not lose it (the write goes on; trying it again could count it twice).
+                await asyncio.shield(write)
+            except LedgerUnavailable:
+                self._settlements = batch + self._settlements
+                raise
+        if earlier:
+            # Their failures are their own flush's to handle (it keeps the batch).
+            await asyncio.shield(asyncio.gather(*earlier, return_exceptions=True))
 
     async def release_idle(self, *, everything: bool = False) -> None:
         """Give back allowance this replica has not used for `lease_idle_s`, and forget
