@@ -223,16 +223,13 @@ async def login(
 ) -> Response:
     """Sign in through auth; on success the session cookie is set."""
     target = safe_next(request, next)
+
+    def sign_in_page(status: int, error: str) -> Response:
+        """The sign-in form again, as filled in, saying what went wrong."""
+        return render(request, "login.html", None, status, next=target, email=email, error=error)
+
     if not email.strip() or not password:
-        return render(
-            request,
-            "login.html",
-            None,
-            400,
-            next=target,
-            email=email,
-            error="Enter your email and password.",
-        )
+        return sign_in_page(400, "Enter your email and password.")
     address = request.client.host if request.client is not None else "unknown"
     try:
         pair = await backend_of(request).sign_in(email.strip(), password, address)
@@ -243,15 +240,7 @@ async def login(
             429: "Too many sign-in attempts; wait a minute and try again.",
         }
         status = exc.status if exc.status in messages else 503
-        page = render(
-            request,
-            "login.html",
-            None,
-            status,
-            next=target,
-            email=email,
-            error=messages.get(exc.status, exc.message),
-        )
+        page = sign_in_page(status, messages.get(exc.status, exc.message))
         if status == 429 and exc.retry_after:
             page.headers["Retry-After"] = exc.retry_after  # auth's: when to try again
         return page
@@ -271,15 +260,10 @@ async def login(
     except SessionTooLarge:
         # Nothing the browser would keep: said here, not a sign-in page coming back.
         log.warning("console sign-in too large for its session cookies")
-        return render(
-            request,
-            "login.html",
-            None,
+        return sign_in_page(
             400,
-            next=target,
-            email=email,
-            error="Your sign-in is too large for the console to keep (your team allows "
-            "very many models). Ask an admin to shorten the team's list, or use the API.",
+            "Your sign-in is too large for the console to keep (your team allows very many "
+            "models). Ask an admin to shorten the team's list, or use the API.",
         )
     cookies.set_csrf_token(response, session)
     return response
