@@ -568,6 +568,25 @@ async def test_a_flush_returns_once_a_write_another_flush_began_is_done() -> Non
     await background
 
 
+async def test_usage_of_another_tenant_naming_a_request_settles_nothing() -> None:
+    """A usage event naming an admitted request's id but of another tenant is no run of
+    that request: neither its pending ticket nor, once settled, its budgets take it."""
+    ledger = MemoryLedger()
+    [admission] = replicas(ledger, policy(max_budget_usd=10.0), count=1)
+    ticket = await admission.admit(Caller(), "m", BODY)
+    ticket.attach("r1")
+
+    admission.on_usage(usage_recorded("r1", 9.0, tenant="globex"))
+    assert admission.settles("r1")
+    admission.on_usage(usage_recorded("r1", 0.25))
+    assert not admission.settles("r1")
+    admission.on_usage(usage_recorded("r1", 9.0, tenant="globex"))  # a "later run"
+    await admission.flush()
+
+    [spend] = [c for c in await ledger.counters() if c.kind == "spend"]
+    assert spend.spent == pytest.approx(0.25)
+
+
 async def test_the_usage_a_reply_carries_settles_its_request_once() -> None:
     [admission] = replicas(MemoryLedger(), policy(max_parallel_requests=1), count=1)
     first = await admission.admit(Caller(), "m", BODY)

@@ -307,6 +307,20 @@ class Refused(APIError):
         return f"{word[self.kind]}:{self.level}"
 
 
+def _of_tenant(tenant: str | None, event: UsageRecorded) -> bool:
+    """Whether usage `event` is of a request of `tenant` (a ticket's; None: not known, as
+    for a ticket made before it was kept). Request ids are the gateways' own (an HMAC),
+    so another tenant's usage naming one is no run of that request: it settles nothing."""
+    if tenant is None or event.tenant == tenant:
+        return True
+    log.warning(
+        "usage of another tenant naming an admitted request ignored",
+        request_id=event.request_id,
+        tenant=event.tenant,
+    )
+    return False
+
+
 def _usd(amount: float, places: int = 6) -> str:
     """An amount of USD as people read it: `$0.01`, `$12.5`, `$0.000007` (never `4.5e-06`),
     to at most `places` decimals; more (up to 12) for an amount above zero that would read
@@ -420,6 +434,8 @@ class Ticket:
 
     admission: Admission | None = None
     team_id: str | None = None
+    # The caller's tenant: a usage event of another tenant never settles the ticket.
+    tenant: str | None = None
     reservations: list[Reservation] = field(default_factory=list)
     requests: RateSnapshot | None = None
     tokens: RateSnapshot | None = None
@@ -532,9 +548,9 @@ class Admission:
         # taken over after its replica stalled, and the stalled run finishing later, are
         # both billed (history adds them up), so both count against the budgets.
         self.settled_remembered = settled_remembered
-        self._settled: OrderedDict[str, tuple[tuple[str, ...], tuple[_Counted, ...]]] = (
-            OrderedDict()
-        )
+        self._settled: OrderedDict[
+            str, tuple[tuple[str, ...], tuple[_Counted, ...], str | None]
+        ] = OrderedDict()
         # Tickets whose usage had not come by their deadline plus a minute (their parallel
         # slot given back, their tokens and spend still reserved), by request id, the most
         # recent `settled_remembered`: a usage that comes later settles them as usual.
@@ -721,7 +737,7 @@ class Admission:
 
     def _take(self, needs: list[_Need], policy: Policy, now: float) -> Ticket:
         """Deduct every need from its allowance (no await: atomic within this replica)."""
-        ticket = Ticket(admission=self, team_id=policy.team_id)
+        ticket = Ticket(admission=self, team_id=policy.team_id, tenant=policy.tenant)
         touched = time.monotonic()
         for need in needs:
             if need.uncounted:
@@ -1005,6 +1021,9 @@ class Admission:
         added to the spend of the counters it settled (`_settle_late`); the same usage
         event again (read from the reply and from the usage topic, or republished) is
         not."""
+        pending = self._pending.get(event.request_id) or self._expired.get(event.request_id)
+        if pending is not None and not _of_tenant(pending.tenant, event):
+            return
         ticket = self._pending.pop(event.request_id, None)
         if ticket is None or ticket.settled:
             # A ticket that expired waiting still holds its tokens and spend: settled now.
@@ -1026,7 +1045,7 @@ class Admission:
         )
         if not counted:
             return
-        self._settled[ticket.request_id] = (usage_ids, counted)
+        self._settled[ticket.request_id] = (usage_ids, counted, ticket.tenant)
         self._settled.move_to_end(ticket.request_id)
         while len(self._settled) > self.settled_remembered:
             self._settled.popitem(last=False)
@@ -1038,10 +1057,10 @@ class Admission:
         remembered = self._settled.get(event.request_id)
         if remembered is None:
             return
-        usage_ids, counted = remembered
-        if event.id in usage_ids:
+        usage_ids, counted, tenant = remembered
+        if event.id in usage_ids or not _of_tenant(tenant, event):
             return
-        self._settled[event.request_id] = ((*usage_ids, event.id), counted)
+        self._settled[event.request_id] = ((*usage_ids, event.id), counted, tenant)
         used = _used(event)
         for scope, kind, window_start in counted:
             spent = used[kind]
