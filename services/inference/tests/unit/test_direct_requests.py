@@ -674,7 +674,7 @@ async def test_connecting_is_bounded_by_the_deployments_timeout_however_long_a_r
     sdk_timeout = through_sdk._options({}, 600.0)["timeout"]
     direct_timeout = DirectRequests.timeout(600.0, upstream._connect_s(600.0))
 
-    assert (sdk_timeout.connect, sdk_timeout.read) == (5, 600.0)
+    assert (sdk_timeout.connect, sdk_timeout.pool, sdk_timeout.read) == (5, 5, 600.0)
     assert (direct_timeout.sock_connect, direct_timeout.connect) == (5, 5)
     assert direct_timeout.sock_read == 600.0 and direct_timeout.total is None
     # A call allowed less than the deployment's timeout connects within it too.

@@ -1112,7 +1112,10 @@ class SDKUpstream:
         return min(self.deployment.timeout_s, timeout_s)
 
     def _options(self, headers: Mapping[str, str], timeout_s: float) -> dict[str, Any]:
-        timeout = httpx2.Timeout(timeout_s, connect=self._connect_s(timeout_s))
+        connect_s = self._connect_s(timeout_s)
+        # Waiting for a pooled connection is bounded as connecting is (aiohttp's `connect`
+        # covers both on direct requests).
+        timeout = httpx2.Timeout(timeout_s, connect=connect_s, pool=connect_s)
         options: dict[str, Any] = {"timeout": timeout, "follow_redirects": False}
         if headers:
             options["headers"] = dict(headers)
