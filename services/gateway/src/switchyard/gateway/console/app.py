@@ -194,8 +194,9 @@ class ConsoleHeaders:
                     try:
                         self.cookies.set(carrier, renewed)
                     except SessionTooLarge:
-                        # The page is answered; the old cookie stays, and its tokens are
-                        # renewed again on the next page.
+                        # The page is answered; the old cookie stays, but its refresh
+                        # token is spent (auth rotates them): the next renewal ends the
+                        # sign-in, and signing in again says why.
                         log.warning("renewed console session too large for its cookies")
                     headers += [h for h in carrier.raw_headers if h[0] == b"set-cookie"]
                 message = {**message, "headers": headers}
