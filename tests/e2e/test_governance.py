@@ -332,3 +332,67 @@ def test_bad_limits_are_400_naming_the_field_through_the_gateway(fleet):
         fleet, "PATCH", f"/v1/admin/api-keys/{member_key['key_id']}", {"rpm_limit": 6}
     )
     assert above.status_code == 400 and above.json()["error"]["param"] == "rpm_limit"
+
+
+def test_a_teams_models_bound_its_members_tokens_and_a_change_reaches_them_at_once(fleet):
+    # A list this long would make a token carrying it over the 8,192 characters every API
+    # accepts in a credential: tokens name no team's models, the gateways ask auth.
+    long_names = [f"provider-model-with-a-long-name-{n:08d}" for n in range(200)]
+    team = admin_call(
+        fleet,
+        "POST",
+        "/v1/admin/teams",
+        {"name": "models-team", "allowed_models": ["sim-small", *long_names]},
+    )
+    assert team.status_code == 201, team.text
+    team_id = team.json()["id"]
+    email, password = f"member-{uuid.uuid4().hex[:8]}@example.com", "member password 1"
+    user = admin_call(fleet, "POST", "/v1/admin/users", {"email": email, "password": password})
+    assert user.status_code == 201, user.text
+    moved = admin_call(fleet, "PATCH", f"/v1/admin/users/{user.json()['id']}", {"team_id": team_id})
+    assert moved.status_code == 200, moved.text
+    signed_in = httpx.post(
+        f"{fleet['urls'][0]}/v1/auth/token",
+        json={"grant_type": "password", "username": email, "password": password},
+        timeout=10,
+    )
+    assert signed_in.status_code == 200, signed_in.text
+    headers = {"Authorization": f"Bearer {signed_in.json()['access_token']}"}
+    assert len(signed_in.json()["access_token"]) < 2048
+
+    def status(url: str, model: str) -> int:
+        body = {**chat(), "model": model}
+        return httpx.post(
+            f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30
+        ).status_code
+
+    for url in fleet["urls"]:
+        assert status(url, "sim-small") == 200
+        assert status(url, "sim-large") == 404
+
+    widened = admin_call(
+        fleet, "PATCH", f"/v1/admin/teams/{team_id}", {"allowed_models": ["sim-small", "sim-large"]}
+    )
+    assert widened.status_code == 200, widened.text
+    changed_at = time.monotonic()
+
+    async def allowed_everywhere() -> list[float]:
+        async with httpx.AsyncClient(timeout=30) as client:
+
+            async def until_allowed(url: str) -> float:
+                while time.monotonic() - changed_at < 5:
+                    response = await client.post(
+                        f"{url}/v1/chat/completions",
+                        json={**chat(), "model": "sim-large"},
+                        headers=headers,
+                    )
+                    if response.status_code == 200:
+                        return time.monotonic() - changed_at
+                    await asyncio.sleep(0.05)
+                return float("inf")
+
+            return await asyncio.gather(*[until_allowed(url) for url in fleet["urls"]])
+
+    delays = asyncio.run(allowed_everywhere())
+    # The same token, not refreshed: the team's change reached it on every replica.
+    assert max(delays) <= 1.0, delays

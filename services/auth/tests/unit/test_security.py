@@ -159,7 +159,13 @@ async def test_the_gateway_can_ask_whether_a_user_still_exists(auth_app):
     unknown = await auth_app.client.get("/internal/v1/users/nobody", headers=internal)
     outsider = await auth_app.client.get(f"/internal/v1/users/{user.id}")
 
-    assert known.json() == {"user_id": user.id, "tenant": "default", "active": True}
+    assert known.json() == {
+        "user_id": user.id,
+        "tenant": "default",
+        "active": True,
+        "team_id": None,
+        "team_models": None,
+    }
     assert unknown.status_code == 404
     assert outsider.status_code == 401
 

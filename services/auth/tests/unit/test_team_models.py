@@ -1,5 +1,6 @@
 """A team's allowed models bound its members' keys and access tokens: what gateways are
-told a key may use (the internal lookups) and what the tokens auth signs carry."""
+told a key may use (the internal lookups) and a user's tokens may use (the user status),
+and what the tokens auth signs carry (only the models asked for, never the team's)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import jwt
 import pytest
 
 from switchyard.auth.keys import hash_api_key
+from switchyard.auth.service import InvalidInput
 
 from .test_admin_api import PASSWORD
 
@@ -83,6 +85,12 @@ async def lookup(auth_app, key: dict) -> dict:
     return response.json()
 
 
+async def user_status(auth_app, user_id: str) -> dict:
+    response = await auth_app.client.get(f"/internal/v1/users/{user_id}", headers=INTERNAL)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 async def key_state(auth_app, key: dict) -> dict:
     response = await auth_app.client.get(f"/internal/v1/api-keys/{key['key_id']}", headers=INTERNAL)
     assert response.status_code == 200, response.text
@@ -143,54 +151,74 @@ async def test_keys_and_tokens_of_a_user_without_a_team_are_unchanged(auth_app, 
     assert "allowed_models" not in claims_of(signed_in["access_token"])
 
 
-async def test_sign_in_and_refreshed_access_tokens_carry_the_teams_models(auth_app, acme) -> None:
-    await small_team(auth_app, acme)
+async def test_tokens_name_no_team_models_the_user_status_names_them(auth_app, acme) -> None:
+    team_id = await small_team(auth_app, acme)
     signed_in = await sign_in(auth_app, "carol@acme.test")
     refreshed = await auth_app.client.post(
         "/v1/auth/refresh", json={"refresh_token": signed_in["refresh_token"]}
     )
 
-    assert claims_of(signed_in["access_token"])["allowed_models"] == ["sim-small"]
+    assert "allowed_models" not in claims_of(signed_in["access_token"])
     assert refreshed.status_code == 200, refreshed.text
-    assert claims_of(refreshed.json()["access_token"])["allowed_models"] == ["sim-small"]
+    assert "allowed_models" not in claims_of(refreshed.json()["access_token"])
+    status = await user_status(auth_app, acme["member"].id)
+    assert (status["team_id"], status["team_models"]) == (team_id, ["sim-small"])
 
 
-async def test_an_operator_token_carries_the_teams_models_within_those_asked_for(
+async def test_a_team_of_many_long_model_names_leaves_its_members_tokens_short(
     auth_app, acme
 ) -> None:
+    # 200 names of 40 characters: a token carrying them would pass the 8,192 characters
+    # gateways accept in a credential.
+    models = [f"provider-model-with-a-long-name-{index:08d}" for index in range(200)]
+    await small_team(auth_app, acme, models)
+    signed_in = await sign_in(auth_app, "carol@acme.test")
+
+    assert len(signed_in["access_token"]) < 2048
+    assert (await user_status(auth_app, acme["member"].id))["team_models"] == models
+
+
+async def test_an_operator_token_carries_only_the_models_asked_for(auth_app, acme) -> None:
     await small_team(auth_app, acme)
     user = await auth_app.service.user_by_email("carol@acme.test")
 
     default = auth_app.service.issue_access_token(user)
     asked = auth_app.service.issue_access_token(user, allowed_models=["sim-large", "sim-small"])
 
-    assert claims_of(default.token)["allowed_models"] == ["sim-small"]
-    assert claims_of(asked.token)["allowed_models"] == ["sim-small"]
+    assert "allowed_models" not in claims_of(default.token)
+    # Gateways bound it by the team's list at each request: sim-small now, sim-large too
+    # should the team allow it.
+    assert claims_of(asked.token)["allowed_models"] == ["sim-large", "sim-small"]
 
 
-async def test_a_change_of_the_teams_models_reaches_the_next_lookup_and_refresh(
+async def test_an_operator_token_for_none_of_the_teams_models_is_refused(auth_app, acme) -> None:
+    await small_team(auth_app, acme)
+    user = await auth_app.service.user_by_email("carol@acme.test")
+
+    with pytest.raises(InvalidInput, match="the token could call no model") as refused:
+        auth_app.service.issue_access_token(user, allowed_models=["sim-large"])
+    assert refused.value.param == "allowed_models"
+
+
+async def test_a_change_of_the_teams_models_reaches_the_next_lookup_and_user_status(
     auth_app, acme
 ) -> None:
     team_id = await small_team(auth_app, acme)
     key = await admin_key(auth_app, acme)
-    signed_in = await sign_in(auth_app, "carol@acme.test")
+    member = acme["member"].id
     assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small"]
+    assert (await user_status(auth_app, member))["team_models"] == ["sim-small"]
 
     await widen_team(auth_app, acme, team_id)
     assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small", "sim-large"]
-    refreshed = await auth_app.client.post(
-        "/v1/auth/refresh", json={"refresh_token": signed_in["refresh_token"]}
-    )
-    assert claims_of(refreshed.json()["access_token"])["allowed_models"] == [
-        "sim-small",
-        "sim-large",
-    ]
+    assert (await user_status(auth_app, member))["team_models"] == ["sim-small", "sim-large"]
 
     opened = await auth_app.client.patch(
         f"/v1/admin/teams/{team_id}", json={"allowed_models": None}, headers=acme["admin_headers"]
     )
     assert opened.status_code == 200, opened.text
     assert (await lookup(auth_app, key))["allowed_models"] is None
+    assert (await user_status(auth_app, member))["team_models"] is None
 
 
 async def test_a_key_put_in_no_team_is_still_bounded_by_its_users_team(auth_app, acme) -> None:

@@ -86,6 +86,8 @@ class AuthDouble:
     calls: list[str] = field(default_factory=list)
     # Users auth no longer knows (GET /internal/v1/users/{id} answers 404).
     missing_users: set[str] = field(default_factory=set)
+    # User id -> (team id, the team's models: None for any) in GET /internal/v1/users/{id}.
+    user_teams: dict[str, tuple[str, Any]] = field(default_factory=dict)
     # Auth unreachable: every call fails to connect.
     down: bool = False
     # Every call answered with this status instead (a 503 outage, a 401 misconfiguration).
@@ -159,7 +161,10 @@ class AuthDouble:
                 return httpx.Response(
                     404, json={"error": {"message": "No such user.", "code": "user_not_found"}}
                 )
-            return httpx.Response(200, json={"user_id": user_id, "tenant": "acme", "active": True})
+            status = {"user_id": user_id, "tenant": "acme", "active": True}
+            if user_id in self.user_teams:
+                status["team_id"], status["team_models"] = self.user_teams[user_id]
+            return httpx.Response(200, json=status)
         if path == "/internal/v1/revocations":
             self.snapshot_queries.append(dict(request.url.params))
             if self.snapshot_failures > 0:

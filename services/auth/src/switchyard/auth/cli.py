@@ -568,7 +568,11 @@ def create_token(
         typer.Option(help="Comma-separated; default: all the scopes of the user's role."),
     ] = None,
     allowed_models: Annotated[
-        str | None, typer.Option(help="Comma-separated models the token may call; default any.")
+        str | None,
+        typer.Option(
+            help="Comma-separated models the token may call, within those the user's team "
+            "allows at each request; default: the team's (any without a team or list)."
+        ),
     ] = None,
 ) -> None:
     """Print an access token for a user, as the password grant would issue."""

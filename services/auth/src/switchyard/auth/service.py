@@ -276,12 +276,22 @@ def effective_models(own: Sequence[str] | None, team: Team | None) -> list[str] 
     return [model for model in own if model in team_models]
 
 
-def _check_team_models(models: Sequence[str], teams: Sequence[Team | None]) -> None:
-    """Raise InvalidInput when none of `models` (a new key's list, not empty) is one that
-    `teams` (the key's and its user's) allow: the key's models are always bounded by both
-    (`effective_models`), so it could call nothing and would answer 404 to every request.
-    Some beyond a team's models are kept: the key gets those its teams allow, and the
-    others should a team's list grow."""
+def credential_models(own: Sequence[str] | None, holder: User) -> list[str] | None:
+    """The models an access token may use now: its `own` claim (None: any) within those of
+    its `holder`'s team as it is now, which gateways bound it by at each request; what a
+    key it creates may hold at most. `holder` must come with their team (RuntimeError)."""
+    return effective_models(own, _loaded_team(holder))
+
+
+def _check_team_models(
+    models: Sequence[str], teams: Sequence[Team | None], what: str = "key"
+) -> None:
+    """Raise InvalidInput when none of `models` (a new key's or token's list, not empty) is
+    one that `teams` (the key's and its user's) allow: a credential's models are always
+    bounded by both (`effective_models`), so it could call nothing and would answer 404 to
+    every request. Some beyond a team's models are kept: the credential gets those its
+    teams allow, and the others should a team's list grow. `what` names the credential in
+    the message."""
     if not models:
         return
     callable_models: list[str] | None = list(models)
@@ -292,7 +302,7 @@ def _check_team_models(models: Sequence[str], teams: Sequence[Team | None]) -> N
     names = sorted({team.name for team in teams if team is not None})
     raise InvalidInput(
         f"None of the models {', '.join(models)} is among those team {', '.join(names)} may "
-        "use: the key could call no model.",
+        f"use: the {what} could call no model.",
         param="allowed_models",
     )
 
@@ -643,28 +653,32 @@ class AuthService:
         allowed_models: Sequence[str] | None = None,
     ) -> AccessToken:
         """An access token outside any sign-in (the `tokens create` command), never with
-        scopes beyond what the user's role grants (ExceedsCredential), and limited to the
-        models of the user's team (those of `allowed_models` the team allows, when given).
+        scopes beyond what the user's role grants (ExceedsCredential). It carries
+        `allowed_models` when given (InvalidInput when the user's team allows none of them:
+        the token could call nothing), never the team's list: gateways bound every token by
+        the models its user's team allows when the request arrives (`team_models`).
 
         `user` must come with their team, as `user_by_email`, `user_by_id` and
         `authenticate` load them (RuntimeError otherwise)."""
         granted = known_scopes.token_scopes(user.role)
+        models = _validate_models(allowed_models)
+        if models is not None:
+            _check_team_models(models, (_loaded_team(user),), "token")
         return self.tokens.issue(
             user_id=user.id,
             tenant=user.tenant,
             role=user.role,
             scopes=_bounded_scopes(scopes, granted, granted),
-            allowed_models=effective_models(_validate_models(allowed_models), _loaded_team(user)),
+            allowed_models=models,
         )
 
     async def sign_in(self, user: User) -> TokenPair:
         """Start a sign-in: a new token family, its first refresh token and an access token
-        limited to the models of the user's team (read now, not from `user`)."""
+        (which names no models: gateways bound it by the user's team's as they are at each
+        request)."""
         now = _utcnow()
         refresh_token = generate_refresh_token()
         async with self._sessions() as session:
-            current = await AuthStore(session).user_by_id(user.id)
-            models = effective_models(None, current.team if current is not None else None)
             family = TokenFamily(
                 user_id=user.id,
                 tenant=user.tenant,
@@ -682,12 +696,11 @@ class AuthService:
                 )
             )
             await session.commit()
-        return self._pair(user, family.id, refresh_token, models)
+        return self._pair(user, family.id, refresh_token)
 
     async def refresh(self, refresh_token: str) -> TokenPair:
         """Exchange a refresh token for a new pair. The presented token is spent; presenting
-        a spent token again means it leaked, so the whole family is revoked. The new access
-        token carries the models of the user's team as they are now."""
+        a spent token again means it leaked, so the whole family is revoked."""
         now = _utcnow()
         async with self._sessions() as session:
             store = AuthStore(session)
@@ -717,18 +730,15 @@ class AuthService:
                 )
             )
             await session.commit()
-        return self._pair(user, family.id, next_token, effective_models(None, user.team))
+        return self._pair(user, family.id, next_token)
 
-    def _pair(
-        self, user: User, family_id: str, refresh_token: str, models: list[str] | None
-    ) -> TokenPair:
+    def _pair(self, user: User, family_id: str, refresh_token: str) -> TokenPair:
         access = self.tokens.issue(
             user_id=user.id,
             tenant=user.tenant,
             role=user.role,
             scopes=known_scopes.token_scopes(user.role),
             session_id=family_id,
-            allowed_models=models,
         )
         return TokenPair(
             access=access,

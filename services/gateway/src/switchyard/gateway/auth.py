@@ -27,7 +27,10 @@
   claim) is refused, never taken as "no scopes". Its user must still exist: the first
   request of a user not seen lately asks auth (`/internal/v1/users/{id}`, one call per
   user per `key_ttl_s`, shared by concurrent requests), so tokens outliving their user
-  (a deleted user, a database restored without them) are refused.
+  (a deleted user, a database restored without them) are refused. That answer also gives
+  the models the user's team allows, which bound every token of the user (tokens name
+  only the models asked for when they were made, never the team's); `limits_changed`
+  asks again about the users and keys a change at auth concerns.
 - Revocations (token ids, sign-ins, API keys, disabled users) come from the auth events
   topic into `RevocationState`, which is checked on every request and purges the caches.
   Until that state is loaded from auth, JWTs get 503 (a revoked one could otherwise pass);
@@ -56,7 +59,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Coroutine, Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar, cast
 from urllib.parse import quote
@@ -297,6 +300,17 @@ class Principal:
         """Whether this caller's credential allows `model` (not whether it exists)."""
         return self.allowed_models is None or model in self.allowed_models
 
+    def within(self, models: tuple[str, ...] | None) -> Principal:
+        """This caller bounded by `models` too (None: no bound): its own models that
+        `models` holds, in its order, or `models` when it has no list of its own."""
+        if models is None:
+            return self
+        own = self.allowed_models
+        return replace(
+            self,
+            allowed_models=models if own is None else tuple(m for m in own if m in models),
+        )
+
     @property
     def is_tenant_admin(self) -> bool:
         """Whether this caller may act as their tenant's admin (every user's history,
@@ -397,6 +411,19 @@ class JwksCache:
 
 
 @dataclass(frozen=True)
+class _CachedUser:
+    """Auth's answer about a user: whether they exist and are enabled, their team, and the
+    models it allows (None: any), which bound the user's access tokens."""
+
+    active: bool
+    team_id: str | None = None
+    team_models: tuple[str, ...] | None = None
+
+
+_UNKNOWN_USER = _CachedUser(active=False)
+
+
+@dataclass(frozen=True)
 class _CachedKey:
     expiry: StaleIfError
     principal: Principal | None
@@ -459,11 +486,13 @@ class Authenticator:
         self._token_cache_size = token_cache_size
         self._lookups: dict[str, asyncio.Task[Principal | None]] = {}
         self._lookup_slots = asyncio.Semaphore(lookup_concurrency)
-        # user id -> (when to ask auth again, exists and enabled)
-        self._users: LRUCache[str, tuple[StaleIfError, bool]] = LRUCache(MAX_CACHED_KEYS)
+        # user id -> (when to ask auth again, auth's answer)
+        self._users: LRUCache[str, tuple[StaleIfError, _CachedUser]] = LRUCache(
+            MAX_CACHED_KEYS
+        )
         # When auth last failed to answer; shared with the policy source.
         self.outage = AuthOutage()
-        self._user_lookups: dict[str, asyncio.Task[bool]] = {}
+        self._user_lookups: dict[str, asyncio.Task[_CachedUser]] = {}
 
     async def authenticate(
         self, authorization: str | None, x_api_key: str | None, *, client: str | None = None
@@ -513,13 +542,17 @@ class Authenticator:
             user_id=principal.user_id, jti=principal.token_id, session_id=principal.session_id
         ):
             raise AuthenticationError
-        if not await self._user_active(principal.user_id):
+        user = await self._user(principal.user_id)
+        if not user.active:
             raise AuthenticationError
-        return principal
+        # The token names no more than the models asked for when it was made: its user's
+        # team bounds it as the team is now, so a change reaches every token at once.
+        return principal.within(user.team_models)
 
-    async def _user_active(self, user_id: str) -> bool:
-        """Whether the user exists and is enabled, as auth last said (cached; an active user's
-        answer served stale while auth cannot be asked, see the module's docstring).
+    async def _user(self, user_id: str) -> _CachedUser:
+        """Auth's answer about the user (exists and enabled, their team's models), as it
+        last gave it (cached; an active user's answer served stale while auth cannot be
+        asked, see the module's docstring).
 
         Raises:
             AuthUnavailableError: auth cannot be asked and holds no usable answer.
@@ -528,26 +561,29 @@ class Authenticator:
         now = time.monotonic()
         if cached is not None and cached[0].fresh(now):
             return cached[1]
-        stale = cached[0] if cached is not None and cached[1] else None
+        stale = cached if cached is not None and cached[1].active else None
 
         def keep_stale(failed_at: float) -> None:
             assert stale is not None
-            self._users[user_id] = (stale.retried(failed_at), True)
+            self._users[user_id] = (stale[0].retried(failed_at), stale[1])
 
         answer = await self.outage.answer(
             lambda: self._user_lookup(user_id),
             lookup="user",
-            usable=lambda: stale is not None and stale.stale_until > now,
+            usable=lambda: stale is not None and stale[0].stale_until > now,
             keep_stale=keep_stale,
         )
-        return True if isinstance(answer, Stale) else answer
+        if isinstance(answer, Stale):
+            assert stale is not None
+            return stale[1]
+        return answer
 
-    def _user_lookup(self, user_id: str) -> asyncio.Task[bool]:
+    def _user_lookup(self, user_id: str) -> asyncio.Task[_CachedUser]:
         """The lookup of `user_id` at auth in flight, started if none is: one per user,
         however many requests wait for it."""
         return shared_task(self._user_lookups, user_id, lambda: self._lookup_user(user_id))
 
-    async def _lookup_user(self, user_id: str) -> bool:
+    async def _lookup_user(self, user_id: str) -> _CachedUser:
         async with self._lookup_slots:
             try:
                 response = await self._client.get(
@@ -558,16 +594,25 @@ class Authenticator:
             except httpx.HTTPError as exc:
                 raise AuthUnreachableError(repr(exc)) from exc
         if response.status_code == 404:
-            active = False
+            user = _UNKNOWN_USER
         elif response.status_code == 200:
-            active = response.json().get("active") is True
+            data = response.json()
+            team_id, team_models = data.get("team_id"), data.get("team_models")
+            user = _CachedUser(
+                active=data.get("active") is True,
+                team_id=team_id if isinstance(team_id, str) else None,
+                team_models=None if team_models is None else _string_list(team_models),
+            )
+            if team_models is not None and user.team_models is None:
+                # A bound that cannot be read is no reason to lift it.
+                raise AuthUnavailableError("auth answered an unreadable team_models")
         elif unreachable_status(response.status_code):
             raise AuthUnreachableError(f"auth answered {response.status_code}")
         else:
             raise AuthUnavailableError(f"auth answered {response.status_code}")
-        ttl = self._key_ttl_s if active else self._negative_ttl_s
-        self._users[user_id] = (self._expiry(ttl), active)
-        return active
+        ttl = self._key_ttl_s if user.active else self._negative_ttl_s
+        self._users[user_id] = (self._expiry(ttl), user)
+        return user
 
     def _expiry(self, ttl_s: float) -> StaleIfError:
         """When an answer cached now for `ttl_s` seconds runs out, and its stale use ends."""
@@ -800,6 +845,34 @@ class Authenticator:
         )
         response.raise_for_status()
         return cast(dict[str, Any], response.json())
+
+    def limits_changed(self, scope: str, scope_id: str) -> None:
+        """Auth changed a level (`auth.limits_changed`: `scope` tenant, team, user or
+        api_key, and its id): a team's models, or the team of a user or key, may have
+        changed with it, so the answers about the users and keys concerned are asked for
+        again at their next request, on every replica at once rather than after
+        `key_ttl_s`. Should auth not answer then, they are still served stale as any other.
+        A team's change asks again about every key (a key's models are bounded by its own
+        team and its user's, and a cached key names neither): admins change teams rarely,
+        and a key is asked about once, however many requests use it."""
+        now = time.monotonic()
+
+        def expired(expiry: StaleIfError) -> StaleIfError:
+            return StaleIfError(min(expiry.fresh_until, now), expiry.stale_until)
+
+        for user_id, (expiry, user) in list(self._users.items()):
+            if (scope == "user" and user_id == scope_id) or (
+                scope == "team" and user.team_id == scope_id
+            ):
+                self._users[user_id] = (expired(expiry), user)
+        for secret_hash, entry in list(self._keys.items()):
+            principal = entry.principal
+            if principal is not None and (
+                scope == "team"
+                or (scope == "user" and principal.user_id == scope_id)
+                or (scope == "api_key" and principal.api_key_id == scope_id)
+            ):
+                self._keys[secret_hash] = replace(entry, expiry=expired(entry.expiry))
 
     def _on_auth_event(self, event: Event) -> None:
         """Bring the caches in line with an auth event (the sets refuse stale entries

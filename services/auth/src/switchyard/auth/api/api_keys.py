@@ -27,6 +27,7 @@ from switchyard.auth.service import (
     InvalidInput,
     IssuedApiKey,
     TooManyApiKeys,
+    credential_models,
     expiry_in_days,
 )
 from switchyard.auth.tokens import AccessClaims
@@ -210,7 +211,7 @@ async def create_api_key(
             allowed_models=body.allowed_models,
             expires_at=expiry_in_days(body.expires_in_days),
             creator_scopes=claims.scopes,
-            creator_models=claims.allowed_models,
+            creator_models=credential_models(claims.allowed_models, user),
             member=is_member(user, claims),
         )
     except NotPermitted as exc:

@@ -51,11 +51,18 @@ class RevocationsOut(BaseModel):
 
 
 class UserStatusOut(BaseModel):
-    """Whether a user may currently use their tokens and API keys."""
+    """Whether a user may currently use their tokens and API keys, and the models their
+    team allows, which bound every access token of theirs (tokens do not carry them)."""
 
     user_id: str
     tenant: str
     active: bool = Field(description="False while the user is disabled.")
+    team_id: str | None = Field(default=None, description="The user's team; null: none.")
+    team_models: list[str] | None = Field(
+        default=None,
+        description="The models the user's team allows; null: no team, or a team without a "
+        "list (any model).",
+    )
 
 
 class ApiKeyIdentityOut(BaseModel):
@@ -140,13 +147,21 @@ def internal_router(internal_token: str) -> APIRouter:
 
     @router.get("/users/{user_id}", response_model=UserStatusOut)
     async def user_status(user_id: str, service: Service) -> UserStatusOut:
-        """Whether a user exists and is enabled: a gateway asks once per user it has not
-        seen lately (tokens of deleted users are refused; disabled ones also arrive as
-        events). 404 if there is no such user."""
+        """Whether a user exists and is enabled, and the models their team allows: a
+        gateway asks once per user it has not seen lately (tokens of deleted users are
+        refused; disabled ones also arrive as events) and bounds the user's access tokens
+        by those models. 404 if there is no such user."""
         user = await service.user_by_id(user_id)
         if user is None:
             raise APIError(404, "No such user.", code="user_not_found")
-        return UserStatusOut(user_id=user.id, tenant=user.tenant, active=not user.disabled)
+        team = user.team if user.team_id is not None else None
+        return UserStatusOut(
+            user_id=user.id,
+            tenant=user.tenant,
+            active=not user.disabled,
+            team_id=user.team_id,
+            team_models=team.allowed_models if team is not None else None,
+        )
 
     @router.get("/policy", response_model=PolicyOut)
     async def policy(

@@ -54,6 +54,7 @@ from switchyard.auth.service import (
     KeyAlreadyRevoked,
     TooManyApiKeys,
     UserNotFound,
+    credential_models,
     expiry_in_days,
 )
 from switchyard.common.errors import APIError
@@ -350,7 +351,7 @@ async def admin_create_api_key(
             allowed_models=body.allowed_models,
             expires_at=expiry_in_days(body.expires_in_days),
             creator_scopes=claims.scopes,
-            creator_models=claims.allowed_models,
+            creator_models=credential_models(claims.allowed_models, admin),
         )
     except UserNotFound:
         raise APIError(404, "No such user.", param="user_id", code="user_not_found") from None

@@ -1,0 +1,178 @@
+"""Access tokens name no team's models: the gateway bounds each by the models its user's
+team allows as auth last said (the user status it already asks for), so a team's long
+list never makes a token too long, and a change of the list or of the user's team reaches
+every token at the next request after auth announces it (`auth.limits_changed`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from switchyard.common.events import LimitsChanged, LimitsChangedData
+from switchyard.gateway.config import Settings
+
+from .auth_double import AuthDouble, gateway_with
+
+CHAT = {"messages": [{"role": "user", "content": "Hello"}]}
+
+
+def bearer(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
+async def chat(gw, token: str, model: str) -> int:
+    response = await gw.client.post(
+        "/v1/chat/completions", json={"model": model, **CHAT}, headers=bearer(token)
+    )
+    return response.status_code
+
+
+async def listed(gw, token: str) -> list[str]:
+    response = await gw.client.get("/v1/models", headers=bearer(token))
+    assert response.status_code == 200, response.text
+    return [model["id"] for model in response.json()["data"]]
+
+
+def limits_changed(scope: str, scope_id: str) -> LimitsChanged:
+    return LimitsChanged(
+        source="auth",
+        tenant="acme",
+        request_id=scope_id,
+        data=LimitsChangedData(scope=scope, scope_id=scope_id),
+    )
+
+
+async def until(condition, timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        # The gateway signals nothing when it hears an event: its answers are what change.
+        while not await condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_a_token_naming_no_models_is_bounded_by_its_users_team() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small"])})
+    async with gateway_with(auth) as gw:
+        token = auth.token()
+
+        assert await chat(gw, token, "sim-small") == 200
+        assert await chat(gw, token, "sim-large") == 404
+        assert await listed(gw, token) == ["sim-small"]
+
+
+async def test_a_tokens_own_models_are_bounded_by_its_users_team_too() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small"])})
+    async with gateway_with(auth) as gw:
+        token = auth.token(allowed_models=["sim-large", "sim-small"])
+
+        assert await listed(gw, token) == ["sim-small"]
+        assert await chat(gw, token, "sim-large") == 404
+
+
+async def test_a_team_without_a_list_leaves_the_token_its_own() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", None)})
+    async with gateway_with(auth) as gw:
+        assert sorted(await listed(gw, auth.token())) == ["sim-claude", "sim-large", "sim-small"]
+        assert await listed(gw, auth.token(allowed_models=["sim-large"])) == ["sim-large"]
+
+
+async def test_a_change_of_the_teams_models_reaches_tokens_at_the_next_request() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small"])})
+    async with gateway_with(auth) as gw:
+        token = auth.token()
+        assert await chat(gw, token, "sim-large") == 404
+
+        auth.user_teams["user-jwt"] = ("team-1", ["sim-small", "sim-large"])
+        # Until auth announces it, the cached answer holds (the cache lasts 30 s).
+        assert await chat(gw, token, "sim-large") == 404
+        await gw.publish_auth_event(limits_changed("team", "team-1"))
+
+        async def widened() -> bool:
+            return await chat(gw, token, "sim-large") == 200
+
+        await until(widened)
+        # And narrowed again the same way.
+        auth.user_teams["user-jwt"] = ("team-1", [])
+        await gw.publish_auth_event(limits_changed("team", "team-1"))
+
+        async def emptied() -> bool:
+            return await chat(gw, token, "sim-small") == 404
+
+        await until(emptied)
+
+
+async def test_a_user_moved_into_another_team_gets_its_models_at_the_next_request() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small", "sim-large"])})
+    async with gateway_with(auth) as gw:
+        token = auth.token()
+        assert await chat(gw, token, "sim-large") == 200
+
+        auth.user_teams["user-jwt"] = ("team-2", ["sim-small"])
+        await gw.publish_auth_event(limits_changed("user", "user-jwt"))
+
+        async def moved() -> bool:
+            return await chat(gw, token, "sim-large") == 404
+
+        await until(moved)
+        assert await chat(gw, token, "sim-small") == 200
+
+
+async def test_another_teams_change_asks_nothing_about_this_user() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small"])})
+    async with gateway_with(auth) as gw:
+        token = auth.token()
+        assert await chat(gw, token, "sim-small") == 200
+        asked = auth.count("/internal/v1/users/user-jwt")
+
+        await gw.publish_auth_event(limits_changed("team", "team-2"))
+        await gw.publish_auth_event(limits_changed("team", "team-1"))
+
+        async def asked_again() -> bool:
+            await chat(gw, token, "sim-small")
+            return auth.count("/internal/v1/users/user-jwt") > asked
+
+        await until(asked_again)
+        # team-2's change alone would not have; team-1's did, once.
+        assert auth.count("/internal/v1/users/user-jwt") == asked + 1
+
+
+async def test_a_change_of_the_team_asks_again_about_keys() -> None:
+    auth = AuthDouble()
+    record = auth.add_api_key(allowed_models=["sim-small"])
+    async with gateway_with(auth) as gw:
+        assert await chat(gw, record.key, "sim-large") == 404
+        record.allowed_models = ["sim-small", "sim-large"]
+        await gw.publish_auth_event(limits_changed("team", "team-1"))
+
+        async def widened() -> bool:
+            return await chat(gw, record.key, "sim-large") == 200
+
+        await until(widened)
+
+
+async def test_an_unreadable_team_list_is_no_bound_lifted() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", "sim-small")})
+    async with gateway_with(auth) as gw:
+        response = await gw.client.post(
+            "/v1/chat/completions",
+            json={"model": "sim-large", **CHAT},
+            headers=bearer(auth.token()),
+        )
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "auth_unavailable"
+
+
+async def test_the_teams_bound_holds_while_auth_is_down() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small"])})
+    settings = Settings(
+        request_timeout_s=2.0,
+        topic_prefix="unit-auth",
+        api_key_cache_ttl_s=0.05,
+        auth_stale_if_error_s=60.0,
+    )
+    async with gateway_with(auth, settings) as gw:
+        token = auth.token()
+        assert await chat(gw, token, "sim-small") == 200
+        auth.down = True
+        await asyncio.sleep(0.1)
+
+        assert await chat(gw, token, "sim-small") == 200
+        assert await chat(gw, token, "sim-large") == 404
