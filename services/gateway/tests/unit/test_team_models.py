@@ -176,3 +176,39 @@ async def test_the_teams_bound_holds_while_auth_is_down() -> None:
 
         assert await chat(gw, token, "sim-small") == 200
         assert await chat(gw, token, "sim-large") == 404
+
+
+async def test_an_answer_auth_gave_before_a_change_is_not_kept_as_fresh() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small"])})
+    answer_given, release = asyncio.Event(), asyncio.Event()
+    plain = auth.handle
+    held = {"first": True}
+
+    def handle(request):
+        if held["first"] and request.url.path.startswith("/internal/v1/users/"):
+            held["first"] = False
+            answer = plain(request)  # auth answers now, before the change
+
+            async def on_the_way():
+                answer_given.set()
+                await release.wait()
+                return answer
+
+            return on_the_way()
+        return plain(request)
+
+    auth.handle = handle  # type: ignore[method-assign]
+    async with gateway_with(auth) as gw:
+        token = auth.token()
+        first = asyncio.create_task(chat(gw, token, "sim-large"))
+        await answer_given.wait()
+        auth.user_teams["user-jwt"] = ("team-1", ["sim-small", "sim-large"])
+        await gw.publish_auth_event(limits_changed("team", "team-1"))
+        authenticator = gw.gateway.authenticator
+        async with asyncio.timeout(5):
+            while authenticator._changes == 0:  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0.01)
+        release.set()
+
+        assert await first == 404  # answered with what auth said when it was asked
+        assert await chat(gw, token, "sim-large") == 200

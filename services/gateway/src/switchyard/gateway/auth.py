@@ -493,6 +493,9 @@ class Authenticator:
         # When auth last failed to answer; shared with the policy source.
         self.outage = AuthOutage()
         self._user_lookups: dict[str, asyncio.Task[_CachedUser]] = {}
+        # Bumped by every `limits_changed`, so a lookup answered across a change is not
+        # cached as fresh (auth may have answered before the change).
+        self._changes = 0
 
     async def authenticate(
         self, authorization: str | None, x_api_key: str | None, *, client: str | None = None
@@ -584,6 +587,7 @@ class Authenticator:
         return shared_task(self._user_lookups, user_id, lambda: self._lookup_user(user_id))
 
     async def _lookup_user(self, user_id: str) -> _CachedUser:
+        changes = self._changes
         async with self._lookup_slots:
             try:
                 response = await self._client.get(
@@ -611,12 +615,17 @@ class Authenticator:
         else:
             raise AuthUnavailableError(f"auth answered {response.status_code}")
         ttl = self._key_ttl_s if user.active else self._negative_ttl_s
-        self._users[user_id] = (self._expiry(ttl), user)
+        self._users[user_id] = (self._expiry(ttl, changes), user)
         return user
 
-    def _expiry(self, ttl_s: float) -> StaleIfError:
-        """When an answer cached now for `ttl_s` seconds runs out, and its stale use ends."""
-        fresh_until = time.monotonic() + ttl_s
+    def _expiry(self, ttl_s: float, changes: int | None = None) -> StaleIfError:
+        """When an answer cached now for `ttl_s` seconds runs out, and its stale use ends.
+        With `changes` (`_changes` when the lookup started) and a change heard since
+        (`limits_changed`), the answer may predate it: it is not fresh, only usable stale."""
+        now = time.monotonic()
+        fresh_until = now + ttl_s
+        if changes is not None and changes != self._changes:
+            return StaleIfError(now, fresh_until + self._stale_if_error_s)
         return StaleIfError(fresh_until, fresh_until + self._stale_if_error_s)
 
     async def _verify(self, token: str) -> Principal:
@@ -784,6 +793,7 @@ class Authenticator:
             limiter.unhit(client)
 
     async def _lookup_and_cache(self, secret_hash: str) -> Principal | None:
+        changes = self._changes
         async with self._lookup_slots:
             principal = await self._lookup(secret_hash)
         if principal is None:
@@ -799,7 +809,9 @@ class Authenticator:
             self._keys[secret_hash] = _CachedKey(self._expiry(self._key_ttl_s), None, True)
         else:
             self._unknown_keys.pop(secret_hash, None)
-            self._keys[secret_hash] = _CachedKey(self._expiry(self._key_ttl_s), principal)
+            self._keys[secret_hash] = _CachedKey(
+                self._expiry(self._key_ttl_s, changes), principal
+            )
         return principal
 
     async def _lookup(self, secret_hash: str) -> Principal | None:
@@ -855,6 +867,7 @@ class Authenticator:
         A team's change asks again about every key (a key's models are bounded by its own
         team and its user's, and a cached key names neither): admins change teams rarely,
         and a key is asked about once, however many requests use it."""
+        self._changes += 1
         now = time.monotonic()
 
         def expired(expiry: StaleIfError) -> StaleIfError:
