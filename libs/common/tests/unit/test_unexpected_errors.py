@@ -116,6 +116,14 @@ async def test_a_405_allows_every_method_served_at_the_path() -> None:
     assert cancel.headers["allow"] == "POST"
     assert mounted.status_code == 405
     assert mounted.headers["allow"] == "PATCH, PUT"
+    # Which method was sent where, and what to send: not only "Method Not Allowed".
+    assert put.json()["error"]["code"] == "method_not_allowed"
+    assert put.json()["error"]["message"] == (
+        "Method not allowed: PUT /things/t1; this address takes DELETE, GET, HEAD."
+    )
+    assert mounted.json()["error"]["message"] == (
+        "Method not allowed: POST /admin/settings; this address takes PATCH, PUT."
+    )
 
 
 async def test_a_405_of_mounted_static_files_never_says_no_method_is_allowed(tmp_path) -> None:

@@ -415,10 +415,19 @@ async def test_a_405_names_every_method_the_path_serves(harness):
     messages = await harness.client.get("/v1/messages", headers=headers)
     assert put.status_code == 405
     assert put.headers["allow"] == "DELETE, GET, HEAD"
-    assert put.json()["error"]["type"] == "invalid_request_error"
+    assert put.json()["error"] == {
+        "message": "Method not allowed: PUT /v1/responses/resp_123; this address takes "
+        "DELETE, GET, HEAD.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "method_not_allowed",
+    }
     assert messages.status_code == 405
     assert messages.headers["allow"] == "POST"
     assert messages.json()["type"] == "error"  # Anthropic's format on its own path
+    assert messages.json()["error"]["message"] == (
+        "Method not allowed: GET /v1/messages; this address takes POST."
+    )
 
 
 @pytest.mark.parametrize(

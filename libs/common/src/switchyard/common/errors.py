@@ -77,6 +77,27 @@ def http_error_headers(request: Request, exc: StarletteHTTPException) -> dict[st
     return {**(headers or {}), "Allow": allowed} if allowed else headers
 
 
+def http_error(request: Request, exc: StarletteHTTPException) -> APIError:
+    """Starlette's HTTP error `exc` answering `request`, as the APIError to send. A 405 says
+    which method was sent where and which ones the path serves (`Allow`, from
+    `http_error_headers`), with the code `method_not_allowed`: Starlette's own detail is
+    only "Method Not Allowed". Any other keeps its detail (and `code`, when it has one)."""
+    headers = http_error_headers(request, exc)
+    if exc.status_code == 405:
+        allowed = (headers or {}).get("Allow")
+        # Quoted as JSON in the body, and cut: the path is the client's.
+        where = f"{request.method} {request.url.path[:256]}"
+        served = f"; this address takes {allowed}." if allowed else "."
+        return APIError(
+            405,
+            f"Method not allowed: {where}{served}",
+            code="method_not_allowed",
+            headers=headers,
+        )
+    detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
+    return APIError(exc.status_code, detail, code=getattr(exc, "code", None), headers=headers)
+
+
 def json_type(value: Any) -> str:
     """How OpenAI's error messages name the JSON type of a parsed JSON `value` ("a
     string", "an array", "null"...), as in "expected an array, but got a string"."""
@@ -262,12 +283,4 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
-        return error_response(
-            APIError(
-                exc.status_code,
-                detail,
-                code=getattr(exc, "code", None),
-                headers=http_error_headers(request, exc),
-            )
-        )
+        return error_response(http_error(request, exc))

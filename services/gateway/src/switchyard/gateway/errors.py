@@ -42,7 +42,7 @@ from switchyard.common.errorformat import (
     error_type,
     vendor_of,
 )
-from switchyard.common.errors import APIError, http_error_headers, validation_error
+from switchyard.common.errors import APIError, http_error, validation_error
 from switchyard.common.events import ChatFailed, ClientAPI, ErrorInfo
 from switchyard.common.headers import REQUEST_ID_HEADER
 from switchyard.common.http import UnexpectedFaults as CommonUnexpectedFaults
@@ -278,9 +278,7 @@ def install_api_error_handlers(app: FastAPI) -> None:
             error = APIError(404, unknown_route_message(request.url.path), code="unknown_url")
             # An SDK pointed at the wrong base URL: answer in its own format.
             return respond_to(request, error, unrouted=True)
-        return respond_to(
-            request, APIError(exc.status_code, detail, headers=http_error_headers(request, exc))
-        )
+        return respond_to(request, http_error(request, exc))
 
 
 _MODEL_API_PATHS = ("/chat/", "/messages", "/responses", "/embeddings", "/models", "/completions")
