@@ -48,6 +48,7 @@ class ApiKeyRecord:
     scopes: list[str] = field(default_factory=lambda: ["chat", "history:read"])
     allowed_models: list[str] | None = None
     expires_at: str | None = None
+    team_id: str | None = None
 
     def identity(self) -> dict[str, object]:
         """What auth answers for this key (`/internal/v1/api-keys/lookup`)."""
@@ -59,6 +60,7 @@ class ApiKeyRecord:
             "scopes": self.scopes,
             "allowed_models": self.allowed_models,
             "expires_at": self.expires_at,
+            "team_id": self.team_id,
         }
 
 

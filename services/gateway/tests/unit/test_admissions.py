@@ -17,6 +17,8 @@ import pytest
 from switchyard.common.events import (
     ApiKeyRevoked,
     ApiKeyRevokedData,
+    LimitsChanged,
+    LimitsChangedData,
     UserDisabled,
     UserEnabled,
     UserStatusData,
@@ -68,7 +70,6 @@ class KeyAuth(AuthDouble):
                 200,
                 json={
                     **record.identity(),
-                    "team_id": None,
                     "revoked": record.key_id in self.revoked,
                     "user_active": record.user_id not in self.disabled,
                 },
@@ -84,14 +85,14 @@ class KeyAuth(AuthDouble):
             return httpx.Response(
                 404, json={"error": {"message": "No such user.", "code": "user_not_found"}}
             )
-        return httpx.Response(
-            200,
-            json={
-                "user_id": user_id,
-                "tenant": self.user_tenants.get(user_id, "acme"),
-                "active": user_id not in self.disabled,
-            },
-        )
+        status = {
+            "user_id": user_id,
+            "tenant": self.user_tenants.get(user_id, "acme"),
+            "active": user_id not in self.disabled,
+        }
+        if user_id in self.user_teams:
+            status["team_id"], status["team_models"] = self.user_teams[user_id]
+        return httpx.Response(200, json=status)
 
 
 @dataclass
@@ -183,6 +184,33 @@ async def test_a_live_key_allowing_the_model_is_admitted(gw: GatewayUnderTest) -
     assert response.status_code == 200, response.text
     keyless = await admit(gw, payload(None, user_id=record.user_id))
     assert keyless.status_code == 200, keyless.text
+
+
+async def test_a_keyless_user_is_refused_a_model_their_team_does_not_allow(
+    gw: GatewayUnderTest,
+) -> None:
+    # A replay of requests made with an access token is billed to the user alone: their
+    # team's models bound it, as they bound the token.
+    key_auth(gw).user_teams["user-1"] = ("team-1", ["sim-small"])
+    refused = await admit(gw, payload(None, user_id="user-1", model="sim-large"))
+    assert_refused(refused, 403, "model_not_allowed", "sim-large")
+    assert admitted_nothing(gw)
+    allowed = await admit(gw, payload(None, user_id="user-1", model="sim-small"))
+    assert allowed.status_code == 200, allowed.text
+
+
+async def test_a_change_of_the_team_reaches_the_next_admission(gw: GatewayUnderTest) -> None:
+    key_auth(gw).user_teams["user-1"] = ("team-1", ["sim-small"])
+    record = gw.auth.add_api_key(user_id="user-2", allowed_models=["sim-small"])
+    assert (await admit(gw, payload(None, user_id="user-1"))).status_code == 403  # now cached
+    assert (await admit(gw, payload(record))).status_code == 403
+
+    key_auth(gw).user_teams["user-1"] = ("team-1", ["sim-small", "sim-large"])
+    record.allowed_models = ["sim-small", "sim-large"]
+    await apply(gw, LimitsChanged, LimitsChangedData(scope="team", scope_id="team-1"))
+
+    assert (await admit(gw, payload(None, user_id="user-1"))).status_code == 200
+    assert (await admit(gw, payload(record))).status_code == 200
 
 
 async def test_a_key_revoked_while_cached_is_refused_at_once(gw: GatewayUnderTest) -> None:

@@ -180,6 +180,23 @@ async def test_the_teams_bound_holds_while_auth_is_down() -> None:
 
 async def test_an_answer_auth_gave_before_a_change_is_not_kept_as_fresh() -> None:
     auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small"])})
+    answer_given, release = holding_the_first_user_answer(auth)
+    async with gateway_with(auth) as gw:
+        token = auth.token()
+        first = asyncio.create_task(chat(gw, token, "sim-large"))
+        await answer_given.wait()
+        auth.user_teams["user-jwt"] = ("team-1", ["sim-small", "sim-large"])
+        await gw.publish_auth_event(limits_changed("team", "team-1"))
+        await heard(gw, 1)
+        release.set()
+
+        assert await first == 404  # answered with what auth said when it was asked
+        assert await chat(gw, token, "sim-large") == 200
+
+
+def holding_the_first_user_answer(auth: AuthDouble) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make auth's first user status answer wait (made at once, delivered on `release`);
+    returns (`answer_given`, `release`)."""
     answer_given, release = asyncio.Event(), asyncio.Event()
     plain = auth.handle
     held = {"first": True}
@@ -187,7 +204,7 @@ async def test_an_answer_auth_gave_before_a_change_is_not_kept_as_fresh() -> Non
     def handle(request):
         if held["first"] and request.url.path.startswith("/internal/v1/users/"):
             held["first"] = False
-            answer = plain(request)  # auth answers now, before the change
+            answer = plain(request)
 
             async def on_the_way():
                 answer_given.set()
@@ -198,17 +215,81 @@ async def test_an_answer_auth_gave_before_a_change_is_not_kept_as_fresh() -> Non
         return plain(request)
 
     auth.handle = handle  # type: ignore[method-assign]
+    return answer_given, release
+
+
+async def heard(gw, changes: int) -> None:
+    authenticator = gw.gateway.authenticator
+    async with asyncio.timeout(5):
+        while authenticator._changes < changes:  # noqa: ASYNC110 - no event to wait on
+            await asyncio.sleep(0.01)
+
+
+async def test_a_request_after_a_change_does_not_join_a_lookup_from_before_it() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small", "sim-large"])})
+    answer_given, release = holding_the_first_user_answer(auth)
     async with gateway_with(auth) as gw:
         token = auth.token()
         first = asyncio.create_task(chat(gw, token, "sim-large"))
         await answer_given.wait()
-        auth.user_teams["user-jwt"] = ("team-1", ["sim-small", "sim-large"])
+        auth.user_teams["user-jwt"] = ("team-1", ["sim-small"])
         await gw.publish_auth_event(limits_changed("team", "team-1"))
-        authenticator = gw.gateway.authenticator
-        async with asyncio.timeout(5):
-            while authenticator._changes == 0:  # noqa: ASYNC110 - no event to wait on
-                await asyncio.sleep(0.01)
+        await heard(gw, 1)
+        second = asyncio.create_task(chat(gw, token, "sim-large"))
+        await asyncio.sleep(0.05)
         release.set()
 
-        assert await first == 404  # answered with what auth said when it was asked
+        assert await first == 200  # asked before the change: auth's answer then
+        assert await second == 404
+
+
+def outage_settings() -> Settings:
+    """Answers cached an hour and served stale an hour more while auth is down."""
+    return Settings(
+        request_timeout_s=2.0,
+        topic_prefix="unit-auth",
+        api_key_cache_ttl_s=3600.0,
+        auth_stale_if_error_s=3600.0,
+    )
+
+
+async def test_a_narrowed_team_is_not_served_wide_while_auth_is_down() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small", "sim-large"])})
+    record = auth.add_api_key(team_id="team-1")
+    async with gateway_with(auth, outage_settings()) as gw:
+        token = auth.token()
         assert await chat(gw, token, "sim-large") == 200
+        assert await chat(gw, record.key, "sim-large") == 200
+
+        auth.down = True  # right after the change, before anyone asked again
+        await gw.publish_auth_event(limits_changed("team", "team-1"))
+        await heard(gw, 1)
+
+        # What auth said before the change cannot stand in for it: 503, never the old list.
+        for credential in (token, record.key):
+            response = await gw.client.post(
+                "/v1/chat/completions",
+                json={"model": "sim-large", **CHAT},
+                headers=bearer(credential),
+            )
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "auth_unavailable"
+
+
+async def test_another_teams_change_leaves_answers_usable_while_auth_is_down() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small"])})
+    record = auth.add_api_key(team_id="team-1")
+    async with gateway_with(auth, outage_settings()) as gw:
+        token = auth.token()
+        assert await chat(gw, token, "sim-small") == 200
+        assert await chat(gw, record.key, "sim-small") == 200
+
+        auth.down = True
+        await gw.publish_auth_event(limits_changed("team", "team-2"))
+        await heard(gw, 1)
+
+        assert await chat(gw, token, "sim-small") == 200
+        # The key is asked about again (its user's team is not in its answer), and served
+        # from its last answer while auth cannot say.
+        assert await chat(gw, record.key, "sim-small") == 200
+        assert await chat(gw, token, "sim-large") == 404

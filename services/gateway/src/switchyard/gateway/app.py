@@ -19,7 +19,6 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from switchyard.common.backoff import Backoff
 from switchyard.common.bus import USAGE_HEADER, Carried, EventBus, create_bus
 from switchyard.common.docs import install_docs
-from switchyard.common.events import Event, LimitsChanged
 from switchyard.common.http import (
     FASTAPI_TELEMETRY,
     ClientDisconnectGuard,
@@ -181,18 +180,10 @@ USAGE_FALLBACK_DELAY_MS = 500
 
 
 async def listen_for_governance(gateway: Gateway) -> None:
-    """Listen to the usage topic (settlements) and the auth events (limit changes, which
-    also reach the authenticator: a team's models or a user's team may have changed),
-    every partition of both, retrying until it works."""
-    admission = gateway.admission
-    assert admission is not None
+    """Listen to the usage topic (settlements) and the auth events (limit changes), every
+    partition of both, retrying until it works."""
+    assert gateway.admission is not None
     attempt = 0
-
-    async def on_auth_event(event: Event) -> None:
-        if isinstance(event, LimitsChanged):
-            gateway.authenticator.limits_changed(event.data.scope, event.data.scope_id)
-        await admission.on_event(event)
-
     # The usage of requests this replica does not settle (other replicas', cache hits',
     # those settled from their reply) is skipped undecoded; every limit change is read.
     # Most usage is settled from the reply that carries it (`listen_for_replies`); the
@@ -200,17 +191,17 @@ async def listen_for_governance(gateway: Gateway) -> None:
     # client left), so it is read in fuller, later batches: no fetch round trip per
     # request.
     topics = [
-        (gateway.topics.usage, admission.on_event, admission.settles, USAGE_FALLBACK_DELAY_MS),
-        (gateway.topics.auth_events, on_auth_event, None, None),
+        (gateway.topics.usage, gateway.admission.settles, USAGE_FALLBACK_DELAY_MS),
+        (gateway.topics.auth_events, None, None),
     ]
     while len(gateway.governance_listeners) < len(topics):
         attempt += 1
         try:
-            topic, handler, key_filter, max_delay_ms = topics[len(gateway.governance_listeners)]
+            topic, key_filter, max_delay_ms = topics[len(gateway.governance_listeners)]
             gateway.governance_listeners.append(
                 await gateway.bus.listen(
                     topic,
-                    handler,
+                    gateway.admission.on_event,
                     key_filter=key_filter,
                     max_delay_ms=max_delay_ms,
                 )

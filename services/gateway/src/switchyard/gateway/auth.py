@@ -72,7 +72,13 @@ from jwt.algorithms import RSAAlgorithm
 from prometheus_client import Counter
 
 from switchyard.common import scopes
-from switchyard.common.events import ApiKeyRevoked, Event, UserDisabled, UserEnabled
+from switchyard.common.events import (
+    ApiKeyRevoked,
+    Event,
+    LimitsChanged,
+    UserDisabled,
+    UserEnabled,
+)
 from switchyard.common.headers import (
     API_KEY_ONLY_HEADER,
     INTERNAL_TOKEN_HEADER,
@@ -430,6 +436,8 @@ class _CachedKey:
     # A refusal for a known reason (the key revoked or expired, its user disabled), which
     # auth being unreachable does not make uncertain, unlike "auth did not know the key".
     revoked: bool = False
+    # The key's team, as auth answered it (`limits_changed` matches a team's change on it).
+    team_id: str | None = None
 
 
 def _string_list(value: Any) -> tuple[str, ...] | None:
@@ -484,7 +492,9 @@ class Authenticator:
         self._tokens: dict[str, Principal] = {}
         self._tokens_version = self.jwks.version
         self._token_cache_size = token_cache_size
-        self._lookups: dict[str, asyncio.Task[Principal | None]] = {}
+        # Key lookups in flight, by key and the changes heard when each started (as
+        # `_user_lookups`).
+        self._lookups: dict[tuple[str, int], asyncio.Task[Principal | None]] = {}
         self._lookup_slots = asyncio.Semaphore(lookup_concurrency)
         # user id -> (when to ask auth again, auth's answer)
         self._users: LRUCache[str, tuple[StaleIfError, _CachedUser]] = LRUCache(
@@ -492,7 +502,7 @@ class Authenticator:
         )
         # When auth last failed to answer; shared with the policy source.
         self.outage = AuthOutage()
-        self._user_lookups: dict[str, asyncio.Task[_CachedUser]] = {}
+        self._user_lookups: dict[tuple[str, int], asyncio.Task[_CachedUser]] = {}
         # Bumped by every `limits_changed`, so a lookup answered across a change is not
         # cached as fresh (auth may have answered before the change).
         self._changes = 0
@@ -584,7 +594,11 @@ class Authenticator:
     def _user_lookup(self, user_id: str) -> asyncio.Task[_CachedUser]:
         """The lookup of `user_id` at auth in flight, started if none is: one per user,
         however many requests wait for it."""
-        return shared_task(self._user_lookups, user_id, lambda: self._lookup_user(user_id))
+        # Keyed by the changes heard too: a lookup that started before a change may carry
+        # an answer from before it, which a request arriving after it must not get.
+        return shared_task(
+            self._user_lookups, (user_id, self._changes), lambda: self._lookup_user(user_id)
+        )
 
     async def _lookup_user(self, user_id: str) -> _CachedUser:
         changes = self._changes
@@ -722,7 +736,8 @@ class Authenticator:
             AuthUnavailableError: as `_expired_key`.
         """
         limiter = self.failed_lookups
-        if limiter is not None and client is not None and secret_hash not in self._lookups:
+        in_flight = (secret_hash, self._changes) in self._lookups
+        if limiter is not None and client is not None and not in_flight:
             wait = limiter.retry_after(client)
             if wait is not None:
                 raise TooManyFailedLookupsError(max(1, math.ceil(wait)))
@@ -751,7 +766,7 @@ class Authenticator:
         def keep_stale(failed_at: float) -> None:
             assert stale is not None
             retried = stale.expiry.retried(failed_at)
-            self._keys[secret_hash] = _CachedKey(retried, stale.principal, stale.revoked)
+            self._keys[secret_hash] = replace(stale, expiry=retried)
 
         answer = await self.outage.answer(
             lambda: self._lookup_task(secret_hash, client),
@@ -774,8 +789,9 @@ class Authenticator:
         once get no more lookups than keys sent one after another, and is taken back when
         the lookup ends otherwise than with auth not knowing the key (`_settle_count`),
         whatever became of the requests waiting for it."""
-        started = secret_hash not in self._lookups
-        task = shared_task(self._lookups, secret_hash, lambda: self._lookup_and_cache(secret_hash))
+        lookup = (secret_hash, self._changes)
+        started = lookup not in self._lookups
+        task = shared_task(self._lookups, lookup, lambda: self._lookup_and_cache(secret_hash))
         limiter = self.failed_lookups
         if started and limiter is not None and client is not None:
             limiter.hit(client)
@@ -795,7 +811,8 @@ class Authenticator:
     async def _lookup_and_cache(self, secret_hash: str) -> Principal | None:
         changes = self._changes
         async with self._lookup_slots:
-            principal = await self._lookup(secret_hash)
+            answer = await self._lookup(secret_hash)
+        principal, team_id = answer if answer is not None else (None, None)
         if principal is None:
             self._keys.pop(secret_hash, None)
             self._unknown_keys[secret_hash] = _CachedKey(self._expiry(self._negative_ttl_s), None)
@@ -810,11 +827,16 @@ class Authenticator:
         else:
             self._unknown_keys.pop(secret_hash, None)
             self._keys[secret_hash] = _CachedKey(
-                self._expiry(self._key_ttl_s, changes), principal
+                self._expiry(self._key_ttl_s, changes), principal, team_id=team_id
             )
         return principal
 
-    async def _lookup(self, secret_hash: str) -> Principal | None:
+    async def _lookup(self, secret_hash: str) -> tuple[Principal, str | None] | None:
+        """Auth's answer for the key with this hash: its principal and its team; None when
+        auth does not know it (or it is revoked or expired, or its user disabled).
+
+        Raises:
+            AuthUnreachableError, AuthUnavailableError: auth did not answer."""
         try:
             response = await self._client.post(
                 self._lookup_url,
@@ -833,7 +855,8 @@ class Authenticator:
         data = response.json()
         allowed = data.get("allowed_models")
         expires_at = data.get("expires_at")
-        return Principal(
+        team_id = data.get("team_id")
+        principal = Principal(
             user_id=data["user_id"],
             tenant=data["tenant"],
             role=data["role"],
@@ -842,6 +865,7 @@ class Authenticator:
             allowed_models=tuple(allowed) if allowed is not None else None,
             expires_at=datetime.fromisoformat(expires_at).timestamp() if expires_at else None,
         )
+        return principal, team_id if isinstance(team_id, str) else None
 
     # -- revocation state -----------------------------------------------------------
 
@@ -863,34 +887,45 @@ class Authenticator:
         api_key, and its id): a team's models, or the team of a user or key, may have
         changed with it, so the answers about the users and keys concerned are asked for
         again at their next request, on every replica at once rather than after
-        `key_ttl_s`. Should auth not answer then, they are still served stale as any other.
-        A team's change asks again about every key (a key's models are bounded by its own
-        team and its user's, and a cached key names neither): admins change teams rarely,
-        and a key is asked about once, however many requests use it."""
+        `key_ttl_s`, and are no longer served stale should auth not answer (as the
+        callers' policies, which the same event invalidates). Lookups in flight are not
+        joined by later requests, nor cached as fresh (`_changes`).
+
+        A key's models are bounded by its own team, which its cached answer names, and by
+        its user's, which it does not (an admin may have taken the key out of its user's
+        team): a team's change also asks again about every other key, still serving
+        those stale while auth cannot answer."""
         self._changes += 1
         now = time.monotonic()
+        invalid = StaleIfError(now, now)
 
-        def expired(expiry: StaleIfError) -> StaleIfError:
-            return StaleIfError(min(expiry.fresh_until, now), expiry.stale_until)
-
-        for user_id, (expiry, user) in list(self._users.items()):
+        for user_id, (_, user) in list(self._users.items()):
             if (scope == "user" and user_id == scope_id) or (
                 scope == "team" and user.team_id == scope_id
             ):
-                self._users[user_id] = (expired(expiry), user)
+                self._users[user_id] = (invalid, user)
         for secret_hash, entry in list(self._keys.items()):
             principal = entry.principal
-            if principal is not None and (
-                scope == "team"
+            if principal is None:
+                continue
+            if (
+                (scope == "team" and entry.team_id == scope_id)
                 or (scope == "user" and principal.user_id == scope_id)
                 or (scope == "api_key" and principal.api_key_id == scope_id)
             ):
-                self._keys[secret_hash] = replace(entry, expiry=expired(entry.expiry))
+                self._keys[secret_hash] = replace(entry, expiry=invalid)
+            elif scope == "team":
+                expiry = entry.expiry
+                self._keys[secret_hash] = replace(
+                    entry, expiry=StaleIfError(min(expiry.fresh_until, now), expiry.stale_until)
+                )
 
     def _on_auth_event(self, event: Event) -> None:
         """Bring the caches in line with an auth event (the sets refuse stale entries
         anyway; this keeps refused keys from being looked up again)."""
-        if isinstance(event, ApiKeyRevoked):
+        if isinstance(event, LimitsChanged):
+            self.limits_changed(event.data.scope, event.data.scope_id)
+        elif isinstance(event, ApiKeyRevoked):
             key_id = event.data.key_id
             self._refuse_keys(lambda p: p is not None and p.api_key_id == key_id)
         elif isinstance(event, UserDisabled):

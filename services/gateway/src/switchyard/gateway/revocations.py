@@ -30,6 +30,7 @@ from switchyard.common.bus import EventBus, Subscription
 from switchyard.common.events import (
     ApiKeyRevoked,
     Event,
+    LimitsChanged,
     SigningKeyRotated,
     TokenFamilyRevoked,
     TokenRevoked,
@@ -40,6 +41,8 @@ from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.gateway.revocations")
 
+# The events of the auth topic this state hears: the revocations it keeps, and the others
+# its hooks act on (a signing key rotated; a level's limits, models or team changed).
 AUTH_EVENTS = (
     ApiKeyRevoked,
     UserDisabled,
@@ -47,6 +50,7 @@ AUTH_EVENTS = (
     TokenRevoked,
     TokenFamilyRevoked,
     SigningKeyRotated,
+    LimitsChanged,
 )
 EVENTS_APPLIED = Counter(
     "switchyard_gateway_auth_events_applied", "Auth events applied by this replica.", ["type"]

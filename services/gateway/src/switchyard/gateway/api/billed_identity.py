@@ -4,11 +4,11 @@ Before the gateway admits a request another service publishes (`POST /internal/v
 history's replays), the user and API key it is billed to are checked as the request path
 checks a caller: the user is not disabled, the key (when there is one) is not revoked,
 belongs to that user in that tenant, has not expired, holds the `chat` scope and allows the
-model. Revoked keys and disabled users come from the replica's `RevocationState` (kept
-current by the auth events topic); the rest of a key from auth
-(`GET /internal/v1/api-keys/{key_id}`), and a keyless user's existence from
-`GET /internal/v1/users/{user_id}`, each cached `ttl_s` seconds and dropped at once when an
-auth event names that key or user.
+model; a keyless user's team allows the model. Revoked keys and disabled users come from
+the replica's `RevocationState` (kept current by the auth events topic); the rest of a key
+from auth (`GET /internal/v1/api-keys/{key_id}`), and a keyless user's existence and team's
+models from `GET /internal/v1/users/{user_id}`, each cached `ttl_s` seconds and dropped at
+once when an auth event names that key or user, or their team (`auth.limits_changed`).
 
 `BilledIdentityCheck.check` raises APIError: 403 (`credentials_revoked`, `user_disabled`,
 `credentials_expired`, `insufficient_scope`, `model_not_allowed`) or 404
@@ -29,7 +29,13 @@ import httpx
 
 from switchyard.common import scopes
 from switchyard.common.errors import APIError
-from switchyard.common.events import ApiKeyRevoked, Event, UserDisabled, UserEnabled
+from switchyard.common.events import (
+    ApiKeyRevoked,
+    Event,
+    LimitsChanged,
+    UserDisabled,
+    UserEnabled,
+)
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 from switchyard.gateway.revocations import RevocationState
 
@@ -53,10 +59,13 @@ class KeyState:
 
 @dataclass(frozen=True)
 class UserState:
-    """What auth said of a user: its tenant and whether it is enabled (None: no such user)."""
+    """What auth said of a user: its tenant, whether it is enabled, its team and the models
+    that team allows (None: any)."""
 
     tenant: str
     active: bool
+    team_id: str | None = None
+    team_models: tuple[str, ...] | None = None
 
 
 def _unavailable(detail: str) -> APIError:
@@ -139,6 +148,13 @@ class BilledIdentityCheck:
                 raise APIError(404, f"No user {user_id} in tenant {tenant}.", code="user_not_found")
             if not user.active:
                 raise _disabled_user(user_id)
+            if user.team_models is not None and model not in user.team_models:
+                raise APIError(
+                    403,
+                    f"The team of user {user_id} does not allow the model '{model}'.",
+                    code="model_not_allowed",
+                    param="model",
+                )
             return
         if api_key_id in self._revocations.revoked_keys:
             raise _revoked_key(api_key_id)
@@ -207,11 +223,20 @@ class BilledIdentityCheck:
         data = await self._get(
             f"/internal/v1/users/{quote(user_id, safe='')}", not_found="user_not_found"
         )
-        state = (
-            UserState(tenant=str(data["tenant"]), active=data.get("active") is True)
-            if data is not None
-            else None
-        )
+        state = None
+        if data is not None:
+            team_id, team_models = data.get("team_id"), data.get("team_models")
+            if team_models is not None and not (
+                isinstance(team_models, list) and all(isinstance(m, str) for m in team_models)
+            ):
+                # A bound that cannot be read is no reason to lift it.
+                raise _unavailable("auth answered an unreadable team_models")
+            state = UserState(
+                tenant=str(data["tenant"]),
+                active=data.get("active") is True,
+                team_id=team_id if isinstance(team_id, str) else None,
+                team_models=tuple(team_models) if team_models is not None else None,
+            )
         if generation == self._generation:
             if len(self._users) >= MAX_CACHED:
                 self._users.clear()
@@ -249,8 +274,25 @@ class BilledIdentityCheck:
         self._generation += 1
         if isinstance(event, ApiKeyRevoked):
             self._keys.pop(event.data.key_id, None)
+        elif isinstance(event, LimitsChanged):
+            scope, scope_id = event.data.scope, event.data.scope_id
+            if scope == "api_key":
+                self._keys.pop(scope_id, None)
+            elif scope == "user":
+                self._forget_user(scope_id)
+            elif scope == "team":
+                # A key's models are bounded by its team and its user's, neither of which
+                # its state names: every key is asked about again.
+                self._keys.clear()
+                for user_id in [
+                    u for u, (_, s) in self._users.items() if s and s.team_id == scope_id
+                ]:
+                    del self._users[user_id]
         elif isinstance(event, UserDisabled | UserEnabled):
-            user_id = event.data.user_id
-            self._users.pop(user_id, None)
-            for key_id in [k for k, (_, s) in self._keys.items() if s and s.user_id == user_id]:
-                del self._keys[key_id]
+            self._forget_user(event.data.user_id)
+
+    def _forget_user(self, user_id: str) -> None:
+        """Forget what auth said of `user_id` and of their keys."""
+        self._users.pop(user_id, None)
+        for key_id in [k for k, (_, s) in self._keys.items() if s and s.user_id == user_id]:
+            del self._keys[key_id]
