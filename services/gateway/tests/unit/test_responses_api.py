@@ -852,6 +852,37 @@ async def test_a_stream_failing_midway_ends_with_response_failed(system, simulat
     assert [event["sequence_number"] for event in events] == list(range(len(events)))
 
 
+async def test_a_failed_stream_keeps_in_its_output_the_items_it_gave_whole(system, simulator):
+    # A reasoning item, then a function call cut off by the upstream's failure.
+    simulator.fault(stream_error_after=5, model="sim-small")
+
+    async with system.http.stream(
+        "POST",
+        "/v1/responses",
+        json={
+            "model": "sim-small",
+            "input": "What is the weather in Paris?",
+            "tools": [WEATHER_TOOL],
+            "reasoning": {"effort": "low"},
+            "stream": True,
+        },
+        headers=auth_headers(),
+    ) as answer:
+        events = [
+            orjson.loads(line[len("data: ") :])
+            async for line in answer.aiter_lines()
+            if line.startswith("data: ")
+        ]
+
+    done = [event["item"] for event in events if event["type"] == "response.output_item.done"]
+    assert [item["type"] for item in done] == ["reasoning"]
+    failed = events[-1]
+    assert failed["type"] == "response.failed"
+    # As the client saw them (no encrypted_content: the request did not include it); the
+    # function call it never got whole is not there.
+    assert failed["response"]["output"] == done
+
+
 # --------------------------------------------------------------------------- governance
 
 

@@ -241,8 +241,11 @@ class Dispatch:
     _watcher: asyncio.Future[None] | None = None
     _closed: bool = False
     _client_left: bool = False
-    # Responses streams: the `sequence_number` the next event would carry.
+    # Responses streams: the `sequence_number` the next event would carry, and the output
+    # items the client was given whole (`response.output_item.done`), by `output_index`,
+    # which a `response.failed` the gateway ends the stream with still lists.
     _next_sequence_number: int = 0
+    _done_items: dict[int, dict[str, Any]] = field(default_factory=dict)
     # A Responses request that did not include `reasoning.encrypted_content`: its reasoning
     # items are shown without it, as OpenAI shows them. The reply keeps it (history stores
     # and chains from the reply: a Claude model's thinking must go back with its signature).
@@ -673,13 +676,19 @@ class Dispatch:
                 event.event in _EVENTS_WITH_ITEMS for event in events
             ):
                 events = [_shown(event) for event in events]
+            for event in events:
+                if event.event == "response.output_item.done":
+                    index, item = event.data.get("output_index"), event.data.get("item")
+                    if isinstance(index, int) and isinstance(item, dict):
+                        self._done_items[index] = item
         return b"".join([sse_event(event) for event in events])
 
     def _stream_failure(self, error: ErrorInfo) -> bytes:
         """The event ending a stream that failed after it began, in the API's format: a
         Responses stream ends with `response.failed` (the response's id, the next
-        `sequence_number`, `error` with its code and message), the others with their
-        API's error event. Notes the failure's status in the request's scope
+        `sequence_number`, `error` with its code and message, and in `output` the items
+        the stream gave whole, as OpenAI's failed responses keep them), the others with
+        their API's error event. Notes the failure's status in the request's scope
         (`STREAM_FAILED_STATUS`): the stream's own HTTP status, 200, says nothing of it,
         and an Idempotency-Key must not keep a failure the client is told to retry."""
         self.request.scope.setdefault("state", {})[STREAM_FAILED_STATUS] = error.status
@@ -692,6 +701,7 @@ class Dispatch:
             created_at=accepted_at,
             model=self.model,
             status="failed",
+            output=[self._done_items[index] for index in sorted(self._done_items)],
             error=error_object(error.status, error.message, error.code),
         )
         event = StreamEvent(
