@@ -21,13 +21,21 @@ from switchyard.common.bus.kafka import KafkaBus
 from switchyard.common.kafka_admin import create_topics, delete_topics, list_topics
 from switchyard.common.kafka_security import KafkaSecurity
 from switchyard.common.testing.bus_contract import numbered_request
-from switchyard.common.testing.infra import async_wait_until
+from switchyard.common.testing.infra import async_wait_until, local_broker_state_dir
 from switchyard.common.topics import Topics
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[4]
-TLS_DIR = Path(os.environ.get("SWITCHYARD_STATE_DIR") or REPO / ".infra") / "kafka" / "tls"
+# The certificates of the broker these tests reach, which another checkout may have
+# started (`make infra-up` reuses a broker already answering).
+TLS_DIR = (
+    local_broker_state_dir(
+        int(os.environ.get("KAFKA_PORT") or 9092),
+        Path(os.environ.get("SWITCHYARD_STATE_DIR") or REPO / ".infra") / "kafka",
+    )
+    / "tls"
+)
 
 
 def _listener(variable: str, default: int) -> str:

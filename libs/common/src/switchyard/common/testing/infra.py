@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import pytest
@@ -38,6 +39,34 @@ def kafka_bootstrap_servers() -> str:
     if not servers:
         _missing("KAFKA_BOOTSTRAP_SERVERS")
     return servers
+
+
+def local_broker_state_dir(port: int, fallback: Path) -> Path:
+    """The state dir (`deploy/local/kafka.sh`'s `$SWITCHYARD_STATE_DIR/kafka`) of the local
+    broker listening on 127.0.0.1:`port`, found from its process (the `server.properties`
+    its command line names, whose listeners include the port): `make infra-up` in one
+    checkout reuses a broker another checkout started, whose certificates are in that
+    checkout's state dir, not this one's. `fallback` when no such process is found (not
+    Linux, or a broker started otherwise)."""
+    listener = f"127.0.0.1:{port}"
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            arguments = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if b"kafka.Kafka" not in arguments:
+            continue
+        for argument in arguments:
+            if not argument.endswith(b"server.properties"):
+                continue
+            config = Path(os.fsdecode(argument))
+            try:
+                lines = config.read_text().splitlines()
+            except OSError:
+                continue
+            if any(line.startswith("listeners=") and listener in line for line in lines):
+                return config.parent
+    return fallback
 
 
 def database_url() -> str:
