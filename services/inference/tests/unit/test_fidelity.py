@@ -1147,3 +1147,74 @@ async def test_integers_beyond_64_bits_in_a_stream_keep_their_digits(harness, re
     relayed = harness.stream_of(request.request_id)
     assert relayed[0].data["message"]["a_future_field"] == -(2**70)
     assert reply.data.response["content"][0]["input"] == {"account": BIG}
+
+
+CLAUDE_MESSAGE = {
+    "id": "msg_3",
+    "type": "message",
+    "role": "assistant",
+    "model": "upstream-claude",
+    "content": [{"type": "text", "text": "hi"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 5, "output_tokens": 1},
+}
+
+
+@pytest.mark.parametrize(
+    ("default_max_tokens", "sent"), [(64000, 64000), (None, 4096)], ids=["set", "unset"]
+)
+@pytest.mark.parametrize("api", ["openai.chat_completions", "openai.responses"])
+async def test_a_request_without_an_output_limit_gets_the_deployments_default(
+    recorder, monkeypatch, default_max_tokens, sent, api
+) -> None:
+    """The Messages API requires `max_tokens`, OpenAI's do not: a translated request that
+    set none gets the deployment's `default_max_tokens` (the model's own output limit),
+    else the service's default; one that set a limit keeps it."""
+    monkeypatch.setenv("FIDELITY_ANTHROPIC_KEY", "sk-ant-api03-SECRETSECRETSECRET")
+    deployment = Deployment(
+        name="anthropic",
+        provider="anthropic",
+        model="upstream-claude",
+        base_url=recorder.root,
+        api_key_env="FIDELITY_ANTHROPIC_KEY",
+        max_retries=0,
+        default_max_tokens=default_max_tokens,
+    )
+    table = RoutingTable(models={"claude": ModelRoute(name="claude", deployments=[deployment])})
+    providers = ProviderPool()
+    harness = await Harness.start(TOPICS, routing=table, providers=providers)
+    try:
+        body: dict[str, Any] = {"model": "claude"}
+        if api == "openai.responses":
+            body["input"] = "hi"
+            limited = {**body, "max_output_tokens": 20}
+        else:
+            body["messages"] = [{"role": "user", "content": "hi"}]
+            limited = {**body, "max_completion_tokens": 20}
+        for request_body, expected in ((body, sent), (limited, 20)):
+            recorder.script(Scripted(json=CLAUDE_MESSAGE))
+            reply = await harness.handle(chat_request(model="claude", api=api, body=request_body))
+            assert isinstance(reply, ChatCompleted), reply
+            assert recorder.last.body["max_tokens"] == expected
+    finally:
+        await harness.stop()
+        await providers.aclose()
+
+
+def test_default_max_tokens_belongs_to_anthropic_protocol_deployments() -> None:
+    with pytest.raises(ValueError, match="'default_max_tokens' applies only to"):
+        Deployment(
+            name="gpt", provider="openai", model="gpt-4o", api_key_env="K", default_max_tokens=8
+        )
+    for provider, extra in (
+        ("anthropic", {}),
+        ("bedrock", {"region": "us-east-1"}),
+        ("vertex", {"region": "us-east5", "project_id": "p"}),
+    ):
+        assert (
+            Deployment(
+                name="c", provider=provider, model="claude", default_max_tokens=8, **extra
+            ).default_max_tokens
+            == 8
+        )

@@ -128,6 +128,10 @@ _KIND_FIELDS: dict[str, frozenset[str]] = {
     "project_id": frozenset({"vertex"}),
     "credentials_file": frozenset({"vertex"}),
     "access_token_env": frozenset({"vertex"}),
+    # Sent only to the Anthropic protocol, which requires max_tokens.
+    "default_max_tokens": frozenset(
+        kind for kind, protocol in PROVIDER_PROTOCOLS.items() if protocol == "anthropic"
+    ),
 }
 _REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "azure_openai": ("base_url", "api_version"),
@@ -227,6 +231,15 @@ class Deployment(_Strict):
         description="A non-streamed call: how long its reply is waited for (the upstream "
         "answers once it has generated all of it); within the request's deadline. "
         "Connecting is still bounded by timeout_s.",
+    )
+    default_max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Anthropic-protocol deployments: the `max_tokens` sent for a Chat "
+        "Completions or Responses request that set no output limit (the Messages API "
+        "requires one): the model's own output limit, say. Unset: "
+        "SWITCHYARD_INFERENCE_ANTHROPIC_DEFAULT_MAX_TOKENS (4096).",
     )
     max_retries: int = Field(
         default=2,

@@ -575,7 +575,9 @@ class ChatViaMessages(ChatPassThrough):
         self, body: dict[str, Any], headers: Mapping[str, str], deployment: Deployment, stream: bool
     ) -> UpstreamCall:
         payload = _translated(
-            chat_request_to_messages, body, default_max_tokens=self.default_max_tokens
+            chat_request_to_messages,
+            body,
+            default_max_tokens=deployment.default_max_tokens or self.default_max_tokens,
         )
         payload["model"] = deployment.model
         if stream:
@@ -1141,7 +1143,7 @@ class ResponsesViaMessages(ResponsesPassThrough):
             responses_request_to_messages,
             body,
             self.previous_items,
-            default_max_tokens=self.default_max_tokens,
+            default_max_tokens=deployment.default_max_tokens or self.default_max_tokens,
         )
         payload["model"] = deployment.model
         if stream:
