@@ -135,7 +135,7 @@ async def test_three_replicas_admit_exactly_the_rpm_limit_of_simultaneous_reques
     ids=["parallel", "rpm", "tpm"],
 )
 async def test_a_refusal_states_the_limit_as_people_read_it(limits, body, said) -> None:
-    """"1 request", never "1 requests"; a billion as digits, never "1e+09"."""
+    """ "1 request", never "1 requests"; a billion as digits, never "1e+09"."""
     [admission] = replicas(MemoryLedger(), policy(**limits), count=1)
     if "tpm_limit" not in limits:  # the one request the limit allows, in progress
         (await admission.admit(Caller(), "m", body)).attach("first")
@@ -1445,3 +1445,33 @@ async def test_token_counts_cost_nothing_so_only_request_limits_apply(harness):
     )
     assert third.status_code == 429, third.text
     assert third.json()["error"]["type"] == "rate_limit_error"
+
+
+async def test_a_request_after_an_invalidation_never_joins_a_policy_fetch_from_before() -> None:
+    """A fetch in flight when a limit changes may carry the old limit: the next request
+    fetches again rather than share its answer."""
+    released, calls = asyncio.Event(), []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        rpm = len(calls)  # the first fetch gets the old limit, 1; the next the new, 2
+        if rpm == 1:
+            await released.wait()
+        limits = {"rpm_limit": rpm}
+        level = {"id": "u", "limits": limits, "budget_anchor_at": None}
+        return httpx.Response(200, json={"tenant": "acme", "levels": {"user": level}})
+
+    async def fetched(count: int) -> bool:
+        return len(calls) >= count
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        source = PolicySource(lambda: client, auth_url="http://auth", internal_token="t")
+        before = asyncio.create_task(source.get("u", None))
+        await async_wait_until(lambda: fetched(1), interval=0.01)
+        source.invalidate("user", "u")
+        after = asyncio.create_task(source.get("u", None))
+        await async_wait_until(lambda: fetched(2), interval=0.01)
+        released.set()
+
+        assert (await before).levels[0].limits.rpm_limit == 1
+        assert (await after).levels[0].limits.rpm_limit == 2

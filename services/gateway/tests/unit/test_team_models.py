@@ -293,3 +293,71 @@ async def test_another_teams_change_leaves_answers_usable_while_auth_is_down() -
         # from its last answer while auth cannot say.
         assert await chat(gw, record.key, "sim-small") == 200
         assert await chat(gw, token, "sim-large") == 404
+
+
+async def test_an_answer_from_before_a_change_is_not_served_stale_after_it() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small", "sim-large"])})
+    answer_given, release = holding_the_first_user_answer(auth)
+    async with gateway_with(auth, outage_settings()) as gw:
+        token = auth.token()
+        first = asyncio.create_task(chat(gw, token, "sim-large"))
+        await answer_given.wait()
+        auth.user_teams["user-jwt"] = ("team-1", ["sim-small"])
+        await gw.publish_auth_event(limits_changed("team", "team-1"))
+        await heard(gw, 1)
+        release.set()
+        assert await first == 200  # asked before the change: auth's answer then
+
+        auth.down = True
+        response = await gw.client.post(
+            "/v1/chat/completions", json={"model": "sim-large", **CHAT}, headers=bearer(token)
+        )
+        assert response.status_code == 503, response.text
+
+
+async def test_a_lookup_failing_after_a_change_does_not_bring_back_the_old_answer() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small", "sim-large"])})
+    settings = Settings(
+        request_timeout_s=2.0,
+        topic_prefix="unit-auth",
+        api_key_cache_ttl_s=0.05,
+        auth_stale_if_error_s=3600.0,
+    )
+    plain = auth.handle
+    armed: dict = {"on": False, "gw": None}
+
+    def handle(request):
+        if armed["on"] and request.url.path.startswith("/internal/v1/users/"):
+            armed["on"] = False
+            # Narrowed and announced while this lookup is on its way; then auth goes down.
+            auth.user_teams["user-jwt"] = ("team-1", ["sim-small"])
+            armed["gw"].gateway.revocations.state.apply(limits_changed("team", "team-1"))
+            auth.down = True
+        return plain(request)
+
+    auth.handle = handle  # type: ignore[method-assign]
+    async with gateway_with(auth, settings) as gw:
+        armed["gw"] = gw
+        token = auth.token()
+        assert await chat(gw, token, "sim-large") == 200
+        await asyncio.sleep(0.1)  # past the answer's TTL, within its stale bound
+        armed["on"] = True
+
+        # Neither the request whose lookup failed nor the next is answered from before.
+        assert await chat(gw, token, "sim-large") == 503
+        assert await chat(gw, token, "sim-large") == 503
+
+
+async def test_another_tenants_team_change_asks_nothing_about_this_tenants_keys() -> None:
+    auth = AuthDouble()
+    record = auth.add_api_key(team_id="team-1")  # of tenant acme
+    async with gateway_with(auth) as gw:
+        assert await chat(gw, record.key, "sim-small") == 200
+        before = auth.count("/internal/v1/api-keys/lookup")
+
+        other = limits_changed("team", "globex-team").model_copy(update={"tenant": "globex"})
+        await gw.publish_auth_event(other)
+        await heard(gw, 1)
+
+        assert await chat(gw, record.key, "sim-small") == 200
+        assert auth.count("/internal/v1/api-keys/lookup") == before

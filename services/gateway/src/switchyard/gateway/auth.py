@@ -105,6 +105,9 @@ MAX_CREDENTIAL_LENGTH = 8192
 # refused, and keys it did not know (`Authenticator`).
 MAX_CACHED_KEYS = 100_000
 MAX_CACHED_UNKNOWN_KEYS = 100_000
+# Changes of limits remembered at most (`Authenticator.limits_changed`); past it, the
+# answers cached before the oldest are forgotten with it.
+MAX_CHANGES_REMEMBERED = 100_000
 # Latest instant a time claim may name (9999-12-31T23:59:59Z).
 MAX_TIMESTAMP = 253_402_300_799
 # Once a call to auth failed (or took longer than `STALE_WAIT_S`), for how long (s) callers
@@ -438,6 +441,18 @@ class _CachedKey:
     revoked: bool = False
     # The key's team, as auth answered it (`limits_changed` matches a team's change on it).
     team_id: str | None = None
+    # `Authenticator._changes` when the lookup that gave this answer started: a change
+    # auth announced after it may not be in it.
+    stamp: int = 0
+
+
+@dataclass(frozen=True)
+class _UserEntry:
+    """A cached answer about a user, and `_changes` when its lookup started (`stamp`)."""
+
+    expiry: StaleIfError
+    user: _CachedUser
+    stamp: int
 
 
 def _string_list(value: Any) -> tuple[str, ...] | None:
@@ -497,15 +512,18 @@ class Authenticator:
         self._lookups: dict[tuple[str, int], asyncio.Task[Principal | None]] = {}
         self._lookup_slots = asyncio.Semaphore(lookup_concurrency)
         # user id -> (when to ask auth again, auth's answer)
-        self._users: LRUCache[str, tuple[StaleIfError, _CachedUser]] = LRUCache(
-            MAX_CACHED_KEYS
-        )
+        self._users: LRUCache[str, _UserEntry] = LRUCache(MAX_CACHED_KEYS)
         # When auth last failed to answer; shared with the policy source.
         self.outage = AuthOutage()
         self._user_lookups: dict[tuple[str, int], asyncio.Task[_CachedUser]] = {}
-        # Bumped by every `limits_changed`, so a lookup answered across a change is not
-        # cached as fresh (auth may have answered before the change).
+        # Changes auth announced (`limits_changed`), counted, and by level (`("team",
+        # id)`, `("user", id)`, `("api_key", id)`, and `("tenant_teams", tenant)` for any
+        # team of a tenant): the count at the last change of each, and when it came
+        # (monotonic). A cached answer whose lookup started before a change of a level it
+        # depends on is superseded (`_superseded`): checked at each use, so a change costs
+        # nothing however many answers are cached.
         self._changes = 0
+        self._changed_at: dict[tuple[str, str], tuple[int, float]] = {}
 
     async def authenticate(
         self, authorization: str | None, x_api_key: str | None, *, client: str | None = None
@@ -572,24 +590,34 @@ class Authenticator:
         """
         cached = self._users.get(user_id)
         now = time.monotonic()
-        if cached is not None and cached[0].fresh(now):
-            return cached[1]
-        stale = cached if cached is not None and cached[1].active else None
+        if cached is not None and self._changed_at and self._user_superseded(user_id, cached):
+            cached = None  # auth changed the user or their team since: never used again
+        if cached is not None and cached.expiry.fresh(now):
+            return cached.user
+        stale = cached if cached is not None and cached.user.active else None
 
         def keep_stale(failed_at: float) -> None:
             assert stale is not None
-            self._users[user_id] = (stale[0].retried(failed_at), stale[1])
+            self._users[user_id] = replace(stale, expiry=stale.expiry.retried(failed_at))
 
         answer = await self.outage.answer(
             lambda: self._user_lookup(user_id),
             lookup="user",
-            usable=lambda: stale is not None and stale[0].stale_until > now,
+            # Read when auth fails, which may be after a change that supersedes it.
+            usable=lambda: stale is not None
+            and stale.expiry.stale_until > now
+            and not self._user_superseded(user_id, stale),
             keep_stale=keep_stale,
         )
         if isinstance(answer, Stale):
             assert stale is not None
-            return stale[1]
+            return stale.user
         return answer
+
+    def _user_superseded(self, user_id: str, entry: _UserEntry) -> bool:
+        """Whether auth announced a change of the user or their team after `entry`'s lookup
+        started."""
+        return self._changed_since(entry.stamp, ("user", user_id), ("team", entry.user.team_id))
 
     def _user_lookup(self, user_id: str) -> asyncio.Task[_CachedUser]:
         """The lookup of `user_id` at auth in flight, started if none is: one per user,
@@ -629,17 +657,12 @@ class Authenticator:
         else:
             raise AuthUnavailableError(f"auth answered {response.status_code}")
         ttl = self._key_ttl_s if user.active else self._negative_ttl_s
-        self._users[user_id] = (self._expiry(ttl, changes), user)
+        self._users[user_id] = _UserEntry(self._expiry(ttl), user, changes)
         return user
 
-    def _expiry(self, ttl_s: float, changes: int | None = None) -> StaleIfError:
-        """When an answer cached now for `ttl_s` seconds runs out, and its stale use ends.
-        With `changes` (`_changes` when the lookup started) and a change heard since
-        (`limits_changed`), the answer may predate it: it is not fresh, only usable stale."""
-        now = time.monotonic()
-        fresh_until = now + ttl_s
-        if changes is not None and changes != self._changes:
-            return StaleIfError(now, fresh_until + self._stale_if_error_s)
+    def _expiry(self, ttl_s: float) -> StaleIfError:
+        """When an answer cached now for `ttl_s` seconds runs out, and its stale use ends."""
+        fresh_until = time.monotonic() + ttl_s
         return StaleIfError(fresh_until, fresh_until + self._stale_if_error_s)
 
     async def _verify(self, token: str) -> Principal:
@@ -706,7 +729,7 @@ class Authenticator:
         secret_hash = hashlib.sha256(key.encode()).hexdigest()
         cached = self._keys.get(secret_hash) or self._unknown_keys.get(secret_hash)
         now = time.monotonic()
-        if cached is not None and cached.expiry.fresh(now):
+        if cached is not None and cached.expiry.fresh(now) and not self._key_changed(cached):
             principal = cached.principal
         elif cached is not None and cached.principal is not None:
             principal = await self._expired_key(secret_hash, cached, now)  # a known caller
@@ -771,7 +794,8 @@ class Authenticator:
         answer = await self.outage.answer(
             lambda: self._lookup_task(secret_hash, client),
             lookup="api_key",
-            usable=lambda: stale is not None,
+            # Read when auth fails, which may be after a change that supersedes it.
+            usable=lambda: stale is not None and not self._key_superseded(stale),
             keep_stale=keep_stale,
         )
         if isinstance(answer, Stale):
@@ -827,7 +851,7 @@ class Authenticator:
         else:
             self._unknown_keys.pop(secret_hash, None)
             self._keys[secret_hash] = _CachedKey(
-                self._expiry(self._key_ttl_s, changes), principal, team_id=team_id
+                self._expiry(self._key_ttl_s), principal, team_id=team_id, stamp=changes
             )
         return principal
 
@@ -882,49 +906,82 @@ class Authenticator:
         response.raise_for_status()
         return cast(dict[str, Any], response.json())
 
-    def limits_changed(self, scope: str, scope_id: str) -> None:
-        """Auth changed a level (`auth.limits_changed`: `scope` tenant, team, user or
-        api_key, and its id): a team's models, or the team of a user or key, may have
-        changed with it, so the answers about the users and keys concerned are asked for
-        again at their next request, on every replica at once rather than after
-        `key_ttl_s`, and are no longer served stale should auth not answer (as the
-        callers' policies, which the same event invalidates). Lookups in flight are not
-        joined by later requests, nor cached as fresh (`_changes`).
+    def limits_changed(self, scope: str, scope_id: str, tenant: str) -> None:
+        """Auth changed a level of `tenant` (`auth.limits_changed`: `scope` tenant, team,
+        user or api_key, and its id): a team's models, or the team of a user or key, may
+        have changed with it. Every cached answer about a user or key that depends on that
+        level, and whose lookup started before now, is superseded: auth is asked again at
+        its next request, on every replica at once rather than after `key_ttl_s`, and it
+        is never served stale meanwhile (nor is a lookup from before joined: `_changes`
+        keys them). A key's models are also bounded by its user's team, which a cached
+        key does not name (an admin may have taken the key out of it): after a change of
+        any team of the tenant, its keys are asked about again, served stale should auth
+        not answer.
 
-        A key's models are bounded by its own team, which its cached answer names, and by
-        its user's, which it does not (an admin may have taken the key out of its user's
-        team): a team's change also asks again about every other key, still serving
-        those stale while auth cannot answer."""
+        Nothing cached is scanned: the change is remembered, by level, for as long as an
+        answer from before it could still be used (`key_ttl_s` and `stale_if_error_s`)."""
         self._changes += 1
         now = time.monotonic()
-        invalid = StaleIfError(now, now)
+        changed = self._changed_at
+        horizon = now - self._key_ttl_s - self._stale_if_error_s - LOOKUP_TIMEOUT_S
+        # Oldest first (a level changed again is moved to the end).
+        while changed:
+            level, (_, at) = next(iter(changed.items()))
+            if at > horizon and len(changed) < MAX_CHANGES_REMEMBERED:
+                break
+            del changed[level]
+            if at > horizon:
+                # Too many changes to remember: forget the answers that predate them too.
+                self._users.clear()
+                self._keys = LRUCache(MAX_CACHED_KEYS)
+                changed.clear()
+        levels = [(scope, scope_id)]
+        if scope == "team":
+            levels.append(("tenant_teams", tenant))
+        for level in levels:
+            changed.pop(level, None)
+            changed[level] = (self._changes, now)
 
-        for user_id, (_, user) in list(self._users.items()):
-            if (scope == "user" and user_id == scope_id) or (
-                scope == "team" and user.team_id == scope_id
-            ):
-                self._users[user_id] = (invalid, user)
-        for secret_hash, entry in list(self._keys.items()):
-            principal = entry.principal
-            if principal is None:
-                continue
-            if (
-                (scope == "team" and entry.team_id == scope_id)
-                or (scope == "user" and principal.user_id == scope_id)
-                or (scope == "api_key" and principal.api_key_id == scope_id)
-            ):
-                self._keys[secret_hash] = replace(entry, expiry=invalid)
-            elif scope == "team":
-                expiry = entry.expiry
-                self._keys[secret_hash] = replace(
-                    entry, expiry=StaleIfError(min(expiry.fresh_until, now), expiry.stale_until)
-                )
+    def _changed_since(self, stamp: int, *levels: tuple[str, str | None]) -> bool:
+        """Whether auth announced a change of any of `levels` (an id None: none) after the
+        `_changes` count `stamp`."""
+        changed = self._changed_at
+        for scope, scope_id in levels:
+            if scope_id is not None:
+                last = changed.get((scope, scope_id))
+                if last is not None and last[0] > stamp:
+                    return True
+        return False
+
+    def _key_superseded(self, entry: _CachedKey) -> bool:
+        """Whether auth announced a change of the key, its user or its team after `entry`'s
+        lookup started (never for a refusal: a change of limits revives no key)."""
+        principal = entry.principal
+        return principal is not None and self._changed_since(
+            entry.stamp,
+            ("api_key", principal.api_key_id),
+            ("user", principal.user_id),
+            ("team", entry.team_id),
+        )
+
+    def _key_changed(self, entry: _CachedKey) -> bool:
+        """Whether `entry` must be asked about again: superseded, or a team of its tenant
+        changed since (which may be its user's)."""
+        principal = entry.principal
+        return (
+            principal is not None
+            and bool(self._changed_at)
+            and (
+                self._key_superseded(entry)
+                or self._changed_since(entry.stamp, ("tenant_teams", principal.tenant))
+            )
+        )
 
     def _on_auth_event(self, event: Event) -> None:
         """Bring the caches in line with an auth event (the sets refuse stale entries
         anyway; this keeps refused keys from being looked up again)."""
         if isinstance(event, LimitsChanged):
-            self.limits_changed(event.data.scope, event.data.scope_id)
+            self.limits_changed(event.data.scope, event.data.scope_id, event.tenant)
         elif isinstance(event, ApiKeyRevoked):
             key_id = event.data.key_id
             self._refuse_keys(lambda p: p is not None and p.api_key_id == key_id)

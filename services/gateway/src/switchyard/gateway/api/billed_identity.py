@@ -282,8 +282,11 @@ class BilledIdentityCheck:
                 self._forget_user(scope_id)
             elif scope == "team":
                 # A key's models are bounded by its team and its user's, neither of which
-                # its state names: every key is asked about again.
-                self._keys.clear()
+                # its state names: every key of the tenant is asked about again.
+                for key_id in [
+                    k for k, (_, s) in self._keys.items() if s and s.tenant == event.tenant
+                ]:
+                    del self._keys[key_id]
                 for user_id in [
                     u for u, (_, s) in self._users.items() if s and s.team_id == scope_id
                 ]:

@@ -166,7 +166,9 @@ class PolicySource:
         # Shared with the authenticator (`outage`), so one failed call to auth spares the
         # callers both waits.
         self._outage = outage if outage is not None else AuthOutage(clock)
-        self._fetches: dict[tuple[str, str | None], asyncio.Task[Policy]] = {}
+        # By caller and `_generation` when each started: a request after an invalidation
+        # never joins a fetch from before it, which may carry the old limits.
+        self._fetches: dict[tuple[str, str | None, int], asyncio.Task[Policy]] = {}
         # Bumped by every invalidation, so a fetch that started before it is not cached.
         self._generation = 0
 
@@ -196,7 +198,9 @@ class PolicySource:
             self._cache[key] = (cached[0].retried(failed_at), cached[1])
 
         answer = await self._outage.answer(
-            lambda: shared_task(self._fetches, key, lambda: self._fetch(key)),
+            lambda: shared_task(
+                self._fetches, (*key, self._generation), lambda: self._fetch(key)
+            ),
             lookup="policy",
             usable=usable,
             keep_stale=keep_stale,
