@@ -59,7 +59,8 @@ import math
 import re
 import time
 from collections.abc import Callable, Coroutine, Hashable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar, cast
 from urllib.parse import quote
@@ -309,16 +310,20 @@ class Principal:
         """Whether this caller's credential allows `model` (not whether it exists)."""
         return self.allowed_models is None or model in self.allowed_models
 
-    def within(self, models: tuple[str, ...] | None) -> Principal:
+    def within(
+        self, models: tuple[str, ...] | None, members: AbstractSet[str] | None = None
+    ) -> Principal:
         """This caller bounded by `models` too (None: no bound): its own models that
-        `models` holds, in its order, or `models` when it has no list of its own."""
+        `models` holds, in its order, or `models` when it has no list of its own.
+        `members`: the same models as a set, when the caller keeps one (a list of a few
+        hundred is looked through once per own model otherwise)."""
         if models is None:
             return self
         own = self.allowed_models
-        return replace(
-            self,
-            allowed_models=models if own is None else tuple(m for m in own if m in models),
-        )
+        if own is None:
+            return replace(self, allowed_models=models)
+        held = members if members is not None else frozenset(models)
+        return replace(self, allowed_models=tuple(m for m in own if m in held))
 
     @property
     def is_tenant_admin(self) -> bool:
@@ -427,6 +432,12 @@ class _CachedUser:
     active: bool
     team_id: str | None = None
     team_models: tuple[str, ...] | None = None
+    # `team_models` as a set, for `Principal.within`.
+    team_set: frozenset[str] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.team_models is not None:
+            object.__setattr__(self, "team_set", frozenset(self.team_models))
 
 
 _UNKNOWN_USER = _CachedUser(active=False)
@@ -578,7 +589,7 @@ class Authenticator:
             raise AuthenticationError
         # The token names no more than the models asked for when it was made: its user's
         # team bounds it as the team is now, so a change reaches every token at once.
-        return principal.within(user.team_models)
+        return principal.within(user.team_models, user.team_set)
 
     async def _user(self, user_id: str) -> _CachedUser:
         """Auth's answer about the user (exists and enabled, their team's models), as it
