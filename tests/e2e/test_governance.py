@@ -105,6 +105,26 @@ async def fire(fleet, key: str, count: int, body: dict) -> list[httpx.Response]:
         )
 
 
+async def until_answered_everywhere(
+    fleet, since: float, body: dict, headers: dict, status: int
+) -> list[float]:
+    """For each replica, the seconds from `since` (monotonic) until it answered `body` with
+    `status` (tried every 50 ms for 5 s; infinity if it never did)."""
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def until(url: str) -> float:
+            while time.monotonic() - since < 5:
+                response = await client.post(
+                    f"{url}/v1/chat/completions", json=body, headers=headers
+                )
+                if response.status_code == status:
+                    return time.monotonic() - since
+                await asyncio.sleep(0.05)
+            return float("inf")
+
+        return await asyncio.gather(*[until(url) for url in fleet["urls"]])
+
+
 def chat(system: str | None = None, max_tokens: int = 16) -> dict:
     messages = [{"role": "user", "content": "hello"}]
     if system is not None:
@@ -293,24 +313,11 @@ def test_a_limit_changed_by_an_admin_applies_within_a_second_on_every_replica(fl
     assert changed.status_code == 200, changed.text
     changed_at = time.monotonic()
 
-    async def refused_everywhere() -> list[float]:
-        async with httpx.AsyncClient(timeout=10) as client:
-
-            async def until_refused(url: str) -> float:
-                while time.monotonic() - changed_at < 5:
-                    response = await client.post(
-                        f"{url}/v1/chat/completions",
-                        json=chat(),
-                        headers={"Authorization": f"Bearer {key['key']}"},
-                    )
-                    if response.status_code == 429:
-                        return time.monotonic() - changed_at
-                    await asyncio.sleep(0.05)
-                return float("inf")
-
-            return await asyncio.gather(*[until_refused(url) for url in fleet["urls"]])
-
-    delays = asyncio.run(refused_everywhere())
+    delays = asyncio.run(
+        until_answered_everywhere(
+            fleet, changed_at, chat(), {"Authorization": f"Bearer {key['key']}"}, 429
+        )
+    )
     assert max(delays) <= 1.0, delays
 
 
@@ -376,23 +383,7 @@ def test_a_teams_models_bound_its_members_tokens_and_a_change_reaches_them_at_on
     assert widened.status_code == 200, widened.text
     changed_at = time.monotonic()
 
-    async def allowed_everywhere() -> list[float]:
-        async with httpx.AsyncClient(timeout=30) as client:
-
-            async def until_allowed(url: str) -> float:
-                while time.monotonic() - changed_at < 5:
-                    response = await client.post(
-                        f"{url}/v1/chat/completions",
-                        json={**chat(), "model": "sim-large"},
-                        headers=headers,
-                    )
-                    if response.status_code == 200:
-                        return time.monotonic() - changed_at
-                    await asyncio.sleep(0.05)
-                return float("inf")
-
-            return await asyncio.gather(*[until_allowed(url) for url in fleet["urls"]])
-
-    delays = asyncio.run(allowed_everywhere())
+    body = {**chat(), "model": "sim-large"}
+    delays = asyncio.run(until_answered_everywhere(fleet, changed_at, body, headers, 200))
     # The same token, not refreshed: the team's change reached it on every replica.
     assert max(delays) <= 1.0, delays

@@ -162,13 +162,7 @@ async def test_an_unreadable_team_list_is_no_bound_lifted() -> None:
 
 async def test_the_teams_bound_holds_while_auth_is_down() -> None:
     auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small"])})
-    settings = Settings(
-        request_timeout_s=2.0,
-        topic_prefix="unit-auth",
-        api_key_cache_ttl_s=0.05,
-        auth_stale_if_error_s=60.0,
-    )
-    async with gateway_with(auth, settings) as gw:
+    async with gateway_with(auth, outage_settings(ttl_s=0.05)) as gw:
         token = auth.token()
         assert await chat(gw, token, "sim-small") == 200
         auth.down = True
@@ -183,11 +177,9 @@ async def test_an_answer_auth_gave_before_a_change_is_not_kept_as_fresh() -> Non
     answer_given, release = holding_the_first_user_answer(auth)
     async with gateway_with(auth) as gw:
         token = auth.token()
-        first = asyncio.create_task(chat(gw, token, "sim-large"))
-        await answer_given.wait()
-        auth.user_teams["user-jwt"] = ("team-1", ["sim-small", "sim-large"])
-        await gw.publish_auth_event(limits_changed("team", "team-1"))
-        await heard(gw, 1)
+        first = await changed_while_asking(
+            gw, auth, token, answer_given, ["sim-small", "sim-large"]
+        )
         release.set()
 
         assert await first == 404  # answered with what auth said when it was asked
@@ -218,6 +210,19 @@ def holding_the_first_user_answer(auth: AuthDouble) -> tuple[asyncio.Event, asyn
     return answer_given, release
 
 
+async def changed_while_asking(
+    gw, auth: AuthDouble, token: str, answer_given: asyncio.Event, models: list[str]
+) -> asyncio.Task[int]:
+    """A request for sim-large whose user lookup auth answers; then, while that answer is
+    on its way, team-1 allowing `models` and announced, and heard. Returns the request."""
+    first = asyncio.create_task(chat(gw, token, "sim-large"))
+    await answer_given.wait()
+    auth.user_teams["user-jwt"] = ("team-1", models)
+    await gw.publish_auth_event(limits_changed("team", "team-1"))
+    await heard(gw, 1)
+    return first
+
+
 async def heard(gw, changes: int) -> None:
     authenticator = gw.gateway.authenticator
     async with asyncio.timeout(5):
@@ -230,25 +235,24 @@ async def test_a_request_after_a_change_does_not_join_a_lookup_from_before_it() 
     answer_given, release = holding_the_first_user_answer(auth)
     async with gateway_with(auth) as gw:
         token = auth.token()
-        first = asyncio.create_task(chat(gw, token, "sim-large"))
-        await answer_given.wait()
-        auth.user_teams["user-jwt"] = ("team-1", ["sim-small"])
-        await gw.publish_auth_event(limits_changed("team", "team-1"))
-        await heard(gw, 1)
+        first = await changed_while_asking(gw, auth, token, answer_given, ["sim-small"])
+        # Asks auth itself before the first's answer arrives (joining it, it would not).
         second = asyncio.create_task(chat(gw, token, "sim-large"))
-        await asyncio.sleep(0.05)
+        async with asyncio.timeout(5):
+            while auth.count("/internal/v1/users/user-jwt") < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
         release.set()
 
         assert await first == 200  # asked before the change: auth's answer then
         assert await second == 404
 
 
-def outage_settings() -> Settings:
-    """Answers cached an hour and served stale an hour more while auth is down."""
+def outage_settings(ttl_s: float = 3600.0) -> Settings:
+    """Answers cached `ttl_s` and served stale an hour more while auth is down."""
     return Settings(
         request_timeout_s=2.0,
         topic_prefix="unit-auth",
-        api_key_cache_ttl_s=3600.0,
+        api_key_cache_ttl_s=ttl_s,
         auth_stale_if_error_s=3600.0,
     )
 
@@ -300,11 +304,7 @@ async def test_an_answer_from_before_a_change_is_not_served_stale_after_it() -> 
     answer_given, release = holding_the_first_user_answer(auth)
     async with gateway_with(auth, outage_settings()) as gw:
         token = auth.token()
-        first = asyncio.create_task(chat(gw, token, "sim-large"))
-        await answer_given.wait()
-        auth.user_teams["user-jwt"] = ("team-1", ["sim-small"])
-        await gw.publish_auth_event(limits_changed("team", "team-1"))
-        await heard(gw, 1)
+        first = await changed_while_asking(gw, auth, token, answer_given, ["sim-small"])
         release.set()
         assert await first == 200  # asked before the change: auth's answer then
 
@@ -317,12 +317,6 @@ async def test_an_answer_from_before_a_change_is_not_served_stale_after_it() -> 
 
 async def test_a_lookup_failing_after_a_change_does_not_bring_back_the_old_answer() -> None:
     auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small", "sim-large"])})
-    settings = Settings(
-        request_timeout_s=2.0,
-        topic_prefix="unit-auth",
-        api_key_cache_ttl_s=0.05,
-        auth_stale_if_error_s=3600.0,
-    )
     plain = auth.handle
     armed: dict = {"on": False, "gw": None}
 
@@ -336,7 +330,7 @@ async def test_a_lookup_failing_after_a_change_does_not_bring_back_the_old_answe
         return plain(request)
 
     auth.handle = handle  # type: ignore[method-assign]
-    async with gateway_with(auth, settings) as gw:
+    async with gateway_with(auth, outage_settings(ttl_s=0.05)) as gw:
         armed["gw"] = gw
         token = auth.token()
         assert await chat(gw, token, "sim-large") == 200
