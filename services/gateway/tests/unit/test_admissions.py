@@ -213,6 +213,24 @@ async def test_a_change_of_the_team_reaches_the_next_admission(gw: GatewayUnderT
     assert (await admit(gw, payload(record))).status_code == 200
 
 
+async def test_another_tenants_team_change_asks_nothing_about_this_tenants_keys(
+    gw: GatewayUnderTest,
+) -> None:
+    record = gw.auth.add_api_key(allowed_models=["sim-large"])
+    assert (await admit(gw, payload(record))).status_code == 200  # now cached
+    asked = gw.auth.count(KEY_PATH + record.key_id)
+    other = LimitsChanged(
+        source="auth",
+        tenant="globex",
+        request_id=new_id(),
+        data=LimitsChangedData(scope="team", scope_id="globex-team"),
+    )
+    await gw.gateway.revocations.handle(other)
+
+    assert (await admit(gw, payload(record))).status_code == 200
+    assert gw.auth.count(KEY_PATH + record.key_id) == asked
+
+
 async def test_a_key_revoked_while_cached_is_refused_at_once(gw: GatewayUnderTest) -> None:
     record = gw.auth.add_api_key()
     assert (await admit(gw, payload(record))).status_code == 200  # now cached

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 
 from switchyard.common.events import LimitsChanged, LimitsChangedData
+from switchyard.gateway import auth as auth_module
+from switchyard.gateway.auth import STALE_WAIT_S
 from switchyard.gateway.config import Settings
 
 from .auth_double import AuthDouble, gateway_with
@@ -174,7 +176,7 @@ async def test_the_teams_bound_holds_while_auth_is_down() -> None:
 
 async def test_an_answer_auth_gave_before_a_change_is_not_kept_as_fresh() -> None:
     auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small"])})
-    answer_given, release = holding_the_first_user_answer(auth)
+    answer_given, release = holding_a_user_answer(auth)
     async with gateway_with(auth) as gw:
         token = auth.token()
         first = await changed_while_asking(
@@ -186,25 +188,28 @@ async def test_an_answer_auth_gave_before_a_change_is_not_kept_as_fresh() -> Non
         assert await chat(gw, token, "sim-large") == 200
 
 
-def holding_the_first_user_answer(auth: AuthDouble) -> tuple[asyncio.Event, asyncio.Event]:
-    """Make auth's first user status answer wait (made at once, delivered on `release`);
-    returns (`answer_given`, `release`)."""
+def holding_a_user_answer(auth: AuthDouble, nth: int = 1) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make auth's `nth` user status answer wait (made at once, delivered on `release`);
+    returns (`answer_given`, `release`). Before the gateway starts: it reads `handle`
+    then."""
     answer_given, release = asyncio.Event(), asyncio.Event()
     plain = auth.handle
-    held = {"first": True}
+    asked = {"count": 0}
 
     def handle(request):
-        if held["first"] and request.url.path.startswith("/internal/v1/users/"):
-            held["first"] = False
-            answer = plain(request)
+        if not request.url.path.startswith("/internal/v1/users/"):
+            return plain(request)
+        asked["count"] += 1
+        answer = plain(request)
+        if asked["count"] != nth:
+            return answer
 
-            async def on_the_way():
-                answer_given.set()
-                await release.wait()
-                return answer
+        async def on_the_way():
+            answer_given.set()
+            await release.wait()
+            return answer
 
-            return on_the_way()
-        return plain(request)
+        return on_the_way()
 
     auth.handle = handle  # type: ignore[method-assign]
     return answer_given, release
@@ -232,7 +237,7 @@ async def heard(gw, changes: int) -> None:
 
 async def test_a_request_after_a_change_does_not_join_a_lookup_from_before_it() -> None:
     auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small", "sim-large"])})
-    answer_given, release = holding_the_first_user_answer(auth)
+    answer_given, release = holding_a_user_answer(auth)
     async with gateway_with(auth) as gw:
         token = auth.token()
         first = await changed_while_asking(gw, auth, token, answer_given, ["sim-small"])
@@ -301,7 +306,7 @@ async def test_another_teams_change_leaves_answers_usable_while_auth_is_down() -
 
 async def test_an_answer_from_before_a_change_is_not_served_stale_after_it() -> None:
     auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small", "sim-large"])})
-    answer_given, release = holding_the_first_user_answer(auth)
+    answer_given, release = holding_a_user_answer(auth)
     async with gateway_with(auth, outage_settings()) as gw:
         token = auth.token()
         first = await changed_while_asking(gw, auth, token, answer_given, ["sim-small"])
@@ -355,3 +360,44 @@ async def test_another_tenants_team_change_asks_nothing_about_this_tenants_keys(
 
         assert await chat(gw, record.key, "sim-small") == 200
         assert auth.count("/internal/v1/api-keys/lookup") == before
+
+
+async def test_a_change_heard_while_waiting_for_auth_is_not_answered_from_before_it() -> None:
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small", "sim-large"])})
+    answer_given, release = holding_a_user_answer(auth, nth=2)
+    async with gateway_with(auth, outage_settings(ttl_s=0.05)) as gw:
+        token = auth.token()
+        assert await chat(gw, token, "sim-large") == 200
+        await asyncio.sleep(0.1)  # past the answer's TTL, within its stale bound
+
+        slow = asyncio.create_task(chat(gw, token, "sim-large"))
+        await answer_given.wait()
+        auth.user_teams["user-jwt"] = ("team-1", ["sim-small"])
+        gw.gateway.revocations.state.apply(limits_changed("team", "team-1"))
+        # Past the wait after which a usable old answer stands in for a slow auth: the old
+        # answer is no longer usable, so the request waits for auth's.
+        await asyncio.sleep(STALE_WAIT_S + 0.3)
+        assert not slow.done()
+        release.set()
+
+        assert await slow == 200  # what auth answered when it was asked, before the change
+        assert await chat(gw, token, "sim-large") == 404  # that answer was not kept
+
+
+async def test_an_answer_from_before_a_change_no_longer_remembered_is_not_kept(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(auth_module, "MAX_CHANGES_REMEMBERED", 2)
+    auth = AuthDouble(user_teams={"user-jwt": ("team-1", ["sim-small", "sim-large"])})
+    answer_given, release = holding_a_user_answer(auth)
+    async with gateway_with(auth) as gw:
+        token = auth.token()
+        first = await changed_while_asking(gw, auth, token, answer_given, ["sim-small"])
+        # One more change than remembered: team-1's is forgotten while the answer from
+        # before it is on its way.
+        gw.gateway.revocations.state.apply(limits_changed("user", "someone-else"))
+        assert gw.gateway.authenticator._changed_at.get(("team", "team-1")) is None
+        release.set()
+
+        assert await first == 200
+        assert await chat(gw, token, "sim-large") == 404

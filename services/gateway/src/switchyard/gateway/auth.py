@@ -58,6 +58,7 @@ import hashlib
 import math
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Hashable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
@@ -250,7 +251,10 @@ class AuthOutage:
         task = start()
         if usable() and not await finished_within(task, STALE_WAIT_S):
             self.failed()
-            return self._stale(lookup)
+            # Asked again: what made the answer unusable (a change of limits heard, a
+            # revocation) may have come during the wait.
+            if usable():
+                return self._stale(lookup)
         try:
             return await asyncio.shield(task)
         except Exception as exc:
@@ -530,11 +534,14 @@ class Authenticator:
         # Changes auth announced (`limits_changed`), counted, and by level (`("team",
         # id)`, `("user", id)`, `("api_key", id)`, and `("tenant_teams", tenant)` for any
         # team of a tenant): the count at the last change of each, and when it came
-        # (monotonic). A cached answer whose lookup started before a change of a level it
-        # depends on is superseded (`_superseded`): checked at each use, so a change costs
-        # nothing however many answers are cached.
+        # (monotonic), oldest first. A cached answer whose lookup started before a change
+        # of a level it depends on is superseded (`_changed_since`): checked at each use,
+        # so a change costs nothing however many answers are cached. `_forgotten`: the
+        # count of the last change no longer remembered; every answer whose lookup started
+        # before it counts as superseded.
         self._changes = 0
-        self._changed_at: dict[tuple[str, str], tuple[int, float]] = {}
+        self._changed_at: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
+        self._forgotten = 0
 
     async def authenticate(
         self, authorization: str | None, x_api_key: str | None, *, client: str | None = None
@@ -601,7 +608,7 @@ class Authenticator:
         """
         cached = self._users.get(user_id)
         now = time.monotonic()
-        if cached is not None and self._changed_at and self._user_superseded(user_id, cached):
+        if cached is not None and self._any_change() and self._user_superseded(user_id, cached):
             cached = None  # auth changed the user or their team since: never used again
         if cached is not None and cached.expiry.fresh(now):
             return cached.user
@@ -615,9 +622,11 @@ class Authenticator:
             lambda: self._user_lookup(user_id),
             lookup="user",
             # Read when auth fails, which may be after a change that supersedes it.
-            usable=lambda: stale is not None
-            and stale.expiry.stale_until > now
-            and not self._user_superseded(user_id, stale),
+            usable=lambda: (
+                stale is not None
+                and stale.expiry.stale_until > now
+                and not self._user_superseded(user_id, stale)
+            ),
             keep_stale=keep_stale,
         )
         if isinstance(answer, Stale):
@@ -668,7 +677,11 @@ class Authenticator:
         else:
             raise AuthUnavailableError(f"auth answered {response.status_code}")
         ttl = self._key_ttl_s if user.active else self._negative_ttl_s
-        self._users[user_id] = _UserEntry(self._expiry(ttl), user, changes)
+        entry = _UserEntry(self._expiry(ttl), user, changes)
+        # One superseded already (a change was heard while it was on its way) would only
+        # take the place of a newer answer.
+        if not self._user_superseded(user_id, entry):
+            self._users[user_id] = entry
         return user
 
     def _expiry(self, ttl_s: float) -> StaleIfError:
@@ -861,9 +874,13 @@ class Authenticator:
             self._keys[secret_hash] = _CachedKey(self._expiry(self._key_ttl_s), None, True)
         else:
             self._unknown_keys.pop(secret_hash, None)
-            self._keys[secret_hash] = _CachedKey(
+            entry = _CachedKey(
                 self._expiry(self._key_ttl_s), principal, team_id=team_id, stamp=changes
             )
+            # One superseded already (a change was heard while it was on its way) would
+            # only take the place of a newer answer.
+            if not self._key_superseded(entry):
+                self._keys[secret_hash] = entry
         return principal
 
     async def _lookup(self, secret_hash: str) -> tuple[Principal, str | None] | None:
@@ -930,32 +947,34 @@ class Authenticator:
         not answer.
 
         Nothing cached is scanned: the change is remembered, by level, for as long as an
-        answer from before it could still be used (`key_ttl_s` and `stale_if_error_s`)."""
+        answer from before it could normally still be used (`key_ttl_s`,
+        `stale_if_error_s`, and a late answer's slack), and at most
+        `MAX_CHANGES_REMEMBERED` of them; once forgotten, every answer from before it
+        counts as superseded (`_forgotten`), however late it arrives."""
+        if scope == "tenant":
+            return  # no cached answer here depends on a tenant's limits
         self._changes += 1
         now = time.monotonic()
         changed = self._changed_at
-        horizon = now - self._key_ttl_s - self._stale_if_error_s - LOOKUP_TIMEOUT_S
-        # Oldest first (a level changed again is moved to the end).
+        horizon = now - revoked_key_retention_s(self._key_ttl_s, self._stale_if_error_s)
         while changed:
-            level, (_, at) = next(iter(changed.items()))
+            level, (number, at) = next(iter(changed.items()))
             if at > horizon and len(changed) < MAX_CHANGES_REMEMBERED:
                 break
-            del changed[level]
-            if at > horizon:
-                # Too many changes to remember: forget the answers that predate them too.
-                self._users.clear()
-                self._keys = LRUCache(MAX_CACHED_KEYS)
-                changed.clear()
+            changed.popitem(last=False)
+            self._forgotten = max(self._forgotten, number)
         levels = [(scope, scope_id)]
         if scope == "team":
             levels.append(("tenant_teams", tenant))
         for level in levels:
-            changed.pop(level, None)
             changed[level] = (self._changes, now)
+            changed.move_to_end(level)
 
     def _changed_since(self, stamp: int, *levels: tuple[str, str | None]) -> bool:
         """Whether auth announced a change of any of `levels` (an id None: none) after the
-        `_changes` count `stamp`."""
+        `_changes` count `stamp`, or one it no longer remembers (`_forgotten`)."""
+        if stamp < self._forgotten:
+            return True
         changed = self._changed_at
         for scope, scope_id in levels:
             if scope_id is not None:
@@ -963,6 +982,11 @@ class Authenticator:
                 if last is not None and last[0] > stamp:
                     return True
         return False
+
+    def _any_change(self) -> bool:
+        """Whether any change of limits may supersede a cached answer (most requests of a
+        deployment whose limits do not change ask no more than this)."""
+        return bool(self._changed_at) or self._forgotten > 0
 
     def _key_superseded(self, entry: _CachedKey) -> bool:
         """Whether auth announced a change of the key, its user or its team after `entry`'s
@@ -981,7 +1005,7 @@ class Authenticator:
         principal = entry.principal
         return (
             principal is not None
-            and bool(self._changed_at)
+            and self._any_change()
             and (
                 self._key_superseded(entry)
                 or self._changed_since(entry.stamp, ("tenant_teams", principal.tenant))
