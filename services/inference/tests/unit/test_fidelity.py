@@ -27,6 +27,8 @@ from switchyard.inference.providers import ProviderPool
 from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
 from switchyard.inference.testing import Harness, RecordingUpstream, Scripted, chat_request
 
+from .conftest import anthropic_message
+
 TOPICS = Topics("fidelity")
 MESSAGES = "anthropic.messages"
 CHAT = "openai.chat_completions"
@@ -1149,18 +1151,6 @@ async def test_integers_beyond_64_bits_in_a_stream_keep_their_digits(harness, re
     assert reply.data.response["content"][0]["input"] == {"account": BIG}
 
 
-CLAUDE_MESSAGE = {
-    "id": "msg_3",
-    "type": "message",
-    "role": "assistant",
-    "model": "upstream-claude",
-    "content": [{"type": "text", "text": "hi"}],
-    "stop_reason": "end_turn",
-    "stop_sequence": None,
-    "usage": {"input_tokens": 5, "output_tokens": 1},
-}
-
-
 @pytest.mark.parametrize(
     ("default_max_tokens", "sent"), [(64000, 64000), (None, 4096)], ids=["set", "unset"]
 )
@@ -1193,7 +1183,7 @@ async def test_a_request_without_an_output_limit_gets_the_deployments_default(
             body["messages"] = [{"role": "user", "content": "hi"}]
             limited = {**body, "max_completion_tokens": 20}
         for request_body, expected in ((body, sent), (limited, 20)):
-            recorder.script(Scripted(json=CLAUDE_MESSAGE))
+            recorder.script(Scripted(json=anthropic_message(model="upstream-claude")))
             reply = await harness.handle(chat_request(model="claude", api=api, body=request_body))
             assert isinstance(reply, ChatCompleted), reply
             assert recorder.last.body["max_tokens"] == expected

@@ -94,6 +94,13 @@ def _revoked_key(key_id: str) -> APIError:
     )
 
 
+def _model_not_allowed(who_does: str, model: str) -> APIError:
+    """403 `model_not_allowed`: "`who_does` not allow the model '`model`'."."""
+    return APIError(
+        403, f"{who_does} not allow the model '{model}'.", code="model_not_allowed", param="model"
+    )
+
+
 def _disabled_user(user_id: str) -> APIError:
     return APIError(403, f"User {user_id} is disabled.", code="user_disabled", param="user_id")
 
@@ -149,12 +156,7 @@ class BilledIdentityCheck:
             if not user.active:
                 raise _disabled_user(user_id)
             if user.team_models is not None and model not in user.team_models:
-                raise APIError(
-                    403,
-                    f"The team of user {user_id} does not allow the model '{model}'.",
-                    code="model_not_allowed",
-                    param="model",
-                )
+                raise _model_not_allowed(f"The team of user {user_id} does", model)
             return
         if api_key_id in self._revocations.revoked_keys:
             raise _revoked_key(api_key_id)
@@ -180,12 +182,7 @@ class BilledIdentityCheck:
                 code="insufficient_scope",
             )
         if key.allowed_models is not None and model not in key.allowed_models:
-            raise APIError(
-                403,
-                f"API key {api_key_id} is not allowed to use the model '{model}'.",
-                code="model_not_allowed",
-                param="model",
-            )
+            raise _model_not_allowed(f"API key {api_key_id} does", model)
 
     async def _key(self, key_id: str) -> KeyState | None:
         cached = self._keys.get(key_id)
