@@ -278,3 +278,20 @@ async def test_a_member_cannot_give_a_key_models_beyond_the_token_making_it(auth
     )
     assert created.status_code == 403, created.text
     assert created.json()["error"]["code"] == "insufficient_scope"
+
+
+async def test_a_key_made_by_a_token_listing_exactly_the_teams_models_keeps_that_list(
+    auth_app, acme
+) -> None:
+    # The token's own list does not follow the team: neither does the key it makes.
+    team_id = await small_team(auth_app, acme)
+    user = await auth_app.service.user_by_email("carol@acme.test")
+    listed = auth_app.service.issue_access_token(user, allowed_models=["sim-small"])
+    created = await auth_app.client.post(
+        "/v1/api-keys", json={"name": "mine"}, headers={"Authorization": f"Bearer {listed.token}"}
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["allowed_models"] == ["sim-small"]
+
+    await widen_team(auth_app, acme, team_id)
+    assert (await lookup(auth_app, created.json()))["allowed_models"] == ["sim-small"]

@@ -465,6 +465,7 @@ class AuthService:
         key: str | None = None,
         creator_scopes: Sequence[str] | None = None,
         creator_models: Sequence[str] | None = None,
+        creator_follows_team: bool = False,
         team_id: str | None | Literal[False] = False,
         limits: Limits | None = None,
     ) -> IssuedApiKey:
@@ -473,7 +474,10 @@ class AuthService:
         The key never holds more than its creator: its scopes stay within the scopes the
         user's role grants and, when given, `creator_scopes` (the creating token's); its
         models within `creator_models` when given (a key created without a model list by
-        a credential limited to some models gets that list). Anything beyond raises
+        a credential limited to some models gets that list, or, with
+        `creator_follows_team` (the creating token names no models of its own: it is
+        bounded by its team's as they change) and that list the user's team's, follows
+        the team likewise). Anything beyond raises
         ExceedsCredential; unknown scopes and bad names raise InvalidInput; a user who
         already holds the service's cap of live keys, or created that many in the last 24
         hours, raises TooManyApiKeys. `team_id` False puts the key in its user's team;
@@ -524,14 +528,17 @@ class AuthService:
                 _check_team_models(models, (team, key_team))
             if (
                 allowed_models is None
+                and creator_follows_team
                 and creator_models is not None
                 and team is not None
                 and team.allowed_models is not None
                 and sorted(creator_models) == sorted(team.allowed_models)
             ):
                 # No list asked for, and the creating token is bounded by the user's team
-                # alone (its claim is the team's list): so is the key, by the team's list
-                # at every lookup (`effective_models`), not by a copy of today's.
+                # alone (it names no models of its own): so is the key, by the team's list
+                # at every lookup (`effective_models`), not by a copy of today's. A token
+                # whose own list happens to equal the team's gives the key that list: the
+                # token would not follow the team either.
                 models = None
             record = ApiKey(
                 user_id=user.id,

@@ -212,6 +212,7 @@ async def create_api_key(
             expires_at=expiry_in_days(body.expires_in_days),
             creator_scopes=claims.scopes,
             creator_models=credential_models(claims.allowed_models, user),
+            creator_follows_team=claims.allowed_models is None,
             member=is_member(user, claims),
         )
     except NotPermitted as exc:

@@ -352,6 +352,7 @@ async def admin_create_api_key(
             expires_at=expiry_in_days(body.expires_in_days),
             creator_scopes=claims.scopes,
             creator_models=credential_models(claims.allowed_models, admin),
+            creator_follows_team=claims.allowed_models is None,
         )
     except UserNotFound:
         raise APIError(404, "No such user.", param="user_id", code="user_not_found") from None
