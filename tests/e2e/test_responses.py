@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 from switchyard.common.db import sync_url
 from switchyard.common.responses import parse_response_id
 from switchyard.common.testing.infra import wait_until
+from switchyard.simulator.testing import simulator_at
 
 from .test_protocols import REPLY_PREFIX, UpstreamCalls, openai_client
 
@@ -199,6 +200,51 @@ def test_retrieve_and_delete_from_postgresql(system):
     assert gone.value.body["code"] == "response_deleted"
     row = stored(system, parse_response_id(created.id).request_id)
     assert row["input_items"] is None and "Remember the milk." not in str(row)
+
+
+def test_a_stream_failing_midway_keeps_its_items_in_postgresql(system):
+    """The upstream fails after a reasoning item was given whole: the stream ends with
+    `response.failed` listing it, and the response history stored (through `chat.failed`
+    on Kafka) shows the same output."""
+    with simulator_at(system.url("simulator")) as simulator:
+        simulator.fault(stream_error_after=5, model="sim-small")
+    client = openai_client(system)
+    events = list(
+        client.responses.create(
+            model="sim-small",
+            input=f"What is the weather in Paris? {words()}",
+            tools=[
+                {
+                    "type": "function",
+                    "name": "get_weather",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"location": {"type": "string"}},
+                        "required": ["location"],
+                    },
+                }
+            ],
+            reasoning={"effort": "low"},
+            stream=True,
+        )
+    )
+
+    done = [e.item.model_dump() for e in events if e.type == "response.output_item.done"]
+    assert [item["type"] for item in done] == ["reasoning"]
+    failed = events[-1]
+    assert failed.type == "response.failed"
+    assert [item.model_dump() for item in failed.response.output] == done
+
+    def retrieved():
+        try:
+            response = client.responses.retrieve(failed.response.id)
+        except openai.NotFoundError:
+            return None
+        return response if response.status == "failed" else None
+
+    kept = wait_until(retrieved, timeout=30, message="the failed response in history")
+    assert [item.model_dump() for item in kept.output] == done
+    assert kept.error is not None and kept.error.code == failed.response.error.code
 
 
 def test_a_background_response_runs_in_the_batch_lane(system):

@@ -16,11 +16,15 @@ from switchyard.common.events import (
     EVENT_CLASSES,
     ChatChunk,
     ChatCompleted,
+    ChatFailed,
+    ChatFailedData,
     ChatRequestData,
     ChatRequested,
     ClientAPI,
+    ErrorInfo,
     EventDecodeError,
     ReplyAddress,
+    TerminalStatus,
     decode_event,
     encode_event,
     event_json_schema,
@@ -49,6 +53,28 @@ def test_round_trip_keeps_every_field():
     decoded = decode_event(encode_event(event))
     assert decoded == event
     assert decoded.time.tzinfo is not None
+
+
+def test_a_failure_names_what_its_stream_gave_only_when_it_gave_something():
+    """A consumer of an earlier release refuses unknown fields: a failure whose stream gave
+    nothing travels as it did before, without `response`; one that gave something keeps it."""
+    error = ErrorInfo(status=500, type="server_error", message="The upstream failed.")
+    failed = ChatFailed(
+        source="inference",
+        tenant="acme",
+        request_id="r1",
+        data=ChatFailedData(status=TerminalStatus.FAILED, error=error),
+    )
+    wire = json.loads(encode_event(failed))
+    assert "response" not in wire["data"]
+    assert decode_event(encode_event(failed)) == failed
+
+    given = {"object": "response", "output": [{"type": "reasoning", "id": "rs_1"}]}
+    streamed = failed.model_copy(
+        update={"data": failed.data.model_copy(update={"response": given})}
+    )
+    assert json.loads(encode_event(streamed))["data"]["response"] == given
+    assert decode_event(encode_event(streamed)) == streamed
 
 
 def test_wire_format_is_json_with_the_envelope():

@@ -882,6 +882,18 @@ async def test_a_failed_stream_keeps_in_its_output_the_items_it_gave_whole(syste
     # function call it never got whole is not there.
     assert failed["response"]["output"] == done
 
+    # The stored response keeps them too, as the stream's last event showed it.
+    async def stored() -> dict | None:
+        answer = await system.http.get(
+            f"/v1/responses/{failed['response']['id']}", headers=auth_headers()
+        )
+        return answer.json() if answer.status_code == 200 else None
+
+    retrieved = await async_wait_until(stored, timeout=5, message="the failed response")
+    assert retrieved["status"] == "failed"
+    assert retrieved["error"]["code"] == failed["response"]["error"]["code"]
+    assert retrieved["output"] == done
+
 
 # --------------------------------------------------------------------------- governance
 

@@ -16,8 +16,11 @@ from sqlalchemy import select, update
 from switchyard.common.events import (
     ChatCompleted,
     ChatCompletedData,
+    ChatFailed,
+    ChatFailedData,
     ChatRequested,
     ClientAPI,
+    ErrorInfo,
     Event,
     Priority,
     TerminalStatus,
@@ -53,12 +56,18 @@ class FakeInference:
         self.service = service
         self.answer = answer
         self.requests: list[ChatRequested] = []
+        # Requests whose stream fails after giving `answer(request)` (as inference's
+        # `chat.failed` keeps what a stream gave).
+        self.fails_midway = lambda request: False
 
     async def __call__(self, event: Event) -> None:
         if not isinstance(event, ChatRequested):
             return
         self.requests.append(event)
         text = self.answer(event)
+        if self.fails_midway(event):
+            await self._fail_midway(event, text)
+            return
         response = {
             "id": "chatcmpl-r",
             "object": "chat.completion",
@@ -104,6 +113,42 @@ class FakeInference:
                     usage=TokenUsage(input_tokens=7, output_tokens=4),
                     cost_usd=0.01,
                     latency_ms=80,
+                    replay_of=event.data.replay_of,
+                ),
+            ),
+        )
+
+    async def _fail_midway(self, event: ChatRequested, text: str) -> None:
+        given = {
+            "id": "chatcmpl-r",
+            "object": "chat.completion",
+            "model": event.data.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": None,
+                    "message": {"role": "assistant", "content": text},
+                }
+            ],
+        }
+        envelope = {"source": "inference", "tenant": event.tenant, "request_id": event.request_id}
+        error = ErrorInfo(status=500, type="server_error", message="The upstream failed.")
+        await self.service.publish(
+            ChatFailed(
+                **envelope,
+                data=ChatFailedData(status=TerminalStatus.FAILED, error=error, response=given),
+            ),
+            UsageRecorded(
+                **envelope,
+                data=UsageData(
+                    api=event.data.api,
+                    model=event.data.model,
+                    user_id=event.data.user_id,
+                    api_key_id=event.data.api_key_id,
+                    status=TerminalStatus.FAILED,
+                    usage=TokenUsage(input_tokens=7, output_tokens=2),
+                    cost_usd=0.005,
+                    latency_ms=40,
                     replay_of=event.data.replay_of,
                 ),
             ),
@@ -227,6 +272,27 @@ async def test_replay_pairs_originals_with_replays_on_the_batch_lane(service, ev
         assert item["model"] in ("sim-small", "sim-claude") and item["replay_of"] is None
     replayed = await service.wait_for(one["replay"]["request_id"], "completed")
     assert replayed["replay_of"] == originals[0].request_id
+
+
+async def test_a_replay_whose_stream_failed_midway_is_not_compared(service, events, inference):
+    """What a failed stream gave is kept in history, but it is no answer: even the very
+    text of the original is neither an exact match nor similar."""
+    inference.answer = lambda request: (
+        "Answer to one" if "one" in str(request.data.body) else "Answer to two"
+    )
+    inference.fails_midway = lambda request: "two" in str(request.data.body)
+    originals = await record_traffic(service, events, ["one", "two"], model="sim-small")
+
+    report = await finished(service, (await replay(service))["id"])
+
+    pairs = {pair["original"]["request_id"]: pair for pair in report["data"]}
+    one, two = pairs[originals[0].request_id], pairs[originals[1].request_id]
+    assert one["exact_match"] is True and one["similarity"] == 1.0
+    assert two["replay"]["status"] == "failed"
+    assert two["exact_match"] is None and two["similarity"] is None
+    assert report["totals"]["compared"] == 1 and report["totals"]["exact_matches"] == 1
+    kept = await service.wait_for(two["replay"]["request_id"], "failed")
+    assert kept["response"]["choices"][0]["message"]["content"] == "Answer to two"
 
 
 async def test_metadata_only_requests_are_reported_and_the_rest_still_runs(

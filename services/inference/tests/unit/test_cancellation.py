@@ -85,6 +85,9 @@ async def test_cancelling_a_stream_stops_the_upstream_and_records_usage_so_far(
     )
     assert len(streamed) > 8
     assert usage.data.usage.output_tokens >= math.ceil(len(streamed) / 4)
+    # History keeps what the client was given before it went away.
+    assert reply.data.response is not None
+    assert reply.data.response["choices"][0]["message"]["content"] == streamed
     assert usage.data.usage.input_tokens > 0  # reported (Anthropic) or estimated
     assert usage.data.time_to_first_token_ms is not None
     # The upstream stream was closed, not left to run to its end.

@@ -271,6 +271,7 @@ async def test_a_non_streamed_reply_is_waited_for_beyond_the_read_timeout(
     assert simulator.calls("upstream-patient-reply") == 2
     assert isinstance(streamed, ChatFailed)
     assert (streamed.data.error.status, streamed.data.error.code) == (504, "upstream_timeout")
+    assert streamed.data.response is None  # it streamed nothing
     assert asyncio.get_running_loop().time() - started < 3
 
 
@@ -299,6 +300,23 @@ async def test_hanging_upstream_past_the_request_deadline_expires(harness, simul
     reply = await harness.handle(chat_request(deadline_s=0.3))
 
     assert (reply.data.status, reply.data.error.status) == ("expired", 504)
+
+
+async def test_a_stream_the_request_deadline_cuts_keeps_what_it_gave(harness, simulator) -> None:
+    simulator.latency(3000)  # content pieces ~1 s apart
+    request = chat_request(text="a b c d e f g h", stream=True, deadline_s=1.6)
+
+    reply = await harness.handle(request)
+
+    assert (reply.data.status, reply.data.error.status) == ("expired", 504)
+    streamed = "".join(
+        event.data["choices"][0]["delta"].get("content") or ""
+        for event in harness.stream_of(request.request_id)
+        if event.data.get("choices")
+    )
+    assert streamed  # some content came before the deadline
+    assert reply.data.response is not None
+    assert reply.data.response["choices"][0]["message"]["content"] == streamed
 
 
 async def test_streaming_reply_arrives_as_ordered_chunks_then_the_assembled_completion(
@@ -557,6 +575,9 @@ async def test_upstream_failure_in_the_middle_of_a_stream_ends_it_without_fallba
     )
     assert usage.data.status == "failed"
     assert usage.data.usage.output_tokens == max(2, math.ceil(len(text) / 4)) > 2
+    # History keeps what the client was given: the reply its chunks assemble to.
+    assert reply.data.response is not None
+    assert reply.data.response["choices"][0]["message"]["content"] == text
 
 
 async def test_a_request_delivered_again_after_its_outcome_was_published_is_not_run_again(

@@ -23,7 +23,16 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, get_args
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    model_serializer,
+)
 
 from switchyard.common.offloop import off_loop
 
@@ -347,6 +356,21 @@ class ChatFailedData(Contract):
     provider: ProviderName | None = None
     deployment: ModelName | None = None
     latency_ms: float = Field(default=0, ge=0, le=MAX_DURATION_MS)
+    response: dict[str, Any] | None = Field(
+        default=None,
+        description="What a stream that failed after it began had given its client, as "
+        "its API's reply body assembles it (a Responses `response` whose `output` holds "
+        "the items given whole, an Anthropic `message` or a `chat.completion` with the "
+        "text so far); absent when nothing was streamed. Left out of the JSON when "
+        "absent, so a consumer of an earlier release reads every other failure.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_absent_response(self, handler: SerializerFunctionWrapHandler) -> Any:
+        dumped = handler(self)
+        if self.response is None and isinstance(dumped, dict):
+            dumped.pop("response", None)
+        return dumped
 
 
 class StreamEvent(Contract):

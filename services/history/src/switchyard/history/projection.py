@@ -127,6 +127,8 @@ def contribution(event: EnvelopeFields, *, redact: bool = False) -> dict[str, An
             status=failed.status.value,
             outcome_provisional=is_history_expiry(event),
             error=failed.error.model_dump(mode="json"),
+            # What a stream gave before it failed (None when nothing was streamed).
+            response=redact_response(failed.response) if redact else failed.response,
             provider=failed.provider,
             deployment=failed.deployment,
             latency_ms=failed.latency_ms,

@@ -343,7 +343,12 @@ def similarity(a: str, b: str) -> float:
 
 def _comparison(row: RowMapping) -> tuple[bool | None, float | None]:
     """An item's (exact_match, similarity) from its original's and its replay's responses
-    (`o_api`, `o_response`, `r_api`, `r_response`); both None when either has no text."""
+    (`o_api`, `o_status`, `o_response`, `r_api`, `r_status`, `r_response`); both None
+    when either did not complete (a stream that failed midway keeps what it gave, which
+    is not an answer to compare) or has no text."""
+    completed = RequestStatus.COMPLETED.value
+    if row["o_status"] != completed or row["r_status"] != completed:
+        return None, None
     a = output_text(row["o_api"], row["o_response"])
     b = output_text(row["r_api"], row["r_response"])
     if a is None or b is None:
@@ -1291,8 +1296,10 @@ class ReplayRunner:
                 i.replay_id,
                 i.position,
                 original.c.api.label("o_api"),
+                original.c.status.label("o_status"),
                 original.c.response.label("o_response"),
                 replayed.c.api.label("r_api"),
+                replayed.c.status.label("r_status"),
                 replayed.c.response.label("r_response"),
             )
             .select_from(

@@ -143,6 +143,12 @@ class StoredResponse:
                 error.get("message") or "The response failed.",
                 error.get("code"),
             )
+            # A stream that failed midway keeps the items it gave whole, as its
+            # `response.failed` event showed them.
+            given = self.row["response"]
+            output = given.get("output") if isinstance(given, dict) else None
+            if isinstance(output, list) and output:
+                fields["output"] = output
         return response_object(
             self.body,
             id=self.id,

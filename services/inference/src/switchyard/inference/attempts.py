@@ -225,6 +225,7 @@ class Attempts:
                         run, deployment, upstream, adapter, call
                     )
             except ProviderError as error:
+                given = run.given()
                 run.end_call(run.failed_call_usage())
                 if error.vendor is not None and call.api is not data.api:
                     # The upstream named a field of the request it got, translated from
@@ -241,8 +242,10 @@ class Attempts:
                     outcome = expired(
                         "The request's deadline passed while the upstream was answering."
                     )
+                    outcome.response = given
                     return self._with_usage(run, outcome, deployment)
                 outcome = self._failed(run, error, deployment)
+                outcome.response = given
                 if run.events_sent or not error.retry_same or attempt > deployment.max_retries:
                     return outcome
                 delay = error.retry_after

@@ -346,6 +346,7 @@ class ChatRequestHandler:
             )
             outcome.usage = run.usage_so_far()
             outcome.upstream_calls = run.upstream_calls
+            outcome.response = run.given()
             return outcome
         finally:
             if run.publisher is not None:
@@ -355,6 +356,7 @@ class ChatRequestHandler:
         metrics.CANCELLATIONS.labels(run.request.data.model).inc()
         outcome = cancelled(run.usage_so_far(), run.deployment)
         outcome.upstream_calls = run.upstream_calls
+        outcome.response = run.given()
         return outcome
 
     async def _serve_within_deadline(self, run: RequestRun) -> Outcome:
@@ -383,4 +385,5 @@ class ChatRequestHandler:
             outcome = expired(f"The request's deadline passed while {where}.", run.usage_so_far())
             outcome.deployment = run.deployment
             outcome.upstream_calls = run.upstream_calls
+            outcome.response = run.given()
             return outcome

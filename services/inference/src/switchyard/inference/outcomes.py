@@ -40,6 +40,7 @@ class Outcome:
     """How one request ended, before it is turned into events."""
 
     status: TerminalStatus
+    # The reply; for a failure, what a stream had given before it failed (or None).
     response: dict[str, Any] | None = None
     error: ProviderError | None = None
     deployment: Deployment | None = None
@@ -198,6 +199,7 @@ class OutcomeEvents:
                 provider=outcome.provider,
                 deployment=outcome.deployment_name,
                 latency_ms=outcome.latency_ms,
+                response=outcome.response,
             ),
         )
 

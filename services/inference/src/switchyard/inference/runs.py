@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from switchyard.common.events import ChatRequested, TokenUsage, new_id, utcnow
 from switchyard.common.routing import Deployment
@@ -46,6 +47,14 @@ class RequestRun:
         """How many client stream events were accepted for publishing: once any was, no retry or
         fallback may start the stream again."""
         return self.publisher.sent if self.publisher is not None else 0
+
+    def given(self) -> dict[str, Any] | None:
+        """The reply the client was given so far by the call in flight, in its API's shape
+        (`Accumulator.response`: a Responses `response` holds the items given whole), or
+        None when it streamed nothing: what a failure midway keeps of the stream."""
+        if self.accumulator is None or not self.events_sent:
+            return None
+        return self.accumulator.response()
 
     def end_call(self, usage: TokenUsage) -> None:
         """Close the call in flight: add its `usage` to the tokens spent and forget its
