@@ -64,10 +64,7 @@ class FakeInference:
         if not isinstance(event, ChatRequested):
             return
         self.requests.append(event)
-        text = self.answer(event)
-        if self.fails_midway(event):
-            await self._fail_midway(event, text)
-            return
+        midway = self.fails_midway(event)
         response = {
             "id": "chatcmpl-r",
             "object": "chat.completion",
@@ -75,8 +72,8 @@ class FakeInference:
             "choices": [
                 {
                     "index": 0,
-                    "finish_reason": "stop",
-                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": None if midway else "stop",
+                    "message": {"role": "assistant", "content": self.answer(event)},
                 }
             ],
         }
@@ -86,58 +83,32 @@ class FakeInference:
                 "type": "message",
                 "role": "assistant",
                 "model": event.data.model,
-                "content": [{"type": "text", "text": text}],
+                "content": [{"type": "text", "text": self.answer(event)}],
                 "stop_reason": "end_turn",
             }
         envelope = {"source": "inference", "tenant": event.tenant, "request_id": event.request_id}
-        await self.service.publish(
-            ChatCompleted(
+        usage = TokenUsage(input_tokens=7, output_tokens=2 if midway else 4)
+        outcome: ChatCompleted | ChatFailed
+        if midway:
+            error = ErrorInfo(status=500, type="server_error", message="The upstream failed.")
+            outcome = ChatFailed(
+                **envelope,
+                data=ChatFailedData(status=TerminalStatus.FAILED, error=error, response=response),
+            )
+        else:
+            outcome = ChatCompleted(
                 **envelope,
                 data=ChatCompletedData(
                     api=event.data.api,
                     response=response,
                     provider="simulator",
                     deployment="sim-large-1",
-                    usage=TokenUsage(input_tokens=7, output_tokens=4),
+                    usage=usage,
                     latency_ms=80,
                 ),
-            ),
-            UsageRecorded(
-                **envelope,
-                data=UsageData(
-                    api=event.data.api,
-                    model=event.data.model,
-                    user_id=event.data.user_id,
-                    api_key_id=event.data.api_key_id,
-                    status=TerminalStatus.COMPLETED,
-                    usage=TokenUsage(input_tokens=7, output_tokens=4),
-                    cost_usd=0.01,
-                    latency_ms=80,
-                    replay_of=event.data.replay_of,
-                ),
-            ),
-        )
-
-    async def _fail_midway(self, event: ChatRequested, text: str) -> None:
-        given = {
-            "id": "chatcmpl-r",
-            "object": "chat.completion",
-            "model": event.data.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": None,
-                    "message": {"role": "assistant", "content": text},
-                }
-            ],
-        }
-        envelope = {"source": "inference", "tenant": event.tenant, "request_id": event.request_id}
-        error = ErrorInfo(status=500, type="server_error", message="The upstream failed.")
+            )
         await self.service.publish(
-            ChatFailed(
-                **envelope,
-                data=ChatFailedData(status=TerminalStatus.FAILED, error=error, response=given),
-            ),
+            outcome,
             UsageRecorded(
                 **envelope,
                 data=UsageData(
@@ -145,10 +116,10 @@ class FakeInference:
                     model=event.data.model,
                     user_id=event.data.user_id,
                     api_key_id=event.data.api_key_id,
-                    status=TerminalStatus.FAILED,
-                    usage=TokenUsage(input_tokens=7, output_tokens=2),
-                    cost_usd=0.005,
-                    latency_ms=40,
+                    status=TerminalStatus.FAILED if midway else TerminalStatus.COMPLETED,
+                    usage=usage,
+                    cost_usd=0.005 if midway else 0.01,
+                    latency_ms=80,
                     replay_of=event.data.replay_of,
                 ),
             ),
