@@ -196,6 +196,63 @@ async def test_a_reply_the_bus_refuses_becomes_an_error_instead_of_holding_the_p
     assert usage.data.upstream_calls == 1 and usage.data.usage.output_tokens > 0
 
 
+class RefusingStreamPartBus(FlakyBus):
+    """Refuses every `chat.failed` carrying what its stream gave, as a broker with a small
+    `max.message.bytes` would one whose stream was long."""
+
+    async def _take(self, topic, event, key, partition) -> None:
+        if isinstance(event, ChatFailed) and event.data.response is not None:
+            raise EventTooLargeError("the event is larger than the topic accepts")
+        await super()._take(topic, event, key, partition)
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["one-by-one", "together"])
+async def test_a_failure_refused_for_its_streams_part_keeps_its_own_status(
+    simulator, routing, providers, together
+) -> None:
+    """Only the part is dropped: the client and history still get the upstream's 500, not
+    a 502 `response_too_large` standing in for it."""
+    simulator.latency(30)
+    simulator.fault(status=500, stream_error_after=3, model="up-m")
+    bus = RefusingStreamPartBus(failing=set())
+    handler = handler_on(bus, routing, providers, together)
+
+    await asyncio.wait_for(handler(chat_request(model="m", stream=True)), timeout=10)
+
+    reply, usage = bus.published[-2:]
+    assert isinstance(reply, ChatFailed) and reply.data.response is None
+    assert (reply.data.status, reply.data.error.status) == ("failed", 500)
+    assert isinstance(usage, UsageRecorded) and usage.data.status == "failed"
+    assert streamed_text(bus)  # what the client was given stays given
+
+
+async def test_a_failure_keeps_only_the_part_of_its_stream_the_bus_took(
+    simulator, routing, providers
+) -> None:
+    """The broker stalls after the stream's first record: the content queued behind it
+    never reaches the client, so the expired request's record does not claim it did."""
+    simulator.latency(3000)  # content pieces ~1 s apart
+
+    class StallingBus(FlakyBus):
+        async def _take(self, topic, event, key, partition) -> None:
+            if isinstance(event, ChatChunk) and event.data.sequence >= 1:
+                await asyncio.sleep(3600)  # cancelled when the run ends
+            await super()._take(topic, event, key, partition)
+
+    bus = StallingBus(failing=set())
+    handler = handler_on(bus, routing, providers)
+    request = chat_request(model="m", text="a b c d e f g h", stream=True, deadline_s=2.6)
+
+    await asyncio.wait_for(handler(request), timeout=10)
+
+    reply = next(event for event in bus.published if isinstance(event, ChatFailed))
+    assert reply.data.status == "expired"
+    given = streamed_text(bus)
+    assert given  # the first record carried some content
+    assert reply.data.response is not None
+    assert reply.data.response["choices"][0]["message"]["content"] == given
+
+
 async def test_stream_records_that_cannot_be_published_are_retried_in_order(
     simulator, routing, providers
 ) -> None:

@@ -358,17 +358,19 @@ class ChatFailedData(Contract):
     latency_ms: float = Field(default=0, ge=0, le=MAX_DURATION_MS)
     response: dict[str, Any] | None = Field(
         default=None,
-        description="What a stream that failed after it began had given its client, as "
-        "its API's reply body assembles it (a Responses `response` whose `output` holds "
-        "the items given whole, an Anthropic `message` or a `chat.completion` with the "
-        "text so far); absent when nothing was streamed. Left out of the JSON when "
-        "absent, so a consumer of an earlier release reads every other failure.",
+        description="What a stream that failed, expired or was cancelled after it began "
+        "had given its client (the records the bus took), as its API's reply body "
+        "assembles it (a Responses `response` whose `output` holds the items given whole, "
+        "an Anthropic `message` or a `chat.completion` with the text so far); absent when "
+        "nothing was streamed, or when carrying it would make the event larger than the "
+        "bus takes. Left out of the JSON when absent, so a consumer of an earlier release "
+        "reads every other failure.",
     )
 
     @model_serializer(mode="wrap")
-    def _without_absent_response(self, handler: SerializerFunctionWrapHandler) -> Any:
-        dumped = handler(self)
-        if self.response is None and isinstance(dumped, dict):
+    def _without_absent_response(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        if self.response is None:
             dumped.pop("response", None)
         return dumped
 

@@ -156,8 +156,10 @@ class UpstreamCalls:
         data = run.request.data
         translation = run.translation = adapter.stream(data.body, data.model)
         accumulator = run.accumulator = adapter.accumulator()
+        run.delivered = adapter.accumulator()
         if run.publisher is None:
             run.publisher = self._publisher_of(run)
+            run.publisher.on_published = run.note_published
         publisher = run.publisher
         held: list[StreamEvent] = []
         ttft_histogram = metrics.TIME_TO_FIRST_TOKEN_SECONDS.labels(

@@ -186,7 +186,9 @@ class ChunkPublisher:
     """Publishes the events of one stream as `chat.chunk` records, in order, with no gap:
     a record of several events the bus refuses is sent again in halves; once it refuses a
     single event (`EventRejectedError`: it can never take it), nothing after it is
-    published, and `send` and `flush` raise that error."""
+    published, and `send` and `flush` raise that error. `on_published`, when set, is
+    called with the events of each record once the bus took it (what the client is
+    given, where `send` only queues)."""
 
     def __init__(
         self,
@@ -201,6 +203,7 @@ class ChunkPublisher:
         self._progress = asyncio.Event()
         self.sent = 0  # events accepted (they will all reach the client)
         self.published = 0  # records published
+        self.on_published: Callable[[list[StreamEvent]], None] | None = None
         # The refusal that stopped the stream's publication, if one did.
         self.failure: EventRejectedError | None = None
 
@@ -245,6 +248,8 @@ class ChunkPublisher:
             await self._publish_batch(batch[half:])
             return
         self.published += 1
+        if self.on_published is not None:
+            self.on_published(batch)
 
     @property
     def backlog(self) -> int:

@@ -8,7 +8,8 @@ same events again, without calling the upstream, for a request delivered again.
   reply partition, read back by `redelivery`, then holds everything a replica receiving
   the request again needs to answer it, written in the one record the client waits for.
 - A reply the bus refuses itself (larger than it carries) becomes `chat.failed` 502
-  `response_too_large`, billed like the reply would have been.
+  `response_too_large`, billed like the reply would have been; a failure refused for the
+  part of its stream it carries (`chat.failed`'s `response`) is published without it.
 - Terminal and usage events keep their ids (derived from the request event's), so
   consumers deduplicate the copies a redelivery publishes.
 """
@@ -16,6 +17,7 @@ same events again, without calling the upstream, for a request delivered again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import OrderedDict
 
 import structlog
@@ -32,6 +34,7 @@ from switchyard.common.events import (
     ChatStartedData,
     ClientAPI,
     EnvelopeFields,
+    TerminalStatus,
     encode_event,
 )
 from switchyard.common.topics import Topics
@@ -174,10 +177,16 @@ class ReplyPublisher:
             if exc.index != 0:  # the reply was taken; a usage event refused is not the client's
                 self._events.record_metrics(request, outcome, cost)
                 raise
-            # Refused for what it is: no retry could deliver it. The client gets an error
-            # it can act on, and the upstream calls that happened are still billed.
-            log.error("the reply cannot be published; answering an error", error=repr(exc))
-            outcome = undeliverable(outcome, exc)
+            if outcome.status is not TerminalStatus.COMPLETED and outcome.response is not None:
+                # What the stream gave made the failure too large: the same failure without
+                # it (the client has those events already; history keeps its outcome).
+                log.warning("a failure with its stream's part is refused; publishing it without")
+                outcome = dataclasses.replace(outcome, response=None)
+            else:
+                # Refused for what it is: no retry could deliver it. The client gets an
+                # error it can act on, and the upstream calls that happened are still billed.
+                log.error("the reply cannot be published; answering an error", error=repr(exc))
+                outcome = undeliverable(outcome, exc)
             reply = self._events.terminal(request, outcome)
             usage = self._events.usage(request, outcome, cost, run.ttft_ms, run.run_id)
             await self._publish_terminal(request, reply, usage)

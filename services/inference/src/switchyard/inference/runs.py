@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from switchyard.common.events import ChatRequested, TokenUsage, new_id, utcnow
+from switchyard.common.events import ChatRequested, StreamEvent, TokenUsage, new_id, utcnow
 from switchyard.common.routing import Deployment
 from switchyard.inference.adapters import Accumulator, StreamTranslation
 from switchyard.inference.publishing import ChunkPublisher
@@ -41,6 +41,8 @@ class RequestRun:
     calling: bool = False
     translation: StreamTranslation | None = None
     accumulator: Accumulator | None = None
+    # What the bus took of the call's stream, assembled: the client's part of it.
+    delivered: Accumulator | None = None
 
     @property
     def events_sent(self) -> int:
@@ -51,10 +53,18 @@ class RequestRun:
     def given(self) -> dict[str, Any] | None:
         """The reply the client was given so far by the call in flight, in its API's shape
         (`Accumulator.response`: a Responses `response` holds the items given whole), or
-        None when it streamed nothing: what a failure midway keeps of the stream."""
-        if self.accumulator is None or not self.events_sent:
+        None when none of its stream was published: what a failure midway keeps of the
+        stream. Only what the bus took counts; events still queued for it are dropped
+        when the run ends."""
+        if self.delivered is None or self.publisher is None or not self.publisher.published:
             return None
-        return self.accumulator.response()
+        return self.delivered.response()
+
+    def note_published(self, events: list[StreamEvent]) -> None:
+        """Take the events of a stream record the bus took (`ChunkPublisher.on_published`)."""
+        if self.delivered is not None:
+            for event in events:
+                self.delivered.add(event.data)
 
     def end_call(self, usage: TokenUsage) -> None:
         """Close the call in flight: add its `usage` to the tokens spent and forget its
@@ -63,6 +73,7 @@ class RequestRun:
         self.calling = False
         self.translation = None
         self.accumulator = None
+        self.delivered = None
 
     def failed_call_usage(self) -> TokenUsage:
         """Tokens of a call that failed: none if it failed before answering anything (a

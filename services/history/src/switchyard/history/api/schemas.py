@@ -67,7 +67,8 @@ class HistoryItem(BaseModel):
     )
     response: dict[str, Any] | None = Field(
         description="The reply body once completed, in `api`'s shape (a `chat.completion`, "
-        "an Anthropic `message`, an embeddings `list`)."
+        "an Anthropic `message`, an embeddings `list`); for a stream that failed, expired "
+        "or was cancelled after it began, what the client had been given of it; else null."
     )
     error: dict[str, Any] | None = Field(
         description="Why the request failed, was cancelled, expired or was refused (for a "
