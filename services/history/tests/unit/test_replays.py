@@ -28,6 +28,7 @@ from switchyard.common.events import (
     UsageData,
     UsageRecorded,
 )
+from switchyard.common.http import INTERNAL_KEEPALIVE_EXPIRY_S, SERVER_KEEP_ALIVE_S
 from switchyard.common.testing.infra import async_wait_until
 from switchyard.history.models import replay_items_table, replays_table
 from switchyard.history.replay_admission import (
@@ -264,6 +265,17 @@ async def test_a_replay_whose_stream_failed_midway_is_not_compared(service, even
     assert report["totals"]["compared"] == 1 and report["totals"]["exact_matches"] == 1
     kept = await service.wait_for(two["replay"]["request_id"], "failed")
     assert kept["response"]["choices"][0]["message"]["content"] == "Answer to two"
+
+
+async def test_the_runners_client_of_the_gateway_expires_idle_connections_first() -> None:
+    """A connection the gateway is closing for idling would fail the admission as if the
+    gateway were unreachable: the pool lets go of it well before."""
+    admission = GatewayAdmission("http://127.0.0.1:1", "token")
+    try:
+        pool = admission._client._transport._pool  # type: ignore[attr-defined]
+        assert pool._keepalive_expiry == INTERNAL_KEEPALIVE_EXPIRY_S < SERVER_KEEP_ALIVE_S
+    finally:
+        await admission.close()
 
 
 async def test_metadata_only_requests_are_reported_and_the_rest_still_runs(

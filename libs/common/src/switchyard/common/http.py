@@ -188,6 +188,14 @@ def service_app() -> FastAPI:
     return freezing_after_startup(plugin.create_app())
 
 
+# Seconds a server keeps an idle connection open (uvicorn's default, named).
+SERVER_KEEP_ALIVE_S = 5
+# Seconds a client of another Switchyard service keeps an idle pooled connection: well
+# under the server's. At the same 5 s (httpx's default) a request sent on a connection
+# just as the server closed it for idling fails with "Server disconnected without
+# sending a response", which a caller answers as the service being unreachable (503).
+INTERNAL_KEEPALIVE_EXPIRY_S = 2.0
+
 # uvicorn settings of every Switchyard server: uvloop, the guarded httptools protocol (head
 # limits and read timeouts, see `httpserver`), logs through our own handlers only. No
 # service serves WebSockets, so a WebSocket upgrade is declined like any other (answered as
@@ -200,7 +208,19 @@ SERVER_OPTIONS: dict[str, Any] = {
     "log_config": None,
     "access_log": False,
     "proxy_headers": False,
+    "timeout_keep_alive": SERVER_KEEP_ALIVE_S,
 }
+
+
+def internal_limits(max_connections: int = 100, max_keepalive: int = 20) -> httpx.Limits:
+    """The connection pool limits of a client calling another Switchyard service:
+    `max_connections` at once, `max_keepalive` of them kept idle, each for at most
+    `INTERNAL_KEEPALIVE_EXPIRY_S` seconds (see there why)."""
+    return httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=max_keepalive,
+        keepalive_expiry=INTERNAL_KEEPALIVE_EXPIRY_S,
+    )
 
 
 # A signal this soon after the first is the same Ctrl+C: `uv run` (as `make run` and the

@@ -23,7 +23,7 @@ from switchyard.common.bus import EventBus, Subscription
 from switchyard.common.db import SCHEMA_BEHIND
 from switchyard.common.egress import TargetPolicy, parse_networks
 from switchyard.common.governance import BudgetClock
-from switchyard.common.http import inject_trace_headers
+from switchyard.common.http import inject_trace_headers, internal_limits
 from switchyard.common.pricing import PriceSource
 from switchyard.common.routing import Deployment, RoutingSource, RoutingTable
 from switchyard.common.sliding_window import SlidingWindowLimiter
@@ -156,9 +156,10 @@ class Gateway:
 
 def build_http_client() -> httpx.AsyncClient:
     """The production client for every call to auth and history: pooled (200 connections,
-    50 kept alive) and carrying the W3C trace context of the current span."""
+    50 kept alive, each idle one closed before those services would close it) and
+    carrying the W3C trace context of the current span."""
     return httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        limits=internal_limits(max_connections=200, max_keepalive=50),
         event_hooks={"request": [inject_trace_headers]},
     )
 

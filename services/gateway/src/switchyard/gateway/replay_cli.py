@@ -28,6 +28,7 @@ from urllib.parse import quote
 import httpx
 import typer
 
+from switchyard.common.http import internal_limits
 from switchyard.common.text import columns, terminal_safe
 
 replay_app = typer.Typer(
@@ -92,7 +93,10 @@ class Client:
         if not api_key:
             raise _fail("an API key is needed: --api-key or SWITCHYARD_API_KEY")
         self._http = httpx.Client(
-            base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {api_key}"}, timeout=30
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=30,
+            limits=internal_limits(),
         )
 
     def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:

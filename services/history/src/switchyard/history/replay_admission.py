@@ -19,6 +19,7 @@ import httpx
 
 from switchyard.common.events import ChatRequested
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
+from switchyard.common.http import internal_limits
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,10 @@ class GatewayAdmission:
         """`transport` replaces the network (tests)."""
         self._url = gateway_url.rstrip("/") + "/internal/v1/admissions"
         self._client = httpx.AsyncClient(
-            headers={INTERNAL_TOKEN_HEADER: internal_token}, timeout=timeout_s, transport=transport
+            headers={INTERNAL_TOKEN_HEADER: internal_token},
+            timeout=timeout_s,
+            transport=transport,
+            limits=internal_limits(),
         )
 
     async def admit(self, event: ChatRequested, timeout_s: float) -> Admitted | Held | Denied:
