@@ -101,6 +101,28 @@ def with_body(request, **fields: Any):
             "Invalid 'messages[0].role'.",
             None,
         ),
+        (
+            "claude",
+            RESPONSES,
+            {"user": "u" * 300},
+            anthropic_refusal("metadata.user_id: String should have at most 256 characters"),
+            None,
+            "metadata.user_id: String should have at most 256 characters (Here "
+            "'metadata.user_id' is your 'user': the model's deployment speaks Anthropic's "
+            "Messages API.)",
+            None,
+        ),
+        (
+            "claude",
+            "openai.chat_completions",
+            {"user": "end-user-1", "safety_identifier": "s" * 300},
+            anthropic_refusal("metadata.user_id: String should have at most 256 characters"),
+            None,
+            "metadata.user_id: String should have at most 256 characters (Here "
+            "'metadata.user_id' is your 'safety_identifier': the model's deployment speaks "
+            "Anthropic's Messages API.)",
+            None,
+        ),
     ],
     ids=[
         "messages-to-chat",
@@ -109,6 +131,8 @@ def with_body(request, **fields: Any):
         "chat-max-completion-tokens-to-messages",
         "chat-max-tokens-to-messages",
         "param-the-client-never-sent",
+        "responses-user-to-messages",
+        "chat-safety-identifier-to-messages",
     ],
 )
 async def test_a_translated_requests_refusal_names_the_clients_fields(

@@ -1108,6 +1108,17 @@ TRANSLATIONS = [
 
 
 @pytest.mark.parametrize(("translate", "body"), TRANSLATIONS)
+def test_the_safety_identifier_is_anthropics_user_id_over_the_deprecated_user(
+    translate, body
+) -> None:
+    """Anthropic's `metadata.user_id` is the identifier it detects abuse by, as OpenAI's
+    `safety_identifier` is; `user` is the field OpenAI deprecated for it."""
+    assert translate({**body, "user": "account-9"})["metadata"] == {"user_id": "end-user-1"}
+    alone = {name: value for name, value in body.items() if name != "safety_identifier"}
+    assert translate({**alone, "user": "account-9"})["metadata"] == {"user_id": "account-9"}
+
+
+@pytest.mark.parametrize(("translate", "body"), TRANSLATIONS)
 def test_both_openai_apis_give_anthropic_the_same_sampling_tools_and_tool_choice(
     translate, body
 ) -> None:

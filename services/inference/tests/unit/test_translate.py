@@ -553,6 +553,52 @@ def test_openai_json_schema_response_format_becomes_output_config() -> None:
     }
 
 
+def _with_format(api: str, fields: dict) -> dict:
+    """A request of `api` (chat, responses) asking for a json_schema format with `fields`."""
+    if api == "chat":
+        return {
+            "model": "m",
+            "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "w", **fields}},
+        }
+    return {
+        "model": "m",
+        "input": "x",
+        "text": {"format": {"type": "json_schema", "name": "w", **fields}},
+    }
+
+
+FORMAT_TRANSLATIONS = [
+    pytest.param("chat", chat_request_to_messages, "response_format.json_schema", id="chat"),
+    pytest.param("responses", responses_request_to_messages, "text.format", id="responses"),
+]
+
+
+@pytest.mark.parametrize(("api", "translate", "path"), FORMAT_TRANSLATIONS)
+def test_a_formats_description_reaches_anthropic_in_its_schema(api, translate, path) -> None:
+    """OpenAI gives the model the format's description; Anthropic's format has no field
+    for it, so it leads the schema's own description, which the model reads."""
+    described = {"description": "Answer in French.", "schema": WEATHER_SCHEMA}
+    schema = translate(_with_format(api, described))["output_config"]["format"]["schema"]
+    assert schema["description"] == "Answer in French."
+    own = {**WEATHER_SCHEMA, "description": "The weather."}
+    both = translate(_with_format(api, {**described, "schema": own}))
+    assert both["output_config"]["format"]["schema"]["description"] == (
+        "Answer in French.\n\nThe weather."
+    )
+
+
+@pytest.mark.parametrize(("api", "translate", "path"), FORMAT_TRANSLATIONS)
+def test_a_format_field_the_translation_would_drop_is_refused(api, translate, path) -> None:
+    for fields, param in (
+        ({"description": 5, "schema": WEATHER_SCHEMA}, f"{path}.description"),
+        ({"examples": [], "schema": WEATHER_SCHEMA}, f"{path}.examples"),
+    ):
+        with pytest.raises(TranslationError) as refused:
+            translate(_with_format(api, fields))
+        assert refused.value.param == param
+
+
 def test_a_non_strict_schema_has_its_objects_closed_for_anthropic() -> None:
     # Anthropic refuses an object schema without `additionalProperties: false`, which
     # OpenAI's non-strict mode allows; an explicit value is the client's and is kept, and

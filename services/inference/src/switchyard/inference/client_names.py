@@ -57,6 +57,7 @@ RENAMED: dict[tuple[ClientAPI, ClientAPI], dict[str, str]] = {
         "max_tokens": "max_output_tokens",
         "output_config.format": "text.format",
         "thinking": "reasoning.effort",
+        "metadata.user_id": "user",
     },
 }
 
@@ -68,6 +69,8 @@ def _renames(client: ClientAPI, upstream: ClientAPI, body: Mapping[str, Any]) ->
         names["max_tokens"] = "max_tokens"
     if (client, upstream) == (_MESSAGES, _CHAT) and "effort" in (body.get("output_config") or {}):
         names["reasoning_effort"] = "output_config.effort"  # wins over `thinking`
+    if upstream is _MESSAGES and body.get("safety_identifier"):
+        names["metadata.user_id"] = "safety_identifier"  # wins over `user`
     return names
 
 

@@ -189,11 +189,23 @@ def unusable_tool_choice(choice: Any) -> TranslationError:
 _FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+# The fields of OpenAI's `json_schema` output format (`type` in `text.format` only).
+_FORMAT_FIELDS = frozenset({"type", "name", "description", "schema", "strict"})
+
+
 def check_format_name(fmt: dict[str, Any], path: str) -> None:
     """Check the `name` of a `json_schema` output format at `path`
     (`response_format.json_schema`, `text.format`), which OpenAI's API requires: a
     deployment translating the format has no use for it, so it would otherwise take a
-    request OpenAI refuses. TranslationError in OpenAI's words."""
+    request OpenAI refuses; its `description`, if any, a string; and no field OpenAI's
+    format does not have (`type`, `name`, `description`, `schema`, `strict`), which the
+    translation would drop. TranslationError in OpenAI's words."""
+    for key in fmt:
+        if key not in _FORMAT_FIELDS:
+            raise TranslationError(f"'{path}.{key}' cannot be sent to this model.", f"{path}.{key}")
+    description = fmt.get("description")
+    if description is not None and not isinstance(description, str):
+        raise invalid_type(f"{path}.description", "a string", description)
     name = fmt.get("name")
     if name is None:
         raise missing_parameter(f"{path}.name")
@@ -1586,7 +1598,9 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
                     "response_format.json_schema.schema",
                 )
             check_strict_format(json_schema, "response_format", None)
-            result["output_config"] = anthropic_output_config(schema)
+            result["output_config"] = anthropic_output_config(
+                schema, json_schema.get("description")
+            )
         elif kind == "json_object":
             # No format to send (see `anthropic_output_config`): the prompt asks for JSON,
             # as OpenAI requires of JSON mode, and is refused as OpenAI refuses it if not.
@@ -1610,10 +1624,15 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
     return result
 
 
-def anthropic_output_config(schema: dict[str, Any]) -> dict[str, Any]:
+def anthropic_output_config(
+    schema: dict[str, Any], description: str | None = None
+) -> dict[str, Any]:
     """Anthropic's `output_config` for an OpenAI `json_schema` format's `schema`: its object
     schemas closed (`close_objects`), since Anthropic refuses an object schema without
-    `additionalProperties: false`, which OpenAI's non-strict mode allows.
+    `additionalProperties: false`, which OpenAI's non-strict mode allows. The format's
+    `description` ("used by the model to determine how to respond in the format",
+    OpenAI's reference) has no field of its own there: it becomes the schema's own
+    top-level `description` (before the one the schema had), which the model reads.
 
     OpenAI's JSON mode (`json_object`: any JSON object, no schema) has no counterpart: every
     Anthropic format is a schema, and a schema of any object would have to leave its
@@ -1621,6 +1640,10 @@ def anthropic_output_config(schema: dict[str, Any]) -> dict[str, Any]:
     sent without a format; OpenAI takes JSON mode only from a prompt that asks for JSON in
     words (the translators refuse one that does not, in OpenAI's words), which the model
     then reads."""
+    if description:
+        own = schema.get("description")
+        both = f"{description}\n\n{own}" if isinstance(own, str) and own else description
+        schema = {**schema, "description": both}
     return {"format": {"type": "json_schema", "schema": close_objects(schema)}}
 
 
@@ -2367,7 +2390,9 @@ def _openai_tool_result_block(message: dict[str, Any], where: str) -> dict[str, 
 
 def add_anthropic_sampling(body: dict[str, Any], result: dict[str, Any]) -> None:
     """Copy an OpenAI request's (Chat Completions or Responses) `temperature`, `top_p` and
-    end user (`user`, else `safety_identifier`, as Anthropic's `metadata.user_id`) into
+    end user (`safety_identifier`, else `user`, as Anthropic's `metadata.user_id`: the
+    identifier Anthropic uses to detect abuse, which OpenAI's `safety_identifier` is and
+    its deprecated `user` was) into
     the Anthropic request `result`. Raises TranslationError in OpenAI's words for a value
     OpenAI refuses (a `temperature` outside 0 to 2, a `top_p` outside 0 to 1, a `user`
     that is not a string: Anthropic would refuse it under its own field name), and for a
@@ -2387,7 +2412,7 @@ def add_anthropic_sampling(body: dict[str, Any], result: dict[str, Any]) -> None
         value = body.get(name)
         if value is not None and not isinstance(value, str):
             raise invalid_type(name, "a string", value)
-    user = body.get("user") or body.get("safety_identifier")
+    user = body.get("safety_identifier") or body.get("user")
     if user:
         result["metadata"] = {"user_id": user}
 

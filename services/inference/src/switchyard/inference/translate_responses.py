@@ -1037,7 +1037,7 @@ def responses_request_to_messages(
     offer_history_tools(result)
     fmt = _text_format(body)
     if fmt is not None and fmt["type"] == "json_schema":
-        result["output_config"] = anthropic_output_config(fmt["schema"])
+        result["output_config"] = anthropic_output_config(fmt["schema"], fmt.get("description"))
     elif fmt is not None and fmt["type"] == "json_object":
         # No Anthropic counterpart (see `anthropic_output_config`): the prompt asks for
         # JSON, as OpenAI requires, and is refused in OpenAI's words if not.
@@ -1702,11 +1702,7 @@ class ResponseEventWriter:
         """Whether `key` is an open function call item whose arguments so far are no
         whole JSON (a limit may have cut them)."""
         state = self._items.get(key)
-        return (
-            state is not None
-            and state.kind == "function_call"
-            and not whole_json(state.text)
-        )
+        return state is not None and state.kind == "function_call" and not whole_json(state.text)
 
     def close(self, key: Any, *, cut_off: bool = False) -> list[dict[str, Any]]:
         """The events that finish output item `key` (nothing if it is not open); with
