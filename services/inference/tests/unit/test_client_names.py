@@ -123,6 +123,24 @@ def with_body(request, **fields: Any):
             "Anthropic's Messages API.)",
             None,
         ),
+        (
+            "gpt",
+            RESPONSES,
+            {"temperature": 3},
+            openai_refusal("temperature", "Invalid 'temperature': decimal above maximum value."),
+            "temperature",  # the client's own field, sent under its name
+            "Invalid 'temperature': decimal above maximum value.",
+            None,
+        ),
+        (
+            "gpt",
+            RESPONSES,
+            {"text": {"verbosity": "loud"}},
+            openai_refusal("verbosity", "Invalid value: 'loud'."),
+            "text.verbosity",
+            "Invalid value: 'loud'.",
+            None,
+        ),
     ],
     ids=[
         "messages-to-chat",
@@ -133,6 +151,8 @@ def with_body(request, **fields: Any):
         "param-the-client-never-sent",
         "responses-user-to-messages",
         "chat-safety-identifier-to-messages",
+        "responses-same-named-to-chat",
+        "responses-verbosity-to-chat",
     ],
 )
 async def test_a_translated_requests_refusal_names_the_clients_fields(

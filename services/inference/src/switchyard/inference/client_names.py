@@ -7,7 +7,9 @@ docs/protocols.md), `in_client_terms` gives `param` the client's name and adds t
 message which of the client's fields the upstream's name stands for; the upstream's own
 words are kept as they are (they may quote the client's data, or say that the
 deployment does not take the renamed field at all, which is the operator's to fix). A
-`param` naming anything else is dropped: it names a field of the translated request.
+field sent under its own name with the same meaning (`temperature`, `tool_choice`, ...:
+`SAME_NAMED`) keeps its `param`; a `param` naming anything else is dropped: it names a
+field of the translated request.
 
 Messages and input items are not renamed: a translation adds and merges messages (a
 system prompt becomes the first, a Responses function call joins the assistant message
@@ -45,6 +47,7 @@ RENAMED: dict[tuple[ClientAPI, ClientAPI], dict[str, str]] = {
         "max_completion_tokens": "max_output_tokens",
         "response_format": "text.format",
         "reasoning_effort": "reasoning.effort",
+        "verbosity": "text.verbosity",
     },
     (_CHAT, _MESSAGES): {
         "max_tokens": "max_completion_tokens",
@@ -62,8 +65,28 @@ RENAMED: dict[tuple[ClientAPI, ClientAPI], dict[str, str]] = {
 }
 
 
+# (client API, upstream API) -> the fields a translation sends under the same name, with
+# the same meaning: a refusal naming one names the client's own field.
+_SAMPLING = ("temperature", "top_p", "tool_choice")
+SAME_NAMED: dict[tuple[ClientAPI, ClientAPI], tuple[str, ...]] = {
+    (_MESSAGES, _CHAT): _SAMPLING,
+    (_RESPONSES, _CHAT): (
+        *_SAMPLING,
+        "parallel_tool_calls",
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "service_tier",
+    ),
+    (_CHAT, _MESSAGES): _SAMPLING,
+    (_RESPONSES, _MESSAGES): _SAMPLING,
+}
+
+
 def _renames(client: ClientAPI, upstream: ClientAPI, body: Mapping[str, Any]) -> dict[str, str]:
-    names = dict(RENAMED.get((client, upstream), {}))
+    names = {name: name for name in SAME_NAMED.get((client, upstream), ())}
+    names.update(RENAMED.get((client, upstream), {}))
     if (client, upstream) == (_CHAT, _MESSAGES) and "max_tokens" in body:
         # A Chat client may cap with either name: the one it sent.
         names["max_tokens"] = "max_tokens"
