@@ -254,18 +254,24 @@ async def test_a_members_own_key_follows_the_teams_models_as_they_change(auth_ap
     assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small", "sim-large"]
 
 
+async def key_of_a_token_listing(auth_app, models: list[str]) -> dict:
+    """The key carol makes with an access token naming `models` of its own."""
+    user = await auth_app.service.user_by_email("carol@acme.test")
+    listed = auth_app.service.issue_access_token(user, allowed_models=models)
+    created = await auth_app.client.post(
+        "/v1/api-keys", json={"name": "mine"}, headers={"Authorization": f"Bearer {listed.token}"}
+    )
+    assert created.status_code == 201, created.text
+    return created.json()
+
+
 async def test_a_key_made_by_a_token_narrower_than_the_team_keeps_the_tokens_models(
     auth_app, acme
 ) -> None:
     await small_team(auth_app, acme, ["sim-small", "sim-large"])
-    user = await auth_app.service.user_by_email("carol@acme.test")
-    narrow = auth_app.service.issue_access_token(user, allowed_models=["sim-small"])
-    created = await auth_app.client.post(
-        "/v1/api-keys", json={"name": "mine"}, headers={"Authorization": f"Bearer {narrow.token}"}
-    )
-    assert created.status_code == 201, created.text
-    assert created.json()["allowed_models"] == ["sim-small"]
-    assert (await lookup(auth_app, created.json()))["allowed_models"] == ["sim-small"]
+    key = await key_of_a_token_listing(auth_app, ["sim-small"])
+    assert key["allowed_models"] == ["sim-small"]
+    assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small"]
 
 
 async def test_a_member_cannot_give_a_key_models_beyond_the_token_making_it(auth_app, acme) -> None:
@@ -285,13 +291,8 @@ async def test_a_key_made_by_a_token_listing_exactly_the_teams_models_keeps_that
 ) -> None:
     # The token's own list does not follow the team: neither does the key it makes.
     team_id = await small_team(auth_app, acme)
-    user = await auth_app.service.user_by_email("carol@acme.test")
-    listed = auth_app.service.issue_access_token(user, allowed_models=["sim-small"])
-    created = await auth_app.client.post(
-        "/v1/api-keys", json={"name": "mine"}, headers={"Authorization": f"Bearer {listed.token}"}
-    )
-    assert created.status_code == 201, created.text
-    assert created.json()["allowed_models"] == ["sim-small"]
+    key = await key_of_a_token_listing(auth_app, ["sim-small"])
+    assert key["allowed_models"] == ["sim-small"]
 
     await widen_team(auth_app, acme, team_id)
-    assert (await lookup(auth_app, created.json()))["allowed_models"] == ["sim-small"]
+    assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small"]
