@@ -39,7 +39,11 @@ CLAUDE_HEADERS = {
 }
 
 
-def routing(recorder: RecordingUpstream, **options: Any) -> RoutingTable:
+def routing(
+    recorder: RecordingUpstream, claude_options: dict[str, Any] | None = None, **options: Any
+) -> RoutingTable:
+    """`claude` on an Anthropic deployment and `gpt` on an OpenAI one, both answered by
+    `recorder`, with deployment `options`, and `claude_options` for the first alone."""
     options = {"max_retries": 0, "timeout_s": 5, **options}
     claude = Deployment(
         name="anthropic",
@@ -48,6 +52,7 @@ def routing(recorder: RecordingUpstream, **options: Any) -> RoutingTable:
         base_url=recorder.root,
         api_key_env="FIDELITY_ANTHROPIC_KEY",
         **options,
+        **(claude_options or {}),
     )
     gpt = Deployment(
         name="openai",
@@ -1162,16 +1167,7 @@ async def test_a_request_without_an_output_limit_gets_the_deployments_default(
     set none gets the deployment's `default_max_tokens` (the model's own output limit),
     else the service's default; one that set a limit keeps it."""
     monkeypatch.setenv("FIDELITY_ANTHROPIC_KEY", "sk-ant-api03-SECRETSECRETSECRET")
-    deployment = Deployment(
-        name="anthropic",
-        provider="anthropic",
-        model="upstream-claude",
-        base_url=recorder.root,
-        api_key_env="FIDELITY_ANTHROPIC_KEY",
-        max_retries=0,
-        default_max_tokens=default_max_tokens,
-    )
-    table = RoutingTable(models={"claude": ModelRoute(name="claude", deployments=[deployment])})
+    table = routing(recorder, claude_options={"default_max_tokens": default_max_tokens})
     providers = ProviderPool()
     harness = await Harness.start(TOPICS, routing=table, providers=providers)
     try:
