@@ -15,13 +15,20 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
+from switchyard.common.http import SERVER_KEEP_ALIVE_S, SERVER_OPTIONS
 from switchyard.common.routing import Deployment
 from switchyard.common.testing.processes import free_port
 from switchyard.common.testing.servers import serve_app
 from switchyard.inference.errors import ProviderError
 from switchyard.inference.testing import SSE_HEAD, RawReply, RawServer, RecordingUpstream, Scripted
 from switchyard.inference.upstream import (
+    UPSTREAM_KEEPALIVE_S,
     AnthropicUpstream,
     DirectRequests,
     OpenAIUpstream,
@@ -679,3 +686,43 @@ async def test_connecting_is_bounded_by_the_deployments_timeout_however_long_a_r
     assert direct_timeout.sock_read == 600.0 and direct_timeout.total is None
     # A call allowed less than the deployment's timeout connects within it too.
     assert upstream._connect_s(0.5) == 0.5
+
+
+async def peer_port(request: Request) -> JSONResponse:
+    assert request.client is not None
+    return JSONResponse({"port": request.client.port})
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-requests", "through-the-sdk"])
+async def test_an_idle_connection_is_let_go_before_a_five_second_server_closes_it(
+    direct: bool,
+) -> None:
+    """uvicorn (vLLM's server, the simulator's) and Node close an idle connection after
+    5 s; a call sent on one as it closes fails, and no client repeats a POST. Idle longer
+    than `UPSTREAM_KEEPALIVE_S`, the next call opens a new connection."""
+    assert UPSTREAM_KEEPALIVE_S < SERVER_KEEP_ALIVE_S
+    port = free_port()
+    app = Starlette(routes=[Route("/v1/chat/completions", peer_port, methods=["POST"])])
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", **SERVER_OPTIONS)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    upstream = create_upstream(deployment("openai", f"http://127.0.0.1:{port}"))
+    assert isinstance(upstream, SDKUpstream)
+    if not direct:
+        upstream = type(upstream)(upstream.deployment, upstream.client)
+    try:
+        for _ in range(1000):
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        path = PATHS["openai"]
+        first = (await upstream.send(path, BODY, {}, 5))["port"]
+        again = (await upstream.send(path, BODY, {}, 5))["port"]
+        await asyncio.sleep(UPSTREAM_KEEPALIVE_S + 0.5)  # still open at the server
+        later = (await upstream.send(path, BODY, {}, 5))["port"]
+        assert again == first  # kept alive while in use
+        assert later != first
+    finally:
+        await upstream.aclose()
+        server.should_exit = True
+        await serving

@@ -713,14 +713,31 @@ def tls_context() -> ssl.SSLContext:
     return httpx2.create_ssl_context()
 
 
+# Seconds an idle connection to an upstream is kept for the next call: under the 5 s
+# after which common servers close one (uvicorn's, which serves vLLM and the simulator;
+# Node's). At 5 s, as the SDKs keep one, a call sent on a connection the server was
+# closing failed (502 `upstream_unreachable`, and a retry): no client library repeats a
+# POST that met a closed connection.
+UPSTREAM_KEEPALIVE_S = 4.0
+# The SDKs' DEFAULT_CONNECTION_LIMITS, with that keep-alive.
+UPSTREAM_MAX_CONNECTIONS = 1000
+UPSTREAM_LIMITS = httpx2.Limits(
+    max_connections=UPSTREAM_MAX_CONNECTIONS,
+    max_keepalive_connections=100,
+    keepalive_expiry=UPSTREAM_KEEPALIVE_S,
+)
+
+
 def sdk_http_client(sdk: ModuleType) -> Any:
     """The HTTP client an SDK client of one deployment sends with: `sdk`'s (the `openai`
     or `anthropic` module) `DefaultAioHttpClient`, redirects never followed, on the
-    process's one TLS context (`tls_context`). Left to itself, each such client builds a
-    TLS context of its own, loading the CA bundle: 20 to 30 ms on the event loop (the
-    first request to each model waited for it) and about 0.8 MiB for every (model,
-    deployment), whether its URL is HTTPS or not."""
-    return sdk.DefaultAioHttpClient(follow_redirects=False, verify=tls_context())
+    process's one TLS context (`tls_context`), idle connections kept `UPSTREAM_KEEPALIVE_S`.
+    Left to itself, each such client builds a TLS context of its own, loading the CA
+    bundle: 20 to 30 ms on the event loop (the first request to each model waited for it)
+    and about 0.8 MiB for every (model, deployment), whether its URL is HTTPS or not."""
+    return sdk.DefaultAioHttpClient(
+        follow_redirects=False, verify=tls_context(), limits=UPSTREAM_LIMITS
+    )
 
 
 def _proxied(url: httpx2.URL) -> bool:
@@ -765,10 +782,10 @@ class DirectRequests:
     the SDK's client, which routes through it)."""
 
     _URLS_KEPT = 64  # paths are the adapters' constants; the bound is a safety net
-    # The SDKs' DEFAULT_CONNECTION_LIMITS (1,000 connections) and httpx's keep-alive
-    # expiry (5 s), which their aiohttp transport hands to its connector.
-    MAX_CONNECTIONS = 1000
-    KEEPALIVE_S = 5.0
+    # The limits the SDK clients are given (`UPSTREAM_LIMITS`), which their aiohttp
+    # transport hands to its connector.
+    MAX_CONNECTIONS = UPSTREAM_MAX_CONNECTIONS
+    KEEPALIVE_S = UPSTREAM_KEEPALIVE_S
 
     def __init__(self, client: Any, http: httpx2.AsyncClient, protocol: Protocol_) -> None:
         self.protocol = protocol
