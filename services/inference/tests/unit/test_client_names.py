@@ -19,6 +19,12 @@ from .test_fidelity import breaker_threshold, harness  # noqa: F401 - the fixtur
 RESPONSES = "openai.responses"
 
 
+WEATHER_FUNCTION = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+}
+
+
 def openai_refusal(param: str, message: str) -> Scripted:
     error = {"message": message, "type": "invalid_request_error", "param": param, "code": None}
     return Scripted(status=400, json={"error": error})
@@ -141,6 +147,17 @@ def with_body(request, **fields: Any):
             "Invalid value: 'loud'.",
             None,
         ),
+        (
+            "claude",
+            "openai.chat_completions",
+            {"parallel_tool_calls": False, "tools": [WEATHER_FUNCTION]},
+            anthropic_refusal("tool_choice.disable_parallel_tool_use: Extra inputs not allowed"),
+            None,
+            "tool_choice.disable_parallel_tool_use: Extra inputs not allowed (Here "
+            "'tool_choice.disable_parallel_tool_use' is your 'parallel_tool_calls': the "
+            "model's deployment speaks Anthropic's Messages API.)",
+            None,
+        ),
     ],
     ids=[
         "messages-to-chat",
@@ -153,6 +170,7 @@ def with_body(request, **fields: Any):
         "chat-safety-identifier-to-messages",
         "responses-same-named-to-chat",
         "responses-verbosity-to-chat",
+        "chat-parallel-tool-calls-to-messages",
     ],
 )
 async def test_a_translated_requests_refusal_names_the_clients_fields(
@@ -241,3 +259,19 @@ def test_a_messages_clients_effort_is_named_as_it_sent_it() -> None:
     in_client_terms(error, ClientAPI.ANTHROPIC_MESSAGES, ClientAPI.OPENAI_CHAT_COMPLETIONS, body)
     assert error.param == "output_config.effort"
     assert "'reasoning_effort' is your 'output_config.effort'" in error.message
+
+
+def test_a_same_named_field_keeps_its_param_only_when_the_client_sent_it() -> None:
+    """`tool_choice` towards Anthropic is the client's own when it sent one; made by the
+    translation (from `parallel_tool_calls: false` alone) it is not, and `param` goes."""
+    for body, param in (
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"parallel_tool_calls": False}, None),
+    ):
+        error = ProviderError(
+            400, "invalid_request_error", "Invalid tool_choice.", param="tool_choice"
+        )
+        in_client_terms(
+            error, ClientAPI.OPENAI_CHAT_COMPLETIONS, ClientAPI.ANTHROPIC_MESSAGES, body
+        )
+        assert error.param == param

@@ -31,7 +31,10 @@ from switchyard.inference.providers import ProviderPool
 from switchyard.inference.reliability import Backoff, BreakerPolicy, DeploymentStates
 from switchyard.inference.testing import Harness, RecordingUpstream, Scripted, chat_request
 from switchyard.inference.translate import TranslationError, chat_request_to_messages
-from switchyard.inference.translate_responses import responses_request_to_messages
+from switchyard.inference.translate_responses import (
+    responses_request_to_chat,
+    responses_request_to_messages,
+)
 
 from .conftest import anthropic_message
 
@@ -1105,6 +1108,14 @@ TRANSLATIONS = [
     pytest.param(chat_request_to_messages, AS_CHAT, id="chat-completions"),
     pytest.param(responses_request_to_messages, AS_RESPONSES, id="responses"),
 ]
+
+
+def test_a_responses_format_field_chat_completions_lacks_is_refused_not_dropped() -> None:
+    body = {"model": "m", "input": "x"}
+    fmt = {"type": "json_schema", "name": "w", "schema": {"type": "object"}, "examples": []}
+    with pytest.raises(TranslationError) as refused:
+        responses_request_to_chat({**body, "text": {"format": fmt}})
+    assert refused.value.param == "text.format.examples"
 
 
 @pytest.mark.parametrize(("translate", "body"), TRANSLATIONS)

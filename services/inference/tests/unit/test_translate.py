@@ -589,10 +589,22 @@ def test_a_formats_description_reaches_anthropic_in_its_schema(api, translate, p
 
 
 @pytest.mark.parametrize(("api", "translate", "path"), FORMAT_TRANSLATIONS)
+def test_a_schema_the_description_cannot_join_is_sent_as_written(api, translate, path) -> None:
+    referenced = {"$ref": "#/$defs/w", "$defs": {"w": WEATHER_SCHEMA}}
+    bad_own = {**WEATHER_SCHEMA, "description": 5}  # Anthropic refuses it, as before
+    for schema in (referenced, bad_own):
+        sent = translate(_with_format(api, {"description": "D.", "schema": schema}))
+        assert sent["output_config"]["format"]["schema"].get("description") == schema.get(
+            "description"
+        )
+
+
+@pytest.mark.parametrize(("api", "translate", "path"), FORMAT_TRANSLATIONS)
 def test_a_format_field_the_translation_would_drop_is_refused(api, translate, path) -> None:
     for fields, param in (
         ({"description": 5, "schema": WEATHER_SCHEMA}, f"{path}.description"),
         ({"examples": [], "schema": WEATHER_SCHEMA}, f"{path}.examples"),
+        *([({"type": "json_schema", "schema": WEATHER_SCHEMA}, f"{path}.type")] * (api == "chat")),
     ):
         with pytest.raises(TranslationError) as refused:
             translate(_with_format(api, fields))

@@ -55,12 +55,14 @@ RENAMED: dict[tuple[ClientAPI, ClientAPI], dict[str, str]] = {
         "output_config.format": "response_format",
         "thinking": "reasoning_effort",
         "metadata.user_id": "user",
+        "tool_choice.disable_parallel_tool_use": "parallel_tool_calls",
     },
     (_RESPONSES, _MESSAGES): {
         "max_tokens": "max_output_tokens",
         "output_config.format": "text.format",
         "thinking": "reasoning.effort",
         "metadata.user_id": "user",
+        "tool_choice.disable_parallel_tool_use": "parallel_tool_calls",
     },
 }
 
@@ -85,7 +87,9 @@ SAME_NAMED: dict[tuple[ClientAPI, ClientAPI], tuple[str, ...]] = {
 
 
 def _renames(client: ClientAPI, upstream: ClientAPI, body: Mapping[str, Any]) -> dict[str, str]:
-    names = {name: name for name in SAME_NAMED.get((client, upstream), ())}
+    # Only a field the client sent: one of the same name the translation made (a
+    # `tool_choice` from `parallel_tool_calls` alone) is not the client's.
+    names = {name: name for name in SAME_NAMED.get((client, upstream), ()) if name in body}
     names.update(RENAMED.get((client, upstream), {}))
     if (client, upstream) == (_CHAT, _MESSAGES) and "max_tokens" in body:
         # A Chat client may cap with either name: the one it sent.
@@ -103,7 +107,8 @@ _API_NAMES = {_CHAT: "OpenAI's Chat Completions", _MESSAGES: "Anthropic's Messag
 
 
 def _client_param(param: str, names: Mapping[str, str]) -> str | None:
-    for upstream_name, client_name in names.items():
+    # The longest name first: `tool_choice.disable_parallel_tool_use` before `tool_choice`.
+    for upstream_name, client_name in sorted(names.items(), key=lambda item: -len(item[0])):
         if param == upstream_name:
             return client_name
         for separator in (".", "["):

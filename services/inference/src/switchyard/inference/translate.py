@@ -189,8 +189,9 @@ def unusable_tool_choice(choice: Any) -> TranslationError:
 _FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-# The fields of OpenAI's `json_schema` output format (`type` in `text.format` only).
-_FORMAT_FIELDS = frozenset({"type", "name", "description", "schema", "strict"})
+# The fields of OpenAI's `json_schema` output format (`text.format` has its `type` beside
+# them, `response_format` outside its `json_schema`).
+_FORMAT_FIELDS = frozenset({"name", "description", "schema", "strict"})
 
 
 def check_format_name(fmt: dict[str, Any], path: str) -> None:
@@ -201,7 +202,7 @@ def check_format_name(fmt: dict[str, Any], path: str) -> None:
     format does not have (`type`, `name`, `description`, `schema`, `strict`), which the
     translation would drop. TranslationError in OpenAI's words."""
     for key in fmt:
-        if key not in _FORMAT_FIELDS:
+        if key not in _FORMAT_FIELDS and not (key == "type" and path == "text.format"):
             raise TranslationError(f"'{path}.{key}' cannot be sent to this model.", f"{path}.{key}")
     description = fmt.get("description")
     if description is not None and not isinstance(description, str):
@@ -1632,7 +1633,9 @@ def anthropic_output_config(
     `additionalProperties: false`, which OpenAI's non-strict mode allows. The format's
     `description` ("used by the model to determine how to respond in the format",
     OpenAI's reference) has no field of its own there: it becomes the schema's own
-    top-level `description` (before the one the schema had), which the model reads.
+    top-level `description` (before the one the schema had), which the model reads; a
+    schema that is a `$ref` at its root (Anthropic's SDK keeps nothing beside one there)
+    or whose own `description` is not a string is sent as written.
 
     OpenAI's JSON mode (`json_object`: any JSON object, no schema) has no counterpart: every
     Anthropic format is a schema, and a schema of any object would have to leave its
@@ -1640,9 +1643,9 @@ def anthropic_output_config(
     sent without a format; OpenAI takes JSON mode only from a prompt that asks for JSON in
     words (the translators refuse one that does not, in OpenAI's words), which the model
     then reads."""
-    if description:
-        own = schema.get("description")
-        both = f"{description}\n\n{own}" if isinstance(own, str) and own else description
+    own = schema.get("description")
+    if description and "$ref" not in schema and (own is None or isinstance(own, str)):
+        both = f"{description}\n\n{own}" if own else description
         schema = {**schema, "description": both}
     return {"format": {"type": "json_schema", "schema": close_objects(schema)}}
 
