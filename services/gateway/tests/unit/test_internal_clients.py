@@ -28,3 +28,13 @@ async def test_the_client_of_auth_and_history_expires_idle_connections_first() -
 def test_the_replay_commands_client_expires_idle_connections_first() -> None:
     client = Client("http://127.0.0.1:1", "sk-sy-test")
     assert idle_expiry(client._http) == INTERNAL_KEEPALIVE_EXPIRY_S
+
+
+async def test_a_refused_connection_to_auth_or_history_is_tried_once_more() -> None:
+    """A replica stopping in a rolling restart refuses connections for a moment: the
+    request was never sent, so it is tried again at once (httpx's connect retries)."""
+    client = build_http_client()
+    try:
+        assert client._transport._pool._retries == 1  # type: ignore[attr-defined]
+    finally:
+        await client.aclose()

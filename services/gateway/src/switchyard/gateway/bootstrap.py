@@ -156,10 +156,14 @@ class Gateway:
 
 def build_http_client() -> httpx.AsyncClient:
     """The production client for every call to auth and history: pooled (200 connections,
-    50 kept alive, each idle one closed before those services would close it) and
-    carrying the W3C trace context of the current span."""
+    50 kept alive, each idle one closed before those services would close it), a refused
+    connection tried once more at once (a replica stopping during a rolling restart; no
+    request was sent, so any method may be), and carrying the W3C trace context of the
+    current span."""
     return httpx.AsyncClient(
-        limits=internal_limits(max_connections=200, max_keepalive=50),
+        transport=httpx.AsyncHTTPTransport(
+            limits=internal_limits(max_connections=200, max_keepalive=50), retries=1
+        ),
         event_hooks={"request": [inject_trace_headers]},
     )
 
