@@ -1,40 +1,88 @@
 """The gateway's clients of other Switchyard services (auth and history; the replay
 command's client of the gateway) let go of an idle connection well before those servers
 close it (`switchyard.common.http.INTERNAL_KEEPALIVE_EXPIRY_S`): a request sent on a
-connection the server is closing fails as if the service were unreachable (503)."""
+connection the server is closing fails as if the service were unreachable (503). A
+connection refused, and a read whose connection the server closed under it (a replica
+stopping in a rolling restart), are tried once more; nothing else is."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import httpx
+import pytest
 
 from switchyard.common.http import INTERNAL_KEEPALIVE_EXPIRY_S, SERVER_KEEP_ALIVE_S
 from switchyard.gateway.bootstrap import build_http_client
 from switchyard.gateway.replay_cli import Client
 
 
-def idle_expiry(client: Any) -> float:
-    """The keep-alive expiry of the connection pool behind an httpx client."""
-    return client._transport._pool._keepalive_expiry
+def pool_of(client: Any) -> Any:
+    """The connection pool behind an httpx client (through the gateway's retry layer)."""
+    transport = client._transport
+    transport = getattr(transport, "_async_transport", None) or transport
+    return transport._pool
 
 
 async def test_the_client_of_auth_and_history_expires_idle_connections_first() -> None:
     client = build_http_client()
     try:
-        assert idle_expiry(client) == INTERNAL_KEEPALIVE_EXPIRY_S < SERVER_KEEP_ALIVE_S
+        pool = pool_of(client)
+        assert pool._keepalive_expiry == INTERNAL_KEEPALIVE_EXPIRY_S < SERVER_KEEP_ALIVE_S
+        assert pool._retries == 1  # a refused connection: nothing was sent
     finally:
         await client.aclose()
 
 
 def test_the_replay_commands_client_expires_idle_connections_first() -> None:
     client = Client("http://127.0.0.1:1", "sk-sy-test")
-    assert idle_expiry(client._http) == INTERNAL_KEEPALIVE_EXPIRY_S
+    assert pool_of(client._http)._keepalive_expiry == INTERNAL_KEEPALIVE_EXPIRY_S
 
 
-async def test_a_refused_connection_to_auth_or_history_is_tried_once_more() -> None:
-    """A replica stopping in a rolling restart refuses connections for a moment: the
-    request was never sent, so it is tried again at once (httpx's connect retries)."""
+class ClosingServer:
+    """With `close_first`, closes the first connection as soon as a request arrives on it,
+    without answering (a server stopping with the connection in the client's pool);
+    answers `status` to every other request."""
+
+    def __init__(self, close_first: bool, status: int) -> None:
+        self.close_first = close_first
+        self.status = status
+        self.requests = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        self.requests += 1
+        if not (self.close_first and self.requests == 1):
+            writer.write(f"HTTP/1.1 {self.status} X\r\ncontent-length: 2\r\n\r\nok".encode())
+            await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "close_first", "status", "answered", "requests"),
+    [
+        ("GET", True, 200, 200, 2),  # a read: sent again on a new connection
+        ("POST", True, 200, None, 1),  # a write may have been done: the caller decides
+        ("GET", False, 503, 503, 1),  # an answer is the service's own word
+    ],
+)
+async def test_a_read_whose_connection_the_server_closed_is_sent_once_more(
+    method: str, close_first: bool, status: int, answered: int | None, requests: int
+) -> None:
+    closing = ClosingServer(close_first, status)
+    server = await asyncio.start_server(closing.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
     client = build_http_client()
     try:
-        assert client._transport._pool._retries == 1  # type: ignore[attr-defined]
+        if answered is None:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.request(method, f"http://127.0.0.1:{port}/v1/x")
+        else:
+            answer = await client.request(method, f"http://127.0.0.1:{port}/v1/x")
+            assert answer.status_code == answered
+        assert closing.requests == requests
     finally:
         await client.aclose()
+        server.close()
+        await server.wait_closed()

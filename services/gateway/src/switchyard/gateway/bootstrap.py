@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
+from httpx_retries import Retry, RetryTransport
 
 from switchyard.common.bus import EventBus, Subscription
 from switchyard.common.db import SCHEMA_BEHIND
@@ -154,16 +155,36 @@ class Gateway:
         return current
 
 
+class StaleConnectionRetry(Retry):
+    """httpx-retries' policy for a read of auth or history (GET, HEAD, OPTIONS) sent on a
+    pooled connection the server closed under it (a replica stopping in a rolling
+    restart: httpx's RemoteProtocolError, "Server disconnected without sending a
+    response"): sent once more, at once. Never for an answer: a 503 is the service's own
+    word, and a timeout already waited its time."""
+
+    def __init__(self, **options: Any) -> None:
+        options.setdefault("total", 1)
+        options.setdefault("allowed_methods", ("GET", "HEAD", "OPTIONS"))
+        options.setdefault("retry_on_exceptions", (httpx.RemoteProtocolError,))
+        super().__init__(**options)
+
+    def is_retryable_status_code(self, status_code: int) -> bool:
+        """No status is retried (see the class docstring)."""
+        return False
+
+
 def build_http_client() -> httpx.AsyncClient:
     """The production client for every call to auth and history: pooled (200 connections,
     50 kept alive, each idle one closed before those services would close it), a refused
     connection tried once more at once (a replica stopping during a rolling restart; no
-    request was sent, so any method may be), and carrying the W3C trace context of the
+    request was sent, so any method may be), a read whose connection the server closed
+    under it too (`StaleConnectionRetry`), and carrying the W3C trace context of the
     current span."""
+    pooled = httpx.AsyncHTTPTransport(
+        limits=internal_limits(max_connections=200, max_keepalive=50), retries=1
+    )
     return httpx.AsyncClient(
-        transport=httpx.AsyncHTTPTransport(
-            limits=internal_limits(max_connections=200, max_keepalive=50), retries=1
-        ),
+        transport=RetryTransport(pooled, retry=StaleConnectionRetry()),
         event_hooks={"request": [inject_trace_headers]},
     )
 
