@@ -18,11 +18,17 @@ from switchyard.gateway.bootstrap import build_http_client
 from switchyard.gateway.replay_cli import Client
 
 
-def pool_of(client: Any) -> Any:
-    """The connection pool behind an httpx client (through the gateway's retry layer)."""
+def innermost(client: Any) -> Any:
+    """The transport that sends on the network, under the gateway's retry layers."""
     transport = client._transport
-    transport = getattr(transport, "_async_transport", None) or transport
-    return transport._pool
+    while getattr(transport, "_async_transport", None) is not None:
+        transport = transport._async_transport
+    return transport
+
+
+def pool_of(client: Any) -> Any:
+    """The connection pool behind an httpx client."""
+    return innermost(client)._pool
 
 
 async def test_the_client_of_auth_and_history_expires_idle_connections_first() -> None:
@@ -30,7 +36,7 @@ async def test_the_client_of_auth_and_history_expires_idle_connections_first() -
     try:
         pool = pool_of(client)
         assert pool._keepalive_expiry == INTERNAL_KEEPALIVE_EXPIRY_S < SERVER_KEEP_ALIVE_S
-        assert pool._retries == 1  # a refused connection: nothing was sent
+        assert client._trust_env is False  # never through the environment's proxy
     finally:
         await client.aclose()
 
@@ -86,3 +92,46 @@ async def test_a_read_whose_connection_the_server_closed_is_sent_once_more(
         await client.aclose()
         server.close()
         await server.wait_closed()
+
+
+class FailingFirst(httpx.AsyncBaseTransport):
+    """Raises `error` on the first request, answers 200 to the next ones."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.sent = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent += 1
+        if self.sent == 1:
+            raise self.error
+        return httpx.Response(200, text="ok")
+
+
+@pytest.mark.parametrize(
+    ("method", "error", "sent"),
+    [
+        ("POST", httpx.ConnectError("refused"), 2),  # nothing was sent: any method again
+        ("GET", httpx.ConnectError("refused"), 2),
+        ("POST", httpx.ConnectTimeout("timed out"), 1),  # it already waited its time
+        ("GET", httpx.ReadTimeout("timed out"), 1),
+    ],
+)
+async def test_a_refused_connection_is_tried_once_more_a_timeout_never(
+    method: str, error: Exception, sent: int
+) -> None:
+    client = build_http_client()
+    failing = FailingFirst(error)
+    holder = client._transport
+    while getattr(holder._async_transport, "_async_transport", None) is not None:
+        holder = holder._async_transport
+    holder._async_transport = failing
+    try:
+        if sent == 1:
+            with pytest.raises(type(error)):
+                await client.request(method, "http://127.0.0.1:1/v1/x")
+        else:
+            assert (await client.request(method, "http://127.0.0.1:1/v1/x")).status_code == 200
+        assert failing.sent == sent
+    finally:
+        await client.aclose()

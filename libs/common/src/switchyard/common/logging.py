@@ -308,6 +308,7 @@ def configure_logging(
         "kafka",
         "httpx",
         "httpcore",
+        "httpx_retries",
         "alembic.runtime.plugins",
         "aiosqlite",
         "sqlalchemy",

@@ -155,36 +155,55 @@ class Gateway:
         return current
 
 
-class StaleConnectionRetry(Retry):
-    """httpx-retries' policy for a read of auth or history (GET, HEAD, OPTIONS) sent on a
-    pooled connection the server closed under it (a replica stopping in a rolling
-    restart: httpx's RemoteProtocolError, "Server disconnected without sending a
-    response"): sent once more, at once. Never for an answer: a 503 is the service's own
-    word, and a timeout already waited its time."""
-
-    def __init__(self, **options: Any) -> None:
-        options.setdefault("total", 1)
-        options.setdefault("allowed_methods", ("GET", "HEAD", "OPTIONS"))
-        options.setdefault("retry_on_exceptions", (httpx.RemoteProtocolError,))
-        super().__init__(**options)
+class ConnectionRetry(Retry):
+    """An httpx-retries policy that repeats a request, once and at once, only for what
+    happened to its connection (the exceptions it is given), never for an answer: a 503
+    is the service's own word. A timeout is not among them: it already waited its time."""
 
     def is_retryable_status_code(self, status_code: int) -> bool:
         """No status is retried (see the class docstring)."""
         return False
 
 
+_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
+# A write whose connection was refused (a replica stopping in a rolling restart): no byte
+# of it was sent.
+WRITE_RETRY = ConnectionRetry(
+    total=1, allowed_methods=_METHODS, retry_on_exceptions=(httpx.ConnectError,)
+)
+# A read, also when it was sent on a pooled connection the server closed under it
+# (httpx's RemoteProtocolError, "Server disconnected without sending a response"): a write
+# is not repeated then, as it may have been done.
+READ_RETRY = ConnectionRetry(
+    total=1,
+    allowed_methods=_METHODS,
+    retry_on_exceptions=(httpx.ConnectError, httpx.RemoteProtocolError),
+)
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class ConnectionRetryTransport(RetryTransport):
+    """httpx-retries' transport with `READ_RETRY` for reads and `WRITE_RETRY` for writes
+    (its per-request `retry` extension, which a caller's own still overrides)."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` (see the class docstring)."""
+        if request.method not in _READS:
+            request.extensions.setdefault("retry", WRITE_RETRY)
+        return await super().handle_async_request(request)
+
+
 def build_http_client() -> httpx.AsyncClient:
     """The production client for every call to auth and history: pooled (200 connections,
-    50 kept alive, each idle one closed before those services would close it), a refused
-    connection tried once more at once (a replica stopping during a rolling restart; no
-    request was sent, so any method may be), a read whose connection the server closed
-    under it too (`StaleConnectionRetry`), and carrying the W3C trace context of the
-    current span."""
-    pooled = httpx.AsyncHTTPTransport(
-        limits=internal_limits(max_connections=200, max_keepalive=50), retries=1
-    )
+    50 kept alive, each idle one closed before those services would close it), a request
+    whose connection was refused or a read whose connection the server closed under it
+    sent once more (`ConnectionRetryTransport`), carrying the W3C trace context of the
+    current span. Never through a proxy named by the environment (`HTTP_PROXY`...): these
+    are calls inside the deployment."""
+    pooled = httpx.AsyncHTTPTransport(limits=internal_limits(max_connections=200, max_keepalive=50))
     return httpx.AsyncClient(
-        transport=RetryTransport(pooled, retry=StaleConnectionRetry()),
+        transport=ConnectionRetryTransport(pooled, retry=READ_RETRY),
+        trust_env=False,
         event_hooks={"request": [inject_trace_headers]},
     )
 
