@@ -69,11 +69,11 @@ RENAMED: dict[tuple[ClientAPI, ClientAPI], dict[str, str]] = {
 
 # (client API, upstream API) -> the fields a translation sends under the same name, with
 # the same meaning: a refusal naming one names the client's own field.
-_SAMPLING = ("temperature", "top_p", "tool_choice")
+_SAME_IN_BOTH = ("temperature", "top_p", "tool_choice")
 SAME_NAMED: dict[tuple[ClientAPI, ClientAPI], tuple[str, ...]] = {
-    (_MESSAGES, _CHAT): _SAMPLING,
+    (_MESSAGES, _CHAT): _SAME_IN_BOTH,
     (_RESPONSES, _CHAT): (
-        *_SAMPLING,
+        *_SAME_IN_BOTH,
         "parallel_tool_calls",
         "user",
         "safety_identifier",
@@ -81,8 +81,8 @@ SAME_NAMED: dict[tuple[ClientAPI, ClientAPI], tuple[str, ...]] = {
         "prompt_cache_retention",
         "service_tier",
     ),
-    (_CHAT, _MESSAGES): _SAMPLING,
-    (_RESPONSES, _MESSAGES): _SAMPLING,
+    (_CHAT, _MESSAGES): _SAME_IN_BOTH,
+    (_RESPONSES, _MESSAGES): _SAME_IN_BOTH,
 }
 
 

@@ -194,12 +194,12 @@ _FORMAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _FORMAT_FIELDS = frozenset({"name", "description", "schema", "strict"})
 
 
-def check_format_name(fmt: dict[str, Any], path: str) -> None:
-    """Check the `name` of a `json_schema` output format at `path`
-    (`response_format.json_schema`, `text.format`), which OpenAI's API requires: a
-    deployment translating the format has no use for it, so it would otherwise take a
-    request OpenAI refuses; its `description`, if any, a string; and no field OpenAI's
-    format does not have (`type`, `name`, `description`, `schema`, `strict`), which the
+def check_json_schema_format(fmt: dict[str, Any], path: str) -> None:
+    """Check a `json_schema` output format at `path` (`response_format.json_schema`,
+    `text.format`): its `name`, which OpenAI's API requires (a deployment translating the
+    format has no use for it, so it would otherwise take a request OpenAI refuses); its
+    `description`, if any, a string; and no field OpenAI's format does not have (`name`,
+    `description`, `schema`, `strict`, and `type` in `text.format`), which the
     translation would drop. TranslationError in OpenAI's words."""
     for key in fmt:
         if key not in _FORMAT_FIELDS and not (key == "type" and path == "text.format"):
@@ -1587,7 +1587,7 @@ def _chat_request_to_messages(body: dict[str, Any], default_max_tokens: int) -> 
                 raise missing_parameter("response_format.json_schema")
             if not isinstance(json_schema, dict):
                 raise invalid_type("response_format.json_schema", "an object", json_schema)
-            check_format_name(json_schema, "response_format.json_schema")
+            check_json_schema_format(json_schema, "response_format.json_schema")
             schema = json_schema.get("schema")
             if schema is not None and not isinstance(schema, dict):
                 raise invalid_type("response_format.json_schema.schema", "an object", schema)

@@ -61,8 +61,8 @@ from switchyard.inference.translate import (
     anthropic_tool_choice,
     base64_data,
     below_minimum,
-    check_format_name,
     check_function,
+    check_json_schema_format,
     check_strict_format,
     document_source,
     empty_string,
@@ -457,7 +457,7 @@ def _text_format(body: dict[str, Any]) -> dict[str, Any] | None:
     if kind not in ("text", "json_schema", "json_object"):
         raise not_one_of("text.format.type", kind, ("text", "json_schema", "json_object"))
     if kind == "json_schema":
-        check_format_name(fmt, "text.format")
+        check_json_schema_format(fmt, "text.format")
         schema = fmt.get("schema")
         if schema is None:
             raise missing_parameter("text.format.schema")
