@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import re
 import time
@@ -2836,6 +2837,35 @@ def whole_json(pieces: list[str]) -> bool:
     return True
 
 
+@dataclasses.dataclass
+class PendingCall:
+    """A tool call of a Chat Completions stream whose block or item is not open yet: its
+    id, the pieces of its `function.name` joined (the OpenAI SDK's stream accumulator
+    joins them, so a server may send a name in pieces), and its argument pieces so far.
+
+    A call opens once its arguments begin (a name comes before them, whole by then) or
+    when anything else is streamed (text, another call's block, the finish): a block's or
+    item's name cannot change once it has been sent."""
+
+    call_id: Any
+    name: str = ""
+    pieces: list[str] = dataclasses.field(default_factory=list)
+
+    def add(self, function: dict[str, Any]) -> None:
+        """Adds one `tool_calls[].function` delta (`name` and `arguments` pieces; either may
+        be absent)."""
+        name, arguments = function.get("name"), function.get("arguments")
+        if isinstance(name, str):
+            self.name += name
+        if isinstance(arguments, str) and arguments:
+            self.pieces.append(arguments)
+
+    @property
+    def begun(self) -> bool:
+        """Whether its arguments have begun: a piece holds more than JSON whitespace."""
+        return any(piece.strip(JSON_WHITESPACE) for piece in self.pieces)
+
+
 def _prologue(chunk: dict[str, Any]) -> bool:
     """Whether `chunk` only precedes the message (Azure OpenAI's first chunk: an empty
     `id`, no choices, its `prompt_filter_results`): nothing to relay, and the message's
@@ -2884,8 +2914,17 @@ class ChatChunksToMessageEvents:
         # A reply that is a refusal alone stops for `refusal`, as a whole reply does.
         self._content_seen = False
         self._refusal_seen = False
-        # Calls started while the open one was unfinished: index -> (block, arguments).
-        self._held: dict[int, tuple[dict[str, Any], list[str]]] = {}
+        # Calls not opened yet (see `PendingCall`), in the order they started: index ->
+        # the call. Also those that started while the open call's arguments were not whole.
+        self._held: dict[int, PendingCall] = {}
+        # Per OpenAI tool_call index, whether its arguments are a JSON object, once their
+        # first character has come (`_arguments_deltas`).
+        self._object_arguments: dict[int, bool] = {}
+        # Text and thinking pieces (kind, piece) that came while a call was unfinished
+        # (`_calls_unfinished`): some servers send a whitespace `content` beside argument
+        # pieces, and the call's block cannot be closed before its arguments are whole,
+        # nor take deltas after its stop.
+        self._text: list[tuple[str, str]] = []
 
     def _start(self, chunk: dict[str, Any] | None) -> list[dict[str, Any]]:
         self._started = True
@@ -2948,16 +2987,18 @@ class ChatChunksToMessageEvents:
             reasoning = reasoning_of(delta) if self._thinking else None
             if reasoning is not None:
                 self._reasoning_field = self._reasoning_field or reasoning[0]
-                events += self._piece("thinking", reasoning[1])
+                self._text.append(("thinking", reasoning[1]))
             text = delta.get("content") or delta.get("refusal")
             if delta.get("content"):
                 self._content_seen = True
             elif text:
                 self._refusal_seen = True
             if text:
-                events += self._piece("text", text)
+                self._text.append(("text", text))
+            events += self._write_text(force=False)
             for call in tool_calls_of(delta):
                 events += self._tool_delta(call)
+            events += self._write_text(force=False)
             finish = choice.get("finish_reason")
             if finish:
                 self.stop_reason = anthropic_stop_reason(finish)
@@ -2965,7 +3006,26 @@ class ChatChunksToMessageEvents:
                 if self.stop_sequence is not None and self.stop_reason == "end_turn":
                     self.stop_reason = "stop_sequence"
                 events += self._release_held(until_incomplete=False)
+                events += self._write_text(force=True)
                 events += self._close_block()
+        return events
+
+    def _calls_unfinished(self) -> bool:
+        """Whether the open call's arguments are not a whole JSON value yet, or a call's
+        arguments have not begun: text and thinking wait until they are."""
+        if self._open is not None and self._open[0] == "tool" and not self._whole_arguments():
+            return True
+        return any(not call.begun for call in self._held.values())
+
+    def _write_text(self, *, force: bool) -> list[dict[str, Any]]:
+        """The events of the text and thinking pieces gathered, after the calls held (see
+        `_piece`); none while a call is unfinished unless `force` (the stream ends)."""
+        if not self._text or not force and self._calls_unfinished():
+            return []
+        events: list[dict[str, Any]] = []
+        for kind, piece in self._text:
+            events += self._piece(kind, piece)
+        self._text.clear()
         return events
 
     def _piece(self, kind: str, piece: str) -> list[dict[str, Any]]:
@@ -2985,40 +3045,32 @@ class ChatChunksToMessageEvents:
         return events
 
     def _tool_delta(self, call: dict[str, Any]) -> list[dict[str, Any]]:
-        """The events of one `tool_calls` delta. A block streams live while it is the open
-        one; a call that starts while the open call's arguments are not yet a whole JSON
-        value (parallel calls interleaved, as OpenAI's format allows) is held until they
-        are, or the stream ends: an Anthropic block gets all its deltas between its
-        `content_block_start` and `content_block_stop`, and a block cannot be reopened."""
-        events: list[dict[str, Any]] = []
+        """The events of one `tool_calls` delta. A call's block opens once its arguments
+        begin (its name may come in pieces before them, see `PendingCall`) and streams
+        live while it is the open one; a call that starts while the open call's arguments
+        are not yet a whole JSON value (parallel calls interleaved, as OpenAI's format
+        allows) is held until they are, or the stream ends: an Anthropic block gets all its
+        deltas between its `content_block_start` and `content_block_stop`, and a block
+        cannot be reopened."""
         key = call.get("index", 0)
         function = call.get("function") or {}
-        arguments = function.get("arguments")
-        arguments = arguments if isinstance(arguments, str) else ""
-        held = self._held.get(key)
-        if held is not None:
-            held[1].append(arguments)
-            return events
         if key not in self._tool_blocks:
-            block: dict[str, Any] = {
-                "type": "tool_use",
-                "id": self._tool_ids.give(call.get("id")),
-                "name": function.get("name") or "",
-                "input": {},
-            }
-            if self._open is not None and self._open[0] == "tool" and not self._whole_arguments():
-                self._held[key] = (block, [arguments])
-                return events
-            events += self._open_tool(key, block)
-        if arguments:
+            held = self._held.get(key)
+            if held is None:
+                held = self._held[key] = PendingCall(self._tool_ids.give(call.get("id")))
+            held.add(function)
+            return self._release_held(until_incomplete=True)
+        events: list[dict[str, Any]] = []
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
             if self._open == ("tool", key):
                 self._arguments.append(arguments)
-                events.append(self._arguments_delta(key, arguments))
+                events += self._arguments_deltas(key, arguments)
             elif arguments.strip(JSON_WHITESPACE):
                 # More than whitespace after a whole JSON value (a malformed call): it
                 # still goes to the block it belongs to, closed as it is, since Anthropic
                 # blocks cannot be reopened and dropping it would change the call.
-                events.append(self._arguments_delta(key, arguments))
+                events += self._arguments_deltas(key, arguments)
             # Whitespace after a call's whole JSON value (servers send a trailing newline
             # as a piece of its own) means nothing in JSON: once its block is closed it is
             # dropped, so that no delta reaches a block after its `content_block_stop`.
@@ -3026,38 +3078,60 @@ class ChatChunksToMessageEvents:
             events += self._release_held(until_incomplete=True)
         return events
 
-    def _open_tool(self, key: int, block: dict[str, Any]) -> list[dict[str, Any]]:
+    def _open_tool(self, key: int, call: PendingCall) -> list[dict[str, Any]]:
+        block = {"type": "tool_use", "id": call.call_id, "name": call.name, "input": {}}
         index, events = self._open_block(block)
         self._tool_blocks[key] = index
         self._open = ("tool", key)
         self._arguments = []
         return events
 
-    def _arguments_delta(self, key: int, arguments: str) -> dict[str, Any]:
-        return {
-            "type": "content_block_delta",
-            "index": self._tool_blocks[key],
-            "delta": {"type": "input_json_delta", "partial_json": arguments},
-        }
+    def _arguments_deltas(self, key: int, arguments: str) -> list[dict[str, Any]]:
+        """The `input_json_delta` of a piece of call `key`'s arguments, none for a call
+        whose arguments are not a JSON object: Anthropic's `input` is one (the SDK would
+        build a list or a string), and a reply's arguments that are not become `{}`, as
+        the non-streamed translation gives (`_tool_input`). Whitespace before the first
+        value is dropped too (JSON ignores it) until that is known."""
+        is_object = self._object_arguments.get(key)
+        if is_object is None:
+            arguments = arguments.lstrip(JSON_WHITESPACE)
+            if not arguments:
+                return []
+            is_object = self._object_arguments[key] = arguments.startswith("{")
+        if not is_object:
+            return []
+        return [
+            {
+                "type": "content_block_delta",
+                "index": self._tool_blocks[key],
+                "delta": {"type": "input_json_delta", "partial_json": arguments},
+            }
+        ]
 
     def _whole_arguments(self) -> bool:
         return whole_json(self._arguments)
 
     def _release_held(self, *, until_incomplete: bool) -> list[dict[str, Any]]:
-        """Opens the held calls in the order they started, each with the arguments held for
-        it; with `until_incomplete`, stops at one whose arguments are not whole yet (it
-        stays open and streams live from then on)."""
+        """Opens the calls held in the order they started, each with the arguments held for
+        it. With `until_incomplete`, only while the open call's arguments are whole (or no
+        call is open) and the next call's arguments have begun: one whose arguments are
+        not whole yet stays open and streams live from then on."""
         events: list[dict[str, Any]] = []
         while self._held:
             key = next(iter(self._held))
-            block, pieces = self._held.pop(key)
-            events += self._open_tool(key, block)
-            arguments = "".join(pieces)
+            call = self._held[key]
+            if until_incomplete and (
+                not call.begun
+                or (self._open is not None and self._open[0] == "tool")
+                and not self._whole_arguments()
+            ):
+                break
+            del self._held[key]
+            events += self._open_tool(key, call)
+            arguments = "".join(call.pieces)
             if arguments:
                 self._arguments.append(arguments)
-                events.append(self._arguments_delta(key, arguments))
-            if until_incomplete and not self._whole_arguments():
-                break
+                events += self._arguments_deltas(key, arguments)
         return events
 
     def finish(self) -> list[dict[str, Any]]:
@@ -3068,6 +3142,7 @@ class ChatChunksToMessageEvents:
             return []
         events = [] if self._started else self._start(None)
         events += self._release_held(until_incomplete=False)
+        events += self._write_text(force=True)
         events += self._close_block()
         self._finished = True
         if self._refusal_seen and not self._content_seen:

@@ -52,6 +52,7 @@ from switchyard.inference.translate import (
     INPUT_IMAGE_DETAILS,
     OPENAI_SERVICE_TIERS,
     REASONING_FIELDS,
+    PendingCall,
     TranslationError,
     add_anthropic_sampling,
     add_anthropic_thinking,
@@ -1795,8 +1796,9 @@ class ChatChunksToResponseEvents:
         self._call: tuple[str, int] | None = None  # the function call streaming live
         self._arguments: list[str] = []  # its argument pieces so far
         self._calls_seen: set[tuple[str, int]] = set()
-        # Calls started while the live one was unfinished: key -> (call id, name, pieces).
-        self._held: dict[tuple[str, int], tuple[str, str, list[str]]] = {}
+        # Calls not opened yet (see `PendingCall`), in the order they started: key -> the
+        # call. Also those that started while the live call's arguments were not whole.
+        self._held: dict[tuple[str, int], PendingCall] = {}
         # Reasoning and message text that came while the live call was unfinished:
         # (`reasoning`, `output_text` or `refusal`, the text), and annotations of the
         # message's text (`annotation`, the annotation).
@@ -1835,11 +1837,10 @@ class ChatChunksToResponseEvents:
 
     def _write_text(self, *, force: bool) -> list[dict[str, Any]]:
         """The reasoning and message text gathered so far, after the calls before it are
-        done; held (unless `force`) while the live call's arguments are not whole JSON,
-        since its item must be done before another is added and cannot reopen."""
-        if not self._text or (
-            not force and self._call is not None and not whole_json(self._arguments)
-        ):
+        done; held (unless `force`) while the live call's arguments are not whole JSON or
+        a call's have not begun, since an item must be done before another is added and
+        cannot reopen."""
+        if not self._text or not force and self._calls_unfinished():
             return []
         writer = self.writer
         events = self._end_calls()
@@ -1861,25 +1862,29 @@ class ChatChunksToResponseEvents:
         self._text.clear()
         return events
 
+    def _calls_unfinished(self) -> bool:
+        """Whether the live call's arguments are not whole yet, or a call's arguments have
+        not begun: text then waits, since an item is done before the next is added."""
+        if self._call is not None and not whole_json(self._arguments):
+            return True
+        return any(not call.begun for call in self._held.values())
+
     def _tool_delta(self, call: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events of one `tool_calls` delta: a call's item is added once its arguments
+        begin (its name may come in pieces before them, see `PendingCall`), or later if
+        the live call's arguments are not whole yet; it then streams live."""
         key = ("call", call.get("index", 0))
         function = call.get("function") or {}
-        arguments = function.get("arguments")
-        arguments = arguments if isinstance(arguments, str) else ""
-        held = self._held.get(key)
-        if held is not None:
-            held[2].append(arguments)
-            return []
-        events: list[dict[str, Any]] = []
         if key not in self._calls_seen:
             self._calls_seen.add(key)
-            call_id = call.get("id") or _new_id("call")
-            name = function.get("name") or ""
-            if self._call is not None and not whole_json(self._arguments):
-                self._held[key] = (call_id, name, [arguments])
-                return []
-            events += self._open_call(key, call_id, name)
-        if arguments:
+            self._held[key] = PendingCall(call.get("id") or _new_id("call"))
+        held = self._held.get(key)
+        if held is not None:
+            held.add(function)
+            return self._release_held(until_incomplete=True)
+        events: list[dict[str, Any]] = []
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
             if key == self._call:
                 self._arguments.append(arguments)
             # A call already done gets nothing more (its item is complete): only pieces
@@ -1899,19 +1904,23 @@ class ChatChunksToResponseEvents:
 
     def _release_held(self, *, until_incomplete: bool) -> list[dict[str, Any]]:
         """Streams the held calls in the order they started, each with the arguments held
-        for it; with `until_incomplete`, stops after one whose arguments are not whole yet
-        (it streams live from then on)."""
+        for it. With `until_incomplete`, only while the live call's arguments are whole
+        (or no call is live) and the next call's arguments have begun: one whose
+        arguments are not whole yet streams live from then on."""
         events: list[dict[str, Any]] = []
         while self._held:
             key = next(iter(self._held))
-            call_id, name, pieces = self._held.pop(key)
-            events += self._open_call(key, call_id, name)
-            arguments = "".join(pieces)
+            call = self._held[key]
+            if until_incomplete and (
+                not call.begun or self._call is not None and not whole_json(self._arguments)
+            ):
+                break
+            del self._held[key]
+            events += self._open_call(key, call.call_id, call.name)
+            arguments = "".join(call.pieces)
             if arguments:
                 self._arguments.append(arguments)
                 events += self.writer.arguments(key, arguments)
-            if until_incomplete and not whole_json(self._arguments):
-                break
         return events
 
     def _end_calls(self) -> list[dict[str, Any]]:

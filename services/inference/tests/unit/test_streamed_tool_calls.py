@@ -1,0 +1,198 @@
+"""Tool calls of a Chat Completions stream translated for Anthropic and Responses clients:
+a name sent in pieces, arguments that are not a JSON object, and text sent beside a call's
+unfinished arguments. Each stream is read by the client's own SDK (the anthropic SDK's
+`accumulate_event`, the openai SDK's `ResponseStreamState`), which checks the order of
+the events and builds what an application gets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from switchyard.inference.translate import ChatChunksToMessageEvents, chat_completion_to_message
+from switchyard.inference.translate_responses import ChatChunksToResponseEvents
+
+from .test_responses_reasoning_stream import CTX, sdk_final, usage
+from .test_translate import STREAM_EVENT, block_deltas_between_start_and_stop, openai_chunk
+
+anthropic = pytest.importorskip("anthropic")
+
+from anthropic.lib.streaming._messages import accumulate_event  # noqa: E402
+
+
+def call(index: int, *, arguments: str | None = None, name: str | None = None, **extra: Any):
+    """One `tool_calls` entry of a delta: only the fields given."""
+    function: dict[str, Any] = {}
+    if name is not None:
+        function["name"] = name
+    if arguments is not None:
+        function["arguments"] = arguments
+    return {"index": index, "function": function, **extra}
+
+
+def started(index: int, call_id: str, name: str, arguments: str = "") -> dict[str, Any]:
+    return call(index, arguments=arguments, name=name, id=call_id, type="function")
+
+
+def chunks_of(*deltas: dict[str, Any], finish: str = "tool_calls") -> list[dict[str, Any]]:
+    return (
+        [openai_chunk({"role": "assistant", "content": None})]
+        + [openai_chunk(delta) for delta in deltas]
+        + [openai_chunk({}, finish)]
+    )
+
+
+def anthropic_stream(chunks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
+    """The Anthropic events of `chunks`, checked against Anthropic's event schema and the
+    block order, and the message the anthropic SDK assembles from them."""
+    converter = ChatChunksToMessageEvents("m")
+    events = [event for chunk in chunks for event in converter.feed(chunk)]
+    events += converter.finish()
+    block_deltas_between_start_and_stop(events)
+    snapshot, buffers = None, {}
+    for event in events:
+        STREAM_EVENT.validate_python(event)
+        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=buffers)
+    return events, snapshot
+
+
+def responses_stream(chunks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
+    """The Responses events of `chunks` and the response the openai SDK assembles."""
+    converter = ChatChunksToResponseEvents(CTX, usage)
+    events = [event for chunk in chunks for event in converter.feed(chunk)]
+    events += converter.finish()
+    return events, sdk_final(events)
+
+
+NAME_IN_PIECES = {
+    "arguments after the name": chunks_of(
+        {"tool_calls": [started(0, "call_a", "get_")]},
+        {"tool_calls": [call(0, name="weather")]},
+        {"tool_calls": [call(0, arguments='{"city": ')]},
+        {"tool_calls": [call(0, arguments='"Oslo"}')]},
+    ),
+    "no arguments": chunks_of(
+        {"tool_calls": [started(0, "call_a", "get_")]},
+        {"tool_calls": [call(0, name="weather", arguments="")]},
+    ),
+    "the second call's name in pieces": chunks_of(
+        {"tool_calls": [started(0, "call_a", "get_time", '{"zone": "CET"}')]},
+        {"tool_calls": [started(1, "call_b", "get_")]},
+        {"tool_calls": [call(1, name="weather")]},
+        {"tool_calls": [call(1, arguments='{"city": "Oslo"}')]},
+    ),
+}
+
+
+@pytest.mark.parametrize("chunks", NAME_IN_PIECES.values(), ids=NAME_IN_PIECES.keys())
+def test_a_name_streamed_in_pieces_reaches_an_anthropic_client_whole(chunks) -> None:
+    # The openai SDK joins the pieces of a streamed name; the block opens with all of it.
+    events, message = anthropic_stream(chunks)
+
+    names = [
+        event["content_block"]["name"] for event in events if event["type"] == "content_block_start"
+    ]
+    assert names[-1] == "get_weather"
+    assert [block.name for block in message.content] == names
+
+
+@pytest.mark.parametrize("chunks", NAME_IN_PIECES.values(), ids=NAME_IN_PIECES.keys())
+def test_a_name_streamed_in_pieces_reaches_a_responses_client_whole(chunks) -> None:
+    events, response = responses_stream(chunks)
+
+    added = [e["item"]["name"] for e in events if e["type"] == "response.output_item.added"]
+    assert added[-1] == "get_weather"
+    assert [item.name for item in response.output] == added
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    ["[1, 2]", '"Oslo"', "42", "null", " \n[1,", "true"],
+)
+def test_arguments_that_are_not_an_object_stream_to_anthropic_as_an_empty_input(arguments):
+    # Anthropic's `input` is an object: the reply not streamed gives `{}`, and so does its
+    # stream (no piece of the value reaches the block).
+    pieces = [arguments[:3], arguments[3:]]
+    chunks = chunks_of(
+        {"tool_calls": [started(0, "call_a", "get_weather", pieces[0])]},
+        {"tool_calls": [call(0, arguments=pieces[1])]},
+    )
+    whole = chat_completion_to_message(
+        {
+            "id": "chatcmpl-1",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "tool_calls",
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "call_a",
+                                "type": "function",
+                                "function": {"name": "get_weather", "arguments": arguments},
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+        "m",
+    )
+
+    events, message = anthropic_stream(chunks)
+
+    assert not [e for e in events if e["type"] == "content_block_delta"]
+    assert message.content[0].input == whole["content"][0]["input"] == {}
+
+
+def test_whitespace_before_an_objects_arguments_is_not_streamed_to_anthropic() -> None:
+    chunks = chunks_of(
+        {"tool_calls": [started(0, "call_a", "get_weather", " ")]},
+        {"tool_calls": [call(0, arguments='\n{"city": ')]},
+        {"tool_calls": [call(0, arguments='"Oslo"}')]},
+    )
+
+    events, message = anthropic_stream(chunks)
+
+    pieces = [e["delta"]["partial_json"] for e in events if e["type"] == "content_block_delta"]
+    assert pieces == ['{"city": ', '"Oslo"}']
+    assert message.content[0].input == {"city": "Oslo"}
+
+
+TEXT_BESIDE_A_CALL = {
+    # Some servers send a whitespace `content` in the chunk that carries more arguments.
+    "beside its arguments": chunks_of(
+        {"tool_calls": [started(0, "call_a", "get_weather", '{"city":')]},
+        {"content": "\n", "tool_calls": [call(0, arguments=' "Oslo"}')]},
+        {"content": "Checking."},
+    ),
+    "between its name and its arguments": chunks_of(
+        {"tool_calls": [started(0, "call_a", "get_weather")]},
+        {"content": "\n"},
+        {"tool_calls": [call(0, arguments='{"city": "Oslo"}')]},
+        {"content": "Checking."},
+    ),
+}
+
+
+@pytest.mark.parametrize("chunks", TEXT_BESIDE_A_CALL.values(), ids=TEXT_BESIDE_A_CALL.keys())
+def test_text_beside_an_unfinished_call_waits_for_its_arguments_in_anthropic(chunks) -> None:
+    # The call's block is closed only once its arguments are whole: no delta reaches it
+    # after its `content_block_stop` (checked in `anthropic_stream`), none is lost.
+    _, message = anthropic_stream(chunks)
+
+    assert [block.type for block in message.content] == ["tool_use", "text"]
+    assert message.content[0].input == {"city": "Oslo"}
+    assert message.content[1].text == "\nChecking."
+
+
+@pytest.mark.parametrize("chunks", TEXT_BESIDE_A_CALL.values(), ids=TEXT_BESIDE_A_CALL.keys())
+def test_text_beside_an_unfinished_call_waits_for_its_arguments_in_responses(chunks) -> None:
+    _, response = responses_stream(chunks)
+
+    assert [item.type for item in response.output] == ["function_call", "message"]
+    assert response.output[0].arguments == '{"city": "Oslo"}'
+    assert response.output[1].content[0].text == "\nChecking."
