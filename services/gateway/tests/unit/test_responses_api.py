@@ -740,6 +740,51 @@ async def test_a_response_purged_by_retention_is_not_found_saying_so(system):
             "invalid_type",
         ),
         ({"input": [{"type": "item_reference"}]}, "input[0].id", "missing_required_parameter"),
+        # A part of the other side of the conversation, refused for every deployment as
+        # OpenAI's API refuses it (a translating one took it before).
+        (
+            {"input": [{"role": "user", "content": [{"type": "output_text", "text": "x"}]}]},
+            "input[0].content[0]",
+            "invalid_value",
+        ),
+        (
+            {"input": [{"role": "developer", "content": [{"type": "refusal", "refusal": "x"}]}]},
+            "input[0].content[0]",
+            "invalid_value",
+        ),
+        (
+            {"input": [{"role": "assistant", "content": [{"type": "input_text", "text": "x"}]}]},
+            "input[0].content[0]",
+            "invalid_value",
+        ),
+        (
+            {
+                "input": [
+                    {
+                        "type": "function_call_output",
+                        "call_id": "c1",
+                        "output": [{"type": "input_text", "text": "a"}, {"type": "output_text"}],
+                    }
+                ]
+            },
+            "input[0].output[1]",
+            "invalid_value",
+        ),
+        (
+            {"input": [{"type": "function_call_output", "call_id": "c1", "output": ["18C"]}]},
+            "input[0].output[0]",
+            "invalid_type",
+        ),
+        (
+            {"input": [{"role": "user", "content": "hi", "status": "done"}]},
+            "input[0].status",
+            "invalid_value",
+        ),
+        (
+            {"input": [{"role": "user", "content": "hi", "status": 1}]},
+            "input[0].status",
+            "invalid_type",
+        ),
         ({"input": "hi", "previous_response_id": 7}, "previous_response_id", "invalid_type"),
         # Resolved by the gateway, so the provider would never see the pair OpenAI refuses.
         (
@@ -775,6 +820,39 @@ async def test_invalid_requests_are_400_naming_the_field(system, body, param, co
     assert answer.status_code == 400
     error = error_of(answer)
     assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
+    assert system.published == []
+
+
+@pytest.mark.parametrize("model", ["sim-small", "sim-large", "sim-claude"])
+@pytest.mark.parametrize(
+    ("role", "part", "message"),
+    [
+        (
+            "user",
+            {"type": "output_text", "text": "x"},
+            "Invalid value: 'output_text'. Supported values are: 'input_text', "
+            "'input_image', and 'input_file'.",
+        ),
+        (
+            "assistant",
+            {"type": "input_text", "text": "x"},
+            "Invalid value: 'input_text'. Supported values are: 'output_text' and 'refusal'.",
+        ),
+    ],
+)
+async def test_a_part_of_the_other_side_is_refused_alike_on_every_deployment(
+    system, model, role, part, message
+):
+    # OpenAI's words; before, a deployment translating to Anthropic took both.
+    body = {
+        "model": model,
+        "input": [{"role": role, "content": [part]}, {"role": "user", "content": "hi"}],
+    }
+
+    answer = await post(system, body)
+
+    assert answer.status_code == 400
+    assert error_of(answer)["message"] == message
     assert system.published == []
 
 

@@ -405,6 +405,49 @@ _ITEM_STRINGS = {
 }
 
 
+# Content parts one side of a conversation has that OpenAI's Responses API refuses on the
+# other: a user, system or developer message and a function call's output hold input
+# parts, an assistant message output parts. Refused for every deployment alike (a
+# translating one would otherwise take them), in OpenAI's words: "Invalid value:
+# 'input_text'. Supported values are: 'output_text' and 'refusal'." naming the part.
+# Types unknown here pass, for the provider to judge.
+_OUTPUT_PARTS = ("output_text", "refusal")
+_INPUT_PARTS = ("input_text", "input_image", "input_file", "input_audio")
+_SUPPORTED_PARTS = {"input": ("input_text", "input_image", "input_file"), "output": _OUTPUT_PARTS}
+# The `status` an input item may carry (the Responses API reference: messages, function
+# calls and their outputs, reasoning items).
+_ITEM_STATUSES = ("in_progress", "completed", "incomplete")
+_ITEMS_WITH_STATUS = ("message", "function_call", "function_call_output", "reasoning")
+
+
+def _one_of(value: str, supported: tuple[str, ...]) -> str:
+    """OpenAI's "Invalid value: 'x'. Supported values are: 'a', 'b', and 'c'." (two values:
+    "'a' and 'b'")."""
+    names = [f"'{name}'" for name in supported]
+    listed = (
+        " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + f", and {names[-1]}"
+    )
+    return f"Invalid value: '{value[:64]}'. Supported values are: {listed}."
+
+
+def _content_parts(parts: list[Any], where: str, side: str) -> None:
+    """Check a message's content or a call output's parts (`where`: `input[0].content`):
+    objects with a string `type`, none of the other `side`'s (`input` or `output`).
+    Raises APIError 400 naming the part."""
+    refused = _OUTPUT_PARTS if side == "input" else _INPUT_PARTS
+    for position, part in enumerate(parts):
+        part_where = f"{where}[{position}]"
+        if not isinstance(part, dict):
+            raise invalid_type(part_where, "an object", part)
+        kind = part.get("type")
+        if not isinstance(kind, str):
+            raise _missing(f"{part_where}.type")
+        if kind in refused:
+            raise APIError(
+                400, _one_of(kind, _SUPPORTED_PARTS[side]), param=part_where, code="invalid_value"
+            )
+
+
 def _invalid_value(param: str, message: str) -> APIError:
     return APIError(
         400, f"Invalid value for '{param}': {message}", param=param, code="invalid_value"
@@ -433,12 +476,19 @@ def _response_item(item: Any, where: str) -> None:
         if not isinstance(content, str | list):
             raise invalid_type(f"{where}.content", "a string or an array", content)
         if isinstance(content, list):
-            for position, part in enumerate(content):
-                part_where = f"{where}.content[{position}]"
-                if not isinstance(part, dict):
-                    raise invalid_type(part_where, "an object", part)
-                if not isinstance(part.get("type"), str):
-                    raise _missing(f"{part_where}.type")
+            side = "output" if role == "assistant" else "input"
+            _content_parts(content, f"{where}.content", side)
+    if kind in _ITEMS_WITH_STATUS and item.get("status") is not None:
+        status = item["status"]
+        if not isinstance(status, str):
+            raise invalid_type(f"{where}.status", "a string", status)
+        if status not in _ITEM_STATUSES:
+            raise APIError(
+                400,
+                _one_of(status, _ITEM_STATUSES),
+                param=f"{where}.status",
+                code="invalid_value",
+            )
     for name in _ITEM_STRINGS.get(kind, ()):
         value = item.get(name)
         if value is None:
@@ -451,6 +501,8 @@ def _response_item(item: Any, where: str) -> None:
             raise _missing(f"{where}.output")
         if not isinstance(output, str | list):
             raise invalid_type(f"{where}.output", "a string or an array", output)
+        if isinstance(output, list):
+            _content_parts(output, f"{where}.output", "input")
 
 
 def _boolean(body: dict[str, Any], name: str) -> bool | None:
