@@ -89,6 +89,7 @@ from switchyard.common.headers import (
     USER_ID_HEADER,
 )
 from switchyard.common.sliding_window import SlidingWindowLimiter, client_key
+from switchyard.gateway.internal_http import READ_RETRY
 from switchyard.gateway.revocations import RevocationState
 
 log = structlog.get_logger("switchyard.gateway.auth")
@@ -895,6 +896,9 @@ class Authenticator:
                 json={"secret_hash": secret_hash},
                 headers={INTERNAL_TOKEN_HEADER: self._internal_token},
                 timeout=LOOKUP_TIMEOUT_S,
+                # A POST that only reads: repeated, as a read is, when auth closed the
+                # pooled connection under it (a replica stopping in a rolling restart).
+                extensions={"retry": READ_RETRY},
             )
         except httpx.HTTPError as exc:
             raise AuthUnreachableError(repr(exc)) from exc
