@@ -235,3 +235,14 @@ async def test_a_webhook_row_of_another_tenant_is_neither_delivered_nor_shown(
     assert receiver.deliveries == []
     shown = await queries.get_job(ALICE, own.request_id)
     assert shown is not None and shown["webhook_url"] is None
+
+
+async def test_idle_connections_to_receivers_are_let_go_before_common_servers_close_them(engine):
+    # gunicorn closes an idle connection after 2 s (uvicorn and Node after 5 s): a delivery
+    # sent on one it was closing failed as an attempt, delivered only after the backoff.
+    own = WebhookDispatcher(engine, TenantSettingsStore(engine), WebhookPolicy())
+    client = own._client()
+    try:
+        assert client._transport._pool._keepalive_expiry < 2.0
+    finally:
+        await client.aclose()

@@ -87,6 +87,15 @@ ID_HEADER = "Switchyard-Webhook-Id"
 EVENT_HEADER = "Switchyard-Event"
 DEFAULT_TOLERANCE_S = 300
 
+# Seconds an idle connection to a receiver is kept for the next delivery: under the
+# shortest idle timeout common servers close one after (gunicorn's 2 s; uvicorn's and
+# Node's 5 s). At httpx's 5 s, a delivery sent on a connection the receiver was closing
+# failed as an attempt, delivered only after the backoff.
+WEBHOOK_KEEPALIVE_S = 1.5
+WEBHOOK_LIMITS = httpx.Limits(
+    max_connections=100, max_keepalive_connections=20, keepalive_expiry=WEBHOOK_KEEPALIVE_S
+)
+
 DELIVERIES = Counter(
     "switchyard_history_webhook_attempts_total",
     "Webhook delivery attempts, by outcome (delivered, retry, failed).",
@@ -207,7 +216,7 @@ class WebhookDispatcher:
             # Connects only to addresses the policy allows, resolved once per connection;
             # redirects are never followed (a 3xx is a failed attempt).
             self._http = httpx.AsyncClient(
-                transport=GuardedTransport(self._policy.targets),
+                transport=GuardedTransport(self._policy.targets, limits=WEBHOOK_LIMITS),
                 follow_redirects=False,
                 trust_env=False,
             )
