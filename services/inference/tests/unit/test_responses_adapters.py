@@ -2062,3 +2062,31 @@ def test_the_include_values_taken_are_the_openai_sdks():
     from switchyard.common.responses import RESPONSE_INCLUDABLE
 
     assert frozenset(typing.get_args(ResponseIncludable)) == RESPONSE_INCLUDABLE
+
+
+async def test_a_call_held_when_the_upstream_fails_still_reaches_the_client(harness, recorder):
+    # Its item waits for its arguments to begin; the upstream's error ends the stream
+    # first: the client still sees the call it was making before the failure.
+    recorder.script(
+        Scripted(
+            events=[
+                chat_chunk({"role": "assistant", "content": "Let me check."}),
+                _call_start(0, "call_a", "get_weather"),
+                (None, {"error": {"message": "The model crashed.", "type": "server_error"}}),
+            ]
+        )
+    )
+    request = responses_request("gpt-chat", {"input": "Weather?"}, stream=True)
+
+    reply = await harness.handle(request)
+
+    assert isinstance(reply, ChatFailed)
+    added = [
+        event.data["item"]
+        for event in harness.stream_of(request.request_id)
+        if event.data["type"] == "response.output_item.added"
+    ]
+    assert [(item["type"], item.get("name")) for item in added] == [
+        ("message", None),
+        ("function_call", "get_weather"),
+    ]

@@ -76,6 +76,18 @@ NAME_IN_PIECES = {
         {"tool_calls": [started(0, "call_a", "get_")]},
         {"tool_calls": [call(0, name="weather", arguments="")]},
     ),
+    # Servers that send the whole name again in every delta (vLLM with some tool
+    # parsers, models served through NVIDIA NIM), or the name so far.
+    "the whole name in every delta": chunks_of(
+        {"tool_calls": [started(0, "call_a", "get_weather")]},
+        {"tool_calls": [call(0, name="get_weather", arguments="")]},
+        {"tool_calls": [call(0, name="get_weather", arguments='{"city": ')]},
+        {"tool_calls": [call(0, name="get_weather", arguments='"Oslo"}')]},
+    ),
+    "the name so far in every delta": chunks_of(
+        {"tool_calls": [started(0, "call_a", "get_")]},
+        {"tool_calls": [call(0, name="get_weather", arguments='{"city": "Oslo"}')]},
+    ),
     "the second call's name in pieces": chunks_of(
         {"tool_calls": [started(0, "call_a", "get_time", '{"zone": "CET"}')]},
         {"tool_calls": [started(1, "call_b", "get_")]},
@@ -196,3 +208,54 @@ def test_text_beside_an_unfinished_call_waits_for_its_arguments_in_responses(chu
     assert [item.type for item in response.output] == ["function_call", "message"]
     assert response.output[0].arguments == '{"city": "Oslo"}'
     assert response.output[1].content[0].text == "\nChecking."
+
+
+@pytest.mark.parametrize("arguments", ['"Oslo"', "42", "[1, 2]"])
+def test_text_after_a_call_whose_arguments_are_no_object_streams_live_to_anthropic(arguments):
+    # Nothing more of such arguments is streamed (`input` stays `{}`), so the text after
+    # them does not wait for the end of the stream.
+    converter = ChatChunksToMessageEvents("m")
+    converter.feed(openai_chunk({"tool_calls": [started(0, "call_a", "get_weather", arguments)]}))
+
+    live = converter.feed(openai_chunk({"content": "Checking."}))
+
+    texts = [e["delta"]["text"] for e in live if e["type"] == "content_block_delta"]
+    assert texts == ["Checking."]
+
+
+@pytest.mark.parametrize("to", ["anthropic", "responses"])
+def test_what_was_held_is_released_when_the_upstream_fails(to) -> None:
+    # A call whose name came but not its arguments, and text beside an unfinished call:
+    # the upstream's failure ends the stream, what it sent is given, the stream left open.
+    converter: Any = (
+        ChatChunksToMessageEvents("m")
+        if to == "anthropic"
+        else ChatChunksToResponseEvents(CTX, usage)
+    )
+    events = []
+    for chunk in [
+        openai_chunk({"role": "assistant", "content": None}),
+        openai_chunk({"tool_calls": [started(0, "call_a", "get_weather", '{"city":')]}),
+        openai_chunk({"content": "\n", "tool_calls": [started(1, "call_b", "get_time")]}),
+    ]:
+        events += converter.feed(chunk)
+    held = converter.release()
+
+    events += held
+    if to == "anthropic":
+        starts = [e["content_block"] for e in events if e["type"] == "content_block_start"]
+        assert [(b["type"], b.get("name")) for b in starts] == [
+            ("tool_use", "get_weather"),
+            ("tool_use", "get_time"),
+            ("text", None),
+        ]
+        assert events[-1]["type"] == "content_block_delta"  # the stream is left open
+    else:
+        added = [e["item"] for e in events if e["type"] == "response.output_item.added"]
+        assert [(i["type"], i.get("name")) for i in added] == [
+            ("function_call", "get_weather"),
+            ("function_call", "get_time"),
+            ("message", None),
+        ]
+        assert not [e for e in events if e["type"] == "response.completed"]
+    assert converter.release() == []  # nothing twice

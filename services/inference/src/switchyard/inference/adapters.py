@@ -132,6 +132,13 @@ class StreamTranslation(Protocol):
         """The client events that close the stream once the upstream's has ended."""
         ...
 
+    def release(self) -> list[StreamEvent]:
+        """The client events held back so far (a translated tool call not yet opened,
+        text waiting for a call's arguments), the stream left open: sent when the
+        upstream's stream fails, so that the client and the failure's record keep what
+        it sent."""
+        ...
+
     def usage(self) -> TokenUsage:
         """The tokens the upstream reported so far."""
         ...
@@ -305,6 +312,9 @@ class _ChatPassThroughStream:
     def finish(self) -> list[StreamEvent]:
         return []
 
+    def release(self) -> list[StreamEvent]:
+        return []
+
     def usage(self) -> TokenUsage:
         return self._usage
 
@@ -346,6 +356,9 @@ class _MessagesPassThroughStream:
     def finish(self) -> list[StreamEvent]:
         return []
 
+    def release(self) -> list[StreamEvent]:
+        return []
+
     def usage(self) -> TokenUsage:
         return self._usage.usage()
 
@@ -362,6 +375,9 @@ class _ChatFromMessagesStream:
         return [_event(None, chunk) for chunk in self._converter.feed(sse.data)]
 
     def finish(self) -> list[StreamEvent]:
+        return []
+
+    def release(self) -> list[StreamEvent]:
         return []
 
     def usage(self) -> TokenUsage:
@@ -447,6 +463,11 @@ class _MessagesFromChatStream:
                             "completion_tokens": estimate.output_tokens,
                         }
                     )
+        return [_event(e["type"], e) for e in events]
+
+    def release(self) -> list[StreamEvent]:
+        events = self._converter.release()
+        self._estimate.count(events, _MESSAGES_DELTAS)
         return [_event(e["type"], e) for e in events]
 
     def usage(self) -> TokenUsage:
@@ -983,6 +1004,9 @@ class _ResponsesPassThroughStream:
     def finish(self) -> list[StreamEvent]:
         return []
 
+    def release(self) -> list[StreamEvent]:
+        return []
+
     def usage(self) -> TokenUsage:
         return self._usage
 
@@ -1014,6 +1038,11 @@ class _ResponsesFromChatStream:
                     response["usage"] = estimate
         return [_event(e["type"], e) for e in events]
 
+    def release(self) -> list[StreamEvent]:
+        events = self._converter.release()
+        self._estimate.count(events, _RESPONSES_DELTAS)
+        return [_event(e["type"], e) for e in events]
+
     def usage(self) -> TokenUsage:
         if not self._usage.total_tokens and self._estimate.given is not None:
             return self._estimate.given
@@ -1037,6 +1066,9 @@ class _ResponsesFromMessagesStream:
 
     def finish(self) -> list[StreamEvent]:
         return [_event(e["type"], e) for e in self._converter.finish()]
+
+    def release(self) -> list[StreamEvent]:
+        return []
 
     def usage(self) -> TokenUsage:
         return self._usage.usage()

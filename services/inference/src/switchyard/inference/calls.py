@@ -197,6 +197,9 @@ class UpstreamCalls:
             for opening in held:  # a stream with no content at all still opens and closes
                 publisher.send(opening)
         except ProviderError:
+            # What the translation held back for order (a call not yet opened, text
+            # beside a call's arguments) was sent by the upstream: the client gets it.
+            emit(translation.release())
             with contextlib.suppress(EventRejectedError):  # raised below, in its place
                 await publisher.flush()  # what arrived reaches the client before the error
             if publisher.failure is not None:

@@ -2840,8 +2840,7 @@ def whole_json(pieces: list[str]) -> bool:
 @dataclasses.dataclass
 class PendingCall:
     """A tool call of a Chat Completions stream whose block or item is not open yet: its
-    id, the pieces of its `function.name` joined (the OpenAI SDK's stream accumulator
-    joins them, so a server may send a name in pieces), and its argument pieces so far.
+    id, its `function.name` (see `add`), and its argument pieces so far.
 
     A call opens once its arguments begin (a name comes before them, whole by then) or
     when anything else is streamed (text, another call's block, the finish): a block's or
@@ -2855,8 +2854,12 @@ class PendingCall:
         """Adds one `tool_calls[].function` delta (`name` and `arguments` pieces; either may
         be absent)."""
         name, arguments = function.get("name"), function.get("arguments")
-        if isinstance(name, str):
-            self.name += name
+        if isinstance(name, str) and name:
+            # Most servers send a name once; some in pieces (joined), some whole again
+            # in every delta or as the name so far (vLLM with some tool parsers, models
+            # served through NVIDIA NIM): a piece that starts with the name so far
+            # replaces it.
+            self.name = name if name.startswith(self.name) else self.name + name
         if isinstance(arguments, str) and arguments:
             self.pieces.append(arguments)
 
@@ -3010,12 +3013,30 @@ class ChatChunksToMessageEvents:
                 events += self._close_block()
         return events
 
+    def _open_call_unfinished(self) -> bool:
+        """Whether a call's block is open and more of its arguments can still come: they
+        are not a whole JSON value yet, and are an object (nothing of other arguments is
+        streamed, see `_arguments_deltas`)."""
+        if self._open is None or self._open[0] != "tool":
+            return False
+        if self._object_arguments.get(self._open[1]) is False:
+            return False
+        return not self._whole_arguments()
+
     def _calls_unfinished(self) -> bool:
-        """Whether the open call's arguments are not a whole JSON value yet, or a call's
+        """Whether the open call is unfinished (`_open_call_unfinished`), or a call's
         arguments have not begun: text and thinking wait until they are."""
-        if self._open is not None and self._open[0] == "tool" and not self._whole_arguments():
+        if self._open_call_unfinished():
             return True
         return any(not call.begun for call in self._held.values())
+
+    def release(self) -> list[dict[str, Any]]:
+        """The events held back (calls not opened yet, text waiting for a call's
+        arguments), released as they are, the stream left open: for a stream the upstream
+        ended early, so that what it sent reaches the client before the error."""
+        if not self._started or self._finished:
+            return []
+        return self._release_held(until_incomplete=False) + self._write_text(force=True)
 
     def _write_text(self, *, force: bool) -> list[dict[str, Any]]:
         """The events of the text and thinking pieces gathered, after the calls held (see
@@ -3074,7 +3095,7 @@ class ChatChunksToMessageEvents:
             # Whitespace after a call's whole JSON value (servers send a trailing newline
             # as a piece of its own) means nothing in JSON: once its block is closed it is
             # dropped, so that no delta reaches a block after its `content_block_stop`.
-        if self._held and self._whole_arguments():
+        if self._held and not self._open_call_unfinished():
             events += self._release_held(until_incomplete=True)
         return events
 
@@ -3120,11 +3141,7 @@ class ChatChunksToMessageEvents:
         while self._held:
             key = next(iter(self._held))
             call = self._held[key]
-            if until_incomplete and (
-                not call.begun
-                or (self._open is not None and self._open[0] == "tool")
-                and not self._whole_arguments()
-            ):
+            if until_incomplete and (not call.begun or self._open_call_unfinished()):
                 break
             del self._held[key]
             events += self._open_tool(key, call)

@@ -1457,6 +1457,11 @@ class ResponseEventWriter:
         self.service_tier: str | None = None
 
     @property
+    def open(self) -> bool:
+        """Whether the response has started and not finished."""
+        return self._started and not self._finished
+
+    @property
     def output(self) -> list[dict[str, Any]]:
         """The output items closed so far, in output order."""
         return [self._done[index] for index in sorted(self._done)]
@@ -1868,6 +1873,14 @@ class ChatChunksToResponseEvents:
         if self._call is not None and not whole_json(self._arguments):
             return True
         return any(not call.begun for call in self._held.values())
+
+    def release(self) -> list[dict[str, Any]]:
+        """The events held back (calls not added yet, text waiting for a call's
+        arguments), released as they are, the response left open: for a stream the
+        upstream ended early, so that what it sent reaches the client before the error."""
+        if not self.writer.open:
+            return []
+        return self._release_held(until_incomplete=False) + self._write_text(force=True)
 
     def _tool_delta(self, call: dict[str, Any]) -> list[dict[str, Any]]:
         """The events of one `tool_calls` delta: a call's item is added once its arguments
