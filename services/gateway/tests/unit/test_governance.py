@@ -1424,6 +1424,27 @@ def test_a_reservation_covers_the_largest_output_cap_a_request_sends(caps) -> No
     assert estimate("m", {**body, **caps}, PRICES, embeddings=False) == alone
 
 
+def test_a_reservation_covers_a_prompt_written_whole_to_the_prompt_cache() -> None:
+    # Anthropic bills a prompt-cache write at 1.25 times plain input (2 times for an hour
+    # long one): reserved at the plain price, concurrent requests overspent a budget by
+    # about a fifth.
+    from switchyard.gateway.governance.estimate import estimate
+
+    price = Price(
+        input_per_1m=1.0, output_per_1m=5.0, cache_read_per_1m=0.1, cache_write_per_1m=1.25
+    )
+    prices = PriceTable(models={"c": price})
+    body = {"model": "c", "system": "lorem " * 2000, "messages": [], "max_tokens": 10}
+
+    reserved = estimate("c", body, prices, embeddings=False)
+
+    prompt = reserved.tokens - 10
+    assert reserved.cost_usd == pytest.approx(
+        price.cost(prompt, 10, cache_creation_input_tokens=prompt)
+    )
+    assert reserved.cost_usd > price.cost(prompt, 10)
+
+
 async def test_token_counts_cost_nothing_so_only_request_limits_apply(harness):
     # The providers charge nothing for counting tokens: a used-up budget or a token limit
     # below the prompt refuses no count, while the request limits hold as for any call.

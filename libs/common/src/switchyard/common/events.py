@@ -203,7 +203,9 @@ class TokenUsage(Contract):
     `input_tokens` counts every input token, including those read from or written to the
     provider's prompt cache; `cache_read_input_tokens` and `cache_creation_input_tokens`
     say how many of them were (OpenAI's `prompt_tokens` already counts them this way;
-    Anthropic reports the three separately, and they are added up). `reasoning_tokens`
+    Anthropic reports the three separately, and they are added up), and
+    `cache_creation_1h_input_tokens` how many of those written were kept an hour
+    (Anthropic's `ttl: "1h"`, dearer than its 5 minutes). `reasoning_tokens`
     are the part of `output_tokens` spent on reasoning, where the provider reports it.
     """
 
@@ -221,6 +223,18 @@ class TokenUsage(Contract):
         ge=0,
         le=MAX_TOKEN_COUNT,
         description="Input tokens written to the prompt cache.",
+    )
+    # Left out of the JSON when 0, so that every other usage still reads for consumers of
+    # earlier releases (the contract refuses unknown fields).
+    cache_creation_1h_input_tokens: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_TOKEN_COUNT,
+        exclude_if=lambda count: count == 0,
+        description=(
+            "The part of cache_creation_input_tokens written to the cache for an hour "
+            "(Anthropic's cache_creation.ephemeral_1h_input_tokens), billed at its own price."
+        ),
     )
     reasoning_tokens: int = Field(
         default=0,

@@ -53,6 +53,14 @@ class Price(BaseModel):
     cache_write_per_1m: float | None = Field(
         default=None, ge=0, description="USD per 1M input tokens written to the prompt cache."
     )
+    cache_write_1h_per_1m: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "USD per 1M input tokens written to the prompt cache for an hour (Anthropic's "
+            "`ttl: 1h`); `cache_write_per_1m` when not given."
+        ),
+    )
     max_output_tokens: int | None = Field(
         default=None, gt=0, description="Output assumed at most when a request sets no limit."
     )
@@ -63,21 +71,44 @@ class Price(BaseModel):
         output_tokens: int,
         cache_read_input_tokens: int = 0,
         cache_creation_input_tokens: int = 0,
+        cache_creation_1h_input_tokens: int = 0,
     ) -> float:
         """USD for this usage. `input_tokens` counts every input token, cached included
-        (as the event contract does); cached ones are billed at their own price."""
+        (as the event contract does); cached ones are billed at their own price, those
+        written for an hour (`cache_creation_1h_input_tokens`, a part of
+        `cache_creation_input_tokens`) at theirs."""
         cached = cache_read_input_tokens + cache_creation_input_tokens
         plain = max(0, input_tokens - cached)
+        one_hour = min(cache_creation_1h_input_tokens, cache_creation_input_tokens)
         read = self.cache_read_per_1m if self.cache_read_per_1m is not None else self.input_per_1m
         write = (
             self.cache_write_per_1m if self.cache_write_per_1m is not None else self.input_per_1m
         )
+        write_1h = self.cache_write_1h_per_1m if self.cache_write_1h_per_1m is not None else write
         return (
             plain * self.input_per_1m
             + cache_read_input_tokens * read
-            + cache_creation_input_tokens * write
+            + (cache_creation_input_tokens - one_hour) * write
+            + one_hour * write_1h
             + output_tokens * self.output_per_1m
         ) / 1e6
+
+    def most(self, input_tokens: int, output_tokens: int) -> float:
+        """The most a call of these token counts can cost, in USD: every input token at
+        the dearest rate it could be billed at (a prompt-cache write costs more than plain
+        input at Anthropic, and the client decides what is written), every output token
+        at the output rate. What a budget reserves before the call."""
+        dearest = max(
+            rate
+            for rate in (
+                self.input_per_1m,
+                self.cache_read_per_1m,
+                self.cache_write_per_1m,
+                self.cache_write_1h_per_1m,
+            )
+            if rate is not None
+        )
+        return (input_tokens * dearest + output_tokens * self.output_per_1m) / 1e6
 
 
 # The simulator's models: plausible small-model prices, so budgets are exercised locally.
@@ -85,7 +116,11 @@ SIMULATOR_PRICES: dict[str, Price] = {
     "sim-small": Price(input_per_1m=0.5, output_per_1m=1.5, cache_read_per_1m=0.05),
     "sim-large": Price(input_per_1m=3.0, output_per_1m=15.0, cache_read_per_1m=0.3),
     "sim-claude": Price(
-        input_per_1m=1.0, output_per_1m=5.0, cache_read_per_1m=0.1, cache_write_per_1m=1.25
+        input_per_1m=1.0,
+        output_per_1m=5.0,
+        cache_read_per_1m=0.1,
+        cache_write_per_1m=1.25,
+        cache_write_1h_per_1m=2.0,
     ),
     "sim-embedding": Price(input_per_1m=0.02, output_per_1m=0.0),
 }
@@ -136,6 +171,10 @@ def library_price(model: str, provider: str | None = None) -> Price | None:
             output_per_1m=rate(output_tokens=1000),
             cache_read_per_1m=rate(input_tokens=1000, cache_read_tokens=1000),
             cache_write_per_1m=rate(input_tokens=1000, cache_write_tokens=1000),
+            # The library prices an hour's writes as a part of all writes.
+            cache_write_1h_per_1m=rate(
+                input_tokens=1000, cache_write_tokens=1000, cache_write_1h_tokens=1000
+            ),
         )
     except (LookupError, ValueError, TypeError):
         if provider_id is not None:
@@ -190,20 +229,25 @@ class PriceTable(BaseModel):
         *,
         cache_read_input_tokens: int = 0,
         cache_creation_input_tokens: int = 0,
+        cache_creation_1h_input_tokens: int = 0,
         deployment: str | None = None,
         upstream_model: str | None = None,
         provider: str | None = None,
     ) -> float:
-        """What a call cost in USD: input, output, cache-read and cache-write token counts at
-        the price `price` finds for the same model, deployment, upstream model and provider; 0.0
-        when no price is known."""
+        """What a call cost in USD: input, output, cache-read and cache-write token counts
+        (those written for an hour a part of them) at the price `price` finds for the same
+        model, deployment, upstream model and provider; 0.0 when no price is known."""
         price = self.price(
             model, deployment=deployment, upstream_model=upstream_model, provider=provider
         )
         if price is None:
             return 0.0
         return price.cost(
-            input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens
+            input_tokens,
+            output_tokens,
+            cache_read_input_tokens,
+            cache_creation_input_tokens,
+            cache_creation_1h_input_tokens,
         )
 
     def max_output_tokens(self, model: str) -> int:

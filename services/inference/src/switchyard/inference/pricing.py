@@ -28,6 +28,7 @@ def request_cost(
         usage.output_tokens,
         cache_read_input_tokens=usage.cache_read_input_tokens,
         cache_creation_input_tokens=usage.cache_creation_input_tokens,
+        cache_creation_1h_input_tokens=usage.cache_creation_1h_input_tokens,
         deployment=deployment.name if deployment is not None else None,
         upstream_model=deployment.model if deployment is not None else None,
         provider=deployment.provider if deployment is not None else None,

@@ -8,7 +8,8 @@ included; cache reads and writes and reasoning tokens are parts of input and out
   `completion_tokens_details.reasoning_tokens` is the reasoning part of the output.
 - Anthropic (`usage` of a message, of `message_start` and `message_delta`): `input_tokens`
   excludes the cache; `cache_read_input_tokens` and `cache_creation_input_tokens` are
-  added to it. `output_tokens_details.thinking_tokens` is the reasoning part.
+  added to it, `cache_creation.ephemeral_1h_input_tokens` of the writes kept an hour.
+  `output_tokens_details.thinking_tokens` is the reasoning part.
 - OpenAI's Responses API (`usage` of a response): `input_tokens` counts cached tokens, of
   which `input_tokens_details.cached_tokens` were read from the cache and
   `cache_write_tokens` written to it; `output_tokens_details.reasoning_tokens` is the
@@ -72,6 +73,10 @@ def anthropic_usage(usage: Any) -> TokenUsage:
         output_tokens=output,
         cache_read_input_tokens=cache_read,
         cache_creation_input_tokens=cache_write,
+        # Anthropic's breakdown of the writes by how long they are kept.
+        cache_creation_1h_input_tokens=min(
+            cache_write, _detail(usage, "cache_creation", "ephemeral_1h_input_tokens")
+        ),
         reasoning_tokens=min(output, _detail(usage, "output_tokens_details", "thinking_tokens")),
     )
 
@@ -84,6 +89,9 @@ def add_usage(first: TokenUsage, second: TokenUsage) -> TokenUsage:
         cache_read_input_tokens=_sum(first.cache_read_input_tokens, second.cache_read_input_tokens),
         cache_creation_input_tokens=_sum(
             first.cache_creation_input_tokens, second.cache_creation_input_tokens
+        ),
+        cache_creation_1h_input_tokens=_sum(
+            first.cache_creation_1h_input_tokens, second.cache_creation_1h_input_tokens
         ),
         reasoning_tokens=_sum(first.reasoning_tokens, second.reasoning_tokens),
     )

@@ -156,8 +156,9 @@ def estimate(
     """The reservation for one request to `model`, served by one of `deployments` (its
     route's): priced as inference will price it (`PriceTable.price` with the deployment,
     its upstream model and provider), at the dearest of them, since any may serve it; the
-    public model's own price when none is given. Blocking (`prompt_tokens`): see
-    `estimate_without_blocking`."""
+    public model's own price when none is given. Its input is priced at the dearest input
+    rate (`Price.most`: all of it may be written to the prompt cache). Blocking
+    (`prompt_tokens`): see `estimate_without_blocking`."""
     prompt = prompt_tokens(body)
     output = 0 if embeddings else output_cap(body, prices.max_output_tokens(model)) * choices(body)
     candidates = [
@@ -165,7 +166,7 @@ def estimate(
         for d in deployments
     ] or [prices.price(model)]
     cost = max(
-        (price.cost(prompt, output) for price in candidates if price is not None), default=0.0
+        (price.most(prompt, output) for price in candidates if price is not None), default=0.0
     )
     return Estimate(tokens=prompt + output, cost_usd=cost)
 
