@@ -77,6 +77,31 @@ async def test_an_admin_creates_a_team_with_limits_and_gateways_hear_of_changes(
     assert_error(duplicate, 409, "team_exists")
 
 
+async def test_removing_a_budget_removes_its_period(auth_app, acme) -> None:
+    # "null removes a limit": a budget with a period was refused naming `budget_period`,
+    # a field the admin did not send.
+    team = await make_team(auth_app, acme, max_budget_usd=5, budget_period="7d", rpm_limit=9)
+
+    patched = await auth_app.client.patch(
+        f"/v1/admin/teams/{team['id']}",
+        json={"max_budget_usd": None},
+        headers=acme["admin_headers"],
+    )
+
+    assert patched.status_code == 200, patched.text
+    limits = patched.json()["limits"]
+    assert (limits["max_budget_usd"], limits["budget_period"]) == (None, None)
+    assert limits["rpm_limit"] == 9
+    # Naming a period beside the removal is still refused: it would limit nothing.
+    both = await auth_app.client.patch(
+        f"/v1/admin/teams/{team['id']}",
+        json={"max_budget_usd": None, "budget_period": "1d"},
+        headers=acme["admin_headers"],
+    )
+    assert_error(both, 400, "invalid_request")
+    assert both.json()["error"]["param"] == "budget_period"
+
+
 async def test_deleting_a_team_with_members_or_keys_takes_force(auth_app, acme) -> None:
     """A team's budget and model list keep its members in check: deleting it would free
     them silently. Refused (409 `team_not_empty`) while it has members or unrevoked keys;

@@ -98,13 +98,18 @@ def limits_of(row: LimitColumns | None) -> Limits:
 
 
 def _merged(row: LimitColumns | None, patch: dict[str, Any] | None) -> Limits:
-    """The row's limits with `patch` applied (a key present with None clears that limit);
-    InvalidInput naming the field if the result is invalid."""
+    """The row's limits with `patch` applied (a key present with None clears that limit,
+    `max_budget_usd` its `budget_period` too); InvalidInput naming the field if the
+    result is invalid."""
     values = {name: getattr(row, name, None) if row is not None else None for name in LIMIT_FIELDS}
     for name, value in (patch or {}).items():
         if name not in LIMIT_FIELDS:
             raise InvalidInput(f"Unknown limit '{name}'.", param=name)
         values[name] = value
+    if patch and "max_budget_usd" in patch and patch["max_budget_usd"] is None:
+        # Removing a budget removes its period, unless the patch names one (refused then):
+        # a period is the budget's, and limits nothing alone.
+        values["budget_period"] = patch.get("budget_period")
     try:
         return check_limit_values(values)
     except LimitError as exc:
