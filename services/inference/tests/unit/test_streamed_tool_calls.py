@@ -6,6 +6,7 @@ the events and builds what an application gets."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -259,3 +260,71 @@ def test_what_was_held_is_released_when_the_upstream_fails(to) -> None:
         ]
         assert not [e for e in events if e["type"] == "response.completed"]
     assert converter.release() == []  # nothing twice
+
+
+# Gemini's OpenAI-compatible stream: each call (or a piece of its arguments) without an
+# `index`, a call ended by `finish_reason: "stop"`.
+WITHOUT_INDEX = [
+    openai_chunk({"role": "assistant", "content": None}),
+    openai_chunk(
+        {
+            "tool_calls": [
+                {"id": "call_a", "type": "function", "function": {"name": "get_weather"}},
+                {
+                    "id": "call_b",
+                    "type": "function",
+                    "function": {"name": "get_time", "arguments": '{"zone": "CET"}'},
+                },
+            ]
+        }
+    ),
+    openai_chunk({"tool_calls": [{"id": "call_a", "function": {"arguments": '{"city": '}}]}),
+    openai_chunk({"tool_calls": [{"id": "", "function": {"arguments": '"Oslo"}'}}]}),
+    openai_chunk({}, "stop"),
+]
+
+
+def test_calls_without_an_index_reach_an_anthropic_client_apart_and_stop_for_tool_use():
+    events, message = anthropic_stream(WITHOUT_INDEX)
+
+    calls = [(block.id, block.name, block.input) for block in message.content]
+    assert calls == [
+        ("call_a", "get_weather", {"city": "Oslo"}),
+        ("call_b", "get_time", {"zone": "CET"}),
+    ]
+    # Agent loops (Claude Code's, the SDKs' tool runners) run a reply's tools when it
+    # stopped for `tool_use` only.
+    assert message.stop_reason == "tool_use"
+
+
+def test_calls_without_an_index_reach_a_responses_client_apart():
+    _, response = responses_stream(WITHOUT_INDEX)
+
+    calls = [(item.call_id, item.name, item.arguments) for item in response.output]
+    assert calls == [
+        ("call_a", "get_weather", '{"city": "Oslo"}'),
+        ("call_b", "get_time", '{"zone": "CET"}'),
+    ]
+
+
+def test_a_chat_client_gets_each_call_with_an_index() -> None:
+    # Passed through, the stream is the one the client's API describes: the openai SDK's
+    # stream reader refuses a call without an index.
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    from switchyard.inference.adapters import _ChatPassThroughStream
+    from switchyard.inference.upstream import SSE
+
+    relay = _ChatPassThroughStream("m", include_usage=False)
+    state = ChatCompletionStreamState()
+    for chunk in WITHOUT_INDEX:
+        for event in relay.feed(SSE(event=None, data=json.loads(json.dumps(chunk)))):
+            state.handle_chunk(ChatCompletionChunk.model_validate(event.data))
+
+    message = state.get_final_completion().choices[0].message
+    calls = [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or []]
+    assert calls == [
+        ("call_a", "get_weather", '{"city": "Oslo"}'),
+        ("call_b", "get_time", '{"zone": "CET"}'),
+    ]

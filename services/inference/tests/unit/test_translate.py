@@ -825,7 +825,8 @@ def test_anthropic_tool_only_response_has_null_content() -> None:
 
 @pytest.mark.parametrize(
     ("finish_reason", "stop_reason"),
-    [("stop", "end_turn"), ("length", "max_tokens"), ("tool_calls", "tool_use")],
+    # A reply with tool calls that stopped at its end (Gemini's "stop") stopped to use them.
+    [("stop", "tool_use"), ("length", "max_tokens"), ("tool_calls", "tool_use")],
 )
 def test_openai_completion_becomes_a_valid_anthropic_message(finish_reason, stop_reason) -> None:
     completion = {

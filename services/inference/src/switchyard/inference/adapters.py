@@ -56,6 +56,7 @@ from switchyard.inference.translate import (
     CompletionAccumulator,
     MessageAccumulator,
     MessageEventsToChatChunks,
+    ToolCallIndexes,
     TranslationError,
     chat_completion_to_message,
     chat_request_to_messages,
@@ -295,11 +296,22 @@ class _ChatPassThroughStream:
         self.model = model
         self.include_usage = include_usage
         self._usage = TokenUsage()
+        self._indexes: dict[Any, ToolCallIndexes] = {}  # by choice index
 
     def feed(self, sse: SSE) -> list[StreamEvent]:
         data = sse.data
         if "model" in data:
             data["model"] = self.model
+        for choice in data.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+            if isinstance(delta, dict) and isinstance(calls, list) and calls:
+                # A server that leaves `index` out (Gemini's) gets one: the client's API
+                # requires it (the SDKs' stream readers refuse a call without one).
+                indexes = self._indexes.setdefault(choice.get("index"), ToolCallIndexes())
+                delta["tool_calls"] = indexes.indexed(
+                    [call for call in calls if isinstance(call, dict)]
+                )
         usage = data.get("usage")
         if isinstance(usage, dict):
             self._usage = openai_usage(usage)

@@ -260,6 +260,13 @@ def openai_finish_reason(stop_reason: str | None) -> str | None:
     return _FINISH_BY_STOP_REASON.get(stop_reason, "stop")
 
 
+# Gemini's OpenAI-compatible API ends a reply that calls tools with `finish_reason:
+# "stop"`, not "tool_calls": towards Anthropic clients, whose agent loops run the tools of
+# a reply that stopped for `tool_use` only, a reply with tool calls that stopped at its end
+# stopped for `tool_use`.
+TOOL_USE_FINISHED_AS_STOP = "stop"
+
+
 def anthropic_stop_reason(finish_reason: str | None) -> str | None:
     """Anthropic's `stop_reason` for an OpenAI `finish_reason`."""
     if finish_reason is None:
@@ -2749,6 +2756,55 @@ def tool_calls_of(message: dict[str, Any]) -> list[dict[str, Any]]:
     return []
 
 
+def _continuing(call: dict[str, Any]) -> dict[str, Any]:
+    """A `tool_calls` delta continuing a call already started: without its `id`, `type`
+    and function `name`."""
+    function = call.get("function")
+    kept = {key: value for key, value in call.items() if key not in ("id", "type")}
+    if isinstance(function, dict):
+        kept["function"] = {key: value for key, value in function.items() if key != "name"}
+    return kept
+
+
+class ToolCallIndexes:
+    """Gives each `tool_calls` delta of one Chat Completions stream its `index`, for
+    servers that leave it out (Gemini's OpenAI-compatible API sends each call, or pieces
+    of its arguments, without one): a delta with an id not seen before starts the next
+    call, one with an id seen before belongs to that call (its id, type and name, already
+    given, left out, as OpenAI's continuing deltas leave them: stream readers join what
+    each delta repeats), one without an id (or an empty one) continues the last call.
+    Deltas with an index keep it, as they are."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, int] = {}
+        self._last: int | None = None
+        self._count = 0
+
+    def indexed(self, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`calls` (a delta's `tool_calls`), each with an `index`: the same dicts when
+        they all have one, copies where one was given."""
+        out = []
+        for call in calls:
+            index = call.get("index")
+            call_id = call.get("id")
+            if not isinstance(index, int) or isinstance(index, bool):
+                if isinstance(call_id, str) and call_id in self._by_id:
+                    index = self._by_id[call_id]
+                    call = _continuing(call)
+                elif (isinstance(call_id, str) and call_id) or self._last is None:
+                    index = self._count
+                else:
+                    index = self._last
+                    call = _continuing(call)
+                call = {**call, "index": index}
+            if isinstance(call_id, str) and call_id:
+                self._by_id.setdefault(call_id, index)
+            self._last = index
+            self._count = max(self._count, index + 1)
+            out.append(call)
+        return out
+
+
 def chat_completion_to_message(
     completion: dict[str, Any],
     model: str,
@@ -2794,6 +2850,8 @@ def chat_completion_to_message(
     stop_sequence = _matched_stop_sequence(choice)
     if stop_sequence is not None and stop_reason == "end_turn":
         stop_reason = "stop_sequence"
+    if stop_reason == "end_turn" and any(block["type"] == "tool_use" for block in content):
+        stop_reason = "tool_use"  # see `TOOL_USE_FINISHED_AS_STOP`
     if not text and isinstance(refusal, str) and refusal:
         stop_reason = "refusal"
     return {
@@ -2923,6 +2981,7 @@ class ChatChunksToMessageEvents:
         # Per OpenAI tool_call index, whether its arguments are a JSON object, once their
         # first character has come (`_arguments_deltas`).
         self._object_arguments: dict[int, bool] = {}
+        self._indexes = ToolCallIndexes()
         # Text and thinking pieces (kind, piece) that came while a call was unfinished
         # (`_calls_unfinished`): some servers send a whitespace `content` beside argument
         # pieces, and the call's block cannot be closed before its arguments are whole,
@@ -2999,7 +3058,7 @@ class ChatChunksToMessageEvents:
             if text:
                 self._text.append(("text", text))
             events += self._write_text(force=False)
-            for call in tool_calls_of(delta):
+            for call in self._indexes.indexed(tool_calls_of(delta)):
                 events += self._tool_delta(call)
             events += self._write_text(force=False)
             finish = choice.get("finish_reason")
@@ -3162,6 +3221,8 @@ class ChatChunksToMessageEvents:
         events += self._write_text(force=True)
         events += self._close_block()
         self._finished = True
+        if self._tool_blocks and self.stop_reason in (None, "end_turn"):
+            self.stop_reason = "tool_use"  # see `TOOL_USE_FINISHED_AS_STOP`
         if self._refusal_seen and not self._content_seen:
             self.stop_reason = "refusal"
         usage = self.usage or {"input_tokens": 0, "output_tokens": 0}

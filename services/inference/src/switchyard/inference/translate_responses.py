@@ -53,6 +53,7 @@ from switchyard.inference.translate import (
     OPENAI_SERVICE_TIERS,
     REASONING_FIELDS,
     PendingCall,
+    ToolCallIndexes,
     TranslationError,
     add_anthropic_sampling,
     add_anthropic_thinking,
@@ -1804,6 +1805,7 @@ class ChatChunksToResponseEvents:
         # Calls not opened yet (see `PendingCall`), in the order they started: key -> the
         # call. Also those that started while the live call's arguments were not whole.
         self._held: dict[tuple[str, int], PendingCall] = {}
+        self._indexes = ToolCallIndexes()
         # Reasoning and message text that came while the live call was unfinished:
         # (`reasoning`, `output_text` or `refusal`, the text), and annotations of the
         # message's text (`annotation`, the annotation).
@@ -1820,7 +1822,7 @@ class ChatChunksToResponseEvents:
                 continue
             delta = choice.get("delta") or {}
             # A chunk's argument pieces before its text: text in the same chunk follows.
-            for call in tool_calls_of(delta):
+            for call in self._indexes.indexed(tool_calls_of(delta)):
                 events += self._tool_delta(call)
             reasoning = reasoning_of(delta)
             if reasoning is not None:
