@@ -792,6 +792,28 @@ async def test_a_purge_of_another_model_or_of_expired_answers_keeps_live_ones(ha
     assert gone.headers["x-switchyard-cache"] == "miss"
 
 
+async def test_a_deleted_responses_answers_leave_every_replicas_memory(harness, history):
+    # DELETE /v1/responses/{id}: history deletes the entries made from it; the replicas'
+    # memory drops them on `cache.purged` naming the request, and keeps every other.
+    gateway = harness.app.state.gateway
+    await async_wait_until(lambda: gateway.cache.listener is not None, timeout=5)
+    other_body = {**BODY, "messages": [{"role": "user", "content": "another question"}]}
+    first = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    await harness.client.post("/v1/chat/completions", json=other_body, headers=ON)
+    await async_wait_until(lambda: len(history.cache) == 2, timeout=5)
+    history.cache.clear()
+    before = gateway.cache.purges_applied
+
+    await gateway.cache.forget("acme", first.headers["x-request-id"])
+
+    # Applied here at once, and published for the others (heard here too).
+    await async_wait_until(lambda: gateway.cache.purges_applied >= before + 2, timeout=5)
+    gone = await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
+    assert gone.headers["x-switchyard-cache"] == "miss"
+    kept = await harness.client.post("/v1/chat/completions", json=other_body, headers=ON)
+    assert kept.headers["x-switchyard-cache"] == "hit"
+
+
 async def test_other_events_on_the_cache_topic_change_nothing(harness, history):
     await harness.client.post("/v1/chat/completions", json=BODY, headers=ON)
     await async_wait_until(lambda: history.cache, timeout=5)

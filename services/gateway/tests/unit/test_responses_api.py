@@ -394,6 +394,37 @@ async def test_retrieve_input_items_and_delete(system):
     assert "was deleted" in continued.value.message
 
 
+async def test_a_deleted_response_is_neither_replayed_nor_answered_from_the_cache(system):
+    # Deleted, its answer was still kept by its Idempotency-Key (replayed whole for 24 h)
+    # and by the response cache (a hit for whoever asked the same again).
+    body = {"model": "sim-large", "input": "DELETE-ME-PLEASE", "temperature": 0}
+    cached = {**auth_headers(), "X-Switchyard-Cache": "on"}
+    keyed = {**cached, "Idempotency-Key": "delete-key-1"}
+    created = await system.http.post("/v1/responses", json=body, headers=keyed)
+    assert created.status_code == 200, created.text
+    assert (await system.http.post("/v1/responses", json=body, headers=keyed)).headers[
+        "idempotent-replayed"
+    ] == "true"
+    for _ in range(100):  # the cache stores the answer once it was sent
+        again = await system.http.post("/v1/responses", json=body, headers=cached)
+        if again.headers["x-switchyard-cache"] == "hit":
+            break
+        await asyncio.sleep(0.05)
+    assert again.headers["x-switchyard-cache"] == "hit"
+
+    deleted = await system.http.delete(
+        f"/v1/responses/{created.json()['id']}", headers=auth_headers()
+    )
+    assert deleted.status_code == 200, deleted.text
+
+    retried = await system.http.post("/v1/responses", json=body, headers=keyed)
+    assert retried.status_code == 409, retried.text
+    assert error_of(retried)["code"] == "idempotency_response_not_stored"
+    assert "DELETE-ME-PLEASE" not in retried.text
+    asked_again = await system.http.post("/v1/responses", json=body, headers=cached)
+    assert asked_again.headers["x-switchyard-cache"] == "miss"
+
+
 async def test_a_response_stored_with_store_false_cannot_be_retrieved_or_continued(system):
     created = await system.client.responses.create(model="sim-small", input="x", store=False)
     with pytest.raises(openai.NotFoundError) as missing:

@@ -527,7 +527,8 @@ class LimitsChangedData(Contract):
 
 
 class CachePurgedData(Contract):
-    """Which cached answers a purge deleted: the filters `switchyard cache purge` was given."""
+    """Which cached answers a purge deleted: the filters `switchyard cache purge` was given,
+    or the request whose response was deleted (`DELETE /v1/responses/{id}`)."""
 
     tenant: str | None = Field(
         default=None, description="Only this tenant's cached answers; null: every tenant's."
@@ -536,6 +537,15 @@ class CachePurgedData(Contract):
         default=None, description="Only answers of this model; null: every model's."
     )
     expired_only: bool = Field(default=False, description="Only answers already expired.")
+    # Left out of the JSON when absent, for consumers of earlier releases (the contract
+    # refuses unknown fields).
+    source_request_id: EventId | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description=(
+            "Only answers made by this request (its response was deleted); null: any."
+        ),
+    )
 
 
 class EnvelopeFields(Contract):

@@ -57,7 +57,10 @@ at all. `switchyard cache purge` publishes `cache.purged` on the cache events to
 every replica reads (`listen`): each drops the purged answers from memory as it arrives
 (a store lookup or a store overlapping it keeps nothing in memory), so no replica serves
 them after the purge; were the event lost (the bus down while
-purging; the command then says so), the local time to live still bounds it.
+purging; the command then says so), the local time to live still bounds it. Deleting a
+Responses API response (`DELETE /v1/responses/{id}`) purges the answers it made the same
+way: history deletes them from the store, and the deleting replica publishes
+`cache.purged` naming the request (`forget`).
 
 A hit is answered at once, then recorded like any request, off the answering path: a
 `chat.requested` and a `chat.completed` on the replies topic (never on the request topics,
@@ -1041,10 +1044,29 @@ class ResponseCache:
 
     # -- purges ---------------------------------------------------------------------------
 
+    async def forget(self, tenant: str, request_id: str) -> None:
+        """Drop from every replica's memory the answers request `request_id` of `tenant`
+        made (its response was deleted; history deleted them from the shared store): here
+        at once, elsewhere on `cache.purged` naming the request. Were that event not
+        published (the bus down), the local time to live still bounds what another replica
+        serves; logged."""
+        data = CachePurgedData(tenant=tenant, source_request_id=request_id)
+        self.purge(data)
+        event = CachePurged(source="gateway", tenant=tenant, request_id=request_id, data=data)
+        try:
+            await self.gateway.bus.publish(self.gateway.topics.cache_events, event, key=tenant)
+        except Exception as exc:  # noqa: BLE001 - the local time to live bounds it
+            log.warning(
+                "cache purge of a deleted response not announced",
+                request_id=request_id,
+                error=repr(exc),
+                local_ttl_s=self._local_ttl_s,
+            )
+
     def purge(self, purge: CachePurgedData) -> int:
         """Drop the answers kept in memory that `purge` deleted from the shared store (its
         tenant or every tenant's, its model or every model's, only expired ones if it says
-        so); returns how many were dropped."""
+        so, only one request's if it names one); returns how many were dropped."""
         self.purges_applied += 1
         self._drops += 1
         now = utcnow()
@@ -1054,6 +1076,10 @@ class ResponseCache:
                 (purge.tenant is None or answer.tenant == purge.tenant)
                 and (purge.model is None or answer.model == purge.model)
                 and (not purge.expired_only or answer.expires_at <= now)
+                and (
+                    purge.source_request_id is None
+                    or answer.source_request_id == purge.source_request_id
+                )
             ):
                 self._front.pop(key, None)
                 dropped += 1
@@ -1070,6 +1096,7 @@ class ResponseCache:
                 tenant=event.data.tenant,
                 model=event.data.model,
                 expired_only=event.data.expired_only,
+                source_request_id=event.data.source_request_id,
                 dropped=dropped,
             )
 

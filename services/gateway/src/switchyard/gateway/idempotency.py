@@ -39,8 +39,10 @@ have asked for it; such requests go on to the route, which refuses them as usual
 
 For a tenant storing metadata only, history keeps no response content: a retry gets 409
 `idempotency_response_not_stored` with the original `x-request-id` (it still never runs
-twice). Answers holding no content (a created replay's id and state, a token count:
-`CONTENT_FREE_PATHS`) are kept and replayed for such a tenant too.
+twice); so does the retry of a Responses API request whose response was deleted
+(`DELETE /v1/responses/{id}` drops the answer the key kept). Answers holding no content
+(a created replay's id and state, a token count: `CONTENT_FREE_PATHS`) are kept and
+replayed for such a tenant too.
 
 Claims live in the history service's database (`/internal/v1/idempotency/...`,
 INSERT ... ON CONFLICT), so they hold across every gateway replica. The replica that
@@ -450,15 +452,16 @@ class IdempotencyMiddleware:
                 await response(scope, receive, send)
                 return
             if claim.outcome == "completed" and claim.body is None:
-                # The tenant keeps metadata only: the request ran, its answer was not kept.
+                # The tenant keeps metadata only, or the response was deleted: the request
+                # ran, its answer is not kept.
                 OUTCOMES.labels("not_stored").inc()
                 response = _error(
                     path,
                     APIError(
                         409,
                         "This Idempotency-Key's request already ran; its response is not kept "
-                        "because your organisation stores metadata only (see x-request-id). "
-                        "Use a new key to run it again.",
+                        "(your organisation stores metadata only, or the response was "
+                        "deleted; see x-request-id). Use a new key to run it again.",
                         param="Idempotency-Key",
                         code="idempotency_response_not_stored",
                         headers={REQUEST_ID_HEADER: claim.request_id} if claim.request_id else None,

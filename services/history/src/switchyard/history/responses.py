@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.errors import APIError
@@ -40,7 +40,13 @@ from switchyard.common.responses import (
 from switchyard.common.responses import response_id as issued_id
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.jobs import cancellation_event
-from switchyard.history.models import RequestStatus, events_table, requests_table
+from switchyard.history.models import (
+    RequestStatus,
+    cache_entries_table,
+    events_table,
+    idempotency_table,
+    requests_table,
+)
 from switchyard.history.privacy import (
     REDACTED_MARKER,
     redact_payload,
@@ -338,8 +344,10 @@ class ResponseStore:
 
     async def delete(self, caller: Caller, response_id: str) -> dict[str, Any]:
         """Remove the response's content (request body and reply reduced to metadata,
-        input items dropped, in the row and in its stored events); the row and its usage
-        stay. APIError 409 for a response still in progress."""
+        input items dropped, in the row and in its stored events), and every other copy
+        history keeps of it: the answer an `Idempotency-Key` would replay (a retry is then
+        told it is not kept) and the response cache's entries made from it. The row and
+        its usage stay. APIError 409 for a response still in progress."""
         found = await self.find(caller, response_id)
         if found.status == RequestStatus.PENDING.value:
             raise APIError(
@@ -372,6 +380,19 @@ class ResponseStore:
                     .where(e.event_id == event_id)
                     .values(payload=redact_payload(payload))
                 )
+            tenant = found.row["tenant"]
+            keys = idempotency_table.c
+            await connection.execute(
+                update(idempotency_table)
+                .where(keys.tenant == tenant, keys.request_id == request_id)
+                .values(response_body=None, response_headers=None)
+            )
+            cached = cache_entries_table.c
+            await connection.execute(
+                delete(cache_entries_table).where(
+                    cached.tenant == tenant, cached.source_request_id == request_id
+                )
+            )
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
     async def cancel(self, caller: Caller, response_id: str, *, accepted: bool) -> dict[str, Any]:

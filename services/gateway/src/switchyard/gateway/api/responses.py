@@ -652,11 +652,17 @@ async def delete_response(
     response_id: str, principal: CurrentPrincipal, gateway: GatewayDep
 ) -> Response:
     """Delete the stored response: its input and output items are removed (the request
-    stays in your history and usage, without content). A response still in progress
-    gets 409: cancel it first."""
-    if not looks_like_id(response_id):
+    stays in your history and usage, without content), and so is every copy kept of its
+    answer: an `Idempotency-Key` retry is told it is not kept, and the response cache
+    answers with it no more. A response still in progress gets 409: cancel it first."""
+    ref = parse_response_id(response_id) if looks_like_id(response_id) else None
+    if ref is None:
         raise _not_found(response_id)
-    return await forward(gateway, principal, f"/v1/responses/{response_id}", method="DELETE")
+    answer = await forward(gateway, principal, f"/v1/responses/{response_id}", method="DELETE")
+    if answer.status_code == 200:
+        # History deleted the cache's entries made from it; replicas keep some in memory.
+        await gateway.cache.forget(principal.tenant, ref.request_id)
+    return answer
 
 
 @router.post("/{response_id:response_id}/cancel", summary="Cancel a background response")
