@@ -91,7 +91,7 @@ def test_purge_older_than_and_dry_run(cli, history, tables):
     dry = cli(retention_app, "purge", "--older-than", "30d", "--dry-run")
     assert dry.exit_code == 0 and "would delete 1 request(s)" in dry.output
     done = cli(retention_app, "purge", "--older-than", "30d")
-    assert "deleted 1 request(s) and 3 event(s)" in done.output
+    assert "deleted 1 request(s), 3 event(s) and 0 cached answer(s)" in done.output
     bad = cli(retention_app, "purge", "--older-than", "a while")
     assert bad.exit_code == 1
 

@@ -14,7 +14,7 @@ from switchyard.common.events import TerminalStatus
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import ClaimRequest, IdempotencyStore
 from switchyard.history.jobs import expiry_event
-from switchyard.history.models import idempotency_table
+from switchyard.history.models import cache_entries_table, idempotency_table
 from switchyard.history.sweeper import expire_overdue, purge, purge_by_retention
 from switchyard.history.tenants import TenantSettingsStore
 
@@ -157,6 +157,40 @@ async def test_purge_deletes_old_requests_with_their_events(recorder, tables, ev
     assert (deleted.requests, deleted.events) == (1, 2)
     assert list(await tables.requests()) == [new.request_id]
     assert await tables.event_count() == 2
+
+
+async def test_purge_deletes_cached_answers_older_than_the_retention(engine):
+    # A cached answer is a request's content: a time to live longer than the tenant's
+    # retention (up to 7 days against 1) kept it past the purge of its request.
+    def entry(tenant: str, key: str, at: datetime) -> dict:
+        return {
+            "tenant": tenant,
+            "key": key,
+            "api": "openai.chat_completions",
+            "model": "m",
+            "response": {"id": "chatcmpl-1"},
+            "stream_events": None,
+            "source_request_id": f"r-{key}",
+            "size_bytes": 10,
+            "created_at": at,
+            "expires_at": at + timedelta(days=7),
+        }
+
+    old, new = datetime(2024, 1, 1, tzinfo=UTC), datetime(2025, 6, 1, tzinfo=UTC)
+    async with engine.begin() as connection:
+        await connection.execute(
+            cache_entries_table.insert(),
+            [entry("short", "a", old), entry("short", "b", new), entry("long", "c", old)],
+        )
+    cutoff = datetime(2025, 1, 1, tzinfo=UTC)
+
+    counted = await purge(engine, cutoff, tenant="short", dry_run=True)
+    deleted = await purge(engine, cutoff, tenant="short")
+
+    assert counted.cache_entries == deleted.cache_entries == 1
+    async with engine.connect() as connection:
+        left = (await connection.execute(select(cache_entries_table.c.key))).scalars().all()
+    assert sorted(left) == ["b", "c"]
 
 
 async def test_purging_a_tenants_request_keeps_another_tenants_events_under_its_id(

@@ -236,7 +236,10 @@ def retention_purge(
             )
         )
     verb = "would delete" if dry_run else "deleted"
-    typer.echo(f"{verb} {result.requests} request(s) and {result.events} event(s)")
+    typer.echo(
+        f"{verb} {result.requests} request(s), {result.events} event(s) and "
+        f"{result.cache_entries} cached answer(s)"
+    )
 
 
 @tenant_settings_app.command("show")

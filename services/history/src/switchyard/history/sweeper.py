@@ -38,6 +38,7 @@ from switchyard.history.cache import CacheStore, resolve_pending_hits
 from switchyard.history.handlers import EventRecorder
 from switchyard.history.idempotency import IdempotencyStore
 from switchyard.history.models import (
+    cache_entries_table,
     events_table,
     requests_table,
     webhooks_table,
@@ -65,16 +66,19 @@ T = TypeVar("T")
 
 @dataclass
 class PurgeResult:
-    """What a purge deleted (or, in a dry run, would delete): requests, events and webhooks."""
+    """What a purge deleted (or, in a dry run, would delete): requests, events, webhooks,
+    and the response cache's answers made before the cutoff."""
 
     requests: int = 0
     events: int = 0
     webhooks: int = 0
+    cache_entries: int = 0
 
     def __iadd__(self, other: PurgeResult) -> PurgeResult:
         self.requests += other.requests
         self.events += other.events
         self.webhooks += other.webhooks
+        self.cache_entries += other.cache_entries
         return self
 
 
@@ -112,8 +116,10 @@ async def purge(
     batch: int = 5000,
     dry_run: bool = False,
 ) -> PurgeResult:
-    """Delete requests created before `cutoff` (their events and webhooks too), and events
-    older than it that belong to no request (e.g. auth events). A request's events are
+    """Delete requests created before `cutoff` (their events and webhooks too), events
+    older than it that belong to no request (e.g. auth events), and the response cache's
+    answers stored before it (an answer is a request's content: a time to live longer
+    than the retention must not keep it). A request's events are
     those of its id and its tenant: another tenant's events under the same id (history
     keeps them, see `EventRecorder`) are events of no request of theirs, and follow their
     own tenant's retention."""
@@ -136,9 +142,20 @@ async def purge(
         ),
         e.tenant,
     )
+    cached = cache_entries_table.c
+    stale_answers: list[ColumnElement[bool]] = [cached.created_at < cutoff]
+    if tenant is not None:
+        stale_answers.append(cached.tenant == tenant)
+    if exclude_tenants:
+        stale_answers.append(cached.tenant.not_in(sorted(exclude_tenants)))
     result = PurgeResult()
     if dry_run:
         async with engine.connect() as connection:
+            result.cache_entries = (
+                await connection.execute(
+                    select(func.count()).select_from(cache_entries_table).where(*stale_answers)
+                )
+            ).scalar_one()
             result.requests = (
                 await connection.execute(select(func.count()).select_from(old_requests.subquery()))
             ).scalar_one()
@@ -185,6 +202,9 @@ async def purge(
                 await connection.execute(delete(events_table).where(e.event_id.in_(ids)))
             ).rowcount or 0
     async with engine.begin() as connection:
+        result.cache_entries = (
+            await connection.execute(delete(cache_entries_table).where(*stale_answers))
+        ).rowcount or 0
         await rollup.forget_before(
             connection,
             engine.dialect.name,
@@ -194,6 +214,7 @@ async def purge(
         )
     PURGED.labels("history_requests").inc(result.requests)
     PURGED.labels("history_events").inc(result.events)
+    PURGED.labels("history_cache_entries").inc(result.cache_entries)
     return result
 
 
