@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -1424,25 +1425,63 @@ def test_a_reservation_covers_the_largest_output_cap_a_request_sends(caps) -> No
     assert estimate("m", {**body, **caps}, PRICES, embeddings=False) == alone
 
 
-def test_a_reservation_covers_a_prompt_written_whole_to_the_prompt_cache() -> None:
-    # Anthropic bills a prompt-cache write at 1.25 times plain input (2 times for an hour
-    # long one): reserved at the plain price, concurrent requests overspent a budget by
-    # about a fifth.
+@pytest.mark.parametrize(
+    ("provider", "marker", "rate"),
+    [
+        # Anthropic writes to its cache only where a request marks it: billed at 1.25
+        # times plain input (2 times for an hour), while reserved at the plain price,
+        # concurrent requests overspent a budget by about a fifth.
+        ("anthropic", None, 1.0),
+        ("anthropic", {"type": "ephemeral"}, 1.25),
+        ("bedrock", {"type": "ephemeral", "ttl": "5m"}, 1.25),
+        ("anthropic", {"type": "ephemeral", "ttl": "1h"}, 2.0),
+        # Other providers cache on their own.
+        ("openai", None, 1.25),
+    ],
+)
+def test_a_reservation_covers_what_the_prompt_cache_may_be_billed(provider, marker, rate) -> None:
+    from switchyard.common.routing import Deployment
     from switchyard.gateway.governance.estimate import estimate
 
     price = Price(
-        input_per_1m=1.0, output_per_1m=5.0, cache_read_per_1m=0.1, cache_write_per_1m=1.25
+        input_per_1m=1.0,
+        output_per_1m=5.0,
+        cache_read_per_1m=0.1,
+        cache_write_per_1m=1.25,
+        cache_write_1h_per_1m=2.0,
     )
-    prices = PriceTable(models={"c": price})
-    body = {"model": "c", "system": "lorem " * 2000, "messages": [], "max_tokens": 10}
+    region = {"region": "us-east-1"} if provider == "bedrock" else {}
+    deployment = Deployment(name="d", provider=provider, model="c", base_url="http://x", **region)
+    system: Any = "lorem " * 2000
+    if marker is not None:
+        system = [{"type": "text", "text": system, "cache_control": marker}]
+    body = {"model": "c", "system": system, "messages": [], "max_tokens": 10}
 
-    reserved = estimate("c", body, prices, embeddings=False)
+    reserved = estimate(
+        "c", body, PriceTable(models={"c": price}), embeddings=False, deployments=[deployment]
+    )
 
     prompt = reserved.tokens - 10
-    assert reserved.cost_usd == pytest.approx(
-        price.cost(prompt, 10, cache_creation_input_tokens=prompt)
+    assert reserved.cost_usd == pytest.approx((prompt * rate + 10 * 5.0) / 1e6)
+
+
+def test_a_marker_on_a_tool_or_at_the_top_level_may_write_the_cache_too() -> None:
+    from switchyard.common.routing import Deployment
+    from switchyard.gateway.governance.estimate import estimate
+
+    price = Price(input_per_1m=1.0, output_per_1m=5.0, cache_write_per_1m=1.25)
+    prices = PriceTable(models={"c": price})
+    deployment = Deployment(name="d", provider="anthropic", model="c", base_url="http://x")
+    plain = {"model": "c", "messages": [{"role": "user", "content": "hi " * 500}], "max_tokens": 1}
+    tool = {"name": "t", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}
+
+    def reserved(body: dict[str, Any]) -> float:
+        return estimate("c", body, prices, embeddings=False, deployments=[deployment]).cost_usd
+
+    assert reserved({**plain, "cache_control": {"type": "ephemeral"}}) > reserved(plain)
+    assert reserved({**plain, "tools": [tool]}) > reserved(
+        {**plain, "tools": [{k: v for k, v in tool.items() if k != "cache_control"}]}
     )
-    assert reserved.cost_usd > price.cost(prompt, 10)
 
 
 async def test_token_counts_cost_nothing_so_only_request_limits_apply(harness):

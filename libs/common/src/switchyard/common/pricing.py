@@ -93,21 +93,25 @@ class Price(BaseModel):
             + output_tokens * self.output_per_1m
         ) / 1e6
 
-    def most(self, input_tokens: int, output_tokens: int) -> float:
+    def most(
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        cache_write: bool = True,
+        one_hour: bool = False,
+    ) -> float:
         """The most a call of these token counts can cost, in USD: every input token at
-        the dearest rate it could be billed at (a prompt-cache write costs more than plain
-        input at Anthropic, and the client decides what is written), every output token
-        at the output rate. What a budget reserves before the call."""
-        dearest = max(
-            rate
-            for rate in (
-                self.input_per_1m,
-                self.cache_read_per_1m,
-                self.cache_write_per_1m,
-                self.cache_write_1h_per_1m,
-            )
-            if rate is not None
-        )
+        the dearest rate it could be billed at, every output token at the output rate.
+        What a budget reserves before the call. `cache_write`: the call may write its
+        input to the prompt cache (dearer than plain input at Anthropic, where the request
+        marks what is written); `one_hour`: for an hour (`cache_write_1h_per_1m`)."""
+        rates = [self.input_per_1m, self.cache_read_per_1m]
+        if cache_write:
+            rates.append(self.cache_write_per_1m)
+        if one_hour:
+            rates.append(self.cache_write_1h_per_1m or self.cache_write_per_1m)
+        dearest = max(rate for rate in rates if rate is not None)
         return (input_tokens * dearest + output_tokens * self.output_per_1m) / 1e6
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from switchyard.common.pricing import PriceTable
+from switchyard.common.pricing import Price, PriceTable
 from switchyard.common.routing import Deployment
 from switchyard.common.tokenizer import SCHEMA_FIELDS, TokenCounter, encoding, json_text
 
@@ -36,6 +36,10 @@ TEXT_FIELDS = ("messages", "system", "input", "instructions", "prompt")
 # count as their compact JSON text, keys included, not as the strings they hold.
 JSON_FIELDS = ("tools", "functions", *SCHEMA_FIELDS)
 OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+# Providers (`Deployment.provider`) whose prompt cache is written only where a request
+# marks it with `cache_control` (Anthropic's Messages API, on Anthropic, Bedrock and
+# Vertex AI); the others' caches are written on their own.
+MARKED_CACHE_PROVIDERS = frozenset({"anthropic", "bedrock", "vertex"})
 # Characters of a request's texts counted exactly (about a tenth of a second of CPU), the
 # rest estimated: a reservation is settled by the real usage anyway.
 EXACT_CHARS = 1_000_000
@@ -51,11 +55,20 @@ def warm_up() -> None:
 
 @dataclass
 class _Parts:
-    """What a request's text fields hold besides strings: image parts, and token ids
-    (OpenAI's Completions and Embeddings take `input` as arrays of token ids)."""
+    """What a request's text fields hold besides strings: image parts, token ids
+    (OpenAI's Completions and Embeddings take `input` as arrays of token ids), and
+    Anthropic's prompt-caching markers (`cache_control`; `one_hour`: one kept an hour)."""
 
     images: int = 0
     token_ids: int = 0
+    cache_marks: bool = False
+    one_hour: bool = False
+
+    def mark(self, cache_control: Any) -> None:
+        """Note a `cache_control` marker (Anthropic's `{"type": "ephemeral", "ttl": ...}`)."""
+        if isinstance(cache_control, dict):
+            self.cache_marks = True
+            self.one_hour = self.one_hour or cache_control.get("ttl") == "1h"
 
 
 def _texts(value: Any, out: list[str], parts: _Parts) -> None:
@@ -76,14 +89,18 @@ def _texts(value: Any, out: list[str], parts: _Parts) -> None:
             parts.images += 1
             return
         for key, item in value.items():
+            if key == "cache_control":
+                parts.mark(item)
             if key in ("type", "cache_control", "id", "tool_call_id", "tool_use_id"):
                 continue
             _texts(item, out, parts)
 
 
-def _prompt(body: dict[str, Any]) -> tuple[list[str], int]:
-    """A request body's texts, and the tokens of the rest of its prompt: each token id it
-    sends as one token, an image part as IMAGE_TOKENS, and each message's overhead."""
+def _prompt(body: dict[str, Any]) -> tuple[list[str], int, _Parts]:
+    """A request body's texts, the tokens of the rest of its prompt (each token id it
+    sends as one token, an image part as IMAGE_TOKENS, and each message's overhead), and
+    what else its parts hold (its prompt-caching markers: in its texts, on its tools, or
+    at its top level, Anthropic's automatic caching)."""
     texts: list[str] = []
     parts = _Parts()
     for name in TEXT_FIELDS:
@@ -94,9 +111,14 @@ def _prompt(body: dict[str, Any]) -> tuple[list[str], int]:
         value = body.get(name)
         if value is not None:
             texts.append(json_text(value))
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict):
+            parts.mark(tool.get("cache_control"))
+    parts.mark(body.get("cache_control"))
     messages = body.get("messages")
     overhead = MESSAGE_OVERHEAD * len(messages) if isinstance(messages, list) else 0
-    return texts, parts.token_ids + overhead + parts.images * IMAGE_TOKENS
+    return texts, parts.token_ids + overhead + parts.images * IMAGE_TOKENS, parts
 
 
 def prompt_chars(body: dict[str, Any]) -> int:
@@ -110,9 +132,13 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     first EXACT_CHARS characters exactly and the rest at the ratio measured on them
     (`tokenizer.TokenCounter`), plus the rest of the prompt (`_prompt`). Blocking: up to
     about a tenth of a second of CPU for the largest bodies."""
-    texts, counted = _prompt(body)
+    return _prompt_tokens(body)[0]
+
+
+def _prompt_tokens(body: dict[str, Any]) -> tuple[int, _Parts]:
+    texts, counted, parts = _prompt(body)
     counter = TokenCounter(exact_chars=EXACT_CHARS)
-    return counted + sum(counter.count(text) for text in texts)
+    return counted + sum(counter.count(text) for text in texts), parts
 
 
 def choices(body: dict[str, Any]) -> int:
@@ -156,17 +182,34 @@ def estimate(
     """The reservation for one request to `model`, served by one of `deployments` (its
     route's): priced as inference will price it (`PriceTable.price` with the deployment,
     its upstream model and provider), at the dearest of them, since any may serve it; the
-    public model's own price when none is given. Its input is priced at the dearest input
-    rate (`Price.most`: all of it may be written to the prompt cache). Blocking
-    (`prompt_tokens`): see `estimate_without_blocking`."""
-    prompt = prompt_tokens(body)
+    public model's own price when none is given. Its input is priced at the dearest rate
+    it can be billed at (`Price.most`): a prompt-cache write's where the request may
+    write one (it carries `cache_control` markers, or its provider caches on its own),
+    an hour's write's where a marker asks for `ttl: "1h"`. Blocking (`prompt_tokens`):
+    see `estimate_without_blocking`."""
+    prompt, parts = _prompt_tokens(body)
     output = 0 if embeddings else output_cap(body, prices.max_output_tokens(model)) * choices(body)
-    candidates = [
-        prices.price(model, deployment=d.name, upstream_model=d.model, provider=d.provider)
+    candidates: list[tuple[Price | None, str | None]] = [
+        (
+            prices.price(model, deployment=d.name, upstream_model=d.model, provider=d.provider),
+            d.provider,
+        )
         for d in deployments
-    ] or [prices.price(model)]
+    ] or [(prices.price(model), None)]
     cost = max(
-        (price.most(prompt, output) for price in candidates if price is not None), default=0.0
+        (
+            price.most(
+                prompt,
+                output,
+                # Anthropic writes to its cache only where a request marks it; other
+                # providers cache on their own.
+                cache_write=parts.cache_marks or provider not in MARKED_CACHE_PROVIDERS,
+                one_hour=parts.one_hour,
+            )
+            for price, provider in candidates
+            if price is not None
+        ),
+        default=0.0,
     )
     return Estimate(tokens=prompt + output, cost_usd=cost)
 
