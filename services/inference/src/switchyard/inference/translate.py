@@ -260,13 +260,6 @@ def openai_finish_reason(stop_reason: str | None) -> str | None:
     return _FINISH_BY_STOP_REASON.get(stop_reason, "stop")
 
 
-# Gemini's OpenAI-compatible API ends a reply that calls tools with `finish_reason:
-# "stop"`, not "tool_calls": towards Anthropic clients, whose agent loops run the tools of
-# a reply that stopped for `tool_use` only, a reply with tool calls that stopped at its end
-# stopped for `tool_use`.
-TOOL_USE_FINISHED_AS_STOP = "stop"
-
-
 def anthropic_stop_reason(finish_reason: str | None) -> str | None:
     """Anthropic's `stop_reason` for an OpenAI `finish_reason`."""
     if finish_reason is None:
@@ -2851,7 +2844,10 @@ def chat_completion_to_message(
     if stop_sequence is not None and stop_reason == "end_turn":
         stop_reason = "stop_sequence"
     if stop_reason == "end_turn" and any(block["type"] == "tool_use" for block in content):
-        stop_reason = "tool_use"  # see `TOOL_USE_FINISHED_AS_STOP`
+        # Gemini's OpenAI-compatible API ends a reply that calls tools with "stop", not
+        # "tool_calls": Anthropic clients' agent loops run a reply's tools only when it
+        # stopped for `tool_use`.
+        stop_reason = "tool_use"
     if not text and isinstance(refusal, str) and refusal:
         stop_reason = "refusal"
     return {
@@ -3222,7 +3218,7 @@ class ChatChunksToMessageEvents:
         events += self._close_block()
         self._finished = True
         if self._tool_blocks and self.stop_reason in (None, "end_turn"):
-            self.stop_reason = "tool_use"  # see `TOOL_USE_FINISHED_AS_STOP`
+            self.stop_reason = "tool_use"  # Gemini's "stop": see chat_completion_to_message
         if self._refusal_seen and not self._content_seen:
             self.stop_reason = "refusal"
         usage = self.usage or {"input_tokens": 0, "output_tokens": 0}
