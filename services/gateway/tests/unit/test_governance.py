@@ -1479,6 +1479,23 @@ def test_a_marker_on_a_tool_or_at_the_top_level_may_write_the_cache_too() -> Non
         return estimate("c", body, prices, embeddings=False, deployments=[deployment]).cost_usd
 
     assert reserved({**plain, "cache_control": {"type": "ephemeral"}}) > reserved(plain)
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+    marked = {**image, "cache_control": {"type": "ephemeral"}}
+    assert reserved(
+        {
+            **plain,
+            "messages": [
+                {"role": "user", "content": [marked, {"type": "text", "text": "hi " * 500}]}
+            ],
+        }
+    ) > reserved(
+        {
+            **plain,
+            "messages": [
+                {"role": "user", "content": [image, {"type": "text", "text": "hi " * 500}]}
+            ],
+        }
+    )
     assert reserved({**plain, "tools": [tool]}) > reserved(
         {**plain, "tools": [{k: v for k, v in tool.items() if k != "cache_control"}]}
     )

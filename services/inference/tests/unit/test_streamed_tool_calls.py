@@ -11,7 +11,11 @@ from typing import Any
 
 import pytest
 
-from switchyard.inference.translate import ChatChunksToMessageEvents, chat_completion_to_message
+from switchyard.inference.translate import (
+    ChatChunksToMessageEvents,
+    CompletionAccumulator,
+    chat_completion_to_message,
+)
 from switchyard.inference.translate_responses import ChatChunksToResponseEvents
 
 from .test_responses_reasoning_stream import CTX, sdk_final, usage
@@ -131,29 +135,11 @@ def test_arguments_that_are_not_an_object_stream_to_anthropic_as_an_empty_input(
         {"tool_calls": [started(0, "call_a", "get_weather", pieces[0])]},
         {"tool_calls": [call(0, arguments=pieces[1])]},
     )
-    whole = chat_completion_to_message(
-        {
-            "id": "chatcmpl-1",
-            "choices": [
-                {
-                    "index": 0,
-                    "finish_reason": "tool_calls",
-                    "message": {
-                        "role": "assistant",
-                        "content": None,
-                        "tool_calls": [
-                            {
-                                "id": "call_a",
-                                "type": "function",
-                                "function": {"name": "get_weather", "arguments": arguments},
-                            }
-                        ],
-                    },
-                }
-            ],
-        },
-        "m",
-    )
+    # The same chunks assembled into the reply not streamed.
+    assembled = CompletionAccumulator()
+    for chunk in chunks:
+        assembled.add(chunk)
+    whole = chat_completion_to_message(assembled.response(), "m")
 
     events, message = anthropic_stream(chunks)
 

@@ -6,6 +6,7 @@ naming the offending field."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -125,6 +126,18 @@ def json_value(value: Any, limit: int = 64) -> str:
     except TypeError:  # not JSON (a caller's own object): its JSON type
         text = json_type(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def unsupported_value(value: str, supported: Sequence[str]) -> str:
+    """OpenAI's words for an enumerated value it does not take, `value` cut at 64
+    characters: "Invalid value: 'x'. Supported values are: 'a', 'b', and 'c'." ("'a'
+    and 'b'" for two)."""
+    names = [f"'{name}'" for name in supported]
+    if len(names) <= 2:
+        listed = " and ".join(names)
+    else:
+        listed = ", ".join(names[:-1]) + f", and {names[-1]}"
+    return f"Invalid value: '{value[:64]}'. Supported values are: {listed}."
 
 
 class APIError(Exception):

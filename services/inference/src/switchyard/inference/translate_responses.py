@@ -37,6 +37,7 @@ from datetime import datetime
 from typing import Any
 
 from switchyard.common import exactjson
+from switchyard.common.errors import unsupported_value
 from switchyard.common.events import TokenUsage, utcnow
 from switchyard.common.openai_request import function_call_fault
 from switchyard.common.output_schema import JSON_MODE_RESPONSES_MESSAGE, mentions_json
@@ -359,8 +360,7 @@ def _unknown_value(value: str, known: frozenset[str], param: str) -> Translation
     """OpenAI's refusal of an enumerated value it does not take: 400 `invalid_value`
     naming `param` and listing the `known` ones."""
     return TranslationError(
-        f"Invalid value: {value[:64]!r}. Supported values are: "
-        f"{', '.join(repr(name) for name in sorted(known))}.",
+        unsupported_value(value, sorted(known)),
         param,
         code="invalid_value",
     )

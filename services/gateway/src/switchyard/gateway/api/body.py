@@ -36,7 +36,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from switchyard.common import jsonbody
-from switchyard.common.errors import APIError, invalid_json, json_type
+from switchyard.common.errors import APIError, invalid_json, json_type, unsupported_value
 from switchyard.common.events import ClientAPI
 from switchyard.common.exactjson import has_long_digit_run
 from switchyard.common.jsonbody import (
@@ -420,16 +420,6 @@ _ITEM_STATUSES = ("in_progress", "completed", "incomplete")
 _ITEMS_WITH_STATUS = ("message", "function_call", "function_call_output", "reasoning")
 
 
-def _one_of(value: str, supported: tuple[str, ...]) -> str:
-    """OpenAI's "Invalid value: 'x'. Supported values are: 'a', 'b', and 'c'." (two values:
-    "'a' and 'b'")."""
-    names = [f"'{name}'" for name in supported]
-    listed = (
-        " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + f", and {names[-1]}"
-    )
-    return f"Invalid value: '{value[:64]}'. Supported values are: {listed}."
-
-
 def _content_parts(parts: list[Any], where: str, side: str) -> None:
     """Check a message's content or a call output's parts (`where`: `input[0].content`):
     objects with a string `type`, none of the other `side`'s (`input` or `output`).
@@ -444,7 +434,10 @@ def _content_parts(parts: list[Any], where: str, side: str) -> None:
             raise _missing(f"{part_where}.type")
         if kind in refused:
             raise APIError(
-                400, _one_of(kind, _SUPPORTED_PARTS[side]), param=part_where, code="invalid_value"
+                400,
+                unsupported_value(kind, _SUPPORTED_PARTS[side]),
+                param=part_where,
+                code="invalid_value",
             )
 
 
@@ -485,7 +478,7 @@ def _response_item(item: Any, where: str) -> None:
         if status not in _ITEM_STATUSES:
             raise APIError(
                 400,
-                _one_of(status, _ITEM_STATUSES),
+                unsupported_value(status, _ITEM_STATUSES),
                 param=f"{where}.status",
                 code="invalid_value",
             )

@@ -54,7 +54,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from switchyard.common import exactjson
-from switchyard.common.errors import APIError
+from switchyard.common.errors import APIError, unsupported_value
 from switchyard.common.events import (
     ClientAPI,
 )
@@ -603,8 +603,7 @@ def _check_include(request: Request) -> None:
     if unknown is not None:
         raise APIError(
             400,
-            f"Invalid value: {unknown[:64]!r}. Supported values are: "
-            f"{', '.join(repr(name) for name in sorted(RESPONSE_INCLUDABLE))}.",
+            unsupported_value(unknown, sorted(RESPONSE_INCLUDABLE)),
             param="include",
             code="invalid_value",
         )

@@ -87,6 +87,7 @@ def _texts(value: Any, out: list[str], parts: _Parts) -> None:
         kind = value.get("type")
         if kind in ("image_url", "image", "input_image"):
             parts.images += 1
+            parts.mark(value.get("cache_control"))  # an image block may be cached too
             return
         for key, item in value.items():
             if key == "cache_control":
