@@ -1241,3 +1241,29 @@ def test_after_sign_in_only_console_paths_are_followed(value, expected):
 
     request = Request({"type": "http", "root_path": "/ui", "path": "/ui/login", "headers": []})
     assert safe_next(request, value) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        ("/ui/keys/", "/ui/keys"),
+        ("/ui/keys//?page=2", "/ui/keys?page=2"),
+        ("/ui/requests/", "/ui/requests"),
+    ],
+)
+async def test_a_trailing_slash_is_redirected_to_a_path_never_to_the_host_header(path, location):
+    # Starlette's own slash redirect builds an absolute URL from the Host header: a cache
+    # in front that keys on the path alone could then serve a redirect to another host.
+    async with console() as gw:
+        for method in ("GET", "HEAD"):
+            response = await gw.client.request(method, path, headers={"host": "evil.example"})
+            assert response.status_code == 307, (method, response.status_code)
+            assert response.headers["location"] == location
+        # Where no page answers without the slash, the console's own 404 page answers.
+        missing = await gw.client.get("/ui/nothing-here/", headers={"host": "evil.example"})
+        assert missing.status_code == 404 and "evil.example" not in missing.text
+        assert "location" not in missing.headers
+        # A form post to a slashed path is not moved (a 307 would repeat the body).
+        await sign_in(gw)
+        posted = await gw.client.post("/ui/keys/", headers={"host": "evil.example"})
+        assert "evil.example" not in posted.headers.get("location", "")

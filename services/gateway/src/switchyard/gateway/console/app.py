@@ -26,6 +26,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import cookie_parser
 from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Match, get_route_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from switchyard.common.errors import APIError, http_error_headers, validation_message
@@ -269,6 +270,25 @@ def _templates() -> Jinja2Templates:
 STATIC_PATH = "/static"
 
 
+def _slash_moved(request: Request) -> str | None:
+    """Where a page read with a trailing slash (`/ui/keys/`) lives without it, as a path
+    and query (never an absolute URL built from the Host header, which a cache in front
+    keyed on the path alone could hand to others); None if no page is there, or for a
+    method other than GET and HEAD (a form is never moved)."""
+    path = request.scope["path"]
+    if request.method not in ("GET", "HEAD") or not path.endswith("/"):
+        return None
+    if get_route_path(request.scope) in ("", "/"):
+        return None
+    stripped = {**request.scope, "path": path.rstrip("/")}
+    if not any(route.matches(stripped)[0] is Match.FULL for route in request.app.router.routes):
+        return None
+    # One leading slash: `//host/...` would be read by the browser as another host.
+    location = "/" + stripped["path"].lstrip("/")
+    query = request.url.query
+    return f"{location}?{query}" if query else location
+
+
 def create_console(gateway: Gateway) -> ASGIApp:
     """The console app for `gateway` (its settings, authenticator, routing and clients)."""
     settings = gateway.settings
@@ -280,6 +300,9 @@ def create_console(gateway: Gateway) -> ASGIApp:
         redoc_url=None,
         openapi_url=None,
         telemetry=FASTAPI_TELEMETRY,
+        # Starlette's slash redirect names the Host header in its Location; `_http_error`
+        # makes the same redirect with a path.
+        redirect_slashes=False,
         # A filter given twice (`?model=a&model=b`) is refused, as on the API; the pages
         # take one value of each, `status` too.
         dependencies=[Depends(refusing_repeated(lists=()))],
@@ -344,6 +367,9 @@ def create_console(gateway: Gateway) -> ASGIApp:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
+            moved = _slash_moved(request)
+            if moved is not None:
+                return RedirectResponse(moved, status_code=307)
             root = request.scope.get("root_path", "")
             if root.endswith(STATIC_PATH):
                 # A missing asset: the page's links are the console's, not the assets' mount.
