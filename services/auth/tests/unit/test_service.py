@@ -6,9 +6,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from switchyard.auth.keys import hash_api_key
+from switchyard.auth.plugin import MIGRATIONS_DIR
 from switchyard.auth.service import (
     AuthService,
     DuplicateEmail,
@@ -16,6 +18,7 @@ from switchyard.auth.service import (
     InvalidInput,
     UserNotFound,
 )
+from switchyard.common.db import sync_url, upgrade
 
 
 async def test_emails_are_case_insensitive_and_unique(service: AuthService) -> None:
@@ -41,6 +44,36 @@ async def test_an_email_is_one_address_however_its_characters_are_composed(
     assert (await service.user_by_email("jos\u00e9@example.com")).id == user.id
     signed_in = await service.authenticate("jose\u0301@EXAMPLE.com", "s3cret!")
     assert signed_in.id == user.id
+
+
+async def test_an_email_in_full_width_letters_is_the_same_address(service: AuthService) -> None:
+    # `ａｌｉｃｅ@` in full-width letters reads as `alice@`: one account, stored folded
+    # (NFKC), found and signed in to however it is typed.
+    wide = "\uff21\uff4c\uff49\uff43\uff45@example.com"
+    user = await service.create_user(email=wide, tenant="acme", password="s3cret!")
+    assert user.email == "alice@example.com"
+    with pytest.raises(DuplicateEmail):
+        await service.create_user(email="alice@example.com")
+    assert (await service.user_by_email(wide)).id == user.id
+    assert (await service.authenticate("ALICE@example.com", "s3cret!")).id == user.id
+    assert (await service.authenticate(wide, "s3cret!")).id == user.id
+
+
+async def test_an_email_mixing_scripts_with_look_alike_letters_is_refused(
+    service: AuthService,
+) -> None:
+    # `аlice@` with a Cyrillic `а` would read as `alice@`, an account of its own.
+    with pytest.raises(InvalidInput, match="look-alike") as refused:
+        await service.create_user(email="\u0430lice@example.com", tenant="acme")
+    assert refused.value.param == "email" and "U+0430" in str(refused.value)
+    with pytest.raises(InvalidInput, match="look-alike"):
+        await service.create_user(email="alice@ex\u0430mple.com", tenant="acme")
+    # A part in one script is an address (`иван@` in Cyrillic, a Latin domain).
+    user = await service.create_user(email="\u0438\u0432\u0430\u043d@example.com", tenant="acme")
+    assert user.email == "\u0438\u0432\u0430\u043d@example.com"
+    # Looking one up is no refusal: an unknown address is only not found.
+    with pytest.raises(UserNotFound):
+        await service.user_by_email("\u0430lice@example.com")
 
 
 async def test_bad_user_input_is_refused_with_a_reason(service: AuthService) -> None:
@@ -127,3 +160,37 @@ async def test_key_scopes_default_and_are_validated(service: AuthService) -> Non
         await service.create_api_key(user_id=user.id, scopes=["chat", "root"])
     with pytest.raises(InvalidInput, match="future"):
         await service.create_api_key(user_id=user.id, expires_at=datetime.now(UTC))
+
+
+def test_the_migration_folds_stored_emails_unless_the_folded_one_is_taken(tmp_path: Path) -> None:
+    """Accounts stored before emails were folded are found by their folded form after
+    revision 0005; one whose folded form is another account's keeps its email."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/auth.db"
+    upgrade(str(MIGRATIONS_DIR), url, "alembic_version_auth", "0004")
+    emails = {
+        "wide": "\uff42\uff4f\uff42@example.com",
+        "taken": "\uff41\uff4c\uff49\uff43\uff45@example.com",
+        "alice": "alice@example.com",
+        "plain": "jos\u00e9@example.com",
+    }
+    engine = sa.create_engine(sync_url(url))
+    now = "2026-01-01 00:00:00"
+    with engine.begin() as connection:
+        for user_id, email in emails.items():
+            connection.execute(
+                sa.text(
+                    "INSERT INTO auth_users (id, email, tenant, role, disabled, created_at) "
+                    "VALUES (:id, :email, 'acme', 'member', false, :now)"
+                ),
+                {"id": user_id, "email": email, "now": now},
+            )
+    upgrade(str(MIGRATIONS_DIR), url, "alembic_version_auth")
+    with engine.connect() as connection:
+        stored = dict(connection.execute(sa.text("SELECT id, email FROM auth_users")).all())
+    engine.dispose()
+    assert stored == {
+        "wide": "bob@example.com",
+        "taken": emails["taken"],
+        "alice": "alice@example.com",
+        "plain": "jos\u00e9@example.com",
+    }

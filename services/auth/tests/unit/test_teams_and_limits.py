@@ -661,6 +661,48 @@ async def test_team_names_are_one_name_however_their_characters_are_composed(
     assert (await governance.team_by_name("acme", decomposed)).id == team["id"]
 
 
+async def test_look_alike_team_names_are_one_name_or_refused(auth_app, acme) -> None:
+    """Full-width letters are the same name (compatibility forms folded); a word mixing
+    scripts with look-alike letters (`Rеsearch` with a Cyrillic `е`) is refused in the
+    admin API's own error format, on creation and on rename; a name in one script, or in
+    scripts without look-alikes, is a name of its own."""
+    headers = acme["admin_headers"]
+    team = await make_team(auth_app, acme, name="Research")
+    wide = await auth_app.client.post(
+        "/v1/admin/teams",
+        json={"name": "\uff32\uff45\uff53\uff45\uff41\uff52\uff43\uff48"},
+        headers=headers,
+    )
+    assert_error(wide, 409, "team_exists")
+    for name, odd in (
+        ("R\u0435search", "\u0435"),
+        ("\u0405ales", "\u0405"),
+        ("Data \u0391I", "\u0391"),
+    ):
+        refused = await auth_app.client.post(
+            "/v1/admin/teams", json={"name": name}, headers=headers
+        )
+        error = assert_error(refused, 400, "invalid_request")
+        assert error["param"] == "name" and odd in error["message"], error
+        assert "look-alike" in error["message"]
+    renamed = await auth_app.client.patch(
+        f"/v1/admin/teams/{team['id']}", json={"name": "R\u0435search"}, headers=headers
+    )
+    assert_error(renamed, 400, "invalid_request")
+    for name in (
+        "\u0418\u0441\u0441\u043b\u0435\u0434\u043e\u0432\u0430\u043d\u0438\u044f",
+        "\u958b\u767aTeam",
+        "Team-\u03a9",
+        "Ops 2",
+    ):
+        created = await auth_app.client.post(
+            "/v1/admin/teams", json={"name": name}, headers=headers
+        )
+        assert created.status_code == 201, (name, created.text)
+    governance = Governance(auth_app.service)
+    assert (await governance.team_by_name("acme", "\uff32esearch")).id == team["id"]
+
+
 async def test_teams_named_alike_before_are_told_apart_by_exact_name_or_id(auth_app, acme) -> None:
     """Teams created when names were compared exactly can differ only in case: the exact
     name still finds each, and a name matching several only ignoring case is refused

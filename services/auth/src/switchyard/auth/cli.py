@@ -339,7 +339,7 @@ def create_user(
     if role not in ROLES:
         raise _fail(f"--role must be one of: {', '.join(ROLES)} (got {role!r})")
     try:
-        normalise_email(email)
+        normalise_email(email, new=True)
         check_tenant(tenant)
     except AuthError as exc:
         raise _fail(str(exc)) from None

@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from switchyard.auth.models import ApiKey, CacheColumns, LimitColumns, Team, Tenant, User
+from switchyard.auth.names import fold_name, look_alike_message
 from switchyard.auth.service import (
     ApiKeyNotFound,
     AuthError,
@@ -714,6 +715,9 @@ def _team_name(name: str) -> str:
     # refuses a NUL in text (which would be a 500 rather than this 400).
     if not name or len(name) > 200 or not printable(name):
         raise InvalidInput("Team name must be 1-200 printable characters.", param="name")
+    # `Rеsearch` with a Cyrillic `е` would read as the team `Research` on every page.
+    if (refusal := look_alike_message("team name", name)) is not None:
+        raise InvalidInput(refusal, param="name")
     # The CLI and the user options take a team by id or by name, the id first: a name in
     # the form of an id (`new_id`) could name another tenant's team there.
     if _ID_FORM.fullmatch(name):
@@ -729,18 +733,14 @@ async def _tenant_teams(session: AsyncSession, tenant: str) -> Sequence[Team]:
     return (await session.execute(select(Team).where(Team.tenant == tenant))).scalars().all()
 
 
-def _folded(name: str) -> str:
-    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
-
-
 def _same_name(teams: Sequence[Team], name: str) -> list[Team]:
     """The teams of `teams` whose name is `name` ignoring case and how its characters are
-    composed. Compared in Python with `str.casefold` rather than SQL's `lower()`, which
-    SQLite applies to ASCII letters only: `Straße` and `STRASSE` are one name on every
-    database, and so are `café` with a composed `é` and with `e` and a combining accent
-    (Unicode's NFC), which look alike."""
-    folded = _folded(name)
-    return [team for team in teams if _folded(team.name) == folded]
+    written (`names.fold_name`). Compared in Python with `str.casefold` rather than SQL's
+    `lower()`, which SQLite applies to ASCII letters only: `Straße` and `STRASSE` are one
+    name on every database, and so are `café` with a composed `é` and with `e` and a
+    combining accent, and full-width `Ｒｅｓｅａｒｃｈ` and `Research`, which look alike."""
+    folded = fold_name(name)
+    return [team for team in teams if fold_name(team.name) == folded]
 
 
 async def _refuse_taken_name(

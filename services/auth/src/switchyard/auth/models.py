@@ -13,6 +13,7 @@
 - `cache_enabled`, `cache_ttl_s` on `auth_teams` and `auth_api_keys` (0004): the gateways'
   response cache for the requests of one team or one key (`CacheColumns`); NULL is "as
   the level above says" (key, then team, then the tenant's history settings).
+- 0005 stores emails folded (`names.fold_email`: compatibility forms too, NFKC).
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from switchyard.auth.models import (
     TokenFamily,
     User,
 )
+from switchyard.auth.names import fold_email, look_alike_message
 from switchyard.auth.passwords import PasswordHasher
 from switchyard.auth.store import AuthStore
 from switchyard.auth.tokens import (
@@ -200,16 +200,22 @@ def printable(text: str) -> bool:
     return text.isprintable()
 
 
-def normalise_email(email: str) -> str:
-    """The email trimmed, in Unicode's composed form (NFC: `é` typed as one character or
-    as `e` and a combining accent is one address, as mail systems take it, RFC 6532) and
-    lower-cased. Raises InvalidInput (param `email`) when it holds control characters, is
-    not `local@domain`, or is longer than 320 characters."""
-    email = unicodedata.normalize("NFC", email.strip()).lower()
+def normalise_email(email: str, *, new: bool = False) -> str:
+    """The email as accounts are stored and found by it (`names.fold_email`): trimmed,
+    compatibility forms folded (full-width `ａｌｉｃｅ` is `alice`; `é` typed as one
+    character or as `e` and a combining accent is one address) and lower-cased.
+
+    Raises InvalidInput (param `email`) when it holds control characters, is not
+    `local@domain`, or is longer than 320 characters; and, for a `new` account's email,
+    when a part of it mixes scripts with look-alike letters (`аlice` with a Cyrillic `а`),
+    which would read as another account's."""
+    email = fold_email(email)
     if not printable(email):
         raise InvalidInput("The email address must not contain control characters.", param="email")
     if not _EMAIL.match(email) or len(email) > 320:
         raise InvalidInput(f"'{email}' is not a valid email address.", param="email")
+    if new and (refusal := look_alike_message("email address", email)) is not None:
+        raise InvalidInput(refusal, param="email")
     return email
 
 
@@ -395,7 +401,7 @@ class AuthService:
                 empty password.
             DuplicateEmail: the email is taken.
             HashingBusy: too many password hashes are already waiting."""
-        email = normalise_email(email)
+        email = normalise_email(email, new=True)
         if role not in ROLES:
             raise InvalidInput(f"Role must be one of: {', '.join(ROLES)}.", param="role")
         check_tenant(tenant)
@@ -420,7 +426,7 @@ class AuthService:
         async with self._sessions() as session:
             user = await AuthStore(session).user_by_email(normalise_email(email))
         if user is None:
-            raise UserNotFound(f"No user with email {email.strip().lower()}.")
+            raise UserNotFound(f"No user with email {fold_email(email)}.")
         return user
 
     async def list_users(self, tenant: str | None = None) -> list[User]:
@@ -858,7 +864,7 @@ class AuthService:
         async with self._sessions() as session:
             user = await AuthStore(session).user_by_email(normalise_email(email))
             if user is None:
-                raise UserNotFound(f"No user with email {email.strip().lower()}.")
+                raise UserNotFound(f"No user with email {fold_email(email)}.")
             # Off the event loop: a Python start and an Argon2 check take a fraction of a
             # second, and a slow machine's more.
             new_hash = await asyncio.to_thread(

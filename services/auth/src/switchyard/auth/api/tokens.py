@@ -12,7 +12,6 @@ No error ever contains a password or token.
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from switchyard.auth.api.deps import BearerCredentials, ClientAddress, Service, get_context
 from switchyard.auth.bootstrap import AuthContext
 from switchyard.auth.metrics import LOGINS_THROTTLED, REFRESH_REQUESTS, REVOCATIONS, TOKEN_REQUESTS
+from switchyard.auth.names import fold_email
 from switchyard.auth.passwords import HashingBusy
 from switchyard.auth.service import AuthService, InvalidCredentials, InvalidGrant, TokenPair
 from switchyard.auth.tokens import InvalidToken
@@ -193,7 +193,7 @@ async def issue_token(
         TOKEN_REQUESTS.labels("invalid_request").inc()
         raise
     # As sign-in reads it (`normalise_email`): one account however its name is typed.
-    account = unicodedata.normalize("NFC", grant.username.strip()).lower()
+    account = fold_email(grant.username)
     limits = context.login_limits
     throttled = limits.check(account, address)
     if throttled is not None:
