@@ -4,6 +4,8 @@ the auth routes it forwards, never a 503 or a lookup."""
 
 from __future__ import annotations
 
+import json
+
 import h11
 import httpx
 import pytest
@@ -125,3 +127,55 @@ async def test_a_blank_bearer_beside_a_valid_api_key_uses_the_key(harness):
         headers={"Authorization": "Bearer   ", "x-api-key": API_KEY},
     )
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("DELETE", "/v1/api-keys/.."),
+        ("PATCH", "/v1/admin/users/."),
+        ("PATCH", "/v1/admin/teams/%2e%2e"),
+        ("DELETE", "/v1/admin/api-keys/%2E."),
+    ],
+)
+async def test_a_dot_segment_on_a_forwarded_auth_route_is_a_404_never_another_path(
+    harness, method, path
+):
+    # Sent as is (`curl --path-as-is`): the route matches with `..` as the id, and the URL
+    # parser would have removed the segment, calling auth's `/v1` instead.
+    seen: list[httpx.Request] = []
+    gateway = harness.app.state.gateway
+    gateway.http = httpx.AsyncClient(transport=httpx.MockTransport(auth_over_the_wire(seen)))
+    sent: list[dict] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    raw = path.encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path.replace("%2e", ".").replace("%2E", "."),
+        "raw_path": raw,
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"authorization", f"Bearer {API_KEY}".encode()),
+            (b"content-type", b"application/json"),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    await harness.app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert start["status"] == 404, body
+    error = json.loads(body)["error"]
+    assert error["code"] == "not_found" and set(error) == {"message", "type", "param", "code"}
+    assert seen == []

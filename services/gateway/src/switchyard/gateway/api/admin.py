@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -82,6 +83,15 @@ async def forward_to_auth(request: Request) -> Response:
     # The path as it reached us, still percent-encoded: decoding it (request.url.path)
     # would hand control characters or non-ASCII text to the URL parser.
     raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    # A `.` or `..` segment (`DELETE /v1/api-keys/..` sent as is) matched a route with
+    # that id here, but the URL parser would remove it, sending the call to another of
+    # auth's paths (`/v1`). No resource is named so.
+    if any(unquote(part) in (".", "..") for part in raw_path.decode("latin-1").split("/")):
+        raise APIError(
+            404,
+            "No resource is named '.' or '..': a path segment is one of them.",
+            code="not_found",
+        )
     try:
         url = httpx.URL(gateway.settings.auth_url.rstrip("/") + raw_path.decode("latin-1"))
     except httpx.InvalidURL:
