@@ -505,6 +505,7 @@ async def check_v1_rows_migrate(url: str, events: EventFactory) -> None:
             "total_tokens": 7,
             "cache_read_input_tokens": 0,
             "cache_creation_input_tokens": 0,
+            "cache_creation_1h_input_tokens": 0,
             "reasoning_tokens": 0,
         }
         new = items[native.request_id]

@@ -49,6 +49,7 @@ async def test_a_finished_request_is_served_with_reply_and_usage(service, events
         "total_tokens": 10,
         "cache_read_input_tokens": 0,
         "cache_creation_input_tokens": 0,
+        "cache_creation_1h_input_tokens": 0,
         "reasoning_tokens": 0,
     }
     assert item["api"] == "openai.chat_completions"

@@ -47,6 +47,7 @@ async def test_an_anthropic_request_is_recorded_and_served_in_anthropics_api(
         "total_tokens": 150,
         "cache_read_input_tokens": 100,
         "cache_creation_input_tokens": 15,
+        "cache_creation_1h_input_tokens": 0,
         "reasoning_tokens": 12,
     }
 

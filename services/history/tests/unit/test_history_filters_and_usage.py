@@ -42,6 +42,7 @@ async def recorded(service, recorder, events):
                     cost_usd=0.5,
                     cache_read_input_tokens=4,
                     cache_creation_input_tokens=2,
+                    cache_creation_1h_input_tokens=1,
                     reasoning_tokens=1,
                 ),
             ]
@@ -139,6 +140,7 @@ async def test_one_request_carries_reply_usage_latency_and_deployment(service, r
         "total_tokens": 15,
         "cache_read_input_tokens": 4,
         "cache_creation_input_tokens": 2,
+        "cache_creation_1h_input_tokens": 1,
         "reasoning_tokens": 1,
     }
     assert (item["api"], item["client_api"], item["upstream_api"]) == (
@@ -201,6 +203,7 @@ async def test_usage_by_day_for_a_user_and_for_the_tenant(service, recorded):
         "cost_usd": 1.0,
         "cache_read_input_tokens": 8,
         "cache_creation_input_tokens": 4,
+        "cache_creation_1h_input_tokens": 2,
         "reasoning_tokens": 2,
         "cache_hits": 0,
         "cache_saved_usd": 0.0,
@@ -264,6 +267,7 @@ async def test_usage_by_hour_and_as_csv(service, recorded):
         "cost_usd",
         "cache_read_input_tokens",
         "cache_creation_input_tokens",
+        "cache_creation_1h_input_tokens",
         "reasoning_tokens",
         "cache_hits",
         "cache_saved_usd",

@@ -30,7 +30,7 @@ def _expected(rows: dict, query: UsageQuery) -> list[tuple]:
         "team": "team_id",
         "tenant": "tenant",
     }
-    totals: dict[tuple, list] = defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0])
+    totals: dict[tuple, list] = defaultdict(lambda: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0])
     for row in rows.values():
         if row["request_body"] is None and row["status"] != "refused":
             continue  # a reply whose request has not arrived yet
@@ -57,9 +57,9 @@ def _expected(rows: dict, query: UsageQuery) -> list[tuple]:
         total[3] += row["status"] == "cancelled"
         for index, name in enumerate(rollup.TOKEN_SUMS, start=4):
             total[index] += row[name] or 0
-        total[9] += row["cost_usd"] or 0.0
+        total[10] += row["cost_usd"] or 0.0
     return sorted(
-        [key + (*t[:9], round(t[9], 6)) for key, t in totals.items()],
+        [key + (*t[:10], round(t[10], 6)) for key, t in totals.items()],
         key=_order,
     )
 
@@ -82,6 +82,7 @@ def _actual(rows, query: UsageQuery) -> list[tuple]:
                 row.output_tokens,
                 row.cache_read_input_tokens,
                 row.cache_creation_input_tokens,
+                row.cache_creation_1h_input_tokens,
                 row.reasoning_tokens,
                 round(row.cost_usd, 6),
             )
@@ -113,13 +114,15 @@ async def _history(recorder, events, generator, count: int, *, replies: bool = T
         contributions = [request]
         if replies and outcome < 0.6:
             cached = generator.randint(0, 40)
+            written = generator.randint(0, 9)
             contributions += [
                 events.completed(request),
                 events.usage(
                     request,
                     input_tokens=50 + cached,
                     cache_read_input_tokens=cached,
-                    cache_creation_input_tokens=generator.randint(0, 9),
+                    cache_creation_input_tokens=written,
+                    cache_creation_1h_input_tokens=generator.randint(0, written),
                     reasoning_tokens=generator.randint(0, 3),
                 ),
             ]

@@ -19,7 +19,8 @@
 - `history_idempotency_keys`: Idempotency-Key claims and the responses they replay.
 - `history_usage_hourly`, `history_usage_hourly_models`, `history_usage_dirty`: the usage
   rollup per tenant and hour (by user, API key, team and model; and by team and model
-  only), and the hours waiting to be recomputed (rollup.py).
+  only), and the hours waiting to be recomputed (rollup.py). The part of the prompt-cache
+  writes kept an hour has columns of its own from migration 0015.
 - `history_cache_entries`: the gateways' exact-match response cache, per tenant (cache.py).
 - `history_cache_hit_pending`: cache hits linked to their source request before its cost
   was recorded, until the sweeper has marked their hours for the rollup (cache.py).
@@ -193,6 +194,8 @@ class HistoryRequest(Base):
     # spent on reasoning (NULL on rows recorded before they were reported: none known).
     cache_read_input_tokens: Mapped[int | None] = mapped_column(BigInteger)
     cache_creation_input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    # The part of the writes kept an hour (migration 0015; NULL on rows recorded before).
+    cache_creation_1h_input_tokens: Mapped[int | None] = mapped_column(BigInteger)
     reasoning_tokens: Mapped[int | None] = mapped_column(BigInteger)
     cost_usd: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[float | None] = mapped_column(Float)
@@ -386,6 +389,7 @@ class UsageHourly(Base):
     output_tokens: Mapped[int] = mapped_column(BigInteger)
     cache_read_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cache_creation_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_creation_1h_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd: Mapped[float] = mapped_column(Float)
     cache_hits: Mapped[int] = mapped_column(BigInteger, server_default="0")
@@ -417,6 +421,7 @@ class UsageHourlyModels(Base):
     output_tokens: Mapped[int] = mapped_column(BigInteger)
     cache_read_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cache_creation_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cache_creation_1h_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cost_usd: Mapped[float] = mapped_column(Float)
     cache_hits: Mapped[int] = mapped_column(BigInteger, server_default="0")

@@ -75,6 +75,7 @@ TOKEN_COLUMNS = (
     "output_tokens",
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
+    "cache_creation_1h_input_tokens",
     "reasoning_tokens",
 )
 

@@ -241,6 +241,7 @@ class UsageRow:
     output_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0
     reasoning_tokens: int = 0
     cost_usd: float = 0.0
     cache_hits: int = 0

@@ -88,6 +88,7 @@ METRIC_COLUMNS = (
     "output_tokens",
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
+    "cache_creation_1h_input_tokens",
     "reasoning_tokens",
     "cost_usd",
     "cache_hits",
@@ -99,6 +100,7 @@ TOKEN_SUMS = (
     "output_tokens",
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
+    "cache_creation_1h_input_tokens",
     "reasoning_tokens",
 )
 # Dimensions as rollup columns; NULL is stored as '' (part of the primary key).

@@ -231,6 +231,7 @@ async def create_job(
             "total_tokens": 0,
             "cache_read_input_tokens": 0,
             "cache_creation_input_tokens": 0,
+            "cache_creation_1h_input_tokens": 0,
             "reasoning_tokens": 0,
         },
         "cost_usd": None,

@@ -20,6 +20,11 @@ class HistoryUsage(BaseModel):
     cache_creation_input_tokens: int = Field(
         default=0, description="Input tokens written to the provider's prompt cache."
     )
+    cache_creation_1h_input_tokens: int = Field(
+        default=0,
+        description="The part of cache_creation_input_tokens kept in the cache for an hour "
+        '(Anthropic\'s `ttl: "1h"`, priced apart; 0 on requests recorded before it was kept).',
+    )
     reasoning_tokens: int = Field(
         default=0, description="Output tokens spent on reasoning (a part of output_tokens)."
     )
@@ -35,6 +40,7 @@ def history_usage(row: dict[str, Any]) -> HistoryUsage:
         total_tokens=input_tokens + output_tokens,
         cache_read_input_tokens=row.get("cache_read_input_tokens") or 0,
         cache_creation_input_tokens=row.get("cache_creation_input_tokens") or 0,
+        cache_creation_1h_input_tokens=row.get("cache_creation_1h_input_tokens") or 0,
         reasoning_tokens=row.get("reasoning_tokens") or 0,
     )
 
