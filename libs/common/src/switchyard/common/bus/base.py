@@ -298,7 +298,8 @@ class EventBus(abc.ABC):
         not as handled), so a group that has no use
         for a kind of event (history and the stream chunks on the replies topic) pays
         neither the decoding nor the objects it would make. (Kafka still fetches their
-        bytes, and counts them towards a batch's size.)"""
+        bytes, and counts them towards a batch's size; a record is passed over only when
+        its `type` header and the event's own `type` both name such a type.)"""
 
     @abc.abstractmethod
     async def listen(

@@ -1036,12 +1036,30 @@ def _record_lag(
         )
 
 
-def _record_type(record: ConsumerRecord) -> bytes | None:
-    """The event type a record's `type` header names (the producer writes it), if any."""
+# How far into a record's value its envelope's own `type` is looked for: after the
+# scalar fields the serialiser writes first (id, source, time, tenant, request_id,
+# schema_version), well within this.
+_TYPE_SEARCH_BYTES = 4096
+
+
+def _unread_kind(record: ConsumerRecord, kinds: frozenset[bytes]) -> bool:
+    """Whether `record` holds an event of one of `kinds` (type names, as bytes), told
+    without decoding it: its one `type` header (the producer writes it) names one of them,
+    and so does the event itself, whose first `"type":"` key is the envelope's own (the
+    serialiser writes it before `data`, and a string's quotes are escaped). A record
+    whose header is missing, given twice or disagrees with its value is decoded, so a
+    header alone never makes an event go unread."""
+    kind: bytes | None = None
     for name, value in record.headers or ():
         if name == "type":
-            return cast(bytes, value)
-    return None
+            if kind is not None:
+                return False
+            kind = cast(bytes, value)
+    value = record.value
+    if kind is None or kind not in kinds or value is None:
+        return False
+    at = value.find(b'"type":"', 0, _TYPE_SEARCH_BYTES)
+    return at >= 0 and value.startswith(kind + b'"', at + len(b'"type":"'))
 
 
 async def _decode(record: ConsumerRecord) -> Event:
@@ -1772,7 +1790,7 @@ class _BatchSubscription(_SupervisedConsumer):
             items: list[tuple[ConsumerRecord, Event]] = []
             for records_of_partition in batches.values():
                 for record in records_of_partition:
-                    if self._skip_types and _record_type(record) in self._skip_types:
+                    if self._skip_types and _unread_kind(record, self._skip_types):
                         # Committed with the batch, never decoded.
                         metrics.EVENTS_SKIPPED.labels(record.topic, "unread_type").inc()
                         continue
