@@ -15,6 +15,7 @@ from switchyard.common.deadletter import (
     REPLAY_OF_HEADER,
     REPLAYED_TO_HEADER,
     DeadLetterError,
+    by_record,
     from_records,
     parse_id,
     replay,
@@ -412,3 +413,62 @@ async def test_a_topic_that_does_not_answer_is_a_clear_refusal():
     (letter,) = from_records([letter_record()])
     with pytest.raises(DeadLetterError, match="gave no partitions in time"):
         await replay(Gone(), letter, DLQ)
+
+
+def test_letters_of_one_record_are_grouped_and_others_stay_apart():
+    history = letter_record(0, 1, group="sy.history")
+    inference = letter_record(1, 2, group="sy.inference")
+    another = letter_record(2, 3, source_partition="0")
+    nowhere = record(0, 4, [("deadletter.topic", b"sy.usage"), ("deadletter.group", b"g")])
+    letters = from_records([history, inference, another, nowhere])
+    assert sorted([letter.id for letter in group] for group in by_record(letters)) == [
+        ["0:1", "1:2"],
+        ["0:4"],
+        ["2:3"],
+    ]
+
+
+async def test_a_record_several_groups_failed_on_is_sent_once_and_each_letter_marked():
+    # One garbage record on a topic two groups read leaves two letters; replaying each
+    # sent it twice, and each copy failed again in both groups: four letters, then eight.
+    first, second = from_records(
+        [letter_record(0, 1, group="sy.history"), letter_record(1, 2, group="sy.inference")]
+    )
+    bus = FakeBus()
+    to = await replay(bus, first, DLQ, same_record=[second])
+    assert to == "sy.requests.interactive:2"
+    sent = [p for p in bus.published if p[0] == "sy.requests.interactive"]
+    markers = [dict(p[4])[REPLAY_OF_HEADER] for p in bus.published if p[0] == DLQ]
+    assert len(sent) == 1 and markers == [b"0:1", b"1:2"]
+    assert first.replays and second.replays
+    # Replaying the second now needs --again: its record went.
+    with pytest.raises(DeadLetterError, match="replayed already"):
+        await replay(bus, second, DLQ)
+
+
+def test_replay_all_sends_each_record_once_and_says_what_it_passed_over(monkeypatch):
+    from switchyard.common import cli
+
+    letters = from_records(
+        [
+            letter_record(0, 1, group="sy.history"),
+            letter_record(1, 2, group="sy.inference"),
+            letter_record(2, 3, source_partition="0"),
+            letter_record(2, 4, extra=[("deadletter.left_out", b"x")], value=b""),
+        ]
+    )
+    settings = SimpleNamespace(
+        topic_prefix="sy", kafka_bootstrap_servers="127.0.0.1:1", kafka_max_message_bytes=1000
+    )
+    monkeypatch.setattr(
+        cli, "_dead_letters", lambda topic, group=None: (settings, letters, topic, group)
+    )
+    result = CliRunner().invoke(cli.build(), ["deadletter", "replay", "--all", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "0:1\twould go to sy.requests.interactive",
+        "1:2\tthe same record as 0:1: sent once",
+        "2:3\twould go to sy.requests.interactive",
+    ]
+    assert "1 letter(s) passed over: stubs" in result.stderr
+    assert "3 of 3 dead letter(s) would be replayed" in result.stderr

@@ -531,7 +531,13 @@ def deadletter_replay(
     harm, so a letter handled elsewhere meanwhile is not run again. Exit status 1 if any
     chosen letter could not be replayed."""
     from switchyard.common.bus.kafka import KafkaBus
-    from switchyard.common.deadletter import DeadLetterError, refused, replay, select
+    from switchyard.common.deadletter import (
+        DeadLetterError,
+        by_record,
+        refused,
+        replay,
+        select,
+    )
     from switchyard.common.logging import flush_logs
     from switchyard.common.topics import Topics
 
@@ -548,11 +554,19 @@ def deadletter_replay(
         raise typer.Exit(1) from None
     if replay_all:
         # Every letter that can be replayed: stubs never, replayed ones with --again only.
+        candidates = chosen
         chosen = [
             letter
             for letter in sorted(chosen, key=lambda letter: letter.at)
             if letter.replayable() is None and (again or not letter.replays)
         ]
+        if len(chosen) < len(candidates):
+            typer.echo(
+                f"{len(candidates) - len(chosen)} letter(s) passed over: stubs, letters "
+                "naming no topic of this deployment"
+                + ("" if again else ", and letters replayed before (--again replays those)"),
+                err=True,
+            )
     deadletter_topic = Topics(settings.topic_prefix).deadletter
 
     async def run() -> int:
@@ -566,27 +580,38 @@ def deadletter_replay(
         if not dry_run:
             await bus.start()
         try:
+            replayable = []
             for letter in chosen:
-                if dry_run:
-                    refusal = refused(letter, again=again)
+                refusal = refused(letter, again=again)
+                if refusal is None:
+                    replayable.append(letter)
+                else:
+                    failures += 1
                     # What a letter says of itself is header text: escaped.
-                    if refusal is not None:
-                        failures += 1
-                        typer.echo(f"error: {terminal_safe(refusal)}", err=True)
-                    else:
-                        typer.echo(f"{letter.id}\twould go to {terminal_safe(letter.topic)}")
+                    typer.echo(f"error: {terminal_safe(refusal)}", err=True)
+            # Several groups' letters of one record: the record is sent once (every group
+            # gets it), and each letter is marked replayed.
+            for letter, *others in by_record(replayable):
+                if dry_run:
+                    typer.echo(f"{letter.id}\twould go to {terminal_safe(letter.topic)}")
+                    for other in others:
+                        typer.echo(f"{other.id}\tthe same record as {letter.id}: sent once")
                     continue
                 try:
-                    to = await replay(bus, letter, deadletter_topic, again=again)
+                    to = await replay(
+                        bus, letter, deadletter_topic, again=again, same_record=others
+                    )
                 except DeadLetterError as exc:  # MarkerNotWrittenError too: it says so
-                    failures += 1
+                    failures += 1 + len(others)
                     typer.echo(f"error: {terminal_safe(exc)}", err=True)
                     continue
                 except Exception as exc:  # noqa: BLE001 - the bus's refusal, said plainly
-                    failures += 1
+                    failures += 1 + len(others)
                     typer.echo(f"error: {letter.id} was not replayed: {exc!r}", err=True)
                     continue
                 typer.echo(f"{letter.id}\treplayed to {terminal_safe(to)}")
+                for other in others:
+                    typer.echo(f"{other.id}\tthe same record as {letter.id}: marked replayed")
         finally:
             if not dry_run:
                 await bus.stop()

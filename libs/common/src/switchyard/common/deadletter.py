@@ -11,7 +11,9 @@ partitions now), with `deadletter.replayed_from: <partition>:<offset>` added, an
 marker on the dead-letter topic (`deadletter.replay_of`, no value) so that the next
 listing shows the letter as replayed and `replay --all` passes over it.
 
-Every group on the topic receives the replayed record, not only the one that failed:
+Every group on the topic receives the replayed record, not only the one that failed; so
+the letters several groups left of one record (the same topic, partition and offset) are
+replayed as one record, and each gets its marker:
 that is safe because every consumer takes an event twice without harm (history stores an
 event id once; inference looks a request carrying `deadletter.replayed_from` up on its
 reply partition before running it, as it does a redelivery, and answers a request whose
@@ -378,15 +380,38 @@ def refused(letter: DeadLetter, *, again: bool = False) -> str | None:
     return None
 
 
+def by_record(letters: Sequence[DeadLetter]) -> list[list[DeadLetter]]:
+    """`letters` grouped by the record they copy, in the order each record first appears:
+    one record that several consumer groups failed on is dead-lettered once by each, and
+    replaying it once reaches every group, so its letters are replayed together
+    (`replay`'s `same_record`). A letter that does not say where its record was is a
+    group of its own."""
+    groups: dict[object, list[DeadLetter]] = {}
+    for letter in letters:
+        known = letter.source_partition is not None and letter.source_offset is not None
+        where: object = (
+            (letter.topic, letter.source_partition, letter.source_offset) if known else letter.id
+        )
+        groups.setdefault(where, []).append(letter)
+    return list(groups.values())
+
+
 async def replay(
-    bus: RawPublisher, letter: DeadLetter, deadletter_topic: str, *, again: bool = False
+    bus: RawPublisher,
+    letter: DeadLetter,
+    deadletter_topic: str,
+    *,
+    again: bool = False,
+    same_record: Sequence[DeadLetter] = (),
 ) -> str:
     """Publish `letter`'s record to the topic it came from, then a marker of the replay on
-    `deadletter_topic` (tried `MARKER_ATTEMPTS` times); return where it went
+    `deadletter_topic` (tried `MARKER_ATTEMPTS` times) for it and for each letter of
+    `same_record` (other groups' copies of the same record, `by_record`: not sent again,
+    since the one record reaches every group); return where it went
     (`<topic>:<partition>`, or `<topic>` when its key chose). Raises DeadLetterError when
     the letter cannot be replayed (a stub, no topic) or was replayed already and `again`
     is False; BusUnavailableError and the bus's other errors when Kafka does not take the
-    record (nothing was replayed); MarkerNotWrittenError when the record went but its
+    record (nothing was replayed); MarkerNotWrittenError when the record went but a
     marker could not be written."""
     refusal = refused(letter, again=again)
     if refusal is not None:
@@ -406,19 +431,29 @@ async def replay(
         letter.topic, letter.value, key=letter.key, partition=partition, headers=headers
     )
     to = letter.topic if partition is None else f"{letter.topic}:{partition}"
-    letter.replays.append(Replay(to, datetime.now(UTC)))
-    marker = [(REPLAY_OF_HEADER, letter.id.encode()), (REPLAYED_TO_HEADER, to.encode())]
+    for marked in (letter, *(other for other in same_record if other is not letter)):
+        marked.replays.append(Replay(to, datetime.now(UTC)))
+        await _mark(bus, marked, deadletter_topic, to, replayed=letter)
+    return to
+
+
+async def _mark(
+    bus: RawPublisher, marked: DeadLetter, deadletter_topic: str, to: str, *, replayed: DeadLetter
+) -> None:
+    """Write the marker saying `marked`'s record went to `to` (as `replayed`, the letter
+    sent), tried `MARKER_ATTEMPTS` times. Raises MarkerNotWrittenError."""
+    marker = [(REPLAY_OF_HEADER, marked.id.encode()), (REPLAYED_TO_HEADER, to.encode())]
     for attempt in range(1, MARKER_ATTEMPTS + 1):
         try:
             await bus.publish_raw(
-                deadletter_topic, b"", key=letter.key, partition=letter.partition, headers=marker
+                deadletter_topic, b"", key=marked.key, partition=marked.partition, headers=marker
             )
-            return to
+            return
         except Exception as exc:  # noqa: BLE001 - the record went: say so, whatever failed
             if attempt == MARKER_ATTEMPTS:
+                sent = "" if marked is replayed else f" (as dead letter {replayed.id})"
                 raise MarkerNotWrittenError(
-                    f"dead letter {letter.id} was replayed to {to}, but the marker recording "
-                    f"it could not be written ({exc!r}): do not replay it again"
+                    f"dead letter {marked.id} was replayed to {to}{sent}, but the marker "
+                    f"recording it could not be written ({exc!r}): do not replay it again"
                 ) from exc
             await asyncio.sleep(0.5 * attempt)
-    raise AssertionError("unreachable")  # pragma: no cover
