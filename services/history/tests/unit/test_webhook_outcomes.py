@@ -246,3 +246,48 @@ async def test_idle_connections_to_receivers_are_let_go_before_common_servers_cl
         assert client._transport._pool._keepalive_expiry < 2.0
     finally:
         await client.aclose()
+
+
+async def test_one_tenants_backlog_never_keeps_another_tenants_webhooks_waiting(
+    recorder, engine, events, client
+):
+    """A tenant with many jobs due (aimed at a receiver that never answers) filled every
+    candidate row; once it had `max_per_tenant` deliveries in flight, the cap left nothing
+    to claim, and no other tenant's webhook went out while its backlog lasted."""
+    flood = [job(events, tenant="flood") for _ in range(90)]
+    await recorder.record([*flood, *(events.completed(request) for request in flood)])
+    other = job(events, tenant="other")
+    await recorder.record([other, events.completed(other)])
+    hooks = dispatcher(engine, client)
+    policy_cap = WebhookPolicy().max_per_tenant
+
+    # The flooding tenant is at its cap here: the other tenant's webhook is claimed.
+    hooks._in_flight["flood"] = policy_cap
+    claimed = await hooks._claim(limit=5)
+    assert [row["tenant"] for row in claimed] == ["other"]
+
+    # With nothing in flight, each tenant gets at most its cap in one claim, and every
+    # tenant with one due is among them.
+    hooks._in_flight.clear()
+    more = [job(events, tenant="third") for _ in range(2)]
+    await recorder.record([*more, *(events.completed(request) for request in more)])
+    claimed = await hooks._claim(limit=20)
+    tenants = [row["tenant"] for row in claimed]
+    assert tenants.count("flood") == policy_cap and tenants.count("third") == 2
+
+
+async def test_a_delivery_is_leased_for_longer_than_its_attempt_may_last(
+    recorder, engine, events, client
+):
+    """With a timeout beyond the 60 s lease, a receiver answering after 70 s was sent the
+    same webhook again while the first attempt was still open."""
+    request = job(events)
+    await recorder.record([request, events.completed(request)])
+    policy = WebhookPolicy(timeout_s=75)
+    assert policy.lease() >= 75 + 30
+    hooks = WebhookDispatcher(engine, TenantSettingsStore(engine), policy, http=client)
+    before = datetime.now(UTC)
+    [claimed] = await hooks._claim()
+    row = await webhook(engine, claimed["request_id"])
+    assert (row["next_attempt_at"] - before).total_seconds() >= 105
+    assert await hooks._claim() == []

@@ -55,7 +55,7 @@ from typing import Any
 import httpx
 import structlog
 from prometheus_client import Counter
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common import exactjson
@@ -155,6 +155,10 @@ def verify_signature(
         raise SignatureError("signature does not match")
 
 
+# Beyond an attempt's timeout, what a lease leaves for writing the attempt's outcome.
+LEASE_MARGIN_S = 30.0
+
+
 @dataclass(frozen=True)
 class WebhookPolicy:
     """How job webhooks are delivered: attempts, backoff and timeout (seconds), the lease a
@@ -170,6 +174,12 @@ class WebhookPolicy:
     max_concurrency: int = 32
     max_per_tenant: int = 4
     targets: TargetPolicy = field(default_factory=TargetPolicy)
+
+    def lease(self) -> float:
+        """How long (seconds) a claimed delivery is left to its replica before another may
+        take it: `lease_s`, or longer when an attempt may last longer (a timeout of
+        minutes), so that a receiver still answering is never sent the webhook again."""
+        return max(self.lease_s, self.timeout_s + LEASE_MARGIN_S)
 
     def backoff(self, attempts: int) -> float:
         """The wait (seconds) before the next delivery after `attempts` failed ones: the
@@ -283,19 +293,38 @@ class WebhookDispatcher:
 
     async def _claim(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Lease up to `limit` due webhooks, at most `max_per_tenant` in flight per tenant
-        (counting the ones already running here)."""
+        (counting the ones already running here), for `lease()` seconds."""
         limit = limit or self._batch
         now = datetime.now(UTC)
         w, r = webhooks_table.c, requests_table.c
-        candidates = (
-            select(w.request_id, w.tenant)
+        per_tenant = self._policy.max_per_tenant
+        capped = [tenant for tenant, count in self._in_flight.items() if count >= per_tenant]
+        # Each tenant's oldest due webhooks only, and none of a tenant already at its cap
+        # here: a tenant with thousands due (jobs aimed at a receiver that never answers)
+        # would otherwise fill every candidate row, and the cap would then leave nothing
+        # to claim for anybody.
+        due_rows = (
+            select(
+                w.request_id,
+                w.tenant,
+                w.next_attempt_at,
+                func.row_number()
+                .over(partition_by=w.tenant, order_by=w.next_attempt_at)
+                .label("place"),
+            )
             .join_from(webhooks_table, requests_table, _of_its_job)
             .where(
                 w.status == WebhookStatus.PENDING.value,
                 w.next_attempt_at <= now,
                 r.status != RequestStatus.PENDING.value,
+                *([w.tenant.not_in(capped)] if capped else []),
             )
-            .order_by(w.next_attempt_at)
+            .subquery()
+        )
+        candidates = (
+            select(due_rows.c.request_id, due_rows.c.tenant)
+            .where(due_rows.c.place <= per_tenant)
+            .order_by(due_rows.c.next_attempt_at)
             .limit(limit * 4)
         )
         async with self._engine.connect() as connection:
@@ -328,7 +357,7 @@ class WebhookDispatcher:
                 .values(
                     attempts=w.attempts + 1,
                     last_attempt_at=now,
-                    next_attempt_at=now + timedelta(seconds=self._policy.lease_s),
+                    next_attempt_at=now + timedelta(seconds=self._policy.lease()),
                 )
             )
             rows = (
