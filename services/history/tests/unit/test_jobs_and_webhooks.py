@@ -217,6 +217,7 @@ async def test_cancelling_a_queued_job_records_its_terminal_state_once(
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "cancelled"
     assert cancelled.json()["error"]["code"] == "job_cancelled"
+    assert "by its owner" in cancelled.json()["error"]["message"]
     assert again.status_code == 200  # cancelling again is harmless
     assert again.json()["status"] == "cancelled"
     row = await tables.request(job.request_id)
@@ -249,6 +250,11 @@ async def test_a_finished_job_cannot_be_cancelled_and_others_cannot_cancel(
     assert finished.json()["error"]["code"] == "job_not_cancellable"
     assert colleague.status_code == 404
     assert admin.status_code == 200
+    # The owner (and the webhook's receiver) reads who cancelled it: a role, never the
+    # administrator's user id.
+    message = admin.json()["error"]["message"]
+    assert message == "The job was cancelled by an administrator before it finished."
+    assert "root" not in message
 
 
 async def test_webhook_is_signed_and_verifiable_by_the_receiver(

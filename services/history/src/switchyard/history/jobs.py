@@ -48,9 +48,14 @@ def job_status(row: dict[str, Any]) -> str:
     return "in_progress" if row.get("started_at") is not None else "queued"
 
 
-def cancellation_event(tenant: str, request_id: str, user_id: str) -> ChatFailed:
+def cancellation_event(
+    tenant: str, request_id: str, canceller: str, owner: str | None
+) -> ChatFailed:
     """The `chat.failed` event (status `cancelled`, HTTP 408 `job_cancelled`) recording that
-    `user_id` cancelled the request."""
+    user `canceller` cancelled the request of user `owner` (None: the caller vouches it
+    is theirs). The message says whether its owner or an administrator did, never the
+    administrator's id, which the owner (and the job's webhook receiver) reads."""
+    who = "its owner" if owner is None or owner == canceller else "an administrator"
     return cancelled_event(
         tenant,
         request_id,
@@ -58,7 +63,7 @@ def cancellation_event(tenant: str, request_id: str, user_id: str) -> ChatFailed
             status=408,
             type="request_cancelled",
             code="job_cancelled",
-            message=f"The job was cancelled by {user_id} before it finished.",
+            message=f"The job was cancelled by {who} before it finished.",
         ),
     )
 

@@ -112,7 +112,7 @@ def jobs_router(internal_token: str) -> APIRouter:
         if row is None and accepted:
             # Its request is still on its way: the projection keeps the first terminal
             # status, so the request, when it arrives, finds the job cancelled.
-            event = cancellation_event(caller.tenant, job_id, caller.user_id)
+            event = cancellation_event(caller.tenant, job_id, caller.user_id, None)
             await components.recorder.record([event])
             row = await queries.get_job(caller, job_id)
             if row is None:
@@ -121,7 +121,7 @@ def jobs_router(internal_token: str) -> APIRouter:
             raise _not_found(job_id)
         if row["status"] == RequestStatus.PENDING.value:
             await components.recorder.record(
-                [cancellation_event(row["tenant"], job_id, caller.user_id)]
+                [cancellation_event(row["tenant"], job_id, caller.user_id, row["user_id"])]
             )
             row = await queries.get_job(caller, job_id)
             assert row is not None
