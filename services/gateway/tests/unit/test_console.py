@@ -1249,6 +1249,10 @@ def test_after_sign_in_only_console_paths_are_followed(value, expected):
         ("/ui/keys/", "/ui/keys"),
         ("/ui/keys//?page=2", "/ui/keys?page=2"),
         ("/ui/requests/", "/ui/requests"),
+        # Percent-encoded characters stay encoded: never a query, fragment or other id.
+        ("/ui/requests/%3F/", "/ui/requests/%3F"),
+        ("/ui/requests/%23frag/", "/ui/requests/%23frag"),
+        ("/ui/requests/%2541/", "/ui/requests/%2541"),
     ],
 )
 async def test_a_trailing_slash_is_redirected_to_a_path_never_to_the_host_header(path, location):

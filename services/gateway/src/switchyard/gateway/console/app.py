@@ -283,8 +283,11 @@ def _slash_moved(request: Request) -> str | None:
     stripped = {**request.scope, "path": path.rstrip("/")}
     if not any(route.matches(stripped)[0] is Match.FULL for route in request.app.router.routes):
         return None
+    # From the path as sent, still percent-encoded: the decoded one would turn `%3F` into
+    # a query, `%23` into a fragment and `%2541` into another id.
+    raw = request.scope.get("raw_path") or path.encode()
     # One leading slash: `//host/...` would be read by the browser as another host.
-    location = "/" + stripped["path"].lstrip("/")
+    location = "/" + raw.decode("latin-1").rstrip("/").lstrip("/")
     query = request.url.query
     return f"{location}?{query}" if query else location
 
