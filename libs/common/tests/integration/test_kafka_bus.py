@@ -919,3 +919,50 @@ async def test_a_poison_record_s_own_deadletter_headers_cannot_pass_for_its_lett
     assert letter.topic == topic and letter.left_out is None and letter.replays == []
     assert letter.replayable() is None
     assert letter.headers == headers
+
+
+async def test_a_batch_group_passes_over_no_event_by_its_header_alone(kafka_servers, kafka_topics):
+    """History skips stream chunks unread by their `type` header: a request (or usage)
+    record produced with a chunk's header, or with `type` twice, was never recorded."""
+    from switchyard.common.bus.base import serialise
+    from switchyard.common.events import ChatChunk, ChatChunkData, StreamEvent
+
+    topic = kafka_topics.replies
+    bus = await started_bus(kafka_servers, kafka_topics)
+    got: list[tuple[str, str]] = []
+
+    async def collect(batch):
+        got.extend((event.type, event.request_id) for event in batch)
+
+    chunk = ChatChunk(
+        source="inference",
+        tenant="acme",
+        request_id="req-9",
+        data=ChatChunkData(sequence=0, run="r", events=[StreamEvent(data={"n": 1})]),
+    )
+    try:
+        await bus.subscribe_batch(
+            [topic], "header-alone", collect, max_batch=10, skip_types=[chunk.type]
+        )
+        for headers, event in (
+            ([("type", b"chat.chunk")], request(1)),
+            ([("type", b"chat.chunk"), ("type", b"chat.requested")], request(2)),
+            ([("type", b"chat.chunk")], chunk),  # a real chunk: passed over
+            ([("type", b"chat.requested")], request(3)),
+        ):
+            await bus.publish_raw(
+                topic,
+                serialise(event),
+                key=event.request_id.encode(),
+                partition=0,
+                headers=headers,
+            )
+        await async_wait_until(lambda: asyncio.sleep(0, len(got) >= 3), timeout=30)
+        await asyncio.sleep(0.5)
+        assert sorted(got) == [
+            ("chat.requested", "req-1"),
+            ("chat.requested", "req-2"),
+            ("chat.requested", "req-3"),
+        ]
+    finally:
+        await bus.stop()

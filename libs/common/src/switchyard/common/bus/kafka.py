@@ -1048,14 +1048,17 @@ def _unread_kind(record: ConsumerRecord, kinds: frozenset[bytes]) -> bool:
     and so does the event itself, whose first `"type":"` key is the envelope's own (the
     serialiser writes it before `data`, and a string's quotes are escaped). A record
     whose header is missing, given twice or disagrees with its value is decoded, so a
-    header alone never makes an event go unread."""
+    header alone never makes an event go unread. (A value written by hand with its
+    `type` key twice would still be read by its last one: only a producer other than
+    Switchyard's serialiser writes such JSON, and one that can write to the topics can
+    write any event.)"""
     kind: bytes | None = None
     for name, value in record.headers or ():
         if name == "type":
             if kind is not None:
                 return False
             kind = cast(bytes, value)
-    value = record.value
+    value = cast(bytes | None, record.value)
     if kind is None or kind not in kinds or value is None:
         return False
     at = value.find(b'"type":"', 0, _TYPE_SEARCH_BYTES)
