@@ -194,3 +194,21 @@ def test_the_migration_folds_stored_emails_unless_the_folded_one_is_taken(tmp_pa
         "alice": "alice@example.com",
         "plain": "jos\u00e9@example.com",
     }
+
+
+async def test_an_address_kept_unfolded_is_found_by_its_own_spelling(service: AuthService) -> None:
+    """Migration 0005 leaves a stored full-width address whose folded form is another
+    account's: the CLI's `--email` must still reach it (to disable it), not the other."""
+    from switchyard.auth.models import User
+
+    alice = await service.create_user(email="alice@example.com", tenant="acme")
+    wide = "\uff41\uff4c\uff49\uff43\uff45@example.com"
+    async with service.sessions() as session:
+        kept = User(email=wide, tenant="acme", role="member")
+        session.add(kept)
+        await session.commit()
+        kept_id = kept.id
+    assert (await service.user_by_email(wide)).id == kept_id
+    assert (await service.user_by_email(" " + wide + " ")).id == kept_id
+    assert (await service.user_by_email("ALICE@example.com")).id == alice.id
+    assert (await service.user_by_email("alice@example.com")).id == alice.id

@@ -694,11 +694,22 @@ async def test_look_alike_team_names_are_one_name_or_refused(auth_app, acme) -> 
         "\u958b\u767aTeam",
         "Team-\u03a9",
         "Ops 2",
+        "AI Team",
+        # Japanese writes Katakana and Han in one word (`データ分析`, `東京タワー`), some of
+        # whose letters look alike (`タ` and `夕`): one writing system, accepted.
+        "\u30c7\u30fc\u30bf\u5206\u6790",
+        "\u6771\u4eac\u30bf\u30ef\u30fc",
+        "\ud55c\uad6d\ud300",
     ):
         created = await auth_app.client.post(
             "/v1/admin/teams", json={"name": name}, headers=headers
         )
         assert created.status_code == 201, (name, created.text)
+    # A name in one script that only looks like another team's: the same name.
+    for name in ("\u0391\u0399 Team", "\u0251i team", "AI Tearn"):
+        twin = await auth_app.client.post("/v1/admin/teams", json={"name": name}, headers=headers)
+        error = assert_error(twin, 409, "team_exists")
+        assert "looks like" in error["message"] or "ignoring case" in error["message"], error
     governance = Governance(auth_app.service)
     assert (await governance.team_by_name("acme", "\uff32esearch")).id == team["id"]
 

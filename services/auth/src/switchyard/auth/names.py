@@ -18,6 +18,7 @@ distinct from its Latin twin.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import Counter
@@ -28,6 +29,13 @@ from confusable_homoglyphs import categories, confusables
 # neither make a word mixed nor look like another script's letters here.
 _SCRIPTLESS = {"COMMON", "INHERITED"}
 _WORD_BREAK = re.compile(r"[\W_]+")
+_AUGMENTED = {
+    "HAN": frozenset({"HAN", "JAPANESE", "KOREAN", "CHINESE"}),
+    "HIRAGANA": frozenset({"HIRAGANA", "JAPANESE"}),
+    "KATAKANA": frozenset({"KATAKANA", "JAPANESE"}),
+    "HANGUL": frozenset({"HANGUL", "KOREAN"}),
+    "BOPOMOFO": frozenset({"BOPOMOFO", "CHINESE"}),
+}
 
 
 def fold_email(email: str) -> str:
@@ -44,24 +52,77 @@ def fold_name(name: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
 
 
+@functools.cache
+def _prototypes() -> dict[str, str]:
+    """Each character of Unicode's confusables that has look-alikes, and the one text its
+    class is written as (UTS #39's prototypes: the data pairs each source character with
+    its prototype, e.g. Cyrillic `а` with `a`, `1` and `I` with `l`, `m` with `rn`). Single
+    characters are joined into classes, each represented by its smallest member; a
+    character whose only look-alike is several characters (`m`) maps to them."""
+    parent: dict[str, str] = {}
+
+    def root(character: str) -> str:
+        while parent.get(character, character) != character:
+            character = parent[character]
+        return character
+
+    expansions: dict[str, str] = {}
+    for character, glyphs in confusables.confusables_data.items():
+        if len(character) != 1:
+            continue
+        singles = [glyph["c"] for glyph in glyphs if len(glyph["c"]) == 1]
+        if not singles and len(glyphs) == 1:
+            expansions[character] = glyphs[0]["c"]
+        for other in singles:
+            first, second = root(character), root(other)
+            if first != second:
+                parent[max(first, second)] = min(first, second)
+    mapping = {character: root(character) for character in parent}
+    for character, text in expansions.items():
+        mapping.setdefault(character, text)
+    return mapping
+
+
+def skeleton(text: str) -> str:
+    """`text` as it looks (UTS #39's skeleton, by the `confusable-homoglyphs` data): each
+    character replaced by its look-alikes' prototype, so `Rеsearch` (a Cyrillic `е`),
+    `ΑΙ` (Greek) and `AI`, or `ɑlice` and `alice`, have one skeleton. Compare the
+    skeletons of folded names (`fold_name`)."""
+    prototypes = _prototypes()
+    decomposed = unicodedata.normalize("NFD", text)
+    return unicodedata.normalize(
+        "NFD", "".join(prototypes.get(character, character) for character in decomposed)
+    )
+
+
+def _writing_systems(script: str) -> frozenset[str]:
+    # UTS #39's augmented script sets: Japanese writes Han, Hiragana and Katakana in one
+    # word (`データ分析`), Korean Han and Hangul, Chinese Han and Bopomofo.
+    return _AUGMENTED.get(script, frozenset({script}))
+
+
 def look_alike(text: str) -> tuple[str, str, str] | None:
     """The first look-alike in `text`, or None: `(word, character, script)` where `word`
-    (a run of letters and digits) mixes scripts and `character` of it looks like a letter
-    of `script`, another script of the same word. Words are split at anything but letters
-    and digits, so `Team-Ω` is two words and accepted."""
+    (a run of letters and digits) mixes scripts no one writing system uses together and
+    `character` of it looks like a letter of `script`, another script of the same word.
+    Words are split at anything but letters and digits, so `Team-Ω` is two words and
+    accepted; `データ分析` (Katakana and Han) is one writing system's, accepted."""
     for word in _WORD_BREAK.split(text):
         letters = "".join(c for c in word if categories.alias(c) not in _SCRIPTLESS)
         scripts = Counter(categories.alias(character) for character in letters)
-        if len(scripts) < 2:
+        systems = [_writing_systems(script) for script in scripts]
+        if len(scripts) < 2 or frozenset.intersection(*systems):
             continue
         # The word's main script first, so the letter named is the odd one out (the
         # Cyrillic `е` of `Rеsearch`, not its Latin letters).
         for script, _ in scripts.most_common():
             # Letters of `script` are skipped; any other that is confusable with a
-            # character of `script` is the look-alike.
-            found = confusables.is_confusable(letters, preferred_aliases=[script])
-            if found:
-                return word, found[0]["character"], script.title()
+            # character of `script` is a look-alike, unless both scripts are one writing
+            # system's (Katakana `タ` and Han `夕` are both Japanese).
+            found = confusables.is_confusable(letters, greedy=True, preferred_aliases=[script])
+            for finding in found or ():
+                if not _writing_systems(finding["alias"]) & _writing_systems(script):
+                    return word, finding["character"], script.title()
     return None
 
 

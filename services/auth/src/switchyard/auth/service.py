@@ -421,10 +421,17 @@ class AuthService:
             return user
 
     async def user_by_email(self, email: str) -> User:
-        """The user with this email (normalised first). Raises UserNotFound, or InvalidInput for
-        a malformed email."""
+        """The user with this email, as stored exactly, else normalised (what an operator
+        names an account by: one whose stored address folds to another account's, kept
+        as it was by auth migration 0005, is found by its own). Raises UserNotFound, or
+        InvalidInput for a malformed email."""
+        folded = normalise_email(email)
         async with self._sessions() as session:
-            user = await AuthStore(session).user_by_email(normalise_email(email))
+            store = AuthStore(session)
+            exact = email.strip()
+            user = await store.user_by_email(exact) if exact != folded else None
+            if user is None:
+                user = await store.user_by_email(folded)
         if user is None:
             raise UserNotFound(f"No user with email {fold_email(email)}.")
         return user

@@ -5,7 +5,8 @@ only emails with such forms change, and ASCII ones never do.
 
 An email whose folded form is another account's is left as it is and named in the log:
 its address reads as the other account's, so it no longer signs in with a password (its
-API keys keep working).
+API keys keep working); `switchyard users ... --email` still finds it by its stored
+address, typed exactly.
 
 Revision ID: 0005
 Revises: 0004
@@ -28,7 +29,12 @@ depends_on: str | Sequence[str] | None = None
 
 log = logging.getLogger("alembic.runtime.migration")
 
-USERS = sa.table("auth_users", sa.column("id", sa.String), sa.column("email", sa.String))
+USERS = sa.table(
+    "auth_users",
+    sa.column("id", sa.String),
+    sa.column("email", sa.String),
+    sa.column("created_at", sa.DateTime),
+)
 
 
 def _folded(email: str) -> str:
@@ -40,7 +46,10 @@ def upgrade() -> None:
     """Rewrite every non-ASCII email of `auth_users` in its folded form, unless another
     account already has that form."""
     bind = op.get_bind()
-    rows = bind.execute(sa.select(USERS.c.id, USERS.c.email)).all()
+    # Oldest first: of two addresses folding to one free form, the older account gets it.
+    rows = bind.execute(
+        sa.select(USERS.c.id, USERS.c.email).order_by(USERS.c.created_at, USERS.c.id)
+    ).all()
     taken = {email for _, email in rows}
     for user_id, email in rows:
         if email.isascii():
