@@ -15,6 +15,7 @@ from switchyard.common.deadletter import (
     REPLAY_OF_HEADER,
     REPLAYED_TO_HEADER,
     DeadLetterError,
+    MarkerNotWrittenError,
     by_record,
     from_records,
     parse_id,
@@ -374,7 +375,7 @@ def test_a_dry_run_applies_the_rules_of_a_real_one(monkeypatch):
         [
             letter_record(0, 1),
             letter_record(1, 2, extra=[("deadletter.left_out", b"x")], value=b""),
-            letter_record(2, 3),
+            letter_record(2, 3, source_partition="0"),  # another record
             marker,
         ]
     )
@@ -472,3 +473,46 @@ def test_replay_all_sends_each_record_once_and_says_what_it_passed_over(monkeypa
     ]
     assert "1 letter(s) passed over: stubs" in result.stderr
     assert "3 of 3 dead letter(s) would be replayed" in result.stderr
+
+
+def test_a_replay_of_one_letter_of_a_record_shows_on_its_every_letter():
+    # `replay 0:1` marked only 0:1: a later `--all` sent the record again as 1:2.
+    marker = record(0, 9, [(REPLAY_OF_HEADER, b"0:1"), (REPLAYED_TO_HEADER, b"t:2")], b"")
+    first, second, other = from_records(
+        [
+            letter_record(0, 1, group="sy.history"),
+            letter_record(1, 2, group="sy.inference"),
+            letter_record(2, 3, source_partition="0"),
+            marker,
+        ]
+    )
+    assert [replay.to for replay in first.replays] == ["t:2"]
+    assert [replay.to for replay in second.replays] == ["t:2"]
+    assert other.replays == []
+
+
+async def test_every_marker_is_tried_and_each_unmarked_letter_named(monkeypatch):
+    from switchyard.common import deadletter
+
+    monkeypatch.setattr(deadletter, "MARKER_ATTEMPTS", 1)
+
+    class MarkersFail(FakeBus):
+        async def publish_raw(self, topic, value, *, key, partition, headers) -> None:
+            if topic == DLQ and dict(headers)[REPLAY_OF_HEADER] != b"1:2":
+                raise RuntimeError("marker refused")
+            await super().publish_raw(topic, value, key=key, partition=partition, headers=headers)
+
+    first, second, third = from_records(
+        [
+            letter_record(0, 1, group="sy.history"),
+            letter_record(1, 2, group="sy.inference"),
+            letter_record(2, 3, group="sy.inference-batch"),
+        ]
+    )
+    bus = MarkersFail()
+    with pytest.raises(MarkerNotWrittenError) as unmarked:
+        await replay(bus, first, DLQ, same_record=[second, third])
+    assert "0:1, 2:3" in str(unmarked.value) and "1:2" not in str(unmarked.value)
+    markers = [dict(p[4])[REPLAY_OF_HEADER] for p in bus.published if p[0] == DLQ]
+    assert markers == [b"1:2"]
+    assert len([p for p in bus.published if p[0] != DLQ]) == 1

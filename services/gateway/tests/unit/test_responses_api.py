@@ -416,8 +416,8 @@ async def test_a_deleted_response_is_neither_replayed_nor_answered_from_the_cach
         await asyncio.sleep(0.05)
     assert again.headers["x-switchyard-cache"] == "hit"
 
-    for response_id in answered:
-        deleted = await system.http.delete(f"/v1/responses/{response_id}", headers=auth_headers())
+    for answered_id in answered:
+        deleted = await system.http.delete(f"/v1/responses/{answered_id}", headers=auth_headers())
         assert deleted.status_code == 200, deleted.text
 
     retried = await system.http.post("/v1/responses", json=body, headers=keyed)

@@ -590,8 +590,14 @@ def deadletter_replay(
                     # What a letter says of itself is header text: escaped.
                     typer.echo(f"error: {terminal_safe(refusal)}", err=True)
             # Several groups' letters of one record: the record is sent once (every group
-            # gets it), and each letter is marked replayed.
-            for letter, *others in by_record(replayable):
+            # gets it), and each of its letters is marked replayed, chosen or not.
+            record_of = {id(one): group for group in by_record(letters) for one in group}
+            for letter, *chosen_too in by_record(replayable):
+                others = [
+                    one
+                    for one in record_of.get(id(letter), [letter])
+                    if one is not letter and one.replayable() is None
+                ]
                 if dry_run:
                     typer.echo(f"{letter.id}\twould go to {terminal_safe(letter.topic)}")
                     for other in others:
@@ -602,11 +608,11 @@ def deadletter_replay(
                         bus, letter, deadletter_topic, again=again, same_record=others
                     )
                 except DeadLetterError as exc:  # MarkerNotWrittenError too: it says so
-                    failures += 1 + len(others)
+                    failures += 1 + len(chosen_too)
                     typer.echo(f"error: {terminal_safe(exc)}", err=True)
                     continue
                 except Exception as exc:  # noqa: BLE001 - the bus's refusal, said plainly
-                    failures += 1 + len(others)
+                    failures += 1 + len(chosen_too)
                     typer.echo(f"error: {letter.id} was not replayed: {exc!r}", err=True)
                     continue
                 typer.echo(f"{letter.id}\treplayed to {terminal_safe(to)}")

@@ -270,6 +270,16 @@ def from_records(
     for letter_id, replay in markers:
         if letter_id in letters:
             letters[letter_id].replays.append(replay)
+    # One record several groups left letters of was replayed whole by the replay of any
+    # of them (every group received it): each of its letters shows that replay.
+    for same in by_record(list(letters.values())):
+        if len(same) > 1:
+            replays = sorted(
+                {(replay.at, replay.to): replay for one in same for replay in one.replays}.values(),
+                key=lambda replay: replay.at,
+            )
+            for one in same:
+                one.replays = list(replays)
     return list(letters.values())
 
 
@@ -431,17 +441,28 @@ async def replay(
         letter.topic, letter.value, key=letter.key, partition=partition, headers=headers
     )
     to = letter.topic if partition is None else f"{letter.topic}:{partition}"
+    unmarked: list[str] = []
+    failure: Exception | None = None
+    # Every marker is tried, whichever fails: each letter left unmarked is named.
     for marked in (letter, *(other for other in same_record if other is not letter)):
         marked.replays.append(Replay(to, datetime.now(UTC)))
-        await _mark(bus, marked, deadletter_topic, to, replayed=letter)
+        try:
+            await _mark(bus, marked, deadletter_topic, to)
+        except Exception as exc:  # noqa: BLE001 - the record went: say so, whatever failed
+            unmarked.append(marked.id)
+            failure = exc
+    if unmarked:
+        raise MarkerNotWrittenError(
+            f"dead letter {letter.id} was replayed to {to}, but the marker recording it "
+            f"could not be written for {', '.join(unmarked)} ({failure!r}): do not replay "
+            f"{'it' if len(unmarked) == 1 else 'them'} again"
+        ) from failure
     return to
 
 
-async def _mark(
-    bus: RawPublisher, marked: DeadLetter, deadletter_topic: str, to: str, *, replayed: DeadLetter
-) -> None:
-    """Write the marker saying `marked`'s record went to `to` (as `replayed`, the letter
-    sent), tried `MARKER_ATTEMPTS` times. Raises MarkerNotWrittenError."""
+async def _mark(bus: RawPublisher, marked: DeadLetter, deadletter_topic: str, to: str) -> None:
+    """Write the marker saying `marked`'s record went to `to`, tried `MARKER_ATTEMPTS`
+    times. Raises the bus's last error."""
     marker = [(REPLAY_OF_HEADER, marked.id.encode()), (REPLAYED_TO_HEADER, to.encode())]
     for attempt in range(1, MARKER_ATTEMPTS + 1):
         try:
@@ -449,11 +470,7 @@ async def _mark(
                 deadletter_topic, b"", key=marked.key, partition=marked.partition, headers=marker
             )
             return
-        except Exception as exc:  # noqa: BLE001 - the record went: say so, whatever failed
+        except Exception:
             if attempt == MARKER_ATTEMPTS:
-                sent = "" if marked is replayed else f" (as dead letter {replayed.id})"
-                raise MarkerNotWrittenError(
-                    f"dead letter {marked.id} was replayed to {to}{sent}, but the marker "
-                    f"recording it could not be written ({exc!r}): do not replay it again"
-                ) from exc
+                raise
             await asyncio.sleep(0.5 * attempt)
