@@ -57,6 +57,10 @@ async def test_an_email_in_full_width_letters_is_the_same_address(service: AuthS
     assert (await service.user_by_email(wide)).id == user.id
     assert (await service.authenticate("ALICE@example.com", "s3cret!")).id == user.id
     assert (await service.authenticate(wide, "s3cret!")).id == user.id
+    # A domain written with the DNS root's trailing dot is the same domain.
+    with pytest.raises(DuplicateEmail):
+        await service.create_user(email="alice@example.com.")
+    assert (await service.authenticate("alice@example.com.", "s3cret!")).id == user.id
 
 
 async def test_an_email_mixing_scripts_with_look_alike_letters_is_refused(
@@ -172,6 +176,7 @@ def test_the_migration_folds_stored_emails_unless_the_folded_one_is_taken(tmp_pa
         "taken": "\uff41\uff4c\uff49\uff43\uff45@example.com",
         "alice": "alice@example.com",
         "plain": "jos\u00e9@example.com",
+        "dotted": "carol@example.com.",
     }
     engine = sa.create_engine(sync_url(url))
     now = "2026-01-01 00:00:00"
@@ -193,6 +198,7 @@ def test_the_migration_folds_stored_emails_unless_the_folded_one_is_taken(tmp_pa
         "taken": emails["taken"],
         "alice": "alice@example.com",
         "plain": "jos\u00e9@example.com",
+        "dotted": "carol@example.com",
     }
 
 

@@ -39,11 +39,12 @@ _AUGMENTED = {
 
 
 def fold_email(email: str) -> str:
-    """`email` trimmed, with compatibility forms folded (NFKC) and lower-cased: the form an
+    """`email` trimmed, with compatibility forms folded (NFKC), lower-cased and without a
+    trailing dot (`acme.com.` is the DNS root's way of writing `acme.com`): the form an
     account's email is stored, looked up and throttled in. Validates nothing."""
     folded = unicodedata.normalize("NFKC", email.strip()).lower()
     # Lower-casing can leave a decomposed letter (`İ` becomes `i` and a dot above).
-    return unicodedata.normalize("NFKC", folded)
+    return unicodedata.normalize("NFKC", folded).removesuffix(".")
 
 
 def fold_name(name: str) -> str:

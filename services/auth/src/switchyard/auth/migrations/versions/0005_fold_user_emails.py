@@ -1,7 +1,7 @@
 """Stored emails in the form accounts are now found by: compatibility forms folded (NFKC,
-so a full-width `ａｌｉｃｅ@acme.test` is `alice@acme.test`) and lower-cased, as
-`names.fold_email` does. Before, emails were stored composed (NFC) and lower-cased:
-only emails with such forms change, and ASCII ones never do.
+so a full-width `ａｌｉｃｅ@acme.test` is `alice@acme.test`), lower-cased and without a
+trailing dot (`acme.test.`), as `names.fold_email` does. Before, emails were stored
+composed (NFC) and lower-cased: only emails with such forms or a trailing dot change.
 
 An email whose folded form is another account's is left as it is and named in the log:
 its address reads as the other account's, so it no longer signs in with a password (its
@@ -39,7 +39,8 @@ USERS = sa.table(
 
 def _folded(email: str) -> str:
     # The rule of this revision, kept here as it is: `names.fold_email` may change later.
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", email.strip()).lower())
+    folded = unicodedata.normalize("NFKC", email.strip()).lower()
+    return unicodedata.normalize("NFKC", folded).removesuffix(".")
 
 
 def upgrade() -> None:
@@ -52,7 +53,7 @@ def upgrade() -> None:
     ).all()
     taken = {email for _, email in rows}
     for user_id, email in rows:
-        if email.isascii():
+        if email.isascii() and not email.endswith("."):
             continue
         folded = _folded(email)
         if folded == email:
