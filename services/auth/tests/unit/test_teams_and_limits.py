@@ -700,13 +700,19 @@ async def test_look_alike_team_names_are_one_name_or_refused(auth_app, acme) -> 
         "\u30c7\u30fc\u30bf\u5206\u6790",
         "\u6771\u4eac\u30bf\u30ef\u30fc",
         "\ud55c\uad6d\ud300",
+        # Different names whose small letters look alike, told apart as written: Russian
+        # `Б` and `6` (small `б` looks like `6`), Greek `Σ` and `Ο`.
+        "\u041a\u043e\u043c\u0430\u043d\u0434\u0430 \u0411",
+        "\u041a\u043e\u043c\u0430\u043d\u0434\u0430 6",
+        "\u039f\u03bc\u03ac\u03b4\u03b1 \u03a3",
+        "\u039f\u03bc\u03ac\u03b4\u03b1 \u039f",
     ):
         created = await auth_app.client.post(
             "/v1/admin/teams", json={"name": name}, headers=headers
         )
         assert created.status_code == 201, (name, created.text)
     # A name in one script that only looks like another team's: the same name.
-    for name in ("\u0391\u0399 Team", "\u0251i team", "AI Tearn"):
+    for name in ("\u0391\u0399 Team", "\u0251I Team", "AI Tearn", "Al Team", "A1 Team"):
         twin = await auth_app.client.post("/v1/admin/teams", json={"name": name}, headers=headers)
         error = assert_error(twin, 409, "team_exists")
         assert "looks like" in error["message"] or "ignoring case" in error["message"], error

@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from switchyard.auth.models import ApiKey, CacheColumns, LimitColumns, Team, Tenant, User
-from switchyard.auth.names import fold_name, look_alike_message, skeleton
+from switchyard.auth.names import fold_name, look_alike_message, looks_of
 from switchyard.auth.service import (
     ApiKeyNotFound,
     AuthError,
@@ -747,7 +747,7 @@ async def _refuse_taken_name(
     session: AsyncSession, tenant: str, name: str, *, renaming: Team | None = None
 ) -> None:
     """Raise DuplicateTeam when another team of `tenant` than `renaming` is called `name`
-    ignoring case, or has a name that looks like it (`names.skeleton`): people and the
+    ignoring case, or has a name that looks like it (`names.looks_of`): people and the
     CLI take `Research` and `research` for one team, and `team_by_name` could not tell
     them apart. The database's unique constraint on the exact name stays the last word
     against two creations at the same moment."""
@@ -759,10 +759,10 @@ async def _refuse_taken_name(
                 "compared ignoring case)."
             )
     # A name that only looks like another's (`ΑΙ Team` in Greek beside `AI Team`, `0ps`
-    # ...): every page and log would show two teams of one name.
-    looks = skeleton(fold_name(name))
+    # beside `Ops`): every page and log would show two teams of one name.
+    looks = looks_of(name)
     for team in teams:
-        if (renaming is None or team.id != renaming.id) and skeleton(fold_name(team.name)) == looks:
+        if (renaming is None or team.id != renaming.id) and looks_of(team.name) == looks:
             raise DuplicateTeam(
                 f"Tenant {tenant} already has a team named {team.name!r}, which {name!r} "
                 "looks like (names are compared by their look-alike letters too)."

@@ -30,6 +30,9 @@ from confusable_homoglyphs import categories, confusables
 _SCRIPTLESS = {"COMMON", "INHERITED"}
 _WORD_BREAK = re.compile(r"[\W_]+")
 _AUGMENTED = {
+    # Latin is written beside each of them (`CTO室`, `OCR開発`): UTS #39's "highly
+    # restrictive" level allows those combinations.
+    "LATIN": frozenset({"LATIN", "JAPANESE", "KOREAN", "CHINESE"}),
     "HAN": frozenset({"HAN", "JAPANESE", "KOREAN", "CHINESE"}),
     "HIRAGANA": frozenset({"HIRAGANA", "JAPANESE"}),
     "KATAKANA": frozenset({"KATAKANA", "JAPANESE"}),
@@ -87,8 +90,8 @@ def _prototypes() -> dict[str, str]:
 def skeleton(text: str) -> str:
     """`text` as it looks (UTS #39's skeleton, by the `confusable-homoglyphs` data): each
     character replaced by its look-alikes' prototype, so `Rеsearch` (a Cyrillic `е`),
-    `ΑΙ` (Greek) and `AI`, or `ɑlice` and `alice`, have one skeleton. Compare the
-    skeletons of folded names (`fold_name`)."""
+    `ΑΙ` (Greek) and `AI`, `0ps` and `Ops`, or `ɑlice` and `alice`, have one skeleton.
+    Case matters, as letters look: `I` is like `l`, `i` is not."""
     prototypes = _prototypes()
     decomposed = unicodedata.normalize("NFD", text)
     return unicodedata.normalize(
@@ -96,9 +99,18 @@ def skeleton(text: str) -> str:
     )
 
 
+def looks_of(name: str) -> str:
+    """What two names that look alike, in any case, share: the skeleton of `name`'s
+    compatibility form (NFKC), then case-folded (skeletons are made of letters as
+    written, capitals included, so `AI Team` meets `Al Team`; only then is case
+    ignored)."""
+    return skeleton(unicodedata.normalize("NFKC", name)).casefold()
+
+
 def _writing_systems(script: str) -> frozenset[str]:
     # UTS #39's augmented script sets: Japanese writes Han, Hiragana and Katakana in one
-    # word (`データ分析`), Korean Han and Hangul, Chinese Han and Bopomofo.
+    # word (`データ分析`), Korean Han and Hangul, Chinese Han and Bopomofo; each of them
+    # with Latin too.
     return _AUGMENTED.get(script, frozenset({script}))
 
 
