@@ -516,3 +516,27 @@ async def test_every_marker_is_tried_and_each_unmarked_letter_named(monkeypatch)
     markers = [dict(p[4])[REPLAY_OF_HEADER] for p in bus.published if p[0] == DLQ]
     assert markers == [b"1:2"]
     assert len([p for p in bus.published if p[0] != DLQ]) == 1
+
+
+async def test_one_replay_of_a_record_counts_once_on_each_of_its_letters():
+    # One replay writes a marker per letter, milliseconds apart: a listing said
+    # "replayed 2x" on each letter after one replay.
+    first, second = from_records(
+        [letter_record(0, 1, group="sy.history"), letter_record(1, 2, group="sy.inference")]
+    )
+    bus = FakeBus()
+    await replay(bus, first, DLQ, same_record=[second])
+    markers = [
+        record(p[3] or 0, 100 + n, list(p[4]), b"", timestamp=1_764_806_400_000 + n)
+        for n, p in enumerate(bus.published)
+        if p[0] == DLQ
+    ]
+    again = from_records(
+        [
+            letter_record(0, 1, group="sy.history"),
+            letter_record(1, 2, group="sy.inference"),
+            *markers,
+        ]
+    )
+    assert [len(letter.replays) for letter in again] == [1, 1]
+    assert again[0].replays[0].sent == "0:1"

@@ -58,6 +58,9 @@ REPLAY_OF_HEADER = "deadletter.replay_of"
 """Header of a replay marker on the dead-letter topic: the replayed letter's id."""
 REPLAYED_TO_HEADER = "deadletter.replayed_to"
 """Header of a replay marker: `<topic>` or `<topic>:<partition>` the letter went to."""
+REPLAY_SENT_HEADER = "deadletter.replay_sent"
+"""Header of a replay marker: the id of the letter whose record was sent, one for every
+marker of one replay (the record's other letters are marked with it)."""
 
 _ID = re.compile(r"^(\d{1,9}):(\d{1,19})$")
 # Attempts at writing a replay's marker once its record went.
@@ -96,10 +99,12 @@ class MarkerNotWrittenError(DeadLetterError):
 
 @dataclass(frozen=True)
 class Replay:
-    """One earlier replay of a letter: where it went and when (UTC)."""
+    """One earlier replay of a letter: where it went and when (UTC), and which letter's
+    record was sent (None in markers written before they said so)."""
 
     to: str
     at: datetime
+    sent: str | None = None
 
 
 @dataclass
@@ -244,7 +249,8 @@ def from_records(
         at = datetime.fromtimestamp(max(record.timestamp, 0) / 1000, UTC)
         replay_of = _text(coordinates, REPLAY_OF_HEADER)
         if replay_of is not None:
-            markers.append((replay_of, Replay(_text(coordinates, REPLAYED_TO_HEADER) or "", at)))
+            to = _text(coordinates, REPLAYED_TO_HEADER) or ""
+            markers.append((replay_of, Replay(to, at, _text(coordinates, REPLAY_SENT_HEADER))))
             continue
         letter = DeadLetter(
             partition=record.partition,
@@ -274,10 +280,11 @@ def from_records(
     # of them (every group received it): each of its letters shows that replay.
     for same in by_record(list(letters.values())):
         if len(same) > 1:
-            replays = sorted(
-                {(replay.at, replay.to): replay for one in same for replay in one.replays}.values(),
-                key=lambda replay: replay.at,
-            )
+            # One replay marks each letter: its markers name the letter sent, and are one.
+            seen: dict[object, Replay] = {}
+            for replay in sorted((r for one in same for r in one.replays), key=lambda r: r.at):
+                seen.setdefault((replay.sent, replay.to) if replay.sent else replay, replay)
+            replays = list(seen.values())
             for one in same:
                 one.replays = list(replays)
     return list(letters.values())
@@ -445,9 +452,9 @@ async def replay(
     failure: Exception | None = None
     # Every marker is tried, whichever fails: each letter left unmarked is named.
     for marked in (letter, *(other for other in same_record if other is not letter)):
-        marked.replays.append(Replay(to, datetime.now(UTC)))
+        marked.replays.append(Replay(to, datetime.now(UTC), letter.id))
         try:
-            await _mark(bus, marked, deadletter_topic, to)
+            await _mark(bus, marked, deadletter_topic, to, sent=letter)
         except Exception as exc:  # noqa: BLE001 - the record went: say so, whatever failed
             unmarked.append(marked.id)
             failure = exc
@@ -460,10 +467,16 @@ async def replay(
     return to
 
 
-async def _mark(bus: RawPublisher, marked: DeadLetter, deadletter_topic: str, to: str) -> None:
-    """Write the marker saying `marked`'s record went to `to`, tried `MARKER_ATTEMPTS`
-    times. Raises the bus's last error."""
-    marker = [(REPLAY_OF_HEADER, marked.id.encode()), (REPLAYED_TO_HEADER, to.encode())]
+async def _mark(
+    bus: RawPublisher, marked: DeadLetter, deadletter_topic: str, to: str, *, sent: DeadLetter
+) -> None:
+    """Write the marker saying `marked`'s record went to `to` (as `sent`'s record), tried
+    `MARKER_ATTEMPTS` times. Raises the bus's last error."""
+    marker = [
+        (REPLAY_OF_HEADER, marked.id.encode()),
+        (REPLAYED_TO_HEADER, to.encode()),
+        (REPLAY_SENT_HEADER, sent.id.encode()),
+    ]
     for attempt in range(1, MARKER_ATTEMPTS + 1):
         try:
             await bus.publish_raw(
