@@ -216,7 +216,7 @@ async def test_webhooks_follow_replaced_and_early_outcomes_on_postgres(engine, e
     expired = events.requested(priority=Priority.BATCH, webhook_url=url)
     cancelled = events.requested(priority=Priority.BATCH, webhook_url=url)
     await recorder.record(
-        [expired, cancellation_event("acme", cancelled.request_id, "alice", "alice")]
+        [expired, cancellation_event("acme", cancelled.request_id, by_owner=True)]
     )
     assert await recorder.expire_overdue(datetime.now(UTC)) == 1
     await recorder.record([cancelled])

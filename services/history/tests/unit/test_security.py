@@ -250,6 +250,24 @@ async def test_a_job_cancelled_before_its_request_is_recorded_stays_cancelled(
     assert vouched.status_code == 200 and vouched.json()["status"] == "cancelled"
     assert now.json()["status"] == "cancelled"
     assert now.json()["error"]["code"] == "job_cancelled"
+    assert "by its owner" in now.json()["error"]["message"]
+
+
+async def test_an_administrators_cancel_before_the_job_is_recorded_says_so(
+    service, recorder, events
+):
+    # The job's owner is not known yet: its owner read "by its owner" although an
+    # administrator had cancelled it.
+    job = events.requested(priority=Priority.BATCH, timeout_s=3600)
+    admin = service.headers(user_id="root", role="admin")
+    vouched = await service.client.post(
+        f"/v1/jobs/{job.request_id}/cancel?accepted=true", headers=admin
+    )
+    await recorder.record([job])
+    now = await service.client.get(f"/v1/jobs/{job.request_id}", headers=service.headers())
+    assert vouched.status_code == 200
+    message = now.json()["error"]["message"]
+    assert message == "The job was cancelled by an administrator before it finished."
 
 
 async def test_a_metadata_only_tenant_keeps_no_content_in_the_idempotency_store(service):

@@ -173,7 +173,7 @@ async def test_an_outcome_recorded_before_its_request_is_delivered_once_the_requ
     outcome."""
     request = job(events)
     first = (
-        cancellation_event(request.tenant, request.request_id, "alice", "alice")
+        cancellation_event(request.tenant, request.request_id, by_owner=True)
         if outcome == "cancelled"
         else events.completed(request)
     )

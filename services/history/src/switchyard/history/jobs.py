@@ -48,14 +48,11 @@ def job_status(row: dict[str, Any]) -> str:
     return "in_progress" if row.get("started_at") is not None else "queued"
 
 
-def cancellation_event(
-    tenant: str, request_id: str, canceller: str, owner: str | None
-) -> ChatFailed:
+def cancellation_event(tenant: str, request_id: str, *, by_owner: bool) -> ChatFailed:
     """The `chat.failed` event (status `cancelled`, HTTP 408 `job_cancelled`) recording that
-    user `canceller` cancelled the request of user `owner` (None: the caller vouches it
-    is theirs). The message says whether its owner or an administrator did, never the
-    administrator's id, which the owner (and the job's webhook receiver) reads."""
-    who = "its owner" if owner is None or owner == canceller else "an administrator"
+    the request's owner (`by_owner`) or an administrator cancelled it. The message never
+    names the administrator: the owner, and the job's webhook receiver, read it."""
+    who = "its owner" if by_owner else "an administrator"
     return cancelled_event(
         tenant,
         request_id,

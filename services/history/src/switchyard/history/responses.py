@@ -406,7 +406,11 @@ class ResponseStore:
             raise not_found(response_id)
         if accepted and await self._queries.get_request(caller, ref.request_id) is None:
             await self._recorder.record(
-                [cancellation_event(caller.tenant, ref.request_id, caller.user_id, None)]
+                [
+                    cancellation_event(
+                        caller.tenant, ref.request_id, by_owner=not caller.sees_whole_tenant
+                    )
+                ]
             )
             found = await self._queries.get_request(caller, ref.request_id)
             if found is None:
@@ -427,9 +431,9 @@ class ResponseStore:
                 code="response_not_cancellable",
             )
         if found_response.status == RequestStatus.PENDING.value:
-            owner = found_response.row.get("user_id")
+            by_owner = found_response.row.get("user_id") == caller.user_id
             await self._recorder.record(
-                [cancellation_event(caller.tenant, ref.request_id, caller.user_id, owner)]
+                [cancellation_event(caller.tenant, ref.request_id, by_owner=by_owner)]
             )
             found_response = await self.find(caller, response_id)
         if found_response.status != RequestStatus.CANCELLED.value:

@@ -112,7 +112,9 @@ def jobs_router(internal_token: str) -> APIRouter:
         if row is None and accepted:
             # Its request is still on its way: the projection keeps the first terminal
             # status, so the request, when it arrives, finds the job cancelled.
-            event = cancellation_event(caller.tenant, job_id, caller.user_id, None)
+            # Not recorded yet, so its owner is unknown here: only an administrator may
+            # cancel another's job, so an administrator's cancel is said to be one.
+            event = cancellation_event(caller.tenant, job_id, by_owner=not caller.sees_whole_tenant)
             await components.recorder.record([event])
             row = await queries.get_job(caller, job_id)
             if row is None:
@@ -121,7 +123,11 @@ def jobs_router(internal_token: str) -> APIRouter:
             raise _not_found(job_id)
         if row["status"] == RequestStatus.PENDING.value:
             await components.recorder.record(
-                [cancellation_event(row["tenant"], job_id, caller.user_id, row["user_id"])]
+                [
+                    cancellation_event(
+                        row["tenant"], job_id, by_owner=row["user_id"] == caller.user_id
+                    )
+                ]
             )
             row = await queries.get_job(caller, job_id)
             assert row is not None
