@@ -148,6 +148,29 @@ Responder = Callable[[ChatRequested], Awaitable[list]]
 RUN = "run-1"
 
 
+def asgi_scope(method: str, path: str, raw_path: bytes | None = None) -> dict:
+    """An HTTP scope as the server hands it to the app, for a request with the test API key
+    and a JSON body: `path` decoded, `raw_path` as the client sent it (by default `path`).
+    For what an HTTP client would not send as it is (`..` segments, a body cut short)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode() if raw_path is None else raw_path,
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"authorization", f"Bearer {API_KEY}".encode()),
+            (b"content-type", b"application/json"),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
 def openai_completion(model: str, text: str) -> dict:
     return {
         "id": "chatcmpl-1",

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi.security.utils import get_authorization_scheme_param
 
-from .conftest import API_KEY
+from .conftest import API_KEY, asgi_scope
 
 BLANK_BEARERS = ["Bearer ", "Bearer    ", "Bearer \t", "Bearer \t  \t", "bearer  "]
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]}
@@ -154,25 +154,8 @@ async def test_a_dot_segment_on_a_forwarded_auth_route_is_a_404_never_another_pa
     async def send(message):
         sent.append(message)
 
-    raw = path.encode()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path.replace("%2e", ".").replace("%2E", "."),
-        "raw_path": raw,
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"authorization", f"Bearer {API_KEY}".encode()),
-            (b"content-type", b"application/json"),
-        ],
-        "client": ("127.0.0.1", 5000),
-        "server": ("127.0.0.1", 8000),
-    }
-    await harness.app(scope, receive, send)
+    decoded = path.replace("%2e", ".").replace("%2E", ".")
+    await harness.app(asgi_scope(method, decoded, raw_path=path.encode()), receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     assert start["status"] == 404, body

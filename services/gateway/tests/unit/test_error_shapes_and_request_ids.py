@@ -8,7 +8,7 @@ import pytest
 
 from switchyard.common.bus import BusUnavailableError, EventTooLargeError
 
-from .conftest import API_KEY
+from .conftest import API_KEY, asgi_scope
 
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}]}
 MESSAGE = {**CHAT, "max_tokens": 8}
@@ -376,24 +376,7 @@ async def test_a_client_gone_mid_upload_is_not_a_fault(harness, capsys):
     async def send(message):
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"authorization", f"Bearer {API_KEY}".encode()),
-            (b"content-type", b"application/json"),
-        ],
-        "client": ("127.0.0.1", 5000),
-        "server": ("127.0.0.1", 8000),
-    }
-    await harness.app(scope, receive, send)
+    await harness.app(asgi_scope("POST", "/v1/chat/completions"), receive, send)
 
     assert not [m for m in sent if m["type"] == "http.response.start"]
     logged = capsys.readouterr()
