@@ -8,8 +8,9 @@ added as headers by `KafkaBus.dead_letter`: `deadletter.topic`, `.partition`, `.
 Replaying publishes the original value, key and headers (the `deadletter.*` ones taken
 off) to the original topic and partition (the key's partition if the topic has fewer
 partitions now), with `deadletter.replayed_from: <partition>:<offset>` added, and then a
-marker on the dead-letter topic (`deadletter.replay_of`, no value) so that the next
-listing shows the letter as replayed and `replay --all` passes over it.
+marker on the dead-letter topic (`deadletter.replay_of`, `deadletter.replayed_to` and
+`deadletter.replay_sent`, no value) so that the next listing shows the letter as
+replayed and `replay --all` passes over it.
 
 Every group on the topic receives the replayed record, not only the one that failed; so
 the letters several groups left of one record (the same topic, partition and offset) are
