@@ -76,6 +76,7 @@ from switchyard.history.models import (
     requests_table,
     webhooks_table,
 )
+from switchyard.history.queries import AnySelect
 from switchyard.history.tenants import TenantSettingsStore
 from switchyard.history.timeparse import isoformat_z
 
@@ -291,18 +292,30 @@ class WebhookDispatcher:
             await asyncio.gather(*(self._attempt(row) for row in claimed))
         return len(claimed)
 
-    async def _claim(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """Lease up to `limit` due webhooks, at most `max_per_tenant` in flight per tenant
-        (counting the ones already running here), for `lease()` seconds."""
-        limit = limit or self._batch
-        now = datetime.now(UTC)
+    def _due(
+        self, now: datetime, counts: dict[str, int], limit: int, *, ranked: bool = False
+    ) -> AnySelect:
+        """The ids and tenants of due webhooks, oldest first, at most `limit`, of tenants
+        under their cap by `counts`; `ranked`: at most each tenant's `max_per_tenant`
+        oldest (a window over every due row: only when a tenant overflowed)."""
         w, r = webhooks_table.c, requests_table.c
-        per_tenant = self._policy.max_per_tenant
-        capped = [tenant for tenant, count in self._in_flight.items() if count >= per_tenant]
-        # Each tenant's oldest due webhooks only, and none of a tenant already at its cap
-        # here: a tenant with thousands due (jobs aimed at a receiver that never answers)
-        # would otherwise fill every candidate row, and the cap would then leave nothing
-        # to claim for anybody.
+        capped = [
+            tenant for tenant, count in counts.items() if count >= self._policy.max_per_tenant
+        ]
+        conditions = [
+            w.status == WebhookStatus.PENDING.value,
+            w.next_attempt_at <= now,
+            r.status != RequestStatus.PENDING.value,
+            *([w.tenant.not_in(capped)] if capped else []),
+        ]
+        if not ranked:
+            return (
+                select(w.request_id, w.tenant)
+                .join_from(webhooks_table, requests_table, _of_its_job)
+                .where(*conditions)
+                .order_by(w.next_attempt_at)
+                .limit(limit)
+            )
         due_rows = (
             select(
                 w.request_id,
@@ -313,30 +326,54 @@ class WebhookDispatcher:
                 .label("place"),
             )
             .join_from(webhooks_table, requests_table, _of_its_job)
-            .where(
-                w.status == WebhookStatus.PENDING.value,
-                w.next_attempt_at <= now,
-                r.status != RequestStatus.PENDING.value,
-                *([w.tenant.not_in(capped)] if capped else []),
-            )
+            .where(*conditions)
             .subquery()
         )
-        candidates = (
+        return (
             select(due_rows.c.request_id, due_rows.c.tenant)
-            .where(due_rows.c.place <= per_tenant)
+            .where(due_rows.c.place <= self._policy.max_per_tenant)
             .order_by(due_rows.c.next_attempt_at)
-            .limit(limit * 4)
+            .limit(limit)
         )
+
+    async def _choose(
+        self, candidates: AnySelect, counts: dict[str, int], chosen: list[str], limit: int
+    ) -> bool:
+        """Add to `chosen` (up to `limit`) the `candidates` whose tenant is under its cap by
+        `counts`, counting them in; whether any was passed over for its tenant's cap."""
         async with self._engine.connect() as connection:
             found = (await connection.execute(candidates)).all()
+        overflowed = False
+        for request_id, tenant in found:
+            if request_id in chosen:
+                continue
+            if counts.get(tenant, 0) >= self._policy.max_per_tenant:
+                overflowed = True
+                continue
+            if len(chosen) == limit:
+                break
+            counts[tenant] = counts.get(tenant, 0) + 1
+            chosen.append(request_id)
+        return overflowed
+
+    async def _claim(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Lease up to `limit` due webhooks, at most `max_per_tenant` in flight per tenant
+        (counting the ones already running here), for `lease()` seconds."""
+        limit = limit or self._batch
+        now = datetime.now(UTC)
+        w = webhooks_table.c
         counts = dict(self._in_flight)
         chosen: list[str] = []
-        for request_id, tenant in found:
-            if counts.get(tenant, 0) < self._policy.max_per_tenant:
-                counts[tenant] = counts.get(tenant, 0) + 1
-                chosen.append(request_id)
-                if len(chosen) == limit:
-                    break
+        # The oldest due webhooks first (an index range scan), leaving out tenants at their
+        # cap here: a tenant with thousands due to a receiver that never answers would
+        # otherwise fill every candidate row, and the cap leave nothing for anybody.
+        overflowed = await self._choose(self._due(now, counts, limit * 4), counts, chosen, limit)
+        if overflowed and len(chosen) < limit:
+            # A tenant had more due than its cap among them (a backlog to a receiver that
+            # answers): each other tenant's oldest, ranked, so none waits behind it.
+            await self._choose(
+                self._due(now, counts, limit * 4, ranked=True), counts, chosen, limit
+            )
         if not chosen:
             return []
         due = select(w.request_id).where(
