@@ -218,3 +218,20 @@ async def test_an_address_kept_unfolded_is_found_by_its_own_spelling(service: Au
     assert (await service.user_by_email(" " + wide + " ")).id == kept_id
     assert (await service.user_by_email("ALICE@example.com")).id == alice.id
     assert (await service.user_by_email("alice@example.com")).id == alice.id
+
+
+def test_an_ascii_address_never_loads_the_confusables_data() -> None:
+    # The data costs about 17 MiB once loaded: embedded mode, which creates its dev user
+    # at start, must not pay it for an address that cannot mix scripts.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from switchyard.auth.service import normalise_email\n"
+        "assert normalise_email(' Dev@Switchyard.local ', new=True) == 'dev@switchyard.local'\n"
+        "assert 'confusable_homoglyphs' not in sys.modules, 'the data was loaded'\n"
+        "normalise_email('\\u0438\\u0432\\u0430\\u043d@example.com', new=True)\n"
+        "assert 'confusable_homoglyphs' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)

@@ -1,5 +1,8 @@
 """How emails and team names are compared, and which look-alike ones are refused.
 
+The confusables' data (about 17 MiB once loaded) is read only when a check needs it: a
+name with a letter outside ASCII, or a team name compared with the others.
+
 Two spellings people read as the same name are one name here:
 - Unicode compatibility forms are folded (NFKC): full-width `ａｌｉｃｅ` is `alice`, and a
   ligature `ﬁ` is `fi`, as PRECIS's width mapping does for usernames (RFC 8265, 3.3);
@@ -11,9 +14,10 @@ Greek `Α`) cannot be folded into each other without merging real names of those
 scripts, so a new name is refused instead when one of its words mixes scripts and a
 letter of one of them is a look-alike of another's, by the confusables of Unicode's
 security mechanisms (UTS #39), as the `confusable-homoglyphs` package ships them. A word
-in one script (`Исследования`), and scripts that share no look-alikes (`開発Team`), are
-accepted. A name wholly in another script's look-alikes (every letter Cyrillic) stays
-distinct from its Latin twin.
+in one script (`Исследования`), scripts one language writes together (`データ分析`), and
+scripts that share no look-alikes are accepted. A team name is also compared with the
+tenant's others by its skeleton (`looks_of`), which catches a name wholly in another
+script's look-alikes; an email is not (that would need every account's).
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ import functools
 import re
 import unicodedata
 from collections import Counter
-
-from confusable_homoglyphs import categories, confusables
 
 # Characters of no particular script (digits, punctuation) and combining marks: they
 # neither make a word mixed nor look like another script's letters here.
@@ -69,6 +71,8 @@ def _prototypes() -> dict[str, str]:
         while parent.get(character, character) != character:
             character = parent[character]
         return character
+
+    from confusable_homoglyphs import confusables
 
     expansions: dict[str, str] = {}
     for character, glyphs in confusables.confusables_data.items():
@@ -120,6 +124,10 @@ def look_alike(text: str) -> tuple[str, str, str] | None:
     `character` of it looks like a letter of `script`, another script of the same word.
     Words are split at anything but letters and digits, so `Team-Ω` is two words and
     accepted; `データ分析` (Katakana and Han) is one writing system's, accepted."""
+    if text.isascii():
+        return None  # Latin letters, digits and punctuation: one script
+    from confusable_homoglyphs import categories, confusables
+
     for word in _WORD_BREAK.split(text):
         letters = "".join(c for c in word if categories.alias(c) not in _SCRIPTLESS)
         scripts = Counter(categories.alias(character) for character in letters)
