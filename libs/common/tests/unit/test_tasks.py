@@ -1,11 +1,14 @@
-"""A task is stopped within a bound even when it swallows a cancellation."""
+"""A task is stopped within a bound even when it swallows a cancellation; work waited for
+within a bound is left to finish, not cancelled, when the bound passes."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from switchyard.common.tasks import cancel_and_wait
+import pytest
+
+from switchyard.common.tasks import cancel_and_wait, left_running, wait_or_leave
 
 
 async def test_a_task_that_swallows_one_cancellation_is_still_stopped():
@@ -49,3 +52,74 @@ async def test_a_task_that_never_stops_is_given_up_on_at_the_bound():
     stop.set()
     task.cancel()
     await asyncio.wait([task], timeout=1)
+
+
+async def test_work_past_its_bound_is_left_to_finish_and_a_late_success_undone():
+    """A timeout raises at once without cancelling the work (database work cancelled
+    half-way loses its connection); its result, which the caller never got, goes to
+    `on_late`, sync or async."""
+    finished, undone = asyncio.Event(), []
+
+    async def slow(value: int) -> int:
+        await asyncio.sleep(0.2)
+        finished.set()
+        return value
+
+    async def undo_later(value: int) -> None:
+        await asyncio.sleep(0)
+        undone.append(("async", value))
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await wait_or_leave(slow(1), 0.05, on_late=lambda value: undone.append(("sync", value)))
+    assert time.monotonic() - started < 0.15 and not finished.is_set()
+    with pytest.raises(TimeoutError):
+        await wait_or_leave(slow(2), 0.05, on_late=undo_later)
+    assert await left_running(5) == 0
+    await asyncio.sleep(0.01)  # the async undo, scheduled as the work ended
+    assert finished.is_set() and sorted(undone) == [("async", 2), ("sync", 1)]
+
+
+async def test_work_within_its_bound_answers_and_its_failure_is_raised():
+    async def fails() -> None:
+        raise ValueError("no")
+
+    async def answers() -> str:
+        return "yes"
+
+    assert await wait_or_leave(answers(), 1, on_late=lambda _: pytest.fail("not late")) == "yes"
+    with pytest.raises(ValueError, match="no"):
+        await wait_or_leave(fails(), 1)
+    assert await left_running(0) == 0
+
+
+async def test_work_left_running_is_cancelled_after_its_finishing_time():
+    cancelled = asyncio.Event()
+
+    async def hangs() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(TimeoutError):
+        await wait_or_leave(hangs(), 0.01, finish_s=0.1, on_late=lambda _: pytest.fail("late"))
+    await asyncio.wait_for(cancelled.wait(), 5)
+    assert await left_running(1) == 0
+
+
+async def test_a_cancelled_caller_leaves_the_work_running_and_undoes_its_success():
+    undone = []
+
+    async def slow() -> int:
+        await asyncio.sleep(0.1)
+        return 7
+
+    caller = asyncio.create_task(wait_or_leave(slow(), 10, on_late=undone.append))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert await left_running(5) == 0
+    assert undone == [7]

@@ -201,12 +201,19 @@ async def test_a_database_out_of_reach_is_a_503_to_retry_a_defect_a_500(fault, s
 
 
 async def test_readiness_fails_a_check_that_hangs_instead_of_hanging_with_it(monkeypatch) -> None:
-    from switchyard.common import http
+    from switchyard.common import http, tasks
 
     monkeypatch.setattr(http, "READINESS_CHECK_TIMEOUT_S", 0.1)
 
+    answer, started, cancelled = asyncio.Event(), [], []
+
     async def hangs() -> bool:
-        await asyncio.sleep(3600)
+        started.append(1)
+        try:
+            await answer.wait()
+        except asyncio.CancelledError:
+            cancelled.append(1)
+            raise
         return True
 
     async def answers() -> bool:
@@ -218,6 +225,17 @@ async def test_readiness_fails_a_check_that_hangs_instead_of_hanging_with_it(mon
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         async with asyncio.timeout(5):
             ready = await client.get("/readyz")
+            # The hanging check is left running, not cancelled (a query cancelled half-way
+            # loses its connection), and not started again while it runs.
+            again = await client.get("/readyz")
+            assert started == [1] and not cancelled
+            answer.set()
+            await asyncio.sleep(0.01)
+            answer.clear()
+            third = await client.get("/readyz")
 
-    assert ready.status_code == 503
-    assert ready.json()["checks"] == {"database": False, "bus": True}
+    assert ready.status_code == again.status_code == third.status_code == 503
+    assert ready.json()["checks"] == again.json()["checks"] == {"database": False, "bus": True}
+    assert started == [1, 1] and not cancelled
+    answer.set()
+    assert await tasks.left_running(5) == 0

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from switchyard.common.errors import APIError, error_response
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 from switchyard.common.httpserver import PROTOCOL_PATH
+from switchyard.common.tasks import wait_or_leave
 
 if TYPE_CHECKING:
     from switchyard.common.errors import APIError
@@ -39,19 +40,27 @@ FASTAPI_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs"
 # (a database whose host stopped answering) must not hang `/readyz` with it; the
 # deployments' probes give up after 3 s.
 READINESS_CHECK_TIMEOUT_S = 2.0
+# How long a check that outlasted its probe may run on before it is cancelled after all.
+READINESS_FINISH_S = 30.0
 
 
 def health_router(checks: dict[str, ReadinessCheck] | None = None) -> APIRouter:
     """`/livez` (the process answers) and `/readyz` (its dependencies answer): the `checks`
     run side by side, each one failed when it takes longer than
-    `READINESS_CHECK_TIMEOUT_S`."""
+    `READINESS_CHECK_TIMEOUT_S`. A slow check is not cancelled (a database query cancelled
+    half-way loses its connection, `wait_or_leave`): it runs on, and until it ends the
+    probes that follow count it as failed without starting it again."""
     router = APIRouter(tags=["operations"])
     readiness = checks or {}
+    running: dict[str, asyncio.Task[bool]] = {}
 
-    async def bounded(check: ReadinessCheck) -> bool:
+    async def bounded(name: str, check: ReadinessCheck) -> bool:
+        earlier = running.get(name)
+        if earlier is not None and not earlier.done():
+            return False
+        task = running[name] = asyncio.ensure_future(check())
         try:
-            async with asyncio.timeout(READINESS_CHECK_TIMEOUT_S):
-                return await check()
+            return await wait_or_leave(task, READINESS_CHECK_TIMEOUT_S, finish_s=READINESS_FINISH_S)
         except TimeoutError:
             return False
 
@@ -63,7 +72,7 @@ def health_router(checks: dict[str, ReadinessCheck] | None = None) -> APIRouter:
     @router.get("/readyz")
     async def readyz(response: Response) -> dict[str, object]:
         """Readiness: every dependency (bus, database) answers."""
-        answers = await asyncio.gather(*(bounded(check) for check in readiness.values()))
+        answers = await asyncio.gather(*(bounded(name, check) for name, check in readiness.items()))
         results = dict(zip(readiness, answers, strict=True))
         ready = all(results.values())
         if not ready:
