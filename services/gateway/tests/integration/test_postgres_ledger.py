@@ -2,16 +2,22 @@
 ledgers, each with its own connection pool, as separate processes would have) draw on one
 set of counters, and the limits hold for all of them together (the scenarios of
 `switchyard.gateway.governance.ledger_checks`, which the SQLite ledger passes too). Also
-the migration's upgrade and downgrade."""
+the migration's upgrade and downgrade, a grant slower than its bound, and the order in which
+the ledger's statements lock rows."""
 
 from __future__ import annotations
+
+import asyncio
+import random
+import uuid
 
 import pytest
 from sqlalchemy import text
 
 from switchyard.common.db import create_engine, dispose_engine, downgrade, upgrade
+from switchyard.common.tasks import left_running
 from switchyard.gateway.governance import ledger_checks
-from switchyard.gateway.governance.ledger import LedgerUnavailable
+from switchyard.gateway.governance.ledger import GrantRequest, LeaseChange, LedgerUnavailable
 from switchyard.gateway.governance.postgres import PostgresLedger
 from switchyard.gateway.plugin import MIGRATIONS_DIR
 
@@ -89,3 +95,144 @@ async def test_the_schema_check_sees_a_database_behind_and_a_store_that_is_down(
             await down.schema_current(5.0)
     finally:
         await down.close()
+
+
+async def test_a_grant_past_its_bound_keeps_its_connection_and_is_given_back(
+    ledger_url: str,
+) -> None:
+    """A grant held up (here by another transaction's lock on its counter) past the
+    ledger's bound counts as the store being down, but is not cancelled: cancelled
+    half-way, its connection would stay open on the server, outside the pool, one more
+    with every slow grant. It commits once the lock is gone, and what it granted, which
+    the replica never learned of, is given back."""
+    name = f"sy-ledger-{uuid.uuid4().hex[:8]}"
+    engine = create_engine(ledger_url, connect_args={"application_name": name})
+    ledger = PostgresLedger(engine, timeout_s=0.2)
+    request = GrantRequest(
+        scope="key:slow", kind="requests", limit=100, want_min=1, want_max=10, window_s=60
+    )
+    [first] = await ledger.grant("replica-a", [request])
+    assert first.amount == 10
+    blocker = create_engine(ledger_url)
+    try:
+        for _ in range(5):
+            async with blocker.connect() as connection:
+                transaction = await connection.begin()
+                await connection.execute(
+                    text("SELECT 1 FROM governance_counters WHERE scope = 'key:slow' FOR UPDATE")
+                )
+                with pytest.raises(LedgerUnavailable, match="did not answer"):
+                    await ledger.grant("replica-a", [request])
+                await asyncio.sleep(0.3)  # still held: the grant waits on
+                await transaction.rollback()
+            assert await left_running(10) == 0
+        [counter] = await ledger.counters(["key:slow"])
+        assert counter.committed == 10  # the first grant only: each late one given back
+        async with blocker.connect() as connection:
+            held = (
+                await connection.execute(
+                    text("SELECT held FROM governance_leases WHERE scope = 'key:slow'")
+                )
+            ).scalar_one()
+            open_connections = (
+                await connection.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"),
+                    {"name": name},
+                )
+            ).scalar_one()
+        assert held == 10
+        # No more than the pool holds: none lost to a cancellation.
+        assert open_connections <= engine.pool.checkedin() + engine.pool.checkedout()
+        assert engine.pool.checkedout() == 0
+    finally:
+        await ledger.close()
+        await dispose_engine(blocker)
+
+
+async def test_grants_cut_short_leave_no_connection_behind(ledger_url: str) -> None:
+    """Grants given less time than a round trip takes (their bounds passing while they
+    connect, check the connection or run) hold the server's connections only through the
+    pool: none is left open on the server once the pool forgets it, as a cancelled
+    connection was, until the server had no slot left."""
+    name = f"sy-ledger-{uuid.uuid4().hex[:8]}"
+    engine = create_engine(ledger_url, connect_args={"application_name": name})
+    ledger = PostgresLedger(engine)
+    requests = [
+        GrantRequest(scope=f"key:short-{n}", kind="requests", limit=1e9, want_min=1, want_max=1)
+        for n in range(10)
+    ]
+    granted = 0.0
+    try:
+        for step in range(1, 30):
+            ledger._timeout_s = step / 1000
+            for _ in range(5):
+                answers = await asyncio.gather(
+                    *[ledger.grant("replica-a", [request]) for request in requests],
+                    return_exceptions=True,
+                )
+                granted += sum(a[0].amount for a in answers if not isinstance(a, BaseException))
+        assert await left_running(30) == 0
+        checker = create_engine(ledger_url)
+        try:
+            async with checker.connect() as connection:
+                on_server = (
+                    await connection.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"
+                        ),
+                        {"name": name},
+                    )
+                ).scalar_one()
+        finally:
+            await dispose_engine(checker)
+        assert engine.pool.checkedout() == 0
+        assert on_server == engine.pool.checkedin(), (on_server, engine.pool.status())
+        # A grant that committed after its caller gave up on it was given back: the
+        # ledger holds what the callers were granted, no more.
+        scopes = [request.scope for request in requests]
+        assert sum(counter.committed for counter in await ledger.counters(scopes)) == granted
+    finally:
+        await ledger.close()
+
+
+async def test_grants_releases_and_settlements_of_the_same_counters_never_deadlock(
+    ledger_url: str,
+) -> None:
+    """Several replicas granting, releasing and settling the same four counters at once,
+    the items of each call in any order: every call answers. (A release or settlement
+    that locked a lease before its counter, against a grant locking the counter before
+    the lease, was aborted by PostgreSQL's deadlock detection after a second.)"""
+    ledger = PostgresLedger.connect(ledger_url, timeout_s=5.0)
+    scopes = [f"key:locks-{n}" for n in range(4)]
+    requests = [
+        GrantRequest(scope=scope, kind="requests", limit=1e9, want_min=1, want_max=1, window_s=600)
+        for scope in scopes
+    ]
+    failures: list[str] = []
+    shuffled = random.Random(7)
+
+    async def one(n: int) -> None:
+        replica = f"replica-{n % 3}"
+        try:
+            if n % 3 == 0:
+                await ledger.grant(replica, shuffled.sample(requests, len(requests)))
+                return
+            changes = [
+                LeaseChange(scope, "requests", grant.window_start, 1)
+                for scope, grant in zip(scopes, granted, strict=True)
+            ]
+            shuffled.shuffle(changes)
+            if n % 3 == 1:
+                await ledger.release(replica, changes)
+            else:
+                await ledger.settle(replica, changes)
+        except LedgerUnavailable as exc:
+            failures.append(str(exc))
+
+    try:
+        granted = await ledger.grant("replica-0", requests)
+        for _ in range(15):
+            await asyncio.gather(*[one(n) for n in range(15)])
+        assert failures == []
+    finally:
+        await ledger.close()

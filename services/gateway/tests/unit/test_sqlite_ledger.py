@@ -3,7 +3,7 @@ engine and connections as the workers of `switchyard gateway --workers N` have, 
 one set of counters and the limits hold for all of them together (the scenarios of
 `switchyard.gateway.governance.ledger_checks`, which the PostgreSQL ledger passes too);
 what was spent is still there when the gateway starts again; another writer holding the
-file never holds a grant past its bound."""
+file never holds a grant past its bound, and a grant that commits past it is given back."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from switchyard.common.db import upgrade
+from switchyard.common.tasks import left_running
 from switchyard.common.testing.events import usage_recorded
 from switchyard.gateway.config import Settings
 from switchyard.gateway.governance import ledger_checks
@@ -101,6 +102,24 @@ async def test_a_database_that_cannot_be_used_is_the_ledger_being_unavailable(
             await ledger.grant("gw", [GrantRequest("user:u", "requests", 10, 1, 2, window_s=60)])
         with pytest.raises(LedgerUnavailable):
             await ledger.counters()
+    finally:
+        await ledger.close()
+
+
+async def test_a_grant_that_commits_after_its_bound_is_given_back(ledger_url: str) -> None:
+    """A grant slower than its bound (here queued behind this process's other transaction)
+    fails, but runs on rather than being cancelled half-way; what it granted, which the
+    replica never learned of, is given back."""
+    ledger = SQLiteLedger.connect(ledger_url, timeout_s=0.2)
+    request = GrantRequest("user:late", "requests", 100, 1, 10, window_s=60)
+    try:
+        [first] = await ledger.grant("gw", [request])
+        async with ledger._lock:  # a transaction of this process, longer than the bound
+            with pytest.raises(LedgerUnavailable, match="did not answer"):
+                await ledger.grant("gw", [request])
+        assert await left_running(10) == 0
+        [counter] = await ledger.counters(["user:late"])
+        assert counter.committed == first.amount == 10
     finally:
         await ledger.close()
 

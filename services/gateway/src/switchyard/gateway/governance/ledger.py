@@ -126,6 +126,17 @@ class LeaseRow:
     held: float
 
 
+def giving_back(requests: Sequence[GrantRequest], grants: Sequence[Grant]) -> list[LeaseChange]:
+    """The releases that undo `grants` (the answers to `requests`, in their order): for a
+    grant that committed after its replica stopped waiting for it, which the replica never
+    added to what it holds."""
+    return [
+        LeaseChange(request.scope, request.kind, grant.window_start, grant.amount)
+        for request, grant in zip(requests, grants, strict=True)
+        if grant.amount > 0
+    ]
+
+
 # Counted in whole units (requests, tokens); spend is in dollars, to a millionth.
 WHOLE_KINDS = ("requests", "tokens", "parallel")
 

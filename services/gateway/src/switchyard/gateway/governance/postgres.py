@@ -1,10 +1,15 @@
 """The limit ledger on PostgreSQL: the fleet's counters, shared by every gateway replica.
 
-One grant is one round trip: the PL/pgSQL function `governance_grant` (migration 0001 of
-the gateway) locks each counter row (`SELECT ... FOR UPDATE`), starts a new window if the
-old one ended, grants, and records the replica's lease, all in one transaction. Items are
-sent in (scope, kind) order so concurrent grants lock rows in the same order and never
-deadlock. Release, settle, heartbeat and reap are single statements.
+One grant is one call of the PL/pgSQL function `governance_grant` (migration 0001 of the
+gateway), which locks each counter row (`SELECT ... FOR UPDATE`), starts a new window if
+the old one ended, grants, and records the replica's lease, all in one transaction whose
+commit does not wait for the disk (`_ASYNCHRONOUS_COMMIT`). Items are sent in (scope,
+kind) order so concurrent grants lock rows in the same order and never deadlock. Release,
+settle, heartbeat and reap are single statements.
+
+A statement slower than its bound is not cancelled (that would lose its connection, see
+`switchyard.common.tasks.wait_or_leave`): it runs on, and a grant that commits after its
+replica stopped waiting is given back.
 
 Times are epoch seconds (double precision), so windows compare exactly between Python
 and SQL; the database's clock (`clock_timestamp()`) decides when a window ends.
@@ -12,16 +17,17 @@ and SQL; the database's clock (`clock_timestamp()`) decides when a window ends.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
+import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import override
 
 from switchyard.common.db import create_engine, dispose_engine
+from switchyard.common.tasks import left_running, wait_or_leave
 from switchyard.gateway.governance import tables
 from switchyard.gateway.governance.ledger import (
     CounterState,
@@ -30,9 +36,18 @@ from switchyard.gateway.governance.ledger import (
     LeaseChange,
     Ledger,
     LedgerUnavailable,
+    giving_back,
 )
 
+log = structlog.get_logger("switchyard.gateway.governance")
+
 _GRANT = text("SELECT governance_grant(:replica, CAST(:items AS jsonb))")
+# A grant's commit does not wait for its write-ahead log to reach the disk: a request
+# waits on it, and a disk flush held up by other writers (a checkpoint, history's inserts)
+# would count as the store being down. What a crash of the server may lose is the last
+# fraction of a second of grants, which only under-counts leases the replicas hold anyway
+# (as a reaped replica's do). Settlements (spend) still wait for the disk.
+_ASYNCHRONOUS_COMMIT = text("SET LOCAL synchronous_commit = off")
 # NULL when migration 0001's function is missing.
 _GRANT_FUNCTION_PRESENT = text("SELECT to_regprocedure('governance_grant(text, jsonb)')")
 _RELEASE = text(
@@ -81,6 +96,20 @@ _SETTLE = text(
       AND l.window_start = items.window_start
     """
 )
+# Release and settle lock their counters first, in the order grants lock them (items by
+# (scope, kind), in code point order, which "C" collation's byte order is), before their
+# leases: a statement locking a lease and then its counter, against a grant locking the
+# counter and then the lease, would deadlock. (PostgreSQL sorts before it locks.)
+_LOCK_COUNTERS = text(
+    """
+    SELECT 1 FROM governance_counters c
+    WHERE (c.scope, c.kind) IN (
+        SELECT i->>'scope', i->>'kind' FROM jsonb_array_elements(CAST(:items AS jsonb)) AS i
+    )
+    ORDER BY c.scope COLLATE "C", c.kind COLLATE "C"
+    FOR UPDATE
+    """
+)
 _HEARTBEAT = text(
     """
     INSERT INTO governance_replicas (replica, heartbeat_at) VALUES (:replica, now())
@@ -106,6 +135,20 @@ _REAP = text(
         RETURNING c.scope
     )
     SELECT count(*) FROM dead
+    """
+)
+# The counters of silent replicas' leases, locked as `_LOCK_COUNTERS` does before `_REAP`
+# deletes the leases.
+_LOCK_REAPED_COUNTERS = text(
+    """
+    SELECT 1 FROM governance_counters c
+    WHERE (c.scope, c.kind) IN (
+        SELECT l.scope, l.kind FROM governance_leases l
+        JOIN governance_replicas r ON r.replica = l.replica
+        WHERE r.heartbeat_at < now() - make_interval(secs => :stale_after_s)
+    )
+    ORDER BY c.scope COLLATE "C", c.kind COLLATE "C"
+    FOR UPDATE OF c
     """
 )
 _COUNTERS = text(
@@ -137,7 +180,8 @@ class PostgresLedger(Ledger):
     """The ledger in the `governance_*` tables.
 
     Grants (on a request's path) are bounded by `timeout_s`: slower counts as the store
-    being down. Settlements, releases and housekeeping run in the background and get
+    being down (the grant runs on, and what it granted is given back if it commits).
+    Settlements, releases and housekeeping run in the background and get
     `background_timeout_s`: a settlement abandoned by a timeout may still commit, and the
     retry would then count it twice, so those are given all the time they need."""
 
@@ -155,18 +199,36 @@ class PostgresLedger(Ledger):
         return cls(create_engine(database_url), timeout_s=timeout_s)
 
     async def _run(
-        self, statement: Any, params: dict[str, Any], *, timeout_s: float | None = None
+        self,
+        statement: Any,
+        params: dict[str, Any],
+        *,
+        timeout_s: float | None = None,
+        on_late: Callable[[Any], Awaitable[None] | None] | None = None,
+        synchronous_commit: bool = True,
+        lock: Any = None,
     ) -> Any:
+        """The rows `statement` returns (None when it returns none), in a transaction of
+        its own. Slower than `timeout_s` (else `background_timeout_s`): LedgerUnavailable,
+        and the statement runs on to its end (`wait_or_leave`), its rows then given to
+        `on_late`. `synchronous_commit` False: the commit does not wait for the write-ahead
+        log to reach the disk (PostgreSQL's `synchronous_commit = off`). `lock`: a
+        statement run first, with the same parameters (`_LOCK_COUNTERS`)."""
         timeout_s = timeout_s if timeout_s is not None else self._background_timeout_s
 
         async def run() -> Any:
             async with self._engine.begin() as connection:
+                if not synchronous_commit:
+                    await connection.execute(_ASYNCHRONOUS_COMMIT)
+                if lock is not None:
+                    await connection.execute(lock, params)
                 result = await connection.execute(statement, params)
                 return result.fetchall() if result.returns_rows else None
 
         try:
-            async with asyncio.timeout(timeout_s):
-                return await run()
+            return await wait_or_leave(
+                run(), timeout_s, finish_s=self._background_timeout_s, on_late=on_late
+            )
         except TimeoutError as exc:
             raise LedgerUnavailable(f"limit store did not answer in {timeout_s}s") from exc
         except LedgerUnavailable:
@@ -193,34 +255,58 @@ class PostgresLedger(Ledger):
                 for i in order
             ]
         ).decode()
+
+        def grants(rows: Any) -> list[Grant]:
+            answers = rows[0][0]
+            if isinstance(answers, str):
+                answers = orjson.loads(answers)
+            in_order: list[Grant | None] = [None] * len(requests)
+            for position, answer in zip(order, answers, strict=True):
+                in_order[position] = Grant(
+                    amount=float(answer["amount"]),
+                    window_start=float(answer["window_start"]),
+                    window_end=float(answer["window_end"])
+                    if answer["window_end"] is not None
+                    else None,
+                    committed=float(answer["committed"]),
+                    spent=float(answer["spent"]),
+                )
+            return in_order  # type: ignore[return-value]
+
         rows = await self._run(
-            _GRANT, {"replica": replica, "items": items}, timeout_s=self._timeout_s
+            _GRANT,
+            {"replica": replica, "items": items},
+            timeout_s=self._timeout_s,
+            # A grant that committed after this replica stopped waiting for it: given back,
+            # or the fleet would count it as held here until its window ends.
+            on_late=lambda rows: self._release_quietly(
+                replica, giving_back(requests, grants(rows))
+            ),
+            synchronous_commit=False,
         )
-        answers = rows[0][0]
-        if isinstance(answers, str):
-            answers = orjson.loads(answers)
-        grants: list[Grant | None] = [None] * len(requests)
-        for position, answer in zip(order, answers, strict=True):
-            grants[position] = Grant(
-                amount=float(answer["amount"]),
-                window_start=float(answer["window_start"]),
-                window_end=float(answer["window_end"])
-                if answer["window_end"] is not None
-                else None,
-                committed=float(answer["committed"]),
-                spent=float(answer["spent"]),
-            )
-        return grants  # type: ignore[return-value]
+        return grants(rows)
 
     @override
     async def release(self, replica: str, changes: Sequence[LeaseChange]) -> None:
         if changes:
-            await self._run(_RELEASE, {"replica": replica, "items": _items(changes)})
+            await self._run(
+                _RELEASE, {"replica": replica, "items": _items(changes)}, lock=_LOCK_COUNTERS
+            )
+
+    async def _release_quietly(self, replica: str, changes: Sequence[LeaseChange]) -> None:
+        try:
+            await self.release(replica, changes)
+        except LedgerUnavailable as exc:
+            # Still counted as held by `replica`: until its window ends, or the replica
+            # is reaped.
+            log.warning("late grant not given back", replica=replica, error=str(exc))
 
     @override
     async def settle(self, replica: str, changes: Sequence[LeaseChange]) -> None:
         if changes:
-            await self._run(_SETTLE, {"replica": replica, "items": _items(changes)})
+            await self._run(
+                _SETTLE, {"replica": replica, "items": _items(changes)}, lock=_LOCK_COUNTERS
+            )
 
     @override
     async def heartbeat(self, replica: str) -> None:
@@ -228,7 +314,7 @@ class PostgresLedger(Ledger):
 
     @override
     async def reap(self, stale_after_s: float) -> int:
-        rows = await self._run(_REAP, {"stale_after_s": stale_after_s})
+        rows = await self._run(_REAP, {"stale_after_s": stale_after_s}, lock=_LOCK_REAPED_COUNTERS)
         return int(rows[0][0]) if rows else 0
 
     @override
@@ -256,6 +342,9 @@ class PostgresLedger(Ledger):
 
     @override
     async def close(self) -> None:
+        # Statements left running past their caller's bound end first (a late grant's
+        # release with them), so that none is cut off by the engine's disposal.
+        await left_running(timeout_s=5.0)
         await dispose_engine(self._engine)
 
 

@@ -13,6 +13,7 @@ written back. The processes share one clock (the machine's), as `MemoryLedger` a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typing_extensions import override
 
 from switchyard.common.db import create_engine, dispose_engine
+from switchyard.common.tasks import left_running, wait_or_leave
 from switchyard.gateway.governance import tables
 from switchyard.gateway.governance.ledger import (
     CounterState,
@@ -40,6 +42,7 @@ from switchyard.gateway.governance.ledger import (
     Ledger,
     LedgerUnavailable,
     MemoryLedger,
+    giving_back,
 )
 from switchyard.gateway.governance.tables import counters_table, leases_table, replicas_table
 
@@ -107,12 +110,25 @@ class SQLiteLedger(Ledger):
         return cls(engine, timeout_s=timeout_s)
 
     async def _transaction(
-        self, work: Callable[[AsyncConnection], Awaitable[_T]], timeout_s: float | None = None
+        self,
+        work: Callable[[AsyncConnection], Awaitable[_T]],
+        timeout_s: float | None = None,
+        on_late: Callable[[_T], Awaitable[None]] | None = None,
     ) -> _T:
+        """What `work` returns, run in one transaction. Slower than `timeout_s` (else
+        `background_timeout_s`): LedgerUnavailable, and the transaction runs on to its end
+        rather than being cancelled half-way (`wait_or_leave`), its result then given to
+        `on_late`."""
         timeout_s = timeout_s if timeout_s is not None else self._background_timeout_s
-        try:
-            async with asyncio.timeout(timeout_s), self._lock, self._engine.begin() as connection:
+
+        async def run() -> _T:
+            async with self._lock, self._engine.begin() as connection:
                 return await work(connection)
+
+        try:
+            return await wait_or_leave(
+                run(), timeout_s, finish_s=self._background_timeout_s, on_late=on_late
+            )
         except TimeoutError as exc:
             raise LedgerUnavailable(f"limit store did not answer in {timeout_s}s") from exc
         except Exception as exc:  # noqa: BLE001 - any database failure means "unavailable"
@@ -124,6 +140,7 @@ class SQLiteLedger(Ledger):
         keys: set[_Key],
         operation: Callable[[MemoryLedger], Awaitable[_T]],
         timeout_s: float | None = None,
+        on_late: Callable[[_T], Awaitable[None]] | None = None,
     ) -> _T:
         """Run `operation` on a `MemoryLedger` holding the counters `keys` and `replica`'s
         leases of them, and write back what it left, in one transaction."""
@@ -176,13 +193,23 @@ class SQLiteLedger(Ledger):
                 )
             return result
 
-        return await self._transaction(work, timeout_s)
+        return await self._transaction(work, timeout_s, on_late)
 
     @override
     async def grant(self, replica: str, requests: Sequence[GrantRequest]) -> list[Grant]:
         keys = {(request.scope, request.kind) for request in requests}
+
+        async def give_back(grants: list[Grant]) -> None:
+            # Committed after this replica stopped waiting for it: never held here.
+            with contextlib.suppress(LedgerUnavailable):
+                await self.release(replica, giving_back(requests, grants))
+
         return await self._on_rows(
-            replica, keys, lambda ledger: ledger.grant(replica, requests), self._timeout_s
+            replica,
+            keys,
+            lambda ledger: ledger.grant(replica, requests),
+            self._timeout_s,
+            on_late=give_back,
         )
 
     @override
@@ -257,6 +284,7 @@ class SQLiteLedger(Ledger):
 
     @override
     async def close(self) -> None:
+        await left_running(timeout_s=5.0)  # transactions left running past their bound
         await dispose_engine(self._engine)
 
 

@@ -5,12 +5,11 @@ otherwise count no budget and no rate limit, and say so only in a warning per re
 
 from __future__ import annotations
 
-import asyncio
-
 from sqlalchemy import Column, DateTime, Float, MetaData, String, Table, Text, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.db import probe_schema
+from switchyard.common.tasks import wait_or_leave
 from switchyard.gateway.governance.ledger import LedgerUnavailable
 
 LEDGER_METADATA = MetaData()
@@ -52,8 +51,9 @@ async def schema_current(engine: AsyncEngine, timeout_s: float, *present: TextCl
         LedgerUnavailable: the database did not answer within `timeout_s` seconds, or
             refused the connection: the store is down, which is not a schema behind.
     """
-    try:
-        async with asyncio.timeout(timeout_s), engine.connect() as connection:
+
+    async def check() -> bool:
+        async with engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
             try:
                 await probe_schema(connection, LEDGER_METADATA)
@@ -63,6 +63,10 @@ async def schema_current(engine: AsyncEngine, timeout_s: float, *present: TextCl
             except Exception:  # noqa: BLE001 - a table, column or function missing
                 return False
             return True
+
+    try:
+        # Not cancelled when slow: that would lose its connection (`wait_or_leave`).
+        return await wait_or_leave(check(), timeout_s)
     except TimeoutError as exc:
         raise LedgerUnavailable(f"limit store did not answer in {timeout_s}s") from exc
     except Exception as exc:  # noqa: BLE001 - any connection failure means "unavailable"
