@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from switchyard.common.tasks import cancel_and_wait, left_running, wait_or_leave
+from switchyard.common.tasks import LEFT, LeftWork, cancel_and_wait, wait_or_leave
 
 
 async def test_a_task_that_swallows_one_cancellation_is_still_stopped():
@@ -57,7 +57,7 @@ async def test_a_task_that_never_stops_is_given_up_on_at_the_bound():
 async def test_work_past_its_bound_is_left_to_finish_and_a_late_success_undone():
     """A timeout raises at once without cancelling the work (database work cancelled
     half-way loses its connection); its result, which the caller never got, goes to
-    `on_late`, sync or async."""
+    `on_late`, sync or async; the owner's record waits for both."""
     finished, undone = asyncio.Event(), []
 
     async def slow(value: int) -> int:
@@ -69,14 +69,17 @@ async def test_work_past_its_bound_is_left_to_finish_and_a_late_success_undone()
         await asyncio.sleep(0)
         undone.append(("async", value))
 
+    left = LeftWork()
     started = time.monotonic()
     with pytest.raises(TimeoutError):
-        await wait_or_leave(slow(1), 0.05, on_late=lambda value: undone.append(("sync", value)))
+        await wait_or_leave(
+            slow(1), 0.05, on_late=lambda value: undone.append(("sync", value)), left=left
+        )
     assert time.monotonic() - started < 0.15 and not finished.is_set()
     with pytest.raises(TimeoutError):
-        await wait_or_leave(slow(2), 0.05, on_late=undo_later)
-    assert await left_running(5) == 0
-    await asyncio.sleep(0.01)  # the async undo, scheduled as the work ended
+        await wait_or_leave(slow(2), 0.05, on_late=undo_later, left=left)
+    assert left.running() == 2 and LEFT.running() == 0
+    assert await left.wait(5) == 0
     assert finished.is_set() and sorted(undone) == [("async", 2), ("sync", 1)]
 
 
@@ -87,10 +90,12 @@ async def test_work_within_its_bound_answers_and_its_failure_is_raised():
     async def answers() -> str:
         return "yes"
 
-    assert await wait_or_leave(answers(), 1, on_late=lambda _: pytest.fail("not late")) == "yes"
+    left = LeftWork()
+    late = lambda _: pytest.fail("late")  # noqa: E731
+    assert await wait_or_leave(answers(), 1, on_late=late, left=left) == "yes"
     with pytest.raises(ValueError, match="no"):
-        await wait_or_leave(fails(), 1)
-    assert await left_running(0) == 0
+        await wait_or_leave(fails(), 1, on_late=late, left=left)
+    assert left.running() == 0
 
 
 async def test_work_left_running_is_cancelled_after_its_finishing_time():
@@ -103,10 +108,13 @@ async def test_work_left_running_is_cancelled_after_its_finishing_time():
             cancelled.set()
             raise
 
+    left = LeftWork()
     with pytest.raises(TimeoutError):
-        await wait_or_leave(hangs(), 0.01, finish_s=0.1, on_late=lambda _: pytest.fail("late"))
+        await wait_or_leave(
+            hangs(), 0.01, finish_s=0.1, on_late=lambda _: pytest.fail("late"), left=left
+        )
     await asyncio.wait_for(cancelled.wait(), 5)
-    assert await left_running(1) == 0
+    assert await left.wait(1) == 0
 
 
 async def test_a_cancelled_caller_leaves_the_work_running_and_undoes_its_success():
@@ -116,10 +124,12 @@ async def test_a_cancelled_caller_leaves_the_work_running_and_undoes_its_success
         await asyncio.sleep(0.1)
         return 7
 
-    caller = asyncio.create_task(wait_or_leave(slow(), 10, on_late=undone.append))
+    left = LeftWork()
+    caller = asyncio.create_task(wait_or_leave(slow(), 10, on_late=undone.append, left=left))
     await asyncio.sleep(0.01)
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
-    assert await left_running(5) == 0
+    assert left.running() == 1
+    assert await left.wait(5) == 0
     assert undone == [7]

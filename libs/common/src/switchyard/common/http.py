@@ -47,20 +47,21 @@ READINESS_FINISH_S = 30.0
 def health_router(checks: dict[str, ReadinessCheck] | None = None) -> APIRouter:
     """`/livez` (the process answers) and `/readyz` (its dependencies answer): the `checks`
     run side by side, each one failed when it takes longer than
-    `READINESS_CHECK_TIMEOUT_S`. A slow check is not cancelled (a database query cancelled
-    half-way loses its connection, `wait_or_leave`): it runs on, and until it ends the
-    probes that follow count it as failed without starting it again."""
+    `READINESS_CHECK_TIMEOUT_S`. A slow check is not cancelled (a database query
+    cancelled half-way loses its connection, `wait_or_leave`): it runs on, and the probes
+    that come meanwhile wait for it, within their own bound, rather than start another."""
     router = APIRouter(tags=["operations"])
     readiness = checks or {}
-    running: dict[str, asyncio.Task[bool]] = {}
+    running: dict[str, asyncio.Future[bool]] = {}
 
     async def bounded(name: str, check: ReadinessCheck) -> bool:
-        earlier = running.get(name)
-        if earlier is not None and not earlier.done():
-            return False
-        task = running[name] = asyncio.ensure_future(check())
+        task = running.get(name)
+        if task is None or task.done():
+            task = running[name] = asyncio.ensure_future(check())
         try:
-            return await wait_or_leave(task, READINESS_CHECK_TIMEOUT_S, finish_s=READINESS_FINISH_S)
+            return await wait_or_leave(
+                task, READINESS_CHECK_TIMEOUT_S, finish_s=READINESS_FINISH_S
+            )
         except TimeoutError:
             return False
 

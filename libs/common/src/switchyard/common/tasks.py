@@ -15,8 +15,6 @@ log = structlog.get_logger("switchyard.tasks")
 
 _T = TypeVar("_T")
 
-# Work whose caller stopped waiting (`wait_or_leave`), kept referenced until it ends.
-_left: set[asyncio.Future[Any]] = set()
 
 
 async def cancel_and_wait(task: asyncio.Task[Any], timeout_s: float = 5.0) -> bool:
@@ -37,14 +35,53 @@ async def cancel_and_wait(task: asyncio.Task[Any], timeout_s: float = 5.0) -> bo
     return task.done()
 
 
+class LeftWork:
+    """The work `wait_or_leave` left running for one owner (a database engine's user, say),
+    kept referenced until it ends, so that the owner can wait for it before closing what
+    it uses (`wait`)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def add(self, task: asyncio.Future[Any]) -> None:
+        """Keep `task` until it ends."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def running(self) -> int:
+        """How many are still running."""
+        return sum(1 for task in self._tasks if not task.done())
+
+    async def wait(self, timeout_s: float = 5.0) -> int:
+        """Wait up to `timeout_s` seconds for every piece of work left running to end (an
+        undo one started when it ended included); returns how many are still running."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while pending := [task for task in self._tasks if not task.done()]:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return len(pending)
+            with contextlib.suppress(Exception):
+                await asyncio.wait(pending, timeout=remaining)
+            # The undo a task started runs after the wait's own callback: one more turn.
+            await asyncio.sleep(0)
+        return 0
+
+
+# Work left running by callers that name no owner.
+LEFT = LeftWork()
+
+
 async def wait_or_leave(
     work: Awaitable[_T],
     timeout_s: float,
     *,
     finish_s: float = 60.0,
     on_late: Callable[[_T], Awaitable[None] | None] | None = None,
+    left: LeftWork = LEFT,
 ) -> _T:
-    """Run `work` in a task of its own and wait up to `timeout_s` seconds for its result.
+    """Run `work` in a task of its own (a task given is used as it is) and wait up to
+    `timeout_s` seconds for its result.
 
     Returns what `work` returns and raises what it raises. Raises TimeoutError when it
     takes longer, without cancelling it: it runs on to its end, `finish_s` seconds more at
@@ -52,29 +89,38 @@ async def wait_or_leave(
     cancelled half-way loses its connection: the pool forgets it while its socket stays
     open on the server (SQLAlchemy issues #8145 and #12077), so a store that is merely slow
     would be left with more and more connections until it refuses new ones. Left to end,
-    the connection goes back to the pool.
+    the connection goes back to the pool. (Work that holds locks should also be bounded
+    where it runs, e.g. by PostgreSQL's `statement_timeout`, so that it does not hold them
+    long after its caller gave up.)
 
     `on_late`: called with the result of work that succeeded after its caller stopped
     waiting (a timeout, or the caller's own cancellation), to undo what the caller never
-    learned of; it may return an awaitable, which runs in the background too. Failures of
-    left work, and of `on_late`, are logged at debug level, not raised."""
+    learned of; it may return an awaitable, which runs in the background too. `left`: the
+    owner's record of what it left running. Failures of left work, and of `on_late`, are
+    logged at debug level, not raised."""
     task = asyncio.ensure_future(work)
     try:
         async with asyncio.timeout(timeout_s):
             return await asyncio.shield(task)
     except BaseException:
-        _leave(task, finish_s, on_late)
+        _leave(task, finish_s, on_late, left)
         raise
 
 
-def _leave(task: asyncio.Future[_T], finish_s: float, on_late: Callable[[_T], Any] | None) -> None:
+def _leave(
+    task: asyncio.Future[_T],
+    finish_s: float,
+    on_late: Callable[[_T], Any] | None,
+    left: LeftWork,
+) -> None:
     """Let `task` run on (cancelled after `finish_s` seconds); hand a success the caller
     did not get to `on_late`. A task already done is settled at once: its failure was
     raised to the caller; its success came just as the caller stopped waiting."""
+    if task.done() and (task.cancelled() or task.exception() is not None):
+        return  # cancelled with its caller, or failed: the caller was told
     cancel: asyncio.TimerHandle | None = None
 
     def ended(done: asyncio.Future[_T]) -> None:
-        _left.discard(done)
         if cancel is not None:
             cancel.cancel()
         if done.cancelled():
@@ -92,33 +138,17 @@ def _leave(task: asyncio.Future[_T], finish_s: float, on_late: Callable[[_T], An
             return
         if inspect.isawaitable(undo):
             follow = asyncio.ensure_future(undo)
-            _left.add(follow)
-            follow.add_done_callback(_forget)
+            left.add(follow)
+            follow.add_done_callback(_undone)
 
     if task.done():
         ended(task)
         return
-    _left.add(task)
+    left.add(task)
     cancel = asyncio.get_running_loop().call_later(finish_s, task.cancel)
     task.add_done_callback(ended)
 
 
-def _forget(done: asyncio.Future[Any]) -> None:
-    _left.discard(done)
+def _undone(done: asyncio.Future[Any]) -> None:
     if not done.cancelled() and done.exception() is not None:
         log.debug("undoing late work failed", error=repr(done.exception()))
-
-
-async def left_running(timeout_s: float = 5.0) -> int:
-    """Wait up to `timeout_s` seconds for the work `wait_or_leave` left running to end
-    (before closing what it uses, e.g. a database engine); returns how many are still
-    running."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    # Again while work ends: an undo it started is left running too.
-    while pending := [task for task in _left if not task.done()]:
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            return len(pending)
-        with contextlib.suppress(Exception):
-            await asyncio.wait(pending, timeout=remaining)
-    return 0
