@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 
 import pytest
 from sqlalchemy import text
 
 from switchyard.common.db import create_engine, dispose_engine, downgrade, upgrade
-from switchyard.common.tasks import left_running
 from switchyard.gateway.governance import ledger_checks
 from switchyard.gateway.governance.ledger import GrantRequest, LeaseChange, LedgerUnavailable
 from switchyard.gateway.governance.postgres import PostgresLedger
@@ -97,53 +97,91 @@ async def test_the_schema_check_sees_a_database_behind_and_a_store_that_is_down(
         await down.close()
 
 
-async def test_a_grant_past_its_bound_keeps_its_connection_and_is_given_back(
+async def test_a_grant_past_its_bound_ends_with_it_and_keeps_its_connection(
     ledger_url: str,
 ) -> None:
-    """A grant held up (here by another transaction's lock on its counter) past the
-    ledger's bound counts as the store being down, but is not cancelled: cancelled
-    half-way, its connection would stay open on the server, outside the pool, one more
-    with every slow grant. It commits once the lock is gone, and what it granted, which
-    the replica never learned of, is given back."""
+    """A grant held up (here by another transaction's lock on one of its counters) past the
+    ledger's bound counts as the store being down. The server ends it at that bound too
+    (`statement_timeout`): it holds the counter it did lock (A) no longer than its caller
+    waited, so another replica's grant of A goes through at once. And it is not cancelled
+    by its caller: cancelled half-way, its connection would stay open on the server,
+    outside the pool, one more with every slow grant."""
     name = f"sy-ledger-{uuid.uuid4().hex[:8]}"
     engine = create_engine(ledger_url, connect_args={"application_name": name})
-    ledger = PostgresLedger(engine, timeout_s=0.2)
-    request = GrantRequest(
-        scope="key:slow", kind="requests", limit=100, want_min=1, want_max=10, window_s=60
-    )
-    [first] = await ledger.grant("replica-a", [request])
-    assert first.amount == 10
+    ledger = PostgresLedger(engine, timeout_s=0.3)
+    other = PostgresLedger.connect(ledger_url, timeout_s=5.0)
+
+    def request(scope: str) -> GrantRequest:
+        return GrantRequest(
+            scope=scope, kind="requests", limit=100, want_min=1, want_max=10, window_s=60
+        )
+
+    await ledger.grant("replica-a", [request("key:a"), request("key:b")])
     blocker = create_engine(ledger_url)
     try:
         for _ in range(5):
             async with blocker.connect() as connection:
                 transaction = await connection.begin()
                 await connection.execute(
-                    text("SELECT 1 FROM governance_counters WHERE scope = 'key:slow' FOR UPDATE")
+                    text("SELECT 1 FROM governance_counters WHERE scope = 'key:b' FOR UPDATE")
                 )
-                with pytest.raises(LedgerUnavailable, match="did not answer"):
-                    await ledger.grant("replica-a", [request])
-                await asyncio.sleep(0.3)  # still held: the grant waits on
+                with pytest.raises(LedgerUnavailable):
+                    await ledger.grant("replica-a", [request("key:a"), request("key:b")])
+                started = time.monotonic()
+                [granted] = await other.grant("replica-b", [request("key:a")])
+                assert granted.amount > 0 and time.monotonic() - started < 1.0
                 await transaction.rollback()
-            assert await left_running(10) == 0
-        [counter] = await ledger.counters(["key:slow"])
-        assert counter.committed == 10  # the first grant only: each late one given back
+            assert await ledger._left.wait(10) == 0
+        counters = {c.scope: c.committed for c in await ledger.counters(["key:a", "key:b"])}
+        # replica-a's first grant of each, and replica-b's five of A: no more.
+        assert counters == {"key:a": 60, "key:b": 10}
         async with blocker.connect() as connection:
-            held = (
-                await connection.execute(
-                    text("SELECT held FROM governance_leases WHERE scope = 'key:slow'")
-                )
-            ).scalar_one()
             open_connections = (
                 await connection.execute(
                     text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"),
                     {"name": name},
                 )
             ).scalar_one()
-        assert held == 10
         # No more than the pool holds: none lost to a cancellation.
         assert open_connections <= engine.pool.checkedin() + engine.pool.checkedout()
         assert engine.pool.checkedout() == 0
+    finally:
+        await ledger.close()
+        await other.close()
+        await dispose_engine(blocker)
+
+
+async def test_a_settlement_given_up_on_is_never_counted_twice(ledger_url: str) -> None:
+    """A settlement held up past its bound fails, and the replica writes it again later.
+    The server ended the first one at the bound (its caller waits a little longer than
+    that, for the verdict), so it cannot commit behind the retry: spent once."""
+    ledger = PostgresLedger(create_engine(ledger_url), background_timeout_s=0.5)
+    request = GrantRequest(
+        scope="key:settle",
+        kind="spend",
+        limit=100,
+        want_min=1,
+        want_max=10,
+        period_start=0,
+        period_end=None,
+    )
+    [granted] = await ledger.grant("replica-a", [request])
+    change = LeaseChange("key:settle", "spend", granted.window_start, 1.0)
+    blocker = create_engine(ledger_url)
+    try:
+        async with blocker.connect() as connection:
+            transaction = await connection.begin()
+            await connection.execute(
+                text("SELECT 1 FROM governance_counters WHERE scope = 'key:settle' FOR UPDATE")
+            )
+            with pytest.raises(LedgerUnavailable):
+                await ledger.settle("replica-a", [change])
+            await asyncio.sleep(0.3)
+            await transaction.rollback()
+        await ledger.settle("replica-a", [change])  # the retry
+        assert await ledger._left.wait(10) == 0
+        [counter] = await ledger.counters(["key:settle"])
+        assert counter.spent == 1.0
     finally:
         await ledger.close()
         await dispose_engine(blocker)
@@ -171,7 +209,7 @@ async def test_grants_cut_short_leave_no_connection_behind(ledger_url: str) -> N
                     return_exceptions=True,
                 )
                 granted += sum(a[0].amount for a in answers if not isinstance(a, BaseException))
-        assert await left_running(30) == 0
+        assert await ledger._left.wait(30) == 0
         checker = create_engine(ledger_url)
         try:
             async with checker.connect() as connection:

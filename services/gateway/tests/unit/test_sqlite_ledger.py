@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from switchyard.common.db import upgrade
-from switchyard.common.tasks import left_running
 from switchyard.common.testing.events import usage_recorded
 from switchyard.gateway.config import Settings
 from switchyard.gateway.governance import ledger_checks
 from switchyard.gateway.governance.admission import Admission, Refused
-from switchyard.gateway.governance.ledger import GrantRequest, LedgerUnavailable
+from switchyard.gateway.governance.ledger import GrantRequest, LedgerUnavailable, MemoryLedger
 from switchyard.gateway.governance.ledger_checks import (
     BODY,
     PRICES,
@@ -106,20 +106,51 @@ async def test_a_database_that_cannot_be_used_is_the_ledger_being_unavailable(
         await ledger.close()
 
 
-async def test_a_grant_that_commits_after_its_bound_is_given_back(ledger_url: str) -> None:
-    """A grant slower than its bound (here queued behind this process's other transaction)
-    fails, but runs on rather than being cancelled half-way; what it granted, which the
-    replica never learned of, is given back."""
+async def test_a_grant_that_commits_after_its_bound_is_given_back(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grant whose transaction outlasts its bound fails, but runs on rather than being
+    cancelled half-way; what it granted, which the replica never learned of, is given
+    back."""
     ledger = SQLiteLedger.connect(ledger_url, timeout_s=0.2)
     request = GrantRequest("user:late", "requests", 100, 1, 10, window_s=60)
+    grant = MemoryLedger.grant
+
+    async def slow_grant(self: MemoryLedger, *args: Any) -> Any:
+        await asyncio.sleep(0.4)  # inside the transaction, past the bound
+        return await grant(self, *args)
+
     try:
         [first] = await ledger.grant("gw", [request])
-        async with ledger._lock:  # a transaction of this process, longer than the bound
-            with pytest.raises(LedgerUnavailable, match="did not answer"):
-                await ledger.grant("gw", [request])
-        assert await left_running(10) == 0
+        monkeypatch.setattr(MemoryLedger, "grant", slow_grant)
+        with pytest.raises(LedgerUnavailable, match="did not answer"):
+            await ledger.grant("gw", [request])
+        monkeypatch.setattr(MemoryLedger, "grant", grant)
+        assert await ledger._left.wait(10) == 0
         [counter] = await ledger.counters(["user:late"])
         assert counter.committed == first.amount == 10
+    finally:
+        await ledger.close()
+
+
+async def test_grants_that_gave_up_waiting_for_their_turn_leave_nothing_behind(
+    ledger_url: str,
+) -> None:
+    """Grants queued behind this process's other transaction past their bound give up
+    without running: none is left to run later, and the next grant answers at once."""
+    ledger = SQLiteLedger.connect(ledger_url, timeout_s=0.2)
+    request = GrantRequest("user:queued", "requests", 1000, 1, 1, window_s=60)
+    try:
+        async with ledger._lock:  # a transaction of this process, longer than the bound
+            answers = await asyncio.gather(
+                *[ledger.grant("gw", [request]) for _ in range(50)], return_exceptions=True
+            )
+        assert all(isinstance(answer, LedgerUnavailable) for answer in answers)
+        assert ledger._left.running() == 0
+        [granted] = await ledger.grant("gw", [request])
+        assert granted.amount == 1
+        [counter] = await ledger.counters(["user:queued"])
+        assert counter.committed == 1
     finally:
         await ledger.close()
 

@@ -51,13 +51,18 @@ def store_name(store: str) -> str:
 
 
 async def spend_rows(
-    database_url: str, level: str, store: str = "postgres"
+    database_url: str, level: str, store: str | None = None
 ) -> list[dict[str, Any]]:
     """The budget spend counters of `level` (`key`, `user`, `team` or `tenant`) in the
     ledger at `database_url` (`store`: `postgres`, the fleet's, or `sqlite`, one
-    machine's), one dict per counter (ids, USD amounts, period)."""
+    machine's; by default the kind of the URL), one dict per counter (ids, USD amounts,
+    period)."""
+    from sqlalchemy.engine import make_url
+
     from switchyard.gateway.governance.ledger import Ledger
 
+    if store is None:
+        store = "sqlite" if make_url(database_url).get_backend_name() == "sqlite" else "postgres"
     ledger: Ledger
     if store == "sqlite":
         from switchyard.gateway.governance.sqlite import SQLiteLedger

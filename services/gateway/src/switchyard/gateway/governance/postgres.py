@@ -3,12 +3,14 @@
 One grant is one call of the PL/pgSQL function `governance_grant` (migration 0001 of the
 gateway), which locks each counter row (`SELECT ... FOR UPDATE`), starts a new window if
 the old one ended, grants, and records the replica's lease, all in one transaction whose
-commit does not wait for the disk (`_ASYNCHRONOUS_COMMIT`). Items are sent in (scope,
-kind) order so concurrent grants lock rows in the same order and never deadlock. Release,
-settle, heartbeat and reap are single statements.
+commit does not wait for the disk (`_SETTINGS`). Items are sent in (scope, kind) order so
+concurrent grants lock rows in the same order, and release, settle and reap lock their
+counters in that order before their leases (`_LOCK_COUNTERS`): none of them deadlocks
+another. Heartbeat is a single statement.
 
-A statement slower than its bound is not cancelled (that would lose its connection, see
-`switchyard.common.tasks.wait_or_leave`): it runs on, and a grant that commits after its
+A statement slower than its bound is ended by the server (`statement_timeout`), not
+cancelled by its caller (that would lose its connection, see
+`switchyard.common.tasks.wait_or_leave`); a grant that commits all the same after its
 replica stopped waiting is given back.
 
 Times are epoch seconds (double precision), so windows compare exactly between Python
@@ -18,16 +20,16 @@ and SQL; the database's clock (`clock_timestamp()`) decides when a window ends.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import structlog
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typing_extensions import override
 
 from switchyard.common.db import create_engine, dispose_engine
-from switchyard.common.tasks import left_running, wait_or_leave
+from switchyard.common.tasks import LeftWork, wait_or_leave
 from switchyard.gateway.governance import tables
 from switchyard.gateway.governance.ledger import (
     CounterState,
@@ -40,14 +42,27 @@ from switchyard.gateway.governance.ledger import (
 )
 
 log = structlog.get_logger("switchyard.gateway.governance")
+_T = TypeVar("_T")
 
 _GRANT = text("SELECT governance_grant(:replica, CAST(:items AS jsonb))")
-# A grant's commit does not wait for its write-ahead log to reach the disk: a request
-# waits on it, and a disk flush held up by other writers (a checkpoint, history's inserts)
-# would count as the store being down. What a crash of the server may lose is the last
-# fraction of a second of grants, which only under-counts leases the replicas hold anyway
-# (as a reaped replica's do). Settlements (spend) still wait for the disk.
-_ASYNCHRONOUS_COMMIT = text("SET LOCAL synchronous_commit = off")
+# Each transaction's own settings, in one round trip before its work:
+# - `statement_timeout`: the server ends a statement that outlasts the caller's bound (a
+#   lock held elsewhere, a slow disk), so work the caller stopped waiting for rolls back
+#   soon after and does not hold its locks and its connection on (`wait_or_leave`);
+# - `synchronous_commit`: off for a grant, whose commit then does not wait for its
+#   write-ahead log to reach the disk (a request waits on it, and a flush held up by other
+#   writers is not the store being down). A crash of the database server may lose the last
+#   fraction of a second of grants: the replicas go on using what those granted, so until
+#   their windows end the fleet may admit up to that much beyond a limit. Settlements
+#   (spend) still wait for the disk.
+_SETTINGS = text(
+    "SELECT set_config('statement_timeout', :statement_timeout, true), "
+    "set_config('synchronous_commit', :synchronous_commit, true)"
+)
+# How much longer than the server's own bound a background statement's caller waits: the
+# server's verdict (done, or rolled back) comes first, so a settlement given up on never
+# commits later (a retry would count it twice), unless the server stopped answering.
+SERVER_VERDICT_S = 5.0
 # NULL when migration 0001's function is missing.
 _GRANT_FUNCTION_PRESENT = text("SELECT to_regprocedure('governance_grant(text, jsonb)')")
 _RELEASE = text(
@@ -118,12 +133,25 @@ _HEARTBEAT = text(
 )
 _REAP = text(
     """
-    WITH dead AS (
-        DELETE FROM governance_replicas
+    WITH locked AS (
+        SELECT i->>'scope' AS scope, i->>'kind' AS kind
+        FROM jsonb_array_elements(CAST(:counters AS jsonb)) AS i
+    ), stale AS (
+        SELECT replica FROM governance_replicas
         WHERE heartbeat_at < now() - make_interval(secs => :stale_after_s)
-        RETURNING replica
+    ), dead AS (
+        -- A silent replica with a lease of a counter not locked keeps its row till then.
+        DELETE FROM governance_replicas r USING stale
+        WHERE r.replica = stale.replica AND NOT EXISTS (
+            SELECT 1 FROM governance_leases l
+            WHERE l.replica = r.replica
+              AND (l.scope, l.kind) NOT IN (SELECT scope, kind FROM locked)
+        )
+        RETURNING r.replica
     ), gone AS (
-        DELETE FROM governance_leases l USING dead WHERE l.replica = dead.replica
+        DELETE FROM governance_leases l USING stale
+        WHERE l.replica = stale.replica
+          AND (l.scope, l.kind) IN (SELECT scope, kind FROM locked)
         RETURNING l.scope, l.kind, l.window_start, l.held
     ), totals AS (
         SELECT scope, kind, window_start, sum(held) AS held FROM gone GROUP BY 1, 2, 3
@@ -137,11 +165,12 @@ _REAP = text(
     SELECT count(*) FROM dead
     """
 )
-# The counters of silent replicas' leases, locked as `_LOCK_COUNTERS` does before `_REAP`
-# deletes the leases.
+# The counters of silent replicas' leases, locked as `_LOCK_COUNTERS` does; `_REAP` then
+# deletes only the leases of these counters (a lease of another, granted since, is reaped
+# on the next round, with its counter locked first).
 _LOCK_REAPED_COUNTERS = text(
     """
-    SELECT 1 FROM governance_counters c
+    SELECT c.scope, c.kind FROM governance_counters c
     WHERE (c.scope, c.kind) IN (
         SELECT l.scope, l.kind FROM governance_leases l
         JOIN governance_replicas r ON r.replica = l.replica
@@ -180,10 +209,10 @@ class PostgresLedger(Ledger):
     """The ledger in the `governance_*` tables.
 
     Grants (on a request's path) are bounded by `timeout_s`: slower counts as the store
-    being down (the grant runs on, and what it granted is given back if it commits).
-    Settlements, releases and housekeeping run in the background and get
-    `background_timeout_s`: a settlement abandoned by a timeout may still commit, and the
-    retry would then count it twice, so those are given all the time they need."""
+    being down (the server ends the grant at that bound too; one that commits all the same
+    is given back). Settlements, releases and housekeeping run in the background and get
+    `background_timeout_s`, and their callers wait `SERVER_VERDICT_S` longer: a
+    settlement given up on while it could still commit would count twice when retried."""
 
     def __init__(
         self, engine: AsyncEngine, *, timeout_s: float = 0.5, background_timeout_s: float = 60.0
@@ -191,6 +220,8 @@ class PostgresLedger(Ledger):
         self._engine = engine
         self._timeout_s = timeout_s
         self._background_timeout_s = background_timeout_s
+        # Transactions left running past their callers' bounds (`_transaction`).
+        self._left = LeftWork()
 
     @classmethod
     def connect(cls, database_url: str, *, timeout_s: float = 0.5) -> PostgresLedger:
@@ -198,43 +229,62 @@ class PostgresLedger(Ledger):
         `timeout_s` seconds raises `LedgerUnavailable`."""
         return cls(create_engine(database_url), timeout_s=timeout_s)
 
-    async def _run(
+    async def _transaction(
         self,
-        statement: Any,
-        params: dict[str, Any],
+        work: Callable[[AsyncConnection], Awaitable[_T]],
         *,
-        timeout_s: float | None = None,
-        on_late: Callable[[Any], Awaitable[None] | None] | None = None,
-        synchronous_commit: bool = True,
-        lock: Any = None,
-    ) -> Any:
-        """The rows `statement` returns (None when it returns none), in a transaction of
-        its own. Slower than `timeout_s` (else `background_timeout_s`): LedgerUnavailable,
-        and the statement runs on to its end (`wait_or_leave`), its rows then given to
-        `on_late`. `synchronous_commit` False: the commit does not wait for the write-ahead
-        log to reach the disk (PostgreSQL's `synchronous_commit = off`). `lock`: a
-        statement run first, with the same parameters (`_LOCK_COUNTERS`)."""
-        timeout_s = timeout_s if timeout_s is not None else self._background_timeout_s
+        grant: bool = False,
+        on_late: Callable[[_T], Awaitable[None] | None] | None = None,
+    ) -> _T:
+        """What `work` returns, in a transaction of its own. A grant (`grant`) is bounded by
+        `timeout_s` and commits without waiting for the disk; the rest by
+        `background_timeout_s`. The server ends a statement that outlasts the bound
+        (`_SETTINGS`); a caller that stops waiting does not cancel the work (a call
+        cancelled half-way loses its connection, `wait_or_leave`), whose result, should it
+        commit after all, goes to `on_late`.
 
-        async def run() -> Any:
+        Raises:
+            LedgerUnavailable: slower than the bound, or any database failure.
+        """
+        bound_s = self._timeout_s if grant else self._background_timeout_s
+        wait_s = bound_s if grant else bound_s + SERVER_VERDICT_S
+        settings = {
+            "statement_timeout": f"{max(1, round(bound_s * 1000))}ms",
+            "synchronous_commit": "off" if grant else "on",
+        }
+
+        async def run() -> _T:
             async with self._engine.begin() as connection:
-                if not synchronous_commit:
-                    await connection.execute(_ASYNCHRONOUS_COMMIT)
-                if lock is not None:
-                    await connection.execute(lock, params)
-                result = await connection.execute(statement, params)
-                return result.fetchall() if result.returns_rows else None
+                await connection.execute(_SETTINGS, settings)
+                return await work(connection)
 
         try:
             return await wait_or_leave(
-                run(), timeout_s, finish_s=self._background_timeout_s, on_late=on_late
+                run(),
+                wait_s,
+                finish_s=self._background_timeout_s + SERVER_VERDICT_S,
+                on_late=on_late,
+                left=self._left,
             )
         except TimeoutError as exc:
-            raise LedgerUnavailable(f"limit store did not answer in {timeout_s}s") from exc
+            raise LedgerUnavailable(f"limit store did not answer in {wait_s}s") from exc
         except LedgerUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - any database failure means "unavailable"
             raise LedgerUnavailable(repr(exc)) from exc
+
+    async def _run(self, statement: Any, params: dict[str, Any], *, lock: Any = None) -> Any:
+        """The rows `statement` returns (None when it returns none), in a background
+        transaction (`_transaction`); `lock`: a statement run first, with the same
+        parameters (`_LOCK_COUNTERS`)."""
+
+        async def work(connection: AsyncConnection) -> Any:
+            if lock is not None:
+                await connection.execute(lock, params)
+            result = await connection.execute(statement, params)
+            return result.fetchall() if result.returns_rows else None
+
+        return await self._transaction(work)
 
     @override
     async def grant(self, replica: str, requests: Sequence[GrantRequest]) -> list[Grant]:
@@ -273,18 +323,17 @@ class PostgresLedger(Ledger):
                 )
             return in_order  # type: ignore[return-value]
 
-        rows = await self._run(
-            _GRANT,
-            {"replica": replica, "items": items},
-            timeout_s=self._timeout_s,
+        async def work(connection: AsyncConnection) -> list[Grant]:
+            result = await connection.execute(_GRANT, {"replica": replica, "items": items})
+            return grants(result.fetchall())
+
+        return await self._transaction(
+            work,
+            grant=True,
             # A grant that committed after this replica stopped waiting for it: given back,
             # or the fleet would count it as held here until its window ends.
-            on_late=lambda rows: self._release_quietly(
-                replica, giving_back(requests, grants(rows))
-            ),
-            synchronous_commit=False,
+            on_late=lambda granted: self._release_quietly(replica, giving_back(requests, granted)),
         )
-        return grants(rows)
 
     @override
     async def release(self, replica: str, changes: Sequence[LeaseChange]) -> None:
@@ -314,8 +363,19 @@ class PostgresLedger(Ledger):
 
     @override
     async def reap(self, stale_after_s: float) -> int:
-        rows = await self._run(_REAP, {"stale_after_s": stale_after_s}, lock=_LOCK_REAPED_COUNTERS)
-        return int(rows[0][0]) if rows else 0
+        async def work(connection: AsyncConnection) -> int:
+            locked = await connection.execute(
+                _LOCK_REAPED_COUNTERS, {"stale_after_s": stale_after_s}
+            )
+            counters = orjson.dumps(
+                [{"scope": scope, "kind": kind} for scope, kind in locked.fetchall()]
+            ).decode()
+            reaped = await connection.execute(
+                _REAP, {"stale_after_s": stale_after_s, "counters": counters}
+            )
+            return int(reaped.scalar_one())
+
+        return await self._transaction(work)
 
     @override
     async def counters(self, scopes: Sequence[str] | None = None) -> list[CounterState]:
@@ -338,13 +398,15 @@ class PostgresLedger(Ledger):
 
     @override
     async def schema_current(self, timeout_s: float) -> bool:
-        return await tables.schema_current(self._engine, timeout_s, _GRANT_FUNCTION_PRESENT)
+        return await tables.schema_current(
+            self._engine, timeout_s, _GRANT_FUNCTION_PRESENT, left=self._left
+        )
 
     @override
     async def close(self) -> None:
         # Statements left running past their caller's bound end first (a late grant's
         # release with them), so that none is cut off by the engine's disposal.
-        await left_running(timeout_s=5.0)
+        await self._left.wait(timeout_s=5.0)
         await dispose_engine(self._engine)
 
 

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from typing_extensions import override
 
 from switchyard.common.db import create_engine, dispose_engine
-from switchyard.common.tasks import left_running, wait_or_leave
+from switchyard.common.tasks import LeftWork, wait_or_leave
 from switchyard.gateway.governance import tables
 from switchyard.gateway.governance.ledger import (
     CounterState,
@@ -83,6 +83,8 @@ class SQLiteLedger(Ledger):
         self._clock = clock
         # One transaction of this process at a time: the write lock is the database's.
         self._lock = asyncio.Lock()
+        # Transactions left running past their callers' bounds (`_transaction`).
+        self._left = LeftWork()
 
     @classmethod
     def connect(cls, database_url: str, *, timeout_s: float = 0.5) -> SQLiteLedger:
@@ -116,18 +118,30 @@ class SQLiteLedger(Ledger):
         on_late: Callable[[_T], Awaitable[None]] | None = None,
     ) -> _T:
         """What `work` returns, run in one transaction. Slower than `timeout_s` (else
-        `background_timeout_s`): LedgerUnavailable, and the transaction runs on to its end
-        rather than being cancelled half-way (`wait_or_leave`), its result then given to
-        `on_late`."""
+        `background_timeout_s`): LedgerUnavailable. Waiting for this process's turn is
+        simply given up; a transaction that started runs on to its end rather than being
+        cancelled half-way (`wait_or_leave`), its result then given to `on_late`."""
         timeout_s = timeout_s if timeout_s is not None else self._background_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
 
         async def run() -> _T:
-            async with self._lock, self._engine.begin() as connection:
-                return await work(connection)
+            try:
+                async with self._engine.begin() as connection:
+                    return await work(connection)
+            finally:
+                self._lock.release()
 
         try:
+            async with asyncio.timeout_at(deadline):
+                await self._lock.acquire()
+            # From here the task `run` becomes releases the lock, however it ends.
             return await wait_or_leave(
-                run(), timeout_s, finish_s=self._background_timeout_s, on_late=on_late
+                run(),
+                max(deadline - loop.time(), 0.0),
+                finish_s=self._background_timeout_s,
+                on_late=on_late,
+                left=self._left,
             )
         except TimeoutError as exc:
             raise LedgerUnavailable(f"limit store did not answer in {timeout_s}s") from exc
@@ -280,11 +294,11 @@ class SQLiteLedger(Ledger):
 
     @override
     async def schema_current(self, timeout_s: float) -> bool:
-        return await tables.schema_current(self._engine, timeout_s)
+        return await tables.schema_current(self._engine, timeout_s, left=self._left)
 
     @override
     async def close(self) -> None:
-        await left_running(timeout_s=5.0)  # transactions left running past their bound
+        await self._left.wait(timeout_s=5.0)  # transactions left running past their bound
         await dispose_engine(self._engine)
 
 

@@ -5,11 +5,13 @@ otherwise count no budget and no rate limit, and say so only in a warning per re
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy import Column, DateTime, Float, MetaData, String, Table, Text, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.db import probe_schema
-from switchyard.common.tasks import wait_or_leave
+from switchyard.common.tasks import LEFT, LeftWork, wait_or_leave
 from switchyard.gateway.governance.ledger import LedgerUnavailable
 
 LEDGER_METADATA = MetaData()
@@ -42,10 +44,24 @@ replicas_table = Table(
 )
 
 
-async def schema_current(engine: AsyncEngine, timeout_s: float, *present: TextClause) -> bool:
+# The schema check running for each engine (by `id`), while it runs.
+_running: dict[int, asyncio.Future[bool]] = {}
+
+
+def _forget(key: int, done: asyncio.Future[bool]) -> None:
+    if _running.get(key) is done:
+        del _running[key]
+
+
+async def schema_current(
+    engine: AsyncEngine, timeout_s: float, *present: TextClause, left: LeftWork = LEFT
+) -> bool:
     """Whether the database of `engine` has every ledger table and column this version uses,
     and each statement of `present` (one value: NULL when what it looks for is missing, e.g.
     a function) finds what it looks for. False when the database answers but lacks one.
+
+    A check that outlasts `timeout_s` runs on (recorded in `left`), and a call made
+    meanwhile waits for it instead of starting another.
 
     Raises:
         LedgerUnavailable: the database did not answer within `timeout_s` seconds, or
@@ -64,9 +80,16 @@ async def schema_current(engine: AsyncEngine, timeout_s: float, *present: TextCl
                 return False
             return True
 
+    # One check of an engine at a time: a caller that comes while one runs (the next
+    # readiness probe) waits for it rather than open another connection.
+    key = id(engine)
+    task = _running.get(key)
+    if task is None or task.done():
+        task = _running[key] = asyncio.ensure_future(check())
+        task.add_done_callback(lambda done: _forget(key, done))
     try:
         # Not cancelled when slow: that would lose its connection (`wait_or_leave`).
-        return await wait_or_leave(check(), timeout_s)
+        return await wait_or_leave(task, timeout_s, left=left)
     except TimeoutError as exc:
         raise LedgerUnavailable(f"limit store did not answer in {timeout_s}s") from exc
     except Exception as exc:  # noqa: BLE001 - any connection failure means "unavailable"
