@@ -133,3 +133,17 @@ async def test_a_cancelled_caller_leaves_the_work_running_and_undoes_its_success
     assert left.running() == 1
     assert await left.wait(5) == 0
     assert undone == [7]
+
+
+async def test_a_caller_sharing_work_that_another_caller_left_gets_a_timeout_when_it_is_stopped():
+    """Two callers wait on one task (a readiness check shared by probes): the first gives up
+    and leaves it, with a short `finish_s`; when that cancels the work, the second caller,
+    still within its own bound, gets a TimeoutError, not the work's cancellation."""
+    left = LeftWork()
+    shared = asyncio.ensure_future(asyncio.sleep(3600))
+    with pytest.raises(TimeoutError):
+        await wait_or_leave(shared, 0.01, finish_s=0.05, left=left)
+    with pytest.raises(TimeoutError):
+        await wait_or_leave(shared, 5, left=left)
+    assert shared.cancelled()
+    assert await left.wait(1) == 0

@@ -151,36 +151,73 @@ async def test_a_grant_past_its_bound_ends_with_it_and_keeps_its_connection(
         await dispose_engine(blocker)
 
 
-async def test_a_settlement_given_up_on_is_never_counted_twice(ledger_url: str) -> None:
-    """A settlement held up past its bound fails, and the replica writes it again later.
-    The server ended the first one at the bound (its caller waits a little longer than
-    that, for the verdict), so it cannot commit behind the retry: spent once."""
-    ledger = PostgresLedger(create_engine(ledger_url), background_timeout_s=0.5)
+async def test_a_settlement_given_up_on_is_never_counted_twice(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settlement held up past its deadline fails, and the replica writes it again
+    later (`Admission.flush`). Here its counter is locked elsewhere for most of the
+    deadline and its lease nearly to twice it: each statement alone is within the bound,
+    the two together are not. The server ends the second at the deadline the call began
+    with, and the caller waits for that verdict, so the first try cannot commit behind
+    the retry: spent once. (Scaled down: a 1 s deadline, 0.5 s for the verdict.)"""
+    from switchyard.gateway.governance import postgres
+
+    monkeypatch.setattr(postgres, "SERVER_VERDICT_S", 0.5)
+    ledger = PostgresLedger(create_engine(ledger_url), background_timeout_s=1.0)
     request = GrantRequest(
-        scope="key:settle",
+        scope="team:settle",
         kind="spend",
         limit=100,
         want_min=1,
         want_max=10,
         period_start=0,
-        period_end=None,
+        period_end=1e12,
     )
     [granted] = await ledger.grant("replica-a", [request])
-    change = LeaseChange("key:settle", "spend", granted.window_start, 1.0)
+    change = LeaseChange("team:settle", "spend", granted.window_start, 1.0)
     blocker = create_engine(ledger_url)
-    try:
+
+    async def hold(statement: str, seconds: float, held: asyncio.Event) -> None:
         async with blocker.connect() as connection:
-            transaction = await connection.begin()
-            await connection.execute(
-                text("SELECT 1 FROM governance_counters WHERE scope = 'key:settle' FOR UPDATE")
+            await connection.begin()
+            await connection.execute(text(statement))
+            held.set()
+            await asyncio.sleep(seconds)
+            await connection.rollback()
+
+    counter_held, lease_held = asyncio.Event(), asyncio.Event()
+    holders = [
+        asyncio.create_task(
+            hold(
+                "SELECT 1 FROM governance_counters WHERE scope = 'team:settle' FOR UPDATE",
+                0.95,
+                counter_held,
             )
-            with pytest.raises(LedgerUnavailable):
+        ),
+        asyncio.create_task(
+            hold(
+                "SELECT 1 FROM governance_leases WHERE scope = 'team:settle' FOR UPDATE",
+                1.9,
+                lease_held,
+            )
+        ),
+    ]
+    try:
+        await counter_held.wait()
+        await lease_held.wait()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
                 await ledger.settle("replica-a", [change])
-            await asyncio.sleep(0.3)
-            await transaction.rollback()
-        await ledger.settle("replica-a", [change])  # the retry
+                break
+            except LedgerUnavailable:
+                assert attempts < 5
+                await asyncio.sleep(0.5)
+        assert attempts > 1  # the first try was given up on
+        await asyncio.gather(*holders)
         assert await ledger._left.wait(10) == 0
-        [counter] = await ledger.counters(["key:settle"])
+        [counter] = await ledger.counters(["team:settle"])
         assert counter.spent == 1.0
     finally:
         await ledger.close()

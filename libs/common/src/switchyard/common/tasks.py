@@ -16,7 +16,6 @@ log = structlog.get_logger("switchyard.tasks")
 _T = TypeVar("_T")
 
 
-
 async def cancel_and_wait(task: asyncio.Task[Any], timeout_s: float = 5.0) -> bool:
     """Cancel `task` and wait up to `timeout_s` seconds for it to end; returns whether it
     did. The task is cancelled again every half second while it runs on: on Python 3.11,
@@ -84,7 +83,8 @@ async def wait_or_leave(
     `timeout_s` seconds for its result.
 
     Returns what `work` returns and raises what it raises. Raises TimeoutError when it
-    takes longer, without cancelling it: it runs on to its end, `finish_s` seconds more at
+    takes longer (or is cancelled by another caller's `finish_s` while this one waits on
+    the same task), without cancelling it: it runs on to its end, `finish_s` seconds more at
     most, and is cancelled only then (a server that stopped answering). Database work
     cancelled half-way loses its connection: the pool forgets it while its socket stays
     open on the server (SQLAlchemy issues #8145 and #12077), so a store that is merely slow
@@ -102,6 +102,14 @@ async def wait_or_leave(
     try:
         async with asyncio.timeout(timeout_s):
             return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        _leave(task, finish_s, on_late, left)
+        current = asyncio.current_task()
+        if task.cancelled() and current is not None and not current.cancelling():
+            # The work was cancelled, not this caller: work shared with an earlier caller
+            # that left it, whose `finish_s` passed. For this caller it never answered.
+            raise TimeoutError("the work was stopped before it answered") from None
+        raise
     except BaseException:
         _leave(task, finish_s, on_late, left)
         raise

@@ -19,13 +19,14 @@ and SQL; the database's clock (`clock_timestamp()`) decides when a window ends.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
 import structlog
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import override
 
 from switchyard.common.db import create_engine, dispose_engine
@@ -43,12 +44,16 @@ from switchyard.gateway.governance.ledger import (
 
 log = structlog.get_logger("switchyard.gateway.governance")
 _T = TypeVar("_T")
+# Runs a statement with its parameters in the transaction, bounded by its deadline
+# (`PostgresLedger._transaction`); returns SQLAlchemy's result.
+_Execute = Callable[[Any, dict[str, Any]], Awaitable[Any]]
 
 _GRANT = text("SELECT governance_grant(:replica, CAST(:items AS jsonb))")
-# Each transaction's own settings, in one round trip before its work:
-# - `statement_timeout`: the server ends a statement that outlasts the caller's bound (a
-#   lock held elsewhere, a slow disk), so work the caller stopped waiting for rolls back
-#   soon after and does not hold its locks and its connection on (`wait_or_leave`);
+# Each statement's settings, in one round trip before it (`set_config(..., true)`: for the
+# rest of the transaction):
+# - `statement_timeout`: the time left until the transaction's deadline, so the server
+#   ends work that outlasts its caller's bound (a lock held elsewhere, a slow disk) and it
+#   rolls back, freeing its locks and its connection (`wait_or_leave`);
 # - `synchronous_commit`: off for a grant, whose commit then does not wait for its
 #   write-ahead log to reach the disk (a request waits on it, and a flush held up by other
 #   writers is not the store being down). A crash of the database server may lose the last
@@ -59,9 +64,9 @@ _SETTINGS = text(
     "SELECT set_config('statement_timeout', :statement_timeout, true), "
     "set_config('synchronous_commit', :synchronous_commit, true)"
 )
-# How much longer than the server's own bound a background statement's caller waits: the
-# server's verdict (done, or rolled back) comes first, so a settlement given up on never
-# commits later (a retry would count it twice), unless the server stopped answering.
+# How much longer than its deadline a background transaction's caller waits: the server's
+# verdict (done, or rolled back) comes first, so a settlement given up on never commits
+# later (a retry would count it twice), unless the server stopped answering.
 SERVER_VERDICT_S = 5.0
 # NULL when migration 0001's function is missing.
 _GRANT_FUNCTION_PRESENT = text("SELECT to_regprocedure('governance_grant(text, jsonb)')")
@@ -231,32 +236,49 @@ class PostgresLedger(Ledger):
 
     async def _transaction(
         self,
-        work: Callable[[AsyncConnection], Awaitable[_T]],
+        work: Callable[[_Execute], Awaitable[_T]],
         *,
         grant: bool = False,
         on_late: Callable[[_T], Awaitable[None] | None] | None = None,
     ) -> _T:
-        """What `work` returns, in a transaction of its own. A grant (`grant`) is bounded by
-        `timeout_s` and commits without waiting for the disk; the rest by
-        `background_timeout_s`. The server ends a statement that outlasts the bound
-        (`_SETTINGS`); a caller that stops waiting does not cancel the work (a call
-        cancelled half-way loses its connection, `wait_or_leave`), whose result, should it
-        commit after all, goes to `on_late`.
+        """What `work` returns, in a transaction of its own; `work` runs its statements with
+        the `execute` it is given. A grant (`grant`) is bounded by `timeout_s` and commits
+        without waiting for the disk; the rest by `background_timeout_s`.
+
+        The bound is a deadline from this call on: each statement may run only until it
+        (`statement_timeout`, set before each to the time left), so the server rolls back
+        work that outlasts it. A grant's caller stops waiting at the deadline without
+        cancelling the work (a call cancelled half-way loses its connection,
+        `wait_or_leave`), and a grant that commits all the same goes to `on_late`. The
+        others' callers wait `SERVER_VERDICT_S` more, for the server's verdict: a
+        settlement written again must be one that did not commit.
 
         Raises:
             LedgerUnavailable: slower than the bound, or any database failure.
         """
+        loop = asyncio.get_running_loop()
         bound_s = self._timeout_s if grant else self._background_timeout_s
+        deadline = loop.time() + bound_s
         wait_s = bound_s if grant else bound_s + SERVER_VERDICT_S
-        settings = {
-            "statement_timeout": f"{max(1, round(bound_s * 1000))}ms",
-            "synchronous_commit": "off" if grant else "on",
-        }
+        synchronous_commit = "off" if grant else "on"
 
         async def run() -> _T:
             async with self._engine.begin() as connection:
-                await connection.execute(_SETTINGS, settings)
-                return await work(connection)
+
+                async def execute(statement: Any, params: dict[str, Any]) -> Any:
+                    left_ms = round((deadline - loop.time()) * 1000)
+                    if left_ms < 1:
+                        raise LedgerUnavailable(f"limit store did not answer in {bound_s}s")
+                    await connection.execute(
+                        _SETTINGS,
+                        {
+                            "statement_timeout": f"{left_ms}ms",
+                            "synchronous_commit": synchronous_commit,
+                        },
+                    )
+                    return await connection.execute(statement, params)
+
+                return await work(execute)
 
         try:
             return await wait_or_leave(
@@ -278,10 +300,10 @@ class PostgresLedger(Ledger):
         transaction (`_transaction`); `lock`: a statement run first, with the same
         parameters (`_LOCK_COUNTERS`)."""
 
-        async def work(connection: AsyncConnection) -> Any:
+        async def work(execute: _Execute) -> Any:
             if lock is not None:
-                await connection.execute(lock, params)
-            result = await connection.execute(statement, params)
+                await execute(lock, params)
+            result = await execute(statement, params)
             return result.fetchall() if result.returns_rows else None
 
         return await self._transaction(work)
@@ -323,8 +345,8 @@ class PostgresLedger(Ledger):
                 )
             return in_order  # type: ignore[return-value]
 
-        async def work(connection: AsyncConnection) -> list[Grant]:
-            result = await connection.execute(_GRANT, {"replica": replica, "items": items})
+        async def work(execute: _Execute) -> list[Grant]:
+            result = await execute(_GRANT, {"replica": replica, "items": items})
             return grants(result.fetchall())
 
         return await self._transaction(
@@ -363,16 +385,12 @@ class PostgresLedger(Ledger):
 
     @override
     async def reap(self, stale_after_s: float) -> int:
-        async def work(connection: AsyncConnection) -> int:
-            locked = await connection.execute(
-                _LOCK_REAPED_COUNTERS, {"stale_after_s": stale_after_s}
-            )
+        async def work(execute: _Execute) -> int:
+            locked = await execute(_LOCK_REAPED_COUNTERS, {"stale_after_s": stale_after_s})
             counters = orjson.dumps(
                 [{"scope": scope, "kind": kind} for scope, kind in locked.fetchall()]
             ).decode()
-            reaped = await connection.execute(
-                _REAP, {"stale_after_s": stale_after_s, "counters": counters}
-            )
+            reaped = await execute(_REAP, {"stale_after_s": stale_after_s, "counters": counters})
             return int(reaped.scalar_one())
 
         return await self._transaction(work)

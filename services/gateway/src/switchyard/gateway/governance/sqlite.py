@@ -117,13 +117,17 @@ class SQLiteLedger(Ledger):
         timeout_s: float | None = None,
         on_late: Callable[[_T], Awaitable[None]] | None = None,
     ) -> _T:
-        """What `work` returns, run in one transaction. Slower than `timeout_s` (else
-        `background_timeout_s`): LedgerUnavailable. Waiting for this process's turn is
-        simply given up; a transaction that started runs on to its end rather than being
-        cancelled half-way (`wait_or_leave`), its result then given to `on_late`."""
-        timeout_s = timeout_s if timeout_s is not None else self._background_timeout_s
+        """What `work` returns, run in one transaction. A grant (`timeout_s` given) is
+        bounded by it, from this call on: waiting for this process's turn is simply given
+        up, and a transaction that started and outlasts the bound runs on to its end
+        rather than being cancelled half-way (`wait_or_leave`), its result then given to
+        `on_late`. The rest wait up to `background_timeout_s` for their turn, and then for
+        the transaction's own end (each statement bounded by SQLite's busy timeout), a
+        minute at most: a settlement written again must be one that did not commit."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        background = timeout_s is None
+        bound_s = self._background_timeout_s if timeout_s is None else timeout_s
+        deadline = loop.time() + bound_s
 
         async def run() -> _T:
             try:
@@ -138,7 +142,7 @@ class SQLiteLedger(Ledger):
             # From here the task `run` becomes releases the lock, however it ends.
             return await wait_or_leave(
                 run(),
-                max(deadline - loop.time(), 0.0),
+                self._background_timeout_s if background else max(deadline - loop.time(), 0.0),
                 finish_s=self._background_timeout_s,
                 on_late=on_late,
                 left=self._left,

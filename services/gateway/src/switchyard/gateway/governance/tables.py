@@ -44,6 +44,8 @@ replicas_table = Table(
 )
 
 
+# How long a schema check that outlasted its caller may run on (as a readiness check may).
+SCHEMA_CHECK_FINISH_S = 30.0
 # The schema check running for each engine (by `id`), while it runs.
 _running: dict[int, asyncio.Future[bool]] = {}
 
@@ -89,7 +91,7 @@ async def schema_current(
         task.add_done_callback(lambda done: _forget(key, done))
     try:
         # Not cancelled when slow: that would lose its connection (`wait_or_leave`).
-        return await wait_or_leave(task, timeout_s, left=left)
+        return await wait_or_leave(task, timeout_s, finish_s=SCHEMA_CHECK_FINISH_S, left=left)
     except TimeoutError as exc:
         raise LedgerUnavailable(f"limit store did not answer in {timeout_s}s") from exc
     except Exception as exc:  # noqa: BLE001 - any connection failure means "unavailable"
