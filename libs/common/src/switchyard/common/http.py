@@ -59,9 +59,7 @@ def health_router(checks: dict[str, ReadinessCheck] | None = None) -> APIRouter:
         if task is None or task.done():
             task = running[name] = asyncio.ensure_future(check())
         try:
-            return await wait_or_leave(
-                task, READINESS_CHECK_TIMEOUT_S, finish_s=READINESS_FINISH_S
-            )
+            return await wait_or_leave(task, READINESS_CHECK_TIMEOUT_S, finish_s=READINESS_FINISH_S)
         except TimeoutError:
             return False
 

@@ -341,8 +341,9 @@ class Settings(ServiceSettings):
         default=0.5,
         gt=0,
         le=HOUR_S,
-        description="A limit store call slower than this counts as the store being down "
-        "(then each tenant's failure mode decides: refuse or admit).",
+        description="A grant from the limit store (the call on a request's path) slower "
+        "than this counts as the store being down (then each tenant's failure mode decides: "
+        "refuse or admit); on PostgreSQL the database ends the grant at the same deadline.",
     )
     governance_lease_idle_s: float = Field(
         default=2.0,
