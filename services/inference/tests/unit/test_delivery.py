@@ -302,6 +302,69 @@ async def test_a_stream_failing_after_only_its_opening_event_falls_back_unseen(
         assert usage.data.usage.input_tokens == 2 * reply.data.usage.input_tokens
 
 
+def _opening_only(model: str, chunk: ChatChunk) -> bool:
+    """Whether a stream record holds only events that open a stream (no content)."""
+    if model == "c":
+        return all(
+            event.event in ("message_start", "ping")
+            or (event.event == "content_block_start" and not event.data["content_block"]["text"])
+            for event in chunk.data.events
+        )
+    return all(
+        not any(value for key, value in choice["delta"].items() if key != "role")
+        for event in chunk.data.events
+        for choice in event.data["choices"]
+    )
+
+
+@pytest.mark.parametrize(("model", "api"), [("c", "anthropic.messages"), ("o", None)])
+async def test_a_stream_slow_to_its_first_content_is_seen_to_open_meanwhile(
+    simulator, routing, providers, monkeypatch, model, api
+) -> None:
+    """The upstream opens its stream at once and sends content later (a model reasoning
+    first): the opening reaches the client after `OPENING_HOLD_S`, not with the content,
+    so a gateway's start deadline shorter than the wait is met."""
+    monkeypatch.setattr(calls, "OPENING_HOLD_S", 0.05)
+    simulator.latency(2400)  # the opening at once, then content pieces about 0.4 s apart
+    harness = await Harness.start(TOPICS, routing=routing, providers=providers)
+    options = {"api": api} if api else {}
+    request = chat_request(model=model, text="hello there", stream=True, **options)
+    loop = asyncio.get_running_loop()
+
+    started = loop.time()
+    handled = loop.create_task(harness.handle(request))
+    first = await harness.first_chunk(request.request_id)
+    opened = loop.time() - started
+    reply = await handled
+    ended = loop.time() - started
+    await harness.stop()
+
+    assert isinstance(reply, ChatCompleted)
+    assert _opening_only(model, first)
+    assert opened < 0.3 < ended - opened
+    events = harness.stream_of(request.request_id)
+    if model == "c":
+        assert [event.event for event in events].count("message_start") == 1
+
+
+@pytest.mark.parametrize(("model", "api"), [("c", "anthropic.messages"), ("o", None)])
+async def test_a_prompt_streams_opening_travels_with_its_first_content(
+    simulator, routing, providers, model, api
+) -> None:
+    """Content within `OPENING_HOLD_S` of the opening: one record carries both, and a
+    failure before it could still have fallen back unseen."""
+    harness = await Harness.start(TOPICS, routing=routing, providers=providers)
+    options = {"api": api} if api else {}
+    request = chat_request(model=model, text="hello there", stream=True, **options)
+
+    reply = await harness.handle(request)
+    await harness.stop()
+
+    assert isinstance(reply, ChatCompleted)
+    first = min(harness.chunks_of(request.request_id), key=lambda chunk: chunk.data.sequence)
+    assert not _opening_only(model, first)
+
+
 async def test_in_order_names_the_publication_the_bus_refuses() -> None:
     taken: list[str] = []
 

@@ -1,8 +1,10 @@
 """One upstream call of a request run, inside its OpenTelemetry client span (`genai`
 attributes): the deployment answers in one JSON reply, translated by the adapter, or in
 a stream whose client events go to the run's `ChunkPublisher` as they arrive. Events that
-only open a stream are held back until the first content, so a stream failing before any
-content can still be retried or fall back without the client seeing it. An upstream
+only open a stream are held back until the first content, for at most `OPENING_HOLD_S`,
+so a stream failing before any content can still be retried or fall back without the
+client seeing it, while one whose content is slow to come (a model reasoning first) is
+seen to open, and its pings are relayed as they come. An upstream
 faster than the bus is read no faster than the publisher takes its events (at most
 `MAX_BACKLOG` waiting), and a buffered stream yields to the loop every `YIELD_EVERY`
 events. Returns the client's reply and the call's usage; raises the upstream's
@@ -33,6 +35,13 @@ from switchyard.inference.usage import estimate_output_tokens, estimate_prompt_t
 # Upstream events read between two yields to the event loop when they arrive faster
 # than the loop would otherwise switch (a buffered stream).
 YIELD_EVERY = 64
+
+# How long the events that only open a stream (Anthropic's `message_start` and pings,
+# Chat Completions' role-only chunk, Responses' `response.created`) wait for the first
+# content, in seconds. Until then a failure can still be retried or fall back unseen;
+# after it the client sees its stream open (the gateway's start deadline is met by the
+# opening event), and the call is the one it gets.
+OPENING_HOLD_S = 1.0
 
 
 def undeliverable_stream(reason: EventRejectedError) -> ProviderError:
@@ -162,22 +171,45 @@ class UpstreamCalls:
             run.publisher.on_published = run.note_published
         publisher = run.publisher
         held: list[StreamEvent] = []
+        hold: asyncio.TimerHandle | None = None
+        opened = False  # the opening events went to the client: nothing is held any more
         ttft_histogram = metrics.TIME_TO_FIRST_TOKEN_SECONDS.labels(
             data.model, upstream.deployment.name
         )
 
+        def open_stream() -> None:
+            nonlocal hold, opened
+            if hold is not None:
+                hold.cancel()
+                hold = None
+            opened = True
+            for opening in held:
+                publisher.send(opening)
+            held.clear()
+
+        def hold_expired() -> None:
+            nonlocal hold
+            hold = None
+            # A refusal of the bus is raised by the stream's next `send` or `flush`.
+            with contextlib.suppress(EventRejectedError):
+                open_stream()
+
         def emit(events: list[StreamEvent]) -> None:
+            nonlocal hold
             for event in events:
                 accumulator.add(event.data)
                 if run.ttft_ms is None:
-                    if adapter.is_preamble(event):
+                    if not adapter.is_preamble(event):
+                        run.ttft_ms = (time.perf_counter() - run.started) * 1000
+                        ttft_histogram.observe(run.ttft_ms / 1000)
+                        open_stream()
+                    elif not opened:
                         held.append(event)  # sent with the first content, or never
+                        if hold is None:
+                            hold = asyncio.get_running_loop().call_later(
+                                OPENING_HOLD_S, hold_expired
+                            )
                         continue
-                    run.ttft_ms = (time.perf_counter() - run.started) * 1000
-                    ttft_histogram.observe(run.ttft_ms / 1000)
-                    for opening in held:
-                        publisher.send(opening)
-                    held.clear()
                 publisher.send(event)
 
         stream = upstream.stream(call.path, call.body, call.headers, timeout_s)
@@ -194,8 +226,7 @@ class UpstreamCalls:
                         # and the other requests on this loop run between them.
                         await asyncio.sleep(0)
             emit(translation.finish())
-            for opening in held:  # a stream with no content at all still opens and closes
-                publisher.send(opening)
+            open_stream()  # a stream with no content at all still opens and closes
         except ProviderError:
             # What the translation held back for order (a call not yet opened, text
             # beside a call's arguments) was sent by the upstream: the client gets it.
@@ -207,6 +238,9 @@ class UpstreamCalls:
             raise
         except EventRejectedError as exc:
             raise undeliverable_stream(exc) from None
+        finally:
+            if hold is not None:  # the call ended or failed first: what it held is dropped
+                hold.cancel()
         try:
             await publisher.flush()
         except EventRejectedError as exc:
