@@ -1045,6 +1045,46 @@ async def test_a_responses_hit_is_a_new_response_echoing_its_own_request(
     assert kinds[ChatCompleted].data.response == reused
 
 
+async def test_a_responses_hit_is_found_by_its_id_as_soon_as_its_request_is_recorded(
+    harness, history, recorded
+):
+    """The hit's request event carries the creation time its response id names, so history
+    finds the response by that id once it records the request; and the id is one this
+    replica answered, so a read or a `previous_response_id` right after the answer waits
+    for its reply to be recorded instead of a 404."""
+    from switchyard.common.responses import response_id
+
+    async def answer(request):
+        return [completed_reply(request, response=_responses_answer(request))]
+
+    harness.respond[0] = answer
+    await harness.client.post("/v1/responses", json=RESPONSES_BODY, headers=ON)
+    await async_wait_until(lambda: history.cache, timeout=5)
+    again = await harness.client.post("/v1/responses", json=RESPONSES_BODY, headers=ON)
+
+    assert again.headers["x-switchyard-cache"] == "hit"
+    hit_id = again.headers["x-request-id"]
+    await async_wait_until(
+        lambda: any(
+            isinstance(event, ChatRequested) and event.request_id == hit_id for event in recorded
+        ),
+        timeout=5,
+    )
+    [requested] = [
+        event
+        for event in recorded
+        if isinstance(event, ChatRequested) and event.request_id == hit_id
+    ]
+    issued = response_id(hit_id, requested.time)
+    [completed] = [
+        event
+        for event in recorded
+        if isinstance(event, ChatCompleted) and event.request_id == hit_id
+    ]
+    assert completed.data.response["id"] == again.json()["id"] == issued
+    assert issued in harness.app.state.gateway.answered_responses
+
+
 async def test_a_streamed_responses_hit_names_its_own_response_in_every_event(harness, history):
     from switchyard.common.events import StreamEvent
 

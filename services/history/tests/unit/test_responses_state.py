@@ -5,6 +5,7 @@ there (unknown, another tenant's, not stored, metadata only, purged, deleted).""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
@@ -236,6 +237,31 @@ async def test_the_gateway_alone_learns_that_another_callers_response_is_recorde
     never = response_id(new_id(), request.time)
     answer = await service.client.get(f"/v1/responses/{never}", headers=service.headers())
     assert answer.status_code == 404 and RECORDED_HEADER not in answer.headers
+
+
+async def test_a_response_recorded_between_two_reads_is_found_not_said_anothers(
+    service, monkeypatch
+):
+    """The caller's read finds no row, and by the time history asks whether the request is
+    recorded at all, it is (a response cache hit's events all come at once): the response
+    is read again and shown, never answered as another caller's, which the gateway would
+    pass on as a 404 without waiting."""
+    from switchyard.history.queries import HistoryQueries
+
+    request = requested({"input": "hello"})
+    await answered(service, request)
+    real = HistoryQueries.get_request
+    missed: list[str] = []
+
+    async def read_before_the_record(self, caller, request_id):
+        if not missed:
+            missed.append(request_id)
+            return None
+        return await real(self, caller, request_id)
+
+    monkeypatch.setattr(HistoryQueries, "get_request", read_before_the_record)
+    assert (await get(service, f"/v1/responses/{rid(request)}"))["id"] == rid(request)
+    assert missed == [request.request_id]
 
 
 async def test_a_reply_that_overtook_its_request_is_not_said_recorded(service, tables):
@@ -511,6 +537,33 @@ async def test_a_pending_response_cannot_be_continued_or_deleted_yet(service):
     assert busy["code"] == "response_in_progress"
     delete = await service.client.delete(f"/v1/responses/{rid(pending)}", headers=service.headers())
     assert delete.status_code == 409
+    # Not a background response: it cannot be cancelled, so the advice is to wait.
+    assert "once it has finished" in delete.json()["error"]["message"]
+    background = requested({"input": "later", "background": True}, background=True)
+    await service.publish(background)
+    await service.wait_for(background.request_id, "pending")
+    delete = await service.client.delete(
+        f"/v1/responses/{rid(background)}", headers=service.headers()
+    )
+    assert delete.status_code == 409
+    assert "cancel it before deleting it" in delete.json()["error"]["message"]
+
+
+async def test_of_deletions_at_once_one_deletes_and_the_others_find_it_deleted(service):
+    request = requested({"input": "forget me"})
+    await answered(service, request)
+
+    answers = await asyncio.gather(
+        *(
+            service.client.delete(f"/v1/responses/{rid(request)}", headers=service.headers())
+            for _ in range(5)
+        )
+    )
+
+    assert sorted(answer.status_code for answer in answers) == [200, 404, 404, 404, 404]
+    assert {answer.json()["error"]["code"] for answer in answers if answer.status_code == 404} == {
+        "response_deleted"
+    }
 
 
 async def test_bad_paging_parameters_are_refused_naming_the_parameter(service):

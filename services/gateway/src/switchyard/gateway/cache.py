@@ -866,10 +866,18 @@ class ResponseCache:
         """The hit's HTTP answer; its events are published in the background."""
         ticket = dispatch.cache
         assert ticket is not None and ticket.hit is not None and ticket.client is not None
+        # The hit's request is recorded as accepted at this moment, the creation time its
+        # response id carries: history finds the response by that id as soon as it
+        # records the request, and until its reply is recorded too, a read or a
+        # `previous_response_id` waits for it (`answered_responses`) as for any answer.
+        dispatch.accepted_at = utcnow()
         if ticket.hit.api is ClientAPI.OPENAI_RESPONSES:
             # Its events (`_record_hit`) carry the same new response as the answer.
             ticket.hit = ticket.hit.as_new_response(
-                dispatch.request_id, ticket.client.body, utcnow()
+                dispatch.request_id, ticket.client.body, dispatch.accepted_at
+            )
+            self.gateway.answered_responses.add(
+                response_id(dispatch.request_id, dispatch.accepted_at)
             )
         hit = ticket.hit
         headers = {
@@ -905,7 +913,7 @@ class ResponseCache:
             fresh = await self.lookup(principal, ticket.key)
             saved = fresh.source_cost_usd if fresh is not None else None
         team_id = dispatch.ticket.team_id if dispatch.ticket is not None else None
-        now = utcnow()
+        now = dispatch.accepted_at or utcnow()
         envelope = {
             "source": "gateway",
             "tenant": principal.tenant,

@@ -192,6 +192,12 @@ class ResponseStore:
         if ref is None:
             raise not_found(response_id)
         row = await self._queries.get_request(caller, ref.request_id)
+        if row is None and await self._queries.recorded(ref.request_id):
+            # Recorded since the read above (a request's events all come at once: a
+            # response cache hit's do), or another caller's: read once more to tell.
+            row = await self._queries.get_request(caller, ref.request_id)
+            if row is None:
+                raise not_found(response_id, recorded=True)
         if row is None:
             days = await self._retention_days(caller.tenant)
             if days is not None and ref.created_at < datetime.now(UTC) - timedelta(days=days):
@@ -201,8 +207,7 @@ class ResponseStore:
                     f"({days} days): its stored state was purged.",
                     "response_purged",
                 )
-            # Another tenant's or user's: recorded, so the gateway need not wait for it.
-            raise not_found(response_id, recorded=await self._queries.recorded(ref.request_id))
+            raise not_found(response_id)
         if row["api"] != ClientAPI.OPENAI_RESPONSES.value or not _issued_as(row, response_id):
             raise not_found(response_id, recorded=True)
         found = StoredResponse(response_id, ref, row)
@@ -347,21 +352,27 @@ class ResponseStore:
         input items dropped, in the row and in its stored events), and every other copy
         history keeps of it: the answer an `Idempotency-Key` would replay (a retry is then
         told it is not kept) and the response cache's entries made from it. The row and
-        its usage stay. APIError 409 for a response still in progress."""
+        its usage stay. APIError 409 for a response still in progress; of several deletions
+        at once, one is answered `deleted` and the others 404 `response_deleted`."""
         found = await self.find(caller, response_id)
         if found.status == RequestStatus.PENDING.value:
+            advice = (
+                "cancel it before deleting it"
+                if found.background
+                else "delete it once it has finished"
+            )
             raise APIError(
                 409,
-                f"Response '{response_id}' is still in progress; cancel it before deleting it.",
+                f"Response '{response_id}' is still in progress; {advice}.",
                 param="response_id",
                 code="response_in_progress",
             )
         request_id = found.ref.request_id
         r, e = requests_table.c, events_table.c
         async with self._engine.begin() as connection:
-            await connection.execute(
+            marked = await connection.execute(
                 update(requests_table)
-                .where(r.request_id == request_id)
+                .where(r.request_id == request_id, r.response_deleted_at.is_(None))
                 .values(
                     request_body=redact_request_body(found.row["request_body"]),
                     response=redact_response(found.row["response"]),
@@ -369,6 +380,10 @@ class ResponseStore:
                     response_deleted_at=datetime.now(UTC),
                 )
             )
+            if marked.rowcount == 0:  # another deletion came first
+                raise not_found(
+                    response_id, f"Response '{response_id}' was deleted.", "response_deleted"
+                )
             events = (
                 await connection.execute(
                     select(e.event_id, e.payload).where(e.request_id == request_id)
