@@ -620,7 +620,14 @@ async def test_the_csv_download_is_what_the_usage_api_answers():
         assert call.url.params["since"] == "168h"
 
 
-async def test_an_expired_access_token_is_refreshed_once_and_the_cookie_renewed():
+@pytest.mark.parametrize(
+    "expires_in_s",
+    [-60, -3, 2],
+    ids=["expired", "within-the-gateways-leeway", "about-to-expire"],
+)
+async def test_an_expired_access_token_is_refreshed_once_and_the_cookie_renewed(expires_in_s):
+    """Also a token the gateway still accepts (its clock-skew leeway) but auth, which the
+    page calls with it, would refuse, and one that expires while the page is made."""
     async with console() as gw:
         await sign_in(gw)
         gw.auth.access_ttl_s = 300
@@ -628,7 +635,7 @@ async def test_an_expired_access_token_is_refreshed_once_and_the_cookie_renewed(
         cookies = SessionCookies(gw.settings.console_signing_key(), ttl_s=3600, secure=False)
         session = cookies.decode(value)
         expired = gw.auth.access_token(
-            gw.auth.account("alice@acme.test"), exp=int(time.time()) - 60
+            gw.auth.account("alice@acme.test"), exp=int(time.time()) + expires_in_s
         )
         gw.client.cookies.set(
             COOKIE_NAME,

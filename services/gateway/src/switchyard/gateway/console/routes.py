@@ -35,6 +35,10 @@ LOG_PAGE_SIZE = 25
 # A refreshed token pair is reused for this long by requests that present the same
 # refresh token at once (auth treats a refresh token used twice as stolen).
 _REFRESH_REUSE_S = 30.0
+# An access token this close to its expiry (or past it, within the clock-skew leeway the
+# gateway allows) is refreshed before the page is served, in seconds: auth, which the
+# pages call with it, allows no leeway, and a page makes several calls.
+REFRESH_AHEAD_S = 5.0
 
 log = structlog.get_logger("switchyard.gateway.console")
 
@@ -100,8 +104,9 @@ async def _refreshed(console: ConsoleState, refresh_token: str) -> TokenPair:
 
 
 async def current_viewer(request: Request) -> Viewer:
-    """The user of the session cookie, refreshing an expired access token; NotSignedIn
-    when there is no session or it has ended (signed out, revoked, user disabled)."""
+    """The user of the session cookie, refreshing an access token that expired or expires
+    within `REFRESH_AHEAD_S`; NotSignedIn when there is no session or it has ended (signed
+    out, revoked, user disabled)."""
     console = state(request)
     value = cookie_value(request.cookies)
     session = console.cookies.decode(value)
@@ -113,11 +118,15 @@ async def current_viewer(request: Request) -> Viewer:
             await _end_at_auth(console, ended)
         raise NotSignedIn
     try:
-        return Viewer(await console.backend.principal(session.access_token), session)
+        principal = await console.backend.principal(session.access_token)
     except AuthUnavailableError:
         raise BackendError(503, "Authentication is temporarily unavailable.") from None
     except AuthenticationError:
         pass
+    else:
+        expires_at = principal.expires_at
+        if expires_at is None or expires_at - time.time() > REFRESH_AHEAD_S:
+            return Viewer(principal, session)
     try:
         pair = await _refreshed(console, session.refresh_token)
     except BackendError as exc:
