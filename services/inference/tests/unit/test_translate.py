@@ -729,6 +729,17 @@ def test_json_mode_is_sent_to_anthropic_without_a_format() -> None:
         (
             {
                 "model": "m",
+                "messages": [
+                    {"role": "user", "content": "Tell me a joke"},
+                    {"role": "assistant", "content": None, "audio": {"id": "audio_1"}},
+                    {"role": "user", "content": "Explain it"},
+                ],
+            },
+            "messages.[1].audio",
+        ),
+        (
+            {
+                "model": "m",
                 "messages": [{"role": "user", "content": "x"}],
                 "tools": [{"type": "custom", "custom": {"name": "c"}}],
             },

@@ -2304,6 +2304,13 @@ def _openai_user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _openai_assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    if message.get("audio") is not None:
+        # A reference to an earlier spoken answer (`{"id": ...}`): Anthropic has no audio,
+        # and leaving it out would drop the assistant's turn from the conversation.
+        raise TranslationError(
+            f"'{where}.audio': audio from an earlier turn cannot be sent to this model.",
+            f"{where}.audio",
+        )
     content = message.get("content")
     # Each text (or refusal) part its own text block: joined, their words would run
     # together.
