@@ -19,8 +19,9 @@ INTEGRATION_TESTS := $(wildcard libs/common/tests/integration services/*/tests/i
 
 .PHONY: help
 help: ## List every target
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+	@if [ -t 1 ]; then on='\033[36m'; off='\033[0m'; else on=''; off=''; fi; \
+		grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*## "}; {printf "  %s%-18s%s %s\n", on, $$1, off, $$2}'
 
 .PHONY: install
 install: ## Install uv (if missing) and every package of the workspace into .venv (bytecode compiled)

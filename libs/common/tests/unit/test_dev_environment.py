@@ -270,6 +270,45 @@ def test_two_services_on_one_port_are_refused_naming_both_settings() -> None:
     assert "SWITCHYARD_AUTH_PORT" in message and "SWITCHYARD_GATEWAY_PORT" in message
 
 
+def test_ports_taken_together_are_named_at_once_the_gateways_first() -> None:
+    """A second `switchyard dev` finds every port taken: one message names them all (not
+    one per attempt) and says what most likely holds them."""
+    import socket
+
+    from switchyard.common.dev import bind_all
+    from switchyard.common.httpserver import PortInUseError
+    from switchyard.common.testing.processes import free_port
+
+    holders = []
+    for _ in range(3):
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        holders.append(holder)
+    ports = [holder.getsockname()[1] for holder in holders]
+    try:
+        with pytest.raises(PortInUseError) as refused:
+            bind_all(
+                "127.0.0.1",
+                [  # type: ignore[list-item]
+                    _service("inference", ports[0]),
+                    _service("history", ports[1]),
+                    _service("gateway", ports[2]),
+                ],
+            )
+        # One port taken keeps its own message.
+        with pytest.raises(PortInUseError) as alone:
+            bind_all("127.0.0.1", [_service("auth", free_port()), _service("gateway", ports[2])])  # type: ignore[list-item]
+    finally:
+        for holder in holders:
+            holder.close()
+    message = str(refused.value)
+    assert message.startswith(f"ports {ports[2]} (gateway), {ports[0]} (inference)")
+    assert "another Switchyard" in message
+    assert "SWITCHYARD_GATEWAY_PORT, SWITCHYARD_INFERENCE_PORT, SWITCHYARD_HISTORY_PORT" in message
+    assert str(alone.value).startswith(f"port {ports[2]} (gateway) is already in use")
+
+
 def test_a_port_beyond_65535_is_refused_naming_its_setting() -> None:
     from switchyard.common.httpserver import PortInUseError, bind
 

@@ -255,8 +255,10 @@ def service_host(name: str, host: str) -> str:
 def bind_all(host: str, services: list[EmbeddedService]) -> list[socket.socket]:
     """One bound (not yet listening) socket per service, in order, on `service_host`.
     Raises PortInUseError for two services set to one port (both sockets would bind, as
-    neither listens yet, and one service would silently be missing) and for the first port
-    that is taken; no socket is left open then."""
+    neither listens yet, and one service would silently be missing), and for the ports
+    that are taken, all of them in one message (several taken at once are most often
+    another `switchyard dev`, which it says; the gateway's first); no socket is left open
+    then."""
     first: dict[int, EmbeddedService] = {}
     for service in services:
         other = first.setdefault(service.port, service)
@@ -266,15 +268,28 @@ def bind_all(host: str, services: list[EmbeddedService]) -> list[socket.socket]:
                 f"{service.port_setting} (or {other.port_setting}) to another port"
             )
     sockets: list[socket.socket] = []
-    try:
-        for service in services:
-            where = service_host(service.name, host)
+    taken: list[tuple[EmbeddedService, PortInUseError]] = []
+    for service in services:
+        where = service_host(service.name, host)
+        try:
             sockets.append(bind(where, service.port, service.name, service.port_setting, "--host"))
-    except PortInUseError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
+        except PortInUseError as exc:
+            taken.append((service, exc))
+    if not taken:
+        return sockets
+    for sock in sockets:
+        sock.close()
+    in_use = [service for service, exc in taken if "already in use" in str(exc)]
+    if len(in_use) < 2 or len(in_use) < len(taken):
+        # One port taken, or something else at fault (the address): its own message.
+        raise taken[0][1]
+    in_use.sort(key=lambda service: service.name != PUBLIC_SERVICE)
+    ports = ", ".join(f"{service.port} ({service.name})" for service in in_use)
+    settings = ", ".join(service.port_setting for service in in_use)
+    raise PortInUseError(
+        f"ports {ports} are already in use: another Switchyard (`make run`) is probably "
+        f"running; stop it, or set {settings} to free ports"
+    )
 
 
 def _planned_ports(plugins: list[ServicePlugin]) -> list[EmbeddedService]:
