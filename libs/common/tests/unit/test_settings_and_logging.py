@@ -54,6 +54,25 @@ def test_log_lines_have_logstash_fields_and_no_secrets(capsys):
     structlog.contextvars.clear_contextvars()
 
 
+def test_a_request_cancelled_by_a_stopping_server_logs_no_traceback(capsys):
+    """uvicorn logs a cancelled request task as "Exception in ASGI application": a stop
+    ended it, so nothing is written; any other exception of an app still is."""
+    import asyncio
+
+    configure_logging("dev", "INFO", "console")
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    for error in (asyncio.CancelledError(), RuntimeError("a real fault")):
+        try:
+            raise error
+        except BaseException as exc:  # noqa: BLE001 - logged as uvicorn logs it
+            uvicorn_errors.error("Exception in ASGI application\n", exc_info=exc)
+    flush_logs()
+    out = capsys.readouterr().out
+    assert out.count("Exception in ASGI application") == 1
+    assert "a real fault" in out and "CancelledError" not in out
+    structlog.contextvars.clear_contextvars()
+
+
 def test_validation_message_names_the_field():
     message, param = validation_message(
         [{"loc": ("body", "messages", 0, "role"), "msg": "bad role", "type": "literal_error"}]

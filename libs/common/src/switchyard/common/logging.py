@@ -22,6 +22,7 @@ Three promises hold in every format:
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import queue
@@ -236,6 +237,19 @@ def log_level(value: str, setting: str = "SWITCHYARD_LOG_LEVEL") -> str:
     return level
 
 
+class CancelledRequests(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" record of a request whose task was
+    cancelled: a stopping server ended it (embedded mode ends the simulator's requests at
+    once; uvicorn cancels those left past its graceful timeout and says so itself), no
+    fault of the app, so no traceback for an operator to read as a crash."""
+
+    @override
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False (dropped) for a record carrying a CancelledError, else True."""
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, asyncio.CancelledError)
+
+
 def configure_logging(
     service: str,
     level: str = "INFO",
@@ -319,6 +333,9 @@ def configure_logging(
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, CancelledRequests) for f in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(CancelledRequests())
     # uvicorn's access log duplicates the gateway's own request metrics; keep it quiet.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     structlog.contextvars.clear_contextvars()

@@ -507,7 +507,7 @@ class InMemoryBus(EventBus):
             if busy and not self._cut_short.is_set() and self.handler_drain_s > quiet_s:
                 # A shutdown that seems to hang says why.
                 log.warning(
-                    "waiting for the event handlers in progress to finish",
+                    "waiting for the event handlers in progress to finish; Ctrl+C again ends them",
                     group=group,
                     handlers=len(busy),
                     up_to_s=self.handler_drain_s,
