@@ -174,7 +174,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """The `(created_at, request_id)` keys a cursor from `encode_cursor` points after.
 
     Raises:
-        InvalidCursorError: the cursor was not made by `encode_cursor`.
+        InvalidCursorError: the cursor was not made by `encode_cursor` (one whose id
+            holds a NUL character included).
     """
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
@@ -193,7 +194,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     ) as exc:
         # RecursionError: a forged cursor of deeply nested JSON.
         raise InvalidCursorError("cursor is not one returned by this API") from exc
-    if utc is None or not isinstance(request_id, str):
+    # A NUL: no id holds one (PostgreSQL cannot bind it), so no cursor of ours does.
+    if utc is None or not isinstance(request_id, str) or "\x00" in request_id:
         raise InvalidCursorError("cursor is not one returned by this API")
     return utc, request_id
 

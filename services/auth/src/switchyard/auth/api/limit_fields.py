@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidatorFunctionWrapHandler,
 from switchyard.auth.governance import CACHE_FIELDS, limits_of
 from switchyard.auth.models import LimitColumns
 from switchyard.common.governance import LIMIT_FIELDS
+from switchyard.common.nulfree import NulFreeBody
 
 
 def _integer_as_sent(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -32,7 +33,7 @@ Number = Annotated[float | None, WrapValidator(_integer_as_sent)]
 STRICT = ConfigDict(strict=True, extra="forbid")
 
 
-class LimitsIn(BaseModel):
+class LimitsIn(NulFreeBody):
     """Limits to set; a field sent as null removes that limit, an absent one keeps it."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -74,7 +75,7 @@ class LimitsOut(BaseModel):
         )
 
 
-class CacheIn(BaseModel):
+class CacheIn(NulFreeBody):
     """The response cache opt-in of a team or key; an absent field keeps its value, null
     removes it (the level above decides: key, then team, then the tenant's setting)."""
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.common.jsonbody import BoundedJsonRoute
+from switchyard.common.nulfree import NulFreeBody
 from switchyard.history.api.dependencies import CacheDep, CallerDep, TenantsDep
 from switchyard.history.api.internal import MAX_KEPT_HEADERS, HeaderName, HeaderValue
 
@@ -27,7 +28,7 @@ KeyParam = Annotated[str, Path(pattern=KEY_PATTERN, description="SHA-256 of the 
 MAX_TTL_S = 7 * 86_400
 
 
-class CacheEntryBody(BaseModel):
+class CacheEntryBody(NulFreeBody):
     """A response to store in the tenant's response cache, as the gateway sends it.
 
     `api` is the client API the response is shaped in (`openai.chat_completions`, ...), `response`

@@ -13,18 +13,19 @@ import binascii
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.common.jsonbody import BoundedJsonRoute
+from switchyard.common.nulfree import NulFreeBody
 from switchyard.history.api.dependencies import CallerDep, IdempotencyDep, TenantsDep
 from switchyard.history.idempotency import ClaimRequest
 
 KEY = Field(min_length=1, max_length=255)
 
 
-class ClaimBody(BaseModel):
+class ClaimBody(NulFreeBody):
     """A claim on an `Idempotency-Key`: the endpoint and body fingerprint it is for, and how long
     the claim is held, in seconds (`lease_s`, at most a day) before another request may take it."""
 
@@ -40,7 +41,7 @@ HeaderName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,64}$")]
 HeaderValue = Annotated[str, StringConstraints(pattern=r"^[\x20-\x7e]{0,256}$")]
 
 
-class CompleteBody(BaseModel):
+class CompleteBody(NulFreeBody):
     """The response to record for a claimed key: HTTP status, content type and the body, base64. The
     `claim_token` returned by the claim proves the caller still holds it."""
 
@@ -64,7 +65,7 @@ class CompleteBody(BaseModel):
     )
 
 
-class ReleaseBody(BaseModel):
+class ReleaseBody(NulFreeBody):
     """Give up a claim without a response (the request failed before one existed), so a retry with
     the same key can claim it again."""
 
@@ -72,7 +73,7 @@ class ReleaseBody(BaseModel):
     claim_token: str = Field(min_length=1, max_length=64)
 
 
-class AwaitOutcomeBody(BaseModel):
+class AwaitOutcomeBody(NulFreeBody):
     """Tie a claim to its published request, whose outcome the gateway stopped waiting
     for: a retry with the key answers from that outcome (`IdempotencyStore.await_outcome`),
     for `lease_s` seconds at most while it is unknown."""

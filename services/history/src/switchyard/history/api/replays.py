@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+from pydantic import ConfigDict, Field, SkipValidation
 
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.common.jsonbody import BoundedJsonRoute
+from switchyard.common.nulfree import NulFreeBody
 from switchyard.history.api.dependencies import CallerDep, replay_store
 from switchyard.history.api.params import (
     cursor_refusal,
@@ -32,7 +33,7 @@ DEFAULT_RATE = "5/s"
 REPLAY_STATUSES = tuple(status.value for status in ReplayStatus)
 
 
-class ReplayBody(BaseModel):
+class ReplayBody(NulFreeBody):
     """Which recorded requests to replay, and on which model. `since` and `until` take ISO 8601 or a
     relative time (`1h`); `limit` takes the first N, `sample` N at random (not both). Each
     field takes only its own JSON type (no `"10"` for 10, no `true` for 1): a 400 names it."""

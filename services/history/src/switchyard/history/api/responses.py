@@ -8,11 +8,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 
 from switchyard.common import exactjson
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
+from switchyard.common.nulfree import NulFreeBody
 from switchyard.history.api.dependencies import CallerDep, ComponentsDep, QueriesDep
 from switchyard.history.api.params import parse_limit
 from switchyard.history.responses import (
@@ -74,7 +75,7 @@ def response_store(components: ComponentsDep, queries: QueriesDep) -> ResponseSt
 StoreDep = Annotated[ResponseStore, Depends(response_store)]
 
 
-class ItemIds(BaseModel):
+class ItemIds(NulFreeBody):
     """The ids of the items an `item_reference` names."""
 
     model_config = ConfigDict(strict=True, extra="forbid")

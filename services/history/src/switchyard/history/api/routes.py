@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.common.jsonbody import BoundedJsonRoute
+from switchyard.common.nulfree import NulFreeBody
 from switchyard.history.api.dependencies import CallerDep, QueriesDep, TenantsDep, user_filter
 from switchyard.history.api.params import (
     cursor_refusal,
@@ -28,7 +29,7 @@ from switchyard.history.queries import (
 )
 
 
-class TenantSettingsBody(BaseModel):
+class TenantSettingsBody(NulFreeBody):
     """Changes to a tenant's settings; fields left out stay as they are. A field this
     body does not have (a typo such as `store_bodies`) or of another JSON type (`"7"` for
     a number) is a 400 naming it, never ignored or converted."""
