@@ -187,6 +187,33 @@ def test_commands_run_away_from_the_database_name_it_and_create_nothing(
     assert not (tmp_path / ".switchyard").exists()
 
 
+def test_a_command_next_to_make_runs_database_says_which_one_it_acts_on(
+    cli, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DATABASE_URL exported for other work, run where `make run` keeps its `.switchyard/`:
+    the command acts on DATABASE_URL's (the rule of every service) and says so, naming
+    how to act on the instance of this directory instead."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".switchyard").mkdir()
+    (tmp_path / ".switchyard" / "auth.db").touch()
+    monkeypatch.delenv("SWITCHYARD_AUTH_DATABASE_URL")
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+
+    result = cli("users", "list")
+
+    assert result.exit_code == 0, result.output
+    assert "note: acting on the auth database of DATABASE_URL" in result.output
+    assert f"SWITCHYARD_AUTH_DATABASE_URL=sqlite+aiosqlite:///{tmp_path}/.switchyard/auth.db" in (
+        result.output
+    )
+    # Its own variable set, or no embedded database here: nothing to tell apart.
+    monkeypatch.setenv("SWITCHYARD_AUTH_DATABASE_URL", settings.database_url)
+    assert "note:" not in cli("users", "list").output
+    monkeypatch.delenv("SWITCHYARD_AUTH_DATABASE_URL")
+    (tmp_path / ".switchyard" / "auth.db").unlink()
+    assert "note:" not in cli("users", "list").output
+
+
 def test_other_services_reports_get_emails_key_names_and_team_names_by_id(
     settings: Settings, run_with_service, monkeypatch: pytest.MonkeyPatch
 ) -> None:

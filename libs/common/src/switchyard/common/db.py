@@ -424,6 +424,28 @@ def sqlite_file(url: str) -> Path | None:
     return Path(database)
 
 
+def other_database_note(service: str, url: str) -> str | None:
+    """A one-line note for an operator command of `service` about to act on the database
+    at `url` while the directory it runs in holds embedded mode's own (`.switchyard/` of
+    `make run`) and the service's own variable does not name one: most often DATABASE_URL
+    is exported for other work, and the user means the instance they are looking at. None
+    when there is nothing to tell apart."""
+    here = Path(".switchyard") / f"{service}.db"
+    if os.environ.get(f"SWITCHYARD_{service.upper()}_DATABASE_URL") or not here.is_file():
+        return None
+    try:
+        path = sqlite_file(url)
+    except Exception:  # noqa: BLE001 - an unusable URL is refused by its own check
+        return None
+    if path is not None and path.absolute() == here.absolute():
+        return None
+    return (
+        f"note: acting on the {service} database of {database_variables(service)}, not on "
+        f"the one `make run` keeps here ({here}); to act on that one, run the command with "
+        f"SWITCHYARD_{service.upper()}_DATABASE_URL=sqlite+aiosqlite:///{here.absolute()}"
+    )
+
+
 def missing_database(service: str, url: str) -> str | None:
     """A one-line error for an operator command of `service` whose database `url` names a
     SQLite file that does not exist (opening it would create an empty file wherever the

@@ -49,7 +49,12 @@ from switchyard.auth.service import (
 )
 from switchyard.auth.signing import SigningKeyError
 from switchyard.common.bus import create_bus
-from switchyard.common.db import dispose_engine, missing_database, sync_url
+from switchyard.common.db import (
+    dispose_engine,
+    missing_database,
+    other_database_note,
+    sync_url,
+)
 from switchyard.common.logging import configure_logging
 from switchyard.common.settings import ServiceSettings
 from switchyard.common.text import columns, fixed_point
@@ -280,6 +285,8 @@ def run_with_service(action: Callable[[AuthService], Awaitable[T]], *, signing: 
     missing = missing_database("auth", database_url)
     if missing is not None:
         raise _fail(missing)
+    if (note := other_database_note("auth", database_url)) is not None:
+        typer.echo(note, err=True)
     tokens = None
     if signing:
         try:

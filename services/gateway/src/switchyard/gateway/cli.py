@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import typer
 from pydantic import Field
 
-from switchyard.common.db import sqlite_file
+from switchyard.common.db import other_database_note, sqlite_file
 from switchyard.common.text import fixed_point
 from switchyard.gateway.config import DatabaseSettings
 
@@ -109,6 +109,8 @@ def spend(
         raise typer.Exit(code=1)
     settings = LedgerSettings()
     database_url = settings.database_url
+    if (note := other_database_note("gateway", database_url)) is not None:
+        typer.echo(note, err=True)
     try:
         store = ledger_store(settings.governance_store, database_url)
     except ValueError as exc:  # what stops the gateway from starting stops this too

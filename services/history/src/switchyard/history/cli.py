@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common.bus import BusUnavailableError
-from switchyard.common.db import dispose_engine, missing_database
+from switchyard.common.db import dispose_engine, missing_database, other_database_note
 from switchyard.common.plugins import lookup_principal_names
 from switchyard.common.text import columns, terminal_safe
 from switchyard.history.bootstrap import history_engine
@@ -72,6 +72,8 @@ def _run(action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     missing = missing_database("history", database_url)
     if missing is not None:
         raise _fail(missing)
+    if (note := other_database_note("history", database_url)) is not None:
+        typer.echo(note, err=True)
 
     async def run() -> T:
         engine = history_engine(database_url)
