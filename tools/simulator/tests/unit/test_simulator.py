@@ -321,6 +321,33 @@ async def test_anthropic_weather_question_with_tools_gets_tool_use(anthropic_cli
     assert final.content[0].input == {"location": "Oslo"}
 
 
+async def test_a_weather_call_fits_its_tools_own_schema(anthropic_client, openai_client) -> None:
+    """A tool asking for a `city` and a `unit` gets both (an SDK's tool runner validates
+    the arguments against the schema): the place in the city, the first unit allowed."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            "city": {"type": "string"},
+        },
+        "required": ["city", "unit"],
+    }
+    message = await anthropic_client.messages.create(
+        model="sim-small",
+        max_tokens=50,
+        tools=[{"name": "get_weather", "input_schema": schema}],
+        messages=user("What's the weather in Oslo?"),
+    )
+    assert message.content[0].input == {"city": "Oslo", "unit": "celsius"}
+    completion = await openai_client.chat.completions.create(
+        model="sim-small",
+        messages=user("What's the weather in Oslo?"),
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": schema}}],
+    )
+    arguments = completion.choices[0].message.tool_calls[0].function.arguments
+    assert json.loads(arguments) == {"city": "Oslo", "unit": "celsius"}
+
+
 async def test_anthropic_malformed_input_is_a_400_in_anthropic_shape(
     anthropic_client, simulator
 ) -> None:

@@ -687,8 +687,9 @@ def called_tool(
     forced call (`"required"`, `{"type": "any"}`) calls the first tool and a named one
     (`{"type": "function", "function": {"name"}}`, `{"type": "function", "name"}`,
     `{"type": "tool", "name"}`) that tool; otherwise a weather question calls the first.
-    The arguments are `{"location": ...}` for a weather question, else an instance of the
-    tool's schema (`schema_instance`). `name_of(tool)` is a tool's name."""
+    The arguments are an instance of the tool's schema (`schema_instance`), the place a
+    weather question names in its place property (`_place_property`); `{"location": ...}`
+    for a weather question to a tool without properties. `name_of(tool)` is a tool's name."""
     kind = choice.get("type") if isinstance(choice, dict) else choice
     if not tools or kind == "none":
         return None
@@ -700,13 +701,39 @@ def called_tool(
         tool = next((t for t in tools if name_of(t) == wanted), tool)
     elif kind not in ("required", "any") and not weather:
         return None
-    if weather:
-        return tool, {"location": weather_location(user_text)}
     function = tool.get("function")
     schema = (function if isinstance(function, dict) else tool).get("parameters")
     schema = schema or tool.get("input_schema")
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    if weather and not (isinstance(properties, dict) and properties):
+        return tool, {"location": weather_location(user_text)}
     instance = schema_instance(schema, user_text) if isinstance(schema, dict) else {}
-    return tool, instance if isinstance(instance, dict) else {}
+    instance = instance if isinstance(instance, dict) else {}
+    if weather and isinstance(properties, dict):
+        # The place goes in the property that names one (`location`, `city`...), else the
+        # first text property: the rest of the instance keeps the call valid against the
+        # tool's schema (an SDK's tool runner validates it).
+        place = _place_property(properties)
+        if place is not None:
+            instance[place] = weather_location(user_text)
+    return tool, instance
+
+
+def _place_property(properties: dict[str, Any]) -> str | None:
+    """The property of a tool's schema that takes the place a weather question names: a
+    free-text string (no enum, const, format or pattern) named `location`, `city`, `place`
+    or `where` (in that order), else the first such string; None when there is none."""
+
+    def free_text(name: str) -> bool:
+        spec = properties.get(name)
+        return (
+            isinstance(spec, dict)
+            and spec.get("type") == "string"
+            and not {"enum", "const", "format", "pattern"} & spec.keys()
+        )
+
+    named = (name for name in ("location", "city", "place", "where") if free_text(name))
+    return next(named, None) or next((name for name in properties if free_text(name)), None)
 
 
 def forces_tool(choice: Any) -> bool:
