@@ -1058,6 +1058,12 @@ async def test_an_include_value_openai_does_not_know_is_refused_as_openai_refuse
         ({"input": "hi", "include": ["message.output_text.logprobs"]}, None, "include[0]"),
         ({"input": "hi", "prompt": {"id": "pmpt_1"}}, None, "prompt"),
         ({"input": "hi", "tool_choice": {"type": "web_search"}}, None, "tool_choice"),
+        # Of the wrong type, on either translation (a pass-through's server judges its own).
+        ({"input": "hi", "user": 5}, None, "user"),
+        ({"input": "hi", "safety_identifier": {"id": "u"}}, None, "safety_identifier"),
+        ({"input": "hi", "prompt_cache_key": 5}, None, "prompt_cache_key"),
+        ({"input": "hi", "max_tool_calls": "x"}, None, "max_tool_calls"),
+        ({"input": "hi", "top_logprobs": "x"}, None, "top_logprobs"),
     ],
 )
 @pytest.mark.parametrize("model", ["gpt-chat", "claude"])

@@ -334,6 +334,15 @@ def _common_checks(body: dict[str, Any]) -> None:
             "truncate conversations. Use 'disabled'.",
             "truncation",
         )
+    for name in ("user", "safety_identifier", "prompt_cache_key"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise invalid_type(name, "a string", value)
+    for name in ("top_logprobs", "max_tool_calls"):
+        value = body.get(name)
+        # bool is an int in Python, not in JSON Schema: `true` is not a number of calls.
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise invalid_type(name, "an integer", value)
     top_logprobs = body.get("top_logprobs")
     if top_logprobs not in (None, 0):
         raise TranslationError(
