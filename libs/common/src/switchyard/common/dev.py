@@ -252,13 +252,13 @@ def service_host(name: str, host: str) -> str:
     return "127.0.0.1"
 
 
-def bind_all(host: str, services: list[EmbeddedService]) -> list[socket.socket]:
+def bind_all(host: str, services: list[EmbeddedService], *, also: str = "") -> list[socket.socket]:
     """One bound (not yet listening) socket per service, in order, on `service_host`.
     Raises PortInUseError for two services set to one port (both sockets would bind, as
     neither listens yet, and one service would silently be missing), and for the ports
     that are taken, all of them in one message (several taken at once are most often
-    another `switchyard dev`, which it says; the gateway's first); no socket is left open
-    then."""
+    another `switchyard dev`, which it says; the gateway's first, then `also`: what else
+    such an instance may hold); no socket is left open then."""
     first: dict[int, EmbeddedService] = {}
     for service in services:
         other = first.setdefault(service.port, service)
@@ -288,7 +288,7 @@ def bind_all(host: str, services: list[EmbeddedService]) -> list[socket.socket]:
     settings = ", ".join(service.port_setting for service in in_use)
     raise PortInUseError(
         f"ports {ports} are already in use: another Switchyard (`make run`) is probably "
-        f"running; stop it, or set {settings} to free ports"
+        f"running; stop it, or set {settings} to free ports{also}"
     )
 
 
@@ -372,7 +372,9 @@ def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
         )
         configure_tracing("dev")
         # The plugins' own ports first: the commonest conflict shows before any work.
-        for sock in bind_all(host, _planned_ports(plugins)):
+        # The provider simulator's port is known only once the services are prepared.
+        simulator = " (and SWITCHYARD_SIMULATOR_URL to another port, if it serves the simulator)"
+        for sock in bind_all(host, _planned_ports(plugins), also=simulator):
             sock.close()
         wait_for_migrations(migrating)
         if not _run_loop(run_embedded(host, plugins, migrate=False)):
@@ -583,6 +585,9 @@ def _end_requests(server: uvicorn.Server) -> None:
     """Close every connection `server` holds (aborted: a client that reads nothing does
     not hold the close up) and cancel the tasks of its requests. uvicorn's own forced
     exit would skip the app's shutdown instead."""
+    from switchyard.common.logging import requests_being_ended
+
+    requests_being_ended()  # their cancellations are no faults of the apps: not logged
     for connection in list(server.server_state.connections):
         transport = getattr(connection, "transport", None)
         if transport is not None:

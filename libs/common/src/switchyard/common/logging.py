@@ -238,16 +238,31 @@ def log_level(value: str, setting: str = "SWITCHYARD_LOG_LEVEL") -> str:
 
 
 class CancelledRequests(logging.Filter):
-    """Drops uvicorn's "Exception in ASGI application" record of a request whose task was
-    cancelled: a stopping server ended it (embedded mode ends the simulator's requests at
-    once; uvicorn cancels those left past its graceful timeout and says so itself), no
-    fault of the app, so no traceback for an operator to read as a crash."""
+    """Once this process's servers end the requests they hold (`requests_being_ended`:
+    embedded mode's stop cancels the simulator's at once, and the others' on a second
+    Ctrl+C), drops uvicorn's "Exception in ASGI application" record of a request whose
+    task was cancelled: no fault of the app, so no traceback for an operator to read as a
+    crash. Before that, a CancelledError escaping a handler is a fault, and logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ending = False
 
     @override
     def filter(self, record: logging.LogRecord) -> bool:
-        """False (dropped) for a record carrying a CancelledError, else True."""
+        """False (dropped) for a record carrying a CancelledError once requests are being
+        ended, else True."""
         error = record.exc_info[1] if record.exc_info else None
-        return not isinstance(error, asyncio.CancelledError)
+        return not (self.ending and isinstance(error, asyncio.CancelledError))
+
+
+_CANCELLED_REQUESTS = CancelledRequests()
+
+
+def requests_being_ended() -> None:
+    """Say that this process's servers are ending (cancelling) the requests they hold: from
+    now on uvicorn's records of those cancelled requests are not logged."""
+    _CANCELLED_REQUESTS.ending = True
 
 
 def configure_logging(
@@ -334,8 +349,8 @@ def configure_logging(
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     uvicorn_errors = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, CancelledRequests) for f in uvicorn_errors.filters):
-        uvicorn_errors.addFilter(CancelledRequests())
+    if _CANCELLED_REQUESTS not in uvicorn_errors.filters:
+        uvicorn_errors.addFilter(_CANCELLED_REQUESTS)
     # uvicorn's access log duplicates the gateway's own request metrics; keep it quiet.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     structlog.contextvars.clear_contextvars()

@@ -17,14 +17,23 @@ NUL_MESSAGE = "must not contain a NUL character (U+0000)"
 
 
 def holds_nul(value: Any) -> bool:
-    """Whether `value` (a string, or a JSON-like list or dict of them, keys included)
-    holds a NUL character anywhere; False for any other value."""
-    if isinstance(value, str):
-        return NUL in value
-    if isinstance(value, dict):
-        return any(holds_nul(key) or holds_nul(item) for key, item in value.items())
-    if isinstance(value, list | tuple):
-        return any(holds_nul(item) for item in value)
+    """Whether `value` (a string, or lists, tuples, sets, dicts or pydantic models holding
+    them, dict keys included, at any depth) holds a NUL character anywhere; False for any
+    other value. Walked with a list, not recursion: a deep value never raises
+    RecursionError."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if NUL in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            pending.extend(item)
+        elif isinstance(item, BaseModel):
+            pending.extend(item.__dict__.values())
     return False
 
 
