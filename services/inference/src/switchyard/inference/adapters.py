@@ -549,9 +549,27 @@ def with_estimated_usage(
 # --------------------------------------------------------------------------- adapters
 
 
+# The most of an upstream's own error message a reply's failure quotes, in characters.
+QUOTED_ERROR_CHARS = 1000
+
+
 def _require(native: dict[str, Any], field: str, kind: type, model: str) -> None:
-    if not isinstance(native.get(field), kind):
-        raise invalid_reply(model)  # renamed after the deployment by the caller
+    """Raises unless the upstream's reply `native` holds `field` of type `kind`: the 502 of
+    an error object answered with status 200 (some OpenAI-compatible servers and proxies
+    answer so), quoting its message; else the invalid-reply 502."""
+    if isinstance(native.get(field), kind):
+        return
+    error = native.get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    if field not in native and isinstance(message, str) and message:
+        raise ProviderError(
+            502,
+            None,
+            f"The upstream answered with an error, with status 200: {message[:QUOTED_ERROR_CHARS]}",
+            retryable=True,
+            kind="upstream_error",
+        )
+    raise invalid_reply(model)  # renamed after the deployment by the caller
 
 
 class ChatPassThrough(Adapter):
