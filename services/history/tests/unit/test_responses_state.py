@@ -458,6 +458,39 @@ def test_the_first_start_is_kept_whatever_order_the_events_come_in():
     assert merged["request_body"] == request.data.body
 
 
+async def test_a_background_response_cancelled_for_a_revoked_key_says_why(service):
+    """docs/jobs.md: revoking a key cancels its background responses with a 403 error
+    coded `credentials_revoked`; one its caller cancelled carries none (as OpenAI's)."""
+    from switchyard.common.events import ApiKeyRevoked, ApiKeyRevokedData
+    from switchyard.history.revoked_work import cancel_revoked_work
+
+    queued = requested({"input": "long task", "background": True}, background=True)
+    await service.publish(queued)
+    await service.wait_for(queued.request_id, "pending")
+    components = service.components
+    revoked = ApiKeyRevoked(
+        source="auth",
+        tenant="acme",
+        request_id=new_id(),
+        data=ApiKeyRevokedData(key_id="key-1", user_id="alice"),
+    )
+    await components.recorder.record([revoked])
+    assert await cancel_revoked_work(components.engine, components.recorder, None) == 1
+
+    view = await get(service, f"/v1/responses/{rid(queued)}")
+    assert view["status"] == "cancelled"
+    assert view["error"]["code"] == "credentials_revoked"
+
+    mine = requested({"input": "mine", "background": True}, background=True, user_id="bob")
+    await service.publish(mine)
+    await service.wait_for(mine.request_id, "pending", user_id="bob")
+    cancel = await service.client.post(
+        f"/v1/responses/{rid(mine)}/cancel", headers=service.headers(user_id="bob")
+    )
+    assert cancel.status_code == 200
+    assert (await get(service, f"/v1/responses/{rid(mine)}", user_id="bob"))["error"] is None
+
+
 async def test_a_response_cancelled_before_history_saw_it_stays_cancelled(service):
     queued = requested({"input": "racing", "background": True}, background=True)
     cancel = await service.client.post(

@@ -74,6 +74,11 @@ def _input_item_ref(item_id: str) -> tuple[str, int] | None:
     return (matched[1], int(matched[2])) if matched else None
 
 
+# The error codes of work the sweep of revoked keys and disabled users cancelled
+# (`revoked_work`): a cancelled response shows its error only then.
+REVOKED_WORK_CODES = frozenset({"credentials_revoked", "user_disabled"})
+
+
 def _issued_as(row: dict[str, Any], value: str) -> bool:
     """Whether `value` is the very id this row's response was given, not merely one naming
     its request id: the lookup goes by the request id alone, so the creation time in the id
@@ -141,6 +146,13 @@ class StoredResponse:
             shown = "queued" if waiting else "in_progress"
         elif status == RequestStatus.CANCELLED.value:
             shown = "cancelled"
+            error = self.row["error"] or {}
+            if error.get("code") in REVOKED_WORK_CODES:
+                # Cancelled by the sweep of revoked credentials, not by its caller (whose
+                # cancellation, as OpenAI's, carries no error): it says why.
+                fields["error"] = error_object(
+                    error.get("status", 403), error.get("message") or "Cancelled.", error["code"]
+                )
         else:
             shown = "failed"
             error = self.row["error"] or {}
