@@ -4,6 +4,7 @@ revocation snapshot gateways start from, and signing key rotation."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -164,6 +165,28 @@ async def test_the_revocation_snapshot_holds_what_gateways_must_refuse(
     assert expired.revoked_tokens == [] and expired.revoked_sessions == []
     assert expired.revoked_api_keys == [dead.record.id]
     assert await service.purge_expired(now=later) >= 2
+
+
+async def test_a_token_revoked_just_after_its_expiry_is_still_listed(
+    service: AuthService,
+) -> None:
+    # A gateway still accepts it for the clock skew it allows, so the revocation counts.
+    alice = await service.create_user(email="alice@example.com", password="pw")
+    pair = await service.sign_in(alice)
+    claims = dataclasses.replace(
+        service.tokens.verify(pair.access.token),
+        expires_at=datetime.now(UTC) - timedelta(seconds=5),
+    )
+    await service.revoke_access_token(claims)
+    assert [jti for jti, _ in (await service.revocations()).revoked_tokens] == [claims.jti]
+
+    beyond = await service.sign_in(alice)
+    claims = dataclasses.replace(
+        service.tokens.verify(beyond.access.token),
+        expires_at=datetime.now(UTC) - timedelta(seconds=MAX_JWT_LEEWAY_S + 1),
+    )
+    await service.revoke_access_token(claims)
+    assert claims.jti not in [jti for jti, _ in (await service.revocations()).revoked_tokens]
 
 
 async def test_the_internal_revocations_endpoint_needs_the_internal_token(auth_app) -> None:

@@ -112,6 +112,34 @@ def test_verify_refuses_expired_foreign_and_tampered_tokens(signing_key: Signing
         issuer.verify(other_audience.issue(user_id="u", tenant="t", role="m", scopes=[]).token)
 
 
+def test_verify_allows_the_clock_skew_the_gateway_allows(signing_key: SigningKey) -> None:
+    # The gateway accepts a token up to SWITCHYARD_GATEWAY_JWT_LEEWAY_S past its expiry;
+    # auth, behind it on /v1/admin/* and /v1/api-keys, must not refuse it meanwhile.
+    lenient = TokenIssuer(
+        signing_key, issuer="switchyard-auth", audience="switchyard", ttl_s=60, leeway_s=10
+    )
+    just_expired = lenient.issue(
+        user_id="u",
+        tenant="t",
+        role="member",
+        scopes=["chat"],
+        now=datetime.now(UTC) - timedelta(seconds=65),
+    ).token
+    assert lenient.verify(just_expired).user_id == "u"
+    with pytest.raises(InvalidToken, match="expired"):
+        make_issuer(signing_key).verify(just_expired)
+    long_expired = lenient.issue(
+        user_id="u",
+        tenant="t",
+        role="member",
+        scopes=[],
+        now=datetime.now(UTC) - timedelta(seconds=75),
+    ).token
+    with pytest.raises(InvalidToken, match="expired"):
+        lenient.verify(long_expired)
+    assert Settings(environment="development").jwt_leeway_s == 10.0
+
+
 def test_settings_refuse_a_missing_signing_key_outside_development(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="SWITCHYARD_AUTH_SIGNING_KEY_FILE"):
         Settings(environment="production", internal_token="prod-secret", signing_key_file=None)

@@ -83,6 +83,7 @@ def build_token_issuer(settings: Settings, *, generate_dev_key: bool = True) -> 
         audience=settings.jwt_audience,
         ttl_s=settings.access_token_ttl_s,
         retired_keys=load_verification_keys(settings),
+        leeway_s=settings.jwt_leeway_s,
     )
 
 

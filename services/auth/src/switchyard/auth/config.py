@@ -16,6 +16,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from switchyard.auth.keys import API_KEY_PREFIX
 from switchyard.common.db import check_database_url
+from switchyard.common.events import MAX_JWT_LEEWAY_S
 from switchyard.common.settings import (
     DAY_S,
     HOUR_S,
@@ -85,6 +86,15 @@ class Settings(ServiceSettings):
     )
     access_token_ttl_s: int = Field(
         default=900, gt=0, le=YEAR_S, description="Lifetime of an access token."
+    )
+    jwt_leeway_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=MAX_JWT_LEEWAY_S,
+        description="Clock skew tolerated on exp, nbf and iat of the access tokens auth "
+        "itself checks (`/v1/admin/*`, `/v1/api-keys`, sign-out). Keep it equal to the "
+        "gateway's `SWITCHYARD_GATEWAY_JWT_LEEWAY_S`, so a token the gateway still accepts "
+        "is not refused by auth behind it.",
     )
     refresh_token_ttl_s: int = Field(
         default=30 * 24 * 3600,

@@ -807,7 +807,11 @@ class AuthService:
         reason: str,
         now: datetime,
     ) -> None:
-        if claims.expires_at <= now or await store.revoked_token(claims.jti) is not None:
+        # A gateway accepts a token for some clock skew past its expiry (as
+        # `revocations` counts): until then, a revocation still matters.
+        if claims.expires_at + timedelta(seconds=MAX_JWT_LEEWAY_S) <= now:
+            return
+        if await store.revoked_token(claims.jti) is not None:
             return
         session.add(
             RevokedToken(

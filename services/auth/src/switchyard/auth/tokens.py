@@ -89,8 +89,10 @@ class TokenIssuer:
         audience: str,
         ttl_s: int,
         retired_keys: Sequence[SigningKey | VerificationKey] = (),
+        leeway_s: float = 0.0,
     ) -> None:
         self._signing_key = signing_key
+        self._leeway_s = leeway_s
         # Keys still published (and accepted) besides the signing key: the previous one
         # after a rotation until its tokens expire, or the next one before it signs.
         published = [signing_key.verification_key()]
@@ -167,7 +169,8 @@ class TokenIssuer:
 
     def verify(self, token: str) -> AccessClaims:
         """The claims of `token` after checking its signature (by `kid`, with any published
-        key), issuer, audience, time claims and claim types.
+        key), issuer, audience, time claims (with `leeway_s` seconds of clock skew on `exp`,
+        `nbf` and `iat`) and claim types.
 
         Raises:
             InvalidToken: the token is malformed, expired or not yet valid, signed by an unknown
@@ -185,6 +188,7 @@ class TokenIssuer:
                 audience=self._audience,
                 issuer=self._issuer,
                 options={"require": REQUIRED_CLAIMS},
+                leeway=self._leeway_s,
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from exc

@@ -36,8 +36,8 @@ LOG_PAGE_SIZE = 25
 # refresh token at once (auth treats a refresh token used twice as stolen).
 _REFRESH_REUSE_S = 30.0
 # An access token this close to its expiry (or past it, within the clock-skew leeway the
-# gateway allows) is refreshed before the page is served, in seconds: auth, which the
-# pages call with it, allows no leeway, and a page makes several calls.
+# gateway allows) is refreshed before the page is served, in seconds: a page makes several
+# calls to auth with it, and auth may allow less leeway than the gateway.
 REFRESH_AHEAD_S = 5.0
 
 log = structlog.get_logger("switchyard.gateway.console")
