@@ -295,6 +295,16 @@ BAD_ANSWERS = {
         status=429,
         headers={"retry-after": "7"},
     ),
+    "rate-limited-by-limit-headers": Scripted(
+        json={"error": {"message": "slow down", "type": "tokens", "code": "rate_limit_exceeded"}},
+        status=429,
+        headers={
+            "x-ratelimit-remaining-requests": "5",
+            "x-ratelimit-reset-requests": "1s",
+            "x-ratelimit-remaining-tokens": "0",
+            "x-ratelimit-reset-tokens": "6m0s",
+        },
+    ),
     "key-refused": Scripted(json={"error": {"message": f"bad key {OPENAI_KEY}"}}, status=401),
     "echoed-key": Scripted(json={"error": {"message": f"key {ANTHROPIC_KEY} ok?"}}, status=400),
     "not-json": Scripted(chunks=[b"<html>Bad Gateway</html>"], status=502, media_type="text/html"),
@@ -315,6 +325,21 @@ async def test_a_bad_answer_becomes_the_same_error_as_through_the_sdk(
 
     assert direct == sdk
     assert ANTHROPIC_KEY not in direct["message"] and OPENAI_KEY not in direct["message"]
+
+
+async def test_a_429_without_retry_after_waits_until_its_spent_limit_refills(
+    recorder: RecordingUpstream,
+) -> None:
+    # OpenAI's 429 names the refill of each limit, not always a Retry-After: the tokens
+    # limit is the one at 0, so the wait is its 6 minutes, not the requests' second.
+    upstream = create_upstream(deployment("openai", recorder.root))
+    recorder.script(BAD_ANSWERS["rate-limited-by-limit-headers"])
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await upstream.send("/chat/completions", BODY, {}, 5)
+    finally:
+        await upstream.aclose()
+    assert (caught.value.status, caught.value.retry_after) == (429, 360.0)
 
 
 async def test_an_upstream_error_reaches_the_client_with_its_own_status_type_and_param(

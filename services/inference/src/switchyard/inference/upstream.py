@@ -33,12 +33,14 @@ import functools
 import http
 import json
 import math
+import re
 import ssl
 import sys
 import time
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
@@ -187,6 +189,74 @@ def retry_after(headers: Any) -> float | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return _wait(when.timestamp() - time.time())
+
+
+# The limits whose refill time a 429 may name without a Retry-After: OpenAI's (and the
+# OpenAI-compatible servers' that copy it) `x-ratelimit-remaining-<limit>` with
+# `x-ratelimit-reset-<limit>`, a Go duration ("1s", "6m0s", "20ms"); Anthropic's
+# `anthropic-ratelimit-<limit>-remaining` with `...-reset`, an RFC 3339 instant. Sources:
+# OpenAI's and Anthropic's rate-limit guides (response headers).
+_OPENAI_LIMITS = ("requests", "tokens")
+_ANTHROPIC_LIMITS = ("requests", "tokens", "input-tokens", "output-tokens")
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_GO_DURATION_UNIT_S = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def _go_duration_s(value: str) -> float | None:
+    """Seconds in a Go duration string (`time.Duration.String()`: "1h2m3.5s", "20ms");
+    None for anything else."""
+    value = value.strip()
+    parts = _GO_DURATION_PART.findall(value)
+    if not parts or "".join(number + unit for number, unit in parts) != value:
+        return None
+    return sum(float(number) * _GO_DURATION_UNIT_S[unit] for number, unit in parts)
+
+
+def _instant_wait_s(value: str) -> float | None:
+    """Seconds from now to an RFC 3339 instant (`2026-12-07T15:04:05Z`); None if it is
+    not one."""
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return when.timestamp() - time.time()
+
+
+def _exhausted(headers: Any, name: str) -> bool:
+    value = headers.get(name)
+    try:
+        return value is not None and float(value) <= 0
+    except ValueError:
+        return False
+
+
+def rate_limit_reset(headers: Any) -> float | None:
+    """Seconds until the limits a 429 says are used up refill, from the rate-limit
+    headers OpenAI and Anthropic send beside it (the longest, when several are at 0),
+    from 0 to `MAX_RETRY_AFTER_S`; None when no limit says it is at 0 with a readable
+    reset. For an upstream that sends no Retry-After: its client is told how long the
+    wait really is, and a wait that outlives the request is not slept through."""
+    waits: list[float | None] = []
+    for limit in _OPENAI_LIMITS:
+        reset = headers.get(f"x-ratelimit-reset-{limit}")
+        if reset is not None and _exhausted(headers, f"x-ratelimit-remaining-{limit}"):
+            waits.append(_go_duration_s(reset))
+    for limit in _ANTHROPIC_LIMITS:
+        reset = headers.get(f"anthropic-ratelimit-{limit}-reset")
+        if reset is not None and _exhausted(headers, f"anthropic-ratelimit-{limit}-remaining"):
+            waits.append(_instant_wait_s(reset))
+    known = [wait for wait in waits if wait is not None and not math.isnan(wait)]
+    return _wait(max(known)) if known else None
 
 
 # The longest error message kept whole (characters): a longer one is cut there.
@@ -493,7 +563,7 @@ def status_error(
             # this deployment; another may still take the request.
             retry_same=retry is not False,
             unhealthy=False,
-            retry_after=wait,
+            retry_after=wait if wait is not None else rate_limit_reset(headers),
             should_retry=retry,
             details=details,
         )
