@@ -394,7 +394,12 @@ async def test_body_that_is_not_an_object_gets_400(harness):
         (
             "/v1/messages",
             b'{"max_tokens": 5, "metadata": {"n": [1, -99999999999999999999999]}, ',
-            "metadata.n[1]",
+            "metadata.n.1",  # Anthropic's notation, in its words
+        ),
+        (
+            "/v1/messages/count_tokens",
+            b'{"tools": [{"name": "t", "input_schema": {"maximum": 99999999999999999999}}], ',
+            "tools.0.input_schema.maximum",
         ),
         # Just beyond 64 bits, with 19 digits and with 20.
         ("/v1/chat/completions", b'{"seed": -9223372036854775809, ', "seed"),
@@ -423,6 +428,11 @@ async def test_an_integer_beyond_64_bits_is_refused_not_sent_on_as_a_float(
     assert (error["param"], error["type"]) == (param, "invalid_request_error")
     assert "64 bits" in error["message"] or "64-bit float" in error["message"]
     assert "not valid JSON" not in error["message"]
+    if path.startswith("/v1/messages"):
+        assert response.json()["type"] == "error"
+        assert error["message"].startswith(f"{param}: "), error["message"]
+    else:
+        assert error["message"].startswith(f"Invalid value for '{param}': ")
     assert not harness.requests
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,19 +137,43 @@ def _out_of_range_number(raw: bytes) -> tuple[str, bool] | None:
     return None
 
 
-def _number_out_of_range(raw: bytes) -> APIError | None:
+class NumberOutOfRange(APIError):
+    """400 `invalid_value`: the body holds a number 64 bits cannot hold, at `path`
+    (OpenAI's notation, `messages[1].content[0].input.n`); `what` names its kind
+    ("integers beyond 64 bits")."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(
+            400,
+            f"Invalid value for '{path}': {what} are not supported.",
+            param=path or None,
+            code="invalid_value",
+        )
+        self.path = path
+        self.what = what
+
+    def in_anthropics_words(self) -> APIError:
+        """The same refusal as Anthropic's API words one: the field's path first, dotted
+        (`messages.1.content.0.input.n: integers beyond 64 bits are not supported`)."""
+        dotted = re.sub(r"\[(\d+)\]", r".\1", self.path)
+        return APIError(
+            400,
+            f"{dotted}: {self.what} are not supported"
+            if dotted
+            else f"{self.what} are not supported",
+            param=dotted or None,
+            code=self.code,
+        )
+
+
+def _number_out_of_range(raw: bytes) -> NumberOutOfRange | None:
     """The 400 naming the first number in `raw` that 64 bits cannot hold, if any."""
     found = _out_of_range_number(raw)
     if found is None:
         return None
     path, integer = found
     what = "integers beyond 64 bits" if integer else "numbers beyond a 64-bit float's range"
-    return APIError(
-        400,
-        f"Invalid value for '{path}': {what} are not supported.",
-        param=path or None,
-        code="invalid_value",
-    )
+    return NumberOutOfRange(path, what)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -649,11 +674,17 @@ def read_request(api: ClientAPI, raw: bytes) -> ClientRequest:
     """The request in `raw` (the HTTP body) for `api`; APIError 400 naming the field at
     fault if the gateway cannot route or answer it. Blocking: `read_request_off_loop`
     keeps a large body's parsing and checks off the event loop."""
+    try:
+        body = parse_json_object(raw)
+    except NumberOutOfRange as exc:
+        if api.vendor == "anthropic":
+            raise exc.in_anthropics_words() from None
+        raise
     if api is ClientAPI.OPENAI_RESPONSES:
-        return read_responses(parse_json_object(raw))
+        return read_responses(body)
     if api is ClientAPI.OPENAI_RESPONSES_INPUT_TOKENS:
-        return read_responses_input_tokens(parse_json_object(raw))
-    return READERS[api](parse_json_object(raw))
+        return read_responses_input_tokens(body)
+    return READERS[api](body)
 
 
 async def read_request_off_loop(api: ClientAPI, raw: bytes) -> ClientRequest:
