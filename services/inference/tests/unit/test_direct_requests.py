@@ -213,6 +213,25 @@ async def test_a_stream_arrives_event_by_event_through_direct_requests(
     assert wire(recorder) == headers
 
 
+async def test_a_lone_surrogate_in_a_reply_is_a_replacement_character_not_a_502(
+    pair: tuple[SDKUpstream, SDKUpstream], recorder: RecordingUpstream
+) -> None:
+    # An emoji's high half without its low half: valid JSON, which orjson refuses.
+    upstream, through_sdk = pair
+    path = PATHS[upstream.protocol]
+    split = '{"choices": [{"delta": {"content": "a\\ud83d"}}], "k": {"\\ude00": "\\ud83d\\ude00"}}'
+    recorder.script(
+        Scripted(events=[(None, split), (None, "[DONE]")]),
+        Scripted(chunks=[split.encode()], media_type="application/json"),
+    )
+    expected = {"choices": [{"delta": {"content": "a\ufffd"}}], "k": {"\ufffd": "\U0001f600"}}
+
+    streamed = [sse.data async for sse in upstream.stream(path, BODY, {}, 5)]
+    assert streamed == [expected]
+    assert await upstream.send(path, BODY, {}, 5) == expected
+    assert await through_sdk.send(path, BODY, {}, 5) == expected
+
+
 async def test_a_header_value_beyond_ascii_is_sent_or_refused_as_through_the_sdk(
     pair: tuple[SDKUpstream, SDKUpstream], recorder: RecordingUpstream
 ) -> None:
