@@ -4,6 +4,7 @@ the caller set it, and what it leaves alone."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -392,3 +393,46 @@ def test_embedded_state_and_sqlite_databases_are_readable_by_their_owner_only(
     assert mode(tmp_path / STATE_DIR / "history.db") == 0o600
     assert mode(tmp_path / "elsewhere" / "new") == 0o700
     assert mode(tmp_path / "elsewhere" / "new" / "auth.db") == 0o600
+
+
+def test_a_second_dev_on_one_directory_is_refused_naming_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, main_fails
+) -> None:
+    """Two embedded instances on one `.switchyard/` (other ports) would share its
+    databases, jobs and signing key: the second stops at once, naming the first's pid."""
+    import subprocess
+    import sys
+
+    from switchyard.common import dev
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(dev, "_held_state_dir", None)
+    dev.private_state_dir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from switchyard.common import dev; dev.hold_state_dir(); "
+            "print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(dev.StateDirInUseError) as refused:
+            dev.hold_state_dir()
+        assert f"(pid {holder.pid})" in str(refused.value)
+        assert str(tmp_path / ".switchyard") in str(refused.value)
+        # From the command: one line, exit status 1, before any migration or port.
+        monkeypatch.setattr(dev, "migrate_in_child", lambda *_: pytest.fail("migrated"))
+        line = main_fails("dev")
+        assert line.startswith("error: another switchyard dev (pid ")
+    finally:
+        holder.communicate("")
+    # Once the first has ended (however: the kernel drops its lock), the next one runs.
+    dev.hold_state_dir()
+    assert (tmp_path / ".switchyard" / "dev.lock").read_text() == f"{os.getpid()}\n"
+    assert dev._held_state_dir is not None
+    os.close(dev._held_state_dir)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import os
 import secrets
 import signal
@@ -140,6 +141,52 @@ def private_state_dir() -> None:
         path.mkdir(mode=0o700, exist_ok=True)
         if path.stat().st_uid == os.getuid():
             path.chmod(0o700)
+
+
+# The file in STATE_DIR a running `switchyard dev` holds an exclusive flock on (the
+# kernel releases it however the process ends, `kill -9` too), holding that process's pid.
+DEV_LOCK_FILE = "dev.lock"
+_held_state_dir: int | None = None  # the lock file's descriptor, open for good once held
+
+
+class StateDirInUseError(Exception):
+    """Another `switchyard dev` runs on this directory's state (its `.switchyard/`); the
+    message names that process's pid and what to do."""
+
+
+def hold_state_dir() -> None:
+    """Take STATE_DIR for this process until it ends: two embedded instances on one
+    directory (on other ports) would share its SQLite databases, jobs and signing key,
+    each running the other's jobs and sweeps. Call after `private_state_dir`. Raises
+    StateDirInUseError when another process holds it. A directory where the lock file
+    cannot be made, or a file system without locks, is not locked (what fails to be
+    written there says so itself)."""
+    global _held_state_dir
+    if _held_state_dir is not None:
+        return
+    path = Path(STATE_DIR) / DEV_LOCK_FILE
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = ""
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            holder = os.read(descriptor, 32).decode("ascii").strip()
+        os.close(descriptor)
+        which = f" (pid {holder})" if holder.isdigit() else ""
+        raise StateDirInUseError(
+            f"another switchyard dev{which} is running on this directory's state "
+            f"({path.parent.resolve()}): stop it, or start this one from another directory"
+        ) from None
+    except OSError:
+        os.close(descriptor)
+        return
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode("ascii"))
+    _held_state_dir = descriptor
 
 
 def apply_dev_environment(
@@ -356,6 +403,11 @@ def run(host: str = "127.0.0.1", database_url: str | None = None) -> None:
     plugins = discover()
     _check_settings(plugins, host, database_url)
     private_state_dir()
+    try:
+        hold_state_dir()
+    except StateDirInUseError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     # Migrations run beside the rest of start-up, in a process of their own.
     migrating = migrate_in_child(database_url)
     try:
