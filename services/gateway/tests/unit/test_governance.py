@@ -392,6 +392,20 @@ async def test_a_request_larger_than_the_whole_rate_limit_invites_no_retry(
     assert refused.value.headers["Retry-After"] == ""  # the error writer sends none
 
 
+async def test_a_prompt_padded_with_spaces_is_not_taken_for_cheap() -> None:
+    """A million spaces (0.008 tokens a character) ahead of a million tokens of words:
+    estimated at the ratio of its head, it passed a 100,000 tokens-per-minute limit and
+    spent several times its budget."""
+    [limited] = replicas(MemoryLedger(), policy(tpm_limit=100_000), count=1)
+    padded = " " * 1_000_000 + "x " * 1_000_000
+    body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": padded}]}
+    with pytest.raises(Refused) as refused:
+        await limited.admit(Caller(), "m", body)
+
+    assert refused.value.code == "rate_limit_exceeded"
+    assert "Request too large" in refused.value.message
+
+
 async def test_a_request_within_the_rate_limit_is_told_when_to_retry() -> None:
     [limited] = replicas(MemoryLedger(), policy(rpm_limit=1), count=1)
     await limited.admit(Caller(), "m", BODY)

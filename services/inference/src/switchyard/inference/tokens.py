@@ -39,7 +39,8 @@ IMAGE_TOKENS = 1600
 PDF_PAGE_TOKENS = 2250
 _PDF_PAGE = re.compile(rb"/Type\s*/Page(?![a-zA-Z])")
 # Characters of one request's text counted exactly (about half a second of a worker
-# thread); past them, the tokens of the rest are estimated at the ratio measured.
+# thread); past them, the tokens of the rest are estimated from samples of it
+# (`tokenizer.TokenCounter`).
 EXACT_CHARS = 4_000_000
 
 
@@ -98,8 +99,8 @@ def _schema_tokens(body: dict[str, Any], count_text: Callable[[str], int]) -> in
 def estimate_input_tokens(body: dict[str, Any]) -> int:
     """Estimated input tokens of an Anthropic count_tokens (or Messages) request body:
     `system`, `messages`, `tools` (see the module doc for the method), the first
-    EXACT_CHARS characters of text counted exactly and the rest at the ratio measured on
-    them. Blocking."""
+    EXACT_CHARS characters of text counted exactly and the rest from samples of it
+    (`tokenizer.TokenCounter`). Blocking."""
     count_text = TokenCounter(exact_chars=EXACT_CHARS).count
     total = REPLY_PRIMING_TOKENS
     system = body.get("system")

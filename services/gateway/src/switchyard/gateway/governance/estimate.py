@@ -130,7 +130,7 @@ def prompt_chars(body: dict[str, Any]) -> int:
 
 def prompt_tokens(body: dict[str, Any]) -> int:
     """Input tokens of a request body (any of the supported APIs): its texts encoded, the
-    first EXACT_CHARS characters exactly and the rest at the ratio measured on them
+    first EXACT_CHARS characters exactly and the rest from samples of it
     (`tokenizer.TokenCounter`), plus the rest of the prompt (`_prompt`). Blocking: up to
     about a tenth of a second of CPU for the largest bodies."""
     return _prompt_tokens(body)[0]
@@ -139,7 +139,8 @@ def prompt_tokens(body: dict[str, Any]) -> int:
 def _prompt_tokens(body: dict[str, Any]) -> tuple[int, _Parts]:
     texts, counted, parts = _prompt(body)
     counter = TokenCounter(exact_chars=EXACT_CHARS)
-    return counted + sum(counter.count(text) for text in texts), parts
+    # All at once: the rest past the exact budget is sampled across every text.
+    return counted + counter.count_all(texts), parts
 
 
 def choices(body: dict[str, Any]) -> int:
