@@ -77,6 +77,25 @@ async def test_an_unknown_field_is_refused_not_dropped(auth_app, people) -> None
     assert "other@acme.test" not in {entry["email"] for entry in listed.json()["data"]}
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/admin/api-keys?tenant=other",
+        "/v1/admin/users?limit=1",
+        "/v1/admin/teams?after=t1",
+        "/v1/api-keys?user_id=u1",
+        "/v1/me?verbose=1",
+    ],
+)
+async def test_an_unknown_query_parameter_is_refused_not_ignored(auth_app, people, path) -> None:
+    # An admin filtering by a parameter no route reads got the whole list, unfiltered.
+    headers = await token_for(auth_app, "admin@acme.test")
+    refused = await auth_app.client.get(path, headers=headers)
+    error = assert_error(refused, 400, "unknown_parameter")
+    assert error["param"] == path.split("?")[1].split("=")[0]
+    assert (await auth_app.client.get(path.split("?")[0], headers=headers)).status_code == 200
+
+
 async def test_members_get_403_on_every_admin_route(auth_app, people) -> None:
     headers = await token_for(auth_app, "member@acme.test")
     admin_id = people["admin"].id
