@@ -296,3 +296,35 @@ async def test_a_key_made_by_a_token_listing_exactly_the_teams_models_keeps_that
 
     await widen_team(auth_app, acme, team_id)
     assert (await lookup(auth_app, key))["allowed_models"] == ["sim-small"]
+
+
+async def test_an_empty_model_list_is_refused_for_keys_teams_and_tokens(auth_app, acme) -> None:
+    # governance.md: a list allowing no model is refused, it could call nothing; an empty
+    # one was taken, and every request of the key answered 404.
+    team_id = await small_team(auth_app, acme)
+    signed_in = await sign_in(auth_app, "carol@acme.test")
+    own = await auth_app.client.post(
+        "/v1/api-keys",
+        json={"name": "none", "allowed_models": []},
+        headers={"Authorization": f"Bearer {signed_in['access_token']}"},
+    )
+    by_admin = await auth_app.client.post(
+        "/v1/admin/api-keys",
+        json={"user_id": acme["member"].id, "name": "none", "allowed_models": []},
+        headers=acme["admin_headers"],
+    )
+    team = await auth_app.client.patch(
+        f"/v1/admin/teams/{team_id}", json={"allowed_models": []}, headers=acme["admin_headers"]
+    )
+    for refused in (own, by_admin, team):
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "allowed_models"
+        assert "allow no model" in refused.json()["error"]["message"]
+    user = await auth_app.service.user_by_email("carol@acme.test")
+    with pytest.raises(InvalidInput, match="allow no model"):
+        auth_app.service.issue_access_token(user, allowed_models=[])
+    # Null still means every model the team allows.
+    cleared = await auth_app.client.patch(
+        f"/v1/admin/teams/{team_id}", json={"allowed_models": None}, headers=acme["admin_headers"]
+    )
+    assert cleared.status_code == 200 and cleared.json()["allowed_models"] is None

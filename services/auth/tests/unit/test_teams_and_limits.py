@@ -396,6 +396,17 @@ def test_operators_manage_teams_keys_and_tenants_from_the_cli(cli) -> None:
     negative = cli("teams", "update", team["id"], "--tpm-limit", "-1")
     assert negative.exit_code == 1 and "tpm_limit" in negative.output
 
+    # An unknown --clear is refused naming every name this command takes, the cache's too.
+    unknown = cli("teams", "update", team["id"], "--clear", "bogus")
+    assert unknown.exit_code == 1
+    assert "budget_period" in unknown.output and "cache_ttl_s" in unknown.output
+    # An empty --team was taken for no option: the command said it was done, and was not.
+    for empty in (
+        cli("users", "update", "--email", "a@acme.test", "--team", ""),
+        cli("keys", "create", "--email", "a@acme.test", "--name", "x", "--team", " "),
+    ):
+        assert empty.exit_code == 1 and "--team is empty" in empty.output, empty.output
+
     updated = cli("keys", "update", key_id, "--rpm-limit", "10", "--clear", "max_budget_usd")
     assert updated.exit_code == 0, updated.output
     assert "rpm_limit=10" in updated.stdout and "max_budget_usd" not in updated.stdout

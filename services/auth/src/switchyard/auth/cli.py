@@ -86,9 +86,9 @@ ClearOption = Annotated[
     list[str] | None,
     typer.Option(
         "--clear",
-        help="Remove a limit: rpm_limit, tpm_limit, max_budget_usd, max_parallel_requests "
-        "(repeatable); for teams and keys also cache_enabled, cache_ttl_s (then the level "
-        "above decides).",
+        help="Remove a limit: rpm_limit, tpm_limit, max_budget_usd (and its period), "
+        "budget_period, max_parallel_requests (repeatable); for teams and keys also "
+        "cache_enabled, cache_ttl_s (then the level above decides).",
     ),
 ]
 _CLEARABLE = ("rpm_limit", "tpm_limit", "max_budget_usd", "max_parallel_requests", "budget_period")
@@ -144,8 +144,11 @@ def _limit_options(
     budget_period: str | None,
     max_parallel: int | None,
     clear: list[str] | None = None,
+    clearable_also: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The limits given on the command line as a patch (absent options change nothing)."""
+    """The limits given on the command line as a patch (absent options change nothing).
+    `clearable_also`: the other names `--clear` took for this command (the cache's,
+    already taken out by `_cache_options`), named in the refusal of an unknown one."""
     patch: dict[str, Any] = {}
     for name, value in (
         ("rpm_limit", rpm_limit),
@@ -159,7 +162,8 @@ def _limit_options(
     given = dict(patch)
     for name in clear or ():
         if name not in _CLEARABLE:
-            raise _fail(f"--clear takes one of {', '.join(_CLEARABLE)}, not {name!r}")
+            known = ", ".join(_CLEARABLE + clearable_also)
+            raise _fail(f"--clear takes one of {known}, not {name!r}")
         # Both in one call is a contradiction; applying either would silently drop the other.
         if name in given:
             raise _fail(f"--clear {name} contradicts the value given for it")
@@ -187,6 +191,13 @@ async def _team_id(governance: Governance, tenant: str, team: str) -> str:
         return (await governance.team(team, tenant)).id
     except TeamNotFound:
         return (await governance.team_by_name(tenant, team)).id
+
+
+def _check_team_option(team: str | None) -> None:
+    """Refuse an empty `--team` (exit 1): taken as no option at all, it changed nothing
+    while the command said it had done its work."""
+    if team is not None and not team.strip():
+        raise _fail("--team is empty: give a team id or name (--no-team takes a user out)")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -456,6 +467,7 @@ def create_key(
     ] = False,
 ) -> None:
     """Create an API key for a user and print it (it is shown only once)."""
+    _check_team_option(team)
     limits = _limit_options(rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel)
     scope_list = _split(scopes, "--scopes")
     model_list = _split(allowed_models, "--allowed-models")
@@ -557,7 +569,7 @@ def update_key(
     applies them within a second."""
     cache_patch, clear = _cache_options(cache, cache_ttl, clear)
     limits = _limit_options(
-        rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel, clear
+        rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel, clear, CACHE_FIELDS
     )
 
     async def update(service: AuthService) -> Any:
@@ -613,7 +625,8 @@ def update_user(
     clear: ClearOption = None,
 ) -> None:
     """Change a user's team and limits."""
-    if team and no_team:
+    _check_team_option(team)
+    if team is not None and no_team:
         raise _fail("use either --team or --no-team")
     limits = _limit_options(
         rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel, clear
@@ -755,7 +768,7 @@ def update_team(
     them within a second."""
     cache_patch, clear = _cache_options(cache, cache_ttl, clear)
     limits = _limit_options(
-        rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel, clear
+        rpm_limit, tpm_limit, max_budget_usd, budget_period, max_parallel, clear, CACHE_FIELDS
     )
 
     async def update(service: AuthService) -> Any:

@@ -241,8 +241,18 @@ def _bounded_scopes(
 
 
 def _validate_models(models: Sequence[str] | None) -> list[str] | None:
+    """`models` (a key's, token's or team's `allowed_models`) trimmed and without repeats;
+    None for None (any model). Raises InvalidInput for an empty list (it would allow no
+    model: every request would answer 404) or a name that is empty, longer than 200
+    characters or not printable."""
     if models is None:
         return None
+    if not models:
+        raise InvalidInput(
+            "allowed_models is empty: it would allow no model. Name at least one, or leave "
+            "it out (null) for every model.",
+            param="allowed_models",
+        )
     cleaned = [model.strip() for model in models]
     if any(not model or len(model) > 200 or not printable(model) for model in cleaned):
         raise InvalidInput(
