@@ -151,6 +151,25 @@ async def test_a_copy_of_a_usage_record_is_counted_once(recorder, tables, events
     assert row["cost_usd"] == pytest.approx(0.75)
 
 
+async def test_every_copy_skipped_is_counted_within_a_batch_too(recorder, tables, events):
+    # The counter's help: events received again and skipped. Copies within one batch
+    # were left out of it (3 copies of a stored event counted 1).
+    from prometheus_client import REGISTRY
+
+    def skipped() -> float:
+        return REGISTRY.get_sample_value("switchyard_history_events_duplicate_total") or 0.0
+
+    request = events.requested()
+    usage = events.usage(request, input_tokens=7, output_tokens=9, cost_usd=0.5)
+    await recorder.record([request, usage])
+    before = skipped()
+    await recorder.record([usage, usage, usage])
+    assert skipped() - before == 3
+    fresh = events.requested()
+    await recorder.record([fresh, fresh])  # one stored, one skipped
+    assert skipped() - before == 4
+
+
 async def test_replaying_every_event_changes_nothing(recorder, tables, events):
     first, second = events.requested(), events.requested(user_id="bob")
     history = [first, events.completed(first), events.usage(first), second, events.failed(second)]

@@ -142,7 +142,9 @@ class EventRecorder:
             raise
         metrics.PERSIST_SECONDS.observe(time.perf_counter() - started)
         metrics.BATCHES.inc()
-        metrics.EVENTS_DUPLICATE.inc(len(unique) - len(new_events))
+        # Copies within the batch count as well as those stored before it.
+        repeats = sum(not isinstance(event, ChatChunk) for event in events) - len(unique)
+        metrics.EVENTS_DUPLICATE.inc(repeats + len(unique) - len(new_events))
         for event_type, count in Counter(event.type for event in new_events).items():
             metrics.EVENTS_PERSISTED.labels(event_type).inc(count)
         log.debug("events recorded", received=len(events), new=len(new_events))
