@@ -92,3 +92,19 @@ def test_a_document_of_floats_is_read_as_orjson_reads_it() -> None:
     document = {"data": [{"embedding": [0.0123456789, -1.5e-7, 3.0] * 100}] * 10}
     raw = orjson.dumps(document)
     assert exactjson.loads(raw) == orjson.loads(raw) == document
+
+
+def test_a_lone_surrogate_is_a_replacement_character_when_asked() -> None:
+    import orjson
+
+    raw = b'{"a": "x\\ud83d y", "b": ["\\ude00"], "\\ud800k": "\\ud83d\\ude00", "n": 123456789012345678901234567890}'
+    with pytest.raises(orjson.JSONDecodeError):
+        exactjson.loads(raw)
+    assert exactjson.loads_replacing_lone_surrogates(raw) == {
+        "a": "x\ufffd y",
+        "b": ["\ufffd"],
+        "\ufffdk": "\U0001f600",
+        "n": 123456789012345678901234567890,
+    }
+    with pytest.raises(ValueError):
+        exactjson.loads_replacing_lone_surrogates(b'{"a": "\\ud83d"')

@@ -97,3 +97,38 @@ def test_dense_text_hidden_between_stretches_of_spaces_is_found() -> None:
     exact = count_text(" " * budget + rest)
     estimates = [TokenCounter(exact_chars=budget).count(" " * budget + rest) for _ in range(3)]
     assert min(estimates) >= 0.6 * exact, (estimates, exact)
+
+
+def test_many_short_dense_texts_after_padding_weigh_their_length() -> None:
+    """A window that began in a six-character text stopped at its end, yet the sampled
+    tokens were divided by the characters sampled in all: short dense texts counted for
+    about a hundredth of their weight, and 600,000 of them passed as 8% of their tokens."""
+    import random
+    import string
+
+    chooser = random.Random(7)
+    tiny = ["".join(chooser.choices(string.printable[:94], k=6)) for _ in range(60_000)]
+    texts = [" " * 2_000_000, *tiny]
+    exact = sum(count_text(text) for text in texts)
+    estimated = TokenCounter(exact_chars=100_000).count_all(texts)
+    assert 0.8 * exact <= estimated <= 1.25 * exact, (estimated, exact)
+
+
+def test_queued_texts_are_sampled_together() -> None:
+    # One text after another past the budget: the first no longer spends the sampling on
+    # itself alone, leaving the next to be rated at the padding's ratio.
+    dense = "日本語のテキスト。" * 60_000
+    counter = TokenCounter(exact_chars=100_000)
+    for text in (" " * 400_000, " " * 100_001, dense):
+        assert counter.add(text) == 0
+    assert counter.count_queued() >= 0.9 * count_text(dense)
+    assert counter.count_queued() == 0  # the queue was emptied
+
+
+def test_the_word_floor_is_never_above_the_count() -> None:
+    # Non-breaking and ideographic spaces are not words (each pair is a piece or two).
+    for text in (" \u00a0" * 50_000, " \u3000" * 50_000, "a b" * 50_000, "日本 x" * 20_000):
+        counter = TokenCounter(exact_chars=0)
+        counter.sampling_budget = 0  # the floor alone against a ratio of 0
+        counter.highest_ratio = 1e-9
+        assert counter.count(text) <= count_text(text), text[:4]

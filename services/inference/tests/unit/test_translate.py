@@ -1081,6 +1081,57 @@ def test_arguments_cut_off_read_the_same_in_a_reply_as_in_its_stream(arguments, 
     assert snapshot is not None and snapshot.content[0].input == expected
 
 
+def test_a_lone_surrogate_in_a_calls_arguments_keeps_the_arguments() -> None:
+    """Half an emoji (`\\ud83d` escaped in the arguments' JSON) made them unreadable, so
+    the call's `input` became `{}`, losing every argument, in a reply and in a stream."""
+    arguments = '{"note": "x\\ud83d y", "n": 1}'
+    expected = {"note": "x\ufffd y", "n": 1}
+    completion = {
+        "id": "chatcmpl-t",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-x",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "w", "arguments": arguments},
+                        }
+                    ],
+                },
+            }
+        ],
+    }
+    [block] = chat_completion_to_message(completion, "m")["content"]
+    assert block["input"] == expected
+
+    accumulator = MessageAccumulator()
+    start = {"type": "message", "role": "assistant", "content": [], "usage": {}}
+    for event in (
+        {"type": "message_start", "message": start},
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "w", "input": {}},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": arguments},
+        },
+        {"type": "content_block_stop", "index": 0},
+    ):
+        accumulator.add(event)
+    assert accumulator.response()["content"][0]["input"] == expected
+
+
 def test_only_jsons_whitespace_after_a_whole_call_is_dropped() -> None:
     """A piece after a call's whole arguments that is more than JSON's whitespace (here a
     no-break space, which JSON does not allow there) still reaches its block: dropping it

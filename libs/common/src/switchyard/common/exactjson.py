@@ -14,6 +14,7 @@ it. pydantic's JSON (the event envelope) keeps such integers by itself.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -50,6 +51,64 @@ def loads(raw: bytes | bytearray | memoryview | str) -> Any:
         except RecursionError:  # deeper than Python's parser goes: orjson's reading stands
             return value
     return value
+
+
+# A UTF-16 surrogate with no partner: a `\ud83d` escape left of an emoji split in two.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogates_replaced(value: Any) -> Any:
+    """`value` (JSON as Python's `json` reads it) with every lone surrogate in its strings
+    and keys made U+FFFD, as a UTF-8 decoder replaces bytes it cannot decode; walked
+    without recursion, so any depth is fine. Lists and dicts are changed in place."""
+
+    def fixed(text: str) -> str:
+        return _LONE_SURROGATE.sub("\ufffd", text)
+
+    if isinstance(value, str):
+        return fixed(value)
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key in list(item):
+                child = item[key]
+                if isinstance(child, str):
+                    child = fixed(child)
+                else:
+                    stack.append(child)
+                if isinstance(key, str) and _LONE_SURROGATE.search(key):
+                    del item[key]
+                    key = fixed(key)
+                item[key] = child
+        elif isinstance(item, list):
+            for index, child in enumerate(item):
+                if isinstance(child, str):
+                    item[index] = fixed(child)
+                else:
+                    stack.append(child)
+    return value
+
+
+def loads_replacing_lone_surrogates(raw: bytes | bytearray | memoryview | str) -> Any:
+    """`loads(raw)`, but a lone UTF-16 surrogate escape in a string (`"\\ud83d"` without
+    its low half: valid JSON by RFC 8259's grammar, which a server splitting an emoji may
+    write, and orjson refuses) becomes U+FFFD, as a UTF-8 decoder replaces bytes it
+    cannot decode: no JSON Switchyard writes could hold it. For what an upstream sends,
+    which is not Switchyard's to refuse. Raises ValueError (orjson's or `json`'s
+    JSONDecodeError) for invalid JSON."""
+    try:
+        return loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "surrogate" not in str(exc):
+            raise
+        if isinstance(raw, memoryview):
+            raw = raw.tobytes()
+        try:
+            value = json.loads(raw)
+        except RecursionError:
+            raise exc from None
+        return _lone_surrogates_replaced(value)
 
 
 async def loads_off_loop(raw: bytes | str) -> Any:

@@ -121,22 +121,28 @@ def _count(encode: Any, piece: str) -> int:
 SAMPLE_WINDOW_CHARS = 256
 # The sampling budget: this share of the exact one (a quarter: about 25 ms of CPU at most).
 SAMPLE_SHARE = 4
-# ASCII whitespace bytes -> b" ", every other byte -> b"x": `_words` then counts b" x".
+# ASCII whitespace bytes -> b" ", other ASCII bytes -> b"x", the bytes of every other
+# character (UTF-8's, all >= 0x80) -> b".": `_words` counts b" x".
 _WORD_STARTS = bytes.maketrans(
     bytes(range(256)),
-    bytes(0x20 if byte in b" \t\n\r\x0b\x0c" else 0x78 for byte in range(256)),
+    bytes(
+        0x20 if byte in b" \t\n\r\x0b\x0c" else 0x78 if byte < 0x80 else 0x2E for byte in range(256)
+    ),
 )
 # Sampling positions nobody can foresee (seeded from the OS): a prompt laid out to put
 # its dense text between the windows cannot know where they fall.
 _sampling = random.Random()
 
 
-def _words(text: str) -> int:
-    """The number of places in `text` where a non-whitespace character follows ASCII
-    whitespace: a floor on its tokens, since `o200k_base` splits text into pieces before
-    encoding it and no piece holds two such places. Counted by C loops (encode, translate,
-    count), tens of milliseconds for tens of megabytes."""
-    return text.encode("utf-8", "surrogatepass").translate(_WORD_STARTS).count(b" x")
+def _words(texts: list[str]) -> int:
+    """A floor on the tokens of `texts`, each encoded on its own: the places where an
+    ASCII character other than whitespace follows ASCII whitespace or starts a text, or
+    else one token a text, whichever is more. `o200k_base` splits text into pieces
+    before encoding it: each such place starts a piece, no piece holds two, and a piece
+    is at least a token. Counted by C loops (join, encode, translate, count), tens of
+    milliseconds for tens of megabytes."""
+    marked = "\n".join(texts).encode("utf-8", "surrogatepass").translate(_WORD_STARTS)
+    return max(marked.count(b" x") + marked.startswith(b"x"), len(texts))
 
 
 class TokenCounter:
@@ -160,11 +166,25 @@ class TokenCounter:
         self.encoded_tokens = 0
         self.sampling_budget = exact_chars // SAMPLE_SHARE
         self.highest_ratio = 0.0
+        self._queued: list[str] = []
 
     def count(self, text: str) -> int:
         """Tokens of `text` (special-token markers in it count as plain text); 0 for
         anything that is not a string (a body's wrong-typed field holds no text)."""
         return self.count_all([text])
+
+    def add(self, text: Any) -> int:
+        """Queue `text` to be counted by `count_queued` with the others queued, so the
+        rest past the exact budget is sampled across all of them; returns 0 (its tokens
+        come with `count_queued`). For a caller that walks a body adding up counts."""
+        if isinstance(text, str) and text:
+            self._queued.append(text)
+        return 0
+
+    def count_queued(self) -> int:
+        """Tokens of every text queued by `add` since the last call, as `count_all`."""
+        queued, self._queued = self._queued, []
+        return self.count_all(queued)
 
     def count_all(self, texts: Iterable[Any]) -> int:
         """Tokens of all `texts` together, as `count` counts one, the rest past the
@@ -205,7 +225,7 @@ class TokenCounter:
             # Small enough to encode whole within the sampling budget: exact.
             self.sampling_budget -= total
             return sum(_count(encode, piece) for text in rest for piece in _chunks(text))
-        words = sum(_words(text) for text in rest)
+        words = _words(rest)
         windows = self.sampling_budget // SAMPLE_WINDOW_CHARS
         if windows == 0:
             # Nothing left to sample with: the highest ratio measured, else a token a
@@ -216,12 +236,19 @@ class TokenCounter:
         sampled_chars = 0
         sampled_tokens = 0
         for index in range(windows):
-            at = int(index * stride + _sampling.random() * max(0.0, stride - SAMPLE_WINDOW_CHARS))
+            # Anywhere in its stride, running on into the next one (and across texts,
+            # each part encoded on its own as its text is): every character is as likely
+            # to be sampled, and a short text weighs its length, not a whole window.
+            at = min(int((index + _sampling.random()) * stride), total - 1)
+            end = min(at + SAMPLE_WINDOW_CHARS, total)
             which = bisect.bisect_right(starts, at) - 1
-            offset = at - starts[which]
-            window = rest[which][offset : offset + SAMPLE_WINDOW_CHARS]
-            sampled_chars += len(window)
-            sampled_tokens += _count(encode, window)
+            while at < end:
+                offset = at - starts[which]
+                part = rest[which][offset : offset + end - at]
+                sampled_chars += len(part)
+                sampled_tokens += _count(encode, part)
+                at += len(part)
+                which += 1
         self.sampling_budget -= sampled_chars
         ratio = sampled_tokens / sampled_chars
         self.highest_ratio = max(self.highest_ratio, ratio)

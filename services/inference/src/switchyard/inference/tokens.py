@@ -101,7 +101,10 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
     `system`, `messages`, `tools` (see the module doc for the method), the first
     EXACT_CHARS characters of text counted exactly and the rest from samples of it
     (`tokenizer.TokenCounter`). Blocking."""
-    count_text = TokenCounter(exact_chars=EXACT_CHARS).count
+    # Texts are queued and counted together at the end: the rest past the exact budget
+    # is then sampled across all of them (`TokenCounter.count_all`).
+    counter = TokenCounter(exact_chars=EXACT_CHARS)
+    count_text = counter.add
     total = REPLY_PRIMING_TOKENS
     system = body.get("system")
     if system:
@@ -113,7 +116,7 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
         if isinstance(tool, dict):
             described = {k: v for k, v in tool.items() if k != "cache_control"}
             total += count_text(json_text(described))
-    return total + _schema_tokens(body, count_text)
+    return total + _schema_tokens(body, count_text) + counter.count_queued()
 
 
 # OpenAI content parts (Chat Completions and Responses name them differently): the field
@@ -158,7 +161,10 @@ def estimate_chat_input_tokens(body: dict[str, Any]) -> int:
     content (text and refusal parts; an image `IMAGE_TOKENS`, a file `PDF_PAGE_TOKENS`),
     its tool calls' names and arguments, and each tool definition's JSON, framed as
     `estimate_input_tokens` frames an Anthropic request. Blocking."""
-    count_text = TokenCounter(exact_chars=EXACT_CHARS).count
+    # Texts are queued and counted together at the end: the rest past the exact budget
+    # is then sampled across all of them (`TokenCounter.count_all`).
+    counter = TokenCounter(exact_chars=EXACT_CHARS)
+    count_text = counter.add
     total = REPLY_PRIMING_TOKENS
     for message in body.get("messages") or ():
         if not isinstance(message, dict):
@@ -173,7 +179,7 @@ def estimate_chat_input_tokens(body: dict[str, Any]) -> int:
     for tool in body.get("tools") or ():
         if isinstance(tool, dict):
             total += count_text(json_text(tool))
-    return total + _schema_tokens(body, count_text)
+    return total + _schema_tokens(body, count_text) + counter.count_queued()
 
 
 def estimate_responses_input_tokens(body: dict[str, Any]) -> int:
@@ -183,7 +189,10 @@ def estimate_responses_input_tokens(body: dict[str, Any]) -> int:
     arguments, a call output, a reasoning item's summary; other items by their JSON) and
     each tool's JSON, framed as `estimate_input_tokens` frames an Anthropic request.
     Blocking."""
-    count_text = TokenCounter(exact_chars=EXACT_CHARS).count
+    # Texts are queued and counted together at the end: the rest past the exact budget
+    # is then sampled across all of them (`TokenCounter.count_all`).
+    counter = TokenCounter(exact_chars=EXACT_CHARS)
+    count_text = counter.add
     total = REPLY_PRIMING_TOKENS
     instructions = body.get("instructions")
     if isinstance(instructions, str) and instructions:
@@ -210,4 +219,4 @@ def estimate_responses_input_tokens(body: dict[str, Any]) -> int:
     for tool in body.get("tools") or ():
         if isinstance(tool, dict):
             total += count_text(json_text(tool))
-    return total + _schema_tokens(body, count_text)
+    return total + _schema_tokens(body, count_text) + counter.count_queued()

@@ -283,8 +283,8 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
     if arguments is None or arguments == "":
         return {}
     try:
-        parsed = exactjson.loads(arguments)
-    except (orjson.JSONDecodeError, TypeError):
+        parsed = exactjson.loads_replacing_lone_surrogates(arguments)
+    except (ValueError, TypeError):
         if not isinstance(arguments, str):
             return {}
         try:
@@ -3576,8 +3576,11 @@ class MessageAccumulator:
             block = self._blocks.get(index)
             if pieces is not None and block is not None:
                 try:
-                    block["input"] = exactjson.loads("".join(pieces)) if pieces else {}
-                except orjson.JSONDecodeError:
+                    joined = "".join(pieces)
+                    block["input"] = (
+                        exactjson.loads_replacing_lone_surrogates(joined) if pieces else {}
+                    )
+                except ValueError:
                     block["input"] = {}
         elif kind == "message_delta" and self.message is not None:
             delta = event.get("delta") or {}

@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 import aiohttp
 import httpx2
 import openai
-import orjson
 import structlog
 import yarl
 from aiohttp.http_exceptions import ContentEncodingError
@@ -760,43 +759,6 @@ def _secrets(deployment: Deployment) -> tuple[str, ...]:
     return deployment.secrets()
 
 
-# A UTF-16 surrogate with no partner: a `\ud83d` escape left of an emoji split in two.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _lone_surrogates_replaced(value: Any) -> Any:
-    """`value` (JSON as Python's `json` reads it) with every lone surrogate in its strings
-    and keys made U+FFFD, as a UTF-8 decoder replaces bytes it cannot decode; walked
-    without recursion, so any depth is fine. Lists and dicts are changed in place."""
-
-    def fixed(text: str) -> str:
-        return _LONE_SURROGATE.sub("\ufffd", text)
-
-    if isinstance(value, str):
-        return fixed(value)
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key in list(item):
-                child = item[key]
-                if isinstance(child, str):
-                    child = fixed(child)
-                else:
-                    stack.append(child)
-                if isinstance(key, str) and _LONE_SURROGATE.search(key):
-                    del item[key]
-                    key = fixed(key)
-                item[key] = child
-        elif isinstance(item, list):
-            for index, child in enumerate(item):
-                if isinstance(child, str):
-                    item[index] = fixed(child)
-                else:
-                    stack.append(child)
-    return value
-
-
 def parse_object(content: bytes | str, deployment: str) -> dict[str, Any]:
     """The JSON object in `content`; raises the invalid-reply ProviderError otherwise.
 
@@ -805,14 +767,9 @@ def parse_object(content: bytes | str, deployment: str) -> dict[str, Any]:
     becomes U+FFFD: orjson refuses it, and no event, row or client answer could carry it
     (UTF-8 has no form for it)."""
     try:
-        parsed = exactjson.loads(content)
-    except orjson.JSONDecodeError as exc:
+        parsed = exactjson.loads_replacing_lone_surrogates(content)
+    except ValueError:
         parsed = None
-        if "surrogate" in str(exc):
-            try:
-                parsed = _lone_surrogates_replaced(json.loads(content))
-            except (ValueError, RecursionError):
-                parsed = None
     if not isinstance(parsed, dict):
         raise invalid_reply(deployment)
     return parsed
