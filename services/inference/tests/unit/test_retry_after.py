@@ -54,7 +54,9 @@ def test_a_date_far_ahead_is_a_day_and_one_past_is_now():
         ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6m0s"}, 360.0),
         ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "20ms"}, 0.02),
         ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1h2m3.5s"}, 3723.5),
-        ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "0s"}, 0.0),
+        # Already refilled: no wait of its own, the retry's backoff applies.
+        ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "0s"}, None),
+        ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1500us"}, 0.0015),
         (
             {
                 "x-ratelimit-remaining-requests": "0",
@@ -91,6 +93,6 @@ def test_anthropic_names_the_refill_as_an_instant():
     wait = rate_limit_reset(httpx.Headers(headers))
     assert wait is not None and 25 < wait <= 30
     headers["anthropic-ratelimit-output-tokens-reset"] = "2000-01-01T00:00:00Z"
-    assert rate_limit_reset(httpx.Headers(headers)) == 0.0
+    assert rate_limit_reset(httpx.Headers(headers)) is None  # past: the backoff applies
     headers["anthropic-ratelimit-output-tokens-reset"] = "2026-12-07T15:00:00"  # no zone
     assert rate_limit_reset(httpx.Headers(headers)) is None

@@ -197,11 +197,12 @@ def retry_after(headers: Any) -> float | None:
 # OpenAI's and Anthropic's rate-limit guides (response headers).
 _OPENAI_LIMITS = ("requests", "tokens")
 _ANTHROPIC_LIMITS = ("requests", "tokens", "input-tokens", "output-tokens")
-_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 _GO_DURATION_UNIT_S = {
     "ns": 1e-9,
     "us": 1e-6,
-    "µs": 1e-6,
+    "\u00b5s": 1e-6,  # Go writes the micro sign; it reads the Greek mu too
+    "\u03bcs": 1e-6,
     "ms": 1e-3,
     "s": 1.0,
     "m": 60.0,
@@ -255,7 +256,9 @@ def rate_limit_reset(headers: Any) -> float | None:
         if reset is not None and _exhausted(headers, f"anthropic-ratelimit-{limit}-remaining"):
             waits.append(_instant_wait_s(reset))
     known = [wait for wait in waits if wait is not None and not math.isnan(wait)]
-    return _wait(max(known)) if known else None
+    # A limit already refilled (a reset of 0, or an instant past by this host's clock)
+    # says nothing of how long to wait: the retry's own backoff applies.
+    return _wait(max(known)) if known and max(known) > 0 else None
 
 
 # The longest error message kept whole (characters): a longer one is cut there.
