@@ -94,6 +94,11 @@ async def test_an_unknown_query_parameter_is_refused_not_ignored(auth_app, peopl
     error = assert_error(refused, 400, "unknown_parameter")
     assert error["param"] == path.split("?")[1].split("=")[0]
     assert (await auth_app.client.get(path.split("?")[0], headers=headers)).status_code == 200
+    # Credentials are judged first: no token is 401, a member on an admin route 403.
+    assert_error(await auth_app.client.get(path), 401)
+    if path.startswith("/v1/admin"):
+        member = await token_for(auth_app, "member@acme.test")
+        assert_error(await auth_app.client.get(path, headers=member), 403)
 
 
 async def test_members_get_403_on_every_admin_route(auth_app, people) -> None:

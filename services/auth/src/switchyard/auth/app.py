@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import structlog
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.auth import __version__
@@ -40,7 +40,6 @@ from switchyard.common.http import (
 )
 from switchyard.common.limits import BodySizeLimit
 from switchyard.common.metrics import metrics_router
-from switchyard.common.queryparams import refuse_unknown_parameters
 from switchyard.common.tasks import cancel_and_wait
 
 log = structlog.get_logger("switchyard.auth")
@@ -145,12 +144,10 @@ def create_app(
     app.include_router(metrics_router(token=settings.metrics_token, service="auth"))
     app.include_router(jwks.router)
     app.include_router(tokens.router)
-    # On the account APIs: a query parameter no route reads is refused, not ignored (an
-    # admin filtering `GET /v1/admin/api-keys?tenant=x` would take the whole list for
-    # the filtered one), as history's APIs refuse one.
-    strict_queries = [Depends(refuse_unknown_parameters)]
-    for router in (api_keys.router, admin.router, limits.router):
-        app.include_router(router, dependencies=strict_queries)
+    # Their routes refuse a query parameter they do not read (`StrictQueryRoute`).
+    app.include_router(api_keys.router)
+    app.include_router(admin.router)
+    app.include_router(limits.router)
     app.include_router(internal_router(settings.internal_token))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # A caller of the service-to-service API without the internal token is answered

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from switchyard.auth.api.api_keys import ApiKeyList, ApiKeyOut
 from switchyard.auth.api.deps import AdminUser, Service
 from switchyard.auth.api.limit_fields import STRICT
-from switchyard.auth.api.routing import CredentialsFirstRoute
+from switchyard.auth.api.routing import StrictQueryRoute
 from switchyard.auth.api.tokens import busy_hashing
 from switchyard.auth.metrics import REVOCATIONS
 from switchyard.auth.models import User
@@ -29,7 +29,7 @@ from switchyard.auth.service import (
 )
 from switchyard.common.errors import APIError
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=CredentialsFirstRoute)
+router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=StrictQueryRoute)
 
 _USER_NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such user in the caller's tenant."}

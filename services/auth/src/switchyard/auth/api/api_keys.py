@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from switchyard.auth import scopes as known_scopes
 from switchyard.auth.api.deps import AccessClaimsDep, CurrentUser, GovernanceDep, Service
 from switchyard.auth.api.limit_fields import CacheOut, LimitsIn, LimitsOut
-from switchyard.auth.api.routing import CredentialsFirstRoute
+from switchyard.auth.api.routing import StrictQueryRoute
 from switchyard.auth.governance import NotPermitted, TeamNotFound
 from switchyard.auth.metrics import API_KEYS_CREATED, REVOCATIONS
 from switchyard.auth.models import ApiKey, User
@@ -33,7 +33,7 @@ from switchyard.auth.service import (
 from switchyard.auth.tokens import AccessClaims
 from switchyard.common.errors import APIError
 
-router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"], route_class=CredentialsFirstRoute)
+router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"], route_class=StrictQueryRoute)
 
 
 class CreateApiKey(LimitsIn):

@@ -36,7 +36,7 @@ from switchyard.auth.api.api_keys import (
 )
 from switchyard.auth.api.deps import AccessClaimsDep, AdminUser, CurrentUser, GovernanceDep
 from switchyard.auth.api.limit_fields import CacheIn, CacheOut, LimitsIn, LimitsOut
-from switchyard.auth.api.routing import CredentialsFirstRoute
+from switchyard.auth.api.routing import StrictQueryRoute
 from switchyard.auth.governance import (
     DuplicateTeam,
     NotPermitted,
@@ -59,7 +59,7 @@ from switchyard.auth.service import (
 )
 from switchyard.common.errors import APIError
 
-router = APIRouter(tags=["teams and limits"], route_class=CredentialsFirstRoute)
+router = APIRouter(tags=["teams and limits"], route_class=StrictQueryRoute)
 
 
 class CreateTeam(LimitsIn, CacheIn):

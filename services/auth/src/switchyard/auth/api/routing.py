@@ -14,8 +14,11 @@ happens after the dependencies, in FastAPI itself.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
 from typing import Any, Final
 
 from fastapi import Request, Response
@@ -24,6 +27,7 @@ from fastapi.routing import APIRoute
 from typing_extensions import override
 
 from switchyard.common import jsonbody
+from switchyard.common.queryparams import refuse_unknown_parameters
 
 # Stands for a body that could not be decoded. A bare `object()`: pydantic reads an instance
 # of any other class by its attributes for a body model (FastAPI validates with
@@ -89,6 +93,7 @@ class CredentialsFirstRoute(APIRoute):
 
         async def credentials_first(request: Request) -> Response:
             deferred = _DeferredJsonRequest(request.scope, request.receive)
+            token = _request.set(deferred)
             try:
                 return await handler(deferred)
             except RequestValidationError:
@@ -97,5 +102,33 @@ class CredentialsFirstRoute(APIRoute):
                 if deferred.body_error is not None:
                     raise deferred.body_error from None
                 raise
+            finally:
+                _request.reset(token)
 
         return credentials_first
+
+
+# The request a `CredentialsFirstRoute` is handling, for its endpoint's query check.
+_request: ContextVar[Request] = ContextVar("switchyard_auth_request")
+
+
+class StrictQueryRoute(CredentialsFirstRoute):
+    """A `CredentialsFirstRoute` that also refuses a query parameter the route does not
+    read (400 `unknown_parameter`, `refuse_unknown_parameters`): an admin filtering
+    `GET /v1/admin/api-keys?tenant=x` would otherwise take the whole list for the
+    filtered one. The check runs once the route's dependencies have accepted the caller
+    (as the body check does), so a stranger gets 401 and a member on an admin route 403,
+    not a list of the route's parameters: FastAPI runs a router's dependencies before
+    the route's, so the check wraps the endpoint instead (every endpoint is async)."""
+
+    @override
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if not inspect.iscoroutinefunction(endpoint):
+            raise TypeError(f"{path}: a StrictQueryRoute's endpoint must be async")
+
+        @functools.wraps(endpoint)
+        async def checked(*args: Any, **kwargs: Any) -> Any:
+            await refuse_unknown_parameters(_request.get())
+            return await endpoint(*args, **kwargs)
+
+        super().__init__(path, checked, **kwargs)
