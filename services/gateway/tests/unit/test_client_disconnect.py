@@ -261,3 +261,45 @@ async def test_a_client_that_stops_reading_has_its_stream_cut(harness, api):
     if api == "messages":
         assert b"event: error" in received
     assert len(received) < 6_000_000  # most of the 12 MB was dropped, not relayed
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {**BODY, "stream": True}),
+        ("/v1/messages", {**BODY, "max_tokens": 16, "stream": True}),
+    ],
+)
+async def test_a_stream_its_client_left_is_not_kept_under_its_idempotency_key(harness, path, body):
+    """The stream's 200 went out with its first event: cut by the client's going away, it
+    was stored as the key's answer, and every retry for a day got those few events, with
+    no end."""
+    from .conftest import completed_reply
+    from .history_fakes import install
+
+    await install(harness)
+    harness.respond[0] = never_finishes
+    headers = {
+        "Authorization": f"Bearer {API_KEY}",
+        "Idempotency-Key": f"left{path}",
+        "anthropic-version": "2023-06-01",
+    }
+    async with serving(harness.app) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
+        async with client.stream("POST", path, json=body, headers=headers) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    break
+        await async_wait_until(
+            lambda: asyncio.sleep(0, harness.app.state.gateway.in_flight == 0),
+            timeout=5,
+            message="the first request to end",
+        )
+        harness.respond[0] = lambda request: asyncio.sleep(
+            0, [chunk(request, 0, "all"), completed_reply(request)]
+        )
+        again = await client.post(path, json=body, headers=headers)
+
+    assert again.status_code == 200
+    assert "idempotent-replayed" not in again.headers
+    assert b"all" in again.content  # run again, whole
+    assert len(harness.requests) == 2

@@ -587,6 +587,10 @@ class Dispatch:
         if self.finished or self._client_left:
             return
         self._client_left = True
+        # The stream's HTTP status (200) went out with its first event; what it got
+        # was cut: an Idempotency-Key must not keep it as the answer (a retry runs the
+        # request again), as a 408 `client_disconnected` is not kept.
+        self.request.scope.setdefault("state", {})[STREAM_FAILED_STATUS] = 408
         action = self.gateway.settings.on_client_disconnect
         CANCELLED.labels(action).inc()
         if action == "cancel":
