@@ -186,6 +186,16 @@ async def test_a_live_key_allowing_the_model_is_admitted(gw: GatewayUnderTest) -
     assert keyless.status_code == 200, keyless.text
 
 
+async def test_a_recorded_request_beyond_a_mebibyte_may_be_admitted(gw: GatewayUnderTest) -> None:
+    # History's replays send recorded requests of up to the API's own limit (50 MiB for
+    # chat); the default limit of 1 MiB refused them with 413, and the replay stalled.
+    record = gw.auth.add_api_key(allowed_models=["sim-small", "sim-large"])
+    body = payload(record)
+    body["body"]["messages"][0]["content"] = "x" * 3_000_000
+    response = await admit(gw, body)
+    assert response.status_code == 200, response.text
+
+
 async def test_a_keyless_user_is_refused_a_model_their_team_does_not_allow(
     gw: GatewayUnderTest,
 ) -> None:

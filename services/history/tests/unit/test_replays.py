@@ -1057,6 +1057,45 @@ async def test_the_gateway_s_refusals_of_credentials_are_final_and_its_outages_a
         await gateway.close()
 
 
+class TooLargeGateway:
+    """A gateway's admission endpoint refusing one request's body as too large (413), as
+    its body limit did for every recorded request over 1 MiB, and admitting the rest."""
+
+    message = "Request body exceeds the limit of 1048576 bytes."
+
+    def __init__(self, prompt: str) -> None:
+        self.prompt = prompt
+        self.bodies: list[bytes] = []
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.bodies.append(request.content)
+        body = json.loads(request.content)
+        if body["body"]["messages"][0]["content"] == self.prompt:
+            return httpx.Response(413, json={"error": {"message": self.message}})
+        return httpx.Response(200, json={"team_id": None})
+
+
+@pytest.mark.parametrize("admission", ["gateway"], indirect=True)
+async def test_a_request_too_large_to_admit_is_not_replayable_and_the_replay_goes_on(
+    service, events, inference, admission
+):
+    """The 413 was taken for the gateway being unavailable: the item went back to pending
+    every round, and the replay stalled on it for good, saying nothing."""
+    await record_traffic(service, events, ["a", "é big", "c"])
+    gateway = TooLargeGateway("é big")
+    admission.current = GatewayAdmission(
+        "http://gateway", "token", transport=httpx.MockTransport(gateway.handle)
+    )
+    created = await replay(service, rate="100/s")
+
+    report = await finished(service, created["id"])
+    assert report["counts"]["settled"] == 2 and report["counts"]["not_replayable"] == 1
+    [skipped] = [pair for pair in report["data"] if pair["state"] == "not_replayable"]
+    assert skipped["reason"] == TooLargeGateway.message
+    # Sent as compact UTF-8, not with every non-ASCII character escaped.
+    assert any("é big".encode() in body for body in gateway.bodies)
+
+
 class DenyingAdmission:
     """The gateway's admission refusing the credentials of requests billed to `user_id`
     (as for a disabled user) and admitting the rest."""

@@ -36,6 +36,8 @@ OTHER_API_PATHS: dict[str, ClientAPI] = {
 }
 # The Responses API takes OpenAI's limit, like Chat Completions (not a job API here).
 RESPONSES_PATH = "/v1/responses"
+# The internal admission of replayed requests (`api/admissions.py`).
+ADMISSIONS_PATH = "/internal/v1/admissions"
 
 __all__ = ["API_PATHS", "JOBS_PATH", "BodySizeLimit", "path_limits", "too_large_message"]
 
@@ -46,6 +48,8 @@ def path_limits(settings: Settings) -> dict[str, int]:
     limits[JOBS_PATH] = max(limits.values()) + JOB_ENVELOPE_BYTES
     limits.update({path: settings.max_body_bytes_for(api) for path, api in OTHER_API_PATHS.items()})
     limits[RESPONSES_PATH] = settings.max_body_bytes_for(ClientAPI.OPENAI_RESPONSES)
+    # History's replays ask admission for recorded requests of any API, in an envelope.
+    limits[ADMISSIONS_PATH] = limits[JOBS_PATH]
     return limits
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from switchyard.common import exactjson
 from switchyard.common.events import ChatRequested
 from switchyard.common.headers import INTERNAL_TOKEN_HEADER
 from switchyard.common.http import internal_limits
@@ -41,10 +42,13 @@ class Held:
 @dataclass(frozen=True)
 class Denied:
     """The credentials the request is billed to may not send it (HTTP 403 or 404); final:
-    `message` says why (the gateway's words), `code` is its error code."""
+    `message` says why (the gateway's words), `code` is its error code. `item_only`: the
+    request itself can never be sent (a body beyond the gateway's limit, 413), whoever
+    it is billed to, so only its item is settled and the replay goes on."""
 
     message: str
     code: str | None
+    item_only: bool = False
 
 
 class AdmissionUnavailable(RuntimeError):
@@ -95,7 +99,13 @@ class GatewayAdmission:
             "timeout_s": timeout_s,
         }
         try:
-            response = await self._client.post(self._url, json=payload)
+            # Compact UTF-8, as it was sent (httpx's `json=` escapes every non-ASCII
+            # character, up to six times the bytes), every integer exact.
+            response = await self._client.post(
+                self._url,
+                content=exactjson.dumps(payload),
+                headers={"content-type": "application/json"},
+            )
         except httpx.HTTPError as exc:
             raise AdmissionUnavailable(f"gateway unreachable: {exc!r}") from exc
         if response.status_code == 200:
@@ -119,6 +129,13 @@ class GatewayAdmission:
                     message=str(error.get("message") or "refused: credentials may not send it"),
                     code=str(code) if code is not None else None,
                 )
+        if response.status_code == 413:
+            # Retrying would only be refused again: the item is not replayable.
+            return Denied(
+                message=str(_error(response).get("message") or "the request is too large"),
+                code="request_too_large",
+                item_only=True,
+            )
         raise AdmissionUnavailable(
             f"gateway answered {response.status_code}: {_error(response).get('message')}"
         )

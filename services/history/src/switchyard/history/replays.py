@@ -1088,9 +1088,10 @@ class ReplayRunner:
             data = event.data.model_copy(update={"team_id": decision.team_id})
             return event.model_copy(update={"data": data})
         replay_id = replay["replay_id"]
-        if isinstance(decision, Denied) and replay["bill_to"] == "original":
-            # This item's own identity may not send it; the others have theirs, so asking
-            # again (or stopping the replay for it) would only keep them from being sent.
+        if isinstance(decision, Denied) and (replay["bill_to"] == "original" or decision.item_only):
+            # This item's own identity may not send it (or nobody may: its body is beyond
+            # the gateway's limit); the others have theirs, so asking again (or stopping
+            # the replay for it) would only keep them from being sent.
             log.info(
                 "replay item not admitted",
                 replay_id=replay_id,
