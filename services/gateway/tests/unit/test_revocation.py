@@ -366,6 +366,24 @@ async def test_a_key_removed_from_the_jwks_stops_verifying_cached_tokens() -> No
         assert await status_of(gw, old_token) == 401
 
 
+async def test_a_key_auth_stops_publishing_is_dropped_without_any_event() -> None:
+    """Auth announces a new signing key, but nothing when an old one is removed (after a
+    leak): the gateways went on accepting tokens it signed until they restarted."""
+    auth = AuthDouble()
+    auth.keys["kid-2"] = new_rsa_key()
+    auth.published.append("kid-2")
+    settings = Settings(topic_prefix="unit-removed", jwks_refresh_interval_s=0.05)
+    async with gateway_with(auth, settings) as gw:
+        leaked = auth.token(kid="kid-1")
+        assert await status_of(gw, leaked) == 200
+        auth.published.remove("kid-1")
+        started = time.perf_counter()
+        while await status_of(gw, leaked) != 401:
+            assert time.perf_counter() - started < 5.0, "the removed key still verifies"
+            await asyncio.sleep(0.02)
+        assert await status_of(gw, auth.token(kid="kid-2")) == 200
+
+
 @pytest.mark.parametrize("path", ["/readyz"])
 async def test_readiness_reports_revocation_state(path: str) -> None:
     async with gateway_with() as gw:

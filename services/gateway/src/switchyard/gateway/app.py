@@ -122,6 +122,12 @@ async def _start(stack: AsyncExitStack, gateway: Gateway, owned_bus: EventBus | 
     await asyncio.wait({connecting, syncing, governing}, timeout=3)
     with contextlib.suppress(Exception):
         await gateway.authenticator.jwks.refresh()
+    # Fetched again now and then: a key auth stopped publishing (retired, or removed
+    # after a leak) is dropped, and tokens it signed refused, within the interval.
+    refreshing = asyncio.create_task(
+        gateway.authenticator.jwks.keep_fresh(settings.jwks_refresh_interval_s)
+    )
+    stack.push_async_callback(cancel_and_wait, refreshing)
 
 
 def _cancel_drain_timer(gateway: Gateway) -> None:

@@ -367,8 +367,9 @@ class Principal:
 
 class JwksCache:
     """Public keys by `kid`. Refreshed from auth when an unknown `kid` shows up, at most
-    once per `min_interval_s`, so a flood of forged kids cannot flood auth; and at once
-    when auth announces a signing key rotation."""
+    once per `min_interval_s`, so a flood of forged kids cannot flood auth; at once when
+    auth announces a signing key rotation; and every so often (`keep_fresh`), so a key
+    auth no longer publishes stops verifying tokens."""
 
     def __init__(self, client: httpx.AsyncClient, auth_url: str, min_interval_s: float) -> None:
         self._client = client
@@ -409,6 +410,16 @@ class JwksCache:
         if set(keys) != set(self._keys):
             self.version += 1
         self._keys = keys
+
+    async def keep_fresh(self, interval_s: float) -> None:
+        """Refresh the key set every `interval_s` seconds until cancelled; a failed fetch
+        keeps the keys known (auth may be away for a moment) and is logged."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh()
+            except httpx.HTTPError as exc:
+                log.warning("could not refresh JWKS", error=repr(exc))
 
     async def key(self, kid: str) -> Any | None:
         """The public key for `kid`, refreshing the set first when `kid` is unknown and the last

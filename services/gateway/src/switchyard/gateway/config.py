@@ -264,6 +264,14 @@ class Settings(ServiceSettings):
     )
     api_key_failed_lookups_window_s: float = Field(default=60.0, gt=0, le=DAY_S)
     jwks_refresh_min_interval_s: float = Field(default=30.0, ge=0, le=DAY_S)
+    jwks_refresh_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=DAY_S,
+        description="How often auth's signing keys (its JWKS) are fetched again: a key auth "
+        "stops publishing (retired, or removed after a leak) stops verifying tokens "
+        "within this time.",
+    )
     jwt_leeway_s: float = Field(
         default=10.0,
         ge=0,
