@@ -88,6 +88,8 @@ async def test_cancelling_a_stream_stops_the_upstream_and_records_usage_so_far(
     # History keeps what the client was given before it went away.
     assert reply.data.response is not None
     assert reply.data.response["choices"][0]["message"]["content"] == streamed
+    # Cut short, it did not stop: no finish reason, as a stream's unfinished chunks say.
+    assert reply.data.response["choices"][0]["finish_reason"] is None
     assert usage.data.usage.input_tokens > 0  # reported (Anthropic) or estimated
     assert usage.data.time_to_first_token_ms is not None
     # The upstream stream was closed, not left to run to its end.

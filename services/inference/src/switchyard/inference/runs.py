@@ -13,6 +13,7 @@ from switchyard.common.events import ChatRequested, StreamEvent, TokenUsage, new
 from switchyard.common.routing import Deployment
 from switchyard.inference.adapters import Accumulator, StreamTranslation
 from switchyard.inference.publishing import ChunkPublisher
+from switchyard.inference.translate import CompletionAccumulator
 from switchyard.inference.usage import add_usage, estimate_prompt_tokens, estimate_streamed_tokens
 
 
@@ -58,6 +59,9 @@ class RequestRun:
         when the run ends."""
         if self.delivered is None or self.publisher is None or not self.publisher.published:
             return None
+        if isinstance(self.delivered, CompletionAccumulator):
+            # Cut short: a choice that had not finished says so (null), not "stop".
+            return self.delivered.response(unfinished=None)
         return self.delivered.response()
 
     def note_published(self, events: list[StreamEvent]) -> None:

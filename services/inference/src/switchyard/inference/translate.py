@@ -3479,8 +3479,10 @@ class CompletionAccumulator:
         self.deltas += 1
         self.chars += len(piece) if isinstance(piece, str) else 0
 
-    def response(self) -> dict[str, Any]:
-        """The `chat.completion` streamed so far."""
+    def response(self, unfinished: str | None = "stop") -> dict[str, Any]:
+        """The `chat.completion` streamed so far. A choice no chunk gave a finish reason
+        has `unfinished`: "stop" for a stream that ended (a server may leave the reason
+        out), None for one cut short (what a failure midway keeps: it did not stop)."""
         choices = []
         for index in sorted(self._choices):
             state = self._choices[index]
@@ -3508,7 +3510,7 @@ class CompletionAccumulator:
                     "index": index,
                     "message": message,
                     "logprobs": None,
-                    "finish_reason": state["finish_reason"] or "stop",
+                    "finish_reason": state["finish_reason"] or unfinished,
                 }
             )
         result: dict[str, Any] = {
