@@ -95,9 +95,10 @@ def test_a_document_of_floats_is_read_as_orjson_reads_it() -> None:
 
 
 def test_a_lone_surrogate_is_a_replacement_character_when_asked() -> None:
-    import orjson
-
-    raw = b'{"a": "x\\ud83d y", "b": ["\\ude00"], "\\ud800k": "\\ud83d\\ude00", "n": 123456789012345678901234567890}'
+    raw = (
+        b'{"a": "x\\ud83d y", "b": ["\\ude00"], "\\ud800k": "\\ud83d\\ude00", '
+        b'"n": 123456789012345678901234567890}'
+    )
     with pytest.raises(orjson.JSONDecodeError):
         exactjson.loads(raw)
     assert exactjson.loads_replacing_lone_surrogates(raw) == {
