@@ -1031,6 +1031,25 @@ def test_interleaved_parallel_tool_calls_become_whole_blocks_one_after_another(c
     assert inputs_at_stop == expected[: len(inputs_at_stop)]
 
 
+def completion_with_a_call(arguments: str, finish_reason: str) -> dict[str, Any]:
+    """A `chat.completion` whose one choice calls tool `w` (id `call_1`) with `arguments`."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "w", "arguments": arguments}}
+    return {
+        "id": "chatcmpl-t",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-x",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": finish_reason,
+                "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [
@@ -1042,31 +1061,7 @@ def test_interleaved_parallel_tool_calls_become_whole_blocks_one_after_another(c
 def test_arguments_cut_off_read_the_same_in_a_reply_as_in_its_stream(arguments, expected):
     """A call cut off by the token limit: the JSON reply's `input` is what the anthropic
     SDK makes of the same arguments streamed (jiter's partial mode), not `{}`."""
-    completion = {
-        "id": "chatcmpl-t",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "gpt-x",
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "length",
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "call_1",
-                            "type": "function",
-                            "function": {"name": "w", "arguments": arguments},
-                        }
-                    ],
-                },
-            }
-        ],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }
-    message = chat_completion_to_message(completion, "m")
+    message = chat_completion_to_message(completion_with_a_call(arguments, "length"), "m")
     assert message["stop_reason"] == "max_tokens"
     [block] = message["content"]
     assert block["input"] == expected
@@ -1086,29 +1081,7 @@ def test_a_lone_surrogate_in_a_calls_arguments_keeps_the_arguments() -> None:
     the call's `input` became `{}`, losing every argument, in a reply and in a stream."""
     arguments = '{"note": "x\\ud83d y", "n": 1}'
     expected = {"note": "x\ufffd y", "n": 1}
-    completion = {
-        "id": "chatcmpl-t",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "gpt-x",
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "tool_calls",
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "call_1",
-                            "type": "function",
-                            "function": {"name": "w", "arguments": arguments},
-                        }
-                    ],
-                },
-            }
-        ],
-    }
+    completion = completion_with_a_call(arguments, "tool_calls")
     [block] = chat_completion_to_message(completion, "m")["content"]
     assert block["input"] == expected
 
