@@ -216,7 +216,8 @@ async def test_unknown_well_formed_kid_refreshes_the_jwks_at_most_once_per_inter
                 "/v1/chat/completions", json=BODY, headers={"Authorization": f"Bearer {token}"}
             )
             assert response.status_code == 401
-        assert gw.auth.count("/.well-known/jwks.json") == fetched, "flood must not reach auth"
+        # The first unknown kid may fetch once (a key could be new); the flood does not.
+        assert gw.auth.count("/.well-known/jwks.json") <= fetched + 1, "flood reached auth"
 
 
 async def test_a_valid_token_is_verified_once_then_served_from_the_cache() -> None:

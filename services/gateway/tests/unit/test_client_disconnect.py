@@ -303,3 +303,89 @@ async def test_a_stream_its_client_left_is_not_kept_under_its_idempotency_key(ha
     assert "idempotent-replayed" not in again.headers
     assert b"all" in again.content  # run again, whole
     assert len(harness.requests) == 2
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/responses"])
+async def test_a_stream_read_to_its_own_end_is_kept_though_its_outcome_came_later(harness, path):
+    """Messages' `message_stop` (the Responses API's `response.completed`) is an event of
+    the stream: a client that hangs up right after it has the whole answer, though the
+    request's outcome reaches the gateway a moment later. That stream is the key's
+    answer: a retry must not run the request again."""
+    from switchyard.common.events import StreamEvent
+
+    from .conftest import anthropic_stream, completed_reply, record
+    from .history_fakes import install
+
+    def responses_stream(request, pieces):
+        response = {"id": "resp_1", "object": "response", "status": "in_progress", "output": []}
+        events = [
+            StreamEvent(
+                event="response.created",
+                data={"type": "response.created", "sequence_number": 0, "response": response},
+            ),
+            *[
+                StreamEvent(
+                    event="response.output_text.delta",
+                    data={
+                        "type": "response.output_text.delta",
+                        "sequence_number": index + 1,
+                        "delta": piece,
+                    },
+                )
+                for index, piece in enumerate(pieces)
+            ],
+            StreamEvent(
+                event="response.completed",
+                data={
+                    "type": "response.completed",
+                    "sequence_number": len(pieces) + 1,
+                    "response": {**response, "status": "completed"},
+                },
+            ),
+        ]
+        return [record(request, index, [event]) for index, event in enumerate(events)]
+
+    await install(harness)
+    replies = harness.app.state.gateway.topics.replies
+
+    async def stream_then_outcome(request):
+        records = (
+            anthropic_stream(request, ["all"])
+            if path == "/v1/messages"
+            else responses_stream(request, ["all"])
+        )
+        for one in records:
+            await harness.bus.publish(
+                replies, one, key=request.request_id, partition=request.data.reply_to.partition
+            )
+        await asyncio.sleep(0.3)
+        return [completed_reply(request)]
+
+    harness.respond[0] = stream_then_outcome
+    body = (
+        {**BODY, "max_tokens": 16, "stream": True}
+        if path == "/v1/messages"
+        else {"model": "sim-small", "input": "Hello", "stream": True}
+    )
+    last = "message_stop" if path == "/v1/messages" else "response.completed"
+    headers = {
+        "Authorization": f"Bearer {API_KEY}",
+        "Idempotency-Key": f"whole{path}",
+        "anthropic-version": "2023-06-01",
+    }
+    seen = await cancellations(harness)
+    async with serving(harness.app) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
+        async with client.stream("POST", path, json=body, headers=headers) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data:") and last in line:
+                    break
+        await async_wait_until(
+            lambda: asyncio.sleep(0, harness.app.state.gateway.in_flight == 0),
+            timeout=5,
+            message="the first request to end",
+        )
+        again = await client.post(path, json=body, headers=headers)
+
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert len(harness.requests) == 1
+    assert not seen  # nothing to stop: it had ended

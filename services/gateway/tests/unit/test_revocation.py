@@ -384,6 +384,39 @@ async def test_a_key_auth_stops_publishing_is_dropped_without_any_event() -> Non
         assert await status_of(gw, auth.token(kid="kid-2")) == 200
 
 
+async def test_an_answer_that_is_no_jwk_set_keeps_the_keys_and_the_refreshing() -> None:
+    """A proxy's page answered with 200 killed the periodic refresh for good (its error
+    was not an HTTP one), and counted as a current fetch."""
+    from switchyard.gateway.auth import AuthUnavailableError, JwksCache
+
+    auth = AuthDouble()
+    answers = [httpx.Response(200, json=auth.jwks()), httpx.Response(200, text="<html>oops")]
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return answers.pop(0) if answers else httpx.Response(200, json=auth.jwks())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+        jwks = JwksCache(client, "http://auth", min_interval_s=30)
+        await jwks.refresh()
+        assert await jwks.key("kid-1") is not None
+        auth.published.remove("kid-1")  # withdrawn after a leak
+        # The first periodic fetch gets the proxy's page, the next the JWK Set.
+        refreshing = asyncio.create_task(jwks.keep_fresh(0.01))
+        try:
+            started = time.perf_counter()
+            while await jwks.key("kid-1") is not None:
+                assert not refreshing.done(), refreshing
+                assert time.perf_counter() - started < 5.0, "the refresh stopped"
+                await asyncio.sleep(0.02)
+        finally:
+            refreshing.cancel()
+        answers.append(httpx.Response(200, text="<html>oops"))
+        with pytest.raises(ValueError):
+            await jwks.refresh()
+        with pytest.raises(AuthUnavailableError):  # not current: an unknown kid is 503
+            await jwks.key("kid-9")
+
+
 @pytest.mark.parametrize("path", ["/readyz"])
 async def test_readiness_reports_revocation_state(path: str) -> None:
     async with gateway_with() as gw:

@@ -384,60 +384,83 @@ class JwksCache:
 
     async def refresh(self) -> None:
         """Fetch the key set from auth's `/.well-known/jwks.json` (RFC 7517), keeping the RSA
-        signing keys with a valid `kid`; bumps `version` when the set changed.
+        signing keys with a valid `kid`; bumps `version` when the set changed. A failed
+        fetch keeps the keys known (auth may be away for a moment) and marks the set not
+        current until a fetch succeeds.
 
         Raises:
             httpx.HTTPError: auth unreachable or answering an error status.
+            ValueError: an answer that is not a JWK Set (a proxy's page).
         """
-        # After a failed fetch, allow the next attempt a second later rather than after the
-        # full interval, so a gateway started before auth does not refuse JWTs for long.
-        self._fetched_at = time.monotonic() - self._min_interval_s + 1.0
-        self._current = False
-        response = await self._client.get(self._url, timeout=2.0)
-        response.raise_for_status()
-        self._fetched_at = time.monotonic()
+        try:
+            response = await self._client.get(self._url, timeout=2.0)
+            response.raise_for_status()
+            keys = _jwk_set(response)
+        except (httpx.HTTPError, ValueError):
+            self._current = False
+            raise
         self._current = True
-        keys = {}
-        for jwk in response.json().get("keys", []):
-            if not isinstance(jwk, dict) or jwk.get("kty") != "RSA":
-                continue
-            kid = jwk.get("kid")
-            if not isinstance(kid, str) or not KID_PATTERN.match(kid):
-                continue
-            if jwk.get("use", "sig") != "sig" or jwk.get("alg", "RS256") not in ALLOWED_ALGORITHMS:
-                continue
-            keys[kid] = RSAAlgorithm.from_jwk(jwk)
         if set(keys) != set(self._keys):
             self.version += 1
         self._keys = keys
 
     async def keep_fresh(self, interval_s: float) -> None:
         """Refresh the key set every `interval_s` seconds until cancelled; a failed fetch
-        keeps the keys known (auth may be away for a moment) and is logged."""
+        keeps the keys known and is logged, and the next one comes as planned."""
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await self.refresh()
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the answer, try again later
                 log.warning("could not refresh JWKS", error=repr(exc))
 
     async def key(self, kid: str) -> Any | None:
         """The public key for `kid`, refreshing the set first when `kid` is unknown and the last
-        fetch is at least `min_interval_s` seconds old; None if auth does not know it either.
+        such refresh is at least `min_interval_s` seconds old (a second after a failed one);
+        None if auth does not know it either.
 
         Raises:
             AuthUnavailableError: `kid` is unknown and the last fetch failed (or none was
                 made): auth may know it, so the token cannot be judged now.
         """
-        if kid not in self._keys and time.monotonic() - self._fetched_at >= self._min_interval_s:
+        now = time.monotonic()
+        if kid not in self._keys and now - self._fetched_at >= self._min_interval_s:
+            self._fetched_at = now
             try:
                 await self.refresh()
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, ValueError) as exc:
+                # The next unknown kid may try a second later rather than after the whole
+                # interval, so a gateway started before auth does not refuse JWTs for long.
+                self._fetched_at = now - self._min_interval_s + 1.0
                 log.warning("could not refresh JWKS", error=repr(exc))
         key = self._keys.get(kid)
         if key is None and not self._current:
             raise AuthUnavailableError("auth's signing keys could not be fetched")
         return key
+
+
+def _jwk_set(response: httpx.Response) -> dict[str, Any]:
+    """The usable RSA signing keys of a JWK Set answer, by `kid` (a key that does not load
+    is left out and logged). Raises ValueError for an answer that is not a JWK Set (not
+    JSON, not an object with a list of keys)."""
+    document = response.json()
+    if not isinstance(document, dict) or not isinstance(document.get("keys", []), list):
+        raise ValueError("the JWKS answer is not a JWK Set")
+    keys = {}
+    for jwk in document.get("keys", []):
+        if not isinstance(jwk, dict) or jwk.get("kty") != "RSA":
+            continue
+        kid = jwk.get("kid")
+        if not isinstance(kid, str) or not KID_PATTERN.match(kid):
+            continue
+        if jwk.get("use", "sig") != "sig" or jwk.get("alg", "RS256") not in ALLOWED_ALGORITHMS:
+            continue
+        try:
+            keys[kid] = RSAAlgorithm.from_jwk(jwk)
+        except (jwt.InvalidKeyError, ValueError, TypeError, KeyError) as exc:
+            # The others still verify their tokens; this one's are refused.
+            log.warning("a JWKS key does not load", kid=kid, error=repr(exc))
+    return keys
 
 
 @dataclass(frozen=True)

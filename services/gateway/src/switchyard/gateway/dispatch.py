@@ -150,6 +150,13 @@ def json_line(data: dict[str, Any]) -> bytes:
     return encoded
 
 
+# The events an API's stream ends with, which the gateway relays as they come (a Chat
+# Completions stream's `[DONE]` is the gateway's own, written once the request ended).
+_STREAM_ENDING_EVENTS = frozenset(
+    {"message_stop", "response.completed", "response.incomplete", "response.failed"}
+)
+
+
 def sse_event(event: StreamEvent) -> bytes:
     """One stream event as a Server-Sent Event: `event: <name>` when it has one, then
     `data: <json>` and the blank line that ends it."""
@@ -241,6 +248,10 @@ class Dispatch:
     _watcher: asyncio.Future[None] | None = None
     _closed: bool = False
     _client_left: bool = False
+    # Whether the stream's own last event (Messages' `message_stop`, the Responses API's
+    # `response.completed`...) was relayed: its client then has the whole answer, even
+    # if it hangs up before the request's outcome reaches this replica.
+    _ended_in_stream: bool = False
     # Responses streams: the `sequence_number` the next event would carry, and the output
     # items the client was given whole (`response.output_item.done`), by `output_index`,
     # which a `response.failed` the gateway ends the stream with still lists.
@@ -584,13 +595,14 @@ class Dispatch:
         """The client went away before the end, or its stream was cut because it read too
         slowly (`PendingReplies`): by default, ask inference to stop (once, however many
         of the stream's watchers noticed)."""
-        if self.finished or self._client_left:
+        if self.finished or self._client_left or self._ended_in_stream:
             return
         self._client_left = True
         # The stream's HTTP status (200) went out with its first event; what it got
         # was cut: an Idempotency-Key must not keep it as the answer (a retry runs the
-        # request again), as a 408 `client_disconnected` is not kept.
-        self.request.scope.setdefault("state", {})[STREAM_FAILED_STATUS] = 408
+        # request again), as a 408 `client_disconnected` is not kept. A failure already
+        # noted (a deadline, an interruption) stays what it was.
+        self.request.scope.setdefault("state", {}).setdefault(STREAM_FAILED_STATUS, 408)
         action = self.gateway.settings.on_client_disconnect
         CANCELLED.labels(action).inc()
         if action == "cancel":
@@ -671,6 +683,8 @@ class Dispatch:
     # -- failures the gateway itself ends a stream with ----------------------------------
 
     def _relayed(self, events: list[StreamEvent]) -> bytes:
+        if any(event.event in _STREAM_ENDING_EVENTS for event in events):
+            self._ended_in_stream = True
         if self.api is ClientAPI.OPENAI_RESPONSES:
             for event in events:
                 number = event.data.get("sequence_number")
