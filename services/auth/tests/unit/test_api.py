@@ -359,6 +359,27 @@ def test_operations_routes(client: TestClient) -> None:
     assert {"application/json", "application/x-www-form-urlencoded"} <= set(content)
 
 
+def test_ready_while_another_connection_writes(client: TestClient, tmp_path) -> None:
+    """The readiness probe reads without SQLite's write lock: a write in progress (another
+    process's, longer than the probe's 2 s) neither makes the replica unready nor keeps the
+    probe waiting (up to SQLite's 15 s busy timeout, answering 503 meanwhile)."""
+    import sqlite3
+    import time
+
+    holder = sqlite3.connect(tmp_path / "auth.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        ready = client.get("/readyz")
+        elapsed = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    assert ready.status_code == 200, ready.text
+    assert elapsed < 2.0
+
+
 def test_readiness_fails_when_the_database_is_unreachable(settings: Settings) -> None:
     # Nothing listens on port 1, so the SELECT 1 readiness check cannot succeed.
     unreachable = "postgresql+psycopg://nobody@127.0.0.1:1/none"

@@ -183,6 +183,25 @@ async def test_a_write_lock_held_elsewhere_fails_a_grant_within_its_bound(
         await ledger.close()
 
 
+async def test_the_schema_check_reads_while_a_write_lock_is_held_elsewhere(
+    ledger_url: str, tmp_path: Path
+) -> None:
+    """The readiness probe's schema check reads without SQLite's write lock: a write in
+    progress elsewhere neither fails it (`LedgerUnavailable` after its bound) nor keeps it
+    waiting on SQLite's busy timeout."""
+    import sqlite3
+
+    ledger = SQLiteLedger.connect(ledger_url, timeout_s=0.5)
+    holder = sqlite3.connect(tmp_path / "gateway.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        assert await ledger.schema_current(1.0) is True
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        await ledger.close()
+
+
 class _StoreDown(SQLiteLedger):
     async def schema_current(self, timeout_s: float) -> bool:
         raise LedgerUnavailable("the store does not answer")

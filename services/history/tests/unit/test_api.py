@@ -322,6 +322,45 @@ async def test_ready_when_database_and_bus_answer_and_metrics_count_events(servi
     assert "switchyard_history_persist_seconds_count" in metrics
 
 
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/readyz", {}),
+        ("/v1/history", {}),
+        ("/v1/jobs", {}),
+        ("/v1/usage", {"since": "1d"}),
+        ("/v1/usage/performance", {"since": "1d"}),
+    ],
+)
+async def test_reads_answer_while_another_connection_writes(
+    service, events, tmp_path, path, params
+):
+    """The readiness probe, history pages and reports read without SQLite's write lock: a
+    write in progress (the recorder's, or another process's held longer than a probe's
+    2 s) does not keep them waiting. They would otherwise wait up to SQLite's 15 s busy
+    timeout (the probe answering 503 meanwhile), and hold the recorder up as they read."""
+    import sqlite3
+    import time
+
+    request = events.requested()
+    await service.publish(request)
+    await service.wait_for(request.request_id, "pending")
+    holder = sqlite3.connect(tmp_path / "history.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        answer = await service.client.get(path, params=params, headers=service.headers())
+        elapsed = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    assert answer.status_code == 200, answer.text
+    assert elapsed < 2.0
+    if path == "/v1/history":
+        assert [item["id"] for item in answer.json()["data"]] == [request.request_id]
+
+
 async def test_not_ready_while_the_database_is_unreachable(events):
     settings = Settings(
         database_url="postgresql+psycopg://nobody:secret@127.0.0.1:1/none", internal_token=TOKEN

@@ -353,14 +353,33 @@ def create_engine(url: str, **options: Any) -> AsyncEngine:
             # A deferred transaction that reads, then writes after another connection
             # committed, fails at once with "database is locked" (its snapshot is stale;
             # the busy timeout cannot help). Taking the write lock at BEGIN makes every
-            # transaction wait its turn instead, within the busy timeout.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # transaction wait its turn instead, within the busy timeout. A connection
+            # that only reads (`read_only`) begins deferred: under WAL it reads the last
+            # commit without waiting for a writer, and holds none up.
+            if connection.get_execution_options().get(READ_ONLY_OPTION):
+                connection.exec_driver_sql("BEGIN")
+            else:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     options.setdefault("pool_size", 10)
     options.setdefault("max_overflow", 10)
     options.setdefault("pool_pre_ping", True)
     return create_async_engine(url, **options)
+
+
+# The execution option `read_only` sets.
+READ_ONLY_OPTION = "switchyard_read_only"
+
+
+def read_only(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` (sharing its pool) for connections that only read, such as a readiness
+    probe's. On SQLite their transactions begin deferred rather than with the write lock
+    (`create_engine`), so a probe neither waits behind a write in progress (up to the 15 s
+    busy timeout, when its probe gives up after 2 s) nor holds up the writes that come
+    while it reads every table. Other databases are unaffected. A write made through it on
+    SQLite may fail with "database is locked" where the engine itself would have waited."""
+    return engine.execution_options(**{READ_ONLY_OPTION: True})
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

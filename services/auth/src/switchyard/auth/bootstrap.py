@@ -30,6 +30,7 @@ from switchyard.common.db import (
     create_engine,
     dispose_engine,
     probe_schema,
+    read_only,
     session_factory,
 )
 from switchyard.common.sliding_window import SlidingWindowLimiter
@@ -56,7 +57,7 @@ class AuthContext:
         uses (readiness); False on any error, a schema behind the code (its `switchyard
         db upgrade` not run) logged as such."""
         try:
-            async with self.engine.connect() as connection:
+            async with read_only(self.engine).connect() as connection:
                 await connection.execute(text("SELECT 1"))
                 try:
                     await probe_schema(connection, Base.metadata)

@@ -17,7 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from switchyard.common import exactjson
 from switchyard.common.bus import EventBus
-from switchyard.common.db import SCHEMA_BEHIND, create_engine, dispose_engine, probe_schema
+from switchyard.common.db import (
+    SCHEMA_BEHIND,
+    create_engine,
+    dispose_engine,
+    probe_schema,
+    read_only,
+)
 from switchyard.common.egress import TargetPolicy, parse_networks
 from switchyard.common.topics import Topics
 from switchyard.history.cache import CacheStore
@@ -60,7 +66,7 @@ class HistoryComponents:
         `switchyard db upgrade` has not run) is logged as such: the replica stays out of
         service rather than failing the batches that need the new columns."""
         try:
-            async with self.engine.connect() as connection:
+            async with read_only(self.engine).connect() as connection:
                 await connection.execute(text("SELECT 1"))
                 try:
                     await probe_schema(connection, Base.metadata)
@@ -140,7 +146,9 @@ def build(
         replays=ReplayStore(engine, max_requests=settings.replay_max_requests),
         engine=engine,
         recorder=recorder,
-        queries=HistoryQueries(engine),
+        # Reads only: a page, a report or a stored response does not wait behind the
+        # recorder's writes on SQLite, nor hold them up while it reads.
+        queries=HistoryQueries(read_only(engine)),
         tenants=tenants,
         idempotency=idempotency,
         webhooks=WebhookDispatcher(

@@ -10,7 +10,7 @@ import asyncio
 from sqlalchemy import Column, DateTime, Float, MetaData, String, Table, Text, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from switchyard.common.db import probe_schema
+from switchyard.common.db import probe_schema, read_only
 from switchyard.common.tasks import LEFT, LeftWork, wait_or_leave
 from switchyard.gateway.governance.ledger import LedgerUnavailable
 
@@ -71,7 +71,7 @@ async def schema_current(
     """
 
     async def check() -> bool:
-        async with engine.connect() as connection:
+        async with read_only(engine).connect() as connection:
             await connection.execute(text("SELECT 1"))
             try:
                 await probe_schema(connection, LEDGER_METADATA)

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from switchyard.common import exactjson
+from switchyard.common.db import read_only
 from switchyard.common.errors import APIError
 from switchyard.common.http import internal_token_dependency
 from switchyard.history.api.dependencies import CallerDep, user_filter
@@ -114,7 +115,9 @@ def performance_router(internal_token: str) -> APIRouter:
             api_key_id=api_key_id,
         )
         engine = request.app.state.history.engine
-        rows = await PerformanceQueries(engine).performance(query)
+        # A scan of every request in the range, in Python on SQLite: read without the
+        # write lock, which would stall the recorder for as long.
+        rows = await PerformanceQueries(read_only(engine)).performance(query)
         # Sums may pass 64 bits (each count may say up to 2**63 - 1), which orjson
         # refuses to write: written exactly, as a reply's big integers are.
         return Response(exactjson.dumps(report_json(rows, query)), media_type="application/json")
