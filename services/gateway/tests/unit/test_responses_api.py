@@ -872,6 +872,24 @@ async def test_invalid_requests_are_400_naming_the_field(system, body, param, co
             {"type": "input_text", "text": "x"},
             "Invalid value: 'input_text'. Supported values are: 'output_text' and 'refusal'.",
         ),
+        # Chat Completions' part types, kept by a client moving to the Responses API.
+        (
+            "user",
+            {"type": "text", "text": "x"},
+            "Invalid value: 'text'. Supported values are: 'input_text', "
+            "'input_image', and 'input_file'.",
+        ),
+        (
+            "user",
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+            "Invalid value: 'image_url'. Supported values are: 'input_text', "
+            "'input_image', and 'input_file'.",
+        ),
+        (
+            "assistant",
+            {"type": "text", "text": "x"},
+            "Invalid value: 'text'. Supported values are: 'output_text' and 'refusal'.",
+        ),
     ],
 )
 async def test_a_part_of_the_other_side_is_refused_alike_on_every_deployment(

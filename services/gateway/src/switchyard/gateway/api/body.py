@@ -435,9 +435,13 @@ _ITEM_STRINGS = {
 # parts, an assistant message output parts. Refused for every deployment alike (a
 # translating one would otherwise take them), in OpenAI's words: "Invalid value:
 # 'input_text'. Supported values are: 'output_text' and 'refusal'." naming the part.
-# Types unknown here pass, for the provider to judge.
+# Chat Completions' own part types (`text`, `image_url`, `file`), which a client moving
+# to the Responses API may keep, are refused on both sides alike, as OpenAI refuses them
+# (a translating deployment would otherwise take `text` as text). Types unknown here
+# pass, for the provider to judge.
 _OUTPUT_PARTS = ("output_text", "refusal")
 _INPUT_PARTS = ("input_text", "input_image", "input_file", "input_audio")
+_CHAT_COMPLETIONS_PARTS = ("text", "image_url", "file")
 _SUPPORTED_PARTS = {"input": ("input_text", "input_image", "input_file"), "output": _OUTPUT_PARTS}
 # The `status` an input item may carry (the Responses API reference: messages, function
 # calls and their outputs, reasoning items).
@@ -449,7 +453,7 @@ def _content_parts(parts: list[Any], where: str, side: str) -> None:
     """Check a message's content or a call output's parts (`where`: `input[0].content`):
     objects with a string `type`, none of the other `side`'s (`input` or `output`).
     Raises APIError 400 naming the part."""
-    refused = _OUTPUT_PARTS if side == "input" else _INPUT_PARTS
+    refused = (_OUTPUT_PARTS if side == "input" else _INPUT_PARTS) + _CHAT_COMPLETIONS_PARTS
     for position, part in enumerate(parts):
         part_where = f"{where}[{position}]"
         if not isinstance(part, dict):
