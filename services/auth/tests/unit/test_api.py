@@ -359,25 +359,46 @@ def test_operations_routes(client: TestClient) -> None:
     assert {"application/json", "application/x-www-form-urlencoded"} <= set(content)
 
 
-def test_ready_while_another_connection_writes(client: TestClient, tmp_path) -> None:
-    """The readiness probe reads without SQLite's write lock: a write in progress (another
-    process's, longer than the probe's 2 s) neither makes the replica unready nor keeps the
-    probe waiting (up to SQLite's 15 s busy timeout, answering 503 meanwhile)."""
+def test_reads_answer_while_another_connection_writes(
+    client: TestClient, create_user, run_with_service, internal: dict[str, str], tmp_path
+) -> None:
+    """The readiness probe, a gateway's key lookup and revocation snapshot, and a caller's
+    own reads (the token check, `/v1/me`, its keys) read without SQLite's write lock: a
+    write in progress (the outbox relay's, or another process's held longer than a probe's
+    2 s) does not keep them waiting up to SQLite's 15 s busy timeout (the probe answering
+    503 meanwhile), nor do they hold writes up."""
     import sqlite3
     import time
 
+    user = create_user()
+    issued = run_with_service(lambda service: service.create_api_key(user_id=user.id, name="k"))
+    bearer = {"Authorization": f"Bearer {password_token(client)}"}
+    reads = [
+        lambda: client.get("/readyz"),
+        lambda: client.post(
+            "/internal/v1/api-keys/lookup",
+            json={"secret_hash": hash_api_key(issued.key)},
+            headers=internal,
+        ),
+        lambda: client.get("/internal/v1/revocations", headers=internal),
+        lambda: client.get("/v1/me", headers=bearer),
+        lambda: client.get("/v1/api-keys", headers=bearer),
+    ]
     holder = sqlite3.connect(tmp_path / "auth.db", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        started = time.monotonic()
-        ready = client.get("/readyz")
-        elapsed = time.monotonic() - started
+        answers = []
+        for read in reads:
+            started = time.monotonic()
+            answers.append((read(), time.monotonic() - started))
     finally:
         holder.execute("ROLLBACK")
         holder.close()
 
-    assert ready.status_code == 200, ready.text
-    assert elapsed < 2.0
+    for answer, elapsed in answers:
+        assert answer.status_code == 200, (answer.request.url, answer.text)
+        assert elapsed < 2.0, answer.request.url
+    assert answers[1][0].json()["key_id"] == issued.record.id
 
 
 def test_readiness_fails_when_the_database_is_unreachable(settings: Settings) -> None:

@@ -112,6 +112,7 @@ def build(
         build_token_issuer(settings),
         refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_s),
         max_api_keys_per_user=settings.max_api_keys_per_user,
+        reads=session_factory(read_only(engine)),
     )
     login_limits = LoginRateLimiter(
         account=SlidingWindowLimiter(

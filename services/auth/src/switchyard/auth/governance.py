@@ -272,6 +272,8 @@ class Governance:
     def __init__(self, auth: AuthService) -> None:
         self._auth = auth
         self._sessions = auth.sessions
+        # For the lookups that only read (a gateway's policy, a caller's own limits).
+        self._reads = auth.reads
 
     def _changed(self, session: AsyncSession, tenant: str, scope: str, scope_id: str) -> None:
         event = LimitsChanged(
@@ -287,7 +289,7 @@ class Governance:
     async def tenant(self, tenant: str) -> Tenant:
         """The tenant's row; for a tenant with no row yet, an unsaved one with no limits and
         the default failure modes (rate limits fail open, budgets closed)."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             row = await session.get(Tenant, tenant)
         return row if row is not None else Tenant(tenant=tenant, **_default_modes())
 
@@ -330,7 +332,7 @@ class Governance:
 
     async def list_teams(self, tenant: str | None = None) -> list[Team]:
         """Every team (only those of `tenant` when given), oldest first."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             query = select(Team).order_by(Team.created_at, Team.id)
             if tenant is not None:
                 query = query.where(Team.tenant == tenant)
@@ -344,7 +346,7 @@ class Governance:
 
     async def team(self, team_id: str, tenant: str | None = None) -> Team:
         """The team `team_id` (only within `tenant` when given). Raises TeamNotFound."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             return await self._team(session, team_id, tenant)
 
     async def team_by_name(self, tenant: str, name: str) -> Team:
@@ -352,7 +354,7 @@ class Governance:
         whose name matches it ignoring case (`str.casefold`). Raises TeamNotFound when none
         does, or when several teams named before names were compared ignoring case match
         it only that way (their ids tell them apart)."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             teams = await _tenant_teams(session, tenant)
         exact = [team for team in teams if team.name == name]
         if exact:
@@ -477,7 +479,7 @@ class Governance:
 
     async def user(self, user_id: str, tenant: str | None = None) -> User:
         """The user `user_id` (only within `tenant` when given). Raises UserNotFound."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             user = await session.get(User, user_id)
         if user is None or (tenant is not None and user.tenant != tenant):
             raise UserNotFound(f"No user with id {user_id}.")
@@ -670,7 +672,7 @@ class Governance:
 
     async def policy(self, user_id: str, key_id: str | None = None) -> Policy:
         """The limits of every level above a caller; UserNotFound/ApiKeyNotFound."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             user = await session.get(User, user_id)
             if user is None:
                 raise UserNotFound(f"No user with id {user_id}.")

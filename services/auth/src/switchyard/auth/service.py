@@ -343,6 +343,9 @@ class AuthService:
     """The auth use cases on the database behind `sessions`: users, API keys, passwords,
     sign-in and refresh tokens, revocation and signing-key rotation.
 
+    `reads` is the session factory of the methods that only read (default: `sessions`):
+    `session_factory(db.read_only(engine))`, so that on SQLite a key lookup or a revocation
+    check neither waits behind a write in progress nor holds one up.
     `passwords` hashes and checks passwords; `tokens` signs access tokens (None where nothing
     is signed, e.g. the CLI's user and key commands); `refresh_ttl` is how long a sign-in
     session's refresh tokens last; `max_api_keys_per_user` caps a user's live keys, and
@@ -357,8 +360,10 @@ class AuthService:
         *,
         refresh_ttl: timedelta = DEFAULT_REFRESH_TTL,
         max_api_keys_per_user: int | None = None,
+        reads: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
         self._sessions = sessions
+        self._reads = reads if reads is not None else sessions
         # None: no cap (the operator's own commands); the service caps what users make.
         self._max_api_keys_per_user = max_api_keys_per_user
         self._passwords = passwords
@@ -379,6 +384,11 @@ class AuthService:
     def sessions(self) -> async_sessionmaker[AsyncSession]:
         """The session factory of the auth database (for callers that run their own queries)."""
         return self._sessions
+
+    @property
+    def reads(self) -> async_sessionmaker[AsyncSession]:
+        """The session factory for queries that only read (`reads` above)."""
+        return self._reads
 
     # -- events ---------------------------------------------------------------------
 
@@ -436,7 +446,7 @@ class AuthService:
         as it was by auth migration 0005, is found by its own). Raises UserNotFound, or
         InvalidInput for a malformed email."""
         folded = normalise_email(email)
-        async with self._sessions() as session:
+        async with self._reads() as session:
             store = AuthStore(session)
             exact = email.strip()
             user = await store.user_by_email(exact) if exact != folded else None
@@ -448,7 +458,7 @@ class AuthService:
 
     async def list_users(self, tenant: str | None = None) -> list[User]:
         """Every user (only those of `tenant` when given), oldest first."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             return list(await AuthStore(session).users(tenant))
 
     async def set_disabled(
@@ -588,7 +598,7 @@ class AuthService:
     ) -> list[ApiKey]:
         """Every API key (only the tenant's and/or the user's when given), oldest first, revoked
         ones included."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             return list(await AuthStore(session).api_keys(tenant=tenant, user_id=user_id))
 
     async def revoke_api_key(
@@ -625,7 +635,7 @@ class AuthService:
     ) -> ApiKeyIdentity | None:
         """The identity behind a key hash; None if unknown, revoked, expired or user disabled."""
         now = now or _utcnow()
-        async with self._sessions() as session:
+        async with self._reads() as session:
             record = await AuthStore(session).api_key_by_hash(secret_hash.lower())
         if record is None or record.revoked_at is not None or record.user.disabled:
             return None
@@ -636,7 +646,7 @@ class AuthService:
     async def api_key_state(self, key_id: str) -> ApiKeyState | None:
         """The key with id `key_id` in whatever state (revoked, expired, user disabled), or
         None if there is no such key. Reads only."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             record = await AuthStore(session).api_key_by_id_with_user(key_id)
         if record is None:
             return None
@@ -648,7 +658,7 @@ class AuthService:
 
     async def api_key_exists(self, key: str) -> bool:
         """Whether the plaintext API key `key` is on record (in any state)."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             return await AuthStore(session).api_key_by_hash(hash_api_key(key)) is not None
 
     # -- passwords and tokens -------------------------------------------------------
@@ -854,7 +864,7 @@ class AuthService:
 
     async def is_access_token_revoked(self, claims: AccessClaims) -> bool:
         """Whether the token's `jti` is blocklisted or its sign-in session (`sid`) was revoked."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             store = AuthStore(session)
             if await store.revoked_token(claims.jti) is not None:
                 return True
@@ -865,12 +875,12 @@ class AuthService:
 
     async def user_by_id(self, user_id: str) -> User | None:
         """The user with id `user_id` (enabled or not), or None."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             return await AuthStore(session).user_by_id(user_id)
 
     async def active_user(self, user_id: str) -> User | None:
         """The user if they still exist and are enabled (tokens can outlive both)."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             user = await AuthStore(session).user_by_id(user_id)
         return user if user is not None and not user.disabled else None
 
@@ -921,7 +931,7 @@ class AuthService:
         # A gateway accepts a token for some clock skew past its expiry: a revocation
         # matters that much longer.
         skew = timedelta(seconds=MAX_JWT_LEEWAY_S)
-        async with self._sessions() as session:
+        async with self._reads() as session:
             store = AuthStore(session)
             tokens = await store.revoked_tokens(now - skew)
             families = await store.families_revoked_since(now - access_ttl - skew)
