@@ -59,7 +59,7 @@ from sqlalchemy import bindparam, delete, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from switchyard.common import exactjson
-from switchyard.common.db import dialect_insert
+from switchyard.common.db import dialect_insert, read_only
 from switchyard.common.events import ChatCompleted, EnvelopeFields
 from switchyard.history.models import (
     UTCDateTime,
@@ -117,6 +117,8 @@ class CacheStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        # For the lookup of each request the gateway's own cache misses.
+        self._reads = read_only(engine)
         self._dialect = engine.dialect.name
 
     async def get(self, tenant: str, key: str, now: datetime | None = None) -> CachedAnswer | None:
@@ -139,7 +141,7 @@ class CacheStore:
             )
             .where(c.tenant == tenant, c.key == key, c.expires_at > (now or datetime.now(UTC)))
         )
-        async with self._engine.connect() as connection:
+        async with self._reads.connect() as connection:
             row = (await connection.execute(query)).first()
         if row is None:
             return None

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from switchyard.common.db import dialect_insert
+from switchyard.common.db import dialect_insert, read_only
 from switchyard.history.models import cache_entries_table, tenant_settings_table
 
 UNSET: Any = object()
@@ -64,11 +64,13 @@ class TenantSettingsStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        # For the lookups that only read (each cache-settings call, the sweeper's list).
+        self._reads = read_only(engine)
         self._dialect = engine.dialect.name
 
     async def get(self, tenant: str) -> TenantSettingsView:
         """The tenant's settings (the defaults when it has none stored)."""
-        async with self._engine.connect() as connection:
+        async with self._reads.connect() as connection:
             return await _get(connection, tenant)
 
     async def update(
@@ -135,7 +137,7 @@ class TenantSettingsStore:
 
     async def all(self) -> list[TenantSettingsView]:
         """Every tenant with stored settings."""
-        async with self._engine.connect() as connection:
+        async with self._reads.connect() as connection:
             rows = (await connection.execute(select(tenant_settings_table))).mappings().all()
         return [TenantSettingsView(**dict(row)) for row in rows]
 
