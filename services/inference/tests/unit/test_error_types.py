@@ -62,6 +62,7 @@ def test_a_status_anthropic_does_not_list_is_an_invalid_request_for_a_4xx_only()
         ("request_too_large", 413),
         ("rate_limit_error", 429),
         ("overloaded_error", 529),
+        ("timeout_error", 504),
         ("api_error", 500),
         ("made_up_error", 500),
     ],
@@ -72,6 +73,7 @@ def test_an_anthropic_stream_error_gets_the_status_its_type_stands_for(
     failure = stream_error(DEPLOYMENT, "anthropic", {"type": kind, "message": "no"})
 
     assert (failure.status, failure.type) == (status, kind)
+    assert failure.retryable is (status >= 500 or status == 429)
 
 
 @pytest.mark.parametrize(
@@ -81,6 +83,7 @@ def test_an_anthropic_stream_error_gets_the_status_its_type_stands_for(
         ("authentication_error", 401),
         ("rate_limit_error", 429),
         ("server_error", 500),
+        ("timeout_error", 504),
         ("made_up_error", 500),
     ],
 )

@@ -262,6 +262,9 @@ def anthropic_stream(model: str = "upstream-claude") -> list[tuple[str, dict[str
             },
         ),
         ("a_future_event", {"type": "a_future_event", "detail": "kept"}),
+        # An event of another type with an `error` member is no failure.
+        ("a_future_status", {"type": "a_future_status", "error": None, "state": "ok"}),
+        ("a_future_check", {"type": "a_future_check", "error": {"count": 0}}),
         ("content_block_stop", {"type": "content_block_stop", "index": 1}),
         (
             "message_delta",

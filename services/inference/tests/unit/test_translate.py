@@ -1931,6 +1931,46 @@ def test_message_accumulator_joins_pieces_as_they_stand_at_every_read() -> None:
     assert accumulator.deltas == 1004
 
 
+def test_message_accumulator_keeps_a_cut_tool_input_and_message_delta_members() -> None:
+    # A tool input cut off by the token limit keeps what it holds whole, as the anthropic
+    # SDK reads it; `message_delta`'s members beside `delta` and `usage` reach the message.
+    accumulator = MessageAccumulator()
+    accumulator.add({"type": "message_start", "message": anthropic_message(content=[])})
+    accumulator.add(
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "w", "input": {}},
+        }
+    )
+    for piece in ('{"city": "Paris", "unit', '": "cel'):
+        accumulator.add(
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": piece},
+            }
+        )
+    accumulator.add({"type": "content_block_stop", "index": 0})
+    edits = {"applied_edits": [{"type": "clear_tool_uses_20250919", "cleared_tool_uses": 2}]}
+    accumulator.add(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+            "usage": {"output_tokens": 7},
+            "context_management": edits,
+            "input_transformations": [{"type": "a_future_transformation"}],
+        }
+    )
+
+    message = accumulator.response()
+    assert message["content"][0]["input"] == {"city": "Paris"}
+    assert message["context_management"] == edits
+    assert message["input_transformations"] == [{"type": "a_future_transformation"}]
+    assert message["stop_reason"] == "max_tokens" and message["usage"]["output_tokens"] == 7
+    assert "delta" not in message and message["type"] == "message"
+
+
 def test_a_block_started_again_at_its_index_replaces_its_pieces() -> None:
     accumulator = MessageAccumulator()
     accumulator.add({"type": "message_start", "message": anthropic_message(content=[])})

@@ -93,10 +93,19 @@ def error_type(vendor: Vendor | str, status: int) -> str:
     return "api_error" if vendor == "anthropic" else "server_error"
 
 
+# The status Anthropic's API reference ("Errors") gives a type that `ANTHROPIC_TYPES`
+# names for more than one status: a `timeout_error` is its 504 (408 is the SDKs' word
+# for their own timeout), an `overloaded_error` its 529.
+_ANTHROPIC_TYPE_STATUS = {"timeout_error": 504, "overloaded_error": 529}
+
+
 def status_of(vendor: Vendor | str, type: str) -> int | None:
     """The HTTP status the error `type` of `vendor`'s API (as `error_type`) stands for:
-    the lowest status with that word (400 for `invalid_request_error`), None for a word
-    the API does not use for any status."""
+    the one Anthropic's reference lists for it (`_ANTHROPIC_TYPE_STATUS`), else the lowest
+    status with that word (400 for `invalid_request_error`); None for a word the API does
+    not use for any status."""
+    if vendor == "anthropic" and type in _ANTHROPIC_TYPE_STATUS:
+        return _ANTHROPIC_TYPE_STATUS[type]
     types = ANTHROPIC_TYPES if vendor == "anthropic" else OPENAI_TYPES
     return min((status for status, kind in types.items() if kind == type), default=None)
 

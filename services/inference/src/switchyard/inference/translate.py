@@ -3555,7 +3555,8 @@ class MessageAccumulator:
 
     def add(self, event: dict[str, Any]) -> None:
         """Take the next Anthropic stream event (a dict with `type`): the message of
-        `message_start`, blocks and their deltas, and `message_delta`'s stop reason and usage."""
+        `message_start`, blocks and their deltas, and `message_delta`'s stop reason, usage
+        and other members of the message."""
         kind = event.get("type")
         if kind == "message_start":
             message = event.get("message")
@@ -3577,17 +3578,18 @@ class MessageAccumulator:
             pieces = self._json.pop(index, None)
             block = self._blocks.get(index)
             if pieces is not None and block is not None:
-                try:
-                    joined = "".join(pieces)
-                    block["input"] = (
-                        exactjson.loads_replacing_lone_surrogates(joined) if pieces else {}
-                    )
-                except ValueError:
-                    block["input"] = {}
+                # Cut off by the token limit, it keeps what it holds whole, as the
+                # anthropic SDK reads it.
+                block["input"] = _tool_input("".join(pieces))
         elif kind == "message_delta" and self.message is not None:
             delta = event.get("delta") or {}
             for name, value in delta.items():
                 self.message[name] = value
+            # The message's other members the event brings (`context_management`,
+            # `input_transformations`, what the API adds next), as the SDK keeps them.
+            for name, value in event.items():
+                if name not in ("type", "delta", "usage"):
+                    self.message[name] = value
             for name, value in (event.get("usage") or {}).items():
                 if value is not None:
                     self.message["usage"][name] = value

@@ -650,6 +650,8 @@ def stream_error(deployment: Deployment, protocol: Protocol_, error: Any) -> Pro
         status = by_code or (status_of(protocol, kind) if kind else None) or 500
     if kind == "overloaded_error":
         status = 529
+    if kind == "timeout_error":  # the upstream's own timeout: a 504 (retried), never a 408
+        status = 504
     if kind == "authentication_error":  # Anthropic's word, and many OpenAI-compatible servers'
         status = 401
     if kind in ("server_error", "api_error"):
@@ -1338,10 +1340,16 @@ class SDKUpstream:
                 if (
                     event == "error"
                     or parsed.get("type") == "error"
-                    or ("error" in parsed and not parsed.get("choices"))
+                    or (
+                        isinstance(parsed.get("error"), dict)
+                        and "type" not in parsed
+                        and not parsed.get("choices")
+                    )
                 ):
                     # Anthropic's error event and OpenAI's error object nest the error
-                    # (`error`); a Responses `error` event is the error itself.
+                    # (`error`); a Responses `error` event is the error itself. An event
+                    # that names another type is not one, whatever `error` member it has
+                    # (an event added to the API after this code, `"error": null`).
                     inner = parsed.get("error")
                     error = inner if isinstance(inner, dict) else parsed
                     raise stream_error(self.deployment, self.protocol, error)
