@@ -1115,6 +1115,21 @@ async def test_spend_shows_each_budget_above_the_caller(harness):
     assert budget["resets_at"] is not None
 
 
+@pytest.mark.parametrize("query", ["user_id=u2", "team_id=t1", "tenant=other"])
+async def test_spend_refuses_a_query_parameter_rather_than_ignore_it(harness, query):
+    # An admin asking for another user's or team's spend would otherwise read their own.
+    limited_auth(harness, max_budget_usd=5.0, budget_period="30d")
+    answer = await harness.client.get(
+        f"/v1/spend?{query}", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["code"], error["param"]) == ("unknown_parameter", query.split("=")[0])
+    # Credentials first: a caller without any learns nothing of the route.
+    anonymous = await harness.client.get(f"/v1/spend?{query}")
+    assert anonymous.status_code == 401
+
+
 async def test_spend_read_right_after_a_request_includes_its_cost(harness):
     limited_auth(harness, max_budget_usd=5.0, budget_period="30d")
     headers = {"Authorization": f"Bearer {API_KEY}"}

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from switchyard.common.errors import APIError
 from switchyard.common.governance import BudgetClock, scope_key
-from switchyard.common.queryparams import merged_parameters
+from switchyard.common.queryparams import merged_parameters, refuse_unknown_parameters
 from switchyard.gateway.api.deps import CurrentPrincipal, GatewayDep, single_credentials
 from switchyard.gateway.governance.ledger import LedgerUnavailable
 
@@ -207,9 +207,13 @@ def _iso(epoch: float) -> str:
 
 
 @router.get("/spend", response_model=SpendOut, summary="Spend against every budget above you")
-async def spend(principal: CurrentPrincipal, gateway: GatewayDep) -> SpendOut:
+async def spend(request: Request, principal: CurrentPrincipal, gateway: GatewayDep) -> SpendOut:
     """The caller's spend in the current period of each budget that applies to them (their
-    key's, their own, their team's, their tenant's), fleet-wide."""
+    key's, their own, their team's, their tenant's), fleet-wide. It takes no query
+    parameter: one (`user_id`, `team_id`) is 400 `unknown_parameter`, never ignored (an
+    admin would read the caller's own spend as another's). Checked after the
+    credentials, as every account route does."""
+    await refuse_unknown_parameters(request)
     try:
         return await budget_spend(gateway, principal)
     except LookupError:
